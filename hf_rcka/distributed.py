@@ -1,0 +1,37 @@
+"""Differentiable gathering across data-parallel ranks for the batch-relational losses.
+
+RCKA and feature CKA compare B x B sample relations, so under DDP each rank only sees its own
+per-device batch. Gathering every rank's rows (with gradients flowing back to the local rows)
+makes the relation Grams span the global batch. Off by default: it costs one all_gather per term.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (B, ...) from every rank along dim 0; gradients reach the local rows.
+
+    Ranks may hold different batch sizes (the last batch of an epoch): rows are padded to the
+    largest size for the collective and the padding is dropped afterwards.
+    """
+    if world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    local = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(local) for _ in range(world_size())]
+    dist.all_gather(sizes, local)
+    sizes = [int(s.item()) for s in sizes]
+    largest = max(sizes)
+    if x.shape[0] < largest:
+        pad = x.new_zeros((largest - x.shape[0], *x.shape[1:]))
+        x = torch.cat([x, pad], dim=0)
+    parts = all_gather(x.contiguous())
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)], dim=0)

@@ -1,0 +1,106 @@
+"""What every loss sees (``LossInputs``) and the small base class the registered losses share.
+
+Losses see tensors only. The ``DistillationModel`` runs student and teacher, picks hidden states,
+applies adapters and hands the results over in one ``LossInputs``; a loss declares which of its
+fields it ``requires`` so the model only computes what is needed (no hidden states for logit-only
+recipes, no teacher for plain supervised training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from ..distributed import gather_rows
+
+
+@dataclass
+class LossInputs:
+    """Tensors of one training or evaluation batch.
+
+    Attributes:
+        student_logits: (B, P) task logits (the CLS head for DeiT students with a distillation head).
+        labels: (B,) class indices.
+        teacher_logits: (B, P), computed without gradients.
+        distillation_logits: (B, P) from the student's distillation head (DeiT), if any.
+        student_features / teacher_features: one tensor per feature pair, after the pair's adapter.
+        student_pooled / teacher_pooled: (B, d) penultimate features (the classifier's input).
+    """
+
+    student_logits: torch.Tensor
+    labels: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
+    distillation_logits: torch.Tensor | None = None
+    student_features: Sequence[torch.Tensor] = field(default_factory=tuple)
+    teacher_features: Sequence[torch.Tensor] = field(default_factory=tuple)
+    student_pooled: torch.Tensor | None = None
+    teacher_pooled: torch.Tensor | None = None
+
+
+LOSS_INPUT_FIELDS = tuple(f.name for f in fields(LossInputs))
+
+
+@dataclass
+class LossContext:
+    """Facts about the models a loss may need to build its parameters or state."""
+
+    num_labels: int
+    student_pooled_dim: int | None = None
+    teacher_pooled_dim: int | None = None
+
+
+class DistillationLoss(nn.Module):
+    """Base for registered losses: holds the term's weight and hyperparameters.
+
+    Subclasses set ``requires`` (names of ``LossInputs`` fields) and ``feature_alignment``:
+    ``"any"`` when feature pairs may differ in shape (batch-relational losses) or ``"shape"``
+    when student and teacher features must have equal shapes after the adapter.
+    """
+
+    requires: ClassVar[frozenset[str]] = frozenset({"student_logits"})
+    feature_alignment: ClassVar[str] = "any"
+    registry_name: ClassVar[str]
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        if not weight >= 0:
+            raise ValueError(f"loss weight must be >= 0, got {weight}")
+        self.weight = float(weight)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(name.startswith("teacher") for name in self.requires)
+
+    @property
+    def needs_features(self) -> bool:
+        return "student_features" in self.requires
+
+    @property
+    def needs_pooled(self) -> bool:
+        return "student_pooled" in self.requires
+
+    def setup(self, context: LossContext) -> None:
+        """Create parameters or state that depend on the models (called once before training)."""
+
+    def check_inputs(self, inputs: LossInputs) -> None:
+        for name in self.requires:
+            value = getattr(inputs, name)
+            if value is None or (isinstance(value, (tuple, list)) and len(value) == 0):
+                raise ValueError(f"loss {self.registry_name!r} needs {name}, which this batch does not have")
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}"
+
+
+class RelationalLoss(DistillationLoss):
+    """Base for batch-relational losses, which can gather rows across data-parallel ranks."""
+
+    def __init__(self, weight: float = 1.0, gather: bool = False) -> None:
+        super().__init__(weight)
+        self.gather = bool(gather)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        return gather_rows(x) if self.gather else x

@@ -1,0 +1,55 @@
+"""DeiT's distillation token (Touvron et al. 2021): the distillation head learns from the teacher."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import functional
+from ..registry import LOSSES
+from .base import DistillationLoss, LossInputs
+
+_MODES = ("hard", "soft")
+
+
+@LOSSES.register("deit_token")
+class DeiTTokenLoss(DistillationLoss):
+    """The distillation head's term: ``hard`` CE to the teacher's argmax, or ``soft`` tau^2 KL.
+
+    Only the distillation head's part: the CLS head's label term is ``ce``. DeiT's hard recipe is
+    ``1/2 CE(cls, y) + 1/2 CE(dist, argmax t)``, i.e. ``ce`` and ``deit_token`` at weight 0.5 each.
+    Needs a student with a distillation head (``DeiTForImageClassificationWithTeacher``); its
+    exported model averages both heads at inference, as DeiT does.
+
+    Recipe::
+
+        losses:
+          - {name: ce, weight: 0.5}
+          - {name: deit_token, weight: 0.5, mode: hard}
+    """
+
+    requires = frozenset({"distillation_logits", "teacher_logits"})
+
+    def __init__(self, weight: float = 1.0, mode: str = "hard", temperature: float = 3.0) -> None:
+        super().__init__(weight)
+        if mode not in _MODES:
+            raise ValueError(f"deit_token mode must be one of {_MODES}, got {mode!r}")
+        if not temperature > 0:
+            raise ValueError(f"deit_token temperature must be > 0, got {temperature}")
+        self.mode = mode
+        self.temperature = float(temperature)
+
+    def check_inputs(self, inputs: LossInputs) -> None:
+        if inputs.distillation_logits is None:
+            raise ValueError(
+                "loss 'deit_token' needs a student with a distillation head, e.g. "
+                "DeiTForImageClassificationWithTeacher; this student returns no distillation_logits"
+            )
+        super().check_inputs(inputs)
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        self.check_inputs(inputs)
+        dist_logits, teacher_logits = inputs.distillation_logits, inputs.teacher_logits
+        if self.mode == "hard":
+            return F.cross_entropy(dist_logits.float(), teacher_logits.argmax(dim=-1))
+        return functional.kd_loss(dist_logits, teacher_logits, self.temperature)

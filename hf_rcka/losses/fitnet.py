@@ -1,0 +1,41 @@
+"""FitNets (Romero et al. 2015): MSE between adapted student features and teacher features."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..registry import LOSSES
+from .base import DistillationLoss, LossInputs
+
+
+@LOSSES.register("fitnet")
+class FitNetLoss(DistillationLoss):
+    """``sum_pairs mean((s - t)^2)`` on features of equal shape after the adapter.
+
+    The classic hint-learning baseline: unlike CKA it needs a projector to the teacher's width
+    (the 'patch_match' or 'linear' adapter provides it) and is sensitive to feature scale.
+
+    Recipe::
+
+        feature_pairs:
+          - {student_layer: -1, teacher_layer: -1, adapter: patch_match}
+        losses:
+          - {name: ce, weight: 1.0}
+          - {name: fitnet, weight: 1.0}
+    """
+
+    requires = frozenset({"student_features", "teacher_features"})
+    feature_alignment = "shape"
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        self.check_inputs(inputs)
+        terms = []
+        for student, teacher in zip(inputs.student_features, inputs.teacher_features, strict=True):
+            if student.shape != teacher.shape:
+                raise ValueError(
+                    f"fitnet needs equal shapes after the adapter, got student {tuple(student.shape)} and "
+                    f"teacher {tuple(teacher.shape)}; use adapter 'patch_match' or 'linear'"
+                )
+            terms.append(F.mse_loss(student.float(), teacher.float()))
+        return torch.stack(terms).sum()

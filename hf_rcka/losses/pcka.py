@@ -1,0 +1,54 @@
+"""Patch-wise CKA (PCKA, Zhou et al. 2024) on spatially aligned feature maps."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import functional
+from ..registry import LOSSES
+from .base import DistillationLoss, LossInputs
+
+
+@LOSSES.register("patch_cka")
+class PatchCKALoss(DistillationLoss):
+    """``sum_pairs mean_channels (1 - CKA(patch x patch))`` on aligned (B, C, H, W) maps.
+
+    For every channel, rows are the patches of the map (each holding its pixels over the batch),
+    so the loss aligns *where* things are relative to each other. Needs equal shapes on both sides:
+    the ``patch_match`` adapter brings ViT tokens and CNN maps onto one grid and projects channels.
+    All channels go through one batched CKA; small maps use smaller patches (a 1 x 1 map has no
+    patch relations and contributes nothing). Paper: weight 10 per level, patch size 16 on
+    detection FPN maps; classification maps are small, so the default patch side is 4.
+
+    Recipe::
+
+        feature_pairs:
+          - {student_layer: -1, teacher_layer: -1, adapter: patch_match}
+        losses:
+          - {name: ce, weight: 1.0}
+          - {name: patch_cka, weight: 10.0, patch_size: 4}
+    """
+
+    requires = frozenset({"student_features", "teacher_features"})
+    feature_alignment = "shape"
+
+    def __init__(self, weight: float = 1.0, patch_size: int = 4, transpose: bool = False, center: bool = True) -> None:
+        super().__init__(weight)
+        if int(patch_size) < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        self.patch_size = int(patch_size)
+        self.transpose = bool(transpose)
+        self.center = bool(center)
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        self.check_inputs(inputs)
+        terms = []
+        for student, teacher in zip(inputs.student_features, inputs.teacher_features, strict=True):
+            if student.dim() != 4:
+                raise ValueError(
+                    f"patch_cka needs (B, C, H, W) maps, got a feature of shape {tuple(student.shape)}; "
+                    f"use the 'patch_match' adapter for this pair"
+                )
+            sim = functional.patch_cka(student, teacher, self.patch_size, self.transpose, self.center)
+            terms.append(1.0 - sim.mean())
+        return torch.stack(terms).sum()

@@ -1,0 +1,62 @@
+"""SRD (Miles & Mikolajczyk, AAAI 2024): a linear projector plus parameter-free batch norm."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import functional
+from ..registry import LOSSES
+from .base import DistillationLoss, LossContext, LossInputs
+
+_VARIANTS = ("distance", "correlation")
+
+
+@LOSSES.register("srd")
+class SRDLoss(DistillationLoss):
+    """Student pooled -> Linear(d_s, d_t) -> BatchNorm1d(affine=False); teacher -> BatchNorm1d.
+
+    Two variants of the paper's public code:
+      * ``distance`` (ResNet code, default): ``log(mean_b sum_d |s - t|^alpha)``, alpha 4, weight 2.
+      * ``correlation`` (DeiT code): ``c_d = mean_b(s_bd t_bd)``, ``log(sum_d |c_d - 1|^alpha)``.
+    The projector is a trainable parameter of this loss; the trainer optimises it with the student
+    and checkpoints keep it. The paper's ResNet recipe adds KL at T=1 (add ``kd`` with temperature 1).
+
+    Recipe::
+
+        losses:
+          - {name: ce, weight: 1.0}
+          - {name: srd, weight: 2.0, variant: distance, alpha: 4.0}
+          - {name: kd, weight: 1.0, temperature: 1.0}
+    """
+
+    requires = frozenset({"student_pooled", "teacher_pooled"})
+
+    def __init__(self, weight: float = 1.0, variant: str = "distance", alpha: float = 4.0) -> None:
+        super().__init__(weight)
+        if variant not in _VARIANTS:
+            raise ValueError(f"srd variant must be one of {_VARIANTS}, got {variant!r}")
+        if not alpha > 0:
+            raise ValueError(f"srd alpha must be > 0, got {alpha}")
+        self.variant = variant
+        self.alpha = float(alpha)
+        self.projector: nn.Module | None = None
+        self.teacher_norm: nn.Module | None = None
+
+    def setup(self, context: LossContext) -> None:
+        if context.student_pooled_dim is None or context.teacher_pooled_dim is None:
+            raise ValueError("srd needs the pooled feature sizes of student and teacher")
+        d_s, d_t = context.student_pooled_dim, context.teacher_pooled_dim
+        self.projector = nn.Sequential(nn.Linear(d_s, d_t), nn.BatchNorm1d(d_t, affine=False))
+        self.teacher_norm = nn.BatchNorm1d(d_t, affine=False)
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        self.check_inputs(inputs)
+        if self.projector is None:
+            raise RuntimeError("srd.setup() was not called: build it through DistillationModel")
+        with torch.autocast(device_type=inputs.student_pooled.device.type, enabled=False):
+            projected = self.projector(inputs.student_pooled.float())
+            teacher = self.teacher_norm(inputs.teacher_pooled.float())
+        if self.variant == "distance":
+            return functional.srd_distance(projected, teacher, self.alpha)
+        return functional.srd_correlation(projected, teacher, self.alpha)
