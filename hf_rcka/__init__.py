@@ -1,9 +1,33 @@
-"""hf_rcka: knowledge distillation for vision transformers and CNNs on the Hugging Face Trainer."""
+"""hf_rcka: knowledge distillation for vision transformers and CNNs on the Hugging Face Trainer.
 
-__version__ = "0.1.0"
+The math (``hf_rcka.functional``) and the loss registry import quickly; the trainer, model wrapper
+and argument classes load ``transformers.Trainer`` and are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from . import functional
 from .losses import LossInputs
 from .registry import ADAPTERS, LOSSES
 
-__all__ = ["ADAPTERS", "LOSSES", "LossInputs", "__version__", "functional"]
+__version__ = "0.1.0"
+
+_LAZY = {
+    "DistillationTrainer": "trainer",
+    "DistillationTrainingArguments": "config",
+    "ModelArguments": "config",
+    "DataArguments": "config",
+    "DistillationModel": "modeling",
+    "FeaturePair": "modeling",
+}
+
+__all__ = ["ADAPTERS", "LOSSES", "LossInputs", "__version__", "functional", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'hf_rcka' has no attribute {name!r}")

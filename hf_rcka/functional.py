@@ -35,6 +35,7 @@ __all__ = [
     "kd_loss",
     "srd_distance",
     "srd_correlation",
+    "upcast",
 ]
 
 DEFAULT_EPS = 1e-8
@@ -55,11 +56,16 @@ def _full_precision(fn: _Fn) -> _Fn:
     return wrapper  # type: ignore[return-value]
 
 
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """float64 stays float64 (for gradcheck); every other dtype computes in float32."""
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """The dtype losses compute in: float64 stays float64 (for gradcheck), every other float
+    dtype (bf16, fp16, fp32) becomes float32. Use this instead of ``.float()``, which would
+    silently drop float64 inputs to float32."""
     if not x.is_floating_point():
         raise TypeError(f"expected a floating-point tensor, got {x.dtype}")
     return x if x.dtype == torch.float64 else x.float()
+
+
+_upcast = upcast
 
 
 def _check_rows(x: torch.Tensor, y: torch.Tensor, what: str = "CKA") -> None:
@@ -76,6 +82,22 @@ def _unit_frobenius(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Scale each (n, p) matrix to unit Frobenius norm; a zero matrix stays zero."""
     norm = torch.sqrt(x.pow(2).sum(dim=(-2, -1), keepdim=True) + eps * eps)
     return x / norm
+
+
+def _center_columns(x: torch.Tensor) -> torch.Tensor:
+    """Subtract the column means of each (n, p) matrix.
+
+    A matrix whose centered part is only rounding noise (constant features: below ~100 ulps of
+    its uncentered norm) becomes exactly zero; otherwise the unit-norm scaling that follows would
+    blow that noise up and CKA would be noise / noise (an unbiased CKA of 1.49 was seen).
+    """
+    centered = x - x.mean(dim=-2, keepdim=True)
+    tol = 100.0 * torch.finfo(x.dtype).eps
+
+    def sq_norm(a: torch.Tensor) -> torch.Tensor:
+        return a.detach().pow(2).sum(dim=(-2, -1), keepdim=True)
+
+    return centered * (sq_norm(centered) > tol * tol * sq_norm(x))
 
 
 def _frob_inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -120,8 +142,22 @@ def hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool = False) -> torch.Tens
     n = k.shape[-1]
     if not unbiased:
         return _frob_inner(center_gram(k), center_gram(l)) / max(n - 1, 1) ** 2
+    return _unbiased_hsic_numerator(k, l) / (n * (n - 3))
+
+
+def _unbiased_hsic_numerator(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """Song et al.'s unbiased HSIC times ``n (n - 3)``.
+
+    CKA is a ratio of HSICs, so the common ``1 / (n (n - 3))`` cancels; leaving it out keeps the
+    values far above the epsilon added to the denominator (with it, an n = 1000 CKA of identical
+    features came out as 0.94 instead of 1).
+    """
+    n = k.shape[-1]
     if n <= 3:
         raise ValueError(f"unbiased HSIC needs more than 3 items, got n={n}")
+    # The estimator ignores additive row/column terms, so double-centering first is exact; it
+    # removes the large constant part (e.g. an all-ones RBF Gram) that would otherwise cancel to noise.
+    k, l = center_gram(k), center_gram(l)
     eye = torch.eye(n, dtype=torch.bool, device=k.device)
     k = k.masked_fill(eye, 0.0)
     l = l.masked_fill(eye, 0.0)
@@ -129,7 +165,7 @@ def hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool = False) -> torch.Tens
     sum_k = k.sum(dim=(-2, -1))
     sum_l = l.sum(dim=(-2, -1))
     cross = (k.sum(dim=-1) * l.sum(dim=-1)).sum(dim=-1)  # 1^T K L 1 for symmetric K
-    return (trace_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
+    return trace_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)
 
 
 def cka_from_grams(
@@ -137,7 +173,7 @@ def cka_from_grams(
 ) -> torch.Tensor:
     """Kernel alignment of two Grams; ``center=False`` gives the uncentered alignment."""
     if unbiased:
-        xy, xx, yy = hsic(k, l, True), hsic(k, k, True), hsic(l, l, True)
+        xy, xx, yy = (_unbiased_hsic_numerator(a, b) for a, b in ((k, l), (k, k), (l, l)))
     else:
         if center:
             k, l = center_gram(k), center_gram(l)
@@ -185,14 +221,17 @@ def linear_cka(
     x, y = _upcast(x), _upcast(y)
     if x.dtype != y.dtype:
         x, y = x.double(), y.double()
-    if unbiased or row_normalize:
+    if row_normalize:
         x, y = _unit_frobenius(x, eps), _unit_frobenius(y, eps)
-        gram = (lambda a: _row_normalized_gram(a, eps)) if row_normalize else gram_linear
-        return cka_from_grams(gram(x), gram(y), center=center, unbiased=unbiased, eps=eps)
-    if center:
-        x = x - x.mean(dim=-2, keepdim=True)
-        y = y - y.mean(dim=-2, keepdim=True)
+        k, l = _row_normalized_gram(x, eps), _row_normalized_gram(y, eps)
+        return cka_from_grams(k, l, center=center, unbiased=unbiased, eps=eps)
+    if center or unbiased:
+        # The unbiased HSIC ignores additive row/column terms of the Grams, so centering the
+        # columns first changes nothing but removes the large constant parts that cancel badly.
+        x, y = _center_columns(x), _center_columns(y)
     x, y = _unit_frobenius(x, eps), _unit_frobenius(y, eps)
+    if unbiased:
+        return cka_from_grams(gram_linear(x), gram_linear(y), unbiased=True, eps=eps)
     n, p, q = x.shape[-2], x.shape[-1], y.shape[-1]
     if _gram_form_is_cheaper(n, p, q):
         k, l = gram_linear(x), gram_linear(y)
@@ -314,6 +353,13 @@ def class_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -
     return sums, counts
 
 
+def _common_dtype(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upcast both and promote to one dtype (float32 landmark buffers meet float64 features)."""
+    a, b = _upcast(a), _upcast(b)
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dtype), b.to(dtype)
+
+
 @_full_precision
 def kernel_transfer_loss(
     student_features: torch.Tensor,
@@ -337,8 +383,8 @@ def kernel_transfer_loss(
             f"student landmarks {tuple(student_landmarks.shape)} and teacher landmarks "
             f"{tuple(teacher_landmarks.shape)} differ in count"
         )
-    c_s = landmark_similarity(_upcast(student_features), _upcast(student_landmarks))
-    c_t = landmark_similarity(_upcast(teacher_features), _upcast(teacher_landmarks))
+    c_s = landmark_similarity(*_common_dtype(student_features, student_landmarks))
+    c_t = landmark_similarity(*_common_dtype(teacher_features, teacher_landmarks))
     norm = torch.sqrt(c_t.pow(2).sum() + eps * eps)
     return F.smooth_l1_loss(c_s, c_t, reduction="sum") / norm
 

@@ -91,6 +91,16 @@ class DistillationLoss(nn.Module):
             if value is None or (isinstance(value, (tuple, list)) and len(value) == 0):
                 raise ValueError(f"loss {self.registry_name!r} needs {name}, which this batch does not have")
 
+    def feature_pairs(self, inputs: LossInputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(student, teacher) feature pairs; a count mismatch is an error that names both counts."""
+        student, teacher = tuple(inputs.student_features), tuple(inputs.teacher_features)
+        if len(student) != len(teacher):
+            raise ValueError(
+                f"loss {self.registry_name!r} got {len(student)} student features and {len(teacher)} "
+                f"teacher features; every feature pair needs one of each"
+            )
+        return list(zip(student, teacher))
+
     def extra_repr(self) -> str:
         return f"weight={self.weight}"
 

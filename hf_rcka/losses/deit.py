@@ -50,6 +50,12 @@ class DeiTTokenLoss(DistillationLoss):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         self.check_inputs(inputs)
         dist_logits, teacher_logits = inputs.distillation_logits, inputs.teacher_logits
+        if dist_logits.shape != teacher_logits.shape:
+            raise ValueError(
+                f"deit_token needs distillation and teacher logits of equal shape, got "
+                f"{tuple(dist_logits.shape)} and {tuple(teacher_logits.shape)}: do both models predict "
+                f"the same label set?"
+            )
         if self.mode == "hard":
-            return F.cross_entropy(dist_logits.float(), teacher_logits.argmax(dim=-1))
+            return F.cross_entropy(functional.upcast(dist_logits), teacher_logits.argmax(dim=-1))
         return functional.kd_loss(dist_logits, teacher_logits, self.temperature)

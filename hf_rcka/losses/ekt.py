@@ -62,6 +62,11 @@ class KernelTransferLoss(DistillationLoss):
         self.check_inputs(inputs)
         if not hasattr(self, "student_centres"):
             raise RuntimeError("kernel_transfer.setup() was not called: build it through DistillationModel")
+        if inputs.labels.shape[0] != inputs.student_pooled.shape[0]:
+            raise ValueError(
+                f"kernel_transfer got labels {tuple(inputs.labels.shape)} for pooled features "
+                f"{tuple(inputs.student_pooled.shape)}: one label per sample is needed"
+            )
         loss = functional.kernel_transfer_loss(
             inputs.student_pooled, inputs.teacher_pooled, self.student_centres, self.teacher_centres
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import functional
 from ..registry import LOSSES
 from .base import DistillationLoss, LossInputs
 
@@ -31,11 +32,11 @@ class FitNetLoss(DistillationLoss):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         self.check_inputs(inputs)
         terms = []
-        for student, teacher in zip(inputs.student_features, inputs.teacher_features, strict=True):
+        for student, teacher in self.feature_pairs(inputs):
             if student.shape != teacher.shape:
                 raise ValueError(
                     f"fitnet needs equal shapes after the adapter, got student {tuple(student.shape)} and "
                     f"teacher {tuple(teacher.shape)}; use adapter 'patch_match' or 'linear'"
                 )
-            terms.append(F.mse_loss(student.float(), teacher.float()))
+            terms.append(F.mse_loss(functional.upcast(student), functional.upcast(teacher)))
         return torch.stack(terms).sum()

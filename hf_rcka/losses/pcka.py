@@ -43,7 +43,7 @@ class PatchCKALoss(DistillationLoss):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         self.check_inputs(inputs)
         terms = []
-        for student, teacher in zip(inputs.student_features, inputs.teacher_features, strict=True):
+        for student, teacher in self.feature_pairs(inputs):
             if student.dim() != 4:
                 raise ValueError(
                     f"patch_cka needs (B, C, H, W) maps, got a feature of shape {tuple(student.shape)}; "

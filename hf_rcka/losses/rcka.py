@@ -114,7 +114,7 @@ class FeatureCKALoss(RelationalLoss):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         self.check_inputs(inputs)
         terms = []
-        for student, teacher in zip(inputs.student_features, inputs.teacher_features, strict=True):
+        for student, teacher in self.feature_pairs(inputs):
             s, t = self.rows(student.flatten(1)), self.rows(teacher.flatten(1))
             terms.append(1.0 - _cka(s, t, self.kernel, self.center, row_normalize=False))
         return torch.stack(terms).sum()

@@ -55,8 +55,8 @@ class SRDLoss(DistillationLoss):
         if self.projector is None:
             raise RuntimeError("srd.setup() was not called: build it through DistillationModel")
         with torch.autocast(device_type=inputs.student_pooled.device.type, enabled=False):
-            projected = self.projector(inputs.student_pooled.float())
-            teacher = self.teacher_norm(inputs.teacher_pooled.float())
+            projected = self.projector(functional.upcast(inputs.student_pooled))
+            teacher = self.teacher_norm(functional.upcast(inputs.teacher_pooled))
         if self.variant == "distance":
             return functional.srd_distance(projected, teacher, self.alpha)
         return functional.srd_correlation(projected, teacher, self.alpha)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import functional
 from ..registry import LOSSES
 from .base import DistillationLoss, LossInputs
 
@@ -34,5 +35,5 @@ class CrossEntropyLoss(DistillationLoss):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         self.check_inputs(inputs)
         return F.cross_entropy(
-            inputs.student_logits.float(), inputs.labels, label_smoothing=self.label_smoothing or 0.0
+            functional.upcast(inputs.student_logits), inputs.labels, label_smoothing=self.label_smoothing or 0.0
         )

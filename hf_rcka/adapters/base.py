@@ -1,0 +1,29 @@
+"""The small base class every adapter shares: it keeps the two specs the adapter was built from."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..layout import FeatureSpec
+
+
+class FeatureAdapter(nn.Module):
+    """Maps one (student, teacher) feature pair into the form a loss compares.
+
+    Adapters are built from the two :class:`FeatureSpec` s alone (``ADAPTERS.build(name,
+    student=..., teacher=..., **options)``), so recipes never do channel arithmetic. They live in
+    the trainer's wrapper module, which DDP wraps, so their parameters stay in sync across ranks.
+    The teacher tensor arrives without gradient; only the student side may carry parameters.
+    """
+
+    def __init__(self, student: FeatureSpec, teacher: FeatureSpec) -> None:
+        super().__init__()
+        self.student_spec = student
+        self.teacher_spec = teacher
+
+    def forward(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        s, t = self.student_spec, self.teacher_spec
+        return f"student={s.layout} {s.channels}x{s.grid}, teacher={t.layout} {t.channels}x{t.grid}"

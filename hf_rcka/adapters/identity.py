@@ -1,0 +1,20 @@
+"""The 'identity' adapter: features pass unchanged."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..registry import ADAPTERS
+from .base import FeatureAdapter
+
+
+@ADAPTERS.register("identity")
+class IdentityAdapter(FeatureAdapter):
+    """Returns both features as they are.
+
+    Enough for batch-relational losses (RCKA, feature CKA): they flatten each sample to one row,
+    so the two sides may differ in layout, grid and width, and no parameters are needed.
+    """
+
+    def forward(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+        return student, teacher

@@ -1,0 +1,397 @@
+"""Argument dataclasses and recipe (flat YAML) parsing.
+
+A recipe is a flat YAML mapping whose keys are the fields of ``ModelArguments``,
+``DataArguments`` and ``DistillationTrainingArguments`` (which includes every
+``transformers.TrainingArguments`` field). Everything is validated *before* a model or dataset
+is touched: an unknown key, loss or adapter, a value of the wrong type or out of range raises a
+``RecipeError`` that names the key and the closest valid names. Values are coerced from their
+field's annotation, so ``learning_rate: 1e-4`` (a string to PyYAML) works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from transformers import TrainingArguments
+
+from . import adapters as _adapters  # noqa: F401  (registers the adapters)
+from . import losses as _losses  # noqa: F401  (registers the losses)
+from .registry import ADAPTERS, LOSSES, close_matches
+
+RESERVED_LOSS_KEYS = ("name", "weight")
+RESERVED_PAIR_KEYS = ("student_layer", "teacher_layer", "adapter")
+
+
+class RecipeError(ValueError):
+    """A recipe or command-line value is invalid; the message names the key and the fix."""
+
+
+@dataclass
+class ModelArguments:
+    """Which student and teacher to load.
+
+    ``model_name_or_path`` / ``teacher_model_name_or_path``: a Hub id, a folder saved with
+    ``save_pretrained``, ``timm/<architecture>``, or ``config:<model_type>`` for a randomly
+    initialised transformers model built offline from ``*_config_overrides``.
+    """
+
+    model_name_or_path: str = field(metadata={"help": "Student: Hub id, local folder, timm/<arch> or config:<type>."})
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Teacher (same forms). None trains the student alone (plain supervised)."}
+    )
+    student_from_scratch: bool = field(
+        default=False, metadata={"help": "Build the student from its config with random weights."}
+    )
+    student_config_overrides: dict | None = field(
+        default=None, metadata={"help": "Config attributes (or timm kwargs) applied to the student's config."}
+    )
+    teacher_config_overrides: dict | None = field(
+        default=None, metadata={"help": "Config attributes (or timm kwargs) for a config:<type> teacher."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code for custom architectures."})
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from: a Hub dataset, image folders, or ``builtin:digits``."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "datasets Hub id, or builtin:digits (scikit-learn's digits, offline)."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "datasets configuration name."})
+    train_dir: str | None = field(default=None, metadata={"help": "Image folder for training, one sub-folder per class."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Image folder for evaluation."})
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no validation split."}
+    )
+    augment: str = field(default="basic", metadata={"help": "'basic' (random resized crop + flip) or 'none'."})
+
+    def __post_init__(self) -> None:
+        sources = [self.dataset_name is not None, self.train_dir is not None]
+        if not any(sources):
+            raise RecipeError("no data: set dataset_name (a Hub dataset or builtin:digits) or train_dir (an image folder)")
+        if all(sources):
+            raise RecipeError("set either dataset_name or train_dir, not both")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise RecipeError(f"{key} must be >= 1, got {value}")
+        if not 0.0 < self.train_val_split < 1.0:
+            raise RecipeError(f"train_val_split must be in (0, 1), got {self.train_val_split}")
+        if self.augment not in ("basic", "none"):
+            raise RecipeError(f"augment must be 'basic' or 'none', got {self.augment!r}")
+
+
+@dataclass
+class DistillationTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the distillation settings.
+
+    Defaults that distillation needs differ from ``TrainingArguments``: the batch keeps all its
+    columns (``remove_unused_columns=False``) and the labels are called ``labels``.
+    """
+
+    losses: list | None = field(
+        default=None,
+        metadata={"help": "List of {name, weight, options...}. Default: ce + rcka with a teacher, ce without."},
+    )
+    feature_pairs: Any = field(
+        default=None,
+        metadata={"help": "'auto' or a list of {student_layer, teacher_layer, adapter, options...}."},
+    )
+    teacher_accuracy_check: str = field(
+        default="warn",
+        metadata={"help": "Before training, measure the teacher on one eval batch: 'warn', 'error' or 'off'."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow writing into an output_dir that already holds a model or checkpoints."},
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Distillation needs every batch column."})
+    label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
+
+    def __post_init__(self) -> None:
+        self.losses = validate_losses(self.losses)
+        self.feature_pairs = validate_feature_pairs(self.feature_pairs)
+        if self.teacher_accuracy_check not in ("warn", "error", "off"):
+            raise RecipeError(
+                f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {self.teacher_accuracy_check!r}"
+            )
+        super().__post_init__()
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, DistillationTrainingArguments)
+
+
+# --------------------------------------------------------------------------------------------
+# Losses and feature pairs
+# --------------------------------------------------------------------------------------------
+
+
+def validate_losses(specs: Any) -> list[dict] | None:
+    """Check every ``{name, weight, ...}`` entry against the loss registry; return normalised copies."""
+    if specs is None:
+        return None
+    if not isinstance(specs, list) or not specs:
+        raise RecipeError(f"losses must be a non-empty list of {{name: ..., weight: ...}}, got {specs!r}")
+    normalised, seen = [], set()
+    for i, spec in enumerate(specs):
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise RecipeError(f"losses[{i}] must be a mapping with a 'name', got {spec!r}")
+        name = spec["name"]
+        if name not in LOSSES:
+            raise RecipeError(f"losses[{i}]: unknown loss {name!r}: {close_matches(str(name), LOSSES.names())}")
+        if name in seen:
+            raise RecipeError(f"losses[{i}]: loss {name!r} is listed twice; give it one entry")
+        seen.add(name)
+        spec = dict(spec)
+        spec["weight"] = _coerce(spec.get("weight", 1.0), float, f"losses[{i}].weight")
+        if spec["weight"] < 0:
+            raise RecipeError(f"losses[{i}].weight must be >= 0, got {spec['weight']}")
+        options = {k: v for k, v in spec.items() if k not in RESERVED_LOSS_KEYS}
+        try:
+            LOSSES.check_options(name, options, reserved=RESERVED_LOSS_KEYS)
+            options = _coerce_options(LOSSES.get(name), options, f"losses[{i}]")
+            LOSSES.build(name, weight=spec["weight"], **options)
+        except (TypeError, ValueError) as err:
+            raise RecipeError(f"losses[{i}] ({name}): {err}") from None
+        normalised.append({"name": name, "weight": spec["weight"], **options})
+    return normalised
+
+
+def validate_feature_pairs(pairs: Any) -> list[dict] | str | None:
+    """``None``, ``'auto'`` or a list of ``{student_layer, teacher_layer, adapter, ...}``."""
+    if pairs is None or pairs == "auto":
+        return pairs
+    if not isinstance(pairs, list) or not pairs:
+        raise RecipeError(f"feature_pairs must be 'auto' or a non-empty list of mappings, got {pairs!r}")
+    normalised = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, dict):
+            raise RecipeError(f"feature_pairs[{i}] must be a mapping, got {pair!r}")
+        for key in ("student_layer", "teacher_layer"):
+            if key not in pair:
+                raise RecipeError(f"feature_pairs[{i}] needs {key!r} (an index into the hidden states, negatives allowed)")
+        pair = dict(pair)
+        pair["student_layer"] = _coerce(pair["student_layer"], int, f"feature_pairs[{i}].student_layer")
+        pair["teacher_layer"] = _coerce(pair["teacher_layer"], int, f"feature_pairs[{i}].teacher_layer")
+        adapter = pair.setdefault("adapter", "auto")
+        if adapter != "auto":
+            if adapter not in ADAPTERS:
+                raise RecipeError(
+                    f"feature_pairs[{i}]: unknown adapter {adapter!r}: {close_matches(str(adapter), ADAPTERS.names())}"
+                )
+            options = {k: v for k, v in pair.items() if k not in RESERVED_PAIR_KEYS}
+            try:
+                ADAPTERS.check_options(adapter, options, reserved=("student", "teacher"))
+            except ValueError as err:
+                raise RecipeError(f"feature_pairs[{i}]: {err}") from None
+        normalised.append(pair)
+    return normalised
+
+
+def _coerce_options(cls: type, options: dict, where: str) -> dict:
+    """Coerce loss options by the constructor's annotations (``1e-4`` strings become floats)."""
+    hints = typing.get_type_hints(cls.__init__)
+    return {k: _coerce(v, hints.get(k, Any), f"{where}.{k}") for k, v in options.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Type coercion
+# --------------------------------------------------------------------------------------------
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to ``annotation`` or raise a RecipeError naming ``key``."""
+    if annotation is Any:
+        return value
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except RecipeError as err:
+                errors.append(str(err))
+        raise RecipeError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {annotation}")
+    if origin is typing.Literal:
+        if value in typing.get_args(annotation):
+            return value
+        raise RecipeError(f"{key} must be one of {typing.get_args(annotation)}, got {value!r}")
+    if origin in (list, tuple) or annotation in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{key} must be a list, got {value!r}")
+        args = typing.get_args(annotation)
+        item_type = args[0] if args else Any
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{key} must be a mapping, got {value!r}")
+        return value
+    if isinstance(annotation, type) and issubclass(annotation, bool):
+        return _coerce_bool(value, key)
+    if annotation in (int, float):
+        return _coerce_number(value, annotation, key)
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise RecipeError(f"{key} must be a string, got {value!r}")
+        return value if isinstance(value, str) else str(value)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        try:
+            return annotation(value)
+        except ValueError:
+            valid = [m.value for m in annotation]
+            raise RecipeError(f"{key}: {value!r} is not valid: {close_matches(str(value), valid)}") from None
+    return value
+
+
+def _coerce_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+        return False
+    raise RecipeError(f"{key} must be true or false, got {value!r}")
+
+
+def _coerce_number(value: Any, kind: type, key: str) -> int | float:
+    if isinstance(value, bool):
+        raise RecipeError(f"{key} must be a number, got {value!r}")
+    try:
+        number = float(value) if isinstance(value, str) else value
+        if kind is int:
+            if isinstance(number, float) and not number.is_integer():
+                raise ValueError
+            return int(number)
+        return float(number)
+    except (TypeError, ValueError):
+        raise RecipeError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes and command lines
+# --------------------------------------------------------------------------------------------
+
+
+def _field_table() -> dict[str, tuple[type, dataclasses.Field, Any]]:
+    """Every recipe key -> (owning dataclass, field, resolved annotation)."""
+    table: dict[str, tuple[type, dataclasses.Field, Any]] = {}
+    for cls in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init and f.name not in table:
+                table[f.name] = (cls, f, hints[f.name])
+    return table
+
+
+def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
+    """``--key value`` / ``--key=value`` / bare ``--flag`` (true). Values are read as YAML."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--"):
+            raise RecipeError(f"unexpected argument {token!r}: overrides look like --key value")
+        key, _, inline = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if inline:
+            raw = inline
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            raw = argv[i + 1]
+            i += 1
+        else:
+            raw = "true"
+        overrides[key] = yaml.safe_load(raw) if raw != "" else ""
+        i += 1
+    return overrides
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {str(path)!r} does not exist")
+    with open(path, encoding="utf-8") as handle:
+        recipe = yaml.safe_load(handle) or {}
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"recipe {str(path)!r} must be a flat YAML mapping of argument names to values")
+    return recipe
+
+
+def parse_arguments(
+    recipe: dict[str, Any], overrides: dict[str, Any] | None = None
+) -> tuple[ModelArguments, DataArguments, DistillationTrainingArguments]:
+    """Validate ``recipe`` (+ CLI ``overrides``, which win) and build the three dataclasses."""
+    values = {**recipe, **(overrides or {})}
+    table = _field_table()
+    for key in values:
+        if key not in table:
+            raise RecipeError(f"unknown recipe key {key!r}: {close_matches(key, list(table))}")
+    for required in ("model_name_or_path", "output_dir"):
+        if values.get(required) in (None, ""):
+            raise RecipeError(f"the recipe needs {required!r}")
+    grouped: dict[type, dict[str, Any]] = {cls: {} for cls in ARGUMENT_CLASSES}
+    for key, value in values.items():
+        cls, _, annotation = table[key]
+        grouped[cls][key] = _coerce(value, annotation, key)
+    built = []
+    for cls in ARGUMENT_CLASSES:
+        try:
+            built.append(cls(**grouped[cls]))
+        except RecipeError:
+            raise
+        except (TypeError, ValueError) as err:
+            raise RecipeError(f"invalid {cls.__name__}: {err}") from None
+    return tuple(built)  # type: ignore[return-value]
+
+
+def parse_recipe_file(
+    path: str | Path, argv: Sequence[str] = ()
+) -> tuple[ModelArguments, DataArguments, DistillationTrainingArguments]:
+    """Read a recipe file and apply ``--key value`` overrides from ``argv``."""
+    return parse_arguments(load_recipe(path), parse_cli_overrides(argv))
+
+
+def resolved_recipe(*arguments: Any) -> dict[str, Any]:
+    """The recipe keys that differ from their defaults, for ``distill_config.yaml`` and model cards."""
+    resolved: dict[str, Any] = {}
+    for args in arguments:
+        defaults = type(args)
+        for f in dataclasses.fields(defaults):
+            if not f.init or f.name.startswith("_"):
+                continue
+            value = getattr(args, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+            )
+            if value != default:
+                resolved[f.name] = _plain(value)
+    return resolved
+
+
+def _plain(value: Any) -> Any:
+    """Make a value YAML-safe (enums to their values, tuples to lists)."""
+    if hasattr(value, "value") and not isinstance(value, (int, float, str)):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,131 @@
+"""Datasets for image classification: Hub datasets, image folders and the offline digits demo.
+
+Transforms follow the *student's* image processor (size, mean, std); the teacher's own
+normalisation and resolution are derived from the same batch inside the model wrapper, so there is
+one data pipeline however different the two models are.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import datasets
+import numpy as np
+import torch
+from torchvision import transforms as T
+
+from .config import DataArguments
+from .teacher_inputs import InputStats
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "test")
+DIGITS = "builtin:digits"
+
+
+def digits_dataset() -> datasets.Dataset:
+    """scikit-learn's real handwritten digits (1,797 8x8 greyscale images, 10 classes), offline."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("builtin:digits needs scikit-learn: pip install 'hf_rcka[demo]'") from err
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
+    )
+    return datasets.Dataset.from_dict(
+        {"image": list(images), "label": digits.target.tolist()}, features=features
+    )
+
+
+def load_raw_datasets(args: DataArguments, seed: int = 42) -> datasets.DatasetDict:
+    """Load the data and make sure there is a ``train`` and a ``validation`` split."""
+    if args.dataset_name == DIGITS:
+        raw = datasets.DatasetDict({"train": digits_dataset()})
+    elif args.dataset_name is not None:
+        raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+    else:
+        data_files = {"train": f"{args.train_dir}/**"}
+        if args.validation_dir:
+            data_files["validation"] = f"{args.validation_dir}/**"
+        raw = datasets.load_dataset("imagefolder", data_files=data_files)
+    if "train" not in raw:
+        raise ValueError(f"the dataset has no 'train' split (splits: {list(raw)})")
+    validation = next((name for name in VALIDATION_SPLIT_NAMES if name in raw), None)
+    if validation is None:
+        split = raw["train"].train_test_split(test_size=args.train_val_split, seed=seed, stratify_by_column=None)
+        raw = datasets.DatasetDict({"train": split["train"], "validation": split["test"]})
+    elif validation != "validation":
+        raw["validation"] = raw.pop(validation)
+    _check_columns(raw["train"], args)
+    return raw
+
+
+def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
+    for key in ("image_column_name", "label_column_name"):
+        column = getattr(args, key)
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"{key}={column!r} is not a column of the dataset (columns: {dataset.column_names}); "
+                f"set {key} in the recipe"
+            )
+
+
+def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
+    """Class names from a ClassLabel feature, else the sorted distinct label values."""
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    return [str(v) for v in sorted(set(dataset[label_column]))]
+
+
+def image_transform(stats: InputStats, train: bool, augment: str = "basic") -> Callable:
+    """torchvision pipeline to the student's size and normalisation."""
+    resize: list[Any]
+    if train and augment == "basic":
+        resize = [T.RandomResizedCrop(stats.size), T.RandomHorizontalFlip()]
+    else:
+        resize = [T.Resize(stats.size)]
+    return T.Compose([*resize, T.ToTensor(), T.Normalize(stats.mean, stats.std)])
+
+
+def with_transforms(
+    dataset: datasets.Dataset, transform: Callable, image_column: str, label_column: str, labels: list[str]
+) -> datasets.Dataset:
+    """Apply ``transform`` lazily; emit ``pixel_values`` and integer ``labels``."""
+    is_class_label = isinstance(dataset.features[label_column], datasets.ClassLabel)
+    index = {name: i for i, name in enumerate(labels)}
+
+    def apply(batch: dict[str, list]) -> dict[str, list]:
+        pixel_values = [transform(image.convert("RGB")) for image in batch[image_column]]
+        raw_labels = batch[label_column]
+        ids = raw_labels if is_class_label else [index[str(v)] for v in raw_labels]
+        return {"pixel_values": pixel_values, "labels": ids}
+
+    return dataset.with_transform(apply)
+
+
+def prepare_datasets(
+    raw: datasets.DatasetDict, args: DataArguments, stats: InputStats, labels: list[str], seed: int = 42
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Train and eval datasets with the student's transforms (``raw`` from ``load_raw_datasets``)."""
+    train, evaluation = raw["train"], raw["validation"]
+    if args.max_train_samples is not None:
+        train = train.shuffle(seed=seed).select(range(min(args.max_train_samples, len(train))))
+    if args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    columns = (args.image_column_name, args.label_column_name, labels)
+    train = with_transforms(train, image_transform(stats, True, args.augment), *columns)
+    evaluation = with_transforms(evaluation, image_transform(stats, False), *columns)
+    logger.info("data: %d train / %d eval images, %d classes", len(train), len(evaluation), len(labels))
+    return train, evaluation
+
+
+def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack ``pixel_values`` and ``labels`` into a batch."""
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),
+    }

@@ -1,0 +1,338 @@
+"""Hidden states of Hugging Face and timm (TimmWrapper) models in one uniform description.
+
+Every family hands out ``output_hidden_states`` differently:
+
+* HF ViT / DeiT / Dinov2: tokens (B, N, D) with 1 CLS (DeiT: CLS + distillation, Dinov2 with
+  registers: CLS + registers) prefix tokens; index 0 is the patch-embedding output and the last
+  entry comes *before* the final LayerNorm.
+* HF Swin: tokens without prefix; its ``reshaped_hidden_states`` hold the same tensors as
+  (B, C, H, W) maps, which is what :func:`hidden_states_of` returns. Index 0 is the patch
+  embedding; every later entry is a stage output *after* its patch merging.
+* HF CNNs (ResNet, RegNet, ConvNeXt, EfficientNet): maps, index 0 the stem. MobileNetV2 and
+  MobileViT: maps of every layer / stage, with no stem entry.
+* TimmWrapper: ``forward_intermediates`` maps (NCHW, prefix tokens removed, no embedding entry for
+  ViTs), one per ``feature_info`` entry; for many CNNs the first one is the stem.
+
+:func:`describe_hidden_states` probes a model once and returns one :class:`FeatureSpec` per
+hidden state, so adapters, layer pairing and the trainer never need to know the family.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .layout import FeatureSpec, infer_grid
+
+_EMBEDDING_MODULE = re.compile(r"(^|\.)(embeddings|embedder|embed|patch_embed|conv_stem|stem)$")
+_TIMM_STEM_FEATURE = re.compile(r"^(stem|act1|bn1|conv1|conv_stem|patch_embed)(\.|$)")
+_CLASSIFIER_NAMES = ("classifier", "cls_classifier", "head", "fc")
+
+
+def hidden_states_of(outputs: Any) -> tuple[Tensor, ...]:
+    """The hidden states of a forward output made with ``output_hidden_states=True``.
+
+    Prefers ``reshaped_hidden_states`` (Swin and relatives) because they are the same tensors as
+    (B, C, H, W) maps, which need no grid bookkeeping.
+
+    Raises:
+        ValueError: if the output carries no hidden states.
+    """
+    states = getattr(outputs, "reshaped_hidden_states", None)
+    if states is None:
+        states = getattr(outputs, "hidden_states", None)
+    if states is None:
+        raise ValueError(
+            f"{type(outputs).__name__} carries no hidden states: call the model with output_hidden_states=True"
+        )
+    return tuple(states)
+
+
+def describe_hidden_states(model: nn.Module, pixel_values: Tensor) -> list[FeatureSpec]:
+    """Run one probe forward and describe every hidden state, in :func:`hidden_states_of` order.
+
+    The probe runs in eval mode under ``no_grad`` (so BatchNorm statistics are not touched and a
+    batch of one works) and the model's train/eval mode is restored afterwards.
+
+    Args:
+        model: an HF image model or ``TimmWrapperForImageClassification``.
+        pixel_values: (B, 3, H, W) input of the size used in training; strides are relative to it.
+    """
+    embedding_outputs: list[Tensor] = []  # kept alive so no later state can reuse their memory
+    hooks = _hook_embedding_outputs(model, embedding_outputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(pixel_values=pixel_values.to(_device_of(model)), output_hidden_states=True)
+    except ValueError as error:
+        if "output_hidden_states" in str(error):
+            raise ValueError(f"{_model_name(model)} cannot return hidden states: {error}") from error
+        raise
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    states = hidden_states_of(outputs)
+    image_size = (int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
+    embedding_flags = _embedding_flags(model, outputs, states, embedding_outputs)
+    patch_size = _patch_size_of(model)
+    return [_spec_of(state, image_size, patch_size, flag) for state, flag in zip(states, embedding_flags)]
+
+
+def resolve_layer(index: int, num_hidden_states: int, side: str) -> int:
+    """Turn a recipe's layer index (negatives count from the end) into a non-negative index.
+
+    Raises:
+        IndexError: if out of range, saying how many hidden states the ``side`` model has.
+    """
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TypeError(f"{side} layer index must be an int, got {index!r}")
+    if not -num_hidden_states <= index < num_hidden_states:
+        raise IndexError(
+            f"{side} layer {index} is out of range: the {side} model has {num_hidden_states} hidden states, "
+            f"valid indices are {-num_hidden_states}..{num_hidden_states - 1}"
+        )
+    return index % num_hidden_states
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    """The module whose input is the pooled penultimate feature (B, d).
+
+    A forward pre-hook on it gives the pooled features for pooled-feature losses. For Sequential
+    heads (HF ResNet, RegNet: Flatten + Linear) it is the first Linear, whose input is flat.
+
+    Raises:
+        ValueError: if the model has no recognisable classification head.
+    """
+    timm_model = getattr(model, "timm_model", None)
+    if timm_model is not None and hasattr(timm_model, "get_classifier"):
+        head = timm_model.get_classifier()
+        head = head[0] if isinstance(head, (tuple, list)) else head  # distilled models: (head, head_dist)
+        return _check_head(head, model)
+    for name in _CLASSIFIER_NAMES:
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            if isinstance(head, nn.Sequential):
+                head = next((m for m in head.modules() if isinstance(m, nn.Linear)), head)
+            return _check_head(head, model)
+    raise ValueError(
+        f"cannot find the classification head of {_model_name(model)}: none of the attributes "
+        f"{', '.join(_CLASSIFIER_NAMES)} is a module"
+    )
+
+
+def pooled_dim(model: nn.Module) -> int:
+    """Width d of the pooled penultimate feature (the classifier's input)."""
+    head = classifier_of(model)
+    for module in head.modules():
+        if isinstance(module, nn.Linear):
+            return module.in_features
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    raise ValueError(f"cannot tell the input width of {type(head).__name__}, the head of {_model_name(model)}")
+
+
+# ----------------------------------------------------------------------------------- pairing
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A hidden state eligible for pairing: a stage output (hierarchical) or a block (isotropic)."""
+
+    index: int
+    position: int
+    count: int
+    kind: str
+    stride: float | None
+
+    @property
+    def depth(self) -> float:
+        return self.position / self.count
+
+    def describe(self, side: str) -> str:
+        stride = f"stride {self.stride:g}" if self.stride else "stride ?"
+        return f"{side} {self.kind} {self.position}/{self.count} [hidden state {self.index}] ({stride})"
+
+
+def auto_feature_pairs(
+    student_specs: Sequence[FeatureSpec], teacher_specs: Sequence[FeatureSpec], num_pairs: int = 4
+) -> list[tuple[int, int, str]]:
+    """Pick (student_layer, teacher_layer, reason) pairs from two models' hidden states.
+
+    Embedding entries are skipped. A hierarchical model (several grids) offers one candidate per
+    stage, its last hidden state before the grid changes; an isotropic one (ViT) offers every block.
+    The side with fewer candidates picks ``num_pairs`` spread evenly over its depth, always ending
+    at the last one (deep features matter most), and each is matched, in order, to the other
+    side's candidate with the closest stride when both are hierarchical, or else the closest
+    relative depth. Pairs come out shallow to deep with strictly increasing indices.
+    """
+    if num_pairs < 1:
+        raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
+    students, teachers = _candidates(student_specs), _candidates(teacher_specs)
+    k = min(num_pairs, len(students), len(teachers))
+    by_stride = _hierarchical(students) and _hierarchical(teachers)
+    anchor_is_student = len(students) < len(teachers)
+    anchors, others = (students, teachers) if anchor_is_student else (teachers, students)
+    pairs = []
+    previous = -1
+    for i, anchor in enumerate(_spread(anchors, k)):
+        allowed = others[previous + 1 : len(others) - (k - i) + 1]
+        partner = min(allowed, key=lambda c: (_distance(anchor, c, by_stride), -c.position))
+        previous = others.index(partner)
+        student, teacher = (anchor, partner) if anchor_is_student else (partner, anchor)
+        pairs.append((student.index, teacher.index, _reason(student, teacher, by_stride)))
+    return pairs
+
+
+def _candidates(specs: Sequence[FeatureSpec]) -> list[_Candidate]:
+    if not specs:
+        raise ValueError("a model without hidden states cannot be paired")
+    usable = [i for i, s in enumerate(specs) if not s.is_embedding] or list(range(len(specs)))
+    grids = [specs[i].grid for i in usable]
+    if len(set(grids)) > 1:  # stage ends: the last entry before the grid changes
+        chosen = [i for n, i in enumerate(usable) if n + 1 == len(usable) or grids[n] != grids[n + 1]]
+        kind = "stage"
+    else:
+        chosen, kind = usable, "block"
+    return [_Candidate(i, n + 1, len(chosen), kind, specs[i].stride) for n, i in enumerate(chosen)]
+
+
+def _hierarchical(candidates: list[_Candidate]) -> bool:
+    return candidates[0].kind == "stage" and all(c.stride for c in candidates)
+
+
+def _spread(candidates: list[_Candidate], k: int) -> list[_Candidate]:
+    """k candidates spread evenly over depth, the last one always included."""
+    n = len(candidates)
+    return [candidates[math.ceil((i + 1) * n / k) - 1] for i in range(k)]
+
+
+def _distance(a: _Candidate, b: _Candidate, by_stride: bool) -> tuple[float, float]:
+    depth = abs(a.depth - b.depth)
+    if by_stride:
+        return abs(math.log2(a.stride / b.stride)), depth
+    return depth, 0.0
+
+
+def _reason(student: _Candidate, teacher: _Candidate, by_stride: bool) -> str:
+    if by_stride:
+        why = "closest stride" if student.stride != teacher.stride else "same stride"
+    else:
+        why = f"closest relative depth ({student.depth:.2f} vs {teacher.depth:.2f})"
+    return f"{student.describe('student')} <-> {teacher.describe('teacher')}: {why}"
+
+
+# ------------------------------------------------------------------------------ probe helpers
+
+
+def _spec_of(state: Tensor, image_size: tuple[int, int], patch_size: tuple[int, int] | None,
+             is_embedding: bool) -> FeatureSpec:
+    if state.dim() == 4:
+        grid, channels, prefix = tuple(state.shape[-2:]), state.shape[1], 0
+        layout = "nchw"
+    elif state.dim() == 3:
+        grid, prefix = _token_grid(state.shape[1], image_size, patch_size)
+        channels, layout = state.shape[2], "nlc"
+    else:
+        raise ValueError(f"cannot describe a hidden state of shape {tuple(state.shape)}")
+    return FeatureSpec(layout, int(channels), grid, prefix, image_size[0] / grid[0], is_embedding)
+
+
+def _token_grid(num_tokens: int, image_size: tuple[int, int],
+                patch_size: tuple[int, int] | None) -> tuple[tuple[int, int], int]:
+    """(grid, num_prefix_tokens) of NLC tokens: from the patch size, else the fewest prefix tokens."""
+    if patch_size is not None:
+        grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
+        if 0 <= num_tokens - grid[0] * grid[1]:
+            return grid, num_tokens - grid[0] * grid[1]
+    for prefix in range(num_tokens):
+        try:
+            return infer_grid(num_tokens - prefix, image_size), prefix
+        except ValueError:
+            continue
+    raise ValueError(f"cannot lay out {num_tokens} tokens on a grid for a {image_size} input")
+
+
+def _patch_size_of(model: nn.Module) -> tuple[int, int] | None:
+    """The patch size of an HF model's config (ViT-like models), else None."""
+    size = getattr(getattr(model, "config", None), "patch_size", None)
+    if getattr(model, "timm_model", None) is not None or size is None:
+        return None
+    if isinstance(size, int):
+        return size, size
+    return int(size[0]), int(size[1])
+
+
+def _hook_embedding_outputs(model: nn.Module, outputs: list[Tensor]) -> list[Any]:
+    """Collect the outputs of embedding / stem modules, to recognise them among the hidden states.
+
+    A hidden state that shares storage with one of them is the embedding output itself or a view
+    of it (Swin's reshaped states).
+    """
+
+    def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        items = output if isinstance(output, (tuple, list)) else (output,)
+        outputs.extend(item for item in items if isinstance(item, Tensor))
+
+    return [m.register_forward_hook(record) for name, m in model.named_modules() if _EMBEDDING_MODULE.search(name)]
+
+
+def _embedding_flags(model: nn.Module, outputs: Any, states: tuple[Tensor, ...],
+                     embedding_outputs: list[Tensor]) -> list[bool]:
+    """Which hidden states are embedding / stem outputs.
+
+    HF: a state sharing storage with an embedding module's output. Swin's reshaped states are
+    contiguous copies, so its token ``hidden_states`` (same order, same length) are checked too.
+    TimmWrapper: timm's ``feature_info`` names the module each intermediate comes from.
+    """
+    storages = {_storage(t) for t in embedding_outputs}
+    raw = tuple(getattr(outputs, "hidden_states", None) or ())
+    raw = raw if len(raw) == len(states) else states
+    stems = _timm_stem_flags(model, len(states))
+    return [stems[i] or _storage(states[i]) in storages or _storage(raw[i]) in storages for i in range(len(states))]
+
+
+def _timm_stem_flags(model: nn.Module, num_states: int) -> list[bool]:
+    """For TimmWrapper models, which intermediates come from the stem (per timm's feature_info)."""
+    info = getattr(getattr(model, "timm_model", None), "feature_info", None)
+    names = [entry.get("module", "") for entry in info] if isinstance(info, list) else []
+    if len(names) != num_states:
+        return [False] * num_states
+    return [bool(_TIMM_STEM_FEATURE.match(name)) for name in names]
+
+
+def _storage(tensor: Tensor) -> int:
+    return tensor.untyped_storage().data_ptr()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _check_head(head: nn.Module, model: nn.Module) -> nn.Module:
+    if isinstance(head, nn.Identity):
+        raise ValueError(f"{_model_name(model)} has no classification head (num_labels=0?)")
+    return head
+
+
+def _model_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    architecture = getattr(config, "architecture", None) or getattr(config, "model_type", None)
+    return f"{type(model).__name__} ({architecture})" if architecture else type(model).__name__
+
+
+__all__ = [
+    "auto_feature_pairs",
+    "classifier_of",
+    "describe_hidden_states",
+    "hidden_states_of",
+    "pooled_dim",
+    "resolve_layer",
+]

@@ -1,0 +1,277 @@
+"""``DistillationTrainer``: ``transformers.Trainer`` for a student, a frozen teacher and the losses.
+
+Everything Trainer users know keeps working (TrainingArguments, callbacks, ``report_to``, progress
+bars, gradient accumulation, mixed precision, DDP/FSDP through accelerate, checkpoints,
+``push_to_hub``). What changes: ``Trainer.model`` is a ``DistillationModel``; the loss is the
+weighted sum of the registered terms, each logged on its own (``ce_loss``, ``rcka_loss``, ...,
+and ``eval_*`` for evaluation); saving writes only the student as a plain transformers model,
+while checkpoints also keep adapters and loss state so resuming continues exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from typing import Any, Sequence
+
+import torch
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import EvalLoopOutput
+
+from . import losses as _losses  # noqa: F401  (registers the losses)
+from .config import DistillationTrainingArguments, validate_feature_pairs, validate_losses
+from .data import collate
+from .hub import write_model_card
+from .losses import DistillationLoss
+from .metrics import accuracy_metrics
+from .modeling import DistillationModel
+from .registry import LOSSES
+from .teacher_inputs import InputStats, input_stats
+
+logger = logging.getLogger(__name__)
+
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+def default_losses(has_teacher: bool) -> list[dict[str, Any]]:
+    """RCKA on logits next to the task loss (the paper's 15/15), or the task loss alone."""
+    if not has_teacher:
+        return [{"name": "ce", "weight": 1.0}]
+    return [{"name": "ce", "weight": 1.0}, {"name": "rcka", "weight": 1.0}]
+
+
+def build_losses(specs: Sequence[dict[str, Any]], args: TrainingArguments) -> list[DistillationLoss]:
+    """Instantiate validated loss specs; ``ce`` inherits ``label_smoothing_factor``."""
+    built = []
+    for spec in validate_losses(list(specs)):
+        options = {k: v for k, v in spec.items() if k != "name"}
+        if spec["name"] == "ce" and options.get("label_smoothing") is None:
+            options["label_smoothing"] = args.label_smoothing_factor or None
+        built.append(LOSSES.build(spec["name"], **options))
+    return built
+
+
+def _stats_or_none(processor: Any) -> InputStats | None:
+    return input_stats(processor) if processor is not None else None
+
+
+class _EpochEndCallback(TrainerCallback):
+    """Lets stateful losses (EKT's per-epoch class centres) react to the end of an epoch."""
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):  # noqa: D102
+        distillation_model = getattr(model, "module", model)
+        for loss in getattr(distillation_model, "losses", {}).values():
+            if hasattr(loss, "on_epoch_end"):
+                loss.on_epoch_end()
+
+
+class DistillationTrainer(Trainer):
+    """Trainer for knowledge distillation (or plain supervised training without a teacher).
+
+    Args:
+        model: the student (a transformers image classifier), or a ready ``DistillationModel``.
+        teacher: the teacher classifier, or ``None`` for supervised training.
+        args: ``DistillationTrainingArguments`` (plain ``TrainingArguments`` work with defaults:
+            ce + rcka with a teacher, ce alone without).
+        teacher_processor: the teacher's image processor, so the teacher sees its own
+            normalisation and resolution; the student's is ``processing_class``.
+        teacher_name: how the model card names the teacher (default: its ``name_or_path``).
+        **kwargs: everything ``Trainer`` takes (datasets, callbacks, ``compute_metrics``...).
+    """
+
+    # Every term is a per-batch mean: let Trainer divide by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: PreTrainedModel | DistillationModel | None = None,
+        teacher: PreTrainedModel | None = None,
+        args: TrainingArguments | None = None,
+        teacher_processor: Any = None,
+        teacher_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            raise ValueError("DistillationTrainer needs args (DistillationTrainingArguments with an output_dir)")
+        if not isinstance(model, DistillationModel):
+            model = self._wrap(model, teacher, args, kwargs.get("processing_class"), teacher_processor)
+        if args.ddp_find_unused_parameters is None:
+            args.ddp_find_unused_parameters = _has_unused_head(model)
+        kwargs.setdefault("data_collator", collate)
+        kwargs.setdefault("compute_metrics", accuracy_metrics)
+        super().__init__(model=model, args=args, **kwargs)
+        self.teacher_name = teacher_name or (
+            getattr(model.teacher, "name_or_path", None) if model.teacher is not None else None
+        )
+        self.add_callback(_EpochEndCallback())
+        self._terms: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
+        self._term_counts = {"train": 0, "eval": 0}
+        self._saving_checkpoint = False
+
+    @staticmethod
+    def _wrap(
+        student: PreTrainedModel | None, teacher: PreTrainedModel | None, args: TrainingArguments,
+        processor: Any, teacher_processor: Any,
+    ) -> DistillationModel:
+        if student is None:
+            raise ValueError("DistillationTrainer needs a student model")
+        specs = getattr(args, "losses", None) or default_losses(teacher is not None)
+        pairs = validate_feature_pairs(getattr(args, "feature_pairs", None))
+        return DistillationModel(
+            student,
+            teacher,
+            build_losses(specs, args),
+            feature_pairs=pairs if pairs is not None else "auto",
+            student_input=_stats_or_none(processor),
+            teacher_input=_stats_or_none(teacher_processor) if teacher is not None else None,
+        )
+
+    @property
+    def distillation_model(self) -> DistillationModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ loss and logging
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted sum of the loss terms the model returns; records each term for logging."""
+        outputs = model(**inputs)
+        weights = {name: loss.weight for name, loss in self.distillation_model.losses.items()}
+        weighted = {name: weights[name] * value for name, value in outputs.loss_terms.items()}
+        loss = torch.stack(list(weighted.values())).sum()
+        self._record(weighted, "train" if model.training else "eval")
+        return (loss, {"logits": outputs.logits}) if return_outputs else loss
+
+    def _record(self, terms: dict[str, torch.Tensor], mode: str) -> None:
+        sums = self._terms[mode]
+        for name, value in terms.items():
+            value = value.detach().float()
+            sums[name] = sums[name] + value if name in sums else value
+        self._term_counts[mode] += 1
+
+    def _term_means(self, mode: str, prefix: str = "") -> dict[str, float]:
+        """Mean of every recorded term since the last call, averaged over processes too."""
+        sums, count = self._terms[mode], self._term_counts[mode]
+        self._terms[mode], self._term_counts[mode] = {}, 0
+        if not sums or count == 0:
+            return {}
+        names = sorted(sums)
+        stacked = torch.stack([sums[n] for n in names]) / count
+        stacked = self.accelerator.gather_for_metrics(stacked[None]).mean(dim=0)
+        return {f"{prefix}{name}_loss": round(float(v), 6) for name, v in zip(names, stacked)}
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the per-term training losses next to Trainer's ``loss``."""
+        if "loss" in logs:
+            logs = {**logs, **self._term_means("train")}
+        super().log(logs, start_time)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix: str = "eval") -> EvalLoopOutput:
+        """Trainer's loop, plus ``{prefix}_{term}_loss`` for every loss term."""
+        self._terms["eval"], self._term_counts["eval"] = {}, 0
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        output.metrics.update(self._term_means("eval", prefix=f"{metric_key_prefix}_"))
+        return output
+
+    # ------------------------------------------------------------------ teacher sanity check
+
+    def train(self, *args: Any, **kwargs: Any):
+        """Check the teacher on one eval batch before spending compute, then train as Trainer does."""
+        self.check_teacher()
+        return super().train(*args, **kwargs)
+
+    def check_teacher(self) -> float | None:
+        """Teacher top-1 on the first eval batch; warn or stop when it is near chance.
+
+        A teacher fed inputs normalised unlike its training data still gives confident logits,
+        and the student then learns garbage with no error anywhere. Within two binomial standard
+        errors of chance is "near chance".
+        """
+        mode = getattr(self.args, "teacher_accuracy_check", "warn")
+        model = self.distillation_model
+        if mode == "off" or model.teacher is None or not model.needs_teacher or self.eval_dataset is None:
+            return None
+        batch = self._prepare_inputs(next(iter(self.get_eval_dataloader())))
+        model.to(self.args.device)
+        accuracy = model.teacher_accuracy(batch["pixel_values"], batch["labels"])
+        n, chance = len(batch["labels"]), 1.0 / model.student.config.num_labels
+        threshold = chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n)
+        logger.info("teacher accuracy on the first eval batch: %.3f (chance %.3f)", accuracy, chance)
+        if accuracy <= threshold:
+            message = (
+                f"the teacher's accuracy on the first eval batch is {accuracy:.3f}, near chance ({chance:.3f}, "
+                f"n={n}). Is it trained on this label set, and does it get its own normalisation and "
+                f"resolution (pass teacher_processor)? Distilling from it teaches the student garbage. "
+                f"Set teacher_accuracy_check: off to skip this check."
+            )
+            if mode == "error":
+                raise RuntimeError(message)
+            warnings.warn(message, stacklevel=2)
+            logger.warning("!!! %s", message)
+        return accuracy
+
+    # ------------------------------------------------------------------ saving and loading
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write the student as a plain transformers model (+ processor); checkpoints add adapters."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.distillation_model
+        student_state = None
+        if state_dict is not None:  # FSDP/DeepSpeed gathered the wrapper's full state dict
+            student_state = {k[len("student."):]: v for k, v in state_dict.items() if k.startswith("student.")}
+        model.student.save_pretrained(output_dir, state_dict=student_state)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self._saving_checkpoint:
+            model.save_distillation_state(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        logger.info("resuming student and distillation state from %s", resume_from_checkpoint)
+        target.load_checkpoint(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        logger.info("loading the best student from %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
+        self.distillation_model.load_checkpoint(self.state.best_model_checkpoint)
+
+    def create_model_card(self, model_name: str | None = None, dataset: str | None = None, **kwargs: Any) -> None:
+        """A card that names the teacher as teacher (never as ``base_model``); see ``hub.write_model_card``."""
+        if not self.is_world_process_zero():
+            return
+        metrics = {}
+        for entry in self.state.log_history:
+            metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+        write_model_card(
+            self.args.output_dir,
+            model_name=model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
+            student=self.distillation_model.student,
+            teacher_name=self.teacher_name,
+            losses={name: loss.weight for name, loss in self.distillation_model.losses.items()},
+            dataset=dataset,
+            metrics=metrics,
+        )
+
+
+def _has_unused_head(model: DistillationModel) -> bool:
+    """A DeiT distillation head without the deit_token loss gets no gradient: DDP must look for it."""
+    has_head = hasattr(model.student, "distillation_classifier")
+    return has_head and "deit_token" not in model.losses

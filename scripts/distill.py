@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Distil (or train) an image classifier from a recipe.
+
+    accelerate launch scripts/distill.py recipes/deit_from_regnet.yaml [--key value ...]
+
+Flags override the recipe's keys; see README.md for the recipe format.
+"""
+
+import sys
+
+from hf_rcka.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Recipe parsing: every recipe parses, typos are named with suggestions, values are coerced."""
+
+from pathlib import Path
+
+import pytest
+
+from hf_rcka.config import RecipeError, parse_arguments, parse_cli_overrides, parse_recipe_file, resolved_recipe
+
+RECIPES = sorted(p for p in (Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+BASE = {"model_name_or_path": "config:vit", "output_dir": "unused", "dataset_name": "builtin:digits"}
+
+
+def test_there_are_recipes_including_the_headline():
+    assert "deit_from_regnet.yaml" in {p.name for p in RECIPES}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses(path):
+    # GPU recipes ask for bf16; TrainingArguments only accepts that on this CPU machine with use_cpu.
+    model_args, data_args, args = parse_recipe_file(path, ["--use_cpu", "true"])
+    assert model_args.model_name_or_path
+    assert args.output_dir
+    assert args.losses is None or all("name" in spec for spec in args.losses)
+
+
+def test_numbers_written_like_1e_minus_4_are_floats():
+    _, _, args = parse_arguments({**BASE, "learning_rate": "1e-4", "num_train_epochs": "2"})
+    assert args.learning_rate == pytest.approx(1e-4)
+    assert args.num_train_epochs == 2.0
+
+
+def test_loss_options_are_coerced_and_weights_default_to_one():
+    _, _, args = parse_arguments({**BASE, "losses": ["ce", {"name": "rcka", "intra_weight": "15"}]})
+    assert args.losses == [
+        {"name": "ce", "weight": 1.0},
+        {"name": "rcka", "weight": 1.0, "intra_weight": 15.0},
+    ]
+
+
+def test_distillation_defaults_keep_columns_and_name_labels():
+    _, _, args = parse_arguments(BASE)
+    assert args.remove_unused_columns is False
+    assert args.label_names == ["labels"]
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"learnin_rate": 1}, r"unknown recipe key 'learnin_rate'.*'learning_rate'"),
+        ({"losses": [{"name": "rcak"}]}, r"unknown loss 'rcak'.*'rcka'"),
+        ({"losses": [{"name": "rcka", "intra": 1}]}, r"no option 'intra'.*'intra_weight'"),
+        ({"losses": [{"name": "kd", "temperature": -1}]}, r"temperature must be > 0"),
+        ({"losses": [{"name": "ce", "weight": -2}]}, r"weight must be >= 0"),
+        ({"losses": [{"name": "ce"}, {"name": "ce"}]}, r"listed twice"),
+        ({"learning_rate": "abc"}, r"learning_rate must be a number"),
+        ({"num_train_epochs": [1]}, r"num_train_epochs must be a number"),
+        ({"do_train": "maybe"}, r"do_train must be true or false"),
+        ({"feature_pairs": [{"student_layer": 1, "teacher_layer": 2, "adapter": "patch_mach"}]},
+         r"unknown adapter 'patch_mach'.*'patch_match'"),
+        ({"feature_pairs": [{"student_layer": 1}]}, r"needs 'teacher_layer'"),
+        ({"feature_pairs": [{"student_layer": 1, "teacher_layer": 2, "adapter": "patch_match", "gird": "min"}]},
+         r"no option 'gird'.*'grid'"),
+        ({"max_train_samples": 0}, r"max_train_samples must be >= 1"),
+        ({"teacher_accuracy_check": "loud"}, r"teacher_accuracy_check must be"),
+        ({"dataset_name": None}, r"no data"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_fix(bad, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_arguments({**BASE, **bad})
+
+
+def test_missing_required_keys():
+    with pytest.raises(RecipeError, match="model_name_or_path"):
+        parse_arguments({"output_dir": "x", "dataset_name": "builtin:digits"})
+
+
+def test_cli_flags_override_the_recipe(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_name_or_path: config:vit\noutput_dir: out\ndataset_name: builtin:digits\nlearning_rate: 1e-3\n")
+    _, _, args = parse_recipe_file(recipe, ["--learning_rate", "5e-5", "--use_cpu", "--bf16", "--losses=[ce, kd]", "--seed=7"])
+    assert args.learning_rate == pytest.approx(5e-5)
+    assert args.bf16 is True
+    assert args.seed == 7
+    assert [spec["name"] for spec in args.losses] == ["ce", "kd"]
+
+
+def test_cli_rejects_positional_garbage():
+    with pytest.raises(RecipeError, match="--key value"):
+        parse_cli_overrides(["oops"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    arguments = parse_arguments({**BASE, "learning_rate": "2e-4", "losses": [{"name": "ce"}]})
+    resolved = resolved_recipe(*arguments)
+    assert resolved["learning_rate"] == pytest.approx(2e-4)
+    assert resolved["losses"] == [{"name": "ce", "weight": 1.0}]
+    again = parse_arguments(resolved)
+    assert again[2].learning_rate == arguments[2].learning_rate

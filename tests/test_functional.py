@@ -1,0 +1,630 @@
+"""Tests for hf_rcka.functional against naive float64 references written out here.
+
+Dimensions are kept distinct (5 or 17 items, width 36, 3 or 7 features) so that a transposed or
+mixed-up axis cannot pass by accident.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_rcka import functional as fn
+
+DOUBLE = torch.float64
+
+
+# ----------------------------------------------------------------------------------------------
+# Naive references (explicit centering matrix, O(n^3) traces), float64
+# ----------------------------------------------------------------------------------------------
+
+
+def centering_matrix(n: int) -> torch.Tensor:
+    return torch.eye(n, dtype=DOUBLE) - torch.ones(n, n, dtype=DOUBLE) / n
+
+
+def naive_cka_from_grams(k: torch.Tensor, l: torch.Tensor, center: bool = True) -> torch.Tensor:
+    """tr(KHLH) / sqrt(tr(KHKH) tr(LHLH)) with an explicit H (H = I when center is False)."""
+    n = k.shape[0]
+    h = centering_matrix(n) if center else torch.eye(n, dtype=DOUBLE)
+    kh, lh = k.double() @ h, l.double() @ h
+    return torch.trace(kh @ lh) / torch.sqrt(torch.trace(kh @ kh) * torch.trace(lh @ lh))
+
+
+def naive_linear_cka(x: torch.Tensor, y: torch.Tensor, center: bool = True) -> torch.Tensor:
+    x, y = x.double(), y.double()
+    return naive_cka_from_grams(x @ x.T, y @ y.T, center)
+
+
+def naive_rbf_gram(x: torch.Tensor, sigma_frac: float) -> torch.Tensor:
+    """RBF Gram, bandwidth^2 = sigma_frac^2 * (lower) median of the off-diagonal squared distances.
+
+    The median is detached: the library treats the bandwidth as a constant scale choice.
+    """
+    x = x.double()
+    sq = (x[:, None, :] - x[None, :, :]).pow(2).sum(-1)
+    n = x.shape[0]
+    off_diag = sorted(sq[i, j].item() for i in range(n) for j in range(n) if i != j)
+    median = off_diag[(len(off_diag) - 1) // 2]
+    return torch.exp(-sq / (2.0 * sigma_frac**2 * median))
+
+
+def naive_rbf_cka(x, y, sigma_frac: float = 1.0, center: bool = True) -> torch.Tensor:
+    return naive_cka_from_grams(naive_rbf_gram(x, sigma_frac), naive_rbf_gram(y, sigma_frac), center)
+
+
+def naive_unbiased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """U-centering (Szekely & Rizzo 2014): <U(K), U(L)> / (n (n - 3)), equal to Song et al.'s estimator."""
+
+    def u_center(a: torch.Tensor) -> torch.Tensor:
+        n = a.shape[0]
+        a = a.double().clone()
+        a.fill_diagonal_(0.0)
+        u = torch.zeros_like(a)
+        total = a.sum()
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    u[i, j] = a[i, j] - a[i].sum() / (n - 2) - a[:, j].sum() / (n - 2) + total / ((n - 1) * (n - 2))
+        return u
+
+    n = k.shape[0]
+    return (u_center(k) * u_center(l)).sum() / (n * (n - 3))
+
+
+def random_orthogonal(p: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=DOUBLE))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def randn(*shape: int, seed: int = 0, dtype: torch.dtype = DOUBLE) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=DOUBLE).to(dtype)
+
+
+def related_pair(n: int = 17, p: int = 36, q: int = 7, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (n, p) and y (n, q) that share structure, so CKA is well inside (0, 1)."""
+    x = randn(n, p, seed=seed)
+    k = min(p, q)
+    y = x[:, :k] @ randn(k, q, seed=seed + 1) + 0.7 * randn(n, q, seed=seed + 2)
+    return x, y
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear CKA: both computation paths against the naive reference
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize(
+    "n,p,q,gram_path",
+    [(5, 36, 7, True), (17, 36, 40, True), (300, 3, 7, False), (120, 5, 4, False)],
+)
+def test_linear_cka_matches_naive_reference_on_both_paths(n, p, q, gram_path, center):
+    # The shapes force the path; check that they really do.
+    assert fn._gram_form_is_cheaper(n, p, q) is gram_path
+    x, y = related_pair(n, p, q, seed=n)
+    got = fn.linear_cka(x, y, center=center)
+    want = naive_linear_cka(x, y, center=center)
+    assert got.dtype == DOUBLE
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert 0.05 < want.item() < 0.999  # a non-trivial value, so the comparison means something
+
+
+@pytest.mark.parametrize("n,p,q", [(5, 36, 7), (300, 3, 7)])
+def test_linear_cka_gradient_matches_naive_reference(n, p, q):
+    x, y = related_pair(n, p, q, seed=3)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fn.linear_cka(x1, y).backward()
+    naive_linear_cka(x2, y).backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,p,q", [(5, 36, 7), (300, 3, 7)])
+def test_linear_cka_float32_close_to_float64_reference(n, p, q):
+    x, y = related_pair(n, p, q, seed=4)
+    got = fn.linear_cka(x.float(), y.float())
+    assert got.dtype == torch.float32
+    assert abs(got.item() - naive_linear_cka(x.float(), y.float()).item()) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------
+# RBF CKA
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sigma_frac", [1.0, 0.5])
+@pytest.mark.parametrize("center", [True, False])
+def test_rbf_cka_matches_naive_reference(sigma_frac, center):
+    x, y = related_pair(17, 36, 7, seed=5)
+    got = fn.rbf_cka(x, y, sigma_frac=sigma_frac, center=center)
+    want = naive_rbf_cka(x, y, sigma_frac, center)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert 0.05 < want.item() < 0.999
+
+
+def test_gram_rbf_matches_naive_reference():
+    x = randn(17, 36, seed=6)
+    torch.testing.assert_close(fn.gram_rbf(x, 0.8), naive_rbf_gram(x, 0.8), rtol=1e-10, atol=1e-12)
+
+
+def test_rbf_cka_gradient_matches_reference_with_constant_bandwidth():
+    x, y = related_pair(17, 36, 7, seed=7)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fn.rbf_cka(x1, y).backward()
+    naive_rbf_cka(x2, y).backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-7, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------
+# Properties: identity, symmetry, range, invariances
+# ----------------------------------------------------------------------------------------------
+
+CKA_FNS = {
+    "linear": fn.linear_cka,
+    "linear_feature_path": fn.linear_cka,
+    "rbf": fn.rbf_cka,
+}
+
+
+def _pair_for(kind: str, seed: int = 0):
+    if kind == "linear_feature_path":
+        return related_pair(150, 5, 4, seed=seed)
+    return related_pair(17, 36, 7, seed=seed)
+
+
+@pytest.mark.parametrize("kind", list(CKA_FNS))
+def test_cka_of_x_with_itself_is_one(kind):
+    x, _ = _pair_for(kind)
+    assert fn.linear_cka(x, x).item() == pytest.approx(1.0, abs=1e-12)
+    assert CKA_FNS[kind](x, x).item() == pytest.approx(1.0, abs=1e-12)
+    assert CKA_FNS[kind](x.float(), x.float()).item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(CKA_FNS))
+def test_cka_is_symmetric(kind):
+    x, y = _pair_for(kind, seed=1)
+    cka = CKA_FNS[kind]
+    assert cka(x, y).item() == pytest.approx(cka(y, x).item(), abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", list(CKA_FNS))
+@pytest.mark.parametrize("seed", range(4))
+def test_cka_is_in_unit_interval(kind, seed):
+    x, y = _pair_for(kind, seed=seed)
+    for a, b in ((x, y), (x, randn(*y.shape, seed=seed + 50)), (x, -x[:, : y.shape[1]])):
+        value = CKA_FNS[kind](a, b).item()
+        assert 0.0 <= value <= 1.0 + 1e-12
+
+
+@pytest.mark.parametrize("kind", list(CKA_FNS))
+def test_cka_is_invariant_to_orthogonal_transforms(kind):
+    x, y = _pair_for(kind, seed=2)
+    cka = CKA_FNS[kind]
+    base = cka(x, y).item()
+    qx, qy = random_orthogonal(x.shape[1], 10), random_orthogonal(y.shape[1], 11)
+    assert cka(x @ qx, y).item() == pytest.approx(base, abs=1e-10)
+    assert cka(x, y @ qy).item() == pytest.approx(base, abs=1e-10)
+    assert cka(x @ qx, y @ qy).item() == pytest.approx(base, abs=1e-10)
+    # ... but not to an arbitrary (non-orthogonal) linear map, so the test can detect a broken kernel.
+    skew = torch.diag(torch.linspace(0.1, 10.0, x.shape[1], dtype=DOUBLE))
+    assert abs(cka(x @ skew, y).item() - base) > 1e-3
+
+
+@pytest.mark.parametrize("kind", list(CKA_FNS))
+@pytest.mark.parametrize("scale", [1e-3, 7.5, 1e4])
+def test_cka_is_invariant_to_isotropic_scaling(kind, scale):
+    x, y = _pair_for(kind, seed=3)
+    cka = CKA_FNS[kind]
+    base = cka(x, y).item()
+    assert cka(scale * x, y).item() == pytest.approx(base, abs=1e-10)
+    assert cka(x, scale * y).item() == pytest.approx(base, abs=1e-10)
+
+
+@pytest.mark.parametrize("kind", list(CKA_FNS))
+def test_centered_cka_is_invariant_to_a_constant_row_offset(kind):
+    x, y = _pair_for(kind, seed=4)
+    cka = CKA_FNS[kind]
+    offset_x = 3.0 + randn(1, x.shape[1], seed=20)
+    offset_y = -2.0 + randn(1, y.shape[1], seed=21)
+    base = cka(x, y).item()
+    assert cka(x + offset_x, y + offset_y).item() == pytest.approx(base, abs=1e-10)
+
+
+def test_uncentered_linear_cka_does_change_with_a_row_offset():
+    x, y = related_pair(seed=5)
+    shifted = x + 3.0
+    assert abs(fn.linear_cka(shifted, y, center=False) - fn.linear_cka(x, y, center=False)).item() > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------
+# Unbiased estimator
+# ----------------------------------------------------------------------------------------------
+
+
+def test_unbiased_hsic_matches_u_centering_reference():
+    x, y = related_pair(9, 36, 7, seed=6)
+    k, l = x @ x.T, y @ y.T
+    torch.testing.assert_close(fn.hsic(k, l, unbiased=True), naive_unbiased_hsic(k, l), rtol=1e-10, atol=1e-12)
+    want = naive_unbiased_hsic(k, l) / torch.sqrt(naive_unbiased_hsic(k, k) * naive_unbiased_hsic(l, l))
+    torch.testing.assert_close(fn.linear_cka(x, y, unbiased=True), want, rtol=1e-10, atol=1e-12)
+
+
+def test_biased_hsic_matches_trace_formula():
+    x, y = related_pair(17, 36, 7, seed=7)
+    k, l = x @ x.T, y @ y.T
+    h = centering_matrix(17)
+    want = torch.trace(k @ h @ l @ h) / 16**2
+    torch.testing.assert_close(fn.hsic(k, l), want, rtol=1e-10, atol=1e-12)
+
+
+def test_unbiased_is_near_zero_for_independent_features_while_biased_is_not():
+    x, y = randn(400, 60, seed=8), randn(400, 60, seed=9)
+    biased, unbiased = fn.linear_cka(x, y).item(), fn.linear_cka(x, y, unbiased=True).item()
+    assert biased > 0.08
+    assert abs(unbiased) < 0.02
+    rbf_biased, rbf_unbiased = fn.rbf_cka(x, y).item(), fn.rbf_cka(x, y, unbiased=True).item()
+    assert rbf_biased > 0.08
+    assert abs(rbf_unbiased) < 0.02
+
+
+@pytest.mark.parametrize("n", [9, 1000])
+def test_unbiased_and_biased_are_one_for_identical_features(n):
+    x = randn(n, 36, seed=10)
+    for dtype, tol in ((DOUBLE, 1e-9), (torch.float32, 1e-5)):
+        xd = x.to(dtype)
+        assert fn.linear_cka(xd, xd).item() == pytest.approx(1.0, abs=tol)
+        assert fn.linear_cka(xd, xd, unbiased=True).item() == pytest.approx(1.0, abs=tol)
+
+
+def test_unbiased_needs_more_than_three_items():
+    with pytest.raises(ValueError, match="more than 3 items"):
+        fn.linear_cka(randn(3, 36), randn(3, 7), unbiased=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reproducing the public RCKA code
+# ----------------------------------------------------------------------------------------------
+
+
+def public_rcka_alignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The public RCKA code's formula: uncentered, each Gram row divided by that sample's norm."""
+
+    def gram(a):
+        g = a.double() @ a.double().T
+        return g / torch.sqrt(torch.diag(g))[:, None]
+
+    gx, gy = gram(x), gram(y)
+    return torch.trace(gx @ gy.T) / torch.sqrt(torch.trace(gx @ gx.T) * torch.trace(gy @ gy.T))
+
+
+@pytest.mark.parametrize("n,p,q", [(5, 36, 7), (17, 3, 40)])
+def test_reference_mode_equals_public_rcka_formula(n, p, q):
+    x, y = related_pair(n, p, q, seed=11)
+    x = x + randn(n, 1, seed=12)  # rows of different norms, so the row normalisation matters
+    got = fn.linear_cka(x, y, center=False, row_normalize=True)
+    torch.testing.assert_close(got, public_rcka_alignment(x, y), rtol=1e-10, atol=1e-12)
+    assert abs(got.item() - fn.linear_cka(x, y, center=False).item()) > 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching over leading dimensions
+# ----------------------------------------------------------------------------------------------
+
+
+def _loop(cka, x, y, **kw):
+    flat_x, flat_y = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
+    out = torch.stack([cka(a, b, **kw) for a, b in zip(flat_x, flat_y)])
+    return out.reshape(x.shape[:-2])
+
+
+@pytest.mark.parametrize(
+    "cka,n,p,q,kw",
+    [
+        (fn.linear_cka, 17, 36, 7, {}),
+        (fn.linear_cka, 150, 5, 4, {}),
+        (fn.linear_cka, 17, 36, 7, {"center": False, "row_normalize": True}),
+        (fn.linear_cka, 17, 36, 7, {"unbiased": True}),
+        (fn.rbf_cka, 17, 36, 7, {}),
+    ],
+)
+def test_batched_leading_dims_equal_per_item_loop(cka, n, p, q, kw):
+    x, y = randn(2, 3, n, p, seed=13), randn(2, 3, n, q, seed=14)
+    y = y + x[..., :q]
+    got = cka(x, y, **kw)
+    assert got.shape == (2, 3)
+    torch.testing.assert_close(got, _loop(cka, x, y, **kw), rtol=1e-10, atol=1e-12)
+    assert got.std() > 0  # items really differ
+
+
+# ----------------------------------------------------------------------------------------------
+# dtype contract, autocast, degenerate inputs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("cka", [fn.linear_cka, fn.rbf_cka])
+@pytest.mark.parametrize("n,p,q", [(17, 36, 7), (150, 5, 4)])
+def test_low_precision_inputs_give_float32_values(dtype, cka, n, p, q):
+    # Large entries: a float16 Gram (entries ~36 * 150^2) would overflow to inf.
+    x, y = related_pair(n, p, q, seed=15)
+    x, y = (150.0 * x).to(dtype), (150.0 * y).to(dtype)
+    got = cka(x, y)
+    assert got.dtype == torch.float32 and got.dim() == 0
+    want = cka(x.double(), y.double())  # the same rounded inputs, computed in float64
+    assert math.isfinite(got.item())
+    assert got.item() == pytest.approx(want.item(), abs=2e-6)
+
+
+def test_float64_inputs_stay_float64_and_mixed_inputs_promote():
+    x, y = related_pair(seed=16)
+    assert fn.linear_cka(x, y).dtype == DOUBLE
+    assert fn.linear_cka(x.float(), y).dtype == DOUBLE
+    assert fn.linear_cka(x.bfloat16(), y.half()).dtype == torch.float32
+
+
+def test_autocast_region_still_computes_in_float32():
+    x, y = related_pair(17, 36, 7, seed=17)
+    x, y = x.float(), y.float()
+    xf, yf = related_pair(150, 5, 4, seed=18)
+    xf, yf = xf.float(), yf.float()
+    maps = randn(5, 4, 8, 12, seed=19, dtype=torch.float32)
+    other = maps + 0.5 * randn(5, 4, 8, 12, seed=20, dtype=torch.float32)
+    outside = [fn.linear_cka(x, y), fn.linear_cka(xf, yf), fn.rbf_cka(x, y), fn.patch_cka(maps, other, 4)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (x @ y[:, :1].expand(17, 36).T).dtype == torch.bfloat16  # autocast really is active
+        inside = [fn.linear_cka(x, y), fn.linear_cka(xf, yf), fn.rbf_cka(x, y), fn.patch_cka(maps, other, 4)]
+    for a, b in zip(outside, inside):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def _constant_cases():
+    varied = randn(17, 7, seed=21, dtype=torch.float32)
+    return {
+        "constant_x": (torch.full((17, 36), 0.3), varied),
+        "zero_x": (torch.zeros(17, 36), varied),
+        "both_constant": (torch.full((17, 36), -1.7), torch.full((17, 7), 2.5)),
+        "both_zero": (torch.zeros(17, 36), torch.zeros(17, 7)),
+        "feature_path_constant": (torch.full((150, 5), 0.3), randn(150, 4, seed=22, dtype=torch.float32)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_constant_cases()))
+@pytest.mark.parametrize(
+    "cka,kw",
+    [
+        (fn.linear_cka, {}),
+        (fn.linear_cka, {"center": False, "row_normalize": True}),
+        (fn.linear_cka, {"unbiased": True}),
+        (fn.rbf_cka, {}),
+        (fn.rbf_cka, {"unbiased": True}),
+    ],
+)
+def test_constant_or_zero_features_give_finite_value_and_gradients(case, cka, kw):
+    x, y = _constant_cases()[case]
+    x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+    value = cka(x, y, **kw)
+    value.backward()
+    assert torch.isfinite(value)
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+    if kw.get("center", True) and case != "both_zero":
+        assert abs(value.item()) < 1e-4  # a constant has no (centered) structure to align
+
+
+# ----------------------------------------------------------------------------------------------
+# Centering and Grams
+# ----------------------------------------------------------------------------------------------
+
+
+def test_center_gram_equals_hkh_and_column_centering():
+    x = randn(17, 36, seed=23)
+    h = centering_matrix(17)
+    k = x @ x.T
+    torch.testing.assert_close(fn.center_gram(k), h @ k @ h, rtol=1e-10, atol=1e-10)
+    xc = x - x.mean(0)
+    torch.testing.assert_close(fn.center_gram(k), xc @ xc.T, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fn.gram_linear(x), k)
+
+
+def test_cka_from_grams_matches_naive_reference():
+    x, y = related_pair(seed=24)
+    k, l = x @ x.T, y @ y.T
+    for center in (True, False):
+        torch.testing.assert_close(fn.cka_from_grams(k, l, center=center), naive_cka_from_grams(k, l, center))
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------
+
+
+def test_row_mismatch_error_names_both_shapes():
+    with pytest.raises(ValueError, match=r"\(17, 36\).*\(16, 7\)"):
+        fn.linear_cka(randn(17, 36), randn(16, 7))
+    with pytest.raises(ValueError, match=r"\(17, 36\).*\(16, 7\)"):
+        fn.rbf_cka(randn(17, 36), randn(16, 7))
+    with pytest.raises(ValueError, match=r"\(17,\)"):
+        fn.linear_cka(randn(17), randn(17, 7))
+
+
+def test_integer_inputs_are_rejected():
+    with pytest.raises(TypeError, match="floating-point"):
+        fn.linear_cka(torch.ones(17, 36, dtype=torch.long), randn(17, 7))
+
+
+# ----------------------------------------------------------------------------------------------
+# Patch CKA
+# ----------------------------------------------------------------------------------------------
+
+
+def loop_patches(fmap: torch.Tensor, ph: int, pw: int) -> list[torch.Tensor]:
+    """Per channel, the (patches, B*ph*pw) matrix built with explicit slicing (row-major patches)."""
+    b, c, h, w = fmap.shape
+    out = []
+    for ch in range(c):
+        rows = []
+        for i in range(h // ph):
+            for j in range(w // pw):
+                rows.append(fmap[:, ch, i * ph : (i + 1) * ph, j * pw : (j + 1) * pw].reshape(-1))
+        out.append(torch.stack(rows))
+    return out
+
+
+def loop_patch_cka(s, t, ph, pw, transpose=False, center=True):
+    """The reference code's style: a Python loop over channels, each with O(n^3) traces."""
+    values = []
+    for a, b in zip(loop_patches(s, ph, pw), loop_patches(t, ph, pw)):
+        v = naive_linear_cka(a, b, center)
+        if transpose:
+            v = 0.5 * (v + naive_linear_cka(a.T, b.T, center))
+        values.append(v)
+    return torch.stack(values)
+
+
+def map_pair(shape, seed):
+    s = randn(*shape, seed=seed)
+    t = 0.6 * s + randn(*shape, seed=seed + 1)
+    return s, t
+
+
+def test_patchify_rows_are_patches_over_the_batch():
+    fmap = randn(2, 3, 4, 6, seed=25)
+    got = fn.patchify(fmap, 2)
+    assert got.shape == (3, 6, 2 * 2 * 2)
+    want = torch.stack(loop_patches(fmap, 2, 2))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("center", [True, False])
+def test_patch_cka_equals_per_channel_loop(transpose, center):
+    s, t = map_pair((5, 6, 8, 12), seed=26)
+    got = fn.patch_cka(s, t, patch_size=4, transpose=transpose, center=center)
+    want = loop_patch_cka(s, t, 4, 4, transpose, center)
+    assert got.shape == (6,)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert want.std() > 1e-3
+
+
+def test_patch_cka_resizes_non_multiple_sizes():
+    s, t = map_pair((5, 4, 10, 7), seed=27)
+    got = fn.patch_cka(s, t, patch_size=4)
+    # 10 -> 3 patches of 4 (resized to 12); 7 is less than two patches of 4, so 3-pixel patches (7 -> 9).
+    rs = F.interpolate(s, size=(12, 9), mode="bilinear", align_corners=False)
+    rt = F.interpolate(t, size=(12, 9), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(got, loop_patch_cka(rs, rt, 4, 3), rtol=1e-10, atol=1e-12)
+
+
+def test_patch_cka_handles_maps_smaller_than_one_patch():
+    s, t = map_pair((5, 4, 3, 3), seed=28)
+    s.requires_grad_()
+    got = fn.patch_cka(s, t, patch_size=16)
+    # A 3 x 3 map gets 1-pixel patches: 9 patches with B pixels each.
+    torch.testing.assert_close(got, loop_patch_cka(s.detach(), t, 1, 1), rtol=1e-10, atol=1e-12)
+    got.sum().backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_patch_cka_on_a_1x1_map_is_one_with_zero_gradient():
+    s, t = map_pair((5, 4, 1, 1), seed=29)
+    s.requires_grad_()
+    got = fn.patch_cka(s, t, patch_size=4)
+    torch.testing.assert_close(got, torch.ones(4, dtype=DOUBLE))
+    got.sum().backward()
+    assert s.grad is not None and torch.equal(s.grad, torch.zeros_like(s))
+
+
+def test_patch_cka_is_one_for_equal_maps_and_rejects_unequal_shapes():
+    s, _ = map_pair((5, 4, 8, 12), seed=30)
+    torch.testing.assert_close(fn.patch_cka(s, s.clone(), 4), torch.ones(4, dtype=DOUBLE))
+    with pytest.raises(ValueError, match=r"\(5, 4, 8, 12\).*\(5, 4, 8, 11\)"):
+        fn.patch_cka(s, s[..., :11], 4)
+    with pytest.raises(ValueError, match=r"\(5, 4, 8\)"):
+        fn.patchify(s[..., 0], 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Nystrom / kernel transfer
+# ----------------------------------------------------------------------------------------------
+
+
+def test_nystrom_is_exact_when_landmarks_span_the_features():
+    x = randn(17, 36, seed=31)
+    torch.testing.assert_close(fn.nystrom_approximation(x, x[:, :]), x @ x.T, rtol=1e-8, atol=1e-8)
+    low_rank = randn(17, 3, seed=32) @ randn(3, 36, seed=33)
+    landmarks = low_rank[:5]  # 5 rows of a rank-3 matrix span its row space
+    torch.testing.assert_close(fn.nystrom_approximation(low_rank, landmarks), low_rank @ low_rank.T, rtol=1e-7, atol=1e-7)
+
+
+def test_class_sums_match_a_loop():
+    x = randn(17, 36, seed=34)
+    labels = torch.tensor([0, 2, 2, 1, 0, 2, 2, 2, 1, 0, 0, 2, 1, 1, 2, 0, 2])
+    sums, counts = fn.class_sums(x, labels, num_classes=4)
+    for c in range(4):
+        torch.testing.assert_close(sums[c], x[labels == c].sum(0) if (labels == c).any() else torch.zeros(36, dtype=DOUBLE))
+        assert counts[c].item() == (labels == c).sum().item()
+
+
+def test_kernel_transfer_loss_matches_naive_formula():
+    fs, ft = randn(5, 36, seed=35), randn(5, 24, seed=36)
+    ms, mt = randn(3, 36, seed=37), randn(3, 24, seed=38)
+    cs, ct = fs @ ms.T, ft @ mt.T
+    diff = (cs - ct).abs()
+    smooth = torch.where(diff < 1.0, 0.5 * diff**2, diff - 0.5).sum()
+    want = smooth / torch.sqrt((ct**2).sum())
+    torch.testing.assert_close(fn.kernel_transfer_loss(fs, ft, ms, mt), want)
+    # float32 landmark buffers meet float64 features
+    assert fn.kernel_transfer_loss(fs, ft, ms.float(), mt.float()).dtype == DOUBLE
+    assert fn.kernel_transfer_loss(fs, fs, ms, ms).item() == 0.0
+
+
+def test_kernel_transfer_errors_name_shapes():
+    with pytest.raises(ValueError, match=r"\(5, 36\).*\(4, 24\)"):
+        fn.kernel_transfer_loss(randn(5, 36), randn(4, 24), randn(3, 36), randn(3, 24))
+    with pytest.raises(ValueError, match=r"\(3, 36\).*\(2, 24\)"):
+        fn.kernel_transfer_loss(randn(5, 36), randn(5, 24), randn(3, 36), randn(2, 24))
+    with pytest.raises(ValueError, match=r"\(5, 36\).*\(3, 35\)"):
+        fn.landmark_similarity(randn(5, 36), randn(3, 35))
+
+
+# ----------------------------------------------------------------------------------------------
+# Logit and projector terms
+# ----------------------------------------------------------------------------------------------
+
+
+def test_kd_loss_matches_naive_formula():
+    s, t = randn(5, 3, seed=39) * 3, randn(5, 3, seed=40) * 3
+    temp = 2.5
+    p_t = torch.softmax(t / temp, -1)
+    want = (p_t * (torch.log(p_t) - torch.log_softmax(s / temp, -1))).sum(-1).mean() * temp**2
+    torch.testing.assert_close(fn.kd_loss(s, t, temp), want)
+    assert fn.kd_loss(t, t, temp).abs().item() < 1e-12
+    with pytest.raises(ValueError, match=r"\(5, 3\).*\(5, 4\)"):
+        fn.kd_loss(s, randn(5, 4), temp)
+
+
+def test_srd_distance_matches_formula_and_is_minimal_at_the_teacher():
+    s, t = randn(5, 24, seed=41), randn(5, 24, seed=42)
+    want = torch.log((s - t).abs().pow(4).sum(-1).mean() + 1e-5)
+    torch.testing.assert_close(fn.srd_distance(s, t), want)
+    at_teacher = fn.srd_distance(t, t)
+    assert at_teacher.item() == pytest.approx(math.log(1e-5))
+    for seed in range(3):
+        nudged = t + 1e-2 * randn(5, 24, seed=100 + seed)
+        assert fn.srd_distance(nudged, t) > at_teacher
+    with pytest.raises(ValueError, match=r"\(5, 24\).*\(5, 23\)"):
+        fn.srd_distance(s, t[:, :23])
+
+
+def test_srd_correlation_matches_formula():
+    s, t = randn(5, 24, seed=43), randn(5, 24, seed=44)
+    corr = (s * t).mean(0)
+    want = torch.log((corr - 1).abs().pow(4).sum() + 1e-5)
+    torch.testing.assert_close(fn.srd_correlation(s, t), want)
+    with pytest.raises(ValueError, match=r"\(5, 24\).*\(4, 24\)"):
+        fn.srd_correlation(s, t[:4])

@@ -1,0 +1,533 @@
+"""Tests for every registered loss in hf_rcka.LOSSES.
+
+The per-loss cases live in ``CASES``; ``test_every_registered_loss_has_a_case`` iterates
+``LOSSES.names()`` so a newly registered loss without a case fails the suite. Dimensions are
+distinct: batch 5, 3 classes, 17 tokens of width 36, maps (5, 4, 8, 12), pooled 36 -> 24.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_rcka import LOSSES, LossInputs, functional
+from hf_rcka.losses import LossContext
+
+B, P, TOKENS, WIDTH, POOLED_S, POOLED_T = 5, 3, 17, 36, 36, 24
+MAP = (B, 4, 8, 12)
+DOUBLE = torch.float64
+
+
+def randn(*shape: int, seed: int, dtype: torch.dtype = DOUBLE) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=DOUBLE).to(dtype)
+
+
+def related(teacher: torch.Tensor, seed: int) -> torch.Tensor:
+    """A student tensor that resembles the teacher but differs from it."""
+    return 0.8 * teacher + 0.6 * randn(*teacher.shape, seed=seed, dtype=teacher.dtype)
+
+
+def labels() -> torch.Tensor:
+    return torch.tensor([0, 2, 1, 2, 0])
+
+
+# ----------------------------------------------------------------------------------------------
+# One case per registered loss
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """How to build and feed one registered loss.
+
+    Attributes:
+        make_inputs: seed -> float64 LossInputs (student and teacher different, related).
+        student_fields: LossInputs fields the student produces (checked with gradcheck).
+        options: recipe options for ``LOSSES.build``.
+        context: passed to ``setup`` when the loss needs one.
+        prepare: called on the built loss (e.g. to give kernel_transfer non-zero centres).
+        mismatch: (LossInputs with mismatched shapes, regex the error must match).
+    """
+
+    make_inputs: Callable[[int], LossInputs]
+    student_fields: tuple[str, ...]
+    mismatch: Callable[[], tuple[LossInputs, str]]
+    options: dict = field(default_factory=dict)
+    context: LossContext | None = None
+    prepare: Callable[[torch.nn.Module], None] | None = None
+
+
+def logit_inputs(seed: int) -> LossInputs:
+    teacher = 3.0 * randn(B, P, seed=seed)
+    return LossInputs(student_logits=related(teacher, seed + 1), labels=labels(), teacher_logits=teacher)
+
+
+def deit_inputs(seed: int) -> LossInputs:
+    base = logit_inputs(seed)
+    return replace(base, distillation_logits=related(base.teacher_logits, seed + 2))
+
+
+def token_and_map_inputs(seed: int) -> LossInputs:
+    """Heterogeneous pairs: ViT-like tokens vs a CNN map, and pooled vectors of different widths."""
+    t_tokens, t_map = randn(B, TOKENS, WIDTH, seed=seed), randn(B, 7, 6, 6, seed=seed + 1)
+    s_map = related(t_tokens[:, :16, :28].reshape(B, 7, 8, 8), seed + 2)
+    s_tokens = related(t_map.reshape(B, 36, 7), seed + 3)
+    return LossInputs(
+        student_logits=randn(B, P, seed=seed + 4),
+        student_features=(s_map, s_tokens),
+        teacher_features=(t_tokens, t_map),
+    )
+
+
+def aligned_map_inputs(seed: int) -> LossInputs:
+    teachers = (randn(*MAP, seed=seed), randn(B, 6, 4, 4, seed=seed + 1))
+    students = tuple(related(t, seed + 2 + i) for i, t in enumerate(teachers))
+    return LossInputs(student_logits=randn(B, P, seed=seed + 4), student_features=students, teacher_features=teachers)
+
+
+def pooled_inputs(seed: int) -> LossInputs:
+    teacher = randn(B, POOLED_T, seed=seed)
+    student = torch.cat([related(teacher, seed + 1), randn(B, POOLED_S - POOLED_T, seed=seed + 2)], dim=1)
+    return LossInputs(student_logits=randn(B, P, seed=seed + 3), labels=labels(), student_pooled=student, teacher_pooled=teacher)
+
+
+POOLED_CONTEXT = LossContext(num_labels=P, student_pooled_dim=POOLED_S, teacher_pooled_dim=POOLED_T)
+
+
+def random_centres(loss: torch.nn.Module) -> None:
+    """Non-zero class centres (zero centres make the loss and its gradient vanish), frozen in eval."""
+    loss.student_centres.copy_(randn(P, POOLED_S, seed=90))
+    loss.teacher_centres.copy_(randn(P, POOLED_T, seed=91))
+    loss.eval()
+
+
+def _logit_mismatch() -> tuple[LossInputs, str]:
+    return replace(logit_inputs(0), teacher_logits=randn(B, P + 1, seed=5)), r"\(5, 3\).*\(5, 4\)"
+
+
+def _ce_mismatch() -> tuple[LossInputs, str]:
+    return replace(logit_inputs(0), labels=torch.tensor([0, 1, 2, 0])), r"\(5\).*\(4\)"
+
+
+def _deit_mismatch() -> tuple[LossInputs, str]:
+    return replace(deit_inputs(0), teacher_logits=randn(B, P + 1, seed=5)), r"\(5, 3\).*\(5, 4\)"
+
+
+def _feature_batch_mismatch() -> tuple[LossInputs, str]:
+    base = token_and_map_inputs(0)
+    teachers = (base.teacher_features[0][:4], base.teacher_features[1])
+    return replace(base, teacher_features=teachers), r"\(5, 448\).*\(4, 612\)"
+
+
+def _map_mismatch() -> tuple[LossInputs, str]:
+    base = aligned_map_inputs(0)
+    teachers = (base.teacher_features[0][..., :11], base.teacher_features[1])
+    return replace(base, teacher_features=teachers), r"\(5, 4, 8, 12\).*\(5, 4, 8, 11\)"
+
+
+def _pooled_batch_mismatch() -> tuple[LossInputs, str]:
+    base = pooled_inputs(0)
+    return replace(base, teacher_pooled=base.teacher_pooled[:4]), r"\(5, 24\).*\(4, 24\)"
+
+
+def _kernel_transfer_mismatch() -> tuple[LossInputs, str]:
+    base = pooled_inputs(0)
+    return replace(base, teacher_pooled=base.teacher_pooled[:4]), r"\(5, 36\).*\(4, 24\)"
+
+
+CASES: dict[str, Case] = {
+    "ce": Case(logit_inputs, ("student_logits",), _ce_mismatch),
+    "kd": Case(logit_inputs, ("student_logits",), _logit_mismatch, {"temperature": 2.0}),
+    "rcka": Case(logit_inputs, ("student_logits",), _logit_mismatch),
+    "deit_token": Case(deit_inputs, ("distillation_logits",), _deit_mismatch),
+    "feature_cka": Case(token_and_map_inputs, ("student_features",), _feature_batch_mismatch),
+    "patch_cka": Case(aligned_map_inputs, ("student_features",), _map_mismatch, {"patch_size": 4}),
+    "fitnet": Case(aligned_map_inputs, ("student_features",), _map_mismatch),
+    "srd": Case(pooled_inputs, ("student_pooled",), _pooled_batch_mismatch, context=POOLED_CONTEXT),
+    "kernel_transfer": Case(
+        pooled_inputs, ("student_pooled",), _kernel_transfer_mismatch, context=POOLED_CONTEXT, prepare=random_centres
+    ),
+}
+
+
+def build(name: str, dtype: torch.dtype = torch.float32, **options) -> torch.nn.Module:
+    case = CASES[name]
+    loss = LOSSES.build(name, **{**case.options, **options})
+    if case.context is not None:
+        loss.setup(case.context)
+    loss.to(dtype)
+    if case.prepare is not None:
+        with torch.no_grad():
+            case.prepare(loss)
+    return loss
+
+
+def cast(inputs: LossInputs, dtype: torch.dtype) -> LossInputs:
+    """All floating tensors of ``inputs`` in ``dtype`` (labels stay integer)."""
+
+    def conv(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(dtype) if value.is_floating_point() else value
+        if isinstance(value, (tuple, list)):
+            return tuple(conv(v) for v in value)
+        return value
+
+    return LossInputs(**{k: conv(v) for k, v in vars(inputs).items()})
+
+
+def with_students(inputs: LossInputs, fields: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> LossInputs:
+    """Put flat student tensors back into their LossInputs fields (a field may hold a sequence)."""
+    values, i = {}, 0
+    for name in fields:
+        current = getattr(inputs, name)
+        if isinstance(current, (tuple, list)):
+            values[name] = tuple(tensors[i : i + len(current)])
+            i += len(current)
+        else:
+            values[name] = tensors[i]
+            i += 1
+    return replace(inputs, **values)
+
+
+def student_tensors(inputs: LossInputs, fields: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+    out = []
+    for name in fields:
+        value = getattr(inputs, name)
+        out.extend(value if isinstance(value, (tuple, list)) else [value])
+    return tuple(out)
+
+
+NAMES = LOSSES.names()
+
+
+# ----------------------------------------------------------------------------------------------
+# Every registered loss
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_registered_loss_has_a_case(name):
+    assert name in CASES, f"loss {name!r} is registered but tests/test_losses.py has no case for it"
+
+
+def test_expected_losses_are_registered():
+    assert {"ce", "kd", "rcka", "feature_cka", "patch_cka", "fitnet", "srd", "kernel_transfer", "deit_token"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_is_a_finite_float32_scalar(name):
+    loss = build(name)
+    inputs = cast(CASES[name].make_inputs(0), torch.float32)
+    value = loss(inputs)
+    assert value.dim() == 0 and value.dtype == torch.float32
+    assert math.isfinite(value.item())
+    assert value.item() != 0.0  # different student and teacher: a real, non-trivial value
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck_float64_on_student_inputs(name):
+    case = CASES[name]
+    loss = build(name, DOUBLE)
+    inputs = case.make_inputs(1)
+    students = tuple(t.clone().requires_grad_() for t in student_tensors(inputs, case.student_fields))
+
+    def run(*tensors):
+        return loss(with_students(inputs, case.student_fields, tensors))
+
+    assert run(*students).dtype == DOUBLE
+    assert torch.autograd.gradcheck(run, students, eps=1e-6, atol=1e-6, rtol=1e-4)
+    grads = torch.autograd.grad(run(*students), students, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_inputs_give_float32_accurate_values(name):
+    loss = build(name)
+    inputs_bf16 = cast(CASES[name].make_inputs(2), torch.bfloat16)
+    got = loss(inputs_bf16)
+    want = loss(cast(inputs_bf16, torch.float32))  # the same rounded values, in float32
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shape_mismatch_errors_name_the_shapes(name):
+    loss = build(name)
+    inputs, pattern = CASES[name].mismatch()
+    with pytest.raises(ValueError, match=pattern):
+        loss(cast(inputs, torch.float32))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_missing_required_input_is_a_clear_error(name):
+    loss = build(name)
+    required = sorted(loss.requires - {"student_logits"})
+    inputs = cast(CASES[name].make_inputs(0), torch.float32)
+    for field_name in required:
+        empty = () if field_name.endswith("features") else None
+        with pytest.raises(ValueError, match=field_name if field_name != "distillation_logits" else "distillation head"):
+            loss(replace(inputs, **{field_name: empty}))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_negative_weight_is_rejected(name):
+    with pytest.raises(ValueError, match="weight"):
+        LOSSES.build(name, weight=-1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Zero (or minimal) when the student equals the teacher
+# ----------------------------------------------------------------------------------------------
+
+
+def student_is_teacher(name: str) -> LossInputs:
+    inputs = CASES[name].make_inputs(3)
+    if name in ("rcka", "kd"):
+        return replace(inputs, student_logits=inputs.teacher_logits.clone())
+    if name in ("patch_cka", "fitnet"):
+        return replace(inputs, student_features=tuple(t.clone() for t in inputs.teacher_features))
+    if name == "feature_cka":  # same information in a different layout: tokens vs map, rotated
+        q, _ = torch.linalg.qr(randn(WIDTH, WIDTH, seed=7))
+        students = (inputs.teacher_features[0] @ q, 2.5 * inputs.teacher_features[1].permute(0, 2, 3, 1))
+        return replace(inputs, student_features=students)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", ["rcka", "feature_cka", "patch_cka", "fitnet", "kd"])
+def test_zero_when_student_equals_teacher(name):
+    loss = build(name, DOUBLE)
+    assert loss(CASES[name].make_inputs(3)).item() > 1e-3
+    assert abs(loss(student_is_teacher(name)).item()) < 1e-10
+
+
+def test_kernel_transfer_is_zero_when_features_and_centres_match():
+    loss = build("kernel_transfer", DOUBLE)
+    loss.student_centres = randn(P, POOLED_S, seed=8)
+    loss.teacher_centres = loss.student_centres.clone()
+    inputs = CASES["kernel_transfer"].make_inputs(3)
+    inputs = replace(inputs, teacher_pooled=inputs.student_pooled.clone())
+    assert loss(inputs).item() == 0.0
+    loss.teacher_centres = randn(P, POOLED_S, seed=9)
+    assert loss(inputs).item() > 1e-3
+
+
+def test_srd_distance_is_minimal_when_projection_equals_teacher():
+    teacher = randn(B, POOLED_T, seed=10)
+    at_teacher = functional.srd_distance(teacher.clone(), teacher)
+    assert at_teacher.item() == pytest.approx(math.log(1e-5))
+    for seed in range(3):
+        moved = teacher + 0.05 * randn(B, POOLED_T, seed=20 + seed)
+        assert functional.srd_distance(moved, teacher).item() > at_teacher.item() + 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss-specific behaviour
+# ----------------------------------------------------------------------------------------------
+
+
+def centered_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Naive float64 linear CKA with an explicit centering matrix."""
+    x, y = x.double(), y.double()
+    n = x.shape[0]
+    h = torch.eye(n, dtype=DOUBLE) - 1.0 / n
+    k, l = h @ x @ x.T @ h, h @ y @ y.T @ h
+    return (k * l).sum() / torch.sqrt((k * k).sum() * (l * l).sum())
+
+
+def test_rcka_matches_weighted_intra_and_inter_terms():
+    inputs = logit_inputs(4)
+    s, t = inputs.student_logits, inputs.teacher_logits
+    got = build("rcka", DOUBLE, intra_weight=2.0, inter_weight=7.0)(inputs)
+    want = 2.0 * (1 - centered_cka(s, t)) + 7.0 * (1 - centered_cka(s.T, t.T))
+    torch.testing.assert_close(got, want)
+    only_inter = build("rcka", DOUBLE, intra_weight=0.0, inter_weight=7.0)(inputs)
+    torch.testing.assert_close(only_inter, 7.0 * (1 - centered_cka(s.T, t.T)))
+
+
+def test_rcka_ignores_the_logit_scale_unlike_kd():
+    inputs = logit_inputs(5)
+    scaled = replace(inputs, student_logits=10.0 * inputs.student_logits)
+    rcka, kd = build("rcka", DOUBLE), build("kd", DOUBLE)
+    torch.testing.assert_close(rcka(scaled), rcka(inputs))
+    assert abs(kd(scaled).item() - kd(inputs).item()) > 1e-2
+
+
+def test_rcka_reference_mode_and_rbf_kernel_run():
+    inputs = logit_inputs(6)
+    reference = build("rcka", DOUBLE, center=False, row_normalize=True)(inputs)
+    default = build("rcka", DOUBLE)(inputs)
+    rbf = build("rcka", DOUBLE, kernel="rbf")(inputs)
+    for value in (reference, rbf):
+        assert math.isfinite(value.item()) and value.item() > 0
+    assert abs(reference.item() - default.item()) > 1e-4
+    with pytest.raises(ValueError, match="kernel"):
+        LOSSES.build("rcka", kernel="cosine")
+
+
+def test_feature_cka_sums_pairs_of_flattened_features():
+    inputs = token_and_map_inputs(7)
+    got = build("feature_cka", DOUBLE)(inputs)
+    want = sum(
+        1 - centered_cka(s.flatten(1), t.flatten(1)) for s, t in zip(inputs.student_features, inputs.teacher_features)
+    )
+    torch.testing.assert_close(got, want)
+
+
+def test_feature_count_mismatch_is_a_clear_error():
+    inputs = token_and_map_inputs(8)
+    for name in ("feature_cka", "fitnet", "patch_cka"):
+        with pytest.raises(ValueError, match="2 student features and 1 teacher"):
+            build(name)(cast(replace(inputs, teacher_features=inputs.teacher_features[:1]), torch.float32))
+
+
+def test_patch_cka_loss_is_one_minus_mean_channel_cka_summed_over_pairs():
+    inputs = aligned_map_inputs(9)
+    got = build("patch_cka", DOUBLE)(inputs)
+    want = sum(
+        1 - functional.patch_cka(s, t, 4).mean() for s, t in zip(inputs.student_features, inputs.teacher_features)
+    )
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match=r"\(5, 17, 36\)"):
+        build("patch_cka")(cast(token_and_map_inputs(0), torch.float32))
+
+
+def test_fitnet_is_summed_mse():
+    inputs = aligned_map_inputs(10)
+    got = build("fitnet", DOUBLE)(inputs)
+    want = sum(((s - t) ** 2).mean() for s, t in zip(inputs.student_features, inputs.teacher_features))
+    torch.testing.assert_close(got, want)
+
+
+def test_kd_matches_formula():
+    inputs = logit_inputs(11)
+    s, t = inputs.student_logits, inputs.teacher_logits
+    p_t = torch.softmax(t / 2.0, -1)
+    want = 4.0 * (p_t * (p_t.log() - torch.log_softmax(s / 2.0, -1))).sum(-1).mean()
+    torch.testing.assert_close(build("kd", DOUBLE)(inputs), want)
+
+
+def test_ce_matches_cross_entropy_with_label_smoothing():
+    inputs = logit_inputs(12)
+    got = build("ce", DOUBLE, label_smoothing=0.1)(inputs)
+    torch.testing.assert_close(got, F.cross_entropy(inputs.student_logits, inputs.labels, label_smoothing=0.1))
+
+
+# --- deit_token ---------------------------------------------------------------------------------
+
+
+def test_deit_hard_mode_is_cross_entropy_to_the_teacher_argmax():
+    inputs = deit_inputs(13)
+    got = build("deit_token", DOUBLE, mode="hard")(inputs)
+    targets = inputs.teacher_logits.argmax(-1)
+    assert not torch.equal(targets, inputs.distillation_logits.argmax(-1))
+    log_probs = torch.log_softmax(inputs.distillation_logits, -1)
+    want = -log_probs[torch.arange(B), targets].mean()
+    torch.testing.assert_close(got, want)
+    # the CLS logits play no part in the distillation term
+    other_cls = replace(inputs, student_logits=randn(B, P, seed=99))
+    torch.testing.assert_close(build("deit_token", DOUBLE, mode="hard")(other_cls), want)
+
+
+def test_deit_soft_mode_is_kd_on_the_distillation_head():
+    inputs = deit_inputs(14)
+    got = build("deit_token", DOUBLE, mode="soft", temperature=3.0)(inputs)
+    torch.testing.assert_close(got, functional.kd_loss(inputs.distillation_logits, inputs.teacher_logits, 3.0))
+
+
+def test_deit_without_distillation_logits_names_the_missing_head():
+    inputs = replace(deit_inputs(15), distillation_logits=None)
+    with pytest.raises(ValueError, match="distillation_logits.*DeiTForImageClassificationWithTeacher|"
+                                         "DeiTForImageClassificationWithTeacher.*distillation_logits"):
+        build("deit_token")(cast(inputs, torch.float32))
+    with pytest.raises(ValueError, match="mode"):
+        LOSSES.build("deit_token", mode="medium")
+
+
+# --- kernel_transfer --------------------------------------------------------------------------
+
+
+def class_stream(step: int, means_s: torch.Tensor, means_t: torch.Tensor, batch: int = 64):
+    """A batch of pooled features scattered around fixed class means, with their labels."""
+    g = torch.Generator().manual_seed(1000 + step)
+    y = torch.randint(0, P, (batch,), generator=g)
+    s = means_s[y] + 0.3 * torch.randn(batch, POOLED_S, generator=g)
+    t = means_t[y] + 0.3 * torch.randn(batch, POOLED_T, generator=g)
+    return LossInputs(student_logits=torch.zeros(batch, P), labels=y, student_pooled=s, teacher_pooled=t)
+
+
+def fresh_kernel_transfer(**options) -> torch.nn.Module:
+    loss = LOSSES.build("kernel_transfer", **options)
+    loss.setup(POOLED_CONTEXT)
+    return loss.train()
+
+
+def test_kernel_transfer_running_centres_converge_to_class_means():
+    means_s, means_t = randn(P, POOLED_S, seed=30, dtype=torch.float32), randn(P, POOLED_T, seed=31, dtype=torch.float32)
+    loss = fresh_kernel_transfer(centres="running", momentum=0.9)
+    first = loss(class_stream(0, means_s, means_t))
+    assert first.item() == 0.0  # no centres yet
+    for step in range(1, 80):
+        loss(class_stream(step, means_s, means_t))
+    torch.testing.assert_close(loss.student_centres, means_s, atol=0.05, rtol=0)
+    torch.testing.assert_close(loss.teacher_centres, means_t, atol=0.05, rtol=0)
+    assert loss(class_stream(200, means_s, means_t)).item() > 0
+
+
+def test_kernel_transfer_epoch_centres_swap_at_epoch_end():
+    means_s, means_t = randn(P, POOLED_S, seed=32, dtype=torch.float32), randn(P, POOLED_T, seed=33, dtype=torch.float32)
+    loss = fresh_kernel_transfer(centres="epoch")
+    batches = [class_stream(step, means_s, means_t) for step in range(4)]
+    for batch in batches:
+        assert loss(batch).item() == 0.0  # first epoch: no centres yet
+    assert torch.equal(loss.student_centres, torch.zeros(P, POOLED_S))
+    loss.on_epoch_end()
+    labels_all = torch.cat([b.labels for b in batches])
+    s_all = torch.cat([b.student_pooled for b in batches])
+    t_all = torch.cat([b.teacher_pooled for b in batches])
+    for c in range(P):
+        torch.testing.assert_close(loss.student_centres[c], s_all[labels_all == c].mean(0))
+        torch.testing.assert_close(loss.teacher_centres[c], t_all[labels_all == c].mean(0))
+    swapped = loss.student_centres.clone()
+    loss(class_stream(10, 2 * means_s, 2 * means_t))
+    assert torch.equal(loss.student_centres, swapped)  # no change until the next epoch end
+    assert loss.counts.sum().item() == 64
+
+
+def test_kernel_transfer_does_not_update_in_eval_and_needs_setup():
+    loss = fresh_kernel_transfer().eval()
+    batch = class_stream(0, torch.ones(P, POOLED_S), torch.ones(P, POOLED_T))
+    loss(batch)
+    assert torch.equal(loss.student_centres, torch.zeros(P, POOLED_S))
+    with pytest.raises(RuntimeError, match="setup"):
+        LOSSES.build("kernel_transfer")(batch)
+    with pytest.raises(ValueError, match=r"labels \(4,\).*\(64, 36\)"):
+        loss(replace(batch, labels=batch.labels[:4]))
+
+
+# --- srd ----------------------------------------------------------------------------------------
+
+
+def test_srd_projects_and_normalises_before_the_distance():
+    loss = build("srd", DOUBLE)
+    inputs = pooled_inputs(16)
+    projected = F.batch_norm(
+        inputs.student_pooled @ loss.projector[0].weight.T + loss.projector[0].bias, None, None, training=True, eps=1e-5
+    )
+    teacher = F.batch_norm(inputs.teacher_pooled, None, None, training=True, eps=1e-5)
+    torch.testing.assert_close(loss(inputs), functional.srd_distance(projected, teacher))
+    corr = build("srd", DOUBLE, variant="correlation")
+    corr.projector.load_state_dict(loss.projector.state_dict())
+    torch.testing.assert_close(corr(inputs), functional.srd_correlation(projected, teacher))
+
+
+def test_srd_needs_setup_and_a_known_variant():
+    with pytest.raises(RuntimeError, match="setup"):
+        LOSSES.build("srd")(cast(pooled_inputs(0), torch.float32))
+    with pytest.raises(ValueError, match="variant"):
+        LOSSES.build("srd", variant="cosine")
