@@ -370,20 +370,33 @@ def parse_recipe_file(
 
 
 def resolved_recipe(*arguments: Any) -> dict[str, Any]:
-    """The recipe keys that differ from their defaults, for ``distill_config.yaml`` and model cards."""
+    """The recipe keys that differ from their defaults, for ``distill_config.yaml`` and model cards.
+
+    ``TrainingArguments`` rewrites some fields in ``__post_init__`` (enums, accelerator config), so
+    it is compared through ``to_dict()`` against a default instance. Hub tokens are never written.
+    """
     resolved: dict[str, Any] = {}
     for args in arguments:
-        defaults = type(args)
-        for f in dataclasses.fields(defaults):
-            if not f.init or f.name.startswith("_"):
-                continue
-            value = getattr(args, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
-            )
-            if value != default:
-                resolved[f.name] = _plain(value)
+        if isinstance(args, TrainingArguments):
+            current = args.to_dict()
+            default = type(args)(output_dir=args.output_dir).to_dict()
+        else:
+            current = dataclasses.asdict(args)
+            default = {f.name: _default(f) for f in dataclasses.fields(args)}
+        init_fields = {f.name for f in dataclasses.fields(args) if f.init}
+        for key, value in current.items():
+            changed = value != default.get(key) or key == "output_dir"
+            if key in init_fields and not key.endswith("_token") and changed:
+                resolved[key] = _plain(value)
     return resolved
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def _plain(value: Any) -> Any:

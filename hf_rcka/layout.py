@@ -82,8 +82,8 @@ def tokens_to_fmap(tokens: Tensor, grid: tuple[int, int], num_prefix_tokens: int
     h, w = grid
     if tokens.dim() != 3 or tokens.shape[1] != num_prefix_tokens + h * w:
         raise ValueError(
-            f"expected tokens (B, {num_prefix_tokens} + {h}*{w}, D) for grid {grid} with "
-            f"{num_prefix_tokens} prefix tokens, got shape {tuple(tokens.shape)}"
+            f"expected tokens (B, N, D) with N = {num_prefix_tokens + h * w} ({num_prefix_tokens} prefix + "
+            f"{h}x{w} patches), got shape {tuple(tokens.shape)}"
         )
     patches = tokens[:, num_prefix_tokens:]
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)

@@ -46,7 +46,10 @@ from transformers import (
     TimmWrapperForImageClassification,
 )
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+)
 from transformers.utils import is_torchvision_available
 
 from .registry import close_matches
@@ -55,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_PREFIX = "config:"
 TIMM_PREFIX = "timm/"
+DEFAULT_IMAGE_SIZE = 224
 
 _LABEL_KEYS = ("num_labels", "id2label", "label2id")
 # timm.create_model arguments that load_image_classifier owns: a recipe must not set them.
@@ -251,14 +255,18 @@ def load_image_classifier(
 
 
 def _load_config(name_or_path: str, trust_remote_code: bool) -> PreTrainedConfig:
+    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
+        raise FileNotFoundError(
+            f"folder {name_or_path!r} has no config.json; pass the folder that save_pretrained wrote"
+        )
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as err:
         where = "local folder" if os.path.isdir(name_or_path) else "Hub repository"
         raise OSError(
-            f"could not read the config of {where} {name_or_path!r}: {err}. A folder needs the "
-            "config.json that save_pretrained writes; a Hub id needs network access (HF_HUB_OFFLINE "
-            "unset) or a cached copy."
+            f"could not read the config of {where} {name_or_path!r}. A folder needs the config.json "
+            "that save_pretrained writes; a Hub id needs network access (HF_HUB_OFFLINE unset) or a "
+            f"cached copy; 'timm/<arch>' and 'config:<type>' with from_scratch need neither. Cause: {err}"
         ) from err
 
 
@@ -288,15 +296,29 @@ def _build_from_config(
     """Random weights from a config (timm configs keep timm's initialisation)."""
     if isinstance(config, TimmWrapperConfig):
         labels = labels or LabelMaps.from_config(config)
-        model_args = {**(config.model_args or {}), **overrides}
+        model_args = {**_saved_model_args(config), **overrides}
         base_cfg = getattr(config, "pretrained_cfg", None)
         return build_timm_classifier(config.architecture, labels, model_args, base_cfg)
     config = _with_overrides(config, overrides)
     _set_labels(config, labels)
-    model_class = _classifier_class(config, explicit="architectures" in overrides)
+    model_class = _classifier_class(config, explicit="architectures" in overrides) or _default_class(config)
     if model_class is not None:
         return model_class(config)
     return AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def _default_class(config: PreTrainedConfig) -> type[PreTrainedModel] | None:
+    """The Auto class's first choice for this config (None for remote code).
+
+    Resolved here because ``AutoModelForImageClassification.from_config`` fails in transformers
+    5.23 for types with several classes (deit, levit) when ``architectures`` is unset.
+    """
+    if "AutoModelForImageClassification" in (getattr(config, "auto_map", None) or {}):
+        return None
+    if type(config) not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
+        raise ValueError(f"model type {config.model_type!r} has no transformers image-classification class")
+    classes = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(config)]
+    return classes[0] if isinstance(classes, (list, tuple)) else classes
 
 
 def _with_overrides(config: PreTrainedConfig, overrides: dict) -> PreTrainedConfig:
@@ -308,7 +330,19 @@ def _with_overrides(config: PreTrainedConfig, overrides: dict) -> PreTrainedConf
     if not overrides:
         return config
     _check_config_keys(config, overrides)
-    return type(config).from_dict({**config.to_dict(), **overrides})
+    if not dataclasses.is_dataclass(config):  # e.g. remote code: no way to tell derived fields
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        return config
+    derived = _derived_keys(type(config))
+    state = {k: v for k, v in config.to_dict().items() if k not in derived}
+    return type(config).from_dict({**state, **overrides})
+
+
+def _derived_keys(config_class: type[PreTrainedConfig]) -> set[str]:
+    """Serialised keys a config computes itself (not dataclass fields): dropped before a rebuild."""
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    return set(config_class().to_dict()) - fields - {"_name_or_path"}
 
 
 def _check_config_keys(config: PreTrainedConfig, overrides: dict) -> None:
@@ -455,14 +489,23 @@ def _create_timm_model(architecture: str, labels: LabelMaps | None, model_args: 
 
 def _timm_with_overrides(config: TimmWrapperConfig, overrides: dict) -> TimmWrapperConfig:
     """Overrides of a timm checkpoint are ``timm.create_model`` arguments, not config fields."""
-    if not overrides:
+    model_args = {**_saved_model_args(config), **overrides}
+    if model_args == (config.model_args or {}):
         return config
-    model_args = {**(config.model_args or {}), **overrides}
     _check_timm_args(config.architecture, model_args)
     config.model_args = model_args
     if getattr(config, "pretrained_cfg", None):
         config.pretrained_cfg = timm_data_config(config.pretrained_cfg, model_args)
     return config
+
+
+def _saved_model_args(config: TimmWrapperConfig) -> dict[str, Any]:
+    """A checkpoint's ``model_args`` without ``num_classes``.
+
+    timm's own ``save_for_hf`` stores ``num_classes`` there too; the wrapper passes the config's
+    ``num_labels`` as well, which would make ``timm.create_model`` fail on the duplicate.
+    """
+    return {k: v for k, v in (config.model_args or {}).items() if k != "num_classes"}
 
 
 def _check_timm_args(architecture: str, model_args: Mapping[str, Any]) -> None:
@@ -561,6 +604,9 @@ def _timm_registry_cfg(architecture: str) -> dict[str, Any]:
 def default_image_processor(config: PreTrainedConfig):
     """The default processor class of a transformers model type, at the config's ``image_size``.
 
+    Configs without ``image_size`` (ResNet, RegNet) get 224, the ImageNet convention: the class
+    defaults differ (ConvNeXt's processor, which ResNet uses, defaults to 384).
+
     Prefers the torchvision backend when installed, like ``AutoImageProcessor``, so that the saved
     processor reloads as the same class.
     """
@@ -568,9 +614,8 @@ def default_image_processor(config: PreTrainedConfig):
     processor_class = _pick_backend(mapping)
     if processor_class is None:
         raise ValueError(f"transformers has no default image processor for model type {config.model_type!r}")
-    processor = processor_class()
-    image_size = getattr(config, "image_size", None)
-    return resize_image_processor(processor, image_size) if image_size else processor
+    image_size = getattr(config, "image_size", None) or DEFAULT_IMAGE_SIZE
+    return resize_image_processor(processor_class(), image_size)
 
 
 def _pick_backend(mapping: Mapping[str, Any]) -> type | None:

@@ -215,7 +215,7 @@ class DistillationModel(nn.Module):
         """Capture the classifier's input: the pooled penultimate feature used by EKT and SRD."""
         for role, model in (("student", self.student), ("teacher", self.teacher)):
             def hook(_module: nn.Module, args: tuple, role: str = role) -> None:
-                self._pooled[role] = args[0]
+                self._pooled[role] = args[0].flatten(1)  # (B, C, 1, 1) for some CNN heads
 
             classifier_of(model).register_forward_pre_hook(hook)
 

@@ -67,8 +67,9 @@ class KernelTransferLoss(DistillationLoss):
                 f"kernel_transfer got labels {tuple(inputs.labels.shape)} for pooled features "
                 f"{tuple(inputs.student_pooled.shape)}: one label per sample is needed"
             )
+        # Clones: the centres are updated in place below, while backward still needs these values.
         loss = functional.kernel_transfer_loss(
-            inputs.student_pooled, inputs.teacher_pooled, self.student_centres, self.teacher_centres
+            inputs.student_pooled, inputs.teacher_pooled, self.student_centres.clone(), self.teacher_centres.clone()
         )
         if self.training:
             self._update(inputs.student_pooled.detach(), inputs.teacher_pooled.detach(), inputs.labels)

@@ -1,0 +1,196 @@
+"""Give the teacher its own input normalisation and resolution.
+
+The data pipeline prepares images for the *student* (its processor's mean, std and size). A
+teacher trained with other statistics (HF ViT uses 0.5/0.5, timm ResNets ImageNet mean/std) or at
+another resolution still returns confident logits on the student's tensor, so nothing fails and
+the student quietly learns from garbage (DESIGN.md, known pitfalls). ``TeacherInputTransform``
+maps the student's tensor to what the teacher's own processor would have produced: undo the
+student's normalisation, resize, apply the teacher's normalisation.
+
+All statistics here are in the [0, 1] image domain (raw uint8 divided by 255): a processor's
+``rescale_factor`` or ``do_rescale=False`` is folded into its mean and std, so two processors
+compare correctly whatever their rescaling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_UINT8_MAX = 255.0
+_MODES = ("bilinear", "bicubic", "nearest", "area")
+
+
+@dataclass(frozen=True)
+class InputStats:
+    """How a model expects its ``pixel_values``: ``(image01 - mean) / std`` at ``size``.
+
+    Attributes:
+        mean: per-channel mean in the [0, 1] image domain.
+        std: per-channel std in the [0, 1] image domain (all > 0).
+        size: (height, width) of the model's input.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+        if not self.mean or len(self.mean) != len(self.std):
+            raise ValueError(f"mean {self.mean} and std {self.std} need one value per channel each")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be > 0 in every channel, got {self.std}")
+        if len(self.size) != 2 or any(s < 1 for s in self.size):
+            raise ValueError(f"size must be (height, width) with both >= 1, got {self.size}")
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+
+def input_stats(processor: Any) -> InputStats:
+    """Read the normalisation and output size of an image processor.
+
+    Supports transformers' image processors (``image_mean``, ``image_std``, ``size`` /
+    ``crop_size``, ``rescale_factor``) and ``TimmWrapperImageProcessor`` (timm's data config).
+
+    Raises:
+        ValueError: the processor's output size depends on the image (e.g. resize of the shortest
+            edge with no crop), or it has no normalisation attributes; build ``InputStats`` by hand.
+    """
+    data_config = getattr(processor, "data_config", None)
+    if isinstance(data_config, dict) and "input_size" in data_config:
+        return _timm_stats(data_config)
+    if hasattr(processor, "image_mean") or hasattr(processor, "do_normalize"):
+        return _hf_stats(processor)
+    raise ValueError(
+        f"cannot read input statistics from {type(processor).__name__}: it is neither a transformers "
+        "image processor nor a TimmWrapperImageProcessor; build InputStats(mean, std, size) yourself"
+    )
+
+
+def _timm_stats(data_config: dict) -> InputStats:
+    _, height, width = data_config["input_size"]
+    return InputStats(tuple(data_config["mean"]), tuple(data_config["std"]), (height, width))
+
+
+def _hf_stats(processor: Any) -> InputStats:
+    channels = len(getattr(processor, "image_mean", None) or (0.0, 0.0, 0.0))
+    mean, std = (0.0,) * channels, (1.0,) * channels
+    if getattr(processor, "do_normalize", True):
+        mean, std = tuple(processor.image_mean), tuple(processor.image_std)
+    # pixel = (raw * r - mean) / std with raw = 255 * image01  ->  stats / (255 r) in image01 units
+    rescale = processor.rescale_factor if getattr(processor, "do_rescale", True) else 1.0
+    unit = _UINT8_MAX * float(rescale)
+    return InputStats(tuple(m / unit for m in mean), tuple(s / unit for s in std), _hf_output_size(processor))
+
+
+def _hf_output_size(processor: Any) -> tuple[int, int]:
+    size, crop = getattr(processor, "size", None) or {}, getattr(processor, "crop_size", None) or {}
+    if getattr(processor, "do_center_crop", False) and crop.get("height"):
+        return crop["height"], crop["width"]
+    if size.get("height") and size.get("width"):
+        return size["height"], size["width"]
+    if getattr(processor, "crop_pct", None) and size.get("shortest_edge"):
+        # ConvNeXt-style: resize to edge / crop_pct and crop a square of side edge (or warp to it)
+        return size["shortest_edge"], size["shortest_edge"]
+    raise ValueError(
+        f"cannot tell the output size of {type(processor).__name__} (size={dict(size)}, "
+        f"crop_size={dict(crop)}): it depends on each image's aspect ratio. Use a processor with a "
+        "fixed output size (height/width or a centre crop), or build InputStats by hand."
+    )
+
+
+class TeacherInputTransform(nn.Module):
+    """Maps student-normalised ``pixel_values`` to the teacher's normalisation and resolution.
+
+    Per channel, ``teacher = student * (s_std / t_std) + (s_mean - t_mean) / t_std``, applied
+    after resizing: an affine per-channel map commutes with bilinear resizing (its weights sum
+    to 1), and resizing first keeps the arithmetic at the smaller size when downsizing.
+    The result matches the teacher's processor up to resampling differences (the student's image
+    was already resized and cropped for the student).
+
+    Args:
+        student: what the student's processor produces.
+        teacher: what the teacher's processor produces.
+        mode: interpolation for the resize; "bilinear" and "bicubic" antialias when downsizing.
+
+    Raises:
+        ValueError: the two have different channel counts.
+    """
+
+    def __init__(self, student: InputStats, teacher: InputStats, mode: str = "bilinear") -> None:
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if student.channels != teacher.channels:
+            raise ValueError(
+                f"student inputs have {student.channels} channels (mean {student.mean}) but the teacher "
+                f"expects {teacher.channels} (mean {teacher.mean}); check the two image processors"
+            )
+        self.student, self.teacher, self.mode = student, teacher, mode
+        s_mean, s_std = _column(student.mean), _column(student.std)
+        t_mean, t_std = _column(teacher.mean), _column(teacher.std)
+        # non-persistent: follow .to(device) but stay out of checkpoints, which need not know them
+        self.register_buffer("scale", s_std / t_std, persistent=False)
+        self.register_buffer("shift", (s_mean - t_mean) / t_std, persistent=False)
+        same_stats = torch.allclose(self.scale, torch.ones_like(self.scale), atol=1e-6) and torch.allclose(
+            self.shift, torch.zeros_like(self.shift), atol=1e-6
+        )
+        self._same_stats = same_stats
+        self._same_size = student.size == teacher.size
+
+    @classmethod
+    def from_processors(
+        cls, student_processor: Any, teacher_processor: Any, mode: str = "bilinear"
+    ) -> TeacherInputTransform:
+        """Build from the two image processors (see ``input_stats``)."""
+        return cls(input_stats(student_processor), input_stats(teacher_processor), mode=mode)
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the teacher expects exactly what the student gets.
+
+        ``forward`` then returns its input itself (for inputs at the declared size), so a
+        wrapper can skip the transform without a copy.
+        """
+        return self._same_stats and self._same_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, C, H_s, W_s) in the student's normalisation -> (N, C, H_t, W_t) in the teacher's."""
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.student.channels:
+            raise ValueError(
+                f"expected pixel_values of shape (N, {self.student.channels}, H, W), "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        # the tensor's own size decides, not the declared one: augmentations may change it
+        resize = tuple(pixel_values.shape[-2:]) != self.teacher.size
+        if self._same_stats and not resize:
+            return pixel_values
+        x = pixel_values.float()
+        if resize:
+            x = self._resize(x)
+        if not self._same_stats:
+            x = x * self.scale.float() + self.shift.float()
+        return x.to(pixel_values.dtype)
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = self.teacher.size
+        downsizing = height < x.shape[-2] or width < x.shape[-1]
+        antialias = downsizing and self.mode in ("bilinear", "bicubic")
+        align = False if self.mode in ("bilinear", "bicubic") else None
+        return F.interpolate(x, size=(height, width), mode=self.mode, align_corners=align, antialias=antialias)
+
+    def extra_repr(self) -> str:
+        return f"student={self.student}, teacher={self.teacher}, mode={self.mode!r}"
+
+
+def _column(values: Sequence[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)

@@ -1,0 +1,54 @@
+"""Worker for test_multiprocess.py: a short 2-process CPU (gloo) distillation run.
+
+Each rank writes its student, adapters and loss state to OUT/rank{r}.safetensors so the test can
+check that data parallelism kept them identical. Launched by torchrun, not collected by pytest.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit  # noqa: E402
+from hf_rcka import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
+from hf_rcka.distributed import world_size  # noqa: E402
+
+
+def main(out: str) -> None:
+    args = DistillationTrainingArguments(
+        output_dir=os.path.join(out, "run"), max_steps=3, per_device_train_batch_size=5, learning_rate=1e-2,
+        report_to="none", use_cpu=True, seed=0, save_strategy="no", logging_steps=1,
+        teacher_accuracy_check="off", ddp_backend="gloo",
+        losses=[
+            {"name": "ce"},
+            {"name": "rcka", "gather": True},
+            {"name": "feature_cka", "gather": True},
+            {"name": "fitnet"},
+            {"name": "srd"},
+            {"name": "kernel_transfer", "weight": 0.04},
+        ],
+        feature_pairs=[{"student_layer": -1, "teacher_layer": -2, "adapter": "patch_match"}],
+    )
+    trainer = DistillationTrainer(
+        model=tiny_vit(), teacher=tiny_resnet(), args=args, train_dataset=pixel_dataset(40, seed=0),
+        processing_class=processor(16), teacher_processor=processor(24, IMAGENET_MEAN, IMAGENET_STD),
+    )
+    model = trainer.model
+    initial = {f"adapters.{k}": v.clone() for k, v in model.adapters.state_dict().items()}
+    trainer.train()
+    rank = torch.distributed.get_rank()
+    state = {f"student.{k}": v for k, v in model.student.state_dict().items()}
+    state.update({f"adapters.{k}": v for k, v in model.adapters.state_dict().items()})
+    state.update({f"losses.{k}": v for k, v in model.losses.state_dict().items()})
+    state.update({f"initial.{k}": v for k, v in initial.items()})
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, f"rank{rank}.safetensors"))
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
+        json.dump({"world_size": world_size(), "log_history": trainer.state.log_history}, handle)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

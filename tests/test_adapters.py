@@ -1,0 +1,178 @@
+"""Adapters: registry and options, each adapter's maths, and real model pairs in all four directions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _models import BATCH, FAMILIES, pixels
+from hf_rcka import ADAPTERS
+from hf_rcka.adapters import IdentityAdapter, LinearAdapter, PatchMatchAdapter, build_adapter
+from hf_rcka.features import auto_feature_pairs, describe_hidden_states, hidden_states_of
+from hf_rcka.layout import FeatureSpec, pooled_spec, resample, to_fmap
+
+VIT = FeatureSpec("nlc", 36, (4, 4), num_prefix_tokens=1, stride=8.0)  # student tokens (B, 17, 36)
+CNN = FeatureSpec("nchw", 20, (8, 8), stride=4.0)  # teacher map (B, 20, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _features(spec: FeatureSpec, requires_grad: bool = False) -> torch.Tensor:
+    return torch.randn(BATCH, *spec.shape, requires_grad=requires_grad)
+
+
+def test_importing_the_package_registers_every_adapter():
+    assert {"identity", "linear", "patch_match"} <= set(ADAPTERS.names())
+    adapter = ADAPTERS.build("patch_match", student=VIT, teacher=CNN, grid="teacher")
+    assert isinstance(adapter, PatchMatchAdapter) and adapter.grid == (8, 8)
+
+
+def test_build_adapter_rejects_unknown_options_and_names():
+    with pytest.raises(ValueError, match="did you mean 'grid'"):
+        build_adapter("patch_match", VIT, CNN, grd="min")
+    with pytest.raises(ValueError, match="'identity' takes no options \\(got 'project'\\)"):
+        build_adapter("identity", VIT, CNN, project=True)
+    with pytest.raises(KeyError, match="patch_match"):
+        build_adapter("patch_mach", VIT, CNN)
+
+
+def test_identity_passes_features_through():
+    student, teacher = _features(VIT), _features(CNN)
+    out = build_adapter("identity", VIT, CNN)(student, teacher)
+    assert isinstance(build_adapter("identity", VIT, CNN), IdentityAdapter)
+    assert out[0] is student and out[1] is teacher
+
+
+@pytest.mark.parametrize(
+    "student_spec",
+    [pooled_spec(36), FeatureSpec("nlc", 36, (4, 4), num_prefix_tokens=1), FeatureSpec("nchw", 36, (4, 2))],
+)
+def test_linear_projects_student_channels(student_spec: FeatureSpec):
+    teacher_spec = FeatureSpec("nchw", 20, (8, 8))
+    adapter = build_adapter("linear", student_spec, teacher_spec)
+    assert isinstance(adapter, LinearAdapter)
+    student, teacher = _features(student_spec, requires_grad=True), _features(teacher_spec)
+    out_student, out_teacher = adapter(student, teacher)
+    assert out_teacher is teacher
+    weight, bias = adapter.proj.weight, adapter.proj.bias
+    if student.dim() == 4:  # a 1x1 convolution on the channel dimension
+        expected = F.conv2d(student, weight[:, :, None, None], bias)
+    else:
+        expected = student @ weight.T + bias
+    torch.testing.assert_close(out_student, expected)
+    out_student.square().mean().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_linear_rejects_a_wrong_width():
+    adapter = build_adapter("linear", pooled_spec(36), pooled_spec(20), bias=False)
+    assert adapter.proj.bias is None
+    with pytest.raises(ValueError, match="expects 36 student channels"):
+        adapter(torch.randn(BATCH, 20), torch.randn(BATCH, 20))
+
+
+@pytest.mark.parametrize(("grid", "expected"), [("min", (4, 4)), ("student", (4, 4)), ("teacher", (8, 8)),
+                                                 ([2, 3], (2, 3))])
+def test_patch_match_gives_equal_shapes_on_the_chosen_grid(grid, expected):
+    adapter = build_adapter("patch_match", VIT, CNN, grid=grid, project=True)
+    student, teacher = adapter(_features(VIT), _features(CNN))
+    assert student.shape == teacher.shape == (BATCH, CNN.channels, *expected)
+
+
+def test_patch_match_min_grid_is_per_dimension():
+    wide = FeatureSpec("nchw", 20, (2, 8))
+    assert build_adapter("patch_match", CNN, wide).grid == (2, 8)
+    assert build_adapter("patch_match", FeatureSpec("nchw", 20, (4, 16)), wide).grid == (2, 8)
+
+
+@pytest.mark.parametrize("grid", ["min", "teacher"])  # downsample the teacher / upsample the student
+def test_patch_match_drops_prefix_tokens_and_projects_patch_by_patch(grid: str):
+    adapter = build_adapter("patch_match", VIT, CNN, grid=grid)
+    student, teacher = _features(VIT), _features(CNN)
+    out_student, out_teacher = adapter(student, teacher)
+    patches = student[:, 1:].transpose(1, 2).reshape(BATCH, 36, 4, 4)  # CLS token dropped, row-major
+    expected = F.conv2d(resample(patches, adapter.grid), adapter.proj.weight, adapter.proj.bias)
+    torch.testing.assert_close(out_student, expected)
+    torch.testing.assert_close(out_teacher, resample(teacher, adapter.grid))
+
+
+def test_patch_match_map_student_downsampled_then_projected():
+    adapter = build_adapter("patch_match", CNN, VIT)  # 20-channel 8x8 map -> 36-channel 4x4 token grid
+    student, teacher = _features(CNN), _features(VIT)
+    out_student, out_teacher = adapter(student, teacher)
+    expected = F.conv2d(student, adapter.proj.weight, adapter.proj.bias).reshape(BATCH, 36, 4, 2, 4, 2).mean((3, 5))
+    torch.testing.assert_close(out_student, expected)
+    torch.testing.assert_close(out_teacher, teacher[:, 1:].transpose(1, 2).reshape(BATCH, 36, 4, 4))
+
+
+def test_patch_match_projects_only_when_asked_or_needed():
+    same_width = FeatureSpec("nchw", 36, (8, 8))
+    assert build_adapter("patch_match", VIT, same_width).proj is None
+    assert build_adapter("patch_match", VIT, same_width, project=True).proj is not None
+    adapter = build_adapter("patch_match", VIT, CNN, project=False)
+    assert adapter.proj is None and not list(adapter.parameters())
+    student, teacher = adapter(_features(VIT), _features(CNN))
+    assert student.shape == (BATCH, 36, 4, 4) and teacher.shape == (BATCH, 20, 4, 4)
+    with pytest.raises(ValueError, match="grid must be one of"):
+        build_adapter("patch_match", VIT, CNN, grid="max")
+
+
+def test_patch_match_bfloat16():
+    adapter = build_adapter("patch_match", VIT, CNN).to(torch.bfloat16)
+    student, teacher = adapter(_features(VIT).bfloat16(), _features(CNN).bfloat16())
+    assert student.dtype == teacher.dtype == torch.bfloat16 and student.shape == teacher.shape
+
+
+# ------------------------------------------------------------- real models, four directions
+
+DIRECTIONS = {  # name: (student family, teacher family, expected (student_layer, teacher_layer) pairs)
+    "cnn_to_cnn": ("hf_resnet", "timm_regnet", [(1, 1), (2, 2), (3, 3), (4, 4)]),
+    "cnn_to_cnn_many_layers": ("hf_mobilenet_v2", "hf_convnext", [(1, 1), (4, 2), (11, 3), (15, 4)]),
+    "vit_to_vit": ("timm_vit", "hf_deit", [(0, 1), (1, 2)]),
+    "cnn_teacher_vit_student": ("hf_deit", "timm_regnet", [(1, 2), (2, 4)]),
+    "vit_teacher_cnn_student": ("timm_resnet", "hf_vit", [(2, 1), (4, 2)]),
+    "swin_teacher_dinov2_student": ("hf_dinov2_registers", "timm_swin", [(1, 1), (2, 2)]),
+}
+
+
+@pytest.mark.parametrize("direction", sorted(DIRECTIONS))
+def test_real_pairs_align_and_train_the_adapters(direction: str):
+    student_family, teacher_family, expected_pairs = DIRECTIONS[direction]
+    student_fam, teacher_fam = FAMILIES[student_family], FAMILIES[teacher_family]
+    student_model, teacher_model = student_fam.build().train(), teacher_fam.build()
+    x = pixels(student_fam.image_size)
+    teacher_x = pixels(teacher_fam.image_size)
+    student_specs = describe_hidden_states(student_model, x)
+    teacher_specs = describe_hidden_states(teacher_model, teacher_x)
+    pairs = auto_feature_pairs(student_specs, teacher_specs)
+    assert [(s, t) for s, t, _ in pairs] == expected_pairs
+
+    adapters = [build_adapter("patch_match", student_specs[s], teacher_specs[t], project=True) for s, t, _ in pairs]
+    student_states = hidden_states_of(student_model(pixel_values=x, output_hidden_states=True))
+    with torch.no_grad():
+        teacher_states = hidden_states_of(teacher_model(pixel_values=teacher_x, output_hidden_states=True))
+    loss = torch.zeros(())
+    for adapter, (s, t, _) in zip(adapters, pairs):
+        out_student, out_teacher = adapter(student_states[s], teacher_states[t])
+        assert out_student.shape == out_teacher.shape
+        assert out_student.shape[-2:] == tuple(min(a, b) for a, b in zip(student_specs[s].grid, teacher_specs[t].grid))
+        assert not out_teacher.requires_grad
+        loss = loss + F.mse_loss(out_student, out_teacher)
+    loss.backward()
+    for adapter in adapters:
+        assert adapter.proj.weight.grad is not None and adapter.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher_model.parameters())
+
+
+def test_to_fmap_matches_adapter_input_for_real_tokens():
+    """The spec of an HF DeiT hidden state turns its tokens into the map patch_match works on."""
+    model, x = FAMILIES["hf_deit"].build(), pixels(32)
+    spec = describe_hidden_states(model, x)[-1]
+    with torch.no_grad():
+        tokens = hidden_states_of(model(pixel_values=x, output_hidden_states=True))[-1]
+    fmap = to_fmap(tokens, spec)
+    torch.testing.assert_close(fmap.flatten(2).transpose(1, 2), tokens[:, 2:])

@@ -1,0 +1,203 @@
+"""Hidden states of every supported HF and timm family, layer indices, heads and automatic pairing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+
+from _models import BATCH, FAMILIES, NUM_LABELS, hf_resnet, hf_vit, pixels, timm_model
+from hf_rcka.features import (
+    auto_feature_pairs,
+    classifier_of,
+    describe_hidden_states,
+    hidden_states_of,
+    pooled_dim,
+    resolve_layer,
+)
+from hf_rcka.layout import FeatureSpec, to_fmap
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _forward(model: nn.Module, x: torch.Tensor):
+    with torch.no_grad():
+        return model(pixel_values=x, output_hidden_states=True)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_specs_describe_every_hidden_state(family: str):
+    fam = FAMILIES[family]
+    model, x = fam.build(), pixels(fam.image_size)
+    specs = describe_hidden_states(model, x)
+    states = hidden_states_of(_forward(model, x))
+    assert len(specs) == len(states) >= 2
+    for spec, state in zip(specs, states):
+        assert spec.layout == fam.layout
+        assert spec.num_prefix_tokens == fam.num_prefix_tokens
+        assert tuple(state.shape) == (BATCH, *spec.shape)
+        assert spec.stride == fam.image_size / spec.grid[0]
+        assert to_fmap(state, spec).shape == (BATCH, spec.channels, *spec.grid)
+    assert [s.is_embedding for s in specs] == [fam.embedding_first] + [False] * (len(specs) - 1)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_classifier_input_is_the_pooled_feature(family: str):
+    fam = FAMILIES[family]
+    model = fam.build()
+    seen = []
+    handle = classifier_of(model).register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        logits = model(pixel_values=pixels(fam.image_size)).logits
+    handle.remove()
+    assert logits.shape == (BATCH, NUM_LABELS)
+    assert len(seen) == 1 and seen[0].shape == (BATCH, pooled_dim(model))
+
+
+def test_hf_vit_prefix_tokens_are_the_leading_tokens():
+    """The CLS token of the embedding output is cls_token + its position embedding: it must be dropped."""
+    model, x = hf_vit(), pixels(32)
+    spec = describe_hidden_states(model, x)[0]
+    embedding = hidden_states_of(_forward(model, x))[0]
+    cls = model.vit.embeddings.cls_token[0, 0] + model.vit.embeddings.position_embeddings[0, 0]
+    torch.testing.assert_close(embedding[:, 0], cls.expand(BATCH, -1).detach())
+    patches = to_fmap(embedding, spec)
+    assert not torch.allclose(patches[:, :, 0, 0], embedding[:, 0])
+
+
+def test_non_square_inputs():
+    vit, x = hf_vit(image_size=(32, 48)), pixels((32, 48))
+    specs = describe_hidden_states(vit, x)
+    assert {(s.grid, s.num_prefix_tokens, s.stride) for s in specs} == {((4, 6), 1, 8.0)}
+    resnet_specs = describe_hidden_states(hf_resnet(), pixels((32, 64)))
+    assert [s.grid for s in resnet_specs] == [(8, 16), (8, 16), (4, 8), (2, 4), (1, 2)]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_probe_restores_mode_and_leaves_batchnorm_statistics_alone(training: bool):
+    model = hf_resnet().train(training)
+    statistics = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    describe_hidden_states(model, pixels(32, batch=1))
+    assert all(m.training == training for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in statistics.items())
+
+
+def test_hidden_states_of_requires_hidden_states():
+    with torch.no_grad():
+        outputs = hf_vit()(pixel_values=pixels(32))
+    with pytest.raises(ValueError, match="output_hidden_states=True"):
+        hidden_states_of(outputs)
+
+
+class _NoIntermediates(nn.Module):
+    """A timm-like model without forward_intermediates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, NUM_LABELS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.mean(dim=(2, 3)))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+
+def test_timm_model_without_intermediates_names_the_model():
+    model = timm_model("resnet18")
+    model.timm_model = _NoIntermediates()
+    with pytest.raises(ValueError, match=r"TimmWrapperForImageClassification \(resnet18\) cannot return hidden states"):
+        describe_hidden_states(model, pixels(32))
+
+
+def test_classifier_errors():
+    headless = tf.ViTForImageClassification(tf.ViTConfig(hidden_size=36, num_hidden_layers=1, num_attention_heads=2,
+                                                         intermediate_size=40, image_size=32, patch_size=8,
+                                                         num_labels=0))
+    with pytest.raises(ValueError, match="no classification head"):
+        classifier_of(headless)
+    with pytest.raises(ValueError, match="cannot find the classification head of Sequential"):
+        classifier_of(nn.Sequential(nn.Conv2d(3, 4, 1)))
+
+
+def test_classifier_of_deit_with_teacher_is_the_cls_head():
+    model = FAMILIES["hf_deit_with_teacher"].build()
+    assert classifier_of(model) is model.cls_classifier
+
+
+@pytest.mark.parametrize(("index", "expected"), [(0, 0), (12, 12), (-1, 12), (-13, 0), (-4, 9)])
+def test_resolve_layer(index: int, expected: int):
+    assert resolve_layer(index, 13, "student") == expected
+
+
+@pytest.mark.parametrize("index", [13, -14, 100])
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_resolve_layer_out_of_range_says_how_many(index: int, side: str):
+    with pytest.raises(IndexError, match=rf"{side} layer {index} .* the {side} model has 13 hidden states.*-13\.\.12"):
+        resolve_layer(index, 13, side)
+
+
+def test_resolve_layer_rejects_non_integers():
+    with pytest.raises(TypeError):
+        resolve_layer(True, 13, "student")
+    with pytest.raises(TypeError):
+        resolve_layer(1.0, 13, "student")
+
+
+# ------------------------------------------------------------------ auto_feature_pairs, by hand
+
+
+def _cnn_specs(strides: list[int], image: int = 224, stem: bool = True) -> list[FeatureSpec]:
+    """One spec per hidden state of a CNN whose entries have these strides (the first the stem)."""
+    return [FeatureSpec("nchw", 8 * (i + 1), (image // s, image // s), stride=float(s), is_embedding=stem and i == 0)
+            for i, s in enumerate(strides)]
+
+
+def _vit_specs(depth: int, image: int = 224, patch: int = 16, prefix: int = 1) -> list[FeatureSpec]:
+    grid = (image // patch, image // patch)
+    return [FeatureSpec("nlc", 384, grid, prefix, float(patch), is_embedding=i == 0) for i in range(depth + 1)]
+
+
+REGNET = _cnn_specs([2, 4, 8, 16, 32])  # stem + 4 stages, like HF/timm RegNet or ResNet
+MOBILENET = _cnn_specs([4, 4, 8, 8, 8, 16, 16, 16, 16, 32, 32], stem=False)  # every layer, no stem
+
+
+def test_pairs_cnn_teacher_vit_student_by_relative_depth():
+    pairs = auto_feature_pairs(_vit_specs(12), REGNET)
+    assert [(s, t) for s, t, _ in pairs] == [(3, 1), (6, 2), (9, 3), (12, 4)]
+    assert pairs[0][2] == ("student block 3/12 [hidden state 3] (stride 16) <-> teacher stage 1/4 [hidden state 1] "
+                           "(stride 4): closest relative depth (0.25 vs 0.25)")
+
+
+def test_pairs_vit_teacher_cnn_student():
+    pairs = auto_feature_pairs(REGNET, _vit_specs(12), num_pairs=2)
+    assert [(s, t) for s, t, _ in pairs] == [(2, 6), (4, 12)]
+
+
+def test_pairs_vit_to_vit_spreads_over_depth():
+    assert [(s, t) for s, t, _ in auto_feature_pairs(_vit_specs(6), _vit_specs(12), num_pairs=3)] == [
+        (2, 4), (4, 8), (6, 12)]
+    assert [(s, t) for s, t, _ in auto_feature_pairs(_vit_specs(12), _vit_specs(12), num_pairs=4)] == [
+        (3, 3), (6, 6), (9, 9), (12, 12)]
+
+
+def test_pairs_cnn_to_cnn_match_stage_outputs_by_stride():
+    pairs = auto_feature_pairs(MOBILENET, REGNET)
+    assert [(s, t) for s, t, _ in pairs] == [(1, 1), (4, 2), (8, 3), (10, 4)]
+    assert all("same stride" in reason for _, _, reason in pairs)
+
+
+def test_pairs_swin_like_stages_skip_the_missing_stride():
+    swin = _cnn_specs([4, 8, 16, 32, 32])  # patch embedding, then stage outputs after merging
+    pairs = auto_feature_pairs(swin, REGNET)
+    assert [(s, t) for s, t, _ in pairs] == [(1, 2), (2, 3), (4, 4)]
+
+
+def test_pairs_few_requested_take_the_deepest():
+    assert [(s, t) for s, t, _ in auto_feature_pairs(_vit_specs(12), REGNET, num_pairs=1)] == [(12, 4)]
+    with pytest.raises(ValueError, match="num_pairs"):
+        auto_feature_pairs(_vit_specs(12), REGNET, num_pairs=0)

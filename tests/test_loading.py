@@ -1,0 +1,317 @@
+"""Model and image-processor loading: config:<type>, timm/<arch>, saved folders; offline, tiny."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import huggingface_hub
+import numpy as np
+import pytest
+import timm
+import torch
+from transformers import AutoModelForImageClassification, TimmWrapperImageProcessor
+
+from hf_rcka.loading import (
+    LabelMaps,
+    load_image_classifier,
+    load_image_processor,
+    parse_model_source,
+    resize_image_processor,
+    resolve_labels,
+)
+
+LABELS = {0: "cat", 1: "dog", 2: "fox"}
+VIT = {"hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 72,
+       "image_size": 32, "patch_size": 8}  # 16 patches + CLS = 17 tokens
+DEIT_TEACHER = {**VIT, "architectures": ["DeiTForImageClassificationWithTeacher"]}
+RESNET = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]}
+REGNET = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "groups_width": 8}
+CONVNEXT = {"hidden_sizes": [8, 16], "depths": [1, 1], "num_stages": 2, "image_size": 32}
+TIMM_RESNET_32 = {"pretrained_cfg_overlay": {"input_size": (3, 32, 32)}}  # timm's way to change the data config
+TIMM_VIT = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 36, "num_heads": 2}
+
+CASES = {  # name -> (model name, overrides, processor image_size, expected class)
+    "vit": ("config:vit", VIT, None, "ViTForImageClassification"),
+    "deit": ("config:deit", VIT, None, "DeiTForImageClassification"),
+    "deit_teacher": ("config:deit", DEIT_TEACHER, None, "DeiTForImageClassificationWithTeacher"),
+    "resnet": ("config:resnet", RESNET, 32, "ResNetForImageClassification"),
+    "regnet": ("config:regnet", REGNET, 32, "RegNetForImageClassification"),
+    "convnext": ("config:convnext", CONVNEXT, None, "ConvNextForImageClassification"),
+    "timm_resnet": ("timm/resnet18", TIMM_RESNET_32, None, "TimmWrapperForImageClassification"),
+    "timm_vit": ("timm/vit_tiny_patch16_224", TIMM_VIT, None, "TimmWrapperForImageClassification"),
+}
+OFFLINE = bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8) for _ in range(5)]
+
+
+def _build(case: str):
+    name, overrides, image_size, _ = CASES[case]
+    model = load_image_classifier(name, id2label=LABELS, config_overrides=overrides, from_scratch=True).eval()
+    return model, load_image_processor(name, model, image_size=image_size)
+
+
+def _logits(model, processor, images) -> torch.Tensor:
+    with torch.no_grad():
+        return model(pixel_values=processor(images, return_tensors="pt").pixel_values).logits
+
+
+# --- building ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["vit", "deit", "deit_teacher", "resnet", "regnet", "convnext", "timm_vit",
+                                  "timm_resnet"])
+def test_builds_runs_and_sets_labels(case: str, images) -> None:
+    model, processor = _build(case)
+    assert type(model).__name__ == CASES[case][3]
+    assert model.config.num_labels == 3
+    assert {int(k): v for k, v in model.config.id2label.items()} == LABELS
+    assert model.config.label2id == {"cat": 0, "dog": 1, "fox": 2}
+    pixels = processor(images, return_tensors="pt").pixel_values
+    assert pixels.shape == (5, 3, 32, 32)
+    logits = model(pixel_values=pixels).logits
+    assert logits.shape == (5, 3) and torch.isfinite(logits).all()
+
+
+def test_deit_teacher_class_has_distillation_head(images) -> None:
+    model, processor = _build("deit_teacher")
+    out = model(pixel_values=processor(images, return_tensors="pt").pixel_values)
+    assert out.distillation_logits.shape == out.cls_logits.shape == (5, 3)
+
+
+def test_config_override_rebuilds_derived_fields() -> None:
+    model = load_image_classifier("config:resnet", num_labels=2, config_overrides=RESNET)
+    assert model.config.stage_names == ["stem", "stage1", "stage2"]
+    assert model.config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+
+
+def test_cnn_processor_defaults_to_224_and_takes_image_size() -> None:
+    model = load_image_classifier("config:resnet", num_labels=2, config_overrides=RESNET)
+    assert load_image_processor("config:resnet", model).size["shortest_edge"] == 224
+    assert load_image_processor("config:resnet").size["shortest_edge"] == 224
+
+
+def test_resize_image_processor_keeps_resize_to_crop_ratio() -> None:
+    deit = load_image_processor("config:deit")  # 256 -> crop 224
+    small = resize_image_processor(deit, 32)
+    assert (small.size["height"], small.crop_size["height"]) == (37, 32)
+
+
+# --- timm: timm's own initialisation, data config ----------------------------------------------
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), [("resnet18", {}), ("vit_tiny_patch16_224", TIMM_VIT)])
+def test_timm_from_scratch_keeps_timm_init(arch: str, kwargs: dict) -> None:
+    torch.manual_seed(123)
+    model = load_image_classifier(f"timm/{arch}", num_labels=3, config_overrides=kwargs, from_scratch=True)
+    torch.manual_seed(123)
+    reference = timm.create_model(arch, pretrained=False, num_classes=3, **kwargs)
+    ours, theirs = model.timm_model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), [k for k in theirs if not torch.equal(ours[k], theirs[k])]
+    assert model.config.model_args == kwargs
+
+
+def test_timm_resnet_init_is_timms_not_transformers() -> None:
+    model = load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True)
+    # timm zero-initialises the last BatchNorm of each residual block; transformers' init sets 1
+    assert torch.all(model.timm_model.layer1[0].bn2.weight == 0)
+
+
+def test_timm_pretrained_cfg_follows_overrides() -> None:
+    model = load_image_classifier("timm/vit_tiny_patch16_224", num_labels=3, config_overrides=TIMM_VIT,
+                                  from_scratch=True)
+    cfg = model.config.pretrained_cfg
+    assert tuple(cfg["input_size"]) == (3, 32, 32)
+    assert "hf_hub_id" not in cfg and "url" not in cfg  # random weights: no weight provenance
+    processor = load_image_processor("timm/vit_tiny_patch16_224", model)
+    assert isinstance(processor, TimmWrapperImageProcessor)
+    assert processor.data_config["input_size"] == (3, 32, 32)
+
+
+def test_timm_processor_without_model_comes_from_timms_registry() -> None:
+    processor = load_image_processor("timm/resnet18.a1_in1k")
+    assert processor.data_config["input_size"] == (3, 224, 224)
+    assert processor.data_config["crop_pct"] == 0.95
+    with pytest.raises(ValueError, match="img_size"):
+        load_image_processor("timm/resnet18", image_size=32)
+
+
+# --- save / reload ------------------------------------------------------------------------------
+
+_RELOAD_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np, torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    images = list(np.load(sys.argv[1]))
+    classes = {}
+    for folder in sys.argv[2:]:
+        model = AutoModelForImageClassification.from_pretrained(folder).eval()
+        processor = AutoImageProcessor.from_pretrained(folder)
+        with torch.no_grad():
+            logits = model(pixel_values=processor(images, return_tensors="pt").pixel_values).logits
+        np.save(folder + "/reloaded_logits.npy", logits.numpy())
+        classes[folder] = [type(model).__name__, type(processor).__name__]
+    assert "hf_rcka" not in sys.modules
+    print(json.dumps(classes))
+    """
+)
+
+
+def test_saved_models_reload_without_hf_rcka(tmp_path: Path, images) -> None:
+    cases = ["vit", "deit_teacher", "resnet", "convnext", "timm_resnet", "timm_vit"]
+    expected = {}
+    for case in cases:
+        model, processor = _build(case)
+        folder = tmp_path / case
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        expected[str(folder)] = (_logits(model, processor, images), type(model).__name__, type(processor).__name__)
+    np.save(tmp_path / "images.npy", np.stack(images))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", _RELOAD_SCRIPT, str(tmp_path / "images.npy"), *expected],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    classes = json.loads(result.stdout.strip().splitlines()[-1])
+    for folder, (logits, model_class, processor_class) in expected.items():
+        assert classes[folder] == [model_class, processor_class]
+        reloaded = torch.from_numpy(np.load(Path(folder) / "reloaded_logits.npy"))
+        torch.testing.assert_close(reloaded, logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["vit", "timm_vit"])
+def test_folder_round_trip_through_our_loader(case: str, tmp_path: Path, images) -> None:
+    model, processor = _build(case)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    again = load_image_classifier(str(tmp_path)).eval()
+    again_processor = load_image_processor(str(tmp_path), again)
+    assert again.config.id2label == model.config.id2label
+    torch.testing.assert_close(_logits(again, again_processor, images), _logits(model, processor, images))
+
+
+@pytest.mark.parametrize(("case", "head"), [("vit", "classifier"), ("timm_vit", "timm_model.head")])
+def test_num_labels_change_reinitialises_only_the_head(case: str, head: str, tmp_path: Path) -> None:
+    model, _ = _build(case)
+    model.save_pretrained(tmp_path)
+    loaded = load_image_classifier(str(tmp_path), id2label={0: "a", 1: "b", 2: "c", 3: "d", 4: "e"})
+    assert loaded.config.num_labels == 5 and loaded.config.label2id["e"] == 4
+    saved, new = model.state_dict(), loaded.state_dict()
+    assert new[f"{head}.weight"].shape[0] == 5
+    body = [k for k in saved if not k.startswith(head)]
+    assert body and all(torch.equal(saved[k], new[k]) for k in body)
+
+
+def test_same_num_labels_keeps_the_head(tmp_path: Path) -> None:
+    model, _ = _build("vit")
+    model.save_pretrained(tmp_path)
+    loaded = load_image_classifier(str(tmp_path), num_labels=3)
+    assert torch.equal(loaded.classifier.weight, model.classifier.weight)
+
+
+def test_body_change_while_resizing_head_is_an_error(tmp_path: Path) -> None:
+    model, _ = _build("vit")
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="position_embeddings"):
+        load_image_classifier(str(tmp_path), num_labels=4, config_overrides={"image_size": 64})
+
+
+def test_from_scratch_folder_keeps_config_not_weights(tmp_path: Path) -> None:
+    model, _ = _build("vit")
+    model.save_pretrained(tmp_path)
+    fresh = load_image_classifier(str(tmp_path), from_scratch=True)
+    assert fresh.config.hidden_size == 36 and fresh.config.id2label == model.config.id2label
+    assert not torch.equal(fresh.classifier.weight, model.classifier.weight)
+
+
+def test_saved_deit_teacher_class_reloads_with_both_heads(tmp_path: Path) -> None:
+    model, _ = _build("deit_teacher")
+    model.save_pretrained(tmp_path)
+    assert type(load_image_classifier(str(tmp_path))).__name__ == "DeiTForImageClassificationWithTeacher"
+    assert type(AutoModelForImageClassification.from_pretrained(tmp_path)).__name__ == (
+        "DeiTForImageClassificationWithTeacher"
+    )
+
+
+# --- names, labels and errors -------------------------------------------------------------------
+
+
+def test_parse_model_source(tmp_path: Path) -> None:
+    assert parse_model_source("config:vit").kind == "config"
+    assert parse_model_source("timm/resnet18.a1_in1k").name == "resnet18.a1_in1k"
+    assert parse_model_source("google/vit-base-patch16-224").kind == "pretrained"
+    assert parse_model_source(str(tmp_path)).kind == "pretrained"
+
+
+def test_resolve_labels() -> None:
+    assert resolve_labels() is None
+    assert resolve_labels(num_labels=2) == LabelMaps.default(2)
+    from_json = resolve_labels(id2label={"1": "dog", "0": "cat"})
+    assert from_json.id2label == {0: "cat", 1: "dog"} and from_json.label2id == {"cat": 0, "dog": 1}
+    assert resolve_labels(label2id={"cat": 0, "dog": 1}) == from_json
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"num_labels": 2, "id2label": LABELS}, "num_labels=2"),
+     ({"id2label": {0: "a", 2: "b"}}, "0..n-1"),
+     ({"id2label": LABELS, "label2id": {"cat": 1, "dog": 0, "fox": 2}}, "inverse"),
+     ({"num_labels": 0}, ">= 1")],
+)
+def test_inconsistent_labels_are_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        resolve_labels(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "error", "match"),
+    [("./no/such/folder", {}, FileNotFoundError, "no such local folder"),
+     ("config:vitt", {}, ValueError, "'vit'"),
+     ("config:bert", {}, ValueError, "image-classification"),
+     ("config:", {}, ValueError, "config:vit"),
+     ("config:vit", {"hiden_size": 8}, ValueError, "'hiden_size'.*'hidden_size'"),
+     ("config:vit", {"num_labels": 8}, ValueError, "num_labels"),
+     ("config:vit", {"architectures": ["BertForSequenceClassification"]}, ValueError, "architectures"),
+     ("timm/resnet_18", {}, ValueError, "'resnet18'"),
+     ("timm/resnet18", {"no_such_arg": 1}, ValueError, "rejected"),
+     ("timm/resnet18", {"num_classes": 3}, ValueError, "num_labels")],
+)
+def test_errors_name_the_problem(name: str, overrides: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        load_image_classifier(name, num_labels=3, config_overrides=overrides, from_scratch=True)
+
+
+def test_a_file_is_not_a_model_folder(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="save_pretrained"):
+        load_image_classifier(str(path))
+
+
+def test_folder_without_config_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="config.json"):
+        load_image_classifier(str(tmp_path))
+
+
+@pytest.mark.skipif(not OFFLINE, reason="needs HF_HUB_OFFLINE=1 so that no network call is attempted")
+@pytest.mark.parametrize("name", ["timm/resnet18", "someone/no-such-model"])
+def test_hub_paths_fail_clearly_offline(name: str) -> None:
+    with pytest.raises(OSError, match="HF_HUB_OFFLINE"):
+        load_image_classifier(name, num_labels=3)

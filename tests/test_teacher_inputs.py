@@ -1,0 +1,185 @@
+"""TeacherInputTransform gives the teacher what its own image processor would have produced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import (
+    CLIPImageProcessor,
+    ConvNextImageProcessor,
+    DeiTImageProcessor,
+    TimmWrapperImageProcessor,
+    ViTImageProcessor,
+)
+
+from hf_rcka.teacher_inputs import InputStats, TeacherInputTransform, input_stats
+
+IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+HALF = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+
+
+def _vit_processor(size: int, stats: dict = HALF, resample: int = 2) -> ViTImageProcessor:
+    return ViTImageProcessor(size={"height": size, "width": size}, resample=resample, **stats)
+
+
+@pytest.fixture(scope="module")
+def smooth_image() -> np.ndarray:
+    """A 256x256 uint8 RGB image with little high-frequency content, so resampling paths agree."""
+    low = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    image = F.interpolate(low, size=(256, 256), mode="bicubic", align_corners=False).clamp(0, 1)
+    return (image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _pixels(processor, image: np.ndarray) -> torch.Tensor:
+    return processor(image, return_tensors="pt").pixel_values
+
+
+# --- normalisation: exact against the teacher's processor -------------------------------------
+
+
+def test_renormalisation_equals_teacher_processor(smooth_image: np.ndarray) -> None:
+    raw = smooth_image[:32, :32]  # both processors resize 32 -> 32: only normalisation differs
+    student, teacher = _vit_processor(32, HALF), _vit_processor(32, IMAGENET)
+    transform = TeacherInputTransform.from_processors(student, teacher)
+    assert not transform.is_identity
+    torch.testing.assert_close(transform(_pixels(student, raw)), _pixels(teacher, raw), atol=1e-5, rtol=0)
+
+
+def test_renormalisation_equals_timm_teacher_processor(smooth_image: np.ndarray) -> None:
+    raw = smooth_image[:32, :32]
+    student = _vit_processor(32, HALF)
+    teacher = TimmWrapperImageProcessor(
+        pretrained_cfg={"input_size": (3, 32, 32), "mean": IMAGENET["image_mean"], "std": IMAGENET["image_std"],
+                        "crop_pct": 1.0, "interpolation": "bilinear"}
+    )
+    transform = TeacherInputTransform.from_processors(student, teacher)
+    torch.testing.assert_close(transform(_pixels(student, raw)), teacher(raw).pixel_values, atol=1e-5, rtol=0)
+
+
+# --- resolution: close to the teacher's processor, exact against interpolate ------------------
+
+
+@pytest.mark.parametrize("student_size", [112, 320])
+def test_resize_close_to_teacher_processor(smooth_image: np.ndarray, student_size: int) -> None:
+    student, teacher = _vit_processor(student_size, HALF), _vit_processor(224, IMAGENET)
+    transform = TeacherInputTransform.from_processors(student, teacher)
+    got, want = transform(_pixels(student, smooth_image)), _pixels(teacher, smooth_image)
+    assert got.shape == want.shape == (1, 3, 224, 224)
+    error = (got - want).abs()
+    # two resamplings (raw -> student -> teacher) against one: small, never systematic
+    assert error.mean() < 0.03 and error.max() < 0.2, (error.mean(), error.max())
+
+
+@pytest.mark.parametrize(("student_size", "antialias"), [(40, True), (16, False)])
+def test_resize_is_bilinear_then_affine(student_size: int, antialias: bool) -> None:
+    student = InputStats((0.5, 0.4, 0.3), (0.2, 0.25, 0.3), (student_size, student_size))
+    teacher = InputStats((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (24, 24))
+    x = torch.randn(5, 3, student_size, student_size, generator=torch.Generator().manual_seed(1))
+    resized = F.interpolate(x, size=(24, 24), mode="bilinear", align_corners=False, antialias=antialias)
+    mean, std = torch.tensor(student.mean).view(1, 3, 1, 1), torch.tensor(student.std).view(1, 3, 1, 1)
+    t_mean, t_std = torch.tensor(teacher.mean).view(1, 3, 1, 1), torch.tensor(teacher.std).view(1, 3, 1, 1)
+    want = (resized * std + mean - t_mean) / t_std
+    torch.testing.assert_close(TeacherInputTransform(student, teacher)(x), want, atol=1e-5, rtol=1e-5)
+
+
+def test_same_stats_other_size_only_resizes() -> None:
+    student, teacher = InputStats((0.5,) * 3, (0.5,) * 3, (32, 32)), InputStats((0.5,) * 3, (0.5,) * 3, (16, 16))
+    x = torch.randn(2, 3, 32, 32)
+    want = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(TeacherInputTransform(student, teacher)(x), want)
+
+
+# --- identity, dtype, buffers ------------------------------------------------------------------
+
+
+def test_identity_returns_the_input_tensor() -> None:
+    processor = _vit_processor(32, IMAGENET)
+    transform = TeacherInputTransform.from_processors(processor, _vit_processor(32, IMAGENET))
+    x = torch.randn(2, 3, 32, 32)
+    assert transform.is_identity
+    assert transform(x) is x
+
+
+def test_identity_stats_still_resize_an_off_size_tensor() -> None:
+    stats = InputStats((0.5,) * 3, (0.5,) * 3, (32, 32))
+    transform = TeacherInputTransform(stats, stats)
+    assert transform(torch.randn(1, 3, 48, 48)).shape == (1, 3, 32, 32)
+
+
+def test_keeps_input_dtype() -> None:
+    transform = TeacherInputTransform(InputStats((0.5,) * 3, (0.5,) * 3, (32, 32)),
+                                      InputStats(IMAGENET["image_mean"], IMAGENET["image_std"], (24, 24)))
+    x = torch.randn(2, 3, 32, 32)
+    out = transform(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), transform(x), atol=0.05, rtol=0.02)
+
+
+def test_buffers_move_but_stay_out_of_state_dict() -> None:
+    transform = TeacherInputTransform(InputStats((0.5,) * 3, (0.5,) * 3, (8, 8)),
+                                      InputStats(IMAGENET["image_mean"], IMAGENET["image_std"], (8, 8)))
+    assert transform.state_dict() == {}
+    assert transform.to(torch.float64).scale.dtype == torch.float64
+    assert transform(torch.randn(1, 3, 8, 8)).dtype == torch.float32
+
+
+# --- input_stats -------------------------------------------------------------------------------
+
+
+def test_input_stats_of_hf_processors() -> None:
+    assert input_stats(_vit_processor(48, IMAGENET)) == InputStats(IMAGENET["image_mean"], IMAGENET["image_std"], (48, 48))
+    deit = DeiTImageProcessor(size={"height": 37, "width": 37}, crop_size={"height": 32, "width": 30})
+    assert input_stats(deit).size == (32, 30)
+    assert input_stats(ConvNextImageProcessor(size={"shortest_edge": 64})).size == (64, 64)
+    assert input_stats(CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})).size == (32, 32)
+
+
+def test_input_stats_of_timm_processor() -> None:
+    processor = TimmWrapperImageProcessor(pretrained_cfg={"input_size": (3, 40, 48), "mean": (0.1, 0.2, 0.3),
+                                                          "std": (0.4, 0.5, 0.6), "crop_pct": 0.9})
+    assert input_stats(processor) == InputStats((0.1, 0.2, 0.3), (0.4, 0.5, 0.6), (40, 48))
+
+
+def test_input_stats_fold_rescaling_and_disabled_normalisation() -> None:
+    plain = ViTImageProcessor(size={"height": 8, "width": 8}, do_normalize=False)
+    assert input_stats(plain) == InputStats((0.0,) * 3, (1.0,) * 3, (8, 8))
+    raw_scale = ViTImageProcessor(size={"height": 8, "width": 8}, do_rescale=False, image_mean=[127.5] * 3,
+                                  image_std=[127.5] * 3)
+    assert input_stats(raw_scale) == input_stats(_vit_processor(8, HALF))
+
+
+def test_input_stats_errors_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="aspect ratio"):
+        input_stats(CLIPImageProcessor(size={"shortest_edge": 32}, do_center_crop=False))
+    with pytest.raises(ValueError, match="InputStats"):
+        input_stats(object())
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def test_channel_count_mismatch_is_an_error() -> None:
+    gray = InputStats((0.5,), (0.5,), (32, 32))
+    rgb = InputStats((0.5,) * 3, (0.5,) * 3, (32, 32))
+    with pytest.raises(ValueError, match="channels"):
+        TeacherInputTransform(gray, rgb)
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "size", "match"),
+    [((0.5, 0.5, 0.5), (0.5, 0.5), (8, 8), "per channel"), ((0.5,), (0.0,), (8, 8), "std"),
+     ((0.5,), (0.5,), (8,), "height, width"), ((), (), (8, 8), "per channel")],
+)
+def test_input_stats_validation(mean, std, size, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        InputStats(mean, std, size)
+
+
+def test_rejects_wrong_channels_at_call_time_and_unknown_mode() -> None:
+    stats = InputStats((0.5,) * 3, (0.5,) * 3, (8, 8))
+    with pytest.raises(ValueError, match="shape"):
+        TeacherInputTransform(stats, InputStats((0.4,) * 3, (0.5,) * 3, (8, 8)))(torch.randn(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="mode"):
+        TeacherInputTransform(stats, stats, mode="lanczos")

@@ -1,0 +1,289 @@
+"""DistillationTrainer: training, logging, accumulation, resume, export, mixed precision, Hub."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit
+from hf_rcka import DistillationTrainer, DistillationTrainingArguments
+from hf_rcka.modeling import DISTILLATION_STATE_NAME
+
+FEATURE_LOSSES = [
+    {"name": "ce"},
+    {"name": "rcka"},
+    {"name": "fitnet"},
+    {"name": "srd"},
+    {"name": "kernel_transfer", "weight": 0.04},
+]
+PATCH_PAIR = [{"student_layer": -1, "teacher_layer": -2, "adapter": "patch_match"}]
+
+
+def make_args(tmp_path, name="run", **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path / name), per_device_train_batch_size=5, per_device_eval_batch_size=5,
+        learning_rate=1e-3, report_to="none", use_cpu=True, seed=0, logging_steps=1, save_strategy="no",
+        teacher_accuracy_check="off", dataloader_num_workers=0,
+    )
+    return DistillationTrainingArguments(**{**defaults, **overrides})
+
+
+def make_trainer(args, student=None, teacher="resnet", train=None, evaluation=None, **kwargs):
+    teacher_model = tiny_resnet() if teacher == "resnet" else teacher
+    return DistillationTrainer(
+        model=student if student is not None else tiny_vit(),
+        teacher=teacher_model,
+        args=args,
+        train_dataset=train if train is not None else pixel_dataset(20, seed=0),
+        eval_dataset=evaluation if evaluation is not None else pixel_dataset(10, seed=1),
+        processing_class=processor(16),
+        teacher_processor=processor(24, IMAGENET_MEAN, IMAGENET_STD) if teacher_model is not None else None,
+        **kwargs,
+    )
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before, module):
+    after = module.state_dict()
+    return [k for k in before if not torch.equal(before[k], after[k])]
+
+
+def test_training_moves_student_and_adapters_but_never_the_teacher(tmp_path):
+    args = make_args(tmp_path, max_steps=3, eval_strategy="steps", eval_steps=3, losses=FEATURE_LOSSES,
+                     feature_pairs=PATCH_PAIR)
+    trainer = make_trainer(args)
+    model = trainer.model
+    student, teacher = snapshot(model.student), snapshot(model.teacher)
+    adapters, losses = snapshot(model.adapters), snapshot(model.losses)
+    assert len(adapters) > 0 and any("projector" in k for k in losses)
+
+    trainer.train()
+
+    assert changed(student, model.student), "the student did not learn"
+    assert set(changed(adapters, model.adapters)) == set(adapters), "every adapter parameter must be trained"
+    assert any("projector" in k for k in changed(losses, model.losses)), "the srd projector must be trained"
+    assert any("centres" in k for k in changed(losses, model.losses)), "EKT class centres must be updated"
+    assert not changed(teacher, model.teacher), "the teacher must stay frozen (weights and BN statistics)"
+    assert not model.teacher.training and not any(p.requires_grad for p in model.teacher.parameters())
+
+
+def test_each_loss_term_is_logged_next_to_the_total(tmp_path):
+    args = make_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2, losses=FEATURE_LOSSES,
+                     feature_pairs=PATCH_PAIR)
+    trainer = make_trainer(args)
+    trainer.train()
+    train_logs = [e for e in trainer.state.log_history if "loss" in e]
+    eval_logs = [e for e in trainer.state.log_history if "eval_loss" in e]
+    names = ["ce", "rcka", "fitnet", "srd", "kernel_transfer"]
+    for entry in train_logs:
+        assert all(f"{n}_loss" in entry for n in names)
+        assert all(torch.isfinite(torch.tensor(entry[f"{n}_loss"])) for n in names)
+        # terms are logged weighted, so they add up to the total
+        assert sum(entry[f"{n}_loss"] for n in names) == pytest.approx(entry["loss"], rel=1e-4)
+    assert eval_logs and all(f"eval_{n}_loss" in eval_logs[-1] for n in names)
+    assert "eval_accuracy" in eval_logs[-1]
+
+
+def _one_step_params(tmp_path, name, batch, accumulation):
+    args = make_args(
+        tmp_path, name, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+        optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", losses=[{"name": "ce"}, {"name": "kd"}],
+    )
+    trainer = make_trainer(args, train=pixel_dataset(8, seed=3))
+    trainer.train()
+    return snapshot(trainer.model.student)
+
+
+def test_gradient_accumulation_matches_one_large_batch(tmp_path):
+    # ce and kd are per-sample means, so 2 x 4 accumulated must equal one batch of 8.
+    # (Batch-relational losses like rcka are not: a 4-sample Gram is not an 8-sample Gram.)
+    initial = snapshot(tiny_vit())
+    large = _one_step_params(tmp_path, "large", batch=8, accumulation=1)
+    accumulated = _one_step_params(tmp_path, "accumulated", batch=4, accumulation=2)
+    moved = [k for k in initial if not torch.allclose(initial[k], large[k])]
+    assert moved, "the step must change the student"
+    for key in large:
+        torch.testing.assert_close(accumulated[key], large[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet"])
+def test_resume_continues_bit_exactly(tmp_path, family):
+    def build_student():
+        return tiny_vit() if family == "vit" else tiny_resnet(seed=5)
+
+    def run(name, resume=None):
+        args = make_args(tmp_path, name, max_steps=4, save_strategy="steps", save_steps=2,
+                         losses=FEATURE_LOSSES, feature_pairs=PATCH_PAIR)
+        trainer = make_trainer(args, student=build_student())
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer.model
+
+    straight = run("straight")
+    checkpoint = tmp_path / "straight" / "checkpoint-2"
+    assert (checkpoint / DISTILLATION_STATE_NAME).is_file()
+    resumed = run("resumed", resume=str(checkpoint))
+    for part in ("student", "adapters", "losses"):
+        expected, actual = getattr(straight, part).state_dict(), getattr(resumed, part).state_dict()
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after resume"
+
+
+def test_resume_refuses_a_checkpoint_without_distillation_state(tmp_path):
+    args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, losses=FEATURE_LOSSES,
+                     feature_pairs=PATCH_PAIR)
+    trainer = make_trainer(args)
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    os.remove(checkpoint / DISTILLATION_STATE_NAME)
+    with pytest.raises(FileNotFoundError, match=DISTILLATION_STATE_NAME):
+        trainer.model.load_checkpoint(str(checkpoint))
+
+
+def test_saved_student_is_a_plain_transformers_model(tmp_path):
+    args = make_args(tmp_path, max_steps=2, losses=FEATURE_LOSSES, feature_pairs=PATCH_PAIR)
+    trainer = make_trainer(args)
+    trainer.train()
+    out = tmp_path / "export"
+    trainer.save_model(str(out))
+
+    assert not (out / DISTILLATION_STATE_NAME).exists(), "adapters belong in checkpoints only"
+    reloaded = AutoModelForImageClassification.from_pretrained(out)
+    assert AutoImageProcessor.from_pretrained(out).size == {"height": 16, "width": 16}
+    pixels = pixel_dataset(5, seed=9)[:]["pixel_values"]
+    student = trainer.model.student.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(pixel_values=pixels).logits, student(pixel_values=pixels).logits)
+    saved_params = sum(p.numel() for p in reloaded.parameters())
+    assert saved_params == sum(p.numel() for p in student.parameters()), "only the student is exported"
+
+
+def test_load_best_model_at_end_restores_the_best_student(tmp_path):
+    args = make_args(
+        tmp_path, max_steps=4, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+        load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=False,
+        losses=FEATURE_LOSSES, feature_pairs=PATCH_PAIR, learning_rate=5e-2,
+    )
+    trainer = make_trainer(args)
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None
+    expected = AutoModelForImageClassification.from_pretrained(best).state_dict()
+    for key, value in trainer.model.student.state_dict().items():
+        assert torch.equal(value, expected[key])
+
+
+def test_plain_supervised_training_without_a_teacher(tmp_path):
+    args = make_args(tmp_path, max_steps=3, eval_strategy="steps", eval_steps=3)
+    trainer = make_trainer(args, teacher=None)
+    before = snapshot(trainer.model.student)
+    trainer.train()
+    assert trainer.model.teacher is None and list(trainer.model.losses) == ["ce"]
+    assert changed(before, trainer.model.student)
+    assert "ce_loss" in trainer.state.log_history[0]
+
+
+def test_bf16_autocast_on_cpu_stays_finite(tmp_path):
+    args = make_args(tmp_path, max_steps=2, bf16=True, losses=FEATURE_LOSSES, feature_pairs=PATCH_PAIR)
+    trainer = make_trainer(args)
+    trainer.train()
+    entries = [e for e in trainer.state.log_history if "loss" in e]
+    assert entries and all(torch.isfinite(torch.tensor(e["loss"])) for e in entries)
+    assert all(p.dtype == torch.float32 for p in trainer.model.student.parameters()), "autocast, not a cast"
+
+
+def test_teacher_near_chance_is_reported_before_training(tmp_path):
+    # A constant teacher: always predicts class 0, so on balanced data it sits at chance.
+    teacher = tiny_resnet()
+    with torch.no_grad():
+        teacher.classifier[-1].weight.zero_()
+        teacher.classifier[-1].bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    evaluation = pixel_dataset(30, seed=4)
+    args = make_args(tmp_path, max_steps=1, teacher_accuracy_check="error", per_device_eval_batch_size=30)
+    trainer = make_trainer(args, teacher=teacher, evaluation=evaluation)
+    with pytest.raises(RuntimeError, match="near chance"):
+        trainer.train()
+    args = make_args(tmp_path, "warn", max_steps=1, teacher_accuracy_check="warn", per_device_eval_batch_size=30)
+    trainer = make_trainer(args, teacher=teacher, evaluation=evaluation)
+    with pytest.warns(UserWarning, match="near chance"):
+        accuracy = trainer.check_teacher()
+    assert accuracy == pytest.approx((evaluation[:]["labels"] == 0).float().mean().item())
+
+
+def test_deit_student_trains_its_distillation_head(tmp_path):
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    torch.manual_seed(0)
+    config = DeiTConfig(image_size=16, patch_size=4, hidden_size=36, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=44, num_labels=3)
+    student = DeiTForImageClassificationWithTeacher(config)
+    args = make_args(tmp_path, max_steps=2, losses=[{"name": "ce", "weight": 0.5},
+                                                   {"name": "deit_token", "weight": 0.5, "mode": "hard"}])
+    trainer = make_trainer(args, student=student)
+    head = snapshot(student.distillation_classifier)
+    trainer.train()
+    assert changed(head, student.distillation_classifier)
+    pixels = pixel_dataset(5)[:]["pixel_values"]
+    with torch.no_grad():
+        out = student.eval()(pixel_values=pixels)
+        logits = trainer.model.eval()(pixel_values=pixels).logits
+    torch.testing.assert_close(logits, (out.cls_logits + out.distillation_logits) / 2)
+
+
+def test_clear_errors_for_impossible_setups(tmp_path):
+    with pytest.raises(ValueError, match="need a teacher"):
+        make_trainer(make_args(tmp_path, losses=[{"name": "ce"}, {"name": "rcka"}]), teacher=None)
+    with pytest.raises(ValueError, match="3 classes but the teacher 5"):
+        make_trainer(make_args(tmp_path, losses=[{"name": "rcka"}]), teacher=tiny_resnet(num_labels=5))
+    with pytest.raises(ValueError, match="distillation head"):
+        trainer = make_trainer(make_args(tmp_path, max_steps=1, losses=[{"name": "deit_token"}]))
+        trainer.train()
+
+
+class FakeHubApi:
+    """Stands in for transformers' shared HfApi: 'uploads' copy the folder somewhere local."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.created = []
+
+    def create_repo(self, repo_id, token=None, private=None, exist_ok=False, **kwargs):
+        self.created.append(repo_id)
+        return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
+
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+        target = self.root / repo_id
+        shutil.copytree(folder_path, target, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(*ignore_patterns))
+        return f"https://huggingface.co/{repo_id}"
+
+
+def test_push_to_hub_uploads_student_and_a_distillation_card(tmp_path, monkeypatch):
+    import transformers.trainer
+
+    hub = FakeHubApi(tmp_path / "hub")
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
+    args = make_args(tmp_path, max_steps=2, losses=[{"name": "ce"}, {"name": "rcka"}], save_strategy="steps",
+                     save_steps=2, push_to_hub=True, hub_model_id="tiny-student", hub_strategy="end")
+    trainer = make_trainer(args, teacher_name="acme/resnet-teacher")
+    trainer.train()
+    trainer.push_to_hub(dataset="acme/shapes")
+
+    repo = tmp_path / "hub" / "someone" / "tiny-student"
+    assert hub.created == ["tiny-student"]
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
+        p.name for p in repo.iterdir()
+    }
+    assert not list(repo.glob("checkpoint-*"))
+    card = (repo / "README.md").read_text()
+    header = card.split("---")[1]
+    assert "knowledge-distillation" in header
+    assert "base_model" not in card, "the teacher is not the student's base model"
+    assert "acme/resnet-teacher" in card and "rcka" in card
+    assert "acme/shapes" in header
