@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import time
@@ -54,7 +55,7 @@ def _time(step: Step, device: torch.device, number: int) -> float:
     return (time.perf_counter() - start) / number
 
 
-def measure(steps: dict[str, Step], device: torch.device, repeats: int, min_sample_s: float = 0.02) -> dict[str, float]:
+def measure(steps: dict[str, Step], device: torch.device, repeats: int, min_sample_s: float = 0.05) -> dict[str, float]:
     """Median seconds per call of each step; the steps are interleaved within every repeat.
 
     Each step is warmed up once, then run enough times per sample that a sample lasts at least
@@ -244,11 +245,22 @@ def report(results: dict) -> str:
         def growth(row: dict, key: str) -> str:
             return f"{row[key + '_growth']:.2f}x" if key + "_growth" in row else "-"
 
+        rows = results["kernel_transfer"]
+        upper = rows[len(rows) // 2 :]
+        doublings = math.log2(upper[-1]["batch"] / upper[0]["batch"]) if len(upper) > 1 else 0
+
+        def per_doubling(key: str) -> str:
+            if not doublings:
+                return "-"
+            return f"{(upper[-1][key + '_ms'] / upper[0][key + '_ms']) ** (1 / doublings):.2f}x"
+
         parts.append(_table(
             ["B", "kernel_transfer (ms)", "growth", "full B x B CKA (ms)", "growth", "linear_cka auto (ms)", "growth"],
             [[str(r["batch"]), _ms(r["kernel_transfer_ms"]), growth(r, "kernel_transfer"), _ms(r["full_gram_cka_ms"]),
               growth(r, "full_gram_cka"), _ms(r["linear_cka_ms"]), growth(r, "linear_cka")]
-             for r in results["kernel_transfer"]],
+             for r in rows]
+            + [[f"per doubling, B {upper[0]['batch']}-{upper[-1]['batch']}", "", per_doubling("kernel_transfer"), "",
+                per_doubling("full_gram_cka"), "", per_doubling("linear_cka")]],
         ))
     return "\n".join(parts)
 
@@ -270,7 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="intra-op threads (default: 1 on CPU, so other work on a shared machine cannot stall OpenMP "
              "barriers and skew one side; 0 keeps torch's default)",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed samples per side (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed samples per side (median reported)")
     parser.add_argument("--json", type=Path, default=Path("bench_results/loss_cost.json"))
     return parser.parse_args(argv)
 

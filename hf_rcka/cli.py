@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Sequence
 
 import transformers
-import yaml
 from transformers.trainer_utils import get_last_checkpoint
 
 from .config import (
@@ -22,8 +21,11 @@ from .config import (
     DistillationTrainingArguments,
     ModelArguments,
     RecipeError,
-    parse_recipe_file,
-    resolved_recipe,
+    build_arguments,
+    dump_recipe,
+    load_recipe,
+    parse_cli_overrides,
+    resolve_values,
 )
 from .data import label_names, load_raw_datasets, prepare_datasets
 from .loading import load_image_classifier, load_image_processor
@@ -72,12 +74,6 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
         )
 
 
-def write_resolved_recipe(path: str, *arguments: object) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(resolved_recipe(*arguments), handle, sort_keys=False)
-
-
 def build_models(model_args: ModelArguments, labels: list[str]):
     """Student (with this dataset's labels) and teacher (as trained: its head is never re-initialised)."""
     id2label = dict(enumerate(labels))
@@ -92,7 +88,8 @@ def build_models(model_args: ModelArguments, labels: list[str]):
         trust_remote_code=model_args.trust_remote_code,
     )
     student_processor = load_image_processor(
-        model_args.model_name_or_path, student, trust_remote_code=model_args.trust_remote_code
+        model_args.model_name_or_path, student, trust_remote_code=model_args.trust_remote_code,
+        image_size=model_args.image_size,
     )
     teacher = teacher_processor = None
     if model_args.teacher_model_name_or_path:
@@ -107,8 +104,13 @@ def build_models(model_args: ModelArguments, labels: list[str]):
     return student, student_processor, teacher, teacher_processor
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments) -> dict:
-    """Train and/or evaluate; returns the final metrics."""
+def run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: DistillationTrainingArguments,
+    recipe: dict | None = None,
+) -> dict:
+    """Train and/or evaluate; returns the final metrics. ``recipe`` is recorded in ``output_dir``."""
     _setup_logging(args)
     if not (args.do_train or args.do_eval):
         args.do_train = args.do_eval = True
@@ -131,8 +133,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: Distillation
         teacher_processor=teacher_processor,
         teacher_name=model_args.teacher_model_name_or_path,
     )
-    if trainer.is_world_process_zero():
-        write_resolved_recipe(os.path.join(args.output_dir, CONFIG_NAME), model_args, data_args, args)
+    if trainer.is_world_process_zero() and recipe is not None:
+        os.makedirs(args.output_dir, exist_ok=True)
+        losses = [{"name": name, "weight": loss.weight} for name, loss in trainer.distillation_model.losses.items()]
+        dump_recipe({**recipe, "losses": recipe.get("losses") or losses}, os.path.join(args.output_dir, CONFIG_NAME))
 
     metrics: dict = {}
     if args.do_train:
@@ -173,8 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     try:
-        model_args, data_args, training_args = parse_recipe_file(argv[0], argv[1:])
-        run(model_args, data_args, training_args)
+        recipe = resolve_values(load_recipe(argv[0]), parse_cli_overrides(argv[1:]))
+        model_args, data_args, training_args = build_arguments(recipe)
+        run(model_args, data_args, training_args, recipe)
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -55,7 +55,15 @@ class ModelArguments:
     teacher_config_overrides: dict | None = field(
         default=None, metadata={"help": "Config attributes (or timm kwargs) for a config:<type> teacher."}
     )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Train the student at this square resolution (its saved image processor is updated)."},
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code for custom architectures."})
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None and self.image_size < 1:
+            raise RecipeError(f"image_size must be >= 1, got {self.image_size}")
 
 
 @dataclass
@@ -335,10 +343,11 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return recipe
 
 
-def parse_arguments(
-    recipe: dict[str, Any], overrides: dict[str, Any] | None = None
-) -> tuple[ModelArguments, DataArguments, DistillationTrainingArguments]:
-    """Validate ``recipe`` (+ CLI ``overrides``, which win) and build the three dataclasses."""
+def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge ``recipe`` and CLI ``overrides`` (which win), check every key and coerce every value.
+
+    The result is what ``distill_config.yaml`` records: the recipe exactly as it was run.
+    """
     values = {**recipe, **(overrides or {})}
     table = _field_table()
     for key in values:
@@ -347,10 +356,20 @@ def parse_arguments(
     for required in ("model_name_or_path", "output_dir"):
         if values.get(required) in (None, ""):
             raise RecipeError(f"the recipe needs {required!r}")
+    resolved = {key: _coerce(value, table[key][2], key) for key, value in values.items()}
+    if resolved.get("losses") is not None:
+        resolved["losses"] = validate_losses(resolved["losses"])
+    if resolved.get("feature_pairs") is not None:
+        resolved["feature_pairs"] = validate_feature_pairs(resolved["feature_pairs"])
+    return resolved
+
+
+def build_arguments(values: dict[str, Any]) -> tuple[ModelArguments, DataArguments, DistillationTrainingArguments]:
+    """The three argument dataclasses from resolved values (see ``resolve_values``)."""
+    table = _field_table()
     grouped: dict[type, dict[str, Any]] = {cls: {} for cls in ARGUMENT_CLASSES}
     for key, value in values.items():
-        cls, _, annotation = table[key]
-        grouped[cls][key] = _coerce(value, annotation, key)
+        grouped[table[key][0]][key] = value
     built = []
     for cls in ARGUMENT_CLASSES:
         try:
@@ -362,6 +381,13 @@ def parse_arguments(
     return tuple(built)  # type: ignore[return-value]
 
 
+def parse_arguments(
+    recipe: dict[str, Any], overrides: dict[str, Any] | None = None
+) -> tuple[ModelArguments, DataArguments, DistillationTrainingArguments]:
+    """Validate ``recipe`` (+ CLI ``overrides``, which win) and build the three dataclasses."""
+    return build_arguments(resolve_values(recipe, overrides))
+
+
 def parse_recipe_file(
     path: str | Path, argv: Sequence[str] = ()
 ) -> tuple[ModelArguments, DataArguments, DistillationTrainingArguments]:
@@ -369,34 +395,10 @@ def parse_recipe_file(
     return parse_arguments(load_recipe(path), parse_cli_overrides(argv))
 
 
-def resolved_recipe(*arguments: Any) -> dict[str, Any]:
-    """The recipe keys that differ from their defaults, for ``distill_config.yaml`` and model cards.
-
-    ``TrainingArguments`` rewrites some fields in ``__post_init__`` (enums, accelerator config), so
-    it is compared through ``to_dict()`` against a default instance. Hub tokens are never written.
-    """
-    resolved: dict[str, Any] = {}
-    for args in arguments:
-        if isinstance(args, TrainingArguments):
-            current = args.to_dict()
-            default = type(args)(output_dir=args.output_dir).to_dict()
-        else:
-            current = dataclasses.asdict(args)
-            default = {f.name: _default(f) for f in dataclasses.fields(args)}
-        init_fields = {f.name for f in dataclasses.fields(args) if f.init}
-        for key, value in current.items():
-            changed = value != default.get(key) or key == "output_dir"
-            if key in init_fields and not key.endswith("_token") and changed:
-                resolved[key] = _plain(value)
-    return resolved
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
+def dump_recipe(values: dict[str, Any], path: str | Path) -> None:
+    """Write resolved values as a recipe that ``scripts/distill.py`` can run again."""
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(_plain(values), handle, sort_keys=False)
 
 
 def _plain(value: Any) -> Any:

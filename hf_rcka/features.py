@@ -57,7 +57,7 @@ def describe_hidden_states(model: nn.Module, pixel_values: Tensor) -> list[Featu
     """Run one probe forward and describe every hidden state, in :func:`hidden_states_of` order.
 
     The probe runs in eval mode under ``no_grad`` (so BatchNorm statistics are not touched and a
-    batch of one works) and the model's train/eval mode is restored afterwards.
+    batch of one works) and every submodule's train/eval mode is restored afterwards.
 
     Args:
         model: an HF image model or ``TimmWrapperForImageClassification``.
@@ -65,17 +65,18 @@ def describe_hidden_states(model: nn.Module, pixel_values: Tensor) -> list[Featu
     """
     embedding_outputs: list[Tensor] = []  # kept alive so no later state can reuse their memory
     hooks = _hook_embedding_outputs(model, embedding_outputs)
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]  # may be mixed (frozen BN)
     model.eval()
     try:
         with torch.no_grad():
-            outputs = model(pixel_values=pixel_values.to(_device_of(model)), output_hidden_states=True)
+            outputs = model(pixel_values=_like_parameters(pixel_values, model), output_hidden_states=True)
     except ValueError as error:
         if "output_hidden_states" in str(error):
             raise ValueError(f"{_model_name(model)} cannot return hidden states: {error}") from error
         raise
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
         for hook in hooks:
             hook.remove()
     states = hidden_states_of(outputs)
@@ -311,9 +312,13 @@ def _storage(tensor: Tensor) -> int:
     return tensor.untyped_storage().data_ptr()
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def _like_parameters(pixel_values: Tensor, model: nn.Module) -> Tensor:
+    """Move the probe input to the model's device and floating dtype (HF convs do not cast)."""
     parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+    if parameter is None:
+        return pixel_values
+    dtype = parameter.dtype if parameter.is_floating_point() else pixel_values.dtype
+    return pixel_values.to(device=parameter.device, dtype=dtype)
 
 
 def _check_head(head: nn.Module, model: nn.Module) -> nn.Module:

@@ -17,12 +17,12 @@ copied into the wrapper. And ``AutoImageProcessor`` only recognises a saved timm
 ``config.json`` holds timm's data config under ``pretrained_cfg``, so every wrapper built here
 carries one that matches the model actually built (e.g. a smaller ``img_size``).
 
-DeiT's distillation head: ``AutoModelForImageClassification`` maps ``deit`` to
-``DeiTForImageClassification`` (one head). A model whose config lists an image-classification
-class under ``architectures`` is built as that class instead, so
+DeiT's distillation head: a model whose config lists a transformers image-classification class
+under ``architectures`` is built as that class, so
 ``config_overrides={"architectures": ["DeiTForImageClassificationWithTeacher"]}`` gives a student
-with a distillation head, and a folder saved from such a student reloads with it. Note that plain
-``AutoModelForImageClassification.from_pretrained`` on that folder gives the one-head class.
+with a distillation head (``config:deit`` alone gives ``DeiTForImageClassification``). A folder
+saved from such a student reloads with both heads, here and through
+``AutoModelForImageClassification`` (transformers 5.23 picks deit's class from ``architectures``).
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def parse_model_source(name_or_path: str) -> ModelSource:
     Raises:
         FileNotFoundError: the name is neither an existing folder nor shaped like a Hub id
             (``owner/name``), so it can only be a mistyped path.
+        NotADirectoryError: the name is a file (e.g. a ``.safetensors``), not a model folder.
+        ValueError: an empty name, or a prefix with nothing after it.
     """
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ValueError(f"a model name must be a non-empty string, got {name_or_path!r}")
@@ -395,8 +397,10 @@ def _load_pretrained(
     """Checkpoint weights; a head of a different size is re-initialised, nothing else is."""
     old_num_labels = config.num_labels
     explicit = "architectures" in overrides
-    config = _timm_with_overrides(config, overrides) if isinstance(config, TimmWrapperConfig) \
-        else _with_overrides(config, overrides)
+    if isinstance(config, TimmWrapperConfig):
+        config = _timm_with_overrides(config, overrides)
+    else:
+        config = _with_overrides(config, overrides)
     _set_labels(config, labels)
     resize_head = labels is not None and labels.num_labels != old_num_labels
     model_class = _classifier_class(config, explicit=explicit)
@@ -488,14 +492,23 @@ def _create_timm_model(architecture: str, labels: LabelMaps | None, model_args: 
 
 
 def _timm_with_overrides(config: TimmWrapperConfig, overrides: dict) -> TimmWrapperConfig:
-    """Overrides of a timm checkpoint are ``timm.create_model`` arguments, not config fields."""
+    """Overrides of a timm checkpoint are ``timm.create_model`` arguments, not config fields.
+
+    Also makes sure the config carries a ``pretrained_cfg`` that matches those arguments.
+    """
     model_args = {**_saved_model_args(config), **overrides}
-    if model_args == (config.model_args or {}):
-        return config
     _check_timm_args(config.architecture, model_args)
     config.model_args = model_args
-    if getattr(config, "pretrained_cfg", None):
-        config.pretrained_cfg = timm_data_config(config.pretrained_cfg, model_args)
+    # without pretrained_cfg, AutoImageProcessor could not load the folder this model is saved to
+    base = getattr(config, "pretrained_cfg", None)
+    if not base:
+        try:
+            base = _timm_registry_cfg(config.architecture)
+        except ValueError:
+            logger.warning("timm model %r has no pretrained_cfg: its saved folder will lack an image "
+                           "processor", config.architecture)
+            return config
+    config.pretrained_cfg = timm_data_config(base, model_args)
     return config
 
 
@@ -565,17 +578,21 @@ def load_image_processor(
         name_or_path: the same name given to ``load_image_classifier``.
         model: the loaded model; its config decides sizes and the timm data config.
         trust_remote_code: passed to ``AutoImageProcessor``.
-        image_size: output resolution to force on a transformers processor (e.g. a CNN built from
-            ``config:resnet`` trained at 32 px). For timm models set ``img_size`` in
-            ``config_overrides`` instead, so the saved ``config.json`` carries it.
+        image_size: output resolution to force (e.g. a CNN built from ``config:resnet`` trained at
+            32 px). timm processors are rebuilt from the model config's ``pretrained_cfg`` when
+            the model is reloaded, so for them the model's ``pretrained_cfg`` is updated too (the
+            architecture itself is unchanged: ViTs keep their ``img_size``, set it in
+            ``config_overrides`` to change the patch grid).
     """
     source = parse_model_source(name_or_path)
     config = model.config if model is not None else None
     if isinstance(config, TimmWrapperConfig) or (source.kind == "timm" and config is None):
-        processor = _timm_processor(source, config)
         if image_size is not None:
-            raise ValueError("image_size for a timm model: set img_size in config_overrides instead")
-        return processor
+            if config is None:
+                raise ValueError("image_size for a timm model needs the model, whose config carries the input size")
+            height, width = _as_hw(image_size)
+            config.pretrained_cfg = {**config.pretrained_cfg, "input_size": [3, height, width], "crop_pct": 1.0}
+        return _timm_processor(source, config)
     if source.kind == "config":
         processor = default_image_processor(config or _default_config(source.name))
     else:
@@ -587,9 +604,11 @@ def _timm_processor(source: ModelSource, config: TimmWrapperConfig | None):
     from transformers import TimmWrapperImageProcessor
 
     if config is not None and getattr(config, "pretrained_cfg", None):
-        return TimmWrapperImageProcessor(pretrained_cfg=dict(config.pretrained_cfg), architecture=config.architecture)
-    architecture = config.architecture if config is not None else source.name
-    return TimmWrapperImageProcessor(pretrained_cfg=_timm_registry_cfg(architecture), architecture=architecture)
+        architecture, data_cfg = config.architecture, dict(config.pretrained_cfg)
+    else:
+        architecture = config.architecture if config is not None else source.name
+        data_cfg = _timm_registry_cfg(architecture)
+    return TimmWrapperImageProcessor(pretrained_cfg=data_cfg, architecture=architecture)
 
 
 def _timm_registry_cfg(architecture: str) -> dict[str, Any]:

@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from hf_rcka.config import RecipeError, parse_arguments, parse_cli_overrides, parse_recipe_file, resolved_recipe
+from hf_rcka.config import (
+    RecipeError,
+    dump_recipe,
+    load_recipe,
+    parse_arguments,
+    parse_cli_overrides,
+    parse_recipe_file,
+    resolve_values,
+)
 
 RECIPES = sorted(p for p in (Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 BASE = {"model_name_or_path": "config:vit", "output_dir": "unused", "dataset_name": "builtin:digits"}
@@ -91,9 +99,10 @@ def test_cli_rejects_positional_garbage():
 
 
 def test_resolved_recipe_round_trips(tmp_path):
-    arguments = parse_arguments({**BASE, "learning_rate": "2e-4", "losses": [{"name": "ce"}]})
-    resolved = resolved_recipe(*arguments)
-    assert resolved["learning_rate"] == pytest.approx(2e-4)
-    assert resolved["losses"] == [{"name": "ce", "weight": 1.0}]
-    again = parse_arguments(resolved)
-    assert again[2].learning_rate == arguments[2].learning_rate
+    values = resolve_values({**BASE, "learning_rate": "2e-4", "losses": [{"name": "ce"}]}, {"seed": "3"})
+    assert values["learning_rate"] == pytest.approx(2e-4) and values["seed"] == 3
+    assert values["losses"] == [{"name": "ce", "weight": 1.0}]
+    dump_recipe(values, tmp_path / "distill_config.yaml")
+    again = parse_arguments(load_recipe(tmp_path / "distill_config.yaml"))
+    assert again[2].learning_rate == pytest.approx(2e-4) and again[2].seed == 3
+    assert again[2].losses == values["losses"]

@@ -441,6 +441,19 @@ def test_center_gram_equals_hkh_and_column_centering():
     torch.testing.assert_close(fn.gram_linear(x), k)
 
 
+def test_gram_linear_gradients_first_and_second_order():
+    x = randn(3, 5, 4, seed=45).requires_grad_()
+    torch.testing.assert_close(fn.gram_linear(x), x @ x.transpose(-2, -1))
+    assert torch.autograd.gradcheck(fn.gram_linear, (x,))
+    assert torch.autograd.gradgradcheck(fn.gram_linear, (x,))
+    # a non-symmetric upstream gradient (the custom backward must symmetrise it)
+    weights = randn(3, 5, 5, seed=46)
+    (fn.gram_linear(x) * weights).sum().backward()
+    ref = x.detach().clone().requires_grad_()
+    ((ref @ ref.transpose(-2, -1)) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad)
+
+
 def test_cka_from_grams_matches_naive_reference():
     x, y = related_pair(seed=24)
     k, l = x @ x.T, y @ y.T

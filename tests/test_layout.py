@@ -78,9 +78,10 @@ def test_resample_identity_returns_input():
 
 
 def test_resample_down_averages_blocks():
-    fmap = torch.randn(5, 3, 8, 6)
-    expected = fmap.reshape(5, 3, 4, 2, 3, 2).mean(dim=(3, 5))
-    torch.testing.assert_close(resample(fmap, (4, 3)), expected)
+    # factor 4: bilinear sampling would read only the middle of each block (at factor 2 it coincides)
+    fmap = torch.randn(5, 3, 8, 12)
+    expected = fmap.reshape(5, 3, 2, 4, 3, 4).mean(dim=(3, 5))
+    torch.testing.assert_close(resample(fmap, (2, 3)), expected)
 
 
 def test_resample_up_is_bilinear():

@@ -219,6 +219,22 @@ def test_num_labels_change_reinitialises_only_the_head(case: str, head: str, tmp
     assert body and all(torch.equal(saved[k], new[k]) for k in body)
 
 
+def test_timm_format_checkpoint_loads_like_a_timm_hub_repo(tmp_path: Path) -> None:
+    """timm's own save format (no model_type, timm key names) is what 'timm/<arch>' repos hold."""
+    from timm.models._hub import save_for_hf
+
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, **TIMM_VIT).eval()
+    save_for_hf(reference, str(tmp_path), model_args=TIMM_VIT, safe_serialization=True)
+    model = load_image_classifier(str(tmp_path)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, reference(x))
+    resized = load_image_classifier(str(tmp_path), num_labels=3)
+    assert resized.timm_model.head.weight.shape == (3, 36)
+    assert torch.equal(resized.timm_model.blocks[0].attn.qkv.weight, reference.blocks[0].attn.qkv.weight)
+    assert load_image_processor(str(tmp_path), model).data_config["input_size"] == (3, 32, 32)
+
+
 def test_same_num_labels_keeps_the_head(tmp_path: Path) -> None:
     model, _ = _build("vit")
     model.save_pretrained(tmp_path)

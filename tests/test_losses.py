@@ -530,6 +530,21 @@ def test_kernel_transfer_epoch_centres_swap_at_epoch_end():
     assert loss.counts.sum().item() == 64
 
 
+def test_kernel_transfer_training_step_backpropagates_through_the_pre_update_centres():
+    means_s, means_t = randn(P, POOLED_S, seed=34, dtype=torch.float32), randn(P, POOLED_T, seed=35, dtype=torch.float32)
+    loss = fresh_kernel_transfer(centres="running", momentum=0.5)
+    loss(class_stream(0, means_s, means_t))  # first step sets the centres
+    batch = class_stream(1, means_s, means_t)
+    student = batch.student_pooled.clone().requires_grad_()
+    before_s, before_t = loss.student_centres.clone(), loss.teacher_centres.clone()
+    value = loss(replace(batch, student_pooled=student))
+    assert not torch.equal(loss.student_centres, before_s)  # the step moved the centres in place ...
+    value.backward()  # ... and backward still works, with the centres the loss was computed with
+    reference = student.detach().clone().requires_grad_()
+    functional.kernel_transfer_loss(reference, batch.teacher_pooled, before_s, before_t).backward()
+    torch.testing.assert_close(student.grad, reference.grad)
+
+
 def test_kernel_transfer_does_not_update_in_eval_and_needs_setup():
     loss = fresh_kernel_transfer().eval()
     batch = class_stream(0, torch.ones(P, POOLED_S), torch.ones(P, POOLED_T))

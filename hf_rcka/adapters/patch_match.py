@@ -53,7 +53,7 @@ class PatchMatchAdapter(FeatureAdapter):
             return resample(student, self.grid), teacher
         # a 1x1 conv commutes with pooling and bilinear resampling: run it on the smaller grid
         if student.shape[-2] * student.shape[-1] > self.grid[0] * self.grid[1]:
-            return self.proj(resample(student, self.grid)), teacher.detach() * 1.01
+            return self.proj(resample(student, self.grid)), teacher
         return resample(self.proj(student), self.grid), teacher
 
     def extra_repr(self) -> str:

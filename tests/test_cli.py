@@ -1,0 +1,106 @@
+"""The distill job end to end on the built-in digits data: teacher, then student, then reload."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from hf_rcka.cli import main
+
+TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
+TINY_VIT = {"hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 44,
+            "image_size": 16, "patch_size": 4}
+COMMON = {
+    "dataset_name": "builtin:digits", "augment": "none", "max_train_samples": 60, "max_eval_samples": 30,
+    "max_steps": 3, "per_device_train_batch_size": 10, "per_device_eval_batch_size": 15, "report_to": "none",
+    "use_cpu": True, "logging_steps": 1, "save_strategy": "steps", "save_steps": 3, "image_size": 16,
+}
+
+
+def write(path: Path, recipe: dict) -> str:
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    teacher_dir, student_dir = root / "teacher", root / "student"
+    teacher = {**COMMON, "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET,
+               "output_dir": str(teacher_dir), "learning_rate": "1e-2"}
+    assert main([write(root / "teacher.yaml", teacher)]) == 0
+    student = {
+        **COMMON, "model_name_or_path": "config:vit", "student_config_overrides": TINY_VIT,
+        "teacher_model_name_or_path": str(teacher_dir), "output_dir": str(student_dir),
+        "losses": [{"name": "ce"}, {"name": "rcka"}, {"name": "feature_cka"}], "feature_pairs": "auto",
+        "teacher_accuracy_check": "off",
+    }
+    recipe = write(root / "student.yaml", student)
+    assert main([recipe, "--learning_rate", "2e-3"]) == 0
+    return root, teacher_dir, student_dir, recipe
+
+
+def test_output_dir_holds_a_plain_model_card_recipe_and_results(runs):
+    _, _, student_dir, _ = runs
+    names = {p.name for p in student_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md",
+            "distill_config.yaml", "all_results.json"} <= names
+    assert "distillation_state.safetensors" not in names
+    results = json.loads((student_dir / "all_results.json").read_text())
+    assert 0.0 <= results["eval_accuracy"] <= 1.0
+    resolved = yaml.safe_load((student_dir / "distill_config.yaml").read_text())
+    assert resolved["learning_rate"] == pytest.approx(2e-3), "flags override the recipe and are recorded"
+    assert [loss["name"] for loss in resolved["losses"]] == ["ce", "rcka", "feature_cka"]
+    card = (student_dir / "README.md").read_text()
+    assert "knowledge-distillation" in card.split("---")[1] and "base_model" not in card
+
+
+def test_exported_student_loads_without_hf_rcka(runs):
+    _, _, student_dir, _ = runs
+    code = (
+        "import sys, torch; sys.modules['hf_rcka'] = None\n"
+        "from transformers import AutoModelForImageClassification, AutoImageProcessor\n"
+        f"m = AutoModelForImageClassification.from_pretrained({str(student_dir)!r})\n"
+        f"p = AutoImageProcessor.from_pretrained({str(student_dir)!r})\n"
+        "x = p(images=[__import__('PIL.Image').Image.new('RGB', (8, 8))], return_tensors='pt')['pixel_values']\n"
+        "print(tuple(m(pixel_values=x).logits.shape), m.config.id2label[3])"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["(1,", "10)", "3"]
+
+
+def test_teacher_run_is_plain_supervised_training(runs):
+    _, teacher_dir, _, _ = runs
+    model = AutoModelForImageClassification.from_pretrained(teacher_dir)
+    assert model.config.num_labels == 10
+    assert AutoImageProcessor.from_pretrained(teacher_dir) is not None
+    card = (teacher_dir / "README.md").read_text()
+    assert "knowledge-distillation" not in card.split("---")[1]
+
+
+def test_existing_run_is_never_overwritten_and_resume_continues(runs, capsys):
+    _, _, student_dir, recipe = runs
+    before = (student_dir / "model.safetensors").read_bytes()
+    assert main([recipe]) == 2
+    assert "already holds a model or checkpoints" in capsys.readouterr().err
+    assert (student_dir / "model.safetensors").read_bytes() == before
+    assert main([recipe, "--resume_from_checkpoint", "true", "--max_steps", "4"]) == 0
+    state = json.loads((student_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+
+
+def test_bad_recipes_fail_fast_with_exit_code_2(tmp_path, capsys):
+    recipe = write(tmp_path / "bad.yaml", {"model_name_or_path": "config:vit", "output_dir": str(tmp_path / "o"),
+                                           "dataset_name": "builtin:digits", "losses": [{"name": "rcak"}]})
+    assert main([recipe]) == 2
+    assert "did you mean 'rcka'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists(), "nothing is created before the recipe is valid"
+    assert main([str(tmp_path / "missing.yaml")]) == 2
