@@ -137,11 +137,11 @@ def bench_cka_vs_naive(sizes: list[int], widths: list[int], device: torch.device
             x, y = _pair(n, width, width, device, seed=n + width)
             ours, naive = functional.linear_cka(x, y), naive_trace_cka(x, y)
             assert abs(ours.item() - naive.item()) < 1e-3, (ours.item(), naive.item())
-            times = measure(
-                {"ours": forward_backward(functional.linear_cka, x, y), "naive": forward_backward(naive_trace_cka, x, y)},
-                device,
-                repeats,
-            )
+            steps = {
+                "ours": forward_backward(functional.linear_cka, x, y),
+                "naive": forward_backward(naive_trace_cka, x, y),
+            }
+            times = measure(steps, device, repeats)
             rows.append({"width": width, "n": n, "ours_ms": 1e3 * times["ours"], "naive_ms": 1e3 * times["naive"],
                          "speedup": times["naive"] / times["ours"]})
             print(f"  (a) p=q={width} n={n}: {rows[-1]['speedup']:.1f}x", flush=True)
@@ -164,11 +164,11 @@ def bench_patch_cka(channels: list[int], device: torch.device, repeats: int, bat
             return loop_patch_cka(s, t, patch)
 
         assert abs(batched(student, teacher).item() - looped(student, teacher).item()) < 1e-4
-        times = measure(
-            {"batched": forward_backward(batched, student, teacher), "loop": forward_backward(looped, student, teacher)},
-            device,
-            repeats,
-        )
+        steps = {
+            "batched": forward_backward(batched, student, teacher),
+            "loop": forward_backward(looped, student, teacher),
+        }
+        times = measure(steps, device, repeats)
         rows.append({"channels": c, "shape": [batch, c, side, side], "patch": patch,
                      "batched_ms": 1e3 * times["batched"], "loop_ms": 1e3 * times["loop"],
                      "speedup": times["loop"] / times["batched"]})

@@ -112,8 +112,10 @@ def run(
 ) -> dict:
     """Train and/or evaluate; returns the final metrics. ``recipe`` is recorded in ``output_dir``."""
     _setup_logging(args)
-    if not (args.do_train or args.do_eval):
-        args.do_train = args.do_eval = True
+    # Training and a final evaluation are the job; a recipe opts out with do_train/do_eval: false.
+    explicit = recipe if recipe is not None else {}
+    args.do_train = explicit.get("do_train", True)
+    args.do_eval = explicit.get("do_eval", True)
     resume = resolve_resume(args)
     check_output_dir(args, resume)
     transformers.set_seed(args.seed)

@@ -403,7 +403,7 @@ def dump_recipe(values: dict[str, Any], path: str | Path) -> None:
 
 def _plain(value: Any) -> Any:
     """Make a value YAML-safe (enums to their values, tuples to lists)."""
-    if hasattr(value, "value") and not isinstance(value, (int, float, str)):
+    if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]

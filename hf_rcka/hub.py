@@ -29,8 +29,8 @@ _TEMPLATE = """---
 - Teacher: {teacher}
 - Student architecture: `{architecture}` ({num_parameters:,} parameters, {num_labels} classes)
 - Losses (weight): {losses}
-- Trained with [hf_rcka](https://github.com/hf-rcka/hf_rcka)'s `DistillationTrainer`; the full recipe is in
-  `distill_config.yaml` next to this card.
+- Trained with hf_rcka's `DistillationTrainer`; the full recipe is in `distill_config.yaml` next to
+  this card.
 
 ## Evaluation
 
@@ -48,7 +48,11 @@ logits = model(**processor(images, return_tensors="pt")).logits
 """
 
 
+_TIMING_SUFFIXES = ("_runtime", "_per_second", "_preparation_time")
+
+
 def _results_table(metrics: dict[str, float]) -> str:
+    metrics = {k: v for k, v in metrics.items() if not k.endswith(_TIMING_SUFFIXES)}
     if not metrics:
         return "No evaluation was run."
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items()))

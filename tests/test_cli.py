@@ -104,3 +104,26 @@ def test_bad_recipes_fail_fast_with_exit_code_2(tmp_path, capsys):
     assert "did you mean 'rcka'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists(), "nothing is created before the recipe is valid"
     assert main([str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_interrupted_training_leaves_a_checkpoint_to_resume(tmp_path):
+    from transformers import TrainerCallback
+
+    from conftest import pixel_dataset, processor, tiny_vit
+    from hf_rcka import DistillationTrainer, DistillationTrainingArguments
+    from hf_rcka.cli import _train
+
+    class CtrlC(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    args = DistillationTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=5, per_device_train_batch_size=5,
+                                         report_to="none", use_cpu=True, save_strategy="no")
+    trainer = DistillationTrainer(model=tiny_vit(), args=args, train_dataset=pixel_dataset(20),
+                                  processing_class=processor(16), callbacks=[CtrlC()])
+    with pytest.raises(KeyboardInterrupt):
+        _train(trainer, resume=None)
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "trainer_state.json").is_file()
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 2

@@ -581,7 +581,8 @@ def test_nystrom_is_exact_when_landmarks_span_the_features():
     torch.testing.assert_close(fn.nystrom_approximation(x, x[:, :]), x @ x.T, rtol=1e-8, atol=1e-8)
     low_rank = randn(17, 3, seed=32) @ randn(3, 36, seed=33)
     landmarks = low_rank[:5]  # 5 rows of a rank-3 matrix span its row space
-    torch.testing.assert_close(fn.nystrom_approximation(low_rank, landmarks), low_rank @ low_rank.T, rtol=1e-7, atol=1e-7)
+    approx = fn.nystrom_approximation(low_rank, landmarks)
+    torch.testing.assert_close(approx, low_rank @ low_rank.T, rtol=1e-7, atol=1e-7)
 
 
 def test_class_sums_match_a_loop():
@@ -589,7 +590,8 @@ def test_class_sums_match_a_loop():
     labels = torch.tensor([0, 2, 2, 1, 0, 2, 2, 2, 1, 0, 0, 2, 1, 1, 2, 0, 2])
     sums, counts = fn.class_sums(x, labels, num_classes=4)
     for c in range(4):
-        torch.testing.assert_close(sums[c], x[labels == c].sum(0) if (labels == c).any() else torch.zeros(36, dtype=DOUBLE))
+        want = x[labels == c].sum(0) if (labels == c).any() else torch.zeros(36, dtype=DOUBLE)
+        torch.testing.assert_close(sums[c], want)
         assert counts[c].item() == (labels == c).sum().item()
 
 

@@ -107,14 +107,18 @@ def aligned_map_inputs(seed: int) -> LossInputs:
 def pooled_inputs(seed: int) -> LossInputs:
     teacher = randn(B, POOLED_T, seed=seed)
     student = torch.cat([related(teacher, seed + 1), randn(B, POOLED_S - POOLED_T, seed=seed + 2)], dim=1)
-    return LossInputs(student_logits=randn(B, P, seed=seed + 3), labels=labels(), student_pooled=student, teacher_pooled=teacher)
+    return LossInputs(
+        student_logits=randn(B, P, seed=seed + 3), labels=labels(), student_pooled=student, teacher_pooled=teacher
+    )
 
 
 def small_feature_inputs(seed: int) -> LossInputs:
     """Tokens (5, 3, 4) vs a map (5, 2, 3, 3): few entries, so a full gradcheck stays fast."""
     t_tokens, t_map = randn(B, 3, 4, seed=seed), randn(B, 2, 3, 3, seed=seed + 1)
     students = (related(t_tokens.reshape(B, 2, 2, 3), seed + 2), related(t_map.reshape(B, 6, 3), seed + 3))
-    return LossInputs(student_logits=randn(B, P, seed=seed + 4), student_features=students, teacher_features=(t_tokens, t_map))
+    return LossInputs(
+        student_logits=randn(B, P, seed=seed + 4), student_features=students, teacher_features=(t_tokens, t_map)
+    )
 
 
 def small_map_inputs(seed: int) -> LossInputs:
@@ -248,7 +252,8 @@ def test_every_registered_loss_has_a_case(name):
 
 
 def test_expected_losses_are_registered():
-    assert {"ce", "kd", "rcka", "feature_cka", "patch_cka", "fitnet", "srd", "kernel_transfer", "deit_token"} <= set(NAMES)
+    expected = {"ce", "kd", "rcka", "feature_cka", "patch_cka", "fitnet", "srd", "kernel_transfer", "deit_token"}
+    assert expected <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -302,7 +307,8 @@ def test_missing_required_input_is_a_clear_error(name):
     inputs = cast(CASES[name].make_inputs(0), torch.float32)
     for field_name in required:
         empty = () if field_name.endswith("features") else None
-        with pytest.raises(ValueError, match=field_name if field_name != "distillation_logits" else "distillation head"):
+        pattern = "distillation head" if field_name == "distillation_logits" else field_name
+        with pytest.raises(ValueError, match=pattern):
             loss(replace(inputs, **{field_name: empty}))
 
 
@@ -492,6 +498,11 @@ def class_stream(step: int, means_s: torch.Tensor, means_t: torch.Tensor, batch:
     return LossInputs(student_logits=torch.zeros(batch, P), labels=y, student_pooled=s, teacher_pooled=t)
 
 
+def class_means(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """True class means in student (3, 36) and teacher (3, 24) space."""
+    return randn(P, POOLED_S, seed=seed, dtype=torch.float32), randn(P, POOLED_T, seed=seed + 1, dtype=torch.float32)
+
+
 def fresh_kernel_transfer(**options) -> torch.nn.Module:
     loss = LOSSES.build("kernel_transfer", **options)
     loss.setup(POOLED_CONTEXT)
@@ -499,7 +510,7 @@ def fresh_kernel_transfer(**options) -> torch.nn.Module:
 
 
 def test_kernel_transfer_running_centres_converge_to_class_means():
-    means_s, means_t = randn(P, POOLED_S, seed=30, dtype=torch.float32), randn(P, POOLED_T, seed=31, dtype=torch.float32)
+    means_s, means_t = class_means(30)
     loss = fresh_kernel_transfer(centres="running", momentum=0.9)
     first = loss(class_stream(0, means_s, means_t))
     assert first.item() == 0.0  # no centres yet
@@ -511,7 +522,7 @@ def test_kernel_transfer_running_centres_converge_to_class_means():
 
 
 def test_kernel_transfer_epoch_centres_swap_at_epoch_end():
-    means_s, means_t = randn(P, POOLED_S, seed=32, dtype=torch.float32), randn(P, POOLED_T, seed=33, dtype=torch.float32)
+    means_s, means_t = class_means(32)
     loss = fresh_kernel_transfer(centres="epoch")
     batches = [class_stream(step, means_s, means_t) for step in range(4)]
     for batch in batches:
@@ -531,7 +542,7 @@ def test_kernel_transfer_epoch_centres_swap_at_epoch_end():
 
 
 def test_kernel_transfer_training_step_backpropagates_through_the_pre_update_centres():
-    means_s, means_t = randn(P, POOLED_S, seed=34, dtype=torch.float32), randn(P, POOLED_T, seed=35, dtype=torch.float32)
+    means_s, means_t = class_means(34)
     loss = fresh_kernel_transfer(centres="running", momentum=0.5)
     loss(class_stream(0, means_s, means_t))  # first step sets the centres
     batch = class_stream(1, means_s, means_t)
