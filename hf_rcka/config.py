@@ -225,6 +225,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML/CLI value to ``annotation`` or raise a RecipeError naming ``key``."""
     if annotation is Any:
         return value
+    if isinstance(value, bool) and _is_text(annotation):
+        # YAML 1.1 reads `no`/`off` as False and `yes`/`on` as True: `eval_strategy: no` means "no".
+        value = "yes" if value else "no"
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -268,6 +271,14 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             valid = [m.value for m in annotation]
             raise RecipeError(f"{key}: {value!r} is not valid: {close_matches(str(value), valid)}") from None
     return value
+
+
+def _is_text(annotation: Any) -> bool:
+    """True for ``str``/enum annotations (or unions of them and None) that accept no bool."""
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    accepts_bool = any(a is bool for a in options)
+    is_text = all(a is str or (isinstance(a, type) and issubclass(a, enum.Enum)) for a in options)
+    return is_text and not accepts_bool
 
 
 def _coerce_bool(value: Any, key: str) -> bool:

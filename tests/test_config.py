@@ -37,6 +37,13 @@ def test_numbers_written_like_1e_minus_4_are_floats():
     assert args.num_train_epochs == 2.0
 
 
+def test_yaml_no_means_the_string_no_for_text_fields(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_name_or_path: config:vit\noutput_dir: out\ndataset_name: builtin:digits\neval_strategy: no\n")
+    _, _, args = parse_recipe_file(recipe, ["--save_strategy", "no", "--do_train", "no"])
+    assert args.eval_strategy == "no" and args.save_strategy == "no" and args.do_train is False
+
+
 def test_loss_options_are_coerced_and_weights_default_to_one():
     _, _, args = parse_arguments({**BASE, "losses": ["ce", {"name": "rcka", "intra_weight": "15"}]})
     assert args.losses == [
