@@ -172,7 +172,7 @@ def bench_patch_cka(channels: list[int], device: torch.device, repeats: int, bat
         rows.append({"channels": c, "shape": [batch, c, side, side], "patch": patch,
                      "batched_ms": 1e3 * times["batched"], "loop_ms": 1e3 * times["loop"],
                      "speedup": times["loop"] / times["batched"]})
-        print(f"  (b) C={c}: {rows[-1]['speedup']:.1f}x", flush=True)
+        print(f"  (b) ({batch}, {c}, {side}, {side}) patch {patch}: {rows[-1]['speedup']:.1f}x", flush=True)
     return rows
 
 
@@ -230,12 +230,12 @@ def report(results: dict) -> str:
              for r in results["cka_vs_naive"]],
         ))
     if results.get("patch_cka"):
-        shape = results["patch_cka"][0]["shape"]
-        parts.append(f"\n(b) patch_cka batched vs per-channel loop, maps ({shape[0]}, C, {shape[2]}, {shape[3]}), "
-                     f"patch {results['patch_cka'][0]['patch']}\n")
+        parts.append("\n(b) patch_cka batched vs per-channel loop\n")
         parts.append(_table(
-            ["channels", "batched (ms)", "per-channel loop (ms)", "speed-up"],
-            [[str(r["channels"]), _ms(r["batched_ms"]), _ms(r["loop_ms"]), f"{r['speedup']:.1f}x"]
+            ["maps (B, C, H, W)", "patch", "patches x values", "batched (ms)", "per-channel loop (ms)", "speed-up"],
+            [[f"({r['shape'][0]}, {r['channels']}, {r['shape'][2]}, {r['shape'][3]})", str(r["patch"]),
+              f"{(r['shape'][2] // r['patch']) ** 2} x {r['shape'][0] * r['patch'] ** 2}",
+              _ms(r["batched_ms"]), _ms(r["loop_ms"]), f"{r['speedup']:.1f}x"]
              for r in results["patch_cka"]],
         ))
     if results.get("kernel_transfer"):
@@ -269,12 +269,21 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def _settings(text: str) -> list[tuple[int, int, int]]:
+    return [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--sizes", type=_ints, default=[256, 512, 1024, 2048], help="(a) item counts n")
     parser.add_argument("--widths", type=_ints, default=[384, 100], help="(a) feature widths p = q")
     parser.add_argument("--channels", type=_ints, default=[64, 128, 256], help="(b) channel counts")
+    parser.add_argument(
+        "--pcka-settings", type=_settings, default=[(8, 28, 4), (2, 64, 16)],
+        help="(b) BATCHxSIDExPATCH list: a classification-size map (8 images, 28 x 28, 4 px patches) and the "
+             "reference's detection setting (2 images per device, an FPN-level 64 x 64 map, 16 px patches)",
+    )
     parser.add_argument("--batches", type=_ints, default=[64, 128, 256, 512, 1024, 2048, 4096], help="(c) batch sizes")
     parser.add_argument("--parts", default="a,b,c", help="which benchmarks to run, e.g. 'a,c'")
     parser.add_argument(
@@ -302,7 +311,11 @@ def main(argv: list[str] | None = None) -> dict:
     if "a" in parts:
         results["cka_vs_naive"] = bench_cka_vs_naive(args.sizes, args.widths, device, args.repeats)
     if "b" in parts:
-        results["patch_cka"] = bench_patch_cka(args.channels, device, args.repeats)
+        results["patch_cka"] = [
+            row
+            for batch, side, patch in args.pcka_settings
+            for row in bench_patch_cka(args.channels, device, args.repeats, batch, side, patch)
+        ]
     if "c" in parts:
         results["kernel_transfer"] = bench_kernel_transfer(args.batches, device, args.repeats)
     print(report(results))
