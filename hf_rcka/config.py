@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -226,8 +227,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is Any:
         return value
     if isinstance(value, bool) and _is_text(annotation):
-        # YAML 1.1 reads `no`/`off` as False and `yes`/`on` as True: `eval_strategy: no` means "no".
-        value = "yes" if value else "no"
+        value = "true" if value else "false"  # e.g. resume_from_checkpoint: true
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -321,6 +321,23 @@ def _field_table() -> dict[str, tuple[type, dataclasses.Field, Any]]:
     return table
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false are bools, so ``eval_strategy: no`` stays the string "no"."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_RecipeLoader)
+
+
 def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
     """``--key value`` / ``--key=value`` / bare ``--flag`` (true). Values are read as YAML."""
     overrides: dict[str, Any] = {}
@@ -338,7 +355,7 @@ def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
             i += 1
         else:
             raw = "true"
-        overrides[key] = yaml.safe_load(raw) if raw != "" else ""
+        overrides[key] = _load_yaml(raw) if raw != "" else ""
         i += 1
     return overrides
 
@@ -348,7 +365,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"recipe {str(path)!r} does not exist")
     with open(path, encoding="utf-8") as handle:
-        recipe = yaml.safe_load(handle) or {}
+        recipe = _load_yaml(handle.read()) or {}
     if not isinstance(recipe, dict):
         raise RecipeError(f"recipe {str(path)!r} must be a flat YAML mapping of argument names to values")
     return recipe

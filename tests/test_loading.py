@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from transformers import AutoModelForImageClassification, TimmWrapperImageProcessor
+from transformers import AutoImageProcessor, AutoModelForImageClassification, TimmWrapperImageProcessor
 
 from hf_rcka.loading import (
     LabelMaps,
@@ -147,8 +147,17 @@ def test_timm_processor_without_model_comes_from_timms_registry() -> None:
     processor = load_image_processor("timm/resnet18.a1_in1k")
     assert processor.data_config["input_size"] == (3, 224, 224)
     assert processor.data_config["crop_pct"] == 0.95
-    with pytest.raises(ValueError, match="img_size"):
+    with pytest.raises(ValueError, match="needs the model"):
         load_image_processor("timm/resnet18", image_size=32)
+
+
+def test_timm_image_size_is_carried_by_the_saved_config(tmp_path) -> None:
+    model = load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True)
+    processor = load_image_processor("timm/resnet18", model, image_size=32)
+    assert processor.data_config["input_size"] == (3, 32, 32)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoImageProcessor.from_pretrained(tmp_path)  # timm processors live in config.json
+    assert reloaded.data_config["input_size"] == (3, 32, 32)
 
 
 # --- save / reload ------------------------------------------------------------------------------
