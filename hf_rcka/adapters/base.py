@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from ..layout import FeatureSpec
 
@@ -14,15 +14,13 @@ class FeatureAdapter(nn.Module):
     student=..., teacher=..., **options)``), so recipes never do channel arithmetic. They live in
     the trainer's wrapper module, which DDP wraps, so their parameters stay in sync across ranks.
     The teacher tensor arrives without gradient; only the student side may carry parameters.
+    Subclasses define ``forward(student, teacher) -> (student, teacher)``.
     """
 
     def __init__(self, student: FeatureSpec, teacher: FeatureSpec) -> None:
         super().__init__()
         self.student_spec = student
         self.teacher_spec = teacher
-
-    def forward(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
 
     def extra_repr(self) -> str:
         s, t = self.student_spec, self.teacher_spec
