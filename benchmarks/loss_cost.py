@@ -148,6 +148,12 @@ def bench_cka_vs_naive(sizes: list[int], widths: list[int], device: torch.device
     return rows
 
 
+def _student_grad(loss_fn: Callable[..., torch.Tensor], student: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+    loss_fn(student, *rest).backward()
+    grad, student.grad = student.grad, None
+    return grad
+
+
 def bench_patch_cka(channels: list[int], device: torch.device, repeats: int, batch: int = 8, side: int = 28,
                     patch: int = 4) -> list[dict]:
     rows = []
@@ -164,6 +170,8 @@ def bench_patch_cka(channels: list[int], device: torch.device, repeats: int, bat
             return loop_patch_cka(s, t, patch)
 
         assert abs(batched(student, teacher).item() - looped(student, teacher).item()) < 1e-4
+        grads = [_student_grad(loss, student, teacher) for loss in (batched, looped)]
+        assert (grads[0] - grads[1]).abs().max() < 1e-4 * grads[1].abs().max(), "gradients differ"
         steps = {
             "batched": forward_backward(batched, student, teacher),
             "loop": forward_backward(looped, student, teacher),

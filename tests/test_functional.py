@@ -571,6 +571,106 @@ def test_patch_cka_is_one_for_equal_maps_and_rejects_unequal_shapes():
         fn.patchify(s[..., 0], 4)
 
 
+def composed_patch_cka(s, t, patch_size, center=True):
+    """What patch_cka's own forward/backward replaces: patchify + batched linear_cka, through autograd."""
+    return fn.linear_cka(fn.patchify(s, patch_size), fn.patchify(t, patch_size), center=center)
+
+
+def patch_cka_and_grads(cka, s, t, *args, **kwargs):
+    """Value and the gradients of a fixed weighting of the channels w.r.t. both maps."""
+    s, t = s.detach().clone().requires_grad_(), t.detach().clone().requires_grad_()
+    value = cka(s, t, *args, **kwargs)
+    (value * torch.linspace(0.5, 1.5, value.shape[0], dtype=value.dtype)).sum().backward()
+    return value, s.grad, t.grad
+
+
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("shape,patch", [((5, 6, 8, 12), 4), ((3, 5, 10, 7), 4), ((2, 3, 9, 9), 3), ((4, 2, 3, 3), 16)])
+def test_patch_cka_values_and_gradients_match_the_composed_autograd_path(shape, patch, center):
+    s, t = map_pair(shape, seed=31)
+    got = patch_cka_and_grads(fn.patch_cka, s, t, patch, center=center)
+    want = patch_cka_and_grads(composed_patch_cka, s, t, patch, center=center)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert got[1].abs().max() > 1e-3 and got[2].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_patch_cka_gradcheck_on_both_maps(center):
+    s, t = map_pair((2, 3, 4, 6), seed=32)
+    s.requires_grad_()
+    t.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: fn.patch_cka(a, b, 2, center=center), (s, t))
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3000])
+def test_patch_cka_channel_blocks_do_not_change_values_or_gradients(monkeypatch, block_bytes):
+    s, t = map_pair((2, 7, 8, 8), seed=33)
+    want = patch_cka_and_grads(fn.patch_cka, s, t, 4)
+    monkeypatch.setattr(fn, "_BLOCK_BYTES", block_bytes)
+    assert len(fn._channel_blocks(7, 4 * 32 * 8, s.device)) > 1  # really several blocks
+    got = patch_cka_and_grads(fn.patch_cka, s, t, 4)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, DOUBLE])
+def test_patch_cka_constant_channels_give_zero_with_finite_gradients(dtype):
+    s, t = map_pair((4, 5, 8, 8), seed=34)
+    s[:, 0] = 0.3  # constant
+    s[:, 1] = 0.0  # zero
+    s[:, 2] = randn(4, 2, 2, seed=35).repeat(1, 4, 4) + 7.0  # every patch the same: no patch relations
+    t[:, 3] = -2.5  # constant on the teacher side
+    value, grad_s, grad_t = patch_cka_and_grads(fn.patch_cka, s.to(dtype), t.to(dtype), 2)
+    assert value.dtype == dtype
+    assert torch.isfinite(grad_s).all() and torch.isfinite(grad_t).all()
+    assert value[:4].abs().max() < 1e-4
+    torch.testing.assert_close(value[4].double(), loop_patch_cka(s[:, 4:], t[:, 4:], 2, 2)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_patch_cka_float32_with_large_means_is_close_to_float64():
+    s, t = map_pair((4, 8, 16, 16), seed=36)
+    s, t = s + 20.0, t - 5.0  # column means far above the spread: what subtracting the mean first is for
+    want = patch_cka_and_grads(fn.patch_cka, s, t, 4)
+    got = patch_cka_and_grads(fn.patch_cka, s.float(), t.float(), 4)
+    assert got[0].dtype == torch.float32
+    torch.testing.assert_close(got[0].double(), want[0], rtol=0, atol=1e-5)
+    for a, b in zip(got[1:], want[1:]):
+        assert (a.double() - b).abs().max() < 1e-4 * b.abs().max()
+
+
+def test_patch_cka_accepts_channels_last_and_sliced_maps():
+    s, t = map_pair((3, 4, 8, 12), seed=37)
+    want = patch_cka_and_grads(fn.patch_cka, s, t, 4)
+    channels_last = [m.contiguous(memory_format=torch.channels_last) for m in (s, t)]
+    wide = [torch.cat([m, m[..., :3]], dim=-1)[:, :, :, :12] for m in (s, t)]  # strided, not contiguous
+    assert not wide[0].is_contiguous()
+    for maps in (channels_last, wide):
+        got = patch_cka_and_grads(fn.patch_cka, *maps, 4)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_patch_cka_under_no_grad_and_with_a_frozen_teacher():
+    s, t = map_pair((3, 4, 8, 8), seed=38)
+    want = fn.patch_cka(s, t, 4)
+    with torch.no_grad():
+        got = fn.patch_cka(s.clone().requires_grad_(), t, 4)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    student = s.clone().requires_grad_()
+    weights = torch.linspace(0.5, 1.5, 4, dtype=DOUBLE)
+    (fn.patch_cka(student, t, 4) * weights).sum().backward()  # the usual case: a frozen teacher
+    torch.testing.assert_close(student.grad, patch_cka_and_grads(composed_patch_cka, s, t, 4)[1], rtol=1e-9, atol=1e-12)
+
+
+def test_patch_cka_refuses_create_graph_instead_of_dropping_second_order_terms():
+    s, t = map_pair((2, 3, 4, 4), seed=39)
+    s.requires_grad_()
+    with pytest.raises(RuntimeError, match="differentiated twice"):
+        torch.autograd.grad(fn.patch_cka(s, t, 2).sum(), s, create_graph=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Nystrom / kernel transfer
 # ----------------------------------------------------------------------------------------------
