@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 import types
 import typing
@@ -310,6 +311,7 @@ def _coerce_number(value: Any, kind: type, key: str) -> int | float:
 # --------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
 def _field_table() -> dict[str, tuple[type, dataclasses.Field, Any]]:
     """Every recipe key -> (owning dataclass, field, resolved annotation)."""
     table: dict[str, tuple[type, dataclasses.Field, Any]] = {}

@@ -17,14 +17,7 @@ from hf_rcka import functional as fn
 DOUBLE = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """These tensors are tiny: with one thread, OpenMP wake-ups on a busy 2-core machine cannot
-    stall a batched matmul for milliseconds (seen: 6 ms for a 2 x 6 x 40 bmm). Restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 # ----------------------------------------------------------------------------------------------
