@@ -27,7 +27,8 @@ class RCKALoss(RelationalLoss):
 
     The intra term aligns sample relations (rows of the B x P logits), the inter term class
     relations (the transposes). CKA ignores the logits' scale, so an over-confident teacher does
-    not push the student to extreme logits the way KD's temperature matching can. Raw logits, as
+    not push the student to extreme logits the way KD's temperature matching can (and a
+    temperature would change nothing: CKA is scale invariant). Raw logits, as
     in the paper; ``center: false, row_normalize: true`` reproduces the public code's uncentered,
     row-normalised alignment. The public code weights the inter term with the intra weight; here
     each term has its own weight (paper: 15 and 15).
@@ -48,7 +49,6 @@ class RCKALoss(RelationalLoss):
         weight: float = 1.0,
         intra_weight: float = 15.0,
         inter_weight: float = 15.0,
-        temperature: float | None = None,
         center: bool = True,
         row_normalize: bool = False,
         kernel: str = "linear",
@@ -57,11 +57,8 @@ class RCKALoss(RelationalLoss):
         super().__init__(weight, gather)
         if intra_weight < 0 or inter_weight < 0:
             raise ValueError(f"rcka intra_weight/inter_weight must be >= 0, got {intra_weight}/{inter_weight}")
-        if temperature is not None and not temperature > 0:
-            raise ValueError(f"rcka temperature must be > 0 or null, got {temperature}")
         self.intra_weight = float(intra_weight)
         self.inter_weight = float(inter_weight)
-        self.temperature = temperature
         self.center = bool(center)
         self.row_normalize = bool(row_normalize)
         self.kernel = _check_kernel(kernel)
@@ -74,8 +71,6 @@ class RCKALoss(RelationalLoss):
                 f"rcka needs student and teacher logits of equal shape, got {tuple(student.shape)} and "
                 f"{tuple(teacher.shape)}: do both models predict the same label set?"
             )
-        if self.temperature is not None:
-            student, teacher = student / self.temperature, teacher / self.temperature
         loss = student.new_zeros((), dtype=torch.float32)
         if self.intra_weight:
             intra = _cka(student, teacher, self.kernel, self.center, self.row_normalize)
