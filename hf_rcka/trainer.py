@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.trainer_utils import EvalLoopOutput
 
 from . import losses as _losses  # noqa: F401  (registers the losses)
-from .config import DistillationTrainingArguments, validate_feature_pairs, validate_losses
+from .config import DistillationTrainingArguments, validate_losses
 from .data import collate
 from .hub import write_model_card
 from .losses import DistillationLoss
@@ -118,7 +118,7 @@ class DistillationTrainer(Trainer):
         if student is None:
             raise ValueError("DistillationTrainer needs a student model")
         specs = getattr(args, "losses", None) or default_losses(teacher is not None)
-        pairs = validate_feature_pairs(getattr(args, "feature_pairs", None))
+        pairs = getattr(args, "feature_pairs", None)  # validated by DistillationTrainingArguments
         return DistillationModel(
             student,
             teacher,
@@ -164,7 +164,9 @@ class DistillationTrainer(Trainer):
             return {}
         names = sorted(sums)
         stacked = torch.stack([sums[n] for n in names]) / count
-        stacked = self.accelerator.gather_for_metrics(stacked[None]).mean(dim=0)
+        # A plain gather: gather_for_metrics would cut rows to the eval set's remainder at the end
+        # of a dataloader, dropping whole processes from this per-process average.
+        stacked = self.accelerator.gather(stacked[None]).mean(dim=0)
         return {f"{prefix}{name}_loss": round(float(v), 6) for name, v in zip(names, stacked)}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
