@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.trainer_utils import EvalLoopOutput
 
 from . import losses as _losses  # noqa: F401  (registers the losses)
-from .config import DistillationTrainingArguments, validate_losses
+from .config import validate_losses
 from .data import collate
 from .hub import write_model_card
 from .losses import DistillationLoss
