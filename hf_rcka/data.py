@@ -15,7 +15,10 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
+from .bad_images import SkippedImages
 from .config import DataArguments
+from .errors import DataError
+from .images import decode_image, describe_source
 from .teacher_inputs import InputStats
 
 logger = logging.getLogger(__name__)
@@ -92,39 +95,74 @@ def image_transform(stats: InputStats, train: bool, augment: str = "basic") -> C
 
 
 def with_transforms(
-    dataset: datasets.Dataset, transform: Callable, image_column: str, label_column: str, labels: list[str]
+    dataset: datasets.Dataset,
+    transform: Callable,
+    image_column: str,
+    label_column: str,
+    labels: list[str],
+    skipped: SkippedImages | None = None,
 ) -> datasets.Dataset:
-    """Apply ``transform`` lazily; emit ``pixel_values`` and integer ``labels``."""
-    is_class_label = isinstance(dataset.features[label_column], datasets.ClassLabel)
+    """Apply ``transform`` lazily; emit ``pixel_values`` and integer ``labels``.
+
+    Labels are mapped by class NAME to their index in ``labels`` (the run's class order, which
+    may be a pretrained model's), never passed through by index. Images are decoded here
+    (``images.decode_image``) so that an unreadable file is named; with a ``skipped`` ledger it
+    is skipped (``pixel_values`` None, filled in by ``collate``), without one it is an error.
+    """
+    feature = dataset.features[label_column]
     index = {name: i for i, name in enumerate(labels)}
+    names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    image_feature = dataset.features.get(image_column)
+    if isinstance(image_feature, datasets.Image) and image_feature.decode:
+        dataset = dataset.cast_column(image_column, datasets.Image(mode=image_feature.mode, decode=False))
+
+    def pixels(value: Any) -> torch.Tensor | None:
+        try:
+            return transform(decode_image(value, image_feature))
+        except DataError as err:
+            if skipped is None:
+                raise
+            skipped.record(describe_source(value), str(err))
+            return None
 
     def apply(batch: dict[str, list]) -> dict[str, list]:
-        pixel_values = [transform(image.convert("RGB")) for image in batch[image_column]]
         raw_labels = batch[label_column]
-        ids = raw_labels if is_class_label else [index[str(v)] for v in raw_labels]
-        return {"pixel_values": pixel_values, "labels": ids}
+        keys = [names[v] for v in raw_labels] if names is not None else [str(v) for v in raw_labels]
+        return {"pixel_values": [pixels(value) for value in batch[image_column]], "labels": [index[k] for k in keys]}
 
     return dataset.with_transform(apply)
 
 
 def prepare_datasets(
-    raw: datasets.DatasetDict, args: DataArguments, stats: InputStats, labels: list[str], seed: int = 42
+    raw: datasets.DatasetDict, args: DataArguments, stats: InputStats, labels: list[str], seed: int = 42,
+    skipped: SkippedImages | None = None,
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Train and eval datasets with the student's transforms (``raw`` from ``load_raw_datasets``)."""
+    """Train and eval datasets with the student's transforms (``raw`` from ``load_raw_datasets``).
+
+    ``skipped``: where unreadable images are recorded and skipped (``bad_images``); None raises.
+    """
     train, evaluation = raw["train"], raw["validation"]
     if args.max_train_samples is not None:
         train = train.shuffle(seed=seed).select(range(min(args.max_train_samples, len(train))))
     if args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
     columns = (args.image_column_name, args.label_column_name, labels)
-    train = with_transforms(train, image_transform(stats, True, args.augment), *columns)
-    evaluation = with_transforms(evaluation, image_transform(stats, False), *columns)
+    train = with_transforms(train, image_transform(stats, True, args.augment), *columns, skipped=skipped)
+    evaluation = with_transforms(evaluation, image_transform(stats, False), *columns, skipped=skipped)
     logger.info("data: %d train / %d eval images, %d classes", len(train), len(evaluation), len(labels))
     return train, evaluation
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack ``pixel_values`` and ``labels`` into a batch."""
+    """Stack ``pixel_values`` and ``labels`` into a batch.
+
+    An example whose image was skipped (``pixel_values`` None, see ``bad_images``) is replaced
+    by a readable one of the same batch, so every batch keeps its size on every rank.
+    """
+    readable = [e for e in examples if e["pixel_values"] is not None]
+    if not readable:
+        raise DataError(f"all {len(examples)} images of a batch are unreadable (see the warnings above)")
+    examples = readable + [readable[i % len(readable)] for i in range(len(examples) - len(readable))]
     return {
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
         "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),

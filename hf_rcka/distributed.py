@@ -35,3 +35,16 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
         x = torch.cat([x, pad], dim=0)
     parts = all_gather(x.contiguous())
     return torch.cat([part[:size] for part, size in zip(parts, sizes)], dim=0)
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when ``flag`` is true on at least one.
+
+    Lets all ranks take the same decision at the same step (stop, save): a rank that stopped
+    alone would leave the others waiting forever in the next collective.
+    """
+    if world_size() == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)

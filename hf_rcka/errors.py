@@ -1,0 +1,28 @@
+"""User errors: a bad recipe, model or dataset, reported as one line that names the fix.
+
+``scripts/distill.py`` prints a ``UserError`` as ``error: <message>`` and exits with status 2,
+without a traceback (``--debug`` or ``HF_RCKA_DEBUG=1`` shows it). Anything else is a bug in
+hf_rcka or a library and keeps its traceback. Every message names the recipe key, path or file
+at fault and what to change.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Something the user can fix in the recipe, the data or the environment.
+
+    A ``ValueError`` so that callers catching the library's historical error type still work.
+    """
+
+
+class ModelError(UserError):
+    """A student, teacher or checkpoint cannot be used as the recipe asks."""
+
+
+class DataError(UserError):
+    """The dataset, an image folder or an image file cannot be used as the recipe asks."""
+
+
+class LabelError(DataError):
+    """Class names of the dataset, the student and the teacher do not match."""

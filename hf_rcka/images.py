@@ -1,0 +1,131 @@
+"""Decode image files and turn every PIL mode into the 8-bit RGB image it depicts.
+
+``Image.convert("RGB")`` is right for 8-bit modes only. On 16-bit (``I;16``, ``I;16B``, ``I``) and
+float (``F``) images it clips every value above 255 to white, so a 16-bit PNG of a cat becomes
+an almost white square and the model sees nothing; on images with transparency it keeps the
+colour stored under fully transparent pixels (often black, sometimes junk). Here:
+
+* 16-bit modes are scaled by their range (0..65535 -> 0..255, i.e. divided by 257);
+* ``I`` (32-bit integer, which is how older Pillow and some TIFFs give 16-bit data) is read as
+  16-bit when its values fit in 0..65535, otherwise stretched from its min..max;
+* ``F`` is read as [0, 1] when its values lie there (the usual float-image convention),
+  otherwise stretched from its min..max; NaN becomes 0;
+* alpha (``LA``, ``La``, ``PA``, ``RGBA``, ``RGBa``, ``P`` with a transparent colour) is
+  composited over ``BACKGROUND`` (white, what viewers and browsers show behind transparency);
+* ``CMYK``, ``YCbCr``, ``HSV``, ``RGBX``, ``1``, ``L``, ``P`` use Pillow's own conversions, and
+  ``LAB`` goes through Pillow's colour management (its plain ``convert`` reinterprets channels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .errors import DataError
+
+BACKGROUND = (255, 255, 255)
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_UINT16_MAX = 65535.0
+# Errors Pillow raises for files it cannot read: unknown format, truncated data, bad headers
+# (PIL's own parsers raise SyntaxError), absurd sizes, missing files.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """The 8-bit RGB image that ``image`` depicts, whatever its mode (see the module docstring).
+
+    Args:
+        image: a PIL image in any mode.
+        background: colour shown through transparent pixels.
+
+    Raises:
+        DataError: a mode Pillow cannot convert to RGB.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        return Image.fromarray(_to_uint8(image), mode="L").convert("RGB")
+    if mode == "P":
+        return to_rgb(image.convert("RGBA" if "transparency" in image.info else "RGB"), background)
+    if mode in _ALPHA_MODES:
+        return _composite(image, background)
+    if mode == "LAB":
+        return _lab_to_rgb(image)
+    try:
+        return image.convert("RGB")
+    except ValueError as err:
+        raise DataError(f"cannot convert an image of PIL mode {mode!r} to RGB ({err}); convert the file first") from None
+
+
+def _to_uint8(image: Image.Image) -> np.ndarray:
+    """One channel of 16-bit, 32-bit integer or float pixels scaled to 0..255."""
+    values = np.asarray(image).astype(np.float64)
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and low >= 0 and high <= _UINT16_MAX):
+        scaled = values / 257.0
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        scaled = values * 255.0
+    elif high > low:
+        scaled = (values - low) * (255.0 / (high - low))
+    else:
+        scaled = np.clip(values, 0, 255)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _composite(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    if image.mode == "La":  # premultiplied: Pillow converts it to RGBA only through LA
+        image = image.convert("LA")
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
+
+
+def _lab_to_rgb(image: Image.Image) -> Image.Image:
+    from PIL import ImageCms
+
+    transform = ImageCms.buildTransformFromOpenProfiles(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+    )
+    return ImageCms.applyTransform(image, transform)
+
+
+def describe_source(value: Any) -> str:
+    """The file name of a datasets image value (``{"path", "bytes"}``), for error messages."""
+    if isinstance(value, dict):
+        if value.get("path"):
+            return str(value["path"])
+        size = len(value["bytes"]) if value.get("bytes") is not None else 0
+        return f"<{size} bytes without a file name>"
+    if isinstance(value, str):
+        return value
+    return f"<{type(value).__name__}>"
+
+
+def decode_image(value: Any, feature: Any = None) -> Image.Image:
+    """Decode one datasets image value (``{"path", "bytes"}``, a path or a PIL image) to RGB.
+
+    Decoding happens here rather than inside ``datasets`` so that a bad file raises an error
+    that names it (datasets' own says ``image file is truncated`` and nothing else).
+
+    Args:
+        value: the raw value of an image column read with ``datasets.Image(decode=False)``.
+        feature: the column's ``datasets.Image`` feature (its ``mode`` and Hub tokens are kept).
+
+    Raises:
+        DataError: the file cannot be read as an image; the message names it.
+    """
+    if isinstance(value, Image.Image):
+        return to_rgb(value)
+    import datasets
+
+    decoder = feature if isinstance(feature, datasets.Image) and feature.decode else datasets.Image()
+    try:
+        image = decoder.decode_example(value)
+    except DECODE_ERRORS as err:
+        raise DataError(f"cannot read image {describe_source(value)}: {type(err).__name__}: {err}") from None
+    return to_rgb(image)

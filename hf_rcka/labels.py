@@ -1,0 +1,186 @@
+"""Class labels matched by NAME between the dataset, the student and the teacher.
+
+Label ids are only positions. A teacher whose ``id2label`` is ``[dog, cat, eel]`` run on a
+dataset ordered ``[cat, dog, eel]`` gives confident logits for the wrong classes and nothing
+fails: the student learns misaligned targets, and an evaluation re-labels a correct model's head
+and reports chance. The dataset's class names are the truth here:
+
+* a teacher whose names are a permutation of the run's is realigned (its logits re-indexed once,
+  in a forward hook, logged); other names are an error that lists them, unless the recipe says
+  ``teacher_label_mapping: by_index``; generic names (``LABEL_0``...) can only be counted (warning);
+* a pretrained student whose names match the dataset's keeps its head and its order: the data's
+  labels are mapped to the student's ``label2id`` (this is also how eval-only runs evaluate);
+* image folders whose train and validation class folders differ (``validation/Dog`` next to
+  ``train/dog``) are an error naming them, before anything loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .errors import LabelError
+
+logger = logging.getLogger(__name__)
+
+BY_NAME, BY_INDEX = "by_name", "by_index"
+TEACHER_LABEL_MAPPINGS = (BY_NAME, BY_INDEX)
+_GENERIC = re.compile(r"^LABEL_\d+$")
+_SHOWN = 8
+
+
+def model_label_names(config: Any) -> list[str]:
+    """A config's class names in id order."""
+    id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def is_generic(names: Sequence[str]) -> bool:
+    """transformers' placeholder names (``LABEL_0``...), which say nothing about the classes."""
+    return all(_GENERIC.match(name) for name in names)
+
+
+def _listed(names: Sequence[str]) -> str:
+    names = sorted(names)
+    extra = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+    return "[" + ", ".join(repr(n) for n in names[:_SHOWN]) + "]" + extra
+
+
+def _difference(dataset: Sequence[str], model: Sequence[str], who: str) -> str:
+    missing, extra = set(dataset) - set(model), set(model) - set(dataset)
+    parts = []
+    if missing:
+        parts.append(f"the dataset has {_listed(missing)} that the {who} lacks")
+    if extra:
+        parts.append(f"the {who} has {_listed(extra)} that the dataset lacks")
+    return "; ".join(parts) or f"the {who} has {len(model)} classes, the dataset {len(dataset)}"
+
+
+def run_label_order(dataset_labels: Sequence[str], student_labels: Sequence[str] | None, training: bool) -> list[str]:
+    """The class order of the run: the student's when it already names the dataset's classes.
+
+    Args:
+        dataset_labels: the dataset's class names.
+        student_labels: a pretrained student's names in id order; None for a new head.
+        training: False for an eval-only run, where the student's head must fit the data.
+
+    Raises:
+        LabelError: eval-only, and the student's names (or, for generic names, its class count)
+            differ from the dataset's.
+    """
+    dataset_labels = list(dataset_labels)
+    if student_labels is None:
+        return dataset_labels
+    if sorted(student_labels) == sorted(dataset_labels):
+        if list(student_labels) != dataset_labels:
+            logger.info("labels: the dataset's classes are mapped to the student's own label order (head kept)")
+        return list(student_labels)
+    if is_generic(student_labels) and len(student_labels) == len(dataset_labels):
+        logger.warning("labels: the student's classes are unnamed (LABEL_0...): only their number could be checked")
+        return dataset_labels
+    if training:
+        logger.info("labels: the student's head is trained for the dataset's %d classes (%s)",
+                    len(dataset_labels), _difference(dataset_labels, student_labels, "student"))
+        return dataset_labels
+    raise LabelError(
+        f"model_name_or_path: cannot evaluate: {_difference(dataset_labels, student_labels, 'model')}. "
+        "Evaluate on data with the model's classes (same names as its config.json id2label)"
+    )
+
+
+def teacher_label_order(labels: Sequence[str], teacher_labels: Sequence[str], mapping: str = BY_NAME) -> list[int] | None:
+    """For each class of the run, the index of the teacher's logit for it; None when they agree.
+
+    Raises:
+        LabelError: the names differ (``by_name``) or the number of classes does.
+    """
+    labels, teacher_labels = list(labels), list(teacher_labels)
+    if len(labels) != len(teacher_labels) or (mapping == BY_NAME and not is_generic(teacher_labels)
+                                              and sorted(labels) != sorted(teacher_labels)):
+        fix = ("use a teacher trained on these classes, or rename the class folders to the teacher's names"
+               if mapping == BY_NAME else "use a teacher trained on these classes")
+        hint = (" (or set teacher_label_mapping: by_index to pair classes by position)"
+                if mapping == BY_NAME and len(labels) == len(teacher_labels) else "")
+        raise LabelError(
+            f"teacher_model_name_or_path: the teacher's classes do not match the dataset's: "
+            f"{_difference(labels, teacher_labels, 'teacher')}. Fix: {fix}{hint}"
+        )
+    if mapping == BY_INDEX:
+        logger.info("labels: teacher classes paired by position (teacher_label_mapping: by_index)")
+        return None
+    if is_generic(teacher_labels):
+        logger.warning("labels: the teacher's classes are unnamed (LABEL_0...): only their number could be "
+                       "checked; make sure it was trained with the dataset's class order")
+        return None
+    order = [teacher_labels.index(name) for name in labels]
+    return None if order == list(range(len(order))) else order
+
+
+class _ReorderLogits:
+    """Forward hook re-indexing a classifier's output logits to the run's class order."""
+
+    def __init__(self, order: Sequence[int]) -> None:
+        self.order = torch.tensor(list(order), dtype=torch.long)
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        for key in ("logits", "cls_logits", "distillation_logits"):
+            value = output.get(key) if hasattr(output, "get") else None
+            if value is not None:
+                self.order = self.order.to(value.device)
+                output[key] = value.index_select(-1, self.order)
+        return output
+
+
+def realign_teacher(teacher: nn.Module, labels: Sequence[str], mapping: str = BY_NAME) -> list[int] | None:
+    """Check the teacher's classes against ``labels``; re-index its logits when they are permuted.
+
+    The teacher's logits are re-indexed by a forward hook (so every path that runs the teacher,
+    the losses and the accuracy check alike, sees the run's order) and its config's label maps
+    are rewritten to match. Returns the order applied, or None.
+    """
+    order = teacher_label_order(labels, model_label_names(teacher.config), mapping)
+    if order is None:
+        return None
+    teacher.register_forward_hook(_ReorderLogits(order))
+    teacher.config.id2label = dict(enumerate(labels))
+    teacher.config.label2id = {name: i for i, name in enumerate(labels)}
+    logger.info("labels: the teacher's %d classes are in another order; its logits are re-indexed by name", len(labels))
+    return order
+
+
+def class_folders(folder: str) -> list[str]:
+    """Names of the sub-folders of an image folder that hold at least one file (its classes)."""
+    classes = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_dir() and not entry.name.startswith(".") and _holds_a_file(entry.path):
+            classes.append(entry.name)
+    return classes
+
+
+def _holds_a_file(folder: str) -> bool:
+    for _root, _dirs, files in os.walk(folder):
+        if any(not name.startswith(".") for name in files):
+            return True
+    return False
+
+
+def check_split_classes(train: Sequence[str], validation: Sequence[str], key: str = "validation_dir") -> None:
+    """Train and validation must have the same classes (a one-sided class makes a wrong head).
+
+    Raises:
+        LabelError: naming the classes only one side has.
+    """
+    only_val, only_train = set(validation) - set(train), set(train) - set(validation)
+    if not only_val and not only_train:
+        return
+    parts = []
+    if only_val:
+        parts.append(f"{key} has classes train_dir lacks: {_listed(only_val)}")
+    if only_train:
+        parts.append(f"train_dir has classes {key} lacks: {_listed(only_train)}")
+    raise LabelError("; ".join(parts) + ". Class folders need the same names in both (case matters)")
