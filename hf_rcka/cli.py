@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
+
+from .bad_images import SkippedImages, SkippedImagesCallback
+from .errors import DataError, ModelError, UserError
+from .help import USAGE, losses_help, recipe_help
+from .interrupt import GracefulStop, Interrupted
+from .labels import model_label_names, realign_teacher, run_label_order
+from .preflight import check_checkpoint, check_run, probe_student
+from .records import eval_record_dir, write_eval_record
+from .resume_hint import Stopped
 
 from .config import (
     DataArguments,
@@ -34,16 +45,24 @@ from .trainer import DistillationTrainer
 
 logger = logging.getLogger("hf_rcka")
 
-USAGE = "usage: accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]"
 CONFIG_NAME = "distill_config.yaml"
 RUN_FILES = ("model.safetensors", "config.json", "pytorch_model.bin")
 
 
 def _setup_logging(args: DistillationTrainingArguments) -> None:
+    """hf_rcka and the Trainer's progress at INFO; the rest of transformers (config and processor
+    dumps, weight-loading chatter) at WARNING, so that the log holds one line per fact."""
     level = logging.INFO if args.should_log else logging.WARNING
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
     logger.setLevel(level)
-    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(logging.WARNING)
+    logging.getLogger("transformers.trainer").setLevel(level)
+
+
+def _quiet_dataloader(args: DistillationTrainingArguments, explicit: dict) -> None:
+    """Pinned memory only helps copies to an accelerator; on CPU torch warns at every dataloader."""
+    if "dataloader_pin_memory" not in explicit and args.device.type == "cpu":
+        args.dataloader_pin_memory = False
 
 
 def resolve_resume(args: DistillationTrainingArguments) -> str | None:
@@ -74,8 +93,51 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
         )
 
 
+def _model_error(key: str):
+    """Context: loading errors (bad folder, unknown architecture, offline Hub) name the recipe key."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def wrapped():
+        try:
+            yield
+        except (ValueError, OSError) as err:
+            if isinstance(err, UserError):
+                raise
+            raise ModelError(f"{key}: {err}") from err
+    return wrapped()
+
+
+def student_labels(model_args: ModelArguments) -> list[str] | None:
+    """A pretrained student's class names (from its config, no weights), or None for a new head."""
+    from .loading import _load_config, parse_model_source
+
+    name = model_args.model_name_or_path
+    if model_args.student_from_scratch or parse_model_source(name).kind != "pretrained":
+        return None
+    with _model_error("model_name_or_path"):
+        return model_label_names(_load_config(name, model_args.trust_remote_code))
+
+
 def build_models(model_args: ModelArguments, labels: list[str]):
     """Student (with this dataset's labels) and teacher (as trained: its head is never re-initialised)."""
+    with _model_error("model_name_or_path"):
+        student, student_processor = _build_student(model_args, labels)
+    teacher = teacher_processor = None
+    if model_args.teacher_model_name_or_path:
+        with _model_error("teacher_model_name_or_path"):
+            teacher = load_image_classifier(
+                model_args.teacher_model_name_or_path,
+                config_overrides=model_args.teacher_config_overrides,
+                trust_remote_code=model_args.trust_remote_code,
+            )
+            teacher_processor = load_image_processor(
+                model_args.teacher_model_name_or_path, teacher, trust_remote_code=model_args.trust_remote_code
+            )
+    return student, student_processor, teacher, teacher_processor
+
+
+def _build_student(model_args: ModelArguments, labels: list[str]):
     id2label = dict(enumerate(labels))
     label2id = {name: i for i, name in id2label.items()}
     student = load_image_classifier(
@@ -91,17 +153,23 @@ def build_models(model_args: ModelArguments, labels: list[str]):
         model_args.model_name_or_path, student, trust_remote_code=model_args.trust_remote_code,
         image_size=model_args.image_size,
     )
-    teacher = teacher_processor = None
-    if model_args.teacher_model_name_or_path:
-        teacher = load_image_classifier(
-            model_args.teacher_model_name_or_path,
-            config_overrides=model_args.teacher_config_overrides,
-            trust_remote_code=model_args.trust_remote_code,
-        )
-        teacher_processor = load_image_processor(
-            model_args.teacher_model_name_or_path, teacher, trust_remote_code=model_args.trust_remote_code
-        )
-    return student, student_processor, teacher, teacher_processor
+    return student, student_processor
+
+
+def _load_data(data_args: DataArguments, seed: int):
+    """The raw splits; a dataset that cannot be loaded is a DataError naming its key."""
+    key = "dataset_name" if data_args.dataset_name else "train_dir"
+    try:
+        return load_raw_datasets(data_args, seed=seed)
+    except UserError:
+        raise
+    except (ValueError, OSError) as err:  # datasets' FileNotFoundError, DatasetNotFoundError...
+        raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(err).__name__}: {err})") from err
+
+
+def _uses_teacher_logits(trainer: DistillationTrainer) -> bool:
+    model = trainer.distillation_model
+    return model.teacher is not None and any("teacher_logits" in loss.requires for loss in model.losses.values())
 
 
 def run(
@@ -109,21 +177,39 @@ def run(
     data_args: DataArguments,
     args: DistillationTrainingArguments,
     recipe: dict | None = None,
+    stop: GracefulStop | None = None,
+    argv: Sequence[str] = (),
 ) -> dict:
-    """Train and/or evaluate; returns the final metrics. ``recipe`` is recorded in ``output_dir``."""
+    """Train and/or evaluate; returns the final metrics. ``recipe`` is recorded in ``output_dir``.
+
+    ``stop`` (installed signal handlers) turns SIGTERM/SIGINT into a checkpoint and a ``Stopped``
+    exception carrying the resume command built from ``argv``.
+    """
     _setup_logging(args)
     # Training and a final evaluation are the job; a recipe opts out with do_train/do_eval: false.
     explicit = recipe if recipe is not None else {}
     args.do_train = explicit.get("do_train", True)
     args.do_eval = explicit.get("do_eval", True)
+    check_run(model_args, data_args, args)
     resume = resolve_resume(args)
+    if resume:
+        check_checkpoint(resume)
     check_output_dir(args, resume)
+    _quiet_dataloader(args, explicit)
     transformers.set_seed(args.seed)
 
-    raw = load_raw_datasets(data_args, seed=args.seed)
-    labels = label_names(raw["train"], data_args.label_column_name)
+    raw = _load_data(data_args, args.seed)
+    dataset_labels = label_names(raw["train"], data_args.label_column_name)
+    labels = run_label_order(dataset_labels, student_labels(model_args), training=args.do_train)
     student, student_processor, teacher, teacher_processor = build_models(model_args, labels)
-    train_dataset, eval_dataset = prepare_datasets(raw, data_args, input_stats(student_processor), labels, args.seed)
+    probe_student(student, input_stats(student_processor), model_args.image_size)
+    record_dir = args.output_dir if args.do_train else eval_record_dir(args.output_dir)
+    skipped = SkippedImages(record_dir, data_args.max_bad_images)
+    if not resume:
+        skipped.reset()
+    train_dataset, eval_dataset = prepare_datasets(
+        raw, data_args, input_stats(student_processor), labels, args.seed, skipped=skipped
+    )
 
     trainer = DistillationTrainer(
         model=student,
@@ -134,38 +220,59 @@ def run(
         processing_class=student_processor,
         teacher_processor=teacher_processor,
         teacher_name=model_args.teacher_model_name_or_path,
+        callbacks=[SkippedImagesCallback(skipped)] + ([stop] if stop is not None else []),
     )
-    if trainer.is_world_process_zero() and recipe is not None:
+    if _uses_teacher_logits(trainer):
+        realign_teacher(teacher, labels, model_args.teacher_label_mapping)
+    if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         os.makedirs(args.output_dir, exist_ok=True)
         losses = [{"name": name, "weight": loss.weight} for name, loss in trainer.distillation_model.losses.items()]
         dump_recipe({**recipe, "losses": recipe.get("losses") or losses}, os.path.join(args.output_dir, CONFIG_NAME))
 
     metrics: dict = {}
     if args.do_train:
-        metrics.update(_train(trainer, resume))
+        metrics.update(_train(trainer, resume, stop, argv))
     if args.do_eval:
         eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
+        if args.do_train:
+            trainer.save_metrics("eval", eval_metrics)
+        elif trainer.is_world_process_zero():
+            write_eval_record(record_dir, recipe, eval_metrics)
+            logger.info("eval-only run: recipe and results written to %s", record_dir)
         metrics.update(eval_metrics)
-    if trainer.is_world_process_zero():
+    if trainer.is_world_process_zero() and args.do_train:
         trainer.create_model_card(dataset=data_args.dataset_name or data_args.train_dir)
-    if args.push_to_hub:
+    if skipped.summary():
+        logger.warning(skipped.summary())
+    if args.push_to_hub and args.do_train:
         trainer.push_to_hub(dataset=data_args.dataset_name)
     return metrics
 
 
-def _train(trainer: DistillationTrainer, resume: str | None) -> dict:
+def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop | None = None,
+           argv: Sequence[str] = ()) -> dict:
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
+        # a second signal (or Ctrl-C with no GracefulStop installed): save what the last step left
+        checkpoint = None
         if trainer.state.global_step > 0:
             trainer._save_checkpoint(trainer.model, trial=None)
+            checkpoint = os.path.join(trainer.args.output_dir, f"checkpoint-{trainer.state.global_step}")
             logger.warning(
                 "interrupted: saved checkpoint-%d in %s; continue with --resume_from_checkpoint true",
                 trainer.state.global_step, trainer.args.output_dir,
             )
-        raise
+        if stop is None:
+            raise
+        raise Stopped(signal.SIGINT, trainer.state.global_step, checkpoint, argv,
+                      trainer.is_world_process_zero()) from None
+    if stop is not None and stop.signum is not None:
+        step = trainer.state.global_step
+        checkpoint = os.path.join(trainer.args.output_dir, f"checkpoint-{step}")
+        raise Stopped(stop.signum, step, checkpoint if os.path.isdir(checkpoint) else None, argv,
+                      trainer.is_world_process_zero())
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -173,16 +280,43 @@ def _train(trainer: DistillationTrainer, resume: str | None) -> dict:
     return result.metrics
 
 
+def _debug(argv: list[str]) -> bool:
+    """``--debug`` (anywhere) or ``HF_RCKA_DEBUG=1``: user errors show their traceback too."""
+    flag = "--debug" in argv
+    while "--debug" in argv:
+        argv.remove("--debug")
+    return flag or os.environ.get("HF_RCKA_DEBUG", "") not in ("", "0", "false")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the job; user errors print ``error: ...`` and return 2, interruptions 128 + signal."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
+    debug = _debug(argv)
+    if not argv:
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
+        print(losses_help() if argv[1:2] == ["losses"] else recipe_help())
+        return 0
+    stop = GracefulStop()
+    stop.install()
     try:
         recipe = resolve_values(load_recipe(argv[0]), parse_cli_overrides(argv[1:]))
         model_args, data_args, training_args = build_arguments(recipe)
-        run(model_args, data_args, training_args, recipe)
-    except RecipeError as err:
-        print(f"error: {err}", file=sys.stderr)
+        run(model_args, data_args, training_args, recipe, stop=stop, argv=argv)
+    except UserError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except Stopped as stopped:
+        if stopped.main_process:
+            print(stopped.message(), file=sys.stderr, flush=True)
+        return stopped.exit_code
+    except Interrupted as interrupted:
+        print(f"interrupted by {signal.Signals(interrupted.signum).name} before training started: nothing to resume",
+              file=sys.stderr, flush=True)
+        return 128 + interrupted.signum
+    finally:
+        stop.uninstall()
     return 0

@@ -25,14 +25,12 @@ from transformers import TrainingArguments
 
 from . import adapters as _adapters  # noqa: F401  (registers the adapters)
 from . import losses as _losses  # noqa: F401  (registers the losses)
+from .errors import RecipeError
 from .registry import ADAPTERS, LOSSES, close_matches
+from .value_checks import check_training_values
 
 RESERVED_LOSS_KEYS = ("name", "weight")
 RESERVED_PAIR_KEYS = ("student_layer", "teacher_layer", "adapter")
-
-
-class RecipeError(ValueError):
-    """A recipe or command-line value is invalid; the message names the key and the fix."""
 
 
 @dataclass
@@ -57,6 +55,11 @@ class ModelArguments:
     teacher_config_overrides: dict | None = field(
         default=None, metadata={"help": "Config attributes (or timm kwargs) for a config:<type> teacher."}
     )
+    teacher_label_mapping: str = field(
+        default="by_name",
+        metadata={"help": "How teacher classes pair with the dataset's: 'by_name' (realign a permuted teacher, "
+                          "error on other names) or 'by_index' (trust the order)."},
+    )
     image_size: int | None = field(
         default=None,
         metadata={"help": "Train the student at this square resolution (its saved image processor is updated)."},
@@ -66,6 +69,8 @@ class ModelArguments:
     def __post_init__(self) -> None:
         if self.image_size is not None and self.image_size < 1:
             raise RecipeError(f"image_size must be >= 1, got {self.image_size}")
+        if self.teacher_label_mapping not in ("by_name", "by_index"):
+            raise RecipeError(f"teacher_label_mapping must be 'by_name' or 'by_index', got {self.teacher_label_mapping!r}")
 
 
 @dataclass
@@ -80,6 +85,11 @@ class DataArguments:
     validation_dir: str | None = field(default=None, metadata={"help": "Image folder for evaluation."})
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    max_bad_images: int = field(
+        default=20,
+        metadata={"help": "Unreadable image files are skipped (named in the log and skipped_images.tsv); "
+                          "the run stops once more than this many were skipped."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
     train_val_split: float = field(
@@ -97,6 +107,8 @@ class DataArguments:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise RecipeError(f"{key} must be >= 1, got {value}")
+        if self.max_bad_images < 0:
+            raise RecipeError(f"max_bad_images must be >= 0, got {self.max_bad_images}")
         if not 0.0 < self.train_val_split < 1.0:
             raise RecipeError(f"train_val_split must be in (0, 1), got {self.train_val_split}")
         if self.augment not in ("basic", "none"):
@@ -131,6 +143,7 @@ class DistillationTrainingArguments(TrainingArguments):
     label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
 
     def __post_init__(self) -> None:
+        check_training_values(self)
         self.losses = validate_losses(self.losses)
         self.feature_pairs = validate_feature_pairs(self.feature_pairs)
         if self.teacher_accuracy_check not in ("warn", "error", "off"):
@@ -382,7 +395,7 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
     table = _field_table()
     for key in values:
         if key not in table:
-            raise RecipeError(f"unknown recipe key {key!r}: {close_matches(key, list(table))}")
+            raise RecipeError(f"unknown recipe key {key!r}: {_key_hint(key, list(table))}")
     for required in ("model_name_or_path", "output_dir"):
         if values.get(required) in (None, ""):
             raise RecipeError(f"the recipe needs {required!r}")
@@ -392,6 +405,12 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
     if resolved.get("feature_pairs") is not None:
         resolved["feature_pairs"] = validate_feature_pairs(resolved["feature_pairs"])
     return resolved
+
+
+def _key_hint(key: str, keys: list[str]) -> str:
+    """Close matches, or a pointer to ``--help`` rather than all ~180 keys on one line."""
+    hint = close_matches(key, keys)
+    return hint if hint.startswith("did you mean") else "no key is close; scripts/distill.py --help lists them all"
 
 
 def build_arguments(values: dict[str, Any]) -> tuple[ModelArguments, DataArguments, DistillationTrainingArguments]:

@@ -16,6 +16,10 @@ class UserError(ValueError):
     """
 
 
+class RecipeError(UserError):
+    """A recipe or command-line value is invalid; the message names the key and the fix."""
+
+
 class ModelError(UserError):
     """A student, teacher or checkpoint cannot be used as the recipe asks."""
 

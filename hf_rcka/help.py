@@ -1,0 +1,102 @@
+"""``scripts/distill.py --help``: every recipe key with its help text and default, grouped.
+
+Built from the argument dataclasses (their field metadata is the help text), rather than through
+``HfArgumentParser``, which cannot build fields typed ``list | None`` or ``dict | None`` (losses,
+feature pairs, config overrides). ``--help losses`` lists every registered loss and adapter with
+its options, read from the constructors, so a new loss documents itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import textwrap
+import typing
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .config import DataArguments, DistillationTrainingArguments, ModelArguments
+from .registry import ADAPTERS, LOSSES, Registry
+
+USAGE = "usage: accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]   (--help losses, --debug)"
+_WIDTH = 100
+_INDENT = 6
+_TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def _groups() -> list[tuple[str, list[dataclasses.Field]]]:
+    own = [f for f in dataclasses.fields(DistillationTrainingArguments) if f.init]
+    return [
+        ("model", [f for f in dataclasses.fields(ModelArguments) if f.init]),
+        ("data", [f for f in dataclasses.fields(DataArguments) if f.init]),
+        ("distillation", [f for f in own if f.name not in _TRAINING_FIELDS]),
+        ("training (transformers.TrainingArguments)", [f for f in own if f.name in _TRAINING_FIELDS]),
+    ]
+
+
+def _default(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+    else:
+        return "required"
+    value = getattr(value, "value", value)  # enums
+    return f"default: {value!r}"
+
+
+def _type_name(annotation: Any) -> str:
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return str(text).replace("typing.", "")
+
+
+def _entry(name: str, annotation: Any, default: str, text: str) -> str:
+    head = f"  {name} ({_type_name(annotation)}; {default})"
+    body = textwrap.fill(" ".join(text.split()) or "(no description)", _WIDTH,
+                         initial_indent=" " * _INDENT, subsequent_indent=" " * _INDENT)
+    return f"{head}\n{body}"
+
+
+def recipe_help() -> str:
+    """Every recipe key by group: ``name (type; default)`` and its help text."""
+    lines = [USAGE, "", "A recipe is a flat YAML mapping of these keys; --key value on the command line overrides it."]
+    for title, fields in _groups():
+        hints = {}
+        for cls in (ModelArguments, DataArguments, DistillationTrainingArguments):
+            try:
+                hints.update(typing.get_type_hints(cls))
+            except Exception:  # noqa: BLE001 - fall back to the raw annotation strings
+                hints.update({f.name: f.type for f in dataclasses.fields(cls)})
+        lines += ["", f"{title}:"]
+        lines += [_entry(f.name, hints.get(f.name, f.type), _default(f), f.metadata.get("help", "")) for f in fields]
+    return "\n".join(lines)
+
+
+def _options(registry: Registry, name: str) -> list[str]:
+    params = inspect.signature(registry.get(name).__init__).parameters
+    shown = []
+    for option in registry.option_names(name):
+        default = params[option].default
+        shown.append(option if default is inspect.Parameter.empty else f"{option}={default!r}")
+    return shown
+
+
+def _registry_help(registry: Registry, title: str) -> list[str]:
+    lines = [f"{title}:"]
+    for name in registry.names():
+        doc = inspect.getdoc(registry.get(name)) or ""
+        summary = doc.split("\n\n")[0]
+        lines.append(f"  {name}: {', '.join(_options(registry, name)) or '(no options)'}")
+        lines.append(textwrap.fill(" ".join(summary.split()), _WIDTH, initial_indent=" " * _INDENT,
+                                   subsequent_indent=" " * _INDENT))
+    return lines
+
+
+def losses_help() -> str:
+    """Every loss and adapter a recipe can name, with its options and defaults."""
+    lines = ["losses: a list of {name: <loss>, weight: <float>, <option>: <value>...}", ""]
+    lines += _registry_help(LOSSES, "losses")
+    lines += ["", "feature_pairs: 'auto' or a list of {student_layer, teacher_layer, adapter: <adapter>, <option>...}", ""]
+    lines += _registry_help(ADAPTERS, "adapters")
+    return "\n".join(lines)

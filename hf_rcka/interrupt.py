@@ -1,0 +1,78 @@
+"""SIGTERM and SIGINT end training cleanly: checkpoint after the current step, then a resume hint.
+
+Cluster pre-emption, ``docker stop`` and SLURM time limits send SIGTERM, which by default kills
+the process and loses everything since the last scheduled checkpoint; Ctrl-C sends SIGINT, whose
+``KeyboardInterrupt`` can land anywhere (mid optimizer step) and buries the hint under a
+traceback. ``GracefulStop`` only sets a flag in the signal handler; at the end of the current
+step the callback asks the Trainer to save a checkpoint and stop (``control.should_save`` and
+``should_training_stop``), so the save is the Trainer's own, on every rank together as DDP and
+FSDP need (the flag is combined across ranks, so ranks that did not get the signal stop at the
+same step). A second signal while the first is handled raises ``KeyboardInterrupt`` at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .distributed import any_rank
+
+logger = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(BaseException):
+    """A signal arrived outside training: nothing could be saved. ``signum`` is the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class GracefulStop(TrainerCallback):
+    """Install with ``install()`` before loading; ``signum`` is set once a signal stopped training.
+
+    Outside training a signal raises ``Interrupted`` immediately (there is nothing to save);
+    during training the first signal stops after the current step with a checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.stopped_at: int | None = None
+        self._training = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self._training:
+            raise Interrupted(signum)
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
+        self.signum = signum
+        logger.warning("%s received: saving a checkpoint after the current step, then stopping "
+                       "(send it again to stop at once)", signal.Signals(signum).name)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        self._training = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        self._training = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        if any_rank(self.signum is not None, args.device):
+            self.signum = self.signum or signal.SIGTERM  # a rank that got no signal stops for the others
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True

@@ -1,0 +1,309 @@
+"""Checks that need no model weights and no data, run before anything expensive is loaded.
+
+Every user error found here is one line naming the recipe key (or path) and the fix, raised in
+seconds instead of after the models and the dataset have loaded, or at the first step: losses that
+need a teacher or a DeiT distillation head, an ``image_size`` a ViT cannot take, typos in a
+``config:`` model type or its overrides, model paths that do not exist, image folders that are
+missing, empty or whose train/validation classes differ, an unwritable ``output_dir``,
+``report_to`` integrations that are not installed, and ``push_to_hub`` without Hub access.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError, ModelError, RecipeError
+from .labels import check_split_classes, class_folders
+from .registry import LOSSES, close_matches
+
+_PATH_PREFIXES = (".", "/", "~")
+# HF model types whose position embeddings fix the input resolution (no interpolation in forward)
+_FIXED_GRID_TYPES = ("vit", "deit")
+# report_to name -> (transformers' availability function suffix, pip package)
+_INTEGRATIONS = {"azure_ml": ("azureml", "azureml-core"), "comet_ml": ("comet", "comet_ml"), "flyte": ("flytekit", "flytekit")}
+
+
+def check_run(model_args: Any, data_args: Any, args: Any) -> None:
+    """All checks below, cheapest first. Raises a ``UserError`` subclass on the first problem."""
+    check_output_dir_writable(args.output_dir)
+    check_report_to(args.report_to)
+    check_losses_fit_models(model_args, args)
+    for key in ("model_name_or_path", "teacher_model_name_or_path"):
+        if getattr(model_args, key):
+            check_model_source(key, getattr(model_args, key))
+    check_student_config(model_args)
+    check_data_dirs(data_args)
+    if args.push_to_hub:
+        check_hub_access(args)
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+def check_output_dir_writable(output_dir: str) -> None:
+    """The nearest existing ancestor of ``output_dir`` must be a writable folder (nothing is created)."""
+    path = Path(output_dir).expanduser().absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RecipeError(f"output_dir {output_dir!r} cannot be created: {str(probe)!r} is a file. Choose another output_dir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RecipeError(f"output_dir {output_dir!r} is not writable (no write permission in {str(probe)!r}). "
+                          "Choose another output_dir")
+
+
+def check_report_to(report_to: Any) -> None:
+    """Every ``report_to`` integration must be known to transformers and installed."""
+    from transformers.integrations import integration_utils
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    known = list(integration_utils.INTEGRATION_TO_CALLBACK)
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in known:
+            raise RecipeError(f"report_to: unknown integration {name!r}: {close_matches(name, known)}")
+        suffix, package = _INTEGRATIONS.get(name, (name, name))
+        available = getattr(integration_utils, f"is_{suffix}_available", None)
+        if available is not None and not available():
+            raise RecipeError(f"report_to: {name!r} is not installed: pip install {package}, or set report_to: none")
+
+
+def check_hub_access(args: Any) -> None:
+    """``push_to_hub`` needs the Hub online and a token; found now, not after hours of training."""
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        raise RecipeError("push_to_hub: the Hugging Face Hub is offline (HF_HUB_OFFLINE is set): unset it, "
+                          "or set push_to_hub: false")
+    token = args.hub_token or get_token()
+    if not token:
+        raise RecipeError("push_to_hub needs a Hugging Face token: run `hf auth login`, set HF_TOKEN, "
+                          "or set push_to_hub: false")
+    try:
+        whoami(token)
+    except Exception as err:  # noqa: BLE001 - any failure here means "cannot push"
+        raise RecipeError(f"push_to_hub: cannot reach the Hugging Face Hub with this token "
+                          f"({type(err).__name__}: {err}); check the network and the token, or set push_to_hub: false") from None
+
+
+def whoami(token: str) -> dict:
+    """The Hub account of ``token`` (one request); a function so that tests can replace it."""
+    from huggingface_hub import HfApi
+
+    return HfApi().whoami(token=token)
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def _loss_names(args: Any, has_teacher: bool) -> list[str]:
+    specs = args.losses or ([{"name": "ce"}, {"name": "rcka"}] if has_teacher else [{"name": "ce"}])
+    return [spec["name"] for spec in specs]
+
+
+def check_losses_fit_models(model_args: Any, args: Any) -> None:
+    """Losses that need a teacher need one; ``deit_token`` needs a student with a distillation head."""
+    teacher = model_args.teacher_model_name_or_path
+    names = _loss_names(args, bool(teacher))
+    needing = [n for n in names if any(r.startswith("teacher") for r in LOSSES.get(n).requires)]
+    if needing and not teacher:
+        raise RecipeError(f"losses {needing} need a teacher: set teacher_model_name_or_path, or remove them "
+                          "(without a teacher the student trains on ce alone)")
+    if "deit_token" in names and not _has_distillation_head(model_args):
+        raise RecipeError(
+            f"losses: deit_token needs a student with a distillation head (DeiTForImageClassificationWithTeacher); "
+            f"model_name_or_path {model_args.model_name_or_path!r} has none. Use config:deit with "
+            "student_config_overrides: {architectures: [DeiTForImageClassificationWithTeacher]}, or a distilled "
+            "DeiT checkpoint"
+        )
+
+
+def _has_distillation_head(model_args: Any) -> bool:
+    """What the config can tell; True when it cannot tell (a Hub id not yet downloaded)."""
+    name = model_args.model_name_or_path
+    if name.startswith("timm/"):
+        return False  # TimmWrapper returns one set of logits, never a separate distillation head
+    if name.startswith("config:"):
+        architectures = (model_args.student_config_overrides or {}).get("architectures") or []
+    else:
+        config = _local_config(name)
+        if config is None:
+            return True
+        architectures = (model_args.student_config_overrides or {}).get("architectures") or config.get("architectures") or []
+    return any("WithTeacher" in a for a in architectures)
+
+
+def _local_config(name: str) -> dict | None:
+    path = os.path.join(name, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def check_model_source(key: str, name: str) -> None:
+    """A model name must be a local folder, a ``config:``/``timm/`` name, or a reachable Hub id."""
+    from .loading import parse_model_source
+
+    try:
+        source = parse_model_source(name)
+    except (ValueError, OSError) as err:
+        raise ModelError(f"{key}: {err}") from None
+    if source.kind == "timm":
+        _check_timm_architecture(key, source.name)
+    elif source.kind == "pretrained" and not os.path.isdir(name):
+        _check_hub_id(key, name)
+
+
+def _check_timm_architecture(key: str, architecture: str) -> None:
+    import timm
+
+    base = architecture.split(".")[0]
+    if not timm.is_model(base):
+        raise ModelError(f"{key}: unknown timm architecture {architecture!r}; {close_matches(base, timm.list_models())}")
+
+
+def _check_hub_id(key: str, name: str) -> None:
+    """A name that looks like a path, or a Hub id that cannot be fetched offline, is an error now."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    first = name.split("/")[0]
+    if name.startswith(_PATH_PREFIXES) or os.path.isdir(first):
+        raise ModelError(f"{key}: no such folder {name!r} (a folder written by save_pretrained). Check the path")
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise ModelError(
+            f"{key}: {name!r} is no local folder, and the Hub is offline (HF_HUB_OFFLINE=1) with no cached copy. "
+            "Check the path, or unset HF_HUB_OFFLINE to download it"
+        )
+
+
+def check_student_config(model_args: Any) -> None:
+    """``config:`` types and override keys exist; ``image_size`` fits a ViT's patch grid."""
+    from .loading import _check_config_keys, _default_config
+
+    for key, name, overrides_key in (
+        ("model_name_or_path", model_args.model_name_or_path, "student_config_overrides"),
+        ("teacher_model_name_or_path", model_args.teacher_model_name_or_path, "teacher_config_overrides"),
+    ):
+        if not name or not name.startswith("config:"):
+            continue
+        try:
+            config = _default_config(name[len("config:"):].strip())
+        except ValueError as err:
+            raise RecipeError(f"{key}: {err}") from None
+        overrides = getattr(model_args, overrides_key) or {}
+        try:
+            _check_config_keys(config, overrides)
+        except ValueError as err:
+            raise RecipeError(f"{overrides_key}: {err}") from None
+        if key == "model_name_or_path":
+            _check_image_size(model_args.image_size, config.model_type, {**config.to_dict(), **overrides})
+    local = _local_config(model_args.model_name_or_path)
+    if local is not None:
+        _check_image_size(model_args.image_size, local.get("model_type"), {**local, **(model_args.student_config_overrides or {})})
+
+
+def _check_image_size(image_size: int | None, model_type: str | None, config: dict) -> None:
+    patch, built = config.get("patch_size"), config.get("image_size")
+    if image_size is None or not isinstance(patch, int):
+        return
+    if image_size % patch:
+        raise RecipeError(f"image_size {image_size} is not a multiple of the student's patch_size {patch}; "
+                          f"use e.g. {max(patch, image_size // patch * patch)}")
+    if model_type in _FIXED_GRID_TYPES and isinstance(built, int) and built != image_size:
+        raise RecipeError(
+            f"image_size {image_size}, but the {model_type} student is built for {built} px (its position embeddings "
+            f"fix the patch grid): also set student_config_overrides: {{image_size: {image_size}}}, or drop image_size"
+        )
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def check_data_dirs(data_args: Any) -> None:
+    """Image folders exist, hold class sub-folders with files, and train/validation classes agree."""
+    if data_args.train_dir is None:
+        return
+    train = _folder_classes("train_dir", data_args.train_dir)
+    if data_args.validation_dir is not None:
+        check_split_classes(train, _folder_classes("validation_dir", data_args.validation_dir))
+
+
+def _folder_classes(key: str, folder: str) -> list[str]:
+    if not os.path.isdir(folder):
+        raise DataError(f"{key} {folder!r} does not exist" + (" (it is a file)" if os.path.exists(folder) else "")
+                        + ": give a folder with one sub-folder of images per class")
+    classes = class_folders(folder)
+    if not classes:
+        raise DataError(f"{key} {folder!r} holds no class sub-folders with files: give a folder with one "
+                        "sub-folder of images per class (e.g. train/cat/1.jpg, train/dog/2.jpg)")
+    return classes
+
+
+# --------------------------------------------------------------------------------------------- resume
+
+
+def check_checkpoint(folder: str) -> None:
+    """A checkpoint to resume from must have readable weights and trainer state.
+
+    A run killed while saving leaves a truncated ``model.safetensors``; loading it fails deep in
+    safetensors with no hint that an earlier checkpoint would do. Reading the headers is cheap.
+    """
+    from safetensors import safe_open
+
+    weights = sorted(Path(folder).glob("*.safetensors"))
+    if not weights:
+        raise ModelError(f"resume_from_checkpoint: {folder!r} holds no .safetensors weights: {_earlier(folder)}")
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise ModelError(f"resume_from_checkpoint: {str(path)!r} is corrupt or incomplete ({err}): {_earlier(folder)}") from None
+    state = Path(folder) / "trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelError(f"resume_from_checkpoint: {str(state)!r} is missing or unreadable ({err}): {_earlier(folder)}") from None
+
+
+def _earlier(folder: str) -> str:
+    parent = Path(folder).absolute().parent
+    others = sorted((p.name for p in parent.glob("checkpoint-*") if p.name != Path(folder).name),
+                    key=lambda n: int(n.rsplit("-", 1)[-1]) if n.rsplit("-", 1)[-1].isdigit() else -1)
+    if others:
+        return f"resume from an earlier one (--resume_from_checkpoint {parent / others[-1]}) or delete {folder!r}"
+    return f"delete {folder!r} and start again"
+
+
+# --------------------------------------------------------------------------------------------- probe
+
+
+def probe_student(student: Any, stats: Any, image_size: int | None) -> None:
+    """One forward pass of a single blank image at the training resolution.
+
+    Catches what no config can tell before the first step (e.g. a timm ViT with a fixed
+    ``img_size`` asked for another ``image_size``), for the cost of one image.
+    """
+    import torch
+
+    height, width = stats.size
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            student(pixel_values=torch.zeros(1, stats.channels, height, width))
+    except (RuntimeError, ValueError, AssertionError) as err:
+        key = "image_size" if image_size is not None else "model_name_or_path"
+        raise ModelError(
+            f"{key}: the student cannot take {height}x{width} inputs ({' '.join(str(err).split())}). "
+            "Set an image_size the architecture accepts, or build the student for it (student_config_overrides: "
+            "image_size for transformers ViTs, img_size for timm)"
+        ) from err
+    finally:
+        student.train(was_training)

@@ -1,0 +1,37 @@
+"""Where a run writes its records, so that no run overwrites another's.
+
+A training run owns its ``output_dir``: the model, ``distill_config.yaml``, ``all_results.json``,
+the model card. An eval-only run (``do_train: false``), often pointed at a finished run's folder,
+writes into its own ``eval-<UTC time>`` sub-folder instead (``eval_config.yaml``,
+``eval_results.json``), and never rewrites the card or the recorded training recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from .config import dump_recipe
+
+EVAL_CONFIG_NAME = "eval_config.yaml"
+EVAL_RESULTS_NAME = "eval_results.json"
+
+
+def eval_record_dir(output_dir: str) -> str:
+    """A new ``output_dir/eval-YYYYmmdd-HHMMSS[-k]`` folder name (created when written to)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    folder, k = os.path.join(output_dir, f"eval-{stamp}"), 1
+    while os.path.exists(folder):
+        k += 1
+        folder = os.path.join(output_dir, f"eval-{stamp}-{k}")
+    return folder
+
+
+def write_eval_record(folder: str, recipe: dict | None, metrics: dict) -> None:
+    """The eval-only run's recipe and metrics, in its own folder."""
+    os.makedirs(folder, exist_ok=True)
+    if recipe is not None:
+        dump_recipe(recipe, os.path.join(folder, EVAL_CONFIG_NAME))
+    with open(os.path.join(folder, EVAL_RESULTS_NAME), "w", encoding="utf-8") as handle:
+        json.dump(metrics, handle, indent=2, sort_keys=True)

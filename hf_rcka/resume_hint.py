@@ -1,0 +1,62 @@
+"""The message an interrupted run ends with: where its checkpoint is and the command to resume.
+
+The command is the one that was run (same recipe, same overrides) plus
+``--resume_from_checkpoint <checkpoint>``, printed alone on the last line so that it can be
+copied, or run with ``tail -n 1``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+from typing import Sequence
+
+SCRIPT = "scripts/distill.py"
+
+
+class Stopped(Exception):
+    """Training stopped on a signal. ``exit_code`` follows the shell's 128 + signal convention."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None, argv: Sequence[str], main_process: bool = True):
+        self.signum, self.step, self.checkpoint, self.main_process = signum, step, checkpoint, main_process
+        self.argv = list(argv)
+        super().__init__(self.message())
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+    def message(self) -> str:
+        name = signal.Signals(self.signum).name
+        if self.checkpoint is None:
+            return f"interrupted by {name} at step {self.step}: no checkpoint was saved, nothing to resume"
+        return (f"interrupted by {name}: saved {self.checkpoint} (step {self.step}); resume with:\n"
+                f"{resume_command(self.argv, self.checkpoint)}")
+
+
+def resume_command(argv: Sequence[str], checkpoint: str) -> str:
+    """``argv`` (recipe + overrides) relaunched the way this run was, resuming from ``checkpoint``."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        key = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
+        if key == "resume_from_checkpoint":
+            skip = "=" not in token
+            continue
+        if key == "debug":
+            continue
+        kept.append(token)
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith("distill.py") else SCRIPT
+    return shlex.join([*_launcher(), script, *kept, "--resume_from_checkpoint", checkpoint])
+
+
+def _launcher() -> list[str]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = world > 1 or any(key.startswith("ACCELERATE_") for key in os.environ)
+    if not launched:
+        return ["python"]
+    return ["accelerate", "launch"] + (["--num_processes", str(world)] if world > 1 else [])
