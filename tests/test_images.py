@@ -1,0 +1,119 @@
+"""Every PIL mode becomes the 8-bit RGB image it depicts, checked against hand-computed pixels."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_rcka.errors import DataError
+from hf_rcka.images import BACKGROUND, decode_image, to_rgb
+
+WHITE = BACKGROUND[0]
+
+
+def rgb(image: Image.Image) -> np.ndarray:
+    out = to_rgb(image)
+    assert out.mode == "RGB" and out.size == image.size
+    return np.asarray(out).astype(int)
+
+
+def grey(*values: float) -> np.ndarray:
+    """Expected RGB row for grey levels."""
+    return np.array([[[v, v, v] for v in values]])
+
+
+def over_white(colour: float, alpha: float) -> float:
+    return colour * alpha / 255 + WHITE * (1 - alpha / 255)
+
+
+def test_bilevel_and_grey():
+    assert np.array_equal(rgb(Image.fromarray(np.array([[True, False]]))), grey(255, 0))
+    assert np.array_equal(rgb(Image.fromarray(np.array([[0, 77, 255]], dtype=np.uint8))), grey(0, 77, 255))
+
+
+@pytest.mark.parametrize("mode,dtype", [("I;16", "<u2"), ("I;16B", ">u2"), ("I;16L", "<u2")])
+def test_sixteen_bit_is_scaled_by_its_range_not_clipped_to_white(mode, dtype):
+    values = np.array([[0, 1000, 30000, 65535]])
+    image = Image.frombuffer(mode, (4, 1), values.astype(dtype).tobytes(), "raw", mode, 0, 1)
+    assert image.mode == mode
+    assert np.array_equal(rgb(image), grey(0, 4, 117, 255))  # v / 257, rounded (convert() gave 0, 255, 255, 255)
+
+
+def test_int32_holding_sixteen_bit_values_and_other_ranges():
+    assert np.array_equal(rgb(Image.fromarray(np.array([[0, 1000, 65535]], dtype=np.int32))), grey(0, 4, 255))
+    # outside 0..65535: stretched from min..max
+    assert np.array_equal(rgb(Image.fromarray(np.array([[-50, 0, 205]], dtype=np.int32))), grey(0, 50, 255))
+
+
+def test_float_in_unit_range_and_outside_it():
+    assert np.array_equal(rgb(Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))), grey(0, 128, 255))
+    assert np.array_equal(rgb(Image.fromarray(np.array([[-1.0, 0.0, 3.0]], dtype=np.float32))), grey(0, 64, 255))
+    assert np.array_equal(rgb(Image.fromarray(np.array([[np.nan, 1.0]], dtype=np.float32))), grey(0, 255))
+
+
+def test_alpha_is_composited_over_the_background():
+    rgba = Image.fromarray(np.array([[[200, 100, 0, 255], [200, 100, 0, 0], [200, 100, 0, 128]]], dtype=np.uint8))
+    expected = [[200, 100, 0], [WHITE] * 3, [over_white(c, 128) for c in (200, 100, 0)]]
+    assert np.abs(rgb(rgba) - np.array([expected])).max() <= 1
+    la = Image.fromarray(np.array([[[60, 255], [60, 0], [60, 64]]], dtype=np.uint8), mode="LA")
+    assert np.abs(rgb(la) - grey(60, WHITE, over_white(60, 64))).max() <= 1
+
+
+def test_premultiplied_alpha_modes():
+    # premultiplied colour c_pm over white: c_pm + WHITE * (1 - a)
+    la = Image.frombytes("La", (1, 1), bytes([64, 128]))
+    assert np.abs(rgb(la) - grey(64 + WHITE * (1 - 128 / 255))).max() <= 1
+    rgba = Image.frombytes("RGBa", (1, 1), bytes([64, 32, 0, 128]))
+    expected = [[[c + WHITE * (1 - 128 / 255) for c in (64, 32, 0)]]]
+    assert np.abs(rgb(rgba) - np.array(expected)).max() <= 1
+
+
+def _palette(image: Image.Image) -> Image.Image:
+    image.putpalette([10, 20, 30, 200, 100, 50] + [0] * (256 * 3 - 6))
+    return image
+
+
+def test_palette_with_and_without_transparency():
+    plain = _palette(Image.frombytes("P", (2, 1), bytes([0, 1])))
+    assert np.array_equal(rgb(plain), np.array([[[10, 20, 30], [200, 100, 50]]]))
+    plain.info["transparency"] = 1  # colour 1 is transparent: the background shows
+    assert np.array_equal(rgb(plain), np.array([[[10, 20, 30], [WHITE] * 3]]))
+    pa = _palette(Image.frombytes("PA", (2, 1), bytes([0, 255, 1, 128])))
+    expected = [[[10, 20, 30], [over_white(c, 128) for c in (200, 100, 50)]]]
+    assert np.abs(rgb(pa) - np.array(expected)).max() <= 1
+
+
+def test_cmyk():
+    c, m, y, k = 40, 200, 0, 100
+    image = Image.frombytes("CMYK", (1, 1), bytes([c, m, y, k]))
+    expected = [[[(255 - v) * (255 - k) / 255 for v in (c, m, y)]]]
+    assert np.abs(rgb(image) - np.array(expected)).max() <= 1
+
+
+def test_ycbcr_follows_the_jfif_formulas():
+    y, cb, cr = 120, 90, 170
+    image = Image.frombytes("YCbCr", (1, 1), bytes([y, cb, cr]))
+    expected = [y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128), y + 1.772 * (cb - 128)]
+    assert np.abs(rgb(image) - np.array([[expected]])).max() <= 2
+
+
+def test_other_modes_reach_rgb():
+    assert np.array_equal(rgb(Image.new("RGBX", (1, 1), (1, 2, 3, 0))), np.array([[[1, 2, 3]]]))
+    assert np.array_equal(rgb(Image.new("HSV", (1, 1), (0, 255, 255))), np.array([[[255, 0, 0]]]))
+    neutral = rgb(Image.new("LAB", (1, 1), (255, 128, 128)))  # L*=100, a*=b*=0: white, not a colour cast
+    assert neutral.min() >= 250
+    image = Image.new("RGB", (2, 2), (9, 8, 7))
+    assert to_rgb(image) is image
+
+
+def test_unreadable_files_are_named(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(good)
+    assert np.asarray(decode_image({"path": str(good), "bytes": None}))[0, 0].tolist() == [1, 2, 3]
+    truncated = tmp_path / "truncated.jpg"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(truncated, quality=95)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    for path in (truncated, text):
+        with pytest.raises(DataError, match=str(path)):
+            decode_image({"path": str(path), "bytes": None})
