@@ -1,0 +1,101 @@
+"""Labels matched by name: permuted teachers are realigned, other names are errors, data follows names."""
+
+import copy
+import logging
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_resnet, tiny_vit
+from hf_rcka.data import with_transforms
+from hf_rcka.errors import LabelError
+from hf_rcka.labels import realign_teacher, run_label_order, teacher_label_order
+from hf_rcka import LOSSES
+from hf_rcka.modeling import DistillationModel
+from hf_rcka.teacher_inputs import input_stats
+
+NAMES = ["cat", "dog", "eel"]
+
+
+def named(model, names):
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: i for i, n in enumerate(names)}
+    return model
+
+
+def saved_in_another_order(teacher, order):
+    """The same teacher as if trained with label order ``[names[i] for i in order]``: head rows permuted."""
+    other = copy.deepcopy(teacher)
+    head = other.classifier[-1]
+    with torch.no_grad():
+        head.weight.copy_(head.weight[order])
+        head.bias.copy_(head.bias[order])
+    names = [teacher.config.id2label[i] for i in order]
+    return named(other, names)
+
+
+def test_teacher_order_by_name():
+    assert teacher_label_order(NAMES, NAMES) is None
+    assert teacher_label_order(NAMES, ["dog", "eel", "cat"]) == [2, 0, 1]
+    assert teacher_label_order(NAMES, ["dog", "eel", "cat"], "by_index") is None
+
+
+def test_teacher_with_other_names_is_an_error_listing_them():
+    with pytest.raises(LabelError, match=r"dataset has \['eel'\].*teacher has \['fox'\].*by_index"):
+        teacher_label_order(NAMES, ["cat", "dog", "fox"])
+    with pytest.raises(LabelError, match="teacher has 4 classes|teacher has \\['ant'\\]"):
+        teacher_label_order(NAMES, ["cat", "dog", "eel", "ant"], "by_index")
+
+
+def test_generic_teacher_names_are_counted_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="hf_rcka.labels"):
+        assert teacher_label_order(NAMES, ["LABEL_0", "LABEL_1", "LABEL_2"]) is None
+    assert "unnamed" in caplog.text
+    with pytest.raises(LabelError):
+        teacher_label_order(NAMES, ["LABEL_0", "LABEL_1"])
+
+
+def losses_with(teacher, student, pixels, labels):
+    losses = [LOSSES.build("ce"), LOSSES.build("rcka", intra_weight=1.0, inter_weight=1.0), LOSSES.build("kd")]
+    model = DistillationModel(student, teacher, losses, student_input=input_stats(processor(16)),
+                              teacher_input=input_stats(processor(24, IMAGENET_MEAN, IMAGENET_STD)))
+    model.train()
+    return {k: float(v.detach()) for k, v in model(pixels, labels).loss_terms.items()}
+
+
+def test_realigned_teacher_gives_the_same_losses_as_a_correctly_ordered_one():
+    torch.manual_seed(0)
+    pixels, labels = torch.randn(5, 3, 16, 16), torch.tensor([0, 1, 2, 1, 0])
+    teacher = named(tiny_resnet().eval(), NAMES)
+    permuted = saved_in_another_order(teacher, [1, 2, 0])  # names: dog, eel, cat
+    reference = losses_with(teacher, tiny_vit(), pixels, labels)
+    unaligned = losses_with(permuted, tiny_vit(), pixels, labels)
+    assert unaligned["kd"] != pytest.approx(reference["kd"], rel=1e-4), "the test must see a misaligned teacher"
+
+    assert realign_teacher(permuted, NAMES) == [2, 0, 1]
+    assert permuted.config.id2label == dict(enumerate(NAMES))
+    realigned = losses_with(permuted, tiny_vit(), pixels, labels)
+    assert realigned == pytest.approx(reference, rel=1e-5, abs=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(permuted(pixel_values=pixels).logits, teacher(pixel_values=pixels).logits, atol=1e-6)
+
+
+def test_student_order_wins_when_it_names_the_same_classes():
+    assert run_label_order(NAMES, ["dog", "eel", "cat"], training=True) == ["dog", "eel", "cat"]
+    assert run_label_order(NAMES, None, training=True) == NAMES
+    assert run_label_order(NAMES, ["a", "b"], training=True) == NAMES  # new head for the new classes
+    with pytest.raises(LabelError, match=r"cannot evaluate.*dataset has \['cat', 'dog', 'eel'\]"):
+        run_label_order(NAMES, ["a", "b", "c"], training=False)
+
+
+def test_data_labels_follow_the_model_label2id_by_name():
+    """Eval-only: a model whose id2label is [dog, cat, eel] on data whose ClassLabel is [cat, dog, eel]."""
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
+    images = [np.full((4, 4, 3), 10 * i, dtype=np.uint8) for i in range(3)]
+    raw = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2]}, features=features)
+    model = named(tiny_vit(), ["dog", "cat", "eel"])
+    order = run_label_order(NAMES, [model.config.id2label[i] for i in range(3)], training=False)
+    ds = with_transforms(raw, lambda image: torch.zeros(1), "image", "label", order)
+    assert [ds[i]["labels"] for i in range(3)] == [model.config.label2id[n] for n in NAMES] == [1, 0, 2]
