@@ -89,7 +89,7 @@ class SkippedImages:
 
 
 class SkippedImagesCallback(TrainerCallback):
-    """Stops training (at a logging step, on every rank) once the ledger is over its limit."""
+    """Stops training (at a logging step, an epoch's or training's end; on every rank) once over the limit."""
 
     def __init__(self, ledger: SkippedImages) -> None:
         self.ledger = ledger
@@ -106,5 +106,15 @@ class SkippedImagesCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
         # Checked at logging steps (the same steps on every rank): the collective syncs the host.
         every = max(1, int(args.logging_steps)) if args.logging_steps >= 1 else 1
-        if state.global_step % every == 0 and any_rank(self._over_limit(), args.device):
+        if state.global_step % every == 0:
+            self._check(args)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        self._check(args)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        self._check(args)
+
+    def _check(self, args: Any) -> None:
+        if any_rank(self._over_limit(), args.device):
             raise self.ledger.over_limit_error()

@@ -288,6 +288,16 @@ def _debug(argv: list[str]) -> bool:
     return flag or os.environ.get("HF_RCKA_DEBUG", "") not in ("", "0", "false")
 
 
+def _close_progress_bars() -> None:
+    """Close progress bars an exception left open, so that our message stays the last line."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with transformers
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job; user errors print ``error: ...`` and return 2, interruptions 128 + signal."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -305,11 +315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_args, data_args, training_args = build_arguments(recipe)
         run(model_args, data_args, training_args, recipe, stop=stop, argv=argv)
     except UserError as err:
+        _close_progress_bars()
         if debug:
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     except Stopped as stopped:
+        _close_progress_bars()
         if stopped.main_process:
             print(stopped.message(), file=sys.stderr, flush=True)
         return stopped.exit_code

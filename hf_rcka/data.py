@@ -18,7 +18,7 @@ from torchvision import transforms as T
 from .bad_images import SkippedImages
 from .config import DataArguments
 from .errors import DataError
-from .images import decode_image, describe_source
+from .images import UnreadableImage, decode_image
 from .teacher_inputs import InputStats
 
 logger = logging.getLogger(__name__)
@@ -119,10 +119,10 @@ def with_transforms(
     def pixels(value: Any) -> torch.Tensor | None:
         try:
             return transform(decode_image(value, image_feature))
-        except DataError as err:
+        except UnreadableImage as err:
             if skipped is None:
                 raise
-            skipped.record(describe_source(value), str(err))
+            skipped.record(err.source, err.reason)
             return None
 
     def apply(batch: dict[str, list]) -> dict[str, list]:

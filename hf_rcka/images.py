@@ -34,6 +34,14 @@ _UINT16_MAX = 65535.0
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
+class UnreadableImage(DataError):
+    """An image file that cannot be decoded; ``source`` names it, ``reason`` says why."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"cannot read image {source}: {reason}")
+        self.source, self.reason = source, reason
+
+
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
     """The 8-bit RGB image that ``image`` depicts, whatever its mode (see the module docstring).
 
@@ -117,7 +125,7 @@ def decode_image(value: Any, feature: Any = None) -> Image.Image:
         feature: the column's ``datasets.Image`` feature (its ``mode`` and Hub tokens are kept).
 
     Raises:
-        DataError: the file cannot be read as an image; the message names it.
+        UnreadableImage: the file cannot be read as an RGB image; the message names it.
     """
     if isinstance(value, Image.Image):
         return to_rgb(value)
@@ -127,5 +135,8 @@ def decode_image(value: Any, feature: Any = None) -> Image.Image:
     try:
         image = decoder.decode_example(value)
     except DECODE_ERRORS as err:
-        raise DataError(f"cannot read image {describe_source(value)}: {type(err).__name__}: {err}") from None
-    return to_rgb(image)
+        raise UnreadableImage(describe_source(value), f"{type(err).__name__}: {err}") from None
+    try:
+        return to_rgb(image)
+    except DataError as err:
+        raise UnreadableImage(describe_source(value), str(err)) from None

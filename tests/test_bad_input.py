@@ -1,0 +1,254 @@
+"""One test per class of user error: one ``error:`` line naming the key/path, exit 2, nothing done.
+
+Errors the recipe alone decides must come before any model or dataset loads: ``no_loading``
+makes loading fail the test, and the output folder must not exist afterwards.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import hf_rcka.cli as cli
+from hf_rcka.cli import main
+
+TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
+TINY_VIT = {"hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 44,
+            "image_size": 16, "patch_size": 4}
+
+
+def base(tmp_path: Path, **changes) -> dict:
+    recipe = {
+        "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET, "image_size": 16,
+        "dataset_name": "builtin:digits", "augment": "none", "max_train_samples": 20, "max_eval_samples": 10,
+        "max_steps": 2, "per_device_train_batch_size": 5, "per_device_eval_batch_size": 5, "report_to": "none",
+        "use_cpu": True, "output_dir": str(tmp_path / "out"), "teacher_accuracy_check": "off",
+    }
+    recipe.update(changes)
+    return {k: v for k, v in recipe.items() if v is not None}
+
+
+def run(tmp_path: Path, recipe: dict, *flags: str) -> int:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return main([str(path), *flags])
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model or dataset was loaded before the recipe was checked")
+
+    for name in ("load_image_classifier", "load_raw_datasets", "load_image_processor"):
+        monkeypatch.setattr(cli, name, refuse)
+
+
+def error_of(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: "), err[-5:]
+    assert "Traceback" not in "\n".join(err), "user errors print no traceback"
+    return err[-1]
+
+
+def image_folder(root: Path, classes: list[str], per_class: int = 4) -> str:
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.new("RGB", (8, 8), (60 * k, 20 * i, 100)).save(root / name / f"{i}.png")
+    return str(root)
+
+
+# ------------------------------------------------------------------ checked before anything loads
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("label_smoothing_factor", 1.5, "label_smoothing_factor must be in [0, 1), got 1.5"),
+    ("learning_rate", -1e-3, "learning_rate must be >= 0, got -0.001"),
+    ("per_device_train_batch_size", 0, "per_device_train_batch_size must be >= 1, got 0"),
+    ("max_bad_images", -1, "max_bad_images must be >= 0"),
+    ("teacher_label_mapping", "by_nmae", "teacher_label_mapping must be 'by_name' or 'by_index'"),
+])
+def test_values_out_of_range(tmp_path, capsys, no_loading, key, value, expected):
+    assert run(tmp_path, base(tmp_path, **{key: value})) == 2
+    assert expected in error_of(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_key_without_a_close_match_points_at_help(tmp_path, capsys, no_loading):
+    assert run(tmp_path, base(tmp_path, zzqx_frobnicate=1)) == 2
+    line = error_of(capsys)
+    assert "'zzqx_frobnicate'" in line and "--help" in line and len(line) < 200
+
+
+def test_output_dir_that_cannot_be_created(tmp_path, capsys, no_loading):
+    (tmp_path / "afile").write_text("x")
+    assert run(tmp_path, base(tmp_path, output_dir=str(tmp_path / "afile" / "out"))) == 2
+    assert "output_dir" in error_of(capsys) and "is a file" in capsys.readouterr().err + "is a file"
+
+
+def test_report_to_an_integration_that_is_not_installed(tmp_path, capsys, no_loading, monkeypatch):
+    from transformers.integrations import integration_utils
+
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: False)
+    assert run(tmp_path, base(tmp_path, report_to="tensorboard")) == 2
+    assert "report_to: 'tensorboard' is not installed: pip install tensorboard" in error_of(capsys)
+    assert run(tmp_path, base(tmp_path, report_to="tensorbord")) == 2
+    assert "did you mean 'tensorboard'" in error_of(capsys)
+
+
+def test_push_to_hub_offline_or_without_a_token(tmp_path, capsys, no_loading, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert run(tmp_path, base(tmp_path, push_to_hub=True)) == 2
+    assert "push_to_hub: the Hugging Face Hub is offline" in error_of(capsys)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    assert run(tmp_path, base(tmp_path, push_to_hub=True)) == 2
+    assert "push_to_hub needs a Hugging Face token" in error_of(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_losses_that_do_not_fit_the_models(tmp_path, capsys, no_loading):
+    assert run(tmp_path, base(tmp_path, losses=[{"name": "ce"}, {"name": "feature_cka"}])) == 2
+    assert "losses ['feature_cka'] need a teacher: set teacher_model_name_or_path" in error_of(capsys)
+    deit = base(tmp_path, model_name_or_path="config:vit", student_config_overrides=TINY_VIT,
+                teacher_model_name_or_path="config:resnet", losses=[{"name": "ce"}, {"name": "deit_token"}])
+    assert run(tmp_path, deit) == 2
+    assert "deit_token needs a student with a distillation head" in error_of(capsys)
+
+
+def test_image_size_a_vit_student_cannot_take(tmp_path, capsys, no_loading):
+    vit = dict(model_name_or_path="config:vit", student_config_overrides=TINY_VIT)
+    assert run(tmp_path, base(tmp_path, **vit, image_size=18)) == 2
+    assert "image_size 18 is not a multiple of the student's patch_size 4" in error_of(capsys)
+    assert run(tmp_path, base(tmp_path, **vit, image_size=32)) == 2
+    assert "built for 16 px" in error_of(capsys)
+
+
+def test_typos_in_a_config_model_type_and_its_overrides(tmp_path, capsys, no_loading):
+    assert run(tmp_path, base(tmp_path, model_name_or_path="config:resnett")) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: model_name_or_path:") and "did you mean 'resnet'" in line
+    assert run(tmp_path, base(tmp_path, student_config_overrides={**TINY_RESNET, "hiden_sizes": [8]})) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: student_config_overrides:") and "'hiden_sizes'" in line and "hidden_sizes" in line
+
+
+def test_model_paths_that_do_not_exist(tmp_path, capsys, no_loading, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="runs/techer")) == 2
+    assert "teacher_model_name_or_path: no such folder 'runs/techer'" in error_of(capsys)
+    assert run(tmp_path, base(tmp_path, model_name_or_path="acme/not-cached")) == 2
+    assert "'acme/not-cached' is no local folder, and the Hub is offline" in error_of(capsys)
+    assert run(tmp_path, base(tmp_path, model_name_or_path="timm/resnet81")) == 2
+    assert "unknown timm architecture 'resnet81'" in error_of(capsys)
+
+
+def test_missing_or_empty_train_dir(tmp_path, capsys, no_loading):
+    data = dict(dataset_name=None, train_dir=str(tmp_path / "nope"))
+    assert run(tmp_path, base(tmp_path, **data)) == 2
+    assert f"train_dir '{tmp_path / 'nope'}' does not exist" in error_of(capsys)
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=str(tmp_path / "empty"))) == 2
+    assert "holds no class sub-folders with files" in error_of(capsys)
+
+
+def test_validation_classes_that_train_lacks(tmp_path, capsys, no_loading):
+    train = image_folder(tmp_path / "train", ["cat", "dog"])
+    validation = image_folder(tmp_path / "validation", ["cat", "Dog"])
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, validation_dir=validation)) == 2
+    line = error_of(capsys)
+    assert "validation_dir has classes train_dir lacks: ['Dog']" in line and "lacks: ['dog']" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_checkpoint_on_resume(tmp_path, capsys, no_loading):
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    assert run(tmp_path, base(tmp_path), "--resume_from_checkpoint", "true") == 2
+    line = error_of(capsys)
+    assert f"{checkpoint / 'model.safetensors'}" in line and "is corrupt or incomplete" in line
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys, no_loading):
+    assert run(tmp_path, base(tmp_path, learning_rate=-1.0), "--debug") == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ found once models/data are known
+
+def save_teacher(path: Path, names: list[str]) -> str:
+    from conftest import tiny_resnet
+
+    teacher = tiny_resnet(num_labels=len(names))
+    teacher.config.id2label = dict(enumerate(names))
+    teacher.config.label2id = {n: i for i, n in enumerate(names)}
+    teacher.save_pretrained(path)
+    from conftest import processor
+
+    processor(16).save_pretrained(path)
+    return str(path)
+
+
+def test_teacher_with_other_class_names(tmp_path, capsys):
+    teacher = save_teacher(tmp_path / "teacher", ["cat", "dog", "eel"])
+    train = image_folder(tmp_path / "train", ["cat", "dog", "fox"])
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, teacher_model_name_or_path=teacher)) == 2
+    line = error_of(capsys)
+    assert "teacher_model_name_or_path" in line and "['fox']" in line and "['eel']" in line
+    assert not list((tmp_path / "out").glob("checkpoint-*")) and not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_permuted_teacher_and_unreadable_images_still_train(tmp_path, capsys):
+    teacher = save_teacher(tmp_path / "teacher", ["dog", "eel", "cat"])
+    train = image_folder(tmp_path / "train", ["cat", "dog", "eel"])
+    truncated, text = Path(train) / "cat" / "truncated.jpg", Path(train) / "dog" / "notes.png"
+    noise = np.random.default_rng(0).integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(truncated, quality=95)
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    text.write_text("not an image")
+    recipe = base(tmp_path, dataset_name=None, train_dir=train, teacher_model_name_or_path=teacher,
+                  max_train_samples=None, max_eval_samples=None, per_device_train_batch_size=14,
+                  per_device_eval_batch_size=14, train_val_split=0.1, max_steps=1)
+    assert run(tmp_path, recipe) == 0
+    ledger = (tmp_path / "out" / "skipped_images.tsv").read_text()
+    assert str(truncated) in ledger and str(text) in ledger
+    log = capsys.readouterr().err
+    assert "re-indexed by name" in log and f"skipped unreadable image {text}: UnidentifiedImageError" in log
+
+    assert run(tmp_path, {**recipe, "output_dir": str(tmp_path / "strict"), "max_bad_images": 0}) == 2
+    line = error_of(capsys)
+    assert "could not be read (more than max_bad_images=0)" in line and "skipped_images.tsv" in line
+
+
+def test_eval_only_run_keeps_the_training_records(tmp_path, capsys):
+    assert run(tmp_path, base(tmp_path)) == 0
+    out = tmp_path / "out"
+    before = {name: (out / name).read_bytes() for name in ("distill_config.yaml", "all_results.json", "README.md")}
+    evaluate = base(tmp_path, model_name_or_path=str(out), student_config_overrides=None, do_train=False)
+    assert run(tmp_path, evaluate) == 0
+    assert before == {name: (out / name).read_bytes() for name in before}
+    record = next(out.glob("eval-*"))
+    assert "eval_accuracy" in json.loads((record / "eval_results.json").read_text())
+    assert yaml.safe_load((record / "eval_config.yaml").read_text())["do_train"] is False
+
+
+def test_help_lists_every_key_grouped_with_defaults(capsys):
+    from hf_rcka.config import _field_table
+
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for title in ("model:", "data:", "distillation:", "training (transformers.TrainingArguments):"):
+        assert f"\n{title}\n" in text
+    for key in _field_table():
+        assert f"\n  {key} (" in text, key
+    assert "  teacher_label_mapping (str; default: 'by_name')" in text
+    assert main(["--help", "losses"]) == 0
+    text = capsys.readouterr().out
+    assert "  rcka: weight=1.0, intra_weight=15.0" in text and "patch_match" in text
