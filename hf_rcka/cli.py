@@ -266,7 +266,7 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
             )
         if stop is None:
             raise
-        raise Stopped(signal.SIGINT, trainer.state.global_step, checkpoint, argv,
+        raise Stopped(stop.signum or signal.SIGINT, trainer.state.global_step, checkpoint, argv,
                       trainer.is_world_process_zero()) from None
     if stop is not None and stop.signum is not None:
         step = trainer.state.global_step

@@ -1,0 +1,147 @@
+"""SIGTERM / SIGINT on a real ``scripts/distill.py`` process: checkpoint, resume command last, no traceback."""
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import TrainerCallback
+
+from hf_rcka.interrupt import GracefulStop, Interrupted
+from hf_rcka.resume_hint import Stopped
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
+
+
+def recipe(tmp_path: Path) -> Path:
+    values = {
+        "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET, "image_size": 16,
+        "dataset_name": "builtin:digits", "augment": "none", "max_train_samples": 50, "max_eval_samples": 10,
+        "max_steps": 1000, "per_device_train_batch_size": 5, "report_to": "none", "use_cpu": True,
+        "logging_steps": 1, "save_strategy": "no", "output_dir": str(tmp_path / "out"), "disable_tqdm": True,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def environment() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1"}
+
+
+def interrupt_after_first_step(command: list[str], signum: int) -> tuple[int, list[str]]:
+    process = subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if "'loss'" in line and process.poll() is None:
+                process.send_signal(signum)
+                break
+        lines += [line.rstrip("\n") for line in process.stdout]
+        return process.wait(timeout=120), lines
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_sigterm_saves_a_checkpoint_and_prints_the_resume_command_last(tmp_path):
+    signum = signal.SIGTERM
+    command = [sys.executable, "scripts/distill.py", str(recipe(tmp_path)), "--learning_rate", "1e-3"]
+    code, lines = interrupt_after_first_step(command, signum)
+    output = "\n".join(lines)
+    assert code == 128 + signum, output[-3000:]
+    assert "Traceback" not in output
+    last = [line for line in lines if line.strip()][-1]
+    match = re.search(r"--resume_from_checkpoint (\S+)$", last)
+    assert match, last
+    checkpoint = Path(match.group(1))
+    step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    assert checkpoint.name == f"checkpoint-{step}" and 1 <= step < 1000
+    assert (checkpoint / "model.safetensors").is_file()
+    assert not (tmp_path / "out" / "model.safetensors").exists(), "an interrupted run does not look finished"
+    assert f"interrupted by {signal.Signals(signum).name}" in output
+
+    # the printed command resumes (two more steps, to keep it short)
+    resumed = shlex.split(last) + ["--max_steps", str(step + 2)]
+    assert resumed[:2] == ["python", "scripts/distill.py"] and "--learning_rate" in resumed
+    done = subprocess.run([sys.executable, *resumed[1:]], cwd=ROOT, env=environment(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == step + 2
+
+
+class SignalAt(TrainerCallback):
+    """Delivers a real signal to this process from inside step ``step`` (the handler runs in the main thread)."""
+
+    def __init__(self, step: int, signum: int, times: int = 1):
+        self.step, self.signum, self.times = step, signum, times
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+
+def tiny_trainer(tmp_path, *callbacks):
+    from conftest import pixel_dataset, processor, tiny_vit
+    from hf_rcka import DistillationTrainer, DistillationTrainingArguments
+
+    args = DistillationTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=6, per_device_train_batch_size=5,
+                                         report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+    return DistillationTrainer(model=tiny_vit(), args=args, train_dataset=pixel_dataset(30),
+                               processing_class=processor(16), callbacks=list(callbacks))
+
+
+def test_sigint_stops_after_the_current_step_with_a_checkpoint(tmp_path):
+    from hf_rcka.cli import _train
+
+    stop = GracefulStop()
+    stop.install()
+    try:
+        trainer = tiny_trainer(tmp_path, stop, SignalAt(2, signal.SIGINT))
+        with pytest.raises(Stopped) as stopped:
+            _train(trainer, resume=None, stop=stop, argv=["r.yaml", "--resume_from_checkpoint", "old", "--seed", "3"])
+    finally:
+        stop.uninstall()
+    assert stopped.value.exit_code == 130 and stopped.value.step == 2
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert stopped.value.checkpoint == str(checkpoint) and (checkpoint / "model.safetensors").is_file()
+    last = stopped.value.message().splitlines()[-1]
+    assert last.endswith(f"scripts/distill.py r.yaml --seed 3 --resume_from_checkpoint {checkpoint}")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handlers are restored"
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    from hf_rcka.cli import _train
+
+    stop = GracefulStop()
+    stop.install()
+    try:
+        trainer = tiny_trainer(tmp_path, stop, SignalAt(3, signal.SIGTERM, times=2))
+        with pytest.raises(Stopped) as stopped:
+            _train(trainer, resume=None, stop=stop)
+    finally:
+        stop.uninstall()
+    assert stopped.value.step == 2, "stopped inside step 3, before finishing it"
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert (tmp_path / "run" / "checkpoint-2" / "model.safetensors").is_file()
+
+
+def test_a_signal_before_training_raises_at_once():
+    stop = GracefulStop()
+    stop.install()
+    try:
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        stop.uninstall()
