@@ -30,3 +30,10 @@ class DataError(UserError):
 
 class LabelError(DataError):
     """Class names of the dataset, the student and the teacher do not match."""
+
+
+class TeacherNearChance(ModelError, RuntimeError):
+    """``teacher_accuracy_check: error`` and the teacher is near chance on the first eval batch.
+
+    Also a ``RuntimeError``, the type this check raised before user errors had their own class.
+    """

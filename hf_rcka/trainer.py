@@ -23,6 +23,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from . import losses as _losses  # noqa: F401  (registers the losses)
 from .config import validate_losses
 from .data import collate
+from .errors import TeacherNearChance
 from .hub import write_model_card
 from .losses import DistillationLoss
 from .metrics import accuracy_metrics
@@ -215,7 +216,7 @@ class DistillationTrainer(Trainer):
                 f"Set teacher_accuracy_check: off to skip this check."
             )
             if mode == "error":
-                raise RuntimeError(message)
+                raise TeacherNearChance(message)
             warnings.warn(message, stacklevel=2)
             logger.warning("!!! %s", message)
         return accuracy
