@@ -19,7 +19,7 @@ import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
 from .bad_images import SkippedImages, SkippedImagesCallback
-from .errors import DataError, ModelError, UserError
+from .errors import DataError, LabelError, ModelError, UserError
 from .help import USAGE, losses_help, recipe_help
 from .interrupt import GracefulStop, Interrupted
 from .labels import model_label_names, realign_teacher, run_label_order
@@ -41,7 +41,8 @@ from .config import (
 from .data import label_names, load_raw_datasets, prepare_datasets
 from .loading import load_image_classifier, load_image_processor
 from .teacher_inputs import input_stats
-from .trainer import DistillationTrainer
+from .registry import LOSSES
+from .trainer import DistillationTrainer, default_losses
 
 logger = logging.getLogger("hf_rcka")
 
@@ -167,9 +168,22 @@ def _load_data(data_args: DataArguments, seed: int):
         raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(err).__name__}: {err})") from err
 
 
-def _uses_teacher_logits(trainer: DistillationTrainer) -> bool:
-    model = trainer.distillation_model
-    return model.teacher is not None and any("teacher_logits" in loss.requires for loss in model.losses.values())
+def _align_teacher(teacher, args: DistillationTrainingArguments, labels: list[str], mapping: str) -> None:
+    """Teacher classes by name, before the trainer is built: realigned, or an error, when its logits
+    are distilled; when only its features are, other classes are fine but its accuracy means nothing."""
+    if teacher is None:
+        return
+    specs = args.losses or default_losses(True)
+    requires = set().union(*(LOSSES.get(spec["name"]).requires for spec in specs))
+    if "teacher_logits" in requires:
+        realign_teacher(teacher, labels, mapping)
+        return
+    try:
+        realign_teacher(teacher, labels, mapping)
+    except LabelError:
+        logger.info("labels: the teacher has other classes; only its features are distilled, so its accuracy "
+                    "is not checked")
+        args.teacher_accuracy_check = "off"
 
 
 def run(
@@ -203,6 +217,7 @@ def run(
     labels = run_label_order(dataset_labels, student_labels(model_args), training=args.do_train)
     student, student_processor, teacher, teacher_processor = build_models(model_args, labels)
     probe_student(student, input_stats(student_processor), model_args.image_size)
+    _align_teacher(teacher, args, labels, model_args.teacher_label_mapping)
     record_dir = args.output_dir if args.do_train else eval_record_dir(args.output_dir)
     skipped = SkippedImages(record_dir, data_args.max_bad_images)
     if not resume:
@@ -222,8 +237,6 @@ def run(
         teacher_name=model_args.teacher_model_name_or_path,
         callbacks=[SkippedImagesCallback(skipped)] + ([stop] if stop is not None else []),
     )
-    if _uses_teacher_logits(trainer):
-        realign_teacher(teacher, labels, model_args.teacher_label_mapping)
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         os.makedirs(args.output_dir, exist_ok=True)
         losses = [{"name": name, "weight": loss.weight} for name, loss in trainer.distillation_model.losses.items()]
@@ -326,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(stopped.message(), file=sys.stderr, flush=True)
         return stopped.exit_code
     except Interrupted as interrupted:
-        print(f"interrupted by {signal.Signals(interrupted.signum).name} before training started: nothing to resume",
+        print(f"interrupted by {signal.Signals(interrupted.signum).name} outside the training steps: no checkpoint "
+              "was written by this signal",
               file=sys.stderr, flush=True)
         return 128 + interrupted.signum
     finally:

@@ -70,7 +70,7 @@ def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
     for key in ("image_column_name", "label_column_name"):
         column = getattr(args, key)
         if column not in dataset.column_names:
-            raise ValueError(
+            raise DataError(
                 f"{key}={column!r} is not a column of the dataset (columns: {dataset.column_names}); "
                 f"set {key} in the recipe"
             )
