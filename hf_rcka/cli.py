@@ -19,14 +19,6 @@ import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
 from .bad_images import SkippedImages, SkippedImagesCallback
-from .errors import DataError, LabelError, ModelError, UserError
-from .help import USAGE, losses_help, recipe_help
-from .interrupt import GracefulStop, Interrupted
-from .labels import model_label_names, realign_teacher, run_label_order
-from .preflight import check_checkpoint, check_run, probe_student
-from .records import eval_record_dir, write_eval_record
-from .resume_hint import Stopped
-
 from .config import (
     DataArguments,
     DistillationTrainingArguments,
@@ -38,11 +30,19 @@ from .config import (
     parse_cli_overrides,
     resolve_values,
 )
-from .data import label_names, load_raw_datasets, prepare_datasets
+from .data import label_names, prepare_datasets
+from .errors import UserError
+from .help import USAGE, losses_help, recipe_help
+from .interrupt import GracefulStop, Interrupted
+from .labels import run_label_order
 from .loading import load_image_classifier, load_image_processor
+from .preflight import check_checkpoint, check_run
+from .probes import probe_student
+from .records import eval_record_dir, write_eval_record
+from .resume_hint import Stopped
+from .run_inputs import align_teacher, load_data, model_error, student_labels
 from .teacher_inputs import input_stats
-from .registry import LOSSES
-from .trainer import DistillationTrainer, default_losses
+from .trainer import DistillationTrainer
 
 logger = logging.getLogger("hf_rcka")
 
@@ -94,39 +94,13 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
         )
 
 
-def _model_error(key: str):
-    """Context: loading errors (bad folder, unknown architecture, offline Hub) name the recipe key."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def wrapped():
-        try:
-            yield
-        except (ValueError, OSError) as err:
-            if isinstance(err, UserError):
-                raise
-            raise ModelError(f"{key}: {err}") from err
-    return wrapped()
-
-
-def student_labels(model_args: ModelArguments) -> list[str] | None:
-    """A pretrained student's class names (from its config, no weights), or None for a new head."""
-    from .loading import _load_config, parse_model_source
-
-    name = model_args.model_name_or_path
-    if model_args.student_from_scratch or parse_model_source(name).kind != "pretrained":
-        return None
-    with _model_error("model_name_or_path"):
-        return model_label_names(_load_config(name, model_args.trust_remote_code))
-
-
 def build_models(model_args: ModelArguments, labels: list[str]):
     """Student (with this dataset's labels) and teacher (as trained: its head is never re-initialised)."""
-    with _model_error("model_name_or_path"):
+    with model_error("model_name_or_path"):
         student, student_processor = _build_student(model_args, labels)
     teacher = teacher_processor = None
     if model_args.teacher_model_name_or_path:
-        with _model_error("teacher_model_name_or_path"):
+        with model_error("teacher_model_name_or_path"):
             teacher = load_image_classifier(
                 model_args.teacher_model_name_or_path,
                 config_overrides=model_args.teacher_config_overrides,
@@ -157,35 +131,6 @@ def _build_student(model_args: ModelArguments, labels: list[str]):
     return student, student_processor
 
 
-def _load_data(data_args: DataArguments, seed: int):
-    """The raw splits; a dataset that cannot be loaded is a DataError naming its key."""
-    key = "dataset_name" if data_args.dataset_name else "train_dir"
-    try:
-        return load_raw_datasets(data_args, seed=seed)
-    except UserError:
-        raise
-    except (ValueError, OSError) as err:  # datasets' FileNotFoundError, DatasetNotFoundError...
-        raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(err).__name__}: {err})") from err
-
-
-def _align_teacher(teacher, args: DistillationTrainingArguments, labels: list[str], mapping: str) -> None:
-    """Teacher classes by name, before the trainer is built: realigned, or an error, when its logits
-    are distilled; when only its features are, other classes are fine but its accuracy means nothing."""
-    if teacher is None:
-        return
-    specs = args.losses or default_losses(True)
-    requires = set().union(*(LOSSES.get(spec["name"]).requires for spec in specs))
-    if "teacher_logits" in requires:
-        realign_teacher(teacher, labels, mapping)
-        return
-    try:
-        realign_teacher(teacher, labels, mapping)
-    except LabelError:
-        logger.info("labels: the teacher has other classes; only its features are distilled, so its accuracy "
-                    "is not checked")
-        args.teacher_accuracy_check = "off"
-
-
 def run(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -212,12 +157,12 @@ def run(
     _quiet_dataloader(args, explicit)
     transformers.set_seed(args.seed)
 
-    raw = _load_data(data_args, args.seed)
+    raw = load_data(data_args, args.seed)
     dataset_labels = label_names(raw["train"], data_args.label_column_name)
     labels = run_label_order(dataset_labels, student_labels(model_args), training=args.do_train)
     student, student_processor, teacher, teacher_processor = build_models(model_args, labels)
     probe_student(student, input_stats(student_processor), model_args.image_size)
-    _align_teacher(teacher, args, labels, model_args.teacher_label_mapping)
+    align_teacher(teacher, args, labels, model_args.teacher_label_mapping)
     record_dir = args.output_dir if args.do_train else eval_record_dir(args.output_dir)
     skipped = SkippedImages(record_dir, data_args.max_bad_images)
     if not resume:

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 import hf_rcka.cli as cli
+import hf_rcka.run_inputs as run_inputs
 from hf_rcka.cli import main
 
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
@@ -42,8 +43,9 @@ def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model or dataset was loaded before the recipe was checked")
 
-    for name in ("load_image_classifier", "load_raw_datasets", "load_image_processor"):
+    for name in ("load_image_classifier", "load_image_processor"):
         monkeypatch.setattr(cli, name, refuse)
+    monkeypatch.setattr(run_inputs, "load_raw_datasets", refuse)
 
 
 def error_of(capsys) -> str:

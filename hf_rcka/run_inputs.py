@@ -1,0 +1,72 @@
+"""Labels, data and model-loading errors of a run, each reported as a user error naming its key.
+
+Loading code raises ``ValueError``/``OSError`` with good messages but no recipe key; here they become
+``ModelError``/``DataError`` naming ``model_name_or_path``, ``teacher_model_name_or_path``,
+``dataset_name`` or ``train_dir``. The run's class order and the teacher's alignment by name are
+decided here too (``labels`` has the rules).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from .config import DataArguments, DistillationTrainingArguments, ModelArguments
+from .data import load_raw_datasets
+from .errors import DataError, LabelError, ModelError, UserError
+from .labels import model_label_names, realign_teacher
+from .registry import LOSSES
+
+logger = logging.getLogger("hf_rcka")
+
+
+@contextmanager
+def model_error(key: str) -> Iterator[None]:
+    """Loading errors (bad folder, unknown architecture, offline Hub) become ModelErrors naming ``key``."""
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise ModelError(f"{key}: {err}") from err
+
+
+def student_labels(model_args: ModelArguments) -> list[str] | None:
+    """A pretrained student's class names (from its config, no weights), or None for a new head."""
+    from .loading import _load_config, parse_model_source
+
+    name = model_args.model_name_or_path
+    if model_args.student_from_scratch or parse_model_source(name).kind != "pretrained":
+        return None
+    with model_error("model_name_or_path"):
+        return model_label_names(_load_config(name, model_args.trust_remote_code))
+
+
+def load_data(data_args: DataArguments, seed: int):
+    """The raw splits; a dataset that cannot be loaded is a DataError naming its key."""
+    key = "dataset_name" if data_args.dataset_name else "train_dir"
+    try:
+        return load_raw_datasets(data_args, seed=seed)
+    except UserError:
+        raise
+    except (ValueError, OSError) as err:  # datasets' FileNotFoundError, DatasetNotFoundError...
+        raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(err).__name__}: {err})") from err
+
+
+def align_teacher(teacher: Any, args: DistillationTrainingArguments, labels: list[str], mapping: str) -> None:
+    """Teacher classes by name, before the trainer is built: realigned, or an error, when its logits
+    are distilled; when only its features are, other classes are fine but its accuracy means nothing."""
+    if teacher is None:
+        return
+    specs = args.losses or [{"name": "ce"}, {"name": "rcka"}]  # the trainer's default with a teacher
+    requires = set().union(*(LOSSES.get(spec["name"]).requires for spec in specs))
+    if "teacher_logits" in requires:
+        realign_teacher(teacher, labels, mapping)
+        return
+    try:
+        realign_teacher(teacher, labels, mapping)
+    except LabelError:
+        logger.info("labels: the teacher has other classes; only its features are distilled, so its accuracy "
+                    "is not checked")
+        args.teacher_accuracy_check = "off"
