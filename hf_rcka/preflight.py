@@ -177,7 +177,7 @@ def _check_hub_id(key: str, name: str) -> None:
         raise ModelError(f"{key}: no such folder {name!r} (a folder written by save_pretrained). Check the path")
     if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
         raise ModelError(
-            f"{key}: {name!r} is no local folder, and the Hub is offline (HF_HUB_OFFLINE=1) with no cached copy. "
+            f"{key}: {name!r} is not a local folder, and the Hub is offline (HF_HUB_OFFLINE=1) with no cached copy. "
             "Check the path, or unset HF_HUB_OFFLINE to download it"
         )
 

@@ -145,7 +145,7 @@ def test_model_paths_that_do_not_exist(tmp_path, capsys, no_loading, monkeypatch
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="runs/techer")) == 2
     assert "teacher_model_name_or_path: no such folder 'runs/techer'" in error_of(capsys)
     assert run(tmp_path, base(tmp_path, model_name_or_path="acme/not-cached")) == 2
-    assert "'acme/not-cached' is no local folder, and the Hub is offline" in error_of(capsys)
+    assert "'acme/not-cached' is not a local folder, and the Hub is offline" in error_of(capsys)
     assert run(tmp_path, base(tmp_path, model_name_or_path="timm/resnet81")) == 2
     assert "unknown timm architecture 'resnet81'" in error_of(capsys)
 
@@ -254,3 +254,12 @@ def test_help_lists_every_key_grouped_with_defaults(capsys):
     assert main(["--help", "losses"]) == 0
     text = capsys.readouterr().out
     assert "  rcka: weight=1.0, intra_weight=15.0" in text and "patch_match" in text
+
+
+def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsys):
+    timm_vit = base(tmp_path, model_name_or_path="timm/vit_tiny_patch16_224", student_from_scratch=True,
+                    student_config_overrides={"depth": 1}, image_size=64)
+    assert run(tmp_path, timm_vit) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: image_size: the student cannot take 64x64 inputs") and "img_size" in line
+    assert not (tmp_path / "out").exists()
