@@ -29,7 +29,6 @@ from .config import (
 )
 from .data import label_names, load_raw_datasets, prepare_datasets
 from .loading import load_image_classifier, load_image_processor
-from .teacher_inputs import input_stats
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger("hf_rcka")
@@ -123,7 +122,7 @@ def run(
     raw = load_raw_datasets(data_args, seed=args.seed)
     labels = label_names(raw["train"], data_args.label_column_name)
     student, student_processor, teacher, teacher_processor = build_models(model_args, labels)
-    train_dataset, eval_dataset = prepare_datasets(raw, data_args, input_stats(student_processor), labels, args.seed)
+    train_dataset, eval_dataset = prepare_datasets(raw, data_args, student_processor, labels, args.seed)
 
     trainer = DistillationTrainer(
         model=student,
@@ -134,6 +133,7 @@ def run(
         processing_class=student_processor,
         teacher_processor=teacher_processor,
         teacher_name=model_args.teacher_model_name_or_path,
+        augmentation=data_args,
     )
     if trainer.is_world_process_zero() and recipe is not None:
         os.makedirs(args.output_dir, exist_ok=True)

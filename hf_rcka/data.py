@@ -1,6 +1,7 @@
 """Datasets for image classification: Hub datasets, image folders and the offline digits demo.
 
-Transforms follow the *student's* image processor (size, mean, std); the teacher's own
+Transforms follow the *student*: timm's training augmentation at its input size and normalisation,
+and for evaluation its image processor itself (see ``transforms.py``); the teacher's own
 normalisation and resolution are derived from the same batch inside the model wrapper, so there is
 one data pipeline however different the two models are.
 """
@@ -13,10 +14,9 @@ from typing import Any, Callable
 import datasets
 import numpy as np
 import torch
-from torchvision import transforms as T
 
 from .config import DataArguments
-from .teacher_inputs import InputStats
+from .transforms import eval_transform, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +81,6 @@ def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
     return [str(v) for v in sorted(set(dataset[label_column]))]
 
 
-def image_transform(stats: InputStats, train: bool, augment: str = "basic") -> Callable:
-    """torchvision pipeline to the student's size and normalisation."""
-    resize: list[Any]
-    if train and augment == "basic":
-        resize = [T.RandomResizedCrop(stats.size), T.RandomHorizontalFlip()]
-    else:
-        resize = [T.Resize(stats.size)]
-    return T.Compose([*resize, T.ToTensor(), T.Normalize(stats.mean, stats.std)])
-
-
 def with_transforms(
     dataset: datasets.Dataset, transform: Callable, image_column: str, label_column: str, labels: list[str]
 ) -> datasets.Dataset:
@@ -108,17 +98,21 @@ def with_transforms(
 
 
 def prepare_datasets(
-    raw: datasets.DatasetDict, args: DataArguments, stats: InputStats, labels: list[str], seed: int = 42
+    raw: datasets.DatasetDict, args: DataArguments, processor: Any, labels: list[str], seed: int = 42
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Train and eval datasets with the student's transforms (``raw`` from ``load_raw_datasets``)."""
+    """Train and eval datasets with the student's transforms (``raw`` from ``load_raw_datasets``).
+
+    ``processor`` is the student's image processor: training uses timm's augmentation at its size
+    and normalisation, evaluation the processor itself, so ``eval_accuracy`` is the deployed model's.
+    """
     train, evaluation = raw["train"], raw["validation"]
     if args.max_train_samples is not None:
         train = train.shuffle(seed=seed).select(range(min(args.max_train_samples, len(train))))
     if args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
     columns = (args.image_column_name, args.label_column_name, labels)
-    train = with_transforms(train, image_transform(stats, True, args.augment), *columns)
-    evaluation = with_transforms(evaluation, image_transform(stats, False), *columns)
+    train = with_transforms(train, train_transform(processor, args), *columns)
+    evaluation = with_transforms(evaluation, eval_transform(processor), *columns)
     logger.info("data: %d train / %d eval images, %d classes", len(train), len(evaluation), len(labels))
     return train, evaluation
 
