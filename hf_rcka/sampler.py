@@ -41,11 +41,13 @@ def keep_rank_sharding(dataloader: DataLoader) -> DataLoader:
     ``accelerator.prepare`` wraps every map-style loader in ``BatchSamplerShard``, which deals
     batch i to rank ``i % world_size``; on top of a rank-aware sampler that would drop
     ``(world_size - 1) / world_size`` of each rank's images. transformers does the same for its
-    own rank-aware ``BatchRebalanceSampler``.
+    own rank-aware ``BatchRebalanceSampler``. ``even_batches`` goes too: it would pad the last
+    batch with repeats of the first images, and every rank already gets the same number of images.
     """
     shard = getattr(dataloader, "batch_sampler", None)
     inner = getattr(shard, "batch_sampler", None)
     if isinstance(shard, BatchSamplerShard) and isinstance(getattr(inner, "sampler", None), RepeatedAugmentationSampler):
         shard.num_processes = 1
         shard.process_index = 0
+        shard.even_batches = False
     return dataloader
