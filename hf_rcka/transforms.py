@@ -52,7 +52,7 @@ def train_transform(processor: Any, augmentation: AugmentationArguments) -> Call
     from timm.data import create_transform
 
     config = student_data_config(processor)
-    return create_transform(
+    transform = create_transform(
         config["input_size"],
         is_training=True,
         hflip=augmentation.hflip,
@@ -65,6 +65,39 @@ def train_transform(processor: Any, augmentation: AugmentationArguments) -> Call
         re_mode=augmentation.remode,
         re_count=augmentation.recount,
     )
+    return _with_zero_bit_posterize(transform)
+
+
+def _with_zero_bit_posterize(transform: Any) -> Any:
+    """Let timm's posterize ops keep 0 bits again, as Pillow < 13 allowed.
+
+    RandAugment's ``PosterizeIncreasing`` maps magnitude 10 to "keep 0 bits" (a black image), and
+    ``rand-m9-mstd0.5`` reaches 10 on ~2% of its draws; Pillow 13's ``ImageOps.posterize`` raises
+    on 0 bits, which would stop a DeiT run at a random step. The ops get a posterize that keeps
+    the old behaviour; everything else in the transform is timm's.
+    """
+    from timm.data.auto_augment import posterize
+
+    for policy in (getattr(t, "ops", None) or getattr(t, "policy", None) for t in transform.transforms):
+        for op in _flatten(policy or ()):
+            if getattr(op, "aug_fn", None) is posterize:
+                op.aug_fn = _posterize
+    return transform
+
+
+def _flatten(ops: Any) -> list[Any]:
+    """AutoAugment holds a list of sub-policies (lists of ops); RandAugment and AugMix a list of ops."""
+    return [op for item in ops for op in (item if isinstance(item, (list, tuple)) else (item,))]
+
+
+def _posterize(image: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)  # no bit kept: black, as Pillow < 13 gave
+    return ImageOps.posterize(image, bits_to_keep)
 
 
 def eval_transform(processor: Any) -> Callable[[Image.Image], torch.Tensor]:

@@ -85,6 +85,19 @@ def test_train_transform_augments_at_the_student_size_and_normalisation(tmp_path
     assert erased.shape == (3, 16, 16) and erased.std() > 0.1, "random erasing fills boxes with noise (the plain image is uniform)"
 
 
+@pytest.mark.parametrize("policy", ["rand-m10-n8-mstd0-inc1", "original"])
+def test_posterize_at_full_magnitude_does_not_stop_training(policy, tmp_path):
+    """timm's PosterizeIncreasing keeps 0 bits at magnitude 10, which Pillow 13 rejects."""
+    processor = saved_student("timm_resnet", tmp_path)
+    transform = train_transform(processor, AugmentationArguments(aa=policy))
+    image = non_square_images(1)[0]
+    for seed in range(30):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        __import__("random").seed(seed)
+        assert transform(image).shape == (3, 16, 16)
+
+
 def test_no_aug_trains_on_the_deployed_preprocessing(tmp_path):
     processor = saved_student("hf_deit", tmp_path)
     image = non_square_images(1)[0]
