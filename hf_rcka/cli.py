@@ -168,7 +168,7 @@ def run(
     if not resume:
         skipped.reset()
     train_dataset, eval_dataset = prepare_datasets(
-        raw, data_args, input_stats(student_processor), labels, args.seed, skipped=skipped
+        raw, data_args, student_processor, labels, args.seed, skipped=skipped
     )
 
     trainer = DistillationTrainer(
@@ -181,6 +181,7 @@ def run(
         teacher_processor=teacher_processor,
         teacher_name=model_args.teacher_model_name_or_path,
         callbacks=[SkippedImagesCallback(skipped)] + ([stop] if stop is not None else []),
+        augmentation=data_args,
     )
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         os.makedirs(args.output_dir, exist_ok=True)

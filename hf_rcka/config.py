@@ -26,6 +26,7 @@ from transformers import TrainingArguments
 from . import adapters as _adapters  # noqa: F401  (registers the adapters)
 from . import losses as _losses  # noqa: F401  (registers the losses)
 from .errors import RecipeError
+from .augmentation import AugmentationArguments
 from .registry import ADAPTERS, LOSSES, close_matches
 from .value_checks import check_training_values
 
@@ -74,8 +75,9 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    """Where the images come from: a Hub dataset, image folders, or ``builtin:digits``."""
+class DataArguments(AugmentationArguments):
+    """Where the images come from (a Hub dataset, image folders, or ``builtin:digits``) and how they
+    are augmented (timm ``train.py`` names, inherited from ``AugmentationArguments``)."""
 
     dataset_name: str | None = field(
         default=None, metadata={"help": "datasets Hub id, or builtin:digits (scikit-learn's digits, offline)."}
@@ -95,9 +97,9 @@ class DataArguments:
     train_val_split: float = field(
         default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no validation split."}
     )
-    augment: str = field(default="basic", metadata={"help": "'basic' (random resized crop + flip) or 'none'."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         sources = [self.dataset_name is not None, self.train_dir is not None]
         if not any(sources):
             raise RecipeError("no data: set dataset_name (a Hub dataset or builtin:digits) or train_dir (an image folder)")
@@ -111,8 +113,6 @@ class DataArguments:
             raise RecipeError(f"max_bad_images must be >= 0, got {self.max_bad_images}")
         if not 0.0 < self.train_val_split < 1.0:
             raise RecipeError(f"train_val_split must be in (0, 1), got {self.train_val_split}")
-        if self.augment not in ("basic", "none"):
-            raise RecipeError(f"augment must be 'basic' or 'none', got {self.augment!r}")
 
 
 @dataclass
@@ -139,6 +139,14 @@ class DistillationTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Allow writing into an output_dir that already holds a model or checkpoints."},
     )
+    model_ema: bool = field(
+        default=False, metadata={"help": "Keep an EMA of the student's weights (timm ModelEmaV3); eval reports eval_ema_*."}
+    )
+    model_ema_decay: float = field(default=0.9998, metadata={"help": "EMA decay per optimizer step (timm's default)."})
+    model_ema_warmup: bool = field(default=False, metadata={"help": "timm's EMA decay warm-up."})
+    model_ema_export: bool = field(
+        default=False, metadata={"help": "Save the EMA weights (not the live ones) as the final model in output_dir."}
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Distillation needs every batch column."})
     label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
 
@@ -146,6 +154,10 @@ class DistillationTrainingArguments(TrainingArguments):
         check_training_values(self)
         self.losses = validate_losses(self.losses)
         self.feature_pairs = validate_feature_pairs(self.feature_pairs)
+        if not 0.0 <= self.model_ema_decay < 1.0:
+            raise RecipeError(f"model_ema_decay must be in [0, 1), got {self.model_ema_decay}")
+        if self.model_ema_export and not self.model_ema:
+            raise RecipeError("model_ema_export: true needs model_ema: true (there is no average to export)")
         if self.teacher_accuracy_check not in ("warn", "error", "off"):
             raise RecipeError(
                 f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {self.teacher_accuracy_check!r}"

@@ -1,6 +1,7 @@
 """Datasets for image classification: Hub datasets, image folders and the offline digits demo.
 
-Transforms follow the *student's* image processor (size, mean, std); the teacher's own
+Transforms follow the *student*: timm's training augmentation at its input size and normalisation,
+and for evaluation its image processor itself (see ``transforms.py``); the teacher's own
 normalisation and resolution are derived from the same batch inside the model wrapper, so there is
 one data pipeline however different the two models are.
 """
@@ -13,13 +14,12 @@ from typing import Any, Callable
 import datasets
 import numpy as np
 import torch
-from torchvision import transforms as T
 
 from .bad_images import SkippedImages
 from .config import DataArguments
 from .errors import DataError
 from .images import UnreadableImage, decode_image
-from .teacher_inputs import InputStats
+from .transforms import eval_transform, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -84,16 +84,6 @@ def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
     return [str(v) for v in sorted(set(dataset[label_column]))]
 
 
-def image_transform(stats: InputStats, train: bool, augment: str = "basic") -> Callable:
-    """torchvision pipeline to the student's size and normalisation."""
-    resize: list[Any]
-    if train and augment == "basic":
-        resize = [T.RandomResizedCrop(stats.size), T.RandomHorizontalFlip()]
-    else:
-        resize = [T.Resize(stats.size)]
-    return T.Compose([*resize, T.ToTensor(), T.Normalize(stats.mean, stats.std)])
-
-
 def with_transforms(
     dataset: datasets.Dataset,
     transform: Callable,
@@ -134,11 +124,13 @@ def with_transforms(
 
 
 def prepare_datasets(
-    raw: datasets.DatasetDict, args: DataArguments, stats: InputStats, labels: list[str], seed: int = 42,
+    raw: datasets.DatasetDict, args: DataArguments, processor: Any, labels: list[str], seed: int = 42,
     skipped: SkippedImages | None = None,
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Train and eval datasets with the student's transforms (``raw`` from ``load_raw_datasets``).
 
+    ``processor`` is the student's image processor: training uses timm's augmentation at its size
+    and normalisation, evaluation the processor itself, so ``eval_accuracy`` is the deployed model's.
     ``skipped``: where unreadable images are recorded and skipped (``bad_images``); None raises.
     """
     train, evaluation = raw["train"], raw["validation"]
@@ -147,8 +139,8 @@ def prepare_datasets(
     if args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
     columns = (args.image_column_name, args.label_column_name, labels)
-    train = with_transforms(train, image_transform(stats, True, args.augment), *columns, skipped=skipped)
-    evaluation = with_transforms(evaluation, image_transform(stats, False), *columns, skipped=skipped)
+    train = with_transforms(train, train_transform(processor, args), *columns, skipped=skipped)
+    evaluation = with_transforms(evaluation, eval_transform(processor), *columns, skipped=skipped)
     logger.info("data: %d train / %d eval images, %d classes", len(train), len(evaluation), len(labels))
     return train, evaluation
 

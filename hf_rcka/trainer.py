@@ -10,6 +10,7 @@ while checkpoints also keep adapters and loss state so resuming continues exactl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -21,14 +22,18 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.trainer_utils import EvalLoopOutput
 
 from . import losses as _losses  # noqa: F401  (registers the losses)
+from .augmentation import AugmentationArguments
 from .config import validate_losses
 from .data import collate
 from .errors import TeacherNearChance
+from .ema import StudentEmaCallback
 from .hub import write_model_card
 from .losses import DistillationLoss
 from .metrics import accuracy_metrics
+from .mixing import build_mixup, mix_batch
 from .modeling import DistillationModel
 from .registry import LOSSES
+from .sampler import RepeatedAugmentationSampler, keep_rank_sharding
 from .teacher_inputs import InputStats, input_stats
 
 logger = logging.getLogger(__name__)
@@ -79,6 +84,8 @@ class DistillationTrainer(Trainer):
         teacher_processor: the teacher's image processor, so the teacher sees its own
             normalisation and resolution; the student's is ``processing_class``.
         teacher_name: how the model card names the teacher (default: its ``name_or_path``).
+        augmentation: Mixup/CutMix and repeated-augmentation settings (``DataArguments`` carries
+            them); per-image transforms belong to the datasets. ``args.model_ema`` adds a weight EMA.
         **kwargs: everything ``Trainer`` takes (datasets, callbacks, ``compute_metrics``...).
     """
 
@@ -92,6 +99,7 @@ class DistillationTrainer(Trainer):
         args: TrainingArguments | None = None,
         teacher_processor: Any = None,
         teacher_name: str | None = None,
+        augmentation: AugmentationArguments | None = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -110,6 +118,23 @@ class DistillationTrainer(Trainer):
         self._terms: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._term_counts = {"train": 0, "eval": 0}
         self._saving_checkpoint = False
+        self._setup_pipeline(augmentation or AugmentationArguments())
+
+    def _setup_pipeline(self, augmentation: AugmentationArguments) -> None:
+        """Mixup/CutMix (with ``ce``'s smoothing folded in, as timm does), RA sampling, weight EMA."""
+        self.augmentation = augmentation
+        ce = self.distillation_model.losses["ce"] if "ce" in self.distillation_model.losses else None
+        smoothing = (getattr(ce, "label_smoothing", None) or 0.0) if ce is not None else 0.0
+        self.mixup = build_mixup(augmentation, self.distillation_model.student.config.num_labels, smoothing)
+        self.model_ema: StudentEmaCallback | None = None
+        if getattr(self.args, "model_ema", False):
+            if self.is_fsdp_enabled:
+                raise ValueError("model_ema averages a whole student and cannot average an FSDP-sharded one; "
+                                 "turn model_ema off or train with DDP")
+            self.model_ema = StudentEmaCallback(
+                self.distillation_model.student, self.args.model_ema_decay, self.args.model_ema_warmup
+            )
+            self.add_callback(self.model_ema)
 
     @staticmethod
     def _wrap(
@@ -142,7 +167,13 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted sum of the loss terms the model returns; records each term for logging."""
+        """Weighted sum of the loss terms the model returns; records each term for logging.
+
+        In training, Mixup/CutMix mix the batch first: student and teacher see the same pixels.
+        """
+        if model.training and self.mixup is not None:
+            pixel_values, labels = mix_batch(self.mixup, inputs["pixel_values"], inputs["labels"])
+            inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
         outputs = model(**inputs)
         weights = {name: loss.weight for name, loss in self.distillation_model.losses.items()}
         weighted = {name: weights[name] * value for name, value in outputs.loss_terms.items()}
@@ -178,11 +209,36 @@ class DistillationTrainer(Trainer):
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval") -> EvalLoopOutput:
-        """Trainer's loop, plus ``{prefix}_{term}_loss`` for every loss term."""
+        """Trainer's loop, plus ``{prefix}_{term}_loss`` for every loss term (and ``{prefix}_ema_*``
+        for the averaged weights when ``model_ema`` is on)."""
+        run = (dataloader, description, prediction_loss_only, ignore_keys)
+        output = self._evaluation_pass(*run, metric_key_prefix)
+        if self.model_ema is not None:
+            with self.model_ema.swapped_in():
+                output.metrics.update(self._evaluation_pass(*run, f"{metric_key_prefix}_ema").metrics)
+        return output
+
+    def _evaluation_pass(self, dataloader, description, prediction_loss_only, ignore_keys,
+                         metric_key_prefix: str) -> EvalLoopOutput:
         self._terms["eval"], self._term_counts["eval"] = {}, 0
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         output.metrics.update(self._term_means("eval", prefix=f"{metric_key_prefix}_"))
         return output
+
+    # ------------------------------------------------------------------ sampling
+
+    def _get_train_sampler(self, train_dataset=None):
+        """DeiT's repeated-augmentation sampler when ``aug_repeats`` > 0, else Trainer's."""
+        repeats = self.augmentation.aug_repeats
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not repeats or dataset is None:
+            return super()._get_train_sampler(train_dataset)
+        return RepeatedAugmentationSampler(dataset, repeats, num_replicas=max(1, self.args.world_size),
+                                           rank=self.args.process_index, seed=self.args.data_seed or self.args.seed)
+
+    def get_train_dataloader(self):
+        """Trainer's loader; a rank-aware RA sampler is not sharded again by accelerate."""
+        return keep_rank_sharding(super().get_train_dataloader())
 
     # ------------------------------------------------------------------ teacher sanity check
 
@@ -240,17 +296,23 @@ class DistillationTrainer(Trainer):
         student_state = None
         if state_dict is not None:  # FSDP/DeepSpeed gathered the wrapper's full state dict
             student_state = {k[len("student."):]: v for k, v in state_dict.items() if k.startswith("student.")}
-        model.student.save_pretrained(output_dir, state_dict=student_state)
+        export_ema = self.model_ema is not None and self.args.model_ema_export and not self._saving_checkpoint
+        with self.model_ema.swapped_in() if export_ema else contextlib.nullcontext():
+            model.student.save_pretrained(output_dir, state_dict=student_state)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         if self._saving_checkpoint:
             model.save_distillation_state(output_dir)
+            if self.model_ema is not None:
+                self.model_ema.save(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         logger.info("resuming student and distillation state from %s", resume_from_checkpoint)
         target.load_checkpoint(resume_from_checkpoint)
+        if self.model_ema is not None:
+            self.model_ema.load(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         logger.info("loading the best student from %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)

@@ -1,7 +1,9 @@
 """Worker for test_multiprocess.py: a short 2-process CPU (gloo) distillation run.
 
-Each rank writes its student, adapters and loss state to OUT/rank{r}.safetensors so the test can
-check that data parallelism kept them identical. Launched by torchrun, not collected by pytest.
+Each rank writes its student, adapters, loss state and weight average to OUT/rank{r}.safetensors
+so the test can check that data parallelism kept them identical, and the images of its first
+epoch (repeated augmentation, 2 copies) to OUT/rank{r}.json. Launched by torchrun, not collected
+by pytest.
 """
 
 import json
@@ -15,6 +17,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit  # noqa: E402
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
+from hf_rcka.augmentation import AugmentationArguments  # noqa: E402
 from hf_rcka.distributed import world_size  # noqa: E402
 
 
@@ -22,7 +25,7 @@ def main(out: str) -> None:
     args = DistillationTrainingArguments(
         output_dir=os.path.join(out, "run"), max_steps=3, per_device_train_batch_size=5, learning_rate=1e-2,
         report_to="none", use_cpu=True, seed=0, save_strategy="no", logging_steps=1,
-        teacher_accuracy_check="off", ddp_backend="gloo",
+        teacher_accuracy_check="off", ddp_backend="gloo", model_ema=True, model_ema_decay=0.5,
         losses=[
             {"name": "ce"},
             {"name": "rcka", "gather": True},
@@ -33,10 +36,14 @@ def main(out: str) -> None:
         ],
         feature_pairs=[{"student_layer": -1, "teacher_layer": -2, "adapter": "patch_match"}],
     )
+    dataset = pixel_dataset(40, seed=0)
     trainer = DistillationTrainer(
-        model=tiny_vit(), teacher=tiny_resnet(), args=args, train_dataset=pixel_dataset(40, seed=0),
+        model=tiny_vit(), teacher=tiny_resnet(), args=args, train_dataset=dataset,
         processing_class=processor(16), teacher_processor=processor(24, IMAGENET_MEAN, IMAGENET_STD),
+        augmentation=AugmentationArguments(aug_repeats=2, mixup=0.8),
     )
+    index = {float(dataset[i]["pixel_values"][0, 0, 0]): i for i in range(len(dataset))}
+    ids = [index[float(v)] for batch in trainer.get_train_dataloader() for v in batch["pixel_values"][:, 0, 0, 0]]
     model = trainer.model
     initial = {f"adapters.{k}": v.clone() for k, v in model.adapters.state_dict().items()}
     trainer.train()
@@ -45,9 +52,10 @@ def main(out: str) -> None:
     state.update({f"adapters.{k}": v for k, v in model.adapters.state_dict().items()})
     state.update({f"losses.{k}": v for k, v in model.losses.state_dict().items()})
     state.update({f"initial.{k}": v for k, v in initial.items()})
+    state.update({f"ema.{k}": v for k, v in trainer.model_ema.module.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, f"rank{rank}.safetensors"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
-        json.dump({"world_size": world_size(), "log_history": trainer.state.log_history}, handle)
+        json.dump({"world_size": world_size(), "log_history": trainer.state.log_history, "ids": ids}, handle)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [
 TINY_VIT = {"hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 44,
             "image_size": 16, "patch_size": 4}
 COMMON = {
-    "dataset_name": "builtin:digits", "augment": "none", "max_train_samples": 60, "max_eval_samples": 30,
+    "dataset_name": "builtin:digits", "no_aug": True, "max_train_samples": 60, "max_eval_samples": 30,
     "max_steps": 3, "per_device_train_batch_size": 10, "per_device_eval_batch_size": 15, "report_to": "none",
     "use_cpu": True, "logging_steps": 1, "save_strategy": "steps", "save_steps": 3, "image_size": 16,
 }

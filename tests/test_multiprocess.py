@@ -45,5 +45,10 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
         not torch.equal(ranks[0][k], ranks[0]["initial." + k]) for k in adapter_keys
     ), "adapters must be trained"
     assert any("projector" in k for k in ranks[0]), "srd's projector is part of the synchronised model"
+    assert any(k.startswith("ema.") for k in compared), "the weight average is identical on both ranks"
+    # repeated augmentation, 2 copies over 2 ranks: each rank sees each selected image once, the
+    # same images (each with its own augmentation), half the dataset per rank; accelerate does
+    # not shard the rank-aware sampler a second time
+    assert logs[0]["ids"] == logs[1]["ids"] and len(logs[0]["ids"]) == 20 == len(set(logs[0]["ids"]))
     steps = [e for e in logs[0]["log_history"] if "loss" in e]
     assert len(steps) == 3 and all("rcka_loss" in e and "feature_cka_loss" in e for e in steps)

@@ -23,7 +23,8 @@ class LossInputs:
 
     Attributes:
         student_logits: (B, P) task logits (the CLS head for DeiT students with a distillation head).
-        labels: (B,) class indices.
+        labels: (B,) class indices, or (B, P) soft targets when Mixup/CutMix mixed the batch
+            (label smoothing already folded in, as timm does).
         teacher_logits: (B, P), computed without gradients.
         distillation_logits: (B, P) from the student's distillation head (DeiT), if any.
         student_features / teacher_features: one tensor per feature pair, after the pair's adapter.
@@ -38,6 +39,17 @@ class LossInputs:
     teacher_features: Sequence[torch.Tensor] = field(default_factory=tuple)
     student_pooled: torch.Tensor | None = None
     teacher_pooled: torch.Tensor | None = None
+
+
+    def hard_labels(self) -> torch.Tensor | None:
+        """(B,) class indices: the labels, or the dominant class of each mixed soft target.
+
+        For a mixed pair the dominant class is the one with the larger mixing weight; for an
+        unmixed (possibly smoothed) target it is the true label.
+        """
+        if self.labels is None or self.labels.ndim == 1:
+            return self.labels
+        return self.labels.argmax(dim=-1)
 
 
 LOSS_INPUT_FIELDS = tuple(f.name for f in fields(LossInputs))

@@ -21,6 +21,9 @@ class DeiTTokenLoss(DistillationLoss):
     Needs a student with a distillation head (``DeiTForImageClassificationWithTeacher``); its
     exported model averages both heads at inference, as DeiT does.
 
+    Reads no labels, so Mixup/CutMix change nothing here: the hard target is the teacher's argmax
+    on the same mixed image the student sees, as in DeiT.
+
     Recipe::
 
         losses:

@@ -26,6 +26,10 @@ class KernelTransferLoss(DistillationLoss):
     (``momentum``); ``centres: epoch`` uses the previous epoch's means as in the paper (the loss is
     zero during the first epoch, which doubles as the paper's warm-up). Public code: weight 0.04.
 
+    Under Mixup/CutMix the class centres need one class per image: a mixed image counts for its
+    dominant class (the argmax of its soft target, i.e. the image with the larger mixing weight),
+    which is its true class when the image was not mixed. The loss term itself reads no labels.
+
     Recipe::
 
         losses:
@@ -72,7 +76,7 @@ class KernelTransferLoss(DistillationLoss):
             inputs.student_pooled, inputs.teacher_pooled, self.student_centres.clone(), self.teacher_centres.clone()
         )
         if self.training:
-            self._update(inputs.student_pooled.detach(), inputs.teacher_pooled.detach(), inputs.labels)
+            self._update(inputs.student_pooled.detach(), inputs.teacher_pooled.detach(), inputs.hard_labels())
         return loss
 
     @torch.no_grad()

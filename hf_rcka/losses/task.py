@@ -18,6 +18,11 @@ class CrossEntropyLoss(DistillationLoss):
     so recipes written for plain ``Trainer`` behave the same. For DeiT students this is the CLS
     head's term (the distillation head is trained by ``deit_token``).
 
+    Under Mixup/CutMix the labels are (B, P) soft targets into which the trainer has already
+    folded this loss's ``label_smoothing`` (timm's ``Mixup(label_smoothing=...)``): the loss is then
+    the soft-target cross-entropy ``mean_b sum_p -y_bp log softmax(z_b)_p``, with no second
+    smoothing (timm's ``SoftTargetCrossEntropy``).
+
     Recipe::
 
         losses:
@@ -34,6 +39,12 @@ class CrossEntropyLoss(DistillationLoss):
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         self.check_inputs(inputs)
-        return F.cross_entropy(
-            functional.upcast(inputs.student_logits), inputs.labels, label_smoothing=self.label_smoothing or 0.0
-        )
+        logits, labels = functional.upcast(inputs.student_logits), inputs.labels
+        if labels.ndim == 2:  # soft targets from Mixup/CutMix, smoothing already folded in
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"ce got soft targets of shape {tuple(labels.shape)} for logits {tuple(logits.shape)}: "
+                    "mixed targets need one column per class of the student"
+                )
+            return F.cross_entropy(logits, labels.to(logits.dtype))
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing or 0.0)

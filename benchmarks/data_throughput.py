@@ -1,0 +1,171 @@
+"""Images per second of hf_rcka's training input pipeline next to timm's own loader, same folder, same run.
+
+The folder holds realistic JPEGs this script writes (ImageNet-like sizes around 500 x 375, smooth
+shapes plus sensor-like noise, quality 90, so decoding costs what it costs on real photos), one
+sub-folder per class. Both sides do the same work per image with DeiT's training augmentation:
+decode, random resized crop to 224 (bicubic), flip, RandAugment rand-m9-mstd0.5-inc1, normalise,
+random erasing 0.25, then collate into batches, with N worker processes:
+
+* ours: ``load_raw_datasets`` + ``prepare_datasets`` (datasets' imagefolder, timm's transform
+  built from the student's processor) fed through ``DistillationTrainer.get_train_dataloader``,
+  the loader training really uses (accelerate-prepared, our collate, the RA sampler when asked);
+* timm: ``timm.data.create_dataset`` + ``timm.data.create_loader`` (no prefetcher, so the
+  normalisation and erasing also happen in the workers, as in ours). Its RandAugment gets the same
+  zero-bit posterize fix ours has: unpatched, timm's loader stops with a Pillow 13 ValueError on
+  the first magnitude-10 posterize draw.
+
+Each sample is one pass over the folder after a warm-up pass (worker start-up excluded); the
+sides alternate and the medians are reported, with the ratio ours / timm (>= 1.0: ours is no slower).
+
+Usage::
+
+    python benchmarks/data_throughput.py                        # 256 images, 2 workers (~2 min on 2 cores)
+    python benchmarks/data_throughput.py --images 2048 --workers 8 --batch-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+ARCH = "deit_small_patch16_224"
+AUGMENTATION = dict(aa="rand-m9-mstd0.5-inc1", reprob=0.25, train_interpolation="bicubic", color_jitter=0.3)
+
+
+def write_jpegs(root: Path, images: int, classes: int, seed: int = 0) -> None:
+    """Photo-like JPEGs: blurred random shapes over a gradient, plus per-pixel noise."""
+    rng = np.random.default_rng(seed)
+    for i in range(images):
+        width, height = int(rng.integers(400, 640)), int(rng.integers(300, 480))
+        y, x = np.mgrid[0:height, 0:width]
+        base = np.stack([(x * rng.uniform(0.1, 0.5) + y * rng.uniform(0.1, 0.5) + rng.uniform(0, 255)) % 256
+                         for _ in range(3)], axis=-1)
+        image = Image.fromarray(base.astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for _ in range(12):
+            box = sorted(rng.integers(0, width, 2)), sorted(rng.integers(0, height, 2))
+            draw.ellipse([box[0][0], box[1][0], box[0][1], box[1][1]], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        image = image.filter(ImageFilter.GaussianBlur(2))
+        noisy = np.asarray(image, dtype=np.int16) + rng.normal(0, 6, (height, width, 3)).astype(np.int16)
+        folder = root / f"class_{i % classes:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(folder / f"{i:06d}.jpg", quality=90)
+
+
+def ours_loader(folder: Path, batch_size: int, workers: int, output_dir: str):
+    """The loader ``scripts/distill.py`` trains with, for a DeiT-S student (a tiny model stands in)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_rcka import DistillationTrainer, DistillationTrainingArguments
+    from hf_rcka.config import DataArguments
+    from hf_rcka.data import label_names, load_raw_datasets, prepare_datasets
+    from hf_rcka.loading import load_image_processor
+
+    data_args = DataArguments(train_dir=str(folder), validation_dir=str(folder), **AUGMENTATION)
+    raw = load_raw_datasets(data_args)
+    labels = label_names(raw["train"], data_args.label_column_name)
+    processor = load_image_processor(f"timm/{ARCH}")
+    train, _ = prepare_datasets(raw, data_args, processor, labels)
+    args = DistillationTrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=batch_size, dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0, use_cpu=True, report_to="none", losses=[{"name": "ce"}],
+        dataloader_pin_memory=False,
+    )
+    model = ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                intermediate_size=32, num_labels=len(labels)))
+    trainer = DistillationTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
+                                  augmentation=data_args)
+    return trainer.get_train_dataloader()
+
+
+def timm_loader(folder: Path, batch_size: int, workers: int):
+    from timm.data import create_dataset, create_loader, resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    from hf_rcka.transforms import _with_zero_bit_posterize
+
+    config = resolve_data_config(get_pretrained_cfg(ARCH).to_dict())
+    dataset = create_dataset("", root=str(folder), split="train", is_training=True)
+    loader = create_loader(
+        dataset, input_size=config["input_size"], batch_size=batch_size, is_training=True, use_prefetcher=False,
+        auto_augment=AUGMENTATION["aa"], re_prob=AUGMENTATION["reprob"], color_jitter=AUGMENTATION["color_jitter"],
+        interpolation=AUGMENTATION["train_interpolation"], mean=config["mean"], std=config["std"],
+        num_workers=workers, persistent_workers=workers > 0, pin_memory=False,
+    )
+    dataset.transform = _with_zero_bit_posterize(dataset.transform)  # before any worker starts
+    return loader
+
+
+def images_per_second(loader: Iterable) -> tuple[float, int]:
+    """One full pass; images per second and the number of images seen."""
+    count, start = 0, time.perf_counter()
+    for batch in loader:
+        pixels = batch["pixel_values"] if isinstance(batch, dict) else batch[0]
+        count += pixels.shape[0]
+    return count / (time.perf_counter() - start), count
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        write_jpegs(folder, args.images, args.classes)
+        loaders = {"ours": ours_loader(folder, args.batch_size, args.workers, os.path.join(tmp, "out")),
+                   "timm": timm_loader(folder, args.batch_size, args.workers)}
+        samples: dict[str, list[float]] = {name: [] for name in loaders}
+        seen = {name: images_per_second(loader)[1] for name, loader in loaders.items()}  # warm-up pass
+        for _ in range(args.repeats):
+            for name, loader in loaders.items():
+                samples[name].append(images_per_second(loader)[0])
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return {
+        "images": args.images, "images_per_pass": seen, "workers": args.workers, "batch_size": args.batch_size,
+        "repeats": args.repeats, "augmentation": AUGMENTATION, "samples_images_per_s": samples,
+        "median_images_per_s": medians, "ratio_ours_over_timm": medians["ours"] / medians["timm"],
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+    }
+
+
+def table(result: dict) -> str:
+    medians, ratio = result["median_images_per_s"], result["ratio_ours_over_timm"]
+    lines = [
+        f"Training input pipeline, {result['images']} JPEGs, {result['workers']} workers, batch "
+        f"{result['batch_size']}, median of {result['repeats']} passes",
+        "",
+        "| loader | images/s | images per pass |",
+        "|---|---:|---:|",
+        *(f"| {name} | {medians[name]:.1f} | {result['images_per_pass'][name]} |" for name in medians),
+        "",
+        f"ratio ours / timm: **{ratio:.2f}** (target >= 1.0)",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default="bench_results/data_throughput.json")
+    args = parser.parse_args()
+    result = run(args)
+    print(table(result))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Repeated augmentation (Hoffer et al. 2020; DeiT's ``RASampler``) for the Trainer's training loader.
+
+Each epoch draws every image ``aug_repeats`` times, each copy augmented on its own, and spreads the
+copies of one image over different data-parallel ranks; each rank still sees only about
+``len(dataset) / world_size`` images per epoch (rounded down to a multiple of 256 overall, as in
+DeiT), so an epoch costs what it did without repeats. timm's ``RepeatAugSampler`` implements
+DeiT's sampler; this module seeds it and keeps accelerate from sharding its output a second time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accelerate.data_loader import BatchSamplerShard
+from timm.data.distributed_sampler import RepeatAugSampler
+from torch.utils.data import DataLoader
+
+
+class RepeatedAugmentationSampler(RepeatAugSampler):
+    """timm's ``RepeatAugSampler`` whose shuffle depends on ``seed`` as well as the epoch.
+
+    timm (like DeiT) seeds each epoch's permutation with the epoch alone, so runs with different
+    seeds would see the same order; here it is ``seed + epoch``, as in torch's DistributedSampler.
+    """
+
+    def __init__(self, dataset: Any, num_repeats: int, num_replicas: int, rank: int, seed: int = 0) -> None:
+        # DeiT keeps a multiple of 256 images per epoch; timm falls back to all of them when the
+        # dataset has fewer than 256 (small datasets, tests).
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
+                         num_repeats=num_repeats, selected_round=256)
+        self.seed = int(seed)
+        self.epoch = self.seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = self.seed + int(epoch)
+
+
+def keep_rank_sharding(dataloader: DataLoader) -> DataLoader:
+    """Make accelerate's batch sharding a pass-through for a sampler that already shards by rank.
+
+    ``accelerator.prepare`` wraps every map-style loader in ``BatchSamplerShard``, which deals
+    batch i to rank ``i % world_size``; on top of a rank-aware sampler that would drop
+    ``(world_size - 1) / world_size`` of each rank's images. transformers does the same for its
+    own rank-aware ``BatchRebalanceSampler``. ``even_batches`` goes too: it would pad the last
+    batch with repeats of the first images, and every rank already gets the same number of images.
+    """
+    shard = getattr(dataloader, "batch_sampler", None)
+    inner = getattr(shard, "batch_sampler", None)
+    if isinstance(shard, BatchSamplerShard) and isinstance(getattr(inner, "sampler", None), RepeatedAugmentationSampler):
+        shard.num_processes = 1
+        shard.process_index = 0
+        shard.even_batches = False
+    return dataloader

@@ -1,0 +1,116 @@
+"""Mixup/CutMix on the batch both models see, and what every label-reading loss does with mixed labels."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit
+from hf_rcka import LOSSES, DistillationTrainer, DistillationTrainingArguments, LossInputs
+from hf_rcka.augmentation import AugmentationArguments
+from hf_rcka.losses import LossContext
+from hf_rcka.mixing import build_mixup, mix_batch
+
+P = 3
+MIXUP_ONLY = AugmentationArguments(mixup=0.8, mixup_prob=1.0)
+
+
+def smoothed_one_hot(labels, smoothing, classes=P):
+    return F.one_hot(labels, classes).double() * (1 - smoothing) + smoothing / classes
+
+
+def test_no_mixup_unless_asked():
+    assert build_mixup(AugmentationArguments(), P) is None
+    assert build_mixup(AugmentationArguments(cutmix_minmax=[0.2, 0.8]), P) is not None
+
+
+def test_mixup_mixes_pixels_and_targets_with_one_lambda_and_folds_smoothing_once():
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 5, 7, dtype=torch.float64), torch.tensor([0, 2, 1, 2])
+    mixed, targets = mix_batch(build_mixup(MIXUP_ONLY, P, label_smoothing=0.1), x.clone(), y)
+    # mixup pairs image i with image B-1-i: recover lambda from the pixels
+    lam = float(((mixed - x.flip(0)) / (x - x.flip(0)))[0].mean())
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x.flip(0))
+    expected = lam * smoothed_one_hot(y, 0.1) + (1 - lam) * smoothed_one_hot(y.flip(0), 0.1)
+    assert torch.allclose(targets.double(), expected, atol=1e-6)
+    assert torch.allclose(targets.sum(-1), torch.ones(4))
+
+
+def test_an_odd_last_batch_keeps_its_last_image_unmixed():
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 3, 4, 4), torch.tensor([0, 2, 1, 2, 1])
+    mixed, targets = mix_batch(build_mixup(MIXUP_ONLY, P, label_smoothing=0.1), x.clone(), y)
+    assert torch.equal(mixed[4], x[4]) and not torch.allclose(mixed[:4], x[:4])
+    assert torch.allclose(targets[4].double(), smoothed_one_hot(y[4:], 0.1)[0], atol=1e-6)
+    single, target = mix_batch(build_mixup(MIXUP_ONLY, P), x[:1].clone(), y[:1])
+    assert torch.equal(single, x[:1]) and torch.equal(target, F.one_hot(y[:1], P).float())
+
+
+def test_ce_on_soft_targets_is_soft_target_cross_entropy_without_a_second_smoothing():
+    logits = torch.randn(5, P, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 2, 1, 2, 0])
+    soft = torch.softmax(torch.randn(5, P, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), -1)
+    ce = LOSSES.build("ce", label_smoothing=0.1)
+    naive = -(soft * torch.log_softmax(logits, -1)).sum(-1).mean()
+    assert torch.allclose(ce(LossInputs(student_logits=logits, labels=soft)), naive)
+    # smoothing folded into the target by Mixup == ce's own smoothing on hard labels: applied once
+    folded = ce(LossInputs(student_logits=logits, labels=smoothed_one_hot(y, 0.1)))
+    assert torch.allclose(folded, ce(LossInputs(student_logits=logits, labels=y)))
+    with pytest.raises(ValueError, match="one column per class"):
+        ce(LossInputs(student_logits=logits, labels=soft[:, :2]))
+
+
+def test_deit_token_reads_no_labels_so_mixing_changes_nothing():
+    g = torch.Generator().manual_seed(0)
+    dist, teacher = torch.randn(5, P, generator=g), torch.randn(5, P, generator=g)
+    loss = LOSSES.build("deit_token", mode="hard")
+    expected = F.cross_entropy(dist, teacher.argmax(-1))
+    for labels in (None, torch.tensor([0, 1, 2, 0, 1]), torch.softmax(torch.randn(5, P, generator=g), -1)):
+        inputs = LossInputs(student_logits=dist, labels=labels, distillation_logits=dist, teacher_logits=teacher)
+        assert torch.equal(loss(inputs), expected)
+
+
+def test_kernel_transfer_counts_a_mixed_image_for_its_dominant_class():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 4, generator=g), torch.randn(6, 5, generator=g)
+    hard = torch.tensor([0, 2, 1, 2, 0, 1])
+    lam = 0.7  # the first image of each pair dominates
+    mixed = lam * F.one_hot(hard, P).float() + (1 - lam) * F.one_hot(hard.flip(0), P).float()
+    centres = []
+    for labels in (hard, mixed):
+        loss = LOSSES.build("kernel_transfer", centres="running")
+        loss.setup(LossContext(num_labels=P, student_pooled_dim=4, teacher_pooled_dim=5))
+        loss.train()
+        loss(LossInputs(student_logits=torch.zeros(6, P), labels=labels, student_pooled=student,
+                        teacher_pooled=teacher))
+        centres.append((loss.student_centres.clone(), loss.teacher_centres.clone()))
+    assert torch.equal(centres[0][0], centres[1][0]) and torch.equal(centres[0][1], centres[1][1])
+    assert LossInputs(student_logits=torch.zeros(6, P), labels=1 - mixed).hard_labels().tolist() != hard.tolist()
+
+
+def test_student_and_teacher_see_the_same_mixed_batch(tmp_path):
+    args = DistillationTrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4, report_to="none",
+        use_cpu=True, seed=0, save_strategy="no", teacher_accuracy_check="off", label_smoothing_factor=0.1,
+        losses=[{"name": "ce"}, {"name": "rcka"}],
+    )
+    same = processor(16)
+    trainer = DistillationTrainer(
+        model=tiny_vit(), teacher=tiny_resnet(), args=args, train_dataset=pixel_dataset(8, seed=0),
+        processing_class=same, teacher_processor=processor(16), augmentation=AugmentationArguments(cutmix=1.0),
+    )
+    assert trainer.mixup.label_smoothing == pytest.approx(0.1), "ce's smoothing is folded into the targets"
+    seen, labels_seen = {}, []
+
+    def recorder(role):
+        def hook(module, args, kwargs):
+            seen.setdefault(role, kwargs["pixel_values"].clone())
+        return hook
+
+    trainer.model.student.register_forward_pre_hook(recorder("student"), with_kwargs=True)
+    trainer.model.teacher.register_forward_pre_hook(recorder("teacher"), with_kwargs=True)
+    trainer.model.losses["ce"].register_forward_pre_hook(lambda m, a: labels_seen.append(a[0].labels) and None)
+    trainer.train()
+    assert torch.equal(seen["student"], seen["teacher"])
+    originals = torch.stack([pixel_dataset(8, seed=0)[i]["pixel_values"] for i in range(8)])
+    assert not any(torch.equal(img, orig) for img in seen["student"] for orig in originals), "the batch was mixed"
+    assert labels_seen[0].shape == (4, P) and labels_seen[0].min() >= 0.1 / P - 1e-6

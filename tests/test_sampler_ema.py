@@ -1,0 +1,111 @@
+"""Repeated augmentation (DeiT's RASampler semantics) in the Trainer, and the student weight EMA."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification
+
+from conftest import pixel_dataset, processor, tiny_vit
+from hf_rcka import DistillationTrainer, DistillationTrainingArguments
+from hf_rcka.augmentation import AugmentationArguments
+from hf_rcka.ema import EMA_STATE_NAME
+from hf_rcka.sampler import RepeatedAugmentationSampler
+
+
+def indexed_dataset(n):
+    """Pixel tensors whose first value is the sample's index, so batches say which images they hold."""
+    pixels = np.zeros((n, 3, 16, 16), dtype=np.float32)
+    pixels[:, 0, 0, 0] = np.arange(n)
+    return datasets.Dataset.from_dict({"pixel_values": pixels, "labels": [i % 3 for i in range(n)]}).with_format("torch")
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_every_copy_of_an_image_goes_to_a_different_rank(replicas):
+    n, repeats = 30, 3
+    per_rank = [list(RepeatedAugmentationSampler(range(n), repeats, replicas, rank, seed=5)) for rank in range(replicas)]
+    assert all(len(indices) == -(-n // replicas) for indices in per_rank), "an epoch stays one dataset long"
+    if replicas == repeats:  # one copy of each selected image per rank, in the same order
+        assert per_rank[0] == per_rank[1] == per_rank[2]
+    else:  # one process: the copies are consecutive, so they share a batch
+        assert all(per_rank[0][i] == per_rank[0][i + 1] == per_rank[0][i + 2] for i in range(0, 27, 3))
+
+
+def test_the_order_depends_on_seed_and_epoch():
+    a, b = RepeatedAugmentationSampler(range(30), 3, 1, 0, seed=0), RepeatedAugmentationSampler(range(30), 3, 1, 0, seed=1)
+    first = list(a)
+    assert first != list(b)
+    a.set_epoch(1)
+    assert list(a) != first
+
+
+def make_args(tmp_path, **overrides):
+    defaults = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=6, per_device_eval_batch_size=5,
+                    learning_rate=1e-2, report_to="none", use_cpu=True, seed=0, save_strategy="no",
+                    teacher_accuracy_check="off", losses=[{"name": "ce"}])
+    return DistillationTrainingArguments(**{**defaults, **overrides})
+
+
+def test_trainer_uses_the_repeated_augmentation_sampler(tmp_path):
+    trainer = DistillationTrainer(model=tiny_vit(), args=make_args(tmp_path), train_dataset=indexed_dataset(12),
+                                  processing_class=processor(16), augmentation=AugmentationArguments(aug_repeats=3))
+    ids = [int(i) for batch in trainer.get_train_dataloader() for i in batch["pixel_values"][:, 0, 0, 0]]
+    assert len(ids) == 12 and len(set(ids)) == 4, "12 draws per epoch: 4 images, 3 copies each"
+    assert all(ids[i] == ids[i + 1] == ids[i + 2] for i in range(0, 12, 3))
+    plain = DistillationTrainer(model=tiny_vit(), args=make_args(tmp_path), train_dataset=indexed_dataset(12),
+                                processing_class=processor(16))
+    assert sorted(int(i) for b in plain.get_train_dataloader() for i in b["pixel_values"][:, 0, 0, 0]) == list(range(12))
+
+
+def ema_trainer(tmp_path, **overrides):
+    args = make_args(tmp_path, model_ema=True, max_steps=3, **overrides)
+    return DistillationTrainer(model=tiny_vit(), args=args, train_dataset=pixel_dataset(18, seed=0),
+                               eval_dataset=pixel_dataset(10, seed=1), processing_class=processor(16))
+
+
+def test_ema_follows_timm_decay_and_is_evaluated_next_to_the_live_weights(tmp_path):
+    trainer = ema_trainer(tmp_path, model_ema_decay=0.5)
+    history = []
+
+    from transformers import TrainerCallback
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            history.append({k: v.detach().clone() for k, v in model.student.state_dict().items()})
+
+    trainer.add_callback(Snapshot())
+    trainer.train()
+    # timm: the first update copies the weights, later ones decay by 0.5 (callbacks run in order)
+    name = "classifier.weight"
+    expected = history[0][name]
+    for weights in history[1:]:
+        expected = 0.5 * expected + 0.5 * weights[name]
+    assert torch.allclose(trainer.model_ema.module.state_dict()[name], expected, atol=1e-6)
+    assert not torch.allclose(expected, history[-1][name])
+    metrics = trainer.evaluate()
+    assert {"eval_accuracy", "eval_ema_accuracy", "eval_ema_loss"} <= set(metrics)
+    assert metrics["eval_ema_loss"] != metrics["eval_loss"], "the average is evaluated, not the live weights"
+    live = trainer.model.student.state_dict()[name]
+    assert torch.equal(live, history[-1][name]), "evaluation swaps the live weights back"
+
+
+def test_ema_is_checkpointed_resumed_and_exported_when_asked(tmp_path):
+    trainer = ema_trainer(tmp_path, save_strategy="steps", save_steps=3, model_ema_export=True)
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    saved_ema = load_file(checkpoint / EMA_STATE_NAME)
+    ema = trainer.model_ema.module.state_dict()
+    assert all(torch.equal(saved_ema[k], ema[k]) for k in ema)
+    trainer.save_model()
+    exported = AutoModelForImageClassification.from_pretrained(tmp_path / "run").state_dict()
+    assert torch.equal(exported["classifier.weight"], ema["classifier.weight"])
+    checkpointed = AutoModelForImageClassification.from_pretrained(checkpoint).state_dict()
+    live = trainer.model.student.state_dict()["classifier.weight"]
+    assert torch.equal(checkpointed["classifier.weight"], live), "checkpoints keep the live weights for resuming"
+    assert not torch.equal(live, ema["classifier.weight"])
+
+    resumed = ema_trainer(tmp_path)
+    resumed._load_from_checkpoint(str(checkpoint))
+    assert all(torch.equal(resumed.model_ema.module.state_dict()[k], ema[k]) for k in ema)
+

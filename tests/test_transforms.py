@@ -1,0 +1,135 @@
+"""Per-image transforms: timm's training augmentation, and evaluation equal to the saved processor."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor
+
+from hf_rcka.augmentation import AugmentationArguments
+from hf_rcka.config import RecipeError, parse_arguments
+from hf_rcka.loading import load_image_classifier, load_image_processor
+from hf_rcka.transforms import eval_transform, student_data_config, train_transform
+
+TINY_VIT = dict(hidden_size=36, num_hidden_layers=1, num_attention_heads=2, intermediate_size=40, image_size=16,
+                patch_size=4)
+STUDENTS = {
+    # DeiT's processor resizes to 18 x 18 (256/224 of the crop) and centre-crops 16, bicubic
+    "hf_deit": ("config:deit", TINY_VIT),
+    # ViT's processor stretches to (h, w)
+    "hf_vit": ("config:vit", TINY_VIT),
+    # ConvNeXt's processor resizes the short side by crop_pct and centre-crops
+    "hf_convnext": ("config:convnext", dict(hidden_sizes=[8, 12, 16, 20], depths=[1, 1, 1, 1])),
+    # timm: resize the short side to size / crop_pct, centre crop, bicubic, ImageNet mean/std
+    "timm_resnet": ("timm/resnet18", dict(channels=(8, 12, 16, 20))),
+}
+
+
+def non_square_images(count=4, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = [(20, 13), (9, 31), (40, 40), (17, 6)][:count]
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+
+
+def saved_student(name, tmp_path):
+    source, overrides = STUDENTS[name]
+    model = load_image_classifier(source, num_labels=3, from_scratch=True, config_overrides=overrides)
+    processor = load_image_processor(source, model, image_size=16)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    return processor
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_eval_transform_is_exactly_what_the_saved_processor_does(name, tmp_path):
+    processor = saved_student(name, tmp_path)
+    deployed = AutoImageProcessor.from_pretrained(tmp_path)
+    transform = eval_transform(processor)
+    for image in non_square_images():
+        ours = transform(image)
+        theirs = deployed(images=image, return_tensors="pt")["pixel_values"][0]
+        assert ours.shape == (3, 16, 16)
+        assert torch.equal(ours, theirs)
+
+
+def test_stretching_is_not_what_a_cropping_processor_does(tmp_path):
+    """The old eval path (``Resize((h, w))``) differs from DeiT's resize + centre crop: the test above can fail."""
+    from torchvision import transforms as T
+
+    processor = saved_student("hf_deit", tmp_path)
+    image = non_square_images(1)[0]
+    stretched = T.Compose([T.Resize((16, 16)), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])(image)
+    assert not torch.allclose(stretched, eval_transform(processor)(image), atol=1e-2)
+
+
+def test_data_config_is_read_from_hf_and_timm_processors(tmp_path):
+    deit = saved_student("hf_deit", tmp_path / "deit")
+    assert student_data_config(deit) == {"input_size": (3, 16, 16), "interpolation": "bicubic",
+                                         "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    timm = student_data_config(saved_student("timm_resnet", tmp_path / "timm"))
+    assert timm["input_size"] == (3, 16, 16) and timm["mean"] == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_train_transform_augments_at_the_student_size_and_normalisation(tmp_path):
+    processor = saved_student("timm_resnet", tmp_path)
+    plain = train_transform(processor, AugmentationArguments(hflip=0.0, color_jitter=0.0))
+    heavy = train_transform(processor, AugmentationArguments(aa="rand-m9-mstd0.5-inc1", reprob=1.0, recount=2))
+    names = [type(t).__name__ for t in heavy.transforms]
+    assert "RandAugment" in names and "RandomErasing" in names and "RandomResizedCropAndInterpolation" in names
+    image = Image.new("RGB", (23, 11), (124, 116, 104))  # ImageNet's mean colour: normalises to ~0
+    torch.manual_seed(0)
+    out = plain(image)
+    assert out.shape == (3, 16, 16) and out.abs().max() < 0.02, "the student's mean/std normalise"
+    torch.manual_seed(0)
+    erased = heavy(image)
+    assert erased.shape == (3, 16, 16) and erased.std() > 0.1, "random erasing fills boxes with noise (the plain image is uniform)"
+
+
+@pytest.mark.parametrize("policy", ["rand-m10-n8-mstd0-inc1", "original"])
+def test_posterize_at_full_magnitude_does_not_stop_training(policy, tmp_path):
+    """timm's PosterizeIncreasing keeps 0 bits at magnitude 10, which Pillow 13 rejects."""
+    processor = saved_student("timm_resnet", tmp_path)
+    transform = train_transform(processor, AugmentationArguments(aa=policy))
+    image = non_square_images(1)[0]
+    for seed in range(30):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        __import__("random").seed(seed)
+        assert transform(image).shape == (3, 16, 16)
+
+
+def test_no_aug_trains_on_the_deployed_preprocessing(tmp_path):
+    processor = saved_student("hf_deit", tmp_path)
+    image = non_square_images(1)[0]
+    transform = train_transform(processor, AugmentationArguments(no_aug=True, aa="rand-m9-mstd0.5-inc1"))
+    assert torch.equal(transform(image), eval_transform(processor)(image))
+
+
+BASE = {"model_name_or_path": "config:vit", "dataset_name": "builtin:digits", "output_dir": "out"}
+
+
+def test_timm_train_py_keys_parse_with_their_types():
+    _, data, _ = parse_arguments({**BASE, "aa": "rand-m9-mstd0.5-inc1", "reprob": "0.25", "mixup": 0.8,
+                                  "cutmix": "1.0", "cutmix_minmax": [0.2, 0.8], "aug_repeats": 3,
+                                  "train_interpolation": "bicubic", "remode": "pixel", "recount": 1})
+    assert data.aa == "rand-m9-mstd0.5-inc1" and data.reprob == 0.25 and data.cutmix == 1.0
+    assert data.cutmix_minmax == [0.2, 0.8] and data.aug_repeats == 3 and data.mixup_active
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("aa", "rand-x9", "is not a timm augmentation policy"),
+    ("mixup_mode", "row", "mixup_mode must be one of"),
+    ("aug_repeats", 1, "aug_repeats must be 0 (off) or >= 2"),
+    ("reprob", 1.5, "reprob must be in [0.0, 1.0]"),
+    ("cutmix_minmax", [0.9, 0.1], "cutmix_minmax must be [min, max]"),
+    ("train_interpolation", "cubic", "train_interpolation must be one of"),
+])
+def test_bad_augmentation_values_name_the_key(key, value, fragment):
+    with pytest.raises(RecipeError, match=None) as err:
+        parse_arguments({**BASE, key: value})
+    assert fragment in str(err.value)
+
+
+def test_the_old_augment_key_is_gone_with_a_pointer():
+    with pytest.raises(RecipeError, match="unknown recipe key 'augment'"):
+        parse_arguments({**BASE, "augment": "none"})
