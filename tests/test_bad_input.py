@@ -24,7 +24,7 @@ TINY_VIT = {"hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 2,
 def base(tmp_path: Path, **changes) -> dict:
     recipe = {
         "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET, "image_size": 16,
-        "dataset_name": "builtin:digits", "augment": "none", "max_train_samples": 20, "max_eval_samples": 10,
+        "dataset_name": "builtin:digits", "no_aug": True, "max_train_samples": 20, "max_eval_samples": 10,
         "max_steps": 2, "per_device_train_batch_size": 5, "per_device_eval_batch_size": 5, "report_to": "none",
         "use_cpu": True, "output_dir": str(tmp_path / "out"), "teacher_accuracy_check": "off",
     }

@@ -23,7 +23,7 @@ TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [
 def recipe(tmp_path: Path) -> Path:
     values = {
         "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET, "image_size": 16,
-        "dataset_name": "builtin:digits", "augment": "none", "max_train_samples": 50, "max_eval_samples": 10,
+        "dataset_name": "builtin:digits", "no_aug": True, "max_train_samples": 50, "max_eval_samples": 10,
         "max_steps": 1000, "per_device_train_batch_size": 5, "report_to": "none", "use_cpu": True,
         "logging_steps": 1, "save_strategy": "no", "output_dir": str(tmp_path / "out"), "disable_tqdm": True,
     }
