@@ -16,6 +16,9 @@ random erasing 0.25, then collate into batches, with N worker processes:
 
 Each sample is one pass over the folder after a warm-up pass (worker start-up excluded); the
 sides alternate and the medians are reported, with the ratio ours / timm (>= 1.0: ours is no slower).
+On a shared machine wall-clock rates swing with other people's load, so the same comparison is
+also made in CPU time: both loaders again with no workers, where the process's CPU time is all
+the work (decode, augmentation, collate), reported as CPU ms per image and its ratio.
 
 Usage::
 
@@ -116,38 +119,64 @@ def images_per_second(loader: Iterable) -> tuple[float, int]:
     return count / (time.perf_counter() - start), count
 
 
+def cpu_ms_per_image(loader: Iterable) -> float:
+    """CPU time of this process per image over one pass (meaningful with no worker processes)."""
+    start = time.process_time()
+    _, count = images_per_second(loader)
+    return 1000.0 * (time.process_time() - start) / count
+
+
+def interleaved(loaders: dict[str, Iterable], measure, repeats: int) -> dict[str, list[float]]:
+    for loader in loaders.values():
+        images_per_second(loader)  # warm-up pass: worker start-up, file cache
+    samples: dict[str, list[float]] = {name: [] for name in loaders}
+    for _ in range(repeats):
+        for name, loader in loaders.items():
+            samples[name].append(measure(loader))
+    return samples
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         write_jpegs(folder, args.images, args.classes)
-        loaders = {"ours": ours_loader(folder, args.batch_size, args.workers, os.path.join(tmp, "out")),
-                   "timm": timm_loader(folder, args.batch_size, args.workers)}
-        samples: dict[str, list[float]] = {name: [] for name in loaders}
-        seen = {name: images_per_second(loader)[1] for name, loader in loaders.items()}  # warm-up pass
-        for _ in range(args.repeats):
-            for name, loader in loaders.items():
-                samples[name].append(images_per_second(loader)[0])
-    medians = {name: statistics.median(values) for name, values in samples.items()}
+
+        def build(workers: int) -> dict[str, Iterable]:
+            return {"ours": ours_loader(folder, args.batch_size, workers, os.path.join(tmp, f"out{workers}")),
+                    "timm": timm_loader(folder, args.batch_size, workers)}
+
+        loaders = build(args.workers)
+        seen = {name: sum(len(b["pixel_values"] if isinstance(b, dict) else b[0]) for b in loader)
+                for name, loader in loaders.items()}
+        rates = interleaved(loaders, lambda loader: images_per_second(loader)[0], args.repeats)
+        cpu = interleaved(build(0), cpu_ms_per_image, args.repeats) if args.cpu_time else {}
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
     return {
         "images": args.images, "images_per_pass": seen, "workers": args.workers, "batch_size": args.batch_size,
-        "repeats": args.repeats, "augmentation": AUGMENTATION, "samples_images_per_s": samples,
+        "repeats": args.repeats, "augmentation": AUGMENTATION, "samples_images_per_s": rates,
         "median_images_per_s": medians, "ratio_ours_over_timm": medians["ours"] / medians["timm"],
+        "samples_cpu_ms_per_image": cpu, "median_cpu_ms_per_image": cpu_medians,
+        "cpu_ratio_timm_over_ours": cpu_medians["timm"] / cpu_medians["ours"] if cpu_medians else None,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
     }
 
 
 def table(result: dict) -> str:
     medians, ratio = result["median_images_per_s"], result["ratio_ours_over_timm"]
+    cpu = result["median_cpu_ms_per_image"]
     lines = [
         f"Training input pipeline, {result['images']} JPEGs, {result['workers']} workers, batch "
         f"{result['batch_size']}, median of {result['repeats']} passes",
         "",
-        "| loader | images/s | images per pass |",
-        "|---|---:|---:|",
-        *(f"| {name} | {medians[name]:.1f} | {result['images_per_pass'][name]} |" for name in medians),
+        "| loader | images/s | CPU ms / image (no workers) | images per pass |",
+        "|---|---:|---:|---:|",
+        *(f"| {name} | {medians[name]:.1f} | {cpu[name]:.2f} | {result['images_per_pass'][name]} |" if cpu else
+          f"| {name} | {medians[name]:.1f} | - | {result['images_per_pass'][name]} |" for name in medians),
         "",
-        f"ratio ours / timm: **{ratio:.2f}** (target >= 1.0)",
+        f"ratio ours / timm: **{ratio:.2f}** images/s (target >= 1.0)"
+        + (f"; **{result['cpu_ratio_timm_over_ours']:.2f}** in CPU time per image (timm / ours)" if cpu else ""),
     ]
     return "\n".join(lines)
 
@@ -159,6 +188,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-cpu-time", dest="cpu_time", action="store_false",
+                        help="skip the single-process CPU-time comparison")
     parser.add_argument("--json", default="bench_results/data_throughput.json")
     args = parser.parse_args()
     result = run(args)
