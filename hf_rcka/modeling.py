@@ -22,14 +22,8 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .adapters import build_adapter
-from .features import (
-    auto_feature_pairs,
-    classifier_of,
-    describe_hidden_states,
-    hidden_states_of,
-    pooled_dim,
-    resolve_layer,
-)
+from .feature_capture import HiddenStateCapture
+from .features import auto_feature_pairs, classifier_of, describe_hidden_states, pooled_dim, resolve_layer
 from .layout import FeatureSpec
 from .losses import DistillationLoss, LossContext, LossInputs
 from .teacher_inputs import InputStats, TeacherInputTransform
@@ -111,8 +105,10 @@ class DistillationModel(nn.Module):
         self.feature_pairs: list[FeaturePair] = []
         self.adapters = nn.ModuleList()
         self._pooled: dict[str, torch.Tensor] = {}
+        self._captures: dict[str, HiddenStateCapture] = {}
         if self.needs_features:
             self._build_adapters(feature_pairs, student_input)
+            self._build_captures(student_input)
         elif feature_pairs not in (None, "auto"):
             logger.warning("feature_pairs are set but no loss uses hidden states; they are ignored")
         if self.needs_pooled:
@@ -202,6 +198,18 @@ class DistillationModel(nn.Module):
                 f" ({pair.reason})" if pair.reason else "",
             )
 
+    def _build_captures(self, student_input: InputStats | None) -> None:
+        """Hidden-state capture of only the layers the pairs use (see feature_capture)."""
+        shape = self._probe_pixels(student_input).shape
+        generator = torch.Generator().manual_seed(0)  # random, so no two layers look alike; global RNG untouched
+        pixels = torch.randn(shape, generator=generator).to(next(self.student.parameters()).device)
+        teacher_pixels = self.teacher_pixels(pixels)
+        for role, model, layers, probe in (
+            ("student", self.student, [p.student_layer for p in self.feature_pairs], pixels),
+            ("teacher", self.teacher, [p.teacher_layer for p in self.feature_pairs], teacher_pixels),
+        ):
+            self._captures[role] = HiddenStateCapture(model, layers, probe)
+
     @staticmethod
     def _adapter_choice(pair: FeaturePair, needs_shape: bool) -> tuple[str, dict[str, Any]]:
         """'auto' means identity for batch-relational losses, patch_match + projection otherwise."""
@@ -235,8 +243,11 @@ class DistillationModel(nn.Module):
         return self.teacher_transform(pixel_values) if self.teacher_transform is not None else pixel_values
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> DistillationOutput:
-        hidden = self.needs_features
-        student_out = self.student(pixel_values=pixel_values, output_hidden_states=hidden)
+        hidden = self.needs_features and (labels is not None or self.training)
+        if hidden:
+            student_out, student_states = self._captures["student"](pixel_values)
+        else:
+            student_out, student_states = self.student(pixel_values=pixel_values), {}
         logits = student_out.logits
         if labels is None and not self.training:
             return DistillationOutput(logits=logits)
@@ -247,17 +258,21 @@ class DistillationModel(nn.Module):
             student_pooled=self._pooled.pop("student", None),
         )
         if self.teacher is not None and self.needs_teacher:
-            self._add_teacher(inputs, student_out, pixel_values, hidden)
+            self._add_teacher(inputs, student_states, pixel_values, hidden)
         terms = {name: loss(inputs) for name, loss in self.losses.items()}
         return DistillationOutput(logits=logits, loss_terms=terms)
 
-    def _add_teacher(self, inputs: LossInputs, student_out: Any, pixel_values: torch.Tensor, hidden: bool) -> None:
+    def _add_teacher(self, inputs: LossInputs, student_states: dict[int, torch.Tensor], pixel_values: torch.Tensor,
+                     hidden: bool) -> None:
         with torch.no_grad():
-            teacher_out = self.teacher(pixel_values=self.teacher_pixels(pixel_values), output_hidden_states=hidden)
+            teacher_pixels = self.teacher_pixels(pixel_values)
+            if hidden:
+                teacher_out, teacher_states = self._captures["teacher"](teacher_pixels)
+            else:
+                teacher_out = self.teacher(pixel_values=teacher_pixels)
         inputs.teacher_logits = teacher_out.logits
         inputs.teacher_pooled = self._pooled.pop("teacher", None)
         if hidden:
-            student_states, teacher_states = hidden_states_of(student_out), hidden_states_of(teacher_out)
             pairs = [
                 adapter(student_states[p.student_layer], teacher_states[p.teacher_layer])
                 for p, adapter in zip(self.feature_pairs, self.adapters)
