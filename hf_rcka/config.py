@@ -123,6 +123,13 @@ class DistillationTrainingArguments(TrainingArguments):
         default="warn",
         metadata={"help": "Before training, measure the teacher on one eval batch: 'warn', 'error' or 'off'."},
     )
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Keep the frozen teacher's weights in 'bfloat16' or 'float16' (GPU); unset: as loaded."},
+    )
+    teacher_channels_last: bool = field(
+        default=True, metadata={"help": "Run a convolutional teacher in channels_last (NHWC) memory format."}
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Allow writing into an output_dir that already holds a model or checkpoints."},
@@ -133,6 +140,8 @@ class DistillationTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         self.losses = validate_losses(self.losses)
         self.feature_pairs = validate_feature_pairs(self.feature_pairs)
+        if self.teacher_dtype not in (None, "bfloat16", "float16"):
+            raise RecipeError(f"teacher_dtype must be 'bfloat16', 'float16' or unset, got {self.teacher_dtype!r}")
         if self.teacher_accuracy_check not in ("warn", "error", "off"):
             raise RecipeError(
                 f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {self.teacher_accuracy_check!r}"
