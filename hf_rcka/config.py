@@ -135,6 +135,13 @@ class DistillationTrainingArguments(TrainingArguments):
         default="warn",
         metadata={"help": "Before training, measure the teacher on one eval batch: 'warn', 'error' or 'off'."},
     )
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Keep the frozen teacher's weights in 'bfloat16' or 'float16' (GPU); unset: as loaded."},
+    )
+    teacher_channels_last: bool = field(
+        default=True, metadata={"help": "Run a convolutional teacher in channels_last (NHWC) memory format."}
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Allow writing into an output_dir that already holds a model or checkpoints."},
@@ -158,6 +165,8 @@ class DistillationTrainingArguments(TrainingArguments):
             raise RecipeError(f"model_ema_decay must be in [0, 1), got {self.model_ema_decay}")
         if self.model_ema_export and not self.model_ema:
             raise RecipeError("model_ema_export: true needs model_ema: true (there is no average to export)")
+        if self.teacher_dtype not in (None, "bfloat16", "float16"):
+            raise RecipeError(f"teacher_dtype must be 'bfloat16', 'float16' or unset, got {self.teacher_dtype!r}")
         if self.teacher_accuracy_check not in ("warn", "error", "off"):
             raise RecipeError(
                 f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {self.teacher_accuracy_check!r}"

@@ -22,17 +22,12 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .adapters import build_adapter
-from .features import (
-    auto_feature_pairs,
-    classifier_of,
-    describe_hidden_states,
-    hidden_states_of,
-    pooled_dim,
-    resolve_layer,
-)
+from .feature_capture import HiddenStateCapture
+from .features import auto_feature_pairs, classifier_of, describe_hidden_states, pooled_dim, resolve_layer
 from .layout import FeatureSpec
 from .losses import DistillationLoss, LossContext, LossInputs
 from .teacher_inputs import InputStats, TeacherInputTransform
+from .teacher_runtime import TeacherRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +79,8 @@ class DistillationModel(nn.Module):
             ``FeaturePair``; only used when a loss needs hidden states.
         student_input / teacher_input: size and normalisation each model expects; when they
             differ the teacher's input is re-normalised and resized from the student's batch.
+        teacher_dtype: ``"bfloat16"``/``"float16"`` keeps the teacher's weights in half precision.
+        teacher_channels_last: NHWC weights and inputs for a convolutional teacher.
     """
 
     main_input_name = "pixel_values"
@@ -96,6 +93,8 @@ class DistillationModel(nn.Module):
         feature_pairs: str | Sequence[dict] | Sequence[FeaturePair] | None = "auto",
         student_input: InputStats | None = None,
         teacher_input: InputStats | None = None,
+        teacher_dtype: str | torch.dtype | None = None,
+        teacher_channels_last: bool = True,
     ) -> None:
         super().__init__()
         if not losses:
@@ -104,15 +103,19 @@ class DistillationModel(nn.Module):
         self.teacher = teacher
         self.losses = nn.ModuleDict({loss.registry_name: loss for loss in losses})
         self._check_teacher()
+        self.teacher_runtime = None
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
+            self.teacher_runtime = TeacherRuntime(teacher, teacher_dtype, teacher_channels_last)
         self.teacher_transform = self._teacher_transform(student_input, teacher_input)
         self.feature_pairs: list[FeaturePair] = []
         self.adapters = nn.ModuleList()
         self._pooled: dict[str, torch.Tensor] = {}
+        self._captures: dict[str, HiddenStateCapture] = {}
         if self.needs_features:
             self._build_adapters(feature_pairs, student_input)
+            self._build_captures(student_input)
         elif feature_pairs not in (None, "auto"):
             logger.warning("feature_pairs are set but no loss uses hidden states; they are ignored")
         if self.needs_pooled:
@@ -202,6 +205,18 @@ class DistillationModel(nn.Module):
                 f" ({pair.reason})" if pair.reason else "",
             )
 
+    def _build_captures(self, student_input: InputStats | None) -> None:
+        """Hidden-state capture of only the layers the pairs use (see feature_capture)."""
+        shape = self._probe_pixels(student_input).shape
+        generator = torch.Generator().manual_seed(0)  # random, so no two layers look alike; global RNG untouched
+        pixels = torch.randn(shape, generator=generator).to(next(self.student.parameters()).device)
+        teacher_pixels = self.teacher_pixels(pixels)
+        for role, model, layers, probe in (
+            ("student", self.student, [p.student_layer for p in self.feature_pairs], pixels),
+            ("teacher", self.teacher, [p.teacher_layer for p in self.feature_pairs], teacher_pixels),
+        ):
+            self._captures[role] = HiddenStateCapture(model, layers, probe)
+
     @staticmethod
     def _adapter_choice(pair: FeaturePair, needs_shape: bool) -> tuple[str, dict[str, Any]]:
         """'auto' means identity for batch-relational losses, patch_match + projection otherwise."""
@@ -232,11 +247,21 @@ class DistillationModel(nn.Module):
         self.student.gradient_checkpointing_enable(**kwargs)
 
     def teacher_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.teacher_transform(pixel_values) if self.teacher_transform is not None else pixel_values
+        """The student's batch as the teacher expects it (normalisation, size, dtype, memory format)."""
+        if self.teacher_transform is not None:
+            pixel_values = self.teacher_transform(pixel_values)
+        return self.teacher_runtime.inputs(pixel_values) if self.teacher_runtime is not None else pixel_values
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> DistillationOutput:
-        hidden = self.needs_features
-        student_out = self.student(pixel_values=pixel_values, output_hidden_states=hidden)
+        hidden = self.needs_features and (labels is not None or self.training)
+        teacher = None
+        if self.teacher is not None and self.needs_teacher and (labels is not None or self.training):
+            # Teacher first: its transient activations peak before the student's are alive.
+            teacher = self._run_teacher(pixel_values, hidden)
+        if hidden:
+            student_out, student_states = self._captures["student"](pixel_values)
+        else:
+            student_out, student_states = self.student(pixel_values=pixel_values), {}
         logits = student_out.logits
         if labels is None and not self.training:
             return DistillationOutput(logits=logits)
@@ -246,18 +271,31 @@ class DistillationModel(nn.Module):
             distillation_logits=getattr(student_out, "distillation_logits", None),
             student_pooled=self._pooled.pop("student", None),
         )
-        if self.teacher is not None and self.needs_teacher:
-            self._add_teacher(inputs, student_out, pixel_values, hidden)
+        if teacher is not None:
+            self._add_teacher(inputs, student_states, *teacher)
         terms = {name: loss(inputs) for name, loss in self.losses.items()}
         return DistillationOutput(logits=logits, loss_terms=terms)
 
-    def _add_teacher(self, inputs: LossInputs, student_out: Any, pixel_values: torch.Tensor, hidden: bool) -> None:
-        with torch.no_grad():
-            teacher_out = self.teacher(pixel_values=self.teacher_pixels(pixel_values), output_hidden_states=hidden)
-        inputs.teacher_logits = teacher_out.logits
-        inputs.teacher_pooled = self._pooled.pop("teacher", None)
-        if hidden:
-            student_states, teacher_states = hidden_states_of(student_out), hidden_states_of(teacher_out)
+    def _run_teacher(
+        self, pixel_values: torch.Tensor, hidden: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]:
+        """Teacher logits, pooled feature and used hidden states, as tensors usable by autograd."""
+        runtime = self.teacher_runtime
+        with runtime.running():
+            teacher_pixels = self.teacher_pixels(pixel_values)
+            if hidden:
+                teacher_out, states = self._captures["teacher"](teacher_pixels)
+            else:
+                teacher_out, states = self.teacher(pixel_values=teacher_pixels), {}
+            pooled = self._pooled.pop("teacher", None)
+        states = {i: runtime.release(t) for i, t in states.items()}
+        return runtime.release(teacher_out.logits), runtime.release(pooled), states
+
+    def _add_teacher(self, inputs: LossInputs, student_states: dict[int, torch.Tensor], teacher_logits: torch.Tensor,
+                     teacher_pooled: torch.Tensor | None, teacher_states: dict[int, torch.Tensor]) -> None:
+        inputs.teacher_logits = teacher_logits
+        inputs.teacher_pooled = teacher_pooled
+        if student_states:
             pairs = [
                 adapter(student_states[p.student_layer], teacher_states[p.teacher_layer])
                 for p, adapter in zip(self.feature_pairs, self.adapters)

@@ -32,6 +32,7 @@ from .losses import DistillationLoss
 from .metrics import accuracy_metrics
 from .mixing import build_mixup, mix_batch
 from .modeling import DistillationModel
+from .parallel import default_broadcast_buffers, ignore_teacher_in_ddp
 from .registry import LOSSES
 from .sampler import RepeatedAugmentationSampler, keep_rank_sharding
 from .teacher_inputs import InputStats, input_stats
@@ -108,6 +109,8 @@ class DistillationTrainer(Trainer):
             model = self._wrap(model, teacher, args, kwargs.get("processing_class"), teacher_processor)
         if args.ddp_find_unused_parameters is None:
             args.ddp_find_unused_parameters = _has_unused_head(model)
+        args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
+        ignore_teacher_in_ddp(model)
         kwargs.setdefault("data_collator", collate)
         kwargs.setdefault("compute_metrics", accuracy_metrics)
         super().__init__(model=model, args=args, **kwargs)
@@ -152,6 +155,8 @@ class DistillationTrainer(Trainer):
             feature_pairs=pairs if pairs is not None else "auto",
             student_input=_stats_or_none(processor),
             teacher_input=_stats_or_none(teacher_processor) if teacher is not None else None,
+            teacher_dtype=getattr(args, "teacher_dtype", None),
+            teacher_channels_last=getattr(args, "teacher_channels_last", True),
         )
 
     @property

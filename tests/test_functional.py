@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_rcka import functional as fn
+from hf_rcka import pcka_kernel
 
 DOUBLE = torch.float64
 
@@ -600,8 +601,8 @@ def test_patch_cka_gradcheck_on_both_maps(center):
 def test_patch_cka_channel_blocks_do_not_change_values_or_gradients(monkeypatch, block_bytes):
     s, t = map_pair((2, 7, 8, 8), seed=33)
     want = patch_cka_and_grads(fn.patch_cka, s, t, 4)
-    monkeypatch.setattr(fn, "_BLOCK_BYTES", block_bytes)
-    assert len(fn._channel_blocks(7, 4 * 32 * 8, s.device)) > 1  # really several blocks
+    monkeypatch.setattr(pcka_kernel, "_BLOCK_BYTES", block_bytes)
+    assert len(pcka_kernel._channel_blocks(7, 4 * 32 * 8, s.device)) > 1  # really several blocks
     got = patch_cka_and_grads(fn.patch_cka, s, t, 4)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

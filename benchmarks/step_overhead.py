@@ -1,0 +1,313 @@
+"""What a distillation step costs over the step it cannot beat: a teacher forward + a student step.
+
+The "limit" is one teacher forward under ``no_grad`` plus one plain student training step (task
+loss, backward, optimizer step) on the same model objects. Every variant below is one full
+optimizer step, timed interleaved with the limit (round-robin, one step of each per round) in one
+process and reported as the median over rounds of ``variant / limit`` within each round, so
+machine noise that hits a whole round cancels. Peak memory is measured per variant in a fresh
+child process (CPU: the process's resident high-water mark, ``ru_maxrss``, because tracemalloc
+cannot see torch's allocator; CUDA: ``torch.cuda.max_memory_allocated``), as a ratio to the
+limit's child.
+
+Variants: ``limit``; timm's ``LogitDistillationTask`` and ``FeatureDistillationTask`` (the same
+timm models, unwrapped); hf_rcka ``kd``, ``rcka`` (logits), ``rcka+feature_cka`` and
+``rcka+patch_cka`` (4 auto-paired hidden states each) and ``all`` (every loss at once).
+
+Usage::
+
+    python benchmarks/step_overhead.py                         # CPU, scaled down (a few minutes)
+    python benchmarks/step_overhead.py --device cuda --full    # DeiT-S <- RegNetY-16GF, 224 px, batch 128, bf16
+    python benchmarks/step_overhead.py --profile rcka+patch_cka  # where the time of one variant goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hf_rcka.loading import LabelMaps, build_timm_classifier  # noqa: E402
+import hf_rcka.losses  # noqa: E402,F401  (registers the losses)
+from hf_rcka.registry import LOSSES  # noqa: E402
+from hf_rcka.modeling import DistillationModel  # noqa: E402
+from hf_rcka.teacher_inputs import InputStats  # noqa: E402
+
+NUM_CLASSES = 100
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# (teacher, student, image size, batch): CPU-sized and the full-size GPU setting of the issue.
+PAIRS = {
+    "cnn2vit": {"cpu": ("regnety_008", "deit_tiny_patch16_224", 128, 16),
+                "full": ("regnety_160", "deit_small_patch16_224", 224, 128)},
+    "vit2cnn": {"cpu": ("deit_tiny_patch16_224", "resnet18", 128, 16),
+                "full": ("deit_base_patch16_224", "resnet50", 224, 128)},
+}
+LOSS_SPECS = {
+    "kd": [{"name": "ce"}, {"name": "kd"}],
+    "rcka": [{"name": "ce"}, {"name": "rcka"}],
+    "rcka+feature_cka": [{"name": "ce"}, {"name": "rcka"}, {"name": "feature_cka"}],
+    "rcka+patch_cka": [{"name": "ce"}, {"name": "rcka"}, {"name": "patch_cka", "weight": 10.0}],
+    "all": [{"name": n} for n in ("ce", "kd", "rcka", "feature_cka", "patch_cka", "fitnet", "srd", "kernel_transfer")],
+}
+VARIANTS = ["limit", "timm_logit", "timm_feature", *LOSS_SPECS]
+Step = Callable[[], None]
+
+
+def build_models(pair: str, full: bool, device: torch.device, teacher_dtype: str | None):
+    """The TimmWrapper teacher and student of ``pair`` (random weights), and input size and batch."""
+    teacher_name, student_name, size, batch = PAIRS[pair]["full" if full else "cpu"]
+    models = []
+    for seed, name in ((0, teacher_name), (1, student_name)):
+        torch.manual_seed(seed)
+        args = {"img_size": size} if "deit" in name or "vit" in name else {}
+        models.append(build_timm_classifier(name, LabelMaps.default(NUM_CLASSES), model_args=args).to(device))
+    teacher, student = models
+    teacher.requires_grad_(False).eval()
+    if teacher_dtype:
+        teacher.to(getattr(torch, teacher_dtype))
+    return teacher, student.train(), size, batch
+
+
+def _optimizer(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-4)
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def make_step(variant: str, teacher, student, size: int, batch: int, device: torch.device, bf16: bool,
+              compile_student: bool = False) -> Step:
+    """One optimizer step of ``variant`` on fresh random data of the pair's shape."""
+    ce = torch.nn.CrossEntropyLoss()
+    if variant == "limit":
+        opt = _optimizer(student.parameters())
+
+        def forward(x, y):
+            with torch.no_grad():
+                teacher(pixel_values=x)
+            return ce(student(pixel_values=x).logits, y)
+    elif variant.startswith("timm_"):
+        from timm.task import FeatureDistillationTask, LogitDistillationTask
+
+        if variant == "timm_logit":
+            task = LogitDistillationTask(student.timm_model, teacher.timm_model, criterion=ce, verbose=False)
+        else:
+            task = FeatureDistillationTask(
+                student.timm_model, teacher.timm_model, criterion=ce, verbose=False,
+                student_feature_dim=student.timm_model.num_features, teacher_feature_dim=teacher.timm_model.num_features,
+            ).to(device)
+        opt = _optimizer(task.trainable_module.parameters())
+
+        def forward(x, y):
+            return task(x, y)["loss"]
+    else:
+        stats = InputStats(*IMAGENET, (size, size))
+        losses = [LOSSES.build(s["name"], **{k: v for k, v in s.items() if k != "name"}) for s in LOSS_SPECS[variant]]
+        model = DistillationModel(student, teacher, losses, "auto", stats, stats).to(device).train()
+        if compile_student:
+            model.student = torch.compile(student)  # noqa: the wrapper calls self.student
+        opt = _optimizer(model.parameters())
+
+        def forward(x, y):
+            terms = model(pixel_values=x, labels=y).loss_terms
+            return torch.stack([model.losses[n].weight * v for n, v in terms.items()]).sum()
+
+    def step() -> None:
+        x = torch.randn(batch, 3, size, size, device=device)
+        y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
+        with _autocast(device, bf16):
+            loss = forward(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(step: Step, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def time_variants(steps: dict[str, Step], device: torch.device, rounds: int, warmup: int) -> dict[str, dict]:
+    """Round-robin: per round one step of each variant; ratios to the limit taken within a round."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(rounds):
+        order = list(steps) if r % 2 == 0 else list(reversed(steps))  # no variant always follows the same one
+        for name in order:
+            samples[name].append(_timed(steps[name], device))
+    result = {}
+    for name, times in samples.items():
+        ratios = sorted(t / lim for t, lim in zip(times, samples["limit"]))
+        result[name] = {
+            "median_s": statistics.median(times),
+            "ratio": statistics.median(ratios),
+            "ratio_q1": ratios[len(ratios) // 4],
+            "ratio_q3": ratios[(3 * len(ratios)) // 4],
+        }
+    return result
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child_memory(args: argparse.Namespace) -> None:
+    """Child process: build the models, run warm-up + a few steps of one variant, print its peak."""
+    device = torch.device(args.device)
+    teacher, student, size, batch = build_models(args.pair, args.full, device, args.teacher_dtype)
+    step = make_step(args.child, teacher, student, args.size or size, args.batch or batch, device, args.bf16)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        base = _rss_mib()
+    for _ in range(3):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mib": peak, "base_mib": base}))
+
+
+def measure_memory(args: argparse.Namespace, variants: list[str]) -> dict[str, dict]:
+    results = {}
+    for variant in variants:
+        command = [sys.executable, __file__, "--child", variant, *_forwarded(args)]
+        out = subprocess.run(command, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"memory child for {variant} failed:\n{out.stderr[-3000:]}")
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    limit = results["limit"]
+    for r in results.values():
+        r["ratio"] = r["peak_mib"] / limit["peak_mib"]
+        r["delta_ratio"] = (r["peak_mib"] - r["base_mib"]) / max(limit["peak_mib"] - limit["base_mib"], 1e-9)
+    return results
+
+
+def profile_variant(step: Step, device: torch.device, rows: int = 15) -> str:
+    """The ops that take the time of ``step`` (torch.profiler, 3 steps after the warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    out = ["--device", args.device, "--pair", args.pair, "--threads", str(args.threads)]
+    for flag in ("size", "batch", "teacher_dtype"):
+        if getattr(args, flag):
+            out += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    return out + [flag for flag, on in (("--full", args.full), ("--bf16", args.bf16)) if on]
+
+
+def table(pair: str, variants: list[str], timing: dict | None, memory: dict | None) -> str:
+    head = "| variant | median step (s) | time / limit | q1-q3 | peak mem (MiB) | mem / limit | mem above baseline / limit's |"
+    lines = [f"\n### {pair}\n", head, "|" + "---|" * 7]
+    for name in variants:
+        t, m = (timing or {}).get(name), (memory or {}).get(name)
+        tim = f"{t['median_s']:.3f} | {t['ratio']:.3f} | {t['ratio_q1']:.3f}-{t['ratio_q3']:.3f}" if t else "- | - | -"
+        mem = f"{m['peak_mib']:.0f} | {m['ratio']:.3f} | {m['delta_ratio']:.3f}" if m else "- | - | -"
+        lines.append(f"| {name} | {tim} | {mem} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pairs", default="cnn2vit,vit2cnn", help="comma-separated: " + ",".join(PAIRS))
+    parser.add_argument("--pair", default="cnn2vit", help=argparse.SUPPRESS)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--full", action="store_true", help="the full-size (GPU) models, 224 px, batch 128")
+    parser.add_argument("--size", type=int, help="override the input size")
+    parser.add_argument("--batch", type=int, help="override the batch size")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (default on CUDA)")
+    parser.add_argument("--teacher-dtype", choices=["bfloat16", "float16"], help="teacher weights in half precision")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the student in the hf_rcka variants")
+    parser.add_argument("--rounds", type=int, default=9, help="timed rounds (0: memory only)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads on CPU (0 = torch's default)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory children")
+    parser.add_argument("--profile", metavar="VARIANT", help="also print a profile of this variant")
+    parser.add_argument("--json", default="bench_results/step_overhead.json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.bf16 = args.bf16 or args.device.startswith("cuda")
+    return args
+
+
+def run_pair(args: argparse.Namespace, pair: str, variants: list[str]) -> dict:
+    device = torch.device(args.device)
+    args.pair = pair
+    teacher, student, size, batch = build_models(pair, args.full, device, args.teacher_dtype)
+    size, batch = args.size or size, args.batch or batch
+    steps = {} if not (args.rounds or args.profile) else {
+        v: make_step(v, teacher, student, size, batch, device, args.bf16, args.compile) for v in variants}
+    timing = time_variants(steps, device, args.rounds, args.warmup) if args.rounds else None
+    images_per_s = {v: batch / t["median_s"] for v, t in (timing or {}).items()}
+    profile = profile_variant(steps[args.profile], device) if args.profile in steps else None
+    memory = None if args.no_memory else measure_memory(args, variants)
+    print(table(f"{pair}: teacher {PAIRS[pair]['full' if args.full else 'cpu'][0]} -> student "
+                f"{PAIRS[pair]['full' if args.full else 'cpu'][1]}, {size} px, batch {batch}", variants, timing, memory))
+    if profile:
+        print(f"\nprofile of {args.profile} ({pair}, 3 steps):\n{profile}")
+    return {"size": size, "batch": batch, "timing": timing, "memory": memory, "images_per_s": images_per_s}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads and args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    if args.child:
+        return child_memory(args)
+    variants = ["limit", *(v for v in args.variants.split(",") if v and v != "limit")]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {VARIANTS}")
+    results = {p: run_pair(args, p, variants) for p in args.pairs.split(",")}
+    meta = {"device": args.device, "torch": torch.__version__, "platform": platform.platform(),
+            "load_avg": os.getloadavg(), "threads": torch.get_num_threads(), "bf16": args.bf16,
+            "compile": args.compile, "teacher_dtype": args.teacher_dtype, "rounds": args.rounds}
+    if args.device.startswith("cuda"):
+        meta["gpu"] = torch.cuda.get_device_name()
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(f"\nwrote {args.json} (load average {meta['load_avg'][0]:.2f})")
+
+
+if __name__ == "__main__":
+    main()

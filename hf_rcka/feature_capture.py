@@ -1,0 +1,178 @@
+"""Take only the hidden states a distillation uses, not every layer's.
+
+``output_hidden_states=True`` returns every layer: the teacher's (computed without gradients) all
+stay alive until the loss, and TimmWrapper builds a (B, C, H, W) copy of every ViT block's tokens.
+When four pairs are distilled, four states are needed. :class:`HiddenStateCapture` finds, once,
+the cheapest way to get exactly those from one model, and checks it against the full output:
+
+* ``"timm"``: TimmWrapper models take a list of indices for ``output_hidden_states`` and pass it
+  to timm's ``forward_intermediates(indices=...)`` (timm's own feature extraction);
+* ``"hooks"``: a forward hook on the module whose output *is* the hidden state (same tensor),
+  found by one probe forward with every module hooked (HF ViT layers, CNN stages);
+* ``"all"``: the full ``output_hidden_states=True`` (e.g. Swin's reshaped states, which are copies
+  no module returns), kept when nothing cheaper reproduces the states exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .features import hidden_states_of
+
+logger = logging.getLogger(__name__)
+
+
+def _first_tensor(output: Any) -> Tensor | None:
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return None
+
+
+class HiddenStateCapture:
+    """Runs a model and returns its logits output plus the hidden states at ``indices`` only.
+
+    Args:
+        model: an HF image classifier or ``TimmWrapperForImageClassification``.
+        indices: non-negative hidden-state indices (as in ``hidden_states_of``) the pairs use.
+        probe_pixels: a (B, 3, H, W) input of the training size, for the one-off probe.
+    """
+
+    def __init__(self, model: nn.Module, indices: Sequence[int], probe_pixels: Tensor) -> None:
+        self.model = model
+        self.indices = sorted(set(int(i) for i in indices))
+        self._states: dict[int, Tensor] = {}
+        self._active = False
+        self._handles: list[Any] = []
+        self.mode = self._choose(probe_pixels)
+        logger.info("hidden states %s of %s taken via %s", self.indices, type(model).__name__, self.mode)
+
+    # ------------------------------------------------------------------ running
+
+    def __call__(self, pixel_values: Tensor) -> tuple[Any, dict[int, Tensor]]:
+        """``(outputs, {index: hidden state})`` of one forward (grad mode is the caller's)."""
+        if self.mode == "timm":
+            outputs = self.model(pixel_values=pixel_values, output_hidden_states=list(self.indices))
+            return outputs, dict(zip(self.indices, outputs.hidden_states))
+        if self.mode == "all":
+            outputs = self.model(pixel_values=pixel_values, output_hidden_states=True)
+            states = hidden_states_of(outputs)
+            return outputs, {i: states[i] for i in self.indices}
+        with self._capturing():
+            outputs = self.model(pixel_values=pixel_values)
+            states, self._states = self._states, {}
+        missing = [i for i in self.indices if i not in states]
+        if missing:
+            raise RuntimeError(f"forward hooks did not capture hidden states {missing}; the model's forward changed")
+        return outputs, states
+
+    @contextmanager
+    def _capturing(self) -> Iterator[None]:
+        self._active, self._states = True, {}
+        try:
+            yield
+        finally:
+            self._active = False
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    # ------------------------------------------------------------------ choosing a mode
+
+    def _choose(self, pixels: Tensor) -> str:
+        """The first mode whose states equal the full ``output_hidden_states=True`` ones."""
+        with _eval_no_grad(self.model):
+            reference = hidden_states_of(self.model(pixel_values=pixels, output_hidden_states=True))
+            expected = {i: reference[i] for i in self.indices}
+            if getattr(self.model, "timm_model", None) is not None and self._matches("timm", pixels, expected):
+                return "timm"
+            modules = self._find_modules(pixels)
+            if modules is not None:
+                self._install_hooks(modules)
+                if self._matches("hooks", pixels, expected):
+                    return "hooks"
+                self.remove()
+        return "all"
+
+    def _matches(self, mode: str, pixels: Tensor, expected: dict[int, Tensor]) -> bool:
+        self.mode = mode
+        try:
+            _, states = self(pixels)
+        except (RuntimeError, TypeError, ValueError) as error:
+            logger.debug("hidden-state mode %s failed: %s", mode, error)
+            return False
+        return states.keys() == expected.keys() and all(
+            states[i].shape == expected[i].shape and torch.equal(states[i], expected[i]) for i in expected
+        )
+
+    def _find_modules(self, pixels: Tensor) -> dict[int, nn.Module] | None:
+        """For each index, the module whose (first) output is that hidden state's very tensor.
+
+        Among several (a block, its container, an identity after it), the outermost is taken, and
+        among siblings the first to finish, which is the producer. Modules called more than once
+        per forward are ignored (their hook could not tell the calls apart).
+        """
+        calls: list[tuple[str, nn.Module, Tensor]] = []
+        counts: dict[str, int] = {}
+
+        def record(name: str):
+            def hook(module: nn.Module, _args: Any, output: Any) -> None:
+                counts[name] = counts.get(name, 0) + 1
+                tensor = _first_tensor(output)
+                if tensor is not None:
+                    calls.append((name, module, tensor))
+            return hook
+
+        handles = [m.register_forward_hook(record(n)) for n, m in self.model.named_modules() if n]
+        try:
+            states = hidden_states_of(self.model(pixel_values=pixels, output_hidden_states=True))
+        finally:
+            for handle in handles:
+                handle.remove()
+        found = {}
+        for index in self.indices:
+            state = states[index]
+            names = [(n, m) for n, m, t in calls if counts[n] == 1 and _same_tensor(t, state)]
+            outer = [(n, m) for n, m in names if not any(n.startswith(o + ".") for o, _ in names)]
+            if not outer:
+                return None
+            found[index] = outer[0][1]
+        return found
+
+    def _install_hooks(self, modules: dict[int, nn.Module]) -> None:
+        for index, module in modules.items():
+            def hook(_module: nn.Module, _args: Any, output: Any, index: int = index) -> None:
+                if self._active:
+                    self._states[index] = _first_tensor(output)
+
+            self._handles.append(module.register_forward_hook(hook))
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    return (a is b) or (
+        a.shape == b.shape and a.stride() == b.stride() and a.data_ptr() == b.data_ptr() and a.dtype == b.dtype
+    )
+
+
+@contextmanager
+def _eval_no_grad(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no BN statistics updated) and no_grad for a probe; every module's mode restored."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+__all__ = ["HiddenStateCapture"]

@@ -1,0 +1,44 @@
+"""What data parallelism should and should not synchronise in a distillation model.
+
+The frozen teacher lives inside ``Trainer.model`` (the wrapper that DDP wraps), so by default DDP
+would broadcast its parameters at wrap time and, with ``broadcast_buffers`` on (DDP's default),
+its BatchNorm statistics from rank 0 at every forward: megabytes per step for tensors that never
+change. Two measures, both decided here:
+
+* the teacher's parameters and buffers are put on DDP's ignore list, so DDP never touches them
+  whatever ``ddp_broadcast_buffers`` says (every rank loads the same teacher weights anyway);
+* ``ddp_broadcast_buffers`` defaults to off when the student has no running statistics
+  (ViTs: nothing left to broadcast). A student with BatchNorm keeps DDP's default (on): the
+  broadcast is what keeps its running statistics equal across ranks, so evaluation on every
+  rank and the checkpoint (rank 0's) use one set of statistics. Set it to false to save that
+  broadcast too; each rank then keeps statistics of its own shard and rank 0's are saved.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+def ignore_teacher_in_ddp(model: nn.Module, teacher_prefix: str = "teacher.") -> list[str]:
+    """Put every parameter and buffer under ``teacher_prefix`` on DDP's ignore list; returns the names."""
+    names = [n for n, _ in model.named_parameters() if n.startswith(teacher_prefix)]
+    names += [n for n, _ in model.named_buffers() if n.startswith(teacher_prefix)]
+    if names:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
+    return names
+
+
+def has_running_stats(module: nn.Module) -> bool:
+    """Whether ``module`` holds normalisation running statistics that training updates (BatchNorm)."""
+    return any(isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in module.modules())
+
+
+def default_broadcast_buffers(student: nn.Module, current: bool | None) -> bool | None:
+    """``ddp_broadcast_buffers`` to use: the user's value if set, else off for a student without BN."""
+    if current is not None:
+        return current
+    return None if has_running_stats(student) else False
+
+
+__all__ = ["default_broadcast_buffers", "has_running_stats", "ignore_teacher_in_ddp"]

@@ -1,0 +1,230 @@
+"""The hand-written patch-CKA kernel: per-channel CKA of patch matrices with its own backward.
+
+Per channel, PCKA compares the n = gh * gw patches of a map as the rows of an (n, B * ph * pw)
+matrix. Through patchify + linear_cka, more than half of a CPU step went to work around the three
+batched matmuls that cannot be avoided (student Gram, teacher Gram, student gradient): a permuting
+copy that moves 4-value runs, separate full-size passes for the centering, autograd bookkeeping
+on the (C, n, n) Grams and page faults on the fresh map-sized buffers these allocate. _PatchCKA
+computes the (non-transposed) PCKA with a hand-written backward, channel block by channel block.
+
+It was measured on CPU only (about 2x over the plain autograd path, benchmarks/README.md). On a
+GPU the copies and page faults it avoids cost little and its per-block work is one launch anyway,
+so :func:`default_backend` picks the plain autograd path there (:func:`patch_cka_autograd`) until
+the kernel is measured faster on one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .functional import _inverse_norm, _patch_rows, _trace, linear_cka
+
+BACKENDS = ("auto", "kernel", "autograd")
+
+
+def default_backend(device: torch.device) -> str:
+    """``"kernel"`` on CPU, where it was measured faster; ``"autograd"`` elsewhere (not measured)."""
+    return "kernel" if device.type == "cpu" else "autograd"
+
+
+def patch_cka_kernel(student: torch.Tensor, teacher: torch.Tensor, ph: int, pw: int, center: bool,
+                     eps: float) -> torch.Tensor:
+    """Per-channel CKA (C,) of two (B, C, gh*ph, gw*pw) maps through the hand-written backward."""
+    needs_grad = tuple(torch.is_grad_enabled() and fmap.requires_grad for fmap in (student, teacher))
+    return _PatchCKA.apply(student, teacher, ph, pw, center, eps, needs_grad)
+
+
+def patch_cka_autograd(student: torch.Tensor, teacher: torch.Tensor, ph: int, pw: int, center: bool,
+                       eps: float) -> torch.Tensor:
+    """The same values through patch rows + batched ``linear_cka`` and plain autograd (twice differentiable)."""
+    return linear_cka(_patch_rows(student, ph, pw), _patch_rows(teacher, ph, pw), center=center, eps=eps)
+
+
+_RUN_DTYPES = {16: torch.complex128, 8: torch.int64, 4: torch.int32, 2: torch.int16}
+
+
+def _as_runs(a: torch.Tensor, b: torch.Tensor, run: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``a`` and ``b`` reinterpreted so that each run of ``run`` trailing values is few wide elements.
+
+    The patch copies move runs of pw contiguous values (16 bytes for 4-pixel float32 patches);
+    moving each run as one complex128 instead of four floats made them about 5x faster on CPU. The
+    bytes are only moved, never computed on. Returns the tensors unchanged (and ``run``) where the
+    strides do not allow it (e.g. channels-last maps) or off CPU, where it was not measured.
+    """
+    size = a.element_size()
+    width = math.gcd(run * size, 16)  # the widest element (<= 16 bytes) that tiles a run
+    ratio = width // size
+    if ratio == 1 or a.device.type != "cpu":
+        return a, b, run
+    for t in (a, b):
+        if t.stride(-1) != 1 or t.storage_offset() % ratio or any(s % ratio for s in t.stride()[:-1]):
+            return a, b, run
+    return a.view(_RUN_DTYPES[width]), b.view(_RUN_DTYPES[width]), run // ratio
+
+
+def _copy_to_patches(out: torch.Tensor, fmap: torch.Tensor, ph: int, pw: int) -> None:
+    """Write the patch rows of ``fmap`` (B, c, gh*ph, gw*pw) into ``out`` (c, gh*gw, B*ph*pw)."""
+    b, c, h, w = fmap.shape
+    dst, src, k = _as_runs(out, fmap, pw)
+    dst = dst.view(c, h // ph, w // pw, b, ph, k).permute(3, 0, 1, 4, 2, 5)
+    dst.copy_(src.view(b, c, h // ph, ph, w // pw, k))
+
+
+def _copy_from_patches(out: torch.Tensor, patches: torch.Tensor, ph: int, pw: int) -> None:
+    """The inverse of :func:`_copy_to_patches`: patch rows (c, n, p) back into ``out`` (B, c, H, W)."""
+    b, c, h, w = out.shape
+    dst, src, k = _as_runs(out, patches, pw)
+    src = src.view(c, h // ph, w // pw, b, ph, k).permute(3, 0, 1, 4, 2, 5)
+    dst.view(b, c, h // ph, ph, w // pw, k).copy_(src)
+
+
+_BLOCK_BYTES = 2 << 20
+
+
+def _channel_blocks(channels: int, bytes_per_channel: int, device: torch.device) -> list[slice]:
+    """Equal channel blocks whose patch matrices take at most about 2 MiB on CPU (one block elsewhere).
+
+    Block by block, the patches just copied are still in cache for the centering and the Gram, and
+    no patch-layout buffer exists at full size: on CPU every fresh map-sized buffer costs page
+    faults (measured at up to a third of a step), and the per-block Python cost is small.
+    """
+    count = 1 if device.type != "cpu" else max(1, -(-channels * bytes_per_channel // _BLOCK_BYTES))
+    step = -(-channels // min(count, channels))
+    return [slice(i, min(channels, i + step)) for i in range(0, channels, step)]
+
+
+class _SideGram(NamedTuple):
+    """One side of _PatchCKA: its Gram scaled to unit trace and what the gradient needs of it."""
+
+    gram: torch.Tensor  # k = X_c X_c^T / ||X_c||^2, (C, n, n)
+    scale: torch.Tensor  # 1 / ||X_c||^2 per channel, 0 for a constant channel
+    self_dot: torch.Tensor  # <k, k> per channel
+    means: torch.Tensor | None  # the detached column means (C, 1, p); None without centering
+
+
+def _centered_patches(rows: torch.Tensor, fmap: torch.Tensor, ph: int, pw: int, means: torch.Tensor | None) -> None:
+    """Fill ``rows`` (c, n, p) with the patch rows of ``fmap`` (B, c, H, W) minus ``means`` (c, 1, p)."""
+    _copy_to_patches(rows, fmap, ph, pw)
+    if means is not None:
+        rows.sub_(means)
+
+
+def _side_gram(fmap: torch.Tensor, ph: int, pw: int, center: bool, eps: float) -> _SideGram:
+    """Per-channel Gram of one map's patch matrices (columns centered), scaled to unit trace.
+
+    Subtracting the detached column mean from the copied patches keeps the Gram entries small
+    (accurate in float32) and needs no gradient term (see _PatchCKA). The constant-feature check
+    of linear_cka uses the uncentered squared norm ``||X_c||^2 + n ||mean||^2``.
+    """
+    b, c, h, w = fmap.shape
+    n, p = (h // ph) * (w // pw), b * ph * pw
+    like = dict(dtype=fmap.dtype, device=fmap.device)
+    blocks = _channel_blocks(c, n * p * fmap.element_size(), fmap.device)
+    scratch = torch.empty((blocks[0].stop, n, p), **like)
+    gram = torch.empty((c, n, n), **like)
+    means = torch.empty((c, 1, p), **like) if center else None
+    for block in blocks:
+        rows = scratch[: block.stop - block.start]
+        _copy_to_patches(rows, fmap[:, block], ph, pw)
+        if center:
+            rows.sub_(torch.mean(rows, dim=1, keepdim=True, out=means[block]))
+        torch.bmm(rows, rows.transpose(1, 2), out=gram[block])
+    sq = _trace(gram)
+    inv = _inverse_norm(sq, None if means is None else sq + n * _self_dot(means), eps)
+    scale = inv * inv
+    gram.mul_(scale[:, None, None])
+    return _SideGram(gram, scale, _self_dot(gram), means)
+
+
+def _self_dot(a: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``<a, a>_F`` of a (C, ...) tensor, in one reduction without temporaries."""
+    return torch.linalg.vector_norm(a.flatten(1), dim=1).square()
+
+
+def _cross_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``<a, b>_F`` of (C, n, n) tensors, block by block (no (C, n, n) temporary)."""
+    blocks = _channel_blocks(a.shape[0], a[0].numel() * a.element_size(), a.device)
+    return torch.cat([torch.linalg.vecdot(a[blk].flatten(1), b[blk].flatten(1)) for blk in blocks])
+
+
+def _gram_direction(own: torch.Tensor, other: torch.Tensor, other_sq, r, eps: float, reuse: bool) -> torch.Tensor:
+    """``other - r <other, other> own - r eps^2 I``: the gradient w.r.t. one side's Gram, up to the
+    per-channel factor ``g s`` that only the backward knows (see _PatchCKA). Built in ``other``'s
+    buffer when ``reuse`` (that Gram is not needed any more), so a side saves one (C, n, n) tensor."""
+    direction = other if reuse else other.clone()
+    direction.addcmul_(own, (r * other_sq)[:, None, None], value=-1.0)
+    direction.diagonal(dim1=1, dim2=2).sub_((r * (eps * eps))[:, None])
+    return direction
+
+
+class _PatchCKA(torch.autograd.Function):
+    """Per-channel biased linear CKA of two maps' patch matrices, with a hand-written backward.
+
+    Forward: k, l = the Grams of the centered patches scaled to unit trace, and
+    ``CKA = <k, l> / D`` with ``D = sqrt(<k, k> <l, l> + eps^2)``, as linear_cka computes it.
+
+    Backward, for the student (the teacher is symmetric): with ``s = 1 / (||X_c||^2 + eps^2)``,
+    ``r = <k, l> / D^2`` and ``g`` the incoming gradient over D, the gradient w.r.t. the centered
+    patches is ``2 M X_c`` for the small symmetric ``M = g s (l - r <l, l> k - r eps^2 I)``; the
+    identity term is the scale's own derivative, which only the eps terms keep from vanishing.
+    The detached mean needs no term: k and l have zero row sums, so ``M X_c`` is already centered,
+    which is what the gradient through the mean would make it.
+
+    Besides the input maps themselves, only ``M / (g s)`` (C, n, n) and the column means are saved:
+    the backward rebuilds X_c from the map block by block, so no map-sized buffer outlives the
+    forward (on CPU each fresh one costs page faults, more than rebuilding the block does). A side's
+    backward is then one batched matmul and two copies. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, ph, pw, center, eps, needs_grad):
+        x, y = (_side_gram(fmap, ph, pw, center, eps) for fmap in (student, teacher))
+        kl = _cross_dot(x.gram, y.gram)
+        d = torch.sqrt(x.self_dot * y.self_dot + eps * eps)
+        r = kl / (d * d)
+        need_x, need_y = needs_grad
+        dir_x = _gram_direction(x.gram, y.gram, y.self_dot, r, eps, reuse=not need_y) if need_x else None
+        dir_y = _gram_direction(y.gram, x.gram, x.self_dot, r, eps, reuse=True) if need_y else None
+        ctx.save_for_backward(
+            *(side if need else None for side, need in ((student, need_x), (teacher, need_y))),
+            dir_x, dir_y,
+            *(means if need else None for means, need in ((x.means, need_x), (y.means, need_y))),
+            x.scale, y.scale, d,
+        )
+        ctx.layout = (ph, pw)
+        return kl / d
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():  # create_graph=True: this backward is not itself differentiable
+            raise RuntimeError(
+                "patch_cka has a hand-written first-order backward and cannot be differentiated twice "
+                "(backward with create_graph=True)"
+            )
+        student, teacher, dir_x, dir_y, means_x, means_y, s_x, s_y, d = ctx.saved_tensors
+        g = 2 * grad / d  # the 2: K = X X^T is symmetric, so dX = (M + M^T) X
+        grads = [
+            None if fmap is None else _map_gradient(direction, g * s, fmap, means, *ctx.layout)
+            for fmap, direction, means, s in ((student, dir_x, means_x, s_x), (teacher, dir_y, means_y, s_y))
+        ]
+        return (*grads, None, None, None, None, None)
+
+
+def _map_gradient(
+    direction: torch.Tensor, factor: torch.Tensor, fmap: torch.Tensor, means: torch.Tensor | None, ph: int, pw: int
+) -> torch.Tensor:
+    """``factor * direction @ X_c`` per channel, in the (B, C, H, W) map layout, block by block."""
+    b, c, h, w = fmap.shape
+    n, p = direction.shape[-1], b * ph * pw
+    grad = torch.empty(fmap.shape, dtype=fmap.dtype, device=fmap.device)
+    blocks = _channel_blocks(c, n * p * fmap.element_size(), fmap.device)
+    rows, out = torch.empty((2, blocks[0].stop, n, p), dtype=fmap.dtype, device=fmap.device)
+    for block in blocks:
+        size = block.stop - block.start
+        _centered_patches(rows[:size], fmap[:, block], ph, pw, None if means is None else means[block])
+        torch.bmm(direction[block] * factor[block, None, None], rows[:size], out=out[:size])
+        _copy_from_patches(grad[:, block], out[:size], ph, pw)
+    return grad

@@ -1,0 +1,67 @@
+"""Only the hidden states the pairs use: the same tensors as output_hidden_states=True, fewer kept."""
+
+import pytest
+import torch
+
+from hf_rcka.feature_capture import HiddenStateCapture
+from hf_rcka.features import hidden_states_of
+
+from _models import FAMILIES, pixels
+
+# One family per capture path and model kind; the rest of FAMILIES take the same paths.
+CASES = {
+    "hf_vit": "hooks",
+    "hf_resnet": "hooks",
+    "hf_convnext": "hooks",
+    "hf_swin": None,  # reshaped states are copies: hooks cannot see them, "all" is the honest fallback
+    "timm_vit": "timm",
+    "timm_resnet": "timm",
+    "timm_regnet": "timm",
+}
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_capture_equals_the_full_hidden_states(family):
+    spec = FAMILIES[family]
+    model = spec.build().train()
+    x = pixels(spec.image_size)
+    with torch.no_grad():
+        model.eval()
+        full = hidden_states_of(model(pixel_values=x, output_hidden_states=True))
+        model.train()
+    indices = sorted({1, len(full) - 1})
+    capture = HiddenStateCapture(model, indices, x[:2])
+    if CASES[family] is not None:
+        assert capture.mode == CASES[family]
+    assert model.training and all(m.training for m in model.modules()), "the probe must restore train mode"
+    model.eval()
+    with torch.no_grad():
+        outputs, states = capture(x)
+    assert sorted(states) == indices
+    for i in indices:
+        torch.testing.assert_close(states[i], full[i], rtol=0, atol=0)
+    if capture.mode != "all":
+        assert getattr(outputs, "hidden_states", None) is None or len(outputs.hidden_states) == len(indices)
+
+
+def test_hooked_states_carry_the_student_graph():
+    model = FAMILIES["hf_vit"].build().train()
+    capture = HiddenStateCapture(model, [1], pixels()[:2])
+    outputs, states = capture(pixels())
+    assert capture.mode == "hooks" and states[1].requires_grad
+    states[1].pow(2).mean().backward()
+    grad = model.vit.embeddings.patch_embeddings.projection.weight.grad
+    assert grad is not None and grad.abs().sum() > 0, "the captured state is the live activation"
+    assert model.classifier.weight.grad is None, "nothing after the captured layer took part"
+
+
+def test_hooks_are_silent_outside_the_capture():
+    model = FAMILIES["hf_resnet"].build()
+    capture = HiddenStateCapture(model, [2], pixels()[:2])
+    with torch.no_grad():
+        model(pixel_values=pixels())
+    assert capture._states == {}, "a plain forward (e.g. evaluation, another wrapper) must not store tensors"
+    capture.remove()
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="did not capture"):
+            capture(pixels())

@@ -1,0 +1,43 @@
+"""The patch-CKA kernel module: both backends give the same values and gradients; CUDA defaults to autograd."""
+
+import pytest
+import torch
+
+from hf_rcka import functional as fn
+from hf_rcka import pcka_kernel
+
+
+def _maps(shape=(3, 5, 8, 12), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_()
+    t = (0.5 * s.detach() + torch.randn(shape, generator=g, dtype=torch.float64)).requires_grad_()
+    return s, t
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_kernel_and_autograd_backends_agree(center):
+    results = []
+    for backend in ("kernel", "autograd"):
+        s, t = _maps()
+        value = fn.patch_cka(s, t, 4, center=center, backend=backend)
+        value.mul(torch.arange(1.0, 6.0, dtype=value.dtype)).sum().backward()
+        results.append((value.detach(), s.grad, t.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert results[0][1].abs().max() > 1e-4
+
+
+def test_autograd_backend_is_twice_differentiable_and_the_kernel_says_it_is_not():
+    s, t = _maps((2, 3, 4, 6), seed=1)
+    assert torch.autograd.gradgradcheck(lambda a, b: fn.patch_cka(a, b, 2, backend="autograd"), (s, t))
+    with pytest.raises(RuntimeError, match="cannot be differentiated twice"):
+        (grad,) = torch.autograd.grad(fn.patch_cka(s, t, 2, backend="kernel").sum(), s, create_graph=True)
+        grad.sum().backward()
+
+
+def test_default_backend_per_device_and_bad_names():
+    assert pcka_kernel.default_backend(torch.device("cpu")) == "kernel"
+    assert pcka_kernel.default_backend(torch.device("cuda")) == "autograd"  # the kernel is not measured there
+    s, t = _maps((2, 3, 4, 4))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fn.patch_cka(s, t, 2, backend="triton")

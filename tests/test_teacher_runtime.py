@@ -1,0 +1,69 @@
+"""The teacher runs under inference_mode, channels_last and half precision without changing results."""
+
+import pytest
+import torch
+from conftest import tiny_resnet, tiny_vit
+
+from hf_rcka.losses import FitNetLoss, KDLoss, CrossEntropyLoss, FeatureCKALoss
+from hf_rcka.modeling import DistillationModel
+from hf_rcka.parallel import default_broadcast_buffers, has_running_stats, ignore_teacher_in_ddp
+from hf_rcka.teacher_runtime import TeacherRuntime, is_convolutional, resolve_teacher_dtype
+
+
+def _batch(n=5, size=16):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(n, 3, size, size, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def test_convolutional_teacher_goes_channels_last_and_keeps_its_outputs():
+    teacher = tiny_resnet().eval()
+    x, _ = _batch()
+    with torch.no_grad():
+        expected = teacher(pixel_values=x).logits
+    runtime = TeacherRuntime(teacher, channels_last=True)
+    assert runtime.channels_last and is_convolutional(teacher) and not is_convolutional(tiny_vit())
+    conv = next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with runtime.running():
+        got = teacher(pixel_values=runtime.inputs(x)).logits
+    torch.testing.assert_close(runtime.release(got), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_half_precision_teacher_hands_float32_to_the_losses():
+    teacher = tiny_resnet().eval()
+    runtime = TeacherRuntime(teacher, dtype=resolve_teacher_dtype("bfloat16"))
+    assert all(p.dtype == torch.bfloat16 for p in teacher.parameters())
+    x, _ = _batch()
+    with runtime.running():
+        logits = teacher(pixel_values=runtime.inputs(x)).logits
+    assert logits.dtype == torch.bfloat16 and runtime.release(logits).dtype == torch.float32
+    with pytest.raises(ValueError, match="teacher_dtype must be one of"):
+        resolve_teacher_dtype("float8")
+
+
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_inference_mode_teacher_outputs_work_in_every_loss_that_saves_them(dtype):
+    """mse (FitNet) and a trainable teacher-side projector save the teacher tensor for backward,
+    which inference tensors forbid: the model must hand over normal copies."""
+    losses = [CrossEntropyLoss(), KDLoss(), FitNetLoss(), FeatureCKALoss()]
+    model = DistillationModel(tiny_vit(), tiny_resnet(), losses,
+                              feature_pairs=[{"student_layer": -1, "teacher_layer": -2, "adapter": "patch_match"}],
+                              teacher_dtype=dtype).train()
+    x, y = _batch()
+    terms = model(pixel_values=x, labels=y).loss_terms
+    sum(terms.values()).backward()
+    assert all(torch.isfinite(v) for v in terms.values())
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapters.parameters())
+
+
+def test_ddp_ignores_the_teacher_and_broadcasts_only_when_the_student_has_bn():
+    model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), KDLoss()])
+    names = ignore_teacher_in_ddp(model)
+    assert names and all(n.startswith("teacher.") for n in names)
+    assert any(n.endswith("running_mean") for n in names)
+    assert set(model._ddp_params_and_buffers_to_ignore) == set(names)
+    assert not has_running_stats(model.student) and has_running_stats(model.teacher)
+    assert default_broadcast_buffers(tiny_vit(), None) is False
+    assert default_broadcast_buffers(tiny_resnet(), None) is None  # DDP's default: keep BN stats in sync
+    assert default_broadcast_buffers(tiny_vit(), True) is True
