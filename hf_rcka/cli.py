@@ -29,6 +29,7 @@ from .config import (
 )
 from .data import label_names, load_raw_datasets, prepare_datasets
 from .loading import load_image_classifier, load_image_processor
+from .smoke import run_smoke_test
 from .teacher_inputs import input_stats
 from .trainer import DistillationTrainer
 
@@ -95,6 +96,7 @@ def build_models(model_args: ModelArguments, labels: list[str]):
     if model_args.teacher_model_name_or_path:
         teacher = load_image_classifier(
             model_args.teacher_model_name_or_path,
+            from_scratch=model_args.smoke_test,
             config_overrides=model_args.teacher_config_overrides,
             trust_remote_code=model_args.trust_remote_code,
         )
@@ -180,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     try:
         recipe = resolve_values(load_recipe(argv[0]), parse_cli_overrides(argv[1:]))
+        if recipe.get("smoke_test"):
+            run_smoke_test(recipe)
+            return 0
         model_args, data_args, training_args = build_arguments(recipe)
         run(model_args, data_args, training_args, recipe)
     except RecipeError as err:
