@@ -53,7 +53,8 @@ KNOWN_NUM_CLASSES = {
     "fashion_mnist": 10, "ethz/food101": 101, "food101": 101, "zh-plus/tiny-imagenet": 200,
     "builtin:digits": 10,
 }
-# Settings that need a GPU, a network or a long run; switched off whatever the recipe says.
+# Size and side effects of a short offline run, whatever the recipe says (no Hub push, no loggers,
+# no resume, no workers: their start-up costs more than two steps).
 _FIXED = {
     "max_steps": SMOKE_STEPS, "per_device_train_batch_size": SMOKE_BATCH, "per_device_eval_batch_size": SMOKE_BATCH,
     "dataloader_num_workers": 0, "dataloader_persistent_workers": False, "dataloader_prefetch_factor": None,
@@ -87,11 +88,7 @@ def plan_smoke_test(recipe: dict[str, Any]) -> SmokePlan:
     for key in _MODEL_KEYS:
         if values.get(key):
             values[key] = offline_model_name(key, values[key], notes)
-    if not values.get("student_from_scratch"):
-        notes.append("student: random weights from its config (the checkpoint's weights are not loaded)")
-    values["student_from_scratch"] = True
-    if values.get("teacher_model_name_or_path"):
-        notes.append("teacher: random weights from its config (its trained weights are not loaded)")
+    values["student_from_scratch"] = True  # the teacher too: ModelArguments.smoke_test
     values["smoke_test"] = True
     values["output_dir"] = smoke_output_dir(recipe["output_dir"])
     values.update(_FIXED)
@@ -142,7 +139,9 @@ def cached_config_folder(repo_id: str) -> Path | None:
 def _needed_files(folder: Path) -> list[str]:
     """timm checkpoints keep their data config in config.json; others need a processor file."""
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    return ["config.json"] if config.get("model_type") == "timm_wrapper" else ["config.json", "preprocessor_config.json"]
+    if config.get("model_type") == "timm_wrapper":
+        return ["config.json"]
+    return ["config.json", "preprocessor_config.json"]
 
 
 def _not_cached_message(key: str, name: str, files: list[str]) -> str:
@@ -248,17 +247,25 @@ def run_smoke_test(recipe: dict[str, Any]) -> dict[str, Any]:
     model_args, data_args, args = build_arguments(plan.recipe)
     metrics = cli.run(model_args, data_args, args, plan.recipe)
     if args.process_index == 0:
-        lines = [_data_line(plan.data), *check_output(
+        teacher = model_args.teacher_model_name_or_path
+        checked = check_output(
             args.output_dir, plan.data, SMOKE_STEPS, do_train=args.do_train, do_eval=args.do_eval,
-            has_teacher=bool(model_args.teacher_model_name_or_path),
-        )]
+            has_teacher=bool(teacher),
+        )
+        lines = [*_plan_lines(plan, recipe), *checked]
         print(f"smoke test passed in {time.perf_counter() - start:.1f} s:", *lines, sep="\n  ")
     return metrics
 
 
-def _data_line(data: SyntheticData) -> str:
+def _plan_lines(plan: SmokePlan, recipe: dict[str, Any]) -> list[str]:
+    """What ran instead of the full recipe: models, data, and every switched-off setting."""
+    data = plan.data
+    teacher = recipe.get("teacher_model_name_or_path")
+    models = f"student {recipe['model_name_or_path']}" + (f", teacher {teacher}" if teacher else ", no teacher")
     height, width = data.image_size
-    return (
+    return [
+        f"models: {models} (same architectures, random weights)",
         f"data: {data.num_train} train / {data.num_eval} validation synthetic {height}x{width} JPEGs for a "
-        f"{data.resolution[0]}x{data.resolution[1]} student, {len(data.label_names)} classes"
-    )
+        f"{data.resolution[0]}x{data.resolution[1]} student, {len(data.label_names)} classes",
+        *(f"note: {note}" for note in plan.notes),
+    ]

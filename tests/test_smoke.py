@@ -153,7 +153,8 @@ def test_plan_overrides_only_what_a_short_offline_cpu_run_needs(tmp_path):
     )
     plan = plan_smoke_test(recipe)
     values = plan.recipe
-    assert values["output_dir"] == str(tmp_path / "out-smoke") and smoke_output_dir(values["output_dir"]) == values["output_dir"]
+    assert values["output_dir"] == str(tmp_path / "out-smoke")
+    assert smoke_output_dir(values["output_dir"]) == values["output_dir"], "a smoke folder gets no second suffix"
     assert values["bf16"] is False and values["torch_compile"] is False
     assert any("bf16" in note and "float32" in note for note in plan.notes)
     assert (values["max_steps"], values["per_device_train_batch_size"], values["dataloader_num_workers"]) == (
