@@ -41,6 +41,7 @@ from .probes import probe_student
 from .records import eval_record_dir, write_eval_record
 from .resume_hint import Stopped
 from .run_inputs import align_teacher, load_data, model_error, student_labels
+from .smoke import run_smoke_test
 from .teacher_inputs import input_stats
 from .trainer import DistillationTrainer
 
@@ -103,6 +104,7 @@ def build_models(model_args: ModelArguments, labels: list[str]):
         with model_error("teacher_model_name_or_path"):
             teacher = load_image_classifier(
                 model_args.teacher_model_name_or_path,
+                from_scratch=model_args.smoke_test,
                 config_overrides=model_args.teacher_config_overrides,
                 trust_remote_code=model_args.trust_remote_code,
             )
@@ -271,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop.install()
     try:
         recipe = resolve_values(load_recipe(argv[0]), parse_cli_overrides(argv[1:]))
+        if recipe.get("smoke_test"):
+            run_smoke_test(recipe)
+            return 0
         model_args, data_args, training_args = build_arguments(recipe)
         run(model_args, data_args, training_args, recipe, stop=stop, argv=argv)
     except UserError as err:

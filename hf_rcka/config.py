@@ -66,6 +66,11 @@ class ModelArguments:
         metadata={"help": "Train the student at this square resolution (its saved image processor is updated)."},
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code for custom architectures."})
+    smoke_test: bool = field(
+        default=False,
+        metadata={"help": "Run the recipe offline in minutes: same architectures with random weights, a few "
+                          "synthetic images, 2 steps, output in <output_dir>-smoke, then reload the saved model."},
+    )
 
     def __post_init__(self) -> None:
         if self.image_size is not None and self.image_size < 1:

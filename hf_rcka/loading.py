@@ -447,7 +447,8 @@ def build_timm_classifier(
 
     The timm model is created first, so under a fixed seed its weights equal
     ``timm.create_model(architecture, pretrained=False, num_classes=n, **model_args)``; the wrapper
-    (which re-initialises with transformers' init) is then overwritten with them.
+    (which would re-initialise with transformers' init) is built on the meta device, allocating
+    and initialising nothing, and then holds that timm model.
 
     Args:
         architecture: timm model name, optionally with a pretrained tag (``resnet18.a1_in1k``);
@@ -464,8 +465,9 @@ def build_timm_classifier(
         architecture=architecture, model_args=model_args, pretrained_cfg=data_cfg,
         id2label=dict(labels.id2label), label2id=dict(labels.label2id),
     )
-    wrapper = TimmWrapperForImageClassification(config)
-    wrapper.timm_model.load_state_dict(timm_model.state_dict())
+    with torch.device("meta"):  # a second build and init of a large model cost seconds on a CPU
+        wrapper = TimmWrapperForImageClassification(config)
+    wrapper.timm_model = timm_model
     return wrapper
 
 

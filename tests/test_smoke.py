@@ -1,0 +1,230 @@
+"""``--smoke_test true``: every recipe in recipes/ runs end to end offline, and the pieces behave.
+
+The parametrized test is the promise made to users: each recipe trains 2 steps on synthetic
+images with its own architectures (random weights), losses and feature pairs, then saves a model
+that plain transformers reloads. Recipes whose teacher is the user's own model get what a user
+would have: the digits distillation uses the folder the digits teacher recipe writes, and the
+CIFAR-100 PCKA recipe finds its teacher's config in a local Hugging Face cache (a fake one here).
+"""
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.commands.launch import launch_command_parser
+from accelerate.utils import DistributedType, PrecisionType
+from transformers import ViTConfig, ViTImageProcessor
+
+from hf_rcka.cli import main
+from hf_rcka.config import resolve_values
+from hf_rcka.smoke import SMOKE_BATCH, SMOKE_STEPS, plan_smoke_test, smoke_output_dir
+from hf_rcka.smoke_check import SmokeTestFailure, check_output
+from hf_rcka.smoke_data import SyntheticData, class_names, write_synthetic_dataset
+
+ROOT = Path(__file__).parent.parent
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+ACCELERATE_CONFIGS = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
+DIGITS_TEACHER_RECIPE = "supervised-resnet18-digits.yaml"
+# Recipes whose teacher a user trains first; the value says what the test gives them instead.
+TEACHER_FROM_DIGITS_RUN = {"rcka-vit_tiny_from_resnet18-digits.yaml"}
+TEACHER_FROM_HF_CACHE = {"pcka-resnet18_from_vit_base-cifar100.yaml": 100}  # its classes (CIFAR-100)
+FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+# A RegNetY-16GF or ViT-B/16 teacher at 224 px: 40-60 CPU-seconds each; `-m "not slow"` leaves them out.
+SLOW = {
+    "deit_from_regnet.yaml", "kd-deit_small_from_regnety160-imagenet.yaml",
+    "deit_token-deit_small_distilled_from_regnety160-imagenet.yaml", "pcka-resnet18_from_vit_base-cifar100.yaml",
+}
+
+
+def _smoke(path: Path, output_dir: Path, capsys, *extra: str) -> str:
+    assert main([str(path), "--smoke_test", "true", "--output_dir", str(output_dir), *extra]) == 0
+    return capsys.readouterr().out
+
+
+def _cache_config(cache: Path, repo_id: str, num_labels: int) -> None:
+    """What ``hf download REPO config.json preprocessor_config.json`` leaves in a cache."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / FAKE_COMMIT
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(FAKE_COMMIT)
+    ViTConfig(num_labels=num_labels, architectures=["ViTForImageClassification"]).save_pretrained(snapshot)
+    ViTImageProcessor().save_pretrained(snapshot)
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory):
+    """The digits teacher recipe's smoke run: (its output folder, what it printed)."""
+    import io
+    from contextlib import redirect_stdout
+
+    output_dir = tmp_path_factory.mktemp("digits") / "teacher"
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        assert main([str(ROOT / "recipes" / DIGITS_TEACHER_RECIPE), "--smoke_test", "true",
+                     "--output_dir", str(output_dir)]) == 0
+    return Path(smoke_output_dir(str(output_dir))), printed.getvalue()
+
+
+def test_every_recipe_is_covered_and_the_headline_is_there():
+    names = {p.name for p in RECIPES}
+    assert "deit_from_regnet.yaml" in names
+    assert (TEACHER_FROM_DIGITS_RUN | set(TEACHER_FROM_HF_CACHE) | {DIGITS_TEACHER_RECIPE}) <= names
+
+
+@pytest.mark.parametrize(
+    "path", [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW else p for p in RECIPES], ids=lambda p: p.stem
+)
+def test_recipe_smoke_tests_offline(path, tmp_path, capsys, request):
+    output_dir = tmp_path / "run"
+    if path.name == DIGITS_TEACHER_RECIPE:
+        smoke_dir, printed = request.getfixturevalue("digits_teacher")
+    else:
+        extra = []
+        if path.name in TEACHER_FROM_DIGITS_RUN:
+            extra = ["--teacher_model_name_or_path", str(request.getfixturevalue("digits_teacher")[0])]
+        if path.name in TEACHER_FROM_HF_CACHE:
+            teacher = yaml.safe_load(path.read_text())["teacher_model_name_or_path"]
+            _cache_config(request.getfixturevalue("hf_cache"), teacher, TEACHER_FROM_HF_CACHE[path.name])
+        printed = _smoke(path, output_dir, capsys, *extra)
+        smoke_dir = tmp_path / "run-smoke"
+        assert not output_dir.exists(), "a smoke test never writes into the recipe's output_dir"
+    assert "smoke test passed" in printed and f"trained {SMOKE_STEPS} steps" in printed
+    assert "reloads with AutoModelForImageClassification" in printed
+    assert {"config.json", "model.safetensors", "README.md", "distill_config.yaml", "all_results.json"} <= {
+        p.name for p in smoke_dir.iterdir()
+    }
+    recorded = yaml.safe_load((smoke_dir / "distill_config.yaml").read_text())
+    recipe = yaml.safe_load(path.read_text())
+    assert recorded["smoke_test"] is True
+    assert recorded.get("losses") == recipe.get("losses") or recipe.get("losses") is None
+    assert recorded.get("feature_pairs") == recipe.get("feature_pairs"), "the recipe's own feature pairs run"
+    assert recorded.get("bf16", False) is False and recorded.get("fp16", False) is False
+
+
+def test_a_hub_model_that_is_not_cached_is_one_clear_error_before_anything_runs(tmp_path, hf_cache, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model_name_or_path": "someone/not-cached-vit", "dataset_name": "ILSVRC/imagenet-1k",
+        "output_dir": str(tmp_path / "out"),
+    }))
+    assert main([str(recipe), "--smoke_test", "true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: smoke test: model_name_or_path 'someone/not-cached-vit'")
+    assert "hf download someone/not-cached-vit config.json preprocessor_config.json" in err[0]
+    assert "timm/<architecture>" in err[0]
+    assert not (tmp_path / "out-smoke").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_cached_config_without_its_processor_names_the_missing_file(tmp_path, hf_cache):
+    _cache_config(hf_cache, "someone/vit", num_labels=3)
+    plan = plan_smoke_test(_resolved(tmp_path, model_name_or_path="someone/vit"))
+    assert Path(plan.recipe["model_name_or_path"]) == hf_cache / "models--someone--vit" / "snapshots" / FAKE_COMMIT
+    next((hf_cache / "models--someone--vit" / "snapshots").iterdir()).joinpath("preprocessor_config.json").unlink()
+    with pytest.raises(ValueError, match=r"lacks its preprocessor_config\.json.*hf download someone/vit "
+                                         r"preprocessor_config\.json"):
+        plan_smoke_test(_resolved(tmp_path, model_name_or_path="someone/vit"))
+
+
+def _resolved(tmp_path, **values):
+    base = {"model_name_or_path": "timm/resnet18", "dataset_name": "ILSVRC/imagenet-1k",
+            "output_dir": str(tmp_path / "out")}
+    return resolve_values({**base, **values})
+
+
+def test_plan_overrides_only_what_a_short_offline_cpu_run_needs(tmp_path):
+    recipe = _resolved(
+        tmp_path, bf16=True, torch_compile=True, per_device_train_batch_size=128, gradient_accumulation_steps=3,
+        dataloader_num_workers=8, report_to="tensorboard", push_to_hub=True, save_strategy="steps",
+        save_steps=5000, eval_strategy="epoch", learning_rate="5e-4", label_smoothing_factor=0.1,
+    )
+    plan = plan_smoke_test(recipe)
+    values = plan.recipe
+    assert values["output_dir"] == str(tmp_path / "out-smoke")
+    assert smoke_output_dir(values["output_dir"]) == values["output_dir"], "a smoke folder gets no second suffix"
+    assert values["bf16"] is False and values["torch_compile"] is False
+    assert any("bf16" in note and "float32" in note for note in plan.notes)
+    assert (values["max_steps"], values["per_device_train_batch_size"], values["dataloader_num_workers"]) == (
+        SMOKE_STEPS, SMOKE_BATCH, 0)
+    assert values["save_steps"] == SMOKE_STEPS, "a step-based checkpoint is written within the smoke run"
+    assert values["report_to"] == "none" and values["push_to_hub"] is False and values["student_from_scratch"]
+    # the recipe's own training settings are untouched
+    assert values["learning_rate"] == pytest.approx(5e-4) and values["label_smoothing_factor"] == 0.1
+    assert values["gradient_accumulation_steps"] == 3 and values["eval_strategy"].value == "epoch"
+    data = plan.data
+    assert len(data.label_names) == 1000 and data.resolution == (224, 224)
+    assert data.num_train == SMOKE_BATCH * 3 * SMOKE_STEPS, "one epoch is exactly the smoke run's steps"
+    assert values["dataset_name"] == str(data.folder) and values["train_dir"] is None
+
+
+def test_class_names_come_from_the_table_a_folder_or_the_teacher(tmp_path):
+    for name in ("b", "a"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+    known = {"some/dataset": 4}
+    assert class_names("some/dataset", None, None, known, 10) == (["class_0", "class_1", "class_2", "class_3"], None)
+    assert class_names(None, str(tmp_path / "train"), None, known, 10) == (["a", "b"], None)
+    assert class_names("mine/unknown", None, ["cat", "dog"], known, 10) == (["cat", "dog"], None)
+    assert class_names("some/dataset", None, ["w", "x", "y", "z"], known, 10)[0] == ["w", "x", "y", "z"]
+    names, note = class_names("mine/unknown", None, None, known, 10)
+    assert len(names) == 10 and "unknown" in note
+
+
+def test_synthetic_data_loads_as_a_dataset_with_the_recipes_columns(tmp_path):
+    data = SyntheticData(tmp_path / "d", "img", "fine_label", ("x", "y", "z"), (32, 40), num_train=4, num_eval=2)
+    write_synthetic_dataset(data)
+    raw = datasets.load_dataset(str(data.folder))
+    assert {name: len(split) for name, split in raw.items()} == {"train": 4, "validation": 2}
+    assert raw["train"].features["fine_label"].names == ["x", "y", "z"]
+    image = raw["validation"][0]["img"]
+    assert (image.height, image.width) == data.image_size and image.height > 32 and image.width > image.height
+    assert image.format == "JPEG"
+
+
+def test_check_output_fails_when_fewer_steps_ran_or_the_card_is_wrong(tmp_path):
+    data = SyntheticData(tmp_path / "d", "image", "label", ("a", "b"), (16, 16), num_train=4, num_eval=2)
+    (tmp_path / "distill_config.yaml").write_text("smoke_test: true\n")
+    (tmp_path / "README.md").write_text("---\nlibrary_name: transformers\ntags: [hf_rcka]\n---\n# x\n")
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 0, "log_history": []}))
+    with pytest.raises(SmokeTestFailure, match="knowledge-distillation"):
+        check_output(tmp_path, data, 2, do_train=False, do_eval=False, has_teacher=True)
+    with pytest.raises(SmokeTestFailure, match="trained 0 optimiser steps, not 2"):
+        check_output(tmp_path, data, 2, do_train=True, do_eval=False, has_teacher=False)
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.stem)
+def test_accelerate_configs_parse_as_accelerate_configs(path):
+    _check_accelerate_config(path)
+
+
+def test_the_accelerate_config_check_catches_a_misspelt_fsdp_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    config = yaml.safe_load((ROOT / "recipes" / "accelerate" / "fsdp_8gpu_bf16.yaml").read_text())
+    config["fsdp_config"]["fsdp_min_num_param"] = config["fsdp_config"].pop("fsdp_min_num_params")
+    bad.write_text(yaml.safe_dump(config))
+    with pytest.raises(AssertionError, match="fsdp_min_num_param"):
+        _check_accelerate_config(bad)
+
+
+def _check_accelerate_config(path: Path) -> None:
+    """What ``accelerate launch --config_file`` reads: accelerate's own loader (it rejects unknown
+    top-level keys), valid enums, and fsdp_config keys that are ``accelerate launch`` options."""
+    config = load_config_from_file(str(path))
+    assert isinstance(config.distributed_type, DistributedType)
+    assert str(config.mixed_precision) in {p.value for p in PrecisionType}
+    assert config.num_processes >= 1 and config.num_machines >= 1
+    options = {action.dest for action in launch_command_parser()._actions}
+    unknown = sorted(set(config.fsdp_config or {}) - options)
+    assert not unknown, f"{path.name}: fsdp_config keys {unknown} are not accelerate launch options"
