@@ -85,6 +85,10 @@ class DataArguments:
     train_val_split: float = field(
         default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no validation split."}
     )
+    split_seed: int = field(
+        default=42,
+        metadata={"help": "Seed of the stratified validation split carved from train (independent of `seed`)."},
+    )
     augment: str = field(default="basic", metadata={"help": "'basic' (random resized crop + flip) or 'none'."})
 
     def __post_init__(self) -> None:
