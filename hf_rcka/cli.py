@@ -27,6 +27,7 @@ from .config import (
     parse_cli_overrides,
     resolve_values,
 )
+from .card_facts import card_facts_of
 from .data import label_names, load_raw_datasets, prepare_datasets
 from .loading import load_image_classifier, load_image_processor
 from .teacher_inputs import input_stats
@@ -135,6 +136,7 @@ def run(
         teacher_processor=teacher_processor,
         teacher_name=model_args.teacher_model_name_or_path,
     )
+    trainer.card_facts = card_facts_of(model_args, data_args, len(eval_dataset))
     if trainer.is_world_process_zero() and recipe is not None:
         os.makedirs(args.output_dir, exist_ok=True)
         losses = [{"name": name, "weight": loss.weight} for name, loss in trainer.distillation_model.losses.items()]

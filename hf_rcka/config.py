@@ -127,6 +127,10 @@ class DistillationTrainingArguments(TrainingArguments):
         default="warn",
         metadata={"help": "Before training, measure the teacher on one eval batch: 'warn', 'error' or 'off'."},
     )
+    baseline_dir: str | None = field(
+        default=None,
+        metadata={"help": "Run folder of the same student trained alone; its accuracy goes into the model card."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Allow writing into an output_dir that already holds a model or checkpoints."},
