@@ -11,7 +11,8 @@ Two directions: ``cnn2vit`` (a slim ResNet-10-T teacher, a 4-block ViT student) 
 (that ViT trained alone for longer as teacher, a MobileNetV3 student). One teacher per direction
 (seed 0) serves every seed. Runs are as short as a meaningful run can be: 16 px, one evaluation at
 the end, no checkpoints, no dataloader workers. Each run writes ``runs/<direction>/<variant>/
-seed<k>.json``; a run whose JSON exists is skipped, so an interrupted benchmark resumes.
+seed<k>.json`` under ``--out`` (models go to ``--work``); a run whose JSON exists is skipped, so an
+interrupted benchmark resumes.
 
     python benchmarks/quality_digits.py --quick                 # 3 seeds, core variants
     python benchmarks/quality_digits.py                         # 5 seeds, every variant
@@ -27,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,19 +138,18 @@ def run_cli(recipe: str, overrides: dict, output_dir: Path, log: Path) -> dict:
     return {"eval_accuracy": results["eval_accuracy"], "seconds": round(seconds, 1), "command": command[1:]}
 
 
-def teacher_dir(out: Path, name: str, direction: Direction) -> tuple[Path, dict]:
+def teacher_dir(out: Path, work: Path, name: str, direction: Direction) -> tuple[Path, dict]:
     """Train the direction's teacher once (seed 0) or reuse it."""
-    folder = out / "teachers" / name
-    record = folder.with_suffix(".json")
+    folder, record = work / "teachers" / name, out / "teachers" / f"{name}.json"
     if not record.exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        record.parent.mkdir(parents=True, exist_ok=True)
         print(f"[{name}] teacher: {direction.teacher_recipe}", flush=True)
-        result = run_cli(direction.teacher_recipe, {**direction.teacher, "seed": 0}, folder, folder.with_suffix(".log"))
+        result = run_cli(direction.teacher_recipe, {**direction.teacher, "seed": 0}, folder, record.with_suffix(".log"))
         record.write_text(json.dumps(result, indent=1))
     return folder, json.loads(record.read_text())
 
 
-def student_run(out: Path, name: str, direction: Direction, variant_key: str, seed: int, teacher: Path) -> dict:
+def student_run(out: Path, work: Path, name: str, direction: Direction, variant_key: str, seed: int, teacher: Path) -> dict:
     """One student run, skipped when its result JSON exists."""
     variant = VARIANTS[variant_key]
     record = out / "runs" / name / variant_key / f"seed{seed}.json"
@@ -158,7 +159,7 @@ def student_run(out: Path, name: str, direction: Direction, variant_key: str, se
     overrides = {**_student_overrides(direction, variant), "seed": seed}
     if variant.losses is not None:
         overrides.update({"teacher_model_name_or_path": str(teacher), "losses": variant.losses})
-    folder = out / "models" / name / variant_key / f"seed{seed}"
+    folder = work / "models" / name / variant_key / f"seed{seed}"
     print(f"[{name}] {variant_key} seed {seed}", flush=True)
     result = run_cli(direction.student_recipe, overrides, folder, record.with_suffix(".log"))
     record.write_text(json.dumps(result, indent=1))
@@ -181,7 +182,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: all (--quick: core)")
     parser.add_argument("--directions", nargs="+", choices=list(DIRECTIONS), default=list(DIRECTIONS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality_digits")
-    parser.add_argument("--readme", type=Path, help="write the table between this file's quality_digits markers")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each); 1 on a busy machine")
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "quality_digits",
+                        help="where the trained models go (the results stay in --out)")
+    parser.add_argument("--readme", type=Path, nargs="+", default=[],
+                        help="markdown files whose '<!-- quality_digits:begin/end -->' block gets the tables")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or list(range(3 if args.quick else 5))
     args.variants = args.variants or list(CORE if args.quick else VARIANTS)
@@ -195,9 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     report = {"seeds": args.seeds, "validation_images": None, "directions": {}}
     for name in args.directions:
         direction = DIRECTIONS[name]
-        teacher, teacher_result = teacher_dir(args.out, name, direction)
-        runs = {v: {s: student_run(args.out, name, direction, v, s, teacher) for s in args.seeds}
-                for v in args.variants if name in VARIANTS[v].directions}
+        teacher, teacher_result = teacher_dir(args.out, args.work, name, direction)
+        keys = [(v, s) for v in args.variants if name in VARIANTS[v].directions for s in args.seeds]
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process
+            results = list(pool.map(lambda key: student_run(args.out, args.work, name, direction, *key, teacher), keys))
+        runs: dict[str, dict[int, dict]] = {}
+        for (variant, seed), result in zip(keys, results):
+            runs.setdefault(variant, {})[seed] = result
         report["directions"][name] = {
             "label": direction.label, "teacher_accuracy": teacher_result["eval_accuracy"],
             "variants": summarise({v: {"label": VARIANTS[v].label, "runs": r} for v, r in runs.items()}),
@@ -209,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     save_plot(report, args.out / "quality_digits.png")
     print(f"JSON: {args.out / 'quality_digits.json'}\nplot: {args.out / 'quality_digits.png'}")
-    if args.readme:
-        replace_block(args.readme, "quality_digits", markdown)
+    for path in args.readme:
+        replace_block(path, "quality_digits", markdown)
     return 0
 
 

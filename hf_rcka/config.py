@@ -141,6 +141,11 @@ class DistillationTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         self.losses = validate_losses(self.losses)
         self.feature_pairs = validate_feature_pairs(self.feature_pairs)
+        if self.baseline_dir and not Path(self.baseline_dir, "all_results.json").is_file():
+            raise RecipeError(
+                f"baseline_dir {self.baseline_dir!r} holds no all_results.json: train the student alone there first, "
+                f"or drop baseline_dir"
+            )
         if self.teacher_accuracy_check not in ("warn", "error", "off"):
             raise RecipeError(
                 f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {self.teacher_accuracy_check!r}"
