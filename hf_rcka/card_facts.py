@@ -122,7 +122,12 @@ def complete_card_facts(trainer: Any) -> CardFacts:
     facts: CardFacts = trainer.card_facts
     model = trainer.distillation_model
     if facts.teacher_accuracy is None and model.teacher is not None and trainer.eval_dataset is not None:
-        batches = (trainer._prepare_inputs(batch) for batch in trainer.get_eval_dataloader())
+        # A plain DataLoader over the whole eval set: the card is written on the main process only,
+        # and Trainer's (accelerate-prepared) loader would shard the data and sync RNG across ranks.
+        loader = torch.utils.data.DataLoader(trainer.eval_dataset, batch_size=trainer.args.per_device_eval_batch_size,
+                                             collate_fn=trainer.data_collator)
+        device = next(model.student.parameters()).device
+        batches = ({k: v.to(device) for k, v in batch.items()} for batch in loader)
         facts.teacher_accuracy = teacher_accuracy(model, batches)
     baseline_dir = getattr(trainer.args, "baseline_dir", None)
     if baseline_dir and facts.baseline_accuracy is None:
