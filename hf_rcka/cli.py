@@ -16,6 +16,7 @@ from typing import Sequence
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
+from .card_facts import card_facts_of
 from .config import (
     DataArguments,
     DistillationTrainingArguments,
@@ -27,7 +28,6 @@ from .config import (
     parse_cli_overrides,
     resolve_values,
 )
-from .card_facts import card_facts_of
 from .data import label_names, load_raw_datasets, prepare_datasets
 from .loading import load_image_classifier, load_image_processor
 from .teacher_inputs import input_stats

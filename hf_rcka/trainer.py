@@ -21,9 +21,9 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.trainer_utils import EvalLoopOutput
 
 from . import losses as _losses  # noqa: F401  (registers the losses)
+from .card_facts import CardFacts, complete_card_facts
 from .config import validate_losses
 from .data import collate
-from .card_facts import CardFacts, complete_card_facts
 from .hub import write_model_card
 from .losses import DistillationLoss
 from .metrics import accuracy_metrics
