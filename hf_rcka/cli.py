@@ -19,6 +19,7 @@ import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
 from .bad_images import SkippedImages, SkippedImagesCallback
+from .card_facts import card_facts_of
 from .config import (
     DataArguments,
     DistillationTrainingArguments,
@@ -185,6 +186,7 @@ def run(
         callbacks=[SkippedImagesCallback(skipped)] + ([stop] if stop is not None else []),
         augmentation=data_args,
     )
+    trainer.card_facts = card_facts_of(model_args, data_args, len(eval_dataset))
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         os.makedirs(args.output_dir, exist_ok=True)
         losses = [{"name": name, "weight": loss.weight} for name, loss in trainer.distillation_model.losses.items()]

@@ -102,6 +102,10 @@ class DataArguments(AugmentationArguments):
     train_val_split: float = field(
         default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no validation split."}
     )
+    split_seed: int = field(
+        default=42,
+        metadata={"help": "Seed of the stratified validation split carved from train (independent of `seed`)."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -147,6 +151,10 @@ class DistillationTrainingArguments(TrainingArguments):
     teacher_channels_last: bool = field(
         default=True, metadata={"help": "Run a convolutional teacher in channels_last (NHWC) memory format."}
     )
+    baseline_dir: str | None = field(
+        default=None,
+        metadata={"help": "Run folder of the same student trained alone; its accuracy goes into the model card."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Allow writing into an output_dir that already holds a model or checkpoints."},
@@ -172,6 +180,11 @@ class DistillationTrainingArguments(TrainingArguments):
             raise RecipeError("model_ema_export: true needs model_ema: true (there is no average to export)")
         if self.teacher_dtype not in (None, "bfloat16", "float16"):
             raise RecipeError(f"teacher_dtype must be 'bfloat16', 'float16' or unset, got {self.teacher_dtype!r}")
+        if self.baseline_dir and not Path(self.baseline_dir, "all_results.json").is_file():
+            raise RecipeError(
+                f"baseline_dir {self.baseline_dir!r} holds no all_results.json: train the student alone there first, "
+                f"or drop baseline_dir"
+            )
         if self.teacher_accuracy_check not in ("warn", "error", "off"):
             raise RecipeError(
                 f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {self.teacher_accuracy_check!r}"

@@ -20,6 +20,7 @@ from .config import DataArguments
 from .errors import DataError
 from .images import UnreadableImage, decode_image
 from .transforms import eval_transform, train_transform
+from .splits import stratified_validation_split
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,10 @@ def digits_dataset() -> datasets.Dataset:
 
 
 def load_raw_datasets(args: DataArguments, seed: int = 42) -> datasets.DatasetDict:
-    """Load the data and make sure there is a ``train`` and a ``validation`` split."""
+    """Load the data and make sure there is a ``train`` and a ``validation`` split.
+
+    ``seed`` (the training seed) no longer draws the validation split: ``args.split_seed`` does.
+    """
     if args.dataset_name == DIGITS:
         raw = datasets.DatasetDict({"train": digits_dataset()})
     elif args.dataset_name is not None:
@@ -57,9 +61,10 @@ def load_raw_datasets(args: DataArguments, seed: int = 42) -> datasets.DatasetDi
     if "train" not in raw:
         raise ValueError(f"the dataset has no 'train' split (splits: {list(raw)})")
     validation = next((name for name in VALIDATION_SPLIT_NAMES if name in raw), None)
-    if validation is None:
-        split = raw["train"].train_test_split(test_size=args.train_val_split, seed=seed, stratify_by_column=None)
-        raw = datasets.DatasetDict({"train": split["train"], "validation": split["test"]})
+    if validation is None:  # stratified, with split_seed (not the training seed): seeds share images
+        raw = stratified_validation_split(
+            raw["train"], args.label_column_name, args.train_val_split, args.split_seed
+        )
     elif validation != "validation":
         raw["validation"] = raw.pop(validation)
     _check_columns(raw["train"], args)

@@ -2,9 +2,13 @@
 
 ``Trainer.create_model_card(finetuned_from=teacher)`` would record the teacher as the student's
 ``base_model``, which is wrong: the student's weights do not derive from the teacher's. The card
-is written with ``huggingface_hub.ModelCard`` instead, tagged ``knowledge-distillation``, with the
-teacher named as teacher in the text. Uploads go through ``Trainer.push_to_hub`` (and so through
-``transformers``' shared ``HfApi``), which calls ``DistillationTrainer.create_model_card``.
+is written with ``huggingface_hub.ModelCard`` instead: ``base_model`` only when the *student*
+started from a Hub checkpoint, ``model-index`` eval results through ``EvalResult`` (so the Hub
+shows the accuracy in its widget and leaderboards), tagged ``knowledge-distillation``, with the
+teacher named as teacher in the text together with its accuracy on the same images, the
+student-alone baseline when the run knows it, and the layer-CKA picture when one was made. Uploads
+go through ``Trainer.push_to_hub`` (and so through ``transformers``' shared ``HfApi``), which calls
+``DistillationTrainer.create_model_card``.
 """
 
 from __future__ import annotations
@@ -12,9 +16,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .card_facts import CardFacts
 
 CARD_TAGS = ["knowledge-distillation", "image-classification", "hf_rcka"]
+DEFAULT_LICENSE = "apache-2.0"
+CKA_IMAGE = "cka.png"
+_CKA_HEADING = "## Layer-by-layer CKA"
 
 _TEMPLATE = """---
 {card_data}
@@ -28,25 +37,30 @@ _TEMPLATE = """---
 
 - Teacher: {teacher}
 - Student architecture: `{architecture}` ({num_parameters:,} parameters, {num_labels} classes)
+- Student initialisation: {initialisation}
 - Losses (weight): {losses}
 - Trained with hf_rcka's `DistillationTrainer`; the full recipe is in `distill_config.yaml` next to
   this card.
 
 ## Evaluation
 
+{evaluation}
+
 {results}
 
 ## Usage
 
 ```python
+from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 processor = AutoImageProcessor.from_pretrained("{repo}")
 model = AutoModelForImageClassification.from_pretrained("{repo}")
-logits = model(**processor(images, return_tensors="pt")).logits
+image = Image.new("RGB", (64, 64))  # your image here
+logits = model(**processor(images=image, return_tensors="pt")).logits
+print(model.config.id2label[logits.argmax(-1).item()])
 ```
-"""
-
+{cka}"""
 
 _TIMING_SUFFIXES = ("_runtime", "_per_second", "_preparation_time")
 
@@ -66,6 +80,50 @@ def _hub_dataset(dataset: str | None) -> list[str] | None:
     return [dataset]
 
 
+def _eval_results(facts: CardFacts, dataset: str | None, metrics: dict[str, float]) -> list[EvalResult] | None:
+    """``model-index`` entries: top-1 (and top-5 when measured) on the evaluation split."""
+    names = {"eval_accuracy": ("accuracy", "Top-1 accuracy"), "eval_top5_accuracy": ("accuracy", "Top-5 accuracy")}
+    dataset_type = facts.dataset_type or dataset
+    if not dataset_type:
+        return None
+    results = [
+        EvalResult(
+            task_type="image-classification", dataset_type=dataset_type,
+            dataset_name=facts.dataset_label or dataset_type, dataset_split=facts.eval_split,
+            metric_type=kind, metric_name=label, metric_value=round(float(metrics[key]), 4),
+        )
+        for key, (kind, label) in names.items() if isinstance(metrics.get(key), (int, float))
+    ]
+    return results or None
+
+
+def _evaluation_text(facts: CardFacts, metrics: dict[str, float]) -> str:
+    """Where the metrics come from, and the teacher and the student alone on the same images."""
+    lines = [f"Measured on {facts.eval_data}." if facts.eval_data else "Measured on the run's evaluation split."]
+    accuracy = metrics.get("eval_accuracy")
+    rows = []
+    if isinstance(accuracy, (int, float)):
+        rows.append(("this student (distilled)" if facts.teacher_accuracy is not None else "this model", accuracy, ""))
+    if facts.teacher_accuracy is not None:
+        rows.append(("teacher", facts.teacher_accuracy, facts.teacher_accuracy_note))
+    if facts.baseline_accuracy is not None:
+        rows.append(("the same student trained alone", facts.baseline_accuracy, facts.baseline_note))
+    if len(rows) > 1:
+        lines += ["", "| model | top-1 | note |", "|---|---|---|"]
+        lines += [f"| {name} | {100 * value:.1f}% | {note} |" for name, value, note in rows]
+        if isinstance(accuracy, (int, float)) and facts.baseline_accuracy is not None:
+            gain = 100 * (accuracy - facts.baseline_accuracy)
+            lines += ["", f"Distillation changed top-1 by {gain:+.1f} points over training the student alone."]
+    return "\n".join(lines)
+
+
+def _cka_section(output_dir: str) -> str:
+    if not os.path.exists(os.path.join(output_dir, CKA_IMAGE)):
+        return ""
+    return (f"\n{_CKA_HEADING}\n\nLinear CKA between the teacher's and the student's hidden states "
+            f"(`scripts/cka_report.py`):\n\n![layer CKA]({CKA_IMAGE})\n")
+
+
 def write_model_card(
     output_dir: str,
     model_name: str,
@@ -74,20 +132,36 @@ def write_model_card(
     losses: dict[str, float],
     dataset: str | None = None,
     metrics: dict[str, float] | None = None,
+    facts: CardFacts | None = None,
+    repo_id: str | None = None,
+    license: str | None = None,
 ) -> ModelCard:
-    """Write ``output_dir/README.md`` for a distilled (or, without teacher, supervised) student."""
-    metrics = metrics or {}
+    """Write ``output_dir/README.md`` for a distilled (or, without teacher, supervised) student.
+
+    Args:
+        facts: what the run knows beyond the model (base model, teacher and baseline accuracy,
+            the evaluation data); see ``card_facts.CardFacts``.
+        repo_id: the id the usage snippet loads (the pushed repo); default ``model_name``.
+        license: SPDX-style Hub license id; default apache-2.0 (hf_rcka's own). Set it to the
+            data's or the teacher's terms when they are stricter.
+    """
+    metrics, facts = metrics or {}, facts or CardFacts()
     data = ModelCardData(
+        license=license or DEFAULT_LICENSE,
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=CARD_TAGS if teacher_name else ["image-classification", "hf_rcka"],
         datasets=_hub_dataset(dataset),
         metrics=["accuracy"],
+        base_model=facts.base_model if facts.base_model and facts.base_model != teacher_name else None,
+        model_name=model_name,
+        eval_results=_eval_results(facts, dataset, metrics),
     )
+    where = f" on `{dataset}`." if dataset else "."
     if teacher_name:
-        summary = f"This model was distilled from the teacher `{teacher_name}`" + (f" on `{dataset}`." if dataset else ".")
+        summary = f"This model was distilled from the teacher `{teacher_name}`{where}"
     else:
-        summary = "This model was trained without a teacher (supervised baseline)" + (f" on `{dataset}`." if dataset else ".")
+        summary = f"This model was trained without a teacher (supervised baseline){where}"
     card = ModelCard(
         _TEMPLATE.format(
             card_data=data.to_yaml(),
@@ -97,11 +171,34 @@ def write_model_card(
             architecture=type(student).__name__,
             num_parameters=sum(p.numel() for p in student.parameters()),
             num_labels=student.config.num_labels,
+            initialisation=f"the Hub checkpoint `{data.base_model}`" if data.base_model else "random (trained from scratch)",
             losses=", ".join(f"`{name}` ({weight:g})" for name, weight in losses.items()),
+            evaluation=_evaluation_text(facts, metrics),
             results=_results_table(metrics),
-            repo=model_name,
+            repo=repo_id or model_name,
+            cka=_cka_section(output_dir),
         )
     )
     os.makedirs(output_dir, exist_ok=True)
     card.save(os.path.join(output_dir, "README.md"))
+    return card
+
+
+def add_cka_to_card(model_dir: str | os.PathLike, image: str = CKA_IMAGE, tables: str = "") -> ModelCard:
+    """Embed a layer-CKA picture (already copied into ``model_dir``) in that folder's card.
+
+    Replaces an earlier CKA section, so running the report again does not stack pictures.
+
+    Raises:
+        FileNotFoundError: if the folder has no ``README.md`` card or no ``image``.
+    """
+    path = os.path.join(model_dir, "README.md")
+    if not os.path.exists(os.path.join(model_dir, image)):
+        raise FileNotFoundError(f"{os.path.join(model_dir, image)} does not exist: copy the picture there first")
+    card = ModelCard.load(path)
+    text = card.text.split(f"\n{_CKA_HEADING}\n")[0].rstrip("\n")
+    details = f"\n<details><summary>CKA values</summary>\n\n{tables}\n</details>\n" if tables else ""
+    card.text = (f"{text}\n\n{_CKA_HEADING}\n\nLinear CKA between the teacher's and the student's hidden "
+                 f"states (`scripts/cka_report.py`):\n\n![layer CKA]({image})\n{details}")
+    card.save(path)
     return card

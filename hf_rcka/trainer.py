@@ -23,6 +23,7 @@ from transformers.trainer_utils import EvalLoopOutput
 
 from . import losses as _losses  # noqa: F401  (registers the losses)
 from .augmentation import AugmentationArguments
+from .card_facts import CardFacts, complete_card_facts
 from .config import validate_losses
 from .data import collate
 from .errors import TeacherNearChance
@@ -121,6 +122,7 @@ class DistillationTrainer(Trainer):
         self._terms: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._term_counts = {"train": 0, "eval": 0}
         self._saving_checkpoint = False
+        self.card_facts = CardFacts()  # the CLI adds what it knows (base model, evaluation data)
         self._setup_pipeline(augmentation or AugmentationArguments())
 
     def _setup_pipeline(self, augmentation: AugmentationArguments) -> None:
@@ -323,13 +325,20 @@ class DistillationTrainer(Trainer):
         logger.info("loading the best student from %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
         self.distillation_model.load_checkpoint(self.state.best_model_checkpoint)
 
-    def create_model_card(self, model_name: str | None = None, dataset: str | None = None, **kwargs: Any) -> None:
-        """A card that names the teacher as teacher (never as ``base_model``); see ``hub.write_model_card``."""
+    def create_model_card(
+        self, model_name: str | None = None, dataset: str | None = None, license: str | None = None, **kwargs: Any
+    ) -> None:
+        """A card that names the teacher as teacher (never as ``base_model``); see ``hub.write_model_card``.
+
+        ``self.card_facts`` (filled by the CLI: base model, evaluation data) is completed here with
+        the teacher's accuracy on the evaluation set and the ``baseline_dir`` run's accuracy.
+        """
         if not self.is_world_process_zero():
             return
         metrics = {}
         for entry in self.state.log_history:
             metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+        complete_card_facts(self)
         write_model_card(
             self.args.output_dir,
             model_name=model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
@@ -338,6 +347,9 @@ class DistillationTrainer(Trainer):
             losses={name: loss.weight for name, loss in self.distillation_model.losses.items()},
             dataset=dataset,
             metrics=metrics,
+            facts=self.card_facts,
+            repo_id=self.hub_model_id or self.args.hub_model_id or self.args.output_dir,
+            license=license,
         )
 
 

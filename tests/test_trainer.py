@@ -287,3 +287,4 @@ def test_push_to_hub_uploads_student_and_a_distillation_card(tmp_path, monkeypat
     assert "base_model" not in card, "the teacher is not the student's base model"
     assert "acme/resnet-teacher" in card and "rcka" in card
     assert "acme/shapes" in header
+    assert 'from_pretrained("someone/tiny-student")' in card, "the usage snippet loads the pushed repo id"

@@ -1,0 +1,227 @@
+#!/usr/bin/env python
+"""Does distillation make a better student? Seeds x variants x directions on real digits.
+
+Every run goes through hf_rcka's own command line (``scripts/distill.py`` + the digits recipes in
+``recipes/``), so the benchmark measures what a user gets. scikit-learn's 1,797 handwritten digits
+are split once, stratified, 30% held out (540 images, ``split_seed`` fixed): every seed and every
+variant is evaluated on the same images, so accuracies pair up by seed and the paired difference
+to the student alone gets a t-interval over seeds.
+
+Two directions: ``cnn2vit`` (a slim ResNet-10-T teacher, a 4-block ViT student) and ``vit2cnn``
+(that ViT trained alone for longer as teacher, a MobileNetV3 student). One teacher per direction
+(seed 0) serves every seed. Runs are as short as a meaningful run can be: 16 px, one evaluation at
+the end, no checkpoints, no dataloader workers. Each run writes ``runs/<direction>/<variant>/
+seed<k>.json`` under ``--out`` (models go to ``--work``); a run whose JSON exists is skipped, so an
+interrupted benchmark resumes.
+
+    python benchmarks/quality_digits.py --quick                 # 3 seeds, core variants
+    python benchmarks/quality_digits.py                         # 5 seeds, every variant
+    python benchmarks/quality_digits.py --directions cnn2vit --variants alone rcka --seeds 0 1
+    python benchmarks/quality_digits.py --quick --readme benchmarks/README.md   # table into README
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from _quality_report import render_markdown, replace_block, save_plot, summarise  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+CE = {"name": "ce", "weight": 1.0}
+RCKA = {"name": "rcka", "weight": 1.0, "intra_weight": 1.0, "inter_weight": 1.0}
+# Fixed for the benchmark whatever the recipes say: one evaluation, no checkpoints, quiet logs.
+RUN_SETTINGS = {"eval_strategy": "no", "save_strategy": "no", "dataloader_num_workers": 0,
+                "disable_tqdm": True, "report_to": "none", "train_val_split": 0.3, "logging_steps": 1000}
+
+
+@dataclass
+class Variant:
+    """A student loss setting: ``losses`` None trains the student alone (no teacher)."""
+
+    label: str
+    losses: list | None = None
+    overrides: dict = field(default_factory=dict)
+    directions: tuple[str, ...] = ("cnn2vit", "vit2cnn")
+
+
+VARIANTS = {
+    "alone": Variant("ce alone (no teacher)"),
+    "kd": Variant("ce + kd (T 4)", [CE, {"name": "kd", "weight": 1.0, "temperature": 4.0}]),
+    "rcka": Variant("ce + rcka logits (1/1)", [CE, RCKA]),
+    "rcka_fcka": Variant("ce + rcka + feature_cka (auto pairs)", [CE, RCKA, {"name": "feature_cka", "weight": 1.0}],
+                         {"feature_pairs": "auto"}),
+    "rcka_pcka": Variant("ce + rcka + patch_cka (patch_match, auto pairs)",
+                         [CE, RCKA, {"name": "patch_cka", "weight": 1.0}], {"feature_pairs": "auto"}),
+    "fcka": Variant("ce + feature_cka (auto pairs)", [CE, {"name": "feature_cka", "weight": 1.0}],
+                    {"feature_pairs": "auto"}),
+    "rcka15": Variant("ce + rcka logits (paper's 15/15)", [CE, {**RCKA, "intra_weight": 15.0, "inter_weight": 15.0}]),
+    "deit_token": Variant(
+        "DeiT student: ce 0.5 + deit_token hard 0.5",
+        [{"name": "ce", "weight": 0.5}, {"name": "deit_token", "weight": 0.5, "mode": "hard"}],
+        {"model_name_or_path": "config:deit", "student_config_overrides_extra": {
+            "architectures": ["DeiTForImageClassificationWithTeacher"]}},
+        directions=("cnn2vit",),
+    ),
+    "ekt": Variant("ce + kernel_transfer (EKT)", [CE, {"name": "kernel_transfer", "weight": 1.0}]),
+    "srd": Variant("ce + srd (2.0)", [CE, {"name": "srd", "weight": 2.0}]),
+}
+CORE = ("alone", "kd", "rcka", "rcka_fcka")
+
+
+@dataclass
+class Direction:
+    """Teacher run, then the student's base recipe; ``student`` overrides apply to every student run."""
+
+    label: str
+    teacher_recipe: str
+    teacher: dict
+    student_recipe: str
+    student: dict
+
+
+DIRECTIONS = {
+    "cnn2vit": Direction("CNN teacher (ResNet-10-T) -> ViT student", "supervised-resnet10t-digits.yaml", {},
+                         "supervised-vit_tiny-digits.yaml", {}),
+    "vit2cnn": Direction(
+        "ViT teacher -> CNN student (MobileNetV3-S 0.5)", "supervised-vit_tiny-digits.yaml", {"num_train_epochs": 30},
+        "supervised-resnet10t-digits.yaml",
+        {"model_name_or_path": "timm/mobilenetv3_small_050", "student_config_overrides": None, "num_train_epochs": 5},
+    ),
+}
+
+
+def _flags(values: dict) -> list[str]:
+    """``--key value`` pairs; values are written as JSON, which the CLI reads as YAML."""
+    flags = []
+    for key, value in values.items():
+        flags += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return flags
+
+
+def _student_overrides(direction: Direction, variant: Variant) -> dict:
+    overrides = {**direction.student, **variant.overrides}
+    extra = overrides.pop("student_config_overrides_extra", None)
+    if extra:  # e.g. a DeiT head on the ViT student: keep the recipe's sizes, add the extra keys
+        import yaml
+
+        base = yaml.safe_load((RECIPES / direction.student_recipe).read_text())["student_config_overrides"]
+        overrides["student_config_overrides"] = {**base, **extra}
+    return overrides
+
+
+def run_cli(recipe: str, overrides: dict, output_dir: Path, log: Path) -> dict:
+    """One ``scripts/distill.py`` run; returns its ``all_results.json`` plus the wall time."""
+    command = [sys.executable, str(ROOT / "scripts" / "distill.py"), str(RECIPES / recipe),
+               *_flags({**RUN_SETTINGS, **overrides, "output_dir": str(output_dir), "overwrite_output_dir": True})]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           # one thread per run: on a shared machine OpenMP threads spin-wait on each other (seen:
+           # 6 s instead of 0.4 s per step with 2 threads while other jobs ran)
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        done = subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"run failed ({done.returncode}): {' '.join(command)}\nsee {log}")
+    results = json.loads((output_dir / "all_results.json").read_text())
+    return {"eval_accuracy": results["eval_accuracy"], "seconds": round(seconds, 1), "command": command[1:]}
+
+
+def teacher_dir(out: Path, work: Path, name: str, direction: Direction) -> tuple[Path, dict]:
+    """Train the direction's teacher once (seed 0) or reuse it."""
+    folder, record = work / "teachers" / name, out / "teachers" / f"{name}.json"
+    if not record.exists():
+        record.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[{name}] teacher: {direction.teacher_recipe}", flush=True)
+        result = run_cli(direction.teacher_recipe, {**direction.teacher, "seed": 0}, folder, record.with_suffix(".log"))
+        record.write_text(json.dumps(result, indent=1))
+    return folder, json.loads(record.read_text())
+
+
+def student_run(out: Path, work: Path, name: str, direction: Direction, variant_key: str, seed: int, teacher: Path) -> dict:
+    """One student run, skipped when its result JSON exists."""
+    variant = VARIANTS[variant_key]
+    record = out / "runs" / name / variant_key / f"seed{seed}.json"
+    if record.exists():
+        return json.loads(record.read_text())
+    record.parent.mkdir(parents=True, exist_ok=True)
+    overrides = {**_student_overrides(direction, variant), "seed": seed}
+    if variant.losses is not None:
+        overrides.update({"teacher_model_name_or_path": str(teacher), "losses": variant.losses})
+    folder = work / "models" / name / variant_key / f"seed{seed}"
+    print(f"[{name}] {variant_key} seed {seed}", flush=True)
+    result = run_cli(direction.student_recipe, overrides, folder, record.with_suffix(".log"))
+    record.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def validation_size() -> int:
+    """How many images the runs were evaluated on (the same carved split the CLI makes)."""
+    from hf_rcka.config import DataArguments
+    from hf_rcka.data import load_raw_datasets
+
+    split = load_raw_datasets(DataArguments(dataset_name="builtin:digits", train_val_split=RUN_SETTINGS["train_val_split"]))
+    return len(split["validation"])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 seeds, core variants (alone, kd, rcka, rcka_fcka)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default 0-4 (--quick: 0-2)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: all (--quick: core)")
+    parser.add_argument("--directions", nargs="+", choices=list(DIRECTIONS), default=list(DIRECTIONS))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality_digits")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each); 1 on a busy machine")
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "quality_digits",
+                        help="where the trained models go (the results stay in --out)")
+    parser.add_argument("--readme", type=Path, nargs="+", default=[],
+                        help="markdown files whose '<!-- quality_digits:begin/end -->' block gets the tables")
+    args = parser.parse_args(argv)
+    args.seeds = args.seeds or list(range(3 if args.quick else 5))
+    args.variants = args.variants or list(CORE if args.quick else VARIANTS)
+    if "alone" not in args.variants:
+        args.variants.insert(0, "alone")  # the baseline every difference is taken against
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = {"seeds": args.seeds, "validation_images": None, "directions": {}}
+    for name in args.directions:
+        direction = DIRECTIONS[name]
+        teacher, teacher_result = teacher_dir(args.out, args.work, name, direction)
+        keys = [(v, s) for v in args.variants if name in VARIANTS[v].directions for s in args.seeds]
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process
+            results = list(pool.map(lambda key: student_run(args.out, args.work, name, direction, *key, teacher), keys))
+        runs: dict[str, dict[int, dict]] = {}
+        for (variant, seed), result in zip(keys, results):
+            runs.setdefault(variant, {})[seed] = result
+        report["directions"][name] = {
+            "label": direction.label, "teacher_accuracy": teacher_result["eval_accuracy"],
+            "variants": summarise({v: {"label": VARIANTS[v].label, "runs": r} for v, r in runs.items()}),
+        }
+    report["validation_images"] = validation_size()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality_digits.json").write_text(json.dumps(report, indent=1))
+    markdown = render_markdown(report)
+    print(markdown)
+    save_plot(report, args.out / "quality_digits.png")
+    print(f"JSON: {args.out / 'quality_digits.json'}\nplot: {args.out / 'quality_digits.png'}")
+    for path in args.readme:
+        replace_block(path, "quality_digits", markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Layer-by-layer linear CKA between two models: what did the student learn from the teacher?
+
+Kornblith et al. (ICML 2019) compare two networks by linear CKA between the activations of every
+pair of layers on the same images. Here the activations come from the same machinery that
+training uses (``features.hidden_states_of`` / ``describe_hidden_states``, ``layout.to_fmap``), so
+ViT tokens (prefix tokens dropped, laid out on their patch grid) and CNN maps are handled alike,
+and the similarity is ``functional.linear_cka`` in float32, exactly the quantity ``feature_cka``
+trains: each hidden state is flattened to (images, C * h * w). A teacher-vs-student heatmap before
+and after distillation shows which layers moved towards the teacher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import functional
+from .features import describe_hidden_states, hidden_states_of
+from .layout import FeatureSpec, to_fmap
+
+
+@dataclass
+class LayerCKA:
+    """CKA of every (row layer, column layer) pair; rows are model A's hidden states, columns B's.
+
+    Attributes:
+        matrix: (layers of A, layers of B) float32 values in [0, 1].
+        row_names / column_names: one label per hidden state (index, kind, shape).
+        row_model / column_model: how to name the two models in tables and titles.
+        num_images: how many images the activations were taken on.
+    """
+
+    matrix: Tensor
+    row_names: list[str]
+    column_names: list[str]
+    row_model: str
+    column_model: str
+    num_images: int
+
+    def to_markdown(self) -> str:
+        """A markdown table: one row per layer of A, one column per layer of B."""
+        header = f"| {self.row_model} \\ {self.column_model} | " + " | ".join(self.column_names) + " |"
+        lines = [header, "|---" * (len(self.column_names) + 1) + "|"]
+        for name, row in zip(self.row_names, self.matrix.tolist()):
+            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def layer_name(index: int, spec: FeatureSpec) -> str:
+    """``"3: tokens 4x4x64"`` / ``"2: map 2x2x32"``: the hidden-state index and its shape."""
+    kind = {"nlc": "tokens", "nchw": "map", "pooled": "pooled"}[spec.layout]
+    stem = " (embedding)" if spec.is_embedding else ""
+    return f"{index}: {kind} {spec.grid[0]}x{spec.grid[1]}x{spec.channels}{stem}"
+
+
+@torch.no_grad()
+def layer_activations(model: nn.Module, pixel_values: Tensor, batch_size: int = 128) -> tuple[list[Tensor], list[FeatureSpec]]:
+    """Every hidden state of ``model`` on ``pixel_values`` as a float32 (images, C * h * w) matrix.
+
+    Runs in eval mode (restored afterwards) in batches, so only one batch of activations at a
+    time is alive besides the flattened results.
+    """
+    specs = describe_hidden_states(model, pixel_values[:2])
+    was_training = model.training
+    model.eval()
+    parameter = next(model.parameters())
+    chunks: list[list[Tensor]] = [[] for _ in specs]
+    try:
+        for start in range(0, len(pixel_values), batch_size):
+            batch = pixel_values[start : start + batch_size].to(parameter.device, parameter.dtype)
+            states = hidden_states_of(model(pixel_values=batch, output_hidden_states=True))
+            for chunk, state, spec in zip(chunks, states, specs):
+                chunk.append(to_fmap(state, spec).flatten(1).float().cpu())
+    finally:
+        model.train(was_training)
+    return [torch.cat(chunk) for chunk in chunks], specs
+
+
+def layer_cka(
+    row_model: nn.Module,
+    row_pixels: Tensor,
+    column_model: nn.Module,
+    column_pixels: Tensor,
+    names: tuple[str, str] = ("A", "B"),
+    batch_size: int = 128,
+) -> LayerCKA:
+    """Linear CKA between every hidden state of two models on the same images.
+
+    Args:
+        row_model / column_model: HF or timm (TimmWrapper) image models.
+        row_pixels / column_pixels: the same images, each prepared the way its model expects
+            (own normalisation and resolution), (N, 3, H, W).
+        names: how the table and plot call the two models.
+
+    Raises:
+        ValueError: if the two inputs do not hold the same number of images, or fewer than 3
+            (CKA over fewer images is degenerate).
+    """
+    if len(row_pixels) != len(column_pixels):
+        raise ValueError(f"both models must see the same images: got {len(row_pixels)} and {len(column_pixels)}")
+    if len(row_pixels) < 3:
+        raise ValueError(f"layer CKA needs at least 3 images, got {len(row_pixels)}")
+    rows, row_specs = layer_activations(row_model, row_pixels, batch_size)
+    columns, column_specs = layer_activations(column_model, column_pixels, batch_size)
+    matrix = torch.tensor([[float(functional.linear_cka(r, c)) for c in columns] for r in rows], dtype=torch.float32)
+    return LayerCKA(
+        matrix=matrix.clamp(0.0, 1.0),
+        row_names=[layer_name(i, s) for i, s in enumerate(row_specs)],
+        column_names=[layer_name(i, s) for i, s in enumerate(column_specs)],
+        row_model=names[0],
+        column_model=names[1],
+        num_images=len(row_pixels),
+    )
+
+
+def prepare_pixels(images: Sequence, transform: Callable) -> Tensor:
+    """Stack ``transform(image.convert('RGB'))`` for PIL images into (N, 3, H, W)."""
+    return torch.stack([transform(image.convert("RGB")) for image in images])
+
+
+def save_heatmaps(reports: Sequence[LayerCKA], path: str | Path, title: str | None = None) -> Path:
+    """One heatmap per report, side by side, with a shared 0-1 colour scale (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(reports), figsize=(4.8 * len(reports), 4.4), squeeze=False)
+    image = None
+    for ax, report in zip(axes[0], reports):
+        image = ax.imshow(report.matrix.numpy(), vmin=0.0, vmax=1.0, cmap="magma", origin="lower", aspect="auto")
+        ax.set_yticks(range(len(report.row_names)), report.row_names, fontsize=6)
+        ax.set_xticks(range(len(report.column_names)), report.column_names, fontsize=6, rotation=45, ha="right")
+        ax.set_ylabel(report.row_model, fontsize=8)
+        ax.set_xlabel(report.column_model, fontsize=8)
+        ax.set_title(f"{report.row_model} vs {report.column_model}", fontsize=8)
+    fig.colorbar(image, ax=axes[0].tolist(), label=f"linear CKA ({reports[0].num_images} images)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

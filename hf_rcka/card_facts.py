@@ -1,0 +1,135 @@
+"""What a run knows that its model card should say, gathered apart from the card's layout.
+
+A card is only as honest as its facts: ``base_model`` must name the checkpoint the *student*
+started from (never the teacher, never a from-scratch build whose config happens to come from the
+Hub); a distilled student's accuracy means little without the teacher's and the student-alone
+baseline's on the same images; and a reader must know which images those were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import yaml
+
+from .loading import parse_model_source
+
+# Settings that must agree for two runs to have been evaluated on the same images.
+SPLIT_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_val_split",
+              "split_seed", "max_eval_samples")
+
+
+@dataclass
+class CardFacts:
+    """Facts for ``hub.write_model_card``; every field is optional.
+
+    Attributes:
+        base_model: Hub id of the checkpoint the student's weights started from.
+        teacher_accuracy: the teacher's top-1 on the student's evaluation images.
+        baseline_accuracy: top-1 of the same student trained alone (``baseline_dir``).
+        eval_data: one sentence naming the evaluation images (dataset, split, count).
+        dataset_type / dataset_label / eval_split: ``model-index`` dataset fields.
+        run_settings: the data settings (``SPLIT_KEYS``) that decide which images were evaluated.
+    """
+
+    base_model: str | None = None
+    teacher_accuracy: float | None = None
+    teacher_accuracy_note: str = "same images"
+    baseline_accuracy: float | None = None
+    baseline_note: str = ""
+    eval_data: str | None = None
+    dataset_type: str | None = None
+    dataset_label: str | None = None
+    eval_split: str | None = "validation"
+    run_settings: dict[str, Any] = field(default_factory=dict)
+
+
+def base_model_of(model_name_or_path: str, from_scratch: bool) -> str | None:
+    """The student's Hub checkpoint, or None (random weights, ``config:``, local folders)."""
+    source = parse_model_source(model_name_or_path)
+    if from_scratch or source.kind == "config" or os.path.isdir(model_name_or_path):
+        return None
+    if source.kind == "timm":
+        return f"timm/{source.name}"
+    return model_name_or_path
+
+
+def describe_eval_data(data_args: Any, num_images: int | None) -> dict[str, str | None]:
+    """``eval_data`` sentence and ``model-index`` dataset fields for ``DataArguments``."""
+    count = f"{num_images:,} images" if num_images else "the images"
+    if data_args.dataset_name == "builtin:digits":
+        name, label = "digits", "scikit-learn handwritten digits"
+    elif data_args.dataset_name:
+        name = label = data_args.dataset_name
+    else:
+        name, label = "imagefolder", os.path.basename(os.path.normpath(data_args.train_dir))
+    carved = (f"a stratified {100 * data_args.train_val_split:g}% validation split carved from train "
+              f"(split_seed {data_args.split_seed}, independent of the training seed)")
+    if data_args.validation_dir:
+        where = f"the image folder `{data_args.validation_dir}`"
+    elif data_args.dataset_name == "builtin:digits":
+        where = carved
+    else:
+        where = f"the dataset's validation split, or where it has none, {carved}"
+    return {"eval_data": f"{count} of {label}: {where}", "dataset_type": name, "dataset_label": label}
+
+
+def read_baseline(baseline_dir: str, run_settings: dict[str, Any]) -> tuple[float, str]:
+    """``eval_accuracy`` of a student-alone run folder, and whether it saw the same images.
+
+    Raises:
+        FileNotFoundError: if the folder holds no ``all_results.json`` with ``eval_accuracy``.
+    """
+    results_path = os.path.join(baseline_dir, "all_results.json")
+    if not os.path.exists(results_path):
+        raise FileNotFoundError(f"baseline_dir {baseline_dir!r} holds no all_results.json: train the student alone there first")
+    accuracy = json.load(open(results_path)).get("eval_accuracy")
+    if accuracy is None:
+        raise FileNotFoundError(f"{results_path} has no eval_accuracy: evaluate the baseline run")
+    recipe_path = os.path.join(baseline_dir, "distill_config.yaml")
+    recipe = yaml.safe_load(open(recipe_path)) if os.path.exists(recipe_path) else {}
+    same = all(recipe.get(k) == run_settings.get(k) for k in SPLIT_KEYS if k in recipe or run_settings.get(k))
+    note = f"`{baseline_dir}`, same images" if same and recipe else f"`{baseline_dir}`, other evaluation images"
+    return float(accuracy), note
+
+
+@torch.no_grad()
+def teacher_accuracy(distillation_model: Any, batches: Any) -> float | None:
+    """The teacher's top-1 over ``batches`` of the student's inputs (re-normalised for the teacher)."""
+    correct = total = 0
+    for batch in batches:
+        accuracy = distillation_model.teacher_accuracy(batch["pixel_values"], batch["labels"])
+        correct += accuracy * len(batch["labels"])
+        total += len(batch["labels"])
+    return correct / total if total else None
+
+
+def card_facts_of(model_args: Any, data_args: Any, num_eval_images: int | None) -> CardFacts:
+    """What the CLI knows before training: the student's starting checkpoint and the eval data."""
+    return CardFacts(
+        base_model=base_model_of(model_args.model_name_or_path, model_args.student_from_scratch),
+        run_settings={k: getattr(data_args, k, None) for k in SPLIT_KEYS},
+        **describe_eval_data(data_args, num_eval_images),
+    )
+
+
+def complete_card_facts(trainer: Any) -> CardFacts:
+    """Add what only the end of a run knows: the teacher's and the baseline's accuracy (once)."""
+    facts: CardFacts = trainer.card_facts
+    model = trainer.distillation_model
+    if facts.teacher_accuracy is None and model.teacher is not None and trainer.eval_dataset is not None:
+        # A plain DataLoader over the whole eval set: the card is written on the main process only,
+        # and Trainer's (accelerate-prepared) loader would shard the data and sync RNG across ranks.
+        loader = torch.utils.data.DataLoader(trainer.eval_dataset, batch_size=trainer.args.per_device_eval_batch_size,
+                                             collate_fn=trainer.data_collator)
+        device = next(model.student.parameters()).device
+        batches = ({k: v.to(device) for k, v in batch.items()} for batch in loader)
+        facts.teacher_accuracy = teacher_accuracy(model, batches)
+    baseline_dir = getattr(trainer.args, "baseline_dir", None)
+    if baseline_dir and facts.baseline_accuracy is None:
+        facts.baseline_accuracy, facts.baseline_note = read_baseline(baseline_dir, facts.run_settings)
+    return facts

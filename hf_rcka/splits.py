@@ -1,0 +1,49 @@
+"""Held-out validation splits carved from a training set.
+
+When a dataset ships no validation split, one is cut from ``train``. Two rules make runs
+comparable: the cut is *stratified* by the label column (every class keeps its share, so a small
+split does not under-represent a class by chance), and it is drawn with a data seed
+(``split_seed``) that is independent of the training ``seed``. Changing the training seed then
+changes initialisation and batch order only, and several seeds are evaluated on the very same
+images, so their accuracies can be compared pair by pair.
+"""
+
+from __future__ import annotations
+
+import math
+
+import datasets
+
+DEFAULT_SPLIT_SEED = 42
+
+
+def stratified_validation_split(
+    train: datasets.Dataset, label_column: str, fraction: float, split_seed: int = DEFAULT_SPLIT_SEED
+) -> datasets.DatasetDict:
+    """Split ``train`` into ``train`` and ``validation``, stratified by ``label_column``.
+
+    A label column that is not a ``ClassLabel`` (strings, plain integers) is class-encoded first,
+    because ``datasets`` stratifies only by ``ClassLabel``; its class names are then the sorted
+    distinct values, as ``data.label_names`` would list them.
+
+    Raises:
+        ValueError: if the label column is missing, or the split is too small to hold one
+            image of every class (raise ``train_val_split``).
+    """
+    if label_column not in train.column_names:
+        raise ValueError(
+            f"label_column_name={label_column!r} is not a column of the dataset (columns: {train.column_names}); "
+            f"set label_column_name in the recipe"
+        )
+    if not isinstance(train.features[label_column], datasets.ClassLabel):
+        train = train.class_encode_column(label_column)
+    num_classes = train.features[label_column].num_classes
+    held_out = math.ceil(fraction * len(train))  # as datasets rounds the test size
+    if held_out < num_classes or len(train) - held_out < num_classes:
+        raise ValueError(
+            f"train_val_split={fraction} holds out {held_out} of {len(train)} images, but a stratified split "
+            f"needs at least one image of each of the {num_classes} classes on both sides: change "
+            f"train_val_split or give a validation split (validation_dir)"
+        )
+    split = train.train_test_split(test_size=fraction, stratify_by_column=label_column, seed=split_seed)
+    return datasets.DatasetDict({"train": split["train"], "validation": split["test"]})

@@ -1,0 +1,110 @@
+"""Model cards: metadata a Hub user expects, parsed back; a usage snippet that runs as written."""
+
+import json
+import re
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+
+from conftest import processor, tiny_vit
+from hf_rcka.card_facts import CardFacts, base_model_of, read_baseline
+from hf_rcka.hub import add_cka_to_card, write_model_card
+
+LOSSES = {"ce": 1.0, "rcka": 1.0, "feature_cka": 1.0}
+
+
+def _card(tmp_path, facts=None, **kwargs):
+    student = tiny_vit()
+    defaults = dict(model_name="tiny-student", student=student, teacher_name="acme/resnet-teacher", losses=LOSSES,
+                    dataset="acme/shapes", metrics={"eval_accuracy": 0.91234, "eval_top5_accuracy": 1.0,
+                                                    "eval_runtime": 3.2})
+    write_model_card(str(tmp_path), facts=facts, **{**defaults, **kwargs})
+    return ModelCard.load(tmp_path / "README.md"), student
+
+
+def test_metadata_parses_back_with_license_tags_datasets_and_model_index(tmp_path):
+    facts = CardFacts(teacher_accuracy=0.98, eval_data="540 images of acme/shapes", dataset_label="Shapes")
+    card, _ = _card(tmp_path, facts)
+    data = card.data
+    assert data.license == "apache-2.0"
+    assert "knowledge-distillation" in data.tags and "image-classification" in data.tags
+    assert data.datasets == ["acme/shapes"]
+    assert data.base_model is None, "a from-scratch student has no base model, and the teacher never is one"
+    results = {r.metric_name: r for r in data.eval_results}
+    top1 = results["Top-1 accuracy"]
+    assert (top1.metric_type, top1.metric_value, top1.task_type) == ("accuracy", 0.9123, "image-classification")
+    assert (top1.dataset_type, top1.dataset_name, top1.dataset_split) == ("acme/shapes", "Shapes", "validation")
+    assert results["Top-5 accuracy"].metric_value == 1.0
+    assert data.model_name == "tiny-student"
+    text = card.text
+    assert "| teacher | 98.0% |" in text and "540 images of acme/shapes" in text
+    assert "eval_runtime" not in text
+
+
+def test_base_model_is_the_students_hub_checkpoint_never_the_teacher(tmp_path):
+    card, _ = _card(tmp_path, CardFacts(base_model="google/vit-base-patch16-224"))
+    assert card.data.base_model == "google/vit-base-patch16-224"
+    assert "the Hub checkpoint `google/vit-base-patch16-224`" in card.text
+    card, _ = _card(tmp_path, CardFacts(base_model="acme/resnet-teacher"))
+    assert card.data.base_model is None
+
+
+@pytest.mark.parametrize(
+    "name, from_scratch, expected",
+    [("google/vit-base-patch16-224", False, "google/vit-base-patch16-224"),
+     ("google/vit-base-patch16-224", True, None),
+     ("timm/resnet18.a1_in1k", False, "timm/resnet18.a1_in1k"),
+     ("timm/resnet18", True, None),
+     ("config:vit", False, None)],
+)
+def test_base_model_of(name, from_scratch, expected):
+    assert base_model_of(name, from_scratch) == expected
+
+
+def test_base_model_of_a_local_folder_is_none(tmp_path):
+    assert base_model_of(str(tmp_path), False) is None
+
+
+def test_usage_snippet_runs_as_written(tmp_path):
+    folder = tmp_path / "student"
+    card, student = _card(folder, repo_id=str(folder))
+    student.save_pretrained(folder)
+    processor(16).save_pretrained(folder)
+    snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
+    assert f'from_pretrained("{folder}")' in snippet
+    namespace: dict = {}
+    exec(compile(snippet, "card-snippet", "exec"), namespace)  # noqa: S102 - the card's own code
+    assert namespace["logits"].shape == (1, student.config.num_labels)
+
+
+def test_student_alone_baseline_and_gain(tmp_path):
+    baseline = tmp_path / "alone"
+    baseline.mkdir()
+    (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
+    settings = {"dataset_name": "builtin:digits", "train_val_split": 0.3, "split_seed": 42}
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump({**settings, "seed": 3}))
+    accuracy, note = read_baseline(str(baseline), settings)
+    assert accuracy == 0.9 and note.endswith("same images")
+    _, other = read_baseline(str(baseline), {**settings, "split_seed": 7})
+    assert other.endswith("other evaluation images")
+    facts = CardFacts(teacher_accuracy=0.99, baseline_accuracy=accuracy, baseline_note=note)
+    card, _ = _card(tmp_path / "card", facts, metrics={"eval_accuracy": 0.95})
+    assert "| the same student trained alone | 90.0% |" in card.text
+    assert "+5.0 points over training the student alone" in card.text
+    with pytest.raises(FileNotFoundError, match="all_results.json"):
+        read_baseline(str(tmp_path / "missing"), settings)
+
+
+def test_cka_picture_is_embedded_once(tmp_path):
+    _card(tmp_path)
+    (tmp_path / "cka.png").write_bytes(b"\x89PNG fake")
+    add_cka_to_card(tmp_path, "cka.png", "| a | b |")
+    card = add_cka_to_card(tmp_path, "cka.png", "| a | b |")
+    assert card.text.count("![layer CKA](cka.png)") == 1
+    reloaded = ModelCard.load(tmp_path / "README.md")
+    assert reloaded.data.license == "apache-2.0" and "![layer CKA](cka.png)" in reloaded.text
+    torch.manual_seed(0)  # a regenerated card keeps the picture when it is in the folder
+    card, _ = _card(tmp_path)
+    assert "![layer CKA](cka.png)" in card.text
