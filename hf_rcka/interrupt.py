@@ -47,6 +47,12 @@ class GracefulStop(TrainerCallback):
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
+        """Take over SIGTERM and SIGINT (only possible from the main thread; elsewhere a no-op)."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("not in the main thread: SIGTERM/SIGINT keep their default behaviour")
+            return
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
 

@@ -117,3 +117,16 @@ def test_unreadable_files_are_named(tmp_path):
     for path in (truncated, text):
         with pytest.raises(DataError, match=str(path)):
             decode_image({"path": str(path), "bytes": None})
+
+
+def test_a_skipped_image_is_replaced_by_a_readable_one_of_its_batch():
+    import torch
+
+    from hf_rcka.data import collate
+
+    one, two = torch.zeros(3, 2, 2), torch.ones(3, 2, 2)
+    batch = collate([{"pixel_values": one, "labels": 0}, {"pixel_values": None, "labels": 1},
+                     {"pixel_values": two, "labels": 2}])
+    assert batch["pixel_values"].shape == (3, 3, 2, 2) and batch["labels"].tolist() == [0, 2, 0]
+    with pytest.raises(DataError, match="all 2 images of a batch are unreadable"):
+        collate([{"pixel_values": None, "labels": 0}, {"pixel_values": None, "labels": 1}])
