@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from . import functional
 from .features import describe_hidden_states, hidden_states_of
+from .images import to_rgb
 from .layout import FeatureSpec, to_fmap
 
 
@@ -118,8 +119,8 @@ def layer_cka(
 
 
 def prepare_pixels(images: Sequence, transform: Callable) -> Tensor:
-    """Stack ``transform(image.convert('RGB'))`` for PIL images into (N, 3, H, W)."""
-    return torch.stack([transform(image.convert("RGB")) for image in images])
+    """Stack ``transform(to_rgb(image))`` for PIL images into (N, 3, H, W), decoded as training decodes them."""
+    return torch.stack([transform(to_rgb(image)) for image in images])
 
 
 def save_heatmaps(reports: Sequence[LayerCKA], path: str | Path, title: str | None = None) -> Path:

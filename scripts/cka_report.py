@@ -23,9 +23,9 @@ from pathlib import Path
 
 from hf_rcka.analysis import layer_cka, prepare_pixels, save_heatmaps
 from hf_rcka.config import DataArguments
-from hf_rcka.data import image_transform, load_raw_datasets
+from hf_rcka.data import load_raw_datasets
 from hf_rcka.loading import load_image_classifier, load_image_processor
-from hf_rcka.teacher_inputs import input_stats
+from hf_rcka.transforms import eval_transform
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,7 +74,7 @@ def sample_images(args: argparse.Namespace) -> list:
 def load_model(name: str):
     """A model and its inputs' transform, exactly as evaluation during training prepares them."""
     model = load_image_classifier(name)
-    transform = image_transform(input_stats(load_image_processor(name, model)), train=False)
+    transform = eval_transform(load_image_processor(name, model))
     return model.eval(), transform
 
 

@@ -201,7 +201,8 @@ def save_teacher(path: Path, names: list[str]) -> str:
 def test_teacher_with_other_class_names(tmp_path, capsys):
     teacher = save_teacher(tmp_path / "teacher", ["cat", "dog", "eel"])
     train = image_folder(tmp_path / "train", ["cat", "dog", "fox"])
-    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, teacher_model_name_or_path=teacher)) == 2
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, teacher_model_name_or_path=teacher,
+                             train_val_split=0.25)) == 2
     line = error_of(capsys)
     assert "teacher_model_name_or_path" in line and "['fox']" in line and "['eel']" in line
     assert not list((tmp_path / "out").glob("checkpoint-*")) and not (tmp_path / "out" / "model.safetensors").exists()
@@ -217,7 +218,7 @@ def test_permuted_teacher_and_unreadable_images_still_train(tmp_path, capsys):
     text.write_text("not an image")
     recipe = base(tmp_path, dataset_name=None, train_dir=train, teacher_model_name_or_path=teacher,
                   max_train_samples=None, max_eval_samples=None, per_device_train_batch_size=14,
-                  per_device_eval_batch_size=14, train_val_split=0.1, max_steps=1)
+                  per_device_eval_batch_size=14, train_val_split=0.25, max_steps=1)
     assert run(tmp_path, recipe) == 0
     ledger = (tmp_path / "out" / "skipped_images.tsv").read_text()
     assert str(truncated) in ledger and str(text) in ledger

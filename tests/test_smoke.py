@@ -27,9 +27,9 @@ from hf_rcka.smoke_data import SyntheticData, class_names, write_synthetic_datas
 ROOT = Path(__file__).parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 ACCELERATE_CONFIGS = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
-DIGITS_TEACHER_RECIPE = "supervised-resnet18-digits.yaml"
+DIGITS_TEACHER_RECIPE = "supervised-resnet10t-digits.yaml"
 # Recipes whose teacher a user trains first; the value says what the test gives them instead.
-TEACHER_FROM_DIGITS_RUN = {"rcka-vit_tiny_from_resnet18-digits.yaml"}
+TEACHER_FROM_DIGITS_RUN = {"rcka-vit_tiny_from_resnet10t-digits.yaml"}
 TEACHER_FROM_HF_CACHE = {"pcka-resnet18_from_vit_base-cifar100.yaml": 100}  # its classes (CIFAR-100)
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 # A RegNetY-16GF or ViT-B/16 teacher at 224 px: 40-60 CPU-seconds each; `-m "not slow"` leaves them out.
