@@ -20,6 +20,7 @@ _LAZY = {
     "DistillationTrainingArguments": "config",
     "ModelArguments": "config",
     "DataArguments": "config",
+    "AugmentationArguments": "augmentation",
     "DistillationModel": "modeling",
     "FeaturePair": "modeling",
 }

@@ -48,17 +48,20 @@ class StudentEmaCallback(TrainerCallback):
             self._ema = ModelEmaV3(self.student, decay=self.decay, use_warmup=self.warmup)
         return self._ema
 
-    @property
-    def module(self) -> nn.Module:
-        """The averaged copy of the student, on the student's device."""
+    def _placed(self):
+        """The average, moved to the student's device (the Trainer may place the student later)."""
         device = next(self.student.parameters()).device
         if next(self.ema.module.parameters()).device != device:
             self.ema.module.to(device)
-        return self.ema.module
+        return self.ema
+
+    @property
+    def module(self) -> nn.Module:
+        """The averaged copy of the student, on the student's device."""
+        return self._placed().module
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
-        self.module  # follow the student's device (placement can happen after construction)
-        self.ema.update(self.student, step=state.global_step)
+        self._placed().update(self.student, step=state.global_step)
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[nn.Module]:
