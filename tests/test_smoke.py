@@ -12,6 +12,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import launch_command_parser
@@ -145,7 +146,8 @@ def _resolved(tmp_path, **values):
     return resolve_values({**base, **values})
 
 
-def test_plan_overrides_only_what_a_short_offline_cpu_run_needs(tmp_path):
+def test_plan_overrides_only_what_a_short_offline_cpu_run_needs(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     recipe = _resolved(
         tmp_path, bf16=True, torch_compile=True, per_device_train_batch_size=128, gradient_accumulation_steps=3,
         dataloader_num_workers=8, report_to="tensorboard", push_to_hub=True, save_strategy="steps",
@@ -155,7 +157,7 @@ def test_plan_overrides_only_what_a_short_offline_cpu_run_needs(tmp_path):
     values = plan.recipe
     assert values["output_dir"] == str(tmp_path / "out-smoke")
     assert smoke_output_dir(values["output_dir"]) == values["output_dir"], "a smoke folder gets no second suffix"
-    assert values["bf16"] is False and values["torch_compile"] is False
+    assert values["bf16"] is False and values["torch_compile"] is False and values["use_cpu"] is True
     assert any("bf16" in note and "float32" in note for note in plan.notes)
     assert (values["max_steps"], values["per_device_train_batch_size"], values["dataloader_num_workers"]) == (
         SMOKE_STEPS, SMOKE_BATCH, 0)
@@ -168,6 +170,13 @@ def test_plan_overrides_only_what_a_short_offline_cpu_run_needs(tmp_path):
     assert len(data.label_names) == 1000 and data.resolution == (224, 224)
     assert data.num_train == SMOKE_BATCH * 3 * SMOKE_STEPS, "one epoch is exactly the smoke run's steps"
     assert values["dataset_name"] == str(data.folder) and values["train_dir"] is None
+
+
+def test_with_cuda_the_recipes_mixed_precision_is_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    plan = plan_smoke_test(_resolved(tmp_path, bf16=True, torch_compile=True))
+    assert plan.recipe["bf16"] is True and plan.recipe["torch_compile"] is True
+    assert not plan.recipe.get("use_cpu") and not plan.notes
 
 
 def test_class_names_come_from_the_table_a_folder_or_the_teacher(tmp_path):
