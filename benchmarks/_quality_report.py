@@ -68,7 +68,8 @@ def render_markdown(report: dict) -> str:
     for direction in report["directions"].values():
         lines += [
             f"**{direction['label']}**: teacher {100 * direction['teacher_accuracy']:.1f}% top-1; "
-            f"{len(report['seeds'])} seeds, {report['validation_images']} validation images (the same for every run).",
+            f"seeds {', '.join(map(str, report['seeds']))} (per variant: the seeds it has run), "
+            f"{report['validation_images']} validation images (the same for every run).",
             "",
             "| student loss | mean top-1 | std | vs student alone (points, 95% CI) | per seed | s/run |",
             "|---|---|---|---|---|---|",

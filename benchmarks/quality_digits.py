@@ -149,12 +149,15 @@ def teacher_dir(out: Path, work: Path, name: str, direction: Direction) -> tuple
     return folder, json.loads(record.read_text())
 
 
-def student_run(out: Path, work: Path, name: str, direction: Direction, variant_key: str, seed: int, teacher: Path) -> dict:
-    """One student run, skipped when its result JSON exists."""
+def student_run(out: Path, work: Path, name: str, direction: Direction, variant_key: str, seed: int, teacher: Path,
+                report_only: bool = False) -> dict | None:
+    """One student run, skipped when its result JSON exists (``report_only``: never run, None if missing)."""
     variant = VARIANTS[variant_key]
     record = out / "runs" / name / variant_key / f"seed{seed}.json"
     if record.exists():
         return json.loads(record.read_text())
+    if report_only:
+        return None
     record.parent.mkdir(parents=True, exist_ok=True)
     overrides = {**_student_overrides(direction, variant), "seed": seed}
     if variant.losses is not None:
@@ -185,6 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each); 1 on a busy machine")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "quality_digits",
                         help="where the trained models go (the results stay in --out)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="summarise the runs already recorded in --out; train nothing")
     parser.add_argument("--readme", type=Path, nargs="+", default=[],
                         help="markdown files whose '<!-- quality_digits:begin/end -->' block gets the tables")
     args = parser.parse_args(argv)
@@ -198,15 +203,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = {"seeds": args.seeds, "validation_images": None, "directions": {}}
+    if args.report_only:
+        args.directions = [d for d in args.directions if (args.out / "teachers" / f"{d}.json").exists()]
     for name in args.directions:
         direction = DIRECTIONS[name]
         teacher, teacher_result = teacher_dir(args.out, args.work, name, direction)
         keys = [(v, s) for v in args.variants if name in VARIANTS[v].directions for s in args.seeds]
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process
-            results = list(pool.map(lambda key: student_run(args.out, args.work, name, direction, *key, teacher), keys))
+            results = list(pool.map(
+                lambda key: student_run(args.out, args.work, name, direction, *key, teacher, args.report_only), keys))
         runs: dict[str, dict[int, dict]] = {}
         for (variant, seed), result in zip(keys, results):
-            runs.setdefault(variant, {})[seed] = result
+            if result is not None:
+                runs.setdefault(variant, {})[seed] = result
         report["directions"][name] = {
             "label": direction.label, "teacher_accuracy": teacher_result["eval_accuracy"],
             "variants": summarise({v: {"label": VARIANTS[v].label, "runs": r} for v, r in runs.items()}),

@@ -132,9 +132,10 @@ def save_heatmaps(reports: Sequence[LayerCKA], path: str | Path, title: str | No
 
     fig, axes = plt.subplots(1, len(reports), figsize=(4.8 * len(reports), 4.4), squeeze=False)
     image = None
-    for ax, report in zip(axes[0], reports):
+    for n, (ax, report) in enumerate(zip(axes[0], reports)):
         image = ax.imshow(report.matrix.numpy(), vmin=0.0, vmax=1.0, cmap="magma", origin="lower", aspect="auto")
-        ax.set_yticks(range(len(report.row_names)), report.row_names, fontsize=6)
+        same_rows = n > 0 and report.row_names == reports[0].row_names  # label shared rows once, no overlap
+        ax.set_yticks(range(len(report.row_names)), [] if same_rows else report.row_names, fontsize=6)
         ax.set_xticks(range(len(report.column_names)), report.column_names, fontsize=6, rotation=45, ha="right")
         ax.set_ylabel(report.row_model, fontsize=8)
         ax.set_xlabel(report.column_model, fontsize=8)

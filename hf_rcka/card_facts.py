@@ -8,6 +8,7 @@ baseline's on the same images; and a reader must know which images those were.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 import yaml
 
+from .config import DataArguments
 from .loading import parse_model_source
 
 # Settings that must agree for two runs to have been evaluated on the same images.
@@ -92,7 +94,8 @@ def read_baseline(baseline_dir: str, run_settings: dict[str, Any]) -> tuple[floa
         raise FileNotFoundError(f"{results_path} has no eval_accuracy: evaluate the baseline run")
     recipe_path = os.path.join(baseline_dir, "distill_config.yaml")
     recipe = yaml.safe_load(open(recipe_path)) if os.path.exists(recipe_path) else {}
-    same = all(recipe.get(k) == run_settings.get(k) for k in SPLIT_KEYS if k in recipe or run_settings.get(k))
+    defaults = {f.name: f.default for f in dataclasses.fields(DataArguments)}  # keys a recipe may leave out
+    same = all(recipe.get(k, defaults.get(k)) == run_settings.get(k) for k in SPLIT_KEYS)
     note = f"`{baseline_dir}`, same images" if same and recipe else f"`{baseline_dir}`, other evaluation images"
     return float(accuracy), note
 

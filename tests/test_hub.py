@@ -83,8 +83,10 @@ def test_student_alone_baseline_and_gain(tmp_path):
     baseline = tmp_path / "alone"
     baseline.mkdir()
     (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
-    settings = {"dataset_name": "builtin:digits", "train_val_split": 0.3, "split_seed": 42}
-    (baseline / "distill_config.yaml").write_text(yaml.safe_dump({**settings, "seed": 3}))
+    settings = {"dataset_name": "builtin:digits", "dataset_config_name": None, "train_dir": None,
+                "validation_dir": None, "train_val_split": 0.3, "split_seed": 42, "max_eval_samples": None}
+    recorded = {"dataset_name": "builtin:digits", "train_val_split": 0.3, "seed": 3}  # split_seed left at its default
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
     accuracy, note = read_baseline(str(baseline), settings)
     assert accuracy == 0.9 and note.endswith("same images")
     _, other = read_baseline(str(baseline), {**settings, "split_seed": 7})
