@@ -43,6 +43,7 @@ import hf_rcka.losses  # noqa: E402,F401  (registers the losses)
 from hf_rcka.registry import LOSSES  # noqa: E402
 from hf_rcka.modeling import DistillationModel  # noqa: E402
 from hf_rcka.teacher_inputs import InputStats  # noqa: E402
+from hf_rcka.teacher_runtime import is_convolutional  # noqa: E402
 
 NUM_CLASSES = 100
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -74,6 +75,8 @@ def build_models(pair: str, full: bool, device: torch.device, teacher_dtype: str
         models.append(build_timm_classifier(name, LabelMaps.default(NUM_CLASSES), model_args=args).to(device))
     teacher, student = models
     teacher.requires_grad_(False).eval()
+    if is_convolutional(teacher):  # as DistillationModel would leave it; every variant shares this object
+        teacher.to(memory_format=torch.channels_last)
     if teacher_dtype:
         teacher.to(getattr(torch, teacher_dtype))
     return teacher, student.train(), size, batch
@@ -94,9 +97,13 @@ def make_step(variant: str, teacher, student, size: int, batch: int, device: tor
     if variant == "limit":
         opt = _optimizer(student.parameters())
 
+        # The limit gets the teacher's best case too: a CNN teacher shared with the hf_rcka variants
+        # holds channels_last weights, so its input is made channels_last as well.
+        layout = torch.channels_last if is_convolutional(teacher) else torch.contiguous_format
+
         def forward(x, y):
             with torch.no_grad():
-                teacher(pixel_values=x)
+                teacher(pixel_values=x.contiguous(memory_format=layout))
             return ce(student(pixel_values=x).logits, y)
     elif variant.startswith("timm_"):
         from timm.task import FeatureDistillationTask, LogitDistillationTask

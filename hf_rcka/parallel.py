@@ -41,4 +41,19 @@ def default_broadcast_buffers(student: nn.Module, current: bool | None) -> bool 
     return None if has_running_stats(student) else False
 
 
-__all__ = ["default_broadcast_buffers", "has_running_stats", "ignore_teacher_in_ddp"]
+def keep_teacher_out_of_fsdp(accelerator, model: nn.Module, device) -> bool:
+    """Under accelerate's FSDP plugin, leave the frozen teacher unsharded (``ignored_modules``).
+
+    Sharding a frozen teacher saves its weights' memory but costs an all-gather of every teacher
+    layer at every step, and puts it into the sharded checkpoints for nothing. FSDP does not move
+    ignored parameters, so the teacher is put on the training device here. Returns whether the
+    plugin was configured (False without FSDP, or when the user set ``ignored_modules`` already).
+    """
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    teacher = getattr(model, "teacher", None)
+    if plugin is None or teacher is None or plugin.ignored_modules is not None:
+        return False
+    plugin.ignored_modules = [teacher]
+    teacher.to(device)
+    return True
+__all__ = ["default_broadcast_buffers", "has_running_stats", "ignore_teacher_in_ddp", "keep_teacher_out_of_fsdp"]

@@ -33,7 +33,7 @@ from .losses import DistillationLoss
 from .metrics import accuracy_metrics
 from .mixing import build_mixup, mix_batch
 from .modeling import DistillationModel
-from .parallel import default_broadcast_buffers, ignore_teacher_in_ddp
+from .parallel import default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp
 from .registry import LOSSES
 from .sampler import RepeatedAugmentationSampler, keep_rank_sharding
 from .teacher_inputs import InputStats, input_stats
@@ -115,6 +115,7 @@ class DistillationTrainer(Trainer):
         kwargs.setdefault("data_collator", collate)
         kwargs.setdefault("compute_metrics", accuracy_metrics)
         super().__init__(model=model, args=args, **kwargs)
+        keep_teacher_out_of_fsdp(self.accelerator, model, args.device)
         self.teacher_name = teacher_name or (
             getattr(model.teacher, "name_or_path", None) if model.teacher is not None else None
         )

@@ -67,3 +67,18 @@ def test_ddp_ignores_the_teacher_and_broadcasts_only_when_the_student_has_bn():
     assert default_broadcast_buffers(tiny_vit(), None) is False
     assert default_broadcast_buffers(tiny_resnet(), None) is None  # DDP's default: keep BN stats in sync
     assert default_broadcast_buffers(tiny_vit(), True) is True
+
+
+def test_fsdp_plugin_gets_the_teacher_as_ignored_module_unless_the_user_chose():
+    from types import SimpleNamespace
+
+    from hf_rcka.parallel import keep_teacher_out_of_fsdp
+
+    model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), KDLoss()])
+    plugin = SimpleNamespace(ignored_modules=None)
+    assert keep_teacher_out_of_fsdp(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)), model, "cpu")
+    assert plugin.ignored_modules == [model.teacher]
+    chosen = SimpleNamespace(ignored_modules="student.*")
+    assert not keep_teacher_out_of_fsdp(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=chosen)), model, "cpu")
+    assert chosen.ignored_modules == "student.*"
+    assert not keep_teacher_out_of_fsdp(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=None)), model, "cpu")
