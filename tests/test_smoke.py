@@ -114,6 +114,10 @@ def test_recipe_smoke_tests_offline(path, tmp_path, capsys, request):
     assert recorded.get("losses") == recipe.get("losses") or recipe.get("losses") is None
     assert recorded.get("feature_pairs") == recipe.get("feature_pairs"), "the recipe's own feature pairs run"
     assert recorded.get("bf16", False) is False and recorded.get("fp16", False) is False
+    # Batch-relational CKA needs more than two samples a batch, or it is identically 1 (zero loss).
+    first_log = json.loads((smoke_dir / "trainer_state.json").read_text())["log_history"][0]
+    for term in ("rcka_loss", "feature_cka_loss"):
+        assert first_log.get(term, 1.0) > 1e-4, f"{term} did no work in the smoke run: {first_log}"
 
 
 def test_a_hub_model_that_is_not_cached_is_one_clear_error_before_anything_runs(tmp_path, hf_cache, capsys):
