@@ -1,10 +1,10 @@
 """Load image classifiers and their image processors from the names a recipe can give.
 
-A recipe names a model in one of three forms (DESIGN.md, fixed contract 2):
+A recipe names a model in one of three forms:
 
 * a Hub id or a local folder written by ``save_pretrained`` -> ``AutoModelForImageClassification``;
 * ``timm/<architecture>`` -> a timm model inside transformers' ``TimmWrapperForImageClassification``,
-  so that the trained student still loads with ``AutoModelForImageClassification`` (contract 3);
+  so that the trained student still loads with ``AutoModelForImageClassification``;
 * ``config:<model_type>`` (hf_rcka's own form) -> a transformers architecture built from its default
   config plus ``config_overrides``, with random weights. It needs no Hub, so tests and tiny
   experiments run offline.

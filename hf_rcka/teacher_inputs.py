@@ -3,7 +3,7 @@
 The data pipeline prepares images for the *student* (its processor's mean, std and size). A
 teacher trained with other statistics (HF ViT uses 0.5/0.5, timm ResNets ImageNet mean/std) or at
 another resolution still returns confident logits on the student's tensor, so nothing fails and
-the student quietly learns from garbage (DESIGN.md, known pitfalls). ``TeacherInputTransform``
+the student quietly learns from garbage, with no error anywhere. ``TeacherInputTransform``
 maps the student's tensor to what the teacher's own processor would have produced: undo the
 student's normalisation, resize, apply the teacher's normalisation.
 
