@@ -72,8 +72,8 @@ def ours_loader(folder: Path, batch_size: int, workers: int, output_dir: str):
 
     from hf_rcka import DistillationTrainer, DistillationTrainingArguments
     from hf_rcka.config import DataArguments
-    from hf_rcka.data import label_names, load_raw_datasets, prepare_datasets
-    from hf_rcka.loading import load_image_processor
+    from hf_rcka.data.datasets import label_names, load_raw_datasets, prepare_datasets
+    from hf_rcka.models.loading import load_image_processor
 
     data_args = DataArguments(train_dir=str(folder), validation_dir=str(folder), **AUGMENTATION)
     raw = load_raw_datasets(data_args)
@@ -96,7 +96,7 @@ def timm_loader(folder: Path, batch_size: int, workers: int):
     from timm.data import create_dataset, create_loader, resolve_data_config
     from timm.models import get_pretrained_cfg
 
-    from hf_rcka.transforms import _with_zero_bit_posterize
+    from hf_rcka.data.transforms import _with_zero_bit_posterize
 
     config = resolve_data_config(get_pretrained_cfg(ARCH).to_dict())
     dataset = create_dataset("", root=str(folder), split="train", is_training=True)

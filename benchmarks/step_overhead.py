@@ -38,12 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_rcka.loading import LabelMaps, build_timm_classifier  # noqa: E402
+from hf_rcka.models.loading import LabelMaps, build_timm_classifier  # noqa: E402
 import hf_rcka.losses  # noqa: E402,F401  (registers the losses)
 from hf_rcka.registry import LOSSES  # noqa: E402
-from hf_rcka.modeling import DistillationModel  # noqa: E402
-from hf_rcka.teacher_inputs import InputStats  # noqa: E402
-from hf_rcka.teacher_runtime import is_convolutional  # noqa: E402
+from hf_rcka.modeling.distillation_model import DistillationModel  # noqa: E402
+from hf_rcka.modeling.teacher_inputs import InputStats  # noqa: E402
+from hf_rcka.modeling.teacher_runtime import is_convolutional  # noqa: E402
 
 NUM_CLASSES = 100
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -16,13 +16,13 @@ from .registry import ADAPTERS, LOSSES
 __version__ = "0.1.0"
 
 _LAZY = {
-    "DistillationTrainer": "trainer",
+    "DistillationTrainer": "trainer.trainer",
     "DistillationTrainingArguments": "config",
     "ModelArguments": "config",
     "DataArguments": "config",
-    "AugmentationArguments": "augmentation",
-    "DistillationModel": "modeling",
-    "FeaturePair": "modeling",
+    "AugmentationArguments": "data.augmentation",
+    "DistillationModel": "modeling.distillation_model",
+    "FeaturePair": "modeling.distillation_model",
 }
 
 __all__ = ["ADAPTERS", "LOSSES", "LossInputs", "__version__", "functional", *_LAZY]

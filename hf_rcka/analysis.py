@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from . import functional
-from .features import describe_hidden_states, hidden_states_of
-from .images import to_rgb
-from .layout import FeatureSpec, to_fmap
+from .features.hidden_states import describe_hidden_states, hidden_states_of
+from .data.images import to_rgb
+from .features.layout import FeatureSpec, to_fmap
 
 
 @dataclass

@@ -26,7 +26,7 @@ from transformers import TrainingArguments
 from . import adapters as _adapters  # noqa: F401  (registers the adapters)
 from . import losses as _losses  # noqa: F401  (registers the losses)
 from .errors import RecipeError
-from .augmentation import AugmentationArguments
+from .data.augmentation import AugmentationArguments
 from .registry import ADAPTERS, LOSSES, close_matches
 from .value_checks import check_training_values
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from hf_rcka.analysis import layer_cka, prepare_pixels, save_heatmaps
 from hf_rcka.config import DataArguments
-from hf_rcka.data import load_raw_datasets
-from hf_rcka.loading import load_image_classifier, load_image_processor
-from hf_rcka.transforms import eval_transform
+from hf_rcka.data.datasets import load_raw_datasets
+from hf_rcka.models.loading import load_image_classifier, load_image_processor
+from hf_rcka.data.transforms import eval_transform
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     print(f"heatmaps: {png}\ntables: {args.output / 'cka.md'}")
     if args.card:
-        from hf_rcka.hub import add_cka_to_card
+        from hf_rcka.trainer.card import add_cka_to_card
 
         shutil.copy(png, args.card / "cka.png")
         add_cka_to_card(args.card, "cka.png", markdown)

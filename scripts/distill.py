@@ -8,7 +8,7 @@ Flags override the recipe's keys; see README.md for the recipe format.
 
 import sys
 
-from hf_rcka.cli import main
+from hf_rcka.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,8 +28,8 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_resnet, tiny_vit  # noqa: E402
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
 from hf_rcka.losses import CrossEntropyLoss, FeatureCKALoss, RCKALoss  # noqa: E402
-from hf_rcka.modeling import DistillationModel  # noqa: E402
-from hf_rcka.teacher_inputs import input_stats  # noqa: E402
+from hf_rcka.modeling.distillation_model import DistillationModel  # noqa: E402
+from hf_rcka.modeling.teacher_inputs import input_stats  # noqa: E402
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # on rank 0 only, as accelerate saves it
 LOAD = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)  # rank 0's copy scattered to the shards

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from PIL import Image
 
-import hf_rcka.cli as cli
-import hf_rcka.run_inputs as run_inputs
-from hf_rcka.cli import main
+import hf_rcka.cli.main as cli
+import hf_rcka.cli.run_inputs as run_inputs
+from hf_rcka.cli.main import main
 
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
 TINY_VIT = {"hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 44,

@@ -11,7 +11,7 @@ import torch
 import yaml
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from hf_rcka.cli import main
+from hf_rcka.cli.main import main
 
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
 TINY_VIT = {"hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 44,
@@ -111,7 +111,7 @@ def test_interrupted_training_leaves_a_checkpoint_to_resume(tmp_path):
 
     from conftest import pixel_dataset, processor, tiny_vit
     from hf_rcka import DistillationTrainer, DistillationTrainingArguments
-    from hf_rcka.cli import _train
+    from hf_rcka.cli.main import _train
 
     class CtrlC(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from hf_rcka.cli import main
+from hf_rcka.cli.main import main
 
 CLASSES = ("zero", "one", "two")
 TINY_DEIT = {"hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 44,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from hf_rcka.feature_capture import HiddenStateCapture
-from hf_rcka.features import hidden_states_of
+from hf_rcka.features.capture import HiddenStateCapture
+from hf_rcka.features.hidden_states import hidden_states_of
 
 from _models import FAMILIES, pixels
 

@@ -8,7 +8,7 @@ import transformers as tf
 from torch import nn
 
 from _models import BATCH, FAMILIES, NUM_LABELS, hf_resnet, hf_vit, pixels, timm_model
-from hf_rcka.features import (
+from hf_rcka.features.hidden_states import (
     auto_feature_pairs,
     classifier_of,
     describe_hidden_states,
@@ -16,7 +16,7 @@ from hf_rcka.features import (
     pooled_dim,
     resolve_layer,
 )
-from hf_rcka.layout import FeatureSpec, to_fmap
+from hf_rcka.features.layout import FeatureSpec, to_fmap
 
 
 @pytest.fixture(autouse=True)

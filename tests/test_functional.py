@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_rcka import functional as fn
-from hf_rcka import pcka_kernel
+from hf_rcka.functional import pcka_kernel
 
 DOUBLE = torch.float64
 

@@ -9,8 +9,8 @@ import yaml
 from huggingface_hub import ModelCard
 
 from conftest import processor, tiny_vit
-from hf_rcka.card_facts import CardFacts, base_model_of, read_baseline
-from hf_rcka.hub import add_cka_to_card, write_model_card
+from hf_rcka.trainer.card_facts import CardFacts, base_model_of, read_baseline
+from hf_rcka.trainer.card import add_cka_to_card, write_model_card
 
 LOSSES = {"ce": 1.0, "rcka": 1.0, "feature_cka": 1.0}
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from hf_rcka.errors import DataError
-from hf_rcka.images import BACKGROUND, decode_image, to_rgb
+from hf_rcka.data.images import BACKGROUND, decode_image, to_rgb
 
 WHITE = BACKGROUND[0]
 
@@ -122,7 +122,7 @@ def test_unreadable_files_are_named(tmp_path):
 def test_a_skipped_image_is_replaced_by_a_readable_one_of_its_batch():
     import torch
 
-    from hf_rcka.data import collate
+    from hf_rcka.data.datasets import collate
 
     one, two = torch.zeros(3, 2, 2), torch.ones(3, 2, 2)
     batch = collate([{"pixel_values": one, "labels": 0}, {"pixel_values": None, "labels": 1},

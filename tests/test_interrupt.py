@@ -13,8 +13,8 @@ import pytest
 import yaml
 from transformers import TrainerCallback
 
-from hf_rcka.interrupt import GracefulStop, Interrupted
-from hf_rcka.resume_hint import Stopped
+from hf_rcka.trainer.interrupt import GracefulStop, Interrupted
+from hf_rcka.trainer.resume_hint import Stopped
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
@@ -103,7 +103,7 @@ def tiny_trainer(tmp_path, *callbacks):
 
 
 def test_sigint_stops_after_the_current_step_with_a_checkpoint(tmp_path):
-    from hf_rcka.cli import _train
+    from hf_rcka.cli.main import _train
 
     stop = GracefulStop()
     stop.install()
@@ -122,7 +122,7 @@ def test_sigint_stops_after_the_current_step_with_a_checkpoint(tmp_path):
 
 
 def test_a_second_signal_stops_at_once(tmp_path):
-    from hf_rcka.cli import _train
+    from hf_rcka.cli.main import _train
 
     stop = GracefulStop()
     stop.install()

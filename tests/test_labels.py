@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_resnet, tiny_vit
-from hf_rcka.data import with_transforms
+from hf_rcka.data.datasets import with_transforms
 from hf_rcka.errors import LabelError
-from hf_rcka.labels import realign_teacher, run_label_order, teacher_label_order
+from hf_rcka.models.labels import realign_teacher, run_label_order, teacher_label_order
 from hf_rcka import LOSSES
-from hf_rcka.modeling import DistillationModel
-from hf_rcka.teacher_inputs import input_stats
+from hf_rcka.modeling.distillation_model import DistillationModel
+from hf_rcka.modeling.teacher_inputs import input_stats
 
 NAMES = ["cat", "dog", "eel"]
 
@@ -50,7 +50,7 @@ def test_teacher_with_other_names_is_an_error_listing_them():
 
 
 def test_generic_teacher_names_are_counted_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="hf_rcka.labels"):
+    with caplog.at_level(logging.WARNING, logger="hf_rcka.models.labels"):
         assert teacher_label_order(NAMES, ["LABEL_0", "LABEL_1", "LABEL_2"]) is None
     assert "unnamed" in caplog.text
     with pytest.raises(LabelError):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_rcka.layout import FeatureSpec, fmap_to_tokens, infer_grid, pooled_spec, resample, to_fmap, tokens_to_fmap
+from hf_rcka.features.layout import FeatureSpec, fmap_to_tokens, infer_grid, pooled_spec, resample, to_fmap, tokens_to_fmap
 
 
 @pytest.fixture(autouse=True)

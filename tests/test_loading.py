@@ -16,7 +16,7 @@ import timm
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification, TimmWrapperImageProcessor
 
-from hf_rcka.loading import (
+from hf_rcka.models.loading import (
     LabelMaps,
     load_image_classifier,
     load_image_processor,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_rcka import functional as fn
-from hf_rcka import pcka_kernel
+from hf_rcka.functional import pcka_kernel
 
 
 def _maps(shape=(3, 5, 8, 12), seed=0):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from hf_rcka.config import DataArguments
-from hf_rcka.data import load_raw_datasets
-from hf_rcka.splits import stratified_validation_split
+from hf_rcka.data.datasets import load_raw_datasets
+from hf_rcka.data.splits import stratified_validation_split
 
 
 def _pixels(dataset: datasets.Dataset) -> list[bytes]:

@@ -14,7 +14,7 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from hf_rcka.teacher_inputs import InputStats, TeacherInputTransform, input_stats
+from hf_rcka.modeling.teacher_inputs import InputStats, TeacherInputTransform, input_stats
 
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 HALF = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}

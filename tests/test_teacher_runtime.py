@@ -5,9 +5,9 @@ import torch
 from conftest import tiny_resnet, tiny_vit
 
 from hf_rcka.losses import FitNetLoss, KDLoss, CrossEntropyLoss, FeatureCKALoss
-from hf_rcka.modeling import DistillationModel
-from hf_rcka.parallel import default_broadcast_buffers, has_running_stats, ignore_teacher_in_ddp
-from hf_rcka.teacher_runtime import TeacherRuntime, is_convolutional, resolve_teacher_dtype
+from hf_rcka.modeling.distillation_model import DistillationModel
+from hf_rcka.modeling.parallel import default_broadcast_buffers, has_running_stats, ignore_teacher_in_ddp
+from hf_rcka.modeling.teacher_runtime import TeacherRuntime, is_convolutional, resolve_teacher_dtype
 
 
 def _batch(n=5, size=16):
@@ -72,7 +72,7 @@ def test_ddp_ignores_the_teacher_and_broadcasts_only_when_the_student_has_bn():
 def test_fsdp_plugin_gets_the_teacher_as_ignored_module_unless_the_user_chose():
     from types import SimpleNamespace
 
-    from hf_rcka.parallel import keep_teacher_out_of_fsdp
+    from hf_rcka.modeling.parallel import keep_teacher_out_of_fsdp
 
     model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), KDLoss()])
     plugin = SimpleNamespace(ignored_modules=None)

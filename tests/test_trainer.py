@@ -10,7 +10,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments
-from hf_rcka.modeling import DISTILLATION_STATE_NAME
+from hf_rcka.modeling.distillation_model import DISTILLATION_STATE_NAME
 
 FEATURE_LOSSES = [
     {"name": "ce"},

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from hf_rcka.augmentation import AugmentationArguments
+from hf_rcka.data.augmentation import AugmentationArguments
 from hf_rcka.config import RecipeError, parse_arguments
-from hf_rcka.loading import load_image_classifier, load_image_processor
-from hf_rcka.transforms import eval_transform, student_data_config, train_transform
+from hf_rcka.models.loading import load_image_classifier, load_image_processor
+from hf_rcka.data.transforms import eval_transform, student_data_config, train_transform
 
 TINY_VIT = dict(hidden_size=36, num_hidden_layers=1, num_attention_heads=2, intermediate_size=40, image_size=16,
                 patch_size=4)

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from ..layout import FeatureSpec
+from ..features.layout import FeatureSpec
 from ..registry import ADAPTERS
 from .base import FeatureAdapter
 from .identity import IdentityAdapter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layout import FeatureSpec
+from ..features.layout import FeatureSpec
 
 
 class FeatureAdapter(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..layout import FeatureSpec, resample, to_fmap
+from ..features.layout import FeatureSpec, resample, to_fmap
 from ..registry import ADAPTERS
 from .base import FeatureAdapter
 

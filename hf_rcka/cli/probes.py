@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 def probe_student(student: Any, stats: Any, image_size: int | None) -> None:

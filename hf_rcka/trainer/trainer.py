@@ -21,22 +21,22 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
-from . import losses as _losses  # noqa: F401  (registers the losses)
-from .augmentation import AugmentationArguments
+from .. import losses as _losses  # noqa: F401  (registers the losses)
+from ..data.augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
-from .config import validate_losses
-from .data import collate
-from .errors import TeacherNearChance
+from ..config import validate_losses
+from ..data.datasets import collate
+from ..errors import TeacherNearChance
 from .ema import StudentEmaCallback
-from .hub import write_model_card
-from .losses import DistillationLoss
+from .card import write_model_card
+from ..losses import DistillationLoss
 from .metrics import accuracy_metrics
-from .mixing import build_mixup, mix_batch
-from .modeling import DistillationModel
-from .parallel import default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp
-from .registry import LOSSES
-from .sampler import RepeatedAugmentationSampler, keep_rank_sharding
-from .teacher_inputs import InputStats, input_stats
+from ..data.mixing import build_mixup, mix_batch
+from ..modeling.distillation_model import DistillationModel
+from ..modeling.parallel import default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp
+from ..registry import LOSSES
+from ..data.sampler import RepeatedAugmentationSampler, keep_rank_sharding
+from ..modeling.teacher_inputs import InputStats, input_stats
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .augmentation import AugmentationArguments
-from .teacher_inputs import input_stats
+from ..modeling.teacher_inputs import input_stats
 
 # PIL resampling filter ids (PIL.Image.Resampling and transformers' PILImageResampling agree).
 _PIL_INTERPOLATION = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}

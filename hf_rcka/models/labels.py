@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .errors import LabelError
+from ..errors import LabelError
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import logging
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from .config import DataArguments, DistillationTrainingArguments, ModelArguments
-from .data import load_raw_datasets
-from .errors import DataError, LabelError, ModelError, UserError
-from .labels import model_label_names, realign_teacher
-from .registry import LOSSES
+from ..config import DataArguments, DistillationTrainingArguments, ModelArguments
+from ..data.datasets import load_raw_datasets
+from ..errors import DataError, LabelError, ModelError, UserError
+from ..models.labels import model_label_names, realign_teacher
+from ..registry import LOSSES
 
 logger = logging.getLogger("hf_rcka")
 
@@ -34,7 +34,7 @@ def model_error(key: str) -> Iterator[None]:
 
 def student_labels(model_args: ModelArguments) -> list[str] | None:
     """A pretrained student's class names (from its config, no weights), or None for a new head."""
-    from .loading import _load_config, parse_model_source
+    from ..models.loading import _load_config, parse_model_source
 
     name = model_args.model_name_or_path
     if model_args.student_from_scratch or parse_model_source(name).kind != "pretrained":

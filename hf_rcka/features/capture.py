@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .features import hidden_states_of
+from .hidden_states import hidden_states_of
 
 logger = logging.getLogger(__name__)
 

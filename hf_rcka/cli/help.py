@@ -16,8 +16,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .config import DataArguments, DistillationTrainingArguments, ModelArguments
-from .registry import ADAPTERS, LOSSES, Registry
+from ..config import DataArguments, DistillationTrainingArguments, ModelArguments
+from ..registry import ADAPTERS, LOSSES, Registry
 
 USAGE = "usage: accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]   (--help losses, --debug)"
 _WIDTH = 100

@@ -25,8 +25,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .distributed import any_rank
-from .errors import DataError
+from ..distributed import any_rank
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .distributed import any_rank
+from ..distributed import any_rank
 
 logger = logging.getLogger(__name__)
 

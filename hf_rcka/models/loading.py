@@ -52,7 +52,7 @@ from transformers.models.auto.modeling_auto import (
 )
 from transformers.utils import is_torchvision_available
 
-from .registry import close_matches
+from ..registry import close_matches
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, ModelError, RecipeError
-from .labels import check_split_classes, class_folders
-from .registry import LOSSES, close_matches
+from ..errors import DataError, ModelError, RecipeError
+from ..models.labels import check_split_classes, class_folders
+from ..registry import LOSSES, close_matches
 
 _PATH_PREFIXES = (".", "/", "~")
 # HF model types whose position embeddings fix the input resolution (no interpolation in forward)
@@ -148,7 +148,7 @@ def _local_config(name: str) -> dict | None:
 
 def check_model_source(key: str, name: str) -> None:
     """A model name must be a local folder, a ``config:``/``timm/`` name, or a reachable Hub id."""
-    from .loading import parse_model_source
+    from ..models.loading import parse_model_source
 
     try:
         source = parse_model_source(name)
@@ -184,7 +184,7 @@ def _check_hub_id(key: str, name: str) -> None:
 
 def check_student_config(model_args: Any) -> None:
     """``config:`` types and override keys exist; ``image_size`` fits a ViT's patch grid."""
-    from .loading import _check_config_keys, _default_config
+    from ..models.loading import _check_config_keys, _default_config
 
     for key, name, overrides_key in (
         ("model_name_or_path", model_args.model_name_or_path, "student_config_overrides"),

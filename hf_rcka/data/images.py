@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from ..errors import DataError
 
 BACKGROUND = (255, 255, 255)
 _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")

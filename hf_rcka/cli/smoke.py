@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from .config import RecipeError, resolve_values
-from .loading import parse_model_source
+from ..config import RecipeError, resolve_values
+from ..models.loading import parse_model_source
 from .smoke_check import check_output
 from .smoke_data import SyntheticData, class_names, student_resolution, write_synthetic_dataset
 
@@ -240,8 +240,8 @@ def run_smoke_test(recipe: dict[str, Any]) -> dict[str, Any]:
         RecipeError: the recipe cannot run offline (names what is missing).
         RuntimeError: the run finished but its output is not a usable model folder.
     """
-    from . import cli
-    from .config import build_arguments
+    from . import main as cli
+    from ..config import build_arguments
 
     start = time.perf_counter()
     plan = plan_smoke_test(recipe)

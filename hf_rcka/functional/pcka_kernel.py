@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from .functional import _inverse_norm, _patch_rows, _trace, linear_cka
+from . import _inverse_norm, _patch_rows, _trace, linear_cka
 
 BACKENDS = ("auto", "kernel", "autograd")
 

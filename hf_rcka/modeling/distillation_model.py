@@ -21,11 +21,11 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .adapters import build_adapter
-from .feature_capture import HiddenStateCapture
-from .features import auto_feature_pairs, classifier_of, describe_hidden_states, pooled_dim, resolve_layer
-from .layout import FeatureSpec
-from .losses import DistillationLoss, LossContext, LossInputs
+from ..adapters import build_adapter
+from ..features.capture import HiddenStateCapture
+from ..features.hidden_states import auto_feature_pairs, classifier_of, describe_hidden_states, pooled_dim, resolve_layer
+from ..features.layout import FeatureSpec
+from ..losses import DistillationLoss, LossContext, LossInputs
 from .teacher_inputs import InputStats, TeacherInputTransform
 from .teacher_runtime import TeacherRuntime
 

@@ -18,9 +18,9 @@ from typing import Sequence
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
-from .bad_images import SkippedImages, SkippedImagesCallback
-from .card_facts import card_facts_of
-from .config import (
+from ..data.bad_images import SkippedImages, SkippedImagesCallback
+from ..trainer.card_facts import card_facts_of
+from ..config import (
     DataArguments,
     DistillationTrainingArguments,
     ModelArguments,
@@ -31,20 +31,20 @@ from .config import (
     parse_cli_overrides,
     resolve_values,
 )
-from .data import label_names, prepare_datasets
-from .errors import UserError
+from ..data.datasets import label_names, prepare_datasets
+from ..errors import UserError
 from .help import USAGE, losses_help, recipe_help
-from .interrupt import GracefulStop, Interrupted
-from .labels import run_label_order
-from .loading import load_image_classifier, load_image_processor
+from ..trainer.interrupt import GracefulStop, Interrupted
+from ..models.labels import run_label_order
+from ..models.loading import load_image_classifier, load_image_processor
 from .preflight import check_checkpoint, check_run
 from .probes import probe_student
 from .records import eval_record_dir, write_eval_record
-from .resume_hint import Stopped
+from ..trainer.resume_hint import Stopped
 from .run_inputs import align_teacher, load_data, model_error, student_labels
 from .smoke import run_smoke_test
-from .teacher_inputs import input_stats
-from .trainer import DistillationTrainer
+from ..modeling.teacher_inputs import input_stats
+from ..trainer.trainer import DistillationTrainer
 
 logger = logging.getLogger("hf_rcka")
 

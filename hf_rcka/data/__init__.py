@@ -1,0 +1,1 @@
+"""Image-classification data: datasets, decoding, transforms, augmentation, sampling, splits."""

@@ -1,0 +1,5 @@
+"""The model the Trainer trains: student + frozen teacher + adapters, and how the teacher runs."""
+
+from .distillation_model import DISTILLATION_STATE_NAME, DistillationModel, FeaturePair
+
+__all__ = ["DISTILLATION_STATE_NAME", "DistillationModel", "FeaturePair"]

@@ -1,0 +1,1 @@
+"""Image classifiers from Hub names, folders, timm names and configs; their labels and processors."""
