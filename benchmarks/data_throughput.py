@@ -73,7 +73,7 @@ def ours_loader(folder: Path, batch_size: int, workers: int, output_dir: str):
     from hf_rcka import DistillationTrainer, DistillationTrainingArguments
     from hf_rcka.config import DataArguments
     from hf_rcka.data.datasets import label_names, load_raw_datasets, prepare_datasets
-    from hf_rcka.models.loading import load_image_processor
+    from hf_rcka.models.processors import load_image_processor
 
     data_args = DataArguments(train_dir=str(folder), validation_dir=str(folder), **AUGMENTATION)
     raw = load_raw_datasets(data_args)

@@ -38,7 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_rcka.models.loading import LabelMaps, build_timm_classifier  # noqa: E402
+from hf_rcka.models.label_maps import LabelMaps  # noqa: E402
+from hf_rcka.models.timm_models import build_timm_classifier  # noqa: E402
 import hf_rcka.losses  # noqa: E402,F401  (registers the losses)
 from hf_rcka.registry import LOSSES  # noqa: E402
 from hf_rcka.modeling.distillation_model import DistillationModel  # noqa: E402

@@ -16,14 +16,10 @@ import timm
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification, TimmWrapperImageProcessor
 
-from hf_rcka.models.loading import (
-    LabelMaps,
-    load_image_classifier,
-    load_image_processor,
-    parse_model_source,
-    resize_image_processor,
-    resolve_labels,
-)
+from hf_rcka.models.label_maps import LabelMaps, resolve_labels
+from hf_rcka.models.loading import load_image_classifier
+from hf_rcka.models.processors import load_image_processor, resize_image_processor
+from hf_rcka.models.sources import parse_model_source
 
 LABELS = {0: "cat", 1: "dog", 2: "fox"}
 VIT = {"hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 72,
@@ -152,12 +148,31 @@ def test_timm_processor_without_model_comes_from_timms_registry() -> None:
 
 
 def test_timm_image_size_is_carried_by_the_saved_config(tmp_path) -> None:
-    model = load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True)
+    # the model records the size where it is built; the processor only reads the model's config
+    model = load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True, image_size=32)
     processor = load_image_processor("timm/resnet18", model, image_size=32)
     assert processor.data_config["input_size"] == (3, 32, 32)
     model.save_pretrained(tmp_path)
     reloaded = AutoImageProcessor.from_pretrained(tmp_path)  # timm processors live in config.json
     assert reloaded.data_config["input_size"] == (3, 32, 32)
+
+
+def test_timm_processor_image_size_leaves_the_model_config_alone(caplog) -> None:
+    model = load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True)
+    before = dict(model.config.pretrained_cfg)
+    with caplog.at_level("WARNING", logger="hf_rcka.models.processors"):
+        processor = load_image_processor("timm/resnet18", model, image_size=32)
+    assert processor.data_config["input_size"] == (3, 32, 32)
+    assert model.config.pretrained_cfg == before
+    assert "Pass image_size to load_image_classifier" in caplog.text  # the saved folder would differ
+
+
+def test_timm_checkpoint_reloaded_at_another_image_size(tmp_path) -> None:
+    load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True).save_pretrained(tmp_path)
+    model = load_image_classifier(str(tmp_path), image_size=(32, 48))
+    assert tuple(model.config.pretrained_cfg["input_size"]) == (3, 32, 48)
+    assert load_image_processor(str(tmp_path), model).data_config["input_size"] == (3, 32, 48)
+    assert tuple(AutoImageProcessor.from_pretrained(tmp_path).data_config["input_size"]) == (3, 224, 224)
 
 
 # --- save / reload ------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from hf_rcka.config import parse_recipe_file
-from hf_rcka.models.loading import load_image_classifier, load_image_processor
+from hf_rcka.models.loading import load_image_classifier
+from hf_rcka.models.processors import load_image_processor
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 DEIT = ["deit_from_regnet.yaml", "kd-deit_small_from_regnety160-imagenet.yaml",

@@ -8,7 +8,8 @@ from transformers import AutoImageProcessor
 
 from hf_rcka.data.augmentation import AugmentationArguments
 from hf_rcka.config import RecipeError, parse_arguments
-from hf_rcka.models.loading import load_image_classifier, load_image_processor
+from hf_rcka.models.loading import load_image_classifier
+from hf_rcka.models.processors import load_image_processor
 from hf_rcka.data.transforms import eval_transform, student_data_config, train_transform
 
 TINY_VIT = dict(hidden_size=36, num_hidden_layers=1, num_attention_heads=2, intermediate_size=40, image_size=16,
@@ -33,7 +34,7 @@ def non_square_images(count=4, seed=0):
 
 def saved_student(name, tmp_path):
     source, overrides = STUDENTS[name]
-    model = load_image_classifier(source, num_labels=3, from_scratch=True, config_overrides=overrides)
+    model = load_image_classifier(source, num_labels=3, from_scratch=True, config_overrides=overrides, image_size=16)
     processor = load_image_processor(source, model, image_size=16)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)

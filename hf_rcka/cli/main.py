@@ -36,7 +36,8 @@ from ..errors import UserError
 from .help import USAGE, losses_help, recipe_help
 from ..trainer.interrupt import GracefulStop, Interrupted
 from ..models.labels import run_label_order
-from ..models.loading import load_image_classifier, load_image_processor
+from ..models.loading import load_image_classifier
+from ..models.processors import load_image_processor
 from .preflight import check_checkpoint, check_run
 from .probes import probe_student
 from .records import eval_record_dir, write_eval_record
@@ -126,6 +127,7 @@ def _build_student(model_args: ModelArguments, labels: list[str]):
         from_scratch=model_args.student_from_scratch,
         config_overrides=model_args.student_config_overrides,
         trust_remote_code=model_args.trust_remote_code,
+        image_size=model_args.image_size,  # a timm student's saved config.json records it
     )
     student_processor = load_image_processor(
         model_args.model_name_or_path, student, trust_remote_code=model_args.trust_remote_code,

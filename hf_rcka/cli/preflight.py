@@ -148,7 +148,7 @@ def _local_config(name: str) -> dict | None:
 
 def check_model_source(key: str, name: str) -> None:
     """A model name must be a local folder, a ``config:``/``timm/`` name, or a reachable Hub id."""
-    from ..models.loading import parse_model_source
+    from ..models.sources import parse_model_source
 
     try:
         source = parse_model_source(name)
@@ -184,7 +184,7 @@ def _check_hub_id(key: str, name: str) -> None:
 
 def check_student_config(model_args: Any) -> None:
     """``config:`` types and override keys exist; ``image_size`` fits a ViT's patch grid."""
-    from ..models.loading import _check_config_keys, _default_config
+    from ..models.hf_config import check_config_keys, default_config
 
     for key, name, overrides_key in (
         ("model_name_or_path", model_args.model_name_or_path, "student_config_overrides"),
@@ -193,12 +193,12 @@ def check_student_config(model_args: Any) -> None:
         if not name or not name.startswith("config:"):
             continue
         try:
-            config = _default_config(name[len("config:"):].strip())
+            config = default_config(name[len("config:"):].strip())
         except ValueError as err:
             raise RecipeError(f"{key}: {err}") from None
         overrides = getattr(model_args, overrides_key) or {}
         try:
-            _check_config_keys(config, overrides)
+            check_config_keys(config, overrides)
         except ValueError as err:
             raise RecipeError(f"{overrides_key}: {err}") from None
         if key == "model_name_or_path":

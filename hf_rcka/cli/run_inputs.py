@@ -34,13 +34,14 @@ def model_error(key: str) -> Iterator[None]:
 
 def student_labels(model_args: ModelArguments) -> list[str] | None:
     """A pretrained student's class names (from its config, no weights), or None for a new head."""
-    from ..models.loading import _load_config, parse_model_source
+    from ..models.hf_config import load_config
+    from ..models.sources import parse_model_source
 
     name = model_args.model_name_or_path
     if model_args.student_from_scratch or parse_model_source(name).kind != "pretrained":
         return None
     with model_error("model_name_or_path"):
-        return model_label_names(_load_config(name, model_args.trust_remote_code))
+        return model_label_names(load_config(name, model_args.trust_remote_code))
 
 
 def load_data(data_args: DataArguments, seed: int):

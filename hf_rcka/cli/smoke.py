@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ..config import RecipeError, resolve_values
-from ..models.loading import parse_model_source
+from ..models.sources import parse_model_source
 from .smoke_check import check_output
 from .smoke_data import SyntheticData, class_names, student_resolution, write_synthetic_dataset
 

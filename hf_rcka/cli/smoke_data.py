@@ -127,7 +127,7 @@ def student_resolution(values: dict[str, Any], default: int) -> tuple[tuple[int,
     ``image_size`` wins, then ``image_size``/``img_size`` in ``student_config_overrides``, then the
     student's image processor (timm's data config, a config's default, a folder's file).
     """
-    from ..models.loading import load_image_processor
+    from ..models.processors import load_image_processor
     from ..modeling.teacher_inputs import input_stats
 
     overrides = values.get("student_config_overrides") or {}

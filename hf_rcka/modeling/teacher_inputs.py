@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.image_sizes import processor_output_size
+
 _UINT8_MAX = 255.0
 _MODES = ("bilinear", "bicubic", "nearest", "area")
 
@@ -89,23 +91,8 @@ def _hf_stats(processor: Any) -> InputStats:
     # pixel = (raw * r - mean) / std with raw = 255 * image01  ->  stats / (255 r) in image01 units
     rescale = processor.rescale_factor if getattr(processor, "do_rescale", True) else 1.0
     unit = _UINT8_MAX * float(rescale)
-    return InputStats(tuple(m / unit for m in mean), tuple(s / unit for s in std), _hf_output_size(processor))
-
-
-def _hf_output_size(processor: Any) -> tuple[int, int]:
-    size, crop = getattr(processor, "size", None) or {}, getattr(processor, "crop_size", None) or {}
-    if getattr(processor, "do_center_crop", False) and crop.get("height"):
-        return crop["height"], crop["width"]
-    if size.get("height") and size.get("width"):
-        return size["height"], size["width"]
-    if getattr(processor, "crop_pct", None) and size.get("shortest_edge"):
-        # ConvNeXt-style: resize to edge / crop_pct and crop a square of side edge (or warp to it)
-        return size["shortest_edge"], size["shortest_edge"]
-    raise ValueError(
-        f"cannot tell the output size of {type(processor).__name__} (size={dict(size)}, "
-        f"crop_size={dict(crop)}): it depends on each image's aspect ratio. Use a processor with a "
-        "fixed output size (height/width or a centre crop), or build InputStats by hand."
-    )
+    return InputStats(tuple(m / unit for m in mean), tuple(s / unit for s in std),
+                      processor_output_size(processor, fix=", or build InputStats by hand").hw)
 
 
 class TeacherInputTransform(nn.Module):

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from ..config import DataArguments
-from ..models.loading import parse_model_source
+from ..models.sources import parse_model_source
 
 # Settings that must agree for two runs to have been evaluated on the same images.
 SPLIT_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_val_split",

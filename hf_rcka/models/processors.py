@@ -1,0 +1,152 @@
+"""Image processors that prepare inputs the way a model expects them, at the run's resolution.
+
+* timm models: a ``TimmWrapperImageProcessor`` from the model's data config (``pretrained_cfg``),
+  offline. A saved timm model's processor is rebuilt from its ``config.json``, so the resolution
+  it is served at is recorded there when the model is built (``load_image_classifier``'s
+  ``image_size``), never by this module.
+* ``config:<model_type>``: that type's default processor class, at the config's ``image_size``.
+* Hub ids and folders: ``AutoImageProcessor.from_pretrained``.
+
+The default processor classes are read from transformers' ``IMAGE_PROCESSOR_MAPPING`` (what
+``AutoImageProcessor`` consults): transformers has no public call that gives a model type's
+processor class without a saved ``preprocessor_config.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from transformers import AutoImageProcessor, PreTrainedConfig, PreTrainedModel, TimmWrapperConfig
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+from transformers.utils import is_torchvision_available
+
+from .hf_config import default_config
+from .image_sizes import as_hw, processor_output_size
+from .sources import ModelSource, parse_model_source
+from .timm_models import resize_timm_data_config, timm_registry_cfg
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_SIZE = 224
+
+
+def load_image_processor(
+    name_or_path: str,
+    model: PreTrainedModel | None = None,
+    *,
+    trust_remote_code: bool = False,
+    image_size: int | tuple[int, int] | None = None,
+):
+    """The image processor that prepares inputs for ``model`` the way it expects them.
+
+    Reads the model's config and never changes it.
+
+    Args:
+        name_or_path: the same name given to ``load_image_classifier``.
+        model: the loaded model; its config decides sizes and the timm data config.
+        trust_remote_code: passed to ``AutoImageProcessor``.
+        image_size: output resolution to force (e.g. a CNN built from ``config:resnet`` trained at
+            32 px). A timm model's saved folder rebuilds its processor from the model's own data
+            config, so build the model with the same ``image_size`` (``load_image_classifier``);
+            a mismatch is logged.
+    """
+    source = parse_model_source(name_or_path)
+    config = model.config if model is not None else None
+    if isinstance(config, TimmWrapperConfig) or (source.kind == "timm" and config is None):
+        return _timm_processor(source, config, image_size)
+    if source.kind == "config":
+        processor = default_image_processor(config or default_config(source.name))
+    else:
+        processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    return resize_image_processor(processor, image_size) if image_size is not None else processor
+
+
+def _timm_processor(source: ModelSource, config: TimmWrapperConfig | None, image_size: Any):
+    from transformers import TimmWrapperImageProcessor
+
+    if image_size is not None and config is None:
+        raise ValueError("image_size for a timm model needs the model, whose config carries the input size")
+    if config is not None and getattr(config, "pretrained_cfg", None):
+        architecture, data_cfg = config.architecture, dict(config.pretrained_cfg)
+    else:
+        architecture = config.architecture if config is not None else source.name
+        data_cfg = timm_registry_cfg(architecture)
+    if image_size is not None:
+        data_cfg = _timm_at_size(data_cfg, image_size, architecture)
+    return TimmWrapperImageProcessor(pretrained_cfg=data_cfg, architecture=architecture)
+
+
+def _timm_at_size(data_cfg: dict[str, Any], image_size: Any, architecture: str) -> dict[str, Any]:
+    resized = resize_timm_data_config(data_cfg, image_size)
+    if tuple(resized["input_size"]) != tuple(data_cfg.get("input_size", ())) or data_cfg.get("crop_pct") != 1.0:
+        logger.warning(
+            "timm model %r records input_size %s in its config; its saved folder will preprocess at that "
+            "size, not %s. Pass image_size to load_image_classifier as well", architecture,
+            data_cfg.get("input_size"), resized["input_size"],
+        )
+    return resized
+
+
+def default_image_processor(config: PreTrainedConfig):
+    """The default processor class of a transformers model type, at the config's ``image_size``.
+
+    Configs without ``image_size`` (ResNet, RegNet) get 224, the ImageNet convention: the class
+    defaults differ (ConvNeXt's processor, which ResNet uses, defaults to 384).
+
+    Prefers the torchvision backend when installed, like ``AutoImageProcessor``, so that the saved
+    processor reloads as the same class.
+    """
+    mapping = IMAGE_PROCESSOR_MAPPING[type(config)] if type(config) in IMAGE_PROCESSOR_MAPPING else {}
+    processor_class = _pick_backend(mapping)
+    if processor_class is None:
+        raise ValueError(f"transformers has no default image processor for model type {config.model_type!r}")
+    image_size = getattr(config, "image_size", None) or DEFAULT_IMAGE_SIZE
+    return resize_image_processor(processor_class(), image_size)
+
+
+def _pick_backend(mapping: Mapping[str, Any]) -> type | None:
+    order = ("torchvision", "pil") if is_torchvision_available() else ("pil", "torchvision")
+    for backend in order + tuple(k for k in mapping if k not in ("torchvision", "pil")):
+        candidate = mapping.get(backend)
+        if isinstance(candidate, type) and not getattr(candidate, "is_dummy", False):
+            return candidate
+    return None
+
+
+def resize_image_processor(processor, image_size: int | tuple[int, int]):
+    """A copy of a transformers image processor whose output is ``image_size`` (height, width).
+
+    A processor that resizes then centre-crops keeps its resize-to-crop ratio (DeiT: 256 -> 224
+    becomes 37 -> 32); ConvNeXt-style ``shortest_edge`` + ``crop_pct`` becomes that edge; a plain
+    ``height``/``width`` resize is replaced.
+
+    Raises:
+        ValueError: a processor whose output size depends on the image (no crop, shortest edge),
+            or a non-square size for a shortest-edge processor.
+    """
+    height, width = as_hw(image_size)
+    fix = "; save one next to the model and load that folder"
+    current = processor_output_size(processor, fix=fix)
+    state = processor.to_dict()
+    if current.rule == "crop_size":
+        state["crop_size"] = {"height": height, "width": width}
+        state["size"] = _scaled_size(dict(state.get("size") or {}), height / current.height, width / current.width)
+    elif current.rule == "shortest_edge":
+        if height != width:
+            raise ValueError(
+                f"{type(processor).__name__} crops a square (shortest_edge with crop_pct): it cannot output "
+                f"{height} x {width}; use a square image_size"
+            )
+        state["size"] = {"shortest_edge": height}
+    else:
+        state["size"] = {"height": height, "width": width}
+    return type(processor).from_dict(state)
+
+
+def _scaled_size(size: dict, scale_h: float, scale_w: float) -> dict[str, int]:
+    if size.get("height"):
+        return {"height": round(size["height"] * scale_h), "width": round(size["width"] * scale_w)}
+    if size.get("shortest_edge"):
+        return {"shortest_edge": round(size["shortest_edge"] * min(scale_h, scale_w))}
+    raise ValueError(f"cannot scale image processor size {size}")

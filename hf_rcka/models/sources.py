@@ -1,0 +1,76 @@
+"""What a recipe's model name refers to: a Hub id or folder, a timm architecture, or a config.
+
+A recipe names a model in one of three forms:
+
+* a Hub id or a local folder written by ``save_pretrained``;
+* ``timm/<architecture>``, a timm model (tag included, e.g. ``timm/resnet18.a1_in1k``);
+* ``config:<model_type>`` (hf_rcka's own form), a transformers architecture built from its
+  default config with random weights. It needs no Hub, so tests and tiny experiments run offline.
+
+Parsing is kept apart from loading so that recipe checks (preflight, the smoke test, the model
+card) can classify a name without importing or building anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+CONFIG_PREFIX = "config:"
+TIMM_PREFIX = "timm/"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model name refers to.
+
+    Attributes:
+        kind: ``"config"`` (a transformers model type), ``"timm"`` (a timm architecture) or
+            ``"pretrained"`` (a Hub id or a local folder).
+        name: the model type, the timm architecture (tag included, e.g. ``resnet18.a1_in1k``), or
+            the Hub id / folder as given.
+    """
+
+    kind: Literal["config", "timm", "pretrained"]
+    name: str
+
+
+def parse_model_source(name_or_path: str) -> ModelSource:
+    """Classify a recipe's model name; an existing local folder always wins over the prefixes.
+
+    Raises:
+        FileNotFoundError: the name is neither an existing folder nor shaped like a Hub id
+            (``owner/name``), so it can only be a mistyped path.
+        NotADirectoryError: the name is a file (e.g. a ``.safetensors``), not a model folder.
+        ValueError: an empty name, or a prefix with nothing after it.
+    """
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ValueError(f"a model name must be a non-empty string, got {name_or_path!r}")
+    if os.path.isdir(name_or_path):
+        return ModelSource("pretrained", name_or_path)
+    if name_or_path.startswith(CONFIG_PREFIX):
+        return ModelSource("config", _suffix(name_or_path, CONFIG_PREFIX, "config:vit"))
+    if name_or_path.startswith(TIMM_PREFIX):
+        return ModelSource("timm", _suffix(name_or_path, TIMM_PREFIX, "timm/resnet18"))
+    if os.path.exists(name_or_path):
+        raise NotADirectoryError(
+            f"{name_or_path!r} is a file; pass the folder that save_pretrained wrote (with config.json)"
+        )
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"model {name_or_path!r}: no such local folder, and it is not a Hub id (owner/name). "
+            "Check the path, or use 'timm/<architecture>' or 'config:<model_type>'."
+        ) from None
+    return ModelSource("pretrained", name_or_path)
+
+
+def _suffix(name: str, prefix: str, example: str) -> str:
+    rest = name[len(prefix):].strip()
+    if not rest:
+        raise ValueError(f"{name!r} names no model after {prefix!r}; e.g. {example!r}")
+    return rest

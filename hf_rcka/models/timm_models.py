@@ -1,0 +1,188 @@
+"""timm models inside transformers' ``TimmWrapperForImageClassification``, and their data config.
+
+The wrapper lets a trained timm student load again with ``AutoModelForImageClassification`` and
+no hf_rcka. Two traps shape this module:
+
+* ``TimmWrapperForImageClassification`` re-initialises every weight with transformers' generic
+  init when it is built from a config, which throws away timm's own initialisation
+  (zero-initialised last BatchNorm of each residual block, truncated-normal ViT weights...).
+  timm students are therefore created with ``timm.create_model`` and put into a wrapper built on
+  the meta device.
+* ``AutoImageProcessor`` rebuilds a saved timm model's processor from the data config in its
+  ``config.json`` (``pretrained_cfg``; ``TimmWrapperImageProcessor.save_pretrained`` writes
+  nothing). Every wrapper built here carries a data config that matches the model actually built
+  (a smaller ``img_size``, the run's ``image_size``), resolved once when the model is built.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Mapping
+
+import torch
+from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+from ..registry import close_matches
+from .image_sizes import as_hw
+from .label_maps import LabelMaps
+
+logger = logging.getLogger(__name__)
+
+# timm.create_model arguments that load_image_classifier owns: a recipe must not set them.
+_TIMM_RESERVED_ARGS = {
+    "pretrained": "timm students are built with random weights here; name the Hub checkpoint instead",
+    "num_classes": "pass num_labels (or id2label) instead",
+    "checkpoint_path": "save the checkpoint with save_pretrained and pass its folder instead",
+    "pretrained_cfg": "use pretrained_cfg_overlay to change the data config",
+    "features_only": "an image classifier needs its head",
+}
+# Entries of timm's pretrained_cfg that say where pretrained weights come from. A model built with
+# random weights keeps the data config (mean, std, input_size...) but not this provenance.
+_TIMM_PROVENANCE_KEYS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "custom_load")
+
+
+def build_timm_classifier(
+    architecture: str,
+    labels: LabelMaps | None = None,
+    model_args: dict | None = None,
+    base_pretrained_cfg: Mapping[str, Any] | None = None,
+    image_size: int | tuple[int, int] | None = None,
+) -> TimmWrapperForImageClassification:
+    """A timm model with timm's own random initialisation, inside the transformers wrapper.
+
+    The timm model is created first, so under a fixed seed its weights equal
+    ``timm.create_model(architecture, pretrained=False, num_classes=n, **model_args)``; the wrapper
+    (which would re-initialise with transformers' init) is built on the meta device, with no
+    memory and no second set of random weights, and then holds that timm model.
+
+    Args:
+        architecture: timm model name, optionally with a pretrained tag (``resnet18.a1_in1k``);
+            the tag selects timm's data config, no weights are downloaded.
+        labels: label maps; None keeps timm's default number of classes.
+        model_args: extra ``timm.create_model`` keyword arguments, saved as ``model_args``.
+        base_pretrained_cfg: data config to start from (e.g. a saved folder's); default timm's.
+        image_size: input resolution to record in the data config (see ``resize_timm_data_config``).
+    """
+    model_args = dict(model_args or {})
+    timm_model = _create_timm_model(architecture, labels, model_args)
+    labels = labels or LabelMaps.default(timm_model.num_classes)
+    data_cfg = timm_data_config(base_pretrained_cfg or timm_model.pretrained_cfg, model_args)
+    if image_size is not None:
+        data_cfg = resize_timm_data_config(data_cfg, image_size)
+    config = TimmWrapperConfig(
+        architecture=architecture, model_args=model_args, pretrained_cfg=data_cfg,
+        id2label=dict(labels.id2label), label2id=dict(labels.label2id),
+    )
+    with torch.device("meta"):  # half the CPU time of building and initialising it for real
+        wrapper = TimmWrapperForImageClassification(config)
+    wrapper.timm_model = timm_model
+    return wrapper
+
+
+def _create_timm_model(architecture: str, labels: LabelMaps | None, model_args: dict) -> torch.nn.Module:
+    import timm
+
+    check_timm_args(architecture, model_args)
+    kwargs = dict(model_args)
+    if labels is not None:
+        kwargs["num_classes"] = labels.num_labels
+    try:
+        return timm.create_model(architecture, pretrained=False, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" not in str(err):
+            raise
+        base = architecture.split(".")[0]
+        raise ValueError(
+            f"unknown timm architecture {architecture!r}; {close_matches(base, timm.list_models())}"
+        ) from None
+    except TypeError as err:
+        raise ValueError(
+            f"timm architecture {architecture!r} rejected config_overrides {sorted(model_args)}: {err}"
+        ) from None
+
+
+def timm_with_overrides(
+    config: TimmWrapperConfig, overrides: dict, image_size: int | tuple[int, int] | None = None
+) -> TimmWrapperConfig:
+    """A copy of a timm checkpoint's config with ``timm.create_model`` arguments as overrides.
+
+    Overrides of a timm checkpoint are ``model_args``, not config fields. The copy also carries a
+    ``pretrained_cfg`` that matches those arguments (and ``image_size``): without one,
+    ``AutoImageProcessor`` could not load the folder this model is saved to.
+    """
+    model_args = {**saved_model_args(config), **overrides}
+    check_timm_args(config.architecture, model_args)
+    config = copy.deepcopy(config)
+    config.model_args = model_args
+    base = getattr(config, "pretrained_cfg", None)
+    if not base:
+        try:
+            base = timm_registry_cfg(config.architecture)
+        except ValueError:
+            logger.warning("timm model %r has no pretrained_cfg: its saved folder will lack an image "
+                           "processor", config.architecture)
+            return config
+    data_cfg = timm_data_config(base, model_args)
+    config.pretrained_cfg = data_cfg if image_size is None else resize_timm_data_config(data_cfg, image_size)
+    return config
+
+
+def saved_model_args(config: TimmWrapperConfig) -> dict[str, Any]:
+    """A checkpoint's ``model_args`` without ``num_classes``.
+
+    timm's own ``save_for_hf`` stores ``num_classes`` there too; the wrapper passes the config's
+    ``num_labels`` as well, which would make ``timm.create_model`` fail on the duplicate.
+    """
+    return {k: v for k, v in (config.model_args or {}).items() if k != "num_classes"}
+
+
+def check_timm_args(architecture: str, model_args: Mapping[str, Any]) -> None:
+    """Arguments ``load_image_classifier`` sets itself are errors in a recipe's overrides."""
+    for key, hint in _TIMM_RESERVED_ARGS.items():
+        if key in model_args:
+            raise ValueError(f"config_overrides for timm model {architecture!r} sets {key!r}: {hint}")
+
+
+def timm_data_config(base: Mapping[str, Any], model_args: Mapping[str, Any]) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` for a model built with ``model_args``.
+
+    Keeps the data config (mean, std, crop_pct, interpolation...), drops where pretrained weights
+    would come from, and sets ``input_size`` from ``img_size`` / ``in_chans`` overrides: timm
+    does not, and ``TimmWrapperImageProcessor`` would otherwise resize to the original size.
+    """
+    cfg = {k: v for k, v in dict(base).items() if v is not None and k not in _TIMM_PROVENANCE_KEYS}
+    channels, height, width = cfg.get("input_size", (3, 224, 224))
+    if "in_chans" in model_args:
+        channels = int(model_args["in_chans"])
+    if "img_size" in model_args:
+        height, width = as_hw(model_args["img_size"])
+        cfg.pop("test_input_size", None)
+    cfg["input_size"] = (int(channels), int(height), int(width))
+    return cfg
+
+
+def resize_timm_data_config(data_cfg: Mapping[str, Any], image_size: int | tuple[int, int]) -> dict[str, Any]:
+    """A copy of a timm data config whose processor outputs ``image_size`` (height, width).
+
+    Only the preprocessing changes (the architecture keeps its ``img_size``; set that in
+    ``config_overrides`` to change a ViT's patch grid). ``crop_pct`` becomes 1.0: the image is
+    resized to the training resolution, not cropped from a larger one.
+    """
+    height, width = as_hw(image_size)
+    channels = tuple(data_cfg.get("input_size", (3,)))[0]
+    return {**dict(data_cfg), "input_size": (int(channels), height, width), "crop_pct": 1.0}
+
+
+def timm_registry_cfg(architecture: str) -> dict[str, Any]:
+    """timm's own data config for an architecture (its registry entry, offline).
+
+    Raises:
+        ValueError: timm has no data config for it.
+    """
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(architecture)
+    if cfg is None:
+        raise ValueError(f"timm has no data config for {architecture!r}; load the model first and pass it")
+    return timm_data_config(cfg.to_dict(), {})
