@@ -107,6 +107,20 @@ def test_resize_image_processor_keeps_resize_to_crop_ratio() -> None:
     assert (small.size["height"], small.crop_size["height"]) == (37, 32)
 
 
+@pytest.mark.parametrize(("name", "size"), [("config:deit", (32, 48)), ("config:vit", (24, 40)),
+                                            ("config:convnext", (32, 32))])
+def test_resized_processor_reads_back_at_its_size(name: str, size: tuple[int, int]) -> None:
+    from hf_rcka.modeling.teacher_inputs import input_stats
+
+    resized = resize_image_processor(load_image_processor(name), size)
+    assert input_stats(resized).size == size  # one parser decides both: resizing and reading back
+
+
+def test_resize_refuses_a_size_the_processor_cannot_output() -> None:
+    with pytest.raises(ValueError, match="square"):
+        resize_image_processor(load_image_processor("config:convnext"), (32, 48))
+
+
 # --- timm: timm's own initialisation, data config ----------------------------------------------
 
 

@@ -71,7 +71,7 @@ def default_config(model_type: str) -> PreTrainedConfig:
 
 
 def with_overrides(config: PreTrainedConfig, overrides: dict) -> PreTrainedConfig:
-    """A copy of ``config`` rebuilt with ``overrides`` (checked with ``check_config_keys``).
+    """A copy of ``config`` rebuilt with ``overrides`` (checked); ``config`` itself when there are none.
 
     Rebuilding (rather than setattr) lets configs recompute derived fields, e.g. ResNet's
     ``stage_names`` from ``depths``. Configs that are not dataclasses (remote code) cannot tell
