@@ -80,7 +80,7 @@ def test_each_loss_term_is_logged_next_to_the_total(tmp_path):
     trainer.train()
     train_logs = [e for e in trainer.state.log_history if "loss" in e]
     eval_logs = [e for e in trainer.state.log_history if "eval_loss" in e]
-    names = ["ce", "rcka", "fitnet", "srd", "kernel_transfer"]
+    names = ["ce", "rcka_intra", "rcka_inter", "fitnet", "srd", "kernel_transfer"]
     for entry in train_logs:
         assert all(f"{n}_loss" in entry for n in names)
         assert all(torch.isfinite(torch.tensor(entry[f"{n}_loss"])) for n in names)
