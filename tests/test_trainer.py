@@ -90,6 +90,35 @@ def test_each_loss_term_is_logged_next_to_the_total(tmp_path):
     assert "eval_accuracy" in eval_logs[-1]
 
 
+def test_build_losses_gives_ce_the_trainer_label_smoothing_unless_the_recipe_sets_its_own():
+    from hf_rcka.trainer.trainer import build_losses
+
+    ce, deit = build_losses([{"name": "ce"}, {"name": "deit_token", "weight": 0.5}], label_smoothing=0.1)
+    assert ce.label_smoothing == 0.1 and deit.weight == 0.5 and not hasattr(deit, "label_smoothing")
+    (own,) = build_losses([{"name": "ce", "label_smoothing": 0.2}], label_smoothing=0.1)
+    assert own.label_smoothing == 0.2
+    (plain,) = build_losses([{"name": "ce"}], label_smoothing=0.0)
+    assert plain.label_smoothing is None
+
+
+def test_epoch_end_reaches_every_loss_with_the_epoch_number():
+    from types import SimpleNamespace
+
+    from hf_rcka import LOSSES
+    from hf_rcka.trainer.trainer import _EpochEndCallback
+
+    seen = []
+
+    class Recorder(LOSSES.get("kd")):
+        def on_epoch_end(self, epoch):
+            seen.append((self.temperature, epoch))
+
+    callback = _EpochEndCallback([Recorder(temperature=2.0), LOSSES.build("ce"), Recorder(temperature=3.0)])
+    callback.on_epoch_end(None, SimpleNamespace(epoch=2.0), None)
+    callback.on_epoch_end(None, SimpleNamespace(epoch=2.4), None)  # max_steps ended the third epoch early
+    assert seen == [(2.0, 2), (3.0, 2), (2.0, 3), (3.0, 3)]
+
+
 def _one_step_params(tmp_path, name, batch, accumulation):
     args = make_args(
         tmp_path, name, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,

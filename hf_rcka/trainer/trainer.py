@@ -51,13 +51,8 @@ def default_losses(has_teacher: bool) -> list[dict[str, Any]]:
 
 
 def build_losses(specs: Sequence[dict[str, Any]], label_smoothing: float = 0.0) -> list[DistillationLoss]:
-    """Instantiate validated loss specs.
-
-    ``label_smoothing`` (``TrainingArguments.label_smoothing_factor``) is the value a loss that
-    takes a ``label_smoothing`` option (``ce``) gets when its spec sets none, so recipes written
-    for plain ``Trainer`` behave the same. The spec carries it before building: the module is
-    constructed with the value it computes with.
-    """
+    """Instantiate validated loss specs; a loss taking ``label_smoothing`` (``ce``) whose spec sets
+    none is built with ``label_smoothing`` (``label_smoothing_factor``, as plain ``Trainer`` uses)."""
     specs = [_with_label_smoothing(spec, label_smoothing) for spec in validate_losses(list(specs))]
     return [LOSSES.build(spec["name"], **{k: v for k, v in spec.items() if k != "name"}) for spec in specs]
 
@@ -74,12 +69,7 @@ def _stats_or_none(processor: Any) -> InputStats | None:
 
 
 class _EpochEndCallback(TrainerCallback):
-    """Tells every loss that an epoch ended (EKT swaps in its per-epoch class centres).
-
-    Args:
-        losses: the ``DistillationModel``'s loss modules (the same objects for the whole run:
-            checkpoints load into them in place).
-    """
+    """Tells every loss (the model's loss modules, loaded in place on resume) that an epoch ended."""
 
     def __init__(self, losses: Iterable[DistillationLoss]) -> None:
         self.losses = losses
