@@ -1,4 +1,4 @@
-"""What every loss sees (``LossInputs``) and the small base class the registered losses share.
+"""What every loss sees (``LossInputs``), the base class losses share, and where weights apply.
 
 Losses see tensors only. The ``DistillationModel`` runs student and teacher, picks hidden states,
 applies adapters and hands the results over in one ``LossInputs``; a loss declares which of its
