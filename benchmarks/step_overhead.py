@@ -129,8 +129,7 @@ def make_step(variant: str, teacher, student, size: int, batch: int, device: tor
         opt = _optimizer(model.parameters())
 
         def forward(x, y):
-            terms = model(pixel_values=x, labels=y).loss_terms
-            return torch.stack([model.losses[n].weight * v for n, v in terms.items()]).sum()
+            return model(pixel_values=x, labels=y).loss
 
     def step() -> None:
         x = torch.randn(batch, 3, size, size, device=device)

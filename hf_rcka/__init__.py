@@ -1,7 +1,8 @@
 """hf_rcka: knowledge distillation for vision transformers and CNNs on the Hugging Face Trainer.
 
-The math (``hf_rcka.functional``) and the loss registry import quickly; the trainer, model wrapper
-and argument classes load ``transformers.Trainer`` and are imported on first use.
+The math (``hf_rcka.functional``) and the registries import quickly: importing ``hf_rcka`` fills
+``LOSSES`` and ``ADAPTERS`` with everything a recipe can name. The trainer, model wrapper and
+argument classes load ``transformers.Trainer`` and are imported on first use.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import adapters as _adapters  # noqa: F401  (registers the adapters)
 from . import functional
 from .losses import LossInputs
 from .registry import ADAPTERS, LOSSES

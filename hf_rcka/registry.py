@@ -52,9 +52,9 @@ class Registry:
 
     def option_names(self, name: str) -> list[str]:
         """Keyword options the class's constructor accepts (what a recipe may set)."""
-        params = inspect.signature(self.get(name).__init__).parameters
-        return [p for p in params if p != "self" and params[p].kind is inspect.Parameter.KEYWORD_ONLY
-                or (p != "self" and params[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        params = inspect.signature(self.get(name).__init__).parameters.values()
+        return [p.name for p in params if p.name != "self" and p.kind in named]
 
     def check_options(self, name: str, options: dict[str, Any], reserved: tuple[str, ...] = ()) -> None:
         """Raise a ValueError naming any option the class does not take."""

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from hf_rcka import functional as fn
 from hf_rcka.functional import pcka_kernel
+from hf_rcka.functional.cka import _gram_form_is_cheaper
 
 DOUBLE = torch.float64
 
@@ -110,7 +111,7 @@ def related_pair(n: int = 17, p: int = 36, q: int = 7, seed: int = 0) -> tuple[t
 )
 def test_linear_cka_matches_naive_reference_on_both_paths(n, p, q, gram_path, center):
     # The shapes force the path; check that they really do.
-    assert fn._gram_form_is_cheaper(n, p, q) is gram_path
+    assert _gram_form_is_cheaper(n, p, q) is gram_path
     x, y = related_pair(n, p, q, seed=n)
     got = fn.linear_cka(x, y, center=center)
     want = naive_linear_cka(x, y, center=center)
@@ -747,3 +748,34 @@ def test_srd_correlation_matches_formula():
     torch.testing.assert_close(fn.srd_correlation(s, t), want)
     with pytest.raises(ValueError, match=r"\(5, 24\).*\(4, 24\)"):
         fn.srd_correlation(s, t[:4])
+
+
+def _sibling_imports(path) -> set[str]:
+    """Modules of hf_rcka.functional that ``path`` imports (``from .x import ...`` or ``from . import x``)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {alias.name for alias in node.names}
+    return found
+
+
+def test_functional_modules_import_each_other_without_a_cycle():
+    from pathlib import Path
+
+    package = Path(fn.__file__).parent
+    graph = {p.stem: _sibling_imports(p) for p in package.glob("*.py") if p.stem != "__init__"}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle in hf_rcka.functional: {' -> '.join(path + (name,))}"
+        if name not in done:
+            for imported in graph.get(name, ()):
+                visit(imported, path + (name,))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())
+    assert {"cka", "patch", "pcka_kernel", "nystrom", "kd", "numerics"} <= set(graph)
+    assert all(hasattr(fn, name) for name in fn.__all__)

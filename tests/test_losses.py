@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_rcka import LOSSES, LossInputs, functional
-from hf_rcka.losses import LossContext
+from hf_rcka.losses import LossContext, weigh_terms
 
 B, P, TOKENS, WIDTH, POOLED_S, POOLED_T = 5, 3, 17, 36, 36, 24
 MAP = (B, 4, 8, 12)
@@ -184,6 +184,11 @@ CASES: dict[str, Case] = {
 }
 
 
+def total(loss: torch.nn.Module, inputs: LossInputs) -> torch.Tensor:
+    """The loss's terms on ``inputs``, weighted by its ``term_weights`` and summed (as DistillationModel does)."""
+    return weigh_terms(loss(inputs), loss.term_weights)[0]
+
+
 def build(name: str, dtype: torch.dtype = torch.float32, **options) -> torch.nn.Module:
     case = CASES[name]
     loss = LOSSES.build(name, **{**case.options, **options})
@@ -253,10 +258,12 @@ def test_expected_losses_are_registered():
 def test_loss_is_a_finite_float32_scalar(name):
     loss = build(name)
     inputs = cast(CASES[name].make_inputs(0), torch.float32)
-    value = loss(inputs)
-    assert value.dim() == 0 and value.dtype == torch.float32
-    assert math.isfinite(value.item())
-    assert value.item() != 0.0  # different student and teacher: a real, non-trivial value
+    terms = loss(inputs)
+    assert terms and set(terms) <= set(loss.term_weights)
+    for value in (*terms.values(), total(loss, inputs)):
+        assert value.dim() == 0 and value.dtype == torch.float32
+        assert math.isfinite(value.item())
+        assert value.item() != 0.0  # different student and teacher: a real, non-trivial value
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -267,7 +274,7 @@ def test_gradcheck_float64_on_student_inputs(name):
     students = tuple(t.clone().requires_grad_() for t in student_tensors(inputs, case.student_fields))
 
     def run(*tensors):
-        return loss(with_students(inputs, case.student_fields, tensors))
+        return total(loss, with_students(inputs, case.student_fields, tensors))
 
     assert run(*students).dtype == DOUBLE
     assert torch.autograd.gradcheck(run, students, eps=1e-6, atol=1e-6, rtol=1e-4)
@@ -279,8 +286,8 @@ def test_gradcheck_float64_on_student_inputs(name):
 def test_bf16_inputs_give_float32_accurate_values(name):
     loss = build(name)
     inputs_bf16 = cast(CASES[name].make_inputs(2), torch.bfloat16)
-    got = loss(inputs_bf16)
-    want = loss(cast(inputs_bf16, torch.float32))  # the same rounded values, in float32
+    got = total(loss, inputs_bf16)
+    want = total(loss, cast(inputs_bf16, torch.float32))  # the same rounded values, in float32
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
 
@@ -290,7 +297,7 @@ def test_shape_mismatch_errors_name_the_shapes(name):
     loss = build(name)
     inputs, pattern = CASES[name].mismatch()
     with pytest.raises(ValueError, match=pattern):
-        loss(cast(inputs, torch.float32))
+        total(loss, cast(inputs, torch.float32))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -302,7 +309,7 @@ def test_missing_required_input_is_a_clear_error(name):
         empty = () if field_name.endswith("features") else None
         pattern = "distillation head" if field_name == "distillation_logits" else field_name
         with pytest.raises(ValueError, match=pattern):
-            loss(replace(inputs, **{field_name: empty}))
+            total(loss, replace(inputs, **{field_name: empty}))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -332,8 +339,8 @@ def student_is_teacher(name: str) -> LossInputs:
 @pytest.mark.parametrize("name", ["rcka", "feature_cka", "patch_cka", "fitnet", "kd"])
 def test_zero_when_student_equals_teacher(name):
     loss = build(name, DOUBLE)
-    assert loss(CASES[name].make_inputs(3)).item() > 1e-3
-    assert abs(loss(student_is_teacher(name)).item()) < 1e-10
+    assert total(loss, CASES[name].make_inputs(3)).item() > 1e-3
+    assert abs(total(loss, student_is_teacher(name)).item()) < 1e-10
 
 
 def test_kernel_transfer_is_zero_when_features_and_centres_match():
@@ -342,9 +349,9 @@ def test_kernel_transfer_is_zero_when_features_and_centres_match():
     loss.teacher_centres = loss.student_centres.clone()
     inputs = CASES["kernel_transfer"].make_inputs(3)
     inputs = replace(inputs, teacher_pooled=inputs.student_pooled.clone())
-    assert loss(inputs).item() == 0.0
+    assert total(loss, inputs).item() == 0.0
     loss.teacher_centres = randn(P, POOLED_S, seed=9)
-    assert loss(inputs).item() > 1e-3
+    assert total(loss, inputs).item() > 1e-3
 
 
 def test_srd_distance_is_minimal_when_projection_equals_teacher():
@@ -373,26 +380,59 @@ def centered_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def test_rcka_matches_weighted_intra_and_inter_terms():
     inputs = logit_inputs(4)
     s, t = inputs.student_logits, inputs.teacher_logits
-    got = build("rcka", DOUBLE, intra_weight=2.0, inter_weight=7.0)(inputs)
+    got = total(build("rcka", DOUBLE, intra_weight=2.0, inter_weight=7.0), inputs)
     want = 2.0 * (1 - centered_cka(s, t)) + 7.0 * (1 - centered_cka(s.T, t.T))
     torch.testing.assert_close(got, want)
-    only_inter = build("rcka", DOUBLE, intra_weight=0.0, inter_weight=7.0)(inputs)
+    only_inter = total(build("rcka", DOUBLE, intra_weight=0.0, inter_weight=7.0), inputs)
     torch.testing.assert_close(only_inter, 7.0 * (1 - centered_cka(s.T, t.T)))
+
+
+def test_rcka_returns_intra_and_inter_terms_apart_with_their_weights():
+    inputs = logit_inputs(4)
+    s, t = inputs.student_logits, inputs.teacher_logits
+    loss = build("rcka", DOUBLE, weight=0.5, intra_weight=2.0, inter_weight=7.0)
+    terms = loss(inputs)
+    assert set(terms) == {"rcka_intra", "rcka_inter"}
+    torch.testing.assert_close(terms["rcka_intra"], 1 - centered_cka(s, t))
+    torch.testing.assert_close(terms["rcka_inter"], 1 - centered_cka(s.T, t.T))
+    assert loss.term_weights == {"rcka_intra": 1.0, "rcka_inter": 3.5}
+    assert set(build("rcka", DOUBLE, intra_weight=0.0)(inputs)) == {"rcka_inter"}  # a 0-weight term is skipped
+    with pytest.raises(ValueError, match="both 0"):
+        LOSSES.build("rcka", intra_weight=0.0, inter_weight=0.0)
+
+
+def test_weigh_terms_is_the_weighted_sum_and_needs_a_weight_for_every_term():
+    terms = {"a": torch.tensor(2.0), "b": torch.tensor(3.0)}
+    total_loss, weighted = weigh_terms(terms, {"a": 0.5, "b": 4.0, "unused": 9.0})
+    assert weighted == {"a": 1.0, "b": 12.0} and total_loss.item() == 13.0
+    with pytest.raises(KeyError, match="'b'"):
+        weigh_terms(terms, {"a": 1.0})
+    with pytest.raises(ValueError, match="no loss terms"):
+        weigh_terms({}, {"a": 1.0})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_loss_takes_the_epoch_end(name):
+    loss = build(name)
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    loss.on_epoch_end(1)  # declared on the base class: stateless losses do nothing
+    if name != "kernel_transfer":
+        assert all(torch.equal(before[k], v) for k, v in loss.state_dict().items())
 
 
 def test_rcka_ignores_the_logit_scale_unlike_kd():
     inputs = logit_inputs(5)
     scaled = replace(inputs, student_logits=10.0 * inputs.student_logits)
     rcka, kd = build("rcka", DOUBLE), build("kd", DOUBLE)
-    torch.testing.assert_close(rcka(scaled), rcka(inputs))
-    assert abs(kd(scaled).item() - kd(inputs).item()) > 1e-2
+    torch.testing.assert_close(total(rcka, scaled), total(rcka, inputs))
+    assert abs(total(kd, scaled).item() - total(kd, inputs).item()) > 1e-2
 
 
 def test_rcka_reference_mode_and_rbf_kernel_run():
     inputs = logit_inputs(6)
-    reference = build("rcka", DOUBLE, center=False, row_normalize=True)(inputs)
-    default = build("rcka", DOUBLE)(inputs)
-    rbf = build("rcka", DOUBLE, kernel="rbf")(inputs)
+    reference = total(build("rcka", DOUBLE, center=False, row_normalize=True), inputs)
+    default = total(build("rcka", DOUBLE), inputs)
+    rbf = total(build("rcka", DOUBLE, kernel="rbf"), inputs)
     for value in (reference, rbf):
         assert math.isfinite(value.item()) and value.item() > 0
     assert abs(reference.item() - default.item()) > 1e-4
@@ -402,7 +442,7 @@ def test_rcka_reference_mode_and_rbf_kernel_run():
 
 def test_feature_cka_sums_pairs_of_flattened_features():
     inputs = token_and_map_inputs(7)
-    got = build("feature_cka", DOUBLE)(inputs)
+    got = total(build("feature_cka", DOUBLE), inputs)
     want = sum(
         1 - centered_cka(s.flatten(1), t.flatten(1)) for s, t in zip(inputs.student_features, inputs.teacher_features)
     )
@@ -413,23 +453,23 @@ def test_feature_count_mismatch_is_a_clear_error():
     inputs = token_and_map_inputs(8)
     for name in ("feature_cka", "fitnet", "patch_cka"):
         with pytest.raises(ValueError, match="2 student features and 1 teacher"):
-            build(name)(cast(replace(inputs, teacher_features=inputs.teacher_features[:1]), torch.float32))
+            total(build(name), cast(replace(inputs, teacher_features=inputs.teacher_features[:1]), torch.float32))
 
 
 def test_patch_cka_loss_is_one_minus_mean_channel_cka_summed_over_pairs():
     inputs = aligned_map_inputs(9)
-    got = build("patch_cka", DOUBLE)(inputs)
+    got = total(build("patch_cka", DOUBLE), inputs)
     want = sum(
         1 - functional.patch_cka(s, t, 2).mean() for s, t in zip(inputs.student_features, inputs.teacher_features)
     )
     torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match=r"\(5, 17, 36\)"):
-        build("patch_cka")(cast(token_and_map_inputs(0), torch.float32))
+        total(build("patch_cka"), cast(token_and_map_inputs(0), torch.float32))
 
 
 def test_fitnet_is_summed_mse():
     inputs = aligned_map_inputs(10)
-    got = build("fitnet", DOUBLE)(inputs)
+    got = total(build("fitnet", DOUBLE), inputs)
     want = sum(((s - t) ** 2).mean() for s, t in zip(inputs.student_features, inputs.teacher_features))
     torch.testing.assert_close(got, want)
 
@@ -439,12 +479,12 @@ def test_kd_matches_formula():
     s, t = inputs.student_logits, inputs.teacher_logits
     p_t = torch.softmax(t / 2.0, -1)
     want = 4.0 * (p_t * (p_t.log() - torch.log_softmax(s / 2.0, -1))).sum(-1).mean()
-    torch.testing.assert_close(build("kd", DOUBLE)(inputs), want)
+    torch.testing.assert_close(total(build("kd", DOUBLE), inputs), want)
 
 
 def test_ce_matches_cross_entropy_with_label_smoothing():
     inputs = logit_inputs(12)
-    got = build("ce", DOUBLE, label_smoothing=0.1)(inputs)
+    got = total(build("ce", DOUBLE, label_smoothing=0.1), inputs)
     torch.testing.assert_close(got, F.cross_entropy(inputs.student_logits, inputs.labels, label_smoothing=0.1))
 
 
@@ -453,7 +493,7 @@ def test_ce_matches_cross_entropy_with_label_smoothing():
 
 def test_deit_hard_mode_is_cross_entropy_to_the_teacher_argmax():
     inputs = deit_inputs(13)
-    got = build("deit_token", DOUBLE, mode="hard")(inputs)
+    got = total(build("deit_token", DOUBLE, mode="hard"), inputs)
     targets = inputs.teacher_logits.argmax(-1)
     assert not torch.equal(targets, inputs.distillation_logits.argmax(-1))
     log_probs = torch.log_softmax(inputs.distillation_logits, -1)
@@ -461,12 +501,12 @@ def test_deit_hard_mode_is_cross_entropy_to_the_teacher_argmax():
     torch.testing.assert_close(got, want)
     # the CLS logits play no part in the distillation term
     other_cls = replace(inputs, student_logits=randn(B, P, seed=99))
-    torch.testing.assert_close(build("deit_token", DOUBLE, mode="hard")(other_cls), want)
+    torch.testing.assert_close(total(build("deit_token", DOUBLE, mode="hard"), other_cls), want)
 
 
 def test_deit_soft_mode_is_kd_on_the_distillation_head():
     inputs = deit_inputs(14)
-    got = build("deit_token", DOUBLE, mode="soft", temperature=3.0)(inputs)
+    got = total(build("deit_token", DOUBLE, mode="soft", temperature=3.0), inputs)
     torch.testing.assert_close(got, functional.kd_loss(inputs.distillation_logits, inputs.teacher_logits, 3.0))
 
 
@@ -474,7 +514,7 @@ def test_deit_without_distillation_logits_names_the_missing_head():
     inputs = replace(deit_inputs(15), distillation_logits=None)
     with pytest.raises(ValueError, match="distillation_logits.*DeiTForImageClassificationWithTeacher|"
                                          "DeiTForImageClassificationWithTeacher.*distillation_logits"):
-        build("deit_token")(cast(inputs, torch.float32))
+        total(build("deit_token"), cast(inputs, torch.float32))
     with pytest.raises(ValueError, match="mode"):
         LOSSES.build("deit_token", mode="medium")
 
@@ -505,13 +545,13 @@ def fresh_kernel_transfer(**options) -> torch.nn.Module:
 def test_kernel_transfer_running_centres_converge_to_class_means():
     means_s, means_t = class_means(30)
     loss = fresh_kernel_transfer(centres="running", momentum=0.9)
-    first = loss(class_stream(0, means_s, means_t))
+    first = total(loss, class_stream(0, means_s, means_t))
     assert first.item() == 0.0  # no centres yet
     for step in range(1, 80):
-        loss(class_stream(step, means_s, means_t, batch=256))
+        total(loss, class_stream(step, means_s, means_t, batch=256))
     torch.testing.assert_close(loss.student_centres, means_s, atol=0.05, rtol=0)
     torch.testing.assert_close(loss.teacher_centres, means_t, atol=0.05, rtol=0)
-    assert loss(class_stream(200, means_s, means_t)).item() > 0
+    assert total(loss, class_stream(200, means_s, means_t)).item() > 0
 
 
 def test_kernel_transfer_epoch_centres_swap_at_epoch_end():
@@ -519,9 +559,9 @@ def test_kernel_transfer_epoch_centres_swap_at_epoch_end():
     loss = fresh_kernel_transfer(centres="epoch")
     batches = [class_stream(step, means_s, means_t) for step in range(4)]
     for batch in batches:
-        assert loss(batch).item() == 0.0  # first epoch: no centres yet
+        assert total(loss, batch).item() == 0.0  # first epoch: no centres yet
     assert torch.equal(loss.student_centres, torch.zeros(P, POOLED_S))
-    loss.on_epoch_end()
+    loss.on_epoch_end(1)
     labels_all = torch.cat([b.labels for b in batches])
     s_all = torch.cat([b.student_pooled for b in batches])
     t_all = torch.cat([b.teacher_pooled for b in batches])
@@ -529,7 +569,7 @@ def test_kernel_transfer_epoch_centres_swap_at_epoch_end():
         torch.testing.assert_close(loss.student_centres[c], s_all[labels_all == c].mean(0))
         torch.testing.assert_close(loss.teacher_centres[c], t_all[labels_all == c].mean(0))
     swapped = loss.student_centres.clone()
-    loss(class_stream(10, 2 * means_s, 2 * means_t))
+    total(loss, class_stream(10, 2 * means_s, 2 * means_t))
     assert torch.equal(loss.student_centres, swapped)  # no change until the next epoch end
     assert loss.counts.sum().item() == 64
 
@@ -537,11 +577,11 @@ def test_kernel_transfer_epoch_centres_swap_at_epoch_end():
 def test_kernel_transfer_training_step_backpropagates_through_the_pre_update_centres():
     means_s, means_t = class_means(34)
     loss = fresh_kernel_transfer(centres="running", momentum=0.5)
-    loss(class_stream(0, means_s, means_t))  # first step sets the centres
+    total(loss, class_stream(0, means_s, means_t))  # first step sets the centres
     batch = class_stream(1, means_s, means_t)
     student = batch.student_pooled.clone().requires_grad_()
     before_s, before_t = loss.student_centres.clone(), loss.teacher_centres.clone()
-    value = loss(replace(batch, student_pooled=student))
+    value = total(loss, replace(batch, student_pooled=student))
     assert not torch.equal(loss.student_centres, before_s)  # the step moved the centres in place ...
     value.backward()  # ... and backward still works, with the centres the loss was computed with
     reference = student.detach().clone().requires_grad_()
@@ -552,12 +592,12 @@ def test_kernel_transfer_training_step_backpropagates_through_the_pre_update_cen
 def test_kernel_transfer_does_not_update_in_eval_and_needs_setup():
     loss = fresh_kernel_transfer().eval()
     batch = class_stream(0, torch.ones(P, POOLED_S), torch.ones(P, POOLED_T))
-    loss(batch)
+    total(loss, batch)
     assert torch.equal(loss.student_centres, torch.zeros(P, POOLED_S))
     with pytest.raises(RuntimeError, match="setup"):
-        LOSSES.build("kernel_transfer")(batch)
+        total(LOSSES.build("kernel_transfer"), batch)
     with pytest.raises(ValueError, match=r"labels \(4,\).*\(64, 36\)"):
-        loss(replace(batch, labels=batch.labels[:4]))
+        total(loss, replace(batch, labels=batch.labels[:4]))
 
 
 # --- srd ----------------------------------------------------------------------------------------
@@ -570,14 +610,14 @@ def test_srd_projects_and_normalises_before_the_distance():
         inputs.student_pooled @ loss.projector[0].weight.T + loss.projector[0].bias, None, None, training=True, eps=1e-5
     )
     teacher = F.batch_norm(inputs.teacher_pooled, None, None, training=True, eps=1e-5)
-    torch.testing.assert_close(loss(inputs), functional.srd_distance(projected, teacher))
+    torch.testing.assert_close(total(loss, inputs), functional.srd_distance(projected, teacher))
     corr = build("srd", DOUBLE, variant="correlation")
     corr.projector.load_state_dict(loss.projector.state_dict())
-    torch.testing.assert_close(corr(inputs), functional.srd_correlation(projected, teacher))
+    torch.testing.assert_close(total(corr, inputs), functional.srd_correlation(projected, teacher))
 
 
 def test_srd_needs_setup_and_a_known_variant():
     with pytest.raises(RuntimeError, match="setup"):
-        LOSSES.build("srd")(cast(pooled_inputs(0), torch.float32))
+        total(LOSSES.build("srd"), cast(pooled_inputs(0), torch.float32))
     with pytest.raises(ValueError, match="variant"):
         LOSSES.build("srd", variant="cosine")

@@ -51,10 +51,10 @@ def test_ce_on_soft_targets_is_soft_target_cross_entropy_without_a_second_smooth
     soft = torch.softmax(torch.randn(5, P, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), -1)
     ce = LOSSES.build("ce", label_smoothing=0.1)
     naive = -(soft * torch.log_softmax(logits, -1)).sum(-1).mean()
-    assert torch.allclose(ce(LossInputs(student_logits=logits, labels=soft)), naive)
+    assert torch.allclose(ce(LossInputs(student_logits=logits, labels=soft))["ce"], naive)
     # smoothing folded into the target by Mixup == ce's own smoothing on hard labels: applied once
-    folded = ce(LossInputs(student_logits=logits, labels=smoothed_one_hot(y, 0.1)))
-    assert torch.allclose(folded, ce(LossInputs(student_logits=logits, labels=y)))
+    folded = ce(LossInputs(student_logits=logits, labels=smoothed_one_hot(y, 0.1)))["ce"]
+    assert torch.allclose(folded, ce(LossInputs(student_logits=logits, labels=y))["ce"])
     with pytest.raises(ValueError, match="one column per class"):
         ce(LossInputs(student_logits=logits, labels=soft[:, :2]))
 
@@ -66,7 +66,7 @@ def test_deit_token_reads_no_labels_so_mixing_changes_nothing():
     expected = F.cross_entropy(dist, teacher.argmax(-1))
     for labels in (None, torch.tensor([0, 1, 2, 0, 1]), torch.softmax(torch.randn(5, P, generator=g), -1)):
         inputs = LossInputs(student_logits=dist, labels=labels, distillation_logits=dist, teacher_logits=teacher)
-        assert torch.equal(loss(inputs), expected)
+        assert torch.equal(loss(inputs)["deit_token"], expected)
 
 
 def test_kernel_transfer_counts_a_mixed_image_for_its_dominant_class():

@@ -51,4 +51,4 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     # not shard the rank-aware sampler a second time
     assert logs[0]["ids"] == logs[1]["ids"] and len(logs[0]["ids"]) == 20 == len(set(logs[0]["ids"]))
     steps = [e for e in logs[0]["log_history"] if "loss" in e]
-    assert len(steps) == 3 and all("rcka_loss" in e and "feature_cka_loss" in e for e in steps)
+    assert len(steps) == 3 and all("rcka_intra_loss" in e and "rcka_inter_loss" in e and "feature_cka_loss" in e for e in steps)

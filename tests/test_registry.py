@@ -113,3 +113,20 @@ def test_close_matches_formats_hints():
 def test_adapter_registry_reports_its_kind():
     with pytest.raises(KeyError, match="unknown adapter 'no_such_adapter'"):
         ADAPTERS.get("no_such_adapter")
+
+
+def test_import_hf_rcka_fills_both_registries_without_loading_transformers():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hf_rcka\n"
+        "print(','.join(hf_rcka.ADAPTERS.names()), ','.join(hf_rcka.LOSSES.names()), 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    adapters, losses, transformers_loaded = out.stdout.split()
+    assert adapters.split(",") == ADAPTERS.names() and {"identity", "linear", "patch_match"} <= set(ADAPTERS.names())
+    assert losses.split(",") == LOSSES.names()
+    assert transformers_loaded == "False", "import hf_rcka stays light: the trainer loads transformers on first use"

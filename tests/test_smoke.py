@@ -116,7 +116,7 @@ def test_recipe_smoke_tests_offline(path, tmp_path, capsys, request):
     assert recorded.get("bf16", False) is False and recorded.get("fp16", False) is False
     # Batch-relational CKA needs more than two samples a batch, or it is identically 1 (zero loss).
     first_log = json.loads((smoke_dir / "trainer_state.json").read_text())["log_history"][0]
-    for term in ("rcka_loss", "feature_cka_loss"):
+    for term in ("rcka_intra_loss", "rcka_inter_loss", "feature_cka_loss"):
         assert first_log.get(term, 1.0) > 1e-4, f"{term} did no work in the smoke run: {first_log}"
 
 

@@ -80,7 +80,7 @@ def test_each_loss_term_is_logged_next_to_the_total(tmp_path):
     trainer.train()
     train_logs = [e for e in trainer.state.log_history if "loss" in e]
     eval_logs = [e for e in trainer.state.log_history if "eval_loss" in e]
-    names = ["ce", "rcka", "fitnet", "srd", "kernel_transfer"]
+    names = ["ce", "rcka_intra", "rcka_inter", "fitnet", "srd", "kernel_transfer"]
     for entry in train_logs:
         assert all(f"{n}_loss" in entry for n in names)
         assert all(torch.isfinite(torch.tensor(entry[f"{n}_loss"])) for n in names)
@@ -88,6 +88,35 @@ def test_each_loss_term_is_logged_next_to_the_total(tmp_path):
         assert sum(entry[f"{n}_loss"] for n in names) == pytest.approx(entry["loss"], rel=1e-4)
     assert eval_logs and all(f"eval_{n}_loss" in eval_logs[-1] for n in names)
     assert "eval_accuracy" in eval_logs[-1]
+
+
+def test_build_losses_gives_ce_the_trainer_label_smoothing_unless_the_recipe_sets_its_own():
+    from hf_rcka.trainer.trainer import build_losses
+
+    ce, deit = build_losses([{"name": "ce"}, {"name": "deit_token", "weight": 0.5}], label_smoothing=0.1)
+    assert ce.label_smoothing == 0.1 and deit.weight == 0.5 and not hasattr(deit, "label_smoothing")
+    (own,) = build_losses([{"name": "ce", "label_smoothing": 0.2}], label_smoothing=0.1)
+    assert own.label_smoothing == 0.2
+    (plain,) = build_losses([{"name": "ce"}], label_smoothing=0.0)
+    assert plain.label_smoothing is None
+
+
+def test_epoch_end_reaches_every_loss_with_the_epoch_number():
+    from types import SimpleNamespace
+
+    from hf_rcka import LOSSES
+    from hf_rcka.trainer.trainer import _EpochEndCallback
+
+    seen = []
+
+    class Recorder(LOSSES.get("kd")):
+        def on_epoch_end(self, epoch):
+            seen.append((self.temperature, epoch))
+
+    callback = _EpochEndCallback([Recorder(temperature=2.0), LOSSES.build("ce"), Recorder(temperature=3.0)])
+    callback.on_epoch_end(None, SimpleNamespace(epoch=2.0), None)
+    callback.on_epoch_end(None, SimpleNamespace(epoch=2.4), None)  # max_steps ended the third epoch early
+    assert seen == [(2.0, 2), (3.0, 2), (2.0, 3), (3.0, 3)]
 
 
 def _one_step_params(tmp_path, name, batch, accumulation):

@@ -9,8 +9,8 @@ computes the (non-transposed) PCKA with a hand-written backward, channel block b
 
 It was measured on CPU only (about 2x over the plain autograd path, benchmarks/README.md). On a
 GPU the copies and page faults it avoids cost little and its per-block work is one launch anyway,
-so :func:`default_backend` picks the plain autograd path there (:func:`patch_cka_autograd`) until
-the kernel is measured faster on one.
+so :func:`default_backend` picks the plain autograd path there (``patch.patch_cka_autograd``) until
+the kernel is measured faster on one. This module builds on ``cka`` only; ``patch`` dispatches to it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _inverse_norm, _patch_rows, _trace, linear_cka
+from .cka import batch_trace, inverse_norm
 
 BACKENDS = ("auto", "kernel", "autograd")
 
@@ -35,12 +35,6 @@ def patch_cka_kernel(student: torch.Tensor, teacher: torch.Tensor, ph: int, pw: 
     """Per-channel CKA (C,) of two (B, C, gh*ph, gw*pw) maps through the hand-written backward."""
     needs_grad = tuple(torch.is_grad_enabled() and fmap.requires_grad for fmap in (student, teacher))
     return _PatchCKA.apply(student, teacher, ph, pw, center, eps, needs_grad)
-
-
-def patch_cka_autograd(student: torch.Tensor, teacher: torch.Tensor, ph: int, pw: int, center: bool,
-                       eps: float) -> torch.Tensor:
-    """The same values through patch rows + batched ``linear_cka`` and plain autograd (twice differentiable)."""
-    return linear_cka(_patch_rows(student, ph, pw), _patch_rows(teacher, ph, pw), center=center, eps=eps)
 
 
 _RUN_DTYPES = {16: torch.complex128, 8: torch.int64, 4: torch.int32, 2: torch.int16}
@@ -132,8 +126,8 @@ def _side_gram(fmap: torch.Tensor, ph: int, pw: int, center: bool, eps: float) -
         if center:
             rows.sub_(torch.mean(rows, dim=1, keepdim=True, out=means[block]))
         torch.bmm(rows, rows.transpose(1, 2), out=gram[block])
-    sq = _trace(gram)
-    inv = _inverse_norm(sq, None if means is None else sq + n * _self_dot(means), eps)
+    sq = batch_trace(gram)
+    inv = inverse_norm(sq, None if means is None else sq + n * _self_dot(means), eps)
     scale = inv * inv
     gram.mul_(scale[:, None, None])
     return _SideGram(gram, scale, _self_dot(gram), means)

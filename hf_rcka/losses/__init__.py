@@ -1,6 +1,6 @@
 """Distillation losses. Importing this package registers every loss in ``hf_rcka.LOSSES``."""
 
-from .base import DistillationLoss, LossContext, LossInputs, RelationalLoss
+from .base import DistillationLoss, LossContext, LossInputs, RelationalLoss, weigh_terms
 from .deit import DeiTTokenLoss
 from .ekt import KernelTransferLoss
 from .fitnet import FitNetLoss
@@ -24,4 +24,5 @@ __all__ = [
     "RCKALoss",
     "RelationalLoss",
     "SRDLoss",
+    "weigh_terms",
 ]

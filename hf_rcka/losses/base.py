@@ -1,4 +1,4 @@
-"""What every loss sees (``LossInputs``) and the small base class the registered losses share.
+"""What every loss sees (``LossInputs``), the base class losses share, and where weights apply.
 
 Losses see tensors only. The ``DistillationModel`` runs student and teacher, picks hidden states,
 applies adapters and hands the results over in one ``LossInputs``; a loss declares which of its
@@ -9,7 +9,7 @@ recipes, no teacher for plain supervised training).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import ClassVar, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -65,7 +65,13 @@ class LossContext:
 
 
 class DistillationLoss(nn.Module):
-    """Base for registered losses: holds the term's weight and hyperparameters.
+    """Base for registered losses: holds the weights and hyperparameters, returns named terms.
+
+    A loss returns the *unweighted* value of each of its terms, keyed by term name, and exposes the
+    weight of each term in ``term_weights``; :func:`weigh_terms` applies them in one place. Keeping
+    the terms apart lets the trainer log each one (RCKA's intra and inter terms move differently).
+    A single-term loss implements :meth:`term` and its term is named after the loss; a loss with
+    several terms overrides :meth:`terms` and :attr:`term_weights`.
 
     Subclasses set ``requires`` (names of ``LossInputs`` fields) and ``feature_alignment``:
     ``"any"`` when feature pairs may differ in shape (batch-relational losses) or ``"shape"``
@@ -81,6 +87,31 @@ class DistillationLoss(nn.Module):
         if not weight >= 0:
             raise ValueError(f"loss weight must be >= 0, got {weight}")
         self.weight = float(weight)
+
+    def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        """The unweighted value of every term, keyed by term name (see ``term_weights``)."""
+        self.check_inputs(inputs)
+        return self.terms(inputs)
+
+    def terms(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        """The terms of checked ``inputs``: one, named after the loss, unless a subclass has more."""
+        return {self.registry_name: self.term(inputs)}
+
+    def term(self, inputs: LossInputs) -> torch.Tensor:
+        """The value of a single-term loss on checked ``inputs`` (a 0-dim tensor)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither term() nor terms()")
+
+    @property
+    def term_weights(self) -> dict[str, float]:
+        """The weight of every term :meth:`terms` may return, keyed by term name."""
+        return {self.registry_name: self.weight}
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """React to the end of training epoch ``epoch`` (1 after the first); stateless losses do nothing.
+
+        Called by the trainer on every loss, so a loss with per-epoch state (EKT's class centres)
+        needs no other hook into the training loop.
+        """
 
     @property
     def needs_teacher(self) -> bool:
@@ -126,3 +157,25 @@ class RelationalLoss(DistillationLoss):
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         return gather_rows(x) if self.gather else x
+
+
+def weigh_terms(
+    terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The total loss and the weighted terms: the one place where loss weights are applied.
+
+    Args:
+        terms: unweighted term values, as losses return them (every name must be in ``weights``).
+        weights: the weight of each term, as ``DistillationLoss.term_weights`` gives them.
+
+    Returns:
+        ``(total, weighted)``: the weighted sum of all terms and each weighted term, so logged
+        terms add up to the total.
+    """
+    if not terms:
+        raise ValueError("there are no loss terms to weigh")
+    missing = sorted(set(terms) - set(weights))
+    if missing:
+        raise KeyError(f"loss terms {missing} have no weight (weights are given for {sorted(weights)})")
+    weighted = {name: weights[name] * value for name, value in terms.items()}
+    return torch.stack(list(weighted.values())).sum(), weighted

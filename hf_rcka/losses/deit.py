@@ -50,8 +50,7 @@ class DeiTTokenLoss(DistillationLoss):
             )
         super().check_inputs(inputs)
 
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        self.check_inputs(inputs)
+    def term(self, inputs: LossInputs) -> torch.Tensor:
         dist_logits, teacher_logits = inputs.distillation_logits, inputs.teacher_logits
         if dist_logits.shape != teacher_logits.shape:
             raise ValueError(

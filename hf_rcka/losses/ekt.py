@@ -62,8 +62,7 @@ class KernelTransferLoss(DistillationLoss):
             self.register_buffer("teacher_sums", torch.zeros(m, dt))
             self.register_buffer("counts", torch.zeros(m))
 
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        self.check_inputs(inputs)
+    def term(self, inputs: LossInputs) -> torch.Tensor:
         if not hasattr(self, "student_centres"):
             raise RuntimeError("kernel_transfer.setup() was not called: build it through DistillationModel")
         if inputs.labels.shape[0] != inputs.student_pooled.shape[0]:
@@ -101,7 +100,7 @@ class KernelTransferLoss(DistillationLoss):
         self.seen += counts
 
     @torch.no_grad()
-    def on_epoch_end(self) -> None:
+    def on_epoch_end(self, epoch: int) -> None:
         """Swap in this epoch's class means (``centres: epoch``); called by the trainer."""
         if self.centres != "epoch" or not hasattr(self, "counts"):
             return

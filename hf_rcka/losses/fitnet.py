@@ -29,8 +29,7 @@ class FitNetLoss(DistillationLoss):
     requires = frozenset({"student_features", "teacher_features"})
     feature_alignment = "shape"
 
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        self.check_inputs(inputs)
+    def term(self, inputs: LossInputs) -> torch.Tensor:
         terms = []
         for student, teacher in self.feature_pairs(inputs):
             if student.shape != teacher.shape:

@@ -32,6 +32,5 @@ class KDLoss(DistillationLoss):
             raise ValueError(f"kd temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        self.check_inputs(inputs)
+    def term(self, inputs: LossInputs) -> torch.Tensor:
         return functional.kd_loss(inputs.student_logits, inputs.teacher_logits, self.temperature)

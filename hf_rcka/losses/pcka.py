@@ -40,8 +40,7 @@ class PatchCKALoss(DistillationLoss):
         self.transpose = bool(transpose)
         self.center = bool(center)
 
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        self.check_inputs(inputs)
+    def term(self, inputs: LossInputs) -> torch.Tensor:
         terms = []
         for student, teacher in self.feature_pairs(inputs):
             if student.dim() != 4:

@@ -33,7 +33,8 @@ class RCKALoss(RelationalLoss):
     row-normalised alignment. The public code weights the inter term with the intra weight; here
     each term has its own weight (paper: 15 and 15).
 
-    ``gather: true`` computes the relations over the global batch under data parallelism.
+    ``gather: true`` computes the relations over the global batch under data parallelism. The two
+    terms are returned (and logged) apart, as ``rcka_intra`` and ``rcka_inter``.
 
     Recipe::
 
@@ -57,28 +58,42 @@ class RCKALoss(RelationalLoss):
         super().__init__(weight, gather)
         if intra_weight < 0 or inter_weight < 0:
             raise ValueError(f"rcka intra_weight/inter_weight must be >= 0, got {intra_weight}/{inter_weight}")
+        if not (intra_weight or inter_weight):
+            raise ValueError("rcka intra_weight and inter_weight are both 0: drop the rcka loss instead")
         self.intra_weight = float(intra_weight)
         self.inter_weight = float(inter_weight)
         self.center = bool(center)
         self.row_normalize = bool(row_normalize)
         self.kernel = _check_kernel(kernel)
 
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        self.check_inputs(inputs)
+    @property
+    def term_weights(self) -> dict[str, float]:
+        """``rcka_intra``: ``weight * intra_weight``; ``rcka_inter``: ``weight * inter_weight``."""
+        return {self._intra: self.weight * self.intra_weight, self._inter: self.weight * self.inter_weight}
+
+    @property
+    def _intra(self) -> str:
+        return f"{self.registry_name}_intra"
+
+    @property
+    def _inter(self) -> str:
+        return f"{self.registry_name}_inter"
+
+    def terms(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        """``1 - CKA`` of sample relations (intra) and of class relations (inter); a term with
+        weight 0 is not computed."""
         student, teacher = self.rows(inputs.student_logits), self.rows(inputs.teacher_logits)
         if student.shape != teacher.shape:
             raise ValueError(
                 f"rcka needs student and teacher logits of equal shape, got {tuple(student.shape)} and "
                 f"{tuple(teacher.shape)}: do both models predict the same label set?"
             )
-        loss = student.new_zeros((), dtype=torch.float32)
+        terms = {}
         if self.intra_weight:
-            intra = _cka(student, teacher, self.kernel, self.center, self.row_normalize)
-            loss = loss + self.intra_weight * (1.0 - intra)
+            terms[self._intra] = 1.0 - _cka(student, teacher, self.kernel, self.center, self.row_normalize)
         if self.inter_weight:
-            inter = _cka(student.T, teacher.T, self.kernel, self.center, self.row_normalize)
-            loss = loss + self.inter_weight * (1.0 - inter)
-        return loss
+            terms[self._inter] = 1.0 - _cka(student.T, teacher.T, self.kernel, self.center, self.row_normalize)
+        return terms
 
 
 @LOSSES.register("feature_cka")
@@ -106,8 +121,7 @@ class FeatureCKALoss(RelationalLoss):
         self.center = bool(center)
         self.kernel = _check_kernel(kernel)
 
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        self.check_inputs(inputs)
+    def term(self, inputs: LossInputs) -> torch.Tensor:
         terms = []
         for student, teacher in self.feature_pairs(inputs):
             s, t = self.rows(student.flatten(1)), self.rows(teacher.flatten(1))

@@ -50,8 +50,7 @@ class SRDLoss(DistillationLoss):
         self.projector = nn.Sequential(nn.Linear(d_s, d_t), nn.BatchNorm1d(d_t, affine=False))
         self.teacher_norm = nn.BatchNorm1d(d_t, affine=False)
 
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        self.check_inputs(inputs)
+    def term(self, inputs: LossInputs) -> torch.Tensor:
         if self.projector is None:
             raise RuntimeError("srd.setup() was not called: build it through DistillationModel")
         with torch.autocast(device_type=inputs.student_pooled.device.type, enabled=False):

@@ -37,8 +37,7 @@ class CrossEntropyLoss(DistillationLoss):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
 
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        self.check_inputs(inputs)
+    def term(self, inputs: LossInputs) -> torch.Tensor:
         logits, labels = functional.upcast(inputs.student_logits), inputs.labels
         if labels.ndim == 2:  # soft targets from Mixup/CutMix, smoothing already folded in
             if labels.shape != logits.shape:

@@ -4,8 +4,8 @@ Everything that must be trained, synchronised across ranks, autocast, zeroed and
 live inside ``Trainer.model``: adapters or loss projectors kept elsewhere would drift apart across
 data-parallel ranks and accumulate gradients forever. So this wrapper holds the student, the
 frozen teacher, one adapter per feature pair and the loss modules (whose projectors and class
-centres are state), runs both models in its ``forward`` and returns the student's logits plus
-the unweighted loss terms.
+centres are state), runs both models in its ``forward`` and returns the student's logits, the
+weighted loss terms and their sum.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..adapters import build_adapter
 from ..features.capture import HiddenStateCapture
 from ..features.hidden_states import auto_feature_pairs, classifier_of, describe_hidden_states, pooled_dim, resolve_layer
 from ..features.layout import FeatureSpec
-from ..losses import DistillationLoss, LossContext, LossInputs
+from ..losses import DistillationLoss, LossContext, LossInputs, weigh_terms
 from .teacher_inputs import InputStats, TeacherInputTransform
 from .teacher_runtime import TeacherRuntime
 
@@ -47,12 +47,17 @@ class FeaturePair:
 
 @dataclass
 class DistillationOutput(ModelOutput):
-    """``logits``: the student's inference logits (both heads averaged for DeiT).
+    """``loss``: the weighted sum of every loss term, what the optimiser minimises.
 
-    ``loss_terms``: unweighted value of every loss, keyed by registry name; ``None`` when the
-    batch has no labels (prediction), so the Trainer only collects the logits.
+    ``logits``: the student's inference logits (both heads averaged for DeiT).
+
+    ``loss_terms``: every term weighted, keyed by term name (a loss's registry name, or e.g.
+    ``rcka_intra`` and ``rcka_inter`` for a loss with several terms); they add up to ``loss``.
+    ``loss`` and ``loss_terms`` are ``None`` when the batch has no labels (prediction), so the
+    Trainer only collects the logits.
     """
 
+    loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     loss_terms: dict[str, torch.Tensor] | None = None
 
@@ -74,7 +79,7 @@ class DistillationModel(nn.Module):
     Args:
         student: any transformers image classifier (HF or TimmWrapper).
         teacher: a classifier over the same labels, or ``None`` for plain supervised training.
-        losses: the loss modules (their ``weight`` is applied by the trainer).
+        losses: the loss modules; ``forward`` weighs their terms by each loss's ``term_weights``.
         feature_pairs: ``"auto"``, a list of ``{student_layer, teacher_layer, adapter, ...}`` or
             ``FeaturePair``; only used when a loss needs hidden states.
         student_input / teacher_input: size and normalisation each model expects; when they
@@ -273,8 +278,12 @@ class DistillationModel(nn.Module):
         )
         if teacher is not None:
             self._add_teacher(inputs, student_states, *teacher)
-        terms = {name: loss(inputs) for name, loss in self.losses.items()}
-        return DistillationOutput(logits=logits, loss_terms=terms)
+        terms, weights = {}, {}
+        for loss in self.losses.values():
+            terms.update(loss(inputs))
+            weights.update(loss.term_weights)
+        total, weighted = weigh_terms(terms, weights)
+        return DistillationOutput(loss=total, logits=logits, loss_terms=weighted)
 
     def _run_teacher(
         self, pixel_values: torch.Tensor, hidden: bool

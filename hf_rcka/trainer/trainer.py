@@ -3,8 +3,8 @@
 Everything Trainer users know keeps working (TrainingArguments, callbacks, ``report_to``, progress
 bars, gradient accumulation, mixed precision, DDP/FSDP through accelerate, checkpoints,
 ``push_to_hub``). What changes: ``Trainer.model`` is a ``DistillationModel``; the loss is the
-weighted sum of the registered terms, each logged on its own (``ce_loss``, ``rcka_loss``, ...,
-and ``eval_*`` for evaluation); saving writes only the student as a plain transformers model,
+weighted sum of the loss terms, each logged on its own (``ce_loss``, ``rcka_intra_loss``,
+``rcka_inter_loss``, ..., and ``eval_*`` for evaluation); saving writes only the student as a plain transformers model,
 while checkpoints also keep adapters and loss state so resuming continues exactly.
 """
 
@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import warnings
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
@@ -50,15 +50,18 @@ def default_losses(has_teacher: bool) -> list[dict[str, Any]]:
     return [{"name": "ce", "weight": 1.0}, {"name": "rcka", "weight": 1.0}]
 
 
-def build_losses(specs: Sequence[dict[str, Any]], args: TrainingArguments) -> list[DistillationLoss]:
-    """Instantiate validated loss specs; ``ce`` inherits ``label_smoothing_factor``."""
-    built = []
-    for spec in validate_losses(list(specs)):
-        options = {k: v for k, v in spec.items() if k != "name"}
-        if spec["name"] == "ce" and options.get("label_smoothing") is None:
-            options["label_smoothing"] = args.label_smoothing_factor or None
-        built.append(LOSSES.build(spec["name"], **options))
-    return built
+def build_losses(specs: Sequence[dict[str, Any]], label_smoothing: float = 0.0) -> list[DistillationLoss]:
+    """Instantiate validated loss specs; a loss taking ``label_smoothing`` (``ce``) whose spec sets
+    none is built with ``label_smoothing`` (``label_smoothing_factor``, as plain ``Trainer`` uses)."""
+    specs = [_with_label_smoothing(spec, label_smoothing) for spec in validate_losses(list(specs))]
+    return [LOSSES.build(spec["name"], **{k: v for k, v in spec.items() if k != "name"}) for spec in specs]
+
+
+def _with_label_smoothing(spec: dict[str, Any], label_smoothing: float) -> dict[str, Any]:
+    """``spec`` with ``label_smoothing`` spelled out where the loss takes it and the recipe left it unset."""
+    if spec.get("label_smoothing") is not None or "label_smoothing" not in LOSSES.option_names(spec["name"]):
+        return spec
+    return {**spec, "label_smoothing": label_smoothing or None}
 
 
 def _stats_or_none(processor: Any) -> InputStats | None:
@@ -66,13 +69,16 @@ def _stats_or_none(processor: Any) -> InputStats | None:
 
 
 class _EpochEndCallback(TrainerCallback):
-    """Lets stateful losses (EKT's per-epoch class centres) react to the end of an epoch."""
+    """Tells every loss (the model's loss modules, loaded in place on resume) that an epoch ended."""
 
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):  # noqa: D102
-        distillation_model = getattr(model, "module", model)
-        for loss in getattr(distillation_model, "losses", {}).values():
-            if hasattr(loss, "on_epoch_end"):
-                loss.on_epoch_end()
+    def __init__(self, losses: Iterable[DistillationLoss]) -> None:
+        self.losses = losses
+
+    def on_epoch_end(self, args, state, control, **kwargs):  # noqa: D102
+        # state.epoch is fractional when max_steps ends training inside an epoch.
+        epoch = math.ceil(round(state.epoch or 0.0, 6))
+        for loss in self.losses:
+            loss.on_epoch_end(epoch)
 
 
 class DistillationTrainer(Trainer):
@@ -119,7 +125,7 @@ class DistillationTrainer(Trainer):
         self.teacher_name = teacher_name or (
             getattr(model.teacher, "name_or_path", None) if model.teacher is not None else None
         )
-        self.add_callback(_EpochEndCallback())
+        self.add_callback(_EpochEndCallback(list(model.losses.values())))
         self._terms: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._term_counts = {"train": 0, "eval": 0}
         self._saving_checkpoint = False
@@ -154,7 +160,7 @@ class DistillationTrainer(Trainer):
         return DistillationModel(
             student,
             teacher,
-            build_losses(specs, args),
+            build_losses(specs, args.label_smoothing_factor),
             feature_pairs=pairs if pairs is not None else "auto",
             student_input=_stats_or_none(processor),
             teacher_input=_stats_or_none(teacher_processor) if teacher is not None else None,
@@ -175,7 +181,7 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted sum of the loss terms the model returns; records each term for logging.
+        """The model's total loss; records each weighted term it returns for logging.
 
         In training, Mixup/CutMix mix the batch first: student and teacher see the same pixels.
         """
@@ -183,11 +189,8 @@ class DistillationTrainer(Trainer):
             pixel_values, labels = mix_batch(self.mixup, inputs["pixel_values"], inputs["labels"])
             inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
         outputs = model(**inputs)
-        weights = {name: loss.weight for name, loss in self.distillation_model.losses.items()}
-        weighted = {name: weights[name] * value for name, value in outputs.loss_terms.items()}
-        loss = torch.stack(list(weighted.values())).sum()
-        self._record(weighted, "train" if model.training else "eval")
-        return (loss, {"logits": outputs.logits}) if return_outputs else loss
+        self._record(outputs.loss_terms, "train" if model.training else "eval")
+        return (outputs.loss, {"logits": outputs.logits}) if return_outputs else outputs.loss
 
     def _record(self, terms: dict[str, torch.Tensor], mode: str) -> None:
         sums = self._terms[mode]

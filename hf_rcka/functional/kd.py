@@ -1,0 +1,48 @@
+"""Logit and projector terms: Hinton KD and SRD's distance and correlation.
+
+Per-sample comparisons (no batch relations), so each costs O(B d); all run in float32 or better
+with autocast off (see ``numerics``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .numerics import full_precision, upcast
+
+__all__ = ["kd_loss", "srd_distance", "srd_correlation"]
+
+
+def _check_same_shape(a: torch.Tensor, b: torch.Tensor, what: str, a_name: str, b_name: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{what} needs equal shapes, got {a_name} {tuple(a.shape)} and {b_name} {tuple(b.shape)}")
+
+
+@full_precision
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """Hinton KD: ``T^2 KL(softmax(t/T) || softmax(s/T))``, averaged over the batch."""
+    _check_same_shape(student_logits, teacher_logits, "KD", "student logits", "teacher logits")
+    log_p_s = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
+    log_p_t = F.log_softmax(upcast(teacher_logits) / temperature, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+
+
+@full_precision
+def srd_distance(projected: torch.Tensor, teacher: torch.Tensor, alpha: float = 4.0, eps: float = 1e-5) -> torch.Tensor:
+    """SRD's distance ``log(mean_b sum_d |s - t|^alpha + eps)`` on normalised (B, d) features.
+
+    The public code takes the log of the sum over the batch too; the batch mean only shifts the
+    loss by log(B) and leaves its gradient unchanged, and keeps its value comparable across batch sizes.
+    """
+    _check_same_shape(projected, teacher, "SRD", "projected student features", "teacher features")
+    diff = (upcast(projected) - upcast(teacher)).abs().pow(alpha)
+    return torch.log(diff.sum(dim=-1).mean() + eps)
+
+
+@full_precision
+def srd_correlation(projected: torch.Tensor, teacher: torch.Tensor, alpha: float = 4.0, eps: float = 1e-5) -> torch.Tensor:
+    """SRD's DeiT-code variant: ``c_d = mean_b(s_bd t_bd)``, loss ``log(sum_d |c_d - 1|^alpha + eps)``."""
+    _check_same_shape(projected, teacher, "SRD", "projected student features", "teacher features")
+    corr = (upcast(projected) * upcast(teacher)).mean(dim=0)
+    return torch.log((corr - 1.0).abs().pow(alpha).sum() + eps)

@@ -1,0 +1,109 @@
+"""Patch-wise CKA (PCKA, Zhou et al. 2024): per channel, the relations between a map's patches.
+
+Per channel, PCKA compares the n = gh * gw patches of a (B, C, H, W) map as the rows of an
+(n, B * ph * pw) matrix: row j holds patch j's pixels over the whole batch. This module cuts maps
+into those rows and computes the CKA either by plain autograd (patch rows + batched
+``linear_cka``) or by the hand-written kernel of ``pcka_kernel``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import pcka_kernel
+from .cka import linear_cka
+from .numerics import DEFAULT_EPS, common_dtype, full_precision
+
+__all__ = ["patchify", "patch_cka"]
+
+
+def _effective_patch(size: int, patch_size: int) -> int:
+    """Patch side for one axis: ``patch_size``, shrunk so a small map still has >= 2 patches."""
+    return max(1, min(patch_size, size // 2))
+
+
+def _check_map(fmap: torch.Tensor) -> None:
+    if fmap.dim() != 4:
+        raise ValueError(f"patchify expects a (B, C, H, W) feature map, got shape {tuple(fmap.shape)}")
+
+
+def _fit_to_patches(fmap: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, int, int]:
+    """The patch sides (ph, pw) for ``fmap``, and ``fmap`` resized (bilinear) up to whole patches."""
+    _, _, h, w = fmap.shape
+    ph, pw = _effective_patch(h, patch_size), _effective_patch(w, patch_size)
+    gh, gw = -(-h // ph), -(-w // pw)
+    if (gh * ph, gw * pw) != (h, w):
+        fmap = F.interpolate(fmap, size=(gh * ph, gw * pw), mode="bilinear", align_corners=False)
+    return fmap, ph, pw
+
+
+def _patch_rows(fmap: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """(B, C, gh*ph, gw*pw) -> (C, gh*gw, B*ph*pw) through differentiable views and one copy."""
+    b, c, h, w = fmap.shape
+    patches = fmap.reshape(b, c, h // ph, ph, w // pw, pw).permute(1, 2, 4, 0, 3, 5)
+    return patches.reshape(c, (h // ph) * (w // pw), b * ph * pw)
+
+
+def patchify(fmap: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Cut (B, C, H, W) into non-overlapping patches -> (C, num_patches, B * ph * pw).
+
+    Row j of channel c holds patch j's pixels over the whole batch, which is what PCKA compares.
+    Maps are resized (bilinear) up to the next multiple of the patch side when needed; maps
+    smaller than two patches per axis use a smaller patch so at least two patches exist.
+    """
+    _check_map(fmap)
+    return _patch_rows(*_fit_to_patches(fmap, patch_size))
+
+
+def patch_cka_autograd(student: torch.Tensor, teacher: torch.Tensor, ph: int, pw: int, center: bool,
+                       eps: float) -> torch.Tensor:
+    """Per-channel CKA (C,) of two (B, C, gh*ph, gw*pw) maps through patch rows + batched
+    ``linear_cka`` and plain autograd (twice differentiable, unlike the kernel)."""
+    return linear_cka(_patch_rows(student, ph, pw), _patch_rows(teacher, ph, pw), center=center, eps=eps)
+
+
+def _backend_fn(backend: str, device: torch.device):
+    if backend not in pcka_kernel.BACKENDS:
+        raise ValueError(f"patch_cka backend must be one of {pcka_kernel.BACKENDS}, got {backend!r}")
+    backend = pcka_kernel.default_backend(device) if backend == "auto" else backend
+    return pcka_kernel.patch_cka_kernel if backend == "kernel" else patch_cka_autograd
+
+
+@full_precision
+def patch_cka(
+    student_fmap: torch.Tensor,
+    teacher_fmap: torch.Tensor,
+    patch_size: int = 16,
+    transpose: bool = False,
+    center: bool = True,
+    eps: float = DEFAULT_EPS,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Per-channel patch-relation CKA between two aligned maps (B, C, H, W) -> (C,).
+
+    Values and gradients are those of ``linear_cka(patchify(student), patchify(teacher))``, computed
+    for all channels together (no loop over channels). ``backend``: ``"kernel"`` is the
+    hand-written forward/backward of ``pcka_kernel`` (a few batched ops per block of channels,
+    measured faster on CPU; not twice differentiable: a backward with ``create_graph=True``
+    raises), ``"autograd"`` the plain composition, ``"auto"`` the kernel on CPU and autograd
+    elsewhere. With ``transpose=True`` the CKA of the transposed patch matrices (pixel relations)
+    is averaged in. A 1 x 1 map has a single patch and no relations to align: it returns ones (a
+    zero loss).
+    """
+    if student_fmap.shape != teacher_fmap.shape:
+        raise ValueError(
+            f"patch_cka needs aligned maps of equal shape, got student {tuple(student_fmap.shape)} and "
+            f"teacher {tuple(teacher_fmap.shape)}; use the 'patch_match' adapter with project: true"
+        )
+    _check_map(student_fmap)
+    s, t = common_dtype(student_fmap, teacher_fmap)
+    s, ph, pw = _fit_to_patches(s, patch_size)
+    t, _, _ = _fit_to_patches(t, patch_size)
+    if (s.shape[2] // ph) * (s.shape[3] // pw) < 2:
+        return torch.ones(s.shape[1], dtype=s.dtype, device=s.device) + 0.0 * s.sum()
+    sim = _backend_fn(backend, s.device)(s, t, ph, pw, center, eps)
+    if transpose:
+        rows_s, rows_t = _patch_rows(s, ph, pw), _patch_rows(t, ph, pw)
+        sim = 0.5 * (sim + linear_cka(rows_s.transpose(-2, -1), rows_t.transpose(-2, -1), center=center, eps=eps))
+    return sim
