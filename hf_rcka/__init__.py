@@ -24,7 +24,7 @@ _LAZY = {
     "DataArguments": "config",
     "AugmentationArguments": "data.augmentation",
     "DistillationModel": "modeling.distillation_model",
-    "FeaturePair": "modeling.distillation_model",
+    "FeaturePair": "features.pairing",
 }
 
 __all__ = ["ADAPTERS", "LOSSES", "LossInputs", "__version__", "functional", *_LAZY]

@@ -31,7 +31,7 @@ from .registry import ADAPTERS, LOSSES, close_matches
 from .value_checks import check_training_values
 
 RESERVED_LOSS_KEYS = ("name", "weight")
-RESERVED_PAIR_KEYS = ("student_layer", "teacher_layer", "adapter")
+from .features.pairing import RESERVED_PAIR_KEYS  # noqa: E402  (the one definition, from FeaturePair)
 
 
 @dataclass

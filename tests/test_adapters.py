@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from _models import BATCH, FAMILIES, pixels
 from hf_rcka import ADAPTERS
 from hf_rcka.adapters import IdentityAdapter, LinearAdapter, PatchMatchAdapter, build_adapter
-from hf_rcka.features.hidden_states import auto_feature_pairs, describe_hidden_states, hidden_states_of
+from hf_rcka.features.hidden_states import describe_hidden_states, hidden_states_of
+from hf_rcka.features.pairing import auto_feature_pairs
 from hf_rcka.features.layout import FeatureSpec, pooled_spec, resample, to_fmap
 
 VIT = FeatureSpec("nlc", 36, (4, 4), num_prefix_tokens=1, stride=8.0)  # student tokens (B, 17, 36)

@@ -8,14 +8,8 @@ import transformers as tf
 from torch import nn
 
 from _models import BATCH, FAMILIES, NUM_LABELS, hf_resnet, hf_vit, pixels, timm_model
-from hf_rcka.features.hidden_states import (
-    auto_feature_pairs,
-    classifier_of,
-    describe_hidden_states,
-    hidden_states_of,
-    pooled_dim,
-    resolve_layer,
-)
+from hf_rcka.features.hidden_states import classifier_of, describe_hidden_states, hidden_states_of, pooled_dim
+from hf_rcka.features.pairing import auto_feature_pairs, resolve_layer
 from hf_rcka.features.layout import FeatureSpec, to_fmap
 
 

@@ -1,1 +1,1 @@
-"""Hidden states as features: token/map layouts, per-architecture description, capture of the used layers."""
+"""Hidden states as features: token/map layouts, per-architecture description, layer pairing, capture of the used layers."""

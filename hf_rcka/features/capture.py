@@ -11,18 +11,24 @@ the cheapest way to get exactly those from one model, and checks it against the 
   found by one probe forward with every module hooked (HF ViT layers, CNN stages);
 * ``"all"``: the full ``output_hidden_states=True`` (e.g. Swin's reshaped states, which are copies
   no module returns), kept when nothing cheaper reproduces the states exactly.
+
+:class:`PooledCapture` takes the classifier's input (the pooled feature) the same way, and
+:class:`ForwardCapture` runs a model once and returns outputs, states and pooled feature together
+as a :class:`Captured` value: hooks write into a container owned by that one call, so no tensor
+stays on a module or wrapper between forwards.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .hidden_states import hidden_states_of
+from .hidden_states import classifier_of, eval_no_grad, hidden_states_of
 
 logger = logging.getLogger(__name__)
 
@@ -64,21 +70,21 @@ class HiddenStateCapture:
             outputs = self.model(pixel_values=pixel_values, output_hidden_states=True)
             states = hidden_states_of(outputs)
             return outputs, {i: states[i] for i in self.indices}
-        with self._capturing():
+        with self._capturing() as states:
             outputs = self.model(pixel_values=pixel_values)
-            states, self._states = self._states, {}
         missing = [i for i in self.indices if i not in states]
         if missing:
             raise RuntimeError(f"forward hooks did not capture hidden states {missing}; the model's forward changed")
         return outputs, states
 
     @contextmanager
-    def _capturing(self) -> Iterator[None]:
+    def _capturing(self) -> Iterator[dict[int, Tensor]]:
+        """Hooks record into a fresh dict for one forward; it is the caller's, never kept here."""
         self._active, self._states = True, {}
         try:
-            yield
+            yield self._states
         finally:
-            self._active = False
+            self._active, self._states = False, {}
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -89,7 +95,7 @@ class HiddenStateCapture:
 
     def _choose(self, pixels: Tensor) -> str:
         """The first mode whose states equal the full ``output_hidden_states=True`` ones."""
-        with _eval_no_grad(self.model):
+        with eval_no_grad(self.model):
             reference = hidden_states_of(self.model(pixel_values=pixels, output_hidden_states=True))
             expected = {i: reference[i] for i in self.indices}
             if getattr(self.model, "timm_model", None) is not None and self._matches("timm", pixels, expected):
@@ -156,23 +162,85 @@ class HiddenStateCapture:
             self._handles.append(module.register_forward_hook(hook))
 
 
+
+class PooledCapture:
+    """The classifier's input of one forward: the pooled penultimate feature (B, d).
+
+    Pooled-feature losses (EKT, SRD) need the tensor a head receives, which no model output
+    carries. A forward pre-hook on the head (:func:`classifier_of`) stays installed, since adding
+    and removing hooks inside a compiled forward would break its graph, but it records only while
+    :meth:`capturing` is open, into a list that belongs to that one call: nothing outlives it.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._record: list[Tensor] | None = None
+        self._handle = classifier_of(model).register_forward_pre_hook(self._hook)
+
+    def _hook(self, _module: nn.Module, args: tuple) -> None:
+        if self._record is not None:
+            self._record.append(args[0].flatten(1))  # (B, C, 1, 1) for some CNN heads
+
+    @contextmanager
+    def capturing(self) -> Iterator[list[Tensor]]:
+        """A list the head's inputs of the forwards run inside the block are appended to."""
+        record: list[Tensor] = []
+        self._record = record
+        try:
+            yield record
+        finally:
+            self._record = None
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+@dataclass
+class Captured:
+    """What one forward of a model gives the losses.
+
+    ``outputs``: the model's own output (logits...); ``states``: the used hidden states by index;
+    ``pooled``: the classifier's input (B, d), or ``None`` when it was not asked for.
+    """
+
+    outputs: Any
+    states: dict[int, Tensor] = field(default_factory=dict)
+    pooled: Tensor | None = None
+
+
+class ForwardCapture:
+    """One model's forward plus the features its losses use, returned by value per call.
+
+    Args:
+        model: an HF image classifier or ``TimmWrapperForImageClassification``.
+        indices: hidden states to return (see :class:`HiddenStateCapture`); empty for none.
+        probe_pixels: a (B, 3, H, W) input of the training size; needed when ``indices`` is set.
+        pooled: also return the classifier's input (see :class:`PooledCapture`).
+    """
+
+    def __init__(self, model: nn.Module, indices: Sequence[int] = (), probe_pixels: Tensor | None = None,
+                 pooled: bool = False) -> None:
+        self.model = model
+        self.hidden = HiddenStateCapture(model, indices, probe_pixels) if indices else None
+        self.pooled = PooledCapture(model) if pooled else None
+
+    def __call__(self, pixel_values: Tensor) -> Captured:
+        with self.pooled.capturing() if self.pooled is not None else nullcontext([]) as record:
+            if self.hidden is not None:
+                outputs, states = self.hidden(pixel_values)
+            else:
+                outputs, states = self.model(pixel_values=pixel_values), {}
+        return Captured(outputs, states, record[-1] if record else None)
+
+    def remove(self) -> None:
+        for part in (self.hidden, self.pooled):
+            if part is not None:
+                part.remove()
+
+
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
     return (a is b) or (
         a.shape == b.shape and a.stride() == b.stride() and a.data_ptr() == b.data_ptr() and a.dtype == b.dtype
     )
 
 
-@contextmanager
-def _eval_no_grad(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no BN statistics updated) and no_grad for a probe; every module's mode restored."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-__all__ = ["HiddenStateCapture"]
+__all__ = ["Captured", "ForwardCapture", "HiddenStateCapture", "PooledCapture"]

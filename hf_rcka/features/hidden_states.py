@@ -19,10 +19,9 @@ hidden state, so adapters, layer pairing and the trainer never need to know the 
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -65,18 +64,14 @@ def describe_hidden_states(model: nn.Module, pixel_values: Tensor) -> list[Featu
     """
     embedding_outputs: list[Tensor] = []  # kept alive so no later state can reuse their memory
     hooks = _hook_embedding_outputs(model, embedding_outputs)
-    modes = [(module, module.training) for module in model.modules()]  # may be mixed (frozen BN)
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_no_grad(model):
             outputs = model(pixel_values=_like_parameters(pixel_values, model), output_hidden_states=True)
     except ValueError as error:
         if "output_hidden_states" in str(error):
             raise ValueError(f"{_model_name(model)} cannot return hidden states: {error}") from error
         raise
     finally:
-        for module, training in modes:
-            module.training = training
         for hook in hooks:
             hook.remove()
     states = hidden_states_of(outputs)
@@ -86,20 +81,21 @@ def describe_hidden_states(model: nn.Module, pixel_values: Tensor) -> list[Featu
     return [_spec_of(state, image_size, patch_size, flag) for state, flag in zip(states, embedding_flags)]
 
 
-def resolve_layer(index: int, num_hidden_states: int, side: str) -> int:
-    """Turn a recipe's layer index (negatives count from the end) into a non-negative index.
+@contextmanager
+def eval_no_grad(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no_grad for a probe forward, every submodule's own mode restored afterwards.
 
-    Raises:
-        IndexError: if out of range, saying how many hidden states the ``side`` model has.
+    Eval, so BatchNorm statistics are not touched and a batch of one works; per module, because
+    the modes may be mixed (a frozen BatchNorm in a training model).
     """
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise TypeError(f"{side} layer index must be an int, got {index!r}")
-    if not -num_hidden_states <= index < num_hidden_states:
-        raise IndexError(
-            f"{side} layer {index} is out of range: the {side} model has {num_hidden_states} hidden states, "
-            f"valid indices are {-num_hidden_states}..{num_hidden_states - 1}"
-        )
-    return index % num_hidden_states
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def classifier_of(model: nn.Module) -> nn.Module:
@@ -137,96 +133,6 @@ def pooled_dim(model: nn.Module) -> int:
         if isinstance(module, nn.Conv2d):
             return module.in_channels
     raise ValueError(f"cannot tell the input width of {type(head).__name__}, the head of {_model_name(model)}")
-
-
-# ----------------------------------------------------------------------------------- pairing
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    """A hidden state eligible for pairing: a stage output (hierarchical) or a block (isotropic)."""
-
-    index: int
-    position: int
-    count: int
-    kind: str
-    stride: float | None
-
-    @property
-    def depth(self) -> float:
-        return self.position / self.count
-
-    def describe(self, side: str) -> str:
-        stride = f"stride {self.stride:g}" if self.stride else "stride ?"
-        return f"{side} {self.kind} {self.position}/{self.count} [hidden state {self.index}] ({stride})"
-
-
-def auto_feature_pairs(
-    student_specs: Sequence[FeatureSpec], teacher_specs: Sequence[FeatureSpec], num_pairs: int = 4
-) -> list[tuple[int, int, str]]:
-    """Pick (student_layer, teacher_layer, reason) pairs from two models' hidden states.
-
-    Embedding entries are skipped. A hierarchical model (several grids) offers one candidate per
-    stage, its last hidden state before the grid changes; an isotropic one (ViT) offers every block.
-    The side with fewer candidates picks ``num_pairs`` spread evenly over its depth, always ending
-    at the last one (deep features matter most), and each is matched, in order, to the other
-    side's candidate with the closest stride when both are hierarchical, or else the closest
-    relative depth. Pairs come out shallow to deep with strictly increasing indices.
-    """
-    if num_pairs < 1:
-        raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
-    students, teachers = _candidates(student_specs), _candidates(teacher_specs)
-    k = min(num_pairs, len(students), len(teachers))
-    by_stride = _hierarchical(students) and _hierarchical(teachers)
-    anchor_is_student = len(students) < len(teachers)
-    anchors, others = (students, teachers) if anchor_is_student else (teachers, students)
-    pairs = []
-    previous = -1
-    for i, anchor in enumerate(_spread(anchors, k)):
-        allowed = others[previous + 1 : len(others) - (k - i) + 1]
-        partner = min(allowed, key=lambda c: (_distance(anchor, c, by_stride), -c.position))
-        previous = others.index(partner)
-        student, teacher = (anchor, partner) if anchor_is_student else (partner, anchor)
-        pairs.append((student.index, teacher.index, _reason(student, teacher, by_stride)))
-    return pairs
-
-
-def _candidates(specs: Sequence[FeatureSpec]) -> list[_Candidate]:
-    if not specs:
-        raise ValueError("a model without hidden states cannot be paired")
-    usable = [i for i, s in enumerate(specs) if not s.is_embedding] or list(range(len(specs)))
-    grids = [specs[i].grid for i in usable]
-    if len(set(grids)) > 1:  # stage ends: the last entry before the grid changes
-        chosen = [i for n, i in enumerate(usable) if n + 1 == len(usable) or grids[n] != grids[n + 1]]
-        kind = "stage"
-    else:
-        chosen, kind = usable, "block"
-    return [_Candidate(i, n + 1, len(chosen), kind, specs[i].stride) for n, i in enumerate(chosen)]
-
-
-def _hierarchical(candidates: list[_Candidate]) -> bool:
-    return candidates[0].kind == "stage" and all(c.stride for c in candidates)
-
-
-def _spread(candidates: list[_Candidate], k: int) -> list[_Candidate]:
-    """k candidates spread evenly over depth, the last one always included."""
-    n = len(candidates)
-    return [candidates[math.ceil((i + 1) * n / k) - 1] for i in range(k)]
-
-
-def _distance(a: _Candidate, b: _Candidate, by_stride: bool) -> tuple[float, float]:
-    depth = abs(a.depth - b.depth)
-    if by_stride:
-        return abs(math.log2(a.stride / b.stride)), depth
-    return depth, 0.0
-
-
-def _reason(student: _Candidate, teacher: _Candidate, by_stride: bool) -> str:
-    if by_stride:
-        why = "closest stride" if student.stride != teacher.stride else "same stride"
-    else:
-        why = f"closest relative depth ({student.depth:.2f} vs {teacher.depth:.2f})"
-    return f"{student.describe('student')} <-> {teacher.describe('teacher')}: {why}"
 
 
 # ------------------------------------------------------------------------------ probe helpers
@@ -334,10 +240,9 @@ def _model_name(model: nn.Module) -> str:
 
 
 __all__ = [
-    "auto_feature_pairs",
     "classifier_of",
     "describe_hidden_states",
     "hidden_states_of",
+    "eval_no_grad",
     "pooled_dim",
-    "resolve_layer",
 ]

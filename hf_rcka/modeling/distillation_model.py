@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -21,28 +21,17 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..adapters import build_adapter
-from ..features.capture import HiddenStateCapture
-from ..features.hidden_states import auto_feature_pairs, classifier_of, describe_hidden_states, pooled_dim, resolve_layer
-from ..features.layout import FeatureSpec
+from ..features.capture import Captured, ForwardCapture
+from ..features.hidden_states import describe_hidden_states, pooled_dim
+from ..features.pairing import FeaturePair
+from .feature_adapters import build_feature_adapters
 from ..losses import DistillationLoss, LossContext, LossInputs, weigh_terms
-from .teacher_inputs import InputStats, TeacherInputTransform
+from .teacher_inputs import InputStats, needed_transform
 from .teacher_runtime import TeacherRuntime
 
 logger = logging.getLogger(__name__)
 
 DISTILLATION_STATE_NAME = "distillation_state.safetensors"
-
-
-@dataclass
-class FeaturePair:
-    """One student hidden state distilled from one teacher hidden state through an adapter."""
-
-    student_layer: int
-    teacher_layer: int
-    adapter: str = "auto"
-    options: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
 
 
 @dataclass
@@ -60,17 +49,6 @@ class DistillationOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     loss_terms: dict[str, torch.Tensor] | None = None
-
-
-def _pairs_from_config(feature_pairs: Sequence[dict] | Sequence[FeaturePair]) -> list[FeaturePair]:
-    pairs = []
-    for pair in feature_pairs:
-        if isinstance(pair, FeaturePair):
-            pairs.append(pair)
-            continue
-        options = {k: v for k, v in pair.items() if k not in ("student_layer", "teacher_layer", "adapter")}
-        pairs.append(FeaturePair(pair["student_layer"], pair["teacher_layer"], pair.get("adapter", "auto"), options))
-    return pairs
 
 
 class DistillationModel(nn.Module):
@@ -113,18 +91,14 @@ class DistillationModel(nn.Module):
             teacher.requires_grad_(False)
             teacher.eval()
             self.teacher_runtime = TeacherRuntime(teacher, teacher_dtype, teacher_channels_last)
-        self.teacher_transform = self._teacher_transform(student_input, teacher_input)
+        self.teacher_transform = needed_transform(student_input, teacher_input)
         self.feature_pairs: list[FeaturePair] = []
         self.adapters = nn.ModuleList()
-        self._pooled: dict[str, torch.Tensor] = {}
-        self._captures: dict[str, HiddenStateCapture] = {}
         if self.needs_features:
             self._build_adapters(feature_pairs, student_input)
-            self._build_captures(student_input)
         elif feature_pairs not in (None, "auto"):
             logger.warning("feature_pairs are set but no loss uses hidden states; they are ignored")
-        if self.needs_pooled:
-            self._hook_pooled_features()
+        self._captures = self._build_captures(student_input)
         context = LossContext(
             num_labels=student.config.num_labels,
             student_pooled_dim=pooled_dim(student) if self.needs_pooled else None,
@@ -169,16 +143,6 @@ class DistillationModel(nn.Module):
                 f"label set (train or fine-tune the teacher on this dataset first)"
             )
 
-    @staticmethod
-    def _teacher_transform(student: InputStats | None, teacher: InputStats | None) -> TeacherInputTransform | None:
-        if student is None or teacher is None:
-            return None
-        transform = TeacherInputTransform(student, teacher)
-        if transform.is_identity:
-            return None
-        logger.info("teacher inputs: %s -> %s", student, teacher)
-        return transform
-
     def _probe_pixels(self, student_input: InputStats | None) -> torch.Tensor:
         if student_input is not None:
             height, width = student_input.size
@@ -191,53 +155,32 @@ class DistillationModel(nn.Module):
     def _build_adapters(self, feature_pairs: Any, student_input: InputStats | None) -> None:
         pixels = self._probe_pixels(student_input)
         teacher_pixels = self.teacher_transform(pixels) if self.teacher_transform is not None else pixels
-        student_specs = describe_hidden_states(self.student, pixels)
-        teacher_specs = describe_hidden_states(self.teacher, teacher_pixels)
-        if feature_pairs in (None, "auto"):
-            pairs = [FeaturePair(s, t, "auto", reason=why) for s, t, why in auto_feature_pairs(student_specs, teacher_specs)]
-        else:
-            pairs = _pairs_from_config(feature_pairs)
         needs_shape = any(loss.feature_alignment == "shape" for loss in self.losses.values() if loss.needs_features)
-        for pair in pairs:
-            s = resolve_layer(pair.student_layer, len(student_specs), "student")
-            t = resolve_layer(pair.teacher_layer, len(teacher_specs), "teacher")
-            name, options = self._adapter_choice(pair, needs_shape)
-            self.adapters.append(build_adapter(name, student_specs[s], teacher_specs[t], **options))
-            self.feature_pairs.append(FeaturePair(s, t, name, options, pair.reason))
-            logger.info(
-                "feature pair: student %d %s <-> teacher %d %s via %s%s",
-                s, _describe(student_specs[s]), t, _describe(teacher_specs[t]), name,
-                f" ({pair.reason})" if pair.reason else "",
-            )
+        self.feature_pairs, self.adapters = build_feature_adapters(
+            feature_pairs,
+            describe_hidden_states(self.student, pixels),
+            describe_hidden_states(self.teacher, teacher_pixels),
+            needs_shape,
+        )
 
-    def _build_captures(self, student_input: InputStats | None) -> None:
-        """Hidden-state capture of only the layers the pairs use (see feature_capture)."""
-        shape = self._probe_pixels(student_input).shape
-        generator = torch.Generator().manual_seed(0)  # random, so no two layers look alike; global RNG untouched
-        pixels = torch.randn(shape, generator=generator).to(next(self.student.parameters()).device)
-        teacher_pixels = self.teacher_pixels(pixels)
+    def _build_captures(self, student_input: InputStats | None) -> dict[str, ForwardCapture]:
+        """Per model, the capture of what the losses read: the used hidden states, the pooled feature."""
+        if not (self.needs_features or self.needs_pooled):
+            return {}
+        pixels = teacher_pixels = None
+        if self.needs_features:  # random, so no two layers look alike; the global RNG is untouched
+            generator = torch.Generator().manual_seed(0)
+            shape = self._probe_pixels(student_input).shape
+            pixels = torch.randn(shape, generator=generator).to(next(self.student.parameters()).device)
+            teacher_pixels = self.teacher_pixels(pixels)
+        captures = {}
         for role, model, layers, probe in (
             ("student", self.student, [p.student_layer for p in self.feature_pairs], pixels),
             ("teacher", self.teacher, [p.teacher_layer for p in self.feature_pairs], teacher_pixels),
         ):
-            self._captures[role] = HiddenStateCapture(model, layers, probe)
-
-    @staticmethod
-    def _adapter_choice(pair: FeaturePair, needs_shape: bool) -> tuple[str, dict[str, Any]]:
-        """'auto' means identity for batch-relational losses, patch_match + projection otherwise."""
-        if pair.adapter != "auto":
-            return pair.adapter, dict(pair.options)
-        if needs_shape:
-            return "patch_match", {"project": True, **pair.options}
-        return "identity", dict(pair.options)
-
-    def _hook_pooled_features(self) -> None:
-        """Capture the classifier's input: the pooled penultimate feature used by EKT and SRD."""
-        for role, model in (("student", self.student), ("teacher", self.teacher)):
-            def hook(_module: nn.Module, args: tuple, role: str = role) -> None:
-                self._pooled[role] = args[0].flatten(1)  # (B, C, 1, 1) for some CNN heads
-
-            classifier_of(model).register_forward_pre_hook(hook)
+            if model is not None:
+                captures[role] = ForwardCapture(model, layers, probe, pooled=self.needs_pooled)
+        return captures
 
     # ------------------------------------------------------------------ running
 
@@ -258,15 +201,13 @@ class DistillationModel(nn.Module):
         return self.teacher_runtime.inputs(pixel_values) if self.teacher_runtime is not None else pixel_values
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> DistillationOutput:
-        hidden = self.needs_features and (labels is not None or self.training)
+        with_losses = labels is not None or self.training
         teacher = None
-        if self.teacher is not None and self.needs_teacher and (labels is not None or self.training):
+        if self.teacher is not None and self.needs_teacher and with_losses:
             # Teacher first: its transient activations peak before the student's are alive.
-            teacher = self._run_teacher(pixel_values, hidden)
-        if hidden:
-            student_out, student_states = self._captures["student"](pixel_values)
-        else:
-            student_out, student_states = self.student(pixel_values=pixel_values), {}
+            teacher = self._run_teacher(pixel_values)
+        student = self._run("student", pixel_values, with_losses)
+        student_out, student_states = student.outputs, student.states
         logits = student_out.logits
         if labels is None and not self.training:
             return DistillationOutput(logits=logits)
@@ -274,7 +215,7 @@ class DistillationModel(nn.Module):
             student_logits=_task_logits(student_out),
             labels=labels,
             distillation_logits=getattr(student_out, "distillation_logits", None),
-            student_pooled=self._pooled.pop("student", None),
+            student_pooled=student.pooled,
         )
         if teacher is not None:
             self._add_teacher(inputs, student_states, *teacher)
@@ -285,20 +226,27 @@ class DistillationModel(nn.Module):
         total, weighted = weigh_terms(terms, weights)
         return DistillationOutput(loss=total, logits=logits, loss_terms=weighted)
 
+    def _run(self, role: str, pixel_values: torch.Tensor, capture: bool) -> Captured:
+        """One model's forward; with ``capture``, plus the hidden states and pooled feature the losses read.
+
+        Everything comes back in the returned value: a forward without losses (prediction)
+        captures nothing, and nothing is kept on the module between calls.
+        """
+        forward = self._captures.get(role) if capture else None
+        if forward is not None:
+            return forward(pixel_values)
+        model = self.student if role == "student" else self.teacher
+        return Captured(model(pixel_values=pixel_values))
+
     def _run_teacher(
-        self, pixel_values: torch.Tensor, hidden: bool
+        self, pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]:
         """Teacher logits, pooled feature and used hidden states, as tensors usable by autograd."""
         runtime = self.teacher_runtime
         with runtime.running():
-            teacher_pixels = self.teacher_pixels(pixel_values)
-            if hidden:
-                teacher_out, states = self._captures["teacher"](teacher_pixels)
-            else:
-                teacher_out, states = self.teacher(pixel_values=teacher_pixels), {}
-            pooled = self._pooled.pop("teacher", None)
-        states = {i: runtime.release(t) for i, t in states.items()}
-        return runtime.release(teacher_out.logits), runtime.release(pooled), states
+            teacher = self._run("teacher", self.teacher_pixels(pixel_values), capture=True)
+        states = {i: runtime.release(t) for i, t in teacher.states.items()}
+        return runtime.release(teacher.outputs.logits), runtime.release(teacher.pooled), states
 
     def _add_teacher(self, inputs: LossInputs, student_states: dict[int, torch.Tensor], teacher_logits: torch.Tensor,
                      teacher_pooled: torch.Tensor | None, teacher_states: dict[int, torch.Tensor]) -> None:
@@ -358,7 +306,3 @@ def _task_logits(student_out: Any) -> torch.Tensor:
     cls_logits = getattr(student_out, "cls_logits", None)
     return cls_logits if cls_logits is not None else student_out.logits
 
-
-def _describe(spec: FeatureSpec) -> str:
-    stride = f", stride {spec.stride:g}" if spec.stride else ""
-    return f"[{spec.layout} {spec.channels}ch {spec.grid[0]}x{spec.grid[1]}{stride}]"

@@ -14,6 +14,7 @@ compare correctly whatever their rescaling.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.image_sizes import processor_output_size
+
+logger = logging.getLogger(__name__)
 
 _UINT8_MAX = 255.0
 _MODES = ("bilinear", "bicubic", "nearest", "area")
@@ -178,6 +181,21 @@ class TeacherInputTransform(nn.Module):
     def extra_repr(self) -> str:
         return f"student={self.student}, teacher={self.teacher}, mode={self.mode!r}"
 
+
+
+def needed_transform(student: InputStats | None, teacher: InputStats | None) -> TeacherInputTransform | None:
+    """The transform from the student's inputs to the teacher's, or ``None`` when none is needed.
+
+    ``None`` also when either side is unknown (no processor given): the batch is then passed on
+    as it is, which is what a single shared processor means.
+    """
+    if student is None or teacher is None:
+        return None
+    transform = TeacherInputTransform(student, teacher)
+    if transform.is_identity:
+        return None
+    logger.info("teacher inputs: %s -> %s", student, teacher)
+    return transform
 
 def _column(values: Sequence[float]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)

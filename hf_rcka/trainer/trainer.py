@@ -5,30 +5,34 @@ bars, gradient accumulation, mixed precision, DDP/FSDP through accelerate, check
 ``push_to_hub``). What changes: ``Trainer.model`` is a ``DistillationModel``; the loss is the
 weighted sum of the loss terms, each logged on its own (``ce_loss``, ``rcka_intra_loss``,
 ``rcka_inter_loss``, ..., and ``eval_*`` for evaluation); saving writes only the student as a plain transformers model,
-while checkpoints also keep adapters and loss state so resuming continues exactly.
+while checkpoints also keep adapters and loss state so resuming continues exactly (see
+``checkpointing``, which holds the saving and loading overrides).
+
+The other overrides are public Trainer hooks (``compute_loss``, ``log``, ``evaluation_loop``,
+``get_train_dataloader``, ``train``, ``create_model_card``), except ``_get_train_sampler``, whose
+comment says why; ``tests/test_trainer_contract.py`` pins every private one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import os
-import warnings
+import math
 from typing import Any, Iterable, Sequence
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
 from .. import losses as _losses  # noqa: F401  (registers the losses)
 from ..data.augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
+from .checkpointing import CheckpointingTrainer
 from ..config import validate_losses
 from ..data.datasets import collate
-from ..errors import TeacherNearChance
 from .ema import StudentEmaCallback
 from .card import write_model_card
+from .teacher_check import check_teacher_accuracy
 from ..losses import DistillationLoss
 from .metrics import accuracy_metrics
 from ..data.mixing import build_mixup, mix_batch
@@ -39,8 +43,6 @@ from ..data.sampler import RepeatedAugmentationSampler, keep_rank_sharding
 from ..modeling.teacher_inputs import InputStats, input_stats
 
 logger = logging.getLogger(__name__)
-
-TRAINING_ARGS_NAME = "training_args.bin"
 
 
 def default_losses(has_teacher: bool) -> list[dict[str, Any]]:
@@ -81,7 +83,7 @@ class _EpochEndCallback(TrainerCallback):
             loss.on_epoch_end(epoch)
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(CheckpointingTrainer):
     """Trainer for knowledge distillation (or plain supervised training without a teacher).
 
     Args:
@@ -128,7 +130,6 @@ class DistillationTrainer(Trainer):
         self.add_callback(_EpochEndCallback(list(model.losses.values())))
         self._terms: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._term_counts = {"train": 0, "eval": 0}
-        self._saving_checkpoint = False
         self.card_facts = CardFacts()  # the CLI adds what it knows (base model, evaluation data)
         self._setup_pipeline(augmentation or AugmentationArguments())
 
@@ -218,6 +219,7 @@ class DistillationTrainer(Trainer):
             logs = {**logs, **self._term_means("train")}
         super().log(logs, start_time)
 
+    # Public hook (shared by evaluate and predict), so ``test_*`` metrics get the per-term losses too.
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval") -> EvalLoopOutput:
         """Trainer's loop, plus ``{prefix}_{term}_loss`` for every loss term (and ``{prefix}_ema_*``
@@ -238,6 +240,10 @@ class DistillationTrainer(Trainer):
 
     # ------------------------------------------------------------------ sampling
 
+    # Private override. Trainer.get_train_dataloader (public) builds its loader through the private
+    # _get_dataloader, which takes the sampler from this method: overriding it is the one way to
+    # use our sampler and keep everything else Trainer sets on the loader (workers, collator,
+    # column removal, worker seeding, accelerate preparation), rather than rebuild all of that.
     def _get_train_sampler(self, train_dataset=None):
         """DeiT's repeated-augmentation sampler when ``aug_repeats`` > 0, else Trainer's."""
         repeats = self.augmentation.aug_repeats
@@ -259,80 +265,22 @@ class DistillationTrainer(Trainer):
         return super().train(*args, **kwargs)
 
     def check_teacher(self) -> float | None:
-        """Teacher top-1 on the first eval batch; warn or stop when it is near chance.
-
-        A teacher fed inputs normalised unlike its training data still gives confident logits,
-        and the student then learns garbage with no error anywhere. Within two binomial standard
-        errors of chance is "near chance".
-        """
+        """Teacher top-1 on the first eval batch; warn or stop when it is near chance (see teacher_check)."""
         mode = getattr(self.args, "teacher_accuracy_check", "warn")
         model = self.distillation_model
         if mode == "off" or model.teacher is None or not model.needs_teacher or self.eval_dataset is None:
             return None
-        batch = self._prepare_inputs(next(iter(self.get_eval_dataloader())))
+        batch = next(iter(self.get_eval_dataloader()))
+        batch = {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         model.to(self.args.device)
-        accuracy = model.teacher_accuracy(batch["pixel_values"], batch["labels"])
-        n, chance = len(batch["labels"]), 1.0 / model.student.config.num_labels
-        threshold = chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n)
-        logger.info("teacher accuracy on the first eval batch: %.3f (chance %.3f)", accuracy, chance)
-        if accuracy <= threshold:
-            message = (
-                f"the teacher's accuracy on the first eval batch is {accuracy:.3f}, near chance ({chance:.3f}, "
-                f"n={n}). Is it trained on this label set, and does it get its own normalisation and "
-                f"resolution (pass teacher_processor)? Distilling from it teaches the student garbage. "
-                f"Set teacher_accuracy_check: off to skip this check."
-            )
-            if mode == "error":
-                raise TeacherNearChance(message)
-            warnings.warn(message, stacklevel=2)
-            logger.warning("!!! %s", message)
-        return accuracy
+        return check_teacher_accuracy(model, batch["pixel_values"], batch["labels"], mode)
 
-    # ------------------------------------------------------------------ saving and loading
-
-    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        self._saving_checkpoint = True
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._saving_checkpoint = False
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Write the student as a plain transformers model (+ processor); checkpoints add adapters."""
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        model = self.distillation_model
-        student_state = None
-        if state_dict is not None:  # FSDP/DeepSpeed gathered the wrapper's full state dict
-            student_state = {k[len("student."):]: v for k, v in state_dict.items() if k.startswith("student.")}
-        export_ema = self.model_ema is not None and self.args.model_ema_export and not self._saving_checkpoint
-        with self.model_ema.swapped_in() if export_ema else contextlib.nullcontext():
-            model.student.save_pretrained(output_dir, state_dict=student_state)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
-        if self._saving_checkpoint:
-            model.save_distillation_state(output_dir)
-            if self.model_ema is not None:
-                self.model_ema.save(output_dir)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
-        target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        logger.info("resuming student and distillation state from %s", resume_from_checkpoint)
-        target.load_checkpoint(resume_from_checkpoint)
-        if self.model_ema is not None:
-            self.model_ema.load(resume_from_checkpoint)
-
-    def _load_best_model(self) -> None:
-        logger.info("loading the best student from %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
-        self.distillation_model.load_checkpoint(self.state.best_model_checkpoint)
+    # ------------------------------------------------------------------ model card
 
     def create_model_card(
         self, model_name: str | None = None, dataset: str | None = None, license: str | None = None, **kwargs: Any
     ) -> None:
-        """A card that names the teacher as teacher (never as ``base_model``); see ``hub.write_model_card``.
+        """A card that names the teacher as teacher (never as ``base_model``); see ``card.write_model_card``.
 
         ``self.card_facts`` (filled by the CLI: base model, evaluation data) is completed here with
         the teacher's accuracy on the evaluation set and the ``baseline_dir`` run's accuracy.

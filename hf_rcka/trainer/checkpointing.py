@@ -1,0 +1,104 @@
+"""How a distillation run is saved and restored, through the Trainer methods that do it.
+
+``Trainer.model`` is a ``DistillationModel`` (student + frozen teacher + adapters + loss state),
+not a ``PreTrainedModel``. Left alone, transformers would save the wrapper's whole state dict,
+teacher included, as one ``model.safetensors`` with no config, and on resume or at
+``load_best_model_at_end`` would load that file into the wrapper by key. What a run needs
+instead: every save writes the student alone as a plain transformers model (``from_pretrained``
+works on it, the Hub shows a student), and checkpoints add the adapters' and losses' state and the
+weight EMA, so resuming continues exactly.
+
+transformers offers no public hook for these steps (``save_model`` is public but hands the
+gathered FSDP/DeepSpeed state dict only to ``_save``; no callback event fires before a
+checkpoint's weights are written or instead of the weight loading). So :class:`CheckpointingTrainer`
+overrides four private methods. Each says at its definition what transformers does there that
+must change, and ``tests/test_trainer_contract.py`` pins the transformers behaviour each relies on
+(signature, when it is called, what our override leaves on disk or in the weights), so an upgrade
+that moves them fails loudly instead of silently saving the wrong model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any, Iterator
+
+import torch
+from transformers import Trainer
+
+logger = logging.getLogger(__name__)
+
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+class CheckpointingTrainer(Trainer):
+    """Trainer whose saves hold the student alone, and whose checkpoints restore a distillation.
+
+    Subclasses provide ``distillation_model`` (the unwrapped ``DistillationModel``) and
+    ``model_ema`` (a ``StudentEmaCallback`` or ``None``).
+    """
+
+    distillation_model: Any
+    model_ema: Any = None
+    _checkpointing = False
+
+    @contextlib.contextmanager
+    def _writing_checkpoint(self) -> Iterator[None]:
+        self._checkpointing = True
+        try:
+            yield
+        finally:
+            self._checkpointing = False
+
+    # Private override. Trainer writes a checkpoint's weights through save_model -> _save, the same
+    # path as an export, and no callback runs before those weights are written (on_save runs after).
+    # Marking the call is the only way _save can tell a checkpoint (live weights + adapter/loss
+    # state + EMA state, to resume exactly) from an export (the EMA weights when model_ema_export).
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        with self._writing_checkpoint():
+            super()._save_checkpoint(model, trial)
+
+    # Private override. Trainer._save writes Trainer.model's state dict; ours is the wrapper, so it
+    # would store teacher + adapters in one model.safetensors without a config. save_model (public)
+    # cannot replace it: under FSDP/DeepSpeed it gathers the full state dict and passes it only here.
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write the student as a plain transformers model (+ processor); checkpoints add adapters."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.distillation_model
+        student_state = None
+        if state_dict is not None:  # FSDP/DeepSpeed gathered the wrapper's full state dict
+            student_state = {k[len("student."):]: v for k, v in state_dict.items() if k.startswith("student.")}
+        export_ema = self.model_ema is not None and self.args.model_ema_export and not self._checkpointing
+        with self.model_ema.swapped_in() if export_ema else contextlib.nullcontext():
+            model.student.save_pretrained(output_dir, state_dict=student_state)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self._checkpointing:
+            model.save_distillation_state(output_dir)
+            if self.model_ema is not None:
+                self.model_ema.save(output_dir)
+
+    # Private override. On resume Trainer loads the checkpoint's model.safetensors into Trainer.model
+    # by key, non-strictly: into our wrapper that restores nothing (the student's keys lack the
+    # "student." prefix) and only warns. We restore student, adapters, loss state and EMA strictly.
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        logger.info("resuming student and distillation state from %s", resume_from_checkpoint)
+        target.load_checkpoint(resume_from_checkpoint)
+        if self.model_ema is not None:
+            self.model_ema.load(resume_from_checkpoint)
+
+    # Private override. With load_best_model_at_end Trainer loads the best checkpoint's weights file
+    # into Trainer.model the same way (nothing matches, so nothing is restored); we load the student
+    # and distillation state of that checkpoint, strictly.
+    def _load_best_model(self) -> None:
+        logger.info("loading the best student from %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
+        self.distillation_model.load_checkpoint(self.state.best_model_checkpoint)
+
+
+__all__ = ["TRAINING_ARGS_NAME", "CheckpointingTrainer"]

@@ -1,0 +1,52 @@
+"""Is the teacher any good on this data? Checked once, before compute is spent distilling from it.
+
+A teacher fed inputs normalised unlike its training data (or trained on another label set) still
+gives confident logits, and the student then learns garbage with no error anywhere. One eval
+batch is enough to see a teacher at chance: within two binomial standard errors of chance is
+"near chance".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import torch
+
+from ..errors import TeacherNearChance
+
+logger = logging.getLogger(__name__)
+
+
+def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tensor, mode: str) -> float:
+    """The teacher's top-1 on one batch; near chance, warn (``mode="warn"``) or raise (``"error"``).
+
+    Args:
+        model: a ``DistillationModel`` with a teacher (its ``teacher_accuracy`` sees the
+            teacher's own inputs, as in training).
+        pixel_values / labels: one evaluation batch, on the model's device.
+        mode: ``"warn"`` or ``"error"``.
+
+    Raises:
+        TeacherNearChance: when near chance and ``mode`` is ``"error"``.
+    """
+    accuracy = model.teacher_accuracy(pixel_values, labels)
+    n, chance = len(labels), 1.0 / model.student.config.num_labels
+    threshold = chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n)
+    logger.info("teacher accuracy on the first eval batch: %.3f (chance %.3f)", accuracy, chance)
+    if accuracy <= threshold:
+        message = (
+            f"the teacher's accuracy on the first eval batch is {accuracy:.3f}, near chance ({chance:.3f}, "
+            f"n={n}). Is it trained on this label set, and does it get its own normalisation and "
+            f"resolution (pass teacher_processor)? Distilling from it teaches the student garbage. "
+            f"Set teacher_accuracy_check: off to skip this check."
+        )
+        if mode == "error":
+            raise TeacherNearChance(message)
+        warnings.warn(message, stacklevel=3)
+        logger.warning("!!! %s", message)
+    return accuracy
+
+
+__all__ = ["check_teacher_accuracy"]

@@ -1,0 +1,109 @@
+"""DistillationModel: per-call features come back by value; nothing stays on a module between calls."""
+
+import gc
+import weakref
+
+import pytest
+import torch
+from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_resnet, tiny_vit
+
+from hf_rcka.features.capture import Captured, ForwardCapture, HiddenStateCapture, PooledCapture
+from hf_rcka.features.hidden_states import classifier_of
+from hf_rcka.losses import CrossEntropyLoss, FeatureCKALoss, SRDLoss
+from hf_rcka.modeling import DistillationModel
+from hf_rcka.modeling.teacher_inputs import input_stats
+
+
+def _model(*losses) -> DistillationModel:
+    return DistillationModel(
+        tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), *losses], feature_pairs="auto",
+        student_input=input_stats(processor(16)),
+        teacher_input=input_stats(processor(24, IMAGENET_MEAN, IMAGENET_STD)),
+    )
+
+
+def _batch(n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, 16, 16, generator=generator), torch.arange(n) % 3
+
+
+def _loose_tensors(model: DistillationModel) -> list[str]:
+    """Tensors held by the model outside its parameters and buffers, or by its captures."""
+    found = [name for name, value in vars(model).items() if isinstance(value, torch.Tensor)]
+    for role, capture in model._captures.items():
+        parts = {"pooled": capture.pooled, "hidden": capture.hidden}
+        for part_name, part in parts.items():
+            for name, value in (vars(part) if part is not None else {}).items():
+                values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+                if any(isinstance(v, torch.Tensor) for v in values):
+                    found.append(f"{role}.{part_name}.{name}")
+    return found
+
+
+def _head_inputs(model: DistillationModel) -> tuple[list[weakref.ref], list]:
+    """Weak references to every tensor the two heads receive (the pooled features)."""
+    refs: list[weakref.ref] = []
+    handles = [
+        classifier_of(m).register_forward_pre_hook(lambda _m, args: refs.append(weakref.ref(args[0])))
+        for m in (model.student, model.teacher)
+    ]
+    return refs, handles
+
+
+def test_pooled_features_reach_the_losses_by_value():
+    model = _model(SRDLoss())
+    pixels, labels = _batch()
+    out = model.train()(pixel_values=pixels, labels=labels)
+    assert set(out.loss_terms) == {"ce", "srd"} and torch.isfinite(out.loss_terms["srd"])
+    out.loss_terms["srd"].backward()
+    assert model.student.classifier.weight.grad is None, "srd reads the pooled feature, not the logits"
+    assert any(p.grad is not None for p in model.student.vit.parameters())
+    assert not hasattr(model, "_pooled") and _loose_tensors(model) == []
+
+
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_an_eval_forward_leaves_no_tensor_behind(with_labels: bool):
+    model = _model(SRDLoss(), FeatureCKALoss()).eval()
+    pixels, labels = _batch()
+    model.train()(pixel_values=pixels, labels=labels)  # a training step first: its features must not linger
+    model.eval()
+    refs, handles = _head_inputs(model)
+    with torch.no_grad():
+        out = model(pixel_values=pixels, labels=labels if with_labels else None)
+    for handle in handles:
+        handle.remove()
+    assert (out.loss_terms is not None) == with_labels
+    assert len(refs) == (2 if with_labels else 1), "prediction runs the student alone"
+    del out
+    gc.collect()
+    assert all(ref() is None for ref in refs), "a pooled feature outlived its forward"
+    assert _loose_tensors(model) == []
+
+
+def test_pooled_capture_records_only_inside_its_block():
+    model = tiny_resnet()
+    capture = PooledCapture(model)
+    pixels = _batch()[0]
+    with torch.no_grad():
+        model(pixel_values=pixels)  # a plain forward: nothing recorded
+        assert capture._record is None
+        with capture.capturing() as record:
+            model(pixel_values=pixels)
+    assert capture._record is None and len(record) == 1 and record[0].shape == (5, 20)
+    capture.remove()
+
+
+def test_forward_capture_returns_states_and_pooled_together():
+    model = tiny_vit()
+    pixels = _batch()[0]
+    capture = ForwardCapture(model, [1], pixels[:2], pooled=True)
+    assert isinstance(capture.hidden, HiddenStateCapture)
+    with torch.no_grad():
+        result = capture(pixels)
+    assert isinstance(result, Captured)
+    assert set(result.states) == {1} and result.states[1].shape == (5, 17, 36)
+    assert result.pooled.shape == (5, 36) and result.outputs.logits.shape == (5, 3)
+    plain = ForwardCapture(model)
+    assert plain.hidden is None and plain.pooled is None
+    with torch.no_grad():
+        assert plain(pixels).states == {} and plain(pixels).pooled is None

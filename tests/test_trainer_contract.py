@@ -1,0 +1,148 @@
+"""Pins of the transformers.Trainer behaviour that DistillationTrainer's private overrides rely on.
+
+transformers may rename, re-sign or stop calling a private method in any minor release; the
+override would then be dead code and the run would silently save or restore the wrong model.
+Each override is pinned three ways: the base method exists with the signature we override, the
+Trainer calls it where we expect, and our override's effect is observable on disk or in weights.
+"""
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification, Trainer
+
+from conftest import pixel_dataset, processor, tiny_resnet, tiny_vit
+from hf_rcka import DistillationTrainer, DistillationTrainingArguments
+from hf_rcka.data.sampler import RepeatedAugmentationSampler
+from hf_rcka.modeling import DISTILLATION_STATE_NAME
+from hf_rcka.trainer.checkpointing import CheckpointingTrainer
+
+PRIVATE_OVERRIDES = {
+    "_save_checkpoint": ["self", "model", "trial"],
+    "_save": ["self", "output_dir", "state_dict"],
+    "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
+    "_load_best_model": ["self"],
+    "_get_train_sampler": ["self", "train_dataset"],
+}
+LOSSES = [{"name": "ce"}, {"name": "srd"}]  # srd: a projector, so checkpoints carry distillation state
+
+
+def _args(tmp_path: Path, name: str = "run", **overrides) -> DistillationTrainingArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / name), per_device_train_batch_size=5, per_device_eval_batch_size=5,
+        learning_rate=5e-2, report_to="none", use_cpu=True, seed=0, save_strategy="no",
+        teacher_accuracy_check="off", dataloader_num_workers=0, losses=LOSSES,
+    )
+    return DistillationTrainingArguments(**{**defaults, **overrides})
+
+
+def _trainer(args: DistillationTrainingArguments, **kwargs) -> DistillationTrainer:
+    return DistillationTrainer(model=tiny_vit(), teacher=tiny_resnet(), args=args, train_dataset=pixel_dataset(20),
+                               eval_dataset=pixel_dataset(10, seed=1), processing_class=processor(16), **kwargs)
+
+
+def _spy(trainer: DistillationTrainer, name: str, calls: list, record=None):
+    """Replace ``trainer.<name>`` by a wrapper appending ``record(*args, **kwargs)`` to ``calls``."""
+    method = getattr(trainer, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(record(*args, **kwargs) if record is not None else (args, kwargs))
+        return method(*args, **kwargs)
+
+    setattr(trainer, name, wrapper)
+
+
+@pytest.mark.parametrize("name", sorted(PRIVATE_OVERRIDES))
+def test_private_methods_we_override_keep_their_signature(name: str):
+    assert hasattr(Trainer, name), f"transformers.Trainer.{name} is gone: our override is dead code"
+    expected = PRIVATE_OVERRIDES[name]
+    assert list(inspect.signature(getattr(Trainer, name)).parameters) == expected
+    ours = getattr(DistillationTrainer, name)
+    assert ours is not getattr(Trainer, name), f"{name} is no longer overridden: drop it from the pins"
+    assert list(inspect.signature(ours).parameters) == expected
+
+
+def test_trainer_saves_and_restores_through_the_overrides(tmp_path):
+    args = _args(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+                 load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=False)
+    trainer = _trainer(args)
+    checkpoints, saves, best, samplers = [], [], [], []
+    _spy(trainer, "_save_checkpoint", checkpoints, lambda *a, **k: trainer.state.global_step)
+    _spy(trainer, "_save", saves, lambda output_dir=None, state_dict=None: (Path(output_dir), trainer._checkpointing))
+    _spy(trainer, "_load_best_model", best, lambda: trainer.state.best_model_checkpoint)
+    _spy(trainer, "_get_train_sampler", samplers)
+    trainer.train()
+
+    run = tmp_path / "run"
+    assert checkpoints == [2, 4], "Trainer checkpoints through _save_checkpoint at every save step"
+    assert saves == [(run / "checkpoint-2", True), (run / "checkpoint-4", True)], (
+        "a checkpoint's weights are written by _save, inside _save_checkpoint"
+    )
+    assert len(samplers) == 1, "get_train_dataloader takes its sampler from _get_train_sampler"
+    assert best == [trainer.state.best_model_checkpoint] and best[0] is not None, (
+        "load_best_model_at_end calls _load_best_model once, after training"
+    )
+    trainer.save_model(str(tmp_path / "export"))
+    assert saves[-1] == (tmp_path / "export", False), "save_model exports through _save"
+
+    # Effects: checkpoints hold the student alone, plus distillation state; the best one is restored.
+    student_keys = set(trainer.model.student.state_dict())
+    for step in (2, 4):
+        checkpoint = run / f"checkpoint-{step}"
+        assert (checkpoint / "config.json").is_file() and (checkpoint / DISTILLATION_STATE_NAME).is_file()
+        saved = AutoModelForImageClassification.from_pretrained(checkpoint).state_dict()
+        assert set(saved) == student_keys, "no teacher or adapter weights in the student's files"
+        assert any(k.startswith("losses.srd.") for k in load_file(checkpoint / DISTILLATION_STATE_NAME))
+    assert not (tmp_path / "export" / DISTILLATION_STATE_NAME).exists()
+    expected = AutoModelForImageClassification.from_pretrained(best[0]).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in trainer.model.student.state_dict().items())
+
+
+def test_resume_loads_the_checkpoint_through_load_from_checkpoint(tmp_path):
+    first = _trainer(_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2))
+    first.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    saved_loss_state = load_file(checkpoint / DISTILLATION_STATE_NAME)
+
+    resumed = _trainer(_args(tmp_path, "resumed", max_steps=3, save_strategy="no"))
+    loads, restored = [], {}
+
+    def record(resume_from_checkpoint, model=None):
+        return resume_from_checkpoint, model
+
+    _spy(resumed, "_load_from_checkpoint", loads, record)
+    method = resumed._load_from_checkpoint
+
+    def observe(*args, **kwargs):
+        method(*args, **kwargs)
+        restored["student"] = {k: v.clone() for k, v in resumed.model.student.state_dict().items()}
+        restored["losses"] = {k: v.clone() for k, v in resumed.model.losses.state_dict().items()}
+
+    resumed._load_from_checkpoint = observe
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert loads == [(str(checkpoint), None)], "without FSDP, train() loads the checkpoint once, before prepare"
+    expected = AutoModelForImageClassification.from_pretrained(checkpoint).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in restored["student"].items())
+    assert all(torch.equal(v, saved_loss_state[f"losses.{k}"]) for k, v in restored["losses"].items())
+
+
+def test_without_the_overrides_transformers_would_save_the_wrapper(tmp_path):
+    """Why _save is overridden: the base writes Trainer.model, teacher included, with no config."""
+    trainer = _trainer(_args(tmp_path, teacher_channels_last=False))  # NHWC weights would not even save
+    out = tmp_path / "base"
+    Trainer._save(trainer, str(out))
+    keys = set(load_file(out / "model.safetensors"))
+    assert any(k.startswith("teacher.") for k in keys) and not (out / "config.json").exists()
+    assert issubclass(DistillationTrainer, CheckpointingTrainer)
+
+
+def test_repeated_augmentation_reaches_the_loader_through_the_sampler_hook(tmp_path):
+    from hf_rcka.data.augmentation import AugmentationArguments
+
+    trainer = _trainer(_args(tmp_path), augmentation=AugmentationArguments(aug_repeats=2))
+    loader = trainer.get_train_dataloader()
+    sampler = getattr(getattr(loader.batch_sampler, "batch_sampler", loader.batch_sampler), "sampler", None)
+    assert isinstance(sampler, RepeatedAugmentationSampler)
