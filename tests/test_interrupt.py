@@ -103,7 +103,7 @@ def tiny_trainer(tmp_path, *callbacks):
 
 
 def test_sigint_stops_after_the_current_step_with_a_checkpoint(tmp_path):
-    from hf_rcka.cli.main import _train
+    from hf_rcka.cli.job import _train
 
     stop = GracefulStop()
     stop.install()
@@ -122,7 +122,7 @@ def test_sigint_stops_after_the_current_step_with_a_checkpoint(tmp_path):
 
 
 def test_a_second_signal_stops_at_once(tmp_path):
-    from hf_rcka.cli.main import _train
+    from hf_rcka.cli.job import _train
 
     stop = GracefulStop()
     stop.install()

@@ -24,7 +24,6 @@ from transformers.trainer_utils import EvalLoopOutput
 from .. import losses as _losses  # noqa: F401  (registers the losses)
 from ..data.augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
-from ..config import validate_losses
 from ..data.datasets import collate
 from ..errors import TeacherNearChance
 from .ema import StudentEmaCallback
@@ -51,9 +50,10 @@ def default_losses(has_teacher: bool) -> list[dict[str, Any]]:
 
 
 def build_losses(specs: Sequence[dict[str, Any]], args: TrainingArguments) -> list[DistillationLoss]:
-    """Instantiate validated loss specs; ``ce`` inherits ``label_smoothing_factor``."""
+    """Instantiate loss specs (checked by ``DistillationTrainingArguments``); ``ce`` inherits
+    ``label_smoothing_factor``."""
     built = []
-    for spec in validate_losses(list(specs)):
+    for spec in specs:
         options = {k: v for k, v in spec.items() if k != "name"}
         if spec["name"] == "ce" and options.get("label_smoothing") is None:
             options["label_smoothing"] = args.label_smoothing_factor or None
@@ -63,6 +63,31 @@ def build_losses(specs: Sequence[dict[str, Any]], args: TrainingArguments) -> li
 
 def _stats_or_none(processor: Any) -> InputStats | None:
     return input_stats(processor) if processor is not None else None
+
+
+def build_distillation_model(
+    student: PreTrainedModel | None, teacher: PreTrainedModel | None, args: TrainingArguments,
+    student_input: InputStats | None = None, teacher_input: InputStats | None = None,
+) -> DistillationModel:
+    """The ``DistillationModel`` the trainer trains: ``args``' losses (or the defaults) and feature pairs.
+
+    ``student_input``/``teacher_input`` are each model's normalisation and resolution
+    (``input_stats`` of its image processor), so the teacher sees its own inputs.
+    """
+    if student is None:
+        raise ValueError("DistillationTrainer needs a student model")
+    specs = getattr(args, "losses", None) or default_losses(teacher is not None)
+    pairs = getattr(args, "feature_pairs", None)  # validated by DistillationTrainingArguments
+    return DistillationModel(
+        student,
+        teacher,
+        build_losses(specs, args),
+        feature_pairs=pairs if pairs is not None else "auto",
+        student_input=student_input,
+        teacher_input=teacher_input if teacher is not None else None,
+        teacher_dtype=getattr(args, "teacher_dtype", None),
+        teacher_channels_last=getattr(args, "teacher_channels_last", True),
+    )
 
 
 class _EpochEndCallback(TrainerCallback):
@@ -107,7 +132,10 @@ class DistillationTrainer(Trainer):
         if args is None:
             raise ValueError("DistillationTrainer needs args (DistillationTrainingArguments with an output_dir)")
         if not isinstance(model, DistillationModel):
-            model = self._wrap(model, teacher, args, kwargs.get("processing_class"), teacher_processor)
+            model = build_distillation_model(
+                model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
+                _stats_or_none(teacher_processor) if teacher is not None else None,
+            )
         if args.ddp_find_unused_parameters is None:
             args.ddp_find_unused_parameters = _has_unused_head(model)
         args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
@@ -141,26 +169,6 @@ class DistillationTrainer(Trainer):
                 self.distillation_model.student, self.args.model_ema_decay, self.args.model_ema_warmup
             )
             self.add_callback(self.model_ema)
-
-    @staticmethod
-    def _wrap(
-        student: PreTrainedModel | None, teacher: PreTrainedModel | None, args: TrainingArguments,
-        processor: Any, teacher_processor: Any,
-    ) -> DistillationModel:
-        if student is None:
-            raise ValueError("DistillationTrainer needs a student model")
-        specs = getattr(args, "losses", None) or default_losses(teacher is not None)
-        pairs = getattr(args, "feature_pairs", None)  # validated by DistillationTrainingArguments
-        return DistillationModel(
-            student,
-            teacher,
-            build_losses(specs, args),
-            feature_pairs=pairs if pairs is not None else "auto",
-            student_input=_stats_or_none(processor),
-            teacher_input=_stats_or_none(teacher_processor) if teacher is not None else None,
-            teacher_dtype=getattr(args, "teacher_dtype", None),
-            teacher_channels_last=getattr(args, "teacher_channels_last", True),
-        )
 
     @property
     def distillation_model(self) -> DistillationModel:
