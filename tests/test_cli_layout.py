@@ -12,6 +12,7 @@ import hf_rcka.arguments as arguments
 import hf_rcka.cli.job as job
 import hf_rcka.trainer.trainer as trainer_module
 from hf_rcka.cli.recipe import parse_arguments
+from hf_rcka.errors import RecipeError
 from hf_rcka.registry import LOSSES
 
 CLI = Path(__file__).parent.parent / "hf_rcka" / "cli"
@@ -81,5 +82,5 @@ def test_the_students_input_statistics_are_read_once(monkeypatch):
 @pytest.mark.parametrize("key", ["student_layer", "teacher_layer"])
 def test_python_values_are_checked_not_converted(key):
     pair = {"student_layer": 1, "teacher_layer": 2, key: "1"}
-    with pytest.raises(Exception, match=rf"feature_pairs\[0\]\.{key} must be an integer"):
+    with pytest.raises(RecipeError, match=rf"feature_pairs\[0\]\.{key} must be an integer"):
         arguments.DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=[pair])
