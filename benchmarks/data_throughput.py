@@ -71,7 +71,7 @@ def ours_loader(folder: Path, batch_size: int, workers: int, output_dir: str):
     from transformers import ViTConfig, ViTForImageClassification
 
     from hf_rcka import DistillationTrainer, DistillationTrainingArguments
-    from hf_rcka.config import DataArguments
+    from hf_rcka.arguments import DataArguments
     from hf_rcka.data.datasets import label_names, load_raw_datasets, prepare_datasets
     from hf_rcka.models.processors import load_image_processor
 

@@ -171,7 +171,7 @@ def student_run(out: Path, work: Path, name: str, direction: Direction, variant_
 
 def validation_size() -> int:
     """How many images the runs were evaluated on (the same carved split the CLI makes)."""
-    from hf_rcka.config import DataArguments
+    from hf_rcka.arguments import DataArguments
     from hf_rcka.data.datasets import load_raw_datasets
 
     split = load_raw_datasets(DataArguments(dataset_name="builtin:digits", train_val_split=RUN_SETTINGS["train_val_split"]))

@@ -19,9 +19,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "DistillationTrainer": "trainer.trainer",
-    "DistillationTrainingArguments": "config",
-    "ModelArguments": "config",
-    "DataArguments": "config",
+    "DistillationTrainingArguments": "arguments",
+    "ModelArguments": "arguments",
+    "DataArguments": "arguments",
     "AugmentationArguments": "data.augmentation",
     "DistillationModel": "modeling.distillation_model",
     "FeaturePair": "features.pairing",

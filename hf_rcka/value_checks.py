@@ -1,8 +1,12 @@
-"""Value ranges of training settings that the recipe alone decides, checked before anything loads.
+"""Value rules of the settings a recipe alone decides, checked before anything loads.
 
 ``TrainingArguments`` accepts a negative learning rate, a batch size of 0 or a label smoothing of
 1.5; they fail at the first step (or, worse, train quietly: a negative learning rate climbs the
-loss). Each rule names its key and the accepted range.
+loss). A loss or adapter name with a typo would fail only once the models are loaded. Each rule
+here names its key and the accepted range or the closest valid names.
+
+Values arrive typed (a recipe's text is converted by ``hf_rcka.cli.coercion`` first); these
+checks convert nothing, they only fill the defaults of a loss spec (``weight: 1.0``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,14 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from . import adapters as _adapters  # noqa: F401  (registers the adapters)
+from . import losses as _losses  # noqa: F401  (registers the losses)
 from .errors import RecipeError
+from .features.pairing import RESERVED_PAIR_KEYS
+from .registry import ADAPTERS, LOSSES, close_matches
+
+RESERVED_LOSS_KEYS = ("name", "weight")
+DEFAULT_LOSS_WEIGHT = 1.0
 
 # key -> (accepted, description of the accepted range)
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -42,3 +53,96 @@ def check_training_values(args: Any) -> None:
             continue
         if (isinstance(value, float) and math.isnan(value)) or not accepted(value):
             raise RecipeError(f"{key} must be {description}, got {value}")
+
+
+# --------------------------------------------------------------------------------------------
+# Losses and feature pairs
+# --------------------------------------------------------------------------------------------
+
+
+def loss_spec(spec: Any) -> Any:
+    """A loss entry in its full form: ``"kd"`` -> ``{"name": "kd", "weight": 1.0}``; others as given."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if isinstance(spec, dict) and "name" in spec and "weight" not in spec:
+        spec = {**spec, "weight": DEFAULT_LOSS_WEIGHT}
+    return spec
+
+
+def validate_losses(specs: Any) -> list[dict] | None:
+    """Check every ``{name, weight, ...}`` entry against the loss registry; return full copies.
+
+    Each loss's value rules (``kd``'s ``temperature > 0``...) live in its constructor, so each
+    entry is constructed once here to apply them; the trainer builds the losses it trains.
+
+    Raises:
+        RecipeError: naming ``losses[i]`` and, for a typo, the closest loss or option names.
+    """
+    if specs is None:
+        return None
+    if not isinstance(specs, list) or not specs:
+        raise RecipeError(f"losses must be a non-empty list of {{name: ..., weight: ...}}, got {specs!r}")
+    normalised, seen = [], set()
+    for i, spec in enumerate(specs):
+        spec = loss_spec(spec)
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise RecipeError(f"losses[{i}] must be a mapping with a 'name', got {spec!r}")
+        name = spec["name"]
+        if name not in LOSSES:
+            raise RecipeError(f"losses[{i}]: unknown loss {name!r}: {close_matches(str(name), LOSSES.names())}")
+        if name in seen:
+            raise RecipeError(f"losses[{i}]: loss {name!r} is listed twice; give it one entry")
+        seen.add(name)
+        normalised.append(_checked_loss(spec, f"losses[{i}]"))
+    return normalised
+
+
+def _checked_loss(spec: dict, where: str) -> dict:
+    """One entry with a registered name: weight, option names and option values."""
+    name, weight = spec["name"], spec["weight"]
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise RecipeError(f"{where}.weight must be a number, got {weight!r}")
+    if weight < 0:
+        raise RecipeError(f"{where}.weight must be >= 0, got {weight}")
+    options = {k: v for k, v in spec.items() if k not in RESERVED_LOSS_KEYS}
+    try:
+        LOSSES.check_options(name, options, reserved=RESERVED_LOSS_KEYS)
+        LOSSES.build(name, weight=weight, **options)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"{where} ({name}): {err}") from None
+    return {"name": name, "weight": float(weight), **options}
+
+
+def validate_feature_pairs(pairs: Any) -> list[dict] | str | None:
+    """``None``, ``'auto'`` or a list of ``{student_layer, teacher_layer, adapter, ...}``.
+
+    Raises:
+        RecipeError: naming ``feature_pairs[i]`` and, for a typo, the closest adapter or option names.
+    """
+    if pairs is None or pairs == "auto":
+        return pairs
+    if not isinstance(pairs, list) or not pairs:
+        raise RecipeError(f"feature_pairs must be 'auto' or a non-empty list of mappings, got {pairs!r}")
+    return [_checked_pair(pair, f"feature_pairs[{i}]") for i, pair in enumerate(pairs)]
+
+
+def _checked_pair(pair: Any, where: str) -> dict:
+    if not isinstance(pair, dict):
+        raise RecipeError(f"{where} must be a mapping, got {pair!r}")
+    for key in ("student_layer", "teacher_layer"):
+        if key not in pair:
+            raise RecipeError(f"{where} needs {key!r} (an index into the hidden states, negatives allowed)")
+        if isinstance(pair[key], bool) or not isinstance(pair[key], int):
+            raise RecipeError(f"{where}.{key} must be an integer, got {pair[key]!r}")
+    pair = {**pair, "adapter": pair.get("adapter", "auto")}
+    adapter = pair["adapter"]
+    if adapter == "auto":
+        return pair
+    if adapter not in ADAPTERS:
+        raise RecipeError(f"{where}: unknown adapter {adapter!r}: {close_matches(str(adapter), ADAPTERS.names())}")
+    options = {k: v for k, v in pair.items() if k not in RESERVED_PAIR_KEYS}
+    try:
+        ADAPTERS.check_options(adapter, options, reserved=("student", "teacher"))
+    except ValueError as err:
+        raise RecipeError(f"{where}: {err}") from None
+    return pair

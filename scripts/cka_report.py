@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from hf_rcka.analysis import layer_cka, prepare_pixels, save_heatmaps
-from hf_rcka.config import DataArguments
+from hf_rcka.arguments import DataArguments
 from hf_rcka.data.datasets import load_raw_datasets
 from hf_rcka.models.loading import load_image_classifier
 from hf_rcka.models.processors import load_image_processor

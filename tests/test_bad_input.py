@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-import hf_rcka.cli.main as cli
+import hf_rcka.cli.job as cli
 import hf_rcka.cli.run_inputs as run_inputs
 from hf_rcka.cli.main import main
 
@@ -243,7 +243,7 @@ def test_eval_only_run_keeps_the_training_records(tmp_path, capsys):
 
 
 def test_help_lists_every_key_grouped_with_defaults(capsys):
-    from hf_rcka.config import _field_table
+    from hf_rcka.cli.recipe import field_table as _field_table
 
     assert main(["--help"]) == 0
     text = capsys.readouterr().out

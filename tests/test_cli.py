@@ -111,7 +111,7 @@ def test_interrupted_training_leaves_a_checkpoint_to_resume(tmp_path):
 
     from conftest import pixel_dataset, processor, tiny_vit
     from hf_rcka import DistillationTrainer, DistillationTrainingArguments
-    from hf_rcka.cli.main import _train
+    from hf_rcka.cli.job import _train
 
     class CtrlC(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_rcka.config import (
-    RecipeError,
+from hf_rcka.cli.recipe import (
     dump_recipe,
     load_recipe,
     parse_arguments,
@@ -13,6 +12,7 @@ from hf_rcka.config import (
     parse_recipe_file,
     resolve_values,
 )
+from hf_rcka.errors import RecipeError
 
 RECIPES = sorted(p for p in (Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 BASE = {"model_name_or_path": "config:vit", "output_dir": "unused", "dataset_name": "builtin:digits"}

@@ -103,7 +103,7 @@ def tiny_trainer(tmp_path, *callbacks):
 
 
 def test_sigint_stops_after_the_current_step_with_a_checkpoint(tmp_path):
-    from hf_rcka.cli.main import _train
+    from hf_rcka.cli.job import _train
 
     stop = GracefulStop()
     stop.install()
@@ -122,7 +122,7 @@ def test_sigint_stops_after_the_current_step_with_a_checkpoint(tmp_path):
 
 
 def test_a_second_signal_stops_at_once(tmp_path):
-    from hf_rcka.cli.main import _train
+    from hf_rcka.cli.job import _train
 
     stop = GracefulStop()
     stop.install()
@@ -145,3 +145,22 @@ def test_a_signal_before_training_raises_at_once():
             os.kill(os.getpid(), signal.SIGTERM)
     finally:
         stop.uninstall()
+
+
+def test_save_checkpoint_now_relies_on_trainers_save_checkpoint(tmp_path):
+    """``save_checkpoint_now`` calls the private ``Trainer._save_checkpoint(model, trial)``: pin its
+    signature and that it writes a resumable ``checkpoint-<step>`` (weights, optimizer, scheduler, state)."""
+    import inspect
+
+    from transformers import Trainer
+
+    from hf_rcka.trainer.interrupt import save_checkpoint_now
+
+    assert list(inspect.signature(Trainer._save_checkpoint).parameters) == ["self", "model", "trial"]
+    trainer = tiny_trainer(tmp_path)
+    assert save_checkpoint_now(trainer) is None, "nothing to save before the first step"
+    trainer.args.max_steps = 2
+    trainer.train()
+    checkpoint = Path(save_checkpoint_now(trainer))
+    assert checkpoint == tmp_path / "run" / "checkpoint-2"
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {p.name for p in checkpoint.iterdir()}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_rcka.config import parse_recipe_file
+from hf_rcka.cli.recipe import parse_recipe_file
 from hf_rcka.models.loading import load_image_classifier
 from hf_rcka.models.processors import load_image_processor
 

@@ -20,7 +20,7 @@ from accelerate.utils import DistributedType, PrecisionType
 from transformers import ViTConfig, ViTImageProcessor
 
 from hf_rcka.cli.main import main
-from hf_rcka.config import resolve_values
+from hf_rcka.cli.recipe import resolve_values
 from hf_rcka.cli.smoke import SMOKE_BATCH, SMOKE_STEPS, plan_smoke_test, smoke_output_dir
 from hf_rcka.cli.smoke_check import SmokeTestFailure, check_output
 from hf_rcka.cli.smoke_data import SyntheticData, class_names, write_synthetic_dataset

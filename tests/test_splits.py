@@ -6,7 +6,7 @@ import datasets
 import numpy as np
 import pytest
 
-from hf_rcka.config import DataArguments
+from hf_rcka.arguments import DataArguments
 from hf_rcka.data.datasets import load_raw_datasets
 from hf_rcka.data.splits import stratified_validation_split
 

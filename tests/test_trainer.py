@@ -91,7 +91,7 @@ def test_each_loss_term_is_logged_next_to_the_total(tmp_path):
 
 
 def test_build_losses_gives_ce_the_trainer_label_smoothing_unless_the_recipe_sets_its_own():
-    from hf_rcka.trainer.trainer import build_losses
+    from hf_rcka.modeling.assembly import build_losses
 
     ce, deit = build_losses([{"name": "ce"}, {"name": "deit_token", "weight": 0.5}], label_smoothing=0.1)
     assert ce.label_smoothing == 0.1 and deit.weight == 0.5 and not hasattr(deit, "label_smoothing")

@@ -7,7 +7,8 @@ from PIL import Image
 from transformers import AutoImageProcessor
 
 from hf_rcka.data.augmentation import AugmentationArguments
-from hf_rcka.config import RecipeError, parse_arguments
+from hf_rcka.cli.recipe import parse_arguments
+from hf_rcka.errors import RecipeError
 from hf_rcka.models.loading import load_image_classifier
 from hf_rcka.models.processors import load_image_processor
 from hf_rcka.data.transforms import eval_transform, student_data_config, train_transform

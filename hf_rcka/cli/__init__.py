@@ -1,1 +1,2 @@
-"""The ``distill`` command: recipe parsing, checks before anything loads, the run, the smoke test."""
+"""The ``distill`` command: recipe parsing (``recipe``, ``coercion``), checks before anything loads
+(``preflight``), the run (``job``), its smoke test (``smoke``) and the entry point (``main``)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from ..config import DataArguments, DistillationTrainingArguments, ModelArguments
+from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
 from ..registry import ADAPTERS, LOSSES, Registry
 
 USAGE = "usage: accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]   (--help losses, --debug)"

@@ -1,266 +1,25 @@
-"""The ``distill`` job: recipe -> models -> data -> trainer -> train/eval -> save/push.
+"""``accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]``: the command line.
 
-``accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]`` runs ``main``. The recipe
-is validated before anything is loaded; the resolved recipe is written to ``output_dir`` before
-training starts, and an interrupted run leaves a checkpoint to resume from.
+``main`` reads the recipe and its overrides, runs the job (``job.run``) or its smoke test
+(``smoke.run_smoke_test``), and turns what ends it into an exit code: user errors print one
+``error: ...`` line (exit 2), signals print where the checkpoint is and how to resume (128 + signal).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
 import traceback
-from pathlib import Path
 from typing import Sequence
 
-import transformers
-from transformers.trainer_utils import get_last_checkpoint
-
-from ..data.bad_images import SkippedImages, SkippedImagesCallback
-from ..trainer.card_facts import card_facts_of
-from ..config import (
-    DataArguments,
-    DistillationTrainingArguments,
-    ModelArguments,
-    RecipeError,
-    build_arguments,
-    dump_recipe,
-    load_recipe,
-    parse_cli_overrides,
-    resolve_values,
-)
-from ..data.datasets import label_names, prepare_datasets
 from ..errors import UserError
-from .help import USAGE, losses_help, recipe_help
 from ..trainer.interrupt import GracefulStop, Interrupted
-from ..models.labels import run_label_order
-from ..models.loading import load_image_classifier
-from ..models.processors import load_image_processor
-from .preflight import check_checkpoint, check_run
-from .probes import probe_student
-from .records import eval_record_dir, write_eval_record
 from ..trainer.resume_hint import Stopped
-from .run_inputs import align_teacher, load_data, model_error, student_labels
+from .help import USAGE, losses_help, recipe_help
+from .job import run
+from .recipe import build_arguments, load_recipe, parse_cli_overrides, resolve_values
 from .smoke import run_smoke_test
-from ..modeling.teacher_inputs import input_stats
-from ..trainer.trainer import DistillationTrainer
-
-logger = logging.getLogger("hf_rcka")
-
-CONFIG_NAME = "distill_config.yaml"
-RUN_FILES = ("model.safetensors", "config.json", "pytorch_model.bin")
-
-
-def _setup_logging(args: DistillationTrainingArguments) -> None:
-    """hf_rcka and the Trainer's progress at INFO; the rest of transformers (config and processor
-    dumps, weight-loading chatter) at WARNING, so that the log holds one line per fact."""
-    level = logging.INFO if args.should_log else logging.WARNING
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
-    logger.setLevel(level)
-    transformers.utils.logging.set_verbosity(logging.WARNING)
-    logging.getLogger("transformers.trainer").setLevel(level)
-
-
-def _quiet_dataloader(args: DistillationTrainingArguments, explicit: dict) -> None:
-    """Pinned memory only helps copies to an accelerator; on CPU torch warns at every dataloader."""
-    if "dataloader_pin_memory" not in explicit and args.device.type == "cpu":
-        args.dataloader_pin_memory = False
-
-
-def resolve_resume(args: DistillationTrainingArguments) -> str | None:
-    """``resume_from_checkpoint: true`` means the last checkpoint in ``output_dir``."""
-    value = args.resume_from_checkpoint
-    if value in (None, False, "false", "False"):
-        return None
-    if value in (True, "true", "True"):
-        last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
-        if last is None:
-            raise RecipeError(f"resume_from_checkpoint: true, but {args.output_dir!r} holds no checkpoint-* folder")
-        return last
-    if not os.path.isdir(value):
-        raise RecipeError(f"resume_from_checkpoint {value!r} is not a folder")
-    return value
-
-
-def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
-    """Refuse to overwrite a finished model or checkpoints unless asked to."""
-    out = Path(args.output_dir)
-    if resume or args.overwrite_output_dir or not out.is_dir():
-        return
-    holds_run = any((out / name).exists() for name in RUN_FILES) or any(out.glob("checkpoint-*"))
-    if holds_run and args.do_train:
-        raise RecipeError(
-            f"output_dir {str(out)!r} already holds a model or checkpoints: pass --resume_from_checkpoint true to "
-            f"continue, --overwrite_output_dir true to replace it, or choose another output_dir"
-        )
-
-
-def build_models(model_args: ModelArguments, labels: list[str]):
-    """Student (with this dataset's labels) and teacher (as trained: its head is never re-initialised)."""
-    with model_error("model_name_or_path"):
-        student, student_processor = _build_student(model_args, labels)
-    teacher = teacher_processor = None
-    if model_args.teacher_model_name_or_path:
-        with model_error("teacher_model_name_or_path"):
-            teacher = load_image_classifier(
-                model_args.teacher_model_name_or_path,
-                from_scratch=model_args.smoke_test,
-                config_overrides=model_args.teacher_config_overrides,
-                trust_remote_code=model_args.trust_remote_code,
-            )
-            teacher_processor = load_image_processor(
-                model_args.teacher_model_name_or_path, teacher, trust_remote_code=model_args.trust_remote_code
-            )
-    return student, student_processor, teacher, teacher_processor
-
-
-def _build_student(model_args: ModelArguments, labels: list[str]):
-    id2label = dict(enumerate(labels))
-    label2id = {name: i for i, name in id2label.items()}
-    student = load_image_classifier(
-        model_args.model_name_or_path,
-        num_labels=len(labels),
-        id2label=id2label,
-        label2id=label2id,
-        from_scratch=model_args.student_from_scratch,
-        config_overrides=model_args.student_config_overrides,
-        trust_remote_code=model_args.trust_remote_code,
-        image_size=model_args.image_size,  # a timm student's saved config.json records it
-    )
-    student_processor = load_image_processor(
-        model_args.model_name_or_path, student, trust_remote_code=model_args.trust_remote_code,
-        image_size=model_args.image_size,
-    )
-    return student, student_processor
-
-
-def run(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    args: DistillationTrainingArguments,
-    recipe: dict | None = None,
-    stop: GracefulStop | None = None,
-    argv: Sequence[str] = (),
-) -> dict:
-    """Train and/or evaluate; returns the final metrics. ``recipe`` is recorded in ``output_dir``.
-
-    ``stop`` (installed signal handlers) turns SIGTERM/SIGINT into a checkpoint and a ``Stopped``
-    exception carrying the resume command built from ``argv``.
-    """
-    _setup_logging(args)
-    # Training and a final evaluation are the job; a recipe opts out with do_train/do_eval: false.
-    explicit = recipe if recipe is not None else {}
-    args.do_train = explicit.get("do_train", True)
-    args.do_eval = explicit.get("do_eval", True)
-    check_run(model_args, data_args, args)
-    resume = resolve_resume(args)
-    if resume:
-        check_checkpoint(resume)
-    check_output_dir(args, resume)
-    _quiet_dataloader(args, explicit)
-    transformers.set_seed(args.seed)
-
-    raw = load_data(data_args, args.seed)
-    dataset_labels = label_names(raw["train"], data_args.label_column_name)
-    labels = run_label_order(dataset_labels, student_labels(model_args), training=args.do_train)
-    student, student_processor, teacher, teacher_processor = build_models(model_args, labels)
-    probe_student(student, input_stats(student_processor), model_args.image_size)
-    align_teacher(teacher, args, labels, model_args.teacher_label_mapping)
-    record_dir = args.output_dir if args.do_train else eval_record_dir(args.output_dir)
-    skipped = SkippedImages(record_dir, data_args.max_bad_images)
-    if not resume:
-        skipped.reset()
-    train_dataset, eval_dataset = prepare_datasets(
-        raw, data_args, student_processor, labels, args.seed, skipped=skipped
-    )
-
-    trainer = DistillationTrainer(
-        model=student,
-        teacher=teacher,
-        args=args,
-        train_dataset=train_dataset if args.do_train else None,
-        eval_dataset=eval_dataset,
-        processing_class=student_processor,
-        teacher_processor=teacher_processor,
-        teacher_name=model_args.teacher_model_name_or_path,
-        callbacks=[SkippedImagesCallback(skipped)] + ([stop] if stop is not None else []),
-        augmentation=data_args,
-    )
-    trainer.card_facts = card_facts_of(model_args, data_args, len(eval_dataset))
-    if trainer.is_world_process_zero() and recipe is not None and args.do_train:
-        os.makedirs(args.output_dir, exist_ok=True)
-        losses = [{"name": name, "weight": loss.weight} for name, loss in trainer.distillation_model.losses.items()]
-        dump_recipe({**recipe, "losses": recipe.get("losses") or losses}, os.path.join(args.output_dir, CONFIG_NAME))
-
-    metrics: dict = {}
-    if args.do_train:
-        metrics.update(_train(trainer, resume, stop, argv))
-    if args.do_eval:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        if args.do_train:
-            trainer.save_metrics("eval", eval_metrics)
-        elif trainer.is_world_process_zero():
-            write_eval_record(record_dir, recipe, eval_metrics)
-            logger.info("eval-only run: recipe and results written to %s", record_dir)
-        metrics.update(eval_metrics)
-    if trainer.is_world_process_zero() and args.do_train:
-        trainer.create_model_card(dataset=data_args.dataset_name or data_args.train_dir)
-    if skipped.summary():
-        logger.warning(skipped.summary())
-    if args.push_to_hub and args.do_train:
-        trainer.push_to_hub(dataset=data_args.dataset_name)
-    return metrics
-
-
-def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop | None = None,
-           argv: Sequence[str] = ()) -> dict:
-    try:
-        result = trainer.train(resume_from_checkpoint=resume)
-    except KeyboardInterrupt:
-        # a second signal (or Ctrl-C with no GracefulStop installed): save what the last step left
-        checkpoint = None
-        if trainer.state.global_step > 0:
-            trainer._save_checkpoint(trainer.model, trial=None)
-            checkpoint = os.path.join(trainer.args.output_dir, f"checkpoint-{trainer.state.global_step}")
-            logger.warning(
-                "interrupted: saved checkpoint-%d in %s; continue with --resume_from_checkpoint true",
-                trainer.state.global_step, trainer.args.output_dir,
-            )
-        if stop is None:
-            raise
-        raise Stopped(stop.signum or signal.SIGINT, trainer.state.global_step, checkpoint, argv,
-                      trainer.is_world_process_zero()) from None
-    if stop is not None and stop.signum is not None:
-        step = trainer.state.global_step
-        checkpoint = os.path.join(trainer.args.output_dir, f"checkpoint-{step}")
-        raise Stopped(stop.signum, step, checkpoint if os.path.isdir(checkpoint) else None, argv,
-                      trainer.is_world_process_zero())
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    return result.metrics
-
-
-def _debug(argv: list[str]) -> bool:
-    """``--debug`` (anywhere) or ``HF_RCKA_DEBUG=1``: user errors show their traceback too."""
-    flag = "--debug" in argv
-    while "--debug" in argv:
-        argv.remove("--debug")
-    return flag or os.environ.get("HF_RCKA_DEBUG", "") not in ("", "0", "false")
-
-
-def _close_progress_bars() -> None:
-    """Close progress bars an exception left open, so that our message stays the last line."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with transformers
-        return
-    for bar in list(getattr(tqdm, "_instances", ())):
-        bar.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,12 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = GracefulStop()
     stop.install()
     try:
-        recipe = resolve_values(load_recipe(argv[0]), parse_cli_overrides(argv[1:]))
-        if recipe.get("smoke_test"):
-            run_smoke_test(recipe)
-            return 0
-        model_args, data_args, training_args = build_arguments(recipe)
-        run(model_args, data_args, training_args, recipe, stop=stop, argv=argv)
+        _run_recipe(argv, stop)
     except UserError as err:
         _close_progress_bars()
         if debug:
@@ -301,3 +55,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         stop.uninstall()
     return 0
+
+
+def _run_recipe(argv: list[str], stop: GracefulStop) -> None:
+    """``argv[0]`` is the recipe, the rest its ``--key value`` overrides."""
+    recipe = resolve_values(load_recipe(argv[0]), parse_cli_overrides(argv[1:]))
+    if recipe.get("smoke_test"):
+        run_smoke_test(recipe)
+        return
+    model_args, data_args, training_args = build_arguments(recipe)
+    run(model_args, data_args, training_args, recipe, stop=stop, argv=argv)
+
+
+def _debug(argv: list[str]) -> bool:
+    """``--debug`` (anywhere) or ``HF_RCKA_DEBUG=1``: user errors show their traceback too."""
+    flag = "--debug" in argv
+    while "--debug" in argv:
+        argv.remove("--debug")
+    return flag or os.environ.get("HF_RCKA_DEBUG", "") not in ("", "0", "false")
+
+
+def _close_progress_bars() -> None:
+    """Close progress bars an exception left open, so that our message stays the last line."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with transformers
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()

@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import DataError, ModelError, RecipeError
 from ..models.labels import check_split_classes, class_folders
 from ..registry import LOSSES, close_matches
+from ..modeling.assembly import default_losses
 
 _PATH_PREFIXES = (".", "/", "~")
 # HF model types whose position embeddings fix the input resolution (no interpolation in forward)
@@ -102,8 +103,7 @@ def whoami(token: str) -> dict:
 
 
 def _loss_names(args: Any, has_teacher: bool) -> list[str]:
-    specs = args.losses or ([{"name": "ce"}, {"name": "rcka"}] if has_teacher else [{"name": "ce"}])
-    return [spec["name"] for spec in specs]
+    return [spec["name"] for spec in args.losses or default_losses(has_teacher)]
 
 
 def check_losses_fit_models(model_args: Any, args: Any) -> None:

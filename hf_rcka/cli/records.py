@@ -12,7 +12,7 @@ import json
 import os
 import time
 
-from ..config import dump_recipe
+from .recipe import dump_recipe
 
 EVAL_CONFIG_NAME = "eval_config.yaml"
 EVAL_RESULTS_NAME = "eval_results.json"

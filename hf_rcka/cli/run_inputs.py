@@ -12,11 +12,12 @@ import logging
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ..config import DataArguments, DistillationTrainingArguments, ModelArguments
+from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
 from ..data.datasets import load_raw_datasets
 from ..errors import DataError, LabelError, ModelError, UserError
 from ..models.labels import model_label_names, realign_teacher
 from ..registry import LOSSES
+from ..modeling.assembly import default_losses
 
 logger = logging.getLogger("hf_rcka")
 
@@ -60,7 +61,7 @@ def align_teacher(teacher: Any, args: DistillationTrainingArguments, labels: lis
     are distilled; when only its features are, other classes are fine but its accuracy means nothing."""
     if teacher is None:
         return
-    specs = args.losses or [{"name": "ce"}, {"name": "rcka"}]  # the trainer's default with a teacher
+    specs = args.losses or default_losses(has_teacher=True)
     requires = set().union(*(LOSSES.get(spec["name"]).requires for spec in specs))
     if "teacher_logits" in requires:
         realign_teacher(teacher, labels, mapping)

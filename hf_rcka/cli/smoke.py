@@ -1,8 +1,8 @@
 """``--smoke_test true``: run any recipe end to end, offline, in minutes on a CPU.
 
 A recipe written for 8 GPUs x 300 epochs should fail here, on a laptop, and not after the GPUs
-are rented. The smoke test runs the recipe's *own* path (``cli.run``: models, losses, feature
-pairs, adapters, augmentation, Trainer, save, model card) with a few overrides:
+are rented. The smoke test runs the recipe's *own* path (models, losses, feature
+pairs, adapters, augmentation, Trainer, save, model card: ``job.run``) with a few overrides:
 
 * models: the same architectures with random weights. ``timm/<arch>`` and ``config:<type>`` build
   offline; a Hub id is replaced by its snapshot in the local Hugging Face cache (config only), and
@@ -32,8 +32,10 @@ from typing import Any
 
 import torch
 
-from ..config import RecipeError, resolve_values
+from ..errors import RecipeError
 from ..models.sources import parse_model_source
+from .job import run
+from .recipe import build_arguments, resolve_values
 from .smoke_check import check_output
 from .smoke_data import SyntheticData, class_names, student_resolution, write_synthetic_dataset
 
@@ -231,7 +233,7 @@ def _synthetic_data(recipe: dict[str, Any], values: dict[str, Any], notes: list[
 
 
 def run_smoke_test(recipe: dict[str, Any]) -> dict[str, Any]:
-    """Run ``recipe`` (resolved values) as a smoke test through ``cli.run``; check and report it.
+    """Run ``recipe`` (resolved values) as a smoke test through ``job.run``; check and report it.
 
     Returns:
         The run's metrics. Prints a short report on the main process.
@@ -240,16 +242,13 @@ def run_smoke_test(recipe: dict[str, Any]) -> dict[str, Any]:
         RecipeError: the recipe cannot run offline (names what is missing).
         RuntimeError: the run finished but its output is not a usable model folder.
     """
-    from . import main as cli
-    from ..config import build_arguments
-
     start = time.perf_counter()
     plan = plan_smoke_test(recipe)
+    model_args, data_args, args = build_arguments(plan.recipe)  # checks every value before writing
     for note in plan.notes:
         logger.warning("smoke test: %s", note)
     write_synthetic_dataset(plan.data)
-    model_args, data_args, args = build_arguments(plan.recipe)
-    metrics = cli.run(model_args, data_args, args, plan.recipe)
+    metrics = run(model_args, data_args, args, plan.recipe)
     if args.process_index == 0:
         teacher = model_args.teacher_model_name_or_path
         checked = check_output(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .bad_images import SkippedImages
-from ..config import DataArguments
+from ..arguments import DataArguments
 from ..errors import DataError
 from .images import UnreadableImage, decode_image
 from .transforms import eval_transform, train_transform

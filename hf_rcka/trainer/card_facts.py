@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import DataArguments
+from ..arguments import DataArguments
 from ..models.sources import parse_model_source
 
 # Settings that must agree for two runs to have been evaluated on the same images.

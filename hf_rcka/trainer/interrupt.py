@@ -7,18 +7,24 @@ traceback. ``GracefulStop`` only sets a flag in the signal handler; at the end o
 step the callback asks the Trainer to save a checkpoint and stop (``control.should_save`` and
 ``should_training_stop``), so the save is the Trainer's own, on every rank together as DDP and
 FSDP need (the flag is combined across ranks, so ranks that did not get the signal stop at the
-same step). A second signal while the first is handled raises ``KeyboardInterrupt`` at once.
+same step). A second signal while the first is handled raises ``KeyboardInterrupt`` at once;
+``save_checkpoint_now`` then writes what the last finished step left.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..distributed import any_rank
+
+if TYPE_CHECKING:
+    from transformers import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -82,3 +88,22 @@ class GracefulStop(TrainerCallback):
             self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True
+
+
+def save_checkpoint_now(trainer: Trainer) -> str | None:
+    """Write the checkpoint of the last finished step, as a save step would; None before the first step.
+
+    For training that an exception ended (a second signal, Ctrl-C without ``GracefulStop``): the
+    training loop is gone, so ``control.should_save`` can no longer ask the Trainer for the save.
+
+    Returns:
+        The checkpoint folder, ``<output_dir>/checkpoint-<global_step>``.
+    """
+    if trainer.state.global_step == 0:
+        return None
+    # Private on purpose: Trainer has no public method that writes a *resumable* checkpoint (weights,
+    # optimizer, scheduler, RNG and trainer state) outside its loop; ``save_model`` + ``save_state``
+    # would lose the optimizer and scheduler. ``_save_checkpoint(model, trial)`` is what the loop
+    # calls at a save step; tests/test_interrupt.py pins its signature and the folder it writes.
+    trainer._save_checkpoint(trainer.model, trial=None)
+    return os.path.join(trainer.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")

@@ -28,7 +28,6 @@ from .. import losses as _losses  # noqa: F401  (registers the losses)
 from ..data.augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
 from .checkpointing import CheckpointingTrainer
-from ..config import validate_losses
 from ..data.datasets import collate
 from .ema import StudentEmaCallback
 from .card import write_model_card
@@ -36,34 +35,13 @@ from .teacher_check import check_teacher_accuracy
 from ..losses import DistillationLoss
 from .metrics import accuracy_metrics
 from ..data.mixing import build_mixup, mix_batch
+from ..modeling.assembly import build_distillation_model
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.parallel import default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp
-from ..registry import LOSSES
 from ..data.sampler import RepeatedAugmentationSampler, keep_rank_sharding
 from ..modeling.teacher_inputs import InputStats, input_stats
 
 logger = logging.getLogger(__name__)
-
-
-def default_losses(has_teacher: bool) -> list[dict[str, Any]]:
-    """RCKA on logits next to the task loss (the paper's 15/15), or the task loss alone."""
-    if not has_teacher:
-        return [{"name": "ce", "weight": 1.0}]
-    return [{"name": "ce", "weight": 1.0}, {"name": "rcka", "weight": 1.0}]
-
-
-def build_losses(specs: Sequence[dict[str, Any]], label_smoothing: float = 0.0) -> list[DistillationLoss]:
-    """Instantiate validated loss specs; a loss taking ``label_smoothing`` (``ce``) whose spec sets
-    none is built with ``label_smoothing`` (``label_smoothing_factor``, as plain ``Trainer`` uses)."""
-    specs = [_with_label_smoothing(spec, label_smoothing) for spec in validate_losses(list(specs))]
-    return [LOSSES.build(spec["name"], **{k: v for k, v in spec.items() if k != "name"}) for spec in specs]
-
-
-def _with_label_smoothing(spec: dict[str, Any], label_smoothing: float) -> dict[str, Any]:
-    """``spec`` with ``label_smoothing`` spelled out where the loss takes it and the recipe left it unset."""
-    if spec.get("label_smoothing") is not None or "label_smoothing" not in LOSSES.option_names(spec["name"]):
-        return spec
-    return {**spec, "label_smoothing": label_smoothing or None}
 
 
 def _stats_or_none(processor: Any) -> InputStats | None:
@@ -115,7 +93,10 @@ class DistillationTrainer(CheckpointingTrainer):
         if args is None:
             raise ValueError("DistillationTrainer needs args (DistillationTrainingArguments with an output_dir)")
         if not isinstance(model, DistillationModel):
-            model = self._wrap(model, teacher, args, kwargs.get("processing_class"), teacher_processor)
+            model = build_distillation_model(
+                model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
+                _stats_or_none(teacher_processor) if teacher is not None else None,
+            )
         if args.ddp_find_unused_parameters is None:
             args.ddp_find_unused_parameters = _has_unused_head(model)
         args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
@@ -148,26 +129,6 @@ class DistillationTrainer(CheckpointingTrainer):
                 self.distillation_model.student, self.args.model_ema_decay, self.args.model_ema_warmup
             )
             self.add_callback(self.model_ema)
-
-    @staticmethod
-    def _wrap(
-        student: PreTrainedModel | None, teacher: PreTrainedModel | None, args: TrainingArguments,
-        processor: Any, teacher_processor: Any,
-    ) -> DistillationModel:
-        if student is None:
-            raise ValueError("DistillationTrainer needs a student model")
-        specs = getattr(args, "losses", None) or default_losses(teacher is not None)
-        pairs = getattr(args, "feature_pairs", None)  # validated by DistillationTrainingArguments
-        return DistillationModel(
-            student,
-            teacher,
-            build_losses(specs, args.label_smoothing_factor),
-            feature_pairs=pairs if pairs is not None else "auto",
-            student_input=_stats_or_none(processor),
-            teacher_input=_stats_or_none(teacher_processor) if teacher is not None else None,
-            teacher_dtype=getattr(args, "teacher_dtype", None),
-            teacher_channels_last=getattr(args, "teacher_channels_last", True),
-        )
 
     @property
     def distillation_model(self) -> DistillationModel:

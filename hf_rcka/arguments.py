@@ -1,0 +1,181 @@
+"""The run's settings: which models (``ModelArguments``), which data (``DataArguments``) and how to
+train and distil (``DistillationTrainingArguments``, every ``transformers.TrainingArguments`` field
+plus the distillation ones).
+
+Each class checks its own values when it is built, so a bad setting is a ``RecipeError`` naming
+its key before a model or dataset is touched, whether the classes come from a recipe (see
+``hf_rcka.cli.recipe``, which turns YAML and ``--key value`` text into typed values) or from
+Python. Nothing here reads YAML or a command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .data.augmentation import AugmentationArguments
+from .errors import RecipeError
+from .value_checks import check_training_values, validate_feature_pairs, validate_losses
+
+@dataclass
+class ModelArguments:
+    """Which student and teacher to load.
+
+    ``model_name_or_path`` / ``teacher_model_name_or_path``: a Hub id, a folder saved with
+    ``save_pretrained``, ``timm/<architecture>``, or ``config:<model_type>`` for a randomly
+    initialised transformers model built offline from ``*_config_overrides``.
+    """
+
+    model_name_or_path: str = field(metadata={"help": "Student: Hub id, local folder, timm/<arch> or config:<type>."})
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Teacher (same forms). None trains the student alone (plain supervised)."}
+    )
+    student_from_scratch: bool = field(
+        default=False, metadata={"help": "Build the student from its config with random weights."}
+    )
+    student_config_overrides: dict | None = field(
+        default=None, metadata={"help": "Config attributes (or timm kwargs) applied to the student's config."}
+    )
+    teacher_config_overrides: dict | None = field(
+        default=None, metadata={"help": "Config attributes (or timm kwargs) for a config:<type> teacher."}
+    )
+    teacher_label_mapping: str = field(
+        default="by_name",
+        metadata={"help": "How teacher classes pair with the dataset's: 'by_name' (realign a permuted teacher, "
+                          "error on other names) or 'by_index' (trust the order)."},
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Train the student at this square resolution (its saved image processor is updated)."},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code for custom architectures."})
+    smoke_test: bool = field(
+        default=False,
+        metadata={"help": "Run the recipe offline in minutes: same architectures with random weights, a few "
+                          "synthetic images, 2 steps, output in <output_dir>-smoke, then reload the saved model."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None and self.image_size < 1:
+            raise RecipeError(f"image_size must be >= 1, got {self.image_size}")
+        if self.teacher_label_mapping not in ("by_name", "by_index"):
+            raise RecipeError(f"teacher_label_mapping must be 'by_name' or 'by_index', got {self.teacher_label_mapping!r}")
+
+
+@dataclass
+class DataArguments(AugmentationArguments):
+    """Where the images come from (a Hub dataset, image folders, or ``builtin:digits``) and how they
+    are augmented (timm ``train.py`` names, inherited from ``AugmentationArguments``)."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "datasets Hub id, or builtin:digits (scikit-learn's digits, offline)."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "datasets configuration name."})
+    train_dir: str | None = field(default=None, metadata={"help": "Image folder for training, one sub-folder per class."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Image folder for evaluation."})
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    max_bad_images: int = field(
+        default=20,
+        metadata={"help": "Unreadable image files are skipped (named in the log and skipped_images.tsv); "
+                          "the run stops once more than this many were skipped."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no validation split."}
+    )
+    split_seed: int = field(
+        default=42,
+        metadata={"help": "Seed of the stratified validation split carved from train (independent of `seed`)."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        sources = [self.dataset_name is not None, self.train_dir is not None]
+        if not any(sources):
+            raise RecipeError("no data: set dataset_name (a Hub dataset or builtin:digits) or train_dir (an image folder)")
+        if all(sources):
+            raise RecipeError("set either dataset_name or train_dir, not both")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise RecipeError(f"{key} must be >= 1, got {value}")
+        if self.max_bad_images < 0:
+            raise RecipeError(f"max_bad_images must be >= 0, got {self.max_bad_images}")
+        if not 0.0 < self.train_val_split < 1.0:
+            raise RecipeError(f"train_val_split must be in (0, 1), got {self.train_val_split}")
+
+
+@dataclass
+class DistillationTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the distillation settings.
+
+    Defaults that distillation needs differ from ``TrainingArguments``: the batch keeps all its
+    columns (``remove_unused_columns=False``) and the labels are called ``labels``.
+    """
+
+    losses: list | None = field(
+        default=None,
+        metadata={"help": "List of {name, weight, options...}. Default: ce + rcka with a teacher, ce without."},
+    )
+    feature_pairs: Any = field(
+        default=None,
+        metadata={"help": "'auto' or a list of {student_layer, teacher_layer, adapter, options...}."},
+    )
+    teacher_accuracy_check: str = field(
+        default="warn",
+        metadata={"help": "Before training, measure the teacher on one eval batch: 'warn', 'error' or 'off'."},
+    )
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Keep the frozen teacher's weights in 'bfloat16' or 'float16' (GPU); unset: as loaded."},
+    )
+    teacher_channels_last: bool = field(
+        default=True, metadata={"help": "Run a convolutional teacher in channels_last (NHWC) memory format."}
+    )
+    baseline_dir: str | None = field(
+        default=None,
+        metadata={"help": "Run folder of the same student trained alone; its accuracy goes into the model card."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow writing into an output_dir that already holds a model or checkpoints."},
+    )
+    model_ema: bool = field(
+        default=False, metadata={"help": "Keep an EMA of the student's weights (timm ModelEmaV3); eval reports eval_ema_*."}
+    )
+    model_ema_decay: float = field(default=0.9998, metadata={"help": "EMA decay per optimizer step (timm's default)."})
+    model_ema_warmup: bool = field(default=False, metadata={"help": "timm's EMA decay warm-up."})
+    model_ema_export: bool = field(
+        default=False, metadata={"help": "Save the EMA weights (not the live ones) as the final model in output_dir."}
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Distillation needs every batch column."})
+    label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
+
+    def __post_init__(self) -> None:
+        check_training_values(self)
+        self.losses = validate_losses(self.losses)
+        self.feature_pairs = validate_feature_pairs(self.feature_pairs)
+        if not 0.0 <= self.model_ema_decay < 1.0:
+            raise RecipeError(f"model_ema_decay must be in [0, 1), got {self.model_ema_decay}")
+        if self.model_ema_export and not self.model_ema:
+            raise RecipeError("model_ema_export: true needs model_ema: true (there is no average to export)")
+        if self.teacher_dtype not in (None, "bfloat16", "float16"):
+            raise RecipeError(f"teacher_dtype must be 'bfloat16', 'float16' or unset, got {self.teacher_dtype!r}")
+        if self.baseline_dir and not Path(self.baseline_dir, "all_results.json").is_file():
+            raise RecipeError(
+                f"baseline_dir {self.baseline_dir!r} holds no all_results.json: train the student alone there first, "
+                f"or drop baseline_dir"
+            )
+        if self.teacher_accuracy_check not in ("warn", "error", "off"):
+            raise RecipeError(
+                f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {self.teacher_accuracy_check!r}"
+            )
+        super().__post_init__()
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, DistillationTrainingArguments)

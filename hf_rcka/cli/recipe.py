@@ -1,0 +1,162 @@
+"""Recipes: flat YAML files (and ``--key value`` overrides) to the three argument dataclasses.
+
+A recipe is a flat YAML mapping whose keys are the fields of ``ModelArguments``,
+``DataArguments`` and ``DistillationTrainingArguments`` (which includes every
+``transformers.TrainingArguments`` field). An unknown key is a ``RecipeError`` that names the
+closest valid keys; values are converted by their field's annotation (``coercion``), and the
+dataclasses then check them, all before a model or dataset is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import re
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from ..arguments import ARGUMENT_CLASSES, DataArguments, DistillationTrainingArguments, ModelArguments
+from ..errors import RecipeError
+from ..registry import close_matches
+from .coercion import coerce, coerce_feature_pairs, coerce_losses
+
+Arguments = tuple[ModelArguments, DataArguments, DistillationTrainingArguments]
+
+
+@functools.lru_cache(maxsize=1)
+def field_table() -> dict[str, tuple[type, dataclasses.Field, Any]]:
+    """Every recipe key -> (owning dataclass, field, resolved annotation)."""
+    table: dict[str, tuple[type, dataclasses.Field, Any]] = {}
+    for cls in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init and f.name not in table:
+                table[f.name] = (cls, f, hints[f.name])
+    return table
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false are bools, so ``eval_strategy: no`` stays the string "no"."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_RecipeLoader)
+
+
+def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
+    """``--key value`` / ``--key=value`` / bare ``--flag`` (true). Values are read as YAML."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--"):
+            raise RecipeError(f"unexpected argument {token!r}: overrides look like --key value")
+        key, _, inline = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if inline:
+            raw = inline
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            raw = argv[i + 1]
+            i += 1
+        else:
+            raw = "true"
+        overrides[key] = _load_yaml(raw) if raw != "" else ""
+        i += 1
+    return overrides
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """The recipe file's mapping, read with YAML 1.2 booleans."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {str(path)!r} does not exist")
+    with open(path, encoding="utf-8") as handle:
+        recipe = _load_yaml(handle.read()) or {}
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"recipe {str(path)!r} must be a flat YAML mapping of argument names to values")
+    return recipe
+
+
+def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge ``recipe`` and CLI ``overrides`` (which win), check every key and convert every value.
+
+    The result is what ``distill_config.yaml`` records: the recipe exactly as it was run, loss
+    entries in full form. Value rules are checked when ``build_arguments`` builds the dataclasses.
+    """
+    values = {**recipe, **(overrides or {})}
+    table = field_table()
+    for key in values:
+        if key not in table:
+            raise RecipeError(f"unknown recipe key {key!r}: {_key_hint(key, list(table))}")
+    for required in ("model_name_or_path", "output_dir"):
+        if values.get(required) in (None, ""):
+            raise RecipeError(f"the recipe needs {required!r}")
+    resolved = {key: coerce(value, table[key][2], key) for key, value in values.items()}
+    if resolved.get("losses") is not None:
+        resolved["losses"] = coerce_losses(resolved["losses"])
+    if resolved.get("feature_pairs") is not None:
+        resolved["feature_pairs"] = coerce_feature_pairs(resolved["feature_pairs"])
+    return resolved
+
+
+def _key_hint(key: str, keys: list[str]) -> str:
+    """Close matches, or a pointer to ``--help`` rather than all ~180 keys on one line."""
+    hint = close_matches(key, keys)
+    return hint if hint.startswith("did you mean") else "no key is close; scripts/distill.py --help lists them all"
+
+
+def build_arguments(values: dict[str, Any]) -> Arguments:
+    """The three argument dataclasses from resolved values (see ``resolve_values``); each checks its values."""
+    table = field_table()
+    grouped: dict[type, dict[str, Any]] = {cls: {} for cls in ARGUMENT_CLASSES}
+    for key, value in values.items():
+        grouped[table[key][0]][key] = value
+    built = []
+    for cls in ARGUMENT_CLASSES:
+        try:
+            built.append(cls(**grouped[cls]))
+        except RecipeError:
+            raise
+        except (TypeError, ValueError) as err:
+            raise RecipeError(f"invalid {cls.__name__}: {err}") from None
+    return tuple(built)  # type: ignore[return-value]
+
+
+def parse_arguments(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> Arguments:
+    """Validate ``recipe`` (+ CLI ``overrides``, which win) and build the three dataclasses."""
+    return build_arguments(resolve_values(recipe, overrides))
+
+
+def parse_recipe_file(path: str | Path, argv: Sequence[str] = ()) -> Arguments:
+    """Read a recipe file and apply ``--key value`` overrides from ``argv``."""
+    return parse_arguments(load_recipe(path), parse_cli_overrides(argv))
+
+
+def dump_recipe(values: dict[str, Any], path: str | Path) -> None:
+    """Write resolved values as a recipe that ``scripts/distill.py`` can run again."""
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(_plain(values), handle, sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    """Make a value YAML-safe (enums to their values, tuples to lists)."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,65 @@
+"""Build a ``DistillationModel`` from training arguments: which losses, built how, with which pairs.
+
+Kept apart from the trainer so the command line (which checks a recipe's losses before anything
+loads) and the trainer (which trains what was built) share one definition of the defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from transformers import PreTrainedModel, TrainingArguments
+
+from ..losses import DistillationLoss
+from ..registry import LOSSES
+from .distillation_model import DistillationModel
+from .teacher_inputs import InputStats
+
+
+def default_losses(has_teacher: bool) -> list[dict[str, Any]]:
+    """RCKA on logits next to the task loss (the paper's 15/15), or the task loss alone."""
+    if not has_teacher:
+        return [{"name": "ce", "weight": 1.0}]
+    return [{"name": "ce", "weight": 1.0}, {"name": "rcka", "weight": 1.0}]
+
+
+def build_losses(specs: Sequence[dict[str, Any]], label_smoothing: float = 0.0) -> list[DistillationLoss]:
+    """Instantiate loss specs (checked once, by ``DistillationTrainingArguments``).
+
+    A loss that takes ``label_smoothing`` (``ce``) and whose spec leaves it unset gets the
+    trainer's ``label_smoothing_factor``, as plain ``Trainer`` applies it to its own loss.
+    """
+    specs = [_with_label_smoothing(spec, label_smoothing) for spec in specs]
+    return [LOSSES.build(spec["name"], **{k: v for k, v in spec.items() if k != "name"}) for spec in specs]
+
+
+def _with_label_smoothing(spec: dict[str, Any], label_smoothing: float) -> dict[str, Any]:
+    """``spec`` with ``label_smoothing`` spelled out where the loss takes it and the recipe left it unset."""
+    if spec.get("label_smoothing") is not None or "label_smoothing" not in LOSSES.option_names(spec["name"]):
+        return spec
+    return {**spec, "label_smoothing": label_smoothing or None}
+
+
+def build_distillation_model(
+    student: PreTrainedModel | None, teacher: PreTrainedModel | None, args: TrainingArguments,
+    student_input: InputStats | None = None, teacher_input: InputStats | None = None,
+) -> DistillationModel:
+    """The ``DistillationModel`` the trainer trains: ``args``' losses (or the defaults) and feature pairs.
+
+    ``student_input``/``teacher_input`` are each model's normalisation and resolution
+    (``input_stats`` of its image processor), so the teacher sees its own inputs.
+    """
+    if student is None:
+        raise ValueError("DistillationTrainer needs a student model")
+    specs = getattr(args, "losses", None) or default_losses(teacher is not None)
+    pairs = getattr(args, "feature_pairs", None)  # validated by DistillationTrainingArguments
+    return DistillationModel(
+        student,
+        teacher,
+        build_losses(specs, args.label_smoothing_factor),
+        feature_pairs=pairs if pairs is not None else "auto",
+        student_input=student_input,
+        teacher_input=teacher_input if teacher is not None else None,
+        teacher_dtype=getattr(args, "teacher_dtype", None),
+        teacher_channels_last=getattr(args, "teacher_channels_last", True),
+    )

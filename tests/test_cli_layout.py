@@ -1,0 +1,86 @@
+"""How the pieces of a run depend on each other: the core never parses recipes, the command line
+has no import cycle, loss specs are checked once, and each processor's input statistics are read once."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hf_rcka.arguments as arguments
+import hf_rcka.cli.job as job
+import hf_rcka.trainer.trainer as trainer_module
+from hf_rcka.cli.recipe import parse_arguments
+from hf_rcka.errors import RecipeError
+from hf_rcka.registry import LOSSES
+
+CLI = Path(__file__).parent.parent / "hf_rcka" / "cli"
+BASE = {"model_name_or_path": "config:resnet", "output_dir": "unused", "dataset_name": "builtin:digits",
+        "use_cpu": True, "report_to": "none"}
+TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
+
+
+def _modules_after_import(*names: str) -> set[str]:
+    code = f"import sys; import {', '.join(names)}; print(' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_the_core_imports_no_recipe_parsing():
+    loaded = _modules_after_import("hf_rcka.arguments", "hf_rcka.trainer.trainer", "hf_rcka.data.datasets")
+    assert not {m for m in loaded if m.startswith("hf_rcka.cli")}
+
+
+def _cli_imports(module: str) -> set[str]:
+    tree = ast.parse((CLI / f"{module}.py").read_text())
+    return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+
+
+def test_the_job_and_the_smoke_test_do_not_import_the_command_line():
+    assert "main" not in _cli_imports("smoke") | _cli_imports("job")
+    assert "smoke" not in _cli_imports("job")
+    assert "hf_rcka.cli.main" not in _modules_after_import("hf_rcka.cli.smoke")
+
+
+def test_loss_specs_are_checked_once_and_the_trainer_builds_each_once(monkeypatch):
+    checks, builds = [], []
+    validate, build = arguments.validate_losses, LOSSES.build
+    monkeypatch.setattr(arguments, "validate_losses", lambda specs: checks.append(specs) or validate(specs))
+    _, _, args = parse_arguments({**BASE, "losses": [{"name": "ce", "weight": "0.5"}]})
+    assert len(checks) == 1 and args.losses == [{"name": "ce", "weight": 0.5}]
+
+    from conftest import tiny_vit
+
+    monkeypatch.setattr(LOSSES, "build", lambda name, **options: builds.append(name) or build(name, **options))
+    model = trainer_module.build_distillation_model(tiny_vit(), None, args)
+    assert builds == ["ce"] and len(checks) == 1, "the trainer builds the checked specs without checking again"
+    assert model.losses["ce"].weight == 0.5
+
+
+def test_the_students_input_statistics_are_read_once(monkeypatch):
+    counts = {"job": 0, "trainer": 0}
+
+    def counting(module, name):
+        original = getattr(module, "input_stats")
+
+        def wrapper(processor):
+            counts[name] += 1
+            return original(processor)
+
+        monkeypatch.setattr(module, "input_stats", wrapper)
+
+    counting(job, "job")
+    counting(trainer_module, "trainer")
+    model_args, _, args = parse_arguments({**BASE, "student_config_overrides": TINY_RESNET, "image_size": 16,
+                                           "losses": ["ce"]})
+    model, processor = job._distillation_model(model_args, args, ["a", "b"])
+    trainer_module.DistillationTrainer(model=model, args=args, processing_class=processor)
+    assert counts == {"job": 1, "trainer": 0}
+
+
+@pytest.mark.parametrize("key", ["student_layer", "teacher_layer"])
+def test_python_values_are_checked_not_converted(key):
+    pair = {"student_layer": 1, "teacher_layer": 2, key: "1"}
+    with pytest.raises(RecipeError, match=rf"feature_pairs\[0\]\.{key} must be an integer"):
+        arguments.DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=[pair])
