@@ -146,17 +146,7 @@ def write_model_card(
             data's or the teacher's terms when they are stricter.
     """
     metrics, facts = metrics or {}, facts or CardFacts()
-    data = ModelCardData(
-        license=license or DEFAULT_LICENSE,
-        library_name="transformers",
-        pipeline_tag="image-classification",
-        tags=CARD_TAGS if teacher_name else ["image-classification", "hf_rcka"],
-        datasets=_hub_dataset(dataset),
-        metrics=["accuracy"],
-        base_model=facts.base_model if facts.base_model and facts.base_model != teacher_name else None,
-        model_name=model_name,
-        eval_results=_eval_results(facts, dataset, metrics),
-    )
+    data = _card_data(model_name, teacher_name, dataset, metrics, facts, license)
     where = f" on `{dataset}`." if dataset else "."
     if teacher_name:
         summary = f"This model was distilled from the teacher `{teacher_name}`{where}"
@@ -182,6 +172,22 @@ def write_model_card(
     os.makedirs(output_dir, exist_ok=True)
     card.save(os.path.join(output_dir, "README.md"))
     return card
+
+
+def _card_data(model_name: str, teacher_name: str | None, dataset: str | None, metrics: dict[str, float],
+               facts: CardFacts, license: str | None) -> ModelCardData:
+    """The card's front matter: what the Hub indexes (license, datasets, base model, eval results)."""
+    return ModelCardData(
+        license=license or DEFAULT_LICENSE,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=CARD_TAGS if teacher_name else ["image-classification", "hf_rcka"],
+        datasets=_hub_dataset(dataset),
+        metrics=["accuracy"],
+        base_model=facts.base_model if facts.base_model and facts.base_model != teacher_name else None,
+        model_name=model_name,
+        eval_results=_eval_results(facts, dataset, metrics),
+    )
 
 
 def add_cka_to_card(model_dir: str | os.PathLike, image: str = CKA_IMAGE, tables: str = "") -> ModelCard:
