@@ -7,7 +7,10 @@ wrapper with the frozen teacher as ``ignored_params`` (not sharded, not optimise
 dicts through ``torch.distributed.checkpoint.state_dict`` (what accelerate saves with
 FULL_STATE_DICT), and the export through ``DistillationTrainer._save(state_dict=...)``.
 Run A trains 4 steps; run B trains 2, checkpoints, and a fresh model resumes from it for 2 more.
-Rank 0 writes both final students and the export folder to OUT. Launched by torchrun.
+Rank 0 writes both final students and the export folder to OUT, ``resume.json`` (whether the
+resumed teacher equals the built one on every rank), and ``upstream.json``: what
+torch's ``broadcast_from_rank0`` loading does to an NHWC (channels_last) tensor on rank 1, the
+behaviour ``hf_rcka.modeling.teacher_runtime.standard_layout_state`` works around. Launched by torchrun.
 """
 
 import json
@@ -56,6 +59,21 @@ def step(model, optimizer, index: int) -> None:
     optimizer.zero_grad()
 
 
+def nhwc_broadcast_arrives_intact() -> bool:
+    """Load rank 0's NHWC conv weight (strides kept, as torch.save keeps them) into rank 1 by broadcast."""
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(conv.weight.numel(), dtype=torch.float32).view_as(conv.weight))
+    expected = conv.weight.detach().clone()
+    state = {k: v.detach() for k, v in conv.state_dict(keep_vars=True).items()} if dist.get_rank() == 0 else {}
+    if dist.get_rank() != 0:
+        torch.nn.init.zeros_(conv.weight)
+    set_model_state_dict(conv, state, options=LOAD)
+    intact = torch.tensor(int(torch.equal(conv.weight, expected)))
+    dist.all_reduce(intact, op=dist.ReduceOp.MIN)
+    return bool(intact)
+
+
 def main(out: str) -> None:
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
@@ -80,6 +98,10 @@ def main(out: str) -> None:
         step(resumed, opt, i)
     final_b = get_model_state_dict(resumed, options=FULL)
 
+    teacher_after = resumed.teacher.state_dict()
+    same_teacher = torch.tensor(int(all(torch.equal(v, teacher_before[k]) for k, v in teacher_after.items())))
+    dist.all_reduce(same_teacher, op=dist.ReduceOp.MIN)  # loading broadcasts rank 0's copy to the others
+    upstream = {"nhwc_broadcast_arrives_intact": nhwc_broadcast_arrives_intact()}
     info = {
         "student_sharded": any(type(p).__name__ == "DTensor" for p in resumed.student.parameters()),
         "teacher_sharded": any(type(p).__name__ == "DTensor" for p in resumed.teacher.parameters()),
@@ -95,6 +117,10 @@ def main(out: str) -> None:
         save_file({k: v.contiguous() for k, v in checkpoint_copy.items()}, os.path.join(out, "checkpoint.safetensors"))
         with open(os.path.join(out, "info.json"), "w") as handle:
             json.dump(info, handle)
+        with open(os.path.join(out, "resume.json"), "w") as handle:
+            json.dump({"teacher_equal_on_every_rank": bool(same_teacher)}, handle)
+        with open(os.path.join(out, "upstream.json"), "w") as handle:
+            json.dump(upstream, handle)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -29,6 +29,25 @@ def test_convolutional_teacher_goes_channels_last_and_keeps_its_outputs():
     torch.testing.assert_close(runtime.release(got), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_nhwc_teacher_state_dict_hands_out_standard_layout_copies():
+    """Broadcast loading (torch's broadcast_from_rank0) would permute NHWC tensors on other ranks, so
+    the state dict holds contiguous copies of the same values; the live weights stay NHWC, and
+    keep_vars still hands out the parameters themselves."""
+    model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), KDLoss()])
+    conv = next(n for n, m in model.teacher.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
+    live = model.teacher.get_submodule(conv).weight
+    state = model.state_dict()
+    saved = state[f"teacher.{conv}.weight"]
+    assert live.is_contiguous(memory_format=torch.channels_last) and not live.is_contiguous()
+    assert saved.is_contiguous() and torch.equal(saved, live)
+    assert all(v.is_contiguous() for v in state.values())
+    assert model.state_dict(keep_vars=True)[f"teacher.{conv}.weight"] is live
+    fresh = DistillationModel(tiny_vit(), tiny_resnet(seed=5), [CrossEntropyLoss(), KDLoss()])
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.teacher.get_submodule(conv).weight, live)
+    assert fresh.teacher.get_submodule(conv).weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_half_precision_teacher_hands_float32_to_the_losses():
     teacher = tiny_resnet().eval()
     runtime = TeacherRuntime(teacher, dtype=resolve_teacher_dtype("bfloat16"))

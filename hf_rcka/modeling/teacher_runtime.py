@@ -8,7 +8,9 @@ settings bring the teacher's part down to that forward:
   so the few outputs the losses use are copied out of it (:meth:`TeacherRuntime.release`);
   logits and a handful of feature maps cost far less to copy than the forward saves.
 * ``channels_last`` for convolutional teachers: cuDNN and oneDNN convolutions run NHWC natively
-  (measured faster on CPU too, see benchmarks/README.md).
+  (measured faster on CPU too, see benchmarks/README.md). Only the live weights are NHWC: the
+  teacher's ``state_dict`` hands out standard-layout copies (:func:`standard_layout_state`),
+  because torch's ``broadcast_from_rank0`` loading scrambles NHWC tensors on the other ranks.
 * optional half-precision weights (``teacher_dtype``): under bf16 autocast an fp32 teacher's
   weights are cast again at every op (autocast caches casts only for weights that need grad),
   and fp32 weights take twice the memory. Outputs are handed to the losses in float32.
@@ -59,6 +61,7 @@ class TeacherRuntime:
             teacher.to(self.dtype)
         if self.channels_last:
             teacher.to(memory_format=torch.channels_last)
+            teacher.register_state_dict_post_hook(standard_layout_state)
 
     def inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The teacher's input in its dtype and memory format."""
@@ -82,4 +85,27 @@ class TeacherRuntime:
         return tensor.clone()
 
 
-__all__ = ["TEACHER_DTYPES", "TeacherRuntime", "is_convolutional", "resolve_teacher_dtype"]
+def standard_layout_state(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """``state_dict`` post-hook: the module's NHWC (channels_last) tensors become contiguous copies.
+
+    Why: a checkpoint is loaded on many ranks with ``set_model_state_dict(...,
+    StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))`` (what accelerate's FSDP2
+    ``load_fsdp_model`` does with FULL_STATE_DICT). Upstream (torch 2.14,
+    ``torch.distributed._state_dict_utils._broadcast_tensors``) rank 0 sends its tensor's memory as
+    it lies, while the other ranks receive into a buffer allocated contiguous from size and dtype
+    alone, so an NHWC weight arrives with its elements permuted: the teacher silently differs on
+    every rank but 0 and a resumed run drifts from an uninterrupted one (tests/test_fsdp.py pins
+    this). A contiguous copy has one layout on every rank; ``load_state_dict`` copies it back into
+    the NHWC weight correctly. With ``keep_vars=True`` the caller wants the live parameters, so
+    those (``nn.Parameter``) are left alone.
+    """
+    for key, value in state_dict.items():
+        if key.startswith(prefix) and _is_plain_tensor(value) and not value.is_contiguous():
+            state_dict[key] = value.contiguous()
+
+
+def _is_plain_tensor(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)
+
+
+__all__ = ["TEACHER_DTYPES", "TeacherRuntime", "is_convolutional", "resolve_teacher_dtype", "standard_layout_state"]
