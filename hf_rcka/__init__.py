@@ -22,7 +22,7 @@ _LAZY = {
     "DistillationTrainingArguments": "arguments",
     "ModelArguments": "arguments",
     "DataArguments": "arguments",
-    "AugmentationArguments": "data.augmentation",
+    "AugmentationArguments": "augmentation",
     "DistillationModel": "modeling.distillation_model",
     "FeaturePair": "features.pairing",
 }

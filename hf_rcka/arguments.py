@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .data.augmentation import AugmentationArguments
+from .augmentation import AugmentationArguments
 from .errors import RecipeError
 from .value_checks import check_training_values, validate_feature_pairs, validate_losses
 

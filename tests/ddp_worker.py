@@ -17,7 +17,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit  # noqa: E402
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
-from hf_rcka.data.augmentation import AugmentationArguments  # noqa: E402
+from hf_rcka.augmentation import AugmentationArguments  # noqa: E402
 from hf_rcka.distributed import world_size  # noqa: E402
 
 

@@ -9,7 +9,7 @@ from transformers import AutoModelForImageClassification
 
 from conftest import pixel_dataset, processor, tiny_vit
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments
-from hf_rcka.data.augmentation import AugmentationArguments
+from hf_rcka.augmentation import AugmentationArguments
 from hf_rcka.trainer.ema import EMA_STATE_NAME
 from hf_rcka.data.sampler import RepeatedAugmentationSampler
 

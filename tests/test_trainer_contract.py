@@ -140,7 +140,7 @@ def test_without_the_overrides_transformers_would_save_the_wrapper(tmp_path):
 
 
 def test_repeated_augmentation_reaches_the_loader_through_the_sampler_hook(tmp_path):
-    from hf_rcka.data.augmentation import AugmentationArguments
+    from hf_rcka.augmentation import AugmentationArguments
 
     trainer = _trainer(_args(tmp_path), augmentation=AugmentationArguments(aug_repeats=2))
     loader = trainer.get_train_dataloader()

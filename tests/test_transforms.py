@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from hf_rcka.data.augmentation import AugmentationArguments
+from hf_rcka.augmentation import AugmentationArguments
 from hf_rcka.cli.recipe import parse_arguments
 from hf_rcka.errors import RecipeError
 from hf_rcka.models.loading import load_image_classifier

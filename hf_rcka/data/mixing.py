@@ -12,7 +12,7 @@ import torch
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 
-from .augmentation import AugmentationArguments
+from ..augmentation import AugmentationArguments
 
 
 def build_mixup(augmentation: AugmentationArguments, num_classes: int, label_smoothing: float = 0.0) -> Mixup | None:

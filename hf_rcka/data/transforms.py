@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from .augmentation import AugmentationArguments
+from ..augmentation import AugmentationArguments
 from ..modeling.teacher_inputs import input_stats
 
 # PIL resampling filter ids (PIL.Image.Resampling and transformers' PILImageResampling agree).

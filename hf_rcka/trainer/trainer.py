@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
 from .. import losses as _losses  # noqa: F401  (registers the losses)
-from ..data.augmentation import AugmentationArguments
+from ..augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
 from .checkpointing import CheckpointingTrainer
 from ..data.datasets import collate

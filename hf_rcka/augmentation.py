@@ -2,8 +2,8 @@
 
 The names (``aa``, ``reprob``, ``mixup``, ``cutmix``, ``aug_repeats``...) and their defaults are
 those of timm's training script, so a recipe written from a paper's timm command line reads the
-same here. ``DataArguments`` inherits these fields; ``transforms.py`` turns them into per-image
-transforms (timm's data factory), ``mixing.py`` into batch Mixup/CutMix and ``sampler.py`` into
+same here. ``DataArguments`` inherits these fields; ``data/transforms.py`` turns them into per-image
+transforms (timm's data factory), ``data/mixing.py`` into batch Mixup/CutMix and ``data/sampler.py`` into
 repeated augmentation.
 """
 
