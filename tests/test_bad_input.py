@@ -254,7 +254,7 @@ def test_help_lists_every_key_grouped_with_defaults(capsys):
     assert "  teacher_label_mapping (str; default: 'by_name')" in text
     assert main(["--help", "losses"]) == 0
     text = capsys.readouterr().out
-    assert "  rcka: weight=1.0, intra_weight=15.0" in text and "patch_match" in text
+    assert "  rcka: weight=1.0, intra_weight=1.0" in text and "patch_match" in text
 
 
 def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsys):

@@ -17,7 +17,7 @@ from .teacher_inputs import InputStats
 
 
 def default_losses(has_teacher: bool) -> list[dict[str, Any]]:
-    """RCKA on logits next to the task loss (the paper's 15/15), or the task loss alone."""
+    """RCKA on logits (intra/inter 1/1) next to the task loss, or the task loss alone."""
     if not has_teacher:
         return [{"name": "ce", "weight": 1.0}]
     return [{"name": "ce", "weight": 1.0}, {"name": "rcka", "weight": 1.0}]
