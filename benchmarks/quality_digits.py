@@ -61,7 +61,9 @@ VARIANTS = {
     "alone": Variant("ce alone (no teacher)"),
     "kd": Variant("ce + kd (T 4)", [CE, {"name": "kd", "weight": 1.0, "temperature": 4.0}]),
     "rcka": Variant("ce + rcka logits (1/1)", [CE, RCKA]),
-    "rcka_fcka3": Variant("**ce + rcka + feature_cka x3 (auto pairs): recommended, the demo**", [CE, RCKA, FCKA3], PAIRS),
+    "rcka_fcka3_srd": Variant("**ce + rcka + feature_cka x3 + srd 2 (recommended, the demo)**",
+                              [CE, RCKA, FCKA3, {"name": "srd", "weight": 2.0}], PAIRS),
+    "rcka_fcka3": Variant("ce + rcka + feature_cka x3 (auto pairs)", [CE, RCKA, FCKA3], PAIRS),
     "rcka_fcka": Variant("ce + rcka + feature_cka x1 (auto pairs)", [CE, RCKA, FCKA], PAIRS),
     "fcka": Variant("ce + feature_cka (auto pairs)", [CE, FCKA], PAIRS),
     "kd_fcka3": Variant("ce + kd (T 4) + feature_cka x3 (auto pairs)",
@@ -76,8 +78,6 @@ VARIANTS = {
             "architectures": ["DeiTForImageClassificationWithTeacher"]}},
         directions=("cnn2vit",),
     ),
-    "rcka_fcka3_srd": Variant("ce + rcka + feature_cka x3 + srd (2.0)", [CE, RCKA, FCKA3, {"name": "srd", "weight": 2.0}],
-                              PAIRS),
     "ekt": Variant("ce + kernel_transfer (EKT)", [CE, {"name": "kernel_transfer", "weight": 1.0}]),
     "srd": Variant("ce + srd (2.0)", [CE, {"name": "srd", "weight": 2.0}]),
     # The settings search behind the recommendation (run with --variants; CNN -> ViT only).
@@ -90,8 +90,8 @@ VARIANTS = {
     "rcka_fcka3_mix": Variant("search: ce + rcka + feature_cka x3, mixup 0.8", [CE, RCKA, FCKA3],
                               {**PAIRS, "mixup": 0.8}, directions=("cnn2vit",)),
 }
-SEARCH = ("rcka_fcka6", "rcka_fcka_kd", "alone_mix", "rcka_fcka3_mix")
-CORE = ("alone", "kd", "rcka", "rcka_fcka3")
+SEARCH = ("rcka_fcka6", "rcka_fcka_kd", "alone_mix", "rcka_fcka3_mix")  # rcka_fcka3_mix: not run to completion
+CORE = ("alone", "kd", "rcka", "rcka_fcka3_srd")
 
 
 @dataclass
@@ -154,10 +154,11 @@ def run_cli(recipe: str, overrides: dict, output_dir: Path, log: Path) -> dict:
     return {"eval_accuracy": results["eval_accuracy"], "seconds": round(seconds, 1), "command": command[1:]}
 
 
-def teacher_dir(out: Path, work: Path, name: str, direction: Direction) -> tuple[Path, dict]:
-    """Train the direction's teacher once (seed 0) or reuse it."""
+def teacher_dir(out: Path, work: Path, name: str, direction: Direction, report_only: bool = False) -> tuple[Path, dict]:
+    """Train the direction's teacher once (seed 0) or reuse it (``report_only``: only its record)."""
     folder, record = work / "teachers" / name, out / "teachers" / f"{name}.json"
-    if not record.exists() or not (folder / "config.json").exists():  # recorded elsewhere: train it here
+    recorded_elsewhere = record.exists() and not (folder / "config.json").exists()  # its model is not here
+    if not record.exists() or (recorded_elsewhere and not report_only):
         record.parent.mkdir(parents=True, exist_ok=True)
         print(f"[{name}] teacher: {direction.teacher_recipe}", flush=True)
         result = run_cli(direction.teacher_recipe, {**direction.teacher, "seed": 0}, folder, record.with_suffix(".log"))
@@ -196,7 +197,7 @@ def validation_size() -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 seeds, core variants (alone, kd, rcka, rcka_fcka3)")
+    parser.add_argument("--quick", action="store_true", help="3 seeds, core variants (alone, kd, rcka, rcka_fcka3_srd)")
     parser.add_argument("--seeds", type=int, nargs="+", help="default 0-4 (--quick: 0-2)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         help="default: all but the settings search (--quick: core)")
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         args.directions = [d for d in args.directions if (args.out / "teachers" / f"{d}.json").exists()]
     for name in args.directions:
         direction = DIRECTIONS[name]
-        teacher, teacher_result = teacher_dir(args.out, args.work, name, direction)
+        teacher, teacher_result = teacher_dir(args.out, args.work, name, direction, args.report_only)
         keys = [(v, s) for v in args.variants if name in VARIANTS[v].directions for s in args.seeds]
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process
             results = list(pool.map(
