@@ -130,9 +130,13 @@ def interleaved(loaders: dict[str, Iterable], measure, repeats: int) -> dict[str
     for loader in loaders.values():
         images_per_second(loader)  # warm-up pass: worker start-up, file cache
     samples: dict[str, list[float]] = {name: [] for name in loaders}
-    for _ in range(repeats):
-        for name, loader in loaders.items():
-            samples[name].append(measure(loader))
+    # The same loader's passes drift within a process (a profile of this benchmark: 3.4 s, then
+    # 4.5 s for identical work in the C decoders), so the order alternates (A B, B A, ...) and no
+    # side always runs first.
+    names = list(loaders)
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            samples[name].append(measure(loaders[name]))
     return samples
 
 
