@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_rcka.models.label_maps import LabelMaps  # noqa: E402
 from hf_rcka.models.timm_models import build_timm_classifier  # noqa: E402
-import hf_rcka.losses  # noqa: E402,F401  (registers the losses)
 from hf_rcka.registry import LOSSES  # noqa: E402
 from hf_rcka.modeling.distillation_model import DistillationModel  # noqa: E402
 from hf_rcka.modeling.teacher_inputs import InputStats  # noqa: E402

@@ -14,8 +14,6 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from . import adapters as _adapters  # noqa: F401  (registers the adapters)
-from . import losses as _losses  # noqa: F401  (registers the losses)
 from .errors import RecipeError
 from .features.pairing import RESERVED_PAIR_KEYS
 from .registry import ADAPTERS, LOSSES, close_matches

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit
+from conftest import pixel_dataset, processor, tiny_resnet, tiny_vit
 from hf_rcka import LOSSES, DistillationTrainer, DistillationTrainingArguments, LossInputs
 from hf_rcka.augmentation import AugmentationArguments
 from hf_rcka.losses import LossContext

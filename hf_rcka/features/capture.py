@@ -162,7 +162,6 @@ class HiddenStateCapture:
             self._handles.append(module.register_forward_hook(hook))
 
 
-
 class PooledCapture:
     """The classifier's input of one forward: the pooled penultimate feature (B, d).
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import torch
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
-from .. import losses as _losses  # noqa: F401  (registers the losses)
 from ..augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
 from .checkpointing import CheckpointingTrainer
