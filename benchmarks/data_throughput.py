@@ -4,13 +4,15 @@ The folder holds realistic JPEGs this script writes (ImageNet-like sizes around 
 shapes plus sensor-like noise, quality 90, so decoding costs what it costs on real photos), one
 sub-folder per class. Both sides do the same work per image with DeiT's training augmentation:
 decode, random resized crop to 224 (bicubic), flip, RandAugment rand-m9-mstd0.5-inc1, normalise,
-random erasing 0.25, then collate into batches, with N worker processes:
+random erasing 0.25 in pixel mode, then collate into batches, with N worker processes. The two
+transforms are compared before anything is measured, and the script stops if they differ:
 
 * ours: ``load_raw_datasets`` + ``prepare_datasets`` (datasets' imagefolder, timm's transform
   built from the student's processor) fed through ``DistillationTrainer.get_train_dataloader``,
   the loader training really uses (accelerate-prepared, our collate, the RA sampler when asked);
 * timm: ``timm.data.create_dataset`` + ``timm.data.create_loader`` (no prefetcher, so the
-  normalisation and erasing also happen in the workers, as in ours). Its RandAugment gets the same
+  normalisation and erasing also happen in the workers, as in ours; ``re_mode`` is passed, since
+  its default is ``const`` and DeiT's is ``pixel``). Its RandAugment gets the same
   zero-bit posterize fix ours has: unpatched, timm's loader stops with a Pillow 13 ValueError on
   the first magnitude-10 posterize draw.
 
@@ -43,7 +45,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 ARCH = "deit_small_patch16_224"
-AUGMENTATION = dict(aa="rand-m9-mstd0.5-inc1", reprob=0.25, train_interpolation="bicubic", color_jitter=0.3)
+AUGMENTATION = dict(aa="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel", train_interpolation="bicubic",
+                    color_jitter=0.3)
 
 
 def write_jpegs(root: Path, images: int, classes: int, seed: int = 0) -> None:
@@ -102,12 +105,24 @@ def timm_loader(folder: Path, batch_size: int, workers: int):
     dataset = create_dataset("", root=str(folder), split="train", is_training=True)
     loader = create_loader(
         dataset, input_size=config["input_size"], batch_size=batch_size, is_training=True, use_prefetcher=False,
-        auto_augment=AUGMENTATION["aa"], re_prob=AUGMENTATION["reprob"], color_jitter=AUGMENTATION["color_jitter"],
-        interpolation=AUGMENTATION["train_interpolation"], mean=config["mean"], std=config["std"],
-        num_workers=workers, persistent_workers=workers > 0, pin_memory=False,
+        auto_augment=AUGMENTATION["aa"], re_prob=AUGMENTATION["reprob"], re_mode=AUGMENTATION["remode"],
+        color_jitter=AUGMENTATION["color_jitter"], interpolation=AUGMENTATION["train_interpolation"],
+        mean=config["mean"], std=config["std"], num_workers=workers, persistent_workers=workers > 0, pin_memory=False,
     )
     dataset.transform = _with_zero_bit_posterize(dataset.transform)  # before any worker starts
+    check_same_augmentation(dataset.transform)
     return loader
+
+
+def check_same_augmentation(timm_transform) -> None:
+    """Stop if timm's loader would augment differently from ours (a default of one side changed)."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data.transforms import train_transform
+    from hf_rcka.models.processors import load_image_processor
+
+    ours = train_transform(load_image_processor(f"timm/{ARCH}"), DataArguments(train_dir=".", **AUGMENTATION))
+    if repr(ours) != repr(timm_transform):
+        raise RuntimeError(f"the two loaders augment differently:\nours: {ours}\ntimm: {timm_transform}")
 
 
 def images_per_second(loader: Iterable) -> tuple[float, int]:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hf_rcka.errors import DataError
@@ -120,8 +121,6 @@ def test_unreadable_files_are_named(tmp_path):
 
 
 def test_a_skipped_image_is_replaced_by_a_readable_one_of_its_batch():
-    import torch
-
     from hf_rcka.data.datasets import collate
 
     one, two = torch.zeros(3, 2, 2), torch.ones(3, 2, 2)
@@ -130,3 +129,24 @@ def test_a_skipped_image_is_replaced_by_a_readable_one_of_its_batch():
     assert batch["pixel_values"].shape == (3, 3, 2, 2) and batch["labels"].tolist() == [0, 2, 0]
     with pytest.raises(DataError, match="all 2 images of a batch are unreadable"):
         collate([{"pixel_values": None, "labels": 0}, {"pixel_values": None, "labels": 1}])
+
+
+def _collate_noting_shared_memory(examples):
+    from hf_rcka.data.datasets import collate
+
+    batch = collate(examples)
+    batch["shared_when_built"] = torch.tensor(batch["pixel_values"].is_shared())
+    return batch
+
+
+def test_a_worker_builds_its_batch_in_shared_memory():
+    """In a DataLoader worker the batch is stacked straight into shared memory, as timm's (and
+    torch's default) collate does, not into private memory the worker's queue must copy again."""
+    examples = [{"pixel_values": torch.full((3, 4, 4), float(i)), "labels": i} for i in range(6)]
+    loader = torch.utils.data.DataLoader(examples, batch_size=3, num_workers=1,
+                                         collate_fn=_collate_noting_shared_memory)
+    batches = list(loader)
+    assert [bool(b["shared_when_built"]) for b in batches] == [True, True]
+    pixels = torch.cat([b["pixel_values"] for b in batches])
+    assert torch.equal(pixels, torch.stack([e["pixel_values"] for e in examples]))
+    assert torch.cat([b["labels"] for b in batches]).tolist() == list(range(6))

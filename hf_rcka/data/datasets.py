@@ -14,6 +14,7 @@ from typing import Any, Callable
 import datasets
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from .bad_images import SkippedImages
 from ..arguments import DataArguments
@@ -155,12 +156,18 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
     An example whose image was skipped (``pixel_values`` None, see ``bad_images``) is replaced
     by a readable one of the same batch, so every batch keeps its size on every rank.
+
+    The pixels are stacked by ``default_collate``, which, inside a DataLoader worker, writes the
+    batch straight into shared memory. A plain ``torch.stack`` writes it to private memory that
+    the worker's queue then copies into shared memory to hand it to the main process: one more
+    allocation, page faulting and copy of every batch (about 19 MB for 32 images at 224), which
+    made our loader slower than timm's (see ``data_throughput.py`` in ``benchmarks/README.md``).
     """
     readable = [e for e in examples if e["pixel_values"] is not None]
     if not readable:
         raise DataError(f"all {len(examples)} images of a batch are unreadable (see the warnings above)")
     examples = readable + [readable[i % len(readable)] for i in range(len(examples) - len(readable))]
     return {
-        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "pixel_values": default_collate([e["pixel_values"] for e in examples]),
         "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),
     }
