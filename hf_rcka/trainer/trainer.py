@@ -259,7 +259,8 @@ class DistillationTrainer(CheckpointingTrainer):
             model_name=model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
             student=self.distillation_model.student,
             teacher_name=self.teacher_name,
-            losses={name: loss.weight for name, loss in self.distillation_model.losses.items()},
+            losses={term: weight for loss in self.distillation_model.losses.values()
+                    for term, weight in loss.term_weights.items()},
             dataset=dataset,
             metrics=metrics,
             facts=self.card_facts,
