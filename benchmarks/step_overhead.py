@@ -9,6 +9,10 @@ child process (CPU: the process's resident high-water mark, ``ru_maxrss``, becau
 cannot see torch's allocator; CUDA: ``torch.cuda.max_memory_allocated``), as a ratio to the
 limit's child.
 
+``--extra-ops N`` measures what step times on a small CPU cannot resolve: it profiles N steps of
+each variant and prices only the calls (per op and input shape) a variant adds to the limit's or
+drops, each at its own mean cost, as a ratio to the limit's op time (see ``extra_op_ratio``).
+
 Variants: ``limit``; timm's ``LogitDistillationTask`` and ``FeatureDistillationTask`` (the same
 timm models, unwrapped); hf_rcka ``kd``, ``rcka`` (logits), ``rcka+feature_cka`` and
 ``rcka+patch_cka`` (4 auto-paired hidden states each) and ``all`` (every loss at once).
@@ -18,6 +22,7 @@ Usage::
     python benchmarks/step_overhead.py                         # CPU, scaled down (a few minutes)
     python benchmarks/step_overhead.py --device cuda --full    # DeiT-S <- RegNetY-16GF, 224 px, batch 128, bf16
     python benchmarks/step_overhead.py --profile rcka+patch_cka  # where the time of one variant goes
+    python benchmarks/step_overhead.py --rounds 0 --no-memory --extra-ops 3  # the work each variant adds
 """
 
 from __future__ import annotations
@@ -258,10 +263,12 @@ def extra_op_ratio(variant: dict, limit: dict) -> dict[str, float]:
     at its own mean cost, and leaving out the calls both run, measures the work the variant puts
     on top: loss math, adapters, layer capture, copies.
     """
-    added = sum(max(0.0, n - limit.get(k, (0.0, 0.0))[0]) * (ms / n) for k, (n, ms) in variant.items() if n)
+    added_calls = {k: max(0.0, n - limit.get(k, (0.0, 0.0))[0]) * (ms / n) for k, (n, ms) in variant.items() if n}
     dropped = sum(max(0.0, n - variant.get(k, (0.0, 0.0))[0]) * (ms / n) for k, (n, ms) in limit.items() if n)
-    base = sum(ms for _, ms in limit.values())
-    return {"limit_ms": base, "added_ms": added, "dropped_ms": dropped, "ratio": (base + added - dropped) / base}
+    base, added = sum(ms for _, ms in limit.values()), sum(added_calls.values())
+    top = sorted(((ms, *k) for k, ms in added_calls.items() if ms > 0), reverse=True)[:12]
+    return {"limit_ms": base, "added_ms": added, "dropped_ms": dropped, "ratio": (base + added - dropped) / base,
+            "top_added": [{"ms": ms, "op": op, "shapes": shapes} for ms, op, shapes in top]}
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:
@@ -337,6 +344,10 @@ def extra_table(extra: dict[str, dict], steps: int) -> str:
              "| variant | limit self time (ms) | added (ms) | dropped (ms) | ratio |", "|---|---|---|---|---|"]
     lines += [f"| {v} | {e['limit_ms']:.0f} | {e['added_ms']:.1f} | {e['dropped_ms']:.1f} | {e['ratio']:.3f} |"
               for v, e in extra.items() if v != "limit"]
+    for v, e in extra.items():
+        if v != "limit" and e["top_added"]:
+            lines.append(f"\n{v}: largest added calls (ms per step, op, input shapes)")
+            lines += [f"  {c['ms']:9.1f}  {c['op']}  {c['shapes'][:120]}" for c in e["top_added"]]
     return "\n".join(lines)
 
 
