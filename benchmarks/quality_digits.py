@@ -78,7 +78,8 @@ VARIANTS = {
             "architectures": ["DeiTForImageClassificationWithTeacher"]}},
         directions=("cnn2vit",),
     ),
-    "ekt": Variant("ce + kernel_transfer (EKT)", [CE, {"name": "kernel_transfer", "weight": 1.0}]),
+    "ekt": Variant("ce + kernel_transfer 0.04 (EKT, public code's weight)", [CE, {"name": "kernel_transfer", "weight": 0.04}]),
+    "ekt1": Variant("ce + kernel_transfer 1", [CE, {"name": "kernel_transfer", "weight": 1.0}]),
     "srd": Variant("ce + srd (2.0)", [CE, {"name": "srd", "weight": 2.0}]),
     # The settings search behind the recommendation (run with --variants; CNN -> ViT only).
     "rcka_fcka6": Variant("search: ce + rcka + feature_cka x6", [CE, RCKA, {**FCKA, "weight": 6.0}], PAIRS,

@@ -9,6 +9,10 @@ child process (CPU: the process's resident high-water mark, ``ru_maxrss``, becau
 cannot see torch's allocator; CUDA: ``torch.cuda.max_memory_allocated``), as a ratio to the
 limit's child.
 
+``--extra-ops N`` measures what step times on a small CPU cannot resolve: it profiles N steps of
+each variant and prices only the calls (per op and input shape) a variant adds to the limit's or
+drops, each at its own mean cost, as a ratio to the limit's op time (see ``extra_op_ratio``).
+
 Variants: ``limit``; timm's ``LogitDistillationTask`` and ``FeatureDistillationTask`` (the same
 timm models, unwrapped); hf_rcka ``kd``, ``rcka`` (logits), ``rcka+feature_cka`` and
 ``rcka+patch_cka`` (4 auto-paired hidden states each) and ``all`` (every loss at once).
@@ -18,6 +22,7 @@ Usage::
     python benchmarks/step_overhead.py                         # CPU, scaled down (a few minutes)
     python benchmarks/step_overhead.py --device cuda --full    # DeiT-S <- RegNetY-16GF, 224 px, batch 128, bf16
     python benchmarks/step_overhead.py --profile rcka+patch_cka  # where the time of one variant goes
+    python benchmarks/step_overhead.py --rounds 0 --no-memory --extra-ops 3  # the work each variant adds
 """
 
 from __future__ import annotations
@@ -233,6 +238,39 @@ def profile_variant(step: Step, device: torch.device, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
+def op_profile(step: Step, device: torch.device, steps: int) -> dict[tuple[str, str], tuple[float, float]]:
+    """Per (op, input shapes): calls and self time (ms) per step, over ``steps`` profiled steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for _ in range(2):  # the optimizer's first step creates its state: ops no later step runs
+        step()
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return {(e.key, str(e.input_shapes)): (e.count / steps, getattr(e, key) / steps / 1e3)
+            for e in prof.key_averages(group_by_input_shape=True)}
+
+
+def extra_op_ratio(variant: dict, limit: dict) -> dict[str, float]:
+    """The variant's cost over the limit's, counting only the calls it adds or drops.
+
+    Both steps run the same teacher and student ops; on a CPU those identical calls swing by
+    10-40% between steps (page faults on fresh buffers, cache state), which no number of rounds
+    averages away on two cores. Taking each (op, shapes) call that the variant adds (or drops)
+    at its own mean cost, and leaving out the calls both run, measures the work the variant puts
+    on top: loss math, adapters, layer capture, copies.
+    """
+    added_calls = {k: max(0.0, n - limit.get(k, (0.0, 0.0))[0]) * (ms / n) for k, (n, ms) in variant.items() if n}
+    dropped = sum(max(0.0, n - variant.get(k, (0.0, 0.0))[0]) * (ms / n) for k, (n, ms) in limit.items() if n)
+    base, added = sum(ms for _, ms in limit.values()), sum(added_calls.values())
+    top = sorted(((ms, *k) for k, ms in added_calls.items() if ms > 0), reverse=True)[:12]
+    return {"limit_ms": base, "added_ms": added, "dropped_ms": dropped, "ratio": (base + added - dropped) / base,
+            "top_added": [{"ms": ms, "op": op, "shapes": shapes} for ms, op, shapes in top]}
+
+
 def _forwarded(args: argparse.Namespace) -> list[str]:
     out = ["--device", args.device, "--pair", args.pair, "--threads", str(args.threads)]
     for flag in ("size", "batch", "teacher_dtype"):
@@ -268,6 +306,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads on CPU (0 = torch's default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory children")
+    parser.add_argument("--extra-ops", type=int, default=0, metavar="STEPS",
+                        help="profile STEPS steps of each variant and report the work its added ops cost")
     parser.add_argument("--profile", metavar="VARIANT", help="also print a profile of this variant")
     parser.add_argument("--json", default="bench_results/step_overhead.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -281,17 +321,34 @@ def run_pair(args: argparse.Namespace, pair: str, variants: list[str]) -> dict:
     args.pair = pair
     teacher, student, size, batch = build_models(pair, args.full, device, args.teacher_dtype)
     size, batch = args.size or size, args.batch or batch
-    steps = {} if not (args.rounds or args.profile) else {
+    steps = {} if not (args.rounds or args.profile or args.extra_ops) else {
         v: make_step(v, teacher, student, size, batch, device, args.bf16, args.compile) for v in variants}
     timing = time_variants(steps, device, args.rounds, args.warmup) if args.rounds else None
     images_per_s = {v: batch / t["median_s"] for v, t in (timing or {}).items()}
     profile = profile_variant(steps[args.profile], device) if args.profile in steps else None
+    ops = {v: op_profile(step, device, args.extra_ops) for v, step in steps.items()} if args.extra_ops else {}
+    extra = {v: extra_op_ratio(ops[v], ops["limit"]) for v in ops}
     memory = None if args.no_memory else measure_memory(args, variants)
     print(table(f"{pair}: teacher {PAIRS[pair]['full' if args.full else 'cpu'][0]} -> student "
                 f"{PAIRS[pair]['full' if args.full else 'cpu'][1]}, {size} px, batch {batch}", variants, timing, memory))
     if profile:
         print(f"\nprofile of {args.profile} ({pair}, 3 steps):\n{profile}")
-    return {"size": size, "batch": batch, "timing": timing, "memory": memory, "images_per_s": images_per_s}
+    if extra:
+        print(extra_table(extra, args.extra_ops))
+    return {"size": size, "batch": batch, "timing": timing, "memory": memory, "images_per_s": images_per_s,
+            "extra_ops": extra}
+
+
+def extra_table(extra: dict[str, dict], steps: int) -> str:
+    lines = [f"\nwork added over the limit (ops each variant adds or drops, {steps} profiled steps each):\n",
+             "| variant | limit self time (ms) | added (ms) | dropped (ms) | ratio |", "|---|---|---|---|---|"]
+    lines += [f"| {v} | {e['limit_ms']:.0f} | {e['added_ms']:.1f} | {e['dropped_ms']:.1f} | {e['ratio']:.3f} |"
+              for v, e in extra.items() if v != "limit"]
+    for v, e in extra.items():
+        if v != "limit" and e["top_added"]:
+            lines.append(f"\n{v}: largest added calls (ms per step, op, input shapes)")
+            lines += [f"  {c['ms']:9.1f}  {c['op']}  {c['shapes'][:120]}" for c in e["top_added"]]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,6 +58,7 @@ def test_output_dir_holds_a_plain_model_card_recipe_and_results(runs):
     assert [loss["name"] for loss in resolved["losses"]] == ["ce", "rcka", "feature_cka"]
     card = (student_dir / "README.md").read_text()
     assert "knowledge-distillation" in card.split("---")[1] and "base_model" not in card
+    assert "`rcka_intra` (1), `rcka_inter` (1)" in card, "the card lists each weighted term, as trained"
 
 
 def test_exported_student_loads_without_hf_rcka(runs):

@@ -1,7 +1,9 @@
 """FSDP2 on 2 CPU processes (gloo): train -> checkpoint -> resume -> export -> reload, teacher never sharded.
 
-accelerate's FSDP plugin does not switch on for CPU processes (MULTI_CPU runs as DDP), so the
-worker drives ``fully_shard`` and the full state dicts by hand; see fsdp_worker.py.
+accelerate's FSDP plugin does not switch on for CPU processes (MULTI_CPU runs as DDP). Two workers
+cover the path anyway: fsdp_worker.py drives ``fully_shard`` and the full state dicts by hand, and
+fsdp_trainer_worker.py runs DistillationTrainer through accelerate's own FSDP2 path with only the
+CPU -> MULTI_CPU decision overridden.
 """
 
 import json
@@ -16,12 +18,64 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
 WORKER = Path(__file__).parent / "fsdp_worker.py"
+TRAINER_WORKER = Path(__file__).parent / "fsdp_trainer_worker.py"
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _torchrun(*args: str) -> None:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def trainer_run(tmp_path_factory):
+    """Uninterrupted 4 steps (checkpoints at 2 and 4), then a fresh trainer resumed from checkpoint-2."""
+    out = tmp_path_factory.mktemp("fsdp_trainer")
+    _torchrun(str(TRAINER_WORKER), str(out), "full")
+    _torchrun(str(TRAINER_WORKER), str(out), "resume")
+    return out
+
+
+@pytest.mark.multiprocess
+def test_trainer_under_accelerate_fsdp2_shards_student_and_adapters_but_not_the_teacher(trainer_run):
+    expected = {"fsdp": True, "student_sharded": True, "adapters_sharded": True, "teacher_sharded": False}
+    for mode in ("full", "resume"):
+        assert json.loads((trainer_run / f"{mode}.json").read_text()) == expected
+
+
+@pytest.mark.multiprocess
+def test_trainer_fsdp2_resume_matches_the_uninterrupted_run_exactly(trainer_run):
+    """Student and distillation state (adapters, SRD projector) go through the gathered save and
+    the sharded load; the resumed run must end where the uninterrupted one did."""
+    for name in ("model.safetensors", "checkpoint-4/model.safetensors", "checkpoint-4/distillation_state.safetensors"):
+        uninterrupted, resumed = load_file(trainer_run / "full" / name), load_file(trainer_run / "resume" / name)
+        assert set(resumed) == set(uninterrupted)
+        for key, value in uninterrupted.items():
+            torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=f"{name}: {key}")
+    state = load_file(trainer_run / "full" / "checkpoint-2" / "distillation_state.safetensors")
+    assert any(k.startswith("adapters.") for k in state) and any(k.startswith("losses.") for k in state)
+    moved = load_file(trainer_run / "full" / "model.safetensors")
+    start = load_file(trainer_run / "full" / "checkpoint-2" / "model.safetensors")
+    assert any(not torch.equal(moved[k], start[k]) for k in start), "steps 3-4 changed nothing"
+
+
+@pytest.mark.multiprocess
+def test_trainer_fsdp2_export_is_a_plain_student(trainer_run):
+    exported = AutoModelForImageClassification.from_pretrained(trainer_run / "resume")
+    saved = load_file(trainer_run / "resume" / "model.safetensors")
+    assert not any(k.startswith(("teacher", "adapters", "losses")) for k in saved)
+    assert exported.config.num_labels == 3
+    logits = exported(pixel_values=torch.zeros(2, 3, 16, 16)).logits
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +128,32 @@ def test_torch_broadcast_loading_still_permutes_nhwc_tensors(fsdp_run):
     a contiguous buffer. If this starts failing, torch keeps the layout now; the hook may go."""
     upstream = json.loads((fsdp_run / "upstream.json").read_text())
     assert upstream == {"nhwc_broadcast_arrives_intact": False}
+
+
+def test_sharded_state_dict_type_is_refused_before_training():
+    """With SHARDED_STATE_DICT, Trainer.save_model writes no model: the run would end with no student."""
+    from types import SimpleNamespace
+
+    from hf_rcka.modeling.parallel import require_full_state_dict
+
+    def accelerator(kind):
+        return SimpleNamespace(state=SimpleNamespace(fsdp_plugin=SimpleNamespace(state_dict_type=kind)))
+
+    with pytest.raises(ValueError, match="FULL_STATE_DICT"):
+        require_full_state_dict(accelerator("StateDictType.SHARDED_STATE_DICT"))
+    require_full_state_dict(accelerator("StateDictType.FULL_STATE_DICT"))
+    require_full_state_dict(SimpleNamespace(state=SimpleNamespace()))  # no FSDP
+
+
+def test_full_state_dict_loading_rejects_missing_and_unexpected_keys():
+    """torch's full-state-dict loader fills missing keys with current values; ours must not resume from a partial file."""
+    from hf_rcka.modeling.sharded_state import load_full_state_dict
+
+    module = torch.nn.Linear(3, 2)
+    state = {k: torch.ones_like(v) for k, v in module.state_dict().items()}
+    with pytest.raises(KeyError, match="missing \\['bias'\\]"):
+        load_full_state_dict(module, {"weight": state["weight"]}, "adapters")
+    with pytest.raises(KeyError, match="unexpected \\['extra'\\]"):
+        load_full_state_dict(module, {**state, "extra": torch.zeros(1)}, "adapters")
+    load_full_state_dict(module, state, "adapters")
+    assert torch.equal(module.weight, torch.ones(2, 3))

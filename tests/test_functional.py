@@ -779,3 +779,14 @@ def test_functional_modules_import_each_other_without_a_cycle():
         visit(name, ())
     assert {"cka", "patch", "pcka_kernel", "nystrom", "kd", "numerics"} <= set(graph)
     assert all(hasattr(fn, name) for name in fn.__all__)
+
+
+def test_sample_rows_flattens_channels_last_maps_without_a_copy_and_keeps_cka():
+    fmap = torch.randn(5, 3, 4, 6).to(memory_format=torch.channels_last)
+    rows = fn.sample_rows(fmap)
+    assert rows.shape == (5, 72) and rows.data_ptr() == fmap.data_ptr(), "a channels_last map must not be copied"
+    other = torch.randn(5, 11)
+    torch.testing.assert_close(fn.linear_cka(rows, other), fn.linear_cka(fmap.flatten(1), other), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fn.rbf_cka(rows, other), fn.rbf_cka(fmap.flatten(1), other), rtol=1e-5, atol=1e-6)
+    tokens = torch.randn(5, 7, 2)
+    assert torch.equal(fn.sample_rows(tokens), tokens.flatten(1))

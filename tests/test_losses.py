@@ -537,9 +537,15 @@ def class_means(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fresh_kernel_transfer(**options) -> torch.nn.Module:
-    loss = LOSSES.build("kernel_transfer", **options)
+    """Weight 1 unless given, so values compare with the unweighted functional form."""
+    loss = LOSSES.build("kernel_transfer", **{"weight": 1.0, **options})
     loss.setup(POOLED_CONTEXT)
     return loss.train()
+
+
+def test_kernel_transfer_defaults_to_the_public_codes_weight():
+    """At weight 1 the normalised term swamps the task loss (benchmarks/quality_digits.py, ekt1)."""
+    assert LOSSES.build("kernel_transfer").weight == pytest.approx(0.04)
 
 
 def test_kernel_transfer_running_centres_converge_to_class_means():

@@ -13,7 +13,20 @@ import torch
 
 from .numerics import DEFAULT_EPS, common_dtype, full_precision, upcast
 
-__all__ = ["gram_linear", "gram_rbf", "center_gram", "hsic", "cka_from_grams", "linear_cka", "rbf_cka"]
+__all__ = [
+    "gram_linear", "gram_rbf", "center_gram", "hsic", "cka_from_grams", "linear_cka", "rbf_cka", "sample_rows",
+]
+
+
+def sample_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B, everything else), the features in the order they lie in memory.
+
+    Linear and RBF Grams (and so CKA) do not depend on the order of the feature columns, so a
+    channels_last map (a CNN teacher's) is flattened as (B, H, W, C): a view, where ``flatten(1)``
+    would copy the whole map every step.
+    """
+    order = sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
+    return x.permute(0, *order).flatten(1)
 
 
 def _check_rows(x: torch.Tensor, y: torch.Tensor, what: str = "CKA") -> None:

@@ -129,6 +129,6 @@ class FeatureCKALoss(RelationalLoss):
     def term(self, inputs: LossInputs) -> torch.Tensor:
         terms = []
         for student, teacher in self.feature_pairs(inputs):
-            s, t = self.rows(student.flatten(1)), self.rows(teacher.flatten(1))
+            s, t = self.rows(functional.sample_rows(student)), self.rows(functional.sample_rows(teacher))
             terms.append(1.0 - _cka(s, t, self.kernel, self.center, row_normalize=False))
         return torch.stack(terms).sum()

@@ -27,11 +27,13 @@ from ..features.pairing import FeaturePair
 from .feature_adapters import build_feature_adapters
 from ..losses import DistillationLoss, LossContext, LossInputs, weigh_terms
 from .teacher_inputs import InputStats, needed_transform
+from .sharded_state import load_full_state_dict
 from .teacher_runtime import TeacherRuntime
 
 logger = logging.getLogger(__name__)
 
 DISTILLATION_STATE_NAME = "distillation_state.safetensors"
+_DISTILLATION_PREFIXES = ("adapters.", "losses.")  # what a checkpoint adds to the student
 
 
 @dataclass
@@ -268,14 +270,22 @@ class DistillationModel(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def distillation_state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapters and loss state (projectors, class centres): what a checkpoint adds to the student."""
-        state = {f"adapters.{k}": v for k, v in self.adapters.state_dict().items()}
-        state.update({f"losses.{k}": v for k, v in self.losses.state_dict().items()})
+    def distillation_state_dict(self, gathered: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Adapters and loss state (projectors, class centres): what a checkpoint adds to the student.
+
+        Args:
+            gathered: the wrapper's full state dict as the Trainer gathered it under FSDP; the
+                modules' own tensors are shards then, which cannot be written as they are.
+        """
+        if gathered is not None:
+            state = {k: v for k, v in gathered.items() if k.startswith(_DISTILLATION_PREFIXES)}
+        else:
+            state = {f"adapters.{k}": v for k, v in self.adapters.state_dict().items()}
+            state.update({f"losses.{k}": v for k, v in self.losses.state_dict().items()})
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
-    def save_distillation_state(self, directory: str) -> None:
-        state = self.distillation_state_dict()
+    def save_distillation_state(self, directory: str, gathered: dict[str, torch.Tensor] | None = None) -> None:
+        state = self.distillation_state_dict(gathered)
         if state:
             save_file(state, os.path.join(directory, DISTILLATION_STATE_NAME), metadata={"format": "pt"})
 
@@ -284,21 +294,22 @@ class DistillationModel(nn.Module):
 
         The student is read back through ``from_pretrained`` (which undoes the key renaming that
         transformers 5.x applies on save for ViT-family models) and copied in strictly, so a
-        checkpoint that restores nothing fails loudly instead of silently.
+        checkpoint that restores nothing fails loudly instead of silently. Under FSDP2 each
+        rank keeps its shard of every tensor.
         """
         loaded = type(self.student).from_pretrained(directory, dtype=next(self.student.parameters()).dtype)
-        self.student.load_state_dict(loaded.state_dict(), strict=True)
+        load_full_state_dict(self.student, loaded.state_dict(), "student")
         del loaded
         path = os.path.join(directory, DISTILLATION_STATE_NAME)
         state = load_file(path) if os.path.isfile(path) else {}
-        if not state and self.distillation_state_dict():
+        if not state and (self.adapters.state_dict() or self.losses.state_dict()):
             raise FileNotFoundError(
                 f"{directory} has no {DISTILLATION_STATE_NAME}: it is not a checkpoint of this distillation "
                 f"(adapters/loss state cannot be restored)"
             )
         for prefix, module in (("adapters.", self.adapters), ("losses.", self.losses)):
             part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            module.load_state_dict(part, strict=True)
+            load_full_state_dict(module, part, prefix.rstrip("."))
 
 
 def _task_logits(student_out: Any) -> torch.Tensor:

@@ -56,4 +56,24 @@ def keep_teacher_out_of_fsdp(accelerator, model: nn.Module, device) -> bool:
     plugin.ignored_modules = [teacher]
     teacher.to(device)
     return True
-__all__ = ["default_broadcast_buffers", "has_running_stats", "ignore_teacher_in_ddp", "keep_teacher_out_of_fsdp"]
+def require_full_state_dict(accelerator) -> None:
+    """Refuse FSDP runs whose saves would not gather the full state dict.
+
+    With ``SHARDED_STATE_DICT``, ``Trainer.save_model`` writes no model at all (checkpoints get
+    their shards through accelerate, the final export gets nothing), so a run would finish
+    "successfully" with no student to load. The student is exported as a plain transformers
+    model, which needs the gathered weights.
+    """
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+        raise ValueError(
+            f"FSDP state_dict_type is {plugin.state_dict_type}: hf_rcka saves the student as a plain "
+            "transformers model, which needs the full state dict; set fsdp_state_dict_type: FULL_STATE_DICT "
+            "in the accelerate config (or state_dict_type in fsdp_config)"
+        )
+
+
+__all__ = [
+    "default_broadcast_buffers", "has_running_stats", "ignore_teacher_in_ddp", "keep_teacher_out_of_fsdp",
+    "require_full_state_dict",
+]

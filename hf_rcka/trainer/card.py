@@ -38,7 +38,7 @@ _TEMPLATE = """---
 - Teacher: {teacher}
 - Student architecture: `{architecture}` ({num_parameters:,} parameters, {num_labels} classes)
 - Student initialisation: {initialisation}
-- Losses (weight): {losses}
+- Loss terms (weight): {losses}
 - Trained with hf_rcka's `DistillationTrainer`; the full recipe is in `distill_config.yaml` next to
   this card.
 

@@ -79,7 +79,7 @@ class CheckpointingTrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         if self._checkpointing:
-            model.save_distillation_state(output_dir)
+            model.save_distillation_state(output_dir, gathered=state_dict)
             if self.model_ema is not None:
                 self.model_ema.save(output_dir)
 

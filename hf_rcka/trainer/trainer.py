@@ -36,7 +36,9 @@ from .metrics import accuracy_metrics
 from ..data.mixing import build_mixup, mix_batch
 from ..modeling.assembly import build_distillation_model
 from ..modeling.distillation_model import DistillationModel
-from ..modeling.parallel import default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp
+from ..modeling.parallel import (
+    default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp, require_full_state_dict,
+)
 from ..data.sampler import RepeatedAugmentationSampler, keep_rank_sharding
 from ..modeling.teacher_inputs import InputStats, input_stats
 
@@ -103,6 +105,7 @@ class DistillationTrainer(CheckpointingTrainer):
         kwargs.setdefault("data_collator", collate)
         kwargs.setdefault("compute_metrics", accuracy_metrics)
         super().__init__(model=model, args=args, **kwargs)
+        require_full_state_dict(self.accelerator)
         keep_teacher_out_of_fsdp(self.accelerator, model, args.device)
         self.teacher_name = teacher_name or (
             getattr(model.teacher, "name_or_path", None) if model.teacher is not None else None
@@ -256,7 +259,8 @@ class DistillationTrainer(CheckpointingTrainer):
             model_name=model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
             student=self.distillation_model.student,
             teacher_name=self.teacher_name,
-            losses={name: loss.weight for name, loss in self.distillation_model.losses.items()},
+            losses={term: weight for loss in self.distillation_model.losses.values()
+                    for term, weight in loss.term_weights.items()},
             dataset=dataset,
             metrics=metrics,
             facts=self.card_facts,
