@@ -225,11 +225,17 @@ def measure_memory(args: argparse.Namespace, variants: list[str]) -> dict[str, d
     return results
 
 
+def _activities(device: torch.device) -> list:
+    from torch.profiler import ProfilerActivity
+
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+
 def profile_variant(step: Step, device: torch.device, rows: int = 15) -> str:
     """The ops that take the time of ``step`` (torch.profiler, 3 steps after the warm-up)."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    activities = _activities(device)
     with profile(activities=activities) as prof:
         for _ in range(3):
             step()
@@ -240,9 +246,9 @@ def profile_variant(step: Step, device: torch.device, rows: int = 15) -> str:
 
 def op_profile(step: Step, device: torch.device, steps: int) -> dict[tuple[str, str], tuple[float, float]]:
     """Per (op, input shapes): calls and self time (ms) per step, over ``steps`` profiled steps."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    activities = _activities(device)
     for _ in range(2):  # the optimizer's first step creates its state: ops no later step runs
         step()
     with profile(activities=activities, record_shapes=True) as prof:

@@ -33,7 +33,6 @@ from .teacher_runtime import TeacherRuntime
 logger = logging.getLogger(__name__)
 
 DISTILLATION_STATE_NAME = "distillation_state.safetensors"
-_DISTILLATION_PREFIXES = ("adapters.", "losses.")  # what a checkpoint adds to the student
 
 
 @dataclass
@@ -277,12 +276,16 @@ class DistillationModel(nn.Module):
             gathered: the wrapper's full state dict as the Trainer gathered it under FSDP; the
                 modules' own tensors are shards then, which cannot be written as they are.
         """
+        parts = self._distillation_parts()
         if gathered is not None:
-            state = {k: v for k, v in gathered.items() if k.startswith(_DISTILLATION_PREFIXES)}
+            state = {k: v for k, v in gathered.items() if k.startswith(tuple(parts))}
         else:
-            state = {f"adapters.{k}": v for k, v in self.adapters.state_dict().items()}
-            state.update({f"losses.{k}": v for k, v in self.losses.state_dict().items()})
+            state = {f"{prefix}{k}": v for prefix, module in parts.items() for k, v in module.state_dict().items()}
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def _distillation_parts(self) -> dict[str, nn.Module]:
+        """What a checkpoint adds to the student, by state-dict prefix."""
+        return {"adapters.": self.adapters, "losses.": self.losses}
 
     def save_distillation_state(self, directory: str, gathered: dict[str, torch.Tensor] | None = None) -> None:
         state = self.distillation_state_dict(gathered)
@@ -302,12 +305,13 @@ class DistillationModel(nn.Module):
         del loaded
         path = os.path.join(directory, DISTILLATION_STATE_NAME)
         state = load_file(path) if os.path.isfile(path) else {}
-        if not state and (self.adapters.state_dict() or self.losses.state_dict()):
+        parts = self._distillation_parts()
+        if not state and any(module.state_dict() for module in parts.values()):
             raise FileNotFoundError(
                 f"{directory} has no {DISTILLATION_STATE_NAME}: it is not a checkpoint of this distillation "
                 f"(adapters/loss state cannot be restored)"
             )
-        for prefix, module in (("adapters.", self.adapters), ("losses.", self.losses)):
+        for prefix, module in parts.items():
             part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             load_full_state_dict(module, part, prefix.rstrip("."))
 
