@@ -41,3 +41,35 @@ def test_default_backend_per_device_and_bad_names():
     s, t = _maps((2, 3, 4, 4))
     with pytest.raises(ValueError, match="backend must be one of"):
         fn.patch_cka(s, t, 2, backend="triton")
+
+
+def _in_layout(x, layout):
+    """The same values as ``x`` (B, C, H, W), stored in another memory order (a leaf either way)."""
+    if layout == "channels_last":
+        return x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    if layout == "channel_first_batch_last":
+        return x.detach().permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2).requires_grad_()
+    if layout == "batch_broadcast":  # stride 0 over the batch: no memory order to follow
+        return x.detach()[:1].expand_as(x).requires_grad_()
+    return x
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "channel_first_batch_last", "batch_broadcast"])
+@pytest.mark.parametrize("patch", [4, 3])
+def test_kernel_follows_any_memory_layout(layout, patch):
+    """The kernel cuts maps of any memory layout (a CNN teacher's are channels_last, a broadcast
+    batch has stride 0); its values and gradients must be those of contiguous maps."""
+    reference, results = None, []
+    for arrange in ("contiguous", layout):
+        s, t = _maps((3, 5, 12, 12), seed=2)
+        if layout == "batch_broadcast":
+            s = s.detach()[:1].expand_as(s).contiguous().requires_grad_()
+        s, t = _in_layout(s, arrange), _in_layout(t, "channel_first_batch_last" if arrange != "contiguous" else arrange)
+        value = fn.patch_cka(s, t, patch, backend="kernel")
+        value.mul(torch.arange(1.0, 6.0, dtype=value.dtype)).sum().backward()
+        if arrange != "contiguous":
+            assert s.grad.stride() == s.stride() or layout == "batch_broadcast"
+        results.append((value.detach(), s.grad, t.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert results[0][1].abs().max() > 1e-4
