@@ -61,6 +61,10 @@ def test_trainer_fsdp2_resume_matches_the_uninterrupted_run_exactly(trainer_run)
         assert set(resumed) == set(uninterrupted)
         for key, value in uninterrupted.items():
             torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=f"{name}: {key}")
+    for checkpoint in ("full/checkpoint-2", "full/checkpoint-4", "resume/checkpoint-4"):
+        # accelerate's copy of the whole wrapper, teacher included, is removed: resume never reads it
+        assert not list((trainer_run / checkpoint).glob("pytorch_model_fsdp*")), checkpoint
+        assert (trainer_run / checkpoint / "optimizer.bin").is_file()
     state = load_file(trainer_run / "full" / "checkpoint-2" / "distillation_state.safetensors")
     assert any(k.startswith("adapters.") for k in state) and any(k.startswith("losses.") for k in state)
     moved = load_file(trainer_run / "full" / "model.safetensors")

@@ -25,7 +25,9 @@ import os
 from typing import Any, Iterator
 
 import torch
+from accelerate.utils.constants import FSDP_MODEL_NAME
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +57,18 @@ class CheckpointingTrainer(Trainer):
     # path as an export, and no callback runs before those weights are written (on_save runs after).
     # Marking the call is the only way _save can tell a checkpoint (live weights + adapter/loss
     # state + EMA state, to resume exactly) from an export (the EMA weights when model_ema_export).
+    # Under FSDP, Trainer also has accelerate write the whole wrapper (teacher included, the bulk of
+    # it for a RegNetY-16GF teacher) as pytorch_model_fsdp.bin, for its own resume path, which the
+    # overrides below replace: nothing reads that file, so it is removed once the checkpoint is
+    # complete.
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         with self._writing_checkpoint():
             super()._save_checkpoint(model, trial)
+        if self.is_fsdp_enabled and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            for name in os.listdir(folder):
+                if name.startswith(FSDP_MODEL_NAME):
+                    os.remove(os.path.join(folder, name))
 
     # Private override. Trainer._save writes Trainer.model's state dict; ours is the wrapper, so it
     # would store teacher + adapters in one model.safetensors without a config. save_model (public)
