@@ -27,6 +27,7 @@ from ..models.labels import run_label_order
 from ..models.loading import load_image_classifier
 from ..models.processors import load_image_processor
 from ..trainer.card_facts import card_facts_of
+from ..trainer.checkpointing import checkpoint_folder
 from ..trainer.interrupt import GracefulStop, save_checkpoint_now
 from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, default_losses
@@ -244,7 +245,7 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
                       trainer.is_world_process_zero()) from None
     if stop is not None and stop.signum is not None:
         step = trainer.state.global_step
-        checkpoint = os.path.join(trainer.args.output_dir, f"checkpoint-{step}")
+        checkpoint = checkpoint_folder(trainer)
         raise Stopped(stop.signum, step, checkpoint if os.path.isdir(checkpoint) else None, argv,
                       trainer.is_world_process_zero())
     trainer.save_model()

@@ -56,6 +56,8 @@ def keep_teacher_out_of_fsdp(accelerator, model: nn.Module, device) -> bool:
     plugin.ignored_modules = [teacher]
     teacher.to(device)
     return True
+
+
 def require_full_state_dict(accelerator) -> None:
     """Refuse FSDP runs whose saves would not gather the full state dict.
 

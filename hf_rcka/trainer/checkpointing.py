@@ -65,7 +65,7 @@ class CheckpointingTrainer(Trainer):
         with self._writing_checkpoint():
             super()._save_checkpoint(model, trial)
         if self.is_fsdp_enabled and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder = checkpoint_folder(self, trial)
             for name in os.listdir(folder):
                 if name.startswith(FSDP_MODEL_NAME):
                     os.remove(os.path.join(folder, name))
@@ -112,4 +112,11 @@ class CheckpointingTrainer(Trainer):
         self.distillation_model.load_checkpoint(self.state.best_model_checkpoint)
 
 
-__all__ = ["TRAINING_ARGS_NAME", "CheckpointingTrainer"]
+def checkpoint_folder(trainer: Trainer, trial: Any = None) -> str:
+    """The folder ``Trainer._save_checkpoint`` writes at the current step, ``<run dir>/checkpoint-<step>``
+    (``_get_output_dir`` is the Trainer's own choice of run dir: the output dir outside a
+    hyperparameter search)."""
+    return os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+
+
+__all__ = ["TRAINING_ARGS_NAME", "CheckpointingTrainer", "checkpoint_folder"]

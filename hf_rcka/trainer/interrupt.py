@@ -14,14 +14,13 @@ same step). A second signal while the first is handled raises ``KeyboardInterrup
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..distributed import any_rank
+from .checkpointing import checkpoint_folder
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -106,4 +105,4 @@ def save_checkpoint_now(trainer: Trainer) -> str | None:
     # would lose the optimizer and scheduler. ``_save_checkpoint(model, trial)`` is what the loop
     # calls at a save step; tests/test_interrupt.py pins its signature and the folder it writes.
     trainer._save_checkpoint(trainer.model, trial=None)
-    return os.path.join(trainer.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+    return checkpoint_folder(trainer)
