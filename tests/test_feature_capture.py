@@ -14,7 +14,7 @@ CASES = {
     "hf_resnet": "hooks",
     "hf_convnext": "hooks",
     "hf_swin": None,  # reshaped states are copies: hooks cannot see them, "all" is the honest fallback
-    "timm_vit": "timm",
+    "timm_vit": "timm_tokens",
     "timm_resnet": "timm",
     "timm_regnet": "timm",
 }
@@ -53,6 +53,29 @@ def test_hooked_states_carry_the_student_graph():
     grad = model.vit.embeddings.patch_embeddings.projection.weight.grad
     assert grad is not None and grad.abs().sum() > 0, "the captured state is the live activation"
     assert model.classifier.weight.grad is None, "nothing after the captured layer took part"
+
+
+def test_timm_vit_states_are_views_of_its_tokens_with_the_same_gradients():
+    """The token path hands out maps without timm's NCHW copy, and trains exactly like it."""
+    spec = FAMILIES["timm_vit"]
+    x = pixels(spec.image_size)
+    grads = {}
+    for mode in ("timm_tokens", "timm"):
+        torch.manual_seed(0)
+        model = spec.build().train()
+        capture = HiddenStateCapture(model, [0, 1], x[:2])
+        assert capture.mode == "timm_tokens"
+        capture.mode = mode
+        _, states = capture(x)
+        if mode == "timm_tokens":  # a permuted view of prefix-free tokens: no copy was made
+            assert all(not s.is_contiguous() and s.stride(1) == 1 for s in states.values())
+        else:
+            assert all(s.is_contiguous() for s in states.values())
+        (states[0].pow(2).mean() + states[1].sin().mean()).backward()
+        grads[mode] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["timm_tokens"].keys() == grads["timm"].keys() and grads["timm"]
+    for name, grad in grads["timm"].items():
+        torch.testing.assert_close(grads["timm_tokens"][name], grad, rtol=1e-5, atol=1e-7)
 
 
 def test_hooks_are_silent_outside_the_capture():

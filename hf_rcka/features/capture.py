@@ -5,6 +5,11 @@ stay alive until the loss, and TimmWrapper builds a (B, C, H, W) copy of every V
 When four pairs are distilled, four states are needed. :class:`HiddenStateCapture` finds, once,
 the cheapest way to get exactly those from one model, and checks it against the full output:
 
+* ``"timm_tokens"``: a timm ViT asked for ``forward_intermediates(indices=..., output_fmt="NLC")``
+  hands out its blocks' patch tokens as views; each is returned as the (B, C, H, W) map that
+  ``output_hidden_states`` gives, but as a permuted view of those tokens. timm's own NCHW output
+  copies every requested block into a contiguous map, and the backward pays for that copy again;
+  the consumers (adapters, ``sample_rows``) read either layout;
 * ``"timm"``: TimmWrapper models take a list of indices for ``output_hidden_states`` and pass it
   to timm's ``forward_intermediates(indices=...)`` (timm's own feature extraction);
 * ``"hooks"``: a forward hook on the module whose output *is* the hidden state (same tensor),
@@ -56,6 +61,7 @@ class HiddenStateCapture:
         self._states: dict[int, Tensor] = {}
         self._active = False
         self._handles: list[Any] = []
+        self._grids: dict[int, tuple[int, int]] = {}
         self.mode = self._choose(probe_pixels)
         logger.info("hidden states %s of %s taken via %s", self.indices, type(model).__name__, self.mode)
 
@@ -63,6 +69,9 @@ class HiddenStateCapture:
 
     def __call__(self, pixel_values: Tensor) -> tuple[Any, dict[int, Tensor]]:
         """``(outputs, {index: hidden state})`` of one forward (grad mode is the caller's)."""
+        if self.mode == "timm_tokens":
+            outputs = self.model(pixel_values=pixel_values, output_hidden_states=list(self.indices), output_fmt="NLC")
+            return outputs, {i: _tokens_as_fmap(t, self._grids[i]) for i, t in zip(self.indices, outputs.hidden_states)}
         if self.mode == "timm":
             outputs = self.model(pixel_values=pixel_values, output_hidden_states=list(self.indices))
             return outputs, dict(zip(self.indices, outputs.hidden_states))
@@ -98,8 +107,11 @@ class HiddenStateCapture:
         with eval_no_grad(self.model):
             reference = hidden_states_of(self.model(pixel_values=pixels, output_hidden_states=True))
             expected = {i: reference[i] for i in self.indices}
-            if getattr(self.model, "timm_model", None) is not None and self._matches("timm", pixels, expected):
-                return "timm"
+            if getattr(self.model, "timm_model", None) is not None:
+                self._grids = {i: tuple(state.shape[-2:]) for i, state in expected.items() if state.dim() == 4}
+                for mode in ("timm_tokens", "timm"):
+                    if self._matches(mode, pixels, expected):
+                        return mode
             modules = self._find_modules(pixels)
             if modules is not None:
                 self._install_hooks(modules)
@@ -112,7 +124,7 @@ class HiddenStateCapture:
         self.mode = mode
         try:
             _, states = self(pixels)
-        except (RuntimeError, TypeError, ValueError) as error:
+        except (AssertionError, KeyError, RuntimeError, TypeError, ValueError) as error:  # timm asserts formats
             logger.debug("hidden-state mode %s failed: %s", mode, error)
             return False
         return states.keys() == expected.keys() and all(
@@ -234,6 +246,11 @@ class ForwardCapture:
         for part in (self.hidden, self.pooled):
             if part is not None:
                 part.remove()
+
+
+def _tokens_as_fmap(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Prefix-free (B, h * w, C) patch tokens as a (B, C, h, w) map: a view, no copy."""
+    return tokens.unflatten(1, grid).permute(0, 3, 1, 2)
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
