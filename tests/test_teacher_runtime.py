@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import tiny_resnet, tiny_vit
 
+from hf_rcka.functional import sample_rows
 from hf_rcka.losses import FitNetLoss, KDLoss, CrossEntropyLoss, FeatureCKALoss
 from hf_rcka.modeling.distillation_model import DistillationModel
 from hf_rcka.modeling.parallel import default_broadcast_buffers, has_running_stats, ignore_teacher_in_ddp
@@ -58,6 +59,23 @@ def test_half_precision_teacher_hands_float32_to_the_losses():
     assert logits.dtype == torch.bfloat16 and runtime.release(logits).dtype == torch.float32
     with pytest.raises(ValueError, match="teacher_dtype must be one of"):
         resolve_teacher_dtype("float8")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_released_token_maps_keep_their_memory_order(dtype):
+    """A ViT teacher's block reaches the losses as a map viewing prefix-free tokens (a gap per
+    sample). Its released copy must hold the same values, be a normal tensor, and keep the
+    tokens' order in memory, so the losses flatten it per sample without another copy."""
+    runtime = TeacherRuntime(tiny_vit().eval())
+    with runtime.running():
+        tokens = torch.randn(4, 1 + 6 * 5, 8).to(dtype)
+        fmap = tokens[:, 1:].unflatten(1, (6, 5)).permute(0, 3, 1, 2)
+    released = runtime.release(fmap)
+    assert not released.is_inference() and released.dtype == torch.float32
+    assert torch.equal(released, fmap.float())
+    assert released.permute(0, 2, 3, 1).is_contiguous()
+    rows = sample_rows(released)
+    assert rows.data_ptr() == released.data_ptr() and rows.shape == (4, 6 * 5 * 8)
 
 
 @pytest.mark.parametrize("dtype", [None, "bfloat16"])

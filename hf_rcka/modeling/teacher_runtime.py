@@ -81,8 +81,21 @@ class TeacherRuntime:
         if tensor is None:
             return None
         if tensor.is_floating_point() and tensor.dtype in (torch.float16, torch.bfloat16):
-            return tensor.float()
-        return tensor.clone()
+            return _copy_in_memory_order(tensor, torch.float32)
+        return _copy_in_memory_order(tensor, tensor.dtype)
+
+
+def _copy_in_memory_order(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A dense copy that keeps ``tensor``'s order of strides, returned with its shape.
+
+    ``clone``/``float`` keep the layout of dense tensors only; a ViT's blocks are handed out as
+    maps that view prefix-free tokens (a gap per sample), which they would copy with a permute
+    into standard layout. Copying in memory order is a straight copy, and the result still
+    flattens per sample as a view (``sample_rows``).
+    """
+    order = sorted(range(tensor.dim()), key=lambda d: -tensor.stride(d))
+    inverse = sorted(range(tensor.dim()), key=order.__getitem__)
+    return tensor.permute(order).to(dtype, copy=True, memory_format=torch.contiguous_format).permute(inverse)
 
 
 def standard_layout_state(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
