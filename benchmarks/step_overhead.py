@@ -9,9 +9,10 @@ child process (CPU: the process's resident high-water mark, ``ru_maxrss``, becau
 cannot see torch's allocator; CUDA: ``torch.cuda.max_memory_allocated``), as a ratio to the
 limit's child.
 
-``--extra-ops N`` measures what step times on a small CPU cannot resolve: it profiles N steps of
-each variant and prices only the calls (per op and input shape) a variant adds to the limit's or
-drops, each at its own mean cost, as a ratio to the limit's op time (see ``extra_op_ratio``).
+``--extra-ops N`` measures what step times on a small CPU cannot resolve: it profiles N rounds of
+one step of each variant (round-robin, like the timed steps) and prices only the calls (per op and
+input shape) a variant adds to the limit's or drops, each at its own cost, as a ratio to the
+limit's op time in the same round; the median over rounds is reported (see ``added_work``).
 
 Variants: ``limit``; timm's ``LogitDistillationTask`` and ``FeatureDistillationTask`` (the same
 timm models, unwrapped); hf_rcka ``kd``, ``rcka`` (logits), ``rcka+feature_cka`` and
@@ -22,7 +23,7 @@ Usage::
     python benchmarks/step_overhead.py                         # CPU, scaled down (a few minutes)
     python benchmarks/step_overhead.py --device cuda --full    # DeiT-S <- RegNetY-16GF, 224 px, batch 128, bf16
     python benchmarks/step_overhead.py --profile rcka+patch_cka  # where the time of one variant goes
-    python benchmarks/step_overhead.py --rounds 0 --no-memory --extra-ops 3  # the work each variant adds
+    python benchmarks/step_overhead.py --rounds 0 --no-memory --extra-ops 7  # the work each variant adds
 """
 
 from __future__ import annotations
@@ -244,12 +245,16 @@ def profile_variant(step: Step, device: torch.device, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
-def op_profile(step: Step, device: torch.device, steps: int) -> dict[tuple[str, str], tuple[float, float]]:
-    """Per (op, input shapes): calls and self time (ms) per step, over ``steps`` profiled steps."""
+def op_profile(step: Step, device: torch.device, steps: int, warmup: int = 2) -> dict[tuple[str, str], tuple[float, float]]:
+    """Per (op, input shapes): calls and self time (ms) per step, over ``steps`` profiled steps.
+
+    ``warmup`` unprofiled steps come first: the optimizer's first step creates its state, which
+    no later step does.
+    """
     from torch.profiler import profile
 
     activities = _activities(device)
-    for _ in range(2):  # the optimizer's first step creates its state: ops no later step runs
+    for _ in range(warmup):
         step()
     with profile(activities=activities, record_shapes=True) as prof:
         for _ in range(steps):
@@ -258,6 +263,38 @@ def op_profile(step: Step, device: torch.device, steps: int) -> dict[tuple[str, 
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return {(e.key, str(e.input_shapes)): (e.count / steps, getattr(e, key) / steps / 1e3)
             for e in prof.key_averages(group_by_input_shape=True)}
+
+
+def added_work(steps: dict[str, Step], device: torch.device, rounds: int) -> dict[str, dict]:
+    """:func:`extra_op_ratio` of every variant, profiled round-robin like the timed steps.
+
+    Each round profiles one step of every variant (the order reversed every other round), so a
+    change in the machine's state between rounds (load, cache, memory) hits a variant and the
+    limit it is compared with alike. The ratio is the median over rounds of each round's ratio,
+    with its interquartile range; the largest added calls are priced over all rounds together.
+    """
+    for step in steps.values():
+        op_profile(step, device, 0, warmup=1)  # the optimizer creates its state in the first step
+    profiles: dict[str, list[dict]] = {v: [] for v in steps}
+    for r in range(rounds):
+        for v in (list(steps) if r % 2 == 0 else list(reversed(steps))):
+            profiles[v].append(op_profile(steps[v], device, 1, warmup=0))
+    results = {}
+    for v, rows in profiles.items():
+        per_round = [extra_op_ratio(row, limit) for row, limit in zip(rows, profiles["limit"])]
+        ratios = sorted(e["ratio"] for e in per_round)
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+        summary = {key: statistics.median(e[key] for e in per_round) for key in ("limit_ms", "added_ms", "dropped_ms")}
+        pooled = extra_op_ratio(_mean_profile(rows), _mean_profile(profiles["limit"]))
+        results[v] = {**summary, "ratio": statistics.median(ratios), "ratio_q1": q1, "ratio_q3": q3,
+                      "rounds": rounds, "top_added": pooled["top_added"]}
+    return results
+
+
+def _mean_profile(profiles: list[dict]) -> dict[tuple[str, str], tuple[float, float]]:
+    keys = {k for p in profiles for k in p}
+    zero = (0.0, 0.0)
+    return {k: tuple(statistics.fmean(p.get(k, zero)[i] for p in profiles) for i in (0, 1)) for k in keys}
 
 
 def extra_op_ratio(variant: dict, limit: dict) -> dict[str, float]:
@@ -312,8 +349,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads on CPU (0 = torch's default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory children")
-    parser.add_argument("--extra-ops", type=int, default=0, metavar="STEPS",
-                        help="profile STEPS steps of each variant and report the work its added ops cost")
+    parser.add_argument("--extra-ops", type=int, default=0, metavar="ROUNDS",
+                        help="profile STEPS rounds (one step of each variant per round) and report the work "
+                             "each variant's added ops cost")
     parser.add_argument("--profile", metavar="VARIANT", help="also print a profile of this variant")
     parser.add_argument("--json", default="bench_results/step_overhead.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -332,8 +370,7 @@ def run_pair(args: argparse.Namespace, pair: str, variants: list[str]) -> dict:
     timing = time_variants(steps, device, args.rounds, args.warmup) if args.rounds else None
     images_per_s = {v: batch / t["median_s"] for v, t in (timing or {}).items()}
     profile = profile_variant(steps[args.profile], device) if args.profile in steps else None
-    ops = {v: op_profile(step, device, args.extra_ops) for v, step in steps.items()} if args.extra_ops else {}
-    extra = {v: extra_op_ratio(ops[v], ops["limit"]) for v in ops}
+    extra = added_work(steps, device, args.extra_ops) if args.extra_ops else {}
     memory = None if args.no_memory else measure_memory(args, variants)
     print(table(f"{pair}: teacher {PAIRS[pair]['full' if args.full else 'cpu'][0]} -> student "
                 f"{PAIRS[pair]['full' if args.full else 'cpu'][1]}, {size} px, batch {batch}", variants, timing, memory))
@@ -346,10 +383,11 @@ def run_pair(args: argparse.Namespace, pair: str, variants: list[str]) -> dict:
 
 
 def extra_table(extra: dict[str, dict], steps: int) -> str:
-    lines = [f"\nwork added over the limit (ops each variant adds or drops, {steps} profiled steps each):\n",
-             "| variant | limit self time (ms) | added (ms) | dropped (ms) | ratio |", "|---|---|---|---|---|"]
-    lines += [f"| {v} | {e['limit_ms']:.0f} | {e['added_ms']:.1f} | {e['dropped_ms']:.1f} | {e['ratio']:.3f} |"
-              for v, e in extra.items() if v != "limit"]
+    lines = [f"\nwork added over the limit (ops each variant adds or drops; {steps} rounds of one profiled step of "
+             f"each variant, medians over rounds):\n",
+             "| variant | limit self time (ms) | added (ms) | dropped (ms) | ratio | q1-q3 |", "|---|---|---|---|---|---|"]
+    lines += [f"| {v} | {e['limit_ms']:.0f} | {e['added_ms']:.1f} | {e['dropped_ms']:.1f} | {e['ratio']:.3f} | "
+              f"{e['ratio_q1']:.3f}-{e['ratio_q3']:.3f} |" for v, e in extra.items() if v != "limit"]
     for v, e in extra.items():
         if v != "limit" and e["top_added"]:
             lines.append(f"\n{v}: largest added calls (ms per step, op, input shapes)")
