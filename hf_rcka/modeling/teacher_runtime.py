@@ -80,9 +80,8 @@ class TeacherRuntime:
         """A normal (autograd-usable) float32-or-wider copy of an output made under inference_mode."""
         if tensor is None:
             return None
-        if tensor.is_floating_point() and tensor.dtype in (torch.float16, torch.bfloat16):
-            return _copy_in_memory_order(tensor, torch.float32)
-        return _copy_in_memory_order(tensor, tensor.dtype)
+        dtype = torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
+        return _copy_in_memory_order(tensor, dtype)
 
 
 def _copy_in_memory_order(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
