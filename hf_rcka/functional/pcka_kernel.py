@@ -35,6 +35,10 @@ def patch_cka_kernel(student: torch.Tensor, teacher: torch.Tensor, ph: int, pw: 
                      eps: float) -> torch.Tensor:
     """Per-channel CKA (C,) of two (B, C, gh*ph, gw*pw) maps through the hand-written backward."""
     needs_grad = tuple(torch.is_grad_enabled() and fmap.requires_grad for fmap in (student, teacher))
+    # The patch copies move runs of a row's pixels. A channels_last map (a CNN teacher's, or a
+    # projection of ViT tokens) has no such runs, and gathering its channels one pixel at a time
+    # cost the kernel more on CPU than one transposing copy into standard layout first.
+    student, teacher = student.contiguous(), teacher.contiguous()
     return _PatchCKA.apply(student, teacher, ph, pw, center, eps, needs_grad)
 
 
