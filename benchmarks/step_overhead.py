@@ -245,23 +245,15 @@ def profile_variant(step: Step, device: torch.device, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
-def op_profile(step: Step, device: torch.device, steps: int, warmup: int = 2) -> dict[tuple[str, str], tuple[float, float]]:
-    """Per (op, input shapes): calls and self time (ms) per step, over ``steps`` profiled steps.
-
-    ``warmup`` unprofiled steps come first: the optimizer's first step creates its state, which
-    no later step does.
-    """
+def op_profile(step: Step, device: torch.device) -> dict[tuple[str, str], tuple[float, float]]:
+    """Per (op, input shapes): calls and self time (ms) of one profiled step."""
     from torch.profiler import profile
 
-    activities = _activities(device)
-    for _ in range(warmup):
+    with profile(activities=_activities(device), record_shapes=True) as prof:
         step()
-    with profile(activities=activities, record_shapes=True) as prof:
-        for _ in range(steps):
-            step()
         _sync(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return {(e.key, str(e.input_shapes)): (e.count / steps, getattr(e, key) / steps / 1e3)
+    return {(e.key, str(e.input_shapes)): (e.count, getattr(e, key) / 1e3)
             for e in prof.key_averages(group_by_input_shape=True)}
 
 
@@ -274,18 +266,19 @@ def added_work(steps: dict[str, Step], device: torch.device, rounds: int) -> dic
     with its interquartile range; the largest added calls are priced over all rounds together.
     """
     for step in steps.values():
-        op_profile(step, device, 0, warmup=1)  # the optimizer creates its state in the first step
+        step()  # unprofiled: the optimizer creates its state in the first step, which no later step does
     profiles: dict[str, list[dict]] = {v: [] for v in steps}
     for r in range(rounds):
         for v in (list(steps) if r % 2 == 0 else list(reversed(steps))):
-            profiles[v].append(op_profile(steps[v], device, 1, warmup=0))
+            profiles[v].append(op_profile(steps[v], device))
+    mean_limit = _mean_profile(profiles["limit"])
     results = {}
     for v, rows in profiles.items():
         per_round = [extra_op_ratio(row, limit) for row, limit in zip(rows, profiles["limit"])]
         ratios = sorted(e["ratio"] for e in per_round)
         q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
         summary = {key: statistics.median(e[key] for e in per_round) for key in ("limit_ms", "added_ms", "dropped_ms")}
-        pooled = extra_op_ratio(_mean_profile(rows), _mean_profile(profiles["limit"]))
+        pooled = extra_op_ratio(_mean_profile(rows), mean_limit)
         results[v] = {**summary, "ratio": statistics.median(ratios), "ratio_q1": q1, "ratio_q3": q3,
                       "rounds": rounds, "top_added": pooled["top_added"]}
     return results
@@ -350,7 +343,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads on CPU (0 = torch's default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory children")
     parser.add_argument("--extra-ops", type=int, default=0, metavar="ROUNDS",
-                        help="profile STEPS rounds (one step of each variant per round) and report the work "
+                        help="profile ROUNDS rounds (one step of each variant per round) and report the work "
                              "each variant's added ops cost")
     parser.add_argument("--profile", metavar="VARIANT", help="also print a profile of this variant")
     parser.add_argument("--json", default="bench_results/step_overhead.json")
@@ -382,8 +375,8 @@ def run_pair(args: argparse.Namespace, pair: str, variants: list[str]) -> dict:
             "extra_ops": extra}
 
 
-def extra_table(extra: dict[str, dict], steps: int) -> str:
-    lines = [f"\nwork added over the limit (ops each variant adds or drops; {steps} rounds of one profiled step of "
+def extra_table(extra: dict[str, dict], rounds: int) -> str:
+    lines = [f"\nwork added over the limit (ops each variant adds or drops; {rounds} rounds of one profiled step of "
              f"each variant, medians over rounds):\n",
              "| variant | limit self time (ms) | added (ms) | dropped (ms) | ratio | q1-q3 |", "|---|---|---|---|---|---|"]
     lines += [f"| {v} | {e['limit_ms']:.0f} | {e['added_ms']:.1f} | {e['dropped_ms']:.1f} | {e['ratio']:.3f} | "
