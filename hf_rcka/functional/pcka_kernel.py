@@ -51,7 +51,9 @@ def _as_runs(a: torch.Tensor, b: torch.Tensor, run: int) -> tuple[torch.Tensor, 
     The patch copies move runs of pw contiguous values (16 bytes for 4-pixel float32 patches);
     moving each run as one complex128 instead of four floats made them about 5x faster on CPU. The
     bytes are only moved, never computed on. Returns the tensors unchanged (and ``run``) where the
-    strides do not allow it (e.g. channels-last maps) or off CPU, where it was not measured.
+    strides do not allow it or off CPU, where it was not measured. ``patch_cka_kernel`` hands the
+    copies standard-layout maps, whose strides always allow it; the check keeps the copies correct
+    for any other layout.
     """
     size = a.element_size()
     width = math.gcd(run * size, 16)  # the widest element (<= 16 bytes) that tiles a run
