@@ -108,8 +108,9 @@ class HiddenStateCapture:
             reference = hidden_states_of(self.model(pixel_values=pixels, output_hidden_states=True))
             expected = {i: reference[i] for i in self.indices}
             if getattr(self.model, "timm_model", None) is not None:
-                self._grids = {i: tuple(state.shape[-2:]) for i, state in expected.items() if state.dim() == 4}
-                for mode in ("timm_tokens", "timm"):
+                self._grids = {i: tuple(state.shape[-2:]) for i, state in expected.items()}
+                maps = all(state.dim() == 4 for state in expected.values())  # tokens can only stand in for maps
+                for mode in ("timm_tokens", "timm") if maps else ("timm",):
                     if self._matches(mode, pixels, expected):
                         return mode
             modules = self._find_modules(pixels)
@@ -124,7 +125,7 @@ class HiddenStateCapture:
         self.mode = mode
         try:
             _, states = self(pixels)
-        except (AssertionError, KeyError, RuntimeError, TypeError, ValueError) as error:  # timm asserts formats
+        except (AssertionError, RuntimeError, TypeError, ValueError) as error:  # timm asserts formats
             logger.debug("hidden-state mode %s failed: %s", mode, error)
             return False
         return states.keys() == expected.keys() and all(
