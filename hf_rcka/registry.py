@@ -56,6 +56,13 @@ class Registry:
         params = inspect.signature(self.get(name).__init__).parameters.values()
         return [p.name for p in params if p.name != "self" and p.kind in named]
 
+    def default(self, name: str, option: str) -> Any:
+        """The constructor's default for ``option``, so a recipe that omits it gets what the class says."""
+        param = inspect.signature(self.get(name).__init__).parameters.get(option)
+        if param is None or param.default is inspect.Parameter.empty:
+            raise KeyError(f"{self.kind} {name!r} has no default for {option!r}")
+        return param.default
+
     def check_options(self, name: str, options: dict[str, Any], reserved: tuple[str, ...] = ()) -> None:
         """Raise a ValueError naming any option the class does not take."""
         valid = [o for o in self.option_names(name) if o not in reserved]

@@ -59,11 +59,18 @@ def check_training_values(args: Any) -> None:
 
 
 def loss_spec(spec: Any) -> Any:
-    """A loss entry in its full form: ``"kd"`` -> ``{"name": "kd", "weight": 1.0}``; others as given."""
+    """A loss entry in its full form: ``"kd"`` -> ``{"name": "kd", "weight": 1.0}``; others as given.
+
+    An omitted weight is the loss's own default (``kernel_transfer``: the public code's 0.04), so a
+    recipe, ``--help losses`` and ``KernelTransferLoss()`` in Python agree; an unknown name gets
+    ``DEFAULT_LOSS_WEIGHT`` here and its error from the name check.
+    """
     if isinstance(spec, str):
         spec = {"name": spec}
     if isinstance(spec, dict) and "name" in spec and "weight" not in spec:
-        spec = {**spec, "weight": DEFAULT_LOSS_WEIGHT}
+        name = spec["name"]
+        weight = LOSSES.default(name, "weight") if isinstance(name, str) and name in LOSSES else DEFAULT_LOSS_WEIGHT
+        spec = {**spec, "weight": weight}
     return spec
 
 

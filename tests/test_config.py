@@ -105,6 +105,12 @@ def test_cli_rejects_positional_garbage():
         parse_cli_overrides(["oops"])
 
 
+def test_an_omitted_loss_weight_is_the_losses_own_default():
+    losses = [{"name": "ce"}, "kd", {"name": "kernel_transfer"}, {"name": "srd", "weight": 2}]
+    values = resolve_values({**BASE, "teacher_model_name_or_path": "config:resnet", "losses": losses}, {})
+    assert [spec["weight"] for spec in values["losses"]] == [1.0, 1.0, 0.04, 2.0]
+
+
 def test_resolved_recipe_round_trips(tmp_path):
     values = resolve_values({**BASE, "learning_rate": "2e-4", "losses": [{"name": "ce"}]}, {"seed": "3"})
     assert values["learning_rate"] == pytest.approx(2e-4) and values["seed"] == 3

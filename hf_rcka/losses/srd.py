@@ -17,7 +17,8 @@ class SRDLoss(DistillationLoss):
     """Student pooled -> Linear(d_s, d_t) -> BatchNorm1d(affine=False); teacher -> BatchNorm1d.
 
     Two variants of the paper's public code:
-      * ``distance`` (ResNet code, default): ``log(mean_b sum_d |s - t|^alpha)``, alpha 4, weight 2.
+      * ``distance`` (ResNet code, the default variant): ``log(mean_b sum_d |s - t|^alpha)``, alpha 4;
+        that code weighs it 2 (the loss's own default weight is 1, so the recipe below sets 2).
       * ``correlation`` (DeiT code): ``c_d = mean_b(s_bd t_bd)``, ``log(sum_d |c_d - 1|^alpha)``.
     The projector is a trainable parameter of this loss; the trainer optimises it with the student
     and checkpoints keep it. The paper's ResNet recipe adds KL at T=1 (add ``kd`` with temperature 1).
