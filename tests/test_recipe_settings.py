@@ -29,6 +29,15 @@ def test_deit_recipes_follow_deit_main_py(name):
     assert (args.weight_decay, args.num_train_epochs, args.max_grad_norm) == (0.05, 300, 0.0)
     assert args.lr_scheduler_kwargs == {"min_lr": 1e-5} and args.warmup_steps == pytest.approx(5 / 300, abs=1e-4)
     assert args.model_ema and args.model_ema_decay == 0.99996 and args.dataloader_drop_last
+    assert not args.load_best_model_at_end  # DeiT exports its last epoch, not one picked on validation
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")))
+def test_sgd_recipes_set_momentum(name):
+    # transformers' sgd has no momentum unless optim_args says so; no paper here trains without it
+    _, _, args = parse(name)
+    if args.optim.value == "sgd":
+        assert "momentum=0.9" in (args.optim_args or "")
 
 
 @pytest.mark.parametrize("name", RESNET)
