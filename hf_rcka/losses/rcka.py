@@ -35,8 +35,9 @@ class RCKALoss(RelationalLoss):
 
     The defaults are 1 and 1, not the paper's 15 and 15: on short schedules 15/15 swamps the task
     loss and the student collapses (``benchmarks/quality_digits.py``, variant ``rcka15``, in both
-    directions), while 1/1 never did worse than the student alone on average. The ImageNet
-    recipes, which follow the paper's 300-epoch schedule, set 15/15 explicitly.
+    directions), while 1/1 never did worse than the student alone on average. The RCKA ImageNet
+    recipes, on the papers' full schedules (100 epochs for ResNet-18, DeiT's 300 for DeiT-S), set
+    15/15 explicitly.
 
     ``gather: true`` computes the relations over the global batch under data parallelism. The two
     terms are returned (and logged) apart, as ``rcka_intra`` and ``rcka_inter``.
