@@ -153,6 +153,11 @@ class DistillationTrainingArguments(TrainingArguments):
     model_ema_export: bool = field(
         default=False, metadata={"help": "Save the EMA weights (not the live ones) as the final model in output_dir."}
     )
+    model_no_weight_decay: bool = field(
+        default=True,
+        metadata={"help": "Also exempt from weight decay what the student's no_weight_decay() names (timm: position "
+                          "embedding, class/distillation tokens), as timm's and DeiT's optimizers do."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Distillation needs every batch column."})
     label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
 

@@ -317,3 +317,25 @@ def test_push_to_hub_uploads_student_and_a_distillation_card(tmp_path, monkeypat
     assert "acme/resnet-teacher" in card and "rcka" in card
     assert "acme/shapes" in header
     assert 'from_pretrained("someone/tiny-student")' in card, "the usage snippet loads the pushed repo id"
+
+
+def _no_decay(trainer):
+    trainer.create_optimizer()
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    return {names[id(p)] for group in trainer.optimizer.param_groups if group["weight_decay"] == 0 for p in group["params"]}
+
+
+@pytest.mark.parametrize("family", ["timm_deit_distilled", "hf_deit"])
+def test_weight_decay_skips_position_embedding_and_tokens_like_timm(tmp_path, family):
+    from _models import hf_deit, timm_model
+
+    student = timm_model("deit_tiny_distilled_patch16_224") if family == "timm_deit_distilled" else hf_deit()
+    tokens = ({"pos_embed", "cls_token", "dist_token"} if family == "timm_deit_distilled"
+              else {"cls_token", "distillation_token", "position_embeddings"})
+    exempt = {n for n in _no_decay(make_trainer(make_args(tmp_path, weight_decay=0.05), student=student))
+              if n.rsplit(".", 1)[-1] in tokens}
+    assert {n.rsplit(".", 1)[-1] for n in exempt} == tokens and all(n.startswith("student.") for n in exempt)
+    # Trainer's own rule, without the model's list: the tokens are decayed, biases and norms still not
+    plain = _no_decay(make_trainer(make_args(tmp_path, "plain", weight_decay=0.05, model_no_weight_decay=False),
+                                   student=student))
+    assert not plain & exempt and any(n.endswith(".bias") for n in plain)

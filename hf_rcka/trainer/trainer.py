@@ -31,6 +31,7 @@ from ..data.datasets import collate
 from .ema import StudentEmaCallback
 from .card import write_model_card
 from .teacher_check import check_teacher_accuracy
+from .weight_decay import model_no_weight_decay
 from ..losses import DistillationLoss
 from .metrics import accuracy_metrics
 from ..data.mixing import build_mixup, mix_batch
@@ -115,6 +116,14 @@ class DistillationTrainer(CheckpointingTrainer):
         self._term_counts = {"train": 0, "eval": 0}
         self.card_facts = CardFacts()  # the CLI adds what it knows (base model, evaluation data)
         self._setup_pipeline(augmentation or AugmentationArguments())
+
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        """Trainer's rule (no decay on biases and norms), less what the model itself exempts."""
+        names = super().get_decay_parameter_names(model)
+        if not getattr(self.args, "model_no_weight_decay", True):
+            return names
+        exempt = model_no_weight_decay(model)
+        return [name for name in names if name not in exempt]
 
     def _setup_pipeline(self, augmentation: AugmentationArguments) -> None:
         """Mixup/CutMix (with ``ce``'s smoothing folded in, as timm does), RA sampling, weight EMA."""
