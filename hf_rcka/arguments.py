@@ -10,6 +10,7 @@ Python. Nothing here reads YAML or a command line.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,11 @@ class DistillationTrainingArguments(TrainingArguments):
         self.feature_pairs = validate_feature_pairs(self.feature_pairs)
         if not 0.0 <= self.model_ema_decay < 1.0:
             raise RecipeError(f"model_ema_decay must be in [0, 1), got {self.model_ema_decay}")
+        if self.model_ema and _fsdp_requested(self):
+            raise RecipeError(
+                "model_ema: true cannot run under FSDP (the average needs the whole student in every process, and "
+                "FSDP shards it): set model_ema: false, or launch with DDP (recipes/accelerate/ddp_8gpu_bf16.yaml)"
+            )
         if self.model_ema_export and not self.model_ema:
             raise RecipeError("model_ema_export: true needs model_ema: true (there is no average to export)")
         if self.teacher_dtype not in (None, "bfloat16", "float16"):
@@ -181,6 +187,11 @@ class DistillationTrainingArguments(TrainingArguments):
                 f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {self.teacher_accuracy_check!r}"
             )
         super().__post_init__()
+
+
+def _fsdp_requested(args: TrainingArguments) -> bool:
+    """FSDP asked for by the recipe (``fsdp``) or by ``accelerate launch`` with an FSDP config."""
+    return bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, DistillationTrainingArguments)

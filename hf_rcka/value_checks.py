@@ -6,7 +6,7 @@ loss). A loss or adapter name with a typo would fail only once the models are lo
 here names its key and the accepted range or the closest valid names.
 
 Values arrive typed (a recipe's text is converted by ``hf_rcka.cli.coercion`` first); these
-checks convert nothing, they only fill the defaults of a loss spec (``weight: 1.0``).
+checks convert nothing, they only fill the default of a loss spec's ``weight``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import math
 from typing import Any, Callable
 
 from .errors import RecipeError
+from .features.layout import FeatureSpec
 from .features.pairing import RESERVED_PAIR_KEYS
 from .registry import ADAPTERS, LOSSES, close_matches
 
 RESERVED_LOSS_KEYS = ("name", "weight")
+_PLACEHOLDER_MAP = FeatureSpec("nchw", 1, (1, 1))
 DEFAULT_LOSS_WEIGHT = 1.0
 
 # key -> (accepted, description of the accepted range)
@@ -148,6 +150,8 @@ def _checked_pair(pair: Any, where: str) -> dict:
     options = {k: v for k, v in pair.items() if k not in RESERVED_PAIR_KEYS}
     try:
         ADAPTERS.check_options(adapter, options, reserved=("student", "teacher"))
-    except ValueError as err:
+        # the adapter's own value rules (patch_match's grid...), on placeholder features
+        ADAPTERS.build(adapter, student=_PLACEHOLDER_MAP, teacher=_PLACEHOLDER_MAP, **options)
+    except (TypeError, ValueError) as err:
         raise RecipeError(f"{where}: {err}") from None
     return pair

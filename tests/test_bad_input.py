@@ -122,6 +122,25 @@ def test_losses_that_do_not_fit_the_models(tmp_path, capsys, no_loading):
     assert "deit_token needs a student with a distillation head" in error_of(capsys)
 
 
+@pytest.mark.parametrize("options,expected", [
+    ({"grid": "bogus"}, "patch_match grid must be one of ('min', 'student', 'teacher') or [h, w], got 'bogus'"),
+    ({"grid": [0, 0]}, "patch_match grid must be two positive ints, got [0, 0]"),
+    ({"bias": "false"}, "patch_match bias must be true or false, got 'false'"),
+])
+def test_adapter_option_values(tmp_path, capsys, no_loading, options, expected):
+    pairs = [{"student_layer": -1, "teacher_layer": -1, "adapter": "patch_match", **options}]
+    recipe = base(tmp_path, teacher_model_name_or_path="config:resnet", feature_pairs=pairs,
+                  losses=[{"name": "ce"}, {"name": "patch_cka"}])
+    assert run(tmp_path, recipe) == 2
+    assert error_of(capsys) == f"error: feature_pairs[0]: {expected}"
+
+
+def test_model_ema_under_fsdp(tmp_path, capsys, no_loading, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets for an FSDP config
+    assert run(tmp_path, base(tmp_path, model_ema=True)) == 2
+    assert "model_ema: true cannot run under FSDP" in error_of(capsys)
+
+
 def test_image_size_a_vit_student_cannot_take(tmp_path, capsys, no_loading):
     vit = dict(model_name_or_path="config:vit", student_config_overrides=TINY_VIT)
     assert run(tmp_path, base(tmp_path, **vit, image_size=18)) == 2

@@ -7,6 +7,12 @@ from torch import nn
 from ..features.layout import FeatureSpec
 
 
+def check_flag(name: str, value: object, allow_none: bool = False) -> None:
+    """Adapter switches must be real booleans: ``bool("false")`` would silently be True."""
+    if not (isinstance(value, bool) or (allow_none and value is None)):
+        raise ValueError(f"{name} must be true or false{' or unset' if allow_none else ''}, got {value!r}")
+
+
 class FeatureAdapter(nn.Module):
     """Maps one (student, teacher) feature pair into the form a loss compares.
 

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from ..features.layout import FeatureSpec
 from ..registry import ADAPTERS
-from .base import FeatureAdapter
+from .base import FeatureAdapter, check_flag
 
 
 @ADAPTERS.register("linear")
@@ -26,7 +26,8 @@ class LinearAdapter(FeatureAdapter):
 
     def __init__(self, student: FeatureSpec, teacher: FeatureSpec, *, bias: bool = True) -> None:
         super().__init__(student, teacher)
-        self.proj = nn.Linear(student.channels, teacher.channels, bias=bool(bias))
+        check_flag("linear adapter bias", bias)
+        self.proj = nn.Linear(student.channels, teacher.channels, bias=bias)
 
     def forward(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
         channel_dim = 1 if student.dim() == 4 else -1

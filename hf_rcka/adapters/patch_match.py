@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from ..features.layout import FeatureSpec, resample, to_fmap
 from ..registry import ADAPTERS
-from .base import FeatureAdapter
+from .base import FeatureAdapter, check_flag
 
 GRID_CHOICES = ("min", "student", "teacher")
 
@@ -41,10 +41,12 @@ class PatchMatchAdapter(FeatureAdapter):
         bias: bool = True,
     ) -> None:
         super().__init__(student, teacher)
+        check_flag("patch_match project", project, allow_none=True)
+        check_flag("patch_match bias", bias)
         self.grid = _common_grid(grid, student.grid, teacher.grid)
         if project is None:
             project = student.channels != teacher.channels
-        self.proj = nn.Conv2d(student.channels, teacher.channels, 1, bias=bool(bias)) if project else None
+        self.proj = nn.Conv2d(student.channels, teacher.channels, 1, bias=bias) if project else None
 
     def forward(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
         student = to_fmap(student, self.student_spec)
