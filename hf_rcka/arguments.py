@@ -152,7 +152,8 @@ class DistillationTrainingArguments(TrainingArguments):
     model_ema_decay: float = field(default=0.9998, metadata={"help": "EMA decay per optimizer step (timm's default)."})
     model_ema_warmup: bool = field(default=False, metadata={"help": "timm's EMA decay warm-up."})
     model_ema_export: bool = field(
-        default=False, metadata={"help": "Save the EMA weights (not the live ones) as the final model in output_dir."}
+        default=False, metadata={"help": "Save the EMA weights (not the live ones) as the final model in output_dir; "
+                                         "eval_* then reports the average and eval_live_* the live weights."}
     )
     model_no_weight_decay: bool = field(
         default=True,

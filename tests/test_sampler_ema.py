@@ -109,3 +109,29 @@ def test_ema_is_checkpointed_resumed_and_exported_when_asked(tmp_path):
     resumed._load_from_checkpoint(str(checkpoint))
     assert all(torch.equal(resumed.model_ema.module.state_dict()[k], ema[k]) for k in ema)
 
+
+
+def test_with_ema_export_eval_metrics_are_the_exported_models(tmp_path):
+    trainer = ema_trainer(tmp_path, model_ema_export=True, model_ema_decay=0.5)
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert {"eval_loss", "eval_live_loss", "eval_live_accuracy"} <= set(metrics) and "eval_ema_loss" not in metrics
+    trainer.save_model()
+    exported = AutoModelForImageClassification.from_pretrained(tmp_path / "run")
+    plain = DistillationTrainer(model=exported, args=make_args(tmp_path, output_dir=str(tmp_path / "plain")),
+                                eval_dataset=pixel_dataset(10, seed=1), processing_class=processor(16))
+    alone = plain.evaluate()
+    assert alone["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-5)
+    assert alone["eval_loss"] != pytest.approx(metrics["eval_live_loss"], rel=1e-5)
+
+
+def test_loading_the_best_checkpoint_restores_its_average(tmp_path):
+    trainer = ema_trainer(tmp_path, save_strategy="steps", save_steps=1, model_ema_decay=0.5)
+    trainer.train()
+    first = tmp_path / "run" / "checkpoint-1"
+    trainer.state.best_model_checkpoint = str(first)
+    trainer._load_best_model()
+    saved = load_file(first / EMA_STATE_NAME)
+    ema = trainer.model_ema.module.state_dict()
+    assert all(torch.equal(saved[k], ema[k].cpu()) for k in saved)
+    assert not torch.equal(saved["classifier.weight"], load_file(tmp_path / "run" / "checkpoint-3" / EMA_STATE_NAME)["classifier.weight"])

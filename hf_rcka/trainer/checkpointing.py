@@ -110,6 +110,8 @@ class CheckpointingTrainer(Trainer):
     def _load_best_model(self) -> None:
         logger.info("loading the best student from %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
         self.distillation_model.load_checkpoint(self.state.best_model_checkpoint)
+        if self.model_ema is not None:  # the average of that checkpoint, not of the last step
+            self.model_ema.load(self.state.best_model_checkpoint)
 
 
 def checkpoint_folder(trainer: Trainer, trial: Any = None) -> str:

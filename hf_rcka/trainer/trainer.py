@@ -15,6 +15,7 @@ comment says why; ``tests/test_trainer_contract.py`` pins every private one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import math
@@ -194,13 +195,24 @@ class DistillationTrainer(CheckpointingTrainer):
     # Public hook (shared by evaluate and predict), so ``test_*`` metrics get the per-term losses too.
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval") -> EvalLoopOutput:
-        """Trainer's loop, plus ``{prefix}_{term}_loss`` for every loss term (and ``{prefix}_ema_*``
-        for the averaged weights when ``model_ema`` is on)."""
+        """Trainer's loop, plus ``{prefix}_{term}_loss`` for every loss term; with ``model_ema``,
+        both weight sets.
+
+        The plain ``{prefix}_*`` metrics are always those of the weights ``save_model`` exports,
+        so ``eval_accuracy`` (all_results.json, the model card, ``metric_for_best_model``) is the
+        deployed model's: the live weights, with ``{prefix}_ema_*`` for the average; or, with
+        ``model_ema_export``, the average, with ``{prefix}_live_*`` for the live weights.
+        """
         run = (dataloader, description, prediction_loss_only, ignore_keys)
-        output = self._evaluation_pass(*run, metric_key_prefix)
-        if self.model_ema is not None:
-            with self.model_ema.swapped_in():
-                output.metrics.update(self._evaluation_pass(*run, f"{metric_key_prefix}_ema").metrics)
+        if self.model_ema is None:
+            return self._evaluation_pass(*run, metric_key_prefix)
+        export_ema = bool(getattr(self.args, "model_ema_export", False))
+        averaged, live = self.model_ema.swapped_in(), contextlib.nullcontext()
+        with averaged if export_ema else live:
+            output = self._evaluation_pass(*run, metric_key_prefix)
+        with live if export_ema else averaged:
+            other = f"{metric_key_prefix}_live" if export_ema else f"{metric_key_prefix}_ema"
+            output.metrics.update(self._evaluation_pass(*run, other).metrics)
         return output
 
     def _evaluation_pass(self, dataloader, description, prediction_loss_only, ignore_keys,
