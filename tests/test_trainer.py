@@ -90,6 +90,14 @@ def test_each_loss_term_is_logged_next_to_the_total(tmp_path):
     assert "eval_accuracy" in eval_logs[-1]
 
 
+def test_eval_terms_add_up_to_eval_loss_with_a_short_last_batch(tmp_path):
+    # 10 images in batches of 4, 4, 2: eval_loss is a per-image mean, so the terms must be too
+    args = make_args(tmp_path, per_device_eval_batch_size=4, losses=[{"name": "ce"}, {"name": "rcka"}])
+    metrics = make_trainer(args).evaluate()
+    terms = sum(metrics[f"eval_{n}_loss"] for n in ("ce", "rcka_intra", "rcka_inter"))
+    assert terms == pytest.approx(metrics["eval_loss"], rel=1e-5)
+
+
 def test_build_losses_gives_ce_the_trainer_label_smoothing_unless_the_recipe_sets_its_own():
     from hf_rcka.modeling.assembly import build_losses
 

@@ -163,28 +163,30 @@ class DistillationTrainer(CheckpointingTrainer):
             pixel_values, labels = mix_batch(self.mixup, inputs["pixel_values"], inputs["labels"])
             inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
         outputs = model(**inputs)
-        self._record(outputs.loss_terms, "train" if model.training else "eval")
+        # training logs average per step, as Trainer's loss; evaluation per image, as eval_loss
+        weight = 1 if model.training else inputs["pixel_values"].shape[0]
+        self._record(outputs.loss_terms, "train" if model.training else "eval", weight)
         return (outputs.loss, {"logits": outputs.logits}) if return_outputs else outputs.loss
 
-    def _record(self, terms: dict[str, torch.Tensor], mode: str) -> None:
+    def _record(self, terms: dict[str, torch.Tensor], mode: str, weight: int = 1) -> None:
         sums = self._terms[mode]
         for name, value in terms.items():
-            value = value.detach().float()
+            value = value.detach().float() * weight
             sums[name] = sums[name] + value if name in sums else value
-        self._term_counts[mode] += 1
+        self._term_counts[mode] += weight
 
     def _term_means(self, mode: str, prefix: str = "") -> dict[str, float]:
-        """Mean of every recorded term since the last call, averaged over processes too."""
+        """Weighted mean of every recorded term since the last call, over all processes."""
         sums, count = self._terms[mode], self._term_counts[mode]
         self._terms[mode], self._term_counts[mode] = {}, 0
         if not sums or count == 0:
             return {}
         names = sorted(sums)
-        stacked = torch.stack([sums[n] for n in names]) / count
+        stacked = torch.stack([*(sums[n] for n in names), sums[names[0]].new_tensor(float(count))])
         # A plain gather: gather_for_metrics would cut rows to the eval set's remainder at the end
-        # of a dataloader, dropping whole processes from this per-process average.
-        stacked = self.accelerator.gather(stacked[None]).mean(dim=0)
-        return {f"{prefix}{name}_loss": round(float(v), 6) for name, v in zip(names, stacked)}
+        # of a dataloader, dropping whole processes' sums.
+        totals = self.accelerator.gather(stacked[None]).sum(dim=0)
+        return {f"{prefix}{name}_loss": round(float(v), 6) for name, v in zip(names, totals[:-1] / totals[-1])}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the per-term training losses next to Trainer's ``loss``."""
