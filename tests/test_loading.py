@@ -234,6 +234,26 @@ def test_saved_models_reload_without_hf_rcka(tmp_path: Path, images) -> None:
         torch.testing.assert_close(reloaded, logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("case", ["vit", "resnet"])
+def test_saved_processor_converts_to_rgb_like_training(case: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from hf_rcka.data.images import to_rgb
+
+    _, processor = _build(case)
+    processor.save_pretrained(tmp_path)
+    saved = AutoImageProcessor.from_pretrained(tmp_path)
+    rgba = Image.new("RGBA", (40, 40), (200, 30, 30, 255))
+    rgba.paste((0, 0, 0, 0), (0, 0, 20, 40))  # left half transparent
+    gray = Image.new("L", (40, 40), 90)
+
+    def pixels(image):
+        return saved(images=image, return_tensors="pt")["pixel_values"]
+
+    torch.testing.assert_close(pixels(rgba), pixels(to_rgb(rgba)))
+    torch.testing.assert_close(pixels(gray), pixels(to_rgb(gray)))
+
+
 @pytest.mark.parametrize("case", ["vit", "timm_vit"])
 def test_folder_round_trip_through_our_loader(case: str, tmp_path: Path, images) -> None:
     model, processor = _build(case)

@@ -59,7 +59,21 @@ def load_image_processor(
         processor = default_image_processor(config or default_config(source.name))
     else:
         processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    return resize_image_processor(processor, image_size) if image_size is not None else processor
+    processor = resize_image_processor(processor, image_size) if image_size is not None else processor
+    return _converting_to_rgb(processor, config)
+
+
+def _converting_to_rgb(processor, config: PreTrainedConfig | None):
+    """``processor`` set to convert images to RGB itself, as training and evaluation do.
+
+    Evaluation converts every image to RGB (transparency over white) before the processor. Most
+    processors leave ``do_convert_rgb`` unset, so the saved one would fail on a grayscale photo
+    and read an RGBA one differently from what ``eval_accuracy`` measured; transformers'
+    conversion also composites transparency over white. A processor that says False is kept.
+    """
+    if getattr(processor, "do_convert_rgb", False) is None and getattr(config, "num_channels", 3) == 3:
+        processor.do_convert_rgb = True
+    return processor
 
 
 def _timm_processor(source: ModelSource, config: TimmWrapperConfig | None, image_size: Any):

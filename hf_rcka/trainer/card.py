@@ -56,7 +56,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 processor = AutoImageProcessor.from_pretrained("{repo}")
 model = AutoModelForImageClassification.from_pretrained("{repo}")
-image = Image.new("RGB", (64, 64))  # your image here
+image = Image.open("image.jpg").convert("RGB")  # 3-channel RGB, as in training (transparency: paste on white)
 logits = model(**processor(images=image, return_tensors="pt")).logits
 print(model.config.id2label[logits.argmax(-1).item()])
 ```
