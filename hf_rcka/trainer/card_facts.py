@@ -31,7 +31,9 @@ class CardFacts:
 
     Attributes:
         base_model: Hub id of the checkpoint the student's weights started from.
-        teacher_accuracy: the teacher's top-1 on the student's evaluation images.
+        teacher_accuracy: the teacher's top-1 on the student's evaluation images, as distillation
+            feeds them to it: the student's preprocessing, re-normalised and resized for the
+            teacher. Its own preprocessing (another resize filter) can score higher.
         baseline_accuracy: top-1 of the same student trained alone (``baseline_dir``).
         eval_data: one sentence naming the evaluation images (dataset, split, count).
         dataset_type / dataset_label / eval_split: ``model-index`` dataset fields.
@@ -40,7 +42,7 @@ class CardFacts:
 
     base_model: str | None = None
     teacher_accuracy: float | None = None
-    teacher_accuracy_note: str = "same images"
+    teacher_accuracy_note: str = "same images, through the student's preprocessing (what distillation feeds it)"
     baseline_accuracy: float | None = None
     baseline_note: str = ""
     eval_data: str | None = None
