@@ -67,13 +67,17 @@ def test_base_model_of_a_local_folder_is_none(tmp_path):
     assert base_model_of(str(tmp_path), False) is None
 
 
-def test_usage_snippet_runs_as_written(tmp_path):
+def test_usage_snippet_runs_as_written(tmp_path, monkeypatch):
     folder = tmp_path / "student"
     card, student = _card(folder, repo_id=str(folder))
     student.save_pretrained(folder)
     processor(16).save_pretrained(folder)
     snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
     assert f'from_pretrained("{folder}")' in snippet
+    from PIL import Image
+
+    Image.new("L", (40, 30), 128).save(tmp_path / "image.jpg")  # a grayscale photo: the snippet converts it
+    monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(snippet, "card-snippet", "exec"), namespace)  # noqa: S102 - the card's own code
     assert namespace["logits"].shape == (1, student.config.num_labels)
