@@ -175,7 +175,7 @@ def test_missing_or_empty_train_dir(tmp_path, capsys, no_loading):
     assert f"train_dir '{tmp_path / 'nope'}' does not exist" in error_of(capsys)
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=str(tmp_path / "empty"))) == 2
-    assert "holds no class sub-folders with files" in error_of(capsys)
+    assert "holds no class sub-folders with images" in error_of(capsys)
 
 
 def test_validation_classes_that_train_lacks(tmp_path, capsys, no_loading):
@@ -185,6 +185,22 @@ def test_validation_classes_that_train_lacks(tmp_path, capsys, no_loading):
     line = error_of(capsys)
     assert "validation_dir has classes train_dir lacks: ['Dog']" in line and "lacks: ['dog']" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_class_folders_that_would_train_other_classes(tmp_path, capsys, no_loading):
+    # datasets labels an image by the folder it is in: train/0/2019/1.png would be class '2019'
+    nested = tmp_path / "nested"
+    for name in ("0", "1"):
+        image_folder(nested / name, ["2019", "2020"])
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=str(nested))) == 2
+    assert "keeps images in sub-folders (['2019', '2020'])" in error_of(capsys)
+    # a class whose training folder holds no image (only a README) would never be trained
+    train = image_folder(tmp_path / "train", ["cat", "dog"])
+    (tmp_path / "train" / "eel").mkdir()
+    (tmp_path / "train" / "eel" / "README.txt").write_text("images to come")
+    validation = image_folder(tmp_path / "validation", ["cat", "dog", "eel"])
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, validation_dir=validation)) == 2
+    assert "validation_dir has classes train_dir lacks: ['eel']" in error_of(capsys)
 
 
 def test_corrupt_checkpoint_on_resume(tmp_path, capsys, no_loading):

@@ -226,7 +226,7 @@ def _check_image_size(image_size: int | None, model_type: str | None, config: di
 
 
 def check_data_dirs(data_args: Any) -> None:
-    """Image folders exist, hold class sub-folders with files, and train/validation classes agree."""
+    """Image folders exist, hold class sub-folders with images, and train/validation classes agree."""
     if data_args.train_dir is None:
         return
     train = _folder_classes("train_dir", data_args.train_dir)
@@ -240,7 +240,7 @@ def _folder_classes(key: str, folder: str) -> list[str]:
                         + ": give a folder with one sub-folder of images per class")
     classes = class_folders(folder)
     if not classes:
-        raise DataError(f"{key} {folder!r} holds no class sub-folders with files: give a folder with one "
+        raise DataError(f"{key} {folder!r} holds no class sub-folders with images: give a folder with one "
                         "sub-folder of images per class (e.g. train/cat/1.jpg, train/dog/2.jpg)")
     return classes
 

@@ -154,17 +154,57 @@ def realign_teacher(teacher: nn.Module, labels: Sequence[str], mapping: str = BY
 
 
 def class_folders(folder: str) -> list[str]:
-    """Names of the sub-folders of an image folder that hold at least one file (its classes)."""
-    classes = []
+    """The classes of an image folder: its sub-folders that hold images directly.
+
+    datasets' ``imagefolder`` labels every image by the folder it sits in, so this reads the same
+    layout: ``train/cat/1.jpg`` is class ``cat``. A class folder whose images sit one level deeper
+    (``train/cat/2019/1.jpg``) would silently train on the classes ``2019``..., and a folder with
+    no image (only a README) is no class, which the train/validation comparison then reports.
+
+    Raises:
+        LabelError: a class folder keeps its images in sub-folders.
+    """
+    extensions = _image_extensions()
+    classes, imageless = [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_dir() and not entry.name.startswith(".") and _holds_a_file(entry.path):
-            classes.append(entry.name)
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        direct, nested = _images_inside(entry.path, extensions)
+        if nested:
+            raise LabelError(
+                f"{os.path.join(folder, entry.name)!r} keeps images in sub-folders ({_listed(nested)}): datasets labels "
+                "an image by the folder it is in, so those would become the classes. Put each class's images "
+                "directly in its class folder (train/cat/1.jpg)"
+            )
+        (classes if direct else imageless).append(entry.name)
+    if imageless:
+        logger.warning("%s: sub-folders without images are not classes: %s", folder, _listed(imageless))
     return classes
 
 
-def _holds_a_file(folder: str) -> bool:
+def _image_extensions() -> frozenset[str]:
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    return frozenset(ext.lower() for ext in ImageFolder.EXTENSIONS)
+
+
+def _images_inside(folder: str, extensions: frozenset[str]) -> tuple[bool, list[str]]:
+    """Whether ``folder`` holds an image itself, and which of its sub-folders hold images deeper down."""
+    direct, nested = False, []
+    for entry in os.scandir(folder):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            if _holds_an_image(entry.path, extensions):
+                nested.append(entry.name)
+        elif os.path.splitext(entry.name)[1].lower() in extensions:
+            direct = True
+    return direct, sorted(nested)
+
+
+def _holds_an_image(folder: str, extensions: frozenset[str]) -> bool:
     for _root, _dirs, files in os.walk(folder):
-        if any(not name.startswith(".") for name in files):
+        if any(os.path.splitext(name)[1].lower() in extensions for name in files if not name.startswith(".")):
             return True
     return False
 
