@@ -187,6 +187,18 @@ def test_validation_classes_that_train_lacks(tmp_path, capsys, no_loading):
     assert not (tmp_path / "out").exists()
 
 
+def test_output_dir_that_would_overwrite_the_teacher(tmp_path, capsys, no_loading):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text("{}")
+    for output_dir in (teacher, tmp_path):  # the teacher's folder itself, or a folder holding it
+        recipe = base(tmp_path, teacher_model_name_or_path=str(teacher), output_dir=str(output_dir),
+                      overwrite_output_dir=True)
+        assert run(tmp_path, recipe) == 2
+        assert f"would overwrite teacher_model_name_or_path '{teacher}'" in error_of(capsys)
+    assert (teacher / "config.json").read_text() == "{}"
+
+
 def test_class_folders_that_would_train_other_classes(tmp_path, capsys, no_loading):
     # datasets labels an image by the folder it is in: train/0/2019/1.png would be class '2019'
     nested = tmp_path / "nested"

@@ -30,6 +30,11 @@ _INTEGRATIONS = {"azure_ml": ("azureml", "azureml-core"), "comet_ml": ("comet", 
 def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     """All checks below, cheapest first. Raises a ``UserError`` subclass on the first problem."""
     check_output_dir_writable(args.output_dir)
+    check_output_dir_spares_inputs(args.output_dir, {
+        "model_name_or_path": model_args.model_name_or_path,
+        "teacher_model_name_or_path": model_args.teacher_model_name_or_path,
+        "baseline_dir": getattr(args, "baseline_dir", None),
+    })
     check_report_to(args.report_to)
     check_losses_fit_models(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
@@ -55,6 +60,23 @@ def check_output_dir_writable(output_dir: str) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise RecipeError(f"output_dir {output_dir!r} is not writable (no write permission in {str(probe)!r}). "
                           "Choose another output_dir")
+
+
+def check_output_dir_spares_inputs(output_dir: str, inputs: dict[str, str | None]) -> None:
+    """``output_dir`` must not be, or contain, a local folder the run reads.
+
+    The run writes its model, card and recipe there; with ``overwrite_output_dir: true`` (which
+    the digits recipes set) a teacher given as ``--output_dir`` too would be replaced by the
+    student, and the run would still end well.
+    """
+    out = Path(output_dir).expanduser().resolve()
+    for key, value in inputs.items():
+        if not value or not os.path.isdir(os.path.expanduser(value)):
+            continue
+        source = Path(value).expanduser().resolve()
+        if source == out or out in source.parents:
+            raise RecipeError(f"output_dir {output_dir!r} would overwrite {key} {value!r}, which this run reads: "
+                              "choose another output_dir")
 
 
 def check_report_to(report_to: Any) -> None:
