@@ -225,6 +225,23 @@ def test_corrupt_checkpoint_on_resume(tmp_path, capsys, no_loading):
     assert f"{checkpoint / 'model.safetensors'}" in line and "is corrupt or incomplete" in line
 
 
+def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
+    teacher = dict(teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET,
+                   save_strategy="steps", save_steps=2)
+    first = base(tmp_path, **teacher, losses=[{"name": "ce"}, {"name": "srd"}])
+    assert run(tmp_path, first) == 0
+    out = tmp_path / "out"
+    recorded = (out / "distill_config.yaml").read_text()
+    # the run folder instead of one of its checkpoints: found before anything loads
+    assert run(tmp_path, {**first, "max_steps": 3}, "--resume_from_checkpoint", str(out)) == 2
+    assert f"{str(out)!r} is not a checkpoint" in (line := error_of(capsys)) and "checkpoint-2" in line
+    # other losses than the checkpoint's: one line, and the run's recorded recipe is kept
+    other = base(tmp_path, **teacher, losses=[{"name": "ce"}, {"name": "kernel_transfer"}], max_steps=3)
+    assert run(tmp_path, other, "--resume_from_checkpoint", "true") == 2
+    assert f"{str(out / 'checkpoint-2')!r} does not fit this run" in error_of(capsys)
+    assert (out / "distill_config.yaml").read_text() == recorded
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys, no_loading):
     assert run(tmp_path, base(tmp_path, learning_rate=-1.0), "--debug") == 2
     assert "Traceback" in capsys.readouterr().err

@@ -66,9 +66,8 @@ def run(
     record_dir = args.output_dir if args.do_train else eval_record_dir(args.output_dir)
     trainer, skipped = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
-        os.makedirs(args.output_dir, exist_ok=True)
         losses = args.losses or default_losses(trainer.distillation_model.teacher is not None)
-        dump_recipe({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME))
+        trainer.add_callback(_RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME)))
     metrics: dict = {}
     if args.do_train:
         metrics.update(_train(trainer, resume, stop, argv))
@@ -76,6 +75,19 @@ def run(
         metrics.update(_evaluate(trainer, recipe, record_dir))
     _finish(trainer, data_args, skipped)
     return metrics
+
+
+class _RecipeRecord(transformers.TrainerCallback):
+    """Writes the run's recipe once training has begun: after a resumed checkpoint has loaded, so
+    a resume that fails (other student, other losses) leaves the recorded recipe of the run that
+    made the checkpoints; a fresh run records it before its first step, as before."""
+
+    def __init__(self, recipe: dict, path: str) -> None:
+        self.recipe, self.path = recipe, path
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        dump_recipe(self.recipe, self.path)
 
 
 def _setup_logging(args: DistillationTrainingArguments) -> None:

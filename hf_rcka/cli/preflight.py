@@ -30,11 +30,12 @@ _INTEGRATIONS = {"azure_ml": ("azureml", "azureml-core"), "comet_ml": ("comet", 
 def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     """All checks below, cheapest first. Raises a ``UserError`` subclass on the first problem."""
     check_output_dir_writable(args.output_dir)
-    check_output_dir_spares_inputs(args.output_dir, {
-        "model_name_or_path": model_args.model_name_or_path,
-        "teacher_model_name_or_path": model_args.teacher_model_name_or_path,
-        "baseline_dir": getattr(args, "baseline_dir", None),
-    })
+    if args.do_train:  # an evaluation writes only its own eval-<time> folder
+        check_output_dir_spares_inputs(args.output_dir, {
+            "model_name_or_path": model_args.model_name_or_path,
+            "teacher_model_name_or_path": model_args.teacher_model_name_or_path,
+            "baseline_dir": getattr(args, "baseline_dir", None),
+        })
     check_report_to(args.report_to)
     check_losses_fit_models(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
@@ -287,6 +288,12 @@ def check_checkpoint(folder: str) -> None:
                 handle.keys()
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise ModelError(f"resume_from_checkpoint: {str(path)!r} is corrupt or incomplete ({err}): {_earlier(folder)}") from None
+    inner = _checkpoints_in(Path(folder))
+    if inner or not (any(Path(folder).glob("optimizer*")) and any(Path(folder).glob("scheduler*"))):
+        hint = (f"give one of its checkpoints (--resume_from_checkpoint {Path(folder) / inner[-1]})" if inner
+                else "give a checkpoint-N folder of the run")
+        raise ModelError(f"resume_from_checkpoint: {folder!r} is not a checkpoint (it holds no optimizer and "
+                         f"scheduler state): {hint}, or --resume_from_checkpoint true for the last one in output_dir")
     state = Path(folder) / "trainer_state.json"
     try:
         json.loads(state.read_text(encoding="utf-8"))
@@ -294,10 +301,15 @@ def check_checkpoint(folder: str) -> None:
         raise ModelError(f"resume_from_checkpoint: {str(state)!r} is missing or unreadable ({err}): {_earlier(folder)}") from None
 
 
+def _checkpoints_in(folder: Path) -> list[str]:
+    """Names of the ``checkpoint-N`` folders in ``folder``, by step."""
+    names = (p.name for p in folder.glob("checkpoint-*") if p.is_dir())
+    return sorted(names, key=lambda n: int(n.rsplit("-", 1)[-1]) if n.rsplit("-", 1)[-1].isdigit() else -1)
+
+
 def _earlier(folder: str) -> str:
     parent = Path(folder).absolute().parent
-    others = sorted((p.name for p in parent.glob("checkpoint-*") if p.name != Path(folder).name),
-                    key=lambda n: int(n.rsplit("-", 1)[-1]) if n.rsplit("-", 1)[-1].isdigit() else -1)
+    others = [name for name in _checkpoints_in(parent) if name != Path(folder).name]
     if others:
         return f"resume from an earlier one (--resume_from_checkpoint {parent / others[-1]}) or delete {folder!r}"
     return f"delete {folder!r} and start again"

@@ -29,6 +29,8 @@ from accelerate.utils.constants import FSDP_MODEL_NAME
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..errors import ModelError
+
 logger = logging.getLogger(__name__)
 
 TRAINING_ARGS_NAME = "training_args.bin"
@@ -100,9 +102,18 @@ class CheckpointingTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         logger.info("resuming student and distillation state from %s", resume_from_checkpoint)
-        target.load_checkpoint(resume_from_checkpoint)
-        if self.model_ema is not None:
-            self.model_ema.load(resume_from_checkpoint)
+        try:
+            target.load_checkpoint(resume_from_checkpoint)
+            if self.model_ema is not None:
+                self.model_ema.load(resume_from_checkpoint)
+        except (FileNotFoundError, KeyError, RuntimeError, ValueError) as err:
+            # a student, adapter or loss that differs from the saved run's: one line, not a traceback
+            text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)  # KeyError quotes its str
+            reason = (text.strip().splitlines() or [type(err).__name__])[0][:300]
+            raise ModelError(
+                f"resume_from_checkpoint: {resume_from_checkpoint!r} does not fit this run ({reason}). Resume with "
+                "the settings it was saved with (the run's distill_config.yaml), or train into a new output_dir"
+            ) from None
 
     # Private override. With load_best_model_at_end Trainer loads the best checkpoint's weights file
     # into Trainer.model the same way (nothing matches, so nothing is restored); we load the student
