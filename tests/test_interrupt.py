@@ -164,3 +164,15 @@ def test_save_checkpoint_now_relies_on_trainers_save_checkpoint(tmp_path):
     checkpoint = Path(save_checkpoint_now(trainer))
     assert checkpoint == tmp_path / "run" / "checkpoint-2"
     assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {p.name for p in checkpoint.iterdir()}
+
+
+@pytest.mark.parametrize("argv,kept", [
+    (["r.yaml", "--resume_from_checkpoint", "--logging_steps", "5"], ["r.yaml", "--logging_steps", "5"]),
+    (["r.yaml", "--resume_from_checkpoint", "out/checkpoint-2", "--seed", "1"], ["r.yaml", "--seed", "1"]),
+    (["r.yaml", "--resume_from_checkpoint=true", "--debug", "--seed", "1"], ["r.yaml", "--seed", "1"]),
+])
+def test_resume_command_drops_the_old_resume_flag_and_only_its_value(argv, kept):
+    from hf_rcka.trainer.resume_hint import resume_command
+
+    tokens = shlex.split(resume_command(argv, "out/checkpoint-7"))
+    assert tokens[tokens.index("r.yaml"):] == [*kept, "--resume_from_checkpoint", "out/checkpoint-7"]

@@ -40,14 +40,12 @@ def resume_command(argv: Sequence[str], checkpoint: str) -> str:
     """``argv`` (recipe + overrides) relaunched the way this run was, resuming from ``checkpoint``."""
     kept, skip = [], False
     for token in argv:
-        if skip:
+        if skip and not token.startswith("--"):  # the value of a dropped flag (a bare flag has none)
             skip = False
             continue
         key = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
-        if key == "resume_from_checkpoint":
-            skip = "=" not in token
-            continue
-        if key == "debug":
+        skip = key == "resume_from_checkpoint" and "=" not in token
+        if key in ("resume_from_checkpoint", "debug"):  # --debug is a bare flag
             continue
         kept.append(token)
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith("distill.py") else SCRIPT
