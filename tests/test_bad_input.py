@@ -78,6 +78,15 @@ def test_values_out_of_range(tmp_path, capsys, no_loading, key, value, expected)
     assert not (tmp_path / "out").exists()
 
 
+def test_yaml_syntax_errors(tmp_path, capsys, no_loading):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model_name_or_path: config:resnet\nlosses: [ce, kd\noutput_dir: out\n")
+    assert main([str(path)]) == 2
+    assert error_of(capsys).startswith(f"error: recipe {str(path)!r} is not valid YAML at line 3, column")
+    assert run(tmp_path, base(tmp_path), "--losses", "[ce, kd") == 2
+    assert error_of(capsys).startswith("error: --losses '[ce, kd' is not valid YAML")
+
+
 def test_unknown_key_without_a_close_match_points_at_help(tmp_path, capsys, no_loading):
     assert run(tmp_path, base(tmp_path, zzqx_frobnicate=1)) == 2
     line = error_of(capsys)

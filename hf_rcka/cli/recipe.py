@@ -52,8 +52,15 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
-def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_RecipeLoader)
+def _load_yaml(text: str, where: str) -> Any:
+    """``text`` read as YAML; a syntax error is one line naming ``where`` and the line and column."""
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise RecipeError(f"{where} is not valid YAML{at}: {problem}") from None
 
 
 def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
@@ -73,7 +80,7 @@ def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
             i += 1
         else:
             raw = "true"
-        overrides[key] = _load_yaml(raw) if raw != "" else ""
+        overrides[key] = _load_yaml(raw, f"--{key} {raw!r}") if raw != "" else ""
         i += 1
     return overrides
 
@@ -84,7 +91,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"recipe {str(path)!r} does not exist")
     with open(path, encoding="utf-8") as handle:
-        recipe = _load_yaml(handle.read()) or {}
+        recipe = _load_yaml(handle.read(), f"recipe {str(path)!r}") or {}
     if not isinstance(recipe, dict):
         raise RecipeError(f"recipe {str(path)!r} must be a flat YAML mapping of argument names to values")
     return recipe
