@@ -101,6 +101,9 @@ def validate_losses(specs: Any) -> list[dict] | None:
             raise RecipeError(f"losses[{i}]: loss {name!r} is listed twice; give it one entry")
         seen.add(name)
         normalised.append(_checked_loss(spec, f"losses[{i}]"))
+    if not any(spec["weight"] > 0 for spec in normalised):
+        raise RecipeError("every loss has weight 0, so nothing would train the student: give at least one a "
+                          "positive weight")
     return normalised
 
 

@@ -37,6 +37,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
             "baseline_dir": getattr(args, "baseline_dir", None),
         })
     check_report_to(args.report_to)
+    check_half_precision(args)
     check_losses_fit_models(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
         if getattr(model_args, key):
@@ -78,6 +79,20 @@ def check_output_dir_spares_inputs(output_dir: str, inputs: dict[str, str | None
         if source == out or out in source.parents:
             raise RecipeError(f"output_dir {output_dir!r} would overwrite {key} {value!r}, which this run reads: "
                               "choose another output_dir")
+
+
+def check_half_precision(args: Any) -> None:
+    """``fp16`` needs an accelerator: on CPU accelerate turns it off and trains in float32 silently."""
+    from transformers.utils import (is_torch_cuda_available, is_torch_mps_available, is_torch_npu_available,
+                                    is_torch_xpu_available)
+
+    if not (args.fp16 or args.fp16_full_eval):
+        return
+    accelerator = any(found() for found in (is_torch_cuda_available, is_torch_xpu_available, is_torch_mps_available,
+                                            is_torch_npu_available))
+    if args.use_cpu or not accelerator:
+        raise RecipeError("fp16 needs a GPU (on CPU it would silently train in float32): set bf16: true for CPU "
+                          "autocast, or fp16: false")
 
 
 def check_report_to(report_to: Any) -> None:
