@@ -37,3 +37,10 @@ class TeacherNearChance(ModelError, RuntimeError):
 
     Also a ``RuntimeError``, the type this check raised before user errors had their own class.
     """
+
+
+class LayerIndexError(RecipeError, IndexError):
+    """A feature pair's layer index is out of range for the model's hidden states.
+
+    Also an ``IndexError``, the type this check raised before user errors had their own class.
+    """

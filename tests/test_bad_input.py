@@ -259,6 +259,18 @@ def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     assert (out / "distill_config.yaml").read_text() == recorded
 
 
+def test_feature_pairs_that_do_not_fit_the_models(tmp_path, capsys):
+    pair = base(tmp_path, model_name_or_path="config:vit", student_config_overrides=TINY_VIT,
+                teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET)
+    identity = [{"student_layer": -1, "teacher_layer": -1, "adapter": "identity"}]
+    assert run(tmp_path, {**pair, "losses": [{"name": "ce"}, {"name": "patch_cka"}], "feature_pairs": identity}) == 2
+    assert "feature_pairs[0]: adapter 'identity' gives student features of shape (17, 36)" in error_of(capsys)
+    beyond = [{"student_layer": 12, "teacher_layer": -1}]
+    assert run(tmp_path, {**pair, "losses": [{"name": "ce"}, {"name": "feature_cka"}], "feature_pairs": beyond}) == 2
+    assert "student layer 12 is out of range" in error_of(capsys)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys, no_loading):
     assert run(tmp_path, base(tmp_path, learning_rate=-1.0), "--debug") == 2
     assert "Traceback" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
+from ..errors import LayerIndexError
 from .layout import FeatureSpec
 
 _NOT_A_RECIPE_KEY = {"recipe_key": False}
@@ -80,12 +81,13 @@ def resolve_layer(index: int, num_hidden_states: int, side: str) -> int:
     """Turn a recipe's layer index (negatives count from the end) into a non-negative index.
 
     Raises:
-        IndexError: if out of range, saying how many hidden states the ``side`` model has.
+        LayerIndexError: (an ``IndexError``) if out of range, saying how many hidden states the
+            ``side`` model has.
     """
     if isinstance(index, bool) or not isinstance(index, int):
         raise TypeError(f"{side} layer index must be an int, got {index!r}")
     if not -num_hidden_states <= index < num_hidden_states:
-        raise IndexError(
+        raise LayerIndexError(
             f"{side} layer {index} is out of range: the {side} model has {num_hidden_states} hidden states, "
             f"valid indices are {-num_hidden_states}..{num_hidden_states - 1}"
         )

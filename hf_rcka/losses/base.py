@@ -74,8 +74,9 @@ class DistillationLoss(nn.Module):
     several terms overrides :meth:`terms` and :attr:`term_weights`.
 
     Subclasses set ``requires`` (names of ``LossInputs`` fields) and ``feature_alignment``:
-    ``"any"`` when feature pairs may differ in shape (batch-relational losses) or ``"shape"``
-    when student and teacher features must have equal shapes after the adapter.
+    ``"any"`` when feature pairs may differ in shape (batch-relational losses), ``"shape"``
+    when student and teacher features must have equal shapes after the adapter, or ``"map"`` when
+    they must also be (B, C, H, W) maps (patch CKA).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"student_logits"})

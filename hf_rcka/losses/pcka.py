@@ -30,7 +30,7 @@ class PatchCKALoss(DistillationLoss):
     """
 
     requires = frozenset({"student_features", "teacher_features"})
-    feature_alignment = "shape"
+    feature_alignment = "map"
 
     def __init__(self, weight: float = 1.0, patch_size: int = 4, transpose: bool = False, center: bool = True) -> None:
         super().__init__(weight)

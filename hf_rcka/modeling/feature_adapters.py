@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Sequence
 
+import torch
 from torch import nn
 
 from ..adapters import build_adapter
+from ..errors import RecipeError
 from ..features.layout import FeatureSpec
 from ..features.pairing import FeaturePair, choose_pairs
 
@@ -23,21 +25,29 @@ def build_feature_adapters(
     feature_pairs: str | Sequence[Mapping[str, Any] | FeaturePair] | None,
     student_specs: Sequence[FeatureSpec],
     teacher_specs: Sequence[FeatureSpec],
-    needs_shape: bool,
+    alignment: str,
 ) -> tuple[list[FeaturePair], nn.ModuleList]:
     """The resolved pairs (concrete adapter names, non-negative indices) and their adapters.
 
     Args:
         feature_pairs: ``"auto"``/``None``, recipe mappings or :class:`FeaturePair` objects.
         student_specs / teacher_specs: every hidden state of each model, as probed.
-        needs_shape: a feature loss compares states element-wise (FitNet-style), so ``auto``
-            must make the student's state the teacher's shape.
+        alignment: what the strictest feature loss needs after the adapter: ``"any"``
+            (batch-relational losses), ``"shape"`` (element-wise, FitNet-style: equal shapes) or
+            ``"map"`` (equal (B, C, H, W) maps, patch CKA). ``auto`` then projects and resamples.
+
+    Raises:
+        RecipeError: a recipe's adapter that cannot give what the losses need, found here rather
+            than at the first training step.
     """
+    needs_shape = alignment != "any"
     pairs, adapters = [], nn.ModuleList()
-    for pair in choose_pairs(feature_pairs, student_specs, teacher_specs):
+    for i, pair in enumerate(choose_pairs(feature_pairs, student_specs, teacher_specs)):
         s, t = pair.student_layer, pair.teacher_layer
         name, options = adapter_choice(pair, needs_shape)
         adapters.append(build_adapter(name, student_specs[s], teacher_specs[t], **options))
+        if needs_shape:
+            _check_alignment(f"feature_pairs[{i}]", name, adapters[-1], student_specs[s], teacher_specs[t], alignment)
         pairs.append(FeaturePair(s, t, name, options, pair.reason))
         logger.info(
             "feature pair: student %d %s <-> teacher %d %s via %s%s",
@@ -54,6 +64,21 @@ def adapter_choice(pair: FeaturePair, needs_shape: bool) -> tuple[str, dict[str,
     if needs_shape:
         return "patch_match", {"project": True, **pair.options}
     return "identity", dict(pair.options)
+
+
+def _check_alignment(where: str, name: str, adapter: nn.Module, student: FeatureSpec, teacher: FeatureSpec,
+                     alignment: str) -> None:
+    """Run ``adapter`` on one zero sample of each side and compare what comes out."""
+    with torch.no_grad():
+        s, t = adapter(torch.zeros(1, *student.shape), torch.zeros(1, *teacher.shape))
+    if s.shape == t.shape and (alignment == "shape" or s.dim() == 4):
+        return
+    need = "equal (B, C, H, W) maps" if alignment == "map" else "equal shapes"
+    raise RecipeError(
+        f"{where}: adapter {name!r} gives student features of shape {tuple(s.shape[1:])} and teacher features of "
+        f"shape {tuple(t.shape[1:])}, but the feature losses compare {need}: use adapter: patch_match with "
+        "project: true, or adapter: auto"
+    )
 
 
 def _describe(spec: FeatureSpec) -> str:
