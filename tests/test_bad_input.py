@@ -204,6 +204,14 @@ def test_validation_classes_that_train_lacks(tmp_path, capsys, no_loading):
     assert not (tmp_path / "out").exists()
 
 
+def test_teacher_folder_without_weights(tmp_path, capsys, no_loading):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text("{}")
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
+    assert f"teacher_model_name_or_path: folder '{teacher}' holds no weights (model.safetensors)" in error_of(capsys)
+
+
 def test_output_dir_that_would_overwrite_the_teacher(tmp_path, capsys, no_loading):
     teacher = tmp_path / "teacher"
     teacher.mkdir()

@@ -41,7 +41,8 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_losses_fit_models(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
         if getattr(model_args, key):
-            check_model_source(key, getattr(model_args, key))
+            needs_weights = key == "teacher_model_name_or_path" or not model_args.student_from_scratch
+            check_model_source(key, getattr(model_args, key), needs_weights)
     check_student_config(model_args)
     check_data_dirs(data_args)
     if args.push_to_hub:
@@ -184,8 +185,12 @@ def _local_config(name: str) -> dict | None:
         return json.load(handle)
 
 
-def check_model_source(key: str, name: str) -> None:
-    """A model name must be a local folder, a ``config:``/``timm/`` name, or a reachable Hub id."""
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_model_source(key: str, name: str, needs_weights: bool = True) -> None:
+    """A model name must be a local folder (with weights when they are used), a ``config:``/``timm/``
+    name, or a reachable Hub id."""
     from ..models.sources import parse_model_source
 
     try:
@@ -196,6 +201,10 @@ def check_model_source(key: str, name: str) -> None:
         _check_timm_architecture(key, source.name)
     elif source.kind == "pretrained" and not os.path.isdir(name):
         _check_hub_id(key, name)
+    elif source.kind == "pretrained" and needs_weights and not any(os.path.isfile(os.path.join(name, f))
+                                                                   for f in _WEIGHT_FILES):
+        raise ModelError(f"{key}: folder {name!r} holds no weights ({_WEIGHT_FILES[0]}): give the folder "
+                         "save_pretrained wrote (a run's output_dir, or one of its checkpoint-N folders)")
 
 
 def _check_timm_architecture(key: str, architecture: str) -> None:
