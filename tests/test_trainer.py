@@ -98,6 +98,15 @@ def test_eval_terms_add_up_to_eval_loss_with_a_short_last_batch(tmp_path):
     assert terms == pytest.approx(metrics["eval_loss"], rel=1e-5)
 
 
+def test_drop_last_drops_training_images_never_evaluation_images(tmp_path):
+    args = make_args(tmp_path, per_device_eval_batch_size=4, dataloader_drop_last=True, per_device_train_batch_size=6)
+    trainer = make_trainer(args)  # 20 training and 10 evaluation images
+    assert [len(b["labels"]) for b in trainer.get_eval_dataloader()] == [4, 4, 2]
+    assert [len(b["labels"]) for b in trainer.get_test_dataloader(pixel_dataset(10, seed=2))] == [4, 4, 2]
+    assert [len(b["labels"]) for b in trainer.get_train_dataloader()] == [6, 6, 6]
+    assert trainer.args.dataloader_drop_last
+
+
 def test_build_losses_gives_ce_the_trainer_label_smoothing_unless_the_recipe_sets_its_own():
     from hf_rcka.modeling.assembly import build_losses
 

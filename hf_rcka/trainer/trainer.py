@@ -47,6 +47,16 @@ from ..modeling.teacher_inputs import InputStats, input_stats
 logger = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _keeping_last_batch(args: TrainingArguments):
+    drop_last = args.dataloader_drop_last
+    args.dataloader_drop_last = False
+    try:
+        yield
+    finally:
+        args.dataloader_drop_last = drop_last
+
+
 def _stats_or_none(processor: Any) -> InputStats | None:
     return input_stats(processor) if processor is not None else None
 
@@ -225,6 +235,18 @@ class DistillationTrainer(CheckpointingTrainer):
         return output
 
     # ------------------------------------------------------------------ sampling
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Trainer's, with every evaluation image: ``dataloader_drop_last`` is a training setting
+        (DeiT drops the last training batch, never validation images), but Trainer applies it to
+        evaluation too, which would leave the eval set's remainder silently unevaluated."""
+        with _keeping_last_batch(self.args):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        """Every test image, as :meth:`get_eval_dataloader`."""
+        with _keeping_last_batch(self.args):
+            return super().get_test_dataloader(test_dataset)
 
     # Private override. Trainer.get_train_dataloader (public) builds its loader through the private
     # _get_dataloader, which takes the sampler from this method: overriding it is the one way to
