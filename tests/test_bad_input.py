@@ -279,6 +279,12 @@ def test_feature_pairs_that_do_not_fit_the_models(tmp_path, capsys):
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_training_split_smaller_than_one_dropped_batch(tmp_path, capsys):
+    recipe = base(tmp_path, dataloader_drop_last=True, per_device_train_batch_size=32)  # 20 training images
+    assert run(tmp_path, recipe) == 2
+    assert "the training split has 20 images, fewer than one batch (32" in error_of(capsys)
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys, no_loading):
     assert run(tmp_path, base(tmp_path, learning_rate=-1.0), "--debug") == 2
     assert "Traceback" in capsys.readouterr().err

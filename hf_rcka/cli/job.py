@@ -20,7 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
-from ..errors import RecipeError
+from ..errors import DataError, RecipeError
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
 from ..models.labels import run_label_order
@@ -165,6 +165,8 @@ def _build_trainer(
     train_dataset, eval_dataset = prepare_datasets(
         raw, data_args, student_processor, labels, args.seed, skipped=skipped
     )
+    if args.do_train:
+        check_one_training_batch(len(train_dataset), args)
     trainer = DistillationTrainer(
         model=model,
         args=args,
@@ -177,6 +179,17 @@ def _build_trainer(
     )
     trainer.card_facts = card_facts_of(model_args, data_args, len(eval_dataset))
     return trainer, skipped
+
+
+def check_one_training_batch(num_images: int, args: DistillationTrainingArguments) -> None:
+    """With ``dataloader_drop_last``, a training split smaller than one global batch yields no step."""
+    batch = args.per_device_train_batch_size * max(1, args.world_size)
+    if args.dataloader_drop_last and num_images < batch:
+        raise DataError(
+            f"the training split has {num_images} images, fewer than one batch ({batch} = per_device_train_batch_size "
+            f"x {max(1, args.world_size)} processes), and dataloader_drop_last: true drops it: lower "
+            "per_device_train_batch_size or set dataloader_drop_last: false"
+        )
 
 
 def _distillation_model(
