@@ -9,11 +9,16 @@ repeated augmentation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, fields
 
 _INTERPOLATIONS = ("random", "bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 _REMODES = ("const", "rand", "pixel")
 _MIXUP_MODES = ("batch", "pair", "elem")
+# the settings of timm's per-image transform, which no_aug replaces (batch mixing stays)
+_PER_IMAGE_KEYS = ("aa", "color_jitter", "hflip", "train_interpolation", "reprob", "remode", "recount")
+
+logger = logging.getLogger(__name__)
 
 
 class AugmentationError(ValueError):
@@ -75,6 +80,12 @@ class AugmentationArguments:
             )
         if self.aa is not None:
             _check_aa(self.aa)
+        if self.no_aug:
+            ignored = [f.name for f in fields(AugmentationArguments)
+                       if f.name in _PER_IMAGE_KEYS and getattr(self, f.name) != f.default]
+            if ignored:
+                logger.warning("no_aug: true trains on the processor's own preprocessing, so %s (set here) have no "
+                               "effect; drop no_aug to use them", ", ".join(ignored))
         if self.cutmix_minmax is not None:
             low_high = list(self.cutmix_minmax)
             if len(low_high) != 2 or not 0.0 < low_high[0] < low_high[1] <= 1.0:

@@ -107,6 +107,16 @@ def test_no_aug_trains_on_the_deployed_preprocessing(tmp_path):
     assert torch.equal(transform(image), eval_transform(processor)(image))
 
 
+def test_no_aug_names_the_per_image_settings_it_ignores(caplog):
+    with caplog.at_level("WARNING"):
+        AugmentationArguments(no_aug=True, aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8)
+    assert "aa, reprob (set here) have no effect" in caplog.text  # mixup still mixes the batch
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        AugmentationArguments(no_aug=True, mixup=0.8)
+    assert not caplog.text
+
+
 BASE = {"model_name_or_path": "config:vit", "dataset_name": "builtin:digits", "output_dir": "out"}
 
 
