@@ -41,7 +41,9 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_losses_fit_models(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
         if getattr(model_args, key):
-            needs_weights = key == "teacher_model_name_or_path" or not model_args.student_from_scratch
+            # a smoke test builds both models from their configs, with random weights
+            needs_weights = not getattr(model_args, "smoke_test", False) and (
+                key == "teacher_model_name_or_path" or not model_args.student_from_scratch)
             check_model_source(key, getattr(model_args, key), needs_weights)
     check_student_config(model_args)
     check_data_dirs(data_args)
