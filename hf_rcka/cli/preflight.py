@@ -3,9 +3,11 @@
 Every user error found here is one line naming the recipe key (or path) and the fix, raised in
 seconds instead of after the models and the dataset have loaded, or at the first step: losses that
 need a teacher or a DeiT distillation head, an ``image_size`` a ViT cannot take, typos in a
-``config:`` model type or its overrides, model paths that do not exist, image folders that are
-missing, empty or whose train/validation classes differ, an unwritable ``output_dir``,
-``report_to`` integrations that are not installed, and ``push_to_hub`` without Hub access.
+``config:`` model type or its overrides, model paths that do not exist or folders without weights,
+image folders that are missing, empty, nested one level too deep or whose train/validation classes
+differ, an unwritable ``output_dir`` or one that would overwrite a model the run reads, ``fp16``
+without a GPU, ``report_to`` integrations that are not installed, ``push_to_hub`` without Hub
+access, and a checkpoint to resume that is corrupt or not a checkpoint at all.
 """
 
 from __future__ import annotations
