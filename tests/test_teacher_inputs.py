@@ -136,10 +136,25 @@ def test_input_stats_of_hf_processors() -> None:
     assert input_stats(CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})).size == (32, 32)
 
 
+def test_the_resize_uses_the_teacher_processors_filter() -> None:
+    student = _vit_processor(32, HALF)  # ViT: bilinear
+    teacher = DeiTImageProcessor(size={"height": 24, "width": 24}, crop_size={"height": 24, "width": 24})  # bicubic
+    timm = TimmWrapperImageProcessor(pretrained_cfg={"input_size": (3, 24, 24), "mean": IMAGENET["image_mean"],
+                                                     "std": IMAGENET["image_std"], "interpolation": "bicubic"})
+    assert input_stats(student).interpolation == "bilinear"
+    assert input_stats(teacher).interpolation == input_stats(timm).interpolation == "bicubic"
+    transform = TeacherInputTransform.from_processors(student, teacher)
+    x = torch.randn(2, 3, 32, 32)
+    want = F.interpolate(x, size=(24, 24), mode="bicubic", align_corners=False, antialias=True)
+    torch.testing.assert_close(transform(x), want * transform.scale + transform.shift)
+    assert TeacherInputTransform.from_processors(student, teacher, mode="bilinear").mode == "bilinear"
+
+
 def test_input_stats_of_timm_processor() -> None:
     processor = TimmWrapperImageProcessor(pretrained_cfg={"input_size": (3, 40, 48), "mean": (0.1, 0.2, 0.3),
                                                           "std": (0.4, 0.5, 0.6), "crop_pct": 0.9})
-    assert input_stats(processor) == InputStats((0.1, 0.2, 0.3), (0.4, 0.5, 0.6), (40, 48))
+    # timm's data config fills in its default filter, bicubic
+    assert input_stats(processor) == InputStats((0.1, 0.2, 0.3), (0.4, 0.5, 0.6), (40, 48), "bicubic")
 
 
 def test_input_stats_fold_rescaling_and_disabled_normalisation() -> None:

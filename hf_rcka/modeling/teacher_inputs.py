@@ -38,11 +38,14 @@ class InputStats:
         mean: per-channel mean in the [0, 1] image domain.
         std: per-channel std in the [0, 1] image domain (all > 0).
         size: (height, width) of the model's input.
+        interpolation: the resize filter of the model's processor, as a ``torch`` mode
+            (``"bilinear"``, ``"bicubic"`` or ``"nearest"``; others read as bilinear).
     """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     size: tuple[int, int]
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -83,7 +86,18 @@ def input_stats(processor: Any) -> InputStats:
 
 def _timm_stats(data_config: dict) -> InputStats:
     _, height, width = data_config["input_size"]
-    return InputStats(tuple(data_config["mean"]), tuple(data_config["std"]), (height, width))
+    return InputStats(tuple(data_config["mean"]), tuple(data_config["std"]), (height, width),
+                      _torch_mode(data_config.get("interpolation")))
+
+
+def _torch_mode(interpolation: Any) -> str:
+    """A processor's filter (timm's name, PIL's enum or torchvision's) as an ``F.interpolate`` mode."""
+    name = str(getattr(interpolation, "name", interpolation)).lower()
+    if name in ("3", "bicubic") or name.endswith("bicubic"):
+        return "bicubic"
+    if name in ("0", "nearest") or name.endswith("nearest"):
+        return "nearest"
+    return "bilinear"
 
 
 def _hf_stats(processor: Any) -> InputStats:
@@ -95,29 +109,33 @@ def _hf_stats(processor: Any) -> InputStats:
     rescale = processor.rescale_factor if getattr(processor, "do_rescale", True) else 1.0
     unit = _UINT8_MAX * float(rescale)
     return InputStats(tuple(m / unit for m in mean), tuple(s / unit for s in std),
-                      processor_output_size(processor, fix=", or build InputStats by hand").hw)
+                      processor_output_size(processor, fix=", or build InputStats by hand").hw,
+                      _torch_mode(getattr(processor, "resample", None)))
 
 
 class TeacherInputTransform(nn.Module):
     """Maps student-normalised ``pixel_values`` to the teacher's normalisation and resolution.
 
     Per channel, ``teacher = student * (s_std / t_std) + (s_mean - t_mean) / t_std``, applied
-    after resizing: an affine per-channel map commutes with bilinear resizing (its weights sum
-    to 1), and resizing first keeps the arithmetic at the smaller size when downsizing.
+    after resizing: an affine per-channel map commutes with the resize (bilinear and bicubic
+    weights sum to 1), and resizing first keeps the arithmetic at the smaller size when downsizing.
     The result matches the teacher's processor up to resampling differences (the student's image
     was already resized and cropped for the student).
 
     Args:
         student: what the student's processor produces.
         teacher: what the teacher's processor produces.
-        mode: interpolation for the resize; "bilinear" and "bicubic" antialias when downsizing.
+        mode: interpolation for the resize (default: the teacher processor's filter, so a teacher
+            trained on bicubic resizes gets bicubic ones); "bilinear" and "bicubic" antialias when
+            downsizing.
 
     Raises:
         ValueError: the two have different channel counts.
     """
 
-    def __init__(self, student: InputStats, teacher: InputStats, mode: str = "bilinear") -> None:
+    def __init__(self, student: InputStats, teacher: InputStats, mode: str | None = None) -> None:
         super().__init__()
+        mode = teacher.interpolation if mode is None else mode
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if student.channels != teacher.channels:
@@ -139,7 +157,7 @@ class TeacherInputTransform(nn.Module):
 
     @classmethod
     def from_processors(
-        cls, student_processor: Any, teacher_processor: Any, mode: str = "bilinear"
+        cls, student_processor: Any, teacher_processor: Any, mode: str | None = None
     ) -> TeacherInputTransform:
         """Build from the two image processors (see ``input_stats``)."""
         return cls(input_stats(student_processor), input_stats(teacher_processor), mode=mode)
