@@ -21,10 +21,6 @@ from PIL import Image
 from ..augmentation import AugmentationArguments
 from ..modeling.teacher_inputs import input_stats
 
-# PIL resampling filter ids (PIL.Image.Resampling and transformers' PILImageResampling agree).
-_PIL_INTERPOLATION = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-
-
 def student_data_config(processor: Any) -> dict[str, Any]:
     """timm-style data config (``input_size``, ``interpolation``, ``mean``, ``std``) of a processor.
 
@@ -35,9 +31,7 @@ def student_data_config(processor: Any) -> dict[str, Any]:
     if isinstance(data_config, dict) and "input_size" in data_config:
         return dict(data_config)
     stats = input_stats(processor)
-    resample = getattr(processor, "resample", None)
-    interpolation = _PIL_INTERPOLATION.get(int(resample), "bilinear") if resample is not None else "bilinear"
-    return {"input_size": (stats.channels, *stats.size), "interpolation": interpolation,
+    return {"input_size": (stats.channels, *stats.size), "interpolation": stats.interpolation,
             "mean": stats.mean, "std": stats.std}
 
 

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 _UINT8_MAX = 255.0
 _MODES = ("bilinear", "bicubic", "nearest", "area")
+# PIL resampling filter ids (PIL.Image.Resampling and transformers' PILImageResampling agree)
+_PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,8 @@ class InputStats:
         mean: per-channel mean in the [0, 1] image domain.
         std: per-channel std in the [0, 1] image domain (all > 0).
         size: (height, width) of the model's input.
-        interpolation: the resize filter of the model's processor, as a ``torch`` mode
-            (``"bilinear"``, ``"bicubic"`` or ``"nearest"``; others read as bilinear).
+        interpolation: the resize filter of the model's processor, by timm's name (``"bilinear"``,
+            ``"bicubic"``, ``"nearest"``, ``"lanczos"``, ``"box"``, ``"hamming"``).
     """
 
     mean: tuple[float, ...]
@@ -87,17 +89,7 @@ def input_stats(processor: Any) -> InputStats:
 def _timm_stats(data_config: dict) -> InputStats:
     _, height, width = data_config["input_size"]
     return InputStats(tuple(data_config["mean"]), tuple(data_config["std"]), (height, width),
-                      _torch_mode(data_config.get("interpolation")))
-
-
-def _torch_mode(interpolation: Any) -> str:
-    """A processor's filter (timm's name, PIL's enum or torchvision's) as an ``F.interpolate`` mode."""
-    name = str(getattr(interpolation, "name", interpolation)).lower()
-    if name in ("3", "bicubic") or name.endswith("bicubic"):
-        return "bicubic"
-    if name in ("0", "nearest") or name.endswith("nearest"):
-        return "nearest"
-    return "bilinear"
+                      data_config.get("interpolation", "bilinear"))
 
 
 def _hf_stats(processor: Any) -> InputStats:
@@ -110,7 +102,12 @@ def _hf_stats(processor: Any) -> InputStats:
     unit = _UINT8_MAX * float(rescale)
     return InputStats(tuple(m / unit for m in mean), tuple(s / unit for s in std),
                       processor_output_size(processor, fix=", or build InputStats by hand").hw,
-                      _torch_mode(getattr(processor, "resample", None)))
+                      _filter_name(getattr(processor, "resample", None)))
+
+
+def _filter_name(resample: Any) -> str:
+    """A transformers processor's ``resample`` (a PIL filter id) by timm's name; unset: bilinear."""
+    return _PIL_FILTERS.get(int(resample), "bilinear") if resample is not None else "bilinear"
 
 
 class TeacherInputTransform(nn.Module):
@@ -135,7 +132,8 @@ class TeacherInputTransform(nn.Module):
 
     def __init__(self, student: InputStats, teacher: InputStats, mode: str | None = None) -> None:
         super().__init__()
-        mode = teacher.interpolation if mode is None else mode
+        if mode is None:  # the teacher's filter where F.interpolate has it, else bilinear
+            mode = teacher.interpolation if teacher.interpolation in ("bicubic", "nearest") else "bilinear"
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if student.channels != teacher.channels:
