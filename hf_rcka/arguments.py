@@ -10,7 +10,6 @@ Python. Nothing here reads YAML or a command line.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,8 +190,11 @@ class DistillationTrainingArguments(TrainingArguments):
 
 
 def _fsdp_requested(args: TrainingArguments) -> bool:
-    """FSDP asked for by the recipe (``fsdp``) or by ``accelerate launch`` with an FSDP config."""
-    return bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    """FSDP asked for by the recipe (``fsdp``) or by ``accelerate launch`` with an FSDP config,
+    read from the environment the way accelerate itself reads it."""
+    from accelerate.utils import parse_flag_from_env
+
+    return bool(args.fsdp) or parse_flag_from_env("ACCELERATE_USE_FSDP")
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, DistillationTrainingArguments)

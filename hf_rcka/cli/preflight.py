@@ -189,9 +189,6 @@ def _local_config(name: str) -> dict | None:
         return json.load(handle)
 
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
 def check_model_source(key: str, name: str, needs_weights: bool = True) -> None:
     """A model name must be a local folder (with weights when they are used), a ``config:``/``timm/``
     name, or a reachable Hub id."""
@@ -205,9 +202,17 @@ def check_model_source(key: str, name: str, needs_weights: bool = True) -> None:
         _check_timm_architecture(key, source.name)
     elif source.kind == "pretrained" and not os.path.isdir(name):
         _check_hub_id(key, name)
-    elif source.kind == "pretrained" and needs_weights and not any(os.path.isfile(os.path.join(name, f))
-                                                                   for f in _WEIGHT_FILES):
-        raise ModelError(f"{key}: folder {name!r} holds no weights ({_WEIGHT_FILES[0]}): give the folder "
+    elif source.kind == "pretrained" and needs_weights:
+        _check_weights(key, name)
+
+
+def _check_weights(key: str, folder: str) -> None:
+    """A model folder must hold the weights transformers' ``from_pretrained`` looks for."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    names = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in names):
+        raise ModelError(f"{key}: folder {folder!r} holds no weights ({SAFE_WEIGHTS_NAME}): give the folder "
                          "save_pretrained wrote (a run's output_dir, or one of its checkpoint-N folders)")
 
 

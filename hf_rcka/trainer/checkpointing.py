@@ -106,6 +106,8 @@ class CheckpointingTrainer(Trainer):
             target.load_checkpoint(resume_from_checkpoint)
             if self.model_ema is not None:
                 self.model_ema.load(resume_from_checkpoint)
+        except torch.OutOfMemoryError:  # a RuntimeError too, but says nothing about the checkpoint
+            raise
         except (FileNotFoundError, KeyError, RuntimeError, ValueError) as err:
             # a student, adapter or loss that differs from the saved run's: one line, not a traceback
             text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)  # KeyError quotes its str
