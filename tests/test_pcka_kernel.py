@@ -71,3 +71,19 @@ def test_kernel_gives_contiguous_results_for_any_memory_layout(layout, patch):
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert results[0][1].abs().max() > 1e-4
+
+
+def test_channels_last_maps_over_several_channel_blocks(monkeypatch):
+    """Channel blocks (the last one shorter) go through one staging buffer, forward and backward."""
+    s, t = _maps((3, 5, 12, 12), seed=3)
+    value = fn.patch_cka(s, t, 4, backend="kernel")
+    value.sum().backward()
+    expected = (value.detach(), s.grad.clone(), t.grad.clone())
+    monkeypatch.setattr(pcka_kernel, "_BLOCK_BYTES", 2 * 3 * 144 * s.element_size())  # blocks of 2, 2, 1 channels
+    assert len(pcka_kernel._channel_blocks(5, 3 * 144 * s.element_size(), s.device)) == 3
+    s, t = (_in_layout(m, "channels_last") for m in (s, t))
+    value = fn.patch_cka(s, t, 4, backend="kernel")
+    value.sum().backward()
+    for a, b in zip(expected, (value.detach(), s.grad, t.grad)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert s.grad.is_contiguous(memory_format=torch.channels_last)

@@ -35,10 +35,6 @@ def patch_cka_kernel(student: torch.Tensor, teacher: torch.Tensor, ph: int, pw: 
                      eps: float) -> torch.Tensor:
     """Per-channel CKA (C,) of two (B, C, gh*ph, gw*pw) maps through the hand-written backward."""
     needs_grad = tuple(torch.is_grad_enabled() and fmap.requires_grad for fmap in (student, teacher))
-    # The patch copies move runs of a row's pixels. A channels_last map (a CNN teacher's, or a
-    # projection of ViT tokens) has no such runs, and gathering its channels one pixel at a time
-    # cost the kernel more on CPU than one transposing copy into standard layout first.
-    student, teacher = student.contiguous(), teacher.contiguous()
     return _PatchCKA.apply(student, teacher, ph, pw, center, eps, needs_grad)
 
 
@@ -66,20 +62,40 @@ def _as_runs(a: torch.Tensor, b: torch.Tensor, run: int) -> tuple[torch.Tensor, 
     return a.view(_RUN_DTYPES[width]), b.view(_RUN_DTYPES[width]), run // ratio
 
 
-def _copy_to_patches(out: torch.Tensor, fmap: torch.Tensor, ph: int, pw: int) -> None:
+def _staging(fmap: torch.Tensor, channels: int) -> torch.Tensor | None:
+    """A standard-layout buffer for ``channels`` of ``fmap`` when its pixel rows are not contiguous.
+
+    The patch copies move runs of a row's pixels. A channels_last map (a CNN teacher's, or a 1x1
+    projection of ViT tokens) has no such runs, and gathering it one value at a time is slow on
+    CPU; so is one transposing copy of the whole map (a fresh map-sized buffer, page faults and
+    cache misses). Each channel block is transposed into this block-sized buffer instead, while it
+    is in cache for the patch copy that follows.
+    """
+    if fmap.stride(-1) == 1:
+        return None
+    b, _, h, w = fmap.shape
+    return torch.empty((b, channels, h, w), dtype=fmap.dtype, device=fmap.device)
+
+
+def _copy_to_patches(out: torch.Tensor, fmap: torch.Tensor, ph: int, pw: int, staging: torch.Tensor | None) -> None:
     """Write the patch rows of ``fmap`` (B, c, gh*ph, gw*pw) into ``out`` (c, gh*gw, B*ph*pw)."""
     b, c, h, w = fmap.shape
+    if staging is not None:
+        fmap = staging[:, :c].copy_(fmap)
     dst, src, k = _as_runs(out, fmap, pw)
     dst = dst.view(c, h // ph, w // pw, b, ph, k).permute(3, 0, 1, 4, 2, 5)
     dst.copy_(src.view(b, c, h // ph, ph, w // pw, k))
 
 
-def _copy_from_patches(out: torch.Tensor, patches: torch.Tensor, ph: int, pw: int) -> None:
+def _copy_from_patches(out: torch.Tensor, patches: torch.Tensor, ph: int, pw: int, staging: torch.Tensor | None) -> None:
     """The inverse of :func:`_copy_to_patches`: patch rows (c, n, p) back into ``out`` (B, c, H, W)."""
     b, c, h, w = out.shape
-    dst, src, k = _as_runs(out, patches, pw)
+    target = out if staging is None else staging[:, :c]
+    dst, src, k = _as_runs(target, patches, pw)
     src = src.view(c, h // ph, w // pw, b, ph, k).permute(3, 0, 1, 4, 2, 5)
     dst.view(b, c, h // ph, ph, w // pw, k).copy_(src)
+    if staging is not None:
+        out.copy_(target)
 
 
 _BLOCK_BYTES = 2 << 20
@@ -106,9 +122,10 @@ class _SideGram(NamedTuple):
     means: torch.Tensor | None  # the detached column means (C, 1, p); None without centering
 
 
-def _centered_patches(rows: torch.Tensor, fmap: torch.Tensor, ph: int, pw: int, means: torch.Tensor | None) -> None:
+def _centered_patches(rows: torch.Tensor, fmap: torch.Tensor, ph: int, pw: int, means: torch.Tensor | None,
+                      staging: torch.Tensor | None) -> None:
     """Fill ``rows`` (c, n, p) with the patch rows of ``fmap`` (B, c, H, W) minus ``means`` (c, 1, p)."""
-    _copy_to_patches(rows, fmap, ph, pw)
+    _copy_to_patches(rows, fmap, ph, pw, staging)
     if means is not None:
         rows.sub_(means)
 
@@ -125,11 +142,12 @@ def _side_gram(fmap: torch.Tensor, ph: int, pw: int, center: bool, eps: float) -
     like = dict(dtype=fmap.dtype, device=fmap.device)
     blocks = _channel_blocks(c, n * p * fmap.element_size(), fmap.device)
     scratch = torch.empty((blocks[0].stop, n, p), **like)
+    staging = _staging(fmap, blocks[0].stop)
     gram = torch.empty((c, n, n), **like)
     means = torch.empty((c, 1, p), **like) if center else None
     for block in blocks:
         rows = scratch[: block.stop - block.start]
-        _copy_to_patches(rows, fmap[:, block], ph, pw)
+        _copy_to_patches(rows, fmap[:, block], ph, pw, staging)
         if center:
             rows.sub_(torch.mean(rows, dim=1, keepdim=True, out=means[block]))
         torch.bmm(rows, rows.transpose(1, 2), out=gram[block])
@@ -220,12 +238,13 @@ def _map_gradient(
     """``factor * direction @ X_c`` per channel, in the (B, C, H, W) map layout, block by block."""
     b, c, h, w = fmap.shape
     n, p = direction.shape[-1], b * ph * pw
-    grad = torch.empty(fmap.shape, dtype=fmap.dtype, device=fmap.device)
+    grad = torch.empty_like(fmap)  # in the map's own layout, as autograd passes it on
     blocks = _channel_blocks(c, n * p * fmap.element_size(), fmap.device)
     rows, out = torch.empty((2, blocks[0].stop, n, p), dtype=fmap.dtype, device=fmap.device)
+    staging = _staging(fmap, blocks[0].stop)
     for block in blocks:
         size = block.stop - block.start
-        _centered_patches(rows[:size], fmap[:, block], ph, pw, None if means is None else means[block])
+        _centered_patches(rows[:size], fmap[:, block], ph, pw, None if means is None else means[block], staging)
         torch.bmm(direction[block] * factor[block, None, None], rows[:size], out=out[:size])
-        _copy_from_patches(grad[:, block], out[:size], ph, pw)
+        _copy_from_patches(grad[:, block], out[:size], ph, pw, staging)
     return grad
