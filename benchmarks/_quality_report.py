@@ -27,9 +27,22 @@ def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, fl
     return mean(values) - half, mean(values) + half
 
 
+def paired_difference(runs: dict, reference: dict) -> dict | None:
+    """Mean and 95% interval of ``runs - reference`` over the seeds both have run."""
+    shared = [seed for seed in sorted(runs) if seed in reference]
+    if not shared:
+        return None
+    differences = [runs[seed]["eval_accuracy"] - reference[seed]["eval_accuracy"] for seed in shared]
+    return {"mean": mean(differences), "ci95": t_interval(differences), "n": len(shared)}
+
+
 def summarise(variants: dict[str, dict]) -> dict[str, dict]:
-    """Add mean/std and the paired difference to ``alone`` to each ``{label, runs: {seed: result}}``."""
-    baseline = {seed: r["eval_accuracy"] for seed, r in variants.get(BASELINE, {}).get("runs", {}).items()}
+    """Add mean/std and the paired difference to ``alone`` to each ``{label, runs: {seed: result}}``.
+
+    A variant with ``compare_to`` (another variant's key) also gets its paired difference to that
+    one, ``vs_variant``: the question an ablation asks (one setting against another, not alone).
+    """
+    baseline = variants.get(BASELINE, {}).get("runs", {})
     summary = {}
     for key, variant in variants.items():
         runs = variant["runs"]
@@ -41,10 +54,11 @@ def summarise(variants: dict[str, dict]) -> dict[str, dict]:
             "mean": mean(accuracies),
             "std": stdev(accuracies) if len(accuracies) > 1 else 0.0,
         }
-        shared = [seed for seed in sorted(runs) if seed in baseline]
-        if key != BASELINE and shared:
-            differences = [runs[seed]["eval_accuracy"] - baseline[seed] for seed in shared]
-            entry["paired_difference"] = {"mean": mean(differences), "ci95": t_interval(differences), "n": len(shared)}
+        if key != BASELINE and (difference := paired_difference(runs, baseline)):
+            entry["paired_difference"] = difference
+        other = variant.get("compare_to")
+        if other in variants and (difference := paired_difference(runs, variants[other]["runs"])):
+            entry["vs_variant"] = {"variant": other, "label": variants[other]["label"], **difference}
         summary[key] = entry
     return summary
 
@@ -57,6 +71,10 @@ def _difference_cell(entry: dict) -> str:
     difference = entry.get("paired_difference")
     if difference is None:
         return "(baseline)"
+    return _with_interval(difference)
+
+
+def _with_interval(difference: dict) -> str:
     interval = difference["ci95"]
     span = f" [{_points(interval[0])}, {_points(interval[1])}]" if interval else ""
     return f"{_points(difference['mean'])}{span}"
@@ -82,6 +100,11 @@ def render_markdown(report: dict) -> str:
                 f"{_difference_cell(entry)} | {per_seed} | {seconds:.0f} |"
             )
         lines.append("")
+        for entry in direction["variants"].values():
+            if "vs_variant" in entry:
+                other = entry["vs_variant"]
+                lines += [f"{entry['label']} minus {other['label']}, paired over {other['n']} seeds: "
+                          f"{_with_interval(other)} points (95% CI).", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

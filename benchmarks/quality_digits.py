@@ -52,6 +52,7 @@ class Variant:
     losses: list | None = None
     overrides: dict = field(default_factory=dict)
     directions: tuple[str, ...] = ("cnn2vit", "vit2cnn")
+    compare_to: str | None = None  # another variant's key: also report the paired difference to it
 
 
 FCKA = {"name": "feature_cka", "weight": 1.0}
@@ -68,8 +69,15 @@ VARIANTS = {
     "fcka": Variant("ce + feature_cka (auto pairs)", [CE, FCKA], PAIRS),
     "kd_fcka3": Variant("ce + kd (T 4) + feature_cka x3 (auto pairs)",
                         [CE, {"name": "kd", "weight": 1.0, "temperature": 4.0}, FCKA3], PAIRS),
-    "rcka_pcka": Variant("ce + rcka + patch_cka (patch_match, auto pairs)",
+    "rcka_pcka": Variant("ce + rcka + patch_cka (patch_match, auto pairs; channels sampled)",
                          [CE, RCKA, {"name": "patch_cka", "weight": 1.0}], PAIRS),
+    # The same with every teacher channel in every step: the auto pairs of vit2cnn, sample_channels off.
+    "rcka_pcka_all": Variant("ce + rcka + patch_cka, all channels per step (sample_channels: null)",
+                             [CE, RCKA, {"name": "patch_cka", "weight": 1.0}],
+                             {"feature_pairs": [{"student_layer": s, "teacher_layer": t, "adapter": "patch_match",
+                                                 "project": True, "sample_channels": None}
+                                                for s, t in ((1, 1), (2, 3), (4, 4))]},
+                             directions=("vit2cnn",), compare_to="rcka_pcka"),
     "rcka15": Variant("ce + rcka logits (paper's 15/15)", [CE, {**RCKA, "intra_weight": 15.0, "inter_weight": 15.0}]),
     "deit_token": Variant(
         "DeiT student: ce 0.5 + deit_token hard 0.5",
@@ -237,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.setdefault(variant, {})[seed] = result
         report["directions"][name] = {
             "label": direction.label, "teacher_accuracy": teacher_result["eval_accuracy"],
-            "variants": summarise({v: {"label": VARIANTS[v].label, "runs": r} for v, r in runs.items()}),
+            "variants": summarise({v: {"label": VARIANTS[v].label, "runs": r, "compare_to": VARIANTS[v].compare_to}
+                                   for v, r in runs.items()}),
         }
     report["validation_images"] = validation_size()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,9 @@ limit's op time in the same round; the median over rounds is reported (see ``add
 
 Variants: ``limit``; timm's ``LogitDistillationTask`` and ``FeatureDistillationTask`` (the same
 timm models, unwrapped); hf_rcka ``kd``, ``rcka`` (logits), ``rcka+feature_cka`` and
-``rcka+patch_cka`` (4 auto-paired hidden states each) and ``all`` (every loss at once).
+``rcka+patch_cka`` (4 auto-paired hidden states each; patch CKA compares a random subset of the
+teacher's channels per step, as many as the student has), ``rcka+patch_cka_all`` (the same with
+every channel) and ``all`` (every loss at once).
 
 Usage::
 
@@ -37,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -65,8 +68,12 @@ LOSS_SPECS = {
     "rcka": [{"name": "ce"}, {"name": "rcka"}],
     "rcka+feature_cka": [{"name": "ce"}, {"name": "rcka"}, {"name": "feature_cka"}],
     "rcka+patch_cka": [{"name": "ce"}, {"name": "rcka"}, {"name": "patch_cka", "weight": 10.0}],
+    "rcka+patch_cka_all": [{"name": "ce"}, {"name": "rcka"}, {"name": "patch_cka", "weight": 10.0}],
     "all": [{"name": n} for n in ("ce", "kd", "rcka", "feature_cka", "patch_cka", "fitnet", "srd", "kernel_transfer")],
 }
+# rcka+patch_cka samples as many teacher channels per step as the student has (patch_match's default
+# for per-channel losses); rcka+patch_cka_all compares every channel in every step, the same pairs.
+ALL_CHANNELS = {"rcka+patch_cka_all"}
 VARIANTS = ["limit", "timm_logit", "timm_feature", *LOSS_SPECS]
 Step = Callable[[], None]
 
@@ -129,6 +136,9 @@ def make_step(variant: str, teacher, student, size: int, batch: int, device: tor
         stats = InputStats(*IMAGENET, (size, size))
         losses = [LOSSES.build(s["name"], **{k: v for k, v in s.items() if k != "name"}) for s in LOSS_SPECS[variant]]
         model = DistillationModel(student, teacher, losses, "auto", stats, stats).to(device).train()
+        if variant in ALL_CHANNELS:
+            pairs = [replace(p, options={**p.options, "sample_channels": None}) for p in model.feature_pairs]
+            model = DistillationModel(student, teacher, losses, pairs, stats, stats).to(device).train()
         if compile_student:
             model.student = torch.compile(student)  # noqa: the wrapper calls self.student
         opt = _optimizer(model.parameters())

@@ -122,6 +122,41 @@ def test_patch_match_projects_only_when_asked_or_needed():
         build_adapter("patch_match", VIT, CNN, grid="max")
 
 
+def test_patch_match_samples_teacher_channels_in_training_only():
+    adapter = build_adapter("patch_match", VIT, CNN, sample_channels=6)  # 20 teacher channels
+    student, teacher = _features(VIT), _features(CNN)
+    full_student, full_teacher = adapter.eval()(student, teacher)
+    assert full_student.shape[1] == full_teacher.shape[1] == 20
+    out_student, out_teacher = adapter.train()(student, teacher)
+    assert out_student.shape == out_teacher.shape == (BATCH, 6, 4, 4)
+    # each sampled channel is one of the full outputs, on both sides the same one
+    picked = [int((full_teacher - out_teacher[:, [j]]).abs().flatten(2).amax((0, 2)).argmin()) for j in range(6)]
+    assert len(set(picked)) == 6
+    torch.testing.assert_close(out_teacher, full_teacher[:, picked])
+    torch.testing.assert_close(out_student, full_student[:, picked])
+
+
+def test_patch_match_channel_sampling_is_uniform():
+    """Every channel equally likely, so the mean over a sample estimates the mean over all."""
+    spec = FeatureSpec("nchw", 10, (8, 8))
+    adapter = build_adapter("patch_match", spec, spec, sample_channels=4)
+    teacher = torch.arange(10.0).view(1, 10, 1, 1).expand(1, 10, 8, 8)
+    counts = torch.zeros(10)
+    for _ in range(2000):
+        _, picked = adapter(torch.zeros(1, *spec.shape), teacher)
+        counts[picked[0, :, 0, 0].long()] += 1
+    torch.testing.assert_close(counts / 2000, torch.full((10,), 0.4), atol=0.05, rtol=0)
+
+
+def test_patch_match_sample_channels_values():
+    assert build_adapter("patch_match", VIT, CNN, sample_channels="student").sample_channels == 36
+    wide = build_adapter("patch_match", VIT, CNN, sample_channels=20).train()  # not fewer than the teacher has
+    assert wide(_features(VIT), _features(CNN))[1].shape[1] == 20
+    for bad in (0, -3, 2.5, True, "teacher"):
+        with pytest.raises(ValueError, match="sample_channels must be a positive int, 'student' or null"):
+            build_adapter("patch_match", VIT, CNN, sample_channels=bad)
+
+
 def test_patch_match_bfloat16():
     adapter = build_adapter("patch_match", VIT, CNN).to(torch.bfloat16)
     student, teacher = adapter(_features(VIT).bfloat16(), _features(CNN).bfloat16())
@@ -177,3 +212,21 @@ def test_to_fmap_matches_adapter_input_for_real_tokens():
         tokens = hidden_states_of(model(pixel_values=x, output_hidden_states=True))[-1]
     fmap = to_fmap(tokens, spec)
     torch.testing.assert_close(fmap.flatten(2).transpose(1, 2), tokens[:, 2:])
+
+
+def test_feature_adapters_sample_channels_only_for_per_channel_losses():
+    from hf_rcka import LOSSES
+    from hf_rcka.errors import RecipeError
+    from hf_rcka.modeling.feature_adapters import build_feature_adapters
+
+    assert LOSSES.get("patch_cka").channel_mean and LOSSES.get("fitnet").channel_mean
+    assert not LOSSES.get("feature_cka").channel_mean
+    auto = [{"student_layer": 0, "teacher_layer": 0}]
+    pairs, adapters = build_feature_adapters(auto, [VIT], [CNN], "map", channel_mean=True)
+    assert adapters[0].sample_channels == 36 and pairs[0].options["sample_channels"] == "student"
+    _, adapters = build_feature_adapters(auto, [VIT], [CNN], "map", channel_mean=False)
+    assert adapters[0].sample_channels is None
+    explicit = [{"student_layer": 0, "teacher_layer": 0, "adapter": "patch_match", "sample_channels": None}]
+    assert build_feature_adapters(explicit, [VIT], [CNN], "map", channel_mean=True)[1][0].sample_channels is None
+    with pytest.raises(RecipeError, match="only estimates losses that average over channels"):
+        build_feature_adapters([{**explicit[0], "sample_channels": 8}], [VIT], [CNN], "map", channel_mean=False)

@@ -143,6 +143,7 @@ def test_losses_that_do_not_fit_the_models(tmp_path, capsys, no_loading):
     ({"grid": "bogus"}, "patch_match grid must be one of ('min', 'student', 'teacher') or [h, w], got 'bogus'"),
     ({"grid": [0, 0]}, "patch_match grid must be two positive ints, got [0, 0]"),
     ({"bias": "false"}, "patch_match bias must be true or false, got 'false'"),
+    ({"sample_channels": 0}, "patch_match sample_channels must be a positive int, 'student' or null, got 0"),
 ])
 def test_adapter_option_values(tmp_path, capsys, no_loading, options, expected):
     pairs = [{"student_layer": -1, "teacher_layer": -1, "adapter": "patch_match", **options}]
@@ -276,6 +277,10 @@ def test_feature_pairs_that_do_not_fit_the_models(tmp_path, capsys):
     beyond = [{"student_layer": 12, "teacher_layer": -1}]
     assert run(tmp_path, {**pair, "losses": [{"name": "ce"}, {"name": "feature_cka"}], "feature_pairs": beyond}) == 2
     assert "student layer 12 is out of range" in error_of(capsys)
+    sampled = [{"student_layer": -1, "teacher_layer": -1, "adapter": "patch_match", "sample_channels": 8}]
+    both = [{"name": "ce"}, {"name": "feature_cka"}, {"name": "patch_cka"}]
+    assert run(tmp_path, {**pair, "losses": both, "feature_pairs": sampled}) == 2
+    assert "feature_pairs[0]: sample_channels compares a random subset of channels" in error_of(capsys)
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 

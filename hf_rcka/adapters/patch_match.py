@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..features.layout import FeatureSpec, resample, to_fmap
@@ -21,6 +23,14 @@ class PatchMatchAdapter(FeatureAdapter):
     projects student channels to the teacher's, so shape-sensitive losses (FitNets, patch CKA)
     see equal shapes.
 
+    A wide teacher stage makes that projection the largest single cost of a patch-CKA step (DeiT-S's
+    384 channels to RegNetY-16GF's 1232 and 3024), and every compared channel also costs the loss
+    its patch copies and Gram. Losses that average a term per channel (patch CKA, FitNets) only
+    need an unbiased estimate of that mean per step, so ``sample_channels`` compares a fresh random
+    subset of the teacher's channels in each training step, projecting only those: every channel
+    is equally likely, so the expected loss and gradient are those of all channels, as a
+    mini-batch estimates the mean over the data. Evaluation always compares all channels.
+
     Args:
         student: spec of the student feature.
         teacher: spec of the teacher feature.
@@ -29,6 +39,9 @@ class PatchMatchAdapter(FeatureAdapter):
         project: learnable 1x1 conv from student to teacher channels; None projects only when the
             channel counts differ.
         bias: whether the projection has a bias.
+        sample_channels: channels compared per training step when the teacher has more: an int,
+            "student" (the student's width, which bounds the rank of the projection anyway) or
+            None (all). Only for losses that average over channels.
     """
 
     def __init__(
@@ -39,27 +52,62 @@ class PatchMatchAdapter(FeatureAdapter):
         grid: str | tuple[int, int] = "min",
         project: bool | None = None,
         bias: bool = True,
+        sample_channels: int | str | None = None,
     ) -> None:
         super().__init__(student, teacher)
         check_flag("patch_match project", project, allow_none=True)
         check_flag("patch_match bias", bias)
         self.grid = _common_grid(grid, student.grid, teacher.grid)
+        self.sample_channels = _sample_size(sample_channels, student.channels)
         if project is None:
             project = student.channels != teacher.channels
         self.proj = nn.Conv2d(student.channels, teacher.channels, 1, bias=bias) if project else None
 
     def forward(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
         student = to_fmap(student, self.student_spec)
-        teacher = resample(to_fmap(teacher, self.teacher_spec), self.grid)
+        teacher = to_fmap(teacher, self.teacher_spec)
+        channels = self._sampled(teacher)
+        teacher = _select(teacher, channels, self.grid)
         if self.proj is None:
-            return resample(student, self.grid), teacher
+            return resample(_select(student, channels, self.grid), self.grid), resample(teacher, self.grid)
+        weight, bias = self.proj.weight, self.proj.bias
+        if channels is not None:
+            weight, bias = weight[channels], None if bias is None else bias[channels]
+        teacher = resample(teacher, self.grid)
         # a 1x1 conv commutes with pooling and bilinear resampling: run it on the smaller grid
         if student.shape[-2] * student.shape[-1] > self.grid[0] * self.grid[1]:
-            return self.proj(resample(student, self.grid)), teacher
-        return resample(self.proj(student), self.grid), teacher
+            return F.conv2d(resample(student, self.grid), weight, bias), teacher
+        return resample(F.conv2d(student, weight, bias), self.grid), teacher
+
+    def _sampled(self, teacher: Tensor) -> Tensor | None:
+        """This step's sorted random teacher channels, or None for all (evaluation, narrow teachers)."""
+        total = teacher.shape[1]
+        if not self.training or self.sample_channels is None or self.sample_channels >= total:
+            return None
+        return torch.randperm(total, device=teacher.device)[: self.sample_channels].sort().values
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, grid={self.grid}"
+        sampled = f", sample_channels={self.sample_channels}" if self.sample_channels else ""
+        return f"{super().extra_repr()}, grid={self.grid}{sampled}"
+
+
+def _sample_size(value: int | str | None, student_channels: int) -> int | None:
+    if value is None:
+        return None
+    if value == "student":
+        return student_channels
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"patch_match sample_channels must be a positive int, 'student' or null, got {value!r}")
+    return value
+
+
+def _select(fmap: Tensor, channels: Tensor | None, grid: tuple[int, int]) -> Tensor:
+    """``fmap``'s ``channels``, taken after shrinking it to ``grid`` (less to gather), before growing."""
+    if channels is None:
+        return fmap
+    if fmap.shape[-2] * fmap.shape[-1] > grid[0] * grid[1]:
+        fmap = resample(fmap, grid)
+    return fmap.index_select(1, channels)
 
 
 def _common_grid(choice: str | tuple[int, int], student: tuple[int, int], teacher: tuple[int, int]) -> tuple[int, int]:

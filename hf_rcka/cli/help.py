@@ -99,4 +99,7 @@ def losses_help() -> str:
     lines += _registry_help(LOSSES, "losses")
     lines += ["", "feature_pairs: 'auto' or a list of {student_layer, teacher_layer, adapter: <adapter>, <option>...}", ""]
     lines += _registry_help(ADAPTERS, "adapters")
+    per_channel = [name for name in LOSSES.names() if LOSSES.get(name).channel_mean]
+    lines += ["", f"patch_match's sample_channels is 'student' when the only feature losses are {per_channel} "
+              "(each training step compares a random subset of the teacher's channels); null compares all"]
     return "\n".join(lines)

@@ -76,11 +76,13 @@ class DistillationLoss(nn.Module):
     Subclasses set ``requires`` (names of ``LossInputs`` fields) and ``feature_alignment``:
     ``"any"`` when feature pairs may differ in shape (batch-relational losses), ``"shape"``
     when student and teacher features must have equal shapes after the adapter, or ``"map"`` when
-    they must also be (B, C, H, W) maps (patch CKA).
+    they must also be (B, C, H, W) maps (patch CKA). ``channel_mean`` says the loss is a mean of
+    per-channel terms, so a random subset of channels estimates it without bias.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"student_logits"})
     feature_alignment: ClassVar[str] = "any"
+    channel_mean: ClassVar[bool] = False
     registry_name: ClassVar[str]
 
     def __init__(self, weight: float = 1.0) -> None:

@@ -28,6 +28,7 @@ class FitNetLoss(DistillationLoss):
 
     requires = frozenset({"student_features", "teacher_features"})
     feature_alignment = "shape"
+    channel_mean = True
 
     def term(self, inputs: LossInputs) -> torch.Tensor:
         terms = []

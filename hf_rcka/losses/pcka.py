@@ -20,6 +20,10 @@ class PatchCKALoss(DistillationLoss):
     patch relations and contributes nothing). Paper: weight 10 per level, patch size 16 on
     detection FPN maps; classification maps are small, so the default patch side is 4.
 
+    The loss is a mean over channels, so ``patch_match`` compares a random subset of the teacher's
+    channels per training step (as many as the student has; ``sample_channels: null`` for all),
+    which makes the projection to a wide teacher stage cheaper without biasing the loss.
+
     Recipe::
 
         feature_pairs:
@@ -31,6 +35,7 @@ class PatchCKALoss(DistillationLoss):
 
     requires = frozenset({"student_features", "teacher_features"})
     feature_alignment = "map"
+    channel_mean = True
 
     def __init__(self, weight: float = 1.0, patch_size: int = 4, transpose: bool = False, center: bool = True) -> None:
         super().__init__(weight)

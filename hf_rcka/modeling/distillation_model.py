@@ -156,13 +156,15 @@ class DistillationModel(nn.Module):
     def _build_adapters(self, feature_pairs: Any, student_input: InputStats | None) -> None:
         pixels = self._probe_pixels(student_input)
         teacher_pixels = self.teacher_transform(pixels) if self.teacher_transform is not None else pixels
-        needs = {loss.feature_alignment for loss in self.losses.values() if loss.needs_features}
+        feature_losses = [loss for loss in self.losses.values() if loss.needs_features]
+        needs = {loss.feature_alignment for loss in feature_losses}
         alignment = next((level for level in ("map", "shape") if level in needs), "any")
         self.feature_pairs, self.adapters = build_feature_adapters(
             feature_pairs,
             describe_hidden_states(self.student, pixels),
             describe_hidden_states(self.teacher, teacher_pixels),
             alignment,
+            channel_mean=all(loss.channel_mean for loss in feature_losses),
         )
 
     def _build_captures(self, student_input: InputStats | None) -> dict[str, ForwardCapture]:

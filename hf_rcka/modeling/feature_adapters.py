@@ -26,6 +26,7 @@ def build_feature_adapters(
     student_specs: Sequence[FeatureSpec],
     teacher_specs: Sequence[FeatureSpec],
     alignment: str,
+    channel_mean: bool = False,
 ) -> tuple[list[FeaturePair], nn.ModuleList]:
     """The resolved pairs (concrete adapter names, non-negative indices) and their adapters.
 
@@ -35,6 +36,9 @@ def build_feature_adapters(
         alignment: what the strictest feature loss needs after the adapter: ``"any"``
             (batch-relational losses), ``"shape"`` (element-wise, FitNet-style: equal shapes) or
             ``"map"`` (equal (B, C, H, W) maps, patch CKA). ``auto`` then projects and resamples.
+        channel_mean: every feature loss is a mean of per-channel terms (patch CKA, FitNets), so
+            ``patch_match`` may compare a random subset of the teacher's channels per training
+            step: its ``sample_channels`` then defaults to ``"student"``; otherwise it is refused.
 
     Raises:
         RecipeError: a recipe's adapter that cannot give what the losses need, found here rather
@@ -45,14 +49,16 @@ def build_feature_adapters(
     for i, pair in enumerate(choose_pairs(feature_pairs, student_specs, teacher_specs)):
         s, t = pair.student_layer, pair.teacher_layer
         name, options = adapter_choice(pair, needs_shape)
+        if name == "patch_match":
+            options = _channel_sampling(f"feature_pairs[{i}]", options, channel_mean)
         adapters.append(build_adapter(name, student_specs[s], teacher_specs[t], **options))
         if needs_shape:
             _check_alignment(f"feature_pairs[{i}]", name, adapters[-1], student_specs[s], teacher_specs[t], alignment)
         pairs.append(FeaturePair(s, t, name, options, pair.reason))
         logger.info(
-            "feature pair: student %d %s <-> teacher %d %s via %s%s",
+            "feature pair: student %d %s <-> teacher %d %s via %s%s%s",
             s, _describe(student_specs[s]), t, _describe(teacher_specs[t]), name,
-            f" ({pair.reason})" if pair.reason else "",
+            "".join(f", {k}: {v}" for k, v in options.items()), f" ({pair.reason})" if pair.reason else "",
         )
     return pairs, adapters
 
@@ -64,6 +70,18 @@ def adapter_choice(pair: FeaturePair, needs_shape: bool) -> tuple[str, dict[str,
     if needs_shape:
         return "patch_match", {"project": True, **pair.options}
     return "identity", dict(pair.options)
+
+
+def _channel_sampling(where: str, options: dict[str, Any], channel_mean: bool) -> dict[str, Any]:
+    """patch_match's ``sample_channels``: the student's width by default for per-channel losses."""
+    if channel_mean:
+        return {"sample_channels": "student", **options}
+    if options.get("sample_channels") is not None:
+        raise RecipeError(
+            f"{where}: sample_channels compares a random subset of channels, which only estimates losses that average "
+            "over channels (patch_cka, fitnet); another feature loss here compares all channels at once: remove it"
+        )
+    return options
 
 
 def _check_alignment(where: str, name: str, adapter: nn.Module, student: FeatureSpec, teacher: FeatureSpec,
