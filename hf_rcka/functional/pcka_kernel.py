@@ -47,9 +47,10 @@ def _as_runs(a: torch.Tensor, b: torch.Tensor, run: int) -> tuple[torch.Tensor, 
     The patch copies move runs of pw contiguous values (16 bytes for 4-pixel float32 patches);
     moving each run as one complex128 instead of four floats made them about 5x faster on CPU. The
     bytes are only moved, never computed on. Returns the tensors unchanged (and ``run``) where the
-    strides do not allow it or off CPU, where it was not measured. ``patch_cka_kernel`` hands the
-    copies standard-layout maps, whose strides allow it unless the map starts at an odd offset
-    into its storage; the check keeps the copies correct for any layout.
+    strides do not allow it or off CPU, where it was not measured. The copies get maps whose pixel
+    rows are contiguous (the map itself, or its block in the staging buffer), whose strides allow it
+    unless the map starts at an odd offset into its storage; the check keeps the copies correct for
+    any layout.
     """
     size = a.element_size()
     width = math.gcd(run * size, 16)  # the widest element (<= 16 bytes) that tiles a run

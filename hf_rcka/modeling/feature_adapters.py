@@ -79,7 +79,7 @@ def _channel_sampling(where: str, options: dict[str, Any], channel_mean: bool) -
     if options.get("sample_channels") is not None:
         raise RecipeError(
             f"{where}: sample_channels compares a random subset of channels, which only estimates losses that average "
-            "over channels (patch_cka, fitnet); another feature loss here compares all channels at once: remove it"
+            "over channels (patch_cka, fitnet); another feature loss here compares all channels at once: drop sample_channels"
         )
     return options
 
