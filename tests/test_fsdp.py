@@ -7,6 +7,7 @@ CPU -> MULTI_CPU decision overridden.
 """
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -156,3 +157,33 @@ def test_full_state_dict_loading_rejects_missing_and_unexpected_keys():
         load_full_state_dict(module, {**state, "extra": torch.zeros(1)}, "adapters")
     load_full_state_dict(module, state, "adapters")
     assert torch.equal(module.weight, torch.ones(2, 3))
+
+
+_SHARDED_PROJECTION = """
+import os, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from hf_rcka.adapters import build_adapter
+from hf_rcka.features.layout import FeatureSpec
+dist.init_process_group("gloo")
+mesh = init_device_mesh("cpu", (1,))
+adapter = build_adapter("patch_match", FeatureSpec("nlc", 8, (4, 4), num_prefix_tokens=1),
+                        FeatureSpec("nchw", 24, (4, 4)), sample_channels=8)
+fully_shard(adapter.proj, mesh=mesh)  # its own unit, as a size-based wrap policy makes it
+fully_shard(adapter, mesh=mesh)
+for training in (True, False):
+    student, teacher = adapter.train(training)(torch.randn(2, 17, 8), torch.randn(2, 24, 4, 4))
+    assert student.shape == teacher.shape == (2, 8 if training else 24, 4, 4), student.shape
+    student.square().mean().backward()
+dist.destroy_process_group()
+"""
+
+
+def test_a_separately_sharded_projection_is_gathered_before_channel_sampling(tmp_path):
+    """The adapter slices the projection's weight for the sampled channels inside the projection's
+    own forward, where FSDP2 has gathered it; slicing from outside met a sharded DTensor."""
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()), "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run([sys.executable, "-c", _SHARDED_PROJECTION], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr[-4000:]

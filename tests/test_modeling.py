@@ -9,7 +9,7 @@ from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_resnet, tiny_v
 
 from hf_rcka.features.capture import Captured, ForwardCapture, HiddenStateCapture, PooledCapture
 from hf_rcka.features.hidden_states import classifier_of
-from hf_rcka.losses import CrossEntropyLoss, FeatureCKALoss, SRDLoss
+from hf_rcka.losses import CrossEntropyLoss, FeatureCKALoss, PatchCKALoss, SRDLoss
 from hf_rcka.modeling import DistillationModel
 from hf_rcka.modeling.teacher_inputs import input_stats
 
@@ -107,3 +107,27 @@ def test_forward_capture_returns_states_and_pooled_together():
     assert plain.hidden is None and plain.pooled is None
     with torch.no_grad():
         assert plain(pixels).states == {} and plain(pixels).pooled is None
+
+
+def _cnn_student_model(*losses) -> DistillationModel:
+    """A ResNet student (widths 8-20) under the ViT (width 36): every teacher stage is wider."""
+    return DistillationModel(
+        tiny_resnet(), tiny_vit(), [CrossEntropyLoss(), *losses], feature_pairs="auto",
+        student_input=input_stats(processor(16)), teacher_input=input_stats(processor(16)),
+    )
+
+
+def test_patch_cka_alone_samples_teacher_channels_and_feature_cka_turns_it_off():
+    sampled = _cnn_student_model(PatchCKALoss()).adapters
+    assert sampled and all(a.sample_channels == a.student_spec.channels < a.teacher_spec.channels for a in sampled)
+    assert all(a.sample_channels is None for a in _cnn_student_model(FeatureCKALoss(), PatchCKALoss()).adapters)
+
+
+def test_building_the_adapters_draws_nothing_from_the_global_random_stream():
+    """The alignment check runs in eval mode: no channel draw shifts what is initialised next."""
+    after = []
+    for losses in ([PatchCKALoss()], [FeatureCKALoss(), PatchCKALoss()]):  # sampling on / off
+        model = _cnn_student_model(*losses)  # seeds its models itself
+        after.append(torch.rand(3))
+    assert model.adapters[0].sample_channels is None
+    torch.testing.assert_close(after[0], after[1])

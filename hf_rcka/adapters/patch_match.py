@@ -61,7 +61,7 @@ class PatchMatchAdapter(FeatureAdapter):
         self.sample_channels = _sample_size(sample_channels, student.channels)
         if project is None:
             project = student.channels != teacher.channels
-        self.proj = nn.Conv2d(student.channels, teacher.channels, 1, bias=bias) if project else None
+        self.proj = _Projection(student.channels, teacher.channels, 1, bias=bias) if project else None
 
     def forward(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
         student = to_fmap(student, self.student_spec)
@@ -70,14 +70,11 @@ class PatchMatchAdapter(FeatureAdapter):
         teacher = _select(teacher, channels, self.grid)
         if self.proj is None:
             return resample(_select(student, channels, self.grid), self.grid), resample(teacher, self.grid)
-        weight, bias = self.proj.weight, self.proj.bias
-        if channels is not None:
-            weight, bias = weight[channels], None if bias is None else bias[channels]
         teacher = resample(teacher, self.grid)
         # a 1x1 conv commutes with pooling and bilinear resampling: run it on the smaller grid
         if student.shape[-2] * student.shape[-1] > self.grid[0] * self.grid[1]:
-            return F.conv2d(resample(student, self.grid), weight, bias), teacher
-        return resample(F.conv2d(student, weight, bias), self.grid), teacher
+            return self.proj(resample(student, self.grid), channels), teacher
+        return resample(self.proj(student, channels), self.grid), teacher
 
     def _sampled(self, teacher: Tensor) -> Tensor | None:
         """This step's sorted random teacher channels, or None for all (evaluation, narrow teachers)."""
@@ -89,6 +86,17 @@ class PatchMatchAdapter(FeatureAdapter):
     def extra_repr(self) -> str:
         sampled = f", sample_channels={self.sample_channels}" if self.sample_channels else ""
         return f"{super().extra_repr()}, grid={self.grid}{sampled}"
+
+
+class _Projection(nn.Conv2d):
+    """The 1x1 projection, optionally to some output channels only (its own forward, so that FSDP's
+    hooks gather a separately sharded weight before it is sliced)."""
+
+    def forward(self, fmap: Tensor, channels: Tensor | None = None) -> Tensor:
+        if channels is None:
+            return super().forward(fmap)
+        bias = None if self.bias is None else self.bias[channels]
+        return F.conv2d(fmap, self.weight[channels], bias)
 
 
 def _sample_size(value: int | str | None, student_channels: int) -> int | None:

@@ -86,9 +86,15 @@ def _channel_sampling(where: str, options: dict[str, Any], channel_mean: bool) -
 
 def _check_alignment(where: str, name: str, adapter: nn.Module, student: FeatureSpec, teacher: FeatureSpec,
                      alignment: str) -> None:
-    """Run ``adapter`` on one zero sample of each side and compare what comes out."""
+    """Run ``adapter`` on one zero sample of each side and compare what comes out.
+
+    In eval mode: what evaluation compares, and no training-time random draw (channel sampling)
+    that would shift the global random stream the next parameters are initialised from.
+    """
+    training = adapter.training
     with torch.no_grad():
-        s, t = adapter(torch.zeros(1, *student.shape), torch.zeros(1, *teacher.shape))
+        s, t = adapter.eval()(torch.zeros(1, *student.shape), torch.zeros(1, *teacher.shape))
+    adapter.train(training)
     if s.shape == t.shape and (alignment == "shape" or s.dim() == 4):
         return
     need = "equal (B, C, H, W) maps" if alignment == "map" else "equal shapes"
