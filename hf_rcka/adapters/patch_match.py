@@ -67,10 +67,9 @@ class PatchMatchAdapter(FeatureAdapter):
         student = to_fmap(student, self.student_spec)
         teacher = to_fmap(teacher, self.teacher_spec)
         channels = self._sampled(teacher)
-        teacher = _select(teacher, channels, self.grid)
+        teacher = resample(_select(teacher, channels, self.grid), self.grid)
         if self.proj is None:
-            return resample(_select(student, channels, self.grid), self.grid), resample(teacher, self.grid)
-        teacher = resample(teacher, self.grid)
+            return resample(_select(student, channels, self.grid), self.grid), teacher
         # a 1x1 conv commutes with pooling and bilinear resampling: run it on the smaller grid
         if student.shape[-2] * student.shape[-1] > self.grid[0] * self.grid[1]:
             return self.proj(resample(student, self.grid), channels), teacher
