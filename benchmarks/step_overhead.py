@@ -67,8 +67,8 @@ LOSS_SPECS = {
     "kd": [{"name": "ce"}, {"name": "kd"}],
     "rcka": [{"name": "ce"}, {"name": "rcka"}],
     "rcka+feature_cka": [{"name": "ce"}, {"name": "rcka"}, {"name": "feature_cka"}],
-    "rcka+patch_cka": [{"name": "ce"}, {"name": "rcka"}, {"name": "patch_cka", "weight": 10.0}],
-    "rcka+patch_cka_all": [{"name": "ce"}, {"name": "rcka"}, {"name": "patch_cka", "weight": 10.0}],
+    "rcka+patch_cka": (PATCH_CKA := [{"name": "ce"}, {"name": "rcka"}, {"name": "patch_cka", "weight": 10.0}]),
+    "rcka+patch_cka_all": PATCH_CKA,
     "all": [{"name": n} for n in ("ce", "kd", "rcka", "feature_cka", "patch_cka", "fitnet", "srd", "kernel_transfer")],
 }
 # rcka+patch_cka samples as many teacher channels per step as the student has (patch_match's default

@@ -17,6 +17,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
+from ..losses import per_channel_losses
 from ..registry import ADAPTERS, LOSSES, Registry
 
 USAGE = "usage: accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]   (--help losses, --debug)"
@@ -99,7 +100,6 @@ def losses_help() -> str:
     lines += _registry_help(LOSSES, "losses")
     lines += ["", "feature_pairs: 'auto' or a list of {student_layer, teacher_layer, adapter: <adapter>, <option>...}", ""]
     lines += _registry_help(ADAPTERS, "adapters")
-    per_channel = [name for name in LOSSES.names() if LOSSES.get(name).channel_mean]
-    lines += ["", f"patch_match's sample_channels is 'student' when the only feature losses are {per_channel} "
+    lines += ["", f"patch_match's sample_channels is 'student' when the only feature losses are {per_channel_losses()} "
               "(each training step compares a random subset of the teacher's channels); null compares all"]
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Distillation losses. Importing this package registers every loss in ``hf_rcka.LOSSES``."""
 
+from ..registry import LOSSES
 from .base import DistillationLoss, LossContext, LossInputs, RelationalLoss, weigh_terms
 from .deit import DeiTTokenLoss
 from .ekt import KernelTransferLoss
@@ -9,6 +10,13 @@ from .pcka import PatchCKALoss
 from .rcka import FeatureCKALoss, RCKALoss
 from .srd import SRDLoss
 from .task import CrossEntropyLoss
+
+
+def per_channel_losses() -> list[str]:
+    """Names of the registered losses that are means of per-channel terms (``channel_mean``): the
+    ones a random subset of channels estimates without bias."""
+    return [name for name in LOSSES.names() if LOSSES.get(name).channel_mean]
+
 
 __all__ = [
     "CrossEntropyLoss",
@@ -24,5 +32,6 @@ __all__ = [
     "RCKALoss",
     "RelationalLoss",
     "SRDLoss",
+    "per_channel_losses",
     "weigh_terms",
 ]

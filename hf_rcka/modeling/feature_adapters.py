@@ -17,6 +17,7 @@ from ..adapters import build_adapter
 from ..errors import RecipeError
 from ..features.layout import FeatureSpec
 from ..features.pairing import FeaturePair, choose_pairs
+from ..losses import per_channel_losses
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ def _channel_sampling(where: str, options: dict[str, Any], channel_mean: bool) -
     if options.get("sample_channels") is not None:
         raise RecipeError(
             f"{where}: sample_channels compares a random subset of channels, which only estimates losses that average "
-            "over channels (patch_cka, fitnet); another feature loss here compares all channels at once: drop sample_channels"
+            f"over channels ({', '.join(per_channel_losses())}); another feature loss here compares all channels at "
+            "once: drop sample_channels"
         )
     return options
 
