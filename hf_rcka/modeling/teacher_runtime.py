@@ -3,17 +3,18 @@
 A distillation step cannot cost less than one teacher forward plus one student step; these
 settings bring the teacher's part down to that forward:
 
-* ``torch.inference_mode`` instead of ``no_grad``: no version counters or view tracking. Its
-  tensors may not be saved for backward (``mse_loss``, a projector on the teacher side would),
-  so the few outputs the losses use are copied out of it (:meth:`TeacherRuntime.release`);
-  logits and a handful of feature maps cost far less to copy than the forward saves.
+* ``torch.no_grad``, not ``torch.inference_mode``: inference tensors may not be saved for backward
+  (``mse_loss``, a projector on the teacher side would), so every output the losses use would
+  have to be copied out of inference mode at every step, while all inference mode saves is
+  version-counter and view bookkeeping, which a forward of large convolutions and matmuls does
+  not notice. Under no_grad a float32 teacher's outputs reach the losses as they are.
 * ``channels_last`` for convolutional teachers: cuDNN and oneDNN convolutions run NHWC natively
   (measured faster on CPU too, see benchmarks/README.md). Only the live weights are NHWC: the
   teacher's ``state_dict`` hands out standard-layout copies (:func:`standard_layout_state`),
   because torch's ``broadcast_from_rank0`` loading scrambles NHWC tensors on the other ranks.
 * optional half-precision weights (``teacher_dtype``): under bf16 autocast an fp32 teacher's
   weights are cast again at every op (autocast caches casts only for weights that need grad),
-  and fp32 weights take twice the memory. Outputs are handed to the losses in float32.
+  and fp32 weights take twice the memory. Its outputs are handed to the losses in float32.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def is_convolutional(model: nn.Module) -> bool:
 
 
 class TeacherRuntime:
-    """Prepares the teacher once (dtype, memory format) and runs it under ``inference_mode``.
+    """Prepares the teacher once (dtype, memory format) and runs it under ``no_grad``.
 
     Args:
         teacher: the frozen teacher (its ``requires_grad`` already off).
@@ -73,15 +74,14 @@ class TeacherRuntime:
 
     @contextmanager
     def running(self) -> Iterator[None]:
-        with torch.inference_mode():
+        with torch.no_grad():
             yield
 
     def release(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
-        """A normal (autograd-usable) float32-or-wider copy of an output made under inference_mode."""
-        if tensor is None:
-            return None
-        dtype = torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
-        return _copy_in_memory_order(tensor, dtype)
+        """An output as the losses get it: itself, or a float32 copy of a half-precision one."""
+        if tensor is None or tensor.dtype not in (torch.float16, torch.bfloat16):
+            return tensor
+        return _copy_in_memory_order(tensor, torch.float32)
 
 
 def _copy_in_memory_order(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
