@@ -109,12 +109,17 @@ def _sample_size(value: int | str | None, student_channels: int) -> int | None:
 
 
 def _select(fmap: Tensor, channels: Tensor | None, grid: tuple[int, int]) -> Tensor:
-    """``fmap``'s ``channels``, taken after shrinking it to ``grid`` (less to gather), before growing."""
+    """``fmap``'s ``channels``, taken after shrinking it to ``grid`` (less to gather), before growing.
+
+    Indexing gathers them from any layout into a standard-layout map, which the patch-CKA kernel
+    reads without transposing; ``index_select`` would first copy a channels_last map (a CNN
+    teacher's) whole, every channel of it, into a fresh buffer.
+    """
     if channels is None:
         return fmap
     if fmap.shape[-2] * fmap.shape[-1] > grid[0] * grid[1]:
         fmap = resample(fmap, grid)
-    return fmap.index_select(1, channels)
+    return fmap[:, channels]
 
 
 def _common_grid(choice: str | tuple[int, int], student: tuple[int, int], teacher: tuple[int, int]) -> tuple[int, int]:
