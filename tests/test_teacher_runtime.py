@@ -70,6 +70,19 @@ def test_float32_outputs_reach_the_losses_without_a_copy():
         assert not torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
         fmap = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last)
     assert runtime.release(fmap) is fmap and runtime.release(None) is None
+    tokens = torch.randn(2, 1 + 9, 4)
+    patch_map = tokens[:, 1:].unflatten(1, (3, 3)).permute(0, 3, 1, 2)
+    assert runtime.release(patch_map) is patch_map  # views all but the class token: no copy
+
+
+def test_a_pooled_class_token_does_not_keep_its_sequence_alive():
+    """A ViT's pooled feature is the class token, a view of the whole last token sequence: handed
+    over as it is, the (B, N, C) sequence would stay in memory through the backward."""
+    runtime = TeacherRuntime(tiny_vit().eval())
+    sequence = torch.randn(4, 197, 8)
+    pooled = runtime.release(sequence[:, 0])
+    assert torch.equal(pooled, sequence[:, 0])
+    assert pooled.untyped_storage().nbytes() == pooled.numel() * pooled.element_size()
 
 
 def test_half_token_maps_are_cast_in_their_memory_order():

@@ -7,7 +7,7 @@ settings bring the teacher's part down to that forward:
   (``mse_loss``, a projector on the teacher side would), so every output the losses use would
   have to be copied out of inference mode at every step, while all inference mode saves is
   version-counter and view bookkeeping, which a forward of large convolutions and matmuls does
-  not notice. Under no_grad a float32 teacher's outputs reach the losses as they are.
+  not notice. Under no_grad a float32 output reaches the losses as it is (see ``release``).
 * ``channels_last`` for convolutional teachers: cuDNN and oneDNN convolutions run NHWC natively
   (measured faster on CPU too, see benchmarks/README.md). Only the live weights are NHWC: the
   teacher's ``state_dict`` hands out standard-layout copies (:func:`standard_layout_state`),
@@ -78,10 +78,19 @@ class TeacherRuntime:
             yield
 
     def release(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
-        """An output as the losses get it: itself, or a float32 copy of a half-precision one."""
-        if tensor is None or tensor.dtype not in (torch.float16, torch.bfloat16):
-            return tensor
-        return _copy_in_memory_order(tensor, torch.float32)
+        """An output as the losses get it: itself where it can be, otherwise a copy in its memory order.
+
+        Copied are half-precision outputs (cast to float32; under bf16 autocast that is most of a
+        float32 teacher's outputs too) and views that keep far more memory alive than they show:
+        a ViT's pooled class token views the whole last token sequence, which would otherwise
+        stay in memory through the backward.
+        """
+        if tensor is None:
+            return None
+        half = tensor.dtype in (torch.float16, torch.bfloat16)
+        if half or tensor.untyped_storage().nbytes() > 2 * tensor.numel() * tensor.element_size():
+            return _copy_in_memory_order(tensor, torch.float32 if half else tensor.dtype)
+        return tensor
 
 
 def _copy_in_memory_order(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
