@@ -259,10 +259,30 @@ def _check_hub_repository(key: str, name: str) -> None:
     except RemoteEntryNotFoundError:
         raise ModelError(f"{key}: Hub repository {name!r} has no config.json, so it holds no transformers or timm "
                          "model: check the id") from None
-    except Exception as err:  # noqa: BLE001 - no connection, no cached copy, a server error: all "cannot fetch"
-        cause = (str(err).strip().splitlines() or [""])[0]
-        raise ModelError(f"{key}: cannot fetch {name!r} from the Hugging Face Hub ({type(err).__name__}: {cause}); "
-                         "check the network, or set HF_HUB_OFFLINE=1 to use a cached copy") from None
+    except Exception as err:  # noqa: BLE001 - every other failure means "cannot fetch", with its reason
+        raise ModelError(f"{key}: cannot fetch {name!r} from the Hugging Face Hub: {_fetch_failure(err, name)}") from None
+
+
+def _fetch_failure(err: Exception, name: str) -> str:
+    """Why a Hub download failed and what to do. huggingface_hub has already fallen back to a cached
+    copy where one exists, so none does; its ``LocalEntryNotFoundError`` says only that and keeps
+    the real failure (an HTTP status, a refused connection) as its cause."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
+        err = err.__cause__
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status == 401:
+        return "the Hub refused this machine's token (401): log in again (`hf auth login`) or unset HF_TOKEN"
+    if status == 403:
+        return f"this machine's token may not read {name!r} (403): give the token read access to it"
+    if status == 429:
+        return "too many requests (429): retry in a few minutes"
+    if status is not None and status >= 500:
+        return f"the Hub answered {status}: retry later"
+    reason = (str(err).strip().splitlines() or [""])[0]
+    return (f"{type(err).__name__}: {reason}; check the network (and HF_ENDPOINT, proxy settings), or copy the "
+            "model into the Hugging Face cache from a machine that can reach the Hub")
 
 
 def check_student_config(model_args: Any) -> None:
