@@ -187,6 +187,64 @@ def test_model_paths_that_do_not_exist(tmp_path, capsys, no_loading, monkeypatch
     assert "unknown timm architecture 'resnet81'" in error_of(capsys)
 
 
+FAILING_HUB = {"acme/expired": 401, "acme/forbidden": 403, "acme/busy": 429, "acme/broken": 503}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """The Hub online, served by a fake: ``acme/ok`` has a config.json, ``acme/gated`` is gated,
+    ``acme/bare`` has no config.json, ``acme/down`` cannot be reached, FAILING_HUB's ids answer
+    their HTTP status, every other id does not exist."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.utils._http import default_client_factory
+
+    config = b'{"model_type": "resnet"}'
+
+    def serve(request):
+        repo = "/".join(request.url.path.strip("/").split("/")[:2])
+        if repo == "acme/down":
+            raise httpx2.ConnectError("connection refused", request=request)
+        if repo == "acme/ok":
+            headers = {"x-repo-commit": "0" * 40, "etag": '"abc"', "content-length": str(len(config))}
+            return httpx2.Response(200, headers=headers, content=b"" if request.method == "HEAD" else config)
+        if repo in FAILING_HUB:  # what the Hub says to an expired token, or on a bad day
+            return httpx2.Response(FAILING_HUB[repo], headers={"x-error-message": "Invalid credentials in Authorization header"})
+        code, status = {"acme/gated": ("GatedRepo", 401), "acme/bare": ("EntryNotFound", 404)}.get(repo, ("RepoNotFound", 404))
+        return httpx2.Response(status, headers={"x-error-code": code, "x-error-message": code})
+
+    monkeypatch.setattr(huggingface_hub.utils._http.time, "sleep", lambda seconds: None)  # no retry back-off
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(serve)))
+    yield
+    huggingface_hub.set_client_factory(default_client_factory)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("acme/teachr", "there is no Hub model 'acme/teachr' that this machine can read: check the id"),
+    ("acme/gated", "Hub model 'acme/gated' is gated: accept its conditions"),
+    ("acme/bare", "Hub repository 'acme/bare' has no config.json"),
+    ("acme/down", "cannot fetch 'acme/down' from the Hugging Face Hub: ConnectError: connection refused; check the network"),
+    ("acme/expired", "the Hub refused this machine's token (401): log in again"),
+    ("acme/forbidden", "this machine's token may not read 'acme/forbidden' (403)"),
+    ("acme/busy", "too many requests (429): retry in a few minutes"),
+    ("acme/broken", "the Hub answered 503: retry later"),
+])
+def test_hub_ids_that_cannot_be_loaded_online(tmp_path, capsys, no_loading, fake_hub, name, expected):
+    """Online, a teacher id with a typo is found before the data loads, not after."""
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=name)) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: teacher_model_name_or_path: ") and expected in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_readable_hub_id_passes_the_check(tmp_path, no_loading, fake_hub):
+    with pytest.raises(AssertionError, match="loaded before the recipe was checked"):
+        run(tmp_path, base(tmp_path, teacher_model_name_or_path="acme/ok"))  # checks passed: loading began
+
+
 def test_missing_or_empty_train_dir(tmp_path, capsys, no_loading):
     data = dict(dataset_name=None, train_dir=str(tmp_path / "nope"))
     assert run(tmp_path, base(tmp_path, **data)) == 2

@@ -231,11 +231,58 @@ def _check_hub_id(key: str, name: str) -> None:
     first = name.split("/")[0]
     if name.startswith(_PATH_PREFIXES) or os.path.isdir(first):
         raise ModelError(f"{key}: no such folder {name!r} (a folder written by save_pretrained). Check the path")
-    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
-        raise ModelError(
-            f"{key}: {name!r} is not a local folder, and the Hub is offline (HF_HUB_OFFLINE=1) with no cached copy. "
-            "Check the path, or unset HF_HUB_OFFLINE to download it"
-        )
+    if constants.HF_HUB_OFFLINE:
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ModelError(
+                f"{key}: {name!r} is not a local folder, and the Hub is offline (HF_HUB_OFFLINE=1) with no cached "
+                "copy. Check the path, or unset HF_HUB_OFFLINE to download it"
+            )
+        return
+    _check_hub_repository(key, name)
+
+
+def _check_hub_repository(key: str, name: str) -> None:
+    """An online Hub id must name a model this machine can read: its config.json is fetched now (one
+    request, cached for the load), so a typo, a private or gated repository without a login, or a
+    dataset id is one line before the data loads, not an error after it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        hf_hub_download(name, "config.json")
+    except GatedRepoError:
+        raise ModelError(f"{key}: Hub model {name!r} is gated: accept its conditions on https://huggingface.co/{name} "
+                         "and log in on this machine (`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"{key}: there is no Hub model {name!r} that this machine can read: check the id (owner/name), "
+                         "or log in (`hf auth login`) if it is private") from None
+    except RemoteEntryNotFoundError:
+        raise ModelError(f"{key}: Hub repository {name!r} has no config.json, so it holds no transformers or timm "
+                         "model: check the id") from None
+    except Exception as err:  # noqa: BLE001 - every other failure means "cannot fetch", with its reason
+        raise ModelError(f"{key}: cannot fetch {name!r} from the Hugging Face Hub: {_fetch_failure(err, name)}") from None
+
+
+def _fetch_failure(err: Exception, name: str) -> str:
+    """Why a Hub download failed and what to do. huggingface_hub has already fallen back to a cached
+    copy where one exists, so none does; its ``LocalEntryNotFoundError`` says only that and keeps
+    the real failure (an HTTP status, a refused connection) as its cause."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
+        err = err.__cause__
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status == 401:
+        return "the Hub refused this machine's token (401): log in again (`hf auth login`) or unset HF_TOKEN"
+    if status == 403:
+        return f"this machine's token may not read {name!r} (403): give the token read access to it"
+    if status == 429:
+        return "too many requests (429): retry in a few minutes"
+    if status is not None and status >= 500:
+        return f"the Hub answered {status}: retry later"
+    reason = (str(err).strip().splitlines() or [""])[0]
+    return (f"{type(err).__name__}: {reason}; check the network (and HF_ENDPOINT, proxy settings), or copy the "
+            "model into the Hugging Face cache from a machine that can reach the Hub")
 
 
 def check_student_config(model_args: Any) -> None:
