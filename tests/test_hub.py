@@ -83,6 +83,38 @@ def test_usage_snippet_runs_as_written(tmp_path, monkeypatch):
     assert namespace["logits"].shape == (1, student.config.num_labels)
 
 
+@pytest.mark.parametrize("kind", ["exif_rotated_jpeg", "transparent_png"])
+def test_usage_snippet_decodes_images_as_training_did(tmp_path, monkeypatch, kind):
+    """Deployment must see what training saw: a phone photo stored sideways with an EXIF
+    orientation is turned upright (as datasets decodes it), transparency is shown over white."""
+    import numpy as np
+    from PIL import Image
+
+    from hf_rcka.data.images import decode_image
+
+    folder = tmp_path / "student"
+    card, student = _card(folder, repo_id=str(folder))
+    student.save_pretrained(folder)
+    processor(16).save_pretrained(folder)
+    snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 4), dtype=np.uint8)
+    if kind == "exif_rotated_jpeg":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+        Image.fromarray(pixels[..., :3]).save(tmp_path / "image.jpg", exif=exif)
+    else:
+        pixels[..., 3] = np.where(np.arange(40) < 20, 0, 128)  # left half transparent, right half half-opaque
+        Image.fromarray(pixels, "RGBA").save(tmp_path / "image.png")
+        snippet = snippet.replace("image.jpg", "image.png")
+    file = next(tmp_path.glob("image.*"))
+    trained_on = np.asarray(decode_image({"path": str(file), "bytes": None}))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(snippet, "card-snippet", "exec"), namespace)  # noqa: S102 - the card's own code
+    deployed = np.asarray(namespace["image"])
+    assert deployed.shape == trained_on.shape and np.array_equal(deployed, trained_on)
+
+
 def test_student_alone_baseline_and_gain(tmp_path):
     baseline = tmp_path / "alone"
     baseline.mkdir()

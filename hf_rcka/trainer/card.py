@@ -51,12 +51,14 @@ _TEMPLATE = """---
 ## Usage
 
 ```python
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 processor = AutoImageProcessor.from_pretrained("{repo}")
 model = AutoModelForImageClassification.from_pretrained("{repo}")
-image = Image.open("image.jpg").convert("RGB")  # 3-channel RGB, as in training (transparency: paste on white)
+# decoded as in training: turned upright by its EXIF orientation, transparency shown over white
+image = ImageOps.exif_transpose(Image.open("image.jpg")).convert("RGBA")
+image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
 logits = model(**processor(images=image, return_tensors="pt")).logits
 print(model.config.id2label[logits.argmax(-1).item()])
 ```
