@@ -326,6 +326,36 @@ def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     assert (out / "distill_config.yaml").read_text() == recorded
 
 
+def test_resume_keeps_the_checkpoint_classes(tmp_path, capsys, monkeypatch):
+    """A resumed head keeps its class order when the data lists the same classes in another
+    order (the labels are mapped by name), and data with other classes is an error: before this,
+    a permuted or renamed class list silently relabelled the trained head."""
+    import datasets
+
+    def pets(order):
+        rng = np.random.default_rng(0)
+        images = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(24)]
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=order)})
+        return datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+            {"image": images, "label": [i % 3 for i in range(24)]}, features=features)})
+
+    order = ["cat", "dog", "eel"]
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: pets(order))
+    first = base(tmp_path, dataset_name="acme/pets", save_strategy="steps", save_steps=2)
+    assert run(tmp_path, first) == 0
+    out = tmp_path / "out"
+    order = ["eel", "cat", "dog"]  # the same classes, listed in another order
+    assert run(tmp_path, {**first, "max_steps": 3}, "--resume_from_checkpoint", "true") == 0
+    saved = json.loads((out / "config.json").read_text())["id2label"]
+    assert [saved[str(i)] for i in range(3)] == ["cat", "dog", "eel"]
+    order = ["cat", "dog", "emu"]
+    assert run(tmp_path, {**first, "max_steps": 4}, "--resume_from_checkpoint", "true") == 2
+    assert error_of(capsys) == (
+        "error: resume_from_checkpoint: the checkpoint was trained on other classes: the dataset has ['emu'] "
+        "that the checkpoint lacks; the checkpoint has ['eel'] that the dataset lacks. Resume with the data it "
+        "was trained on, or train into a new output_dir")
+
+
 def test_feature_pairs_that_do_not_fit_the_models(tmp_path, capsys):
     pair = base(tmp_path, model_name_or_path="config:vit", student_config_overrides=TINY_VIT,
                 teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET)

@@ -11,7 +11,7 @@ import torch
 from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_resnet, tiny_vit
 from hf_rcka.data.datasets import with_transforms
 from hf_rcka.errors import LabelError
-from hf_rcka.models.labels import realign_teacher, run_label_order, teacher_label_order
+from hf_rcka.models.labels import realign_teacher, resume_label_order, run_label_order, teacher_label_order
 from hf_rcka import LOSSES
 from hf_rcka.modeling.distillation_model import DistillationModel
 from hf_rcka.modeling.teacher_inputs import input_stats
@@ -99,3 +99,12 @@ def test_data_labels_follow_the_model_label2id_by_name():
     order = run_label_order(NAMES, [model.config.id2label[i] for i in range(3)], training=False)
     ds = with_transforms(raw, lambda image: torch.zeros(1), "image", "label", order)
     assert [ds[i]["labels"] for i in range(3)] == [model.config.label2id[n] for n in NAMES] == [1, 0, 2]
+
+
+def test_resume_label_order_keeps_the_checkpoint_order_and_classes():
+    assert resume_label_order(["dog", "cat"], ["cat", "dog"]) == ["cat", "dog"]
+    assert resume_label_order(["dog", "cat"], ["LABEL_0", "LABEL_1"]) == ["dog", "cat"]  # only counted
+    with pytest.raises(LabelError, match="the dataset has \\['cow'\\] that the checkpoint lacks"):
+        resume_label_order(["cow", "dog"], ["cat", "dog"])
+    with pytest.raises(LabelError, match="the checkpoint has \\['LABEL_2'\\] that the dataset lacks"):
+        resume_label_order(["LABEL_0", "LABEL_1"], ["LABEL_0", "LABEL_1", "LABEL_2"])

@@ -23,7 +23,7 @@ from ..data.datasets import label_names, prepare_datasets
 from ..errors import DataError, RecipeError
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
-from ..models.labels import run_label_order
+from ..models.labels import resume_label_order, run_label_order
 from ..models.loading import load_image_classifier
 from ..models.processors import load_image_processor
 from ..trainer.card_facts import card_facts_of
@@ -36,7 +36,7 @@ from .preflight import check_checkpoint, check_run
 from .probes import probe_student
 from .recipe import dump_recipe
 from .records import eval_record_dir, write_eval_record
-from .run_inputs import align_teacher, load_data, model_error, student_labels
+from .run_inputs import align_teacher, checkpoint_labels, load_data, model_error, student_labels
 
 logger = logging.getLogger("hf_rcka")
 
@@ -157,7 +157,10 @@ def _build_trainer(
     ledger of skipped images, in ``record_dir``."""
     raw = load_data(data_args, args.seed)
     dataset_labels = label_names(raw["train"], data_args.label_column_name)
-    labels = run_label_order(dataset_labels, student_labels(model_args), training=args.do_train)
+    if resume:  # the checkpoint's head, not the pretrained student's, decides the class order now
+        labels = resume_label_order(dataset_labels, checkpoint_labels(resume, model_args.trust_remote_code))
+    else:
+        labels = run_label_order(dataset_labels, student_labels(model_args), training=args.do_train)
     model, student_processor = _distillation_model(model_args, args, labels)
     skipped = SkippedImages(record_dir, data_args.max_bad_images)
     if not resume:

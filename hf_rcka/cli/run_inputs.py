@@ -45,6 +45,14 @@ def student_labels(model_args: ModelArguments) -> list[str] | None:
         return model_label_names(load_config(name, model_args.trust_remote_code))
 
 
+def checkpoint_labels(folder: str, trust_remote_code: bool = False) -> list[str]:
+    """The class names, in id order, of the student saved in a checkpoint (its config.json)."""
+    from ..models.hf_config import load_config
+
+    with model_error("resume_from_checkpoint"):
+        return model_label_names(load_config(folder, trust_remote_code))
+
+
 def load_data(data_args: DataArguments, seed: int):
     """The raw splits; a dataset that cannot be loaded is a DataError naming its key."""
     key = "dataset_name" if data_args.dataset_name else "train_dir"

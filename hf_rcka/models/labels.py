@@ -10,6 +10,8 @@ and reports chance. The dataset's class names are the truth here:
   ``teacher_label_mapping: by_index``; generic names (``LABEL_0``...) can only be counted (warning);
 * a pretrained student whose names match the dataset's keeps its head and its order: the data's
   labels are mapped to the student's ``label2id`` (this is also how eval-only runs evaluate);
+* a resumed run keeps its checkpoint's class order the same way, and other class names are an
+  error;
 * image folders whose train and validation class folders differ (``validation/Dog`` next to
   ``train/dog``) are an error naming them, before anything loads.
 """
@@ -90,6 +92,32 @@ def run_label_order(dataset_labels: Sequence[str], student_labels: Sequence[str]
     raise LabelError(
         f"model_name_or_path: cannot evaluate: {_difference(dataset_labels, student_labels, 'model')}. "
         "Evaluate on data with the model's classes (same names as its config.json id2label)"
+    )
+
+
+def resume_label_order(dataset_labels: Sequence[str], checkpoint_labels: Sequence[str]) -> list[str]:
+    """The class order of a resumed run: the checkpoint's, whose head was trained for it.
+
+    The checkpoint's weights are restored by position, so the run must keep the checkpoint's
+    class order (the data's labels are mapped to it by name) and cannot change its classes: a
+    dataset whose class names come in another order, or with one renamed, would relabel a
+    trained head and the run would go on as if nothing happened.
+
+    Raises:
+        LabelError: the dataset's class names differ from the checkpoint's.
+    """
+    dataset_labels, checkpoint_labels = list(dataset_labels), list(checkpoint_labels)
+    if sorted(dataset_labels) == sorted(checkpoint_labels):
+        if dataset_labels != checkpoint_labels:
+            logger.info("labels: the dataset's classes are mapped to the checkpoint's label order")
+        return checkpoint_labels
+    if is_generic(checkpoint_labels) and len(checkpoint_labels) == len(dataset_labels):
+        logger.warning("labels: the checkpoint's classes are unnamed (LABEL_0...): only their number could be checked")
+        return dataset_labels
+    raise LabelError(
+        f"resume_from_checkpoint: the checkpoint was trained on other classes: "
+        f"{_difference(dataset_labels, checkpoint_labels, 'checkpoint')}. Resume with the data it was trained on, "
+        "or train into a new output_dir"
     )
 
 
