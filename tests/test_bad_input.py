@@ -245,6 +245,20 @@ def test_a_readable_hub_id_passes_the_check(tmp_path, no_loading, fake_hub):
         run(tmp_path, base(tmp_path, teacher_model_name_or_path="acme/ok"))  # checks passed: loading began
 
 
+def test_class_folders_that_datasets_would_leave_out(tmp_path, capsys, no_loading):
+    """datasets' imagefolder does not follow a symlinked folder and skips '__' folders: the class
+    would silently lose its images, so both are refused before anything loads."""
+    train = image_folder(tmp_path / "train", ["cat", "dog"])
+    image_folder(tmp_path / "elsewhere", ["eel"])
+    (tmp_path / "train" / "eel").symlink_to(tmp_path / "elsewhere" / "eel")
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train)) == 2
+    assert "class folder" in (line := error_of(capsys)) and "eel' is a symbolic link" in line
+    (tmp_path / "train" / "eel").unlink()
+    image_folder(tmp_path / "train", ["__background__"])
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train)) == 2
+    assert "__background__' starts with '__'" in error_of(capsys)
+
+
 def test_missing_or_empty_train_dir(tmp_path, capsys, no_loading):
     data = dict(dataset_name=None, train_dir=str(tmp_path / "nope"))
     assert run(tmp_path, base(tmp_path, **data)) == 2

@@ -189,14 +189,20 @@ def class_folders(folder: str) -> list[str]:
     (``train/cat/2019/1.jpg``) would silently train on the classes ``2019``..., and a folder with
     no image (only a README) is no class, which the train/validation comparison then reports.
 
+    datasets' file listing also leaves out what it takes for hidden or special (names starting with
+    ``__``) and does not follow symbolic links to folders: such a class folder would silently lose
+    its images, so it is an error here.
+
     Raises:
-        LabelError: a class folder keeps its images in sub-folders.
+        LabelError: a class folder keeps its images in sub-folders, is a symbolic link, or is
+            named like a special folder.
     """
     extensions = _image_extensions()
     classes, imageless = [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not entry.is_dir() or entry.name.startswith("."):
             continue
+        _check_loadable(folder, entry)
         direct, nested = _images_inside(entry.path, extensions)
         if nested:
             raise LabelError(
@@ -208,6 +214,16 @@ def class_folders(folder: str) -> list[str]:
     if imageless:
         logger.warning("%s: sub-folders without images are not classes: %s", folder, _listed(imageless))
     return classes
+
+
+def _check_loadable(folder: str, entry: os.DirEntry) -> None:
+    path = os.path.join(folder, entry.name)
+    if entry.is_symlink():
+        raise LabelError(f"class folder {path!r} is a symbolic link, which datasets' imagefolder does not follow "
+                         "(its images would be left out): copy or move the images into a real folder")
+    if entry.name.startswith("__"):
+        raise LabelError(f"class folder {path!r} starts with '__', which datasets' imagefolder skips as a special "
+                         "folder (its images would be left out): rename it")
 
 
 def _image_extensions() -> frozenset[str]:
