@@ -370,6 +370,37 @@ def test_resume_keeps_the_checkpoint_classes(tmp_path, capsys, monkeypatch):
         "was trained on, or train into a new output_dir")
 
 
+def _string_labelled(tmp_path, split_classes: dict[str, list[str]]):
+    """A dataset like a CSV's: a column of image file paths and a column of class names."""
+    import datasets
+
+    splits = {}
+    for split, classes in split_classes.items():
+        files = [f"{tmp_path / split}/{name}/{i}.png" for name in classes for i in range(4)]
+        image_folder(tmp_path / split, classes)
+        splits[split] = datasets.Dataset.from_dict({"file": files, "label": [f.split("/")[-2] for f in files]})
+    return datasets.DatasetDict(splits)
+
+
+def test_validation_classes_the_training_split_lacks(tmp_path, capsys, monkeypatch):
+    import datasets
+
+    data = _string_labelled(tmp_path, {"train": ["cat", "dog"], "validation": ["cat", "dog", "eel"]})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: data)
+    assert run(tmp_path, base(tmp_path, dataset_name="acme/pets", image_column_name="file")) == 2
+    assert error_of(capsys) == ("error: the validation split has classes the training split lacks: ['eel']; the "
+                                "student has no output for them. Give a validation split with the training split's classes")
+
+
+def test_an_image_column_of_file_paths_trains(tmp_path, monkeypatch):
+    import datasets
+
+    data = _string_labelled(tmp_path, {"train": ["cat", "dog"], "validation": ["cat", "dog"]})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: data)
+    assert run(tmp_path, base(tmp_path, dataset_name="acme/pets", image_column_name="file")) == 0
+    assert json.loads((tmp_path / "out" / "all_results.json").read_text())["eval_accuracy"] >= 0
+
+
 def test_feature_pairs_that_do_not_fit_the_models(tmp_path, capsys):
     pair = base(tmp_path, model_name_or_path="config:vit", student_config_overrides=TINY_VIT,
                 teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET)

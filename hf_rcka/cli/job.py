@@ -23,7 +23,7 @@ from ..data.datasets import label_names, prepare_datasets
 from ..errors import DataError, RecipeError
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
-from ..models.labels import resume_label_order, run_label_order
+from ..models.labels import check_validation_labels, resume_label_order, run_label_order
 from ..models.loading import load_image_classifier
 from ..models.processors import load_image_processor
 from ..trainer.card_facts import card_facts_of
@@ -157,6 +157,7 @@ def _build_trainer(
     ledger of skipped images, in ``record_dir``."""
     raw = load_data(data_args, args.seed)
     dataset_labels = label_names(raw["train"], data_args.label_column_name)
+    check_validation_labels(dataset_labels, label_names(raw["validation"], data_args.label_column_name))
     if resume:  # the checkpoint's head, not the pretrained student's, decides the class order now
         labels = resume_label_order(dataset_labels, checkpoint_labels(resume, model_args.trust_remote_code))
     else:

@@ -131,6 +131,9 @@ def decode_image(value: Any, feature: Any = None) -> Image.Image:
         return to_rgb(value)
     import datasets
 
+    if isinstance(value, str):  # a column of file paths (a CSV or JSON dataset), not an Image feature
+        value = {"path": value, "bytes": None}
+
     decoder = feature if isinstance(feature, datasets.Image) and feature.decode else datasets.Image()
     try:
         image = decoder.decode_example(value)

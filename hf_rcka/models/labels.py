@@ -268,3 +268,18 @@ def check_split_classes(train: Sequence[str], validation: Sequence[str], key: st
     if only_train:
         parts.append(f"train_dir has classes {key} lacks: {_listed(only_train)}")
     raise LabelError("; ".join(parts) + ". Class folders need the same names in both (case matters)")
+
+
+def check_validation_labels(train: Sequence[str], validation: Sequence[str]) -> None:
+    """A dataset's validation labels must be classes the training split has: the student has no
+    output for any other, and mapping its labels would fail only at the first evaluation.
+
+    Raises:
+        LabelError: naming the validation classes the training split lacks.
+    """
+    extra = set(validation) - set(train)
+    if extra:
+        raise LabelError(
+            f"the validation split has classes the training split lacks: {_listed(extra)}; the student has no "
+            "output for them. Give a validation split with the training split's classes"
+        )
