@@ -266,6 +266,9 @@ def test_missing_or_empty_train_dir(tmp_path, capsys, no_loading):
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=str(tmp_path / "empty"))) == 2
     assert "holds no class sub-folders with images" in error_of(capsys)
+    one = image_folder(tmp_path / "one", ["cat"])
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=one)) == 2
+    assert "holds one class folder ('cat'): a classifier needs at least two classes" in error_of(capsys)
 
 
 def test_validation_classes_that_train_lacks(tmp_path, capsys, no_loading):

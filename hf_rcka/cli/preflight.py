@@ -345,6 +345,9 @@ def _folder_classes(key: str, folder: str) -> list[str]:
     if not classes:
         raise DataError(f"{key} {folder!r} holds no class sub-folders with images: give a folder with one "
                         "sub-folder of images per class (e.g. train/cat/1.jpg, train/dog/2.jpg)")
+    if len(classes) == 1:  # datasets then drops the label column, and the error would name that instead
+        raise DataError(f"{key} {folder!r} holds one class folder ({classes[0]!r}): a classifier needs at least two "
+                        "classes, one sub-folder of images each")
     return classes
 
 
