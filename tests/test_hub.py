@@ -9,7 +9,8 @@ import yaml
 from huggingface_hub import ModelCard
 
 from conftest import processor, tiny_vit
-from hf_rcka.trainer.card_facts import CardFacts, base_model_of, read_baseline
+from hf_rcka.arguments import DataArguments
+from hf_rcka.trainer.card_facts import CardFacts, base_model_of, describe_eval_data, read_baseline
 from hf_rcka.trainer.card import add_cka_to_card, write_model_card
 
 LOSSES = {"ce": 1.0, "rcka": 1.0, "feature_cka": 1.0}
@@ -133,6 +134,15 @@ def test_student_alone_baseline_and_gain(tmp_path):
     assert "+5.0 points over training the student alone" in card.text
     with pytest.raises(FileNotFoundError, match="all_results.json"):
         read_baseline(str(tmp_path / "missing"), settings)
+
+
+def test_eval_data_says_when_max_eval_samples_drew_a_subset():
+    folders = DataArguments(train_dir="data/train", validation_dir="data/val", split_seed=5, max_eval_samples=100)
+    subset = describe_eval_data(folders, 100, 2000)["eval_data"]
+    assert subset == ("100 images of train: a random subset (max_eval_samples, drawn with split_seed 5) "
+                      "of the 2,000 images of the image folder `data/val`")
+    whole = describe_eval_data(DataArguments(train_dir="data/train", validation_dir="data/val"), 2000, 2000)
+    assert whole["eval_data"] == "2,000 images of train: the image folder `data/val`"
 
 
 def test_cka_picture_is_embedded_once(tmp_path):

@@ -138,17 +138,30 @@ def prepare_datasets(
     ``processor`` is the student's image processor: training uses timm's augmentation at its size
     and normalisation, evaluation the processor itself, so ``eval_accuracy`` is the deployed model's.
     ``skipped``: where unreadable images are recorded and skipped (``bad_images``); None raises.
+    ``max_eval_samples`` keeps a random subset of the validation split (``eval_subset``).
     """
     train, evaluation = raw["train"], raw["validation"]
     if args.max_train_samples is not None:
         train = train.shuffle(seed=seed).select(range(min(args.max_train_samples, len(train))))
-    if args.max_eval_samples is not None:
-        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    evaluation = eval_subset(evaluation, args.max_eval_samples, args.split_seed)
     columns = (args.image_column_name, args.label_column_name, labels)
     train = with_transforms(train, train_transform(processor, args), *columns, skipped=skipped)
     evaluation = with_transforms(evaluation, eval_transform(processor), *columns, skipped=skipped)
     logger.info("data: %d train / %d eval images, %d classes", len(train), len(evaluation), len(labels))
     return train, evaluation
+
+
+def eval_subset(validation: datasets.Dataset, size: int | None, split_seed: int) -> datasets.Dataset:
+    """``size`` images of ``validation`` drawn at random with ``split_seed``; all of them when None.
+
+    The first rows would not do: an image folder lists its images class by class, so they would
+    all be of one class. The draw uses the validation split's seed, not the training seed: runs
+    that differ only in ``seed`` are evaluated on the same images, as the model card's
+    baseline comparison (``card_facts.SPLIT_KEYS``) assumes.
+    """
+    if size is None or size >= len(validation):
+        return validation
+    return validation.shuffle(seed=split_seed).select(range(size))
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

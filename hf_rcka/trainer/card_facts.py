@@ -20,7 +20,8 @@ import yaml
 from ..arguments import DataArguments
 from ..models.sources import parse_model_source
 
-# Settings that must agree for two runs to have been evaluated on the same images.
+# Settings that must agree for two runs to have been evaluated on the same images (split_seed draws
+# both the carved validation split and the max_eval_samples subset; the training seed draws neither).
 SPLIT_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_val_split",
               "split_seed", "max_eval_samples")
 
@@ -62,8 +63,14 @@ def base_model_of(model_name_or_path: str, from_scratch: bool) -> str | None:
     return model_name_or_path
 
 
-def describe_eval_data(data_args: Any, num_images: int | None) -> dict[str, str | None]:
-    """``eval_data`` sentence and ``model-index`` dataset fields for ``DataArguments``."""
+def describe_eval_data(
+    data_args: Any, num_images: int | None, num_validation: int | None = None
+) -> dict[str, str | None]:
+    """``eval_data`` sentence and ``model-index`` dataset fields for ``DataArguments``.
+
+    ``num_validation`` is the size of the validation split that ``max_eval_samples`` drew
+    ``num_images`` from: a reader must know when the accuracy is that of a subset.
+    """
     count = f"{num_images:,} images" if num_images else "the images"
     if data_args.dataset_name == "builtin:digits":
         name, label = "digits", "scikit-learn handwritten digits"
@@ -79,6 +86,9 @@ def describe_eval_data(data_args: Any, num_images: int | None) -> dict[str, str 
         where = carved
     else:
         where = f"the dataset's validation split, or where it has none, {carved}"
+    if num_images and num_validation and num_images < num_validation:
+        where = (f"a random subset (max_eval_samples, drawn with split_seed {data_args.split_seed}) "
+                 f"of the {num_validation:,} images of {where}")
     return {"eval_data": f"{count} of {label}: {where}", "dataset_type": name, "dataset_label": label}
 
 
@@ -113,12 +123,17 @@ def teacher_accuracy(distillation_model: Any, batches: Any) -> float | None:
     return correct / total if total else None
 
 
-def card_facts_of(model_args: Any, data_args: Any, num_eval_images: int | None) -> CardFacts:
-    """What the CLI knows before training: the student's starting checkpoint and the eval data."""
+def card_facts_of(
+    model_args: Any, data_args: Any, num_eval_images: int | None, num_validation_images: int | None = None
+) -> CardFacts:
+    """What the CLI knows before training: the student's starting checkpoint and the eval data.
+
+    ``num_validation_images``: the validation split's size, before ``max_eval_samples``.
+    """
     return CardFacts(
         base_model=base_model_of(model_args.model_name_or_path, model_args.student_from_scratch),
         run_settings={k: getattr(data_args, k, None) for k in SPLIT_KEYS},
-        **describe_eval_data(data_args, num_eval_images),
+        **describe_eval_data(data_args, num_eval_images, num_validation_images),
     )
 
 
