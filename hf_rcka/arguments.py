@@ -84,13 +84,17 @@ class DataArguments(AugmentationArguments):
                           "the run stops once more than this many were skipped."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate a random subset of this many validation images (drawn with split_seed)."},
+    )
     train_val_split: float = field(
         default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no validation split."}
     )
     split_seed: int = field(
         default=42,
-        metadata={"help": "Seed of the stratified validation split carved from train (independent of `seed`)."},
+        metadata={"help": "Seed of the stratified validation split carved from train, and of the max_eval_samples "
+                          "subset (independent of `seed`)."},
     )
 
     def __post_init__(self) -> None:

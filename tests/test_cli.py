@@ -59,6 +59,8 @@ def test_output_dir_holds_a_plain_model_card_recipe_and_results(runs):
     card = (student_dir / "README.md").read_text()
     assert "knowledge-distillation" in card.split("---")[1] and "base_model" not in card
     assert "`rcka_intra` (1), `rcka_inter` (1)" in card, "the card lists each weighted term, as trained"
+    assert "Measured on 30 images of scikit-learn handwritten digits: a random subset (max_eval_samples" in card
+    assert "of the 270 images of a stratified 15% validation split" in card, "max_eval_samples drew from 270"
 
 
 def test_exported_student_loads_without_hf_rcka(runs):

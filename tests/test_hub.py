@@ -9,7 +9,8 @@ import yaml
 from huggingface_hub import ModelCard
 
 from conftest import processor, tiny_vit
-from hf_rcka.trainer.card_facts import CardFacts, base_model_of, read_baseline
+from hf_rcka.arguments import DataArguments
+from hf_rcka.trainer.card_facts import CardFacts, base_model_of, describe_eval_data, read_baseline
 from hf_rcka.trainer.card import add_cka_to_card, write_model_card
 
 LOSSES = {"ce": 1.0, "rcka": 1.0, "feature_cka": 1.0}
@@ -25,7 +26,7 @@ def _card(tmp_path, facts=None, **kwargs):
 
 
 def test_metadata_parses_back_with_license_tags_datasets_and_model_index(tmp_path):
-    facts = CardFacts(teacher_accuracy=0.98, eval_data="540 images of acme/shapes", dataset_label="Shapes")
+    facts = CardFacts(teacher_accuracy=0.98, eval_data="acme/shapes", eval_images=540, dataset_label="Shapes")
     card, _ = _card(tmp_path, facts)
     data = card.data
     assert data.license == "apache-2.0"
@@ -39,7 +40,7 @@ def test_metadata_parses_back_with_license_tags_datasets_and_model_index(tmp_pat
     assert results["Top-5 accuracy"].metric_value == 1.0
     assert data.model_name == "tiny-student"
     text = card.text
-    assert "| teacher | 98.0% |" in text and "540 images of acme/shapes" in text
+    assert "| teacher | 98.0% |" in text and "Measured on 540 images of acme/shapes." in text
     assert "eval_runtime" not in text
 
 
@@ -133,6 +134,23 @@ def test_student_alone_baseline_and_gain(tmp_path):
     assert "+5.0 points over training the student alone" in card.text
     with pytest.raises(FileNotFoundError, match="all_results.json"):
         read_baseline(str(tmp_path / "missing"), settings)
+
+
+def test_eval_data_says_when_max_eval_samples_drew_a_subset():
+    folders = DataArguments(train_dir="data/train", validation_dir="data/val", split_seed=5, max_eval_samples=100)
+    subset = describe_eval_data(folders, 100, 2000)
+    assert subset["eval_images"] == 100 and subset["eval_data"] == (
+        "train: a random subset (max_eval_samples, drawn with split_seed 5) of the 2,000 images of the image "
+        "folder `data/val`")
+    whole = describe_eval_data(DataArguments(train_dir="data/train", validation_dir="data/val"), 2000, 2000)
+    assert whole["eval_data"] == "train: the image folder `data/val`"
+
+
+def test_card_counts_readable_evaluation_images_and_names_the_unreadable_apart(tmp_path):
+    facts = CardFacts(eval_data="acme/shapes: its validation split", eval_images=10, unreadable_eval_images=1)
+    card, _ = _card(tmp_path, facts)
+    assert ("Measured on 9 images of acme/shapes: its validation split. 1 more image file(s) of this set could "
+            "not be read and are not counted (the run lists them in `skipped_images.tsv`).") in card.text
 
 
 def test_cka_picture_is_embedded_once(tmp_path):

@@ -131,6 +131,30 @@ def test_a_skipped_image_is_replaced_by_a_readable_one_of_its_batch():
         collate([{"pixel_values": None, "labels": 0}, {"pixel_values": None, "labels": 1}])
 
 
+def test_an_unreadable_evaluation_image_is_replaced_by_an_uncounted_copy():
+    from hf_rcka.data.datasets import collate
+    from hf_rcka.losses import IGNORE_INDEX
+
+    one, two = torch.zeros(3, 2, 2), torch.ones(3, 2, 2)
+    # with_transforms(evaluation=True) labels a skipped image IGNORE_INDEX; its stand-in keeps that label
+    batch = collate([{"pixel_values": one, "labels": 0}, {"pixel_values": None, "labels": IGNORE_INDEX},
+                     {"pixel_values": two, "labels": 2}])
+    assert batch["labels"].tolist() == [0, 2, IGNORE_INDEX] and torch.equal(batch["pixel_values"][2], one)
+
+
+def test_a_skipped_file_is_logged_and_listed_once(tmp_path, caplog):
+    from hf_rcka.data.bad_images import SkippedImages
+
+    ledger = SkippedImages(str(tmp_path), limit=5)
+    for _ in range(3):  # evaluated three times, or three epochs
+        ledger.record("val/cat/broken.jpg", "OSError: image file is truncated")
+    ledger.record("val/dog/notes.jpg", "UnidentifiedImageError: cannot identify")
+    lines = (tmp_path / "skipped_images.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["val/cat/broken.jpg", "val/dog/notes.jpg"]
+    assert [r.getMessage() for r in caplog.records].count(
+        "skipped unreadable image val/cat/broken.jpg: OSError: image file is truncated") == 1
+
+
 def _collate_noting_shared_memory(examples):
     from hf_rcka.data.datasets import collate
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hf_rcka.arguments import DataArguments
-from hf_rcka.data.datasets import load_raw_datasets
+from hf_rcka.data.datasets import load_raw_datasets, prepare_datasets
 from hf_rcka.data.splits import stratified_validation_split
 
 
@@ -47,3 +47,35 @@ def test_a_split_too_small_for_every_class_is_an_error():
     train = datasets.Dataset.from_dict({"image": list(range(30)), "label": [i % 10 for i in range(30)]})
     with pytest.raises(ValueError, match="train_val_split"):
         stratified_validation_split(train, "label", 0.1)
+
+
+
+def _sorted_by_class(per_class: int = 4, classes: int = 3) -> datasets.DatasetDict:
+    """An image folder's layout: every row of class 0, then class 1, ... (as imagefolder lists them).
+
+    Row ``i`` is a flat image of grey level ``20 * i``, so an evaluated image names its row.
+    """
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=classes)})
+    labels = [k for k in range(classes) for _ in range(per_class)]
+    images = [np.full((8, 8, 3), 20 * i, dtype=np.uint8) for i in range(len(labels))]
+    split = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    return datasets.DatasetDict({"train": split, "validation": split})
+
+
+def _evaluated(raw: datasets.DatasetDict, seed: int = 42, **changes) -> list[tuple[int, int]]:
+    """(row, label) of every image ``prepare_datasets`` keeps for evaluation."""
+    from conftest import processor
+
+    args = DataArguments(dataset_name="builtin:digits", no_aug=True, **changes)
+    _, evaluation = prepare_datasets(raw, args, processor(8, mean=0.0, std=1.0), ["0", "1", "2"], seed=seed)
+    examples = [evaluation[i] for i in range(len(evaluation))]
+    return [(round(float(e["pixel_values"][0, 0, 0]) * 255 / 20), e["labels"]) for e in examples]
+
+
+def test_max_eval_samples_draws_a_subset_of_every_class_the_same_for_every_training_seed():
+    raw = _sorted_by_class(per_class=4)
+    subset = _evaluated(raw, max_eval_samples=3)
+    assert len(subset) == 3 and len({label for _, label in subset}) > 1, subset  # the first 3 rows are all class 0
+    assert _evaluated(raw, seed=123, max_eval_samples=3) == subset, "the training seed moved the subset"
+    assert _evaluated(raw, max_eval_samples=3, split_seed=7) != subset, "split_seed draws the subset"
+    assert sorted(_evaluated(raw, max_eval_samples=50)) == [(i, i // 4) for i in range(12)]

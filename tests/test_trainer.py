@@ -4,13 +4,20 @@ import os
 import shutil
 from pathlib import Path
 
+import datasets
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments
+from hf_rcka.arguments import DataArguments
+from hf_rcka.data.bad_images import SkippedImages
+from hf_rcka.data.datasets import prepare_datasets
 from hf_rcka.modeling.distillation_model import DISTILLATION_STATE_NAME
+from hf_rcka.trainer.card_facts import teacher_accuracy
 
 FEATURE_LOSSES = [
     {"name": "ce"},
@@ -105,6 +112,41 @@ def test_drop_last_drops_training_images_never_evaluation_images(tmp_path):
     assert [len(b["labels"]) for b in trainer.get_test_dataloader(pixel_dataset(10, seed=2))] == [4, 4, 2]
     assert [len(b["labels"]) for b in trainer.get_train_dataloader()] == [6, 6, 6]
     assert trainer.args.dataloader_drop_last
+
+
+def _eval_dataset(tmp_path, name: str, files: list[int], unreadable: int | None = None):
+    """Evaluation images as the CLI prepares them: 16 px PNG files ``image<i>.png`` of 3 classes
+    (image ``i`` has label ``i % 3``), decoded by ``with_transforms``; the ``unreadable`` one is text."""
+    folder = tmp_path / "images"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(max(files) + 1):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"image{i}.png")
+    if unreadable is not None:
+        (folder / f"image{unreadable}.png").write_text("not an image")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    split = datasets.Dataset.from_dict(
+        {"image": [str(folder / f"image{i}.png") for i in files], "label": [i % 3 for i in files]}, features=features)
+    raw = datasets.DatasetDict({"train": split, "validation": split})
+    args = DataArguments(dataset_name="builtin:digits", no_aug=True)
+    ledger = SkippedImages(str(tmp_path / name), limit=5)
+    return prepare_datasets(raw, args, processor(16), ["a", "b", "c"], skipped=ledger)[1]
+
+
+def test_evaluation_counts_no_unreadable_image(tmp_path):
+    """One unreadable file among 10: every metric equals the one measured on the 9 readable files alone."""
+    readable = _eval_dataset(tmp_path, "readable", [i for i in range(10) if i != 3])
+    with_bad = _eval_dataset(tmp_path, "with_bad", list(range(10)), unreadable=3)
+    args = make_args(tmp_path, per_device_eval_batch_size=10, losses=[{"name": "ce"}, {"name": "kd"}, {"name": "rcka"}])
+    trainer = make_trainer(args, evaluation=readable)
+    expected, measured = trainer.evaluate(readable), trainer.evaluate(with_bad)
+    keys = ["eval_accuracy", "eval_loss", "eval_ce_loss", "eval_kd_loss", "eval_rcka_intra_loss", "eval_rcka_inter_loss"]
+    assert 0 < expected["eval_accuracy"] < 1, "a stand-in copy could only go unnoticed at 0 or 1"
+    assert {k: measured[k] for k in keys} == pytest.approx({k: expected[k] for k in keys}, rel=1e-5)
+    assert trainer.card_facts.unreadable_eval_images == 1, "the card must say one image was left out"
+    model = trainer.distillation_model
+    assert teacher_accuracy(model, trainer.get_eval_dataloader(with_bad)) == pytest.approx(
+        teacher_accuracy(model, trainer.get_eval_dataloader(readable)))
 
 
 def test_build_losses_gives_ce_the_trainer_label_smoothing_unless_the_recipe_sets_its_own():

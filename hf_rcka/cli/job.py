@@ -181,7 +181,7 @@ def _build_trainer(
         callbacks=[SkippedImagesCallback(skipped)] + ([stop] if stop is not None else []),
         augmentation=data_args,
     )
-    trainer.card_facts = card_facts_of(model_args, data_args, len(eval_dataset))
+    trainer.card_facts = card_facts_of(model_args, data_args, len(eval_dataset), len(raw["validation"]))
     return trainer, skipped
 
 

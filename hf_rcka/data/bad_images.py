@@ -9,12 +9,14 @@ Design. A truncated JPEG or a text file named ``.jpg`` used to end a run hours i
 * skipping at training time, which costs nothing for good files.
 
 hf_rcka skips: the data pipeline decodes each image itself (``images.decode_image``); a file
-that fails is logged with its name, appended to ``skipped_images.tsv`` in the run's output
-folder (one line per file, shared by dataloader workers and ranks, so the count is the run's),
-and replaced in its batch by another image of the same batch, so batch shapes stay equal on
-every rank. A callback stops the run with the list once more than ``max_bad_images`` files
-were skipped: a handful of bad files in a million is noise, hundreds mean a broken copy of the
-data. The run's end reports the count and the ledger's path.
+that fails is logged with its name and appended to ``skipped_images.tsv`` in the run's output
+folder, once (the ledger is shared by dataloader workers and ranks, so the count is the run's;
+a file met again, in the next epoch or evaluation, is not logged again). Its place in its batch
+is filled by another image of the same batch, so batch shapes stay equal on every rank: in
+training with that image's label, in evaluation with the label ``IGNORE_INDEX``, so that no
+metric counts the copy (``datasets.collate``). A callback stops the run with the list once more
+than ``max_bad_images`` files were skipped: a handful of bad files in a million is noise,
+hundreds mean a broken copy of the data. The run's end reports the count and the ledger's path.
 """
 
 from __future__ import annotations
@@ -54,7 +56,15 @@ class SkippedImages:
             os.remove(self.path)
 
     def record(self, source: str, reason: str) -> None:
-        """Log one skipped file and append it to the ledger (one short write, so appends interleave whole)."""
+        """Log one skipped file and append it to the ledger (one short write, so appends interleave whole).
+
+        A file already in the ledger is neither logged nor appended again: evaluation meets the
+        same unreadable validation images at every evaluation, training at every epoch. The
+        ledger is read only when a file is unreadable, which is rare. Two processes meeting the
+        same file at once may both append it; ``entries`` drops the repeat.
+        """
+        if source in self.entries():
+            return
         logger.warning("skipped unreadable image %s: %s", source, reason)
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         line = f"{source}\t{' '.join(reason.split())}\n"
@@ -62,7 +72,7 @@ class SkippedImages:
             handle.write(line)
 
     def entries(self) -> list[str]:
-        """The skipped files' names, in the order they were met (repeats across epochs dropped)."""
+        """The skipped files' names, in the order they were met (repeats dropped)."""
         if not os.path.exists(self.path):
             return []
         with open(self.path, encoding="utf-8") as handle:
@@ -85,7 +95,8 @@ class SkippedImages:
         count = self.count()
         if count == 0:
             return None
-        return f"skipped {count} unreadable image file(s), each replaced by another image of its batch; list: {self.path}"
+        return (f"skipped {count} unreadable image file(s) (in training each replaced by another image of its "
+                f"batch, in evaluation not counted); list: {self.path}")
 
 
 class SkippedImagesCallback(TrainerCallback):

@@ -19,6 +19,7 @@ from torch.utils.data import default_collate
 from .bad_images import SkippedImages
 from ..arguments import DataArguments
 from ..errors import DataError
+from ..losses import IGNORE_INDEX
 from .images import UnreadableImage, decode_image
 from .transforms import eval_transform, train_transform
 from .splits import stratified_validation_split
@@ -97,6 +98,7 @@ def with_transforms(
     label_column: str,
     labels: list[str],
     skipped: SkippedImages | None = None,
+    evaluation: bool = False,
 ) -> datasets.Dataset:
     """Apply ``transform`` lazily; emit ``pixel_values`` and integer ``labels``.
 
@@ -104,6 +106,7 @@ def with_transforms(
     may be a pretrained model's), never passed through by index. Images are decoded here
     (``images.decode_image``) so that an unreadable file is named; with a ``skipped`` ledger it
     is skipped (``pixel_values`` None, filled in by ``collate``), without one it is an error.
+    For ``evaluation``, a skipped image's label is ``IGNORE_INDEX``, so that no metric counts it.
     """
     feature = dataset.features[label_column]
     index = {name: i for i, name in enumerate(labels)}
@@ -124,7 +127,9 @@ def with_transforms(
     def apply(batch: dict[str, list]) -> dict[str, list]:
         raw_labels = batch[label_column]
         keys = [names[v] for v in raw_labels] if names is not None else [str(v) for v in raw_labels]
-        return {"pixel_values": [pixels(value) for value in batch[image_column]], "labels": [index[k] for k in keys]}
+        images = [pixels(value) for value in batch[image_column]]
+        targets = [IGNORE_INDEX if evaluation and image is None else index[k] for image, k in zip(images, keys)]
+        return {"pixel_values": images, "labels": targets}
 
     return dataset.with_transform(apply)
 
@@ -138,24 +143,41 @@ def prepare_datasets(
     ``processor`` is the student's image processor: training uses timm's augmentation at its size
     and normalisation, evaluation the processor itself, so ``eval_accuracy`` is the deployed model's.
     ``skipped``: where unreadable images are recorded and skipped (``bad_images``); None raises.
+    ``max_eval_samples`` keeps a random subset of the validation split (``eval_subset``).
     """
     train, evaluation = raw["train"], raw["validation"]
     if args.max_train_samples is not None:
         train = train.shuffle(seed=seed).select(range(min(args.max_train_samples, len(train))))
-    if args.max_eval_samples is not None:
-        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    evaluation = eval_subset(evaluation, args.max_eval_samples, args.split_seed)
     columns = (args.image_column_name, args.label_column_name, labels)
     train = with_transforms(train, train_transform(processor, args), *columns, skipped=skipped)
-    evaluation = with_transforms(evaluation, eval_transform(processor), *columns, skipped=skipped)
+    evaluation = with_transforms(evaluation, eval_transform(processor), *columns, skipped=skipped, evaluation=True)
     logger.info("data: %d train / %d eval images, %d classes", len(train), len(evaluation), len(labels))
     return train, evaluation
+
+
+def eval_subset(validation: datasets.Dataset, size: int | None, split_seed: int) -> datasets.Dataset:
+    """``size`` images of ``validation`` drawn at random with ``split_seed``; all of them when None.
+
+    The first rows would not do: an image folder lists its images class by class, so they would
+    all be of one class. The draw uses the validation split's seed, not the training seed: runs
+    that differ only in ``seed`` are evaluated on the same images, as the model card's
+    baseline comparison (``card_facts.SPLIT_KEYS``) assumes.
+    """
+    if size is None or size >= len(validation):
+        return validation
+    return validation.shuffle(seed=split_seed).select(range(size))
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack ``pixel_values`` and ``labels`` into a batch.
 
     An example whose image was skipped (``pixel_values`` None, see ``bad_images``) is replaced
-    by a readable one of the same batch, so every batch keeps its size on every rank.
+    by a readable one of the same batch, so every batch keeps its size on every rank (gathering
+    predictions across ranks needs equal batches). In training the copy keeps its label: one more
+    look at a good image. In evaluation the skipped example's own label is ``IGNORE_INDEX``
+    (``with_transforms``), and the copy keeps that: metrics and losses leave it out, where a
+    counted copy would be a duplicate measured on its neighbour's image.
 
     The pixels are stacked by ``default_collate``, which, inside a DataLoader worker, writes the
     batch straight into shared memory. A plain ``torch.stack`` writes it to private memory that
@@ -166,7 +188,11 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     readable = [e for e in examples if e["pixel_values"] is not None]
     if not readable:
         raise DataError(f"all {len(examples)} images of a batch are unreadable (see the warnings above)")
-    examples = readable + [readable[i % len(readable)] for i in range(len(examples) - len(readable))]
+    skipped = [e for e in examples if e["pixel_values"] is None]
+    fills = [readable[i % len(readable)] for i in range(len(skipped))]
+    examples = readable + [
+        fill if own["labels"] != IGNORE_INDEX else {**fill, "labels": IGNORE_INDEX} for own, fill in zip(skipped, fills)
+    ]
     return {
         "pixel_values": default_collate([e["pixel_values"] for e in examples]),
         "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),

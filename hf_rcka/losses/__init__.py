@@ -1,7 +1,7 @@
 """Distillation losses. Importing this package registers every loss in ``hf_rcka.LOSSES``."""
 
 from ..registry import LOSSES
-from .base import DistillationLoss, LossContext, LossInputs, RelationalLoss, weigh_terms
+from .base import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, RelationalLoss, weigh_terms
 from .deit import DeiTTokenLoss
 from .ekt import KernelTransferLoss
 from .fitnet import FitNetLoss
@@ -24,6 +24,7 @@ __all__ = [
     "DistillationLoss",
     "FeatureCKALoss",
     "FitNetLoss",
+    "IGNORE_INDEX",
     "KDLoss",
     "KernelTransferLoss",
     "LossContext",

@@ -16,6 +16,10 @@ from torch import nn
 
 from ..distributed import gather_rows
 
+# The label of a row that no loss or metric counts: in an evaluation batch, the stand-in for an
+# unreadable image (``data.datasets.collate``). torch's cross_entropy ignores it by default.
+IGNORE_INDEX = -100
+
 
 @dataclass
 class LossInputs:
@@ -24,7 +28,8 @@ class LossInputs:
     Attributes:
         student_logits: (B, P) task logits (the CLS head for DeiT students with a distillation head).
         labels: (B,) class indices, or (B, P) soft targets when Mixup/CutMix mixed the batch
-            (label smoothing already folded in, as timm does).
+            (label smoothing already folded in, as timm does); ``IGNORE_INDEX`` marks a row
+            to leave out (``counted_rows``).
         teacher_logits: (B, P), computed without gradients.
         distillation_logits: (B, P) from the student's distillation head (DeiT), if any.
         student_features / teacher_features: one tensor per feature pair, after the pair's adapter.
@@ -51,8 +56,32 @@ class LossInputs:
             return self.labels
         return self.labels.argmax(dim=-1)
 
+    def counted_rows(self) -> "LossInputs":
+        """These inputs without the rows labelled ``IGNORE_INDEX``, or themselves when there are none.
+
+        An evaluation batch keeps its size on every rank by filling an unreadable image's place
+        with a copy of a readable one, labelled ``IGNORE_INDEX``; cross-entropy would skip that
+        row by itself, but the teacher terms (KD, RCKA, ...) would count the copy twice. Reading
+        the labels syncs with the device, so the model calls this in evaluation only.
+        """
+        if self.labels is None or self.labels.ndim != 1:
+            return self
+        keep = self.labels != IGNORE_INDEX
+        if bool(keep.all()):
+            return self
+        return LossInputs(**{name: _rows(getattr(self, name), keep) for name in LOSS_INPUT_FIELDS})
+
 
 LOSS_INPUT_FIELDS = tuple(f.name for f in fields(LossInputs))
+
+
+def _rows(value: torch.Tensor | Sequence[torch.Tensor] | None, keep: torch.Tensor):
+    """The ``keep`` rows of a (B, ...) tensor, or of each tensor of a tuple; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return value[keep]
+    return tuple(tensor[keep] for tensor in value)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..features.capture import Captured, ForwardCapture
 from ..features.hidden_states import describe_hidden_states, pooled_dim
 from ..features.pairing import FeaturePair
 from .feature_adapters import build_feature_adapters
-from ..losses import DistillationLoss, LossContext, LossInputs, weigh_terms
+from ..losses import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, weigh_terms
 from .teacher_inputs import InputStats, needed_transform
 from .sharded_state import load_full_state_dict
 from .teacher_runtime import TeacherRuntime
@@ -223,6 +223,8 @@ class DistillationModel(nn.Module):
         )
         if teacher is not None:
             self._add_teacher(inputs, student_states, *teacher)
+        if not self.training:  # an unreadable evaluation image's stand-in counts in no term
+            inputs = inputs.counted_rows()
         terms, weights = {}, {}
         for loss in self.losses.values():
             terms.update(loss(inputs))
@@ -266,9 +268,13 @@ class DistillationModel(nn.Module):
 
     @torch.no_grad()
     def teacher_accuracy(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> float:
-        """Top-1 accuracy of the teacher on one batch, through the same input path as training."""
+        """Top-1 accuracy of the teacher on one batch, through the same input path as training.
+
+        Rows labelled ``IGNORE_INDEX`` (stand-ins for unreadable images) are not counted.
+        """
         logits = self.teacher(pixel_values=self.teacher_pixels(pixel_values)).logits
-        return float((logits.argmax(-1) == labels).float().mean())
+        counted = labels != IGNORE_INDEX
+        return float((logits.argmax(-1) == labels)[counted].float().mean())
 
     # ------------------------------------------------------------------ checkpoints
 

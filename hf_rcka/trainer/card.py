@@ -99,9 +99,23 @@ def _eval_results(facts: CardFacts, dataset: str | None, metrics: dict[str, floa
     return results or None
 
 
+def _measured_on(facts: CardFacts) -> str:
+    """Which images the metrics count: the readable ones; the unreadable ones are named apart."""
+    if not facts.eval_data:
+        return "Measured on the run's evaluation split."
+    if not facts.eval_images:
+        return f"Measured on the images of {facts.eval_data}."
+    unreadable = facts.unreadable_eval_images
+    sentence = f"Measured on {facts.eval_images - unreadable:,} images of {facts.eval_data}."
+    if unreadable:
+        sentence += (f" {unreadable:,} more image file(s) of this set could not be read and are not counted "
+                     "(the run lists them in `skipped_images.tsv`).")
+    return sentence
+
+
 def _evaluation_text(facts: CardFacts, metrics: dict[str, float]) -> str:
     """Where the metrics come from, and the teacher and the student alone on the same images."""
-    lines = [f"Measured on {facts.eval_data}." if facts.eval_data else "Measured on the run's evaluation split."]
+    lines = [_measured_on(facts)]
     accuracy = metrics.get("eval_accuracy")
     rows = []
     if isinstance(accuracy, (int, float)):

@@ -18,9 +18,11 @@ import torch
 import yaml
 
 from ..arguments import DataArguments
+from ..losses import IGNORE_INDEX
 from ..models.sources import parse_model_source
 
-# Settings that must agree for two runs to have been evaluated on the same images.
+# Settings that must agree for two runs to have been evaluated on the same images (split_seed draws
+# both the carved validation split and the max_eval_samples subset; the training seed draws neither).
 SPLIT_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_val_split",
               "split_seed", "max_eval_samples")
 
@@ -35,7 +37,10 @@ class CardFacts:
             feeds them to it: the student's preprocessing, re-normalised and resized for the
             teacher. Its own preprocessing (another resize filter) can score higher.
         baseline_accuracy: top-1 of the same student trained alone (``baseline_dir``).
-        eval_data: one sentence naming the evaluation images (dataset, split, count).
+        eval_data: what the evaluation images are (dataset and split), without their count.
+        eval_images: how many images the evaluation set holds.
+        unreadable_eval_images: how many of them could not be read (the trainer counts them at
+            evaluation, where they are left out); the card counts only the others.
         dataset_type / dataset_label / eval_split: ``model-index`` dataset fields.
         run_settings: the data settings (``SPLIT_KEYS``) that decide which images were evaluated.
     """
@@ -46,6 +51,8 @@ class CardFacts:
     baseline_accuracy: float | None = None
     baseline_note: str = ""
     eval_data: str | None = None
+    eval_images: int | None = None
+    unreadable_eval_images: int = 0
     dataset_type: str | None = None
     dataset_label: str | None = None
     eval_split: str | None = "validation"
@@ -62,9 +69,14 @@ def base_model_of(model_name_or_path: str, from_scratch: bool) -> str | None:
     return model_name_or_path
 
 
-def describe_eval_data(data_args: Any, num_images: int | None) -> dict[str, str | None]:
-    """``eval_data`` sentence and ``model-index`` dataset fields for ``DataArguments``."""
-    count = f"{num_images:,} images" if num_images else "the images"
+def describe_eval_data(
+    data_args: Any, num_images: int | None, num_validation: int | None = None
+) -> dict[str, Any]:
+    """``eval_data``, ``eval_images`` and the ``model-index`` dataset fields for ``DataArguments``.
+
+    ``num_validation`` is the size of the validation split that ``max_eval_samples`` drew
+    ``num_images`` from: a reader must know when the accuracy is that of a subset.
+    """
     if data_args.dataset_name == "builtin:digits":
         name, label = "digits", "scikit-learn handwritten digits"
     elif data_args.dataset_name:
@@ -79,7 +91,10 @@ def describe_eval_data(data_args: Any, num_images: int | None) -> dict[str, str 
         where = carved
     else:
         where = f"the dataset's validation split, or where it has none, {carved}"
-    return {"eval_data": f"{count} of {label}: {where}", "dataset_type": name, "dataset_label": label}
+    if num_images and num_validation and num_images < num_validation:
+        where = (f"a random subset (max_eval_samples, drawn with split_seed {data_args.split_seed}) "
+                 f"of the {num_validation:,} images of {where}")
+    return {"eval_data": f"{label}: {where}", "eval_images": num_images, "dataset_type": name, "dataset_label": label}
 
 
 def read_baseline(baseline_dir: str, run_settings: dict[str, Any]) -> tuple[float, str]:
@@ -108,17 +123,23 @@ def teacher_accuracy(distillation_model: Any, batches: Any) -> float | None:
     correct = total = 0
     for batch in batches:
         accuracy = distillation_model.teacher_accuracy(batch["pixel_values"], batch["labels"])
-        correct += accuracy * len(batch["labels"])
-        total += len(batch["labels"])
+        counted = int((batch["labels"] != IGNORE_INDEX).sum())  # not unreadable images' stand-ins
+        correct += accuracy * counted
+        total += counted
     return correct / total if total else None
 
 
-def card_facts_of(model_args: Any, data_args: Any, num_eval_images: int | None) -> CardFacts:
-    """What the CLI knows before training: the student's starting checkpoint and the eval data."""
+def card_facts_of(
+    model_args: Any, data_args: Any, num_eval_images: int | None, num_validation_images: int | None = None
+) -> CardFacts:
+    """What the CLI knows before training: the student's starting checkpoint and the eval data.
+
+    ``num_validation_images``: the validation split's size, before ``max_eval_samples``.
+    """
     return CardFacts(
         base_model=base_model_of(model_args.model_name_or_path, model_args.student_from_scratch),
         run_settings={k: getattr(data_args, k, None) for k in SPLIT_KEYS},
-        **describe_eval_data(data_args, num_eval_images),
+        **describe_eval_data(data_args, num_eval_images, num_validation_images),
     )
 
 

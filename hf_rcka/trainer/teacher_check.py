@@ -15,6 +15,7 @@ import warnings
 import torch
 
 from ..errors import TeacherNearChance
+from ..losses import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +26,15 @@ def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tens
     Args:
         model: a ``DistillationModel`` with a teacher (its ``teacher_accuracy`` sees the
             teacher's own inputs, as in training).
-        pixel_values / labels: one evaluation batch, on the model's device.
+        pixel_values / labels: one evaluation batch, on the model's device; rows labelled
+            ``IGNORE_INDEX`` (stand-ins for unreadable images) are not counted.
         mode: ``"warn"`` or ``"error"``.
 
     Raises:
         TeacherNearChance: when near chance and ``mode`` is ``"error"``.
     """
     accuracy = model.teacher_accuracy(pixel_values, labels)
-    n, chance = len(labels), 1.0 / model.student.config.num_labels
+    n, chance = int((labels != IGNORE_INDEX).sum()), 1.0 / model.student.config.num_labels
     threshold = chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n)
     logger.info("teacher accuracy on the first eval batch: %.3f (chance %.3f)", accuracy, chance)
     if accuracy <= threshold:

@@ -21,6 +21,7 @@ import os
 import math
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
@@ -33,7 +34,7 @@ from .ema import StudentEmaCallback
 from .card import write_model_card
 from .teacher_check import check_teacher_accuracy
 from .weight_decay import model_no_weight_decay
-from ..losses import DistillationLoss
+from ..losses import IGNORE_INDEX, DistillationLoss
 from .metrics import accuracy_metrics
 from ..data.mixing import build_mixup, mix_batch
 from ..modeling.assembly import build_distillation_model
@@ -173,8 +174,9 @@ class DistillationTrainer(CheckpointingTrainer):
             pixel_values, labels = mix_batch(self.mixup, inputs["pixel_values"], inputs["labels"])
             inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
         outputs = model(**inputs)
-        # training logs average per step, as Trainer's loss; evaluation per image, as eval_loss
-        weight = 1 if model.training else inputs["pixel_values"].shape[0]
+        # training logs average per step, as Trainer's loss; evaluation per counted image (the model
+        # leaves unreadable images' stand-ins, labelled IGNORE_INDEX, out of every term)
+        weight = 1 if model.training else int((inputs["labels"] != IGNORE_INDEX).sum())
         self._record(outputs.loss_terms, "train" if model.training else "eval", weight)
         return (outputs.loss, {"logits": outputs.logits}) if return_outputs else outputs.loss
 
@@ -214,6 +216,11 @@ class DistillationTrainer(CheckpointingTrainer):
         so ``eval_accuracy`` (all_results.json, the model card, ``metric_for_best_model``) is the
         deployed model's: the live weights, with ``{prefix}_ema_*`` for the average; or, with
         ``model_ema_export``, the average, with ``{prefix}_live_*`` for the live weights.
+
+        Unreadable images count in no metric (their batches hold stand-ins labelled
+        ``IGNORE_INDEX``, see ``data.datasets.collate``): ``{prefix}_accuracy`` and every
+        ``{prefix}_{term}_loss`` are over the readable images; Trainer's ``{prefix}_loss`` is its
+        usual mean of batch losses, each over its batch's readable images.
         """
         run = (dataloader, description, prediction_loss_only, ignore_keys)
         if self.model_ema is None:
@@ -232,6 +239,8 @@ class DistillationTrainer(CheckpointingTrainer):
         self._terms["eval"], self._term_counts["eval"] = {}, 0
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         output.metrics.update(self._term_means("eval", prefix=f"{metric_key_prefix}_"))
+        if metric_key_prefix == "eval" and output.label_ids is not None:
+            self.card_facts.unreadable_eval_images = _uncounted(output.label_ids)
         return output
 
     # ------------------------------------------------------------------ sampling
@@ -312,6 +321,16 @@ class DistillationTrainer(CheckpointingTrainer):
             repo_id=self.hub_model_id or self.args.hub_model_id or self.args.output_dir,
             license=license,
         )
+
+
+def _uncounted(label_ids: Any) -> int:
+    """How many evaluated labels are ``IGNORE_INDEX``: the evaluation set's unreadable images.
+
+    ``label_ids`` are gathered from every process, less the samples accelerate repeats to even
+    out the last batches, so each image of the evaluation set appears once.
+    """
+    arrays = label_ids if isinstance(label_ids, (list, tuple)) else [label_ids]
+    return sum(int((np.asarray(labels) == IGNORE_INDEX).sum()) for labels in arrays)
 
 
 def _has_unused_head(model: DistillationModel) -> bool:
