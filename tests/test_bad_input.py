@@ -86,6 +86,38 @@ def test_fp16_on_cpu_and_losses_that_all_weigh_zero(tmp_path, capsys, no_loading
     assert "every loss has weight 0" in error_of(capsys)
 
 
+LOAD_BEST = {"eval_strategy": "steps", "save_strategy": "steps", "load_best_model_at_end": True}
+
+
+@pytest.mark.parametrize("best", [{}, LOAD_BEST])
+def test_metric_for_best_model_that_the_evaluation_does_not_report(tmp_path, capsys, no_loading, best):
+    assert run(tmp_path, base(tmp_path, **best, metric_for_best_model="acuracy")) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: metric_for_best_model 'acuracy' is not a metric the evaluation reports")
+    assert "did you mean 'accuracy'" in line
+    distil = dict(best, teacher_model_name_or_path="config:resnet", losses=[{"name": "ce"}, {"name": "rcka"}])
+    assert run(tmp_path, base(tmp_path, **distil, metric_for_best_model="eval_rcka_intra_los")) == 2
+    assert "did you mean 'eval_rcka_intra_loss'" in error_of(capsys)
+    assert run(tmp_path, base(tmp_path, **distil, metric_for_best_model="ema_accuracy")) == 2  # no model_ema
+    assert not (tmp_path / "out").exists()
+    for name, more in [("eval_rcka_inter_loss", {}), ("ce_loss", {}), ("loss", {}), ("top5_accuracy", {}),
+                       ("eval_ema_accuracy", {"model_ema": True}), ("eval_runtime", {})]:
+        with pytest.raises(AssertionError, match="loaded before the recipe was checked"):  # checks passed
+            run(tmp_path, base(tmp_path, **distil, **more, metric_for_best_model=name))
+
+
+def test_top5_accuracy_as_best_metric_with_five_classes_or_fewer(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the class count was checked")
+
+    monkeypatch.setattr(cli, "load_image_classifier", refuse)
+    train = image_folder(tmp_path / "train", ["cat", "dog", "eel"])
+    recipe = base(tmp_path, dataset_name=None, train_dir=train, train_val_split=0.25,
+                  metric_for_best_model="top5_accuracy")
+    assert run(tmp_path, recipe) == 2
+    assert "top5_accuracy is reported only with more than 5 classes, and this dataset has 3" in error_of(capsys)
+
+
 def test_yaml_syntax_errors(tmp_path, capsys, no_loading):
     path = tmp_path / "broken.yaml"
     path.write_text("model_name_or_path: config:resnet\nlosses: [ce, kd\noutput_dir: out\n")

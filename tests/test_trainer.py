@@ -11,6 +11,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments
 from hf_rcka.modeling.distillation_model import DISTILLATION_STATE_NAME
+from hf_rcka.trainer.metrics import TIMING_METRICS, evaluation_metric_names
 
 FEATURE_LOSSES = [
     {"name": "ce"},
@@ -96,6 +97,17 @@ def test_eval_terms_add_up_to_eval_loss_with_a_short_last_batch(tmp_path):
     metrics = make_trainer(args).evaluate()
     terms = sum(metrics[f"eval_{n}_loss"] for n in ("ce", "rcka_intra", "rcka_inter"))
     assert terms == pytest.approx(metrics["eval_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("ema", [{}, {"model_ema": True}, {"model_ema": True, "model_ema_export": True}])
+def test_evaluation_reports_the_names_metric_for_best_model_is_checked_against(tmp_path, ema):
+    args = make_args(tmp_path, losses=[{"name": "ce"}, {"name": "rcka"}], **ema)
+    trainer = make_trainer(args)
+    metrics = trainer.evaluate()
+    reported = {name.removeprefix("eval_") for name in metrics if not name.endswith(("epoch", *TIMING_METRICS))}
+    terms = [term for loss in trainer.model.losses.values() for term in loss.term_weights]
+    expected = evaluation_metric_names(terms, args, trainer.model.student.config.num_labels)
+    assert reported == set(expected)
 
 
 def test_drop_last_drops_training_images_never_evaluation_images(tmp_path):
