@@ -118,6 +118,16 @@ def test_top5_accuracy_as_best_metric_with_five_classes_or_fewer(tmp_path, capsy
     assert "top5_accuracy is reported only with more than 5 classes, and this dataset has 3" in error_of(capsys)
 
 
+@pytest.mark.parametrize("weight", [float("inf"), float("-inf"), float("nan")])
+def test_loss_weights_that_are_not_finite(tmp_path, capsys, no_loading, weight):
+    losses = [{"name": "ce"}, {"name": "kd", "weight": weight}]
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="config:resnet", losses=losses)) == 2
+    assert f"losses[1].weight must be >= 0 and finite, got {weight}" in error_of(capsys)
+    rcka = [{"name": "ce"}, {"name": "rcka", "inter_weight": weight}]
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="config:resnet", losses=rcka)) == 2
+    assert f"rcka intra_weight/inter_weight must be >= 0 and finite, got 1.0/{weight}" in error_of(capsys)
+
+
 def test_yaml_syntax_errors(tmp_path, capsys, no_loading):
     path = tmp_path / "broken.yaml"
     path.write_text("model_name_or_path: config:resnet\nlosses: [ce, kd\noutput_dir: out\n")
