@@ -5,6 +5,7 @@ makes loading fail the test, and the output folder must not exist afterwards.
 """
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -476,3 +477,34 @@ def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsy
     line = error_of(capsys)
     assert line.startswith("error: image_size: the student cannot take 64x64 inputs") and "img_size" in line
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ found while training
+
+def finite_weights(folder: Path) -> bool:
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / "model.safetensors").values()
+    return all(bool(t.isfinite().all()) for t in tensors if t.is_floating_point())
+
+
+def test_a_diverged_run_fails_and_writes_no_model_of_nan_weights(tmp_path, capsys):
+    """learning_rate 1e30 makes the weights NaN within a few steps; such a run used to exit 0."""
+    diverging = dict(learning_rate=1e30, max_steps=6, save_strategy="no")
+    assert run(tmp_path, base(tmp_path, **diverging)) == 2  # no logging or saving step: found after training
+    line = error_of(capsys)
+    assert line.startswith("error: training diverged: by step 6 the student's weights are NaN or infinite")
+    assert "lower learning_rate (now 1e+30)" in line and "check the loss weights" in line
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"distill_config.yaml"}, "no model, card or metrics"
+
+    logged = base(tmp_path, **diverging, logging_steps=1, output_dir=str(tmp_path / "logged"))
+    assert run(tmp_path, logged) == 2  # found at the first logging step with a NaN loss: training stops there
+    line = error_of(capsys)
+    assert int(re.search(r"by step (\d+)", line)[1]) < 6 and "(logged ce_loss = nan" in line
+
+    saved = base(tmp_path, **{**diverging, "save_strategy": "steps"}, save_steps=1, warmup_steps=1,
+                 output_dir=str(tmp_path / "saved"))
+    assert run(tmp_path, saved) == 2  # found before a checkpoint is written: the finite ones stay
+    assert "training diverged" in error_of(capsys)
+    checkpoints = list((tmp_path / "saved").glob("checkpoint-*"))
+    assert checkpoints and all(finite_weights(folder) for folder in checkpoints)
