@@ -32,6 +32,14 @@ class LabelError(DataError):
     """Class names of the dataset, the student and the teacher do not match."""
 
 
+class TrainingDiverged(UserError):
+    """The student's weights became NaN or infinite during training; the final model is not saved.
+
+    A user error because the recipe holds the fix (learning rate, loss weights, precision), and
+    so that the command line prints it as one ``error:`` line and exits non-zero.
+    """
+
+
 class TeacherNearChance(ModelError, RuntimeError):
     """``teacher_accuracy_check: error`` and the teacher is near chance on the first eval batch.
 

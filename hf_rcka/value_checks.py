@@ -112,8 +112,8 @@ def _checked_loss(spec: dict, where: str) -> dict:
     name, weight = spec["name"], spec["weight"]
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise RecipeError(f"{where}.weight must be a number, got {weight!r}")
-    if weight < 0:
-        raise RecipeError(f"{where}.weight must be >= 0, got {weight}")
+    if not 0 <= weight < math.inf:  # inf or nan: a non-finite loss and gradients from step 1
+        raise RecipeError(f"{where}.weight must be >= 0 and finite, got {weight}")
     options = {k: v for k, v in spec.items() if k not in RESERVED_LOSS_KEYS}
     try:
         LOSSES.check_options(name, options, reserved=RESERVED_LOSS_KEYS)

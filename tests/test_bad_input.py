@@ -5,6 +5,7 @@ makes loading fail the test, and the output folder must not exist afterwards.
 """
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,48 @@ def test_fp16_on_cpu_and_losses_that_all_weigh_zero(tmp_path, capsys, no_loading
     zero = [{"name": "ce", "weight": 0}, {"name": "kd", "weight": 0.0}]
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="config:resnet", losses=zero)) == 2
     assert "every loss has weight 0" in error_of(capsys)
+
+
+LOAD_BEST = {"eval_strategy": "steps", "save_strategy": "steps", "load_best_model_at_end": True}
+
+
+@pytest.mark.parametrize("best", [{}, LOAD_BEST])
+def test_metric_for_best_model_that_the_evaluation_does_not_report(tmp_path, capsys, no_loading, best):
+    assert run(tmp_path, base(tmp_path, **best, metric_for_best_model="acuracy")) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: metric_for_best_model 'acuracy' is not a metric the evaluation reports")
+    assert "did you mean 'accuracy'" in line
+    distil = dict(best, teacher_model_name_or_path="config:resnet", losses=[{"name": "ce"}, {"name": "rcka"}])
+    assert run(tmp_path, base(tmp_path, **distil, metric_for_best_model="eval_rcka_intra_los")) == 2
+    assert "did you mean 'eval_rcka_intra_loss'" in error_of(capsys)
+    assert run(tmp_path, base(tmp_path, **distil, metric_for_best_model="ema_accuracy")) == 2  # no model_ema
+    assert not (tmp_path / "out").exists()
+    for name, more in [("eval_rcka_inter_loss", {}), ("ce_loss", {}), ("loss", {}), ("top5_accuracy", {}),
+                       ("eval_ema_accuracy", {"model_ema": True}), ("eval_runtime", {})]:
+        with pytest.raises(AssertionError, match="loaded before the recipe was checked"):  # checks passed
+            run(tmp_path, base(tmp_path, **distil, **more, metric_for_best_model=name))
+
+
+def test_top5_accuracy_as_best_metric_with_five_classes_or_fewer(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the class count was checked")
+
+    monkeypatch.setattr(cli, "load_image_classifier", refuse)
+    train = image_folder(tmp_path / "train", ["cat", "dog", "eel"])
+    recipe = base(tmp_path, dataset_name=None, train_dir=train, train_val_split=0.25,
+                  metric_for_best_model="top5_accuracy")
+    assert run(tmp_path, recipe) == 2
+    assert "top5_accuracy is reported only with more than 5 classes, and this dataset has 3" in error_of(capsys)
+
+
+@pytest.mark.parametrize("weight", [float("inf"), float("-inf"), float("nan")])
+def test_loss_weights_that_are_not_finite(tmp_path, capsys, no_loading, weight):
+    losses = [{"name": "ce"}, {"name": "kd", "weight": weight}]
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="config:resnet", losses=losses)) == 2
+    assert f"losses[1].weight must be >= 0 and finite, got {weight}" in error_of(capsys)
+    rcka = [{"name": "ce"}, {"name": "rcka", "inter_weight": weight}]
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="config:resnet", losses=rcka)) == 2
+    assert f"rcka intra_weight/inter_weight must be >= 0 and finite, got 1.0/{weight}" in error_of(capsys)
 
 
 def test_yaml_syntax_errors(tmp_path, capsys, no_loading):
@@ -512,3 +555,34 @@ def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsy
     line = error_of(capsys)
     assert line.startswith("error: image_size: the student cannot take 64x64 inputs") and "img_size" in line
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ found while training
+
+def finite_weights(folder: Path) -> bool:
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / "model.safetensors").values()
+    return all(bool(t.isfinite().all()) for t in tensors if t.is_floating_point())
+
+
+def test_a_diverged_run_fails_and_writes_no_model_of_nan_weights(tmp_path, capsys):
+    """learning_rate 1e30 makes the weights NaN within a few steps; such a run used to exit 0."""
+    diverging = dict(learning_rate=1e30, max_steps=6, save_strategy="no")
+    assert run(tmp_path, base(tmp_path, **diverging)) == 2  # no logging or saving step: found after training
+    line = error_of(capsys)
+    assert line.startswith("error: training diverged: by step 6 the student's weights are NaN or infinite")
+    assert "lower learning_rate (now 1e+30)" in line and "check the loss weights" in line
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"distill_config.yaml"}, "no model, card or metrics"
+
+    logged = base(tmp_path, **diverging, logging_steps=1, output_dir=str(tmp_path / "logged"))
+    assert run(tmp_path, logged) == 2  # found at the first logging step with a NaN loss: training stops there
+    line = error_of(capsys)
+    assert int(re.search(r"by step (\d+)", line)[1]) < 6 and "(logged ce_loss = nan" in line
+
+    saved = base(tmp_path, **{**diverging, "save_strategy": "steps"}, save_steps=1, warmup_steps=1,
+                 output_dir=str(tmp_path / "saved"))
+    assert run(tmp_path, saved) == 2  # found before a checkpoint is written: the finite ones stay
+    assert "training diverged" in error_of(capsys)
+    checkpoints = list((tmp_path / "saved").glob("checkpoint-*"))
+    assert checkpoints and all(finite_weights(folder) for folder in checkpoints)

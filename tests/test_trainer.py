@@ -18,6 +18,8 @@ from hf_rcka.data.bad_images import SkippedImages
 from hf_rcka.data.datasets import prepare_datasets
 from hf_rcka.modeling.distillation_model import DISTILLATION_STATE_NAME
 from hf_rcka.trainer.card_facts import teacher_accuracy
+from hf_rcka.trainer.divergence import DivergenceCheck
+from hf_rcka.trainer.metrics import TIMING_METRICS, evaluation_metric_names
 
 FEATURE_LOSSES = [
     {"name": "ce"},
@@ -103,6 +105,17 @@ def test_eval_terms_add_up_to_eval_loss_with_a_short_last_batch(tmp_path):
     metrics = make_trainer(args).evaluate()
     terms = sum(metrics[f"eval_{n}_loss"] for n in ("ce", "rcka_intra", "rcka_inter"))
     assert terms == pytest.approx(metrics["eval_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("ema", [{}, {"model_ema": True}, {"model_ema": True, "model_ema_export": True}])
+def test_evaluation_reports_the_names_metric_for_best_model_is_checked_against(tmp_path, ema):
+    args = make_args(tmp_path, losses=[{"name": "ce"}, {"name": "rcka"}], **ema)
+    trainer = make_trainer(args)
+    metrics = trainer.evaluate()
+    reported = {name.removeprefix("eval_") for name in metrics if not name.endswith(("epoch", *TIMING_METRICS))}
+    terms = [term for loss in trainer.model.losses.values() for term in loss.term_weights]
+    expected = evaluation_metric_names(terms, args, trainer.model.student.config.num_labels)
+    assert reported == set(expected)
 
 
 def test_drop_last_drops_training_images_never_evaluation_images(tmp_path):
@@ -284,6 +297,23 @@ def test_bf16_autocast_on_cpu_stays_finite(tmp_path):
     entries = [e for e in trainer.state.log_history if "loss" in e]
     assert entries and all(torch.isfinite(torch.tensor(e["loss"])) for e in entries)
     assert all(p.dtype == torch.float32 for p in trainer.model.student.parameters()), "autocast, not a cast"
+
+
+def test_divergence_is_nan_weights_not_a_nan_loss(tmp_path):
+    """A NaN loss with finite weights (an fp16 step that loss scaling skipped) trains on; a NaN
+    BatchNorm statistic is divergence even with finite parameters: the saved model evaluates with it."""
+    from transformers import TrainerControl, TrainerState
+
+    student, args, control = tiny_resnet(), make_args(tmp_path, save_strategy="steps"), TrainerControl()
+    check = DivergenceCheck(lambda: student)
+    check.on_log(args, TrainerState(global_step=3), control, logs={"loss": 0.0, "ce_loss": float("nan")})
+    assert check.error is None and not control.should_training_stop
+    with torch.no_grad():
+        next(b for name, b in student.named_buffers() if name.endswith("running_var"))[0] = float("nan")
+    control.should_save = True  # a checkpoint step: the weights are read even though every loss is finite
+    check.on_step_end(args, TrainerState(global_step=4), control)
+    assert control.should_training_stop and not control.should_save
+    assert str(check.error).startswith("training diverged: by step 4 the student's weights are NaN or infinite")
 
 
 def test_teacher_near_chance_is_reported_before_training(tmp_path):

@@ -32,7 +32,7 @@ from ..trainer.interrupt import GracefulStop, save_checkpoint_now
 from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, default_losses
 from ..trainer.trainer import DistillationTrainer
-from .preflight import check_checkpoint, check_run
+from .preflight import check_checkpoint, check_metric_for_best_model, check_run
 from .probes import probe_student
 from .recipe import dump_recipe
 from .records import eval_record_dir, write_eval_record
@@ -162,6 +162,7 @@ def _build_trainer(
         labels = resume_label_order(dataset_labels, checkpoint_labels(resume, model_args.trust_remote_code))
     else:
         labels = run_label_order(dataset_labels, student_labels(model_args), training=args.do_train)
+    check_metric_for_best_model(model_args, args, len(labels))  # top5_accuracy needs more than 5 classes
     model, student_processor = _distillation_model(model_args, args, labels)
     skipped = SkippedImages(record_dir, data_args.max_bad_images)
     if not resume:

@@ -6,8 +6,9 @@ need a teacher or a DeiT distillation head, an ``image_size`` a ViT cannot take,
 ``config:`` model type or its overrides, model paths that do not exist or folders without weights,
 image folders that are missing, empty, nested one level too deep or whose train/validation classes
 differ, an unwritable ``output_dir`` or one that would overwrite a model the run reads, ``fp16``
-without a GPU, ``report_to`` integrations that are not installed, ``push_to_hub`` without Hub
-access, and a checkpoint to resume that is corrupt or not a checkpoint at all.
+without a GPU, a ``metric_for_best_model`` the evaluation does not report, ``report_to``
+integrations that are not installed, ``push_to_hub`` without Hub access, and a checkpoint to
+resume that is corrupt or not a checkpoint at all.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 from ..errors import DataError, ModelError, RecipeError
 from ..models.labels import check_split_classes, class_folders
 from ..registry import LOSSES, close_matches
-from ..modeling.assembly import default_losses
+from ..modeling.assembly import build_losses, default_losses
+from ..trainer.metrics import TIMING_METRICS, evaluation_metric_names
 
 _PATH_PREFIXES = (".", "/", "~")
 # HF model types whose position embeddings fix the input resolution (no interpolation in forward)
@@ -41,6 +43,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_report_to(args.report_to)
     check_half_precision(args)
     check_losses_fit_models(model_args, args)
+    check_metric_for_best_model(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
         if getattr(model_args, key):
             # a smoke test builds both models from their configs, with random weights
@@ -98,6 +101,29 @@ def check_half_precision(args: Any) -> None:
     if args.use_cpu or not accelerator:
         raise RecipeError("fp16 needs a GPU (on CPU it would silently train in float32): set bf16: true for CPU "
                           "autocast, or fp16: false")
+
+
+def check_metric_for_best_model(model_args: Any, args: Any, num_labels: int | None = None) -> None:
+    """``metric_for_best_model`` must name a metric the evaluation reports, with or without ``eval_``.
+
+    Transformers looks it up only after the first evaluation: a typo (``acuracy``) ends the run
+    there with a ``KeyError`` traceback. The names are the evaluation's (see
+    ``evaluation_metric_names``): accuracy, loss and one ``<term>_loss`` per configured loss term.
+    ``num_labels`` is known once the data has loaded; before that, ``top5_accuracy`` passes.
+    """
+    metric = args.metric_for_best_model
+    if metric is None:
+        return
+    prefix = "eval_" if metric.startswith("eval_") else ""
+    losses = build_losses(args.losses or default_losses(bool(model_args.teacher_model_name_or_path)))
+    names = evaluation_metric_names([term for loss in losses for term in loss.term_weights], args, num_labels)
+    if metric[len(prefix):] in names or metric.endswith(TIMING_METRICS):  # timings: of any weight set
+        return
+    if metric[len(prefix):] == "top5_accuracy":
+        raise RecipeError(f"metric_for_best_model {metric!r}: top5_accuracy is reported only with more than 5 "
+                          f"classes, and this dataset has {num_labels}: use {prefix}accuracy")
+    raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports: "
+                      f"{close_matches(metric, [prefix + name for name in names])}")
 
 
 def check_report_to(report_to: Any) -> None:

@@ -8,6 +8,7 @@ recipes, no teacher for plain supervised training).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Mapping, Sequence
 
@@ -116,8 +117,8 @@ class DistillationLoss(nn.Module):
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
-        if not weight >= 0:
-            raise ValueError(f"loss weight must be >= 0, got {weight}")
+        if not 0 <= weight < math.inf:  # inf or nan: a non-finite loss and gradients from step 1
+            raise ValueError(f"loss weight must be >= 0 and finite, got {weight}")
         self.weight = float(weight)
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import functional
@@ -62,8 +64,10 @@ class RCKALoss(RelationalLoss):
         gather: bool = False,
     ) -> None:
         super().__init__(weight, gather)
-        if intra_weight < 0 or inter_weight < 0:
-            raise ValueError(f"rcka intra_weight/inter_weight must be >= 0, got {intra_weight}/{inter_weight}")
+        if not (0 <= intra_weight < math.inf and 0 <= inter_weight < math.inf):
+            raise ValueError(
+                f"rcka intra_weight/inter_weight must be >= 0 and finite, got {intra_weight}/{inter_weight}"
+            )
         if not (intra_weight or inter_weight):
             raise ValueError("rcka intra_weight and inter_weight are both 0: drop the rcka loss instead")
         self.intra_weight = float(intra_weight)

@@ -1,4 +1,4 @@
-"""Top-1 / top-5 accuracy for ``compute_metrics``, computed locally.
+"""Top-1 / top-5 accuracy for ``compute_metrics``, computed locally, and the names an evaluation reports.
 
 ``evaluate.load("accuracy")`` downloads its script from the Hub, which fails offline; accuracy
 over argmax needs no download.
@@ -6,10 +6,16 @@ over argmax needs no download.
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 import numpy as np
 from transformers import EvalPrediction
 
 from ..losses import IGNORE_INDEX
+
+# Name endings of what Trainer adds to an evaluation (``runtime``, ``ema_model_preparation_time``...):
+# they time the run, they do not measure the model.
+TIMING_METRICS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
 
 
 def accuracy_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
@@ -29,3 +35,27 @@ def accuracy_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
         top5 = np.argsort(-logits, axis=-1)[:, :5]
         metrics["top5_accuracy"] = float((top5 == labels[:, None]).any(axis=-1).mean())
     return metrics
+
+
+def evaluation_metric_names(loss_terms: Iterable[str], args: Any, num_labels: int | None = None) -> list[str]:
+    """Every model metric a ``DistillationTrainer`` evaluation reports, without the ``eval_`` prefix.
+
+    So that ``metric_for_best_model`` can be checked before anything loads: transformers looks it
+    up only after the first evaluation, where a typo is a ``KeyError`` that ends the run.
+
+    Args:
+        loss_terms: the term names of the configured losses (``ce``, ``rcka_intra``...); each is
+            reported as ``<term>_loss``, next to Trainer's ``loss``.
+        args: the training arguments; with ``model_ema`` every name is reported again for the other
+            weight set, ``ema_*`` (or ``live_*`` with ``model_ema_export``).
+        num_labels: the number of classes; ``top5_accuracy`` needs more than 5 (see
+            ``accuracy_metrics``); ``None`` (not known yet) counts it in.
+    """
+    names = ["accuracy"]
+    if num_labels is None or num_labels > 5:
+        names.append("top5_accuracy")
+    names += ["loss", *(f"{term}_loss" for term in loss_terms)]
+    if getattr(args, "model_ema", False):
+        other = "live" if getattr(args, "model_ema_export", False) else "ema"
+        names += [f"{other}_{name}" for name in names]
+    return names

@@ -29,6 +29,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from ..augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
 from .checkpointing import CheckpointingTrainer
+from .divergence import DivergenceCheck, diverged_error, has_finite_weights
 from ..data.datasets import collate
 from .ema import StudentEmaCallback
 from .card import write_model_card
@@ -124,6 +125,8 @@ class DistillationTrainer(CheckpointingTrainer):
             getattr(model.teacher, "name_or_path", None) if model.teacher is not None else None
         )
         self.add_callback(_EpochEndCallback(list(model.losses.values())))
+        self.divergence = DivergenceCheck(lambda: self.distillation_model.student)
+        self.add_callback(self.divergence)
         self._terms: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._term_counts = {"train": 0, "eval": 0}
         self.card_facts = CardFacts()  # the CLI adds what it knows (base model, evaluation data)
@@ -277,9 +280,19 @@ class DistillationTrainer(CheckpointingTrainer):
     # ------------------------------------------------------------------ teacher sanity check
 
     def train(self, *args: Any, **kwargs: Any):
-        """Check the teacher on one eval batch before spending compute, then train as Trainer does."""
+        """Check the teacher on one eval batch before spending compute, then train as Trainer does.
+
+        Raises:
+            TrainingDiverged: the student's weights are not finite at the end (see ``divergence``),
+                so that nothing saves them as the run's result.
+        """
         self.check_teacher()
-        return super().train(*args, **kwargs)
+        output = super().train(*args, **kwargs)
+        if self.divergence.error is not None:
+            raise self.divergence.error
+        if not has_finite_weights(self.distillation_model.student, self.args.device):
+            raise diverged_error(self.args, self.state.global_step)
+        return output
 
     def check_teacher(self) -> float | None:
         """Teacher top-1 on the first eval batch; warn or stop when it is near chance (see teacher_check)."""

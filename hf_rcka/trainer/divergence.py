@@ -1,0 +1,97 @@
+"""A diverged run fails with one ``error:`` line instead of exiting 0 with NaN weights.
+
+A learning rate far too high, a loss that explodes or an fp16 overflow turns the student's weights
+into NaN or inf, and Trainer trains on: ``logging_nan_inf_filter`` (on by default) replaces a
+non-finite step loss by the running mean, so ``loss`` and ``train_loss`` look normal, and the
+final model, metrics and card would be written as if the run had succeeded (its accuracy that of
+argmax over NaN). A run has diverged when the student's parameters or buffers are not all finite:
+a NaN loss alone may be an fp16 step that loss scaling skipped and the run survives; NaN weights
+never recover.
+
+No step pays for the check. The weights are read only where that costs nothing next to what
+happens anyway: before each checkpoint is written (the save reads them all), once after training
+(``DistillationTrainer.train``: a divergence no other check saw), and at a logging step whose
+logged loss is not finite (the per-term losses, which Trainer does not filter, or the ``eval_*``
+losses), where training then stops instead of running on NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch.distributed.tensor import DTensor
+from transformers import TrainerCallback
+
+from ..distributed import any_rank
+from ..errors import TrainingDiverged
+
+
+def non_finite_losses(logs: dict[str, Any]) -> dict[str, float]:
+    """The logged losses (``loss``, ``ce_loss``, ``eval_loss``...) that are NaN or infinite."""
+    return {key: value for key, value in logs.items()
+            if key.endswith("loss") and isinstance(value, (int, float)) and not math.isfinite(value)}
+
+
+def has_finite_weights(module: torch.nn.Module, device: torch.device | str) -> bool:
+    """Whether every floating-point parameter and buffer of ``module`` is finite, on every rank.
+
+    Buffers count: a diverged forward pass turns BatchNorm's running statistics NaN even when the
+    optimizer step was skipped, and the saved model evaluates with them. FSDP-sharded tensors are
+    read shard by shard; the ranks agree through one all-reduce, so all stop together.
+    """
+    tensors = (t.to_local() if isinstance(t, DTensor) else t for t in (*module.parameters(), *module.buffers()))
+    finite = all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+    return not any_rank(not finite, device)
+
+
+def diverged_error(args: Any, step: int, losses: dict[str, float] | None = None) -> TrainingDiverged:
+    """The error that ends a diverged run: what, when, and what to change in the recipe."""
+    seen = f" (logged {', '.join(f'{key} = {value}' for key, value in losses.items())})" if losses else ""
+    fixes = [f"lower learning_rate (now {args.learning_rate:g})", "check the loss weights"]
+    if getattr(args, "fp16", False):
+        fixes.append("train with bf16 instead of fp16")
+    if not getattr(args, "max_grad_norm", None):
+        fixes.append("clip gradients with max_grad_norm: 1.0")
+    return TrainingDiverged(
+        f"training diverged: by step {step} the student's weights are NaN or infinite{seen}, so the final model "
+        f"was not saved (checkpoints saved before are kept). To fix: {', '.join(fixes[:-1])} or {fixes[-1]}"
+    )
+
+
+class DivergenceCheck(TrainerCallback):
+    """Stops training at the first logging or saving step at which the student's weights are not finite.
+
+    Training then ends as Trainer ends it (``on_train_end`` callbacks run, reporters flush), and
+    nothing more is saved: no checkpoint of NaN weights, for which ``save_total_limit`` would delete
+    a good one. ``DistillationTrainer.train`` raises ``error`` once training has ended.
+
+    Args:
+        student: returns the student module (looked up when needed: wrappers may replace it).
+    """
+
+    def __init__(self, student: Callable[[], torch.nn.Module]) -> None:
+        self.student = student
+        self.error: TrainingDiverged | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.error = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
+        losses = non_finite_losses(logs or {})
+        if losses:
+            self._check(args, state, control, losses)
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
+        if control.should_save:  # a checkpoint is about to be written
+            self._check(args, state, control)
+
+    on_epoch_end = on_step_end
+
+    def _check(self, args, state, control, losses: dict[str, float] | None = None) -> None:
+        if self.error is None and not has_finite_weights(self.student(), args.device):
+            self.error = diverged_error(args, state.global_step, losses)
+        if self.error is not None:
+            control.should_training_stop = True
+            control.should_evaluate = control.should_save = False
