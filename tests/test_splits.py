@@ -79,3 +79,16 @@ def test_max_eval_samples_draws_a_subset_of_every_class_the_same_for_every_train
     assert _evaluated(raw, seed=123, max_eval_samples=3) == subset, "the training seed moved the subset"
     assert _evaluated(raw, max_eval_samples=3, split_seed=7) != subset, "split_seed draws the subset"
     assert sorted(_evaluated(raw, max_eval_samples=50)) == [(i, i // 4) for i in range(12)]
+
+
+def test_a_test_split_evaluated_for_want_of_a_validation_split_is_said(monkeypatch, caplog):
+    """Many Hub datasets have train and test splits only: evaluating (and picking checkpoints) on
+    the test split may be what the user wants, but never silently."""
+    data = datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({"image": [None] * 4, "label": [0, 1, 0, 1]}) for split in ("train", "test")
+    })
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: data)
+    with caplog.at_level("WARNING", logger="hf_rcka.data.datasets"):
+        raw = load_raw_datasets(DataArguments(dataset_name="acme/pets"))
+    assert set(raw) == {"train", "validation"} and len(raw["validation"]) == 4
+    assert "no 'validation' split; its 'test' split is evaluated" in caplog.text

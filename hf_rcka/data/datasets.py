@@ -67,7 +67,9 @@ def load_raw_datasets(args: DataArguments, seed: int = 42) -> datasets.DatasetDi
         raw = stratified_validation_split(
             raw["train"], args.label_column_name, args.train_val_split, args.split_seed
         )
-    elif validation != "validation":
+    elif validation != "validation":  # e.g. a Hub dataset with train and test splits only
+        logger.warning("data: the dataset has no 'validation' split; its %r split is evaluated (and, with "
+                       "load_best_model_at_end, picks the checkpoint)", validation)
         raw["validation"] = raw.pop(validation)
     _check_columns(raw["train"], args)
     return raw

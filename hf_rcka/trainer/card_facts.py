@@ -90,7 +90,7 @@ def describe_eval_data(
     elif data_args.dataset_name == "builtin:digits":
         where = carved
     else:
-        where = f"the dataset's validation split, or where it has none, {carved}"
+        where = f"the dataset's validation split (named validation, valid, val or else test), or where it has none, {carved}"
     if num_images and num_validation and num_images < num_validation:
         where = (f"a random subset (max_eval_samples, drawn with split_seed {data_args.split_seed}) "
                  f"of the {num_validation:,} images of {where}")
