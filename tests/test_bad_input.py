@@ -127,6 +127,9 @@ def test_loss_weights_that_are_not_finite(tmp_path, capsys, no_loading, weight):
     rcka = [{"name": "ce"}, {"name": "rcka", "inter_weight": weight}]
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="config:resnet", losses=rcka)) == 2
     assert f"rcka intra_weight/inter_weight must be >= 0 and finite, got 1.0/{weight}" in error_of(capsys)
+    kd = [{"name": "ce"}, {"name": "kd", "temperature": weight}]
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="config:resnet", losses=kd)) == 2
+    assert f"kd temperature must be > 0 and finite, got {weight}" in error_of(capsys)
 
 
 def test_yaml_syntax_errors(tmp_path, capsys, no_loading):
@@ -586,3 +589,10 @@ def test_a_diverged_run_fails_and_writes_no_model_of_nan_weights(tmp_path, capsy
     assert "training diverged" in error_of(capsys)
     checkpoints = list((tmp_path / "saved").glob("checkpoint-*"))
     assert checkpoints and all(finite_weights(folder) for folder in checkpoints)
+
+    # save_strategy best: Trainer decides to save after the evaluation, and a NaN model can score best
+    best = base(tmp_path, **{**diverging, "save_strategy": "best"}, eval_strategy="steps", eval_steps=2,
+                metric_for_best_model="accuracy", output_dir=str(tmp_path / "best"))
+    assert run(tmp_path, best) == 2
+    assert "training diverged" in error_of(capsys)
+    assert all(finite_weights(folder) for folder in (tmp_path / "best").glob("checkpoint-*"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -37,8 +39,8 @@ class DeiTTokenLoss(DistillationLoss):
         super().__init__(weight)
         if mode not in _MODES:
             raise ValueError(f"deit_token mode must be one of {_MODES}, got {mode!r}")
-        if not temperature > 0:
-            raise ValueError(f"deit_token temperature must be > 0, got {temperature}")
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"deit_token temperature must be > 0 and finite, got {temperature}")
         self.mode = mode
         self.temperature = float(temperature)
 

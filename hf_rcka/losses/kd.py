@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import functional
@@ -28,8 +30,8 @@ class KDLoss(DistillationLoss):
 
     def __init__(self, weight: float = 1.0, temperature: float = 4.0) -> None:
         super().__init__(weight)
-        if not temperature > 0:
-            raise ValueError(f"kd temperature must be > 0, got {temperature}")
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"kd temperature must be > 0 and finite, got {temperature}")
         self.temperature = float(temperature)
 
     def term(self, inputs: LossInputs) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -37,8 +39,8 @@ class SRDLoss(DistillationLoss):
         super().__init__(weight)
         if variant not in _VARIANTS:
             raise ValueError(f"srd variant must be one of {_VARIANTS}, got {variant!r}")
-        if not alpha > 0:
-            raise ValueError(f"srd alpha must be > 0, got {alpha}")
+        if not 0 < alpha < math.inf:
+            raise ValueError(f"srd alpha must be > 0 and finite, got {alpha}")
         self.variant = variant
         self.alpha = float(alpha)
         self.projector: nn.Module | None = None

@@ -81,15 +81,16 @@ class DivergenceCheck(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
         losses = non_finite_losses(logs or {})
         if losses:
-            self._check(args, state, control, losses)
+            self.check(args, state, control, losses)
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
         if control.should_save:  # a checkpoint is about to be written
-            self._check(args, state, control)
+            self.check(args, state, control)
 
     on_epoch_end = on_step_end
 
-    def _check(self, args, state, control, losses: dict[str, float] | None = None) -> None:
+    def check(self, args, state, control, losses: dict[str, float] | None = None) -> None:
+        """Record the error and stop training if the student's weights are not finite (read once)."""
         if self.error is None and not has_finite_weights(self.student(), args.device):
             self.error = diverged_error(args, state.global_step, losses)
         if self.error is not None:

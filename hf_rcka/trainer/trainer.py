@@ -294,6 +294,14 @@ class DistillationTrainer(CheckpointingTrainer):
             raise diverged_error(self.args, self.state.global_step)
         return output
 
+    # Private override. With save_strategy "best", Trainer decides to save after the callbacks have
+    # seen the evaluation (``should_save = is_new_best_metric``), and a NaN model can be the best
+    # (argmax over NaN logits still scores about 1/C): the divergence check guards the save itself.
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        self.divergence.check(self.args, self.state, self.control)
+        if self.divergence.error is None:
+            super()._save_checkpoint(model, trial)
+
     def check_teacher(self) -> float | None:
         """Teacher top-1 on the first eval batch; warn or stop when it is near chance (see teacher_check)."""
         mode = getattr(self.args, "teacher_accuracy_check", "warn")
