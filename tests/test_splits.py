@@ -92,3 +92,18 @@ def test_a_test_split_evaluated_for_want_of_a_validation_split_is_said(monkeypat
         raw = load_raw_datasets(DataArguments(dataset_name="acme/pets"))
     assert set(raw) == {"train", "validation"} and len(raw["validation"]) == 4
     assert "no 'validation' split; its 'test' split is evaluated" in caplog.text
+
+
+def test_image_folders_whose_paths_look_like_glob_patterns(tmp_path):
+    """datasets reads data_files as glob patterns: "set[1]" matched no file (and "set[ab]" would
+    match a folder "seta"), so the folder names are escaped."""
+    from PIL import Image
+
+    root = tmp_path / "set[1]"
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8)).save(root / split / name / f"{i}.png")
+    raw = load_raw_datasets(DataArguments(train_dir=str(root / "train"), validation_dir=str(root / "val")))
+    assert (len(raw["train"]), len(raw["validation"])) == (6, 6)

@@ -8,6 +8,7 @@ one data pipeline however different the two models are.
 
 from __future__ import annotations
 
+import glob
 import logging
 from typing import Any, Callable
 
@@ -56,9 +57,10 @@ def load_raw_datasets(args: DataArguments, seed: int = 42) -> datasets.DatasetDi
     elif args.dataset_name is not None:
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
     else:
-        data_files = {"train": f"{args.train_dir}/**"}
+        # datasets reads these as glob patterns: a folder named like "set[ab]" would match "seta"
+        data_files = {"train": f"{glob.escape(args.train_dir)}/**"}
         if args.validation_dir:
-            data_files["validation"] = f"{args.validation_dir}/**"
+            data_files["validation"] = f"{glob.escape(args.validation_dir)}/**"
         raw = datasets.load_dataset("imagefolder", data_files=data_files)
     if "train" not in raw:
         raise ValueError(f"the dataset has no 'train' split (splits: {list(raw)})")
