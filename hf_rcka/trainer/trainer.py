@@ -29,7 +29,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from ..augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
 from .checkpointing import CheckpointingTrainer
-from .divergence import DivergenceCheck, diverged_error, has_finite_weights
+from .divergence import DivergenceCheck
 from ..data.datasets import collate
 from .ema import StudentEmaCallback
 from .card import write_model_card
@@ -288,10 +288,9 @@ class DistillationTrainer(CheckpointingTrainer):
         """
         self.check_teacher()
         output = super().train(*args, **kwargs)
+        self.divergence.check(self.args, self.state, self.control)  # a divergence no logging or saving step saw
         if self.divergence.error is not None:
             raise self.divergence.error
-        if not has_finite_weights(self.distillation_model.student, self.args.device):
-            raise diverged_error(self.args, self.state.global_step)
         return output
 
     # Private override. With save_strategy "best", Trainer decides to save after the callbacks have
