@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from ..arguments import DataArguments
+from ..data.datasets import VALIDATION_SPLIT_NAMES
 from ..losses import IGNORE_INDEX
 from ..models.sources import parse_model_source
 
@@ -90,7 +91,8 @@ def describe_eval_data(
     elif data_args.dataset_name == "builtin:digits":
         where = carved
     else:
-        where = f"the dataset's validation split (named validation, valid, val or else test), or where it has none, {carved}"
+        *names, last = VALIDATION_SPLIT_NAMES
+        where = f"the dataset's validation split (named {', '.join(names)} or else {last}), or where it has none, {carved}"
     if num_images and num_validation and num_images < num_validation:
         where = (f"a random subset (max_eval_samples, drawn with split_seed {data_args.split_seed}) "
                  f"of the {num_validation:,} images of {where}")
