@@ -6,6 +6,7 @@ makes loading fail the test, and the output folder must not exist afterwards.
 
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -323,6 +324,24 @@ def test_validation_classes_that_train_lacks(tmp_path, capsys, no_loading):
     assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, validation_dir=validation)) == 2
     line = error_of(capsys)
     assert "validation_dir has classes train_dir lacks: ['Dog']" in line and "lacks: ['dog']" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_folders_named_in_two_unicode_forms(tmp_path, capsys, no_loading):
+    """'café' from macOS (NFD) next to 'café' from Linux (NFC): the error says the Unicode forms
+    differ, not the case, before anything loads; two such folders in one split are refused too."""
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    train = image_folder(tmp_path / "train", ["cat", nfc])
+    validation = image_folder(tmp_path / "validation", ["cat", nfd])
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, validation_dir=validation)) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: validation_dir and train_dir write the class 'café' in different Unicode forms")
+    assert "'cafe\\u0301', NFD" in line and "'caf\\xe9', NFC" in line and "case matters" not in line
+    assert "Fix: rename the class folders so both use the same form, e.g. NFC" in line
+    image_folder(tmp_path / "train", [nfd])
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train)) == 2
+    line = error_of(capsys)
+    assert f"{train!r} has class folders 'cafe\\u0301', NFD and 'caf\\xe9', NFC that are the same name" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import logging
+import unicodedata
 
 import datasets
 import numpy as np
@@ -11,7 +12,10 @@ import torch
 from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_resnet, tiny_vit
 from hf_rcka.data.datasets import with_transforms
 from hf_rcka.errors import LabelError
-from hf_rcka.models.labels import realign_teacher, resume_label_order, run_label_order, teacher_label_order
+from hf_rcka.models.labels import (
+    check_split_classes, check_validation_labels, realign_teacher, resume_label_order, run_label_order,
+    teacher_label_order,
+)
 from hf_rcka import LOSSES
 from hf_rcka.modeling.distillation_model import DistillationModel
 from hf_rcka.modeling.teacher_inputs import input_stats
@@ -108,3 +112,34 @@ def test_resume_label_order_keeps_the_checkpoint_order_and_classes():
         resume_label_order(["cow", "dog"], ["cat", "dog"])
     with pytest.raises(LabelError, match="the checkpoint has \\['LABEL_2'\\] that the dataset lacks"):
         resume_label_order(["LABEL_0", "LABEL_1"], ["LABEL_0", "LABEL_1", "LABEL_2"])
+
+
+CAFE_NFC, CAFE_NFD = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+
+
+@pytest.mark.parametrize("compare,who", [
+    (lambda: check_split_classes(["cat", CAFE_NFC], ["cat", CAFE_NFD]), "validation_dir and train_dir"),
+    (lambda: check_validation_labels(["cat", CAFE_NFC], ["cat", CAFE_NFD]), "the validation split and the training"),
+    (lambda: teacher_label_order(["cat", CAFE_NFD], ["cat", CAFE_NFC]), "teacher_model_name_or_path: the dataset"),
+    (lambda: run_label_order(["cat", CAFE_NFD], ["cat", CAFE_NFC], training=True), "model_name_or_path: the dataset"),
+    (lambda: run_label_order(["cat", CAFE_NFD], ["cat", CAFE_NFC], training=False), "model_name_or_path: the dataset"),
+    (lambda: resume_label_order(["cat", CAFE_NFD], ["cat", CAFE_NFC]), "resume_from_checkpoint: the dataset"),
+])
+def test_names_that_differ_only_in_unicode_form_are_named_as_such(compare, who):
+    """'café' typed two ways (NFC on Linux, NFD from macOS) prints the same twice: the error must
+    say the forms differ and show each spelling escaped, not blame letter case or list 'café' as
+    both missing and extra; even in training, where a pretrained head would be re-purposed."""
+    with pytest.raises(LabelError) as error:
+        compare()
+    message = str(error.value)
+    assert message.startswith(who) and "different Unicode forms" in message, message
+    assert "'caf\\xe9', NFC" in message and "'cafe\\u0301', NFD" in message, message
+    assert "case matters" not in message and "lacks" not in message, message
+
+
+def test_the_fix_names_the_models_form_and_case_differences_keep_their_message():
+    with pytest.raises(LabelError, match=r"to the teacher's spelling \(NFD\)$"):
+        teacher_label_order(["cat", CAFE_NFC], ["cat", CAFE_NFD])
+    assert teacher_label_order(["cat", CAFE_NFC], ["cat", CAFE_NFD], "by_index") is None  # names not compared
+    with pytest.raises(LabelError, match=r"lacks: \['Dog'\].*lacks: \['dog'\]\. .*\(case matters\)$"):
+        check_split_classes(["cat", "dog"], ["cat", "Dog"])

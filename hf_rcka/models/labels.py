@@ -13,7 +13,9 @@ and reports chance. The dataset's class names are the truth here:
 * a resumed run keeps its checkpoint's class order the same way, and other class names are an
   error;
 * image folders whose train and validation class folders differ (``validation/Dog`` next to
-  ``train/dog``) are an error naming them, before anything loads.
+  ``train/dog``) are an error naming them, before anything loads;
+* names that differ only in Unicode normalisation (``café`` typed two ways) are an error that says
+  so, wherever two sets of names meet (``label_forms``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import LabelError
+from .label_forms import TO_NFC, check_one_form_each, check_same_forms
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,12 @@ def _difference(dataset: Sequence[str], model: Sequence[str], who: str) -> str:
     return "; ".join(parts) or f"the {who} has {len(model)} classes, the dataset {len(dataset)}"
 
 
+def _rename_to_model(who: str) -> str:
+    """The fix for a dataset whose names differ from a model's only in form: the model's names
+    are fixed by its trained head, so the data follows them (``{form}`` is the model's form)."""
+    return f"rename the class folders (or the dataset's label names) to the {who}'s spelling ({{form}})"
+
+
 def run_label_order(dataset_labels: Sequence[str], student_labels: Sequence[str] | None, training: bool) -> list[str]:
     """The class order of the run: the student's when it already names the dataset's classes.
 
@@ -73,11 +82,14 @@ def run_label_order(dataset_labels: Sequence[str], student_labels: Sequence[str]
 
     Raises:
         LabelError: eval-only, and the student's names (or, for generic names, its class count)
-            differ from the dataset's.
+            differ from the dataset's; or a name differs from the student's only in Unicode form
+            (training would silently re-purpose that class's output).
     """
     dataset_labels = list(dataset_labels)
     if student_labels is None:
         return dataset_labels
+    check_same_forms(dataset_labels, student_labels, "the dataset", "the model's id2label",
+                     _rename_to_model("model"), key="model_name_or_path")
     if sorted(student_labels) == sorted(dataset_labels):
         if list(student_labels) != dataset_labels:
             logger.info("labels: the dataset's classes are mapped to the student's own label order (head kept)")
@@ -107,6 +119,8 @@ def resume_label_order(dataset_labels: Sequence[str], checkpoint_labels: Sequenc
         LabelError: the dataset's class names differ from the checkpoint's.
     """
     dataset_labels, checkpoint_labels = list(dataset_labels), list(checkpoint_labels)
+    check_same_forms(dataset_labels, checkpoint_labels, "the dataset", "the checkpoint's id2label",
+                     _rename_to_model("checkpoint"), key="resume_from_checkpoint")
     if sorted(dataset_labels) == sorted(checkpoint_labels):
         if dataset_labels != checkpoint_labels:
             logger.info("labels: the dataset's classes are mapped to the checkpoint's label order")
@@ -128,6 +142,9 @@ def teacher_label_order(labels: Sequence[str], teacher_labels: Sequence[str], ma
         LabelError: the names differ (``by_name``) or the number of classes does.
     """
     labels, teacher_labels = list(labels), list(teacher_labels)
+    if mapping == BY_NAME:
+        check_same_forms(labels, teacher_labels, "the dataset", "the teacher's id2label",
+                         _rename_to_model("teacher"), key="teacher_model_name_or_path")
     if len(labels) != len(teacher_labels) or (mapping == BY_NAME and not is_generic(teacher_labels)
                                               and sorted(labels) != sorted(teacher_labels)):
         fix = ("use a teacher trained on these classes, or rename the class folders to the teacher's names"
@@ -194,8 +211,8 @@ def class_folders(folder: str) -> list[str]:
     its images, so it is an error here.
 
     Raises:
-        LabelError: a class folder keeps its images in sub-folders, is a symbolic link, or is
-            named like a special folder.
+        LabelError: a class folder keeps its images in sub-folders, is a symbolic link, is
+            named like a special folder, or has the name of another in a different Unicode form.
     """
     extensions = _image_extensions()
     classes, imageless = [], []
@@ -211,6 +228,7 @@ def class_folders(folder: str) -> list[str]:
                 "directly in its class folder (train/cat/1.jpg)"
             )
         (classes if direct else imageless).append(entry.name)
+    check_one_form_each(folder, classes)
     if imageless:
         logger.warning("%s: sub-folders without images are not classes: %s", folder, _listed(imageless))
     return classes
@@ -257,8 +275,11 @@ def check_split_classes(train: Sequence[str], validation: Sequence[str], key: st
     """Train and validation must have the same classes (a one-sided class makes a wrong head).
 
     Raises:
-        LabelError: naming the classes only one side has.
+        LabelError: naming the classes only one side has, or the classes whose names differ only
+            in Unicode form (which would print alike in a list of differences).
     """
+    check_same_forms(validation, train, key, "train_dir",
+                     f"rename the class folders so both use the same form, e.g. NFC ({TO_NFC})")
     only_val, only_train = set(validation) - set(train), set(train) - set(validation)
     if not only_val and not only_train:
         return
@@ -277,6 +298,8 @@ def check_validation_labels(train: Sequence[str], validation: Sequence[str]) -> 
     Raises:
         LabelError: naming the validation classes the training split lacks.
     """
+    check_same_forms(validation, train, "the validation split", "the training split",
+                     "give both splits the same spelling of each class name, e.g. NFC")
     extra = set(validation) - set(train)
     if extra:
         raise LabelError(
