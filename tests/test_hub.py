@@ -10,7 +10,10 @@ from huggingface_hub import ModelCard
 
 from conftest import processor, tiny_vit
 from hf_rcka.arguments import DataArguments
-from hf_rcka.trainer.card_facts import CardFacts, base_model_of, describe_eval_data, read_baseline
+from hf_rcka.arguments import ModelArguments
+from hf_rcka.trainer.card_facts import (
+    CardFacts, base_model_of, card_facts_of, describe_eval_data, image_folder_name, read_baseline,
+)
 from hf_rcka.trainer.card import add_cka_to_card, write_model_card
 
 LOSSES = {"ce": 1.0, "rcka": 1.0, "feature_cka": 1.0}
@@ -140,10 +143,46 @@ def test_eval_data_says_when_max_eval_samples_drew_a_subset():
     folders = DataArguments(train_dir="data/train", validation_dir="data/val", split_seed=5, max_eval_samples=100)
     subset = describe_eval_data(folders, 100, 2000)
     assert subset["eval_images"] == 100 and subset["eval_data"] == (
-        "train: a random subset (max_eval_samples, drawn with split_seed 5) of the 2,000 images of the image "
+        "data (local image folder): a random subset (max_eval_samples, drawn with split_seed 5) of the 2,000 images of the image "
         "folder `data/val`")
     whole = describe_eval_data(DataArguments(train_dir="data/train", validation_dir="data/val"), 2000, 2000)
-    assert whole["eval_data"] == "train: the image folder `data/val`"
+    assert whole["eval_data"] == "data (local image folder): the image folder `data/val`"
+
+
+@pytest.mark.parametrize("train_dir, expected", [
+    ("/data/pets/train", "pets"), ("/data/pets/Training/", "pets"), ("/data/pets/val", "pets"),
+    ("/data/pets/validation", "pets"), ("/data/pets/test", "pets"), ("/data/pet_photos", "pet_photos"),
+    ("/train", "train"), ("train", "pets"),  # relative: read from the working directory, /data/pets
+])
+def test_an_image_folder_is_named_by_its_data_not_its_split(train_dir, expected, monkeypatch, tmp_path):
+    (tmp_path / "data" / "pets").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "data" / "pets")
+    assert image_folder_name(train_dir) == expected
+
+
+STUDENT = ModelArguments(model_name_or_path="config:resnet")
+
+
+@pytest.mark.parametrize("train_dir", ["/data/pets/train", "pets"])  # neither exists when the card is written
+def test_card_of_an_image_folder_run_names_the_data_as_local_never_as_a_hub_dataset(tmp_path, train_dir):
+    """train_dir /data/pets/train is the local 'pets' data: the card must not call the dataset
+    'train', and the folder must not reach the `datasets:` metadata the Hub links as dataset ids,
+    whatever `dataset` the caller passed (the CLI used to pass train_dir, a path that need not
+    exist where the card is written, and a bare folder name reads as an id)."""
+    facts = card_facts_of(STUDENT, DataArguments(train_dir=train_dir), 6)
+    for dataset in (train_dir, None):
+        card, _ = _card(tmp_path, facts, dataset=dataset, teacher_name=None)
+        assert card.data.datasets is None, card.data.datasets
+        result = card.data.eval_results[0]
+        assert (result.dataset_type, result.dataset_name) == ("imagefolder", f"{image_folder_name(train_dir)} "
+                                                                             "(local image folder)")
+        assert f"on the local image folder `{train_dir}` (not a Hub dataset)." in card.text
+    assert "Measured on 6 images of pets (local image folder)" in card.text
+
+
+def test_card_of_a_hub_dataset_run_keeps_its_id():
+    facts = card_facts_of(STUDENT, DataArguments(dataset_name="acme/pets"), 6)
+    assert (facts.image_folder, facts.dataset_type, facts.dataset_label) == (None, "acme/pets", "acme/pets")
 
 
 def test_card_counts_readable_evaluation_images_and_names_the_unreadable_apart(tmp_path):

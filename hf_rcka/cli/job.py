@@ -301,7 +301,7 @@ def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: Ski
     """Model card, the skipped-images summary, and the Hub push of a training run."""
     args = trainer.args
     if trainer.is_world_process_zero() and args.do_train:
-        trainer.create_model_card(dataset=data_args.dataset_name or data_args.train_dir)
+        trainer.create_model_card(dataset=data_args.dataset_name)  # an image folder is named by card_facts
     if skipped.summary():
         logger.warning(skipped.summary())
     if args.push_to_hub and args.do_train:

@@ -75,11 +75,23 @@ def _results_table(metrics: dict[str, float]) -> str:
     return "| metric | value |\n|---|---|\n" + rows
 
 
-def _hub_dataset(dataset: str | None) -> list[str] | None:
-    """Only real Hub dataset ids go into the metadata (not image folders or builtin:digits)."""
-    if not dataset or ":" in dataset or os.path.exists(dataset):
+def _hub_dataset(dataset: str | None, facts: CardFacts) -> list[str] | None:
+    """Only real Hub dataset ids go into the metadata (not image folders or builtin:digits).
+
+    The Hub links every ``datasets:`` entry as a dataset id: an image-folder run's data is never
+    one, whatever ``dataset`` says (a path that no longer exists, or a bare folder name, would
+    pass for an id).
+    """
+    if not dataset or facts.image_folder or ":" in dataset or os.path.exists(dataset):
         return None
     return [dataset]
+
+
+def _trained_on(dataset: str | None, facts: CardFacts) -> str:
+    """The end of the card's first sentence: the data, marked local when it is an image folder."""
+    if facts.image_folder:
+        return f" on the local image folder `{facts.image_folder}` (not a Hub dataset)."
+    return f" on `{dataset}`." if dataset else "."
 
 
 def _eval_results(facts: CardFacts, dataset: str | None, metrics: dict[str, float]) -> list[EvalResult] | None:
@@ -163,7 +175,7 @@ def write_model_card(
     """
     metrics, facts = metrics or {}, facts or CardFacts()
     data = _card_data(model_name, teacher_name, dataset, metrics, facts, license)
-    where = f" on `{dataset}`." if dataset else "."
+    where = _trained_on(dataset, facts)
     if teacher_name:
         summary = f"This model was distilled from the teacher `{teacher_name}`{where}"
     else:
@@ -198,7 +210,7 @@ def _card_data(model_name: str, teacher_name: str | None, dataset: str | None, m
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=CARD_TAGS if teacher_name else ["image-classification", "hf_rcka"],
-        datasets=_hub_dataset(dataset),
+        datasets=_hub_dataset(dataset, facts),
         metrics=["accuracy"],
         base_model=facts.base_model if facts.base_model and facts.base_model != teacher_name else None,
         model_name=model_name,

@@ -26,6 +26,8 @@ from ..models.sources import parse_model_source
 # both the carved validation split and the max_eval_samples subset; the training seed draws neither).
 SPLIT_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_val_split",
               "split_seed", "max_eval_samples")
+# Folder names that say which split a folder holds, not what the data is: /data/pets/train is "pets".
+SPLIT_FOLDER_NAMES = ("train", "training", *VALIDATION_SPLIT_NAMES)
 
 
 @dataclass
@@ -43,6 +45,8 @@ class CardFacts:
         unreadable_eval_images: how many of them could not be read (the trainer counts them at
             evaluation, where they are left out); the card counts only the others.
         dataset_type / dataset_label / eval_split: ``model-index`` dataset fields.
+        image_folder: ``train_dir`` of an image-folder run. Its data is local: the card says so
+            and never lists it (or the ``dataset`` a caller passes) as a Hub dataset id.
         run_settings: the data settings (``SPLIT_KEYS``) that decide which images were evaluated.
     """
 
@@ -56,6 +60,7 @@ class CardFacts:
     unreadable_eval_images: int = 0
     dataset_type: str | None = None
     dataset_label: str | None = None
+    image_folder: str | None = None
     eval_split: str | None = "validation"
     run_settings: dict[str, Any] = field(default_factory=dict)
 
@@ -73,7 +78,7 @@ def base_model_of(model_name_or_path: str, from_scratch: bool) -> str | None:
 def describe_eval_data(
     data_args: Any, num_images: int | None, num_validation: int | None = None
 ) -> dict[str, Any]:
-    """``eval_data``, ``eval_images`` and the ``model-index`` dataset fields for ``DataArguments``.
+    """``eval_data``, ``eval_images``, ``image_folder`` and the ``model-index`` dataset fields.
 
     ``num_validation`` is the size of the validation split that ``max_eval_samples`` drew
     ``num_images`` from: a reader must know when the accuracy is that of a subset.
@@ -82,8 +87,8 @@ def describe_eval_data(
         name, label = "digits", "scikit-learn handwritten digits"
     elif data_args.dataset_name:
         name = label = data_args.dataset_name
-    else:
-        name, label = "imagefolder", os.path.basename(os.path.normpath(data_args.train_dir))
+    else:  # "imagefolder" is datasets' loader, the model-index type Hub cards give local image folders
+        name, label = "imagefolder", f"{image_folder_name(data_args.train_dir)} (local image folder)"
     carved = (f"a stratified {100 * data_args.train_val_split:g}% validation split carved from train "
               f"(split_seed {data_args.split_seed}, independent of the training seed)")
     if data_args.validation_dir:
@@ -96,7 +101,20 @@ def describe_eval_data(
     if num_images and num_validation and num_images < num_validation:
         where = (f"a random subset (max_eval_samples, drawn with split_seed {data_args.split_seed}) "
                  f"of the {num_validation:,} images of {where}")
-    return {"eval_data": f"{label}: {where}", "eval_images": num_images, "dataset_type": name, "dataset_label": label}
+    return {"eval_data": f"{label}: {where}", "eval_images": num_images, "dataset_type": name,
+            "dataset_label": label, "image_folder": None if data_args.dataset_name else data_args.train_dir}
+
+
+def image_folder_name(train_dir: str) -> str:
+    """What an image folder's data is called: its own name, or its parent's when it names a split.
+
+    ``/data/pets/train`` holds the ``pets`` data's training split; calling the dataset ``train``
+    says nothing. A relative path is read from the working directory (``train`` run in
+    ``/data/pets`` is ``pets`` too).
+    """
+    path = os.path.abspath(os.path.expanduser(train_dir))
+    leaf, parent = os.path.basename(path), os.path.basename(os.path.dirname(path))
+    return parent if leaf.lower() in SPLIT_FOLDER_NAMES and parent else leaf
 
 
 def read_baseline(baseline_dir: str, run_settings: dict[str, Any]) -> tuple[float, str]:
