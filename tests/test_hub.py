@@ -149,6 +149,13 @@ def test_eval_data_says_when_max_eval_samples_drew_a_subset():
     assert whole["eval_data"] == "data (local image folder): the image folder `data/val`"
 
 
+def test_eval_data_of_a_lone_train_dir_is_the_carved_split():
+    """datasets reads only train_dir then: no split can be the dataset's own validation split."""
+    carved = describe_eval_data(DataArguments(train_dir="data/train", train_val_split=0.2, split_seed=3), 50, 50)
+    assert carved["eval_data"] == ("data (local image folder): a stratified 20% validation split carved from train "
+                                   "(split_seed 3, independent of the training seed)")
+
+
 @pytest.mark.parametrize("train_dir, expected", [
     ("/data/pets/train", "pets"), ("/data/pets/Training/", "pets"), ("/data/pets/val", "pets"),
     ("/data/pets/validation", "pets"), ("/data/pets/test", "pets"), ("/data/pet_photos", "pet_photos"),

@@ -93,7 +93,7 @@ def describe_eval_data(
               f"(split_seed {data_args.split_seed}, independent of the training seed)")
     if data_args.validation_dir:
         where = f"the image folder `{data_args.validation_dir}`"
-    elif data_args.dataset_name == "builtin:digits":
+    elif data_args.dataset_name in (None, "builtin:digits"):  # a lone train_dir has no other split
         where = carved
     else:
         *names, last = VALIDATION_SPLIT_NAMES
