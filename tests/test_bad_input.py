@@ -101,6 +101,10 @@ def test_metric_for_best_model_that_the_evaluation_does_not_report(tmp_path, cap
     assert run(tmp_path, base(tmp_path, **distil, metric_for_best_model="eval_rcka_intra_los")) == 2
     assert "did you mean 'eval_rcka_intra_loss'" in error_of(capsys)
     assert run(tmp_path, base(tmp_path, **distil, metric_for_best_model="ema_accuracy")) == 2  # no model_ema
+    inter_only = dict(distil, losses=[{"name": "ce"}, {"name": "rcka", "intra_weight": 0}])
+    assert run(tmp_path, base(tmp_path, **inter_only, metric_for_best_model="rcka_intra_loss")) == 2
+    assert ("'rcka_intra_loss' is not a metric the evaluation reports (with these options, loss 'rcka' reports "
+            "only rcka_inter_loss)") in error_of(capsys)  # intra_weight 0: rcka_intra is not computed
     assert not (tmp_path / "out").exists()
     for name, more in [("eval_rcka_inter_loss", {}), ("ce_loss", {}), ("loss", {}), ("top5_accuracy", {}),
                        ("eval_ema_accuracy", {"model_ema": True}), ("eval_runtime", {})]:
@@ -498,12 +502,17 @@ def test_debug_shows_the_traceback(tmp_path, capsys, no_loading):
 
 # ------------------------------------------------------------------ found once models/data are known
 
-def save_teacher(path: Path, names: list[str]) -> str:
+def save_teacher(path: Path, names: list[str], nan: bool = False) -> str:
+    """A tiny ResNet saved with its processor; ``nan``: one BatchNorm statistic is NaN, as in a diverged run."""
+    import torch
     from conftest import tiny_resnet
 
     teacher = tiny_resnet(num_labels=len(names))
     teacher.config.id2label = dict(enumerate(names))
     teacher.config.label2id = {n: i for i, n in enumerate(names)}
+    if nan:
+        with torch.no_grad():
+            next(b for name, b in teacher.named_buffers() if name.endswith("running_var"))[0] = float("nan")
     teacher.save_pretrained(path)
     from conftest import processor
 
@@ -553,6 +562,26 @@ def test_eval_only_run_keeps_the_training_records(tmp_path, capsys):
     record = next(out.glob("eval-*"))
     assert "eval_accuracy" in json.loads((record / "eval_results.json").read_text())
     assert yaml.safe_load((record / "eval_config.yaml").read_text())["do_train"] is False
+
+
+def test_a_model_of_nan_weights_is_refused_before_it_is_evaluated_or_trained(tmp_path, capsys):
+    """An eval-only run of a diverged student used to report the accuracy of argmax over NaN and exit 0."""
+    train = image_folder(tmp_path / "train", ["cat", "dog", "eel"])
+    nan_model = save_teacher(tmp_path / "nan", ["cat", "dog", "eel"], nan=True)
+    data = dict(dataset_name=None, train_dir=train, train_val_split=0.25, max_train_samples=None)
+    evaluate = base(tmp_path, **data, model_name_or_path=nan_model, student_config_overrides=None, do_train=False)
+    assert run(tmp_path, evaluate) == 2
+    line = error_of(capsys)
+    assert line.startswith(f"error: model_name_or_path {nan_model!r}: the student's weights are NaN or infinite "
+                           "(1 tensor: resnet.embedder.embedder.normalization.running_var)")
+    assert "cannot be evaluated, trained or exported" in line
+    assert not (tmp_path / "out").exists(), "no eval record of a NaN model"
+    train_from_it = dict(evaluate, do_train=True)
+    assert run(tmp_path, train_from_it) == 2 and "the student's weights are NaN" in error_of(capsys)
+    teacher = base(tmp_path, **data, teacher_model_name_or_path=nan_model)  # would train toward NaN logits
+    assert run(tmp_path, teacher) == 2
+    assert error_of(capsys).startswith(f"error: teacher_model_name_or_path {nan_model!r}: the teacher's weights are")
+    assert not list((tmp_path / "out").glob("*")), "nothing trained or saved"
 
 
 def test_help_lists_every_key_grouped_with_defaults(capsys):

@@ -396,7 +396,10 @@ def test_rcka_returns_intra_and_inter_terms_apart_with_their_weights():
     torch.testing.assert_close(terms["rcka_intra"], 1 - centered_cka(s, t))
     torch.testing.assert_close(terms["rcka_inter"], 1 - centered_cka(s.T, t.T))
     assert loss.term_weights == {"rcka_intra": 1.0, "rcka_inter": 3.5}
-    assert set(build("rcka", DOUBLE, intra_weight=0.0)(inputs)) == {"rcka_inter"}  # a 0-weight term is skipped
+    only_inter = build("rcka", DOUBLE, intra_weight=0.0)
+    assert set(only_inter(inputs)) == {"rcka_inter"}  # a 0-weight term is skipped
+    assert only_inter.term_weights == {"rcka_inter": 1.0}, "term_weights lists only the terms that are computed"
+    assert build("rcka", DOUBLE, weight=0.0).term_weights == {"rcka_intra": 0.0, "rcka_inter": 0.0}  # computed
     with pytest.raises(ValueError, match="both 0"):
         LOSSES.build("rcka", intra_weight=0.0, inter_weight=0.0)
 

@@ -107,9 +107,12 @@ def test_eval_terms_add_up_to_eval_loss_with_a_short_last_batch(tmp_path):
     assert terms == pytest.approx(metrics["eval_loss"], rel=1e-5)
 
 
-@pytest.mark.parametrize("ema", [{}, {"model_ema": True}, {"model_ema": True, "model_ema_export": True}])
-def test_evaluation_reports_the_names_metric_for_best_model_is_checked_against(tmp_path, ema):
-    args = make_args(tmp_path, losses=[{"name": "ce"}, {"name": "rcka"}], **ema)
+@pytest.mark.parametrize("ema,rcka", [
+    ({}, {}), ({"model_ema": True}, {}), ({"model_ema": True, "model_ema_export": True}, {}),
+    ({}, {"intra_weight": 0.0}),  # an uncomputed term is not reported, so must not be listed
+])
+def test_evaluation_reports_the_names_metric_for_best_model_is_checked_against(tmp_path, ema, rcka):
+    args = make_args(tmp_path, losses=[{"name": "ce"}, {"name": "rcka", **rcka}], **ema)
     trainer = make_trainer(args)
     metrics = trainer.evaluate()
     reported = {name.removeprefix("eval_") for name in metrics if not name.endswith(("epoch", *TIMING_METRICS))}

@@ -28,6 +28,7 @@ from ..models.loading import load_image_classifier
 from ..models.processors import load_image_processor
 from ..trainer.card_facts import card_facts_of
 from ..trainer.checkpointing import checkpoint_folder
+from ..trainer.divergence import check_loaded_weights
 from ..trainer.interrupt import GracefulStop, save_checkpoint_now
 from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, default_losses
@@ -213,9 +214,11 @@ def _distillation_model(
 
 
 def build_models(model_args: ModelArguments, labels: list[str]):
-    """Student (with this dataset's labels) and teacher (as trained: its head is never re-initialised)."""
+    """Student (with this dataset's labels) and teacher (as trained: its head is never re-initialised);
+    either with NaN or infinite weights is refused here, before it is evaluated or trained."""
     with model_error("model_name_or_path"):
         student, student_processor = _build_student(model_args, labels)
+    check_loaded_weights(student, "student", "model_name_or_path", model_args.model_name_or_path)
     teacher = teacher_processor = None
     if model_args.teacher_model_name_or_path:
         with model_error("teacher_model_name_or_path"):
@@ -228,6 +231,7 @@ def build_models(model_args: ModelArguments, labels: list[str]):
             teacher_processor = load_image_processor(
                 model_args.teacher_model_name_or_path, teacher, trust_remote_code=model_args.trust_remote_code
             )
+        check_loaded_weights(teacher, "teacher", "teacher_model_name_or_path", model_args.teacher_model_name_or_path)
     return student, student_processor, teacher, teacher_processor
 
 

@@ -122,8 +122,22 @@ def check_metric_for_best_model(model_args: Any, args: Any, num_labels: int | No
     if metric[len(prefix):] == "top5_accuracy":
         raise RecipeError(f"metric_for_best_model {metric!r}: top5_accuracy is reported only with more than 5 "
                           f"classes, and this dataset has {num_labels}: use {prefix}accuracy")
-    raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports: "
+    raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports"
+                      f"{_terms_reported(metric[len(prefix):], losses)}: "
                       f"{close_matches(metric, [prefix + name for name in names])}")
+
+
+def _terms_reported(name: str, losses: list) -> str:
+    """For a name shaped like a term of a configured loss, the terms that loss reports.
+
+    A loss's options can leave a term out (``rcka`` with ``intra_weight: 0`` computes no
+    ``rcka_intra``); without this the error would not say why a term the loss has is missing.
+    """
+    for loss in losses:
+        if name.startswith(f"{loss.registry_name}_") and name.endswith("_loss"):
+            reported = ", ".join(f"{term}_loss" for term in loss.term_weights)
+            return f" (with these options, loss {loss.registry_name!r} reports only {reported})"
+    return ""
 
 
 def check_report_to(report_to: Any) -> None:

@@ -78,8 +78,14 @@ class RCKALoss(RelationalLoss):
 
     @property
     def term_weights(self) -> dict[str, float]:
-        """``rcka_intra``: ``weight * intra_weight``; ``rcka_inter``: ``weight * inter_weight``."""
-        return {self._intra: self.weight * self.intra_weight, self._inter: self.weight * self.inter_weight}
+        """``rcka_intra``: ``weight * intra_weight``; ``rcka_inter``: ``weight * inter_weight``.
+
+        A term whose own weight (``intra_weight`` / ``inter_weight``) is 0 is left out: :meth:`terms`
+        does not compute it, so no evaluation reports it, and the names checked up front against
+        ``metric_for_best_model`` come from here. (``weight: 0`` keeps both: they are computed.)
+        """
+        own = {self._intra: self.intra_weight, self._inter: self.inter_weight}
+        return {term: self.weight * weight for term, weight in own.items() if weight}
 
     @property
     def _intra(self) -> str:
@@ -90,20 +96,17 @@ class RCKALoss(RelationalLoss):
         return f"{self.registry_name}_inter"
 
     def terms(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
-        """``1 - CKA`` of sample relations (intra) and of class relations (inter); a term with
-        weight 0 is not computed."""
+        """``1 - CKA`` of sample relations (intra) and of class relations (inter), for the terms in
+        :attr:`term_weights` only: one list decides what is computed and what is reported."""
         student, teacher = self.rows(inputs.student_logits), self.rows(inputs.teacher_logits)
         if student.shape != teacher.shape:
             raise ValueError(
                 f"rcka needs student and teacher logits of equal shape, got {tuple(student.shape)} and "
                 f"{tuple(teacher.shape)}: do both models predict the same label set?"
             )
-        terms = {}
-        if self.intra_weight:
-            terms[self._intra] = 1.0 - _cka(student, teacher, self.kernel, self.center, self.row_normalize)
-        if self.inter_weight:
-            terms[self._inter] = 1.0 - _cka(student.T, teacher.T, self.kernel, self.center, self.row_normalize)
-        return terms
+        relations = {self._intra: (student, teacher), self._inter: (student.T, teacher.T)}
+        return {term: 1.0 - _cka(*relations[term], self.kernel, self.center, self.row_normalize)
+                for term in self.term_weights}
 
 
 @LOSSES.register("feature_cka")

@@ -12,7 +12,9 @@ No step pays for the check. The weights are read only where that costs nothing n
 happens anyway: before each checkpoint is written (the save reads them all), once after training
 (``DistillationTrainer.train``: a divergence no other check saw), and at a logging step whose
 logged loss is not finite (the per-term losses, which Trainer does not filter, or the ``eval_*``
-losses), where training then stops instead of running on NaN.
+losses), where training then stops instead of running on NaN. A student or teacher loaded with
+such weights (a diverged run's, made elsewhere) is refused before it is used
+(``check_loaded_weights``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch.distributed.tensor import DTensor
 from transformers import TrainerCallback
 
 from ..distributed import any_rank
-from ..errors import TrainingDiverged
+from ..errors import ModelError, TrainingDiverged
 
 
 def non_finite_losses(logs: dict[str, Any]) -> dict[str, float]:
@@ -34,16 +36,44 @@ def non_finite_losses(logs: dict[str, Any]) -> dict[str, float]:
             if key.endswith("loss") and isinstance(value, (int, float)) and not math.isfinite(value)}
 
 
-def has_finite_weights(module: torch.nn.Module, device: torch.device | str) -> bool:
-    """Whether every floating-point parameter and buffer of ``module`` is finite, on every rank.
+def non_finite_tensors(module: torch.nn.Module) -> list[str]:
+    """The names of the floating-point parameters and buffers of ``module`` that hold NaN or inf.
 
     Buffers count: a diverged forward pass turns BatchNorm's running statistics NaN even when the
     optimizer step was skipped, and the saved model evaluates with them. FSDP-sharded tensors are
-    read shard by shard; the ranks agree through one all-reduce, so all stop together.
+    read shard by shard, so the answer is this rank's alone.
     """
-    tensors = (t.to_local() if isinstance(t, DTensor) else t for t in (*module.parameters(), *module.buffers()))
-    finite = all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
-    return not any_rank(not finite, device)
+    named = (*module.named_parameters(), *module.named_buffers())
+    return [name for name, t in named
+            if t.is_floating_point() and not bool(torch.isfinite(t.to_local() if isinstance(t, DTensor) else t).all())]
+
+
+def has_finite_weights(module: torch.nn.Module, device: torch.device | str) -> bool:
+    """Whether every floating-point parameter and buffer of ``module`` is finite, on every rank.
+
+    The ranks agree through one all-reduce (see ``non_finite_tensors``), so all stop together.
+    """
+    return not any_rank(bool(non_finite_tensors(module)), device)
+
+
+def check_loaded_weights(model: torch.nn.Module, role: str, key: str, source: str) -> None:
+    """Refuse a loaded student or teacher whose weights are already NaN or infinite (a diverged run's).
+
+    Without this an eval-only run reports the accuracy of argmax over NaN logits and exits 0, and a
+    run that trains from such a student, or toward such a teacher, ends as "training diverged",
+    blaming the learning rate. Every rank loads the same files, so no collective is needed.
+
+    Raises:
+        ModelError: naming ``key`` (``model_name_or_path``...), ``source`` and the non-finite tensors.
+    """
+    names = non_finite_tensors(model)
+    if names:
+        count = f"{len(names)} tensor{'s' if len(names) > 1 else ''}"
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ModelError(
+            f"{key} {source!r}: the {role}'s weights are NaN or infinite ({count}: {shown}), so it cannot be "
+            f"evaluated, trained or exported: use a checkpoint saved before its training diverged"
+        )
 
 
 def diverged_error(args: Any, step: int, losses: dict[str, float] | None = None) -> TrainingDiverged:
