@@ -659,6 +659,37 @@ def test_patch_cka_under_no_grad_and_with_a_frozen_teacher():
     torch.testing.assert_close(student.grad, patch_cka_and_grads(composed_patch_cka, s, t, 4)[1], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["kernel", "autograd"])
+def test_patch_cka_many_equals_one_call_per_pair(monkeypatch, backend):
+    """Pairs on one grid share a call (their channels concatenated); values and gradients are
+    those of separate calls, in the order given, whatever the grids, layouts and transposes."""
+    shapes = [(3, 2, 8, 8), (3, 5, 4, 4), (3, 4, 8, 8), (3, 1, 8, 8), (3, 3, 4, 4)]
+    pairs = [map_pair(shape, seed=60 + i) for i, shape in enumerate(shapes)]
+    pairs[2] = tuple(m.contiguous(memory_format=torch.channels_last) for m in pairs[2])
+    students = [s.clone().requires_grad_() for s, _ in pairs]
+    teachers = [t.clone().requires_grad_() for _, t in pairs]
+    calls = []
+    real = fn.patch.patch_cka
+    monkeypatch.setattr(fn.patch, "patch_cka", lambda s, *a, **k: calls.append(s.shape[1]) or real(s, *a, **k))
+    for transpose in (False, True):
+        calls.clear()
+        got = fn.patch_cka_many(students, teachers, 4, transpose=transpose, backend=backend)
+        assert sorted(calls) == [7, 8]  # one call per grid: 2 + 4 + 1 channels on 8x8, 5 + 3 on 4x4
+        want = [real(s, t, 4, transpose=transpose, backend=backend) for s, t in zip(students, teachers)]
+        assert [g.shape for g in got] == [(shape[1],) for shape in shapes]
+        weights = [torch.linspace(0.5, 1.5, w.numel(), dtype=DOUBLE) for w in want]
+        grads_got = torch.autograd.grad(sum((g * w).sum() for g, w in zip(got, weights)), students + teachers)
+        grads_want = torch.autograd.grad(sum((g * w).sum() for g, w in zip(want, weights)), students + teachers)
+        for a, b in zip([*got, *grads_got], [*want, *grads_want]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_patch_cka_many_names_a_misaligned_pair():
+    s, t = map_pair((2, 3, 8, 8), seed=70)
+    with pytest.raises(ValueError, match=r"equal shape, got student \(2, 3, 8, 8\) and teacher \(2, 2, 8, 8\)"):
+        fn.patch_cka_many([s, s], [t, t[:, :2]], 4)
+
+
 def test_patch_cka_refuses_create_graph_instead_of_dropping_second_order_terms():
     s, t = map_pair((2, 3, 4, 4), seed=39)
     s.requires_grad_()

@@ -17,7 +17,7 @@ from .cka import center_gram, cka_from_grams, gram_linear, gram_rbf, hsic, linea
 from .kd import kd_loss, srd_correlation, srd_distance
 from .numerics import upcast
 from .nystrom import class_sums, kernel_transfer_loss, landmark_similarity, nystrom_approximation
-from .patch import patch_cka, patchify
+from .patch import patch_cka, patch_cka_many, patchify
 
 __all__ = [
     "gram_linear",
@@ -30,6 +30,7 @@ __all__ = [
     "sample_rows",
     "patchify",
     "patch_cka",
+    "patch_cka_many",
     "landmark_similarity",
     "nystrom_approximation",
     "class_sums",

@@ -46,13 +46,15 @@ class PatchCKALoss(DistillationLoss):
         self.center = bool(center)
 
     def term(self, inputs: LossInputs) -> torch.Tensor:
-        terms = []
-        for student, teacher in self.feature_pairs(inputs):
+        pairs = self.feature_pairs(inputs)
+        for student, teacher in pairs:
             if student.dim() != 4:
                 raise ValueError(
                     f"patch_cka needs (B, C, H, W) maps, got a feature of shape {tuple(student.shape)}; "
                     f"use the 'patch_match' adapter for this pair"
                 )
-            sim = functional.patch_cka(student, teacher, self.patch_size, self.transpose, self.center)
-            terms.append(1.0 - sim.mean())
-        return torch.stack(terms).sum()
+            functional.patch.check_aligned(student, teacher)
+        # pairs on one grid share one call (see patch_cka_many)
+        students, teachers = [s for s, _ in pairs], [t for _, t in pairs]
+        sims = functional.patch_cka_many(students, teachers, self.patch_size, self.transpose, self.center)
+        return torch.stack([1.0 - sim.mean() for sim in sims]).sum()
