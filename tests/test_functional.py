@@ -671,10 +671,13 @@ def test_patch_cka_many_equals_one_call_per_pair(monkeypatch, backend):
     calls = []
     real = fn.patch.patch_cka
     monkeypatch.setattr(fn.patch, "patch_cka", lambda s, *a, **k: calls.append(s.shape[1]) or real(s, *a, **k))
-    for transpose in (False, True):
+    for transpose, join_bytes, want_calls in ((False, 8 << 20, [7, 8]), (True, 8 << 20, [7, 8]), (False, 900, [1, 2, 3, 4, 5])):
+        monkeypatch.setattr(fn.patch, "_JOIN_BYTES", join_bytes)
         calls.clear()
         got = fn.patch_cka_many(students, teachers, 4, transpose=transpose, backend=backend)
-        assert sorted(calls) == [7, 8]  # one call per grid: 2 + 4 + 1 channels on 8x8, 5 + 3 on 4x4
+        # one call per grid (2 + 4 + 1 channels on 8x8, 5 + 3 on 4x4), or per pair for larger maps
+        # (the 8x8 group is 7 * 192 doubles, the 4x4 one 8 * 48; neither fits 900 bytes)
+        assert sorted(calls) == want_calls
         want = [real(s, t, 4, transpose=transpose, backend=backend) for s, t in zip(students, teachers)]
         assert [g.shape for g in got] == [(shape[1],) for shape in shapes]
         weights = [torch.linspace(0.5, 1.5, w.numel(), dtype=DOUBLE) for w in want]
