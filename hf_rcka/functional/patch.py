@@ -118,7 +118,8 @@ def patch_cka(
 
 # Pairs are joined while their student maps take at most this much together: the concatenation
 # copies both sides' maps, which costs more than a call's fixed work on full-size maps (DeiT-B ->
-# ResNet-50 at 224 px, batch 32: 38 MB per side, +570 ms of copies per CPU step when joined).
+# ResNet-50 at 224 px, batch 32: 38 MB per side; joined, the work patch CKA added to a CPU step
+# grew from 1.18 to 1.76 s).
 _JOIN_BYTES = 8 << 20
 
 
@@ -135,10 +136,10 @@ def patch_cka_many(
 
     PCKA never mixes channels (each is a CKA of its own), so the channels of several pairs on one
     grid can go through one call as one map. On classification-size maps a call's cost is mostly
-    fixed (some sixty tensor ops forward and backward, whatever the channel count): three pairs
-    on 8 x 8 maps took 7.4-8.4 ms as three calls and 4.4-5.3 ms as one, concatenation included,
-    on a 2-core CPU. Large maps keep a call each (``_JOIN_BYTES``). Values and gradients are
-    those of separate calls.
+    fixed (some sixty tensor ops forward and backward, whatever the channel count), so joining
+    three of four pairs cut the work patch CKA adds to a CPU step by 13-18% (benchmarks/README.md).
+    Large maps keep a call each (``_JOIN_BYTES``). Values and gradients are those of separate
+    calls.
 
     Returns:
         The per-channel CKA (C_i,) of each pair, in the order given.
