@@ -442,6 +442,26 @@ def test_resume_keeps_the_checkpoint_classes(tmp_path, capsys, monkeypatch):
         "was trained on, or train into a new output_dir")
 
 
+def test_resuming_a_checkpoint_of_nan_weights_is_refused_before_training(tmp_path, capsys):
+    """Such a checkpoint (written before the divergence check guarded saves) used to train on until
+    the first check, which then blamed the learning rate for a new divergence."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    first = base(tmp_path, save_strategy="steps", save_steps=2, max_steps=2)
+    assert run(tmp_path, first) == 0
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    weights = load_file(checkpoint / "model.safetensors")
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    assert run(tmp_path, {**first, "max_steps": 4}, "--resume_from_checkpoint", "true") == 2
+    assert error_of(capsys) == (
+        f"error: resume_from_checkpoint: {str(checkpoint)!r} holds NaN or infinite student weights (saved after "
+        "its training diverged): resume from an earlier checkpoint")
+    assert not (tmp_path / "out" / "checkpoint-4").exists(), "no step trained on NaN weights"
+
+
 def _string_labelled(tmp_path, split_classes: dict[str, list[str]]):
     """A dataset like a CSV's: a column of image file paths and a column of class names."""
     import datasets

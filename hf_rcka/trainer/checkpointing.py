@@ -30,6 +30,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import ModelError
+from .divergence import has_finite_weights
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,13 @@ class CheckpointingTrainer(Trainer):
                 f"resume_from_checkpoint: {resume_from_checkpoint!r} does not fit this run ({reason}). Resume with "
                 "the settings it was saved with (the run's distill_config.yaml), or train into a new output_dir"
             ) from None
+        # Checkpoints of a diverged run are no longer written, but older ones exist: resumed, such a
+        # student ran on to the first check and was then reported as a new divergence.
+        if not has_finite_weights(target.student, self.args.device):
+            raise ModelError(
+                f"resume_from_checkpoint: {resume_from_checkpoint!r} holds NaN or infinite student weights (saved "
+                "after its training diverged): resume from an earlier checkpoint"
+            )
 
     # Private override. With load_best_model_at_end Trainer loads the best checkpoint's weights file
     # into Trainer.model the same way (nothing matches, so nothing is restored); we load the student
