@@ -141,5 +141,7 @@ def test_the_fix_names_the_models_form_and_case_differences_keep_their_message()
     with pytest.raises(LabelError, match=r"to the teacher's spelling \(NFD\)$"):
         teacher_label_order(["cat", CAFE_NFC], ["cat", CAFE_NFD])
     assert teacher_label_order(["cat", CAFE_NFC], ["cat", CAFE_NFD], "by_index") is None  # names not compared
+    # a pretrained head of another class count is re-initialised for the dataset: its names do not matter
+    assert run_label_order(["cat", CAFE_NFD], ["cat", CAFE_NFC, "dog"], training=True) == ["cat", CAFE_NFD]
     with pytest.raises(LabelError, match=r"lacks: \['Dog'\].*lacks: \['dog'\]\. .*\(case matters\)$"):
         check_split_classes(["cat", "dog"], ["cat", "Dog"])

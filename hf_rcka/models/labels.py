@@ -83,13 +83,15 @@ def run_label_order(dataset_labels: Sequence[str], student_labels: Sequence[str]
     Raises:
         LabelError: eval-only, and the student's names (or, for generic names, its class count)
             differ from the dataset's; or a name differs from the student's only in Unicode form
-            (training would silently re-purpose that class's output).
+            (training would silently re-purpose that class's output; a head of another class
+            count is re-initialised, so its names do not matter).
     """
     dataset_labels = list(dataset_labels)
     if student_labels is None:
         return dataset_labels
-    check_same_forms(dataset_labels, student_labels, "the dataset", "the model's id2label",
-                     _rename_to_model("model"), key="model_name_or_path")
+    if not training or len(student_labels) == len(dataset_labels):  # else the head is re-initialised
+        check_same_forms(dataset_labels, student_labels, "the dataset", "the model's id2label",
+                         _rename_to_model("model"), key="model_name_or_path")
     if sorted(student_labels) == sorted(dataset_labels):
         if list(student_labels) != dataset_labels:
             logger.info("labels: the dataset's classes are mapped to the student's own label order (head kept)")
