@@ -691,6 +691,8 @@ def test_patch_cka_many_names_a_misaligned_pair():
     s, t = map_pair((2, 3, 8, 8), seed=70)
     with pytest.raises(ValueError, match=r"equal shape, got student \(2, 3, 8, 8\) and teacher \(2, 2, 8, 8\)"):
         fn.patch_cka_many([s, s], [t, t[:, :2]], 4)
+    with pytest.raises(ValueError, match="got 2 student maps and 1 teacher maps"):
+        fn.patch_cka_many([s, s], [t], 4)
 
 
 def test_patch_cka_refuses_create_graph_instead_of_dropping_second_order_terms():

@@ -137,15 +137,17 @@ def patch_cka_many(
     PCKA never mixes channels (each is a CKA of its own), so the channels of several pairs on one
     grid can go through one call as one map. On classification-size maps a call's cost is mostly
     fixed (some sixty tensor ops forward and backward, whatever the channel count), so joining
-    three of four pairs cut the work patch CKA adds to a CPU step by 13-18% (benchmarks/README.md).
+    three of four pairs cut the work patch CKA adds to a CPU step by 12-18% (benchmarks/README.md).
     Large maps keep a call each (``_JOIN_BYTES``). Values and gradients are those of separate
     calls.
 
     Returns:
         The per-channel CKA (C_i,) of each pair, in the order given.
     """
+    if len(student_fmaps) != len(teacher_fmaps):
+        raise ValueError(f"patch_cka_many got {len(student_fmaps)} student maps and {len(teacher_fmaps)} teacher maps")
     groups: dict[tuple, list[int]] = {}
-    for i, (student, teacher) in enumerate(zip(student_fmaps, teacher_fmaps, strict=True)):
+    for i, (student, teacher) in enumerate(zip(student_fmaps, teacher_fmaps)):
         check_aligned(student, teacher)
         key = (student.shape[0], *student.shape[2:], student.dtype, teacher.dtype, student.device)
         groups.setdefault(key, []).append(i)
