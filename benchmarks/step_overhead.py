@@ -13,6 +13,8 @@ limit's child.
 one step of each variant (round-robin, like the timed steps) and prices only the calls (per op and
 input shape) a variant adds to the limit's or drops, each at its own cost, as a ratio to the
 limit's op time in the same round; the median over rounds is reported (see ``added_work``).
+Whenever steps run, the table also gives each variant's matmul and convolution FLOPs over the
+limit's (``flop_ratios``): the arithmetic a variant cannot shed without changing its method.
 
 Variants: ``limit``; timm's ``LogitDistillationTask`` and ``FeatureDistillationTask`` (the same
 timm models, unwrapped); hf_rcka ``kd``, ``rcka`` (logits), ``rcka+feature_cka`` and
@@ -193,6 +195,26 @@ def time_variants(steps: dict[str, Step], device: torch.device, rounds: int, war
     return result
 
 
+def flop_ratios(steps: dict[str, Step]) -> dict[str, dict]:
+    """The matmul and convolution FLOPs of one step of each variant (forward and backward), as a
+    ratio to the limit's.
+
+    This is the arithmetic a variant adds, whatever the machine. A learned projection's matmuls
+    (patch CKA's adapters) cannot be dropped without changing the method, so unless they run
+    faster per FLOP than the models' own layers, a variant's time ratio stays at or above its
+    FLOP ratio. Counted by torch's ``FlopCounterMode`` (matmuls, convolutions and attention; not
+    elementwise ops, which the time ratios price).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = {}
+    for name, step in steps.items():
+        with FlopCounterMode(display=False) as counter:
+            step()
+        counts[name] = counter.get_total_flops()
+    return {name: {"gflops": n / 1e9, "ratio": n / counts["limit"]} for name, n in counts.items()}
+
+
 def _rss_mib() -> float:
     with open("/proc/self/status") as status:
         for line in status:
@@ -325,14 +347,15 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
     return out + [flag for flag, on in (("--full", args.full), ("--bf16", args.bf16)) if on]
 
 
-def table(pair: str, variants: list[str], timing: dict | None, memory: dict | None) -> str:
-    head = "| variant | median step (s) | time / limit | q1-q3 | peak mem (MiB) | mem / limit | mem above baseline / limit's |"
-    lines = [f"\n### {pair}\n", head, "|" + "---|" * 7]
+def table(pair: str, variants: list[str], timing: dict | None, memory: dict | None, flops: dict | None = None) -> str:
+    head = ("| variant | median step (s) | time / limit | q1-q3 | peak mem (MiB) | mem / limit | "
+            "mem above baseline / limit's | FLOPs / limit |")
+    lines = [f"\n### {pair}\n", head, "|" + "---|" * 8]
     for name in variants:
-        t, m = (timing or {}).get(name), (memory or {}).get(name)
+        t, m, f = (timing or {}).get(name), (memory or {}).get(name), (flops or {}).get(name)
         tim = f"{t['median_s']:.3f} | {t['ratio']:.3f} | {t['ratio_q1']:.3f}-{t['ratio_q3']:.3f}" if t else "- | - | -"
         mem = f"{m['peak_mib']:.0f} | {m['ratio']:.3f} | {m['delta_ratio']:.3f}" if m else "- | - | -"
-        lines.append(f"| {name} | {tim} | {mem} |")
+        lines.append(f"| {name} | {tim} | {mem} | {f['ratio']:.4f} |" if f else f"| {name} | {tim} | {mem} | - |")
     return "\n".join(lines)
 
 
@@ -374,15 +397,17 @@ def run_pair(args: argparse.Namespace, pair: str, variants: list[str]) -> dict:
     images_per_s = {v: batch / t["median_s"] for v, t in (timing or {}).items()}
     profile = profile_variant(steps[args.profile], device) if args.profile in steps else None
     extra = added_work(steps, device, args.extra_ops) if args.extra_ops else {}
+    flops = flop_ratios(steps) if steps and not args.compile else None
     memory = None if args.no_memory else measure_memory(args, variants)
     print(table(f"{pair}: teacher {PAIRS[pair]['full' if args.full else 'cpu'][0]} -> student "
-                f"{PAIRS[pair]['full' if args.full else 'cpu'][1]}, {size} px, batch {batch}", variants, timing, memory))
+                f"{PAIRS[pair]['full' if args.full else 'cpu'][1]}, {size} px, batch {batch}", variants, timing, memory,
+                flops))
     if profile:
         print(f"\nprofile of {args.profile} ({pair}, 3 steps):\n{profile}")
     if extra:
         print(extra_table(extra, args.extra_ops))
     return {"size": size, "batch": batch, "timing": timing, "memory": memory, "images_per_s": images_per_s,
-            "extra_ops": extra}
+            "extra_ops": extra, "flops": flops}
 
 
 def extra_table(extra: dict[str, dict], rounds: int) -> str:
