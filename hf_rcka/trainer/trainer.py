@@ -41,7 +41,8 @@ from ..data.mixing import build_mixup, mix_batch
 from ..modeling.assembly import build_distillation_model
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.parallel import (
-    default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp, require_full_state_dict,
+    check_fsdp_settings, default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp,
+    require_full_state_dict,
 )
 from ..data.sampler import RepeatedAugmentationSampler, keep_rank_sharding
 from ..modeling.teacher_inputs import InputStats, input_stats
@@ -107,6 +108,7 @@ class DistillationTrainer(CheckpointingTrainer):
     ) -> None:
         if args is None:
             raise ValueError("DistillationTrainer needs args (DistillationTrainingArguments with an output_dir)")
+        check_fsdp_settings(args)
         if not isinstance(model, DistillationModel):
             model = build_distillation_model(
                 model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
