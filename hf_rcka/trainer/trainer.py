@@ -29,7 +29,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from ..augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
 from .checkpointing import CheckpointingTrainer
-from .divergence import DivergenceCheck
+from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate
 from .ema import StudentEmaCallback
 from .card import write_model_card
@@ -58,6 +58,20 @@ def _keeping_last_batch(args: TrainingArguments):
         yield
     finally:
         args.dataloader_drop_last = drop_last
+
+
+def _check_given_weights(model: Any, teacher: Any) -> None:
+    """Refuse a student or teacher passed in with NaN or infinite weights (a diverged run's).
+
+    The command line checks what it loads under the recipe's keys; this covers models built in
+    Python, where ``evaluate()`` would otherwise report the accuracy of argmax over NaN logits.
+    """
+    if isinstance(model, DistillationModel):
+        model, teacher = model.student, model.teacher
+    for role, module in (("student", model), ("teacher", teacher)):
+        if isinstance(module, torch.nn.Module):
+            name = getattr(module, "name_or_path", None) or type(module).__name__
+            check_loaded_weights(module, role, f"the {role} given to DistillationTrainer", name)
 
 
 def _stats_or_none(processor: Any) -> InputStats | None:
@@ -109,6 +123,7 @@ class DistillationTrainer(CheckpointingTrainer):
         if args is None:
             raise ValueError("DistillationTrainer needs args (DistillationTrainingArguments with an output_dir)")
         check_fsdp_settings(args)
+        _check_given_weights(model, teacher)
         if not isinstance(model, DistillationModel):
             model = build_distillation_model(
                 model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
