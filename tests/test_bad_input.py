@@ -168,6 +168,20 @@ def test_report_to_an_integration_that_is_not_installed(tmp_path, capsys, no_loa
     assert "did you mean 'tensorboard'" in error_of(capsys)
 
 
+def test_fsdp_settings_that_would_fail_after_loading(tmp_path, capsys, no_loading, monkeypatch):
+    """Under accelerate launch with FSDP, cpu_ram_efficient_loading leaves the other processes' teacher
+    on the meta device (FSDP broadcasts only what it wraps), and a sharded state dict exports no student."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    assert run(tmp_path, base(tmp_path)) == 2
+    assert "set fsdp_cpu_ram_efficient_loading: false in the accelerate config" in error_of(capsys)
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
+    monkeypatch.setenv("FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT")
+    assert run(tmp_path, base(tmp_path)) == 2
+    assert "FSDP state_dict_type is SHARDED_STATE_DICT" in error_of(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 def test_push_to_hub_offline_or_without_a_token(tmp_path, capsys, no_loading, monkeypatch):
     from huggingface_hub import constants
 

@@ -145,6 +145,34 @@ def test_sharded_state_dict_type_is_refused_before_training():
     require_full_state_dict(SimpleNamespace(state=SimpleNamespace()))  # no FSDP
 
 
+def test_fsdp_settings_are_read_from_accelerate_launch_or_fsdp_config(monkeypatch):
+    from types import SimpleNamespace
+
+    from hf_rcka.errors import RecipeError
+    from hf_rcka.modeling.parallel import check_fsdp_settings
+
+    for name in ("ACCELERATE_USE_FSDP", "FSDP_CPU_RAM_EFFICIENT_LOADING", "FSDP_STATE_DICT_TYPE"):
+        monkeypatch.delenv(name, raising=False)
+    no_fsdp = SimpleNamespace(fsdp=[], fsdp_config={"state_dict_type": "SHARDED_STATE_DICT"})
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")  # transformers loads on meta only under FSDP
+    check_fsdp_settings(no_fsdp)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "1")
+    with pytest.raises(RecipeError, match="cpu_ram_efficient_loading"):
+        check_fsdp_settings(no_fsdp)
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
+    for full in ("FULL_STATE_DICT", "1", "StateDictType.FULL_STATE_DICT"):
+        monkeypatch.setenv("FSDP_STATE_DICT_TYPE", full)
+        check_fsdp_settings(no_fsdp)  # under accelerate launch its environment decides, not fsdp_config
+    monkeypatch.setenv("FSDP_STATE_DICT_TYPE", "3")
+    with pytest.raises(RecipeError, match="needs the full state dict"):
+        check_fsdp_settings(no_fsdp)
+    for name in ("ACCELERATE_USE_FSDP", "FSDP_STATE_DICT_TYPE"):
+        monkeypatch.delenv(name)
+    with pytest.raises(RecipeError, match="needs the full state dict"):  # TrainingArguments(fsdp=..., fsdp_config=...)
+        check_fsdp_settings(SimpleNamespace(fsdp=["full_shard"], fsdp_config={"state_dict_type": "SHARDED_STATE_DICT"}))
+    check_fsdp_settings(SimpleNamespace(fsdp=["full_shard"], fsdp_config={"min_num_params": 0}))
+
+
 def test_full_state_dict_loading_rejects_missing_and_unexpected_keys():
     """torch's full-state-dict loader fills missing keys with current values; ours must not resume from a partial file."""
     from hf_rcka.modeling.sharded_state import load_full_state_dict

@@ -319,6 +319,19 @@ def test_divergence_is_nan_weights_not_a_nan_loss(tmp_path):
     assert str(check.error).startswith("training diverged: by step 4 the student's weights are NaN or infinite")
 
 
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_a_model_of_nan_weights_given_in_python_is_refused(tmp_path, role):
+    """evaluate() on such a student reported the accuracy of argmax over NaN logits."""
+    from hf_rcka.errors import ModelError
+
+    models = {"student": tiny_vit(), "teacher": tiny_resnet()}
+    with torch.no_grad():
+        next(iter(models[role].parameters())).view(-1)[0] = float("inf")
+    with pytest.raises(ModelError, match=f"the {role} given to DistillationTrainer .*: the {role}'s weights are NaN or "
+                                         "infinite \\(1 tensor: "):
+        make_trainer(make_args(tmp_path), student=models["student"], teacher=models[role] if role == "teacher" else None)
+
+
 def test_teacher_near_chance_is_reported_before_training(tmp_path):
     # A constant teacher: always predicts class 0, so on balanced data it sits at chance.
     teacher = tiny_resnet()

@@ -22,6 +22,7 @@ from ..errors import DataError, ModelError, RecipeError
 from ..models.labels import check_split_classes, class_folders
 from ..registry import LOSSES, close_matches
 from ..modeling.assembly import build_losses, default_losses
+from ..modeling.parallel import check_fsdp_settings
 from ..trainer.metrics import TIMING_METRICS, evaluation_metric_names
 
 _PATH_PREFIXES = (".", "/", "~")
@@ -42,6 +43,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
         })
     check_report_to(args.report_to)
     check_half_precision(args)
+    check_fsdp_settings(args)
     check_losses_fit_models(model_args, args)
     check_metric_for_best_model(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):

@@ -16,8 +16,13 @@ change. Two measures, both decided here:
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import RecipeError
 
 
 def ignore_teacher_in_ddp(model: nn.Module, teacher_prefix: str = "teacher.") -> list[str]:
@@ -67,9 +72,50 @@ def require_full_state_dict(accelerator) -> None:
     model, which needs the gathered weights.
     """
     plugin = getattr(accelerator.state, "fsdp_plugin", None)
-    if plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
-        raise ValueError(
-            f"FSDP state_dict_type is {plugin.state_dict_type}: hf_rcka saves the student as a plain "
+    if plugin is not None:
+        _check_state_dict_type(str(plugin.state_dict_type))
+
+
+def check_fsdp_settings(args: Any) -> None:
+    """Refuse FSDP settings that would fail only after the models are loaded, before they are.
+
+    Reads what ``accelerate launch`` put in the environment, or ``TrainingArguments.fsdp_config``:
+
+    * ``cpu_ram_efficient_loading`` under ``accelerate launch`` makes transformers load every
+      model's weights on the first process only, leaving the other processes' weights on the meta
+      device for FSDP to broadcast when it wraps the model. The frozen teacher is kept out of FSDP
+      (see ``keep_teacher_out_of_fsdp``), so nothing would ever fill it there.
+    * a ``state_dict_type`` given explicitly as sharded or local (see ``require_full_state_dict``,
+      which also covers accelerate's default once the plugin exists).
+    """
+    if _true(os.environ.get("ACCELERATE_USE_FSDP")):
+        if _true(os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")):
+            raise RecipeError(
+                "FSDP cpu_ram_efficient_loading loads the models' weights on the first process only and lets FSDP "
+                "broadcast them, but hf_rcka keeps the frozen teacher out of FSDP, so the other processes would "
+                "keep no teacher weights: set fsdp_cpu_ram_efficient_loading: false in the accelerate config"
+            )
+        state_dict_type = os.environ.get("FSDP_STATE_DICT_TYPE")
+    elif getattr(args, "fsdp", None) and isinstance(args.fsdp_config, dict):
+        state_dict_type = args.fsdp_config.get("state_dict_type")
+    else:
+        return
+    if state_dict_type:
+        _check_state_dict_type(str(state_dict_type))
+
+
+def _true(value: str | None) -> bool:
+    """A boolean setting as accelerate and transformers read it from text ("true", "1", "yes", ...)."""
+    return str(value).strip().lower() in {"1", "true", "yes", "y", "on", "t"}
+
+
+def _check_state_dict_type(state_dict_type: str) -> None:
+    """Raise unless ``state_dict_type`` names the full state dict (``StateDictType.FULL_STATE_DICT``,
+    ``FULL_STATE_DICT`` or accelerate's number for it, 1)."""
+    name = state_dict_type.strip().upper()
+    if name != "1" and not name.endswith("FULL_STATE_DICT"):
+        raise RecipeError(
+            f"FSDP state_dict_type is {state_dict_type}: hf_rcka saves the student as a plain "
             "transformers model, which needs the full state dict; set fsdp_state_dict_type: FULL_STATE_DICT "
             "in the accelerate config (or state_dict_type in fsdp_config)"
         )
@@ -77,5 +123,5 @@ def require_full_state_dict(accelerator) -> None:
 
 __all__ = [
     "default_broadcast_buffers", "has_running_stats", "ignore_teacher_in_ddp", "keep_teacher_out_of_fsdp",
-    "require_full_state_dict",
+    "check_fsdp_settings", "require_full_state_dict",
 ]

@@ -29,7 +29,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from ..augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
 from .checkpointing import CheckpointingTrainer
-from .divergence import DivergenceCheck
+from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate
 from .ema import StudentEmaCallback
 from .card import write_model_card
@@ -41,7 +41,8 @@ from ..data.mixing import build_mixup, mix_batch
 from ..modeling.assembly import build_distillation_model
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.parallel import (
-    default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp, require_full_state_dict,
+    check_fsdp_settings, default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp,
+    require_full_state_dict,
 )
 from ..data.sampler import RepeatedAugmentationSampler, keep_rank_sharding
 from ..modeling.teacher_inputs import InputStats, input_stats
@@ -57,6 +58,20 @@ def _keeping_last_batch(args: TrainingArguments):
         yield
     finally:
         args.dataloader_drop_last = drop_last
+
+
+def _check_given_weights(model: Any, teacher: Any) -> None:
+    """Refuse a student or teacher passed in with NaN or infinite weights (a diverged run's).
+
+    The command line checks what it loads under the recipe's keys; this covers models built in
+    Python, where ``evaluate()`` would otherwise report the accuracy of argmax over NaN logits.
+    """
+    if isinstance(model, DistillationModel):
+        model, teacher = model.student, model.teacher
+    for role, module in (("student", model), ("teacher", teacher)):
+        if isinstance(module, torch.nn.Module):
+            name = getattr(module, "name_or_path", None) or type(module).__name__
+            check_loaded_weights(module, role, f"the {role} given to DistillationTrainer", name)
 
 
 def _stats_or_none(processor: Any) -> InputStats | None:
@@ -107,6 +122,8 @@ class DistillationTrainer(CheckpointingTrainer):
     ) -> None:
         if args is None:
             raise ValueError("DistillationTrainer needs args (DistillationTrainingArguments with an output_dir)")
+        check_fsdp_settings(args)
+        _check_given_weights(model, teacher)
         if not isinstance(model, DistillationModel):
             model = build_distillation_model(
                 model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
