@@ -105,6 +105,9 @@ def test_metric_for_best_model_that_the_evaluation_does_not_report(tmp_path, cap
     assert run(tmp_path, base(tmp_path, **inter_only, metric_for_best_model="rcka_intra_loss")) == 2
     assert ("'rcka_intra_loss' is not a metric the evaluation reports (with these options, loss 'rcka' reports "
             "only rcka_inter_loss)") in error_of(capsys)  # intra_weight 0: rcka_intra is not computed
+    ema = dict(inter_only, model_ema=True)
+    assert run(tmp_path, base(tmp_path, **ema, metric_for_best_model="eval_ema_rcka_intra_loss")) == 2
+    assert "(with these options, loss 'rcka' reports only ema_rcka_inter_loss)" in error_of(capsys)
     assert not (tmp_path / "out").exists()
     for name, more in [("eval_rcka_inter_loss", {}), ("ce_loss", {}), ("loss", {}), ("top5_accuracy", {}),
                        ("eval_ema_accuracy", {"model_ema": True}), ("eval_runtime", {})]:

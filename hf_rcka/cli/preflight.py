@@ -135,9 +135,10 @@ def _terms_reported(name: str, losses: list) -> str:
     A loss's options can leave a term out (``rcka`` with ``intra_weight: 0`` computes no
     ``rcka_intra``); without this the error would not say why a term the loss has is missing.
     """
+    weights = next((w for w in ("ema_", "live_") if name.startswith(w)), "")  # the other weight set's copy
     for loss in losses:
-        if name.startswith(f"{loss.registry_name}_") and name.endswith("_loss"):
-            reported = ", ".join(f"{term}_loss" for term in loss.term_weights)
+        if name.startswith(f"{weights}{loss.registry_name}_") and name.endswith("_loss"):
+            reported = ", ".join(f"{weights}{term}_loss" for term in loss.term_weights)
             return f" (with these options, loss {loss.registry_name!r} reports only {reported})"
     return ""
 
