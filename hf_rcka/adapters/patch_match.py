@@ -93,8 +93,10 @@ class _Projection(nn.Conv2d):
 
     ViT tokens laid out as a map are channels-last in memory, and a convolution keeps that layout
     in its output; the patch-CKA kernel then has to transpose the projected map (and its gradient)
-    back into rows of pixels. For such maps the projection is a batched matmul instead, whose
-    output is in standard layout: same values, and the transposes are gone.
+    back into rows of pixels. For such maps the projection is a matmul instead, whose output is in
+    standard layout: same values, and the transposes are gone. ``torch.matmul`` with the 2-D
+    weight folds the batch into one product, so the weight's gradient is one matrix; a batched
+    product over an expanded weight would build a per-image gradient (B x out x in) and sum it.
     """
 
     def forward(self, fmap: Tensor, channels: Tensor | None = None) -> Tensor:
@@ -103,11 +105,10 @@ class _Projection(nn.Conv2d):
         if not _channels_last(fmap):
             return F.conv2d(fmap, weight, bias)
         b, _, h, w = fmap.shape
-        pixels = fmap.flatten(2)  # (B, C_in, h*w): a transposed view of the tokens, read as such by bmm
-        weight = weight.flatten(1).expand(b, -1, -1)
-        if bias is None:
-            return torch.bmm(weight, pixels).view(b, -1, h, w)
-        return torch.baddbmm(bias[:, None].expand(b, -1, h * w), weight, pixels).view(b, -1, h, w)
+        out = torch.matmul(weight.flatten(1), fmap.flatten(2))  # (B, C_out, h*w), standard layout
+        if bias is not None:
+            out = out.add_(bias[:, None])
+        return out.view(b, -1, h, w)
 
 
 def _channels_last(fmap: Tensor) -> bool:
