@@ -66,10 +66,10 @@ def _as_runs(a: torch.Tensor, b: torch.Tensor, run: int) -> tuple[torch.Tensor, 
 def _staging(fmap: torch.Tensor, channels: int) -> torch.Tensor | None:
     """A standard-layout buffer for ``channels`` of ``fmap`` when its pixel rows are not contiguous.
 
-    The patch copies move runs of a row's pixels. A channels_last map (a CNN teacher's, or ViT
-    tokens laid out as a map without a projection) has no such runs, and gathering it one value at
-    a time is slow on CPU; so is one transposing copy of the whole map (a fresh map-sized buffer,
-    page faults and cache misses). Each channel block is transposed into this block-sized buffer instead, while it
+    The patch copies move runs of a row's pixels. A channels_last map (a CNN teacher's, or a 1x1
+    projection of ViT tokens) has no such runs, and gathering it one value at a time is slow on
+    CPU; so is one transposing copy of the whole map (a fresh map-sized buffer, page faults and
+    cache misses). Each channel block is transposed into this block-sized buffer instead, while it
     is in cache for the patch copy that follows.
     """
     if fmap.stride(-1) == 1:
