@@ -101,32 +101,6 @@ def test_patch_match_drops_prefix_tokens_and_projects_patch_by_patch(grid: str):
     torch.testing.assert_close(out_teacher, resample(teacher, adapter.grid))
 
 
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("sample", [None, 6])
-def test_patch_match_projects_tokens_into_standard_layout_as_a_convolution_would(bias: bool, sample: int | None):
-    """Token maps are channels-last in memory; their projection is a matmul whose output is in
-    standard layout (what the patch-CKA kernel reads without transposing), with the values and
-    gradients of the 1x1 convolution."""
-    adapter = build_adapter("patch_match", VIT, CNN, bias=bias, sample_channels=sample).train()
-    tokens = _features(VIT, requires_grad=True)
-    torch.manual_seed(1)
-    out, _ = adapter(tokens, _features(CNN))
-    assert out.is_contiguous()
-    torch.manual_seed(1)
-    channels = adapter._sampled(_features(CNN))
-    weight = adapter.proj.weight if channels is None else adapter.proj.weight[channels]
-    bias_ = None if not bias else adapter.proj.bias if channels is None else adapter.proj.bias[channels]
-    patches = tokens[:, 1:].transpose(1, 2).reshape(BATCH, 36, 4, 4)
-    expected = F.conv2d(patches.contiguous(), weight, bias_)
-    torch.testing.assert_close(out, expected)
-    upstream = torch.randn_like(out)
-    params = [tokens, *adapter.parameters()]
-    got = torch.autograd.grad(out, params, upstream)
-    want = torch.autograd.grad(expected, params, upstream)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w)
-
-
 def test_patch_match_map_student_downsampled_then_projected():
     adapter = build_adapter("patch_match", CNN, VIT)  # 20-channel 8x8 map -> 36-channel 4x4 token grid
     student, teacher = _features(CNN), _features(VIT)

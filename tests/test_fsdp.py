@@ -145,32 +145,39 @@ def test_sharded_state_dict_type_is_refused_before_training():
     require_full_state_dict(SimpleNamespace(state=SimpleNamespace()))  # no FSDP
 
 
-def test_fsdp_settings_are_read_from_accelerate_launch_or_fsdp_config(monkeypatch):
+def test_fsdp_settings_are_read_from_fsdp_config_or_accelerate_launch(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
+    from hf_rcka import DistillationTrainingArguments
     from hf_rcka.errors import RecipeError
     from hf_rcka.modeling.parallel import check_fsdp_settings
 
     for name in ("ACCELERATE_USE_FSDP", "FSDP_CPU_RAM_EFFICIENT_LOADING", "FSDP_STATE_DICT_TYPE"):
         monkeypatch.delenv(name, raising=False)
-    no_fsdp = SimpleNamespace(fsdp=[], fsdp_config={"state_dict_type": "SHARDED_STATE_DICT"})
+    launched = SimpleNamespace(fsdp_plugin_args=None)  # no fsdp in TrainingArguments: accelerate launch decides
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")  # transformers loads on meta only under FSDP
-    check_fsdp_settings(no_fsdp)
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "1")
-    with pytest.raises(RecipeError, match="cpu_ram_efficient_loading"):
-        check_fsdp_settings(no_fsdp)
+    check_fsdp_settings(launched)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(RecipeError, match="set fsdp_cpu_ram_efficient_loading: false"):
+        check_fsdp_settings(launched)
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
     for full in ("FULL_STATE_DICT", "1", "StateDictType.FULL_STATE_DICT"):
         monkeypatch.setenv("FSDP_STATE_DICT_TYPE", full)
-        check_fsdp_settings(no_fsdp)  # under accelerate launch its environment decides, not fsdp_config
+        check_fsdp_settings(launched)
     monkeypatch.setenv("FSDP_STATE_DICT_TYPE", "3")
     with pytest.raises(RecipeError, match="needs the full state dict"):
-        check_fsdp_settings(no_fsdp)
-    for name in ("ACCELERATE_USE_FSDP", "FSDP_STATE_DICT_TYPE"):
-        monkeypatch.delenv(name)
-    with pytest.raises(RecipeError, match="needs the full state dict"):  # TrainingArguments(fsdp=..., fsdp_config=...)
-        check_fsdp_settings(SimpleNamespace(fsdp=["full_shard"], fsdp_config={"state_dict_type": "SHARDED_STATE_DICT"}))
-    check_fsdp_settings(SimpleNamespace(fsdp=["full_shard"], fsdp_config={"min_num_params": 0}))
+        check_fsdp_settings(launched)
+
+    def configured(**fsdp_config):  # the Trainer builds its plugin from these, whatever the launcher said
+        return DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, fsdp="full_shard",
+                                             fsdp_config={"fsdp_version": 2, **fsdp_config})
+
+    check_fsdp_settings(configured())  # SHARDED_STATE_DICT in the environment is overridden (FULL by default)
+    with pytest.raises(RecipeError, match="needs the full state dict"):
+        check_fsdp_settings(configured(state_dict_type="SHARDED_STATE_DICT"))
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    with pytest.raises(RecipeError, match="cpu_ram_efficient_loading"):  # accelerate's prepare fails on it too
+        check_fsdp_settings(configured(cpu_ram_efficient_loading="true"))
 
 
 def test_full_state_dict_loading_rejects_missing_and_unexpected_keys():

@@ -332,6 +332,24 @@ def test_a_model_of_nan_weights_given_in_python_is_refused(tmp_path, role):
         make_trainer(make_args(tmp_path), student=models["student"], teacher=models[role] if role == "teacher" else None)
 
 
+def test_weight_check_reads_float8_weights_and_names_unloaded_ones():
+    """isfinite has no float8 kernel (fp8-quantised layers), and a meta tensor has no values to read:
+    both raised a bare error from inside the check."""
+    from hf_rcka.errors import ModelError
+    from hf_rcka.trainer.divergence import check_loaded_weights, non_finite_tensors
+
+    layer = torch.nn.Linear(4, 3)
+    layer.weight.data = layer.weight.data.to(torch.float8_e4m3fn)
+    assert non_finite_tensors(layer) == []
+    layer.weight.data[0, 0] = float("nan")
+    assert non_finite_tensors(layer) == ["weight"]
+    with torch.device("meta"):
+        unloaded = torch.nn.Linear(4, 3)
+    with pytest.raises(ModelError, match="the student's weights were never loaded, they are on the meta device "
+                                         "\\(2 tensors: weight, bias\\)"):
+        check_loaded_weights(unloaded, "student", "model_name_or_path", "some/model")
+
+
 def test_teacher_near_chance_is_reported_before_training(tmp_path):
     # A constant teacher: always predicts class 0, so on balanced data it sits at chance.
     teacher = tiny_resnet()

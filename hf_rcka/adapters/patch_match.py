@@ -89,30 +89,13 @@ class PatchMatchAdapter(FeatureAdapter):
 
 class _Projection(nn.Conv2d):
     """The 1x1 projection, optionally to some output channels only (its own forward, so that FSDP's
-    hooks gather a separately sharded weight before it is sliced).
-
-    ViT tokens laid out as a map are channels-last in memory, and a convolution keeps that layout
-    in its output; the patch-CKA kernel then has to transpose the projected map (and its gradient)
-    back into rows of pixels. For such maps the projection is a batched matmul instead, whose
-    output is in standard layout: same values, and the transposes are gone.
-    """
+    hooks gather a separately sharded weight before it is sliced)."""
 
     def forward(self, fmap: Tensor, channels: Tensor | None = None) -> Tensor:
-        weight = self.weight if channels is None else self.weight[channels]
-        bias = self.bias if self.bias is None or channels is None else self.bias[channels]
-        if not _channels_last(fmap):
-            return F.conv2d(fmap, weight, bias)
-        b, _, h, w = fmap.shape
-        pixels = fmap.flatten(2)  # (B, C_in, h*w): a transposed view of the tokens, read as such by bmm
-        weight = weight.flatten(1).expand(b, -1, -1)
-        if bias is None:
-            return torch.bmm(weight, pixels).view(b, -1, h, w)
-        return torch.baddbmm(bias[:, None].expand(b, -1, h * w), weight, pixels).view(b, -1, h, w)
-
-
-def _channels_last(fmap: Tensor) -> bool:
-    """Whether a (B, C, H, W) map has its channels innermost, as tokens laid out as a map do."""
-    return fmap.stride(1) == 1 and fmap.shape[1] > 1 and fmap.shape[2] * fmap.shape[3] > 1
+        if channels is None:
+            return super().forward(fmap)
+        bias = None if self.bias is None else self.bias[channels]
+        return F.conv2d(fmap, self.weight[channels], bias)
 
 
 def _sample_size(value: int | str | None, student_channels: int) -> int | None:

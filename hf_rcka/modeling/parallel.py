@@ -79,33 +79,39 @@ def require_full_state_dict(accelerator) -> None:
 def check_fsdp_settings(args: Any) -> None:
     """Refuse FSDP settings that would fail only after the models are loaded, before they are.
 
-    Reads what ``accelerate launch`` put in the environment, or ``TrainingArguments.fsdp_config``:
+    The settings come from ``TrainingArguments(fsdp=..., fsdp_config=...)`` when given (the
+    Trainer builds accelerate's FSDP plugin from them, whatever the launcher), else from what
+    ``accelerate launch`` put in the environment:
 
-    * ``cpu_ram_efficient_loading`` under ``accelerate launch`` makes transformers load every
-      model's weights on the first process only, leaving the other processes' weights on the meta
-      device for FSDP to broadcast when it wraps the model. The frozen teacher is kept out of FSDP
-      (see ``keep_teacher_out_of_fsdp``), so nothing would ever fill it there.
+    * ``cpu_ram_efficient_loading`` loads every model's weights on the first process only and
+      leaves the other processes' on the meta device, for FSDP to fill when it shards the model;
+      accelerate moves the whole wrapped model to meta for that. The frozen teacher is kept out of
+      FSDP (see ``keep_teacher_out_of_fsdp``), so it would not be filled, and accelerate's prepare
+      step fails on its channels_last weights before that.
     * a ``state_dict_type`` given explicitly as sharded or local (see ``require_full_state_dict``,
       which also covers accelerate's default once the plugin exists).
     """
-    if _true(os.environ.get("ACCELERATE_USE_FSDP")):
-        if _true(os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")):
-            raise RecipeError(
-                "FSDP cpu_ram_efficient_loading loads the models' weights on the first process only and lets FSDP "
-                "broadcast them, but hf_rcka keeps the frozen teacher out of FSDP, so the other processes would "
-                "keep no teacher weights: set fsdp_cpu_ram_efficient_loading: false in the accelerate config"
-            )
+    plugin_args = getattr(args, "fsdp_plugin_args", None)
+    if plugin_args:
+        ram_efficient, state_dict_type = plugin_args.get("cpu_ram_efficient_loading"), plugin_args.get("state_dict_type")
+    elif _true(os.environ.get("ACCELERATE_USE_FSDP")):
+        ram_efficient = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")
         state_dict_type = os.environ.get("FSDP_STATE_DICT_TYPE")
-    elif getattr(args, "fsdp", None) and isinstance(args.fsdp_config, dict):
-        state_dict_type = args.fsdp_config.get("state_dict_type")
     else:
         return
+    if _true(ram_efficient):
+        raise RecipeError(
+            "FSDP cpu_ram_efficient_loading loads the models' weights on the first process only and leaves the "
+            "others for FSDP to fill, but hf_rcka keeps the frozen teacher out of FSDP: set "
+            "fsdp_cpu_ram_efficient_loading: false in the accelerate config (accelerate config and accelerate launch "
+            "--use_fsdp default it to true; cpu_ram_efficient_loading: false in fsdp_config)"
+        )
     if state_dict_type:
         _check_state_dict_type(str(state_dict_type))
 
 
-def _true(value: str | None) -> bool:
-    """A boolean setting as accelerate and transformers read it from text ("true", "1", "yes", ...)."""
+def _true(value: Any) -> bool:
+    """A boolean setting as transformers reads it from text (``strtobool``: "true", "1", "yes"...)."""
     return str(value).strip().lower() in {"1", "true", "yes", "y", "on", "t"}
 
 

@@ -44,8 +44,14 @@ def non_finite_tensors(module: torch.nn.Module) -> list[str]:
     read shard by shard, so the answer is this rank's alone.
     """
     named = (*module.named_parameters(), *module.named_buffers())
-    return [name for name, t in named
-            if t.is_floating_point() and not bool(torch.isfinite(t.to_local() if isinstance(t, DTensor) else t).all())]
+    return [name for name, t in named if t.is_floating_point() and not _all_finite(t)]
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    t = t.to_local() if isinstance(t, DTensor) else t
+    if t.element_size() == 1:  # float8 (fp8-quantised layers): isfinite has no kernel for it; float16 keeps NaN
+        t = t.to(torch.float16)
+    return bool(torch.isfinite(t).all())
 
 
 def has_finite_weights(module: torch.nn.Module, device: torch.device | str) -> bool:
@@ -66,14 +72,24 @@ def check_loaded_weights(model: torch.nn.Module, role: str, key: str, source: st
     Raises:
         ModelError: naming ``key`` (``model_name_or_path``...), ``source`` and the non-finite tensors.
     """
+    unloaded = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if unloaded:
+        raise ModelError(
+            f"{key} {source!r}: the {role}'s weights were never loaded, they are on the meta device "
+            f"({_listed(unloaded)}): load the model with its weights"
+        )
     names = non_finite_tensors(model)
     if names:
-        count = f"{len(names)} tensor{'s' if len(names) > 1 else ''}"
-        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise ModelError(
-            f"{key} {source!r}: the {role}'s weights are NaN or infinite ({count}: {shown}), so it cannot be "
+            f"{key} {source!r}: the {role}'s weights are NaN or infinite ({_listed(names)}), so it cannot be "
             f"evaluated, trained or exported: use a checkpoint saved before its training diverged"
         )
+
+
+def _listed(names: list[str]) -> str:
+    """``"N tensors: a, b, c, ..."``, the first three named."""
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"{len(names)} tensor{'s' if len(names) > 1 else ''}: {shown}"
 
 
 def diverged_error(args: Any, step: int, losses: dict[str, float] | None = None) -> TrainingDiverged:
