@@ -70,7 +70,8 @@ def check_loaded_weights(model: torch.nn.Module, role: str, key: str, source: st
     blaming the learning rate. Every rank loads the same files, so no collective is needed.
 
     Raises:
-        ModelError: naming ``key`` (``model_name_or_path``...), ``source`` and the non-finite tensors.
+        ModelError: naming ``key`` (``model_name_or_path``...), ``source`` and the non-finite
+            tensors, or those left on the meta device (a model built without its weights).
     """
     unloaded = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if unloaded:
