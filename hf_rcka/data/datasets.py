@@ -24,6 +24,7 @@ from ..losses import IGNORE_INDEX
 from .images import UnreadableImage, decode_image
 from .transforms import eval_transform, train_transform
 from .splits import stratified_validation_split
+from .stored_labels import parquet_split_files, realign_stored_labels
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ def load_raw_datasets(args: DataArguments, seed: int = 42) -> datasets.DatasetDi
         raw = datasets.DatasetDict({"train": digits_dataset()})
     elif args.dataset_name is not None:
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+        files = parquet_split_files(args.dataset_name, args.dataset_config_name)
+        if files:
+            raw = realign_stored_labels(raw, files, args.label_column_name)
     else:
         # datasets reads these as glob patterns: a folder named like "set[ab]" would match "seta"
         data_files = {"train": f"{glob.escape(args.train_dir)}/**"}

@@ -1,0 +1,124 @@
+"""The class names each parquet file stores, against the names ``datasets`` reads it with.
+
+``datasets`` builds a parquet dataset's features once, from its card or from the first data file,
+and reads every file of every split with them. A ClassLabel column is stored as integers whose
+meaning is the list of names saved in that file's own schema. A validation split written on its
+own with its classes in another order (``["dog", "cat"]`` next to a training split's
+``["cat", "dog"]``) is therefore read with the training split's names: every label points at
+another class, nothing fails, and the run reports the accuracy of a scrambled validation set.
+
+Each file's names are in its schema metadata (the footer; no row is read), so every split is
+checked right after loading. A split whose files agree on another order of known classes is
+relabelled by name (only its label column is rewritten, the images are not copied); files of one
+split that disagree, or store a class the dataset does not have, are an error. Remote files
+(a Hub dataset) cost a request each, so only the first file of each split is read there: the
+case above, a split saved separately, shows in every one of its files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+
+import datasets
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..errors import DataError, LabelError
+from ..models.label_forms import check_same_forms
+
+logger = logging.getLogger(__name__)
+
+
+def parquet_split_files(name: str, config: str | None) -> dict[str, list[str]] | None:
+    """The data files of each split of a parquet dataset (a Hub id or a local folder), else None.
+
+    Called after ``load_dataset`` succeeded, so the builder can be made; if it cannot all the same,
+    the check is skipped with a warning rather than failing a dataset that loaded.
+    """
+    try:
+        builder = datasets.load_dataset_builder(name, config)
+    except (OSError, ValueError) as err:
+        logger.warning("data: cannot list %r's data files to check their stored class names (%s: %s)",
+                       name, type(err).__name__, err)
+        return None
+    data_files = getattr(builder.config, "data_files", None)
+    if builder.name != "parquet" or not data_files:
+        return None
+    return {split: [str(f) for f in files] for split, files in data_files.items()}
+
+
+def stored_names(path: str, column: str) -> list[str] | None:
+    """The ClassLabel names ``datasets`` saved for ``column`` in a parquet file, or None if it saved none."""
+    with fsspec.open(path, "rb") as f:
+        metadata = pq.read_schema(f).metadata or {}
+    try:
+        feature = json.loads(metadata[b"huggingface"])["info"]["features"][column]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not isinstance(feature, dict) or feature.get("_type") != "ClassLabel" or "names" not in feature:
+        return None
+    return [str(n) for n in feature["names"]]
+
+
+def realign_stored_labels(
+    raw: datasets.DatasetDict, files: Mapping[str, Sequence[str]], column: str
+) -> datasets.DatasetDict:
+    """Each split relabelled by name where its files store another class order than it was read with.
+
+    Raises:
+        DataError: if the files of one split store different class orders.
+        LabelError: if a file stores a class that the names the split was read with lack.
+    """
+    for split, dataset in raw.items():
+        feature = dataset.features.get(column)
+        if not isinstance(feature, datasets.ClassLabel) or not files.get(split):
+            continue
+        paths = list(files[split])
+        if "://" in paths[0]:
+            paths = paths[:1]
+        orders = {}
+        for path in paths:
+            names = stored_names(path, column)
+            if names is not None:
+                orders.setdefault(tuple(names), path)
+        if not orders or list(orders) == [tuple(feature.names)]:
+            continue
+        raw[split] = _relabelled(dataset, split, column, feature, orders)
+    return raw
+
+
+def _relabelled(dataset: datasets.Dataset, split: str, column: str, feature: datasets.ClassLabel,
+                orders: dict[tuple[str, ...], str]) -> datasets.Dataset:
+    if len(orders) > 1:
+        listed = "; ".join(f"{path}: {_shown(names)}" for names, path in orders.items())
+        raise DataError(
+            f"the {split!r} split's parquet files store different class orders for {column!r} ({listed}); "
+            "datasets reads them all with one, which would mislabel some of them. Save the split with one "
+            "ClassLabel (e.g. cast_column with the training split's ClassLabel before to_parquet)"
+        )
+    (names, path), = orders.items()
+    check_same_forms(names, feature.names, path, "the dataset's class names",
+                     "give every split the same spelling of each class name, e.g. NFC")
+    missing = [n for n in names if n not in feature.names]
+    if missing:
+        raise LabelError(
+            f"{path} stores classes {_shown(missing)} for {column!r}, which the dataset's class names {_shown(feature.names)} "
+            f"lack; datasets would read its labels as other classes. Give the {split!r} split the training "
+            "split's classes"
+        )
+    labels = np.asarray(dataset.with_format("arrow")[column].fill_null(-1).to_numpy(), dtype=np.int64)
+    if labels.size and labels.max() >= len(names):
+        raise DataError(f"{path} stores {len(names)} classes for {column!r} but has the label {labels.max()}")
+    table = np.array([feature.names.index(n) for n in names] + [-1])  # -1 (no label) stays -1
+    logger.warning("data: the %r split's files store the classes of %r in another order (%s) than datasets read "
+                   "them with (%s); its labels were realigned by name", split, column, _shown(names), _shown(feature.names))
+    return dataset.remove_columns(column).add_column(column, table[labels], feature=feature)
+
+
+def _shown(names: Sequence[str], shown: int = 5) -> str:
+    """The first few names in their order, and how many there are (ImageNet has a thousand)."""
+    more = f", ... ({len(names)} classes)" if len(names) > shown else ""
+    return "[" + ", ".join(repr(n) for n in names[:shown]) + more + "]"

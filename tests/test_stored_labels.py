@@ -1,0 +1,98 @@
+"""Parquet splits that store their ClassLabel names in another order than datasets reads them with."""
+
+from __future__ import annotations
+
+import logging
+
+import datasets
+import fsspec
+import numpy as np
+import pytest
+
+from hf_rcka.arguments import DataArguments
+from hf_rcka.data.datasets import load_raw_datasets
+from hf_rcka.data.stored_labels import realign_stored_labels
+from hf_rcka.errors import DataError, LabelError
+
+
+def _split(names: list[str], classes: list[str]) -> datasets.Dataset:
+    """Images of ``classes`` (a 'truth' column names each one) under a ClassLabel of ``names``."""
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names),
+                                  "truth": datasets.Value("string")})
+    images = [np.full((4, 4, 3), 10 * i, np.uint8) for i in range(len(classes))]
+    return datasets.Dataset.from_dict(
+        {"image": images, "label": [names.index(c) for c in classes], "truth": classes}, features=features)
+
+
+def _folder(tmp_path, **splits: list[datasets.Dataset]) -> str:
+    folder = tmp_path / "pets"
+    (folder / "data").mkdir(parents=True)
+    for split, parts in splits.items():
+        for i, part in enumerate(parts):
+            part.to_parquet(str(folder / "data" / f"{split}-{i:05d}-of-{len(parts):05d}.parquet"))
+    return str(folder)
+
+
+def _truths(dataset: datasets.Dataset) -> tuple[list[str], list[str]]:
+    names = dataset.features["label"].names
+    return [names[i] for i in dataset["label"]], list(dataset["truth"])
+
+
+def test_a_split_saved_with_another_class_order_is_read_by_name(tmp_path, caplog):
+    classes = ["cat", "dog", "dog", "eel", "cat", "eel"]
+    folder = _folder(tmp_path, train=[_split(["cat", "dog", "eel"], classes)],
+                     validation=[_split(["eel", "dog", "cat"], classes)])
+    plain = datasets.load_dataset(folder)
+    read, truth = _truths(plain["validation"])
+    assert read != truth  # what datasets does on its own: the training split's names for every file
+
+    with caplog.at_level(logging.WARNING):
+        raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    for split in ("train", "validation"):
+        read, truth = _truths(raw[split])
+        assert read == truth, split
+    assert raw["validation"].features["label"].names == ["cat", "dog", "eel"]
+    assert "realigned by name" in caplog.text
+
+
+def test_splits_that_agree_are_left_as_loaded(tmp_path):
+    classes = ["cat", "dog", "dog"]
+    folder = _folder(tmp_path, train=[_split(["cat", "dog"], classes)], validation=[_split(["cat", "dog"], classes)])
+    raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    assert raw["validation"]._fingerprint == datasets.load_dataset(folder)["validation"]._fingerprint
+
+
+def test_files_of_one_split_with_different_orders_are_an_error(tmp_path):
+    classes = ["cat", "dog"]
+    folder = _folder(tmp_path, train=[_split(["cat", "dog"], classes)],
+                     validation=[_split(["cat", "dog"], classes), _split(["dog", "cat"], classes)])
+    with pytest.raises(DataError, match="different class orders"):
+        load_raw_datasets(DataArguments(dataset_name=folder))
+
+
+def test_a_stored_class_the_dataset_lacks_is_an_error(tmp_path):
+    folder = _folder(tmp_path, train=[_split(["cat", "dog"], ["cat", "dog"])],
+                     validation=[_split(["dog", "cat", "eel"], ["cat", "eel"])])
+    with pytest.raises(LabelError, match="eel"):
+        load_raw_datasets(DataArguments(dataset_name=folder))
+
+
+def test_remote_splits_are_checked_on_their_first_file():
+    """Hub files cost a request each: only the first file of a split is read (fsspec, any protocol)."""
+    classes = ["cat", "dog", "dog"]
+    fs = fsspec.filesystem("memory")
+    with fs.open("/hub/validation-0.parquet", "wb") as f:
+        _split(["dog", "cat"], classes).to_parquet(f)
+    loaded = datasets.DatasetDict({"validation": _split(["dog", "cat"], classes).cast_column(
+        "label", datasets.ClassLabel(names=["cat", "dog"]))})  # read with the other order, as datasets would
+    files = {"validation": ["memory://hub/validation-0.parquet", "memory://hub/missing-1.parquet"]}
+    raw = realign_stored_labels(loaded, files, "label")
+    read, truth = _truths(raw["validation"])
+    assert read == truth
+
+
+def test_a_stored_name_in_another_unicode_form_is_named_as_such(tmp_path):
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    folder = _folder(tmp_path, train=[_split([nfc, "dog"], [nfc, "dog"])], validation=[_split(["dog", nfd], [nfd, "dog"])])
+    with pytest.raises(LabelError, match="Unicode|NFC|NFD"):
+        load_raw_datasets(DataArguments(dataset_name=folder))
