@@ -75,7 +75,7 @@ class DataArguments(AugmentationArguments):
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "datasets configuration name."})
     train_dir: str | None = field(default=None, metadata={"help": "Image folder for training, one sub-folder per class."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Image folder for evaluation."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Image folder for evaluation (with train_dir)."})
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
     max_bad_images: int = field(
@@ -104,6 +104,9 @@ class DataArguments(AugmentationArguments):
             raise RecipeError("no data: set dataset_name (a Hub dataset or builtin:digits) or train_dir (an image folder)")
         if all(sources):
             raise RecipeError("set either dataset_name or train_dir, not both")
+        if self.validation_dir is not None and self.train_dir is None:
+            raise RecipeError("validation_dir is read only with train_dir (image folders); a dataset_name brings its "
+                              "own validation split: remove validation_dir, or give the training images as train_dir")
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -681,3 +681,26 @@ def test_a_diverged_run_fails_and_writes_no_model_of_nan_weights(tmp_path, capsy
     assert run(tmp_path, best) == 2
     assert "training diverged" in error_of(capsys)
     assert all(finite_weights(folder) for folder in (tmp_path / "best").glob("checkpoint-*"))
+
+
+def test_validation_images_of_a_class_no_training_image_has(tmp_path, capsys, monkeypatch):
+    """A ClassLabel's names are shared by every split, so only the label values show the gap."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "eel"])})
+    images = [Image.new("RGB", (8, 8), (30 * i, 0, 0)) for i in range(12)]
+    data = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 6}, features=features),
+        "validation": datasets.Dataset.from_dict({"image": images[:6], "label": [0, 1, 2] * 2}, features=features),
+    })
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: data)
+    assert run(tmp_path, base(tmp_path, dataset_name="acme/pets")) == 2
+    assert "the validation split has images of classes no training image has: ['eel']" in error_of(capsys)
+
+
+def test_images_directly_in_train_dir_next_to_class_folders(tmp_path, capsys):
+    """datasets drops the label column when images sit at two depths; the error blamed label_column_name."""
+    train = image_folder(tmp_path / "train", ["cat", "dog"])
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "stray.png")
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, train_val_split=0.5)) == 2
+    assert "has images directly in it (['stray.png']) next to its class folders" in error_of(capsys)

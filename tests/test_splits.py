@@ -85,7 +85,7 @@ def test_a_test_split_evaluated_for_want_of_a_validation_split_is_said(monkeypat
     """Many Hub datasets have train and test splits only: evaluating (and picking checkpoints) on
     the test split may be what the user wants, but never silently."""
     data = datasets.DatasetDict({
-        split: datasets.Dataset.from_dict({"image": [None] * 4, "label": [0, 1, 0, 1]}) for split in ("train", "test")
+        split: datasets.Dataset.from_dict({"image": ["a.png"] * 4, "label": [0, 1, 0, 1]}) for split in ("train", "test")
     })
     monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: data)
     with caplog.at_level("WARNING", logger="hf_rcka.data.datasets"):

@@ -20,6 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
+from ..data.label_values import check_trained_classes
 from ..errors import DataError, RecipeError
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
@@ -156,9 +157,11 @@ def _build_trainer(
 ) -> tuple[DistillationTrainer, SkippedImages]:
     """Data, models (checked by one forward pass), datasets and the trainer, in that order; and the
     ledger of skipped images, in ``record_dir``."""
-    raw = load_data(data_args, args.seed)
+    raw = load_data(data_args, args.seed, eval_only=not args.do_train)
     dataset_labels = label_names(raw["train"], data_args.label_column_name)
     check_validation_labels(dataset_labels, label_names(raw["validation"], data_args.label_column_name))
+    if args.do_train:
+        check_trained_classes(raw["train"], raw["validation"], data_args.label_column_name)
     if resume:  # the checkpoint's head, not the pretrained student's, decides the class order now
         labels = resume_label_order(dataset_labels, checkpoint_labels(resume, model_args.trust_remote_code))
     else:

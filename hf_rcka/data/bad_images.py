@@ -100,7 +100,8 @@ class SkippedImages:
 
 
 class SkippedImagesCallback(TrainerCallback):
-    """Stops training (at a logging step, an epoch's or training's end; on every rank) once over the limit."""
+    """Stops the run (at a logging step, an epoch's or training's end, after an evaluation; on every rank) once
+    over the limit."""
 
     def __init__(self, ledger: SkippedImages) -> None:
         self.ledger = ledger
@@ -124,6 +125,10 @@ class SkippedImagesCallback(TrainerCallback):
         self._check(args)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        self._check(args)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        # after every evaluation too: the final one and an evaluation-only run's come after any training check
         self._check(args)
 
     def _check(self, args: Any) -> None:

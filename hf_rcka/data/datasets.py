@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 from typing import Any, Callable
 
 import datasets
@@ -24,6 +25,7 @@ from ..losses import IGNORE_INDEX
 from .images import UnreadableImage, decode_image
 from .transforms import eval_transform, train_transform
 from .splits import stratified_validation_split
+from .label_values import check_label_values, class_order, is_unlabelled
 from .stored_labels import parquet_split_files, realign_stored_labels
 
 logger = logging.getLogger(__name__)
@@ -48,18 +50,22 @@ def digits_dataset() -> datasets.Dataset:
     )
 
 
-def load_raw_datasets(args: DataArguments, seed: int = 42) -> datasets.DatasetDict:
-    """Load the data and make sure there is a ``train`` and a ``validation`` split.
+def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = False) -> datasets.DatasetDict:
+    """Load the data and make sure there is a labelled ``train`` and ``validation`` split.
 
     ``seed`` (the training seed) no longer draws the validation split: ``args.split_seed`` does.
+    ``eval_only``: without a validation split the whole training split is evaluated (the data a
+    model is evaluated on), not a held-out part of it.
     """
+    column = args.label_column_name
     if args.dataset_name == DIGITS:
         raw = datasets.DatasetDict({"train": digits_dataset()})
     elif args.dataset_name is not None:
+        builder = _builder(args.dataset_name, args.dataset_config_name)
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
-        files = parquet_split_files(args.dataset_name, args.dataset_config_name)
+        files = parquet_split_files(builder)
         if files:
-            raw = realign_stored_labels(raw, files, args.label_column_name)
+            raw = realign_stored_labels(raw, files, column)
     else:
         # datasets reads these as glob patterns: a folder named like "set[ab]" would match "seta"
         data_files = {"train": f"{glob.escape(args.train_dir)}/**"}
@@ -68,17 +74,56 @@ def load_raw_datasets(args: DataArguments, seed: int = 42) -> datasets.DatasetDi
         raw = datasets.load_dataset("imagefolder", data_files=data_files)
     if "train" not in raw:
         raise ValueError(f"the dataset has no 'train' split (splits: {list(raw)})")
-    validation = next((name for name in VALIDATION_SPLIT_NAMES if name in raw), None)
-    if validation is None:  # stratified, with split_seed (not the training seed): seeds share images
-        raw = stratified_validation_split(
-            raw["train"], args.label_column_name, args.train_val_split, args.split_seed
-        )
+    _check_columns(raw["train"], args)
+    check_label_values(raw["train"], column, "train")
+    validation = _labelled_eval_split(raw, column)
+    if validation is None and eval_only:
+        logger.info("data: an evaluation-only run and no validation split: all %d images are evaluated", len(raw["train"]))
+        raw["validation"] = raw["train"]
+    elif validation is None:  # stratified, with split_seed (not the training seed): seeds share images
+        raw = stratified_validation_split(raw["train"], column, args.train_val_split, args.split_seed)
     elif validation != "validation":  # e.g. a Hub dataset with train and test splits only
         logger.warning("data: the dataset has no 'validation' split; its %r split is evaluated (and, with "
                        "load_best_model_at_end, picks the checkpoint)", validation)
         raw["validation"] = raw.pop(validation)
-    _check_columns(raw["train"], args)
+    check_label_values(raw["validation"], column, "validation")
     return raw
+
+
+def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
+    """The dataset's builder (which files, which format), before anything is loaded.
+
+    A local folder of class folders loads as datasets' ``imagefolder`` under ``dataset_name`` too,
+    but only ``train_dir``/``validation_dir`` get the class-folder checks (images in sub-folders,
+    different class folders per split), so it is refused here with that fix.
+    """
+    try:
+        builder = datasets.load_dataset_builder(name, config)
+    except (OSError, ValueError) as err:  # load_dataset says what is wrong; the checks below are skipped
+        logger.warning("data: cannot inspect %r's data files before loading (%s: %s)", name, type(err).__name__, err)
+        return None
+    if builder.name == "imagefolder" and os.path.isdir(name):
+        raise DataError(
+            f"dataset_name {name!r} is a folder of images: give it as train_dir (its training class folders) and "
+            "validation_dir, where hf_rcka checks the class folders (datasets alone would train nested folders "
+            "as classes)"
+        )
+    return builder
+
+
+def _labelled_eval_split(raw: datasets.DatasetDict, column: str) -> str | None:
+    """The split to evaluate; splits without any label (a Hub ``test`` split of -1s) are dropped."""
+    for name in VALIDATION_SPLIT_NAMES:
+        if name not in raw:
+            continue
+        if not is_unlabelled(raw[name], column):
+            return name
+        logger.warning("data: the %r split has no labels (every label is -1 or empty), so it is not evaluated", name)
+        del raw[name]
+    return None
+
+
+_IMAGE_VALUES = ("string", "large_string", "binary", "large_binary")
 
 
 def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
@@ -89,6 +134,12 @@ def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
                 f"{key}={column!r} is not a column of the dataset (columns: {dataset.column_names}); "
                 f"set {key} in the recipe"
             )
+    feature = dataset.features[args.image_column_name]
+    if not isinstance(feature, datasets.Image) and getattr(feature, "dtype", None) not in _IMAGE_VALUES:
+        raise DataError(
+            f"image_column_name={args.image_column_name!r} holds {feature}, not images: give a column of images "
+            "(a datasets Image feature), image file paths or encoded image bytes"
+        )
 
 
 def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
@@ -96,7 +147,7 @@ def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
     feature = dataset.features[label_column]
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
-    return [str(v) for v in sorted(set(dataset[label_column]))]
+    return [str(v) for v in class_order(dataset.with_format("arrow")[label_column].to_pylist())]
 
 
 def with_transforms(
@@ -121,11 +172,11 @@ def with_transforms(
     names = feature.names if isinstance(feature, datasets.ClassLabel) else None
     image_feature = dataset.features.get(image_column)
     if isinstance(image_feature, datasets.Image) and image_feature.decode:
-        dataset = dataset.cast_column(image_column, datasets.Image(mode=image_feature.mode, decode=False))
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
 
     def pixels(value: Any) -> torch.Tensor | None:
         try:
-            return transform(decode_image(value, image_feature))
+            return transform(decode_image(value))
         except UnreadableImage as err:
             if skipped is None:
                 raise

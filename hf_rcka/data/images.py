@@ -114,15 +114,17 @@ def describe_source(value: Any) -> str:
     return f"<{type(value).__name__}>"
 
 
-def decode_image(value: Any, feature: Any = None) -> Image.Image:
-    """Decode one datasets image value (``{"path", "bytes"}``, a path or a PIL image) to RGB.
+def decode_image(value: Any) -> Image.Image:
+    """Decode one datasets image value (``{"path", "bytes"}``, a path, bytes or a PIL image) to RGB.
 
     Decoding happens here rather than inside ``datasets`` so that a bad file raises an error
-    that names it (datasets' own says ``image file is truncated`` and nothing else).
+    that names it (datasets' own says ``image file is truncated`` and nothing else). A column's
+    own ``Image(mode=...)`` is not applied: datasets would run Pillow's plain ``convert(mode)``
+    first, which clips 16-bit images to white and turns transparency black, before ``to_rgb``
+    could convert them for what they depict.
 
     Args:
         value: the raw value of an image column read with ``datasets.Image(decode=False)``.
-        feature: the column's ``datasets.Image`` feature (its ``mode`` and Hub tokens are kept).
 
     Raises:
         UnreadableImage: the file cannot be read as an RGB image; the message names it.
@@ -133,10 +135,10 @@ def decode_image(value: Any, feature: Any = None) -> Image.Image:
 
     if isinstance(value, str):  # a column of file paths (a CSV or JSON dataset), not an Image feature
         value = {"path": value, "bytes": None}
-
-    decoder = feature if isinstance(feature, datasets.Image) and feature.decode else datasets.Image()
+    elif isinstance(value, (bytes, bytearray)):  # a column of encoded files
+        value = {"path": None, "bytes": bytes(value)}
     try:
-        image = decoder.decode_example(value)
+        image = datasets.Image().decode_example(value)
     except DECODE_ERRORS as err:
         raise UnreadableImage(describe_source(value), f"{type(err).__name__}: {err}") from None
     try:

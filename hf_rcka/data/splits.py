@@ -14,6 +14,8 @@ import math
 
 import datasets
 
+from .label_values import class_encoded
+
 DEFAULT_SPLIT_SEED = 42
 
 
@@ -23,8 +25,9 @@ def stratified_validation_split(
     """Split ``train`` into ``train`` and ``validation``, stratified by ``label_column``.
 
     A label column that is not a ``ClassLabel`` (strings, plain integers) is class-encoded first,
-    because ``datasets`` stratifies only by ``ClassLabel``; its class names are then the sorted
-    distinct values, as ``data.label_names`` would list them.
+    because ``datasets`` stratifies only by ``ClassLabel``; its class names are then the distinct
+    values in ``label_values.class_order`` (integers in numeric order), as ``data.label_names``
+    lists them for a dataset that needs no split.
 
     Raises:
         ValueError: if the label column is missing, or the split is too small to hold one
@@ -36,7 +39,7 @@ def stratified_validation_split(
             f"set label_column_name in the recipe"
         )
     if not isinstance(train.features[label_column], datasets.ClassLabel):
-        train = train.class_encode_column(label_column)
+        train = class_encoded(train, label_column)
     num_classes = train.features[label_column].num_classes
     held_out = math.ceil(fraction * len(train))  # as datasets rounds the test size
     if held_out < num_classes or len(train) - held_out < num_classes:

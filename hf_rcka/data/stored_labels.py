@@ -32,20 +32,10 @@ from ..models.label_forms import check_same_forms
 logger = logging.getLogger(__name__)
 
 
-def parquet_split_files(name: str, config: str | None) -> dict[str, list[str]] | None:
-    """The data files of each split of a parquet dataset (a Hub id or a local folder), else None.
-
-    Called after ``load_dataset`` succeeded, so the builder can be made; if it cannot all the same,
-    the check is skipped with a warning rather than failing a dataset that loaded.
-    """
-    try:
-        builder = datasets.load_dataset_builder(name, config)
-    except (OSError, ValueError) as err:
-        logger.warning("data: cannot list %r's data files to check their stored class names (%s: %s)",
-                       name, type(err).__name__, err)
-        return None
-    data_files = getattr(builder.config, "data_files", None)
-    if builder.name != "parquet" or not data_files:
+def parquet_split_files(builder: datasets.DatasetBuilder | None) -> dict[str, list[str]] | None:
+    """The data files of each split of a parquet dataset's builder (a Hub id or a local folder), else None."""
+    data_files = getattr(builder.config, "data_files", None) if builder is not None else None
+    if builder is None or builder.name != "parquet" or not data_files:
         return None
     return {split: [str(f) for f in files] for split, files in data_files.items()}
 

@@ -212,13 +212,20 @@ def class_folders(folder: str) -> list[str]:
     ``__``) and does not follow symbolic links to folders: such a class folder would silently lose
     its images, so it is an error here.
 
+    Images directly in the folder next to class folders put the images at two depths, and
+    datasets then drops the label column altogether (the run would fail later, blaming
+    ``label_column_name``).
+
     Raises:
         LabelError: a class folder keeps its images in sub-folders, is a symbolic link, is
-            named like a special folder, or has the name of another in a different Unicode form.
+            named like a special folder, or has the name of another in a different Unicode form;
+            images sit directly in the folder next to class folders.
     """
     extensions = _image_extensions()
-    classes, imageless = [], []
+    classes, imageless, loose = [], [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions:
+            loose.append(entry.name)
         if not entry.is_dir() or entry.name.startswith("."):
             continue
         _check_loadable(folder, entry)
@@ -230,6 +237,11 @@ def class_folders(folder: str) -> list[str]:
                 "directly in its class folder (train/cat/1.jpg)"
             )
         (classes if direct else imageless).append(entry.name)
+    if loose and classes:
+        raise LabelError(
+            f"{folder!r} has images directly in it ({_listed(loose)}) next to its class folders: datasets then "
+            "labels no image at all. Move them into their class folder, or out of the data"
+        )
     check_one_form_each(folder, classes)
     if imageless:
         logger.warning("%s: sub-folders without images are not classes: %s", folder, _listed(imageless))

@@ -1,0 +1,114 @@
+"""The label values each split actually holds, checked before anything trains on them.
+
+A ClassLabel feature lists the class names, but ``datasets`` shares one feature among all splits,
+so the names say nothing about the values a split holds. Two silent failures come from trusting
+them: an unlabelled split (Hub datasets often ship a ``test`` split whose labels are all ``-1``)
+chosen for evaluation, where Python reads ``names[-1]`` as the last class and the run reports a
+made-up accuracy; and a validation split holding classes that no training image has (an image
+folder given as ``dataset_name`` whose ``validation/Dog`` sits next to ``train/dog``), whose
+images count against a head that never learnt them. The values are read from the label column
+alone (no image is decoded).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+
+from ..errors import DataError, LabelError
+
+logger = logging.getLogger(__name__)
+
+UNLABELLED = -1  # datasets' ClassLabel value for "no label"
+
+
+def class_order(values: Sequence[Any]) -> list[Any]:
+    """The distinct values of a label column that is not a ClassLabel, in class-index order.
+
+    Sorted by value, so integer labels keep their numeric order (2 before 10), which a string sort
+    (what ``class_encode_column`` does) would not.
+    """
+    return sorted(set(values))
+
+
+def class_encoded(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
+    """``dataset`` with a plain label column turned into a ClassLabel in :func:`class_order`.
+
+    Only the label column is rewritten; the images are not copied.
+    """
+    values = dataset.with_format("arrow")[column].to_pylist()
+    order = class_order(values)
+    index = {value: i for i, value in enumerate(order)}
+    feature = datasets.ClassLabel(names=[str(v) for v in order])
+    return dataset.remove_columns(column).add_column(column, [index[v] for v in values], feature=feature)
+
+
+def _values(dataset: datasets.Dataset, column: str):
+    return dataset.with_format("arrow")[column]
+
+
+def is_unlabelled(dataset: datasets.Dataset, column: str) -> bool:
+    """Whether every label of ``dataset`` is missing (``-1`` or null): a Hub test split's labels."""
+    values = _values(dataset, column)
+    if len(values) == 0:
+        return False
+    missing = values.null_count
+    if isinstance(dataset.features[column], datasets.ClassLabel):
+        missing += int(pc.sum(pc.equal(values, UNLABELLED)).as_py() or 0)
+    return missing == len(values)
+
+
+def check_label_values(dataset: datasets.Dataset, column: str, split: str) -> None:
+    """Every label of ``split`` is a class: no null, and for a ClassLabel an index of its names.
+
+    Raises:
+        DataError: naming the split, how many labels are missing or out of range, and an example.
+    """
+    values = _values(dataset, column)
+    feature = dataset.features[column]
+    problems = []
+    if values.null_count:
+        problems.append(f"{values.null_count} labels are empty (null)")
+    if isinstance(feature, datasets.ClassLabel) and len(values) > values.null_count:
+        array = pc.drop_null(values).to_numpy()
+        unlabelled = int(np.sum(array == UNLABELLED))
+        outside = array[(array < 0) & (array != UNLABELLED) | (array >= feature.num_classes)]
+        if unlabelled:
+            problems.append(f"{unlabelled} labels are -1 (no label)")
+        if outside.size:
+            problems.append(f"{outside.size} labels are outside 0..{feature.num_classes - 1} (e.g. {int(outside[0])})")
+    if problems:
+        raise DataError(
+            f"the {split!r} split's {column!r} column: {'; '.join(problems)} of {len(values)}. Every image needs "
+            "one of the dataset's classes: remove the unlabelled rows, or fix the labels"
+        )
+
+
+def present_classes(dataset: datasets.Dataset, column: str) -> set[str]:
+    """The class names that ``dataset``'s labels actually use."""
+    feature = dataset.features[column]
+    used = pc.unique(pc.drop_null(_values(dataset, column))).to_pylist()
+    if isinstance(feature, datasets.ClassLabel):
+        return {feature.names[v] for v in used if 0 <= v < feature.num_classes}
+    return {str(v) for v in used}
+
+
+def check_trained_classes(train: datasets.Dataset, validation: datasets.Dataset, column: str) -> None:
+    """The validation split holds no class that no training image has: the head never learns it.
+
+    Raises:
+        LabelError: naming those classes.
+    """
+    untrained = present_classes(validation, column) - present_classes(train, column)
+    if untrained:
+        shown = sorted(untrained)[:10]
+        more = f" and {len(untrained) - 10} more" if len(untrained) > 10 else ""
+        raise LabelError(
+            f"the validation split has images of classes no training image has: {shown}{more}; the student "
+            "cannot learn them, and they would count as errors. Give both splits the same classes "
+            "(case and spelling matter)"
+        )

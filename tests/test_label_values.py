@@ -1,0 +1,137 @@
+"""What each split's labels and images actually hold, checked when the data loads."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_rcka.arguments import DataArguments
+from hf_rcka.data.bad_images import SkippedImages, SkippedImagesCallback
+from hf_rcka.data.datasets import label_names, load_raw_datasets, with_transforms
+from hf_rcka.data.label_values import check_trained_classes
+from hf_rcka.data.splits import stratified_validation_split
+from hf_rcka.errors import DataError, LabelError, RecipeError
+
+PETS = datasets.ClassLabel(names=["cat", "dog", "eel"])
+
+
+def _png(image: Image.Image) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _split(labels: list, label_feature=PETS, image_feature=None) -> datasets.Dataset:
+    images = [_png(Image.new("RGB", (8, 8), (10 * i, 0, 0))) for i in range(len(labels))]
+    features = datasets.Features({"image": image_feature or datasets.Image(), "label": label_feature})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def _hub(monkeypatch, **splits: datasets.Dataset) -> DataArguments:
+    data = datasets.DatasetDict(splits)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: data)
+    return DataArguments(dataset_name="acme/pets", train_val_split=0.5)
+
+
+def test_an_unlabelled_test_split_is_not_evaluated(monkeypatch, caplog):
+    """A Hub test split of -1 labels read as names[-1] made every image the last class (a made-up accuracy)."""
+    args = _hub(monkeypatch, train=_split([0, 1, 2] * 4), test=_split([-1] * 6))
+    with caplog.at_level(logging.WARNING):
+        raw = load_raw_datasets(args)
+    assert "'test' split has no labels" in caplog.text
+    assert len(raw["validation"]) == 6 and len(raw["train"]) == 6  # carved from train (0.5), not the test split
+    assert set(raw["validation"]["label"]) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("labels, problem", [([0, 1, -1, 2], "1 labels are -1"), ([0, 1, 3, 2], "outside 0..2"),
+                                             ([0, 1, None, 2], "1 labels are empty")])
+def test_a_label_that_is_no_class_is_an_error(monkeypatch, labels, problem):
+    # stored as integers first: datasets' ClassLabel refuses 3 when encoding, not when a file is read
+    validation = _split(labels, label_feature=datasets.Value("int64")).cast_column("label", PETS)
+    args = _hub(monkeypatch, train=_split([0, 1, 2] * 4), validation=validation)
+    with pytest.raises(DataError, match=f"'validation' split.*{problem}"):
+        load_raw_datasets(args)
+
+
+def test_validation_classes_without_a_training_image_are_an_error():
+    """The names are shared by all splits; the values show that no training image is an eel."""
+    with pytest.raises(LabelError, match="'eel'"):
+        check_trained_classes(_split([0, 1, 0, 1]), _split([0, 1, 2]), "label")
+    check_trained_classes(_split([0, 1, 2]), _split([0, 1]), "label")
+
+
+def test_integer_labels_keep_their_numeric_order_when_a_validation_split_is_carved():
+    """class_encode_column sorted 10 and 11 before 2: target k was no longer integer class k."""
+    labels = list(range(12)) * 4
+    data = _split(labels, label_feature=datasets.Value("int64")).add_column("truth", labels)
+    without_split = label_names(data, "label")
+    raw = stratified_validation_split(data, "label", 0.5)
+    names = label_names(raw["train"], "label")
+    assert names == without_split == [str(i) for i in range(12)]
+    train = raw["train"]
+    assert [names[i] for i in train["label"]] == [str(t) for t in train["truth"]]
+
+
+def test_an_image_column_with_a_mode_is_decoded_for_what_it_depicts():
+    """Image(mode="RGB") made datasets run Pillow's convert first: 16-bit grey clipped to white."""
+    sixteen = Image.fromarray(np.full((8, 8), 20000, np.uint16))
+    data = _split([0], image_feature=datasets.Image(mode="RGB"))
+    data = data.cast_column("image", datasets.Image(decode=False)).map(lambda _: {"image": _png(sixteen)})
+    data = data.cast_column("image", datasets.Image(mode="RGB"))
+    pixel = with_transforms(data, lambda im: np.asarray(im)[0, 0].tolist(), "image", "label", PETS.names)[0]
+    assert pixel["pixel_values"] == [78, 78, 78]  # 20000 / 257, not 255
+
+
+def test_image_columns_of_bytes_are_decoded_and_of_arrays_refused(monkeypatch):
+    raw_bytes = [_png(Image.new("RGB", (8, 8), (5, 6, 7)))["bytes"]] * 6
+    data = datasets.Dataset.from_dict({"image": raw_bytes, "label": [0, 1, 2] * 2},
+                                      features=datasets.Features({"image": datasets.Value("binary"), "label": PETS}))
+    raw = load_raw_datasets(_hub(monkeypatch, train=data, validation=data))
+    out = with_transforms(raw["validation"], lambda im: np.asarray(im)[0, 0].tolist(), "image", "label", PETS.names)
+    assert out[0]["pixel_values"] == [5, 6, 7]
+
+    arrays = datasets.Dataset.from_dict({"image": [np.zeros((4, 4, 3), np.uint8)] * 6, "label": [0, 1, 2] * 2},
+                                        features=datasets.Features({"image": datasets.Array3D((4, 4, 3), "uint8"),
+                                                                    "label": PETS}))
+    with pytest.raises(DataError, match="image_column_name='image' holds Array3D"):
+        load_raw_datasets(_hub(monkeypatch, train=arrays, validation=arrays))
+
+
+def test_an_evaluation_only_run_without_a_validation_split_evaluates_every_image():
+    raw = load_raw_datasets(DataArguments(dataset_name="builtin:digits"), eval_only=True)
+    assert len(raw["validation"]) == 1797
+    assert len(load_raw_datasets(DataArguments(dataset_name="builtin:digits"))["validation"]) < 1797
+
+
+def test_validation_dir_without_train_dir_is_refused():
+    with pytest.raises(RecipeError, match="validation_dir is read only with train_dir"):
+        DataArguments(dataset_name="builtin:digits", validation_dir="/data/val")
+
+
+def test_a_folder_of_class_folders_as_dataset_name_is_refused(tmp_path):
+    """datasets would load it, but only train_dir gets the class-folder checks (nested years as classes)."""
+    for year in ("2019", "2020"):
+        (tmp_path / "pets" / "cat" / year).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "pets" / "cat" / year / "1.png")
+    with pytest.raises(DataError, match="is a folder of images: give it as train_dir"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "pets")))
+
+
+def test_too_many_unreadable_images_stop_the_run_after_an_evaluation_too(tmp_path):
+    """The limit was checked at training steps only: the final (or an eval-only) evaluation escaped it."""
+    ledger = SkippedImages(str(tmp_path), limit=1)
+    ledger.record("a.jpg", "truncated")
+    callback = SkippedImagesCallback(ledger)
+
+    class Args:
+        device = "cpu"
+
+    callback.on_evaluate(Args(), None, None)
+    ledger.record("b.jpg", "truncated")
+    with pytest.raises(DataError, match="2 image files could not be read"):
+        callback.on_evaluate(Args(), None, None)
