@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from pathlib import Path
 from typing import Any, Sequence
 
 import transformers
@@ -35,6 +34,7 @@ from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, default_losses
 from ..trainer.trainer import DistillationTrainer
 from .preflight import check_checkpoint, check_metric_for_best_model, check_run
+from .output_folder import check_output_dir, set_aside_previous_run
 from .probes import probe_student
 from .recipe import dump_recipe
 from .records import eval_record_dir, write_eval_record
@@ -43,7 +43,6 @@ from .run_inputs import align_teacher, checkpoint_labels, load_data, model_error
 logger = logging.getLogger("hf_rcka")
 
 CONFIG_NAME = "distill_config.yaml"
-RUN_FILES = ("model.safetensors", "config.json", "pytorch_model.bin")
 
 
 def run(
@@ -111,6 +110,11 @@ def _check_before_loading(
     if resume:
         check_checkpoint(resume)
     check_output_dir(args, resume)
+    if args.do_train and not resume:
+        with args.main_process_first(local=False, desc="setting aside the run this one replaces"):
+            if args.should_save:
+                set_aside_previous_run(args.output_dir, keep=(data_args.train_dir, data_args.validation_dir,
+                                                              data_args.dataset_name))
     # Pinned memory only helps copies to an accelerator; on CPU torch warns at every dataloader.
     if "dataloader_pin_memory" not in explicit and args.device.type == "cpu":
         args.dataloader_pin_memory = False
@@ -133,19 +137,6 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
     return value
 
 
-def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
-    """Refuse to overwrite a finished model or checkpoints unless asked to."""
-    out = Path(args.output_dir)
-    if resume or args.overwrite_output_dir or not out.is_dir():
-        return
-    holds_run = any((out / name).exists() for name in RUN_FILES) or any(out.glob("checkpoint-*"))
-    if holds_run and args.do_train:
-        raise RecipeError(
-            f"output_dir {str(out)!r} already holds a model or checkpoints: pass --resume_from_checkpoint true to "
-            f"continue, --overwrite_output_dir true to replace it, or choose another output_dir"
-        )
-
-
 # --------------------------------------------------------------------------------------------
 # Models, data and the trainer
 # --------------------------------------------------------------------------------------------
@@ -160,7 +151,7 @@ def _build_trainer(
     raw = load_data(data_args, args.seed, eval_only=not args.do_train)
     dataset_labels = label_names(raw["train"], data_args.label_column_name)
     check_validation_labels(dataset_labels, label_names(raw["validation"], data_args.label_column_name))
-    if args.do_train:
+    if args.do_train and not model_args.smoke_test:  # a smoke test's few synthetic images miss most classes
         check_trained_classes(raw["train"], raw["validation"], data_args.label_column_name)
     if resume:  # the checkpoint's head, not the pretrained student's, decides the class order now
         labels = resume_label_order(dataset_labels, checkpoint_labels(resume, model_args.trust_remote_code))

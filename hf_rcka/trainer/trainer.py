@@ -341,9 +341,8 @@ class DistillationTrainer(CheckpointingTrainer):
         """
         if not self.is_world_process_zero():
             return
-        metrics = {}
-        for entry in self.state.log_history:
-            metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+        best = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
+        metrics = exported_metrics(self.state.log_history, best)
         complete_card_facts(self)
         write_model_card(
             self.args.output_dir,
@@ -358,6 +357,23 @@ class DistillationTrainer(CheckpointingTrainer):
             repo_id=self.hub_model_id or self.args.hub_model_id or self.args.output_dir,
             license=license,
         )
+
+
+def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None) -> dict:
+    """The ``eval_*`` metrics of the weights that are exported, for the model card.
+
+    Without ``load_best_model_at_end`` these are the last evaluation's. With it the best
+    checkpoint's weights are exported, and the last evaluation may have measured other weights
+    (the last periodic one, when ``do_eval: false`` runs no final evaluation), so the metrics
+    are those logged at the best checkpoint's step; a final evaluation of the reloaded best
+    weights, if any, is logged at the last step and counts only when that is the best step.
+    """
+    step = int(best_checkpoint.rstrip("/").rsplit("-", 1)[-1]) if best_checkpoint else None
+    metrics = {}
+    for entry in log_history:
+        if step is None or entry.get("step") == step:
+            metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+    return metrics
 
 
 def _uncounted(label_ids: Any) -> int:
