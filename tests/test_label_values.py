@@ -135,3 +135,33 @@ def test_too_many_unreadable_images_stop_the_run_after_an_evaluation_too(tmp_pat
     ledger.record("b.jpg", "truncated")
     with pytest.raises(DataError, match="2 image files could not be read"):
         callback.on_evaluate(Args(), None, None)
+
+
+def test_an_image_column_of_plain_bytes_and_path_structs_is_decoded(monkeypatch):
+    """Parquet written by pandas or pyarrow stores images as {bytes, path} without datasets' Image feature."""
+    structs = [_png(Image.new("RGB", (8, 8), (5, 6, 7)))] * 6
+    features = datasets.Features({"image": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+                                  "label": PETS})
+    data = datasets.Dataset.from_dict({"image": structs, "label": [0, 1, 2] * 2}, features=features)
+    raw = load_raw_datasets(_hub(monkeypatch, train=data, validation=data))
+    out = with_transforms(raw["validation"], lambda im: np.asarray(im)[0, 0].tolist(), "image", "label", PETS.names)
+    assert out[0]["pixel_values"] == [5, 6, 7]
+
+
+def test_an_image_folder_labelled_by_a_metadata_file_loads_as_dataset_name(tmp_path):
+    for split, n in (("train", 4), ("validation", 2)):
+        (tmp_path / "m" / split).mkdir(parents=True)
+        rows = ["file_name,label"]
+        for i in range(n):
+            Image.new("RGB", (8, 8)).save(tmp_path / "m" / split / f"{i}.png")
+            rows.append(f"{i}.png,{'cat' if i % 2 else 'dog'}")
+        (tmp_path / "m" / split / "metadata.csv").write_text("\n".join(rows) + "\n")
+    raw = load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "m")))
+    assert (len(raw["train"]), len(raw["validation"])) == (4, 2)
+
+
+def test_a_test_split_of_integer_minus_ones_is_not_evaluated(monkeypatch):
+    ints = datasets.Value("int64")
+    args = _hub(monkeypatch, train=_split([0, 1, 2] * 4, label_feature=ints), test=_split([-1] * 6, label_feature=ints))
+    raw = load_raw_datasets(args)
+    assert len(raw["validation"]) == 6 and set(raw["validation"]["label"]) == {0, 1, 2}

@@ -625,6 +625,20 @@ def test_srd_projects_and_normalises_before_the_distance():
     torch.testing.assert_close(total(corr, inputs), functional.srd_correlation(projected, teacher))
 
 
+def test_srd_trains_on_a_batch_of_one_with_the_running_statistics():
+    """The last batch of an epoch can hold one image; BatchNorm in training refused it, ending the run."""
+    loss = build("srd", DOUBLE).train()
+    inputs = pooled_inputs(16)
+    one = replace(inputs, student_pooled=inputs.student_pooled[:1], teacher_pooled=inputs.teacher_pooled[:1],
+                  labels=inputs.labels[:1])
+    projected = F.batch_norm(one.student_pooled @ loss.projector[0].weight.T + loss.projector[0].bias,
+                             torch.zeros(POOLED_T, dtype=DOUBLE), torch.ones(POOLED_T, dtype=DOUBLE), eps=1e-5)
+    teacher = F.batch_norm(one.teacher_pooled, torch.zeros(POOLED_T, dtype=DOUBLE), torch.ones(POOLED_T, dtype=DOUBLE),
+                           eps=1e-5)
+    torch.testing.assert_close(total(loss, one), functional.srd_distance(projected, teacher))
+    assert loss.projector[1].training and loss.teacher_norm.training  # back in training mode for the next batch
+
+
 def test_srd_needs_setup_and_a_known_variant():
     with pytest.raises(RuntimeError, match="setup"):
         total(LOSSES.build("srd"), cast(pooled_inputs(0), torch.float32))

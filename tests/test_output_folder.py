@@ -76,3 +76,34 @@ def test_the_card_reports_the_exported_best_checkpoint_not_the_last_evaluation()
                {"step": 6, "eval_loss": 0.8, "eval_accuracy": 0.7}]
     assert exported_metrics(history) == {"eval_loss": 0.8, "eval_accuracy": 0.7}
     assert exported_metrics(history, "out/checkpoint-2") == {"eval_loss": 0.5, "eval_accuracy": 0.9}
+
+
+def test_a_failed_attempt_does_not_push_the_replaced_run_out(tmp_path, monkeypatch):
+    """The leftovers of an attempt that failed before its first checkpoint are no run to set aside:
+    a retry that did so deleted the real run kept in _replaced/."""
+    from hf_rcka.trainer.trainer import DistillationTrainer
+
+    out = tmp_path / "out"
+    assert _run(tmp_path, max_steps=2) == 0
+    trained = (out / "model.safetensors").read_bytes()
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DistillationTrainer, "training_step", out_of_memory)
+        try:
+            _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2)
+        except RuntimeError:
+            pass
+    assert (out / REPLACED / "model.safetensors").read_bytes() == trained
+    assert _run(tmp_path, max_steps=2) == 0  # the retry: the folder holds no model, nothing to set aside
+    assert (out / REPLACED / "model.safetensors").read_bytes() == trained
+
+
+def test_an_evaluation_record_is_no_run_to_replace(tmp_path):
+    record = tmp_path / "out" / "eval-20261202-120000"
+    record.mkdir(parents=True)
+    (record / "eval_results.json").write_text("{}")
+    assert _run(tmp_path, max_steps=2) == 0
+    assert (record / "eval_results.json").exists() and not (tmp_path / "out" / REPLACED).exists()

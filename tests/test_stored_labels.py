@@ -96,3 +96,15 @@ def test_a_stored_name_in_another_unicode_form_is_named_as_such(tmp_path):
     folder = _folder(tmp_path, train=[_split([nfc, "dog"], [nfc, "dog"])], validation=[_split(["dog", nfd], [nfd, "dog"])])
     with pytest.raises(LabelError, match="Unicode|NFC|NFD"):
         load_raw_datasets(DataArguments(dataset_name=folder))
+
+
+def test_a_card_that_renames_every_class_keeps_the_index_meaning(tmp_path):
+    """Files that store ImageNet's synset ids under a card that names the same classes in words."""
+    classes = ["n01", "n02", "n02"]
+    folder = _folder(tmp_path, train=[_split(["n01", "n02"], classes)], validation=[_split(["n01", "n02"], classes)])
+    plain = datasets.load_dataset(folder)
+    renamed = datasets.ClassLabel(names=["tench", "goldfish"])
+    raw = datasets.DatasetDict({k: v.cast_column("label", renamed) for k, v in plain.items()})
+    files = {split: [f"{folder}/data/{split}-00000-of-00001.parquet"] for split in raw}
+    out = realign_stored_labels(raw, files, "label")
+    assert out["validation"]["label"][:] == [0, 1, 1] and out["train"].features["label"] == renamed

@@ -462,3 +462,16 @@ def test_weight_decay_skips_position_embedding_and_tokens_like_timm(tmp_path, fa
     plain = _no_decay(make_trainer(make_args(tmp_path, "plain", weight_decay=0.05, model_no_weight_decay=False),
                                    student=student))
     assert not plain & exempt and any(n.endswith(".bias") for n in plain)
+
+
+def test_weight_decay_spares_biases_and_layer_norms_but_decays_batch_norm_weights(tmp_path):
+    """What the README says of the optimizer groups: Trainer's rule exempts biases and LayerNorm-type
+    norms only, so a CNN student's BatchNorm weights decay (as in the ResNet papers' SGD recipes)."""
+    from _models import timm_model
+
+    student = timm_model("resnet18")
+    exempt = _no_decay(make_trainer(make_args(tmp_path, weight_decay=0.05), student=student))
+    assert "student.timm_model.bn1.bias" in exempt and "student.timm_model.bn1.weight" not in exempt
+    vit = _no_decay(make_trainer(make_args(tmp_path, "vit", weight_decay=0.05),
+                                 student=timm_model("deit_tiny_distilled_patch16_224")))
+    assert any(n.endswith("norm1.weight") for n in vit)

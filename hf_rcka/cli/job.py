@@ -34,7 +34,7 @@ from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, default_losses
 from ..trainer.trainer import DistillationTrainer
 from .preflight import check_checkpoint, check_metric_for_best_model, check_run
-from .output_folder import check_output_dir, set_aside_previous_run
+from .output_folder import check_output_dir, holds_run, set_aside_previous_run
 from .probes import probe_student
 from .recipe import dump_recipe
 from .records import eval_record_dir, write_eval_record
@@ -110,7 +110,7 @@ def _check_before_loading(
     if resume:
         check_checkpoint(resume)
     check_output_dir(args, resume)
-    if args.do_train and not resume:
+    if args.do_train and not resume and holds_run(args.output_dir):  # overwrite_output_dir: check_output_dir
         with args.main_process_first(local=False, desc="setting aside the run this one replaces"):
             if args.should_save:
                 set_aside_previous_run(args.output_dir, keep=(data_args.train_dir, data_args.validation_dir,

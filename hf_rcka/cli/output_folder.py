@@ -41,19 +41,27 @@ RUN_OUTPUTS = (
 
 def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
     """Refuse to overwrite a finished model or checkpoints unless asked to."""
-    out = Path(args.output_dir)
-    if resume or args.overwrite_output_dir or not out.is_dir():
+    if resume or args.overwrite_output_dir or not args.do_train:
         return
-    holds_run = any((out / name).exists() for name in RUN_FILES) or any(out.glob("checkpoint-*"))
-    if holds_run and args.do_train:
+    if holds_run(args.output_dir):
         raise RecipeError(
-            f"output_dir {str(out)!r} already holds a model or checkpoints: pass --resume_from_checkpoint true to "
-            f"continue, --overwrite_output_dir true to replace it, or choose another output_dir"
+            f"output_dir {args.output_dir!r} already holds a model or checkpoints: pass --resume_from_checkpoint true "
+            f"to continue, --overwrite_output_dir true to replace it, or choose another output_dir"
         )
+
+
+def holds_run(output_dir: str) -> bool:
+    """Whether ``output_dir`` holds a run's model or checkpoints (not just a failed attempt's records)."""
+    out = Path(output_dir)
+    return out.is_dir() and (any((out / name).exists() for name in RUN_FILES) or any(out.glob("checkpoint-*")))
 
 
 def set_aside_previous_run(output_dir: str, keep: Iterable[str | None] = ()) -> str | None:
     """Move a previous run's files in ``output_dir`` into ``output_dir/_replaced/``; returns that folder, or None.
+
+    Called only for a folder that :func:`holds_run` (with ``overwrite_output_dir``): the leftovers of
+    an attempt that failed before its first checkpoint must not push a real run out of
+    ``_replaced/``, and an evaluation-only record is no run to replace.
 
     Args:
         output_dir: the folder a fresh training run is about to write.

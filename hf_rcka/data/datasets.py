@@ -95,14 +95,17 @@ def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
 
     A local folder of class folders loads as datasets' ``imagefolder`` under ``dataset_name`` too,
     but only ``train_dir``/``validation_dir`` get the class-folder checks (images in sub-folders,
-    different class folders per split), so it is refused here with that fix.
+    different class folders per split), so it is refused here with that fix; a folder whose
+    labels come from a metadata file (``metadata.csv``...) has no class folders and is loaded.
     """
     try:
         builder = datasets.load_dataset_builder(name, config)
     except (OSError, ValueError) as err:  # load_dataset says what is wrong; the checks below are skipped
         logger.warning("data: cannot inspect %r's data files before loading (%s: %s)", name, type(err).__name__, err)
         return None
-    if builder.name == "imagefolder" and os.path.isdir(name):
+    data_files = getattr(builder.config, "data_files", None) or {}
+    labelled_by_metadata = any(os.path.basename(str(f)) in _METADATA_FILES for fs in data_files.values() for f in fs)
+    if builder.name == "imagefolder" and os.path.isdir(name) and not labelled_by_metadata:
         raise DataError(
             f"dataset_name {name!r} is a folder of images: give it as train_dir (its training class folders) and "
             "validation_dir, where hf_rcka checks the class folders (datasets alone would train nested folders "
@@ -124,6 +127,8 @@ def _labelled_eval_split(raw: datasets.DatasetDict, column: str) -> str | None:
 
 
 _IMAGE_VALUES = ("string", "large_string", "binary", "large_binary")
+# An image folder whose labels come from one of these files (datasets' metadata layout) has no class folders
+_METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 
 
 def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
@@ -135,7 +140,8 @@ def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
                 f"set {key} in the recipe"
             )
     feature = dataset.features[args.image_column_name]
-    if not isinstance(feature, datasets.Image) and getattr(feature, "dtype", None) not in _IMAGE_VALUES:
+    encoded = isinstance(feature, dict) and bool(feature) and set(feature) <= {"bytes", "path"}  # parquet by pandas
+    if not (isinstance(feature, datasets.Image) or encoded or getattr(feature, "dtype", None) in _IMAGE_VALUES):
         raise DataError(
             f"image_column_name={args.image_column_name!r} holds {feature}, not images: give a column of images "
             "(a datasets Image feature), image file paths or encoded image bytes"

@@ -13,10 +13,12 @@ alone (no image is decoded).
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import DataError, LabelError
@@ -52,12 +54,16 @@ def _values(dataset: datasets.Dataset, column: str):
 
 
 def is_unlabelled(dataset: datasets.Dataset, column: str) -> bool:
-    """Whether every label of ``dataset`` is missing (``-1`` or null): a Hub test split's labels."""
+    """Whether every label of ``dataset`` is missing (``-1`` or null): a Hub test split's labels.
+
+    For a plain integer column too: -1 is the usual "no label" there, and a split of nothing else
+    cannot be evaluated (a -1/+1 binary task may still use -1 as a class in a split that has both).
+    """
     values = _values(dataset, column)
     if len(values) == 0:
         return False
     missing = values.null_count
-    if isinstance(dataset.features[column], datasets.ClassLabel):
+    if pa.types.is_integer(values.type):  # a ClassLabel's -1, or a plain integer column's
         missing += int(pc.sum(pc.equal(values, UNLABELLED)).as_py() or 0)
     return missing == len(values)
 

@@ -10,7 +10,8 @@ another class, nothing fails, and the run reports the accuracy of a scrambled va
 Each file's names are in its schema metadata (the footer; no row is read), so every split is
 checked right after loading. A split whose files agree on another order of known classes is
 relabelled by name (only its label column is rewritten, the images are not copied); files of one
-split that disagree, or store a class the dataset does not have, are an error. Remote files
+split that disagree, or store some classes the dataset does not have, are an error. Stored names
+that share none with the dataset's (a card that renames every class) keep their index meaning. Remote files
 (a Hub dataset) cost a request each, so only the first file of each split is read there: the
 case above, a split saved separately, shows in every one of its files.
 """
@@ -93,11 +94,18 @@ def _relabelled(dataset: datasets.Dataset, split: str, column: str, feature: dat
     check_same_forms(names, feature.names, path, "the dataset's class names",
                      "give every split the same spelling of each class name, e.g. NFC")
     missing = [n for n in names if n not in feature.names]
+    if missing and len(missing) == len(names) == len(feature.names):
+        # no name in common: the dataset's card renames the classes (readable names for ImageNet's
+        # synset ids), and datasets reads each index with the card's name, as intended
+        logger.info("data: the %r split's files name the classes of %r %s; the dataset's card names them %s "
+                    "(index by index)", split, column, _shown(names), _shown(feature.names))
+        return dataset
     if missing:
         raise LabelError(
-            f"{path} stores classes {_shown(missing)} for {column!r}, which the dataset's class names {_shown(feature.names)} "
-            f"lack; datasets would read its labels as other classes. Give the {split!r} split the training "
-            "split's classes"
+            f"{path} stores classes {_shown(missing)} for {column!r}, which the dataset's class names "
+            f"{_shown(feature.names)} lack, next to names they share; datasets reads the file's labels by index "
+            "with the dataset's names, so some would become other classes. Save every file of the dataset with "
+            "the same ClassLabel"
         )
     labels = np.asarray(dataset.with_format("arrow")[column].fill_null(-1).to_numpy(), dtype=np.int64)
     if labels.size and labels.max() >= len(names):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -56,9 +58,25 @@ class SRDLoss(DistillationLoss):
     def term(self, inputs: LossInputs) -> torch.Tensor:
         if self.projector is None:
             raise RuntimeError("srd.setup() was not called: build it through DistillationModel")
-        with torch.autocast(device_type=inputs.student_pooled.device.type, enabled=False):
+        # A batch of one row (the last of an epoch can hold one image) has no batch statistics, and
+        # BatchNorm refuses it in training: that batch is normalised with the running statistics.
+        one_row = self.training and inputs.student_pooled.shape[0] < 2
+        with torch.autocast(device_type=inputs.student_pooled.device.type, enabled=False), _running_norms(self, one_row):
             projected = self.projector(functional.upcast(inputs.student_pooled))
             teacher = self.teacher_norm(functional.upcast(inputs.teacher_pooled))
         if self.variant == "distance":
             return functional.srd_distance(projected, teacher, self.alpha)
         return functional.srd_correlation(projected, teacher, self.alpha)
+
+
+@contextmanager
+def _running_norms(loss: nn.Module, active: bool) -> Iterator[None]:
+    """The loss's BatchNorm layers in eval mode (running statistics) while ``active``."""
+    norms = [m for m in loss.modules() if isinstance(m, nn.BatchNorm1d) and m.training] if active else []
+    for norm in norms:
+        norm.eval()
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.train()

@@ -150,7 +150,8 @@ class DistillationTrainer(CheckpointingTrainer):
         self._setup_pipeline(augmentation or AugmentationArguments())
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
-        """Trainer's rule (no decay on biases and norms), less what the model itself exempts."""
+        """Trainer's rule (no decay on biases and LayerNorm-type norms; BatchNorm weights decay), less what the
+        model itself exempts."""
         names = super().get_decay_parameter_names(model)
         if not getattr(self.args, "model_no_weight_decay", True):
             return names
