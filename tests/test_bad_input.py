@@ -105,6 +105,9 @@ def test_metric_for_best_model_that_the_evaluation_does_not_report(tmp_path, cap
     assert run(tmp_path, base(tmp_path, **inter_only, metric_for_best_model="rcka_intra_loss")) == 2
     assert ("'rcka_intra_loss' is not a metric the evaluation reports (with these options, loss 'rcka' reports "
             "only rcka_inter_loss)") in error_of(capsys)  # intra_weight 0: rcka_intra is not computed
+    unweighted = dict(distil, losses=[{"name": "ce"}, {"name": "rcka"}, {"name": "kd", "weight": 0}])
+    assert run(tmp_path, base(tmp_path, **unweighted, metric_for_best_model="eval_kd_loss")) == 2
+    assert "(loss 'kd' has weight 0, so it is not computed)" in error_of(capsys)
     ema = dict(inter_only, model_ema=True)
     assert run(tmp_path, base(tmp_path, **ema, metric_for_best_model="eval_ema_rcka_intra_loss")) == 2
     assert "(with these options, loss 'rcka' reports only ema_rcka_inter_loss)" in error_of(capsys)

@@ -475,3 +475,16 @@ def test_weight_decay_spares_biases_and_layer_norms_but_decays_batch_norm_weight
     vit = _no_decay(make_trainer(make_args(tmp_path, "vit", weight_decay=0.05),
                                  student=timm_model("deit_tiny_distilled_patch16_224")))
     assert any(n.endswith("norm1.weight") for n in vit)
+
+
+def test_a_loss_at_weight_0_is_not_computed_and_its_teacher_not_run(tmp_path):
+    """Weight 0 turns a term off: it added 0 but still cost its computation and the teacher's forward
+    (and srd's BatchNorm could still fail on a one-image batch)."""
+    args = make_args(tmp_path, max_steps=2, losses=[{"name": "ce"}, {"name": "kd", "weight": 0},
+                                                    {"name": "srd", "weight": 0.0}])
+    trainer = make_trainer(args)
+    assert list(trainer.distillation_model.losses) == ["ce"]
+    calls = []
+    trainer.distillation_model.teacher.register_forward_hook(lambda *a: calls.append(1))
+    trainer.train()
+    assert calls == [] and not any("kd_loss" in entry for entry in trainer.state.log_history)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,25 +118,31 @@ def check_metric_for_best_model(model_args: Any, args: Any, num_labels: int | No
     if metric is None:
         return
     prefix = "eval_" if metric.startswith("eval_") else ""
-    losses = build_losses(args.losses or default_losses(bool(model_args.teacher_model_name_or_path)))
+    specs = args.losses or default_losses(bool(model_args.teacher_model_name_or_path))
+    losses = build_losses(specs)
     names = evaluation_metric_names([term for loss in losses for term in loss.term_weights], args, num_labels)
     if metric[len(prefix):] in names or metric.endswith(TIMING_METRICS):  # timings: of any weight set
         return
     if metric[len(prefix):] == "top5_accuracy":
         raise RecipeError(f"metric_for_best_model {metric!r}: top5_accuracy is reported only with more than 5 "
                           f"classes, and this dataset has {num_labels}: use {prefix}accuracy")
+    unweighted = [spec["name"] for spec in specs if spec.get("weight", 1.0) == 0]
     raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports"
-                      f"{_terms_reported(metric[len(prefix):], losses)}: "
+                      f"{_terms_reported(metric[len(prefix):], losses, unweighted)}: "
                       f"{close_matches(metric, [prefix + name for name in names])}")
 
 
-def _terms_reported(name: str, losses: list) -> str:
+def _terms_reported(name: str, losses: list, unweighted: Sequence[str] = ()) -> str:
     """For a name shaped like a term of a configured loss, the terms that loss reports.
 
     A loss's options can leave a term out (``rcka`` with ``intra_weight: 0`` computes no
-    ``rcka_intra``); without this the error would not say why a term the loss has is missing.
+    ``rcka_intra``), and a loss at weight 0 is not computed at all; without this the error would
+    not say why a term the loss has is missing.
     """
     weights = next((w for w in ("ema_", "live_") if name.startswith(w)), "")  # the other weight set's copy
+    for loss_name in unweighted:
+        if name.startswith(f"{weights}{loss_name}_") and name.endswith("_loss"):
+            return f" (loss {loss_name!r} has weight 0, so it is not computed)"
     for loss in losses:
         if name.startswith(f"{weights}{loss.registry_name}_") and name.endswith("_loss"):
             reported = ", ".join(f"{weights}{term}_loss" for term in loss.term_weights)

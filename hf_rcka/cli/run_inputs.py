@@ -17,7 +17,7 @@ from ..data.datasets import load_raw_datasets
 from ..errors import DataError, LabelError, ModelError, UserError
 from ..models.labels import model_label_names, realign_teacher
 from ..registry import LOSSES
-from ..modeling.assembly import default_losses
+from ..modeling.assembly import active_specs, default_losses
 
 logger = logging.getLogger("hf_rcka")
 
@@ -69,7 +69,7 @@ def align_teacher(teacher: Any, args: DistillationTrainingArguments, labels: lis
     are distilled; when only its features are, other classes are fine but its accuracy means nothing."""
     if teacher is None:
         return
-    specs = args.losses or default_losses(has_teacher=True)
+    specs = active_specs(args.losses or default_losses(has_teacher=True))
     requires = set().union(*(LOSSES.get(spec["name"]).requires for spec in specs))
     if "teacher_logits" in requires:
         realign_teacher(teacher, labels, mapping)

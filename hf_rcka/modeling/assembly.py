@@ -6,6 +6,7 @@ loads) and the trainer (which trains what was built) share one definition of the
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 from transformers import PreTrainedModel, TrainingArguments
@@ -15,6 +16,8 @@ from ..registry import LOSSES
 from .distillation_model import DistillationModel
 from .teacher_inputs import InputStats
 
+logger = logging.getLogger(__name__)
+
 
 def default_losses(has_teacher: bool) -> list[dict[str, Any]]:
     """RCKA on logits (intra/inter 1/1) next to the task loss, or the task loss alone."""
@@ -23,13 +26,20 @@ def default_losses(has_teacher: bool) -> list[dict[str, Any]]:
     return [{"name": "ce", "weight": 1.0}, {"name": "rcka", "weight": 1.0}]
 
 
+def active_specs(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The specs whose weight is not 0: a term at weight 0 adds nothing to the loss, is logged as 0,
+    and would still cost its computation (and the teacher's forward, when no other loss needs it)."""
+    return [spec for spec in specs if spec.get("weight", 1.0) != 0]
+
+
 def build_losses(specs: Sequence[dict[str, Any]], label_smoothing: float = 0.0) -> list[DistillationLoss]:
-    """Instantiate loss specs (checked once, by ``DistillationTrainingArguments``).
+    """Instantiate loss specs (checked once, by ``DistillationTrainingArguments``); a loss at weight 0
+    is left out (:func:`active_specs`).
 
     A loss that takes ``label_smoothing`` (``ce``) and whose spec leaves it unset gets the
     trainer's ``label_smoothing_factor``, as plain ``Trainer`` applies it to its own loss.
     """
-    specs = [_with_label_smoothing(spec, label_smoothing) for spec in specs]
+    specs = [_with_label_smoothing(spec, label_smoothing) for spec in active_specs(specs)]
     return [LOSSES.build(spec["name"], **{k: v for k, v in spec.items() if k != "name"}) for spec in specs]
 
 
@@ -52,6 +62,9 @@ def build_distillation_model(
     if student is None:
         raise ValueError("DistillationTrainer needs a student model")
     specs = getattr(args, "losses", None) or default_losses(teacher is not None)
+    skipped = [spec["name"] for spec in specs if spec not in active_specs(specs)]
+    if skipped:
+        logger.info("losses %s have weight 0 and are not computed", skipped)
     pairs = getattr(args, "feature_pairs", None)  # validated by DistillationTrainingArguments
     return DistillationModel(
         student,
