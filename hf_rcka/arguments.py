@@ -193,6 +193,7 @@ class DistillationTrainingArguments(TrainingArguments):
             raise RecipeError(
                 f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {self.teacher_accuracy_check!r}"
             )
+        _check_fixed_settings(self)
         super().__post_init__()
 
 
@@ -205,3 +206,23 @@ def _fsdp_requested(args: TrainingArguments) -> bool:
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, DistillationTrainingArguments)
+
+
+# TrainingArguments settings that the distillation batches and the evaluation's metrics depend on.
+# Trainer accepts other values, and they surface only at the first evaluation, after training: a
+# run that reports no accuracy and exits 0, or a traceback.
+_FIXED_SETTINGS = {
+    "label_names": (["labels"], "the batches carry their labels as 'labels'; other names leave the evaluation "
+                                "without predictions, so it reports no accuracy"),
+    "prediction_loss_only": (False, "the evaluation would report the loss only, no accuracy"),
+    "remove_unused_columns": (False, "distillation needs every column of the batch"),
+    "eval_do_concat_batches": (True, "accuracy is computed over all predictions at once"),
+    "batch_eval_metrics": (False, "accuracy is computed over all predictions at once"),
+}
+
+
+def _check_fixed_settings(args: "DistillationTrainingArguments") -> None:
+    for key, (value, reason) in _FIXED_SETTINGS.items():
+        given = getattr(args, key)
+        if (list(given) if isinstance(given, (list, tuple)) else given) != value:
+            raise RecipeError(f"{key}: {given!r} is not supported ({reason}): remove it from the recipe")

@@ -48,3 +48,16 @@ def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def from_rank0(value: object) -> object:
+    """Rank 0's ``value`` on every rank (a picklable object), for decisions made from the clock or the disk.
+
+    A folder named by the time, or a choice made by looking at files that rank 0 may already have
+    moved, would otherwise differ between ranks (and ranks that disagree about a collective hang).
+    """
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -707,3 +707,29 @@ def test_images_directly_in_train_dir_next_to_class_folders(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "train" / "stray.png")
     assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, train_val_split=0.5)) == 2
     assert "has images directly in it (['stray.png']) next to its class folders" in error_of(capsys)
+
+
+@pytest.mark.parametrize("setting", [{"label_names": ["label"]}, {"prediction_loss_only": True},
+                                     {"eval_do_concat_batches": False}, {"batch_eval_metrics": True},
+                                     {"remove_unused_columns": True}])
+def test_trainer_settings_that_empty_or_break_the_evaluation(tmp_path, capsys, no_loading, setting):
+    """Trainer accepts them; the run then reported no accuracy (exit 0) or failed after training."""
+    (key, value), = setting.items()
+    assert run(tmp_path, base(tmp_path, **setting)) == 2
+    assert error_of(capsys).startswith(f"error: {key}: {value!r} is not supported (")
+
+
+def test_a_key_or_flag_given_twice(tmp_path, capsys, no_loading):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(base(tmp_path)) + "learning_rate: 3\nlearning_rate: 0.1\n")
+    assert main([str(path)]) == 2
+    assert "'learning_rate' is given twice (lines" in error_of(capsys)
+    assert run(tmp_path, base(tmp_path), "--max_steps", "1", "--max_steps", "2") == 2
+    assert error_of(capsys) == "error: --max_steps is given twice: give it once"
+
+
+def test_a_multi_process_launch_that_would_train_each_process_alone(tmp_path, capsys, no_loading, monkeypatch):
+    """Without use_cpu on a GPU-less machine, torchrun's processes were independent runs in one output_dir."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run(tmp_path, base(tmp_path, use_cpu=False)) == 2
+    assert "launched as 2 processes, but each would train alone" in error_of(capsys)

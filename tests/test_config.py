@@ -119,3 +119,14 @@ def test_resolved_recipe_round_trips(tmp_path):
     again = parse_arguments(load_recipe(tmp_path / "distill_config.yaml"))
     assert again[2].learning_rate == pytest.approx(2e-4) and again[2].seed == 3
     assert again[2].losses == values["losses"]
+
+
+def test_exponents_are_numbers_inside_mappings_and_a_mapping_flag_merges():
+    """YAML 1.1 read 1e-5 as a string: lr_scheduler_kwargs' min_lr failed after the data loaded."""
+    from hf_rcka.cli.recipe import parse_cli_overrides, resolve_values
+
+    recipe = {"model_name_or_path": "m", "output_dir": "o", "student_config_overrides": {"hidden_size": 64, "depth": 4}}
+    flags = parse_cli_overrides(["--lr_scheduler_kwargs", "{min_lr: 1e-5}", "--student_config_overrides", "{depth: 2}"])
+    values = resolve_values(recipe, flags)
+    assert values["lr_scheduler_kwargs"] == {"min_lr": 1e-5}
+    assert values["student_config_overrides"] == {"hidden_size": 64, "depth": 2}  # not the flag's mapping alone

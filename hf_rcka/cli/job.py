@@ -20,6 +20,7 @@ from ..arguments import DataArguments, DistillationTrainingArguments, ModelArgum
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_trained_classes
+from ..distributed import from_rank0
 from ..errors import DataError, RecipeError
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
@@ -64,7 +65,7 @@ def run(
     args.do_train = explicit.get("do_train", True)
     args.do_eval = explicit.get("do_eval", True)
     resume = _check_before_loading(model_args, data_args, args, explicit)
-    record_dir = args.output_dir if args.do_train else eval_record_dir(args.output_dir)
+    record_dir = args.output_dir if args.do_train else from_rank0(eval_record_dir(args.output_dir))  # one folder
     trainer, skipped = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         losses = args.losses or default_losses(trainer.distillation_model.teacher is not None)
@@ -110,7 +111,8 @@ def _check_before_loading(
     if resume:
         check_checkpoint(resume)
     check_output_dir(args, resume)
-    if args.do_train and not resume and holds_run(args.output_dir):  # overwrite_output_dir: check_output_dir
+    # decided on rank 0 alone: a rank that looked after rank 0 moved the files would skip the barrier
+    if args.do_train and not resume and from_rank0(holds_run(args.output_dir)):  # overwrite_output_dir
         with args.main_process_first(local=False, desc="setting aside the run this one replaces"):
             if args.should_save:
                 set_aside_previous_run(args.output_dir, keep=(data_args.train_dir, data_args.validation_dir,

@@ -43,6 +43,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
             "baseline_dir": getattr(args, "baseline_dir", None),
         })
     check_report_to(args.report_to)
+    check_launch(args)
     check_half_precision(args)
     check_fsdp_settings(args)
     check_losses_fit_models(model_args, args)
@@ -57,6 +58,21 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_data_dirs(data_args)
     if args.push_to_hub:
         check_hub_access(args)
+
+
+def check_launch(args: Any) -> None:
+    """A multi-process launch must give one data-parallel run, not N independent ones.
+
+    On a machine without GPUs, transformers sets up torchrun's or ``accelerate launch``'s
+    processes as separate single-process runs unless ``use_cpu`` is set: each then trains alone on
+    all the data and all write the same ``output_dir`` (one crashed reading another's
+    ``all_results.json``).
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and args.world_size == 1:
+        raise RecipeError(f"launched as {launched} processes, but each would train alone on all the data and write "
+                          "the same output_dir: on a machine without GPUs add --use_cpu true, so that they train "
+                          "together")
 
 
 # --------------------------------------------------------------------------------------------- output

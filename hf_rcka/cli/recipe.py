@@ -40,7 +40,20 @@ def field_table() -> dict[str, tuple[type, dataclasses.Field, Any]]:
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false are bools, so ``eval_strategy: no`` stays the string "no"."""
+    """YAML 1.2 booleans and exponents: only true/false are bools, so ``eval_strategy: no`` stays the
+    string "no", and ``1e-5`` is a float (YAML 1.1 wants ``1.0e-5``), also inside a mapping such as
+    ``lr_scheduler_kwargs``. A key given twice is an error (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 _RecipeLoader.yaml_implicit_resolvers = {
@@ -49,6 +62,9 @@ _RecipeLoader.yaml_implicit_resolvers = {
 }
 _RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
 
 
@@ -73,6 +89,8 @@ def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
             raise RecipeError(f"unexpected argument {token!r}: overrides look like --key value")
         key, _, inline = token[2:].partition("=")
         key = key.replace("-", "_")
+        if key in overrides:
+            raise RecipeError(f"--{key} is given twice: give it once")
         if inline:
             raw = inline
         elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
@@ -100,10 +118,17 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge ``recipe`` and CLI ``overrides`` (which win), check every key and convert every value.
 
+    A mapping given as a flag (``--student_config_overrides '{num_hidden_layers: 2}'``) is merged
+    into the recipe's mapping; a list (``losses``, ``feature_pairs``) replaces the recipe's.
+
     The result is what ``distill_config.yaml`` records: the recipe exactly as it was run, loss
     entries in full form. Value rules are checked when ``build_arguments`` builds the dataclasses.
     """
-    values = {**recipe, **(overrides or {})}
+    overrides = overrides or {}
+    values = {**recipe, **overrides}
+    for key, value in overrides.items():  # a mapping flag changes the recipe's mapping, key by key
+        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            values[key] = {**recipe[key], **value}
     table = field_table()
     for key in values:
         if key not in table:

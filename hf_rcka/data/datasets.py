@@ -253,11 +253,16 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     readable = [e for e in examples if e["pixel_values"] is not None]
     if not readable:
         raise DataError(f"all {len(examples)} images of a batch are unreadable (see the warnings above)")
-    skipped = [e for e in examples if e["pixel_values"] is None]
-    fills = [readable[i % len(readable)] for i in range(len(skipped))]
-    examples = readable + [
-        fill if own["labels"] != IGNORE_INDEX else {**fill, "labels": IGNORE_INDEX} for own, fill in zip(skipped, fills)
-    ]
+    # each skipped example is replaced in its own row: under data parallelism the rows past the
+    # dataset's end are repeats that gather_for_metrics cuts off by position, so moving an
+    # IGNORE_INDEX row to the end let a repeat take its place and count
+    filled, k = [], 0
+    for own in examples:
+        if own["pixel_values"] is None:
+            fill, k = readable[k % len(readable)], k + 1
+            own = fill if own["labels"] != IGNORE_INDEX else {**fill, "labels": IGNORE_INDEX}
+        filled.append(own)
+    examples = filled
     return {
         "pixel_values": default_collate([e["pixel_values"] for e in examples]),
         "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),
