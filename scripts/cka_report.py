@@ -37,8 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset_name", help="datasets id or builtin:digits")
     parser.add_argument("--dataset_config_name")
     parser.add_argument("--validation_dir", help="image folder, one sub-folder per class")
-    parser.add_argument("--train_val_split", type=float, default=0.3, help="as in the training recipe")
-    parser.add_argument("--split_seed", type=int, default=42, help="as in the training recipe")
+    parser.add_argument("--train_val_split", type=float,
+                        help="as in the training recipe (default: the compared models' distill_config.yaml, else 0.15)")
+    parser.add_argument("--split_seed", type=int,
+                        help="as in the training recipe (default: the compared models' distill_config.yaml, else 42)")
     parser.add_argument("--image_column_name", default="image")
     parser.add_argument("--label_column_name", default="label")
     parser.add_argument("--num_images", type=int, default=512)
@@ -51,7 +53,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--names needs {1 + len(args.models)} names (reference first), got {len(args.names)}")
     if args.num_images < 3:
         parser.error("--num_images must be at least 3")
+    recorded = _recorded_split([*args.models, args.reference])
+    for key in ("train_val_split", "split_seed"):
+        if getattr(args, key) is None:  # the split the models were evaluated on, not images they trained on
+            setattr(args, key, recorded.get(key, DataArguments.__dataclass_fields__[key].default))
     return args
+
+
+def _recorded_split(folders: list[str]) -> dict:
+    """``train_val_split`` and ``split_seed`` from the first run folder whose recipe records them."""
+    import yaml
+
+    for folder in folders:
+        recipe = Path(folder) / "distill_config.yaml"
+        if recipe.is_file():
+            values = yaml.safe_load(recipe.read_text()) or {}
+            return {k: values[k] for k in ("train_val_split", "split_seed") if k in values}
+    return {}
 
 
 def sample_images(args: argparse.Namespace) -> list:

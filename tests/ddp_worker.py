@@ -54,6 +54,19 @@ def main(out: str) -> None:
     state.update({f"initial.{k}": v for k, v in initial.items()})
     state.update({f"ema.{k}": v for k, v in trainer.model_ema.module.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, f"rank{rank}.safetensors"))
+    # a BatchNorm student: after its steps each rank holds its own running statistics; the
+    # evaluation must use rank 0's, the ones the export holds
+    bn_args = DistillationTrainingArguments(
+        output_dir=os.path.join(out, "bn"), max_steps=2, per_device_train_batch_size=5, learning_rate=1e-2,
+        report_to="none", use_cpu=True, seed=0, save_strategy="no", ddp_backend="gloo",
+        teacher_accuracy_check="off", losses=[{"name": "ce"}],
+    )
+    bn = DistillationTrainer(model=tiny_resnet(), args=bn_args, train_dataset=dataset,
+                             eval_dataset=pixel_dataset(16, seed=1), processing_class=processor(16))
+    bn.train()
+    bn.evaluate()
+    bn_state = {k: v for k, v in bn.distillation_model.student.state_dict().items() if k.endswith("running_mean")}
+    save_file({k: v.contiguous() for k, v in bn_state.items()}, os.path.join(out, f"rank{rank}_bn.safetensors"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
         json.dump({"world_size": world_size(), "log_history": trainer.state.log_history, "ids": ids}, handle)
 

@@ -88,3 +88,15 @@ def test_report_script_on_saved_models(tmp_path):
     rows = [row.strip(" |").split(" | ") for row in first_table.splitlines()[4:7]]
     diagonal = [row[i + 1] for i, row in enumerate(rows)]
     assert diagonal == ["1.00"] * 3
+
+
+def test_cka_report_takes_the_models_validation_split_by_default(tmp_path):
+    """Its own default (0.3) differed from training's (0.15): a third of its 'validation' images were trained on."""
+    script = _load_script("cka_report")
+    run = tmp_path / "run"
+    run.mkdir()
+    args = script.parse_args([str(tmp_path / "teacher"), str(run), "--dataset_name", "builtin:digits"])
+    assert (args.train_val_split, args.split_seed) == (0.15, 42)  # training's defaults
+    (run / "distill_config.yaml").write_text("train_val_split: 0.3\nsplit_seed: 7\n")
+    args = script.parse_args([str(tmp_path / "teacher"), str(run), "--dataset_name", "builtin:digits"])
+    assert (args.train_val_split, args.split_seed) == (0.3, 7)

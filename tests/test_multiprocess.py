@@ -50,5 +50,8 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     # same images (each with its own augmentation), half the dataset per rank; accelerate does
     # not shard the rank-aware sampler a second time
     assert logs[0]["ids"] == logs[1]["ids"] and len(logs[0]["ids"]) == 20 == len(set(logs[0]["ids"]))
+    # a BatchNorm student is evaluated with rank 0's running statistics, the exported ones
+    bn = [load_file(tmp_path / f"rank{r}_bn.safetensors") for r in (0, 1)]
+    assert bn[0] and all(torch.equal(bn[0][k], bn[1][k]) for k in bn[0]), "evaluation mixed per-rank BN statistics"
     steps = [e for e in logs[0]["log_history"] if "loss" in e]
     assert len(steps) == 3 and all("rcka_intra_loss" in e and "rcka_inter_loss" in e and "feature_cka_loss" in e for e in steps)

@@ -9,8 +9,9 @@ change. Two measures, both decided here:
   whatever ``ddp_broadcast_buffers`` says (every rank loads the same teacher weights anyway);
 * ``ddp_broadcast_buffers`` defaults to off when the student has no running statistics
   (ViTs: nothing left to broadcast). A student with BatchNorm keeps DDP's default (on): the
-  broadcast is what keeps its running statistics equal across ranks, so evaluation on every
-  rank and the checkpoint (rank 0's) use one set of statistics. Set it to false to save that
+  broadcast starts every training step from rank 0's running statistics, and the step updates
+  them per rank again; before an evaluation ``share_running_stats`` gives every rank rank 0's, so
+  the evaluation uses the statistics the export (rank 0's) holds. Set it to false to save that
   broadcast too; each rank then keeps statistics of its own shard and rank 0's are saved.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -37,6 +39,22 @@ def ignore_teacher_in_ddp(model: nn.Module, teacher_prefix: str = "teacher.") ->
 def has_running_stats(module: nn.Module) -> bool:
     """Whether ``module`` holds normalisation running statistics that training updates (BatchNorm)."""
     return any(isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in module.modules())
+
+
+def share_running_stats(student: nn.Module) -> None:
+    """Rank 0's BatchNorm running statistics on every rank (a no-op in one process).
+
+    DDP broadcasts the buffers at the start of each training forward, and that forward then
+    updates them with each rank's own batch, so after any step the ranks hold different
+    statistics. An evaluation spread over the ranks would then mix them, while the exported model
+    holds rank 0's; sharing them first makes the evaluation the export's.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    for module in student.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            for buffer in module.buffers(recurse=False):
+                dist.broadcast(buffer.data, src=0)
 
 
 def default_broadcast_buffers(student: nn.Module, current: bool | None) -> bool | None:
@@ -128,6 +146,6 @@ def _check_state_dict_type(state_dict_type: str) -> None:
 
 
 __all__ = [
-    "default_broadcast_buffers", "has_running_stats", "ignore_teacher_in_ddp", "keep_teacher_out_of_fsdp",
+    "default_broadcast_buffers", "has_running_stats", "share_running_stats", "ignore_teacher_in_ddp", "keep_teacher_out_of_fsdp",
     "check_fsdp_settings", "require_full_state_dict",
 ]

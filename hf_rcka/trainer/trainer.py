@@ -42,7 +42,7 @@ from ..modeling.assembly import build_distillation_model
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.parallel import (
     check_fsdp_settings, default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp,
-    require_full_state_dict,
+    require_full_state_dict, share_running_stats,
 )
 from ..data.sampler import RepeatedAugmentationSampler, keep_rank_sharding
 from ..modeling.teacher_inputs import InputStats, input_stats
@@ -241,7 +241,11 @@ class DistillationTrainer(CheckpointingTrainer):
         Unreadable images count in no metric (their batches hold stand-ins labelled
         ``IGNORE_INDEX``, see ``data.datasets.collate``): ``{prefix}_accuracy`` and every
         ``{prefix}_{term}_loss`` are over the readable images; Trainer's ``{prefix}_loss`` is its
-        usual mean of batch losses, each over its batch's readable images.
+        usual mean of batch losses, each over its batch's readable images. Under data parallelism
+        the last batches are evened out with repeats of the first images: accuracy leaves them out
+        (``gather_for_metrics``), the per-term losses do not, since a term such as RCKA's is a
+        relation over its whole batch and cannot be split per image (a small difference from a
+        one-process evaluation when the set is not a multiple of the global batch).
         """
         run = (dataloader, description, prediction_loss_only, ignore_keys)
         if self.model_ema is None:
@@ -258,6 +262,7 @@ class DistillationTrainer(CheckpointingTrainer):
     def _evaluation_pass(self, dataloader, description, prediction_loss_only, ignore_keys,
                          metric_key_prefix: str) -> EvalLoopOutput:
         self._terms["eval"], self._term_counts["eval"] = {}, 0
+        share_running_stats(self.distillation_model.student)  # the export's (rank 0's) BatchNorm statistics
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         output.metrics.update(self._term_means("eval", prefix=f"{metric_key_prefix}_"))
         if metric_key_prefix == "eval" and output.label_ids is not None:
