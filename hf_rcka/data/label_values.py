@@ -12,7 +12,6 @@ alone (no image is decoded).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,8 +21,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import DataError, LabelError
-
-logger = logging.getLogger(__name__)
 
 UNLABELLED = -1  # datasets' ClassLabel value for "no label"
 
@@ -42,7 +39,7 @@ def class_encoded(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
 
     Only the label column is rewritten; the images are not copied.
     """
-    values = dataset.with_format("arrow")[column].to_pylist()
+    values = _values(dataset, column).to_pylist()
     order = class_order(values)
     index = {value: i for i, value in enumerate(order)}
     feature = datasets.ClassLabel(names=[str(v) for v in order])

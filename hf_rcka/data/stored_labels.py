@@ -11,9 +11,9 @@ Each file's names are in its schema metadata (the footer; no row is read), so ev
 checked right after loading. A split whose files agree on another order of known classes is
 relabelled by name (only its label column is rewritten, the images are not copied); files of one
 split that disagree, or store some classes the dataset does not have, are an error. Stored names
-that share none with the dataset's (a card that renames every class) keep their index meaning. Remote files
-(a Hub dataset) cost a request each, so only the first file of each split is read there: the
-case above, a split saved separately, shows in every one of its files.
+that share none with the dataset's (a card that renames every class) keep their index meaning.
+Remote files (a Hub dataset) cost a request each, so only the first file of each split is read
+there: the case above, a split saved separately, shows in every one of its files.
 """
 
 from __future__ import annotations
@@ -72,7 +72,11 @@ def realign_stored_labels(
             paths = paths[:1]
         orders = {}
         for path in paths:
-            names = stored_names(path, column)
+            try:
+                names = stored_names(path, column)
+            except OSError as err:  # a remote footer that cannot be read now: the data itself has loaded
+                logger.warning("data: cannot read the class names stored in %s (%s); not checked", path, err)
+                continue
             if names is not None:
                 orders.setdefault(tuple(names), path)
         if not orders or list(orders) == [tuple(feature.names)]:
