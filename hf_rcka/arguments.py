@@ -206,6 +206,9 @@ def _fsdp_requested(args: TrainingArguments) -> bool:
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, DistillationTrainingArguments)
+# What the command line runs when a recipe does not say (TrainingArguments defaults both to False):
+# training, then a final evaluation.
+RUN_DEFAULTS = {"do_train": True, "do_eval": True}
 
 
 # TrainingArguments settings that the distillation batches and the evaluation's metrics depend on.

@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
+from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
 from ..losses import per_channel_losses
 from ..registry import ADAPTERS, LOSSES, Registry
 
@@ -36,13 +36,9 @@ def _groups() -> list[tuple[str, list[dataclasses.Field]]]:
     ]
 
 
-# Defaults the command line sets itself (job.run): a run trains and then evaluates unless told not to
-_CLI_DEFAULTS = {"do_train": True, "do_eval": True}
-
-
 def _default(f: dataclasses.Field) -> str:
-    if f.name in _CLI_DEFAULTS:
-        return f"default: {_CLI_DEFAULTS[f.name]!r}"
+    if f.name in RUN_DEFAULTS:
+        return f"default: {RUN_DEFAULTS[f.name]!r}"
     if f.default is not dataclasses.MISSING:
         value = f.default
     elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
+from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_trained_classes
@@ -62,8 +62,8 @@ def run(
     _setup_logging(args)
     # Training and a final evaluation are the job; a recipe opts out with do_train/do_eval: false.
     explicit = recipe if recipe is not None else {}
-    args.do_train = explicit.get("do_train", True)
-    args.do_eval = explicit.get("do_eval", True)
+    args.do_train = explicit.get("do_train", RUN_DEFAULTS["do_train"])
+    args.do_eval = explicit.get("do_eval", RUN_DEFAULTS["do_eval"])
     resume = _check_before_loading(model_args, data_args, args, explicit)
     record_dir = args.output_dir if args.do_train else from_rank0(eval_record_dir(args.output_dir))  # one folder
     trainer, skipped = _build_trainer(model_args, data_args, args, record_dir, resume, stop)

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import DataError, ModelError, RecipeError
 from ..models.labels import check_split_classes, class_folders
 from ..registry import LOSSES, close_matches
-from ..modeling.assembly import build_losses, default_losses
+from ..modeling.assembly import build_losses, default_losses, switched_off
 from ..modeling.parallel import check_fsdp_settings
 from ..trainer.metrics import TIMING_METRICS, evaluation_metric_names
 
@@ -142,7 +142,7 @@ def check_metric_for_best_model(model_args: Any, args: Any, num_labels: int | No
     if metric[len(prefix):] == "top5_accuracy":
         raise RecipeError(f"metric_for_best_model {metric!r}: top5_accuracy is reported only with more than 5 "
                           f"classes, and this dataset has {num_labels}: use {prefix}accuracy")
-    unweighted = [spec["name"] for spec in specs if spec.get("weight", 1.0) == 0]
+    unweighted = switched_off(specs)
     raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports"
                       f"{_terms_reported(metric[len(prefix):], losses, unweighted)}: "
                       f"{close_matches(metric, [prefix + name for name in names])}")

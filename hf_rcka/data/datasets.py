@@ -25,7 +25,7 @@ from ..losses import IGNORE_INDEX
 from .images import UnreadableImage, decode_image
 from .transforms import eval_transform, train_transform
 from .splits import stratified_validation_split
-from .label_values import check_label_values, class_order, is_unlabelled
+from . import label_values
 from .stored_labels import parquet_split_files, realign_stored_labels
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = Fal
     if "train" not in raw:
         raise ValueError(f"the dataset has no 'train' split (splits: {list(raw)})")
     _check_columns(raw["train"], args)
-    check_label_values(raw["train"], column, "train")
+    label_values.check_label_values(raw["train"], column, "train")
     validation = _labelled_eval_split(raw, column)
     if validation is None and eval_only:
         logger.info("data: an evaluation-only run and no validation split: all %d images are evaluated", len(raw["train"]))
@@ -86,7 +86,7 @@ def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = Fal
         logger.warning("data: the dataset has no 'validation' split; its %r split is evaluated (and, with "
                        "load_best_model_at_end, picks the checkpoint)", validation)
         raw["validation"] = raw.pop(validation)
-    check_label_values(raw["validation"], column, "validation")
+    label_values.check_label_values(raw["validation"], column, "validation")
     return raw
 
 
@@ -119,7 +119,7 @@ def _labelled_eval_split(raw: datasets.DatasetDict, column: str) -> str | None:
     for name in VALIDATION_SPLIT_NAMES:
         if name not in raw:
             continue
-        if not is_unlabelled(raw[name], column):
+        if not label_values.is_unlabelled(raw[name], column):
             return name
         logger.warning("data: the %r split has no labels (every label is -1 or empty), so it is not evaluated", name)
         del raw[name]
@@ -153,7 +153,7 @@ def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
     feature = dataset.features[label_column]
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
-    return [str(v) for v in class_order(dataset.with_format("arrow")[label_column].to_pylist())]
+    return [str(v) for v in label_values.class_order(label_values.label_column(dataset, label_column).to_pylist())]
 
 
 def with_transforms(

@@ -25,6 +25,11 @@ from ..errors import DataError, LabelError
 UNLABELLED = -1  # datasets' ClassLabel value for "no label"
 
 
+def label_column(dataset: datasets.Dataset, column: str):
+    """The label column as one Arrow array: read alone, without decoding a single image."""
+    return dataset.with_format("arrow")[column]
+
+
 def class_order(values: Sequence[Any]) -> list[Any]:
     """The distinct values of a label column that is not a ClassLabel, in class-index order.
 
@@ -39,15 +44,11 @@ def class_encoded(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
 
     Only the label column is rewritten; the images are not copied.
     """
-    values = _values(dataset, column).to_pylist()
+    values = label_column(dataset, column).to_pylist()
     order = class_order(values)
     index = {value: i for i, value in enumerate(order)}
     feature = datasets.ClassLabel(names=[str(v) for v in order])
     return dataset.remove_columns(column).add_column(column, [index[v] for v in values], feature=feature)
-
-
-def _values(dataset: datasets.Dataset, column: str):
-    return dataset.with_format("arrow")[column]
 
 
 def is_unlabelled(dataset: datasets.Dataset, column: str) -> bool:
@@ -56,7 +57,7 @@ def is_unlabelled(dataset: datasets.Dataset, column: str) -> bool:
     For a plain integer column too: -1 is the usual "no label" there, and a split of nothing else
     cannot be evaluated (a -1/+1 binary task may still use -1 as a class in a split that has both).
     """
-    values = _values(dataset, column)
+    values = label_column(dataset, column)
     if len(values) == 0:
         return False
     missing = values.null_count
@@ -71,7 +72,7 @@ def check_label_values(dataset: datasets.Dataset, column: str, split: str) -> No
     Raises:
         DataError: naming the split, how many labels are missing or out of range, and an example.
     """
-    values = _values(dataset, column)
+    values = label_column(dataset, column)
     feature = dataset.features[column]
     problems = []
     if values.null_count:
@@ -94,7 +95,7 @@ def check_label_values(dataset: datasets.Dataset, column: str, split: str) -> No
 def present_classes(dataset: datasets.Dataset, column: str) -> set[str]:
     """The class names that ``dataset``'s labels actually use."""
     feature = dataset.features[column]
-    used = pc.unique(pc.drop_null(_values(dataset, column))).to_pylist()
+    used = pc.unique(pc.drop_null(label_column(dataset, column))).to_pylist()
     if isinstance(feature, datasets.ClassLabel):
         return {feature.names[v] for v in used if 0 <= v < feature.num_classes}
     return {str(v) for v in used}

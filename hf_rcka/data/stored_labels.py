@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError, LabelError
 from ..models.label_forms import check_same_forms
+from .label_values import UNLABELLED, label_column
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +112,10 @@ def _relabelled(dataset: datasets.Dataset, split: str, column: str, feature: dat
             "with the dataset's names, so some would become other classes. Save every file of the dataset with "
             "the same ClassLabel"
         )
-    labels = np.asarray(dataset.with_format("arrow")[column].fill_null(-1).to_numpy(), dtype=np.int64)
+    labels = np.asarray(label_column(dataset, column).fill_null(UNLABELLED).to_numpy(), dtype=np.int64)
     if labels.size and labels.max() >= len(names):
         raise DataError(f"{path} stores {len(names)} classes for {column!r} but has the label {labels.max()}")
-    table = np.array([feature.names.index(n) for n in names] + [-1])  # -1 (no label) stays -1
+    table = np.array([feature.names.index(n) for n in names] + [UNLABELLED])  # index -1 (no label) stays -1
     logger.warning("data: the %r split's files store the classes of %r in another order (%s) than datasets read "
                    "them with (%s); its labels were realigned by name", split, column, _shown(names), _shown(feature.names))
     return dataset.remove_columns(column).add_column(column, table[labels], feature=feature)

@@ -29,7 +29,16 @@ def default_losses(has_teacher: bool) -> list[dict[str, Any]]:
 def active_specs(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The specs whose weight is not 0: a term at weight 0 adds nothing to the loss, is logged as 0,
     and would still cost its computation (and the teacher's forward, when no other loss needs it)."""
-    return [spec for spec in specs if spec.get("weight", 1.0) != 0]
+    return [spec for spec in specs if not _switched_off(spec)]
+
+
+def switched_off(specs: Sequence[dict[str, Any]]) -> list[str]:
+    """The names of the losses that :func:`active_specs` leaves out (weight 0)."""
+    return [spec["name"] for spec in specs if _switched_off(spec)]
+
+
+def _switched_off(spec: dict[str, Any]) -> bool:
+    return spec.get("weight", 1.0) == 0
 
 
 def build_losses(specs: Sequence[dict[str, Any]], label_smoothing: float = 0.0) -> list[DistillationLoss]:
@@ -62,7 +71,7 @@ def build_distillation_model(
     if student is None:
         raise ValueError("DistillationTrainer needs a student model")
     specs = getattr(args, "losses", None) or default_losses(teacher is not None)
-    skipped = [spec["name"] for spec in specs if spec not in active_specs(specs)]
+    skipped = switched_off(specs)
     if skipped:
         logger.info("losses %s have weight 0 and are not computed", skipped)
     pairs = getattr(args, "feature_pairs", None)  # validated by DistillationTrainingArguments

@@ -38,7 +38,11 @@ def ignore_teacher_in_ddp(model: nn.Module, teacher_prefix: str = "teacher.") ->
 
 def has_running_stats(module: nn.Module) -> bool:
     """Whether ``module`` holds normalisation running statistics that training updates (BatchNorm)."""
-    return any(isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in module.modules())
+    return any(True for _ in _running_stat_modules(module))
+
+
+def _running_stat_modules(module: nn.Module):
+    return (m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats)
 
 
 def share_running_stats(student: nn.Module) -> None:
@@ -51,10 +55,9 @@ def share_running_stats(student: nn.Module) -> None:
     """
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return
-    for module in student.modules():
-        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
-            for buffer in module.buffers(recurse=False):
-                dist.broadcast(buffer.data, src=0)
+    for module in _running_stat_modules(student):
+        for buffer in module.buffers(recurse=False):
+            dist.broadcast(buffer.data, src=0)
 
 
 def default_broadcast_buffers(student: nn.Module, current: bool | None) -> bool | None:
@@ -146,6 +149,6 @@ def _check_state_dict_type(state_dict_type: str) -> None:
 
 
 __all__ = [
-    "default_broadcast_buffers", "has_running_stats", "share_running_stats", "ignore_teacher_in_ddp", "keep_teacher_out_of_fsdp",
-    "check_fsdp_settings", "require_full_state_dict",
+    "check_fsdp_settings", "default_broadcast_buffers", "has_running_stats", "ignore_teacher_in_ddp",
+    "keep_teacher_out_of_fsdp", "require_full_state_dict", "share_running_stats",
 ]
