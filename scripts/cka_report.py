@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--names needs {1 + len(args.models)} names (reference first), got {len(args.names)}")
     if args.num_images < 3:
         parser.error("--num_images must be at least 3")
+    if args.card and not (args.card / "README.md").is_file():  # found out now, not after the models ran
+        parser.error(f"--card {args.card} has no README.md model card: give a model folder a run wrote")
     recorded = _recorded_split([*args.models, args.reference])
     for key in ("train_val_split", "split_seed"):
         if getattr(args, key) is None:  # the split the models were evaluated on, not images they trained on

@@ -100,3 +100,11 @@ def test_cka_report_takes_the_models_validation_split_by_default(tmp_path):
     (run / "distill_config.yaml").write_text("train_val_split: 0.3\nsplit_seed: 7\n")
     args = script.parse_args([str(tmp_path / "teacher"), str(run), "--dataset_name", "builtin:digits"])
     assert (args.train_val_split, args.split_seed) == (0.3, 7)
+
+
+def test_cka_report_refuses_a_card_folder_without_a_card_before_computing(tmp_path, capsys):
+    script = _load_script("cka_report")
+    with pytest.raises(SystemExit):
+        script.parse_args([str(tmp_path / "t"), str(tmp_path / "s"), "--dataset_name", "builtin:digits",
+                           "--card", str(tmp_path / "missing")])
+    assert "has no README.md model card" in capsys.readouterr().err

@@ -130,3 +130,22 @@ def test_exponents_are_numbers_inside_mappings_and_a_mapping_flag_merges():
     values = resolve_values(recipe, flags)
     assert values["lr_scheduler_kwargs"] == {"min_lr": 1e-5}
     assert values["student_config_overrides"] == {"hidden_size": 64, "depth": 2}  # not the flag's mapping alone
+
+
+def test_recipes_read_yaml_1_2_numbers_and_text_settings_as_written(tmp_path):
+    """YAML 1.1 turned ``run_name: 0123`` into "83" (octal), ``1:30`` into 90 and a short commit
+    hash ``1e51234`` into the float inf; text settings now keep what was written."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model_name_or_path: config:vit\noutput_dir: runs/2026-12-02\nrun_name: 0123\nseed: 010\n"
+        "hub_model_id: '1.10'\nlr_scheduler_kwargs: {min_lr: 1e-5, at: 1:30}\ndataset_name: builtin:digits\n"
+        "student_config_overrides: &shared {depth: 2}\nteacher_config_overrides: {<<: *shared, depth: 3}\n"
+    )
+    flags = parse_cli_overrides(["--hub_revision", "1e51234", "--project", "0o17"])
+    values = resolve_values(load_recipe(recipe), flags)
+    assert values["run_name"] == "0123" and values["output_dir"] == "runs/2026-12-02"
+    assert values["seed"] == 10  # a number setting: decimal, never octal
+    assert values["hub_revision"] == "1e51234" and values["project"] == "0o17"
+    assert values["lr_scheduler_kwargs"] == {"min_lr": 1e-5, "at": "1:30"}
+    assert values["teacher_config_overrides"] == {"depth": 3}
+    assert parse_cli_overrides(["--run_name", "0123"])["run_name"] == "0123"

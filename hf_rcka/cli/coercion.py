@@ -23,7 +23,7 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML/CLI value to ``annotation`` or raise a RecipeError naming ``key``."""
     if annotation is Any:
         return value
-    if isinstance(value, bool) and _is_text(annotation):
+    if isinstance(value, bool) and is_text(annotation):
         value = "true" if value else "false"  # e.g. resume_from_checkpoint: true
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -76,12 +76,12 @@ def _coerce_list(value: Any, annotation: Any, key: str) -> list:
     return [coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
 
 
-def _is_text(annotation: Any) -> bool:
+def is_text(annotation: Any) -> bool:
     """True for ``str``/enum annotations (or unions of them and None) that accept no bool."""
     options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
     accepts_bool = any(a is bool for a in options)
-    is_text = all(a is str or (isinstance(a, type) and issubclass(a, enum.Enum)) for a in options)
-    return is_text and not accepts_bool
+    text_only = all(a is str or (isinstance(a, type) and issubclass(a, enum.Enum)) for a in options)
+    return text_only and not accepts_bool
 
 
 def _coerce_bool(value: Any, key: str) -> bool:

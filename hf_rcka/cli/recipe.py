@@ -22,7 +22,7 @@ import yaml
 from ..arguments import ARGUMENT_CLASSES, DataArguments, DistillationTrainingArguments, ModelArguments
 from ..errors import RecipeError
 from ..registry import close_matches
-from .coercion import coerce, coerce_feature_pairs, coerce_losses
+from .coercion import coerce, coerce_feature_pairs, coerce_losses, is_text
 
 Arguments = tuple[ModelArguments, DataArguments, DistillationTrainingArguments]
 
@@ -40,13 +40,20 @@ def field_table() -> dict[str, tuple[type, dataclasses.Field, Any]]:
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """YAML 1.2 booleans and exponents: only true/false are bools, so ``eval_strategy: no`` stays the
-    string "no", and ``1e-5`` is a float (YAML 1.1 wants ``1.0e-5``), also inside a mapping such as
-    ``lr_scheduler_kwargs``. A key given twice is an error (YAML would keep the last silently)."""
+    """YAML 1.2's core schema instead of PyYAML's YAML 1.1 one, and no key given twice.
+
+    YAML 1.1 reads ``eval_strategy: no`` as false, ``0123`` as octal 83, ``1:30`` as 90 and
+    ``2026-12-02`` as a date, and ``1e-5`` as a string (it wants ``1.0e-5``). Under the core
+    schema only true/false are bools, integers are decimal (or ``0o``/``0x``), ``1e-5`` is a float
+    (also inside a mapping such as ``lr_scheduler_kwargs``) and dates stay text. A key given twice
+    is an error (YAML would keep the last silently).
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *shared``: merged by the base constructor, its keys may be overridden
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -55,28 +62,59 @@ class _RecipeLoader(yaml.SafeLoader):
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = self.construct_scalar(node)
+        return int(text, 0) if text[:2] in ("0o", "0x") else int(text)  # 0123 is 123, not octal
 
-_RecipeLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+
+_CORE_SCHEMA = {
+    "tag:yaml.org,2002:null": (r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+    "tag:yaml.org,2002:bool": (r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    "tag:yaml.org,2002:int": (r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    "tag:yaml.org,2002:float": (
+        r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+        "-+.0123456789",
+    ),
+    "tag:yaml.org,2002:merge": (r"<<", "<"),  # anchors and ``<<: *shared`` still share settings
 }
-_RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
+_RecipeLoader.yaml_implicit_resolvers = {}
+for _tag, (_pattern, _first) in _CORE_SCHEMA.items():
+    _RecipeLoader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), list(_first))
+_RecipeLoader.add_constructor("tag:yaml.org,2002:int", _RecipeLoader.construct_yaml_int)
 
 
 def _load_yaml(text: str, where: str) -> Any:
     """``text`` read as YAML; a syntax error is one line naming ``where`` and the line and column."""
+    return _construct(text, where)[1]
+
+
+def _construct(text: str, where: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node (for its scalars' text) and its value."""
+    loader = _RecipeLoader(text)
     try:
-        return yaml.load(text, Loader=_RecipeLoader)
+        node = loader.get_single_node()
+        return node, None if node is None else loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or type(err).__name__
         raise RecipeError(f"{where} is not valid YAML{at}: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def _takes_text(key: str) -> bool:
+    """Whether recipe key ``key`` is a text setting (a run name, a revision, a path)."""
+    entry = field_table().get(key)
+    return entry is not None and is_text(entry[2])
+
+
+def _as_written(key: str, value: Any, text: str) -> Any:
+    """A text setting keeps the number-like text it was given: ``run_name: 0123`` is "0123", not
+    "123", and a revision ``1e51234`` is not the float inf."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and _takes_text(key):
+        return text
+    return value
 
 
 def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
@@ -98,20 +136,26 @@ def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
             i += 1
         else:
             raw = "true"
-        overrides[key] = _load_yaml(raw, f"--{key} {raw!r}") if raw != "" else ""
+        value = _load_yaml(raw, f"--{key} {raw!r}") if raw != "" else ""
+        overrides[key] = _as_written(key, value, raw.strip())
         i += 1
     return overrides
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """The recipe file's mapping, read with YAML 1.2 booleans."""
+    """The recipe file's mapping, read with YAML 1.2's core schema; text settings as written."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe {str(path)!r} does not exist")
     with open(path, encoding="utf-8") as handle:
-        recipe = _load_yaml(handle.read(), f"recipe {str(path)!r}") or {}
+        node, recipe = _construct(handle.read(), f"recipe {str(path)!r}")
+    if recipe is None:
+        return {}
     if not isinstance(recipe, dict):
         raise RecipeError(f"recipe {str(path)!r} must be a flat YAML mapping of argument names to values")
+    for key_node, value_node in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and isinstance(value_node, yaml.ScalarNode) and key_node.value in recipe:
+            recipe[key_node.value] = _as_written(key_node.value, recipe[key_node.value], value_node.value)
     return recipe
 
 
