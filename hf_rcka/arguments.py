@@ -10,6 +10,7 @@ Python. Nothing here reads YAML or a command line.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,17 @@ class DistillationTrainingArguments(TrainingArguments):
         metadata={"help": "Also exempt from weight decay what the student's no_weight_decay() names (timm: position "
                           "embedding, class/distillation tokens), as timm's and DeiT's optimizers do."},
     )
+    lr_base: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate for a global batch of lr_base_size images (timm train.py's --lr-base, DeiT's "
+                          "scaling): learning_rate becomes lr_base x (global batch / lr_base_size), the global batch "
+                          "being per-device batch x processes x gradient accumulation, so a recipe holds on any number "
+                          "of GPUs. Give learning_rate or lr_base, not both."},
+    )
+    lr_base_size: int = field(default=256, metadata={"help": "The global batch lr_base is given for."})
+    lr_base_scale: str = field(
+        default="linear", metadata={"help": "How lr_base follows the batch: 'linear' (DeiT, Goyal et al.) or 'sqrt'."}
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Distillation needs every batch column."})
     label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
 
@@ -195,6 +207,37 @@ class DistillationTrainingArguments(TrainingArguments):
             )
         _check_fixed_settings(self)
         super().__post_init__()
+        if self.lr_base is not None:  # needs the number of processes, known once TrainingArguments set up the devices
+            self.learning_rate = scaled_learning_rate(self)
+
+
+def global_batch_size(args: TrainingArguments) -> int:
+    """Images per optimizer step over all processes, as Trainer counts them (``split_batches`` splits
+    one per-device batch over the processes)."""
+    processes = 1 if args.accelerator_config.split_batches else args.world_size
+    return args.train_batch_size * processes * args.gradient_accumulation_steps
+
+
+def scaled_learning_rate(args: "DistillationTrainingArguments") -> float:
+    """``lr_base`` scaled from ``lr_base_size`` images to this run's global batch.
+
+    Raises:
+        RecipeError: for a bad scale or size, or a ``learning_rate`` given as well (which one would win
+            is a guess; the result is idempotent, so rebuilding the arguments from their values is fine).
+    """
+    if args.lr_base_scale not in ("linear", "sqrt"):
+        raise RecipeError(f"lr_base_scale must be 'linear' or 'sqrt', got {args.lr_base_scale!r}")
+    if args.lr_base <= 0 or args.lr_base_size < 1:
+        raise RecipeError(f"lr_base must be > 0 and lr_base_size >= 1, got {args.lr_base} and {args.lr_base_size}")
+    ratio = global_batch_size(args) / args.lr_base_size
+    scaled = args.lr_base * (ratio if args.lr_base_scale == "linear" else math.sqrt(ratio))
+    default = TrainingArguments.__dataclass_fields__["learning_rate"].default
+    if args.learning_rate not in (default, scaled):
+        raise RecipeError(
+            f"learning_rate {args.learning_rate:g} and lr_base {args.lr_base:g} are both given: keep lr_base "
+            f"(the rate for {args.lr_base_size} images, scaled to the global batch) or learning_rate (as is), not both"
+        )
+    return scaled
 
 
 def _fsdp_requested(args: TrainingArguments) -> bool:

@@ -57,7 +57,7 @@ def main(out: str) -> None:
     # a BatchNorm student: after its steps each rank holds its own running statistics; the
     # evaluation must use rank 0's, the ones the export holds
     bn_args = DistillationTrainingArguments(
-        output_dir=os.path.join(out, "bn"), max_steps=2, per_device_train_batch_size=5, learning_rate=1e-2,
+        output_dir=os.path.join(out, "bn"), max_steps=2, per_device_train_batch_size=5, lr_base=1e-2, lr_base_size=20,
         report_to="none", use_cpu=True, seed=0, save_strategy="no", ddp_backend="gloo",
         teacher_accuracy_check="off", losses=[{"name": "ce"}],
     )
@@ -68,7 +68,8 @@ def main(out: str) -> None:
     bn_state = {k: v for k, v in bn.distillation_model.student.state_dict().items() if k.endswith("running_mean")}
     save_file({k: v.contiguous() for k, v in bn_state.items()}, os.path.join(out, f"rank{rank}_bn.safetensors"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
-        json.dump({"world_size": world_size(), "log_history": trainer.state.log_history, "ids": ids}, handle)
+        json.dump({"world_size": world_size(), "log_history": trainer.state.log_history, "ids": ids,
+                   "bn_learning_rate": bn_args.learning_rate}, handle)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Recipe parsing: every recipe parses, typos are named with suggestions, values are coerced."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,24 @@ def test_recipes_read_yaml_1_2_numbers_and_text_settings_as_written(tmp_path):
     assert values["lr_scheduler_kwargs"] == {"min_lr": 1e-5, "at": "1:30"}
     assert values["teacher_config_overrides"] == {"depth": 3}
     assert parse_cli_overrides(["--run_name", "0123"])["run_name"] == "0123"
+
+
+def test_lr_base_scales_to_the_global_batch_as_deit_does():
+    """DeiT's main.py: lr = 5e-4 x global batch / 512; recipes give lr_base and hold on any number of GPUs."""
+    base = {**BASE, "lr_base": 1e-3, "lr_base_size": 64, "per_device_train_batch_size": 8}
+    _, _, args = parse_arguments({**base, "gradient_accumulation_steps": 4})
+    assert args.learning_rate == pytest.approx(1e-3 * 32 / 64)  # 8 images x 1 process x 4 accumulation steps
+    _, _, args = parse_arguments({**base, "lr_base_scale": "sqrt"})
+    assert args.learning_rate == pytest.approx(1e-3 * (8 / 64) ** 0.5)
+    assert dataclasses.replace(args).learning_rate == args.learning_rate  # rebuilt from its values: not scaled twice
+    with pytest.raises(RecipeError, match="both given"):
+        parse_arguments({**base, "learning_rate": 1e-4})
+    with pytest.raises(RecipeError, match="lr_base_scale"):
+        parse_arguments({**base, "lr_base_scale": "cubic"})
+
+
+def test_a_learning_rate_flag_replaces_the_recipes_lr_base():
+    values = resolve_values({**BASE, "lr_base": 5e-4, "lr_base_size": 512}, parse_cli_overrides(["--learning_rate", "1e-4"]))
+    assert values["learning_rate"] == 1e-4 and "lr_base" not in values
+    values = resolve_values({**BASE, "learning_rate": 1e-4}, parse_cli_overrides(["--lr_base", "5e-4"]))
+    assert values["lr_base"] == 5e-4 and "learning_rate" not in values

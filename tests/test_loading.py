@@ -89,6 +89,22 @@ def test_deit_teacher_class_has_distillation_head(images) -> None:
     assert out.distillation_logits.shape == out.cls_logits.shape == (5, 3)
 
 
+def test_scratch_deit_draws_the_tokens_transformers_leaves_at_zero(tmp_path: Path) -> None:
+    """transformers 5.x's DeiT init zeroes the class, distillation and position tokens it drew:
+    the distillation student started with two identical tokens and no position signal."""
+    torch.manual_seed(0)
+    model = load_image_classifier("config:deit", num_labels=3, config_overrides=DEIT_TEACHER)
+    tokens = model.deit.embeddings
+    for name in ("cls_token", "distillation_token", "position_embeddings"):
+        assert 0.01 < getattr(tokens, name).std().item() < 0.03, name  # truncated normal, std 0.02
+    assert not torch.equal(tokens.cls_token, tokens.distillation_token)
+    with torch.no_grad():  # a checkpoint's tokens are what it trained, even zeros
+        tokens.cls_token.zero_()
+    model.save_pretrained(tmp_path)
+    reloaded = load_image_classifier(str(tmp_path), num_labels=3)
+    assert not reloaded.deit.embeddings.cls_token.any()
+
+
 def test_config_override_rebuilds_derived_fields() -> None:
     model = load_image_classifier("config:resnet", num_labels=2, config_overrides=RESNET)
     assert model.config.stage_names == ["stem", "stage1", "stage2"]

@@ -31,6 +31,8 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
     logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [log["world_size"] for log in logs] == [2, 2]
+    # lr_base 1e-2 for 20 images, scaled to 2 processes x 5 images: half of it
+    assert [log["bn_learning_rate"] for log in logs] == [pytest.approx(5e-3)] * 2
     assert ranks[0].keys() == ranks[1].keys()
     # BatchNorm running statistics are per-rank between steps by DDP's design (rank 0's are
     # broadcast at the start of every forward); everything trained, and EKT's class centres

@@ -24,8 +24,9 @@ def test_deit_recipes_follow_deit_main_py(name):
     _, data, args = parse(name)
     assert (data.aa, data.mixup, data.cutmix, data.reprob, data.aug_repeats) == ("rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.25, 3)
     assert data.train_interpolation == "bicubic" and args.label_smoothing_factor == 0.1
-    global_batch = args.per_device_train_batch_size * 8
-    assert args.learning_rate == pytest.approx(5e-4 * global_batch / 512)
+    assert (args.lr_base, args.lr_base_size, args.lr_base_scale) == (5e-4, 512, "linear")  # main.py's scaling
+    assert args.per_device_train_batch_size * 8 == 1024  # one process here: 128 images
+    assert args.learning_rate == pytest.approx(5e-4 * args.per_device_train_batch_size / 512)
     assert (args.weight_decay, args.num_train_epochs, args.max_grad_norm) == (0.05, 300, 0.0)
     assert args.lr_scheduler_kwargs == {"min_lr": 1e-5} and args.warmup_steps == pytest.approx(5 / 300, abs=1e-4)
     assert args.model_ema and args.model_ema_decay == 0.99996 and args.dataloader_drop_last
@@ -44,7 +45,7 @@ def test_sgd_recipes_set_momentum(name):
 def test_resnet_recipes_follow_the_torchvision_imagenet_protocol(name):
     _, data, args = parse(name)
     assert (data.aa, data.mixup, data.color_jitter, data.aug_repeats) == (None, 0.0, 0.0, 0)
-    assert args.per_device_train_batch_size * 8 == 256 and args.learning_rate == 0.1
+    assert args.per_device_train_batch_size * 8 == 256 and (args.lr_base, args.lr_base_size) == (0.1, 256)
     assert args.optim.value == "sgd" and "momentum=0.9" in args.optim_args and args.weight_decay == 1e-4
     assert args.num_train_epochs == 100 and args.max_grad_norm == 0.0
 
@@ -57,3 +58,11 @@ def test_headline_student_builds_offline_with_drop_path_and_deit_eval_crop():
     assert drop[0] == 0.0 and drop[-1] == pytest.approx(0.1)
     config = load_image_processor(model_args.model_name_or_path, student).data_config
     assert config["crop_pct"] == 0.875 and config["interpolation"] == "bicubic" and config["input_size"] == (3, 224, 224)
+
+
+def test_resnet_students_start_from_torchvisions_init():
+    """timm zeroes each residual block's last BatchNorm weight; torchvision's recipe (zero_init_residual=False) does not."""
+    model_args, _, _ = parse("rcka-resnet18_from_resnet34-imagenet.yaml")
+    student = load_image_classifier(model_args.model_name_or_path, num_labels=10, from_scratch=True,
+                                    config_overrides=model_args.student_config_overrides)
+    assert student.timm_model.layer1[0].bn2.weight.abs().min() > 0

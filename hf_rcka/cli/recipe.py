@@ -169,6 +169,7 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
     entries in full form. Value rules are checked when ``build_arguments`` builds the dataclasses.
     """
     overrides = overrides or {}
+    recipe = {k: v for k, v in recipe.items() if not _replaced_by_flag(k, overrides)}
     values = {**recipe, **overrides}
     for key, value in overrides.items():  # a mapping flag changes the recipe's mapping, key by key
         if isinstance(value, dict) and isinstance(recipe.get(key), dict):
@@ -186,6 +187,15 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
     if resolved.get("feature_pairs") is not None:
         resolved["feature_pairs"] = coerce_feature_pairs(resolved["feature_pairs"])
     return resolved
+
+
+# Keys that set one thing two ways: a flag for either replaces the recipe's other (``--learning_rate
+# 1e-4`` on a recipe that gives ``lr_base`` trains at 1e-4; the two given together are an error).
+_ALTERNATIVES = ({"learning_rate", "lr_base"},)
+
+
+def _replaced_by_flag(key: str, overrides: dict[str, Any]) -> bool:
+    return any(key in keys and (keys - {key}) & overrides.keys() and key not in overrides for keys in _ALTERNATIVES)
 
 
 def _key_hint(key: str, keys: list[str]) -> str:

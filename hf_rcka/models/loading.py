@@ -14,6 +14,7 @@ gives a student with both heads. A folder saved from it reloads with both, here 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -22,9 +23,11 @@ from transformers import AutoModelForImageClassification, PreTrainedConfig, PreT
 from .hf_config import classifier_class, default_class, default_config, load_config, with_overrides
 from .label_maps import LabelMaps, resolve_labels, set_labels
 from .sources import parse_model_source
+from .token_init import draw_zeroed_tokens
 from .timm_models import build_timm_classifier, saved_model_args, timm_with_overrides
 
 ImageSize = int | tuple[int, int] | None
+logger = logging.getLogger(__name__)
 
 
 def load_image_classifier(
@@ -93,8 +96,13 @@ def _build_from_config(
     set_labels(config, labels)
     model_class = classifier_class(config, explicit="architectures" in overrides) or default_class(config)
     if model_class is not None:
-        return model_class(config)
-    return AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
+        model = model_class(config)
+    else:
+        model = AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
+    drawn = draw_zeroed_tokens(model)
+    if drawn:
+        logger.info("drew %s from a truncated normal: transformers left them at zero", ", ".join(drawn))
+    return model
 
 
 def _load_pretrained(

@@ -1,0 +1,33 @@
+"""Random class, distillation and position tokens for transformers models built from scratch.
+
+transformers 5.x leaves some of these at exactly zero when it builds a model from a config: DeiT's
+``_init_weights`` draws them from a truncated normal and then zeroes them (so a DeiT with a
+distillation head starts with identical class and distillation tokens and no position signal),
+and BEiT, Data2Vec-vision and ViT-MSN leave their class token (ViT-MSN its position embeddings
+too) at zero. DeiT, BEiT and timm draw them from a truncated normal of std 0.02 (transformers'
+own ViT uses ``initializer_range``, 0.02 by default), and a student trained from scratch should
+start where the architecture's paper started.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+TOKEN_NAMES = ("cls_token", "distillation_token", "position_embeddings")
+
+
+@torch.no_grad()
+def draw_zeroed_tokens(model: PreTrainedModel) -> list[str]:
+    """Draw every token parameter that construction left all zero; returns their names.
+
+    Only for freshly built models: a loaded checkpoint's tokens are what it trained.
+    """
+    std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+    drawn = []
+    for name, param in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in TOKEN_NAMES and param.numel() > 0 and not param.any():
+            nn.init.trunc_normal_(param, mean=0.0, std=std, a=-2 * std, b=2 * std)
+            drawn.append(name)
+    return drawn
