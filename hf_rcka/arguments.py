@@ -10,6 +10,7 @@ Python. Nothing here reads YAML or a command line.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,11 +197,8 @@ class DistillationTrainingArguments(TrainingArguments):
             raise RecipeError("model_ema_export: true needs model_ema: true (there is no average to export)")
         if self.teacher_dtype not in (None, "bfloat16", "float16"):
             raise RecipeError(f"teacher_dtype must be 'bfloat16', 'float16' or unset, got {self.teacher_dtype!r}")
-        if self.baseline_dir and not Path(self.baseline_dir, "all_results.json").is_file():
-            raise RecipeError(
-                f"baseline_dir {self.baseline_dir!r} holds no all_results.json: train the student alone there first, "
-                f"or drop baseline_dir"
-            )
+        if self.baseline_dir:
+            _check_baseline_dir(self.baseline_dir)
         if self.teacher_accuracy_check not in ("warn", "error", "off"):
             raise RecipeError(
                 f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {self.teacher_accuracy_check!r}"
@@ -238,6 +236,21 @@ def scaled_learning_rate(args: "DistillationTrainingArguments") -> float:
             f"(the rate for {args.lr_base_size} images, scaled to the global batch) or learning_rate (as is), not both"
         )
     return scaled
+
+
+def _check_baseline_dir(folder: str) -> None:
+    """The student-alone run must hold the accuracy the card compares with (read after training)."""
+    results = Path(folder, "all_results.json")
+    if not results.is_file():
+        raise RecipeError(f"baseline_dir {folder!r} holds no all_results.json: train the student alone there first, "
+                          "or drop baseline_dir")
+    try:
+        accuracy = json.loads(results.read_text(encoding="utf-8")).get("eval_accuracy")
+    except (OSError, ValueError, AttributeError) as err:
+        raise RecipeError(f"baseline_dir: {str(results)!r} cannot be read ({err}): rerun the baseline") from None
+    if accuracy is None:
+        raise RecipeError(f"baseline_dir: {str(results)!r} has no eval_accuracy (that run was not evaluated): "
+                          "train the baseline again with do_eval: true, or drop baseline_dir")
 
 
 def _fsdp_requested(args: TrainingArguments) -> bool:

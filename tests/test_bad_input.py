@@ -648,6 +648,20 @@ def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+
+def test_image_size_that_is_not_whole_patches(tmp_path, capsys):
+    """Both trained and exited 0: the patch embedding silently dropped the border (36% of a 40 px image)."""
+    timm_vit = base(tmp_path, model_name_or_path="timm/vit_tiny_patch16_224", student_from_scratch=True,
+                    student_config_overrides={"depth": 1, "img_size": 40}, image_size=40)
+    assert run(tmp_path, timm_vit) == 2
+    assert "40x40 inputs are not whole 16x16 patches" in error_of(capsys)
+    hf_vit = base(tmp_path, model_name_or_path="config:vit", student_config_overrides={**TINY_VIT, "image_size": 18},
+                  image_size=None)
+    assert run(tmp_path, hf_vit) == 2
+    assert "18x18 inputs are not whole 4x4 patches" in error_of(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------ found while training
 
 def finite_weights(folder: Path) -> bool:
@@ -733,3 +747,51 @@ def test_a_multi_process_launch_that_would_train_each_process_alone(tmp_path, ca
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert run(tmp_path, base(tmp_path, use_cpu=False)) == 2
     assert "launched as 2 processes, but each would train alone" in error_of(capsys)
+
+
+def test_runs_that_would_train_nothing_or_evaluate_random_weights(tmp_path, capsys, no_loading):
+    """Both exited 0: 0 epochs saved the untrained model; an evaluation of a trained folder under a
+    recipe's student_from_scratch: true evaluated a new random model built from its config."""
+    assert run(tmp_path, base(tmp_path, max_steps=None, num_train_epochs=0)) == 2
+    assert "would train nothing and save an untrained model" in error_of(capsys)
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "config.json").write_text("{}")
+    (trained / "model.safetensors").write_bytes(b"")
+    evaluate = base(tmp_path, model_name_or_path=str(trained), student_from_scratch=True, do_train=False)
+    assert run(tmp_path, evaluate) == 2
+    line = error_of(capsys)
+    assert "would evaluate random weights" in line and "--student_from_scratch false" in line
+    assert run(tmp_path, base(tmp_path, do_train=False)) == 2  # config:resnet
+    assert "has random weights: give the folder" in error_of(capsys)
+
+
+def test_validation_dir_that_is_the_training_data(tmp_path, capsys, no_loading):
+    train = image_folder(tmp_path / "data" / "train", ["cat", "dog"])
+    for validation in (train, str(tmp_path / "data" / "train" / "cat" / "..")):  # the same folder, written two ways
+        assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, validation_dir=validation)) == 2
+        assert "share images: the evaluation would report accuracy on training images" in error_of(capsys)
+
+
+def test_baseline_dir_whose_run_was_not_evaluated(tmp_path, capsys, no_loading):
+    """It failed after training, when the card was written, and the card and push were lost."""
+    baseline = tmp_path / "alone"
+    baseline.mkdir()
+    (baseline / "all_results.json").write_text('{"train_loss": 1.0}')
+    assert run(tmp_path, base(tmp_path, baseline_dir=str(baseline))) == 2
+    assert "has no eval_accuracy (that run was not evaluated)" in error_of(capsys)
+
+
+def test_teacher_trained_on_the_students_validation_images(tmp_path, capsys, no_loading):
+    """The teacher held out split_seed 7's images, the student split_seed 42's: 70% of the student's
+    validation images were teacher training images, and the card said "same images"."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text("{}")
+    (teacher / "model.safetensors").write_bytes(b"")
+    (teacher / "distill_config.yaml").write_text("dataset_name: builtin:digits\nsplit_seed: 7\n")
+    recipe = base(tmp_path, teacher_model_name_or_path=str(teacher))
+    assert run(tmp_path, recipe) == 2
+    line = error_of(capsys)
+    assert "most of the student's validation images would be teacher training images" in line
+    assert "Set train_val_split: 0.15 and split_seed: 7 as the teacher did" in line

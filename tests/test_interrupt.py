@@ -176,3 +176,30 @@ def test_resume_command_drops_the_old_resume_flag_and_only_its_value(argv, kept)
 
     tokens = shlex.split(resume_command(argv, "out/checkpoint-7"))
     assert tokens[tokens.index("r.yaml"):] == [*kept, "--resume_from_checkpoint", "out/checkpoint-7"]
+
+
+def test_a_signal_during_the_final_evaluation_says_the_model_is_saved(tmp_path):
+    """It said "no checkpoint was written", though the trained model was: a user would train it again."""
+    path = recipe(tmp_path)
+    values = yaml.safe_load(path.read_text())
+    values.update(max_steps=2, max_eval_samples=400, per_device_eval_batch_size=1)
+    path.write_text(yaml.safe_dump(values))
+    process = subprocess.Popen([sys.executable, "scripts/distill.py", str(path)], cwd=ROOT, env=environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if "Running Evaluation" in line:
+                process.send_signal(signal.SIGTERM)
+                break
+        lines += [line.rstrip("\n") for line in process.stdout]
+        assert process.wait(timeout=120) == 128 + signal.SIGTERM, "\n".join(lines[-20:])
+    finally:
+        if process.poll() is None:
+            process.kill()
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").is_file()
+    assert lines[-1].startswith(f"interrupted by SIGTERM after training: the trained model is saved in {out}")
+    command = shlex.split(lines[-1].split("Evaluate it with: ", 1)[1])
+    assert command[command.index("--do_train") + 1] == "false" and command[command.index("--model_name_or_path") + 1] == str(out)

@@ -405,3 +405,15 @@ def test_folder_without_config_is_a_clear_error(tmp_path: Path) -> None:
 def test_hub_paths_fail_clearly_offline(name: str) -> None:
     with pytest.raises(OSError, match="HF_HUB_OFFLINE"):
         load_image_classifier(name, num_labels=3)
+
+
+def test_overrides_that_would_leave_pretrained_weights_random_are_errors(tmp_path: Path) -> None:
+    """num_hidden_layers 3 on a 2-layer checkpoint trained with a random third layer (transformers only
+    logged it); a wider hidden_size ended in transformers' size-mismatch traceback."""
+    load_image_classifier("config:vit", num_labels=3, config_overrides=VIT).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"give .* weights its checkpoint does not have \(vit\.layers\.2\."):
+        load_image_classifier(str(tmp_path), num_labels=3, config_overrides={"num_hidden_layers": 3})
+    with pytest.raises(ValueError, match=r"change the shapes of .*student_from_scratch: true"):
+        load_image_classifier(str(tmp_path), num_labels=3, config_overrides={"hidden_size": 48, "intermediate_size": 96})
+    model = load_image_classifier(str(tmp_path), num_labels=5, config_overrides={"hidden_dropout_prob": 0.1})
+    assert model.config.num_labels == 5  # a new head and a setting that adds no weights are fine

@@ -39,6 +39,7 @@ from .output_folder import check_output_dir, holds_run, set_aside_previous_run
 from .probes import probe_student
 from .recipe import dump_recipe
 from .records import eval_record_dir, write_eval_record
+from .teacher_data import check_teacher_data
 from .run_inputs import align_teacher, checkpoint_labels, load_data, model_error, student_labels
 
 logger = logging.getLogger("hf_rcka")
@@ -107,6 +108,8 @@ def _check_before_loading(
 ) -> str | None:
     """Every check that needs no model and no data; returns the checkpoint to resume from, if any."""
     check_run(model_args, data_args, args)
+    if not model_args.smoke_test:
+        check_teacher_data(model_args.teacher_model_name_or_path, data_args, CONFIG_NAME)
     resume = resolve_resume(args)
     if resume:
         check_checkpoint(resume)
@@ -202,10 +205,12 @@ def _distillation_model(
     The student's input statistics are read once: the probe and the wrapper both use them.
     """
     student, student_processor, teacher, teacher_processor = build_models(model_args, labels)
-    student_input = input_stats(student_processor)
+    with model_error("model_name_or_path"):  # a processor whose output size follows each image
+        student_input = input_stats(student_processor)
     probe_student(student, student_input, model_args.image_size)
     align_teacher(teacher, args, labels, model_args.teacher_label_mapping)
-    teacher_input = input_stats(teacher_processor) if teacher_processor is not None else None
+    with model_error("teacher_model_name_or_path"):
+        teacher_input = input_stats(teacher_processor) if teacher_processor is not None else None
     return build_distillation_model(student, teacher, args, student_input, teacher_input), student_processor
 
 
@@ -282,6 +287,8 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
+    if stop is not None:
+        stop.saved_model = trainer.args.output_dir
     return result.metrics
 
 

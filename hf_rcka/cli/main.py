@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..errors import UserError
 from ..trainer.interrupt import GracefulStop, Interrupted
-from ..trainer.resume_hint import Stopped
+from ..trainer.resume_hint import Stopped, relaunch_command
 from .help import USAGE, losses_help, recipe_help
 from .job import run
 from .recipe import build_arguments, load_recipe, parse_cli_overrides, resolve_values
@@ -48,13 +48,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(stopped.message(), file=sys.stderr, flush=True)
         return stopped.exit_code
     except Interrupted as interrupted:
-        print(f"interrupted by {signal.Signals(interrupted.signum).name} outside the training steps: no checkpoint "
-              "was written by this signal",
+        print(_interrupted_message(signal.Signals(interrupted.signum).name, stop.saved_model, argv),
               file=sys.stderr, flush=True)
         return 128 + interrupted.signum
     finally:
         stop.uninstall()
     return 0
+
+
+def _interrupted_message(name: str, saved_model: str | None, argv: list[str]) -> str:
+    if saved_model is None:
+        return f"interrupted by {name} outside the training steps: no checkpoint was written by this signal"
+    evaluate = relaunch_command(argv, {"do_train": "false", "model_name_or_path": saved_model,
+                                       "student_from_scratch": "false", "output_dir": saved_model})
+    return (f"interrupted by {name} after training: the trained model is saved in {saved_model}, but its final "
+            f"evaluation (and the model card and Hub upload after it) did not run. Evaluate it with: {evaluate}")
 
 
 def _run_recipe(argv: list[str], stop: GracefulStop) -> None:

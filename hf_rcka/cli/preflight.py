@@ -14,6 +14,7 @@ resume that is corrupt or not a checkpoint at all.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..modeling.assembly import build_losses, default_losses, switched_off
 from ..modeling.parallel import check_fsdp_settings
 from ..trainer.metrics import TIMING_METRICS, evaluation_metric_names
 
+logger = logging.getLogger("hf_rcka")
 _PATH_PREFIXES = (".", "/", "~")
 # HF model types whose position embeddings fix the input resolution (no interpolation in forward)
 _FIXED_GRID_TYPES = ("vit", "deit")
@@ -36,6 +38,7 @@ _INTEGRATIONS = {"azure_ml": ("azureml", "azureml-core"), "comet_ml": ("comet", 
 def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     """All checks below, cheapest first. Raises a ``UserError`` subclass on the first problem."""
     check_output_dir_writable(args.output_dir)
+    check_work(model_args, args)
     if args.do_train:  # an evaluation writes only its own eval-<time> folder
         check_output_dir_spares_inputs(args.output_dir, {
             "model_name_or_path": model_args.model_name_or_path,
@@ -54,10 +57,43 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
             needs_weights = not getattr(model_args, "smoke_test", False) and (
                 key == "teacher_model_name_or_path" or not model_args.student_from_scratch)
             check_model_source(key, getattr(model_args, key), needs_weights)
+    teacher = model_args.teacher_model_name_or_path or ""
+    if teacher.startswith("config:") and not getattr(model_args, "smoke_test", False):
+        logger.warning("teacher_model_name_or_path %r is built from a config with random weights: it has nothing to "
+                       "teach (fine for a pipeline test; give a trained teacher's folder or Hub id)", teacher)
     check_student_config(model_args)
     check_data_dirs(data_args)
     if args.push_to_hub:
         check_hub_access(args)
+
+
+def check_work(model_args: Any, args: Any) -> None:
+    """The run must train something, and an evaluation must evaluate trained weights.
+
+    ``num_train_epochs: 0`` trained nothing and saved the untrained model as the run's result
+    (replacing a previous run's); ``do_train: false`` on a recipe with ``student_from_scratch:
+    true`` (every supervised and distillation recipe) evaluated a freshly initialised student built
+    from the folder's config, and reported chance accuracy for a trained model.
+    """
+    if args.do_train and args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise RecipeError(f"num_train_epochs {args.num_train_epochs:g} and no max_steps: the run would train nothing "
+                          "and save an untrained model. Set num_train_epochs > 0 or max_steps > 0, or do_train: false "
+                          "to evaluate a trained model")
+    name = model_args.model_name_or_path
+    if getattr(model_args, "smoke_test", False):
+        return
+    if args.do_train:
+        if model_args.student_from_scratch and os.path.isdir(name) and any(Path(name).glob("*.safetensors")):
+            logger.warning("model_name_or_path %r holds trained weights, but student_from_scratch: true trains a new "
+                           "model of its architecture from random weights (student_from_scratch: false fine-tunes "
+                           "those weights)", name)
+        return
+    if name.startswith("config:"):
+        raise RecipeError(f"do_train: false evaluates model_name_or_path, but {name!r} has random weights: give the "
+                          "folder (or Hub id) of a trained model")
+    if model_args.student_from_scratch:
+        raise RecipeError(f"do_train: false with student_from_scratch: true would evaluate random weights built from "
+                          f"{name!r}'s config, not its trained ones: add --student_from_scratch false")
 
 
 def check_launch(args: Any) -> None:
@@ -374,16 +410,23 @@ def check_student_config(model_args: Any) -> None:
             _check_image_size(model_args.image_size, config.model_type, {**config.to_dict(), **overrides})
     local = _local_config(model_args.model_name_or_path)
     if local is not None:
-        _check_image_size(model_args.image_size, local.get("model_type"), {**local, **(model_args.student_config_overrides or {})})
+        _check_image_size(model_args.image_size, local.get("model_type"), {**local, **(model_args.student_config_overrides or {})},
+                          pretrained=not model_args.student_from_scratch)
 
 
-def _check_image_size(image_size: int | None, model_type: str | None, config: dict) -> None:
+def _check_image_size(image_size: int | None, model_type: str | None, config: dict, pretrained: bool = False) -> None:
     patch, built = config.get("patch_size"), config.get("image_size")
     if image_size is None or not isinstance(patch, int):
         return
     if image_size % patch:
         raise RecipeError(f"image_size {image_size} is not a multiple of the student's patch_size {patch}; "
                           f"use e.g. {max(patch, image_size // patch * patch)}")
+    if model_type in _FIXED_GRID_TYPES and isinstance(built, int) and built != image_size and pretrained:
+        raise RecipeError(
+            f"image_size {image_size}, but the pretrained {model_type} student was trained at {built} px and its "
+            f"position embeddings fix the patch grid: drop image_size, or build a new student (student_from_scratch: "
+            f"true, student_config_overrides: {{image_size: {image_size}}})"
+        )
     if model_type in _FIXED_GRID_TYPES and isinstance(built, int) and built != image_size:
         raise RecipeError(
             f"image_size {image_size}, but the {model_type} student is built for {built} px (its position embeddings "
@@ -401,6 +444,11 @@ def check_data_dirs(data_args: Any) -> None:
     train = _folder_classes("train_dir", data_args.train_dir)
     if data_args.validation_dir is not None:
         check_split_classes(train, _folder_classes("validation_dir", data_args.validation_dir))
+        train_path, validation_path = (Path(d).expanduser().resolve() for d in (data_args.train_dir, data_args.validation_dir))
+        if train_path == validation_path or train_path in validation_path.parents or validation_path in train_path.parents:
+            raise DataError(f"validation_dir {data_args.validation_dir!r} and train_dir {data_args.train_dir!r} share "
+                            "images: the evaluation would report accuracy on training images. Give a held-out folder, "
+                            "or drop validation_dir to hold out part of train_dir")
 
 
 def _folder_classes(key: str, folder: str) -> list[str]:

@@ -16,6 +16,7 @@ def probe_student(student: Any, stats: Any, image_size: int | None) -> None:
     import torch
 
     height, width = stats.size
+    _check_patch_grid(student, height, width, "image_size" if image_size is not None else "model_name_or_path")
     was_training = student.training
     student.eval()
     try:
@@ -30,3 +31,23 @@ def probe_student(student: Any, stats: Any, image_size: int | None) -> None:
         ) from err
     finally:
         student.train(was_training)
+
+
+def _check_patch_grid(student: Any, height: int, width: int, key: str) -> None:
+    """A patch embedding (the model's first convolution, when its stride equals its kernel: a ViT's,
+    a ConvNeXt's or a Swin's stem) drops the rows and columns past the last whole patch without an
+    error: a 40 px image in 16 px patches trains and evaluates on its top-left 32 x 32 px."""
+    from torch import nn
+
+    conv = next((m for m in student.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None or conv.kernel_size != conv.stride or conv.stride == (1, 1):
+        return
+    rows, cols = conv.stride
+    if height % rows or width % cols:
+        fit = f"{height // rows * rows}x{width // cols * cols}"
+        raise ModelError(
+            f"{key}: {height}x{width} inputs are not whole {rows}x{cols} patches, so the student's patch embedding would "
+            f"ignore the last {height % rows} rows and {width % cols} columns of every image: use a size made of whole "
+            f"patches (e.g. {fit}) for image_size and the student's own image size (student_config_overrides: "
+            "image_size for transformers ViTs, img_size for timm)"
+        )

@@ -101,7 +101,9 @@ def _hf_stats(processor: Any) -> InputStats:
     rescale = processor.rescale_factor if getattr(processor, "do_rescale", True) else 1.0
     unit = _UINT8_MAX * float(rescale)
     return InputStats(tuple(m / unit for m in mean), tuple(s / unit for s in std),
-                      processor_output_size(processor, fix=", or build InputStats by hand").hw,
+                      processor_output_size(processor, fix=(
+                          ": give the model folder a preprocessor_config.json with size {height, width} or "
+                          "do_center_crop and crop_size (or, from Python, build InputStats by hand)")).hw,
                       _filter_name(getattr(processor, "resample", None)))
 
 

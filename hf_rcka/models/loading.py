@@ -126,13 +126,36 @@ def _load_pretrained(
     model_class = classifier_class(config, explicit=explicit)
     loader = model_class or AutoModelForImageClassification
     extra = {} if model_class is not None else {"trust_remote_code": trust_remote_code}
-    model, info = loader.from_pretrained(
-        name_or_path, config=config, ignore_mismatched_sizes=resize_head, output_loading_info=True,
-        use_safetensors=True, dtype=dtype, **extra,
-    )
+    try:
+        model, info = loader.from_pretrained(
+            name_or_path, config=config, ignore_mismatched_sizes=resize_head, output_loading_info=True,
+            use_safetensors=True, dtype=dtype, **extra,
+        )
+    except RuntimeError as err:
+        if overrides and "mismatched" in str(err):  # transformers' size-mismatch refusal, whose report went to the log
+            raise ValueError(f"config_overrides {sorted(overrides)} change the shapes of {name_or_path!r}'s weights, "
+                             "which cannot load into them: drop those overrides, or build the model from scratch "
+                             "(student_from_scratch: true)") from None
+        raise
     if resize_head:
         _check_only_head_resized(name_or_path, info, old_num_labels, labels.num_labels)
+    if overrides:
+        _check_no_new_body_weights(name_or_path, model, info, overrides)
     return model
+
+
+def _check_no_new_body_weights(name: str, model: PreTrainedModel, info: dict, overrides: dict) -> None:
+    """Overrides that add layers (``num_hidden_layers: 6`` on a 4-layer checkpoint) leave the new
+    weights random, and transformers only logs it; a head (a linear layer to the classes) may be new."""
+    heads = {f"{module_name}.{param}" for module_name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and module.out_features == model.config.num_labels
+             for param in ("weight", "bias")}
+    new = sorted(key for key in info.get("missing_keys", ()) if key not in heads)
+    if new:
+        shown = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
+        raise ValueError(f"config_overrides {sorted(overrides)} give {name!r} weights its checkpoint does not have "
+                         f"({shown}): they would start random. Drop those overrides, or build the model from scratch "
+                         "(student_from_scratch: true)")
 
 
 def _check_only_head_resized(name: str, info: dict, old: int, new: int) -> None:

@@ -48,6 +48,7 @@ class GracefulStop(TrainerCallback):
     def __init__(self) -> None:
         self.signum: int | None = None
         self.stopped_at: int | None = None
+        self.saved_model: str | None = None  # the trained model's folder, once saved (a later signal loses less)
         self._training = False
         self._previous: dict[int, Any] = {}
 

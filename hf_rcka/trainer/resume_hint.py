@@ -38,18 +38,25 @@ class Stopped(Exception):
 
 def resume_command(argv: Sequence[str], checkpoint: str) -> str:
     """``argv`` (recipe + overrides) relaunched the way this run was, resuming from ``checkpoint``."""
+    return relaunch_command(argv, {"resume_from_checkpoint": checkpoint})
+
+
+def relaunch_command(argv: Sequence[str], settings: dict[str, str]) -> str:
+    """``argv`` (recipe + overrides) relaunched the way this run was, with ``settings`` replacing
+    the flags of the same keys (a flag given twice is an error)."""
     kept, skip = [], False
     for token in argv:
         if skip and not token.startswith("--"):  # the value of a dropped flag (a bare flag has none)
             skip = False
             continue
         key = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
-        skip = key == "resume_from_checkpoint" and "=" not in token
-        if key in ("resume_from_checkpoint", "debug"):  # --debug is a bare flag
+        skip = key in settings and "=" not in token
+        if key in settings or key == "debug":  # --debug is a bare flag
             continue
         kept.append(token)
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith("distill.py") else SCRIPT
-    return shlex.join([*_launcher(), script, *kept, "--resume_from_checkpoint", checkpoint])
+    replaced = [part for key, value in settings.items() for part in (f"--{key}", value)]
+    return shlex.join([*_launcher(), script, *kept, *replaced])
 
 
 def _launcher() -> list[str]:

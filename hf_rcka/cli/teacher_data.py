@@ -1,0 +1,62 @@
+"""A teacher trained by hf_rcka must not have trained on the images the student is evaluated on.
+
+A teacher folder written by ``scripts/distill.py`` records its data settings in
+``distill_config.yaml``. When the student's validation images are carved from the same data with
+another ``train_val_split`` or ``split_seed`` (or the teacher trained on all of it), most of them
+were the teacher's training images: the teacher's accuracy on them is inflated, distillation
+passes their labels to the student, and the student's reported accuracy is too. Nothing fails;
+the numbers are just wrong, so the run is refused before anything loads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..arguments import DataArguments
+from ..errors import DataError, RecipeError
+from .recipe import load_recipe
+
+_SOURCE_KEYS = ("dataset_name", "dataset_config_name", "train_dir")
+_CARVE_KEYS = ("train_val_split", "split_seed")
+
+
+def check_teacher_data(teacher: str | None, data_args: DataArguments, config_name: str) -> None:
+    """Raise a ``DataError`` if the teacher at ``teacher`` trained on the student's validation images."""
+    if not teacher or not os.path.isfile(os.path.join(teacher, config_name)):
+        return
+    try:
+        recorded = load_recipe(os.path.join(teacher, config_name))
+    except RecipeError:
+        return  # not a recipe this version can read: nothing to compare
+    defaults = {f: DataArguments.__dataclass_fields__[f].default for f in (*_SOURCE_KEYS, *_CARVE_KEYS, "validation_dir")}
+    taught = {k: recorded.get(k, defaults[k]) for k in defaults}
+    run = {k: getattr(data_args, k) for k in defaults}
+    if run["validation_dir"]:  # the student is evaluated on its own folder
+        if taught["train_dir"] and _same_path(taught["train_dir"], run["validation_dir"]):
+            raise DataError(f"teacher_model_name_or_path {teacher!r} was trained on train_dir {taught['train_dir']!r}, "
+                            f"the student's validation_dir: its evaluation would be on the teacher's training images")
+        return
+    if not _same_source(taught, run):
+        return
+    if taught["validation_dir"] or any(taught[k] != run[k] for k in _CARVE_KEYS):
+        held_out = ("none of it (it had validation_dir)" if taught["validation_dir"] else
+                    f"train_val_split {taught['train_val_split']}, split_seed {taught['split_seed']}")
+        fix = ("give the student a validation_dir the teacher did not train on" if taught["validation_dir"] else
+               f"set train_val_split: {taught['train_val_split']} and split_seed: {taught['split_seed']} as the teacher did")
+        raise DataError(
+            f"teacher_model_name_or_path {teacher!r} trained on this data holding out {held_out}, and the student "
+            f"holds out train_val_split {run['train_val_split']}, split_seed {run['split_seed']}: most of the student's "
+            f"validation images would be teacher training images, which inflates both accuracies. {fix[0].upper()}{fix[1:]}"
+        )
+
+
+def _same_source(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if a["train_dir"] or b["train_dir"]:
+        return bool(a["train_dir"] and b["train_dir"]) and _same_path(a["train_dir"], b["train_dir"])
+    return (a["dataset_name"], a["dataset_config_name"]) == (b["dataset_name"], b["dataset_config_name"])
+
+
+def _same_path(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
