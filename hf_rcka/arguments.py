@@ -277,6 +277,10 @@ _FIXED_SETTINGS = {
     "remove_unused_columns": (False, "distillation needs every column of the batch"),
     "eval_do_concat_batches": (True, "accuracy is computed over all predictions at once"),
     "batch_eval_metrics": (False, "accuracy is computed over all predictions at once"),
+    "bf16_full_eval": (False, "it casts the whole model, the losses' float32 parts included, and evaluates weights "
+                              "other than the float32 ones exported"),
+    "fp16_full_eval": (False, "it casts the whole model, the losses' float32 parts included, and evaluates weights "
+                              "other than the float32 ones exported"),
 }
 
 

@@ -87,7 +87,7 @@ def test_usage_snippet_runs_as_written(tmp_path, monkeypatch):
     assert namespace["logits"].shape == (1, student.config.num_labels)
 
 
-@pytest.mark.parametrize("kind", ["exif_rotated_jpeg", "transparent_png"])
+@pytest.mark.parametrize("kind", ["exif_rotated_jpeg", "transparent_png", "sixteen_bit_png"])
 def test_usage_snippet_decodes_images_as_training_did(tmp_path, monkeypatch, kind):
     """Deployment must see what training saw: a phone photo stored sideways with an EXIF
     orientation is turned upright (as datasets decodes it), transparency is shown over white."""
@@ -106,6 +106,9 @@ def test_usage_snippet_decodes_images_as_training_did(tmp_path, monkeypatch, kin
         exif = Image.Exif()
         exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
         Image.fromarray(pixels[..., :3]).save(tmp_path / "image.jpg", exif=exif)
+    elif kind == "sixteen_bit_png":  # Pillow's convert clipped it to white: chance accuracy when deployed
+        Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(tmp_path / "image.png")  # mode I;16
+        snippet = snippet.replace("image.jpg", "image.png")
     else:
         pixels[..., 3] = np.where(np.arange(40) < 20, 0, 128)  # left half transparent, right half half-opaque
         Image.fromarray(pixels, "RGBA").save(tmp_path / "image.png")

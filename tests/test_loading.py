@@ -185,6 +185,9 @@ def test_timm_image_size_is_carried_by_the_saved_config(tmp_path) -> None:
     model.save_pretrained(tmp_path)
     reloaded = AutoImageProcessor.from_pretrained(tmp_path)  # timm processors live in config.json
     assert reloaded.data_config["input_size"] == (3, 32, 32)
+    # timm's validate.py prefers test_input_size / test_crop_pct: they would evaluate at resnet18's 224 px
+    saved = json.loads((tmp_path / "config.json").read_text())["pretrained_cfg"]
+    assert not [key for key in saved if key.startswith("test_")]
 
 
 def test_timm_processor_image_size_leaves_the_model_config_alone(caplog) -> None:

@@ -66,3 +66,17 @@ def test_resnet_students_start_from_torchvisions_init():
     student = load_image_classifier(model_args.model_name_or_path, num_labels=10, from_scratch=True,
                                     config_overrides=model_args.student_config_overrides)
     assert student.timm_model.layer1[0].bn2.weight.abs().min() > 0
+
+
+def test_deit_token_baseline_is_deits_own_distilled_model():
+    """It was transformers' DeiT: no stochastic depth, tokens at zero, 256 x 256 stretched evaluation."""
+    from hf_rcka.cli.preflight import check_losses_fit_models
+    from hf_rcka.modeling.distilled_heads import DistilledHeads
+
+    model_args, _, args = parse("deit_token-deit_small_distilled_from_regnety160-imagenet.yaml")
+    check_losses_fit_models(model_args, args)  # the recipe's student has a distillation head
+    student = load_image_classifier(model_args.model_name_or_path, num_labels=10, from_scratch=True,
+                                    config_overrides=model_args.student_config_overrides)
+    assert DistilledHeads.applies(student)
+    assert float(student.timm_model.blocks[-1].drop_path1.drop_prob) == pytest.approx(0.1)
+    assert load_image_processor(model_args.model_name_or_path, student).data_config["crop_pct"] == 0.875

@@ -100,14 +100,17 @@ def test_ema_is_checkpointed_resumed_and_exported_when_asked(tmp_path):
     trainer.save_model()
     exported = AutoModelForImageClassification.from_pretrained(tmp_path / "run").state_dict()
     assert torch.equal(exported["classifier.weight"], ema["classifier.weight"])
+    # a checkpoint holds the model its logged eval_* measured, the average (it held the live weights:
+    # a checkpoint picked by its eval_accuracy deployed another model)
     checkpointed = AutoModelForImageClassification.from_pretrained(checkpoint).state_dict()
-    live = trainer.model.student.state_dict()["classifier.weight"]
-    assert torch.equal(checkpointed["classifier.weight"], live), "checkpoints keep the live weights for resuming"
-    assert not torch.equal(live, ema["classifier.weight"])
+    live = {k: v.clone() for k, v in trainer.model.student.state_dict().items()}
+    assert torch.equal(checkpointed["classifier.weight"], ema["classifier.weight"])
+    assert not torch.equal(live["classifier.weight"], ema["classifier.weight"])
 
     resumed = ema_trainer(tmp_path)
-    resumed._load_from_checkpoint(str(checkpoint))
+    resumed._load_from_checkpoint(str(checkpoint))  # training goes on from the live weights
     assert all(torch.equal(resumed.model_ema.module.state_dict()[k], ema[k]) for k in ema)
+    assert all(torch.equal(resumed.model.student.state_dict()[k], live[k]) for k in live)
 
 
 

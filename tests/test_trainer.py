@@ -48,9 +48,8 @@ def make_trainer(args, student=None, teacher="resnet", train=None, evaluation=No
         args=args,
         train_dataset=train if train is not None else pixel_dataset(20, seed=0),
         eval_dataset=evaluation if evaluation is not None else pixel_dataset(10, seed=1),
-        processing_class=processor(16),
+        **{"processing_class": processor(16), **kwargs},
         teacher_processor=processor(24, IMAGENET_MEAN, IMAGENET_STD) if teacher_model is not None else None,
-        **kwargs,
     )
 
 
@@ -300,6 +299,12 @@ def test_bf16_autocast_on_cpu_stays_finite(tmp_path):
     entries = [e for e in trainer.state.log_history if "loss" in e]
     assert entries and all(torch.isfinite(torch.tensor(e["loss"])) for e in entries)
     assert all(p.dtype == torch.float32 for p in trainer.model.student.parameters()), "autocast, not a cast"
+    # the evaluation is the exported float32 model's, not bf16 autocast's (it differed by a few images)
+    evaluation = pixel_dataset(10, seed=1)
+    predicted = torch.as_tensor(trainer.predict(evaluation).predictions)
+    with torch.no_grad():
+        deployed = trainer.model.student.eval()(pixel_values=evaluation[:]["pixel_values"]).logits
+    torch.testing.assert_close(predicted, deployed, rtol=1e-5, atol=1e-5)
 
 
 def test_divergence_is_nan_weights_not_a_nan_loss(tmp_path):
@@ -386,6 +391,45 @@ def test_deit_student_trains_its_distillation_head(tmp_path):
         out = student.eval()(pixel_values=pixels)
         logits = trainer.model.eval()(pixel_values=pixels).logits
     torch.testing.assert_close(logits, (out.cls_logits + out.distillation_logits) / 2)
+
+
+def test_timm_distilled_deit_trains_its_distillation_head_and_predicts_with_both(tmp_path):
+    """timm's distilled DeiT (DeiT's own model) as the deit_token student: the class head learns from
+    the labels, the distillation head from the teacher, and the export averages both, as DeiT does."""
+    from _models import timm_model
+
+    student = timm_model("deit_tiny_distilled_patch16_224")
+    args = make_args(tmp_path, max_steps=2, losses=[{"name": "ce", "weight": 0.5},
+                                                   {"name": "deit_token", "weight": 0.5, "mode": "hard"}])
+    trainer = make_trainer(args, student=student, train=pixel_dataset(20, size=32, seed=0),
+                           evaluation=pixel_dataset(10, size=32, seed=1), processing_class=processor(32))
+    heads = student.timm_model.head, student.timm_model.head_dist
+    before = [snapshot(head) for head in heads]
+    trainer.train()
+    assert all(changed(b, head) for b, head in zip(before, heads))
+    metrics = trainer.evaluate()
+    assert metrics["eval_deit_token_loss"] > 0  # the evaluation reads the distillation head too
+    pixels = pixel_dataset(5, size=32)[:]["pixel_values"]
+    with torch.no_grad():
+        features = student.eval().timm_model.forward_features(pixels)
+        both = (heads[0](features[:, 0]) + heads[1](features[:, 1])) / 2
+        torch.testing.assert_close(trainer.model.eval()(pixel_values=pixels).logits, both)
+        torch.testing.assert_close(student(pixel_values=pixels).logits, both)  # what the saved model computes
+
+
+def test_a_distillation_head_without_deit_token_is_trained_through_the_average(tmp_path):
+    """The task loss read the class head alone, so without deit_token the distillation head stayed
+    random, and the exported model averaged it into every prediction."""
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    torch.manual_seed(0)
+    config = DeiTConfig(image_size=16, patch_size=4, hidden_size=36, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=44, num_labels=3)
+    student = DeiTForImageClassificationWithTeacher(config)
+    trainer = make_trainer(make_args(tmp_path, max_steps=2, losses=[{"name": "ce"}, {"name": "kd"}]), student=student)
+    head = snapshot(student.distillation_classifier)
+    trainer.train()
+    assert changed(head, student.distillation_classifier)
 
 
 def test_clear_errors_for_impossible_setups(tmp_path):

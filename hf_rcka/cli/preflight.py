@@ -262,23 +262,25 @@ def check_losses_fit_models(model_args: Any, args: Any) -> None:
     if "deit_token" in names and not _has_distillation_head(model_args):
         raise RecipeError(
             f"losses: deit_token needs a student with a distillation head (DeiTForImageClassificationWithTeacher); "
-            f"model_name_or_path {model_args.model_name_or_path!r} has none. Use config:deit with "
-            "student_config_overrides: {architectures: [DeiTForImageClassificationWithTeacher]}, or a distilled "
-            "DeiT checkpoint"
+            f"model_name_or_path {model_args.model_name_or_path!r} has none. Use a timm distilled DeiT "
+            "(timm/deit_small_distilled_patch16_224), config:deit with student_config_overrides: {architectures: "
+            "[DeiTForImageClassificationWithTeacher]}, or a distilled DeiT checkpoint"
         )
 
 
 def _has_distillation_head(model_args: Any) -> bool:
     """What the config can tell; True when it cannot tell (a Hub id not yet downloaded)."""
     name = model_args.model_name_or_path
-    if name.startswith("timm/"):
-        return False  # TimmWrapper returns one set of logits, never a separate distillation head
+    if name.startswith("timm/"):  # timm's distilled DeiTs (deit_*_distilled_patch16_*) have one
+        return "distilled" in name.split("/", 1)[1].split(".", 1)[0]
     if name.startswith("config:"):
         architectures = (model_args.student_config_overrides or {}).get("architectures") or []
     else:
         config = _local_config(name)
         if config is None:
             return True
+        if config.get("architecture"):  # a saved timm model's TimmWrapperConfig
+            return "distilled" in config["architecture"]
         architectures = (model_args.student_config_overrides or {}).get("architectures") or config.get("architectures") or []
     return any("WithTeacher" in a for a in architectures)
 

@@ -24,6 +24,7 @@ from transformers.utils import ModelOutput
 from ..features.capture import Captured, ForwardCapture
 from ..features.hidden_states import describe_hidden_states, pooled_dim
 from ..features.pairing import FeaturePair
+from .distilled_heads import DistilledHeads
 from .feature_adapters import build_feature_adapters
 from ..losses import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, weigh_terms
 from .teacher_inputs import InputStats, needed_transform
@@ -100,6 +101,12 @@ class DistillationModel(nn.Module):
         elif feature_pairs not in (None, "auto"):
             logger.warning("feature_pairs are set but no loss uses hidden states; they are ignored")
         self._captures = self._build_captures(student_input)
+        # A student with a distillation head: deit_token trains that head and the task loss the class
+        # head (DeiT's recipe); without deit_token the task loss reads the heads' average, the logits the
+        # model predicts with, so that no head stays untrained in the exported average.
+        self.split_heads = any("distillation_logits" in loss.requires for loss in losses)
+        timm_heads = self.split_heads and DistilledHeads.applies(student)
+        self._distilled_heads = DistilledHeads(student) if timm_heads else None
         context = LossContext(
             num_labels=student.config.num_labels,
             student_pooled_dim=pooled_dim(student) if self.needs_pooled else None,
@@ -205,6 +212,18 @@ class DistillationModel(nn.Module):
         return self.teacher_runtime.inputs(pixel_values) if self.teacher_runtime is not None else pixel_values
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> DistillationOutput:
+        """One step's losses (training), or the evaluation's logits and losses.
+
+        Evaluation runs without autocast, whatever the run's mixed precision: the exported model is
+        float32 and ``from_pretrained`` runs it in float32, so that is what the reported accuracy
+        measures (under bf16 autocast it differed from the deployed model's by a few images).
+        """
+        if self.training:
+            return self._forward(pixel_values, labels)
+        with torch.autocast(pixel_values.device.type, enabled=False):
+            return self._forward(pixel_values, labels)
+
+    def _forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None) -> DistillationOutput:
         with_losses = labels is not None or self.training
         teacher = None
         if self.teacher is not None and self.needs_teacher and with_losses:
@@ -212,13 +231,17 @@ class DistillationModel(nn.Module):
             teacher = self._run_teacher(pixel_values)
         student = self._run("student", pixel_values, with_losses)
         student_out, student_states = student.outputs, student.states
+        heads = self._distilled_heads.take() if self._distilled_heads is not None else None
         logits = student_out.logits
         if labels is None and not self.training:
             return DistillationOutput(logits=logits)
+        if heads is None and self.split_heads and getattr(student_out, "distillation_logits", None) is not None:
+            heads = (student_out.cls_logits, student_out.distillation_logits)  # DeiTForImageClassificationWithTeacher
+        task_logits, distillation_logits = heads or (logits, None)
         inputs = LossInputs(
-            student_logits=_task_logits(student_out),
+            student_logits=task_logits,
             labels=labels,
-            distillation_logits=getattr(student_out, "distillation_logits", None),
+            distillation_logits=distillation_logits,
             student_pooled=student.pooled,
         )
         if teacher is not None:
@@ -323,10 +346,3 @@ class DistillationModel(nn.Module):
         for prefix, module in parts.items():
             part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             load_full_state_dict(module, part, prefix.rstrip("."))
-
-
-def _task_logits(student_out: Any) -> torch.Tensor:
-    """The CLS head's logits for DeiT students with a distillation head, else the logits."""
-    cls_logits = getattr(student_out, "cls_logits", None)
-    return cls_logits if cls_logits is not None else student_out.logits
-

@@ -157,9 +157,16 @@ def timm_data_config(base: Mapping[str, Any], model_args: Mapping[str, Any]) -> 
         channels = int(model_args["in_chans"])
     if "img_size" in model_args:
         height, width = as_hw(model_args["img_size"])
-        cfg.pop("test_input_size", None)
+        cfg = _without_test_size(cfg)
     cfg["input_size"] = (int(channels), int(height), int(width))
     return cfg
+
+
+def _without_test_size(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A data config without timm's ``test_input_size``/``test_crop_pct``: they describe the original
+    resolution, and timm's own evaluation (``resolve_data_config(use_test_size=True)``, what its
+    validate.py does) would prefer them over the size the model was trained and evaluated at."""
+    return {k: v for k, v in cfg.items() if not k.startswith("test_")}
 
 
 def resize_timm_data_config(data_cfg: Mapping[str, Any], image_size: int | tuple[int, int]) -> dict[str, Any]:
@@ -171,7 +178,7 @@ def resize_timm_data_config(data_cfg: Mapping[str, Any], image_size: int | tuple
     """
     height, width = as_hw(image_size)
     channels = tuple(data_cfg.get("input_size", (3,)))[0]
-    return {**dict(data_cfg), "input_size": (int(channels), height, width), "crop_pct": 1.0}
+    return {**_without_test_size(data_cfg), "input_size": (int(channels), height, width), "crop_pct": 1.0}
 
 
 def timm_registry_cfg(architecture: str) -> dict[str, Any]:

@@ -51,13 +51,18 @@ _TEMPLATE = """---
 ## Usage
 
 ```python
+import numpy as np
 from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 processor = AutoImageProcessor.from_pretrained("{repo}")
 model = AutoModelForImageClassification.from_pretrained("{repo}")
-# decoded as in training: turned upright by its EXIF orientation, transparency shown over white
-image = ImageOps.exif_transpose(Image.open("image.jpg")).convert("RGBA")
+# decoded as in training: turned upright by its EXIF orientation, 16-bit values scaled to 8 bits
+# (Pillow's convert clips them to white), transparency shown over white
+image = ImageOps.exif_transpose(Image.open("image.jpg"))
+if image.mode.startswith("I;16") or (image.mode == "I" and 0 <= np.min(image) and np.max(image) <= 65535):
+    image = Image.fromarray(np.rint(np.asarray(image, dtype=np.float64) / 257).astype(np.uint8))
+image = image.convert("RGBA")
 image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
 logits = model(**processor(images=image, return_tensors="pt")).logits
 print(model.config.id2label[logits.argmax(-1).item()])

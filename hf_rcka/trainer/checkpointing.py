@@ -24,6 +24,7 @@ import logging
 import os
 from typing import Any, Iterator
 
+import safetensors.torch
 import torch
 from accelerate.utils.constants import FSDP_MODEL_NAME
 from transformers import Trainer
@@ -35,6 +36,7 @@ from .divergence import has_finite_weights
 logger = logging.getLogger(__name__)
 
 TRAINING_ARGS_NAME = "training_args.bin"
+LIVE_STUDENT_NAME = "live_student.safetensors"  # a model_ema_export checkpoint's live weights, for resuming
 
 
 class CheckpointingTrainer(Trainer):
@@ -86,7 +88,10 @@ class CheckpointingTrainer(Trainer):
         student_state = None
         if state_dict is not None:  # FSDP/DeepSpeed gathered the wrapper's full state dict
             student_state = {k[len("student."):]: v for k, v in state_dict.items() if k.startswith("student.")}
-        export_ema = self.model_ema is not None and self.args.model_ema_export and not self._checkpointing
+        # With model_ema_export the average is what eval_* measures, in checkpoints too (a checkpoint
+        # picked by its logged eval_accuracy must hold that model); the live weights that resume
+        # continues from go next to it. (model_ema is refused under FSDP, so student_state is None.)
+        export_ema = self.model_ema is not None and self.args.model_ema_export
         with self.model_ema.swapped_in() if export_ema else contextlib.nullcontext():
             model.student.save_pretrained(output_dir, state_dict=student_state)
         if self.processing_class is not None:
@@ -96,6 +101,8 @@ class CheckpointingTrainer(Trainer):
             model.save_distillation_state(output_dir, gathered=state_dict)
             if self.model_ema is not None:
                 self.model_ema.save(output_dir)
+            if export_ema:
+                safetensors.torch.save_model(model.student, os.path.join(output_dir, LIVE_STUDENT_NAME))
 
     # Private override. On resume Trainer loads the checkpoint's model.safetensors into Trainer.model
     # by key, non-strictly: into our wrapper that restores nothing (the student's keys lack the
@@ -105,6 +112,7 @@ class CheckpointingTrainer(Trainer):
         logger.info("resuming student and distillation state from %s", resume_from_checkpoint)
         try:
             target.load_checkpoint(resume_from_checkpoint)
+            _restore_live_student(target.student, resume_from_checkpoint)
             if self.model_ema is not None:
                 self.model_ema.load(resume_from_checkpoint)
         except torch.OutOfMemoryError:  # a RuntimeError too, but says nothing about the checkpoint
@@ -131,8 +139,17 @@ class CheckpointingTrainer(Trainer):
     def _load_best_model(self) -> None:
         logger.info("loading the best student from %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
         self.distillation_model.load_checkpoint(self.state.best_model_checkpoint)
+        _restore_live_student(self.distillation_model.student, self.state.best_model_checkpoint)
         if self.model_ema is not None:  # the average of that checkpoint, not of the last step
             self.model_ema.load(self.state.best_model_checkpoint)
+
+
+def _restore_live_student(student: torch.nn.Module, folder: str) -> None:
+    """A ``model_ema_export`` checkpoint's ``model.safetensors`` holds the average: training goes on
+    from the live weights saved next to it."""
+    path = os.path.join(folder, LIVE_STUDENT_NAME)
+    if os.path.isfile(path):
+        safetensors.torch.load_model(student, path, device=str(next(student.parameters()).device))
 
 
 def checkpoint_folder(trainer: Trainer, trial: Any = None) -> str:
@@ -142,4 +159,4 @@ def checkpoint_folder(trainer: Trainer, trial: Any = None) -> str:
     return os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
 
 
-__all__ = ["TRAINING_ARGS_NAME", "CheckpointingTrainer", "checkpoint_folder"]
+__all__ = ["LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "checkpoint_folder"]

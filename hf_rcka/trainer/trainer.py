@@ -129,8 +129,8 @@ class DistillationTrainer(CheckpointingTrainer):
                 model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
                 _stats_or_none(teacher_processor) if teacher is not None else None,
             )
-        if args.ddp_find_unused_parameters is None:
-            args.ddp_find_unused_parameters = _has_unused_head(model)
+        if args.ddp_find_unused_parameters is None:  # every student weight gets a gradient (see split_heads)
+            args.ddp_find_unused_parameters = False
         args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
         ignore_teacher_in_ddp(model)
         kwargs.setdefault("data_collator", collate)
@@ -390,9 +390,3 @@ def _uncounted(label_ids: Any) -> int:
     """
     arrays = label_ids if isinstance(label_ids, (list, tuple)) else [label_ids]
     return sum(int((np.asarray(labels) == IGNORE_INDEX).sum()) for labels in arrays)
-
-
-def _has_unused_head(model: DistillationModel) -> bool:
-    """A DeiT distillation head without the deit_token loss gets no gradient: DDP must look for it."""
-    has_head = hasattr(model.student, "distillation_classifier")
-    return has_head and "deit_token" not in model.losses

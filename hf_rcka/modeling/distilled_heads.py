@@ -1,0 +1,47 @@
+"""Both heads of a timm distilled DeiT student, read where timm computes them.
+
+timm's ``VisionTransformerDistilled`` returns ``(cls + dist) / 2``, DeiT's inference, and both
+heads apart only in training mode after ``set_distilled_training(True)``. The ``deit_token`` loss
+needs the distillation head's logits in training and in evaluation (its evaluation loss), and the
+task loss needs the class head's. Forward hooks on ``head`` and ``head_dist`` read both in every
+mode while the model's own output stays the average: what the exported folder computes when
+``TimmWrapperForImageClassification.from_pretrained`` rebuilds it (DeiT's models.py does the same
+at inference). transformers' ``DeiTForImageClassificationWithTeacher`` returns both heads itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+
+class DistilledHeads:
+    """Forward hooks that keep the last forward's class and distillation logits until ``take()``."""
+
+    def __init__(self, student: nn.Module) -> None:
+        timm_model = student.timm_model
+        self._logits: dict[str, Tensor] = {}
+        self._handles = [timm_model.head.register_forward_hook(self._keeper("cls")),
+                         timm_model.head_dist.register_forward_hook(self._keeper("dist"))]
+
+    @staticmethod
+    def applies(student: nn.Module) -> bool:
+        """A TimmWrapper around a timm model with a distillation head."""
+        timm_model = getattr(student, "timm_model", None)
+        return isinstance(getattr(timm_model, "head_dist", None), nn.Module) and hasattr(timm_model, "head")
+
+    def _keeper(self, name: str):
+        def keep(_module: nn.Module, _args: Any, output: Tensor) -> None:
+            self._logits[name] = output
+        return keep
+
+    def take(self) -> tuple[Tensor, Tensor] | None:
+        """(class head, distillation head) of the last forward, or None; nothing is kept after."""
+        logits, self._logits = self._logits, {}
+        return (logits["cls"], logits["dist"]) if len(logits) == 2 else None
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._logits = {}
