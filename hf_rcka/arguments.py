@@ -210,8 +210,8 @@ class DistillationTrainingArguments(TrainingArguments):
 
 
 def global_batch_size(args: TrainingArguments) -> int:
-    """Images per optimizer step over all processes, as Trainer counts them (``split_batches`` splits
-    one per-device batch over the processes)."""
+    """Images per optimizer step over all processes (``split_batches`` splits one per-device batch
+    over the processes, which Trainer's own count of the total batch leaves out)."""
     processes = 1 if args.accelerator_config.split_batches else args.world_size
     return args.train_batch_size * processes * args.gradient_accumulation_steps
 
@@ -223,6 +223,9 @@ def scaled_learning_rate(args: "DistillationTrainingArguments") -> float:
         RecipeError: for a bad scale or size, or a ``learning_rate`` given as well (which one would win
             is a guess; the result is idempotent, so rebuilding the arguments from their values is fine).
     """
+    if args.auto_find_batch_size:
+        raise RecipeError("lr_base scales the learning rate to the batch the recipe sets, and auto_find_batch_size "
+                          "may train with a smaller one: set per_device_train_batch_size yourself, or use learning_rate")
     if args.lr_base_scale not in ("linear", "sqrt"):
         raise RecipeError(f"lr_base_scale must be 'linear' or 'sqrt', got {args.lr_base_scale!r}")
     if args.lr_base <= 0 or args.lr_base_size < 1:

@@ -782,7 +782,7 @@ def test_baseline_dir_whose_run_was_not_evaluated(tmp_path, capsys, no_loading):
     assert "has no eval_accuracy (that run was not evaluated)" in error_of(capsys)
 
 
-def test_teacher_trained_on_the_students_validation_images(tmp_path, capsys, no_loading):
+def test_teacher_trained_on_the_students_validation_images(tmp_path, capsys):
     """The teacher held out split_seed 7's images, the student split_seed 42's: 70% of the student's
     validation images were teacher training images, and the card said "same images"."""
     teacher = tmp_path / "teacher"
@@ -795,3 +795,19 @@ def test_teacher_trained_on_the_students_validation_images(tmp_path, capsys, no_
     line = error_of(capsys)
     assert "most of the student's validation images would be teacher training images" in line
     assert "Set train_val_split: 0.15 and split_seed: 7 as the teacher did" in line
+    # evaluated on data of its own (no split carved), the same teacher is fine: the run goes on to
+    # load it (and fails there, its weights being a stand-in)
+    train = image_folder(tmp_path / "train", ["cat", "dog"])
+    (teacher / "distill_config.yaml").write_text(f"train_dir: {train}\nsplit_seed: 7\n")
+    validation = image_folder(tmp_path / "validation", ["cat", "dog"])
+    assert run(tmp_path, {**base(tmp_path, dataset_name=None, train_dir=train, validation_dir=validation),
+                          "teacher_model_name_or_path": str(teacher)}) == 2
+    assert "teacher training images" not in error_of(capsys)
+
+
+def test_evaluating_a_hub_student_of_a_from_scratch_recipe_names_the_trained_folder(tmp_path, capsys, no_loading):
+    """Adding --student_from_scratch false to a Hub id would evaluate its pretrained weights as the run's."""
+    recipe = base(tmp_path, model_name_or_path="timm/resnet18", student_config_overrides=None,
+                  student_from_scratch=True, do_train=False)
+    assert run(tmp_path, recipe) == 2
+    assert "give the trained run's folder: --model_name_or_path <its output_dir>" in error_of(capsys)

@@ -150,6 +150,19 @@ def test_recipes_read_yaml_1_2_numbers_and_text_settings_as_written(tmp_path):
     assert values["lr_scheduler_kwargs"] == {"min_lr": 1e-5, "at": "1:30"}
     assert values["teacher_config_overrides"] == {"depth": 3}
     assert parse_cli_overrides(["--run_name", "0123"])["run_name"] == "0123"
+    recipe.write_text("<<: {run_name: '0123'}\nrun_name: 0456\n")  # the explicit key wins over a merged one
+    assert load_recipe(recipe) == {"run_name": "0456"}
+
+
+def test_recorded_recipes_read_back_as_written_under_both_yaml_versions(tmp_path):
+    """safe_dump quoted only what YAML 1.1 misreads: "0o17" and "1e5" came back as numbers."""
+    import yaml
+
+    values = {**BASE, "student_config_overrides": {"tags": ["1e5", "0o17", "yes", "1:30", "~"], "1e5": "0o17"},
+              "learning_rate": 1e-5, "run_name": "0123"}
+    dump_recipe(values, tmp_path / "distill_config.yaml")
+    assert load_recipe(tmp_path / "distill_config.yaml") == values
+    assert yaml.safe_load((tmp_path / "distill_config.yaml").read_text()) == values  # what card_facts reads
 
 
 def test_lr_base_scales_to_the_global_batch_as_deit_does():
@@ -164,6 +177,10 @@ def test_lr_base_scales_to_the_global_batch_as_deit_does():
         parse_arguments({**base, "learning_rate": 1e-4})
     with pytest.raises(RecipeError, match="lr_base_scale"):
         parse_arguments({**base, "lr_base_scale": "cubic"})
+    with pytest.raises(RecipeError, match="both given"):  # even at TrainingArguments' default value
+        parse_arguments({**base, "learning_rate": 5e-5})
+    with pytest.raises(RecipeError, match="auto_find_batch_size"):  # it may train with a smaller batch
+        parse_arguments({**base, "auto_find_batch_size": True})
 
 
 def test_a_learning_rate_flag_replaces_the_recipes_lr_base():

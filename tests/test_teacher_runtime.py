@@ -142,3 +142,14 @@ def test_fsdp_plugin_gets_the_teacher_as_ignored_module_unless_the_user_chose():
     assert not keep_teacher_out_of_fsdp(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=chosen)), model, "cpu")
     assert chosen.ignored_modules == "student.*"
     assert not keep_teacher_out_of_fsdp(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=None)), model, "cpu")
+
+
+def test_an_evaluation_batch_in_bf16_reaches_a_float32_teacher_as_float32():
+    """FSDP's mixed-precision policy hands the wrapper bf16 inputs; the unsharded float32 teacher, run
+    without autocast in evaluation, failed on them (mixed input and weight dtypes)."""
+    teacher = tiny_resnet().eval()
+    runtime = TeacherRuntime(teacher)
+    x, _ = _batch()
+    with runtime.running():
+        logits = teacher(pixel_values=runtime.inputs(x.to(torch.bfloat16))).logits
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()

@@ -78,7 +78,9 @@ def _coerce_list(value: Any, annotation: Any, key: str) -> list:
 
 def is_text(annotation: Any) -> bool:
     """True for ``str``/enum annotations (or unions of them and None) that accept no bool."""
-    options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):  # list[str] is a list, not text
+        return annotation is str or (isinstance(annotation, type) and issubclass(annotation, enum.Enum))
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
     accepts_bool = any(a is bool for a in options)
     text_only = all(a is str or (isinstance(a, type) and issubclass(a, enum.Enum)) for a in options)
     return text_only and not accepts_bool

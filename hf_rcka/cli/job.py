@@ -76,6 +76,8 @@ def run(
         metrics.update(_train(trainer, resume, stop, argv))
     if args.do_eval:
         metrics.update(_evaluate(trainer, recipe, record_dir))
+    if stop is not None:
+        stop.evaluated = args.do_eval  # what is left is the card and the Hub upload
     _finish(trainer, data_args, skipped)
     return metrics
 
@@ -108,8 +110,6 @@ def _check_before_loading(
 ) -> str | None:
     """Every check that needs no model and no data; returns the checkpoint to resume from, if any."""
     check_run(model_args, data_args, args)
-    if not model_args.smoke_test:
-        check_teacher_data(model_args.teacher_model_name_or_path, data_args, CONFIG_NAME)
     resume = resolve_resume(args)
     if resume:
         check_checkpoint(resume)
@@ -154,6 +154,8 @@ def _build_trainer(
     """Data, models (checked by one forward pass), datasets and the trainer, in that order; and the
     ledger of skipped images, in ``record_dir``."""
     raw = load_data(data_args, args.seed, eval_only=not args.do_train)
+    if args.do_train and not model_args.smoke_test:
+        check_teacher_data(model_args.teacher_model_name_or_path, data_args, CONFIG_NAME, carved=raw.carved)
     dataset_labels = label_names(raw["train"], data_args.label_column_name)
     check_validation_labels(dataset_labels, label_names(raw["validation"], data_args.label_column_name))
     if args.do_train and not model_args.smoke_test:  # a smoke test's few synthetic images miss most classes

@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(stopped.message(), file=sys.stderr, flush=True)
         return stopped.exit_code
     except Interrupted as interrupted:
-        print(_interrupted_message(signal.Signals(interrupted.signum).name, stop.saved_model, argv),
+        print(_interrupted_message(signal.Signals(interrupted.signum).name, stop, argv),
               file=sys.stderr, flush=True)
         return 128 + interrupted.signum
     finally:
@@ -56,9 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _interrupted_message(name: str, saved_model: str | None, argv: list[str]) -> str:
+def _interrupted_message(name: str, stop: GracefulStop, argv: list[str]) -> str:
+    saved_model = stop.saved_model
     if saved_model is None:
         return f"interrupted by {name} outside the training steps: no checkpoint was written by this signal"
+    if stop.evaluated:
+        return (f"interrupted by {name} while finishing: the trained model and its evaluation are saved in "
+                f"{saved_model}; the model card or the Hub upload may be incomplete")
     evaluate = relaunch_command(argv, {"do_train": "false", "model_name_or_path": saved_model,
                                        "student_from_scratch": "false", "output_dir": saved_model})
     return (f"interrupted by {name} after training: the trained model is saved in {saved_model}, but its final "

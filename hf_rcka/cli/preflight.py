@@ -92,8 +92,10 @@ def check_work(model_args: Any, args: Any) -> None:
         raise RecipeError(f"do_train: false evaluates model_name_or_path, but {name!r} has random weights: give the "
                           "folder (or Hub id) of a trained model")
     if model_args.student_from_scratch:
+        fix = ("add --student_from_scratch false" if os.path.isdir(name) else  # a Hub id: its pretrained weights
+               "give the trained run's folder: --model_name_or_path <its output_dir> --student_from_scratch false")
         raise RecipeError(f"do_train: false with student_from_scratch: true would evaluate random weights built from "
-                          f"{name!r}'s config, not its trained ones: add --student_from_scratch false")
+                          f"{name!r}'s config, not trained ones: {fix}")
 
 
 def check_launch(args: Any) -> None:
@@ -423,16 +425,12 @@ def _check_image_size(image_size: int | None, model_type: str | None, config: di
     if image_size % patch:
         raise RecipeError(f"image_size {image_size} is not a multiple of the student's patch_size {patch}; "
                           f"use e.g. {max(patch, image_size // patch * patch)}")
-    if model_type in _FIXED_GRID_TYPES and isinstance(built, int) and built != image_size and pretrained:
-        raise RecipeError(
-            f"image_size {image_size}, but the pretrained {model_type} student was trained at {built} px and its "
-            f"position embeddings fix the patch grid: drop image_size, or build a new student (student_from_scratch: "
-            f"true, student_config_overrides: {{image_size: {image_size}}})"
-        )
     if model_type in _FIXED_GRID_TYPES and isinstance(built, int) and built != image_size:
+        fix = (f"build a new student (student_from_scratch: true, student_config_overrides: {{image_size: {image_size}}})"
+               if pretrained else f"also set student_config_overrides: {{image_size: {image_size}}}")
         raise RecipeError(
-            f"image_size {image_size}, but the {model_type} student is built for {built} px (its position embeddings "
-            f"fix the patch grid): also set student_config_overrides: {{image_size: {image_size}}}, or drop image_size"
+            f"image_size {image_size}, but the {'pretrained ' if pretrained else ''}{model_type} student is built for "
+            f"{built} px (its position embeddings fix the patch grid): {fix}, or drop image_size"
         )
 
 

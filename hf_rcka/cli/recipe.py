@@ -153,9 +153,11 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(recipe, dict):
         raise RecipeError(f"recipe {str(path)!r} must be a flat YAML mapping of argument names to values")
-    for key_node, value_node in node.value:
-        if isinstance(key_node, yaml.ScalarNode) and isinstance(value_node, yaml.ScalarNode) and key_node.value in recipe:
-            recipe[key_node.value] = _as_written(key_node.value, recipe[key_node.value], value_node.value)
+    # the last node of a key is its value (``<<: *shared`` puts the merged keys first)
+    written = {k.value: v for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+    for key, value_node in written.items():
+        if isinstance(value_node, yaml.ScalarNode) and key in recipe:
+            recipe[key] = _as_written(key, recipe[key], value_node.value)
     return recipe
 
 
@@ -174,6 +176,9 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
     for key, value in overrides.items():  # a mapping flag changes the recipe's mapping, key by key
         if isinstance(value, dict) and isinstance(recipe.get(key), dict):
             values[key] = {**recipe[key], **value}
+    if {"learning_rate", "lr_base"} <= values.keys():
+        raise RecipeError("learning_rate and lr_base are both given: keep lr_base (the rate for lr_base_size images, "
+                          "scaled to the global batch) or learning_rate (as is), not both")
     table = field_table()
     for key in values:
         if key not in table:
@@ -231,10 +236,22 @@ def parse_recipe_file(path: str | Path, argv: Sequence[str] = ()) -> Arguments:
     return parse_arguments(load_recipe(path), parse_cli_overrides(argv))
 
 
+class _RecipeDumper(yaml.SafeDumper):
+    """Quotes every string that YAML 1.1 (``yaml.safe_load``, which other tools use) or the recipe
+    loader's YAML 1.2 would read as something else (``"1e5"``, ``"0o17"``, ``"yes"``)."""
+
+
+_RecipeDumper.yaml_implicit_resolvers = {
+    first: list(resolvers) for first, resolvers in yaml.SafeDumper.yaml_implicit_resolvers.items()
+}
+for _first, _resolvers in _RecipeLoader.yaml_implicit_resolvers.items():
+    _RecipeDumper.yaml_implicit_resolvers.setdefault(_first, []).extend(_resolvers)
+
+
 def dump_recipe(values: dict[str, Any], path: str | Path) -> None:
     """Write resolved values as a recipe that ``scripts/distill.py`` can run again."""
     with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(_plain(values), handle, sort_keys=False)
+        yaml.dump(_plain(values), handle, Dumper=_RecipeDumper, sort_keys=False)
 
 
 def _plain(value: Any) -> Any:

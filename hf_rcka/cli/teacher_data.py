@@ -5,7 +5,8 @@ A teacher folder written by ``scripts/distill.py`` records its data settings in
 another ``train_val_split`` or ``split_seed`` (or the teacher trained on all of it), most of them
 were the teacher's training images: the teacher's accuracy on them is inflated, distillation
 passes their labels to the student, and the student's reported accuracy is too. Nothing fails;
-the numbers are just wrong, so the run is refused before anything loads.
+the numbers are just wrong, so the run is refused once the data has loaded (which tells whether
+the validation split is carved or the dataset's own), before the models load.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ _SOURCE_KEYS = ("dataset_name", "dataset_config_name", "train_dir")
 _CARVE_KEYS = ("train_val_split", "split_seed")
 
 
-def check_teacher_data(teacher: str | None, data_args: DataArguments, config_name: str) -> None:
-    """Raise a ``DataError`` if the teacher at ``teacher`` trained on the student's validation images."""
+def check_teacher_data(teacher: str | None, data_args: DataArguments, config_name: str, carved: bool) -> None:
+    """Raise a ``DataError`` if the teacher at ``teacher`` trained on the student's validation images.
+
+    ``carved``: the student's validation split was held out of its training data (else it is the
+    dataset's own, which no run trains on, or ``validation_dir``).
+    """
     if not teacher or not os.path.isfile(os.path.join(teacher, config_name)):
         return
     try:
@@ -38,7 +43,7 @@ def check_teacher_data(teacher: str | None, data_args: DataArguments, config_nam
             raise DataError(f"teacher_model_name_or_path {teacher!r} was trained on train_dir {taught['train_dir']!r}, "
                             f"the student's validation_dir: its evaluation would be on the teacher's training images")
         return
-    if not _same_source(taught, run):
+    if not carved or not _same_source(taught, run):
         return
     if taught["validation_dir"] or any(taught[k] != run[k] for k in _CARVE_KEYS):
         held_out = ("none of it (it had validation_dir)" if taught["validation_dir"] else

@@ -50,7 +50,14 @@ def digits_dataset() -> datasets.Dataset:
     )
 
 
-def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = False) -> datasets.DatasetDict:
+class RawSplits(datasets.DatasetDict):
+    """The loaded ``train`` and ``validation`` splits. ``carved``: the validation split was held out
+    of ``train`` here (``train_val_split`` and ``split_seed`` chose its images), not the data's own."""
+
+    carved: bool = False
+
+
+def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = False) -> RawSplits:
     """Load the data and make sure there is a labelled ``train`` and ``validation`` split.
 
     ``seed`` (the training seed) no longer draws the validation split: ``args.split_seed`` does.
@@ -77,17 +84,20 @@ def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = Fal
     _check_columns(raw["train"], args)
     label_values.check_label_values(raw["train"], column, "train")
     validation = _labelled_eval_split(raw, column)
+    carved = validation is None and not eval_only
     if validation is None and eval_only:
         logger.info("data: an evaluation-only run and no validation split: all %d images are evaluated", len(raw["train"]))
         raw["validation"] = raw["train"]
-    elif validation is None:  # stratified, with split_seed (not the training seed): seeds share images
+    elif carved:  # stratified, with split_seed (not the training seed): seeds share images
         raw = stratified_validation_split(raw["train"], column, args.train_val_split, args.split_seed)
     elif validation != "validation":  # e.g. a Hub dataset with train and test splits only
         logger.warning("data: the dataset has no 'validation' split; its %r split is evaluated (and, with "
                        "load_best_model_at_end, picks the checkpoint)", validation)
         raw["validation"] = raw.pop(validation)
     label_values.check_label_values(raw["validation"], column, "validation")
-    return raw
+    splits = RawSplits(raw)
+    splits.carved = carved
+    return splits
 
 
 def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:

@@ -216,7 +216,8 @@ class DistillationModel(nn.Module):
 
         Evaluation runs without autocast, whatever the run's mixed precision: the exported model is
         float32 and ``from_pretrained`` runs it in float32, so that is what the reported accuracy
-        measures (under bf16 autocast it differed from the deployed model's by a few images).
+        measures (under bf16 autocast it differed from the deployed model's by a few images). Under
+        FSDP mixed precision the sharded student's weights themselves compute in bf16.
         """
         if self.training:
             return self._forward(pixel_values, labels)

@@ -22,8 +22,8 @@ class DistilledHeads:
     def __init__(self, student: nn.Module) -> None:
         timm_model = student.timm_model
         self._logits: dict[str, Tensor] = {}
-        self._handles = [timm_model.head.register_forward_hook(self._keeper("cls")),
-                         timm_model.head_dist.register_forward_hook(self._keeper("dist"))]
+        timm_model.head.register_forward_hook(self._keeper("cls"))
+        timm_model.head_dist.register_forward_hook(self._keeper("dist"))
 
     @staticmethod
     def applies(student: nn.Module) -> bool:
@@ -40,8 +40,3 @@ class DistilledHeads:
         """(class head, distillation head) of the last forward, or None; nothing is kept after."""
         logits, self._logits = self._logits, {}
         return (logits["cls"], logits["dist"]) if len(logits) == 2 else None
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._logits = {}

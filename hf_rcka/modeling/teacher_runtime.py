@@ -60,14 +60,16 @@ class TeacherRuntime:
         self.channels_last = bool(channels_last) and is_convolutional(teacher)
         if self.dtype is not None:
             teacher.to(self.dtype)
+        # under FSDP mixed precision the wrapper's inputs arrive in bf16 while the (unsharded) teacher
+        # stays as loaded; outside autocast (evaluation) a conv of mixed dtypes fails
+        self.input_dtype = next(teacher.parameters()).dtype
         if self.channels_last:
             teacher.to(memory_format=torch.channels_last)
             teacher.register_state_dict_post_hook(standard_layout_state)
 
     def inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The teacher's input in its dtype and memory format."""
-        if self.dtype is not None:
-            pixel_values = pixel_values.to(self.dtype)
+        """The teacher's input in its weights' dtype and memory format."""
+        pixel_values = pixel_values.to(self.input_dtype)
         if self.channels_last and pixel_values.dim() == 4:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         return pixel_values

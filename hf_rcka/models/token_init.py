@@ -28,6 +28,6 @@ def draw_zeroed_tokens(model: PreTrainedModel) -> list[str]:
     drawn = []
     for name, param in model.named_parameters():
         if name.rsplit(".", 1)[-1] in TOKEN_NAMES and param.numel() > 0 and not param.any():
-            nn.init.trunc_normal_(param, mean=0.0, std=std, a=-2 * std, b=2 * std)
+            nn.init.trunc_normal_(param, mean=0.0, std=std)  # bounds +-2 (absolute), as DeiT and timm draw them
             drawn.append(name)
     return drawn

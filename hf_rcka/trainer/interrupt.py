@@ -49,6 +49,7 @@ class GracefulStop(TrainerCallback):
         self.signum: int | None = None
         self.stopped_at: int | None = None
         self.saved_model: str | None = None  # the trained model's folder, once saved (a later signal loses less)
+        self.evaluated = False  # its final evaluation is recorded too
         self._training = False
         self._previous: dict[int, Any] = {}
 
