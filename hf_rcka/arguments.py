@@ -85,7 +85,9 @@ class DataArguments(AugmentationArguments):
         metadata={"help": "Unreadable image files are skipped (named in the log and skipped_images.tsv); "
                           "the run stops once more than this many were skipped."},
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on this many images, drawn with split_seed (the same for every seed)."}
+    )
     max_eval_samples: int | None = field(
         default=None,
         metadata={"help": "Evaluate a random subset of this many validation images (drawn with split_seed)."},

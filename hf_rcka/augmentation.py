@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field, fields
 
 _INTERPOLATIONS = ("random", "bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+_NOT_FOR_AA = ("lanczos", "box", "hamming")  # PIL's affine transforms refuse them (timm's RandAugment/AutoAugment ops)
 _REMODES = ("const", "rand", "pixel")
 _MIXUP_MODES = ("batch", "pair", "elem")
 # the settings of timm's per-image transform, which no_aug replaces (batch mixing stays)
@@ -80,6 +81,12 @@ class AugmentationArguments:
             )
         if self.aa is not None:
             _check_aa(self.aa)
+            if self.train_interpolation in _NOT_FOR_AA and not self.aa.startswith("3a"):
+                raise AugmentationError(
+                    f"train_interpolation {self.train_interpolation!r} cannot be used with aa={self.aa!r}: timm's "
+                    "geometric augmentations take nearest, bilinear or bicubic only (they failed at the first batch). "
+                    "Use bicubic (DeiT's) or bilinear"
+                )
         if self.no_aug:
             ignored = [f.name for f in fields(AugmentationArguments)
                        if f.name in _PER_IMAGE_KEYS and getattr(self, f.name) != f.default]

@@ -61,3 +61,14 @@ def from_rank0(value: object) -> object:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def close_process_group() -> None:
+    """Tear the process group down before the interpreter exits.
+
+    Left to interpreter shutdown, a gloo process group's threads can be destroyed while still
+    joinable ("terminate called without an active exception"): a finished run's process then
+    aborts (exit -6) and the launcher reports the whole run as failed.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

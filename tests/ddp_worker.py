@@ -38,15 +38,17 @@ def main(out: str) -> None:
     )
     dataset = pixel_dataset(40, seed=0)
     trainer = DistillationTrainer(
-        model=tiny_vit(), teacher=tiny_resnet(), args=args, train_dataset=dataset,
+        model=tiny_vit(), teacher=tiny_resnet(), args=args, train_dataset=dataset, eval_dataset=pixel_dataset(16, seed=1),
         processing_class=processor(16), teacher_processor=processor(24, IMAGENET_MEAN, IMAGENET_STD),
         augmentation=AugmentationArguments(aug_repeats=2, mixup=0.8),
     )
+    draw = torch.rand(1).item()  # the main process's random state, which draws the augmentation
     index = {float(dataset[i]["pixel_values"][0, 0, 0]): i for i in range(len(dataset))}
     ids = [index[float(v)] for batch in trainer.get_train_dataloader() for v in batch["pixel_values"][:, 0, 0, 0]]
     model = trainer.model
     initial = {f"adapters.{k}": v.clone() for k, v in model.adapters.state_dict().items()}
     trainer.train()
+    trainer.evaluate()  # shares rank 0's BatchNorm statistics of the losses (srd's projector) first
     rank = torch.distributed.get_rank()
     state = {f"student.{k}": v for k, v in model.student.state_dict().items()}
     state.update({f"adapters.{k}": v for k, v in model.adapters.state_dict().items()})
@@ -69,8 +71,9 @@ def main(out: str) -> None:
     save_file({k: v.contiguous() for k, v in bn_state.items()}, os.path.join(out, f"rank{rank}_bn.safetensors"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
         json.dump({"world_size": world_size(), "log_history": trainer.state.log_history, "ids": ids,
-                   "bn_learning_rate": bn_args.learning_rate}, handle)
+                   "bn_learning_rate": bn_args.learning_rate, "draw": draw}, handle)
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    torch.distributed.destroy_process_group()

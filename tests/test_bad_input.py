@@ -430,6 +430,10 @@ def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     assert run(tmp_path, other, "--resume_from_checkpoint", "true") == 2
     assert f"{str(out / 'checkpoint-2')!r} does not fit this run" in error_of(capsys)
     assert (out / "distill_config.yaml").read_text() == recorded
+    # another global batch (a 2-process run resumed in 1 went on at half its batch, exit 0)
+    assert run(tmp_path, {**first, "max_steps": 3, "per_device_train_batch_size": 10}, "--resume_from_checkpoint",
+               "true") == 2
+    assert "was trained with a global batch of 5 (1 processes); this launch gives 10" in error_of(capsys)
 
 
 def test_resume_keeps_the_checkpoint_classes(tmp_path, capsys, monkeypatch):
@@ -533,6 +537,19 @@ def test_training_split_smaller_than_one_dropped_batch(tmp_path, capsys):
     recipe = base(tmp_path, dataloader_drop_last=True, per_device_train_batch_size=32)  # 20 training images
     assert run(tmp_path, recipe) == 2
     assert "the training split has 20 images, fewer than one batch (32" in error_of(capsys)
+    # repeated augmentation keeps 256 of 300 images per epoch: a batch of 280 trained nothing, exit 0
+    recipe = base(tmp_path, dataloader_drop_last=True, per_device_train_batch_size=280, max_train_samples=300,
+                  no_aug=None, aug_repeats=3)
+    assert run(tmp_path, recipe) == 2
+    assert "of which repeated augmentation gives each of 1 processes 256, fewer than one batch (280)" in error_of(capsys)
+
+
+def test_a_last_training_batch_of_one_image_is_dropped_for_a_batchnorm_student(tmp_path, capsys):
+    """21 images in batches of 5 left one image for the last step: BatchNorm failed after an epoch."""
+    recipe = base(tmp_path, max_train_samples=21, max_steps=None, num_train_epochs=2)
+    assert run(tmp_path, recipe) == 0
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8  # 4 full batches per epoch, the lone image dropped
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys, no_loading):
@@ -811,3 +828,12 @@ def test_evaluating_a_hub_student_of_a_from_scratch_recipe_names_the_trained_fol
                   student_from_scratch=True, do_train=False)
     assert run(tmp_path, recipe) == 2
     assert "give the trained run's folder: --model_name_or_path <its output_dir>" in error_of(capsys)
+
+
+def test_augmentation_settings_that_failed_at_the_first_batch_or_did_nothing(tmp_path, capsys, no_loading):
+    recipe = base(tmp_path, no_aug=None, aa="rand-m9-mstd0.5-inc1", train_interpolation="lanczos")
+    assert run(tmp_path, recipe) == 2  # timm's affine ops refuse it, at the first batch
+    assert "train_interpolation 'lanczos' cannot be used with aa='rand-m9-mstd0.5-inc1'" in error_of(capsys)
+    recipe = base(tmp_path, mixup=0.8, per_device_train_batch_size=1)
+    assert run(tmp_path, recipe) == 2  # Mixup pairs images within a batch: it trained unmixed, exit 0
+    assert "nothing would be mixed" in error_of(capsys)

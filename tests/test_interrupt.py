@@ -203,3 +203,36 @@ def test_a_signal_during_the_final_evaluation_says_the_model_is_saved(tmp_path):
     assert lines[-1].startswith(f"interrupted by SIGTERM after training: the trained model is saved in {out}")
     command = shlex.split(lines[-1].split("Evaluate it with: ", 1)[1])
     assert command[command.index("--do_train") + 1] == "false" and command[command.index("--model_name_or_path") + 1] == str(out)
+
+
+@pytest.mark.parametrize("env, launcher", [
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "ACCELERATE_MIXED_PRECISION": "bf16"},
+     ["accelerate", "launch", "--num_processes", "2", "--multi_gpu", "--mixed_precision", "bf16"]),
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, ["torchrun", "--nproc_per_node", "2"]),
+    ({"WORLD_SIZE": "1", "ACCELERATE_USE_CPU": "True", "ACCELERATE_MIXED_PRECISION": "no"},
+     ["accelerate", "launch", "--num_processes", "1", "--cpu"]),
+])
+def test_the_resume_command_launches_as_many_processes_as_the_run(monkeypatch, env, launcher):
+    """It printed `accelerate launch --num_processes 2` alone, which on a CPU starts one process:
+    the resumed run went on at half the global batch and exited 0."""
+    from hf_rcka.trainer.resume_hint import resume_command
+
+    for key in [k for k in os.environ if k.startswith("ACCELERATE_") or k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    tokens = shlex.split(resume_command(["r.yaml"], "out/checkpoint-7"))
+    assert tokens[:len(launcher)] == launcher and tokens[len(launcher)].endswith("distill.py")
+
+
+def test_a_resumed_repeated_augmentation_epoch_draws_its_own_order():
+    """Resumed in 2 processes, the rest of epoch 1 was drawn in epoch 0's order (set_epoch did not
+    reach the sampler under the resume's extra loader wrapper)."""
+    from transformers import TrainerControl, TrainerState
+
+    from hf_rcka.data.sampler import RepeatedAugmentationSampler, SamplerEpoch
+
+    callback = SamplerEpoch()
+    callback.sampler = RepeatedAugmentationSampler(range(40), 3, num_replicas=2, rank=0, seed=5)
+    callback.on_epoch_begin(None, TrainerState(epoch=1.25), TrainerControl())
+    assert callback.sampler.epoch == 5 + 1

@@ -58,6 +58,18 @@ def test_a_label_that_is_no_class_is_an_error(monkeypatch, labels, problem):
         load_raw_datasets(args)
 
 
+@pytest.mark.parametrize("labels, feature, problem", [
+    ([0, 1, 2, -1, 0, 1], datasets.Value("int64"), "2 labels are -1"),
+    ([0.0, 1.0, float("nan"), 2.0, 0.0, 1.0], datasets.Value("float64"), "2 labels are NaN"),
+    (["cat", "dog", "", "eel", "cat", "dog"], datasets.Value("string"), "2 labels are empty text"),
+])
+def test_a_plain_label_column_with_no_label_values_is_an_error(monkeypatch, labels, feature, problem):
+    """Without a ClassLabel they became classes of their own: a '-1' class, one 'nan' class per NaN, a '' class."""
+    args = _hub(monkeypatch, train=_split(labels * 2, label_feature=feature))
+    with pytest.raises(DataError, match=f"'train' split.*{problem}"):
+        load_raw_datasets(args)
+
+
 def test_validation_classes_without_a_training_image_are_an_error():
     """The names are shared by all splits; the values show that no training image is an eel."""
     with pytest.raises(LabelError, match="'eel'"):
@@ -165,3 +177,26 @@ def test_a_test_split_of_integer_minus_ones_is_not_evaluated(monkeypatch):
     args = _hub(monkeypatch, train=_split([0, 1, 2] * 4, label_feature=ints), test=_split([-1] * 6, label_feature=ints))
     raw = load_raw_datasets(args)
     assert len(raw["validation"]) == 6 and set(raw["validation"]["label"]) == {0, 1, 2}
+
+
+def test_relative_image_paths_name_files_of_the_dataset_folder(tmp_path, monkeypatch):
+    """They were opened from the working directory: from elsewhere the run failed at its first batch,
+    or trained on other files of the same names."""
+    import csv
+
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    with open(tmp_path / "data" / "train.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label"])
+        for i in range(12):
+            Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(tmp_path / "data" / "imgs" / f"{i}.png")
+            writer.writerow([f"imgs/{i}.png", i % 3])
+    (tmp_path / "elsewhere" / "imgs").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "elsewhere" / "imgs" / "0.png")  # a file of the same name here
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    raw = load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "data"), train_val_split=0.25))
+    paths = list(raw["train"]["image"]) + list(raw["validation"]["image"])
+    assert sorted(paths) == sorted(str(tmp_path / "data" / "imgs" / f"{i}.png") for i in range(12))
+    hub = _hub(monkeypatch, train=datasets.Dataset.from_dict({"image": ["imgs/9.png"] * 6, "label": [0, 1, 2] * 2}))
+    with pytest.raises(DataError, match="holds relative paths .* that name no file"):
+        load_raw_datasets(hub)

@@ -36,9 +36,11 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     assert ranks[0].keys() == ranks[1].keys()
     # BatchNorm running statistics are per-rank between steps by DDP's design (rank 0's are
     # broadcast at the start of every forward); everything trained, and EKT's class centres
-    # (all-reduced), must be bit-identical.
+    # (all-reduced), must be bit-identical; so must the losses' own BatchNorm statistics (srd's
+    # projector) once an evaluation has shared rank 0's
     bn_stats = ("running_mean", "running_var", "num_batches_tracked")
-    compared = [k for k in ranks[0] if not k.endswith(bn_stats)]
+    compared = [k for k in ranks[0] if not k.endswith(bn_stats) or k.startswith("losses.")]
+    assert any(k.startswith("losses.") and k.endswith("running_mean") for k in compared)
     assert any("centres" in k for k in compared)
     for key in compared:
         assert torch.equal(ranks[0][key], ranks[1][key]), f"{key} differs between ranks"
@@ -52,6 +54,8 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     # same images (each with its own augmentation), half the dataset per rank; accelerate does
     # not shard the rank-aware sampler a second time
     assert logs[0]["ids"] == logs[1]["ids"] and len(logs[0]["ids"]) == 20 == len(set(logs[0]["ids"]))
+    # ... but augmented with each rank's own random draws (they were seeded alike: identical copies)
+    assert logs[0]["draw"] != logs[1]["draw"]
     # a BatchNorm student is evaluated with rank 0's running statistics, the exported ones
     bn = [load_file(tmp_path / f"rank{r}_bn.safetensors") for r in (0, 1)]
     assert bn[0] and all(torch.equal(bn[0][k], bn[1][k]) for k in bn[0]), "evaluation mixed per-rank BN statistics"

@@ -241,3 +241,12 @@ def _check_accelerate_config(path: Path) -> None:
     options = {action.dest for action in launch_command_parser()._actions}
     unknown = sorted(set(config.fsdp_config or {}) - options)
     assert not unknown, f"{path.name}: fsdp_config keys {unknown} are not accelerate launch options"
+
+
+def test_a_trained_timm_teachers_class_names_are_read_for_the_smoke_data(tmp_path):
+    """A saved timm model's config.json names its classes in label_names, with no id2label: the smoke
+    test of the demo's distillation recipe failed on its own trained teacher."""
+    from hf_rcka.cli.smoke import _teacher_labels
+
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "resnet10t", "label_names": ["0", "1", "2"]}))
+    assert _teacher_labels({"teacher_model_name_or_path": str(tmp_path)}) == ["0", "1", "2"]

@@ -13,6 +13,7 @@ import os
 import signal
 from typing import Any, Sequence
 
+import torch
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -20,9 +21,11 @@ from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArgumen
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_trained_classes
+from ..data.sampler import images_per_process
 from ..distributed import from_rank0
 from ..errors import DataError, RecipeError
 from ..modeling.distillation_model import DistillationModel
+from ..modeling.parallel import has_running_stats
 from ..modeling.teacher_inputs import input_stats
 from ..models.labels import check_validation_labels, resume_label_order, run_label_order
 from ..models.loading import load_image_classifier
@@ -34,7 +37,7 @@ from ..trainer.interrupt import GracefulStop, save_checkpoint_now
 from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, default_losses
 from ..trainer.trainer import DistillationTrainer
-from .preflight import check_checkpoint, check_metric_for_best_model, check_run
+from .preflight import check_checkpoint, check_metric_for_best_model, check_resume_batch, check_run
 from .output_folder import check_output_dir, holds_run, set_aside_previous_run
 from .probes import probe_student
 from .recipe import dump_recipe
@@ -113,6 +116,7 @@ def _check_before_loading(
     resume = resolve_resume(args)
     if resume:
         check_checkpoint(resume)
+        check_resume_batch(resume, args)
     check_output_dir(args, resume)
     # decided on rank 0 alone: a rank that looked after rank 0 moved the files would skip the barrier
     if args.do_train and not resume and from_rank0(holds_run(args.output_dir)):  # overwrite_output_dir
@@ -170,10 +174,10 @@ def _build_trainer(
     if not resume:
         skipped.reset()
     train_dataset, eval_dataset = prepare_datasets(
-        raw, data_args, student_processor, labels, args.seed, skipped=skipped
+        raw, data_args, student_processor, labels, skipped=skipped
     )
     if args.do_train:
-        check_one_training_batch(len(train_dataset), args)
+        check_training_batches(len(train_dataset), args, data_args.aug_repeats, model.student)
     trainer = DistillationTrainer(
         model=model,
         args=args,
@@ -188,15 +192,32 @@ def _build_trainer(
     return trainer, skipped
 
 
-def check_one_training_batch(num_images: int, args: DistillationTrainingArguments) -> None:
-    """With ``dataloader_drop_last``, a training split smaller than one global batch yields no step."""
-    batch = args.per_device_train_batch_size * max(1, args.world_size)
-    if args.dataloader_drop_last and num_images < batch:
-        raise DataError(
-            f"the training split has {num_images} images, fewer than one batch ({batch} = per_device_train_batch_size "
-            f"x {max(1, args.world_size)} processes), and dataloader_drop_last: true drops it: lower "
-            "per_device_train_batch_size or set dataloader_drop_last: false"
-        )
+def check_training_batches(num_images: int, args: DistillationTrainingArguments, aug_repeats: int,
+                           student: torch.nn.Module) -> None:
+    """Every epoch must have a training step, and no step a lone image that BatchNorm cannot train on.
+
+    With ``dataloader_drop_last`` a split smaller than one batch yields no step (under repeated
+    augmentation each process sees the dataset rounded down to a multiple of 256, divided by the
+    processes: 1257 images gave 1024, and a batch of 1100 trained nothing and exited 0). Without it,
+    an epoch whose last batch holds one image failed after a whole epoch with a BatchNorm student;
+    dropping that batch (one image per epoch) is what ``dataloader_drop_last`` does, so it is set.
+    """
+    processes = max(1, args.world_size)
+    per_process = images_per_process(num_images, aug_repeats, processes)
+    if per_process is None:  # Trainer's sampler: batches dealt to the processes, the last ones padded
+        batch, seen = args.train_batch_size * processes, num_images
+    else:
+        batch, seen = args.train_batch_size, per_process
+    if args.dataloader_drop_last and seen < batch:
+        where = (f"{num_images} images" if per_process is None else
+                 f"{num_images} images, of which repeated augmentation gives each of {processes} processes {per_process}")
+        raise DataError(f"the training split has {where}, fewer than one batch ({batch}), and dataloader_drop_last: "
+                        "true drops it: lower per_device_train_batch_size or set dataloader_drop_last: false")
+    lone_last = seen % args.train_batch_size == 1 and (per_process is not None or processes == 1)
+    if lone_last and not args.dataloader_drop_last and has_running_stats(student):
+        logger.info("data: each epoch's last training batch would hold 1 image, which the student's BatchNorm cannot "
+                    "train on: it is dropped (dataloader_drop_last)")
+        args.dataloader_drop_last = True
 
 
 def _distillation_model(

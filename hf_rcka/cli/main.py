@@ -13,6 +13,7 @@ import sys
 import traceback
 from typing import Sequence
 
+from ..distributed import close_process_group
 from ..errors import UserError
 from ..trainer.interrupt import GracefulStop, Interrupted
 from ..trainer.resume_hint import Stopped, relaunch_command
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + interrupted.signum
     finally:
         stop.uninstall()
+        close_process_group()
     return 0
 
 

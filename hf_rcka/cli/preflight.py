@@ -63,6 +63,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
                        "teach (fine for a pipeline test; give a trained teacher's folder or Hub id)", teacher)
     check_student_config(model_args)
     check_data_dirs(data_args)
+    check_mixing_batch(data_args, args)
     if args.push_to_hub:
         check_hub_access(args)
 
@@ -437,6 +438,20 @@ def _check_image_size(image_size: int | None, model_type: str | None, config: di
 # --------------------------------------------------------------------------------------------- data
 
 
+def check_mixing_batch(data_args: Any, args: Any) -> None:
+    """Mixup/CutMix pair image i with image B-1-i of a batch: a batch of one mixes nothing (the run
+    trained without it and said nothing), and an odd batch leaves one image of every step unmixed."""
+    if not getattr(data_args, "mixup_active", False) or not args.do_train:
+        return
+    batch = args.per_device_train_batch_size
+    if batch < 2:
+        raise RecipeError(f"mixup/cutmix mix the images of one per-device batch, and per_device_train_batch_size is "
+                          f"{batch}: nothing would be mixed. Use a batch of at least 2 (even), or turn mixup and cutmix off")
+    if batch % 2:
+        logger.warning("per_device_train_batch_size %d is odd: mixup/cutmix leave one image of every batch unmixed "
+                       "(timm's Mixup needs an even batch); an even size mixes them all", batch)
+
+
 def check_data_dirs(data_args: Any) -> None:
     """Image folders exist, hold class sub-folders with images, and train/validation classes agree."""
     if data_args.train_dir is None:
@@ -496,6 +511,30 @@ def check_checkpoint(folder: str) -> None:
         json.loads(state.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ModelError(f"resume_from_checkpoint: {str(state)!r} is missing or unreadable ({err}): {_earlier(folder)}") from None
+
+
+def check_resume_batch(folder: str, args: Any) -> None:
+    """A checkpoint resumes at the global batch it was trained with.
+
+    Its step count, learning-rate schedule and epoch position are in steps of that batch: resumed
+    in 1 process instead of 2 (the printed command once dropped the launcher's settings), a run
+    went on at half the batch, fast-forwarded half the epochs it had trained, and exited 0.
+    """
+    from ..arguments import global_batch_size
+    from ..trainer.checkpointing import BATCH_RECORD_NAME
+
+    path = Path(folder) / BATCH_RECORD_NAME
+    if not path.is_file():  # a checkpoint of an earlier version
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    batch = global_batch_size(args)
+    if recorded.get("global_batch") != batch:
+        raise RecipeError(
+            f"resume_from_checkpoint: {folder!r} was trained with a global batch of {recorded.get('global_batch')} "
+            f"({recorded.get('processes')} processes); this launch gives {batch} ({args.world_size} processes x "
+            f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation steps). Launch it as it was "
+            "(the same accelerate config or torchrun --nproc_per_node), with the same batch settings"
+        )
 
 
 def _checkpoints_in(folder: Path) -> list[str]:

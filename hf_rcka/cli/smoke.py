@@ -166,7 +166,10 @@ def _teacher_labels(values: dict[str, Any]) -> list[str] | None:
     config_file = Path(teacher) / "config.json" if teacher and os.path.isdir(teacher) else None
     if config_file is None or not config_file.is_file():
         return None
-    id2label = json.loads(config_file.read_text(encoding="utf-8")).get("id2label") or {}
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("label_names"):  # a saved timm model (TimmWrapperConfig) names its classes here
+        return [str(name) for name in config["label_names"]]
+    id2label = config.get("id2label") or {}
     return [str(id2label[k]) for k in sorted(id2label, key=int)] or None
 
 

@@ -82,6 +82,7 @@ def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = Fal
     if "train" not in raw:
         raise ValueError(f"the dataset has no 'train' split (splits: {list(raw)})")
     _check_columns(raw["train"], args)
+    raw = _image_paths_from_the_data_folder(raw, args)
     label_values.check_label_values(raw["train"], column, "train")
     validation = _labelled_eval_split(raw, column)
     carved = validation is None and not eval_only
@@ -158,6 +159,33 @@ def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
         )
 
 
+def _image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArguments) -> datasets.DatasetDict:
+    """A column of relative image paths (a CSV of ``imgs/0.png``) names files in the dataset's folder.
+
+    Read as they are, they were opened from the working directory: from elsewhere a run failed at
+    its first batch, or trained on other files that happened to share the names. They are made
+    absolute against a local ``dataset_name`` folder; relative paths of any other dataset that do
+    not name a file from here are an error now, not at the first batch.
+    """
+    column = args.image_column_name
+    if getattr(raw["train"].features[column], "dtype", None) not in ("string", "large_string"):
+        return raw
+    folder = args.dataset_name if args.dataset_name and os.path.isdir(args.dataset_name) else None
+    for name, split in raw.items():
+        first = split.select_columns([column])[0][column] if len(split) else None
+        if not first or os.path.isabs(first) or "://" in first:
+            continue
+        if folder is not None and os.path.exists(os.path.join(folder, first)):
+            raw[name] = split.map(lambda batch: {column: [p if not p or os.path.isabs(p) or "://" in p
+                                                          else os.path.join(folder, p) for p in batch[column]]},
+                                  batched=True, desc=f"image paths of {name}")
+        elif not os.path.exists(first):
+            where = f"{folder!r} or the working directory" if folder else "the working directory"
+            raise DataError(f"image_column_name={column!r} holds relative paths (e.g. {first!r}) that name no file in "
+                            f"{where}: give absolute paths, or paths relative to the dataset's folder")
+    return raw
+
+
 def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
     """Class names from a ClassLabel feature, else the sorted distinct label values."""
     feature = dataset.features[label_column]
@@ -210,7 +238,7 @@ def with_transforms(
 
 
 def prepare_datasets(
-    raw: datasets.DatasetDict, args: DataArguments, processor: Any, labels: list[str], seed: int = 42,
+    raw: datasets.DatasetDict, args: DataArguments, processor: Any, labels: list[str],
     skipped: SkippedImages | None = None,
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Train and eval datasets with the student's transforms (``raw`` from ``load_raw_datasets``).
@@ -218,12 +246,12 @@ def prepare_datasets(
     ``processor`` is the student's image processor: training uses timm's augmentation at its size
     and normalisation, evaluation the processor itself, so ``eval_accuracy`` is the deployed model's.
     ``skipped``: where unreadable images are recorded and skipped (``bad_images``); None raises.
-    ``max_eval_samples`` keeps a random subset of the validation split (``eval_subset``).
+    ``max_train_samples`` and ``max_eval_samples`` keep random subsets, drawn with ``split_seed`` (not
+    the training seed: runs of several seeds train and evaluate on the same images).
     """
     train, evaluation = raw["train"], raw["validation"]
-    if args.max_train_samples is not None:
-        train = train.shuffle(seed=seed).select(range(min(args.max_train_samples, len(train))))
-    evaluation = eval_subset(evaluation, args.max_eval_samples, args.split_seed)
+    train = seeded_subset(train, args.max_train_samples, args.split_seed)
+    evaluation = seeded_subset(evaluation, args.max_eval_samples, args.split_seed)
     columns = (args.image_column_name, args.label_column_name, labels)
     train = with_transforms(train, train_transform(processor, args), *columns, skipped=skipped)
     evaluation = with_transforms(evaluation, eval_transform(processor), *columns, skipped=skipped, evaluation=True)
@@ -231,17 +259,17 @@ def prepare_datasets(
     return train, evaluation
 
 
-def eval_subset(validation: datasets.Dataset, size: int | None, split_seed: int) -> datasets.Dataset:
-    """``size`` images of ``validation`` drawn at random with ``split_seed``; all of them when None.
+def seeded_subset(split: datasets.Dataset, size: int | None, split_seed: int) -> datasets.Dataset:
+    """``size`` images of ``split`` drawn at random with ``split_seed``; all of them when None.
 
     The first rows would not do: an image folder lists its images class by class, so they would
-    all be of one class. The draw uses the validation split's seed, not the training seed: runs
-    that differ only in ``seed`` are evaluated on the same images, as the model card's
-    baseline comparison (``card_facts.SPLIT_KEYS``) assumes.
+    all be of one class. The draw uses the split's seed, not the training seed: runs that differ
+    only in ``seed`` train and are evaluated on the same images, as the model card's baseline
+    comparison (``card_facts.SPLIT_KEYS``) assumes.
     """
-    if size is None or size >= len(validation):
-        return validation
-    return validation.shuffle(seed=split_seed).select(range(size))
+    if size is None or size >= len(split):
+        return split
+    return split.shuffle(seed=split_seed).select(range(size))
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

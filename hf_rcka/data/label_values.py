@@ -85,11 +85,34 @@ def check_label_values(dataset: datasets.Dataset, column: str, split: str) -> No
             problems.append(f"{unlabelled} labels are -1 (no label)")
         if outside.size:
             problems.append(f"{outside.size} labels are outside 0..{feature.num_classes - 1} (e.g. {int(outside[0])})")
+    elif not isinstance(feature, datasets.ClassLabel):
+        problems += _plain_missing(pc.drop_null(values))
     if problems:
         raise DataError(
             f"the {split!r} split's {column!r} column: {'; '.join(problems)} of {len(values)}. Every image needs "
             "one of the dataset's classes: remove the unlabelled rows, or fix the labels"
         )
+
+
+def _plain_missing(values: pa.Array) -> list[str]:
+    """"No label" values of a plain column, which would otherwise become classes of their own: -1
+    among non-negative integers (datasets' convention), NaN (each NaN a class, as NaN != NaN),
+    empty text."""
+    if pa.types.is_integer(values.type):
+        negative = pc.less(values, 0)
+        unlabelled = int(pc.sum(pc.equal(values, UNLABELLED)).as_py() or 0)
+        other_negative = int(pc.sum(negative).as_py() or 0) - unlabelled
+        if unlabelled and not other_negative:
+            return [f"{unlabelled} labels are -1 (no label; if -1 is a class, give it a non-negative id)"]
+    elif pa.types.is_floating(values.type):
+        nan = int(pc.sum(pc.is_nan(values)).as_py() or 0)
+        if nan:
+            return [f"{nan} labels are NaN"]
+    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        empty = int(pc.sum(pc.equal(pc.utf8_trim_whitespace(values), "")).as_py() or 0)
+        if empty:
+            return [f"{empty} labels are empty text"]
+    return []
 
 
 def present_classes(dataset: datasets.Dataset, column: str) -> set[str]:

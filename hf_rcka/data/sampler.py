@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 from accelerate.data_loader import BatchSamplerShard
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader
+from transformers import TrainerCallback
 
 
 class RepeatedAugmentationSampler(RepeatAugSampler):
@@ -33,6 +36,31 @@ class RepeatedAugmentationSampler(RepeatAugSampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = self.seed + int(epoch)
+
+
+class SamplerEpoch(TrainerCallback):
+    """Gives the repeated-augmentation sampler each epoch's number as the epoch begins.
+
+    Trainer and accelerate pass the epoch down through the loader's wrappers, but after a resume
+    in several processes the loader is wrapped once more (to skip the batches already trained)
+    and ``set_epoch`` no longer reaches this sampler: the rest of the interrupted epoch was drawn
+    in epoch 0's order. A resumed epoch's fractional ``state.epoch`` rounds down to its number.
+    """
+
+    def __init__(self) -> None:
+        self.sampler: RepeatedAugmentationSampler | None = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):  # noqa: D102
+        if self.sampler is not None:
+            self.sampler.set_epoch(math.floor(state.epoch + 1e-6))
+
+
+def images_per_process(num_images: int, aug_repeats: int, world_size: int) -> int | None:
+    """Training images one process sees per epoch under repeated augmentation (the dataset rounded
+    down to a multiple of 256 first, split over the processes); None without it."""
+    if not aug_repeats:
+        return None
+    return len(RepeatedAugmentationSampler(range(num_images), aug_repeats, num_replicas=world_size, rank=0))
 
 
 def keep_rank_sharding(dataloader: DataLoader) -> DataLoader:

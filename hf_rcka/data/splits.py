@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 
 import datasets
+import numpy as np
 
-from .label_values import class_encoded
+from ..errors import DataError
+from .label_values import class_encoded, label_column as label_column_values
 
 DEFAULT_SPLIT_SEED = 42
 
@@ -47,6 +49,14 @@ def stratified_validation_split(
             f"train_val_split={fraction} holds out {held_out} of {len(train)} images, but a stratified split "
             f"needs at least one image of each of the {num_classes} classes on both sides: change "
             f"train_val_split or give a validation split (validation_dir)"
+        )
+    counts = np.bincount(label_column_values(train, label_column), minlength=num_classes)
+    lonely = [train.features[label_column].names[i] for i in np.flatnonzero(counts < 2)]
+    if lonely:  # datasets' stratified split needs two of each; its error said only "the least populated class"
+        raise DataError(
+            f"classes {lonely[:5]}{' ...' if len(lonely) > 5 else ''} have fewer than 2 images, so a held-out "
+            f"validation split cannot hold one of each and leave one for training: add images, remove those "
+            f"classes, or give a validation split (validation_dir)"
         )
     split = train.train_test_split(test_size=fraction, stratify_by_column=label_column, seed=split_seed)
     return datasets.DatasetDict({"train": split["train"], "validation": split["test"]})

@@ -20,6 +20,7 @@ that moves them fails loudly instead of silently saving the wrong model.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from typing import Any, Iterator
@@ -30,6 +31,7 @@ from accelerate.utils.constants import FSDP_MODEL_NAME
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..arguments import global_batch_size
 from ..errors import ModelError
 from .divergence import has_finite_weights
 
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 TRAINING_ARGS_NAME = "training_args.bin"
 LIVE_STUDENT_NAME = "live_student.safetensors"  # a model_ema_export checkpoint's live weights, for resuming
+BATCH_RECORD_NAME = "global_batch.json"  # the global batch and processes the checkpoint was trained with
 
 
 class CheckpointingTrainer(Trainer):
@@ -103,6 +106,8 @@ class CheckpointingTrainer(Trainer):
                 self.model_ema.save(output_dir)
             if export_ema:
                 safetensors.torch.save_model(model.student, os.path.join(output_dir, LIVE_STUDENT_NAME))
+            with open(os.path.join(output_dir, BATCH_RECORD_NAME), "w", encoding="utf-8") as handle:
+                json.dump({"global_batch": global_batch_size(self.args), "processes": self.args.world_size}, handle)
 
     # Private override. On resume Trainer loads the checkpoint's model.safetensors into Trainer.model
     # by key, non-strictly: into our wrapper that restores nothing (the student's keys lack the
@@ -159,4 +164,4 @@ def checkpoint_folder(trainer: Trainer, trial: Any = None) -> str:
     return os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
 
 
-__all__ = ["LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "checkpoint_folder"]
+__all__ = ["BATCH_RECORD_NAME", "LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "checkpoint_folder"]

@@ -60,8 +60,27 @@ def relaunch_command(argv: Sequence[str], settings: dict[str, str]) -> str:
 
 
 def _launcher() -> list[str]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    launched = world > 1 or any(key.startswith("ACCELERATE_") for key in os.environ)
-    if not launched:
-        return ["python"]
-    return ["accelerate", "launch"] + (["--num_processes", str(world)] if world > 1 else [])
+    """How this process was started, as far as the environment tells.
+
+    ``accelerate launch`` leaves its settings in ``ACCELERATE_*`` variables (its config file itself
+    is not recorded: an FSDP run's is named as a placeholder), torchrun in ``LOCAL_WORLD_SIZE``.
+    Reprinted as ``accelerate launch --num_processes N`` alone, a 2-process CPU run resumed as one
+    process at half the global batch (a resume at another global batch is now refused too).
+    """
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    if any(key.startswith("ACCELERATE_") for key in env):
+        command = ["accelerate", "launch", "--num_processes", str(world)]
+        if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+            return [*command, "--config_file", "<the FSDP config file it was launched with>"]
+        if world > 1:  # through torchrun, as recipes/accelerate's configs do (with --use_cpu true on a CPU)
+            command.append("--multi_gpu")
+        elif env.get("ACCELERATE_USE_CPU", "").lower() == "true":
+            command.append("--cpu")
+        precision = env.get("ACCELERATE_MIXED_PRECISION", "no")
+        return command + (["--mixed_precision", precision] if precision not in ("", "no") else [])
+    if world > 1:  # torchrun
+        per_node = env.get("LOCAL_WORLD_SIZE", str(world))
+        nodes = world // max(1, int(per_node))
+        return ["torchrun", "--nproc_per_node", per_node] + (["--nnodes", str(nodes)] if nodes > 1 else [])
+    return ["python"]

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import EvalLoopOutput
 
 from ..augmentation import AugmentationArguments
@@ -44,7 +44,7 @@ from ..modeling.parallel import (
     check_fsdp_settings, default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp,
     require_full_state_dict, share_running_stats,
 )
-from ..data.sampler import RepeatedAugmentationSampler, keep_rank_sharding
+from ..data.sampler import RepeatedAugmentationSampler, SamplerEpoch, keep_rank_sharding
 from ..modeling.teacher_inputs import InputStats, input_stats
 
 logger = logging.getLogger(__name__)
@@ -136,12 +136,20 @@ class DistillationTrainer(CheckpointingTrainer):
         kwargs.setdefault("data_collator", collate)
         kwargs.setdefault("compute_metrics", accuracy_metrics)
         super().__init__(model=model, args=args, **kwargs)
+        if args.world_size > 1:
+            # Trainer seeded every process alike; augmentation drawn in the main process (no loader
+            # workers) then gave the copies of an image on different ranks the same crop and
+            # colours, which repeated augmentation exists to vary. DeiT seeds with seed + rank; the
+            # weights are already built, and DDP starts every rank from rank 0's.
+            set_seed(args.seed + args.process_index)
         require_full_state_dict(self.accelerator)
         keep_teacher_out_of_fsdp(self.accelerator, model, args.device)
         self.teacher_name = teacher_name or (
             getattr(model.teacher, "name_or_path", None) if model.teacher is not None else None
         )
         self.add_callback(_EpochEndCallback(list(model.losses.values())))
+        self._sampler_epoch = SamplerEpoch()
+        self.add_callback(self._sampler_epoch)
         self.divergence = DivergenceCheck(lambda: self.distillation_model.student)
         self.add_callback(self.divergence)
         self._terms: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
@@ -262,7 +270,9 @@ class DistillationTrainer(CheckpointingTrainer):
     def _evaluation_pass(self, dataloader, description, prediction_loss_only, ignore_keys,
                          metric_key_prefix: str) -> EvalLoopOutput:
         self._terms["eval"], self._term_counts["eval"] = {}, 0
-        share_running_stats(self.distillation_model.student)  # the export's (rank 0's) BatchNorm statistics
+        # the export's (rank 0's) BatchNorm statistics, and rank 0's of the losses' own (srd's projector)
+        share_running_stats(self.distillation_model.student)
+        share_running_stats(self.distillation_model.losses)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         output.metrics.update(self._term_means("eval", prefix=f"{metric_key_prefix}_"))
         if metric_key_prefix == "eval" and output.label_ids is not None:
@@ -293,8 +303,10 @@ class DistillationTrainer(CheckpointingTrainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not repeats or dataset is None:
             return super()._get_train_sampler(train_dataset)
-        return RepeatedAugmentationSampler(dataset, repeats, num_replicas=max(1, self.args.world_size),
-                                           rank=self.args.process_index, seed=self.args.data_seed or self.args.seed)
+        sampler = RepeatedAugmentationSampler(dataset, repeats, num_replicas=max(1, self.args.world_size),
+                                              rank=self.args.process_index, seed=self.args.data_seed or self.args.seed)
+        self._sampler_epoch.sampler = sampler  # its epoch, also after a resume (see SamplerEpoch)
+        return sampler
 
     def get_train_dataloader(self):
         """Trainer's loader; a rank-aware RA sampler is not sharded again by accelerate."""
