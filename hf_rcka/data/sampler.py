@@ -9,9 +9,8 @@ DeiT's sampler; this module seeds it and keeps accelerate from sharding its outp
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 from accelerate.data_loader import BatchSamplerShard
 from timm.data.distributed_sampler import RepeatAugSampler
