@@ -32,6 +32,14 @@ class LabelError(DataError):
     """Class names of the dataset, the student and the teacher do not match."""
 
 
+class HubUploadError(UserError):
+    """The upload at the end of a run failed; everything it would have uploaded is saved locally.
+
+    A user error because the fix is outside the code (network, token, repository permissions) and
+    the message carries the command that uploads the saved folder.
+    """
+
+
 class TrainingDiverged(UserError):
     """The student's weights became NaN or infinite during training; the final model is not saved.
 

@@ -616,7 +616,7 @@ def test_eval_only_run_keeps_the_training_records(tmp_path, capsys):
     evaluate = base(tmp_path, model_name_or_path=str(out), student_config_overrides=None, do_train=False)
     assert run(tmp_path, evaluate) == 0
     assert before == {name: (out / name).read_bytes() for name in before}
-    record = next(out.glob("eval-*"))
+    record = next(out.glob("_eval-*"))
     assert "eval_accuracy" in json.loads((record / "eval_results.json").read_text())
     assert yaml.safe_load((record / "eval_config.yaml").read_text())["do_train"] is False
 

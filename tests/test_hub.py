@@ -51,8 +51,28 @@ def test_base_model_is_the_students_hub_checkpoint_never_the_teacher(tmp_path):
     card, _ = _card(tmp_path, CardFacts(base_model="google/vit-base-patch16-224"))
     assert card.data.base_model == "google/vit-base-patch16-224"
     assert "the Hub checkpoint `google/vit-base-patch16-224`" in card.text
+    # a student that starts from the teacher's own checkpoint (self-distillation) does derive from it
     card, _ = _card(tmp_path, CardFacts(base_model="acme/resnet-teacher"))
+    assert card.data.base_model == "acme/resnet-teacher"
+    assert "the Hub checkpoint `acme/resnet-teacher` (the teacher's own checkpoint)" in card.text
+
+
+def test_a_student_fine_tuned_from_a_local_folder_is_not_called_random(tmp_path):
+    """It said "random (trained from scratch)" for every student without a Hub checkpoint."""
+    start = tmp_path / "runs" / "my-student"
+    start.mkdir(parents=True)
+    teacher = tmp_path / "runs" / "big-teacher"
+    teacher.mkdir()
+    facts = card_facts_of(ModelArguments(model_name_or_path=str(start)), DataArguments(dataset_name="acme/pets"), 6)
+    card, _ = _card(tmp_path / "card", facts, teacher_name=str(teacher))
+    assert "Student initialisation: the local checkpoint `my-student` (not on the Hub)" in card.text
     assert card.data.base_model is None
+    assert "teacher `big-teacher` (a local checkpoint)" in card.text
+    assert str(tmp_path) not in card.content, "a published card holds no local paths"
+    scratch = card_facts_of(ModelArguments(model_name_or_path=str(start), student_from_scratch=True),
+                            DataArguments(dataset_name="acme/pets"), 6)
+    card, _ = _card(tmp_path / "card", scratch)
+    assert "Student initialisation: random (trained from scratch)" in card.text
 
 
 @pytest.mark.parametrize(
@@ -60,6 +80,7 @@ def test_base_model_is_the_students_hub_checkpoint_never_the_teacher(tmp_path):
     [("google/vit-base-patch16-224", False, "google/vit-base-patch16-224"),
      ("google/vit-base-patch16-224", True, None),
      ("timm/resnet18.a1_in1k", False, "timm/resnet18.a1_in1k"),
+     ("timm/resnet18", False, "timm/resnet18.a1_in1k"),  # the repo timm downloads; timm/resnet18 is none
      ("timm/resnet18", True, None),
      ("config:vit", False, None)],
 )
@@ -130,14 +151,23 @@ def test_student_alone_baseline_and_gain(tmp_path):
                 "validation_dir": None, "train_val_split": 0.3, "split_seed": 42, "max_eval_samples": None}
     recorded = {"dataset_name": "builtin:digits", "train_val_split": 0.3, "seed": 3}  # split_seed left at its default
     (baseline / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
-    accuracy, note = read_baseline(str(baseline), settings)
-    assert accuracy == 0.9 and note.endswith("same images")
-    _, other = read_baseline(str(baseline), {**settings, "split_seed": 7})
-    assert other.endswith("other evaluation images")
-    facts = CardFacts(teacher_accuracy=0.99, baseline_accuracy=accuracy, baseline_note=note)
+    student = {"model_name_or_path": "config:resnet", "student_from_scratch": False,
+               "student_config_overrides": None, "image_size": None}
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump({**recorded, "model_name_or_path": "config:resnet"}))
+    accuracy, note, comparable = read_baseline(str(baseline), settings, student)
+    assert accuracy == 0.9 and note == "run `alone`, same images" and comparable
+    _, other, comparable = read_baseline(str(baseline), {**settings, "split_seed": 7}, student)
+    assert other.endswith("other evaluation images") and not comparable
+    facts = CardFacts(teacher_accuracy=0.99, baseline_accuracy=accuracy, baseline_note=note, baseline_comparable=True)
     card, _ = _card(tmp_path / "card", facts, metrics={"eval_accuracy": 0.95})
     assert "| the same student trained alone | 90.0% |" in card.text
     assert "+5.0 points over training the student alone" in card.text
+    # another student architecture is no baseline of this one: named so, and no gain is claimed
+    _, note, comparable = read_baseline(str(baseline), settings, {**student, "image_size": 32})
+    assert note == "run `alone`, same images, another student (image_size differs)" and not comparable
+    facts = CardFacts(baseline_accuracy=accuracy, baseline_note=note, baseline_comparable=comparable)
+    card, _ = _card(tmp_path / "card", facts, metrics={"eval_accuracy": 0.95})
+    assert "| baseline run (not comparable) | 90.0% |" in card.text and "points over" not in card.text
     with pytest.raises(FileNotFoundError, match="all_results.json"):
         read_baseline(str(tmp_path / "missing"), settings)
 
@@ -146,10 +176,10 @@ def test_eval_data_says_when_max_eval_samples_drew_a_subset():
     folders = DataArguments(train_dir="data/train", validation_dir="data/val", split_seed=5, max_eval_samples=100)
     subset = describe_eval_data(folders, 100, 2000)
     assert subset["eval_images"] == 100 and subset["eval_data"] == (
-        "data (local image folder): a random subset (max_eval_samples, drawn with split_seed 5) of the 2,000 images of the image "
-        "folder `data/val`")
+        "data (local image folder): a random subset (max_eval_samples, drawn with split_seed 5) of the 2,000 images of its "
+        "image folder `val`")
     whole = describe_eval_data(DataArguments(train_dir="data/train", validation_dir="data/val"), 2000, 2000)
-    assert whole["eval_data"] == "data (local image folder): the image folder `data/val`"
+    assert whole["eval_data"] == "data (local image folder): its image folder `val`"
 
 
 def test_eval_data_of_a_lone_train_dir_is_the_carved_split():
@@ -186,7 +216,7 @@ def test_card_of_an_image_folder_run_names_the_data_as_local_never_as_a_hub_data
         result = card.data.eval_results[0]
         assert (result.dataset_type, result.dataset_name) == ("imagefolder", f"{image_folder_name(train_dir)} "
                                                                              "(local image folder)")
-        assert f"on the local image folder `{train_dir}` (not a Hub dataset)." in card.text
+        assert f"on the local image folder `{image_folder_name(train_dir)}` (not a Hub dataset)." in card.text
     assert "Measured on 6 images of pets (local image folder)" in card.text
 
 

@@ -102,7 +102,7 @@ def test_a_failed_attempt_does_not_push_the_replaced_run_out(tmp_path, monkeypat
 
 
 def test_an_evaluation_record_is_no_run_to_replace(tmp_path):
-    record = tmp_path / "out" / "eval-20261202-120000"
+    record = tmp_path / "out" / "_eval-20261202-120000"
     record.mkdir(parents=True)
     (record / "eval_results.json").write_text("{}")
     assert _run(tmp_path, max_steps=2) == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 from typing import Any, Sequence
 
@@ -23,7 +24,7 @@ from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_trained_classes
 from ..data.sampler import images_per_process
 from ..distributed import from_rank0
-from ..errors import DataError, RecipeError
+from ..errors import DataError, HubUploadError, RecipeError
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.parallel import has_running_stats
 from ..modeling.teacher_inputs import input_stats
@@ -306,7 +307,7 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
         checkpoint = checkpoint_folder(trainer)
         raise Stopped(stop.signum, step, checkpoint if os.path.isdir(checkpoint) else None, argv,
                       trainer.is_world_process_zero())
-    trainer.save_model()
+    trainer.save_model(_internal_call=True)  # uploaded once, with the final metrics and card, by _finish
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
@@ -335,4 +336,21 @@ def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: Ski
     if skipped.summary():
         logger.warning(skipped.summary())
     if args.push_to_hub and args.do_train:
-        trainer.push_to_hub(dataset=data_args.dataset_name)
+        _push(trainer, data_args.dataset_name)
+
+
+def _push(trainer: DistillationTrainer, dataset: str | None) -> None:
+    """The Hub upload, last: a network or permission failure here leaves every local result in
+    place, so it is one line that says so and prints the command that uploads the folder."""
+    try:
+        trainer.push_to_hub(dataset=dataset)
+    except Exception as err:  # huggingface_hub's HTTP errors, httpx's, OSError: all end the same way
+        args = trainer.args
+        repo = trainer.hub_model_id or args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+        revision = f" --revision {shlex.quote(args.hub_revision)}" if args.hub_revision else ""
+        raise HubUploadError(
+            f"the upload to the Hub failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            f"the trained model, its card and results are saved in {args.output_dir}: upload them with "
+            f"`hf upload {shlex.quote(repo)} {shlex.quote(args.output_dir)} .{revision} "
+            f"--exclude '_*' --exclude 'checkpoint-*'`"
+        ) from err

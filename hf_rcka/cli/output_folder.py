@@ -32,7 +32,7 @@ REPLACED = "_replaced"
 # What runs leave in their output_dir: Trainer's model, state and results files, its TensorBoard
 # logs, checkpoints, hf_rcka's records and card, and scripts/cka_report.py's picture.
 RUN_OUTPUTS = (
-    "checkpoint-*", "eval-*", "runs", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+    "checkpoint-*", "_eval-*", "eval-*", "runs", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
     "config.json", "preprocessor_config.json", "training_args.bin", "trainer_state.json", "all_results.json",
     "train_results.json", "eval_results.json", "README.md", "distill_config.yaml", "skipped_images.tsv",
     "cka.png", "cka.md",

@@ -39,7 +39,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     """All checks below, cheapest first. Raises a ``UserError`` subclass on the first problem."""
     check_output_dir_writable(args.output_dir)
     check_work(model_args, args)
-    if args.do_train:  # an evaluation writes only its own eval-<time> folder
+    if args.do_train:  # an evaluation writes only its own _eval-<time> folder
         check_output_dir_spares_inputs(args.output_dir, {
             "model_name_or_path": model_args.model_name_or_path,
             "teacher_model_name_or_path": model_args.teacher_model_name_or_path,

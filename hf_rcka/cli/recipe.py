@@ -248,10 +248,16 @@ for _first, _resolvers in _RecipeLoader.yaml_implicit_resolvers.items():
     _RecipeDumper.yaml_implicit_resolvers.setdefault(_first, []).extend(_resolvers)
 
 
+SECRET_KEYS = frozenset({"hub_token"})
+"""Recipe keys never written to a recorded recipe: the recipe goes next to the model, to the Hub
+with ``push_to_hub``; a run again reads the token from ``hf auth login`` or ``HF_TOKEN``."""
+
+
 def dump_recipe(values: dict[str, Any], path: str | Path) -> None:
-    """Write resolved values as a recipe that ``scripts/distill.py`` can run again."""
+    """Write resolved values as a recipe that ``scripts/distill.py`` can run again (without secrets)."""
+    public = {key: value for key, value in values.items() if key not in SECRET_KEYS}
     with open(path, "w", encoding="utf-8") as handle:
-        yaml.dump(_plain(values), handle, Dumper=_RecipeDumper, sort_keys=False)
+        yaml.dump(_plain(public), handle, Dumper=_RecipeDumper, sort_keys=False)
 
 
 def _plain(value: Any) -> Any:

@@ -2,8 +2,10 @@
 
 A training run owns its ``output_dir``: the model, ``distill_config.yaml``, ``all_results.json``,
 the model card. An eval-only run (``do_train: false``), often pointed at a finished run's folder,
-writes into its own ``eval-<UTC time>`` sub-folder instead (``eval_config.yaml``,
-``eval_results.json``), and never rewrites the card or the recorded training recipe.
+writes into its own ``_eval-<UTC time>`` sub-folder instead (``eval_config.yaml``,
+``eval_results.json``), and never rewrites the card or the recorded training recipe. The leading
+``_`` keeps the record local: ``Trainer.push_to_hub`` leaves ``_*`` out of the upload, and an
+evaluation of other data is no part of the published model.
 """
 
 from __future__ import annotations
@@ -14,17 +16,18 @@ import time
 
 from .recipe import dump_recipe
 
+EVAL_RECORD_PREFIX = "_eval-"
 EVAL_CONFIG_NAME = "eval_config.yaml"
 EVAL_RESULTS_NAME = "eval_results.json"
 
 
 def eval_record_dir(output_dir: str) -> str:
-    """A new ``output_dir/eval-YYYYmmdd-HHMMSS[-k]`` folder name (created when written to)."""
+    """A new ``output_dir/_eval-YYYYmmdd-HHMMSS[-k]`` folder name (created when written to)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    folder, k = os.path.join(output_dir, f"eval-{stamp}"), 1
+    folder, k = os.path.join(output_dir, f"{EVAL_RECORD_PREFIX}{stamp}"), 1
     while os.path.exists(folder):
         k += 1
-        folder = os.path.join(output_dir, f"eval-{stamp}-{k}")
+        folder = os.path.join(output_dir, f"{EVAL_RECORD_PREFIX}{stamp}-{k}")
     return folder
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .card_facts import CardFacts
+from .card_facts import CardFacts, image_folder_name
 
 CARD_TAGS = ["knowledge-distillation", "image-classification", "hf_rcka"]
 DEFAULT_LICENSE = "apache-2.0"
@@ -95,7 +95,7 @@ def _hub_dataset(dataset: str | None, facts: CardFacts) -> list[str] | None:
 def _trained_on(dataset: str | None, facts: CardFacts) -> str:
     """The end of the card's first sentence: the data, marked local when it is an image folder."""
     if facts.image_folder:
-        return f" on the local image folder `{facts.image_folder}` (not a Hub dataset)."
+        return f" on the local image folder `{image_folder_name(facts.image_folder)}` (not a Hub dataset)."
     return f" on `{dataset}`." if dataset else "."
 
 
@@ -140,14 +140,32 @@ def _evaluation_text(facts: CardFacts, metrics: dict[str, float]) -> str:
     if facts.teacher_accuracy is not None:
         rows.append(("teacher", facts.teacher_accuracy, facts.teacher_accuracy_note))
     if facts.baseline_accuracy is not None:
-        rows.append(("the same student trained alone", facts.baseline_accuracy, facts.baseline_note))
+        name = "the same student trained alone" if facts.baseline_comparable else "baseline run (not comparable)"
+        rows.append((name, facts.baseline_accuracy, facts.baseline_note))
     if len(rows) > 1:
         lines += ["", "| model | top-1 | note |", "|---|---|---|"]
         lines += [f"| {name} | {100 * value:.1f}% | {note} |" for name, value, note in rows]
-        if isinstance(accuracy, (int, float)) and facts.baseline_accuracy is not None:
+        if isinstance(accuracy, (int, float)) and facts.baseline_accuracy is not None and facts.baseline_comparable:
             gain = 100 * (accuracy - facts.baseline_accuracy)
             lines += ["", f"Distillation changed top-1 by {gain:+.1f} points over training the student alone."]
     return "\n".join(lines)
+
+
+def _initialisation(facts: CardFacts, teacher_name: str | None) -> str:
+    """Where the student's weights started: a Hub checkpoint, a local one, or random."""
+    if facts.base_model:
+        same = " (the teacher's own checkpoint)" if facts.base_model == teacher_name else ""
+        return f"the Hub checkpoint `{facts.base_model}`{same}"
+    if facts.local_checkpoint:
+        return f"the local checkpoint `{facts.local_checkpoint}` (not on the Hub)"
+    return "random (trained from scratch)"
+
+
+def _teacher_text(teacher_name: str) -> str:
+    """The teacher by its Hub id, or a local folder by its name (its full path says nothing to a reader)."""
+    if os.path.isdir(teacher_name):
+        return f"`{os.path.basename(os.path.abspath(teacher_name))}` (a local checkpoint)"
+    return f"`{teacher_name}`"
 
 
 def _cka_section(output_dir: str) -> str:
@@ -182,7 +200,7 @@ def write_model_card(
     data = _card_data(model_name, teacher_name, dataset, metrics, facts, license)
     where = _trained_on(dataset, facts)
     if teacher_name:
-        summary = f"This model was distilled from the teacher `{teacher_name}`{where}"
+        summary = f"This model was distilled from the teacher {_teacher_text(teacher_name)}{where}"
     else:
         summary = f"This model was trained without a teacher (supervised baseline){where}"
     card = ModelCard(
@@ -190,11 +208,11 @@ def write_model_card(
             card_data=data.to_yaml(),
             model_name=model_name,
             summary=summary,
-            teacher=f"`{teacher_name}`" if teacher_name else "none (supervised training)",
+            teacher=_teacher_text(teacher_name) if teacher_name else "none (supervised training)",
             architecture=type(student).__name__,
             num_parameters=sum(p.numel() for p in student.parameters()),
             num_labels=student.config.num_labels,
-            initialisation=f"the Hub checkpoint `{data.base_model}`" if data.base_model else "random (trained from scratch)",
+            initialisation=_initialisation(facts, teacher_name),
             losses=", ".join(f"`{name}` ({weight:g})" for name, weight in losses.items()),
             evaluation=_evaluation_text(facts, metrics),
             results=_results_table(metrics),
@@ -217,7 +235,7 @@ def _card_data(model_name: str, teacher_name: str | None, dataset: str | None, m
         tags=CARD_TAGS if teacher_name else ["image-classification", "hf_rcka"],
         datasets=_hub_dataset(dataset, facts),
         metrics=["accuracy"],
-        base_model=facts.base_model if facts.base_model and facts.base_model != teacher_name else None,
+        base_model=facts.base_model,  # the student's own start; the teacher only when the student began as it
         model_name=model_name,
         eval_results=_eval_results(facts, dataset, metrics),
     )

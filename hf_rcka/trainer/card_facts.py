@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..arguments import DataArguments
+from ..arguments import DataArguments, ModelArguments
 from ..data.datasets import VALIDATION_SPLIT_NAMES
 from ..losses import IGNORE_INDEX
 from ..models.sources import parse_model_source
@@ -26,6 +26,9 @@ from ..models.sources import parse_model_source
 # both the carved validation split and the max_eval_samples subset; the training seed draws neither).
 SPLIT_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_val_split",
               "split_seed", "max_eval_samples")
+# Settings that must agree for a baseline run to have trained the same student (a ResNet-18 baseline
+# says nothing of what distillation did for a ResNet-50).
+STUDENT_KEYS = ("model_name_or_path", "student_from_scratch", "student_config_overrides", "image_size")
 # Folder names that say which split a folder holds, not what the data is: /data/pets/train is "pets".
 SPLIT_FOLDER_NAMES = ("train", "training", *VALIDATION_SPLIT_NAMES)
 
@@ -36,6 +39,8 @@ class CardFacts:
 
     Attributes:
         base_model: Hub id of the checkpoint the student's weights started from.
+        local_checkpoint: name of the local folder the student's weights started from (the card
+            is published; the folder's full path says nothing to its readers).
         teacher_accuracy: the teacher's top-1 on the student's evaluation images, as distillation
             feeds them to it: the student's preprocessing, re-normalised and resized for the
             teacher. Its own preprocessing (another resize filter) can score higher.
@@ -48,9 +53,13 @@ class CardFacts:
         image_folder: ``train_dir`` of an image-folder run. Its data is local: the card says so
             and never lists it (or the ``dataset`` a caller passes) as a Hub dataset id.
         run_settings: the data settings (``SPLIT_KEYS``) that decide which images were evaluated.
+        student_settings: the student settings (``STUDENT_KEYS``) a baseline run must share.
+        baseline_comparable: whether the baseline trained this student on these evaluation images;
+            only then does the card state what distillation changed.
     """
 
     base_model: str | None = None
+    local_checkpoint: str | None = None
     teacher_accuracy: float | None = None
     teacher_accuracy_note: str = "same images, through the student's preprocessing (what distillation feeds it)"
     baseline_accuracy: float | None = None
@@ -63,6 +72,8 @@ class CardFacts:
     image_folder: str | None = None
     eval_split: str | None = "validation"
     run_settings: dict[str, Any] = field(default_factory=dict)
+    student_settings: dict[str, Any] = field(default_factory=dict)
+    baseline_comparable: bool = False
 
 
 def base_model_of(model_name_or_path: str, from_scratch: bool) -> str | None:
@@ -70,9 +81,20 @@ def base_model_of(model_name_or_path: str, from_scratch: bool) -> str | None:
     source = parse_model_source(model_name_or_path)
     if from_scratch or source.kind == "config" or os.path.isdir(model_name_or_path):
         return None
-    if source.kind == "timm":
-        return f"timm/{source.name}"
+    if source.kind == "timm":  # the repo timm downloads: resnet18 is timm/resnet18.a1_in1k
+        import timm
+
+        pretrained_cfg = timm.models.get_pretrained_cfg(source.name)
+        hub_id = getattr(pretrained_cfg, "hf_hub_id", None)
+        return hub_id if hub_id and "/" in hub_id else f"timm/{source.name}"
     return model_name_or_path
+
+
+def local_checkpoint_of(model_name_or_path: str, from_scratch: bool) -> str | None:
+    """The name of a local folder whose weights the student starts from, or None."""
+    if from_scratch or not os.path.isdir(model_name_or_path):
+        return None
+    return os.path.basename(os.path.abspath(model_name_or_path))
 
 
 def describe_eval_data(
@@ -92,7 +114,7 @@ def describe_eval_data(
     carved = (f"a stratified {100 * data_args.train_val_split:g}% validation split carved from train "
               f"(split_seed {data_args.split_seed}, independent of the training seed)")
     if data_args.validation_dir:
-        where = f"the image folder `{data_args.validation_dir}`"
+        where = f"its image folder `{os.path.basename(os.path.normpath(data_args.validation_dir))}`"  # no local path
     elif data_args.dataset_name in (None, "builtin:digits"):  # a lone train_dir has no other split
         where = carved
     else:
@@ -117,8 +139,11 @@ def image_folder_name(train_dir: str) -> str:
     return parent if leaf.lower() in SPLIT_FOLDER_NAMES and parent else leaf
 
 
-def read_baseline(baseline_dir: str, run_settings: dict[str, Any]) -> tuple[float, str]:
-    """``eval_accuracy`` of a student-alone run folder, and whether it saw the same images.
+def read_baseline(
+    baseline_dir: str, run_settings: dict[str, Any], student_settings: dict[str, Any] | None = None
+) -> tuple[float, str, bool]:
+    """``eval_accuracy`` of a student-alone run folder, a note on what it compares, and whether it
+    is comparable: the same student (``STUDENT_KEYS``, when given) evaluated on the same images.
 
     Raises:
         FileNotFoundError: if the folder holds no ``all_results.json`` with ``eval_accuracy``.
@@ -131,10 +156,23 @@ def read_baseline(baseline_dir: str, run_settings: dict[str, Any]) -> tuple[floa
         raise FileNotFoundError(f"{results_path} has no eval_accuracy: evaluate the baseline run")
     recipe_path = os.path.join(baseline_dir, "distill_config.yaml")
     recipe = yaml.safe_load(open(recipe_path)) if os.path.exists(recipe_path) else {}
-    defaults = {f.name: f.default for f in dataclasses.fields(DataArguments)}  # keys a recipe may leave out
-    same = all(recipe.get(k, defaults.get(k)) == run_settings.get(k) for k in SPLIT_KEYS)
-    note = f"`{baseline_dir}`, same images" if same and recipe else f"`{baseline_dir}`, other evaluation images"
-    return float(accuracy), note
+    defaults = {f.name: f.default for f in (*dataclasses.fields(DataArguments), *dataclasses.fields(ModelArguments))}
+    same_images = bool(recipe) and all(recipe.get(k, defaults.get(k)) == run_settings.get(k) for k in SPLIT_KEYS)
+    other_student = [k for k in STUDENT_KEYS if student_settings is not None and recipe
+                     and not _same_setting(recipe.get(k, defaults.get(k)), student_settings.get(k))]
+    name = os.path.basename(os.path.abspath(baseline_dir))
+    notes = [f"run `{name}`", "same images" if same_images else "other evaluation images"]
+    if other_student:
+        notes.append(f"another student ({', '.join(other_student)} {'differs' if len(other_student) == 1 else 'differ'})")
+    comparable = same_images and not other_student and student_settings is not None
+    return float(accuracy), ", ".join(notes), comparable
+
+
+def _same_setting(recorded: Any, current: Any) -> bool:
+    """Equal values; two spellings of one local folder (relative, absolute) are one folder."""
+    if isinstance(recorded, str) and isinstance(current, str) and os.path.isdir(recorded) and os.path.isdir(current):
+        return os.path.samefile(recorded, current)
+    return recorded == current
 
 
 @torch.no_grad()
@@ -158,7 +196,9 @@ def card_facts_of(
     """
     return CardFacts(
         base_model=base_model_of(model_args.model_name_or_path, model_args.student_from_scratch),
+        local_checkpoint=local_checkpoint_of(model_args.model_name_or_path, model_args.student_from_scratch),
         run_settings={k: getattr(data_args, k, None) for k in SPLIT_KEYS},
+        student_settings={k: getattr(model_args, k, None) for k in STUDENT_KEYS},
         **describe_eval_data(data_args, num_eval_images, num_validation_images),
     )
 
@@ -177,5 +217,6 @@ def complete_card_facts(trainer: Any) -> CardFacts:
         facts.teacher_accuracy = teacher_accuracy(model, batches)
     baseline_dir = getattr(trainer.args, "baseline_dir", None)
     if baseline_dir and facts.baseline_accuracy is None:
-        facts.baseline_accuracy, facts.baseline_note = read_baseline(baseline_dir, facts.run_settings)
+        facts.baseline_accuracy, facts.baseline_note, facts.baseline_comparable = read_baseline(
+            baseline_dir, facts.run_settings, facts.student_settings or None)
     return facts

@@ -20,6 +20,7 @@ that moves them fails loudly instead of silently saving the wrong model.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -99,7 +100,7 @@ class CheckpointingTrainer(Trainer):
             model.student.save_pretrained(output_dir, state_dict=student_state)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        torch.save(_without_token(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
         if self._checkpointing:
             model.save_distillation_state(output_dir, gathered=state_dict)
             if self.model_ema is not None:
@@ -162,6 +163,16 @@ def checkpoint_folder(trainer: Trainer, trial: Any = None) -> str:
     (``_get_output_dir`` is the Trainer's own choice of run dir: the output dir outside a
     hyperparameter search)."""
     return os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+
+
+def _without_token(args: Any) -> Any:
+    """The arguments as pickled next to the model, which ``push_to_hub`` uploads: a copy with no
+    ``hub_token`` (transformers pickles the whole object, token included)."""
+    if getattr(args, "hub_token", None) is None:
+        return args
+    public = copy.copy(args)
+    public.hub_token = None
+    return public
 
 
 __all__ = ["BATCH_RECORD_NAME", "LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "checkpoint_folder"]

@@ -1,0 +1,104 @@
+"""The CLI's Hub upload, through a fake Hub: what is published, how often, and what a failed upload leaves."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from huggingface_hub.utils import filter_repo_objects
+
+from hf_rcka.cli.main import main
+from hf_rcka.cli.records import eval_record_dir
+
+TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
+TOKEN = "hf_notARealTokenButSecret123"
+TRAINER_IGNORES = ["_*", "checkpoint-*"]  # what Trainer.push_to_hub leaves out of every upload
+
+
+class FakeHub:
+    """transformers' shared HfApi: an upload copies the folder (minus its ignore patterns) into a commit."""
+
+    def __init__(self, root: Path, fail: Exception | None = None):
+        self.root, self.fail, self.commits = root, fail, []
+
+    def create_repo(self, repo_id, **kwargs):
+        return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
+
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), commit_message=None, run_as_future=False, **kwargs):
+        if self.fail is not None:
+            raise self.fail
+        target = self.root / f"commit-{len(self.commits)}"
+        shutil.copytree(folder_path, target, ignore=shutil.ignore_patterns(*ignore_patterns))
+        self.commits.append((repo_id, commit_message, target))
+        if run_as_future:
+            done = concurrent.futures.Future()
+            done.set_result(target)
+            return done
+        return target
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    import transformers.trainer
+    from huggingface_hub import constants
+
+    fake = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("hf_rcka.cli.preflight.whoami", lambda token: {"name": "someone"})
+    return fake
+
+
+def _run(tmp_path: Path, **changes) -> int:
+    recipe = {
+        "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET, "image_size": 16,
+        "dataset_name": "builtin:digits", "no_aug": True, "max_train_samples": 20, "max_eval_samples": 10,
+        "per_device_train_batch_size": 5, "per_device_eval_batch_size": 5, "report_to": "none", "use_cpu": True,
+        "output_dir": str(tmp_path / "out"), "max_steps": 2, "save_strategy": "no", "push_to_hub": True,
+        "hub_model_id": "tiny-student", "hub_strategy": "end", "hub_token": TOKEN, **changes,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return main([str(path)])
+
+
+def test_one_upload_with_the_final_card_and_no_token_in_any_file(tmp_path, hub):
+    """The token was written into distill_config.yaml and pickled into training_args.bin, and both
+    were uploaded; save_model also pushed a first commit before the final evaluation."""
+    assert _run(tmp_path) == 0
+    assert [(repo, message) for repo, message, _ in hub.commits] == [("someone/tiny-student", "End of training")]
+    uploaded = hub.commits[0][2]
+    assert {"model.safetensors", "README.md", "distill_config.yaml", "training_args.bin", "all_results.json"} <= {
+        p.name for p in uploaded.iterdir()}
+    for file in uploaded.rglob("*"):
+        if file.is_file():
+            assert TOKEN.encode() not in file.read_bytes(), f"{file.name} holds the Hub token"
+    assert "hub_token" not in yaml.safe_load((uploaded / "distill_config.yaml").read_text())
+    assert torch.load(uploaded / "training_args.bin", weights_only=False).hub_token is None
+    assert "eval_accuracy" in (uploaded / "all_results.json").read_text(), "uploaded before the final evaluation"
+
+
+def test_a_failed_upload_is_one_line_that_keeps_the_results_and_says_how_to_upload(tmp_path, hub, capsys):
+    hub.fail = ConnectionError("Connection reset by peer")
+    assert _run(tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    out = tmp_path / "out"
+    assert err[-1] == (
+        "error: the upload to the Hub failed (ConnectionError: Connection reset by peer); the trained model, its card "
+        f"and results are saved in {out}: upload them with `hf upload someone/tiny-student {out} . "
+        "--exclude '_*' --exclude 'checkpoint-*'`")
+    assert (out / "model.safetensors").exists() and (out / "README.md").exists()
+    assert "eval_accuracy" in (out / "all_results.json").read_text()
+
+
+def test_evaluation_records_stay_local(tmp_path):
+    """An eval-only run's record (its recipe, local paths, other data) is no part of the published model."""
+    record = os.path.relpath(eval_record_dir(str(tmp_path)), tmp_path)
+    files = [f"{record}/eval_config.yaml", f"{record}/eval_results.json", "model.safetensors"]
+    assert list(filter_repo_objects(files, ignore_patterns=TRAINER_IGNORES)) == ["model.safetensors"]
