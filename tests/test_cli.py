@@ -129,3 +129,25 @@ def test_interrupted_training_leaves_a_checkpoint_to_resume(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoint-2"
     assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "trainer_state.json").is_file()
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_the_card_compares_with_a_baseline_only_of_the_same_student(runs):
+    """A baseline_dir of another student (here the ResNet teacher's run) was shown as "the same
+    student trained alone" with a gain over it."""
+    root, teacher_dir, _, _ = runs
+    alone = {**COMMON, "model_name_or_path": "config:vit", "student_config_overrides": TINY_VIT,
+             "output_dir": str(root / "alone"), "max_steps": 1}
+    assert main([write(root / "alone.yaml", alone)]) == 0
+    for baseline, comparable in ((root / "alone", True), (teacher_dir, False)):
+        distilled = {**alone, "teacher_model_name_or_path": str(teacher_dir), "teacher_accuracy_check": "off",
+                     "output_dir": str(root / f"against-{baseline.name}"), "baseline_dir": str(baseline),
+                     "losses": [{"name": "ce"}, {"name": "rcka"}]}
+        assert main([write(root / "distilled.yaml", distilled)]) == 0
+        card = (root / f"against-{baseline.name}" / "README.md").read_text()
+        if comparable:
+            assert "| the same student trained alone |" in card and "run `alone`, same images |" in card
+            assert "points over training the student alone" in card
+        else:
+            assert "| baseline run (not comparable) |" in card
+            assert "another student (model_name_or_path, student_config_overrides differ)" in card
+            assert "points over" not in card
