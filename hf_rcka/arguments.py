@@ -73,7 +73,9 @@ class DataArguments(AugmentationArguments):
     are augmented (timm ``train.py`` names, inherited from ``AugmentationArguments``)."""
 
     dataset_name: str | None = field(
-        default=None, metadata={"help": "datasets Hub id, or builtin:digits (scikit-learn's digits, offline)."}
+        default=None, metadata={"help": "datasets Hub id, a local dataset folder (parquet/csv/json files, or images "
+                                        "with metadata.csv), or builtin:digits (scikit-learn's digits, offline). "
+                                        "Class folders go in train_dir."}
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "datasets configuration name."})
     train_dir: str | None = field(default=None, metadata={"help": "Image folder for training, one sub-folder per class."})
@@ -154,7 +156,8 @@ class DistillationTrainingArguments(TrainingArguments):
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Allow writing into an output_dir that already holds a model or checkpoints."},
+        metadata={"help": "Train into an output_dir that already holds a run's model or checkpoints: that run's "
+                          "files move to output_dir/_replaced/ first (one replaced run is kept)."},
     )
     model_ema: bool = field(
         default=False, metadata={"help": "Keep an EMA of the student's weights (timm ModelEmaV3); eval reports eval_ema_*."}
@@ -275,7 +278,7 @@ RUN_DEFAULTS = {"do_train": True, "do_eval": True}
 # TrainingArguments settings that the distillation batches and the evaluation's metrics depend on.
 # Trainer accepts other values, and they surface only at the first evaluation, after training: a
 # run that reports no accuracy and exits 0, or a traceback.
-_FIXED_SETTINGS = {
+FIXED_SETTINGS = {
     "label_names": (["labels"], "the batches carry their labels as 'labels'; other names leave the evaluation "
                                 "without predictions, so it reports no accuracy"),
     "prediction_loss_only": (False, "the evaluation would report the loss only, no accuracy"),
@@ -290,7 +293,7 @@ _FIXED_SETTINGS = {
 
 
 def _check_fixed_settings(args: "DistillationTrainingArguments") -> None:
-    for key, (value, reason) in _FIXED_SETTINGS.items():
+    for key, (value, reason) in FIXED_SETTINGS.items():
         given = getattr(args, key)
         if (list(given) if isinstance(given, (list, tuple)) else given) != value:
             raise RecipeError(f"{key}: {given!r} is not supported ({reason}): remove it from the recipe")

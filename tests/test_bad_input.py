@@ -557,6 +557,16 @@ def test_debug_shows_the_traceback(tmp_path, capsys, no_loading):
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_debug_with_a_value_is_the_trainer_setting():
+    """``--debug underflow_overflow`` lost its --debug and failed as a stray argument."""
+    from hf_rcka.cli.main import _debug
+
+    argv = ["recipe.yaml", "--debug", "underflow_overflow", "--seed", "3", "--debug"]
+    assert _debug(argv) and argv == ["recipe.yaml", "--debug", "underflow_overflow", "--seed", "3"]
+    argv = ["recipe.yaml", "--debug", "--seed", "3"]
+    assert _debug(argv) and argv == ["recipe.yaml", "--seed", "3"]
+
+
 # ------------------------------------------------------------------ found once models/data are known
 
 def save_teacher(path: Path, names: list[str], nan: bool = False) -> str:
@@ -651,9 +661,13 @@ def test_help_lists_every_key_grouped_with_defaults(capsys):
     for key in _field_table():
         assert f"\n  {key} (" in text, key
     assert "  teacher_label_mapping (str; default: 'by_name')" in text
+    # settings the run refuses say so, not what transformers' help says they do
+    assert "  bf16_full_eval (bool; default: False)\n      Fixed at False: it casts the whole model" in text
+    assert "true for the last checkpoint in output_dir" in text
     assert main(["--help", "losses"]) == 0
     text = capsys.readouterr().out
     assert "  rcka: weight=1.0, intra_weight=1.0" in text and "patch_match" in text
+    assert "  auto: (the default" in text and "(feature_cka); patch_match with" in text
 
 
 def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsys):

@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
+from ..arguments import FIXED_SETTINGS, RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
 from ..losses import per_channel_losses
 from ..registry import ADAPTERS, LOSSES, Registry
 
@@ -24,6 +24,20 @@ USAGE = "usage: accelerate launch scripts/distill.py RECIPE.yaml [--key value ..
 _WIDTH = 100
 _INDENT = 6
 _TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+# TrainingArguments fields whose transformers help says something else than what the CLI does.
+_HELP = {
+    "resume_from_checkpoint": "Continue a run: a checkpoint folder, or true for the last checkpoint in output_dir "
+                              "(with its adapters, loss state and EMA; refused at another global batch).",
+    "debug": "transformers' debug features ('underflow_overflow', 'tpu_metrics_debug'), as --debug VALUE. A bare "
+             "--debug instead prints user errors with their traceback.",
+}
+
+
+def _help(f: dataclasses.Field) -> str:
+    if f.name in FIXED_SETTINGS:
+        value, reason = FIXED_SETTINGS[f.name]
+        return f"Fixed at {value!r}: {reason}."
+    return _HELP.get(f.name, f.metadata.get("help", ""))
 
 
 def _groups() -> list[tuple[str, list[dataclasses.Field]]]:
@@ -72,7 +86,7 @@ def recipe_help() -> str:
             except Exception:  # noqa: BLE001 - fall back to the raw annotation strings
                 hints.update({f.name: f.type for f in dataclasses.fields(cls)})
         lines += ["", f"{title}:"]
-        lines += [_entry(f.name, hints.get(f.name, f.type), _default(f), f.metadata.get("help", "")) for f in fields]
+        lines += [_entry(f.name, hints.get(f.name, f.type), _default(f), _help(f)) for f in fields]
     return "\n".join(lines)
 
 
@@ -96,12 +110,24 @@ def _registry_help(registry: Registry, title: str) -> list[str]:
     return lines
 
 
+def _auto_adapter_help() -> list[str]:
+    """What ``adapter: auto`` (a pair without ``adapter``) picks, by the feature losses' needs."""
+    feature_losses = [n for n in LOSSES.names() if "student_features" in LOSSES.get(n).requires]
+    shaped = [n for n in feature_losses if LOSSES.get(n).feature_alignment != "any"]
+    relational = [n for n in feature_losses if n not in shaped]
+    text = (f"identity when every feature loss relates whole batches ({', '.join(relational)}); patch_match with "
+            f"project: true when one compares shapes or maps ({', '.join(shaped)})")
+    return ["  auto: (the default, or a pair without adapter)",
+            textwrap.fill(text, _WIDTH, initial_indent=" " * _INDENT, subsequent_indent=" " * _INDENT)]
+
+
 def losses_help() -> str:
     """Every loss and adapter a recipe can name, with its options and defaults."""
     lines = ["losses: a list of {name: <loss>, weight: <float>, <option>: <value>...}", ""]
     lines += _registry_help(LOSSES, "losses")
     lines += ["", "feature_pairs: 'auto' or a list of {student_layer, teacher_layer, adapter: <adapter>, <option>...}", ""]
     lines += _registry_help(ADAPTERS, "adapters")
+    lines += _auto_adapter_help()
     lines += ["", f"patch_match's sample_channels is 'student' when the only feature losses are {per_channel_losses()} "
               "(each training step compares a random subset of the teacher's channels); null compares all"]
     return "\n".join(lines)

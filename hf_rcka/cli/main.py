@@ -82,10 +82,18 @@ def _run_recipe(argv: list[str], stop: GracefulStop) -> None:
 
 
 def _debug(argv: list[str]) -> bool:
-    """``--debug`` (anywhere) or ``HF_RCKA_DEBUG=1``: user errors show their traceback too."""
-    flag = "--debug" in argv
-    while "--debug" in argv:
-        argv.remove("--debug")
+    """A bare ``--debug`` (anywhere) or ``HF_RCKA_DEBUG=1``: user errors show their traceback too.
+
+    ``--debug VALUE`` is TrainingArguments' ``debug`` setting and stays in ``argv``.
+    """
+    flag, i = False, 0
+    while i < len(argv):
+        bare = argv[i] == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("--"))
+        if bare:
+            flag = True
+            del argv[i]
+        else:
+            i += 1
     return flag or os.environ.get("HF_RCKA_DEBUG", "") not in ("", "0", "false")
 
 

@@ -27,7 +27,9 @@ class LossInputs:
     """Tensors of one training or evaluation batch.
 
     Attributes:
-        student_logits: (B, P) task logits (the CLS head for DeiT students with a distillation head).
+        student_logits: (B, P) task logits. For a student with a distillation head (DeiT): the
+            class head's when a loss trains the distillation head (``deit_token``), otherwise the
+            heads' average, the prediction the exported model makes.
         labels: (B,) class indices, or (B, P) soft targets when Mixup/CutMix mixed the batch
             (label smoothing already folded in, as timm does); ``IGNORE_INDEX`` marks a row
             to leave out (``counted_rows``).
