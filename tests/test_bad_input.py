@@ -565,6 +565,12 @@ def test_debug_with_a_value_is_the_trainer_setting():
     assert _debug(argv) and argv == ["recipe.yaml", "--debug", "underflow_overflow", "--seed", "3"]
     argv = ["recipe.yaml", "--debug", "--seed", "3"]
     assert _debug(argv) and argv == ["recipe.yaml", "--seed", "3"]
+    argv = ["--debug", "recipe.yaml"]  # the bare flag before the recipe, as the README allows
+    assert _debug(argv) and argv == ["recipe.yaml"]
+    from hf_rcka.trainer.resume_hint import relaunch_command
+
+    kept = relaunch_command(["recipe.yaml", "--debug", "underflow_overflow"], {"resume_from_checkpoint": "out/c"})
+    assert kept.endswith("recipe.yaml --debug underflow_overflow --resume_from_checkpoint out/c")
 
 
 # ------------------------------------------------------------------ found once models/data are known

@@ -81,6 +81,7 @@ def test_a_student_fine_tuned_from_a_local_folder_is_not_called_random(tmp_path)
      ("google/vit-base-patch16-224", True, None),
      ("timm/resnet18.a1_in1k", False, "timm/resnet18.a1_in1k"),
      ("timm/resnet18", False, "timm/resnet18.a1_in1k"),  # the repo timm downloads; timm/resnet18 is none
+     ("timm/resnet18.newer_tag", False, "timm/resnet18.newer_tag"),  # a tag this timm does not know
      ("timm/resnet18", True, None),
      ("config:vit", False, None)],
 )
@@ -170,6 +171,30 @@ def test_student_alone_baseline_and_gain(tmp_path):
     assert "| baseline run (not comparable) | 90.0% |" in card.text and "points over" not in card.text
     with pytest.raises(FileNotFoundError, match="all_results.json"):
         read_baseline(str(tmp_path / "missing"), settings)
+
+
+def test_a_baseline_that_spells_its_image_folder_otherwise_saw_the_same_images(tmp_path, monkeypatch):
+    (tmp_path / "data" / "pets" / "train").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    baseline = tmp_path / "alone"
+    baseline.mkdir()
+    (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.8}))
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump({"train_dir": "data/pets/train"}))
+    defaults = {k: getattr(DataArguments(train_dir="x"), k) for k in ("dataset_name", "dataset_config_name",
+                "validation_dir", "train_val_split", "split_seed", "max_eval_samples")}
+    for spelling in (str(tmp_path / "data" / "pets" / "train"), "data/pets/train/"):
+        _, note, _ = read_baseline(str(baseline), {**defaults, "train_dir": spelling})
+        assert note == "run `alone`, same images", spelling
+
+
+def test_a_local_dataset_folder_is_named_not_its_path(tmp_path):
+    folder = tmp_path / "home" / "me" / "pets"
+    folder.mkdir(parents=True)
+    facts = card_facts_of(STUDENT, DataArguments(dataset_name=str(folder)), 6)
+    card, _ = _card(tmp_path / "card", facts, dataset=str(folder))
+    assert "on the local dataset folder `pets` (not a Hub dataset)." in card.text
+    assert card.data.datasets is None and card.data.eval_results[0].dataset_name == "pets (local dataset folder)"
+    assert str(tmp_path) not in card.content
 
 
 def test_eval_data_says_when_max_eval_samples_drew_a_subset():

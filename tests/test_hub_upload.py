@@ -49,6 +49,8 @@ def hub(monkeypatch, tmp_path):
 
     fake = FakeHub(tmp_path / "hub")
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
+    monkeypatch.setenv("HF_TOKEN", "the machine's own")  # restored after the test: the run moves hub_token here
+    monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr("hf_rcka.cli.preflight.whoami", lambda token: {"name": "someone"})
     return fake
@@ -67,20 +69,30 @@ def _run(tmp_path: Path, **changes) -> int:
     return main([str(path)])
 
 
-def test_one_upload_with_the_final_card_and_no_token_in_any_file(tmp_path, hub):
-    """The token was written into distill_config.yaml and pickled into training_args.bin, and both
-    were uploaded; save_model also pushed a first commit before the final evaluation."""
-    assert _run(tmp_path) == 0
-    assert [(repo, message) for repo, message, _ in hub.commits] == [("someone/tiny-student", "End of training")]
-    uploaded = hub.commits[0][2]
+@pytest.mark.parametrize("strategy", ["end", "every_save", "checkpoint"])
+def test_the_final_upload_comes_once_with_the_card_and_no_file_holds_the_token(tmp_path, hub, strategy):
+    """The token was written into distill_config.yaml and pickled into training_args.bin (by our
+    save and by transformers' checkpoint pushes), and uploaded; save_model also pushed a commit
+    before the final evaluation."""
+    assert _run(tmp_path, hub_strategy=strategy, save_strategy="steps", save_steps=1) == 0
+    messages = [message for _, message, _ in hub.commits]
+    assert messages[-1] == "End of training" and "Model save" not in messages
+    if strategy == "end":
+        assert messages == ["End of training"]
+    else:  # transformers' checkpoint pushes at steps 1 and 2 (the checkpoint strategy pushes the folder apart)
+        assert len(messages) > 2 and all(m.startswith("Training in progress, step") for m in messages[:-1]), messages
+    assert {repo for repo, _, _ in hub.commits} == {"someone/tiny-student"}
+    final = hub.commits[-1][2]
     assert {"model.safetensors", "README.md", "distill_config.yaml", "training_args.bin", "all_results.json"} <= {
-        p.name for p in uploaded.iterdir()}
-    for file in uploaded.rglob("*"):
-        if file.is_file():
-            assert TOKEN.encode() not in file.read_bytes(), f"{file.name} holds the Hub token"
-    assert "hub_token" not in yaml.safe_load((uploaded / "distill_config.yaml").read_text())
-    assert torch.load(uploaded / "training_args.bin", weights_only=False).hub_token is None
-    assert "eval_accuracy" in (uploaded / "all_results.json").read_text(), "uploaded before the final evaluation"
+        p.name for p in final.iterdir()}
+    for _, message, uploaded in hub.commits:
+        for file in uploaded.rglob("*"):
+            if file.is_file():
+                assert TOKEN.encode() not in file.read_bytes(), f"{message}: {file.name} holds the Hub token"
+    assert "hub_token" not in yaml.safe_load((final / "distill_config.yaml").read_text())
+    assert torch.load(final / "training_args.bin", weights_only=False).hub_token is None
+    assert "eval_accuracy" in (final / "all_results.json").read_text(), "uploaded before the final evaluation"
+    assert os.environ["HF_TOKEN"] == TOKEN, "uploads use the recipe's token from the environment"
 
 
 def test_a_failed_upload_is_one_line_that_keeps_the_results_and_says_how_to_upload(tmp_path, hub, capsys):

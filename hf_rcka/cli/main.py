@@ -88,13 +88,20 @@ def _debug(argv: list[str]) -> bool:
     """
     flag, i = False, 0
     while i < len(argv):
-        bare = argv[i] == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("--"))
-        if bare:
+        if argv[i] == "--debug" and not (i + 1 < len(argv) and _is_debug_value(argv[i + 1])):
             flag = True
             del argv[i]
         else:
             i += 1
     return flag or os.environ.get("HF_RCKA_DEBUG", "") not in ("", "0", "false")
+
+
+def _is_debug_value(token: str) -> bool:
+    """Whether ``token`` is a value of TrainingArguments' ``debug`` (space-separated DebugOption names)."""
+    from transformers.debug_utils import DebugOption
+
+    names = {option.value for option in DebugOption}
+    return bool(token.split()) and all(word in names for word in token.split())
 
 
 def _close_progress_bars() -> None:

@@ -96,6 +96,8 @@ def _trained_on(dataset: str | None, facts: CardFacts) -> str:
     """The end of the card's first sentence: the data, marked local when it is an image folder."""
     if facts.image_folder:
         return f" on the local image folder `{image_folder_name(facts.image_folder)}` (not a Hub dataset)."
+    if dataset and os.path.isdir(dataset):
+        return f" on the local dataset folder `{image_folder_name(dataset)}` (not a Hub dataset)."
     return f" on `{dataset}`." if dataset else "."
 
 

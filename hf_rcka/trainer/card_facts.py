@@ -84,8 +84,10 @@ def base_model_of(model_name_or_path: str, from_scratch: bool) -> str | None:
     if source.kind == "timm":  # the repo timm downloads: resnet18 is timm/resnet18.a1_in1k
         import timm
 
-        pretrained_cfg = timm.models.get_pretrained_cfg(source.name)
-        hub_id = getattr(pretrained_cfg, "hf_hub_id", None)
+        try:
+            hub_id = getattr(timm.models.get_pretrained_cfg(source.name), "hf_hub_id", None)
+        except RuntimeError:  # a tag this timm does not know (transformers loaded it from the Hub)
+            hub_id = None
         return hub_id if hub_id and "/" in hub_id else f"timm/{source.name}"
     return model_name_or_path
 
@@ -107,6 +109,9 @@ def describe_eval_data(
     """
     if data_args.dataset_name == "builtin:digits":
         name, label = "digits", "scikit-learn handwritten digits"
+    elif data_args.dataset_name and os.path.isdir(data_args.dataset_name):  # named, never its local path
+        name = image_folder_name(data_args.dataset_name)
+        label = f"{name} (local dataset folder)"
     elif data_args.dataset_name:
         name = label = data_args.dataset_name
     else:  # "imagefolder" is datasets' loader, the model-index type Hub cards give local image folders
@@ -157,7 +162,8 @@ def read_baseline(
     recipe_path = os.path.join(baseline_dir, "distill_config.yaml")
     recipe = yaml.safe_load(open(recipe_path)) if os.path.exists(recipe_path) else {}
     defaults = {f.name: f.default for f in (*dataclasses.fields(DataArguments), *dataclasses.fields(ModelArguments))}
-    same_images = bool(recipe) and all(recipe.get(k, defaults.get(k)) == run_settings.get(k) for k in SPLIT_KEYS)
+    same_images = bool(recipe) and all(_same_setting(recipe.get(k, defaults.get(k)), run_settings.get(k))
+                                       for k in SPLIT_KEYS)
     other_student = [k for k in STUDENT_KEYS if student_settings is not None and recipe
                      and not _same_setting(recipe.get(k, defaults.get(k)), student_settings.get(k))]
     name = os.path.basename(os.path.abspath(baseline_dir))

@@ -20,7 +20,6 @@ that moves them fails loudly instead of silently saving the wrong model.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
@@ -100,7 +99,7 @@ class CheckpointingTrainer(Trainer):
             model.student.save_pretrained(output_dir, state_dict=student_state)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
-        torch.save(_without_token(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         if self._checkpointing:
             model.save_distillation_state(output_dir, gathered=state_dict)
             if self.model_ema is not None:
@@ -165,14 +164,20 @@ def checkpoint_folder(trainer: Trainer, trial: Any = None) -> str:
     return os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
 
 
-def _without_token(args: Any) -> Any:
-    """The arguments as pickled next to the model, which ``push_to_hub`` uploads: a copy with no
-    ``hub_token`` (transformers pickles the whole object, token included)."""
-    if getattr(args, "hub_token", None) is None:
-        return args
-    public = copy.copy(args)
-    public.hub_token = None
-    return public
+def keep_token_out_of_files(args: Any) -> None:
+    """Move ``hub_token`` from ``args`` to ``HF_TOKEN``, which huggingface_hub reads at each request.
+
+    transformers pickles the whole ``args`` into ``training_args.bin`` (in ``_save`` and again in
+    ``_push_from_checkpoint``), and ``push_to_hub`` uploads it: the token was published with every
+    pushed checkpoint. With it in the process's environment only, uploads still use it.
+    """
+    token = getattr(args, "hub_token", None)
+    if token:
+        os.environ["HF_TOKEN"] = token
+        args.hub_token = None
 
 
-__all__ = ["BATCH_RECORD_NAME", "LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "checkpoint_folder"]
+__all__ = [
+    "BATCH_RECORD_NAME", "LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "checkpoint_folder",
+    "keep_token_out_of_files",
+]

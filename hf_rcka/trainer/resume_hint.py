@@ -51,7 +51,7 @@ def relaunch_command(argv: Sequence[str], settings: dict[str, str]) -> str:
             continue
         key = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
         skip = key in settings and "=" not in token
-        if key in settings or key == "debug":  # --debug is a bare flag
+        if key in settings:  # (main took a bare --debug out of argv; --debug VALUE is a setting and stays)
             continue
         kept.append(token)
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith("distill.py") else SCRIPT

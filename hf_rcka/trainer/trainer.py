@@ -28,7 +28,7 @@ from transformers.trainer_utils import EvalLoopOutput
 
 from ..augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
-from .checkpointing import CheckpointingTrainer
+from .checkpointing import CheckpointingTrainer, keep_token_out_of_files
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate
 from .ema import StudentEmaCallback
@@ -123,6 +123,7 @@ class DistillationTrainer(CheckpointingTrainer):
         if args is None:
             raise ValueError("DistillationTrainer needs args (DistillationTrainingArguments with an output_dir)")
         check_fsdp_settings(args)
+        keep_token_out_of_files(args)
         _check_given_weights(model, teacher)
         if not isinstance(model, DistillationModel):
             model = build_distillation_model(
