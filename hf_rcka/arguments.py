@@ -208,7 +208,7 @@ class DistillationTrainingArguments(TrainingArguments):
             raise RecipeError(
                 f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {self.teacher_accuracy_check!r}"
             )
-        _check_fixed_settings(self)
+        check_fixed_settings(self)
         super().__post_init__()
         if self.lr_base is not None:  # needs the number of processes, known once TrainingArguments set up the devices
             self.learning_rate = scaled_learning_rate(self)
@@ -292,7 +292,8 @@ FIXED_SETTINGS = {
 }
 
 
-def _check_fixed_settings(args: "DistillationTrainingArguments") -> None:
+def check_fixed_settings(args: TrainingArguments) -> None:
+    """Refuse a value other than ``FIXED_SETTINGS``' for any of them (plain TrainingArguments too)."""
     for key, (value, reason) in FIXED_SETTINGS.items():
         given = getattr(args, key)
         if (list(given) if isinstance(given, (list, tuple)) else given) != value:

@@ -11,6 +11,7 @@ checks convert nothing, they only fill the default of a loss spec's ``weight``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Callable
 
@@ -107,6 +108,17 @@ def validate_losses(specs: Any) -> list[dict] | None:
     return normalised
 
 
+def _check_number_options(name: str, options: dict) -> None:
+    """Options whose default is a number take a number: ``temperature: "4"`` (a quoted value in
+    Python) failed inside the constructor with "'<' not supported between 'int' and 'str'"."""
+    params = inspect.signature(LOSSES.get(name).__init__).parameters
+    for key, value in options.items():
+        default = params[key].default if key in params else None
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RecipeError(f"option {key} must be a number, got {value!r}")
+
+
 def _checked_loss(spec: dict, where: str) -> dict:
     """One entry with a registered name: weight, option names and option values."""
     name, weight = spec["name"], spec["weight"]
@@ -117,6 +129,7 @@ def _checked_loss(spec: dict, where: str) -> dict:
     options = {k: v for k, v in spec.items() if k not in RESERVED_LOSS_KEYS}
     try:
         LOSSES.check_options(name, options, reserved=RESERVED_LOSS_KEYS)
+        _check_number_options(name, options)
         LOSSES.build(name, weight=weight, **options)
     except (TypeError, ValueError) as err:
         raise RecipeError(f"{where} ({name}): {err}") from None

@@ -470,6 +470,16 @@ def test_row_mismatch_error_names_both_shapes():
         fn.linear_cka(randn(17), randn(17, 7))
 
 
+def test_grams_must_be_square_and_of_the_same_items():
+    """A 6 x 4 feature matrix passed as a Gram gave CKA 1.0; Grams of 6 and 1 items an HSIC."""
+    x = randn(6, 4)
+    with pytest.raises(ValueError, match=r"k must be a square \(\.\.\., n, n\) Gram matrix, got shape \(6, 4\)"):
+        fn.cka_from_grams(x, x)
+    with pytest.raises(ValueError, match="different numbers of items: 6 and 5"):
+        fn.hsic(torch.eye(6), torch.eye(5))
+    assert float(fn.cka_from_grams(x @ x.T, x @ x.T)) == pytest.approx(1.0)
+
+
 def test_integer_inputs_are_rejected():
     with pytest.raises(TypeError, match="floating-point"):
         fn.linear_cka(torch.ones(17, 36, dtype=torch.long), randn(17, 7))

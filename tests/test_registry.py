@@ -78,6 +78,16 @@ def test_unknown_option_names_the_option_and_close_valid_ones():
         LOSSES.check_options("kernel_transfer", {"center": "running"})
 
 
+def test_a_number_option_given_as_text_names_the_option():
+    """It failed inside kd's constructor with "'<' not supported between instances of 'int' and 'str'"."""
+    from hf_rcka.errors import RecipeError
+    from hf_rcka.value_checks import validate_losses
+
+    with pytest.raises(RecipeError, match=r"losses\[0\] \(kd\): option temperature must be a number, got '4'"):
+        validate_losses([{"name": "kd", "temperature": "4"}])
+    assert validate_losses([{"name": "kd", "temperature": 4}])[0]["temperature"] == 4
+
+
 def test_check_options_accepts_valid_options():
     LOSSES.check_options("rcka", {"weight": 1.0, "intra_weight": 15.0, "inter_weight": 15.0, "gather": True})
     LOSSES.check_options("patch_cka", {"patch_size": 4, "transpose": True})

@@ -121,10 +121,21 @@ def hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool = False) -> torch.Tens
     The biased estimator is ``<HKH, HLH>_F / (n-1)^2``. The unbiased one (Song et al. 2012) zeroes
     the diagonals and corrects the bias terms; it needs n > 3 and can be slightly negative.
     """
+    _check_grams(k, l)
     n = k.shape[-1]
     if not unbiased:
         return _frob_inner(center_gram(k), center_gram(l)) / max(n - 1, 1) ** 2
     return _unbiased_hsic_numerator(k, l) / (n * (n - 3))
+
+
+def _check_grams(k: torch.Tensor, l: torch.Tensor) -> None:
+    """Two (..., n, n) Grams of the same n items: broadcasting features or unequal Grams gave a
+    number (1.0 for a 6 x 4 feature matrix against itself) instead of an error."""
+    for name, gram in (("k", k), ("l", l)):
+        if gram.ndim < 2 or gram.shape[-1] != gram.shape[-2]:
+            raise ValueError(f"{name} must be a square (..., n, n) Gram matrix, got shape {tuple(gram.shape)}")
+    if k.shape[-1] != l.shape[-1]:
+        raise ValueError(f"the Grams relate different numbers of items: {k.shape[-1]} and {l.shape[-1]}")
 
 
 def _unbiased_hsic_numerator(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
@@ -154,6 +165,7 @@ def cka_from_grams(
     k: torch.Tensor, l: torch.Tensor, center: bool = True, unbiased: bool = False, eps: float = DEFAULT_EPS
 ) -> torch.Tensor:
     """Kernel alignment of two Grams; ``center=False`` gives the uncentered alignment."""
+    _check_grams(k, l)
     if unbiased:
         xy, xx, yy = (_unbiased_hsic_numerator(a, b) for a, b in ((k, l), (k, k), (l, l)))
     else:

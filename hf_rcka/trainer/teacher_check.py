@@ -35,8 +35,12 @@ def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tens
     """
     accuracy = model.teacher_accuracy(pixel_values, labels)
     n, chance = int((labels != IGNORE_INDEX).sum()), 1.0 / model.student.config.num_labels
-    threshold = chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n)
+    threshold = chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n) if n else 1.0
     logger.info("teacher accuracy on the first eval batch: %.3f (chance %.3f)", accuracy, chance)
+    if threshold >= 1.0:  # even a perfect teacher is within two standard errors of chance
+        logger.info("the first eval batch (%d counted images) is too small to tell the teacher from chance; "
+                    "a larger per_device_eval_batch_size makes the check meaningful", n)
+        return accuracy
     if accuracy <= threshold:
         message = (
             f"the teacher's accuracy on the first eval batch is {accuracy:.3f}, near chance ({chance:.3f}, "

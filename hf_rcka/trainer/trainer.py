@@ -29,6 +29,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from ..augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
 from .checkpointing import CheckpointingTrainer, keep_token_out_of_files
+from .given_models import BY_NAME, check_arguments, check_columns, check_labels, check_models, check_ready_model
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate
 from .ema import StudentEmaCallback
@@ -102,6 +103,10 @@ class DistillationTrainer(CheckpointingTrainer):
         teacher_processor: the teacher's image processor, so the teacher sees its own
             normalisation and resolution; the student's is ``processing_class``.
         teacher_name: how the model card names the teacher (default: its ``name_or_path``).
+        teacher_label_mapping: ``"by_name"`` pairs the teacher's classes with the run's by their
+            ``id2label`` names (a permuted teacher is realigned, other names are an error);
+            ``"by_index"`` pairs them by position. The run's names are the student's, or the
+            dataset's ``ClassLabel`` names when the student's are ``LABEL_0``...
         augmentation: Mixup/CutMix and repeated-augmentation settings (``DataArguments`` carries
             them); per-image transforms belong to the datasets. ``args.model_ema`` adds a weight EMA.
         **kwargs: everything ``Trainer`` takes (datasets, callbacks, ``compute_metrics``...).
@@ -118,14 +123,22 @@ class DistillationTrainer(CheckpointingTrainer):
         teacher_processor: Any = None,
         teacher_name: str | None = None,
         augmentation: AugmentationArguments | None = None,
+        teacher_label_mapping: str = BY_NAME,
         **kwargs: Any,
     ) -> None:
         if args is None:
             raise ValueError("DistillationTrainer needs args (DistillationTrainingArguments with an output_dir)")
+        check_arguments(args)
         check_fsdp_settings(args)
         keep_token_out_of_files(args)
         _check_given_weights(model, teacher)
-        if not isinstance(model, DistillationModel):
+        if isinstance(model, DistillationModel):
+            check_ready_model(model, teacher, teacher_processor, args)
+        else:
+            check_models(model, teacher, args, kwargs.get("processing_class"), teacher_processor)
+            check_columns(kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
+            check_labels(model, teacher, args, (kwargs.get("train_dataset"), kwargs.get("eval_dataset")),
+                         teacher_label_mapping)
             model = build_distillation_model(
                 model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
                 _stats_or_none(teacher_processor) if teacher is not None else None,
@@ -343,7 +356,9 @@ class DistillationTrainer(CheckpointingTrainer):
         model = self.distillation_model
         if mode == "off" or model.teacher is None or not model.needs_teacher or self.eval_dataset is None:
             return None
-        batch = next(iter(self.get_eval_dataloader()))
+        evaluation = self.eval_dataset  # several named evaluation sets: the first one's first batch
+        evaluation = next(iter(evaluation.values())) if isinstance(evaluation, dict) else evaluation
+        batch = next(iter(self.get_eval_dataloader(evaluation)))
         batch = {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         model.to(self.args.device)
         return check_teacher_accuracy(model, batch["pixel_values"], batch["labels"], mode)
