@@ -115,8 +115,19 @@ def _check_number_options(name: str, options: dict) -> None:
     for key, value in options.items():
         default = params[key].default if key in params else None
         numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
-        if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if numeric and not _is_number(value):
             raise RecipeError(f"option {key} must be a number, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    """A number of any kind (numpy and torch scalars from a sweep too), not text or a bool."""
+    if isinstance(value, (str, bytes, bool)):
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
+        return False
+    return True
 
 
 def _checked_loss(spec: dict, where: str) -> dict:

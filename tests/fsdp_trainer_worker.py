@@ -45,6 +45,7 @@ import torch.distributed as dist  # noqa: E402
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_resnet, tiny_vit  # noqa: E402
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
+from hf_rcka.distributed import close_process_group  # noqa: E402
 
 
 def dataset():
@@ -82,6 +83,7 @@ def main(out: str, mode: str) -> None:
         with open(os.path.join(out, f"{mode}.json"), "w") as handle:
             json.dump(info, handle)
     dist.barrier()
+    close_process_group()  # left to interpreter exit, gloo's threads can abort a finished run (exit -6)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,41 @@ def test_a_teacher_of_other_classes_is_an_error_unless_paired_by_position(tmp_pa
     build(make_args(tmp_path), student, named(tiny_resnet(), ["x", "y", "z"]), teacher_label_mapping="by_index")
 
 
+def test_equal_class_lists_with_a_repeated_name_are_left_alone(tmp_path):
+    """ImageNet's names hold 'crane' twice: index() paired both with the first, and a hook copied
+    logit 1 over logit 3 of a teacher whose names equal the run's."""
+    names = ["a", "crane", "b", "crane"]
+    teacher = named(tiny_resnet(num_labels=4), names)
+    build(make_args(tmp_path), named(tiny_vit(num_labels=4), names), teacher,
+          train_dataset=pixel_dataset(10, num_labels=4))
+    assert not teacher._forward_hooks
+    with pytest.raises(LabelError, match=r"names \['crane'\] repeat.*by_index"):
+        build(make_args(tmp_path), named(tiny_vit(num_labels=4), names),
+              named(tiny_resnet(num_labels=4), ["crane", "a", "b", "crane"]), train_dataset=pixel_dataset(10, num_labels=4))
+
+
+def test_a_teacher_with_another_number_of_classes_keeps_the_plain_message(tmp_path):
+    with pytest.raises(ValueError, match="student predicts 3 classes but the teacher 5"):
+        build(make_args(tmp_path), named(tiny_vit(), ["a", "b", "c"]), tiny_resnet(num_labels=5))
+
+
+def test_numbered_class_names_say_nothing_of_the_classes(tmp_path):
+    """ClassLabel(num_classes=3) names its classes '0', '1', '2': no order to compare with."""
+    data = pixel_dataset(10).with_format(None).cast_column("labels", datasets.ClassLabel(num_classes=3))
+    build(make_args(tmp_path), named(tiny_vit(), ["cat", "dog", "eel"]), named(tiny_resnet(), ["cat", "dog", "eel"]),
+          train_dataset=data.with_format("torch"))
+
+
+def test_a_caller_collator_may_build_the_batch_from_other_keys(tmp_path):
+    """The image-classification tutorial keeps 'label' in its items and builds 'labels' in collate_fn."""
+    def collate_fn(items):
+        return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
+                "labels": torch.tensor([int(i["label"]) for i in items])}
+
+    build(make_args(tmp_path), tiny_vit(), tiny_resnet(), train_dataset=pixel_dataset(10).rename_column("labels", "label"),
+          data_collator=collate_fn)
+
+
 def test_the_dataset_names_the_run_classes_when_the_student_does_not(tmp_path):
     data = pixel_dataset(10).with_format(None).cast_column("labels", datasets.ClassLabel(names=["a", "b", "c"]))
     teacher = named(tiny_resnet(), ["b", "c", "a"])
@@ -105,8 +140,13 @@ def test_a_student_sharing_weights_with_the_frozen_teacher(tmp_path):
 def test_processors_the_distillation_needs(tmp_path):
     with pytest.raises(RecipeError, match="teacher_processor needs processing_class"):
         build(make_args(tmp_path), tiny_vit(), tiny_resnet(), processing_class=None, teacher_processor=processor(24))
-    with pytest.raises(RecipeError, match=r"losses \['feature_cka'\] compare hidden states.*pass processing_class"):
-        build(make_args(tmp_path, losses=["ce", "feature_cka"]), tiny_vit(), tiny_resnet(), processing_class=None)
+    with pytest.raises(RecipeError, match=r"losses \['feature_cka'\] compare hidden states.*the student config's "
+                                          r"224x224, but the data's images are 16x16. Pass processing_class"):
+        student = tiny_vit()
+        student.config.image_size = 224
+        build(make_args(tmp_path, losses=["ce", "feature_cka"]), student, tiny_resnet(), processing_class=None)
+    # the data's size is the config's: the pairs are planned right without a processor
+    build(make_args(tmp_path, losses=["ce", "feature_cka"]), tiny_vit(), tiny_resnet(), processing_class=None)
 
 
 def test_items_without_pixel_values_or_labels_are_named_before_training(tmp_path):

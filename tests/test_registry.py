@@ -86,6 +86,11 @@ def test_a_number_option_given_as_text_names_the_option():
     with pytest.raises(RecipeError, match=r"losses\[0\] \(kd\): option temperature must be a number, got '4'"):
         validate_losses([{"name": "kd", "temperature": "4"}])
     assert validate_losses([{"name": "kd", "temperature": 4}])[0]["temperature"] == 4
+    import numpy as np
+    import torch
+
+    for value in (np.float32(2.0), np.int64(4), torch.tensor(4.0)):  # a sweep's values
+        validate_losses([{"name": "kd", "temperature": value}])
 
 
 def test_check_options_accepts_valid_options():

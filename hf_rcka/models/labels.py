@@ -56,14 +56,14 @@ def _listed(names: Sequence[str]) -> str:
     return "[" + ", ".join(repr(n) for n in names[:_SHOWN]) + "]" + extra
 
 
-def _difference(dataset: Sequence[str], model: Sequence[str], who: str) -> str:
+def _difference(dataset: Sequence[str], model: Sequence[str], who: str, source: str = "the dataset") -> str:
     missing, extra = set(dataset) - set(model), set(model) - set(dataset)
     parts = []
     if missing:
-        parts.append(f"the dataset has {_listed(missing)} that the {who} lacks")
+        parts.append(f"{source} has {_listed(missing)} that the {who} lacks")
     if extra:
-        parts.append(f"the {who} has {_listed(extra)} that the dataset lacks")
-    return "; ".join(parts) or f"the {who} has {len(model)} classes, the dataset {len(dataset)}"
+        parts.append(f"the {who} has {_listed(extra)} that {source} lacks")
+    return "; ".join(parts) or f"the {who} has {len(model)} classes, {source} {len(dataset)}"
 
 
 def _rename_to_model(who: str) -> str:
@@ -137,26 +137,42 @@ def resume_label_order(dataset_labels: Sequence[str], checkpoint_labels: Sequenc
     )
 
 
-def teacher_label_order(labels: Sequence[str], teacher_labels: Sequence[str], mapping: str = BY_NAME) -> list[int] | None:
+def teacher_label_order(
+    labels: Sequence[str], teacher_labels: Sequence[str], mapping: str = BY_NAME,
+    key: str = "teacher_model_name_or_path", source: str = "the dataset",
+) -> list[int] | None:
     """For each class of the run, the index of the teacher's logit for it; None when they agree.
 
+    ``key`` and ``source`` word the error: the recipe key and where the run's names come from
+    (the Python API names the ``teacher`` argument and the student's or the data's names).
+
     Raises:
-        LabelError: the names differ (``by_name``) or the number of classes does.
+        LabelError: the names differ (``by_name``), repeat in one list but not in the other
+            order (ImageNet's names hold ``crane`` twice: by name, one would take the other's
+            logit), or the number of classes differs.
     """
     labels, teacher_labels = list(labels), list(teacher_labels)
+    if labels == teacher_labels and mapping == BY_NAME:
+        return None
     if mapping == BY_NAME:
-        check_same_forms(labels, teacher_labels, "the dataset", "the teacher's id2label",
-                         _rename_to_model("teacher"), key="teacher_model_name_or_path")
+        check_same_forms(labels, teacher_labels, source, "the teacher's id2label",
+                         _rename_to_model("teacher"), key=key)
     if len(labels) != len(teacher_labels) or (mapping == BY_NAME and not is_generic(teacher_labels)
                                               and sorted(labels) != sorted(teacher_labels)):
-        fix = ("use a teacher trained on these classes, or rename the class folders to the teacher's names"
+        fix = ("use a teacher trained on these classes, or rename the classes to the teacher's names"
                if mapping == BY_NAME else "use a teacher trained on these classes")
         hint = (" (or set teacher_label_mapping: by_index to pair classes by position)"
                 if mapping == BY_NAME and len(labels) == len(teacher_labels) else "")
         raise LabelError(
-            f"teacher_model_name_or_path: the teacher's classes do not match the dataset's: "
-            f"{_difference(labels, teacher_labels, 'teacher')}. Fix: {fix}{hint}"
+            f"{key}: the teacher's classes do not match those of {source}: "
+            f"{_difference(labels, teacher_labels, 'teacher', source)}. Fix: {fix}{hint}"
         )
+    repeated = sorted({name for name in labels if labels.count(name) > 1})
+    if mapping == BY_NAME and repeated and not is_generic(teacher_labels):
+        raise LabelError(
+            f"{key}: the class names {_listed(repeated)} repeat, so the teacher's classes cannot be paired with "
+            f"{source}'s by name, and their orders differ. Fix: give each class its own name, or set "
+            "teacher_label_mapping: by_index if both list the classes in the same order")
     if mapping == BY_INDEX:
         logger.info("labels: teacher classes paired by position (teacher_label_mapping: by_index)")
         return None
@@ -183,14 +199,16 @@ class _ReorderLogits:
         return output
 
 
-def realign_teacher(teacher: nn.Module, labels: Sequence[str], mapping: str = BY_NAME) -> list[int] | None:
+def realign_teacher(teacher: nn.Module, labels: Sequence[str], mapping: str = BY_NAME,
+                    **wording: str) -> list[int] | None:
     """Check the teacher's classes against ``labels``; re-index its logits when they are permuted.
 
     The teacher's logits are re-indexed by a forward hook (so every path that runs the teacher,
     the losses and the accuracy check alike, sees the run's order) and its config's label maps
-    are rewritten to match. Returns the order applied, or None.
+    are rewritten to match. Returns the order applied, or None. ``wording``: ``key`` and
+    ``source`` of ``teacher_label_order``'s errors.
     """
-    order = teacher_label_order(labels, model_label_names(teacher.config), mapping)
+    order = teacher_label_order(labels, model_label_names(teacher.config), mapping, **wording)
     if order is None:
         return None
     teacher.register_forward_hook(_ReorderLogits(order))

@@ -67,8 +67,13 @@ def check_ready_model(model: DistillationModel, teacher: Any, teacher_processor:
                           f"{sorted(model.losses)}: build it with these losses, or leave args.losses unset")
 
 
-def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, teacher_processor: Any) -> None:
-    """Shared weights and missing processors, before the distillation model is built."""
+def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, teacher_processor: Any,
+                 first_item: Mapping | None = None) -> None:
+    """Shared weights and missing processors, before the distillation model is built.
+
+    ``first_item``: the first training item (``check_columns``), whose image size the feature
+    pairs must be planned at.
+    """
     if teacher is not None:
         shared = {id(p) for p in teacher.parameters()} & {id(p) for p in student.parameters()}
         if shared:
@@ -80,17 +85,27 @@ def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, t
                           "inputs are the student's, re-normalised and resized from its processor's settings")
     specs = active_specs(getattr(args, "losses", None) or default_losses(teacher is not None))
     features = [spec["name"] for spec in specs if "student_features" in LOSSES.get(spec["name"]).requires]
-    if features and processing_class is None:
-        raise RecipeError(f"losses {features} compare hidden states, whose grids are planned at the input size: pass "
-                          "processing_class=<the student's image processor> (its size is the data's)")
+    pixels = first_item.get("pixel_values") if first_item is not None else None
+    if not features or processing_class is not None or not isinstance(pixels, torch.Tensor) or pixels.ndim < 2:
+        return
+    size = getattr(student.config, "image_size", 224)  # what DistillationModel plans at without a processor
+    planned = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(pixels.shape[-2:]) != planned:
+        raise RecipeError(
+            f"losses {features} compare hidden states, whose grids are planned at the input size: without "
+            f"processing_class that is the student config's {planned[0]}x{planned[1]}, but the data's images are "
+            f"{pixels.shape[-2]}x{pixels.shape[-1]}. Pass processing_class=<the student's image processor>")
 
 
-def check_columns(train_dataset: Any, eval_dataset: Any) -> None:
-    """Each dataset's first item has ``pixel_values`` and ``labels`` (the batch the model reads).
+def check_columns(train_dataset: Any, eval_dataset: Any, collator_given: bool) -> Mapping | None:
+    """Each dataset's first item has ``pixel_values`` and ``labels`` (the batch the model reads);
+    returns the first training item (None when the data cannot be indexed).
 
     Other names (``image``, ``label``) failed at the first batch with a bare ``KeyError``; one
-    item is decoded here, through the dataset's transform, to say which keys it has.
+    item is decoded here, through the dataset's transform, to say which keys it has. A caller's
+    own ``data_collator`` may build the batch from other keys, so its items are not checked.
     """
+    first = None
     for role, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
         for name, part in (dataset.items() if isinstance(dataset, dict) else [(role, dataset)]):
             if part is None or isinstance(part, torch.utils.data.IterableDataset) or not hasattr(part, "__len__"):
@@ -98,12 +113,15 @@ def check_columns(train_dataset: Any, eval_dataset: Any) -> None:
             item = part[0] if len(part) else None
             if not isinstance(item, Mapping):
                 continue
+            first = item if first is None and role == "train_dataset" else first
             missing = [key for key in ("pixel_values", "labels") if key not in item]
-            if missing:
+            if missing and not collator_given:
                 raise DataError(
                     f"{role if name == role else f'{role}[{name!r}]'}: its items have no {missing} (they have "
                     f"{sorted(item)}): rename the label column (dataset.rename_column('label', 'labels')) and set a "
-                    "transform that turns images into pixel_values (dataset.set_transform(...) with the processor)")
+                    "transform that turns images into pixel_values (dataset.set_transform(...) with the processor), "
+                    "or pass a data_collator that builds them")
+    return first
 
 
 def dataset_label_names(*datasets: Any) -> list[str] | None:
@@ -115,8 +133,15 @@ def dataset_label_names(*datasets: Any) -> list[str] | None:
             features = getattr(part, "features", None) or {}
             for key in ("labels", "label"):
                 if isinstance(features.get(key), ClassLabel):
-                    return list(features[key].names)
+                    names = list(features[key].names)
+                    return None if _placeholders(names) else names
     return None
+
+
+def _placeholders(names: list[str]) -> bool:
+    """Names that only number the classes: ``LABEL_0``... (transformers) or ``0``, ``1``... (a
+    ClassLabel cast from integers), which say nothing about which class is which."""
+    return is_generic(names) or names == [str(i) for i in range(len(names))]
 
 
 def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...], mapping: str) -> None:
@@ -130,23 +155,26 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
         raise RecipeError(f"teacher_label_mapping must be one of {TEACHER_LABEL_MAPPINGS}, got {mapping!r}")
     student_names = _names(student)
     data_names = dataset_label_names(*datasets)
-    if data_names and student_names and not is_generic(student_names) and student_names != data_names:
+    if student_names is not None and _placeholders(student_names):
+        student_names = None
+    if data_names and student_names and student_names != data_names:
         raise LabelError(
             f"the student's id2label {student_names[:8]} is not the dataset's class order {data_names[:8]}: its "
             "accuracy would count ids while the exported model names them otherwise. Build the student with "
             "id2label=dict(enumerate(names)), names = dataset.features['labels'].names")
-    run_names = student_names if student_names and not is_generic(student_names) else data_names
-    if teacher is None or not run_names or _names(teacher) is None:
-        return
+    run_names = student_names or data_names
+    teacher_names = _names(teacher) if teacher is not None else None
+    if not run_names or teacher_names is None or len(teacher_names) != len(run_names):
+        return  # a class count the losses cannot use is refused when the model is built
     specs = active_specs(getattr(args, "losses", None) or default_losses(True))
-    if any("teacher_logits" in LOSSES.get(spec["name"]).requires for spec in specs):
-        realign_teacher(teacher, run_names, mapping)
-        return
-    try:  # only features are distilled: other classes are fine, but the accuracy check means nothing
-        realign_teacher(teacher, run_names, mapping)
+    try:
+        realign_teacher(teacher, run_names, mapping, key="teacher",
+                        source="the student's id2label" if student_names else "the dataset's ClassLabel")
     except LabelError:
+        if any("teacher_logits" in LOSSES.get(spec["name"]).requires for spec in specs):
+            raise
         logger.info("labels: the teacher has other classes; only its features are distilled")
-        if hasattr(args, "teacher_accuracy_check"):
+        if hasattr(args, "teacher_accuracy_check"):  # its accuracy on these labels means nothing
             args.teacher_accuracy_check = "off"
 
 

@@ -106,7 +106,9 @@ class DistillationTrainer(CheckpointingTrainer):
         teacher_label_mapping: ``"by_name"`` pairs the teacher's classes with the run's by their
             ``id2label`` names (a permuted teacher is realigned, other names are an error);
             ``"by_index"`` pairs them by position. The run's names are the student's, or the
-            dataset's ``ClassLabel`` names when the student's are ``LABEL_0``...
+            dataset's ``ClassLabel`` names when the student's are ``LABEL_0``... A realigned
+            teacher is changed in place (a forward hook re-indexes its logits, and its config
+            names the run's order): save its original checkpoint, not this object, afterwards.
         augmentation: Mixup/CutMix and repeated-augmentation settings (``DataArguments`` carries
             them); per-image transforms belong to the datasets. ``args.model_ema`` adds a weight EMA.
         **kwargs: everything ``Trainer`` takes (datasets, callbacks, ``compute_metrics``...).
@@ -135,8 +137,9 @@ class DistillationTrainer(CheckpointingTrainer):
         if isinstance(model, DistillationModel):
             check_ready_model(model, teacher, teacher_processor, args)
         else:
-            check_models(model, teacher, args, kwargs.get("processing_class"), teacher_processor)
-            check_columns(kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
+            first_item = check_columns(kwargs.get("train_dataset"), kwargs.get("eval_dataset"),
+                                       collator_given=kwargs.get("data_collator") is not None)
+            check_models(model, teacher, args, kwargs.get("processing_class"), teacher_processor, first_item)
             check_labels(model, teacher, args, (kwargs.get("train_dataset"), kwargs.get("eval_dataset")),
                          teacher_label_mapping)
             model = build_distillation_model(
