@@ -7,6 +7,11 @@ ViT tokens (prefix tokens dropped, laid out on their patch grid) and CNN maps ar
 and the similarity is ``functional.linear_cka`` in float32, exactly the quantity ``feature_cka``
 trains: each hidden state is flattened to (images, C * h * w). A teacher-vs-student heatmap before
 and after distillation shows which layers moved towards the teacher.
+
+A ViT's token rows are its patch tokens: the class token its head reads is dropped with the other
+prefix tokens, so the last row or column is each model's ``logits``, the output the classifier
+gives (and the quantity the logit losses align). A layer whose activation is the same for every
+image has no CKA (0 / 0); it is NaN in the matrix and ``n/a`` in the table, not 0.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ class LayerCKA:
     """CKA of every (row layer, column layer) pair; rows are model A's hidden states, columns B's.
 
     Attributes:
-        matrix: (layers of A, layers of B) float32 values in [0, 1].
+        matrix: (layers of A, layers of B) float32 values in [0, 1], NaN where a layer is constant
+            over the images (CKA undefined).
         row_names / column_names: one label per hidden state (index, kind, shape).
         row_model / column_model: how to name the two models in tables and titles.
         num_images: how many images the activations were taken on.
@@ -47,7 +53,7 @@ class LayerCKA:
         header = f"| {self.row_model} \\ {self.column_model} | " + " | ".join(self.column_names) + " |"
         lines = [header, "|---" * (len(self.column_names) + 1) + "|"]
         for name, row in zip(self.row_names, self.matrix.tolist()):
-            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+            lines.append(f"| {name} | " + " | ".join("n/a" if v != v else f"{v:.2f}" for v in row) + " |")
         return "\n".join(lines) + "\n"
 
 
@@ -58,9 +64,13 @@ def layer_name(index: int, spec: FeatureSpec) -> str:
     return f"{index}: {kind} {spec.grid[0]}x{spec.grid[1]}x{spec.channels}{stem}"
 
 
+LOGITS_NAME = "logits"
+
+
 @torch.no_grad()
-def layer_activations(model: nn.Module, pixel_values: Tensor, batch_size: int = 128) -> tuple[list[Tensor], list[FeatureSpec]]:
-    """Every hidden state of ``model`` on ``pixel_values`` as a float32 (images, C * h * w) matrix.
+def layer_activations(model: nn.Module, pixel_values: Tensor, batch_size: int = 128) -> tuple[list[Tensor], list[str]]:
+    """Every hidden state of ``model`` on ``pixel_values``, then its logits, as float32 (images, features)
+    matrices, with one name per matrix (see :func:`layer_name`).
 
     Runs in eval mode (restored afterwards) in batches, so only one batch of activations at a
     time is alive besides the flattened results.
@@ -69,16 +79,32 @@ def layer_activations(model: nn.Module, pixel_values: Tensor, batch_size: int = 
     was_training = model.training
     model.eval()
     parameter = next(model.parameters())
-    chunks: list[list[Tensor]] = [[] for _ in specs]
+    chunks: list[list[Tensor]] = [[] for _ in range(len(specs) + 1)]
     try:
         for start in range(0, len(pixel_values), batch_size):
             batch = pixel_values[start : start + batch_size].to(parameter.device, parameter.dtype)
-            states = hidden_states_of(model(pixel_values=batch, output_hidden_states=True))
-            for chunk, state, spec in zip(chunks, states, specs):
+            outputs = model(pixel_values=batch, output_hidden_states=True)
+            for chunk, state, spec in zip(chunks, hidden_states_of(outputs), specs):
                 chunk.append(to_fmap(state, spec).flatten(1).float().cpu())
+            chunks[-1].append(outputs.logits.float().cpu())
     finally:
         model.train(was_training)
-    return [torch.cat(chunk) for chunk in chunks], specs
+    activations = [torch.cat(chunk) for chunk in chunks]
+    names = [layer_name(i, s) for i, s in enumerate(specs)]
+    names.append(f"{len(specs)}: {LOGITS_NAME} ({activations[-1].shape[1]} classes)")
+    return activations, names
+
+
+def _is_constant(activation: Tensor) -> bool:
+    """The same (to float32 rounding) for every image: centring leaves nothing, so CKA is 0 / 0."""
+    spread = (activation - activation.mean(0)).abs().amax()
+    return bool(spread <= 1e-6 * activation.abs().amax().clamp_min(1e-30))
+
+
+def _cka(x: Tensor, y: Tensor) -> float:
+    if _is_constant(x) or _is_constant(y):
+        return float("nan")
+    return float(functional.linear_cka(x, y).clamp(0.0, 1.0))
 
 
 def layer_cka(
@@ -89,7 +115,7 @@ def layer_cka(
     names: tuple[str, str] = ("A", "B"),
     batch_size: int = 128,
 ) -> LayerCKA:
-    """Linear CKA between every hidden state of two models on the same images.
+    """Linear CKA between every hidden state (and the logits) of two models on the same images.
 
     Args:
         row_model / column_model: HF or timm (TimmWrapper) image models.
@@ -105,13 +131,13 @@ def layer_cka(
         raise ValueError(f"both models must see the same images: got {len(row_pixels)} and {len(column_pixels)}")
     if len(row_pixels) < 3:
         raise ValueError(f"layer CKA needs at least 3 images, got {len(row_pixels)}")
-    rows, row_specs = layer_activations(row_model, row_pixels, batch_size)
-    columns, column_specs = layer_activations(column_model, column_pixels, batch_size)
-    matrix = torch.tensor([[float(functional.linear_cka(r, c)) for c in columns] for r in rows], dtype=torch.float32)
+    rows, row_names = layer_activations(row_model, row_pixels, batch_size)
+    columns, column_names = layer_activations(column_model, column_pixels, batch_size)
+    matrix = torch.tensor([[_cka(r, c) for c in columns] for r in rows], dtype=torch.float32)
     return LayerCKA(
-        matrix=matrix.clamp(0.0, 1.0),
-        row_names=[layer_name(i, s) for i, s in enumerate(row_specs)],
-        column_names=[layer_name(i, s) for i, s in enumerate(column_specs)],
+        matrix=matrix,
+        row_names=row_names,
+        column_names=column_names,
         row_model=names[0],
         column_model=names[1],
         num_images=len(row_pixels),
@@ -124,16 +150,18 @@ def prepare_pixels(images: Sequence, transform: Callable) -> Tensor:
 
 
 def save_heatmaps(reports: Sequence[LayerCKA], path: str | Path, title: str | None = None) -> Path:
-    """One heatmap per report, side by side, with a shared 0-1 colour scale (matplotlib, Agg)."""
+    """One heatmap per report, side by side, with a shared 0-1 colour scale (matplotlib, Agg);
+    undefined values (constant layers) are grey."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="lightgrey")
     fig, axes = plt.subplots(1, len(reports), figsize=(4.8 * len(reports), 4.4), squeeze=False)
     image = None
     for n, (ax, report) in enumerate(zip(axes[0], reports)):
-        image = ax.imshow(report.matrix.numpy(), vmin=0.0, vmax=1.0, cmap="magma", origin="lower", aspect="auto")
+        image = ax.imshow(report.matrix.numpy(), vmin=0.0, vmax=1.0, cmap=cmap, origin="lower", aspect="auto")
         same_rows = n > 0 and report.row_names == reports[0].row_names  # label shared rows once, no overlap
         ax.set_yticks(range(len(report.row_names)), [] if same_rows else report.row_names, fontsize=6)
         ax.set_xticks(range(len(report.column_names)), report.column_names, fontsize=6, rotation=45, ha="right")

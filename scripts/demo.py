@@ -16,16 +16,23 @@ on a busy machine OpenMP threads spin-wait on each other (a step took 6 s instea
 two threads while other jobs ran). The distilled student's card gets a
 layer-by-layer CKA picture (teacher vs the student alone and vs the distilled student) unless
 ``--no-cka``.
+
+``--reuse`` keeps a step that finished in an earlier demo, only if its recipe, its command and the
+steps it learned from are unchanged: a retrained teacher retrains the distilled student. A step
+cut short (Ctrl-C, a failure) leaves nothing to reuse, so it runs again.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,46 +50,97 @@ def _env(threads: int) -> dict[str, str]:
             "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
-def train(step: str, output_root: Path, threads: int, extra: list[str] | None = None, reuse: bool = False) -> dict:
+def train(step: str, output_root: Path, threads: int, extra: list[str] | None = None, reuse: bool = False,
+          after: tuple[dict, ...] = ()) -> dict:
     """Run one recipe through scripts/distill.py; its log goes to ``<output>.log``.
 
-    ``reuse`` keeps a finished earlier run of the step (its ``all_results.json``) and its recorded time.
+    Args:
+        extra: flags added to the recipe's command.
+        reuse: keep a finished earlier run of the step when nothing it depends on changed.
+        after: results of the steps this one learns from; a rerun of any of them reruns this one.
+
+    Returns:
+        accuracy, seconds, path, and ``run``, an id of this training that later steps record.
     """
     recipe = STEPS[step]
     output = output_root / recipe
-    record = output_root / f"{recipe}.time.json"
-    if reuse and (output / "all_results.json").exists() and record.exists():
-        print(f"  {step}: reusing {output}", flush=True)
-        accuracy = json.loads((output / "all_results.json").read_text())["eval_accuracy"]
-        return {"accuracy": accuracy, "seconds": json.loads(record.read_text())["seconds"], "path": str(output)}
+    record = output_root / f"{recipe}.demo.json"
     command = [sys.executable, str(ROOT / "scripts" / "distill.py"), str(ROOT / "recipes" / f"{recipe}.yaml"),
                "--output_dir", str(output), "--disable_tqdm", "true", *(extra or [])]
     if step == "distilled student":
         command += ["--teacher_model_name_or_path", str(output_root / STEPS["teacher"])]
+    fingerprint = _fingerprint(recipe, command, after)
+    kept = _finished(output, record, fingerprint) if reuse else None
+    if kept:
+        print(f"  {step}: reusing {output}", flush=True)
+        return kept
     output_root.mkdir(parents=True, exist_ok=True)
+    record.unlink(missing_ok=True)  # until this run finishes, there is nothing to reuse
     log = output_root / f"{recipe}.log"
     print(f"  {step}: python scripts/distill.py recipes/{recipe}.yaml  (log: {log})", flush=True)
     start = time.perf_counter()
     with open(log, "w") as handle:
         done = subprocess.run(command, cwd=ROOT, env=_env(threads), stdout=handle, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
+    if done.returncode in (130, -2):  # the run stopped on Ctrl-C (SIGINT)
+        raise KeyboardInterrupt
+    accuracy = _accuracy(output)
+    if done.returncode != 0 or accuracy is None:
         tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
         raise SystemExit(f"{step} failed (exit {done.returncode}); last lines of {log}:\n{tail}")
-    accuracy = json.loads((output / "all_results.json").read_text())["eval_accuracy"]
-    seconds = time.perf_counter() - start
-    record.write_text(json.dumps({"seconds": seconds}))
-    return {"accuracy": accuracy, "seconds": seconds, "path": str(output)}
+    result = {"accuracy": accuracy, "seconds": time.perf_counter() - start, "path": str(output), "run": uuid.uuid4().hex}
+    stamp = (output / "all_results.json").stat().st_mtime_ns
+    record.write_text(json.dumps({**result, "fingerprint": fingerprint, "results_written": stamp}))  # last
+    return result
 
 
-def cka_picture(output_root: Path) -> None:
-    """Teacher vs student alone and vs distilled student, embedded in the distilled student's card."""
+def _fingerprint(recipe: str, command: list[str], after: tuple[dict, ...]) -> str:
+    """What decides a step's result: its recipe's text, its command, the runs it learned from."""
+    text = (ROOT / "recipes" / f"{recipe}.yaml").read_text()
+    inputs = json.dumps({"recipe": text, "command": command[1:], "after": [a["run"] for a in after]})
+    return hashlib.sha256(inputs.encode()).hexdigest()
+
+
+def _finished(output: Path, record: Path, fingerprint: str) -> dict | None:
+    """The earlier result of this step, if it finished with the same inputs and its folder is untouched."""
+    try:
+        kept = json.loads(record.read_text())
+        stamp = (output / "all_results.json").stat().st_mtime_ns
+    except (OSError, ValueError):
+        return None
+    accuracy = _accuracy(output)
+    if kept.get("fingerprint") != fingerprint or kept.get("results_written") != stamp or accuracy is None \
+            or not (output / "README.md").is_file():
+        return None
+    return {"accuracy": accuracy, "seconds": kept["seconds"], "path": str(output), "run": kept["run"]}
+
+
+def _accuracy(output: Path) -> float | None:
+    """``eval_accuracy`` of a finished run (None while the run has not evaluated its model)."""
+    try:
+        return json.loads((output / "all_results.json").read_text()).get("eval_accuracy")
+    except (OSError, ValueError):
+        return None
+
+
+def cka_picture(output_root: Path) -> bool:
+    """Teacher vs student alone and vs distilled student, embedded in the distilled student's card.
+
+    Returns whether it was made; a failure is reported and skipped (the accuracies stand without it).
+    """
     teacher, alone, distilled = (str(output_root / STEPS[s]) for s in STEPS)
+    report = output_root / "cka_report"
+    shutil.rmtree(report, ignore_errors=True)  # no picture of an earlier demo's models is left to mistake
     command = [sys.executable, str(ROOT / "scripts" / "cka_report.py"), teacher, alone, distilled,
                "--names", "teacher", "student alone", "distilled student", "--dataset_name", "builtin:digits",
-               "--num_images", "256", "--output", str(output_root / "cka_report"), "--card", distilled]
+               "--num_images", "256", "--output", str(report), "--card", distilled]
     done = subprocess.run(command, cwd=ROOT, env=_env(2), capture_output=True, text=True)
+    if done.returncode in (130, -2):
+        raise KeyboardInterrupt
     if done.returncode != 0:
-        print(f"  (the CKA picture failed and was skipped: {done.stderr.strip().splitlines()[-1:]})")
+        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        print(f"  the CKA picture failed and was skipped: {last}", flush=True)
+        return False
+    return True
 
 
 def table(results: dict[str, dict]) -> str:
@@ -101,9 +159,20 @@ def table(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_root", type=Path, default=ROOT / "outputs")
-    parser.add_argument("--reuse", action="store_true", help="keep steps that finished in an earlier run")
     parser.add_argument("--no-cka", dest="cka", action="store_false", help="skip the layer-CKA picture")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep steps that finished in an earlier run with the same recipes and inputs")
     args = parser.parse_args(argv)
+    try:
+        _demo(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished steps are kept; `python scripts/demo.py --reuse` goes on from them",
+              file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     print("hf_rcka demo: teacher and student alone side by side, then the distilled student")
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -111,14 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         alone = pool.submit(train, "student alone", args.output_root, 1, None, args.reuse)
         results = {"teacher": teacher.result(), "student alone": alone.result()}
     baseline = ["--baseline_dir", results["student alone"]["path"]]
-    results["distilled student"] = train("distilled student", args.output_root, 1, baseline, args.reuse)
-    if args.cka:
-        cka_picture(args.output_root)
+    results["distilled student"] = train("distilled student", args.output_root, 1, baseline, args.reuse,
+                                         after=(results["teacher"], results["student alone"]))
+    pictured = args.cka and cka_picture(args.output_root)
     print(f"\n{table(results)}\n\nTotal {time.perf_counter() - start:.0f} s. The distilled student's model card "
-          f"(with the teacher, the baseline{' and the CKA picture' if args.cka else ''}) is "
+          f"(with the teacher, the baseline{' and the CKA picture' if pictured else ''}) is "
           f"{os.path.relpath(results['distilled student']['path'], Path.cwd())}/README.md.")
     (args.output_root / "demo_results.json").write_text(json.dumps(results, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from PIL import Image
 
 from _models import hf_deit, hf_vit, pixels, timm_model
 from hf_rcka.analysis import layer_cka, save_heatmaps
+from hf_rcka.cli import cka_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,8 @@ def test_a_model_against_itself_has_ones_on_the_diagonal(images):
     vit = hf_vit()
     report = layer_cka(vit, images, vit, images, names=("vit", "vit"))
     layers = report.matrix.shape[0]
-    assert report.matrix.shape == (layers, layers) == (3, 3)  # embedding + 2 blocks
+    assert report.matrix.shape == (layers, layers) == (4, 4)  # embedding + 2 blocks + logits
+    assert report.row_names[-1] == "3: logits (3 classes)"
     torch.testing.assert_close(report.matrix.diagonal(), torch.ones(layers), atol=1e-4, rtol=0)
     torch.testing.assert_close(report.matrix, report.matrix.T, atol=1e-5, rtol=0)
 
@@ -31,15 +33,43 @@ def test_a_model_against_itself_has_ones_on_the_diagonal(images):
 def test_vit_tokens_against_cnn_maps_give_layers_by_layers_values_in_unit_range(images):
     deit, resnet = hf_deit(), timm_model("resnet18")
     report = layer_cka(deit, images, resnet, images, names=("deit", "resnet"))
-    assert report.matrix.shape == (3, len(report.column_names)) and len(report.column_names) >= 4
+    assert report.matrix.shape == (4, len(report.column_names)) and len(report.column_names) >= 5
     assert report.matrix.dtype == torch.float32
     assert bool(((report.matrix >= 0) & (report.matrix <= 1)).all())
     assert report.row_names[0].startswith("0: tokens 4x4x36")  # 2 prefix tokens dropped: 4x4 patch grid
-    assert report.column_names[-1].split(": ")[1].startswith("map")
+    assert report.column_names[-2].split(": ")[1].startswith("map")
+    assert "logits" in report.row_names[-1] and "logits" in report.column_names[-1]
     # an untrained ViT and an untrained ResNet are not the same function of the input
     assert float(report.matrix.max()) < 0.999
     table = report.to_markdown()
     assert table.count("\n") == 2 + len(report.row_names)
+
+
+def test_the_logits_row_is_what_the_classifier_outputs(images):
+    """A ViT's token rows hold only patch tokens (its head reads the class token): the logits row
+    compares what the two models output, and equals CKA of their logits computed directly."""
+    from hf_rcka.functional import linear_cka
+
+    first, second = hf_vit(), hf_vit()
+    torch.manual_seed(1)
+    second.classifier.reset_parameters()  # same body, another head: logits CKA below 1
+    report = layer_cka(first, images, second, images)
+    with torch.no_grad():
+        direct = linear_cka(first(pixel_values=images).logits, second(pixel_values=images).logits)
+    torch.testing.assert_close(report.matrix[-1, -1], direct.float(), atol=1e-5, rtol=0)
+    assert float(direct) < 0.99
+
+
+def test_a_constant_layer_has_no_cka(images):
+    """CKA of an activation that is the same for every image is 0 / 0: n/a, not a measured 0.00."""
+    vit = hf_vit()
+    with torch.no_grad():
+        vit.classifier.weight.zero_()  # the same logits (the bias) for every image
+    report = layer_cka(vit, images, vit, images, names=("a", "b"))
+    assert bool(report.matrix[-1].isnan().all()) and bool(report.matrix[:, -1].isnan().all())
+    assert not bool(report.matrix[:-1, :-1].isnan().any())
+    last_row = report.to_markdown().splitlines()[-1]
+    assert last_row.count("n/a") == report.matrix.shape[1] and "0.00" not in last_row
 
 
 def test_differently_sized_inputs_must_be_the_same_images(images):
@@ -85,26 +115,99 @@ def test_report_script_on_saved_models(tmp_path):
     tables = (out / "cka.md").read_text()
     assert "### A vs A again" in tables and "### A vs B" in tables
     first_table = tables.split("### A vs B")[0]
-    rows = [row.strip(" |").split(" | ") for row in first_table.splitlines()[4:7]]
+    rows = [row.strip(" |").split(" | ") for row in first_table.splitlines()[4:8]]
     diagonal = [row[i + 1] for i, row in enumerate(rows)]
-    assert diagonal == ["1.00"] * 3
+    assert diagonal == ["1.00"] * 4
 
 
 def test_cka_report_takes_the_models_validation_split_by_default(tmp_path):
     """Its own default (0.3) differed from training's (0.15): a third of its 'validation' images were trained on."""
-    script = _load_script("cka_report")
     run = tmp_path / "run"
     run.mkdir()
-    args = script.parse_args([str(tmp_path / "teacher"), str(run), "--dataset_name", "builtin:digits"])
+    args = cka_report.parse_args([str(tmp_path / "teacher"), str(run), "--dataset_name", "builtin:digits"])
+    cka_report.resolve_split(args)
     assert (args.train_val_split, args.split_seed) == (0.15, 42)  # training's defaults
-    (run / "distill_config.yaml").write_text("train_val_split: 0.3\nsplit_seed: 7\n")
-    args = script.parse_args([str(tmp_path / "teacher"), str(run), "--dataset_name", "builtin:digits"])
+    (run / "distill_config.yaml").write_text("dataset_name: builtin:digits\ntrain_val_split: 0.3\nsplit_seed: 7\n")
+    args = cka_report.parse_args([str(tmp_path / "teacher"), str(run), "--dataset_name", "builtin:digits"])
+    cka_report.resolve_split(args)
     assert (args.train_val_split, args.split_seed) == (0.3, 7)
 
 
 def test_cka_report_refuses_a_card_folder_without_a_card_before_computing(tmp_path, capsys):
-    script = _load_script("cka_report")
     with pytest.raises(SystemExit):
-        script.parse_args([str(tmp_path / "t"), str(tmp_path / "s"), "--dataset_name", "builtin:digits",
-                           "--card", str(tmp_path / "missing")])
+        cka_report.parse_args([str(tmp_path / "t"), str(tmp_path / "s"), "--dataset_name", "builtin:digits",
+                               "--card", str(tmp_path / "missing")])
     assert "has no README.md model card" in capsys.readouterr().err
+
+
+def _saved_run(folder: Path, seed: int = 0, recipe: str | None = "dataset_name: builtin:digits\n") -> str:
+    """A tiny ViT saved as a run folder (card and recorded recipe), for 8 px digits."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, num_labels=10)
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(folder)
+    (folder / "README.md").write_text("# a run\n\n## Usage\n\ntext\n")
+    if recipe is not None:
+        (folder / "distill_config.yaml").write_text(recipe)
+    return str(folder)
+
+
+@pytest.mark.parametrize("problem", ["card not compared", "card not a run"])
+def test_cka_report_card_must_be_a_compared_run(tmp_path, capsys, problem):
+    """It added a picture of other models to any folder with a README.md (and `---{}---` to plain ones)."""
+    first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)
+    card = _saved_run(tmp_path / "c", 2, recipe=None if problem == "card not a run" else "dataset_name: builtin:digits\n")
+    models = [first, second, card] if problem == "card not a run" else [first, second]
+    with pytest.raises(SystemExit):
+        cka_report.parse_args([*models, "--dataset_name", "builtin:digits", "--card", card])
+    assert ("is not one of the compared models" if problem == "card not compared" else "holds no distill_config.yaml") \
+        in capsys.readouterr().err
+
+
+def test_cka_report_refuses_runs_that_held_out_different_images(tmp_path, capsys):
+    """Only the first run's split was read: the other run had trained on most of the report's images."""
+    first = _saved_run(tmp_path / "a", recipe="dataset_name: builtin:digits\nsplit_seed: 1\n")
+    second = _saved_run(tmp_path / "b", 1, recipe="dataset_name: builtin:digits\nsplit_seed: 2\n")
+    out, _ = tmp_path / "report", capsys.readouterr()
+    assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the compared runs held out different validation images of builtin:digits")
+    assert "split_seed 1" in err and "split_seed 2" in err and not out.exists()
+
+
+def test_cka_report_refuses_a_split_the_compared_runs_trained_on(tmp_path, capsys):
+    """A --split_seed other than the runs' carved the report's images out of their training images."""
+    first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)
+    out, _ = tmp_path / "report", capsys.readouterr()
+    assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--split_seed", "3",
+                            "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model ") and "most of this report's validation images would be that model's " \
+        "training images" in err and "Set train_val_split: 0.15 and split_seed: 42 as that model did" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("problem", ["missing model", "missing dataset"])
+def test_cka_report_mistakes_are_one_error_line(tmp_path, capsys, problem):
+    """They were tracebacks, the dataset's after the models had been checked."""
+    first = _saved_run(tmp_path / "a")
+    second = str(tmp_path / "nowhere") if problem == "missing model" else _saved_run(tmp_path / "b", 1)
+    dataset = str(tmp_path / "no_dataset") if problem == "missing dataset" else "builtin:digits"
+    assert cka_report.main([first, second, "--dataset_name", dataset, "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: models: model {second!r}: no such local folder" if problem == "missing model"
+                              else f"error: dataset_name {dataset!r}: cannot load the dataset")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_cka_report_writes_into_the_card_folder_and_keeps_its_sections(tmp_path, capsys):
+    """--output equal to --card failed with shutil.SameFileError after computing everything."""
+    first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)
+    assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--num_images", "40",
+                            "--output", second, "--card", second]) == 0
+    card = (Path(second) / "README.md").read_text()
+    assert "![layer CKA](cka.png)" in card and "## Usage\n\ntext" in card
+    assert "10 classes" in (Path(second) / "cka.md").read_text()  # the logits row and column

@@ -268,3 +268,28 @@ def test_cka_picture_is_embedded_once(tmp_path):
     torch.manual_seed(0)  # a regenerated card keeps the picture when it is in the folder
     card, _ = _card(tmp_path)
     assert "![layer CKA](cka.png)" in card.text
+
+
+def test_a_new_cka_report_replaces_only_the_cka_section(tmp_path):
+    """It cut the card at the CKA heading: a user's section written after it was deleted."""
+    _card(tmp_path)
+    (tmp_path / "cka.png").write_bytes(b"\x89PNG fake")
+    add_cka_to_card(tmp_path, "cka.png", "| old | table |")
+    path = tmp_path / "README.md"
+    path.write_text(path.read_text() + "\n## Limitations\n\nOnly digits.\n")
+    card = add_cka_to_card(tmp_path, "cka.png", "| new | table |")
+    assert "## Limitations\n\nOnly digits." in card.text and "| new | table |" in card.text
+    assert "| old | table |" not in card.text and card.text.count("## Layer-by-layer CKA") == 1
+    assert card.text.index("## Layer-by-layer CKA") < card.text.index("## Limitations")
+
+
+def test_a_cka_section_without_markers_is_replaced_up_to_the_next_section(tmp_path):
+    """Cards written before the section had markers: the old section goes, the user's next one stays."""
+    _card(tmp_path)
+    (tmp_path / "cka.png").write_bytes(b"\x89PNG fake")
+    path = tmp_path / "README.md"
+    path.write_text(path.read_text() + "\n## Layer-by-layer CKA\n\n![layer CKA](old.png)\n\n### a vs b\n\n"
+                    "| x |\n\n## Citation\n\nUs.\n")
+    card = add_cka_to_card(tmp_path, "cka.png", "| new |")
+    assert "old.png" not in card.text and "## Citation\n\nUs." in card.text
+    assert card.text.count("## Layer-by-layer CKA") == 1

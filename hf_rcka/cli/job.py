@@ -42,13 +42,11 @@ from .preflight import check_checkpoint, check_metric_for_best_model, check_resu
 from .output_folder import check_output_dir, holds_run, set_aside_previous_run
 from .probes import probe_student
 from .recipe import dump_recipe
-from .records import eval_record_dir, write_eval_record
+from .records import CONFIG_NAME, eval_record_dir, write_eval_record
 from .teacher_data import check_teacher_data
 from .run_inputs import align_teacher, checkpoint_labels, load_data, model_error, student_labels
 
 logger = logging.getLogger("hf_rcka")
-
-CONFIG_NAME = "distill_config.yaml"
 
 
 def run(

@@ -456,9 +456,9 @@ def check_data_dirs(data_args: Any) -> None:
     """Image folders exist, hold class sub-folders with images, and train/validation classes agree."""
     if data_args.train_dir is None:
         return
-    train = _folder_classes("train_dir", data_args.train_dir)
+    train = image_folder_classes("train_dir", data_args.train_dir)
     if data_args.validation_dir is not None:
-        check_split_classes(train, _folder_classes("validation_dir", data_args.validation_dir))
+        check_split_classes(train, image_folder_classes("validation_dir", data_args.validation_dir))
         train_path, validation_path = (Path(d).expanduser().resolve() for d in (data_args.train_dir, data_args.validation_dir))
         if train_path == validation_path or train_path in validation_path.parents or validation_path in train_path.parents:
             raise DataError(f"validation_dir {data_args.validation_dir!r} and train_dir {data_args.train_dir!r} share "
@@ -466,7 +466,7 @@ def check_data_dirs(data_args: Any) -> None:
                             "or drop validation_dir to hold out part of train_dir")
 
 
-def _folder_classes(key: str, folder: str) -> list[str]:
+def image_folder_classes(key: str, folder: str) -> list[str]:
     if not os.path.isdir(folder):
         raise DataError(f"{key} {folder!r} does not exist" + (" (it is a file)" if os.path.exists(folder) else "")
                         + ": give a folder with one sub-folder of images per class")

@@ -16,6 +16,7 @@ import time
 
 from .recipe import dump_recipe
 
+CONFIG_NAME = "distill_config.yaml"  # a training run's resolved recipe, in its output_dir
 EVAL_RECORD_PREFIX = "_eval-"
 EVAL_CONFIG_NAME = "eval_config.yaml"
 EVAL_RESULTS_NAME = "eval_results.json"

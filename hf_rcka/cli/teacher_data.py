@@ -12,6 +12,7 @@ the validation split is carved or the dataset's own), before the models load.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,23 @@ _SOURCE_KEYS = ("dataset_name", "dataset_config_name", "train_dir")
 _CARVE_KEYS = ("train_val_split", "split_seed")
 
 
-def check_teacher_data(teacher: str | None, data_args: DataArguments, config_name: str, carved: bool) -> None:
+@dataclass(frozen=True)
+class Roles:
+    """How the messages name the trained folder and the run whose evaluation images it must not
+    have trained on (``scripts/cka_report.py`` checks each compared model against its images)."""
+
+    model: str = "teacher_model_name_or_path"  # then the folder
+    short: str = "the teacher"
+    evaluated: str = "the student"
+    trained: str = "teacher training images"
+    harm: str = "which inflates both accuracies"
+
+
+TEACHER = Roles()
+
+
+def check_teacher_data(teacher: str | None, data_args: DataArguments, config_name: str, carved: bool,
+                       roles: Roles = TEACHER) -> None:
     """Raise a ``DataError`` if the teacher at ``teacher`` trained on the student's validation images.
 
     ``carved``: the student's validation split was held out of its training data (else it is the
@@ -40,8 +57,8 @@ def check_teacher_data(teacher: str | None, data_args: DataArguments, config_nam
     run = {k: getattr(data_args, k) for k in defaults}
     if run["validation_dir"]:  # the student is evaluated on its own folder
         if taught["train_dir"] and _same_path(taught["train_dir"], run["validation_dir"]):
-            raise DataError(f"teacher_model_name_or_path {teacher!r} was trained on train_dir {taught['train_dir']!r}, "
-                            f"the student's validation_dir: its evaluation would be on the teacher's training images")
+            raise DataError(f"{roles.model} {teacher!r} was trained on train_dir {taught['train_dir']!r}, "
+                            f"{roles.evaluated}'s validation_dir: its evaluation would be on {roles.short}'s training images")
         return
     if not carved or not _same_source(taught, run):
         return
@@ -49,11 +66,12 @@ def check_teacher_data(teacher: str | None, data_args: DataArguments, config_nam
         held_out = ("none of it (it had validation_dir)" if taught["validation_dir"] else
                     f"train_val_split {taught['train_val_split']}, split_seed {taught['split_seed']}")
         fix = ("give the student a validation_dir the teacher did not train on" if taught["validation_dir"] else
-               f"set train_val_split: {taught['train_val_split']} and split_seed: {taught['split_seed']} as the teacher did")
+               f"set train_val_split: {taught['train_val_split']} and split_seed: {taught['split_seed']} as {roles.short} did")
         raise DataError(
-            f"teacher_model_name_or_path {teacher!r} trained on this data holding out {held_out}, and the student "
-            f"holds out train_val_split {run['train_val_split']}, split_seed {run['split_seed']}: most of the student's "
-            f"validation images would be teacher training images, which inflates both accuracies. {fix[0].upper()}{fix[1:]}"
+            f"{roles.model} {teacher!r} trained on this data holding out {held_out}, and {roles.evaluated} "
+            f"holds out train_val_split {run['train_val_split']}, split_seed {run['split_seed']}: most of "
+            f"{roles.evaluated}'s validation images would be {roles.trained}, {roles.harm}. "
+            f"{fix[0].upper()}{fix[1:]}"
         )
 
 

@@ -24,6 +24,9 @@ CARD_TAGS = ["knowledge-distillation", "image-classification", "hf_rcka"]
 DEFAULT_LICENSE = "apache-2.0"
 CKA_IMAGE = "cka.png"
 _CKA_HEADING = "## Layer-by-layer CKA"
+# The CKA section sits between these comments, so a later report replaces it and nothing else: a
+# user's own sections after it survive (Hub markdown does not render comments).
+_CKA_START, _CKA_END = "<!-- hf_rcka:cka-start -->", "<!-- hf_rcka:cka-end -->"
 
 _TEMPLATE = """---
 {card_data}
@@ -173,8 +176,13 @@ def _teacher_text(teacher_name: str) -> str:
 def _cka_section(output_dir: str) -> str:
     if not os.path.exists(os.path.join(output_dir, CKA_IMAGE)):
         return ""
-    return (f"\n{_CKA_HEADING}\n\nLinear CKA between the teacher's and the student's hidden states "
-            f"(`scripts/cka_report.py`):\n\n![layer CKA]({CKA_IMAGE})\n")
+    return "\n" + _cka_block(CKA_IMAGE)
+
+
+def _cka_block(image: str, tables: str = "") -> str:
+    details = f"\n<details><summary>CKA values</summary>\n\n{tables}\n</details>\n" if tables else ""
+    return (f"{_CKA_START}\n{_CKA_HEADING}\n\nLinear CKA between the teacher's and the student's hidden states "
+            f"(`scripts/cka_report.py`):\n\n![layer CKA]({image})\n{details}{_CKA_END}\n")
 
 
 def write_model_card(
@@ -246,7 +254,8 @@ def _card_data(model_name: str, teacher_name: str | None, dataset: str | None, m
 def add_cka_to_card(model_dir: str | os.PathLike, image: str = CKA_IMAGE, tables: str = "") -> ModelCard:
     """Embed a layer-CKA picture (already copied into ``model_dir``) in that folder's card.
 
-    Replaces an earlier CKA section, so running the report again does not stack pictures.
+    Replaces an earlier CKA section in place, so running the report again does not stack pictures,
+    and leaves every other section alone, also one a user added after it.
 
     Raises:
         FileNotFoundError: if the folder has no ``README.md`` card or no ``image``.
@@ -255,9 +264,21 @@ def add_cka_to_card(model_dir: str | os.PathLike, image: str = CKA_IMAGE, tables
     if not os.path.exists(os.path.join(model_dir, image)):
         raise FileNotFoundError(f"{os.path.join(model_dir, image)} does not exist: copy the picture there first")
     card = ModelCard.load(path)
-    text = card.text.split(f"\n{_CKA_HEADING}\n")[0].rstrip("\n")
-    details = f"\n<details><summary>CKA values</summary>\n\n{tables}\n</details>\n" if tables else ""
-    card.text = (f"{text}\n\n{_CKA_HEADING}\n\nLinear CKA between the teacher's and the student's hidden "
-                 f"states (`scripts/cka_report.py`):\n\n![layer CKA]({image})\n{details}")
+    before, after = _around_cka_section(card.text)
+    card.text = f"{before.rstrip()}\n\n{_cka_block(image, tables)}" + (f"\n{after.lstrip()}" if after.strip() else "")
     card.save(path)
     return card
+
+
+def _around_cka_section(text: str) -> tuple[str, str]:
+    """The card's text before and after its CKA section (all of it, and nothing, when it has none)."""
+    if _CKA_START in text and _CKA_END in text.split(_CKA_START, 1)[1]:
+        before, rest = text.split(_CKA_START, 1)
+        return before, rest.split(_CKA_END, 1)[1]
+    heading = f"\n{_CKA_HEADING}\n"
+    if heading not in text:
+        return text, ""
+    # a card written before the markers: its section runs to the next level-2 heading
+    before, rest = text.split(heading, 1)
+    following = rest.find("\n## ")
+    return before, "" if following < 0 else rest[following + 1:]

@@ -1,0 +1,238 @@
+"""``python scripts/cka_report.py REFERENCE MODEL [MODEL ...]``: layer-by-layer linear CKA heatmaps.
+
+    python scripts/cka_report.py outputs/supervised-resnet10t-digits \\
+        outputs/supervised-vit_tiny-digits outputs/rcka-vit_tiny_from_resnet10t-digits \\
+        --dataset_name builtin:digits --output outputs/cka_report
+
+The first model (e.g. the teacher) gives the rows; each further model (e.g. the student alone,
+then the distilled student) gets one heatmap, side by side on one colour scale, so the picture
+shows which student layers moved towards which teacher layers. The last row and column are the
+models' logits. Models are anything the training CLI loads (a saved folder, a Hub id,
+``timm/<arch>``); each sees the images prepared its own way. Images are the first ``--num_images``
+of the validation split the training CLI would use (the same stratified split, from the run
+folders' ``distill_config.yaml`` unless given), or of ``--validation_dir``: images none of the
+compared runs trained on, which is checked. Writes ``cka.png`` and ``cka.md`` into ``--output``;
+``--card`` adds the picture to the card of one of the compared run folders.
+
+Mistakes (a missing model, a card folder that is not a compared run, data the models trained on)
+are one ``error:`` line (exit 2) before any model runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ..arguments import DataArguments
+from ..errors import DataError, RecipeError, UserError
+from .preflight import check_model_source, image_folder_classes
+from .records import CONFIG_NAME
+from .recipe import load_recipe
+from .teacher_data import Roles, check_teacher_data
+
+_SPLIT_KEYS = ("train_val_split", "split_seed")
+_COMPARED = Roles(model="model", short="that model", evaluated="this report", trained="that model's training images",
+                  harm="where its layers match the others' by memory, not by what they learned")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; argument mistakes exit 2 with the usage, as argparse does."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0].split(": ", 1)[1])
+    parser.add_argument("reference", help="model whose layers are the rows (e.g. the teacher)")
+    parser.add_argument("models", nargs="+", help="models compared with it, one heatmap each")
+    parser.add_argument("--names", nargs="+", help="display names: reference first, then each model")
+    parser.add_argument("--dataset_name", help="datasets id, a local dataset folder, or builtin:digits")
+    parser.add_argument("--dataset_config_name")
+    parser.add_argument("--validation_dir", help="image folder, one sub-folder per class")
+    parser.add_argument("--train_val_split", type=float,
+                        help="as in the training recipe (default: the compared runs' distill_config.yaml, else 0.15)")
+    parser.add_argument("--split_seed", type=int,
+                        help="as in the training recipe (default: the compared runs' distill_config.yaml, else 42)")
+    parser.add_argument("--image_column_name", default="image")
+    parser.add_argument("--label_column_name", default="label")
+    parser.add_argument("--num_images", type=int, default=512, help="at most this many (default 512)")
+    parser.add_argument("--output", type=Path, default=Path("outputs/cka_report"))
+    parser.add_argument("--card", type=Path, help="one of the compared run folders: its README.md card gets the picture")
+    args = parser.parse_args(argv)
+    if (args.dataset_name is None) == (args.validation_dir is None):
+        parser.error("give exactly one of --dataset_name and --validation_dir")
+    if args.names and len(args.names) != 1 + len(args.models):
+        parser.error(f"--names needs {1 + len(args.models)} names (reference first), got {len(args.names)}")
+    if args.num_images < 3:
+        parser.error("--num_images must be at least 3")
+    if args.card:
+        _check_card(parser, args.card, [args.reference, *args.models])
+    return args
+
+
+def _check_card(parser: argparse.ArgumentParser, card: Path, compared: list[str]) -> None:
+    """The card gets a picture of the compared models: it must be one of them, and a run's card."""
+    if not (card / "README.md").is_file():  # found out now, not after the models ran
+        parser.error(f"--card {card} has no README.md model card: give a model folder a run wrote")
+    if not (card / CONFIG_NAME).is_file():
+        parser.error(f"--card {card} holds no {CONFIG_NAME}: it is not a folder scripts/distill.py trained, "
+                     "whose card the picture would describe")
+    if not any(os.path.isdir(m) and os.path.samefile(m, card) for m in compared):
+        parser.error(f"--card {card} is not one of the compared models: the picture on its card would show "
+                     "other models. Give the folder of one of them (e.g. the distilled student)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the report; user errors print ``error: ...`` and return 2."""
+    args = parse_args(argv)
+    try:
+        check_inputs(args)
+        images = sample_images(args)
+        _report(args, images)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the report was not finished", file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """What can fail cheaply fails before data and models load."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError("the report draws its heatmaps with matplotlib, which is not installed: "
+                        "pip install matplotlib (or the project's demo extra, pip install -e '.[demo]')")
+    check_model_source("reference", args.reference)
+    for model in args.models:
+        check_model_source("models", model)
+    if args.validation_dir:
+        image_folder_classes("--validation_dir", args.validation_dir)
+    resolve_split(args)
+
+
+def resolve_split(args: argparse.Namespace) -> None:
+    """Unset ``train_val_split``/``split_seed`` become the compared runs' recorded ones (the images
+    they were evaluated on, none of which they trained on), else training's defaults."""
+    for key, value in _recorded_split(args, _run_folders(args)).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in _SPLIT_KEYS:
+        if getattr(args, key) is None:
+            setattr(args, key, DataArguments.__dataclass_fields__[key].default)
+
+
+def _run_folders(args: argparse.Namespace) -> list[str]:
+    """The compared models that a run of scripts/distill.py wrote (they record their data)."""
+    models = [args.reference, *args.models]
+    return [m for m in dict.fromkeys(models) if os.path.isfile(os.path.join(m, CONFIG_NAME))]
+
+
+def _recorded_split(args: argparse.Namespace, folders: list[str]) -> dict[str, Any]:
+    """``train_val_split`` and ``split_seed`` of the runs that carved their validation split from this
+    report's dataset. Runs that held out different images leave no image that none of them trained on.
+
+    Raises:
+        DataError: if two such runs recorded different splits.
+    """
+    if not args.dataset_name:
+        return {}
+    splits: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        recipe = _recipe(folder)
+        same_data = (recipe.get("dataset_name"), recipe.get("dataset_config_name")) == (args.dataset_name,
+                                                                                      args.dataset_config_name)
+        if same_data and not recipe.get("validation_dir"):
+            splits[folder] = {k: recipe.get(k, DataArguments.__dataclass_fields__[k].default) for k in _SPLIT_KEYS}
+    distinct = {tuple(split.values()) for split in splits.values()}
+    if len(distinct) > 1:
+        held_out = "; ".join(f"{folder}: train_val_split {s['train_val_split']}, split_seed {s['split_seed']}"
+                             for folder, s in splits.items())
+        raise DataError(f"the compared runs held out different validation images of {args.dataset_name} ({held_out}): "
+                        "each one's validation images hold others' training images. Compare runs trained on the same "
+                        "split, or give --validation_dir with images none of them trained on")
+    return next(iter(splits.values()), {})
+
+
+def _recipe(folder: str) -> dict[str, Any]:
+    try:
+        return load_recipe(os.path.join(folder, CONFIG_NAME))
+    except RecipeError:
+        return {}  # not a recipe this version can read: nothing recorded to compare
+
+
+def sample_images(args: argparse.Namespace) -> list:
+    """The first ``num_images`` validation images, as the training CLI would split them, after checking
+    that no compared run trained on them."""
+    if args.validation_dir:  # the folder is the evaluation set: a seeded shuffle of it
+        import datasets
+
+        data = SimpleNamespace(**{k: None for k in ("dataset_name", "dataset_config_name", "train_dir")},
+                               validation_dir=args.validation_dir, train_val_split=args.train_val_split,
+                               split_seed=args.split_seed)
+        carved = False
+        try:
+            folder = datasets.load_dataset("imagefolder", data_dir=args.validation_dir, split="train")
+        except (ValueError, OSError) as err:
+            raise DataError(f"--validation_dir {args.validation_dir!r}: cannot load it ({type(err).__name__}: {err})") from err
+        validation = folder.shuffle(seed=args.split_seed)
+    else:
+        from .run_inputs import load_data
+
+        data = DataArguments(
+            dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
+            train_val_split=args.train_val_split, split_seed=args.split_seed,
+            image_column_name=args.image_column_name, label_column_name=args.label_column_name,
+        )
+        raw = load_data(data, seed=args.split_seed)
+        validation, carved = raw["validation"], raw.carved
+    for folder in _run_folders(args):
+        check_teacher_data(folder, data, CONFIG_NAME, carved, roles=_COMPARED)
+    if args.image_column_name not in validation.column_names:
+        raise DataError(f"the validation split has no column {args.image_column_name!r} (it has "
+                        f"{validation.column_names}): give --image_column_name")
+    count = min(args.num_images, len(validation))
+    if count < args.num_images:
+        print(f"note: the validation split holds {count} images; the report uses all of them", file=sys.stderr)
+    if count < 3:
+        raise DataError(f"the validation split holds {count} images: layer CKA needs at least 3")
+    return list(validation.select(range(count))[args.image_column_name])
+
+
+def _load_model(name: str):
+    """A model and its inputs' transform, exactly as evaluation during training prepares them."""
+    from ..data.transforms import eval_transform
+    from ..models.loading import load_image_classifier
+    from ..models.processors import load_image_processor
+
+    model = load_image_classifier(name)
+    transform = eval_transform(load_image_processor(name, model))
+    return model.eval(), transform
+
+
+def _report(args: argparse.Namespace, images: list) -> None:
+    """Compute, draw and write the tables; then the card, when asked."""
+    from ..analysis import layer_cka, prepare_pixels, save_heatmaps
+
+    names = args.names or [Path(m).name or m for m in [args.reference, *args.models]]
+    reference, reference_transform = _load_model(args.reference)
+    reference_pixels = prepare_pixels(images, reference_transform)
+    reports = []
+    for name, path in zip(names[1:], args.models):
+        model, transform = _load_model(path)
+        reports.append(layer_cka(reference, reference_pixels, model, prepare_pixels(images, transform), (names[0], name)))
+    args.output.mkdir(parents=True, exist_ok=True)
+    png = save_heatmaps(reports, args.output / "cka.png", title=f"linear CKA per layer pair, {len(images)} images")
+    markdown = "\n".join(f"### {r.row_model} vs {r.column_model}\n\n{r.to_markdown()}" for r in reports)
+    (args.output / "cka.md").write_text(markdown)
+    print(markdown)
+    print(f"heatmaps: {png}\ntables: {args.output / 'cka.md'}")
+    if args.card:
+        from ..trainer.card import CKA_IMAGE, add_cka_to_card
+
+        target = args.card / CKA_IMAGE
+        if not (target.exists() and os.path.samefile(png, target)):  # --output may be the card's folder
+            shutil.copy(png, target)
+        add_cka_to_card(args.card, CKA_IMAGE, markdown)
+        print(f"card: {args.card / 'README.md'} now shows {CKA_IMAGE}")

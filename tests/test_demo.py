@@ -1,0 +1,123 @@
+"""scripts/demo.py's bookkeeping: which steps ``--reuse`` keeps, interruptions, the CKA step.
+
+The training runs are replaced by a fake ``subprocess.run`` that writes what a finished (or cut
+short) run leaves in its folder; the real demo runs in CI's README check, not here.
+"""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def demo(tmp_path, monkeypatch):
+    """The demo script with its recipes copied (so a test may edit one) and a fake training command."""
+    spec = importlib.util.spec_from_file_location("demo_script", ROOT / "scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "recipes", root / "recipes")
+    monkeypatch.setattr(module, "ROOT", root)
+    module.runs = []  # the recipes trained, in order
+    module.outcome = {}  # recipe name -> "interrupted" / "failed" / "no eval"
+    module.cka_failure = None
+
+    def fake_run(command, **kwargs):
+        if command[1].endswith("cka_report.py"):
+            module.runs.append("cka_report")
+            failed = module.cka_failure is not None
+            return SimpleNamespace(returncode=2 if failed else 0, stderr=module.cka_failure or "")
+        recipe = Path(command[2]).stem
+        output = Path(command[command.index("--output_dir") + 1])
+        module.runs.append(recipe)
+        output.mkdir(parents=True, exist_ok=True)
+        outcome = module.outcome.get(recipe)
+        results = {"train_loss": 1.0} if outcome in ("interrupted", "no eval") else {"eval_accuracy": 0.5 + len(module.runs) / 100}
+        (output / "all_results.json").write_text(json.dumps(results))
+        (output / "README.md").write_text("card")
+        return SimpleNamespace(returncode={"interrupted": 130, "failed": 1}.get(outcome, 0))
+
+    monkeypatch.setattr(module.subprocess, "run", fake_run)
+    return module
+
+
+TEACHER, ALONE, DISTILLED = "supervised-resnet10t-digits", "supervised-vit_tiny-digits", "rcka-vit_tiny_from_resnet10t-digits"
+
+
+def _main(demo, tmp_path, *flags):
+    demo.runs.clear()
+    return demo.main(["--output_root", str(tmp_path / "out"), "--no-cka", *flags])
+
+
+def test_reuse_keeps_finished_steps(demo, tmp_path):
+    assert _main(demo, tmp_path) == 0
+    assert sorted(demo.runs) == sorted([TEACHER, ALONE, DISTILLED])
+    first = json.loads((tmp_path / "out" / "demo_results.json").read_text())
+    assert _main(demo, tmp_path, "--reuse") == 0
+    assert demo.runs == []
+    again = json.loads((tmp_path / "out" / "demo_results.json").read_text())
+    assert {s: r["accuracy"] for s, r in again.items()} == {s: r["accuracy"] for s, r in first.items()}
+
+
+def test_a_changed_recipe_retrains_its_step_and_the_steps_that_learn_from_it(demo, tmp_path):
+    """It reused every step whose folder had results: an edited teacher recipe kept the old teacher,
+    and a retrained teacher was shown next to a student distilled from the old one."""
+    assert _main(demo, tmp_path) == 0
+    recipe = demo.ROOT / "recipes" / f"{TEACHER}.yaml"
+    recipe.write_text(recipe.read_text() + "\nnum_train_epochs: 3\n")
+    assert _main(demo, tmp_path, "--reuse") == 0
+    assert sorted(demo.runs) == sorted([TEACHER, DISTILLED])
+
+
+def test_a_run_changed_outside_the_demo_is_not_reused(demo, tmp_path):
+    assert _main(demo, tmp_path) == 0
+    results = tmp_path / "out" / ALONE / "all_results.json"
+    results.write_text(json.dumps({"eval_accuracy": 0.1}))  # e.g. scripts/distill.py run again by hand
+    assert _main(demo, tmp_path, "--reuse") == 0
+    assert sorted(demo.runs) == sorted([ALONE, DISTILLED])
+
+
+def test_an_interrupted_step_is_trained_again(demo, tmp_path, capsys):
+    """Ctrl-C in a step's final evaluation left results without eval_accuracy next to an earlier
+    run's time record: --reuse then failed with KeyError: 'eval_accuracy'."""
+    assert _main(demo, tmp_path) == 0
+    demo.outcome[DISTILLED] = "interrupted"
+    assert _main(demo, tmp_path) == 130
+    assert "interrupted: finished steps are kept" in capsys.readouterr().err
+    demo.outcome.clear()
+    assert _main(demo, tmp_path, "--reuse") == 0
+    assert demo.runs == [DISTILLED]
+
+
+def test_a_failed_step_leaves_nothing_to_reuse(demo, tmp_path):
+    assert _main(demo, tmp_path) == 0
+    demo.outcome[TEACHER] = "failed"
+    with pytest.raises(SystemExit, match="teacher failed"):
+        _main(demo, tmp_path)
+    demo.outcome.clear()
+    assert _main(demo, tmp_path, "--reuse") == 0
+    assert sorted(demo.runs) == sorted([TEACHER, DISTILLED])  # the student alone finished both times
+
+
+def test_a_step_that_ends_without_evaluating_is_a_failure(demo, tmp_path):
+    demo.outcome[ALONE] = "no eval"
+    with pytest.raises(SystemExit, match="student alone failed"):
+        _main(demo, tmp_path)
+
+
+def test_a_failed_cka_picture_is_one_line_and_not_claimed(demo, tmp_path, capsys):
+    stale = tmp_path / "out" / "cka_report"
+    stale.mkdir(parents=True)
+    (stale / "cka.png").write_bytes(b"old")
+    demo.cka_failure = "Traceback...\nerror: the compared runs held out different validation images"
+    assert demo.main(["--output_root", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "the CKA picture failed and was skipped: error: the compared runs held out different" in out
+    assert "CKA picture)" not in out and "(with the teacher, the baseline) is" in out
+    assert not stale.exists()  # no earlier demo's picture is left to mistake for this one's
