@@ -857,3 +857,21 @@ def test_augmentation_settings_that_failed_at_the_first_batch_or_did_nothing(tmp
     recipe = base(tmp_path, mixup=0.8, per_device_train_batch_size=1)
     assert run(tmp_path, recipe) == 2  # Mixup pairs images within a batch: it trained unmixed, exit 0
     assert "nothing would be mixed" in error_of(capsys)
+
+
+def test_a_teacher_on_a_local_dataset_folder_spelled_otherwise_is_the_same_data(tmp_path, monkeypatch):
+    """A local dataset_name recorded as a relative path was another dataset than its absolute path:
+    the split check passed a teacher that had trained on the student's validation images."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.cli.teacher_data import check_teacher_data
+    from hf_rcka.errors import DataError
+
+    (tmp_path / "pets").mkdir()
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "distill_config.yaml").write_text("dataset_name: pets\nsplit_seed: 7\n")
+    monkeypatch.chdir(tmp_path)
+    student_data = DataArguments(dataset_name=str(tmp_path / "pets") + "/")
+    with pytest.raises(DataError, match="teacher training images"):
+        check_teacher_data(str(teacher), student_data, "distill_config.yaml", carved=True)
+    check_teacher_data(str(teacher), DataArguments(dataset_name="acme/pets"), "distill_config.yaml", carved=True)

@@ -34,7 +34,7 @@ from ..errors import DataError, RecipeError, UserError
 from .preflight import check_model_source, image_folder_classes
 from .records import CONFIG_NAME
 from .recipe import load_recipe
-from .teacher_data import Roles, check_teacher_data
+from .teacher_data import Roles, check_teacher_data, same_dataset
 
 _SPLIT_KEYS = ("train_val_split", "split_seed")
 _COMPARED = Roles(model="model", short="that model", evaluated="this report", trained="that model's training images",
@@ -141,8 +141,8 @@ def _recorded_split(args: argparse.Namespace, folders: list[str]) -> dict[str, A
     splits: dict[str, dict[str, Any]] = {}
     for folder in folders:
         recipe = _recipe(folder)
-        same_data = (recipe.get("dataset_name"), recipe.get("dataset_config_name")) == (args.dataset_name,
-                                                                                      args.dataset_config_name)
+        same_data = same_dataset(recipe.get("dataset_name"), recipe.get("dataset_config_name"),
+                                 args.dataset_name, args.dataset_config_name)
         if same_data and not recipe.get("validation_dir"):
             splits[folder] = {k: recipe.get(k, DataArguments.__dataclass_fields__[k].default) for k in _SPLIT_KEYS}
     distinct = {tuple(split.values()) for split in splits.values()}

@@ -78,7 +78,16 @@ def check_teacher_data(teacher: str | None, data_args: DataArguments, config_nam
 def _same_source(a: dict[str, Any], b: dict[str, Any]) -> bool:
     if a["train_dir"] or b["train_dir"]:
         return bool(a["train_dir"] and b["train_dir"]) and _same_path(a["train_dir"], b["train_dir"])
-    return (a["dataset_name"], a["dataset_config_name"]) == (b["dataset_name"], b["dataset_config_name"])
+    return same_dataset(a["dataset_name"], a["dataset_config_name"], b["dataset_name"], b["dataset_config_name"])
+
+
+def same_dataset(name: str | None, config: str | None, other: str | None, other_config: str | None) -> bool:
+    """One dataset: the same id and configuration; a local dataset folder however its path is spelled."""
+    if config != other_config or not name or not other:
+        return config == other_config and name == other
+    if os.path.isdir(name) and os.path.isdir(other):
+        return _same_path(name, other)
+    return name == other
 
 
 def _same_path(a: str, b: str) -> bool:
