@@ -86,17 +86,19 @@ def render_markdown(report: dict) -> str:
     for direction in report["directions"].values():
         lines += [
             f"**{direction['label']}**: teacher {100 * direction['teacher_accuracy']:.1f}% top-1; "
-            f"seeds {', '.join(map(str, report['seeds']))} (per variant: the seeds it has run), "
-            f"{report['validation_images']} validation images (the same for every run).",
+            f"seeds {', '.join(map(str, report['seeds']))} (n: how many of them each variant has run; "
+            f"its mean and std are over those, its difference is paired over the seeds it shares with the "
+            f"student alone), {report['validation_images']} validation images "
+            f"(split_seed {report.get('split_seed', 42)}, the same for every run).",
             "",
-            "| student loss | mean top-1 | std | vs student alone (points, 95% CI) | per seed | s/run |",
-            "|---|---|---|---|---|---|",
+            "| student loss | n | mean top-1 | std | vs student alone (points, 95% CI) | per seed | s/run |",
+            "|---|---|---|---|---|---|---|",
         ]
         for entry in direction["variants"].values():
             per_seed = " ".join(f"{100 * v:.1f}" for v in entry["per_seed"].values())
             seconds = mean(entry["seconds"].values())
             lines.append(
-                f"| {entry['label']} | {100 * entry['mean']:.1f} | {100 * entry['std']:.1f} | "
+                f"| {entry['label']} | {len(entry['per_seed'])} | {100 * entry['mean']:.1f} | {100 * entry['std']:.1f} | "
                 f"{_difference_cell(entry)} | {per_seed} | {seconds:.0f} |"
             )
         lines.append("")

@@ -3,21 +3,26 @@
 
 Every run goes through hf_rcka's own command line (``scripts/distill.py`` + the digits recipes in
 ``recipes/``), so the benchmark measures what a user gets. scikit-learn's 1,797 handwritten digits
-are split once, stratified, 30% held out (540 images, ``split_seed`` fixed): every seed and every
+are split once, stratified, 30% held out (540 images, ``--split_seed``): every seed and every
 variant is evaluated on the same images, so accuracies pair up by seed and the paired difference
-to the student alone gets a t-interval over seeds.
+to the student alone gets a t-interval over seeds. The recommended setting is also compared with
+KD, paired the same way.
 
 Two directions: ``cnn2vit`` (a slim ResNet-10-T teacher, a 4-block ViT student) and ``vit2cnn``
 (that ViT trained alone for longer as teacher, a MobileNetV3 student). One teacher per direction
-(seed 0) serves every seed. Runs are as short as a meaningful run can be: 16 px, one evaluation at
+(seed 0, trained on the same split's training images) serves every seed. Runs are as short as a meaningful run can be: 16 px, one evaluation at
 the end, no checkpoints, no dataloader workers. Each run writes ``runs/<direction>/<variant>/
-seed<k>.json`` under ``--out`` (models go to ``--work``); a run whose JSON exists is skipped, so an
-interrupted benchmark resumes.
+seed<k>.json`` under ``--out`` (models go to ``--work``, by default a folder per ``--out``) with
+the commit, CPU and date it ran on; a run whose JSON exists is skipped, so an interrupted
+benchmark resumes. A teacher is reused only if its recorded command is the one it would run now,
+and student records of another teacher run are run again.
 
     python benchmarks/quality_digits.py --quick                 # 3 seeds, core variants
     python benchmarks/quality_digits.py                         # 5 seeds, every variant
     python benchmarks/quality_digits.py --directions cnn2vit --variants alone rcka --seeds 0 1
     python benchmarks/quality_digits.py --quick --readme benchmarks/README.md   # table into README
+    python benchmarks/quality_digits.py --split_seed 1 --seeds 10 11 12 13 14 --variants alone kd rcka \
+        rcka_fcka3_srd --out benchmarks/results/quality_digits_confirm    # fresh images and seeds
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +70,7 @@ VARIANTS = {
     "kd": Variant("ce + kd (T 4)", [CE, {"name": "kd", "weight": 1.0, "temperature": 4.0}]),
     "rcka": Variant("ce + rcka logits (1/1)", [CE, RCKA]),
     "rcka_fcka3_srd": Variant("**ce + rcka + feature_cka x3 + srd 2 (recommended, the demo)**",
-                              [CE, RCKA, FCKA3, {"name": "srd", "weight": 2.0}], PAIRS),
+                              [CE, RCKA, FCKA3, {"name": "srd", "weight": 2.0}], PAIRS, compare_to="kd"),
     "rcka_fcka3": Variant("ce + rcka + feature_cka x3 (auto pairs)", [CE, RCKA, FCKA3], PAIRS),
     "rcka_fcka": Variant("ce + rcka + feature_cka x1 (auto pairs)", [CE, RCKA, FCKA], PAIRS),
     "fcka": Variant("ce + feature_cka (auto pairs)", [CE, FCKA], PAIRS),
@@ -145,9 +152,9 @@ def _student_overrides(direction: Direction, variant: Variant) -> dict:
 
 
 def run_cli(recipe: str, overrides: dict, output_dir: Path, log: Path) -> dict:
-    """One ``scripts/distill.py`` run; returns its ``all_results.json`` plus the wall time."""
-    command = [sys.executable, str(ROOT / "scripts" / "distill.py"), str(RECIPES / recipe),
-               *_flags({**RUN_SETTINGS, **overrides, "output_dir": str(output_dir), "overwrite_output_dir": True})]
+    """One ``scripts/distill.py`` run; returns its ``all_results.json`` plus the wall time and
+    where it ran (commit, CPU, date), so a record says what made it."""
+    command = _command(recipe, overrides, output_dir)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            # one thread per run: on a shared machine OpenMP threads spin-wait on each other (seen:
@@ -160,28 +167,71 @@ def run_cli(recipe: str, overrides: dict, output_dir: Path, log: Path) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"run failed ({done.returncode}): {' '.join(command)}\nsee {log}")
     results = json.loads((output_dir / "all_results.json").read_text())
-    return {"eval_accuracy": results["eval_accuracy"], "seconds": round(seconds, 1), "command": command[1:]}
+    return {"eval_accuracy": results["eval_accuracy"], "seconds": round(seconds, 1), "command": command[1:],
+            **provenance()}
+
+
+def _command(recipe: str, overrides: dict, output_dir: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "scripts" / "distill.py"), str(RECIPES / recipe),
+            *_flags({**RUN_SETTINGS, **overrides, "output_dir": str(output_dir), "overwrite_output_dir": True})]
+
+
+def provenance() -> dict:
+    """The commit (``+dirty`` with uncommitted changes), the CPU and the UTC date of a run."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no", "--", "hf_rcka", "recipes", "scripts", "benchmarks"):
+        commit += "+dirty"
+    return {"commit": commit, "cpu": _cpu_name(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def teacher_dir(out: Path, work: Path, name: str, direction: Direction, report_only: bool = False) -> tuple[Path, dict]:
-    """Train the direction's teacher once (seed 0) or reuse it (``report_only``: only its record)."""
+    """Train the direction's teacher once (seed 0), or reuse it: only when its record holds the
+    command it would run now and its model is there (``report_only``: only its record)."""
     folder, record = work / "teachers" / name, out / "teachers" / f"{name}.json"
-    recorded_elsewhere = record.exists() and not (folder / "config.json").exists()  # its model is not here
-    if not record.exists() or (recorded_elsewhere and not report_only):
+    overrides = {**direction.teacher, "seed": 0}
+    if report_only:
+        return folder, json.loads(record.read_text())
+    current = _command(direction.teacher_recipe, overrides, folder)[1:]
+    kept = json.loads(record.read_text()) if record.exists() else None
+    if kept is None or kept.get("command") != current or not (folder / "config.json").exists():
         record.parent.mkdir(parents=True, exist_ok=True)
         print(f"[{name}] teacher: {direction.teacher_recipe}", flush=True)
-        result = run_cli(direction.teacher_recipe, {**direction.teacher, "seed": 0}, folder, record.with_suffix(".log"))
-        record.write_text(json.dumps(result, indent=1))
-    return folder, json.loads(record.read_text())
+        kept = run_cli(direction.teacher_recipe, overrides, folder, record.with_suffix(".log"))
+        record.write_text(json.dumps(kept, indent=1))
+    return folder, kept
+
+
+def _run_id(record: dict) -> str:
+    """Which training a record describes (student records name their teacher's)."""
+    return f"{record.get('commit', '?')} {record.get('date', '?')}"
 
 
 def student_run(out: Path, work: Path, name: str, direction: Direction, variant_key: str, seed: int, teacher: Path,
-                report_only: bool = False) -> dict | None:
-    """One student run, skipped when its result JSON exists (``report_only``: never run, None if missing)."""
+                report_only: bool = False, teacher_record: dict | None = None) -> dict | None:
+    """One student run, skipped when its result JSON exists and was distilled from this teacher run
+    (``report_only``: never run, None if missing)."""
     variant = VARIANTS[variant_key]
     record = out / "runs" / name / variant_key / f"seed{seed}.json"
+    teacher_run = _run_id(teacher_record) if teacher_record and variant.losses is not None else None
     if record.exists():
-        return json.loads(record.read_text())
+        kept = json.loads(record.read_text())
+        if report_only or kept.get("teacher_run") in (None, teacher_run):  # None: before records named it
+            return kept
     if report_only:
         return None
     record.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +240,7 @@ def student_run(out: Path, work: Path, name: str, direction: Direction, variant_
         overrides.update({"teacher_model_name_or_path": str(teacher), "losses": variant.losses})
     folder = work / "models" / name / variant_key / f"seed{seed}"
     print(f"[{name}] {variant_key} seed {seed}", flush=True)
-    result = run_cli(direction.student_recipe, overrides, folder, record.with_suffix(".log"))
+    result = {**run_cli(direction.student_recipe, overrides, folder, record.with_suffix(".log")), "teacher_run": teacher_run}
     record.write_text(json.dumps(result, indent=1))
     return result
 
@@ -200,7 +250,8 @@ def validation_size() -> int:
     from hf_rcka.arguments import DataArguments
     from hf_rcka.data.datasets import load_raw_datasets
 
-    split = load_raw_datasets(DataArguments(dataset_name="builtin:digits", train_val_split=RUN_SETTINGS["train_val_split"]))
+    split = load_raw_datasets(DataArguments(dataset_name="builtin:digits", train_val_split=RUN_SETTINGS["train_val_split"],
+                                            split_seed=RUN_SETTINGS["split_seed"]))
     return len(split["validation"])
 
 
@@ -213,14 +264,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--directions", nargs="+", choices=list(DIRECTIONS), default=list(DIRECTIONS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality_digits")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each); 1 on a busy machine")
-    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "quality_digits",
-                        help="where the trained models go (the results stay in --out)")
+    parser.add_argument("--work", type=Path,
+                        help="where the trained models go (the results stay in --out); default "
+                             "outputs/quality_digits/<--out's name>, so studies never share a teacher folder")
+    parser.add_argument("--split_seed", type=int, default=42,
+                        help="draws the held-out 30%% (default 42, training's); teachers train on the rest")
     parser.add_argument("--report-only", action="store_true",
                         help="summarise the runs already recorded in --out; train nothing")
     parser.add_argument("--readme", type=Path, nargs="+", default=[],
-                        help="markdown files whose '<!-- quality_digits:begin/end -->' block gets the tables")
+                        help="markdown files whose '<!-- BLOCK:begin/end -->' block gets the tables")
+    parser.add_argument("--block", default="quality_digits", help="the block's name in --readme (default quality_digits)")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or list(range(3 if args.quick else 5))
+    args.work = args.work or ROOT / "outputs" / "quality_digits" / args.out.name
+    RUN_SETTINGS["split_seed"] = args.split_seed
     args.variants = args.variants or list(CORE if args.quick else [v for v in VARIANTS if v not in SEARCH])
     if "alone" not in args.variants:
         args.variants.insert(0, "alone")  # the baseline every difference is taken against
@@ -229,7 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = {"seeds": args.seeds, "validation_images": None, "directions": {}}
+    report = {"seeds": args.seeds, "split_seed": args.split_seed, "validation_images": None, "directions": {}}
     if args.report_only:
         args.directions = [d for d in args.directions if (args.out / "teachers" / f"{d}.json").exists()]
     for name in args.directions:
@@ -238,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         keys = [(v, s) for v in args.variants if name in VARIANTS[v].directions for s in args.seeds]
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process
             results = list(pool.map(
-                lambda key: student_run(args.out, args.work, name, direction, *key, teacher, args.report_only), keys))
+                lambda key: student_run(args.out, args.work, name, direction, *key, teacher, args.report_only,
+                                        teacher_result), keys))
         runs: dict[str, dict[int, dict]] = {}
         for (variant, seed), result in zip(keys, results):
             if result is not None:
@@ -256,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     save_plot(report, args.out / "quality_digits.png")
     print(f"JSON: {args.out / 'quality_digits.json'}\nplot: {args.out / 'quality_digits.png'}")
     for path in args.readme:
-        replace_block(path, "quality_digits", markdown)
+        replace_block(path, args.block, markdown)
     return 0
 
 
