@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -215,10 +214,16 @@ def flop_ratios(steps: dict[str, Step]) -> dict[str, dict]:
     return {name: {"gflops": n / 1e9, "ratio": n / counts["limit"]} for name, n in counts.items()}
 
 
-def _rss_mib() -> float:
+def _rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident memory (``VmRSS``) or its peak (``VmHWM``), in MiB.
+
+    The peak is ``VmHWM``, not ``getrusage().ru_maxrss``: Linux carries a parent's maxrss over
+    into a child it starts, so every memory child reported the timing parent's peak (all ratios
+    1.000 after a timed run); ``VmHWM`` starts anew with each program.
+    """
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -239,7 +244,9 @@ def child_memory(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = _rss_mib("VmHWM")
+    if not peak >= base:
+        raise RuntimeError(f"peak memory {peak:.0f} MiB below the post-build {base:.0f} MiB: the measure is broken")
     print(json.dumps({"peak_mib": peak, "base_mib": base}))
 
 

@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -163,10 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true",
                         help="keep steps that finished in an earlier run with the same recipes and inputs")
     args = parser.parse_args(argv)
+    default_root = args.output_root == parser.get_default("output_root")
+    args.output_root = args.output_root.resolve()  # the runs start in ROOT: a relative folder is this one's
     try:
         _demo(args)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished steps are kept; `python scripts/demo.py --reuse` goes on from them",
+        root = "" if default_root else f" --output_root {shlex.quote(str(args.output_root))}"
+        print(f"\ninterrupted: finished steps are kept; `python scripts/demo.py --reuse{root}` goes on from them",
               file=sys.stderr, flush=True)
         return 130
     return 0

@@ -186,8 +186,75 @@ def test_cka_report_refuses_a_split_the_compared_runs_trained_on(tmp_path, capsy
                             "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: model ") and "most of this report's validation images would be that model's " \
-        "training images" in err and "Set train_val_split: 0.15 and split_seed: 42 as that model did" in err
+        "training images" in err and "Pass --train_val_split 0.15 --split_seed 42 as that model did" in err
     assert not out.exists()
+
+
+def test_cka_report_reads_a_checkpoints_split_from_its_run(tmp_path, capsys):
+    """A checkpoint-N folder holds no recipe: the check was skipped, and the report took split_seed 42's
+    images, 228 of 256 of them the run's training images (its run held out split_seed 7's)."""
+    run = Path(_saved_run(tmp_path / "run", recipe="dataset_name: builtin:digits\nsplit_seed: 7\n"))
+    checkpoint = Path(_saved_run(run / "checkpoint-100", recipe=None))
+    (checkpoint / "trainer_state.json").write_text("{}")
+    args = cka_report.parse_args([str(checkpoint), _saved_run(tmp_path / "b", 1, recipe=None),
+                                  "--dataset_name", "builtin:digits"])
+    cka_report.resolve_split(args)
+    assert args.split_seed == 7
+    _ = capsys.readouterr()
+    assert cka_report.main([str(checkpoint), str(tmp_path / "b"), "--dataset_name", "builtin:digits",
+                            "--split_seed", "42", "--output", str(tmp_path / "r")]) == 2
+    assert "most of this report's validation images would be that model's training images" in capsys.readouterr().err
+
+
+def test_runs_with_other_split_settings_agree_on_a_datasets_own_validation_split(tmp_path, capsys):
+    """Nothing is carved from a dataset with a validation split: the split settings do not matter there."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    (tmp_path / "ds").mkdir()
+    for split in ("train", "validation"):
+        images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(6)]
+        split_data = datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 3}, features=features)
+        split_data.to_parquet(str(tmp_path / "ds" / f"{split}.parquet"))
+    data = str(tmp_path / "ds")
+    first = _saved_run(tmp_path / "a", recipe=f"dataset_name: {data}\nsplit_seed: 1\n")
+    second = _saved_run(tmp_path / "b", 1, recipe=f"dataset_name: {data}\nsplit_seed: 2\n")
+    _ = capsys.readouterr()
+    assert cka_report.main([first, second, "--dataset_name", data, "--output", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "cka.png").exists()
+
+
+def test_cka_report_reads_a_validation_dir_literally(tmp_path):
+    """datasets read the folder name as a glob: 'vd[x]' matched the neighbouring folder 'vdx'."""
+    rng = np.random.default_rng(0)
+    for name, count in (("vd[x]", 3), ("vdx", 5)):
+        for label in ("a", "b"):
+            (tmp_path / name / label).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / name / label / f"{i}.png")
+    first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)
+    args = cka_report.parse_args([first, second, "--validation_dir", str(tmp_path / "vd[x]")])
+    cka_report.check_inputs(args)
+    assert len(cka_report.sample_images(args)) == 6
+
+
+def test_cka_report_output_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "afile.png").write_bytes(b"x")
+    with pytest.raises(SystemExit):
+        cka_report.parse_args(["a", "b", "--dataset_name", "builtin:digits", "--output", str(tmp_path / "afile.png")])
+    assert "is a file: give a folder" in capsys.readouterr().err
+
+
+def test_an_uncached_timm_model_offline_is_one_error_line(tmp_path, capsys):
+    """Its pretrained weights come from the Hub: offline without a cached copy it was three chained
+    tracebacks, after the reference model had loaded."""
+    first = _saved_run(tmp_path / "a")
+    _ = capsys.readouterr()
+    assert cka_report.main([first, "timm/resnet10t", "--dataset_name", "builtin:digits", "--output",
+                            str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: models: 'timm/resnet10t' is not a local folder, and the Hub is offline")
 
 
 @pytest.mark.parametrize("problem", ["missing model", "missing dataset"])
@@ -208,6 +275,11 @@ def test_cka_report_writes_into_the_card_folder_and_keeps_its_sections(tmp_path,
     first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)
     assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--num_images", "40",
                             "--output", second, "--card", second]) == 0
-    card = (Path(second) / "README.md").read_text()
-    assert "![layer CKA](cka.png)" in card and "## Usage\n\ntext" in card
+    card_path = Path(second) / "README.md"
+    card_path.write_text(card_path.read_text() + "\n## Limitations\n\nOnly digits.\n")  # a user's section after it
+    assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--num_images", "40",
+                            "--output", second, "--card", second]) == 0
+    card = card_path.read_text()
+    assert "![layer CKA](cka.png)" in card and "## Usage\n\ntext" in card and "## Limitations\n\nOnly digits." in card
+    assert card.count("![layer CKA](cka.png)") == 1
     assert "10 classes" in (Path(second) / "cka.md").read_text()  # the logits row and column

@@ -875,3 +875,31 @@ def test_a_teacher_on_a_local_dataset_folder_spelled_otherwise_is_the_same_data(
     with pytest.raises(DataError, match="teacher training images"):
         check_teacher_data(str(teacher), student_data, "distill_config.yaml", carved=True)
     check_teacher_data(str(teacher), DataArguments(dataset_name="acme/pets"), "distill_config.yaml", carved=True)
+
+
+def test_a_teacher_checkpoint_is_checked_with_its_runs_recorded_split(tmp_path):
+    """checkpoint-N folders hold no recipe: a teacher given as one skipped the split check."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.cli.teacher_data import check_teacher_data
+    from hf_rcka.errors import DataError
+
+    run = tmp_path / "teacher"
+    (run / "checkpoint-100").mkdir(parents=True)
+    (run / "checkpoint-100" / "trainer_state.json").write_text("{}")
+    (run / "distill_config.yaml").write_text("dataset_name: builtin:digits\nsplit_seed: 7\n")
+    with pytest.raises(DataError, match="teacher training images"):
+        check_teacher_data(str(run / "checkpoint-100"), DataArguments(dataset_name="builtin:digits"),
+                           "distill_config.yaml", carved=True)
+
+
+def test_a_datasets_default_configuration_is_no_configuration(tmp_path):
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.cli.teacher_data import check_teacher_data
+    from hf_rcka.errors import DataError
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "distill_config.yaml").write_text("dataset_name: acme/pets\nsplit_seed: 7\n")
+    with pytest.raises(DataError, match="teacher training images"):
+        check_teacher_data(str(teacher), DataArguments(dataset_name="acme/pets", dataset_config_name="default"),
+                           "distill_config.yaml", carved=True)

@@ -34,7 +34,7 @@ def demo(tmp_path, monkeypatch):
             failed = module.cka_failure is not None
             return SimpleNamespace(returncode=2 if failed else 0, stderr=module.cka_failure or "")
         recipe = Path(command[2]).stem
-        output = Path(command[command.index("--output_dir") + 1])
+        output = Path(kwargs["cwd"]) / command[command.index("--output_dir") + 1]  # relative to the run's cwd
         module.runs.append(recipe)
         output.mkdir(parents=True, exist_ok=True)
         outcome = module.outcome.get(recipe)
@@ -121,3 +121,15 @@ def test_a_failed_cka_picture_is_one_line_and_not_claimed(demo, tmp_path, capsys
     assert "the CKA picture failed and was skipped: error: the compared runs held out different" in out
     assert "CKA picture)" not in out and "(with the teacher, the baseline) is" in out
     assert not stale.exists()  # no earlier demo's picture is left to mistake for this one's
+
+
+def test_a_relative_output_root_is_the_callers_folder(demo, tmp_path, monkeypatch, capsys):
+    """The runs start in the repository: a relative --output_root from elsewhere was written there,
+    and the demo, reading its own folder, said 'teacher failed (exit 0)'."""
+    monkeypatch.chdir(tmp_path)
+    assert demo.main(["--output_root", "rel", "--no-cka"]) == 0
+    assert (tmp_path / "rel" / DISTILLED / "all_results.json").exists()
+    demo.outcome[DISTILLED] = "interrupted"
+    (tmp_path / "rel" / f"{DISTILLED}.demo.json").unlink()
+    assert demo.main(["--output_root", "rel", "--no-cka", "--reuse"]) == 130
+    assert f"python scripts/demo.py --reuse --output_root {tmp_path / 'rel'}" in capsys.readouterr().err

@@ -30,15 +30,15 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..arguments import DataArguments
-from ..errors import DataError, RecipeError, UserError
+from ..errors import DataError, UserError
 from .preflight import check_model_source, image_folder_classes
 from .records import CONFIG_NAME
-from .recipe import load_recipe
-from .teacher_data import Roles, check_teacher_data, same_dataset
+from .teacher_data import Roles, check_teacher_data, recorded_recipe, same_dataset
 
 _SPLIT_KEYS = ("train_val_split", "split_seed")
 _COMPARED = Roles(model="model", short="that model", evaluated="this report", trained="that model's training images",
-                  harm="where its layers match the others' by memory, not by what they learned")
+                  harm="where its layers match the others' by memory, not by what they learned", by_flags=True,
+                  other_folder="give --validation_dir with images that model did not train on")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--names needs {1 + len(args.models)} names (reference first), got {len(args.names)}")
     if args.num_images < 3:
         parser.error("--num_images must be at least 3")
+    if args.output.exists() and not args.output.is_dir():
+        parser.error(f"--output {args.output} is a file: give a folder for cka.png and cka.md")
     if args.card:
         _check_card(parser, args.card, [args.reference, *args.models])
     return args
@@ -114,8 +116,13 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def resolve_split(args: argparse.Namespace) -> None:
     """Unset ``train_val_split``/``split_seed`` become the compared runs' recorded ones (the images
-    they were evaluated on, none of which they trained on), else training's defaults."""
-    for key, value in _recorded_split(args, _run_folders(args)).items():
+    they were evaluated on, none of which they trained on), else training's defaults.
+
+    Runs that recorded different splits leave ``args.split_conflict`` (the error to raise if the
+    report's validation split turns out carved: a dataset's own validation split is no run's).
+    """
+    recorded, args.split_conflict = _recorded_split(args, _run_folders(args))
+    for key, value in recorded.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     for key in _SPLIT_KEYS:
@@ -123,63 +130,47 @@ def resolve_split(args: argparse.Namespace) -> None:
             setattr(args, key, DataArguments.__dataclass_fields__[key].default)
 
 
-def _run_folders(args: argparse.Namespace) -> list[str]:
-    """The compared models that a run of scripts/distill.py wrote (they record their data)."""
-    models = [args.reference, *args.models]
-    return [m for m in dict.fromkeys(models) if os.path.isfile(os.path.join(m, CONFIG_NAME))]
+def _run_folders(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The compared models that a run of scripts/distill.py wrote, or a checkpoint of one, with the
+    recipe the run recorded (its data)."""
+    recipes = {m: recorded_recipe(m, CONFIG_NAME) for m in dict.fromkeys([args.reference, *args.models])}
+    return {m: recipe for m, recipe in recipes.items() if recipe is not None}
 
 
-def _recorded_split(args: argparse.Namespace, folders: list[str]) -> dict[str, Any]:
+def _recorded_split(args: argparse.Namespace, folders: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
     """``train_val_split`` and ``split_seed`` of the runs that carved their validation split from this
-    report's dataset. Runs that held out different images leave no image that none of them trained on.
-
-    Raises:
-        DataError: if two such runs recorded different splits.
-    """
+    report's dataset, and the error to give when they differ: runs that held out different images
+    leave no image that none of them trained on."""
     if not args.dataset_name:
-        return {}
+        return {}, None
     splits: dict[str, dict[str, Any]] = {}
-    for folder in folders:
-        recipe = _recipe(folder)
+    for folder, recipe in folders.items():
         same_data = same_dataset(recipe.get("dataset_name"), recipe.get("dataset_config_name"),
                                  args.dataset_name, args.dataset_config_name)
         if same_data and not recipe.get("validation_dir"):
             splits[folder] = {k: recipe.get(k, DataArguments.__dataclass_fields__[k].default) for k in _SPLIT_KEYS}
     distinct = {tuple(split.values()) for split in splits.values()}
-    if len(distinct) > 1:
-        held_out = "; ".join(f"{folder}: train_val_split {s['train_val_split']}, split_seed {s['split_seed']}"
-                             for folder, s in splits.items())
-        raise DataError(f"the compared runs held out different validation images of {args.dataset_name} ({held_out}): "
-                        "each one's validation images hold others' training images. Compare runs trained on the same "
-                        "split, or give --validation_dir with images none of them trained on")
-    return next(iter(splits.values()), {})
-
-
-def _recipe(folder: str) -> dict[str, Any]:
-    try:
-        return load_recipe(os.path.join(folder, CONFIG_NAME))
-    except RecipeError:
-        return {}  # not a recipe this version can read: nothing recorded to compare
+    if len(distinct) < 2:
+        return next(iter(splits.values()), {}), None
+    held_out = "; ".join(f"{folder}: train_val_split {s['train_val_split']}, split_seed {s['split_seed']}"
+                         for folder, s in splits.items())
+    return {}, (f"the compared runs held out different validation images of {args.dataset_name} ({held_out}): "
+                "each one's validation images hold others' training images. Compare runs trained on the same "
+                "split, or give --validation_dir with images none of them trained on")
 
 
 def sample_images(args: argparse.Namespace) -> list:
     """The first ``num_images`` validation images, as the training CLI would split them, after checking
     that no compared run trained on them."""
-    if args.validation_dir:  # the folder is the evaluation set: a seeded shuffle of it
-        import datasets
+    from .run_inputs import load_data
 
+    if args.validation_dir:  # the folder is the evaluation set (loaded as training loads a train_dir): a seeded shuffle of it
+        folder = load_data(DataArguments(train_dir=args.validation_dir), seed=args.split_seed, eval_only=True)
+        validation, carved = folder["validation"].shuffle(seed=args.split_seed), False
         data = SimpleNamespace(**{k: None for k in ("dataset_name", "dataset_config_name", "train_dir")},
                                validation_dir=args.validation_dir, train_val_split=args.train_val_split,
                                split_seed=args.split_seed)
-        carved = False
-        try:
-            folder = datasets.load_dataset("imagefolder", data_dir=args.validation_dir, split="train")
-        except (ValueError, OSError) as err:
-            raise DataError(f"--validation_dir {args.validation_dir!r}: cannot load it ({type(err).__name__}: {err})") from err
-        validation = folder.shuffle(seed=args.split_seed)
     else:
-        from .run_inputs import load_data
-
         data = DataArguments(
             dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
             train_val_split=args.train_val_split, split_seed=args.split_seed,
@@ -187,6 +178,8 @@ def sample_images(args: argparse.Namespace) -> list:
         )
         raw = load_data(data, seed=args.split_seed)
         validation, carved = raw["validation"], raw.carved
+    if carved and getattr(args, "split_conflict", None):
+        raise DataError(args.split_conflict)
     for folder in _run_folders(args):
         check_teacher_data(folder, data, CONFIG_NAME, carved, roles=_COMPARED)
     if args.image_column_name not in validation.column_names:
@@ -205,9 +198,11 @@ def _load_model(name: str):
     from ..data.transforms import eval_transform
     from ..models.loading import load_image_classifier
     from ..models.processors import load_image_processor
+    from .run_inputs import model_error
 
-    model = load_image_classifier(name)
-    transform = eval_transform(load_image_processor(name, model))
+    with model_error(f"model {name!r}"):
+        model = load_image_classifier(name)
+        transform = eval_transform(load_image_processor(name, model))
     return model.eval(), transform
 
 

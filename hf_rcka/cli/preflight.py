@@ -307,6 +307,8 @@ def check_model_source(key: str, name: str, needs_weights: bool = True) -> None:
         raise ModelError(f"{key}: {err}") from None
     if source.kind == "timm":
         _check_timm_architecture(key, source.name)
+        if needs_weights:  # pretrained timm weights load from the Hub repository of that name
+            _check_hub_reachable(key, name)
     elif source.kind == "pretrained" and not os.path.isdir(name):
         _check_hub_id(key, name)
     elif source.kind == "pretrained" and needs_weights:
@@ -333,11 +335,16 @@ def _check_timm_architecture(key: str, architecture: str) -> None:
 
 def _check_hub_id(key: str, name: str) -> None:
     """A name that looks like a path, or a Hub id that cannot be fetched offline, is an error now."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
     first = name.split("/")[0]
     if name.startswith(_PATH_PREFIXES) or os.path.isdir(first):
         raise ModelError(f"{key}: no such folder {name!r} (a folder written by save_pretrained). Check the path")
+    _check_hub_reachable(key, name)
+
+
+def _check_hub_reachable(key: str, name: str) -> None:
+    """Offline, a Hub id needs a cached copy; online, one request reads its config."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
     if constants.HF_HUB_OFFLINE:
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
             raise ModelError(

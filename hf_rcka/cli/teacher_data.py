@@ -34,6 +34,8 @@ class Roles:
     evaluated: str = "the student"
     trained: str = "teacher training images"
     harm: str = "which inflates both accuracies"
+    by_flags: bool = False  # the fix is given as --flags (a script), not recipe keys
+    other_folder: str = "give the student a validation_dir the teacher did not train on"
 
 
 TEACHER = Roles()
@@ -46,12 +48,9 @@ def check_teacher_data(teacher: str | None, data_args: DataArguments, config_nam
     ``carved``: the student's validation split was held out of its training data (else it is the
     dataset's own, which no run trains on, or ``validation_dir``).
     """
-    if not teacher or not os.path.isfile(os.path.join(teacher, config_name)):
+    recorded = recorded_recipe(teacher, config_name) if teacher else None
+    if recorded is None:
         return
-    try:
-        recorded = load_recipe(os.path.join(teacher, config_name))
-    except RecipeError:
-        return  # not a recipe this version can read: nothing to compare
     defaults = {f: DataArguments.__dataclass_fields__[f].default for f in (*_SOURCE_KEYS, *_CARVE_KEYS, "validation_dir")}
     taught = {k: recorded.get(k, defaults[k]) for k in defaults}
     run = {k: getattr(data_args, k) for k in defaults}
@@ -65,14 +64,30 @@ def check_teacher_data(teacher: str | None, data_args: DataArguments, config_nam
     if taught["validation_dir"] or any(taught[k] != run[k] for k in _CARVE_KEYS):
         held_out = ("none of it (it had validation_dir)" if taught["validation_dir"] else
                     f"train_val_split {taught['train_val_split']}, split_seed {taught['split_seed']}")
-        fix = ("give the student a validation_dir the teacher did not train on" if taught["validation_dir"] else
-               f"set train_val_split: {taught['train_val_split']} and split_seed: {taught['split_seed']} as {roles.short} did")
+        split, seed = taught["train_val_split"], taught["split_seed"]
+        same = (f"pass --train_val_split {split} --split_seed {seed}" if roles.by_flags else
+                f"set train_val_split: {split} and split_seed: {seed}")
+        fix = roles.other_folder if taught["validation_dir"] else f"{same} as {roles.short} did"
         raise DataError(
             f"{roles.model} {teacher!r} trained on this data holding out {held_out}, and {roles.evaluated} "
             f"holds out train_val_split {run['train_val_split']}, split_seed {run['split_seed']}: most of "
             f"{roles.evaluated}'s validation images would be {roles.trained}, {roles.harm}. "
             f"{fix[0].upper()}{fix[1:]}"
         )
+
+
+def recorded_recipe(folder: str, config_name: str) -> dict[str, Any] | None:
+    """The recipe a run recorded in ``folder``, or in the run folder around a ``checkpoint-N`` of it
+    (checkpoints hold no recipe; their run's data is theirs); None when there is none this version reads."""
+    path = os.path.join(folder, config_name)
+    if not os.path.isfile(path) and os.path.isfile(os.path.join(folder, "trainer_state.json")):
+        path = os.path.join(os.path.dirname(os.path.abspath(folder)), config_name)
+    if not os.path.isfile(path):
+        return None
+    try:
+        return load_recipe(path)
+    except RecipeError:
+        return None  # not a recipe this version can read: nothing to compare
 
 
 def _same_source(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -82,7 +97,9 @@ def _same_source(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def same_dataset(name: str | None, config: str | None, other: str | None, other_config: str | None) -> bool:
-    """One dataset: the same id and configuration; a local dataset folder however its path is spelled."""
+    """One dataset: the same id and configuration (none is datasets' ``default``); a local dataset
+    folder however its path is spelled."""
+    config, other_config = (None if c == "default" else c for c in (config, other_config))
     if config != other_config or not name or not other:
         return config == other_config and name == other
     if os.path.isdir(name) and os.path.isdir(other):
