@@ -183,9 +183,11 @@ def provenance() -> dict:
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no", "--", "hf_rcka", "recipes", "scripts", "benchmarks"):
+    # code and recipes only: the benchmark's own results and the READMEs it fills change as it runs
+    if git("status", "--porcelain", "--", "hf_rcka", "recipes", "scripts", "benchmarks",
+           ":(exclude)benchmarks/results", ":(exclude)*.md"):
         commit += "+dirty"
-    return {"commit": commit, "cpu": _cpu_name(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {"commit": commit, "cpu": _cpu_name(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
 
 
 def _cpu_name() -> str:
@@ -217,28 +219,31 @@ def teacher_dir(out: Path, work: Path, name: str, direction: Direction, report_o
 
 
 def _run_id(record: dict) -> str:
-    """Which training a record describes (student records name their teacher's)."""
-    return f"{record.get('commit', '?')} {record.get('date', '?')}"
+    """Which training a record describes (student records name their teacher's): a hash of the record."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def student_run(out: Path, work: Path, name: str, direction: Direction, variant_key: str, seed: int, teacher: Path,
                 report_only: bool = False, teacher_record: dict | None = None) -> dict | None:
-    """One student run, skipped when its result JSON exists and was distilled from this teacher run
-    (``report_only``: never run, None if missing)."""
+    """One student run, skipped when its result JSON holds the command it would run now and, when
+    distilled, this teacher run (``report_only``: never run, None if missing)."""
     variant = VARIANTS[variant_key]
     record = out / "runs" / name / variant_key / f"seed{seed}.json"
-    teacher_run = _run_id(teacher_record) if teacher_record and variant.losses is not None else None
-    if record.exists():
-        kept = json.loads(record.read_text())
-        if report_only or kept.get("teacher_run") in (None, teacher_run):  # None: before records named it
-            return kept
     if report_only:
-        return None
-    record.parent.mkdir(parents=True, exist_ok=True)
+        return json.loads(record.read_text()) if record.exists() else None
+    teacher_run = _run_id(teacher_record) if teacher_record and variant.losses is not None else None
     overrides = {**_student_overrides(direction, variant), "seed": seed}
     if variant.losses is not None:
         overrides.update({"teacher_model_name_or_path": str(teacher), "losses": variant.losses})
     folder = work / "models" / name / variant_key / f"seed{seed}"
+    if record.exists():
+        kept = json.loads(record.read_text())
+        if kept.get("command") == _command(direction.student_recipe, overrides, folder)[1:] \
+                and kept.get("teacher_run") == teacher_run:
+            return kept
+    record.parent.mkdir(parents=True, exist_ok=True)
     print(f"[{name}] {variant_key} seed {seed}", flush=True)
     result = {**run_cli(direction.student_recipe, overrides, folder, record.with_suffix(".log")), "teacher_run": teacher_run}
     record.write_text(json.dumps(result, indent=1))
@@ -266,29 +271,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each); 1 on a busy machine")
     parser.add_argument("--work", type=Path,
                         help="where the trained models go (the results stay in --out); default "
-                             "outputs/quality_digits/<--out's name>, so studies never share a teacher folder")
-    parser.add_argument("--split_seed", type=int, default=42,
-                        help="draws the held-out 30%% (default 42, training's); teachers train on the rest")
+                             "outputs/quality_digits/<--out's name>-<hash of its path>, one per study")
+    parser.add_argument("--split_seed", type=int,
+                        help="draws the held-out 30%% (default 42, training's; --report-only: the records'); "
+                             "teachers train on the rest")
     parser.add_argument("--report-only", action="store_true",
                         help="summarise the runs already recorded in --out; train nothing")
     parser.add_argument("--readme", type=Path, nargs="+", default=[],
                         help="markdown files whose '<!-- BLOCK:begin/end -->' block gets the tables")
     parser.add_argument("--block", default="quality_digits", help="the block's name in --readme (default quality_digits)")
     args = parser.parse_args(argv)
+    args.seeds_given = args.seeds is not None
     args.seeds = args.seeds or list(range(3 if args.quick else 5))
-    args.work = args.work or ROOT / "outputs" / "quality_digits" / args.out.name
-    RUN_SETTINGS["split_seed"] = args.split_seed
+    if args.work is None:  # one per study: the resolved --out, not just its name, which two studies may share
+        import hashlib
+
+        key = hashlib.sha256(str(args.out.resolve()).encode()).hexdigest()[:8]
+        args.work = ROOT / "outputs" / "quality_digits" / f"{args.out.name}-{key}"
+    if not args.report_only:
+        args.split_seed = 42 if args.split_seed is None else args.split_seed
+        RUN_SETTINGS["split_seed"] = args.split_seed
     args.variants = args.variants or list(CORE if args.quick else [v for v in VARIANTS if v not in SEARCH])
     if "alone" not in args.variants:
         args.variants.insert(0, "alone")  # the baseline every difference is taken against
     return args
 
 
+def _from_records(args: argparse.Namespace) -> None:
+    """``--report-only`` reads what the records hold: the directions with a teacher, the split its
+    teachers ran with (records before ``--split_seed`` existed ran with training's 42) and, unless
+    given, every seed recorded."""
+    args.directions = [d for d in args.directions if (args.out / "teachers" / f"{d}.json").exists()]
+    recorded = set()
+    for name in args.directions:
+        command = json.loads((args.out / "teachers" / f"{name}.json").read_text()).get("command", [])
+        recorded.add(int(command[command.index("--split_seed") + 1]) if "--split_seed" in command else 42)
+    if len(recorded) > 1 or (args.split_seed is not None and {args.split_seed} != recorded):
+        raise SystemExit(f"{args.out}: the teachers ran with split_seed {sorted(recorded)}"
+                         + (f", not {args.split_seed}" if args.split_seed is not None else ""))
+    args.split_seed = recorded.pop() if recorded else 42
+    RUN_SETTINGS["split_seed"] = args.split_seed
+    if not args.seeds_given:
+        args.seeds = sorted({int(p.stem[len("seed"):]) for d in args.directions
+                             for p in (args.out / "runs" / d).glob("*/seed*.json")})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = {"seeds": args.seeds, "split_seed": args.split_seed, "validation_images": None, "directions": {}}
     if args.report_only:
-        args.directions = [d for d in args.directions if (args.out / "teachers" / f"{d}.json").exists()]
+        _from_records(args)
+    report = {"seeds": args.seeds, "split_seed": args.split_seed, "validation_images": None, "directions": {}}
     for name in args.directions:
         direction = DIRECTIONS[name]
         teacher, teacher_result = teacher_dir(args.out, args.work, name, direction, args.report_only)
@@ -306,12 +338,14 @@ def main(argv: list[str] | None = None) -> int:
             "variants": summarise({v: {"label": VARIANTS[v].label, "runs": r, "compare_to": VARIANTS[v].compare_to}
                                    for v, r in runs.items()}),
         }
+    if not any(d["variants"] for d in report["directions"].values()):
+        raise SystemExit(f"no run records in {args.out} for these directions, variants and seeds: nothing to report")
     report["validation_images"] = validation_size()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality_digits.json").write_text(json.dumps(report, indent=1))
     markdown = render_markdown(report)
     print(markdown)
     save_plot(report, args.out / "quality_digits.png")
+    (args.out / "quality_digits.json").write_text(json.dumps(report, indent=1))  # last: a failure keeps the old one
     print(f"JSON: {args.out / 'quality_digits.json'}\nplot: {args.out / 'quality_digits.png'}")
     for path in args.readme:
         replace_block(path, args.block, markdown)

@@ -254,7 +254,7 @@ def test_an_uncached_timm_model_offline_is_one_error_line(tmp_path, capsys):
     assert cka_report.main([first, "timm/resnet10t", "--dataset_name", "builtin:digits", "--output",
                             str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: models: 'timm/resnet10t' is not a local folder, and the Hub is offline")
+    assert err[-1].startswith("error: models: 'timm/resnet10t' is not cached, and the Hub is offline")
 
 
 @pytest.mark.parametrize("problem", ["missing model", "missing dataset"])

@@ -903,3 +903,26 @@ def test_a_datasets_default_configuration_is_no_configuration(tmp_path):
     with pytest.raises(DataError, match="teacher training images"):
         check_teacher_data(str(teacher), DataArguments(dataset_name="acme/pets", dataset_config_name="default"),
                            "distill_config.yaml", carved=True)
+
+
+def test_only_a_checkpoint_n_folder_takes_its_runs_recipe(tmp_path):
+    """A model saved inside a run folder (with a trainer_state.json of its own) is not that run's checkpoint."""
+    from hf_rcka.cli.teacher_data import recorded_recipe
+
+    run = tmp_path / "vit_run"
+    for child in ("finetuned_on_cifar", "checkpoint-20"):
+        (run / child).mkdir(parents=True)
+        (run / child / "trainer_state.json").write_text("{}")
+    (run / "distill_config.yaml").write_text("dataset_name: builtin:digits\nsplit_seed: 7\n")
+    assert recorded_recipe(str(run / "finetuned_on_cifar"), "distill_config.yaml") is None
+    assert recorded_recipe(str(run / "checkpoint-20"), "distill_config.yaml")["split_seed"] == 7
+
+
+def test_an_uncached_pretrained_timm_student_offline_says_how_to_train_it_from_scratch(tmp_path, capsys, no_loading):
+    """Its weights come from the Hub: one line before loading, with the fix for a student."""
+    recipe = base(tmp_path, model_name_or_path="timm/resnet10t", student_config_overrides=None,
+                  student_from_scratch=False)
+    assert run(tmp_path, recipe) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: model_name_or_path: 'timm/resnet10t' is not cached, and the Hub is offline")
+    assert "set student_from_scratch: true" in line

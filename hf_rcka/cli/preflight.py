@@ -308,7 +308,10 @@ def check_model_source(key: str, name: str, needs_weights: bool = True) -> None:
     if source.kind == "timm":
         _check_timm_architecture(key, source.name)
         if needs_weights:  # pretrained timm weights load from the Hub repository of that name
-            _check_hub_reachable(key, name)
+            scratch = " or, for a student trained from scratch, set student_from_scratch: true" \
+                if key == "model_name_or_path" else ""
+            _check_hub_reachable(key, name, f"its pretrained weights are on the Hub: unset HF_HUB_OFFLINE to download "
+                                            f"them{scratch}")
     elif source.kind == "pretrained" and not os.path.isdir(name):
         _check_hub_id(key, name)
     elif source.kind == "pretrained" and needs_weights:
@@ -341,15 +344,16 @@ def _check_hub_id(key: str, name: str) -> None:
     _check_hub_reachable(key, name)
 
 
-def _check_hub_reachable(key: str, name: str) -> None:
+def _check_hub_reachable(key: str, name: str, fix: str | None = None) -> None:
     """Offline, a Hub id needs a cached copy; online, one request reads its config."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     if constants.HF_HUB_OFFLINE:
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            what = f"{name!r} is not cached" if fix else f"{name!r} is not a local folder"
             raise ModelError(
-                f"{key}: {name!r} is not a local folder, and the Hub is offline (HF_HUB_OFFLINE=1) with no cached "
-                "copy. Check the path, or unset HF_HUB_OFFLINE to download it"
+                f"{key}: {what}, and the Hub is offline (HF_HUB_OFFLINE=1) with no cached copy. "
+                + (fix[0].upper() + fix[1:] if fix else "Check the path, or unset HF_HUB_OFFLINE to download it")
             )
         return
     _check_hub_repository(key, name)

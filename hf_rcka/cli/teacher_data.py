@@ -12,6 +12,7 @@ the validation split is carved or the dataset's own), before the models load.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,8 @@ def recorded_recipe(folder: str, config_name: str) -> dict[str, Any] | None:
     """The recipe a run recorded in ``folder``, or in the run folder around a ``checkpoint-N`` of it
     (checkpoints hold no recipe; their run's data is theirs); None when there is none this version reads."""
     path = os.path.join(folder, config_name)
-    if not os.path.isfile(path) and os.path.isfile(os.path.join(folder, "trainer_state.json")):
+    checkpoint = re.fullmatch(r"checkpoint-\d+", os.path.basename(os.path.normpath(folder)))
+    if not os.path.isfile(path) and checkpoint and os.path.isfile(os.path.join(folder, "trainer_state.json")):
         path = os.path.join(os.path.dirname(os.path.abspath(folder)), config_name)
     if not os.path.isfile(path):
         return None
