@@ -5,7 +5,7 @@ loss, backward, optimizer step) on the same model objects. Every variant below i
 optimizer step, timed interleaved with the limit (round-robin, one step of each per round) in one
 process and reported as the median over rounds of ``variant / limit`` within each round, so
 machine noise that hits a whole round cancels. Peak memory is measured per variant in a fresh
-child process (CPU: the process's resident high-water mark, ``ru_maxrss``, because tracemalloc
+child process (CPU: the process's own resident high-water mark, ``VmHWM``, because tracemalloc
 cannot see torch's allocator; CUDA: ``torch.cuda.max_memory_allocated``), as a ratio to the
 limit's child.
 
