@@ -84,7 +84,7 @@ class DataArguments(AugmentationArguments):
     label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
     max_bad_images: int = field(
         default=20,
-        metadata={"help": "Unreadable image files are skipped (named in the log and skipped_images.tsv); "
+        metadata={"help": "Unreadable image files are skipped (named in the log and _skipped_images.tsv); "
                           "the run stops once more than this many were skipped."},
     )
     max_train_samples: int | None = field(

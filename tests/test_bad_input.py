@@ -615,14 +615,14 @@ def test_permuted_teacher_and_unreadable_images_still_train(tmp_path, capsys):
                   max_train_samples=None, max_eval_samples=None, per_device_train_batch_size=14,
                   per_device_eval_batch_size=14, train_val_split=0.25, max_steps=1)
     assert run(tmp_path, recipe) == 0
-    ledger = (tmp_path / "out" / "skipped_images.tsv").read_text()
+    ledger = (tmp_path / "out" / "_skipped_images.tsv").read_text()
     assert str(truncated) in ledger and str(text) in ledger
     log = capsys.readouterr().err
     assert "re-indexed by name" in log and f"skipped unreadable image {text}: UnidentifiedImageError" in log
 
     assert run(tmp_path, {**recipe, "output_dir": str(tmp_path / "strict"), "max_bad_images": 0}) == 2
     line = error_of(capsys)
-    assert "could not be read (more than max_bad_images=0)" in line and "skipped_images.tsv" in line
+    assert "could not be read (more than max_bad_images=0)" in line and "_skipped_images.tsv" in line
 
 
 def test_eval_only_run_keeps_the_training_records(tmp_path, capsys):

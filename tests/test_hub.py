@@ -254,7 +254,8 @@ def test_card_counts_readable_evaluation_images_and_names_the_unreadable_apart(t
     facts = CardFacts(eval_data="acme/shapes: its validation split", eval_images=10, unreadable_eval_images=1)
     card, _ = _card(tmp_path, facts)
     assert ("Measured on 9 images of acme/shapes: its validation split. 1 more image file(s) of this set could "
-            "not be read and are not counted (the run lists them in `skipped_images.tsv`).") in card.text
+            "not be read and are not counted (the run lists them in a local `_skipped_images.tsv`, not uploaded: "
+            "it names local paths).") in card.text
 
 
 def test_cka_picture_is_embedded_once(tmp_path):

@@ -114,3 +114,23 @@ def test_evaluation_records_stay_local(tmp_path):
     record = os.path.relpath(eval_record_dir(str(tmp_path)), tmp_path)
     files = [f"{record}/eval_config.yaml", f"{record}/eval_results.json", "model.safetensors"]
     assert list(filter_repo_objects(files, ignore_patterns=TRAINER_IGNORES)) == ["model.safetensors"]
+
+
+def test_the_ledger_of_unreadable_images_stays_local(tmp_path, hub):
+    """It names local paths (/home/someone/data/...) and was uploaded next to the model."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog"):
+        folder = tmp_path / "data" / "train" / label
+        folder.mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (tmp_path / "data" / "train" / "cat" / "broken.png").write_bytes(b"not an image")
+    assert _run(tmp_path, dataset_name=None, train_dir=str(tmp_path / "data" / "train"), train_val_split=0.25,
+                max_train_samples=None, max_eval_samples=None) == 0
+    ledger = tmp_path / "out" / "_skipped_images.tsv"
+    assert "broken.png" in ledger.read_text()
+    uploaded = {p.name for p in hub.commits[-1][2].rglob("*")}
+    assert "README.md" in uploaded and not any("skipped_images" in name for name in uploaded)

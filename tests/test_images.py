@@ -151,7 +151,7 @@ def test_a_skipped_file_is_logged_and_listed_once(tmp_path, caplog):
     for _ in range(3):  # evaluated three times, or three epochs
         ledger.record("val/cat/broken.jpg", "OSError: image file is truncated")
     ledger.record("val/dog/notes.jpg", "UnidentifiedImageError: cannot identify")
-    lines = (tmp_path / "skipped_images.tsv").read_text().splitlines()
+    lines = (tmp_path / "_skipped_images.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in lines] == ["val/cat/broken.jpg", "val/dog/notes.jpg"]
     assert [r.getMessage() for r in caplog.records].count(
         "skipped unreadable image val/cat/broken.jpg: OSError: image file is truncated") == 1

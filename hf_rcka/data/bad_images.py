@@ -9,7 +9,7 @@ Design. A truncated JPEG or a text file named ``.jpg`` used to end a run hours i
 * skipping at training time, which costs nothing for good files.
 
 hf_rcka skips: the data pipeline decodes each image itself (``images.decode_image``); a file
-that fails is logged with its name and appended to ``skipped_images.tsv`` in the run's output
+that fails is logged with its name and appended to ``_skipped_images.tsv`` in the run's output
 folder, once (the ledger is shared by dataloader workers and ranks, so the count is the run's;
 a file met again, in the next epoch or evaluation, is not logged again). Its place in its batch
 is filled by another image of the same batch, so batch shapes stay equal on every rank: in
@@ -32,12 +32,13 @@ from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 
-LEDGER_NAME = "skipped_images.tsv"
+# "_": Trainer's Hub uploads leave "_*" out; the ledger names local paths, which stay local.
+LEDGER_NAME = "_skipped_images.tsv"
 _LISTED = 10
 
 
 class SkippedImages:
-    """The ledger of skipped files: ``path<TAB>reason`` lines in ``<folder>/skipped_images.tsv``.
+    """The ledger of skipped files: ``path<TAB>reason`` lines in ``<folder>/_skipped_images.tsv``.
 
     Picklable (it holds only paths), so dataloader worker processes append to the same file.
 

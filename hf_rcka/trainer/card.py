@@ -131,7 +131,7 @@ def _measured_on(facts: CardFacts) -> str:
     sentence = f"Measured on {facts.eval_images - unreadable:,} images of {facts.eval_data}."
     if unreadable:
         sentence += (f" {unreadable:,} more image file(s) of this set could not be read and are not counted "
-                     "(the run lists them in `skipped_images.tsv`).")
+                     "(the run lists them in a local `_skipped_images.tsv`, not uploaded: it names local paths).")
     return sentence
 
 
