@@ -189,7 +189,9 @@ def _demo(args: argparse.Namespace) -> None:
     pictured = args.cka and cka_picture(args.output_root)
     print(f"\n{table(results)}\n\nTotal {time.perf_counter() - start:.0f} s. The distilled student's model card "
           f"(with the teacher, the baseline{' and the CKA picture' if pictured else ''}) is "
-          f"{os.path.relpath(results['distilled student']['path'], Path.cwd())}/README.md.")
+          f"{os.path.relpath(results['distilled student']['path'], Path.cwd())}/README.md.\n"
+          "This is one seed, and one seed's accuracy moves by a point or two: benchmarks/quality_digits.py "
+          "measures the gain over several seeds on held-out images (README.md, 'Does distillation help?').")
     (args.output_root / "demo_results.json").write_text(json.dumps(results, indent=1))
 
 
