@@ -192,9 +192,12 @@ def _provenance() -> dict:
     import subprocess
     from datetime import datetime, timezone
 
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True)
-    return {"commit": done.stdout.strip() or "unknown", "load_average_at_end": os.getloadavg()[0],
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "hf_rcka", "benchmarks/data_throughput.py"],
+                             cwd=root, capture_output=True, text=True).stdout.strip()
+    commit = (done.stdout.strip() or "unknown") + ("+dirty" if changed else "")
+    return {"commit": commit, "load_average_at_end": os.getloadavg()[0],
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 

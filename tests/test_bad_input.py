@@ -715,7 +715,8 @@ def test_a_diverged_run_fails_and_writes_no_model_of_nan_weights(tmp_path, capsy
     line = error_of(capsys)
     assert line.startswith("error: training diverged: by step 6 the student's weights are NaN or infinite")
     assert "lower learning_rate (now 1e+30)" in line and "check the loss weights" in line
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"distill_config.yaml"}, "no model, card or metrics"
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"distill_config.yaml", "_working_dir.json"}, \
+        "no model, card or metrics"
 
     logged = base(tmp_path, **diverging, logging_steps=1, output_dir=str(tmp_path / "logged"))
     assert run(tmp_path, logged) == 2  # found at the first logging step with a NaN loss: training stops there
@@ -926,3 +927,26 @@ def test_an_uncached_pretrained_timm_student_offline_says_how_to_train_it_from_s
     line = error_of(capsys)
     assert line.startswith("error: model_name_or_path: 'timm/resnet10t' is not cached, and the Hub is offline")
     assert "set student_from_scratch: true" in line
+
+
+def test_a_teachers_relative_train_dir_is_read_from_where_it_ran(tmp_path, monkeypatch):
+    """A recorded 'train_dir: imgs/train' was read from the student's working directory: run from
+    another folder, a student evaluated on the teacher's training images passed the check."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.cli.records import write_working_dir
+    from hf_rcka.cli.teacher_data import check_teacher_data
+    from hf_rcka.errors import DataError
+
+    first, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    train = Path(image_folder(first / "imgs" / "train", ["cat", "dog"]))
+    other = image_folder(tmp_path / "other", ["cat", "dog"])
+    teacher = first / "teacher"
+    teacher.mkdir()
+    (teacher / "distill_config.yaml").write_text("train_dir: imgs/train\nvalidation_dir: imgs/val\n")
+    monkeypatch.chdir(first)
+    write_working_dir(str(teacher))  # what the teacher's run recorded, in the folder it ran in
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    student = DataArguments(train_dir=other, validation_dir=str(train))
+    with pytest.raises(DataError, match="teacher's training images"):
+        check_teacher_data(str(teacher), student, "distill_config.yaml", carved=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import shutil
 from pathlib import Path
@@ -134,3 +135,6 @@ def test_the_ledger_of_unreadable_images_stays_local(tmp_path, hub):
     assert "broken.png" in ledger.read_text()
     uploaded = {p.name for p in hub.commits[-1][2].rglob("*")}
     assert "README.md" in uploaded and not any("skipped_images" in name for name in uploaded)
+    # where the run's relative paths were relative to: local, for later checks, never uploaded
+    assert json.loads((tmp_path / "out" / "_working_dir.json").read_text()) == {"working_dir": os.getcwd()}
+    assert "_working_dir.json" not in uploaded

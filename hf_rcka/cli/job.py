@@ -42,7 +42,7 @@ from .preflight import check_checkpoint, check_metric_for_best_model, check_resu
 from .output_folder import check_output_dir, holds_run, set_aside_previous_run
 from .probes import probe_student
 from .recipe import dump_recipe
-from .records import CONFIG_NAME, eval_record_dir, write_eval_record
+from .records import CONFIG_NAME, eval_record_dir, write_eval_record, write_working_dir
 from .teacher_data import check_teacher_data
 from .run_inputs import align_teacher, checkpoint_labels, load_data, model_error, student_labels
 
@@ -95,6 +95,7 @@ class _RecipeRecord(transformers.TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         dump_recipe(self.recipe, self.path)
+        write_working_dir(os.path.dirname(self.path) or ".")
 
 
 def _setup_logging(args: DistillationTrainingArguments) -> None:

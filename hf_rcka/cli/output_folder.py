@@ -34,7 +34,7 @@ REPLACED = "_replaced"
 RUN_OUTPUTS = (
     "checkpoint-*", "_eval-*", "eval-*", "runs", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
     "config.json", "preprocessor_config.json", "training_args.bin", "trainer_state.json", "all_results.json",
-    "train_results.json", "eval_results.json", "README.md", "distill_config.yaml", "_skipped_images.tsv", "skipped_images.tsv",
+    "train_results.json", "eval_results.json", "README.md", "distill_config.yaml", "_working_dir.json", "_skipped_images.tsv", "skipped_images.tsv",
     "cka.png", "cka.md",
 )
 

@@ -17,6 +17,9 @@ import time
 from .recipe import dump_recipe
 
 CONFIG_NAME = "distill_config.yaml"  # a training run's resolved recipe, in its output_dir
+# The folder a run's relative paths (train_dir: data/train) were relative to. Local only: the "_"
+# keeps it out of Hub uploads, which need no path of this machine.
+WORKING_DIR_NAME = "_working_dir.json"
 EVAL_RECORD_PREFIX = "_eval-"
 EVAL_CONFIG_NAME = "eval_config.yaml"
 EVAL_RESULTS_NAME = "eval_results.json"
@@ -39,3 +42,18 @@ def write_eval_record(folder: str, recipe: dict | None, metrics: dict) -> None:
         dump_recipe(recipe, os.path.join(folder, EVAL_CONFIG_NAME))
     with open(os.path.join(folder, EVAL_RESULTS_NAME), "w", encoding="utf-8") as handle:
         json.dump(metrics, handle, indent=2, sort_keys=True)
+
+
+def write_working_dir(output_dir: str) -> None:
+    """Record where this process runs, so that later checks read the recipe's relative paths as it did."""
+    with open(os.path.join(output_dir, WORKING_DIR_NAME), "w", encoding="utf-8") as handle:
+        json.dump({"working_dir": os.getcwd()}, handle)
+
+
+def recorded_working_dir(run_dir: str) -> str | None:
+    """The working directory a run recorded, or None (runs before the record, or another tool's)."""
+    try:
+        with open(os.path.join(run_dir, WORKING_DIR_NAME), encoding="utf-8") as handle:
+            return json.load(handle)["working_dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -20,6 +20,7 @@ from typing import Any
 from ..arguments import DataArguments
 from ..errors import DataError, RecipeError
 from .recipe import load_recipe
+from .records import recorded_working_dir
 
 _SOURCE_KEYS = ("dataset_name", "dataset_config_name", "train_dir")
 _CARVE_KEYS = ("train_val_split", "split_seed")
@@ -87,9 +88,23 @@ def recorded_recipe(folder: str, config_name: str) -> dict[str, Any] | None:
     if not os.path.isfile(path):
         return None
     try:
-        return load_recipe(path)
+        recipe = load_recipe(path)
     except RecipeError:
         return None  # not a recipe this version can read: nothing to compare
+    return _anchored(recipe, recorded_working_dir(os.path.dirname(path)))
+
+
+def _anchored(recipe: dict[str, Any], working_dir: str | None) -> dict[str, Any]:
+    """The recipe's relative data paths read from the folder its run ran in, not from this one's."""
+    if working_dir is None:
+        return recipe
+    for key in ("train_dir", "validation_dir", "dataset_name"):
+        value = recipe.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            anchored = os.path.join(working_dir, value)
+            if key != "dataset_name" or os.path.isdir(anchored):  # else a Hub id
+                recipe[key] = anchored
+    return recipe
 
 
 def _same_source(a: dict[str, Any], b: dict[str, Any]) -> bool:
