@@ -950,3 +950,25 @@ def test_a_teachers_relative_train_dir_is_read_from_where_it_ran(tmp_path, monke
     student = DataArguments(train_dir=other, validation_dir=str(train))
     with pytest.raises(DataError, match="teacher's training images"):
         check_teacher_data(str(teacher), student, "distill_config.yaml", carved=False)
+
+
+def test_an_eval_only_run_of_a_model_trained_on_this_data_evaluates_its_held_out_images(tmp_path, capsys):
+    """Without a validation split an eval-only run evaluated every image: re-checking a digits run
+    with its own recipe scored its 1,257 training images too (0.995 for a 0.985 model), exit 0."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.cli.teacher_data import held_out_by
+
+    assert run(tmp_path, base(tmp_path, train_val_split=0.3, split_seed=7)) == 0
+    out = tmp_path / "out"
+    evaluate = base(tmp_path, model_name_or_path=str(out), student_config_overrides=None, do_train=False,
+                    max_eval_samples=None)  # the recipe's own split settings left at their defaults
+    capsys.readouterr()
+    assert run(tmp_path, evaluate) == 0
+    log = capsys.readouterr().err
+    assert f"{out} was trained on this data; its held-out 0.3 (split_seed 7) is evaluated" in log
+    record = next(out.glob("_eval-*"))
+    assert yaml.safe_load((record / "eval_config.yaml").read_text())["split_seed"] == 7
+    assert "/ 540 eval images" in log  # 30% of 1,797, not all of them
+    # other data, or a model no run of this data made, is evaluated on all of the data given
+    assert held_out_by(str(out), DataArguments(dataset_name="acme/pets"), "distill_config.yaml") is None
+    assert held_out_by("timm/resnet18", DataArguments(dataset_name="builtin:digits"), "distill_config.yaml") is None

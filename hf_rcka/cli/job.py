@@ -43,7 +43,7 @@ from .output_folder import check_output_dir, holds_run, set_aside_previous_run
 from .probes import probe_student
 from .recipe import dump_recipe
 from .records import CONFIG_NAME, eval_record_dir, write_eval_record, write_working_dir
-from .teacher_data import check_teacher_data
+from .teacher_data import check_teacher_data, held_out_by
 from .run_inputs import align_teacher, checkpoint_labels, load_data, model_error, student_labels
 
 logger = logging.getLogger("hf_rcka")
@@ -77,6 +77,8 @@ def run(
     if args.do_train:
         metrics.update(_train(trainer, resume, stop, argv))
     if args.do_eval:
+        if recipe is not None and not args.do_train:  # the split it evaluated (a trained model's held-out one)
+            recipe = {**recipe, "train_val_split": data_args.train_val_split, "split_seed": data_args.split_seed}
         metrics.update(_evaluate(trainer, recipe, record_dir))
     if stop is not None:
         stop.evaluated = args.do_eval  # what is left is the card and the Hub upload
@@ -157,7 +159,12 @@ def _build_trainer(
 ) -> tuple[DistillationTrainer, SkippedImages]:
     """Data, models (checked by one forward pass), datasets and the trainer, in that order; and the
     ledger of skipped images, in ``record_dir``."""
-    raw = load_data(data_args, args.seed, eval_only=not args.do_train)
+    held_out = None if args.do_train else held_out_by(model_args.model_name_or_path, data_args, CONFIG_NAME)
+    if held_out:  # the student's own training data: evaluate the images its run held out, not all of them
+        data_args.train_val_split, data_args.split_seed = held_out["train_val_split"], held_out["split_seed"]
+        logger.info("data: %s was trained on this data; its held-out %g (split_seed %s) is evaluated, not its "
+                    "training images", model_args.model_name_or_path, held_out["train_val_split"], held_out["split_seed"])
+    raw = load_data(data_args, args.seed, eval_only=not args.do_train and not held_out)
     if args.do_train and not model_args.smoke_test:
         check_teacher_data(model_args.teacher_model_name_or_path, data_args, CONFIG_NAME, carved=raw.carved)
     dataset_labels = label_names(raw["train"], data_args.label_column_name)

@@ -78,6 +78,25 @@ def check_teacher_data(teacher: str | None, data_args: DataArguments, config_nam
         )
 
 
+def held_out_by(model: str | None, data_args: DataArguments, config_name: str) -> dict[str, Any] | None:
+    """``train_val_split`` and ``split_seed`` of the run that trained ``model`` on this very data
+    with a carved validation split, or None.
+
+    An evaluation-only run of data without a validation split evaluates all of it; for a model
+    trained on that data, most of it is training images (a 98.5% model scored 99.5%), so the
+    evaluation takes the split the run held out instead.
+    """
+    recorded = recorded_recipe(model, config_name) if model and os.path.isdir(model) else None
+    if recorded is None:
+        return None
+    defaults = {f: DataArguments.__dataclass_fields__[f].default for f in (*_SOURCE_KEYS, *_CARVE_KEYS, "validation_dir")}
+    taught = {k: recorded.get(k, defaults[k]) for k in defaults}
+    run = {k: getattr(data_args, k) for k in defaults}
+    if run["validation_dir"] or taught["validation_dir"] or not _same_source(taught, run):
+        return None
+    return {k: taught[k] for k in _CARVE_KEYS}
+
+
 def recorded_recipe(folder: str, config_name: str) -> dict[str, Any] | None:
     """The recipe a run recorded in ``folder``, or in the run folder around a ``checkpoint-N`` of it
     (checkpoints hold no recipe; their run's data is theirs); None when there is none this version reads."""
