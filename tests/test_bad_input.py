@@ -972,3 +972,12 @@ def test_an_eval_only_run_of_a_model_trained_on_this_data_evaluates_its_held_out
     # other data, or a model no run of this data made, is evaluated on all of the data given
     assert held_out_by(str(out), DataArguments(dataset_name="acme/pets"), "distill_config.yaml") is None
     assert held_out_by("timm/resnet18", DataArguments(dataset_name="builtin:digits"), "distill_config.yaml") is None
+
+
+def test_flags_without_a_recipe_say_the_recipe_comes_first(capsys):
+    """'--model_name_or_path OUT --do_train false' alone said "recipe '--model_name_or_path' does not exist"."""
+    assert main(["--model_name_or_path", "outputs/run", "--do_train", "false"]) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: the recipe file comes first") and "--do_train false --model_name_or_path OUT" in line
+    assert main(["--debug", "--model_name_or_path", "x"]) == 2  # a bare --debug is still the run's flag
+    assert "the recipe file comes first" in capsys.readouterr().err

@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_column_name", default="image")
     parser.add_argument("--label_column_name", default="label")
     parser.add_argument("--num_images", type=int, default=512, help="at most this many (default 512)")
-    parser.add_argument("--output", type=Path, default=Path("outputs/cka_report"))
+    parser.add_argument("--output", type=Path, default=Path("outputs/cka_report"),
+                        help="folder that gets cka.png and cka.md (default outputs/cka_report)")
     parser.add_argument("--card", type=Path, help="one of the compared run folders: its README.md card gets the picture")
     args = parser.parse_args(argv)
     if (args.dataset_name is None) == (args.validation_dir is None):
