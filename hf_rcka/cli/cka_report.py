@@ -33,7 +33,7 @@ from ..arguments import DataArguments
 from ..errors import DataError, UserError
 from .preflight import check_model_source, image_folder_classes
 from .records import CONFIG_NAME
-from .teacher_data import Roles, check_teacher_data, recorded_recipe, same_dataset
+from .teacher_data import Roles, check_teacher_data, held_out_by, recorded_recipe
 
 _SPLIT_KEYS = ("train_val_split", "split_seed")
 _COMPARED = Roles(model="model", short="that model", evaluated="this report", trained="that model's training images",
@@ -131,25 +131,22 @@ def resolve_split(args: argparse.Namespace) -> None:
             setattr(args, key, DataArguments.__dataclass_fields__[key].default)
 
 
-def _run_folders(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """The compared models that a run of scripts/distill.py wrote, or a checkpoint of one, with the
-    recipe the run recorded (its data)."""
-    recipes = {m: recorded_recipe(m, CONFIG_NAME) for m in dict.fromkeys([args.reference, *args.models])}
-    return {m: recipe for m, recipe in recipes.items() if recipe is not None}
+def _run_folders(args: argparse.Namespace) -> list[str]:
+    """The compared models that a run of scripts/distill.py wrote, or a checkpoint of one: they
+    record their data."""
+    models = dict.fromkeys([args.reference, *args.models])
+    return [m for m in models if recorded_recipe(m, CONFIG_NAME) is not None]
 
 
-def _recorded_split(args: argparse.Namespace, folders: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+def _recorded_split(args: argparse.Namespace, folders: list[str]) -> tuple[dict[str, Any], str | None]:
     """``train_val_split`` and ``split_seed`` of the runs that carved their validation split from this
     report's dataset, and the error to give when they differ: runs that held out different images
     leave no image that none of them trained on."""
     if not args.dataset_name:
         return {}, None
-    splits: dict[str, dict[str, Any]] = {}
-    for folder, recipe in folders.items():
-        same_data = same_dataset(recipe.get("dataset_name"), recipe.get("dataset_config_name"),
-                                 args.dataset_name, args.dataset_config_name)
-        if same_data and not recipe.get("validation_dir"):
-            splits[folder] = {k: recipe.get(k, DataArguments.__dataclass_fields__[k].default) for k in _SPLIT_KEYS}
+    data = SimpleNamespace(dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
+                           train_dir=None, validation_dir=None, train_val_split=None, split_seed=None)
+    splits = {folder: split for folder in folders if (split := held_out_by(folder, data, CONFIG_NAME))}
     distinct = {tuple(split.values()) for split in splits.values()}
     if len(distinct) < 2:
         return next(iter(splits.values()), {}), None

@@ -53,9 +53,7 @@ def check_teacher_data(teacher: str | None, data_args: DataArguments, config_nam
     recorded = recorded_recipe(teacher, config_name) if teacher else None
     if recorded is None:
         return
-    defaults = {f: DataArguments.__dataclass_fields__[f].default for f in (*_SOURCE_KEYS, *_CARVE_KEYS, "validation_dir")}
-    taught = {k: recorded.get(k, defaults[k]) for k in defaults}
-    run = {k: getattr(data_args, k) for k in defaults}
+    taught, run = _data_settings(recorded, data_args)
     if run["validation_dir"]:  # the student is evaluated on its own folder
         if taught["train_dir"] and _same_path(taught["train_dir"], run["validation_dir"]):
             raise DataError(f"{roles.model} {teacher!r} was trained on train_dir {taught['train_dir']!r}, "
@@ -89,12 +87,16 @@ def held_out_by(model: str | None, data_args: DataArguments, config_name: str) -
     recorded = recorded_recipe(model, config_name) if model and os.path.isdir(model) else None
     if recorded is None:
         return None
-    defaults = {f: DataArguments.__dataclass_fields__[f].default for f in (*_SOURCE_KEYS, *_CARVE_KEYS, "validation_dir")}
-    taught = {k: recorded.get(k, defaults[k]) for k in defaults}
-    run = {k: getattr(data_args, k) for k in defaults}
+    taught, run = _data_settings(recorded, data_args)
     if run["validation_dir"] or taught["validation_dir"] or not _same_source(taught, run):
         return None
     return {k: taught[k] for k in _CARVE_KEYS}
+
+
+def _data_settings(recorded: dict[str, Any], data_args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The data settings the recorded run trained with (unset ones at their defaults) and this run's."""
+    defaults = {f: DataArguments.__dataclass_fields__[f].default for f in (*_SOURCE_KEYS, *_CARVE_KEYS, "validation_dir")}
+    return {k: recorded.get(k, defaults[k]) for k in defaults}, {k: getattr(data_args, k) for k in defaults}
 
 
 def recorded_recipe(folder: str, config_name: str) -> dict[str, Any] | None:
@@ -129,10 +131,10 @@ def _anchored(recipe: dict[str, Any], working_dir: str | None) -> dict[str, Any]
 def _same_source(a: dict[str, Any], b: dict[str, Any]) -> bool:
     if a["train_dir"] or b["train_dir"]:
         return bool(a["train_dir"] and b["train_dir"]) and _same_path(a["train_dir"], b["train_dir"])
-    return same_dataset(a["dataset_name"], a["dataset_config_name"], b["dataset_name"], b["dataset_config_name"])
+    return _same_dataset(a["dataset_name"], a["dataset_config_name"], b["dataset_name"], b["dataset_config_name"])
 
 
-def same_dataset(name: str | None, config: str | None, other: str | None, other_config: str | None) -> bool:
+def _same_dataset(name: str | None, config: str | None, other: str | None, other_config: str | None) -> bool:
     """One dataset: the same id and configuration (none is datasets' ``default``); a local dataset
     folder however its path is spelled."""
     config, other_config = (None if c == "default" else c for c in (config, other_config))
