@@ -16,6 +16,7 @@ image has no CKA (0 / 0); it is NaN in the matrix and ``n/a`` in the table, not 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -53,7 +54,7 @@ class LayerCKA:
         header = f"| {self.row_model} \\ {self.column_model} | " + " | ".join(self.column_names) + " |"
         lines = [header, "|---" * (len(self.column_names) + 1) + "|"]
         for name, row in zip(self.row_names, self.matrix.tolist()):
-            lines.append(f"| {name} | " + " | ".join("n/a" if v != v else f"{v:.2f}" for v in row) + " |")
+            lines.append(f"| {name} | " + " | ".join("n/a" if math.isnan(v) else f"{v:.2f}" for v in row) + " |")
         return "\n".join(lines) + "\n"
 
 
@@ -101,12 +102,6 @@ def _is_constant(activation: Tensor) -> bool:
     return bool(spread <= 1e-6 * activation.abs().amax().clamp_min(1e-30))
 
 
-def _cka(x: Tensor, y: Tensor) -> float:
-    if _is_constant(x) or _is_constant(y):
-        return float("nan")
-    return float(functional.linear_cka(x, y).clamp(0.0, 1.0))
-
-
 def layer_cka(
     row_model: nn.Module,
     row_pixels: Tensor,
@@ -133,7 +128,9 @@ def layer_cka(
         raise ValueError(f"layer CKA needs at least 3 images, got {len(row_pixels)}")
     rows, row_names = layer_activations(row_model, row_pixels, batch_size)
     columns, column_names = layer_activations(column_model, column_pixels, batch_size)
-    matrix = torch.tensor([[_cka(r, c) for c in columns] for r in rows], dtype=torch.float32)
+    matrix = torch.tensor([[float(functional.linear_cka(r, c).clamp(0.0, 1.0)) for c in columns] for r in rows])
+    matrix[torch.tensor([_is_constant(r) for r in rows])] = float("nan")  # 0 / 0: no CKA, whatever eps gave
+    matrix[:, torch.tensor([_is_constant(c) for c in columns])] = float("nan")
     return LayerCKA(
         matrix=matrix,
         row_names=row_names,
