@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
+import _provenance  # benchmarks/, the script's folder
+
 ARCH = "deit_small_patch16_224"
 AUGMENTATION = dict(aa="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel", train_interpolation="bicubic",
                     color_jitter=0.3)
@@ -183,20 +185,15 @@ def run(args: argparse.Namespace) -> dict:
         "samples_cpu_ms_per_image": cpu, "median_cpu_ms_per_image": cpu_medians,
         "cpu_ratio_timm_over_ours": cpu_medians["timm"] / cpu_medians["ours"] if cpu_medians else None,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
-        **_provenance(),
+        **_measured_when(),
     }
 
 
-def _provenance() -> dict:
+def _measured_when() -> dict:
     """When, at which commit and on how loaded a machine the numbers were taken."""
-    import subprocess
     from datetime import datetime, timezone
 
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-    changed = subprocess.run(["git", "status", "--porcelain", "--", "hf_rcka", "benchmarks/data_throughput.py"],
-                             cwd=root, capture_output=True, text=True).stdout.strip()
-    commit = (done.stdout.strip() or "unknown") + ("+dirty" if changed else "")
+    commit = _provenance.commit(["hf_rcka", "benchmarks/data_throughput.py"])
     return {"commit": commit, "load_average_at_end": os.getloadavg()[0],
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 

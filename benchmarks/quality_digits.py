@@ -28,6 +28,7 @@ and student records of another teacher run are run again.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+import _provenance  # noqa: E402
 from _quality_report import render_markdown, replace_block, save_plot, summarise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,15 +180,9 @@ def _command(recipe: str, overrides: dict, output_dir: Path) -> list[str]:
 
 def provenance() -> dict:
     """The commit (``+dirty`` with uncommitted changes), the CPU and the UTC date of a run."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
     # code and recipes only: the benchmark's own results and the READMEs it fills change as it runs
-    if git("status", "--porcelain", "--", "hf_rcka", "recipes", "scripts", "benchmarks",
-           ":(exclude)benchmarks/results", ":(exclude)*.md"):
-        commit += "+dirty"
+    commit = _provenance.commit(["hf_rcka", "recipes", "scripts", "benchmarks", ":(exclude)benchmarks/results",
+                                 ":(exclude)*.md"])
     return {"commit": commit, "cpu": _cpu_name(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
 
 
@@ -220,8 +216,6 @@ def teacher_dir(out: Path, work: Path, name: str, direction: Direction, report_o
 
 def _run_id(record: dict) -> str:
     """Which training a record describes (student records name their teacher's): a hash of the record."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -284,8 +278,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.seeds_given = args.seeds is not None
     args.seeds = args.seeds or list(range(3 if args.quick else 5))
     if args.work is None:  # one per study: the resolved --out, not just its name, which two studies may share
-        import hashlib
-
         key = hashlib.sha256(str(args.out.resolve()).encode()).hexdigest()[:8]
         args.work = ROOT / "outputs" / "quality_digits" / f"{args.out.name}-{key}"
     if not args.report_only:
