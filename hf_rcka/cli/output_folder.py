@@ -23,7 +23,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..arguments import DistillationTrainingArguments
+from ..data.bad_images import LEDGER_NAME
 from ..errors import RecipeError
+from .records import CONFIG_NAME, WORKING_DIR_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +36,8 @@ REPLACED = "_replaced"
 RUN_OUTPUTS = (
     "checkpoint-*", "_eval-*", "eval-*", "runs", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
     "config.json", "preprocessor_config.json", "training_args.bin", "trainer_state.json", "all_results.json",
-    "train_results.json", "eval_results.json", "README.md", "distill_config.yaml", "_working_dir.json", "_skipped_images.tsv", "skipped_images.tsv",
-    "cka.png", "cka.md",
+    "train_results.json", "eval_results.json", "README.md", CONFIG_NAME, WORKING_DIR_NAME,
+    LEDGER_NAME, "skipped_images.tsv", "cka.png", "cka.md",  # skipped_images.tsv: the ledger's older name
 )
 
 
