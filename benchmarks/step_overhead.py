@@ -6,8 +6,8 @@ optimizer step, timed interleaved with the limit (round-robin, one step of each 
 process and reported as the median over rounds of ``variant / limit`` within each round, so
 machine noise that hits a whole round cancels. Peak memory is measured per variant in a fresh
 child process (CPU: the process's own resident high-water mark, ``VmHWM``, because tracemalloc
-cannot see torch's allocator; CUDA: ``torch.cuda.max_memory_allocated``), as a ratio to the
-limit's child.
+cannot see torch's allocator, with glibc's mmap threshold fixed so that it follows the live
+tensors; CUDA: ``torch.cuda.max_memory_allocated``), as a ratio to the limit's child.
 
 ``--extra-ops N`` measures what step times on a small CPU cannot resolve: it profiles N rounds of
 one step of each variant (round-robin, like the timed steps) and prices only the calls (per op and
@@ -156,6 +156,7 @@ def make_step(variant: str, teacher, student, size: int, batch: int, device: tor
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    step.trainable = sum(p.numel() for group in opt.param_groups for p in group["params"])  # type: ignore[attr-defined]
     return step
 
 
@@ -247,14 +248,32 @@ def child_memory(args: argparse.Namespace) -> None:
         peak = _rss_mib("VmHWM")
     if not peak >= base:
         raise RuntimeError(f"peak memory {peak:.0f} MiB below the post-build {base:.0f} MiB: the measure is broken")
-    print(json.dumps({"peak_mib": peak, "base_mib": base}))
+    print(json.dumps({"peak_mib": peak, "base_mib": base, "trainable": step.trainable}))
+
+
+def _child_env(device: str) -> dict[str, str]:
+    """The memory children's environment. On CPU, glibc's malloc gets a fixed mmap threshold.
+
+    By default glibc raises its mmap threshold each time a large mmapped block is freed, and the
+    blocks of that size that follow come from the heap, where freed memory stays resident. So a
+    process's peak depended on its allocation history, not only on what a step keeps alive: the
+    batch-2 probe forward that plans the feature pairs raised every feature variant's peak by
+    about 18 MiB that its steps could not reuse (vit2cnn at CPU size: limit steps after a
+    teacher probe peaked 18 MiB higher than without it, 3 MiB with the threshold fixed). With a
+    fixed threshold every large tensor is mapped and unmapped on its own, so ``VmHWM`` follows the
+    live tensors, as CUDA's ``max_memory_allocated`` does.
+    """
+    env = dict(os.environ)
+    if not device.startswith("cuda"):
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    return env
 
 
 def measure_memory(args: argparse.Namespace, variants: list[str]) -> dict[str, dict]:
     results = {}
     for variant in variants:
         command = [sys.executable, __file__, "--child", variant, *_forwarded(args)]
-        out = subprocess.run(command, capture_output=True, text=True, check=False)
+        out = subprocess.run(command, capture_output=True, text=True, check=False, env=_child_env(args.device))
         if out.returncode != 0:
             raise RuntimeError(f"memory child for {variant} failed:\n{out.stderr[-3000:]}")
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -262,7 +281,23 @@ def measure_memory(args: argparse.Namespace, variants: list[str]) -> dict[str, d
     for r in results.values():
         r["ratio"] = r["peak_mib"] / limit["peak_mib"]
         r["delta_ratio"] = (r["peak_mib"] - r["base_mib"]) / max(limit["peak_mib"] - limit["base_mib"], 1e-9)
+        r["state_floor"] = state_floor(r["trainable"] - limit["trainable"], limit["peak_mib"])
     return results
+
+
+# float32 weight, gradient and AdamW's two moments: what each trainable parameter holds at the peak
+STATE_BYTES = 16
+
+
+def state_floor(added_params: int, limit_peak_mib: float) -> float:
+    """The least peak over the limit's that a variant's own trainable weights allow.
+
+    The projectors and regressors a loss trains (FitNets' regressors, SRD's projector, a 1 x 1
+    projection to a wide teacher stage) are part of its method: their weights, gradients and
+    optimizer moments are held at the peak whatever the implementation. Above this floor is what
+    an implementation can still shed (kept activations, copies).
+    """
+    return (limit_peak_mib + added_params * STATE_BYTES / 2**20) / limit_peak_mib
 
 
 def _activities(device: torch.device) -> list:
@@ -356,12 +391,13 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
 
 def table(pair: str, variants: list[str], timing: dict | None, memory: dict | None, flops: dict | None = None) -> str:
     head = ("| variant | median step (s) | time / limit | q1-q3 | peak mem (MiB) | mem / limit | "
-            "mem above baseline / limit's | FLOPs / limit |")
-    lines = [f"\n### {pair}\n", head, "|" + "---|" * 8]
+            "mem above baseline / limit's | trained-state floor | FLOPs / limit |")
+    lines = [f"\n### {pair}\n", head, "|" + "---|" * 9]
     for name in variants:
         t, m, f = (timing or {}).get(name), (memory or {}).get(name), (flops or {}).get(name)
         tim = f"{t['median_s']:.3f} | {t['ratio']:.3f} | {t['ratio_q1']:.3f}-{t['ratio_q3']:.3f}" if t else "- | - | -"
-        mem = f"{m['peak_mib']:.0f} | {m['ratio']:.3f} | {m['delta_ratio']:.3f}" if m else "- | - | -"
+        mem = (f"{m['peak_mib']:.0f} | {m['ratio']:.3f} | {m['delta_ratio']:.3f} | {m['state_floor']:.3f}" if m
+               else "- | - | - | -")
         lines.append(f"| {name} | {tim} | {mem} | {f['ratio']:.4f} |" if f else f"| {name} | {tim} | {mem} | - |")
     return "\n".join(lines)
 
