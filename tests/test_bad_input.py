@@ -88,6 +88,15 @@ def test_fp16_on_cpu_and_losses_that_all_weigh_zero(tmp_path, capsys, no_loading
     assert "every loss has weight 0" in error_of(capsys)
 
 
+def test_a_batch_too_small_for_a_relation_over_its_samples(tmp_path, capsys, no_loading):
+    """At 2 images per batch rcka's intra term is a constant (logged 0.0): nothing was distilled."""
+    distil = base(tmp_path, teacher_model_name_or_path="config:resnet", per_device_train_batch_size=2,
+                  losses=[{"name": "ce"}, {"name": "kd", "weight": 0}, {"name": "rcka"}])
+    assert run(tmp_path, distil) == 2
+    assert "rcka relates the samples of a batch, and a relation over 2 sample(s)" in error_of(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 LOAD_BEST = {"eval_strategy": "steps", "save_strategy": "steps", "load_best_model_at_end": True}
 
 
@@ -428,12 +437,48 @@ def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     # other losses than the checkpoint's: one line, and the run's recorded recipe is kept
     other = base(tmp_path, **teacher, losses=[{"name": "ce"}, {"name": "kernel_transfer"}], max_steps=3)
     assert run(tmp_path, other, "--resume_from_checkpoint", "true") == 2
-    assert f"{str(out / 'checkpoint-2')!r} does not fit this run" in error_of(capsys)
+    assert f"{str(out / 'checkpoint-2')!r} was trained with losses ['ce', 'srd']" in error_of(capsys)
     assert (out / "distill_config.yaml").read_text() == recorded
+    # without the run's record, the checkpoint's loss state finds it when it loads
+    (out / "distill_config.yaml").unlink()
+    assert run(tmp_path, other, "--resume_from_checkpoint", "true") == 2
+    assert f"{str(out / 'checkpoint-2')!r} does not fit this run" in error_of(capsys)
+    (out / "distill_config.yaml").write_text(recorded)
     # another global batch (a 2-process run resumed in 1 went on at half its batch, exit 0)
     assert run(tmp_path, {**first, "max_steps": 3, "per_device_train_batch_size": 10}, "--resume_from_checkpoint",
                "true") == 2
     assert "was trained with a global batch of 5 (1 processes); this launch gives 10" in error_of(capsys)
+
+
+def test_resume_with_another_split_or_other_losses_is_refused(tmp_path, capsys):
+    """Both resumed and exited 0: another split evaluated on images the checkpoint trained on, and
+    swapped losses went on under a record and card that named only the new ones."""
+    first = base(tmp_path, teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET,
+                 save_strategy="steps", save_steps=2, max_train_samples=None, max_eval_samples=None,
+                 losses=[{"name": "ce"}, {"name": "feature_cka"}])
+    assert run(tmp_path, first) == 0
+    resume = ("--resume_from_checkpoint", "true")
+    assert run(tmp_path, {**first, "max_steps": 3, "split_seed": 7}, *resume) == 2
+    assert "was trained holding out split_seed 42 (now 7): the evaluation would take images it trained on" in \
+        error_of(capsys)
+    assert run(tmp_path, {**first, "max_steps": 3, "train_val_split": 0.1}, *resume) == 2
+    assert "train_val_split 0.15 (now 0.1)" in error_of(capsys)
+    swapped = {**first, "max_steps": 3, "losses": [{"name": "ce"}, {"name": "fitnet"}]}
+    assert run(tmp_path, swapped, *resume) == 2
+    assert "was trained with losses ['ce', 'feature_cka'], and this run names ['ce', 'fitnet']" in error_of(capsys)
+    reweighted = {**first, "max_steps": 3, "losses": [{"name": "ce"}, {"name": "feature_cka", "weight": 2.0}]}
+    assert run(tmp_path, reweighted, *resume) == 0  # the same losses, weighed otherwise: a schedule change
+
+
+def test_a_truncated_optimizer_file_is_found_before_loading(tmp_path, capsys, monkeypatch):
+    first = base(tmp_path, save_strategy="steps", save_steps=2)
+    assert run(tmp_path, first) == 0
+    optimizer = tmp_path / "out" / "checkpoint-2" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:200])
+    for name in ("load_image_classifier", "load_image_processor"):
+        monkeypatch.setattr(cli, name, lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    assert run(tmp_path, {**first, "max_steps": 3}, "--resume_from_checkpoint", "true") == 2
+    assert f"{str(optimizer)!r} is corrupt or incomplete" in error_of(capsys)
 
 
 def test_resume_keeps_the_checkpoint_classes(tmp_path, capsys, monkeypatch):
@@ -623,6 +668,21 @@ def test_permuted_teacher_and_unreadable_images_still_train(tmp_path, capsys):
     assert run(tmp_path, {**recipe, "output_dir": str(tmp_path / "strict"), "max_bad_images": 0}) == 2
     line = error_of(capsys)
     assert "could not be read (more than max_bad_images=0)" in line and "_skipped_images.tsv" in line
+
+
+def test_too_many_unreadable_evaluation_images_found_after_training_name_the_saved_model(tmp_path, capsys):
+    """The error came after training had saved a model, and did not say that one was there, unevaluated."""
+    train = image_folder(tmp_path / "train", ["cat", "dog"])
+    validation = image_folder(tmp_path / "val", ["cat", "dog"])
+    for name in ("cat", "dog"):
+        (Path(validation) / name / "broken.png").write_text("not an image")
+    recipe = base(tmp_path, dataset_name=None, train_dir=train, validation_dir=validation, max_train_samples=None,
+                  max_eval_samples=None, max_bad_images=1, max_steps=1)
+    assert run(tmp_path, recipe) == 2
+    line = error_of(capsys)
+    assert "more than max_bad_images=1" in line
+    assert f"The trained model is saved in {tmp_path / 'out'}, not evaluated" in line
+    assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_eval_only_run_keeps_the_training_records(tmp_path, capsys):

@@ -137,6 +137,63 @@ def test_a_second_signal_stops_at_once(tmp_path):
     assert (tmp_path / "run" / "checkpoint-2" / "model.safetensors").is_file()
 
 
+class SignalInUpdate(TrainerCallback):
+    """Two signals right after step ``step``'s optimizer update, before its step ends."""
+
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum = step, signum
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            os.kill(os.getpid(), self.signum)
+            os.kill(os.getpid(), self.signum)
+
+
+def test_a_second_signal_inside_a_weight_update_writes_no_checkpoint(tmp_path):
+    """checkpoint-2 was written with step 3's update applied: resumed, it ended 0.12 away from the
+    uninterrupted run's weights, at another accuracy."""
+    from hf_rcka.cli.job import _train
+
+    stop = GracefulStop()
+    stop.install()
+    try:
+        trainer = tiny_trainer(tmp_path, stop, SignalInUpdate(3, signal.SIGINT))
+        with pytest.raises(Stopped) as stopped:
+            _train(trainer, resume=None, stop=stop)
+    finally:
+        stop.uninstall()
+    assert stopped.value.checkpoint is None and not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+class SignalInEvaluation(TrainerCallback):
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum, self.sent = step, signum, False
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if state.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+def test_a_signal_in_the_last_steps_evaluation_keeps_the_trained_model(tmp_path):
+    """Training was complete, but the run ended "no checkpoint was saved, nothing to resume" and
+    left no model (save_strategy: no): on ImageNet, minutes of evaluation could lose the run."""
+    from conftest import pixel_dataset
+    from hf_rcka.cli.job import _train
+
+    stop = GracefulStop()
+    stop.install()
+    try:
+        trainer = tiny_trainer(tmp_path, stop, SignalInEvaluation(6, signal.SIGTERM))
+        trainer.args.eval_strategy, trainer.args.eval_steps = "steps", 6
+        trainer.eval_dataset = pixel_dataset(10, seed=1)
+        with pytest.raises(Interrupted):
+            _train(trainer, resume=None, stop=stop)
+    finally:
+        stop.uninstall()
+    assert (tmp_path / "run" / "model.safetensors").is_file() and stop.saved_model == str(tmp_path / "run")
+
+
 def test_a_signal_before_training_raises_at_once():
     stop = GracefulStop()
     stop.install()

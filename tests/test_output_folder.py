@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import yaml
 from huggingface_hub.utils import filter_repo_objects
 
 from hf_rcka.cli.main import main
-from hf_rcka.cli.output_folder import REPLACED, set_aside_previous_run
+from hf_rcka.cli.output_folder import (
+    REPLACED, UNFINISHED, check_output_dir, later_checkpoints, set_aside_abandoned_branch, set_aside_previous_run,
+)
+from hf_rcka.errors import RecipeError
 from hf_rcka.trainer.trainer import exported_metrics
 
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
@@ -107,3 +112,89 @@ def test_an_evaluation_record_is_no_run_to_replace(tmp_path):
     (record / "eval_results.json").write_text("{}")
     assert _run(tmp_path, max_steps=2) == 0
     assert (record / "eval_results.json").exists() and not (tmp_path / "out" / REPLACED).exists()
+
+
+def _fake_run(folder: Path, steps: list[int], finished: bool, tag: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        (folder / f"checkpoint-{step}").mkdir()
+        (folder / f"checkpoint-{step}" / "tag").write_text(tag)
+    if finished:
+        (folder / "model.safetensors").write_text(tag)
+        (folder / "all_results.json").write_text(tag)
+
+
+def test_an_unfinished_run_never_pushes_a_finished_one_out_of_replaced(tmp_path):
+    """Run 1 finished, run 2 was interrupted at step 5 (run 1 set aside), run 3 replaced run 2:
+    _replaced/ then held only run 2's checkpoint, and run 1's model was deleted."""
+    out = tmp_path / "out"
+    _fake_run(out, [2], finished=True, tag="run 1")
+    set_aside_previous_run(str(out))
+    _fake_run(out, [5], finished=False, tag="run 2")
+    set_aside_previous_run(str(out))
+    assert (out / REPLACED / "model.safetensors").read_text() == "run 1"
+    assert (out / REPLACED / UNFINISHED / "checkpoint-5" / "tag").read_text() == "run 2"
+    _fake_run(out, [4], finished=True, tag="run 3")  # a finished run takes _replaced/ whole
+    set_aside_previous_run(str(out))
+    assert (out / REPLACED / "model.safetensors").read_text() == "run 3" and not (out / REPLACED / UNFINISHED).exists()
+
+
+def test_resuming_an_earlier_checkpoint_sets_the_later_branch_aside(tmp_path):
+    """resume_from_checkpoint: true picked the abandoned branch's checkpoint-40 after a resume from
+    checkpoint-20 had been interrupted at 25, trained 0 steps and exited 0 with the old model."""
+    out = tmp_path / "out"
+    _fake_run(out, [10, 20, 30, 40], finished=True, tag="old")
+    args = SimpleNamespace(output_dir=str(out), overwrite_output_dir=False, do_train=True)
+    resume = str(out / "checkpoint-20")
+    with pytest.raises(RecipeError, match="holds checkpoint-30, checkpoint-40, later than the checkpoint-20"):
+        check_output_dir(args, resume)
+    assert later_checkpoints(str(out), str(out / "checkpoint-40")) == []
+    assert set_aside_abandoned_branch(str(out), resume) == str(out / REPLACED)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
+    assert sorted(p.name for p in (out / REPLACED).iterdir()) == [
+        "all_results.json", "checkpoint-30", "checkpoint-40", "model.safetensors"]
+
+
+def test_a_checkpoint_of_another_folder_does_not_resume_over_a_run(tmp_path):
+    """Resuming another folder's ViT checkpoint replaced a finished ResNet run's model, mixed their
+    checkpoints and kept its EMA results, exit 0."""
+    out, other = tmp_path / "out", tmp_path / "other"
+    _fake_run(out, [15], finished=True, tag="here")
+    _fake_run(other, [20], finished=False, tag="there")
+    args = SimpleNamespace(output_dir=str(out), overwrite_output_dir=False, do_train=True)
+    with pytest.raises(RecipeError, match="is a checkpoint of another folder: its run would overwrite them"):
+        check_output_dir(args, str(other / "checkpoint-20"))
+    check_output_dir(args, str(out / "checkpoint-15"))  # its own: continuing
+    check_output_dir(SimpleNamespace(**{**vars(args), "output_dir": str(tmp_path / "new")}), str(other / "checkpoint-20"))
+
+
+def test_the_card_reports_no_evaluation_of_an_unevaluated_final_model():
+    """A resumed run with do_eval: false showed the step-40 evaluation for its step-60 model."""
+    history = [{"step": 40, "eval_accuracy": 0.23}, {"step": 60, "loss": 0.1}]
+    assert exported_metrics(history, final_step=60) == {}
+    assert exported_metrics(history, final_step=40) == {"eval_accuracy": 0.23}
+
+
+def test_a_resumed_run_that_is_not_evaluated_keeps_no_earlier_evaluation(tmp_path):
+    """all_results.json and the card kept the step-2 evaluation for the step-4 model (do_eval: false)."""
+    out = tmp_path / "out"
+    assert _run(tmp_path, max_steps=2) == 0
+    assert "eval_accuracy" in json.loads((out / "all_results.json").read_text())
+    assert _run(tmp_path, "--resume_from_checkpoint", "true", "--do_eval", "false", max_steps=4) == 0
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    assert not any(k.startswith("eval_") for k in json.loads((out / "all_results.json").read_text()))
+    assert not (out / "eval_results.json").exists()
+    assert "eval_accuracy" not in (out / "README.md").read_text().split("---")[1]  # the card's metadata
+
+
+def test_resuming_another_folders_checkpoint_over_a_run_sets_it_aside(tmp_path):
+    other = tmp_path / "other"
+    assert _run(tmp_path, "--output_dir", str(other), max_steps=2) == 0
+    out = tmp_path / "out"
+    assert _run(tmp_path, max_steps=2, seed=7) == 0
+    mine = (out / "model.safetensors").read_bytes()
+    resume = ("--resume_from_checkpoint", str(other / "checkpoint-2"))
+    assert _run(tmp_path, *resume, max_steps=4) == 2  # refused: it would overwrite this run
+    assert _run(tmp_path, *resume, "--overwrite_output_dir", "true", max_steps=4) == 0
+    assert (out / REPLACED / "model.safetensors").read_bytes() == mine
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]

@@ -180,3 +180,119 @@ def test_the_teacher_check_reads_the_first_of_several_evaluation_sets(tmp_path):
     trainer = build(make_args(tmp_path, teacher_accuracy_check="warn", per_device_eval_batch_size=10), tiny_vit(),
                     tiny_resnet(), eval_dataset={"clean": pixel_dataset(10, seed=1), "other": pixel_dataset(10, seed=2)})
     assert 0.0 <= trainer.check_teacher() <= 1.0
+
+
+def _class_labelled(data, names):
+    return data.with_format(None).cast_column("labels", datasets.ClassLabel(names=names)).with_format("torch")
+
+
+def test_an_eval_set_that_lists_the_classes_in_another_order_is_refused(tmp_path):
+    """Trainer compares ids: a correct model scored 0.19 on such a copy of a set it scored 0.96 on."""
+    train = _class_labelled(pixel_dataset(10), ["a", "b", "c"])
+    permuted = _class_labelled(pixel_dataset(10, seed=1), ["b", "c", "a"])
+    with pytest.raises(LabelError, match=r"eval_dataset\['x'\] lists its classes as \['b', 'c', 'a'\], train_dataset "
+                                         r"as \['a', 'b', 'c'\].*align_labels_with_mapping"):
+        build(make_args(tmp_path), tiny_vit(), tiny_resnet(), train_dataset=train, eval_dataset={"x": permuted})
+    build(make_args(tmp_path), tiny_vit(), tiny_resnet(), train_dataset=train,
+          eval_dataset=_class_labelled(pixel_dataset(10, seed=1), ["a", "b", "c"]))
+
+
+def test_a_student_with_another_number_of_classes_than_the_data_is_refused(tmp_path):
+    """LABEL_k names hid it: 5 outputs for 10 classes failed inside the loss, 1000 trained and exported."""
+    data = _class_labelled(pixel_dataset(10), ["a", "b", "c"])
+    for num_labels in (2, 5):
+        with pytest.raises(LabelError, match=f"the student predicts {num_labels} classes but train_dataset's "
+                                             "ClassLabel has 3: build it with num_labels=3"):
+            build(make_args(tmp_path, losses=["ce"]), tiny_vit(num_labels=num_labels), train_dataset=data)
+
+
+def test_a_ready_distillation_models_teacher_is_realigned_by_name(tmp_path):
+    """Built by hand, its permuted teacher was distilled as it was (teacher accuracy 0.0)."""
+    teacher = named(tiny_resnet(), ["c", "a", "b"]).eval()
+    images = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        raw = teacher(pixel_values=images).logits
+    args = make_args(tmp_path, losses=["ce", "kd"])
+    ready = build_distillation_model(named(tiny_vit(), ["a", "b", "c"]), teacher, args)
+    build(args, ready)
+    with torch.no_grad():
+        assert torch.equal(ready.teacher(pixel_values=images).logits, raw[:, [1, 2, 0]])
+    other = build_distillation_model(named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["x", "y", "z"]), args)
+    with pytest.raises(LabelError, match="teacher_label_mapping: by_index"):
+        build(args, other)
+    build(args, other, teacher_label_mapping="by_index")
+
+
+@pytest.mark.parametrize("losses, batch, refused", [
+    (["ce", "rcka"], 2, "rcka"), (["ce", "feature_cka"], 2, "feature_cka"),
+    (["ce", {"name": "rcka", "intra_weight": 0.0}], 2, None), (["ce", "rcka"], 3, None),
+    (["ce", {"name": "feature_cka", "center": False}], 2, None),
+])
+def test_a_batch_too_small_for_a_relation_over_its_samples(tmp_path, losses, batch, refused):
+    """At batch 2 the centred CKA over samples is exactly 1: rcka_intra logged 0.0 and nothing was distilled."""
+    trainer = build(make_args(tmp_path, losses=losses, per_device_train_batch_size=batch, max_steps=1), tiny_vit(),
+                    tiny_resnet())
+    if refused:
+        with pytest.raises(RecipeError, match=f"{refused} relates the samples of a batch, and a relation over 2 "
+                                              "sample.* per_device_train_batch_size >= 3"):
+            trainer.train()
+    else:
+        trainer.train()
+
+
+def test_an_optimizer_that_leaves_out_the_projectors_is_refused(tmp_path):
+    """AdamW(student.parameters()) left srd's projector at its random start, silently."""
+    student = tiny_vit()
+    args = make_args(tmp_path, losses=["ce", "srd"])
+    with pytest.raises(ModelError, match=r"does not train 2 trainable weight\(s\).*losses.srd.projector"):
+        build(args, student, tiny_resnet(), optimizers=(torch.optim.AdamW(student.parameters()), None))
+    ready = build_distillation_model(tiny_vit(), tiny_resnet(), args)
+    build(args, ready, optimizers=(torch.optim.AdamW(ready.parameters()), None))
+
+
+def test_what_the_trainer_cannot_use_is_refused(tmp_path):
+    with pytest.raises(RecipeError, match="does not call compute_loss_func"):
+        build(make_args(tmp_path), tiny_vit(), tiny_resnet(), compute_loss_func=lambda *a, **k: 0)
+    with pytest.raises(ModelError, match="does not take model_init"):
+        build(make_args(tmp_path), None, tiny_resnet(), model_init=tiny_vit)
+    with pytest.raises(ModelError, match="model must be a transformers image classifier .* got Linear"):
+        build(make_args(tmp_path), torch.nn.Linear(3, 3), tiny_resnet())
+
+
+def test_a_metric_for_best_model_the_evaluation_never_reports(tmp_path):
+    """transformers raised KeyError only after the first evaluation."""
+    with pytest.raises(RecipeError, match="metric_for_best_model 'acuracy' is not a metric the evaluation reports"):
+        build(make_args(tmp_path, metric_for_best_model="acuracy"), tiny_vit(), tiny_resnet())
+    build(make_args(tmp_path, metric_for_best_model="eval_rcka_intra_loss"), tiny_vit(), tiny_resnet())
+    build(make_args(tmp_path, metric_for_best_model="anything"), tiny_vit(), tiny_resnet(),
+          compute_metrics=lambda pred: {"anything": 1.0})
+
+
+def test_predict_on_images_without_labels(tmp_path):
+    trainer = build(make_args(tmp_path), tiny_vit(), tiny_resnet())
+    unlabeled = pixel_dataset(6).remove_columns("labels")
+    output = trainer.predict(unlabeled)
+    with torch.no_grad():
+        expected = trainer.distillation_model.student.eval()(pixel_values=unlabeled[:]["pixel_values"]).logits
+    assert output.label_ids is None and torch.allclose(torch.as_tensor(output.predictions), expected, atol=1e-5)
+
+
+def test_a_processor_of_another_size_than_the_data(tmp_path):
+    """patch_cka failed at the first step, deep in to_fmap, naming neither the processor nor the data."""
+    with pytest.raises(RecipeError, match="processing_class's output size 24x24, but the data's images are 16x16"):
+        build(make_args(tmp_path, losses=["ce", "feature_cka"]), tiny_vit(), tiny_resnet(), processing_class=processor(24))
+
+
+def test_one_number_for_every_channel_in_an_image_processor(tmp_path):
+    from transformers import ViTImageProcessor
+
+    from hf_rcka.modeling.teacher_inputs import input_stats
+
+    single = ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=0.5, image_std=0.25)
+    assert input_stats(single) == input_stats(processor(16, 0.5, 0.25))
+
+
+def test_a_named_teacher_paired_by_position_with_unnamed_classes_is_said(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        build(make_args(tmp_path), tiny_vit(), named(tiny_resnet(), ["cat", "dog", "eel"]))
+    assert "paired with the data's by position, unchecked" in caplog.text

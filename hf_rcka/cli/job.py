@@ -8,6 +8,7 @@ recipe alone decides is checked before anything is loaded; the resolved recipe i
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -34,12 +35,16 @@ from ..models.processors import load_image_processor
 from ..trainer.card_facts import card_facts_of
 from ..trainer.checkpointing import checkpoint_folder
 from ..trainer.divergence import check_loaded_weights
-from ..trainer.interrupt import GracefulStop, save_checkpoint_now
+from ..trainer.interrupt import GracefulStop, Interrupted, save_checkpoint_now
 from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, default_losses
 from ..trainer.trainer import DistillationTrainer
-from .preflight import check_checkpoint, check_metric_for_best_model, check_resume_batch, check_run
-from .output_folder import check_output_dir, holds_run, set_aside_previous_run
+from .preflight import (
+    check_checkpoint, check_metric_for_best_model, check_resume_batch, check_resume_recipe, check_run,
+)
+from .output_folder import (
+    check_output_dir, holds_run, later_checkpoints, resumes_in, set_aside_abandoned_branch, set_aside_previous_run,
+)
 from .probes import probe_student
 from .recipe import dump_recipe
 from .records import CONFIG_NAME, eval_record_dir, write_eval_record, write_working_dir
@@ -79,7 +84,13 @@ def run(
     if args.do_eval:
         if recipe is not None and not args.do_train:  # the split it evaluated (a trained model's held-out one)
             recipe = {**recipe, "train_val_split": data_args.train_val_split, "split_seed": data_args.split_seed}
-        metrics.update(_evaluate(trainer, recipe, record_dir))
+        try:
+            metrics.update(_evaluate(trainer, recipe, record_dir))
+        except DataError as err:  # too many unreadable evaluation images, found only now
+            if not args.do_train:
+                raise
+            raise DataError(f"{err}. The trained model is saved in {args.output_dir}, not evaluated: its card "
+                            "was not written") from None
     if stop is not None:
         stop.evaluated = args.do_eval  # what is left is the card and the Hub upload
     _finish(trainer, data_args, skipped)
@@ -119,13 +130,20 @@ def _check_before_loading(
     if resume:
         check_checkpoint(resume)
         check_resume_batch(resume, args)
+        check_resume_recipe(resume, model_args, data_args, args)
     check_output_dir(args, resume)
+    # a checkpoint of another folder starts a run that replaces the one here, as a fresh run does
+    replacing = resume is None or not resumes_in(args.output_dir, resume)
     # decided on rank 0 alone: a rank that looked after rank 0 moved the files would skip the barrier
-    if args.do_train and not resume and from_rank0(holds_run(args.output_dir)):  # overwrite_output_dir
+    if args.do_train and replacing and from_rank0(holds_run(args.output_dir)):  # overwrite_output_dir
         with args.main_process_first(local=False, desc="setting aside the run this one replaces"):
             if args.should_save:
                 set_aside_previous_run(args.output_dir, keep=(data_args.train_dir, data_args.validation_dir,
-                                                              data_args.dataset_name))
+                                                              data_args.dataset_name, resume))
+    elif args.do_train and resume and from_rank0(bool(later_checkpoints(args.output_dir, resume))):
+        with args.main_process_first(local=False, desc="setting aside the checkpoints after the resumed one"):
+            if args.should_save:
+                set_aside_abandoned_branch(args.output_dir, resume)
     # Pinned memory only helps copies to an accelerator; on CPU torch warns at every dataloader.
     if "dataloader_pin_memory" not in explicit and args.device.type == "cpu":
         args.dataloader_pin_memory = False
@@ -192,6 +210,7 @@ def _build_trainer(
         eval_dataset=eval_dataset,
         processing_class=student_processor,
         teacher_name=model_args.teacher_model_name_or_path,
+        teacher_label_mapping=model_args.teacher_label_mapping,
         callbacks=[SkippedImagesCallback(skipped)] + ([stop] if stop is not None else []),
         augmentation=data_args,
     )
@@ -297,8 +316,14 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
-        # a second signal (or Ctrl-C with no GracefulStop installed): save what the last step left
-        checkpoint = save_checkpoint_now(trainer)
+        # a second signal (or Ctrl-C with no GracefulStop installed): save what the last step left,
+        # unless it came in the middle of a weight update (part of the next step applied)
+        if stop is not None and stop.updating:
+            logger.warning("the signal came during step %d's weight update: no checkpoint is written, its weights "
+                           "would match no step", trainer.state.global_step + 1)
+            checkpoint = None
+        else:
+            checkpoint = save_checkpoint_now(trainer)
         if checkpoint is not None:
             logger.warning(
                 "interrupted: saved checkpoint-%d in %s; continue with --resume_from_checkpoint true",
@@ -308,18 +333,43 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
             raise
         raise Stopped(stop.signum or signal.SIGINT, trainer.state.global_step, checkpoint, argv,
                       trainer.is_world_process_zero()) from None
-    if stop is not None and stop.signum is not None:
+    finished = trainer.state.global_step >= trainer.state.max_steps
+    if stop is not None and stop.signum is not None and not finished:
         step = trainer.state.global_step
         checkpoint = checkpoint_folder(trainer)
         raise Stopped(stop.signum, step, checkpoint if os.path.isdir(checkpoint) else None, argv,
                       trainer.is_world_process_zero())
     trainer.save_model(_internal_call=True)  # uploaded once, with the final metrics and card, by _finish
+    drop_stale_evaluation(trainer)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     if stop is not None:
         stop.saved_model = trainer.args.output_dir
+        if stop.signum is not None:  # during the last step's evaluation: the training itself is complete
+            raise Interrupted(stop.signum)
     return result.metrics
+
+
+def drop_stale_evaluation(trainer: DistillationTrainer) -> None:
+    """The evaluation results in ``output_dir`` were the model's before this one: take them out.
+
+    ``save_metrics`` merges into ``all_results.json``, so a resumed run with ``do_eval: false``
+    kept the earlier model's ``eval_*`` numbers (and ``eval_results.json``) next to its newer
+    model, as if they were its own. The final evaluation, when there is one, writes them anew.
+    """
+    if not trainer.is_world_process_zero():
+        return
+    out = trainer.args.output_dir
+    stale = os.path.join(out, "eval_results.json")
+    if os.path.isfile(stale):
+        os.remove(stale)
+    combined = os.path.join(out, "all_results.json")
+    if os.path.isfile(combined):
+        with open(combined, encoding="utf-8") as handle:
+            results = json.load(handle)
+        with open(combined, "w", encoding="utf-8") as handle:
+            json.dump({k: v for k, v in results.items() if not k.startswith("eval_")}, handle, indent=4, sort_keys=True)
 
 
 def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str) -> dict:

@@ -10,7 +10,13 @@ Deleting them first would lose a user's work if the new run then failed, so a fr
 moves the previous run's files (``RUN_OUTPUTS``; anything else is the user's and stays) into
 ``_replaced/`` inside the folder: out of the new run's way, still on disk, and left out of a Hub
 upload (Trainer's ``push_to_hub`` skips names that start with ``_``). One level is kept: the run
-set aside there before is deleted when a newer one takes its place.
+set aside there before is deleted when a newer one takes its place, except that an unfinished run
+(checkpoints, no model) never pushes out a finished model: it goes to ``_replaced/_unfinished/``.
+
+Resuming is continuing the run in the folder, so nothing is set aside, with two exceptions that
+are new runs in all but name: a checkpoint from another folder (its run replaces the one here),
+and an earlier checkpoint of this folder while later ones exist (the later ones are a branch the
+resumed run abandons; left in place, ``resume_from_checkpoint: true`` would pick them up again).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 RUN_FILES = ("model.safetensors", "config.json", "pytorch_model.bin")
 REPLACED = "_replaced"
+UNFINISHED = "_unfinished"  # inside REPLACED: a run set aside before it saved a model
 # What runs leave in their output_dir: Trainer's model, state and results files, its TensorBoard
 # logs, checkpoints, hf_rcka's records and card, and scripts/cka_report.py's picture.
 RUN_OUTPUTS = (
@@ -39,17 +47,73 @@ RUN_OUTPUTS = (
     "train_results.json", "eval_results.json", "README.md", CONFIG_NAME, WORKING_DIR_NAME,
     LEDGER_NAME, "skipped_images.tsv", "cka.png", "cka.md",  # skipped_images.tsv: the ledger's older name
 )
+# What a resumed run keeps from the branch it abandons: its recipe, the folder it ran in, its logs
+# and image ledger (the resumed run writes them on), and evaluation-only records.
+_BRANCH_KEEPS = (CONFIG_NAME, WORKING_DIR_NAME, LEDGER_NAME, "runs", "_eval-*", "eval-*")
 
 
 def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
     """Refuse to overwrite a finished model or checkpoints unless asked to."""
-    if resume or args.overwrite_output_dir or not args.do_train:
+    if args.overwrite_output_dir or not args.do_train:
         return
-    if holds_run(args.output_dir):
+    if resume is None and holds_run(args.output_dir):
         raise RecipeError(
             f"output_dir {args.output_dir!r} already holds a model or checkpoints: pass --resume_from_checkpoint true "
             f"to continue, --overwrite_output_dir true to replace it, or choose another output_dir"
         )
+    if resume is not None and not resumes_in(args.output_dir, resume) and holds_run(args.output_dir):
+        raise RecipeError(
+            f"output_dir {args.output_dir!r} holds another run's model or checkpoints, and resume_from_checkpoint "
+            f"{resume!r} is a checkpoint of another folder: its run would overwrite them. Pass --overwrite_output_dir "
+            "true to set them aside, or resume into a new output_dir"
+        )
+    later = later_checkpoints(args.output_dir, resume) if resume is not None else []
+    if later:
+        raise RecipeError(
+            f"output_dir {args.output_dir!r} holds {', '.join(later)}, later than the {os.path.basename(resume)} this "
+            "run resumes from: they would be left among its checkpoints (resume_from_checkpoint: true picks the last). "
+            "Pass --overwrite_output_dir true to set them aside, or resume into a new output_dir"
+        )
+
+
+def resumes_in(output_dir: str, resume: str) -> bool:
+    """Whether the checkpoint ``resume`` is one of ``output_dir``'s own."""
+    return Path(resume).resolve().parent == Path(output_dir).resolve()
+
+
+def later_checkpoints(output_dir: str, resume: str) -> list[str]:
+    """``output_dir``'s checkpoints after ``resume``, when ``resume`` is one of them (by step)."""
+    step = _step(Path(resume).name)
+    if not resumes_in(output_dir, resume) or step is None:
+        return []
+    later = [(s, p.name) for p in Path(output_dir).glob("checkpoint-*") if (s := _step(p.name)) is not None and s > step]
+    return [name for _, name in sorted(later)]
+
+
+def _step(name: str) -> int | None:
+    match = re.fullmatch(r"checkpoint-(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
+    """With ``overwrite_output_dir``, resuming an earlier checkpoint sets aside what came after it.
+
+    The later checkpoints and the results and model of the run that made them are moved into
+    ``_replaced/`` (as a replaced run is); the resumed checkpoint and those before it stay.
+    """
+    later = later_checkpoints(output_dir, resume)
+    if not later:
+        return None
+    step = _step(Path(resume).name)
+    out = Path(output_dir)
+    entries = [out / name for name in later] + [
+        e for e in out.iterdir() if not e.name.startswith("checkpoint-")
+        and any(fnmatch.fnmatchcase(e.name, p) for p in RUN_OUTPUTS)
+        and not any(fnmatch.fnmatchcase(e.name, p) for p in _BRANCH_KEEPS)]
+    target = _move_aside(out, entries, finished=_finished(out))
+    logger.warning("output_dir: resuming checkpoint-%d sets aside the later %s (moved to %s)", step, ", ".join(later),
+                   target)
+    return target
 
 
 def holds_run(output_dir: str) -> bool:
@@ -78,13 +142,29 @@ def set_aside_previous_run(output_dir: str, keep: Iterable[str | None] = ()) -> 
                and not _holds_any(e.resolve(), kept)]
     if not entries:
         return None
-    target = out / REPLACED
+    if _holds_any((out / REPLACED).resolve(), kept):
+        raise RecipeError(f"{out / REPLACED} holds a path this run reads (a checkpoint to resume from?), and setting "
+                          "the run here aside would replace it: copy it out of the folder first")
+    target = _move_aside(out, entries, finished=_finished(out))
+    logger.warning("output_dir: this run replaces the one in %s; its files were moved to %s", out, target)
+    return target
+
+
+def _finished(folder: Path) -> bool:
+    """Whether ``folder`` holds a saved model (not only checkpoints or records)."""
+    return any((folder / name).exists() for name in RUN_FILES)
+
+
+def _move_aside(out: Path, entries: list[Path], finished: bool) -> str:
+    """Move ``entries`` into a fresh ``_replaced/``; an unfinished run's into ``_replaced/_unfinished/``
+    when ``_replaced/`` keeps a finished model, which it must not push out."""
+    keep_finished = not finished and _finished(out / REPLACED)
+    target = out / REPLACED / UNFINISHED if keep_finished else out / REPLACED
     if target.exists():
         shutil.rmtree(target)
-    target.mkdir()
+    target.mkdir(parents=True)
     for entry in entries:
         os.replace(entry, target / entry.name)
-    logger.warning("output_dir: this run replaces the one in %s; its files were moved to %s", out, target)
     return str(target)
 
 

@@ -23,8 +23,9 @@ from typing import Any
 from ..errors import DataError, ModelError, RecipeError
 from ..models.labels import check_split_classes, class_folders
 from ..registry import LOSSES, close_matches
-from ..modeling.assembly import build_losses, default_losses, switched_off
+from ..modeling.assembly import active_specs, build_losses, default_losses, switched_off
 from ..modeling.parallel import check_fsdp_settings
+from ..trainer.given_models import check_relation_rows
 from ..trainer.metrics import TIMING_METRICS, evaluation_metric_names
 
 logger = logging.getLogger("hf_rcka")
@@ -50,6 +51,9 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_half_precision(args)
     check_fsdp_settings(args)
     check_losses_fit_models(model_args, args)
+    if args.do_train:
+        specs = active_specs(args.losses or default_losses(bool(model_args.teacher_model_name_or_path)))
+        check_relation_rows({spec["name"]: loss for spec, loss in zip(specs, build_losses(specs))}, args)
     check_metric_for_best_model(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
         if getattr(model_args, key):
@@ -522,6 +526,22 @@ def check_checkpoint(folder: str) -> None:
         json.loads(state.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ModelError(f"resume_from_checkpoint: {str(state)!r} is missing or unreadable ({err}): {_earlier(folder)}") from None
+    _check_torch_files(folder)
+
+
+def _check_torch_files(folder: str) -> None:
+    """The optimizer, scheduler and RNG files are whole: a truncated one failed after the models had
+    loaded, with a ``PytorchStreamReader`` traceback. ``torch.save`` writes a zip archive whose
+    directory sits at its end, so reading that directory finds a cut file without reading the data."""
+    import zipfile
+
+    for path in sorted(p for pattern in ("*.pt", "*.pth") for p in Path(folder).glob(pattern)):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.infolist()
+        except (OSError, zipfile.BadZipFile) as err:
+            raise ModelError(f"resume_from_checkpoint: {str(path)!r} is corrupt or incomplete ({err}): "
+                             f"{_earlier(folder)}") from None
 
 
 def check_resume_batch(folder: str, args: Any) -> None:
@@ -546,6 +566,35 @@ def check_resume_batch(folder: str, args: Any) -> None:
             f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation steps). Launch it as it was "
             "(the same accelerate config or torchrun --nproc_per_node), with the same batch settings"
         )
+
+
+def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any) -> None:
+    """A checkpoint resumes with the losses and the held-out split its run recorded.
+
+    Both change what the resumed run is without any error: another split evaluates on images the
+    checkpoint trained on, and other losses (a loss with no saved state swapped for another) go
+    on training a run whose record and card then name only the new ones.
+    """
+    from ..value_checks import loss_spec
+    from .records import CONFIG_NAME
+    from .teacher_data import recorded_recipe, split_change
+
+    changed = split_change(folder, data_args, CONFIG_NAME)
+    if changed:
+        raise RecipeError(f"resume_from_checkpoint: {folder!r} was trained holding out {changed}: the evaluation "
+                          "would take images it trained on. Resume with the split it was saved with, or train into "
+                          "a new output_dir")
+    recorded = recorded_recipe(folder, CONFIG_NAME)
+    specs = [loss_spec(spec) for spec in (recorded or {}).get("losses") or []]
+    if not specs or not all(isinstance(spec, dict) and "name" in spec for spec in specs):
+        return  # no record, or one this version cannot read: the loss state's own check stays
+    has_teacher = bool(model_args.teacher_model_name_or_path)
+    before = sorted(spec["name"] for spec in active_specs(specs))
+    now = sorted(spec["name"] for spec in active_specs(args.losses or default_losses(has_teacher)))
+    if before != now:
+        raise RecipeError(f"resume_from_checkpoint: {folder!r} was trained with losses {before}, and this run names "
+                          f"{now}: a resumed run continues the same training. Resume with its losses, or start a new "
+                          "run from its weights (model_name_or_path) in a new output_dir")
 
 
 def _checkpoints_in(folder: Path) -> list[str]:

@@ -93,6 +93,25 @@ def held_out_by(model: str | None, data_args: DataArguments, config_name: str) -
     return {k: taught[k] for k in _CARVE_KEYS}
 
 
+def split_change(run_folder: str, data_args: DataArguments, config_name: str) -> str | None:
+    """How this run's held-out split differs from the one the run in ``run_folder`` (or around its
+    checkpoint) trained with on the same data, or None.
+
+    Resuming with another ``split_seed`` or ``train_val_split`` carves another validation set,
+    mostly of images the checkpoint has trained on: the resumed run evaluated on them and exited 0.
+    """
+    recorded = recorded_recipe(run_folder, config_name)
+    if recorded is None:
+        return None
+    taught, run = _data_settings(recorded, data_args)
+    if not _same_source(taught, run):
+        return None  # other data: its classes are checked against the checkpoint's once it loads
+    changed = [k for k in (*_CARVE_KEYS, "validation_dir") if taught[k] != run[k]]
+    if run["validation_dir"] and taught["validation_dir"] and _same_path(run["validation_dir"], taught["validation_dir"]):
+        changed = [k for k in changed if k != "validation_dir"]
+    return ", ".join(f"{k} {taught[k]!r} (now {run[k]!r})" for k in changed) or None
+
+
 def _data_settings(recorded: dict[str, Any], data_args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The data settings the recorded run trained with (unset ones at their defaults) and this run's."""
     defaults = {f: DataArguments.__dataclass_fields__[f].default for f in (*_SOURCE_KEYS, *_CARVE_KEYS, "validation_dir")}

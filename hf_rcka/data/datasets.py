@@ -273,7 +273,7 @@ def seeded_subset(split: datasets.Dataset, size: int | None, split_seed: int) ->
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack ``pixel_values`` and ``labels`` into a batch.
+    """Stack ``pixel_values`` and ``labels`` (when the items have them) into a batch.
 
     An example whose image was skipped (``pixel_values`` None, see ``bad_images``) is replaced
     by a readable one of the same batch, so every batch keeps its size on every rank (gathering
@@ -298,10 +298,10 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     for own in examples:
         if own["pixel_values"] is None:
             fill, k = readable[k % len(readable)], k + 1
-            own = fill if own["labels"] != IGNORE_INDEX else {**fill, "labels": IGNORE_INDEX}
+            own = fill if own.get("labels") != IGNORE_INDEX else {**fill, "labels": IGNORE_INDEX}
         filled.append(own)
     examples = filled
-    return {
-        "pixel_values": default_collate([e["pixel_values"] for e in examples]),
-        "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),
-    }
+    batch = {"pixel_values": default_collate([e["pixel_values"] for e in examples])}
+    if all("labels" in e for e in examples):  # prediction data may have none: only logits are collected
+        batch["labels"] = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long)
+    return batch

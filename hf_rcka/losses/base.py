@@ -193,6 +193,16 @@ class RelationalLoss(DistillationLoss):
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         return gather_rows(x) if self.gather else x
 
+    @property
+    def min_relation_rows(self) -> int:
+        """The fewest samples a relation over the batch must hold to be more than a constant.
+
+        After centring, n = 2 samples leave a Gram of rank 1, whose CKA with any other is exactly
+        1 (n = 1: 0); without centring one sample gives a 1 x 1 Gram, CKA 1. Either way the term
+        has no gradient, so the trainer refuses smaller batches (see ``check_relation_rows``).
+        """
+        return 3 if getattr(self, "center", True) else 2
+
 
 def weigh_terms(
     terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]

@@ -88,6 +88,11 @@ class RCKALoss(RelationalLoss):
         return {term: self.weight * weight for term, weight in own.items() if weight}
 
     @property
+    def min_relation_rows(self) -> int:
+        """Only the intra term relates samples; the inter term relates classes, over any batch."""
+        return super().min_relation_rows if self.intra_weight else 0
+
+    @property
     def _intra(self) -> str:
         return f"{self.registry_name}_intra"
 

@@ -93,10 +93,12 @@ def _timm_stats(data_config: dict) -> InputStats:
 
 
 def _hf_stats(processor: Any) -> InputStats:
-    channels = len(getattr(processor, "image_mean", None) or (0.0, 0.0, 0.0))
+    # transformers also takes one number for every channel (image_mean=0.5)
+    image_mean, image_std = (_per_channel(getattr(processor, key, None)) for key in ("image_mean", "image_std"))
+    channels = len(image_mean or (0.0, 0.0, 0.0))
     mean, std = (0.0,) * channels, (1.0,) * channels
     if getattr(processor, "do_normalize", True):
-        mean, std = tuple(processor.image_mean), tuple(processor.image_std)
+        mean, std = image_mean, image_std
     # pixel = (raw * r - mean) / std with raw = 255 * image01  ->  stats / (255 r) in image01 units
     rescale = processor.rescale_factor if getattr(processor, "do_rescale", True) else 1.0
     unit = _UINT8_MAX * float(rescale)
@@ -105,6 +107,12 @@ def _hf_stats(processor: Any) -> InputStats:
                           ": give the model folder a preprocessor_config.json with size {height, width} or "
                           "do_center_crop and crop_size (or, from Python, build InputStats by hand)")).hw,
                       _filter_name(getattr(processor, "resample", None)))
+
+
+def _per_channel(value: Any) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    return (float(value),) * 3 if isinstance(value, (int, float)) else tuple(float(v) for v in value)
 
 
 def _filter_name(resample: Any) -> str:

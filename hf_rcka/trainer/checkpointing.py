@@ -122,8 +122,9 @@ class CheckpointingTrainer(Trainer):
                 self.model_ema.load(resume_from_checkpoint)
         except torch.OutOfMemoryError:  # a RuntimeError too, but says nothing about the checkpoint
             raise
-        except (FileNotFoundError, KeyError, RuntimeError, ValueError) as err:
-            # a student, adapter or loss that differs from the saved run's: one line, not a traceback
+        except (FileNotFoundError, KeyError, RuntimeError, TypeError, ValueError) as err:
+            # a student, adapter or loss that differs from the saved run's (a ViT checkpoint for a ResNet
+            # run fails with a TypeError): one line, not a traceback
             text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)  # KeyError quotes its str
             reason = (text.strip().splitlines() or [type(err).__name__])[0][:300]
             raise ModelError(

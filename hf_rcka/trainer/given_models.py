@@ -12,7 +12,19 @@ to train to the end and report a number, or fail after the expensive work:
 * a ready ``DistillationModel`` next to a ``teacher`` or losses that it would silently ignore;
 * a student that shares weights with the (frozen) teacher, which froze them in the student too;
 * feature losses without ``processing_class``: pairs planned at 224 px for 16 px data;
-* datasets whose items are not ``pixel_values`` and ``labels`` (a bare ``KeyError`` at the first batch).
+* datasets whose items are not ``pixel_values`` and ``labels`` (a bare ``KeyError`` at the first batch);
+* an ``eval_dataset`` whose ``ClassLabel`` lists the classes in another order than the training
+  set's: Trainer compares ids, and a correct model scored 0.19 on such a copy of its 0.96 set;
+* a student with another number of classes than the data (``LABEL_k`` names hid it): a crash
+  inside the loss at the first step, or a 1000-way head exported for 10 classes;
+* a ready ``DistillationModel`` whose teacher lists its classes in another order than the
+  student (no realignment ran: the teacher scored 0.0 and was distilled as it was);
+* an image processor whose size is not the data's: feature pairs planned for another grid;
+* a centred CKA over the samples of a batch of fewer than 3 (its value is a constant: nothing
+  was distilled, while the logged loss read as a perfect match);
+* an optimizer that leaves out the adapters' and projectors' weights (they kept their random
+  start), a ``compute_loss_func`` (never called), a ``metric_for_best_model`` that evaluation
+  never reports (a ``KeyError`` after the first evaluation), a bare timm model or ``model_init``.
 """
 
 from __future__ import annotations
@@ -28,8 +40,10 @@ from ..arguments import DistillationTrainingArguments, check_fixed_settings
 from ..errors import DataError, LabelError, ModelError, RecipeError
 from ..modeling.assembly import active_specs, default_losses
 from ..modeling.distillation_model import DistillationModel
+from ..modeling.teacher_inputs import input_stats
 from ..models.labels import BY_NAME, TEACHER_LABEL_MAPPINGS, is_generic, model_label_names, realign_teacher
-from ..registry import LOSSES
+from ..registry import LOSSES, close_matches
+from .metrics import TIMING_METRICS, evaluation_metric_names
 from ..value_checks import check_training_values
 
 logger = logging.getLogger(__name__)
@@ -53,9 +67,86 @@ def check_arguments(args: TrainingArguments) -> None:
     check_fixed_settings(args)
 
 
-def check_ready_model(model: DistillationModel, teacher: Any, teacher_processor: Any, args: Any) -> None:
+def check_model_objects(model: Any, teacher: Any, kwargs: Mapping[str, Any]) -> None:
+    """What ``DistillationTrainer`` cannot use, refused in one line instead of an ``AttributeError``
+    from deep inside (a bare timm model has no ``config``; ``model_init`` leaves ``model`` None)
+    or silently ignored (``compute_loss_func``: the loss is the losses' weighted sum)."""
+    if kwargs.get("model_init") is not None:
+        raise ModelError("DistillationTrainer does not take model_init (the distillation model wraps one student and "
+                         "its teacher): build the student and pass it as model")
+    if kwargs.get("compute_loss_func") is not None:
+        raise RecipeError("DistillationTrainer does not call compute_loss_func: its loss is the weighted sum of "
+                          "args.losses. Register a loss of your own (hf_rcka.registry.LOSSES) and name it in losses")
+    for role, module in (("model", model), ("teacher", teacher)):
+        if module is None and role == "teacher":
+            continue
+        if isinstance(module, DistillationModel):
+            continue
+        if not isinstance(module, torch.nn.Module) or getattr(module, "config", None) is None:
+            raise ModelError(
+                f"DistillationTrainer: {role} must be a transformers image classifier (a model with a config), got "
+                f"{type(module).__name__}. A timm model: load it through transformers, "
+                "AutoModelForImageClassification.from_pretrained('timm/<arch>') (a TimmWrapperForImageClassification)")
+
+
+def check_optimizer(model: DistillationModel, optimizers: Any) -> None:
+    """An optimizer the caller built must hold every trainable weight of the distillation model.
+
+    Adapters and projectors (``srd``'s, ``patch_match``'s) live in the ``DistillationModel``, not in
+    the student: an optimizer over ``student.parameters()`` trained the student and left them at
+    their random start, with no error.
+    """
+    optimizer = optimizers[0] if isinstance(optimizers, (tuple, list)) and optimizers else None
+    if optimizer is None:
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ModelError(
+            f"the optimizer given does not train {len(missing)} trainable weight(s) of the distillation model "
+            f"({shown}): they would keep their random start. Build it over the DistillationModel's parameters "
+            "(build_distillation_model(...).parameters(), then pass that model), or leave optimizers unset")
+
+
+def check_relation_rows(losses: Mapping[str, Any], args: Any) -> None:
+    """A centred CKA over the samples of a batch needs 3 of them (2 without centring).
+
+    Centring n = 2 rows leaves a Gram of rank 1, whose CKA with any other is exactly 1 (n = 1: 0):
+    the term is a constant with no gradient. At ``per_device_train_batch_size`` 2, ``rcka``'s
+    intra term and ``feature_cka`` logged 0.0, a perfect match, while nothing was distilled (and
+    gradient accumulation does not help: each micro-batch is its own relation).
+    """
+    batch = args.per_device_train_batch_size
+    for name, loss in losses.items():
+        needed = getattr(loss, "min_relation_rows", 0)
+        rows = batch * (max(1, args.world_size) if getattr(loss, "gather", False) else 1)
+        if rows < needed:
+            gather = " or gather: true across processes" if not getattr(loss, "gather", False) else ""
+            raise RecipeError(
+                f"{name} relates the samples of a batch, and a relation over {rows} sample(s) is a constant with no "
+                f"gradient: nothing would be distilled. Use per_device_train_batch_size >= {needed}{gather}")
+
+
+def check_metric_name(model: DistillationModel, args: Any, compute_metrics_given: bool) -> None:
+    """``metric_for_best_model`` must be a metric the evaluation reports (transformers looks it up
+    only after the first evaluation, where a typo ends the run with a ``KeyError``). A caller's own
+    ``compute_metrics`` may report any name, so it is then not checked."""
+    metric = getattr(args, "metric_for_best_model", None)
+    if not metric or compute_metrics_given:
+        return
+    terms = [term for loss in model.losses.values() for term in loss.term_weights]
+    names = evaluation_metric_names(terms, args, model.student.config.num_labels)
+    prefix = "eval_" if metric.startswith("eval_") else ""
+    if metric[len(prefix):] not in names and not metric.endswith(TIMING_METRICS):
+        raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports: "
+                          f"{close_matches(metric, [prefix + name for name in names])}")
+
+
+def check_ready_model(model: DistillationModel, teacher: Any, teacher_processor: Any, args: Any, mapping: str) -> None:
     """A ready ``DistillationModel`` brings its teacher and losses: arguments that would build
-    others are refused rather than ignored."""
+    others are refused rather than ignored. Its teacher's classes are checked against its
+    student's by name, and realigned, as a teacher passed on its own is."""
     given = [name for name, value in (("teacher", teacher), ("teacher_processor", teacher_processor)) if value is not None]
     if given:
         raise ModelError(f"DistillationTrainer: {' and '.join(given)} given with a ready DistillationModel, which "
@@ -65,6 +156,8 @@ def check_ready_model(model: DistillationModel, teacher: Any, teacher_processor:
     if wanted is not None and wanted != set(model.losses):
         raise RecipeError(f"losses {sorted(wanted)} in args, but the DistillationModel given computes "
                           f"{sorted(model.losses)}: build it with these losses, or leave args.losses unset")
+    if model.teacher is not None and model.needs_teacher:
+        check_labels(model.student, model.teacher, args, (), mapping, loss_names=list(model.losses))
 
 
 def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, teacher_processor: Any,
@@ -86,15 +179,19 @@ def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, t
     specs = active_specs(getattr(args, "losses", None) or default_losses(teacher is not None))
     features = [spec["name"] for spec in specs if "student_features" in LOSSES.get(spec["name"]).requires]
     pixels = first_item.get("pixel_values") if first_item is not None else None
-    if not features or processing_class is not None or not isinstance(pixels, torch.Tensor) or pixels.ndim < 2:
+    if not features or not isinstance(pixels, torch.Tensor) or pixels.ndim < 2:
         return
-    size = getattr(student.config, "image_size", 224)  # what DistillationModel plans at without a processor
-    planned = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(pixels.shape[-2:]) != planned:
+    if processing_class is not None:
+        planned, source = input_stats(processing_class).size, "processing_class's output size"
+        fix = "Give the data the processor's size (dataset.set_transform with processing_class), or pass its processor"
+    else:
+        size = getattr(student.config, "image_size", 224)  # what DistillationModel plans at without a processor
+        planned, source = (size, size) if isinstance(size, int) else tuple(size), "without processing_class, the student config's"
+        fix = "Pass processing_class=<the student's image processor>"
+    if tuple(pixels.shape[-2:]) != tuple(planned):
         raise RecipeError(
-            f"losses {features} compare hidden states, whose grids are planned at the input size: without "
-            f"processing_class that is the student config's {planned[0]}x{planned[1]}, but the data's images are "
-            f"{pixels.shape[-2]}x{pixels.shape[-1]}. Pass processing_class=<the student's image processor>")
+            f"losses {features} compare hidden states, whose grids are planned at the input size: {source} "
+            f"{planned[0]}x{planned[1]}, but the data's images are {pixels.shape[-2]}x{pixels.shape[-1]}. {fix}")
 
 
 def check_columns(train_dataset: Any, eval_dataset: Any, collator_given: bool) -> Mapping | None:
@@ -125,17 +222,54 @@ def check_columns(train_dataset: Any, eval_dataset: Any, collator_given: bool) -
 
 
 def dataset_label_names(*datasets: Any) -> list[str] | None:
-    """The class names of the first dataset with a ``ClassLabel`` column ``labels`` or ``label``."""
+    """The class names of the data's ``ClassLabel`` column ``labels`` (or ``label``), in every part.
+
+    ``datasets``: the training set, then the evaluation set (one dataset or a dict of them).
+
+    Raises:
+        LabelError: two parts name the classes otherwise (another order, or other classes). Labels
+            are ids: Trainer scores the evaluation set's ids against the student's, so an
+            evaluation set whose ``ClassLabel`` lists the classes in another order scored a correct
+            model 0.19 where the same images in the training order scored 0.96.
+    """
+    named = [(where, names) for where, feature in _class_labels(datasets)
+             if not _placeholders(names := list(feature.names))]
+    if not named:
+        return None
+    (first_where, first), *others = named
+    for where, names in others:
+        if names != first:
+            raise LabelError(
+                f"{where} lists its classes as {names[:8]}, {first_where} as {first[:8]}: labels are ids, so its "
+                f"images would be scored against other classes. Align it by name: "
+                f"{where.split('[')[0]} = <it>.align_labels_with_mapping({{name: i for i, name in "
+                f"enumerate(names)}}, 'labels') with names = <{first_where}>.features['labels'].names")
+    return first
+
+
+def _class_labels(datasets: tuple[Any, ...]) -> list[tuple[str, Any]]:
+    """``(where, ClassLabel)`` for each part of the training and evaluation sets that has one."""
     from datasets import ClassLabel
 
-    for dataset in datasets:
-        for part in (dataset.values() if isinstance(dataset, dict) else [dataset]):
+    found = []
+    for role, dataset in zip(("train_dataset", "eval_dataset"), datasets):
+        for name, part in (dataset.items() if isinstance(dataset, dict) else [(None, dataset)]):
             features = getattr(part, "features", None) or {}
-            for key in ("labels", "label"):
-                if isinstance(features.get(key), ClassLabel):
-                    names = list(features[key].names)
-                    return None if _placeholders(names) else names
-    return None
+            feature = next((features[k] for k in ("labels", "label") if isinstance(features.get(k), ClassLabel)), None)
+            if feature is not None:
+                found.append((role if name is None else f"{role}[{name!r}]", feature))
+    return found
+
+
+def _check_class_count(student: Any, datasets: tuple[Any, ...]) -> None:
+    """The student's head must have one output per class of the data, also when nothing names them."""
+    num_labels = getattr(getattr(student, "config", None), "num_labels", None)
+    for where, feature in _class_labels(datasets):
+        if num_labels is not None and feature.num_classes != num_labels:
+            raise LabelError(
+                f"the student predicts {num_labels} classes but {where}'s ClassLabel has {feature.num_classes}: "
+                f"build it with num_labels={feature.num_classes} (and id2label=dict(enumerate(names)), names = "
+                "dataset.features['labels'].names)")
 
 
 def _placeholders(names: list[str]) -> bool:
@@ -144,17 +278,22 @@ def _placeholders(names: list[str]) -> bool:
     return is_generic(names) or names == [str(i) for i in range(len(names))]
 
 
-def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...], mapping: str) -> None:
-    """The student's class names against the data's, and the teacher's against the run's (by name).
+def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...], mapping: str,
+                 loss_names: list[str] | None = None) -> None:
+    """The student's classes against the data's, and the teacher's against the run's (by name).
+
+    ``loss_names``: the losses the model computes (default: ``args.losses``, or the default losses).
 
     Raises:
-        LabelError: the student names the classes otherwise than the dataset, or the teacher's
-            classes differ from the run's (``mapping`` ``by_name``).
+        LabelError: the student names or counts the classes otherwise than the dataset, the parts
+            of the dataset name them otherwise, or the teacher's classes differ from the run's
+            (``mapping`` ``by_name``).
     """
     if mapping not in TEACHER_LABEL_MAPPINGS:
         raise RecipeError(f"teacher_label_mapping must be one of {TEACHER_LABEL_MAPPINGS}, got {mapping!r}")
     student_names = _names(student)
     data_names = dataset_label_names(*datasets)
+    _check_class_count(student, datasets)
     if student_names is not None and _placeholders(student_names):
         student_names = None
     if data_names and student_names and student_names != data_names:
@@ -164,14 +303,21 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
             "id2label=dict(enumerate(names)), names = dataset.features['labels'].names")
     run_names = student_names or data_names
     teacher_names = _names(teacher) if teacher is not None else None
+    if loss_names is None:
+        loss_names = [spec["name"] for spec in active_specs(getattr(args, "losses", None) or default_losses(True))]
+    reads_logits = any("teacher_logits" in LOSSES.get(name).requires for name in loss_names)
+    if not run_names and teacher_names and reads_logits and mapping == BY_NAME and not _placeholders(teacher_names):
+        logger.warning("labels: neither the student's id2label nor the dataset's ClassLabel names the classes, so the "
+                       "teacher's classes %s are paired with the data's by position, unchecked. Name them "
+                       "(a ClassLabel column, or the student's id2label) to have them matched by name",
+                       teacher_names[:5])
     if not run_names or teacher_names is None or len(teacher_names) != len(run_names):
         return  # a class count the losses cannot use is refused when the model is built
-    specs = active_specs(getattr(args, "losses", None) or default_losses(True))
     try:
         realign_teacher(teacher, run_names, mapping, key="teacher",
                         source="the student's id2label" if student_names else "the dataset's ClassLabel")
     except LabelError:
-        if any("teacher_logits" in LOSSES.get(spec["name"]).requires for spec in specs):
+        if reads_logits:
             raise
         logger.info("labels: the teacher has other classes; only its features are distilled")
         if hasattr(args, "teacher_accuracy_check"):  # its accuracy on these labels means nothing
@@ -184,6 +330,6 @@ def _names(model: Any) -> list[str] | None:
 
 
 __all__ = [
-    "BY_NAME", "check_arguments", "check_columns", "check_labels", "check_models", "check_ready_model",
-    "dataset_label_names",
+    "BY_NAME", "check_arguments", "check_columns", "check_labels", "check_metric_name", "check_model_objects",
+    "check_models", "check_optimizer", "check_ready_model", "check_relation_rows", "dataset_label_names",
 ]

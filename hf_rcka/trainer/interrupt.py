@@ -8,7 +8,8 @@ step the callback asks the Trainer to save a checkpoint and stop (``control.shou
 ``should_training_stop``), so the save is the Trainer's own, on every rank together as DDP and
 FSDP need (the flag is combined across ranks, so ranks that did not get the signal stop at the
 same step). A second signal while the first is handled raises ``KeyboardInterrupt`` at once;
-``save_checkpoint_now`` then writes what the last finished step left.
+``save_checkpoint_now`` then writes what the last finished step left, unless the signal came in
+the middle of a weight update (then no checkpoint is written: its weights would match no step).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class GracefulStop(TrainerCallback):
         self.stopped_at: int | None = None
         self.saved_model: str | None = None  # the trained model's folder, once saved (a later signal loses less)
         self.evaluated = False  # its final evaluation is recorded too
+        self.updating = False  # between an optimizer step's start and its step's end: the weights match no step
         self._training = False
         self._previous: dict[int, Any] = {}
 
@@ -72,7 +74,7 @@ class GracefulStop(TrainerCallback):
         if not self._training:
             raise Interrupted(signum)
         if self.signum is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping at once")
         self.signum = signum
         logger.warning("%s received: saving a checkpoint after the current step, then stopping "
                        "(send it again to stop at once)", signal.Signals(signum).name)
@@ -83,7 +85,13 @@ class GracefulStop(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
         self._training = False
 
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        # from here to the step's end the optimizer updates the weights (group by group), then the
+        # schedule and the step count: a checkpoint written in between would hold weights of no step
+        self.updating = True
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        self.updating = False
         if any_rank(self.signum is not None, args.device):
             self.signum = self.signum or signal.SIGTERM  # a rank that got no signal stops for the others
             self.stopped_at = state.global_step

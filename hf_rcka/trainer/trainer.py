@@ -29,7 +29,10 @@ from transformers.trainer_utils import EvalLoopOutput
 from ..augmentation import AugmentationArguments
 from .card_facts import CardFacts, complete_card_facts
 from .checkpointing import CheckpointingTrainer, keep_token_out_of_files
-from .given_models import BY_NAME, check_arguments, check_columns, check_labels, check_models, check_ready_model
+from .given_models import (
+    BY_NAME, check_arguments, check_columns, check_labels, check_metric_name, check_model_objects, check_models,
+    check_optimizer, check_ready_model, check_relation_rows,
+)
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate
 from .ema import StudentEmaCallback
@@ -133,9 +136,10 @@ class DistillationTrainer(CheckpointingTrainer):
         check_arguments(args)
         check_fsdp_settings(args)
         keep_token_out_of_files(args)
+        check_model_objects(model, teacher, kwargs)
         _check_given_weights(model, teacher)
         if isinstance(model, DistillationModel):
-            check_ready_model(model, teacher, teacher_processor, args)
+            check_ready_model(model, teacher, teacher_processor, args, teacher_label_mapping)
         else:
             first_item = check_columns(kwargs.get("train_dataset"), kwargs.get("eval_dataset"),
                                        collator_given=kwargs.get("data_collator") is not None)
@@ -146,6 +150,8 @@ class DistillationTrainer(CheckpointingTrainer):
                 model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
                 _stats_or_none(teacher_processor) if teacher is not None else None,
             )
+        check_optimizer(model, kwargs.get("optimizers"))
+        check_metric_name(model, args, compute_metrics_given=kwargs.get("compute_metrics") is not None)
         if args.ddp_find_unused_parameters is None:  # every student weight gets a gradient (see split_heads)
             args.ddp_find_unused_parameters = False
         args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
@@ -332,12 +338,14 @@ class DistillationTrainer(CheckpointingTrainer):
     # ------------------------------------------------------------------ teacher sanity check
 
     def train(self, *args: Any, **kwargs: Any):
-        """Check the teacher on one eval batch before spending compute, then train as Trainer does.
+        """Check the batch size the relational losses need and the teacher on one eval batch before
+        spending compute, then train as Trainer does.
 
         Raises:
             TrainingDiverged: the student's weights are not finite at the end (see ``divergence``),
                 so that nothing saves them as the run's result.
         """
+        check_relation_rows(self.distillation_model.losses, self.args)
         self.check_teacher()
         output = super().train(*args, **kwargs)
         self.divergence.check(self.args, self.state, self.control)  # a divergence no logging or saving step saw
@@ -379,7 +387,7 @@ class DistillationTrainer(CheckpointingTrainer):
         if not self.is_world_process_zero():
             return
         best = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
-        metrics = exported_metrics(self.state.log_history, best)
+        metrics = exported_metrics(self.state.log_history, best, self.state.global_step)
         complete_card_facts(self)
         write_model_card(
             self.args.output_dir,
@@ -396,16 +404,18 @@ class DistillationTrainer(CheckpointingTrainer):
         )
 
 
-def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None) -> dict:
+def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None, final_step: int | None = None) -> dict:
     """The ``eval_*`` metrics of the weights that are exported, for the model card.
 
-    Without ``load_best_model_at_end`` these are the last evaluation's. With it the best
+    Without ``load_best_model_at_end`` the exported weights are the last step's, so these are the
+    evaluations logged at ``final_step``: none when that step was not evaluated (a resumed run
+    with ``do_eval: false`` showed the numbers of the model it resumed from). With it the best
     checkpoint's weights are exported, and the last evaluation may have measured other weights
     (the last periodic one, when ``do_eval: false`` runs no final evaluation), so the metrics
     are those logged at the best checkpoint's step; a final evaluation of the reloaded best
     weights, if any, is logged at the last step and counts only when that is the best step.
     """
-    step = int(best_checkpoint.rstrip("/").rsplit("-", 1)[-1]) if best_checkpoint else None
+    step = int(best_checkpoint.rstrip("/").rsplit("-", 1)[-1]) if best_checkpoint else final_step
     metrics = {}
     for entry in log_history:
         if step is None or entry.get("step") == step:
