@@ -470,6 +470,16 @@ def test_resume_with_another_split_or_other_losses_is_refused(tmp_path, capsys):
     assert run(tmp_path, reweighted, *resume) == 0  # the same losses, weighed otherwise: a schedule change
 
 
+def test_resume_with_another_split_seed_is_fine_where_nothing_is_carved(tmp_path):
+    """With validation_dir the split settings choose no images: refusing them was wrong."""
+    train = image_folder(tmp_path / "train", ["cat", "dog"])
+    validation = image_folder(tmp_path / "val", ["cat", "dog"], per_class=2)
+    first = base(tmp_path, dataset_name=None, train_dir=train, validation_dir=validation, max_train_samples=None,
+                 max_eval_samples=None, save_strategy="steps", save_steps=1, max_steps=1)
+    assert run(tmp_path, first) == 0
+    assert run(tmp_path, {**first, "max_steps": 2, "split_seed": 7}, "--resume_from_checkpoint", "true") == 0
+
+
 def test_a_truncated_optimizer_file_is_found_before_loading(tmp_path, capsys, monkeypatch):
     first = base(tmp_path, save_strategy="steps", save_steps=2)
     assert run(tmp_path, first) == 0

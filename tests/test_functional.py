@@ -836,3 +836,49 @@ def test_sample_rows_flattens_channels_last_maps_without_a_copy_and_keeps_cka():
     torch.testing.assert_close(fn.rbf_cka(rows, other), fn.rbf_cka(fmap.flatten(1), other), rtol=1e-5, atol=1e-6)
     tokens = torch.randn(5, 7, 2)
     assert torch.equal(fn.sample_rows(tokens), tokens.flatten(1))
+
+
+def test_the_public_gram_functions_compute_in_float32_whatever_they_are_given():
+    """float16 Grams gave an infinite HSIC and a NaN CKA; under bf16 autocast gram_linear returned
+    bfloat16 and cka_from_grams 1.0 for a CKA of 0.998."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 256)
+    y = x + 0.1 * torch.randn(64, 256)
+    reference = fn.linear_cka(x.double(), y.double())
+    half = fn.cka_from_grams(fn.gram_linear(x.half()), fn.gram_linear(y.half()))
+    assert half.dtype == torch.float32 and abs(float(half) - float(reference)) < 1e-3
+    assert torch.isfinite(fn.hsic(fn.gram_linear(x.half()), fn.gram_linear(y.half())))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        k, l = fn.gram_linear(x), fn.gram_linear(y)
+        assert k.dtype == torch.float32
+        assert abs(float(fn.cka_from_grams(k, l)) - float(reference)) < 1e-4
+        assert fn.center_gram(k).dtype == torch.float32
+        assert fn.landmark_similarity(x, y[:5]).dtype == torch.float32
+
+
+def test_rbf_cka_is_scale_invariant_for_small_features():
+    """An absolute bandwidth floor changed the kernel below 1e-4: 0.792 became 0.744 at 1e-6."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 32, dtype=torch.float64), torch.randn(16, 32, dtype=torch.float64)
+    at_one = float(fn.rbf_cka(x, y))
+    for scale in (1e-5, 1e-6, 1e-9):
+        assert abs(float(fn.rbf_cka(x * scale, y)) - at_one) < 1e-9
+        assert abs(float(fn.rbf_cka(x * scale, x)) - 1.0) < 1e-9
+
+
+def test_the_transposed_patch_term_is_left_out_where_a_patch_has_too_few_pixels():
+    """Over one pixel (batch 1, 1-pixel patches) it is a constant 0: identical maps scored 0.5."""
+    from hf_rcka.functional.patch import patch_cka
+
+    x = torch.randn(1, 4, 3, 3)
+    assert torch.allclose(patch_cka(x, x.clone(), patch_size=4, transpose=True), torch.ones(4))
+    y = torch.randn(2, 4, 8, 8)
+    both = patch_cka(y, y.clone(), patch_size=2, transpose=True)
+    assert torch.allclose(both, torch.ones(4), atol=1e-5)
+
+
+def test_rcka_refuses_row_normalize_with_the_rbf_kernel():
+    from hf_rcka.losses.rcka import RCKALoss
+
+    with pytest.raises(ValueError, match="row_normalize applies to the linear kernel"):
+        RCKALoss(kernel="rbf", center=False, row_normalize=True)

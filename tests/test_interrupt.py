@@ -293,3 +293,20 @@ def test_a_resumed_repeated_augmentation_epoch_draws_its_own_order():
     callback.sampler = RepeatedAugmentationSampler(range(40), 3, num_replicas=2, rank=0, seed=5)
     callback.on_epoch_begin(None, TrainerState(epoch=1.25), TrainerControl())
     assert callback.sampler.epoch == 5 + 1
+
+
+def test_the_signal_handler_closes_the_update_window_after_the_weight_ema(tmp_path):
+    """Its on_step_end ran before the EMA's: a second signal in the EMA update wrote a checkpoint
+    of step 3's weights with step 2's average."""
+    from conftest import pixel_dataset, processor, tiny_vit
+    from hf_rcka import DistillationTrainer, DistillationTrainingArguments
+    from hf_rcka.trainer.ema import StudentEmaCallback
+
+    stop = GracefulStop()
+    args = DistillationTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=5,
+                                         report_to="none", use_cpu=True, save_strategy="no", model_ema=True)
+    trainer = DistillationTrainer(model=tiny_vit(), args=args, train_dataset=pixel_dataset(10),
+                                  processing_class=processor(16), callbacks=[stop])
+    callbacks = trainer.callback_handler.callbacks
+    ema = max(i for i, c in enumerate(callbacks) if isinstance(c, StudentEmaCallback))
+    assert callbacks.index(stop) > ema

@@ -4,8 +4,10 @@ checks what it loads. Each case below trained to the end (or failed after traini
 from __future__ import annotations
 
 import datasets
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import TrainingArguments
 
 from conftest import pixel_dataset, processor, tiny_resnet, tiny_vit
@@ -202,8 +204,31 @@ def test_a_student_with_another_number_of_classes_than_the_data_is_refused(tmp_p
     data = _class_labelled(pixel_dataset(10), ["a", "b", "c"])
     for num_labels in (2, 5):
         with pytest.raises(LabelError, match=f"the student predicts {num_labels} classes but train_dataset's "
-                                             "ClassLabel has 3: build it with num_labels=3"):
+                                             "labels have 3: build it with num_labels=3"):
             build(make_args(tmp_path, losses=["ce"]), tiny_vit(num_labels=num_labels), train_dataset=data)
+    ready = build_distillation_model(tiny_vit(num_labels=5), None, make_args(tmp_path, losses=["ce"]))
+    with pytest.raises(LabelError, match="the student predicts 5 classes but train_dataset's labels have 3"):
+        build(make_args(tmp_path, losses=["ce"]), ready, train_dataset=data)
+
+
+def test_labels_mapped_by_hf_rckas_transform_are_read_in_the_order_it_gives(tmp_path):
+    """with_transforms maps labels by name to the run's order, while the features keep the data's
+    ClassLabel: a 3-class subset of 10-class data was refused as 10 classes."""
+    from hf_rcka.data.datasets import with_transforms
+
+    def images(names, seed):
+        rng = np.random.default_rng(seed)
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+        pictures = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(6)]
+        return datasets.Dataset.from_dict({"image": pictures, "label": [i % 3 for i in range(6)]}, features=features)
+
+    to_tensor = lambda image: torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
+    run_order = ["a", "b", "c"]
+    train = with_transforms(images(["a", "b", "c"], 0), to_tensor, "image", "label", run_order)
+    evaluation = with_transforms(images(["b", "c", "a"], 1), to_tensor, "image", "label", run_order)
+    build(make_args(tmp_path, losses=["ce"]), named(tiny_vit(), run_order), train_dataset=train, eval_dataset=evaluation)
+    subset = with_transforms(images([str(i) for i in range(10)], 2), to_tensor, "image", "label", ["0", "1", "2"])
+    build(make_args(tmp_path, losses=["ce"]), tiny_vit(), train_dataset=subset)
 
 
 def test_a_ready_distillation_models_teacher_is_realigned_by_name(tmp_path):
@@ -266,6 +291,11 @@ def test_a_metric_for_best_model_the_evaluation_never_reports(tmp_path):
     build(make_args(tmp_path, metric_for_best_model="eval_rcka_intra_loss"), tiny_vit(), tiny_resnet())
     build(make_args(tmp_path, metric_for_best_model="anything"), tiny_vit(), tiny_resnet(),
           compute_metrics=lambda pred: {"anything": 1.0})
+    several = {"x": pixel_dataset(5), "y": pixel_dataset(5, seed=1)}  # Trainer reports eval_x_accuracy...
+    build(make_args(tmp_path, metric_for_best_model="eval_x_accuracy"), tiny_vit(), tiny_resnet(), eval_dataset=several)
+    with pytest.raises(RecipeError, match="did you mean .*'eval_x_accuracy'"):
+        build(make_args(tmp_path, metric_for_best_model="eval_accuracy"), tiny_vit(), tiny_resnet(),
+              eval_dataset=several)
 
 
 def test_predict_on_images_without_labels(tmp_path):

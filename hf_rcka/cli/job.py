@@ -40,7 +40,8 @@ from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, default_losses
 from ..trainer.trainer import DistillationTrainer
 from .preflight import (
-    check_checkpoint, check_metric_for_best_model, check_resume_batch, check_resume_recipe, check_run,
+    check_checkpoint, check_metric_for_best_model, check_resume_batch, check_resume_recipe, check_resume_split,
+    check_run,
 )
 from .output_folder import (
     check_output_dir, holds_run, later_checkpoints, resumes_in, set_aside_abandoned_branch, set_aside_previous_run,
@@ -185,6 +186,8 @@ def _build_trainer(
     raw = load_data(data_args, args.seed, eval_only=not args.do_train and not held_out)
     if args.do_train and not model_args.smoke_test:
         check_teacher_data(model_args.teacher_model_name_or_path, data_args, CONFIG_NAME, carved=raw.carved)
+    if resume:
+        check_resume_split(resume, data_args, carved=raw.carved)
     dataset_labels = label_names(raw["train"], data_args.label_column_name)
     check_validation_labels(dataset_labels, label_names(raw["validation"], data_args.label_column_name))
     if args.do_train and not model_args.smoke_test:  # a smoke test's few synthetic images miss most classes

@@ -569,21 +569,14 @@ def check_resume_batch(folder: str, args: Any) -> None:
 
 
 def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any) -> None:
-    """A checkpoint resumes with the losses and the held-out split its run recorded.
-
-    Both change what the resumed run is without any error: another split evaluates on images the
-    checkpoint trained on, and other losses (a loss with no saved state swapped for another) go
-    on training a run whose record and card then name only the new ones.
+    """A checkpoint resumes with the losses its run recorded: other losses (a loss with no saved
+    state swapped for another) went on training a run whose record and card then named only the
+    new ones. (Its held-out split is checked once the data has loaded: ``check_resume_split``.)
     """
     from ..value_checks import loss_spec
     from .records import CONFIG_NAME
-    from .teacher_data import recorded_recipe, split_change
+    from .teacher_data import recorded_recipe
 
-    changed = split_change(folder, data_args, CONFIG_NAME)
-    if changed:
-        raise RecipeError(f"resume_from_checkpoint: {folder!r} was trained holding out {changed}: the evaluation "
-                          "would take images it trained on. Resume with the split it was saved with, or train into "
-                          "a new output_dir")
     recorded = recorded_recipe(folder, CONFIG_NAME)
     specs = [loss_spec(spec) for spec in (recorded or {}).get("losses") or []]
     if not specs or not all(isinstance(spec, dict) and "name" in spec for spec in specs):
@@ -597,6 +590,23 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
                           "run from its weights (model_name_or_path) in a new output_dir")
 
 
+def check_resume_split(folder: str, data_args: Any, carved: bool) -> None:
+    """A checkpoint resumes with the validation split its run held out, when the split is carved
+    (``carved``: the data has no validation split of its own and no ``validation_dir``).
+
+    Another ``split_seed`` or ``train_val_split`` carves another validation set, mostly of images
+    the checkpoint has trained on: the resumed run evaluated on them and exited 0.
+    """
+    from .records import CONFIG_NAME
+    from .teacher_data import split_change
+
+    changed = split_change(folder, data_args, CONFIG_NAME) if carved else None
+    if changed:
+        raise RecipeError(f"resume_from_checkpoint: {folder!r} was trained holding out {changed}: the evaluation "
+                          "would take images it trained on. Resume with the split it was saved with, or train into "
+                          "a new output_dir")
+
+
 def _checkpoints_in(folder: Path) -> list[str]:
     """Names of the ``checkpoint-N`` folders in ``folder``, by step."""
     names = (p.name for p in folder.glob("checkpoint-*") if p.is_dir())
@@ -607,6 +617,7 @@ def _earlier(folder: str) -> str:
     parent = Path(folder).absolute().parent
     others = [name for name in _checkpoints_in(parent) if name != Path(folder).name]
     if others:
-        return f"resume from an earlier one (--resume_from_checkpoint {parent / others[-1]}) or delete {folder!r}"
+        return (f"delete {folder!r}, or resume from an earlier one (--resume_from_checkpoint {parent / others[-1]} "
+                "--overwrite_output_dir true, which sets the later checkpoints aside)")
     return f"delete {folder!r} and start again"
 

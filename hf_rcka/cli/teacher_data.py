@@ -94,8 +94,9 @@ def held_out_by(model: str | None, data_args: DataArguments, config_name: str) -
 
 
 def split_change(run_folder: str, data_args: DataArguments, config_name: str) -> str | None:
-    """How this run's held-out split differs from the one the run in ``run_folder`` (or around its
-    checkpoint) trained with on the same data, or None.
+    """How this run's carved held-out split differs from the one the run in ``run_folder`` (or
+    around its checkpoint) trained with on the same data, or None. Only for a carved split: a
+    ``validation_dir`` or the data's own validation split does not depend on these settings.
 
     Resuming with another ``split_seed`` or ``train_val_split`` carves another validation set,
     mostly of images the checkpoint has trained on: the resumed run evaluated on them and exited 0.
@@ -106,9 +107,9 @@ def split_change(run_folder: str, data_args: DataArguments, config_name: str) ->
     taught, run = _data_settings(recorded, data_args)
     if not _same_source(taught, run):
         return None  # other data: its classes are checked against the checkpoint's once it loads
-    changed = [k for k in (*_CARVE_KEYS, "validation_dir") if taught[k] != run[k]]
-    if run["validation_dir"] and taught["validation_dir"] and _same_path(run["validation_dir"], taught["validation_dir"]):
-        changed = [k for k in changed if k != "validation_dir"]
+    if taught["validation_dir"]:  # it evaluated on its own folder: all of this data was its training data
+        return f"none of this data (it had validation_dir {taught['validation_dir']!r}; now carved)"
+    changed = [k for k in _CARVE_KEYS if taught[k] != run[k]]
     return ", ".join(f"{k} {taught[k]!r} (now {run[k]!r})" for k in changed) or None
 
 

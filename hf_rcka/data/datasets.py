@@ -234,6 +234,7 @@ def with_transforms(
         targets = [IGNORE_INDEX if evaluation and image is None else index[k] for image, k in zip(images, keys)]
         return {"pixel_values": images, "labels": targets}
 
+    apply.class_names = list(labels)  # type: ignore[attr-defined]  # the order its labels come in, not the ClassLabel's
     return dataset.with_transform(apply)
 
 

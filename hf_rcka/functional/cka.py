@@ -84,7 +84,7 @@ class _SymmetricGram(torch.autograd.Function):
         return (grad + grad.transpose(-2, -1)) @ x
 
 
-def gram_linear(x: torch.Tensor) -> torch.Tensor:
+def _gram_linear(x: torch.Tensor) -> torch.Tensor:
     """Linear-kernel Gram ``x x^T`` over the rows of ``x`` (..., n, p) -> (..., n, n)."""
     if x.requires_grad and torch.is_grad_enabled():
         return _SymmetricGram.apply(x)
@@ -106,16 +106,20 @@ def gram_rbf(x: torch.Tensor, sigma_frac: float = 1.0, eps: float = DEFAULT_EPS)
         median_sq = sq.detach()[..., off_diag].median(dim=-1).values
     else:
         median_sq = torch.zeros(x.shape[:-2], dtype=x.dtype, device=x.device)
-    sigma_sq = (sigma_frac**2) * median_sq.clamp_min(eps)
+    # The floor is relative to the features' own scale (their mean squared norm), so RBF CKA stays
+    # scale invariant: an absolute one changed the kernel of features below 1e-4 (CKA 0.79 -> 0.74
+    # at 1e-6) and only catches all-equal rows, whose distances are all 0 anyway.
+    scale = x.detach().pow(2).sum(dim=-1).mean(dim=-1)
+    sigma_sq = (sigma_frac**2) * torch.maximum(median_sq, eps * scale).clamp_min(torch.finfo(x.dtype).tiny)
     return torch.exp(-sq / (2.0 * sigma_sq[..., None, None]))
 
 
-def center_gram(k: torch.Tensor) -> torch.Tensor:
+def _center_gram(k: torch.Tensor) -> torch.Tensor:
     """``H K H`` with ``H = I - 11^T/n``, computed as row/column mean removal (O(n^2), no H)."""
     return k - k.mean(dim=-1, keepdim=True) - k.mean(dim=-2, keepdim=True) + k.mean(dim=(-2, -1), keepdim=True)
 
 
-def hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+def _hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
     """Hilbert-Schmidt independence criterion of two Grams (..., n, n).
 
     The biased estimator is ``<HKH, HLH>_F / (n-1)^2``. The unbiased one (Song et al. 2012) zeroes
@@ -124,7 +128,7 @@ def hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool = False) -> torch.Tens
     _check_grams(k, l)
     n = k.shape[-1]
     if not unbiased:
-        return _frob_inner(center_gram(k), center_gram(l)) / max(n - 1, 1) ** 2
+        return _frob_inner(_center_gram(k), _center_gram(l)) / max(n - 1, 1) ** 2
     return _unbiased_hsic_numerator(k, l) / (n * (n - 3))
 
 
@@ -150,7 +154,7 @@ def _unbiased_hsic_numerator(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"unbiased HSIC needs more than 3 items, got n={n}")
     # The estimator ignores additive row/column terms, so double-centering first is exact; it
     # removes the large constant part (e.g. an all-ones RBF Gram) that would otherwise cancel to noise.
-    k, l = center_gram(k), center_gram(l)
+    k, l = _center_gram(k), _center_gram(l)
     eye = torch.eye(n, dtype=torch.bool, device=k.device)
     k = k.masked_fill(eye, 0.0)
     l = l.masked_fill(eye, 0.0)
@@ -161,7 +165,7 @@ def _unbiased_hsic_numerator(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
     return trace_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)
 
 
-def cka_from_grams(
+def _cka_from_grams(
     k: torch.Tensor, l: torch.Tensor, center: bool = True, unbiased: bool = False, eps: float = DEFAULT_EPS
 ) -> torch.Tensor:
     """Kernel alignment of two Grams; ``center=False`` gives the uncentered alignment."""
@@ -170,14 +174,14 @@ def cka_from_grams(
         xy, xx, yy = (_unbiased_hsic_numerator(a, b) for a, b in ((k, l), (k, k), (l, l)))
     else:
         if center:
-            k, l = center_gram(k), center_gram(l)
+            k, l = _center_gram(k), _center_gram(l)
         xy, xx, yy = _frob_inner(k, l), _frob_inner(k, k), _frob_inner(l, l)
     return xy / torch.sqrt((xx * yy).clamp_min(0.0) + eps * eps)
 
 
 def _row_normalized_gram(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Gram whose row i is divided by ||x_i||, as the public RCKA code's ``with_l2_norm`` does."""
-    k = gram_linear(x)
+    k = _gram_linear(x)
     diag = torch.diagonal(k, dim1=-2, dim2=-1)
     return k / torch.sqrt(diag.clamp_min(0.0) + eps * eps)[..., :, None]
 
@@ -216,12 +220,12 @@ def linear_cka(
     if row_normalize:
         x, y = _unit_frobenius(x, eps), _unit_frobenius(y, eps)
         k, l = _row_normalized_gram(x, eps), _row_normalized_gram(y, eps)
-        return cka_from_grams(k, l, center=center, unbiased=unbiased, eps=eps)
+        return _cka_from_grams(k, l, center=center, unbiased=unbiased, eps=eps)
     if unbiased:
         # The unbiased HSIC ignores additive row/column terms of the Grams, so centering the
         # columns first changes nothing but removes the large constant parts that cancel badly.
         x, y = _unit_frobenius(_center_columns(x), eps), _unit_frobenius(_center_columns(y), eps)
-        return cka_from_grams(gram_linear(x), gram_linear(y), unbiased=True, eps=eps)
+        return _cka_from_grams(_gram_linear(x), _gram_linear(y), unbiased=True, eps=eps)
     return _linear_cka_biased(x, y, center, eps)
 
 
@@ -251,9 +255,9 @@ def _gram_products(x: torch.Tensor, y: torch.Tensor, means: tuple | None) -> tup
     small Gram then removes what rounding left of the offset.
     """
     if means is None:
-        return gram_linear(x), gram_linear(y), None
-    k, l = gram_linear(x - means[0]), gram_linear(y - means[1])
-    return center_gram(k), center_gram(l), None
+        return _gram_linear(x), _gram_linear(y), None
+    k, l = _gram_linear(x - means[0]), _gram_linear(y - means[1])
+    return _center_gram(k), _center_gram(l), None
 
 
 def _feature_products(x: torch.Tensor, y: torch.Tensor, center: bool) -> tuple[torch.Tensor, ...]:
@@ -261,7 +265,7 @@ def _feature_products(x: torch.Tensor, y: torch.Tensor, center: bool) -> tuple[t
     if center:
         x, y = x - x.mean(dim=-2, keepdim=True), y - y.mean(dim=-2, keepdim=True)
     xt, yt = x.transpose(-2, -1), y.transpose(-2, -1)
-    return gram_linear(xt), gram_linear(yt), yt @ x
+    return _gram_linear(xt), _gram_linear(yt), yt @ x
 
 
 def _linear_cka_biased(x: torch.Tensor, y: torch.Tensor, center: bool, eps: float) -> torch.Tensor:
@@ -308,4 +312,39 @@ def rbf_cka(
     _check_rows(x, y)
     x, y = upcast(x), upcast(y)
     k, l = gram_rbf(x, sigma_frac, eps), gram_rbf(y, sigma_frac, eps)
-    return cka_from_grams(k, l, center=center, unbiased=unbiased, eps=eps)
+    return _cka_from_grams(k, l, center=center, unbiased=unbiased, eps=eps)
+
+
+# The public Gram-level functions follow the module's rule (float32 or better, autocast off) for
+# callers who hand them low-precision tensors: float16 Grams gave an infinite HSIC and a NaN CKA,
+# bfloat16 Grams a CKA of 1.0. The losses call the private versions on inputs already upcast.
+
+
+@full_precision
+def gram_linear(x: torch.Tensor) -> torch.Tensor:
+    """Linear-kernel Gram ``x x^T`` over the rows of ``x`` (..., n, p) -> (..., n, n), in float32 or better."""
+    return _gram_linear(upcast(x))
+
+
+@full_precision
+def center_gram(k: torch.Tensor) -> torch.Tensor:
+    """``H K H`` with ``H = I - 11^T/n``, computed as row/column mean removal (O(n^2), no H)."""
+    return _center_gram(upcast(k))
+
+
+@full_precision
+def hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """Hilbert-Schmidt independence criterion of two Grams (..., n, n).
+
+    The biased estimator is ``<HKH, HLH>_F / (n-1)^2``. The unbiased one (Song et al. 2012) zeroes
+    the diagonals and corrects the bias terms; it needs n > 3 and can be slightly negative.
+    """
+    return _hsic(*common_dtype(k, l), unbiased=unbiased)
+
+
+@full_precision
+def cka_from_grams(
+    k: torch.Tensor, l: torch.Tensor, center: bool = True, unbiased: bool = False, eps: float = DEFAULT_EPS
+) -> torch.Tensor:
+    """Kernel alignment of two Grams; ``center=False`` gives the uncentered alignment."""
+    return _cka_from_grams(*common_dtype(k, l), center=center, unbiased=unbiased, eps=eps)

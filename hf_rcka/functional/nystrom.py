@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from .cka import gram_linear
-from .numerics import DEFAULT_EPS, common_dtype, full_precision, upcast
+from .numerics import DEFAULT_EPS, common_dtype, full_precision
 
 __all__ = ["landmark_similarity", "nystrom_approximation", "class_sums", "kernel_transfer_loss"]
 
 
-def landmark_similarity(features: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+def _landmark_similarity(features: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
     """The Nystrom partial kernel ``C = X D^T``: (B, d) x (m, d) -> (B, m)."""
     if features.shape[-1] != landmarks.shape[-1]:
         raise ValueError(
@@ -28,8 +28,8 @@ def landmark_similarity(features: torch.Tensor, landmarks: torch.Tensor) -> torc
 @full_precision
 def nystrom_approximation(features: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
     """Full-Gram approximation ``C W^+ C^T`` (n x n); for analysis and tests, not training."""
-    features, landmarks = upcast(features), upcast(landmarks)
-    c = landmark_similarity(features, landmarks)
+    features, landmarks = common_dtype(features, landmarks)
+    c = _landmark_similarity(features, landmarks)
     w = gram_linear(landmarks)
     return c @ torch.linalg.pinv(w, hermitian=True) @ c.transpose(-2, -1)
 
@@ -65,7 +65,13 @@ def kernel_transfer_loss(
             f"student landmarks {tuple(student_landmarks.shape)} and teacher landmarks "
             f"{tuple(teacher_landmarks.shape)} differ in count"
         )
-    c_s = landmark_similarity(*common_dtype(student_features, student_landmarks))
-    c_t = landmark_similarity(*common_dtype(teacher_features, teacher_landmarks))
+    c_s = _landmark_similarity(*common_dtype(student_features, student_landmarks))
+    c_t = _landmark_similarity(*common_dtype(teacher_features, teacher_landmarks))
     norm = torch.sqrt(c_t.pow(2).sum() + eps * eps)
     return F.smooth_l1_loss(c_s, c_t, reduction="sum") / norm
+
+
+@full_precision
+def landmark_similarity(features: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    """The Nystrom partial kernel ``C = X D^T``: (B, d) x (m, d) -> (B, m), in float32 or better."""
+    return _landmark_similarity(*common_dtype(features, landmarks))

@@ -100,7 +100,7 @@ def patch_cka(
     measured faster on CPU; not twice differentiable: a backward with ``create_graph=True``
     raises), ``"autograd"`` the plain composition, ``"auto"`` the kernel on CPU and autograd
     elsewhere. With ``transpose=True`` the CKA of the transposed patch matrices (pixel relations)
-    is averaged in. A 1 x 1 map has a single patch and no relations to align: it returns ones (a
+    is averaged in, where a patch holds enough pixels (over the batch) to relate. A 1 x 1 map has a single patch and no relations to align: it returns ones (a
     zero loss).
     """
     check_aligned(student_fmap, teacher_fmap)
@@ -112,7 +112,11 @@ def patch_cka(
     sim = _backend_fn(backend, s.device)(s, t, ph, pw, center, eps)
     if transpose:
         rows_s, rows_t = _patch_rows(s, ph, pw), _patch_rows(t, ph, pw)
-        sim = 0.5 * (sim + linear_cka(rows_s.transpose(-2, -1), rows_t.transpose(-2, -1), center=center, eps=eps))
+        # the transposed CKA relates the B * ph * pw pixels of a patch; over fewer than 3 (2 without
+        # centring) it is a constant, which would hold the loss off 0 (identical maps: 0.5) or add
+        # nothing, so a last batch of one image on a small map keeps the patch term alone
+        if rows_s.shape[-1] >= (3 if center else 2):
+            sim = 0.5 * (sim + linear_cka(rows_s.transpose(-2, -1), rows_t.transpose(-2, -1), center=center, eps=eps))
     return sim
 
 

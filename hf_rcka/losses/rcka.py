@@ -75,6 +75,9 @@ class RCKALoss(RelationalLoss):
         self.center = bool(center)
         self.row_normalize = bool(row_normalize)
         self.kernel = _check_kernel(kernel)
+        if self.row_normalize and self.kernel == "rbf":
+            raise ValueError("rcka row_normalize applies to the linear kernel (the public code's with_l2_norm); "
+                             "kernel: rbf would ignore it: drop one of them")
 
     @property
     def term_weights(self) -> dict[str, float]:

@@ -128,25 +128,30 @@ def check_relation_rows(losses: Mapping[str, Any], args: Any) -> None:
                 f"gradient: nothing would be distilled. Use per_device_train_batch_size >= {needed}{gather}")
 
 
-def check_metric_name(model: DistillationModel, args: Any, compute_metrics_given: bool) -> None:
+def check_metric_name(model: DistillationModel, args: Any, compute_metrics_given: bool, eval_dataset: Any = None) -> None:
     """``metric_for_best_model`` must be a metric the evaluation reports (transformers looks it up
     only after the first evaluation, where a typo ends the run with a ``KeyError``). A caller's own
-    ``compute_metrics`` may report any name, so it is then not checked."""
+    ``compute_metrics`` may report any name, so it is then not checked. With several named
+    evaluation sets (a dict) Trainer reports ``eval_<name>_<metric>`` for each."""
     metric = getattr(args, "metric_for_best_model", None)
     if not metric or compute_metrics_given:
         return
     terms = [term for loss in model.losses.values() for term in loss.term_weights]
     names = evaluation_metric_names(terms, args, model.student.config.num_labels)
+    if isinstance(eval_dataset, dict):
+        names = [f"{key}_{name}" for key in eval_dataset for name in names]
     prefix = "eval_" if metric.startswith("eval_") else ""
     if metric[len(prefix):] not in names and not metric.endswith(TIMING_METRICS):
         raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports: "
                           f"{close_matches(metric, [prefix + name for name in names])}")
 
 
-def check_ready_model(model: DistillationModel, teacher: Any, teacher_processor: Any, args: Any, mapping: str) -> None:
+def check_ready_model(model: DistillationModel, teacher: Any, teacher_processor: Any, args: Any, mapping: str,
+                      datasets: tuple[Any, ...] = ()) -> None:
     """A ready ``DistillationModel`` brings its teacher and losses: arguments that would build
-    others are refused rather than ignored. Its teacher's classes are checked against its
-    student's by name, and realigned, as a teacher passed on its own is."""
+    others are refused rather than ignored. Its student is checked against the data
+    (``datasets``: training and evaluation sets), and its teacher's classes against its student's
+    by name, and realigned, as models passed on their own are."""
     given = [name for name, value in (("teacher", teacher), ("teacher_processor", teacher_processor)) if value is not None]
     if given:
         raise ModelError(f"DistillationTrainer: {' and '.join(given)} given with a ready DistillationModel, which "
@@ -156,8 +161,8 @@ def check_ready_model(model: DistillationModel, teacher: Any, teacher_processor:
     if wanted is not None and wanted != set(model.losses):
         raise RecipeError(f"losses {sorted(wanted)} in args, but the DistillationModel given computes "
                           f"{sorted(model.losses)}: build it with these losses, or leave args.losses unset")
-    if model.teacher is not None and model.needs_teacher:
-        check_labels(model.student, model.teacher, args, (), mapping, loss_names=list(model.losses))
+    teacher = model.teacher if model.teacher is not None and model.needs_teacher else None
+    check_labels(model.student, teacher, args, datasets, mapping, loss_names=list(model.losses))
 
 
 def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, teacher_processor: Any,
@@ -222,7 +227,7 @@ def check_columns(train_dataset: Any, eval_dataset: Any, collator_given: bool) -
 
 
 def dataset_label_names(*datasets: Any) -> list[str] | None:
-    """The class names of the data's ``ClassLabel`` column ``labels`` (or ``label``), in every part.
+    """The class names of the data's labels (see :func:`_class_names`), the same in every part.
 
     ``datasets``: the training set, then the evaluation set (one dataset or a dict of them).
 
@@ -232,8 +237,7 @@ def dataset_label_names(*datasets: Any) -> list[str] | None:
             evaluation set whose ``ClassLabel`` lists the classes in another order scored a correct
             model 0.19 where the same images in the training order scored 0.96.
     """
-    named = [(where, names) for where, feature in _class_labels(datasets)
-             if not _placeholders(names := list(feature.names))]
+    named = [(where, names) for where, names in _class_names(datasets) if not _placeholders(names)]
     if not named:
         return None
     (first_where, first), *others = named
@@ -242,34 +246,43 @@ def dataset_label_names(*datasets: Any) -> list[str] | None:
             raise LabelError(
                 f"{where} lists its classes as {names[:8]}, {first_where} as {first[:8]}: labels are ids, so its "
                 f"images would be scored against other classes. Align it by name: "
-                f"{where.split('[')[0]} = <it>.align_labels_with_mapping({{name: i for i, name in "
-                f"enumerate(names)}}, 'labels') with names = <{first_where}>.features['labels'].names")
+                f"<{where}>.align_labels_with_mapping({{name: i for i, name in enumerate(names)}}, <label column>) "
+                f"with names = <{first_where}'s ClassLabel>.names (or cast it with that ClassLabel)")
     return first
 
 
-def _class_labels(datasets: tuple[Any, ...]) -> list[tuple[str, Any]]:
-    """``(where, ClassLabel)`` for each part of the training and evaluation sets that has one."""
+def _class_names(datasets: tuple[Any, ...]) -> list[tuple[str, list[str]]]:
+    """``(where, names)``: the class order of each part of the training and evaluation sets.
+
+    That is the ``ClassLabel`` of its ``labels`` (or ``label``) column, unless the part carries
+    hf_rcka's own label transform (``data.datasets.with_transforms``), which maps the labels by
+    name to another order and says which (its ``class_names``).
+    """
     from datasets import ClassLabel
 
     found = []
     for role, dataset in zip(("train_dataset", "eval_dataset"), datasets):
         for name, part in (dataset.items() if isinstance(dataset, dict) else [(None, dataset)]):
+            where = role if name is None else f"{role}[{name!r}]"
+            transform = ((getattr(part, "format", None) or {}).get("format_kwargs") or {}).get("transform")
+            if getattr(transform, "class_names", None) is not None:
+                found.append((where, list(transform.class_names)))
+                continue
             features = getattr(part, "features", None) or {}
             feature = next((features[k] for k in ("labels", "label") if isinstance(features.get(k), ClassLabel)), None)
             if feature is not None:
-                found.append((role if name is None else f"{role}[{name!r}]", feature))
+                found.append((where, list(feature.names)))
     return found
 
 
 def _check_class_count(student: Any, datasets: tuple[Any, ...]) -> None:
     """The student's head must have one output per class of the data, also when nothing names them."""
     num_labels = getattr(getattr(student, "config", None), "num_labels", None)
-    for where, feature in _class_labels(datasets):
-        if num_labels is not None and feature.num_classes != num_labels:
+    for where, names in _class_names(datasets):
+        if num_labels is not None and len(names) != num_labels:
             raise LabelError(
-                f"the student predicts {num_labels} classes but {where}'s ClassLabel has {feature.num_classes}: "
-                f"build it with num_labels={feature.num_classes} (and id2label=dict(enumerate(names)), names = "
-                "dataset.features['labels'].names)")
+                f"the student predicts {num_labels} classes but {where}'s labels have {len(names)}: build it with "
+                f"num_labels={len(names)} (and id2label=dict(enumerate(names)), names = its ClassLabel's names)")
 
 
 def _placeholders(names: list[str]) -> bool:

@@ -46,6 +46,10 @@ class GracefulStop(TrainerCallback):
     during training the first signal stops after the current step with a checkpoint.
     """
 
+    # The trainer runs it after its other callbacks, so that its on_step_end, which closes the
+    # weight update's window, comes after theirs (the weight EMA updates in its own on_step_end).
+    runs_last = True
+
     def __init__(self) -> None:
         self.signum: int | None = None
         self.stopped_at: int | None = None

@@ -139,7 +139,8 @@ class DistillationTrainer(CheckpointingTrainer):
         check_model_objects(model, teacher, kwargs)
         _check_given_weights(model, teacher)
         if isinstance(model, DistillationModel):
-            check_ready_model(model, teacher, teacher_processor, args, teacher_label_mapping)
+            check_ready_model(model, teacher, teacher_processor, args, teacher_label_mapping,
+                              (kwargs.get("train_dataset"), kwargs.get("eval_dataset")))
         else:
             first_item = check_columns(kwargs.get("train_dataset"), kwargs.get("eval_dataset"),
                                        collator_given=kwargs.get("data_collator") is not None)
@@ -151,7 +152,7 @@ class DistillationTrainer(CheckpointingTrainer):
                 _stats_or_none(teacher_processor) if teacher is not None else None,
             )
         check_optimizer(model, kwargs.get("optimizers"))
-        check_metric_name(model, args, compute_metrics_given=kwargs.get("compute_metrics") is not None)
+        check_metric_name(model, args, kwargs.get("compute_metrics") is not None, kwargs.get("eval_dataset"))
         if args.ddp_find_unused_parameters is None:  # every student weight gets a gradient (see split_heads)
             args.ddp_find_unused_parameters = False
         args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
@@ -179,6 +180,9 @@ class DistillationTrainer(CheckpointingTrainer):
         self._term_counts = {"train": 0, "eval": 0}
         self.card_facts = CardFacts()  # the CLI adds what it knows (base model, evaluation data)
         self._setup_pipeline(augmentation or AugmentationArguments())
+        for callback in [c for c in self.callback_handler.callbacks if getattr(c, "runs_last", False)]:
+            self.remove_callback(callback)  # after every other callback (the EMA's update): see GracefulStop
+            self.add_callback(callback)
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         """Trainer's rule (no decay on biases and LayerNorm-type norms; BatchNorm weights decay), less what the
