@@ -466,6 +466,14 @@ def test_resume_with_another_split_or_other_losses_is_refused(tmp_path, capsys):
     swapped = {**first, "max_steps": 3, "losses": [{"name": "ce"}, {"name": "fitnet"}]}
     assert run(tmp_path, swapped, *resume) == 2
     assert "was trained with losses ['ce', 'feature_cka'], and this run names ['ce', 'fitnet']" in error_of(capsys)
+    # refused once the data has loaded, before the run it would replace is set aside
+    other = tmp_path / "other"
+    assert run(tmp_path, {**first, "output_dir": str(other)}) == 0
+    before = sorted(p.name for p in other.iterdir())
+    assert run(tmp_path, {**first, "output_dir": str(other), "max_steps": 3, "split_seed": 7}, "--resume_from_checkpoint",
+               str(tmp_path / "out" / "checkpoint-2"), "--overwrite_output_dir", "true") == 2
+    assert "was trained holding out split_seed 42 (now 7)" in error_of(capsys)
+    assert sorted(p.name for p in other.iterdir()) == before
     reweighted = {**first, "max_steps": 3, "losses": [{"name": "ce"}, {"name": "feature_cka", "weight": 2.0}]}
     assert run(tmp_path, reweighted, *resume) == 0  # the same losses, weighed otherwise: a schedule change
 

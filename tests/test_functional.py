@@ -857,13 +857,17 @@ def test_the_public_gram_functions_compute_in_float32_whatever_they_are_given():
 
 
 def test_rbf_cka_is_scale_invariant_for_small_features():
-    """An absolute bandwidth floor changed the kernel below 1e-4: 0.792 became 0.744 at 1e-6."""
+    """An absolute bandwidth floor changed the kernel below 1e-4: 0.792 became 0.744 at 1e-6 (and
+    a floor on the uncentred norm made it depend on a shift: 0.744 for x * 1e-3 + 100)."""
     torch.manual_seed(0)
     x, y = torch.randn(16, 32, dtype=torch.float64), torch.randn(16, 32, dtype=torch.float64)
     at_one = float(fn.rbf_cka(x, y))
     for scale in (1e-5, 1e-6, 1e-9):
         assert abs(float(fn.rbf_cka(x * scale, y)) - at_one) < 1e-9
         assert abs(float(fn.rbf_cka(x * scale, x)) - 1.0) < 1e-9
+    for scale, shift in ((1e-3, 100.0), (1e-2, 300.0)):  # and shift invariant: distances ignore offsets
+        assert abs(float(fn.rbf_cka(x * scale + shift, y)) - at_one) < 1e-6
+        assert abs(float(fn.rbf_cka((x * scale + shift).float(), y.float())) - at_one) < 1e-3
 
 
 def test_the_transposed_patch_term_is_left_out_where_a_patch_has_too_few_pixels():

@@ -133,6 +133,18 @@ def _check_before_loading(
         check_resume_batch(resume, args)
         check_resume_recipe(resume, model_args, data_args, args)
     check_output_dir(args, resume)
+    # Pinned memory only helps copies to an accelerator; on CPU torch warns at every dataloader.
+    if "dataloader_pin_memory" not in explicit and args.device.type == "cpu":
+        args.dataloader_pin_memory = False
+    transformers.set_seed(args.seed)
+    return resume
+
+
+def _set_aside(args: DistillationTrainingArguments, data_args: DataArguments, resume: str | None) -> None:
+    """Move what this training run replaces in ``output_dir`` into ``_replaced/`` (see
+    ``output_folder``). Called once every check before the models load has passed: a run refused
+    on its data (a resume with another split, a teacher that trained on the evaluation images)
+    leaves the folder as it was."""
     # a checkpoint of another folder starts a run that replaces the one here, as a fresh run does
     replacing = resume is None or not resumes_in(args.output_dir, resume)
     # decided on rank 0 alone: a rank that looked after rank 0 moved the files would skip the barrier
@@ -145,11 +157,6 @@ def _check_before_loading(
         with args.main_process_first(local=False, desc="setting aside the checkpoints after the resumed one"):
             if args.should_save:
                 set_aside_abandoned_branch(args.output_dir, resume)
-    # Pinned memory only helps copies to an accelerator; on CPU torch warns at every dataloader.
-    if "dataloader_pin_memory" not in explicit and args.device.type == "cpu":
-        args.dataloader_pin_memory = False
-    transformers.set_seed(args.seed)
-    return resume
 
 
 def resolve_resume(args: DistillationTrainingArguments) -> str | None:
@@ -181,9 +188,10 @@ def _build_trainer(
     held_out = None if args.do_train else held_out_by(model_args.model_name_or_path, data_args, CONFIG_NAME)
     if held_out:  # the student's own training data: evaluate the images its run held out, not all of them
         data_args.train_val_split, data_args.split_seed = held_out["train_val_split"], held_out["split_seed"]
+    raw = load_data(data_args, args.seed, eval_only=not args.do_train and not held_out)
+    if held_out and raw.carved:  # (data with its own validation split is evaluated on that split)
         logger.info("data: %s was trained on this data; its held-out %g (split_seed %s) is evaluated, not its "
                     "training images", model_args.model_name_or_path, held_out["train_val_split"], held_out["split_seed"])
-    raw = load_data(data_args, args.seed, eval_only=not args.do_train and not held_out)
     if args.do_train and not model_args.smoke_test:
         check_teacher_data(model_args.teacher_model_name_or_path, data_args, CONFIG_NAME, carved=raw.carved)
     if resume:
@@ -197,6 +205,7 @@ def _build_trainer(
     else:
         labels = run_label_order(dataset_labels, student_labels(model_args), training=args.do_train)
     check_metric_for_best_model(model_args, args, len(labels))  # top5_accuracy needs more than 5 classes
+    _set_aside(args, data_args, resume)
     model, student_processor = _distillation_model(model_args, args, labels)
     skipped = SkippedImages(record_dir, data_args.max_bad_images)
     if not resume:
