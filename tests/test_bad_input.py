@@ -1059,3 +1059,80 @@ def test_flags_without_a_recipe_say_the_recipe_comes_first(capsys):
     assert line.startswith("error: the recipe file comes first") and "--do_train false --model_name_or_path OUT" in line
     assert main(["--debug", "--model_name_or_path", "x"]) == 2  # a bare --debug is still the run's flag
     assert "the recipe file comes first" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ label columns that are no classes
+
+def _parquet_dataset(folder: Path, train: dict, validation: dict | None = None, train_features=None,
+                     validation_features=None) -> str:
+    import datasets
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, columns, features in (("train", train, train_features), ("validation", validation, validation_features)):
+        if columns is None:
+            continue
+        n = len(next(iter(columns.values())))
+        images = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(n)]
+        schema = datasets.Features({"image": datasets.Image(), **features}) if features else None
+        datasets.Dataset.from_dict({"image": images, **columns}, features=schema).to_parquet(str(folder / f"{name}.parquet"))
+    return str(folder)
+
+
+def _cycle(values, n):
+    return [values[i % len(values)] for i in range(n)]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("fractional", "labels are fractional (e.g. 0.5), like a regression target"),
+    ("one_class", "holds one class (['0']): a classifier of one class learns nothing and scores 100%"),
+    ("identifier", "every training image has a 'id' of its own (24 images, 24 classes): that is an identifier"),
+    ("multi_label", "holds lists (multi-label), not one class per image"),
+    ("image_column", "label_column_name and image_column_name are both 'image'"),
+])
+def test_a_label_column_that_holds_no_classes_is_refused(tmp_path, capsys, case, expected):
+    """Each trained and reported an accuracy that meant nothing (one class: 100%), or crashed with
+    a traceback (lists: unhashable type)."""
+    import datasets
+
+    columns = {
+        "fractional": ({"label": _cycle([0.5, 1.7, 2.3, 3.1], 24)}, {"label": _cycle([0.5, 1.7], 12)}, None),
+        "one_class": ({"label": [0] * 24}, {"label": [0] * 12}, None),
+        "identifier": ({"label": _cycle([0, 1, 2], 24), "id": list(range(24))},
+                       {"label": _cycle([0, 1, 2], 12), "id": list(range(12))}, None),
+        "multi_label": ({"label": _cycle([[0], [1, 2]], 24)}, {"label": _cycle([[0], [1]], 12)},
+                        {"label": datasets.Sequence(datasets.ClassLabel(names=["a", "b", "c"]))}),
+        "image_column": ({"label": _cycle([0, 1], 24)}, {"label": _cycle([0, 1], 12)}, None),
+    }[case]
+    train, validation, features = columns
+    data = _parquet_dataset(tmp_path / "data", train, validation, features, features)
+    label = {"identifier": "id", "image_column": "image"}.get(case, "label")
+    recipe = base(tmp_path, dataset_name=data, label_column_name=label, max_train_samples=None, max_eval_samples=None)
+    assert run(tmp_path, recipe) == 2
+    assert expected in error_of(capsys)
+
+
+@pytest.mark.parametrize("layout", ["parquet", "save_to_disk"])
+def test_a_split_whose_class_names_differ_by_case_or_order_is_matched_by_name(tmp_path, layout):
+    """Validation saved with ClassLabel ["dog", "cat"] (save_to_disk) or ["dog ", "Cat"] (parquet)
+    next to a training split's ["cat", "dog"] was read by index: every validation label swapped."""
+    import datasets
+
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data.datasets import load_raw_datasets
+
+    names = ["dog", "cat"] if layout == "save_to_disk" else ["dog ", "Cat"]
+    train = {"label": _cycle([0, 1], 24)}  # cat, dog
+    validation = {"label": _cycle([1, 0], 12)}  # also cat, dog, stored with the other order's ids
+    train_features = {"label": datasets.ClassLabel(names=["cat", "dog"])}
+    validation_features = {"label": datasets.ClassLabel(names=names)}
+    folder = tmp_path / "data"
+    if layout == "parquet":
+        _parquet_dataset(folder, train, validation, train_features, validation_features)
+    else:
+        parts = _parquet_dataset(tmp_path / "parts", train, validation, train_features, validation_features)
+        datasets.DatasetDict({split: datasets.Dataset.from_parquet(f"{parts}/{split}.parquet")
+                              for split in ("train", "validation")}).save_to_disk(str(folder))
+    raw = load_raw_datasets(DataArguments(dataset_name=str(folder), label_column_name="label"))
+    feature = raw["validation"].features["label"]
+    assert [feature.names[v] for v in raw["validation"]["label"][:4]] == ["cat", "dog", "cat", "dog"]

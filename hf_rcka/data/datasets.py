@@ -150,6 +150,14 @@ def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
                 f"{key}={column!r} is not a column of the dataset (columns: {dataset.column_names}); "
                 f"set {key} in the recipe"
             )
+    if args.label_column_name == args.image_column_name:
+        raise DataError(f"label_column_name and image_column_name are both {args.label_column_name!r}: each image "
+                        "would be its own class. Set label_column_name to the column of class labels")
+    label = dataset.features[args.label_column_name]
+    if not isinstance(label, (datasets.ClassLabel, datasets.Value)):
+        kind = "lists (multi-label)" if isinstance(label, (list, datasets.Sequence, datasets.LargeList)) else str(label)
+        raise DataError(f"label_column_name={args.label_column_name!r} holds {kind}, not one class per image: hf_rcka "
+                        "trains single-label classification. Give a column with one label per image")
     feature = dataset.features[args.image_column_name]
     encoded = isinstance(feature, dict) and bool(feature) and set(feature) <= {"bytes", "path"}  # parquet by pandas
     if not (isinstance(feature, datasets.Image) or encoded or getattr(feature, "dtype", None) in _IMAGE_VALUES):

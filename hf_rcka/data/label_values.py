@@ -97,7 +97,7 @@ def check_label_values(dataset: datasets.Dataset, column: str, split: str) -> No
 def _plain_missing(values: pa.Array) -> list[str]:
     """"No label" values of a plain column, which would otherwise become classes of their own: -1
     among non-negative integers (datasets' convention), NaN (each NaN a class, as NaN != NaN),
-    empty text."""
+    empty text; and fractional numbers, which are no classes at all."""
     if pa.types.is_integer(values.type):
         negative = pc.less(values, 0)
         unlabelled = int(pc.sum(pc.equal(values, UNLABELLED)).as_py() or 0)
@@ -108,6 +108,12 @@ def _plain_missing(values: pa.Array) -> list[str]:
         nan = int(pc.sum(pc.is_nan(values)).as_py() or 0)
         if nan:
             return [f"{nan} labels are NaN"]
+        fractional = pc.not_equal(values, pc.floor(values))
+        count = int(pc.sum(fractional).as_py() or 0)
+        if count:  # 0.5, 1.7...: each distinct value would become a class, and accuracy would mean nothing
+            example = pc.filter(values, fractional)[0].as_py()
+            return [f"{count} labels are fractional (e.g. {example}), like a regression target; hf_rcka trains "
+                    "classification, one class per label"]
     elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         empty = int(pc.sum(pc.equal(pc.utf8_trim_whitespace(values), "")).as_py() or 0)
         if empty:
@@ -122,6 +128,25 @@ def present_classes(dataset: datasets.Dataset, column: str) -> set[str]:
     if isinstance(feature, datasets.ClassLabel):
         return {feature.names[v] for v in used if 0 <= v < feature.num_classes}
     return {str(v) for v in used}
+
+
+def check_class_count(train: datasets.Dataset, column: str) -> None:
+    """The training labels make a classification task: two classes at least, and not one per image.
+
+    One class trained and reported 100% accuracy; a column of ids (``label_column_name: id``) gave
+    each image its own class and trained too, both with exit 0.
+
+    Raises:
+        LabelError: naming the count and the likely mistake.
+    """
+    classes = present_classes(train, column)
+    if len(classes) < 2:
+        raise LabelError(f"the training split's {column!r} column holds one class ({sorted(classes)}): a classifier "
+                         "of one class learns nothing and scores 100%. Give data of two classes or more")
+    if len(classes) == len(train) >= 10:
+        raise LabelError(f"every training image has a {column!r} of its own ({len(train)} images, {len(classes)} "
+                         "classes): that is an identifier, not a class label. Set label_column_name to the column "
+                         "of classes")
 
 
 def check_trained_classes(train: datasets.Dataset, validation: datasets.Dataset, column: str) -> None:

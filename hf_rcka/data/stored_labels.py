@@ -1,4 +1,4 @@
-"""The class names each parquet file stores, against the names ``datasets`` reads it with.
+"""The class names each parquet (or arrow) file stores, against the names ``datasets`` reads it with.
 
 ``datasets`` builds a parquet dataset's features once, from its card or from the first data file,
 and reads every file of every split with them. A ClassLabel column is stored as integers whose
@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import datasets
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError, LabelError
@@ -35,17 +36,18 @@ logger = logging.getLogger(__name__)
 
 
 def parquet_split_files(builder: datasets.DatasetBuilder | None) -> dict[str, list[str]] | None:
-    """The data files of each split of a parquet dataset's builder (a Hub id or a local folder), else None."""
+    """The data files of each split of a parquet or arrow dataset's builder (a Hub id or a local
+    folder; ``save_to_disk`` writes arrow files, each with its split's own names), else None."""
     data_files = getattr(builder.config, "data_files", None) if builder is not None else None
-    if builder is None or builder.name != "parquet" or not data_files:
+    if builder is None or builder.name not in ("parquet", "arrow") or not data_files:
         return None
     return {split: [str(f) for f in files] for split, files in data_files.items()}
 
 
 def stored_names(path: str, column: str) -> list[str] | None:
-    """The ClassLabel names ``datasets`` saved for ``column`` in a parquet file, or None if it saved none."""
+    """The ClassLabel names ``datasets`` saved for ``column`` in a parquet or arrow file, or None if it saved none."""
     with fsspec.open(path, "rb") as f:
-        metadata = pq.read_schema(f).metadata or {}
+        metadata = _schema(f, path).metadata or {}
     try:
         feature = json.loads(metadata[b"huggingface"])["info"]["features"][column]
     except (KeyError, TypeError, ValueError):
@@ -86,6 +88,30 @@ def realign_stored_labels(
     return raw
 
 
+def _schema(handle, path: str) -> pa.Schema:
+    """A parquet file's schema from its footer, an arrow file's from its header (``datasets`` writes
+    arrow streams; the random-access file format is read too)."""
+    if not path.endswith(".arrow"):
+        return pq.read_schema(handle)
+    try:
+        return pa.ipc.open_stream(handle).schema
+    except pa.ArrowInvalid:
+        handle.seek(0)
+        return pa.ipc.open_file(handle).schema
+
+
+def _respelled(names: Sequence[str], known: Sequence[str]) -> list[str] | None:
+    """``names`` in ``known``'s spelling when they differ from it only in case and surrounding
+    spaces (``"Cat"``, ``"cat "`` for ``"cat"``), one for one; else None."""
+    def key(name: str) -> str:
+        return name.strip().casefold()
+
+    spelled = {key(n): n for n in known}
+    if len(spelled) != len(known) or len({key(n) for n in names}) != len(names):
+        return None
+    return [spelled[key(n)] for n in names] if all(key(n) in spelled for n in names) else None
+
+
 def _relabelled(dataset: datasets.Dataset, split: str, column: str, feature: datasets.ClassLabel,
                 orders: dict[tuple[str, ...], str]) -> datasets.Dataset:
     if len(orders) > 1:
@@ -99,6 +125,14 @@ def _relabelled(dataset: datasets.Dataset, split: str, column: str, feature: dat
     check_same_forms(names, feature.names, path, "the dataset's class names",
                      "give every split the same spelling of each class name, e.g. NFC")
     missing = [n for n in names if n not in feature.names]
+    respelled = _respelled(names, feature.names) if missing else None
+    if respelled is not None and list(respelled) != list(feature.names):
+        # the same classes spelled otherwise, in another order: read by index with the dataset's
+        # names, each label would be another class ("cat" for "Dog"), which no card intends
+        logger.warning("data: the %r split's files name the classes of %r %s, the dataset %s: the same names but for "
+                       "case and spaces; its labels are matched by name", split, column, _shown(names),
+                       _shown(feature.names))
+        names, missing = tuple(respelled), []
     if missing and len(missing) == len(names) == len(feature.names):
         # no name in common: the dataset's card renames the classes (readable names for ImageNet's
         # synset ids), and datasets reads each index with the card's name, as intended
