@@ -1136,3 +1136,49 @@ def test_a_split_whose_class_names_differ_by_case_or_order_is_matched_by_name(tm
     raw = load_raw_datasets(DataArguments(dataset_name=str(folder), label_column_name="label"))
     feature = raw["validation"].features["label"]
     assert [feature.names[v] for v in raw["validation"]["label"][:4]] == ["cat", "dog", "cat", "dog"]
+
+
+def test_real_classes_that_look_odd_still_load(tmp_path):
+    """Each was refused or crashed after the checks above first landed: a one-shot ClassLabel set
+    (taken for ids), float16 labels (no floor kernel), save_to_disk names that differ only in case
+    in the same order, and a validation ClassLabel listing a class it has no image of."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data.datasets import load_raw_datasets
+    from hf_rcka.data.label_values import check_class_count
+
+    def loaded(folder):
+        return load_raw_datasets(DataArguments(dataset_name=str(folder), label_column_name="label"))
+
+    ten = [str(i) for i in range(10)]
+    one_shot = _parquet_dataset(tmp_path / "one_shot", {"label": list(range(10))}, {"label": list(range(10))},
+                                {"label": datasets.ClassLabel(names=ten)}, {"label": datasets.ClassLabel(names=ten)})
+    raw = loaded(one_shot)
+    check_class_count(raw["train"], "label", carved=raw.carved)
+    ids = datasets.Dataset.from_dict({"label": list(range(10))})  # plain: one shot each after a carve
+    check_class_count(ids, "label", carved=True)
+    with pytest.raises(Exception, match="that is an identifier"):
+        check_class_count(ids, "label", carved=False)
+
+    half = tmp_path / "half"
+    _parquet_dataset(half, {"label": _cycle([0, 1, 2], 24)}, {"label": _cycle([0, 1, 2], 12)})
+    for name in ("train", "validation"):
+        table = pq.read_table(half / f"{name}.parquet")
+        pq.write_table(table.set_column(table.schema.get_field_index("label"), "label",
+                                        table["label"].cast(pa.float16())), half / f"{name}.parquet")
+    assert sorted(set(loaded(half)["train"]["label"])) == [0.0, 1.0, 2.0]
+
+    for names, validation_labels, expected in ((["cat", "Dog"], [0, 1], ["cat", "dog"]),
+                                               (["cat", "dog", "eel"], [0, 1], ["cat", "dog"])):
+        parts = _parquet_dataset(tmp_path / f"parts{len(names)}", {"label": _cycle([0, 1], 24)},
+                                 {"label": _cycle(validation_labels, 12)},
+                                 {"label": datasets.ClassLabel(names=["cat", "dog"])},
+                                 {"label": datasets.ClassLabel(names=names)})
+        folder = tmp_path / f"disk{len(names)}"
+        datasets.DatasetDict({split: datasets.Dataset.from_parquet(f"{parts}/{split}.parquet")
+                              for split in ("train", "validation")}).save_to_disk(str(folder))
+        validation = loaded(folder)["validation"]
+        assert [validation.features["label"].names[v] for v in validation["label"][:2]] == expected

@@ -199,7 +199,7 @@ def _build_trainer(
     dataset_labels = label_names(raw["train"], data_args.label_column_name)
     check_validation_labels(dataset_labels, label_names(raw["validation"], data_args.label_column_name))
     if args.do_train and not model_args.smoke_test:  # a smoke test's few synthetic images miss most classes
-        check_class_count(raw["train"], data_args.label_column_name)
+        check_class_count(raw["train"], data_args.label_column_name, carved=raw.carved)
         check_trained_classes(raw["train"], raw["validation"], data_args.label_column_name)
     if resume:  # the checkpoint's head, not the pretrained student's, decides the class order now
         labels = resume_label_order(dataset_labels, checkpoint_labels(resume, model_args.trust_remote_code))

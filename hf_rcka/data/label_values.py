@@ -108,7 +108,8 @@ def _plain_missing(values: pa.Array) -> list[str]:
         nan = int(pc.sum(pc.is_nan(values)).as_py() or 0)
         if nan:
             return [f"{nan} labels are NaN"]
-        fractional = pc.not_equal(values, pc.floor(values))
+        wide = values.cast(pa.float64())  # arrow has no floor for float16
+        fractional = pc.not_equal(wide, pc.floor(wide))
         count = int(pc.sum(fractional).as_py() or 0)
         if count:  # 0.5, 1.7...: each distinct value would become a class, and accuracy would mean nothing
             example = pc.filter(values, fractional)[0].as_py()
@@ -130,11 +131,14 @@ def present_classes(dataset: datasets.Dataset, column: str) -> set[str]:
     return {str(v) for v in used}
 
 
-def check_class_count(train: datasets.Dataset, column: str) -> None:
+def check_class_count(train: datasets.Dataset, column: str, carved: bool) -> None:
     """The training labels make a classification task: two classes at least, and not one per image.
 
     One class trained and reported 100% accuracy; a column of ids (``label_column_name: id``) gave
-    each image its own class and trained too, both with exit 0.
+    each image its own class and trained too, both with exit 0. Only a plain column (no
+    ``ClassLabel``, which names real classes: a one-shot dataset has one image of each) of a split
+    that was not carved (carving two images of each class leaves one) can be taken for ids; ids
+    in a carved split fail the stratified split anyway.
 
     Raises:
         LabelError: naming the count and the likely mistake.
@@ -143,7 +147,8 @@ def check_class_count(train: datasets.Dataset, column: str) -> None:
     if len(classes) < 2:
         raise LabelError(f"the training split's {column!r} column holds one class ({sorted(classes)}): a classifier "
                          "of one class learns nothing and scores 100%. Give data of two classes or more")
-    if len(classes) == len(train) >= 10:
+    plain = not isinstance(train.features[column], datasets.ClassLabel)
+    if plain and not carved and len(classes) == len(train) >= 10:
         raise LabelError(f"every training image has a {column!r} of its own ({len(train)} images, {len(classes)} "
                          "classes): that is an identifier, not a class label. Set label_column_name to the column "
                          "of classes")

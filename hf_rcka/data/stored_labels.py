@@ -126,14 +126,20 @@ def _relabelled(dataset: datasets.Dataset, split: str, column: str, feature: dat
                      "give every split the same spelling of each class name, e.g. NFC")
     missing = [n for n in names if n not in feature.names]
     respelled = _respelled(names, feature.names) if missing else None
-    if respelled is not None and list(respelled) != list(feature.names):
-        # the same classes spelled otherwise, in another order: read by index with the dataset's
-        # names, each label would be another class ("cat" for "Dog"), which no card intends
+    if respelled is not None:
+        # the same classes spelled otherwise ("Dog", "cat "): read by index with the dataset's names,
+        # in another order each label would be another class, which no card intends
         logger.warning("data: the %r split's files name the classes of %r %s, the dataset %s: the same names but for "
                        "case and spaces; its labels are matched by name", split, column, _shown(names),
                        _shown(feature.names))
+        if list(respelled) == list(feature.names):
+            return dataset
         names, missing = tuple(respelled), []
-    if missing and len(missing) == len(names) == len(feature.names):
+    labels = np.asarray(label_column(dataset, column).fill_null(UNLABELLED).to_numpy(), dtype=np.int64)
+    used = {names[i] for i in np.unique(labels) if 0 <= i < len(names)}
+    if missing and not used & set(missing):  # extra names no label of the split uses: nothing to misread
+        missing = []
+    elif missing and len(missing) == len(names) == len(feature.names):
         # no name in common: the dataset's card renames the classes (readable names for ImageNet's
         # synset ids), and datasets reads each index with the card's name, as intended
         logger.info("data: the %r split's files name the classes of %r %s; the dataset's card names them %s "
@@ -146,10 +152,12 @@ def _relabelled(dataset: datasets.Dataset, split: str, column: str, feature: dat
             "with the dataset's names, so some would become other classes. Save every file of the dataset with "
             "the same ClassLabel"
         )
-    labels = np.asarray(label_column(dataset, column).fill_null(UNLABELLED).to_numpy(), dtype=np.int64)
     if labels.size and labels.max() >= len(names):
         raise DataError(f"{path} stores {len(names)} classes for {column!r} but has the label {labels.max()}")
-    table = np.array([feature.names.index(n) for n in names] + [UNLABELLED])  # index -1 (no label) stays -1
+    # index -1 (no label) stays -1; a stored name the dataset lacks is used by no label of the split
+    table = np.array([feature.names.index(n) if n in feature.names else UNLABELLED for n in names] + [UNLABELLED])
+    if np.array_equal(table[:-1], np.arange(len(names))) and len(names) <= len(feature.names):
+        return dataset  # the same classes at the same indices: nothing to rewrite
     logger.warning("data: the %r split's files store the classes of %r in another order (%s) than datasets read "
                    "them with (%s); its labels were realigned by name", split, column, _shown(names), _shown(feature.names))
     return dataset.remove_columns(column).add_column(column, table[labels], feature=feature)
