@@ -24,7 +24,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 from ..arguments import DistillationTrainingArguments
 from ..data.bad_images import LEDGER_NAME
 from ..errors import RecipeError
-from .records import CONFIG_NAME, WORKING_DIR_NAME
+from .records import CONFIG_NAME, WORKING_DIR_NAME, checkpoint_step
 
 logger = logging.getLogger(__name__)
 
@@ -83,16 +82,12 @@ def resumes_in(output_dir: str, resume: str) -> bool:
 
 def later_checkpoints(output_dir: str, resume: str) -> list[str]:
     """``output_dir``'s checkpoints after ``resume``, when ``resume`` is one of them (by step)."""
-    step = _step(Path(resume).name)
+    step = checkpoint_step(Path(resume).name)
     if not resumes_in(output_dir, resume) or step is None:
         return []
-    later = [(s, p.name) for p in Path(output_dir).glob("checkpoint-*") if (s := _step(p.name)) is not None and s > step]
+    later = [(s, p.name) for p in Path(output_dir).glob("checkpoint-*")
+             if (s := checkpoint_step(p.name)) is not None and s > step]
     return [name for _, name in sorted(later)]
-
-
-def _step(name: str) -> int | None:
-    match = re.fullmatch(r"checkpoint-(\d+)", name)
-    return int(match.group(1)) if match else None
 
 
 def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
@@ -104,7 +99,7 @@ def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
     later = later_checkpoints(output_dir, resume)
     if not later:
         return None
-    step = _step(Path(resume).name)
+    step = checkpoint_step(Path(resume).name)
     out = Path(output_dir)
     entries = [out / name for name in later] + [
         e for e in out.iterdir() if not e.name.startswith("checkpoint-")
@@ -119,7 +114,7 @@ def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
 def holds_run(output_dir: str) -> bool:
     """Whether ``output_dir`` holds a run's model or checkpoints (not just a failed attempt's records)."""
     out = Path(output_dir)
-    return out.is_dir() and (any((out / name).exists() for name in RUN_FILES) or any(out.glob("checkpoint-*")))
+    return out.is_dir() and (_finished(out) or any(out.glob("checkpoint-*")))
 
 
 def set_aside_previous_run(output_dir: str, keep: Iterable[str | None] = ()) -> str | None:

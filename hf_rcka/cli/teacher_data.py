@@ -12,7 +12,6 @@ the validation split is carved or the dataset's own), before the models load.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from ..arguments import DataArguments
 from ..errors import DataError, RecipeError
 from .recipe import load_recipe
-from .records import recorded_working_dir
+from .records import checkpoint_step, recorded_working_dir
 
 _SOURCE_KEYS = ("dataset_name", "dataset_config_name", "train_dir")
 _CARVE_KEYS = ("train_val_split", "split_seed")
@@ -123,7 +122,7 @@ def recorded_recipe(folder: str, config_name: str) -> dict[str, Any] | None:
     """The recipe a run recorded in ``folder``, or in the run folder around a ``checkpoint-N`` of it
     (checkpoints hold no recipe; their run's data is theirs); None when there is none this version reads."""
     path = os.path.join(folder, config_name)
-    checkpoint = re.fullmatch(r"checkpoint-\d+", os.path.basename(os.path.normpath(folder)))
+    checkpoint = checkpoint_step(os.path.basename(os.path.normpath(folder))) is not None
     if not os.path.isfile(path) and checkpoint and os.path.isfile(os.path.join(folder, "trainer_state.json")):
         path = os.path.join(os.path.dirname(os.path.abspath(folder)), config_name)
     if not os.path.isfile(path):
