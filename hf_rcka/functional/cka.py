@@ -15,7 +15,17 @@ from .numerics import DEFAULT_EPS, common_dtype, full_precision, upcast
 
 __all__ = [
     "gram_linear", "gram_rbf", "center_gram", "hsic", "cka_from_grams", "linear_cka", "rbf_cka", "sample_rows",
+    "min_cka_items",
 ]
+
+
+def min_cka_items(center: bool) -> int:
+    """The fewest items (the rows of its Grams) for which CKA is more than a constant.
+
+    After centring, 2 items leave a Gram of rank 1, whose CKA with any other is exactly 1 (1 item:
+    0); without centring 1 item gives a 1 x 1 Gram, CKA 1. Either way there is no gradient.
+    """
+    return 3 if center else 2
 
 
 def sample_rows(x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import pcka_kernel
-from .cka import linear_cka
+from .cka import linear_cka, min_cka_items
 from .numerics import DEFAULT_EPS, common_dtype, full_precision
 
 __all__ = ["patchify", "patch_cka", "patch_cka_many"]
@@ -112,10 +112,10 @@ def patch_cka(
     sim = _backend_fn(backend, s.device)(s, t, ph, pw, center, eps)
     if transpose:
         rows_s, rows_t = _patch_rows(s, ph, pw), _patch_rows(t, ph, pw)
-        # the transposed CKA relates the B * ph * pw pixels of a patch; over fewer than 3 (2 without
-        # centring) it is a constant, which would hold the loss off 0 (identical maps: 0.5) or add
-        # nothing, so a last batch of one image on a small map keeps the patch term alone
-        if rows_s.shape[-1] >= (3 if center else 2):
+        # the transposed CKA relates the B * ph * pw pixels of a patch; over too few it is a
+        # constant, which would hold the loss off 0 (identical maps: 0.5) or add nothing, so a last
+        # batch of one image on a small map keeps the patch term alone
+        if rows_s.shape[-1] >= min_cka_items(center):
             sim = 0.5 * (sim + linear_cka(rows_s.transpose(-2, -1), rows_t.transpose(-2, -1), center=center, eps=eps))
     return sim
 

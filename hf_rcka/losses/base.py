@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..distributed import gather_rows
+from ..functional.cka import min_cka_items
 
 # The label of a row that no loss or metric counts: in an evaluation batch, the stand-in for an
 # unreadable image (``data.datasets.collate``). torch's cross_entropy ignores it by default.
@@ -195,13 +196,10 @@ class RelationalLoss(DistillationLoss):
 
     @property
     def min_relation_rows(self) -> int:
-        """The fewest samples a relation over the batch must hold to be more than a constant.
-
-        After centring, n = 2 samples leave a Gram of rank 1, whose CKA with any other is exactly
-        1 (n = 1: 0); without centring one sample gives a 1 x 1 Gram, CKA 1. Either way the term
-        has no gradient, so the trainer refuses smaller batches (see ``check_relation_rows``).
+        """The fewest samples a relation over the batch must hold to be more than a constant (see
+        ``functional.cka.min_cka_items``); the trainer refuses smaller batches (``check_relation_rows``).
         """
-        return 3 if getattr(self, "center", True) else 2
+        return min_cka_items(getattr(self, "center", True))
 
 
 def weigh_terms(
