@@ -26,7 +26,7 @@ from ..registry import LOSSES, close_matches
 from ..modeling.assembly import active_specs, build_losses, default_losses, switched_off
 from ..modeling.parallel import check_fsdp_settings
 from ..trainer.given_models import check_relation_rows
-from ..trainer.metrics import TIMING_METRICS, evaluation_metric_names
+from ..trainer.metrics import evaluation_metric_names, is_reported
 
 logger = logging.getLogger("hf_rcka")
 _PATH_PREFIXES = (".", "/", "~")
@@ -180,7 +180,7 @@ def check_metric_for_best_model(model_args: Any, args: Any, num_labels: int | No
     specs = args.losses or default_losses(bool(model_args.teacher_model_name_or_path))
     losses = build_losses(specs)
     names = evaluation_metric_names([term for loss in losses for term in loss.term_weights], args, num_labels)
-    if metric[len(prefix):] in names or metric.endswith(TIMING_METRICS):  # timings: of any weight set
+    if is_reported(metric, names):  # timings: of any weight set
         return
     if metric[len(prefix):] == "top5_accuracy":
         raise RecipeError(f"metric_for_best_model {metric!r}: top5_accuracy is reported only with more than 5 "

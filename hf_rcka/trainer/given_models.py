@@ -43,7 +43,7 @@ from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
 from ..models.labels import BY_NAME, TEACHER_LABEL_MAPPINGS, is_generic, model_label_names, realign_teacher
 from ..registry import LOSSES, close_matches
-from .metrics import TIMING_METRICS, evaluation_metric_names
+from .metrics import evaluation_metric_names, is_reported
 from ..value_checks import check_training_values
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def check_metric_name(model: DistillationModel, args: Any, compute_metrics_given
     if isinstance(eval_dataset, dict):
         names = [f"{key}_{name}" for key in eval_dataset for name in names]
     prefix = "eval_" if metric.startswith("eval_") else ""
-    if metric[len(prefix):] not in names and not metric.endswith(TIMING_METRICS):
+    if not is_reported(metric, names):
         raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports: "
                           f"{close_matches(metric, [prefix + name for name in names])}")
 
@@ -237,7 +237,12 @@ def dataset_label_names(*datasets: Any) -> list[str] | None:
             evaluation set whose ``ClassLabel`` lists the classes in another order scored a correct
             model 0.19 where the same images in the training order scored 0.96.
     """
-    named = [(where, names) for where, names in _class_names(datasets) if not _placeholders(names)]
+    return _agreed_names(_class_names(datasets))
+
+
+def _agreed_names(parts: list[tuple[str, list[str]]]) -> list[str] | None:
+    """The class names every part of ``parts`` (``_class_names``) gives, or None when none names them."""
+    named = [(where, names) for where, names in parts if not _placeholders(names)]
     if not named:
         return None
     (first_where, first), *others = named
@@ -275,10 +280,11 @@ def _class_names(datasets: tuple[Any, ...]) -> list[tuple[str, list[str]]]:
     return found
 
 
-def _check_class_count(student: Any, datasets: tuple[Any, ...]) -> None:
-    """The student's head must have one output per class of the data, also when nothing names them."""
+def _check_head_size(student: Any, parts: list[tuple[str, list[str]]]) -> None:
+    """The student's head must have one output per class of the data (``parts``, from
+    ``_class_names``), also when nothing names them."""
     num_labels = getattr(getattr(student, "config", None), "num_labels", None)
-    for where, names in _class_names(datasets):
+    for where, names in parts:
         if num_labels is not None and len(names) != num_labels:
             raise LabelError(
                 f"the student predicts {num_labels} classes but {where}'s labels have {len(names)}: build it with "
@@ -305,8 +311,9 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
     if mapping not in TEACHER_LABEL_MAPPINGS:
         raise RecipeError(f"teacher_label_mapping must be one of {TEACHER_LABEL_MAPPINGS}, got {mapping!r}")
     student_names = _names(student)
-    data_names = dataset_label_names(*datasets)
-    _check_class_count(student, datasets)
+    parts = _class_names(datasets)
+    data_names = _agreed_names(parts)
+    _check_head_size(student, parts)
     if student_names is not None and _placeholders(student_names):
         student_names = None
     if data_names and student_names and student_names != data_names:

@@ -6,7 +6,7 @@ over argmax needs no download.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 import numpy as np
 from transformers import EvalPrediction
@@ -35,6 +35,12 @@ def accuracy_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
         top5 = np.argsort(-logits, axis=-1)[:, :5]
         metrics["top5_accuracy"] = float((top5 == labels[:, None]).any(axis=-1).mean())
     return metrics
+
+
+def is_reported(metric: str, names: Collection[str]) -> bool:
+    """Whether ``metric_for_best_model`` names one of ``names`` (as ``evaluation_metric_names``
+    gives them), with or without the ``eval_`` prefix, or a timing every evaluation reports."""
+    return metric.removeprefix("eval_") in names or metric.endswith(TIMING_METRICS)
 
 
 def evaluation_metric_names(loss_terms: Iterable[str], args: Any, num_labels: int | None = None) -> list[str]:
