@@ -61,3 +61,9 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     assert bn[0] and all(torch.equal(bn[0][k], bn[1][k]) for k in bn[0]), "evaluation mixed per-rank BN statistics"
     steps = [e for e in logs[0]["log_history"] if "loss" in e]
     assert len(steps) == 3 and all("rcka_intra_loss" in e and "rcka_inter_loss" in e and "feature_cka_loss" in e for e in steps)
+    # an evaluation set that is not a multiple of the global batch: the repeats accelerate adds
+    # count in no loss, so every process reports what one process reports for the same batches
+    for log in logs:
+        metrics, expected = log["padded_metrics"], log["one_process_terms"]
+        assert {name: metrics[f"eval_{name}_loss"] for name in expected} == pytest.approx(expected, rel=1e-4)
+        assert metrics["eval_loss"] == pytest.approx(sum(expected.values()), rel=1e-4)

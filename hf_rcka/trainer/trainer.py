@@ -229,9 +229,12 @@ class DistillationTrainer(CheckpointingTrainer):
         if model.training and self.mixup is not None:
             pixel_values, labels = mix_batch(self.mixup, inputs["pixel_values"], inputs["labels"])
             inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
+        if not model.training:
+            inputs = {**inputs, "labels": _without_padding(inputs["labels"], self.accelerator)}
         outputs = model(**inputs)
         # training logs average per step, as Trainer's loss; evaluation per counted image (the model
-        # leaves unreadable images' stand-ins, labelled IGNORE_INDEX, out of every term)
+        # leaves rows labelled IGNORE_INDEX out of every term: unreadable images' stand-ins, and
+        # the repeats that even out the last batches under data parallelism)
         weight = 1 if model.training else int((inputs["labels"] != IGNORE_INDEX).sum())
         self._record(outputs.loss_terms, "train" if model.training else "eval", weight)
         return (outputs.loss, {"logits": outputs.logits}) if return_outputs else outputs.loss
@@ -239,27 +242,31 @@ class DistillationTrainer(CheckpointingTrainer):
     def _record(self, terms: dict[str, torch.Tensor], mode: str, weight: int = 1) -> None:
         sums = self._terms[mode]
         for name, value in terms.items():
-            value = value.detach().float() * weight
+            # a batch with no counted row (all padding) still records every name, so that each
+            # process gathers the same terms; its terms are NaN (a mean over no rows)
+            value = value.detach().float() * weight if weight else torch.zeros((), device=value.device)
             sums[name] = sums[name] + value if name in sums else value
         self._term_counts[mode] += weight
 
-    def _term_means(self, mode: str, prefix: str = "") -> dict[str, float]:
+    def _term_means(self, mode: str) -> dict[str, float]:
         """Weighted mean of every recorded term since the last call, over all processes."""
         sums, count = self._terms[mode], self._term_counts[mode]
         self._terms[mode], self._term_counts[mode] = {}, 0
-        if not sums or count == 0:
+        if not sums:
             return {}
         names = sorted(sums)
         stacked = torch.stack([*(sums[n] for n in names), sums[names[0]].new_tensor(float(count))])
         # A plain gather: gather_for_metrics would cut rows to the eval set's remainder at the end
         # of a dataloader, dropping whole processes' sums.
         totals = self.accelerator.gather(stacked[None]).sum(dim=0)
-        return {f"{prefix}{name}_loss": round(float(v), 6) for name, v in zip(names, totals[:-1] / totals[-1])}
+        if float(totals[-1]) == 0:
+            return {}
+        return {name: float(v) for name, v in zip(names, totals[:-1] / totals[-1])}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the per-term training losses next to Trainer's ``loss``."""
         if "loss" in logs:
-            logs = {**logs, **self._term_means("train")}
+            logs = {**logs, **{f"{name}_loss": round(v, 6) for name, v in self._term_means("train").items()}}
         super().log(logs, start_time)
 
     # Public hook (shared by evaluate and predict), so ``test_*`` metrics get the per-term losses too.
@@ -273,14 +280,14 @@ class DistillationTrainer(CheckpointingTrainer):
         deployed model's: the live weights, with ``{prefix}_ema_*`` for the average; or, with
         ``model_ema_export``, the average, with ``{prefix}_live_*`` for the live weights.
 
-        Unreadable images count in no metric (their batches hold stand-ins labelled
-        ``IGNORE_INDEX``, see ``data.datasets.collate``): ``{prefix}_accuracy`` and every
-        ``{prefix}_{term}_loss`` are over the readable images; Trainer's ``{prefix}_loss`` is its
-        usual mean of batch losses, each over its batch's readable images. Under data parallelism
-        the last batches are evened out with repeats of the first images: accuracy leaves them out
-        (``gather_for_metrics``), the per-term losses do not, since a term such as RCKA's is a
-        relation over its whole batch and cannot be split per image (a small difference from a
-        one-process evaluation when the set is not a multiple of the global batch).
+        Every metric is over the evaluation set's readable images, each counted once: unreadable
+        images' stand-ins (labelled ``IGNORE_INDEX``, see ``data.datasets.collate``) and, under
+        data parallelism, the repeats that even out the last batches count in none.
+        ``{prefix}_{term}_loss`` is each term's mean over those images, a batch's term weighted
+        by its counted images, and ``{prefix}_loss`` is their sum, the mean total loss, in place
+        of Trainer's mean of whole batches' losses. A relational term (RCKA's) is computed over
+        the counted rows of its batch (of every process's batch with ``gather``), so without
+        ``gather`` a data-parallel evaluation reports what one process reports for the same batches.
         """
         run = (dataloader, description, prediction_loss_only, ignore_keys)
         if self.model_ema is None:
@@ -301,7 +308,10 @@ class DistillationTrainer(CheckpointingTrainer):
         share_running_stats(self.distillation_model.student)
         share_running_stats(self.distillation_model.losses)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        output.metrics.update(self._term_means("eval", prefix=f"{metric_key_prefix}_"))
+        terms = self._term_means("eval")
+        output.metrics.update({f"{metric_key_prefix}_{name}_loss": round(v, 6) for name, v in terms.items()})
+        if terms:  # the total over counted images; Trainer's averages batch losses, stand-ins and repeats included
+            output.metrics[f"{metric_key_prefix}_loss"] = round(sum(terms.values()), 6)
         if metric_key_prefix == "eval" and output.label_ids is not None:
             self.card_facts.unreadable_eval_images = _uncounted(output.label_ids)
         return output
@@ -425,6 +435,29 @@ def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None
         if step is None or entry.get("step") == step:
             metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
     return metrics
+
+
+def _without_padding(labels: torch.Tensor, accelerator: Any) -> torch.Tensor:
+    """``labels`` with the repeats that even out the last evaluation batches labelled ``IGNORE_INDEX``.
+
+    Under data parallelism accelerate fills the last round of batches, one per process, with the
+    evaluation set's first images, so that every process runs as many batches of the same size.
+    ``gather_for_metrics`` drops them from predictions by position: of the round's rows, gathered
+    in process order, the first ``remainder`` are real. A loss term cannot be cut after the fact
+    (RCKA's is a relation over its whole batch), so the repeats are marked before the forward.
+    """
+    state = accelerator.gradient_state
+    if accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+        return labels
+    if not getattr(accelerator, "even_batches", True):
+        return labels  # nothing was repeated
+    rows = labels.shape[0]
+    real = min(max(state.remainder - accelerator.process_index * rows, 0), rows)
+    if real == rows:
+        return labels
+    labels = labels.clone()
+    labels[real:] = IGNORE_INDEX
+    return labels
 
 
 def _uncounted(label_ids: Any) -> int:
