@@ -58,6 +58,17 @@ def test_trainer_uses_the_repeated_augmentation_sampler(tmp_path):
     assert sorted(int(i) for b in plain.get_train_dataloader() for i in b["pixel_values"][:, 0, 0, 0]) == list(range(12))
 
 
+def test_data_seed_0_fixes_the_repeated_augmentation_order(tmp_path):
+    """data_seed 0 is a seed (it was read as unset and the order followed seed), as in Trainer's own sampler."""
+    def sampler_seed(seed):
+        trainer = DistillationTrainer(model=tiny_vit(), args=make_args(tmp_path, seed=seed, data_seed=0),
+                                      train_dataset=indexed_dataset(12), processing_class=processor(16),
+                                      augmentation=AugmentationArguments(aug_repeats=3))
+        return trainer._get_train_sampler().seed
+
+    assert sampler_seed(3) == sampler_seed(4) == 0
+
+
 def ema_trainer(tmp_path, **overrides):
     args = make_args(tmp_path, model_ema=True, max_steps=3, **overrides)
     return DistillationTrainer(model=tiny_vit(), args=args, train_dataset=pixel_dataset(18, seed=0),

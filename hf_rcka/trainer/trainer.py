@@ -340,8 +340,9 @@ class DistillationTrainer(CheckpointingTrainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not repeats or dataset is None:
             return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed  # as Trainer's sampler
         sampler = RepeatedAugmentationSampler(dataset, repeats, num_replicas=max(1, self.args.world_size),
-                                              rank=self.args.process_index, seed=self.args.data_seed or self.args.seed)
+                                              rank=self.args.process_index, seed=seed)
         self._sampler_epoch.sampler = sampler  # its epoch, also after a resume (see SamplerEpoch)
         return sampler
 
