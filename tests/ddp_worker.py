@@ -89,14 +89,19 @@ def padded_evaluation(out: str) -> dict:
     metrics = trainer.evaluate()
     model = trainer.distillation_model.eval()
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    relational = {"rcka_intra", "feature_cka"}  # constants over fewer than 3 samples: left out there
     with torch.no_grad():
         for start, stop in ((0, 4), (4, 8), (8, 10)):
             rows = [data[i] for i in range(start, stop)]
             output = model(pixel_values=torch.stack([r["pixel_values"] for r in rows]),
                            labels=torch.tensor([r["labels"] for r in rows]))
             for name, value in output.loss_terms.items():
+                if name in relational and stop - start < 3:
+                    continue
                 sums[name] = sums.get(name, 0.0) + float(value) * (stop - start)
-    return {"padded_metrics": metrics, "one_process_terms": {name: total / 10 for name, total in sums.items()}}
+                counts[name] = counts.get(name, 0) + stop - start
+    return {"padded_metrics": metrics, "one_process_terms": {name: sums[name] / counts[name] for name in sums}}
 
 
 if __name__ == "__main__":

@@ -97,6 +97,17 @@ def test_a_batch_too_small_for_a_relation_over_its_samples(tmp_path, capsys, no_
     assert not (tmp_path / "out").exists()
 
 
+def test_an_evaluation_batch_too_small_for_a_relation_over_its_samples(tmp_path, capsys, no_loading):
+    """At an evaluation batch of 2 the relational evaluation losses were constants (a 'perfect match')."""
+    distil = base(tmp_path, teacher_model_name_or_path="config:resnet", per_device_eval_batch_size=2,
+                  losses=[{"name": "ce"}, {"name": "feature_cka"}])
+    assert run(tmp_path, distil) == 2
+    error = error_of(capsys)
+    assert "feature_cka relates the samples of a batch, and a relation over 2 sample(s)" in error
+    assert "per_device_eval_batch_size >= 3" in error
+    assert not (tmp_path / "out").exists()
+
+
 LOAD_BEST = {"eval_strategy": "steps", "save_strategy": "steps", "load_best_model_at_end": True}
 
 

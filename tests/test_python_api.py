@@ -326,3 +326,38 @@ def test_a_named_teacher_paired_by_position_with_unnamed_classes_is_said(tmp_pat
     with caplog.at_level("WARNING"):
         build(make_args(tmp_path), tiny_vit(), named(tiny_resnet(), ["cat", "dog", "eel"]))
     assert "paired with the data's by position, unchecked" in caplog.text
+
+
+def test_fp16_on_a_cpu_is_refused(tmp_path):
+    """accelerate turned it off and trained in float32, bit for bit, with no word (the CLI refused it)."""
+    with pytest.raises(RecipeError, match="fp16 needs a GPU"):
+        build(make_args(tmp_path, fp16=True, losses=["ce"]), tiny_vit())
+
+
+def test_resuming_a_checkpoint_without_optimizer_state_is_refused(tmp_path):
+    """A save_only_model checkpoint resumed with a fresh optimizer and the schedule from its start
+    (learning rate 0.001 at step 3 instead of 0.0005), exit 0; the CLI refused it."""
+    args = make_args(tmp_path, losses=["ce"], max_steps=4, save_strategy="steps", save_steps=2, save_only_model=True)
+    build(args, tiny_vit()).train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert (checkpoint / "model.safetensors").exists() and not list(checkpoint.glob("optimizer*"))
+    with pytest.raises(ModelError, match="holds no optimizer and scheduler state.*save_only_model"):
+        build(args, tiny_vit()).train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_activation_checkpointing_a_student_that_cannot_is_one_line_before_training(tmp_path):
+    """HF ResNet has no checkpointing in transformers: a ValueError traceback after everything had loaded."""
+    with pytest.raises(ModelError, match=r"activation_checkpointing: the student \(ResNetForImageClassification\)"):
+        build(make_args(tmp_path, losses=["ce"], gradient_checkpointing=True), tiny_resnet())
+
+
+def test_activation_checkpointing_trains_a_distilled_student_without_the_deprecated_entry_point(tmp_path):
+    import warnings
+
+    trainer = build(make_args(tmp_path, losses=["ce", "kd", "feature_cka"], activation_checkpointing=True, max_steps=1),
+                    tiny_vit(), tiny_resnet(), teacher_processor=processor(24))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*only defines `gradient_checkpointing_enable`")
+        trainer.train()
+    student = trainer.distillation_model.student
+    assert any(getattr(module, "gradient_checkpointing", False) for module in student.modules())

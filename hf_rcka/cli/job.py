@@ -23,11 +23,9 @@ from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArgumen
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_class_count, check_trained_classes
-from ..data.sampler import images_per_process
 from ..distributed import from_rank0
 from ..errors import DataError, HubUploadError, RecipeError
 from ..modeling.distillation_model import DistillationModel
-from ..modeling.parallel import has_running_stats
 from ..modeling.teacher_inputs import input_stats
 from ..models.labels import check_validation_labels, resume_label_order, run_label_order
 from ..models.loading import load_image_classifier
@@ -214,8 +212,6 @@ def _build_trainer(
     train_dataset, eval_dataset = prepare_datasets(
         raw, data_args, student_processor, labels, skipped=skipped
     )
-    if args.do_train:
-        check_training_batches(len(train_dataset), args, data_args.aug_repeats, model.student)
     trainer = DistillationTrainer(
         model=model,
         args=args,
@@ -229,34 +225,6 @@ def _build_trainer(
     )
     trainer.card_facts = card_facts_of(model_args, data_args, len(eval_dataset), len(raw["validation"]))
     return trainer, skipped
-
-
-def check_training_batches(num_images: int, args: DistillationTrainingArguments, aug_repeats: int,
-                           student: torch.nn.Module) -> None:
-    """Every epoch must have a training step, and no step a lone image that BatchNorm cannot train on.
-
-    With ``dataloader_drop_last`` a split smaller than one batch yields no step (under repeated
-    augmentation each process sees the dataset rounded down to a multiple of 256, divided by the
-    processes: 1257 images gave 1024, and a batch of 1100 trained nothing and exited 0). Without it,
-    an epoch whose last batch holds one image failed after a whole epoch with a BatchNorm student;
-    dropping that batch (one image per epoch) is what ``dataloader_drop_last`` does, so it is set.
-    """
-    processes = max(1, args.world_size)
-    per_process = images_per_process(num_images, aug_repeats, processes)
-    if per_process is None:  # Trainer's sampler: batches dealt to the processes, the last ones padded
-        batch, seen = args.train_batch_size * processes, num_images
-    else:
-        batch, seen = args.train_batch_size, per_process
-    if args.dataloader_drop_last and seen < batch:
-        where = (f"{num_images} images" if per_process is None else
-                 f"{num_images} images, of which repeated augmentation gives each of {processes} processes {per_process}")
-        raise DataError(f"the training split has {where}, fewer than one batch ({batch}), and dataloader_drop_last: "
-                        "true drops it: lower per_device_train_batch_size or set dataloader_drop_last: false")
-    lone_last = seen % args.train_batch_size == 1 and (per_process is not None or processes == 1)
-    if lone_last and not args.dataloader_drop_last and has_running_stats(student):
-        logger.info("data: each epoch's last training batch would hold 1 image, which the student's BatchNorm cannot "
-                    "train on: it is dropped (dataloader_drop_last)")
-        args.dataloader_drop_last = True
 
 
 def _distillation_model(

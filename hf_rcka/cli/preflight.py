@@ -25,7 +25,9 @@ from ..models.labels import check_split_classes, class_folders
 from ..registry import LOSSES, close_matches
 from ..modeling.assembly import active_specs, build_losses, default_losses, switched_off
 from ..modeling.parallel import check_fsdp_settings
-from ..trainer.given_models import check_relation_rows
+from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows
+from ..trainer.checkpointing import holds_training_state
+from ..trainer.given_models import check_half_precision
 from ..trainer.metrics import evaluation_metric_names, is_reported
 
 logger = logging.getLogger("hf_rcka")
@@ -51,9 +53,11 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_half_precision(args)
     check_fsdp_settings(args)
     check_losses_fit_models(model_args, args)
+    specs = active_specs(args.losses or default_losses(bool(model_args.teacher_model_name_or_path)))
+    losses = {spec["name"]: loss for spec, loss in zip(specs, build_losses(specs))}
     if args.do_train:
-        specs = active_specs(args.losses or default_losses(bool(model_args.teacher_model_name_or_path)))
-        check_relation_rows({spec["name"]: loss for spec, loss in zip(specs, build_losses(specs))}, args)
+        check_relation_rows(losses, args)
+    check_evaluation_rows(losses, args)  # every run evaluates
     check_metric_for_best_model(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
         if getattr(model_args, key):
@@ -149,20 +153,6 @@ def check_output_dir_spares_inputs(output_dir: str, inputs: dict[str, str | None
         if source == out or out in source.parents:
             raise RecipeError(f"output_dir {output_dir!r} would overwrite {key} {value!r}, which this run reads: "
                               "choose another output_dir")
-
-
-def check_half_precision(args: Any) -> None:
-    """``fp16`` needs an accelerator: on CPU accelerate turns it off and trains in float32 silently."""
-    from transformers.utils import (is_torch_cuda_available, is_torch_mps_available, is_torch_npu_available,
-                                    is_torch_xpu_available)
-
-    if not (args.fp16 or args.fp16_full_eval):
-        return
-    accelerator = any(found() for found in (is_torch_cuda_available, is_torch_xpu_available, is_torch_mps_available,
-                                            is_torch_npu_available))
-    if args.use_cpu or not accelerator:
-        raise RecipeError("fp16 needs a GPU (on CPU it would silently train in float32): set bf16: true for CPU "
-                          "autocast, or fp16: false")
 
 
 def check_metric_for_best_model(model_args: Any, args: Any, num_labels: int | None = None) -> None:
@@ -516,7 +506,7 @@ def check_checkpoint(folder: str) -> None:
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise ModelError(f"resume_from_checkpoint: {str(path)!r} is corrupt or incomplete ({err}): {_earlier(folder)}") from None
     inner = _checkpoints_in(Path(folder))
-    if inner or not (any(Path(folder).glob("optimizer*")) and any(Path(folder).glob("scheduler*"))):
+    if inner or not holds_training_state(folder):
         hint = (f"give one of its checkpoints (--resume_from_checkpoint {Path(folder) / inner[-1]})" if inner
                 else "give a checkpoint-N folder of the run")
         raise ModelError(f"resume_from_checkpoint: {folder!r} is not a checkpoint (it holds no optimizer and "

@@ -201,6 +201,12 @@ class RelationalLoss(DistillationLoss):
         """
         return min_cka_items(getattr(self, "center", True))
 
+    @property
+    def sample_relation_terms(self) -> tuple[str, ...]:
+        """The terms that relate the batch's samples: constants over fewer than ``min_relation_rows``,
+        so an evaluation leaves a batch that small out of their means."""
+        return tuple(self.term_weights)
+
 
 def weigh_terms(
     terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]

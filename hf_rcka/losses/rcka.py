@@ -96,6 +96,10 @@ class RCKALoss(RelationalLoss):
         return super().min_relation_rows if self.intra_weight else 0
 
     @property
+    def sample_relation_terms(self) -> tuple[str, ...]:
+        return (self._intra,) if self.intra_weight else ()
+
+    @property
     def _intra(self) -> str:
         return f"{self.registry_name}_intra"
 

@@ -202,8 +202,16 @@ class DistillationModel(nn.Module):
             self.teacher.eval()
         return self
 
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        """Checkpoint the student's layers (``activation_checkpointing: true``); the teacher keeps no
+        activations to checkpoint. The hooks that capture hidden states see the recomputed forward
+        only inside the backward, so the captured features are those of the first forward."""
+        self.student.activation_checkpointing_enable(**kwargs)
+
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        self.student.gradient_checkpointing_enable(**kwargs)
+        """The name transformers called before ``activation_checkpointing_enable`` (until its v6)."""
+        kwargs["activation_checkpointing_kwargs"] = kwargs.pop("gradient_checkpointing_kwargs", None)
+        self.activation_checkpointing_enable(**kwargs)
 
     def teacher_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The student's batch as the teacher expects it (normalisation, size, dtype, memory format)."""

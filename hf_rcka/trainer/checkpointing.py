@@ -113,6 +113,11 @@ class CheckpointingTrainer(Trainer):
     # by key, non-strictly: into our wrapper that restores nothing (the student's keys lack the
     # "student." prefix) and only warns. We restore student, adapters, loss state and EMA strictly.
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        if not holds_training_state(resume_from_checkpoint):  # Trainer would start them afresh, silently
+            raise ModelError(
+                f"resume_from_checkpoint: {resume_from_checkpoint!r} holds no optimizer and scheduler state (saved "
+                "with save_only_model: true?): resuming would restart the optimizer and the learning-rate schedule. "
+                "Resume from a full checkpoint, or start a new run from these weights")
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         logger.info("resuming student and distillation state from %s", resume_from_checkpoint)
         try:
@@ -150,6 +155,13 @@ class CheckpointingTrainer(Trainer):
             self.model_ema.load(self.state.best_model_checkpoint)
 
 
+def holds_training_state(folder: str) -> bool:
+    """Whether ``folder`` holds the optimizer and scheduler state that resuming continues from
+    (``save_only_model`` checkpoints do not; FSDP saves its optimizer as a folder)."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return any(n.startswith("optimizer") for n in names) and any(n.startswith("scheduler") for n in names)
+
+
 def _restore_live_student(student: torch.nn.Module, folder: str) -> None:
     """A ``model_ema_export`` checkpoint's ``model.safetensors`` holds the average: training goes on
     from the live weights saved next to it."""
@@ -180,5 +192,5 @@ def keep_token_out_of_files(args: Any) -> None:
 
 __all__ = [
     "BATCH_RECORD_NAME", "LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "checkpoint_folder",
-    "keep_token_out_of_files",
+    "holds_training_state", "keep_token_out_of_files",
 ]

@@ -67,6 +67,31 @@ def check_arguments(args: TrainingArguments) -> None:
     check_fixed_settings(args)
 
 
+def check_half_precision(args: Any) -> None:
+    """``fp16`` needs an accelerator: on CPU accelerate turns it off and trains in float32 silently."""
+    from transformers.utils import (is_torch_cuda_available, is_torch_mps_available, is_torch_npu_available,
+                                    is_torch_xpu_available)
+
+    if not (args.fp16 or args.fp16_full_eval):
+        return
+    accelerator = any(found() for found in (is_torch_cuda_available, is_torch_xpu_available, is_torch_mps_available,
+                                            is_torch_npu_available))
+    if args.use_cpu or not accelerator:
+        raise RecipeError("fp16 needs a GPU (on CPU it would silently train in float32): set bf16: true for CPU "
+                          "autocast, or fp16: false")
+
+
+def check_activation_checkpointing(student: torch.nn.Module, args: Any) -> None:
+    """``activation_checkpointing`` (``gradient_checkpointing``) needs a student transformers can
+    checkpoint; HF ResNet and ConvNeXt cannot, which was a traceback after the models and data had
+    loaded."""
+    if not getattr(args, "activation_checkpointing", False) or getattr(student, "supports_gradient_checkpointing", False):
+        return
+    raise ModelError(f"activation_checkpointing: the student ({type(student).__name__}) does not support it in "
+                     "transformers: set activation_checkpointing: false, or train a student that does (timm's "
+                     "version of the architecture, through a timm/ model id)")
+
+
 def check_model_objects(model: Any, teacher: Any, kwargs: Mapping[str, Any]) -> None:
     """What ``DistillationTrainer`` cannot use, refused in one line instead of an ``AttributeError``
     from deep inside (a bare timm model has no ``config``; ``model_init`` leaves ``model`` None)
@@ -107,25 +132,6 @@ def check_optimizer(model: DistillationModel, optimizers: Any) -> None:
             f"the optimizer given does not train {len(missing)} trainable weight(s) of the distillation model "
             f"({shown}): they would keep their random start. Build it over the DistillationModel's parameters "
             "(build_distillation_model(...).parameters(), then pass that model), or leave optimizers unset")
-
-
-def check_relation_rows(losses: Mapping[str, Any], args: Any) -> None:
-    """A centred CKA over the samples of a batch needs 3 of them (2 without centring).
-
-    Centring n = 2 rows leaves a Gram of rank 1, whose CKA with any other is exactly 1 (n = 1: 0):
-    the term is a constant with no gradient. At ``per_device_train_batch_size`` 2, ``rcka``'s
-    intra term and ``feature_cka`` logged 0.0, a perfect match, while nothing was distilled (and
-    gradient accumulation does not help: each micro-batch is its own relation).
-    """
-    batch = args.per_device_train_batch_size
-    for name, loss in losses.items():
-        needed = getattr(loss, "min_relation_rows", 0)
-        rows = batch * (max(1, args.world_size) if getattr(loss, "gather", False) else 1)
-        if rows < needed:
-            gather = " or gather: true across processes" if not getattr(loss, "gather", False) else ""
-            raise RecipeError(
-                f"{name} relates the samples of a batch, and a relation over {rows} sample(s) is a constant with no "
-                f"gradient: nothing would be distilled. Use per_device_train_batch_size >= {needed}{gather}")
 
 
 def check_metric_name(model: DistillationModel, args: Any, compute_metrics_given: bool, eval_dataset: Any = None) -> None:
@@ -350,6 +356,6 @@ def _names(model: Any) -> list[str] | None:
 
 
 __all__ = [
-    "BY_NAME", "check_arguments", "check_columns", "check_labels", "check_metric_name", "check_model_objects",
-    "check_models", "check_optimizer", "check_ready_model", "check_relation_rows", "dataset_label_names",
+    "BY_NAME", "check_activation_checkpointing", "check_arguments", "check_columns", "check_half_precision", "check_labels", "check_metric_name",
+    "check_model_objects", "check_models", "check_optimizer", "check_ready_model", "dataset_label_names",
 ]

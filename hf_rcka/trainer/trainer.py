@@ -27,11 +27,13 @@ from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, se
 from transformers.trainer_utils import EvalLoopOutput
 
 from ..augmentation import AugmentationArguments
+from .batch_rows import BatchSizeCheck, check_evaluation_rows, check_relation_rows, check_training_batches
 from .card_facts import CardFacts, complete_card_facts
+from .term_log import LossTermLog
 from .checkpointing import CheckpointingTrainer, keep_token_out_of_files
 from .given_models import (
-    BY_NAME, check_arguments, check_columns, check_labels, check_metric_name, check_model_objects, check_models,
-    check_optimizer, check_ready_model, check_relation_rows,
+    BY_NAME, check_activation_checkpointing, check_arguments, check_columns, check_half_precision, check_labels,
+    check_metric_name, check_model_objects, check_models, check_optimizer, check_ready_model,
 )
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate
@@ -134,6 +136,7 @@ class DistillationTrainer(CheckpointingTrainer):
         if args is None:
             raise ValueError("DistillationTrainer needs args (DistillationTrainingArguments with an output_dir)")
         check_arguments(args)
+        check_half_precision(args)
         check_fsdp_settings(args)
         keep_token_out_of_files(args)
         check_model_objects(model, teacher, kwargs)
@@ -152,6 +155,7 @@ class DistillationTrainer(CheckpointingTrainer):
                 _stats_or_none(teacher_processor) if teacher is not None else None,
             )
         check_optimizer(model, kwargs.get("optimizers"))
+        check_activation_checkpointing(model.student, args)
         check_metric_name(model, args, kwargs.get("compute_metrics") is not None, kwargs.get("eval_dataset"))
         if args.ddp_find_unused_parameters is None:  # every student weight gets a gradient (see split_heads)
             args.ddp_find_unused_parameters = False
@@ -176,8 +180,9 @@ class DistillationTrainer(CheckpointingTrainer):
         self.add_callback(self._sampler_epoch)
         self.divergence = DivergenceCheck(lambda: self.distillation_model.student)
         self.add_callback(self.divergence)
-        self._terms: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
-        self._term_counts = {"train": 0, "eval": 0}
+        self._term_logs = {"train": LossTermLog(), "eval": LossTermLog()}
+        self.add_callback(self._term_logs["train"])  # empty at each attempt's start
+        self.add_callback(BatchSizeCheck(model.losses))
         self.card_facts = CardFacts()  # the CLI adds what it knows (base model, evaluation data)
         self._setup_pipeline(augmentation or AugmentationArguments())
         for callback in [c for c in self.callback_handler.callbacks if getattr(c, "runs_last", False)]:
@@ -232,41 +237,39 @@ class DistillationTrainer(CheckpointingTrainer):
         if not model.training:
             inputs = {**inputs, "labels": _without_padding(inputs["labels"], self.accelerator)}
         outputs = model(**inputs)
-        # training logs average per step, as Trainer's loss; evaluation per counted image (the model
-        # leaves rows labelled IGNORE_INDEX out of every term: unreadable images' stand-ins, and
-        # the repeats that even out the last batches under data parallelism)
-        weight = 1 if model.training else int((inputs["labels"] != IGNORE_INDEX).sum())
-        self._record(outputs.loss_terms, "train" if model.training else "eval", weight)
+        if model.training:  # each micro-batch's share of its optimizer step, as Trainer's loss
+            weights = dict.fromkeys(outputs.loss_terms, 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1)))
+            self._term_logs["train"].add(outputs.loss_terms, weights)
+        else:
+            self._term_logs["eval"].add(outputs.loss_terms, self._evaluation_weights(inputs["labels"], outputs.loss_terms))
         return (outputs.loss, {"logits": outputs.logits}) if return_outputs else outputs.loss
 
-    def _record(self, terms: dict[str, torch.Tensor], mode: str, weight: int = 1) -> None:
-        sums = self._terms[mode]
-        for name, value in terms.items():
-            # a batch with no counted row (all padding) still records every name, so that each
-            # process gathers the same terms; its terms are NaN (a mean over no rows)
-            value = value.detach().float() * weight if weight else torch.zeros((), device=value.device)
-            sums[name] = sums[name] + value if name in sums else value
-        self._term_counts[mode] += weight
-
-    def _term_means(self, mode: str) -> dict[str, float]:
-        """Weighted mean of every recorded term since the last call, over all processes."""
-        sums, count = self._terms[mode], self._term_counts[mode]
-        self._terms[mode], self._term_counts[mode] = {}, 0
-        if not sums:
-            return {}
-        names = sorted(sums)
-        stacked = torch.stack([*(sums[n] for n in names), sums[names[0]].new_tensor(float(count))])
-        # A plain gather: gather_for_metrics would cut rows to the eval set's remainder at the end
-        # of a dataloader, dropping whole processes' sums.
-        totals = self.accelerator.gather(stacked[None]).sum(dim=0)
-        if float(totals[-1]) == 0:
-            return {}
-        return {name: float(v) for name, v in zip(names, totals[:-1] / totals[-1])}
+    def _evaluation_weights(self, labels: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Each term counts the batch's counted images: the model leaves rows labelled IGNORE_INDEX
+        out of every term (unreadable images' stand-ins, and the repeats that even out the last batches
+        under data parallelism). A relation over the batch's samples counts for nothing in a batch
+        too small for it (a short last batch), where its value is a constant."""
+        counted = int((labels != IGNORE_INDEX).sum())
+        weights = dict.fromkeys(terms, float(counted))
+        everywhere = None
+        for loss in self.distillation_model.losses.values():
+            relational = [t for t in getattr(loss, "sample_relation_terms", ()) if t in terms]
+            if not relational:
+                continue
+            rows = counted
+            if getattr(loss, "gather", False):  # the relation holds every process's rows
+                if everywhere is None:
+                    everywhere = int(self.accelerator.reduce(torch.tensor(counted, device=labels.device), "sum"))
+                rows = everywhere
+            if rows < loss.min_relation_rows:
+                weights.update(dict.fromkeys(relational, 0.0))
+        return weights
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the per-term training losses next to Trainer's ``loss``."""
         if "loss" in logs:
-            logs = {**logs, **{f"{name}_loss": round(v, 6) for name, v in self._term_means("train").items()}}
+            terms = self._term_logs["train"].means(self.accelerator.gather)
+            logs = {**logs, **{f"{name}_loss": round(v, 6) for name, v in terms.items()}}
         super().log(logs, start_time)
 
     # Public hook (shared by evaluate and predict), so ``test_*`` metrics get the per-term losses too.
@@ -287,7 +290,9 @@ class DistillationTrainer(CheckpointingTrainer):
         by its counted images, and ``{prefix}_loss`` is their sum, the mean total loss, in place
         of Trainer's mean of whole batches' losses. A relational term (RCKA's) is computed over
         the counted rows of its batch (of every process's batch with ``gather``), so without
-        ``gather`` a data-parallel evaluation reports what one process reports for the same batches.
+        ``gather`` a data-parallel evaluation reports what one process reports for the same batches;
+        a relation over the samples leaves out a batch too small for it (a short last batch), where
+        it is a constant, and is not reported when no batch was large enough.
         """
         run = (dataloader, description, prediction_loss_only, ignore_keys)
         if self.model_ema is None:
@@ -303,12 +308,12 @@ class DistillationTrainer(CheckpointingTrainer):
 
     def _evaluation_pass(self, dataloader, description, prediction_loss_only, ignore_keys,
                          metric_key_prefix: str) -> EvalLoopOutput:
-        self._terms["eval"], self._term_counts["eval"] = {}, 0
+        self._term_logs["eval"].reset()
         # the export's (rank 0's) BatchNorm statistics, and rank 0's of the losses' own (srd's projector)
         share_running_stats(self.distillation_model.student)
         share_running_stats(self.distillation_model.losses)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        terms = self._term_means("eval")
+        terms = self._term_logs["eval"].means(self.accelerator.gather)
         output.metrics.update({f"{metric_key_prefix}_{name}_loss": round(v, 6) for name, v in terms.items()})
         if terms:  # the total over counted images; Trainer's averages batch losses, stand-ins and repeats included
             output.metrics[f"{metric_key_prefix}_loss"] = round(sum(terms.values()), 6)
@@ -360,7 +365,13 @@ class DistillationTrainer(CheckpointingTrainer):
             TrainingDiverged: the student's weights are not finite at the end (see ``divergence``),
                 so that nothing saves them as the run's result.
         """
-        check_relation_rows(self.distillation_model.losses, self.args)
+        losses = self.distillation_model.losses
+        check_relation_rows(losses, self.args)
+        if self.eval_dataset is not None:
+            check_evaluation_rows(losses, self.args)
+        if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
+            check_training_batches(len(self.train_dataset), self.args, self.augmentation.aug_repeats,
+                                   self.distillation_model.student, losses)
         self.check_teacher()
         output = super().train(*args, **kwargs)
         self.divergence.check(self.args, self.state, self.control)  # a divergence no logging or saving step saw

@@ -1,0 +1,120 @@
+"""How many samples each batch must hold: relations over the batch need 3, BatchNorm more than 1.
+
+A centred CKA over the samples of a batch is a constant below 3 samples (2 uncentred, see
+``functional.cka.min_cka_items``): with n = 2 the centred Gram has rank 1 and its CKA with any
+other is exactly 1. Such a term distils nothing and reads as a perfect match in the logs, so every
+batch a relational loss sees is checked: the training batch before training, again whenever
+``auto_find_batch_size`` lowers it, the evaluation batch, and each epoch's short last batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from ..data.sampler import images_per_process
+from ..errors import DataError, RecipeError
+from ..modeling.parallel import has_running_stats
+
+logger = logging.getLogger(__name__)
+
+
+def _rows(loss: Any, batch: int, processes: int) -> int:
+    """The samples one relation of ``loss`` holds: the process's batch, or every process's with ``gather``."""
+    return batch * (processes if getattr(loss, "gather", False) else 1)
+
+
+def too_few_rows(losses: Mapping[str, Any], batch: int, processes: int) -> dict[str, int]:
+    """The relational losses whose relation over ``batch`` samples a process would be a constant,
+    with the batch each needs."""
+    short = {}
+    for name, loss in losses.items():
+        needed = getattr(loss, "min_relation_rows", 0)
+        if _rows(loss, batch, processes) < needed:
+            short[name] = needed
+    return short
+
+
+def check_relation_rows(losses: Mapping[str, Any], args: Any, batch: int | None = None,
+                        setting: str = "per_device_train_batch_size", cause: str = "") -> None:
+    """Refuse a batch of ``setting`` (training's by default) too small for a relational loss.
+
+    Gradient accumulation does not help: each micro-batch is its own relation.
+    """
+    batch = getattr(args, setting) if batch is None else batch
+    processes = max(1, getattr(args, "world_size", 1))
+    for name, needed in too_few_rows(losses, batch, processes).items():
+        gather = "" if getattr(losses[name], "gather", False) else " or gather: true across processes"
+        rows = _rows(losses[name], batch, processes)
+        raise RecipeError(
+            f"{name} relates the samples of a batch, and a relation over {rows} sample(s) is a constant with no "
+            f"gradient: {'its evaluation loss would measure nothing' if 'eval' in setting else 'nothing would be distilled'}"
+            f"{cause}. Use {setting} >= {needed}{gather}")
+
+
+def check_evaluation_rows(losses: Mapping[str, Any], args: Any) -> None:
+    """The evaluation batch, as :func:`check_relation_rows` checks the training batch."""
+    check_relation_rows(losses, args, setting="per_device_eval_batch_size")
+
+
+class BatchSizeCheck(TrainerCallback):
+    """Checks the training batch of every attempt: ``auto_find_batch_size`` retries a run that ran out
+    of memory with a smaller batch, which no check before training sees (it trained on at 2 images,
+    with every relational term a constant)."""
+
+    def __init__(self, losses: Mapping[str, Any]) -> None:
+        self.losses = losses
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        if state.train_batch_size and state.train_batch_size != args.per_device_train_batch_size:
+            check_relation_rows(self.losses, args, batch=state.train_batch_size,
+                                cause=" (auto_find_batch_size lowered the batch after running out of memory)")
+
+
+def check_training_batches(num_images: int, args: Any, aug_repeats: int, student: torch.nn.Module,
+                           losses: Mapping[str, Any]) -> None:
+    """Every epoch must have a training step, and its last step enough images for BatchNorm and
+    for the relations over the batch.
+
+    With ``dataloader_drop_last`` a split smaller than one batch yields no step (under repeated
+    augmentation each process sees the dataset rounded down to a multiple of 256, divided by the
+    processes: 1257 images gave 1024, and a batch of 1100 trained nothing and exited 0). Without it,
+    an epoch whose last batch holds one image failed after a whole epoch with a BatchNorm student,
+    and a last batch of 1 or 2 images made every relational term of that step a constant (the
+    logged terms jumped to their maximum). Dropping that batch, a few images an epoch, is what
+    ``dataloader_drop_last`` does, so it is set.
+    """
+    processes = max(1, args.world_size)
+    per_process = images_per_process(num_images, aug_repeats, processes)
+    if per_process is None:  # Trainer's sampler: batches dealt to the processes, the last ones padded
+        batch, seen = args.train_batch_size * processes, num_images
+    else:
+        batch, seen = args.train_batch_size, per_process
+    if args.dataloader_drop_last and seen < batch:
+        where = (f"{num_images} images" if per_process is None else
+                 f"{num_images} images, of which repeated augmentation gives each of {processes} processes {per_process}")
+        raise DataError(f"the training split has {where}, fewer than one batch ({batch}), and dataloader_drop_last: "
+                        "true drops it: lower per_device_train_batch_size or set dataloader_drop_last: false")
+    if args.dataloader_drop_last or (per_process is None and processes > 1):  # padded to whole batches
+        return
+    last = seen % args.train_batch_size
+    if not last:
+        return
+    reason = None
+    if last == 1 and has_running_stats(student):
+        reason = "the student's BatchNorm cannot train on"
+    short = too_few_rows(losses, last, processes)
+    if short:
+        name, needed = next(iter(short.items()))
+        reason = f"too few for {name}'s relation over the batch (it needs {needed})"
+    if reason:
+        logger.info("data: each epoch's last training batch would hold %d image(s), %s: it is dropped "
+                    "(dataloader_drop_last)", last, reason)
+        args.dataloader_drop_last = True
+
+
+__all__ = ["BatchSizeCheck", "check_evaluation_rows", "check_relation_rows", "check_training_batches", "too_few_rows"]

@@ -1,0 +1,55 @@
+"""The per-term losses logged next to Trainer's ``loss``: weighted sums between logs, averaged over processes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from transformers import TrainerCallback
+
+
+class LossTermLog(TrainerCallback):
+    """Each term's weighted sum and weight since the last :meth:`means`.
+
+    The weight says what a value stands for: in training, a micro-batch's share of its optimizer
+    step (Trainer logs ``loss`` per step, each the mean of its micro-batches); in evaluation, the
+    images a term counts, 0 for a batch where the term means nothing. As a callback it starts
+    empty with each training attempt: ``auto_find_batch_size`` retries a run that ran out of
+    memory, and the failed attempt's terms would otherwise be averaged into the first log.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> None:
+        """Record ``terms`` with each its weight. A weight-0 term still records its name (with 0),
+        so that every process gathers the same terms; its value may be NaN (a mean over no rows)."""
+        for name, value in terms.items():
+            weight = weights[name]
+            value = value.detach().float() * weight if weight else torch.zeros((), device=value.device)
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.weights[name] = self.weights.get(name, 0.0) + weight
+
+    def means(self, gather) -> dict[str, float]:
+        """Each term's weighted mean over every process (``gather``: accelerate's), and start anew.
+
+        A term with no weight anywhere is left out. Every process must call this together.
+        """
+        sums, weights = self.sums, self.weights
+        self.reset()
+        if not sums:
+            return {}
+        names = sorted(sums)
+        local = torch.stack([*(sums[n] for n in names), *(sums[n].new_tensor(weights[n]) for n in names)])
+        # A plain gather: gather_for_metrics would cut rows to the eval set's remainder at the end
+        # of a dataloader, dropping whole processes' sums.
+        totals = gather(local[None]).sum(dim=0)
+        values, counts = totals[: len(names)], totals[len(names):]
+        return {name: float(v / c) for name, v, c in zip(names, values, counts) if float(c) > 0}
+
+    def reset(self) -> None:
+        self.sums, self.weights = {}, {}
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.reset()

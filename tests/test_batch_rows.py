@@ -1,0 +1,146 @@
+"""Every batch a relation over samples sees holds enough of them, and the logged terms add up to the loss.
+
+A centred CKA over 1 or 2 samples is a constant: such a term distilled nothing and was logged
+(or evaluated) as a measurement.
+"""
+
+import logging
+
+import pytest
+import torch
+
+from conftest import pixel_dataset, tiny_resnet, tiny_vit
+from hf_rcka.errors import RecipeError
+from hf_rcka.trainer.batch_rows import check_training_batches
+from hf_rcka.losses.rcka import FeatureCKALoss, RCKALoss
+from test_trainer import make_args, make_trainer
+
+RELATIONAL = [{"name": "ce"}, {"name": "rcka"}, {"name": "feature_cka"}]
+
+
+def _oom_above(module, rows: int, method: str = "forward"):
+    """Make ``module.method`` run out of memory (the message accelerate retries on) above ``rows`` rows."""
+    original = getattr(module, method)
+
+    def patched(*args, **kwargs):
+        pixels = kwargs.get("pixel_values", args[0] if args else None)
+        if pixels is not None and pixels.shape[0] > rows:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return original(*args, **kwargs)
+
+    setattr(module, method, patched)
+
+
+def test_auto_find_batch_size_lowered_below_a_relation_is_refused(tmp_path):
+    """Retries went 4, 3, 2 and trained at 2 images, rcka_intra and feature_cka logged 0.0 every step."""
+    args = make_args(tmp_path, auto_find_batch_size=True, per_device_train_batch_size=4, max_steps=2, losses=RELATIONAL)
+    trainer = make_trainer(args)
+    _oom_above(trainer.distillation_model, 2)
+    with pytest.raises(RecipeError, match=r"relation over 2 sample.*auto_find_batch_size lowered the batch"):
+        trainer.train()
+
+
+def test_auto_find_batch_size_retry_starts_the_term_log_anew(tmp_path):
+    """The failed attempt's terms were averaged into the first log: the terms no longer added up to loss."""
+    args = make_args(tmp_path, auto_find_batch_size=True, per_device_train_batch_size=5, max_steps=2, losses=RELATIONAL)
+    trainer = make_trainer(args)
+    original = trainer.accelerator.backward
+
+    def backward(loss, **kwargs):
+        if trainer._train_batch_size > 4:  # after the forward, so the terms of the attempt are logged
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return original(loss, **kwargs)
+
+    trainer.accelerator.backward = backward
+    trainer.train()
+    assert trainer.state.train_batch_size == 4
+    steps = [e for e in trainer.state.log_history if "loss" in e and "rcka_intra_loss" in e]
+    assert steps and all(
+        e["ce_loss"] + e["rcka_intra_loss"] + e["rcka_inter_loss"] + e["feature_cka_loss"] == pytest.approx(e["loss"], rel=1e-3)
+        for e in steps)
+
+
+def test_logged_terms_add_up_to_loss_with_an_uneven_last_accumulation(tmp_path):
+    """20 images in batches of 4, 3 micro-batches a step: the second step has 2. Trainer's loss is
+    the mean of each step's micro-batches; the terms weighted every micro-batch alike."""
+    args = make_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=3, num_train_epochs=1,
+                     logging_steps=2, losses=[{"name": "ce"}, {"name": "kd"}])
+    trainer = make_trainer(args)
+    trainer.train()
+    (logged,) = [e for e in trainer.state.log_history if "kd_loss" in e]
+    assert logged["ce_loss"] + logged["kd_loss"] == pytest.approx(logged["loss"], rel=1e-4)
+
+
+def test_an_evaluation_batch_too_small_for_a_relation_is_refused_before_training(tmp_path):
+    """At an evaluation batch of 2, eval_rcka_intra_loss read 0.0 and eval_feature_cka_loss -0.0 (a
+    'perfect match'), and eval_loss, which picks the best checkpoint, moved with the batch size."""
+    trainer = make_trainer(make_args(tmp_path, per_device_eval_batch_size=2, max_steps=1, losses=RELATIONAL))
+    with pytest.raises(RecipeError, match=r"rcka relates .* 2 sample.*evaluation loss would measure nothing.*"
+                                          r"per_device_eval_batch_size >= 3"):
+        trainer.train()
+    make_trainer(make_args(tmp_path, per_device_eval_batch_size=3, max_steps=1, losses=RELATIONAL)).train()
+
+
+def test_a_short_last_evaluation_batch_counts_in_no_relation_over_samples(tmp_path):
+    """10 images in batches of 4, 4 and 2: over the last 2 rcka's intra term is a constant, so its mean
+    is over the first 8 images; its inter term (classes) and the others still count all 10."""
+    trainer = make_trainer(make_args(tmp_path, per_device_eval_batch_size=4, losses=RELATIONAL))
+    data = pixel_dataset(10, seed=1)
+    whole, first8, last2 = (trainer.evaluate(d) for d in (data, data.select(range(8)), data.select(range(8, 10))))
+    for relational in ("eval_rcka_intra_loss", "eval_feature_cka_loss"):
+        assert whole[relational] == pytest.approx(first8[relational], rel=1e-5)
+        assert relational not in last2, "a term measured on no batch is not reported"
+    for other in ("eval_ce_loss", "eval_rcka_inter_loss"):
+        assert whole[other] == pytest.approx(0.8 * first8[other] + 0.2 * last2[other], rel=1e-4)
+    terms = [whole[f"eval_{n}_loss"] for n in ("ce", "rcka_intra", "rcka_inter", "feature_cka")]
+    assert whole["eval_loss"] == pytest.approx(sum(terms), rel=1e-5)
+
+
+class _Args:
+    def __init__(self, batch, drop_last=False, world_size=1):
+        self.train_batch_size, self.dataloader_drop_last, self.world_size = batch, drop_last, world_size
+
+
+@pytest.mark.parametrize("images, losses, dropped", [
+    (22, {"rcka": RCKALoss()}, True),  # last batch of 2: a constant
+    (23, {"rcka": RCKALoss()}, False),  # of 3
+    (21, {"feature_cka": FeatureCKALoss(center=False)}, True),  # uncentred: 1 is too few, 2 enough
+    (22, {"feature_cka": FeatureCKALoss(center=False)}, False),
+    (22, {"rcka": RCKALoss(intra_weight=0.0)}, False),  # relates classes only
+    (22, {}, False),
+])
+def test_a_short_last_training_batch_is_dropped_when_a_relation_needs_more(images, losses, dropped, caplog):
+    """A last batch of 2 made that step's relational terms constants: the logged terms jumped
+    (feature_cka 0.10 -> 6.0) and nothing was distilled through them."""
+    args = _Args(batch=4)
+    with caplog.at_level(logging.INFO, logger="hf_rcka"):
+        check_training_batches(images, args, 0, tiny_vit(), losses)
+    assert args.dataloader_drop_last is dropped
+    assert ("it is dropped (dataloader_drop_last)" in caplog.text) is dropped
+
+
+def test_a_lone_last_image_is_still_dropped_for_batchnorm_and_padded_batches_are_kept():
+    args = _Args(batch=4)
+    check_training_batches(21, args, 0, tiny_resnet(), {})
+    assert args.dataloader_drop_last
+    padded = _Args(batch=4, world_size=2)  # Trainer's sampler under data parallelism pads the last batches
+    check_training_batches(22, padded, 0, tiny_vit(), {"rcka": RCKALoss()})
+    assert not padded.dataloader_drop_last
+
+
+def test_train_drops_the_short_last_batch_itself(tmp_path):
+    """The Python API had no such check: only the command line dropped a lone BatchNorm image."""
+    args = make_args(tmp_path, per_device_train_batch_size=4, num_train_epochs=1, losses=RELATIONAL)
+    trainer = make_trainer(args, train=pixel_dataset(22, seed=0))
+    trainer.train()
+    assert args.dataloader_drop_last and trainer.state.global_step == 5
+    assert all(e["rcka_intra_loss"] > 0 for e in trainer.state.log_history if "rcka_intra_loss" in e)
+
+
+def test_a_whole_number_of_batches_keeps_every_image(tmp_path):
+    """Positive control: nothing is dropped when the split is a multiple of the batch."""
+    args = make_args(tmp_path, per_device_train_batch_size=4, num_train_epochs=1, losses=RELATIONAL)
+    trainer = make_trainer(args, train=pixel_dataset(20, seed=0))
+    trainer.train()
+    assert not args.dataloader_drop_last and trainer.state.global_step == 5
+    assert torch.isfinite(torch.tensor([e["loss"] for e in trainer.state.log_history if "loss" in e])).all()
