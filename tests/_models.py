@@ -56,6 +56,15 @@ def hf_swin() -> torch.nn.Module:
     return _eval(tf.SwinForImageClassification(config))
 
 
+def hf_hiera(image_size: tuple[int, int] = (32, 32)) -> torch.nn.Module:
+    """Hiera: channels-last reshaped states, token states in unrolled (not row-major) order."""
+    torch.manual_seed(0)
+    config = tf.HieraConfig(embed_dim=12, depths=[1, 1], num_heads=[1, 2], image_size=list(image_size),
+                            masked_unit_size=[4, 4], query_stride=[2, 2], num_query_pool=1, mlp_ratio=1.0,
+                            num_labels=NUM_LABELS)
+    return _eval(tf.HieraForImageClassification(config))
+
+
 def hf_convnext() -> torch.nn.Module:
     torch.manual_seed(0)
     config = tf.ConvNextConfig(hidden_sizes=[8, 12, 16, 20], depths=[1, 1, 1, 1], num_labels=NUM_LABELS)
@@ -145,6 +154,7 @@ FAMILIES: dict[str, Family] = {
     "hf_dinov2": Family(hf_dinov2, layout="nlc", num_prefix_tokens=1),
     "hf_dinov2_registers": Family(lambda: hf_dinov2(num_register_tokens=3), layout="nlc", num_prefix_tokens=4),
     "hf_swin": Family(hf_swin),
+    "hf_hiera": Family(hf_hiera),
     "hf_convnext": Family(hf_convnext),
     "hf_resnet": Family(hf_resnet),
     "hf_regnet": Family(hf_regnet),

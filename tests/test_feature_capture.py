@@ -14,6 +14,7 @@ CASES = {
     "hf_resnet": "hooks",
     "hf_convnext": "hooks",
     "hf_swin": None,  # reshaped states are copies: hooks cannot see them, "all" is the honest fallback
+    "hf_hiera": "all",  # re-rolled channels-last copies; its blocks' outputs are tokens in mask-unit order
     "timm_vit": "timm_tokens",
     "timm_resnet": "timm",
     "timm_regnet": "timm",
@@ -88,3 +89,14 @@ def test_hooks_are_silent_outside_the_capture():
     with torch.no_grad():
         with pytest.raises(RuntimeError, match="did not capture"):
             capture(pixels())
+
+
+def test_hiera_capture_gives_channels_first_maps_of_its_reshaped_states():
+    """Not its token states (unrolled into mask units) and not its channels-last (B, H, W, C) maps."""
+    model, x = FAMILIES["hf_hiera"].build(), pixels(32)
+    with torch.no_grad():
+        reshaped = model(pixel_values=x, output_hidden_states=True).reshaped_hidden_states
+        _, states = HiddenStateCapture(model, [1, 2], x[:2])(x)
+    for i in (1, 2):
+        torch.testing.assert_close(states[i], reshaped[i].permute(0, 3, 1, 2), rtol=0, atol=0)
+    assert states[2].shape == (x.shape[0], 24, 4, 4)

@@ -7,7 +7,7 @@ import torch
 import transformers as tf
 from torch import nn
 
-from _models import BATCH, FAMILIES, NUM_LABELS, hf_resnet, hf_vit, pixels, timm_model
+from _models import BATCH, FAMILIES, NUM_LABELS, hf_hiera, hf_resnet, hf_vit, pixels, timm_model
 from hf_rcka.features.hidden_states import classifier_of, describe_hidden_states, hidden_states_of, pooled_dim
 from hf_rcka.features.pairing import auto_feature_pairs, resolve_layer
 from hf_rcka.features.layout import FeatureSpec, to_fmap
@@ -81,6 +81,51 @@ def test_probe_restores_mode_and_leaves_batchnorm_statistics_alone(training: boo
     assert [m.training for m in model.modules()] == modes
     assert any(modes) == training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in statistics.items())
+
+
+def test_hiera_channels_last_states_become_maps_with_their_own_grid():
+    """Hiera's reshaped states are (B, H, W, C): read as (B, C, H, W) a 32x64 input gave C=8 on a 16x16 grid."""
+    model, x = hf_hiera(image_size=(32, 64)), pixels((32, 64))
+    specs = describe_hidden_states(model, x)
+    assert [(s.channels, s.grid, s.stride) for s in specs] == [(12, (8, 16), 4.0), (12, (8, 16), 4.0),
+                                                               (24, (4, 8), 8.0)]
+    assert [s.is_embedding for s in specs] == [True, False, False]
+    outputs = _forward(model, x)
+    for state, channels_last in zip(hidden_states_of(outputs), outputs.reshaped_hidden_states):
+        assert torch.equal(state, channels_last.permute(0, 3, 1, 2))
+
+
+def test_hiera_hidden_state_0_is_its_patch_embedding_in_row_major_order():
+    """Its token states are unrolled into mask units: the map must come from the re-rolled states."""
+    model, x = hf_hiera(image_size=(32, 64)), pixels((32, 64))
+    state = hidden_states_of(_forward(model, x))[0]
+    with torch.no_grad():
+        embedding = model.hiera.embeddings(x)[0]  # (B, h * w, C), row-major
+    torch.testing.assert_close(state, embedding.transpose(1, 2).unflatten(2, (8, 16)), rtol=0, atol=0)
+
+
+def _levit() -> nn.Module:
+    torch.manual_seed(0)
+    config = tf.LevitConfig(image_size=64, hidden_sizes=[16, 24, 32], depths=[1, 1, 1], num_attention_heads=[1, 2, 2],
+                            key_dim=[8, 8, 8], num_labels=NUM_LABELS)
+    return tf.LevitForImageClassification(config).eval()
+
+
+def _clip() -> nn.Module:
+    torch.manual_seed(0)
+    vision = dict(hidden_size=36, num_hidden_layers=2, num_attention_heads=2, intermediate_size=40, image_size=32,
+                  patch_size=8)
+    return tf.CLIPForImageClassification(tf.CLIPConfig(vision_config=vision, num_labels=NUM_LABELS)).eval()
+
+
+@pytest.mark.parametrize("build, image_size", [(_levit, 64), (_clip, 32)], ids=["levit", "clip"])
+def test_embedding_outputs_are_flagged_and_never_paired(build, image_size: int):
+    """LeViT's state 0 is its conv stem (``patch_embeddings``), CLIP's the ``pre_layrnorm`` of its embeddings."""
+    model = build()
+    specs = describe_hidden_states(model, pixels(image_size))
+    assert [s.is_embedding for s in specs] == [True] + [False] * (len(specs) - 1)
+    paired = {s for s, _, _ in auto_feature_pairs(specs, specs)}
+    assert 0 not in paired and max(paired) == len(specs) - 1
 
 
 def test_hidden_states_of_requires_hidden_states():

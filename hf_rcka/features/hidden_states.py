@@ -8,6 +8,9 @@ Every family hands out ``output_hidden_states`` differently:
 * HF Swin: tokens without prefix; its ``reshaped_hidden_states`` hold the same tensors as
   (B, C, H, W) maps, which is what :func:`hidden_states_of` returns. Index 0 is the patch
   embedding; every later entry is a stage output *after* its patch merging.
+* HF Hiera: its token ``hidden_states`` are in an unrolled (mask-unit) order, not row-major, so
+  they cannot be laid out on a grid; its ``reshaped_hidden_states`` are the re-rolled maps, but
+  channels-last (B, H, W, C), and :func:`hidden_states_of` returns them permuted to (B, C, H, W).
 * HF CNNs (ResNet, RegNet, ConvNeXt, EfficientNet): maps, index 0 the stem. MobileNetV2 and
   MobileViT: maps of every layer / stage, with no stem entry.
 * TimmWrapper: ``forward_intermediates`` maps (NCHW, prefix tokens removed, no embedding entry for
@@ -28,7 +31,14 @@ from torch import Tensor, nn
 
 from .layout import FeatureSpec, infer_grid
 
-_EMBEDDING_MODULE = re.compile(r"(^|\.)(embeddings|embedder|embed|patch_embed|conv_stem|stem)$")
+# Modules whose output is the embedding / stem (no block has run yet). ``pre_layrnorm``: CLIP's
+# LayerNorm between the embeddings and the first block, whose output is its hidden state 0.
+_EMBEDDING_MODULE = re.compile(
+    r"(^|\.)(embeddings|patch_embeddings|embedder|embed|patch_embed|conv_stem|stem|pre_layrnorm)$"
+)
+# Output classes whose ``reshaped_hidden_states`` are documented channels-last (B, H, W, C); used
+# only when the widths cannot tell (every map as tall as it is wide and as wide as it is deep).
+_CHANNELS_LAST_RESHAPED = re.compile(r"^Hiera")
 _TIMM_STEM_FEATURE = re.compile(r"^(stem|act1|bn1|conv1|conv_stem|patch_embed)(\.|$)")
 _CLASSIFIER_NAMES = ("classifier", "cls_classifier", "head", "fc")
 
@@ -36,20 +46,43 @@ _CLASSIFIER_NAMES = ("classifier", "cls_classifier", "head", "fc")
 def hidden_states_of(outputs: Any) -> tuple[Tensor, ...]:
     """The hidden states of a forward output made with ``output_hidden_states=True``.
 
-    Prefers ``reshaped_hidden_states`` (Swin and relatives) because they are the same tensors as
-    (B, C, H, W) maps, which need no grid bookkeeping.
+    Prefers ``reshaped_hidden_states`` (Swin, Hiera and relatives): they are maps, which need no
+    grid bookkeeping, and Hiera's token states are not even in row-major order. Channels-last
+    ones (Hiera's (B, H, W, C)) are returned as permuted (B, C, H, W) views.
 
     Raises:
         ValueError: if the output carries no hidden states.
     """
-    states = getattr(outputs, "reshaped_hidden_states", None)
-    if states is None:
-        states = getattr(outputs, "hidden_states", None)
-    if states is None:
+    tokens = getattr(outputs, "hidden_states", None)
+    reshaped = getattr(outputs, "reshaped_hidden_states", None)
+    if reshaped is not None:
+        if _channels_last(reshaped, tokens, type(outputs).__name__):
+            return tuple(state.permute(0, 3, 1, 2) for state in reshaped)
+        return tuple(reshaped)
+    if tokens is None:
         raise ValueError(
             f"{type(outputs).__name__} carries no hidden states: call the model with output_hidden_states=True"
         )
-    return tuple(states)
+    return tuple(tokens)
+
+
+def _channels_last(reshaped: Any, tokens: Any, output_name: str) -> bool:
+    """Whether reshaped states are (B, H, W, C) rather than (B, C, H, W).
+
+    Each token state (B, N, C) (or Dinat's (B, H, W, C)) carries the channel width C of its
+    reshaped state, so the axis that holds C for every state tells the layout. When both axes fit
+    every state, the output class decides (transformers documents Hiera's as channels-last).
+    """
+    if any(state.dim() != 4 for state in reshaped):
+        return False
+    if tokens is None or len(tokens) != len(reshaped):
+        return bool(_CHANNELS_LAST_RESHAPED.match(output_name))
+    widths = [t.shape[-1] for t in tokens]
+    first = all(state.shape[1] == width for state, width in zip(reshaped, widths))
+    last = all(state.shape[-1] == width for state, width in zip(reshaped, widths))
+    if first != last:
+        return last
+    return bool(_CHANNELS_LAST_RESHAPED.match(output_name))
 
 
 def describe_hidden_states(model: nn.Module, pixel_values: Tensor) -> list[FeatureSpec]:
@@ -195,14 +228,28 @@ def _embedding_flags(model: nn.Module, outputs: Any, states: tuple[Tensor, ...],
     """Which hidden states are embedding / stem outputs.
 
     HF: a state sharing storage with an embedding module's output. Swin's reshaped states are
-    contiguous copies, so its token ``hidden_states`` (same order, same length) are checked too.
-    TimmWrapper: timm's ``feature_info`` names the module each intermediate comes from.
+    contiguous copies, so its token ``hidden_states`` (same order, same length) are checked too;
+    Hiera's are copies of unrolled copies, so a map is also compared by value with the embedding
+    tokens. TimmWrapper: timm's ``feature_info`` names the module each intermediate comes from.
     """
     storages = {_storage(t) for t in embedding_outputs}
     raw = tuple(getattr(outputs, "hidden_states", None) or ())
     raw = raw if len(raw) == len(states) else states
     stems = _timm_stem_flags(model, len(states))
-    return [stems[i] or _storage(states[i]) in storages or _storage(raw[i]) in storages for i in range(len(states))]
+    return [
+        stems[i] or _storage(states[i]) in storages or _storage(raw[i]) in storages
+        or _holds_embedding_tokens(states[i], embedding_outputs)
+        for i in range(len(states))
+    ]
+
+
+def _holds_embedding_tokens(state: Tensor, embedding_outputs: list[Tensor]) -> bool:
+    """Whether a (B, C, H, W) map is an embedding output's (B, H * W, C) tokens laid out as a map."""
+    if state.dim() != 4:
+        return False
+    tokens = state.flatten(2).transpose(1, 2)
+    return any(t.shape == tokens.shape and t.dtype == tokens.dtype and torch.equal(t, tokens)
+               for t in embedding_outputs)
 
 
 def _timm_stem_flags(model: nn.Module, num_states: int) -> list[bool]:
