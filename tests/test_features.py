@@ -8,8 +8,10 @@ import transformers as tf
 from torch import nn
 
 from _models import BATCH, FAMILIES, NUM_LABELS, hf_hiera, hf_resnet, hf_vit, pixels, timm_model
+from hf_rcka.errors import ModelError, UserError
+from hf_rcka.features.capture import HiddenStateCapture
 from hf_rcka.features.hidden_states import classifier_of, describe_hidden_states, hidden_states_of, pooled_dim
-from hf_rcka.features.pairing import auto_feature_pairs, resolve_layer
+from hf_rcka.features.pairing import auto_feature_pairs, choose_pairs, resolve_layer
 from hf_rcka.features.layout import FeatureSpec, to_fmap
 
 
@@ -126,6 +128,37 @@ def test_embedding_outputs_are_flagged_and_never_paired(build, image_size: int):
     assert [s.is_embedding for s in specs] == [True] + [False] * (len(specs) - 1)
     paired = {s for s, _, _ in auto_feature_pairs(specs, specs)}
     assert 0 not in paired and max(paired) == len(specs) - 1
+
+
+def _crossvit() -> nn.Module:
+    torch.manual_seed(0)
+    args = dict(embed_dim=[12, 24], depth=[[1, 1, 0]] * 2, num_heads=[1, 1], mlp_ratio=[1, 1, 1])
+    config = tf.TimmWrapperConfig(architecture="crossvit_tiny_240", model_args=args, num_labels=NUM_LABELS)
+    return tf.TimmWrapperForImageClassification(config).eval()
+
+
+def test_multi_branch_timm_model_is_not_auto_paired():
+    """CrossViT lists its small-patch blocks, then its large-patch ones: not one sequence of stages."""
+    crossvit, x = _crossvit(), pixels(240, batch=2)
+    specs, resnet_specs = describe_hidden_states(crossvit, x), describe_hidden_states(hf_resnet(), x)
+    for student, teacher, side in ((resnet_specs, specs, "teacher"), (specs, resnet_specs, "student")):
+        with pytest.raises(ModelError, match=rf"feature_pairs: auto cannot pair the {side}'s hidden states: .*"
+                                             r"\(branch 0: hidden states 0-1, branch 1: hidden states 2-3\)") as caught:
+            choose_pairs("auto", student, teacher)
+        assert isinstance(caught.value, UserError) and "\n" not in str(caught.value)
+    assert [(s.branch, s.grid) for s in specs] == [(0, (20, 20)), (0, (20, 20)), (1, (14, 14)), (1, (14, 14))]
+    assert {s.branch for s in resnet_specs} == {0}
+
+
+def test_multi_branch_timm_model_takes_explicit_pairs():
+    """Each state is a real map of its branch, so a pair that names it is honest and captured exactly."""
+    crossvit, x = _crossvit(), pixels(240, batch=2)
+    specs = describe_hidden_states(crossvit, x)
+    (pair,) = choose_pairs([{"student_layer": -1, "teacher_layer": 1}], describe_hidden_states(hf_resnet(), x), specs)
+    assert (pair.teacher_layer, specs[pair.teacher_layer].grid) == (1, (20, 20))
+    full = hidden_states_of(_forward(crossvit, x))
+    _, states = HiddenStateCapture(crossvit, [1, 3], x)(x)
+    assert all(torch.equal(states[i], full[i]) for i in (1, 3))
 
 
 def test_hidden_states_of_requires_hidden_states():

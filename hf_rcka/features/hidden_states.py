@@ -111,7 +111,11 @@ def describe_hidden_states(model: nn.Module, pixel_values: Tensor) -> list[Featu
     image_size = (int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
     embedding_flags = _embedding_flags(model, outputs, states, embedding_outputs)
     patch_size = _patch_size_of(model)
-    return [_spec_of(state, image_size, patch_size, flag) for state, flag in zip(states, embedding_flags)]
+    branches = _timm_branches(model, len(states))
+    return [
+        _spec_of(state, image_size, patch_size, flag, branch)
+        for state, flag, branch in zip(states, embedding_flags, branches)
+    ]
 
 
 @contextmanager
@@ -172,7 +176,7 @@ def pooled_dim(model: nn.Module) -> int:
 
 
 def _spec_of(state: Tensor, image_size: tuple[int, int], patch_size: tuple[int, int] | None,
-             is_embedding: bool) -> FeatureSpec:
+             is_embedding: bool, branch: int = 0) -> FeatureSpec:
     if state.dim() == 4:
         grid, channels, prefix = tuple(state.shape[-2:]), state.shape[1], 0
         layout = "nchw"
@@ -181,7 +185,7 @@ def _spec_of(state: Tensor, image_size: tuple[int, int], patch_size: tuple[int, 
         channels, layout = state.shape[2], "nlc"
     else:
         raise ValueError(f"cannot describe a hidden state of shape {tuple(state.shape)}")
-    return FeatureSpec(layout, int(channels), grid, prefix, image_size[0] / grid[0], is_embedding)
+    return FeatureSpec(layout, int(channels), grid, prefix, image_size[0] / grid[0], is_embedding, branch)
 
 
 def _token_grid(num_tokens: int, image_size: tuple[int, int],
@@ -259,6 +263,24 @@ def _timm_stem_flags(model: nn.Module, num_states: int) -> list[bool]:
     if len(names) != num_states:
         return [False] * num_states
     return [bool(_TIMM_STEM_FEATURE.match(name)) for name in names]
+
+
+def _timm_branches(model: nn.Module, num_states: int) -> list[int]:
+    """For multi-branch timm models (CrossViT), the branch of each intermediate; else all 0.
+
+    CrossViT's ``forward_intermediates`` lists every block of its small-patch branch, then every
+    block of its large-patch branch: timm's ``feature_info`` names each block once per branch.
+    HRNet also has ``num_branches``, but hands out one map per resolution, stride increasing, which
+    pairs by stride like any CNN's stages; its module names do not repeat, so it stays branch 0.
+    """
+    timm_model = getattr(model, "timm_model", None)
+    num_branches = int(getattr(timm_model, "num_branches", 1) or 1)
+    info = getattr(timm_model, "feature_info", None)
+    names = [entry.get("module", "") for entry in info] if isinstance(info, list) else []
+    if num_branches < 2 or len(names) != num_states or len(set(names)) == len(names) or num_states % num_branches:
+        return [0] * num_states
+    per_branch = num_states // num_branches
+    return [i // per_branch for i in range(num_states)]
 
 
 def _storage(tensor: Tensor) -> int:

@@ -34,6 +34,9 @@ class FeatureSpec:
         stride: input pixels per grid cell (input height / h), used to match stages by scale.
         is_embedding: the entry is a stem or patch-embedding output (no block has run yet); such
             entries carry little more than pixels and are skipped when pairing layers.
+        branch: which parallel branch of a multi-branch model (timm CrossViT) the entry comes
+            from; 0 for single-branch models. Such models list their entries branch after branch,
+            so index order is not depth order and automatic pairing refuses them.
     """
 
     layout: str
@@ -42,6 +45,7 @@ class FeatureSpec:
     num_prefix_tokens: int = 0
     stride: float | None = None
     is_embedding: bool = False
+    branch: int = 0
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
-from ..errors import LayerIndexError
+from ..errors import LayerIndexError, ModelError
 from .layout import FeatureSpec
 
 _NOT_A_RECIPE_KEY = {"recipe_key": False}
@@ -130,6 +130,8 @@ def auto_feature_pairs(
     """
     if num_pairs < 1:
         raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
+    _check_single_branch(student_specs, "student")
+    _check_single_branch(teacher_specs, "teacher")
     students, teachers = _candidates(student_specs), _candidates(teacher_specs)
     k = min(num_pairs, len(students), len(teachers))
     by_stride = _hierarchical(students) and _hierarchical(teachers)
@@ -144,6 +146,30 @@ def auto_feature_pairs(
         student, teacher = (anchor, partner) if anchor_is_student else (partner, anchor)
         pairs.append((student.index, teacher.index, _reason(student, teacher, by_stride)))
     return pairs
+
+
+def _check_single_branch(specs: Sequence[FeatureSpec], side: str) -> None:
+    """Refuse a multi-branch model: its hidden states are not one sequence of stages.
+
+    CrossViT lists every block of one branch, then every block of the next; read as one
+    sequence, a grid change between branches would look like a new stage and the deepest block
+    of the first branch like an early stage.
+
+    Raises:
+        ModelError: if ``specs`` come from more than one branch, naming each branch's indices.
+    """
+    branches: dict[int, list[int]] = {}
+    for index, spec in enumerate(specs):
+        branches.setdefault(spec.branch, []).append(index)
+    if len(branches) < 2:
+        return
+    listing = ", ".join(f"branch {b}: hidden states {ix[0]}-{ix[-1]}" for b, ix in sorted(branches.items()))
+    raise ModelError(
+        f"feature_pairs: auto cannot pair the {side}'s hidden states: they come from {len(branches)} parallel "
+        f"branches listed one after the other ({listing}), not from one sequence of stages. List "
+        f"feature_pairs explicitly, with {side} layers from the branch you mean, or distil the logits only "
+        f"(no feature losses)"
+    )
 
 
 def _candidates(specs: Sequence[FeatureSpec]) -> list[_Candidate]:
