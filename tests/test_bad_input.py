@@ -775,6 +775,17 @@ def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsy
 
 
 
+def test_a_model_that_takes_no_images_is_named_not_the_image_size(tmp_path, capsys):
+    """ImageGPT's forward reads token ids: blaming a 16x16 image size would send the user the wrong way."""
+    image_gpt = base(tmp_path, model_name_or_path="config:imagegpt",
+                     student_config_overrides={"n_embd": 16, "n_layer": 1, "n_head": 1, "n_positions": 256})
+    assert run(tmp_path, image_gpt) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: model_name_or_path: ImageGPTForImageClassification (imagegpt) takes no images")
+    assert "not supported as an image classifier" in line and "image_size" not in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_image_size_that_is_not_whole_patches(tmp_path, capsys):
     """Both trained and exited 0: the patch embedding silently dropped the border (36% of a 40 px image)."""
     timm_vit = base(tmp_path, model_name_or_path="timm/vit_tiny_patch16_224", student_from_scratch=True,

@@ -16,6 +16,7 @@ def probe_student(student: Any, stats: Any, image_size: int | None) -> None:
     import torch
 
     height, width = stats.size
+    _check_takes_images(student)
     _check_patch_grid(student, height, width, "image_size" if image_size is not None else "model_name_or_path")
     was_training = student.training
     student.eval()
@@ -31,6 +32,23 @@ def probe_student(student: Any, stats: Any, image_size: int | None) -> None:
         ) from err
     finally:
         student.train(was_training)
+
+
+def _check_takes_images(student: Any) -> None:
+    """A classifier whose forward has no ``pixel_values`` (ImageGPT reads pixel-cluster token ids)
+    swallows the images in ``**kwargs`` and fails for want of its own input; the image size is
+    not at fault, so the message must not send the user after one."""
+    import inspect
+
+    if "pixel_values" in inspect.signature(student.forward).parameters:
+        return
+    config = getattr(student, "config", None)
+    model_type = getattr(config, "model_type", None)
+    name = f"{type(student).__name__} ({model_type})" if model_type else type(student).__name__
+    raise ModelError(
+        f"model_name_or_path: {name} takes no images (its forward has no pixel_values argument) and is not "
+        "supported as an image classifier; choose an image model (ViT, DeiT, Swin, ConvNeXt, ResNet, a timm model...)"
+    )
 
 
 def _check_patch_grid(student: Any, height: int, width: int, key: str) -> None:
