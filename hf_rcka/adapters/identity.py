@@ -13,7 +13,9 @@ class IdentityAdapter(FeatureAdapter):
     """Returns both features as they are.
 
     Enough for batch-relational losses (RCKA, feature CKA): they flatten each sample to one row,
-    so the two sides may differ in layout, grid and width, and no parameters are needed.
+    so the two sides may differ in layout, grid and width, and no parameters are needed. Tokens
+    pass with whatever prefix the model hands out: a transformers ViT's hidden states keep their
+    class (distillation, register) tokens, while timm's ``forward_intermediates`` maps have none.
     """
 
     def forward(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
