@@ -223,7 +223,9 @@ def _build_trainer(
         callbacks=[SkippedImagesCallback(skipped)] + ([stop] if stop is not None else []),
         augmentation=data_args,
     )
-    trainer.card_facts = card_facts_of(model_args, data_args, len(eval_dataset), len(raw["validation"]))
+    trainer.card_facts = card_facts_of(model_args, data_args, len(eval_dataset), len(raw["validation"]),
+                                       split=raw.evaluated, carved=raw.carved,
+                                       train_images=(len(train_dataset), len(raw["train"])) if args.do_train else None)
     return trainer, skipped
 
 

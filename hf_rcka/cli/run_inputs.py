@@ -12,6 +12,8 @@ import logging
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from datasets.exceptions import DatasetGenerationError
+
 from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
 from ..data.datasets import load_raw_datasets
 from ..errors import DataError, LabelError, ModelError, UserError
@@ -62,6 +64,11 @@ def load_data(data_args: DataArguments, seed: int, eval_only: bool = False):
         raise
     except (ValueError, OSError) as err:  # datasets' FileNotFoundError, DatasetNotFoundError...
         raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(err).__name__}: {err})") from err
+    except DatasetGenerationError as err:  # what went wrong is its cause (a CastError: splits with other columns)
+        cause = err.__cause__ or err
+        text = " ".join(str(cause).split())[:400]
+        raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(cause).__name__}: {text}). "
+                        "Every split must have the same columns and types") from err
 
 
 def align_teacher(teacher: Any, args: DistillationTrainingArguments, labels: list[str], mapping: str) -> None:

@@ -30,7 +30,8 @@ from .stored_labels import parquet_split_files, realign_stored_labels
 
 logger = logging.getLogger(__name__)
 
-VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "test")
+# the splits evaluated, the first present: a validation split by any of its usual names, else the test split
+VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev", "eval", "evaluation", "test")
 DIGITS = "builtin:digits"
 
 
@@ -52,9 +53,12 @@ def digits_dataset() -> datasets.Dataset:
 
 class RawSplits(datasets.DatasetDict):
     """The loaded ``train`` and ``validation`` splits. ``carved``: the validation split was held out
-    of ``train`` here (``train_val_split`` and ``split_seed`` chose its images), not the data's own."""
+    of ``train`` here (``train_val_split`` and ``split_seed`` chose its images), not the data's own.
+    ``evaluated``: the data's split that ``validation`` holds, by its name there (``test``, ``dev``...;
+    ``train`` when carved from it, or wholly evaluated in an evaluation-only run)."""
 
     carved: bool = False
+    evaluated: str = "validation"
 
 
 def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = False) -> RawSplits:
@@ -85,6 +89,7 @@ def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = Fal
     raw = _image_paths_from_the_data_folder(raw, args)
     label_values.check_label_values(raw["train"], column, "train")
     validation = _labelled_eval_split(raw, column)
+    _say_unused_splits(raw, validation, args)
     carved = validation is None and not eval_only
     if validation is None and eval_only:
         logger.info("data: an evaluation-only run and no validation split: all %d images are evaluated", len(raw["train"]))
@@ -97,8 +102,29 @@ def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = Fal
         raw["validation"] = raw.pop(validation)
     label_values.check_label_values(raw["validation"], column, "validation")
     splits = RawSplits(raw)
-    splits.carved = carved
+    splits.carved, splits.evaluated = carved, validation or "train"
     return splits
+
+
+def _say_unused_splits(raw: datasets.DatasetDict, evaluated: str | None, args: DataArguments) -> None:
+    """Name the data's splits that no part of the run reads, and a ``train_val_split`` that is not used.
+
+    A split by an unusual name (``holdout``) was dropped without a word, while a validation split
+    was carved from train in its place; a recipe's ``train_val_split`` did nothing when the data
+    brought its own validation split.
+    """
+    unused = [name for name in raw if name not in ("train", evaluated)]
+    unknown = [name for name in unused if name not in VALIDATION_SPLIT_NAMES]
+    if unknown:
+        logger.warning("data: the dataset's split(s) %s are not used: hf_rcka trains on 'train' and evaluates the first "
+                       "of %s it has%s", unknown, list(VALIDATION_SPLIT_NAMES),
+                       " (none here: a validation split is carved from train)" if evaluated is None else "")
+    elif unused:
+        logger.info("data: the dataset's split(s) %s are not used", unused)
+    default = DataArguments.__dataclass_fields__["train_val_split"].default
+    if evaluated is not None and args.train_val_split != default:
+        logger.warning("data: train_val_split %g is not used: the dataset's own %r split is evaluated",
+                       args.train_val_split, evaluated)
 
 
 def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
@@ -168,7 +194,8 @@ def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
 
 
 def _image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArguments) -> datasets.DatasetDict:
-    """A column of relative image paths (a CSV of ``imgs/0.png``) names files in the dataset's folder.
+    """Relative image paths (a CSV of ``imgs/0.png``, or an ``Image`` feature that stores only
+    such a path) name files in the dataset's folder.
 
     Read as they are, they were opened from the working directory: from elsewhere a run failed at
     its first batch, or trained on other files that happened to share the names. They are made
@@ -176,22 +203,52 @@ def _image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArgum
     not name a file from here are an error now, not at the first batch.
     """
     column = args.image_column_name
-    if getattr(raw["train"].features[column], "dtype", None) not in ("string", "large_string"):
-        return raw
     folder = args.dataset_name if args.dataset_name and os.path.isdir(args.dataset_name) else None
     for name, split in raw.items():
-        first = split.select_columns([column])[0][column] if len(split) else None
-        if not first or os.path.isabs(first) or "://" in first:
-            continue
-        if folder is not None and os.path.exists(os.path.join(folder, first)):
-            raw[name] = split.map(lambda batch: {column: [p if not p or os.path.isabs(p) or "://" in p
-                                                          else os.path.join(folder, p) for p in batch[column]]},
-                                  batched=True, desc=f"image paths of {name}")
-        elif not os.path.exists(first):
-            where = f"{folder!r} or the working directory" if folder else "the working directory"
-            raise DataError(f"image_column_name={column!r} holds relative paths (e.g. {first!r}) that name no file in "
-                            f"{where}: give absolute paths, or paths relative to the dataset's folder")
+        feature = split.features[column]
+        if isinstance(feature, datasets.Image) and feature.decode:
+            stored = split.cast_column(column, datasets.Image(decode=False))  # {bytes, path}, not decoded
+            first = stored.select_columns([column])[0][column] if len(split) else None
+            path = first["path"] if first and first.get("bytes") is None else None
+            if _from_the_folder(path, folder, column):
+                fixed = stored.map(lambda batch: {column: [_in_folder(v, folder) for v in batch[column]]},
+                                   batched=True, desc=f"image paths of {name}")
+                raw[name] = fixed.cast_column(column, feature)
+        elif getattr(feature, "dtype", None) in ("string", "large_string"):
+            first = split.select_columns([column])[0][column] if len(split) else None
+            if _from_the_folder(first, folder, column):
+                raw[name] = split.map(lambda batch: {column: [_in_folder(p, folder) for p in batch[column]]},
+                                      batched=True, desc=f"image paths of {name}")
     return raw
+
+
+def _relative(path: Any) -> bool:
+    return isinstance(path, str) and bool(path) and not os.path.isabs(path) and "://" not in path
+
+
+def _from_the_folder(first: str | None, folder: str | None, column: str) -> bool:
+    """Whether a split whose first image path is ``first`` has paths relative to ``folder``.
+
+    Raises:
+        DataError: the relative path names no file in the folder or the working directory.
+    """
+    if not _relative(first):
+        return False
+    if folder is not None and os.path.exists(os.path.join(folder, first)):
+        return True
+    if not os.path.exists(first):
+        where = f"{folder!r} or the working directory" if folder else "the working directory"
+        raise DataError(f"image_column_name={column!r} holds relative paths (e.g. {first!r}) that name no file in "
+                        f"{where}: give absolute paths, or paths relative to the dataset's folder")
+    return False
+
+
+def _in_folder(value: Any, folder: str) -> Any:
+    """A relative path (or an ``Image`` value that stores only one) made absolute against ``folder``."""
+    if isinstance(value, dict):
+        return {**value, "path": os.path.join(folder, value["path"])} if value.get("bytes") is None and _relative(
+            value.get("path")) else value
+    return os.path.join(folder, value) if _relative(value) else value
 
 
 def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
@@ -261,11 +318,27 @@ def prepare_datasets(
     train, evaluation = raw["train"], raw["validation"]
     train = seeded_subset(train, args.max_train_samples, args.split_seed)
     evaluation = seeded_subset(evaluation, args.max_eval_samples, args.split_seed)
+    if args.max_train_samples is not None and len(train) < len(raw["train"]):
+        _check_subset_classes(train, evaluation, args)
     columns = (args.image_column_name, args.label_column_name, labels)
     train = with_transforms(train, train_transform(processor, args), *columns, skipped=skipped)
     evaluation = with_transforms(evaluation, eval_transform(processor), *columns, skipped=skipped, evaluation=True)
     logger.info("data: %d train / %d eval images, %d classes", len(train), len(evaluation), len(labels))
     return train, evaluation
+
+
+def _check_subset_classes(train: datasets.Dataset, evaluation: datasets.Dataset, args: DataArguments) -> None:
+    """Say when a random ``max_train_samples`` draw missed a class the evaluation has (20 images of
+    10 classes trained 9, without a word): the head never learns it, and its images count as errors.
+    A warning, not an error: a small subset for a quick run is what was asked for."""
+    missing = label_values.present_classes(evaluation, args.label_column_name) - label_values.present_classes(
+        train, args.label_column_name)
+    if missing:
+        shown = sorted(missing)[:10]
+        logger.warning("data: max_train_samples %d (a random draw with split_seed %d) holds no training image of "
+                       "classes %s%s, which the evaluation has: they cannot be learned and count as errors. Raise "
+                       "max_train_samples to train every class", args.max_train_samples, args.split_seed, shown,
+                       " ..." if len(missing) > 10 else "")
 
 
 def seeded_subset(split: datasets.Dataset, size: int | None, split_seed: int) -> datasets.Dataset:

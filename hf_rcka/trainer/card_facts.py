@@ -49,7 +49,8 @@ class CardFacts:
         eval_images: how many images the evaluation set holds.
         unreadable_eval_images: how many of them could not be read (the trainer counts them at
             evaluation, where they are left out); the card counts only the others.
-        dataset_type / dataset_label / eval_split: ``model-index`` dataset fields.
+        dataset_type / dataset_label / dataset_config / eval_split: ``model-index`` dataset fields.
+        train_subset: which training images ``max_train_samples`` drew, in words; None for all.
         image_folder: ``train_dir`` of an image-folder run. Its data is local: the card says so
             and never lists it (or the ``dataset`` a caller passes) as a Hub dataset id.
         run_settings: the data settings (``SPLIT_KEYS``) that decide which images were evaluated.
@@ -69,6 +70,8 @@ class CardFacts:
     unreadable_eval_images: int = 0
     dataset_type: str | None = None
     dataset_label: str | None = None
+    dataset_config: str | None = None
+    train_subset: str | None = None
     image_folder: str | None = None
     eval_split: str | None = "validation"
     run_settings: dict[str, Any] = field(default_factory=dict)
@@ -100,12 +103,16 @@ def local_checkpoint_of(model_name_or_path: str, from_scratch: bool) -> str | No
 
 
 def describe_eval_data(
-    data_args: Any, num_images: int | None, num_validation: int | None = None
+    data_args: Any, num_images: int | None, num_validation: int | None = None, split: str | None = None,
+    carved: bool = False,
 ) -> dict[str, Any]:
     """``eval_data``, ``eval_images``, ``image_folder`` and the ``model-index`` dataset fields.
 
     ``num_validation`` is the size of the validation split that ``max_eval_samples`` drew
-    ``num_images`` from: a reader must know when the accuracy is that of a subset.
+    ``num_images`` from: a reader must know when the accuracy is that of a subset. ``split``: the
+    data's split that was evaluated, as it is named there (``test`` when a dataset has no
+    validation split; ``train`` for a validation split ``carved`` from it, or in an
+    evaluation-only run of data with no other split); None where the caller does not know it.
     """
     if data_args.dataset_name == "builtin:digits":
         name, label = "digits", "scikit-learn handwritten digits"
@@ -116,20 +123,33 @@ def describe_eval_data(
         name = label = data_args.dataset_name
     else:  # "imagefolder" is datasets' loader, the model-index type Hub cards give local image folders
         name, label = "imagefolder", f"{image_folder_name(data_args.train_dir)} (local image folder)"
-    carved = (f"a stratified {100 * data_args.train_val_split:g}% validation split carved from train "
-              f"(split_seed {data_args.split_seed}, independent of the training seed)")
-    if data_args.validation_dir:
-        where = f"its image folder `{os.path.basename(os.path.normpath(data_args.validation_dir))}`"  # no local path
-    elif data_args.dataset_name in (None, "builtin:digits"):  # a lone train_dir has no other split
-        where = carved
-    else:
-        *names, last = VALIDATION_SPLIT_NAMES
-        where = f"the dataset's validation split (named {', '.join(names)} or else {last}), or where it has none, {carved}"
+    config = getattr(data_args, "dataset_config_name", None) if data_args.dataset_name else None
+    if config:
+        label = f"{label}, configuration {config}"
+    where, model_index_split = _evaluated_split(data_args, split, carved)
     if num_images and num_validation and num_images < num_validation:
         where = (f"a random subset (max_eval_samples, drawn with split_seed {data_args.split_seed}) "
                  f"of the {num_validation:,} images of {where}")
     return {"eval_data": f"{label}: {where}", "eval_images": num_images, "dataset_type": name,
-            "dataset_label": label, "image_folder": None if data_args.dataset_name else data_args.train_dir}
+            "dataset_label": label, "dataset_config": config, "eval_split": model_index_split,
+            "image_folder": None if data_args.dataset_name else data_args.train_dir}
+
+
+def _evaluated_split(data_args: Any, split: str | None, carved: bool) -> tuple[str, str]:
+    """Which images were evaluated, in words, and the split the ``model-index`` names."""
+    held_out = (f"a stratified {100 * data_args.train_val_split:g}% validation split carved from train "
+                f"(split_seed {data_args.split_seed}, independent of the training seed)")
+    if data_args.validation_dir:
+        return f"its image folder `{os.path.basename(os.path.normpath(data_args.validation_dir))}`", "validation"  # no local path
+    if carved or (split is None and data_args.dataset_name in (None, "builtin:digits")):  # a lone train_dir: no other split
+        return held_out, "validation"
+    if split == "train":
+        return "all of its train split (an evaluation-only run; the data has no validation split)", "train"
+    if split:
+        return f"its {split} split", split
+    *names, last = VALIDATION_SPLIT_NAMES
+    return (f"the dataset's validation split (named {', '.join(names)} or else {last}), or where it has none, "
+            f"{held_out}"), "validation"
 
 
 def image_folder_name(train_dir: str) -> str:
@@ -194,18 +214,25 @@ def teacher_accuracy(distillation_model: Any, batches: Any) -> float | None:
 
 
 def card_facts_of(
-    model_args: Any, data_args: Any, num_eval_images: int | None, num_validation_images: int | None = None
+    model_args: Any, data_args: Any, num_eval_images: int | None, num_validation_images: int | None = None,
+    split: str | None = None, carved: bool = False, train_images: tuple[int, int] | None = None,
 ) -> CardFacts:
     """What the CLI knows before training: the student's starting checkpoint and the eval data.
 
-    ``num_validation_images``: the validation split's size, before ``max_eval_samples``.
+    ``num_validation_images``: the validation split's size, before ``max_eval_samples``; ``split``
+    and ``carved``: which of the data's splits was evaluated (see ``describe_eval_data``);
+    ``train_images``: how many images were trained on, of how many in the training split.
     """
+    drawn, total = train_images or (0, 0)
+    subset = (f"a random {drawn:,} of its {total:,} training images: max_train_samples, drawn with split_seed "
+              f"{data_args.split_seed}") if drawn < total else None
     return CardFacts(
         base_model=base_model_of(model_args.model_name_or_path, model_args.student_from_scratch),
         local_checkpoint=local_checkpoint_of(model_args.model_name_or_path, model_args.student_from_scratch),
         run_settings={k: getattr(data_args, k, None) for k in SPLIT_KEYS},
         student_settings={k: getattr(model_args, k, None) for k in STUDENT_KEYS},
-        **describe_eval_data(data_args, num_eval_images, num_validation_images),
+        train_subset=subset,
+        **describe_eval_data(data_args, num_eval_images, num_validation_images, split, carved),
     )
 
 

@@ -1,0 +1,127 @@
+"""Which of the data's splits a run trains on and evaluates, and what its card says about them."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import processor
+from hf_rcka.arguments import DataArguments
+from hf_rcka.cli.run_inputs import load_data
+from hf_rcka.data.datasets import load_raw_datasets, prepare_datasets
+from hf_rcka.errors import DataError
+from hf_rcka.trainer.card_facts import card_facts_of, describe_eval_data
+from hf_rcka.arguments import ModelArguments
+
+NAMES = ["a", "b", "c"]
+FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
+
+
+def _split(n: int, offset: int = 0) -> datasets.Dataset:
+    rng = np.random.default_rng(offset)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(n)]
+    return datasets.Dataset.from_dict({"image": images, "label": [(i + offset) % 3 for i in range(n)]}, features=FEATURES)
+
+
+def _hub_folder(root, splits: dict[str, datasets.Dataset]) -> str:
+    """A local folder laid out as push_to_hub lays out a dataset repository."""
+    (root / "data").mkdir(parents=True)
+    for name, split in splits.items():
+        split.to_parquet(str(root / "data" / f"{name}-00000-of-00001.parquet"))
+    return str(root)
+
+
+def test_a_dev_split_is_evaluated_and_an_unknown_split_named(tmp_path, caplog):
+    """A 'dev' split was dropped without a word, and 15% of train was carved in its place."""
+    folder = _hub_folder(tmp_path / "d", {"train": _split(30), "dev": _split(9, 1), "holdout": _split(6, 2)})
+    with caplog.at_level(logging.INFO, logger="hf_rcka"):
+        raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    assert len(raw["train"]) == 30 and len(raw["validation"]) == 9
+    assert not raw.carved and raw.evaluated == "dev"
+    assert "split(s) ['holdout'] are not used" in caplog.text
+
+
+def test_a_carved_split_says_which_splits_went_unused(tmp_path, caplog):
+    folder = _hub_folder(tmp_path / "d", {"train": _split(30), "holdout": _split(6, 2)})
+    with caplog.at_level(logging.INFO, logger="hf_rcka"):
+        raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    assert raw.carved and raw.evaluated == "train"
+    assert "['holdout'] are not used" in caplog.text and "a validation split is carved from train" in caplog.text
+
+
+def test_a_train_val_split_the_data_makes_unused_is_said(tmp_path, caplog):
+    folder = _hub_folder(tmp_path / "d", {"train": _split(30), "valid": _split(9, 1)})
+    with caplog.at_level(logging.INFO, logger="hf_rcka"):
+        load_raw_datasets(DataArguments(dataset_name=folder, train_val_split=0.3))
+    assert "train_val_split 0.3 is not used: the dataset's own 'valid' split is evaluated" in caplog.text
+
+
+@pytest.mark.parametrize("split, carved, text, model_index", [
+    ("test", False, "acme/pets: its test split", "test"),
+    ("train", True, "acme/pets: a stratified 15% validation split carved from train", "validation"),
+    ("train", False, "acme/pets: all of its train split (an evaluation-only run", "train"),
+])
+def test_the_card_names_the_split_that_was_evaluated(split, carved, text, model_index):
+    """Every card read 'the dataset's validation split (... or else test), or where it has none, a
+    stratified 15% split carved from train', and its model-index said validation."""
+    facts = describe_eval_data(DataArguments(dataset_name="acme/pets"), 90, 90, split=split, carved=carved)
+    assert facts["eval_data"].startswith(text) and " or where it has none" not in facts["eval_data"]
+    assert facts["eval_split"] == model_index
+
+
+def test_the_card_names_the_dataset_configuration():
+    facts = describe_eval_data(DataArguments(dataset_name="acme/pets", dataset_config_name="full"), 9, 9, split="test")
+    assert facts["eval_data"] == "acme/pets, configuration full: its test split" and facts["dataset_config"] == "full"
+
+
+def test_max_train_samples_that_misses_a_class_is_said_and_a_subset_is_on_the_card(tmp_path, caplog):
+    """20 images of 10 classes trained 9 of them without a word, and the card said nothing of the subset."""
+    raw = datasets.DatasetDict({"train": _split(30), "validation": _split(9, 1)})
+    args = DataArguments(dataset_name="acme/pets", max_train_samples=2, no_aug=True)
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        prepare_datasets(raw, args, processor(8), NAMES)
+    assert "max_train_samples 2 (a random draw with split_seed 42) holds no training image of classes ['" in caplog.text
+    caplog.clear()
+    args.max_train_samples = 12
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        train, _ = prepare_datasets(raw, args, processor(8), NAMES)
+    assert "holds no training image" not in caplog.text
+    facts = card_facts_of(ModelArguments(model_name_or_path="config:vit"), args, 9, 9, split="validation",
+                          train_images=(len(train), 30))
+    assert facts.train_subset == "a random 12 of its 30 training images: max_train_samples, drawn with split_seed 42"
+
+
+def test_relative_paths_stored_in_an_image_feature_are_read_from_the_dataset_folder(tmp_path, monkeypatch):
+    """An Image feature holding only 'imgs/0.png' was opened from the working directory: a run
+    trained on whatever files of those names it found there (all black: accuracy 0.08, exit 0)."""
+    root = tmp_path / "relimg"
+    (root / "imgs").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(root / "imgs" / f"{i}.png")
+    monkeypatch.chdir(root)  # datasets reads the files while writing them
+    split = datasets.Dataset.from_dict({"image": [f"imgs/{i}.png" for i in range(6)], "label": [i % 3 for i in range(6)]},
+                                       features=FEATURES)
+    _hub_folder(root, {"train": split, "validation": split})
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "imgs").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(elsewhere / "imgs" / f"{i}.png")
+    monkeypatch.chdir(elsewhere)
+    raw = load_raw_datasets(DataArguments(dataset_name=str(root)))
+    assert [int(np.asarray(image)[0, 0, 0]) for image in raw["validation"]["image"]] == [0, 40, 80, 120, 160, 200]
+    monkeypatch.chdir(tmp_path)  # no imgs/ here: the folder's files are still found
+    assert np.asarray(load_raw_datasets(DataArguments(dataset_name=str(root)))["train"][5]["image"])[0, 0, 0] == 200
+
+
+def test_splits_with_other_columns_are_one_line(tmp_path):
+    """datasets' DatasetGenerationError was a traceback with the cause 40 lines up."""
+    validation = _split(9, 1).add_column("id", list(range(9)))
+    folder = _hub_folder(tmp_path / "d", {"train": _split(30), "validation": validation})
+    with pytest.raises(DataError, match=r"cannot load the dataset \(.*\)\. Every split must have the same columns"):
+        load_data(DataArguments(dataset_name=folder), seed=0)
+    assert os.path.isdir(folder)
