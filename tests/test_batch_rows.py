@@ -60,6 +60,17 @@ def test_auto_find_batch_size_retry_starts_the_term_log_anew(tmp_path):
         for e in steps)
 
 
+def test_auto_find_batch_size_checks_the_last_batch_at_the_batch_it_lowered_to(tmp_path):
+    """11 images at 6, retried at 5: batches of 5, 5 and 1, and BatchNorm failed on the lone image
+    at the end of the epoch (the last batch had been checked at 6 only)."""
+    args = make_args(tmp_path, auto_find_batch_size=True, per_device_train_batch_size=6, num_train_epochs=1,
+                     losses=[{"name": "ce"}])
+    trainer = make_trainer(args, student=tiny_resnet(), teacher=None, train=pixel_dataset(11, seed=0))
+    _oom_above(trainer.distillation_model, 5)
+    trainer.train()
+    assert trainer.state.train_batch_size == 5 and args.dataloader_drop_last and trainer.state.global_step == 2
+
+
 def test_logged_terms_add_up_to_loss_with_an_uneven_last_accumulation(tmp_path):
     """20 images in batches of 4, 3 micro-batches a step: the second step has 2. Trainer's loss is
     the mean of each step's micro-batches; the terms weighted every micro-batch alike."""
@@ -74,11 +85,23 @@ def test_logged_terms_add_up_to_loss_with_an_uneven_last_accumulation(tmp_path):
 def test_an_evaluation_batch_too_small_for_a_relation_is_refused_before_training(tmp_path):
     """At an evaluation batch of 2, eval_rcka_intra_loss read 0.0 and eval_feature_cka_loss -0.0 (a
     'perfect match'), and eval_loss, which picks the best checkpoint, moved with the batch size."""
-    trainer = make_trainer(make_args(tmp_path, per_device_eval_batch_size=2, max_steps=1, losses=RELATIONAL))
+    evaluating = {"eval_strategy": "steps", "eval_steps": 1}
+    trainer = make_trainer(make_args(tmp_path, per_device_eval_batch_size=2, max_steps=1, losses=RELATIONAL, **evaluating))
     with pytest.raises(RecipeError, match=r"rcka relates .* 2 sample.*evaluation loss would measure nothing.*"
                                           r"per_device_eval_batch_size >= 3"):
         trainer.train()
-    make_trainer(make_args(tmp_path, per_device_eval_batch_size=3, max_steps=1, losses=RELATIONAL)).train()
+    make_trainer(make_args(tmp_path, per_device_eval_batch_size=3, max_steps=1, losses=RELATIONAL, **evaluating)).train()
+    # a run that never evaluates is not refused (and on one process, gather is no advice)
+    make_trainer(make_args(tmp_path, per_device_eval_batch_size=2, max_steps=1, eval_strategy="no",
+                           losses=RELATIONAL)).train()
+
+
+def test_an_evaluation_set_too_small_for_a_relation_is_refused(tmp_path):
+    """2 evaluation images: no batch could hold a relation, rcka_intra was never reported, and a
+    metric_for_best_model naming it failed with a KeyError after the first evaluation."""
+    args = make_args(tmp_path, max_steps=1, losses=RELATIONAL, eval_strategy="steps", eval_steps=1)
+    with pytest.raises(RecipeError, match=r"the evaluation set has 2 image\(s\), and rcka relates .* at least 3"):
+        make_trainer(args, evaluation=pixel_dataset(2, seed=1)).train()
 
 
 def test_a_short_last_evaluation_batch_counts_in_no_relation_over_samples(tmp_path):

@@ -48,7 +48,7 @@ def check_relation_rows(losses: Mapping[str, Any], args: Any, batch: int | None 
     batch = getattr(args, setting) if batch is None else batch
     processes = max(1, getattr(args, "world_size", 1))
     for name, needed in too_few_rows(losses, batch, processes).items():
-        gather = "" if getattr(losses[name], "gather", False) else " or gather: true across processes"
+        gather = " or gather: true across processes" if processes > 1 and not getattr(losses[name], "gather", False) else ""
         rows = _rows(losses[name], batch, processes)
         raise RecipeError(
             f"{name} relates the samples of a batch, and a relation over {rows} sample(s) is a constant with no "
@@ -56,9 +56,17 @@ def check_relation_rows(losses: Mapping[str, Any], args: Any, batch: int | None 
             f"{cause}. Use {setting} >= {needed}{gather}")
 
 
-def check_evaluation_rows(losses: Mapping[str, Any], args: Any) -> None:
-    """The evaluation batch, as :func:`check_relation_rows` checks the training batch."""
+def check_evaluation_rows(losses: Mapping[str, Any], args: Any, num_images: int | None = None) -> None:
+    """The evaluation batch, as :func:`check_relation_rows` checks the training batch; and an
+    evaluation set of ``num_images`` too small for any relation, whose relational terms no
+    evaluation could report (``metric_for_best_model`` naming one failed after the first)."""
     check_relation_rows(losses, args, setting="per_device_eval_batch_size")
+    if num_images is None:
+        return
+    for name, needed in too_few_rows(losses, num_images, 1).items():
+        raise RecipeError(f"the evaluation set has {num_images} image(s), and {name} relates the samples of a batch: "
+                          f"a relation over fewer than {needed} is a constant, so its evaluation loss would measure "
+                          f"nothing. Evaluate at least {needed} images")
 
 
 class BatchSizeCheck(TrainerCallback):
@@ -76,7 +84,7 @@ class BatchSizeCheck(TrainerCallback):
 
 
 def check_training_batches(num_images: int, args: Any, aug_repeats: int, student: torch.nn.Module,
-                           losses: Mapping[str, Any]) -> None:
+                           losses: Mapping[str, Any], batch_size: int | None = None) -> None:
     """Every epoch must have a training step, and its last step enough images for BatchNorm and
     for the relations over the batch.
 
@@ -86,14 +94,16 @@ def check_training_batches(num_images: int, args: Any, aug_repeats: int, student
     an epoch whose last batch holds one image failed after a whole epoch with a BatchNorm student,
     and a last batch of 1 or 2 images made every relational term of that step a constant (the
     logged terms jumped to their maximum). Dropping that batch, a few images an epoch, is what
-    ``dataloader_drop_last`` does, so it is set.
+    ``dataloader_drop_last`` does, so it is set. ``batch_size``: the per-process batch when
+    ``auto_find_batch_size`` lowered it (``args.train_batch_size`` otherwise).
     """
     processes = max(1, args.world_size)
+    local = batch_size or args.train_batch_size
     per_process = images_per_process(num_images, aug_repeats, processes)
     if per_process is None:  # Trainer's sampler: batches dealt to the processes, the last ones padded
-        batch, seen = args.train_batch_size * processes, num_images
+        batch, seen = local * processes, num_images
     else:
-        batch, seen = args.train_batch_size, per_process
+        batch, seen = local, per_process
     if args.dataloader_drop_last and seen < batch:
         where = (f"{num_images} images" if per_process is None else
                  f"{num_images} images, of which repeated augmentation gives each of {processes} processes {per_process}")
@@ -101,7 +111,7 @@ def check_training_batches(num_images: int, args: Any, aug_repeats: int, student
                         "true drops it: lower per_device_train_batch_size or set dataloader_drop_last: false")
     if args.dataloader_drop_last or (per_process is None and processes > 1):  # padded to whole batches
         return
-    last = seen % args.train_batch_size
+    last = seen % local
     if not last:
         return
     reason = None

@@ -352,8 +352,16 @@ class DistillationTrainer(CheckpointingTrainer):
         return sampler
 
     def get_train_dataloader(self):
-        """Trainer's loader; a rank-aware RA sampler is not sharded again by accelerate."""
+        """Trainer's loader; a rank-aware RA sampler is not sharded again by accelerate. Built again
+        for every ``auto_find_batch_size`` attempt, so its last batch is checked at that batch size."""
+        self._check_training_batches()
         return keep_rank_sharding(super().get_train_dataloader())
+
+    def _check_training_batches(self) -> None:
+        if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
+            check_training_batches(len(self.train_dataset), self.args, self.augmentation.aug_repeats,
+                                   self.distillation_model.student, self.distillation_model.losses,
+                                   batch_size=self._train_batch_size)
 
     # ------------------------------------------------------------------ teacher sanity check
 
@@ -367,11 +375,10 @@ class DistillationTrainer(CheckpointingTrainer):
         """
         losses = self.distillation_model.losses
         check_relation_rows(losses, self.args)
-        if self.eval_dataset is not None:
-            check_evaluation_rows(losses, self.args)
-        if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
-            check_training_batches(len(self.train_dataset), self.args, self.augmentation.aug_repeats,
-                                   self.distillation_model.student, losses)
+        if self.eval_dataset is not None and self.args.eval_strategy != "no":
+            for evaluation in (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]):
+                check_evaluation_rows(losses, self.args, len(evaluation) if hasattr(evaluation, "__len__") else None)
+        self._check_training_batches()
         self.check_teacher()
         output = super().train(*args, **kwargs)
         self.divergence.check(self.args, self.state, self.control)  # a divergence no logging or saving step saw
