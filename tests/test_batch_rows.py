@@ -71,6 +71,17 @@ def test_auto_find_batch_size_checks_the_last_batch_at_the_batch_it_lowered_to(t
     assert trainer.state.train_batch_size == 5 and args.dataloader_drop_last and trainer.state.global_step == 2
 
 
+def test_a_last_batch_dropped_at_one_batch_size_is_kept_at_the_next(tmp_path):
+    """13 images: at 6 the last batch is 1 (dropped for BatchNorm); retried at 5 it is 3, which was
+    dropped too every epoch, with no word, because the first check's setting stuck."""
+    args = make_args(tmp_path, auto_find_batch_size=True, per_device_train_batch_size=6, num_train_epochs=1,
+                     losses=[{"name": "ce"}])
+    trainer = make_trainer(args, student=tiny_resnet(), teacher=None, train=pixel_dataset(13, seed=0))
+    _oom_above(trainer.distillation_model, 5)
+    trainer.train()
+    assert trainer.state.train_batch_size == 5 and not args.dataloader_drop_last and trainer.state.global_step == 3
+
+
 def test_logged_terms_add_up_to_loss_with_an_uneven_last_accumulation(tmp_path):
     """20 images in batches of 4, 3 micro-batches a step: the second step has 2. Trainer's loss is
     the mean of each step's micro-batches; the terms weighted every micro-batch alike."""

@@ -52,6 +52,10 @@ def test_a_carved_split_says_which_splits_went_unused(tmp_path, caplog):
         raw = load_raw_datasets(DataArguments(dataset_name=folder))
     assert raw.carved and raw.evaluated == "train"
     assert "['holdout'] are not used" in caplog.text and "a validation split is carved from train" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hf_rcka"):  # an evaluation-only run carves nothing
+        load_raw_datasets(DataArguments(dataset_name=folder), eval_only=True)
+    assert "all of train is evaluated" in caplog.text and "carved" not in caplog.text
 
 
 def test_a_train_val_split_the_data_makes_unused_is_said(tmp_path, caplog):
@@ -63,7 +67,7 @@ def test_a_train_val_split_the_data_makes_unused_is_said(tmp_path, caplog):
 
 @pytest.mark.parametrize("split, carved, text, model_index", [
     ("test", False, "acme/pets: its test split", "test"),
-    ("train", True, "acme/pets: a stratified 15% validation split carved from train", "validation"),
+    ("train", True, "acme/pets: a stratified 15% validation split carved from train", "train"),
     ("train", False, "acme/pets: all of its train split (an evaluation-only run", "train"),
 ])
 def test_the_card_names_the_split_that_was_evaluated(split, carved, text, model_index):
@@ -77,6 +81,7 @@ def test_the_card_names_the_split_that_was_evaluated(split, carved, text, model_
 def test_the_card_names_the_dataset_configuration():
     facts = describe_eval_data(DataArguments(dataset_name="acme/pets", dataset_config_name="full"), 9, 9, split="test")
     assert facts["eval_data"] == "acme/pets, configuration full: its test split" and facts["dataset_config"] == "full"
+    assert facts["dataset_label"] == "acme/pets", "model-index names the configuration in its own field"
 
 
 def test_max_train_samples_that_misses_a_class_is_said_and_a_subset_is_on_the_card(tmp_path, caplog):
@@ -125,3 +130,64 @@ def test_splits_with_other_columns_are_one_line(tmp_path):
     with pytest.raises(DataError, match=r"cannot load the dataset \(.*\)\. Every split must have the same columns"):
         load_data(DataArguments(dataset_name=folder), seed=0)
     assert os.path.isdir(folder)
+
+
+def _relative_image_folder(tmp_path, monkeypatch, column: datasets.Dataset | None = None, **splits) -> str:
+    """Images 0, 40, ..., 200 in ``root/imgs``, black decoys of the same names in the working directory."""
+    root, decoys = tmp_path / "root", tmp_path / "decoys"
+    for folder, value in ((root, lambda i: 40 * i), (decoys, lambda i: 0)):
+        (folder / "imgs").mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8, 3), value(i), dtype=np.uint8)).save(folder / "imgs" / f"{i}.png")
+    monkeypatch.chdir(root)  # datasets reads the files while writing them
+    _hub_folder(root, splits)
+    monkeypatch.chdir(decoys)
+    return str(root)
+
+
+def _values(split: datasets.Dataset) -> list[int]:
+    split = split.cast_column("image", datasets.Image())
+    return [int(np.asarray(image)[0, 0, 0]) for image in split["image"]]
+
+
+@pytest.mark.parametrize("form", ["decode_false", "first_row_bytes", "struct"])
+def test_relative_paths_in_every_form_of_image_column_are_read_from_the_dataset_folder(form, tmp_path, monkeypatch):
+    """Image(decode=False), a column whose first row holds bytes, and a pandas-written {bytes, path}
+    struct were still opened from the working directory: the black decoys were trained on."""
+    labels = [i % 3 for i in range(6)]
+    paths = [{"bytes": None, "path": f"imgs/{i}.png"} for i in range(6)]
+    if form == "first_row_bytes":
+        buffer = __import__("io").BytesIO()
+        Image.fromarray(np.full((8, 8, 3), 0, dtype=np.uint8)).save(buffer, format="PNG")
+        paths[0] = {"bytes": buffer.getvalue(), "path": None}
+    image = {"decode_false": datasets.Image(decode=False), "first_row_bytes": datasets.Image(),
+             "struct": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}}[form]
+    features = datasets.Features({"image": image, "label": datasets.ClassLabel(names=NAMES)})
+    split = datasets.Dataset.from_dict({"image": paths, "label": labels}, features=features)
+    root = _relative_image_folder(tmp_path, monkeypatch, train=split, validation=split)
+    raw = load_raw_datasets(DataArguments(dataset_name=root))
+    assert _values(raw["validation"]) == [0, 40, 80, 120, 160, 200]
+
+
+def test_a_split_the_run_does_not_read_need_not_ship_its_files(tmp_path, monkeypatch):
+    """An unlabelled test split whose files were not shipped stopped a dataset that loaded before."""
+    stored = datasets.Dataset.from_dict({"image": [f"imgs/{i}.png" for i in range(6)], "label": [-1] * 6},
+                                        features=datasets.Features({"image": datasets.Image(decode=False),
+                                                                    "label": datasets.Value("int64")}))
+    root = tmp_path / "d"
+    _hub_folder(root, {"train": _split(30), "validation": _split(9, 1)})
+    import pyarrow.parquet as pq  # datasets' to_parquet would read the (missing) files to size its row groups
+
+    pq.write_table(stored.data.table, str(root / "data" / "test-00000-of-00001.parquet"))
+    monkeypatch.chdir(tmp_path)
+    raw = load_raw_datasets(DataArguments(dataset_name=str(root)))
+    assert (len(raw["train"]), len(raw["validation"])) == (30, 9)
+
+
+def test_a_broken_file_is_not_blamed_on_the_columns(tmp_path):
+    folder = _hub_folder(tmp_path / "d", {"train": _split(30), "validation": _split(9, 1)})
+    broken = tmp_path / "d" / "data" / "validation-00000-of-00001.parquet"
+    broken.write_bytes(broken.read_bytes()[:100])
+    with pytest.raises(DataError, match="cannot load the dataset") as error:
+        load_data(DataArguments(dataset_name=folder), seed=0)
+    assert "same columns" not in str(error.value)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from datasets.exceptions import DatasetGenerationError
+from datasets.table import CastError
 
 from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
 from ..data.datasets import load_raw_datasets
@@ -67,8 +68,9 @@ def load_data(data_args: DataArguments, seed: int, eval_only: bool = False):
     except DatasetGenerationError as err:  # what went wrong is its cause (a CastError: splits with other columns)
         cause = err.__cause__ or err
         text = " ".join(str(cause).split())[:400]
-        raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(cause).__name__}: {text}). "
-                        "Every split must have the same columns and types") from err
+        hint = ". Every split must have the same columns and types" if isinstance(cause, CastError) else ""
+        raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(cause).__name__}: "
+                        f"{text}){hint}") from err
 
 
 def align_teacher(teacher: Any, args: DistillationTrainingArguments, labels: list[str], mapping: str) -> None:

@@ -14,6 +14,8 @@ import os
 from typing import Any, Callable
 
 import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
 import numpy as np
 import torch
 from torch.utils.data import default_collate
@@ -86,10 +88,10 @@ def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = Fal
     if "train" not in raw:
         raise ValueError(f"the dataset has no 'train' split (splits: {list(raw)})")
     _check_columns(raw["train"], args)
-    raw = _image_paths_from_the_data_folder(raw, args)
     label_values.check_label_values(raw["train"], column, "train")
     validation = _labelled_eval_split(raw, column)
-    _say_unused_splits(raw, validation, args)
+    _say_unused_splits(raw, validation, args, eval_only)
+    raw = _image_paths_from_the_data_folder(raw, args, used=("train", validation))
     carved = validation is None and not eval_only
     if validation is None and eval_only:
         logger.info("data: an evaluation-only run and no validation split: all %d images are evaluated", len(raw["train"]))
@@ -106,7 +108,7 @@ def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = Fal
     return splits
 
 
-def _say_unused_splits(raw: datasets.DatasetDict, evaluated: str | None, args: DataArguments) -> None:
+def _say_unused_splits(raw: datasets.DatasetDict, evaluated: str | None, args: DataArguments, eval_only: bool) -> None:
     """Name the data's splits that no part of the run reads, and a ``train_val_split`` that is not used.
 
     A split by an unusual name (``holdout``) was dropped without a word, while a validation split
@@ -117,14 +119,19 @@ def _say_unused_splits(raw: datasets.DatasetDict, evaluated: str | None, args: D
     unknown = [name for name in unused if name not in VALIDATION_SPLIT_NAMES]
     if unknown:
         logger.warning("data: the dataset's split(s) %s are not used: hf_rcka trains on 'train' and evaluates the first "
-                       "of %s it has%s", unknown, list(VALIDATION_SPLIT_NAMES),
-                       " (none here: a validation split is carved from train)" if evaluated is None else "")
+                       "of %s it has%s", unknown, list(VALIDATION_SPLIT_NAMES), _instead(evaluated, eval_only))
     elif unused:
         logger.info("data: the dataset's split(s) %s are not used", unused)
     default = DataArguments.__dataclass_fields__["train_val_split"].default
     if evaluated is not None and args.train_val_split != default:
         logger.warning("data: train_val_split %g is not used: the dataset's own %r split is evaluated",
                        args.train_val_split, evaluated)
+
+
+def _instead(evaluated: str | None, eval_only: bool) -> str:
+    if evaluated is not None:
+        return ""
+    return " (none here: all of train is evaluated)" if eval_only else " (none here: a validation split is carved from train)"
 
 
 def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
@@ -193,58 +200,78 @@ def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
         )
 
 
-def _image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArguments) -> datasets.DatasetDict:
-    """Relative image paths (a CSV of ``imgs/0.png``, or an ``Image`` feature that stores only
-    such a path) name files in the dataset's folder.
+def _image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArguments,
+                                      used: tuple[str | None, ...]) -> datasets.DatasetDict:
+    """Relative image paths (a CSV of ``imgs/0.png``, or image values that store only such a path)
+    name files in the dataset's folder.
 
     Read as they are, they were opened from the working directory: from elsewhere a run failed at
-    its first batch, or trained on other files that happened to share the names. They are made
-    absolute against a local ``dataset_name`` folder; relative paths of any other dataset that do
-    not name a file from here are an error now, not at the first batch.
+    its first batch, or trained on other files that happened to share the names. In the splits the
+    run ``used`` (a split it never reads may ship no files), they are made absolute against a local
+    ``dataset_name`` folder; relative paths of any other dataset that do not name a file from here
+    are an error now, not at the first batch.
     """
     column = args.image_column_name
     folder = args.dataset_name if args.dataset_name and os.path.isdir(args.dataset_name) else None
-    for name, split in raw.items():
+    for name in [n for n in used if n in raw]:
+        split = raw[name]
         feature = split.features[column]
-        if isinstance(feature, datasets.Image) and feature.decode:
-            stored = split.cast_column(column, datasets.Image(decode=False))  # {bytes, path}, not decoded
-            first = stored.select_columns([column])[0][column] if len(split) else None
-            path = first["path"] if first and first.get("bytes") is None else None
-            if _from_the_folder(path, folder, column):
-                fixed = stored.map(lambda batch: {column: [_in_folder(v, folder) for v in batch[column]]},
-                                   batched=True, desc=f"image paths of {name}")
-                raw[name] = fixed.cast_column(column, feature)
-        elif getattr(feature, "dtype", None) in ("string", "large_string"):
-            first = split.select_columns([column])[0][column] if len(split) else None
-            if _from_the_folder(first, folder, column):
-                raw[name] = split.map(lambda batch: {column: [_in_folder(p, folder) for p in batch[column]]},
-                                      batched=True, desc=f"image paths of {name}")
+        decoded = isinstance(feature, datasets.Image) and feature.decode
+        stored = split.cast_column(column, datasets.Image(decode=False)) if decoded else split  # metadata only
+        first = _first_relative_path(stored, column)
+        if first is None or not _from_the_folder(first, folder, column, name):
+            continue
+        fixed = stored.map(lambda batch: {column: [_in_folder(v, folder) for v in batch[column]]},
+                           batched=True, desc=f"image paths of {name}")
+        raw[name] = fixed.cast_column(column, feature) if decoded else fixed
     return raw
+
+
+def _first_relative_path(split: datasets.Dataset, column: str) -> str | None:
+    """The first relative path among the column's paths (a string column, or image values stored as
+    ``{bytes, path}`` whose bytes are missing), read from the arrow table, or None."""
+    values = split.with_format("arrow")[column] if len(split) else None
+    if values is None:
+        return None
+    if pa.types.is_struct(values.type):
+        if "path" not in [values.type.field(i).name for i in range(values.type.num_fields)]:
+            return None
+        has_bytes = "bytes" in [values.type.field(i).name for i in range(values.type.num_fields)]
+        paths = pc.struct_field(values, "path")
+        if has_bytes:
+            paths = pc.if_else(pc.is_null(pc.struct_field(values, "bytes")), paths, pa.scalar(None, paths.type))
+    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        paths = values
+    else:
+        return None
+    paths = pc.drop_null(paths)
+    relative = pc.invert(pc.or_(pc.or_(pc.starts_with(paths, "/"), pc.match_substring(paths, "://")),
+                                pc.equal(paths, "")))
+    found = pc.filter(paths, relative)
+    return found[0].as_py() if len(found) else None
 
 
 def _relative(path: Any) -> bool:
     return isinstance(path, str) and bool(path) and not os.path.isabs(path) and "://" not in path
 
 
-def _from_the_folder(first: str | None, folder: str | None, column: str) -> bool:
-    """Whether a split whose first image path is ``first`` has paths relative to ``folder``.
+def _from_the_folder(first: str, folder: str | None, column: str, split: str) -> bool:
+    """Whether a split whose first relative image path is ``first`` has its paths in ``folder``.
 
     Raises:
         DataError: the relative path names no file in the folder or the working directory.
     """
-    if not _relative(first):
-        return False
     if folder is not None and os.path.exists(os.path.join(folder, first)):
         return True
     if not os.path.exists(first):
         where = f"{folder!r} or the working directory" if folder else "the working directory"
-        raise DataError(f"image_column_name={column!r} holds relative paths (e.g. {first!r}) that name no file in "
-                        f"{where}: give absolute paths, or paths relative to the dataset's folder")
+        raise DataError(f"image_column_name={column!r} of the {split!r} split holds relative paths (e.g. {first!r}) "
+                        f"that name no file in {where}: give absolute paths, or paths relative to the dataset's folder")
     return False
 
 
 def _in_folder(value: Any, folder: str) -> Any:
-    """A relative path (or an ``Image`` value that stores only one) made absolute against ``folder``."""
+    """A relative path (or an image value that stores only one) made absolute against ``folder``."""
     if isinstance(value, dict):
         return {**value, "path": os.path.join(folder, value["path"])} if value.get("bytes") is None and _relative(
             value.get("path")) else value

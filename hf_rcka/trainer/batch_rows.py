@@ -84,7 +84,8 @@ class BatchSizeCheck(TrainerCallback):
 
 
 def check_training_batches(num_images: int, args: Any, aug_repeats: int, student: torch.nn.Module,
-                           losses: Mapping[str, Any], batch_size: int | None = None) -> None:
+                           losses: Mapping[str, Any], batch_size: int | None = None,
+                           requested_drop_last: bool | None = None) -> None:
     """Every epoch must have a training step, and its last step enough images for BatchNorm and
     for the relations over the batch.
 
@@ -95,8 +96,12 @@ def check_training_batches(num_images: int, args: Any, aug_repeats: int, student
     and a last batch of 1 or 2 images made every relational term of that step a constant (the
     logged terms jumped to their maximum). Dropping that batch, a few images an epoch, is what
     ``dataloader_drop_last`` does, so it is set. ``batch_size``: the per-process batch when
-    ``auto_find_batch_size`` lowered it (``args.train_batch_size`` otherwise).
+    ``auto_find_batch_size`` lowered it (``args.train_batch_size`` otherwise);
+    ``requested_drop_last``: the run's own ``dataloader_drop_last``, which each check starts from
+    (a batch dropped at one batch size may be whole at the next).
     """
+    if requested_drop_last is not None:
+        args.dataloader_drop_last = requested_drop_last
     processes = max(1, args.world_size)
     local = batch_size or args.train_batch_size
     per_process = images_per_process(num_images, aug_repeats, processes)

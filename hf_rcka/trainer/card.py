@@ -98,12 +98,14 @@ def _hub_dataset(dataset: str | None, facts: CardFacts) -> list[str] | None:
 def _trained_on(dataset: str | None, facts: CardFacts) -> str:
     """The end of the card's first sentence: the data, marked local when it is an image folder,
     and the part of it trained on when ``max_train_samples`` drew one."""
-    subset = f" ({facts.train_subset})" if facts.train_subset else ""
+    subset = f"; {facts.train_subset}" if facts.train_subset else ""
     if facts.image_folder:
-        return f" on the local image folder `{image_folder_name(facts.image_folder)}` (not a Hub dataset){subset}."
+        return f" on the local image folder `{image_folder_name(facts.image_folder)}` (not a Hub dataset{subset})."
     if dataset and os.path.isdir(dataset):
-        return f" on the local dataset folder `{image_folder_name(dataset)}` (not a Hub dataset){subset}."
-    return f" on `{dataset}`{subset}." if dataset else f"{subset}."
+        return f" on the local dataset folder `{image_folder_name(dataset)}` (not a Hub dataset{subset})."
+    if not subset:
+        return f" on `{dataset}`." if dataset else "."
+    return f" on `{dataset}` ({subset[2:]})." if dataset else f" ({subset[2:]})."
 
 
 def _eval_results(facts: CardFacts, dataset: str | None, metrics: dict[str, float]) -> list[EvalResult] | None:

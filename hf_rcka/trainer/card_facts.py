@@ -124,13 +124,12 @@ def describe_eval_data(
     else:  # "imagefolder" is datasets' loader, the model-index type Hub cards give local image folders
         name, label = "imagefolder", f"{image_folder_name(data_args.train_dir)} (local image folder)"
     config = getattr(data_args, "dataset_config_name", None) if data_args.dataset_name else None
-    if config:
-        label = f"{label}, configuration {config}"
+    named = f"{label}, configuration {config}" if config else label  # model-index has its own config field
     where, model_index_split = _evaluated_split(data_args, split, carved)
     if num_images and num_validation and num_images < num_validation:
         where = (f"a random subset (max_eval_samples, drawn with split_seed {data_args.split_seed}) "
                  f"of the {num_validation:,} images of {where}")
-    return {"eval_data": f"{label}: {where}", "eval_images": num_images, "dataset_type": name,
+    return {"eval_data": f"{named}: {where}", "eval_images": num_images, "dataset_type": name,
             "dataset_label": label, "dataset_config": config, "eval_split": model_index_split,
             "image_folder": None if data_args.dataset_name else data_args.train_dir}
 
@@ -142,7 +141,7 @@ def _evaluated_split(data_args: Any, split: str | None, carved: bool) -> tuple[s
     if data_args.validation_dir:
         return f"its image folder `{os.path.basename(os.path.normpath(data_args.validation_dir))}`", "validation"  # no local path
     if carved or (split is None and data_args.dataset_name in (None, "builtin:digits")):  # a lone train_dir: no other split
-        return held_out, "validation"
+        return held_out, "train"  # the data's own split the images come from; the text says they were held out
     if split == "train":
         return "all of its train split (an evaluation-only run; the data has no validation split)", "train"
     if split:

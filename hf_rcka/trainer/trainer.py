@@ -180,6 +180,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self.add_callback(self._sampler_epoch)
         self.divergence = DivergenceCheck(lambda: self.distillation_model.student)
         self.add_callback(self.divergence)
+        self._requested_drop_last = bool(args.dataloader_drop_last)  # the batch checks may set it (batch_rows)
         self._term_logs = {"train": LossTermLog(), "eval": LossTermLog()}
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
         self.add_callback(BatchSizeCheck(model.losses))
@@ -361,7 +362,7 @@ class DistillationTrainer(CheckpointingTrainer):
         if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
             check_training_batches(len(self.train_dataset), self.args, self.augmentation.aug_repeats,
                                    self.distillation_model.student, self.distillation_model.losses,
-                                   batch_size=self._train_batch_size)
+                                   batch_size=self._train_batch_size, requested_drop_last=self._requested_drop_last)
 
     # ------------------------------------------------------------------ teacher sanity check
 
