@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from ..data.sampler import images_per_process
 from ..errors import DataError, RecipeError
@@ -69,20 +68,6 @@ def check_evaluation_rows(losses: Mapping[str, Any], args: Any, num_images: int 
                           f"nothing. Evaluate at least {needed} images")
 
 
-class BatchSizeCheck(TrainerCallback):
-    """Checks the training batch of every attempt: ``auto_find_batch_size`` retries a run that ran out
-    of memory with a smaller batch, which no check before training sees (it trained on at 2 images,
-    with every relational term a constant)."""
-
-    def __init__(self, losses: Mapping[str, Any]) -> None:
-        self.losses = losses
-
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
-        if state.train_batch_size and state.train_batch_size != args.per_device_train_batch_size:
-            check_relation_rows(self.losses, args, batch=state.train_batch_size,
-                                cause=" (auto_find_batch_size lowered the batch after running out of memory)")
-
-
 def check_training_batches(num_images: int, args: Any, aug_repeats: int, student: torch.nn.Module,
                            losses: Mapping[str, Any], batch_size: int | None = None,
                            requested_drop_last: bool | None = None) -> None:
@@ -132,4 +117,4 @@ def check_training_batches(num_images: int, args: Any, aug_repeats: int, student
         args.dataloader_drop_last = True
 
 
-__all__ = ["BatchSizeCheck", "check_evaluation_rows", "check_relation_rows", "check_training_batches", "too_few_rows"]
+__all__ = ["check_evaluation_rows", "check_relation_rows", "check_training_batches", "too_few_rows"]

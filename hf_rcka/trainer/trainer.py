@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, se
 from transformers.trainer_utils import EvalLoopOutput
 
 from ..augmentation import AugmentationArguments
-from .batch_rows import BatchSizeCheck, check_evaluation_rows, check_relation_rows, check_training_batches
+from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches
 from .card_facts import CardFacts, complete_card_facts
 from .term_log import LossTermLog
 from .checkpointing import CheckpointingTrainer, keep_token_out_of_files
@@ -183,7 +183,6 @@ class DistillationTrainer(CheckpointingTrainer):
         self._requested_drop_last = bool(args.dataloader_drop_last)  # the batch checks may set it (batch_rows)
         self._term_logs = {"train": LossTermLog(), "eval": LossTermLog()}
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
-        self.add_callback(BatchSizeCheck(model.losses))
         self.card_facts = CardFacts()  # the CLI adds what it knows (base model, evaluation data)
         self._setup_pipeline(augmentation or AugmentationArguments())
         for callback in [c for c in self.callback_handler.callbacks if getattr(c, "runs_last", False)]:
@@ -354,14 +353,18 @@ class DistillationTrainer(CheckpointingTrainer):
 
     def get_train_dataloader(self):
         """Trainer's loader; a rank-aware RA sampler is not sharded again by accelerate. Built again
-        for every ``auto_find_batch_size`` attempt, so its last batch is checked at that batch size."""
+        for every ``auto_find_batch_size`` attempt, so that attempt's batch and last batch are checked."""
         self._check_training_batches()
         return keep_rank_sharding(super().get_train_dataloader())
 
     def _check_training_batches(self) -> None:
+        losses = self.distillation_model.losses
+        if self._train_batch_size != self.args.train_batch_size:  # a retry, which no check before training saw:
+            check_relation_rows(losses, self.args, batch=self._train_batch_size,  # it trained on at 2 images
+                                cause=" (auto_find_batch_size lowered the batch after running out of memory)")
         if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
             check_training_batches(len(self.train_dataset), self.args, self.augmentation.aug_repeats,
-                                   self.distillation_model.student, self.distillation_model.losses,
+                                   self.distillation_model.student, losses,
                                    batch_size=self._train_batch_size, requested_drop_last=self._requested_drop_last)
 
     # ------------------------------------------------------------------ teacher sanity check
