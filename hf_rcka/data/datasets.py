@@ -234,17 +234,18 @@ def _first_relative_path(split: datasets.Dataset, column: str) -> str | None:
     if values is None:
         return None
     if pa.types.is_struct(values.type):
-        if "path" not in [values.type.field(i).name for i in range(values.type.num_fields)]:
+        fields = {values.type.field(i).name for i in range(values.type.num_fields)}
+        if "path" not in fields:
             return None
-        has_bytes = "bytes" in [values.type.field(i).name for i in range(values.type.num_fields)]
         paths = pc.struct_field(values, "path")
-        if has_bytes:
+        if "bytes" in fields:
             paths = pc.if_else(pc.is_null(pc.struct_field(values, "bytes")), paths, pa.scalar(None, paths.type))
     elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         paths = values
     else:
         return None
     paths = pc.drop_null(paths)
+    # _relative's rule, on the whole arrow column at once
     relative = pc.invert(pc.or_(pc.or_(pc.starts_with(paths, "/"), pc.match_substring(paths, "://")),
                                 pc.equal(paths, "")))
     found = pc.filter(paths, relative)

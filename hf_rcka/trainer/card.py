@@ -98,14 +98,16 @@ def _hub_dataset(dataset: str | None, facts: CardFacts) -> list[str] | None:
 def _trained_on(dataset: str | None, facts: CardFacts) -> str:
     """The end of the card's first sentence: the data, marked local when it is an image folder,
     and the part of it trained on when ``max_train_samples`` drew one."""
-    subset = f"; {facts.train_subset}" if facts.train_subset else ""
+    notes = []
     if facts.image_folder:
-        return f" on the local image folder `{image_folder_name(facts.image_folder)}` (not a Hub dataset{subset})."
-    if dataset and os.path.isdir(dataset):
-        return f" on the local dataset folder `{image_folder_name(dataset)}` (not a Hub dataset{subset})."
-    if not subset:
-        return f" on `{dataset}`." if dataset else "."
-    return f" on `{dataset}` ({subset[2:]})." if dataset else f" ({subset[2:]})."
+        place, notes = f"the local image folder `{image_folder_name(facts.image_folder)}`", ["not a Hub dataset"]
+    elif dataset and os.path.isdir(dataset):
+        place, notes = f"the local dataset folder `{image_folder_name(dataset)}`", ["not a Hub dataset"]
+    else:
+        place = f"`{dataset}`" if dataset else None
+    if facts.train_subset:
+        notes.append(facts.train_subset)
+    return (f" on {place}" if place else "") + (f" ({'; '.join(notes)})" if notes else "") + "."
 
 
 def _eval_results(facts: CardFacts, dataset: str | None, metrics: dict[str, float]) -> list[EvalResult] | None:

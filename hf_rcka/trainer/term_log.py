@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from transformers import TrainerCallback
@@ -31,7 +31,7 @@ class LossTermLog(TrainerCallback):
             self.sums[name] = self.sums[name] + value if name in self.sums else value
             self.weights[name] = self.weights.get(name, 0.0) + weight
 
-    def means(self, gather) -> dict[str, float]:
+    def means(self, gather: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
         """Each term's weighted mean over every process (``gather``: accelerate's), and start anew.
 
         A term with no weight anywhere is left out. Every process must call this together.
