@@ -359,8 +359,7 @@ def _check_subset_classes(train: datasets.Dataset, evaluation: datasets.Dataset,
     """Say when a random ``max_train_samples`` draw missed a class the evaluation has (20 images of
     10 classes trained 9, without a word): the head never learns it, and its images count as errors.
     A warning, not an error: a small subset for a quick run is what was asked for."""
-    missing = label_values.present_classes(evaluation, args.label_column_name) - label_values.present_classes(
-        train, args.label_column_name)
+    missing = label_values.untrained_classes(train, evaluation, args.label_column_name)
     if missing:
         shown = sorted(missing)[:10]
         logger.warning("data: max_train_samples %d (a random draw with split_seed %d) holds no training image of "

@@ -154,13 +154,18 @@ def check_class_count(train: datasets.Dataset, column: str, carved: bool) -> Non
                          "of classes")
 
 
+def untrained_classes(train: datasets.Dataset, validation: datasets.Dataset, column: str) -> set[str]:
+    """The classes the validation split has images of and the training split has none of."""
+    return present_classes(validation, column) - present_classes(train, column)
+
+
 def check_trained_classes(train: datasets.Dataset, validation: datasets.Dataset, column: str) -> None:
     """The validation split holds no class that no training image has: the head never learns it.
 
     Raises:
         LabelError: naming those classes.
     """
-    untrained = present_classes(validation, column) - present_classes(train, column)
+    untrained = untrained_classes(train, validation, column)
     if untrained:
         shown = sorted(untrained)[:10]
         more = f" and {len(untrained) - 10} more" if len(untrained) > 10 else ""
