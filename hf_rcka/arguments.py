@@ -20,7 +20,7 @@ from transformers import TrainingArguments
 
 from .augmentation import AugmentationArguments
 from .errors import RecipeError
-from .value_checks import check_training_values, validate_feature_pairs, validate_losses
+from .value_checks import check_auto_pair_options, check_training_values, validate_feature_pairs, validate_losses
 
 @dataclass
 class ModelArguments:
@@ -191,6 +191,7 @@ class DistillationTrainingArguments(TrainingArguments):
         check_training_values(self)
         self.losses = validate_losses(self.losses)
         self.feature_pairs = validate_feature_pairs(self.feature_pairs)
+        check_auto_pair_options(self.losses, self.feature_pairs)
         if not 0.0 <= self.model_ema_decay < 1.0:
             raise RecipeError(f"model_ema_decay must be in [0, 1), got {self.model_ema_decay}")
         if self.model_ema and _fsdp_requested(self):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import typing
 from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
@@ -23,21 +24,42 @@ def close_matches(word: str, candidates: list[str] | tuple[str, ...]) -> str:
 
 
 class Registry:
-    """A named collection of classes, built by key with validated keyword options."""
+    """A named collection of classes, built by key with validated keyword options.
+
+    ``base``, once the package sets it, is the class every registered one must derive from (a
+    plain module registered as a loss would fail at the first step, not here).
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.base: type | None = None
         self._classes: dict[str, type] = {}
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
         def decorator(cls: type[T]) -> type[T]:
-            if name in self._classes:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._check_new(name, cls)
             self._classes[name] = cls
             cls.registry_name = name  # type: ignore[attr-defined]
             return cls
 
         return decorator
+
+    def _check_new(self, name: str, cls: type) -> None:
+        if self.base is not None and not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise TypeError(f"{self.kind} {name!r}: {getattr(cls, '__name__', cls)!r} must subclass "
+                            f"{self.base.__module__}.{self.base.__name__}")
+        own = cls.__dict__.get("registry_name")
+        if own is not None and own != name:
+            # one class under two names would answer to the last one only (its modules, terms and
+            # saved state are keyed by it)
+            raise ValueError(f"{self.kind} {name!r}: {cls.__name__} is already registered as {own!r}; register a "
+                             f"subclass under the new name")
+        previous = self._classes.get(name)
+        if previous is not None and _same_definition(previous, cls):
+            return  # the same class defined again (a notebook cell run twice) replaces the old one
+        if previous is not None:
+            raise ValueError(f"{self.kind} {name!r} is already registered (by {previous.__module__}."
+                             f"{previous.__qualname__}); choose another name")
 
     def names(self) -> list[str]:
         return sorted(self._classes)
@@ -51,14 +73,17 @@ class Registry:
         return self._classes[name]
 
     def option_names(self, name: str) -> list[str]:
-        """Keyword options the class's constructor accepts (what a recipe may set)."""
-        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        params = inspect.signature(self.get(name).__init__).parameters.values()
-        return [p.name for p in params if p.name != "self" and p.kind in named]
+        """Keyword options the class's constructor accepts (what a recipe may set), with those a
+        ``**kwargs`` passes on to a base class's constructor."""
+        return list(_init_parameters(self.get(name)))
+
+    def option_types(self, name: str) -> dict[str, Any]:
+        """The annotated type of each option (what a recipe's text value is converted to)."""
+        return _init_types(self.get(name))
 
     def default(self, name: str, option: str) -> Any:
         """The constructor's default for ``option``, so a recipe that omits it gets what the class says."""
-        param = inspect.signature(self.get(name).__init__).parameters.get(option)
+        param = _init_parameters(self.get(name)).get(option)
         if param is None or param.default is inspect.Parameter.empty:
             raise KeyError(f"{self.kind} {name!r} has no default for {option!r}")
         return param.default
@@ -76,6 +101,52 @@ class Registry:
     def build(self, name: str, **options: Any) -> Any:
         self.check_options(name, options)
         return self.get(name)(**options)
+
+
+def _same_definition(a: type, b: type) -> bool:
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+def _init_chain(cls: type) -> list[Callable]:
+    """``cls.__init__`` and, while each passes ``**kwargs`` on, its bases' constructors."""
+    chain = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        chain.append(init)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+            break
+    return chain
+
+
+def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The named keyword parameters of ``cls.__init__``, following ``**kwargs`` up the bases.
+
+    A subclass that adds one option and passes the rest on (``def __init__(self, scale=2.0,
+    **kwargs)``) still takes its base's ``weight``; the first definition of a name wins.
+    """
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    found: dict[str, inspect.Parameter] = {}
+    for init in _init_chain(cls):
+        for p in inspect.signature(init).parameters.values():
+            if p.name != "self" and p.kind in named:
+                found.setdefault(p.name, p)
+    return found
+
+
+def _init_types(cls: type) -> dict[str, Any]:
+    """The options' annotated types, as ``_init_parameters`` finds them; an annotation that cannot be
+    resolved (a name only imported under TYPE_CHECKING) counts as untyped."""
+    found: dict[str, Any] = {}
+    for init in _init_chain(cls):
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # NameError, or a TypeError from a malformed annotation
+            hints = {}
+        for key, value in hints.items():
+            found.setdefault(key, value)
+    return found
 
 
 LOSSES = Registry("loss")

@@ -160,6 +160,25 @@ def validate_feature_pairs(pairs: Any) -> list[dict] | str | None:
     return [_checked_pair(pair, f"feature_pairs[{i}]") for i, pair in enumerate(pairs)]
 
 
+def check_auto_pair_options(losses: list[dict] | None, pairs: Any) -> None:
+    """Options on an ``adapter: auto`` pair are patch_match's, which auto picks only when a loss
+    compares equal shapes (patch CKA, FitNets); with batch-relational feature losses alone it picks
+    identity, which takes none, and the run would fail after loading its models."""
+    if not isinstance(pairs, list) or not losses:
+        return
+    feature_losses = [LOSSES.get(spec["name"]) for spec in losses
+                      if spec["weight"] > 0 and {"student_features", "teacher_features"} & LOSSES.get(spec["name"]).requires]
+    if not feature_losses or any(cls.feature_alignment != "any" for cls in feature_losses):
+        return
+    for i, pair in enumerate(pairs):
+        options = sorted(k for k in pair if k not in RESERVED_PAIR_KEYS)
+        if pair["adapter"] == "auto" and options:
+            raise RecipeError(
+                f"feature_pairs[{i}]: options {options} are patch_match's, but with these losses "
+                f"({', '.join(cls.registry_name for cls in feature_losses)}, which compare features of any shape) "
+                "adapter auto passes features unchanged: drop the options, or set adapter: patch_match")
+
+
 def _checked_pair(pair: Any, where: str) -> dict:
     if not isinstance(pair, dict):
         raise RecipeError(f"{where} must be a mapping, got {pair!r}")
@@ -170,15 +189,22 @@ def _checked_pair(pair: Any, where: str) -> dict:
             raise RecipeError(f"{where}.{key} must be an integer, got {pair[key]!r}")
     pair = {**pair, "adapter": pair.get("adapter", "auto")}
     adapter = pair["adapter"]
-    if adapter == "auto":
+    options = {k: v for k, v in pair.items() if k not in RESERVED_PAIR_KEYS}
+    if adapter == "auto" and not options:
+        return pair
+    if adapter == "auto":  # options only mean something to patch_match, what auto picks for shape-bound losses
+        _check_adapter_options("patch_match", options, f"{where} (adapter auto takes patch_match's options)")
         return pair
     if adapter not in ADAPTERS:
         raise RecipeError(f"{where}: unknown adapter {adapter!r}: {close_matches(str(adapter), ADAPTERS.names())}")
-    options = {k: v for k, v in pair.items() if k not in RESERVED_PAIR_KEYS}
+    _check_adapter_options(adapter, options, where)
+    return pair
+
+
+def _check_adapter_options(adapter: str, options: dict[str, Any], where: str) -> None:
     try:
         ADAPTERS.check_options(adapter, options, reserved=("student", "teacher"))
         # the adapter's own value rules (patch_match's grid...), on placeholder features
         ADAPTERS.build(adapter, student=_PLACEHOLDER_MAP, teacher=_PLACEHOLDER_MAP, **options)
     except (TypeError, ValueError) as err:
         raise RecipeError(f"{where}: {err}") from None
-    return pair

@@ -68,7 +68,7 @@ def test_auto_find_batch_size_checks_the_last_batch_at_the_batch_it_lowered_to(t
     trainer = make_trainer(args, student=tiny_resnet(), teacher=None, train=pixel_dataset(11, seed=0))
     _oom_above(trainer.distillation_model, 5)
     trainer.train()
-    assert trainer.state.train_batch_size == 5 and args.dataloader_drop_last and trainer.state.global_step == 2
+    assert trainer.state.train_batch_size == 5 and trainer.args.dataloader_drop_last and trainer.state.global_step == 2
 
 
 def test_a_last_batch_dropped_at_one_batch_size_is_kept_at_the_next(tmp_path):
@@ -79,7 +79,7 @@ def test_a_last_batch_dropped_at_one_batch_size_is_kept_at_the_next(tmp_path):
     trainer = make_trainer(args, student=tiny_resnet(), teacher=None, train=pixel_dataset(13, seed=0))
     _oom_above(trainer.distillation_model, 5)
     trainer.train()
-    assert trainer.state.train_batch_size == 5 and not args.dataloader_drop_last and trainer.state.global_step == 3
+    assert trainer.state.train_batch_size == 5 and not trainer.args.dataloader_drop_last and trainer.state.global_step == 3
 
 
 def test_logged_terms_add_up_to_loss_with_an_uneven_last_accumulation(tmp_path):
@@ -167,7 +167,7 @@ def test_train_drops_the_short_last_batch_itself(tmp_path):
     args = make_args(tmp_path, per_device_train_batch_size=4, num_train_epochs=1, losses=RELATIONAL)
     trainer = make_trainer(args, train=pixel_dataset(22, seed=0))
     trainer.train()
-    assert args.dataloader_drop_last and trainer.state.global_step == 5
+    assert trainer.args.dataloader_drop_last and trainer.state.global_step == 5
     assert all(e["rcka_intra_loss"] > 0 for e in trainer.state.log_history if "rcka_intra_loss" in e)
 
 
@@ -176,5 +176,5 @@ def test_a_whole_number_of_batches_keeps_every_image(tmp_path):
     args = make_args(tmp_path, per_device_train_batch_size=4, num_train_epochs=1, losses=RELATIONAL)
     trainer = make_trainer(args, train=pixel_dataset(20, seed=0))
     trainer.train()
-    assert not args.dataloader_drop_last and trainer.state.global_step == 5
+    assert not trainer.args.dataloader_drop_last and trainer.state.global_step == 5
     assert torch.isfinite(torch.tensor([e["loss"] for e in trainer.state.log_history if "loss" in e])).all()

@@ -116,8 +116,9 @@ def test_plain_training_arguments_are_checked_too(tmp_path, setting):
 
 def test_plain_training_arguments_get_the_distillation_defaults(tmp_path):
     plain = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    build(plain, tiny_vit(), tiny_resnet())
-    assert plain.label_names == ["labels"] and plain.remove_unused_columns is False
+    trainer = build(plain, tiny_vit(), tiny_resnet())
+    assert trainer.args.label_names == ["labels"] and trainer.args.remove_unused_columns is False
+    assert plain.label_names is None and plain.remove_unused_columns is True  # the caller's object is left as it was
 
 
 def test_a_ready_distillation_model_with_arguments_it_would_ignore(tmp_path):

@@ -137,7 +137,7 @@ def coerce_losses(specs: Any) -> Any:
 def _coerce_loss(spec: Any, where: str) -> Any:
     if not isinstance(spec, dict) or spec.get("name") not in LOSSES:
         return spec
-    hints = typing.get_type_hints(LOSSES.get(spec["name"]).__init__)
+    hints = LOSSES.option_types(spec["name"])
     coerced = {"name": spec["name"], "weight": coerce(spec["weight"], float, f"{where}.weight")}
     for key, value in spec.items():
         if key not in RESERVED_LOSS_KEYS:

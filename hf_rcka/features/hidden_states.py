@@ -61,7 +61,9 @@ def hidden_states_of(outputs: Any) -> tuple[Tensor, ...]:
         return tuple(reshaped)
     if tokens is None:
         raise ValueError(
-            f"{type(outputs).__name__} carries no hidden states: call the model with output_hidden_states=True"
+            f"{type(outputs).__name__} carries no hidden states although the model was called with "
+            "output_hidden_states=True: the model's forward must return them (hidden_states, as transformers "
+            "models do), or use losses that read logits only"
         )
     return tuple(tokens)
 
@@ -156,8 +158,9 @@ def classifier_of(model: nn.Module) -> nn.Module:
                 head = next((m for m in head.modules() if isinstance(m, nn.Linear)), head)
             return _check_head(head, model)
     raise ValueError(
-        f"cannot find the classification head of {_model_name(model)}: none of the attributes "
-        f"{', '.join(_CLASSIFIER_NAMES)} is a module"
+        f"cannot find the classification head of {_model_name(model)}, which losses on the pooled feature "
+        f"(srd, kernel_transfer) hook: none of the attributes {', '.join(_CLASSIFIER_NAMES)} is a module. Name the "
+        "final linear layer one of them, or use losses that read logits or hidden states"
     )
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..distributed import gather_rows
 from ..functional.cka import min_cka_items
+from ..registry import LOSSES
 
 # The label of a row that no loss or metric counts: in an evaluation batch, the stand-in for an
 # unreadable image (``data.datasets.collate``). torch's cross_entropy ignores it by default.
@@ -118,6 +119,13 @@ class DistillationLoss(nn.Module):
     channel_mean: ClassVar[bool] = False
     registry_name: ClassVar[str]
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = sorted(set(cls.requires) - set(LOSS_INPUT_FIELDS))
+        if unknown:  # else an AttributeError at the first step
+            raise TypeError(f"{cls.__name__}.requires names {unknown}, which are not LossInputs fields: "
+                            f"{', '.join(LOSS_INPUT_FIELDS)}")
+
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
         if not 0 <= weight < math.inf:  # inf or nan: a non-finite loss and gradients from step 1
@@ -155,11 +163,11 @@ class DistillationLoss(nn.Module):
 
     @property
     def needs_features(self) -> bool:
-        return "student_features" in self.requires
+        return bool({"student_features", "teacher_features"} & self.requires)
 
     @property
     def needs_pooled(self) -> bool:
-        return "student_pooled" in self.requires
+        return bool({"student_pooled", "teacher_pooled"} & self.requires)
 
     def setup(self, context: LossContext) -> None:
         """Create parameters or state that depend on the models (called once before training)."""
@@ -226,5 +234,12 @@ def weigh_terms(
     missing = sorted(set(terms) - set(weights))
     if missing:
         raise KeyError(f"loss terms {missing} have no weight (weights are given for {sorted(weights)})")
+    for name, value in terms.items():
+        if not isinstance(value, torch.Tensor) or value.ndim != 0:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"loss term {name!r} must be a 0-dim tensor (reduce it over the batch), got {shape}")
     weighted = {name: weights[name] * value for name, value in terms.items()}
     return torch.stack(list(weighted.values())).sum(), weighted
+
+
+LOSSES.base = DistillationLoss  # a class registered as a loss must be one (see Registry._check_new)

@@ -10,10 +10,12 @@ weighted loss terms and their sum.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import weakref
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -86,7 +88,7 @@ class DistillationModel(nn.Module):
             raise ValueError("DistillationModel needs at least one loss (e.g. ce)")
         self.student = student
         self.teacher = teacher
-        self.losses = nn.ModuleDict({loss.registry_name: loss for loss in losses})
+        self.losses = nn.ModuleDict(_by_name(losses))
         self._check_teacher()
         self.teacher_runtime = None
         if teacher is not None:
@@ -114,6 +116,11 @@ class DistillationModel(nn.Module):
         )
         for loss in self.losses.values():
             loss.setup(context)
+        # The hooks live on the caller's models: they go when this wrapper does, so models reused by
+        # later runs (a notebook) do not pile them up. The teacher's state-dict hook stays: it saves
+        # the channels_last teacher in the standard layout for as long as the teacher is in it.
+        hooked = [*self._captures.values(), *([self._distilled_heads] if self._distilled_heads else [])]
+        weakref.finalize(self, _remove_hooks, hooked)
 
     # ------------------------------------------------------------------ construction
 
@@ -238,7 +245,9 @@ class DistillationModel(nn.Module):
         if self.teacher is not None and self.needs_teacher and with_losses:
             # Teacher first: its transient activations peak before the student's are alive.
             teacher = self._run_teacher(pixel_values)
-        student = self._run("student", pixel_values, with_losses)
+        heads_read = self._distilled_heads.reading() if self._distilled_heads is not None else contextlib.nullcontext()
+        with heads_read:
+            student = self._run("student", pixel_values, with_losses)
         student_out, student_states = student.outputs, student.states
         heads = self._distilled_heads.take() if self._distilled_heads is not None else None
         logits = student_out.logits
@@ -258,9 +267,8 @@ class DistillationModel(nn.Module):
         if not self.training:  # an unreadable evaluation image's stand-in counts in no term
             inputs = inputs.counted_rows()
         terms, weights = {}, {}
-        for loss in self.losses.values():
-            terms.update(loss(inputs))
-            weights.update(loss.term_weights)
+        for name, loss in self.losses.items():
+            _add_terms(terms, weights, name, loss(inputs), loss.term_weights)
         total, weighted = weigh_terms(terms, weights)
         return DistillationOutput(loss=total, logits=logits, loss_terms=weighted)
 
@@ -292,7 +300,7 @@ class DistillationModel(nn.Module):
         inputs.teacher_pooled = teacher_pooled
         if student_states:
             pairs = [
-                adapter(student_states[p.student_layer], teacher_states[p.teacher_layer])
+                _pair(adapter, student_states[p.student_layer], teacher_states[p.teacher_layer])
                 for p, adapter in zip(self.feature_pairs, self.adapters)
             ]
             inputs.student_features = tuple(s for s, _ in pairs)
@@ -355,3 +363,40 @@ class DistillationModel(nn.Module):
         for prefix, module in parts.items():
             part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             load_full_state_dict(module, part, prefix.rstrip("."))
+
+
+def _by_name(losses: Sequence[DistillationLoss]) -> dict[str, DistillationLoss]:
+    """The losses keyed by registered name; two under one name would leave one of them out."""
+    named: dict[str, DistillationLoss] = {}
+    for loss in losses:
+        if loss.registry_name in named:
+            raise ValueError(f"two losses are registered as {loss.registry_name!r}; give each its own name "
+                             f"(a subclass registered under another name)")
+        named[loss.registry_name] = loss
+    return named
+
+
+def _add_terms(terms: dict[str, torch.Tensor], weights: dict[str, float], loss_name: str, new_terms: Any,
+               new_weights: Mapping[str, float]) -> None:
+    """Add one loss's terms; a term named like an earlier loss's would replace it in the total."""
+    if not isinstance(new_terms, Mapping):
+        raise TypeError(f"loss {loss_name!r} returned {type(new_terms).__name__}, not a dict of terms: implement "
+                        "term() or terms() and leave forward() to DistillationLoss")
+    clash = sorted(set(new_terms) & set(terms))
+    if clash:
+        raise ValueError(f"loss {loss_name!r} returns terms {clash}, which another loss already returns: "
+                         "term names must be unique across the losses")
+    terms.update(new_terms)
+    weights.update(new_weights)
+
+
+def _pair(adapter: nn.Module, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    pair = adapter(student, teacher)
+    if not (isinstance(pair, tuple) and len(pair) == 2):
+        raise TypeError(f"adapter {type(adapter).__name__} must return (student, teacher), got {type(pair).__name__}")
+    return pair
+
+
+def _remove_hooks(hooked: list[Any]) -> None:
+    for part in hooked:
+        part.remove()

@@ -11,19 +11,27 @@ at inference). transformers' ``DeiTForImageClassificationWithTeacher`` returns b
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 from torch import Tensor, nn
 
 
 class DistilledHeads:
-    """Forward hooks that keep the last forward's class and distillation logits until ``take()``."""
+    """Forward hooks that keep the class and distillation logits of a forward run inside ``reading()``.
+
+    Outside it (the student used on its own, or an EMA copy whose deep-copied hooks point here)
+    nothing is kept: a kept output would hold that forward's whole autograd graph alive.
+    """
 
     def __init__(self, student: nn.Module) -> None:
         timm_model = student.timm_model
         self._logits: dict[str, Tensor] = {}
-        timm_model.head.register_forward_hook(self._keeper("cls"))
-        timm_model.head_dist.register_forward_hook(self._keeper("dist"))
+        self._reading = False
+        self._handles = [
+            timm_model.head.register_forward_hook(self._keeper("cls")),
+            timm_model.head_dist.register_forward_hook(self._keeper("dist")),
+        ]
 
     @staticmethod
     def applies(student: nn.Module) -> bool:
@@ -33,10 +41,25 @@ class DistilledHeads:
 
     def _keeper(self, name: str):
         def keep(_module: nn.Module, _args: Any, output: Tensor) -> None:
-            self._logits[name] = output
+            if self._reading:
+                self._logits[name] = output
         return keep
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Keep the heads' outputs of the forward run inside this block, for ``take()``."""
+        self._logits, self._reading = {}, True
+        try:
+            yield
+        finally:
+            self._reading = False
+
     def take(self) -> tuple[Tensor, Tensor] | None:
-        """(class head, distillation head) of the last forward, or None; nothing is kept after."""
+        """(class head, distillation head) of the last forward read, or None; nothing is kept after."""
         logits, self._logits = self._logits, {}
         return (logits["cls"], logits["dist"]) if len(logits) == 2 else None
+
+    def remove(self) -> None:
+        """Take the hooks off the student (the trained model is then as timm built it)."""
+        for handle in self._handles:
+            handle.remove()

@@ -46,9 +46,14 @@ def build_feature_adapters(
             than at the first training step.
     """
     needs_shape = alignment != "any"
-    pairs, adapters = [], nn.ModuleList()
+    pairs, adapters, seen = [], nn.ModuleList(), {}
     for i, pair in enumerate(choose_pairs(feature_pairs, student_specs, teacher_specs)):
         s, t = pair.student_layer, pair.teacher_layer
+        if (s, t) in seen:  # it would count twice in every feature loss's sum
+            raise RecipeError(f"feature_pairs[{i}] pairs student hidden state {s} with teacher hidden state {t}, as "
+                              f"feature_pairs[{seen[s, t]}] already does (negative indices count from the end): "
+                              "list each pair once")
+        seen[s, t] = i
         name, options = adapter_choice(pair, needs_shape)
         if name == "patch_match":
             options = _channel_sampling(f"feature_pairs[{i}]", options, channel_mean)
@@ -70,7 +75,12 @@ def adapter_choice(pair: FeaturePair, needs_shape: bool) -> tuple[str, dict[str,
         return pair.adapter, dict(pair.options)
     if needs_shape:
         return "patch_match", {"project": True, **pair.options}
-    return "identity", dict(pair.options)
+    if pair.options:
+        raise RecipeError(
+            f"a feature pair's adapter is auto with options {sorted(pair.options)}, but these losses compare "
+            "features of any shape, for which auto passes them unchanged (identity, no options): drop the "
+            "options, or set adapter: patch_match")
+    return "identity", {}
 
 
 def _channel_sampling(where: str, options: dict[str, Any], channel_mean: bool) -> dict[str, Any]:

@@ -112,6 +112,17 @@ def check_model_objects(model: Any, teacher: Any, kwargs: Mapping[str, Any]) -> 
                 f"DistillationTrainer: {role} must be a transformers image classifier (a model with a config), got "
                 f"{type(module).__name__}. A timm model: load it through transformers, "
                 "AutoModelForImageClassification.from_pretrained('timm/<arch>') (a TimmWrapperForImageClassification)")
+        if role == "model" and not any(p.requires_grad for p in module.parameters()):
+            # every loss would train nothing of it (or fail on a loss without gradient), and it
+            # would be saved as it came; a model frozen as an earlier run's teacher stays frozen
+            raise ModelError(f"DistillationTrainer: the student {type(module).__name__} has no trainable weights "
+                             "(requires_grad is False for all of them; a teacher is frozen in place): call "
+                             "model.requires_grad_(True) before training it")
+        if role == "model" and not callable(getattr(module, "save_pretrained", None)):
+            # it would train to the end and fail at its first checkpoint or the final save
+            raise ModelError(
+                f"DistillationTrainer: model {type(module).__name__} has a config but no save_pretrained, so the "
+                "trained student could not be saved: subclass transformers.PreTrainedModel (with its config_class)")
 
 
 def check_optimizer(model: DistillationModel, optimizers: Any) -> None:
@@ -122,16 +133,33 @@ def check_optimizer(model: DistillationModel, optimizers: Any) -> None:
     their random start, with no error.
     """
     optimizer = optimizers[0] if isinstance(optimizers, (tuple, list)) and optimizers else None
-    if optimizer is None:
-        return
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+    missing = _not_optimized(model, optimizer) if optimizer is not None else []
     if missing:
-        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise ModelError(
             f"the optimizer given does not train {len(missing)} trainable weight(s) of the distillation model "
-            f"({shown}): they would keep their random start. Build it over the DistillationModel's parameters "
-            "(build_distillation_model(...).parameters(), then pass that model), or leave optimizers unset")
+            f"({_some(missing)}): they would keep their random start. Build it over the DistillationModel's "
+            "parameters (build_distillation_model(...).parameters(), then pass that model), or leave optimizers unset")
+
+
+def check_late_parameters(model: DistillationModel, optimizer: Any) -> None:
+    """After the first forward: weights a loss or adapter created there, after Trainer built its
+    optimizer, would never be trained (and a checkpoint of them would not resume)."""
+    late = _not_optimized(model, optimizer)
+    if late:
+        raise ModelError(
+            f"{len(late)} weight(s) appeared during the first forward, after the optimizer was built, and would never "
+            f"be trained: {_some(late)}. Create a loss's weights in its setup() (LossContext has the pooled widths); "
+            "a projection between paired hidden states belongs in an adapter, which is built with both features' "
+            "shapes (hf_rcka.registry.ADAPTERS)")
+
+
+def _not_optimized(model: torch.nn.Module, optimizer: Any) -> list[str]:
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 def check_metric_name(model: DistillationModel, args: Any, compute_metrics_given: bool, eval_dataset: Any = None) -> None:
@@ -232,6 +260,34 @@ def check_columns(train_dataset: Any, eval_dataset: Any, collator_given: bool) -
     return first
 
 
+def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: bool) -> None:
+    """A dataset given to ``evaluate()`` or ``predict()`` after construction gets the checks the
+    constructor's ``eval_dataset`` got: its items' keys and its class names against the student's.
+
+    Without them, relabelled classes read as accuracy 0.0 and a ``label`` column as an evaluation
+    with no accuracy and no loss, both without an error. ``predict()`` (``role`` ``test_dataset``)
+    may have no labels at all.
+    """
+    for name, part in (dataset.items() if isinstance(dataset, dict) else [(None, dataset)]):
+        where = role if name is None else f"{role}[{name!r}]"
+        if isinstance(part, torch.utils.data.IterableDataset) or not hasattr(part, "__len__") or not len(part):
+            continue
+        item = part[0]
+        if isinstance(item, Mapping) and not collator_given:
+            needed = ("pixel_values",) if role == "test_dataset" else ("pixel_values", "labels")
+            missing = [key for key in needed if key not in item]
+            if missing or (role == "test_dataset" and "label" in item and "labels" not in item):
+                raise DataError(f"{where}: its items have no {missing or ['labels']} (they have {sorted(item)}): "
+                                "prepare it as the training data (rename_column('label', 'labels'), a transform "
+                                "that makes pixel_values), or pass a data_collator that builds them")
+        student_names = _names(student)
+        for _, names in _class_names((part,)):
+            if student_names and not _placeholders(student_names) and names != student_names:
+                raise LabelError(f"{where} lists its classes as {names[:8]}, the student as {student_names[:8]}: "
+                                 "its accuracy would compare other classes' ids. Cast its label column to the "
+                                 "student's order (dataset.align_labels_with_mapping(model.config.label2id, 'labels'))")
+
+
 def dataset_label_names(*datasets: Any) -> list[str] | None:
     """The class names of the data's labels (see :func:`_class_names`), the same in every part.
 
@@ -327,6 +383,8 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
             f"the student's id2label {student_names[:8]} is not the dataset's class order {data_names[:8]}: its "
             "accuracy would count ids while the exported model names them otherwise. Build the student with "
             "id2label=dict(enumerate(names)), names = dataset.features['labels'].names")
+    if data_names and not student_names and not _placeholders(data_names):
+        _name_classes(student, data_names)
     run_names = student_names or data_names
     teacher_names = _names(teacher) if teacher is not None else None
     if loss_names is None:
@@ -350,12 +408,24 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
             args.teacher_accuracy_check = "off"
 
 
+def _name_classes(student: Any, names: list[str]) -> None:
+    """Give a student whose classes are only numbered (``LABEL_0``...) the dataset's names: the run
+    evaluates and pairs the teacher by them, and the exported model would otherwise predict
+    ``LABEL_3`` where the data says ``cat``."""
+    config = getattr(student, "config", None)
+    if config is None:
+        return
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
+    logger.info("labels: the student's classes are named after the dataset's ClassLabel: %s", names[:5])
+
+
 def _names(model: Any) -> list[str] | None:
     config = getattr(model, "config", None)
     return model_label_names(config) if config is not None and getattr(config, "id2label", None) else None
 
 
 __all__ = [
-    "BY_NAME", "check_activation_checkpointing", "check_arguments", "check_columns", "check_half_precision", "check_labels", "check_metric_name",
+    "BY_NAME", "check_activation_checkpointing", "check_arguments", "check_columns", "check_late_parameters", "check_later_dataset", "check_half_precision", "check_labels", "check_metric_name",
     "check_model_objects", "check_models", "check_optimizer", "check_ready_model", "dataset_label_names",
 ]

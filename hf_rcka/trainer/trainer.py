@@ -16,6 +16,7 @@ comment says why; ``tests/test_trainer_contract.py`` pins every private one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import math
@@ -27,13 +28,14 @@ from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, se
 from transformers.trainer_utils import EvalLoopOutput
 
 from ..augmentation import AugmentationArguments
+from ..errors import DataError
 from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches
 from .card_facts import CardFacts, complete_card_facts
 from .term_log import LossTermLog
 from .checkpointing import CheckpointingTrainer, keep_token_out_of_files
 from .given_models import (
     BY_NAME, check_activation_checkpointing, check_arguments, check_columns, check_half_precision, check_labels,
-    check_metric_name, check_model_objects, check_models, check_optimizer, check_ready_model,
+    check_late_parameters, check_later_dataset, check_metric_name, check_model_objects, check_models, check_optimizer, check_ready_model,
 )
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate
@@ -80,6 +82,17 @@ def _check_given_weights(model: Any, teacher: Any) -> None:
             check_loaded_weights(module, role, f"the {role} given to DistillationTrainer", name)
 
 
+_MODEL_INPUTS = {"pixel_values", "labels"}  # what DistillationModel.forward takes from a batch
+
+
+def _teacher_name(teacher: Any) -> str | None:
+    """What the card calls the teacher: its checkpoint, or its class when it was built without one
+    (an empty name would make the card describe a supervised run)."""
+    if teacher is None:
+        return None
+    return getattr(teacher, "name_or_path", None) or type(teacher).__name__
+
+
 def _stats_or_none(processor: Any) -> InputStats | None:
     return input_stats(processor) if processor is not None else None
 
@@ -104,10 +117,12 @@ class DistillationTrainer(CheckpointingTrainer):
         model: the student (a transformers image classifier), or a ready ``DistillationModel``.
         teacher: the teacher classifier, or ``None`` for supervised training.
         args: ``DistillationTrainingArguments`` (plain ``TrainingArguments`` work with defaults:
-            ce + rcka with a teacher, ce alone without).
+            ce + rcka with a teacher, ce alone without). A copy is kept (``self.args``): what the
+            run sets for itself does not reach the caller's object.
         teacher_processor: the teacher's image processor, so the teacher sees its own
             normalisation and resolution; the student's is ``processing_class``.
-        teacher_name: how the model card names the teacher (default: its ``name_or_path``).
+        teacher_name: how the model card names the teacher (default: its ``name_or_path``, or its class
+            when it was built without one).
         teacher_label_mapping: ``"by_name"`` pairs the teacher's classes with the run's by their
             ``id2label`` names (a permuted teacher is realigned, other names are an error);
             ``"by_index"`` pairs them by position. The run's names are the student's, or the
@@ -135,6 +150,10 @@ class DistillationTrainer(CheckpointingTrainer):
     ) -> None:
         if args is None:
             raise ValueError("DistillationTrainer needs args (DistillationTrainingArguments with an output_dir)")
+        # The checks below fill in settings that depend on this run (dataloader_drop_last for a short
+        # last batch, ddp_broadcast_buffers for this student...): on the caller's object they would
+        # read as the caller's own choices in the next trainer built with it.
+        args = copy.copy(args)
         check_arguments(args)
         check_half_precision(args)
         check_fsdp_settings(args)
@@ -161,8 +180,12 @@ class DistillationTrainer(CheckpointingTrainer):
             args.ddp_find_unused_parameters = False
         args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
         ignore_teacher_in_ddp(model)
-        kwargs.setdefault("data_collator", collate)
-        kwargs.setdefault("compute_metrics", accuracy_metrics)
+        # None is "the default", as in Trainer: here the default collator (which handles unreadable
+        # images) and accuracy, which the metric checks above count on
+        self._collator_given = kwargs.get("data_collator") is not None
+        for name, default in (("data_collator", collate), ("compute_metrics", accuracy_metrics)):
+            if kwargs.get(name) is None:
+                kwargs[name] = default
         super().__init__(model=model, args=args, **kwargs)
         if args.world_size > 1:
             # Trainer seeded every process alike; augmentation drawn in the main process (no loader
@@ -172,14 +195,13 @@ class DistillationTrainer(CheckpointingTrainer):
             set_seed(args.seed + args.process_index)
         require_full_state_dict(self.accelerator)
         keep_teacher_out_of_fsdp(self.accelerator, model, args.device)
-        self.teacher_name = teacher_name or (
-            getattr(model.teacher, "name_or_path", None) if model.teacher is not None else None
-        )
+        self.teacher_name = teacher_name or _teacher_name(model.teacher)
         self.add_callback(_EpochEndCallback(list(model.losses.values())))
         self._sampler_epoch = SamplerEpoch()
         self.add_callback(self._sampler_epoch)
         self.divergence = DivergenceCheck(lambda: self.distillation_model.student)
         self.add_callback(self.divergence)
+        self._late_parameters_checked = False
         self._requested_drop_last = bool(args.dataloader_drop_last)  # the batch checks may set it (batch_rows)
         self._term_logs = {"train": LossTermLog(), "eval": LossTermLog()}
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
@@ -236,7 +258,14 @@ class DistillationTrainer(CheckpointingTrainer):
             inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
         if not model.training:
             inputs = {**inputs, "labels": _without_padding(inputs["labels"], self.accelerator)}
+        unknown = sorted(set(inputs) - _MODEL_INPUTS)
+        if unknown:  # else a TypeError from DistillationModel.forward
+            raise DataError(f"the batch has keys {unknown} besides pixel_values and labels, which the distillation "
+                            "model does not take: leave them out in the data_collator (or the dataset's transform)")
         outputs = model(**inputs)
+        if model.training and not self._late_parameters_checked and not self.is_fsdp_enabled:
+            self._late_parameters_checked = True  # FSDP's flat parameters are not the model's own
+            check_late_parameters(self.distillation_model, self.optimizer)
         if model.training:  # each micro-batch's share of its optimizer step, as Trainer's loss
             weights = dict.fromkeys(outputs.loss_terms, 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1)))
             self._term_logs["train"].add(outputs.loss_terms, weights)
@@ -327,11 +356,19 @@ class DistillationTrainer(CheckpointingTrainer):
         """Trainer's, with every evaluation image: ``dataloader_drop_last`` is a training setting
         (DeiT drops the last training batch, never validation images), but Trainer applies it to
         evaluation too, which would leave the eval set's remainder silently unevaluated."""
+        if eval_dataset is not None and not isinstance(eval_dataset, str) and not self._is_own_eval_set(eval_dataset):
+            check_later_dataset(self.distillation_model.student, eval_dataset, "eval_dataset", self._collator_given)
         with _keeping_last_batch(self.args):
             return super().get_eval_dataloader(eval_dataset)
 
+    def _is_own_eval_set(self, dataset: Any) -> bool:
+        """One the constructor already checked (``evaluate()`` hands its own ``eval_dataset`` on)."""
+        own = self.eval_dataset
+        return dataset is own or (isinstance(own, dict) and any(dataset is part for part in own.values()))
+
     def get_test_dataloader(self, test_dataset):
         """Every test image, as :meth:`get_eval_dataloader`."""
+        check_later_dataset(self.distillation_model.student, test_dataset, "test_dataset", self._collator_given)
         with _keeping_last_batch(self.args):
             return super().get_test_dataloader(test_dataset)
 

@@ -1,0 +1,265 @@
+"""A researcher's own losses and adapters: the mistakes one makes while writing them are named
+where they are made. Each case below trained wrongly without a word, or failed with an error that
+named neither the loss nor the fix, before."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import pixel_dataset, processor, tiny_resnet, tiny_vit
+from hf_rcka import ADAPTERS, LOSSES, DistillationTrainer, DistillationTrainingArguments
+from hf_rcka.errors import ModelError, RecipeError
+from hf_rcka.losses import CrossEntropyLoss, DistillationLoss, KDLoss, LossInputs, weigh_terms
+from hf_rcka.modeling.distillation_model import DistillationModel
+from hf_rcka.registry import Registry
+
+
+@pytest.fixture
+def registered():
+    """Register classes in the global registries for one test, and take them out after it."""
+    added = []
+
+    def register(registry: Registry, name: str, cls: type) -> type:
+        registry.register(name)(cls)
+        added.append((registry, name))
+        return cls
+
+    yield register
+    for registry, name in added:
+        registry._classes.pop(name, None)
+
+
+def make_args(tmp_path, **overrides):
+    defaults = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=5, per_device_eval_batch_size=5,
+                    report_to="none", use_cpu=True, save_strategy="no", teacher_accuracy_check="off", max_steps=2)
+    return DistillationTrainingArguments(**{**defaults, **overrides})
+
+
+def trainer(tmp_path, teacher=True, **overrides):
+    return DistillationTrainer(model=tiny_vit(), teacher=tiny_resnet() if teacher else None,
+                               args=make_args(tmp_path, **overrides), train_dataset=pixel_dataset(20),
+                               processing_class=processor(16))
+
+
+# ---------------------------------------------------------------------------- registering
+
+
+def test_one_class_under_a_second_name_is_refused(registered):
+    """The alias took over: kd's entry disappeared from a run naming both, and kd logged as 'hinton'."""
+    with pytest.raises(ValueError, match="KDLoss is already registered as 'kd'; register a subclass"):
+        registered(LOSSES, "hinton", KDLoss)
+    assert KDLoss.registry_name == "kd"
+
+    class Hinton(KDLoss):
+        pass
+
+    registered(LOSSES, "hinton", Hinton)  # the way the message says
+    assert LOSSES.get("hinton") is Hinton and KDLoss.registry_name == "kd"
+
+
+def test_the_same_definition_again_replaces_it_and_another_class_is_refused(registered):
+    """A notebook cell run twice failed with 'already registered'."""
+    def define():
+        class Twice(DistillationLoss):
+            def term(self, inputs):
+                return inputs.student_logits.sum()
+        return Twice
+
+    first, second = define(), define()
+    registered(LOSSES, "twice", first)
+    registered(LOSSES, "twice", second)
+    assert LOSSES.get("twice") is second
+
+    class Other(DistillationLoss):
+        pass
+
+    with pytest.raises(ValueError, match="loss 'twice' is already registered .*; choose another name"):
+        LOSSES.register("twice")(Other)
+
+
+def test_a_class_that_is_no_loss_or_adapter_is_refused_when_registered():
+    """A plain module registered as a loss failed at the first step: 'has no attribute requires'."""
+    with pytest.raises(TypeError, match="must subclass hf_rcka.losses.base.DistillationLoss"):
+        LOSSES.register("plain_loss")(type("PlainLoss", (nn.Module,), {}))
+    with pytest.raises(TypeError, match="must subclass hf_rcka.adapters.base.FeatureAdapter"):
+        ADAPTERS.register("plain_adapter")(type("PlainAdapter", (nn.Module,), {}))
+    assert "plain_loss" not in LOSSES and "plain_adapter" not in ADAPTERS
+
+
+def test_requires_names_are_checked_when_the_class_is_defined():
+    """An unknown field was an AttributeError at the first training step."""
+    with pytest.raises(TypeError, match=r"requires names \['teacher_hidden'\], which are not LossInputs fields"):
+        type("Typo", (DistillationLoss,), {"requires": frozenset({"student_logits", "teacher_hidden"})})
+
+
+def test_options_passed_on_through_kwargs_are_the_base_classes(registered):
+    """A subclass with **kwargs lost 'weight': a recipe naming it got 'has no option weight', one
+    omitting it a KeyError traceback."""
+    class Scaled(KDLoss):
+        def __init__(self, scale: float = 2.0, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.scale = scale
+
+    registered(LOSSES, "scaled_kd", Scaled)
+    assert LOSSES.option_names("scaled_kd") == ["scale", "weight", "temperature"]
+    assert LOSSES.default("scaled_kd", "weight") == 1.0 and LOSSES.default("scaled_kd", "temperature") == 4.0
+    assert LOSSES.option_types("scaled_kd")["temperature"] is float
+    args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none",
+                                         losses=["ce", {"name": "scaled_kd", "weight": 0.5, "scale": 3.0}])
+    assert args.losses[1] == {"name": "scaled_kd", "weight": 0.5, "scale": 3.0}
+
+
+# ---------------------------------------------------------------------------- what a loss returns
+
+
+def test_a_term_that_is_not_a_scalar_is_named():
+    """A per-sample term trained on the batch sum (5 x the loss) and failed at evaluation in torch.stack."""
+    with pytest.raises(ValueError, match=r"loss term 'per_sample' must be a 0-dim tensor .*got \(5,\)"):
+        weigh_terms({"ce": torch.tensor(1.0), "per_sample": torch.ones(5)}, {"ce": 1.0, "per_sample": 1.0})
+    with pytest.raises(ValueError, match="got float"):
+        weigh_terms({"ce": 1.5}, {"ce": 1.0})
+
+
+class _ClashingTerms(DistillationLoss):
+    registry_name = "clashing"
+    requires = frozenset({"student_logits"})
+
+    def terms(self, inputs):
+        return {"ce": inputs.student_logits.sum() * 0 + 7.0}
+
+    @property
+    def term_weights(self):
+        return {"ce": self.weight}
+
+
+class _ReturnsATensor(DistillationLoss):
+    registry_name = "returns_a_tensor"
+
+    def forward(self, inputs):
+        return inputs.student_logits.pow(2).mean()
+
+
+def _forward(losses, **kwargs):
+    model = DistillationModel(tiny_vit(), None, losses, **kwargs).train()
+    pixels, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    return model(pixel_values=pixels, labels=labels)
+
+
+def test_a_term_named_like_another_losss_is_refused():
+    """Its 7.0 replaced the real cross-entropy in the total: the student got no task gradient."""
+    with pytest.raises(ValueError, match=r"loss 'clashing' returns terms \['ce'\], which another loss already returns"):
+        _forward([CrossEntropyLoss(), _ClashingTerms()])
+
+
+def test_two_losses_under_one_name_are_refused():
+    """The ModuleDict kept the second: kd at temperature 1 was silently not trained."""
+    with pytest.raises(ValueError, match="two losses are registered as 'kd'"):
+        DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), KDLoss(1.0, 1.0), KDLoss(5.0, 8.0)])
+
+
+def test_a_loss_whose_forward_returns_a_tensor_is_named():
+    with pytest.raises(TypeError, match="loss 'returns_a_tensor' returned Tensor, not a dict of terms"):
+        _forward([CrossEntropyLoss(), _ReturnsATensor()])
+
+
+def test_a_loss_reading_only_teacher_features_gets_feature_pairs():
+    """needs_features looked at student_features only: the pairs were 'ignored', then the first
+    step failed with 'needs teacher_features'."""
+    class TeacherFeaturesOnly(DistillationLoss):
+        registry_name = "teacher_features_only"
+        requires = frozenset({"student_logits", "teacher_features"})
+
+        def term(self, inputs):
+            return inputs.teacher_features[0].float().mean() * 0 + inputs.student_logits.mean()
+
+    loss = TeacherFeaturesOnly()
+    assert loss.needs_features
+    model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), loss],
+                              feature_pairs=[{"student_layer": -1, "teacher_layer": -1}]).train()
+    out = model(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.tensor([0, 1, 2, 0]))
+    assert set(out.loss_terms) == {"ce", "teacher_features_only"}
+
+
+def test_an_adapter_that_returns_one_tensor_is_named(registered):
+    class OneSide(ADAPTERS.get("identity")):
+        def forward(self, student, teacher):
+            return student
+
+    registered(ADAPTERS, "one_side", OneSide)
+    model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), LOSSES.build("feature_cka")],
+                              feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "adapter": "one_side"}]).train()
+    with pytest.raises(TypeError, match=r"adapter OneSide must return \(student, teacher\), got Tensor"):
+        model(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.tensor([0, 1, 2, 0]))
+
+
+# ---------------------------------------------------------------------------- weights made too late
+
+
+def test_weights_a_loss_creates_in_its_first_forward_are_refused(tmp_path, registered):
+    """They were never in the optimizer: 4 steps left them at their random start, and resuming
+    then blamed the checkpoint."""
+    class LazyProjection(DistillationLoss):
+        requires = frozenset({"student_logits", "teacher_logits"})
+
+        def term(self, inputs):
+            if not hasattr(self, "projection"):
+                self.projection = nn.Linear(inputs.student_logits.shape[1], inputs.teacher_logits.shape[1])
+            return F.mse_loss(self.projection(inputs.student_logits), inputs.teacher_logits)
+
+    registered(LOSSES, "lazy_projection", LazyProjection)
+    run = trainer(tmp_path, losses=["ce", "lazy_projection"])
+    with pytest.raises(ModelError, match=r"weight\(s\) appeared during the first forward.*losses.lazy_projection"
+                                         r".projection.weight.*setup\(\)"):
+        run.train()
+
+
+# ---------------------------------------------------------------------------- feature pairs
+
+
+def test_options_on_an_auto_pair_that_auto_would_not_use_are_refused_with_the_recipe():
+    """With batch-relational losses auto is identity: the run failed after loading its models
+    ('adapter identity takes no options'), a traceback in the CLI."""
+    with pytest.raises(RecipeError, match=r"feature_pairs\[0\]: options \['project'\] are patch_match's"):
+        DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none",
+                                      losses=["ce", "feature_cka"],
+                                      feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "project": True}])
+    with pytest.raises(RecipeError, match=r"feature_pairs\[0\] \(adapter auto takes patch_match's options\): "
+                                          r"adapter 'patch_match' has no option 'projct': did you mean 'project'"):
+        DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none",
+                                      losses=["ce", "feature_cka"],
+                                      feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "projct": True}])
+    # with a loss that compares maps, auto is patch_match and the option is its own
+    DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none",
+                                  losses=["ce", "feature_cka", "patch_cka"],
+                                  feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "project": True}])
+
+
+def test_a_pair_listed_twice_is_refused():
+    """It counted twice in feature_cka's sum; -1 and the last index are the same hidden state."""
+    with pytest.raises(RecipeError, match=r"feature_pairs\[1\] pairs student hidden state 2 with teacher hidden "
+                                          r"state 4, as feature_pairs\[0\] already does"):
+        DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), LOSSES.build("feature_cka")],
+                          feature_pairs=[{"student_layer": 2, "teacher_layer": 4},
+                                         {"student_layer": -1, "teacher_layer": -1}])
+
+
+# ---------------------------------------------------------------------------- the README's example
+
+
+def test_the_readmes_example_loss_trains_and_logs_its_term(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if '@LOSSES.register("logit_mse")' in b)
+    try:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
+        run = trainer(tmp_path, losses=["ce", {"name": "logit_mse", "weight": 0.5}], logging_steps=1)
+        run.train()
+        logged = [entry["logit_mse_loss"] for entry in run.state.log_history if "logit_mse_loss" in entry]
+        assert len(logged) == 2 and all(value > 0 for value in logged)
+    finally:
+        LOSSES._classes.pop("logit_mse", None)

@@ -1,0 +1,177 @@
+"""One process, several runs (a notebook): what a trainer leaves on the objects it was given, and
+what a caller hands it after construction. Each case below gave a later run another result than a
+fresh process, or a silently wrong metric, before."""
+
+from __future__ import annotations
+
+import gc
+
+import datasets
+import pytest
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from conftest import pixel_dataset, processor, tiny_resnet, tiny_vit
+from hf_rcka import DistillationTrainer, DistillationTrainingArguments
+from hf_rcka.errors import DataError, LabelError, ModelError
+from hf_rcka.losses import CrossEntropyLoss, LOSSES
+from hf_rcka.modeling.distillation_model import DistillationModel
+
+
+def make_args(tmp_path, name="run", **overrides):
+    defaults = dict(output_dir=str(tmp_path / name), per_device_train_batch_size=5, per_device_eval_batch_size=5,
+                    report_to="none", use_cpu=True, save_strategy="no", teacher_accuracy_check="off")
+    return DistillationTrainingArguments(**{**defaults, **overrides})
+
+
+def build(args, student=None, teacher=None, train=None, **kwargs):
+    return DistillationTrainer(model=student or tiny_vit(), teacher=teacher, args=args,
+                               train_dataset=train if train is not None else pixel_dataset(20),
+                               processing_class=processor(16), **kwargs)
+
+
+def named_classes(data, names):
+    return data.with_format(None).cast_column("labels", datasets.ClassLabel(names=names)).with_format("torch")
+
+
+def test_the_callers_arguments_are_left_as_they_were(tmp_path):
+    """A short last batch set dataloader_drop_last on the caller's object: the next trainer built with
+    it dropped 3 of 8 images every epoch, and refused 4 images as 'dataloader_drop_last: true'."""
+    args = make_args(tmp_path, losses=["ce", "rcka"], num_train_epochs=1)
+    first = build(args, teacher=tiny_resnet(), train=pixel_dataset(21))  # a last batch of 1
+    first.train()
+    assert first.args.dataloader_drop_last is True and args.dataloader_drop_last is False
+    assert args.ddp_broadcast_buffers is None and args.ddp_find_unused_parameters is None
+    second = build(args, teacher=tiny_resnet(), train=pixel_dataset(8))  # batches of 5 and 3: both kept
+    second.train()
+    assert second.state.global_step == 2
+
+
+def test_a_model_frozen_as_a_teacher_is_refused_as_a_student(tmp_path):
+    """teacher -> assistant -> small: the assistant, frozen as the second run's teacher, then 'trained'
+    5 steps as a student without one weight changing, and was saved as it came."""
+    assistant = tiny_vit()
+    build(make_args(tmp_path, "a", losses=["ce", "kd"]), student=tiny_vit(seed=7), teacher=assistant)
+    assert not any(p.requires_grad for p in assistant.parameters())
+    with pytest.raises(ModelError, match="the student ViTForImageClassification has no trainable weights .* "
+                                         r"model.requires_grad_\(True\)"):
+        build(make_args(tmp_path, "b", losses=["ce", "kd"]), student=assistant, teacher=tiny_resnet())
+
+
+class _ConfigOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.config = PretrainedConfig(num_labels=3)
+        self.linear = nn.Linear(3 * 16 * 16, 3)
+
+    def forward(self, pixel_values, **_):
+        return ImageClassifierOutput(logits=self.linear(pixel_values.flatten(1)))
+
+
+def test_a_student_that_cannot_be_saved_is_refused_before_training(tmp_path):
+    """It trained and evaluated, then save_model failed: 'object has no attribute save_pretrained'."""
+    with pytest.raises(ModelError, match="has a config but no save_pretrained"):
+        build(make_args(tmp_path, losses=["ce"]), student=_ConfigOnly())
+
+
+def test_the_card_names_a_teacher_built_without_a_checkpoint(tmp_path):
+    """Its empty name_or_path made the card say 'trained without a teacher (supervised baseline)'."""
+    trainer = build(make_args(tmp_path, losses=["ce", "rcka"], max_steps=1), teacher=tiny_resnet())
+    trainer.train()
+    trainer.create_model_card()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "distilled from the teacher `ResNetForImageClassification`" in card
+    assert "supervised" not in card
+
+
+def test_none_for_the_collator_or_the_metrics_keeps_the_defaults(tmp_path):
+    """An explicit None turned accuracy off while metric_for_best_model 'accuracy' passed the check,
+    and the run failed at its first evaluation."""
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1, eval_strategy="steps", eval_steps=1,
+                              metric_for_best_model="accuracy", load_best_model_at_end=True, save_strategy="steps",
+                              save_steps=1),
+                    eval_dataset=pixel_dataset(10, seed=1), compute_metrics=None, data_collator=None)
+    trainer.train()
+    assert "eval_accuracy" in trainer.evaluate()
+
+
+def test_predictions_reduced_to_class_ids_are_counted_as_ids(tmp_path):
+    """preprocess_logits_for_metrics' usual argmax: an IndexError on 12 images, and on 5 or fewer a
+    wrong accuracy (0.2 where it was 1.0)."""
+    evaluation = pixel_dataset(5, seed=1)
+    plain = build(make_args(tmp_path, "plain", losses=["ce"]), eval_dataset=evaluation)
+    reduced = build(make_args(tmp_path, "reduced", losses=["ce"]), eval_dataset=evaluation,
+                    preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1))
+    reduced.model.student.load_state_dict(plain.model.student.state_dict())
+    expected = plain.evaluate()["eval_accuracy"]
+    assert reduced.evaluate()["eval_accuracy"] == expected
+    assert expected not in (0.0, 1.0)  # a value the broadcast comparison would not give by chance
+
+
+def test_a_dataset_given_to_evaluate_or_predict_is_checked(tmp_path):
+    """A relabelled evaluation set read as accuracy 0.0, and a 'label' column as an evaluation
+    with neither accuracy nor loss; the constructor refused both."""
+    names = ["a", "b", "c"]
+    student = tiny_vit()
+    student.config.id2label, student.config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
+    trainer = build(make_args(tmp_path, losses=["ce"]), student=student,
+                    train=named_classes(pixel_dataset(20), names), eval_dataset=named_classes(pixel_dataset(10), names))
+    with pytest.raises(LabelError, match=r"eval_dataset lists its classes as \['b', 'c', 'a'\], the student as"):
+        trainer.evaluate(eval_dataset=named_classes(pixel_dataset(10), ["b", "c", "a"]))
+    with pytest.raises(DataError, match=r"eval_dataset: its items have no \['labels'\]"):
+        trainer.evaluate(eval_dataset=pixel_dataset(10).rename_column("labels", "label"))
+    with pytest.raises(DataError, match=r"test_dataset: its items have no \['labels'\]"):
+        trainer.predict(pixel_dataset(10).rename_column("labels", "label"))
+    assert trainer.predict(pixel_dataset(10).remove_columns("labels")).predictions.shape == (10, 3)
+    assert "eval_accuracy" in trainer.evaluate(eval_dataset=named_classes(pixel_dataset(10, seed=2), names))
+
+
+def test_a_batch_with_keys_the_model_does_not_take_is_one_error(tmp_path):
+    def collate_with_ids(items):
+        return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
+                "labels": torch.stack([i["labels"] for i in items]), "image_id": torch.arange(len(items))}
+
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1), data_collator=collate_with_ids)
+    with pytest.raises(DataError, match=r"the batch has keys \['image_id'\] besides pixel_values and labels"):
+        trainer.train()
+
+
+def test_a_student_with_numbered_classes_is_exported_with_the_datasets_names(tmp_path):
+    """The run evaluated (and paired its teacher) by the dataset's names; the export said LABEL_2."""
+    student = tiny_vit()
+    build(make_args(tmp_path, losses=["ce"]), student=student, train=named_classes(pixel_dataset(20), ["cat", "dog", "eel"]))
+    assert student.config.id2label == {0: "cat", 1: "dog", 2: "eel"}
+    assert student.config.label2id == {"cat": 0, "dog": 1, "eel": 2}
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_the_hooks_go_with_the_distillation_model():
+    """Five runs on one teacher left it ten forward hooks."""
+    teacher, student = tiny_resnet(), tiny_vit()
+    student(pixel_values=torch.randn(1, 3, 16, 16), output_hidden_states=True)  # transformers adds hooks of its own
+    before = _hooks(teacher), _hooks(student)
+    for _ in range(3):
+        model = DistillationModel(student, teacher, [CrossEntropyLoss(), LOSSES.build("feature_cka"), LOSSES.build("srd")])
+        assert _hooks(teacher) > before[0] and _hooks(student) > before[1]
+        del model
+        gc.collect()
+    assert (_hooks(teacher), _hooks(student)) == before
+
+
+def test_a_distilled_deit_keeps_no_head_outputs_outside_the_distillation_model():
+    """Its hooks kept the last forward's head outputs, and with them that forward's autograd graph,
+    also for forwards of the student on its own."""
+    from _models import timm_model
+
+    student = timm_model("deit_tiny_distilled_patch16_224")
+    model = DistillationModel(student, tiny_resnet(), [CrossEntropyLoss(), LOSSES.get("deit_token")()]).train()
+    pixels, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    out = model(pixel_values=pixels, labels=labels)
+    assert out.loss_terms["deit_token"] > 0
+    student(pixel_values=pixels)
+    assert model._distilled_heads._logits == {}
