@@ -270,6 +270,11 @@ def _fsdp_requested(args: TrainingArguments) -> bool:
     return bool(args.fsdp) or parse_flag_from_env("ACCELERATE_USE_FSDP")
 
 
+SECRET_KEYS = frozenset({"hub_token"})
+"""Keys never written to a recorded recipe nor printed in a relaunch command: the recipe goes next
+to the model, to the Hub with ``push_to_hub``, and logs get shared; a run again reads the token
+from ``hf auth login`` or ``HF_TOKEN``."""
+
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, DistillationTrainingArguments)
 # What the command line runs when a recipe does not say (TrainingArguments defaults both to False):
 # training, then a final evaluation.

@@ -115,12 +115,14 @@ def test_a_failed_cka_picture_is_one_line_and_not_claimed(demo, tmp_path, capsys
     stale = tmp_path / "out" / "cka_report"
     stale.mkdir(parents=True)
     (stale / "cka.png").write_bytes(b"old")
+    (stale / "notes.txt").write_text("someone's")
     demo.cka_failure = "Traceback...\nerror: the compared runs held out different validation images"
     assert demo.main(["--output_root", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "the CKA picture failed and was skipped: error: the compared runs held out different" in out
     assert "CKA picture)" not in out and "(with the teacher, the baseline) is" in out
-    assert not stale.exists()  # no earlier demo's picture is left to mistake for this one's
+    assert not (stale / "cka.png").exists()  # no earlier demo's picture is left to mistake for this one's
+    assert (stale / "notes.txt").read_text() == "someone's"  # and nothing else there is deleted
 
 
 def test_a_relative_output_root_is_the_callers_folder(demo, tmp_path, monkeypatch, capsys):

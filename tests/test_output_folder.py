@@ -198,3 +198,19 @@ def test_resuming_another_folders_checkpoint_over_a_run_sets_it_aside(tmp_path):
     assert _run(tmp_path, *resume, "--overwrite_output_dir", "true", max_steps=4) == 0
     assert (out / REPLACED / "model.safetensors").read_bytes() == mine
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+
+
+def test_a_folder_with_someone_elses_readme_is_refused_and_an_earlier_card_is_not(tmp_path):
+    """A run into a project folder replaced its README.md with the model card (through a link too)."""
+    args = SimpleNamespace(output_dir=str(tmp_path / "proj"), overwrite_output_dir=False, do_train=True)
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "README.md").write_text("# My project notes\n")
+    with pytest.raises(RecipeError, match="holds README.md, which no run of hf_rcka wrote"):
+        check_output_dir(args, None)
+    (tmp_path / "proj" / "README.md").write_text("---\ntags:\n- hf_rcka\n---\n# an earlier run's card\n")
+    check_output_dir(args, None)
+    (tmp_path / "outside.md").write_text("---\ntags:\n- hf_rcka\n---\n")
+    (tmp_path / "proj" / "README.md").unlink()
+    (tmp_path / "proj" / "README.md").symlink_to(tmp_path / "outside.md")
+    with pytest.raises(RecipeError, match="holds README.md"):
+        check_output_dir(args, None)

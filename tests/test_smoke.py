@@ -20,6 +20,7 @@ from accelerate.utils import DistributedType, PrecisionType
 from transformers import ViTConfig, ViTImageProcessor
 
 from hf_rcka.cli.main import main
+from hf_rcka.errors import RecipeError
 from hf_rcka.cli.recipe import resolve_values
 from hf_rcka.cli.smoke import SMOKE_BATCH, SMOKE_STEPS, plan_smoke_test, smoke_output_dir
 from hf_rcka.cli.smoke_check import SmokeTestFailure, check_output
@@ -250,3 +251,18 @@ def test_a_trained_timm_teachers_class_names_are_read_for_the_smoke_data(tmp_pat
 
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "resnet10t", "label_names": ["0", "1", "2"]}))
     assert _teacher_labels({"teacher_model_name_or_path": str(tmp_path)}) == ["0", "1", "2"]
+
+
+def test_a_real_run_in_the_smoke_folder_is_never_replaced(tmp_path):
+    """A recipe whose output_dir ends in -smoke had its trained model set aside by one smoke test
+    and deleted by the next."""
+    folder = tmp_path / "my-smoke"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "distill_config.yaml").write_text("model_name_or_path: timm/resnet18\n")
+    with pytest.raises(RecipeError, match="holds a run that is not a smoke test"):
+        plan_smoke_test(_resolved(tmp_path, output_dir=str(folder)))
+    with pytest.raises(RecipeError, match="holds a run that is not a smoke test"):
+        plan_smoke_test(_resolved(tmp_path, output_dir=str(tmp_path / "my")))  # my -> my-smoke
+    (folder / "distill_config.yaml").write_text("model_name_or_path: timm/resnet18\nsmoke_test: true\n")
+    assert plan_smoke_test(_resolved(tmp_path, output_dir=str(folder))).recipe["output_dir"] == str(folder)

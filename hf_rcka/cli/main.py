@@ -16,7 +16,7 @@ from typing import Sequence
 from ..distributed import close_process_group
 from ..errors import RecipeError, UserError
 from ..trainer.interrupt import GracefulStop, Interrupted
-from ..trainer.resume_hint import Stopped, relaunch_command
+from ..trainer.resume_hint import Stopped, relaunch_command, secrets_note
 from .help import USAGE, losses_help, recipe_help
 from .job import run
 from .recipe import build_arguments, load_recipe, parse_cli_overrides, resolve_values
@@ -68,7 +68,8 @@ def _interrupted_message(name: str, stop: GracefulStop, argv: list[str]) -> str:
     evaluate = relaunch_command(argv, {"do_train": "false", "model_name_or_path": saved_model,
                                        "student_from_scratch": "false", "output_dir": saved_model})
     return (f"interrupted by {name} after training: the trained model is saved in {saved_model}, but its final "
-            f"evaluation (and the model card and Hub upload after it) did not run. Evaluate it with: {evaluate}")
+            f"evaluation (and the model card and Hub upload after it) did not run. Evaluate it with"
+            f"{secrets_note(argv)}: {evaluate}")
 
 
 def _run_recipe(argv: list[str], stop: GracefulStop) -> None:

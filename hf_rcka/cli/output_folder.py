@@ -60,6 +60,12 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
             f"output_dir {args.output_dir!r} already holds a model or checkpoints: pass --resume_from_checkpoint true "
             f"to continue, --overwrite_output_dir true to replace it, or choose another output_dir"
         )
+    others = [] if holds_run(args.output_dir) else _files_of_others(Path(args.output_dir))
+    if others:
+        raise RecipeError(
+            f"output_dir {args.output_dir!r} holds {', '.join(others)}, which no run of hf_rcka wrote and this run would "
+            "overwrite with its model card and config: choose an empty output_dir, or move them"
+        )
     if resume is not None and not resumes_in(args.output_dir, resume) and holds_run(args.output_dir):
         raise RecipeError(
             f"output_dir {args.output_dir!r} holds another run's model or checkpoints, and resume_from_checkpoint "
@@ -73,6 +79,26 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
             "run resumes from: they would be left among its checkpoints (resume_from_checkpoint: true picks the last). "
             "Pass --overwrite_output_dir true to set them aside, or resume into a new output_dir"
         )
+
+
+# Files a run writes at its end whatever the folder holds; in a folder without a run (no model, no
+# config.json: see RUN_FILES), a user's own.
+_OVERWRITTEN = ("README.md", "preprocessor_config.json")
+
+
+def _files_of_others(out: Path) -> list[str]:
+    """The files of ``_OVERWRITTEN`` in ``out`` (or links, which a write would follow out of it) that
+    are not an hf_rcka model card (a card from an earlier run is left there when its model was moved)."""
+    found = [out / name for name in _OVERWRITTEN if (out / name).exists() or (out / name).is_symlink()]
+    return [p.name for p in found if p.is_symlink() or not (p.name == "README.md" and _is_our_card(p))]
+
+
+def _is_our_card(path: Path) -> bool:
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:2000]
+    except OSError:
+        return False
+    return head.startswith("---") and "hf_rcka" in head
 
 
 def resumes_in(output_dir: str, resume: str) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from ..arguments import ARGUMENT_CLASSES, DataArguments, DistillationTrainingArguments, ModelArguments
+from ..arguments import ARGUMENT_CLASSES, SECRET_KEYS, DataArguments, DistillationTrainingArguments, ModelArguments
 from ..errors import RecipeError
 from ..registry import close_matches
 from .coercion import coerce, coerce_feature_pairs, coerce_losses, is_text
@@ -248,9 +248,6 @@ for _first, _resolvers in _RecipeLoader.yaml_implicit_resolvers.items():
     _RecipeDumper.yaml_implicit_resolvers.setdefault(_first, []).extend(_resolvers)
 
 
-SECRET_KEYS = frozenset({"hub_token"})
-"""Recipe keys never written to a recorded recipe: the recipe goes next to the model, to the Hub
-with ``push_to_hub``; a run again reads the token from ``hf auth login`` or ``HF_TOKEN``."""
 
 
 def dump_recipe(values: dict[str, Any], path: str | Path) -> None:

@@ -31,10 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from ..errors import RecipeError
 from ..models.sources import parse_model_source
 from .job import run
+from .output_folder import holds_run
+from .records import CONFIG_NAME
 from .recipe import build_arguments, resolve_values
 from .smoke_check import check_output
 from .smoke_data import SyntheticData, class_names, student_resolution, write_synthetic_dataset
@@ -95,6 +98,7 @@ def plan_smoke_test(recipe: dict[str, Any]) -> SmokePlan:
     values["student_from_scratch"] = True  # the teacher too: ModelArguments.smoke_test
     values["smoke_test"] = True
     values["output_dir"] = smoke_output_dir(recipe["output_dir"])
+    check_smoke_folder(values["output_dir"])
     values.update(_FIXED)
     values.update(_step_overrides(recipe))
     values.update(_device_overrides(recipe, notes))
@@ -107,6 +111,25 @@ def smoke_output_dir(output_dir: str) -> str:
     """``<output_dir>-smoke``: a smoke test never writes into a real run's folder."""
     output_dir = str(output_dir).rstrip("/\\") or "."
     return output_dir if output_dir.endswith(SMOKE_SUFFIX) else output_dir + SMOKE_SUFFIX
+
+
+def check_smoke_folder(folder: str) -> None:
+    """A smoke test replaces the run in its folder (``overwrite_output_dir``), and the next one
+    deletes what it set aside: the folder may hold an earlier smoke test only. A real run can be
+    there when its own ``output_dir`` ends in ``-smoke``, or when a folder of that name was made
+    by hand."""
+    if holds_run(folder) and not _recorded_smoke_test(Path(folder)):
+        raise RecipeError(
+            f"the smoke test writes to {folder}, which holds a run that is not a smoke test (no smoke_test: true in "
+            f"its {CONFIG_NAME}); replacing it would lose it: move that run, or give the recipe another output_dir")
+
+
+def _recorded_smoke_test(folder: Path) -> bool:
+    try:
+        recorded = yaml.safe_load((folder / CONFIG_NAME).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(recorded, dict) and recorded.get("smoke_test") is True
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ..features.hidden_states import describe_hidden_states, pooled_dim
 from ..features.pairing import FeaturePair
 from .distilled_heads import DistilledHeads
 from .feature_adapters import build_feature_adapters
+from ..models.timm_models import check_timm_args, saved_model_args
 from ..losses import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, weigh_terms
 from .teacher_inputs import InputStats, needed_transform
 from .sharded_state import load_full_state_dict
@@ -349,7 +350,10 @@ class DistillationModel(nn.Module):
         checkpoint that restores nothing fails loudly instead of silently. Under FSDP2 each
         rank keeps its shard of every tensor.
         """
-        loaded = type(self.student).from_pretrained(directory, dtype=next(self.student.parameters()).dtype)
+        loaded = type(self.student).from_pretrained(
+            directory, config=_checkpoint_config(type(self.student), directory), use_safetensors=True,  # never a pickle
+            dtype=next(self.student.parameters()).dtype,
+        )
         load_full_state_dict(self.student, loaded.state_dict(), "student")
         del loaded
         path = os.path.join(directory, DISTILLATION_STATE_NAME)
@@ -400,3 +404,12 @@ def _pair(adapter: nn.Module, student: torch.Tensor, teacher: torch.Tensor) -> t
 def _remove_hooks(hooked: list[Any]) -> None:
     for part in hooked:
         part.remove()
+
+
+def _checkpoint_config(model_class: type, directory: str) -> Any:
+    """The checkpoint's config, with the timm arguments a loaded model may not set refused: a
+    ``checkpoint_path`` in its ``model_args`` would have timm read a file outside the checkpoint."""
+    config = model_class.config_class.from_pretrained(directory)
+    if getattr(config, "model_args", None):
+        check_timm_args(config.architecture, saved_model_args(config))
+    return config

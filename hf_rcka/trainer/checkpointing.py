@@ -127,7 +127,7 @@ class CheckpointingTrainer(Trainer):
                 self.model_ema.load(resume_from_checkpoint)
         except torch.OutOfMemoryError:  # a RuntimeError too, but says nothing about the checkpoint
             raise
-        except (FileNotFoundError, KeyError, RuntimeError, TypeError, ValueError) as err:
+        except (OSError, KeyError, RuntimeError, TypeError, ValueError) as err:  # OSError: no safetensors weights
             # a student, adapter or loss that differs from the saved run's (a ViT checkpoint for a ResNet
             # run fails with a TypeError): one line, not a traceback
             text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)  # KeyError quotes its str

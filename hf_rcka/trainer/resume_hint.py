@@ -13,6 +13,8 @@ import signal
 import sys
 from typing import Sequence
 
+from ..arguments import SECRET_KEYS
+
 SCRIPT = "scripts/distill.py"
 
 
@@ -32,8 +34,8 @@ class Stopped(Exception):
         name = signal.Signals(self.signum).name
         if self.checkpoint is None:
             return f"interrupted by {name} at step {self.step}: no checkpoint was saved, nothing to resume"
-        return (f"interrupted by {name}: saved {self.checkpoint} (step {self.step}); resume with:\n"
-                f"{resume_command(self.argv, self.checkpoint)}")
+        return (f"interrupted by {name}: saved {self.checkpoint} (step {self.step}); resume with"
+                f"{secrets_note(self.argv)}:\n{resume_command(self.argv, self.checkpoint)}")
 
 
 def resume_command(argv: Sequence[str], checkpoint: str) -> str:
@@ -49,14 +51,25 @@ def relaunch_command(argv: Sequence[str], settings: dict[str, str]) -> str:
         if skip and not token.startswith("--"):  # the value of a dropped flag (a bare flag has none)
             skip = False
             continue
-        key = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
-        skip = key in settings and "=" not in token
-        if key in settings:  # (main took a bare --debug out of argv; --debug VALUE is a setting and stays)
+        key = _flag_key(token)
+        dropped = key in settings or key in SECRET_KEYS  # a token printed to a log is a token published
+        skip = dropped and "=" not in token
+        if dropped:  # (main took a bare --debug out of argv; --debug VALUE is a setting and stays)
             continue
         kept.append(token)
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith("distill.py") else SCRIPT
     replaced = [part for key, value in settings.items() for part in (f"--{key}", value)]
     return shlex.join([*_launcher(), script, *kept, *replaced])
+
+
+def secrets_note(argv: Sequence[str]) -> str:
+    """What a relaunch command left out: a secret flag's value is never printed."""
+    left_out = sorted({key for key in map(_flag_key, argv) if key in SECRET_KEYS})
+    return f" ({', '.join('--' + key for key in left_out)} left out: give it again, or set HF_TOKEN)" if left_out else ""
+
+
+def _flag_key(token: str) -> str | None:
+    return token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
 
 
 def _launcher() -> list[str]:

@@ -263,9 +263,10 @@ class DistillationTrainer(CheckpointingTrainer):
             raise DataError(f"the batch has keys {unknown} besides pixel_values and labels, which the distillation "
                             "model does not take: leave them out in the data_collator (or the dataset's transform)")
         outputs = model(**inputs)
-        if model.training and not self._late_parameters_checked and not self.is_fsdp_enabled:
-            self._late_parameters_checked = True  # FSDP's flat parameters are not the model's own
-            check_late_parameters(self.distillation_model, self.optimizer)
+        if model.training and not self._late_parameters_checked:
+            self._late_parameters_checked = True
+            if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):  # their flat parameters are not the model's
+                check_late_parameters(self.distillation_model, self.optimizer)
         if model.training:  # each micro-batch's share of its optimizer step, as Trainer's loss
             weights = dict.fromkeys(outputs.loss_terms, 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1)))
             self._term_logs["train"].add(outputs.loss_terms, weights)
