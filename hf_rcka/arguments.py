@@ -175,14 +175,17 @@ class DistillationTrainingArguments(TrainingArguments):
     )
     lr_base: float | None = field(
         default=None,
-        metadata={"help": "Learning rate for a global batch of lr_base_size images (timm train.py's --lr-base, DeiT's "
-                          "scaling): learning_rate becomes lr_base x (global batch / lr_base_size), the global batch "
-                          "being per-device batch x processes x gradient accumulation, so a recipe holds on any number "
-                          "of GPUs. Give learning_rate or lr_base, not both."},
+        metadata={"help": "Learning rate for a global batch of lr_base_size images: learning_rate becomes lr_base "
+                          "scaled by (global batch / lr_base_size) as lr_base_scale says, the global batch being "
+                          "per-device batch x processes x gradient accumulation, so a recipe holds on any number of "
+                          "GPUs. Give learning_rate or lr_base, not both."},
     )
     lr_base_size: int = field(default=256, metadata={"help": "The global batch lr_base is given for."})
     lr_base_scale: str = field(
-        default="linear", metadata={"help": "How lr_base follows the batch: 'linear' (DeiT, Goyal et al.) or 'sqrt'."}
+        default="linear",
+        metadata={"help": "How lr_base follows the batch: 'linear' (the default, as DeiT's main.py scales it) or "
+                          "'sqrt'. timm's train.py picks sqrt for adaptive optimizers (AdamW, LAMB): set "
+                          "lr_base_scale: sqrt to match it."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Distillation needs every batch column."})
     label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
