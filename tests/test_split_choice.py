@@ -14,6 +14,7 @@ from conftest import processor
 from hf_rcka.arguments import DataArguments
 from hf_rcka.cli.run_inputs import load_data
 from hf_rcka.data.datasets import load_raw_datasets, prepare_datasets
+from hf_rcka.data.images import decode_image
 from hf_rcka.errors import DataError
 from hf_rcka.trainer.card_facts import card_facts_of, describe_eval_data
 from hf_rcka.arguments import ModelArguments
@@ -191,3 +192,23 @@ def test_a_broken_file_is_not_blamed_on_the_columns(tmp_path):
     with pytest.raises(DataError, match="cannot load the dataset") as error:
         load_data(DataArguments(dataset_name=folder), seed=0)
     assert "same columns" not in str(error.value)
+
+
+def test_a_pandas_parquet_whose_image_paths_are_all_none_loads(tmp_path):
+    """pandas writes a {bytes, path} struct whose path is always None as an Arrow null field: the
+    scan for relative paths called starts_with on it, and the run stopped on a pyarrow traceback."""
+    import io
+
+    import pandas as pd
+
+    def png(value: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    (tmp_path / "d" / "data").mkdir(parents=True)
+    for name in ("train", "validation"):
+        rows = [{"image": {"bytes": png(40 * i), "path": None}, "label": NAMES[i % 3]} for i in range(6)]
+        pd.DataFrame(rows).to_parquet(tmp_path / "d" / "data" / f"{name}-00000-of-00001.parquet")
+    raw = load_data(DataArguments(dataset_name=str(tmp_path / "d")), seed=0)
+    assert [int(np.asarray(decode_image(v))[0, 0, 0]) for v in raw["validation"]["image"]] == [0, 40, 80, 120, 160, 200]

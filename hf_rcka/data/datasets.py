@@ -229,10 +229,15 @@ def _image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArgum
 
 def _first_relative_path(split: datasets.Dataset, column: str) -> str | None:
     """The first relative path among the column's paths (a string column, or image values stored as
-    ``{bytes, path}`` whose bytes are missing), read from the arrow table, or None."""
+    ``{bytes, path}`` whose bytes are missing), read from the arrow table, or None.
+
+    A path field that is not text holds no paths: pandas writes a ``path`` that is always None as
+    Arrow's null type, on which the string kernels below have no implementation.
+    """
     values = split.with_format("arrow")[column] if len(split) else None
     if values is None:
         return None
+    paths = values
     if pa.types.is_struct(values.type):
         fields = {values.type.field(i).name for i in range(values.type.num_fields)}
         if "path" not in fields:
@@ -240,9 +245,7 @@ def _first_relative_path(split: datasets.Dataset, column: str) -> str | None:
         paths = pc.struct_field(values, "path")
         if "bytes" in fields:
             paths = pc.if_else(pc.is_null(pc.struct_field(values, "bytes")), paths, pa.scalar(None, paths.type))
-    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        paths = values
-    else:
+    if not (pa.types.is_string(paths.type) or pa.types.is_large_string(paths.type)):
         return None
     paths = pc.drop_null(paths)
     # _relative's rule, on the whole arrow column at once
