@@ -212,3 +212,13 @@ def test_a_pandas_parquet_whose_image_paths_are_all_none_loads(tmp_path):
         pd.DataFrame(rows).to_parquet(tmp_path / "d" / "data" / f"{name}-00000-of-00001.parquet")
     raw = load_data(DataArguments(dataset_name=str(tmp_path / "d")), seed=0)
     assert [int(np.asarray(decode_image(v))[0, 0, 0]) for v in raw["validation"]["image"]] == [0, 40, 80, 120, 160, 200]
+
+
+def test_a_dataset_folder_with_a_loading_script_is_one_line(tmp_path):
+    """datasets' 'Dataset scripts are no longer supported' was a RuntimeError traceback."""
+    folder = tmp_path / "pets"
+    _hub_folder(folder, {"train": _split(30), "validation": _split(9, 1)})
+    (folder / "pets.py").write_text("import datasets\n")
+    with pytest.raises(DataError, match=r"loading script \(pets\.py\), which is code and is not run: convert the "
+                                        r"data to files datasets reads \(parquet, csv, or an image folder\)"):
+        load_data(DataArguments(dataset_name=str(folder)), seed=0)

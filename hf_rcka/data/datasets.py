@@ -144,6 +144,9 @@ def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
     """
     try:
         builder = datasets.load_dataset_builder(name, config)
+    except RuntimeError as err:
+        _refuse_a_loading_script(name, err)
+        raise
     except (OSError, ValueError) as err:  # load_dataset says what is wrong; the checks below are skipped
         logger.warning("data: cannot inspect %r's data files before loading (%s: %s)", name, type(err).__name__, err)
         return None
@@ -156,6 +159,22 @@ def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
             "as classes)"
         )
     return builder
+
+
+def _refuse_a_loading_script(name: str, err: RuntimeError) -> None:
+    """A dataset that comes as a loading script (``name/name.py``) is an error naming the way on.
+
+    datasets no longer runs such scripts (they are code, run as it loads), and said so in a
+    RuntimeError traceback; the data itself loads once it is in files datasets reads.
+
+    Raises:
+        DataError: ``err`` is datasets' refusal of a loading script.
+    """
+    found = str(err).partition("Dataset scripts are no longer supported, but found ")[2]
+    if found:
+        raise DataError(f"dataset_name {name!r} is a loading script ({found}), which is code and is not run: convert "
+                        "the data to files datasets reads (parquet, csv, or an image folder) and give their folder or "
+                        "repository as dataset_name") from err
 
 
 def _labelled_eval_split(raw: datasets.DatasetDict, column: str) -> str | None:
