@@ -82,7 +82,8 @@ def test_values_out_of_range(tmp_path, capsys, no_loading, key, value, expected)
 
 def test_fp16_on_cpu_and_losses_that_all_weigh_zero(tmp_path, capsys, no_loading):
     assert run(tmp_path, base(tmp_path, fp16=True)) == 2
-    assert "fp16 needs a GPU (on CPU it would silently train in float32)" in error_of(capsys)
+    assert "fp16 needs a GPU (on CPU it would silently train in float32): set bf16: true with use_cpu: true for CPU " \
+           "autocast, or fp16: false" in error_of(capsys)
     zero = [{"name": "ce", "weight": 0}, {"name": "kd", "weight": 0.0}]
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="config:resnet", losses=zero)) == 2
     assert "every loss has weight 0" in error_of(capsys)

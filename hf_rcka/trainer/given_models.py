@@ -68,7 +68,11 @@ def check_arguments(args: TrainingArguments) -> None:
 
 
 def check_half_precision(args: Any) -> None:
-    """``fp16`` needs an accelerator: on CPU accelerate turns it off and trains in float32 silently."""
+    """``fp16`` needs an accelerator: on CPU accelerate turns it off and trains in float32 silently.
+
+    The advice names ``use_cpu`` with ``bf16``: without it, transformers refuses bf16 on a machine
+    without a GPU ("Your setup doesn't support bf16/gpu").
+    """
     from transformers.utils import (is_torch_cuda_available, is_torch_mps_available, is_torch_npu_available,
                                     is_torch_xpu_available)
 
@@ -77,8 +81,8 @@ def check_half_precision(args: Any) -> None:
     accelerator = any(found() for found in (is_torch_cuda_available, is_torch_xpu_available, is_torch_mps_available,
                                             is_torch_npu_available))
     if args.use_cpu or not accelerator:
-        raise RecipeError("fp16 needs a GPU (on CPU it would silently train in float32): set bf16: true for CPU "
-                          "autocast, or fp16: false")
+        raise RecipeError("fp16 needs a GPU (on CPU it would silently train in float32): set bf16: true with "
+                          "use_cpu: true for CPU autocast, or fp16: false")
 
 
 def check_activation_checkpointing(student: torch.nn.Module, args: Any) -> None:
