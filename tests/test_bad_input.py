@@ -268,6 +268,31 @@ def test_typos_in_a_config_model_type_and_its_overrides(tmp_path, capsys, no_loa
     assert line.startswith("error: student_config_overrides:") and "'hiden_sizes'" in line and "hidden_sizes" in line
 
 
+@pytest.mark.parametrize("model,key,expected", [
+    ("config:resnet", "num_labels", "the run names the student's classes from the dataset's labels. "
+                                    "Drop 'num_labels' from student_config_overrides"),
+    ("timm/resnet10t", "num_classes", "the run names the student's classes from the dataset's labels"),
+])
+def test_overrides_that_set_the_students_classes_say_what_sets_them(tmp_path, capsys, no_loading, model, key,
+                                                                     expected):
+    """The refusal said to pass num_labels / id2label / label2id, which are no recipe keys."""
+    recipe = base(tmp_path, model_name_or_path=model, student_from_scratch=True,
+                  student_config_overrides={**(TINY_RESNET if model.startswith("config:") else {}), key: 3})
+    assert run(tmp_path, recipe) == 2
+    line = error_of(capsys)
+    assert line.startswith(f"error: student_config_overrides sets {key!r}: ") and expected in line
+
+
+def test_overrides_that_set_a_config_teachers_classes_say_what_it_has(tmp_path, capsys, no_loading):
+    recipe = base(tmp_path, teacher_model_name_or_path="config:resnet",
+                  teacher_config_overrides={**TINY_RESNET, "id2label": {0: "a"}})
+    assert run(tmp_path, recipe) == 2
+    assert "teacher_config_overrides sets 'id2label': the teacher keeps the classes it was trained with, paired with " \
+           "the dataset's by name (teacher_label_mapping) (a config: teacher has its model type's default unnamed " \
+           "classes, so only feature losses can distil from it). Drop 'id2label' from teacher_config_overrides" \
+           in error_of(capsys)
+
+
 def test_model_paths_that_do_not_exist(tmp_path, capsys, no_loading, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()

@@ -401,6 +401,7 @@ def check_student_config(model_args: Any) -> None:
     """``config:`` types and override keys exist; ``image_size`` fits a ViT's patch grid."""
     from ..models.hf_config import check_config_keys, default_config
 
+    check_class_overrides(model_args)
     for key, name, overrides_key in (
         ("model_name_or_path", model_args.model_name_or_path, "student_config_overrides"),
         ("teacher_model_name_or_path", model_args.teacher_model_name_or_path, "teacher_config_overrides"),
@@ -422,6 +423,32 @@ def check_student_config(model_args: Any) -> None:
     if local is not None:
         _check_image_size(model_args.image_size, local.get("model_type"), {**local, **(model_args.student_config_overrides or {})},
                           pretrained=not model_args.student_from_scratch)
+
+
+# override keys that set a model's classes (timm's num_classes too): the run sets them, not the recipe
+_CLASS_KEYS = ("num_labels", "id2label", "label2id", "num_classes")
+
+
+def check_class_overrides(model_args: Any) -> None:
+    """Overrides must not set the classes, and the refusal names what does.
+
+    The loaders' own refusal says to pass ``num_labels``..., which are arguments of the Python API
+    but no recipe keys: the CLI takes the student's classes from the dataset's labels, and a
+    teacher keeps those it was trained with. Checked for every kind of model, before any loads.
+
+    Raises:
+        RecipeError: ``student_config_overrides`` or ``teacher_config_overrides`` sets one.
+    """
+    teacher = model_args.teacher_model_name_or_path or ""
+    config_teacher = (" (a config: teacher has its model type's default unnamed classes, so only feature losses "
+                      "can distil from it)") if teacher.startswith("config:") else ""
+    why = {"student_config_overrides": "the run names the student's classes from the dataset's labels",
+           "teacher_config_overrides": "the teacher keeps the classes it was trained with, paired with the dataset's "
+                                       f"by name (teacher_label_mapping){config_teacher}"}
+    for overrides_key, reason in why.items():
+        for key in getattr(model_args, overrides_key) or {}:
+            if key in _CLASS_KEYS:
+                raise RecipeError(f"{overrides_key} sets {key!r}: {reason}. Drop {key!r} from {overrides_key}")
 
 
 def _check_image_size(image_size: int | None, model_type: str | None, config: dict, pretrained: bool = False) -> None:
