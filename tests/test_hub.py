@@ -109,10 +109,12 @@ def test_usage_snippet_runs_as_written(tmp_path, monkeypatch):
     assert namespace["logits"].shape == (1, student.config.num_labels)
 
 
-@pytest.mark.parametrize("kind", ["exif_rotated_jpeg", "transparent_png", "sixteen_bit_png"])
+@pytest.mark.parametrize("kind", ["exif_rotated_jpeg", "transparent_png", "sixteen_bit_png", "unit_float_tiff",
+                                  "wide_float_tiff", "wide_int32_tiff"])
 def test_usage_snippet_decodes_images_as_training_did(tmp_path, monkeypatch, kind):
     """Deployment must see what training saw: a phone photo stored sideways with an EXIF
-    orientation is turned upright (as datasets decodes it), transparency is shown over white."""
+    orientation is turned upright (as datasets decodes it), transparency is shown over white,
+    16-bit, 32-bit and float values are scaled to 8 bits by training's rule."""
     import numpy as np
     from PIL import Image
 
@@ -131,6 +133,11 @@ def test_usage_snippet_decodes_images_as_training_did(tmp_path, monkeypatch, kin
     elif kind == "sixteen_bit_png":  # Pillow's convert clipped it to white: chance accuracy when deployed
         Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(tmp_path / "image.png")  # mode I;16
         snippet = snippet.replace("image.jpg", "image.png")
+    elif kind.endswith("_tiff"):  # 32-bit float in [0, 1] (training scales it by 255; convert gave black), or wider
+        values = {"unit_float_tiff": pixels[..., 0] / np.float32(255), "wide_float_tiff": pixels[..., 0] * 3.5 - 100.0,
+                  "wide_int32_tiff": pixels[..., 0].astype(np.int32) * 1000}[kind]
+        Image.fromarray(values.astype(np.float32 if "float" in kind else np.int32)).save(tmp_path / "image.tiff")
+        snippet = snippet.replace("image.jpg", "image.tiff")
     else:
         pixels[..., 3] = np.where(np.arange(40) < 20, 0, 128)  # left half transparent, right half half-opaque
         Image.fromarray(pixels, "RGBA").save(tmp_path / "image.png")

@@ -60,11 +60,19 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 processor = AutoImageProcessor.from_pretrained("{repo}")
 model = AutoModelForImageClassification.from_pretrained("{repo}")
-# decoded as in training: turned upright by its EXIF orientation, 16-bit values scaled to 8 bits
-# (Pillow's convert clips them to white), transparency shown over white
+# decoded as in training: turned upright by its EXIF orientation, 16-bit, 32-bit and float values
+# scaled to 8 bits (Pillow's convert clips them to white or black), transparency shown over white
 image = ImageOps.exif_transpose(Image.open("image.jpg"))
-if image.mode.startswith("I;16") or (image.mode == "I" and 0 <= np.min(image) and np.max(image) <= 65535):
-    image = Image.fromarray(np.rint(np.asarray(image, dtype=np.float64) / 257).astype(np.uint8))
+if image.mode.startswith("I") or image.mode == "F":
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = values.min(), values.max()
+    if image.mode != "F" and 0 <= low and high <= 65535:  # 16-bit values
+        values = values / 257
+    elif image.mode == "F" and 0 <= low and high <= 1:  # floats in [0, 1]
+        values = values * 255
+    elif high > low:  # any other range is stretched to 0..255
+        values = (values - low) * (255 / (high - low))
+    image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 image = image.convert("RGBA")
 image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
 logits = model(**processor(images=image, return_tensors="pt")).logits
