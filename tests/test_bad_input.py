@@ -421,6 +421,12 @@ def test_teacher_folder_without_weights(tmp_path, capsys, no_loading):
     (teacher / "config.json").write_text("{}")
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
     assert f"teacher_model_name_or_path: folder '{teacher}' holds no weights (model.safetensors)" in error_of(capsys)
+    (teacher / "pytorch_model.bin").write_bytes(b"")  # passed, and failed after the data loaded
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
+    assert f"folder '{teacher}' holds pytorch_model.bin only, and hf_rcka loads safetensors only (a pickle file can " \
+           f"run code as it loads): convert it in a session that trusts the file, loading it with transformers' " \
+           f"from_pretrained('{teacher}') and saving it with save_pretrained('{teacher}', safe_serialization=True)" \
+           in error_of(capsys)
 
 
 def test_output_dir_that_would_overwrite_the_teacher(tmp_path, capsys, no_loading):

@@ -313,13 +313,23 @@ def check_model_source(key: str, name: str, needs_weights: bool = True) -> None:
 
 
 def _check_weights(key: str, folder: str) -> None:
-    """A model folder must hold the weights transformers' ``from_pretrained`` looks for."""
+    """A model folder must hold safetensors weights, the only ones hf_rcka loads.
+
+    Pickled weights (``pytorch_model.bin``) can run code as they load, so the loader refuses
+    them; a folder holding only those passed here and failed after the data had loaded.
+    """
     from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
-    names = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
-    if not any(os.path.isfile(os.path.join(folder, name)) for name in names):
-        raise ModelError(f"{key}: folder {folder!r} holds no weights ({SAFE_WEIGHTS_NAME}): give the folder "
-                         "save_pretrained wrote (a run's output_dir, or one of its checkpoint-N folders)")
+    if any(os.path.isfile(os.path.join(folder, name)) for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)):
+        return
+    pickled = [name for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME) if os.path.isfile(os.path.join(folder, name))]
+    if pickled:
+        raise ModelError(f"{key}: folder {folder!r} holds {pickled[0]} only, and hf_rcka loads safetensors only (a "
+                         "pickle file can run code as it loads): convert it in a session that trusts the file, "
+                         f"loading it with transformers' from_pretrained({folder!r}) and saving it with "
+                         f"save_pretrained({folder!r}, safe_serialization=True)")
+    raise ModelError(f"{key}: folder {folder!r} holds no weights ({SAFE_WEIGHTS_NAME}): give the folder "
+                     "save_pretrained wrote (a run's output_dir, or one of its checkpoint-N folders)")
 
 
 def _check_timm_architecture(key: str, architecture: str) -> None:
