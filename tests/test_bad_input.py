@@ -357,6 +357,32 @@ def test_hub_ids_that_cannot_be_loaded_online(tmp_path, capsys, no_loading, fake
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name,online,hub_says", [
+    ("outputs/teacher", False, "the Hub is offline"),
+    ("outputs/teacher", True, "there is no Hub model 'outputs/teacher'"),
+    ("acme/down", True, "cannot fetch 'acme/down' from the Hugging Face Hub: ConnectError"),  # no network
+])
+def test_a_relative_folder_that_does_not_exist_yet_names_the_recipe_that_writes_it(tmp_path, capsys, no_loading,
+                                                                                    monkeypatch, request, name,
+                                                                                    online, hub_says):
+    """The digits teacher before its recipe ran: 'outputs/...' was taken for a Hub id and the error
+    spoke only of the Hub (without a network: check the network)."""
+    if online:
+        request.getfixturevalue("fake_hub")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "teacher.yaml").write_text(f"output_dir: {name}\n")
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=name)) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: teacher_model_name_or_path: ") and hub_says in line, line
+    assert line.endswith(f"No folder {name!r} exists relative to the working directory '{tmp_path}' either: it is "
+                         "the output_dir of recipes/teacher.yaml, which must run first (python scripts/distill.py "
+                         "recipes/teacher.yaml)"), line
+    (tmp_path / "recipes" / "teacher.yaml").write_text("output_dir: outputs/elsewhere\n")
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=name)) == 2
+    assert error_of(capsys).endswith(f"No folder {name!r} exists relative to the working directory '{tmp_path}' either")
+
+
 def test_a_readable_hub_id_passes_the_check(tmp_path, no_loading, fake_hub):
     with pytest.raises(AssertionError, match="loaded before the recipe was checked"):
         run(tmp_path, base(tmp_path, teacher_model_name_or_path="acme/ok"))  # checks passed: loading began

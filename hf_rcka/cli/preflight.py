@@ -345,11 +345,45 @@ def _check_hub_id(key: str, name: str) -> None:
     first = name.split("/")[0]
     if name.startswith(_PATH_PREFIXES) or os.path.isdir(first):
         raise ModelError(f"{key}: no such folder {name!r} (a folder written by save_pretrained). Check the path")
-    _check_hub_reachable(key, name)
+    _check_hub_reachable(key, name, local=_no_local_folder(name))
 
 
-def _check_hub_reachable(key: str, name: str, fix: str | None = None) -> None:
-    """Offline, a Hub id needs a cached copy; online, one request reads its config."""
+def _no_local_folder(name: str) -> str:
+    """What to add when ``name`` (shaped like a Hub id, so also like a relative path) is not found
+    on the Hub: there is no such folder here either, and the recipe that writes it, if one does.
+
+    ``outputs/supervised-resnet10t-digits`` (a demo teacher not trained yet) was only said to be
+    unreachable on the Hub, with advice to check the network.
+    """
+    text = f". No folder {name!r} exists relative to the working directory {os.getcwd()!r} either"
+    recipe = _recipe_writing(name)
+    if recipe is not None:
+        text += (f": it is the output_dir of {recipe}, which must run first (python scripts/distill.py "
+                 f"{recipe})")
+    return text
+
+
+def _recipe_writing(folder: str) -> str | None:
+    """The recipe in ``recipes/`` (here, or next to hf_rcka's own sources) whose output_dir is ``folder``."""
+    import yaml
+
+    target = os.path.normpath(folder)
+    for recipes in dict.fromkeys((Path("recipes").resolve(), Path(__file__).resolve().parents[2] / "recipes")):
+        for recipe in sorted(recipes.glob("*.yaml")):
+            try:
+                values = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue
+            output_dir = values.get("output_dir") if isinstance(values, dict) else None
+            if isinstance(output_dir, str) and os.path.normpath(output_dir) == target:
+                here = os.path.relpath(recipe)
+                return str(recipe) if here.startswith("..") else here
+    return None
+
+
+def _check_hub_reachable(key: str, name: str, fix: str | None = None, local: str = "") -> None:
+    """Offline, a Hub id needs a cached copy; online, one request reads its config. ``local``: what
+    to add when the id names nothing there, as it may be a relative path."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     if constants.HF_HUB_OFFLINE:
@@ -358,12 +392,13 @@ def _check_hub_reachable(key: str, name: str, fix: str | None = None) -> None:
             raise ModelError(
                 f"{key}: {what}, and the Hub is offline (HF_HUB_OFFLINE=1) with no cached copy. "
                 + (fix[0].upper() + fix[1:] if fix else "Check the path, or unset HF_HUB_OFFLINE to download it")
+                + local
             )
         return
-    _check_hub_repository(key, name)
+    _check_hub_repository(key, name, local)
 
 
-def _check_hub_repository(key: str, name: str) -> None:
+def _check_hub_repository(key: str, name: str, local: str = "") -> None:
     """An online Hub id must name a model this machine can read: its config.json is fetched now (one
     request, cached for the load), so a typo, a private or gated repository without a login, or a
     dataset id is one line before the data loads, not an error after it."""
@@ -377,12 +412,13 @@ def _check_hub_repository(key: str, name: str) -> None:
                          "and log in on this machine (`hf auth login`)") from None
     except RepositoryNotFoundError:
         raise ModelError(f"{key}: there is no Hub model {name!r} that this machine can read: check the id (owner/name), "
-                         "or log in (`hf auth login`) if it is private") from None
+                         f"or log in (`hf auth login`) if it is private{local}") from None
     except RemoteEntryNotFoundError:
         raise ModelError(f"{key}: Hub repository {name!r} has no config.json, so it holds no transformers or timm "
                          "model: check the id") from None
     except Exception as err:  # noqa: BLE001 - every other failure means "cannot fetch", with its reason
-        raise ModelError(f"{key}: cannot fetch {name!r} from the Hugging Face Hub: {_fetch_failure(err, name)}") from None
+        raise ModelError(f"{key}: cannot fetch {name!r} from the Hugging Face Hub: {_fetch_failure(err, name)}{local}"
+                         ) from None
 
 
 def _fetch_failure(err: Exception, name: str) -> str:
