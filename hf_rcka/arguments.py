@@ -137,7 +137,8 @@ class DistillationTrainingArguments(TrainingArguments):
     )
     feature_pairs: Any = field(
         default=None,
-        metadata={"help": "'auto' or a list of {student_layer, teacher_layer, adapter, options...}."},
+        metadata={"help": "The layers feature losses compare: 'auto' or a list of {student_layer, teacher_layer, "
+                          "adapter, options...}. None (the default) pairs them automatically, as 'auto' does."},
     )
     teacher_accuracy_check: str = field(
         default="warn",

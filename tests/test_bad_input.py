@@ -814,6 +814,8 @@ def test_help_lists_every_key_grouped_with_defaults(capsys):
     for key in _field_table():
         assert f"\n  {key} (" in text, key
     assert "  teacher_label_mapping (str; default: 'by_name')" in text
+    feature_pairs = re.search(r"\n  feature_pairs \(.*\n((?:      .*\n)+)", text).group(1)
+    assert "None (the default) pairs them automatically, as 'auto' does" in " ".join(feature_pairs.split())
     # settings the run refuses say so, not what transformers' help says they do
     assert "  bf16_full_eval (bool; default: False)\n      Fixed at False: it casts the whole model" in text
     assert "true for the last checkpoint in output_dir" in text
@@ -821,6 +823,7 @@ def test_help_lists_every_key_grouped_with_defaults(capsys):
     text = capsys.readouterr().out
     assert "  rcka: weight=1.0, intra_weight=1.0" in text and "patch_match" in text
     assert "  auto: (the default" in text and "(feature_cka); patch_match with" in text
+    assert "unset (None), the pairs are chosen as 'auto' chooses them" in text
 
 
 def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsys):

@@ -125,7 +125,8 @@ def losses_help() -> str:
     """Every loss and adapter a recipe can name, with its options and defaults."""
     lines = ["losses: a list of {name: <loss>, weight: <float>, <option>: <value>...}", ""]
     lines += _registry_help(LOSSES, "losses")
-    lines += ["", "feature_pairs: 'auto' or a list of {student_layer, teacher_layer, adapter: <adapter>, <option>...}", ""]
+    lines += ["", "feature_pairs: 'auto' or a list of {student_layer, teacher_layer, adapter: <adapter>, <option>...}; "
+              "unset (None), the pairs are chosen as 'auto' chooses them", ""]
     lines += _registry_help(ADAPTERS, "adapters")
     lines += _auto_adapter_help()
     lines += ["", f"patch_match's sample_channels is 'student' when the only feature losses are {per_channel_losses()} "
