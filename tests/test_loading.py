@@ -421,3 +421,14 @@ def test_overrides_that_would_leave_pretrained_weights_random_are_errors(tmp_pat
         load_image_classifier(str(tmp_path), num_labels=3, config_overrides={"hidden_size": 48, "intermediate_size": 96})
     model = load_image_classifier(str(tmp_path), num_labels=5, config_overrides={"hidden_dropout_prob": 0.1})
     assert model.config.num_labels == 5  # a new head and a setting that adds no weights are fine
+
+
+def test_pickled_weights_only_are_refused_with_how_to_convert(tmp_path):
+    """A Hub model with only pytorch_model.bin failed with transformers' 'no file named
+    model.safetensors', which said neither why nor what to do (a local folder is refused in preflight)."""
+    model = load_image_classifier("config:resnet", num_labels=2, config_overrides=RESNET)
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # transformers 5 saves safetensors only
+    with pytest.raises(OSError, match=r"has no safetensors weights, and hf_rcka loads no others .*"
+                                      r"save_pretrained\(folder, safe_serialization=True\)"):
+        load_image_classifier(str(tmp_path), num_labels=2)

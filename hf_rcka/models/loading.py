@@ -131,6 +131,14 @@ def _load_pretrained(
             name_or_path, config=config, ignore_mismatched_sizes=resize_head, output_loading_info=True,
             use_safetensors=True, dtype=dtype, **extra,
         )
+    except OSError as err:
+        if "safetensors" not in str(err):
+            raise
+        # a Hub model with pickled weights only (a local folder is refused before the data loads)
+        raise OSError(f"{name_or_path!r} has no safetensors weights, and hf_rcka loads no others (a pickle file can "
+                      "run code as it loads): convert them in a session that trusts them, with transformers' "
+                      "from_pretrained and then save_pretrained(folder, safe_serialization=True), and give that "
+                      "folder") from None
     except RuntimeError as err:
         if overrides and "mismatched" in str(err):  # transformers' size-mismatch refusal, whose report went to the log
             raise ValueError(f"config_overrides {sorted(overrides)} change the shapes of {name_or_path!r}'s weights, "
