@@ -75,7 +75,16 @@ class Registry:
     def option_names(self, name: str) -> list[str]:
         """Keyword options the class's constructor accepts (what a recipe may set), with those a
         ``**kwargs`` passes on to a base class's constructor."""
-        return list(_init_parameters(self.get(name)))
+        return list(self.parameters(name))
+
+    def parameters(self, name: str) -> dict[str, inspect.Parameter]:
+        """Each option's constructor parameter (its default), as ``option_names`` finds them."""
+        return _init_parameters(self.get(name))
+
+    def passed_on(self, name: str) -> list[str]:
+        """The options the class takes only through ``**kwargs``, for its bases."""
+        own = inspect.signature(self.get(name).__init__).parameters
+        return [option for option in self.parameters(name) if option not in own]
 
     def option_types(self, name: str) -> dict[str, Any]:
         """The annotated type of each option (what a recipe's text value is converted to)."""
@@ -83,7 +92,7 @@ class Registry:
 
     def default(self, name: str, option: str) -> Any:
         """The constructor's default for ``option``, so a recipe that omits it gets what the class says."""
-        param = _init_parameters(self.get(name)).get(option)
+        param = self.parameters(name).get(option)
         if param is None or param.default is inspect.Parameter.empty:
             raise KeyError(f"{self.kind} {name!r} has no default for {option!r}")
         return param.default
@@ -145,7 +154,8 @@ def _init_types(cls: type) -> dict[str, Any]:
         except Exception:  # NameError, or a TypeError from a malformed annotation
             hints = {}
         for key, value in hints.items():
-            found.setdefault(key, value)
+            if key != "return":
+                found.setdefault(key, value)
     return found
 
 

@@ -11,13 +11,13 @@ checks convert nothing, they only fill the default of a loss spec's ``weight``.
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Callable
 
 from .errors import RecipeError
 from .features.layout import FeatureSpec
 from .features.pairing import RESERVED_PAIR_KEYS
+from .losses import reads_features
 from .registry import ADAPTERS, LOSSES, close_matches
 
 RESERVED_LOSS_KEYS = ("name", "weight")
@@ -111,7 +111,7 @@ def validate_losses(specs: Any) -> list[dict] | None:
 def _check_number_options(name: str, options: dict) -> None:
     """Options whose default is a number take a number: ``temperature: "4"`` (a quoted value in
     Python) failed inside the constructor with "'<' not supported between 'int' and 'str'"."""
-    params = inspect.signature(LOSSES.get(name).__init__).parameters
+    params = LOSSES.parameters(name)
     for key, value in options.items():
         default = params[key].default if key in params else None
         numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
@@ -141,10 +141,21 @@ def _checked_loss(spec: dict, where: str) -> dict:
     try:
         LOSSES.check_options(name, options, reserved=RESERVED_LOSS_KEYS)
         _check_number_options(name, options)
-        LOSSES.build(name, weight=weight, **options)
+        loss = LOSSES.build(name, weight=weight, **options)
     except (TypeError, ValueError) as err:
         raise RecipeError(f"{where} ({name}): {err}") from None
+    _check_passed_on(name, loss, {"weight": weight, **options}, where)
     return {"name": name, "weight": float(weight), **options}
+
+
+def _check_passed_on(name: str, loss: Any, given: dict, where: str) -> None:
+    """Options a loss takes through ``**kwargs`` must reach its base: a constructor that keeps
+    ``**kwargs`` to itself trained at the base's default weight (100x the 0.01 asked for), silently."""
+    for option in LOSSES.passed_on(name):
+        if option in given and hasattr(loss, option) and getattr(loss, option) != given[option]:
+            raise RecipeError(f"{where} ({name}): {option} is {given[option]!r} here but the loss holds "
+                              f"{getattr(loss, option)!r}: its __init__ takes {option} through **kwargs and does not "
+                              f"pass them on (super().__init__(**kwargs))")
 
 
 def validate_feature_pairs(pairs: Any) -> list[dict] | str | None:
@@ -167,7 +178,7 @@ def check_auto_pair_options(losses: list[dict] | None, pairs: Any) -> None:
     if not isinstance(pairs, list) or not losses:
         return
     feature_losses = [LOSSES.get(spec["name"]) for spec in losses
-                      if spec["weight"] > 0 and {"student_features", "teacher_features"} & LOSSES.get(spec["name"]).requires]
+                      if spec["weight"] > 0 and reads_features(LOSSES.get(spec["name"]))]
     if not feature_losses or any(cls.feature_alignment != "any" for cls in feature_losses):
         return
     for i, pair in enumerate(pairs):

@@ -376,11 +376,17 @@ def test_a_relative_folder_that_does_not_exist_yet_names_the_recipe_that_writes_
     line = error_of(capsys)
     assert line.startswith("error: teacher_model_name_or_path: ") and hub_says in line, line
     assert line.endswith(f"No folder {name!r} exists relative to the working directory '{tmp_path}' either: it is "
-                         "the output_dir of recipes/teacher.yaml, which must run first (python scripts/distill.py "
-                         "recipes/teacher.yaml)"), line
+                         "the output_dir of recipes/teacher.yaml, which must run first"), line
+    assert "is not a local folder" not in line  # said once, in the sentence above
     (tmp_path / "recipes" / "teacher.yaml").write_text("output_dir: outputs/elsewhere\n")
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=name)) == 2
     assert error_of(capsys).endswith(f"No folder {name!r} exists relative to the working directory '{tmp_path}' either")
+    if name.startswith("outputs/"):  # once outputs/ exists (another run wrote there), it is a path
+        (tmp_path / "outputs").mkdir()
+        (tmp_path / "recipes" / "teacher.yaml").write_text(f"output_dir: {name}\n")
+        assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=name)) == 2
+        assert error_of(capsys).endswith(f"no such folder {name!r} (a folder written by save_pretrained): it is the "
+                                         "output_dir of recipes/teacher.yaml, which must run first")
 
 
 def test_a_readable_hub_id_passes_the_check(tmp_path, no_loading, fake_hub):
@@ -1265,3 +1271,13 @@ def test_real_classes_that_look_odd_still_load(tmp_path):
                               for split in ("train", "validation")}).save_to_disk(str(folder))
         validation = loaded(folder)["validation"]
         assert [validation.features["label"].names[v] for v in validation["label"][:2]] == expected
+
+
+def test_a_broken_checkpoint_is_told_to_resume_from_an_earlier_one_only(tmp_path):
+    """Resuming a broken checkpoint-2 was told to resume from checkpoint-5, a later one."""
+    from hf_rcka.cli.preflight import _earlier
+
+    for step in (2, 5, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert _earlier(str(tmp_path / "checkpoint-2")) == f"delete {str(tmp_path / 'checkpoint-2')!r} and start again"
+    assert f"--resume_from_checkpoint {tmp_path / 'checkpoint-5'} " in _earlier(str(tmp_path / "checkpoint-10"))

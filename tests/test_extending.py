@@ -263,3 +263,33 @@ def test_the_readmes_example_loss_trains_and_logs_its_term(tmp_path):
         assert len(logged) == 2 and all(value > 0 for value in logged)
     finally:
         LOSSES._classes.pop("logit_mse", None)
+
+
+def test_options_a_constructor_keeps_to_itself_are_refused(registered):
+    """Followed through **kwargs, a weight that never reached the base trained at 1.0, not the 0.01 asked."""
+    class Swallows(DistillationLoss):
+        requires = frozenset({"student_logits", "teacher_logits"})
+
+        def __init__(self, scale: float = 2.0, **kwargs) -> None:
+            super().__init__()
+            self.scale = scale
+
+    registered(LOSSES, "swallows", Swallows)
+    with pytest.raises(RecipeError, match=r"losses\[1\] \(swallows\): weight is 0.01 here but the loss holds 1.0: "
+                                          r"its __init__ takes weight through \*\*kwargs and does not pass them on"):
+        DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none",
+                                      losses=["ce", {"name": "swallows", "weight": 0.01}])
+
+
+def test_requires_set_per_instance_is_still_allowed():
+    """A property that picks the inputs from an option was a TypeError when the class was defined."""
+    class PerInstance(DistillationLoss):
+        def __init__(self, weight: float = 1.0, on_teacher: bool = True) -> None:
+            super().__init__(weight)
+            self.on_teacher = on_teacher
+
+        @property
+        def requires(self):
+            return frozenset({"student_logits", "teacher_logits"} if self.on_teacher else {"student_logits"})
+
+    assert PerInstance(on_teacher=False).requires == frozenset({"student_logits"})

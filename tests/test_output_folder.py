@@ -214,3 +214,5 @@ def test_a_folder_with_someone_elses_readme_is_refused_and_an_earlier_card_is_no
     (tmp_path / "proj" / "README.md").symlink_to(tmp_path / "outside.md")
     with pytest.raises(RecipeError, match="holds README.md"):
         check_output_dir(args, None)
+    with pytest.raises(RecipeError, match="holds README.md"):  # every digits recipe sets overwrite_output_dir
+        check_output_dir(SimpleNamespace(**{**vars(args), "overwrite_output_dir": True}), None)

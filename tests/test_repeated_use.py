@@ -122,9 +122,17 @@ def test_a_dataset_given_to_evaluate_or_predict_is_checked(tmp_path):
         trainer.evaluate(eval_dataset=named_classes(pixel_dataset(10), ["b", "c", "a"]))
     with pytest.raises(DataError, match=r"eval_dataset: its items have no \['labels'\]"):
         trainer.evaluate(eval_dataset=pixel_dataset(10).rename_column("labels", "label"))
-    with pytest.raises(DataError, match=r"test_dataset: its items have no \['labels'\]"):
-        trainer.predict(pixel_dataset(10).rename_column("labels", "label"))
+    with pytest.raises(DataError, match=r"test_dataset: its items have no \['pixel_values'\]"):
+        trainer.predict(pixel_dataset(10).rename_column("pixel_values", "image"))
     assert trainer.predict(pixel_dataset(10).remove_columns("labels")).predictions.shape == (10, 3)
+    # data to predict may carry any label column, or none (a Hub test split's -1s)
+    assert trainer.predict(pixel_dataset(7).rename_column("labels", "label")).predictions.shape == (7, 3)
+    # classes that are only numbered say nothing about the order: accepted, as the constructor does
+    numbered = pixel_dataset(10).with_format(None).cast_column("labels", datasets.ClassLabel(num_classes=3))
+    assert "eval_accuracy" in trainer.evaluate(eval_dataset=numbered.with_format("torch"))
+    trainer.eval_dataset = named_classes(pixel_dataset(10), ["b", "c", "a"])  # set after construction
+    with pytest.raises(LabelError, match=r"eval_dataset lists its classes as \['b', 'c', 'a'\]"):
+        trainer.evaluate()
     assert "eval_accuracy" in trainer.evaluate(eval_dataset=named_classes(pixel_dataset(10, seed=2), names))
 
 
@@ -175,3 +183,39 @@ def test_a_distilled_deit_keeps_no_head_outputs_outside_the_distillation_model()
     assert out.loss_terms["deit_token"] > 0
     student(pixel_values=pixels)
     assert model._distilled_heads._logits == {}
+
+
+def test_compute_loss_before_train_works_and_the_first_step_is_still_checked(tmp_path):
+    """Before train() there is no optimizer: the late-weights check failed on None, and then skipped train()."""
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1))
+    batch = trainer.data_collator([pixel_dataset(4)[i] for i in range(4)])
+    assert trainer.compute_loss(trainer.model, batch).item() > 0
+    assert not trainer._late_parameters_checked
+    trainer.train()
+    assert trainer._late_parameters_checked
+
+
+def test_a_ready_distillation_model_is_checked_as_its_student_would_be(tmp_path):
+    frozen = tiny_vit().requires_grad_(False)
+    ready = DistillationModel(frozen, tiny_resnet(), [CrossEntropyLoss(), LOSSES.build("srd")])
+    with pytest.raises(ModelError, match="has no trainable weights"):
+        build(make_args(tmp_path, losses=["ce", "srd"]), student=ready)
+
+
+def test_a_teacher_no_loss_uses_is_not_credited_on_the_card(tmp_path):
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1), teacher=tiny_resnet())
+    trainer.train()
+    trainer.create_model_card()
+    assert "trained without a teacher (supervised baseline)" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_a_refused_trainer_leaves_the_students_class_names_as_they_were(tmp_path):
+    from hf_rcka.errors import RecipeError
+
+    student = tiny_vit()
+    before = dict(student.config.id2label)
+    args = make_args(tmp_path, losses=["ce"], metric_for_best_model="acuracy", eval_strategy="steps")
+    with pytest.raises(RecipeError, match="metric_for_best_model"):
+        build(args, student=student, train=named_classes(pixel_dataset(20), ["cat", "dog", "eel"]),
+              eval_dataset=named_classes(pixel_dataset(10), ["cat", "dog", "eel"]))
+    assert student.config.id2label == before

@@ -17,7 +17,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from ..arguments import FIXED_SETTINGS, RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
-from ..losses import per_channel_losses
+from ..losses import per_channel_losses, reads_features
 from ..registry import ADAPTERS, LOSSES, Registry
 
 USAGE = "usage: accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]   (--help losses, --debug)"
@@ -112,7 +112,7 @@ def _registry_help(registry: Registry, title: str) -> list[str]:
 
 def _auto_adapter_help() -> list[str]:
     """What ``adapter: auto`` (a pair without ``adapter``) picks, by the feature losses' needs."""
-    feature_losses = [n for n in LOSSES.names() if "student_features" in LOSSES.get(n).requires]
+    feature_losses = [n for n in LOSSES.names() if reads_features(LOSSES.get(n))]
     shaped = [n for n in feature_losses if LOSSES.get(n).feature_alignment != "any"]
     relational = [n for n in feature_losses if n not in shaped]
     text = (f"identity when every feature loss relates whole batches ({', '.join(relational)}); patch_match with "

@@ -52,19 +52,22 @@ _BRANCH_KEEPS = (CONFIG_NAME, WORKING_DIR_NAME, LEDGER_NAME, "runs", "_eval-*", 
 
 
 def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
-    """Refuse to overwrite a finished model or checkpoints unless asked to."""
-    if args.overwrite_output_dir or not args.do_train:
+    """Refuse to overwrite a finished model or checkpoints unless asked to, and someone else's files
+    always (``overwrite_output_dir`` replaces a run: it sets aside only what runs write)."""
+    if not args.do_train:
+        return
+    others = [] if holds_run(args.output_dir) else _files_of_others(Path(args.output_dir))
+    if others:
+        raise RecipeError(
+            f"output_dir {args.output_dir!r} holds {', '.join(others)}, which no run of hf_rcka wrote and this run would "
+            "overwrite with its model card and processor: choose an empty output_dir, or move them"
+        )
+    if args.overwrite_output_dir:
         return
     if resume is None and holds_run(args.output_dir):
         raise RecipeError(
             f"output_dir {args.output_dir!r} already holds a model or checkpoints: pass --resume_from_checkpoint true "
             f"to continue, --overwrite_output_dir true to replace it, or choose another output_dir"
-        )
-    others = [] if holds_run(args.output_dir) else _files_of_others(Path(args.output_dir))
-    if others:
-        raise RecipeError(
-            f"output_dir {args.output_dir!r} holds {', '.join(others)}, which no run of hf_rcka wrote and this run would "
-            "overwrite with its model card and config: choose an empty output_dir, or move them"
         )
     if resume is not None and not resumes_in(args.output_dir, resume) and holds_run(args.output_dir):
         raise RecipeError(

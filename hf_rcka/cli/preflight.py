@@ -29,6 +29,7 @@ from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows
 from ..trainer.checkpointing import holds_training_state
 from ..trainer.given_models import check_half_precision
 from ..trainer.metrics import evaluation_metric_names, is_reported
+from .records import checkpoint_step
 
 logger = logging.getLogger("hf_rcka")
 _PATH_PREFIXES = (".", "/", "~")
@@ -344,7 +345,9 @@ def _check_hub_id(key: str, name: str) -> None:
     """A name that looks like a path, or a Hub id that cannot be fetched offline, is an error now."""
     first = name.split("/")[0]
     if name.startswith(_PATH_PREFIXES) or os.path.isdir(first):
-        raise ModelError(f"{key}: no such folder {name!r} (a folder written by save_pretrained). Check the path")
+        recipe = _recipe_writing(name)
+        fix = f": it is the output_dir of {recipe}, which must run first" if recipe else ". Check the path"
+        raise ModelError(f"{key}: no such folder {name!r} (a folder written by save_pretrained){fix}")
     _check_hub_reachable(key, name, local=_no_local_folder(name))
 
 
@@ -358,8 +361,7 @@ def _no_local_folder(name: str) -> str:
     text = f". No folder {name!r} exists relative to the working directory {os.getcwd()!r} either"
     recipe = _recipe_writing(name)
     if recipe is not None:
-        text += (f": it is the output_dir of {recipe}, which must run first (python scripts/distill.py "
-                 f"{recipe})")
+        text += f": it is the output_dir of {recipe}, which must run first"
     return text
 
 
@@ -388,7 +390,7 @@ def _check_hub_reachable(key: str, name: str, fix: str | None = None, local: str
 
     if constants.HF_HUB_OFFLINE:
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            what = f"{name!r} is not cached" if fix else f"{name!r} is not a local folder"
+            what = f"{name!r} is not cached" if fix or local else f"{name!r} is not a local folder"
             raise ModelError(
                 f"{key}: {what}, and the Hub is offline (HF_HUB_OFFLINE=1) with no cached copy. "
                 + (fix[0].upper() + fix[1:] if fix else "Check the path, or unset HF_HUB_OFFLINE to download it")
@@ -677,10 +679,12 @@ def _checkpoints_in(folder: Path) -> list[str]:
 
 
 def _earlier(folder: str) -> str:
-    parent = Path(folder).absolute().parent
-    others = [name for name in _checkpoints_in(parent) if name != Path(folder).name]
-    if others:
-        return (f"delete {folder!r}, or resume from an earlier one (--resume_from_checkpoint {parent / others[-1]} "
+    """The fix for a broken checkpoint: the latest one before it, if any (not merely another one)."""
+    parent, step = Path(folder).absolute().parent, checkpoint_step(Path(folder).name)
+    earlier = [name for name in _checkpoints_in(parent)
+               if step is not None and checkpoint_step(name) is not None and checkpoint_step(name) < step]
+    if earlier:
+        return (f"delete {folder!r}, or resume from an earlier one (--resume_from_checkpoint {parent / earlier[-1]} "
                 "--overwrite_output_dir true, which sets the later checkpoints aside)")
     return f"delete {folder!r} and start again"
 

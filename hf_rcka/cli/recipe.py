@@ -248,8 +248,6 @@ for _first, _resolvers in _RecipeLoader.yaml_implicit_resolvers.items():
     _RecipeDumper.yaml_implicit_resolvers.setdefault(_first, []).extend(_resolvers)
 
 
-
-
 def dump_recipe(values: dict[str, Any], path: str | Path) -> None:
     """Write resolved values as a recipe that ``scripts/distill.py`` can run again (without secrets)."""
     public = {key: value for key, value in values.items() if key not in SECRET_KEYS}

@@ -1,7 +1,7 @@
 """Distillation losses. Importing this package registers every loss in ``hf_rcka.LOSSES``."""
 
 from ..registry import LOSSES
-from .base import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, RelationalLoss, weigh_terms
+from .base import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, RelationalLoss, reads_features, weigh_terms
 from .deit import DeiTTokenLoss
 from .ekt import KernelTransferLoss
 from .fitnet import FitNetLoss
@@ -34,5 +34,6 @@ __all__ = [
     "RelationalLoss",
     "SRDLoss",
     "per_channel_losses",
+    "reads_features",
     "weigh_terms",
 ]

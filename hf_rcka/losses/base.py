@@ -121,6 +121,8 @@ class DistillationLoss(nn.Module):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
+        if not isinstance(cls.requires, (set, frozenset, tuple, list)):
+            return  # set per instance (a property): checked when the loss runs
         unknown = sorted(set(cls.requires) - set(LOSS_INPUT_FIELDS))
         if unknown:  # else an AttributeError at the first step
             raise TypeError(f"{cls.__name__}.requires names {unknown}, which are not LossInputs fields: "
@@ -163,7 +165,7 @@ class DistillationLoss(nn.Module):
 
     @property
     def needs_features(self) -> bool:
-        return bool({"student_features", "teacher_features"} & self.requires)
+        return reads_features(self)
 
     @property
     def needs_pooled(self) -> bool:
@@ -240,6 +242,11 @@ def weigh_terms(
             raise ValueError(f"loss term {name!r} must be a 0-dim tensor (reduce it over the batch), got {shape}")
     weighted = {name: weights[name] * value for name, value in terms.items()}
     return torch.stack(list(weighted.values())).sum(), weighted
+
+
+def reads_features(loss: DistillationLoss | type[DistillationLoss]) -> bool:
+    """Whether a loss (or loss class) reads feature pairs, on either side."""
+    return bool({"student_features", "teacher_features"} & set(loss.requires))
 
 
 LOSSES.base = DistillationLoss  # a class registered as a loss must be one (see Registry._check_new)

@@ -77,9 +77,9 @@ def adapter_choice(pair: FeaturePair, needs_shape: bool) -> tuple[str, dict[str,
         return "patch_match", {"project": True, **pair.options}
     if pair.options:
         raise RecipeError(
-            f"a feature pair's adapter is auto with options {sorted(pair.options)}, but these losses compare "
-            "features of any shape, for which auto passes them unchanged (identity, no options): drop the "
-            "options, or set adapter: patch_match")
+            f"feature pair options {sorted(pair.options)} are patch_match's, but with these losses (which compare "
+            "features of any shape) adapter auto passes features unchanged: drop the options, or set adapter: "
+            "patch_match")
     return "identity", {}
 
 

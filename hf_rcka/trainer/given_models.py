@@ -30,7 +30,7 @@ to train to the end and report a number, or fail after the expensive work:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -42,6 +42,7 @@ from ..modeling.assembly import active_specs, default_losses
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
 from ..models.labels import BY_NAME, TEACHER_LABEL_MAPPINGS, is_generic, model_label_names, realign_teacher
+from ..losses import reads_features
 from ..registry import LOSSES, close_matches
 from .metrics import evaluation_metric_names, is_reported
 from ..value_checks import check_training_values
@@ -109,8 +110,8 @@ def check_model_objects(model: Any, teacher: Any, kwargs: Mapping[str, Any]) -> 
     for role, module in (("model", model), ("teacher", teacher)):
         if module is None and role == "teacher":
             continue
-        if isinstance(module, DistillationModel):
-            continue
+        if isinstance(module, DistillationModel):  # its student is checked as a student given alone
+            module = module.student
         if not isinstance(module, torch.nn.Module) or getattr(module, "config", None) is None:
             raise ModelError(
                 f"DistillationTrainer: {role} must be a transformers image classifier (a model with a config), got "
@@ -158,7 +159,9 @@ def check_late_parameters(model: DistillationModel, optimizer: Any) -> None:
 
 
 def _not_optimized(model: torch.nn.Module, optimizer: Any) -> list[str]:
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    held = {id(p) for group in optimizer.param_groups for p in group.get("params", ())}
+    if not held:  # a layer-wise optimizer (GaLore's) keeps its real ones elsewhere
+        return []
     return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
 
 
@@ -220,7 +223,7 @@ def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, t
         raise RecipeError("teacher_processor needs processing_class (the student's image processor): the teacher's "
                           "inputs are the student's, re-normalised and resized from its processor's settings")
     specs = active_specs(getattr(args, "losses", None) or default_losses(teacher is not None))
-    features = [spec["name"] for spec in specs if "student_features" in LOSSES.get(spec["name"]).requires]
+    features = [spec["name"] for spec in specs if reads_features(LOSSES.get(spec["name"]))]
     pixels = first_item.get("pixel_values") if first_item is not None else None
     if not features or not isinstance(pixels, torch.Tensor) or pixels.ndim < 2:
         return
@@ -247,49 +250,51 @@ def check_columns(train_dataset: Any, eval_dataset: Any, collator_given: bool) -
     """
     first = None
     for role, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-        for name, part in (dataset.items() if isinstance(dataset, dict) else [(role, dataset)]):
-            if part is None or isinstance(part, torch.utils.data.IterableDataset) or not hasattr(part, "__len__"):
-                continue
-            item = part[0] if len(part) else None
-            if not isinstance(item, Mapping):
-                continue
+        for where, _, item in _first_items(role, dataset):
             first = item if first is None and role == "train_dataset" else first
-            missing = [key for key in ("pixel_values", "labels") if key not in item]
-            if missing and not collator_given:
-                raise DataError(
-                    f"{role if name == role else f'{role}[{name!r}]'}: its items have no {missing} (they have "
-                    f"{sorted(item)}): rename the label column (dataset.rename_column('label', 'labels')) and set a "
-                    "transform that turns images into pixel_values (dataset.set_transform(...) with the processor), "
-                    "or pass a data_collator that builds them")
+            if not collator_given:
+                _check_keys(where, item, ("pixel_values", "labels"))
     return first
 
 
 def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: bool) -> None:
-    """A dataset given to ``evaluate()`` or ``predict()`` after construction gets the checks the
-    constructor's ``eval_dataset`` got: its items' keys and its class names against the student's.
+    """A dataset given to ``evaluate()`` or ``predict()`` after construction (or set as
+    ``eval_dataset`` since) gets the checks the constructor's ``eval_dataset`` got: its items' keys
+    and its class names against the student's.
 
     Without them, relabelled classes read as accuracy 0.0 and a ``label`` column as an evaluation
     with no accuracy and no loss, both without an error. ``predict()`` (``role`` ``test_dataset``)
     may have no labels at all.
     """
-    for name, part in (dataset.items() if isinstance(dataset, dict) else [(None, dataset)]):
-        where = role if name is None else f"{role}[{name!r}]"
-        if isinstance(part, torch.utils.data.IterableDataset) or not hasattr(part, "__len__") or not len(part):
-            continue
-        item = part[0]
-        if isinstance(item, Mapping) and not collator_given:
-            needed = ("pixel_values",) if role == "test_dataset" else ("pixel_values", "labels")
-            missing = [key for key in needed if key not in item]
-            if missing or (role == "test_dataset" and "label" in item and "labels" not in item):
-                raise DataError(f"{where}: its items have no {missing or ['labels']} (they have {sorted(item)}): "
-                                "prepare it as the training data (rename_column('label', 'labels'), a transform "
-                                "that makes pixel_values), or pass a data_collator that builds them")
-        student_names = _names(student)
+    student_names = _names(student)
+    named = student_names is not None and not _placeholders(student_names)
+    for where, part, item in _first_items(role, dataset):
+        if not collator_given:
+            _check_keys(where, item, ("pixel_values",) if role == "test_dataset" else ("pixel_values", "labels"))
         for _, names in _class_names((part,)):
-            if student_names and not _placeholders(student_names) and names != student_names:
+            if named and not _placeholders(names) and names != student_names:
                 raise LabelError(f"{where} lists its classes as {names[:8]}, the student as {student_names[:8]}: "
                                  "its accuracy would compare other classes' ids. Cast its label column to the "
                                  "student's order (dataset.align_labels_with_mapping(model.config.label2id, 'labels'))")
+
+
+def _first_items(role: str, dataset: Any) -> Iterator[tuple[str, Any, Mapping]]:
+    """``(where, part, its first item)`` of each part of ``dataset`` (one dataset or a dict) that can be indexed."""
+    for name, part in (dataset.items() if isinstance(dataset, dict) else [(None, dataset)]):
+        if part is None or isinstance(part, torch.utils.data.IterableDataset) or not hasattr(part, "__len__"):
+            continue
+        item = part[0] if len(part) else None
+        if isinstance(item, Mapping):
+            yield (role if name is None else f"{role}[{name!r}]"), part, item
+
+
+def _check_keys(where: str, item: Mapping, needed: tuple[str, ...]) -> None:
+    missing = [key for key in needed if key not in item]
+    if missing:
+        raise DataError(
+            f"{where}: its items have no {missing} (they have {sorted(item)}): rename the label column "
+            "(dataset.rename_column('label', 'labels')) and set a transform that turns images into pixel_values "
+            "(dataset.set_transform(...) with the processor), or pass a data_collator that builds them")
 
 
 def dataset_label_names(*datasets: Any) -> list[str] | None:
@@ -387,8 +392,6 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
             f"the student's id2label {student_names[:8]} is not the dataset's class order {data_names[:8]}: its "
             "accuracy would count ids while the exported model names them otherwise. Build the student with "
             "id2label=dict(enumerate(names)), names = dataset.features['labels'].names")
-    if data_names and not student_names and not _placeholders(data_names):
-        _name_classes(student, data_names)
     run_names = student_names or data_names
     teacher_names = _names(teacher) if teacher is not None else None
     if loss_names is None:
@@ -412,12 +415,15 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
             args.teacher_accuracy_check = "off"
 
 
-def _name_classes(student: Any, names: list[str]) -> None:
-    """Give a student whose classes are only numbered (``LABEL_0``...) the dataset's names: the run
-    evaluates and pairs the teacher by them, and the exported model would otherwise predict
-    ``LABEL_3`` where the data says ``cat``."""
+def name_student_classes(student: Any, datasets: tuple[Any, ...]) -> None:
+    """Give a student whose classes are only numbered (``LABEL_0``...) the names of the data's
+    ``ClassLabel``: the run evaluates and pairs the teacher by them, and the exported model would
+    otherwise predict ``LABEL_3`` where the data says ``cat``. Call it once the trainer's checks
+    have passed (``check_labels`` has compared the names)."""
     config = getattr(student, "config", None)
-    if config is None:
+    names = _agreed_names(_class_names(datasets))
+    student_names = _names(student)
+    if config is None or not names or (student_names and not _placeholders(student_names)):
         return
     config.id2label = dict(enumerate(names))
     config.label2id = {name: i for i, name in enumerate(names)}
@@ -430,6 +436,6 @@ def _names(model: Any) -> list[str] | None:
 
 
 __all__ = [
-    "BY_NAME", "check_activation_checkpointing", "check_arguments", "check_columns", "check_late_parameters", "check_later_dataset", "check_half_precision", "check_labels", "check_metric_name",
+    "BY_NAME", "check_activation_checkpointing", "check_arguments", "check_columns", "check_late_parameters", "check_later_dataset", "name_student_classes", "check_half_precision", "check_labels", "check_metric_name",
     "check_model_objects", "check_models", "check_optimizer", "check_ready_model", "dataset_label_names",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import os
 import math
@@ -35,7 +36,8 @@ from .term_log import LossTermLog
 from .checkpointing import CheckpointingTrainer, keep_token_out_of_files
 from .given_models import (
     BY_NAME, check_activation_checkpointing, check_arguments, check_columns, check_half_precision, check_labels,
-    check_late_parameters, check_later_dataset, check_metric_name, check_model_objects, check_models, check_optimizer, check_ready_model,
+    check_late_parameters, check_later_dataset, check_metric_name, check_model_objects, check_models, check_optimizer,
+    check_ready_model, name_student_classes,
 )
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate
@@ -82,7 +84,7 @@ def _check_given_weights(model: Any, teacher: Any) -> None:
             check_loaded_weights(module, role, f"the {role} given to DistillationTrainer", name)
 
 
-_MODEL_INPUTS = {"pixel_values", "labels"}  # what DistillationModel.forward takes from a batch
+_MODEL_INPUTS = set(inspect.signature(DistillationModel.forward).parameters) - {"self"}  # what a batch may hold
 
 
 def _teacher_name(teacher: Any) -> str | None:
@@ -180,12 +182,14 @@ class DistillationTrainer(CheckpointingTrainer):
             args.ddp_find_unused_parameters = False
         args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
         ignore_teacher_in_ddp(model)
-        # None is "the default", as in Trainer: here the default collator (which handles unreadable
-        # images) and accuracy, which the metric checks above count on
+        # None means hf_rcka's defaults, the collator that handles unreadable images and accuracy
+        # (which the metric checks above count on), not Trainer's default collator and no metrics
         self._collator_given = kwargs.get("data_collator") is not None
         for name, default in (("data_collator", collate), ("compute_metrics", accuracy_metrics)):
             if kwargs.get(name) is None:
                 kwargs[name] = default
+        # after every check, so that a refused trainer leaves the caller's student as it was
+        name_student_classes(model.student, (kwargs.get("train_dataset"), kwargs.get("eval_dataset")))
         super().__init__(model=model, args=args, **kwargs)
         if args.world_size > 1:
             # Trainer seeded every process alike; augmentation drawn in the main process (no loader
@@ -195,13 +199,16 @@ class DistillationTrainer(CheckpointingTrainer):
             set_seed(args.seed + args.process_index)
         require_full_state_dict(self.accelerator)
         keep_teacher_out_of_fsdp(self.accelerator, model, args.device)
-        self.teacher_name = teacher_name or _teacher_name(model.teacher)
+        # a teacher no loss uses is not run, and the card calls the run supervised
+        self.teacher_name = (teacher_name or _teacher_name(model.teacher)) if model.needs_teacher else None
         self.add_callback(_EpochEndCallback(list(model.losses.values())))
         self._sampler_epoch = SamplerEpoch()
         self.add_callback(self._sampler_epoch)
         self.divergence = DivergenceCheck(lambda: self.distillation_model.student)
         self.add_callback(self.divergence)
         self._late_parameters_checked = False
+        given_eval = kwargs.get("eval_dataset")  # checked above, as a whole and part by part
+        self._checked_datasets = [given_eval, *(given_eval.values() if isinstance(given_eval, dict) else ())]
         self._requested_drop_last = bool(args.dataloader_drop_last)  # the batch checks may set it (batch_rows)
         self._term_logs = {"train": LossTermLog(), "eval": LossTermLog()}
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
@@ -263,7 +270,7 @@ class DistillationTrainer(CheckpointingTrainer):
             raise DataError(f"the batch has keys {unknown} besides pixel_values and labels, which the distillation "
                             "model does not take: leave them out in the data_collator (or the dataset's transform)")
         outputs = model(**inputs)
-        if model.training and not self._late_parameters_checked:
+        if model.training and not self._late_parameters_checked and self.optimizer is not None:  # in train()
             self._late_parameters_checked = True
             if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):  # their flat parameters are not the model's
                 check_late_parameters(self.distillation_model, self.optimizer)
@@ -357,19 +364,23 @@ class DistillationTrainer(CheckpointingTrainer):
         """Trainer's, with every evaluation image: ``dataloader_drop_last`` is a training setting
         (DeiT drops the last training batch, never validation images), but Trainer applies it to
         evaluation too, which would leave the eval set's remainder silently unevaluated."""
-        if eval_dataset is not None and not isinstance(eval_dataset, str) and not self._is_own_eval_set(eval_dataset):
-            check_later_dataset(self.distillation_model.student, eval_dataset, "eval_dataset", self._collator_given)
+        self._check_later_dataset(eval_dataset if eval_dataset is not None else self.eval_dataset, "eval_dataset")
         with _keeping_last_batch(self.args):
             return super().get_eval_dataloader(eval_dataset)
 
-    def _is_own_eval_set(self, dataset: Any) -> bool:
-        """One the constructor already checked (``evaluate()`` hands its own ``eval_dataset`` on)."""
-        own = self.eval_dataset
-        return dataset is own or (isinstance(own, dict) and any(dataset is part for part in own.values()))
+    def _check_later_dataset(self, dataset: Any, role: str) -> None:
+        """The constructor's checks for a dataset it did not see: one handed to ``evaluate()`` or
+        ``predict()``, or set as ``trainer.eval_dataset`` since (each is checked once)."""
+        if isinstance(dataset, str):  # a name in the eval_dataset dict
+            dataset = self.eval_dataset[dataset]
+        if dataset is None or any(dataset is seen for seen in self._checked_datasets):
+            return
+        check_later_dataset(self.distillation_model.student, dataset, role, self._collator_given)
+        self._checked_datasets.append(dataset)
 
     def get_test_dataloader(self, test_dataset):
         """Every test image, as :meth:`get_eval_dataloader`."""
-        check_later_dataset(self.distillation_model.student, test_dataset, "test_dataset", self._collator_given)
+        self._check_later_dataset(test_dataset, "test_dataset")
         with _keeping_last_batch(self.args):
             return super().get_test_dataloader(test_dataset)
 
