@@ -299,7 +299,7 @@ def test_model_paths_that_do_not_exist(tmp_path, capsys, no_loading, monkeypatch
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="runs/techer")) == 2
     assert "teacher_model_name_or_path: no such folder 'runs/techer'" in error_of(capsys)
     assert run(tmp_path, base(tmp_path, model_name_or_path="acme/not-cached")) == 2
-    assert "'acme/not-cached' is not a local folder, and the Hub is offline" in error_of(capsys)
+    assert "'acme/not-cached' is not cached, and the Hub is offline" in error_of(capsys)
     assert run(tmp_path, base(tmp_path, model_name_or_path="timm/resnet81")) == 2
     assert "unknown timm architecture 'resnet81'" in error_of(capsys)
 
