@@ -522,7 +522,7 @@ def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     # another global batch (a 2-process run resumed in 1 went on at half its batch, exit 0)
     assert run(tmp_path, {**first, "max_steps": 3, "per_device_train_batch_size": 10}, "--resume_from_checkpoint",
                "true") == 2
-    assert "was trained with a global batch of 5 (1 processes); this launch gives 10" in error_of(capsys)
+    assert "was trained with a global batch of 5 (1 process); this launch gives 10" in error_of(capsys)
 
 
 def test_resume_with_another_split_or_other_losses_is_refused(tmp_path, capsys):
@@ -679,7 +679,7 @@ def test_training_split_smaller_than_one_dropped_batch(tmp_path, capsys):
     recipe = base(tmp_path, dataloader_drop_last=True, per_device_train_batch_size=280, max_train_samples=300,
                   no_aug=None, aug_repeats=3)
     assert run(tmp_path, recipe) == 2
-    assert "of which repeated augmentation gives each of 1 processes 256, fewer than one batch (280)" in error_of(capsys)
+    assert "of which repeated augmentation gives its one process 256, fewer than one batch (280)" in error_of(capsys)
 
 
 def test_a_last_training_batch_of_one_image_is_dropped_for_a_batchnorm_student(tmp_path, capsys):

@@ -178,6 +178,19 @@ def test_the_teacher_check_does_not_call_a_perfect_teacher_near_chance_on_two_im
     assert check_teacher_accuracy(_PerfectTeacher, torch.zeros(2, 3, 4, 4), labels, "error") == 1.0
 
 
+def test_every_process_judges_the_teacher_on_all_first_batches_together():
+    """Each process judged its own first batch (0.094 on one, 0.109 on the other): with 'error', one
+    could stop while the other trained on, waiting for it."""
+    from hf_rcka.errors import TeacherNearChance
+
+    labels = torch.zeros(40, dtype=torch.long)
+    other_process = torch.tensor([[0.0, 200.0]], dtype=torch.float64)  # 200 images, none right
+    gather = lambda local: torch.cat([local, other_process])  # noqa: E731 - what accelerator.gather returns
+    with pytest.raises(TeacherNearChance, match=r"is 0.167, near chance .*n=240"):
+        check_teacher_accuracy(_PerfectTeacher, torch.zeros(40, 3, 4, 4), labels, "error", gather)
+    assert check_teacher_accuracy(_PerfectTeacher, torch.zeros(40, 3, 4, 4), labels, "error") == 1.0
+
+
 def test_the_teacher_check_reads_the_first_of_several_evaluation_sets(tmp_path):
     """A dict eval_dataset (which Trainer takes) failed train() at once with KeyError: 0."""
     trainer = build(make_args(tmp_path, teacher_accuracy_check="warn", per_device_eval_batch_size=10), tiny_vit(),

@@ -627,7 +627,7 @@ def check_resume_batch(folder: str, args: Any) -> None:
     if recorded.get("global_batch") != batch:
         raise RecipeError(
             f"resume_from_checkpoint: {folder!r} was trained with a global batch of {recorded.get('global_batch')} "
-            f"({recorded.get('processes')} processes); this launch gives {batch} ({args.world_size} processes x "
+            f"({_processes(recorded.get('processes'))}); this launch gives {batch} ({_processes(args.world_size)} x "
             f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation steps). Launch it as it was "
             "(the same accelerate config or torchrun --nproc_per_node), with the same batch settings"
         )
@@ -676,6 +676,10 @@ def _checkpoints_in(folder: Path) -> list[str]:
     """Names of the ``checkpoint-N`` folders in ``folder``, by step."""
     names = (p.name for p in folder.glob("checkpoint-*") if p.is_dir())
     return sorted(names, key=lambda n: int(n.rsplit("-", 1)[-1]) if n.rsplit("-", 1)[-1].isdigit() else -1)
+
+
+def _processes(count: Any) -> str:
+    return f"{count} process" + ("" if count == 1 else "es")
 
 
 def _earlier(folder: str) -> str:

@@ -96,7 +96,8 @@ def check_training_batches(num_images: int, args: Any, aug_repeats: int, student
         batch, seen = local, per_process
     if args.dataloader_drop_last and seen < batch:
         where = (f"{num_images} images" if per_process is None else
-                 f"{num_images} images, of which repeated augmentation gives each of {processes} processes {per_process}")
+                 f"{num_images} images, of which repeated augmentation gives "
+                 f"{'its one process' if processes == 1 else f'each of {processes} processes'} {per_process}")
         raise DataError(f"the training split has {where}, fewer than one batch ({batch}), and dataloader_drop_last: "
                         "true drops it: lower per_device_train_batch_size or set dataloader_drop_last: false")
     if args.dataloader_drop_last or (per_process is None and processes > 1):  # padded to whole batches

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from typing import Callable
 
 import torch
 
@@ -20,7 +21,8 @@ from ..losses import IGNORE_INDEX
 logger = logging.getLogger(__name__)
 
 
-def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tensor, mode: str) -> float:
+def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tensor, mode: str,
+                           gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """The teacher's top-1 on one batch; near chance, warn (``mode="warn"``) or raise (``"error"``).
 
     Args:
@@ -29,12 +31,20 @@ def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tens
         pixel_values / labels: one evaluation batch, on the model's device; rows labelled
             ``IGNORE_INDEX`` (stand-ins for unreadable images) are not counted.
         mode: ``"warn"`` or ``"error"``.
+        gather: under data parallelism, the processes' all-gather: every process then judges the
+            first batches of all of them together, so all stop or none does (a process that
+            stopped alone left the others waiting on it).
 
     Raises:
         TeacherNearChance: when near chance and ``mode`` is ``"error"``.
     """
     accuracy = model.teacher_accuracy(pixel_values, labels)
     n, chance = int((labels != IGNORE_INDEX).sum()), 1.0 / model.student.config.num_labels
+    if gather is not None:
+        correct = accuracy * n if n else 0.0  # an empty batch's accuracy is NaN
+        counts = gather(torch.tensor([[correct, n]], dtype=torch.float64, device=labels.device)).sum(0)
+        n = int(round(counts[1].item()))
+        accuracy = counts[0].item() / n if n else accuracy
     threshold = chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n) if n else 1.0
     logger.info("teacher accuracy on the first eval batch: %.3f (chance %.3f)", accuracy, chance)
     if threshold >= 1.0:  # even a perfect teacher is within two standard errors of chance

@@ -448,7 +448,8 @@ class DistillationTrainer(CheckpointingTrainer):
             super()._save_checkpoint(model, trial)
 
     def check_teacher(self) -> float | None:
-        """Teacher top-1 on the first eval batch; warn or stop when it is near chance (see teacher_check)."""
+        """Teacher top-1 on the first eval batch of every process together; warn or stop when it is
+        near chance (see teacher_check)."""
         mode = getattr(self.args, "teacher_accuracy_check", "warn")
         model = self.distillation_model
         if mode == "off" or model.teacher is None or not model.needs_teacher or self.eval_dataset is None:
@@ -458,7 +459,8 @@ class DistillationTrainer(CheckpointingTrainer):
         batch = next(iter(self.get_eval_dataloader(evaluation)))
         batch = {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         model.to(self.args.device)
-        return check_teacher_accuracy(model, batch["pixel_values"], batch["labels"], mode)
+        gather = self.accelerator.gather if self.args.world_size > 1 else None
+        return check_teacher_accuracy(model, batch["pixel_values"], batch["labels"], mode, gather)
 
     # ------------------------------------------------------------------ model card
 
