@@ -169,7 +169,7 @@ class DistillationLoss(nn.Module):
 
     @property
     def needs_pooled(self) -> bool:
-        return bool({"student_pooled", "teacher_pooled"} & self.requires)
+        return _reads_either_side(self, "pooled")
 
     def setup(self, context: LossContext) -> None:
         """Create parameters or state that depend on the models (called once before training)."""
@@ -246,7 +246,13 @@ def weigh_terms(
 
 def reads_features(loss: DistillationLoss | type[DistillationLoss]) -> bool:
     """Whether a loss (or loss class) reads feature pairs, on either side."""
-    return bool({"student_features", "teacher_features"} & set(loss.requires))
+    return _reads_either_side(loss, "features")
+
+
+def _reads_either_side(loss: DistillationLoss | type[DistillationLoss], what: str) -> bool:
+    """Whether ``loss`` requires ``student_<what>`` or ``teacher_<what>``: a loss reading the
+    teacher's side alone needs the same capture as one reading both."""
+    return bool({f"student_{what}", f"teacher_{what}"} & set(loss.requires))
 
 
 LOSSES.base = DistillationLoss  # a class registered as a loss must be one (see Registry._check_new)
