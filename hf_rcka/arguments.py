@@ -226,6 +226,19 @@ def global_batch_size(args: TrainingArguments) -> int:
     return args.train_batch_size * processes * args.gradient_accumulation_steps
 
 
+def describe_batch(args: TrainingArguments) -> str:
+    """How the global batch is made up, in words, for the card and the recorded recipe: the same
+    recipe under another number of processes trains with another batch (and, with ``lr_base``,
+    another learning rate), so a record without it does not say how to run it again."""
+    processes, accumulation = args.world_size, args.gradient_accumulation_steps
+    steps = f" x {accumulation} accumulation steps" if accumulation > 1 else ""
+    if args.accelerator_config.split_batches and processes > 1:
+        split = f"{args.train_batch_size} images split over {processes} processes"
+        return f"{global_batch_size(args)} images ({split}{steps})"
+    noun = "process" if processes == 1 else "processes"
+    return f"{global_batch_size(args)} images ({processes} {noun} x {args.train_batch_size} images{steps})"
+
+
 def scaled_learning_rate(args: "DistillationTrainingArguments") -> float:
     """``lr_base`` scaled from ``lr_base_size`` images to this run's global batch.
 

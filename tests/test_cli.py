@@ -53,12 +53,18 @@ def test_output_dir_holds_a_plain_model_card_recipe_and_results(runs):
     assert "distillation_state.safetensors" not in names
     results = json.loads((student_dir / "all_results.json").read_text())
     assert 0.0 <= results["eval_accuracy"] <= 1.0
-    resolved = yaml.safe_load((student_dir / "distill_config.yaml").read_text())
+    recorded = (student_dir / "distill_config.yaml").read_text()
+    assert recorded.startswith("# Global batch: 10 images (1 process x 10 images) per optimizer step.\n"
+                               "# Run it again the same way: python scripts/distill.py "
+                               f"{student_dir / 'distill_config.yaml'}\n"), "the launch is recorded with the recipe"
+    resolved = yaml.safe_load(recorded)
     assert resolved["learning_rate"] == pytest.approx(2e-3), "flags override the recipe and are recorded"
     assert [loss["name"] for loss in resolved["losses"]] == ["ce", "rcka", "feature_cka"]
     card = (student_dir / "README.md").read_text()
     assert "knowledge-distillation" in card.split("---")[1] and "base_model" not in card
     assert "`rcka_intra` (1), `rcka_inter` (1)" in card, "the card lists each weighted term, as trained"
+    assert "- Training: 3 optimizer steps (0.5 epochs), global batch 10 images (1 process x 10 images), " \
+           "peak learning rate 0.002\n" in card
     assert "Measured on 30 images of scikit-learn handwritten digits: a random subset (max_eval_samples" in card
     assert "of the 270 images of a stratified 15% validation split" in card, "max_eval_samples drew from 270"
 

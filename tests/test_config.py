@@ -188,3 +188,27 @@ def test_a_learning_rate_flag_replaces_the_recipes_lr_base():
     assert values["learning_rate"] == 1e-4 and "lr_base" not in values
     values = resolve_values({**BASE, "learning_rate": 1e-4}, parse_cli_overrides(["--lr_base", "5e-4"]))
     assert values["lr_base"] == 5e-4 and "learning_rate" not in values
+
+
+def test_the_recorded_launch_says_how_the_global_batch_was_made(tmp_path, monkeypatch):
+    """The same recipe under 8 processes trains with 8 times the batch: the record must say which."""
+    from transformers import TrainingArguments
+
+    from hf_rcka.arguments import describe_batch
+    from hf_rcka.trainer.resume_hint import launch_command
+
+    _, _, args = parse_arguments({**BASE, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 4})
+    assert describe_batch(args) == "32 images (1 process x 8 images x 4 accumulation steps)"
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: 2))
+    assert describe_batch(args) == "64 images (2 processes x 8 images x 4 accumulation steps)"
+    args.accelerator_config.split_batches = True
+    assert describe_batch(args) == "32 images (8 images split over 2 processes x 4 accumulation steps)"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert launch_command("out/distill_config.yaml") == \
+        "torchrun --nproc_per_node 2 scripts/distill.py out/distill_config.yaml"
+
+    dump_recipe({**BASE, "seed": 3}, tmp_path / "distill_config.yaml", comment="Global batch: 64.\nRun: it")
+    text = (tmp_path / "distill_config.yaml").read_text()
+    assert text.startswith("# Global batch: 64.\n# Run: it\nmodel_name_or_path: config:vit\n")
+    assert load_recipe(tmp_path / "distill_config.yaml") == {**BASE, "seed": 3}, "the comment is no recipe value"

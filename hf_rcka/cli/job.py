@@ -19,7 +19,7 @@ import torch
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
+from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments, describe_batch
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_class_count, check_trained_classes
@@ -34,7 +34,7 @@ from ..trainer.card_facts import card_facts_of
 from ..trainer.checkpointing import checkpoint_folder
 from ..trainer.divergence import check_loaded_weights
 from ..trainer.interrupt import GracefulStop, Interrupted, save_checkpoint_now
-from ..trainer.resume_hint import Stopped
+from ..trainer.resume_hint import Stopped, launch_command
 from ..modeling.assembly import build_distillation_model, default_losses
 from ..trainer.trainer import DistillationTrainer
 from .preflight import (
@@ -106,7 +106,11 @@ class _RecipeRecord(transformers.TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        dump_recipe(self.recipe, self.path)
+        # The launch is not a recipe value, and the same values under another number of processes
+        # train with another global batch: the header says how to run them again as they ran.
+        launch = (f"Global batch: {describe_batch(args)} per optimizer step.\n"
+                  f"Run it again the same way: {launch_command(self.path)}")
+        dump_recipe(self.recipe, self.path, comment=launch)
         write_working_dir(os.path.dirname(self.path) or ".")
 
 

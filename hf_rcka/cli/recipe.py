@@ -248,10 +248,15 @@ for _first, _resolvers in _RecipeLoader.yaml_implicit_resolvers.items():
     _RecipeDumper.yaml_implicit_resolvers.setdefault(_first, []).extend(_resolvers)
 
 
-def dump_recipe(values: dict[str, Any], path: str | Path) -> None:
-    """Write resolved values as a recipe that ``scripts/distill.py`` can run again (without secrets)."""
+def dump_recipe(values: dict[str, Any], path: str | Path, comment: str = "") -> None:
+    """Write resolved values as a recipe that ``scripts/distill.py`` can run again (without secrets).
+
+    ``comment``: lines written above the values as YAML comments (what the values alone do not
+    say, such as the launch they ran under); reading the recipe back ignores them.
+    """
     public = {key: value for key, value in values.items() if key not in SECRET_KEYS}
     with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(f"# {line}\n" if line else "#\n" for line in comment.splitlines())
         yaml.dump(_plain(public), handle, Dumper=_RecipeDumper, sort_keys=False)
 
 

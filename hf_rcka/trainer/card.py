@@ -42,7 +42,7 @@ _TEMPLATE = """---
 - Student architecture: `{architecture}` ({num_parameters:,} parameters, {num_labels} classes)
 - Student initialisation: {initialisation}
 - Loss terms (weight): {losses}
-- Trained with hf_rcka's `DistillationTrainer`; the full recipe is in `distill_config.yaml` next to
+{training}- Trained with hf_rcka's `DistillationTrainer`; the full recipe is in `distill_config.yaml` next to
   this card.
 
 ## Evaluation
@@ -211,6 +211,7 @@ def write_model_card(
     facts: CardFacts | None = None,
     repo_id: str | None = None,
     license: str | None = None,
+    training: str | None = None,
 ) -> ModelCard:
     """Write ``output_dir/README.md`` for a distilled (or, without teacher, supervised) student.
 
@@ -220,6 +221,8 @@ def write_model_card(
         repo_id: the id the usage snippet loads (the pushed repo); default ``model_name``.
         license: SPDX-style Hub license id; default apache-2.0 (hf_rcka's own). Set it to the
             data's or the teacher's terms when they are stricter.
+        training: how long and with what batch the student trained (``training_text``); the
+            recipe alone does not say it, since the number of processes sets the global batch.
     """
     metrics, facts = metrics or {}, facts or CardFacts()
     data = _card_data(model_name, teacher_name, dataset, metrics, facts, license)
@@ -239,6 +242,7 @@ def write_model_card(
             num_labels=student.config.num_labels,
             initialisation=_initialisation(facts, teacher_name),
             losses=", ".join(f"`{name}` ({weight:g})" for name, weight in losses.items()),
+            training=f"- Training: {training}\n" if training else "",
             evaluation=_evaluation_text(facts, metrics),
             results=_results_table(metrics),
             repo=repo_id or model_name,
@@ -248,6 +252,16 @@ def write_model_card(
     os.makedirs(output_dir, exist_ok=True)
     card.save(os.path.join(output_dir, "README.md"))
     return card
+
+
+def training_text(steps: int, epochs: float | None, batch: str, learning_rate: float) -> str | None:
+    """The card's training line; None before any step was taken."""
+    if steps <= 0:
+        return None
+    span = f"{steps:,} optimizer {'step' if steps == 1 else 'steps'}"
+    if epochs:
+        span += f" ({round(epochs, 2):g} {'epoch' if round(epochs, 2) == 1 else 'epochs'})"
+    return f"{span}, global batch {batch}, peak learning rate {learning_rate:g}"
 
 
 def _card_data(model_name: str, teacher_name: str | None, dataset: str | None, metrics: dict[str, float],

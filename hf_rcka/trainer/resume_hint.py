@@ -62,6 +62,11 @@ def relaunch_command(argv: Sequence[str], settings: dict[str, str]) -> str:
     return shlex.join([*_launcher(), script, *kept, *replaced])
 
 
+def launch_command(recipe: str) -> str:
+    """``recipe`` run the way this run was launched (processes, launcher), with no overrides."""
+    return shlex.join([*_launcher(), SCRIPT, recipe])
+
+
 def secrets_note(argv: Sequence[str]) -> str:
     """What a relaunch command left out: a secret flag's value is never printed."""
     left_out = sorted({key for key in map(_flag_key, argv) if key in SECRET_KEYS})

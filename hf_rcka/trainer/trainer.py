@@ -28,6 +28,7 @@ import torch
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import EvalLoopOutput
 
+from ..arguments import describe_batch
 from ..augmentation import AugmentationArguments
 from ..errors import DataError
 from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches
@@ -42,7 +43,7 @@ from .given_models import (
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate
 from .ema import StudentEmaCallback
-from .card import write_model_card
+from .card import training_text, write_model_card
 from .teacher_check import check_teacher_accuracy
 from .weight_decay import model_no_weight_decay
 from ..losses import IGNORE_INDEX, DistillationLoss
@@ -489,6 +490,8 @@ class DistillationTrainer(CheckpointingTrainer):
             facts=self.card_facts,
             repo_id=self.hub_model_id or self.args.hub_model_id or self.args.output_dir,
             license=license,
+            training=training_text(self.state.global_step, self.state.epoch, describe_batch(self.args),
+                                   self.args.learning_rate),
         )
 
 
