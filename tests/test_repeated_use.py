@@ -194,14 +194,22 @@ def test_a_distilled_deit_keeps_no_head_outputs_outside_the_distillation_model()
     assert model._distilled_heads._logits == {}
 
 
-def test_compute_loss_before_train_works_and_the_first_step_is_still_checked(tmp_path):
+def test_compute_loss_before_train_works_and_the_first_step_is_still_checked(tmp_path, monkeypatch):
     """Before train() there is no optimizer: the late-weights check failed on None, and then skipped train()."""
-    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1))
+    from hf_rcka.trainer import given_models
+
+    checked = []
+    monkeypatch.setattr(given_models, "check_late_parameters",
+                        lambda model, optimizer: checked.append((model, len(optimizer.param_groups))))
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=2))
     batch = trainer.data_collator([pixel_dataset(4)[i] for i in range(4)])
     assert trainer.compute_loss(trainer.model, batch).item() > 0
-    assert not trainer._late_parameters_checked
+    assert checked == []
     trainer.train()
-    assert trainer._late_parameters_checked
+    assert len(checked) == 1 and checked[0][0] is trainer.distillation_model and checked[0][1] > 0, \
+        "once per train(), with the optimizer it built"
+    trainer.train()
+    assert len(checked) == 2
 
 
 def test_a_ready_distillation_model_is_checked_as_its_student_would_be(tmp_path):

@@ -30,11 +30,11 @@ to train to the end and report a number, or fail after the expensive work:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from ..arguments import DistillationTrainingArguments, check_fixed_settings
 from ..errors import DataError, LabelError, ModelError, RecipeError
@@ -156,6 +156,27 @@ def check_late_parameters(model: DistillationModel, optimizer: Any) -> None:
             f"be trained: {_some(late)}. Create a loss's weights in its setup() (LossContext has the pooled widths); "
             "a projection between paired hidden states belongs in an adapter, which is built with both features' "
             "shapes (hf_rcka.registry.ADAPTERS)")
+
+
+class LateParameterCheck(TrainerCallback):
+    """Runs ``check_late_parameters`` once per ``train()``, after its first optimizer step: the
+    first forward of training has run by then, and the callback is handed the optimizer
+    (``compute_loss`` may run before ``train()`` has built one).
+
+    Args:
+        model: returns the distillation model (looked up when needed: wrappers may replace it).
+    """
+
+    def __init__(self, model: Callable[[], DistillationModel]) -> None:
+        self.model, self.pending = model, True
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.pending = True
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):  # noqa: D102
+        if self.pending and optimizer is not None:
+            self.pending = False
+            check_late_parameters(self.model(), optimizer)
 
 
 def _not_optimized(model: torch.nn.Module, optimizer: Any) -> list[str]:
@@ -436,6 +457,8 @@ def _names(model: Any) -> list[str] | None:
 
 
 __all__ = [
-    "BY_NAME", "check_activation_checkpointing", "check_arguments", "check_columns", "check_late_parameters", "check_later_dataset", "name_student_classes", "check_half_precision", "check_labels", "check_metric_name",
-    "check_model_objects", "check_models", "check_optimizer", "check_ready_model", "dataset_label_names",
+    "BY_NAME", "check_activation_checkpointing", "check_arguments", "check_columns", "check_half_precision",
+    "check_labels", "check_late_parameters", "check_later_dataset", "check_metric_name", "check_model_objects",
+    "check_models", "check_optimizer", "check_ready_model", "dataset_label_names", "LateParameterCheck",
+    "name_student_classes",
 ]

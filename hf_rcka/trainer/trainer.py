@@ -37,7 +37,7 @@ from .term_log import LossTermLog
 from .checkpointing import CheckpointingTrainer, keep_token_out_of_files
 from .given_models import (
     BY_NAME, check_activation_checkpointing, check_arguments, check_columns, check_half_precision, check_labels,
-    check_late_parameters, check_later_dataset, check_metric_name, check_model_objects, check_models, check_optimizer,
+    LateParameterCheck, check_later_dataset, check_metric_name, check_model_objects, check_models, check_optimizer,
     check_ready_model, name_student_classes,
 )
 from .divergence import DivergenceCheck, check_loaded_weights
@@ -207,7 +207,8 @@ class DistillationTrainer(CheckpointingTrainer):
         self.add_callback(self._sampler_epoch)
         self.divergence = DivergenceCheck(lambda: self.distillation_model.student)
         self.add_callback(self.divergence)
-        self._late_parameters_checked = False
+        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):  # their flat parameters are not the model's
+            self.add_callback(LateParameterCheck(lambda: self.distillation_model))
         given_eval = kwargs.get("eval_dataset")  # checked above, as a whole and part by part
         self._checked_datasets = [given_eval, *(given_eval.values() if isinstance(given_eval, dict) else ())]
         self._requested_drop_last = bool(args.dataloader_drop_last)  # the batch checks may set it (batch_rows)
@@ -271,10 +272,6 @@ class DistillationTrainer(CheckpointingTrainer):
             raise DataError(f"the batch has keys {unknown} besides pixel_values and labels, which the distillation "
                             "model does not take: leave them out in the data_collator (or the dataset's transform)")
         outputs = model(**inputs)
-        if model.training and not self._late_parameters_checked and self.optimizer is not None:  # in train()
-            self._late_parameters_checked = True
-            if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):  # their flat parameters are not the model's
-                check_late_parameters(self.distillation_model, self.optimizer)
         if model.training:  # each micro-batch's share of its optimizer step, as Trainer's loss
             weights = dict.fromkeys(outputs.loss_terms, 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1)))
             self._term_logs["train"].add(outputs.loss_terms, weights)
