@@ -65,6 +65,8 @@ def test_output_dir_holds_a_plain_model_card_recipe_and_results(runs):
     assert "`rcka_intra` (1), `rcka_inter` (1)" in card, "the card lists each weighted term, as trained"
     assert "- Training: 3 optimizer steps (0.5 epochs), global batch 10 images (1 process x 10 images), " \
            "peak learning rate 0.002\n" in card
+    assert "Each `eval_<term>_loss` is the term times its weight (the weights are listed above), and `eval_loss` " \
+           "is their sum. `eval_ce_loss` is plain cross-entropy, without label smoothing." in card
     assert "Measured on 30 images of scikit-learn handwritten digits: a random subset (max_eval_samples" in card
     assert "of the 270 images of a stratified 15% validation split" in card, "max_eval_samples drew from 270"
 

@@ -489,6 +489,9 @@ def test_ce_matches_cross_entropy_with_label_smoothing():
     inputs = logit_inputs(12)
     got = total(build("ce", DOUBLE, label_smoothing=0.1), inputs)
     torch.testing.assert_close(got, F.cross_entropy(inputs.student_logits, inputs.labels, label_smoothing=0.1))
+    # evaluation reports the model's plain cross-entropy, as timm's and DeiT's validation do
+    evaluated = total(build("ce", DOUBLE, label_smoothing=0.1).eval(), inputs)
+    torch.testing.assert_close(evaluated, F.cross_entropy(inputs.student_logits, inputs.labels))
 
 
 # --- deit_token ---------------------------------------------------------------------------------

@@ -220,10 +220,16 @@ def test_a_ready_distillation_model_is_checked_as_its_student_would_be(tmp_path)
 
 
 def test_a_teacher_no_loss_uses_is_not_credited_on_the_card(tmp_path):
-    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1), teacher=tiny_resnet())
+    """Its accuracy was measured and shown in a teacher row, and the student called 'distilled'."""
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1), teacher=tiny_resnet(),
+                    eval_dataset=pixel_dataset(8, seed=1))
     trainer.train()
+    trainer.evaluate()
     trainer.create_model_card()
-    assert "trained without a teacher (supervised baseline)" in (tmp_path / "run" / "README.md").read_text()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "trained without a teacher (supervised baseline)" in card
+    assert "| teacher |" not in card and "distilled" not in card
+    assert trainer.card_facts.teacher_accuracy is None, "the teacher is not run for the card either"
 
 
 def test_a_refused_trainer_leaves_the_students_class_names_as_they_were(tmp_path):

@@ -125,6 +125,15 @@ def test_ema_is_checkpointed_resumed_and_exported_when_asked(tmp_path):
 
 
 
+def test_an_evaluation_before_any_average_reports_one_set_of_weights(tmp_path):
+    """An evaluation-only re-check of an EMA run reported eval_live_* equal to eval_*: a fresh
+    'average' of the loaded weights, as if the run had two models."""
+    for export in (False, True):
+        metrics = ema_trainer(tmp_path, model_ema_export=export).evaluate()
+        assert "eval_accuracy" in metrics
+        assert not [k for k in metrics if k.startswith(("eval_ema_", "eval_live_"))], metrics
+
+
 def test_with_ema_export_eval_metrics_are_the_exported_models(tmp_path):
     trainer = ema_trainer(tmp_path, model_ema_export=True, model_ema_decay=0.5)
     trainer.train()

@@ -23,6 +23,10 @@ class CrossEntropyLoss(DistillationLoss):
     the soft-target cross-entropy ``mean_b sum_p -y_bp log softmax(z_b)_p``, with no second
     smoothing (timm's ``SoftTargetCrossEntropy``).
 
+    Smoothing is a training target only: in evaluation (the module in eval mode) the term is the
+    plain cross-entropy, as timm's and DeiT's validation report it, so ``eval_ce_loss`` measures
+    the model and not the recipe's targets.
+
     Recipe::
 
         losses:
@@ -46,4 +50,5 @@ class CrossEntropyLoss(DistillationLoss):
                     "mixed targets need one column per class of the student"
                 )
             return F.cross_entropy(logits, labels.to(logits.dtype))
-        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing or 0.0)
+        smoothing = (self.label_smoothing or 0.0) if self.training else 0.0
+        return F.cross_entropy(logits, labels, label_smoothing=smoothing)

@@ -88,7 +88,13 @@ def _results_table(metrics: dict[str, float]) -> str:
     if not metrics:
         return "No evaluation was run."
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items()))
-    return "| metric | value |\n|---|---|\n" + rows
+    note = ""
+    if any(k.endswith("_loss") and k != "eval_loss" for k in metrics):
+        note = ("\n\nEach `eval_<term>_loss` is the term times its weight (the weights are listed above), and "
+                "`eval_loss` is their sum.")
+        if "eval_ce_loss" in metrics:
+            note += " `eval_ce_loss` is plain cross-entropy, without label smoothing."
+    return "| metric | value |\n|---|---|\n" + rows + note
 
 
 def _hub_dataset(dataset: str | None, facts: CardFacts) -> list[str] | None:
@@ -150,14 +156,14 @@ def _measured_on(facts: CardFacts) -> str:
     return sentence
 
 
-def _evaluation_text(facts: CardFacts, metrics: dict[str, float]) -> str:
+def _evaluation_text(facts: CardFacts, metrics: dict[str, float], distilled: bool) -> str:
     """Where the metrics come from, and the teacher and the student alone on the same images."""
     lines = [_measured_on(facts)]
     accuracy = metrics.get("eval_accuracy")
     rows = []
     if isinstance(accuracy, (int, float)):
-        rows.append(("this student (distilled)" if facts.teacher_accuracy is not None else "this model", accuracy, ""))
-    if facts.teacher_accuracy is not None:
+        rows.append(("this student (distilled)" if distilled else "this model", accuracy, ""))
+    if distilled and facts.teacher_accuracy is not None:
         rows.append(("teacher", facts.teacher_accuracy, facts.teacher_accuracy_note))
     if facts.baseline_accuracy is not None:
         name = "the same student trained alone" if facts.baseline_comparable else "baseline run (not comparable)"
@@ -243,7 +249,7 @@ def write_model_card(
             initialisation=_initialisation(facts, teacher_name),
             losses=", ".join(f"`{name}` ({weight:g})" for name, weight in losses.items()),
             training=f"- Training: {training}\n" if training else "",
-            evaluation=_evaluation_text(facts, metrics),
+            evaluation=_evaluation_text(facts, metrics, distilled=bool(teacher_name)),
             results=_results_table(metrics),
             repo=repo_id or model_name,
             cka=_cka_section(output_dir),

@@ -239,7 +239,9 @@ def complete_card_facts(trainer: Any) -> CardFacts:
     """Add what only the end of a run knows: the teacher's and the baseline's accuracy (once)."""
     facts: CardFacts = trainer.card_facts
     model = trainer.distillation_model
-    if facts.teacher_accuracy is None and model.teacher is not None and trainer.eval_dataset is not None:
+    # a teacher no loss uses was not run in training, and the card calls the run supervised
+    teacher_used = model.teacher is not None and model.needs_teacher
+    if facts.teacher_accuracy is None and teacher_used and trainer.eval_dataset is not None:
         # A plain DataLoader over the whole eval set: the card is written on the main process only,
         # and Trainer's (accelerate-prepared) loader would shard the data and sync RNG across ranks.
         loader = torch.utils.data.DataLoader(trainer.eval_dataset, batch_size=trainer.args.per_device_eval_batch_size,

@@ -39,6 +39,7 @@ class StudentEmaCallback(TrainerCallback):
     def __init__(self, student: nn.Module, decay: float, warmup: bool = False) -> None:
         self.student, self.decay, self.warmup = student, float(decay), bool(warmup)
         self._ema = None
+        self.has_average = False  # updated in training, or restored from a checkpoint
 
     @property
     def ema(self):
@@ -62,6 +63,7 @@ class StudentEmaCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
         self._placed().update(self.student, step=state.global_step)
+        self.has_average = True
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[nn.Module]:
@@ -86,3 +88,4 @@ class StudentEmaCallback(TrainerCallback):
             self._ema = None
             return
         self.module.load_state_dict(load_file(path), strict=True)
+        self.has_average = True
