@@ -212,3 +212,22 @@ def test_the_recorded_launch_says_how_the_global_batch_was_made(tmp_path, monkey
     text = (tmp_path / "distill_config.yaml").read_text()
     assert text.startswith("# Global batch: 64.\n# Run: it\nmodel_name_or_path: config:vit\n")
     assert load_recipe(tmp_path / "distill_config.yaml") == {**BASE, "seed": 3}, "the comment is no recipe value"
+
+
+def test_a_resume_with_another_schedule_is_said(tmp_path, caplog):
+    """Resumed with more epochs, a run went on along a recomputed cosine (lr 0.002995 at step 60
+    instead of 0.002805) without a word; extending a run is allowed, but it is now said."""
+    from hf_rcka.cli.preflight import warn_resume_schedule
+
+    recorded = {**BASE, "num_train_epochs": 3, "lr_scheduler_type": "cosine", "lr_base": 1e-3}
+    dump_recipe(recorded, tmp_path / "distill_config.yaml")
+    checkpoint = tmp_path / "checkpoint-50"
+    checkpoint.mkdir()
+    (checkpoint / "distill_config.yaml").write_text((tmp_path / "distill_config.yaml").read_text())
+    _, _, same = parse_arguments({**recorded, "num_train_epochs": "3"})
+    assert warn_resume_schedule(str(checkpoint), same) == []
+    _, _, longer = parse_arguments({**recorded, "num_train_epochs": 6, "warmup_steps": 0.1})
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        changed = warn_resume_schedule(str(checkpoint), longer)
+    assert changed == ["num_train_epochs 3 -> 6", "warmup_steps 0 -> 0.1"]
+    assert "other schedule settings (num_train_epochs 3 -> 6; warmup_steps 0 -> 0.1)" in caplog.text

@@ -92,14 +92,15 @@ class SignalAt(TrainerCallback):
                 os.kill(os.getpid(), self.signum)
 
 
-def tiny_trainer(tmp_path, *callbacks):
+def tiny_trainer(tmp_path, *callbacks, eval_dataset=None, **overrides):
     from conftest import pixel_dataset, processor, tiny_vit
     from hf_rcka import DistillationTrainer, DistillationTrainingArguments
 
-    args = DistillationTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=6, per_device_train_batch_size=5,
-                                         report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+    settings = {"max_steps": 6, "per_device_train_batch_size": 5, "save_strategy": "no", **overrides}
+    args = DistillationTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True,
+                                         disable_tqdm=True, **settings)
     return DistillationTrainer(model=tiny_vit(), args=args, train_dataset=pixel_dataset(30),
-                               processing_class=processor(16), callbacks=list(callbacks))
+                               eval_dataset=eval_dataset, processing_class=processor(16), callbacks=list(callbacks))
 
 
 def test_sigint_stops_after_the_current_step_with_a_checkpoint(tmp_path):
@@ -120,6 +121,29 @@ def test_sigint_stops_after_the_current_step_with_a_checkpoint(tmp_path):
     last = stopped.value.message().splitlines()[-1]
     assert last.endswith(f"scripts/distill.py r.yaml --seed 3 --resume_from_checkpoint {checkpoint}")
     assert signal.getsignal(signal.SIGINT) is before, "handlers are restored"
+
+
+def test_the_checkpoint_of_a_stop_survives_best_model_clean_up(tmp_path):
+    """With load_best_model_at_end and save_total_limit 1, Trainer's end of training deleted every
+    checkpoint but the best, the stop's own among them: 'no checkpoint was saved, nothing to resume'."""
+    from conftest import pixel_dataset
+
+    from hf_rcka.cli.job import _train
+
+    stop = GracefulStop()
+    stop.install()
+    try:
+        trainer = tiny_trainer(
+            tmp_path, stop, SignalAt(5, signal.SIGTERM), eval_dataset=pixel_dataset(10, seed=1), max_steps=20,
+            eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, save_total_limit=1,
+            load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True)
+        with pytest.raises(Stopped) as stopped:
+            _train(trainer, resume=None, stop=stop, argv=["r.yaml"])
+    finally:
+        stop.uninstall()
+    checkpoint = tmp_path / "run" / "checkpoint-5"
+    assert stopped.value.step == 5 and stopped.value.checkpoint == str(checkpoint)
+    assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
 
 
 def test_a_second_signal_stops_at_once(tmp_path):

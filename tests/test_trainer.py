@@ -238,6 +238,28 @@ def test_resume_continues_bit_exactly(tmp_path, family):
             assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after resume"
 
 
+def test_a_resume_from_an_epochs_last_step_keeps_the_epochs_end(tmp_path):
+    """A checkpoint at an epoch's last step (save_steps) comes before Trainer's on_epoch_end, and the
+    resumed run starts the next epoch: EKT's epoch centres were never swapped in, and its second
+    epoch trained on zero centres (0.128 apart from the uninterrupted run, exit 0)."""
+    ekt = ["ce", {"name": "kernel_transfer", "weight": 1.0, "centres": "epoch"}]
+
+    def run(name, resume=None):  # 20 images in batches of 5: 4 steps an epoch
+        args = make_args(tmp_path, name, num_train_epochs=3, save_strategy="steps", save_steps=4, losses=ekt)
+        trainer = make_trainer(args)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer.model
+
+    straight = run("straight")
+    centres = straight.losses["kernel_transfer"].student_centres
+    assert centres.abs().sum() > 0
+    resumed = run("resumed", resume=str(tmp_path / "straight" / "checkpoint-4"))
+    for part in ("student", "losses"):
+        expected, actual = getattr(straight, part).state_dict(), getattr(resumed, part).state_dict()
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after resume"
+
+
 def test_resume_refuses_a_checkpoint_without_distillation_state(tmp_path):
     args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, losses=FEATURE_LOSSES,
                      feature_pairs=PATCH_PAIR)

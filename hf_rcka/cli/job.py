@@ -39,7 +39,7 @@ from ..modeling.assembly import build_distillation_model, default_losses
 from ..trainer.trainer import DistillationTrainer
 from .preflight import (
     check_checkpoint, check_metric_for_best_model, check_resume_batch, check_resume_recipe, check_resume_split,
-    check_run,
+    check_run, warn_resume_schedule,
 )
 from .output_folder import (
     check_output_dir, holds_run, later_checkpoints, resumes_in, set_aside_abandoned_branch, set_aside_previous_run,
@@ -134,6 +134,7 @@ def _check_before_loading(
         check_checkpoint(resume)
         check_resume_batch(resume, args)
         check_resume_recipe(resume, model_args, data_args, args)
+        warn_resume_schedule(resume, args)
     check_output_dir(args, resume)
     # Pinned memory only helps copies to an accelerator; on CPU torch warns at every dataloader.
     if "dataloader_pin_memory" not in explicit and args.device.type == "cpu":

@@ -13,8 +13,10 @@ resume that is corrupt or not a checkpoint at all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -653,6 +655,51 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
         raise RecipeError(f"resume_from_checkpoint: {folder!r} was trained with losses {before}, and this run names "
                           f"{now}: a resumed run continues the same training. Resume with its losses, or start a new "
                           "run from its weights (model_name_or_path) in a new output_dir")
+
+
+# The settings the learning-rate schedule is computed from. Trainer rebuilds the schedule from the
+# resumed run's values, so changing one reshapes the curve from the resumed step on.
+SCHEDULE_KEYS = ("num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs",
+                 "learning_rate", "lr_base", "lr_base_size", "lr_base_scale")
+
+
+def warn_resume_schedule(folder: str, args: Any) -> list[str]:
+    """Say when a resumed run changes how its learning-rate schedule is computed (more epochs to
+    extend a run is common, and allowed): its first steps followed one schedule and the rest follow
+    another, which neither the recorded recipe nor the card would otherwise show.
+
+    Returns:
+        The changed settings, as ``key before -> now``.
+    """
+    from .records import CONFIG_NAME
+    from .teacher_data import recorded_recipe
+
+    recorded = recorded_recipe(folder, CONFIG_NAME)
+    if not recorded:
+        return []
+    fields = type(args).__dataclass_fields__
+    changed = []
+    for key in SCHEDULE_KEYS:
+        if key not in fields:
+            continue
+        field = fields[key]
+        before = recorded[key] if key in recorded else (
+            field.default_factory() if field.default is dataclasses.MISSING else field.default)
+        now = getattr(args, key)
+        if key == "learning_rate" and args.lr_base is not None:
+            continue  # scaled from lr_base, compared through it
+        if before != now and not (isinstance(before, (int, float)) and isinstance(now, (int, float))
+                                  and math.isclose(before, now)):
+            changed.append(f"{key} {_setting(before)} -> {_setting(now)}")
+    if changed:
+        logger.warning("resume_from_checkpoint: %s was trained with other schedule settings (%s): the learning rate "
+                       "follows a schedule recomputed from these values from its step on, so the run's first steps "
+                       "followed another one", folder, "; ".join(changed))
+    return changed
+
+
+def _setting(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def check_resume_split(folder: str, data_args: Any, carved: bool) -> None:

@@ -102,6 +102,15 @@ class GracefulStop(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
 
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        if self.stopped_at is not None:
+            # The run is cut short, not finished: Trainer's end of training would load the best
+            # checkpoint and, with save_total_limit 1, delete every other one, the checkpoint just
+            # written among them. The checkpoint's own training_args.bin, already written, keeps
+            # the settings for the resumed run; these are the trainer's copy.
+            args.load_best_model_at_end = False
+            args.save_total_limit = None
+
 
 def save_checkpoint_now(trainer: Trainer) -> str | None:
     """Write the checkpoint of the last finished step, as a save step would; None before the first step.

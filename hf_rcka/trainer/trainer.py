@@ -101,16 +101,35 @@ def _stats_or_none(processor: Any) -> InputStats | None:
 
 
 class _EpochEndCallback(TrainerCallback):
-    """Tells every loss (the model's loss modules, loaded in place on resume) that an epoch ended."""
+    """Tells every loss (the model's loss modules, loaded in place on resume) that an epoch ended,
+    once per epoch.
+
+    At an epoch's last step, not at Trainer's ``on_epoch_end``: a checkpoint written at that step
+    (``save_steps``, a signal) comes before ``on_epoch_end``, and a run resumed from it starts the
+    next epoch, so the epoch's end never reached the losses (EKT trained its next epoch on zero
+    class centres, silently).
+    """
 
     def __init__(self, losses: Iterable[DistillationLoss]) -> None:
-        self.losses = losses
+        self.losses, self.ended = losses, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.ended = 0  # epochs only grow within one train(); a new train() counts afresh
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
+        epoch = round(state.epoch or 0.0, 6)
+        if epoch == int(epoch):  # the last step of an epoch, before a save at this step
+            self._end(int(epoch))
 
     def on_epoch_end(self, args, state, control, **kwargs):  # noqa: D102
         # state.epoch is fractional when max_steps ends training inside an epoch.
-        epoch = math.ceil(round(state.epoch or 0.0, 6))
-        for loss in self.losses:
-            loss.on_epoch_end(epoch)
+        self._end(math.ceil(round(state.epoch or 0.0, 6)))
+
+    def _end(self, epoch: int) -> None:
+        if epoch > self.ended:
+            self.ended = epoch
+            for loss in self.losses:
+                loss.on_epoch_end(epoch)
 
 
 class DistillationTrainer(CheckpointingTrainer):
