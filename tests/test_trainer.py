@@ -111,8 +111,9 @@ def test_eval_terms_add_up_to_eval_loss_with_a_short_last_batch(tmp_path):
     ({}, {"intra_weight": 0.0}),  # an uncomputed term is not reported, so must not be listed
 ])
 def test_evaluation_reports_the_names_metric_for_best_model_is_checked_against(tmp_path, ema, rcka):
-    args = make_args(tmp_path, losses=[{"name": "ce"}, {"name": "rcka", **rcka}], **ema)
+    args = make_args(tmp_path, losses=[{"name": "ce"}, {"name": "rcka", **rcka}], max_steps=1, **ema)
     trainer = make_trainer(args)
+    trainer.train()  # an evaluation in training: the weight average exists
     metrics = trainer.evaluate()
     reported = {name.removeprefix("eval_") for name in metrics if not name.endswith(("epoch", *TIMING_METRICS))}
     terms = [term for loss in trainer.model.losses.values() for term in loss.term_weights]
