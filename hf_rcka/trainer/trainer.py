@@ -349,9 +349,10 @@ class DistillationTrainer(CheckpointingTrainer):
         it is a constant, and is not reported when no batch was large enough.
         """
         run = (dataloader, description, prediction_loss_only, ignore_keys)
-        if self.model_ema is None or not self.model_ema.has_average:
-            # nothing averaged yet (an evaluation-only run, or before the first step): a second pass
-            # would report the same weights under ema_/live_ names
+        if self.model_ema is None or not (self.model_ema.has_average or self.is_in_train):
+            # nothing averaged, outside training (an evaluation-only re-check of an EMA run): a second
+            # pass would report the same weights under ema_/live_ names. In training (eval_on_start)
+            # both sets are reported, as metric_for_best_model may name either.
             return self._evaluation_pass(*run, metric_key_prefix)
         export_ema = bool(getattr(self.args, "model_ema_export", False))
         averaged, live = self.model_ema.swapped_in(), contextlib.nullcontext()
