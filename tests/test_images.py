@@ -176,3 +176,33 @@ def test_a_worker_builds_its_batch_in_shared_memory():
     pixels = torch.cat([b["pixel_values"] for b in batches])
     assert torch.equal(pixels, torch.stack([e["pixel_values"] for e in examples]))
     assert torch.cat([b["labels"] for b in batches]).tolist() == list(range(6))
+
+
+def test_a_row_without_an_image_is_an_unreadable_image_not_an_attribute_error():
+    from hf_rcka.data.images import UnreadableImage
+
+    for value in (None, np.zeros((4, 4, 3), dtype=np.uint8)):
+        with pytest.raises(UnreadableImage, match="holds no image file, bytes or PIL image"):
+            decode_image(value)
+
+
+def test_prepared_data_goes_to_spawned_dataloader_workers(tmp_path):
+    """Workers started with spawn or forkserver (macOS, Windows, Python 3.14's Linux default) get
+    the dataset pickled: its transform was a closure, and the first batch failed."""
+    import datasets
+    from torchvision.transforms import PILToTensor
+
+    from hf_rcka.data.bad_images import SkippedImages
+    from hf_rcka.data.datasets import collate, with_transforms
+
+    images = [Image.new("RGB", (4, 4), (60 * i, 0, 0)) for i in range(4)]
+    data = datasets.Dataset.from_dict({"image": images, "label": ["b", "a", "b", "a"]},
+                                      features=datasets.Features({"image": datasets.Image(),
+                                                                  "label": datasets.Value("string")}))
+    prepared = with_transforms(data, PILToTensor(), "image", "label", ["a", "b"],
+                               skipped=SkippedImages(str(tmp_path), limit=1))
+    loader = torch.utils.data.DataLoader(prepared, batch_size=4, num_workers=1, collate_fn=collate,
+                                         multiprocessing_context="spawn")
+    batch = next(iter(loader))
+    assert batch["labels"].tolist() == [1, 0, 1, 0]
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [0, 60, 120, 180]

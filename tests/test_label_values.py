@@ -200,3 +200,28 @@ def test_relative_image_paths_name_files_of_the_dataset_folder(tmp_path, monkeyp
     hub = _hub(monkeypatch, train=datasets.Dataset.from_dict({"image": ["imgs/9.png"] * 6, "label": [0, 1, 2] * 2}))
     with pytest.raises(DataError, match="holds relative paths .* that name no file"):
         load_raw_datasets(hub)
+
+
+def test_rows_without_an_image_are_refused_when_the_data_loads(tmp_path):
+    """An empty path cell of a CSV, or a null in an Image column, failed when a batch reached it,
+    after checkpoints were written, with an AttributeError naming no row."""
+    import csv
+
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    with open(tmp_path / "data" / "train.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label"])
+        for i in range(12):
+            Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(tmp_path / "data" / "imgs" / f"{i}.png")
+            writer.writerow(["" if i == 7 else f"imgs/{i}.png", i % 3])
+    with pytest.raises(DataError, match=r"the 'train' split's 'image' column has no image in 1 of 12 rows \(null or "
+                                        r"an empty path; the first is row 7\): remove those rows"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "data"), train_val_split=0.25))
+    image = Image.new("RGB", (4, 4))
+    stored = datasets.Dataset.from_dict({"image": [image, image, None], "label": [0, 1, 0]},
+                                        features=datasets.Features({"image": datasets.Image(),
+                                                                    "label": datasets.Value("int64")}))
+    (tmp_path / "stored").mkdir()
+    stored.to_parquet(str(tmp_path / "stored" / "train.parquet"))
+    with pytest.raises(DataError, match="has no image in 1 of 3 rows"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "stored"), train_val_split=0.25))

@@ -242,3 +242,24 @@ def test_a_refused_trainer_leaves_the_students_class_names_as_they_were(tmp_path
         build(args, student=student, train=named_classes(pixel_dataset(20), ["cat", "dog", "eel"]),
               eval_dataset=named_classes(pixel_dataset(10), ["cat", "dog", "eel"]))
     assert student.config.id2label == before
+
+
+def test_with_persistent_workers_each_evaluation_set_is_the_one_scored(tmp_path):
+    """Trainer keeps one persistent-workers loader under 'eval' for any dataset: evaluate(B) scored
+    the constructor's set A (0.0 where B truly scored 1.0)."""
+    images = pixel_dataset(8, seed=1)
+    relabelled = images.with_format(None).map(lambda row: {"labels": (row["labels"] + 1) % 3}).with_format("torch")
+
+    def scores(persistent):
+        args = make_args(tmp_path, f"p{persistent}", losses=["ce"], dataloader_num_workers=1 if persistent else 0,
+                         dataloader_persistent_workers=persistent)
+        trainer = build(args, student=tiny_vit(), eval_dataset=images)
+        first = trainer.evaluate()["eval_loss"]
+        other = trainer.evaluate(relabelled)["eval_loss"]
+        trainer.eval_dataset = relabelled
+        later = trainer.evaluate()["eval_loss"]
+        return first, other, later
+
+    first, other, later = scores(True)
+    assert (first, other, later) == pytest.approx(scores(False), rel=1e-5)
+    assert other != pytest.approx(first, rel=1e-3) and later == pytest.approx(other, rel=1e-5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import datasets
@@ -89,6 +90,7 @@ def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = Fal
         raise ValueError(f"the dataset has no 'train' split (splits: {list(raw)})")
     _check_columns(raw["train"], args)
     label_values.check_label_values(raw["train"], column, "train")
+    check_image_values(raw["train"], args.image_column_name, "train")
     validation = _labelled_eval_split(raw, column)
     _say_unused_splits(raw, validation, args, eval_only)
     raw = _image_paths_from_the_data_folder(raw, args, used=("train", validation))
@@ -103,6 +105,8 @@ def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = Fal
                        "load_best_model_at_end, picks the checkpoint)", validation)
         raw["validation"] = raw.pop(validation)
     label_values.check_label_values(raw["validation"], column, "validation")
+    if not carved:  # a carved split's rows were checked in train
+        check_image_values(raw["validation"], args.image_column_name, "validation")
     splits = RawSplits(raw)
     splits.carved, splits.evaluated = carved, validation or "train"
     return splits
@@ -219,6 +223,38 @@ def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
         )
 
 
+def check_image_values(dataset: datasets.Dataset, column: str, split: str) -> None:
+    """Every row of ``split`` holds an image value: not null, and not an empty path.
+
+    An empty cell of a CSV's path column, or a null in a parquet or ``Image`` column, was found
+    only when a batch reached its row, hours into a run, as an ``AttributeError`` naming no row.
+    Read from the Arrow column alone, without decoding an image.
+
+    Raises:
+        DataError: naming the split, how many rows have no image, and the first of them.
+    """
+    values = dataset.with_format("arrow")[column]  # chunks of the memory-mapped table: no image is read
+    if pa.types.is_struct(values.type):  # an Image value: {bytes, path}, either may hold the image
+        no_path = _null_or_empty(pc.struct_field(values, "path"))
+        missing = pc.or_kleene(pc.is_null(values), pc.and_kleene(pc.is_null(pc.struct_field(values, "bytes")), no_path))
+    else:
+        missing = _null_or_empty(values)
+    count = int(pc.sum(missing).as_py() or 0)
+    if count:
+        first = int(pc.index(missing, True).as_py())
+        raise DataError(
+            f"the {split!r} split's {column!r} column has no image in {count} of {len(values)} rows (null or an "
+            f"empty path; the first is row {first}): remove those rows (dataset.filter) or give them their images"
+        )
+
+
+def _null_or_empty(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Where a column of paths (or of anything else) holds nothing: null, or empty text."""
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return pc.or_kleene(pc.is_null(values), pc.equal(pc.fill_null(values, ""), ""))
+    return pc.is_null(values)
+
+
 def _image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArguments,
                                       used: tuple[str | None, ...]) -> datasets.DatasetDict:
     """Relative image paths (a CSV of ``imgs/0.png``, or image values that store only such a path)
@@ -327,30 +363,46 @@ def with_transforms(
     For ``evaluation``, a skipped image's label is ``IGNORE_INDEX``, so that no metric counts it.
     """
     feature = dataset.features[label_column]
-    index = {name: i for i, name in enumerate(labels)}
     names = feature.names if isinstance(feature, datasets.ClassLabel) else None
     image_feature = dataset.features.get(image_column)
     if isinstance(image_feature, datasets.Image) and image_feature.decode:
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
 
-    def pixels(value: Any) -> torch.Tensor | None:
+    return dataset.with_transform(LabelledPixels(transform, image_column, label_column, labels, names, skipped,
+                                                 evaluation))
+
+
+class LabelledPixels:
+    """The batch transform ``with_transforms`` installs: decoded, transformed images and labels by name.
+
+    A class, not a closure: dataloader workers started with ``spawn`` or ``forkserver`` (macOS,
+    Windows, Python 3.14's Linux default, or ``dataloader_multiprocessing_context``) receive the
+    dataset by pickling, and a closure failed there at the first batch.
+    """
+
+    def __init__(self, transform: Any, image_column: str, label_column: str, labels: Sequence[str],
+                 names: list[str] | None, skipped: SkippedImages | None, evaluation: bool) -> None:
+        self.transform, self.image_column, self.label_column = transform, image_column, label_column
+        self.names, self.skipped, self.evaluation = names, skipped, evaluation
+        self.class_names = list(labels)  # the order its labels come in, not the ClassLabel's
+        self.index = {name: i for i, name in enumerate(labels)}
+
+    def pixels(self, value: Any) -> torch.Tensor | None:
         try:
-            return transform(decode_image(value))
+            return self.transform(decode_image(value))
         except UnreadableImage as err:
-            if skipped is None:
+            if self.skipped is None:
                 raise
-            skipped.record(err.source, err.reason)
+            self.skipped.record(err.source, err.reason)
             return None
 
-    def apply(batch: dict[str, list]) -> dict[str, list]:
-        raw_labels = batch[label_column]
-        keys = [names[v] for v in raw_labels] if names is not None else [str(v) for v in raw_labels]
-        images = [pixels(value) for value in batch[image_column]]
-        targets = [IGNORE_INDEX if evaluation and image is None else index[k] for image, k in zip(images, keys)]
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        raw_labels = batch[self.label_column]
+        keys = [self.names[v] for v in raw_labels] if self.names is not None else [str(v) for v in raw_labels]
+        images = [self.pixels(value) for value in batch[self.image_column]]
+        targets = [IGNORE_INDEX if self.evaluation and image is None else self.index[k]
+                   for image, k in zip(images, keys)]
         return {"pixel_values": images, "labels": targets}
-
-    apply.class_names = list(labels)  # type: ignore[attr-defined]  # the order its labels come in, not the ClassLabel's
-    return dataset.with_transform(apply)
 
 
 def prepare_datasets(

@@ -131,6 +131,9 @@ def decode_image(value: Any) -> Image.Image:
     """
     if isinstance(value, Image.Image):
         return to_rgb(value)
+    if value is None or not isinstance(value, (dict, str, bytes, bytearray)):
+        # the data's loading checks refuse nulls up front; a caller's own dataset may still hold them
+        raise UnreadableImage(describe_source(value), "the row holds no image file, bytes or PIL image")
     import datasets
 
     if isinstance(value, str):  # a column of file paths (a CSV or JSON dataset), not an Image feature

@@ -230,6 +230,7 @@ class DistillationTrainer(CheckpointingTrainer):
             self.add_callback(LateParameterCheck(lambda: self.distillation_model))
         given_eval = kwargs.get("eval_dataset")  # checked above, as a whole and part by part
         self._checked_datasets = [given_eval, *(given_eval.values() if isinstance(given_eval, dict) else ())]
+        self._eval_loader_sources: dict[str, Any] = {}  # the dataset each kept evaluation loader reads
         self._requested_drop_last = bool(args.dataloader_drop_last)  # the batch checks may set it (batch_rows)
         self._term_logs = {"train": LossTermLog(), "eval": LossTermLog()}
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
@@ -385,8 +386,23 @@ class DistillationTrainer(CheckpointingTrainer):
         (DeiT drops the last training batch, never validation images), but Trainer applies it to
         evaluation too, which would leave the eval set's remainder silently unevaluated."""
         self._check_later_dataset(eval_dataset if eval_dataset is not None else self.eval_dataset, "eval_dataset")
+        self._forget_other_eval_loader(eval_dataset)
         with _keeping_last_batch(self.args):
             return super().get_eval_dataloader(eval_dataset)
+
+    def _forget_other_eval_loader(self, eval_dataset: Any) -> None:
+        """With persistent workers Trainer keeps one loader per key, ``"eval"`` for any dataset
+        object: ``evaluate(other_set)``, or a later ``trainer.eval_dataset``, scored the first set's
+        images (accuracy 0.0 for a set that scored 1.0). A loader is kept only for the set it reads."""
+        key = eval_dataset if isinstance(eval_dataset, str) else "eval"
+        if isinstance(eval_dataset, str):
+            dataset = self.eval_dataset[eval_dataset]
+        else:
+            dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        loaders, sources = getattr(self, "_eval_dataloaders", {}), self._eval_loader_sources
+        if key in loaders and sources.get(key) is not dataset:
+            del loaders[key]
+        sources[key] = dataset
 
     def _check_later_dataset(self, dataset: Any, role: str) -> None:
         """The constructor's checks for a dataset it did not see: one handed to ``evaluate()`` or
