@@ -54,6 +54,11 @@ def check_training_values(args: Any) -> None:
             continue
         if (isinstance(value, float) and math.isnan(value)) or not accepted(value):
             raise RecipeError(f"{key} must be {description}, got {value}")
+    if not getattr(args, "dataloader_num_workers", 0):  # torch refuses them at the first loader, after loading
+        for key in ("dataloader_persistent_workers", "dataloader_multiprocessing_context"):
+            if getattr(args, key, None):
+                raise RecipeError(f"{key} sets up dataloader worker processes, and dataloader_num_workers is 0: "
+                                  f"set dataloader_num_workers > 0 too, or drop {key}")
 
 
 # --------------------------------------------------------------------------------------------

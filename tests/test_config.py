@@ -79,6 +79,10 @@ def test_distillation_defaults_keep_columns_and_name_labels():
         ({"max_train_samples": 0}, r"max_train_samples must be >= 1"),
         ({"teacher_accuracy_check": "loud"}, r"teacher_accuracy_check must be"),
         ({"dataset_name": None}, r"no data"),
+        # torch refused these at the first loader, a traceback after the data and models had loaded
+        ({"dataloader_persistent_workers": True}, r"dataloader_persistent_workers sets up dataloader worker "
+                                                  r"processes, and dataloader_num_workers is 0: set"),
+        ({"dataloader_multiprocessing_context": "spawn"}, r"dataloader_multiprocessing_context sets up"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(bad, message):

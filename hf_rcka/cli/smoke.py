@@ -65,6 +65,7 @@ KNOWN_NUM_CLASSES = {
 _FIXED = {
     "max_steps": SMOKE_STEPS, "per_device_train_batch_size": SMOKE_BATCH, "per_device_eval_batch_size": SMOKE_BATCH,
     "dataloader_num_workers": 0, "dataloader_persistent_workers": False, "dataloader_prefetch_factor": None,
+    "dataloader_multiprocessing_context": None,
     "logging_steps": 1, "report_to": "none", "push_to_hub": False, "resume_from_checkpoint": None,
     "overwrite_output_dir": True, "max_train_samples": None, "max_eval_samples": None,
     "dataset_config_name": None, "train_dir": None, "validation_dir": None,
