@@ -178,3 +178,25 @@ def test_a_whole_number_of_batches_keeps_every_image(tmp_path):
     trainer.train()
     assert not trainer.args.dataloader_drop_last and trainer.state.global_step == 5
     assert torch.isfinite(torch.tensor([e["loss"] for e in trainer.state.log_history if "loss" in e])).all()
+
+
+def test_training_data_without_a_length_gets_the_checks_it_can(tmp_path, caplog):
+    """An iterable dataset skipped every batch check: aug_repeats made no repeats (no sampler), an
+    evaluation set with a 'label' key evaluated to no accuracy and no loss, and a last batch too small
+    for the relations passed without a word."""
+    from hf_rcka.augmentation import AugmentationArguments
+    from hf_rcka.errors import DataError
+
+    stream = pixel_dataset(10).to_iterable_dataset()
+    args = make_args(tmp_path, max_steps=2, per_device_train_batch_size=4, losses=RELATIONAL)
+    with caplog.at_level(logging.WARNING):
+        make_trainer(args, train=stream).train()
+    assert "the training data has no length, so the size of each pass's last batch is not checked" in caplog.text
+    assert "a batch under 3 images leaves rcka, feature_cka constant" in caplog.text
+    repeated = make_trainer(args, train=stream, augmentation=AugmentationArguments(aug_repeats=3))
+    with pytest.raises(RecipeError, match="aug_repeats: 3 repeats images drawn by a sampler, and the training data "
+                                          "has no length"):
+        repeated.train()
+    mislabelled = pixel_dataset(6).with_format(None).rename_column("labels", "label").with_format("torch")
+    with pytest.raises(DataError, match=r"eval_dataset: its items have no \['labels'\]"):
+        make_trainer(args, evaluation=mislabelled.to_iterable_dataset())

@@ -118,4 +118,25 @@ def check_training_batches(num_images: int, args: Any, aug_repeats: int, student
         args.dataloader_drop_last = True
 
 
-__all__ = ["check_evaluation_rows", "check_relation_rows", "check_training_batches", "too_few_rows"]
+def check_unsized_training(aug_repeats: int, student: torch.nn.Module, losses: Mapping[str, Any]) -> None:
+    """Training data without a length (a ``datasets.IterableDataset``, a stream): what
+    ``check_training_batches`` cannot check is refused or said.
+
+    Raises:
+        RecipeError: for ``aug_repeats``, whose sampler draws an order of known images: an
+            iterable dataset has no sampler, and the repeats were silently not made.
+    """
+    if aug_repeats:
+        raise RecipeError(f"aug_repeats: {aug_repeats} repeats images drawn by a sampler, and the training data has "
+                          "no length (an iterable dataset has no sampler): use a map-style dataset, or aug_repeats: 0")
+    needs = {name: loss.min_relation_rows for name, loss in losses.items() if getattr(loss, "min_relation_rows", 0)}
+    if has_running_stats(student) or needs:
+        why = ("a batch of 1 fails a BatchNorm student" if has_running_stats(student) else
+               f"a batch under {max(needs.values())} images leaves {', '.join(needs)} constant for that step")
+        logger.warning("data: the training data has no length, so the size of each pass's last batch is not checked "
+                       "(and dataloader_drop_last does not apply to it): %s. Give the stream a multiple of the global "
+                       "batch, or use a map-style dataset", why)
+
+
+__all__ = ["check_evaluation_rows", "check_relation_rows", "check_training_batches", "check_unsized_training",
+           "too_few_rows"]

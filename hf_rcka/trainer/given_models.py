@@ -300,11 +300,18 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
 
 
 def _first_items(role: str, dataset: Any) -> Iterator[tuple[str, Any, Mapping]]:
-    """``(where, part, its first item)`` of each part of ``dataset`` (one dataset or a dict) that can be indexed."""
+    """``(where, part, its first item)`` of each part of ``dataset`` (one dataset or a dict) that
+    can be indexed, or that is a ``datasets.IterableDataset`` (iterating one starts afresh each
+    time; a plain torch ``IterableDataset`` may be a one-shot stream, so it is not read)."""
+    import datasets
+
     for name, part in (dataset.items() if isinstance(dataset, dict) else [(None, dataset)]):
-        if part is None or isinstance(part, torch.utils.data.IterableDataset) or not hasattr(part, "__len__"):
+        if isinstance(part, datasets.IterableDataset):
+            item = next(iter(part), None)
+        elif part is None or isinstance(part, torch.utils.data.IterableDataset) or not hasattr(part, "__len__"):
             continue
-        item = part[0] if len(part) else None
+        else:
+            item = part[0] if len(part) else None
         if isinstance(item, Mapping):
             yield (role if name is None else f"{role}[{name!r}]"), part, item
 

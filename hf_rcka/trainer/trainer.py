@@ -31,7 +31,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from ..arguments import describe_batch
 from ..augmentation import AugmentationArguments
 from ..errors import DataError
-from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches
+from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches, check_unsized_training
 from .card_facts import CardFacts, complete_card_facts
 from .term_log import LossTermLog
 from .checkpointing import CheckpointingTrainer, keep_token_out_of_files
@@ -467,6 +467,8 @@ class DistillationTrainer(CheckpointingTrainer):
         if self.eval_dataset is not None and self.args.eval_strategy != "no":
             for evaluation in (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]):
                 check_evaluation_rows(losses, self.args, len(evaluation) if hasattr(evaluation, "__len__") else None)
+        if self.train_dataset is not None and not hasattr(self.train_dataset, "__len__"):
+            check_unsized_training(self.augmentation.aug_repeats, self.distillation_model.student, losses)
         self._check_training_batches()
         self.check_teacher()
         output = super().train(*args, **kwargs)
