@@ -145,3 +145,13 @@ def test_the_fix_names_the_models_form_and_case_differences_keep_their_message()
     assert run_label_order(["cat", CAFE_NFD], ["cat", CAFE_NFC, "dog"], training=True) == ["cat", CAFE_NFD]
     with pytest.raises(LabelError, match=r"lacks: \['Dog'\].*lacks: \['dog'\]\. .*\(case matters\)$"):
         check_split_classes(["cat", "dog"], ["cat", "Dog"])
+
+
+def test_a_training_class_without_validation_images_is_said_not_refused(caplog):
+    """A rare class with no validation folder blocked image-folder training (datasets gives both
+    splits the training classes; Hub and CSV data with the same gap were accepted)."""
+    with caplog.at_level(logging.WARNING):
+        check_split_classes(["cat", "dog", "emu"], ["cat", "dog"])
+    assert "train_dir has classes validation_dir lacks: ['emu']. They are trained, and the evaluation" in caplog.text
+    with pytest.raises(LabelError, match=r"validation_dir has classes train_dir lacks: \['eel'\]$|\['eel'\]\. "):
+        check_split_classes(["cat", "dog"], ["cat", "dog", "eel"])

@@ -304,23 +304,27 @@ def _holds_an_image(folder: str, extensions: frozenset[str]) -> bool:
 
 
 def check_split_classes(train: Sequence[str], validation: Sequence[str], key: str = "validation_dir") -> None:
-    """Train and validation must have the same classes (a one-sided class makes a wrong head).
+    """Validation classes must be training classes (the student has no output for any other).
+
+    A training class without validation images (a rare class) is allowed, and said: datasets
+    gives both splits the training classes, and the evaluation measures none of that class.
 
     Raises:
-        LabelError: naming the classes only one side has, or the classes whose names differ only
-            in Unicode form (which would print alike in a list of differences).
+        LabelError: naming the classes only the validation side has (with those only the training
+            side has: a renamed folder, ``Dog`` for ``dog``), or the classes whose names differ
+            only in Unicode form (which would print alike in a list of differences).
     """
     check_same_forms(validation, train, key, "train_dir",
                      f"rename the class folders so both use the same form, e.g. NFC ({TO_NFC})")
     only_val, only_train = set(validation) - set(train), set(train) - set(validation)
-    if not only_val and not only_train:
-        return
-    parts = []
     if only_val:
-        parts.append(f"{key} has classes train_dir lacks: {_listed(only_val)}")
+        parts = [f"{key} has classes train_dir lacks: {_listed(only_val)}"]
+        if only_train:
+            parts.append(f"train_dir has classes {key} lacks: {_listed(only_train)}")
+        raise LabelError("; ".join(parts) + ". Class folders need the same names in both (case matters)")
     if only_train:
-        parts.append(f"train_dir has classes {key} lacks: {_listed(only_train)}")
-    raise LabelError("; ".join(parts) + ". Class folders need the same names in both (case matters)")
+        logger.warning("labels: train_dir has classes %s lacks: %s. They are trained, and the evaluation measures "
+                       "none of their images", key, _listed(only_train))
 
 
 def check_validation_labels(train: Sequence[str], validation: Sequence[str]) -> None:
