@@ -225,3 +225,20 @@ def test_rows_without_an_image_are_refused_when_the_data_loads(tmp_path):
     stored.to_parquet(str(tmp_path / "stored" / "train.parquet"))
     with pytest.raises(DataError, match="has no image in 1 of 3 rows"):
         load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "stored"), train_val_split=0.25))
+
+
+def test_a_table_whose_images_are_named_like_splits_is_told_apart_from_an_image_folder(tmp_path):
+    """datasets took imgs/train_0.png as the train split and ignored train.csv; the error said to give
+    the folder as train_dir, which would have trained 'imgs' as one class."""
+    import csv
+
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    with open(tmp_path / "data" / "train.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label"])
+        for i in range(6):
+            Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(tmp_path / "data" / "imgs" / f"train_{i}.png")
+            writer.writerow([f"imgs/train_{i}.png", i % 3])
+    with pytest.raises(DataError, match=r"holds train.csv, but datasets took its image files as the data: their "
+                                        r"names match a split's"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "data"), train_val_split=0.25))

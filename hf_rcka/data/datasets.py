@@ -157,12 +157,24 @@ def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
     data_files = getattr(builder.config, "data_files", None) or {}
     labelled_by_metadata = any(os.path.basename(str(f)) in _METADATA_FILES for fs in data_files.values() for f in fs)
     if builder.name == "imagefolder" and os.path.isdir(name) and not labelled_by_metadata:
+        tables = sorted(entry.name for entry in os.scandir(name) if entry.is_file()
+                        and entry.name.endswith(_TABLE_SUFFIXES) and entry.name not in _METADATA_FILES)
+        if tables:  # datasets prefers split-named files (train_0.png) over the table that lists them
+            raise DataError(
+                f"dataset_name {name!r} holds {_listed_names(tables)}, but datasets took its image files as the data: "
+                "their names match a split's (train*, test*, valid*...). Rename the images (e.g. images/0001.png) "
+                "so that only the table names a split"
+            )
         raise DataError(
             f"dataset_name {name!r} is a folder of images: give it as train_dir (its training class folders) and "
             "validation_dir, where hf_rcka checks the class folders (datasets alone would train nested folders "
             "as classes)"
         )
     return builder
+
+
+def _listed_names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _refuse_a_loading_script(name: str, err: RuntimeError) -> None:
@@ -196,6 +208,7 @@ def _labelled_eval_split(raw: datasets.DatasetDict, column: str) -> str | None:
 _IMAGE_VALUES = ("string", "large_string", "binary", "large_binary")
 # An image folder whose labels come from one of these files (datasets' metadata layout) has no class folders
 _METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+_TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".arrow")  # files datasets loads as tables
 
 
 def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
