@@ -129,7 +129,7 @@ def test_splits_with_other_columns_are_one_line(tmp_path):
     validation = _split(9, 1).add_column("id", list(range(9)))
     folder = _hub_folder(tmp_path / "d", {"train": _split(30), "validation": validation})
     with pytest.raises(DataError, match=r"cannot load the dataset \(.*\)\. Every split must have the same columns"):
-        load_data(DataArguments(dataset_name=folder), seed=0)
+        load_data(DataArguments(dataset_name=folder))
     assert os.path.isdir(folder)
 
 
@@ -190,7 +190,7 @@ def test_a_broken_file_is_not_blamed_on_the_columns(tmp_path):
     broken = tmp_path / "d" / "data" / "validation-00000-of-00001.parquet"
     broken.write_bytes(broken.read_bytes()[:100])
     with pytest.raises(DataError, match="cannot load the dataset") as error:
-        load_data(DataArguments(dataset_name=folder), seed=0)
+        load_data(DataArguments(dataset_name=folder))
     assert "same columns" not in str(error.value)
 
 
@@ -210,7 +210,7 @@ def test_a_pandas_parquet_whose_image_paths_are_all_none_loads(tmp_path):
     for name in ("train", "validation"):
         rows = [{"image": {"bytes": png(40 * i), "path": None}, "label": NAMES[i % 3]} for i in range(6)]
         pd.DataFrame(rows).to_parquet(tmp_path / "d" / "data" / f"{name}-00000-of-00001.parquet")
-    raw = load_data(DataArguments(dataset_name=str(tmp_path / "d")), seed=0)
+    raw = load_data(DataArguments(dataset_name=str(tmp_path / "d")))
     assert [int(np.asarray(decode_image(v))[0, 0, 0]) for v in raw["validation"]["image"]] == [0, 40, 80, 120, 160, 200]
 
 
@@ -221,4 +221,4 @@ def test_a_dataset_folder_with_a_loading_script_is_one_line(tmp_path):
     (folder / "pets.py").write_text("import datasets\n")
     with pytest.raises(DataError, match=r"loading script \(pets\.py\), which is code and is not run: convert the "
                                         r"data to files datasets reads \(parquet, csv, or an image folder\)"):
-        load_data(DataArguments(dataset_name=str(folder)), seed=0)
+        load_data(DataArguments(dataset_name=str(folder)))

@@ -163,7 +163,7 @@ def sample_images(args: argparse.Namespace) -> list:
     from .run_inputs import load_data
 
     if args.validation_dir:  # the folder is the evaluation set (loaded as training loads a train_dir): a seeded shuffle of it
-        folder = load_data(DataArguments(train_dir=args.validation_dir), seed=args.split_seed, eval_only=True)
+        folder = load_data(DataArguments(train_dir=args.validation_dir), eval_only=True)
         validation, carved = folder["validation"].shuffle(seed=args.split_seed), False
         data = SimpleNamespace(**{k: None for k in ("dataset_name", "dataset_config_name", "train_dir")},
                                validation_dir=args.validation_dir, train_val_split=args.train_val_split,
@@ -174,7 +174,7 @@ def sample_images(args: argparse.Namespace) -> list:
             train_val_split=args.train_val_split, split_seed=args.split_seed,
             image_column_name=args.image_column_name, label_column_name=args.label_column_name,
         )
-        raw = load_data(data, seed=args.split_seed)
+        raw = load_data(data)
         validation, carved = raw["validation"], raw.carved
     if carved and getattr(args, "split_conflict", None):
         raise DataError(args.split_conflict)

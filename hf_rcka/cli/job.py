@@ -191,7 +191,7 @@ def _build_trainer(
     held_out = None if args.do_train else held_out_by(model_args.model_name_or_path, data_args, CONFIG_NAME)
     if held_out:  # the student's own training data: evaluate the images its run held out, not all of them
         data_args.train_val_split, data_args.split_seed = held_out["train_val_split"], held_out["split_seed"]
-    raw = load_data(data_args, args.seed, eval_only=not args.do_train and not held_out)
+    raw = load_data(data_args, eval_only=not args.do_train and not held_out)
     if held_out and raw.carved:  # (data with its own validation split is evaluated on that split)
         logger.info("data: %s was trained on this data; its held-out %g (split_seed %s) is evaluated, not its "
                     "training images", model_args.model_name_or_path, held_out["train_val_split"], held_out["split_seed"])

@@ -56,11 +56,11 @@ def checkpoint_labels(folder: str, trust_remote_code: bool = False) -> list[str]
         return model_label_names(load_config(folder, trust_remote_code))
 
 
-def load_data(data_args: DataArguments, seed: int, eval_only: bool = False):
+def load_data(data_args: DataArguments, eval_only: bool = False):
     """The raw splits; a dataset that cannot be loaded is a DataError naming its key."""
     key = "dataset_name" if data_args.dataset_name else "train_dir"
     try:
-        return load_raw_datasets(data_args, seed=seed, eval_only=eval_only)
+        return load_raw_datasets(data_args, eval_only=eval_only)
     except UserError:
         raise
     except (ValueError, OSError) as err:  # datasets' FileNotFoundError, DatasetNotFoundError...

@@ -64,10 +64,11 @@ class RawSplits(datasets.DatasetDict):
     evaluated: str = "validation"
 
 
-def load_raw_datasets(args: DataArguments, seed: int = 42, eval_only: bool = False) -> RawSplits:
+def load_raw_datasets(args: DataArguments, eval_only: bool = False) -> RawSplits:
     """Load the data and make sure there is a labelled ``train`` and ``validation`` split.
 
-    ``seed`` (the training seed) no longer draws the validation split: ``args.split_seed`` does.
+    The validation split carved from ``train`` is drawn with ``args.split_seed``, never the training
+    seed, so runs with other seeds hold out the same images.
     ``eval_only``: without a validation split the whole training split is evaluated (the data a
     model is evaluated on), not a held-out part of it.
     """

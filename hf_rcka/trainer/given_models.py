@@ -77,7 +77,7 @@ def check_half_precision(args: Any) -> None:
     from transformers.utils import (is_torch_cuda_available, is_torch_mps_available, is_torch_npu_available,
                                     is_torch_xpu_available)
 
-    if not (args.fp16 or args.fp16_full_eval):
+    if not args.fp16:  # fp16_full_eval is refused before this (arguments.FIXED_SETTINGS)
         return
     accelerator = any(found() for found in (is_torch_cuda_available, is_torch_xpu_available, is_torch_mps_available,
                                             is_torch_npu_available))
@@ -325,20 +325,6 @@ def _check_keys(where: str, item: Mapping, needed: tuple[str, ...]) -> None:
             "(dataset.set_transform(...) with the processor), or pass a data_collator that builds them")
 
 
-def dataset_label_names(*datasets: Any) -> list[str] | None:
-    """The class names of the data's labels (see :func:`_class_names`), the same in every part.
-
-    ``datasets``: the training set, then the evaluation set (one dataset or a dict of them).
-
-    Raises:
-        LabelError: two parts name the classes otherwise (another order, or other classes). Labels
-            are ids: Trainer scores the evaluation set's ids against the student's, so an
-            evaluation set whose ``ClassLabel`` lists the classes in another order scored a correct
-            model 0.19 where the same images in the training order scored 0.96.
-    """
-    return _agreed_names(_class_names(datasets))
-
-
 def _agreed_names(parts: list[tuple[str, list[str]]]) -> list[str] | None:
     """The class names every part of ``parts`` (``_class_names``) gives, or None when none names them."""
     named = [(where, names) for where, names in parts if not _placeholders(names)]
@@ -466,6 +452,6 @@ def _names(model: Any) -> list[str] | None:
 __all__ = [
     "BY_NAME", "check_activation_checkpointing", "check_arguments", "check_columns", "check_half_precision",
     "check_labels", "check_late_parameters", "check_later_dataset", "check_metric_name", "check_model_objects",
-    "check_models", "check_optimizer", "check_ready_model", "dataset_label_names", "LateParameterCheck",
+    "check_models", "check_optimizer", "check_ready_model", "LateParameterCheck",
     "name_student_classes",
 ]
