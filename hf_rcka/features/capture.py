@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .hidden_states import classifier_of, eval_no_grad, hidden_states_of
+from .layout import tokens_to_fmap
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class HiddenStateCapture:
         """``(outputs, {index: hidden state})`` of one forward (grad mode is the caller's)."""
         if self.mode == "timm_tokens":
             outputs = self.model(pixel_values=pixel_values, output_hidden_states=list(self.indices), output_fmt="NLC")
-            return outputs, {i: _tokens_as_fmap(t, self._grids[i]) for i, t in zip(self.indices, outputs.hidden_states)}
+            return outputs, {i: tokens_to_fmap(t, self._grids[i]) for i, t in zip(self.indices, outputs.hidden_states)}
         if self.mode == "timm":
             outputs = self.model(pixel_values=pixel_values, output_hidden_states=list(self.indices))
             return outputs, dict(zip(self.indices, outputs.hidden_states))
@@ -247,11 +248,6 @@ class ForwardCapture:
         for part in (self.hidden, self.pooled):
             if part is not None:
                 part.remove()
-
-
-def _tokens_as_fmap(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Prefix-free (B, h * w, C) patch tokens as a (B, C, h, w) map: a view, no copy."""
-    return tokens.unflatten(1, grid).permute(0, 3, 1, 2)
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from .layout import FeatureSpec, infer_grid
+from .layout import FeatureSpec, fmap_to_tokens, infer_grid
 
 # Modules whose output is the embedding / stem (no block has run yet). ``pre_layrnorm``: CLIP's
 # LayerNorm between the embeddings and the first block, whose output is its hidden state 0.
@@ -254,7 +254,7 @@ def _holds_embedding_tokens(state: Tensor, embedding_outputs: list[Tensor]) -> b
     """Whether a (B, C, H, W) map is an embedding output's (B, H * W, C) tokens laid out as a map."""
     if state.dim() != 4:
         return False
-    tokens = state.flatten(2).transpose(1, 2)
+    tokens = fmap_to_tokens(state)
     return any(t.shape == tokens.shape and t.dtype == tokens.dtype and torch.equal(t, tokens)
                for t in embedding_outputs)
 

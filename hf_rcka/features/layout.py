@@ -80,7 +80,7 @@ def tokens_to_fmap(tokens: Tensor, grid: tuple[int, int], num_prefix_tokens: int
         num_prefix_tokens: leading CLS / distillation / register tokens to drop.
 
     Returns:
-        (B, D, h, w) feature map.
+        (B, D, h, w) feature map, a view of ``tokens`` (no copy).
     """
     h, w = grid
     if tokens.dim() != 3 or tokens.shape[1] != num_prefix_tokens + h * w:
