@@ -31,7 +31,8 @@ from pathlib import Path
 from ..arguments import DistillationTrainingArguments
 from ..data.bad_images import LEDGER_NAME
 from ..errors import RecipeError
-from .records import CONFIG_NAME, WORKING_DIR_NAME, checkpoint_step
+from ..trainer.checkpointing import checkpoint_step
+from .records import CONFIG_NAME, WORKING_DIR_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -28,10 +28,9 @@ from ..registry import LOSSES, close_matches
 from ..modeling.assembly import active_specs, build_losses, default_losses, switched_off
 from ..modeling.parallel import check_fsdp_settings
 from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows
-from ..trainer.checkpointing import holds_training_state
+from ..trainer.checkpointing import checkpoint_step, holds_training_state
 from ..trainer.given_models import check_half_precision
 from ..trainer.metrics import evaluation_metric_names, is_reported
-from .records import checkpoint_step
 
 logger = logging.getLogger("hf_rcka")
 _PATH_PREFIXES = (".", "/", "~")
@@ -722,7 +721,7 @@ def check_resume_split(folder: str, data_args: Any, carved: bool) -> None:
 def _checkpoints_in(folder: Path) -> list[str]:
     """Names of the ``checkpoint-N`` folders in ``folder``, by step."""
     names = (p.name for p in folder.glob("checkpoint-*") if p.is_dir())
-    return sorted(names, key=lambda n: int(n.rsplit("-", 1)[-1]) if n.rsplit("-", 1)[-1].isdigit() else -1)
+    return sorted(names, key=lambda n: -1 if checkpoint_step(n) is None else checkpoint_step(n))
 
 
 def _processes(count: Any) -> str:

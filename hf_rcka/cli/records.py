@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 
 from .recipe import dump_recipe
@@ -24,12 +23,6 @@ WORKING_DIR_NAME = "_working_dir.json"
 EVAL_RECORD_PREFIX = "_eval-"
 EVAL_CONFIG_NAME = "eval_config.yaml"
 EVAL_RESULTS_NAME = "eval_results.json"
-
-
-def checkpoint_step(name: str) -> int | None:
-    """The step of a ``checkpoint-<N>`` folder name (Trainer's checkpoints), else None."""
-    match = re.fullmatch(r"checkpoint-(\d+)", name)
-    return int(match.group(1)) if match else None
 
 
 def eval_record_dir(output_dir: str) -> str:

@@ -19,7 +19,8 @@ from typing import Any
 from ..arguments import DataArguments
 from ..errors import DataError, RecipeError
 from .recipe import load_recipe
-from .records import checkpoint_step, recorded_working_dir
+from ..trainer.checkpointing import checkpoint_step
+from .records import recorded_working_dir
 
 _SOURCE_KEYS = ("dataset_name", "dataset_config_name", "train_dir")
 _CARVE_KEYS = ("train_val_split", "split_seed")

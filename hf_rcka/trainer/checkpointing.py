@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from typing import Any, Iterator
 
 import safetensors.torch
@@ -177,6 +178,16 @@ def checkpoint_folder(trainer: Trainer, trial: Any = None) -> str:
     return os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
 
 
+def checkpoint_step(name: str) -> int | None:
+    """The step of a ``checkpoint-<N>`` folder name (Trainer's checkpoints), else None.
+
+    One parser for the trainer (the best checkpoint's step) and the command line (resume checks,
+    which checkpoints a resume sets aside), so that they agree on which folders are checkpoints.
+    """
+    match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
 def keep_token_out_of_files(args: Any) -> None:
     """Move ``hub_token`` from ``args`` to ``HF_TOKEN``, which huggingface_hub reads at each request.
 
@@ -192,5 +203,6 @@ def keep_token_out_of_files(args: Any) -> None:
 
 __all__ = [
     "BATCH_RECORD_NAME", "LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "checkpoint_folder",
+    "checkpoint_step",
     "holds_training_state", "keep_token_out_of_files",
 ]

@@ -34,7 +34,7 @@ from ..errors import DataError
 from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches, check_unsized_training
 from .card_facts import CardFacts, complete_card_facts
 from .term_log import LossTermLog
-from .checkpointing import CheckpointingTrainer, keep_token_out_of_files
+from .checkpointing import CheckpointingTrainer, checkpoint_step, keep_token_out_of_files
 from .given_models import (
     BY_NAME, check_activation_checkpointing, check_arguments, check_columns, check_half_precision, check_labels,
     LateParameterCheck, check_later_dataset, check_metric_name, check_model_objects, check_models, check_optimizer,
@@ -543,7 +543,7 @@ def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None
     are those logged at the best checkpoint's step; a final evaluation of the reloaded best
     weights, if any, is logged at the last step and counts only when that is the best step.
     """
-    step = int(best_checkpoint.rstrip("/").rsplit("-", 1)[-1]) if best_checkpoint else final_step
+    step = checkpoint_step(os.path.basename(best_checkpoint.rstrip("/"))) if best_checkpoint else final_step
     metrics = {}
     for entry in log_history:
         if step is None or entry.get("step") == step:
