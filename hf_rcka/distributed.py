@@ -1,8 +1,12 @@
-"""Differentiable gathering across data-parallel ranks for the batch-relational losses.
+"""What data-parallel ranks share: gathered rows, agreed decisions, and the process group's end.
 
-RCKA and feature CKA compare B x B sample relations, so under DDP each rank only sees its own
-per-device batch. Gathering every rank's rows (with gradients flowing back to the local rows)
-makes the relation Grams span the global batch. Off by default: it costs one all_gather per term.
+* ``gather_rows``: differentiable gathering for the batch-relational losses. RCKA and feature CKA
+  compare B x B sample relations, so under DDP each rank only sees its own per-device batch.
+  Gathering every rank's rows (with gradients flowing back to the local rows) makes the relation
+  Grams span the global batch. Off by default: it costs one all_gather per term.
+* ``any_rank`` and ``from_rank0``: one decision on every rank (stop, save, a folder's name), since
+  ranks that disagree about a collective hang.
+* ``close_process_group``: the process group torn down before exit, so a finished run exits 0.
 """
 
 from __future__ import annotations
