@@ -30,7 +30,7 @@ from .distilled_heads import DistilledHeads
 from .feature_adapters import build_feature_adapters
 from ..models.timm_models import check_timm_args, saved_model_args
 from ..losses import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, weigh_terms
-from .teacher_inputs import InputStats, needed_transform
+from .teacher_inputs import InputStats, needed_transform, planned_input_size
 from .sharded_state import load_full_state_dict
 from .teacher_runtime import TeacherRuntime
 
@@ -160,11 +160,7 @@ class DistillationModel(nn.Module):
             )
 
     def _probe_pixels(self, student_input: InputStats | None) -> torch.Tensor:
-        if student_input is not None:
-            height, width = student_input.size
-        else:
-            size = getattr(self.student.config, "image_size", 224)
-            height, width = (size, size) if isinstance(size, int) else tuple(size)
+        height, width = planned_input_size(self.student, student_input)
         device = next(self.student.parameters()).device
         return torch.zeros(2, 3, height, width, device=device)
 

@@ -209,6 +209,20 @@ class TeacherInputTransform(nn.Module):
 
 
 
+def planned_input_size(student: Any, student_input: InputStats | None = None) -> tuple[int, int]:
+    """The (height, width) at which a student's hidden states are probed, so feature pairs, their
+    grids and adapters are planned at it.
+
+    The student processor's output size when there is one (what the data will be resized to),
+    else the student config's ``image_size`` (224 when unset). The trainer checks the data's
+    images against this same size, so the two cannot disagree about what was planned.
+    """
+    if student_input is not None:
+        return student_input.size
+    size = getattr(student.config, "image_size", 224)
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
 def needed_transform(student: InputStats | None, teacher: InputStats | None) -> TeacherInputTransform | None:
     """The transform from the student's inputs to the teacher's, or ``None`` when none is needed.
 

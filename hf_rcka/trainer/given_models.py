@@ -40,7 +40,7 @@ from ..arguments import DistillationTrainingArguments, check_fixed_settings
 from ..errors import DataError, LabelError, ModelError, RecipeError
 from ..modeling.assembly import active_specs, default_losses
 from ..modeling.distillation_model import DistillationModel
-from ..modeling.teacher_inputs import input_stats
+from ..modeling.teacher_inputs import input_stats, planned_input_size
 from ..models.labels import BY_NAME, TEACHER_LABEL_MAPPINGS, is_generic, model_label_names, realign_teacher
 from ..losses import reads_features
 from ..registry import LOSSES, close_matches
@@ -248,12 +248,12 @@ def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, t
     pixels = first_item.get("pixel_values") if first_item is not None else None
     if not features or not isinstance(pixels, torch.Tensor) or pixels.ndim < 2:
         return
+    planned = planned_input_size(student, input_stats(processing_class) if processing_class is not None else None)
     if processing_class is not None:
-        planned, source = input_stats(processing_class).size, "processing_class's output size"
+        source = "processing_class's output size"
         fix = "Give the data the processor's size (dataset.set_transform with processing_class), or pass its processor"
     else:
-        size = getattr(student.config, "image_size", 224)  # what DistillationModel plans at without a processor
-        planned, source = (size, size) if isinstance(size, int) else tuple(size), "without processing_class, the student config's"
+        source = "without processing_class, the student config's"
         fix = "Pass processing_class=<the student's image processor>"
     if tuple(pixels.shape[-2:]) != tuple(planned):
         raise RecipeError(
