@@ -54,6 +54,26 @@ def test_a_teacher_of_other_classes_is_an_error_unless_paired_by_position(tmp_pa
     build(make_args(tmp_path), student, named(tiny_resnet(), ["x", "y", "z"]), teacher_label_mapping="by_index")
 
 
+def test_a_teacher_of_other_classes_whose_features_alone_are_distilled(tmp_path, caplog):
+    """Its classes do not matter to feature losses; its accuracy on the run's labels means nothing,
+    so the check is off. The command line (before the data and models load) and the trainer decide
+    this alike."""
+    from hf_rcka.cli.run_inputs import align_teacher
+
+    student = named(tiny_vit(), ["a", "b", "c"])
+    with caplog.at_level("INFO", logger="hf_rcka"):
+        trainer = build(make_args(tmp_path, losses=["ce", "feature_cka"], teacher_accuracy_check="warn"), student,
+                        named(tiny_resnet(), ["x", "y", "z"]))
+    assert trainer.args.teacher_accuracy_check == "off"
+    assert "only its features are distilled" in caplog.text
+    args = make_args(tmp_path, losses=["ce", "feature_cka"], teacher_accuracy_check="warn")
+    teacher = named(tiny_resnet(), ["x", "y", "z"])
+    align_teacher(teacher, args, ["a", "b", "c"], "by_name")
+    assert args.teacher_accuracy_check == "off" and not teacher._forward_hooks
+    with pytest.raises(LabelError, match="teacher_label_mapping: by_index"):
+        align_teacher(teacher, make_args(tmp_path, losses=["ce", "kd"]), ["a", "b", "c"], "by_name")
+
+
 def test_equal_class_lists_with_a_repeated_name_are_left_alone(tmp_path):
     """ImageNet's names hold 'crane' twice: index() paired both with the first, and a hook copied
     logit 1 over logit 3 of a teacher whose names equal the run's."""

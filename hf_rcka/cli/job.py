@@ -35,7 +35,7 @@ from ..trainer.checkpointing import checkpoint_folder
 from ..trainer.divergence import check_loaded_weights
 from ..trainer.interrupt import GracefulStop, Interrupted, save_checkpoint_now
 from ..trainer.resume_hint import Stopped, launch_command
-from ..modeling.assembly import build_distillation_model, default_losses
+from ..modeling.assembly import build_distillation_model, run_loss_specs
 from ..trainer.trainer import DistillationTrainer
 from .preflight import (
     check_checkpoint, check_metric_for_best_model, check_resume_batch, check_resume_recipe, check_resume_split,
@@ -75,7 +75,7 @@ def run(
     record_dir = args.output_dir if args.do_train else from_rank0(eval_record_dir(args.output_dir))  # one folder
     trainer, skipped = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
-        losses = args.losses or default_losses(trainer.distillation_model.teacher is not None)
+        losses = run_loss_specs(args, trainer.distillation_model.teacher is not None)
         trainer.add_callback(_RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME)))
     metrics: dict = {}
     if args.do_train:

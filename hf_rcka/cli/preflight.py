@@ -25,7 +25,8 @@ from typing import Any
 from ..errors import DataError, ModelError, RecipeError
 from ..models.labels import check_split_classes, class_folders
 from ..registry import LOSSES, close_matches
-from ..modeling.assembly import active_specs, build_losses, default_losses, switched_off
+from ..losses import reads_teacher
+from ..modeling.assembly import active_specs, build_losses, run_loss_specs, switched_off
 from ..modeling.parallel import check_fsdp_settings
 from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows
 from ..trainer.checkpointing import checkpoint_step, holds_training_state
@@ -55,7 +56,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_half_precision(args)
     check_fsdp_settings(args)
     check_losses_fit_models(model_args, args)
-    specs = active_specs(args.losses or default_losses(bool(model_args.teacher_model_name_or_path)))
+    specs = active_specs(run_loss_specs(args, bool(model_args.teacher_model_name_or_path)))
     losses = {spec["name"]: loss for spec, loss in zip(specs, build_losses(specs))}
     if args.do_train:
         check_relation_rows(losses, args)
@@ -169,7 +170,7 @@ def check_metric_for_best_model(model_args: Any, args: Any, num_labels: int | No
     if metric is None:
         return
     prefix = "eval_" if metric.startswith("eval_") else ""
-    specs = args.losses or default_losses(bool(model_args.teacher_model_name_or_path))
+    specs = run_loss_specs(args, bool(model_args.teacher_model_name_or_path))
     losses = build_losses(specs)
     names = evaluation_metric_names([term for loss in losses for term in loss.term_weights], args, num_labels)
     if is_reported(metric, names):  # timings: of any weight set
@@ -247,14 +248,14 @@ def whoami(token: str) -> dict:
 
 
 def _loss_names(args: Any, has_teacher: bool) -> list[str]:
-    return [spec["name"] for spec in args.losses or default_losses(has_teacher)]
+    return [spec["name"] for spec in run_loss_specs(args, has_teacher)]
 
 
 def check_losses_fit_models(model_args: Any, args: Any) -> None:
     """Losses that need a teacher need one; ``deit_token`` needs a student with a distillation head."""
     teacher = model_args.teacher_model_name_or_path
     names = _loss_names(args, bool(teacher))
-    needing = [n for n in names if any(r.startswith("teacher") for r in LOSSES.get(n).requires)]
+    needing = [n for n in names if reads_teacher(LOSSES.get(n))]
     if needing and not teacher:
         raise RecipeError(f"losses {needing} need a teacher: set teacher_model_name_or_path, or remove them "
                           "(without a teacher the student trains on ce alone)")
@@ -649,7 +650,7 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
         return  # no record, or one this version cannot read: the loss state's own check stays
     has_teacher = bool(model_args.teacher_model_name_or_path)
     before = sorted(spec["name"] for spec in active_specs(specs))
-    now = sorted(spec["name"] for spec in active_specs(args.losses or default_losses(has_teacher)))
+    now = sorted(spec["name"] for spec in active_specs(run_loss_specs(args, has_teacher)))
     if before != now:
         raise RecipeError(f"resume_from_checkpoint: {folder!r} was trained with losses {before}, and this run names "
                           f"{now}: a resumed run continues the same training. Resume with its losses, or start a new "

@@ -3,12 +3,11 @@
 Loading code raises ``ValueError``/``OSError`` with good messages but no recipe key; here they become
 ``ModelError``/``DataError`` naming ``model_name_or_path``, ``teacher_model_name_or_path``,
 ``dataset_name`` or ``train_dir``. The run's class order and the teacher's alignment by name are
-decided here too (``labels`` has the rules).
+settled here too, before the trainer is built (``models.labels`` has the rules).
 """
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -17,12 +16,11 @@ from datasets.table import CastError
 
 from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
 from ..data.datasets import load_raw_datasets
-from ..errors import DataError, LabelError, ModelError, UserError
-from ..models.labels import model_label_names, realign_teacher
+from ..errors import DataError, ModelError, UserError
+from ..losses import reads_teacher_logits
+from ..models.labels import align_teacher_classes, model_label_names
 from ..registry import LOSSES
-from ..modeling.assembly import active_specs, default_losses
-
-logger = logging.getLogger("hf_rcka")
+from ..modeling.assembly import active_specs, run_loss_specs
 
 
 @contextmanager
@@ -78,14 +76,6 @@ def align_teacher(teacher: Any, args: DistillationTrainingArguments, labels: lis
     are distilled; when only its features are, other classes are fine but its accuracy means nothing."""
     if teacher is None:
         return
-    specs = active_specs(args.losses or default_losses(has_teacher=True))
-    requires = set().union(*(LOSSES.get(spec["name"]).requires for spec in specs))
-    if "teacher_logits" in requires:
-        realign_teacher(teacher, labels, mapping)
-        return
-    try:
-        realign_teacher(teacher, labels, mapping)
-    except LabelError:
-        logger.info("labels: the teacher has other classes; only its features are distilled, so its accuracy "
-                    "is not checked")
-        args.teacher_accuracy_check = "off"
+    specs = active_specs(run_loss_specs(args, has_teacher=True))
+    reads_logits = any(reads_teacher_logits(LOSSES.get(spec["name"])) for spec in specs)
+    align_teacher_classes(teacher, labels, mapping, reads_logits, args)

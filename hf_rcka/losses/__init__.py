@@ -1,7 +1,7 @@
 """Distillation losses. Importing this package registers every loss in ``hf_rcka.LOSSES``."""
 
 from ..registry import LOSSES
-from .base import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, RelationalLoss, reads_features, weigh_terms
+from .base import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, RelationalLoss, reads_features, reads_teacher, reads_teacher_logits, weigh_terms
 from .deit import DeiTTokenLoss
 from .ekt import KernelTransferLoss
 from .fitnet import FitNetLoss
@@ -35,5 +35,7 @@ __all__ = [
     "SRDLoss",
     "per_channel_losses",
     "reads_features",
+    "reads_teacher",
+    "reads_teacher_logits",
     "weigh_terms",
 ]

@@ -161,7 +161,7 @@ class DistillationLoss(nn.Module):
 
     @property
     def needs_teacher(self) -> bool:
-        return any(name.startswith("teacher") for name in self.requires)
+        return reads_teacher(self)
 
     @property
     def needs_features(self) -> bool:
@@ -242,6 +242,17 @@ def weigh_terms(
             raise ValueError(f"loss term {name!r} must be a 0-dim tensor (reduce it over the batch), got {shape}")
     weighted = {name: weights[name] * value for name, value in terms.items()}
     return torch.stack(list(weighted.values())).sum(), weighted
+
+
+def reads_teacher(loss: DistillationLoss | type[DistillationLoss]) -> bool:
+    """Whether a loss (or loss class) reads anything of the teacher's, so the run needs one."""
+    return any(name.startswith("teacher") for name in loss.requires)
+
+
+def reads_teacher_logits(loss: DistillationLoss | type[DistillationLoss]) -> bool:
+    """Whether a loss (or loss class) reads the teacher's logits: then the teacher's classes must be
+    the run's, in its order; a loss reading only features works with a teacher of other classes."""
+    return "teacher_logits" in loss.requires
 
 
 def reads_features(loss: DistillationLoss | type[DistillationLoss]) -> bool:

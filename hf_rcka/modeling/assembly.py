@@ -26,6 +26,12 @@ def default_losses(has_teacher: bool) -> list[dict[str, Any]]:
     return [{"name": "ce", "weight": 1.0}, {"name": "rcka", "weight": 1.0}]
 
 
+def run_loss_specs(args: Any, has_teacher: bool) -> list[dict[str, Any]]:
+    """The loss specs a run computes before weight-0 ones are left out: ``args.losses``, or the
+    defaults for a run with or without a teacher (plain ``TrainingArguments`` have no ``losses``)."""
+    return getattr(args, "losses", None) or default_losses(has_teacher)
+
+
 def active_specs(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The specs whose weight is not 0: a term at weight 0 adds nothing to the loss, is logged as 0,
     and would still cost its computation (and the teacher's forward, when no other loss needs it)."""
@@ -70,7 +76,7 @@ def build_distillation_model(
     """
     if student is None:
         raise ValueError("DistillationTrainer needs a student model")
-    specs = getattr(args, "losses", None) or default_losses(teacher is not None)
+    specs = run_loss_specs(args, teacher is not None)
     skipped = switched_off(specs)
     if skipped:
         logger.info("losses %s have weight 0 and are not computed", skipped)

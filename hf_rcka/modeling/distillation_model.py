@@ -29,7 +29,7 @@ from ..features.pairing import FeaturePair
 from .distilled_heads import DistilledHeads
 from .feature_adapters import build_feature_adapters
 from ..models.timm_models import check_timm_args, saved_model_args
-from ..losses import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, weigh_terms
+from ..losses import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, reads_teacher_logits, weigh_terms
 from .teacher_inputs import InputStats, needed_transform, planned_input_size
 from .sharded_state import load_full_state_dict
 from .teacher_runtime import TeacherRuntime
@@ -151,9 +151,7 @@ class DistillationModel(nn.Module):
         if not needing:
             logger.warning("a teacher is given but no loss uses it; it will not be run")
         n_student, n_teacher = self.student.config.num_labels, self.teacher.config.num_labels
-        if n_student != n_teacher and any(
-            "teacher_logits" in loss.requires for loss in self.losses.values()
-        ):
+        if n_student != n_teacher and any(reads_teacher_logits(loss) for loss in self.losses.values()):
             raise ValueError(
                 f"student predicts {n_student} classes but the teacher {n_teacher}: logit losses need the same "
                 f"label set (train or fine-tune the teacher on this dataset first)"

@@ -218,6 +218,36 @@ def realign_teacher(teacher: nn.Module, labels: Sequence[str], mapping: str = BY
     return order
 
 
+def align_teacher_classes(teacher: nn.Module, labels: Sequence[str], mapping: str, reads_logits: bool,
+                          args: Any, **wording: str) -> None:
+    """Pair the teacher's classes with the run's ``labels`` (:func:`realign_teacher`), or give up
+    on them when no loss reads its logits.
+
+    The command line (before the trainer is built) and the trainer (for Python callers) both decide
+    this, and must decide it alike. When its logits are distilled, a teacher of other classes is an
+    error. When only its features are, its classes do not matter to the losses, but its accuracy
+    on the run's labels means nothing, so ``args.teacher_accuracy_check`` is turned off.
+
+    Args:
+        reads_logits: whether any loss of the run reads the teacher's logits
+            (``losses.reads_teacher_logits``).
+        args: the run's training arguments; plain ``TrainingArguments`` have no accuracy check.
+        wording: ``key`` and ``source`` of the error, as for :func:`teacher_label_order`.
+
+    Raises:
+        LabelError: the classes differ and ``reads_logits``.
+    """
+    try:
+        realign_teacher(teacher, labels, mapping, **wording)
+    except LabelError:
+        if reads_logits:
+            raise
+        logger.info("labels: the teacher has other classes; only its features are distilled, so its accuracy "
+                    "is not checked")
+        if hasattr(args, "teacher_accuracy_check"):
+            args.teacher_accuracy_check = "off"
+
+
 def class_folders(folder: str) -> list[str]:
     """The classes of an image folder: its sub-folders that hold images directly.
 

@@ -38,11 +38,11 @@ from transformers import TrainerCallback, TrainingArguments
 
 from ..arguments import DistillationTrainingArguments, check_fixed_settings
 from ..errors import DataError, LabelError, ModelError, RecipeError
-from ..modeling.assembly import active_specs, default_losses
+from ..modeling.assembly import active_specs, run_loss_specs
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats, planned_input_size
-from ..models.labels import BY_NAME, TEACHER_LABEL_MAPPINGS, is_generic, model_label_names, realign_teacher
-from ..losses import reads_features
+from ..models.labels import BY_NAME, TEACHER_LABEL_MAPPINGS, align_teacher_classes, is_generic, model_label_names
+from ..losses import reads_features, reads_teacher_logits
 from ..registry import LOSSES, close_matches
 from .metrics import evaluation_metric_names, is_reported
 from ..value_checks import check_training_values
@@ -243,7 +243,7 @@ def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, t
     if teacher_processor is not None and processing_class is None:
         raise RecipeError("teacher_processor needs processing_class (the student's image processor): the teacher's "
                           "inputs are the student's, re-normalised and resized from its processor's settings")
-    specs = active_specs(getattr(args, "losses", None) or default_losses(teacher is not None))
+    specs = active_specs(run_loss_specs(args, teacher is not None))
     features = [spec["name"] for spec in specs if reads_features(LOSSES.get(spec["name"]))]
     pixels = first_item.get("pixel_values") if first_item is not None else None
     if not features or not isinstance(pixels, torch.Tensor) or pixels.ndim < 2:
@@ -409,8 +409,8 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
     run_names = student_names or data_names
     teacher_names = _names(teacher) if teacher is not None else None
     if loss_names is None:
-        loss_names = [spec["name"] for spec in active_specs(getattr(args, "losses", None) or default_losses(True))]
-    reads_logits = any("teacher_logits" in LOSSES.get(name).requires for name in loss_names)
+        loss_names = [spec["name"] for spec in active_specs(run_loss_specs(args, has_teacher=True))]
+    reads_logits = any(reads_teacher_logits(LOSSES.get(name)) for name in loss_names)
     if not run_names and teacher_names and reads_logits and mapping == BY_NAME and not _placeholders(teacher_names):
         logger.warning("labels: neither the student's id2label nor the dataset's ClassLabel names the classes, so the "
                        "teacher's classes %s are paired with the data's by position, unchecked. Name them "
@@ -418,15 +418,8 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
                        teacher_names[:5])
     if not run_names or teacher_names is None or len(teacher_names) != len(run_names):
         return  # a class count the losses cannot use is refused when the model is built
-    try:
-        realign_teacher(teacher, run_names, mapping, key="teacher",
-                        source="the student's id2label" if student_names else "the dataset's ClassLabel")
-    except LabelError:
-        if reads_logits:
-            raise
-        logger.info("labels: the teacher has other classes; only its features are distilled")
-        if hasattr(args, "teacher_accuracy_check"):  # its accuracy on these labels means nothing
-            args.teacher_accuracy_check = "off"
+    align_teacher_classes(teacher, run_names, mapping, reads_logits, args, key="teacher",
+                          source="the student's id2label" if student_names else "the dataset's ClassLabel")
 
 
 def name_student_classes(student: Any, datasets: tuple[Any, ...]) -> None:
