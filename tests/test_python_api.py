@@ -330,6 +330,13 @@ def test_a_metric_for_best_model_the_evaluation_never_reports(tmp_path):
     with pytest.raises(RecipeError, match="did you mean .*'eval_x_accuracy'"):
         build(make_args(tmp_path, metric_for_best_model="eval_accuracy"), tiny_vit(), tiny_resnet(),
               eval_dataset=several)
+    # the command line's hints too: one check serves both
+    inter_only = [{"name": "ce"}, {"name": "rcka", "intra_weight": 0}]
+    with pytest.raises(RecipeError, match=r"\(with these options, loss 'rcka' reports only rcka_inter_loss\)"):
+        build(make_args(tmp_path, losses=inter_only, metric_for_best_model="rcka_intra_loss"), tiny_vit(), tiny_resnet())
+    with pytest.raises(RecipeError, match="top5_accuracy is reported only with more than 5 classes, and this "
+                                          "dataset has 3: use eval_accuracy"):
+        build(make_args(tmp_path, metric_for_best_model="eval_top5_accuracy"), tiny_vit(), tiny_resnet())
 
 
 def test_predict_on_images_without_labels(tmp_path):

@@ -38,7 +38,7 @@ from ..trainer.resume_hint import Stopped, launch_command
 from ..modeling.assembly import build_distillation_model, run_loss_specs
 from ..trainer.trainer import DistillationTrainer
 from .preflight import (
-    check_checkpoint, check_metric_for_best_model, check_resume_batch, check_resume_recipe, check_resume_split,
+    check_checkpoint, check_recipe_metric, check_resume_batch, check_resume_recipe, check_resume_split,
     check_run, warn_resume_schedule,
 )
 from .output_folder import (
@@ -208,7 +208,7 @@ def _build_trainer(
         labels = resume_label_order(dataset_labels, checkpoint_labels(resume, model_args.trust_remote_code))
     else:
         labels = run_label_order(dataset_labels, student_labels(model_args), training=args.do_train)
-    check_metric_for_best_model(model_args, args, len(labels))  # top5_accuracy needs more than 5 classes
+    check_recipe_metric(model_args, args, len(labels))  # top5_accuracy needs more than 5 classes
     _set_aside(args, data_args, resume)
     model, student_processor = _distillation_model(model_args, args, labels)
     skipped = SkippedImages(record_dir, data_args.max_bad_images)

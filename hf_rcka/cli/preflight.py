@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from ..modeling.parallel import check_fsdp_settings
 from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows
 from ..trainer.checkpointing import checkpoint_step, holds_training_state
 from ..trainer.given_models import check_half_precision
-from ..trainer.metrics import evaluation_metric_names, is_reported
+from ..trainer.metrics import check_metric_for_best_model
 
 logger = logging.getLogger("hf_rcka")
 _PATH_PREFIXES = (".", "/", "~")
@@ -61,7 +60,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     if args.do_train:
         check_relation_rows(losses, args)
     check_evaluation_rows(losses, args)  # every run evaluates
-    check_metric_for_best_model(model_args, args)
+    check_recipe_metric(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
         if getattr(model_args, key):
             # a smoke test builds both models from their configs, with random weights
@@ -158,48 +157,15 @@ def check_output_dir_spares_inputs(output_dir: str, inputs: dict[str, str | None
                               "choose another output_dir")
 
 
-def check_metric_for_best_model(model_args: Any, args: Any, num_labels: int | None = None) -> None:
-    """``metric_for_best_model`` must name a metric the evaluation reports, with or without ``eval_``.
-
-    Transformers looks it up only after the first evaluation: a typo (``acuracy``) ends the run
-    there with a ``KeyError`` traceback. The names are the evaluation's (see
-    ``evaluation_metric_names``): accuracy, loss and one ``<term>_loss`` per configured loss term.
-    ``num_labels`` is known once the data has loaded; before that, ``top5_accuracy`` passes.
-    """
-    metric = args.metric_for_best_model
-    if metric is None:
+def check_recipe_metric(model_args: Any, args: Any, num_labels: int | None = None) -> None:
+    """The recipe's ``metric_for_best_model`` against the losses it configures, before anything
+    loads (``trainer.metrics.check_metric_for_best_model`` has the rules; the trainer checks again
+    with the model built). ``num_labels`` is known once the data has loaded; before that,
+    ``top5_accuracy`` passes."""
+    if args.metric_for_best_model is None:
         return
-    prefix = "eval_" if metric.startswith("eval_") else ""
     specs = run_loss_specs(args, bool(model_args.teacher_model_name_or_path))
-    losses = build_losses(specs)
-    names = evaluation_metric_names([term for loss in losses for term in loss.term_weights], args, num_labels)
-    if is_reported(metric, names):  # timings: of any weight set
-        return
-    if metric[len(prefix):] == "top5_accuracy":
-        raise RecipeError(f"metric_for_best_model {metric!r}: top5_accuracy is reported only with more than 5 "
-                          f"classes, and this dataset has {num_labels}: use {prefix}accuracy")
-    unweighted = switched_off(specs)
-    raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports"
-                      f"{_terms_reported(metric[len(prefix):], losses, unweighted)}: "
-                      f"{close_matches(metric, [prefix + name for name in names])}")
-
-
-def _terms_reported(name: str, losses: list, unweighted: Sequence[str] = ()) -> str:
-    """For a name shaped like a term of a configured loss, the terms that loss reports.
-
-    A loss's options can leave a term out (``rcka`` with ``intra_weight: 0`` computes no
-    ``rcka_intra``), and a loss at weight 0 is not computed at all; without this the error would
-    not say why a term the loss has is missing.
-    """
-    weights = next((w for w in ("ema_", "live_") if name.startswith(w)), "")  # the other weight set's copy
-    for loss_name in unweighted:
-        if name.startswith(f"{weights}{loss_name}_") and name.endswith("_loss"):
-            return f" (loss {loss_name!r} has weight 0, so it is not computed)"
-    for loss in losses:
-        if name.startswith(f"{weights}{loss.registry_name}_") and name.endswith("_loss"):
-            reported = ", ".join(f"{weights}{term}_loss" for term in loss.term_weights)
-            return f" (with these options, loss {loss.registry_name!r} reports only {reported})"
-    return ""
+    check_metric_for_best_model(args, build_losses(specs), num_labels, switched_off(specs))
 
 
 def check_report_to(report_to: Any) -> None:

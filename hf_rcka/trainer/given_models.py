@@ -43,8 +43,7 @@ from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats, planned_input_size
 from ..models.labels import BY_NAME, TEACHER_LABEL_MAPPINGS, align_teacher_classes, is_generic, model_label_names
 from ..losses import reads_features, reads_teacher_logits
-from ..registry import LOSSES, close_matches
-from .metrics import evaluation_metric_names, is_reported
+from ..registry import LOSSES
 from ..value_checks import check_training_values
 
 logger = logging.getLogger(__name__)
@@ -188,24 +187,6 @@ def _not_optimized(model: torch.nn.Module, optimizer: Any) -> list[str]:
 
 def _some(names: list[str]) -> str:
     return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-
-
-def check_metric_name(model: DistillationModel, args: Any, compute_metrics_given: bool, eval_dataset: Any = None) -> None:
-    """``metric_for_best_model`` must be a metric the evaluation reports (transformers looks it up
-    only after the first evaluation, where a typo ends the run with a ``KeyError``). A caller's own
-    ``compute_metrics`` may report any name, so it is then not checked. With several named
-    evaluation sets (a dict) Trainer reports ``eval_<name>_<metric>`` for each."""
-    metric = getattr(args, "metric_for_best_model", None)
-    if not metric or compute_metrics_given:
-        return
-    terms = [term for loss in model.losses.values() for term in loss.term_weights]
-    names = evaluation_metric_names(terms, args, model.student.config.num_labels)
-    if isinstance(eval_dataset, dict):
-        names = [f"{key}_{name}" for key in eval_dataset for name in names]
-    prefix = "eval_" if metric.startswith("eval_") else ""
-    if not is_reported(metric, names):
-        raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports: "
-                          f"{close_matches(metric, [prefix + name for name in names])}")
 
 
 def check_ready_model(model: DistillationModel, teacher: Any, teacher_processor: Any, args: Any, mapping: str,
@@ -444,7 +425,7 @@ def _names(model: Any) -> list[str] | None:
 
 __all__ = [
     "BY_NAME", "check_activation_checkpointing", "check_arguments", "check_columns", "check_half_precision",
-    "check_labels", "check_late_parameters", "check_later_dataset", "check_metric_name", "check_model_objects",
+    "check_labels", "check_late_parameters", "check_later_dataset", "check_model_objects",
     "check_models", "check_optimizer", "check_ready_model", "LateParameterCheck",
     "name_student_classes",
 ]

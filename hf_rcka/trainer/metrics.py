@@ -1,4 +1,5 @@
-"""Top-1 / top-5 accuracy for ``compute_metrics``, computed locally, and the names an evaluation reports.
+"""Top-1 / top-5 accuracy for ``compute_metrics``, computed locally, the names an evaluation
+reports, and the check of ``metric_for_best_model`` against them.
 
 ``evaluate.load("accuracy")`` downloads its script from the Hub, which fails offline; accuracy
 over argmax needs no download.
@@ -6,12 +7,14 @@ over argmax needs no download.
 
 from __future__ import annotations
 
-from typing import Any, Collection, Iterable
+from typing import Any, Collection, Iterable, Sequence
 
 import numpy as np
 from transformers import EvalPrediction
 
-from ..losses import IGNORE_INDEX
+from ..errors import RecipeError
+from ..losses import IGNORE_INDEX, DistillationLoss
+from ..registry import close_matches
 
 # Name endings of what Trainer adds to an evaluation (``runtime``, ``ema_model_preparation_time``...):
 # they time the run, they do not measure the model.
@@ -67,3 +70,67 @@ def evaluation_metric_names(loss_terms: Iterable[str], args: Any, num_labels: in
         other = "live" if getattr(args, "model_ema_export", False) else "ema"
         names += [f"{other}_{name}" for name in names]
     return names
+
+
+def check_metric_for_best_model(args: Any, losses: Iterable[DistillationLoss], num_labels: int | None = None,
+                                unweighted: Sequence[str] = (), eval_sets: Iterable[str] | None = None) -> None:
+    """``args.metric_for_best_model`` must name a metric the evaluation reports, with or without ``eval_``.
+
+    Transformers looks it up only after the first evaluation: a typo (``acuracy``) ends the run
+    there with a ``KeyError`` traceback. The command line checks a recipe with this before the data
+    and models load, and the trainer checks what Python callers pass; one function, so both say
+    the same.
+
+    Args:
+        args: the training arguments (``metric_for_best_model``, and ``model_ema`` for the names).
+        losses: the losses the model computes; each reports its terms as ``<term>_loss``.
+        num_labels: the number of classes; ``None`` (before the data has loaded) lets
+            ``top5_accuracy`` pass.
+        unweighted: the names of losses at weight 0, which are not computed, so that the error
+            says why their terms are missing.
+        eval_sets: the names of several evaluation sets (a dict of them), for which Trainer
+            reports ``eval_<name>_<metric>``.
+
+    Raises:
+        RecipeError: the metric is not reported, with the closest names and, where it applies, why
+            (a term the loss's options leave out, a loss at weight 0, too few classes for top-5).
+    """
+    metric = getattr(args, "metric_for_best_model", None)
+    if not metric:
+        return
+    losses = list(losses)
+    terms = [term for loss in losses for term in loss.term_weights]
+    names = _per_set(evaluation_metric_names(terms, args, num_labels), eval_sets)
+    if is_reported(metric, names):  # timings: of any weight set
+        return
+    prefix = "eval_" if metric.startswith("eval_") else ""
+    if is_reported(metric, _per_set(evaluation_metric_names(terms, args), eval_sets)):  # top5_accuracy's names
+        raise RecipeError(f"metric_for_best_model {metric!r}: top5_accuracy is reported only with more than 5 "
+                          f"classes, and this dataset has {num_labels}: use "
+                          f"{metric.replace('top5_accuracy', 'accuracy')}")
+    raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports"
+                      f"{_terms_reported(metric[len(prefix):], losses, unweighted)}: "
+                      f"{close_matches(metric, [prefix + name for name in names])}")
+
+
+def _per_set(names: list[str], eval_sets: Iterable[str] | None) -> list[str]:
+    """``names`` as Trainer reports them for each of several named evaluation sets."""
+    return [f"{key}_{name}" for key in eval_sets for name in names] if eval_sets is not None else names
+
+
+def _terms_reported(name: str, losses: Sequence[DistillationLoss], unweighted: Sequence[str] = ()) -> str:
+    """For a name shaped like a term of a configured loss, the terms that loss reports.
+
+    A loss's options can leave a term out (``rcka`` with ``intra_weight: 0`` computes no
+    ``rcka_intra``), and a loss at weight 0 is not computed at all; without this the error would
+    not say why a term the loss has is missing.
+    """
+    weights = next((w for w in ("ema_", "live_") if name.startswith(w)), "")  # the other weight set's copy
+    for loss_name in unweighted:
+        if name.startswith(f"{weights}{loss_name}_") and name.endswith("_loss"):
+            return f" (loss {loss_name!r} has weight 0, so it is not computed)"
+    for loss in losses:
+        if name.startswith(f"{weights}{loss.registry_name}_") and name.endswith("_loss"):
+            reported = ", ".join(f"{weights}{term}_loss" for term in loss.term_weights)
+            return f" (with these options, loss {loss.registry_name!r} reports only {reported})"
+    return ""

@@ -37,7 +37,7 @@ from .term_log import LossTermLog
 from .checkpointing import CheckpointingTrainer, checkpoint_step, keep_token_out_of_files
 from .given_models import (
     BY_NAME, check_activation_checkpointing, check_arguments, check_columns, check_half_precision, check_labels,
-    LateParameterCheck, check_later_dataset, check_metric_name, check_model_objects, check_models, check_optimizer,
+    LateParameterCheck, check_later_dataset, check_model_objects, check_models, check_optimizer,
     check_ready_model, name_student_classes,
 )
 from .divergence import DivergenceCheck, check_loaded_weights
@@ -47,9 +47,9 @@ from .card import training_text, write_model_card
 from .teacher_check import check_teacher_accuracy
 from .weight_decay import model_no_weight_decay
 from ..losses import IGNORE_INDEX, DistillationLoss
-from .metrics import accuracy_metrics
+from .metrics import accuracy_metrics, check_metric_for_best_model
 from ..data.mixing import build_mixup, mix_batch
-from ..modeling.assembly import build_distillation_model
+from ..modeling.assembly import build_distillation_model, switched_off
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.parallel import (
     check_fsdp_settings, default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp,
@@ -197,7 +197,11 @@ class DistillationTrainer(CheckpointingTrainer):
             )
         check_optimizer(model, kwargs.get("optimizers"))
         check_activation_checkpointing(model.student, args)
-        check_metric_name(model, args, kwargs.get("compute_metrics") is not None, kwargs.get("eval_dataset"))
+        if kwargs.get("compute_metrics") is None:  # a caller's own compute_metrics may report any name
+            eval_dataset = kwargs.get("eval_dataset")
+            check_metric_for_best_model(args, model.losses.values(), model.student.config.num_labels,
+                                        switched_off(getattr(args, "losses", None) or []),
+                                        list(eval_dataset) if isinstance(eval_dataset, dict) else None)
         if args.ddp_find_unused_parameters is None:  # every student weight gets a gradient (see split_heads)
             args.ddp_find_unused_parameters = False
         args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
