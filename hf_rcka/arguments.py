@@ -20,7 +20,8 @@ from transformers import TrainingArguments
 
 from .augmentation import AugmentationArguments
 from .errors import RecipeError
-from .value_checks import check_auto_pair_options, check_training_values, validate_feature_pairs, validate_losses
+from .recipe_specs import check_auto_pair_options, validate_feature_pairs, validate_losses
+from .training_values import check_training_values
 
 @dataclass
 class ModelArguments:

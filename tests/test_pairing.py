@@ -3,7 +3,7 @@
 import pytest
 
 from hf_rcka import FeaturePair as TopLevelFeaturePair
-from hf_rcka.value_checks import RESERVED_PAIR_KEYS as CONFIG_KEYS
+from hf_rcka.features.pairing import RESERVED_PAIR_KEYS as CONFIG_KEYS
 from hf_rcka.features.layout import FeatureSpec
 from hf_rcka.features.pairing import RESERVED_PAIR_KEYS, FeaturePair, choose_pairs, pairs_from_config
 from hf_rcka.modeling import FeaturePair as ModelingFeaturePair

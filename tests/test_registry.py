@@ -81,7 +81,7 @@ def test_unknown_option_names_the_option_and_close_valid_ones():
 def test_a_number_option_given_as_text_names_the_option():
     """It failed inside kd's constructor with "'<' not supported between instances of 'int' and 'str'"."""
     from hf_rcka.errors import RecipeError
-    from hf_rcka.value_checks import validate_losses
+    from hf_rcka.recipe_specs import validate_losses
 
     with pytest.raises(RecipeError, match=r"losses\[0\] \(kd\): option temperature must be a number, got '4'"):
         validate_losses([{"name": "kd", "temperature": "4"}])

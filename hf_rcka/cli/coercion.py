@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import RecipeError
 from ..registry import LOSSES, close_matches
-from ..value_checks import RESERVED_LOSS_KEYS, loss_spec
+from ..recipe_specs import RESERVED_LOSS_KEYS, loss_spec
 
 
 def coerce(value: Any, annotation: Any, key: str) -> Any:

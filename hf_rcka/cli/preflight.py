@@ -29,8 +29,8 @@ from ..modeling.assembly import active_specs, build_losses, run_loss_specs, swit
 from ..modeling.parallel import check_fsdp_settings
 from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows
 from ..trainer.checkpointing import checkpoint_step, holds_training_state
-from ..trainer.given_models import check_half_precision
 from ..trainer.metrics import check_metric_for_best_model
+from ..training_values import check_half_precision
 
 logger = logging.getLogger("hf_rcka")
 _PATH_PREFIXES = (".", "/", "~")
@@ -606,7 +606,7 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
     state swapped for another) went on training a run whose record and card then named only the
     new ones. (Its held-out split is checked once the data has loaded: ``check_resume_split``.)
     """
-    from ..value_checks import loss_spec
+    from ..recipe_specs import loss_spec
     from .records import CONFIG_NAME
     from .teacher_data import recorded_recipe
 

@@ -8,7 +8,6 @@ to train to the end and report a number, or fail after the expensive work:
   line does; other names are an error);
 * a student whose ``id2label`` contradicts the dataset's ``ClassLabel`` names: ``eval_accuracy``
   counts ids, but the exported model names its predictions wrongly;
-* plain ``TrainingArguments`` with settings that leave the evaluation without an accuracy;
 * a ready ``DistillationModel`` next to a ``teacher`` or losses that it would silently ignore;
 * a student that shares weights with the (frozen) teacher, which froze them in the student too;
 * feature losses without ``processing_class``: pairs planned at 224 px for 16 px data;
@@ -23,8 +22,10 @@ to train to the end and report a number, or fail after the expensive work:
 * a centred CKA over the samples of a batch of fewer than 3 (its value is a constant: nothing
   was distilled, while the logged loss read as a perfect match);
 * an optimizer that leaves out the adapters' and projectors' weights (they kept their random
-  start), a ``compute_loss_func`` (never called), a ``metric_for_best_model`` that evaluation
-  never reports (a ``KeyError`` after the first evaluation), a bare timm model or ``model_init``.
+  start), a ``compute_loss_func`` (never called), a bare timm model or ``model_init``.
+
+The rules of the arguments themselves (plain ``TrainingArguments`` too) are in
+:mod:`hf_rcka.training_values`; ``metric_for_best_model`` is checked in :mod:`.metrics`.
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
-from ..arguments import DistillationTrainingArguments, check_fixed_settings
 from ..errors import DataError, LabelError, ModelError, RecipeError
 from ..modeling.assembly import active_specs, run_loss_specs
 from ..modeling.distillation_model import DistillationModel
@@ -44,45 +44,8 @@ from ..modeling.teacher_inputs import input_stats, planned_input_size
 from ..models.labels import BY_NAME, TEACHER_LABEL_MAPPINGS, align_teacher_classes, is_generic, model_label_names
 from ..losses import reads_features, reads_teacher_logits
 from ..registry import LOSSES
-from ..value_checks import check_training_values
 
 logger = logging.getLogger(__name__)
-
-
-def check_arguments(args: TrainingArguments) -> None:
-    """Plain ``TrainingArguments`` get the checks ``DistillationTrainingArguments`` runs itself.
-
-    Their two defaults that differ from the distillation's (``label_names`` unset,
-    ``remove_unused_columns`` on, which drops the columns an image transform reads) are set to
-    the distillation's; any other value of a fixed setting is refused.
-    """
-    if isinstance(args, DistillationTrainingArguments):
-        return
-    if args.label_names is None:
-        args.label_names = ["labels"]
-    if args.remove_unused_columns:
-        logger.info("remove_unused_columns set to False: distillation reads every column of the batch")
-        args.remove_unused_columns = False
-    check_training_values(args)
-    check_fixed_settings(args)
-
-
-def check_half_precision(args: Any) -> None:
-    """``fp16`` needs an accelerator: on CPU accelerate turns it off and trains in float32 silently.
-
-    The advice names ``use_cpu`` with ``bf16``: without it, transformers refuses bf16 on a machine
-    without a GPU ("Your setup doesn't support bf16/gpu").
-    """
-    from transformers.utils import (is_torch_cuda_available, is_torch_mps_available, is_torch_npu_available,
-                                    is_torch_xpu_available)
-
-    if not args.fp16:  # fp16_full_eval is refused before this (arguments.FIXED_SETTINGS)
-        return
-    accelerator = any(found() for found in (is_torch_cuda_available, is_torch_xpu_available, is_torch_mps_available,
-                                            is_torch_npu_available))
-    if args.use_cpu or not accelerator:
-        raise RecipeError("fp16 needs a GPU (on CPU it would silently train in float32): set bf16: true with "
-                          "use_cpu: true for CPU autocast, or fp16: false")
 
 
 def check_activation_checkpointing(student: torch.nn.Module, args: Any) -> None:
@@ -424,7 +387,7 @@ def _names(model: Any) -> list[str] | None:
 
 
 __all__ = [
-    "BY_NAME", "check_activation_checkpointing", "check_arguments", "check_columns", "check_half_precision",
+    "BY_NAME", "check_activation_checkpointing", "check_columns",
     "check_labels", "check_late_parameters", "check_later_dataset", "check_model_objects",
     "check_models", "check_optimizer", "check_ready_model", "LateParameterCheck",
     "name_student_classes",

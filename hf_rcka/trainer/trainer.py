@@ -29,6 +29,7 @@ from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, se
 from transformers.trainer_utils import EvalLoopOutput
 
 from ..arguments import describe_batch
+from ..training_values import check_arguments, check_half_precision
 from ..augmentation import AugmentationArguments
 from ..errors import DataError
 from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches, check_unsized_training
@@ -36,7 +37,7 @@ from .card_facts import CardFacts, complete_card_facts
 from .term_log import LossTermLog
 from .checkpointing import CheckpointingTrainer, checkpoint_step, keep_token_out_of_files
 from .given_models import (
-    BY_NAME, check_activation_checkpointing, check_arguments, check_columns, check_half_precision, check_labels,
+    BY_NAME, check_activation_checkpointing, check_columns, check_labels,
     LateParameterCheck, check_later_dataset, check_model_objects, check_models, check_optimizer,
     check_ready_model, name_student_classes,
 )

@@ -1,9 +1,9 @@
-"""Value rules of the settings a recipe alone decides, checked before anything loads.
+"""A recipe's ``losses:`` and ``feature_pairs:`` entries, checked against the registries.
 
-``TrainingArguments`` accepts a negative learning rate, a batch size of 0 or a label smoothing of
-1.5; they fail at the first step (or, worse, train quietly: a negative learning rate climbs the
-loss). A loss or adapter name with a typo would fail only once the models are loaded. Each rule
-here names its key and the accepted range or the closest valid names.
+A loss or adapter name with a typo, an option a loss does not take, or a value its constructor
+refuses would fail only once the models are loaded. Each entry is checked here when
+``DistillationTrainingArguments`` is built, and each error names ``losses[i]`` or
+``feature_pairs[i]`` and, for a typo, the closest valid names.
 
 Values arrive typed (a recipe's text is converted by ``hf_rcka.cli.coercion`` first); these
 checks convert nothing, they only fill the default of a loss spec's ``weight``.
@@ -12,7 +12,7 @@ checks convert nothing, they only fill the default of a loss spec's ``weight``.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 from .errors import RecipeError
 from .features.layout import FeatureSpec
@@ -23,47 +23,6 @@ from .registry import ADAPTERS, LOSSES, close_matches
 RESERVED_LOSS_KEYS = ("name", "weight")
 _PLACEHOLDER_MAP = FeatureSpec("nchw", 1, (1, 1))
 DEFAULT_LOSS_WEIGHT = 1.0
-
-# key -> (accepted, description of the accepted range)
-_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "learning_rate": (lambda v: v >= 0, ">= 0"),
-    "per_device_train_batch_size": (lambda v: v >= 1, ">= 1"),
-    "per_device_eval_batch_size": (lambda v: v >= 1, ">= 1"),
-    "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
-    "label_smoothing_factor": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "max_grad_norm": (lambda v: v is None or v >= 0, ">= 0"),
-    "num_train_epochs": (lambda v: v >= 0, ">= 0"),
-    "warmup_steps": (lambda v: v >= 0, ">= 0"),
-    "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "adam_epsilon": (lambda v: v > 0, "> 0"),
-    "dataloader_num_workers": (lambda v: v >= 0, ">= 0"),
-}
-
-
-def check_training_values(args: Any) -> None:
-    """Raise a ``RecipeError`` naming the first setting of ``args`` outside its range.
-
-    Raises:
-        RecipeError: e.g. ``learning_rate must be >= 0, got -0.001``.
-    """
-    for key, (accepted, description) in _RULES.items():
-        value = getattr(args, key, None)
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if (isinstance(value, float) and math.isnan(value)) or not accepted(value):
-            raise RecipeError(f"{key} must be {description}, got {value}")
-    if not getattr(args, "dataloader_num_workers", 0):  # torch refuses them at the first loader, after loading
-        for key in ("dataloader_persistent_workers", "dataloader_multiprocessing_context"):
-            if getattr(args, key, None):
-                raise RecipeError(f"{key} sets up dataloader worker processes, and dataloader_num_workers is 0: "
-                                  f"set dataloader_num_workers > 0 too, or drop {key}")
-
-
-# --------------------------------------------------------------------------------------------
-# Losses and feature pairs
-# --------------------------------------------------------------------------------------------
 
 
 def loss_spec(spec: Any) -> Any:
