@@ -196,10 +196,10 @@ def test_a_distilled_deit_keeps_no_head_outputs_outside_the_distillation_model()
 
 def test_compute_loss_before_train_works_and_the_first_step_is_still_checked(tmp_path, monkeypatch):
     """Before train() there is no optimizer: the late-weights check failed on None, and then skipped train()."""
-    from hf_rcka.trainer import given_models
+    from hf_rcka.trainer import optimizer_checks
 
     checked = []
-    monkeypatch.setattr(given_models, "check_late_parameters",
+    monkeypatch.setattr(optimizer_checks, "check_late_parameters",
                         lambda model, optimizer: checked.append((model, len(optimizer.param_groups))))
     trainer = build(make_args(tmp_path, losses=["ce"], max_steps=2))
     batch = trainer.data_collator([pixel_dataset(4)[i] for i in range(4)])

@@ -36,11 +36,10 @@ from .batch_rows import check_evaluation_rows, check_relation_rows, check_traini
 from .card_facts import CardFacts, complete_card_facts
 from .term_log import LossTermLog
 from .checkpointing import CheckpointingTrainer, checkpoint_step, keep_token_out_of_files
-from .given_models import (
-    BY_NAME, check_activation_checkpointing, check_columns, check_labels,
-    LateParameterCheck, check_later_dataset, check_model_objects, check_models, check_optimizer,
-    check_ready_model, name_student_classes,
-)
+from .given_data import check_columns, check_later_dataset
+from .given_labels import check_labels, name_student_classes
+from .given_models import check_activation_checkpointing, check_model_objects, check_models, check_ready_model
+from .optimizer_checks import LateParameterCheck, check_optimizer
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate
 from .ema import StudentEmaCallback
@@ -52,6 +51,7 @@ from .metrics import accuracy_metrics, check_metric_for_best_model
 from ..data.mixing import build_mixup, mix_batch
 from ..modeling.assembly import build_distillation_model, switched_off
 from ..modeling.distillation_model import DistillationModel
+from ..models.labels import BY_NAME
 from ..modeling.parallel import (
     check_fsdp_settings, default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp,
     require_full_state_dict, share_running_stats,

@@ -1,0 +1,84 @@
+"""The datasets a Python caller hands ``DistillationTrainer``: items the model can read.
+
+Each dataset's first item must carry ``pixel_values`` and ``labels`` (the batch the model reads):
+other names (``image``, ``label``) failed at the first batch with a bare ``KeyError``. A dataset
+given later, to ``evaluate()`` or ``predict()``, gets the same checks, and its class names are
+compared with the student's (:mod:`.given_labels`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+from ..errors import DataError, LabelError
+from .given_labels import data_class_names, model_class_names, numbered_only
+
+
+def check_columns(train_dataset: Any, eval_dataset: Any, collator_given: bool) -> Mapping | None:
+    """Each dataset's first item has ``pixel_values`` and ``labels`` (the batch the model reads);
+    returns the first training item (None when the data cannot be indexed).
+
+    Other names (``image``, ``label``) failed at the first batch with a bare ``KeyError``; one
+    item is decoded here, through the dataset's transform, to say which keys it has. A caller's
+    own ``data_collator`` may build the batch from other keys, so its items are not checked.
+    """
+    first = None
+    for role, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+        for where, _, item in _first_items(role, dataset):
+            first = item if first is None and role == "train_dataset" else first
+            if not collator_given:
+                _check_keys(where, item, ("pixel_values", "labels"))
+    return first
+
+
+def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: bool) -> None:
+    """A dataset given to ``evaluate()`` or ``predict()`` after construction (or set as
+    ``eval_dataset`` since) gets the checks the constructor's ``eval_dataset`` got: its items' keys
+    and its class names against the student's.
+
+    Without them, relabelled classes read as accuracy 0.0 and a ``label`` column as an evaluation
+    with no accuracy and no loss, both without an error. ``predict()`` (``role`` ``test_dataset``)
+    may have no labels at all.
+    """
+    student_names = model_class_names(student)
+    named = student_names is not None and not numbered_only(student_names)
+    for where, part, item in _first_items(role, dataset):
+        if not collator_given:
+            _check_keys(where, item, ("pixel_values",) if role == "test_dataset" else ("pixel_values", "labels"))
+        for _, names in data_class_names((part,)):
+            if named and not numbered_only(names) and names != student_names:
+                raise LabelError(f"{where} lists its classes as {names[:8]}, the student as {student_names[:8]}: "
+                                 "its accuracy would compare other classes' ids. Cast its label column to the "
+                                 "student's order (dataset.align_labels_with_mapping(model.config.label2id, 'labels'))")
+
+
+def _first_items(role: str, dataset: Any) -> Iterator[tuple[str, Any, Mapping]]:
+    """``(where, part, its first item)`` of each part of ``dataset`` (one dataset or a dict) that
+    can be indexed, or that is a ``datasets.IterableDataset`` (iterating one starts afresh each
+    time; a plain torch ``IterableDataset`` may be a one-shot stream, so it is not read)."""
+    import datasets
+
+    for name, part in (dataset.items() if isinstance(dataset, dict) else [(None, dataset)]):
+        if isinstance(part, datasets.IterableDataset):
+            item = next(iter(part), None)
+        elif part is None or isinstance(part, torch.utils.data.IterableDataset) or not hasattr(part, "__len__"):
+            continue
+        else:
+            item = part[0] if len(part) else None
+        if isinstance(item, Mapping):
+            yield (role if name is None else f"{role}[{name!r}]"), part, item
+
+
+def _check_keys(where: str, item: Mapping, needed: tuple[str, ...]) -> None:
+    missing = [key for key in needed if key not in item]
+    if missing:
+        raise DataError(
+            f"{where}: its items have no {missing} (they have {sorted(item)}): rename the label column "
+            "(dataset.rename_column('label', 'labels')) and set a transform that turns images into pixel_values "
+            "(dataset.set_transform(...) with the processor), or pass a data_collator that builds them")
+
+
+__all__ = ["check_columns", "check_later_dataset"]

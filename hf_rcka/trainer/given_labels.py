@@ -1,0 +1,144 @@
+"""Class names of what a Python caller hands ``DistillationTrainer``: the student's, the data's, the teacher's.
+
+Labels are ids, so every part must name the classes in one order. Each mistake here trained to
+the end and reported a number: a student whose ``id2label`` contradicts the dataset's
+``ClassLabel`` (``eval_accuracy`` counts ids, the exported model names them wrongly); an
+``eval_dataset`` listing the classes in another order than the training set (a correct model
+scored 0.19 on such a copy of its 0.96 set); a student with another number of classes than the
+data; a teacher whose classes are in another order (realigned by name, as the command line does).
+Names that only number the classes (``LABEL_0``..., ``0``...) say nothing and are not compared.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import LabelError, RecipeError
+from ..losses import reads_teacher_logits
+from ..modeling.assembly import active_specs, run_loss_specs
+from ..models.labels import BY_NAME, TEACHER_LABEL_MAPPINGS, align_teacher_classes, is_generic, model_label_names
+from ..registry import LOSSES
+
+logger = logging.getLogger(__name__)
+
+
+def _agreed_names(parts: list[tuple[str, list[str]]]) -> list[str] | None:
+    """The class names every part of ``parts`` (``data_class_names``) gives, or None when none names them."""
+    named = [(where, names) for where, names in parts if not numbered_only(names)]
+    if not named:
+        return None
+    (first_where, first), *others = named
+    for where, names in others:
+        if names != first:
+            raise LabelError(
+                f"{where} lists its classes as {names[:8]}, {first_where} as {first[:8]}: labels are ids, so its "
+                f"images would be scored against other classes. Align it by name: "
+                f"<{where}>.align_labels_with_mapping({{name: i for i, name in enumerate(names)}}, <label column>) "
+                f"with names = <{first_where}'s ClassLabel>.names (or cast it with that ClassLabel)")
+    return first
+
+
+def data_class_names(datasets: tuple[Any, ...]) -> list[tuple[str, list[str]]]:
+    """``(where, names)``: the class order of each part of the training and evaluation sets.
+
+    That is the ``ClassLabel`` of its ``labels`` (or ``label``) column, unless the part carries
+    hf_rcka's own label transform (``data.datasets.with_transforms``), which maps the labels by
+    name to another order and says which (its ``class_names``).
+    """
+    from datasets import ClassLabel
+
+    found = []
+    for role, dataset in zip(("train_dataset", "eval_dataset"), datasets):
+        for name, part in (dataset.items() if isinstance(dataset, dict) else [(None, dataset)]):
+            where = role if name is None else f"{role}[{name!r}]"
+            transform = ((getattr(part, "format", None) or {}).get("format_kwargs") or {}).get("transform")
+            if getattr(transform, "class_names", None) is not None:
+                found.append((where, list(transform.class_names)))
+                continue
+            features = getattr(part, "features", None) or {}
+            feature = next((features[k] for k in ("labels", "label") if isinstance(features.get(k), ClassLabel)), None)
+            if feature is not None:
+                found.append((where, list(feature.names)))
+    return found
+
+
+def _check_head_size(student: Any, parts: list[tuple[str, list[str]]]) -> None:
+    """The student's head must have one output per class of the data (``parts``, from
+    ``data_class_names``), also when nothing names them."""
+    num_labels = getattr(getattr(student, "config", None), "num_labels", None)
+    for where, names in parts:
+        if num_labels is not None and len(names) != num_labels:
+            raise LabelError(
+                f"the student predicts {num_labels} classes but {where}'s labels have {len(names)}: build it with "
+                f"num_labels={len(names)} (and id2label=dict(enumerate(names)), names = its ClassLabel's names)")
+
+
+def numbered_only(names: list[str]) -> bool:
+    """Names that only number the classes: ``LABEL_0``... (transformers) or ``0``, ``1``... (a
+    ClassLabel cast from integers), which say nothing about which class is which."""
+    return is_generic(names) or names == [str(i) for i in range(len(names))]
+
+
+def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...], mapping: str,
+                 loss_names: list[str] | None = None) -> None:
+    """The student's classes against the data's, and the teacher's against the run's (by name).
+
+    ``loss_names``: the losses the model computes (default: ``args.losses``, or the default losses).
+
+    Raises:
+        LabelError: the student names or counts the classes otherwise than the dataset, the parts
+            of the dataset name them otherwise, or the teacher's classes differ from the run's
+            (``mapping`` ``by_name``).
+    """
+    if mapping not in TEACHER_LABEL_MAPPINGS:
+        raise RecipeError(f"teacher_label_mapping must be one of {TEACHER_LABEL_MAPPINGS}, got {mapping!r}")
+    student_names = model_class_names(student)
+    parts = data_class_names(datasets)
+    data_names = _agreed_names(parts)
+    _check_head_size(student, parts)
+    if student_names is not None and numbered_only(student_names):
+        student_names = None
+    if data_names and student_names and student_names != data_names:
+        raise LabelError(
+            f"the student's id2label {student_names[:8]} is not the dataset's class order {data_names[:8]}: its "
+            "accuracy would count ids while the exported model names them otherwise. Build the student with "
+            "id2label=dict(enumerate(names)), names = dataset.features['labels'].names")
+    run_names = student_names or data_names
+    teacher_names = model_class_names(teacher) if teacher is not None else None
+    if loss_names is None:
+        loss_names = [spec["name"] for spec in active_specs(run_loss_specs(args, has_teacher=True))]
+    reads_logits = any(reads_teacher_logits(LOSSES.get(name)) for name in loss_names)
+    if not run_names and teacher_names and reads_logits and mapping == BY_NAME and not numbered_only(teacher_names):
+        logger.warning("labels: neither the student's id2label nor the dataset's ClassLabel names the classes, so the "
+                       "teacher's classes %s are paired with the data's by position, unchecked. Name them "
+                       "(a ClassLabel column, or the student's id2label) to have them matched by name",
+                       teacher_names[:5])
+    if not run_names or teacher_names is None or len(teacher_names) != len(run_names):
+        return  # a class count the losses cannot use is refused when the model is built
+    align_teacher_classes(teacher, run_names, mapping, reads_logits, args, key="teacher",
+                          source="the student's id2label" if student_names else "the dataset's ClassLabel")
+
+
+def name_student_classes(student: Any, datasets: tuple[Any, ...]) -> None:
+    """Give a student whose classes are only numbered (``LABEL_0``...) the names of the data's
+    ``ClassLabel``: the run evaluates and pairs the teacher by them, and the exported model would
+    otherwise predict ``LABEL_3`` where the data says ``cat``. Call it once the trainer's checks
+    have passed (``check_labels`` has compared the names)."""
+    config = getattr(student, "config", None)
+    names = _agreed_names(data_class_names(datasets))
+    student_names = model_class_names(student)
+    if config is None or not names or (student_names and not numbered_only(student_names)):
+        return
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
+    logger.info("labels: the student's classes are named after the dataset's ClassLabel: %s", names[:5])
+
+
+def model_class_names(model: Any) -> list[str] | None:
+    """The class names of a model's config (``id2label``), in id order, or None when it has none."""
+    config = getattr(model, "config", None)
+    return model_label_names(config) if config is not None and getattr(config, "id2label", None) else None
+
+
+__all__ = ["check_labels", "data_class_names", "model_class_names", "name_student_classes", "numbered_only"]

@@ -1,0 +1,82 @@
+"""Every trainable weight of the distillation model must be in the optimizer.
+
+Adapters and loss projectors live in the ``DistillationModel``, not in the student, and a loss or
+adapter may create weights in its first forward: either way, weights the optimizer does not hold
+keep their random start, silently, and a checkpoint of them would not resume. ``check_optimizer``
+checks an optimizer a caller built, before training; ``LateParameterCheck`` checks Trainer's own
+after the first optimizer step of each ``train()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from ..errors import ModelError
+from ..modeling.distillation_model import DistillationModel
+
+
+def check_optimizer(model: DistillationModel, optimizers: Any) -> None:
+    """An optimizer the caller built must hold every trainable weight of the distillation model.
+
+    Adapters and projectors (``srd``'s, ``patch_match``'s) live in the ``DistillationModel``, not in
+    the student: an optimizer over ``student.parameters()`` trained the student and left them at
+    their random start, with no error.
+    """
+    optimizer = optimizers[0] if isinstance(optimizers, (tuple, list)) and optimizers else None
+    missing = _not_optimized(model, optimizer) if optimizer is not None else []
+    if missing:
+        raise ModelError(
+            f"the optimizer given does not train {len(missing)} trainable weight(s) of the distillation model "
+            f"({_some(missing)}): they would keep their random start. Build it over the DistillationModel's "
+            "parameters (build_distillation_model(...).parameters(), then pass that model), or leave optimizers unset")
+
+
+def check_late_parameters(model: DistillationModel, optimizer: Any) -> None:
+    """After the first forward: weights a loss or adapter created there, after Trainer built its
+    optimizer, would never be trained (and a checkpoint of them would not resume)."""
+    late = _not_optimized(model, optimizer)
+    if late:
+        raise ModelError(
+            f"{len(late)} weight(s) appeared during the first forward, after the optimizer was built, and would never "
+            f"be trained: {_some(late)}. Create a loss's weights in its setup() (LossContext has the pooled widths); "
+            "a projection between paired hidden states belongs in an adapter, which is built with both features' "
+            "shapes (hf_rcka.registry.ADAPTERS)")
+
+
+class LateParameterCheck(TrainerCallback):
+    """Runs ``check_late_parameters`` once per ``train()``, after its first optimizer step: the
+    first forward of training has run by then, and the callback is handed the optimizer
+    (``compute_loss`` may run before ``train()`` has built one).
+
+    Args:
+        model: returns the distillation model (looked up when needed: wrappers may replace it).
+    """
+
+    def __init__(self, model: Callable[[], DistillationModel]) -> None:
+        self.model, self.pending = model, True
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.pending = True
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):  # noqa: D102
+        if self.pending and optimizer is not None:
+            self.pending = False
+            check_late_parameters(self.model(), optimizer)
+
+
+def _not_optimized(model: torch.nn.Module, optimizer: Any) -> list[str]:
+    held = {id(p) for group in optimizer.param_groups for p in group.get("params", ())}
+    if not held:  # a layer-wise optimizer (GaLore's) keeps its real ones elsewhere
+        return []
+    return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+__all__ = ["LateParameterCheck", "check_late_parameters", "check_optimizer"]
