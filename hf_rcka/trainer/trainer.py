@@ -9,8 +9,11 @@ while checkpoints also keep adapters and loss state so resuming continues exactl
 ``checkpointing``, which holds the saving and loading overrides).
 
 The other overrides are public Trainer hooks (``compute_loss``, ``log``, ``evaluation_loop``,
-``get_train_dataloader``, ``train``, ``create_model_card``), except ``_get_train_sampler``, whose
-comment says why; ``tests/test_trainer_contract.py`` pins every private one.
+``get_train_dataloader``, ``train``, ``create_model_card``), except two private ones whose comments
+say why: ``_get_train_sampler``, and ``_save_checkpoint``, which guards ``checkpointing``'s own
+override of it (``CheckpointingTrainer`` overrides ``_save``, ``_save_checkpoint``,
+``_load_from_checkpoint`` and ``_load_best_model``); ``tests/test_trainer_contract.py`` pins every
+private one.
 """
 
 from __future__ import annotations
@@ -84,6 +87,35 @@ def _check_given_weights(model: Any, teacher: Any) -> None:
         if isinstance(module, torch.nn.Module):
             name = getattr(module, "name_or_path", None) or type(module).__name__
             check_loaded_weights(module, role, f"the {role} given to DistillationTrainer", name)
+
+
+def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_processor: Any, mapping: str,
+                   kwargs: dict[str, Any]) -> DistillationModel:
+    """The ``DistillationModel`` to train, after every check of what the caller gave (see
+    ``given_models``, ``given_labels``, ``given_data``, ``optimizer_checks``): a ready one as given,
+    else one built from the student and teacher. Nothing is built or changed before the checks of
+    the objects themselves have passed."""
+    check_model_objects(model, teacher, kwargs)
+    _check_given_weights(model, teacher)
+    datasets = (kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
+    if isinstance(model, DistillationModel):
+        check_ready_model(model, teacher, teacher_processor, args, mapping, datasets)
+    else:
+        first_item = check_columns(*datasets, collator_given=kwargs.get("data_collator") is not None)
+        check_models(model, teacher, args, kwargs.get("processing_class"), teacher_processor, first_item)
+        check_labels(model, teacher, args, datasets, mapping)
+        model = build_distillation_model(
+            model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
+            _stats_or_none(teacher_processor) if teacher is not None else None,
+        )
+    check_optimizer(model, kwargs.get("optimizers"))
+    check_activation_checkpointing(model.student, args)
+    if kwargs.get("compute_metrics") is None:  # a caller's own compute_metrics may report any name
+        eval_dataset = kwargs.get("eval_dataset")
+        check_metric_for_best_model(args, model.losses.values(), model.student.config.num_labels,
+                                    switched_off(getattr(args, "losses", None) or []),
+                                    list(eval_dataset) if isinstance(eval_dataset, dict) else None)
+    return model
 
 
 _MODEL_INPUTS = set(inspect.signature(DistillationModel.forward).parameters) - {"self"}  # what a batch may hold
@@ -181,28 +213,7 @@ class DistillationTrainer(CheckpointingTrainer):
         check_half_precision(args)
         check_fsdp_settings(args)
         keep_token_out_of_files(args)
-        check_model_objects(model, teacher, kwargs)
-        _check_given_weights(model, teacher)
-        if isinstance(model, DistillationModel):
-            check_ready_model(model, teacher, teacher_processor, args, teacher_label_mapping,
-                              (kwargs.get("train_dataset"), kwargs.get("eval_dataset")))
-        else:
-            first_item = check_columns(kwargs.get("train_dataset"), kwargs.get("eval_dataset"),
-                                       collator_given=kwargs.get("data_collator") is not None)
-            check_models(model, teacher, args, kwargs.get("processing_class"), teacher_processor, first_item)
-            check_labels(model, teacher, args, (kwargs.get("train_dataset"), kwargs.get("eval_dataset")),
-                         teacher_label_mapping)
-            model = build_distillation_model(
-                model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
-                _stats_or_none(teacher_processor) if teacher is not None else None,
-            )
-        check_optimizer(model, kwargs.get("optimizers"))
-        check_activation_checkpointing(model.student, args)
-        if kwargs.get("compute_metrics") is None:  # a caller's own compute_metrics may report any name
-            eval_dataset = kwargs.get("eval_dataset")
-            check_metric_for_best_model(args, model.losses.values(), model.student.config.num_labels,
-                                        switched_off(getattr(args, "losses", None) or []),
-                                        list(eval_dataset) if isinstance(eval_dataset, dict) else None)
+        model = _checked_model(model, teacher, args, teacher_processor, teacher_label_mapping, kwargs)
         if args.ddp_find_unused_parameters is None:  # every student weight gets a gradient (see split_heads)
             args.ddp_find_unused_parameters = False
         args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
@@ -226,24 +237,32 @@ class DistillationTrainer(CheckpointingTrainer):
         keep_teacher_out_of_fsdp(self.accelerator, model, args.device)
         # a teacher no loss uses is not run, and the card calls the run supervised
         self.teacher_name = (teacher_name or _teacher_name(model.teacher)) if model.needs_teacher else None
+        given_eval = kwargs.get("eval_dataset")  # checked above, as a whole and part by part
+        self._checked_datasets = [given_eval, *(given_eval.values() if isinstance(given_eval, dict) else ())]
+        self._eval_loader_sources: dict[str, Any] = {}  # the dataset each kept evaluation loader reads
+        self._requested_drop_last = bool(args.dataloader_drop_last)  # the batch checks may set it (batch_rows)
+        self.card_facts = CardFacts()  # the CLI adds what it knows (base model, evaluation data)
+        self._add_run_callbacks()
+        self._setup_pipeline(augmentation or AugmentationArguments())  # its EMA callback comes after those
+        for callback in [c for c in self.callback_handler.callbacks if getattr(c, "runs_last", False)]:
+            self.remove_callback(callback)  # after every other callback (the EMA's update): see GracefulStop
+            self.add_callback(callback)
+
+    def _add_run_callbacks(self) -> None:
+        """The callbacks every distillation run has, after the caller's: the losses' epoch ends,
+        the sampler's epoch, the divergence check, the check for weights made in the first forward
+        (not under FSDP or DeepSpeed, whose flat parameters are not the model's) and the training
+        loss terms' log."""
+        model = self.distillation_model
         self.add_callback(_EpochEndCallback(list(model.losses.values())))
         self._sampler_epoch = SamplerEpoch()
         self.add_callback(self._sampler_epoch)
         self.divergence = DivergenceCheck(lambda: self.distillation_model.student)
         self.add_callback(self.divergence)
-        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):  # their flat parameters are not the model's
+        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             self.add_callback(LateParameterCheck(lambda: self.distillation_model))
-        given_eval = kwargs.get("eval_dataset")  # checked above, as a whole and part by part
-        self._checked_datasets = [given_eval, *(given_eval.values() if isinstance(given_eval, dict) else ())]
-        self._eval_loader_sources: dict[str, Any] = {}  # the dataset each kept evaluation loader reads
-        self._requested_drop_last = bool(args.dataloader_drop_last)  # the batch checks may set it (batch_rows)
         self._term_logs = {"train": LossTermLog(), "eval": LossTermLog()}
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
-        self.card_facts = CardFacts()  # the CLI adds what it knows (base model, evaluation data)
-        self._setup_pipeline(augmentation or AugmentationArguments())
-        for callback in [c for c in self.callback_handler.callbacks if getattr(c, "runs_last", False)]:
-            self.remove_callback(callback)  # after every other callback (the EMA's update): see GracefulStop
-            self.add_callback(callback)
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         """Trainer's rule (no decay on biases and LayerNorm-type norms; BatchNorm weights decay), less what the
@@ -457,7 +476,7 @@ class DistillationTrainer(CheckpointingTrainer):
                                    self.distillation_model.student, losses,
                                    batch_size=self._train_batch_size, requested_drop_last=self._requested_drop_last)
 
-    # ------------------------------------------------------------------ teacher sanity check
+    # ------------------------------------------------------------------ training, checked before and after
 
     def train(self, *args: Any, **kwargs: Any):
         """Check the batch size the relational losses need and the teacher on one eval batch before
@@ -489,6 +508,8 @@ class DistillationTrainer(CheckpointingTrainer):
         self.divergence.check(self.args, self.state, self.control)
         if self.divergence.error is None:
             super()._save_checkpoint(model, trial)
+
+    # ------------------------------------------------------------------ teacher sanity check
 
     def check_teacher(self) -> float | None:
         """Teacher top-1 on the first eval batch of every process together; warn or stop when it is
