@@ -1075,7 +1075,7 @@ def test_a_datasets_default_configuration_is_no_configuration(tmp_path):
 
 def test_only_a_checkpoint_n_folder_takes_its_runs_recipe(tmp_path):
     """A model saved inside a run folder (with a trainer_state.json of its own) is not that run's checkpoint."""
-    from hf_rcka.cli.teacher_data import recorded_recipe
+    from hf_rcka.cli.records import recorded_recipe
 
     run = tmp_path / "vit_run"
     for child in ("finetuned_on_cifar", "checkpoint-20"):

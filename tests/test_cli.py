@@ -159,3 +159,21 @@ def test_the_card_compares_with_a_baseline_only_of_the_same_student(runs):
             assert "| baseline run (not comparable) |" in card
             assert "another student (model_name_or_path, student_config_overrides differ)" in card
             assert "points over" not in card
+
+
+@pytest.mark.parametrize(("levels", "expected"), [({}, "INFO"), ({"log_level": "warning"}, "WARNING"),
+                                                  ({"log_level": "debug"}, "DEBUG")])
+def test_a_recipes_log_level_reaches_hf_rckas_own_lines(tmp_path, levels, expected):
+    """log_level reached only transformers' logger (Trainer sets it); hf_rcka logged at INFO whatever it said."""
+    import logging
+
+    from hf_rcka.arguments import DistillationTrainingArguments
+    from hf_rcka.cli.job import _setup_logging
+
+    root, ours, trainer = logging.getLogger(), logging.getLogger("hf_rcka"), logging.getLogger("transformers.trainer")
+    saved = root.handlers[:], root.level, ours.level, trainer.level
+    try:
+        _setup_logging(DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **levels))
+        assert logging.getLevelName(ours.level) == expected and logging.getLevelName(trainer.level) == expected
+    finally:
+        root.handlers[:], (root.level, ours.level, trainer.level) = saved[0], saved[1:]

@@ -33,7 +33,8 @@ from ..arguments import DataArguments
 from ..errors import DataError, UserError
 from .preflight import check_model_source, image_folder_classes
 from .records import CONFIG_NAME
-from .teacher_data import Roles, check_teacher_data, held_out_by, recorded_recipe
+from .records import recorded_recipe
+from .teacher_data import Roles, check_teacher_data, held_out_by
 
 _SPLIT_KEYS = ("train_val_split", "split_seed")
 _COMPARED = Roles(model="model", short="that model", evaluated="this report", trained="that model's training images",
@@ -135,7 +136,7 @@ def _run_folders(args: argparse.Namespace) -> list[str]:
     """The compared models that a run of scripts/distill.py wrote, or a checkpoint of one: they
     record their data."""
     models = dict.fromkeys([args.reference, *args.models])
-    return [m for m in models if recorded_recipe(m, CONFIG_NAME) is not None]
+    return [m for m in models if recorded_recipe(m) is not None]
 
 
 def _recorded_split(args: argparse.Namespace, folders: list[str]) -> tuple[dict[str, Any], str | None]:
@@ -146,7 +147,7 @@ def _recorded_split(args: argparse.Namespace, folders: list[str]) -> tuple[dict[
         return {}, None
     data = SimpleNamespace(dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
                            train_dir=None, validation_dir=None, train_val_split=None, split_seed=None)
-    splits = {folder: split for folder in folders if (split := held_out_by(folder, data, CONFIG_NAME))}
+    splits = {folder: split for folder in folders if (split := held_out_by(folder, data))}
     distinct = {tuple(split.values()) for split in splits.values()}
     if len(distinct) < 2:
         return next(iter(splits.values()), {}), None
@@ -179,7 +180,7 @@ def sample_images(args: argparse.Namespace) -> list:
     if carved and getattr(args, "split_conflict", None):
         raise DataError(args.split_conflict)
     for folder in _run_folders(args):
-        check_teacher_data(folder, data, CONFIG_NAME, carved, roles=_COMPARED)
+        check_teacher_data(folder, data, carved=carved, roles=_COMPARED)
     if args.image_column_name not in validation.column_names:
         raise DataError(f"the validation split has no column {args.image_column_name!r} (it has "
                         f"{validation.column_names}): give --image_column_name")

@@ -115,9 +115,18 @@ class _RecipeRecord(transformers.TrainerCallback):
 
 
 def _setup_logging(args: DistillationTrainingArguments) -> None:
-    """hf_rcka and the Trainer's progress at INFO; the rest of transformers (config and processor
-    dumps, weight-loading chatter) at WARNING, so that the log holds one line per fact."""
-    level = logging.INFO if args.should_log else logging.WARNING
+    """hf_rcka and the Trainer's progress at the recipe's ``log_level`` (``log_level_replica`` on
+    processes that do not log), as Trainer sets transformers' own; the rest of transformers (config
+    and processor dumps, weight-loading chatter) at WARNING, so that the log holds one line per fact.
+
+    ``passive`` (the default ``log_level``) leaves the level to us: INFO on the process that logs,
+    WARNING on the others, as before the recipe's levels were read here.
+    """
+    chosen = args.log_level if args.should_log else args.log_level_replica
+    if chosen == "passive":
+        level = logging.INFO if args.should_log else logging.WARNING
+    else:
+        level = args.get_process_log_level()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
     logger.setLevel(level)
     transformers.utils.logging.set_verbosity(logging.WARNING)
@@ -188,7 +197,7 @@ def _build_trainer(
 ) -> tuple[DistillationTrainer, SkippedImages]:
     """Data, models (checked by one forward pass), datasets and the trainer, in that order; and the
     ledger of skipped images, in ``record_dir``."""
-    held_out = None if args.do_train else held_out_by(model_args.model_name_or_path, data_args, CONFIG_NAME)
+    held_out = None if args.do_train else held_out_by(model_args.model_name_or_path, data_args)
     if held_out:  # the student's own training data: evaluate the images its run held out, not all of them
         data_args.train_val_split, data_args.split_seed = held_out["train_val_split"], held_out["split_seed"]
     raw = load_data(data_args, eval_only=not args.do_train and not held_out)
@@ -196,7 +205,7 @@ def _build_trainer(
         logger.info("data: %s was trained on this data; its held-out %g (split_seed %s) is evaluated, not its "
                     "training images", model_args.model_name_or_path, held_out["train_val_split"], held_out["split_seed"])
     if args.do_train and not model_args.smoke_test:
-        check_teacher_data(model_args.teacher_model_name_or_path, data_args, CONFIG_NAME, carved=raw.carved)
+        check_teacher_data(model_args.teacher_model_name_or_path, data_args, carved=raw.carved)
     if resume:
         check_resume_split(resume, data_args, carved=raw.carved)
     dataset_labels = label_names(raw["train"], data_args.label_column_name)

@@ -31,6 +31,7 @@ from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows
 from ..trainer.checkpointing import checkpoint_step, holds_training_state
 from ..trainer.metrics import check_metric_for_best_model
 from ..training_values import check_half_precision
+from .records import recorded_recipe
 
 logger = logging.getLogger("hf_rcka")
 _PATH_PREFIXES = (".", "/", "~")
@@ -607,10 +608,8 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
     new ones. (Its held-out split is checked once the data has loaded: ``check_resume_split``.)
     """
     from ..recipe_specs import loss_spec
-    from .records import CONFIG_NAME
-    from .teacher_data import recorded_recipe
 
-    recorded = recorded_recipe(folder, CONFIG_NAME)
+    recorded = recorded_recipe(folder)
     specs = [loss_spec(spec) for spec in (recorded or {}).get("losses") or []]
     if not specs or not all(isinstance(spec, dict) and "name" in spec for spec in specs):
         return  # no record, or one this version cannot read: the loss state's own check stays
@@ -637,10 +636,7 @@ def warn_resume_schedule(folder: str, args: Any) -> list[str]:
     Returns:
         The changed settings, as ``key before -> now``.
     """
-    from .records import CONFIG_NAME
-    from .teacher_data import recorded_recipe
-
-    recorded = recorded_recipe(folder, CONFIG_NAME)
+    recorded = recorded_recipe(folder)
     if not recorded:
         return []
     fields = type(args).__dataclass_fields__
@@ -675,10 +671,9 @@ def check_resume_split(folder: str, data_args: Any, carved: bool) -> None:
     Another ``split_seed`` or ``train_val_split`` carves another validation set, mostly of images
     the checkpoint has trained on: the resumed run evaluated on them and exited 0.
     """
-    from .records import CONFIG_NAME
     from .teacher_data import split_change
 
-    changed = split_change(folder, data_args, CONFIG_NAME) if carved else None
+    changed = split_change(folder, data_args) if carved else None
     if changed:
         raise RecipeError(f"resume_from_checkpoint: {folder!r} was trained holding out {changed}: the evaluation "
                           "would take images it trained on. Resume with the split it was saved with, or train into "

@@ -6,6 +6,9 @@ writes into its own ``_eval-<UTC time>`` sub-folder instead (``eval_config.yaml`
 ``eval_results.json``), and never rewrites the card or the recorded training recipe. The leading
 ``_`` keeps the record local: ``Trainer.push_to_hub`` leaves ``_*`` out of the upload, and an
 evaluation of other data is no part of the published model.
+
+Later runs read these records back (``recorded_recipe``): a teacher's or a resumed checkpoint's
+data settings, with its relative paths read from the folder its run ran in.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
-from .recipe import dump_recipe
+from ..errors import RecipeError
+from ..trainer.checkpointing import checkpoint_step
+from .recipe import dump_recipe, load_recipe
 
 CONFIG_NAME = "distill_config.yaml"  # a training run's resolved recipe, in its output_dir
 # The folder a run's relative paths (train_dir: data/train) were relative to. Local only: the "_"
@@ -57,3 +63,32 @@ def recorded_working_dir(run_dir: str) -> str | None:
             return json.load(handle)["working_dir"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def recorded_recipe(folder: str, config_name: str = CONFIG_NAME) -> dict[str, Any] | None:
+    """The recipe a run recorded in ``folder``, or in the run folder around a ``checkpoint-N`` of it
+    (checkpoints hold no recipe; their run's data is theirs); None when there is none this version reads."""
+    path = os.path.join(folder, config_name)
+    checkpoint = checkpoint_step(os.path.basename(os.path.normpath(folder))) is not None
+    if not os.path.isfile(path) and checkpoint and os.path.isfile(os.path.join(folder, "trainer_state.json")):
+        path = os.path.join(os.path.dirname(os.path.abspath(folder)), config_name)
+    if not os.path.isfile(path):
+        return None
+    try:
+        recipe = load_recipe(path)
+    except RecipeError:
+        return None  # not a recipe this version can read: nothing to compare
+    return _anchored(recipe, recorded_working_dir(os.path.dirname(path)))
+
+
+def _anchored(recipe: dict[str, Any], working_dir: str | None) -> dict[str, Any]:
+    """The recipe's relative data paths read from the folder its run ran in, not from this one's."""
+    if working_dir is None:
+        return recipe
+    for key in ("train_dir", "validation_dir", "dataset_name"):
+        value = recipe.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            anchored = os.path.join(working_dir, value)
+            if key != "dataset_name" or os.path.isdir(anchored):  # else a Hub id
+                recipe[key] = anchored
+    return recipe

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..arguments import DataArguments
-from ..errors import DataError, RecipeError
-from .recipe import load_recipe
-from ..trainer.checkpointing import checkpoint_step
-from .records import recorded_working_dir
+from ..errors import DataError
+from .records import CONFIG_NAME, recorded_recipe
 
 _SOURCE_KEYS = ("dataset_name", "dataset_config_name", "train_dir")
 _CARVE_KEYS = ("train_val_split", "split_seed")
@@ -43,8 +41,8 @@ class Roles:
 TEACHER = Roles()
 
 
-def check_teacher_data(teacher: str | None, data_args: DataArguments, config_name: str, carved: bool,
-                       roles: Roles = TEACHER) -> None:
+def check_teacher_data(teacher: str | None, data_args: DataArguments, config_name: str = CONFIG_NAME, *,
+                       carved: bool, roles: Roles = TEACHER) -> None:
     """Raise a ``DataError`` if the teacher at ``teacher`` trained on the student's validation images.
 
     ``carved``: the student's validation split was held out of its training data (else it is the
@@ -76,7 +74,7 @@ def check_teacher_data(teacher: str | None, data_args: DataArguments, config_nam
         )
 
 
-def held_out_by(model: str | None, data_args: DataArguments, config_name: str) -> dict[str, Any] | None:
+def held_out_by(model: str | None, data_args: DataArguments, config_name: str = CONFIG_NAME) -> dict[str, Any] | None:
     """``train_val_split`` and ``split_seed`` of the run that trained ``model`` on this very data
     with a carved validation split, or None.
 
@@ -93,7 +91,7 @@ def held_out_by(model: str | None, data_args: DataArguments, config_name: str) -
     return {k: taught[k] for k in _CARVE_KEYS}
 
 
-def split_change(run_folder: str, data_args: DataArguments, config_name: str) -> str | None:
+def split_change(run_folder: str, data_args: DataArguments, config_name: str = CONFIG_NAME) -> str | None:
     """How this run's carved held-out split differs from the one the run in ``run_folder`` (or
     around its checkpoint) trained with on the same data, or None. Only for a carved split: a
     ``validation_dir`` or the data's own validation split does not depend on these settings.
@@ -117,35 +115,6 @@ def _data_settings(recorded: dict[str, Any], data_args: Any) -> tuple[dict[str, 
     """The data settings the recorded run trained with (unset ones at their defaults) and this run's."""
     defaults = {f: DataArguments.__dataclass_fields__[f].default for f in (*_SOURCE_KEYS, *_CARVE_KEYS, "validation_dir")}
     return {k: recorded.get(k, defaults[k]) for k in defaults}, {k: getattr(data_args, k) for k in defaults}
-
-
-def recorded_recipe(folder: str, config_name: str) -> dict[str, Any] | None:
-    """The recipe a run recorded in ``folder``, or in the run folder around a ``checkpoint-N`` of it
-    (checkpoints hold no recipe; their run's data is theirs); None when there is none this version reads."""
-    path = os.path.join(folder, config_name)
-    checkpoint = checkpoint_step(os.path.basename(os.path.normpath(folder))) is not None
-    if not os.path.isfile(path) and checkpoint and os.path.isfile(os.path.join(folder, "trainer_state.json")):
-        path = os.path.join(os.path.dirname(os.path.abspath(folder)), config_name)
-    if not os.path.isfile(path):
-        return None
-    try:
-        recipe = load_recipe(path)
-    except RecipeError:
-        return None  # not a recipe this version can read: nothing to compare
-    return _anchored(recipe, recorded_working_dir(os.path.dirname(path)))
-
-
-def _anchored(recipe: dict[str, Any], working_dir: str | None) -> dict[str, Any]:
-    """The recipe's relative data paths read from the folder its run ran in, not from this one's."""
-    if working_dir is None:
-        return recipe
-    for key in ("train_dir", "validation_dir", "dataset_name"):
-        value = recipe.get(key)
-        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
-            anchored = os.path.join(working_dir, value)
-            if key != "dataset_name" or os.path.isdir(anchored):  # else a Hub id
-                recipe[key] = anchored
-    return recipe
 
 
 def _same_source(a: dict[str, Any], b: dict[str, Any]) -> bool:
