@@ -8,18 +8,16 @@ recipe alone decides is checked before anything is loaded; the resolved recipe i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
-import signal
 from typing import Any, Sequence
 
 import torch
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments, describe_batch
+from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_class_count, check_trained_classes
@@ -33,8 +31,8 @@ from ..models.processors import load_image_processor
 from ..trainer.card_facts import card_facts_of
 from ..trainer.checkpointing import checkpoint_folder
 from ..trainer.divergence import check_loaded_weights
-from ..trainer.interrupt import GracefulStop, Interrupted, save_checkpoint_now
-from ..trainer.resume_hint import Stopped, launch_command
+from ..trainer.interrupt import GracefulStop, Interrupted, stopped_by_signal
+from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, run_loss_specs
 from ..trainer.trainer import DistillationTrainer
 from .preflight import (
@@ -45,8 +43,7 @@ from .output_folder import (
     check_output_dir, holds_run, later_checkpoints, resumes_in, set_aside_abandoned_branch, set_aside_previous_run,
 )
 from .probes import probe_student
-from .recipe import dump_recipe
-from .records import CONFIG_NAME, eval_record_dir, write_eval_record, write_working_dir
+from .records import CONFIG_NAME, RecipeRecord, drop_stale_evaluation, eval_record_dir, write_eval_record
 from .teacher_data import check_teacher_data, held_out_by
 from .run_inputs import align_teacher, checkpoint_labels, load_data, model_error, student_labels
 
@@ -76,7 +73,7 @@ def run(
     trainer, skipped = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         losses = run_loss_specs(args, trainer.distillation_model.teacher is not None)
-        trainer.add_callback(_RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME)))
+        trainer.add_callback(RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME)))
     metrics: dict = {}
     if args.do_train:
         metrics.update(_train(trainer, resume, stop, argv))
@@ -94,24 +91,6 @@ def run(
         stop.evaluated = args.do_eval  # what is left is the card and the Hub upload
     _finish(trainer, data_args, skipped)
     return metrics
-
-
-class _RecipeRecord(transformers.TrainerCallback):
-    """Writes the run's recipe once training has begun: after a resumed checkpoint has loaded, so
-    a resume that fails (other student, other losses) leaves the recorded recipe of the run that
-    made the checkpoints; a fresh run records it before its first step, as before."""
-
-    def __init__(self, recipe: dict, path: str) -> None:
-        self.recipe, self.path = recipe, path
-
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        # The launch is not a recipe value, and the same values under another number of processes
-        # train with another global batch: the header says how to run them again as they ran.
-        launch = (f"Global batch: {describe_batch(args)} per optimizer step.\n"
-                  f"Run it again the same way: {launch_command(self.path)}")
-        dump_recipe(self.recipe, self.path, comment=launch)
-        write_working_dir(os.path.dirname(self.path) or ".")
 
 
 def _setup_logging(args: DistillationTrainingArguments) -> None:
@@ -197,26 +176,7 @@ def _build_trainer(
 ) -> tuple[DistillationTrainer, SkippedImages]:
     """Data, models (checked by one forward pass), datasets and the trainer, in that order; and the
     ledger of skipped images, in ``record_dir``."""
-    held_out = None if args.do_train else held_out_by(model_args.model_name_or_path, data_args)
-    if held_out:  # the student's own training data: evaluate the images its run held out, not all of them
-        data_args.train_val_split, data_args.split_seed = held_out["train_val_split"], held_out["split_seed"]
-    raw = load_data(data_args, eval_only=not args.do_train and not held_out)
-    if held_out and raw.carved:  # (data with its own validation split is evaluated on that split)
-        logger.info("data: %s was trained on this data; its held-out %g (split_seed %s) is evaluated, not its "
-                    "training images", model_args.model_name_or_path, held_out["train_val_split"], held_out["split_seed"])
-    if args.do_train and not model_args.smoke_test:
-        check_teacher_data(model_args.teacher_model_name_or_path, data_args, carved=raw.carved)
-    if resume:
-        check_resume_split(resume, data_args, carved=raw.carved)
-    dataset_labels = label_names(raw["train"], data_args.label_column_name)
-    check_validation_labels(dataset_labels, label_names(raw["validation"], data_args.label_column_name))
-    if args.do_train and not model_args.smoke_test:  # a smoke test's few synthetic images miss most classes
-        check_class_count(raw["train"], data_args.label_column_name, carved=raw.carved)
-        check_trained_classes(raw["train"], raw["validation"], data_args.label_column_name)
-    if resume:  # the checkpoint's head, not the pretrained student's, decides the class order now
-        labels = resume_label_order(dataset_labels, checkpoint_labels(resume, model_args.trust_remote_code))
-    else:
-        labels = run_label_order(dataset_labels, student_labels(model_args), training=args.do_train)
+    raw, labels = _load_checked_data(model_args, data_args, args, resume)
     check_recipe_metric(model_args, args, len(labels))  # top5_accuracy needs more than 5 classes
     _set_aside(args, data_args, resume)
     model, student_processor = _distillation_model(model_args, args, labels)
@@ -241,6 +201,38 @@ def _build_trainer(
                                        split=raw.evaluated, carved=raw.carved,
                                        train_images=(len(train_dataset), len(raw["train"])) if args.do_train else None)
     return trainer, skipped
+
+
+def _load_checked_data(
+    model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments, resume: str | None,
+) -> tuple[Any, list[str]]:
+    """The raw splits and the run's class order, once the data has passed the checks that need it
+    loaded (a teacher or checkpoint trained on the evaluation images, classes the splits do not
+    share) and before any model loads.
+
+    An evaluation-only run of a model trained on this data evaluates the images its run held out.
+    """
+    held_out = None if args.do_train else held_out_by(model_args.model_name_or_path, data_args)
+    if held_out:  # the student's own training data: evaluate the images its run held out, not all of them
+        data_args.train_val_split, data_args.split_seed = held_out["train_val_split"], held_out["split_seed"]
+    raw = load_data(data_args, eval_only=not args.do_train and not held_out)
+    if held_out and raw.carved:  # (data with its own validation split is evaluated on that split)
+        logger.info("data: %s was trained on this data; its held-out %g (split_seed %s) is evaluated, not its "
+                    "training images", model_args.model_name_or_path, held_out["train_val_split"], held_out["split_seed"])
+    if args.do_train and not model_args.smoke_test:
+        check_teacher_data(model_args.teacher_model_name_or_path, data_args, carved=raw.carved)
+    if resume:
+        check_resume_split(resume, data_args, carved=raw.carved)
+    dataset_labels = label_names(raw["train"], data_args.label_column_name)
+    check_validation_labels(dataset_labels, label_names(raw["validation"], data_args.label_column_name))
+    if args.do_train and not model_args.smoke_test:  # a smoke test's few synthetic images miss most classes
+        check_class_count(raw["train"], data_args.label_column_name, carved=raw.carved)
+        check_trained_classes(raw["train"], raw["validation"], data_args.label_column_name)
+    if resume:  # the checkpoint's head, not the pretrained student's, decides the class order now
+        labels = resume_label_order(dataset_labels, checkpoint_labels(resume, model_args.trust_remote_code))
+    else:
+        labels = run_label_order(dataset_labels, student_labels(model_args), training=args.do_train)
+    return raw, labels
 
 
 def _distillation_model(
@@ -313,23 +305,10 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
-        # a second signal (or Ctrl-C with no GracefulStop installed): save what the last step left,
-        # unless it came in the middle of a weight update (part of the next step applied)
-        if stop is not None and stop.updating:
-            logger.warning("the signal came during step %d's weight update: no checkpoint is written, its weights "
-                           "would match no step", trainer.state.global_step + 1)
-            checkpoint = None
-        else:
-            checkpoint = save_checkpoint_now(trainer)
-        if checkpoint is not None:
-            logger.warning(
-                "interrupted: saved checkpoint-%d in %s; continue with --resume_from_checkpoint true",
-                trainer.state.global_step, trainer.args.output_dir,
-            )
-        if stop is None:
+        stopped = stopped_by_signal(trainer, stop, argv)
+        if stopped is None:
             raise
-        raise Stopped(stop.signum or signal.SIGINT, trainer.state.global_step, checkpoint, argv,
-                      trainer.is_world_process_zero()) from None
+        raise stopped from None
     finished = trainer.state.global_step >= trainer.state.max_steps
     if stop is not None and stop.signum is not None and not finished:
         step = trainer.state.global_step
@@ -346,27 +325,6 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
         if stop.signum is not None:  # during the last step's evaluation: the training itself is complete
             raise Interrupted(stop.signum)
     return result.metrics
-
-
-def drop_stale_evaluation(trainer: DistillationTrainer) -> None:
-    """The evaluation results in ``output_dir`` were the model's before this one: take them out.
-
-    ``save_metrics`` merges into ``all_results.json``, so a resumed run with ``do_eval: false``
-    kept the earlier model's ``eval_*`` numbers (and ``eval_results.json``) next to its newer
-    model, as if they were its own. The final evaluation, when there is one, writes them anew.
-    """
-    if not trainer.is_world_process_zero():
-        return
-    out = trainer.args.output_dir
-    stale = os.path.join(out, "eval_results.json")
-    if os.path.isfile(stale):
-        os.remove(stale)
-    combined = os.path.join(out, "all_results.json")
-    if os.path.isfile(combined):
-        with open(combined, encoding="utf-8") as handle:
-            results = json.load(handle)
-        with open(combined, "w", encoding="utf-8") as handle:
-            json.dump({k: v for k, v in results.items() if not k.startswith("eval_")}, handle, indent=4, sort_keys=True)
 
 
 def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str) -> dict:

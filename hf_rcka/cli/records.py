@@ -7,7 +7,9 @@ writes into its own ``_eval-<UTC time>`` sub-folder instead (``eval_config.yaml`
 ``_`` keeps the record local: ``Trainer.push_to_hub`` leaves ``_*`` out of the upload, and an
 evaluation of other data is no part of the published model.
 
-Later runs read these records back (``recorded_recipe``): a teacher's or a resumed checkpoint's
+A training run's recipe is written once training has begun (``RecipeRecord``), and a model's
+earlier evaluation results are taken out of ``output_dir`` when it is replaced
+(``drop_stale_evaluation``). Later runs read these records back (``recorded_recipe``): a teacher's or a resumed checkpoint's
 data settings, with its relative paths read from the folder its run ran in.
 """
 
@@ -18,8 +20,12 @@ import os
 import time
 from typing import Any
 
+from transformers import Trainer, TrainerCallback
+
+from ..arguments import describe_batch
 from ..errors import RecipeError
 from ..trainer.checkpointing import checkpoint_step
+from ..trainer.resume_hint import launch_command
 from .recipe import dump_recipe, load_recipe
 
 CONFIG_NAME = "distill_config.yaml"  # a training run's resolved recipe, in its output_dir
@@ -92,3 +98,42 @@ def _anchored(recipe: dict[str, Any], working_dir: str | None) -> dict[str, Any]
             if key != "dataset_name" or os.path.isdir(anchored):  # else a Hub id
                 recipe[key] = anchored
     return recipe
+
+
+class RecipeRecord(TrainerCallback):
+    """Writes the run's recipe once training has begun: after a resumed checkpoint has loaded, so
+    a resume that fails (other student, other losses) leaves the recorded recipe of the run that
+    made the checkpoints; a fresh run records it before its first step, as before."""
+
+    def __init__(self, recipe: dict, path: str) -> None:
+        self.recipe, self.path = recipe, path
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        # The launch is not a recipe value, and the same values under another number of processes
+        # train with another global batch: the header says how to run them again as they ran.
+        launch = (f"Global batch: {describe_batch(args)} per optimizer step.\n"
+                  f"Run it again the same way: {launch_command(self.path)}")
+        dump_recipe(self.recipe, self.path, comment=launch)
+        write_working_dir(os.path.dirname(self.path) or ".")
+
+
+def drop_stale_evaluation(trainer: Trainer) -> None:
+    """The evaluation results in ``output_dir`` were the model's before this one: take them out.
+
+    ``save_metrics`` merges into ``all_results.json``, so a resumed run with ``do_eval: false``
+    kept the earlier model's ``eval_*`` numbers (and ``eval_results.json``) next to its newer
+    model, as if they were its own. The final evaluation, when there is one, writes them anew.
+    """
+    if not trainer.is_world_process_zero():
+        return
+    out = trainer.args.output_dir
+    stale = os.path.join(out, "eval_results.json")
+    if os.path.isfile(stale):
+        os.remove(stale)
+    combined = os.path.join(out, "all_results.json")
+    if os.path.isfile(combined):
+        with open(combined, encoding="utf-8") as handle:
+            results = json.load(handle)
+        with open(combined, "w", encoding="utf-8") as handle:
+            json.dump({k: v for k, v in results.items() if not k.startswith("eval_")}, handle, indent=4, sort_keys=True)

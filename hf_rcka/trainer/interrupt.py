@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from transformers import TrainerCallback
 
 from ..distributed import any_rank
 from .checkpointing import checkpoint_folder
+from .resume_hint import Stopped
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -110,6 +111,35 @@ class GracefulStop(TrainerCallback):
             # the settings for the resumed run; these are the trainer's copy.
             args.load_best_model_at_end = False
             args.save_total_limit = None
+
+
+def stopped_by_signal(trainer: Trainer, stop: GracefulStop | None, argv: Sequence[str] = ()) -> Stopped | None:
+    """What training that a ``KeyboardInterrupt`` ended leaves: a checkpoint of the last finished
+    step, and the ``Stopped`` to raise (it says how to resume), or None without a ``GracefulStop``
+    (the caller then lets the ``KeyboardInterrupt`` go on).
+
+    The interrupt is a second signal, or Ctrl-C with no ``GracefulStop`` installed. No checkpoint
+    is written when it came in the middle of a weight update: part of the next step is applied,
+    so its weights would match no step.
+
+    Args:
+        argv: the command line's recipe and overrides, for the resume command.
+    """
+    if stop is not None and stop.updating:
+        logger.warning("the signal came during step %d's weight update: no checkpoint is written, its weights "
+                       "would match no step", trainer.state.global_step + 1)
+        checkpoint = None
+    else:
+        checkpoint = save_checkpoint_now(trainer)
+    if checkpoint is not None:
+        logger.warning(
+            "interrupted: saved checkpoint-%d in %s; continue with --resume_from_checkpoint true",
+            trainer.state.global_step, trainer.args.output_dir,
+        )
+    if stop is None:
+        return None
+    return Stopped(stop.signum or signal.SIGINT, trainer.state.global_step, checkpoint, argv,
+                   trainer.is_world_process_zero())
 
 
 def save_checkpoint_now(trainer: Trainer) -> str | None:
