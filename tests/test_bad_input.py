@@ -1275,7 +1275,7 @@ def test_real_classes_that_look_odd_still_load(tmp_path):
 
 def test_a_broken_checkpoint_is_told_to_resume_from_an_earlier_one_only(tmp_path):
     """Resuming a broken checkpoint-2 was told to resume from checkpoint-5, a later one."""
-    from hf_rcka.cli.preflight import _earlier
+    from hf_rcka.cli.resume_checks import _earlier
 
     for step in (2, 5, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()

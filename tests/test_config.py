@@ -221,7 +221,7 @@ def test_the_recorded_launch_says_how_the_global_batch_was_made(tmp_path, monkey
 def test_a_resume_with_another_schedule_is_said(tmp_path, caplog):
     """Resumed with more epochs, a run went on along a recomputed cosine (lr 0.002995 at step 60
     instead of 0.002805) without a word; extending a run is allowed, but it is now said."""
-    from hf_rcka.cli.preflight import warn_resume_schedule
+    from hf_rcka.cli.resume_checks import warn_resume_schedule
 
     recorded = {**BASE, "num_train_epochs": 3, "lr_scheduler_type": "cosine", "lr_base": 1e-3}
     dump_recipe(recorded, tmp_path / "distill_config.yaml")

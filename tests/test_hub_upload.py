@@ -53,7 +53,7 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", "the machine's own")  # restored after the test: the run moves hub_token here
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr("hf_rcka.cli.preflight.whoami", lambda token: {"name": "someone"})
+    monkeypatch.setattr("hf_rcka.cli.model_sources.whoami", lambda token: {"name": "someone"})
     return fake
 
 

@@ -70,7 +70,7 @@ def test_resnet_students_start_from_torchvisions_init():
 
 def test_deit_token_baseline_is_deits_own_distilled_model():
     """It was transformers' DeiT: no stochastic depth, tokens at zero, 256 x 256 stretched evaluation."""
-    from hf_rcka.cli.preflight import check_losses_fit_models
+    from hf_rcka.cli.model_sources import check_losses_fit_models
     from hf_rcka.modeling.distilled_heads import DistilledHeads
 
     model_args, _, args = parse("deit_token-deit_small_distilled_from_regnety160-imagenet.yaml")

@@ -1,2 +1,3 @@
 """The ``distill`` command: recipe parsing (``recipe``, ``coercion``), checks before anything loads
-(``preflight``), the run (``job``), its smoke test (``smoke``) and the entry point (``main``)."""
+(``preflight``, with ``model_sources``, ``output_folder`` and ``resume_checks``), the run (``job``),
+its smoke test (``smoke``) and the entry point (``main``)."""

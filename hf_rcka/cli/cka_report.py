@@ -31,7 +31,8 @@ from typing import Any
 
 from ..arguments import DataArguments
 from ..errors import DataError, UserError
-from .preflight import check_model_source, image_folder_classes
+from .model_sources import check_model_source
+from .preflight import image_folder_classes
 from .records import CONFIG_NAME
 from .records import recorded_recipe
 from .teacher_data import Roles, check_teacher_data, held_out_by

@@ -35,9 +35,9 @@ from ..trainer.interrupt import GracefulStop, Interrupted, stopped_by_signal
 from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, run_loss_specs
 from ..trainer.trainer import DistillationTrainer
-from .preflight import (
-    check_checkpoint, check_recipe_metric, check_resume_batch, check_resume_recipe, check_resume_split,
-    check_run, warn_resume_schedule,
+from .preflight import check_recipe_metric, check_run
+from .resume_checks import (
+    check_checkpoint, check_resume_batch, check_resume_recipe, check_resume_split, warn_resume_schedule,
 )
 from .output_folder import (
     check_output_dir, holds_run, later_checkpoints, resumes_in, set_aside_abandoned_branch, set_aside_previous_run,

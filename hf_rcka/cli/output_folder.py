@@ -1,4 +1,5 @@
-"""The run's output folder: refused when it holds another run, and that run set aside when replaced.
+"""The run's output folder: writable, apart from what the run reads, refused when it holds another
+run, and that run set aside when replaced.
 
 transformers' Trainer writes into ``output_dir`` and deletes nothing. A training run that replaced
 another one there (``overwrite_output_dir: true``) therefore lived among the old run's files:
@@ -50,6 +51,36 @@ RUN_OUTPUTS = (
 # What a resumed run keeps from the branch it abandons: its recipe, the folder it ran in, its logs
 # and image ledger (the resumed run writes them on), and evaluation-only records.
 _BRANCH_KEEPS = (CONFIG_NAME, WORKING_DIR_NAME, LEDGER_NAME, "runs", "_eval-*", "eval-*")
+
+
+def check_output_dir_writable(output_dir: str) -> None:
+    """The nearest existing ancestor of ``output_dir`` must be a writable folder (nothing is created)."""
+    path = Path(output_dir).expanduser().absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RecipeError(f"output_dir {output_dir!r} cannot be created: {str(probe)!r} is a file. Choose another output_dir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RecipeError(f"output_dir {output_dir!r} is not writable (no write permission in {str(probe)!r}). "
+                          "Choose another output_dir")
+
+
+def check_output_dir_spares_inputs(output_dir: str, inputs: dict[str, str | None]) -> None:
+    """``output_dir`` must not be, or contain, a local folder the run reads.
+
+    The run writes its model, card and recipe there; with ``overwrite_output_dir: true`` (which
+    the digits recipes set) a teacher given as ``--output_dir`` too would be replaced by the
+    student, and the run would still end well.
+    """
+    out = Path(output_dir).expanduser().resolve()
+    for key, value in inputs.items():
+        if not value or not os.path.isdir(os.path.expanduser(value)):
+            continue
+        source = Path(value).expanduser().resolve()
+        if source == out or out in source.parents:
+            raise RecipeError(f"output_dir {output_dir!r} would overwrite {key} {value!r}, which this run reads: "
+                              "choose another output_dir")
 
 
 def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:

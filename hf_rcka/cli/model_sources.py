@@ -1,0 +1,326 @@
+"""A recipe's models, checked from their names and configs before any weights load.
+
+Each error is one line naming the recipe key and the fix, raised in seconds instead of after the
+data and the models have loaded: a model path that does not exist or a folder without weights, a
+timm architecture or Hub id that is not there (or not reachable offline, or gated), a typo in a
+``config:`` model type or its overrides, class settings a run decides itself, an ``image_size`` a
+ViT cannot take, losses that need a teacher or a DeiT distillation head, and ``push_to_hub``
+without Hub access.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError, RecipeError
+from ..losses import reads_teacher
+from ..modeling.assembly import run_loss_specs
+from ..registry import LOSSES, close_matches
+
+_PATH_PREFIXES = (".", "/", "~")
+# HF model types whose position embeddings fix the input resolution (no interpolation in forward)
+_FIXED_GRID_TYPES = ("vit", "deit")
+
+
+def check_hub_access(args: Any) -> None:
+    """``push_to_hub`` needs the Hub online and a token; found now, not after hours of training."""
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        raise RecipeError("push_to_hub: the Hugging Face Hub is offline (HF_HUB_OFFLINE is set): unset it, "
+                          "or set push_to_hub: false")
+    token = args.hub_token or get_token()
+    if not token:
+        raise RecipeError("push_to_hub needs a Hugging Face token: run `hf auth login`, set HF_TOKEN, "
+                          "or set push_to_hub: false")
+    try:
+        whoami(token)
+    except Exception as err:  # noqa: BLE001 - any failure here means "cannot push"
+        raise RecipeError(f"push_to_hub: cannot reach the Hugging Face Hub with this token "
+                          f"({type(err).__name__}: {err}); check the network and the token, or set push_to_hub: false") from None
+
+
+def whoami(token: str) -> dict:
+    """The Hub account of ``token`` (one request); a function so that tests can replace it."""
+    from huggingface_hub import HfApi
+
+    return HfApi().whoami(token=token)
+
+
+def _loss_names(args: Any, has_teacher: bool) -> list[str]:
+    return [spec["name"] for spec in run_loss_specs(args, has_teacher)]
+
+
+def check_losses_fit_models(model_args: Any, args: Any) -> None:
+    """Losses that need a teacher need one; ``deit_token`` needs a student with a distillation head."""
+    teacher = model_args.teacher_model_name_or_path
+    names = _loss_names(args, bool(teacher))
+    needing = [n for n in names if reads_teacher(LOSSES.get(n))]
+    if needing and not teacher:
+        raise RecipeError(f"losses {needing} need a teacher: set teacher_model_name_or_path, or remove them "
+                          "(without a teacher the student trains on ce alone)")
+    if "deit_token" in names and not _has_distillation_head(model_args):
+        raise RecipeError(
+            f"losses: deit_token needs a student with a distillation head (DeiTForImageClassificationWithTeacher); "
+            f"model_name_or_path {model_args.model_name_or_path!r} has none. Use a timm distilled DeiT "
+            "(timm/deit_small_distilled_patch16_224), config:deit with student_config_overrides: {architectures: "
+            "[DeiTForImageClassificationWithTeacher]}, or a distilled DeiT checkpoint"
+        )
+
+
+def _has_distillation_head(model_args: Any) -> bool:
+    """What the config can tell; True when it cannot tell (a Hub id not yet downloaded)."""
+    name = model_args.model_name_or_path
+    if name.startswith("timm/"):  # timm's distilled DeiTs (deit_*_distilled_patch16_*) have one
+        return "distilled" in name.split("/", 1)[1].split(".", 1)[0]
+    if name.startswith("config:"):
+        architectures = (model_args.student_config_overrides or {}).get("architectures") or []
+    else:
+        config = _local_config(name)
+        if config is None:
+            return True
+        if config.get("architecture"):  # a saved timm model's TimmWrapperConfig
+            return "distilled" in config["architecture"]
+        architectures = (model_args.student_config_overrides or {}).get("architectures") or config.get("architectures") or []
+    return any("WithTeacher" in a for a in architectures)
+
+
+def _local_config(name: str) -> dict | None:
+    path = os.path.join(name, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def check_model_source(key: str, name: str, needs_weights: bool = True) -> None:
+    """A model name must be a local folder (with weights when they are used), a ``config:``/``timm/``
+    name, or a reachable Hub id."""
+    from ..models.sources import parse_model_source
+
+    try:
+        source = parse_model_source(name)
+    except (ValueError, OSError) as err:
+        raise ModelError(f"{key}: {err}") from None
+    if source.kind == "timm":
+        _check_timm_architecture(key, source.name)
+        if needs_weights:  # pretrained timm weights load from the Hub repository of that name
+            scratch = " or, for a student trained from scratch, set student_from_scratch: true" \
+                if key == "model_name_or_path" else ""
+            _check_hub_reachable(key, name, f"its pretrained weights are on the Hub: unset HF_HUB_OFFLINE to download "
+                                            f"them{scratch}")
+    elif source.kind == "pretrained" and not os.path.isdir(name):
+        _check_hub_id(key, name)
+    elif source.kind == "pretrained" and needs_weights:
+        _check_weights(key, name)
+
+
+def _check_weights(key: str, folder: str) -> None:
+    """A model folder must hold safetensors weights, the only ones hf_rcka loads.
+
+    Pickled weights (``pytorch_model.bin``) can run code as they load, so the loader refuses
+    them; a folder holding only those passed here and failed after the data had loaded.
+    """
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    if any(os.path.isfile(os.path.join(folder, name)) for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)):
+        return
+    pickled = [name for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME) if os.path.isfile(os.path.join(folder, name))]
+    if pickled:
+        raise ModelError(f"{key}: folder {folder!r} holds {pickled[0]} only, and hf_rcka loads safetensors only (a "
+                         "pickle file can run code as it loads): convert it in a session that trusts the file, "
+                         f"loading it with transformers' from_pretrained({folder!r}) and saving it with "
+                         f"save_pretrained({folder!r}, safe_serialization=True)")
+    raise ModelError(f"{key}: folder {folder!r} holds no weights ({SAFE_WEIGHTS_NAME}): give the folder "
+                     "save_pretrained wrote (a run's output_dir, or one of its checkpoint-N folders)")
+
+
+def _check_timm_architecture(key: str, architecture: str) -> None:
+    import timm
+
+    base = architecture.split(".")[0]
+    if not timm.is_model(base):
+        raise ModelError(f"{key}: unknown timm architecture {architecture!r}; {close_matches(base, timm.list_models())}")
+
+
+def _check_hub_id(key: str, name: str) -> None:
+    """A name that looks like a path, or a Hub id that cannot be fetched offline, is an error now."""
+    first = name.split("/")[0]
+    if name.startswith(_PATH_PREFIXES) or os.path.isdir(first):
+        recipe = _recipe_writing(name)
+        fix = f": it is the output_dir of {recipe}, which must run first" if recipe else ". Check the path"
+        raise ModelError(f"{key}: no such folder {name!r} (a folder written by save_pretrained){fix}")
+    _check_hub_reachable(key, name, local=_no_local_folder(name))
+
+
+def _no_local_folder(name: str) -> str:
+    """What to add when ``name`` (shaped like a Hub id, so also like a relative path) is not found
+    on the Hub: there is no such folder here either, and the recipe that writes it, if one does.
+
+    ``outputs/supervised-resnet10t-digits`` (a demo teacher not trained yet) was only said to be
+    unreachable on the Hub, with advice to check the network.
+    """
+    text = f". No folder {name!r} exists relative to the working directory {os.getcwd()!r} either"
+    recipe = _recipe_writing(name)
+    if recipe is not None:
+        text += f": it is the output_dir of {recipe}, which must run first"
+    return text
+
+
+def _recipe_writing(folder: str) -> str | None:
+    """The recipe in ``recipes/`` (here, or next to hf_rcka's own sources) whose output_dir is ``folder``."""
+    import yaml
+
+    target = os.path.normpath(folder)
+    for recipes in dict.fromkeys((Path("recipes").resolve(), Path(__file__).resolve().parents[2] / "recipes")):
+        for recipe in sorted(recipes.glob("*.yaml")):
+            try:
+                values = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue
+            output_dir = values.get("output_dir") if isinstance(values, dict) else None
+            if isinstance(output_dir, str) and os.path.normpath(output_dir) == target:
+                here = os.path.relpath(recipe)
+                return str(recipe) if here.startswith("..") else here
+    return None
+
+
+def _check_hub_reachable(key: str, name: str, fix: str | None = None, local: str = "") -> None:
+    """Offline, a Hub id needs a cached copy; online, one request reads its config. ``local``: what
+    to add when the id names nothing there, as it may be a relative path."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE:
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            what = f"{name!r} is not cached" if fix or local else f"{name!r} is not a local folder"
+            raise ModelError(
+                f"{key}: {what}, and the Hub is offline (HF_HUB_OFFLINE=1) with no cached copy. "
+                + (fix[0].upper() + fix[1:] if fix else "Check the path, or unset HF_HUB_OFFLINE to download it")
+                + local
+            )
+        return
+    _check_hub_repository(key, name, local)
+
+
+def _check_hub_repository(key: str, name: str, local: str = "") -> None:
+    """An online Hub id must name a model this machine can read: its config.json is fetched now (one
+    request, cached for the load), so a typo, a private or gated repository without a login, or a
+    dataset id is one line before the data loads, not an error after it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        hf_hub_download(name, "config.json")
+    except GatedRepoError:
+        raise ModelError(f"{key}: Hub model {name!r} is gated: accept its conditions on https://huggingface.co/{name} "
+                         "and log in on this machine (`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"{key}: there is no Hub model {name!r} that this machine can read: check the id (owner/name), "
+                         f"or log in (`hf auth login`) if it is private{local}") from None
+    except RemoteEntryNotFoundError:
+        raise ModelError(f"{key}: Hub repository {name!r} has no config.json, so it holds no transformers or timm "
+                         "model: check the id") from None
+    except Exception as err:  # noqa: BLE001 - every other failure means "cannot fetch", with its reason
+        raise ModelError(f"{key}: cannot fetch {name!r} from the Hugging Face Hub: {_fetch_failure(err, name)}{local}"
+                         ) from None
+
+
+def _fetch_failure(err: Exception, name: str) -> str:
+    """Why a Hub download failed and what to do. huggingface_hub has already fallen back to a cached
+    copy where one exists, so none does; its ``LocalEntryNotFoundError`` says only that and keeps
+    the real failure (an HTTP status, a refused connection) as its cause."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
+        err = err.__cause__
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status == 401:
+        return "the Hub refused this machine's token (401): log in again (`hf auth login`) or unset HF_TOKEN"
+    if status == 403:
+        return f"this machine's token may not read {name!r} (403): give the token read access to it"
+    if status == 429:
+        return "too many requests (429): retry in a few minutes"
+    if status is not None and status >= 500:
+        return f"the Hub answered {status}: retry later"
+    reason = (str(err).strip().splitlines() or [""])[0]
+    return (f"{type(err).__name__}: {reason}; check the network (and HF_ENDPOINT, proxy settings), or copy the "
+            "model into the Hugging Face cache from a machine that can reach the Hub")
+
+
+def check_student_config(model_args: Any) -> None:
+    """``config:`` types and override keys exist; ``image_size`` fits a ViT's patch grid."""
+    from ..models.hf_config import check_config_keys, default_config
+
+    check_class_overrides(model_args)
+    for key, name, overrides_key in (
+        ("model_name_or_path", model_args.model_name_or_path, "student_config_overrides"),
+        ("teacher_model_name_or_path", model_args.teacher_model_name_or_path, "teacher_config_overrides"),
+    ):
+        if not name or not name.startswith("config:"):
+            continue
+        try:
+            config = default_config(name[len("config:"):].strip())
+        except ValueError as err:
+            raise RecipeError(f"{key}: {err}") from None
+        overrides = getattr(model_args, overrides_key) or {}
+        try:
+            check_config_keys(config, overrides)
+        except ValueError as err:
+            raise RecipeError(f"{overrides_key}: {err}") from None
+        if key == "model_name_or_path":
+            _check_image_size(model_args.image_size, config.model_type, {**config.to_dict(), **overrides})
+    local = _local_config(model_args.model_name_or_path)
+    if local is not None:
+        _check_image_size(model_args.image_size, local.get("model_type"), {**local, **(model_args.student_config_overrides or {})},
+                          pretrained=not model_args.student_from_scratch)
+
+
+# override keys that set a model's classes (timm's num_classes too): the run sets them, not the recipe
+_CLASS_KEYS = ("num_labels", "id2label", "label2id", "num_classes")
+
+
+def check_class_overrides(model_args: Any) -> None:
+    """Overrides must not set the classes, and the refusal names what does.
+
+    The loaders' own refusal says to pass ``num_labels``..., which are arguments of the Python API
+    but no recipe keys: the CLI takes the student's classes from the dataset's labels, and a
+    teacher keeps those it was trained with. Checked for every kind of model, before any loads.
+
+    Raises:
+        RecipeError: ``student_config_overrides`` or ``teacher_config_overrides`` sets one.
+    """
+    teacher = model_args.teacher_model_name_or_path or ""
+    config_teacher = (" (a config: teacher has its model type's default unnamed classes, so only feature losses "
+                      "can distil from it)") if teacher.startswith("config:") else ""
+    why = {"student_config_overrides": "the run names the student's classes from the dataset's labels",
+           "teacher_config_overrides": "the teacher keeps the classes it was trained with, paired with the dataset's "
+                                       f"by name (teacher_label_mapping){config_teacher}"}
+    for overrides_key, reason in why.items():
+        for key in getattr(model_args, overrides_key) or {}:
+            if key in _CLASS_KEYS:
+                raise RecipeError(f"{overrides_key} sets {key!r}: {reason}. Drop {key!r} from {overrides_key}")
+
+
+def _check_image_size(image_size: int | None, model_type: str | None, config: dict, pretrained: bool = False) -> None:
+    patch, built = config.get("patch_size"), config.get("image_size")
+    if image_size is None or not isinstance(patch, int):
+        return
+    if image_size % patch:
+        raise RecipeError(f"image_size {image_size} is not a multiple of the student's patch_size {patch}; "
+                          f"use e.g. {max(patch, image_size // patch * patch)}")
+    if model_type in _FIXED_GRID_TYPES and isinstance(built, int) and built != image_size:
+        fix = (f"build a new student (student_from_scratch: true, student_config_overrides: {{image_size: {image_size}}})"
+               if pretrained else f"also set student_config_overrides: {{image_size: {image_size}}}")
+        raise RecipeError(
+            f"image_size {image_size}, but the {'pretrained ' if pretrained else ''}{model_type} student is built for "
+            f"{built} px (its position embeddings fix the patch grid): {fix}, or drop image_size"
+        )
+
+
+__all__ = [
+    "check_class_overrides", "check_hub_access", "check_losses_fit_models", "check_model_source",
+    "check_student_config", "whoami",
+]

@@ -1,0 +1,197 @@
+"""A checkpoint to resume from, checked before anything loads (and its split once the data has).
+
+A resumed run must continue the run that made the checkpoint: readable weights and trainer state
+(a run killed while saving leaves a truncated file), the same global batch, the same losses and,
+once the data has loaded, the same held-out validation split; other schedule settings are said,
+not refused. Each error names ``resume_from_checkpoint`` and the fix, often an earlier checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError, RecipeError
+from ..modeling.assembly import active_specs, run_loss_specs
+from ..trainer.checkpointing import checkpoint_step, holds_training_state
+from .records import recorded_recipe
+
+logger = logging.getLogger("hf_rcka")
+
+def check_checkpoint(folder: str) -> None:
+    """A checkpoint to resume from must have readable weights and trainer state.
+
+    A run killed while saving leaves a truncated ``model.safetensors``; loading it fails deep in
+    safetensors with no hint that an earlier checkpoint would do. Reading the headers is cheap.
+    """
+    from safetensors import safe_open
+
+    weights = sorted(Path(folder).glob("*.safetensors"))
+    if not weights:
+        raise ModelError(f"resume_from_checkpoint: {folder!r} holds no .safetensors weights: {_earlier(folder)}")
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise ModelError(f"resume_from_checkpoint: {str(path)!r} is corrupt or incomplete ({err}): {_earlier(folder)}") from None
+    inner = _checkpoints_in(Path(folder))
+    if inner or not holds_training_state(folder):
+        hint = (f"give one of its checkpoints (--resume_from_checkpoint {Path(folder) / inner[-1]})" if inner
+                else "give a checkpoint-N folder of the run")
+        raise ModelError(f"resume_from_checkpoint: {folder!r} is not a checkpoint (it holds no optimizer and "
+                         f"scheduler state): {hint}, or --resume_from_checkpoint true for the last one in output_dir")
+    state = Path(folder) / "trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelError(f"resume_from_checkpoint: {str(state)!r} is missing or unreadable ({err}): {_earlier(folder)}") from None
+    _check_torch_files(folder)
+
+
+def _check_torch_files(folder: str) -> None:
+    """The optimizer, scheduler and RNG files are whole: a truncated one failed after the models had
+    loaded, with a ``PytorchStreamReader`` traceback. ``torch.save`` writes a zip archive whose
+    directory sits at its end, so reading that directory finds a cut file without reading the data."""
+    import zipfile
+
+    for path in sorted(p for pattern in ("*.pt", "*.pth") for p in Path(folder).glob(pattern)):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.infolist()
+        except (OSError, zipfile.BadZipFile) as err:
+            raise ModelError(f"resume_from_checkpoint: {str(path)!r} is corrupt or incomplete ({err}): "
+                             f"{_earlier(folder)}") from None
+
+
+def check_resume_batch(folder: str, args: Any) -> None:
+    """A checkpoint resumes at the global batch it was trained with.
+
+    Its step count, learning-rate schedule and epoch position are in steps of that batch: resumed
+    in 1 process instead of 2 (the printed command once dropped the launcher's settings), a run
+    went on at half the batch, fast-forwarded half the epochs it had trained, and exited 0.
+    """
+    from ..arguments import global_batch_size
+    from ..trainer.checkpointing import BATCH_RECORD_NAME
+
+    path = Path(folder) / BATCH_RECORD_NAME
+    if not path.is_file():  # a checkpoint of an earlier version
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    batch = global_batch_size(args)
+    if recorded.get("global_batch") != batch:
+        raise RecipeError(
+            f"resume_from_checkpoint: {folder!r} was trained with a global batch of {recorded.get('global_batch')} "
+            f"({_processes(recorded.get('processes'))}); this launch gives {batch} ({_processes(args.world_size)} x "
+            f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation steps). Launch it as it was "
+            "(the same accelerate config or torchrun --nproc_per_node), with the same batch settings"
+        )
+
+
+def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any) -> None:
+    """A checkpoint resumes with the losses its run recorded: other losses (a loss with no saved
+    state swapped for another) went on training a run whose record and card then named only the
+    new ones. (Its held-out split is checked once the data has loaded: ``check_resume_split``.)
+    """
+    from ..recipe_specs import loss_spec
+
+    recorded = recorded_recipe(folder)
+    specs = [loss_spec(spec) for spec in (recorded or {}).get("losses") or []]
+    if not specs or not all(isinstance(spec, dict) and "name" in spec for spec in specs):
+        return  # no record, or one this version cannot read: the loss state's own check stays
+    has_teacher = bool(model_args.teacher_model_name_or_path)
+    before = sorted(spec["name"] for spec in active_specs(specs))
+    now = sorted(spec["name"] for spec in active_specs(run_loss_specs(args, has_teacher)))
+    if before != now:
+        raise RecipeError(f"resume_from_checkpoint: {folder!r} was trained with losses {before}, and this run names "
+                          f"{now}: a resumed run continues the same training. Resume with its losses, or start a new "
+                          "run from its weights (model_name_or_path) in a new output_dir")
+
+
+# The settings the learning-rate schedule is computed from. Trainer rebuilds the schedule from the
+# resumed run's values, so changing one reshapes the curve from the resumed step on.
+SCHEDULE_KEYS = ("num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs",
+                 "learning_rate", "lr_base", "lr_base_size", "lr_base_scale")
+
+
+def warn_resume_schedule(folder: str, args: Any) -> list[str]:
+    """Say when a resumed run changes how its learning-rate schedule is computed (more epochs to
+    extend a run is common, and allowed): its first steps followed one schedule and the rest follow
+    another, which neither the recorded recipe nor the card would otherwise show.
+
+    Returns:
+        The changed settings, as ``key before -> now``.
+    """
+    recorded = recorded_recipe(folder)
+    if not recorded:
+        return []
+    fields = type(args).__dataclass_fields__
+    changed = []
+    for key in SCHEDULE_KEYS:
+        if key not in fields:
+            continue
+        field = fields[key]
+        before = recorded[key] if key in recorded else (
+            field.default_factory() if field.default is dataclasses.MISSING else field.default)
+        now = getattr(args, key)
+        if key == "learning_rate" and args.lr_base is not None:
+            continue  # scaled from lr_base, compared through it
+        if before != now and not (isinstance(before, (int, float)) and isinstance(now, (int, float))
+                                  and math.isclose(before, now)):
+            changed.append(f"{key} {_setting(before)} -> {_setting(now)}")
+    if changed:
+        logger.warning("resume_from_checkpoint: %s was trained with other schedule settings (%s): the learning rate "
+                       "follows a schedule recomputed from these values from its step on, so the run's first steps "
+                       "followed another one", folder, "; ".join(changed))
+    return changed
+
+
+def _setting(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def check_resume_split(folder: str, data_args: Any, carved: bool) -> None:
+    """A checkpoint resumes with the validation split its run held out, when the split is carved
+    (``carved``: the data has no validation split of its own and no ``validation_dir``).
+
+    Another ``split_seed`` or ``train_val_split`` carves another validation set, mostly of images
+    the checkpoint has trained on: the resumed run evaluated on them and exited 0.
+    """
+    from .teacher_data import split_change
+
+    changed = split_change(folder, data_args) if carved else None
+    if changed:
+        raise RecipeError(f"resume_from_checkpoint: {folder!r} was trained holding out {changed}: the evaluation "
+                          "would take images it trained on. Resume with the split it was saved with, or train into "
+                          "a new output_dir")
+
+
+def _checkpoints_in(folder: Path) -> list[str]:
+    """Names of the ``checkpoint-N`` folders in ``folder``, by step."""
+    names = (p.name for p in folder.glob("checkpoint-*") if p.is_dir())
+    return sorted(names, key=lambda n: -1 if checkpoint_step(n) is None else checkpoint_step(n))
+
+
+def _processes(count: Any) -> str:
+    return f"{count} process" + ("" if count == 1 else "es")
+
+
+def _earlier(folder: str) -> str:
+    """The fix for a broken checkpoint: the latest one before it, if any (not merely another one)."""
+    parent, step = Path(folder).absolute().parent, checkpoint_step(Path(folder).name)
+    earlier = [name for name in _checkpoints_in(parent)
+               if step is not None and checkpoint_step(name) is not None and checkpoint_step(name) < step]
+    if earlier:
+        return (f"delete {folder!r}, or resume from an earlier one (--resume_from_checkpoint {parent / earlier[-1]} "
+                "--overwrite_output_dir true, which sets the later checkpoints aside)")
+    return f"delete {folder!r} and start again"
+
+
+__all__ = [
+    "SCHEDULE_KEYS", "check_checkpoint", "check_resume_batch", "check_resume_recipe", "check_resume_split",
+    "warn_resume_schedule",
+]
