@@ -32,7 +32,7 @@ from typing import Any
 from ..arguments import DataArguments
 from ..errors import DataError, UserError
 from .model_sources import check_model_source
-from .preflight import image_folder_classes
+from ..data.image_folders import image_folder_classes
 from .records import CONFIG_NAME
 from .records import recorded_recipe
 from .teacher_data import Roles, check_teacher_data, held_out_by

@@ -5,9 +5,9 @@ path) and the fix, raised in seconds instead of after the models and the dataset
 at the first step. This module holds the run-level ones (a run that would train nothing or
 evaluate random weights, a multi-process launch that would be N runs, ``report_to``
 integrations that are not installed, a ``metric_for_best_model`` the evaluation does not report,
-a mixing batch that mixes nothing, image folders that are missing, empty or share images) and
-calls those of their own modules: the output folder (:mod:`.output_folder`), the models
-(:mod:`.model_sources`), ``fp16`` without a GPU (:mod:`hf_rcka.training_values`). A checkpoint to
+a mixing batch that mixes nothing) and calls those of their own modules: the output folder
+(:mod:`.output_folder`), the models (:mod:`.model_sources`), the image folders
+(:mod:`hf_rcka.data.image_folders`), ``fp16`` without a GPU (:mod:`hf_rcka.training_values`). A checkpoint to
 resume is checked in :mod:`.resume_checks`.
 """
 
@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, RecipeError
-from ..models.labels import check_split_classes, class_folders
+from ..errors import RecipeError
+from ..data.image_folders import check_data_dirs
 from ..registry import close_matches
 from ..modeling.assembly import active_specs, build_losses, run_loss_specs, switched_off
 from ..modeling.parallel import check_fsdp_settings
@@ -163,29 +163,3 @@ def check_mixing_batch(data_args: Any, args: Any) -> None:
                        "(timm's Mixup needs an even batch); an even size mixes them all", batch)
 
 
-def check_data_dirs(data_args: Any) -> None:
-    """Image folders exist, hold class sub-folders with images, and train/validation classes agree."""
-    if data_args.train_dir is None:
-        return
-    train = image_folder_classes("train_dir", data_args.train_dir)
-    if data_args.validation_dir is not None:
-        check_split_classes(train, image_folder_classes("validation_dir", data_args.validation_dir))
-        train_path, validation_path = (Path(d).expanduser().resolve() for d in (data_args.train_dir, data_args.validation_dir))
-        if train_path == validation_path or train_path in validation_path.parents or validation_path in train_path.parents:
-            raise DataError(f"validation_dir {data_args.validation_dir!r} and train_dir {data_args.train_dir!r} share "
-                            "images: the evaluation would report accuracy on training images. Give a held-out folder, "
-                            "or drop validation_dir to hold out part of train_dir")
-
-
-def image_folder_classes(key: str, folder: str) -> list[str]:
-    if not os.path.isdir(folder):
-        raise DataError(f"{key} {folder!r} does not exist" + (" (it is a file)" if os.path.exists(folder) else "")
-                        + ": give a folder with one sub-folder of images per class")
-    classes = class_folders(folder)
-    if not classes:
-        raise DataError(f"{key} {folder!r} holds no class sub-folders with images: give a folder with one "
-                        "sub-folder of images per class (e.g. train/cat/1.jpg, train/dog/2.jpg)")
-    if len(classes) == 1:  # datasets then drops the label column, and the error would name that instead
-        raise DataError(f"{key} {folder!r} holds one class folder ({classes[0]!r}): a classifier needs at least two "
-                        "classes, one sub-folder of images each")
-    return classes

@@ -13,7 +13,8 @@ and reports chance. The dataset's class names are the truth here:
 * a resumed run keeps its checkpoint's class order the same way, and other class names are an
   error;
 * image folders whose train and validation class folders differ (``validation/Dog`` next to
-  ``train/dog``) are an error naming them, before anything loads;
+  ``train/dog``) are an error naming them, before anything loads (how a folder's classes are read
+  is :mod:`hf_rcka.data.image_folders`');
 * names that differ only in Unicode normalisation (``café`` typed two ways) are an error that says
   so, wherever two sets of names meet (``label_forms``).
 """
@@ -21,7 +22,6 @@ and reports chance. The dataset's class names are the truth here:
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import Any, Sequence
 
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import LabelError
-from .label_forms import TO_NFC, check_one_form_each, check_same_forms
+from .label_forms import TO_NFC, check_same_forms
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def is_generic(names: Sequence[str]) -> bool:
     return all(_GENERIC.match(name) for name in names)
 
 
-def _listed(names: Sequence[str]) -> str:
+def listed_names(names: Sequence[str]) -> str:
+    """``names`` sorted, for an error message: the first few, and how many more."""
     names = sorted(names)
     extra = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
     return "[" + ", ".join(repr(n) for n in names[:_SHOWN]) + "]" + extra
@@ -60,9 +61,9 @@ def _difference(dataset: Sequence[str], model: Sequence[str], who: str, source: 
     missing, extra = set(dataset) - set(model), set(model) - set(dataset)
     parts = []
     if missing:
-        parts.append(f"{source} has {_listed(missing)} that the {who} lacks")
+        parts.append(f"{source} has {listed_names(missing)} that the {who} lacks")
     if extra:
-        parts.append(f"the {who} has {_listed(extra)} that {source} lacks")
+        parts.append(f"the {who} has {listed_names(extra)} that {source} lacks")
     return "; ".join(parts) or f"the {who} has {len(model)} classes, {source} {len(dataset)}"
 
 
@@ -170,7 +171,7 @@ def teacher_label_order(
     repeated = sorted({name for name in labels if labels.count(name) > 1})
     if mapping == BY_NAME and repeated and not is_generic(teacher_labels):
         raise LabelError(
-            f"{key}: the class names {_listed(repeated)} repeat, so the teacher's classes cannot be paired with "
+            f"{key}: the class names {listed_names(repeated)} repeat, so the teacher's classes cannot be paired with "
             f"{source}'s by name, and their orders differ. Fix: give each class its own name, or set "
             "teacher_label_mapping: by_index if both list the classes in the same order")
     if mapping == BY_INDEX:
@@ -248,91 +249,6 @@ def align_teacher_classes(teacher: nn.Module, labels: Sequence[str], mapping: st
             args.teacher_accuracy_check = "off"
 
 
-def class_folders(folder: str) -> list[str]:
-    """The classes of an image folder: its sub-folders that hold images directly.
-
-    datasets' ``imagefolder`` labels every image by the folder it sits in, so this reads the same
-    layout: ``train/cat/1.jpg`` is class ``cat``. A class folder whose images sit one level deeper
-    (``train/cat/2019/1.jpg``) would silently train on the classes ``2019``..., and a folder with
-    no image (only a README) is no class, which the train/validation comparison then reports.
-
-    datasets' file listing also leaves out what it takes for hidden or special (names starting with
-    ``__``) and does not follow symbolic links to folders: such a class folder would silently lose
-    its images, so it is an error here.
-
-    Images directly in the folder next to class folders put the images at two depths, and
-    datasets then drops the label column altogether (the run would fail later, blaming
-    ``label_column_name``).
-
-    Raises:
-        LabelError: a class folder keeps its images in sub-folders, is a symbolic link, is
-            named like a special folder, or has the name of another in a different Unicode form;
-            images sit directly in the folder next to class folders.
-    """
-    extensions = _image_extensions()
-    classes, imageless, loose = [], [], []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions:
-            loose.append(entry.name)
-        if not entry.is_dir() or entry.name.startswith("."):
-            continue
-        _check_loadable(folder, entry)
-        direct, nested = _images_inside(entry.path, extensions)
-        if nested:
-            raise LabelError(
-                f"{os.path.join(folder, entry.name)!r} keeps images in sub-folders ({_listed(nested)}): datasets labels "
-                "an image by the folder it is in, so those would become the classes. Put each class's images "
-                "directly in its class folder (train/cat/1.jpg)"
-            )
-        (classes if direct else imageless).append(entry.name)
-    if loose and classes:
-        raise LabelError(
-            f"{folder!r} has images directly in it ({_listed(loose)}) next to its class folders: datasets then "
-            "labels no image at all. Move them into their class folder, or out of the data"
-        )
-    check_one_form_each(folder, classes)
-    if imageless:
-        logger.warning("%s: sub-folders without images are not classes: %s", folder, _listed(imageless))
-    return classes
-
-
-def _check_loadable(folder: str, entry: os.DirEntry) -> None:
-    path = os.path.join(folder, entry.name)
-    if entry.is_symlink():
-        raise LabelError(f"class folder {path!r} is a symbolic link, which datasets' imagefolder does not follow "
-                         "(its images would be left out): copy or move the images into a real folder")
-    if entry.name.startswith("__"):
-        raise LabelError(f"class folder {path!r} starts with '__', which datasets' imagefolder skips as a special "
-                         "folder (its images would be left out): rename it")
-
-
-def _image_extensions() -> frozenset[str]:
-    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
-
-    return frozenset(ext.lower() for ext in ImageFolder.EXTENSIONS)
-
-
-def _images_inside(folder: str, extensions: frozenset[str]) -> tuple[bool, list[str]]:
-    """Whether ``folder`` holds an image itself, and which of its sub-folders hold images deeper down."""
-    direct, nested = False, []
-    for entry in os.scandir(folder):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            if _holds_an_image(entry.path, extensions):
-                nested.append(entry.name)
-        elif os.path.splitext(entry.name)[1].lower() in extensions:
-            direct = True
-    return direct, sorted(nested)
-
-
-def _holds_an_image(folder: str, extensions: frozenset[str]) -> bool:
-    for _root, _dirs, files in os.walk(folder):
-        if any(os.path.splitext(name)[1].lower() in extensions for name in files if not name.startswith(".")):
-            return True
-    return False
-
-
 def check_split_classes(train: Sequence[str], validation: Sequence[str], key: str = "validation_dir") -> None:
     """Validation classes must be training classes (the student has no output for any other).
 
@@ -348,13 +264,13 @@ def check_split_classes(train: Sequence[str], validation: Sequence[str], key: st
                      f"rename the class folders so both use the same form, e.g. NFC ({TO_NFC})")
     only_val, only_train = set(validation) - set(train), set(train) - set(validation)
     if only_val:
-        parts = [f"{key} has classes train_dir lacks: {_listed(only_val)}"]
+        parts = [f"{key} has classes train_dir lacks: {listed_names(only_val)}"]
         if only_train:
-            parts.append(f"train_dir has classes {key} lacks: {_listed(only_train)}")
+            parts.append(f"train_dir has classes {key} lacks: {listed_names(only_train)}")
         raise LabelError("; ".join(parts) + ". Class folders need the same names in both (case matters)")
     if only_train:
         logger.warning("labels: train_dir has classes %s lacks: %s. They are trained, and the evaluation measures "
-                       "none of their images", key, _listed(only_train))
+                       "none of their images", key, listed_names(only_train))
 
 
 def check_validation_labels(train: Sequence[str], validation: Sequence[str]) -> None:
@@ -369,6 +285,6 @@ def check_validation_labels(train: Sequence[str], validation: Sequence[str]) -> 
     extra = set(validation) - set(train)
     if extra:
         raise LabelError(
-            f"the validation split has classes the training split lacks: {_listed(extra)}; the student has no "
+            f"the validation split has classes the training split lacks: {listed_names(extra)}; the student has no "
             "output for them. Give a validation split with the training split's classes"
         )
