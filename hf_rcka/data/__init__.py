@@ -1,1 +1,2 @@
-"""Image-classification data: datasets, decoding, transforms, augmentation, sampling, splits."""
+"""Image-classification data: datasets (the digits demo among them), image folders and paths on disk,
+decoding, transforms, augmentation, sampling, splits."""

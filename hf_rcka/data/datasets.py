@@ -1,4 +1,7 @@
-"""Datasets for image classification: Hub datasets, image folders and the offline digits demo.
+"""Datasets for image classification: Hub datasets, image folders and the offline digits demo
+(:mod:`.digits`), loaded into a ``train`` and a ``validation`` split, checked, and given the
+student's transforms. Relative image paths are read against the dataset's folder
+(:mod:`.image_paths`).
 
 Transforms follow the *student*: timm's training augmentation at its input size and normalisation,
 and for evaluation its image processor itself (see ``transforms.py``); the teacher's own
@@ -17,7 +20,6 @@ from typing import Any, Callable
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
-import numpy as np
 import torch
 from torch.utils.data import default_collate
 
@@ -29,29 +31,14 @@ from .images import UnreadableImage, decode_image
 from .transforms import eval_transform, train_transform
 from .splits import stratified_validation_split
 from . import label_values
+from .digits import DIGITS, digits_dataset
+from .image_paths import image_paths_from_the_data_folder
 from .stored_labels import parquet_split_files, realign_stored_labels
 
 logger = logging.getLogger(__name__)
 
 # the splits evaluated, the first present: a validation split by any of its usual names, else the test split
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev", "eval", "evaluation", "test")
-DIGITS = "builtin:digits"
-
-
-def digits_dataset() -> datasets.Dataset:
-    """scikit-learn's real handwritten digits (1,797 8x8 greyscale images, 10 classes), offline."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("builtin:digits needs scikit-learn: pip install 'hf_rcka[demo]'") from err
-    digits = load_digits()
-    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
-    )
-    return datasets.Dataset.from_dict(
-        {"image": list(images), "label": digits.target.tolist()}, features=features
-    )
 
 
 class RawSplits(datasets.DatasetDict):
@@ -73,20 +60,7 @@ def load_raw_datasets(args: DataArguments, eval_only: bool = False) -> RawSplits
     model is evaluated on), not a held-out part of it.
     """
     column = args.label_column_name
-    if args.dataset_name == DIGITS:
-        raw = datasets.DatasetDict({"train": digits_dataset()})
-    elif args.dataset_name is not None:
-        builder = _builder(args.dataset_name, args.dataset_config_name)
-        raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
-        files = parquet_split_files(builder)
-        if files:
-            raw = realign_stored_labels(raw, files, column)
-    else:
-        # datasets reads these as glob patterns: a folder named like "set[ab]" would match "seta"
-        data_files = {"train": f"{glob.escape(args.train_dir)}/**"}
-        if args.validation_dir:
-            data_files["validation"] = f"{glob.escape(args.validation_dir)}/**"
-        raw = datasets.load_dataset("imagefolder", data_files=data_files)
+    raw = _load_source(args)
     if "train" not in raw:
         raise ValueError(f"the dataset has no 'train' split (splits: {list(raw)})")
     _check_columns(raw["train"], args)
@@ -94,7 +68,33 @@ def load_raw_datasets(args: DataArguments, eval_only: bool = False) -> RawSplits
     check_image_values(raw["train"], args.image_column_name, "train")
     validation = _labelled_eval_split(raw, column)
     _say_unused_splits(raw, validation, args, eval_only)
-    raw = _image_paths_from_the_data_folder(raw, args, used=("train", validation))
+    raw = image_paths_from_the_data_folder(raw, args, used=("train", validation))
+    return _evaluation_split(raw, validation, args, eval_only)
+
+
+def _load_source(args: DataArguments) -> datasets.DatasetDict:
+    """The splits of the data the recipe names: the digits demo, a Hub dataset or local folder
+    (``dataset_name``, its stored class labels realigned), or ``train_dir``/``validation_dir``."""
+    if args.dataset_name == DIGITS:
+        return datasets.DatasetDict({"train": digits_dataset()})
+    if args.dataset_name is not None:
+        builder = _builder(args.dataset_name, args.dataset_config_name)
+        raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+        files = parquet_split_files(builder)
+        return realign_stored_labels(raw, files, args.label_column_name) if files else raw
+    # datasets reads these as glob patterns: a folder named like "set[ab]" would match "seta"
+    data_files = {"train": f"{glob.escape(args.train_dir)}/**"}
+    if args.validation_dir:
+        data_files["validation"] = f"{glob.escape(args.validation_dir)}/**"
+    return datasets.load_dataset("imagefolder", data_files=data_files)
+
+
+def _evaluation_split(raw: datasets.DatasetDict, validation: str | None, args: DataArguments,
+                      eval_only: bool) -> RawSplits:
+    """``raw`` with its ``validation`` split: the data's own labelled evaluation split (named
+    ``validation`` here whatever its name was), all of ``train`` in an evaluation-only run without
+    one, or else carved from ``train``, stratified, with ``split_seed``."""
+    column = args.label_column_name
     carved = validation is None and not eval_only
     if validation is None and eval_only:
         logger.info("data: an evaluation-only run and no validation split: all %d images are evaluated", len(raw["train"]))
@@ -267,88 +267,6 @@ def _null_or_empty(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.A
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return pc.or_kleene(pc.is_null(values), pc.equal(pc.fill_null(values, ""), ""))
     return pc.is_null(values)
-
-
-def _image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArguments,
-                                      used: tuple[str | None, ...]) -> datasets.DatasetDict:
-    """Relative image paths (a CSV of ``imgs/0.png``, or image values that store only such a path)
-    name files in the dataset's folder.
-
-    Read as they are, they were opened from the working directory: from elsewhere a run failed at
-    its first batch, or trained on other files that happened to share the names. In the splits the
-    run ``used`` (a split it never reads may ship no files), they are made absolute against a local
-    ``dataset_name`` folder; relative paths of any other dataset that do not name a file from here
-    are an error now, not at the first batch.
-    """
-    column = args.image_column_name
-    folder = args.dataset_name if args.dataset_name and os.path.isdir(args.dataset_name) else None
-    for name in [n for n in used if n in raw]:
-        split = raw[name]
-        feature = split.features[column]
-        decoded = isinstance(feature, datasets.Image) and feature.decode
-        stored = split.cast_column(column, datasets.Image(decode=False)) if decoded else split  # metadata only
-        first = _first_relative_path(stored, column)
-        if first is None or not _from_the_folder(first, folder, column, name):
-            continue
-        fixed = stored.map(lambda batch: {column: [_in_folder(v, folder) for v in batch[column]]},
-                           batched=True, desc=f"image paths of {name}")
-        raw[name] = fixed.cast_column(column, feature) if decoded else fixed
-    return raw
-
-
-def _first_relative_path(split: datasets.Dataset, column: str) -> str | None:
-    """The first relative path among the column's paths (a string column, or image values stored as
-    ``{bytes, path}`` whose bytes are missing), read from the arrow table, or None.
-
-    A path field that is not text holds no paths: pandas writes a ``path`` that is always None as
-    Arrow's null type, on which the string kernels below have no implementation.
-    """
-    values = split.with_format("arrow")[column] if len(split) else None
-    if values is None:
-        return None
-    paths = values
-    if pa.types.is_struct(values.type):
-        fields = {values.type.field(i).name for i in range(values.type.num_fields)}
-        if "path" not in fields:
-            return None
-        paths = pc.struct_field(values, "path")
-        if "bytes" in fields:
-            paths = pc.if_else(pc.is_null(pc.struct_field(values, "bytes")), paths, pa.scalar(None, paths.type))
-    if not (pa.types.is_string(paths.type) or pa.types.is_large_string(paths.type)):
-        return None
-    paths = pc.drop_null(paths)
-    # _relative's rule, on the whole arrow column at once
-    relative = pc.invert(pc.or_(pc.or_(pc.starts_with(paths, "/"), pc.match_substring(paths, "://")),
-                                pc.equal(paths, "")))
-    found = pc.filter(paths, relative)
-    return found[0].as_py() if len(found) else None
-
-
-def _relative(path: Any) -> bool:
-    return isinstance(path, str) and bool(path) and not os.path.isabs(path) and "://" not in path
-
-
-def _from_the_folder(first: str, folder: str | None, column: str, split: str) -> bool:
-    """Whether a split whose first relative image path is ``first`` has its paths in ``folder``.
-
-    Raises:
-        DataError: the relative path names no file in the folder or the working directory.
-    """
-    if folder is not None and os.path.exists(os.path.join(folder, first)):
-        return True
-    if not os.path.exists(first):
-        where = f"{folder!r} or the working directory" if folder else "the working directory"
-        raise DataError(f"image_column_name={column!r} of the {split!r} split holds relative paths (e.g. {first!r}) "
-                        f"that name no file in {where}: give absolute paths, or paths relative to the dataset's folder")
-    return False
-
-
-def _in_folder(value: Any, folder: str) -> Any:
-    """A relative path (or an image value that stores only one) made absolute against ``folder``."""
-    if isinstance(value, dict):
-        return {**value, "path": os.path.join(folder, value["path"])} if value.get("bytes") is None and _relative(
-            value.get("path")) else value
-    return os.path.join(folder, value) if _relative(value) else value
 
 
 def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:

@@ -1,0 +1,106 @@
+"""Relative image paths in a dataset, read against the dataset's folder rather than the working directory.
+
+A CSV of ``imgs/0.png`` (or image values that store only such a path) names files in the
+dataset's own folder. Read as they are, they were opened from the working directory: from
+elsewhere a run failed at its first batch, or trained on other files that happened to share the
+names. The paths are found from the Arrow column alone (no image is decoded), made absolute
+against a local ``dataset_name`` folder, and any other relative path that names no file is an
+error when the data loads.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..arguments import DataArguments
+from ..errors import DataError
+
+
+def image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArguments,
+                                     used: tuple[str | None, ...]) -> datasets.DatasetDict:
+    """Relative image paths (a CSV of ``imgs/0.png``, or image values that store only such a path)
+    name files in the dataset's folder.
+
+    Read as they are, they were opened from the working directory: from elsewhere a run failed at
+    its first batch, or trained on other files that happened to share the names. In the splits the
+    run ``used`` (a split it never reads may ship no files), they are made absolute against a local
+    ``dataset_name`` folder; relative paths of any other dataset that do not name a file from here
+    are an error now, not at the first batch.
+    """
+    column = args.image_column_name
+    folder = args.dataset_name if args.dataset_name and os.path.isdir(args.dataset_name) else None
+    for name in [n for n in used if n in raw]:
+        split = raw[name]
+        feature = split.features[column]
+        decoded = isinstance(feature, datasets.Image) and feature.decode
+        stored = split.cast_column(column, datasets.Image(decode=False)) if decoded else split  # metadata only
+        first = _first_relative_path(stored, column)
+        if first is None or not _from_the_folder(first, folder, column, name):
+            continue
+        fixed = stored.map(lambda batch: {column: [_in_folder(v, folder) for v in batch[column]]},
+                           batched=True, desc=f"image paths of {name}")
+        raw[name] = fixed.cast_column(column, feature) if decoded else fixed
+    return raw
+
+
+def _first_relative_path(split: datasets.Dataset, column: str) -> str | None:
+    """The first relative path among the column's paths (a string column, or image values stored as
+    ``{bytes, path}`` whose bytes are missing), read from the arrow table, or None.
+
+    A path field that is not text holds no paths: pandas writes a ``path`` that is always None as
+    Arrow's null type, on which the string kernels below have no implementation.
+    """
+    values = split.with_format("arrow")[column] if len(split) else None
+    if values is None:
+        return None
+    paths = values
+    if pa.types.is_struct(values.type):
+        fields = {values.type.field(i).name for i in range(values.type.num_fields)}
+        if "path" not in fields:
+            return None
+        paths = pc.struct_field(values, "path")
+        if "bytes" in fields:
+            paths = pc.if_else(pc.is_null(pc.struct_field(values, "bytes")), paths, pa.scalar(None, paths.type))
+    if not (pa.types.is_string(paths.type) or pa.types.is_large_string(paths.type)):
+        return None
+    paths = pc.drop_null(paths)
+    # _relative's rule, on the whole arrow column at once
+    relative = pc.invert(pc.or_(pc.or_(pc.starts_with(paths, "/"), pc.match_substring(paths, "://")),
+                                pc.equal(paths, "")))
+    found = pc.filter(paths, relative)
+    return found[0].as_py() if len(found) else None
+
+
+def _relative(path: Any) -> bool:
+    return isinstance(path, str) and bool(path) and not os.path.isabs(path) and "://" not in path
+
+
+def _from_the_folder(first: str, folder: str | None, column: str, split: str) -> bool:
+    """Whether a split whose first relative image path is ``first`` has its paths in ``folder``.
+
+    Raises:
+        DataError: the relative path names no file in the folder or the working directory.
+    """
+    if folder is not None and os.path.exists(os.path.join(folder, first)):
+        return True
+    if not os.path.exists(first):
+        where = f"{folder!r} or the working directory" if folder else "the working directory"
+        raise DataError(f"image_column_name={column!r} of the {split!r} split holds relative paths (e.g. {first!r}) "
+                        f"that name no file in {where}: give absolute paths, or paths relative to the dataset's folder")
+    return False
+
+
+def _in_folder(value: Any, folder: str) -> Any:
+    """A relative path (or an image value that stores only one) made absolute against ``folder``."""
+    if isinstance(value, dict):
+        return {**value, "path": os.path.join(folder, value["path"])} if value.get("bytes") is None and _relative(
+            value.get("path")) else value
+    return os.path.join(folder, value) if _relative(value) else value
+
+
+__all__ = ["image_paths_from_the_data_folder"]
