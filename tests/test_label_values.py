@@ -239,6 +239,6 @@ def test_a_table_whose_images_are_named_like_splits_is_told_apart_from_an_image_
         for i in range(6):
             Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(tmp_path / "data" / "imgs" / f"train_{i}.png")
             writer.writerow([f"imgs/train_{i}.png", i % 3])
-    with pytest.raises(DataError, match=r"holds train.csv, but datasets took its image files as the data: their "
+    with pytest.raises(DataError, match=r"holds \['train.csv'\], but datasets took its image files as the data: their "
                                         r"names match a split's"):
         load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "data"), train_val_split=0.25))

@@ -27,6 +27,7 @@ from .bad_images import SkippedImages
 from ..arguments import DataArguments
 from ..errors import DataError
 from ..losses import IGNORE_INDEX
+from ..models.labels import listed_names
 from .images import UnreadableImage, decode_image
 from .transforms import eval_transform, train_transform
 from .splits import stratified_validation_split
@@ -162,7 +163,7 @@ def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
                         and entry.name.endswith(_TABLE_SUFFIXES) and entry.name not in _METADATA_FILES)
         if tables:  # datasets prefers split-named files (train_0.png) over the table that lists them
             raise DataError(
-                f"dataset_name {name!r} holds {_listed_names(tables)}, but datasets took its image files as the data: "
+                f"dataset_name {name!r} holds {listed_names(tables)}, but datasets took its image files as the data: "
                 "their names match a split's (train*, test*, valid*...). Rename the images (e.g. images/0001.png) "
                 "so that only the table names a split"
             )
@@ -172,10 +173,6 @@ def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
             "as classes)"
         )
     return builder
-
-
-def _listed_names(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _refuse_a_loading_script(name: str, err: RuntimeError) -> None:
