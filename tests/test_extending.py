@@ -12,7 +12,7 @@ from torch import nn
 from conftest import pixel_dataset, processor, tiny_resnet, tiny_vit
 from hf_rcka import ADAPTERS, LOSSES, DistillationTrainer, DistillationTrainingArguments
 from hf_rcka.errors import ModelError, RecipeError
-from hf_rcka.losses import CrossEntropyLoss, DistillationLoss, KDLoss, LossInputs, weigh_terms
+from hf_rcka.losses import CrossEntropyLoss, DistillationLoss, KDLoss, weigh_terms
 from hf_rcka.modeling.distillation_model import DistillationModel
 from hf_rcka.registry import Registry
 

@@ -179,18 +179,24 @@ def test_a_test_split_of_integer_minus_ones_is_not_evaluated(monkeypatch):
     assert len(raw["validation"]) == 6 and set(raw["validation"]["label"]) == {0, 1, 2}
 
 
+def _csv_of_images(folder, names: list[str], listed: list[str] | None = None) -> None:
+    """``folder/train.csv`` with columns image and label (i % 3), the images written to ``folder/imgs``
+    under ``names``; ``listed``: the path cells, when they differ from ``imgs/<name>``."""
+    import csv
+
+    (folder / "imgs").mkdir(parents=True)
+    with open(folder / "train.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label"])
+        for i, name in enumerate(names):
+            Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(folder / "imgs" / name)
+            writer.writerow([f"imgs/{name}" if listed is None else listed[i], i % 3])
+
+
 def test_relative_image_paths_name_files_of_the_dataset_folder(tmp_path, monkeypatch):
     """They were opened from the working directory: from elsewhere the run failed at its first batch,
     or trained on other files of the same names."""
-    import csv
-
-    (tmp_path / "data" / "imgs").mkdir(parents=True)
-    with open(tmp_path / "data" / "train.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "label"])
-        for i in range(12):
-            Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(tmp_path / "data" / "imgs" / f"{i}.png")
-            writer.writerow([f"imgs/{i}.png", i % 3])
+    _csv_of_images(tmp_path / "data", [f"{i}.png" for i in range(12)])
     (tmp_path / "elsewhere" / "imgs").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "elsewhere" / "imgs" / "0.png")  # a file of the same name here
     monkeypatch.chdir(tmp_path / "elsewhere")
@@ -205,15 +211,8 @@ def test_relative_image_paths_name_files_of_the_dataset_folder(tmp_path, monkeyp
 def test_rows_without_an_image_are_refused_when_the_data_loads(tmp_path):
     """An empty path cell of a CSV, or a null in an Image column, failed when a batch reached it,
     after checkpoints were written, with an AttributeError naming no row."""
-    import csv
-
-    (tmp_path / "data" / "imgs").mkdir(parents=True)
-    with open(tmp_path / "data" / "train.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "label"])
-        for i in range(12):
-            Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(tmp_path / "data" / "imgs" / f"{i}.png")
-            writer.writerow(["" if i == 7 else f"imgs/{i}.png", i % 3])
+    _csv_of_images(tmp_path / "data", [f"{i}.png" for i in range(12)],
+                   listed=["" if i == 7 else f"imgs/{i}.png" for i in range(12)])
     with pytest.raises(DataError, match=r"the 'train' split's 'image' column has no image in 1 of 12 rows \(null or "
                                         r"an empty path; the first is row 7\): remove those rows"):
         load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "data"), train_val_split=0.25))
@@ -230,15 +229,7 @@ def test_rows_without_an_image_are_refused_when_the_data_loads(tmp_path):
 def test_a_table_whose_images_are_named_like_splits_is_told_apart_from_an_image_folder(tmp_path):
     """datasets took imgs/train_0.png as the train split and ignored train.csv; the error said to give
     the folder as train_dir, which would have trained 'imgs' as one class."""
-    import csv
-
-    (tmp_path / "data" / "imgs").mkdir(parents=True)
-    with open(tmp_path / "data" / "train.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "label"])
-        for i in range(6):
-            Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(tmp_path / "data" / "imgs" / f"train_{i}.png")
-            writer.writerow([f"imgs/train_{i}.png", i % 3])
+    _csv_of_images(tmp_path / "data", [f"train_{i}.png" for i in range(6)])
     with pytest.raises(DataError, match=r"holds \['train.csv'\], but datasets took its image files as the data: their "
                                         r"names match a split's"):
         load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "data"), train_val_split=0.25))

@@ -13,7 +13,6 @@ import os
 import shlex
 from typing import Any, Sequence
 
-import torch
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
