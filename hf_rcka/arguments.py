@@ -220,24 +220,31 @@ class DistillationTrainingArguments(TrainingArguments):
             self.learning_rate = scaled_learning_rate(self)
 
 
-def global_batch_size(args: TrainingArguments) -> int:
+def global_batch_size(args: TrainingArguments, per_device: int | None = None) -> int:
     """Images per optimizer step over all processes (``split_batches`` splits one per-device batch
-    over the processes, which Trainer's own count of the total batch leaves out)."""
+    over the processes, which Trainer's own count of the total batch leaves out).
+
+    ``per_device``: the batch each process trained with, when ``auto_find_batch_size`` lowered it
+    below ``args.train_batch_size``.
+    """
     processes = 1 if args.accelerator_config.split_batches else args.world_size
-    return args.train_batch_size * processes * args.gradient_accumulation_steps
+    return (per_device or args.train_batch_size) * processes * args.gradient_accumulation_steps
 
 
-def describe_batch(args: TrainingArguments) -> str:
+def describe_batch(args: TrainingArguments, per_device: int | None = None) -> str:
     """How the global batch is made up, in words, for the card and the recorded recipe: the same
     recipe under another number of processes trains with another batch (and, with ``lr_base``,
-    another learning rate), so a record without it does not say how to run it again."""
+    another learning rate), so a record without it does not say how to run it again.
+
+    ``per_device``: as in ``global_batch_size`` (the batch ``auto_find_batch_size`` trained with).
+    """
     processes, accumulation = args.world_size, args.gradient_accumulation_steps
+    batch, total = per_device or args.train_batch_size, global_batch_size(args, per_device)
     steps = f" x {accumulation} accumulation steps" if accumulation > 1 else ""
     if args.accelerator_config.split_batches and processes > 1:
-        split = f"{args.train_batch_size} images split over {processes} processes"
-        return f"{global_batch_size(args)} images ({split}{steps})"
+        return f"{total} images ({batch} images split over {processes} processes{steps})"
     noun = "process" if processes == 1 else "processes"
-    return f"{global_batch_size(args)} images ({processes} {noun} x {args.train_batch_size} images{steps})"
+    return f"{total} images ({processes} {noun} x {batch} images{steps})"
 
 
 def scaled_learning_rate(args: "DistillationTrainingArguments") -> float:

@@ -55,8 +55,9 @@ def test_output_dir_holds_a_plain_model_card_recipe_and_results(runs):
     assert 0.0 <= results["eval_accuracy"] <= 1.0
     recorded = (student_dir / "distill_config.yaml").read_text()
     assert recorded.startswith("# Global batch: 10 images (1 process x 10 images) per optimizer step.\n"
-                               "# Run it again the same way: python scripts/distill.py "
-                               f"{student_dir / 'distill_config.yaml'}\n"), "the launch is recorded with the recipe"
+                               "# To train it again (into a new folder): python scripts/distill.py "
+                               f"{student_dir / 'distill_config.yaml'} --output_dir '<new folder>'\n"), \
+        "the launch is recorded with the recipe"
     resolved = yaml.safe_load(recorded)
     assert resolved["learning_rate"] == pytest.approx(2e-3), "flags override the recipe and are recorded"
     assert [loss["name"] for loss in resolved["losses"]] == ["ce", "rcka", "feature_cka"]
@@ -102,7 +103,8 @@ def test_existing_run_is_never_overwritten_and_resume_continues(runs, capsys):
     assert main([recipe]) == 2
     assert "already holds a model or checkpoints" in capsys.readouterr().err
     assert (student_dir / "model.safetensors").read_bytes() == before
-    assert main([recipe, "--resume_from_checkpoint", "true", "--max_steps", "4"]) == 0
+    # resumed with the flags it ran with (another learning rate would not be applied, and is refused)
+    assert main([recipe, "--learning_rate", "2e-3", "--resume_from_checkpoint", "true", "--max_steps", "4"]) == 0
     state = json.loads((student_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 4
 

@@ -218,12 +218,28 @@ def test_the_recorded_launch_says_how_the_global_batch_was_made(tmp_path, monkey
     assert load_recipe(tmp_path / "distill_config.yaml") == {**BASE, "seed": 3}, "the comment is no recipe value"
 
 
+def test_a_resume_at_another_learning_rate_is_refused(tmp_path):
+    """Trainer restores the optimizer's and the schedule's rates: resumed at 0.1, a run went on at
+    its 0.01 (logged rates unchanged) while its recipe record and card said 0.1."""
+    import torch
+
+    from hf_rcka.cli.resume_checks import check_resume_rate
+
+    torch.save({"base_lrs": [0.01, 0.01], "last_epoch": 2}, tmp_path / "scheduler.pt")
+    _, _, same = parse_arguments({**BASE, "learning_rate": "1e-2"})
+    check_resume_rate(str(tmp_path), same)
+    _, _, other = parse_arguments({**BASE, "learning_rate": 0.1})
+    with pytest.raises(RecipeError, match=r"was trained at a learning rate of 0.01, and this run sets 0.1: a resumed "
+                                          r"run keeps the checkpoint's optimizer and schedule"):
+        check_resume_rate(str(tmp_path), other)
+
+
 def test_a_resume_with_another_schedule_is_said(tmp_path, caplog):
     """Resumed with more epochs, a run went on along a recomputed cosine (lr 0.002995 at step 60
     instead of 0.002805) without a word; extending a run is allowed, but it is now said."""
     from hf_rcka.cli.resume_checks import warn_resume_schedule
 
-    recorded = {**BASE, "num_train_epochs": 3, "lr_scheduler_type": "cosine", "lr_base": 1e-3}
+    recorded = {**BASE, "num_train_epochs": 3, "lr_scheduler_type": "cosine"}
     dump_recipe(recorded, tmp_path / "distill_config.yaml")
     checkpoint = tmp_path / "checkpoint-50"
     checkpoint.mkdir()
@@ -235,3 +251,23 @@ def test_a_resume_with_another_schedule_is_said(tmp_path, caplog):
         changed = warn_resume_schedule(str(checkpoint), longer)
     assert changed == ["num_train_epochs 3 -> 6", "warmup_steps 0 -> 0.1"]
     assert "other schedule settings (num_train_epochs 3 -> 6; warmup_steps 0 -> 0.1)" in caplog.text
+
+
+def test_the_record_holds_the_batch_trained_with_and_no_resume(tmp_path):
+    """auto_find_batch_size trained at 9 images where the card and record said 10; a resumed run's
+    record kept resume_from_checkpoint, so running it again resumed and trained nothing."""
+    from transformers import TrainerState
+
+    from hf_rcka.cli.records import RecipeRecord
+    from hf_rcka.trainer.card import training_text
+
+    _, _, args = parse_arguments({**BASE, "per_device_train_batch_size": 10})
+    path = tmp_path / "distill_config.yaml"
+    record = RecipeRecord({**BASE, "per_device_train_batch_size": 10, "resume_from_checkpoint": "true"}, str(path))
+    record.on_train_begin(args, TrainerState(train_batch_size=9), None)
+    assert path.read_text().startswith("# Global batch: 9 images (1 process x 9 images) per optimizer step.\n")
+    assert "resume_from_checkpoint" not in load_recipe(path)
+    assert training_text(8, 2.0, "9 images", 0.01, exported_step=4) == (
+        "8 optimizer steps (2 epochs), global batch 9 images, peak learning rate 0.01; the weights here are "
+        "step 4's, the best evaluation")
+    assert training_text(8, 2.0, "9 images", 0.01, exported_step=8).endswith("peak learning rate 0.01")

@@ -146,6 +146,35 @@ def test_the_checkpoint_of_a_stop_survives_best_model_clean_up(tmp_path):
     assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
 
 
+def test_a_stop_in_the_last_step_still_exports_the_best_checkpoint(tmp_path):
+    """The stop's clean-up guard also took the last step's ending as planned: the last weights were
+    exported, not the best checkpoint load_best_model_at_end asked for."""
+    import torch
+    from conftest import pixel_dataset
+    from transformers import AutoModelForImageClassification
+
+    from hf_rcka.cli.job import _train
+
+    stop = GracefulStop()
+    stop.install()
+    try:
+        trainer = tiny_trainer(
+            tmp_path, stop, SignalAt(8, signal.SIGTERM), eval_dataset=pixel_dataset(10, seed=1), max_steps=8,
+            eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, save_total_limit=1,
+            load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True)
+        try:
+            _train(trainer, resume=None, stop=stop, argv=["r.yaml"])
+        except (Stopped, Interrupted):
+            pass
+    finally:
+        stop.uninstall()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("checkpoint-8"), "an earlier evaluation is the best here"
+    student = trainer.distillation_model.student.state_dict()
+    saved = AutoModelForImageClassification.from_pretrained(best).state_dict()
+    assert all(torch.equal(student[k], saved[k]) for k in saved), "the best weights were loaded"
+
+
 def test_a_second_signal_stops_at_once(tmp_path):
     from hf_rcka.cli.job import _train
 

@@ -233,3 +233,11 @@ def test_a_table_whose_images_are_named_like_splits_is_told_apart_from_an_image_
     with pytest.raises(DataError, match=r"holds \['train.csv'\], but datasets took its image files as the data: their "
                                         r"names match a split's"):
         load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "data"), train_val_split=0.25))
+    # an image folder with a stray table at its top level is still an image folder
+    for split in ("train", "validation"):
+        for label in ("cat", "dog"):
+            (tmp_path / "folder" / split / label).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / "folder" / split / label / "0.png")
+    (tmp_path / "folder" / "classes.json").write_text('["cat", "dog"]')
+    with pytest.raises(DataError, match="is a folder of images: give it as train_dir"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "folder")))

@@ -36,7 +36,8 @@ from ..modeling.assembly import build_distillation_model, run_loss_specs
 from ..trainer.trainer import DistillationTrainer
 from .preflight import check_recipe_metric, check_run
 from .resume_checks import (
-    check_checkpoint, check_resume_batch, check_resume_recipe, check_resume_split, warn_resume_schedule,
+    check_checkpoint, check_resume_batch, check_resume_rate, check_resume_recipe, check_resume_split,
+    warn_resume_schedule,
 )
 from .output_folder import (
     check_output_dir, holds_run, later_checkpoints, resumes_in, set_aside_abandoned_branch, set_aside_previous_run,
@@ -121,6 +122,7 @@ def _check_before_loading(
         check_checkpoint(resume)
         check_resume_batch(resume, args)
         check_resume_recipe(resume, model_args, data_args, args)
+        check_resume_rate(resume, args)
         warn_resume_schedule(resume, args)
     check_output_dir(args, resume)
     # Pinned memory only helps copies to an accelerator; on CPU torch warns at every dataloader.

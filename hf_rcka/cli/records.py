@@ -106,14 +106,18 @@ class RecipeRecord(TrainerCallback):
     made the checkpoints; a fresh run records it before its first step, as before."""
 
     def __init__(self, recipe: dict, path: str) -> None:
-        self.recipe, self.path = recipe, path
+        # the record trains the recipe again; resuming one of its checkpoints is no part of that
+        self.recipe = {key: value for key, value in recipe.items() if key != "resume_from_checkpoint"}
+        self.path = path
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         # The launch is not a recipe value, and the same values under another number of processes
-        # train with another global batch: the header says how to run them again as they ran.
-        launch = (f"Global batch: {describe_batch(args)} per optimizer step.\n"
-                  f"Run it again the same way: {launch_command(self.path)}")
+        # train with another global batch: the header says how to run them again as they ran
+        # (state's batch: auto_find_batch_size may have lowered it; each attempt records anew).
+        launch = (f"Global batch: {describe_batch(args, state.train_batch_size)} per optimizer step.\n"
+                  f"To train it again (into a new folder): "
+                  f"{launch_command(self.path, '--output_dir', '<new folder>')}")
         dump_recipe(self.recipe, self.path, comment=launch)
         write_working_dir(os.path.dirname(self.path) or ".")
 

@@ -112,14 +112,38 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
                           "run from its weights (model_name_or_path) in a new output_dir")
 
 
-# The settings the learning-rate schedule is computed from. Trainer rebuilds the schedule from the
-# resumed run's values, so changing one reshapes the curve from the resumed step on.
-SCHEDULE_KEYS = ("num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs",
-                 "learning_rate", "lr_base", "lr_base_size", "lr_base_scale")
+# The settings the learning-rate schedule's shape is computed from. Trainer rebuilds the schedule
+# from the resumed run's values, so changing one reshapes the curve from the resumed step on. (The
+# rate itself is not among them: see check_resume_rate.)
+SCHEDULE_KEYS = ("num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs")
+
+
+def check_resume_rate(folder: str, args: Any) -> None:
+    """A checkpoint resumes at the learning rate it was trained with.
+
+    Trainer restores the optimizer's and the schedule's rates from the checkpoint, so another
+    ``learning_rate`` (or ``lr_base``) was not applied, while the recorded recipe and the card
+    named it (resumed at 0.1, a run went on at its 0.01).
+
+    Raises:
+        RecipeError: naming both rates and the ways on.
+    """
+    import torch
+
+    path = Path(folder) / "scheduler.pt"
+    if not path.is_file():
+        return
+    rates = torch.load(path, map_location="cpu", weights_only=True).get("base_lrs") or []
+    if rates and not any(math.isclose(rate, args.learning_rate, rel_tol=1e-6) for rate in rates):
+        raise RecipeError(
+            f"resume_from_checkpoint: {folder!r} was trained at a learning rate of {max(rates):g}, and this run sets "
+            f"{args.learning_rate:g}: a resumed run keeps the checkpoint's optimizer and schedule, which hold its rate, "
+            "so the new one would not be applied. Resume with its learning_rate (or lr_base), or start a new run from "
+            "its weights (model_name_or_path) in a new output_dir")
 
 
 def warn_resume_schedule(folder: str, args: Any) -> list[str]:
-    """Say when a resumed run changes how its learning-rate schedule is computed (more epochs to
+    """Say when a resumed run changes how its learning-rate schedule is shaped (more epochs to
     extend a run is common, and allowed): its first steps followed one schedule and the rest follow
     another, which neither the recorded recipe nor the card would otherwise show.
 
@@ -132,14 +156,10 @@ def warn_resume_schedule(folder: str, args: Any) -> list[str]:
     fields = type(args).__dataclass_fields__
     changed = []
     for key in SCHEDULE_KEYS:
-        if key not in fields:
-            continue
         field = fields[key]
         before = recorded[key] if key in recorded else (
             field.default_factory() if field.default is dataclasses.MISSING else field.default)
         now = getattr(args, key)
-        if key == "learning_rate" and args.lr_base is not None:
-            continue  # scaled from lr_base, compared through it
         if before != now and not (isinstance(before, (int, float)) and isinstance(now, (int, float))
                                   and math.isclose(before, now)):
             changed.append(f"{key} {_setting(before)} -> {_setting(now)}")
@@ -192,6 +212,6 @@ def _earlier(folder: str) -> str:
 
 
 __all__ = [
-    "SCHEDULE_KEYS", "check_checkpoint", "check_resume_batch", "check_resume_recipe", "check_resume_split",
-    "warn_resume_schedule",
+    "SCHEDULE_KEYS", "check_checkpoint", "check_resume_batch", "check_resume_rate", "check_resume_recipe",
+    "check_resume_split", "warn_resume_schedule",
 ]

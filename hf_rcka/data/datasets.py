@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -161,7 +162,8 @@ def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
     if builder.name == "imagefolder" and os.path.isdir(name) and not labelled_by_metadata:
         tables = sorted(entry.name for entry in os.scandir(name) if entry.is_file()
                         and entry.name.endswith(_TABLE_SUFFIXES) and entry.name not in _METADATA_FILES)
-        if tables:  # datasets prefers split-named files (train_0.png) over the table that lists them
+        split_named = any(_SPLIT_NAMED.match(os.path.basename(str(f))) for fs in data_files.values() for f in fs)
+        if tables and split_named:  # datasets prefers split-named files (train_0.png) over the table listing them
             raise DataError(
                 f"dataset_name {name!r} holds {listed_names(tables)}, but datasets took its image files as the data: "
                 "their names match a split's (train*, test*, valid*...). Rename the images (e.g. images/0001.png) "
@@ -206,6 +208,7 @@ def _labelled_eval_split(raw: datasets.DatasetDict, column: str) -> str | None:
 _IMAGE_VALUES = ("string", "large_string", "binary", "large_binary")
 # An image folder whose labels come from one of these files (datasets' metadata layout) has no class folders
 _METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+_SPLIT_NAMED = re.compile(r"(train|test|valid|val|dev|eval)", re.IGNORECASE)  # file names datasets reads as splits
 _TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".arrow")  # files datasets loads as tables
 
 

@@ -260,14 +260,22 @@ def write_model_card(
     return card
 
 
-def training_text(steps: int, epochs: float | None, batch: str, learning_rate: float) -> str | None:
-    """The card's training line; None before any step was taken."""
+def training_text(steps: int, epochs: float | None, batch: str, learning_rate: float,
+                  exported_step: int | None = None) -> str | None:
+    """The card's training line; None before any step was taken.
+
+    ``exported_step``: the step whose weights are exported when it is not the last one (the best
+    checkpoint that ``load_best_model_at_end`` loaded).
+    """
     if steps <= 0:
         return None
     span = f"{steps:,} optimizer {'step' if steps == 1 else 'steps'}"
     if epochs:
         span += f" ({round(epochs, 2):g} {'epoch' if round(epochs, 2) == 1 else 'epochs'})"
-    return f"{span}, global batch {batch}, peak learning rate {learning_rate:g}"
+    text = f"{span}, global batch {batch}, peak learning rate {learning_rate:g}"
+    if exported_step is not None and exported_step != steps:
+        text += f"; the weights here are step {exported_step:,}'s, the best evaluation"
+    return text
 
 
 def _card_data(model_name: str, teacher_name: str | None, dataset: str | None, metrics: dict[str, float],

@@ -57,12 +57,20 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
 
 def _first_items(role: str, dataset: Any) -> Iterator[tuple[str, Any, Mapping]]:
     """``(where, part, its first item)`` of each part of ``dataset`` (one dataset or a dict) that
-    can be indexed, or that is a ``datasets.IterableDataset`` (iterating one starts afresh each
-    time; a plain torch ``IterableDataset`` may be a one-shot stream, so it is not read)."""
+    can be indexed, or that is an evaluation ``datasets.IterableDataset``.
+
+    Iterating a ``datasets.IterableDataset`` starts afresh each time, but a shuffled one fills its
+    whole buffer for its first item (thousands of streamed images), so only evaluation streams,
+    whose wrong keys would evaluate to nothing without an error, are read; a training stream with
+    wrong keys fails at its first step. A plain torch ``IterableDataset`` may be a one-shot stream
+    and is never read.
+    """
     import datasets
 
     for name, part in (dataset.items() if isinstance(dataset, dict) else [(None, dataset)]):
         if isinstance(part, datasets.IterableDataset):
+            if role == "train_dataset":
+                continue
             item = next(iter(part), None)
         elif part is None or isinstance(part, torch.utils.data.IterableDataset) or not hasattr(part, "__len__"):
             continue

@@ -104,8 +104,9 @@ class GracefulStop(TrainerCallback):
             control.should_training_stop = True
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
-        if self.stopped_at is not None:
-            # The run is cut short, not finished: Trainer's end of training would load the best
+        if self.stopped_at is not None and state.global_step < state.max_steps:
+            # The run is cut short, not finished (a stop in its last step ends it as planned, with
+            # the best checkpoint loaded and exported): Trainer's end of training would load the best
             # checkpoint and, with save_total_limit 1, delete every other one, the checkpoint just
             # written among them. The checkpoint's own training_args.bin, already written, keeps
             # the settings for the resumed run; these are the trainer's copy.

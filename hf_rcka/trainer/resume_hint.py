@@ -57,14 +57,18 @@ def relaunch_command(argv: Sequence[str], settings: dict[str, str]) -> str:
         if dropped:  # (main took a bare --debug out of argv; --debug VALUE is a setting and stays)
             continue
         kept.append(token)
-    script = sys.argv[0] if sys.argv and sys.argv[0].endswith("distill.py") else SCRIPT
     replaced = [part for key, value in settings.items() for part in (f"--{key}", value)]
-    return shlex.join([*_launcher(), script, *kept, *replaced])
+    return shlex.join([*_launcher(), _script(), *kept, *replaced])
 
 
-def launch_command(recipe: str) -> str:
-    """``recipe`` run the way this run was launched (processes, launcher), with no overrides."""
-    return shlex.join([*_launcher(), SCRIPT, recipe])
+def launch_command(recipe: str, *flags: str) -> str:
+    """``recipe`` run the way this run was launched (processes, launcher), with ``flags``."""
+    return shlex.join([*_launcher(), _script(), recipe, *flags])
+
+
+def _script() -> str:
+    """The training script as this run named it (a path from another folder), else the repo's."""
+    return sys.argv[0] if sys.argv and sys.argv[0].endswith("distill.py") else SCRIPT
 
 
 def secrets_note(argv: Sequence[str]) -> str:

@@ -553,9 +553,15 @@ class DistillationTrainer(CheckpointingTrainer):
             facts=self.card_facts,
             repo_id=self.hub_model_id or self.args.hub_model_id or self.args.output_dir,
             license=license,
-            training=training_text(self.state.global_step, self.state.epoch, describe_batch(self.args),
-                                   self.args.learning_rate),
+            training=training_text(self.state.global_step, self.state.epoch,
+                                   describe_batch(self.args, getattr(self, "_train_batch_size", None)),
+                                   self._peak_learning_rate(), checkpoint_step(os.path.basename(best or ""))),
         )
+
+    def _peak_learning_rate(self) -> float:
+        """The rate the schedule peaks at: the schedule's own (a resumed run keeps its checkpoint's)."""
+        rates = getattr(self.lr_scheduler, "base_lrs", None) if self.lr_scheduler is not None else None
+        return max(rates) if rates else self.args.learning_rate
 
 
 def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None, final_step: int | None = None) -> dict:
