@@ -11,6 +11,7 @@ Python. Nothing here reads YAML or a command line.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,9 @@ from transformers import TrainingArguments
 from .augmentation import AugmentationArguments
 from .errors import RecipeError
 from .recipe_specs import check_auto_pair_options, validate_feature_pairs, validate_losses
-from .training_values import check_training_values
+from .training_values import check_fixed_settings, check_training_values
+
+logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelArguments:
@@ -220,6 +223,24 @@ class DistillationTrainingArguments(TrainingArguments):
             self.learning_rate = scaled_learning_rate(self)
 
 
+def check_arguments(args: TrainingArguments) -> None:
+    """Plain ``TrainingArguments`` get the checks ``DistillationTrainingArguments`` runs itself.
+
+    Their two defaults that differ from the distillation's (``label_names`` unset,
+    ``remove_unused_columns`` on, which drops the columns an image transform reads) are set to
+    the distillation's; any other value of a fixed setting is refused.
+    """
+    if isinstance(args, DistillationTrainingArguments):
+        return
+    if args.label_names is None:
+        args.label_names = ["labels"]
+    if args.remove_unused_columns:
+        logger.info("remove_unused_columns set to False: distillation reads every column of the batch")
+        args.remove_unused_columns = False
+    check_training_values(args)
+    check_fixed_settings(args)
+
+
 def global_batch_size(args: TrainingArguments, per_device: int | None = None) -> int:
     """Images per optimizer step over all processes (``split_batches`` splits one per-device batch
     over the processes, which Trainer's own count of the total batch leaves out).
@@ -304,28 +325,3 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, DistillationTrainingArguments
 # What the command line runs when a recipe does not say (TrainingArguments defaults both to False):
 # training, then a final evaluation.
 RUN_DEFAULTS = {"do_train": True, "do_eval": True}
-
-
-# TrainingArguments settings that the distillation batches and the evaluation's metrics depend on.
-# Trainer accepts other values, and they surface only at the first evaluation, after training: a
-# run that reports no accuracy and exits 0, or a traceback.
-FIXED_SETTINGS = {
-    "label_names": (["labels"], "the batches carry their labels as 'labels'; other names leave the evaluation "
-                                "without predictions, so it reports no accuracy"),
-    "prediction_loss_only": (False, "the evaluation would report the loss only, no accuracy"),
-    "remove_unused_columns": (False, "distillation needs every column of the batch"),
-    "eval_do_concat_batches": (True, "accuracy is computed over all predictions at once"),
-    "batch_eval_metrics": (False, "accuracy is computed over all predictions at once"),
-    "bf16_full_eval": (False, "it casts the whole model, the losses' float32 parts included, and evaluates weights "
-                              "other than the float32 ones exported"),
-    "fp16_full_eval": (False, "it casts the whole model, the losses' float32 parts included, and evaluates weights "
-                              "other than the float32 ones exported"),
-}
-
-
-def check_fixed_settings(args: TrainingArguments) -> None:
-    """Refuse a value other than ``FIXED_SETTINGS``' for any of them (plain TrainingArguments too)."""
-    for key, (value, reason) in FIXED_SETTINGS.items():
-        given = getattr(args, key)
-        if (list(given) if isinstance(given, (list, tuple)) else given) != value:
-            raise RecipeError(f"{key}: {given!r} is not supported ({reason}): remove it from the recipe")

@@ -2,10 +2,11 @@
 
 ``TrainingArguments`` accepts a negative learning rate, a batch size of 0 or a label smoothing of
 1.5; they fail at the first step (or, worse, train quietly: a negative learning rate climbs the
-loss). Each range rule here names its key and the accepted range. ``DistillationTrainingArguments``
-applies them when it is built; ``check_arguments`` applies them, and the distillation's fixed
-settings, to plain ``TrainingArguments`` a Python caller passes; ``check_half_precision`` refuses
-``fp16`` where accelerate would silently train in float32. The command line and the trainer both
+loss). Each range rule here names its key and the accepted range; ``FIXED_SETTINGS`` are the
+values the distillation's batches and metrics depend on. ``DistillationTrainingArguments`` applies
+both when it is built, and ``arguments.check_arguments`` to plain ``TrainingArguments`` a Python
+caller passes; ``check_half_precision`` refuses ``fp16`` where accelerate would silently train in
+float32. The command line and the trainer both
 call these, so a rule of the arguments lives with the arguments, not in either layer.
 
 Values arrive typed (a recipe's text is converted by ``hf_rcka.cli.coercion`` first); these
@@ -61,24 +62,29 @@ def check_training_values(args: Any) -> None:
                                   f"set dataloader_num_workers > 0 too, or drop {key}")
 
 
-def check_arguments(args: TrainingArguments) -> None:
-    """Plain ``TrainingArguments`` get the checks ``DistillationTrainingArguments`` runs itself.
+# TrainingArguments settings that the distillation batches and the evaluation's metrics depend on.
+# Trainer accepts other values, and they surface only at the first evaluation, after training: a
+# run that reports no accuracy and exits 0, or a traceback.
+FIXED_SETTINGS = {
+    "label_names": (["labels"], "the batches carry their labels as 'labels'; other names leave the evaluation "
+                                "without predictions, so it reports no accuracy"),
+    "prediction_loss_only": (False, "the evaluation would report the loss only, no accuracy"),
+    "remove_unused_columns": (False, "distillation needs every column of the batch"),
+    "eval_do_concat_batches": (True, "accuracy is computed over all predictions at once"),
+    "batch_eval_metrics": (False, "accuracy is computed over all predictions at once"),
+    "bf16_full_eval": (False, "it casts the whole model, the losses' float32 parts included, and evaluates weights "
+                              "other than the float32 ones exported"),
+    "fp16_full_eval": (False, "it casts the whole model, the losses' float32 parts included, and evaluates weights "
+                              "other than the float32 ones exported"),
+}
 
-    Their two defaults that differ from the distillation's (``label_names`` unset,
-    ``remove_unused_columns`` on, which drops the columns an image transform reads) are set to
-    the distillation's; any other value of a fixed setting is refused.
-    """
-    from .arguments import DistillationTrainingArguments, check_fixed_settings  # arguments imports this module
 
-    if isinstance(args, DistillationTrainingArguments):
-        return
-    if args.label_names is None:
-        args.label_names = ["labels"]
-    if args.remove_unused_columns:
-        logger.info("remove_unused_columns set to False: distillation reads every column of the batch")
-        args.remove_unused_columns = False
-    check_training_values(args)
-    check_fixed_settings(args)
+def check_fixed_settings(args: TrainingArguments) -> None:
+    """Refuse a value other than ``FIXED_SETTINGS``' for any of them (plain TrainingArguments too)."""
+    for key, (value, reason) in FIXED_SETTINGS.items():
+        given = getattr(args, key)
+        if (list(given) if isinstance(given, (list, tuple)) else given) != value:
+            raise RecipeError(f"{key}: {given!r} is not supported ({reason}): remove it from the recipe")
 
 
 def check_half_precision(args: Any) -> None:
@@ -90,7 +96,7 @@ def check_half_precision(args: Any) -> None:
     from transformers.utils import (is_torch_cuda_available, is_torch_mps_available, is_torch_npu_available,
                                     is_torch_xpu_available)
 
-    if not args.fp16:  # fp16_full_eval is refused before this (arguments.FIXED_SETTINGS)
+    if not args.fp16:  # fp16_full_eval is refused before this (FIXED_SETTINGS)
         return
     accelerator = any(found() for found in (is_torch_cuda_available, is_torch_xpu_available, is_torch_mps_available,
                                             is_torch_npu_available))
@@ -99,4 +105,4 @@ def check_half_precision(args: Any) -> None:
                           "use_cpu: true for CPU autocast, or fp16: false")
 
 
-__all__ = ["check_arguments", "check_half_precision", "check_training_values"]
+__all__ = ["FIXED_SETTINGS", "check_fixed_settings", "check_half_precision", "check_training_values"]

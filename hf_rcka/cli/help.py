@@ -16,7 +16,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from ..arguments import FIXED_SETTINGS, RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
+from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
+from ..training_values import FIXED_SETTINGS
 from ..losses import per_channel_losses, reads_features
 from ..registry import ADAPTERS, LOSSES, Registry
 

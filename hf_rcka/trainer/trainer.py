@@ -31,8 +31,8 @@ import torch
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import EvalLoopOutput
 
-from ..arguments import describe_batch
-from ..training_values import check_arguments, check_half_precision
+from ..arguments import check_arguments, describe_batch
+from ..training_values import check_half_precision
 from ..augmentation import AugmentationArguments
 from ..errors import DataError
 from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches, check_unsized_training
