@@ -123,9 +123,9 @@ def test_sigint_stops_after_the_current_step_with_a_checkpoint(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before, "handlers are restored"
 
 
-def test_the_checkpoint_of_a_stop_survives_best_model_clean_up(tmp_path):
-    """With load_best_model_at_end and save_total_limit 1, Trainer's end of training deleted every
-    checkpoint but the best, the stop's own among them: 'no checkpoint was saved, nothing to resume'."""
+def _stopped_keeping_the_best(tmp_path, at_step: int, max_steps: int):
+    """Train with load_best_model_at_end and save_total_limit 1 (best: the highest loss, an early
+    checkpoint), a SIGTERM in step ``at_step``; the trainer and what training raised."""
     from conftest import pixel_dataset
 
     from hf_rcka.cli.job import _train
@@ -134,15 +134,24 @@ def test_the_checkpoint_of_a_stop_survives_best_model_clean_up(tmp_path):
     stop.install()
     try:
         trainer = tiny_trainer(
-            tmp_path, stop, SignalAt(5, signal.SIGTERM), eval_dataset=pixel_dataset(10, seed=1), max_steps=20,
-            eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, save_total_limit=1,
-            load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True)
-        with pytest.raises(Stopped) as stopped:
+            tmp_path, stop, SignalAt(at_step, signal.SIGTERM), eval_dataset=pixel_dataset(10, seed=1),
+            max_steps=max_steps, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+            save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True)
+        try:
             _train(trainer, resume=None, stop=stop, argv=["r.yaml"])
+        except (Stopped, Interrupted) as err:
+            return trainer, err
+        return trainer, None
     finally:
         stop.uninstall()
+
+
+def test_the_checkpoint_of_a_stop_survives_best_model_clean_up(tmp_path):
+    """With load_best_model_at_end and save_total_limit 1, Trainer's end of training deleted every
+    checkpoint but the best, the stop's own among them: 'no checkpoint was saved, nothing to resume'."""
+    _, stopped = _stopped_keeping_the_best(tmp_path, at_step=5, max_steps=20)
     checkpoint = tmp_path / "run" / "checkpoint-5"
-    assert stopped.value.step == 5 and stopped.value.checkpoint == str(checkpoint)
+    assert isinstance(stopped, Stopped) and stopped.step == 5 and stopped.checkpoint == str(checkpoint)
     assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
 
 
@@ -150,24 +159,9 @@ def test_a_stop_in_the_last_step_still_exports_the_best_checkpoint(tmp_path):
     """The stop's clean-up guard also took the last step's ending as planned: the last weights were
     exported, not the best checkpoint load_best_model_at_end asked for."""
     import torch
-    from conftest import pixel_dataset
     from transformers import AutoModelForImageClassification
 
-    from hf_rcka.cli.job import _train
-
-    stop = GracefulStop()
-    stop.install()
-    try:
-        trainer = tiny_trainer(
-            tmp_path, stop, SignalAt(8, signal.SIGTERM), eval_dataset=pixel_dataset(10, seed=1), max_steps=8,
-            eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, save_total_limit=1,
-            load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True)
-        try:
-            _train(trainer, resume=None, stop=stop, argv=["r.yaml"])
-        except (Stopped, Interrupted):
-            pass
-    finally:
-        stop.uninstall()
+    trainer, _ = _stopped_keeping_the_best(tmp_path, at_step=8, max_steps=8)
     best = trainer.state.best_model_checkpoint
     assert best is not None and not best.endswith("checkpoint-8"), "an earlier evaluation is the best here"
     student = trainer.distillation_model.student.state_dict()
