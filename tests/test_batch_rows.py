@@ -200,3 +200,8 @@ def test_training_data_without_a_length_gets_the_checks_it_can(tmp_path, caplog)
     mislabelled = pixel_dataset(6).with_format(None).rename_column("labels", "label").with_format("torch")
     with pytest.raises(DataError, match=r"eval_dataset: its items have no \['labels'\]"):
         make_trainer(args, evaluation=mislabelled.to_iterable_dataset())
+    # a training stream is not read ahead: a shuffled one filled its whole buffer for one item
+    read = []
+    shuffled = stream.map(lambda item: read.append(1) or item).shuffle(seed=0, buffer_size=8)
+    make_trainer(args, train=shuffled)
+    assert read == [], "constructing the trainer read the training stream"
