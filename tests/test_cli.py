@@ -177,5 +177,7 @@ def test_a_recipes_log_level_reaches_hf_rckas_own_lines(tmp_path, levels, expect
     try:
         _setup_logging(DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **levels))
         assert logging.getLevelName(ours.level) == expected and logging.getLevelName(trainer.level) == expected
+        # other libraries' DEBUG lines (PIL: two per decoded image) stay out of a debug log
+        assert root.level == max(logging.getLevelName(expected), logging.INFO)
     finally:
         root.handlers[:], (root.level, ours.level, trainer.level) = saved[0], saved[1:]

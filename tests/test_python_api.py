@@ -56,8 +56,8 @@ def test_a_teacher_of_other_classes_is_an_error_unless_paired_by_position(tmp_pa
 
 def test_a_teacher_of_other_classes_whose_features_alone_are_distilled(tmp_path, caplog):
     """Its classes do not matter to feature losses; its accuracy on the run's labels means nothing,
-    so the check is off. The command line (before the data and models load) and the trainer decide
-    this alike."""
+    so the check is off. The command line (once both models have loaded, before the trainer is
+    built) and the trainer decide this alike."""
     from hf_rcka.cli.run_inputs import align_teacher
 
     student = named(tiny_vit(), ["a", "b", "c"])

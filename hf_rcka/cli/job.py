@@ -106,7 +106,10 @@ def _setup_logging(args: DistillationTrainingArguments) -> None:
         level = logging.INFO if args.should_log else logging.WARNING
     else:
         level = args.get_process_log_level()
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
+    # The root logger (other libraries: PIL logs two DEBUG lines per decoded image) stays at INFO at
+    # most; hf_rcka's and the Trainer's own loggers take the recipe's level, DEBUG included.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=max(level, logging.INFO),
+                        force=True)
     logger.setLevel(level)
     transformers.utils.logging.set_verbosity(logging.WARNING)
     logging.getLogger("transformers.trainer").setLevel(level)
