@@ -211,6 +211,12 @@ def test_the_recorded_launch_says_how_the_global_batch_was_made(tmp_path, monkey
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert launch_command("out/distill_config.yaml") == \
         "torchrun --nproc_per_node 2 scripts/distill.py out/distill_config.yaml"
+    # the record is uploaded: a script named by a relative path keeps it, an absolute one (someone's
+    # folders) is the repository's
+    monkeypatch.setattr("sys.argv", ["../hf_rcka/scripts/distill.py"])
+    assert "torchrun --nproc_per_node 2 ../hf_rcka/scripts/distill.py " in launch_command("r.yaml")
+    monkeypatch.setattr("sys.argv", ["/home/alice/hf_rcka/scripts/distill.py"])
+    assert " scripts/distill.py r.yaml" in launch_command("r.yaml") and "alice" not in launch_command("r.yaml")
 
     dump_recipe({**BASE, "seed": 3}, tmp_path / "distill_config.yaml", comment="Global batch: 64.\nRun: it")
     text = (tmp_path / "distill_config.yaml").read_text()

@@ -62,8 +62,13 @@ def relaunch_command(argv: Sequence[str], settings: dict[str, str]) -> str:
 
 
 def launch_command(recipe: str, *flags: str) -> str:
-    """``recipe`` run the way this run was launched (processes, launcher), with ``flags``."""
-    return shlex.join([*_launcher(), _script(), recipe, *flags])
+    """``recipe`` run the way this run was launched (processes, launcher), with ``flags``.
+
+    For the recorded recipe, which is uploaded with the model: the script as the run named it when
+    that was a relative path, else the repository's (an absolute path names someone's folders).
+    """
+    script = _script()
+    return shlex.join([*_launcher(), SCRIPT if os.path.isabs(script) else script, recipe, *flags])
 
 
 def _script() -> str:
