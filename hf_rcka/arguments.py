@@ -165,7 +165,8 @@ class DistillationTrainingArguments(TrainingArguments):
                           "files move to output_dir/_replaced/ first (one replaced run is kept)."},
     )
     model_ema: bool = field(
-        default=False, metadata={"help": "Keep an EMA of the student's weights (timm ModelEmaV3); eval reports eval_ema_*."}
+        default=False, metadata={"help": "Keep an EMA of the student's weights (timm ModelEmaV3); eval in training also reports "
+                                               "eval_ema_*."}
     )
     model_ema_decay: float = field(default=0.9998, metadata={"help": "EMA decay per optimizer step (timm's default)."})
     model_ema_warmup: bool = field(default=False, metadata={"help": "timm's EMA decay warm-up."})

@@ -233,6 +233,16 @@ def test_a_table_whose_images_are_named_like_splits_is_told_apart_from_an_image_
     with pytest.raises(DataError, match=r"holds \['train.csv'\], but datasets took its image files as the data: their "
                                         r"names match a split's"):
         load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "data"), train_val_split=0.25))
+    # datasets' own rule: a keyword between separators names a split too; a table named after no split
+    # loses to the images, which need not be split-named
+    _csv_of_images(tmp_path / "inside", [f"img_train_{i}.png" for i in range(6)])
+    with pytest.raises(DataError, match="their names match a split's"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "inside"), train_val_split=0.25))
+    _csv_of_images(tmp_path / "unnamed", [f"valley_{i}.png" for i in range(6)])
+    (tmp_path / "unnamed" / "train.csv").rename(tmp_path / "unnamed" / "data.csv")
+    with pytest.raises(DataError, match=r"holds \['data.csv'\], but .*the table's name names no split.* Name it "
+                                        r"after its split \(train.csv"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "unnamed"), train_val_split=0.25))
     # an image folder with a stray table at its top level is still an image folder
     for split in ("train", "validation"):
         for label in ("cat", "dog"):

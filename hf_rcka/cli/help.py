@@ -28,7 +28,8 @@ _TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 # TrainingArguments fields whose transformers help says something else than what the CLI does.
 _HELP = {
     "resume_from_checkpoint": "Continue a run: a checkpoint folder, or true for the last checkpoint in output_dir "
-                              "(with its adapters, loss state and EMA; refused at another global batch).",
+                              "(with its adapters, loss state and EMA; refused at another global batch, learning rate, loss set or "
+                              "held-out split; other schedule settings are logged).",
     "debug": "transformers' debug features ('underflow_overflow', 'tpu_metrics_debug'), as --debug VALUE. A bare "
              "--debug instead prints user errors with their traceback.",
 }

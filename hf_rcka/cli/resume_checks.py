@@ -1,9 +1,9 @@
 """A checkpoint to resume from, checked before anything loads (and its split once the data has).
 
 A resumed run must continue the run that made the checkpoint: readable weights and trainer state
-(a run killed while saving leaves a truncated file), the same global batch, the same losses and,
-once the data has loaded, the same held-out validation split; other schedule settings are said,
-not refused. Each error names ``resume_from_checkpoint`` and the fix, often an earlier checkpoint.
+(a run killed while saving leaves a truncated file), the same global batch, the same learning rate
+(the checkpoint's optimizer and schedule hold it), the same losses and, once the data has loaded,
+the same held-out validation split; other schedule settings are said, not refused. Each error names ``resume_from_checkpoint`` and the fix, often an earlier checkpoint.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
 
 
 # The settings the learning-rate schedule's shape is computed from. Trainer rebuilds the schedule
-# from the resumed run's values, so changing one reshapes the curve from the resumed step on. (The
+# from the resumed run's values, so changing one reshapes the curve from the step after the resumed
+# one (the first resumed step keeps the checkpoint's rate). (The
 # rate itself is not among them: see check_resume_rate.)
 SCHEDULE_KEYS = ("num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs")
 
@@ -165,8 +166,8 @@ def warn_resume_schedule(folder: str, args: Any) -> list[str]:
             changed.append(f"{key} {_setting(before)} -> {_setting(now)}")
     if changed:
         logger.warning("resume_from_checkpoint: %s was trained with other schedule settings (%s): the learning rate "
-                       "follows a schedule recomputed from these values from its step on, so the run's first steps "
-                       "followed another one", folder, "; ".join(changed))
+                       "follows a schedule recomputed from these values from the step after its own (that step keeps "
+                       "the checkpoint's rate), so the run's first steps followed another one", folder, "; ".join(changed))
     return changed
 
 

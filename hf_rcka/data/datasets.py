@@ -11,6 +11,7 @@ one data pipeline however different the two models are.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import datasets
+from datasets.data_files import DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME, DEFAULT_PATTERNS_SPLIT_IN_FILENAME
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -162,13 +164,17 @@ def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
     if builder.name == "imagefolder" and os.path.isdir(name) and not labelled_by_metadata:
         tables = sorted(entry.name for entry in os.scandir(name) if entry.is_file()
                         and entry.name.endswith(_TABLE_SUFFIXES) and entry.name not in _METADATA_FILES)
-        split_named = any(_SPLIT_NAMED.match(os.path.basename(str(f))) for fs in data_files.values() for f in fs)
-        if tables and split_named:  # datasets prefers split-named files (train_0.png) over the table listing them
-            raise DataError(
-                f"dataset_name {name!r} holds {listed_names(tables)}, but datasets took its image files as the data: "
-                "their names match a split's (train*, test*, valid*...). Rename the images (e.g. images/0001.png) "
-                "so that only the table names a split"
-            )
+        files = [os.path.relpath(str(f), name) for fs in data_files.values() for f in fs]
+        if tables and not any(_split_named(os.path.dirname(f), DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME) for f in files):
+            # not an image folder (its splits are folders): datasets read the folder's images, not its table
+            if any(_split_named(os.path.basename(f), DEFAULT_PATTERNS_SPLIT_IN_FILENAME) for f in files):
+                fix = ("their names match a split's (train*, *_test_*, val*...), which datasets prefers. Rename the "
+                       "images (e.g. images/0001.png) so that only the table names a split")
+            else:
+                fix = ("the table's name names no split, and datasets then reads the most common kind of file. Name "
+                       "it after its split (train.csv, and test.csv or validation.csv for the others)")
+            raise DataError(f"dataset_name {name!r} holds {listed_names(tables)}, but datasets took its image files "
+                            f"as the data: {fix}")
         raise DataError(
             f"dataset_name {name!r} is a folder of images: give it as train_dir (its training class folders) and "
             "validation_dir, where hf_rcka checks the class folders (datasets alone would train nested folders "
@@ -208,7 +214,15 @@ def _labelled_eval_split(raw: datasets.DatasetDict, column: str) -> str | None:
 _IMAGE_VALUES = ("string", "large_string", "binary", "large_binary")
 # An image folder whose labels come from one of these files (datasets' metadata layout) has no class folders
 _METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
-_SPLIT_NAMED = re.compile(r"(train|test|valid|val|dev|eval)", re.IGNORECASE)  # file names datasets reads as splits
+def _split_named(part: str, split_patterns: dict) -> bool:
+    """Whether datasets reads ``part`` (a file name, or a folder path inside the dataset) as naming a
+    split by ``split_patterns`` (datasets' own: ``train_0.png``, ``img-test-3.png``, ``train/cat``)."""
+    names = [name for name in part.split(os.sep) if name]
+    shapes = [pattern.removeprefix("**/").removesuffix("/**")  # '**/train[-._ 0-9]*/**' -> 'train[-._ 0-9]*'
+              for patterns in split_patterns.values() for pattern in patterns]
+    return any(fnmatch.fnmatchcase(name, shape) for name in names for shape in shapes)
+
+
 _TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".arrow")  # files datasets loads as tables
 
 

@@ -3,9 +3,10 @@
 ``imagefolder`` labels every image by the folder it sits in. A layout it reads otherwise than the
 user meant trains quietly on the wrong classes or loses images: images one level too deep (the
 sub-folders become the classes), a class folder that is a symbolic link or named like a special
-folder (left out), images next to the class folders (the label column dropped), a train and a
-validation folder whose classes differ or that share images. Each is an error naming the folder,
-raised before anything loads.
+folder (left out), images next to the class folders (the label column dropped), a validation
+folder with a class the training folder lacks, or folders that share images. Each is an error
+naming the folder, raised before anything loads; a training class without validation images is
+only said.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ and reports chance. The dataset's class names are the truth here:
   labels are mapped to the student's ``label2id`` (this is also how eval-only runs evaluate);
 * a resumed run keeps its checkpoint's class order the same way, and other class names are an
   error;
-* image folders whose train and validation class folders differ (``validation/Dog`` next to
-  ``train/dog``) are an error naming them, before anything loads (how a folder's classes are read
+* a validation class folder the training folder lacks (``validation/Dog`` next to ``train/dog``)
+  is an error naming them, before anything loads (a training class without validation images is
+  only said) (how a folder's classes are read
   is :mod:`hf_rcka.data.image_folders`');
 * names that differ only in Unicode normalisation (``café`` typed two ways) are an error that says
   so, wherever two sets of names meet (``label_forms``).

@@ -14,7 +14,8 @@ train to the end and report a number, or fail after the expensive work:
 The other checks of what a caller gives are each in their own module: the class names of the
 student, the data and the teacher (:mod:`.given_labels`), the datasets' items (:mod:`.given_data`),
 the optimizer (:mod:`.optimizer_checks`), ``metric_for_best_model`` (:mod:`.metrics`) and the
-arguments themselves (:mod:`hf_rcka.training_values`).
+arguments themselves (:mod:`hf_rcka.training_values`, and ``hf_rcka.arguments.check_arguments``
+for plain ``TrainingArguments``).
 """
 
 from __future__ import annotations
