@@ -261,6 +261,38 @@ def test_a_resume_from_an_epochs_last_step_keeps_the_epochs_end(tmp_path):
             assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after resume"
 
 
+def test_a_resumed_run_starts_at_its_own_schedules_rate(tmp_path):
+    """Extended from 4 to 8 cosine steps, the resumed run trained its step 5 at the 4-step schedule's
+    end (rate 0): Trainer restores the optimizer's last rates, and the new schedule applied a step later."""
+    from transformers import TrainerCallback
+
+    class Rates(TrainerCallback):
+        def __init__(self):
+            self.seen = {}
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            self.seen[state.global_step + 1] = optimizer.param_groups[0]["lr"]
+
+    def run(name, max_steps, resume=None):
+        args = make_args(tmp_path, name, max_steps=max_steps, lr_scheduler_type="cosine", learning_rate=1e-2,
+                         save_strategy="steps", save_steps=4, losses=["ce"])
+        rates = Rates()
+        trainer = make_trainer(args, teacher=None)
+        trainer.add_callback(rates)
+        trainer.train(resume_from_checkpoint=resume)
+        return rates.seen
+
+    straight = run("straight", 8)
+    run("short", 4)
+    extended = run("short", 8, resume=str(tmp_path / "short" / "checkpoint-4"))
+    assert sorted(extended) == [5, 6, 7, 8]
+    assert extended[5] == pytest.approx(straight[5]) and extended[5] > 0
+    assert [extended[k] for k in (6, 7, 8)] == pytest.approx([straight[k] for k in (6, 7, 8)])
+    # an unchanged schedule resumes at the rate it had
+    again = run("again", 8, resume=str(tmp_path / "straight" / "checkpoint-4"))
+    assert again == pytest.approx({k: straight[k] for k in (5, 6, 7, 8)})
+
+
 def test_resume_refuses_a_checkpoint_without_distillation_state(tmp_path):
     args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, losses=FEATURE_LOSSES,
                      feature_pairs=PATCH_PAIR)

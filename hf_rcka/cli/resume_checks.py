@@ -113,8 +113,8 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
 
 
 # The settings the learning-rate schedule's shape is computed from. Trainer rebuilds the schedule
-# from the resumed run's values, so changing one reshapes the curve from the step after the resumed
-# one (the first resumed step keeps the checkpoint's rate). (The
+# from the resumed run's values, so changing one reshapes the curve from the resumed step on
+# (checkpointing.ResumedRate sets that step's rate too). (The
 # rate itself is not among them: see check_resume_rate.)
 SCHEDULE_KEYS = ("num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs")
 
@@ -166,8 +166,8 @@ def warn_resume_schedule(folder: str, args: Any) -> list[str]:
             changed.append(f"{key} {_setting(before)} -> {_setting(now)}")
     if changed:
         logger.warning("resume_from_checkpoint: %s was trained with other schedule settings (%s): the learning rate "
-                       "follows a schedule recomputed from these values from the step after its own (that step keeps "
-                       "the checkpoint's rate), so the run's first steps followed another one", folder, "; ".join(changed))
+                       "follows a schedule recomputed from these values from its step on, so the run's first steps "
+                       "followed another one", folder, "; ".join(changed))
     return changed
 
 

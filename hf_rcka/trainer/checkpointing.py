@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import safetensors.torch
 import torch
 from accelerate.utils.constants import FSDP_MODEL_NAME
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..arguments import global_batch_size
@@ -156,6 +156,25 @@ class CheckpointingTrainer(Trainer):
             self.model_ema.load(self.state.best_model_checkpoint)
 
 
+class ResumedRate(TrainerCallback):
+    """A resumed run's first step at the rate its own schedule gives, not the checkpoint's.
+
+    Trainer restores the optimizer's rates (the last ones the checkpoint's schedule set) and
+    rebuilds the schedule from this run's settings, which apply from the next step: a run extended
+    from 4 to 8 cosine steps trained its step 5 at the 4-step schedule's end, rate 0. Here each
+    group starts at its base rate times this schedule's factor at the resumed step, which is the
+    restored rate whenever the schedule is unchanged. Only for ``LambdaLR`` schedules (all of
+    Trainer's but ``reduce_lr_on_plateau``); ``check_resume_rate`` keeps the base rates the same.
+    """
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):  # noqa: D102
+        schedule = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
+        if state.global_step == 0 or optimizer is None or not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+            return
+        for group, base, factor in zip(optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
+            group["lr"] = base * factor(schedule.last_epoch)
+
+
 def holds_training_state(folder: str) -> bool:
     """Whether ``folder`` holds the optimizer and scheduler state that resuming continues from
     (``save_only_model`` checkpoints do not; FSDP saves its optimizer as a folder)."""
@@ -202,7 +221,7 @@ def keep_token_out_of_files(args: Any) -> None:
 
 
 __all__ = [
-    "BATCH_RECORD_NAME", "LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "checkpoint_folder",
+    "BATCH_RECORD_NAME", "LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "ResumedRate", "checkpoint_folder",
     "checkpoint_step",
     "holds_training_state", "keep_token_out_of_files",
 ]

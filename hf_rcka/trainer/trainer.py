@@ -38,7 +38,7 @@ from ..errors import DataError
 from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches, check_unsized_training
 from .card_facts import CardFacts, complete_card_facts
 from .term_log import LossTermLog
-from .checkpointing import CheckpointingTrainer, checkpoint_step, keep_token_out_of_files
+from .checkpointing import CheckpointingTrainer, ResumedRate, checkpoint_step, keep_token_out_of_files
 from .given_data import check_columns, check_later_dataset
 from .given_labels import check_labels, name_student_classes
 from .given_models import check_activation_checkpointing, check_model_objects, check_models, check_ready_model
@@ -251,8 +251,8 @@ class DistillationTrainer(CheckpointingTrainer):
     def _add_run_callbacks(self) -> None:
         """The callbacks every distillation run has, after the caller's: the losses' epoch ends,
         the sampler's epoch, the divergence check, the check for weights made in the first forward
-        (not under FSDP or DeepSpeed, whose flat parameters are not the model's) and the training
-        loss terms' log."""
+        (not under FSDP or DeepSpeed, whose flat parameters are not the model's), the training
+        loss terms' log and a resumed run's first rate."""
         model = self.distillation_model
         self.add_callback(_EpochEndCallback(list(model.losses.values())))
         self._sampler_epoch = SamplerEpoch()
@@ -263,6 +263,7 @@ class DistillationTrainer(CheckpointingTrainer):
             self.add_callback(LateParameterCheck(lambda: self.distillation_model))
         self._term_logs = {"train": LossTermLog(), "eval": LossTermLog()}
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
+        self.add_callback(ResumedRate())
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         """Trainer's rule (no decay on biases and LayerNorm-type norms; BatchNorm weights decay), less what the
