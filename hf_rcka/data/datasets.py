@@ -15,7 +15,6 @@ import fnmatch
 import glob
 import logging
 import os
-import re
 from collections.abc import Sequence
 from typing import Any, Callable
 

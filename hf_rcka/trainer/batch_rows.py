@@ -130,8 +130,9 @@ def check_unsized_training(aug_repeats: int, student: torch.nn.Module, losses: M
         raise RecipeError(f"aug_repeats: {aug_repeats} repeats images drawn by a sampler, and the training data has "
                           "no length (an iterable dataset has no sampler): use a map-style dataset, or aug_repeats: 0")
     needs = {name: loss.min_relation_rows for name, loss in losses.items() if getattr(loss, "min_relation_rows", 0)}
-    if has_running_stats(student) or needs:
-        why = ("a batch of 1 fails a BatchNorm student" if has_running_stats(student) else
+    batch_norm = has_running_stats(student)
+    if batch_norm or needs:
+        why = ("a batch of 1 fails a BatchNorm student" if batch_norm else
                f"a batch under {max(needs.values())} images leaves {', '.join(needs)} constant for that step")
         logger.warning("data: the training data has no length, so the size of each pass's last batch is not checked "
                        "(and dataloader_drop_last does not apply to it): %s. Give the stream a multiple of the global "

@@ -410,20 +410,21 @@ class DistillationTrainer(CheckpointingTrainer):
         """Trainer's, with every evaluation image: ``dataloader_drop_last`` is a training setting
         (DeiT drops the last training batch, never validation images), but Trainer applies it to
         evaluation too, which would leave the eval set's remainder silently unevaluated."""
-        self._check_later_dataset(eval_dataset if eval_dataset is not None else self.eval_dataset, "eval_dataset")
-        self._forget_other_eval_loader(eval_dataset)
-        with _keeping_last_batch(self.args):
-            return super().get_eval_dataloader(eval_dataset)
-
-    def _forget_other_eval_loader(self, eval_dataset: Any) -> None:
-        """With persistent workers Trainer keeps one loader per key, ``"eval"`` for any dataset
-        object: ``evaluate(other_set)``, or a later ``trainer.eval_dataset``, scored the first set's
-        images (accuracy 0.0 for a set that scored 1.0). A loader is kept only for the set it reads."""
+        # the set evaluated: one given, one named in the eval_dataset dict, or the trainer's own
         key = eval_dataset if isinstance(eval_dataset, str) else "eval"
         if isinstance(eval_dataset, str):
             dataset = self.eval_dataset[eval_dataset]
         else:
             dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        self._check_later_dataset(dataset, "eval_dataset")
+        self._forget_other_eval_loader(key, dataset)
+        with _keeping_last_batch(self.args):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def _forget_other_eval_loader(self, key: str, dataset: Any) -> None:
+        """With persistent workers Trainer keeps one loader per key, ``"eval"`` for any dataset
+        object: ``evaluate(other_set)``, or a later ``trainer.eval_dataset``, scored the first set's
+        images (accuracy 0.0 for a set that scored 1.0). A loader is kept only for the set it reads."""
         loaders, sources = getattr(self, "_eval_dataloaders", {}), self._eval_loader_sources
         if key in loaders and sources.get(key) is not dataset:
             del loaders[key]
@@ -432,8 +433,6 @@ class DistillationTrainer(CheckpointingTrainer):
     def _check_later_dataset(self, dataset: Any, role: str) -> None:
         """The constructor's checks for a dataset it did not see: one handed to ``evaluate()`` or
         ``predict()``, or set as ``trainer.eval_dataset`` since (each is checked once)."""
-        if isinstance(dataset, str):  # a name in the eval_dataset dict
-            dataset = self.eval_dataset[dataset]
         if dataset is None or any(dataset is seen for seen in self._checked_datasets):
             return
         check_later_dataset(self.distillation_model.student, dataset, role, self._collator_given)
@@ -555,7 +554,7 @@ class DistillationTrainer(CheckpointingTrainer):
             repo_id=self.hub_model_id or self.args.hub_model_id or self.args.output_dir,
             license=license,
             training=training_text(self.state.global_step, self.state.epoch,
-                                   describe_batch(self.args, getattr(self, "_train_batch_size", None)),
+                                   describe_batch(self.args, self._train_batch_size),
                                    self._peak_learning_rate(), checkpoint_step(os.path.basename(best or ""))),
         )
 
