@@ -27,11 +27,13 @@ import math
 import platform
 import statistics
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+import _provenance  # benchmarks/, the script's folder
 from hf_rcka import functional
 from hf_rcka.functional import pcka_kernel
 
@@ -319,7 +321,9 @@ def main(argv: list[str] | None = None) -> dict:
     if threads > 0:
         torch.set_num_threads(threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    results: dict = {"device": args.device, "device_name": name, "torch": torch.__version__,
+    results: dict = {"commit": _provenance.commit(["hf_rcka", "benchmarks/loss_cost.py"]),
+                     "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                     "device": args.device, "device_name": name, "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "repeats": args.repeats}
     parts = set(args.parts.split(","))
     if "a" in parts:

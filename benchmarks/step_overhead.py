@@ -41,6 +41,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import _provenance  # noqa: E402  (benchmarks/, the script's folder)
 from hf_rcka.models.label_maps import LabelMaps  # noqa: E402
 from hf_rcka.models.timm_models import build_timm_classifier  # noqa: E402
 from hf_rcka.registry import LOSSES  # noqa: E402
@@ -477,7 +479,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {VARIANTS}")
     results = {p: run_pair(args, p, variants) for p in args.pairs.split(",")}
-    meta = {"device": args.device, "torch": torch.__version__, "platform": platform.platform(),
+    meta = {"commit": _provenance.commit(["hf_rcka", "benchmarks/step_overhead.py"]),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "device": args.device, "torch": torch.__version__, "platform": platform.platform(),
             "load_avg": os.getloadavg(), "threads": torch.get_num_threads(), "bf16": args.bf16,
             "compile": args.compile, "teacher_dtype": args.teacher_dtype, "rounds": args.rounds}
     if args.device.startswith("cuda"):
