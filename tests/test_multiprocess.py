@@ -56,6 +56,10 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     assert logs[0]["ids"] == logs[1]["ids"] and len(logs[0]["ids"]) == 20 == len(set(logs[0]["ids"]))
     # ... but augmented with each rank's own random draws (they were seeded alike: identical copies)
     assert logs[0]["draw"] != logs[1]["draw"]
+    # without repeated augmentation and without data_seed, the ranks split one shuffled order: each
+    # image once an epoch (they dealt from their own seed + rank orders: some twice, others never)
+    shares = [log["shuffled_ids"] for log in logs]
+    assert sorted(shares[0] + shares[1]) == list(range(40)), shares
     # a BatchNorm student is evaluated with rank 0's running statistics, the exported ones
     bn = [load_file(tmp_path / f"rank{r}_bn.safetensors") for r in (0, 1)]
     assert bn[0] and all(torch.equal(bn[0][k], bn[1][k]) for k in bn[0]), "evaluation mixed per-rank BN statistics"

@@ -402,3 +402,37 @@ def test_activation_checkpointing_trains_a_distilled_student_without_the_depreca
         trainer.train()
     student = trainer.distillation_model.student
     assert any(getattr(module, "gradient_checkpointing", False) for module in student.modules())
+
+
+def _weights_the_trainer_creates(tmp_path, seed: int, teacher_seed: int) -> dict[str, torch.Tensor]:
+    args = DistillationTrainingArguments(
+        output_dir=str(tmp_path / f"run{seed}-{teacher_seed}"), seed=seed, report_to="none", use_cpu=True,
+        teacher_accuracy_check="off", losses=[{"name": "ce"}, {"name": "fitnet"}, {"name": "srd"}],
+        feature_pairs=[{"student_layer": -1, "teacher_layer": -2, "adapter": "patch_match"}],
+    )
+    trainer = DistillationTrainer(model=tiny_vit(), teacher=tiny_resnet(seed=teacher_seed), args=args,
+                                  train_dataset=pixel_dataset(8), processing_class=processor(16),
+                                  teacher_processor=processor(24))
+    model = trainer.distillation_model
+    return {**{f"adapters.{k}": v for k, v in model.adapters.state_dict().items()},
+            **{f"losses.{k}": v for k, v in model.losses.state_dict().items() if v.is_floating_point()}}
+
+
+def test_the_seed_decides_the_adapters_and_loss_weights_and_the_teacher_does_not(tmp_path):
+    """The trainer makes these weights: a sweep over seeds must start them apart, and a teacher
+    built from another random state must not move them (they were drawn from whatever state the
+    caller's model building left)."""
+    base = _weights_the_trainer_creates(tmp_path, seed=0, teacher_seed=1)
+    assert any(k.startswith("adapters.") for k in base) and any("projector" in k for k in base)
+    other_teacher = _weights_the_trainer_creates(tmp_path, seed=0, teacher_seed=7)
+    other_seed = _weights_the_trainer_creates(tmp_path, seed=1, teacher_seed=1)
+    assert all(torch.equal(base[k], other_teacher[k]) for k in base)
+    assert all(not torch.equal(base[k], other_seed[k]) for k in base if "weight" in k)
+
+
+def test_building_the_distillation_model_leaves_the_callers_random_state_alone(tmp_path):
+    student, teacher = tiny_vit(), tiny_resnet()
+    args = make_args(tmp_path, losses=[{"name": "ce"}, {"name": "srd"}])
+    state = torch.random.get_rng_state()
+    build_distillation_model(student, teacher, args, None, None)
+    assert torch.equal(state, torch.random.get_rng_state())

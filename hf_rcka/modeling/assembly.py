@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
+import torch
 from transformers import PreTrainedModel, TrainingArguments
 
 from ..losses import DistillationLoss
@@ -81,13 +82,20 @@ def build_distillation_model(
     if skipped:
         logger.info("losses %s have weight 0 and are not computed", skipped)
     pairs = getattr(args, "feature_pairs", None)  # validated by DistillationTrainingArguments
-    return DistillationModel(
-        student,
-        teacher,
-        build_losses(specs, args.label_smoothing_factor),
-        feature_pairs=pairs if pairs is not None else "auto",
-        student_input=student_input,
-        teacher_input=teacher_input if teacher is not None else None,
-        teacher_dtype=getattr(args, "teacher_dtype", None),
-        teacher_channels_last=getattr(args, "teacher_channels_last", True),
-    )
+    # The adapters and the losses' own modules (srd's projector) start from args.seed alone: not
+    # from whatever the global random state was after the caller built its models, which would tie
+    # them to how the teacher was made and leave them alike across a sweep of seeds. The caller's
+    # random state is left as it was. They are built on the CPU, whose generator alone is seeded.
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(args.seed)
+        return DistillationModel(
+            student,
+            teacher,
+            build_losses(specs, args.label_smoothing_factor),
+            feature_pairs=pairs if pairs is not None else "auto",
+            student_input=student_input,
+            teacher_input=teacher_input if teacher is not None else None,
+            teacher_dtype=getattr(args, "teacher_dtype", None),
+            teacher_channels_last=getattr(args, "teacher_channels_last", True),
+        )
+

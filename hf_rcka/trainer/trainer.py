@@ -232,6 +232,11 @@ class DistillationTrainer(CheckpointingTrainer):
             # workers) then gave the copies of an image on different ranks the same crop and
             # colours, which repeated augmentation exists to vary. DeiT seeds with seed + rank; the
             # weights are already built, and DDP starts every rank from rank 0's.
+            if args.data_seed is None:
+                # accelerate seeds the shuffle that every rank takes its share of with torch's
+                # initial seed when data_seed is unset: seed + rank after the line below, so each
+                # rank would deal from its own order (some images trained twice an epoch, others never)
+                self.accelerator.dataloader_config.data_seed = args.seed
             set_seed(args.seed + args.process_index)
         require_full_state_dict(self.accelerator)
         keep_teacher_out_of_fsdp(self.accelerator, model, args.device)
