@@ -179,6 +179,11 @@ def test_unknown_key_without_a_close_match_points_at_help(tmp_path, capsys, no_l
     assert "'zzqx_frobnicate'" in line and "--help" in line and len(line) < 200
 
 
+def test_a_key_transformers_5_removed_says_what_replaced_it(tmp_path, capsys, no_loading):
+    assert run(tmp_path, base(tmp_path, logging_dir=str(tmp_path / "tb"))) == 2
+    assert "'logging_dir': transformers 5 removed it" in error_of(capsys)
+
+
 def test_output_dir_that_cannot_be_created(tmp_path, capsys, no_loading):
     (tmp_path / "afile").write_text("x")
     assert run(tmp_path, base(tmp_path, output_dir=str(tmp_path / "afile" / "out"))) == 2
@@ -190,9 +195,33 @@ def test_report_to_an_integration_that_is_not_installed(tmp_path, capsys, no_loa
 
     monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: False)
     assert run(tmp_path, base(tmp_path, report_to="tensorboard")) == 2
-    assert "report_to: 'tensorboard' is not installed: pip install tensorboard" in error_of(capsys)
+    assert "report_to: 'tensorboard' is not available: pip install tensorboard" in error_of(capsys)
     assert run(tmp_path, base(tmp_path, report_to="tensorbord")) == 2
     assert "did you mean 'tensorboard'" in error_of(capsys)
+    # a comma-separated override is a list: each name is checked (it was taken whole, as one name)
+    assert run(tmp_path, base(tmp_path), "--report_to", "none,tensorboard") == 2
+    assert "report_to: 'none' stands alone" in error_of(capsys)
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: True)
+    monkeypatch.setattr(integration_utils, "is_dagshub_available", lambda: False)
+    assert run(tmp_path, base(tmp_path), "--report_to", "tensorboard, dagshub") == 2
+    assert "'dagshub' is not available: pip install dagshub mlflow" in error_of(capsys)
+
+
+@pytest.mark.parametrize("report_to", [None, [], ["tensorboard", "all"], ["none", "tensorboard"]])
+def test_report_to_lists_transformers_would_fail_on_after_loading(tmp_path, capsys, no_loading, monkeypatch, report_to):
+    """none and all stand alone, and an empty value is refused with the recipe, not as a traceback
+    from Trainer once the models and data are loaded (an empty list is no tracker)."""
+    from transformers.integrations import integration_utils
+
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: True)
+    recipe = {**base(tmp_path), "report_to": report_to}
+    if report_to == []:  # accepted: every check passes and the run goes on to load
+        with pytest.raises(AssertionError, match="loaded before the recipe was checked"):
+            run(tmp_path, recipe)
+        return
+    assert run(tmp_path, recipe) == 2
+    line = error_of(capsys)
+    assert ("report_to is empty" in line) if report_to is None else ("stands alone" in line)
 
 
 def test_fsdp_settings_that_would_fail_after_loading(tmp_path, capsys, no_loading, monkeypatch):

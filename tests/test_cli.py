@@ -181,3 +181,34 @@ def test_a_recipes_log_level_reaches_hf_rckas_own_lines(tmp_path, levels, expect
         assert root.level == max(logging.getLevelName(expected), logging.INFO)
     finally:
         root.handlers[:], (root.level, ours.level, trainer.level) = saved[0], saved[1:]
+
+
+def test_an_evaluation_only_run_keeps_its_tensorboard_events_in_its_own_folder(tmp_path, monkeypatch):
+    """TensorBoard's callback picks output_dir/runs when training begins; an evaluation-only run
+    never begins training, and its events went to ./runs in the working directory."""
+    from types import SimpleNamespace
+
+    from transformers.integrations import TensorBoardCallback
+    from transformers.trainer_callback import TrainerControl, TrainerState
+
+    from hf_rcka.cli.job import tensorboard_into
+
+    folders = []
+
+    class Writer:  # tensorboard is not installed here: the callback's writer, as it is called
+        def __init__(self, log_dir=None):
+            folders.append(log_dir)
+
+        def add_scalar(self, *args):
+            pass
+
+        def flush(self):
+            pass
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    callback = TensorBoardCallback.__new__(TensorBoardCallback)
+    callback.tb_writer, callback.logging_dir, callback._SummaryWriter = None, None, Writer
+    trainer = SimpleNamespace(callback_handler=SimpleNamespace(callbacks=[callback]))
+    tensorboard_into(trainer, str(tmp_path / "_eval-1"))
+    callback.on_log(None, TrainerState(), TrainerControl(), logs={"eval_accuracy": 0.5})
+    assert folders == [str(tmp_path / "_eval-1" / "runs")]

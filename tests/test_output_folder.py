@@ -216,3 +216,35 @@ def test_a_folder_with_someone_elses_readme_is_refused_and_an_earlier_card_is_no
         check_output_dir(args, None)
     with pytest.raises(RecipeError, match="holds README.md"):  # every digits recipe sets overwrite_output_dir
         check_output_dir(SimpleNamespace(**{**vars(args), "overwrite_output_dir": True}), None)
+
+
+def test_a_run_refused_on_its_models_leaves_the_folder_and_a_later_refusal_says_where_the_old_run_is(
+        tmp_path, monkeypatch, capsys):
+    """The previous run was set aside before the models loaded: a teacher of other classes left the
+    folder without its model and the error did not say where it had gone."""
+    import hf_rcka.cli.job as job
+    from hf_rcka.errors import DataError, ModelError
+
+    out = tmp_path / "out"
+    assert _run(tmp_path, max_steps=2) == 0
+    trained = (out / "model.safetensors").read_bytes()
+
+    def teacher_of_other_classes(*args, **kwargs):
+        raise ModelError("the teacher's classes do not match the run's (simulated)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(job, "_distillation_model", teacher_of_other_classes)
+        assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 2
+    assert (out / "model.safetensors").read_bytes() == trained and not (out / REPLACED).exists()
+
+    def refused_by_the_trainer(*args, **kwargs):
+        raise DataError("an evaluation item lacks labels (simulated)")
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(job, "DistillationTrainer", refused_by_the_trainer)
+        assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"error: an evaluation item lacks labels (simulated) (the run this one was to replace is in "
+                    f"{out / REPLACED})")
+    assert (out / REPLACED / "model.safetensors").read_bytes() == trained

@@ -152,7 +152,10 @@ def _resolved(tmp_path, **values):
 
 
 def test_plan_overrides_only_what_a_short_offline_cpu_run_needs(tmp_path, monkeypatch):
+    from transformers.integrations import integration_utils
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: True)
     recipe = _resolved(
         tmp_path, bf16=True, torch_compile=True, per_device_train_batch_size=128, gradient_accumulation_steps=3,
         dataloader_num_workers=8, report_to="tensorboard", push_to_hub=True, save_strategy="steps",
@@ -175,6 +178,17 @@ def test_plan_overrides_only_what_a_short_offline_cpu_run_needs(tmp_path, monkey
     assert len(data.label_names) == 1000 and data.resolution == (224, 224)
     assert data.num_train == SMOKE_BATCH * 3 * SMOKE_STEPS, "one epoch is exactly the smoke run's steps"
     assert values["dataset_name"] == str(data.folder) and values["train_dir"] is None
+
+
+def test_the_smoke_test_checks_the_trackers_the_real_run_logs_to(tmp_path, monkeypatch):
+    """It logs to none itself; a misspelled tracker, or one not installed, passed the smoke test unsaid."""
+    from transformers.integrations import integration_utils
+
+    monkeypatch.setattr(integration_utils, "is_wandb_available", lambda: False)
+    notes = plan_smoke_test(_resolved(tmp_path, report_to="wandb")).notes
+    assert "report_to: 'wandb' is not available: pip install wandb here; the real run needs it" in notes
+    with pytest.raises(RecipeError, match="unknown integration 'tensorbord'"):
+        plan_smoke_test(_resolved(tmp_path, report_to="tensorbord"))
 
 
 def test_with_cuda_the_recipes_mixed_precision_is_kept(tmp_path, monkeypatch):

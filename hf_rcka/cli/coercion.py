@@ -51,11 +51,17 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+# Text-or-list settings whose names never hold a comma: "a,b" is a list (else the text member takes it whole).
+_COMMA_LISTS = ("report_to",)
+
+
 def _coerce_union(value: Any, annotation: Any, key: str) -> Any:
     """The first member of ``A | B | None`` that takes ``value``; else the one error (or all failed)."""
     options = typing.get_args(annotation)
     if value is None and type(None) in options:
         return None
+    if key in _COMMA_LISTS and isinstance(value, str) and "," in value:
+        value = [part.strip() for part in value.split(",")]
     errors = []
     for option in (o for o in options if o is not type(None)):
         try:

@@ -21,7 +21,7 @@ from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_class_count, check_trained_classes
 from ..distributed import from_rank0
-from ..errors import DataError, HubUploadError, RecipeError
+from ..errors import DataError, HubUploadError, RecipeError, UserError
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
 from ..models.labels import check_validation_labels, resume_label_order, run_label_order
@@ -71,6 +71,8 @@ def run(
     resume = _check_before_loading(model_args, data_args, args, explicit)
     record_dir = args.output_dir if args.do_train else from_rank0(eval_record_dir(args.output_dir))  # one folder
     trainer, skipped = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
+    if not args.do_train:
+        tensorboard_into(trainer, record_dir)
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         losses = run_loss_specs(args, trainer.distillation_model.teacher is not None)
         trainer.add_callback(RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME)))
@@ -135,23 +137,24 @@ def _check_before_loading(
     return resume
 
 
-def _set_aside(args: DistillationTrainingArguments, data_args: DataArguments, resume: str | None) -> None:
+def _set_aside(args: DistillationTrainingArguments, data_args: DataArguments, resume: str | None) -> str | None:
     """Move what this training run replaces in ``output_dir`` into ``_replaced/`` (see
-    ``output_folder``). Called once every check before the models load has passed: a run refused
-    on its data (a resume with another split, a teacher that trained on the evaluation images)
-    leaves the folder as it was."""
+    ``output_folder``); returns where it went (on the process that moved it), or None. Called once
+    the data and the models have loaded and passed their checks: a run refused on them (a resume
+    with another split, a teacher of other classes) leaves the folder as it was."""
     # a checkpoint of another folder starts a run that replaces the one here, as a fresh run does
     replacing = resume is None or not resumes_in(args.output_dir, resume)
     # decided on rank 0 alone: a rank that looked after rank 0 moved the files would skip the barrier
     if args.do_train and replacing and from_rank0(holds_run(args.output_dir)):  # overwrite_output_dir
         with args.main_process_first(local=False, desc="setting aside the run this one replaces"):
             if args.should_save:
-                set_aside_previous_run(args.output_dir, keep=(data_args.train_dir, data_args.validation_dir,
-                                                              data_args.dataset_name, resume))
+                return set_aside_previous_run(args.output_dir, keep=(data_args.train_dir, data_args.validation_dir,
+                                                                     data_args.dataset_name, resume))
     elif args.do_train and resume and from_rank0(bool(later_checkpoints(args.output_dir, resume))):
         with args.main_process_first(local=False, desc="setting aside the checkpoints after the resumed one"):
             if args.should_save:
-                set_aside_abandoned_branch(args.output_dir, resume)
+                return set_aside_abandoned_branch(args.output_dir, resume)
+    return None
 
 
 def resolve_resume(args: DistillationTrainingArguments) -> str | None:
@@ -182,8 +185,23 @@ def _build_trainer(
     ledger of skipped images, in ``record_dir``."""
     raw, labels = _load_checked_data(model_args, data_args, args, resume)
     check_recipe_metric(model_args, args, len(labels))  # top5_accuracy needs more than 5 classes
-    _set_aside(args, data_args, resume)
     model, student_processor = _distillation_model(model_args, args, labels)
+    moved = _set_aside(args, data_args, resume)
+    try:
+        return _checked_trainer(model, student_processor, raw, labels, model_args, data_args, args, record_dir,
+                                resume, stop)
+    except UserError as err:  # the trainer's own checks of models and data: say where the replaced run went
+        if moved:
+            err.add_note(f"the run this one was to replace is in {moved}")
+        raise
+
+
+def _checked_trainer(
+    model: DistillationModel, student_processor: Any, raw: Any, labels: list[str], model_args: ModelArguments,
+    data_args: DataArguments, args: DistillationTrainingArguments, record_dir: str, resume: str | None,
+    stop: GracefulStop | None,
+) -> tuple[DistillationTrainer, SkippedImages]:
+    """The datasets, the ledger of skipped images, and the trainer, whose construction checks them all."""
     skipped = SkippedImages(record_dir, data_args.max_bad_images)
     if not resume:
         skipped.reset()
@@ -329,6 +347,17 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
         if stop.signum is not None:  # during the last step's evaluation: the training itself is complete
             raise Interrupted(stop.signum)
     return result.metrics
+
+
+def tensorboard_into(trainer: DistillationTrainer, folder: str) -> None:
+    """An evaluation-only run's TensorBoard events go to its own folder's ``runs/``: TensorBoard's
+    callback picks ``output_dir/runs`` when training begins and, with no training, wrote to
+    ``./runs`` in the working directory. ``TENSORBOARD_LOGGING_DIR`` still wins."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = os.path.join(folder, "runs")
 
 
 def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str) -> dict:

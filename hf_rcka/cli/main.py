@@ -41,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_progress_bars()
         if debug:
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))  # what the run did before it
+        print(f"error: {err}{notes}", file=sys.stderr, flush=True)
         return 2
     except Stopped as stopped:
         _close_progress_bars()

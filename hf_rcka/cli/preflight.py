@@ -30,8 +30,10 @@ from .model_sources import check_hub_access, check_losses_fit_models, check_mode
 from .output_folder import check_output_dir_spares_inputs, check_output_dir_writable
 
 logger = logging.getLogger("hf_rcka")
-# report_to name -> (transformers' availability function suffix, pip package)
-_INTEGRATIONS = {"azure_ml": ("azureml", "azureml-core"), "comet_ml": ("comet", "comet_ml"), "flyte": ("flytekit", "flytekit")}
+# report_to name -> (transformers' availability function suffix, what makes it available)
+_INTEGRATIONS = {"azure_ml": ("azureml", "pip install azureml-core"), "comet_ml": ("comet", "pip install comet_ml"),
+                 "flyte": ("flytekit", "pip install flytekit"), "dagshub": ("dagshub", "pip install dagshub mlflow"),
+                 "kubeflow": ("kubeflow", "run inside a Kubeflow TrainJob (KUBEFLOW_TRAINER_SERVER_URL is unset)")}
 
 
 def check_run(model_args: Any, data_args: Any, args: Any) -> None:
@@ -129,21 +131,37 @@ def check_recipe_metric(model_args: Any, args: Any, num_labels: int | None = Non
     check_metric_for_best_model(args, build_losses(specs), num_labels, switched_off(specs))
 
 
-def check_report_to(report_to: Any) -> None:
-    """Every ``report_to`` integration must be known to transformers and installed."""
+def check_report_to(report_to: Any, unavailable_ok: bool = False) -> list[str]:
+    """Every ``report_to`` integration must be known to transformers and installed; ``none`` and
+    ``all`` stand alone (transformers fails on them in a list, once the models and data are loaded).
+
+    Returns what is not installed here, when ``unavailable_ok`` (the smoke test: the real run may
+    run where it is); else that is an error too.
+    """
     from transformers.integrations import integration_utils
 
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = [report_to] if isinstance(report_to, str) or report_to is None else list(report_to)
+    if any(not isinstance(name, str) or not name.strip() for name in names):
+        raise RecipeError(f"report_to is empty ({report_to!r}): set report_to: none to log to no tracker, or name "
+                          "the integrations (e.g. report_to: tensorboard)")
+    alone = [name for name in names if name in ("none", "all")]
+    if alone and len(names) > 1:
+        raise RecipeError(f"report_to: {alone[0]!r} stands alone, not in a list with other names ({names}): give "
+                          f"{'none' if alone[0] == 'none' else 'all'} by itself, or list only the integrations")
     known = list(integration_utils.INTEGRATION_TO_CALLBACK)
+    unavailable = []
     for name in names:
         if name in ("none", "all"):
             continue
         if name not in known:
             raise RecipeError(f"report_to: unknown integration {name!r}: {close_matches(name, known)}")
-        suffix, package = _INTEGRATIONS.get(name, (name, name))
+        suffix, remedy = _INTEGRATIONS.get(name, (name, f"pip install {name}"))
         available = getattr(integration_utils, f"is_{suffix}_available", None)
         if available is not None and not available():
-            raise RecipeError(f"report_to: {name!r} is not installed: pip install {package}, or set report_to: none")
+            unavailable.append(f"report_to: {name!r} is not available: {remedy}")
+            if not unavailable_ok:
+                raise RecipeError(f"{unavailable[-1]}, or set report_to: none")
+    return unavailable
 
 
 # --------------------------------------------------------------------------------------------- data

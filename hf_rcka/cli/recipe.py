@@ -203,8 +203,17 @@ def _replaced_by_flag(key: str, overrides: dict[str, Any]) -> bool:
     return any(key in keys and (keys - {key}) & overrides.keys() and key not in overrides for keys in _ALTERNATIVES)
 
 
+# TrainingArguments settings transformers 5 removed, which recipes written for 4.x still carry.
+_REMOVED_KEYS = {
+    "logging_dir": "transformers 5 removed it: TensorBoard writes to output_dir/runs, or to the folder the "
+                   "TENSORBOARD_LOGGING_DIR environment variable names",
+}
+
+
 def _key_hint(key: str, keys: list[str]) -> str:
-    """Close matches, or a pointer to ``--help`` rather than all ~180 keys on one line."""
+    """What replaced a removed key, close matches, or a pointer to ``--help`` rather than all ~180 keys."""
+    if key in _REMOVED_KEYS:
+        return _REMOVED_KEYS[key]
     hint = close_matches(key, keys)
     return hint if hint.startswith("did you mean") else "no key is close; scripts/distill.py --help lists them all"
 

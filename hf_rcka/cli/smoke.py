@@ -37,6 +37,7 @@ from ..errors import RecipeError
 from ..models.sources import parse_model_source
 from .job import run
 from .output_folder import holds_run
+from .preflight import check_report_to
 from .records import CONFIG_NAME
 from .recipe import build_arguments, resolve_values
 from .smoke_check import check_output
@@ -92,6 +93,10 @@ def plan_smoke_test(recipe: dict[str, Any]) -> SmokePlan:
         RecipeError: a model cannot be built offline (e.g. a Hub id whose config is not cached).
     """
     notes: list[str] = []
+    # the smoke test logs to no tracker; the real run will, and stops on a name it does not know,
+    # or on a tracker not installed where it runs
+    notes.extend(f"{line} here; the real run needs it" for line in
+                 check_report_to(recipe.get("report_to", "none"), unavailable_ok=True))
     values = dict(recipe)
     for key in _MODEL_KEYS:
         if values.get(key):

@@ -354,7 +354,7 @@ class DistillationTrainer(CheckpointingTrainer):
         """Add the per-term training losses next to Trainer's ``loss``."""
         if "loss" in logs:
             terms = self._term_logs["train"].means(self.accelerator.gather)
-            logs = {**logs, **{f"{name}_loss": round(v, 6) for name, v in terms.items()}}
+            logs = {**logs, **{f"{name}_loss": v for name, v in terms.items()}}
         super().log(logs, start_time)
 
     # Public hook (shared by evaluate and predict), so ``test_*`` metrics get the per-term losses too.
@@ -402,9 +402,9 @@ class DistillationTrainer(CheckpointingTrainer):
         share_running_stats(self.distillation_model.losses)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         terms = self._term_logs["eval"].means(self.accelerator.gather)
-        output.metrics.update({f"{metric_key_prefix}_{name}_loss": round(v, 6) for name, v in terms.items()})
+        output.metrics.update({f"{metric_key_prefix}_{name}_loss": v for name, v in terms.items()})
         if terms:  # the total over counted images; Trainer's averages batch losses, stand-ins and repeats included
-            output.metrics[f"{metric_key_prefix}_loss"] = round(sum(terms.values()), 6)
+            output.metrics[f"{metric_key_prefix}_loss"] = sum(terms.values())
         if metric_key_prefix == "eval" and output.label_ids is not None:
             self.card_facts.unreadable_eval_images = _uncounted(output.label_ids)
         return output
