@@ -5,6 +5,7 @@ makes loading fail the test, and the output folder must not exist afterwards.
 """
 
 import json
+import os
 import re
 import unicodedata
 from pathlib import Path
@@ -179,9 +180,23 @@ def test_unknown_key_without_a_close_match_points_at_help(tmp_path, capsys, no_l
     assert "'zzqx_frobnicate'" in line and "--help" in line and len(line) < 200
 
 
-def test_a_key_transformers_5_removed_says_what_replaced_it(tmp_path, capsys, no_loading):
+def test_keys_that_are_no_setting_say_what_to_do_instead(tmp_path, capsys, no_loading):
     assert run(tmp_path, base(tmp_path, logging_dir=str(tmp_path / "tb"))) == 2
     assert "'logging_dir': transformers 5 removed it" in error_of(capsys)
+    # the close matches were label_names (itself refused) and num_train_epochs
+    assert run(tmp_path, base(tmp_path, num_labels=3)) == 2
+    assert "'num_labels': the run names and counts the student's classes from the dataset's labels" in error_of(capsys)
+
+
+def test_misplaced_files_and_folders_and_a_flag_without_its_value(tmp_path, capsys, no_loading):
+    assert main([str(tmp_path)]) == 2
+    assert f"recipe {str(tmp_path)!r} is a folder: give the recipe's YAML file" in error_of(capsys)
+    image = tmp_path / "cat.png"
+    image.write_bytes(b"png")
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=str(image), validation_dir=str(image))) == 2
+    assert f"train_dir {str(image)!r} is a file, not a folder" in error_of(capsys)
+    assert run(tmp_path, base(tmp_path), "--learning_rate") == 2
+    assert "learning_rate must be a number, got True (--learning_rate without a value reads as true" in error_of(capsys)
 
 
 def test_output_dir_that_cannot_be_created(tmp_path, capsys, no_loading):
@@ -500,6 +515,12 @@ def test_output_dir_that_would_overwrite_the_teacher(tmp_path, capsys, no_loadin
         assert run(tmp_path, recipe) == 2
         assert f"would overwrite teacher_model_name_or_path '{teacher}'" in error_of(capsys)
     assert (teacher / "config.json").read_text() == "{}"
+    # the training images' folder, or a folder in it: checkpoints would sit among the classes
+    train = image_folder(tmp_path / "images" / "train", ["cat", "dog"])
+    for output_dir in (train, os.path.join(train, "run")):
+        recipe = base(tmp_path, dataset_name=None, train_dir=train, output_dir=output_dir)
+        assert run(tmp_path, recipe) == 2
+        assert f"output_dir {output_dir!r} is inside train_dir {train!r}" in error_of(capsys)
 
 
 def test_class_folders_that_would_train_other_classes(tmp_path, capsys, no_loading):
@@ -509,6 +530,12 @@ def test_class_folders_that_would_train_other_classes(tmp_path, capsys, no_loadi
         image_folder(nested / name, ["2019", "2020"])
     assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=str(nested))) == 2
     assert "keeps images in sub-folders (['2019', '2020'])" in error_of(capsys)
+    # the dataset's root, holding train/ and validation/: not "put the images in their class folders"
+    root = tmp_path / "root"
+    for split in ("train", "validation"):
+        image_folder(root / split, ["cat", "dog"])
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=str(root))) == 2
+    assert f"{str(root)!r} holds split folders ('train' among them), not class folders" in error_of(capsys)
     # a class whose training folder holds no image (only a README) would never be trained
     train = image_folder(tmp_path / "train", ["cat", "dog"])
     (tmp_path / "train" / "eel").mkdir()
@@ -854,8 +881,14 @@ def test_help_lists_every_key_grouped_with_defaults(capsys):
     # settings the run refuses say so, not what transformers' help says they do
     assert "  bf16_full_eval (bool; default: False)\n      Fixed at False: it casts the whole model" in text
     assert "true for the last checkpoint in output_dir" in text
+    assert "%%" not in text, "argparse's escaped percent signs are printed as they read"
+    assert main(["recipe.yaml", "--help"]) == 0, "--help after the recipe is help, not a recipe key"
+    assert capsys.readouterr().out == text
+    assert main(["recipe.yaml", "--help", "losses"]) == 0
+    after_recipe = capsys.readouterr().out
     assert main(["--help", "losses"]) == 0
     text = capsys.readouterr().out
+    assert after_recipe == text
     assert "  rcka: weight=1.0, intra_weight=1.0" in text and "patch_match" in text
     assert "  auto: (the default" in text and "(feature_cka); patch_match with" in text
     assert "unset (None), the pairs are chosen as 'auto' chooses them" in text

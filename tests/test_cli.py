@@ -183,6 +183,34 @@ def test_a_recipes_log_level_reaches_hf_rckas_own_lines(tmp_path, levels, expect
         root.handlers[:], (root.level, ours.level, trainer.level) = saved[0], saved[1:]
 
 
+def test_a_hub_or_datasets_warning_is_printed_once(tmp_path):
+    """Both libraries print through their own handler; the run's root handler printed them again."""
+    import io
+    import logging
+
+    from hf_rcka.arguments import DistillationTrainingArguments
+    from hf_rcka.cli.job import _setup_logging
+
+    root = logging.getLogger()
+    libraries = [logging.getLogger(name) for name in ("huggingface_hub", "datasets")]
+    saved = root.handlers[:], root.level, [library.propagate for library in libraries]
+    streams = {handler: handler.stream for library in libraries for handler in library.handlers}
+    try:
+        _setup_logging(DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+        printed = io.StringIO()  # every handler a record can reach writes here
+        for handler in [*streams, *(h for h in root.handlers if isinstance(h, logging.StreamHandler))]:
+            handler.setStream(printed)
+        for library in libraries:
+            library.warning("retrying in 1s (simulated)")
+        assert printed.getvalue().count("retrying in 1s (simulated)") == 2, printed.getvalue()  # once per library
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        for library, propagate in zip(libraries, saved[2]):
+            library.propagate = propagate
+        for handler, stream in streams.items():
+            handler.setStream(stream)
+
+
 def test_an_evaluation_only_run_keeps_its_tensorboard_events_in_its_own_folder(tmp_path, monkeypatch):
     """TensorBoard's callback picks output_dir/runs when training begins; an evaluation-only run
     never begins training, and its events went to ./runs in the working directory."""
@@ -212,3 +240,11 @@ def test_an_evaluation_only_run_keeps_its_tensorboard_events_in_its_own_folder(t
     tensorboard_into(trainer, str(tmp_path / "_eval-1"))
     callback.on_log(None, TrainerState(), TrainerControl(), logs={"eval_accuracy": 0.5})
     assert folders == [str(tmp_path / "_eval-1" / "runs")]
+
+
+def test_the_command_line_runs_as_a_module_without_the_repositorys_scripts(tmp_path):
+    """An install from a wheel has no scripts/ folder: python -m hf_rcka is the same command line."""
+    done = subprocess.run([sys.executable, "-m", "hf_rcka", str(tmp_path / "missing.yaml")], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        f"error: recipe {str(tmp_path / 'missing.yaml')!r} does not exist")

@@ -238,6 +238,14 @@ def test_a_table_whose_images_are_named_like_splits_is_told_apart_from_an_image_
     _csv_of_images(tmp_path / "inside", [f"img_train_{i}.png" for i in range(6)])
     with pytest.raises(DataError, match="their names match a split's"):
         load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "inside"), train_val_split=0.25))
+    # datasets' own metadata layout (metadata.csv with file_name) loses to split-named images as well
+    _csv_of_images(tmp_path / "metadata", [f"train_bird_{i}.png" for i in range(6)])
+    (tmp_path / "metadata" / "train.csv").write_text(
+        "file_name,label\n" + "".join(f"imgs/train_bird_{i}.png,{i % 3}\n" for i in range(6)))
+    (tmp_path / "metadata" / "train.csv").rename(tmp_path / "metadata" / "metadata.csv")
+    with pytest.raises(DataError, match=r"holds \['metadata.csv'\], but datasets took its image files as the data: "
+                                        r"their names match a split's"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "metadata"), train_val_split=0.25))
     _csv_of_images(tmp_path / "unnamed", [f"valley_{i}.png" for i in range(6)])
     (tmp_path / "unnamed" / "train.csv").rename(tmp_path / "unnamed" / "data.csv")
     with pytest.raises(DataError, match=r"holds \['data.csv'\], but .*the table's name names no split.* Name it "

@@ -248,3 +248,16 @@ def test_a_run_refused_on_its_models_leaves_the_folder_and_a_later_refusal_says_
     assert line == (f"error: an evaluation item lacks labels (simulated) (the run this one was to replace is in "
                     f"{out / REPLACED})")
     assert (out / REPLACED / "model.safetensors").read_bytes() == trained
+
+
+def test_a_training_run_ends_by_saying_where_its_model_is_and_how_to_load_it(tmp_path, capsys):
+    from transformers import AutoModelForImageClassification
+
+    assert _run(tmp_path, max_steps=2, eval_strategy="no") == 0
+    last = [line.split(" INFO hf_rcka: ", 1)[1] for line in capsys.readouterr().err.splitlines()
+            if " INFO hf_rcka: " in line][-1]
+    results = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    out = str(tmp_path / "out")
+    assert last == (f"the trained student is in {out} (eval_accuracy {results['eval_accuracy']:.4f}), with its card "
+                    f"(README.md); load it with transformers.AutoModelForImageClassification.from_pretrained({out!r})")
+    assert AutoModelForImageClassification.from_pretrained(out).config.num_labels == 10

@@ -104,7 +104,8 @@ def _coerce_bool(value: Any, key: str) -> bool:
 
 def _coerce_number(value: Any, kind: type, key: str) -> int | float:
     if isinstance(value, bool):
-        raise RecipeError(f"{key} must be a number, got {value!r}")
+        bare = f" (--{key} without a value reads as true: give one, --{key} 0.001)" if value else ""
+        raise RecipeError(f"{key} must be a number, got {value!r}{bare}")
     try:
         number = float(value) if isinstance(value, str) else value
         if kind is int:

@@ -91,7 +91,7 @@ def run(
                             "was not written") from None
     if stop is not None:
         stop.evaluated = args.do_eval  # what is left is the card and the Hub upload
-    _finish(trainer, data_args, skipped)
+    _finish(trainer, data_args, skipped, metrics)
     return metrics
 
 
@@ -115,6 +115,14 @@ def _setup_logging(args: DistillationTrainingArguments) -> None:
     logger.setLevel(level)
     transformers.utils.logging.set_verbosity(logging.WARNING)
     logging.getLogger("transformers.trainer").setLevel(level)
+    # huggingface_hub and datasets print through their own handler, and their records reached the
+    # root's too: every Hub retry warning was printed twice
+    for name in _OWN_HANDLER_LIBRARIES:
+        library = logging.getLogger(name)
+        library.propagate = not library.handlers
+
+
+_OWN_HANDLER_LIBRARIES = ("huggingface_hub", "datasets")
 
 
 def _check_before_loading(
@@ -372,8 +380,8 @@ def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str
     return metrics
 
 
-def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: SkippedImages) -> None:
-    """Model card, the skipped-images summary, and the Hub push of a training run."""
+def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: SkippedImages, metrics: dict) -> None:
+    """Model card, the skipped-images summary, the Hub push of a training run, and where its model is."""
     args = trainer.args
     if trainer.is_world_process_zero() and args.do_train:
         trainer.create_model_card(dataset=data_args.dataset_name)  # an image folder is named by card_facts
@@ -381,6 +389,15 @@ def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: Ski
         logger.warning(skipped.summary())
     if args.push_to_hub and args.do_train:
         _push(trainer, data_args.dataset_name)
+    if trainer.is_world_process_zero() and args.do_train:
+        logger.info(saved_line(args.output_dir, metrics))
+
+
+def saved_line(output_dir: str, metrics: dict) -> str:
+    """The last line of a training run: where the model is, what it scored, and how to load it."""
+    score = f" (eval_accuracy {metrics['eval_accuracy']:.4f})" if "eval_accuracy" in metrics else ""
+    return (f"the trained student is in {output_dir}{score}, with its card (README.md); load it with "
+            f"transformers.AutoModelForImageClassification.from_pretrained({output_dir!r})")
 
 
 def _push(trainer: DistillationTrainer, dataset: str | None) -> None:

@@ -30,8 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:
         print(USAGE, file=sys.stderr)
         return 2
-    if argv[0] in ("-h", "--help"):
-        print(losses_help() if argv[1:2] == ["losses"] else recipe_help())
+    asked = next((i for i, token in enumerate(argv) if token in ("-h", "--help")), None)
+    if asked is not None:  # also after the recipe (RECIPE.yaml --help), as other command lines take it
+        print(losses_help() if argv[asked + 1:asked + 2] == ["losses"] else recipe_help())
         return 0
     stop = GracefulStop()
     stop.install()
@@ -57,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.uninstall()
         close_process_group()
     return 0
+
+
+def console_main() -> None:
+    """The ``hf-rcka-distill`` command that ``pip install`` puts on the PATH."""
+    sys.exit(main())
 
 
 def _interrupted_message(name: str, stop: GracefulStop, argv: list[str]) -> str:

@@ -83,6 +83,19 @@ def check_output_dir_spares_inputs(output_dir: str, inputs: dict[str, str | None
                               "choose another output_dir")
 
 
+def check_output_dir_outside_data(output_dir: str, data: dict[str, str | None]) -> None:
+    """``output_dir`` must not be, or sit inside, a local data folder: its checkpoint folders and
+    files would land among the images (an image folder's next run reads them as classes)."""
+    out = Path(output_dir).expanduser().resolve()
+    for key, value in data.items():
+        if not value or not os.path.isdir(os.path.expanduser(value)):
+            continue
+        folder = Path(value).expanduser().resolve()
+        if folder == out or folder in out.parents:
+            raise RecipeError(f"output_dir {output_dir!r} is inside {key} {value!r}: the run's model, checkpoints and "
+                              "card would be written among the data. Choose an output_dir outside it")
+
+
 def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
     """Refuse to overwrite a finished model or checkpoints unless asked to, and someone else's files
     always (``overwrite_output_dir`` replaces a run: it sets aside only what runs write)."""

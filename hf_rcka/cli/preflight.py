@@ -27,7 +27,7 @@ from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows
 from ..trainer.metrics import check_metric_for_best_model
 from ..training_values import check_half_precision
 from .model_sources import check_hub_access, check_losses_fit_models, check_model_source, check_student_config
-from .output_folder import check_output_dir_spares_inputs, check_output_dir_writable
+from .output_folder import check_output_dir_outside_data, check_output_dir_spares_inputs, check_output_dir_writable
 
 logger = logging.getLogger("hf_rcka")
 # report_to name -> (transformers' availability function suffix, what makes it available)
@@ -46,6 +46,8 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
             "teacher_model_name_or_path": model_args.teacher_model_name_or_path,
             "baseline_dir": getattr(args, "baseline_dir", None),
         })
+        check_output_dir_outside_data(args.output_dir, {key: getattr(data_args, key) for key in
+                                                        ("train_dir", "validation_dir", "dataset_name")})
     check_report_to(args.report_to)
     check_launch(args)
     check_half_precision(args)

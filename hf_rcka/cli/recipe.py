@@ -145,6 +145,9 @@ def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """The recipe file's mapping, read with YAML 1.2's core schema; text settings as written."""
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe {str(path)!r} is a folder: give the recipe's YAML file (e.g. recipes/deit_from_regnet.yaml"
+                          f"; a trained run's is {str(path / 'distill_config.yaml')!r} if it is a run folder)")
     if not path.is_file():
         raise RecipeError(f"recipe {str(path)!r} does not exist")
     with open(path, encoding="utf-8") as handle:
@@ -203,17 +206,22 @@ def _replaced_by_flag(key: str, overrides: dict[str, Any]) -> bool:
     return any(key in keys and (keys - {key}) & overrides.keys() and key not in overrides for keys in _ALTERNATIVES)
 
 
-# TrainingArguments settings transformers 5 removed, which recipes written for 4.x still carry.
-_REMOVED_KEYS = {
+# Keys a recipe may reach for that are not settings here, and what to do instead: a TrainingArguments
+# setting transformers 5 removed (recipes written for 4.x still carry it), and the class count, which
+# the data decides (the close matches would be label_names, itself refused, or num_train_epochs).
+_CLASSES_FROM_DATA = ("the run names and counts the student's classes from the dataset's labels (label_column_name, "
+                      "or the class folders): drop it")
+_KEY_HINTS = {
     "logging_dir": "transformers 5 removed it: TensorBoard writes to output_dir/runs, or to the folder the "
                    "TENSORBOARD_LOGGING_DIR environment variable names",
+    **dict.fromkeys(("num_labels", "num_classes", "id2label", "label2id"), _CLASSES_FROM_DATA),
 }
 
 
 def _key_hint(key: str, keys: list[str]) -> str:
     """What replaced a removed key, close matches, or a pointer to ``--help`` rather than all ~180 keys."""
-    if key in _REMOVED_KEYS:
-        return _REMOVED_KEYS[key]
+    if key in _KEY_HINTS:
+        return _KEY_HINTS[key]
     hint = close_matches(key, keys)
     return hint if hint.startswith("did you mean") else "no key is close; scripts/distill.py --help lists them all"
 

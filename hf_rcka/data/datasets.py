@@ -32,7 +32,7 @@ from ..losses import IGNORE_INDEX
 from ..models.labels import listed_names
 from .images import UnreadableImage, decode_image
 from .transforms import eval_transform, train_transform
-from .splits import stratified_validation_split
+from .splits import VALIDATION_SPLIT_NAMES, stratified_validation_split
 from . import label_values
 from .digits import DIGITS, digits_dataset
 from .image_paths import image_paths_from_the_data_folder
@@ -40,8 +40,6 @@ from .stored_labels import parquet_split_files, realign_stored_labels
 
 logger = logging.getLogger(__name__)
 
-# the splits evaluated, the first present: a validation split by any of its usual names, else the test split
-VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev", "eval", "evaluation", "test")
 
 
 class RawSplits(datasets.DatasetDict):
@@ -161,8 +159,9 @@ def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
     data_files = getattr(builder.config, "data_files", None) or {}
     labelled_by_metadata = any(os.path.basename(str(f)) in _METADATA_FILES for fs in data_files.values() for f in fs)
     if builder.name == "imagefolder" and os.path.isdir(name) and not labelled_by_metadata:
+        # a metadata file among them: datasets left it out too, for split-named images
         tables = sorted(entry.name for entry in os.scandir(name) if entry.is_file()
-                        and entry.name.endswith(_TABLE_SUFFIXES) and entry.name not in _METADATA_FILES)
+                        and entry.name.endswith(_TABLE_SUFFIXES))
         files = [os.path.relpath(str(f), name) for fs in data_files.values() for f in fs]
         if tables and not any(_split_named(os.path.dirname(f), DEFAULT_PATTERNS_SPLIT_IN_DIR_NAME) for f in files):
             # not an image folder (its splits are folders): datasets read the folder's images, not its table

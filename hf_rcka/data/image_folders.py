@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import DataError, LabelError
 from ..models.label_forms import check_one_form_each
 from ..models.labels import check_split_classes, listed_names
+from .splits import VALIDATION_SPLIT_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def image_folder_classes(key: str, folder: str) -> list[str]:
     """The classes of the image folder a recipe's ``key`` names (:func:`class_folders`), which must
     exist and hold at least two of them."""
     if not os.path.isdir(folder):
-        raise DataError(f"{key} {folder!r} does not exist" + (" (it is a file)" if os.path.exists(folder) else "")
+        raise DataError(f"{key} {folder!r} " + ("is a file, not a folder" if os.path.exists(folder) else "does not exist")
                         + ": give a folder with one sub-folder of images per class")
     classes = class_folders(folder)
     if not classes:
@@ -83,6 +84,12 @@ def class_folders(folder: str) -> list[str]:
             continue
         _check_loadable(folder, entry)
         direct, nested = _images_inside(entry.path, extensions)
+        if nested and entry.name.lower() in ("train", "training", *VALIDATION_SPLIT_NAMES):
+            raise LabelError(
+                f"{folder!r} holds split folders ({entry.name!r} among them), not class folders: give train_dir "
+                f"and validation_dir the split folders themselves (e.g. {os.path.join(folder, entry.name)!r}), each "
+                "holding one folder per class; or give the folder as dataset_name, which reads its splits"
+            )
         if nested:
             raise LabelError(
                 f"{os.path.join(folder, entry.name)!r} keeps images in sub-folders ({listed_names(nested)}): datasets labels "

@@ -19,6 +19,8 @@ from ..errors import DataError
 from .label_values import class_encoded, label_column as label_column_values
 
 DEFAULT_SPLIT_SEED = 42
+# the splits evaluated, the first present: a validation split by any of its usual names, else the test split
+VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev", "eval", "evaluation", "test")
 
 
 def stratified_validation_split(

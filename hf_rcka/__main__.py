@@ -1,0 +1,9 @@
+"""``python -m hf_rcka RECIPE.yaml [--key value ...]`` (or ``accelerate launch -m hf_rcka ...``):
+the command line of ``scripts/distill.py``, for an install without the repository's scripts."""
+
+import sys
+
+from hf_rcka.cli.main import main
+
+if __name__ == "__main__":
+    sys.exit(main())
