@@ -248,3 +248,24 @@ def test_the_command_line_runs_as_a_module_without_the_repositorys_scripts(tmp_p
                           text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
         f"error: recipe {str(tmp_path / 'missing.yaml')!r} does not exist")
+
+
+def test_log_level_info_keeps_transformers_file_chatter_out_and_quiet_runs_draw_no_bars(tmp_path, capsys):
+    """Trainer set all of transformers to the recipe's level once built: every saved config was a line.
+    disable_tqdm left the weight-loading and shard-writing bars in the log."""
+    import transformers
+
+    recipe = {**COMMON, "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET,
+              "output_dir": str(tmp_path / "out"), "max_steps": 1, "log_level": "info", "disable_tqdm": True}
+    try:
+        assert main([write(tmp_path / "r.yaml", recipe)]) == 0
+        err = capsys.readouterr().err
+        assert "Configuration saved in" not in err and "INFO hf_rcka: the trained student is in" in err
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+    finally:
+        import datasets
+        import huggingface_hub
+
+        transformers.utils.logging.enable_progress_bar()
+        huggingface_hub.utils.enable_progress_bars()
+        datasets.enable_progress_bars()

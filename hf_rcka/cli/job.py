@@ -13,6 +13,8 @@ import os
 import shlex
 from typing import Any, Sequence
 
+import datasets
+import huggingface_hub
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -71,6 +73,7 @@ def run(
     resume = _check_before_loading(model_args, data_args, args, explicit)
     record_dir = args.output_dir if args.do_train else from_rank0(eval_record_dir(args.output_dir))  # one folder
     trainer, skipped = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
+    _transformers_levels(args)
     if not args.do_train:
         tensorboard_into(trainer, record_dir)
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
@@ -103,26 +106,39 @@ def _setup_logging(args: DistillationTrainingArguments) -> None:
     ``passive`` (the default ``log_level``) leaves the level to us: INFO on the process that logs,
     WARNING on the others, as before the recipe's levels were read here.
     """
-    chosen = args.log_level if args.should_log else args.log_level_replica
-    if chosen == "passive":
-        level = logging.INFO if args.should_log else logging.WARNING
-    else:
-        level = args.get_process_log_level()
+    level = _run_log_level(args)
     # The root logger (other libraries: PIL logs two DEBUG lines per decoded image) stays at INFO at
     # most; hf_rcka's and the Trainer's own loggers take the recipe's level, DEBUG included.
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=max(level, logging.INFO),
                         force=True)
     logger.setLevel(level)
-    transformers.utils.logging.set_verbosity(logging.WARNING)
-    logging.getLogger("transformers.trainer").setLevel(level)
+    _transformers_levels(args)
     # huggingface_hub and datasets print through their own handler, and their records reached the
     # root's too: every Hub retry warning was printed twice
     for name in _OWN_HANDLER_LIBRARIES:
         library = logging.getLogger(name)
         library.propagate = not library.handlers
+    if args.disable_tqdm:  # the weight-loading, shard-writing and dataset bars too, not only Trainer's
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
+        datasets.disable_progress_bars()
 
 
 _OWN_HANDLER_LIBRARIES = ("huggingface_hub", "datasets")
+
+
+def _run_log_level(args: DistillationTrainingArguments) -> int:
+    chosen = args.log_level if args.should_log else args.log_level_replica
+    if chosen == "passive":
+        return logging.INFO if args.should_log else logging.WARNING
+    return args.get_process_log_level()
+
+
+def _transformers_levels(args: DistillationTrainingArguments) -> None:
+    """transformers at WARNING but its Trainer at the run's level; again once the Trainer is built,
+    which sets all of transformers to the recipe's level (``Configuration saved in`` at INFO)."""
+    transformers.utils.logging.set_verbosity(logging.WARNING)
+    logging.getLogger("transformers.trainer").setLevel(_run_log_level(args))
 
 
 def _check_before_loading(
