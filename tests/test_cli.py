@@ -269,3 +269,28 @@ def test_log_level_info_keeps_transformers_file_chatter_out_and_quiet_runs_draw_
         transformers.utils.logging.enable_progress_bar()
         huggingface_hub.utils.enable_progress_bars()
         datasets.enable_progress_bars()
+
+
+def test_an_evaluation_only_run_leaves_out_the_losses_that_read_what_trained_beside_the_student(runs, tmp_path, capsys):
+    """srd's projector trains with the run and is not saved with the student: an evaluation-only
+    re-check reported eval_srd_loss (and an eval_loss holding it) of a fresh projector."""
+    root, teacher_dir, _, _ = runs
+    out = tmp_path / "srd"
+    recipe = {**COMMON, "model_name_or_path": "config:vit", "student_config_overrides": TINY_VIT,
+              "teacher_model_name_or_path": str(teacher_dir), "output_dir": str(out), "teacher_accuracy_check": "off",
+              "losses": [{"name": "ce"}, {"name": "kd"}, {"name": "srd"}]}
+    path = write(tmp_path / "srd.yaml", recipe)
+    assert main([path]) == 0
+    trained = json.loads((out / "all_results.json").read_text())
+    assert "eval_srd_loss" in trained
+    capsys.readouterr()
+    assert main([str(out / "distill_config.yaml"), "--do_train", "false", "--model_name_or_path", str(out),
+                 "--student_from_scratch", "false"]) == 0
+    assert "evaluation only: ['srd'] not evaluated" in capsys.readouterr().err
+    (record,) = out.glob("_eval-*")
+    checked = json.loads((record / "eval_results.json").read_text())
+    assert "eval_srd_loss" not in checked
+    assert checked["eval_accuracy"] == trained["eval_accuracy"]
+    for term in ("ce", "kd"):  # what the student alone decides is reported as the training run did
+        assert checked[f"eval_{term}_loss"] == pytest.approx(trained[f"eval_{term}_loss"], rel=1e-5)
+    assert checked["eval_loss"] == pytest.approx(checked["eval_ce_loss"] + checked["eval_kd_loss"], rel=1e-6)

@@ -436,3 +436,16 @@ def test_building_the_distillation_model_leaves_the_callers_random_state_alone(t
     state = torch.random.get_rng_state()
     build_distillation_model(student, teacher, args, None, None)
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_the_losses_that_read_trained_adapters_or_their_own_state_can_be_left_out(tmp_path):
+    args = make_args(tmp_path, losses=[{"name": "ce"}, {"name": "rcka"}, {"name": "fitnet"},
+                                       {"name": "kernel_transfer", "weight": 0.04}],
+                     feature_pairs=[{"student_layer": -1, "teacher_layer": -2, "adapter": "patch_match"}])
+    model = build_distillation_model(tiny_vit(), tiny_resnet(), args, None, None).eval()
+    assert model.leave_out_fresh_losses() == ["fitnet", "kernel_transfer"]
+    batch = pixel_dataset(6)
+    output = model(pixel_values=torch.stack([batch[i]["pixel_values"] for i in range(6)]),
+                   labels=torch.tensor([batch[i]["labels"] for i in range(6)]))
+    assert set(output.loss_terms) == {"ce", "rcka_intra", "rcka_inter"}
+    assert float(output.loss) == pytest.approx(sum(float(v) for v in output.loss_terms.values()))

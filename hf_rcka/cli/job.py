@@ -26,7 +26,7 @@ from ..distributed import from_rank0
 from ..errors import DataError, HubUploadError, RecipeError, UserError
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
-from ..models.labels import check_validation_labels, resume_label_order, run_label_order
+from ..models.labels import check_validation_labels, listed_names, resume_label_order, run_label_order
 from ..models.loading import load_image_classifier
 from ..models.processors import load_image_processor
 from ..trainer.card_facts import card_facts_of
@@ -76,6 +76,7 @@ def run(
     _transformers_levels(args)
     if not args.do_train:
         tensorboard_into(trainer, record_dir)
+        _leave_out_fresh_losses(trainer)
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         losses = run_loss_specs(args, trainer.distillation_model.teacher is not None)
         trainer.add_callback(RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME)))
@@ -371,6 +372,16 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
         if stop.signum is not None:  # during the last step's evaluation: the training itself is complete
             raise Interrupted(stop.signum)
     return result.metrics
+
+
+def _leave_out_fresh_losses(trainer: DistillationTrainer) -> None:
+    """An evaluation-only run loads the student alone: losses that read what trained beside it are
+    not evaluated (their values would be those of fresh weights), and eval_loss sums the others."""
+    left_out = trainer.distillation_model.leave_out_fresh_losses()
+    if left_out:
+        logger.warning("evaluation only: %s not evaluated: they read weights or statistics that trained with the run "
+                       "(a projector, adapters, class centres) and are not saved with the student; eval_loss sums "
+                       "the other terms", listed_names(left_out))
 
 
 def tensorboard_into(trainer: DistillationTrainer, folder: str) -> None:

@@ -99,6 +99,7 @@ class DistillationModel(nn.Module):
         self.teacher_transform = needed_transform(student_input, teacher_input)
         self.feature_pairs: list[FeaturePair] = []
         self.adapters = nn.ModuleList()
+        self.left_out: frozenset[str] = frozenset()  # losses not computed (see leave_out_fresh_losses)
         if self.needs_features:
             self._build_adapters(feature_pairs, student_input)
         elif feature_pairs not in (None, "auto"):
@@ -263,7 +264,8 @@ class DistillationModel(nn.Module):
             inputs = inputs.counted_rows()
         terms, weights = {}, {}
         for name, loss in self.losses.items():
-            _add_terms(terms, weights, name, loss(inputs), loss.term_weights)
+            if name not in self.left_out:
+                _add_terms(terms, weights, name, loss(inputs), loss.term_weights)
         total, weighted = weigh_terms(terms, weights)
         return DistillationOutput(loss=total, logits=logits, loss_terms=weighted)
 
@@ -310,6 +312,20 @@ class DistillationModel(nn.Module):
         logits = self.teacher(pixel_values=self.teacher_pixels(pixel_values)).logits
         counted = labels != IGNORE_INDEX
         return float((logits.argmax(-1) == labels)[counted].float().mean())
+
+    def leave_out_fresh_losses(self) -> list[str]:
+        """Stop computing the losses that read weights or statistics trained with the run but not
+        saved with the student: a loss's own (srd's projector, kernel_transfer's class centres) and
+        the feature adapters (for a loss that reads features). Loaded from an exported student they
+        are fresh, and their values would describe nothing the run trained. Returns their names;
+        none when they are all there is to compute.
+        """
+        adapted = any(adapter.state_dict() for adapter in self.adapters)
+        fresh = [name for name, loss in self.losses.items() if loss.state_dict() or (adapted and loss.needs_features)]
+        if len(fresh) == len(self.losses):
+            return []
+        self.left_out = frozenset(fresh)
+        return fresh
 
     # ------------------------------------------------------------------ checkpoints
 
