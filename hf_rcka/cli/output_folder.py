@@ -26,7 +26,7 @@ import fnmatch
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..arguments import DistillationTrainingArguments
@@ -74,10 +74,7 @@ def check_output_dir_spares_inputs(output_dir: str, inputs: dict[str, str | None
     student, and the run would still end well.
     """
     out = Path(output_dir).expanduser().resolve()
-    for key, value in inputs.items():
-        if not value or not os.path.isdir(os.path.expanduser(value)):
-            continue
-        source = Path(value).expanduser().resolve()
+    for key, value, source in _local_folders(inputs):
         if source == out or out in source.parents:
             raise RecipeError(f"output_dir {output_dir!r} would overwrite {key} {value!r}, which this run reads: "
                               "choose another output_dir")
@@ -87,13 +84,17 @@ def check_output_dir_outside_data(output_dir: str, data: dict[str, str | None]) 
     """``output_dir`` must not be, or sit inside, a local data folder: its checkpoint folders and
     files would land among the images (an image folder's next run reads them as classes)."""
     out = Path(output_dir).expanduser().resolve()
-    for key, value in data.items():
-        if not value or not os.path.isdir(os.path.expanduser(value)):
-            continue
-        folder = Path(value).expanduser().resolve()
+    for key, value, folder in _local_folders(data):
         if folder == out or folder in out.parents:
             raise RecipeError(f"output_dir {output_dir!r} is inside {key} {value!r}: the run's model, checkpoints and "
                               "card would be written among the data. Choose an output_dir outside it")
+
+
+def _local_folders(settings: dict[str, str | None]) -> Iterator[tuple[str, str, Path]]:
+    """Each setting that names an existing local folder: its key, value and resolved path."""
+    for key, value in settings.items():
+        if value and os.path.isdir(os.path.expanduser(value)):
+            yield key, value, Path(value).expanduser().resolve()
 
 
 def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:
