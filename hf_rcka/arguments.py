@@ -22,7 +22,7 @@ from transformers import TrainingArguments
 from .augmentation import AugmentationArguments
 from .errors import RecipeError
 from .recipe_specs import check_auto_pair_options, validate_feature_pairs, validate_losses
-from .training_values import check_fixed_settings, check_training_values
+from .training_values import check_batch_settings, check_fixed_settings, check_training_values
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +220,7 @@ class DistillationTrainingArguments(TrainingArguments):
             )
         check_fixed_settings(self)
         super().__post_init__()
+        check_batch_settings(self)
         if self.lr_base is not None:  # needs the number of processes, known once TrainingArguments set up the devices
             self.learning_rate = scaled_learning_rate(self)
 
@@ -240,6 +241,7 @@ def check_arguments(args: TrainingArguments) -> None:
         args.remove_unused_columns = False
     check_training_values(args)
     check_fixed_settings(args)
+    check_batch_settings(args)
 
 
 def global_batch_size(args: TrainingArguments, per_device: int | None = None) -> int:

@@ -87,6 +87,26 @@ def check_fixed_settings(args: TrainingArguments) -> None:
             raise RecipeError(f"{key}: {given!r} is not supported ({reason}): remove it from the recipe")
 
 
+def check_batch_settings(args: TrainingArguments) -> None:
+    """The settings the data-parallel batches and the evaluation's counts depend on; read once
+    ``TrainingArguments`` has set up ``accelerator_config`` (given as a mapping, or a file)."""
+    if getattr(args, "train_sampling_strategy", "random") == "group_by_length":
+        raise RecipeError("train_sampling_strategy: group_by_length groups text by its number of tokens, and an image "
+                          "batch has no input_ids to measure: use random (the default) or sequential")
+    accelerator = args.accelerator_config
+    if not accelerator.even_batches:
+        raise RecipeError("accelerator_config even_batches: false is not supported: with it the processes run different "
+                          "numbers of batches, and data-parallel training hangs or evaluation fails at the first "
+                          "gather; the default pads the last batches with repeats that count in no metric")
+    if accelerator.split_batches:
+        processes = max(1, args.world_size)
+        for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(args, key) % processes:
+                raise RecipeError(f"accelerator_config split_batches splits each batch of {key} over the {processes} "
+                                  f"processes, and {getattr(args, key)} is not a multiple of {processes}: make it one, "
+                                  "or drop split_batches")
+
+
 def check_half_precision(args: Any) -> None:
     """``fp16`` needs an accelerator: on CPU accelerate turns it off and trains in float32 silently.
 
@@ -105,4 +125,5 @@ def check_half_precision(args: Any) -> None:
                           "use_cpu: true for CPU autocast, or fp16: false")
 
 
-__all__ = ["FIXED_SETTINGS", "check_fixed_settings", "check_half_precision", "check_training_values"]
+__all__ = ["FIXED_SETTINGS", "check_batch_settings", "check_fixed_settings", "check_half_precision",
+           "check_training_values"]

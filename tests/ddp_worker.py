@@ -74,7 +74,7 @@ def main(out: str) -> None:
     with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
         json.dump({"world_size": world_size(), "log_history": trainer.state.log_history, "ids": ids,
                    "bn_learning_rate": bn_args.learning_rate, "draw": draw, "shuffled_ids": shuffled,
-                   **padded_evaluation(out)}, handle)
+                   **padded_evaluation(out), **teacher_check_on_a_small_set(out)}, handle)
 
 
 def padded_evaluation(out: str) -> dict:
@@ -105,6 +105,33 @@ def padded_evaluation(out: str) -> dict:
                 sums[name] = sums.get(name, 0.0) + float(value) * (stop - start)
                 counts[name] = counts.get(name, 0) + stop - start
     return {"padded_metrics": metrics, "one_process_terms": {name: sums[name] / counts[name] for name in sums}}
+
+
+def teacher_check_on_a_small_set(out: str) -> dict:
+    """5 evaluation images in batches of 8 on 2 processes: the first batches are also the last,
+    filled with repeats of the first images. Returns the check's accuracy and the teacher's on the
+    5 images, each counted once."""
+    args = DistillationTrainingArguments(
+        output_dir=os.path.join(out, "small"), per_device_eval_batch_size=8, report_to="none", use_cpu=True,
+        ddp_backend="gloo", teacher_accuracy_check="warn", losses=[{"name": "ce"}, {"name": "kd"}],
+    )
+    import datasets
+
+    images = pixel_dataset(5, seed=3)
+    pixels = torch.stack([images[i]["pixel_values"] for i in range(5)])
+    teacher = tiny_resnet()
+    model_inputs = DistillationTrainer(model=tiny_vit(), teacher=teacher, args=args, processing_class=processor(16),
+                                       teacher_processor=processor(24)).distillation_model
+    with torch.no_grad():
+        predicted = model_inputs.teacher(pixel_values=model_inputs.teacher_pixels(pixels)).logits.argmax(-1)
+    # the teacher is right on the first image only, which the repeats count 4 times of 16 (1 of 5 here)
+    labels = [int(predicted[0])] + [(int(p) + 1) % teacher.config.num_labels for p in predicted[1:]]
+    data = datasets.Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels}).with_format("torch")
+    trainer = DistillationTrainer(model=tiny_vit(), teacher=teacher, args=args, eval_dataset=data,
+                                  processing_class=processor(16), teacher_processor=processor(24))
+    checked = trainer.check_teacher()
+    direct = trainer.distillation_model.teacher_accuracy(pixels, torch.tensor(labels))
+    return {"teacher_check": checked, "teacher_direct": direct}
 
 
 if __name__ == "__main__":

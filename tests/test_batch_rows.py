@@ -205,3 +205,62 @@ def test_training_data_without_a_length_gets_the_checks_it_can(tmp_path, caplog)
     shuffled = stream.map(lambda item: read.append(1) or item).shuffle(seed=0, buffer_size=8)
     make_trainer(args, train=shuffled)
     assert read == [], "constructing the trainer read the training stream"
+
+
+def _parallel_args(**settings):
+    """What the batch checks read of a 2-process run's arguments (TrainingArguments reads the
+    process count from the launcher)."""
+    from types import SimpleNamespace
+
+    from transformers.trainer_pt_utils import AcceleratorConfig
+
+    accelerator = AcceleratorConfig(**{k: settings.pop(k) for k in ("split_batches", "dispatch_batches") if k in settings})
+    return SimpleNamespace(world_size=2, accelerator_config=accelerator, **settings)
+
+
+def test_split_batches_gives_each_process_part_of_the_batch_the_relations_are_checked_on():
+    """4 images split over 2 processes left 2 per relation: rcka_intra logged 0.0 every step and
+    nothing was distilled, where the same 2 rows without split_batches were refused."""
+    from hf_rcka.trainer.batch_rows import check_relation_rows
+
+    losses = {"rcka": RCKALoss()}
+    with pytest.raises(RecipeError, match=r"a relation over 2 sample\(s\) is a constant .* Use per_device_train_batch_"
+                                          r"size >= 6 \(split_batches gives each of the 2 processes 1/2 of it\)"):
+        check_relation_rows(losses, _parallel_args(split_batches=True, per_device_train_batch_size=4))
+    check_relation_rows(losses, _parallel_args(split_batches=True, per_device_train_batch_size=6))
+    check_relation_rows(losses, _parallel_args(per_device_train_batch_size=4))
+
+
+def test_data_parallel_settings_that_share_the_data_out_wrongly_are_refused():
+    from hf_rcka.data.sampler import check_iterable_dispatch, check_repeats_unsplit
+
+    # the repeated-augmentation sampler's batches are whole per process: trained at twice the reported batch
+    with pytest.raises(RecipeError, match="aug_repeats with accelerator_config split_batches"):
+        check_repeats_unsplit(2, _parallel_args(split_batches=True))
+    check_repeats_unsplit(0, _parallel_args(split_batches=True))
+    check_repeats_unsplit(2, _parallel_args())
+    # each process read the stream itself: uneven shards in training, counted repeats in evaluation
+    stream, table = pixel_dataset(4).to_iterable_dataset(), pixel_dataset(4)
+    with pytest.raises(RecipeError, match="dispatch_batches: false with an iterable dataset"):
+        check_iterable_dispatch(_parallel_args(dispatch_batches=False), [table, stream])
+    check_iterable_dispatch(_parallel_args(dispatch_batches=False), [table, None])
+    check_iterable_dispatch(_parallel_args(), [stream])
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"accelerator_config": {"even_batches": False}}, "even_batches: false is not supported"),
+    ({"train_sampling_strategy": "group_by_length"}, "group_by_length groups text by its number of tokens"),
+])
+def test_batch_settings_that_hang_or_fail_inside_transformers_are_refused(tmp_path, settings, message):
+    with pytest.raises(RecipeError, match=message):
+        make_args(tmp_path, **settings)
+
+
+def test_resuming_on_a_stream_says_where_the_resume_lands(tmp_path, caplog):
+    """Trainer skips the trained batches from the stream's start: past the first pass it resumed
+    elsewhere than where the run stopped, and said nothing."""
+    args = make_args(tmp_path, max_steps=2, per_device_train_batch_size=4)
+    trainer = make_trainer(args, train=pixel_dataset(8).to_iterable_dataset())
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError):  # no such checkpoint: Trainer refuses after
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert "resuming on training data without a length" in caplog.text

@@ -60,6 +60,10 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     # image once an epoch (they dealt from their own seed + rank orders: some twice, others never)
     shares = [log["shuffled_ids"] for log in logs]
     assert sorted(shares[0] + shares[1]) == list(range(40)), shares
+    # the teacher check on a set smaller than one round of batches counts each image once, as one
+    # process does (it counted the repeats that even out the batches: 16 rows for 5 images)
+    for log in logs:
+        assert log["teacher_check"] == pytest.approx(log["teacher_direct"]) == pytest.approx(0.2)
     # a BatchNorm student is evaluated with rank 0's running statistics, the exported ones
     bn = [load_file(tmp_path / f"rank{r}_bn.safetensors") for r in (0, 1)]
     assert bn[0] and all(torch.equal(bn[0][k], bn[1][k]) for k in bn[0]), "evaluation mixed per-rank BN statistics"

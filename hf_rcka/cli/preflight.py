@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import RecipeError
 from ..data.image_folders import check_data_dirs
+from ..data.sampler import check_repeats_unsplit
 from ..registry import close_matches
 from ..modeling.assembly import active_specs, build_losses, run_loss_specs, switched_off
 from ..modeling.parallel import check_fsdp_settings
@@ -72,6 +73,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_student_config(model_args)
     check_data_dirs(data_args)
     check_mixing_batch(data_args, args)
+    check_repeats_unsplit(getattr(data_args, "aug_repeats", 0), args)
     if args.push_to_hub:
         check_hub_access(args)
 

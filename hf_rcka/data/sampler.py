@@ -1,7 +1,8 @@
 """Repeated augmentation (Hoffer et al. 2020; DeiT's ``RASampler``) for the Trainer's training loader.
 
 Each epoch draws every image ``aug_repeats`` times, each copy augmented on its own, and spreads the
-copies of one image over different data-parallel ranks; each rank still sees only about
+copies of one image over the data-parallel ranks (with more repeats than ranks, some copies share a
+rank, as in DeiT and timm); each rank still sees only about
 ``len(dataset) / world_size`` images per epoch (rounded down to a multiple of 256 overall, as in
 DeiT), so an epoch costs what it did without repeats. timm's ``RepeatAugSampler`` implements
 DeiT's sampler; this module seeds it and keeps accelerate from sharding its output a second time.
@@ -16,6 +17,8 @@ from accelerate.data_loader import BatchSamplerShard
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
+
+from ..errors import RecipeError
 
 
 class RepeatedAugmentationSampler(RepeatAugSampler):
@@ -78,3 +81,35 @@ def keep_rank_sharding(dataloader: DataLoader) -> DataLoader:
         shard.process_index = 0
         shard.even_batches = False
     return dataloader
+
+
+def check_repeats_unsplit(aug_repeats: int, args: Any) -> None:
+    """Repeated augmentation shares the images out by rank itself (``keep_rank_sharding``), so
+    accelerate's ``split_batches`` cannot split its batches: each process trained a whole
+    per-device batch, twice the global batch the run reported and scaled ``lr_base`` for.
+
+    Raises:
+        RecipeError: ``aug_repeats`` with ``split_batches`` under data parallelism.
+    """
+    if aug_repeats and getattr(args.accelerator_config, "split_batches", False) and max(1, args.world_size) > 1:
+        raise RecipeError("aug_repeats with accelerator_config split_batches: the repeated-augmentation sampler deals each "
+                          "process whole batches of its own images, so they are not split, and each process would train "
+                          "per_device_train_batch_size images, not its share. Drop split_batches (give the per-process "
+                          "batch as per_device_train_batch_size), or aug_repeats")
+
+
+def check_iterable_dispatch(args: Any, datasets: Any) -> None:
+    """An iterable dataset under data parallelism is read by the main process and its batches
+    dispatched (accelerate's default for one). With ``dispatch_batches: false`` every process reads
+    the stream itself: the shards were dealt unevenly (some images trained five times as often as
+    others) and evaluation counted the last batch's repeats, or failed at the gather.
+
+    Raises:
+        RecipeError: ``dispatch_batches: false`` with an iterable training or evaluation set.
+    """
+    if getattr(args.accelerator_config, "dispatch_batches", None) is not False or max(1, args.world_size) == 1:
+        return
+    if any(data is not None and not hasattr(data, "__len__") for data in datasets):
+        raise RecipeError("accelerator_config dispatch_batches: false with an iterable dataset: each process would read "
+                          "the stream on its own, and the shards are dealt unevenly and the evaluation's repeats counted. "
+                          "Drop dispatch_batches (the main process then reads the stream and deals its batches)")

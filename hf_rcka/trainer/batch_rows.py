@@ -38,21 +38,32 @@ def too_few_rows(losses: Mapping[str, Any], batch: int, processes: int) -> dict[
     return short
 
 
+def rows_per_process(args: Any, batch: int) -> int:
+    """The rows of a ``per_device_*_batch_size`` batch that one process holds: all of them, or its
+    share under accelerate's ``split_batches``, which splits each batch over the processes."""
+    accelerator = getattr(args, "accelerator_config", None)
+    processes = max(1, getattr(args, "world_size", 1))
+    return batch // processes if getattr(accelerator, "split_batches", False) else batch
+
+
 def check_relation_rows(losses: Mapping[str, Any], args: Any, batch: int | None = None,
                         setting: str = "per_device_train_batch_size", cause: str = "") -> None:
     """Refuse a batch of ``setting`` (training's by default) too small for a relational loss.
 
     Gradient accumulation does not help: each micro-batch is its own relation.
     """
-    batch = getattr(args, setting) if batch is None else batch
+    batch = rows_per_process(args, getattr(args, setting) if batch is None else batch)
     processes = max(1, getattr(args, "world_size", 1))
     for name, needed in too_few_rows(losses, batch, processes).items():
         gather = " or gather: true across processes" if processes > 1 and not getattr(losses[name], "gather", False) else ""
         rows = _rows(losses[name], batch, processes)
+        split = rows_per_process(args, processes) != processes  # split_batches: a process holds 1/processes
+        least = needed * processes if split else needed
+        share = f" (split_batches gives each of the {processes} processes 1/{processes} of it)" if split else ""
         raise RecipeError(
             f"{name} relates the samples of a batch, and a relation over {rows} sample(s) is a constant with no "
             f"gradient: {'its evaluation loss would measure nothing' if 'eval' in setting else 'nothing would be distilled'}"
-            f"{cause}. Use {setting} >= {needed}{gather}")
+            f"{cause}. Use {setting} >= {least}{share}{gather}")
 
 
 def check_evaluation_rows(losses: Mapping[str, Any], args: Any, num_images: int | None = None) -> None:
@@ -140,4 +151,4 @@ def check_unsized_training(aug_repeats: int, student: torch.nn.Module, losses: M
 
 
 __all__ = ["check_evaluation_rows", "check_relation_rows", "check_training_batches", "check_unsized_training",
-           "too_few_rows"]
+           "rows_per_process", "too_few_rows"]

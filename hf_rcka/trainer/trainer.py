@@ -59,7 +59,9 @@ from ..modeling.parallel import (
     check_fsdp_settings, default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp,
     require_full_state_dict, share_running_stats,
 )
-from ..data.sampler import RepeatedAugmentationSampler, SamplerEpoch, keep_rank_sharding
+from ..data.sampler import (
+    RepeatedAugmentationSampler, SamplerEpoch, check_iterable_dispatch, check_repeats_unsplit, keep_rank_sharding,
+)
 from ..modeling.teacher_inputs import InputStats, input_stats
 
 logger = logging.getLogger(__name__)
@@ -493,11 +495,19 @@ class DistillationTrainer(CheckpointingTrainer):
         """
         losses = self.distillation_model.losses
         check_relation_rows(losses, self.args)
+        check_repeats_unsplit(self.augmentation.aug_repeats, self.args)
+        evaluations = (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset])
+        check_iterable_dispatch(self.args, [self.train_dataset, *evaluations])
         if self.eval_dataset is not None and self.args.eval_strategy != "no":
             for evaluation in (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]):
                 check_evaluation_rows(losses, self.args, len(evaluation) if hasattr(evaluation, "__len__") else None)
         if self.train_dataset is not None and not hasattr(self.train_dataset, "__len__"):
             check_unsized_training(self.augmentation.aug_repeats, self.distillation_model.student, losses)
+            if kwargs.get("resume_from_checkpoint") or (args and args[0]):
+                logger.warning("resuming on training data without a length: Trainer skips the batches the run trained, "
+                               "counted from the start of the stream, so a checkpoint written after the stream's "
+                               "first pass ended resumes at another place in it than where the run stopped (a stream "
+                               "longer than the whole run resumes where it stopped)")
         self._check_training_batches()
         self.check_teacher()
         output = super().train(*args, **kwargs)
@@ -529,7 +539,10 @@ class DistillationTrainer(CheckpointingTrainer):
         batch = {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         model.to(self.args.device)
         gather = self.accelerator.gather if self.args.world_size > 1 else None
-        return check_teacher_accuracy(model, batch["pixel_values"], batch["labels"], mode, gather)
+        # an evaluation set smaller than one round of batches: its first batches are also the last,
+        # evened out with repeats of the first images, which must not count twice
+        labels = _without_padding(batch["labels"], self.accelerator)
+        return check_teacher_accuracy(model, batch["pixel_values"], labels, mode, gather)
 
     # ------------------------------------------------------------------ model card
 
