@@ -94,7 +94,7 @@ def check_batch_settings(args: TrainingArguments) -> None:
         raise RecipeError("train_sampling_strategy: group_by_length groups text by its number of tokens, and an image "
                           "batch has no input_ids to measure: use random (the default) or sequential")
     accelerator = args.accelerator_config
-    if not accelerator.even_batches:
+    if not accelerator.even_batches and max(1, args.world_size) > 1:
         raise RecipeError("accelerator_config even_batches: false is not supported: with it the processes run different "
                           "numbers of batches, and data-parallel training hangs or evaluation fails at the first "
                           "gather; the default pads the last batches with repeats that count in no metric")

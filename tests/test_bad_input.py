@@ -1086,7 +1086,7 @@ def test_augmentation_settings_that_failed_at_the_first_batch_or_did_nothing(tmp
     assert "train_interpolation 'lanczos' cannot be used with aa='rand-m9-mstd0.5-inc1'" in error_of(capsys)
     recipe = base(tmp_path, mixup=0.8, per_device_train_batch_size=1)
     assert run(tmp_path, recipe) == 2  # Mixup pairs images within a batch: it trained unmixed, exit 0
-    assert "nothing would be mixed" in error_of(capsys)
+    assert "per_device_train_batch_size is 1: a batch of one mixes nothing" in error_of(capsys)
 
 
 def test_a_teacher_on_a_local_dataset_folder_spelled_otherwise_is_the_same_data(tmp_path, monkeypatch):

@@ -229,6 +229,28 @@ def test_split_batches_gives_each_process_part_of_the_batch_the_relations_are_ch
         check_relation_rows(losses, _parallel_args(split_batches=True, per_device_train_batch_size=4))
     check_relation_rows(losses, _parallel_args(split_batches=True, per_device_train_batch_size=6))
     check_relation_rows(losses, _parallel_args(per_device_train_batch_size=4))
+    # gathered, the shares make one relation: a batch of 4 (2 + 2) is enough
+    with pytest.raises(RecipeError, match=r"Use per_device_train_batch_size >= 4 \(split_batches"):
+        check_relation_rows({"rcka": RCKALoss(gather=True)}, _parallel_args(split_batches=True, per_device_train_batch_size=2))
+    check_relation_rows({"rcka": RCKALoss(gather=True)}, _parallel_args(split_batches=True, per_device_train_batch_size=4))
+
+
+def test_split_batches_share_is_what_mixup_and_the_last_batch_checks_see():
+    """Mixup on 2 images split over 2 processes mixed nothing (1 row each), said nothing; a drop_last
+    run of 12 images at 8 split over 2 was refused as fewer than one batch of 16."""
+    from types import SimpleNamespace
+
+    from hf_rcka.cli.preflight import check_mixing_batch
+
+    mixing = SimpleNamespace(mixup_active=True)
+    with pytest.raises(RecipeError, match="a batch of one mixes nothing"):
+        check_mixing_batch(mixing, _parallel_args(split_batches=True, per_device_train_batch_size=2, do_train=True))
+    check_mixing_batch(mixing, _parallel_args(per_device_train_batch_size=2, do_train=True))
+    student = tiny_vit()
+    split = _parallel_args(split_batches=True, train_batch_size=8, dataloader_drop_last=True)
+    check_training_batches(12, split, 0, student, {})
+    with pytest.raises(Exception, match=r"fewer than one batch \(16\)"):
+        check_training_batches(12, _parallel_args(train_batch_size=8, dataloader_drop_last=True), 0, student, {})
 
 
 def test_data_parallel_settings_that_share_the_data_out_wrongly_are_refused():
@@ -247,13 +269,18 @@ def test_data_parallel_settings_that_share_the_data_out_wrongly_are_refused():
     check_iterable_dispatch(_parallel_args(), [stream])
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"accelerator_config": {"even_batches": False}}, "even_batches: false is not supported"),
-    ({"train_sampling_strategy": "group_by_length"}, "group_by_length groups text by its number of tokens"),
-])
-def test_batch_settings_that_hang_or_fail_inside_transformers_are_refused(tmp_path, settings, message):
-    with pytest.raises(RecipeError, match=message):
-        make_args(tmp_path, **settings)
+def test_batch_settings_that_hang_or_fail_inside_transformers_are_refused(tmp_path):
+    from transformers.trainer_pt_utils import AcceleratorConfig
+
+    from hf_rcka.training_values import check_batch_settings
+
+    with pytest.raises(RecipeError, match="group_by_length groups text by its number of tokens"):
+        make_args(tmp_path, train_sampling_strategy="group_by_length")
+    uneven = _parallel_args(per_device_train_batch_size=4, per_device_eval_batch_size=4)
+    uneven.accelerator_config = AcceleratorConfig(even_batches=False)
+    with pytest.raises(RecipeError, match="even_batches: false is not supported"):
+        check_batch_settings(uneven)
+    make_args(tmp_path, accelerator_config={"even_batches": False})  # one process: nothing to even out
 
 
 def test_resuming_on_a_stream_says_where_the_resume_lands(tmp_path, caplog):

@@ -294,3 +294,8 @@ def test_an_evaluation_only_run_leaves_out_the_losses_that_read_what_trained_bes
     for term in ("ce", "kd"):  # what the student alone decides is reported as the training run did
         assert checked[f"eval_{term}_loss"] == pytest.approx(trained[f"eval_{term}_loss"], rel=1e-5)
     assert checked["eval_loss"] == pytest.approx(checked["eval_ce_loss"] + checked["eval_kd_loss"], rel=1e-6)
+    # a recipe of such losses only keeps them (a loss needs a term) and says their values are of fresh weights
+    capsys.readouterr()
+    assert main([str(out / "distill_config.yaml"), "--do_train", "false", "--model_name_or_path", str(out),
+                 "--student_from_scratch", "false", "--losses", "[{name: srd}]"]) == 0
+    assert "evaluation only: every loss of this recipe (['srd']) reads weights" in capsys.readouterr().err

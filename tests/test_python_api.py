@@ -450,3 +450,6 @@ def test_the_losses_that_read_trained_adapters_or_their_own_state_can_be_left_ou
                        labels=torch.tensor([batch[i]["labels"] for i in range(6)]))
     assert set(output.loss_terms) == {"ce", "rcka_intra", "rcka_inter"}
     assert float(output.loss) == pytest.approx(sum(float(v) for v in output.loss_terms.values()))
+    # when every loss is such, they are kept (a loss needs a term), and named for the caller to say so
+    only = build_distillation_model(tiny_vit(), tiny_resnet(), make_args(tmp_path, losses=[{"name": "srd"}]), None, None)
+    assert only.leave_out_fresh_losses() == ["srd"] and not only.left_out

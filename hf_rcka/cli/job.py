@@ -377,11 +377,16 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
 def _leave_out_fresh_losses(trainer: DistillationTrainer) -> None:
     """An evaluation-only run loads the student alone: losses that read what trained beside it are
     not evaluated (their values would be those of fresh weights), and eval_loss sums the others."""
-    left_out = trainer.distillation_model.leave_out_fresh_losses()
-    if left_out:
+    model = trainer.distillation_model
+    fresh = model.leave_out_fresh_losses()
+    if model.left_out:
         logger.warning("evaluation only: %s not evaluated: they read weights or statistics that trained with the run "
                        "(a projector, adapters, class centres) and are not saved with the student; eval_loss sums "
-                       "the other terms", listed_names(left_out))
+                       "the other terms", listed_names(fresh))
+    elif fresh:
+        logger.warning("evaluation only: every loss of this recipe (%s) reads weights or statistics that trained with "
+                       "the run and are not saved with the student: its eval_*_loss values are those of fresh ones, "
+                       "and only the accuracy describes the student", listed_names(fresh))
 
 
 def tensorboard_into(trainer: DistillationTrainer, folder: str) -> None:

@@ -24,7 +24,7 @@ from ..data.sampler import check_repeats_unsplit
 from ..registry import close_matches
 from ..modeling.assembly import active_specs, build_losses, run_loss_specs, switched_off
 from ..modeling.parallel import check_fsdp_settings
-from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows
+from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows, rows_per_process
 from ..trainer.metrics import check_metric_for_best_model
 from ..training_values import check_half_precision
 from .model_sources import check_hub_access, check_losses_fit_models, check_model_source, check_student_config
@@ -176,12 +176,14 @@ def check_mixing_batch(data_args: Any, args: Any) -> None:
     trained without it and said nothing), and an odd batch leaves one image of every step unmixed."""
     if not getattr(data_args, "mixup_active", False) or not args.do_train:
         return
-    batch = args.per_device_train_batch_size
+    batch = rows_per_process(args, args.per_device_train_batch_size)
+    size = ("per_device_train_batch_size" if batch == args.per_device_train_batch_size else
+            "each process's share of per_device_train_batch_size (split_batches)")
     if batch < 2:
-        raise RecipeError(f"mixup/cutmix mix the images of one per-device batch, and per_device_train_batch_size is "
-                          f"{batch}: nothing would be mixed. Use a batch of at least 2 (even), or turn mixup and cutmix off")
+        raise RecipeError(f"mixup/cutmix mix the images of one process's batch, and {size} is {batch}: a batch of one "
+                          "mixes nothing. Use a batch of at least 2 (even), or turn mixup and cutmix off")
     if batch % 2:
-        logger.warning("per_device_train_batch_size %d is odd: mixup/cutmix leave one image of every batch unmixed "
-                       "(timm's Mixup needs an even batch); an even size mixes them all", batch)
+        logger.warning("%s is %d, odd: mixup/cutmix leave one image of every batch unmixed (timm's Mixup needs an even "
+                       "batch); an even size mixes them all", size, batch)
 
 

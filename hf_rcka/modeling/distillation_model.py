@@ -318,13 +318,13 @@ class DistillationModel(nn.Module):
         saved with the student: a loss's own (srd's projector, kernel_transfer's class centres) and
         the feature adapters (for a loss that reads features). Loaded from an exported student they
         are fresh, and their values would describe nothing the run trained. Returns their names;
-        none when they are all there is to compute.
+        when they are all there is to compute, they are kept (a loss needs a term) and ``left_out``
+        stays empty.
         """
         adapted = any(adapter.state_dict() for adapter in self.adapters)
         fresh = [name for name, loss in self.losses.items() if loss.state_dict() or (adapted and loss.needs_features)]
-        if len(fresh) == len(self.losses):
-            return []
-        self.left_out = frozenset(fresh)
+        if len(fresh) < len(self.losses):
+            self.left_out = frozenset(fresh)
         return fresh
 
     # ------------------------------------------------------------------ checkpoints

@@ -9,6 +9,8 @@ batch a relational loss sees is checked: the training batch before training, aga
 
 from __future__ import annotations
 
+import math
+
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -58,7 +60,10 @@ def check_relation_rows(losses: Mapping[str, Any], args: Any, batch: int | None 
         gather = " or gather: true across processes" if processes > 1 and not getattr(losses[name], "gather", False) else ""
         rows = _rows(losses[name], batch, processes)
         split = rows_per_process(args, processes) != processes  # split_batches: a process holds 1/processes
-        least = needed * processes if split else needed
+        gathered = getattr(losses[name], "gather", False)  # the shares of every process make one relation
+        # per_device_*: a multiple of the processes whose share (or, gathered, all of it) holds `needed`
+        least = needed * processes if not gathered else math.ceil(needed / processes) * processes
+        least = least if split else needed
         share = f" (split_batches gives each of the {processes} processes 1/{processes} of it)" if split else ""
         raise RecipeError(
             f"{name} relates the samples of a batch, and a relation over {rows} sample(s) is a constant with no "
@@ -102,7 +107,8 @@ def check_training_batches(num_images: int, args: Any, aug_repeats: int, student
     local = batch_size or args.train_batch_size
     per_process = images_per_process(num_images, aug_repeats, processes)
     if per_process is None:  # Trainer's sampler: batches dealt to the processes, the last ones padded
-        batch, seen = local * processes, num_images
+        split = rows_per_process(args, processes) != processes  # split_batches: one batch split over them
+        batch, seen = (local if split else local * processes), num_images
     else:
         batch, seen = local, per_process
     if args.dataloader_drop_last and seen < batch:

@@ -424,6 +424,7 @@ class DistillationTrainer(CheckpointingTrainer):
         else:
             dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         self._check_later_dataset(dataset, "eval_dataset")
+        check_iterable_dispatch(self.args, [dataset])
         self._forget_other_eval_loader(key, dataset)
         with _keeping_last_batch(self.args):
             return super().get_eval_dataloader(eval_dataset)
@@ -496,8 +497,7 @@ class DistillationTrainer(CheckpointingTrainer):
         losses = self.distillation_model.losses
         check_relation_rows(losses, self.args)
         check_repeats_unsplit(self.augmentation.aug_repeats, self.args)
-        evaluations = (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset])
-        check_iterable_dispatch(self.args, [self.train_dataset, *evaluations])
+        check_iterable_dispatch(self.args, [self.train_dataset])  # each evaluation set: get_eval_dataloader
         if self.eval_dataset is not None and self.args.eval_strategy != "no":
             for evaluation in (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]):
                 check_evaluation_rows(losses, self.args, len(evaluation) if hasattr(evaluation, "__len__") else None)
