@@ -199,6 +199,20 @@ def test_misplaced_files_and_folders_and_a_flag_without_its_value(tmp_path, caps
     assert "learning_rate must be a number, got True (--learning_rate without a value reads as true" in error_of(capsys)
 
 
+@pytest.mark.parametrize("changes, expected", [
+    ({"lr_scheduler_type": "cosine_with_min_lr"}, "lr_scheduler_type 'cosine_with_min_lr' with lr_scheduler_kwargs {}: "
+                                                  "One of min_lr or min_lr_rate should be set"),
+    ({"lr_scheduler_type": "cosine", "lr_scheduler_kwargs": {"min_lr": 1e-5}}, "unexpected keyword argument 'min_lr'"),
+    ({"lr_scheduler_type": "warmup_stable_decay"}, "missing 1 required positional argument: 'num_decay_steps'"),
+    ({"optim": "adamw_bnb_8bit"}, "optim 'adamw_bnb_8bit': You need to install `bitsandbytes`"),
+])
+def test_a_schedule_or_optimizer_trainer_would_fail_to_build_is_refused_before_loading(
+        tmp_path, capsys, no_loading, changes, expected):
+    """Trainer builds them at the first step: a traceback after the models and data had loaded."""
+    assert run(tmp_path, base(tmp_path, **changes)) == 2
+    assert expected in error_of(capsys)
+
+
 def test_output_dir_that_cannot_be_created(tmp_path, capsys, no_loading):
     (tmp_path / "afile").write_text("x")
     assert run(tmp_path, base(tmp_path, output_dir=str(tmp_path / "afile" / "out"))) == 2
@@ -761,6 +775,11 @@ def test_debug_with_a_value_is_the_trainer_setting():
     assert _debug(argv) and argv == ["recipe.yaml", "--seed", "3"]
     argv = ["--debug", "recipe.yaml"]  # the bare flag before the recipe, as the README allows
     assert _debug(argv) and argv == ["recipe.yaml"]
+    # spelled as --key value: "true" was left behind as a stray argument
+    argv = ["recipe.yaml", "--debug", "true", "--seed", "3"]
+    assert _debug(argv) and argv == ["recipe.yaml", "--seed", "3"]
+    argv = ["recipe.yaml", "--debug", "False"]
+    assert not _debug(argv) and argv == ["recipe.yaml"]
     from hf_rcka.trainer.resume_hint import relaunch_command
 
     kept = relaunch_command(["recipe.yaml", "--debug", "underflow_overflow"], {"resume_from_checkpoint": "out/c"})

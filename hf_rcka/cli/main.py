@@ -100,7 +100,11 @@ def _debug(argv: list[str]) -> bool:
     """
     flag, i = False, 0
     while i < len(argv):
-        if argv[i] == "--debug" and not (i + 1 < len(argv) and _is_debug_value(argv[i + 1])):
+        following = argv[i + 1] if i + 1 < len(argv) else ""
+        if argv[i] == "--debug" and following.lower() in ("true", "false"):  # the flag, spelled as --key value
+            flag = following.lower() == "true"
+            del argv[i:i + 2]
+        elif argv[i] == "--debug" and not _is_debug_value(following):
             flag = True
             del argv[i]
         else:

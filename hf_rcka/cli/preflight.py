@@ -50,6 +50,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
         check_output_dir_outside_data(args.output_dir, {key: getattr(data_args, key) for key in
                                                         ("train_dir", "validation_dir", "dataset_name")})
     check_report_to(args.report_to)
+    check_schedule_and_optimizer(args)
     check_launch(args)
     check_half_precision(args)
     check_fsdp_settings(args)
@@ -166,6 +167,27 @@ def check_report_to(report_to: Any, unavailable_ok: bool = False) -> list[str]:
             if not unavailable_ok:
                 raise RecipeError(f"{unavailable[-1]}, or set report_to: none")
     return unavailable
+
+
+def check_schedule_and_optimizer(args: Any) -> None:
+    """The learning-rate schedule with its ``lr_scheduler_kwargs``, and the optimizer's package, as
+    Trainer builds them at its first step (a missing ``min_lr``, a misspelled kwarg or an absent
+    bitsandbytes failed there, as a traceback after the models and data had loaded)."""
+    import torch
+    from transformers import Trainer, get_scheduler
+
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(args)
+    except ImportError as err:  # its package is not installed
+        raise RecipeError(f"optim {getattr(args.optim, 'value', args.optim)!r}: {err}") from None
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate or 1e-3)
+    try:
+        get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=1, num_training_steps=10,
+                      scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
+    except (TypeError, ValueError) as err:
+        kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+        raise RecipeError(f"lr_scheduler_type {kind!r} with lr_scheduler_kwargs {args.lr_scheduler_kwargs or {}}: "
+                          f"{err}. Give the settings this schedule takes in lr_scheduler_kwargs") from None
 
 
 # --------------------------------------------------------------------------------------------- data
