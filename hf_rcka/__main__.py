@@ -1,9 +1,7 @@
 """``python -m hf_rcka RECIPE.yaml [--key value ...]`` (or ``accelerate launch -m hf_rcka ...``):
 the command line of ``scripts/distill.py``, for an install without the repository's scripts."""
 
-import sys
-
-from hf_rcka.cli.main import main
+from hf_rcka.cli.main import console_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

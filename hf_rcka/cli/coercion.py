@@ -61,7 +61,7 @@ def _coerce_union(value: Any, annotation: Any, key: str) -> Any:
     if value is None and type(None) in options:
         return None
     if key in _COMMA_LISTS and isinstance(value, str) and "," in value:
-        value = [part.strip() for part in value.split(",") if part.strip()]  # a trailing comma adds no name
+        return coerce(value, next(o for o in options if typing.get_origin(o) is list), key)
     errors = []
     for option in (o for o in options if o is not type(None)):
         try:

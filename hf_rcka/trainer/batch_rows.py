@@ -40,12 +40,16 @@ def too_few_rows(losses: Mapping[str, Any], batch: int, processes: int) -> dict[
     return short
 
 
+def _split_over(args: Any) -> int:
+    """How many processes accelerate's ``split_batches`` splits each per-device batch over (1 without it)."""
+    accelerator = getattr(args, "accelerator_config", None)
+    return max(1, getattr(args, "world_size", 1)) if getattr(accelerator, "split_batches", False) else 1
+
+
 def rows_per_process(args: Any, batch: int) -> int:
     """The rows of a ``per_device_*_batch_size`` batch that one process holds: all of them, or its
-    share under accelerate's ``split_batches``, which splits each batch over the processes."""
-    accelerator = getattr(args, "accelerator_config", None)
-    processes = max(1, getattr(args, "world_size", 1))
-    return batch // processes if getattr(accelerator, "split_batches", False) else batch
+    share under ``split_batches``."""
+    return batch // _split_over(args)
 
 
 def check_relation_rows(losses: Mapping[str, Any], args: Any, batch: int | None = None,
@@ -59,12 +63,11 @@ def check_relation_rows(losses: Mapping[str, Any], args: Any, batch: int | None 
     for name, needed in too_few_rows(losses, batch, processes).items():
         gather = " or gather: true across processes" if processes > 1 and not getattr(losses[name], "gather", False) else ""
         rows = _rows(losses[name], batch, processes)
-        split = rows_per_process(args, processes) != processes  # split_batches: a process holds 1/processes
-        gathered = getattr(losses[name], "gather", False)  # the shares of every process make one relation
-        # per_device_*: a multiple of the processes whose share (or, gathered, all of it) holds `needed`
-        least = needed * processes if not gathered else math.ceil(needed / processes) * processes
-        least = least if split else needed
-        share = f" (split_batches gives each of the {processes} processes 1/{processes} of it)" if split else ""
+        parts = _split_over(args)
+        # under split_batches, a multiple of the processes whose share (or, gathered, all of it) holds `needed`
+        gathered = getattr(losses[name], "gather", False)
+        least = needed if parts == 1 else (math.ceil(needed / parts) * parts if gathered else needed * parts)
+        share = f" (split_batches gives each of the {parts} processes 1/{parts} of it)" if parts > 1 else ""
         raise RecipeError(
             f"{name} relates the samples of a batch, and a relation over {rows} sample(s) is a constant with no "
             f"gradient: {'its evaluation loss would measure nothing' if 'eval' in setting else 'nothing would be distilled'}"
@@ -107,8 +110,7 @@ def check_training_batches(num_images: int, args: Any, aug_repeats: int, student
     local = batch_size or args.train_batch_size
     per_process = images_per_process(num_images, aug_repeats, processes)
     if per_process is None:  # Trainer's sampler: batches dealt to the processes, the last ones padded
-        split = rows_per_process(args, processes) != processes  # split_batches: one batch split over them
-        batch, seen = (local if split else local * processes), num_images
+        batch, seen = local * processes // _split_over(args), num_images  # split_batches: one batch over them
     else:
         batch, seen = local, per_process
     if args.dataloader_drop_last and seen < batch:
