@@ -249,6 +249,19 @@ def test_a_run_refused_on_its_models_leaves_the_folder_and_a_later_refusal_says_
                     f"{out / REPLACED})")
     assert (out / REPLACED / "model.safetensors").read_bytes() == trained
 
+    def refused_at_the_start_of_training(self):  # train() checks the batches and the teacher first
+        raise ModelError("the teacher is near chance (simulated)")
+
+    (out / REPLACED).rename(tmp_path / "kept")  # so that a second set-aside has a run to move
+    (tmp_path / "kept" / "model.safetensors").rename(out / "model.safetensors")
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(job.DistillationTrainer, "check_teacher", refused_at_the_start_of_training)
+        assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"error: the teacher is near chance (simulated) (the run this one was to replace is in "
+                    f"{out / REPLACED})")
+
 
 def test_a_training_run_ends_by_saying_where_its_model_is_and_how_to_load_it(tmp_path, capsys):
     from transformers import AutoModelForImageClassification

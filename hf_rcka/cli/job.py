@@ -8,10 +8,11 @@ recipe alone decides is checked before anything is loaded; the resolved recipe i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import datasets
 import huggingface_hub
@@ -72,7 +73,7 @@ def run(
     args.do_eval = explicit.get("do_eval", RUN_DEFAULTS["do_eval"])
     resume = _check_before_loading(model_args, data_args, args, explicit)
     record_dir = args.output_dir if args.do_train else from_rank0(eval_record_dir(args.output_dir))  # one folder
-    trainer, skipped = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
+    trainer, skipped, moved = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
     _transformers_levels(args)
     if not args.do_train:
         tensorboard_into(trainer, record_dir)
@@ -82,7 +83,8 @@ def run(
         trainer.add_callback(RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME)))
     metrics: dict = {}
     if args.do_train:
-        metrics.update(_train(trainer, resume, stop, argv))
+        with saying_where_it_went(moved):
+            metrics.update(_train(trainer, resume, stop, argv))
     if args.do_eval:
         if recipe is not None and not args.do_train:  # the split it evaluated (a trained model's held-out one)
             recipe = {**recipe, "train_val_split": data_args.train_val_split, "split_seed": data_args.split_seed}
@@ -205,17 +207,26 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
 def _build_trainer(
     model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
     record_dir: str, resume: str | None, stop: GracefulStop | None,
-) -> tuple[DistillationTrainer, SkippedImages]:
-    """Data, models (checked by one forward pass), datasets and the trainer, in that order; and the
-    ledger of skipped images, in ``record_dir``."""
+) -> tuple[DistillationTrainer, SkippedImages, str | None]:
+    """Data, models (checked by one forward pass), datasets and the trainer, in that order; the
+    ledger of skipped images, in ``record_dir``; and where the run this one replaces was set aside."""
     raw, labels = _load_checked_data(model_args, data_args, args, resume)
     check_recipe_metric(model_args, args, len(labels))  # top5_accuracy needs more than 5 classes
     model, student_processor = _distillation_model(model_args, args, labels)
     moved = _set_aside(args, data_args, resume)
+    with saying_where_it_went(moved):  # the trainer's own checks of models and data
+        trainer, skipped = _checked_trainer(model, student_processor, raw, labels, model_args, data_args, args,
+                                            record_dir, resume, stop)
+    return trainer, skipped, moved
+
+
+@contextlib.contextmanager
+def saying_where_it_went(moved: str | None) -> Iterator[None]:
+    """A refusal after the previous run was set aside (the trainer's checks, the batch and teacher
+    checks at the start of ``train()``) says where that run is now."""
     try:
-        return _checked_trainer(model, student_processor, raw, labels, model_args, data_args, args, record_dir,
-                                resume, stop)
-    except UserError as err:  # the trainer's own checks of models and data: say where the replaced run went
+        yield
+    except UserError as err:
         if moved:
             err.add_note(f"the run this one was to replace is in {moved}")
         raise
