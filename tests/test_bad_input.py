@@ -134,10 +134,32 @@ def test_metric_for_best_model_that_the_evaluation_does_not_report(tmp_path, cap
     assert run(tmp_path, base(tmp_path, **ema, metric_for_best_model="eval_ema_rcka_intra_loss")) == 2
     assert "(with these options, loss 'rcka' reports only ema_rcka_inter_loss)" in error_of(capsys)
     assert not (tmp_path / "out").exists()
+    # the average's score chooses what is exported only when the average is (see the next test)
+    ema = ("eval_ema_accuracy", {"model_ema": True}) if not best else ("eval_accuracy", {"model_ema": True})
     for name, more in [("eval_rcka_inter_loss", {}), ("ce_loss", {}), ("loss", {}), ("top5_accuracy", {}),
-                       ("eval_ema_accuracy", {"model_ema": True}), ("eval_runtime", {})]:
+                       ema, ("eval_runtime", {})]:
         with pytest.raises(AssertionError, match="loaded before the recipe was checked"):  # checks passed
             run(tmp_path, base(tmp_path, **distil, **more, metric_for_best_model=name))
+
+
+@pytest.mark.parametrize("export", [False, True])
+def test_the_best_checkpoint_is_chosen_by_the_score_of_the_weights_it_exports(tmp_path, capsys, no_loading, export):
+    """With EMA, load_best_model_at_end loads the best checkpoint's exported weights (the live ones,
+    or the average with model_ema_export): chosen by the other set's score, the live weights of the
+    step where the average scored best were exported, and the card called them the best evaluation."""
+    ema = dict(LOAD_BEST, model_ema=True, model_ema_export=export)
+    other, exported, fix = (("live", "average", "model_ema_export: false") if export
+                            else ("ema", "live weights", "model_ema_export: true"))
+    for metric in (f"eval_{other}_accuracy", f"{other}_loss"):
+        assert run(tmp_path, base(tmp_path, **ema, metric_for_best_model=metric)) == 2
+        line = error_of(capsys)
+        assert line.startswith(f"error: metric_for_best_model {metric!r} scores the {other} weights, but "
+                               f"load_best_model_at_end loads the best checkpoint's {exported}"), line
+        assert fix in line and f"or choose by {metric.replace(other + '_', '', 1)!r}" in line
+    assert not (tmp_path / "out").exists()
+    for metric, more in [(f"eval_{other}_accuracy", {"load_best_model_at_end": False}), ("accuracy", {})]:
+        with pytest.raises(AssertionError, match="loaded before the recipe was checked"):  # checks passed
+            run(tmp_path, base(tmp_path, **{**ema, **more}, metric_for_best_model=metric))
 
 
 def test_top5_accuracy_as_best_metric_with_five_classes_or_fewer(tmp_path, capsys, monkeypatch):

@@ -134,7 +134,7 @@ def test_an_evaluation_before_any_average_reports_one_set_of_weights(tmp_path):
         assert not [k for k in metrics if k.startswith(("eval_ema_", "eval_live_"))], metrics
     # in training both sets are reported from the start, which metric_for_best_model may name
     trainer = ema_trainer(tmp_path, eval_on_start=True, eval_strategy="steps", eval_steps=2, save_strategy="steps",
-                          save_steps=2, load_best_model_at_end=True, metric_for_best_model="ema_accuracy")
+                          save_steps=2, metric_for_best_model="ema_accuracy")
     trainer.train()
     first = trainer.state.log_history[0]
     assert first["step"] == 0 and "eval_ema_accuracy" in first

@@ -102,6 +102,7 @@ def check_metric_for_best_model(args: Any, losses: Iterable[DistillationLoss], n
     terms = [term for loss in losses for term in loss.term_weights]
     names = _per_set(evaluation_metric_names(terms, args, num_labels), eval_sets)
     if is_reported(metric, names):  # timings: of any weight set
+        _check_best_weights(args, metric)
         return
     prefix = "eval_" if metric.startswith("eval_") else ""
     if is_reported(metric, _per_set(evaluation_metric_names(terms, args), eval_sets)):  # top5_accuracy's names
@@ -111,6 +112,24 @@ def check_metric_for_best_model(args: Any, losses: Iterable[DistillationLoss], n
     raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports"
                       f"{_terms_reported(metric[len(prefix):], losses, unweighted)}: "
                       f"{close_matches(metric, [prefix + name for name in names])}")
+
+
+def _check_best_weights(args: Any, metric: str) -> None:
+    """``load_best_model_at_end`` loads the best checkpoint's exported weights (the live ones, or
+    the average with ``model_ema_export``): a metric of the other weight set would choose them by
+    a score they never had, and the card would call them the best evaluation."""
+    if not getattr(args, "load_best_model_at_end", False) or not getattr(args, "model_ema", False):
+        return
+    other = "live" if getattr(args, "model_ema_export", False) else "ema"
+    name = metric.removeprefix("eval_")
+    if not name.startswith(f"{other}_") and f"_{other}_" not in name:
+        return
+    exported = "average (model_ema_export: true)" if other == "live" else "live weights"
+    fix = ("set model_ema_export: false to export the live weights" if other == "live"
+           else "set model_ema_export: true to export the average")
+    raise RecipeError(f"metric_for_best_model {metric!r} scores the {other} weights, but load_best_model_at_end "
+                      f"loads the best checkpoint's {exported}, which that score did not measure: {fix}, or "
+                      f"choose by {metric.replace(f'{other}_', '', 1)!r}")
 
 
 def _per_set(names: list[str], eval_sets: Iterable[str] | None) -> list[str]:
