@@ -978,6 +978,25 @@ def finite_weights(folder: Path) -> bool:
     return all(bool(t.isfinite().all()) for t in tensors if t.is_floating_point())
 
 
+def test_the_divergence_error_names_the_fixes_that_apply_to_the_run():
+    from types import SimpleNamespace
+
+    import torch
+
+    from hf_rcka.trainer.divergence import diverged_error
+
+    def fixes(**settings):
+        args = SimpleNamespace(**{"learning_rate": 1e-3, "max_grad_norm": 1.0, "fp16": False, "bf16": False,
+                                  "device": torch.device("cpu"), **settings})
+        return str(diverged_error(args, 3)).split("To fix: ", 1)[1]
+
+    assert fixes() == "lower learning_rate (now 0.001) or check the loss weights"
+    assert fixes(bf16=True).endswith("or train without bf16 on the CPU (bf16: false)")
+    assert "bf16" not in fixes(bf16=True, device=torch.device("meta"))  # an accelerator's bf16 is not suspected
+    assert fixes(fp16=True, max_grad_norm=0).endswith(
+        "train with bf16 instead of fp16 or clip gradients with max_grad_norm: 1.0")
+
+
 def test_a_diverged_run_fails_and_writes_no_model_of_nan_weights(tmp_path, capsys):
     """learning_rate 1e30 makes the weights NaN within a few steps; such a run used to exit 0."""
     diverging = dict(learning_rate=1e30, max_steps=6, save_strategy="no")

@@ -99,6 +99,9 @@ def diverged_error(args: Any, step: int, losses: dict[str, float] | None = None)
     fixes = [f"lower learning_rate (now {args.learning_rate:g})", "check the loss weights"]
     if getattr(args, "fp16", False):
         fixes.append("train with bf16 instead of fp16")
+    if getattr(args, "bf16", False) and getattr(getattr(args, "device", None), "type", None) == "cpu":
+        # plain torch too: bf16 autocast on some CPUs gives non-finite gradients from the first step
+        fixes.append("train without bf16 on the CPU (bf16: false)")
     if not getattr(args, "max_grad_norm", None):
         fixes.append("clip gradients with max_grad_norm: 1.0")
     return TrainingDiverged(
