@@ -40,6 +40,14 @@ class HubUploadError(UserError):
     """
 
 
+class OutputWriteError(UserError, OSError):
+    """Writing the run's files failed: a full disk, a quota, a read-only or forbidden path.
+
+    A user error because the fix is outside the code (free space, another ``output_dir``); also an
+    ``OSError``, the type the failed write raised. What was saved before the failure is kept.
+    """
+
+
 class TrainingDiverged(UserError):
     """The student's weights became NaN or infinite during training; the final model is not saved.
 

@@ -4,6 +4,7 @@ Dimensions are distinct on purpose (batch 5, 17 tokens, width 36, 3 classes) so 
 mis-broadcast tensor fails loudly instead of passing by coincidence.
 """
 
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -88,3 +89,15 @@ def train_data():
 @pytest.fixture
 def eval_data():
     return pixel_dataset(10, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored():
+    """The command line configures the root logger (``basicConfig(force=True)``) with a handler on
+    the ``sys.stderr`` of that moment, which is a test's captured stream: a later test that logs
+    (and asserts on what is printed) wrote to a closed stream, a "Logging error" traceback."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

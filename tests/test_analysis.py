@@ -246,6 +246,22 @@ def test_cka_report_output_must_be_a_folder(tmp_path, capsys):
     assert "is a file: give a folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--output", "--card"])
+def test_cka_report_refuses_a_folder_it_cannot_write_before_any_model_runs(tmp_path, capsys, monkeypatch, flag):
+    """A read-only --output or --card ended in an OSError traceback once every model had run."""
+    import os
+
+    locked = tmp_path / "locked"
+    (locked / "run").mkdir(parents=True)
+    (locked / "run" / "README.md").write_text("---\ntags:\n- hf_rcka\n---\n")
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: access(path, mode) and not str(path).startswith(str(locked)))
+    with pytest.raises(SystemExit):
+        cka_report.parse_args(["a", "b", "--dataset_name", "builtin:digits",
+                               flag, str(locked / "run" if flag == "--card" else locked / "report")])
+    assert f"{flag} {locked}" in (err := capsys.readouterr().err) and "is not writable" in err
+
+
 def test_an_uncached_timm_model_offline_is_one_error_line(tmp_path, capsys):
     """Its pretrained weights come from the Hub: offline without a cached copy it was three chained
     tracebacks, after the reference model had loaded."""

@@ -591,6 +591,24 @@ def test_corrupt_checkpoint_on_resume(tmp_path, capsys, no_loading):
     assert f"{checkpoint / 'model.safetensors'}" in line and "is corrupt or incomplete" in line
 
 
+def test_a_checkpoint_whose_save_was_cut_short_names_the_one_before_it(tmp_path, capsys, no_loading):
+    """A full disk at optimizer.pt left checkpoint-4 with its weights alone; resume_from_checkpoint:
+    true picked it and said to give "a checkpoint-N folder of the run, or --resume_from_checkpoint
+    true", the command just run."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = tmp_path / "out"
+    for step in (2, 4):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        save_file({"w": torch.zeros(2)}, str(out / f"checkpoint-{step}" / "model.safetensors"))
+    assert run(tmp_path, base(tmp_path), "--resume_from_checkpoint", "true") == 2
+    line = error_of(capsys)
+    assert f"{str(out / 'checkpoint-4')!r} is incomplete (it holds weights but no optimizer and scheduler state" in line
+    assert f"or resume from an earlier one (--resume_from_checkpoint {out / 'checkpoint-2'}" in line
+    assert "or --resume_from_checkpoint true" not in line
+
+
 def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     teacher = dict(teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET,
                    save_strategy="steps", save_steps=2)

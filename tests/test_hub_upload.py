@@ -110,6 +110,26 @@ def test_a_failed_upload_is_one_line_that_keeps_the_results_and_says_how_to_uplo
     assert "eval_accuracy" in (out / "all_results.json").read_text()
 
 
+def test_the_upload_sends_the_folder_as_saved_and_writes_nothing_again(tmp_path, hub, monkeypatch):
+    """Trainer.push_to_hub saved the model and wrote the card a second time before uploading: a
+    full disk there cut the finished model short, and the error then called it saved."""
+    from hf_rcka.trainer.trainer import DistillationTrainer
+
+    saves, save = [], DistillationTrainer.save_model
+
+    def counted(self, output_dir=None, _internal_call=False):
+        saves.append(output_dir)
+        return save(self, output_dir, _internal_call)
+
+    monkeypatch.setattr(DistillationTrainer, "save_model", counted)
+    assert _run(tmp_path) == 0
+    assert saves == [None], "the final model is saved once"
+    out, uploaded = tmp_path / "out", hub.commits[-1][2]
+    for name in ("model.safetensors", "README.md", "config.json"):
+        assert (uploaded / name).read_bytes() == (out / name).read_bytes()
+    assert "\n# tiny-student\n" in (out / "README.md").read_text(), "the card names the model as its repository"
+
+
 def test_evaluation_records_stay_local(tmp_path):
     """An eval-only run's record (its recipe, local paths, other data) is no part of the published model."""
     record = os.path.relpath(eval_record_dir(str(tmp_path)), tmp_path)

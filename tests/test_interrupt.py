@@ -358,3 +358,27 @@ def test_the_signal_handler_closes_the_update_window_after_the_weight_ema(tmp_pa
     callbacks = trainer.callback_handler.callbacks
     ema = max(i for i, c in enumerate(callbacks) if isinstance(c, StudentEmaCallback))
     assert callbacks.index(stop) > ema
+
+
+def test_a_signal_during_the_final_save_waits_for_the_model(tmp_path, monkeypatch, capsys):
+    """A SIGTERM once training had ended cut the export short after config.json (with save_strategy
+    "no", the whole training was lost), and the message said no checkpoint was written."""
+    from transformers import AutoModelForImageClassification, PreTrainedModel
+
+    from hf_rcka.cli.main import main
+
+    save = PreTrainedModel.save_pretrained
+
+    def signalled_while_saving(self, folder, *args, **kwargs):
+        self.config.save_pretrained(folder)
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs here, in the main thread
+        return save(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", signalled_while_saving)
+    path = recipe(tmp_path)
+    assert main([str(path), "--max_steps", "2"]) == 128 + signal.SIGTERM
+    out = tmp_path / "out"
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted by SIGTERM after training: the trained model is saved in {out}"), last
+    assert {"model.safetensors", "trainer_state.json", "train_results.json"} <= {p.name for p in out.iterdir()}
+    AutoModelForImageClassification.from_pretrained(out)  # whole

@@ -106,6 +106,82 @@ def test_a_failed_attempt_does_not_push_the_replaced_run_out(tmp_path, monkeypat
     assert (out / REPLACED / "model.safetensors").read_bytes() == trained
 
 
+def test_a_retry_after_a_failed_export_keeps_the_finished_run(tmp_path, monkeypatch, capsys):
+    """A full disk cut the final export short after config.json: the retry counted that as a
+    finished run and deleted the one kept in _replaced/ to set it aside."""
+    import errno
+
+    from transformers import PreTrainedModel
+
+    out = tmp_path / "out"
+    assert _run(tmp_path, max_steps=2) == 0
+    trained = (out / "model.safetensors").read_bytes()
+    save = PreTrainedModel.save_pretrained
+
+    def disk_full_after_the_config(self, folder, *args, **kwargs):
+        self.config.save_pretrained(folder)  # what save_pretrained writes first
+        (Path(folder) / "model.safetensors").write_bytes(b"\x10\x00")  # cut short
+        raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(PreTrainedModel, "save_pretrained", disk_full_after_the_config)
+        assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2, save_strategy="no") == 2
+    assert PreTrainedModel.save_pretrained is save
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: the disk holding {out} is full: a write failed (OSError: [Errno 28] No space left on device "
+        "(simulated)). Free space there or choose another output_dir; what was saved before is kept (a checkpoint "
+        f"cut short is refused on resume, which names the one before it) (the run this one was to replace is in "
+        f"{out / REPLACED})")
+    assert (out / REPLACED / "model.safetensors").read_bytes() == trained
+    assert not (out / "README.md").exists()
+    assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2, seed=3) == 0  # the retry
+    assert (out / REPLACED / "model.safetensors").read_bytes() == trained, "the finished run was deleted"
+    assert (out / REPLACED / UNFINISHED / "model.safetensors").read_bytes() == b"\x10\x00"
+    assert (out / "model.safetensors").read_bytes() != trained
+
+
+def test_a_set_aside_cut_short_is_completed_by_the_next_one(tmp_path, monkeypatch):
+    """A rename failing halfway left the old run split between the folder and _replaced/, and the
+    next set-aside deleted the half already moved."""
+    import os
+
+    out = tmp_path / "out"
+    _fake_run(out, [2, 4], finished=True, tag="run 1")
+    set_aside_previous_run(str(out))
+    _fake_run(out, [6], finished=True, tag="run 2")
+    replace, calls = os.replace, []
+
+    def fails_at_the_third(source, target):
+        calls.append(source)
+        if len(calls) == 3:
+            raise PermissionError("simulated")
+        replace(source, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", fails_at_the_third)
+        with pytest.raises(PermissionError):
+            set_aside_previous_run(str(out))
+    assert (out / REPLACED / "model.safetensors").read_text() == "run 1", "the earlier run is kept until the end"
+    assert set_aside_previous_run(str(out)) == str(out / REPLACED)
+    assert sorted(p.name for p in (out / REPLACED).iterdir()) == [
+        "README.md", "all_results.json", "checkpoint-6", "model.safetensors"]
+    assert (out / REPLACED / "model.safetensors").read_text() == "run 2"
+    assert sorted(p.name for p in out.iterdir()) == [REPLACED]
+
+
+def test_a_resumed_run_drops_the_earlier_card_before_it_saves_its_model(tmp_path):
+    from hf_rcka.cli.output_folder import drop_stale_card
+
+    out = tmp_path / "out"
+    _fake_run(out, [2], finished=True, tag="run 1")
+    drop_stale_card(str(out))
+    assert not (out / "README.md").exists()
+    (out / "README.md").write_text("# my notes on this run\n")  # not hf_rcka's card: the user's
+    drop_stale_card(str(out))
+    assert (out / "README.md").read_text() == "# my notes on this run\n"
+
+
 def test_an_evaluation_record_is_no_run_to_replace(tmp_path):
     record = tmp_path / "out" / "_eval-20261202-120000"
     record.mkdir(parents=True)
@@ -119,9 +195,10 @@ def _fake_run(folder: Path, steps: list[int], finished: bool, tag: str) -> None:
     for step in steps:
         (folder / f"checkpoint-{step}").mkdir()
         (folder / f"checkpoint-{step}" / "tag").write_text(tag)
-    if finished:
+    if finished:  # the model, and the card written after it
         (folder / "model.safetensors").write_text(tag)
         (folder / "all_results.json").write_text(tag)
+        (folder / "README.md").write_text(f"---\ntags:\n- hf_rcka\n---\n{tag}\n")
 
 
 def test_an_unfinished_run_never_pushes_a_finished_one_out_of_replaced(tmp_path):
@@ -152,7 +229,7 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_branch_aside(tmp_path):
     assert set_aside_abandoned_branch(str(out), resume) == str(out / REPLACED)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
     assert sorted(p.name for p in (out / REPLACED).iterdir()) == [
-        "all_results.json", "checkpoint-30", "checkpoint-40", "model.safetensors"]
+        "README.md", "all_results.json", "checkpoint-30", "checkpoint-40", "model.safetensors"]
 
 
 def test_a_checkpoint_of_another_folder_does_not_resume_over_a_run(tmp_path):
@@ -274,3 +351,34 @@ def test_a_training_run_ends_by_saying_where_its_model_is_and_how_to_load_it(tmp
     assert last == (f"the trained student is in {out} (eval_accuracy {results['eval_accuracy']:.4f}), with its card "
                     f"(README.md); load it with transformers.AutoModelForImageClassification.from_pretrained({out!r})")
     assert AutoModelForImageClassification.from_pretrained(out).config.num_labels == 10
+
+
+def test_a_failed_write_is_one_line_that_names_the_fix(tmp_path, monkeypatch):
+    """A full disk ended the run in a safetensors or torch traceback (torch's: "unexpected pos",
+    without a word of the disk), which named no fix."""
+    import errno
+
+    import hf_rcka.cli.output_folder as output_folder
+    from hf_rcka.cli.output_folder import said_write_errors, write_error
+    from hf_rcka.errors import OutputWriteError
+
+    out = str(tmp_path / "out")
+    full = [OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EDQUOT, "Disk quota exceeded"),
+            RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")]
+    for err in full:
+        assert str(write_error(err, out)).startswith(f"the disk holding {out} is full: a write failed")
+    torch_cut = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 114304 vs 114196")
+    monkeypatch.setattr(output_folder, "_free_bytes", lambda folder: 10 * 2**20)
+    assert "is full" in str(write_error(torch_cut, out))
+    monkeypatch.setattr(output_folder, "_free_bytes", lambda folder: 50 * 2**30)  # plenty left: not a full disk
+    assert write_error(torch_cut, out) is None
+    refused = PermissionError(errno.EACCES, "Permission denied", f"{out}/model.safetensors")
+    assert str(write_error(refused, out)) == (f"cannot write {out}/model.safetensors: Permission denied. Choose an "
+                                              "output_dir you can write to")
+    assert write_error(FileNotFoundError(errno.ENOENT, "No such file", "x"), out) is None  # not a write's failure
+    assert write_error(ValueError("shapes differ"), out) is None
+    with pytest.raises(OutputWriteError) as caught, said_write_errors(out):
+        raise full[0]
+    assert isinstance(caught.value, OSError) and isinstance(caught.value.__cause__, OSError)
+    with pytest.raises(KeyError), said_write_errors(out):  # any other error keeps its traceback
+        raise KeyError("a bug")

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..arguments import DataArguments
 from ..errors import DataError, UserError
+from ..file_writes import write_text
 from .model_sources import check_model_source
 from ..data.image_folders import image_folder_classes
 from .records import CONFIG_NAME
@@ -71,9 +72,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--num_images must be at least 3")
     if args.output.exists() and not args.output.is_dir():
         parser.error(f"--output {args.output} is a file: give a folder for cka.png and cka.md")
+    for flag, folder in (("--output", args.output), ("--card", args.card)):  # found now, not after the models ran
+        if folder is not None and not _writable(folder):
+            parser.error(f"{flag} {folder} is not writable: give a folder you can write to")
     if args.card:
         _check_card(parser, args.card, [args.reference, *args.models])
     return args
+
+
+def _writable(folder: Path) -> bool:
+    """Whether ``folder``, or the nearest part of it that exists, takes new files (nothing is created)."""
+    probe = folder.expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
 
 
 def _check_card(parser: argparse.ArgumentParser, card: Path, compared: list[str]) -> None:
@@ -220,7 +232,7 @@ def _report(args: argparse.Namespace, images: list) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     png = save_heatmaps(reports, args.output / "cka.png", title=f"linear CKA per layer pair, {len(images)} images")
     markdown = "\n".join(f"### {r.row_model} vs {r.column_model}\n\n{r.to_markdown()}" for r in reports)
-    (args.output / "cka.md").write_text(markdown)
+    write_text(args.output / "cka.md", markdown)
     print(markdown)
     print(f"heatmaps: {png}\ntables: {args.output / 'cka.md'}")
     if args.card:

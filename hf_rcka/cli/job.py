@@ -17,7 +17,8 @@ from typing import Any, Iterator, Sequence
 import datasets
 import huggingface_hub
 import transformers
-from transformers.trainer_utils import get_last_checkpoint
+import transformers.trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
@@ -43,7 +44,8 @@ from .resume_checks import (
     warn_resume_schedule,
 )
 from .output_folder import (
-    check_output_dir, holds_run, later_checkpoints, resumes_in, set_aside_abandoned_branch, set_aside_previous_run,
+    check_output_dir, drop_stale_card, holds_run, later_checkpoints, resumes_in, said_write_errors,
+    set_aside_abandoned_branch, set_aside_previous_run,
 )
 from .probes import probe_student
 from .records import CONFIG_NAME, RecipeRecord, drop_stale_evaluation, eval_record_dir, write_eval_record
@@ -81,10 +83,19 @@ def run(
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         losses = run_loss_specs(args, trainer.distillation_model.teacher is not None)
         trainer.add_callback(RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME)))
+    with saying_where_it_went(moved), said_write_errors(record_dir):
+        return _train_and_evaluate(trainer, data_args, skipped, recipe, record_dir, resume, stop, argv)
+
+
+def _train_and_evaluate(
+    trainer: DistillationTrainer, data_args: DataArguments, skipped: SkippedImages, recipe: dict | None,
+    record_dir: str, resume: str | None, stop: GracefulStop | None, argv: Sequence[str],
+) -> dict:
+    """What ``run`` does once the trainer is built: train, evaluate, and the card and upload."""
+    args = trainer.args
     metrics: dict = {}
     if args.do_train:
-        with saying_where_it_went(moved):
-            metrics.update(_train(trainer, resume, stop, argv))
+        metrics.update(_train(trainer, resume, stop, argv))
     if args.do_eval:
         if recipe is not None and not args.do_train:  # the split it evaluated (a trained model's held-out one)
             recipe = {**recipe, "train_val_split": data_args.train_val_split, "split_seed": data_args.split_seed}
@@ -213,7 +224,8 @@ def _build_trainer(
     raw, labels = _load_checked_data(model_args, data_args, args, resume)
     check_recipe_metric(model_args, args, len(labels))  # top5_accuracy needs more than 5 classes
     model, student_processor = _distillation_model(model_args, args, labels)
-    moved = _set_aside(args, data_args, resume)
+    with said_write_errors(args.output_dir):  # a rename refused: one line (a set-aside cut short loses nothing)
+        moved = _set_aside(args, data_args, resume)
     with saying_where_it_went(moved):  # the trainer's own checks of models and data
         trainer, skipped = _checked_trainer(model, student_processor, raw, labels, model_args, data_args, args,
                                             record_dir, resume, stop)
@@ -373,11 +385,14 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
         checkpoint = checkpoint_folder(trainer)
         raise Stopped(stop.signum, step, checkpoint if os.path.isdir(checkpoint) else None, argv,
                       trainer.is_world_process_zero())
-    trainer.save_model(_internal_call=True)  # uploaded once, with the final metrics and card, by _finish
-    drop_stale_evaluation(trainer)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
+    with stop.finishing() if stop is not None else contextlib.nullcontext():  # a signal waits for the save
+        drop_stale_evaluation(trainer)
+        if trainer.is_world_process_zero():
+            drop_stale_card(trainer.args.output_dir)  # the card comes last, in _finish
+        trainer.save_model(_internal_call=True)  # uploaded once, with the final metrics and card, by _finish
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
     if stop is not None:
         stop.saved_model = trainer.args.output_dir
         if stop.signum is not None:  # during the last step's evaluation: the training itself is complete
@@ -426,12 +441,12 @@ def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str
 def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: SkippedImages, metrics: dict) -> None:
     """Model card, the skipped-images summary, the Hub push of a training run, and where its model is."""
     args = trainer.args
-    if trainer.is_world_process_zero() and args.do_train:
-        trainer.create_model_card(dataset=data_args.dataset_name)  # an image folder is named by card_facts
+    if trainer.is_world_process_zero() and args.do_train:  # an image folder is named by card_facts
+        trainer.create_model_card(model_name=_hub_model_name(args), dataset=data_args.dataset_name)
     if skipped.summary():
         logger.warning(skipped.summary())
     if args.push_to_hub and args.do_train:
-        _push(trainer, data_args.dataset_name)
+        _push(trainer)
     if trainer.is_world_process_zero() and args.do_train:
         logger.info(saved_line(args.output_dir, metrics))
 
@@ -443,11 +458,33 @@ def saved_line(output_dir: str, metrics: dict) -> str:
             f"transformers.AutoModelForImageClassification.from_pretrained({output_dir!r})")
 
 
-def _push(trainer: DistillationTrainer, dataset: str | None) -> None:
-    """The Hub upload, last: a network or permission failure here leaves every local result in
-    place, so it is one line that says so and prints the command that uploads the folder."""
+def _hub_model_name(args: DistillationTrainingArguments) -> str | None:
+    """The card's model name: the Hub repository's when the run uploads (as ``Trainer.push_to_hub``
+    names it), else the folder's."""
+    return args.hub_model_id.split("/")[-1] if args.push_to_hub and args.hub_model_id else None
+
+
+def _push(trainer: DistillationTrainer) -> None:
+    """The Hub upload of the folder ``_finish`` wrote, last: a network or permission failure here
+    leaves every local result in place, so it is one line that says so and prints the command that
+    uploads the folder.
+
+    ``Trainer.push_to_hub`` would save the model and write the card again before uploading: that
+    second write, cut short (a full disk), corrupted the finished export, which the message then
+    called saved. The upload is Trainer's (repository, ignore patterns, message, revision) otherwise.
+    """
+    args = trainer.args
+    trainer.callback_handler.on_push_begin(args, trainer.state, trainer.control)
+    if not trainer.is_world_process_zero():
+        return
+    if trainer.hub_model_id is None:
+        trainer.init_hf_repo(token=args.hub_token)
+    trainer._finish_current_push()  # the checkpoints' uploads (hub_strategy every_save...), in order
     try:
-        trainer.push_to_hub(dataset=dataset)
+        transformers.trainer.hf_api().upload_folder(
+            repo_id=trainer.hub_model_id, folder_path=args.output_dir, commit_message="End of training",
+            token=args.hub_token, ignore_patterns=["_*", f"{PREFIX_CHECKPOINT_DIR}-*"], revision=args.hub_revision,
+        )
     except Exception as err:  # huggingface_hub's HTTP errors, httpx's, OSError: all end the same way
         args = trainer.args
         repo = trainer.hub_model_id or args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))

@@ -10,9 +10,13 @@ false``); its CKA picture in the new card; its loss state in checkpoint folders 
 Deleting them first would lose a user's work if the new run then failed, so a fresh training run
 moves the previous run's files (``RUN_OUTPUTS``; anything else is the user's and stays) into
 ``_replaced/`` inside the folder: out of the new run's way, still on disk, and left out of a Hub
-upload (Trainer's ``push_to_hub`` skips names that start with ``_``). One level is kept: the run
-set aside there before is deleted when a newer one takes its place, except that an unfinished run
-(checkpoints, no model) never pushes out a finished model: it goes to ``_replaced/_unfinished/``.
+upload (which skips names that start with ``_``). One level is kept: the run set aside there
+before is deleted when a newer one takes its place, except that an unfinished run never pushes out
+a finished one: it goes to ``_replaced/_unfinished/``. A run is finished when it holds its model and
+the card written after it (an export cut short by a full disk or a signal, or the model a Hub push
+copied in from a checkpoint, is not). The files move into ``_replacing/`` first, which becomes
+``_replaced/`` once they are all there: a set-aside cut short leaves them there, and the next one
+completes it.
 
 Resuming is continuing the run in the folder, so nothing is set aside, with two exceptions that
 are new runs in all but name: a checkpoint from another folder (its run replaces the one here),
@@ -22,6 +26,8 @@ resumed run abandons; left in place, ``resume_from_checkpoint: true`` would pick
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fnmatch
 import logging
 import os
@@ -31,14 +37,17 @@ from pathlib import Path
 
 from ..arguments import DistillationTrainingArguments
 from ..data.bad_images import LEDGER_NAME
-from ..errors import RecipeError
+from ..errors import OutputWriteError, RecipeError, UserError
 from ..trainer.checkpointing import checkpoint_step
 from .records import CONFIG_NAME, WORKING_DIR_NAME
 
 logger = logging.getLogger(__name__)
 
 RUN_FILES = ("model.safetensors", "config.json", "pytorch_model.bin")
+MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+CARD_NAME = "README.md"  # written after the model, its metrics and state (job._finish)
 REPLACED = "_replaced"
+REPLACING = "_replacing"  # where a set-aside gathers the files before it becomes REPLACED
 UNFINISHED = "_unfinished"  # inside REPLACED: a run set aside before it saved a model
 # What runs leave in their output_dir: Trainer's model, state and results files, its TensorBoard
 # logs, checkpoints, hf_rcka's records and card, and scripts/cka_report.py's picture.
@@ -142,6 +151,18 @@ def _files_of_others(out: Path) -> list[str]:
     return [p.name for p in found if p.is_symlink() or not (p.name == "README.md" and _is_our_card(p))]
 
 
+def drop_stale_card(output_dir: str) -> None:
+    """Take an earlier run's card (hf_rcka's only) out of ``output_dir`` before the model is saved.
+
+    A resumed run's card is written anew at its end; until then the earlier card would describe
+    the new weights, and a run whose export failed (a full disk) would look finished, so that
+    setting it aside would push the finished run kept in ``_replaced/`` out.
+    """
+    card = Path(output_dir) / CARD_NAME
+    if card.is_file() and not card.is_symlink() and _is_our_card(card):
+        card.unlink()
+
+
 def _is_our_card(path: Path) -> bool:
     try:
         head = path.read_text(encoding="utf-8", errors="replace")[:2000]
@@ -180,7 +201,7 @@ def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
         e for e in out.iterdir() if not e.name.startswith("checkpoint-")
         and any(fnmatch.fnmatchcase(e.name, p) for p in RUN_OUTPUTS)
         and not any(fnmatch.fnmatchcase(e.name, p) for p in _BRANCH_KEEPS)]
-    target = _move_aside(out, entries, finished=_finished(out))
+    target = _move_aside(out, entries, finished=_finished(out, out / REPLACING))
     logger.warning("output_dir: resuming checkpoint-%d sets aside the later %s (moved to %s)", step, ", ".join(later),
                    target)
     return target
@@ -189,7 +210,7 @@ def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
 def holds_run(output_dir: str) -> bool:
     """Whether ``output_dir`` holds a run's model or checkpoints (not just a failed attempt's records)."""
     out = Path(output_dir)
-    return out.is_dir() and (_finished(out) or any(out.glob("checkpoint-*")))
+    return out.is_dir() and (any((out / name).exists() for name in RUN_FILES) or any(out.glob("checkpoint-*")))
 
 
 def set_aside_previous_run(output_dir: str, keep: Iterable[str | None] = ()) -> str | None:
@@ -215,27 +236,88 @@ def set_aside_previous_run(output_dir: str, keep: Iterable[str | None] = ()) -> 
     if _holds_any((out / REPLACED).resolve(), kept):
         raise RecipeError(f"{out / REPLACED} holds a path this run reads (a checkpoint to resume from?), and setting "
                           "the run here aside would replace it: copy it out of the folder first")
-    target = _move_aside(out, entries, finished=_finished(out))
+    target = _move_aside(out, entries, finished=_finished(out, out / REPLACING))
     logger.warning("output_dir: this run replaces the one in %s; its files were moved to %s", out, target)
     return target
 
 
-def _finished(folder: Path) -> bool:
-    """Whether ``folder`` holds a saved model (not only checkpoints or records)."""
-    return any((folder / name).exists() for name in RUN_FILES)
+def _finished(*folders: Path) -> bool:
+    """Whether ``folders`` (a run's, and the part of it a set-aside cut short moved) hold a finished
+    run: a model and the card written after it.
+
+    ``save_pretrained`` writes ``config.json`` before the weights, and a Hub push during training
+    copies a checkpoint's model in: neither is a run that finished, and setting one aside must
+    not delete the finished run kept in ``_replaced/`` (a retry after a full disk did).
+    """
+    return (any((folder / CARD_NAME).is_file() for folder in folders)
+            and any((folder / name).exists() for folder in folders for name in MODEL_FILES))
 
 
 def _move_aside(out: Path, entries: list[Path], finished: bool) -> str:
     """Move ``entries`` into a fresh ``_replaced/``; an unfinished run's into ``_replaced/_unfinished/``
-    when ``_replaced/`` keeps a finished model, which it must not push out."""
+    when ``_replaced/`` keeps a finished run, which it must not push out.
+
+    The files gather in ``_replacing/``, which replaces the target only once they are all there: a
+    move that fails halfway (a permission, a signal) deletes nothing, and the next set-aside moves
+    the rest of the same run in beside them.
+    """
     keep_finished = not finished and _finished(out / REPLACED)
     target = out / REPLACED / UNFINISHED if keep_finished else out / REPLACED
+    staging = out / REPLACING
+    staging.mkdir(exist_ok=True)
+    for entry in entries:
+        os.replace(entry, staging / entry.name)
     if target.exists():
         shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for entry in entries:
-        os.replace(entry, target / entry.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, target)
     return str(target)
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NOT_ALLOWED = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextlib.contextmanager
+def said_write_errors(output_dir: str) -> Iterator[None]:
+    """Turn a failed write (a full disk, a quota, a read-only path) into one ``OutputWriteError``
+    line: safetensors and torch report a full disk as their own errors, torch's without saying so
+    (``unexpected pos``), and each ended the run in a traceback that named no fix."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the writers' own error types; any other is re-raised
+        said = write_error(err, output_dir)
+        if said is None:
+            raise
+        raise said from err
+
+
+def write_error(err: BaseException, output_dir: str) -> OutputWriteError | None:
+    """The one-line error for ``err`` if it is a failed write, else None."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    code = getattr(err, "errno", None)
+    full = code in _DISK_FULL or "No space left on device" in str(err) or "Disk quota exceeded" in str(err)
+    if not full and "unexpected pos" in str(err):  # torch's zip writer, cut short
+        full = _free_bytes(output_dir) < 256 * 2**20
+    if full:
+        return OutputWriteError(f"the disk holding {output_dir} is full: a write failed ({type(err).__name__}: "
+                                f"{text}). Free space there or choose another output_dir; what was saved before "
+                                "is kept (a checkpoint cut short is refused on resume, which names the one before it)")
+    if code in _NOT_ALLOWED and getattr(err, "filename", None):
+        return OutputWriteError(f"cannot write {err.filename}: {err.strerror}. Choose an output_dir you can write to")
+    return None
+
+
+def _free_bytes(folder: str) -> int:
+    probe = Path(folder).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return 2**62
 
 
 def _holds_any(entry: Path, paths: list[Path]) -> bool:

@@ -21,6 +21,7 @@ import yaml
 
 from ..arguments import ARGUMENT_CLASSES, SECRET_KEYS, DataArguments, DistillationTrainingArguments, ModelArguments
 from ..errors import RecipeError
+from ..file_writes import replacing
 from ..registry import close_matches
 from .coercion import coerce, coerce_feature_pairs, coerce_losses, is_text
 
@@ -272,7 +273,7 @@ def dump_recipe(values: dict[str, Any], path: str | Path, comment: str = "") -> 
     say, such as the launch they ran under); reading the recipe back ignores them.
     """
     public = {key: value for key, value in values.items() if key not in SECRET_KEYS}
-    with open(path, "w", encoding="utf-8") as handle:
+    with replacing(path) as handle:  # whole or not at all: the run's record of how it ran
         handle.writelines(f"# {line}\n" if line else "#\n" for line in comment.splitlines())
         yaml.dump(_plain(public), handle, Dumper=_RecipeDumper, sort_keys=False)
 

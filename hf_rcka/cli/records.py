@@ -24,6 +24,7 @@ from transformers import Trainer, TrainerCallback
 
 from ..arguments import describe_batch
 from ..errors import RecipeError
+from ..file_writes import write_text
 from ..trainer.checkpointing import checkpoint_step
 from ..trainer.resume_hint import launch_command
 from .recipe import dump_recipe, load_recipe
@@ -52,8 +53,7 @@ def write_eval_record(folder: str, recipe: dict | None, metrics: dict) -> None:
     os.makedirs(folder, exist_ok=True)
     if recipe is not None:
         dump_recipe(recipe, os.path.join(folder, EVAL_CONFIG_NAME))
-    with open(os.path.join(folder, EVAL_RESULTS_NAME), "w", encoding="utf-8") as handle:
-        json.dump(metrics, handle, indent=2, sort_keys=True)
+    write_text(os.path.join(folder, EVAL_RESULTS_NAME), json.dumps(metrics, indent=2, sort_keys=True))
 
 
 def write_working_dir(output_dir: str) -> None:
@@ -139,5 +139,5 @@ def drop_stale_evaluation(trainer: Trainer) -> None:
     if os.path.isfile(combined):
         with open(combined, encoding="utf-8") as handle:
             results = json.load(handle)
-        with open(combined, "w", encoding="utf-8") as handle:
-            json.dump({k: v for k, v in results.items() if not k.startswith("eval_")}, handle, indent=4, sort_keys=True)
+        write_text(combined, json.dumps({k: v for k, v in results.items() if not k.startswith("eval_")}, indent=4,
+                                        sort_keys=True))

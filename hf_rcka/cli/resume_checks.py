@@ -40,6 +40,12 @@ def check_checkpoint(folder: str) -> None:
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise ModelError(f"resume_from_checkpoint: {str(path)!r} is corrupt or incomplete ({err}): {_earlier(folder)}") from None
     inner = _checkpoints_in(Path(folder))
+    cut_short = not (Path(folder) / "trainer_state.json").exists()  # Trainer writes it last (save_only_model too)
+    if not inner and not holds_training_state(folder) and checkpoint_step(Path(folder).name) is not None and cut_short:
+        # a save cut short (a full disk, a kill) writes the weights first: resume_from_checkpoint:
+        # true picks this last folder again, so the fix is the one before it
+        raise ModelError(f"resume_from_checkpoint: {folder!r} is incomplete (it holds weights but no optimizer and "
+                         f"scheduler state, as a save cut short leaves it): {_earlier(folder)}")
     if inner or not holds_training_state(folder):
         hint = (f"give one of its checkpoints (--resume_from_checkpoint {Path(folder) / inner[-1]})" if inner
                 else "give a checkpoint-N folder of the run")

@@ -18,6 +18,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..file_writes import write_text
 from .card_facts import CardFacts, image_folder_name
 
 CARD_TAGS = ["knowledge-distillation", "image-classification", "hf_rcka"]
@@ -256,7 +257,7 @@ def write_model_card(
         )
     )
     os.makedirs(output_dir, exist_ok=True)
-    card.save(os.path.join(output_dir, "README.md"))
+    write_text(os.path.join(output_dir, "README.md"), str(card), newline="")  # as RepoCard.save, whole or not at all
     return card
 
 
@@ -309,7 +310,7 @@ def add_cka_to_card(model_dir: str | os.PathLike, image: str = CKA_IMAGE, tables
     card = ModelCard.load(path)
     before, after = _around_cka_section(card.text)
     card.text = f"{before.rstrip()}\n\n{_cka_block(image, tables)}" + (f"\n{after.lstrip()}" if after.strip() else "")
-    card.save(path)
+    write_text(path, str(card), newline="")  # a cut-short write would lose the sections a user added
     return card
 
 

@@ -14,9 +14,10 @@ the middle of a weight update (then no checkpoint is written: its weights would 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from transformers import TrainerCallback
 
@@ -58,6 +59,7 @@ class GracefulStop(TrainerCallback):
         self.evaluated = False  # its final evaluation is recorded too
         self.updating = False  # between an optimizer step's start and its step's end: the weights match no step
         self._training = False
+        self._finishing = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -75,7 +77,23 @@ class GracefulStop(TrainerCallback):
             signal.signal(signum, handler)
         self._previous = {}
 
+    @contextlib.contextmanager
+    def finishing(self) -> Iterator[None]:
+        """While the trained model is saved: a first signal waits for the save to end (the caller
+        then stops), where it cut the export short after ``config.json`` and, without checkpoints,
+        lost the whole training; a second one stops at once."""
+        self._finishing = True
+        try:
+            yield
+        finally:
+            self._finishing = False
+
     def _handle(self, signum: int, frame: Any) -> None:
+        if self._finishing and self.signum is None:
+            self.signum = signum
+            logger.warning("%s received: stopping once the trained model is saved (send it again to stop at once)",
+                           signal.Signals(signum).name)
+            return
         if not self._training:
             raise Interrupted(signum)
         if self.signum is not None:

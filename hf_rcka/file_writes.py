@@ -1,0 +1,56 @@
+"""Writing a text file whole or not at all.
+
+Opening a file with mode ``"w"`` empties it first: a full disk or a signal in the middle of the
+write leaves a file cut short where a whole one was (a model card holding a section its user wrote,
+a run's recorded recipe, its results). The text goes to a temporary file beside the target, which
+replaces it once complete: ``os.replace`` within one folder is atomic, so readers see the old file
+or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, TextIO
+
+# Names that start with "_" stay out of Hub uploads and are no run's output (see cli.output_folder).
+_PREFIX = "_writing-"
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, newline: str | None = None) -> Iterator[TextIO]:
+    """A text handle whose contents replace ``path`` when the block ends without an exception.
+
+    The new file gets the old one's permissions (or the umask's, for a new file): ``mkstemp``
+    would leave it readable by its owner alone.
+    """
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=_PREFIX + path.name + ".")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, _mode_for(path))
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str, newline: str | None = None) -> None:
+    """Replace ``path``'s contents with ``text``, whole or not at all."""
+    with replacing(path, newline=newline) as handle:
+        handle.write(text)
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -1,0 +1,64 @@
+"""Files the project rewrites (a model card with a user's sections, a run's recipe and results) are
+replaced whole or left as they were: opening them with mode "w" emptied them first, so a full disk
+or a signal cut them short."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hf_rcka.file_writes import replacing, write_text
+
+
+def test_a_write_that_fails_leaves_the_old_file_whole_and_no_temporary_file(tmp_path):
+    card = tmp_path / "README.md"
+    card.write_text("# the card\n\n## my own section\n")
+    with pytest.raises(OSError, match="No space"):
+        with replacing(card) as handle:
+            handle.write("# the new card, half")
+            raise OSError(28, "No space left on device (simulated)")
+    assert card.read_text() == "# the card\n\n## my own section\n"
+    assert os.listdir(tmp_path) == ["README.md"]
+    with pytest.raises(KeyboardInterrupt):  # a signal in the middle of the write
+        with replacing(card) as handle:
+            handle.write("# half")
+            raise KeyboardInterrupt
+    assert card.read_text() == "# the card\n\n## my own section\n" and os.listdir(tmp_path) == ["README.md"]
+
+
+def test_a_whole_write_replaces_the_file_with_its_permissions(tmp_path):
+    card = tmp_path / "README.md"
+    card.write_text("old")
+    os.chmod(card, 0o640)
+    write_text(card, "new\r\n", newline="")
+    assert card.read_bytes() == b"new\r\n" and card.stat().st_mode & 0o777 == 0o640
+    fresh = tmp_path / "results.json"
+    write_text(fresh, "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.read_text() == "{}" and fresh.stat().st_mode & 0o777 == 0o666 & ~umask, "not mkstemp's 0600"
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "results.json"]
+
+
+def test_the_card_and_the_recipe_are_written_through_it(tmp_path, monkeypatch):
+    import hf_rcka.file_writes as file_writes
+    from hf_rcka.cli.recipe import dump_recipe
+    from hf_rcka.trainer.card import add_cka_to_card
+
+    card = tmp_path / "README.md"
+    card.write_text("---\ntags:\n- hf_rcka\n---\n# student\n\n## Limitations\n\nmy own words\n")
+    (tmp_path / "cka.png").write_bytes(b"png")
+    recipe = tmp_path / "distill_config.yaml"
+    dump_recipe({"learning_rate": 0.1}, recipe)
+
+    def disk_full(descriptor):
+        raise OSError(28, "No space left on device (simulated)")
+
+    monkeypatch.setattr(file_writes.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        add_cka_to_card(tmp_path, "cka.png", "| a | b |")
+    with pytest.raises(OSError, match="No space"):
+        dump_recipe({"learning_rate": 0.2}, recipe)
+    assert "my own words" in card.read_text() and "learning_rate: 0.1" in recipe.read_text()
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "cka.png", "distill_config.yaml"]
