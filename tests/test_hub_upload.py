@@ -31,6 +31,10 @@ class FakeHub:
         return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
 
     def upload_folder(self, repo_id, folder_path, ignore_patterns=(), commit_message=None, run_as_future=False, **kwargs):
+        if self.fail is not None and run_as_future:  # HfApi's background upload fails in its future
+            failed = concurrent.futures.Future()
+            failed.set_exception(self.fail)
+            return failed
         if self.fail is not None:
             raise self.fail
         target = self.root / f"commit-{len(self.commits)}"
@@ -96,9 +100,10 @@ def test_the_final_upload_comes_once_with_the_card_and_no_file_holds_the_token(t
     assert os.environ["HF_TOKEN"] == TOKEN, "uploads use the recipe's token from the environment"
 
 
-def test_a_failed_upload_is_one_line_that_keeps_the_results_and_says_how_to_upload(tmp_path, hub, capsys):
-    hub.fail = ConnectionError("Connection reset by peer")
-    assert _run(tmp_path) == 2
+@pytest.mark.parametrize("strategy", ["end", "every_save"])
+def test_a_failed_upload_is_one_line_that_keeps_the_results_and_says_how_to_upload(tmp_path, hub, capsys, strategy):
+    hub.fail = ConnectionError("Connection reset by peer")  # every_save: the checkpoints' uploads failed too
+    assert _run(tmp_path, hub_strategy=strategy, save_strategy="steps", save_steps=1) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err)
     out = tmp_path / "out"
