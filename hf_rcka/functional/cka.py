@@ -250,7 +250,7 @@ def inverse_norm(sq_norm: torch.Tensor, sq_norm_uncentered: torch.Tensor | None,
     A side whose centered norm is below ~100 ulps of its uncentered norm (constant features) holds
     only the rounding noise of the mean; it gets weight 0, so its CKA is 0 rather than noise / noise.
     """
-    inv = torch.rsqrt(sq_norm + eps * eps)
+    inv = torch.rsqrt(sq_norm.clamp_min(0) + eps * eps)  # a centred trace can round to -1e-16: NaN, and NaN * 0 stays NaN
     if sq_norm_uncentered is None:
         return inv
     tol = 100.0 * torch.finfo(sq_norm.dtype).eps
