@@ -250,7 +250,8 @@ def inverse_norm(sq_norm: torch.Tensor, sq_norm_uncentered: torch.Tensor | None,
     A side whose centered norm is below ~100 ulps of its uncentered norm (constant features) holds
     only the rounding noise of the mean; it gets weight 0, so its CKA is 0 rather than noise / noise.
     """
-    inv = torch.rsqrt(sq_norm.clamp_min(0) + eps * eps)  # a centred trace can round to -1e-16: NaN, and NaN * 0 stays NaN
+    # a centred trace can round below 0 (-7e-16): rsqrt's NaN would survive the mask (NaN * 0 is NaN)
+    inv = torch.rsqrt(sq_norm.clamp_min(0) + eps * eps)
     if sq_norm_uncentered is None:
         return inv
     tol = 100.0 * torch.finfo(sq_norm.dtype).eps
