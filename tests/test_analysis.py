@@ -1,6 +1,7 @@
 """Layer-by-layer CKA between two models (hf_rcka.analysis) and the report script behind it."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +300,15 @@ def test_cka_report_writes_into_the_card_folder_and_keeps_its_sections(tmp_path,
     assert "![layer CKA](cka.png)" in card and "## Usage\n\ntext" in card and "## Limitations\n\nOnly digits." in card
     assert card.count("![layer CKA](cka.png)") == 1
     assert "10 classes" in (Path(second) / "cka.md").read_text()  # the logits row and column
+
+
+def test_the_report_runs_as_a_module_of_the_installed_package(tmp_path):
+    """python -m hf_rcka.cli.cka_report did nothing and exited 0: an installed package has no scripts/."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "hf_rcka.cli.cka_report", "--help"], cwd=tmp_path, text=True,
+                          capture_output=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert done.returncode == 0 and "--card" in done.stdout, done.stderr
+

@@ -217,6 +217,20 @@ def test_the_recorded_launch_says_how_the_global_batch_was_made(tmp_path, monkey
     assert "torchrun --nproc_per_node 2 ../hf_rcka/scripts/distill.py " in launch_command("r.yaml")
     monkeypatch.setattr("sys.argv", ["/home/alice/hf_rcka/scripts/distill.py"])
     assert " scripts/distill.py r.yaml" in launch_command("r.yaml") and "alice" not in launch_command("r.yaml")
+    # an installed package has no scripts/: the console script, or the module under a launcher
+    import hf_rcka
+
+    main_module = str(Path(hf_rcka.__file__).parent / "__main__.py")
+    for entry in ("/home/alice/venv/bin/hf-rcka-distill", main_module):
+        monkeypatch.setattr("sys.argv", [entry])
+        assert launch_command("r.yaml") == "torchrun --nproc_per_node 2 -m hf_rcka r.yaml"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert launch_command("r.yaml") == "python -m hf_rcka r.yaml"
+    monkeypatch.setattr("sys.argv", ["/home/alice/venv/bin/hf-rcka-distill"])
+    assert launch_command("r.yaml") == "hf-rcka-distill r.yaml"
+    monkeypatch.setattr("sys.argv", ["/home/alice/other/__main__.py"])  # another package's module
+    assert launch_command("r.yaml") == "python scripts/distill.py r.yaml"
 
     dump_recipe({**BASE, "seed": 3}, tmp_path / "distill_config.yaml", comment="Global batch: 64.\nRun: it")
     text = (tmp_path / "distill_config.yaml").read_text()

@@ -243,3 +243,7 @@ def _report(args: argparse.Namespace, images: list) -> None:
             shutil.copy(png, target)
         add_cka_to_card(args.card, CKA_IMAGE, markdown)
         print(f"card: {args.card / 'README.md'} now shows {CKA_IMAGE}")
+
+
+if __name__ == "__main__":  # python -m hf_rcka.cli.cka_report, for an installed package (no scripts/)
+    sys.exit(main())

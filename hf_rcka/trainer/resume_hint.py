@@ -16,6 +16,7 @@ from typing import Sequence
 from ..arguments import SECRET_KEYS
 
 SCRIPT = "scripts/distill.py"
+CONSOLE_SCRIPT = "hf-rcka-distill"  # setup.cfg's console_scripts entry
 
 
 class Stopped(Exception):
@@ -58,7 +59,7 @@ def relaunch_command(argv: Sequence[str], settings: dict[str, str]) -> str:
             continue
         kept.append(token)
     replaced = [part for key, value in settings.items() for part in (f"--{key}", value)]
-    return shlex.join([*_launcher(), _script(), *kept, *replaced])
+    return shlex.join([*_command(), *kept, *replaced])
 
 
 def launch_command(recipe: str, *flags: str) -> str:
@@ -67,13 +68,30 @@ def launch_command(recipe: str, *flags: str) -> str:
     For the recorded recipe, which is uploaded with the model: the script as the run named it when
     that was a relative path, else the repository's (an absolute path names someone's folders).
     """
-    script = _script()
-    return shlex.join([*_launcher(), SCRIPT if os.path.isabs(script) else script, recipe, *flags])
+    return shlex.join([*_command(public=True), recipe, *flags])
 
 
-def _script() -> str:
-    """The training script as this run named it (a path from another folder), else the repo's."""
-    return sys.argv[0] if sys.argv and sys.argv[0].endswith("distill.py") else SCRIPT
+def _command(public: bool = False) -> list[str]:
+    """The launcher and the entry point this run was started with.
+
+    ``pip install`` users have no ``scripts/distill.py``: a run started as ``hf-rcka-distill`` or
+    ``python -m hf_rcka`` is relaunched that way (a launcher takes the module, ``-m hf_rcka``).
+    ``public``: a script's absolute path (someone's folders) is printed as the repository's.
+    """
+    launcher = _launcher()
+    entry = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if entry == CONSOLE_SCRIPT and launcher == ["python"]:
+        return [CONSOLE_SCRIPT]
+    if entry in (CONSOLE_SCRIPT, "__main__.py") and (entry != "__main__.py" or _is_package_main(sys.argv[0])):
+        return [*launcher, "-m", "hf_rcka"]
+    script = sys.argv[0] if entry.endswith("distill.py") else SCRIPT
+    return [*launcher, SCRIPT if public and os.path.isabs(script) else script]
+
+
+def _is_package_main(path: str) -> bool:
+    """Whether ``path`` is this package's ``__main__.py`` (``python -m hf_rcka``)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.dirname(os.path.abspath(path)) == here
 
 
 def secrets_note(argv: Sequence[str]) -> str:
