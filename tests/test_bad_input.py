@@ -1421,3 +1421,22 @@ def test_a_broken_checkpoint_is_told_to_resume_from_an_earlier_one_only(tmp_path
         (tmp_path / f"checkpoint-{step}").mkdir()
     assert _earlier(str(tmp_path / "checkpoint-2")) == f"delete {str(tmp_path / 'checkpoint-2')!r} and start again"
     assert f"--resume_from_checkpoint {tmp_path / 'checkpoint-5'} " in _earlier(str(tmp_path / "checkpoint-10"))
+
+
+def test_the_digits_without_scikit_learn_is_one_error_line(monkeypatch):
+    """It was an ImportError traceback."""
+    import builtins
+
+    from hf_rcka.data.digits import digits_dataset
+    from hf_rcka.errors import DataError
+
+    real_import = builtins.__import__
+
+    def without_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError("No module named 'sklearn'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_sklearn)
+    with pytest.raises(DataError, match=r"builtin:digits needs scikit-learn, which is not installed: pip install"):
+        digits_dataset()

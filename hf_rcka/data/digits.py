@@ -9,6 +9,8 @@ from __future__ import annotations
 import datasets
 import numpy as np
 
+from ..errors import DataError
+
 DIGITS = "builtin:digits"  # the dataset_name that loads it
 
 
@@ -16,8 +18,9 @@ def digits_dataset() -> datasets.Dataset:
     """scikit-learn's real handwritten digits (1,797 8x8 greyscale images, 10 classes), offline."""
     try:
         from sklearn.datasets import load_digits
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("builtin:digits needs scikit-learn: pip install 'hf_rcka[demo]'") from err
+    except ImportError:  # one error line, not a traceback: the fix is an install
+        raise DataError("dataset_name builtin:digits needs scikit-learn, which is not installed: "
+                        "pip install 'hf_rcka[demo]' (or scikit-learn)") from None
     digits = load_digits()
     images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
     features = datasets.Features(
