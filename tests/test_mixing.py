@@ -114,3 +114,25 @@ def test_student_and_teacher_see_the_same_mixed_batch(tmp_path):
     originals = torch.stack([pixel_dataset(8, seed=0)[i]["pixel_values"] for i in range(8)])
     assert not any(torch.equal(img, orig) for img in seen["student"] for orig in originals), "the batch was mixed"
     assert labels_seen[0].shape == (4, P) and labels_seen[0].min() >= 0.1 / P - 1e-6
+
+
+def test_evaluation_is_never_mixed(tmp_path):
+    """Mixing is training's: an evaluation batch reaches the model as it came, with its integer labels."""
+    args = DistillationTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True,
+                                         teacher_accuracy_check="off", losses=[{"name": "ce"}])
+    trainer = DistillationTrainer(model=tiny_vit(), args=args, processing_class=processor(16),
+                                  augmentation=AugmentationArguments(mixup=0.8, cutmix=1.0, mixup_prob=1.0))
+    data = pixel_dataset(6, seed=0)
+    pixels = torch.stack([data[i]["pixel_values"] for i in range(6)])
+    labels = torch.tensor([data[i]["labels"] for i in range(6)])
+    seen = {}
+    trainer.model.student.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(pixels=kwargs["pixel_values"].clone()), with_kwargs=True)
+    trainer.model.losses["ce"].register_forward_pre_hook(lambda m, a: seen.update(labels=a[0].labels) and None)
+    trainer.model.eval()
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, {"pixel_values": pixels.clone(), "labels": labels})
+    assert torch.equal(seen["pixels"], pixels) and torch.equal(seen["labels"], labels)
+    trainer.model.train()  # and in training the same call mixes them
+    trainer.compute_loss(trainer.model, {"pixel_values": pixels.clone(), "labels": labels})
+    assert not torch.equal(seen["pixels"], pixels) and seen["labels"].shape == (6, P)
