@@ -47,10 +47,19 @@ def write_text(path: str | os.PathLike, text: str, newline: str | None = None) -
         handle.write(text)
 
 
+def _read_umask() -> int:
+    """The process's umask, read once at import: setting it to read it, later, would open a window
+    in which another thread (a background Hub upload, a TensorBoard writer) creates files with no mask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
 def _mode_for(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_UMASK

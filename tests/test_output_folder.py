@@ -121,7 +121,7 @@ def test_a_retry_after_a_failed_export_keeps_the_finished_run(tmp_path, monkeypa
     def disk_full_after_the_config(self, folder, *args, **kwargs):
         self.config.save_pretrained(folder)  # what save_pretrained writes first
         (Path(folder) / "model.safetensors").write_bytes(b"\x10\x00")  # cut short
-        raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+        raise OSError(errno.ENOSPC, "No space left on device (simulated)", str(Path(folder) / "model.safetensors"))
 
     capsys.readouterr()
     with monkeypatch.context() as patch:
@@ -130,7 +130,7 @@ def test_a_retry_after_a_failed_export_keeps_the_finished_run(tmp_path, monkeypa
     assert PreTrainedModel.save_pretrained is save
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: the disk holding {out} is full: a write failed (OSError: [Errno 28] No space left on device "
-        "(simulated)). Free space there or choose another output_dir; what was saved before is kept (a checkpoint "
+        f"(simulated): '{out / 'model.safetensors'}'). Free space there or choose another output_dir; what was saved before is kept (a checkpoint "
         f"cut short is refused on resume, which names the one before it) (the run this one was to replace is in "
         f"{out / REPLACED})")
     assert (out / REPLACED / "model.safetensors").read_bytes() == trained
@@ -165,20 +165,22 @@ def test_a_set_aside_cut_short_is_completed_by_the_next_one(tmp_path, monkeypatc
     assert (out / REPLACED / "model.safetensors").read_text() == "run 1", "the earlier run is kept until the end"
     assert set_aside_previous_run(str(out)) == str(out / REPLACED)
     assert sorted(p.name for p in (out / REPLACED).iterdir()) == [
-        "README.md", "all_results.json", "checkpoint-6", "model.safetensors"]
+        "all_results.json", "checkpoint-6", "model.safetensors", "trainer_state.json"]
     assert (out / REPLACED / "model.safetensors").read_text() == "run 2"
     assert sorted(p.name for p in out.iterdir()) == [REPLACED]
 
 
 def test_a_resumed_run_drops_the_earlier_card_before_it_saves_its_model(tmp_path):
-    from hf_rcka.cli.output_folder import drop_stale_card
+    from hf_rcka.cli.output_folder import drop_stale_export
 
     out = tmp_path / "out"
     _fake_run(out, [2], finished=True, tag="run 1")
-    drop_stale_card(str(out))
-    assert not (out / "README.md").exists()
+    (out / "README.md").write_text("---\ntags:\n- hf_rcka\n---\nrun 1\n")
+    drop_stale_export(str(out))
+    assert not (out / "README.md").exists() and not (out / "trainer_state.json").exists()
+    assert (out / "model.safetensors").exists() and (out / "checkpoint-2").exists()
     (out / "README.md").write_text("# my notes on this run\n")  # not hf_rcka's card: the user's
-    drop_stale_card(str(out))
+    drop_stale_export(str(out))
     assert (out / "README.md").read_text() == "# my notes on this run\n"
 
 
@@ -195,10 +197,10 @@ def _fake_run(folder: Path, steps: list[int], finished: bool, tag: str) -> None:
     for step in steps:
         (folder / f"checkpoint-{step}").mkdir()
         (folder / f"checkpoint-{step}" / "tag").write_text(tag)
-    if finished:  # the model, and the card written after it
+    if finished:  # the model and the state saved after it; no card (a run stopped in its final evaluation)
         (folder / "model.safetensors").write_text(tag)
         (folder / "all_results.json").write_text(tag)
-        (folder / "README.md").write_text(f"---\ntags:\n- hf_rcka\n---\n{tag}\n")
+        (folder / "trainer_state.json").write_text("{}")
 
 
 def test_an_unfinished_run_never_pushes_a_finished_one_out_of_replaced(tmp_path):
@@ -229,7 +231,7 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_branch_aside(tmp_path):
     assert set_aside_abandoned_branch(str(out), resume) == str(out / REPLACED)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
     assert sorted(p.name for p in (out / REPLACED).iterdir()) == [
-        "README.md", "all_results.json", "checkpoint-30", "checkpoint-40", "model.safetensors"]
+        "all_results.json", "checkpoint-30", "checkpoint-40", "model.safetensors", "trainer_state.json"]
 
 
 def test_a_checkpoint_of_another_folder_does_not_resume_over_a_run(tmp_path):
@@ -355,7 +357,7 @@ def test_a_training_run_ends_by_saying_where_its_model_is_and_how_to_load_it(tmp
 
 def test_a_failed_write_is_one_line_that_names_the_fix(tmp_path, monkeypatch):
     """A full disk ended the run in a safetensors or torch traceback (torch's: "unexpected pos",
-    without a word of the disk), which named no fix."""
+    without a word of the disk), which named no fix. Only writes into output_dir are said so."""
     import errno
 
     import hf_rcka.cli.output_folder as output_folder
@@ -363,22 +365,46 @@ def test_a_failed_write_is_one_line_that_names_the_fix(tmp_path, monkeypatch):
     from hf_rcka.errors import OutputWriteError
 
     out = str(tmp_path / "out")
-    full = [OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EDQUOT, "Disk quota exceeded"),
-            RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")]
-    for err in full:
-        assert str(write_error(err, out)).startswith(f"the disk holding {out} is full: a write failed")
+    model = f"{out}/model.safetensors"
+    monkeypatch.setattr(output_folder, "_free_bytes", lambda folder: 50 * 2**30)  # plenty left
+    assert "is full" in str(write_error(OSError(errno.ENOSPC, "No space left on device", model), out))
+    assert "is full" in str(write_error(OSError(errno.EDQUOT, "Disk quota exceeded", model), out))
+    shm = RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nunable to write to file </torch_1_2>: "
+                       "No space left on device (28)")
     torch_cut = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 114304 vs 114196")
-    monkeypatch.setattr(output_folder, "_free_bytes", lambda folder: 10 * 2**20)
-    assert "is full" in str(write_error(torch_cut, out))
-    monkeypatch.setattr(output_folder, "_free_bytes", lambda folder: 50 * 2**30)  # plenty left: not a full disk
-    assert write_error(torch_cut, out) is None
-    refused = PermissionError(errno.EACCES, "Permission denied", f"{out}/model.safetensors")
-    assert str(write_error(refused, out)) == (f"cannot write {out}/model.safetensors: Permission denied. Choose an "
-                                              "output_dir you can write to")
-    assert write_error(FileNotFoundError(errno.ENOENT, "No such file", "x"), out) is None  # not a write's failure
+    assert write_error(shm, out) is None and write_error(torch_cut, out) is None, "another disk: its traceback stays"
+    monkeypatch.setattr(output_folder, "_free_bytes", lambda folder: 10 * 2**20)  # output_dir's disk is full
+    said = str(write_error(torch_cut, out))
+    assert said.startswith(f"the disk holding {out} is full") and "unexpected pos 114304 vs 114196" in said
+    assert "is full" in str(write_error(RuntimeError("I/O error: No space left on device (os error 28)"), out))
+    refused = PermissionError(errno.EACCES, "Permission denied", model)
+    assert str(write_error(refused, out)) == f"cannot write {model}: Permission denied. Choose an output_dir you can write to"
+    elsewhere = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "teacher" / "model.safetensors"))
+    assert write_error(elsewhere, out) is None, "a file the run reads is no output_dir problem"
     assert write_error(ValueError("shapes differ"), out) is None
     with pytest.raises(OutputWriteError) as caught, said_write_errors(out):
-        raise full[0]
+        raise OSError(errno.ENOSPC, "No space left on device", model)
     assert isinstance(caught.value, OSError) and isinstance(caught.value.__cause__, OSError)
     with pytest.raises(KeyError), said_write_errors(out):  # any other error keeps its traceback
         raise KeyError("a bug")
+
+
+def test_a_set_aside_left_pending_is_completed_before_anything_else(tmp_path):
+    """Files left in _replacing/ (a Ctrl-C during a set-aside) did not count as a run: the next run
+    trained beside them, and a later set-aside mixed two runs' files or failed on a same-named checkpoint."""
+    from hf_rcka.cli.output_folder import REPLACING, holds_run
+
+    out = tmp_path / "out"
+    _fake_run(out / REPLACING, [2], finished=True, tag="run 1")  # all of run 1 moved, not yet renamed
+    assert holds_run(str(out))
+    args = SimpleNamespace(output_dir=str(out), overwrite_output_dir=False, do_train=True)
+    with pytest.raises(RecipeError, match="already holds a model or checkpoints"):
+        check_output_dir(args, None)
+    assert set_aside_previous_run(str(out)) == str(out / REPLACED)
+    assert (out / REPLACED / "checkpoint-2" / "tag").read_text() == "run 1" and not (out / REPLACING).exists()
+    # a pending set-aside whose names the next run's files share: the pending run is completed first
+    _fake_run(out / REPLACING, [2], finished=False, tag="run 2")
+    _fake_run(out, [2], finished=True, tag="run 3")
+    assert set_aside_previous_run(str(out)) == str(out / REPLACED)
+    assert (out / REPLACED / "checkpoint-2" / "tag").read_text() == "run 3"
+    assert sorted(p.name for p in out.iterdir()) == [REPLACED]

@@ -44,7 +44,7 @@ from .resume_checks import (
     warn_resume_schedule,
 )
 from .output_folder import (
-    check_output_dir, drop_stale_card, holds_run, later_checkpoints, resumes_in, said_write_errors,
+    check_output_dir, drop_stale_export, holds_run, later_checkpoints, resumes_in, said_write_errors,
     set_aside_abandoned_branch, set_aside_previous_run,
 )
 from .probes import probe_student
@@ -388,7 +388,7 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
     with stop.finishing() if stop is not None else contextlib.nullcontext():  # a signal waits for the save
         drop_stale_evaluation(trainer)
         if trainer.is_world_process_zero():
-            drop_stale_card(trainer.args.output_dir)  # the card comes last, in _finish
+            drop_stale_export(trainer.args.output_dir)  # the earlier card and state: written anew after the save
         trainer.save_model(_internal_call=True)  # uploaded once, with the final metrics and card, by _finish
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)

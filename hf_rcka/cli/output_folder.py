@@ -13,10 +13,10 @@ moves the previous run's files (``RUN_OUTPUTS``; anything else is the user's and
 upload (which skips names that start with ``_``). One level is kept: the run set aside there
 before is deleted when a newer one takes its place, except that an unfinished run never pushes out
 a finished one: it goes to ``_replaced/_unfinished/``. A run is finished when it holds its model and
-the card written after it (an export cut short by a full disk or a signal, or the model a Hub push
-copied in from a checkpoint, is not). The files move into ``_replacing/`` first, which becomes
-``_replaced/`` once they are all there: a set-aside cut short leaves them there, and the next one
-completes it.
+the training state saved after it (an export cut short by a full disk or a signal, or the model a
+Hub push copied in from a checkpoint, is not). The files move into ``_replacing/`` first, which
+becomes ``_replaced/`` once they are all there: a set-aside cut short leaves them there, the folder
+counts as holding a run until the next set-aside completes it.
 
 Resuming is continuing the run in the folder, so nothing is set aside, with two exceptions that
 are new runs in all but name: a checkpoint from another folder (its run replaces the one here),
@@ -44,8 +44,10 @@ from .records import CONFIG_NAME, WORKING_DIR_NAME
 logger = logging.getLogger(__name__)
 
 RUN_FILES = ("model.safetensors", "config.json", "pytorch_model.bin")
-MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-CARD_NAME = "README.md"  # written after the model, its metrics and state (job._finish)
+MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+CARD_NAME = "README.md"
+# Written once the final model is saved (job._train; a resumed run drops its earlier ones first)
+SAVED_AFTER_MODEL = ("trainer_state.json", "train_results.json")
 REPLACED = "_replaced"
 REPLACING = "_replacing"  # where a set-aside gathers the files before it becomes REPLACED
 UNFINISHED = "_unfinished"  # inside REPLACED: a run set aside before it saved a model
@@ -151,16 +153,21 @@ def _files_of_others(out: Path) -> list[str]:
     return [p.name for p in found if p.is_symlink() or not (p.name == "README.md" and _is_our_card(p))]
 
 
-def drop_stale_card(output_dir: str) -> None:
-    """Take an earlier run's card (hf_rcka's only) out of ``output_dir`` before the model is saved.
+def drop_stale_export(output_dir: str) -> None:
+    """Take an earlier run's card (hf_rcka's only) and final training state out of ``output_dir``
+    before the model is saved.
 
-    A resumed run's card is written anew at its end; until then the earlier card would describe
-    the new weights, and a run whose export failed (a full disk) would look finished, so that
-    setting it aside would push the finished run kept in ``_replaced/`` out.
+    A resumed run writes them anew once its model is saved; until then the earlier card would
+    describe the new weights, and a run whose export failed (a full disk) would look finished, so
+    that setting it aside would push the finished run kept in ``_replaced/`` out.
     """
-    card = Path(output_dir) / CARD_NAME
+    out = Path(output_dir)
+    card = out / CARD_NAME
     if card.is_file() and not card.is_symlink() and _is_our_card(card):
         card.unlink()
+    for name in SAVED_AFTER_MODEL:
+        if (out / name).is_file():
+            (out / name).unlink()
 
 
 def _is_our_card(path: Path) -> bool:
@@ -210,7 +217,14 @@ def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
 def holds_run(output_dir: str) -> bool:
     """Whether ``output_dir`` holds a run's model or checkpoints (not just a failed attempt's records)."""
     out = Path(output_dir)
-    return out.is_dir() and (any((out / name).exists() for name in RUN_FILES) or any(out.glob("checkpoint-*")))
+    return out.is_dir() and (any((out / name).exists() for name in RUN_FILES) or any(out.glob("checkpoint-*"))
+                             or _pending(out))
+
+
+def _pending(out: Path) -> bool:
+    """Whether a set-aside cut short left files in ``_replacing/`` (the next one completes it)."""
+    staging = out / REPLACING
+    return staging.is_dir() and any(staging.iterdir())
 
 
 def set_aside_previous_run(output_dir: str, keep: Iterable[str | None] = ()) -> str | None:
@@ -231,7 +245,7 @@ def set_aside_previous_run(output_dir: str, keep: Iterable[str | None] = ()) -> 
     kept = [Path(p).resolve() for p in keep if p]
     entries = [e for e in out.iterdir() if any(fnmatch.fnmatchcase(e.name, p) for p in RUN_OUTPUTS)
                and not _holds_any(e.resolve(), kept)]
-    if not entries:
+    if not entries and not _pending(out):
         return None
     if _holds_any((out / REPLACED).resolve(), kept):
         raise RecipeError(f"{out / REPLACED} holds a path this run reads (a checkpoint to resume from?), and setting "
@@ -243,13 +257,14 @@ def set_aside_previous_run(output_dir: str, keep: Iterable[str | None] = ()) -> 
 
 def _finished(*folders: Path) -> bool:
     """Whether ``folders`` (a run's, and the part of it a set-aside cut short moved) hold a finished
-    run: a model and the card written after it.
+    run: a model and the training state saved after it (not the card, which a run stopped during
+    its final evaluation never writes).
 
     ``save_pretrained`` writes ``config.json`` before the weights, and a Hub push during training
     copies a checkpoint's model in: neither is a run that finished, and setting one aside must
     not delete the finished run kept in ``_replaced/`` (a retry after a full disk did).
     """
-    return (any((folder / CARD_NAME).is_file() for folder in folders)
+    return (any((folder / name).is_file() for folder in folders for name in SAVED_AFTER_MODEL)
             and any((folder / name).exists() for folder in folders for name in MODEL_FILES))
 
 
@@ -261,9 +276,12 @@ def _move_aside(out: Path, entries: list[Path], finished: bool) -> str:
     move that fails halfway (a permission, a signal) deletes nothing, and the next set-aside moves
     the rest of the same run in beside them.
     """
+    staging = out / REPLACING
+    if any((staging / entry.name).exists() for entry in entries):  # another run's pending files: theirs first
+        _move_aside(out, [], finished=_finished(staging))
+        finished = _finished(out)
     keep_finished = not finished and _finished(out / REPLACED)
     target = out / REPLACED / UNFINISHED if keep_finished else out / REPLACED
-    staging = out / REPLACING
     staging.mkdir(exist_ok=True)
     for entry in entries:
         os.replace(entry, staging / entry.name)
@@ -295,19 +313,30 @@ def said_write_errors(output_dir: str) -> Iterator[None]:
 
 
 def write_error(err: BaseException, output_dir: str) -> OutputWriteError | None:
-    """The one-line error for ``err`` if it is a failed write, else None."""
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    """The one-line error for ``err`` if it is a failed write into ``output_dir``, else None.
+
+    Only errors about that folder: a full ``/dev/shm`` (a DataLoader worker's "No space left on
+    device") or a file the run reads that it may not open are other problems, whose traceback stays.
+    """
+    text = " ".join(str(err).split()) or type(err).__name__
     code = getattr(err, "errno", None)
-    full = code in _DISK_FULL or "No space left on device" in str(err) or "Disk quota exceeded" in str(err)
-    if not full and "unexpected pos" in str(err):  # torch's zip writer, cut short
-        full = _free_bytes(output_dir) < 256 * 2**20
-    if full:
+    filename = getattr(err, "filename", None)
+    inside = isinstance(filename, str) and _inside(filename, output_dir)
+    low = _free_bytes(output_dir) < 256 * 2**20
+    said = any(words in str(err) for words in ("No space left on device", "Disk quota exceeded", "unexpected pos"))
+    if (code in _DISK_FULL and (inside or low)) or (said and low):  # torch's zip writer says "unexpected pos"
         return OutputWriteError(f"the disk holding {output_dir} is full: a write failed ({type(err).__name__}: "
-                                f"{text}). Free space there or choose another output_dir; what was saved before "
-                                "is kept (a checkpoint cut short is refused on resume, which names the one before it)")
-    if code in _NOT_ALLOWED and getattr(err, "filename", None):
-        return OutputWriteError(f"cannot write {err.filename}: {err.strerror}. Choose an output_dir you can write to")
+                                f"{text[:300]}). Free space there or choose another output_dir; what was saved "
+                                "before is kept (a checkpoint cut short is refused on resume, which names the one "
+                                "before it)")
+    if code in _NOT_ALLOWED and inside:
+        return OutputWriteError(f"cannot write {filename}: {err.strerror}. Choose an output_dir you can write to")
     return None
+
+
+def _inside(path: str, folder: str) -> bool:
+    path_, folder_ = Path(path).absolute(), Path(folder).absolute()
+    return path_ == folder_ or folder_ in path_.parents
 
 
 def _free_bytes(folder: str) -> int:

@@ -4,7 +4,7 @@ A training run owns its ``output_dir``: the model, ``distill_config.yaml``, ``al
 the model card. An eval-only run (``do_train: false``), often pointed at a finished run's folder,
 writes into its own ``_eval-<UTC time>`` sub-folder instead (``eval_config.yaml``,
 ``eval_results.json``), and never rewrites the card or the recorded training recipe. The leading
-``_`` keeps the record local: ``Trainer.push_to_hub`` leaves ``_*`` out of the upload, and an
+``_`` keeps the record local: the Hub upload leaves ``_*`` out, and an
 evaluation of other data is no part of the published model.
 
 A training run's recipe is written once training has begun (``RecipeRecord``), and a model's

@@ -6,9 +6,9 @@ is written with ``huggingface_hub.ModelCard`` instead: ``base_model`` only when 
 started from a Hub checkpoint, ``model-index`` eval results through ``EvalResult`` (so the Hub
 shows the accuracy in its widget and leaderboards), tagged ``knowledge-distillation``, with the
 teacher named as teacher in the text together with its accuracy on the same images, the
-student-alone baseline when the run knows it, and the layer-CKA picture when one was made. Uploads
-go through ``Trainer.push_to_hub`` (and so through ``transformers``' shared ``HfApi``), which calls
-``DistillationTrainer.create_model_card``.
+student-alone baseline when the run knows it, and the layer-CKA picture when one was made. The
+command line writes the card through ``DistillationTrainer.create_model_card`` once the run is
+evaluated, and uploads the folder as written (``transformers``' shared ``HfApi``).
 """
 
 from __future__ import annotations
