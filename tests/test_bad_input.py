@@ -941,6 +941,8 @@ def test_help_lists_every_key_grouped_with_defaults(capsys):
     assert "  bf16_full_eval (bool; default: False)\n      Fixed at False: it casts the whole model" in text
     assert "true for the last checkpoint in output_dir" in text
     assert "%%" not in text, "argparse's escaped percent signs are printed as they read"
+    # a wheel install has no scripts/: the usage names its commands too
+    assert "hf-rcka-distill RECIPE.yaml" in text and "accelerate launch -m hf_rcka RECIPE.yaml" in text
     assert main(["recipe.yaml", "--help"]) == 0, "--help after the recipe is help, not a recipe key"
     assert capsys.readouterr().out == text
     assert main(["recipe.yaml", "--help", "losses"]) == 0

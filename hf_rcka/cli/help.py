@@ -21,7 +21,9 @@ from ..training_values import FIXED_SETTINGS
 from ..losses import per_channel_losses, reads_features
 from ..registry import ADAPTERS, LOSSES, Registry
 
-USAGE = "usage: accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]   (--help losses, --debug)"
+USAGE = ("usage: accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]   (--help losses, --debug)\n"
+         "       installed without the repository: hf-rcka-distill RECIPE.yaml ..., or accelerate launch -m hf_rcka "
+         "RECIPE.yaml ...")
 _WIDTH = 100
 _INDENT = 6
 _TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
