@@ -33,6 +33,7 @@ from ..arguments import DataArguments
 from ..errors import DataError, UserError
 from ..file_writes import write_text
 from .model_sources import check_model_source
+from .output_folder import writable_folder
 from ..data.image_folders import image_folder_classes
 from .records import CONFIG_NAME
 from .records import recorded_recipe
@@ -73,19 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.output.exists() and not args.output.is_dir():
         parser.error(f"--output {args.output} is a file: give a folder for cka.png and cka.md")
     for flag, folder in (("--output", args.output), ("--card", args.card)):  # found now, not after the models ran
-        if folder is not None and not _writable(folder):
+        if folder is not None and not writable_folder(folder):
             parser.error(f"{flag} {folder} is not writable: give a folder you can write to")
     if args.card:
         _check_card(parser, args.card, [args.reference, *args.models])
     return args
-
-
-def _writable(folder: Path) -> bool:
-    """Whether ``folder``, or the nearest part of it that exists, takes new files (nothing is created)."""
-    probe = folder.expanduser().absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
 
 
 def _check_card(parser: argparse.ArgumentParser, card: Path, compared: list[str]) -> None:

@@ -64,15 +64,27 @@ RUN_OUTPUTS = (
 _BRANCH_KEEPS = (CONFIG_NAME, WORKING_DIR_NAME, LEDGER_NAME, "runs", "_eval-*", "eval-*")
 
 
-def check_output_dir_writable(output_dir: str) -> None:
-    """The nearest existing ancestor of ``output_dir`` must be a writable folder (nothing is created)."""
-    path = Path(output_dir).expanduser().absolute()
-    probe = path
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` if it exists, else its nearest existing ancestor: where a folder not created yet will
+    be made, so what decides whether it can be written, and on which disk."""
+    probe = Path(path).expanduser().absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    return probe
+
+
+def writable_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path``, or the folder it would be created in, takes new files (nothing is created)."""
+    probe = nearest_existing(path)
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+
+def check_output_dir_writable(output_dir: str) -> None:
+    """The nearest existing ancestor of ``output_dir`` must be a writable folder (nothing is created)."""
+    probe = nearest_existing(output_dir)
     if not probe.is_dir():
         raise RecipeError(f"output_dir {output_dir!r} cannot be created: {str(probe)!r} is a file. Choose another output_dir")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    if not writable_folder(probe):
         raise RecipeError(f"output_dir {output_dir!r} is not writable (no write permission in {str(probe)!r}). "
                           "Choose another output_dir")
 
@@ -208,7 +220,7 @@ def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
         e for e in out.iterdir() if not e.name.startswith("checkpoint-")
         and any(fnmatch.fnmatchcase(e.name, p) for p in RUN_OUTPUTS)
         and not any(fnmatch.fnmatchcase(e.name, p) for p in _BRANCH_KEEPS)]
-    target = _move_aside(out, entries, finished=_finished(out, out / REPLACING))
+    target = _move_aside(out, entries)
     logger.warning("output_dir: resuming checkpoint-%d sets aside the later %s (moved to %s)", step, ", ".join(later),
                    target)
     return target
@@ -250,27 +262,25 @@ def set_aside_previous_run(output_dir: str, keep: Iterable[str | None] = ()) -> 
     if _holds_any((out / REPLACED).resolve(), kept):
         raise RecipeError(f"{out / REPLACED} holds a path this run reads (a checkpoint to resume from?), and setting "
                           "the run here aside would replace it: copy it out of the folder first")
-    target = _move_aside(out, entries, finished=_finished(out, out / REPLACING))
+    target = _move_aside(out, entries)
     logger.warning("output_dir: this run replaces the one in %s; its files were moved to %s", out, target)
     return target
 
 
-def _finished(*folders: Path) -> bool:
-    """Whether ``folders`` (a run's, and the part of it a set-aside cut short moved) hold a finished
-    run: a model and the training state saved after it (not the card, which a run stopped during
-    its final evaluation never writes).
+def _finished(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished run: a model and the training state saved after it (not
+    the card, which a run stopped during its final evaluation never writes).
 
     ``save_pretrained`` writes ``config.json`` before the weights, and a Hub push during training
     copies a checkpoint's model in: neither is a run that finished, and setting one aside must
     not delete the finished run kept in ``_replaced/`` (a retry after a full disk did).
     """
-    return (any((folder / name).is_file() for folder in folders for name in SAVED_AFTER_MODEL)
-            and any((folder / name).exists() for folder in folders for name in MODEL_FILES))
+    return (any((folder / name).is_file() for name in SAVED_AFTER_MODEL)
+            and any((folder / name).exists() for name in MODEL_FILES))
 
 
-def _move_aside(out: Path, entries: list[Path], finished: bool) -> str:
-    """Move ``entries`` into a fresh ``_replaced/``; an unfinished run's into ``_replaced/_unfinished/``
-    when ``_replaced/`` keeps a finished run, which it must not push out.
+def _move_aside(out: Path, entries: list[Path]) -> str:
+    """Move ``entries`` out of the way, as one run, through ``_replacing/`` (see ``_settle``).
 
     The files gather in ``_replacing/``, which replaces the target only once they are all there: a
     move that fails halfway (a permission, a signal) deletes nothing, and the next set-aside moves
@@ -278,13 +288,19 @@ def _move_aside(out: Path, entries: list[Path], finished: bool) -> str:
     """
     staging = out / REPLACING
     if any((staging / entry.name).exists() for entry in entries):  # another run's pending files: theirs first
-        _move_aside(out, [], finished=_finished(staging))
-        finished = _finished(out)
-    keep_finished = not finished and _finished(out / REPLACED)
-    target = out / REPLACED / UNFINISHED if keep_finished else out / REPLACED
+        _settle(out)
     staging.mkdir(exist_ok=True)
     for entry in entries:
         os.replace(entry, staging / entry.name)
+    return _settle(out)
+
+
+def _settle(out: Path) -> str:
+    """Make the run gathered in ``_replacing/`` the one kept in ``_replaced/``; an unfinished run goes
+    to ``_replaced/_unfinished/`` when ``_replaced/`` keeps a finished run, which it must not push out."""
+    staging = out / REPLACING
+    keep_finished = not _finished(staging) and _finished(out / REPLACED)
+    target = out / REPLACED / UNFINISHED if keep_finished else out / REPLACED
     if target.exists():
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -340,11 +356,8 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def _free_bytes(folder: str) -> int:
-    probe = Path(folder).absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
     try:
-        return shutil.disk_usage(probe).free
+        return shutil.disk_usage(nearest_existing(folder)).free
     except OSError:
         return 2**62
 

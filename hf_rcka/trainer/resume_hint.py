@@ -82,7 +82,7 @@ def _command(public: bool = False) -> list[str]:
     entry = os.path.basename(sys.argv[0]) if sys.argv else ""
     if entry == CONSOLE_SCRIPT and launcher == ["python"]:
         return [CONSOLE_SCRIPT]
-    if entry in (CONSOLE_SCRIPT, "__main__.py") and (entry != "__main__.py" or _is_package_main(sys.argv[0])):
+    if entry == CONSOLE_SCRIPT or (sys.argv and _is_package_main(sys.argv[0])):
         return [*launcher, "-m", "hf_rcka"]
     script = sys.argv[0] if entry.endswith("distill.py") else SCRIPT
     return [*launcher, SCRIPT if public and os.path.isabs(script) else script]
@@ -90,8 +90,8 @@ def _command(public: bool = False) -> list[str]:
 
 def _is_package_main(path: str) -> bool:
     """Whether ``path`` is this package's ``__main__.py`` (``python -m hf_rcka``)."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.dirname(os.path.abspath(path)) == here
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.abspath(path) == os.path.join(package, "__main__.py")
 
 
 def secrets_note(argv: Sequence[str]) -> str:
