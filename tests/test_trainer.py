@@ -448,6 +448,31 @@ def test_deit_student_trains_its_distillation_head(tmp_path):
     torch.testing.assert_close(logits, (out.cls_logits + out.distillation_logits) / 2)
 
 
+def test_deit_student_eval_ce_loss_is_that_of_the_logits_it_predicts_with(tmp_path):
+    """DeiT deploys the average of its two heads; the evaluation's cross-entropy measures that, not
+    the class head the training's ce term reads."""
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    torch.manual_seed(0)
+    config = DeiTConfig(image_size=16, patch_size=4, hidden_size=36, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=44, num_labels=3)
+    student = DeiTForImageClassificationWithTeacher(config)
+    with torch.no_grad():  # heads that disagree, so the two cross-entropies differ
+        student.distillation_classifier.weight.mul_(20)
+    evaluation = pixel_dataset(6, seed=3)
+    args = make_args(tmp_path, max_steps=1, losses=[{"name": "ce", "weight": 0.5},
+                                                   {"name": "deit_token", "weight": 0.5, "mode": "hard"}])
+    trainer = make_trainer(args, student=student, evaluation=evaluation)
+    metrics = trainer.evaluate()
+    batch = evaluation[:]
+    with torch.no_grad():
+        out = student.eval()(pixel_values=batch["pixel_values"])
+    deployed = torch.nn.functional.cross_entropy(out.logits, batch["labels"]).item()
+    class_head = torch.nn.functional.cross_entropy(out.cls_logits, batch["labels"]).item()
+    assert abs(deployed - class_head) > 0.05
+    assert metrics["eval_ce_loss"] == pytest.approx(0.5 * deployed, rel=1e-4)  # terms are logged weighted
+
+
 def test_timm_distilled_deit_trains_its_distillation_head_and_predicts_with_both(tmp_path):
     """timm's distilled DeiT (DeiT's own model) as the deit_token student: the class head learns from
     the labels, the distillation head from the teacher, and the export averages both, as DeiT does."""

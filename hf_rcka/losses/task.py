@@ -16,7 +16,8 @@ class CrossEntropyLoss(DistillationLoss):
 
     With ``label_smoothing`` unset the trainer uses ``TrainingArguments.label_smoothing_factor``,
     so recipes written for plain ``Trainer`` behave the same. For DeiT students this is the CLS
-    head's term (the distillation head is trained by ``deit_token``).
+    head's term in training (the distillation head is trained by ``deit_token``); in evaluation it
+    is taken on the logits the model predicts with, the average of both heads as DeiT deploys it.
 
     Under Mixup/CutMix the labels are (B, P) soft targets into which the trainer has already
     folded this loss's ``label_smoothing`` (timm's ``Mixup(label_smoothing=...)``): the loss is then

@@ -252,6 +252,8 @@ class DistillationModel(nn.Module):
         if heads is None and self.split_heads and getattr(student_out, "distillation_logits", None) is not None:
             heads = (student_out.cls_logits, student_out.distillation_logits)  # DeiTForImageClassificationWithTeacher
         task_logits, distillation_logits = heads or (logits, None)
+        if not self.training:  # evaluation measures what is deployed: both heads averaged, for DeiT
+            task_logits = logits
         inputs = LossInputs(
             student_logits=task_logits,
             labels=labels,
