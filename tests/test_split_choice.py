@@ -59,6 +59,19 @@ def test_a_carved_split_says_which_splits_went_unused(tmp_path, caplog):
     assert "all of train is evaluated" in caplog.text and "carved" not in caplog.text
 
 
+def test_one_saved_dataset_is_the_train_split_and_its_validation_is_carved(tmp_path, caplog):
+    """load_dataset refuses a folder that Dataset.save_to_disk wrote ("use load_from_disk")."""
+    folder = str(tmp_path / "saved")
+    _split(40).save_to_disk(folder)
+    with caplog.at_level(logging.INFO, logger="hf_rcka"):
+        raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    assert raw.carved and len(raw["train"]) + len(raw["validation"]) == 40
+    assert raw["train"].features["label"].names == NAMES
+    assert "one dataset saved with save_to_disk" in caplog.text
+    with pytest.raises(DataError, match="has no configurations; remove dataset_config_name"):
+        load_raw_datasets(DataArguments(dataset_name=folder, dataset_config_name="default"))
+
+
 def test_a_train_val_split_the_data_makes_unused_is_said(tmp_path, caplog):
     folder = _hub_folder(tmp_path / "d", {"train": _split(30), "valid": _split(9, 1)})
     with caplog.at_level(logging.INFO, logger="hf_rcka"):

@@ -79,6 +79,9 @@ def _load_source(args: DataArguments) -> datasets.DatasetDict:
     if args.dataset_name == DIGITS:
         return datasets.DatasetDict({"train": digits_dataset()})
     if args.dataset_name is not None:
+        saved = _one_saved_dataset(args.dataset_name, args.dataset_config_name)
+        if saved is not None:
+            return saved
         builder = _builder(args.dataset_name, args.dataset_config_name)
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
         files = parquet_split_files(builder)
@@ -88,6 +91,22 @@ def _load_source(args: DataArguments) -> datasets.DatasetDict:
     if args.validation_dir:
         data_files["validation"] = f"{glob.escape(args.validation_dir)}/**"
     return datasets.load_dataset("imagefolder", data_files=data_files)
+
+
+def _one_saved_dataset(path: str, config: str | None) -> datasets.DatasetDict | None:
+    """A folder written by ``Dataset.save_to_disk`` (one dataset, not a ``DatasetDict``), as its
+    ``train`` split: ``load_dataset`` refuses such a folder and says to call ``load_from_disk``,
+    which a recipe cannot. Like ``train_dir`` without ``validation_dir``, its validation split is
+    then carved from it (``train_val_split``)."""
+    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "state.json"))):
+        return None  # a DatasetDict's folder has dataset_dict.json, which load_dataset reads
+    if config is not None:
+        raise DataError(f"dataset_config_name {config!r}: dataset_name {path!r} is one dataset saved with "
+                        "save_to_disk, which has no configurations; remove dataset_config_name")
+    dataset = datasets.load_from_disk(path)
+    logger.info("data: %s holds one dataset saved with save_to_disk (%d rows): it is the train split", path,
+                len(dataset))
+    return datasets.DatasetDict({"train": dataset})
 
 
 def _evaluation_split(raw: datasets.DatasetDict, validation: str | None, args: DataArguments,
