@@ -1292,6 +1292,21 @@ def test_flags_without_a_recipe_say_the_recipe_comes_first(capsys):
     assert "the recipe file comes first" in capsys.readouterr().err
 
 
+def test_hints_name_the_command_that_was_run(capsys, monkeypatch, tmp_path):
+    """A pip-installed user has no scripts/distill.py: the hints name the command they ran."""
+    monkeypatch.setattr("sys.argv", ["/home/alice/venv/bin/hf-rcka-distill"])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["--do_train", "false"]) == 2
+    line = error_of(capsys)
+    assert "hf-rcka-distill RECIPE.yaml" in line and "hf-rcka-distill OUT/distill_config.yaml" in line
+    assert "scripts/distill.py" not in line
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_name_or_path: config:vit\nzzqx_unknown: 1\n")
+    assert main([str(recipe)]) == 2
+    line = error_of(capsys)
+    assert "no key is close; hf-rcka-distill --help lists them all" in line
+
+
 # ------------------------------------------------------------------ label columns that are no classes
 
 def _parquet_dataset(folder: Path, train: dict, validation: dict | None = None, train_features=None,

@@ -16,7 +16,7 @@ from typing import Sequence
 from ..distributed import close_process_group
 from ..errors import RecipeError, UserError
 from ..trainer.interrupt import GracefulStop, Interrupted
-from ..trainer.resume_hint import Stopped, relaunch_command, secrets_note
+from ..trainer.resume_hint import Stopped, entry_command, relaunch_command, secrets_note
 from .help import USAGE, losses_help, recipe_help
 from .job import run
 from .recipe import build_arguments, load_recipe, parse_cli_overrides, resolve_values
@@ -82,9 +82,10 @@ def _interrupted_message(name: str, stop: GracefulStop, argv: list[str]) -> str:
 def _run_recipe(argv: list[str], stop: GracefulStop) -> None:
     """``argv[0]`` is the recipe, the rest its ``--key value`` overrides."""
     if argv[0].startswith("--"):  # flags alone: there is no recipe-less mode to fall back on
-        raise RecipeError(f"the recipe file comes first, then its overrides: scripts/distill.py RECIPE.yaml "
+        command = entry_command()
+        raise RecipeError(f"the recipe file comes first, then its overrides: {command} RECIPE.yaml "
                           f"[--key value ...] (got {argv[0]!r} first). To evaluate a trained run folder OUT: "
-                          "scripts/distill.py OUT/distill_config.yaml --do_train false --model_name_or_path OUT")
+                          f"{command} OUT/distill_config.yaml --do_train false --model_name_or_path OUT")
     recipe = resolve_values(load_recipe(argv[0]), parse_cli_overrides(argv[1:]))
     if recipe.get("smoke_test"):
         run_smoke_test(recipe)

@@ -23,6 +23,7 @@ from ..arguments import ARGUMENT_CLASSES, SECRET_KEYS, DataArguments, Distillati
 from ..errors import RecipeError
 from ..file_writes import replacing
 from ..registry import close_matches
+from ..trainer.resume_hint import entry_command
 from .coercion import coerce, coerce_feature_pairs, coerce_losses, is_text
 
 Arguments = tuple[ModelArguments, DataArguments, DistillationTrainingArguments]
@@ -224,7 +225,7 @@ def _key_hint(key: str, keys: list[str]) -> str:
     if key in _KEY_HINTS:
         return _KEY_HINTS[key]
     hint = close_matches(key, keys)
-    return hint if hint.startswith("did you mean") else "no key is close; scripts/distill.py --help lists them all"
+    return hint if hint.startswith("did you mean") else f"no key is close; {entry_command()} --help lists them all"
 
 
 def build_arguments(values: dict[str, Any]) -> Arguments:

@@ -71,6 +71,11 @@ def launch_command(recipe: str, *flags: str) -> str:
     return shlex.join([*_command(public=True), recipe, *flags])
 
 
+def entry_command() -> str:
+    """The launcher and entry point this run was started with, for hints that show a command."""
+    return shlex.join(_command(public=True))
+
+
 def _command(public: bool = False) -> list[str]:
     """The launcher and the entry point this run was started with.
 
