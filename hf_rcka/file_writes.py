@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 # Names that start with "_" stay out of Hub uploads and are no run's output (see cli.output_folder).
-_PREFIX = "_writing-"
+TEMPORARY_PREFIX = "_writing-"
 
 
 @contextlib.contextmanager
@@ -27,7 +27,7 @@ def replacing(path: str | os.PathLike, newline: str | None = None) -> Iterator[T
     would leave it readable by its owner alone.
     """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=_PREFIX + path.name + ".")
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX + path.name + ".")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
             yield handle

@@ -408,3 +408,29 @@ def test_a_set_aside_left_pending_is_completed_before_anything_else(tmp_path):
     assert set_aside_previous_run(str(out)) == str(out / REPLACED)
     assert (out / REPLACED / "checkpoint-2" / "tag").read_text() == "run 3"
     assert sorted(p.name for p in out.iterdir()) == [REPLACED]
+
+
+@pytest.mark.parametrize("where", [REPLACED, f"{REPLACED}/{UNFINISHED}"])
+def test_a_set_aside_folder_that_is_a_link_is_refused_before_anything_loads(tmp_path, where):
+    """A symbolic link at _replaced ended in rmtree's traceback after the models had loaded."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    _fake_run(out, [2], finished=True, tag="run 1")
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("someone's")
+    (out / where).parent.mkdir(parents=True, exist_ok=True)
+    (out / where).symlink_to(elsewhere, target_is_directory=True)
+    args = SimpleNamespace(do_train=True, output_dir=str(out), overwrite_output_dir=True)
+    with pytest.raises(RecipeError, match=f"{where} is a symbolic link: with overwrite_output_dir"):
+        check_output_dir(args, None)
+    assert (elsewhere / "keep.txt").read_text() == "someone's"
+    assert (out / "model.safetensors").read_text() == "run 1"
+
+
+def test_a_write_cut_short_by_a_kill_is_set_aside_with_its_run(tmp_path):
+    """A SIGKILL in the middle of a card's atomic write left its temporary file for good."""
+    out = tmp_path / "out"
+    _fake_run(out, [2], finished=True, tag="run 1")
+    (out / "_writing-README.md.x1y2").write_text("half a card")
+    set_aside_previous_run(str(out))
+    assert not list(out.glob("_writing-*"))
+    assert (out / REPLACED / "_writing-README.md.x1y2").read_text() == "half a card"

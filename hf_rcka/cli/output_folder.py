@@ -38,6 +38,7 @@ from pathlib import Path
 from ..arguments import DistillationTrainingArguments
 from ..data.bad_images import LEDGER_NAME
 from ..errors import OutputWriteError, RecipeError, UserError
+from ..file_writes import TEMPORARY_PREFIX
 from ..trainer.checkpointing import checkpoint_step
 from .records import CONFIG_NAME, WORKING_DIR_NAME
 
@@ -58,6 +59,7 @@ RUN_OUTPUTS = (
     "config.json", "preprocessor_config.json", "training_args.bin", "trainer_state.json", "all_results.json",
     "train_results.json", "eval_results.json", "README.md", CONFIG_NAME, WORKING_DIR_NAME,
     LEDGER_NAME, "skipped_images.tsv", "cka.png", "cka.md",  # skipped_images.tsv: the ledger's older name
+    TEMPORARY_PREFIX + "*",  # a card or record whose write a SIGKILL cut short
 )
 # What a resumed run keeps from the branch it abandons: its recipe, the folder it ran in, its logs
 # and image ledger (the resumed run writes them on), and evaluation-only records.
@@ -132,6 +134,7 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
             "overwrite with its model card and processor: choose an empty output_dir, or move them"
         )
     if args.overwrite_output_dir:
+        _check_set_aside_folders(Path(args.output_dir))
         return
     if resume is None and holds_run(args.output_dir):
         raise RecipeError(
@@ -151,6 +154,16 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
             "run resumes from: they would be left among its checkpoints (resume_from_checkpoint: true picks the last). "
             "Pass --overwrite_output_dir true to set them aside, or resume into a new output_dir"
         )
+
+
+def _check_set_aside_folders(out: Path) -> None:
+    """The folders a set-aside moves the earlier run into must be folders of ``output_dir`` itself:
+    a symbolic link would be replaced (or refused by ``rmtree``) after the models have loaded."""
+    for folder in (out / REPLACING, out / REPLACED, out / REPLACED / UNFINISHED):
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            kind = "a symbolic link" if folder.is_symlink() else "not a folder"
+            raise RecipeError(f"{folder} is {kind}: with overwrite_output_dir the earlier run is set aside there, "
+                              "and it must be a folder of output_dir itself. Move it away, or choose another output_dir")
 
 
 # Files a run writes at its end whatever the folder holds; in a folder without a run (no model, no
