@@ -131,3 +131,19 @@ def test_building_the_adapters_draws_nothing_from_the_global_random_stream():
         after.append(torch.rand(3))
     assert model.adapters[0].sample_channels is None
     torch.testing.assert_close(after[0], after[1])
+
+
+def test_train_mode_reaches_everything_but_the_teacher_without_walking_it_each_step(monkeypatch):
+    model = _model(FeatureCKALoss())
+    model.train()
+    assert all(m.training for m in model.student.modules()) and all(m.training for m in model.adapters.modules())
+    assert not any(m.training for m in model.teacher.modules())
+    model.teacher.train()  # someone switched it: the next train() puts every teacher module back
+    model.train()
+    assert not any(m.training for m in model.teacher.modules())
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    walked = []
+    monkeypatch.setattr(type(model.teacher), "train", lambda self, mode=True: walked.append(mode) or self)
+    model.train()  # Trainer calls this every step: a teacher in eval mode is not walked
+    assert walked == [] and model.student.training
