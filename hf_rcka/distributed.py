@@ -41,17 +41,41 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[:size] for part, size in zip(parts, sizes)], dim=0)
 
 
-def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+def any_rank(flag: bool, device: torch.device | str = "cpu", group: object = None) -> bool:
     """True on every rank when ``flag`` is true on at least one.
 
     Lets all ranks take the same decision at the same step (stop, save): a rank that stopped
-    alone would leave the others waiting forever in the next collective.
+    alone would leave the others waiting forever in the next collective. With ``group`` (see
+    :func:`host_group`) the flag stays on the host.
     """
     if world_size() == 1:
         return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    value = torch.tensor([1.0 if flag else 0.0], device="cpu" if group is not None else device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
     return bool(value.item() > 0)
+
+
+def _default_backend() -> str:
+    return dist.get_backend()
+
+
+_host_groups: list[tuple[object, object]] = []  # (default group, its gloo twin): a later setup gets its own
+
+
+def host_group() -> object:
+    """A gloo group over every rank, for decisions taken on the host at every step (the stop signal).
+
+    On an accelerator the default group's all_reduce needs a device tensor, and reading it back
+    waits for every kernel queued before it: once a step, that drains the queue the next step's
+    host work would overlap. A CPU tensor in a gloo group is exchanged between the hosts alone.
+    Made on first use, which must come at the same point on every rank (``new_group`` is collective).
+    """
+    world = dist.group.WORLD
+    if _default_backend() == "gloo":
+        return world
+    if not _host_groups or _host_groups[0][0] is not world:
+        _host_groups[:] = [(world, dist.new_group(backend="gloo"))]
+    return _host_groups[0][1]
 
 
 def from_rank0(value: object) -> object:
@@ -74,5 +98,6 @@ def close_process_group() -> None:
     joinable ("terminate called without an active exception"): a finished run's process then
     aborts (exit -6) and the launcher reports the whole run as failed.
     """
+    _host_groups.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

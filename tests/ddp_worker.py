@@ -8,17 +8,22 @@ by pytest.
 
 import json
 import os
+import signal
 import sys
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit  # noqa: E402
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
 from hf_rcka.augmentation import AugmentationArguments  # noqa: E402
+from hf_rcka import distributed  # noqa: E402
 from hf_rcka.distributed import world_size  # noqa: E402
+from hf_rcka.trainer.interrupt import GracefulStop  # noqa: E402
 
 
 def main(out: str) -> None:
@@ -74,7 +79,7 @@ def main(out: str) -> None:
     with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
         json.dump({"world_size": world_size(), "log_history": trainer.state.log_history, "ids": ids,
                    "bn_learning_rate": bn_args.learning_rate, "draw": draw, "shuffled_ids": shuffled,
-                   **padded_evaluation(out), **teacher_check_on_a_small_set(out)}, handle)
+                   **padded_evaluation(out), **teacher_check_on_a_small_set(out), **stop_on_one_rank(out)}, handle)
 
 
 def padded_evaluation(out: str) -> dict:
@@ -105,6 +110,34 @@ def padded_evaluation(out: str) -> dict:
                 sums[name] = sums.get(name, 0.0) + float(value) * (stop - start)
                 counts[name] = counts.get(name, 0) + stop - start
     return {"padded_metrics": metrics, "one_process_terms": {name: sums[name] / counts[name] for name in sums}}
+
+
+class _SignalOnRank1(TrainerCallback):
+    """A signal that reached rank 1 alone, during step 2 (set before the stop reads it)."""
+
+    def __init__(self, stop: GracefulStop) -> None:
+        self.stop = stop
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 2 and torch.distributed.get_rank() == 1:
+            self.stop.signum = signal.SIGTERM
+
+
+def stop_on_one_rank(out: str) -> dict:
+    """Both ranks stop after the step in which one of them got the signal (the other waited forever)."""
+    args = DistillationTrainingArguments(
+        output_dir=os.path.join(out, "stopped"), max_steps=5, per_device_train_batch_size=5, report_to="none",
+        use_cpu=True, ddp_backend="gloo", save_strategy="no", teacher_accuracy_check="off", losses=[{"name": "ce"}],
+    )
+    stop = GracefulStop()
+    trainer = DistillationTrainer(model=tiny_resnet(), args=args, train_dataset=pixel_dataset(40, seed=0),
+                                  processing_class=processor(16), callbacks=[_SignalOnRank1(stop), stop])
+    # the flag goes through a gloo group of its own, as it does beside a GPU's default (nccl) group
+    with mock.patch.object(distributed, "_default_backend", return_value="nccl"):
+        trainer.train()
+        own_group = distributed.host_group() is not torch.distributed.group.WORLD
+    return {"stopped_at": stop.stopped_at, "stop_signum": stop.signum, "stopped_step": trainer.state.global_step,
+            "host_group_of_its_own": own_group}
 
 
 def teacher_check_on_a_small_set(out: str) -> dict:

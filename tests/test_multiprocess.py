@@ -75,3 +75,8 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
         metrics, expected = log["padded_metrics"], log["one_process_terms"]
         assert {name: metrics[f"eval_{name}_loss"] for name in expected} == pytest.approx(expected, rel=1e-4)
         assert metrics["eval_loss"] == pytest.approx(sum(expected.values()), rel=1e-4)
+    # a signal that reached one rank stops both after the same step, with a checkpoint
+    assert [(log["stopped_at"], log["stopped_step"]) for log in logs] == [(2, 2), (2, 2)]
+    assert [log["stop_signum"] for log in logs] == [15, 15]
+    assert all(log["host_group_of_its_own"] for log in logs)
+    assert (tmp_path / "stopped" / "checkpoint-2").is_dir()

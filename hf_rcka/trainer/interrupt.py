@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from transformers import TrainerCallback
 
-from ..distributed import any_rank
+from ..distributed import any_rank, host_group, world_size
 from .checkpointing import checkpoint_folder
 from .resume_hint import Stopped
 
@@ -115,7 +115,7 @@ class GracefulStop(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
         self.updating = False
-        if any_rank(self.signum is not None, args.device):
+        if any_rank(self.signum is not None, group=host_group() if world_size() > 1 else None):
             self.signum = self.signum or signal.SIGTERM  # a rank that got no signal stops for the others
             self.stopped_at = state.global_step
             control.should_save = True
