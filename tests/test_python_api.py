@@ -3,6 +3,8 @@ checks what it loads. Each case below trained to the end (or failed after traini
 
 from __future__ import annotations
 
+import logging
+
 import datasets
 import numpy as np
 import pytest
@@ -307,6 +309,23 @@ def test_an_optimizer_that_leaves_out_the_projectors_is_refused(tmp_path):
         build(args, student, tiny_resnet(), optimizers=(torch.optim.AdamW(student.parameters()), None))
     ready = build_distillation_model(tiny_vit(), tiny_resnet(), args)
     build(args, ready, optimizers=(torch.optim.AdamW(ready.parameters()), None))
+
+
+def test_a_refused_trainer_leaves_the_teacher_as_it_was(tmp_path, caplog):
+    """A typo refused the trainer after the teacher was realigned, frozen and cast to bfloat16; the
+    corrected run then trained with a bfloat16 teacher it had not asked for, without a word."""
+    teacher = named(tiny_resnet(), ["c", "a", "b"])
+    student = named(tiny_resnet(), ["a", "b", "c"])  # HF ResNet: no activation checkpointing
+    for wrong, error in (({"metric_for_best_model": "top5_acuracy"}, RecipeError),
+                         ({"activation_checkpointing": True}, ModelError)):
+        with pytest.raises(error):
+            build(make_args(tmp_path, teacher_dtype="bfloat16", **wrong), student, teacher)
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in teacher.parameters()) and teacher.training
+    assert teacher.config.id2label == {0: "c", 1: "a", 2: "b"} and not teacher._forward_hooks
+    teacher.to(torch.bfloat16)  # given in half precision on purpose, or reused: the run says so
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        build(make_args(tmp_path), student, teacher)
+    assert "its weights are torch.bfloat16 and teacher_dtype is unset" in caplog.text
 
 
 def test_what_the_trainer_cannot_use_is_refused(tmp_path):

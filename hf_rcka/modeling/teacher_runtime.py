@@ -19,11 +19,14 @@ settings bring the teacher's part down to that forward:
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 TEACHER_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -63,6 +66,10 @@ class TeacherRuntime:
         # under FSDP mixed precision the wrapper's inputs arrive in bf16 while the (unsharded) teacher
         # stays as loaded; outside autocast (evaluation) a conv of mixed dtypes fails
         self.input_dtype = next(teacher.parameters()).dtype
+        if self.dtype is None and self.input_dtype in (torch.float16, torch.bfloat16):
+            logger.warning("teacher: its weights are %s and teacher_dtype is unset, so it runs in %s (a teacher object "
+                           "given to an earlier trainer with teacher_dtype keeps that precision: load it again for "
+                           "float32)", self.input_dtype, self.input_dtype)
         if self.channels_last:
             teacher.to(memory_format=torch.channels_last)
             teacher.register_state_dict_post_hook(standard_layout_state)

@@ -52,7 +52,7 @@ from .weight_decay import model_no_weight_decay
 from ..losses import IGNORE_INDEX, DistillationLoss
 from .metrics import accuracy_metrics, check_metric_for_best_model
 from ..data.mixing import build_mixup, mix_batch
-from ..modeling.assembly import build_distillation_model, switched_off
+from ..modeling.assembly import build_distillation_model, build_losses, run_loss_specs, switched_off
 from ..modeling.distillation_model import DistillationModel
 from ..models.labels import BY_NAME
 from ..modeling.parallel import (
@@ -102,22 +102,30 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     datasets = (kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
     if isinstance(model, DistillationModel):
         check_ready_model(model, teacher, teacher_processor, args, mapping, datasets)
+        _check_settings(model.student, model.losses.values(), args, kwargs)
     else:
         first_item = check_columns(*datasets, collator_given=kwargs.get("data_collator") is not None)
         check_models(model, teacher, args, kwargs.get("processing_class"), teacher_processor, first_item)
+        # before the teacher is realigned, frozen and cast: a refused trainer leaves it as it was
+        _check_settings(model, build_losses(run_loss_specs(args, teacher is not None)), args, kwargs)
         check_labels(model, teacher, args, datasets, mapping)
         model = build_distillation_model(
             model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
             _stats_or_none(teacher_processor) if teacher is not None else None,
         )
     check_optimizer(model, kwargs.get("optimizers"))
-    check_activation_checkpointing(model.student, args)
+    return model
+
+
+def _check_settings(student: Any, losses: Iterable[DistillationLoss], args: TrainingArguments,
+                    kwargs: dict[str, Any]) -> None:
+    """The settings that need the student and the losses' names only (not the built model)."""
+    check_activation_checkpointing(student, args)
     if kwargs.get("compute_metrics") is None:  # a caller's own compute_metrics may report any name
         eval_dataset = kwargs.get("eval_dataset")
-        check_metric_for_best_model(args, model.losses.values(), model.student.config.num_labels,
+        check_metric_for_best_model(args, losses, student.config.num_labels,
                                     switched_off(getattr(args, "losses", None) or []),
                                     list(eval_dataset) if isinstance(eval_dataset, dict) else None)
-    return model
 
 
 _MODEL_INPUTS = set(inspect.signature(DistillationModel.forward).parameters) - {"self"}  # what a batch may hold
