@@ -25,12 +25,13 @@ class FakeHub:
     """transformers' shared HfApi: an upload copies the folder (minus its ignore patterns) into a commit."""
 
     def __init__(self, root: Path, fail: Exception | None = None):
-        self.root, self.fail, self.commits = root, fail, []
+        self.root, self.fail, self.commits, self.tokens = root, fail, [], []
 
     def create_repo(self, repo_id, **kwargs):
         return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
 
     def upload_folder(self, repo_id, folder_path, ignore_patterns=(), commit_message=None, run_as_future=False, **kwargs):
+        self.tokens.append(kwargs.get("token"))
         if self.fail is not None and run_as_future:  # HfApi's background upload fails in its future
             failed = concurrent.futures.Future()
             failed.set_exception(self.fail)
@@ -54,8 +55,7 @@ def hub(monkeypatch, tmp_path):
 
     fake = FakeHub(tmp_path / "hub")
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
-    monkeypatch.setenv("HF_TOKEN", "the machine's own")  # restored after the test: the run moves hub_token here
-    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr("hf_rcka.cli.model_sources.whoami", lambda token: {"name": "someone"})
     return fake
@@ -97,7 +97,8 @@ def test_the_final_upload_comes_once_with_the_card_and_no_file_holds_the_token(t
     assert "hub_token" not in yaml.safe_load((final / "distill_config.yaml").read_text())
     assert torch.load(final / "training_args.bin", weights_only=False).hub_token is None
     assert "eval_accuracy" in (final / "all_results.json").read_text(), "uploaded before the final evaluation"
-    assert os.environ["HF_TOKEN"] == TOKEN, "uploads use the recipe's token from the environment"
+    assert hub.tokens and all(token == TOKEN for token in hub.tokens), "every upload uses the recipe's token"
+    assert "HF_TOKEN" not in os.environ, "the process's own token (a notebook's login) is left alone"
 
 
 @pytest.mark.parametrize("strategy", ["end", "every_save"])

@@ -67,3 +67,24 @@ def test_a_timm_checkpoint_cannot_point_timm_at_a_file_elsewhere(tmp_path):
         _checkpoint_config(TimmWrapperForImageClassification, str(tmp_path / "checkpoint-2"))
     TimmWrapperConfig(architecture="resnet18", num_labels=3, model_args={"depth": 2}).save_pretrained(tmp_path / "ok")
     assert _checkpoint_config(TimmWrapperForImageClassification, str(tmp_path / "ok")).model_args == {"depth": 2}
+
+
+def test_the_hub_token_stays_on_the_trainers_args_and_out_of_the_process_and_its_files(tmp_path, monkeypatch):
+    """hub_token was moved into HF_TOKEN for the whole process: every later Hub call of a notebook
+    used it, even after the trainer was refused."""
+    import copy
+    import io
+    import os
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    args = _args(tmp_path, "run", hub_token="hf_SECRET")
+    trainer = _trainer(args)
+    assert "HF_TOKEN" not in os.environ and args.hub_token == "hf_SECRET"
+    token = trainer.args.hub_token
+    assert token == "hf_SECRET" and f"{token}" == "hf_SECRET"  # what transformers hands huggingface_hub
+    assert copy.copy(token) == copy.deepcopy(token) == "hf_SECRET" and "hf_SECRET" not in repr(token)
+    saved = io.BytesIO()
+    torch.save(trainer.args, saved)
+    assert b"hf_SECRET" not in saved.getvalue()
+    saved.seek(0)
+    assert torch.load(saved, weights_only=False).hub_token is None

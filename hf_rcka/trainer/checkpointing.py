@@ -207,21 +207,39 @@ def checkpoint_step(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+class HubToken(str):
+    """``hub_token``'s value, which never leaves memory: pickled (``training_args.bin``) or copied
+    deeply it becomes None, and its ``repr`` hides it; as a string it is the token itself."""
+
+    def __reduce__(self) -> tuple:
+        return type(None), ()
+
+    def __copy__(self) -> "HubToken":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "HubToken":
+        return self
+
+    def __repr__(self) -> str:
+        return "'<hub_token>'"
+
+
 def keep_token_out_of_files(args: Any) -> None:
-    """Move ``hub_token`` from ``args`` to ``HF_TOKEN``, which huggingface_hub reads at each request.
+    """Keep ``hub_token`` on ``args``, where transformers reads it for its uploads, as a
+    :class:`HubToken`, which no file gets.
 
     transformers pickles the whole ``args`` into ``training_args.bin`` (in ``_save`` and again in
     ``_push_from_checkpoint``), and ``push_to_hub`` uploads it: the token was published with every
-    pushed checkpoint. With it in the process's environment only, uploads still use it.
+    pushed checkpoint. Moving it into ``HF_TOKEN`` instead changed the caller's whole process: every
+    later Hub call of a notebook used it, even after the trainer was refused.
     """
     token = getattr(args, "hub_token", None)
-    if token:
-        os.environ["HF_TOKEN"] = token
-        args.hub_token = None
+    if token and not isinstance(token, HubToken):
+        args.hub_token = HubToken(token)
 
 
 __all__ = [
     "BATCH_RECORD_NAME", "LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "ResumedRate", "checkpoint_folder",
     "checkpoint_step",
-    "holds_training_state", "keep_token_out_of_files",
+    "holds_training_state", "HubToken", "keep_token_out_of_files",
 ]
