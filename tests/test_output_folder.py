@@ -434,3 +434,27 @@ def test_a_write_cut_short_by_a_kill_is_set_aside_with_its_run(tmp_path):
     set_aside_previous_run(str(out))
     assert not list(out.glob("_writing-*"))
     assert (out / REPLACED / "_writing-README.md.x1y2").read_text() == "half a card"
+
+
+def test_a_second_training_run_in_a_folder_in_use_is_refused(tmp_path, capsys):
+    """Two runs started in one folder both exited 0: one's model and card next to the other's
+    recorded recipe, the other's model lost."""
+    from hf_rcka.cli.output_folder import training_alone_in
+
+    out = tmp_path / "out"
+    with training_alone_in(str(out)):  # the first run, still training
+        assert _run(tmp_path, max_steps=2) == 2
+    assert "is in use by another training run (it holds the folder's lock)" in capsys.readouterr().err
+    assert not out.exists(), "the folder made for the lock is not left behind"
+    assert _run(tmp_path, max_steps=2) == 0  # once it has ended
+
+
+def test_evaluations_started_together_each_get_their_own_record_folder(tmp_path):
+    from hf_rcka.cli.records import drop_empty_record, eval_record_dir
+
+    first, second = eval_record_dir(str(tmp_path)), eval_record_dir(str(tmp_path))
+    assert first != second and Path(first).is_dir() and Path(second).is_dir()
+    drop_empty_record(first)
+    (Path(second) / "eval_results.json").write_text("{}")
+    drop_empty_record(second)
+    assert not Path(first).exists() and Path(second).is_dir()

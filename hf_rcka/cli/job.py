@@ -45,10 +45,12 @@ from .resume_checks import (
 )
 from .output_folder import (
     check_output_dir, drop_stale_export, holds_run, later_checkpoints, resumes_in, said_write_errors,
-    set_aside_abandoned_branch, set_aside_previous_run,
+    set_aside_abandoned_branch, set_aside_previous_run, training_alone_in,
 )
 from .probes import probe_student
-from .records import CONFIG_NAME, RecipeRecord, drop_stale_evaluation, eval_record_dir, write_eval_record
+from .records import (
+    CONFIG_NAME, RecipeRecord, drop_empty_record, drop_stale_evaluation, eval_record_dir, write_eval_record,
+)
 from .teacher_data import check_teacher_data, held_out_by
 from .run_inputs import align_teacher, checkpoint_labels, load_data, model_error, student_labels
 
@@ -73,8 +75,23 @@ def run(
     explicit = recipe if recipe is not None else {}
     args.do_train = explicit.get("do_train", RUN_DEFAULTS["do_train"])
     args.do_eval = explicit.get("do_eval", RUN_DEFAULTS["do_eval"])
-    resume = _check_before_loading(model_args, data_args, args, explicit)
-    record_dir = args.output_dir if args.do_train else from_rank0(eval_record_dir(args.output_dir))  # one folder
+    main_process = args.process_index == 0
+    with training_alone_in(args.output_dir) if args.do_train and main_process else contextlib.nullcontext():
+        resume = _check_before_loading(model_args, data_args, args, explicit)
+        if args.do_train:
+            return _run(model_args, data_args, args, recipe, stop, argv, resume, args.output_dir)
+    record_dir = from_rank0(eval_record_dir(args.output_dir) if main_process else None)  # one folder
+    try:
+        return _run(model_args, data_args, args, recipe, stop, argv, resume, record_dir)
+    finally:
+        if main_process:
+            drop_empty_record(record_dir)
+
+
+def _run(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
+         recipe: dict | None, stop: GracefulStop | None, argv: Sequence[str], resume: str | None,
+         record_dir: str) -> dict:
+    """``run`` once the checks before loading have passed: build, then train and/or evaluate."""
     trainer, skipped, moved = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
     _transformers_levels(args)
     if not args.do_train:

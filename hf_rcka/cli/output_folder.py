@@ -35,6 +35,11 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: runs started in one folder at once are not kept apart
+    fcntl = None
+
 from ..arguments import DistillationTrainingArguments
 from ..data.bad_images import LEDGER_NAME
 from ..errors import OutputWriteError, RecipeError, UserError
@@ -120,6 +125,42 @@ def _local_folders(settings: dict[str, str | None]) -> Iterator[tuple[str, str, 
     for key, value in settings.items():
         if value and os.path.isdir(os.path.expanduser(value)):
             yield key, value, Path(value).expanduser().resolve()
+
+
+@contextlib.contextmanager
+def training_alone_in(output_dir: str) -> Iterator[None]:
+    """Hold ``output_dir`` for one training run: a second one started there meanwhile is refused.
+
+    Two runs in one folder both exited 0, one's model and card beside the other's recorded
+    recipe, and the other's model lost. The lock is ``flock`` on the folder itself (no file is
+    left behind; it goes when the process ends, however it ends). A folder made here for the lock
+    is removed again if the run leaves it empty. Where the file system has no locks (some network
+    file systems), runs are not kept apart.
+    """
+    if fcntl is None:
+        yield
+        return
+    made = not os.path.isdir(output_dir)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        descriptor = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:  # not writable: check_output_dir_writable has said so, or the Trainer will
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RecipeError(f"output_dir {output_dir!r} is in use by another training run (it holds the folder's "
+                              "lock): wait for it to end, or choose another output_dir") from None
+        except OSError as err:
+            logger.debug("output_dir: no lock on %s (%s): runs started there at once are not kept apart", output_dir, err)
+        yield
+    finally:
+        os.close(descriptor)
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(output_dir)  # only if empty
 
 
 def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:

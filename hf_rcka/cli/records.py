@@ -15,6 +15,7 @@ data settings, with its relative paths read from the folder its run ran in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -39,13 +40,25 @@ EVAL_RESULTS_NAME = "eval_results.json"
 
 
 def eval_record_dir(output_dir: str) -> str:
-    """A new ``output_dir/_eval-YYYYmmdd-HHMMSS[-k]`` folder name (created when written to)."""
+    """A new ``output_dir/_eval-YYYYmmdd-HHMMSS[-k]`` folder, made here: two evaluations started in
+    the same second each get their own (picked by name alone, both wrote into one, and the later
+    record replaced the other's). ``drop_empty_record`` removes it if the run writes nothing."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    os.makedirs(output_dir, exist_ok=True)
     folder, k = os.path.join(output_dir, f"{EVAL_RECORD_PREFIX}{stamp}"), 1
-    while os.path.exists(folder):
-        k += 1
-        folder = os.path.join(output_dir, f"{EVAL_RECORD_PREFIX}{stamp}-{k}")
-    return folder
+    while True:
+        try:
+            os.mkdir(folder)
+            return folder
+        except FileExistsError:
+            k += 1
+            folder = os.path.join(output_dir, f"{EVAL_RECORD_PREFIX}{stamp}-{k}")
+
+
+def drop_empty_record(folder: str) -> None:
+    """Remove an evaluation-only run's folder that it left empty (it was refused or failed)."""
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
 
 
 def write_eval_record(folder: str, recipe: dict | None, metrics: dict) -> None:
