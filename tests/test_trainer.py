@@ -1,5 +1,6 @@
 """DistillationTrainer: training, logging, accumulation, resume, export, mixed precision, Hub."""
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from hf_rcka import DistillationTrainer, DistillationTrainingArguments
 from hf_rcka.arguments import DataArguments
 from hf_rcka.data.bad_images import SkippedImages
 from hf_rcka.data.datasets import prepare_datasets
+from hf_rcka.features.hidden_states import classifier_of
 from hf_rcka.modeling.distillation_model import DISTILLATION_STATE_NAME
 from hf_rcka.trainer.card_facts import teacher_accuracy
 from hf_rcka.trainer.divergence import DivergenceCheck
@@ -360,6 +362,15 @@ def test_bf16_autocast_on_cpu_stays_finite(tmp_path):
     with torch.no_grad():
         deployed = trainer.model.student.eval()(pixel_values=evaluation[:]["pixel_values"]).logits
     torch.testing.assert_close(predicted, deployed, rtol=1e-5, atol=1e-5)
+    # ... while the teacher, which is not exported, keeps the run's bf16 (in float32 a large teacher
+    # cost several times its training forward at every evaluation)
+    computed = {}
+    for role in ("student", "teacher"):
+        head = classifier_of(getattr(trainer.model, role))
+        head.register_forward_hook(lambda module, args, out, role=role: computed.setdefault(role, out.dtype) and None)
+    metrics = trainer.evaluate(evaluation)
+    assert computed == {"student": torch.float32, "teacher": torch.bfloat16}
+    assert all(math.isfinite(v) for k, v in metrics.items() if k.endswith("_loss"))
 
 
 def test_divergence_is_nan_weights_not_a_nan_loss(tmp_path):

@@ -238,19 +238,26 @@ class DistillationModel(nn.Module):
         Evaluation runs without autocast, whatever the run's mixed precision: the exported model is
         float32 and ``from_pretrained`` runs it in float32, so that is what the reported accuracy
         measures (under bf16 autocast it differed from the deployed model's by a few images). Under
-        FSDP mixed precision the sharded student's weights themselves compute in bf16.
+        FSDP mixed precision the sharded student's weights themselves compute in bf16. The teacher,
+        which is not exported, keeps the run's autocast in evaluation too: in float32 a large
+        teacher cost several times its training forward at every evaluation.
         """
         if self.training:
             return self._forward(pixel_values, labels)
-        with torch.autocast(pixel_values.device.type, enabled=False):
-            return self._forward(pixel_values, labels)
+        device = pixel_values.device.type
+        teacher_precision = (torch.autocast(device, dtype=torch.get_autocast_dtype(device))
+                             if torch.is_autocast_enabled(device) else contextlib.nullcontext())
+        with torch.autocast(device, enabled=False):
+            return self._forward(pixel_values, labels, teacher_precision)
 
-    def _forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None) -> DistillationOutput:
+    def _forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None,
+                 teacher_precision: contextlib.AbstractContextManager | None = None) -> DistillationOutput:
         with_losses = labels is not None or self.training
         teacher = None
         if self.teacher is not None and self.needs_teacher and with_losses:
             # Teacher first: its transient activations peak before the student's are alive.
-            teacher = self._run_teacher(pixel_values)
+            with teacher_precision or contextlib.nullcontext():
+                teacher = self._run_teacher(pixel_values)
         heads_read = self._distilled_heads.reading() if self._distilled_heads is not None else contextlib.nullcontext()
         with heads_read:
             student = self._run("student", pixel_values, with_losses)
