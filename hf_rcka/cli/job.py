@@ -80,12 +80,13 @@ def run(
         resume = _check_before_loading(model_args, data_args, args, explicit)
         if args.do_train:
             return _run(model_args, data_args, args, recipe, stop, argv, resume, args.output_dir)
+    made = not os.path.isdir(args.output_dir)
     record_dir = from_rank0(eval_record_dir(args.output_dir) if main_process else None)  # one folder
     try:
         return _run(model_args, data_args, args, recipe, stop, argv, resume, record_dir)
     finally:
         if main_process:
-            drop_empty_record(record_dir)
+            drop_empty_record(record_dir, with_output_dir=made)
 
 
 def _run(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,

@@ -55,10 +55,12 @@ def eval_record_dir(output_dir: str) -> str:
             folder = os.path.join(output_dir, f"{EVAL_RECORD_PREFIX}{stamp}-{k}")
 
 
-def drop_empty_record(folder: str) -> None:
-    """Remove an evaluation-only run's folder that it left empty (it was refused or failed)."""
-    with contextlib.suppress(OSError):
-        os.rmdir(folder)
+def drop_empty_record(folder: str, with_output_dir: bool = False) -> None:
+    """Remove an evaluation-only run's folder that it left empty (it was refused or failed), and
+    ``with_output_dir`` the output_dir made for it, if that is empty then too."""
+    for empty in (folder, os.path.dirname(folder)) if with_output_dir else (folder,):
+        with contextlib.suppress(OSError):
+            os.rmdir(empty)
 
 
 def write_eval_record(folder: str, recipe: dict | None, metrics: dict) -> None:
