@@ -29,16 +29,21 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    local = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(local) for _ in range(world_size())]
-    dist.all_gather(sizes, local)
-    sizes = [int(s.item()) for s in sizes]
+    sizes = _rows_per_rank(x.shape[0])
     largest = max(sizes)
     if x.shape[0] < largest:
         pad = x.new_zeros((largest - x.shape[0], *x.shape[1:]))
         x = torch.cat([x, pad], dim=0)
     parts = all_gather(x.contiguous())
     return torch.cat([part[:size] for part, size in zip(parts, sizes)], dim=0)
+
+
+def _rows_per_rank(rows: int) -> list[int]:
+    """Every rank's row count, exchanged between the hosts (see :func:`host_group`): counts read
+    back from the accelerator stalled each gathering loss term's forward until the device caught up."""
+    counts = [torch.zeros(1, dtype=torch.long) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([rows], dtype=torch.long), group=host_group())
+    return [int(count) for count in counts]
 
 
 def any_rank(flag: bool, device: torch.device | str = "cpu", group: object = None) -> bool:

@@ -44,9 +44,9 @@ class LossTermLog(TrainerCallback):
         local = torch.stack([*(sums[n] for n in names), *(sums[n].new_tensor(weights[n]) for n in names)])
         # A plain gather: gather_for_metrics would cut rows to the eval set's remainder at the end
         # of a dataloader, dropping whole processes' sums.
-        totals = gather(local[None]).sum(dim=0)
+        totals = gather(local[None]).sum(dim=0).tolist()  # one read from the device, not two per term
         values, counts = totals[: len(names)], totals[len(names):]
-        return {name: float(v / c) for name, v, c in zip(names, values, counts) if float(c) > 0}
+        return {name: v / c for name, v, c in zip(names, values, counts) if c > 0}
 
     def reset(self) -> None:
         self.sums, self.weights = {}, {}
