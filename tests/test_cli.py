@@ -299,3 +299,19 @@ def test_an_evaluation_only_run_leaves_out_the_losses_that_read_what_trained_bes
     assert main([str(out / "distill_config.yaml"), "--do_train", "false", "--model_name_or_path", str(out),
                  "--student_from_scratch", "false", "--losses", "[{name: srd}]"]) == 0
     assert "evaluation only: every loss of this recipe (['srd']) reads weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings, expected", [({}, False), ({"fp16": True}, True),
+                                                ({"logging_nan_inf_filter": True}, True)])
+def test_the_loss_filter_that_reads_every_step_back_is_off_unless_fp16_needs_it(tmp_path, monkeypatch, settings,
+                                                                                   expected):
+    """Trainer's logging_nan_inf_filter reads each micro-step's loss from the device (a stall a step
+    on a GPU) to hide a NaN loss from the log; only fp16's skipped steps call for it."""
+    from hf_rcka.cli import job
+
+    seen = {}
+    monkeypatch.setattr(job, "_run", lambda model_args, data_args, args, *rest: seen.setdefault("args", args) and {})
+    monkeypatch.setattr(job, "check_run", lambda *args: None)  # fp16 on a CPU is refused there
+    recipe = {**COMMON, "model_name_or_path": "config:resnet", "output_dir": str(tmp_path / "out"), **settings}
+    assert main([write(tmp_path / "r.yaml", recipe)]) == 0
+    assert seen["args"].logging_nan_inf_filter is expected

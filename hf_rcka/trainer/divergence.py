@@ -1,8 +1,9 @@
 """A diverged run fails with one ``error:`` line instead of exiting 0 with NaN weights.
 
 A learning rate far too high, a loss that explodes or an fp16 overflow turns the student's weights
-into NaN or inf, and Trainer trains on: ``logging_nan_inf_filter`` (on by default) replaces a
-non-finite step loss by the running mean, so ``loss`` and ``train_loss`` look normal, and the
+into NaN or inf, and Trainer trains on: ``logging_nan_inf_filter`` (on by default in Trainer;
+the command line turns it off without fp16) replaces a non-finite step loss by the running mean,
+so ``loss`` and ``train_loss`` look normal, and the
 final model, metrics and card would be written as if the run had succeeded (its accuracy that of
 argmax over NaN). A run has diverged when the student's parameters or buffers are not all finite:
 a NaN loss alone may be an fp16 step that loss scaling skipped and the run survives; NaN weights
