@@ -132,12 +132,16 @@ def test_metric_for_best_model_that_the_evaluation_does_not_report(tmp_path, cap
     assert "(loss 'kd' has weight 0, so it is not computed)" in error_of(capsys)
     ema = dict(inter_only, model_ema=True)
     assert run(tmp_path, base(tmp_path, **ema, metric_for_best_model="eval_ema_rcka_intra_loss")) == 2
-    assert "(with these options, loss 'rcka' reports only ema_rcka_inter_loss)" in error_of(capsys)
+    assert ("(the ema weights are evaluated without the teacher, so loss 'rcka', which reads the teacher, is not "
+            "reported for them)") in error_of(capsys)
+    assert run(tmp_path, base(tmp_path, **ema, metric_for_best_model="ema_loss")) == 2
+    assert "(the ema weights are evaluated without the teacher, so no total loss is reported" in error_of(capsys)
     assert not (tmp_path / "out").exists()
     # the average's score chooses what is exported only when the average is (see the next test)
-    ema = ("eval_ema_accuracy", {"model_ema": True}) if not best else ("eval_accuracy", {"model_ema": True})
+    ema = [("eval_ema_accuracy", {"model_ema": True}), ("eval_ema_ce_loss", {"model_ema": True})] if not best \
+        else [("eval_accuracy", {"model_ema": True})]
     for name, more in [("eval_rcka_inter_loss", {}), ("ce_loss", {}), ("loss", {}), ("top5_accuracy", {}),
-                       ema, ("eval_runtime", {})]:
+                       *ema, ("eval_runtime", {})]:
         with pytest.raises(AssertionError, match="loaded before the recipe was checked"):  # checks passed
             run(tmp_path, base(tmp_path, **distil, **more, metric_for_best_model=name))
 

@@ -164,3 +164,23 @@ def test_loading_the_best_checkpoint_restores_its_average(tmp_path):
     ema = trainer.model_ema.module.state_dict()
     assert all(torch.equal(saved[k], ema[k].cpu()) for k in saved)
     assert not torch.equal(saved["classifier.weight"], load_file(tmp_path / "run" / "checkpoint-3" / EMA_STATE_NAME)["classifier.weight"])
+
+
+def test_the_other_weight_set_is_evaluated_without_a_second_teacher_pass(tmp_path):
+    """Both weight sets ran the teacher over the whole evaluation set: with the DeiT recipe's
+    RegNetY-16GF, a second teacher pass at every evaluation for terms nobody chooses by."""
+    from conftest import tiny_resnet
+
+    teacher = tiny_resnet()
+    args = make_args(tmp_path, model_ema=True, max_steps=2, model_ema_decay=0.5, losses=["ce", "kd"],
+                     per_device_eval_batch_size=5)
+    trainer = DistillationTrainer(model=tiny_vit(), teacher=teacher, args=args, train_dataset=pixel_dataset(18, seed=0),
+                                  eval_dataset=pixel_dataset(10, seed=1), processing_class=processor(16))
+    trainer.train()
+    runs = []
+    teacher.register_forward_hook(lambda *_: runs.append(1) and None)
+    metrics = trainer.evaluate()
+    assert len(runs) == 2, "one teacher pass over the 2 evaluation batches"
+    assert {"eval_loss", "eval_kd_loss", "eval_ema_accuracy", "eval_ema_ce_loss"} <= set(metrics)
+    assert not {"eval_ema_kd_loss", "eval_ema_loss"} & set(metrics)
+    assert metrics["eval_ema_ce_loss"] != metrics["eval_ce_loss"], "the average is evaluated"

@@ -15,7 +15,7 @@ import logging
 import os
 import weakref
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -100,6 +100,7 @@ class DistillationModel(nn.Module):
         self.feature_pairs: list[FeaturePair] = []
         self.adapters = nn.ModuleList()
         self.left_out: frozenset[str] = frozenset()  # losses not computed (see leave_out_fresh_losses)
+        self._student_only = False  # see without_teacher
         if self.needs_features:
             self._build_adapters(feature_pairs, student_input)
         elif feature_pairs not in (None, "auto"):
@@ -226,6 +227,19 @@ class DistillationModel(nn.Module):
         kwargs["activation_checkpointing_kwargs"] = kwargs.pop("gradient_checkpointing_kwargs", None)
         self.activation_checkpointing_enable(**kwargs)
 
+    @contextlib.contextmanager
+    def without_teacher(self) -> Iterator[None]:
+        """Inside the block the teacher is not run and only the losses that do not read it are computed.
+
+        The evaluation of the second weight set (``model_ema``) measures the student alone: its
+        teacher terms cost a second full teacher pass per evaluation, for numbers nobody chooses by.
+        """
+        self._student_only = True
+        try:
+            yield
+        finally:
+            self._student_only = False
+
     def teacher_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The student's batch as the teacher expects it (normalisation, size, dtype, memory format)."""
         if self.teacher_transform is not None:
@@ -254,7 +268,7 @@ class DistillationModel(nn.Module):
                  teacher_precision: contextlib.AbstractContextManager | None = None) -> DistillationOutput:
         with_losses = labels is not None or self.training
         teacher = None
-        if self.teacher is not None and self.needs_teacher and with_losses:
+        if self.teacher is not None and self.needs_teacher and with_losses and not self._student_only:
             # Teacher first: its transient activations peak before the student's are alive.
             with teacher_precision or contextlib.nullcontext():
                 teacher = self._run_teacher(pixel_values)
@@ -283,7 +297,7 @@ class DistillationModel(nn.Module):
             inputs = inputs.counted_rows()
         terms, weights = {}, {}
         for name, loss in self.losses.items():
-            if name not in self.left_out:
+            if name not in self.left_out and not (self._student_only and loss.needs_teacher):
                 _add_terms(terms, weights, name, loss(inputs), loss.term_weights)
         total, weighted = weigh_terms(terms, weights)
         return DistillationOutput(loss=total, logits=logits, loss_terms=weighted)

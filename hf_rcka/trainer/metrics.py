@@ -48,7 +48,8 @@ def is_reported(metric: str, names: Collection[str]) -> bool:
     return metric.removeprefix("eval_") in names or metric.endswith(TIMING_METRICS)
 
 
-def evaluation_metric_names(loss_terms: Iterable[str], args: Any, num_labels: int | None = None) -> list[str]:
+def evaluation_metric_names(loss_terms: Iterable[str], args: Any, num_labels: int | None = None,
+                            student_terms: Iterable[str] = ()) -> list[str]:
     """Every model metric a ``DistillationTrainer`` evaluation reports, without the ``eval_`` prefix.
 
     So that ``metric_for_best_model`` can be checked before anything loads: transformers looks it
@@ -57,18 +58,21 @@ def evaluation_metric_names(loss_terms: Iterable[str], args: Any, num_labels: in
     Args:
         loss_terms: the term names of the configured losses (``ce``, ``rcka_intra``...); each is
             reported as ``<term>_loss``, next to Trainer's ``loss``.
-        args: the training arguments; with ``model_ema`` every name is reported again for the other
-            weight set, ``ema_*`` (or ``live_*`` with ``model_ema_export``).
+        args: the training arguments; with ``model_ema`` the other weight set is reported too,
+            ``ema_*`` (or ``live_*`` with ``model_ema_export``): its accuracies and ``student_terms``.
         num_labels: the number of classes; ``top5_accuracy`` needs more than 5 (see
             ``accuracy_metrics``); ``None`` (not known yet) counts it in.
+        student_terms: the terms of the losses that do not read the teacher, the only ones the
+            other weight set reports (it is evaluated without the teacher).
     """
-    names = ["accuracy"]
+    accuracies = ["accuracy"]
     if num_labels is None or num_labels > 5:
-        names.append("top5_accuracy")
-    names += ["loss", *(f"{term}_loss" for term in loss_terms)]
+        accuracies.append("top5_accuracy")
+    names = [*accuracies, "loss", *(f"{term}_loss" for term in loss_terms)]
     if getattr(args, "model_ema", False):
         other = "live" if getattr(args, "model_ema_export", False) else "ema"
-        names += [f"{other}_{name}" for name in names]
+        total = ["loss"] if set(student_terms) == set(loss_terms) else []  # no teacher term left out
+        names += [f"{other}_{name}" for name in (*accuracies, *total, *(f"{term}_loss" for term in student_terms))]
     return names
 
 
@@ -100,12 +104,13 @@ def check_metric_for_best_model(args: Any, losses: Iterable[DistillationLoss], n
         return
     losses = list(losses)
     terms = [term for loss in losses for term in loss.term_weights]
-    names = _per_set(evaluation_metric_names(terms, args, num_labels), eval_sets)
+    student_terms = [term for loss in losses if not loss.needs_teacher for term in loss.term_weights]
+    names = _per_set(evaluation_metric_names(terms, args, num_labels, student_terms), eval_sets)
     if is_reported(metric, names):  # timings: of any weight set
         _check_best_weights(args, metric)
         return
     prefix = "eval_" if metric.startswith("eval_") else ""
-    if is_reported(metric, _per_set(evaluation_metric_names(terms, args), eval_sets)):  # top5_accuracy's names
+    if is_reported(metric, _per_set(evaluation_metric_names(terms, args, None, student_terms), eval_sets)):
         raise RecipeError(f"metric_for_best_model {metric!r}: top5_accuracy is reported only with more than 5 "
                           f"classes, and this dataset has {num_labels}: use "
                           f"{metric.replace('top5_accuracy', 'accuracy')}")
@@ -145,11 +150,16 @@ def _terms_reported(name: str, losses: Sequence[DistillationLoss], unweighted: S
     not say why a term the loss has is missing.
     """
     weights = next((w for w in ("ema_", "live_") if name.startswith(w)), "")  # the other weight set's copy
+    without_teacher = f" (the {weights[:-1]} weights are evaluated without the teacher, so"
+    if weights and name == f"{weights}loss":
+        return f"{without_teacher} no total loss is reported for them)"
     for loss_name in unweighted:
         if name.startswith(f"{weights}{loss_name}_") and name.endswith("_loss"):
             return f" (loss {loss_name!r} has weight 0, so it is not computed)"
     for loss in losses:
         if name.startswith(f"{weights}{loss.registry_name}_") and name.endswith("_loss"):
+            if weights and loss.needs_teacher:
+                return f"{without_teacher} loss {loss.registry_name!r}, which reads the teacher, is not reported for them)"
             reported = ", ".join(f"{weights}{term}_loss" for term in loss.term_weights)
             return f" (with these options, loss {loss.registry_name!r} reports only {reported})"
     return ""

@@ -376,7 +376,10 @@ class DistillationTrainer(CheckpointingTrainer):
         The plain ``{prefix}_*`` metrics are always those of the weights ``save_model`` exports,
         so ``eval_accuracy`` (all_results.json, the model card, ``metric_for_best_model``) is the
         deployed model's: the live weights, with ``{prefix}_ema_*`` for the average; or, with
-        ``model_ema_export``, the average, with ``{prefix}_live_*`` for the live weights.
+        ``model_ema_export``, the average, with ``{prefix}_live_*`` for the live weights. The other
+        set is evaluated without the teacher: its accuracy and the terms that do not read the
+        teacher (``ce``), but no teacher term and no total loss (a second teacher pass at every
+        evaluation cost about as much as the first, a few percent of a DeiT run).
 
         Every metric is over the evaluation set's readable images, each counted once: unreadable
         images' stand-ins (labelled ``IGNORE_INDEX``, see ``data.datasets.collate``) and, under
@@ -399,9 +402,12 @@ class DistillationTrainer(CheckpointingTrainer):
         averaged, live = self.model_ema.swapped_in(), contextlib.nullcontext()
         with averaged if export_ema else live:
             output = self._evaluation_pass(*run, metric_key_prefix)
-        with live if export_ema else averaged:
+        with live if export_ema else averaged, self.distillation_model.without_teacher():
             other = f"{metric_key_prefix}_live" if export_ema else f"{metric_key_prefix}_ema"
-            output.metrics.update(self._evaluation_pass(*run, other).metrics)
+            metrics = self._evaluation_pass(*run, other).metrics
+        if self.distillation_model.needs_teacher:  # the student's terms alone: no total beside the exported set's
+            metrics.pop(f"{other}_loss", None)
+        output.metrics.update(metrics)
         return output
 
     def _evaluation_pass(self, dataloader, description, prediction_loss_only, ignore_keys,
