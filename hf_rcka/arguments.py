@@ -210,8 +210,7 @@ class DistillationTrainingArguments(TrainingArguments):
             )
         if self.model_ema_export and not self.model_ema:
             raise RecipeError("model_ema_export: true needs model_ema: true (there is no average to export)")
-        if self.teacher_dtype not in (None, "bfloat16", "float16"):
-            raise RecipeError(f"teacher_dtype must be 'bfloat16', 'float16' or unset, got {self.teacher_dtype!r}")
+        check_teacher_dtype(self.teacher_dtype, "bf16" if self.bf16 else "fp16" if self.fp16 else None)
         if self.baseline_dir:
             _check_baseline_dir(self.baseline_dir)
         if self.teacher_accuracy_check not in ("warn", "error", "off"):
@@ -317,6 +316,25 @@ def _fsdp_requested(args: TrainingArguments) -> bool:
     from accelerate.utils import parse_flag_from_env
 
     return bool(args.fsdp) or parse_flag_from_env("ACCELERATE_USE_FSDP")
+
+
+_AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def check_teacher_dtype(teacher_dtype: str | None, mixed_precision: str | None) -> None:
+    """``teacher_dtype`` names a half precision, the one the run's autocast computes in, if any.
+
+    Under bf16 autocast a float16 teacher's convolutions hand bfloat16 outputs to its float16
+    BatchNorm, which refuses mixed dtypes: the run failed at its first step (and the smoke test,
+    run in float32 without a GPU, passed). Checked for the smoke test's recipe too.
+    """
+    if teacher_dtype not in (None, "bfloat16", "float16"):
+        raise RecipeError(f"teacher_dtype must be 'bfloat16', 'float16' or unset, got {teacher_dtype!r}")
+    autocast = _AUTOCAST_DTYPES.get(mixed_precision or "")
+    if teacher_dtype is not None and autocast is not None and teacher_dtype != autocast:
+        raise RecipeError(f"teacher_dtype {teacher_dtype!r} with {mixed_precision}: true: the teacher's layers would mix "
+                          f"{teacher_dtype} weights with {autocast} activations, which BatchNorm refuses at the first "
+                          f"step. Set teacher_dtype: {autocast} (or leave it unset)")
 
 
 SECRET_KEYS = frozenset({"hub_token"})

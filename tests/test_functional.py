@@ -886,3 +886,14 @@ def test_rcka_refuses_row_normalize_with_the_rbf_kernel():
 
     with pytest.raises(ValueError, match="row_normalize applies to the linear kernel"):
         RCKALoss(kernel="rbf", center=False, row_normalize=True)
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (5, 5), (3, 4, 4)])
+def test_the_rbf_bandwidths_off_diagonal_entries_are_the_masked_ones(shape):
+    """Read as a view: a boolean mask reads its count back from the device at every Gram."""
+    from hf_rcka.functional.cka import _off_diagonal
+
+    square = torch.randn(*shape)
+    n = shape[-1]
+    assert torch.equal(_off_diagonal(square), square[..., ~torch.eye(n, dtype=torch.bool)])
+

@@ -147,3 +147,21 @@ def test_train_mode_reaches_everything_but_the_teacher_without_walking_it_each_s
     monkeypatch.setattr(type(model.teacher), "train", lambda self, mode=True: walked.append(mode) or self)
     model.train()  # Trainer calls this every step: a teacher in eval mode is not walked
     assert walked == [] and model.student.training
+
+
+def test_a_compiled_evaluation_under_autocast_compiles_once():
+    """An autocast object made per batch and handed to _forward: torch.compile guarded on it and
+    compiled the whole forward again at every evaluation batch, until its recompile limit."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = _model(FeatureCKALoss()).eval()
+    compiled = torch.compile(model, backend="eager")
+    graphs = []
+    for seed in range(4):
+        x, y = _batch()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            compiled(pixel_values=x + seed, labels=y)
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    torch._dynamo.reset()
+    assert graphs[1] == graphs[-1], f"graphs compiled after each batch: {graphs}"

@@ -153,3 +153,38 @@ def test_an_evaluation_batch_in_bf16_reaches_a_float32_teacher_as_float32():
     with runtime.running():
         logits = teacher(pixel_values=runtime.inputs(x.to(torch.bfloat16))).logits
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("teacher_dtype, autocast", [("float16", torch.bfloat16), ("bfloat16", None),
+                                                     ("bfloat16", torch.bfloat16)])
+def test_a_teacher_dtype_other_than_the_autocast_is_refused_before_anything_runs(teacher_dtype, autocast):
+    """float16 BatchNorm weights under bf16 autocast: a traceback at the first step (and the smoke
+    test, run in float32 on a CPU, passed)."""
+    from hf_rcka.arguments import check_teacher_dtype
+    from hf_rcka.errors import RecipeError
+
+    mixed = {torch.bfloat16: "bf16", None: None}[autocast]
+    model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), KDLoss()], teacher_dtype=teacher_dtype)
+    x, y = _batch()
+    if mixed and teacher_dtype != "bfloat16":
+        with pytest.raises(RecipeError, match=r"teacher_dtype 'float16' with bf16: true: .* Set teacher_dtype: bfloat16"):
+            check_teacher_dtype(teacher_dtype, mixed)
+        with pytest.raises(RuntimeError), torch.autocast("cpu", dtype=autocast):  # what the check spares
+            model.train()(pixel_values=x, labels=y)
+        return
+    check_teacher_dtype(teacher_dtype, mixed)
+    with torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
+        assert torch.isfinite(model.train()(pixel_values=x, labels=y).loss)
+
+
+def test_models_already_on_their_device_get_the_teacher_inputs_there():
+    """Built on the CPU, the re-normalisation of the teacher's inputs met models a caller had
+    moved to a GPU ('meta' stands in for it here) and failed before training."""
+    from conftest import IMAGENET_MEAN, IMAGENET_STD, processor
+    from hf_rcka.modeling.teacher_inputs import input_stats
+
+    model = DistillationModel(tiny_vit().to("meta"), tiny_resnet().to("meta"), [CrossEntropyLoss(), KDLoss()],
+                              student_input=input_stats(processor(16)),
+                              teacher_input=input_stats(processor(24, IMAGENET_MEAN, IMAGENET_STD)))
+    assert {b.device.type for b in model.teacher_transform.buffers()} == {"meta"}
+    assert model.teacher_pixels(torch.zeros(2, 3, 16, 16, device="meta")).shape == (2, 3, 24, 24)

@@ -101,6 +101,14 @@ def _gram_linear(x: torch.Tensor) -> torch.Tensor:
     return x @ x.transpose(-2, -1)
 
 
+def _off_diagonal(square: torch.Tensor) -> torch.Tensor:
+    """The n(n-1) off-diagonal entries of (..., n, n) as (..., n(n-1)), without a boolean mask (which
+    reads its count back from the device): after the first entry, rows of n + 1 start right after a
+    diagonal entry and end on the next one."""
+    n = square.shape[-1]
+    return square.flatten(-2)[..., 1:].unflatten(-1, (n - 1, n + 1))[..., :-1].flatten(-2)
+
+
 @full_precision
 def gram_rbf(x: torch.Tensor, sigma_frac: float = 1.0, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """RBF Gram with bandwidth ``sigma_frac * median pairwise distance`` (Kornblith et al. 2019).
@@ -111,9 +119,8 @@ def gram_rbf(x: torch.Tensor, sigma_frac: float = 1.0, eps: float = DEFAULT_EPS)
     x = upcast(x)
     sq = torch.cdist(x, x).pow(2)
     n = x.shape[-2]
-    off_diag = ~torch.eye(n, dtype=torch.bool, device=x.device)
     if n > 1:
-        median_sq = sq.detach()[..., off_diag].median(dim=-1).values
+        median_sq = _off_diagonal(sq.detach()).median(dim=-1).values
     else:
         median_sq = torch.zeros(x.shape[:-2], dtype=x.dtype, device=x.device)
     # The floor is relative to the features' own spread (their mean squared pairwise distance), so

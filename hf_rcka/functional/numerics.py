@@ -22,7 +22,8 @@ def full_precision(fn: _Fn) -> _Fn:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        device_type = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        given = (*args, *kwargs.values())  # linear_cka(x=..., y=...) too
+        device_type = next((a.device.type for a in given if isinstance(a, torch.Tensor)), "cpu")
         with torch.autocast(device_type=device_type, enabled=False):
             return fn(*args, **kwargs)
 

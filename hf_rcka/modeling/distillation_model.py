@@ -97,6 +97,8 @@ class DistillationModel(nn.Module):
             teacher.eval()
             self.teacher_runtime = TeacherRuntime(teacher, teacher_dtype, teacher_channels_last)
         self.teacher_transform = needed_transform(student_input, teacher_input)
+        if self.teacher_transform is not None:  # a caller may pass models already on their device
+            self.teacher_transform.to(next(student.parameters()).device)
         self.feature_pairs: list[FeaturePair] = []
         self.adapters = nn.ModuleList()
         self.left_out: frozenset[str] = frozenset()  # losses not computed (see leave_out_fresh_losses)
@@ -259,18 +261,21 @@ class DistillationModel(nn.Module):
         if self.training:
             return self._forward(pixel_values, labels)
         device = pixel_values.device.type
-        teacher_precision = (torch.autocast(device, dtype=torch.get_autocast_dtype(device))
-                             if torch.is_autocast_enabled(device) else contextlib.nullcontext())
+        # a dtype, not an autocast object: torch.compile guards on the arguments of _forward, and a
+        # new object per batch recompiled the whole forward at every evaluation batch
+        teacher_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         with torch.autocast(device, enabled=False):
-            return self._forward(pixel_values, labels, teacher_precision)
+            return self._forward(pixel_values, labels, teacher_dtype)
 
     def _forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None,
-                 teacher_precision: contextlib.AbstractContextManager | None = None) -> DistillationOutput:
+                 teacher_autocast: torch.dtype | None = None) -> DistillationOutput:
         with_losses = labels is not None or self.training
         teacher = None
         if self.teacher is not None and self.needs_teacher and with_losses and not self._student_only:
             # Teacher first: its transient activations peak before the student's are alive.
-            with teacher_precision or contextlib.nullcontext():
+            precision = (torch.autocast(pixel_values.device.type, dtype=teacher_autocast)
+                         if teacher_autocast is not None else contextlib.nullcontext())
+            with precision:
                 teacher = self._run_teacher(pixel_values)
         heads_read = self._distilled_heads.reading() if self._distilled_heads is not None else contextlib.nullcontext()
         with heads_read:
