@@ -165,3 +165,36 @@ def test_a_compiled_evaluation_under_autocast_compiles_once():
         graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     torch._dynamo.reset()
     assert graphs[1] == graphs[-1], f"graphs compiled after each batch: {graphs}"
+
+
+def test_a_training_step_reads_nothing_back_from_the_device():
+    """Every read from an accelerator stalls the step until the device catches up: EKT's bincount
+    and boolean masks did 10 a step, the RBF bandwidth's mask one per Gram. On the CPU the reads
+    are recorded as the operators that cause them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hf_rcka.losses import KernelTransferLoss, RCKALoss
+
+    reads = {"aten.nonzero", "aten._local_scalar_dense", "aten.bincount", "aten.masked_select", "aten.unique"}
+
+    class Reads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func.overloadpacket)
+            boolean_index = name == "aten.index" and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ())
+            if name in reads or boolean_index:
+                self.seen.append(name)
+            return func(*args, **(kwargs or {}))
+
+    for losses in ([KernelTransferLoss(), RCKALoss(kernel="rbf")], [KernelTransferLoss(centres="epoch"), FeatureCKALoss()]):
+        model = _model(*losses).train()
+        x, y = _batch()
+        model(pixel_values=x, labels=y)  # the first step takes the class means as they are
+        with Reads() as recorded:
+            output = model(pixel_values=x, labels=y)
+            output.loss.backward()
+        assert recorded.seen == [], f"{[type(l).__name__ for l in losses]}: {recorded.seen}"

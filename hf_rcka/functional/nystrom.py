@@ -35,10 +35,15 @@ def nystrom_approximation(features: torch.Tensor, landmarks: torch.Tensor) -> to
 
 
 def class_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class feature sums (num_classes, d) and counts (num_classes,), for running class centres."""
+    """Per-class feature sums (num_classes, d) and counts (num_classes,), for running class centres.
+
+    Counted with ``index_add_`` rather than ``bincount``, whose CUDA kernel reads the labels' range
+    back from the device (a stall at every step).
+    """
     sums = torch.zeros(num_classes, features.shape[-1], dtype=features.dtype, device=features.device)
     sums.index_add_(0, labels, features)
-    counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
+    counts = torch.zeros(num_classes, dtype=features.dtype, device=features.device)
+    counts.index_add_(0, labels, torch.ones_like(labels, dtype=features.dtype))
     return sums, counts
 
 

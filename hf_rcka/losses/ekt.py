@@ -84,21 +84,22 @@ class KernelTransferLoss(DistillationLoss):
     def _update(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> None:
         s_sums, counts = functional.class_sums(student.float(), labels, self.num_classes)
         t_sums, _ = functional.class_sums(teacher.float(), labels, self.num_classes)
-        if world_size() > 1:
-            for tensor in (s_sums, t_sums, counts):
-                dist.all_reduce(tensor)
+        if world_size() > 1:  # one collective for the three
+            packed = torch.cat([s_sums, t_sums, counts[:, None]], dim=1)
+            dist.all_reduce(packed)
+            s_sums, t_sums, counts = packed.split([s_sums.shape[1], t_sums.shape[1], 1], dim=1)
+            counts = counts.squeeze(1)
         if self.centres == "epoch":
             self.student_sums += s_sums
             self.teacher_sums += t_sums
             self.counts += counts
             return
-        present = counts > 0
-        mean_s = s_sums[present] / counts[present, None]
-        mean_t = t_sums[present] / counts[present, None]
-        first = (self.seen[present] == 0)[:, None]
-        keep = torch.where(first, 0.0, self.momentum)
-        self.student_centres[present] = keep * self.student_centres[present] + (1 - keep) * mean_s
-        self.teacher_centres[present] = keep * self.teacher_centres[present] + (1 - keep) * mean_t
+        # Classes of this batch move toward its means (taken as they are the first time); the others
+        # keep their centres. Selected with where, not boolean indexing: a mask reads its count back
+        # from the device, a stall per use.
+        keep = torch.where(self.seen == 0, 0.0, self.momentum)[:, None]
+        for centres, sums in ((self.student_centres, s_sums), (self.teacher_centres, t_sums)):
+            _replace_present(centres, counts, keep * centres + (1 - keep) * (sums / counts.clamp_min(1)[:, None]))
         self.seen += counts
 
     @torch.no_grad()
@@ -106,9 +107,14 @@ class KernelTransferLoss(DistillationLoss):
         """Swap in this epoch's class means (``centres: epoch``); called by the trainer."""
         if self.centres != "epoch" or not hasattr(self, "counts"):
             return
-        present = self.counts > 0
-        self.student_centres[present] = self.student_sums[present] / self.counts[present, None]
-        self.teacher_centres[present] = self.teacher_sums[present] / self.counts[present, None]
+        scale = self.counts.clamp_min(1)[:, None]
+        _replace_present(self.student_centres, self.counts, self.student_sums / scale)
+        _replace_present(self.teacher_centres, self.counts, self.teacher_sums / scale)
         self.seen += self.counts
         for buffer in (self.student_sums, self.teacher_sums, self.counts):
             buffer.zero_()
+
+
+def _replace_present(centres: torch.Tensor, counts: torch.Tensor, updated: torch.Tensor) -> None:
+    """``centres`` rows of the classes with a count take ``updated``'s; the others stay."""
+    centres.copy_(torch.where((counts > 0)[:, None], updated, centres))
