@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,6 @@ class DistillationTrainingArguments(TrainingArguments):
             )
         if self.model_ema_export and not self.model_ema:
             raise RecipeError("model_ema_export: true needs model_ema: true (there is no average to export)")
-        check_teacher_dtype(self.teacher_dtype, "bf16" if self.bf16 else "fp16" if self.fp16 else None)
         if self.baseline_dir:
             _check_baseline_dir(self.baseline_dir)
         if self.teacher_accuracy_check not in ("warn", "error", "off"):
@@ -219,6 +219,7 @@ class DistillationTrainingArguments(TrainingArguments):
             )
         check_fixed_settings(self)
         super().__post_init__()
+        check_teacher_dtype(self.teacher_dtype, run_mixed_precision(self))
         check_batch_settings(self)
         if self.lr_base is not None:  # needs the number of processes, known once TrainingArguments set up the devices
             self.learning_rate = scaled_learning_rate(self)
@@ -319,6 +320,15 @@ def _fsdp_requested(args: TrainingArguments) -> bool:
 
 
 _AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def run_mixed_precision(args: Any) -> str | None:
+    """``"bf16"``, ``"fp16"`` or None: the recipe's flags, or what the launcher set
+    (``accelerate launch --mixed_precision``, an accelerate config file), which leaves them False."""
+    if getattr(args, "bf16", False) or getattr(args, "fp16", False):
+        return "bf16" if getattr(args, "bf16", False) else "fp16"
+    chosen = getattr(args, "mixed_precision", None) or os.environ.get("ACCELERATE_MIXED_PRECISION")
+    return chosen if chosen in _AUTOCAST_DTYPES else None
 
 
 def check_teacher_dtype(teacher_dtype: str | None, mixed_precision: str | None) -> None:

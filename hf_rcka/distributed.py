@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import torch
 import torch.distributed as dist
 
@@ -67,19 +69,21 @@ def _default_backend() -> str:
 _host_groups: list[tuple[object, object]] = []  # (default group, its gloo twin): a later setup gets its own
 
 
-def host_group() -> object:
+def host_group(timeout: timedelta | None = None) -> object:
     """A gloo group over every rank, for decisions taken on the host at every step (the stop signal).
 
     On an accelerator the default group's all_reduce needs a device tensor, and reading it back
     waits for every kernel queued before it: once a step, that drains the queue the next step's
     host work would overlap. A CPU tensor in a gloo group is exchanged between the hosts alone.
-    Made on first use, which must come at the same point on every rank (``new_group`` is collective).
+    Made on first use, which must come at the same point on every rank (``new_group`` is collective):
+    ``DistillationTrainer`` makes it when it is built, with the run's ``ddp_timeout`` (``timeout``;
+    a later call's is not used).
     """
     world = dist.group.WORLD
     if _default_backend() == "gloo":
         return world
     if not _host_groups or _host_groups[0][0] is not world:
-        _host_groups[:] = [(world, dist.new_group(backend="gloo"))]
+        _host_groups[:] = [(world, dist.new_group(backend="gloo", timeout=timeout))]
     return _host_groups[0][1]
 
 

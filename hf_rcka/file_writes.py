@@ -63,3 +63,22 @@ def _mode_for(path: Path) -> int:
         return path.stat().st_mode & 0o777
     except OSError:
         return 0o666 & ~_UMASK
+
+
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders ``os.makedirs(path)`` would make, deepest first: a run refused or failed before
+    it wrote anything removes them again (:func:`remove_empty`)."""
+    missing, folder = [], Path(os.path.abspath(path))
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) that are empty; stop at the first that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

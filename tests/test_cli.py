@@ -302,12 +302,17 @@ def test_an_evaluation_only_run_leaves_out_the_losses_that_read_what_trained_bes
 
 
 @pytest.mark.parametrize("settings, expected", [({}, False), ({"fp16": True}, True),
-                                                ({"logging_nan_inf_filter": True}, True)])
+                                                ({"logging_nan_inf_filter": True}, True), ("launcher fp16", True)])
 def test_the_loss_filter_that_reads_every_step_back_is_off_unless_fp16_needs_it(tmp_path, monkeypatch, settings,
                                                                                    expected):
     """Trainer's logging_nan_inf_filter reads each micro-step's loss from the device (a stall a step
-    on a GPU) to hide a NaN loss from the log; only fp16's skipped steps call for it."""
+    on a GPU) to hide a NaN loss from the log; only fp16's skipped steps call for it, also when the
+    launcher sets fp16 (accelerate launch --mixed_precision fp16 leaves the recipe's flag False)."""
     from hf_rcka.cli import job
+
+    if settings == "launcher fp16":
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+        settings = {}
 
     seen = {}
     monkeypatch.setattr(job, "_run", lambda model_args, data_args, args, *rest: seen.setdefault("args", args) and {})

@@ -442,11 +442,50 @@ def test_a_second_training_run_in_a_folder_in_use_is_refused(tmp_path, capsys):
     from hf_rcka.cli.output_folder import training_alone_in
 
     out = tmp_path / "out"
-    with training_alone_in(str(out)):  # the first run, still training
+    with training_alone_in(str(out)) as refusal:  # the first run, still training
+        assert refusal is None
         assert _run(tmp_path, max_steps=2) == 2
     assert "is in use by another training run (it holds the folder's lock)" in capsys.readouterr().err
     assert not out.exists(), "the folder made for the lock is not left behind"
     assert _run(tmp_path, max_steps=2) == 0  # once it has ended
+
+
+def test_a_refused_run_leaves_no_folder_it_made(tmp_path):
+    """Refused by a check after the lock had made output_dir: the empty folders were left, one of
+    them inside an image folder, where the next run read it as a class without images."""
+    deep = tmp_path / "data" / "runs" / "r1"
+    (tmp_path / "data").mkdir()
+    assert _run(tmp_path, max_steps=2, output_dir=str(deep), resume_from_checkpoint=str(tmp_path / "nowhere")) == 2
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_a_dataloader_worker_forked_during_a_run_does_not_hold_its_folder(tmp_path):
+    """A flock belongs to the open file, which a forked child shares: persistent workers kept the
+    folder locked, and the next run in the process was refused."""
+    import multiprocessing
+
+    from hf_rcka.cli.output_folder import training_alone_in
+
+    out = tmp_path / "out"
+    out.mkdir()  # kept after the run (a folder made for the lock would go, and the next run lock a new one)
+    context = multiprocessing.get_context("fork")
+    with training_alone_in(str(out)) as refusal:
+        assert refusal is None
+        ready, done = context.Event(), context.Event()
+        child = context.Process(target=_wait, args=(ready, done))
+        child.start()
+        ready.wait(30)
+    try:
+        with training_alone_in(str(out)) as refusal:
+            assert refusal is None, "the child still held the lock"
+    finally:
+        done.set()
+        child.join(30)
+
+
+def _wait(ready, done) -> None:
+    ready.set()
+    done.wait(30)
 
 
 def test_evaluations_started_together_each_get_their_own_record_folder(tmp_path):

@@ -184,3 +184,18 @@ def test_the_other_weight_set_is_evaluated_without_a_second_teacher_pass(tmp_pat
     assert {"eval_loss", "eval_kd_loss", "eval_ema_accuracy", "eval_ema_ce_loss"} <= set(metrics)
     assert not {"eval_ema_kd_loss", "eval_ema_loss"} & set(metrics)
     assert metrics["eval_ema_ce_loss"] != metrics["eval_ce_loss"], "the average is evaluated"
+
+
+def test_the_other_weight_set_of_a_run_whose_losses_all_read_the_teacher_reports_its_accuracy(tmp_path):
+    """With no loss left once the teacher's are skipped, every evaluation raised 'no loss terms to weigh'."""
+    from conftest import tiny_resnet
+
+    args = make_args(tmp_path, model_ema=True, max_steps=2, losses=["kd"], eval_strategy="steps", eval_steps=2)
+    trainer = DistillationTrainer(model=tiny_vit(), teacher=tiny_resnet(), args=args,
+                                  train_dataset=pixel_dataset(18, seed=0), eval_dataset=pixel_dataset(10, seed=1),
+                                  processing_class=processor(16))
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert {"eval_kd_loss", "eval_loss", "eval_ema_accuracy"} <= set(metrics)
+    assert not [k for k in metrics if k.startswith("eval_ema_") and k.endswith("_loss")]
+

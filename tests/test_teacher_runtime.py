@@ -188,3 +188,14 @@ def test_models_already_on_their_device_get_the_teacher_inputs_there():
                               teacher_input=input_stats(processor(24, IMAGENET_MEAN, IMAGENET_STD)))
     assert {b.device.type for b in model.teacher_transform.buffers()} == {"meta"}
     assert model.teacher_pixels(torch.zeros(2, 3, 16, 16, device="meta")).shape == (2, 3, 24, 24)
+
+
+def test_a_teacher_dtype_other_than_the_launchers_mixed_precision_is_refused(monkeypatch):
+    """accelerate launch --mixed_precision bf16 (or its config file) leaves the recipe's bf16 False."""
+    from hf_rcka import DistillationTrainingArguments
+    from hf_rcka.errors import RecipeError
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(RecipeError, match="teacher_dtype 'float16' with bf16: true"):
+        DistillationTrainingArguments(output_dir="unused", teacher_dtype="float16", report_to="none", use_cpu=True)
+

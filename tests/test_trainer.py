@@ -118,8 +118,10 @@ def test_evaluation_reports_the_names_metric_for_best_model_is_checked_against(t
     trainer.train()  # an evaluation in training: the weight average exists
     metrics = trainer.evaluate()
     reported = {name.removeprefix("eval_") for name in metrics if not name.endswith(("epoch", *TIMING_METRICS))}
-    terms = [term for loss in trainer.model.losses.values() for term in loss.term_weights]
-    expected = evaluation_metric_names(terms, args, trainer.model.student.config.num_labels)
+    losses = trainer.model.losses.values()
+    terms = [term for loss in losses for term in loss.term_weights]
+    student_terms = [term for loss in losses if not loss.needs_teacher for term in loss.term_weights]
+    expected = evaluation_metric_names(terms, args, trainer.model.student.config.num_labels, student_terms)
     assert reported == set(expected)
 
 

@@ -20,12 +20,13 @@ import transformers
 import transformers.trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
+from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments, run_mixed_precision
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_class_count, check_trained_classes
 from ..distributed import from_rank0
 from ..errors import DataError, HubUploadError, RecipeError, UserError
+from ..file_writes import missing_folders
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
 from ..models.labels import check_validation_labels, listed_names, resume_label_order, run_label_order
@@ -76,17 +77,20 @@ def run(
     args.do_train = explicit.get("do_train", RUN_DEFAULTS["do_train"])
     args.do_eval = explicit.get("do_eval", RUN_DEFAULTS["do_eval"])
     main_process = args.process_index == 0
-    with training_alone_in(args.output_dir) if args.do_train and main_process else contextlib.nullcontext():
+    with training_alone_in(args.output_dir) if args.do_train and main_process else contextlib.nullcontext() as refusal:
+        refused = from_rank0(refusal) if args.do_train else None  # every rank refuses, not rank 0 alone
+        if refused:
+            raise RecipeError(refused)
         resume = _check_before_loading(model_args, data_args, args, explicit)
         if args.do_train:
             return _run(model_args, data_args, args, recipe, stop, argv, resume, args.output_dir)
-    made = not os.path.isdir(args.output_dir)
+    made = missing_folders(args.output_dir)
     record_dir = from_rank0(eval_record_dir(args.output_dir) if main_process else None)  # one folder
     try:
         return _run(model_args, data_args, args, recipe, stop, argv, resume, record_dir)
     finally:
         if main_process:
-            drop_empty_record(record_dir, with_output_dir=made)
+            drop_empty_record(record_dir, made)
 
 
 def _run(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
@@ -192,7 +196,7 @@ def _check_before_loading(
     # Trainer's filter reads every micro-step's loss back from the device (a stall each time) to
     # replace a non-finite one by the running mean in the logged loss. That hides a divergence from
     # the log; it only serves fp16, whose loss scaling skips overflowing steps.
-    if "logging_nan_inf_filter" not in explicit and not args.fp16:
+    if "logging_nan_inf_filter" not in explicit and run_mixed_precision(args) != "fp16":
         args.logging_nan_inf_filter = False
     transformers.set_seed(args.seed)
     return resume

@@ -43,7 +43,7 @@ except ImportError:  # Windows: runs started in one folder at once are not kept 
 from ..arguments import DistillationTrainingArguments
 from ..data.bad_images import LEDGER_NAME
 from ..errors import OutputWriteError, RecipeError, UserError
-from ..file_writes import TEMPORARY_PREFIX
+from ..file_writes import TEMPORARY_PREFIX, missing_folders, remove_empty
 from ..trainer.checkpointing import checkpoint_step
 from .records import CONFIG_NAME, WORKING_DIR_NAME
 
@@ -128,39 +128,57 @@ def _local_folders(settings: dict[str, str | None]) -> Iterator[tuple[str, str, 
 
 
 @contextlib.contextmanager
-def training_alone_in(output_dir: str) -> Iterator[None]:
-    """Hold ``output_dir`` for one training run: a second one started there meanwhile is refused.
+def training_alone_in(output_dir: str) -> Iterator[str | None]:
+    """Hold ``output_dir`` for one training run; yields None, or why another run holds it (every
+    rank must refuse, so the caller shares this and raises).
 
     Two runs in one folder both exited 0, one's model and card beside the other's recorded
     recipe, and the other's model lost. The lock is ``flock`` on the folder itself (no file is
-    left behind; it goes when the process ends, however it ends). A folder made here for the lock
-    is removed again if the run leaves it empty. Where the file system has no locks (some network
-    file systems), runs are not kept apart.
+    left behind; it goes when the process ends, however it ends; DataLoader workers forked
+    meanwhile close their copy). Folders made here for the lock are removed again if the run
+    leaves them empty. Where the file system has no locks (some network file systems), runs are
+    not kept apart.
     """
     if fcntl is None:
-        yield
+        yield None
         return
-    made = not os.path.isdir(output_dir)
+    made = missing_folders(output_dir)
     try:
         os.makedirs(output_dir, exist_ok=True)
         descriptor = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:  # not writable: check_output_dir_writable has said so, or the Trainer will
-        yield
+    except OSError:  # not writable: check_output_dir_writable says so, or the Trainer will
+        yield None
         return
+    refusal = None
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _HELD.add(descriptor)
         except BlockingIOError:
-            raise RecipeError(f"output_dir {output_dir!r} is in use by another training run (it holds the folder's "
-                              "lock): wait for it to end, or choose another output_dir") from None
+            refusal = (f"output_dir {output_dir!r} is in use by another training run (it holds the folder's lock): "
+                       "wait for it to end, or choose another output_dir")
         except OSError as err:
             logger.debug("output_dir: no lock on %s (%s): runs started there at once are not kept apart", output_dir, err)
-        yield
+        yield refusal
     finally:
+        _HELD.discard(descriptor)
         os.close(descriptor)
-        if made:
-            with contextlib.suppress(OSError):
-                os.rmdir(output_dir)  # only if empty
+        remove_empty(made)
+
+
+_HELD: set[int] = set()  # the descriptors of held folder locks
+
+
+def _close_held_in_child() -> None:
+    """A forked child (a DataLoader worker) shares the lock: closing its copy leaves it to the run alone."""
+    for descriptor in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 def check_output_dir(args: DistillationTrainingArguments, resume: str | None) -> None:

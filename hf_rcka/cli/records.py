@@ -15,17 +15,18 @@ data settings, with its relative paths read from the folder its run ran in.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
 from ..arguments import describe_batch
 from ..errors import RecipeError
-from ..file_writes import write_text
+from ..file_writes import remove_empty, write_text
 from ..trainer.checkpointing import checkpoint_step
 from ..trainer.resume_hint import launch_command
 from .recipe import dump_recipe, load_recipe
@@ -55,12 +56,10 @@ def eval_record_dir(output_dir: str) -> str:
             folder = os.path.join(output_dir, f"{EVAL_RECORD_PREFIX}{stamp}-{k}")
 
 
-def drop_empty_record(folder: str, with_output_dir: bool = False) -> None:
+def drop_empty_record(folder: str, made: Sequence[Path] = ()) -> None:
     """Remove an evaluation-only run's folder that it left empty (it was refused or failed), and
-    ``with_output_dir`` the output_dir made for it, if that is empty then too."""
-    for empty in (folder, os.path.dirname(folder)) if with_output_dir else (folder,):
-        with contextlib.suppress(OSError):
-            os.rmdir(empty)
+    ``made``, the folders made for it (``file_writes.missing_folders``), that are empty then too."""
+    remove_empty([Path(folder), *made])
 
 
 def write_eval_record(folder: str, recipe: dict | None, metrics: dict) -> None:

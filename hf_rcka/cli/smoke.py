@@ -28,12 +28,13 @@ import logging
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import yaml
 
-from ..arguments import check_teacher_dtype
+from ..arguments import check_teacher_dtype, run_mixed_precision
 from ..errors import RecipeError
 from ..models.sources import parse_model_source
 from .job import run
@@ -99,8 +100,7 @@ def plan_smoke_test(recipe: dict[str, Any]) -> SmokePlan:
     notes.extend(f"{line} here; the real run needs it" for line in
                  check_report_to(recipe.get("report_to", "none"), unavailable_ok=True))
     # before bf16/fp16 are switched off for a machine without CUDA, where the real run keeps them
-    check_teacher_dtype(recipe.get("teacher_dtype"), "bf16" if recipe.get("bf16") else "fp16" if recipe.get("fp16")
-                        else None)
+    check_teacher_dtype(recipe.get("teacher_dtype"), run_mixed_precision(SimpleNamespace(**recipe)))
     values = dict(recipe)
     for key in _MODEL_KEYS:
         if values.get(key):

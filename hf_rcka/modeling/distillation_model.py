@@ -304,6 +304,8 @@ class DistillationModel(nn.Module):
         for name, loss in self.losses.items():
             if name not in self.left_out and not (self._student_only and loss.needs_teacher):
                 _add_terms(terms, weights, name, loss(inputs), loss.term_weights)
+        if not terms and self._student_only:  # every loss reads the teacher: the accuracy alone
+            return DistillationOutput(loss=logits.new_zeros(()), logits=logits, loss_terms={})
         total, weighted = weigh_terms(terms, weights)
         return DistillationOutput(loss=total, logits=logits, loss_terms=weighted)
 

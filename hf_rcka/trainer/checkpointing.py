@@ -208,8 +208,9 @@ def checkpoint_step(name: str) -> int | None:
 
 
 class HubToken(str):
-    """``hub_token``'s value, which never leaves memory: pickled (``training_args.bin``) or copied
-    deeply it becomes None, and its ``repr`` hides it; as a string it is the token itself."""
+    """``hub_token``'s value, which never leaves memory: pickled (``training_args.bin``) it becomes
+    None, and its ``repr`` hides it; copies (shallow or deep) keep it, and as a string it is the
+    token itself."""
 
     def __reduce__(self) -> tuple:
         return type(None), ()

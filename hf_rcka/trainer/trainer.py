@@ -24,6 +24,7 @@ import inspect
 import logging
 import os
 import math
+from datetime import timedelta
 from typing import Any, Iterable
 
 import numpy as np
@@ -53,6 +54,7 @@ from ..losses import IGNORE_INDEX, DistillationLoss
 from .metrics import accuracy_metrics, check_metric_for_best_model
 from ..data.mixing import build_mixup, mix_batch
 from ..modeling.assembly import build_distillation_model, build_losses, run_loss_specs, switched_off
+from ..distributed import host_group
 from ..modeling.distillation_model import DistillationModel
 from ..models.labels import BY_NAME
 from ..modeling.parallel import (
@@ -248,6 +250,8 @@ class DistillationTrainer(CheckpointingTrainer):
                 # rank would deal from its own order (some images trained twice an epoch, others never)
                 self.accelerator.dataloader_config.data_seed = args.seed
             set_seed(args.seed + args.process_index)
+        if args.world_size > 1:  # the stop flag's and gathered row counts' group, made on every rank at once
+            host_group(timedelta(seconds=args.ddp_timeout))
         require_full_state_dict(self.accelerator)
         keep_teacher_out_of_fsdp(self.accelerator, model, args.device)
         # a teacher no loss uses is not run, and the card calls the run supervised
