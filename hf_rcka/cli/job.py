@@ -76,14 +76,12 @@ def run(
     explicit = recipe if recipe is not None else {}
     args.do_train = explicit.get("do_train", RUN_DEFAULTS["do_train"])
     args.do_eval = explicit.get("do_eval", RUN_DEFAULTS["do_eval"])
-    main_process = args.process_index == 0
-    with training_alone_in(args.output_dir) if args.do_train and main_process else contextlib.nullcontext() as refusal:
-        refused = from_rank0(refusal) if args.do_train else None  # every rank refuses, not rank 0 alone
-        if refused:
-            raise RecipeError(refused)
-        resume = _check_before_loading(model_args, data_args, args, explicit)
-        if args.do_train:
+    if args.do_train:
+        with _training_alone(args):
+            resume = _check_before_loading(model_args, data_args, args, explicit)
             return _run(model_args, data_args, args, recipe, stop, argv, resume, args.output_dir)
+    resume = _check_before_loading(model_args, data_args, args, explicit)
+    main_process = args.process_index == 0
     made = missing_folders(args.output_dir)
     record_dir = from_rank0(eval_record_dir(args.output_dir) if main_process else None)  # one folder
     try:
@@ -91,6 +89,18 @@ def run(
     finally:
         if main_process:
             drop_empty_record(record_dir, made)
+
+
+@contextlib.contextmanager
+def _training_alone(args: DistillationTrainingArguments) -> Iterator[None]:
+    """``output_dir`` held by this training run (the lock is rank 0's); when another run holds it,
+    every rank refuses, not rank 0 alone (the others went on into the first collective)."""
+    main_process = args.process_index == 0
+    with training_alone_in(args.output_dir) if main_process else contextlib.nullcontext() as refusal:
+        refused = from_rank0(refusal)
+        if refused:
+            raise RecipeError(refused)
+        yield
 
 
 def _run(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
