@@ -497,3 +497,56 @@ def test_evaluations_started_together_each_get_their_own_record_folder(tmp_path)
     (Path(second) / "eval_results.json").write_text("{}")
     drop_empty_record(second)
     assert not Path(first).exists() and Path(second).is_dir()
+
+
+# ------------------------------------------------------------------ what counts as a run (mutation-review tests)
+
+def _args(out: Path, overwrite: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(do_train=True, output_dir=str(out), overwrite_output_dir=overwrite)
+
+
+@pytest.mark.parametrize("left", ["checkpoint-2", "config.json", "_replacing/model.safetensors"])
+def test_what_a_cut_short_run_leaves_counts_as_a_run(tmp_path, left):
+    """Checkpoints alone (a run stopped before its export), a config.json alone (an export cut short
+    after it), files pending in _replacing/: a new run beside them would resume or mix them."""
+    out = tmp_path / "out"
+    (out / left).parent.mkdir(parents=True, exist_ok=True)
+    (out / left).mkdir() if left.startswith("checkpoint-") else (out / left).write_text("{}")
+    with pytest.raises(RecipeError, match="already holds a model or checkpoints"):
+        check_output_dir(_args(out), None)
+
+
+def test_an_empty_staging_folder_or_a_state_file_alone_is_no_run(tmp_path):
+    out = tmp_path / "out"
+    (out / "_replacing").mkdir(parents=True)
+    (out / "all_results.json").write_text("{}")
+    check_output_dir(_args(out), None)  # nothing to replace: no --overwrite_output_dir needed
+    _fake_run(out / "first", [2], finished=True, tag="run 1")
+    (out / "first" / "model.safetensors").unlink()  # the state saved after a model, without the model
+    from hf_rcka.cli.output_folder import _finished
+
+    assert not _finished(out / "first") and not _finished(out / "_replacing")
+
+
+def test_resuming_names_this_folders_checkpoint_however_the_path_is_written(tmp_path, monkeypatch):
+    """A relative resume path against an absolute output_dir is still this folder's checkpoint."""
+    from hf_rcka.cli.output_folder import resumes_in
+
+    out = tmp_path / "out"
+    for step in (2, 4):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resumes_in(str(out), "out/checkpoint-2") and resumes_in("out", str(out / "checkpoint-2"))
+    assert later_checkpoints(str(out), "out/checkpoint-2") == ["checkpoint-4"]
+    other = tmp_path / "other" / "checkpoint-1"
+    other.mkdir(parents=True)
+    assert later_checkpoints(str(out), str(other)) == [], "another folder's checkpoint has no later ones here"
+
+
+def test_an_abandoned_branch_keeps_the_recipe_and_the_runs_own_records(tmp_path):
+    out = tmp_path / "out"
+    _fake_run(out, [2, 4], finished=True, tag="run")
+    (out / "distill_config.yaml").write_text("recipe")
+    set_aside_abandoned_branch(str(out), str(out / "checkpoint-2"))
+    assert (out / "distill_config.yaml").read_text() == "recipe" and (out / "checkpoint-2").is_dir()
+    assert (out / REPLACED / "checkpoint-4").is_dir() and (out / REPLACED / "model.safetensors").exists()
