@@ -232,7 +232,9 @@ def test_the_recorded_launch_says_how_the_global_batch_was_made(tmp_path, monkey
     monkeypatch.setattr("sys.argv", ["/home/alice/other/__main__.py"])  # another package's module
     assert launch_command("r.yaml") == "python scripts/distill.py r.yaml"
 
-    dump_recipe({**BASE, "seed": 3}, tmp_path / "distill_config.yaml", comment="Global batch: 64.\nRun: it")
+    dump_recipe({**BASE, "seed": 3, "hub_token": "hf_SECRET"}, tmp_path / "distill_config.yaml",
+                comment="Global batch: 64.\nRun: it")
+    assert "hf_SECRET" not in (tmp_path / "distill_config.yaml").read_text(), "the recorded recipe is uploaded"
     text = (tmp_path / "distill_config.yaml").read_text()
     assert text.startswith("# Global batch: 64.\n# Run: it\nmodel_name_or_path: config:vit\n")
     assert load_recipe(tmp_path / "distill_config.yaml") == {**BASE, "seed": 3}, "the comment is no recipe value"
