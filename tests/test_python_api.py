@@ -14,7 +14,7 @@ from transformers import TrainingArguments
 
 from conftest import pixel_dataset, processor, tiny_resnet, tiny_vit
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments
-from hf_rcka.errors import DataError, LabelError, ModelError, RecipeError
+from hf_rcka.errors import DataError, LabelError, LayerIndexError, ModelError, RecipeError
 from hf_rcka.modeling.assembly import build_distillation_model
 from hf_rcka.trainer.teacher_check import check_teacher_accuracy
 
@@ -313,15 +313,29 @@ def test_an_optimizer_that_leaves_out_the_projectors_is_refused(tmp_path):
 
 def test_a_refused_trainer_leaves_the_teacher_as_it_was(tmp_path, caplog):
     """A typo refused the trainer after the teacher was realigned, frozen and cast to bfloat16; the
-    corrected run then trained with a bfloat16 teacher it had not asked for, without a word."""
+    corrected run then trained with a bfloat16 teacher it had not asked for, without a word. Feature
+    pairs out of range and an optimizer without the projectors are refused once the model is built:
+    they, too, left the teacher re-indexed, and the pairs frozen and cast (the optimizer's fix builds the
+    DistillationModel, which freezes it anyway)."""
     teacher = named(tiny_resnet(), ["c", "a", "b"])
     student = named(tiny_resnet(), ["a", "b", "c"])  # HF ResNet: no activation checkpointing
     for wrong, error in (({"metric_for_best_model": "top5_acuracy"}, RecipeError),
-                         ({"activation_checkpointing": True}, ModelError)):
+                         ({"activation_checkpointing": True}, ModelError),
+                         ({"losses": ["ce", "kd", "feature_cka"], "feature_pairs": [{"student_layer": 9, "teacher_layer": 1}]},
+                          LayerIndexError)):
         with pytest.raises(error):
             build(make_args(tmp_path, teacher_dtype="bfloat16", **wrong), student, teacher)
     assert all(p.dtype == torch.float32 and p.requires_grad for p in teacher.parameters()) and teacher.training
     assert teacher.config.id2label == {0: "c", 1: "a", 2: "b"} and not teacher._forward_hooks
+    images = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        raw = teacher.eval()(pixel_values=images).logits
+    with pytest.raises(ModelError, match="does not train"):
+        build(make_args(tmp_path, losses=["ce", "kd", "srd"]), student, teacher,
+              optimizers=(torch.optim.AdamW(student.parameters()), None))
+    assert teacher.config.id2label == {0: "c", 1: "a", 2: "b"}
+    with torch.no_grad():
+        assert torch.equal(teacher(pixel_values=images).logits, raw)
     teacher.to(torch.bfloat16)  # given in half precision on purpose, or reused: the run says so
     with caplog.at_level(logging.WARNING, logger="hf_rcka"):
         build(make_args(tmp_path), student, teacher)

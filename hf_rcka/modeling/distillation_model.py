@@ -91,11 +91,6 @@ class DistillationModel(nn.Module):
         self.teacher = teacher
         self.losses = nn.ModuleDict(_by_name(losses))
         self._check_teacher()
-        self.teacher_runtime = None
-        if teacher is not None:
-            teacher.requires_grad_(False)
-            teacher.eval()
-            self.teacher_runtime = TeacherRuntime(teacher, teacher_dtype, teacher_channels_last)
         self.teacher_transform = needed_transform(student_input, teacher_input)
         if self.teacher_transform is not None:  # a caller may pass models already on their device
             self.teacher_transform.to(next(student.parameters()).device)
@@ -103,10 +98,15 @@ class DistillationModel(nn.Module):
         self.adapters = nn.ModuleList()
         self.left_out: frozenset[str] = frozenset()  # losses not computed (see leave_out_fresh_losses)
         self._student_only = False  # see without_teacher
-        if self.needs_features:
+        if self.needs_features:  # may refuse the pairs: before the teacher is frozen and cast below
             self._build_adapters(feature_pairs, student_input)
         elif feature_pairs not in (None, "auto"):
             logger.warning("feature_pairs are set but no loss uses hidden states; they are ignored")
+        self.teacher_runtime = None
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+            self.teacher_runtime = TeacherRuntime(teacher, teacher_dtype, teacher_channels_last)
         self._captures = self._build_captures(student_input)
         # A student with a distillation head: deit_token trains that head and the task loss the class
         # head (DeiT's recipe); without deit_token the task loss reads the heads' average, the logits the

@@ -205,25 +205,32 @@ def realign_teacher(teacher: nn.Module, labels: Sequence[str], mapping: str = BY
                     **wording: str) -> list[int] | None:
     """Check the teacher's classes against ``labels``; re-index its logits when they are permuted.
 
-    The teacher's logits are re-indexed by a forward hook (so every path that runs the teacher,
-    the losses and the accuracy check alike, sees the run's order) and its config's label maps
-    are rewritten to match. Returns the order applied, or None. ``wording``: ``key`` and
+    Returns the order applied (:func:`apply_label_order`), or None. ``wording``: ``key`` and
     ``source`` of ``teacher_label_order``'s errors.
     """
     order = teacher_label_order(labels, model_label_names(teacher.config), mapping, **wording)
-    if order is None:
-        return None
+    if order is not None:
+        apply_label_order(teacher, labels, order)
+    return order
+
+
+def apply_label_order(teacher: nn.Module, labels: Sequence[str], order: list[int]) -> None:
+    """Re-index the teacher's logits into the run's class order, in place.
+
+    By a forward hook, so that every path that runs the teacher, the losses and the accuracy check
+    alike, sees the run's order; its config's label maps are rewritten to match.
+    """
     teacher.register_forward_hook(_ReorderLogits(order))
     teacher.config.id2label = dict(enumerate(labels))
     teacher.config.label2id = {name: i for i, name in enumerate(labels)}
     logger.info("labels: the teacher's %d classes are in another order; its logits are re-indexed by name", len(labels))
-    return order
 
 
-def align_teacher_classes(teacher: nn.Module, labels: Sequence[str], mapping: str, reads_logits: bool,
-                          args: Any, **wording: str) -> None:
-    """Pair the teacher's classes with the run's ``labels`` (:func:`realign_teacher`), or give up
-    on them when no loss reads its logits.
+def teacher_alignment(teacher: nn.Module, labels: Sequence[str], mapping: str, reads_logits: bool,
+                      args: Any, **wording: str) -> list[int] | None:
+    """How the teacher's classes pair with the run's ``labels``: the order to re-index its logits
+    by (:func:`apply_label_order`), None when they pair as they are, or an error. The teacher is
+    not changed, so a caller can refuse the run after this without having touched it.
 
     The command line (before the trainer is built) and the trainer (for Python callers) both decide
     this, and must decide it alike. When its logits are distilled, a teacher of other classes is an
@@ -240,7 +247,7 @@ def align_teacher_classes(teacher: nn.Module, labels: Sequence[str], mapping: st
         LabelError: the classes differ and ``reads_logits``.
     """
     try:
-        realign_teacher(teacher, labels, mapping, **wording)
+        return teacher_label_order(labels, model_label_names(teacher.config), mapping, **wording)
     except LabelError:
         if reads_logits:
             raise
@@ -248,6 +255,15 @@ def align_teacher_classes(teacher: nn.Module, labels: Sequence[str], mapping: st
                     "is not checked")
         if hasattr(args, "teacher_accuracy_check"):
             args.teacher_accuracy_check = "off"
+        return None
+
+
+def align_teacher_classes(teacher: nn.Module, labels: Sequence[str], mapping: str, reads_logits: bool,
+                          args: Any, **wording: str) -> None:
+    """:func:`teacher_alignment`, applied to the teacher at once."""
+    order = teacher_alignment(teacher, labels, mapping, reads_logits, args, **wording)
+    if order is not None:
+        apply_label_order(teacher, labels, order)
 
 
 def check_split_classes(train: Sequence[str], validation: Sequence[str], key: str = "validation_dir") -> None:

@@ -11,13 +11,17 @@ Names that only number the classes (``LABEL_0``..., ``0``...) say nothing and ar
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import LabelError, RecipeError
 from ..losses import reads_teacher_logits
 from ..modeling.assembly import active_specs, run_loss_specs
-from ..models.labels import BY_NAME, TEACHER_LABEL_MAPPINGS, align_teacher_classes, is_generic, model_label_names
+from ..models.labels import (
+    BY_NAME, TEACHER_LABEL_MAPPINGS, apply_label_order, is_generic, model_label_names, teacher_alignment,
+)
 from ..registry import LOSSES
 
 logger = logging.getLogger(__name__)
@@ -81,10 +85,15 @@ def numbered_only(names: list[str]) -> bool:
 
 
 def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...], mapping: str,
-                 loss_names: list[str] | None = None) -> None:
+                 loss_names: list[str] | None = None) -> Callable[[], None] | None:
     """The student's classes against the data's, and the teacher's against the run's (by name).
 
     ``loss_names``: the losses the model computes (default: ``args.losses``, or the default losses).
+
+    Returns:
+        The teacher's realignment (its logits re-indexed into the run's order), for the caller to
+        apply once nothing else can refuse the trainer, so that a refused trainer leaves the
+        teacher as it was; None when its classes pair as they are.
 
     Raises:
         LabelError: the student names or counts the classes otherwise than the dataset, the parts
@@ -115,9 +124,10 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
                        "(a ClassLabel column, or the student's id2label) to have them matched by name",
                        teacher_names[:5])
     if not run_names or teacher_names is None or len(teacher_names) != len(run_names):
-        return  # a class count the losses cannot use is refused when the model is built
-    align_teacher_classes(teacher, run_names, mapping, reads_logits, args, key="teacher",
-                          source="the student's id2label" if student_names else "the dataset's ClassLabel")
+        return None  # a class count the losses cannot use is refused when the model is built
+    order = teacher_alignment(teacher, run_names, mapping, reads_logits, args, key="teacher",
+                              source="the student's id2label" if student_names else "the dataset's ClassLabel")
+    return functools.partial(apply_label_order, teacher, run_names, order) if order is not None else None
 
 
 def name_student_classes(student: Any, datasets: tuple[Any, ...]) -> None:

@@ -20,7 +20,7 @@ for plain ``TrainingArguments``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -79,11 +79,12 @@ def check_model_objects(model: Any, teacher: Any, kwargs: Mapping[str, Any]) -> 
 
 
 def check_ready_model(model: DistillationModel, teacher: Any, teacher_processor: Any, args: Any, mapping: str,
-                      datasets: tuple[Any, ...] = ()) -> None:
+                      datasets: tuple[Any, ...] = ()) -> Callable[[], None] | None:
     """A ready ``DistillationModel`` brings its teacher and losses: arguments that would build
     others are refused rather than ignored. Its student is checked against the data
     (``datasets``: training and evaluation sets), and its teacher's classes against its student's
-    by name, and realigned, as models passed on their own are."""
+    by name, as models passed on their own are: returns the teacher's realignment to apply
+    (``check_labels``)."""
     given = [name for name, value in (("teacher", teacher), ("teacher_processor", teacher_processor)) if value is not None]
     if given:
         raise ModelError(f"DistillationTrainer: {' and '.join(given)} given with a ready DistillationModel, which "
@@ -94,7 +95,7 @@ def check_ready_model(model: DistillationModel, teacher: Any, teacher_processor:
         raise RecipeError(f"losses {sorted(wanted)} in args, but the DistillationModel given computes "
                           f"{sorted(model.losses)}: build it with these losses, or leave args.losses unset")
     teacher = model.teacher if model.teacher is not None and model.needs_teacher else None
-    check_labels(model.student, teacher, args, datasets, mapping, loss_names=list(model.losses))
+    return check_labels(model.student, teacher, args, datasets, mapping, loss_names=list(model.losses))
 
 
 def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, teacher_processor: Any,

@@ -98,24 +98,27 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     """The ``DistillationModel`` to train, after every check of what the caller gave (see
     ``given_models``, ``given_labels``, ``given_data``, ``optimizer_checks``): a ready one as given,
     else one built from the student and teacher. Nothing is built or changed before the checks of
-    the objects themselves have passed."""
+    the objects themselves have passed, and a permuted teacher is realigned only after the last
+    check: a refused trainer leaves the caller's teacher with its own class order."""
     check_model_objects(model, teacher, kwargs)
     _check_given_weights(model, teacher)
     datasets = (kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
     if isinstance(model, DistillationModel):
-        check_ready_model(model, teacher, teacher_processor, args, mapping, datasets)
+        realign = check_ready_model(model, teacher, teacher_processor, args, mapping, datasets)
         _check_settings(model.student, model.losses.values(), args, kwargs)
     else:
         first_item = check_columns(*datasets, collator_given=kwargs.get("data_collator") is not None)
         check_models(model, teacher, args, kwargs.get("processing_class"), teacher_processor, first_item)
-        # before the teacher is realigned, frozen and cast: a refused trainer leaves it as it was
+        # before the teacher is frozen and cast: a refused trainer leaves it as it was
         _check_settings(model, build_losses(run_loss_specs(args, teacher is not None)), args, kwargs)
-        check_labels(model, teacher, args, datasets, mapping)
+        realign = check_labels(model, teacher, args, datasets, mapping)
         model = build_distillation_model(
             model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
             _stats_or_none(teacher_processor) if teacher is not None else None,
         )
     check_optimizer(model, kwargs.get("optimizers"))
+    if realign is not None:
+        realign()
     return model
 
 
