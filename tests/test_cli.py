@@ -320,3 +320,30 @@ def test_the_loss_filter_that_reads_every_step_back_is_off_unless_fp16_needs_it(
     recipe = {**COMMON, "model_name_or_path": "config:resnet", "output_dir": str(tmp_path / "out"), **settings}
     assert main([write(tmp_path / "r.yaml", recipe)]) == 0
     assert seen["args"].logging_nan_inf_filter is expected
+
+
+@pytest.mark.parametrize("best_at_end", [False, True])
+def test_the_last_steps_evaluation_is_the_final_one_unless_other_weights_were_loaded(tmp_path, monkeypatch,
+                                                                                     best_at_end):
+    """Trainer evaluates at the last step, and the final evaluation ran the whole set again on the
+    same weights (a second teacher and student pass over the validation set at the end of every
+    recipe that evaluates while it trains). load_best_model_at_end may load other weights: those
+    are evaluated."""
+    from hf_rcka.trainer.trainer import DistillationTrainer
+
+    steps = []
+    evaluate = DistillationTrainer.evaluate
+    monkeypatch.setattr(DistillationTrainer, "evaluate",
+                        lambda self, *a, **k: steps.append(self.state.global_step) or evaluate(self, *a, **k))
+    recipe = {**COMMON, "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET,
+              "output_dir": str(tmp_path / "out"), "eval_strategy": "steps", "eval_steps": 2,
+              "load_best_model_at_end": best_at_end, "save_steps": 2}
+    assert main([write(tmp_path / "r.yaml", recipe)]) == 0
+    assert steps == ([2, 3, 3] if best_at_end else [2, 3])
+    if best_at_end:
+        return
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    last = [entry for entry in history if "eval_accuracy" in entry][-1]
+    assert last["step"] == 3 and results["eval_accuracy"] == last["eval_accuracy"]
+    assert results["eval_loss"] == last["eval_loss"] and results["epoch"] == last["epoch"]

@@ -39,6 +39,7 @@ from ..trainer.interrupt import GracefulStop, Interrupted, stopped_by_signal
 from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, run_loss_specs
 from ..trainer.trainer import DistillationTrainer
+from .final_evaluation import LastEvaluation, final_evaluation
 from .preflight import check_recipe_metric, check_run
 from .resume_checks import (
     check_checkpoint, check_resume_batch, check_resume_rate, check_resume_recipe, check_resume_split,
@@ -115,13 +116,18 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         losses = run_loss_specs(args, trainer.distillation_model.teacher is not None)
         trainer.add_callback(RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME)))
+    last = None
+    if args.do_train and args.do_eval:  # its evaluation at the last step may be the final one
+        last = LastEvaluation()
+        trainer.add_callback(last)
     with saying_where_it_went(moved), said_write_errors(record_dir):
-        return _train_and_evaluate(trainer, data_args, skipped, recipe, record_dir, resume, stop, argv)
+        return _train_and_evaluate(trainer, data_args, skipped, recipe, record_dir, resume, stop, argv, last)
 
 
 def _train_and_evaluate(
     trainer: DistillationTrainer, data_args: DataArguments, skipped: SkippedImages, recipe: dict | None,
     record_dir: str, resume: str | None, stop: GracefulStop | None, argv: Sequence[str],
+    last: LastEvaluation | None = None,
 ) -> dict:
     """What ``run`` does once the trainer is built: train, evaluate, and the card and upload."""
     args = trainer.args
@@ -132,7 +138,7 @@ def _train_and_evaluate(
         if recipe is not None and not args.do_train:  # the split it evaluated (a trained model's held-out one)
             recipe = {**recipe, "train_val_split": data_args.train_val_split, "split_seed": data_args.split_seed}
         try:
-            metrics.update(_evaluate(trainer, recipe, record_dir))
+            metrics.update(_evaluate(trainer, recipe, record_dir, last))
         except DataError as err:  # too many unreadable evaluation images, found only now
             if not args.do_train:
                 raise
@@ -463,9 +469,11 @@ def tensorboard_into(trainer: DistillationTrainer, folder: str) -> None:
             callback.logging_dir = os.path.join(folder, "runs")
 
 
-def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str) -> dict:
-    """The final evaluation; an eval-only run records it in its own folder (see ``records``)."""
-    metrics = trainer.evaluate()
+def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str,
+              last: LastEvaluation | None = None) -> dict:
+    """The final evaluation (the last step's, when it evaluated the final weights); an eval-only
+    run records it in its own folder (see ``records``)."""
+    metrics = final_evaluation(trainer, last)
     trainer.log_metrics("eval", metrics)
     if trainer.args.do_train:
         trainer.save_metrics("eval", metrics)
