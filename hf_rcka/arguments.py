@@ -56,7 +56,8 @@ class ModelArguments:
     )
     image_size: int | None = field(
         default=None,
-        metadata={"help": "Train the student at this square resolution (its saved image processor is updated)."},
+        metadata={"help": "Train the student at this square resolution (its saved image processor is updated; "
+                          "its crop ratio and interpolation are kept)."},
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code for custom architectures."})
     smoke_test: bool = field(

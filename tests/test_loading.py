@@ -432,3 +432,17 @@ def test_pickled_weights_only_are_refused_with_how_to_convert(tmp_path):
     with pytest.raises(OSError, match=r"has no safetensors weights, and hf_rcka loads no others .*"
                                       r"save_pretrained\(folder, safe_serialization=True\)"):
         load_image_classifier(str(tmp_path), num_labels=2)
+
+
+def test_a_timm_models_crop_ratio_is_kept_at_any_image_size() -> None:
+    """image_size replaced timm's crop_pct with 1.0: stating resnet18.a1_in1k's own 224 px evaluated
+    it without its centre crop (timm's train.py keeps crop_pct with --img-size, and transformers'
+    processors keep their ratio); a recipe turns the crop off in its config's pretrained_cfg_overlay."""
+    for size in (224, 32):
+        model = load_image_classifier("timm/resnet18.a1_in1k", num_labels=3, from_scratch=True, image_size=size)
+        config = load_image_processor("timm/resnet18.a1_in1k", model, image_size=size).data_config
+        assert config["input_size"] == (3, size, size) and config["crop_pct"] == 0.95
+        assert config["interpolation"] == "bicubic"
+    uncropped = load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True, image_size=16,
+                                      config_overrides={"pretrained_cfg_overlay": {"crop_pct": 1.0}})
+    assert load_image_processor("timm/resnet18", uncropped, image_size=16).data_config["crop_pct"] == 1.0

@@ -93,7 +93,7 @@ def _timm_processor(source: ModelSource, config: TimmWrapperConfig | None, image
 
 def _timm_at_size(data_cfg: dict[str, Any], image_size: Any, architecture: str) -> dict[str, Any]:
     resized = resize_timm_data_config(data_cfg, image_size)
-    if tuple(resized["input_size"]) != tuple(data_cfg.get("input_size", ())) or data_cfg.get("crop_pct") != 1.0:
+    if tuple(resized["input_size"]) != tuple(data_cfg.get("input_size", ())):
         logger.warning(
             "timm model %r records input_size %s in its config; its saved folder will preprocess at that "
             "size, not %s. Pass image_size to load_image_classifier as well", architecture,

@@ -173,12 +173,14 @@ def resize_timm_data_config(data_cfg: Mapping[str, Any], image_size: int | tuple
     """A copy of a timm data config whose processor outputs ``image_size`` (height, width).
 
     Only the preprocessing changes (the architecture keeps its ``img_size``; set that in
-    ``config_overrides`` to change a ViT's patch grid). ``crop_pct`` becomes 1.0: the image is
-    resized to the training resolution, not cropped from a larger one.
+    ``config_overrides`` to change a ViT's patch grid). ``crop_pct`` and the interpolation are
+    kept, as timm's train.py keeps them with ``--img-size`` and as the transformers processors keep
+    their crop ratio: stating a model's own size changed nothing else. A recipe that wants no
+    crop sets it (``pretrained_cfg_overlay: {crop_pct: 1.0}`` in ``config_overrides``).
     """
     height, width = as_hw(image_size)
     channels = tuple(data_cfg.get("input_size", (3,)))[0]
-    return {**_without_test_size(data_cfg), "input_size": (int(channels), height, width), "crop_pct": 1.0}
+    return {**_without_test_size(data_cfg), "input_size": (int(channels), height, width)}
 
 
 def timm_registry_cfg(architecture: str) -> dict[str, Any]:
