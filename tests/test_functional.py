@@ -558,13 +558,17 @@ def test_patch_cka_handles_maps_smaller_than_one_patch():
     assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
 
 
-def test_patch_cka_on_a_1x1_map_is_one_with_zero_gradient():
-    s, t = map_pair((5, 4, 1, 1), seed=29)
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 2), (2, 1)])
+def test_patch_cka_on_a_map_of_fewer_than_three_patches_is_one_with_zero_gradient(height, width):
+    """Centred CKA over 2 patches is 1 whatever the maps (a rank-1 Gram): exactly a constant."""
+    s, t = map_pair((5, 4, height, width), seed=29)
     s.requires_grad_()
     got = fn.patch_cka(s, t, patch_size=4)
     torch.testing.assert_close(got, torch.ones(4, dtype=DOUBLE))
     got.sum().backward()
     assert s.grad is not None and torch.equal(s.grad, torch.zeros_like(s))
+    assert fn.patch.patch_count(height, width, 4) < 3 <= fn.patch.patch_count(2, 2, 4)
+    assert fn.patch.patch_count(7, 10, 4) == 3 * 3  # 3-pixel patches on 7 rows, 4-pixel ones on 10 columns
 
 
 def test_patch_cka_is_one_for_equal_maps_and_rejects_unequal_shapes():

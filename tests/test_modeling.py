@@ -198,3 +198,21 @@ def test_a_training_step_reads_nothing_back_from_the_device():
             output = model(pixel_values=x, labels=y)
             output.loss.backward()
         assert recorded.seen == [], f"{[type(l).__name__ for l in losses]}: {recorded.seen}"
+
+
+def test_a_feature_pair_whose_grid_patch_cka_cannot_relate_is_refused_or_left_out_of_auto(caplog):
+    """At a small image size the deepest stage is 1 x 1: patch_cka on it is a constant, and the
+    pair trained nothing, its term logged as 0 at every step, without a word (CIFAR's 32 px)."""
+    from hf_rcka.errors import RecipeError
+
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        model = _model(PatchCKALoss())  # the teacher's last stage is 1 x 1 at 24 px
+    assert [(p.student_layer, p.teacher_layer) for p in model.feature_pairs] == [(1, 2)] and len(model.adapters) == 1
+    assert "teacher 4 [nchw 20ch 1x1, stride 24] left out of the automatic pairs: patch_cka" in caplog.text
+    with pytest.raises(RecipeError, match=r"feature_pairs\[0\] .*this 1x1 map holds 1 \(CKA over fewer than 3"):
+        DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), PatchCKALoss()],
+                          feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "adapter": "patch_match"}],
+                          student_input=input_stats(processor(16)), teacher_input=input_stats(processor(24)))
+    with pytest.raises(RecipeError, match="auto found no pair of hidden states the feature losses can learn from"):
+        DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), PatchCKALoss()], feature_pairs="auto",
+                          student_input=input_stats(processor(16)), teacher_input=input_stats(processor(4)))

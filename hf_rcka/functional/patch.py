@@ -17,12 +17,18 @@ from . import pcka_kernel
 from .cka import linear_cka, min_cka_items
 from .numerics import DEFAULT_EPS, common_dtype, full_precision
 
-__all__ = ["patchify", "patch_cka", "patch_cka_many"]
+__all__ = ["patchify", "patch_cka", "patch_cka_many", "patch_count"]
 
 
 def _effective_patch(size: int, patch_size: int) -> int:
     """Patch side for one axis: ``patch_size``, shrunk so a small map still has >= 2 patches."""
     return max(1, min(patch_size, size // 2))
+
+
+def patch_count(height: int, width: int, patch_size: int) -> int:
+    """How many patches ``patch_cka`` relates on a ``height`` x ``width`` map: the rows of its Grams."""
+    ph, pw = _effective_patch(height, patch_size), _effective_patch(width, patch_size)
+    return -(-height // ph) * -(-width // pw)
 
 
 def _check_map(fmap: torch.Tensor) -> None:
@@ -100,14 +106,15 @@ def patch_cka(
     measured faster on CPU; not twice differentiable: a backward with ``create_graph=True``
     raises), ``"autograd"`` the plain composition, ``"auto"`` the kernel on CPU and autograd
     elsewhere. With ``transpose=True`` the CKA of the transposed patch matrices (pixel relations)
-    is averaged in, where a patch holds enough pixels (over the batch) to relate. A 1 x 1 map has a single patch and no relations to align: it returns ones (a
-    zero loss).
+    is averaged in, where a patch holds enough pixels (over the batch) to relate. A map of fewer
+    patches than CKA needs (``min_cka_items``: 1 x 1 or 1 x 2, centred) has no patch relations to
+    align: it returns ones (a zero loss, no gradient); ``PatchCKALoss`` refuses such pairs.
     """
     check_aligned(student_fmap, teacher_fmap)
     s, t = common_dtype(student_fmap, teacher_fmap)
     s, ph, pw = _fit_to_patches(s, patch_size)
     t, _, _ = _fit_to_patches(t, patch_size)
-    if (s.shape[2] // ph) * (s.shape[3] // pw) < 2:
+    if (s.shape[2] // ph) * (s.shape[3] // pw) < min_cka_items(center):
         return torch.ones(s.shape[1], dtype=s.dtype, device=s.device) + 0.0 * s.sum()
     sim = _backend_fn(backend, s.device)(s, t, ph, pw, center, eps)
     if transpose:

@@ -174,6 +174,12 @@ class DistillationLoss(nn.Module):
     def setup(self, context: LossContext) -> None:
         """Create parameters or state that depend on the models (called once before training)."""
 
+    def feature_problem(self, shape: tuple[int, ...]) -> str | None:
+        """Why a feature pair whose adapted features have this per-sample ``shape`` would train
+        nothing through this loss, or None. Checked when the pairs are planned, so that such a pair
+        is refused (or left out of automatic pairing) rather than trained as a constant."""
+        return None
+
     def check_inputs(self, inputs: LossInputs) -> None:
         for name in self.requires:
             value = getattr(inputs, name)

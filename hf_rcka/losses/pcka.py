@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import functional
+from ..functional.cka import min_cka_items
 from ..registry import LOSSES
 from .base import DistillationLoss, LossInputs
 
@@ -16,8 +17,9 @@ class PatchCKALoss(DistillationLoss):
     For every channel, rows are the patches of the map (each holding its pixels over the batch),
     so the loss aligns *where* things are relative to each other. Needs equal shapes on both sides:
     the ``patch_match`` adapter brings ViT tokens and CNN maps onto one grid and projects channels.
-    All channels go through one batched CKA; small maps use smaller patches (a 1 x 1 map has no
-    patch relations and contributes nothing). Paper: weight 10 per level, patch size 16 on
+    All channels go through one batched CKA; small maps use smaller patches, and a pair on a
+    grid too small to hold 3 patches (1 x 1, 1 x 2) is refused, or left out of automatic pairing:
+    it has no patch relations to align. Paper: weight 10 per level, patch size 16 on
     detection FPN maps; classification maps are small, so the default patch side is 4.
 
     The loss is a mean over channels, so ``patch_match`` compares a random subset of the teacher's
@@ -44,6 +46,18 @@ class PatchCKALoss(DistillationLoss):
         self.patch_size = int(patch_size)
         self.transpose = bool(transpose)
         self.center = bool(center)
+
+    def feature_problem(self, shape: tuple[int, ...]) -> str | None:
+        """A map of fewer patches than CKA relates (1 x 1, 1 x 2 when centred) gives a constant
+        term: the last stages of a small image (CIFAR's 32 px: ResNet's 1 x 1 stage 4)."""
+        if len(shape) != 3:
+            return None
+        height, width = shape[-2:]
+        count, least = functional.patch.patch_count(height, width, self.patch_size), min_cka_items(self.center)
+        if count >= least:
+            return None
+        return (f"patch_cka relates the patches of a map, and this {height}x{width} map holds {count} (CKA over fewer "
+                f"than {least} is a constant, so the pair would train nothing)")
 
     def term(self, inputs: LossInputs) -> torch.Tensor:
         pairs = self.feature_pairs(inputs)

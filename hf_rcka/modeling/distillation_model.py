@@ -178,6 +178,7 @@ class DistillationModel(nn.Module):
             describe_hidden_states(self.teacher, teacher_pixels),
             alignment,
             channel_mean=all(loss.channel_mean for loss in feature_losses),
+            problem=lambda shape: next(filter(None, (loss.feature_problem(shape) for loss in feature_losses)), None),
         )
 
     def _build_captures(self, student_input: InputStats | None) -> dict[str, ForwardCapture]:

@@ -8,7 +8,7 @@ widths and grids of its two states, so the model wrapper only holds the result.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ def build_feature_adapters(
     teacher_specs: Sequence[FeatureSpec],
     alignment: str,
     channel_mean: bool = False,
+    problem: Callable[[tuple[int, ...]], str | None] | None = None,
 ) -> tuple[list[FeaturePair], nn.ModuleList]:
     """The resolved pairs (concrete adapter names, non-negative indices) and their adapters.
 
@@ -40,12 +41,17 @@ def build_feature_adapters(
         channel_mean: every feature loss is a mean of per-channel terms (patch CKA, FitNets), so
             ``patch_match`` may compare a random subset of the teacher's channels per training
             step: its ``sample_channels`` then defaults to ``"student"``; otherwise it is refused.
+        problem: given the per-sample shape of a pair's adapted features (losses that need equal
+            shapes), why a feature loss would train nothing on it, or None
+            (``DistillationLoss.feature_problem``). Such a pair is refused, or left out of
+            automatic pairing with a warning.
 
     Raises:
-        RecipeError: a recipe's adapter that cannot give what the losses need, found here rather
-            than at the first training step.
+        RecipeError: a recipe's adapter that cannot give what the losses need, or a pair the
+            losses cannot learn from, found here rather than at the first training step.
     """
     needs_shape = alignment != "any"
+    automatic = feature_pairs is None or feature_pairs == "auto"
     pairs, adapters, seen = [], nn.ModuleList(), {}
     for i, pair in enumerate(choose_pairs(feature_pairs, student_specs, teacher_specs)):
         s, t = pair.student_layer, pair.teacher_layer
@@ -57,15 +63,29 @@ def build_feature_adapters(
         name, options = adapter_choice(pair, needs_shape)
         if name == "patch_match":
             options = _channel_sampling(f"feature_pairs[{i}]", options, channel_mean)
-        adapters.append(build_adapter(name, student_specs[s], teacher_specs[t], **options))
+        adapter = build_adapter(name, student_specs[s], teacher_specs[t], **options)
         if needs_shape:
-            _check_alignment(f"feature_pairs[{i}]", name, adapters[-1], student_specs[s], teacher_specs[t], alignment)
+            shape = _check_alignment(f"feature_pairs[{i}]", name, adapter, student_specs[s], teacher_specs[t], alignment)
+            why = problem(shape) if problem is not None else None
+            if why is not None and automatic:
+                logger.warning("feature pair: student %d %s <-> teacher %d %s left out of the automatic pairs: %s",
+                               s, _describe(student_specs[s]), t, _describe(teacher_specs[t]), why)
+                continue
+            if why is not None:
+                raise RecipeError(f"feature_pairs[{i}] (student {s} {_describe(student_specs[s])}, teacher {t} "
+                                  f"{_describe(teacher_specs[t])}, via {name}): {why}. Pair a larger hidden state "
+                                  "(an earlier stage), or train at a larger image_size")
+        adapters.append(adapter)
         pairs.append(FeaturePair(s, t, name, options, pair.reason))
         logger.info(
             "feature pair: student %d %s <-> teacher %d %s via %s%s%s",
             s, _describe(student_specs[s]), t, _describe(teacher_specs[t]), name,
             "".join(f", {k}: {v}" for k, v in options.items()), f" ({pair.reason})" if pair.reason else "",
         )
+    if automatic and not pairs:
+        raise RecipeError("feature_pairs: auto found no pair of hidden states the feature losses can learn from (see "
+                          "the warnings above): list feature_pairs with larger hidden states, or train at a larger "
+                          "image_size")
     return pairs, adapters
 
 
@@ -97,8 +117,9 @@ def _channel_sampling(where: str, options: dict[str, Any], channel_mean: bool) -
 
 
 def _check_alignment(where: str, name: str, adapter: nn.Module, student: FeatureSpec, teacher: FeatureSpec,
-                     alignment: str) -> None:
-    """Run ``adapter`` on one zero sample of each side and compare what comes out.
+                     alignment: str) -> tuple[int, ...]:
+    """Run ``adapter`` on one zero sample of each side and compare what comes out; returns the
+    per-sample shape both sides then have.
 
     In eval mode: what evaluation compares, and no training-time random draw (channel sampling)
     that would shift the global random stream the next parameters are initialised from.
@@ -108,7 +129,7 @@ def _check_alignment(where: str, name: str, adapter: nn.Module, student: Feature
         s, t = adapter.eval()(torch.zeros(1, *student.shape), torch.zeros(1, *teacher.shape))
     adapter.train(training)
     if s.shape == t.shape and (alignment == "shape" or s.dim() == 4):
-        return
+        return tuple(s.shape[1:])
     need = "equal (B, C, H, W) maps" if alignment == "map" else "equal shapes"
     raise RecipeError(
         f"{where}: adapter {name!r} gives student features of shape {tuple(s.shape[1:])} and teacher features of "
