@@ -486,3 +486,14 @@ def test_the_losses_that_read_trained_adapters_or_their_own_state_can_be_left_ou
     # when every loss is such, they are kept (a loss needs a term), and named for the caller to say so
     only = build_distillation_model(tiny_vit(), tiny_resnet(), make_args(tmp_path, losses=[{"name": "srd"}]), None, None)
     assert only.leave_out_fresh_losses() == ["srd"] and not only.left_out
+
+
+def test_the_card_of_a_run_with_named_evaluation_sets_and_a_teacher(tmp_path):
+    """The card measured the teacher over the dict of sets as if it were one: KeyError 0 at
+    create_model_card (and at push_to_hub, which then uploaded nothing), after training."""
+    trainer = build(make_args(tmp_path, max_steps=1, eval_strategy="steps", eval_steps=1), named(tiny_vit(), ["a", "b", "c"]),
+                    named(tiny_resnet(), ["a", "b", "c"]), eval_dataset={"x": pixel_dataset(10, seed=1), "y": pixel_dataset(7, seed=2)})
+    trainer.train()
+    trainer.create_model_card()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "eval_x_accuracy" in card and "eval_y_accuracy" in card and trainer.card_facts.teacher_accuracy is None

@@ -241,7 +241,9 @@ def complete_card_facts(trainer: Any) -> CardFacts:
     model = trainer.distillation_model
     # a teacher no loss uses was not run in training, and the card calls the run supervised
     teacher_used = model.teacher is not None and model.needs_teacher
-    if facts.teacher_accuracy is None and teacher_used and trainer.eval_dataset is not None:
+    # named evaluation sets (a dict) give no single eval_accuracy for the teacher's to stand beside
+    single_set = trainer.eval_dataset is not None and not isinstance(trainer.eval_dataset, dict)
+    if facts.teacher_accuracy is None and teacher_used and single_set:
         # A plain DataLoader over the whole eval set: the card is written on the main process only,
         # and Trainer's (accelerate-prepared) loader would shard the data and sync RNG across ranks.
         loader = torch.utils.data.DataLoader(trainer.eval_dataset, batch_size=trainer.args.per_device_eval_batch_size,
