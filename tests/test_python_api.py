@@ -9,6 +9,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import TrainingArguments
 
@@ -497,3 +498,21 @@ def test_the_card_of_a_run_with_named_evaluation_sets_and_a_teacher(tmp_path):
     trainer.create_model_card()
     card = (tmp_path / "run" / "README.md").read_text()
     assert "eval_x_accuracy" in card and "eval_y_accuracy" in card and trainer.card_facts.teacher_accuracy is None
+
+
+def test_a_python_runs_card_claims_only_what_it_knows_and_takes_trainers_card_arguments(tmp_path, caplog):
+    """A student given in Python was called "random (trained from scratch)" on its card (it may be a
+    fine-tuned checkpoint), the card pointed at a distill_config.yaml only the command line writes,
+    and finetuned_from, tags and language were dropped without a word."""
+    trainer = build(make_args(tmp_path, max_steps=1), named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]))
+    trainer.train()
+    trainer.create_model_card()
+    card = ModelCard.load(tmp_path / "run" / "README.md")
+    assert "- Student initialisation: not recorded\n" in card.text and "random" not in card.text
+    assert "distill_config.yaml" not in card.text and card.data.base_model is None
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        trainer.create_model_card(finetuned_from="acme/vit-start", tags=["pets"], language="en", tasks="x")
+    card = ModelCard.load(tmp_path / "run" / "README.md")
+    assert card.data.base_model == "acme/vit-start" and "the Hub checkpoint `acme/vit-start`" in card.text
+    assert card.data.tags[-1] == "pets" and "knowledge-distillation" in card.data.tags and card.data.language == "en"
+    assert "model card: tasks not used" in caplog.text

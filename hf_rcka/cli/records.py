@@ -27,11 +27,12 @@ from transformers import Trainer, TrainerCallback
 from ..arguments import describe_batch
 from ..errors import RecipeError
 from ..file_writes import remove_empty, write_text
+from ..trainer.card import RECIPE_RECORD
 from ..trainer.checkpointing import checkpoint_step
 from ..trainer.resume_hint import launch_command
 from .recipe import dump_recipe, load_recipe
 
-CONFIG_NAME = "distill_config.yaml"  # a training run's resolved recipe, in its output_dir
+CONFIG_NAME = RECIPE_RECORD  # a training run's resolved recipe, in its output_dir (the card names it)
 # The folder a run's relative paths (train_dir: data/train) were relative to. Local only: the "_"
 # keeps it out of Hub uploads, which need no path of this machine.
 WORKING_DIR_NAME = "_working_dir.json"

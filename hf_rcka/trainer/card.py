@@ -22,6 +22,7 @@ from ..file_writes import write_text
 from .card_facts import CardFacts, image_folder_name
 
 CARD_TAGS = ["knowledge-distillation", "image-classification", "hf_rcka"]
+RECIPE_RECORD = "distill_config.yaml"  # the command line's resolved recipe, next to the card
 DEFAULT_LICENSE = "apache-2.0"
 CKA_IMAGE = "cka.png"
 _CKA_HEADING = "## Layer-by-layer CKA"
@@ -43,8 +44,7 @@ _TEMPLATE = """---
 - Student architecture: `{architecture}` ({num_parameters:,} parameters, {num_labels} classes)
 - Student initialisation: {initialisation}
 - Loss terms (weight): {losses}
-{training}- Trained with hf_rcka's `DistillationTrainer`; the full recipe is in `distill_config.yaml` next to
-  this card.
+{training}- Trained with hf_rcka's `DistillationTrainer`{recipe}.
 
 ## Evaluation
 
@@ -185,7 +185,9 @@ def _initialisation(facts: CardFacts, teacher_name: str | None) -> str:
         return f"the Hub checkpoint `{facts.base_model}`{same}"
     if facts.local_checkpoint:
         return f"the local checkpoint `{facts.local_checkpoint}` (not on the Hub)"
-    return "random (trained from scratch)"
+    if facts.start_recorded:
+        return "random (trained from scratch)"
+    return "not recorded"
 
 
 def _teacher_text(teacher_name: str) -> str:
@@ -250,6 +252,8 @@ def write_model_card(
             initialisation=_initialisation(facts, teacher_name),
             losses=", ".join(f"`{name}` ({weight:g})" for name, weight in losses.items()),
             training=f"- Training: {training}\n" if training else "",
+            recipe=(f"; the full recipe is in `{RECIPE_RECORD}` next to this card"
+                    if os.path.exists(os.path.join(output_dir, RECIPE_RECORD)) else ""),
             evaluation=_evaluation_text(facts, metrics, distilled=bool(teacher_name)),
             results=_results_table(metrics),
             repo=repo_id or model_name,
@@ -282,11 +286,13 @@ def training_text(steps: int, epochs: float | None, batch: str, learning_rate: f
 def _card_data(model_name: str, teacher_name: str | None, dataset: str | None, metrics: dict[str, float],
                facts: CardFacts, license: str | None) -> ModelCardData:
     """The card's front matter: what the Hub indexes (license, datasets, base model, eval results)."""
+    tags = CARD_TAGS if teacher_name else ["image-classification", "hf_rcka"]
     return ModelCardData(
         license=license or DEFAULT_LICENSE,
         library_name="transformers",
         pipeline_tag="image-classification",
-        tags=CARD_TAGS if teacher_name else ["image-classification", "hf_rcka"],
+        tags=[*tags, *(tag for tag in facts.tags if tag not in tags)],
+        language=facts.language,
         datasets=_hub_dataset(dataset, facts),
         metrics=["accuracy"],
         base_model=facts.base_model,  # the student's own start; the teacher only when the student began as it

@@ -41,6 +41,10 @@ class CardFacts:
         base_model: Hub id of the checkpoint the student's weights started from.
         local_checkpoint: name of the local folder the student's weights started from (the card
             is published; the folder's full path says nothing to its readers).
+        start_recorded: whether the run knows where the student's weights started, so that
+            neither of the above means random weights. The command line knows; a student given in
+            Python is "not recorded" unless ``create_model_card(finetuned_from=...)`` names it.
+        tags / language: the caller's card metadata (``create_model_card``'s arguments).
         teacher_accuracy: the teacher's top-1 on the student's evaluation images, as distillation
             feeds them to it: the student's preprocessing, re-normalised and resized for the
             teacher. Its own preprocessing (another resize filter) can score higher.
@@ -61,6 +65,7 @@ class CardFacts:
 
     base_model: str | None = None
     local_checkpoint: str | None = None
+    start_recorded: bool = False
     teacher_accuracy: float | None = None
     teacher_accuracy_note: str = "same images, through the student's preprocessing (what distillation feeds it)"
     baseline_accuracy: float | None = None
@@ -77,6 +82,8 @@ class CardFacts:
     run_settings: dict[str, Any] = field(default_factory=dict)
     student_settings: dict[str, Any] = field(default_factory=dict)
     baseline_comparable: bool = False
+    tags: list[str] = field(default_factory=list)
+    language: str | list[str] | None = None
 
 
 def base_model_of(model_name_or_path: str, from_scratch: bool) -> str | None:
@@ -228,6 +235,7 @@ def card_facts_of(
     return CardFacts(
         base_model=base_model_of(model_args.model_name_or_path, model_args.student_from_scratch),
         local_checkpoint=local_checkpoint_of(model_args.model_name_or_path, model_args.student_from_scratch),
+        start_recorded=True,
         run_settings={k: getattr(data_args, k, None) for k in SPLIT_KEYS},
         student_settings={k: getattr(model_args, k, None) for k in STUDENT_KEYS},
         train_subset=subset,

@@ -568,15 +568,30 @@ class DistillationTrainer(CheckpointingTrainer):
     # ------------------------------------------------------------------ model card
 
     def create_model_card(
-        self, model_name: str | None = None, dataset: str | None = None, license: str | None = None, **kwargs: Any
+        self, model_name: str | None = None, dataset: str | None = None, license: str | None = None,
+        finetuned_from: str | None = None, tags: str | list[str] | None = None,
+        language: str | list[str] | None = None, **kwargs: Any,
     ) -> None:
         """A card that names the teacher as teacher (never as ``base_model``); see ``card.write_model_card``.
 
         ``self.card_facts`` (filled by the CLI: base model, evaluation data) is completed here with
         the teacher's accuracy on the evaluation set and the ``baseline_dir`` run's accuracy.
+        ``finetuned_from`` names the Hub checkpoint a student given in Python started from (its
+        ``base_model``; the command line records it itself); ``tags`` and ``language`` go into the
+        card's metadata. Trainer's other card arguments (``tasks``, ``dataset_tags``,
+        ``dataset_args``) do not apply: the task is image classification, and the data is
+        ``dataset``'s.
         """
         if not self.is_world_process_zero():
             return
+        if kwargs:
+            logger.warning("model card: %s not used (the task is image classification; name the data with dataset)",
+                           ", ".join(sorted(kwargs)))
+        facts = self.card_facts
+        if finetuned_from is not None:
+            facts.base_model, facts.local_checkpoint, facts.start_recorded = finetuned_from, None, True
+        facts.tags = [tags] if isinstance(tags, str) else list(tags or facts.tags)
+        facts.language = language if language is not None else facts.language
         best = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
         metrics = exported_metrics(self.state.log_history, best, self.state.global_step)
         complete_card_facts(self)
