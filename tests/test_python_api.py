@@ -516,3 +516,18 @@ def test_a_python_runs_card_claims_only_what_it_knows_and_takes_trainers_card_ar
     assert card.data.base_model == "acme/vit-start" and "the Hub checkpoint `acme/vit-start`" in card.text
     assert card.data.tags[-1] == "pets" and "knowledge-distillation" in card.data.tags and card.data.language == "en"
     assert "model card: tasks not used" in caplog.text
+
+
+def test_evaluation_images_of_another_size_than_the_training_images_are_refused_before_training(tmp_path):
+    """The teacher's inputs and the feature pairs are planned at the training size: an eval set at
+    another size trained to the end and failed at the evaluation (a feature map that no longer fits
+    its adapter; a ViT teacher that refuses the size)."""
+    student, teacher = tiny_vit(), tiny_resnet()
+    args = make_args(tmp_path, losses=["ce", "rcka", "patch_cka"])
+    with pytest.raises(DataError, match=r"eval_dataset\['big'\]: its images are 24x24, the training images 16x16"):
+        build(args, student, teacher, eval_dataset={"big": pixel_dataset(5, size=24)})
+    trainer = build(args, student, teacher, eval_dataset=pixel_dataset(5))
+    with pytest.raises(DataError, match="test_dataset: its images are 24x24"):
+        trainer.predict(pixel_dataset(5, size=24))
+    alone = build(make_args(tmp_path, losses=["ce"]), tiny_resnet(), eval_dataset=pixel_dataset(5, size=24))
+    assert "eval_accuracy" in alone.evaluate()  # nothing planned at a size: a CNN takes any

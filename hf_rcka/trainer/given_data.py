@@ -34,10 +34,36 @@ def check_columns(train_dataset: Any, eval_dataset: Any, collator_given: bool) -
     return first
 
 
-def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: bool) -> None:
+def image_size(item: Mapping | None) -> tuple[int, int] | None:
+    """The (height, width) of an item's ``pixel_values``, or None when it has no image tensor."""
+    pixels = item.get("pixel_values") if item is not None else None
+    return tuple(pixels.shape[-2:]) if isinstance(pixels, torch.Tensor) and pixels.ndim >= 2 else None
+
+
+def check_image_sizes(dataset: Any, role: str, size: tuple[int, int] | None) -> None:
+    """Each part of an evaluation (or test) set holds images of the training images' ``size``.
+
+    The teacher's inputs (resized to its own size only when its processor's size differs from the
+    student's) and the feature pairs' grids are planned at that size: at another, evaluation
+    failed after training (a ViT teacher refuses the size; a feature map no longer fits its
+    adapter), or compared other grids. ``size`` None: nothing was planned at a size.
+    """
+    if size is None:
+        return
+    for where, _, item in _first_items(role, dataset):
+        got = image_size(item)
+        if got is not None and got != size:
+            raise DataError(
+                f"{where}: its images are {got[0]}x{got[1]}, the training images {size[0]}x{size[1]}: the teacher's "
+                "inputs and the feature pairs are planned at the training size, so evaluating them would fail or "
+                "compare other grids. Give it the training set's evaluation transform (the same processor)")
+
+
+def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: bool,
+                        size: tuple[int, int] | None = None) -> None:
     """A dataset given to ``evaluate()`` or ``predict()`` after construction (or set as
-    ``eval_dataset`` since) gets the checks the constructor's ``eval_dataset`` got: its items' keys
-    and its class names against the student's.
+    ``eval_dataset`` since) gets the checks the constructor's ``eval_dataset`` got: its items' keys,
+    its class names against the student's and its images' ``size`` (``check_image_sizes``).
 
     Without them, relabelled classes read as accuracy 0.0 and a ``label`` column as an evaluation
     with no accuracy and no loss, both without an error. ``predict()`` (``role`` ``test_dataset``)
@@ -45,6 +71,7 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
     """
     student_names = model_class_names(student)
     named = student_names is not None and not numbered_only(student_names)
+    check_image_sizes(dataset, role, size)
     for where, part, item in _first_items(role, dataset):
         if not collator_given:
             _check_keys(where, item, ("pixel_values",) if role == "test_dataset" else ("pixel_values", "labels"))
@@ -89,4 +116,4 @@ def _check_keys(where: str, item: Mapping, needed: tuple[str, ...]) -> None:
             "(dataset.set_transform(...) with the processor), or pass a data_collator that builds them")
 
 
-__all__ = ["check_columns", "check_later_dataset"]
+__all__ = ["check_columns", "check_image_sizes", "check_later_dataset", "image_size"]

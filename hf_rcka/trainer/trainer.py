@@ -40,7 +40,7 @@ from .batch_rows import check_evaluation_rows, check_relation_rows, check_traini
 from .card_facts import CardFacts, complete_card_facts
 from .term_log import LossTermLog
 from .checkpointing import CheckpointingTrainer, ResumedRate, checkpoint_step, keep_token_out_of_files
-from .given_data import check_columns, check_later_dataset
+from .given_data import check_columns, check_image_sizes, check_later_dataset, image_size
 from .given_labels import check_labels, name_student_classes
 from .given_models import check_activation_checkpointing, check_model_objects, check_models, check_ready_model
 from .optimizer_checks import LateParameterCheck, check_optimizer
@@ -94,20 +94,25 @@ def _check_given_weights(model: Any, teacher: Any) -> None:
 
 
 def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_processor: Any, mapping: str,
-                   kwargs: dict[str, Any]) -> DistillationModel:
+                   kwargs: dict[str, Any]) -> tuple[DistillationModel, tuple[int, int] | None]:
     """The ``DistillationModel`` to train, after every check of what the caller gave (see
     ``given_models``, ``given_labels``, ``given_data``, ``optimizer_checks``): a ready one as given,
     else one built from the student and teacher. Nothing is built or changed before the checks of
     the objects themselves have passed, and a permuted teacher is realigned only after the last
-    check: a refused trainer leaves the caller's teacher with its own class order."""
+    check: a refused trainer leaves the caller's teacher with its own class order.
+
+    Returns:
+        The model, and the image size the run is planned at (the training images'), which every
+        evaluation set must have when a teacher or a feature loss runs (``check_image_sizes``).
+    """
     check_model_objects(model, teacher, kwargs)
     _check_given_weights(model, teacher)
     datasets = (kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
+    first_item = check_columns(*datasets, collator_given=kwargs.get("data_collator") is not None)
     if isinstance(model, DistillationModel):
         realign = check_ready_model(model, teacher, teacher_processor, args, mapping, datasets)
         _check_settings(model.student, model.losses.values(), args, kwargs)
     else:
-        first_item = check_columns(*datasets, collator_given=kwargs.get("data_collator") is not None)
         check_models(model, teacher, args, kwargs.get("processing_class"), teacher_processor, first_item)
         # before the teacher is frozen and cast: a refused trainer leaves it as it was
         _check_settings(model, build_losses(run_loss_specs(args, teacher is not None)), args, kwargs)
@@ -116,10 +121,12 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
             model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
             _stats_or_none(teacher_processor) if teacher is not None else None,
         )
+    size = image_size(first_item) if model.needs_teacher or model.needs_features else None
+    check_image_sizes(datasets[1], "eval_dataset", size)
     check_optimizer(model, kwargs.get("optimizers"))
     if realign is not None:
         realign()
-    return model
+    return model, size
 
 
 def _check_settings(student: Any, losses: Iterable[DistillationLoss], args: TrainingArguments,
@@ -228,7 +235,7 @@ class DistillationTrainer(CheckpointingTrainer):
         check_half_precision(args)
         check_fsdp_settings(args)
         keep_token_out_of_files(args)
-        model = _checked_model(model, teacher, args, teacher_processor, teacher_label_mapping, kwargs)
+        model, planned_size = _checked_model(model, teacher, args, teacher_processor, teacher_label_mapping, kwargs)
         if args.ddp_find_unused_parameters is None:  # every student weight gets a gradient (see split_heads)
             args.ddp_find_unused_parameters = False
         args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
@@ -259,6 +266,7 @@ class DistillationTrainer(CheckpointingTrainer):
         keep_teacher_out_of_fsdp(self.accelerator, model, args.device)
         # a teacher no loss uses is not run, and the card calls the run supervised
         self.teacher_name = (teacher_name or _teacher_name(model.teacher)) if model.needs_teacher else None
+        self._planned_size = planned_size  # of the images a later evaluation set must have
         given_eval = kwargs.get("eval_dataset")  # checked above, as a whole and part by part
         self._checked_datasets = [given_eval, *(given_eval.values() if isinstance(given_eval, dict) else ())]
         self._eval_loader_sources: dict[str, Any] = {}  # the dataset each kept evaluation loader reads
@@ -464,7 +472,7 @@ class DistillationTrainer(CheckpointingTrainer):
         ``predict()``, or set as ``trainer.eval_dataset`` since (each is checked once)."""
         if dataset is None or any(dataset is seen for seen in self._checked_datasets):
             return
-        check_later_dataset(self.distillation_model.student, dataset, role, self._collator_given)
+        check_later_dataset(self.distillation_model.student, dataset, role, self._collator_given, self._planned_size)
         self._checked_datasets.append(dataset)
 
     def get_test_dataloader(self, test_dataset):
