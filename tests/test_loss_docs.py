@@ -10,10 +10,11 @@ import textwrap
 import pytest
 import torch
 import yaml
-from conftest import STUDENT_SIZE, pixel_dataset, tiny_resnet, tiny_vit
+from conftest import STUDENT_SIZE, pixel_dataset, processor, tiny_resnet, tiny_vit
 
 from hf_rcka.arguments import DistillationTrainingArguments
 from hf_rcka.modeling.assembly import build_distillation_model
+from hf_rcka.modeling.teacher_inputs import input_stats
 from hf_rcka.registry import LOSSES
 
 
@@ -44,7 +45,9 @@ def test_the_recipe_in_each_loss_docstring_selects_it_and_trains(name, tmp_path)
     args = DistillationTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
                                          per_device_train_batch_size=6, teacher_accuracy_check="off", **recipe)
     student = deit_student() if name == "deit_token" else tiny_vit()
-    model = build_distillation_model(student, tiny_resnet(), args, None, None).train()
+    # the teacher at 64 px: its last stage is 2 x 2 there (1 x 1 at 16 px, too small for patch_cka)
+    model = build_distillation_model(student, tiny_resnet(), args, input_stats(processor(STUDENT_SIZE)),
+                                     input_stats(processor(64))).train()
     assert [type(loss) for loss in model.losses.values()].count(LOSSES.get(name)) == 1
     data = pixel_dataset(6)
     output = model(pixel_values=torch.stack([data[i]["pixel_values"] for i in range(6)]),
