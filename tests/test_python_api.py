@@ -4,6 +4,7 @@ checks what it loads. Each case below trained to the end (or failed after traini
 from __future__ import annotations
 
 import logging
+import re
 
 import datasets
 import numpy as np
@@ -531,3 +532,20 @@ def test_evaluation_images_of_another_size_than_the_training_images_are_refused_
         trainer.predict(pixel_dataset(5, size=24))
     alone = build(make_args(tmp_path, losses=["ce"]), tiny_resnet(), eval_dataset=pixel_dataset(5, size=24))
     assert "eval_accuracy" in alone.evaluate()  # nothing planned at a size: a CNN takes any
+
+
+def test_a_ready_distillation_model_refuses_the_settings_of_args_it_would_ignore(tmp_path):
+    """Its losses' weights and options, its pairs and its teacher's precision are its own: args
+    asking for others trained with the model's, without a word (fitnet at weight 1, not 7)."""
+    built = make_args(tmp_path, losses=["ce", "fitnet"],
+                      feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "adapter": "patch_match"}])
+    ready = build_distillation_model(tiny_vit(), tiny_resnet(), built)
+    build(built, ready)  # the args it was built from
+    build(make_args(tmp_path), ready)  # args that set none of it
+    for wrong, said in (({"losses": ["ce", {"name": "fitnet", "weight": 7.0}]}, "fitnet weight 7.0 (the model's: 1.0)"),
+                        ({"label_smoothing_factor": 0.3}, "ce label_smoothing 0.3 (the model's: None)"),
+                        ({"feature_pairs": [{"student_layer": 1, "teacher_layer": 2}]}, "feature_pairs"),
+                        ({"teacher_dtype": "bfloat16"}, "teacher_dtype torch.bfloat16 (the model's: None)"),
+                        ({"teacher_channels_last": False}, "teacher_channels_last False (the model's: True)")):
+        with pytest.raises(RecipeError, match=re.escape(said) + ".*which the ready DistillationModel given would ignore"):
+            build(make_args(tmp_path, **wrong), ready)

@@ -90,6 +90,9 @@ class DistillationModel(nn.Module):
         self.student = student
         self.teacher = teacher
         self.losses = nn.ModuleDict(_by_name(losses))
+        # as given: a trainer handed this model refuses arguments that ask for other settings
+        self.built_with = {"feature_pairs": "auto" if feature_pairs is None else feature_pairs,
+                           "teacher_dtype": teacher_dtype, "teacher_channels_last": teacher_channels_last}
         self._check_teacher()
         self.teacher_transform = needed_transform(student_input, teacher_input)
         if self.teacher_transform is not None:  # a caller may pass models already on their device

@@ -27,9 +27,10 @@ import torch
 
 from ..errors import ModelError, RecipeError
 from ..losses import reads_features
-from ..modeling.assembly import active_specs, run_loss_specs
+from ..modeling.assembly import active_specs, build_losses, run_loss_specs
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats, planned_input_size
+from ..modeling.teacher_runtime import resolve_teacher_dtype
 from ..registry import LOSSES
 from .given_labels import check_labels
 
@@ -94,8 +95,47 @@ def check_ready_model(model: DistillationModel, teacher: Any, teacher_processor:
     if wanted is not None and wanted != set(model.losses):
         raise RecipeError(f"losses {sorted(wanted)} in args, but the DistillationModel given computes "
                           f"{sorted(model.losses)}: build it with these losses, or leave args.losses unset")
+    ignored = _loss_settings_ignored(model, args) + _model_settings_ignored(model, args)
+    if ignored:
+        raise RecipeError(
+            f"DistillationTrainer: args ask for {'; '.join(ignored)}, which the ready DistillationModel given would "
+            "ignore: it computes with the settings it was built with. Build it from these args "
+            "(build_distillation_model(student, teacher, args)), or leave them unset")
     teacher = model.teacher if model.teacher is not None and model.needs_teacher else None
     return check_labels(model.student, teacher, args, datasets, mapping, loss_names=list(model.losses))
+
+
+def _loss_settings_ignored(model: DistillationModel, args: Any) -> list[str]:
+    """Each loss option ``args`` sets (``args.losses``' own, and ``label_smoothing_factor`` for a
+    loss that takes ``label_smoothing``) that the model's loss holds otherwise: the weights and
+    options of a ready model's losses were silently its own."""
+    specs = active_specs(getattr(args, "losses", None) or [{"name": name} for name in model.losses])
+    smoothing = getattr(args, "label_smoothing_factor", 0.0)
+    found = []
+    for spec, fresh in zip(specs, build_losses(specs, smoothing)):
+        held = model.losses[spec["name"]]
+        keys = [key for key in spec if key != "name"]
+        keys += ["label_smoothing"] if smoothing and "label_smoothing" in LOSSES.option_names(spec["name"]) else []
+        for key in dict.fromkeys(keys):
+            given, own = getattr(fresh, key, _UNSET), getattr(held, key, _UNSET)
+            if given is not _UNSET and own is not _UNSET and given != own:
+                found.append(f"{spec['name']} {key} {given!r} (the model's: {own!r})")
+    return found
+
+
+def _model_settings_ignored(model: DistillationModel, args: Any) -> list[str]:
+    """The model-building arguments ``args`` sets (away from their defaults) otherwise than the
+    ready model was built with."""
+    built = getattr(model, "built_with", {})
+    own = {**built, "teacher_dtype": resolve_teacher_dtype(built.get("teacher_dtype"))}
+    given = {"feature_pairs": getattr(args, "feature_pairs", None),
+             "teacher_dtype": resolve_teacher_dtype(getattr(args, "teacher_dtype", None)),
+             "teacher_channels_last": False if getattr(args, "teacher_channels_last", True) is False else None}
+    return [f"{key} {value!r} (the model's: {own[key]!r})" for key, value in given.items()
+            if value is not None and key in own and value != own[key]]
+
+
+_UNSET = object()
 
 
 def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, teacher_processor: Any,
