@@ -14,6 +14,7 @@ from transformers import (
     ViTImageProcessor,
 )
 
+from hf_rcka.errors import ModelError
 from hf_rcka.modeling.teacher_inputs import InputStats, TeacherInputTransform, input_stats
 
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
@@ -198,3 +199,26 @@ def test_rejects_wrong_channels_at_call_time_and_unknown_mode() -> None:
         TeacherInputTransform(stats, InputStats((0.4,) * 3, (0.5,) * 3, (8, 8)))(torch.randn(1, 1, 8, 8))
     with pytest.raises(ValueError, match="mode"):
         TeacherInputTransform(stats, stats, mode="lanczos")
+
+
+def test_a_processor_whose_output_its_settings_do_not_describe_is_refused_or_read_in_full():
+    """input_stats read mean, std, rescale and size only: MobileViT's processor (channels flipped to
+    BGR) trained a student on RGB that its saved processor then fed BGR, EfficientNet's (std applied
+    twice with include_top) trained on half the contrast it deploys with, Perceiver's (crop, then
+    resize) on another size. Each was silent."""
+    from PIL import Image
+    from transformers import EfficientNetImageProcessor, MobileViTImageProcessor, PerceiverImageProcessor
+
+    image = Image.new("RGB", (40, 30), (30, 160, 220))
+    for processor in (EfficientNetImageProcessor(size={"height": 24, "width": 24}),
+                      EfficientNetImageProcessor(size={"height": 24, "width": 24}, rescale_offset=True),
+                      MobileViTImageProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24},
+                                              do_flip_channel_order=False)):
+        stats = input_stats(processor)
+        own = processor(images=image, return_tensors="pt")["pixel_values"][0, :, 12, 12].double()
+        described = [(c / 255 - m) / s for c, m, s in zip((30, 160, 220), stats.mean, stats.std)]
+        assert torch.allclose(own, torch.tensor(described, dtype=torch.float64), atol=1e-4)
+    with pytest.raises(ModelError, match="MobileViTImageProcessor flips the channels to BGR"):
+        input_stats(MobileViTImageProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24}))
+    with pytest.raises(ModelError, match="PerceiverImageProcessor outputs 224x224 images, not the 256x256"):
+        input_stats(PerceiverImageProcessor())

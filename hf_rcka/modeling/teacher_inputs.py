@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ModelError
 from ..models.image_sizes import processor_output_size
 
 logger = logging.getLogger(__name__)
@@ -99,14 +100,64 @@ def _hf_stats(processor: Any) -> InputStats:
     mean, std = (0.0,) * channels, (1.0,) * channels
     if getattr(processor, "do_normalize", True):
         mean, std = image_mean, image_std
-    # pixel = (raw * r - mean) / std with raw = 255 * image01  ->  stats / (255 r) in image01 units
+    # EfficientNet's: raw * r - 1 (to [-1, 1]) before normalising, and its include_top divides by std again
+    offset = 1.0 if getattr(processor, "rescale_offset", False) else 0.0
+    if getattr(processor, "include_top", False) and image_std:
+        std = tuple(s * t for s, t in zip(std, image_std))
+    # pixel = (raw * r - offset - mean) / std with raw = 255 * image01  ->  stats / (255 r) in image01 units
     rescale = processor.rescale_factor if getattr(processor, "do_rescale", True) else 1.0
     unit = _UINT8_MAX * float(rescale)
-    return InputStats(tuple(m / unit for m in mean), tuple(s / unit for s in std),
-                      processor_output_size(processor, fix=(
-                          ": give the model folder a preprocessor_config.json with size {height, width} or "
-                          "do_center_crop and crop_size (or, from Python, build InputStats by hand)")).hw,
-                      _filter_name(getattr(processor, "resample", None)))
+    stats = InputStats(tuple((offset + m) / unit for m in mean), tuple(s / unit for s in std),
+                       processor_output_size(processor, fix=(
+                           ": give the model folder a preprocessor_config.json with size {height, width} or "
+                           "do_center_crop and crop_size (or, from Python, build InputStats by hand)")).hw,
+                       _filter_name(getattr(processor, "resample", None)))
+    _check_reproduced(processor, stats)
+    return stats
+
+
+_PROBE_COLOUR = (200, 100, 10)  # distinct channels, so that a channel flip shows
+
+
+def _check_reproduced(processor: Any, stats: InputStats) -> None:
+    """The processor's own output on one uniform image is what ``stats`` describe.
+
+    hf_rcka's transforms and the teacher's inputs reproduce a processor from its mean, std, size
+    and filter. A processor that does more trained the model on other pixels than its saved
+    processor feeds it in deployment, silently: MobileViT's flips the channels to BGR, Perceiver's
+    crops before it resizes. Such a processor is refused; one this check cannot call is trusted.
+
+    Raises:
+        ModelError: the output differs from what ``stats`` predict.
+    """
+    from PIL import Image
+
+    try:
+        output = processor(images=Image.new("RGB", (37, 29), _PROBE_COLOUR), return_tensors="pt")["pixel_values"][0]
+    except Exception as error:  # noqa: BLE001 - an exotic processor: its settings are taken as they read
+        logger.debug("image processor %s not checked against its settings: %s", type(processor).__name__, error)
+        return
+    name = type(processor).__name__
+    if tuple(output.shape[-2:]) != stats.size:
+        raise ModelError(f"image processor {name} outputs {output.shape[-2]}x{output.shape[-1]} images, not the "
+                         f"{stats.size[0]}x{stats.size[1]} its size settings describe, which hf_rcka's transforms "
+                         "would reproduce: use a processor that resizes (or crops) straight to its output size")
+    if output.shape[0] != stats.channels:
+        return
+    centre = output[:, output.shape[-2] // 2, output.shape[-1] // 2].double()
+    predicted = torch.tensor([(c / _UINT8_MAX - m) / s for c, m, s in zip(_PROBE_COLOUR, stats.mean, stats.std)],
+                             dtype=torch.float64)
+    if torch.allclose(centre, predicted, rtol=1e-3, atol=1e-3):
+        return
+    if torch.allclose(centre, predicted.flip(0), rtol=1e-3, atol=1e-3):
+        raise ModelError(f"image processor {name} flips the channels to BGR (do_flip_channel_order), which hf_rcka's "
+                         "transforms and teacher inputs do not: the model would train on RGB and be deployed on BGR. "
+                         "Set do_flip_channel_order=False on it (a model trained from scratch then learns RGB), "
+                         "or use a model whose processor takes RGB")
+    raise ModelError(f"image processor {name} outputs {centre.tolist()} for the colour {_PROBE_COLOUR}, not the "
+                     f"{predicted.tolist()} its mean, std and rescale settings describe: hf_rcka's transforms would "
+                     "train on other pixels than it feeds the model in deployment. Use a processor that only rescales "
+                     "and normalises")
 
 
 def _per_channel(value: Any) -> tuple[float, ...] | None:
