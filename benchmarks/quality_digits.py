@@ -130,7 +130,7 @@ DIRECTIONS = {
         "ViT teacher -> CNN student (MobileNetV3-S 0.5)", "supervised-vit_tiny-digits.yaml", {"num_train_epochs": 30},
         "supervised-resnet10t-digits.yaml",
         {"model_name_or_path": "timm/mobilenetv3_small_050", "num_train_epochs": 5,
-         "student_config_overrides": {"pretrained_cfg_overlay": {"crop_pct": 1.0}}},  # the recipe's: no centre crop
+         "student_config_overrides": {"pretrained_cfg_overlay": {"crop_pct": 1.0, "crop_mode": "squash"}}},  # the recipe's
     ),
 }
 

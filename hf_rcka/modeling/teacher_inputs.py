@@ -15,7 +15,7 @@ compare correctly whatever their rescaling.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from ..models.image_sizes import processor_output_size
+from ..models.image_sizes import OutputSize, processor_output_size
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +43,15 @@ class InputStats:
         size: (height, width) of the model's input.
         interpolation: the resize filter of the model's processor, by timm's name (``"bilinear"``,
             ``"bicubic"``, ``"nearest"``, ``"lanczos"``, ``"box"``, ``"hamming"``).
+        view: which part of an image the processor keeps, in words (a centre crop of the short
+            side, or the whole image squashed to the input's shape); None when unknown.
     """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     size: tuple[int, int]
     interpolation: str = "bilinear"
+    view: str | None = field(default=None, compare=False)  # a description: equal stats are equal inputs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -89,8 +92,36 @@ def input_stats(processor: Any) -> InputStats:
 
 def _timm_stats(data_config: dict) -> InputStats:
     _, height, width = data_config["input_size"]
+    crop_pct, mode = float(data_config.get("crop_pct") or 1.0), data_config.get("crop_mode", "center")
+    view = {"center": _short_side(crop_pct), "squash": _squashed(crop_pct)}.get(mode)
     return InputStats(tuple(data_config["mean"]), tuple(data_config["std"]), (height, width),
-                      data_config.get("interpolation", "bilinear"))
+                      data_config.get("interpolation", "bilinear"), view)
+
+
+def _short_side(fraction: float) -> str:
+    return f"a centre crop of {fraction:.1%} of the short side"
+
+
+def _squashed(fraction: float) -> str:
+    return ("the whole image squashed to the input's shape" if round(fraction, 3) == 1.0
+            else f"the centre {fraction:.1%} of the image squashed to the input's shape")
+
+
+def _hf_view(processor: Any, output: OutputSize) -> str | None:
+    """Which part of an image a transformers processor keeps (see ``InputStats.view``)."""
+    size = dict(getattr(processor, "size", None) or {})
+    if not getattr(processor, "do_resize", True):
+        return None
+    if output.rule == "size":
+        return _squashed(1.0)
+    if output.rule == "shortest_edge":  # ConvNeXt: below 384 the short side is resized and cropped, else warped
+        crop_pct = float(processor.crop_pct)
+        return _short_side(crop_pct) if size["shortest_edge"] < 384 else _squashed(1.0)
+    if size.get("shortest_edge"):
+        return _short_side(output.height / size["shortest_edge"])
+    if size.get("height"):
+        return _squashed(output.height / size["height"])
+    return None
 
 
 def _hf_stats(processor: Any) -> InputStats:
@@ -107,11 +138,11 @@ def _hf_stats(processor: Any) -> InputStats:
     # pixel = (raw * r - offset - mean) / std with raw = 255 * image01  ->  stats / (255 r) in image01 units
     rescale = processor.rescale_factor if getattr(processor, "do_rescale", True) else 1.0
     unit = _UINT8_MAX * float(rescale)
-    stats = InputStats(tuple((offset + m) / unit for m in mean), tuple(s / unit for s in std),
-                       processor_output_size(processor, fix=(
-                           ": give the model folder a preprocessor_config.json with size {height, width} or "
-                           "do_center_crop and crop_size (or, from Python, build InputStats by hand)")).hw,
-                       _filter_name(getattr(processor, "resample", None)))
+    output = processor_output_size(processor, fix=(
+        ": give the model folder a preprocessor_config.json with size {height, width} or do_center_crop and "
+        "crop_size (or, from Python, build InputStats by hand)"))
+    stats = InputStats(tuple((offset + m) / unit for m in mean), tuple(s / unit for s in std), output.hw,
+                       _filter_name(getattr(processor, "resample", None)), _hf_view(processor, output))
     _check_reproduced(processor, stats)
     return stats
 
@@ -177,8 +208,10 @@ class TeacherInputTransform(nn.Module):
     Per channel, ``teacher = student * (s_std / t_std) + (s_mean - t_mean) / t_std``, applied
     after resizing: an affine per-channel map commutes with the resize (bilinear and bicubic
     weights sum to 1), and resizing first keeps the arithmetic at the smaller size when downsizing.
-    The result matches the teacher's processor up to resampling differences (the student's image
-    was already resized and cropped for the student).
+    The result matches the teacher's processor up to resampling differences when both keep the
+    same part of each image (``InputStats.view``): the student's image was already resized and
+    cropped for the student, and that view is all the teacher gets (``needed_transform`` warns
+    when the two views differ).
 
     Args:
         student: what the student's processor produces.
@@ -282,6 +315,13 @@ def needed_transform(student: InputStats | None, teacher: InputStats | None) -> 
     """
     if student is None or teacher is None:
         return None
+    if student.view and teacher.view and student.view != teacher.view:
+        # the student's tensor is all the teacher gets: evaluation, the teacher check and the card
+        # measure the teacher on the student's view, which can score far below its own
+        logger.warning("teacher inputs: the teacher sees what the student's processor keeps of each image (%s), "
+                       "resized, not what its own keeps (%s): its logits are those of another view, worse on images "
+                       "whose shape or framing the two treat differently. A student processor that crops as the "
+                       "teacher's does avoids it", student.view, teacher.view)
     transform = TeacherInputTransform(student, teacher)
     if transform.is_identity:
         return None

@@ -47,7 +47,7 @@ class CardFacts:
         tags / language: the caller's card metadata (``create_model_card``'s arguments).
         teacher_accuracy: the teacher's top-1 on the student's evaluation images, as distillation
             feeds them to it: the student's preprocessing, re-normalised and resized for the
-            teacher. Its own preprocessing (another resize filter) can score higher.
+            teacher. Its own preprocessing (another resize filter, another crop) can score higher.
         baseline_accuracy: top-1 of the same student trained alone (``baseline_dir``).
         eval_data: what the evaluation images are (dataset and split), without their count.
         eval_images: how many images the evaluation set holds.
