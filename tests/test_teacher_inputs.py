@@ -15,7 +15,9 @@ from transformers import (
 )
 
 from hf_rcka.errors import ModelError
-from hf_rcka.modeling.teacher_inputs import InputStats, TeacherInputTransform, input_stats, needed_transform
+from hf_rcka.modeling.teacher_inputs import (
+    InputStats, TeacherInputTransform, describe_view, input_stats, needed_transform,
+)
 
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 HALF = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
@@ -232,10 +234,10 @@ def test_a_teacher_whose_processor_keeps_another_part_of_each_image_is_said(capl
 
     squash = input_stats(ViTImageProcessor(size={"height": 32, "width": 32}))
     crop = input_stats(ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875))
-    assert squash.view == "the whole image squashed to the input's shape"
-    assert crop.view == "a centre crop of 87.5% of the short side"
-    assert input_stats(DeiTImageProcessor(size={"height": 37, "width": 37}, crop_size={"height": 32, "width": 32})).view \
-        == "the centre 86.5% of the image squashed to the input's shape"
+    assert describe_view(squash.view) == "the whole image squashed to the input's shape"
+    assert describe_view(crop.view) == "a centre crop of 87.5% of the short side"
+    deit = input_stats(DeiTImageProcessor(size={"height": 37, "width": 37}, crop_size={"height": 32, "width": 32}))
+    assert describe_view(deit.view) == "the centre 86.5% of the image squashed to the input's shape"
     with caplog.at_level("WARNING", logger="hf_rcka"):
         needed_transform(squash, crop)
     assert "the teacher sees what the student's processor keeps of each image (the whole image squashed" in caplog.text
@@ -243,4 +245,5 @@ def test_a_teacher_whose_processor_keeps_another_part_of_each_image_is_said(capl
     with caplog.at_level("WARNING", logger="hf_rcka"):
         assert needed_transform(crop, crop) is None
         needed_transform(crop, InputStats((0.5,) * 3, (0.5,) * 3, (64, 64), view=crop.view))
+        needed_transform(crop, InputStats((0.5,) * 3, (0.5,) * 3, (64, 64), view=("crop", 0.95)))  # DeiT's own way
     assert "teacher sees" not in caplog.text

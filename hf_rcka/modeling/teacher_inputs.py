@@ -43,15 +43,16 @@ class InputStats:
         size: (height, width) of the model's input.
         interpolation: the resize filter of the model's processor, by timm's name (``"bilinear"``,
             ``"bicubic"``, ``"nearest"``, ``"lanczos"``, ``"box"``, ``"hamming"``).
-        view: which part of an image the processor keeps, in words (a centre crop of the short
-            side, or the whole image squashed to the input's shape); None when unknown.
+        view: which part of an image the processor keeps: ``("crop", f)``, a centre crop of the
+            fraction ``f`` of the short side, or ``("squash", f)``, the centre fraction ``f`` of the
+            image squashed to the input's shape; None when unknown (see ``describe_view``).
     """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     size: tuple[int, int]
     interpolation: str = "bilinear"
-    view: str | None = field(default=None, compare=False)  # a description: equal stats are equal inputs
+    view: tuple[str, float] | None = field(default=None, compare=False)  # equal stats are equal inputs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -93,34 +94,34 @@ def input_stats(processor: Any) -> InputStats:
 def _timm_stats(data_config: dict) -> InputStats:
     _, height, width = data_config["input_size"]
     crop_pct, mode = float(data_config.get("crop_pct") or 1.0), data_config.get("crop_mode", "center")
-    view = {"center": _short_side(crop_pct), "squash": _squashed(crop_pct)}.get(mode)
+    view = {"center": ("crop", crop_pct), "squash": ("squash", crop_pct)}.get(mode)
     return InputStats(tuple(data_config["mean"]), tuple(data_config["std"]), (height, width),
                       data_config.get("interpolation", "bilinear"), view)
 
 
-def _short_side(fraction: float) -> str:
-    return f"a centre crop of {fraction:.1%} of the short side"
-
-
-def _squashed(fraction: float) -> str:
+def describe_view(view: tuple[str, float]) -> str:
+    """``InputStats.view`` in words."""
+    mode, fraction = view
+    if mode == "crop":
+        return f"a centre crop of {fraction:.1%} of the short side"
     return ("the whole image squashed to the input's shape" if round(fraction, 3) == 1.0
             else f"the centre {fraction:.1%} of the image squashed to the input's shape")
 
 
-def _hf_view(processor: Any, output: OutputSize) -> str | None:
+def _hf_view(processor: Any, output: OutputSize) -> tuple[str, float] | None:
     """Which part of an image a transformers processor keeps (see ``InputStats.view``)."""
     size = dict(getattr(processor, "size", None) or {})
     if not getattr(processor, "do_resize", True):
         return None
     if output.rule == "size":
-        return _squashed(1.0)
+        return "squash", 1.0
     if output.rule == "shortest_edge":  # ConvNeXt: below 384 the short side is resized and cropped, else warped
         crop_pct = float(processor.crop_pct)
-        return _short_side(crop_pct) if size["shortest_edge"] < 384 else _squashed(1.0)
+        return ("crop", crop_pct) if size["shortest_edge"] < 384 else ("squash", 1.0)
     if size.get("shortest_edge"):
-        return _short_side(output.height / size["shortest_edge"])
+        return "crop", output.height / size["shortest_edge"]
     if size.get("height"):
-        return _squashed(output.height / size["height"])
+        return "squash", output.height / size["height"]
     return None
 
 
@@ -315,13 +316,19 @@ def needed_transform(student: InputStats | None, teacher: InputStats | None) -> 
     """
     if student is None or teacher is None:
         return None
-    if student.view and teacher.view and student.view != teacher.view:
+    if student.view and teacher.view and student.view[0] != teacher.view[0]:
         # the student's tensor is all the teacher gets: evaluation, the teacher check and the card
-        # measure the teacher on the student's view, which can score far below its own
+        # measure the teacher on the student's view; squashed against cropped, on images that are
+        # not square, that scored far below the teacher as deployed
         logger.warning("teacher inputs: the teacher sees what the student's processor keeps of each image (%s), "
-                       "resized, not what its own keeps (%s): its logits are those of another view, worse on images "
-                       "whose shape or framing the two treat differently. A student processor that crops as the "
-                       "teacher's does avoids it", student.view, teacher.view)
+                       "resized, not what its own keeps (%s): on images that are not square its logits are those "
+                       "of other shapes, and can be far worse. A student processor that crops (or squashes) as the "
+                       "teacher's does avoids it", describe_view(student.view), describe_view(teacher.view))
+    elif student.view and teacher.view and abs(student.view[1] - teacher.view[1]) > 0.005:
+        # another crop fraction of the same kind (DeiT's 87.5% student crop under a 95% RegNet) is
+        # what DeiT's own training does: a slightly different framing, said once
+        logger.info("teacher inputs: the teacher sees the student's view of each image (%s), not its own (%s)",
+                    describe_view(student.view), describe_view(teacher.view))
     transform = TeacherInputTransform(student, teacher)
     if transform.is_identity:
         return None
