@@ -28,6 +28,15 @@ class KernelTransferLoss(DistillationLoss):
     public code's 0.04: the normalised term is several times the task loss, and at weight 1 it
     swamps it (``benchmarks/quality_digits.py``, variant ``ekt1``).
 
+    Scale: the term is a sum over the process's B x m partial kernel divided by its norm, so it
+    grows as sqrt(B * m) with the per-process batch B and the classes m (gradients too, measured:
+    about 36 times stronger at 21,841 classes than at 10 for the same batch). Each process
+    computes it on its own batch, as the public code does, and data parallelism averages the
+    processes' gradients: the same global batch over 8 processes of 32 gives it 1/sqrt(8) of the
+    strength that one process of 256 does. Moving a recipe to another per-process batch or
+    label set changes its effective weight: scale ``weight`` by sqrt(B_old m_old / (B_new m_new))
+    to keep it.
+
     Under Mixup/CutMix the class centres need one class per image: a mixed image counts for its
     dominant class (the argmax of its soft target, i.e. the image with the larger mixing weight),
     which is its true class when the image was not mixed. The loss term itself reads no labels.
