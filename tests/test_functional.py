@@ -901,3 +901,20 @@ def test_the_rbf_bandwidths_off_diagonal_entries_are_the_masked_ones(shape):
     n = shape[-1]
     assert torch.equal(_off_diagonal(square), square[..., ~torch.eye(n, dtype=torch.bool)])
 
+
+
+def test_row_normalized_cka_of_many_items_never_builds_their_gram(monkeypatch):
+    """RCKA's inter term with row_normalize (the public code's setting) relates classes: at 21,841
+    classes it built two 21,841 x 21,841 Grams (11 GB, 90 s a CPU step). In the feature form it is
+    the same alignment, values and gradients."""
+    from hf_rcka.functional import cka
+
+    x = torch.randn(300, 7, dtype=DOUBLE, requires_grad=True)
+    y = torch.randn(300, 5, dtype=DOUBLE)
+    xs, ys = cka._unit_frobenius(x, 1e-8), cka._unit_frobenius(y, 1e-8)
+    gram = cka._cka_from_grams(cka._row_normalized_gram(xs, 1e-8), cka._row_normalized_gram(ys, 1e-8), center=False)
+    expected = torch.autograd.grad(gram, x)[0]
+    monkeypatch.setattr(cka, "_row_normalized_gram", lambda *a: pytest.fail("built the 300 x 300 Gram"))
+    got = fn.linear_cka(x, y, center=False, row_normalize=True)
+    torch.testing.assert_close(got, gram, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], expected, rtol=1e-10, atol=1e-14)

@@ -203,6 +203,23 @@ def _row_normalized_gram(x: torch.Tensor, eps: float) -> torch.Tensor:
     return k / torch.sqrt(diag.clamp_min(0.0) + eps * eps)[..., :, None]
 
 
+def _row_normalized_alignment(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """The uncentered alignment of :func:`_row_normalized_gram`'s Grams in the p x q feature form.
+
+    With ``K = diag(a) X X^T`` (``a_i = 1 / ||x_i||``) and ``L = diag(b) Y Y^T``, ``<K, L> =
+    sum_ij a_i b_i (x_i . x_j)(y_i . y_j) = <X^T Y, X^T diag(a b) Y>``, and likewise for ``<K, K>``
+    and ``<L, L>``: RCKA's inter-class term on 21,841 classes then multiplies batch x batch
+    matrices instead of building 21,841 x 21,841 ones (11 GB).
+    """
+    a = torch.rsqrt(x.pow(2).sum(dim=-1, keepdim=True) + eps * eps)
+    b = torch.rsqrt(y.pow(2).sum(dim=-1, keepdim=True) + eps * eps)
+    xt, yt = x.transpose(-2, -1), y.transpose(-2, -1)
+    xy = _frob_inner(xt @ y, xt @ (y * (a * b)))
+    xx = _frob_inner(xt @ x, xt @ (x * (a * a)))
+    yy = _frob_inner(yt @ y, yt @ (y * (b * b)))
+    return xy / torch.sqrt((xx * yy).clamp_min(0.0) + eps * eps)
+
+
 def _gram_form_is_cheaper(n: int, p: int, q: int) -> bool:
     """n x n Grams cost n^2 (p + q); the feature form X^T X, Y^T Y, Y^T X costs n (p^2 + q^2 + pq)."""
     return n * (p + q) <= p * p + q * q + p * q
@@ -236,6 +253,8 @@ def linear_cka(
     x, y = common_dtype(x, y)
     if row_normalize:
         x, y = _unit_frobenius(x, eps), _unit_frobenius(y, eps)
+        if not (center or unbiased) and not _gram_form_is_cheaper(x.shape[-2], x.shape[-1], y.shape[-1]):
+            return _row_normalized_alignment(x, y, eps)
         k, l = _row_normalized_gram(x, eps), _row_normalized_gram(y, eps)
         return _cka_from_grams(k, l, center=center, unbiased=unbiased, eps=eps)
     if unbiased:
