@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
 from .. import functional
 from ..registry import LOSSES
-from .base import LossInputs, RelationalLoss
+from .base import LossContext, LossInputs, RelationalLoss
+
+logger = logging.getLogger(__name__)
+_LARGE_RBF_CLASSES = 4096  # 64 MB per kernel; above it a step's kernels take a GB or more
 
 
 def _cka(x: torch.Tensor, y: torch.Tensor, kernel: str, center: bool, row_normalize: bool) -> torch.Tensor:
@@ -89,6 +93,14 @@ class RCKALoss(RelationalLoss):
         """
         own = {self._intra: self.intra_weight, self._inter: self.inter_weight}
         return {term: self.weight * weight for term, weight in own.items() if weight}
+
+    def setup(self, context: LossContext) -> None:
+        """An RBF inter term has no cheaper form than its classes x classes kernels: said when large."""
+        classes = context.num_labels
+        if self.kernel == "rbf" and self.inter_weight and classes > _LARGE_RBF_CLASSES:
+            logger.warning("rcka kernel: rbf: its inter-class term builds %d x %d kernels each step (about %.1f GB "
+                           "with their gradients): the linear kernel relates classes through batch x batch products "
+                           "instead", classes, classes, 4 * 4 * classes * classes / 1e9)
 
     @property
     def min_relation_rows(self) -> int:
