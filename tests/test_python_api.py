@@ -549,3 +549,19 @@ def test_a_ready_distillation_model_refuses_the_settings_of_args_it_would_ignore
                         ({"teacher_channels_last": False}, "teacher_channels_last False (the model's: True)")):
         with pytest.raises(RecipeError, match=re.escape(said) + ".*which the ready DistillationModel given would ignore"):
             build(make_args(tmp_path, **wrong), ready)
+
+
+def test_a_teacher_without_its_processor_gets_its_own_timm_config_or_a_warning(tmp_path, caplog):
+    """teacher_processor=None gave the teacher the student's inputs as they were, unsaid: a timm
+    teacher (whose config carries its data config) saw the student's normalisation and size."""
+    from hf_rcka.models.loading import load_image_classifier
+
+    timm_teacher = load_image_classifier("timm/resnet10t", id2label={0: "a", 1: "b", 2: "c"}, from_scratch=True,
+                                         image_size=24)
+    trainer = build(make_args(tmp_path), named(tiny_vit(), ["a", "b", "c"]), timm_teacher)
+    transform = trainer.distillation_model.teacher_transform
+    assert transform is not None and transform.teacher.size == (24, 24)
+    assert transform.teacher.mean == pytest.approx((0.485, 0.456, 0.406))
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        build(make_args(tmp_path), named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]))
+    assert "teacher_processor not given, so the teacher gets the student's inputs as they are" in caplog.text

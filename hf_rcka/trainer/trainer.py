@@ -119,7 +119,7 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
         realign = check_labels(model, teacher, args, datasets, mapping)
         model = build_distillation_model(
             model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
-            _stats_or_none(teacher_processor) if teacher is not None else None,
+            _teacher_stats(teacher, teacher_processor, kwargs.get("processing_class")),
         )
     size = image_size(first_item) if model.needs_teacher or model.needs_features else None
     check_image_sizes(datasets[1], "eval_dataset", size)
@@ -153,6 +153,26 @@ def _teacher_name(teacher: Any) -> str | None:
 
 def _stats_or_none(processor: Any) -> InputStats | None:
     return input_stats(processor) if processor is not None else None
+
+
+def _teacher_stats(teacher: Any, teacher_processor: Any, processing_class: Any) -> InputStats | None:
+    """What the teacher expects: its processor's, else a timm teacher's own data config (its
+    config carries it), else unknown: the teacher then gets the student's inputs as they are, said
+    once, since a teacher trained on other statistics or sizes loses accuracy without an error."""
+    if teacher is None:
+        return None
+    if teacher_processor is None and getattr(getattr(teacher, "config", None), "pretrained_cfg", None):
+        from transformers import TimmWrapperImageProcessor
+
+        config = teacher.config
+        teacher_processor = TimmWrapperImageProcessor(pretrained_cfg=dict(config.pretrained_cfg),
+                                                      architecture=config.architecture)
+        logger.info("teacher inputs: teacher_processor not given; the timm teacher's own data config is used")
+    if teacher_processor is None and processing_class is not None:
+        logger.warning("teacher inputs: teacher_processor not given, so the teacher gets the student's inputs as they "
+                       "are (%s): pass the teacher's own image processor (AutoImageProcessor.from_pretrained(<its "
+                       "checkpoint>)) if it was trained with another normalisation or size", input_stats(processing_class))
+    return _stats_or_none(teacher_processor)
 
 
 class _EpochEndCallback(TrainerCallback):
