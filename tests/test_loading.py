@@ -446,3 +446,12 @@ def test_a_timm_models_crop_ratio_is_kept_at_any_image_size() -> None:
     uncropped = load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True, image_size=16,
                                       config_overrides={"pretrained_cfg_overlay": {"crop_pct": 1.0}})
     assert load_image_processor("timm/resnet18", uncropped, image_size=16).data_config["crop_pct"] == 1.0
+
+
+def test_a_model_folder_without_its_image_processor_is_one_line_with_the_fix(tmp_path) -> None:
+    """transformers' own message spoke of the Hub and of local folders named like a repo id."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    ResNetForImageClassification(ResNetConfig(hidden_sizes=[8, 8, 8, 8], embedding_size=8)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"holds no preprocessor_config.json, .*processor.save_pretrained\("):
+        load_image_processor(str(tmp_path))

@@ -15,6 +15,7 @@ processor class without a saved ``preprocessor_config.json``.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Mapping
 
 from transformers import AutoImageProcessor, PreTrainedConfig, PreTrainedModel, TimmWrapperConfig
@@ -57,6 +58,12 @@ def load_image_processor(
         return _timm_processor(source, config, image_size)
     if source.kind == "config":
         processor = default_image_processor(config or default_config(source.name))
+    elif os.path.isdir(name_or_path) and not any(os.path.exists(os.path.join(name_or_path, name))
+                                                for name in ("preprocessor_config.json", "processor_config.json")):
+        # transformers' own message talks of the Hub and of local folders named like a repo id
+        raise ValueError(f"{name_or_path} holds no preprocessor_config.json, so how the model expects its images "
+                         "(size, normalisation) is unknown: save its image processor next to it "
+                         f"(processor.save_pretrained({name_or_path!r}))")
     else:
         processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     processor = resize_image_processor(processor, image_size) if image_size is not None else processor
