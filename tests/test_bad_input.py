@@ -965,6 +965,7 @@ def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsy
     assert run(tmp_path, timm_vit) == 2
     line = error_of(capsys)
     assert line.startswith("error: image_size: the student cannot take 64x64 inputs") and "img_size" in line
+    assert "dynamic_img_size: true" in line, "the way that keeps a pretrained ViT's weights is named"
     assert not (tmp_path / "out").exists()
 
 

@@ -565,3 +565,10 @@ def test_a_teacher_without_its_processor_gets_its_own_timm_config_or_a_warning(t
     with caplog.at_level(logging.WARNING, logger="hf_rcka"):
         build(make_args(tmp_path), named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]))
     assert "teacher_processor not given, so the teacher gets the student's inputs as they are" in caplog.text
+
+
+def test_hyperparameter_search_is_refused_with_what_to_do_instead(tmp_path):
+    """Trainer's own message asked for a model_init, which DistillationTrainer refuses."""
+    trainer = build(make_args(tmp_path), named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]))
+    with pytest.raises(ModelError, match="does not run hyperparameter_search.*new student and DistillationTrainer per trial"):
+        trainer.hyperparameter_search(n_trials=1)

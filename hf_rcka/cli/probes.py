@@ -28,7 +28,8 @@ def probe_student(student: Any, stats: Any, image_size: int | None) -> None:
         raise ModelError(
             f"{key}: the student cannot take {height}x{width} inputs ({' '.join(str(err).split())}). "
             "Set an image_size the architecture accepts, or build the student for it (student_config_overrides: "
-            "image_size for transformers ViTs, img_size for timm)"
+            "image_size for transformers ViTs, img_size for timm; a pretrained timm ViT keeps its weights with "
+            "dynamic_img_size: true, which resamples its position embeddings)"
         ) from err
     finally:
         student.train(was_training)

@@ -141,9 +141,11 @@ def _load_pretrained(
                       "folder") from None
     except RuntimeError as err:
         if overrides and "mismatched" in str(err):  # transformers' size-mismatch refusal, whose report went to the log
+            dynamic = (" (a timm ViT takes another image size with its weights through dynamic_img_size: true "
+                       "instead of img_size)" if "img_size" in overrides else "")
             raise ValueError(f"config_overrides {sorted(overrides)} change the shapes of {name_or_path!r}'s weights, "
                              "which cannot load into them: drop those overrides, or build the model from scratch "
-                             "(student_from_scratch: true)") from None
+                             f"(student_from_scratch: true){dynamic}") from None
         raise
     if resize_head:
         _check_only_head_resized(name_or_path, info, old_num_labels, labels.num_labels)

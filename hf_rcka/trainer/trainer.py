@@ -35,7 +35,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from ..arguments import check_arguments, describe_batch
 from ..training_values import check_half_precision
 from ..augmentation import AugmentationArguments
-from ..errors import DataError
+from ..errors import DataError, ModelError
 from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches, check_unsized_training
 from .card_facts import CardFacts, complete_card_facts
 from .term_log import LossTermLog
@@ -592,6 +592,14 @@ class DistillationTrainer(CheckpointingTrainer):
         # evened out with repeats of the first images, which must not count twice
         labels = _without_padding(batch["labels"], self.accelerator)
         return check_teacher_accuracy(model, batch["pixel_values"], labels, mode, gather)
+
+    def hyperparameter_search(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused: Trainer's search builds each trial's model through ``model_init``, which a
+        distillation model (one given student with its teacher) does not take, and its own message
+        then asked for a ``model_init`` that this trainer refuses."""
+        raise ModelError("DistillationTrainer does not run hyperparameter_search: each trial needs its own fresh "
+                         "student, and the trainer wraps the one it is given. Build a new student and "
+                         "DistillationTrainer per trial (for example in an optuna objective) and return its metric")
 
     # ------------------------------------------------------------------ model card
 
