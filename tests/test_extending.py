@@ -13,6 +13,7 @@ from conftest import pixel_dataset, processor, tiny_resnet, tiny_vit
 from hf_rcka import ADAPTERS, LOSSES, DistillationTrainer, DistillationTrainingArguments
 from hf_rcka.errors import ModelError, RecipeError
 from hf_rcka.losses import CrossEntropyLoss, DistillationLoss, KDLoss, weigh_terms
+from hf_rcka.modeling.assembly import build_distillation_model
 from hf_rcka.modeling.distillation_model import DistillationModel
 from hf_rcka.registry import Registry
 
@@ -293,3 +294,27 @@ def test_requires_set_per_instance_is_still_allowed():
             return frozenset({"student_logits", "teacher_logits"} if self.on_teacher else {"student_logits"})
 
     assert PerInstance(on_teacher=False).requires == frozenset({"student_logits"})
+
+
+def test_a_ready_model_with_a_loss_that_keeps_its_option_as_a_tensor(registered, tmp_path):
+    """Comparing a ready model's loss options with the args' asked a tensor for its truth value:
+    RuntimeError for a loss that keeps an option as a buffer. Equal tensors pass, other ones are
+    refused as another option would be."""
+
+    class WeightedCE(DistillationLoss):
+        requires = frozenset({"student_logits", "labels"})
+
+        def __init__(self, weight: float = 1.0, class_weights: tuple = (1.0, 1.0, 1.0)) -> None:
+            super().__init__(weight)
+            self.register_buffer("class_weights", torch.tensor(class_weights))
+
+        def term(self, inputs):
+            return torch.nn.functional.cross_entropy(inputs.student_logits, inputs.labels, weight=self.class_weights)
+
+    registered(LOSSES, "weighted_ce", WeightedCE)
+    args = make_args(tmp_path, losses=[{"name": "weighted_ce", "class_weights": [1.0, 2.0, 3.0]}, "kd"])
+    ready = build_distillation_model(tiny_vit(), tiny_resnet(), args)
+    DistillationTrainer(model=ready, args=args, train_dataset=pixel_dataset(20), processing_class=processor(16))
+    other = make_args(tmp_path, losses=[{"name": "weighted_ce", "class_weights": [1.0, 1.0, 3.0]}, "kd"])
+    with pytest.raises(RecipeError, match="weighted_ce class_weights"):
+        DistillationTrainer(model=ready, args=other, train_dataset=pixel_dataset(20), processing_class=processor(16))

@@ -455,3 +455,21 @@ def test_a_model_folder_without_its_image_processor_is_one_line_with_the_fix(tmp
     ResNetForImageClassification(ResNetConfig(hidden_sizes=[8, 8, 8, 8], embedding_size=8)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"holds no preprocessor_config.json, .*processor.save_pretrained\("):
         load_image_processor(str(tmp_path))
+
+
+def test_a_local_timm_folder_reads_its_processor_from_its_config(tmp_path) -> None:
+    """A timm folder keeps its data config in config.json: the check for a missing
+    preprocessor_config.json refused it (and the smoke test fell back to 224 px)."""
+    model = load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True, image_size=16)
+    model.save_pretrained(tmp_path)
+    assert load_image_processor(str(tmp_path)).data_config["input_size"] == (3, 16, 16)
+
+
+def test_a_mobilevit_built_from_its_config_gets_an_rgb_processor() -> None:
+    """MobileViT's processor flips the channels to BGR, which no transform of a run reproduces: a
+    config:mobilevit student (from scratch) was refused with a fix no recipe could apply."""
+    from hf_rcka.modeling.teacher_inputs import input_stats
+
+    processor = load_image_processor("config:mobilevit", load_image_classifier(
+        "config:mobilevit", num_labels=3, config_overrides={"image_size": 32}))
+    assert processor.do_flip_channel_order is False and input_stats(processor).size == (32, 32)

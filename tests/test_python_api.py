@@ -520,9 +520,8 @@ def test_a_python_runs_card_claims_only_what_it_knows_and_takes_trainers_card_ar
 
 
 def test_evaluation_images_of_another_size_than_the_training_images_are_refused_before_training(tmp_path):
-    """The teacher's inputs and the feature pairs are planned at the training size: an eval set at
-    another size trained to the end and failed at the evaluation (a feature map that no longer fits
-    its adapter; a ViT teacher that refuses the size)."""
+    """The feature pairs are planned at the training size: an eval set at another size trained to
+    the end and failed at the evaluation (a feature map that no longer fits its adapter)."""
     student, teacher = tiny_vit(), tiny_resnet()
     args = make_args(tmp_path, losses=["ce", "rcka", "patch_cka"])
     with pytest.raises(DataError, match=r"eval_dataset\['big'\]: its images are 24x24, the training images 16x16"):
@@ -530,8 +529,12 @@ def test_evaluation_images_of_another_size_than_the_training_images_are_refused_
     trainer = build(args, student, teacher, eval_dataset=pixel_dataset(5))
     with pytest.raises(DataError, match="test_dataset: its images are 24x24"):
         trainer.predict(pixel_dataset(5, size=24))
-    alone = build(make_args(tmp_path, losses=["ce"]), tiny_resnet(), eval_dataset=pixel_dataset(5, size=24))
-    assert "eval_accuracy" in alone.evaluate()  # nothing planned at a size: a CNN takes any
+    cnn = build(make_args(tmp_path, losses=["ce", "feature_cka"]), tiny_resnet(), tiny_resnet())
+    assert cnn.predict(pixel_dataset(5, size=24).remove_columns("labels")).predictions.shape == (5, 3)  # no loss read
+    for losses in (["ce"], ["ce", "kd"]):  # nothing planned at a size: CNNs take any (timm's test_input_size)
+        other = build(make_args(tmp_path, losses=losses), tiny_resnet(), tiny_resnet() if "kd" in losses else None,
+                      eval_dataset=pixel_dataset(5, size=24))
+        assert "eval_accuracy" in other.evaluate()
 
 
 def test_a_ready_distillation_model_refuses_the_settings_of_args_it_would_ignore(tmp_path):

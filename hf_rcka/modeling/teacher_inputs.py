@@ -118,8 +118,8 @@ def _hf_view(processor: Any, output: OutputSize) -> tuple[str, float] | None:
     if output.rule == "shortest_edge":  # ConvNeXt: below 384 the short side is resized and cropped, else warped
         crop_pct = float(processor.crop_pct)
         return ("crop", crop_pct) if size["shortest_edge"] < 384 else ("squash", 1.0)
-    if size.get("shortest_edge"):
-        return "crop", output.height / size["shortest_edge"]
+    if size.get("shortest_edge"):  # PoolFormer's resizes the edge to edge / crop_pct first
+        return "crop", output.height * float(getattr(processor, "crop_pct", None) or 1.0) / size["shortest_edge"]
     if size.get("height"):
         return "squash", output.height / size["height"]
     return None
@@ -183,9 +183,10 @@ def _check_reproduced(processor: Any, stats: InputStats) -> None:
         return
     if torch.allclose(centre, predicted.flip(0), rtol=1e-3, atol=1e-3):
         raise ModelError(f"image processor {name} flips the channels to BGR (do_flip_channel_order), which hf_rcka's "
-                         "transforms and teacher inputs do not: the model would train on RGB and be deployed on BGR. "
-                         "Set do_flip_channel_order=False on it (a model trained from scratch then learns RGB), "
-                         "or use a model whose processor takes RGB")
+                         "transforms and teacher inputs do not: the model would see RGB where it expects BGR (a "
+                         "pretrained one, or one deployed with this processor). Models trained on BGR are not "
+                         "supported; one built from its config (config:<model_type>, trained from scratch) gets an RGB "
+                         "processor")
     raise ModelError(f"image processor {name} outputs {centre.tolist()} for the colour {_PROBE_COLOUR}, not the "
                      f"{predicted.tolist()} its mean, std and rescale settings describe: hf_rcka's transforms would "
                      "train on other pixels than it feeds the model in deployment. Use a processor that only rescales "

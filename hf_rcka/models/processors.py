@@ -58,16 +58,24 @@ def load_image_processor(
         return _timm_processor(source, config, image_size)
     if source.kind == "config":
         processor = default_image_processor(config or default_config(source.name))
-    elif os.path.isdir(name_or_path) and not any(os.path.exists(os.path.join(name_or_path, name))
-                                                for name in ("preprocessor_config.json", "processor_config.json")):
-        # transformers' own message talks of the Hub and of local folders named like a repo id
-        raise ValueError(f"{name_or_path} holds no preprocessor_config.json, so how the model expects its images "
-                         "(size, normalisation) is unknown: save its image processor next to it "
-                         f"(processor.save_pretrained({name_or_path!r}))")
     else:
-        processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        processor = _from_pretrained(name_or_path, trust_remote_code)
     processor = resize_image_processor(processor, image_size) if image_size is not None else processor
     return _converting_to_rgb(processor, config)
+
+
+def _from_pretrained(name_or_path: str, trust_remote_code: bool):
+    """``AutoImageProcessor.from_pretrained``; a local folder without a processor is one line with
+    the fix (transformers' message talks of the Hub and of folders named like a repo id)."""
+    try:
+        return AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError:
+        if not os.path.isdir(name_or_path) or any(os.path.exists(os.path.join(name_or_path, name))
+                                                  for name in ("preprocessor_config.json", "processor_config.json")):
+            raise
+        raise ValueError(f"{name_or_path} holds no preprocessor_config.json, so how the model expects its images "
+                         "(size, normalisation) is unknown: save its image processor next to it "
+                         f"(processor.save_pretrained({name_or_path!r}))") from None
 
 
 def _converting_to_rgb(processor, config: PreTrainedConfig | None):
@@ -123,7 +131,12 @@ def default_image_processor(config: PreTrainedConfig):
     if processor_class is None:
         raise ValueError(f"transformers has no default image processor for model type {config.model_type!r}")
     image_size = getattr(config, "image_size", None) or DEFAULT_IMAGE_SIZE
-    return resize_image_processor(processor_class(), image_size)
+    processor = processor_class()
+    if getattr(processor, "do_flip_channel_order", False):
+        # MobileViT's flips to BGR, which no transform of the run reproduces: a model built here
+        # (from scratch) learns the RGB the run feeds it, and its saved processor gives it RGB too
+        processor.do_flip_channel_order = False
+    return resize_image_processor(processor, image_size)
 
 
 def _pick_backend(mapping: Mapping[str, Any]) -> type | None:

@@ -43,20 +43,22 @@ def image_size(item: Mapping | None) -> tuple[int, int] | None:
 def check_image_sizes(dataset: Any, role: str, size: tuple[int, int] | None) -> None:
     """Each part of an evaluation (or test) set holds images of the training images' ``size``.
 
-    The teacher's inputs (resized to its own size only when its processor's size differs from the
-    student's) and the feature pairs' grids are planned at that size: at another, evaluation
-    failed after training (a ViT teacher refuses the size; a feature map no longer fits its
-    adapter), or compared other grids. ``size`` None: nothing was planned at a size.
+    The feature pairs' grids and adapters are planned at that size: at another, the evaluation
+    failed after training (a feature map no longer fits its adapter) or compared other grids.
+    ``size`` None: nothing was planned at a size (a CNN evaluated at a larger size than it trained
+    at, as timm's ``test_input_size`` does, is fine).
     """
     if size is None:
         return
     for where, _, item in _first_items(role, dataset):
         got = image_size(item)
+        if role == "test_dataset" and "labels" not in item:
+            continue  # predictions alone: no loss, no feature read
         if got is not None and got != size:
             raise DataError(
-                f"{where}: its images are {got[0]}x{got[1]}, the training images {size[0]}x{size[1]}: the teacher's "
-                "inputs and the feature pairs are planned at the training size, so evaluating them would fail or "
-                "compare other grids. Give it the training set's evaluation transform (the same processor)")
+                f"{where}: its images are {got[0]}x{got[1]}, the training images {size[0]}x{size[1]}: the feature "
+                "pairs are planned at the training size, so evaluating them would fail or compare other grids. Give "
+                "it the training set's evaluation transform (the same processor)")
 
 
 def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: bool,
@@ -71,7 +73,8 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
     """
     student_names = model_class_names(student)
     named = student_names is not None and not numbered_only(student_names)
-    check_image_sizes(dataset, role, size)
+    if not collator_given:
+        check_image_sizes(dataset, role, size)
     for where, part, item in _first_items(role, dataset):
         if not collator_given:
             _check_keys(where, item, ("pixel_values",) if role == "test_dataset" else ("pixel_values", "labels"))

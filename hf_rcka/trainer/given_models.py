@@ -118,9 +118,23 @@ def _loss_settings_ignored(model: DistillationModel, args: Any) -> list[str]:
         keys += ["label_smoothing"] if smoothing and "label_smoothing" in LOSSES.option_names(spec["name"]) else []
         for key in dict.fromkeys(keys):
             given, own = getattr(fresh, key, _UNSET), getattr(held, key, _UNSET)
-            if given is not _UNSET and own is not _UNSET and given != own:
+            if not _same_option(given, own):
                 found.append(f"{spec['name']} {key} {given!r} (the model's: {own!r})")
     return found
+
+
+def _same_option(given: Any, own: Any) -> bool:
+    """Whether a loss option holds the same value in two losses; True where it cannot tell (an
+    option not kept as an attribute of that name, or kept as a module: a custom loss's own state)."""
+    if given is _UNSET or own is _UNSET or isinstance(given, torch.nn.Module) or isinstance(own, torch.nn.Module):
+        return True
+    if isinstance(given, torch.Tensor) or isinstance(own, torch.Tensor):
+        return (isinstance(given, torch.Tensor) and isinstance(own, torch.Tensor) and given.shape == own.shape
+                and torch.equal(given.cpu(), own.cpu()))
+    try:
+        return bool(given == own)
+    except (TypeError, ValueError, RuntimeError):  # a value without a plain equality
+        return True
 
 
 def _model_settings_ignored(model: DistillationModel, args: Any) -> list[str]:

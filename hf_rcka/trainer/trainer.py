@@ -121,7 +121,8 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
             model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
             _teacher_stats(teacher, teacher_processor, kwargs.get("processing_class")),
         )
-    size = image_size(first_item) if model.needs_teacher or model.needs_features else None
+    # feature grids are planned at the training size; a caller's collator may resize what it batches
+    size = image_size(first_item) if model.needs_features and kwargs.get("data_collator") is None else None
     check_image_sizes(datasets[1], "eval_dataset", size)
     check_optimizer(model, kwargs.get("optimizers"))
     if realign is not None:
@@ -155,19 +156,34 @@ def _stats_or_none(processor: Any) -> InputStats | None:
     return input_stats(processor) if processor is not None else None
 
 
+def _timm_teacher_processor(teacher: Any) -> Any:
+    """A timm teacher's processor from the data config its config carries, when that config is
+    complete (size, mean and std; timm would fill in ImageNet's otherwise) and its size is one the
+    model takes (a ViT built for another ``img_size`` than its config records is not resized to it)."""
+    config = getattr(teacher, "config", None)
+    data_config = dict(getattr(config, "pretrained_cfg", None) or {})
+    if not {"input_size", "mean", "std"} <= set(data_config):
+        return None
+    patch_embed = getattr(getattr(teacher, "timm_model", None), "patch_embed", None)
+    fixed = getattr(patch_embed, "img_size", None) if not getattr(patch_embed, "dynamic_img_size", False) else None
+    if fixed is not None and tuple(fixed) != tuple(data_config["input_size"][-2:]):
+        logger.info("teacher inputs: the timm teacher's config records %s inputs, but it takes %s: its data config "
+                    "is not used", tuple(data_config["input_size"][-2:]), tuple(fixed))
+        return None
+    from transformers import TimmWrapperImageProcessor
+
+    logger.info("teacher inputs: teacher_processor not given; the timm teacher's own data config is used")
+    return TimmWrapperImageProcessor(pretrained_cfg=data_config, architecture=config.architecture)
+
+
 def _teacher_stats(teacher: Any, teacher_processor: Any, processing_class: Any) -> InputStats | None:
     """What the teacher expects: its processor's, else a timm teacher's own data config (its
     config carries it), else unknown: the teacher then gets the student's inputs as they are, said
     once, since a teacher trained on other statistics or sizes loses accuracy without an error."""
     if teacher is None:
         return None
-    if teacher_processor is None and getattr(getattr(teacher, "config", None), "pretrained_cfg", None):
-        from transformers import TimmWrapperImageProcessor
-
-        config = teacher.config
-        teacher_processor = TimmWrapperImageProcessor(pretrained_cfg=dict(config.pretrained_cfg),
-                                                      architecture=config.architecture)
-        logger.info("teacher inputs: teacher_processor not given; the timm teacher's own data config is used")
+    if teacher_processor is None:
+        teacher_processor = _timm_teacher_processor(teacher)
     if teacher_processor is None and processing_class is not None:
         logger.warning("teacher inputs: teacher_processor not given, so the teacher gets the student's inputs as they "
                        "are (%s): pass the teacher's own image processor (AutoImageProcessor.from_pretrained(<its "
