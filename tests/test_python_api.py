@@ -575,3 +575,18 @@ def test_hyperparameter_search_is_refused_with_what_to_do_instead(tmp_path):
     trainer = build(make_args(tmp_path), named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]))
     with pytest.raises(ModelError, match="does not run hyperparameter_search.*new student and DistillationTrainer per trial"):
         trainer.hyperparameter_search(n_trials=1)
+
+
+def test_a_timm_teacher_whose_config_records_another_size_than_it_takes_is_not_resized_to_it(tmp_path):
+    """Its config's data config said 224 px for a ViT built at 16: the teacher's inputs were resized
+    to 224 and the first step failed (no teacher_processor given); the student's inputs it takes."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    config = TimmWrapperConfig(architecture="vit_tiny_patch16_224", num_labels=3,
+                               model_args={"img_size": 16, "patch_size": 4, "depth": 1},
+                               pretrained_cfg={"input_size": (3, 224, 224), "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    teacher = TimmWrapperForImageClassification(config)
+    teacher.config.id2label, teacher.config.label2id = {0: "a", 1: "b", 2: "c"}, {"a": 0, "b": 1, "c": 2}
+    trainer = build(make_args(tmp_path, max_steps=1), named(tiny_vit(), ["a", "b", "c"]), teacher)
+    assert trainer.distillation_model.teacher_transform is None
+    trainer.train()
