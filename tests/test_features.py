@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import transformers as tf
@@ -10,9 +12,14 @@ from torch import nn
 from _models import BATCH, FAMILIES, NUM_LABELS, hf_hiera, hf_resnet, hf_vit, pixels, timm_model
 from hf_rcka.errors import ModelError, UserError
 from hf_rcka.features.capture import HiddenStateCapture
-from hf_rcka.features.hidden_states import classifier_of, describe_hidden_states, hidden_states_of, pooled_dim
+from hf_rcka.features.hidden_states import (
+    classifier_of, describe_hidden_states, hidden_state_options, hidden_states_of, pooled_dim,
+)
 from hf_rcka.features.pairing import auto_feature_pairs, choose_pairs, resolve_layer
 from hf_rcka.features.layout import FeatureSpec, to_fmap
+from hf_rcka.losses import CrossEntropyLoss, FeatureCKALoss
+from hf_rcka.modeling import DistillationModel
+from hf_rcka.modeling.teacher_inputs import InputStats
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +29,7 @@ def _seed() -> None:
 
 def _forward(model: nn.Module, x: torch.Tensor):
     with torch.no_grad():
-        return model(pixel_values=x, output_hidden_states=True)
+        return model(pixel_values=x, output_hidden_states=True, **hidden_state_options(model))
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -276,3 +283,21 @@ def test_pairs_few_requested_take_the_deepest():
     assert [(s, t) for s, t, _ in auto_feature_pairs(_vit_specs(12), REGNET, num_pairs=1)] == [(12, 4)]
     with pytest.raises(ValueError, match="num_pairs"):
         auto_feature_pairs(_vit_specs(12), REGNET, num_pairs=0)
+
+
+def test_transformers_swin_hands_out_its_stage_ends_as_timm_swin_does():
+    """Its hidden states came after each stage's patch merging (state 1 was stage 1 merged to the
+    next stride), so auto pairs sat one stage too shallow and its deepest-but-one stage never
+    paired; and a zero probe made stage 1 equal the embedding, taken for a stem."""
+    from transformers import SwinConfig, SwinForImageClassification
+
+    torch.manual_seed(0)
+    swin = SwinForImageClassification(SwinConfig(image_size=32, patch_size=2, embed_dim=8, depths=[1, 1, 1, 1],
+                                                 num_heads=[1, 1, 1, 1], window_size=2, num_labels=3)).eval()
+    specs = describe_hidden_states(swin, torch.randn(1, 3, 32, 32))
+    assert [s.grid[0] for s in specs] == [16, 16, 8, 4, 2] and [s.channels for s in specs] == [8, 8, 16, 32, 64]
+    assert [s.is_embedding for s in specs] == [True, False, False, False, False]
+    assert [(s, t) for s, t, _ in auto_feature_pairs(specs, specs)] == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    model = DistillationModel(swin, copy.deepcopy(swin), [CrossEntropyLoss(), FeatureCKALoss()], feature_pairs="auto",
+                              student_input=InputStats((0.5,) * 3, (0.5,) * 3, (32, 32)))
+    assert [(p.student_layer, p.teacher_layer) for p in model.feature_pairs] == [(1, 1), (2, 2), (3, 3), (4, 4)]

@@ -165,9 +165,12 @@ class DistillationModel(nn.Module):
             )
 
     def _probe_pixels(self, student_input: InputStats | None) -> torch.Tensor:
+        """Two random images at the planned size: random, so that no two layers look alike (a
+        zero image made transformers Swin's first stage equal its embedding, taken for a stem);
+        seeded on their own generator, so the global random state is untouched."""
         height, width = planned_input_size(self.student, student_input)
-        device = next(self.student.parameters()).device
-        return torch.zeros(2, 3, height, width, device=device)
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(2, 3, height, width, generator=generator).to(next(self.student.parameters()).device)
 
     def _build_adapters(self, feature_pairs: Any, student_input: InputStats | None) -> None:
         pixels = self._probe_pixels(student_input)
@@ -189,10 +192,8 @@ class DistillationModel(nn.Module):
         if not (self.needs_features or self.needs_pooled):
             return {}
         pixels = teacher_pixels = None
-        if self.needs_features:  # random, so no two layers look alike; the global RNG is untouched
-            generator = torch.Generator().manual_seed(0)
-            shape = self._probe_pixels(student_input).shape
-            pixels = torch.randn(shape, generator=generator).to(next(self.student.parameters()).device)
+        if self.needs_features:
+            pixels = self._probe_pixels(student_input)
             teacher_pixels = self.teacher_pixels(pixels)
         captures = {}
         for role, model, layers, probe in (
