@@ -9,6 +9,9 @@ train to the end and report a number, or fail after the expensive work:
 * feature losses without ``processing_class``: pairs planned at 224 px for 16 px data;
 * an image processor whose size is not the data's: feature pairs planned for another grid;
 * a ``compute_loss_func`` (never called), a bare timm model or ``model_init``;
+* a teacher without ``teacher_processor`` fed the student's inputs unsaid (a timm teacher's config
+  carries its own data config: ``teacher_input_stats``);
+* a ready ``DistillationModel`` next to arguments that ask for other settings than its own;
 * ``activation_checkpointing`` on a student transformers cannot checkpoint.
 
 The other checks of what a caller gives are each in their own module: the class names of the
@@ -20,6 +23,7 @@ for plain ``TrainingArguments``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,10 +33,12 @@ from ..errors import ModelError, RecipeError
 from ..losses import reads_features
 from ..modeling.assembly import active_specs, build_losses, run_loss_specs
 from ..modeling.distillation_model import DistillationModel
-from ..modeling.teacher_inputs import input_stats, planned_input_size
+from ..modeling.teacher_inputs import InputStats, input_stats, planned_input_size
 from ..modeling.teacher_runtime import resolve_teacher_dtype
 from ..registry import LOSSES
 from .given_labels import check_labels
+
+logger = logging.getLogger(__name__)
 
 
 def check_activation_checkpointing(student: torch.nn.Module, args: Any) -> None:
@@ -152,6 +158,41 @@ def _model_settings_ignored(model: DistillationModel, args: Any) -> list[str]:
 _UNSET = object()
 
 
+def _timm_teacher_processor(teacher: Any) -> Any:
+    """A timm teacher's processor from the data config its config carries, when that config is
+    complete (size, mean and std; timm would fill in ImageNet's otherwise) and its size is one the
+    model takes (a ViT built for another ``img_size`` than its config records is not resized to it)."""
+    config = getattr(teacher, "config", None)
+    data_config = dict(getattr(config, "pretrained_cfg", None) or {})
+    if not {"input_size", "mean", "std"} <= set(data_config):
+        return None
+    patch_embed = getattr(getattr(teacher, "timm_model", None), "patch_embed", None)
+    fixed = getattr(patch_embed, "img_size", None) if not getattr(patch_embed, "dynamic_img_size", False) else None
+    if fixed is not None and tuple(fixed) != tuple(data_config["input_size"][-2:]):
+        logger.info("teacher inputs: the timm teacher's config records %s inputs, but it takes %s: its data config "
+                    "is not used", tuple(data_config["input_size"][-2:]), tuple(fixed))
+        return None
+    from transformers import TimmWrapperImageProcessor
+
+    logger.info("teacher inputs: teacher_processor not given; the timm teacher's own data config is used")
+    return TimmWrapperImageProcessor(pretrained_cfg=data_config, architecture=config.architecture)
+
+
+def teacher_input_stats(teacher: Any, teacher_processor: Any, processing_class: Any) -> InputStats | None:
+    """What the teacher expects: its processor's, else a timm teacher's own data config (its
+    config carries it), else unknown: the teacher then gets the student's inputs as they are, said
+    once, since a teacher trained on other statistics or sizes loses accuracy without an error."""
+    if teacher is None:
+        return None
+    if teacher_processor is None:
+        teacher_processor = _timm_teacher_processor(teacher)
+    if teacher_processor is None and processing_class is not None:
+        logger.warning("teacher inputs: teacher_processor not given, so the teacher gets the student's inputs as they "
+                       "are (%s): pass the teacher's own image processor (AutoImageProcessor.from_pretrained(<its "
+                       "checkpoint>)) if it was trained with another normalisation or size", input_stats(processing_class))
+    return input_stats(teacher_processor) if teacher_processor is not None else None
+
+
 def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, teacher_processor: Any,
                  first_item: Mapping | None = None) -> None:
     """Shared weights and missing processors, before the distillation model is built.
@@ -186,4 +227,6 @@ def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, t
             f"{planned[0]}x{planned[1]}, but the data's images are {pixels.shape[-2]}x{pixels.shape[-1]}. {fix}")
 
 
-__all__ = ["check_activation_checkpointing", "check_model_objects", "check_models", "check_ready_model"]
+__all__ = [
+    "check_activation_checkpointing", "check_model_objects", "check_models", "check_ready_model", "teacher_input_stats",
+]

@@ -42,7 +42,9 @@ from .term_log import LossTermLog
 from .checkpointing import CheckpointingTrainer, ResumedRate, checkpoint_step, keep_token_out_of_files
 from .given_data import check_columns, check_image_sizes, check_later_dataset, image_size
 from .given_labels import check_labels, name_student_classes
-from .given_models import check_activation_checkpointing, check_model_objects, check_models, check_ready_model
+from .given_models import (
+    check_activation_checkpointing, check_model_objects, check_models, check_ready_model, teacher_input_stats,
+)
 from .optimizer_checks import LateParameterCheck, check_optimizer
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate
@@ -102,8 +104,8 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     check: a refused trainer leaves the caller's teacher with its own class order.
 
     Returns:
-        The model, and the image size the run is planned at (the training images'), which every
-        evaluation set must have when a teacher or a feature loss runs (``check_image_sizes``).
+        The model, and the image size its feature pairs are planned at (the training images'),
+        which every evaluation set must have (``check_image_sizes``); None without feature losses.
     """
     check_model_objects(model, teacher, kwargs)
     _check_given_weights(model, teacher)
@@ -119,7 +121,7 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
         realign = check_labels(model, teacher, args, datasets, mapping)
         model = build_distillation_model(
             model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
-            _teacher_stats(teacher, teacher_processor, kwargs.get("processing_class")),
+            teacher_input_stats(teacher, teacher_processor, kwargs.get("processing_class")),
         )
     # feature grids are planned at the training size; a caller's collator may resize what it batches
     size = image_size(first_item) if model.needs_features and kwargs.get("data_collator") is None else None
@@ -154,41 +156,6 @@ def _teacher_name(teacher: Any) -> str | None:
 
 def _stats_or_none(processor: Any) -> InputStats | None:
     return input_stats(processor) if processor is not None else None
-
-
-def _timm_teacher_processor(teacher: Any) -> Any:
-    """A timm teacher's processor from the data config its config carries, when that config is
-    complete (size, mean and std; timm would fill in ImageNet's otherwise) and its size is one the
-    model takes (a ViT built for another ``img_size`` than its config records is not resized to it)."""
-    config = getattr(teacher, "config", None)
-    data_config = dict(getattr(config, "pretrained_cfg", None) or {})
-    if not {"input_size", "mean", "std"} <= set(data_config):
-        return None
-    patch_embed = getattr(getattr(teacher, "timm_model", None), "patch_embed", None)
-    fixed = getattr(patch_embed, "img_size", None) if not getattr(patch_embed, "dynamic_img_size", False) else None
-    if fixed is not None and tuple(fixed) != tuple(data_config["input_size"][-2:]):
-        logger.info("teacher inputs: the timm teacher's config records %s inputs, but it takes %s: its data config "
-                    "is not used", tuple(data_config["input_size"][-2:]), tuple(fixed))
-        return None
-    from transformers import TimmWrapperImageProcessor
-
-    logger.info("teacher inputs: teacher_processor not given; the timm teacher's own data config is used")
-    return TimmWrapperImageProcessor(pretrained_cfg=data_config, architecture=config.architecture)
-
-
-def _teacher_stats(teacher: Any, teacher_processor: Any, processing_class: Any) -> InputStats | None:
-    """What the teacher expects: its processor's, else a timm teacher's own data config (its
-    config carries it), else unknown: the teacher then gets the student's inputs as they are, said
-    once, since a teacher trained on other statistics or sizes loses accuracy without an error."""
-    if teacher is None:
-        return None
-    if teacher_processor is None:
-        teacher_processor = _timm_teacher_processor(teacher)
-    if teacher_processor is None and processing_class is not None:
-        logger.warning("teacher inputs: teacher_processor not given, so the teacher gets the student's inputs as they "
-                       "are (%s): pass the teacher's own image processor (AutoImageProcessor.from_pretrained(<its "
-                       "checkpoint>)) if it was trained with another normalisation or size", input_stats(processing_class))
-    return _stats_or_none(teacher_processor)
 
 
 class _EpochEndCallback(TrainerCallback):
