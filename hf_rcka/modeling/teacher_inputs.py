@@ -93,7 +93,9 @@ def input_stats(processor: Any) -> InputStats:
 
 def _timm_stats(data_config: dict) -> InputStats:
     _, height, width = data_config["input_size"]
-    crop_pct, mode = float(data_config.get("crop_pct") or 1.0), data_config.get("crop_mode", "center")
+    from timm.data import DEFAULT_CROP_PCT  # what timm's eval transform crops when the config says nothing
+
+    crop_pct, mode = float(data_config.get("crop_pct") or DEFAULT_CROP_PCT), data_config.get("crop_mode", "center")
     view = {"center": ("crop", crop_pct), "squash": ("squash", crop_pct)}.get(mode)
     return InputStats(tuple(data_config["mean"]), tuple(data_config["std"]), (height, width),
                       data_config.get("interpolation", "bilinear"), view)
