@@ -1463,3 +1463,19 @@ def test_the_digits_without_scikit_learn_is_one_error_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", without_sklearn)
     with pytest.raises(DataError, match=r"builtin:digits needs scikit-learn, which is not installed: pip install"):
         digits_dataset()
+
+
+def test_a_teacher_with_unnamed_classes_is_said_once(tmp_path, capsys):
+    """The command line pairs its LABEL_k classes with the data's named ones by position and says so;
+    the trainer's check of the same pairing said it again (an ImageNet run with a timm teacher)."""
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+    teacher = tmp_path / "teacher"
+    ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1],
+                                              layer_type="basic", num_labels=3)).save_pretrained(teacher)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(teacher)
+    recipe = base(tmp_path, dataset_name=None, train_dir=image_folder(tmp_path / "train", ["cat", "dog", "eel"]),
+                  validation_dir=image_folder(tmp_path / "val", ["cat", "dog", "eel"]),
+                  teacher_model_name_or_path=str(teacher), teacher_accuracy_check="off")
+    assert run(tmp_path, recipe) == 0
+    assert capsys.readouterr().err.count("the teacher's classes are unnamed (LABEL_0...)") == 1

@@ -18,7 +18,7 @@ from ..arguments import DataArguments, DistillationTrainingArguments, ModelArgum
 from ..data.datasets import load_raw_datasets
 from ..errors import DataError, ModelError, UserError
 from ..losses import reads_teacher_logits
-from ..models.labels import align_teacher_classes, model_label_names
+from ..models.labels import align_teacher_classes, is_generic, model_label_names
 from ..registry import LOSSES
 from ..modeling.assembly import active_specs, run_loss_specs
 
@@ -79,3 +79,8 @@ def align_teacher(teacher: Any, args: DistillationTrainingArguments, labels: lis
     specs = active_specs(run_loss_specs(args, has_teacher=True))
     reads_logits = any(reads_teacher_logits(LOSSES.get(spec["name"])) for spec in specs)
     align_teacher_classes(teacher, labels, mapping, reads_logits, args)
+    if is_generic(model_label_names(teacher.config)) and len(teacher.config.id2label) == len(labels):
+        # paired by position, and said so above: the run's own teacher (never saved) takes the run's
+        # names, so that the trainer's check of the same pairing does not say it again
+        teacher.config.id2label = dict(enumerate(labels))
+        teacher.config.label2id = {name: i for i, name in enumerate(labels)}
