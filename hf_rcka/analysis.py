@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional
-from .features.hidden_states import describe_hidden_states, hidden_state_options, hidden_states_of
+from .features.hidden_states import describe_hidden_states, forward_with_hidden_states, hidden_states_of
 from .data.images import to_rgb
 from .features.layout import FeatureSpec, to_fmap
 
@@ -84,7 +84,7 @@ def layer_activations(model: nn.Module, pixel_values: Tensor, batch_size: int = 
     try:
         for start in range(0, len(pixel_values), batch_size):
             batch = pixel_values[start : start + batch_size].to(parameter.device, parameter.dtype)
-            outputs = model(pixel_values=batch, output_hidden_states=True, **hidden_state_options(model))
+            outputs = forward_with_hidden_states(model, batch)
             for chunk, state, spec in zip(chunks, hidden_states_of(outputs), specs):
                 chunk.append(to_fmap(state, spec).flatten(1).float().cpu())
             chunks[-1].append(outputs.logits.float().cpu())

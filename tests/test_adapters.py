@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from _models import BATCH, FAMILIES, pixels
 from hf_rcka import ADAPTERS
 from hf_rcka.adapters import IdentityAdapter, LinearAdapter, PatchMatchAdapter, build_adapter
-from hf_rcka.features.hidden_states import describe_hidden_states, hidden_state_options, hidden_states_of
+from hf_rcka.features.hidden_states import describe_hidden_states, forward_with_hidden_states, hidden_states_of
 from hf_rcka.features.pairing import auto_feature_pairs
 from hf_rcka.features.layout import FeatureSpec, pooled_spec, resample, to_fmap
 
@@ -188,11 +188,9 @@ def test_real_pairs_align_and_train_the_adapters(direction: str):
     assert [(s, t) for s, t, _ in pairs] == expected_pairs
 
     adapters = [build_adapter("patch_match", student_specs[s], teacher_specs[t], project=True) for s, t, _ in pairs]
-    student_states = hidden_states_of(student_model(pixel_values=x, output_hidden_states=True,
-                                                   **hidden_state_options(student_model)))
+    student_states = hidden_states_of(forward_with_hidden_states(student_model, x))
     with torch.no_grad():
-        teacher_states = hidden_states_of(teacher_model(pixel_values=teacher_x, output_hidden_states=True,
-                                                       **hidden_state_options(teacher_model)))
+        teacher_states = hidden_states_of(forward_with_hidden_states(teacher_model, teacher_x))
     loss = torch.zeros(())
     for adapter, (s, t, _) in zip(adapters, pairs):
         out_student, out_teacher = adapter(student_states[s], teacher_states[t])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_rcka.features.capture import HiddenStateCapture
-from hf_rcka.features.hidden_states import hidden_state_options, hidden_states_of
+from hf_rcka.features.hidden_states import forward_with_hidden_states, hidden_states_of
 
 from _models import FAMILIES, pixels
 
@@ -28,7 +28,7 @@ def test_capture_equals_the_full_hidden_states(family):
     x = pixels(spec.image_size)
     with torch.no_grad():
         model.eval()
-        full = hidden_states_of(model(pixel_values=x, output_hidden_states=True, **hidden_state_options(model)))
+        full = hidden_states_of(forward_with_hidden_states(model, x))
         model.train()
     indices = sorted({1, len(full) - 1})
     capture = HiddenStateCapture(model, indices, x[:2])

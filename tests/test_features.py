@@ -13,7 +13,7 @@ from _models import BATCH, FAMILIES, NUM_LABELS, hf_hiera, hf_resnet, hf_vit, pi
 from hf_rcka.errors import ModelError, UserError
 from hf_rcka.features.capture import HiddenStateCapture
 from hf_rcka.features.hidden_states import (
-    classifier_of, describe_hidden_states, hidden_state_options, hidden_states_of, pooled_dim,
+    classifier_of, describe_hidden_states, forward_with_hidden_states, hidden_states_of, pooled_dim,
 )
 from hf_rcka.features.pairing import auto_feature_pairs, choose_pairs, resolve_layer
 from hf_rcka.features.layout import FeatureSpec, to_fmap
@@ -29,7 +29,7 @@ def _seed() -> None:
 
 def _forward(model: nn.Module, x: torch.Tensor):
     with torch.no_grad():
-        return model(pixel_values=x, output_hidden_states=True, **hidden_state_options(model))
+        return forward_with_hidden_states(model, x)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -33,7 +33,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .hidden_states import classifier_of, eval_no_grad, hidden_state_options, hidden_states_of
+from .hidden_states import classifier_of, eval_no_grad, forward_with_hidden_states, hidden_states_of
 from .layout import tokens_to_fmap
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class HiddenStateCapture:
             outputs = self.model(pixel_values=pixel_values, output_hidden_states=list(self.indices))
             return outputs, dict(zip(self.indices, outputs.hidden_states))
         if self.mode == "all":
-            outputs = self.model(pixel_values=pixel_values, output_hidden_states=True, **hidden_state_options(self.model))
+            outputs = forward_with_hidden_states(self.model, pixel_values)
             states = hidden_states_of(outputs)
             return outputs, {i: states[i] for i in self.indices}
         with self._capturing() as states:
@@ -106,7 +106,7 @@ class HiddenStateCapture:
     def _choose(self, pixels: Tensor) -> str:
         """The first mode whose states equal the full ``output_hidden_states=True`` ones."""
         with eval_no_grad(self.model):
-            reference = hidden_states_of(self.model(pixel_values=pixels, output_hidden_states=True, **hidden_state_options(self.model)))
+            reference = hidden_states_of(forward_with_hidden_states(self.model, pixels))
             expected = {i: reference[i] for i in self.indices}
             if getattr(self.model, "timm_model", None) is not None:
                 self._grids = {i: tuple(state.shape[-2:]) for i, state in expected.items()}
@@ -153,7 +153,7 @@ class HiddenStateCapture:
 
         handles = [m.register_forward_hook(record(n)) for n, m in self.model.named_modules() if n]
         try:
-            states = hidden_states_of(self.model(pixel_values=pixels, output_hidden_states=True, **hidden_state_options(self.model)))
+            states = hidden_states_of(forward_with_hidden_states(self.model, pixels))
         finally:
             for handle in handles:
                 handle.remove()

@@ -43,18 +43,19 @@ _TIMM_STEM_FEATURE = re.compile(r"^(stem|act1|bn1|conv1|conv_stem|patch_embed)(\
 _CLASSIFIER_NAMES = ("classifier", "cls_classifier", "head", "fc")
 
 
-def hidden_state_options(model: nn.Module) -> dict[str, Any]:
-    """Keyword arguments a model's forward needs, beside ``output_hidden_states=True``, to hand out
-    the end of each stage.
+def forward_with_hidden_states(model: nn.Module, pixel_values: Tensor) -> Any:
+    """``model(pixel_values=..., output_hidden_states=True)``, with each stage's end handed out.
 
     transformers' Swin hands out each stage after the patch merging that starts the next: state 1
     is stage 1 merged down to stride 8, and the auto pairs came out one stage too shallow (Swin-T's
     6-block stage 3 never paired, where timm's Swin pairs stage by stage).
     ``output_hidden_states_before_downsampling`` gives the stage ends, as timm's stages are.
-    Swinv2 and FocalNet do not take it.
+    Swinv2 and FocalNet do not take it. Every full forward for hidden states goes through here, so
+    that probing, capture and the CKA report index the same states.
     """
-    config = getattr(model, "config", None)
-    return {"output_hidden_states_before_downsampling": True} if getattr(config, "model_type", None) == "swin" else {}
+    swin = getattr(getattr(model, "config", None), "model_type", None) == "swin"
+    options = {"output_hidden_states_before_downsampling": True} if swin else {}
+    return model(pixel_values=pixel_values, output_hidden_states=True, **options)
 
 
 def hidden_states_of(outputs: Any) -> tuple[Tensor, ...]:
@@ -115,8 +116,7 @@ def describe_hidden_states(model: nn.Module, pixel_values: Tensor) -> list[Featu
     hooks = _hook_embedding_outputs(model, embedding_outputs)
     try:
         with eval_no_grad(model):
-            outputs = model(pixel_values=_like_parameters(pixel_values, model), output_hidden_states=True,
-                            **hidden_state_options(model))
+            outputs = forward_with_hidden_states(model, _like_parameters(pixel_values, model))
     except ValueError as error:
         if "output_hidden_states" in str(error):
             raise ValueError(f"{_model_name(model)} cannot return hidden states: {error}") from error
