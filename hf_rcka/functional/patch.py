@@ -112,10 +112,10 @@ def patch_cka(
     """
     check_aligned(student_fmap, teacher_fmap)
     s, t = common_dtype(student_fmap, teacher_fmap)
+    if patch_count(s.shape[2], s.shape[3], patch_size) < min_cka_items(center):
+        return torch.ones(s.shape[1], dtype=s.dtype, device=s.device) + 0.0 * s.sum()
     s, ph, pw = _fit_to_patches(s, patch_size)
     t, _, _ = _fit_to_patches(t, patch_size)
-    if (s.shape[2] // ph) * (s.shape[3] // pw) < min_cka_items(center):
-        return torch.ones(s.shape[1], dtype=s.dtype, device=s.device) + 0.0 * s.sum()
     sim = _backend_fn(backend, s.device)(s, t, ph, pw, center, eps)
     if transpose:
         rows_s, rows_t = _patch_rows(s, ph, pw), _patch_rows(t, ph, pw)

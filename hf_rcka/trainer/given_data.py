@@ -51,9 +51,9 @@ def check_image_sizes(dataset: Any, role: str, size: tuple[int, int] | None) -> 
     if size is None:
         return
     for where, _, item in _first_items(role, dataset):
-        got = image_size(item)
         if role == "test_dataset" and "labels" not in item:
             continue  # predictions alone: no loss, no feature read
+        got = image_size(item)
         if got is not None and got != size:
             raise DataError(
                 f"{where}: its images are {got[0]}x{got[1]}, the training images {size[0]}x{size[1]}: the feature "

@@ -146,13 +146,12 @@ def _same_option(given: Any, own: Any) -> bool:
 def _model_settings_ignored(model: DistillationModel, args: Any) -> list[str]:
     """The model-building arguments ``args`` sets (away from their defaults) otherwise than the
     ready model was built with."""
-    built = getattr(model, "built_with", {})
-    own = {**built, "teacher_dtype": resolve_teacher_dtype(built.get("teacher_dtype"))}
+    own = {**model.built_with, "teacher_dtype": resolve_teacher_dtype(model.built_with["teacher_dtype"])}
     given = {"feature_pairs": getattr(args, "feature_pairs", None),
              "teacher_dtype": resolve_teacher_dtype(getattr(args, "teacher_dtype", None)),
              "teacher_channels_last": False if getattr(args, "teacher_channels_last", True) is False else None}
     return [f"{key} {value!r} (the model's: {own[key]!r})" for key, value in given.items()
-            if value is not None and key in own and value != own[key]]
+            if value is not None and value != own[key]]
 
 
 _UNSET = object()
@@ -178,18 +177,19 @@ def _timm_teacher_processor(teacher: Any) -> Any:
     return TimmWrapperImageProcessor(pretrained_cfg=data_config, architecture=config.architecture)
 
 
-def teacher_input_stats(teacher: Any, teacher_processor: Any, processing_class: Any) -> InputStats | None:
+def teacher_input_stats(teacher: Any, teacher_processor: Any, student_input: InputStats | None) -> InputStats | None:
     """What the teacher expects: its processor's, else a timm teacher's own data config (its
-    config carries it), else unknown: the teacher then gets the student's inputs as they are, said
-    once, since a teacher trained on other statistics or sizes loses accuracy without an error."""
+    config carries it), else unknown: the teacher then gets the student's inputs
+    (``student_input``, ``processing_class``'s) as they are, said once, since a teacher trained on
+    other statistics or sizes loses accuracy without an error."""
     if teacher is None:
         return None
     if teacher_processor is None:
         teacher_processor = _timm_teacher_processor(teacher)
-    if teacher_processor is None and processing_class is not None:
+    if teacher_processor is None and student_input is not None:
         logger.warning("teacher inputs: teacher_processor not given, so the teacher gets the student's inputs as they "
                        "are (%s): pass the teacher's own image processor (AutoImageProcessor.from_pretrained(<its "
-                       "checkpoint>)) if it was trained with another normalisation or size", input_stats(processing_class))
+                       "checkpoint>)) if it was trained with another normalisation or size", student_input)
     return input_stats(teacher_processor) if teacher_processor is not None else None
 
 

@@ -119,9 +119,9 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
         # before the teacher is frozen and cast: a refused trainer leaves it as it was
         _check_settings(model, build_losses(run_loss_specs(args, teacher is not None)), args, kwargs)
         realign = check_labels(model, teacher, args, datasets, mapping)
+        student_input = _stats_or_none(kwargs.get("processing_class"))
         model = build_distillation_model(
-            model, teacher, args, _stats_or_none(kwargs.get("processing_class")),
-            teacher_input_stats(teacher, teacher_processor, kwargs.get("processing_class")),
+            model, teacher, args, student_input, teacher_input_stats(teacher, teacher_processor, student_input),
         )
     # feature grids are planned at the training size; a caller's collator may resize what it batches
     size = image_size(first_item) if model.needs_features and kwargs.get("data_collator") is None else None
