@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -81,9 +82,12 @@ VARIANTS = ["limit", "timm_logit", "timm_feature", *LOSS_SPECS]
 Step = Callable[[], None]
 
 
-def build_models(pair: str, full: bool, device: torch.device, teacher_dtype: str | None):
-    """The TimmWrapper teacher and student of ``pair`` (random weights), and input size and batch."""
-    teacher_name, student_name, size, batch = PAIRS[pair]["full" if full else "cpu"]
+def build_models(pair: str, full: bool, device: torch.device, teacher_dtype: str | None, size: int | None = None):
+    """The TimmWrapper teacher and student of ``pair`` (random weights), and input size and batch.
+
+    ``size`` overrides the pair's input size; a ViT is built for it (timm's ViTs take one size)."""
+    teacher_name, student_name, default_size, batch = PAIRS[pair]["full" if full else "cpu"]
+    size = size or default_size
     models = []
     for seed, name in ((0, teacher_name), (1, student_name)):
         torch.manual_seed(seed)
@@ -234,8 +238,8 @@ def _rss_mib(field: str = "VmRSS") -> float:
 def child_memory(args: argparse.Namespace) -> None:
     """Child process: build the models, run warm-up + a few steps of one variant, print its peak."""
     device = torch.device(args.device)
-    teacher, student, size, batch = build_models(args.pair, args.full, device, args.teacher_dtype)
-    step = make_step(args.child, teacher, student, args.size or size, args.batch or batch, device, args.bf16)
+    teacher, student, size, batch = build_models(args.pair, args.full, device, args.teacher_dtype, args.size)
+    step = make_step(args.child, teacher, student, size, args.batch or batch, device, args.bf16)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device) / 2**20
@@ -271,14 +275,21 @@ def _child_env(device: str) -> dict[str, str]:
     return env
 
 
+def _memory_child(args: argparse.Namespace, variant: str) -> dict:
+    command = [sys.executable, __file__, "--child", variant, *_forwarded(args)]
+    out = subprocess.run(command, capture_output=True, text=True, check=False, env=_child_env(args.device))
+    if out.returncode != 0:
+        raise RuntimeError(f"memory child for {variant} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def measure_memory(args: argparse.Namespace, variants: list[str]) -> dict[str, dict]:
-    results = {}
-    for variant in variants:
-        command = [sys.executable, __file__, "--child", variant, *_forwarded(args)]
-        out = subprocess.run(command, capture_output=True, text=True, check=False, env=_child_env(args.device))
-        if out.returncode != 0:
-            raise RuntimeError(f"memory child for {variant} failed:\n{out.stderr[-3000:]}")
-        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    """Each variant's peak in its own child. ``--memory-jobs`` children run at once: a peak is
+    per process (``VmHWM``, ``max_memory_allocated``), so only the wall time changes, which on a
+    GPU machine is mostly each child's imports and model build."""
+    with ThreadPoolExecutor(max_workers=max(args.memory_jobs, 1)) as pool:
+        peaks = pool.map(lambda variant: _memory_child(args, variant), variants)
+        results = dict(zip(variants, peaks))
     limit = results["limit"]
     for r in results.values():
         r["ratio"] = r["peak_mib"] / limit["peak_mib"]
@@ -420,6 +431,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads on CPU (0 = torch's default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory children")
+    parser.add_argument("--memory-jobs", type=int, default=1, metavar="N",
+                        help="memory children run at once (peaks are per process; on a GPU machine, 3-4 saves minutes)")
     parser.add_argument("--extra-ops", type=int, default=0, metavar="ROUNDS",
                         help="profile ROUNDS rounds (one step of each variant per round) and report the work "
                              "each variant's added ops cost")
@@ -434,8 +447,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_pair(args: argparse.Namespace, pair: str, variants: list[str]) -> dict:
     device = torch.device(args.device)
     args.pair = pair
-    teacher, student, size, batch = build_models(pair, args.full, device, args.teacher_dtype)
-    size, batch = args.size or size, args.batch or batch
+    teacher, student, size, batch = build_models(pair, args.full, device, args.teacher_dtype, args.size)
+    batch = args.batch or batch
     steps = {} if not (args.rounds or args.profile or args.extra_ops) else {
         v: make_step(v, teacher, student, size, batch, device, args.bf16, args.compile) for v in variants}
     timing = time_variants(steps, device, args.rounds, args.warmup) if args.rounds else None
