@@ -918,3 +918,18 @@ def test_row_normalized_cka_of_many_items_never_builds_their_gram(monkeypatch):
     got = fn.linear_cka(x, y, center=False, row_normalize=True)
     torch.testing.assert_close(got, gram, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(torch.autograd.grad(got, x)[0], expected, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "tokens"])
+def test_resize_bilinear_is_torchs_bilinear_resize_for_any_layout(layout):
+    from hf_rcka.functional.resize import resize_bilinear
+
+    torch.manual_seed(0)
+    fmap = torch.randn(3, 5, 7, 6)
+    if layout == "channels_last":
+        fmap = fmap.contiguous(memory_format=torch.channels_last)
+    elif layout == "tokens":  # a ViT's tokens after the class token, seen as a map: neither layout
+        fmap = torch.randn(3, 1 + 7 * 6, 5)[:, 1:].transpose(1, 2).reshape(3, 5, 7, 6)
+    for size in ((9, 8), (4, 3), (7, 6)):
+        expected = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(resize_bilinear(fmap, size), expected, rtol=0, atol=0)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..functional.resize import resize_bilinear
+
 LAYOUTS = ("nchw", "nlc", "pooled")
 
 
@@ -140,7 +142,7 @@ def resample(fmap: Tensor, size: tuple[int, int]) -> Tensor:
     if pooled_size != current:
         fmap = F.adaptive_avg_pool2d(fmap, pooled_size)
     if pooled_size != size:
-        fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
+        fmap = resize_bilinear(fmap, size)
     return fmap
 
 

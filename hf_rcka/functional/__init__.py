@@ -6,7 +6,8 @@ float32 or better with autocast off, whatever precision the models train in. One
 * ``numerics``: the precision rules (:func:`upcast`, autocast off).
 * ``cka``: Grams, centering, HSIC, linear and RBF CKA (what RCKA and feature CKA use).
 * ``patch``: patch rows of feature maps and patch-wise CKA (PCKA); ``pcka_kernel`` is its
-  hand-written CPU kernel.
+  hand-written kernel (CPU and CUDA).
+* ``resize``: bilinear resizing of feature maps (fast on CUDA for small, wide maps).
 * ``nystrom``: landmark kernels for efficient kernel transfer (EKT).
 * ``kd``: logit and projector terms (Hinton KD, SRD).
 """

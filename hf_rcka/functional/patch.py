@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from . import pcka_kernel
 from .cka import linear_cka, min_cka_items
 from .numerics import DEFAULT_EPS, common_dtype, full_precision
+from .resize import resize_bilinear
 
 __all__ = ["patchify", "patch_cka", "patch_cka_many", "patch_count"]
 
@@ -42,7 +42,7 @@ def _fit_to_patches(fmap: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, 
     ph, pw = _effective_patch(h, patch_size), _effective_patch(w, patch_size)
     gh, gw = -(-h // ph), -(-w // pw)
     if (gh * ph, gw * pw) != (h, w):
-        fmap = F.interpolate(fmap, size=(gh * ph, gw * pw), mode="bilinear", align_corners=False)
+        fmap = resize_bilinear(fmap, (gh * ph, gw * pw))
     return fmap, ph, pw
 
 
@@ -103,9 +103,9 @@ def patch_cka(
     Values and gradients are those of ``linear_cka(patchify(student), patchify(teacher))``, computed
     for all channels together (no loop over channels). ``backend``: ``"kernel"`` is the
     hand-written forward/backward of ``pcka_kernel`` (a few batched ops per block of channels,
-    measured faster on CPU; not twice differentiable: a backward with ``create_graph=True``
-    raises), ``"autograd"`` the plain composition, ``"auto"`` the kernel on CPU and autograd
-    elsewhere. With ``transpose=True`` the CKA of the transposed patch matrices (pixel relations)
+    measured faster on CPU and CUDA; not twice differentiable: a backward with
+    ``create_graph=True`` raises), ``"autograd"`` the plain composition, ``"auto"`` the kernel on
+    CPU and CUDA and autograd elsewhere. With ``transpose=True`` the CKA of the transposed patch matrices (pixel relations)
     is averaged in, where a patch holds enough pixels (over the batch) to relate. A map of fewer
     patches than CKA needs (``min_cka_items``: 1 x 1 or 1 x 2, centred) has no patch relations to
     align: it returns ones (a zero loss, no gradient); ``PatchCKALoss`` refuses such pairs.
