@@ -3,9 +3,11 @@
 # under a share of one deadline (a lent GPU machine is held for minutes, not hours):
 #   1. step_overhead.py at full size (DeiT-S <- RegNetY-16GF and ResNet-50 <- DeiT-B, 224 px,
 #      batch 128, bf16): step time over the limit, images/s, FLOPs;
-#   2. loss_cost.py part b: the hand-written patch-CKA kernel against plain autograd on this GPU;
-#   3. at once: step_overhead.py's memory children (peaks are per process), every recipe's smoke
-#      test with its own mixed precision (plus the headline recipe with torch_compile), the demo;
+#   2. loss_cost.py part b: the hand-written patch-CKA kernel against plain autograd on this GPU,
+#      and gpu_checks.py (bilinear resizing, the kernel's agreement with autograd on this GPU);
+#   3. at once: step_overhead.py's memory children (peaks are per process), memory_breakdown.py,
+#      every recipe's smoke test with its own mixed precision (plus the headline recipe with
+#      torch_compile), the demo;
 #   4. step_overhead.py with the student compiled (--compile), while time is left.
 #
 #   bash benchmarks/on_gpu.sh OUT_DIR [SECONDS]      # default 540 s; JSON and logs in OUT_DIR
@@ -40,6 +42,7 @@ timeout "$(left 220)" $PY benchmarks/step_overhead.py --device "$DEVICE" $FULL -
 phase "2. patch-CKA kernel against autograd"
 timeout "$(left 70)" $PY benchmarks/loss_cost.py --device "$DEVICE" --parts b --threads 0 \
     --channels 64,256,768 --pcka-settings 8x28x4,2x64x16,128x14x2 --json "$OUT/loss_cost_patch_cka_${DEVICE}.json"
+timeout "$(left 40)" $PY benchmarks/gpu_checks.py "$DEVICE"
 
 phase "3. memory children, recipe smoke tests and the demo, at once"
 # The PCKA recipe's teacher is a ViT-B the user fine-tunes first: its config (100 classes) stands in.
@@ -47,8 +50,9 @@ $PY -c "from transformers import ViTConfig as C, ViTImageProcessor as P; import 
 C(num_labels=100, architectures=['ViTForImageClassification']).save_pretrained(sys.argv[1]); P().save_pretrained(sys.argv[1])" \
     "$WORK/vit_base_cifar100"
 P3=$(left 200)
-timeout "$P3" $PY benchmarks/step_overhead.py --device "$DEVICE" $FULL --rounds 0 --memory-jobs 3 \
+timeout "$P3" $PY benchmarks/step_overhead.py --device "$DEVICE" $FULL --rounds 0 --memory-jobs 5 \
     --json "$OUT/step_overhead_${DEVICE}_memory.json" > "$WORK/memory.log" 2>&1 &
+timeout "$P3" $PY benchmarks/memory_breakdown.py "$DEVICE" > "$WORK/breakdown.log" 2>&1 &
 timeout "$P3" $PY scripts/demo.py --output_root "$WORK/demo" > "$OUT/demo.log" 2>&1 &
 smoke() {  # recipe, name, extra flags
     timeout "$P3" $PY scripts/distill.py "recipes/$1.yaml" --smoke_test true --output_dir "$WORK/$2" "${@:3}" \
@@ -66,7 +70,7 @@ smoke() {  # recipe, name, extra flags
     smoke deit_from_regnet deit_from_regnet-compiled --torch_compile true & wait
 ) &
 wait
-cat "$WORK/memory.log"
+cat "$WORK/memory.log" "$WORK/breakdown.log"
 cat "$WORK/smoke.summary" | tee "$OUT/smoke_summary.txt"
 tail -25 "$OUT/demo.log"
 

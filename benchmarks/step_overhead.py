@@ -163,6 +163,7 @@ def make_step(variant: str, teacher, student, size: int, batch: int, device: tor
         opt.zero_grad(set_to_none=True)
 
     step.trainable = sum(p.numel() for group in opt.param_groups for p in group["params"])  # type: ignore[attr-defined]
+    step.model = None if variant == "limit" or variant.startswith("timm_") else model  # type: ignore[attr-defined]
     return step
 
 

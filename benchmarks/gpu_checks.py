@@ -1,0 +1,95 @@
+"""Two checks for a GPU machine, printed as lines (a few seconds; also runs on CPU at small sizes).
+
+1. Bilinear resizing of a small, wide feature map, forward + backward: ``F.interpolate`` on the
+   standard layout against ``hf_rcka.functional.resize.resize_bilinear``, with the largest
+   difference between their values. patch CKA resizes maps like this one to fit whole patches.
+2. ``patch_cka``'s hand-written kernel against plain autograd on the device, for maps in the
+   standard layout, channels_last, channel-sliced and transposed, in bf16 and float32: values and
+   the student's gradient.
+
+    python benchmarks/gpu_checks.py [cuda|cpu]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hf_rcka.functional import patch as P  # noqa: E402
+from hf_rcka.functional import pcka_kernel  # noqa: E402
+from hf_rcka.functional.resize import resize_bilinear  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_ms(fn, device: torch.device, n: int = 10) -> float:
+    fn()
+    times = []
+    for _ in range(n):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[n // 2] * 1e3
+
+
+def check_resize(device: torch.device) -> None:
+    shape = (8, 64, 14, 14) if device.type == "cpu" else (128, 1536, 14, 14)
+    x = torch.randn(shape, device=device, requires_grad=True)
+    grad = torch.randn(shape[0], shape[1], 16, 16, device=device)
+
+    def plain():
+        F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False).backward(grad)
+
+    def ours():
+        resize_bilinear(x, (16, 16)).backward(grad)
+
+    diff = (F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False) - resize_bilinear(x, (16, 16)))
+    print(f"resize {shape}->16x16 fwd+bwd: F.interpolate NCHW {_median_ms(plain, device):.2f} ms, "
+          f"resize_bilinear {_median_ms(ours, device):.2f} ms, max diff {diff.abs().max().item():.2e}")
+
+
+def _maps(b, c, h, layout, dtype, device):
+    student, teacher = (torch.randn(b, c, h, h, device=device, dtype=dtype) for _ in range(2))
+    if layout == "cl":
+        student, teacher = (m.contiguous(memory_format=torch.channels_last) for m in (student, teacher))
+    if layout == "slice":
+        student = torch.randn(b, 2 * c, h, h, device=device, dtype=dtype)[:, ::2]
+        teacher = teacher.permute(0, 1, 3, 2)
+    return student, teacher
+
+
+def check_patch_kernel(device: torch.device) -> None:
+    torch.manual_seed(0)
+    print("default backend on", device, pcka_kernel.default_backend(device))
+    cases = [(8, 96, 28, 4, "nchw", torch.float32), (16, 64, 14, 4, "cl", torch.bfloat16),
+             (4, 48, 7, 4, "slice", torch.bfloat16), (32, 128, 14, 2, "cl", torch.float32)]
+    for b, c, h, patch, layout, dtype in cases:
+        student0, teacher = _maps(b, c, h, layout, dtype, device)
+        out = {}
+        for backend in ("kernel", "autograd"):
+            student = student0.detach().clone().requires_grad_(True)
+            value = P.patch_cka(student, teacher, patch_size=patch, backend=backend)
+            (value * torch.linspace(0.5, 1.5, value.numel(), device=device)).sum().backward()
+            out[backend] = (value.detach().double(), student.grad.double())
+        dv = (out["kernel"][0] - out["autograd"][0]).abs().max().item()
+        dg = ((out["kernel"][1] - out["autograd"][1]).norm() / out["autograd"][1].norm()).item()
+        ok = dv < 1e-4 and dg < 1e-3 and torch.isfinite(out["kernel"][1]).all().item()
+        print(f"patch_cka kernel vs autograd {(b, c, h, h)} patch {patch} {layout} {dtype}: value diff {dv:.1e}, "
+              f"grad rel diff {dg:.1e} -> {'OK' if ok else 'MISMATCH'}")
+
+
+if __name__ == "__main__":
+    device = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")
+    check_resize(device)
+    check_patch_kernel(device)
