@@ -105,8 +105,9 @@ def patch_cka(
     hand-written forward/backward of ``pcka_kernel`` (a few batched ops per block of channels,
     measured faster on CPU and CUDA; not twice differentiable: a backward with
     ``create_graph=True`` raises), ``"autograd"`` the plain composition, ``"auto"`` the kernel on
-    CPU and CUDA and autograd elsewhere. With ``transpose=True`` the CKA of the transposed patch matrices (pixel relations)
-    is averaged in, where a patch holds enough pixels (over the batch) to relate. A map of fewer
+    CPU and CUDA and autograd elsewhere. With ``transpose=True`` the CKA of the transposed patch
+    matrices (pixel relations) is averaged in, where a patch holds enough pixels (over the batch)
+    to relate. A map of fewer
     patches than CKA needs (``min_cka_items``: 1 x 1 or 1 x 2, centred) has no patch relations to
     align: it returns ones (a zero loss, no gradient); ``PatchCKALoss`` refuses such pairs.
     """
