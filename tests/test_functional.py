@@ -933,3 +933,25 @@ def test_resize_bilinear_is_torchs_bilinear_resize_for_any_layout(layout):
     for size in ((9, 8), (4, 3), (7, 6)):
         expected = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
         torch.testing.assert_close(resize_bilinear(fmap, size), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_a_side_without_gradient_is_read_in_blocks_with_the_same_cka(monkeypatch, center):
+    """The teacher's side is upcast and centred block by block (never its whole float32 copy at
+    once); blocks of 5 columns, the last one short, give the CKA and student gradient of the
+    whole-side computation."""
+    from hf_rcka.functional import cka
+
+    torch.manual_seed(0)
+    student = torch.randn(6, 40, dtype=torch.float64, requires_grad=True)
+    teacher = (torch.randn(6, 23, dtype=torch.float64) + 3.0).to(torch.bfloat16)  # offset: centring matters
+    whole = fn.linear_cka(student, teacher.double().requires_grad_(), center=center)  # the side with a gradient
+    (whole_grad,) = torch.autograd.grad(whole, student)
+    monkeypatch.setattr(cka, "_BLOCK_VALUES", 6 * 5)
+    blocked = fn.linear_cka(student, teacher, center=center)
+    (blocked_grad,) = torch.autograd.grad(blocked, student)
+    torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(blocked_grad, whole_grad, rtol=1e-10, atol=1e-12)
+    if center:  # a constant side is told from its rounding noise by its column means: CKA 0, not noise / noise
+        constant = torch.full((6, 23), 5.0, dtype=torch.bfloat16)
+        assert fn.linear_cka(student, constant, center=True).item() == 0.0

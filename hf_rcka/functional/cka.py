@@ -250,6 +250,8 @@ def linear_cka(
             return slightly negative values for unrelated features.
     """
     _check_rows(x, y)
+    if not (row_normalize or unbiased):
+        return _linear_cka_biased(x, y, center, eps)
     x, y = common_dtype(x, y)
     if row_normalize:
         x, y = _unit_frobenius(x, eps), _unit_frobenius(y, eps)
@@ -257,12 +259,10 @@ def linear_cka(
             return _row_normalized_alignment(x, y, eps)
         k, l = _row_normalized_gram(x, eps), _row_normalized_gram(y, eps)
         return _cka_from_grams(k, l, center=center, unbiased=unbiased, eps=eps)
-    if unbiased:
-        # The unbiased HSIC ignores additive row/column terms of the Grams, so centering the
-        # columns first changes nothing but removes the large constant parts that cancel badly.
-        x, y = _unit_frobenius(_center_columns(x), eps), _unit_frobenius(_center_columns(y), eps)
-        return _cka_from_grams(_gram_linear(x), _gram_linear(y), unbiased=True, eps=eps)
-    return _linear_cka_biased(x, y, center, eps)
+    # The unbiased HSIC ignores additive row/column terms of the Grams, so centering the columns
+    # first changes nothing but removes the large constant parts that cancel badly.
+    x, y = _unit_frobenius(_center_columns(x), eps), _unit_frobenius(_center_columns(y), eps)
+    return _cka_from_grams(_gram_linear(x), _gram_linear(y), unbiased=True, eps=eps)
 
 
 def batch_trace(a: torch.Tensor) -> torch.Tensor:
@@ -284,17 +284,39 @@ def inverse_norm(sq_norm: torch.Tensor, sq_norm_uncentered: torch.Tensor | None,
     return inv * (sq_norm.detach() > tol * tol * sq_norm_uncentered)
 
 
-def _gram_products(x: torch.Tensor, y: torch.Tensor, means: tuple | None) -> tuple[torch.Tensor, ...]:
-    """Centered n x n Grams ``H K H`` and ``H L H`` (uncentered when ``means`` is None).
+# Values per block in which a side that takes no gradient is upcast and centred for its Gram. A
+# teacher's paired map is often the largest tensor of the step (RegNetY-16GF's first stage holds
+# 702,464 values per image): whole, its float32 copy and its centred copy would both exist at once,
+# on top of the student's activations. Blocks of 2**22 values (16 MiB in float32) cost no more time.
+_BLOCK_VALUES = 1 << 22
+
+
+def _side_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One side's n x n Gram ``H K H`` (uncentered when not ``center``) in ``dtype``, and the squared
+    norm of its column means (None when not ``center``).
 
     ``H (X - 1 m^T) = H X`` for any constant m, so subtracting the *detached* mean first keeps the
     Gram entries small (accurate in float32) and costs no backward pass over X; ``H K H`` on the
-    small Gram then removes what rounding left of the offset.
+    small Gram then removes what rounding left of the offset. A side that takes no gradient (the
+    teacher's) is read in column blocks, each upcast and centred on its own (see ``_BLOCK_VALUES``).
     """
-    if means is None:
-        return _gram_linear(x), _gram_linear(y), None
-    k, l = _gram_linear(x - means[0]), _gram_linear(y - means[1])
-    return _center_gram(k), _center_gram(l), None
+    if x.requires_grad and torch.is_grad_enabled():
+        x = x.to(dtype)
+        if not center:
+            return _gram_linear(x), None
+        mean = x.detach().mean(dim=-2, keepdim=True)
+        return _center_gram(_gram_linear(x - mean)), mean.pow(2).sum(dim=(-2, -1))
+    width = max(1, _BLOCK_VALUES // max(1, x[..., :1].numel()))
+    gram = x.new_zeros((*x.shape[:-1], x.shape[-2]), dtype=dtype)
+    mean_sq = x.new_zeros(x.shape[:-2], dtype=dtype) if center else None
+    for start in range(0, x.shape[-1], width):
+        block = x[..., start:start + width].to(dtype)
+        if center:
+            mean = block.mean(dim=-2, keepdim=True)
+            block = block - mean
+            mean_sq += mean.pow(2).sum(dim=(-2, -1))
+        gram += block @ block.transpose(-2, -1)
+    return (_center_gram(gram) if center else gram), mean_sq
 
 
 def _feature_products(x: torch.Tensor, y: torch.Tensor, center: bool) -> tuple[torch.Tensor, ...]:
@@ -311,19 +333,26 @@ def _linear_cka_biased(x: torch.Tensor, y: torch.Tensor, center: bool, eps: floa
     The features are centered once; scaling each side to unit Frobenius norm (which keeps the
     products in float range) and the constant-feature check act on the small n x n or p x q
     products: ``||X_c||_F^2`` is the trace of either, and ``||X||^2 = ||X_c||^2 + n ||mean||^2``.
+    ``x`` and ``y`` come in their own dtypes: the Gram form upcasts a side that takes no gradient
+    block by block, never whole.
     """
+    dtype = torch.promote_types(upcast(x[..., :0]).dtype, upcast(y[..., :0]).dtype)
     n = x.shape[-2]
-    means = (x.detach().mean(dim=-2, keepdim=True), y.detach().mean(dim=-2, keepdim=True)) if center else None
     if _gram_form_is_cheaper(n, x.shape[-1], y.shape[-1]):
-        k, l, cross = _gram_products(x, y, means)
+        (k, mean_sq_x), (l, mean_sq_y) = _side_gram(x, dtype, center), _side_gram(y, dtype, center)
+        cross = None
     else:
+        x, y = x.to(dtype), y.to(dtype)
         k, l, cross = _feature_products(x, y, center)
+        mean_sq_x, mean_sq_y = (
+            (t.detach().mean(dim=-2, keepdim=True).pow(2).sum(dim=(-2, -1)) for t in (x, y)) if center else (None, None)
+        )
     sq_x, sq_y = batch_trace(k), batch_trace(l)
-    if means is None:
+    if not center:
         inv_x, inv_y = inverse_norm(sq_x, None, eps), inverse_norm(sq_y, None, eps)
     else:
-        uncentered = [sq.detach() + n * m.pow(2).sum(dim=(-2, -1)) for sq, m in zip((sq_x, sq_y), means)]
-        inv_x, inv_y = inverse_norm(sq_x, uncentered[0], eps), inverse_norm(sq_y, uncentered[1], eps)
+        inv_x = inverse_norm(sq_x, sq_x.detach() + n * mean_sq_x, eps)
+        inv_y = inverse_norm(sq_y, sq_y.detach() + n * mean_sq_y, eps)
     k = k * (inv_x * inv_x)[..., None, None]
     l = l * (inv_y * inv_y)[..., None, None]
     if cross is None:
