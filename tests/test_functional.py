@@ -920,6 +920,18 @@ def test_row_normalized_cka_of_many_items_never_builds_their_gram(monkeypatch):
     torch.testing.assert_close(torch.autograd.grad(got, x)[0], expected, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the channels_last path is taken on CUDA only")
+def test_resize_bilinear_on_cuda_takes_the_channels_last_kernel_with_the_same_values():
+    from hf_rcka.functional.resize import resize_bilinear
+
+    fmap = torch.randn(4, 96, 7, 7, device="cuda", requires_grad=True)
+    got = resize_bilinear(fmap, (9, 9))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, F.interpolate(fmap, size=(9, 9), mode="bilinear", align_corners=False))
+    got.sum().backward()
+    assert fmap.grad is not None and fmap.grad.shape == fmap.shape
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "tokens"])
 def test_resize_bilinear_is_torchs_bilinear_resize_for_any_layout(layout):
     from hf_rcka.functional.resize import resize_bilinear
@@ -935,23 +947,41 @@ def test_resize_bilinear_is_torchs_bilinear_resize_for_any_layout(layout):
         torch.testing.assert_close(resize_bilinear(fmap, size), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("lead", [(), (3,)], ids=["rows", "batched"])
 @pytest.mark.parametrize("center", [True, False])
-def test_a_side_without_gradient_is_read_in_blocks_with_the_same_cka(monkeypatch, center):
+def test_a_side_without_gradient_is_read_in_blocks_with_the_same_cka(monkeypatch, center, lead):
     """The teacher's side is upcast and centred block by block (never its whole float32 copy at
     once); blocks of 5 columns, the last one short, give the CKA and student gradient of the
     whole-side computation."""
     from hf_rcka.functional import cka
 
     torch.manual_seed(0)
-    student = torch.randn(6, 40, dtype=torch.float64, requires_grad=True)
-    teacher = (torch.randn(6, 23, dtype=torch.float64) + 3.0).to(torch.bfloat16)  # offset: centring matters
+    student = torch.randn(*lead, 6, 40, dtype=torch.float64, requires_grad=True)
+    teacher = (torch.randn(*lead, 6, 23, dtype=torch.float64) + 3.0).to(torch.bfloat16)  # offset: centring matters
     whole = fn.linear_cka(student, teacher.double().requires_grad_(), center=center)  # the side with a gradient
-    (whole_grad,) = torch.autograd.grad(whole, student)
-    monkeypatch.setattr(cka, "_BLOCK_VALUES", 6 * 5)
+    (whole_grad,) = torch.autograd.grad(whole.sum(), student)
+    monkeypatch.setattr(cka, "_BLOCK_VALUES", 6 * 5 * (lead[0] if lead else 1))  # 5 columns a block
+    monkeypatch.setattr(cka, "_MIN_BLOCK_COLUMNS", 1)
     blocked = fn.linear_cka(student, teacher, center=center)
-    (blocked_grad,) = torch.autograd.grad(blocked, student)
+    (blocked_grad,) = torch.autograd.grad(blocked.sum(), student)
     torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(blocked_grad, whole_grad, rtol=1e-10, atol=1e-12)
     if center:  # a constant side is told from its rounding noise by its column means: CKA 0, not noise / noise
-        constant = torch.full((6, 23), 5.0, dtype=torch.bfloat16)
-        assert fn.linear_cka(student, constant, center=True).item() == 0.0
+        constant = torch.full((*lead, 6, 23), 5.0, dtype=torch.bfloat16)
+        assert (fn.linear_cka(student, constant, center=True) == 0).all()
+
+
+def test_compiled_cka_with_a_no_gradient_side_follows_the_batch_size_without_recompiling():
+    """The teacher's side is read in blocks whose width follows the batch size; taken under
+    torch.compile that would pin the batch size and recompile for every new one (the last
+    training batch, each evaluation size)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(fn.linear_cka, backend=counter)
+    for batch in (16, 16, 12, 8, 10, 6):
+        student = torch.randn(batch, 50, requires_grad=True)
+        compiled(student, torch.randn(batch, 50).to(torch.bfloat16)).backward()
+    assert counter.frame_count <= 2, f"{counter.frame_count} compilations for 5 batch sizes"
+    torch._dynamo.reset()

@@ -287,8 +287,11 @@ def inverse_norm(sq_norm: torch.Tensor, sq_norm_uncentered: torch.Tensor | None,
 # Values per block in which a side that takes no gradient is upcast and centred for its Gram. A
 # teacher's paired map is often the largest tensor of the step (RegNetY-16GF's first stage holds
 # 702,464 values per image): whole, its float32 copy and its centred copy would both exist at once,
-# on top of the student's activations. Blocks of 2**22 values (16 MiB in float32) cost no more time.
+# on top of the student's activations. Blocks of 2**22 values (16 MiB in float32) cost no more time;
+# a block is at least _MIN_BLOCK_COLUMNS wide, so many small Grams (patch CKA's (C, n, n)) still
+# get matmuls of some size.
 _BLOCK_VALUES = 1 << 22
+_MIN_BLOCK_COLUMNS = 256
 
 
 def _side_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -297,25 +300,36 @@ def _side_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch
 
     ``H (X - 1 m^T) = H X`` for any constant m, so subtracting the *detached* mean first keeps the
     Gram entries small (accurate in float32) and costs no backward pass over X; ``H K H`` on the
-    small Gram then removes what rounding left of the offset. A side that takes no gradient (the
-    teacher's) is read in column blocks, each upcast and centred on its own (see ``_BLOCK_VALUES``).
+    small Gram then removes what rounding left of the offset. A large side that takes no gradient
+    (the teacher's) is read in column blocks, each upcast and centred on its own. Under
+    ``torch.compile`` every side is taken whole: a loop whose length follows the batch size would
+    recompile the graph for every new batch size.
     """
-    if x.requires_grad and torch.is_grad_enabled():
+    whole = x.requires_grad and torch.is_grad_enabled()
+    if whole or x.numel() <= _BLOCK_VALUES or torch.compiler.is_compiling():
         x = x.to(dtype)
         if not center:
             return _gram_linear(x), None
         mean = x.detach().mean(dim=-2, keepdim=True)
         return _center_gram(_gram_linear(x - mean)), mean.pow(2).sum(dim=(-2, -1))
-    width = max(1, _BLOCK_VALUES // max(1, x[..., :1].numel()))
-    gram = x.new_zeros((*x.shape[:-1], x.shape[-2]), dtype=dtype)
+    return _blocked_gram(x, dtype, center)
+
+
+def _blocked_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``_side_gram`` of a side without gradient, summed over column blocks into one (..., n, n) Gram."""
+    n, p = x.shape[-2], x.shape[-1]
+    width = max(_MIN_BLOCK_COLUMNS, _BLOCK_VALUES // max(1, x[..., :1].numel()))
+    gram = x.new_zeros((*x.shape[:-1], n), dtype=dtype)
+    stacked = gram.view(-1, n, n)
     mean_sq = x.new_zeros(x.shape[:-2], dtype=dtype) if center else None
-    for start in range(0, x.shape[-1], width):
+    for start in range(0, p, width):
         block = x[..., start:start + width].to(dtype)
         if center:
             mean = block.mean(dim=-2, keepdim=True)
             block = block - mean
             mean_sq += mean.pow(2).sum(dim=(-2, -1))
-        gram += block @ block.transpose(-2, -1)
+        block = block.reshape(-1, n, block.shape[-1])
+        stacked.baddbmm_(block, block.transpose(-2, -1))
     return (_center_gram(gram) if center else gram), mean_sq
 
 

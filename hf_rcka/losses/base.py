@@ -39,6 +39,11 @@ class LossInputs:
         distillation_logits: (B, P) from the student's distillation head (DeiT), if any.
         student_features / teacher_features: one tensor per feature pair, after the pair's adapter.
         student_pooled / teacher_pooled: (B, d) penultimate features (the classifier's input).
+
+    Teacher tensors keep the precision the teacher computed them in (bf16 or fp16 under
+    ``teacher_dtype`` or half-precision autocast): held from the teacher forward to the loss, float32
+    copies would double their memory. Upcast them (``functional.upcast``, ``common_dtype``) before
+    mixing them with student tensors in a matmul; every built-in loss does.
     """
 
     student_logits: torch.Tensor

@@ -14,7 +14,7 @@ settings bring the teacher's part down to that forward:
   because torch's ``broadcast_from_rank0`` loading scrambles NHWC tensors on the other ranks.
 * optional half-precision weights (``teacher_dtype``): under bf16 autocast an fp32 teacher's
   weights are cast again at every op (autocast caches casts only for weights that need grad),
-  and fp32 weights take twice the memory. Its outputs are handed to the losses in float32.
+  and fp32 weights take twice the memory. Its outputs reach the losses in that precision.
 """
 
 from __future__ import annotations
