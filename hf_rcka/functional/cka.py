@@ -305,8 +305,8 @@ def _side_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch
     ``torch.compile`` every side is taken whole: a loop whose length follows the batch size would
     recompile the graph for every new batch size.
     """
-    whole = x.requires_grad and torch.is_grad_enabled()
-    if whole or x.numel() <= _BLOCK_VALUES or torch.compiler.is_compiling():
+    takes_gradient = x.requires_grad and torch.is_grad_enabled()
+    if takes_gradient or x.numel() <= _BLOCK_VALUES or torch.compiler.is_compiling():
         x = x.to(dtype)
         if not center:
             return _gram_linear(x), None
@@ -347,8 +347,8 @@ def _linear_cka_biased(x: torch.Tensor, y: torch.Tensor, center: bool, eps: floa
     The features are centered once; scaling each side to unit Frobenius norm (which keeps the
     products in float range) and the constant-feature check act on the small n x n or p x q
     products: ``||X_c||_F^2`` is the trace of either, and ``||X||^2 = ||X_c||^2 + n ||mean||^2``.
-    ``x`` and ``y`` come in their own dtypes: the Gram form upcasts a side that takes no gradient
-    block by block, never whole.
+    ``x`` and ``y`` come in their own dtypes: the Gram form upcasts a large side that takes no
+    gradient block by block (``_side_gram``).
     """
     dtype = torch.promote_types(upcast(x[..., :0]).dtype, upcast(y[..., :0]).dtype)
     n = x.shape[-2]
