@@ -8,7 +8,8 @@
 #   3. at once: step_overhead.py's memory children (peaks are per process), memory_breakdown.py,
 #      every recipe's smoke test with its own mixed precision (plus the headline recipe with
 #      torch_compile), the demo;
-#   4. step_overhead.py with the student compiled (--compile), while time is left.
+#   4. step_overhead.py with the student compiled (--compile), while time is left;
+#   5. step_overhead.py with the teacher's weights in bf16 (--teacher-dtype bfloat16), likewise.
 #
 #   bash benchmarks/on_gpu.sh OUT_DIR [SECONDS]      # default 540 s; JSON and logs in OUT_DIR
 #
@@ -77,6 +78,11 @@ tail -25 "$OUT/demo.log"
 phase "4. step overhead with the student compiled"
 timeout "$(left 400)" $PY benchmarks/step_overhead.py --device "$DEVICE" $FULL --rounds "$ROUNDS" --no-memory \
     --pairs cnn2vit --variants limit,rcka --compile --json "$OUT/step_overhead_${DEVICE}_compiled.json"
+
+phase "5. step overhead with the teacher's weights in bf16 (teacher_dtype)"
+timeout "$(left 400)" $PY benchmarks/step_overhead.py --device "$DEVICE" $FULL --rounds "$ROUNDS" --no-memory \
+    --variants limit,rcka,rcka+feature_cka,rcka+patch_cka --teacher-dtype bfloat16 \
+    --json "$OUT/step_overhead_${DEVICE}_teacher_bf16.json"
 
 phase "done"
 rm -rf "$WORK"
