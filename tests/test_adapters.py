@@ -230,3 +230,19 @@ def test_feature_adapters_sample_channels_only_for_per_channel_losses():
     assert build_feature_adapters(explicit, [VIT], [CNN], "map", channel_mean=True)[1][0].sample_channels is None
     with pytest.raises(RecipeError, match="only estimates losses that average over channels"):
         build_feature_adapters([{**explicit[0], "sample_channels": 8}], [VIT], [CNN], "map", channel_mean=False)
+
+
+def test_patch_match_prepares_the_teacher_side_alone_with_the_same_result():
+    """The model prepares each pair's teacher side right after the teacher's forward (so that the
+    full-size stage need not be held through the student's); the pair comes out the same."""
+    adapter = build_adapter("patch_match", VIT, CNN, sample_channels=6).train()
+    student, teacher = _features(VIT), _features(CNN)
+    torch.manual_seed(3)
+    expected = adapter(student, teacher)
+    torch.manual_seed(3)
+    prepared = adapter.prepare_teacher(teacher)
+    assert prepared.fmap.shape == (BATCH, 6, *adapter.grid) and prepared.channels.shape == (6,)
+    got = adapter(student, prepared)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+    assert build_adapter("identity", VIT, CNN).prepare_teacher(teacher) is teacher

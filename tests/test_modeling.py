@@ -216,3 +216,18 @@ def test_a_feature_pair_whose_grid_patch_cka_cannot_relate_is_refused_or_left_ou
     with pytest.raises(RecipeError, match="auto found no pair of hidden states the feature losses can learn from"):
         DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), PatchCKALoss()], feature_pairs="auto",
                           student_input=input_stats(processor(16)), teacher_input=input_stats(processor(4)))
+
+
+def test_the_teacher_sides_held_through_the_student_forward_are_the_prepared_ones():
+    """A CNN student under a wider ViT teacher: patch_match samples the teacher's channels. What
+    the teacher's run hands on is each pair's sampled map, not a view keeping its hidden state."""
+    from hf_rcka.adapters.patch_match import PreparedTeacher
+
+    model = _cnn_student_model(PatchCKALoss()).train()
+    x, _ = _batch()
+    _, _, sides = model._run_teacher(x)
+    assert len(sides) == len(model.adapters) > 0
+    for side, adapter in zip(sides, model.adapters):
+        assert isinstance(side, PreparedTeacher)
+        assert side.fmap.shape[1] == adapter.sample_channels < adapter.teacher_spec.channels
+        assert side.fmap.untyped_storage().nbytes() == side.fmap.numel() * side.fmap.element_size()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
+
+from torch import Tensor, nn
 
 from ..features.layout import FeatureSpec
 from ..registry import ADAPTERS
@@ -28,6 +30,14 @@ class FeatureAdapter(nn.Module):
         super().__init__()
         self.student_spec = student
         self.teacher_spec = teacher
+
+    def prepare_teacher(self, teacher: Tensor) -> Any:
+        """The teacher's side alone, run right after the teacher's forward; ``forward`` then gets
+        its result as ``teacher``. The teacher's hidden states are held until the losses run, under
+        the student's whole forward: an adapter that shrinks the teacher's side (pooling to a
+        coarser grid, sampling channels) does it here, so that the full-size state can go first.
+        The default hands the state over as it is."""
+        return teacher
 
     def extra_repr(self) -> str:
         s, t = self.student_spec, self.teacher_spec

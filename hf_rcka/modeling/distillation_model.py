@@ -326,24 +326,26 @@ class DistillationModel(nn.Module):
         model = self.student if role == "student" else self.teacher
         return Captured(model(pixel_values=pixel_values))
 
-    def _run_teacher(
-        self, pixel_values: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]:
-        """Teacher logits, pooled feature and used hidden states, as tensors usable by autograd."""
+    def _run_teacher(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, list[Any]]:
+        """Teacher logits, pooled feature and each feature pair's teacher side, as tensors usable
+        by autograd. Each pair's adapter prepares its side here (``prepare_teacher``), before the
+        student's forward, so that a side it shrinks does not hold the full hidden state."""
         runtime = self.teacher_runtime
         with runtime.running():
             teacher = self._run("teacher", self.teacher_pixels(pixel_values), capture=True)
-        states = {i: runtime.release(t) for i, t in teacher.states.items()}
-        return runtime.release(teacher.outputs.logits), runtime.release(teacher.pooled), states
+            states = {i: runtime.release(t) for i, t in teacher.states.items()}
+            sides = [adapter.prepare_teacher(states[p.teacher_layer]) for p, adapter in zip(self.feature_pairs,
+                                                                                             self.adapters)]
+        return runtime.release(teacher.outputs.logits), runtime.release(teacher.pooled), sides
 
     def _add_teacher(self, inputs: LossInputs, student_states: dict[int, torch.Tensor], teacher_logits: torch.Tensor,
-                     teacher_pooled: torch.Tensor | None, teacher_states: dict[int, torch.Tensor]) -> None:
+                     teacher_pooled: torch.Tensor | None, teacher_sides: list[Any]) -> None:
         inputs.teacher_logits = teacher_logits
         inputs.teacher_pooled = teacher_pooled
         if student_states:
             pairs = [
-                _pair(adapter, student_states[p.student_layer], teacher_states[p.teacher_layer])
-                for p, adapter in zip(self.feature_pairs, self.adapters)
+                _pair(adapter, student_states[p.student_layer], side)
+                for p, adapter, side in zip(self.feature_pairs, self.adapters, teacher_sides)
             ]
             inputs.student_features = tuple(s for s, _ in pairs)
             inputs.teacher_features = tuple(t for _, t in pairs)
