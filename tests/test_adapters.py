@@ -246,3 +246,16 @@ def test_patch_match_prepares_the_teacher_side_alone_with_the_same_result():
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
     assert build_adapter("identity", VIT, CNN).prepare_teacher(teacher) is teacher
+
+
+def test_a_teacher_side_to_be_grown_is_held_at_its_own_size():
+    """A grid finer than the teacher's (grid: student, the ViT teacher's 4 x 4 under a CNN student's
+    8 x 8) is reached in forward: the prepared side stays 4 x 4, the pair comes out as before."""
+    adapter = build_adapter("patch_match", CNN, VIT, grid="student").train()
+    student, teacher = _features(CNN), _features(VIT)
+    prepared = adapter.prepare_teacher(teacher)
+    assert adapter.grid == (8, 8) and prepared.fmap.shape == (BATCH, 36, 4, 4)
+    got, expected = adapter(student, prepared), adapter(student, teacher)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+    assert got[1].shape == (BATCH, 36, 8, 8)

@@ -225,7 +225,7 @@ def test_the_teacher_sides_held_through_the_student_forward_are_the_prepared_one
 
     model = _cnn_student_model(PatchCKALoss()).train()
     x, _ = _batch()
-    _, _, sides = model._run_teacher(x)
+    sides = model._teacher_sides(model._run_teacher(x)[2])
     assert len(sides) == len(model.adapters) > 0
     for side, adapter in zip(sides, model.adapters):
         assert isinstance(side, PreparedTeacher)

@@ -73,19 +73,23 @@ class PatchMatchAdapter(FeatureAdapter):
         self.proj = _Projection(student.channels, teacher.channels, 1, bias=bias) if project else None
 
     def prepare_teacher(self, teacher: Tensor) -> PreparedTeacher:
-        """The teacher's map on the common grid, with this step's sampled channels only.
+        """The teacher's map with this step's sampled channels only, pooled down towards the common
+        grid (growing it waits for ``forward``, so that no larger map is held).
 
         Right after the teacher's forward this is what the pair holds through the student's
         forward, instead of the stage itself: RegNetY-16GF's four stages hold 1.44 M values per
         image at 224 px, their maps on DeiT-S's 14 x 14 grid with 384 sampled channels 0.21 M.
+        A subclass that overrides ``forward`` gets this result as ``teacher`` inside the model.
         """
         teacher = to_fmap(teacher, self.teacher_spec)
         channels = self._sampled(teacher)
-        return PreparedTeacher(resample(_select(teacher, channels, self.grid), self.grid), channels)
+        teacher = _select(teacher, channels, self.grid)
+        shrunk = (min(teacher.shape[-2], self.grid[0]), min(teacher.shape[-1], self.grid[1]))
+        return PreparedTeacher(resample(teacher, shrunk), channels)
 
     def forward(self, student: Tensor, teacher: Tensor | PreparedTeacher) -> tuple[Tensor, Tensor]:
         prepared = teacher if isinstance(teacher, PreparedTeacher) else self.prepare_teacher(teacher)
-        teacher, channels = prepared
+        teacher, channels = resample(prepared.fmap, self.grid), prepared.channels
         student = to_fmap(student, self.student_spec)
         if self.proj is None:
             return resample(_select(student, channels, self.grid), self.grid), teacher

@@ -281,7 +281,10 @@ class DistillationModel(nn.Module):
             precision = (torch.autocast(pixel_values.device.type, dtype=teacher_autocast)
                          if teacher_autocast is not None else contextlib.nullcontext())
             with precision:
-                teacher = self._run_teacher(pixel_values)
+                teacher_logits, teacher_pooled, teacher_states = self._run_teacher(pixel_values)
+            # outside the teacher's precision, as the adapters' teacher work always ran
+            teacher = (teacher_logits, teacher_pooled, self._teacher_sides(teacher_states))
+            del teacher_states
         heads_read = self._distilled_heads.reading() if self._distilled_heads is not None else contextlib.nullcontext()
         with heads_read:
             student = self._run("student", pixel_values, with_losses)
@@ -326,17 +329,21 @@ class DistillationModel(nn.Module):
         model = self.student if role == "student" else self.teacher
         return Captured(model(pixel_values=pixel_values))
 
-    def _run_teacher(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, list[Any]]:
-        """Teacher logits, pooled feature and each feature pair's teacher side, as tensors usable
-        by autograd. Each pair's adapter prepares its side here (``prepare_teacher``), before the
-        student's forward, so that a side it shrinks does not hold the full hidden state."""
+    def _run_teacher(
+        self, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]:
+        """Teacher logits, pooled feature and used hidden states, as tensors usable by autograd."""
         runtime = self.teacher_runtime
         with runtime.running():
             teacher = self._run("teacher", self.teacher_pixels(pixel_values), capture=True)
-            states = {i: runtime.release(t) for i, t in teacher.states.items()}
-            sides = [adapter.prepare_teacher(states[p.teacher_layer]) for p, adapter in zip(self.feature_pairs,
-                                                                                             self.adapters)]
-        return runtime.release(teacher.outputs.logits), runtime.release(teacher.pooled), sides
+        states = {i: runtime.release(t) for i, t in teacher.states.items()}
+        return runtime.release(teacher.outputs.logits), runtime.release(teacher.pooled), states
+
+    @torch.no_grad()
+    def _teacher_sides(self, states: dict[int, torch.Tensor]) -> list[Any]:
+        """Each feature pair's teacher side, prepared by its adapter (``prepare_teacher``) before the
+        student's forward, so that a side the adapter shrinks does not hold the full hidden state."""
+        return [adapter.prepare_teacher(states[p.teacher_layer]) for p, adapter in zip(self.feature_pairs, self.adapters)]
 
     def _add_teacher(self, inputs: LossInputs, student_states: dict[int, torch.Tensor], teacher_logits: torch.Tensor,
                      teacher_pooled: torch.Tensor | None, teacher_sides: list[Any]) -> None:
