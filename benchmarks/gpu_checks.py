@@ -13,34 +13,22 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from step_overhead import _timed  # noqa: E402  (benchmarks/, the script's folder; it puts the repo on the path)
 from hf_rcka.functional import patch as P  # noqa: E402
 from hf_rcka.functional import pcka_kernel  # noqa: E402
 from hf_rcka.functional.resize import resize_bilinear  # noqa: E402
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _median_ms(fn, device: torch.device, n: int = 10) -> float:
     fn()
-    times = []
-    for _ in range(n):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[n // 2] * 1e3
+    return sorted(_timed(fn, device) for _ in range(n))[n // 2] * 1e3
 
 
 def check_resize(device: torch.device) -> None:
