@@ -985,3 +985,32 @@ def test_compiled_cka_with_a_no_gradient_side_follows_the_batch_size_without_rec
         compiled(student, torch.randn(batch, 50).to(torch.bfloat16)).backward()
     assert counter.frame_count <= 2, f"{counter.frame_count} compilations for 5 batch sizes"
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_the_student_side_holds_no_upcast_or_centred_copy_for_its_backward(center, dtype):
+    """The loss saves the student's hidden state itself for the Gram's backward (the student's own
+    backward holds it anyway), not a float32 or centred copy of it, and the gradient is autograd's
+    of the plain formula."""
+    torch.manual_seed(0)
+    student = (torch.randn(8, 300) * 2 + 5).to(dtype).requires_grad_()
+    teacher = torch.randn(8, 200)
+    big = []
+
+    def pack(saved: torch.Tensor) -> torch.Tensor:
+        if saved.numel() >= student.numel():
+            big.append(saved)
+        return saved
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda saved: saved):
+        value = fn.linear_cka(student, teacher, center=center)
+    assert big and all(saved.data_ptr() == student.data_ptr() and saved.dtype == dtype for saved in big)
+    (grad,) = torch.autograd.grad(value, student)
+    reference = student.detach().double().requires_grad_()
+    x, y = (reference - reference.mean(0), teacher.double() - teacher.double().mean(0)) if center else (reference, teacher.double())
+    k, l = x @ x.T, y @ y.T
+    expected = (k * l).sum() / ((k * k).sum() * (l * l).sum()).sqrt()
+    (expected_grad,) = torch.autograd.grad(expected, reference)
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), expected_grad.to(dtype).double(), rtol=2e-2 if dtype == torch.bfloat16 else 1e-4, atol=1e-6)
