@@ -1014,3 +1014,38 @@ def test_the_student_side_holds_no_upcast_or_centred_copy_for_its_backward(cente
     (expected_grad,) = torch.autograd.grad(expected, reference)
     torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad.double(), expected_grad.to(dtype).double(), rtol=2e-2 if dtype == torch.bfloat16 else 1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("lead", [(), (3,)], ids=["rows", "batched"])
+@pytest.mark.parametrize("center", [True, False])
+def test_a_side_reduced_to_its_gram_gives_the_cka_of_its_features(center, lead):
+    """feature CKA reduces the teacher's side to a GramSide right after the teacher's forward: the CKA
+    and the student's gradient are those of the features, for any subset of rows too (evaluation
+    drops unreadable images' stand-ins), and a constant side still gives 0."""
+    torch.manual_seed(0)
+    student = torch.randn(*lead, 7, 30, dtype=torch.float64, requires_grad=True)
+    teacher = (torch.randn(*lead, 7, 50, dtype=torch.float64) + 3.0).to(torch.bfloat16)
+    side = fn.linear_cka_side(teacher, center=center)
+    assert side.gram.shape == (*lead, 7, 7) and side.gram.dtype == torch.float32
+    (expected_grad,) = torch.autograd.grad(expected := fn.linear_cka(student, teacher, center=center), student, torch.ones_like(expected))
+    got = fn.linear_cka(student, side, center=center)
+    (got_grad,) = torch.autograd.grad(got, student, torch.ones_like(got))
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-8)
+    keep = torch.tensor([True, False, True, True, False, True, True])
+    torch.testing.assert_close(fn.linear_cka(student[..., keep, :], side.rows(keep), center=center),
+                               fn.linear_cka(student[..., keep, :], teacher[..., keep, :], center=center), rtol=1e-6, atol=1e-7)
+    if center:
+        constant = fn.linear_cka_side(torch.full((*lead, 7, 50), 5.0, dtype=torch.bfloat16))
+        assert (fn.linear_cka(student, constant) == 0).all()
+        assert (fn.linear_cka(student[..., keep, :], constant.rows(keep)) == 0).all()
+
+
+def test_a_gram_side_is_refused_where_its_features_would_be_needed():
+    x, side = torch.randn(6, 4), fn.linear_cka_side(torch.randn(6, 9))
+    with pytest.raises(ValueError, match="made with center=True, and this CKA has center=False"):
+        fn.linear_cka(x, side, center=False)
+    with pytest.raises(ValueError, match="row_normalize and unbiased need the features"):
+        fn.linear_cka(x, side, unbiased=True)
+    with pytest.raises(ValueError, match="the same n items"):
+        fn.linear_cka(torch.randn(5, 4), side)

@@ -231,3 +231,55 @@ def test_the_teacher_sides_held_through_the_student_forward_are_the_prepared_one
         assert isinstance(side, PreparedTeacher)
         assert side.fmap.shape[1] == adapter.sample_channels < adapter.teacher_spec.channels
         assert side.fmap.untyped_storage().nbytes() == side.fmap.numel() * side.fmap.element_size()
+
+
+def _terms_and_grads(model: DistillationModel, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[dict, list]:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    out = model(pixel_values=pixels, labels=labels)
+    if model.training:
+        out.loss.backward()
+    return ({k: v.detach() for k, v in out.loss_terms.items()},
+            [p.grad.clone() for p in model.student.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("build", [_model, _cnn_student_model], ids=["cnn_teacher", "vit_teacher"])
+def test_feature_cka_holds_each_teacher_side_as_its_gram_with_the_same_losses(build):
+    """Alone among the feature losses, feature CKA reduces each teacher side to its B x B Gram right
+    after the teacher's forward, so the stages are not held through the student's forward; the
+    terms and the student's gradients are those of the whole features, in training and in an
+    evaluation that drops an unreadable image's stand-in."""
+    from hf_rcka.functional import GramSide
+    from hf_rcka.losses import IGNORE_INDEX
+
+    model = build(FeatureCKALoss()).train()
+    pixels, labels = _batch()
+    sides = model._teacher_sides(model._run_teacher(pixels)[2])
+    assert sides and all(isinstance(side, GramSide) and side.gram.shape == (5, 5) for side in sides)
+    eval_labels = labels.clone()
+    eval_labels[2] = IGNORE_INDEX
+    for mode, batch_labels in ((True, labels), (False, eval_labels)):
+        model.train(mode)
+        reduced_terms, reduced_grads = _terms_and_grads(model, pixels, batch_labels)
+        model._reducing_loss = None
+        whole_terms, whole_grads = _terms_and_grads(model, pixels, batch_labels)
+        model._reducing_loss = "feature_cka"
+        assert reduced_terms.keys() == whole_terms.keys() == {"ce", "feature_cka"}
+        for name in whole_terms:
+            torch.testing.assert_close(reduced_terms[name], whole_terms[name], rtol=1e-5, atol=1e-6)
+        assert len(reduced_grads) == len(whole_grads) == (len(list(model.student.parameters())) if mode else 0)
+        for got, expected in zip(reduced_grads, whole_grads):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("losses", [
+    [FeatureCKALoss(gather=True)], [FeatureCKALoss(kernel="rbf")], [FeatureCKALoss(), PatchCKALoss()],
+], ids=["gather", "rbf", "with_patch_cka"])
+def test_teacher_sides_stay_whole_where_a_gram_would_not_serve(losses):
+    """Under gather the Gram needs every rank's rows, the RBF kernel reads distances, and another
+    loss reading the same pairs needs the features: then no side is reduced."""
+    from hf_rcka.functional import GramSide
+
+    model = _model(*losses).train()
+    sides = model._teacher_sides(model._run_teacher(_batch()[0])[2])
+    assert sides and not any(isinstance(side, GramSide) for side in sides)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -25,6 +25,11 @@ class FeatureAdapter(nn.Module):
     The teacher tensor arrives without gradient; only the student side may carry parameters.
     Subclasses define ``forward(student, teacher) -> (student, teacher)``.
     """
+
+    # Whether forward hands the teacher's side on as it gets it (identity, linear). Then a loss may
+    # reduce that side right after the teacher's forward (``DistillationLoss.reduce_teacher_feature``)
+    # and forward gets the reduced side. A subclass whose forward changes the teacher's side sets it False.
+    passes_teacher: ClassVar[bool] = False
 
     def __init__(self, student: FeatureSpec, teacher: FeatureSpec) -> None:
         super().__init__()

@@ -18,5 +18,7 @@ class IdentityAdapter(FeatureAdapter):
     class (distillation, register) tokens, while timm's ``forward_intermediates`` maps have none.
     """
 
+    passes_teacher = True
+
     def forward(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
         return student, teacher

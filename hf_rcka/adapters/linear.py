@@ -24,6 +24,8 @@ class LinearAdapter(FeatureAdapter):
         bias: whether the projection has a bias.
     """
 
+    passes_teacher = True
+
     def __init__(self, student: FeatureSpec, teacher: FeatureSpec, *, bias: bool = True) -> None:
         super().__init__(student, teacher)
         check_flag("linear adapter bias", bias)

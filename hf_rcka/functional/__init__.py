@@ -14,7 +14,9 @@ float32 or better with autocast off, whatever precision the models train in. One
 
 from __future__ import annotations
 
-from .cka import center_gram, cka_from_grams, gram_linear, gram_rbf, hsic, linear_cka, rbf_cka, sample_rows
+from .cka import (
+    GramSide, center_gram, cka_from_grams, gram_linear, gram_rbf, hsic, linear_cka, linear_cka_side, rbf_cka, sample_rows,
+)
 from .kd import kd_loss, srd_correlation, srd_distance
 from .numerics import upcast
 from .nystrom import class_sums, kernel_transfer_loss, landmark_similarity, nystrom_approximation
@@ -27,6 +29,8 @@ __all__ = [
     "hsic",
     "cka_from_grams",
     "linear_cka",
+    "linear_cka_side",
+    "GramSide",
     "rbf_cka",
     "sample_rows",
     "patchify",

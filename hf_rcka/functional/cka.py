@@ -9,13 +9,15 @@ epsilon so constant or zero features give a finite value.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .numerics import DEFAULT_EPS, common_dtype, full_precision, upcast
 
 __all__ = [
     "gram_linear", "gram_rbf", "center_gram", "hsic", "cka_from_grams", "linear_cka", "rbf_cka", "sample_rows",
-    "min_cka_items",
+    "min_cka_items", "GramSide", "linear_cka_side",
 ]
 
 
@@ -240,10 +242,55 @@ def _gram_form_is_cheaper(n: int, p: int, q: int) -> bool:
     return n * (p + q) <= p * p + q * q + p * q
 
 
+@dataclass(frozen=True)
+class GramSide:
+    """One side of the default linear CKA, reduced to what that estimator reads of it.
+
+    Linear CKA sees a side X only through its n x n Gram, so a side wider than the batch can be
+    reduced to that Gram as soon as it exists (:func:`linear_cka_side`) and the features dropped:
+    a teacher's hidden state need not be held through the student's whole forward. Pass it to
+    :func:`linear_cka` in place of ``y``.
+
+    Attributes:
+        gram: (..., n, n) Gram of the rows, double-centred (``H K H``) when ``center``, float32 or better.
+        mean_sq: (...) squared norm of the column means when ``center`` (the constant-feature check
+            needs the uncentred norm, ``trace + n * mean_sq``), else None.
+        center: whether the side was centred; it must match the CKA it is used in.
+    """
+
+    gram: torch.Tensor
+    mean_sq: torch.Tensor | None
+    center: bool
+
+    def rows(self, keep: torch.Tensor) -> "GramSide":
+        """The side of the kept rows only (``keep``: a boolean mask over the n rows).
+
+        The centred Gram of a subset is the subset of the centred Gram, centred again (``H`` removes
+        any constant offset, the old column means included). ``mean_sq`` stays the whole side's: the
+        constant-feature check compares the centred norm with ``n`` times it, which is exact for a
+        constant side (every row equals the mean) and far from the threshold for any other.
+        """
+        gram = self.gram[..., keep, :][..., keep]
+        return GramSide(_center_gram(gram) if self.center else gram, self.mean_sq, self.center)
+
+
+@full_precision
+def linear_cka_side(y: torch.Tensor, center: bool = True) -> GramSide:
+    """``y`` (..., n, q) reduced to its :class:`GramSide`, for a later ``linear_cka(x, side)``.
+
+    Costs what ``linear_cka`` would spend on this side anyway; a large side without gradient is read
+    in column blocks, as there.
+    """
+    if y.dim() < 2:
+        raise ValueError(f"a CKA side needs (..., n, features) rows, got shape {tuple(y.shape)}")
+    gram, mean_sq = _side_gram(y, upcast(y[..., :0]).dtype, center)
+    return GramSide(gram, mean_sq, center)
+
+
 @full_precision
 def linear_cka(
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | GramSide,
     center: bool = True,
     row_normalize: bool = False,
     unbiased: bool = False,
@@ -263,7 +310,13 @@ def linear_cka(
             ``with_l2_norm``); only meaningful with ``center=False`` to reproduce that code.
         unbiased: use the unbiased HSIC estimator (Song et al. 2012); implies centering and may
             return slightly negative values for unrelated features.
+
+    ``y`` may be a :class:`GramSide` made with the same ``center``, for the default estimator (not
+    ``row_normalize`` or ``unbiased``): the value is the same as with the features it was made from.
     """
+    if isinstance(y, GramSide):
+        _check_gram_side(x, y, center, row_normalize or unbiased)
+        return _linear_cka_biased(x, y, center, eps)
     _check_rows(x, y)
     if not (row_normalize or unbiased):
         return _linear_cka_biased(x, y, center, eps)
@@ -278,6 +331,16 @@ def linear_cka(
     # first changes nothing but removes the large constant parts that cancel badly.
     x, y = _unit_frobenius(_center_columns(x), eps), _unit_frobenius(_center_columns(y), eps)
     return _cka_from_grams(_gram_linear(x), _gram_linear(y), unbiased=True, eps=eps)
+
+
+def _check_gram_side(x: torch.Tensor, side: GramSide, center: bool, other_estimator: bool) -> None:
+    if other_estimator:
+        raise ValueError("a GramSide serves the default linear CKA only: row_normalize and unbiased need the features")
+    if side.center != center:
+        raise ValueError(f"the GramSide was made with center={side.center}, and this CKA has center={center}")
+    if x.dim() < 2 or x.shape[:-1] != side.gram.shape[:-1]:
+        raise ValueError(f"CKA compares the same n items on both sides: got x {tuple(x.shape)} and a GramSide of "
+                         f"{tuple(side.gram.shape)}")
 
 
 def batch_trace(a: torch.Tensor) -> torch.Tensor:
@@ -355,18 +418,21 @@ def _feature_products(x: torch.Tensor, y: torch.Tensor, center: bool) -> tuple[t
     return _gram_linear(xt), _gram_linear(yt), yt @ x
 
 
-def _linear_cka_biased(x: torch.Tensor, y: torch.Tensor, center: bool, eps: float) -> torch.Tensor:
+def _linear_cka_biased(x: torch.Tensor, y: torch.Tensor | GramSide, center: bool, eps: float) -> torch.Tensor:
     """The default estimator, with as few passes over the (possibly large) feature tensors as possible.
 
     The features are centered once; scaling each side to unit Frobenius norm (which keeps the
     products in float range) and the constant-feature check act on the small n x n or p x q
     products: ``||X_c||_F^2`` is the trace of either, and ``||X||^2 = ||X_c||^2 + n ||mean||^2``.
     ``x`` and ``y`` come in their own dtypes: the Gram form upcasts a large side that takes no
-    gradient block by block (``_side_gram``).
+    gradient block by block (``_side_gram``). ``y`` may already be reduced to its :class:`GramSide`.
     """
-    dtype = torch.promote_types(upcast(x[..., :0]).dtype, upcast(y[..., :0]).dtype)
-    n = x.shape[-2]
-    if _gram_form_is_cheaper(n, x.shape[-1], y.shape[-1]):
+    n, reduced = x.shape[-2], isinstance(y, GramSide)
+    dtype = torch.promote_types(upcast(x[..., :0]).dtype, y.gram.dtype if reduced else upcast(y[..., :0]).dtype)
+    if reduced:
+        k, mean_sq_x = _side_gram(x, dtype, center)
+        l, mean_sq_y, cross = y.gram.to(dtype), y.mean_sq, None
+    elif _gram_form_is_cheaper(n, x.shape[-1], y.shape[-1]):
         (k, mean_sq_x), (l, mean_sq_y) = _side_gram(x, dtype, center), _side_gram(y, dtype, center)
         cross = None
     else:

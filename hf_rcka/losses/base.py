@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -38,6 +38,8 @@ class LossInputs:
         teacher_logits: (B, P), computed without gradients.
         distillation_logits: (B, P) from the student's distillation head (DeiT), if any.
         student_features / teacher_features: one tensor per feature pair, after the pair's adapter.
+            A teacher feature is what the loss's ``reduce_teacher_feature`` made of it, when that
+            loss reduces it (feature CKA: ``functional.GramSide``).
         student_pooled / teacher_pooled: (B, d) penultimate features (the classifier's input).
 
     Teacher tensors keep the precision the teacher computed them in (bf16 or fp16 under
@@ -85,13 +87,16 @@ class LossInputs:
 LOSS_INPUT_FIELDS = tuple(f.name for f in fields(LossInputs))
 
 
-def _rows(value: torch.Tensor | Sequence[torch.Tensor] | None, keep: torch.Tensor):
-    """The ``keep`` rows of a (B, ...) tensor, or of each tensor of a tuple; None stays None."""
+def _rows(value: Any, keep: torch.Tensor):
+    """The ``keep`` rows of a (B, ...) tensor or a reduced teacher side (which has ``rows``), or of each
+    of a tuple of them; None stays None."""
     if value is None:
         return None
     if isinstance(value, torch.Tensor):
         return value[keep]
-    return tuple(tensor[keep] for tensor in value)
+    if hasattr(value, "rows"):
+        return value.rows(keep)
+    return tuple(_rows(item, keep) for item in value)
 
 
 @dataclass
@@ -178,6 +183,19 @@ class DistillationLoss(nn.Module):
 
     def setup(self, context: LossContext) -> None:
         """Create parameters or state that depend on the models (called once before training)."""
+
+    def reduce_teacher_feature(self, teacher: torch.Tensor) -> Any | None:
+        """What this loss reads of one teacher feature, when that is less than the feature, or None
+        (the default) to receive the feature whole.
+
+        The model calls it right after the teacher's forward, with the side its adapter prepared,
+        so that the teacher's hidden states are not held through the student's forward; the result
+        comes back in ``LossInputs.teacher_features``. It is used only when this loss is the only
+        one reading feature pairs and the pair's adapter hands the teacher's side on unchanged
+        (``FeatureAdapter.passes_teacher``). A result that is not a tensor needs a ``rows(keep)``
+        method, which evaluation uses to drop unreadable images' stand-ins.
+        """
+        return None
 
     def feature_problem(self, shape: tuple[int, ...]) -> str | None:
         """Why a feature pair whose adapted features have this per-sample ``shape`` would train

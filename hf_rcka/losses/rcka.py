@@ -141,6 +141,10 @@ class FeatureCKALoss(RelationalLoss):
     else); the B x B Gram does not depend on the channel count, so no projector is needed and
     CNN maps can be compared with ViT tokens directly (the 'identity' adapter suffices).
 
+    With the linear kernel and no ``gather``, each teacher feature wider than the batch is reduced
+    to its B x B Gram right after the teacher's forward (``reduce_teacher_feature``), so a CNN
+    teacher's stages are not held through the student's forward. The value is the same.
+
     Recipe::
 
         feature_pairs: auto
@@ -158,9 +162,20 @@ class FeatureCKALoss(RelationalLoss):
         self.center = bool(center)
         self.kernel = _check_kernel(kernel)
 
+    def reduce_teacher_feature(self, teacher: torch.Tensor) -> functional.GramSide | None:
+        """The teacher's B x B Gram (``functional.GramSide``), all the linear CKA reads of it; None
+        (the feature whole) for the RBF kernel, under ``gather`` (the Gram of the global batch needs
+        every rank's rows) and for a feature no wider than the batch (it is no larger than its Gram)."""
+        rows = functional.sample_rows(teacher)
+        if self.kernel != "linear" or self.gather or rows.shape[-1] <= rows.shape[-2]:
+            return None
+        return functional.linear_cka_side(rows, center=self.center)
+
     def term(self, inputs: LossInputs) -> torch.Tensor:
         terms = []
         for student, teacher in self.feature_pairs(inputs):
-            s, t = self.rows(functional.sample_rows(student)), self.rows(functional.sample_rows(teacher))
+            s = self.rows(functional.sample_rows(student))
+            reduced = isinstance(teacher, functional.GramSide)
+            t = teacher if reduced else self.rows(functional.sample_rows(teacher))
             terms.append(1.0 - _cka(s, t, self.kernel, self.center, row_normalize=False))
         return torch.stack(terms).sum()

@@ -105,6 +105,9 @@ class DistillationModel(nn.Module):
             self._build_adapters(feature_pairs, student_input)
         elif feature_pairs not in (None, "auto"):
             logger.warning("feature_pairs are set but no loss uses hidden states; they are ignored")
+        readers = [name for name, loss in self.losses.items() if loss.needs_features]
+        # the loss that may reduce the teacher's sides: one loss reading the pairs gets what it asks for
+        self._reducing_loss = readers[0] if len(readers) == 1 else None
         self.teacher_runtime = None
         if teacher is not None:
             teacher.requires_grad_(False)
@@ -341,9 +344,14 @@ class DistillationModel(nn.Module):
 
     @torch.no_grad()
     def _teacher_sides(self, states: dict[int, torch.Tensor]) -> list[Any]:
-        """Each feature pair's teacher side, prepared by its adapter (``prepare_teacher``) before the
-        student's forward, so that a side the adapter shrinks does not hold the full hidden state."""
-        return [adapter.prepare_teacher(states[p.teacher_layer]) for p, adapter in zip(self.feature_pairs, self.adapters)]
+        """Each feature pair's teacher side, prepared by its adapter (``prepare_teacher``) and reduced
+        to what the loss reads of it (``reduce_teacher_feature``) before the student's forward, so that
+        a side the adapter or the loss shrinks does not hold the full hidden state."""
+        sides = [adapter.prepare_teacher(states[p.teacher_layer]) for p, adapter in zip(self.feature_pairs, self.adapters)]
+        if self._reducing_loss is None:
+            return sides
+        reduce = self.losses[self._reducing_loss].reduce_teacher_feature
+        return [_reduced(reduce, side) if adapter.passes_teacher else side for side, adapter in zip(sides, self.adapters)]
 
     def _add_teacher(self, inputs: LossInputs, student_states: dict[int, torch.Tensor], teacher_logits: torch.Tensor,
                      teacher_pooled: torch.Tensor | None, teacher_sides: list[Any]) -> None:
@@ -456,6 +464,11 @@ def _add_terms(terms: dict[str, torch.Tensor], weights: dict[str, float], loss_n
                          "term names must be unique across the losses")
     terms.update(new_terms)
     weights.update(new_weights)
+
+
+def _reduced(reduce: Any, side: Any) -> Any:
+    reduced = reduce(side)
+    return side if reduced is None else reduced
 
 
 def _pair(adapter: nn.Module, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
