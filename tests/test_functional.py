@@ -949,10 +949,10 @@ def test_resize_bilinear_is_torchs_bilinear_resize_for_any_layout(layout):
 
 @pytest.mark.parametrize("lead", [(), (3,)], ids=["rows", "batched"])
 @pytest.mark.parametrize("center", [True, False])
-def test_a_side_without_gradient_is_read_in_blocks_with_the_same_cka(monkeypatch, center, lead):
-    """The teacher's side is upcast and centred block by block (never its whole float32 copy at
-    once); blocks of 5 columns, the last one short, give the CKA and student gradient of the
-    whole-side computation."""
+def test_large_sides_are_read_in_blocks_with_the_same_cka_and_gradient(monkeypatch, center, lead):
+    """Both sides are upcast and centred block by block (never a whole float32 copy at once), the
+    student's in its backward too; blocks of 5 columns, the last one short, give the CKA and student
+    gradient of the whole-side computation."""
     from hf_rcka.functional import cka
 
     torch.manual_seed(0)

@@ -83,29 +83,80 @@ class _SymmetricGram(torch.autograd.Function):
 
     The Gram's backward dominates batch-relational losses on large features (B x C*H*W), so this
     saves about a third of their matmul work. It saves ``x`` itself, not its upcast or centred copy,
-    and rebuilds ``x - m`` in the backward: ``x`` is a student's hidden state, which the student's own
-    backward holds anyway, while a float32 centred copy of four of them (ResNet-50's stages at 224 px)
-    is 1.5 M values per image held from the loss to the backward. The backward is written in
-    differentiable ops, so double backward still works.
+    and both passes read a large ``x`` in column blocks (:func:`_offset_gram`): ``x`` is a student's
+    hidden state, which the student's own backward holds anyway, while whole float32 centred copies
+    of four of them (ResNet-50's stages at 224 px: 1.5 M values per image) would be made at the end
+    of the student's forward, when its activations peak, and again in the backward. The backward of
+    a backward (``create_graph``) runs whole, in differentiable ops.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, offset: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         ctx.save_for_backward(x, offset)
         ctx.dtype = dtype
-        rows = _offset_rows(x, offset, dtype)
-        return rows @ rows.transpose(-2, -1)
+        return _offset_gram(x, offset, dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         x, offset = ctx.saved_tensors
-        grad_x = (grad + grad.transpose(-2, -1)) @ _offset_rows(x, offset, ctx.dtype)
-        return grad_x.to(x.dtype), None, None
+        both = grad + grad.transpose(-2, -1)
+        columns = _column_blocks(x)
+        if torch.is_grad_enabled() or len(columns) == 1:
+            return (both @ _offset_rows(x, offset, ctx.dtype)).to(x.dtype), None, None
+        grad_x = torch.empty_like(x)
+        for block in columns:
+            grad_x[..., block].copy_(both @ _offset_rows(x[..., block], _columns(offset, block), ctx.dtype))
+        return grad_x, None, None
+
+
+# Values per column block in which a large side is upcast and offset for its Gram. A teacher's paired
+# map is often the largest tensor of the step (RegNetY-16GF's first stage holds 702,464 values per
+# image): whole, its float32 copy and its centred copy would both exist at once, on top of the
+# student's activations. Blocks of 2**22 values (16 MiB in float32) cost no more time on the CPU;
+# a side is cut in at most _MAX_BLOCKS blocks (larger ones at a GPU's batch sizes), so that its
+# few extra kernel launches per block stay few, and a block is at least _MIN_BLOCK_COLUMNS wide,
+# so many small Grams (patch CKA's (C, n, n)) still get matmuls of some size.
+_BLOCK_VALUES = 1 << 22
+_MAX_BLOCKS = 8
+_MIN_BLOCK_COLUMNS = 256
+
+
+def _column_blocks(x: torch.Tensor) -> list[slice]:
+    """The column blocks :func:`_offset_gram` reads ``x`` (..., n, p) in: one for a small ``x`` and
+    under ``torch.compile``, where a loop whose length follows the batch size would recompile the
+    graph for every new batch size."""
+    p = x.shape[-1]
+    if x.numel() <= _BLOCK_VALUES or torch.compiler.is_compiling():
+        return [slice(0, p)]
+    values = max(_BLOCK_VALUES, -(-x.numel() // _MAX_BLOCKS))
+    width = max(_MIN_BLOCK_COLUMNS, values // max(1, x[..., :1].numel()))
+    return [slice(start, start + width) for start in range(0, p, width)]
+
+
+def _columns(offset: torch.Tensor | None, block: slice) -> torch.Tensor | None:
+    return None if offset is None else offset[..., block]
 
 
 def _offset_rows(x: torch.Tensor, offset: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     x = x.to(dtype)
     return x if offset is None else x - offset
+
+
+def _offset_gram(x: torch.Tensor, offset: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``(x - offset)(x - offset)^T`` in ``dtype``, summed over column blocks (``_column_blocks``), each
+    upcast and offset on its own, so no whole upcast or offset copy of ``x`` exists."""
+    columns = _column_blocks(x)
+    if len(columns) == 1:
+        rows = _offset_rows(x, offset, dtype)
+        return rows @ rows.transpose(-2, -1)
+    n = x.shape[-2]
+    gram = x.new_zeros((*x.shape[:-1], n), dtype=dtype)
+    stacked = gram.view(-1, n, n)
+    for block in columns:
+        rows = _offset_rows(x[..., block], _columns(offset, block), dtype)
+        rows = rows.reshape(-1, n, rows.shape[-1])
+        stacked.baddbmm_(rows, rows.transpose(-2, -1))
+    return gram
 
 
 def _gram_linear(x: torch.Tensor, offset: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -114,8 +165,7 @@ def _gram_linear(x: torch.Tensor, offset: torch.Tensor | None = None, dtype: tor
     dtype = dtype or x.dtype
     if x.requires_grad and torch.is_grad_enabled():
         return _SymmetricGram.apply(x, offset, dtype)
-    rows = _offset_rows(x, offset, dtype)
-    return rows @ rows.transpose(-2, -1)
+    return _offset_gram(x, offset, dtype)
 
 
 def _off_diagonal(square: torch.Tensor) -> torch.Tensor:
@@ -278,8 +328,8 @@ class GramSide:
 def linear_cka_side(y: torch.Tensor, center: bool = True) -> GramSide:
     """``y`` (..., n, q) reduced to its :class:`GramSide`, for a later ``linear_cka(x, side)``.
 
-    Costs what ``linear_cka`` would spend on this side anyway; a large side without gradient is read
-    in column blocks, as there.
+    Costs what ``linear_cka`` would spend on this side anyway; a large side is read in column
+    blocks, as there.
     """
     if y.dim() < 2:
         raise ValueError(f"a CKA side needs (..., n, features) rows, got shape {tuple(y.shape)}")
@@ -362,52 +412,19 @@ def inverse_norm(sq_norm: torch.Tensor, sq_norm_uncentered: torch.Tensor | None,
     return inv * (sq_norm.detach() > tol * tol * sq_norm_uncentered)
 
 
-# Values per block in which a side that takes no gradient is upcast and centred for its Gram. A
-# teacher's paired map is often the largest tensor of the step (RegNetY-16GF's first stage holds
-# 702,464 values per image): whole, its float32 copy and its centred copy would both exist at once,
-# on top of the student's activations. Blocks of 2**22 values (16 MiB in float32) cost no more time;
-# a block is at least _MIN_BLOCK_COLUMNS wide, so many small Grams (patch CKA's (C, n, n)) still
-# get matmuls of some size.
-_BLOCK_VALUES = 1 << 22
-_MIN_BLOCK_COLUMNS = 256
-
-
 def _side_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One side's n x n Gram ``H K H`` (uncentered when not ``center``) in ``dtype``, and the squared
     norm of its column means (None when not ``center``).
 
     ``H (X - 1 m^T) = H X`` for any constant m, so subtracting the *detached* mean first keeps the
     Gram entries small (accurate in float32) and costs no backward pass over X; ``H K H`` on the
-    small Gram then removes what rounding left of the offset. A large side that takes no gradient
-    (the teacher's) is read in column blocks, each upcast and centred on its own. Under
-    ``torch.compile`` every side is taken whole: a loop whose length follows the batch size would
-    recompile the graph for every new batch size.
+    small Gram then removes what rounding left of the offset. A large side is read in column
+    blocks, each upcast and centred on its own (``_offset_gram``), with or without gradient.
     """
-    takes_gradient = x.requires_grad and torch.is_grad_enabled()
-    if takes_gradient or x.numel() <= _BLOCK_VALUES or torch.compiler.is_compiling():
-        if not center:
-            return _gram_linear(x, dtype=dtype), None
-        mean = x.detach().mean(dim=-2, keepdim=True, dtype=dtype)
-        return _center_gram(_gram_linear(x, mean, dtype)), mean.pow(2).sum(dim=(-2, -1))
-    return _blocked_gram(x, dtype, center)
-
-
-def _blocked_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``_side_gram`` of a side without gradient, summed over column blocks into one (..., n, n) Gram."""
-    n, p = x.shape[-2], x.shape[-1]
-    width = max(_MIN_BLOCK_COLUMNS, _BLOCK_VALUES // max(1, x[..., :1].numel()))
-    gram = x.new_zeros((*x.shape[:-1], n), dtype=dtype)
-    stacked = gram.view(-1, n, n)
-    mean_sq = x.new_zeros(x.shape[:-2], dtype=dtype) if center else None
-    for start in range(0, p, width):
-        block = x[..., start:start + width].to(dtype)
-        if center:
-            mean = block.mean(dim=-2, keepdim=True)
-            block = block - mean
-            mean_sq += mean.pow(2).sum(dim=(-2, -1))
-        block = block.reshape(-1, n, block.shape[-1])
-        stacked.baddbmm_(block, block.transpose(-2, -1))
-    return (_center_gram(gram) if center else gram), mean_sq
+    if not center:
+        return _gram_linear(x, dtype=dtype), None
+    mean = x.detach().mean(dim=-2, keepdim=True, dtype=dtype)  # accumulated in dtype: no upcast copy of x
+    return _center_gram(_gram_linear(x, mean, dtype)), mean.pow(2).sum(dim=(-2, -1))
 
 
 def _feature_products(x: torch.Tensor, y: torch.Tensor, center: bool) -> tuple[torch.Tensor, ...]:
@@ -424,8 +441,8 @@ def _linear_cka_biased(x: torch.Tensor, y: torch.Tensor | GramSide, center: bool
     The features are centered once; scaling each side to unit Frobenius norm (which keeps the
     products in float range) and the constant-feature check act on the small n x n or p x q
     products: ``||X_c||_F^2`` is the trace of either, and ``||X||^2 = ||X_c||^2 + n ||mean||^2``.
-    ``x`` and ``y`` come in their own dtypes: the Gram form upcasts a large side that takes no
-    gradient block by block (``_side_gram``). ``y`` may already be reduced to its :class:`GramSide`.
+    ``x`` and ``y`` come in their own dtypes: the Gram form upcasts a large side block by block
+    (``_side_gram``). ``y`` may already be reduced to its :class:`GramSide`.
     """
     n, reduced = x.shape[-2], isinstance(y, GramSide)
     dtype = torch.promote_types(upcast(x[..., :0]).dtype, y.gram.dtype if reduced else upcast(y[..., :0]).dtype)
