@@ -318,3 +318,56 @@ def test_a_ready_model_with_a_loss_that_keeps_its_option_as_a_tensor(registered,
     other = make_args(tmp_path, losses=[{"name": "weighted_ce", "class_weights": [1.0, 1.0, 3.0]}, "kd"])
     with pytest.raises(RecipeError, match="weighted_ce class_weights"):
         DistillationTrainer(model=ready, args=other, train_dataset=pixel_dataset(20), processing_class=processor(16))
+
+
+# ---------------------------------------------------------------------------- reduced teacher sides
+
+
+def test_an_adapter_or_loss_of_ones_own_gets_the_teacher_features_whole():
+    """feature CKA reduces the teacher's side to a Gram for adapters that hand it on unchanged. A
+    subclass of such an adapter whose forward changes the teacher's side (it would get a GramSide
+    and fail, or train another loss without a word), or a feature CKA subclass with its own term,
+    gets the features whole again, unless it says otherwise."""
+    from hf_rcka.features.pairing import FeaturePair
+    from hf_rcka.functional import GramSide
+    from hf_rcka.losses import FeatureCKALoss
+    from hf_rcka.adapters import IdentityAdapter, LinearAdapter
+
+    class Squared(IdentityAdapter):
+        def forward(self, student, teacher):
+            return student, teacher.pow(2)
+
+    class Declared(IdentityAdapter):
+        passes_teacher = True
+
+        def forward(self, student, teacher):
+            return student, teacher
+
+    class OwnTerm(FeatureCKALoss):
+        def term(self, inputs):
+            return sum(1.0 - F.cosine_similarity(s.flatten(1).mean(0), t.flatten(1).mean(0), dim=0)
+                       for s, t in self.feature_pairs(inputs))
+
+    assert IdentityAdapter.passes_teacher and LinearAdapter.passes_teacher and Declared.passes_teacher
+    assert not Squared.passes_teacher
+    teacher = torch.randn(4, 30)
+    assert isinstance(FeatureCKALoss().reduce_teacher_feature(teacher), GramSide)
+    assert OwnTerm().reduce_teacher_feature(teacher) is None
+
+    model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), FeatureCKALoss()],
+                              feature_pairs=[FeaturePair(-1, -1, "identity")])
+    model.adapters[0].__class__ = Squared  # the same pair through the subclass
+    x = torch.randn(4, 3, 16, 16)
+    sides = model._teacher_sides(model._run_teacher(x)[2])
+    assert isinstance(sides[0], torch.Tensor)
+    out = model.train()(pixel_values=x, labels=torch.arange(4) % 3)
+    assert torch.isfinite(out.loss)
+
+
+def test_a_reduced_side_without_rows_is_named_when_evaluation_drops_a_row():
+    from hf_rcka.losses import IGNORE_INDEX, LossInputs
+
+    inputs = LossInputs(student_logits=torch.randn(3, 2), labels=torch.tensor([0, IGNORE_INDEX, 1]),
+                        student_features=(torch.randn(3, 5),), teacher_features=({"gram": torch.eye(3)},))
+    with pytest.raises(TypeError, match="a dict in the loss inputs has no rows\\(keep\\) method"):
+        inputs.counted_rows()

@@ -1049,3 +1049,13 @@ def test_a_gram_side_is_refused_where_its_features_would_be_needed():
         fn.linear_cka(x, side, unbiased=True)
     with pytest.raises(ValueError, match="the same n items"):
         fn.linear_cka(torch.randn(5, 4), side)
+
+
+def test_a_side_is_cut_in_at_most_eight_blocks():
+    from hf_rcka.functional.cka import _MAX_BLOCKS, _column_blocks
+
+    for shape in ((256, 160007), (256, 320007), (64, 560007), (16, 702464), (4, 16, 100000)):
+        blocks = _column_blocks(torch.empty(shape, device="meta"))
+        assert 1 < len(blocks) <= _MAX_BLOCKS, shape
+        assert blocks[0].start == 0 and all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
+        assert blocks[-1].start < shape[-1] <= blocks[-1].stop

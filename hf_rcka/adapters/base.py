@@ -24,12 +24,22 @@ class FeatureAdapter(nn.Module):
     the trainer's wrapper module, which DDP wraps, so their parameters stay in sync across ranks.
     The teacher tensor arrives without gradient; only the student side may carry parameters.
     Subclasses define ``forward(student, teacher) -> (student, teacher)``.
+
+    ``forward`` gets the teacher's side as ``prepare_teacher`` left it, or, for an adapter that
+    ``passes_teacher``, as the loss reduced it (``DistillationLoss.reduce_teacher_feature``:
+    feature CKA's ``functional.GramSide``), which it hands on untouched.
     """
 
     # Whether forward hands the teacher's side on as it gets it (identity, linear). Then a loss may
-    # reduce that side right after the teacher's forward (``DistillationLoss.reduce_teacher_feature``)
-    # and forward gets the reduced side. A subclass whose forward changes the teacher's side sets it False.
+    # reduce that side right after the teacher's forward, and forward gets the reduced side. A
+    # subclass that defines its own forward or prepare_teacher gets the teacher's side whole again,
+    # unless it sets this itself: its forward may read or change that side.
     passes_teacher: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "passes_teacher" not in vars(cls) and ({"forward", "prepare_teacher"} & set(vars(cls))):
+            cls.passes_teacher = False
 
     def __init__(self, student: FeatureSpec, teacher: FeatureSpec) -> None:
         super().__init__()

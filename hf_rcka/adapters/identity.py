@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from ..registry import ADAPTERS
@@ -18,7 +20,7 @@ class IdentityAdapter(FeatureAdapter):
     class (distillation, register) tokens, while timm's ``forward_intermediates`` maps have none.
     """
 
-    passes_teacher = True
+    passes_teacher = True  # (a reduced teacher side passes too)
 
-    def forward(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, student: Tensor, teacher: Any) -> tuple[Tensor, Any]:
         return student, teacher

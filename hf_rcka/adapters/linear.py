@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from ..features.layout import FeatureSpec
@@ -24,14 +26,14 @@ class LinearAdapter(FeatureAdapter):
         bias: whether the projection has a bias.
     """
 
-    passes_teacher = True
+    passes_teacher = True  # (a reduced teacher side passes too)
 
     def __init__(self, student: FeatureSpec, teacher: FeatureSpec, *, bias: bool = True) -> None:
         super().__init__(student, teacher)
         check_flag("linear adapter bias", bias)
         self.proj = nn.Linear(student.channels, teacher.channels, bias=bias)
 
-    def forward(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, student: Tensor, teacher: Any) -> tuple[Tensor, Any]:
         channel_dim = 1 if student.dim() == 4 else -1
         if student.shape[channel_dim] != self.proj.in_features:
             raise ValueError(

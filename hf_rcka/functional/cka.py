@@ -79,8 +79,8 @@ def _frob_inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class _SymmetricGram(torch.autograd.Function):
     """``X_c X_c^T`` in ``dtype``, ``X_c`` being ``x`` with its detached column means subtracted when
-    ``center`` (else ``x``), whose backward is one matmul, ``(G + G^T) X_c``, instead of autograd's
-    two plus a sum. Returns the Gram and the column means (None without ``center``).
+    ``center`` (else ``x``), whose backward is one matmul, ``(G + G^T) X_c`` (one per column block),
+    instead of autograd's two plus a sum. Returns the Gram and the column means (None without ``center``).
 
     The Gram's backward dominates batch-relational losses on large features (B x C*H*W), so this
     saves about a third of their matmul work. It saves ``x`` itself, not its upcast or centred copy,
@@ -133,8 +133,7 @@ def _column_blocks(x: torch.Tensor) -> list[slice]:
     p = x.shape[-1]
     if x.numel() <= _BLOCK_VALUES or torch.compiler.is_compiling():
         return [slice(0, p)]
-    values = max(_BLOCK_VALUES, -(-x.numel() // _MAX_BLOCKS))
-    width = max(_MIN_BLOCK_COLUMNS, values // max(1, x[..., :1].numel()))
+    width = max(_MIN_BLOCK_COLUMNS, _BLOCK_VALUES // max(1, x[..., :1].numel()), -(-p // _MAX_BLOCKS))
     return [slice(start, start + width) for start in range(0, p, width)]
 
 
@@ -351,8 +350,9 @@ class GramSide:
 def linear_cka_side(y: torch.Tensor, center: bool = True) -> GramSide:
     """``y`` (..., n, q) reduced to its :class:`GramSide`, for a later ``linear_cka(x, side)``.
 
-    Costs what ``linear_cka`` would spend on this side anyway; a large side is read in column
-    blocks, as there.
+    Costs what ``linear_cka`` would spend on this side in its n x n Gram form; a large side is read
+    in column blocks, as there. For a side no wider than n (``q <= n``) the Gram is no smaller than
+    the side, and ``linear_cka`` would have used the cheaper q x q feature form: keep such a side whole.
     """
     if y.dim() < 2:
         raise ValueError(f"a CKA side needs (..., n, features) rows, got shape {tuple(y.shape)}")
@@ -385,7 +385,8 @@ def linear_cka(
             return slightly negative values for unrelated features.
 
     ``y`` may be a :class:`GramSide` made with the same ``center``, for the default estimator (not
-    ``row_normalize`` or ``unbiased``): the value is the same as with the features it was made from.
+    ``row_normalize`` or ``unbiased``): the value is the same as with the features it was made from,
+    always through the n x n Gram form.
     """
     if isinstance(y, GramSide):
         _check_gram_side(x, y, center, row_normalize or unbiased)

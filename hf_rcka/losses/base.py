@@ -53,7 +53,7 @@ class LossInputs:
     teacher_logits: torch.Tensor | None = None
     distillation_logits: torch.Tensor | None = None
     student_features: Sequence[torch.Tensor] = field(default_factory=tuple)
-    teacher_features: Sequence[torch.Tensor] = field(default_factory=tuple)
+    teacher_features: Sequence[Any] = field(default_factory=tuple)
     student_pooled: torch.Tensor | None = None
     teacher_pooled: torch.Tensor | None = None
 
@@ -96,7 +96,10 @@ def _rows(value: Any, keep: torch.Tensor):
         return value[keep]
     if hasattr(value, "rows"):
         return value.rows(keep)
-    return tuple(_rows(item, keep) for item in value)
+    if isinstance(value, (tuple, list)):
+        return tuple(_rows(item, keep) for item in value)
+    raise TypeError(f"a {type(value).__name__} in the loss inputs has no rows(keep) method to drop an unreadable "
+                    "image's stand-in with: a reduce_teacher_feature result that is not a tensor needs one")
 
 
 @dataclass
@@ -133,6 +136,9 @@ class DistillationLoss(nn.Module):
         super().__init_subclass__(**kwargs)
         if not isinstance(cls.requires, (set, frozenset, tuple, list)):
             return  # set per instance (a property): checked when the loss runs
+        if "reduce_teacher_feature" not in vars(cls) and ({"term", "terms"} & set(vars(cls))):
+            # a reduction serves the term that reads it: new terms get the teacher's features whole
+            cls.reduce_teacher_feature = DistillationLoss.reduce_teacher_feature
         unknown = sorted(set(cls.requires) - set(LOSS_INPUT_FIELDS))
         if unknown:  # else an AttributeError at the first step
             raise TypeError(f"{cls.__name__}.requires names {unknown}, which are not LossInputs fields: "
@@ -193,7 +199,8 @@ class DistillationLoss(nn.Module):
         comes back in ``LossInputs.teacher_features``. It is used only when this loss is the only
         one reading feature pairs and the pair's adapter hands the teacher's side on unchanged
         (``FeatureAdapter.passes_teacher``). A result that is not a tensor needs a ``rows(keep)``
-        method, which evaluation uses to drop unreadable images' stand-ins.
+        method, which evaluation uses to drop unreadable images' stand-ins. A subclass that defines
+        its own ``term``/``terms`` gets the features whole unless it defines this method too.
         """
         return None
 

@@ -143,7 +143,9 @@ class FeatureCKALoss(RelationalLoss):
 
     With the linear kernel and no ``gather``, each teacher feature wider than the batch is reduced
     to its B x B Gram right after the teacher's forward (``reduce_teacher_feature``), so a CNN
-    teacher's stages are not held through the student's forward. The value is the same.
+    teacher's stages are not held through the student's forward. The value is the same. This
+    needs feature CKA to be the only loss reading the pairs, through adapters that hand the
+    teacher's side on unchanged (identity, linear).
 
     Recipe::
 
@@ -166,8 +168,10 @@ class FeatureCKALoss(RelationalLoss):
         """The teacher's B x B Gram (``functional.GramSide``), all the linear CKA reads of it; None
         (the feature whole) for the RBF kernel, under ``gather`` (the Gram of the global batch needs
         every rank's rows) and for a feature no wider than the batch (it is no larger than its Gram)."""
+        if self.kernel != "linear" or self.gather or not isinstance(teacher, torch.Tensor):
+            return None
         rows = functional.sample_rows(teacher)
-        if self.kernel != "linear" or self.gather or rows.shape[-1] <= rows.shape[-2]:
+        if rows.shape[-1] <= rows.shape[-2]:
             return None
         return functional.linear_cka_side(rows, center=self.center)
 

@@ -348,7 +348,7 @@ class DistillationModel(nn.Module):
         to what the loss reads of it (``reduce_teacher_feature``) before the student's forward, so that
         a side the adapter or the loss shrinks does not hold the full hidden state."""
         sides = [adapter.prepare_teacher(states[p.teacher_layer]) for p, adapter in zip(self.feature_pairs, self.adapters)]
-        if self._reducing_loss is None:
+        if self._reducing_loss is None or self._reducing_loss in self.left_out:
             return sides
         reduce = self.losses[self._reducing_loss].reduce_teacher_feature
         return [_reduced(reduce, side) if adapter.passes_teacher else side for side, adapter in zip(sides, self.adapters)]
