@@ -443,7 +443,7 @@ def _side_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch
     ``H (X - 1 m^T) = H X`` for any constant m, so subtracting the *detached* mean first keeps the
     Gram entries small (accurate in float32) and costs no backward pass over X; ``H K H`` on the
     small Gram then removes what rounding left of the offset. A large side is read in column
-    blocks, each upcast and centred on its own (``_offset_gram``), with or without gradient.
+    blocks, each upcast and centred on its own (``_centred_gram``), with or without gradient.
     """
     gram, means = _gram_and_means(x, dtype, center)
     if not center:

@@ -134,11 +134,11 @@ class DistillationLoss(nn.Module):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if not isinstance(cls.requires, (set, frozenset, tuple, list)):
-            return  # set per instance (a property): checked when the loss runs
         if "reduce_teacher_feature" not in vars(cls) and ({"term", "terms"} & set(vars(cls))):
             # a reduction serves the term that reads it: new terms get the teacher's features whole
             cls.reduce_teacher_feature = DistillationLoss.reduce_teacher_feature
+        if not isinstance(cls.requires, (set, frozenset, tuple, list)):
+            return  # set per instance (a property): checked when the loss runs
         unknown = sorted(set(cls.requires) - set(LOSS_INPUT_FIELDS))
         if unknown:  # else an AttributeError at the first step
             raise TypeError(f"{cls.__name__}.requires names {unknown}, which are not LossInputs fields: "
