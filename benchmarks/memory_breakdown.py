@@ -1,6 +1,7 @@
 """Where a feature variant's extra peak comes from, on CUDA: allocated and peak MiB read around
-each part of one step of ``step_overhead.py``'s full-size pairs (teacher forward, student forward,
-each adapter, each loss), beside the limit's step on the same models.
+each part of one step of ``step_overhead.py``'s full-size pairs (teacher forward, the teacher sides
+the adapters prepared and the loss reduced, student forward, each adapter, each loss), beside the
+limit's step on the same models.
 
     python benchmarks/memory_breakdown.py [cuda|cpu]
 
@@ -50,12 +51,17 @@ def variant_log(variant: str, teacher, student, size: int, batch: int, device: t
     step, log = so.make_step(variant, teacher, student, size, batch, device, bf16), []
     step(), step()
     model = step.model
-    run_teacher, run = model._run_teacher, model._run
+    run_teacher, run, teacher_sides = model._run_teacher, model._run, model._teacher_sides
 
     def teacher_then_mark(pixel_values):
         out = run_teacher(pixel_values)
         _mark(log, device, "after teacher forward")
         return out
+
+    def sides_then_mark(states):
+        sides = teacher_sides(states)
+        _mark(log, device, "after the teacher sides (prepared, reduced)")
+        return sides
 
     def run_then_mark(role, pixel_values, capture):
         out = run(role, pixel_values, capture)
@@ -63,7 +69,7 @@ def variant_log(variant: str, teacher, student, size: int, batch: int, device: t
             _mark(log, device, "after student forward")
         return out
 
-    model._run_teacher, model._run = teacher_then_mark, run_then_mark
+    model._run_teacher, model._run, model._teacher_sides = teacher_then_mark, run_then_mark, sides_then_mark
     hooks = [m.register_forward_hook(lambda *_, n=n: _mark(log, device, f"after loss {n}")) for n, m in model.losses.items()]
     hooks += [a.register_forward_hook(lambda *_, k=k: _mark(log, device, f"after adapter {k}"))
               for k, a in enumerate(model.adapters)]
@@ -73,7 +79,7 @@ def variant_log(variant: str, teacher, student, size: int, batch: int, device: t
     _mark(log, device, "after step")
     for hook in hooks:
         hook.remove()
-    del model._run_teacher, model._run  # back to the class's methods
+    del model._run_teacher, model._run, model._teacher_sides  # back to the class's methods
     return log
 
 
