@@ -953,15 +953,15 @@ def test_large_sides_are_read_in_blocks_with_the_same_cka_and_gradient(monkeypat
     """Both sides are upcast and centred block by block (never a whole float32 copy at once), the
     student's in its backward too; blocks of 5 columns, the last one short, give the CKA and student
     gradient of the whole-side computation."""
-    from hf_rcka.functional import cka
+    from hf_rcka.functional import gram
 
     torch.manual_seed(0)
     student = torch.randn(*lead, 6, 40, dtype=torch.float64, requires_grad=True)
     teacher = (torch.randn(*lead, 6, 23, dtype=torch.float64) + 3.0).to(torch.bfloat16)  # offset: centring matters
     whole = fn.linear_cka(student, teacher.double().requires_grad_(), center=center)  # the side with a gradient
     (whole_grad,) = torch.autograd.grad(whole.sum(), student)
-    monkeypatch.setattr(cka, "_BLOCK_VALUES", 6 * 5 * (lead[0] if lead else 1))  # 5 columns a block
-    monkeypatch.setattr(cka, "_MIN_BLOCK_COLUMNS", 1)
+    monkeypatch.setattr(gram, "_BLOCK_VALUES", 6 * 5 * (lead[0] if lead else 1))  # 5 columns a block
+    monkeypatch.setattr(gram, "_MIN_BLOCK_COLUMNS", 1)
     blocked = fn.linear_cka(student, teacher, center=center)
     (blocked_grad,) = torch.autograd.grad(blocked.sum(), student)
     torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-12)
@@ -1052,7 +1052,7 @@ def test_a_gram_side_is_refused_where_its_features_would_be_needed():
 
 
 def test_a_side_is_cut_in_at_most_eight_blocks():
-    from hf_rcka.functional.cka import _MAX_BLOCKS, _column_blocks
+    from hf_rcka.functional.gram import _MAX_BLOCKS, _column_blocks
 
     for shape in ((256, 160007), (256, 320007), (64, 560007), (16, 702464), (4, 16, 100000)):
         blocks = _column_blocks(torch.empty(shape, device="meta"))

@@ -5,6 +5,7 @@ float32 or better with autocast off, whatever precision the models train in. One
 
 * ``numerics``: the precision rules (:func:`upcast`, autocast off).
 * ``cka``: Grams, centering, HSIC, linear and RBF CKA (what RCKA and feature CKA use).
+* ``gram``: linear Grams of large sides in column blocks, without whole float32 copies.
 * ``patch``: patch rows of feature maps and patch-wise CKA (PCKA); ``pcka_kernel`` is its
   hand-written kernel (CPU and CUDA).
 * ``resize``: bilinear resizing of feature maps (fast on CUDA for small, wide maps).

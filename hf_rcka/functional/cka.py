@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .gram import gram_and_means
 from .numerics import DEFAULT_EPS, common_dtype, full_precision, upcast
 
 __all__ = [
@@ -77,117 +78,9 @@ def _frob_inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(dim=(-2, -1))
 
 
-class _SymmetricGram(torch.autograd.Function):
-    """``X_c X_c^T`` in ``dtype``, ``X_c`` being ``x`` with its detached column means subtracted when
-    ``center`` (else ``x``), whose backward is one matmul, ``(G + G^T) X_c`` (one per column block),
-    instead of autograd's two plus a sum. Returns the Gram and the column means (None without ``center``).
-
-    The Gram's backward dominates batch-relational losses on large features (B x C*H*W), so this
-    saves about a third of their matmul work. It saves ``x`` itself, not its upcast or centred copy,
-    and both passes read a large ``x`` in column blocks (:func:`_centred_gram`): ``x`` is a student's
-    hidden state, which the student's own backward holds anyway, while whole float32 centred copies
-    of four of them (ResNet-50's stages at 224 px: 1.5 M values per image) would be made at the end
-    of the student's forward, when its activations peak, and again in the backward. The detached
-    mean needs no gradient term: ``H X_c = H X``, and the Grams are double-centred after. The
-    backward of a backward (``create_graph``) runs whole, in differentiable ops.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        gram, means = _centred_gram(x, dtype, center)
-        ctx.save_for_backward(x, means)
-        ctx.dtype = dtype
-        if means is not None:
-            ctx.mark_non_differentiable(means)
-        return gram, means
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor, _means_grad: None) -> tuple[torch.Tensor, None, None]:
-        x, means = ctx.saved_tensors
-        both = grad + grad.transpose(-2, -1)
-        columns = _column_blocks(x)
-        if torch.is_grad_enabled() or len(columns) == 1:
-            return (both @ _offset_rows(x, means, ctx.dtype)).to(x.dtype), None, None
-        grad_x = torch.empty_like(x)
-        for block in columns:
-            grad_x[..., block].copy_(both @ _offset_rows(x[..., block], _columns(means, block), ctx.dtype))
-        return grad_x, None, None
-
-
-# Values per column block in which a large side is upcast and centred for its Gram. A teacher's paired
-# map is often the largest tensor of the step (RegNetY-16GF's first stage holds 702,464 values per
-# image): whole, its float32 copy and its centred copy would both exist at once, on top of the
-# student's activations. Blocks of 2**22 values (16 MiB in float32) cost no more time on the CPU;
-# a side is cut in at most _MAX_BLOCKS blocks (larger ones at a GPU's batch sizes), so that its
-# few extra kernel launches per block stay few, and a block is at least _MIN_BLOCK_COLUMNS wide,
-# so many small Grams (patch CKA's (C, n, n)) still get matmuls of some size.
-_BLOCK_VALUES = 1 << 22
-_MAX_BLOCKS = 8
-_MIN_BLOCK_COLUMNS = 256
-
-
-def _column_blocks(x: torch.Tensor) -> list[slice]:
-    """The column blocks :func:`_centred_gram` reads ``x`` (..., n, p) in: one for a small ``x`` and
-    under ``torch.compile``, where a loop whose length follows the batch size would recompile the
-    graph for every new batch size."""
-    p = x.shape[-1]
-    if x.numel() <= _BLOCK_VALUES or torch.compiler.is_compiling():
-        return [slice(0, p)]
-    width = max(_MIN_BLOCK_COLUMNS, _BLOCK_VALUES // max(1, x[..., :1].numel()), -(-p // _MAX_BLOCKS))
-    return [slice(start, start + width) for start in range(0, p, width)]
-
-
-def _columns(means: torch.Tensor | None, block: slice) -> torch.Tensor | None:
-    return None if means is None else means[..., block]
-
-
-def _offset_rows(x: torch.Tensor, means: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    x = x.to(dtype)
-    return x if means is None else x - means
-
-
-def _centred_rows(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``x`` upcast to ``dtype``, minus its detached column means when ``center``; and those means."""
-    rows = x.detach().to(dtype)
-    if not center:
-        return rows, None
-    means = rows.mean(dim=-2, keepdim=True)
-    return rows - means, means
-
-
-def _centred_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``X_c X_c^T`` in ``dtype`` and the column means (see :class:`_SymmetricGram`), summed over column
-    blocks (``_column_blocks``), each upcast and centred on its own: no whole upcast or centred copy
-    of ``x`` exists, and ``x`` is read once. Column means are per column, so the blocks' means are the
-    whole side's."""
-    columns = _column_blocks(x)
-    if len(columns) == 1:
-        rows, means = _centred_rows(x, dtype, center)
-        return rows @ rows.transpose(-2, -1), means
-    n = x.shape[-2]
-    gram = x.new_zeros((*x.shape[:-1], n), dtype=dtype)
-    means = x.new_empty((*x.shape[:-2], 1, x.shape[-1]), dtype=dtype) if center else None
-    stacked = gram.view(-1, n, n)
-    for block in columns:
-        rows, block_means = _centred_rows(x[..., block], dtype, center)
-        if center:
-            means[..., block] = block_means
-        rows = rows.reshape(-1, n, rows.shape[-1])
-        stacked.baddbmm_(rows, rows.transpose(-2, -1))
-    return gram, means
-
-
-def _gram_and_means(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Linear-kernel Gram over the rows of ``x`` (..., n, p) -> (..., n, n) in ``dtype``, of the rows
-    minus their detached column means when ``center``; and those means (None without ``center``)."""
-    if x.requires_grad and torch.is_grad_enabled():
-        return _SymmetricGram.apply(x, dtype, center)
-    return _centred_gram(x, dtype, center)
-
-
 def _gram_linear(x: torch.Tensor) -> torch.Tensor:
     """Linear-kernel Gram ``x x^T`` over the rows of ``x`` (..., n, p) -> (..., n, n)."""
-    return _gram_and_means(x, x.dtype, center=False)[0]
+    return gram_and_means(x, x.dtype, center=False)[0]
 
 
 def _off_diagonal(square: torch.Tensor) -> torch.Tensor:
@@ -443,9 +336,9 @@ def _side_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch
     ``H (X - 1 m^T) = H X`` for any constant m, so subtracting the *detached* mean first keeps the
     Gram entries small (accurate in float32) and costs no backward pass over X; ``H K H`` on the
     small Gram then removes what rounding left of the offset. A large side is read in column
-    blocks, each upcast and centred on its own (``_centred_gram``), with or without gradient.
+    blocks, each upcast and centred on its own (``gram.gram_and_means``), with or without gradient.
     """
-    gram, means = _gram_and_means(x, dtype, center)
+    gram, means = gram_and_means(x, dtype, center)
     if not center:
         return gram, None
     return _center_gram(gram), means.pow(2).sum(dim=(-2, -1))
