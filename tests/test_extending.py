@@ -348,11 +348,15 @@ def test_an_adapter_or_loss_of_ones_own_gets_the_teacher_features_whole():
             return sum(1.0 - F.cosine_similarity(s.flatten(1).mean(0), t.flatten(1).mean(0), dim=0)
                        for s, t in self.feature_pairs(inputs))
 
+    class OwnPairs(FeatureCKALoss):
+        def feature_pairs(self, inputs):
+            return [(s, t.abs()) for s, t in super().feature_pairs(inputs)]
+
     assert IdentityAdapter.passes_teacher and LinearAdapter.passes_teacher and Declared.passes_teacher
     assert not Squared.passes_teacher
     teacher = torch.randn(4, 30)
     assert isinstance(FeatureCKALoss().reduce_teacher_feature(teacher), GramSide)
-    assert OwnTerm().reduce_teacher_feature(teacher) is None
+    assert OwnTerm().reduce_teacher_feature(teacher) is None and OwnPairs().reduce_teacher_feature(teacher) is None
 
     model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), FeatureCKALoss()],
                               feature_pairs=[FeaturePair(-1, -1, "identity")])

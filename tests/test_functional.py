@@ -1059,3 +1059,20 @@ def test_a_side_is_cut_in_at_most_eight_blocks():
         assert 1 < len(blocks) <= _MAX_BLOCKS, shape
         assert blocks[0].start == 0 and all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
         assert blocks[-1].start < shape[-1] <= blocks[-1].stop
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch's forward AD, inside
+def test_forward_mode_derivatives_pass_through_linear_cka():
+    """jvp through the path without gradient: detaching the whole side (not only its mean) gave a
+    tangent of 0 without a word."""
+    torch.manual_seed(0)
+    x, y, tangent = torch.randn(6, 40, dtype=torch.float64), torch.randn(6, 23, dtype=torch.float64), None
+    tangent = torch.randn_like(x)
+    import torch.autograd.forward_ad as forward_ad
+
+    for center in (True, False):
+        with forward_ad.dual_level():
+            jvp = forward_ad.unpack_dual(fn.linear_cka(forward_ad.make_dual(x, tangent), y, center=center)).tangent
+        step = 1e-6
+        finite = (fn.linear_cka(x + step * tangent, y, center=center) - fn.linear_cka(x - step * tangent, y, center=center)) / (2 * step)
+        assert abs(float(jvp) - float(finite)) < 1e-7 and abs(float(finite)) > 1e-4

@@ -278,8 +278,9 @@ def linear_cka(
             return slightly negative values for unrelated features.
 
     ``y`` may be a :class:`GramSide` made with the same ``center``, for the default estimator (not
-    ``row_normalize`` or ``unbiased``): the value is the same as with the features it was made from,
-    always through the n x n Gram form.
+    ``row_normalize`` or ``unbiased``): the value is the same as with the features it was made from
+    (up to the precision the side was reduced in: float32 for a float32 side, where a float64 ``x``
+    would otherwise promote it), always through the n x n Gram form.
     """
     if isinstance(y, GramSide):
         _check_gram_side(x, y, center, row_normalize or unbiased)

@@ -83,10 +83,10 @@ def _offset_rows(x: torch.Tensor, means: torch.Tensor | None, dtype: torch.dtype
 
 def _centred_rows(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``x`` upcast to ``dtype``, minus its detached column means when ``center``; and those means."""
-    rows = x.detach().to(dtype)
+    rows = x.to(dtype)  # not detached: forward-mode AD (jvp) passes through the path without gradient
     if not center:
         return rows, None
-    means = rows.mean(dim=-2, keepdim=True)
+    means = rows.detach().mean(dim=-2, keepdim=True)
     return rows - means, means
 
 

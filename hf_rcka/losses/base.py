@@ -111,6 +111,11 @@ class LossContext:
     teacher_pooled_dim: int | None = None
 
 
+# The methods through which a loss reads its feature pairs: a subclass defining any of them gets the
+# teacher's features whole unless it defines reduce_teacher_feature too.
+_READS_PAIRS = frozenset({"forward", "term", "terms", "feature_pairs", "rows"})
+
+
 class DistillationLoss(nn.Module):
     """Base for registered losses: holds the weights and hyperparameters, returns named terms.
 
@@ -134,8 +139,8 @@ class DistillationLoss(nn.Module):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if "reduce_teacher_feature" not in vars(cls) and ({"term", "terms"} & set(vars(cls))):
-            # a reduction serves the term that reads it: new terms get the teacher's features whole
+        if "reduce_teacher_feature" not in vars(cls) and (_READS_PAIRS & set(vars(cls))):
+            # a reduction serves the code that reads it: a subclass reading the pairs its own way gets them whole
             cls.reduce_teacher_feature = DistillationLoss.reduce_teacher_feature
         if not isinstance(cls.requires, (set, frozenset, tuple, list)):
             return  # set per instance (a property): checked when the loss runs
@@ -200,7 +205,8 @@ class DistillationLoss(nn.Module):
         one reading feature pairs and the pair's adapter hands the teacher's side on unchanged
         (``FeatureAdapter.passes_teacher``). A result that is not a tensor needs a ``rows(keep)``
         method, which evaluation uses to drop unreadable images' stand-ins. A subclass that defines
-        its own ``term``/``terms`` gets the features whole unless it defines this method too.
+        its own ``forward``, ``term``, ``terms``, ``feature_pairs`` or ``rows`` gets the features whole
+        unless it defines this method too.
         """
         return None
 
