@@ -345,12 +345,16 @@ def _side_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch
     return _center_gram(gram), means.pow(2).sum(dim=(-2, -1))
 
 
-def _feature_products(x: torch.Tensor, y: torch.Tensor, center: bool) -> tuple[torch.Tensor, ...]:
-    """``X_c^T X_c`` (p x p), ``Y_c^T Y_c`` (q x q) and ``Y_c^T X_c`` (q x p)."""
+def _feature_products(x: torch.Tensor, y: torch.Tensor, center: bool) -> tuple[torch.Tensor | None, ...]:
+    """``X_c^T X_c`` (p x p), ``Y_c^T Y_c`` (q x q), ``Y_c^T X_c`` (q x p), and the squared norms of
+    the two sides' column means (None when not ``center``)."""
+    mean_sq_x = mean_sq_y = None
     if center:
-        x, y = x - x.mean(dim=-2, keepdim=True), y - y.mean(dim=-2, keepdim=True)
+        mean_x, mean_y = x.mean(dim=-2, keepdim=True), y.mean(dim=-2, keepdim=True)
+        mean_sq_x, mean_sq_y = (m.detach().pow(2).sum(dim=(-2, -1)) for m in (mean_x, mean_y))
+        x, y = x - mean_x, y - mean_y
     xt, yt = x.transpose(-2, -1), y.transpose(-2, -1)
-    return _gram_linear(xt), _gram_linear(yt), yt @ x
+    return _gram_linear(xt), _gram_linear(yt), yt @ x, mean_sq_x, mean_sq_y
 
 
 def _linear_cka_biased(x: torch.Tensor, y: torch.Tensor | GramSide, center: bool, eps: float) -> torch.Tensor:
@@ -371,11 +375,7 @@ def _linear_cka_biased(x: torch.Tensor, y: torch.Tensor | GramSide, center: bool
         (k, mean_sq_x), (l, mean_sq_y) = _side_gram(x, dtype, center), _side_gram(y, dtype, center)
         cross = None
     else:
-        x, y = x.to(dtype), y.to(dtype)
-        k, l, cross = _feature_products(x, y, center)
-        mean_sq_x, mean_sq_y = (
-            (t.detach().mean(dim=-2, keepdim=True).pow(2).sum(dim=(-2, -1)) for t in (x, y)) if center else (None, None)
-        )
+        k, l, cross, mean_sq_x, mean_sq_y = _feature_products(x.to(dtype), y.to(dtype), center)
     sq_x, sq_y = batch_trace(k), batch_trace(l)
     if not center:
         inv_x, inv_y = inverse_norm(sq_x, None, eps), inverse_norm(sq_y, None, eps)

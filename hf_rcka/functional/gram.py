@@ -84,10 +84,8 @@ def _offset_rows(x: torch.Tensor, means: torch.Tensor | None, dtype: torch.dtype
 def _centred_rows(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``x`` upcast to ``dtype``, minus its detached column means when ``center``; and those means."""
     rows = x.to(dtype)  # not detached: forward-mode AD (jvp) passes through the path without gradient
-    if not center:
-        return rows, None
-    means = rows.detach().mean(dim=-2, keepdim=True)
-    return rows - means, means
+    means = rows.detach().mean(dim=-2, keepdim=True) if center else None
+    return _offset_rows(rows, means, dtype), means
 
 
 def _centred_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
