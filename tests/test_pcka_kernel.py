@@ -90,3 +90,55 @@ def test_channels_last_maps_over_several_channel_blocks(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # in the maps' own layout, so the ops upstream (a projection, a resize) get what they gave
     assert all(g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous() for g in grads)
+
+
+class _LargestOutput(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the bytes of the largest tensor any op makes or writes while active."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_the_kernel_reads_half_precision_maps_that_need_resizing_block_by_block(monkeypatch, layout):
+    """A bf16 student map of 14 x 14 (resized to 16 x 16 for 4-pixel patches) against a float32
+    teacher: values and gradients are the upcast-and-resize composition's, the student map itself
+    is the only map-sized tensor saved for the backward, and no op makes a float32 copy of a whole
+    map, forward or backward (these copies were most of what patch CKA added to a step's peak)."""
+    g = torch.Generator().manual_seed(5)
+    shape = (4, 6, 14, 14)
+    student = torch.randn(shape, generator=g).to(torch.bfloat16)
+    teacher = 0.5 * student.float() + torch.randn(shape, generator=g)
+    if layout == "channels_last":
+        student, teacher = (m.contiguous(memory_format=torch.channels_last) for m in (student, teacher))
+    weights = torch.arange(1.0, 7.0)
+    want_s = student.clone().requires_grad_()
+    want = fn.patch_cka(want_s, teacher, 4, backend="autograd")
+    (want_grad,) = torch.autograd.grad(want.mul(weights).sum(), want_s)
+
+    monkeypatch.setattr(pcka_kernel, "_BLOCK_BYTES", 2 * 4 * 256 * 4)  # blocks of 2 channels
+    got_s = student.clone().requires_grad_()
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    whole_float32 = student.numel() * 4
+    with _LargestOutput() as forward, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        got = fn.patch_cka(got_s, teacher, 4, backend="kernel")
+    with _LargestOutput() as backward:
+        (got_grad,) = torch.autograd.grad(got.mul(weights).sum(), got_s)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert got_grad.dtype == torch.bfloat16 and got_grad.stride() == got_s.stride()
+    torch.testing.assert_close(got_grad.float(), want_grad.float(), rtol=1e-2, atol=1e-5)
+    assert got_grad.float().abs().max() > 1e-3
+    big = [t for t in saved if t.numel() >= student.numel()]
+    assert len(big) == 1 and big[0].data_ptr() == got_s.data_ptr() and big[0].dtype == torch.bfloat16
+    assert forward.largest < whole_float32 and backward.largest < whole_float32, (forward.largest, backward.largest)

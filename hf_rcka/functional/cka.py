@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .gram import gram_and_means
-from .numerics import DEFAULT_EPS, common_dtype, full_precision, upcast
+from .numerics import DEFAULT_EPS, common_dtype, full_precision, upcast, upcast_dtype
 
 __all__ = [
     "gram_linear", "gram_rbf", "center_gram", "hsic", "cka_from_grams", "linear_cka", "rbf_cka", "sample_rows",
@@ -249,7 +249,7 @@ def linear_cka_side(y: torch.Tensor, center: bool = True) -> GramSide:
     """
     if y.dim() < 2:
         raise ValueError(f"a CKA side needs (..., n, features) rows, got shape {tuple(y.shape)}")
-    gram, mean_sq = _side_gram(y, upcast(y[..., :0]).dtype, center)
+    gram, mean_sq = _side_gram(y, upcast_dtype(y), center)
     return GramSide(gram, mean_sq, center)
 
 
@@ -367,7 +367,7 @@ def _linear_cka_biased(x: torch.Tensor, y: torch.Tensor | GramSide, center: bool
     (``_side_gram``). ``y`` may already be reduced to its :class:`GramSide`.
     """
     n, reduced = x.shape[-2], isinstance(y, GramSide)
-    dtype = torch.promote_types(upcast(x[..., :0]).dtype, y.gram.dtype if reduced else upcast(y[..., :0]).dtype)
+    dtype = torch.promote_types(upcast_dtype(x), y.gram.dtype if reduced else upcast_dtype(y))
     if reduced:
         k, mean_sq_x = _side_gram(x, dtype, center)
         l, mean_sq_y, cross = y.gram.to(dtype), y.mean_sq, None

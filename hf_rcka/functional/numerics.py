@@ -30,17 +30,26 @@ def full_precision(fn: _Fn) -> _Fn:
     return wrapper  # type: ignore[return-value]
 
 
-def upcast(x: torch.Tensor) -> torch.Tensor:
-    """The dtype losses compute in: float64 stays float64 (for gradcheck), every other float
-    dtype (bf16, fp16, fp32) becomes float32. Use this instead of ``.float()``, which would
-    silently drop float64 inputs to float32."""
+def upcast_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype losses compute ``x`` in: float64 stays float64 (for gradcheck), every other float
+    dtype (bf16, fp16, fp32) becomes float32."""
     if not x.is_floating_point():
         raise TypeError(f"expected a floating-point tensor, got {x.dtype}")
-    return x if x.dtype == torch.float64 else x.float()
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in :func:`upcast_dtype`. Use this instead of ``.float()``, which would silently drop
+    float64 inputs to float32."""
+    return x.to(upcast_dtype(x))
+
+
+def compute_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
+    """The one dtype two inputs are compared in (float32 buffers meet float64 features in gradcheck)."""
+    return torch.promote_types(upcast_dtype(a), upcast_dtype(b))
 
 
 def common_dtype(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upcast both and promote to one dtype (float32 buffers meet float64 features in gradcheck)."""
-    a, b = upcast(a), upcast(b)
-    dtype = torch.promote_types(a.dtype, b.dtype)
+    """Both inputs in their :func:`compute_dtype`."""
+    dtype = compute_dtype(a, b)
     return a.to(dtype), b.to(dtype)

@@ -14,7 +14,7 @@ import torch
 
 from . import pcka_kernel
 from .cka import linear_cka, min_cka_items
-from .numerics import DEFAULT_EPS, common_dtype, full_precision
+from .numerics import DEFAULT_EPS, common_dtype, compute_dtype, full_precision
 from .resize import resize_bilinear
 
 __all__ = ["patchify", "patch_cka", "patch_cka_many", "patch_count"]
@@ -36,13 +36,18 @@ def _check_map(fmap: torch.Tensor) -> None:
         raise ValueError(f"patchify expects a (B, C, H, W) feature map, got shape {tuple(fmap.shape)}")
 
 
+def _patch_layout(height: int, width: int, patch_size: int) -> tuple[int, int, tuple[int, int]]:
+    """The patch sides (ph, pw) for a ``height`` x ``width`` map and the size it is resized to
+    (bilinear, up to whole patches)."""
+    ph, pw = _effective_patch(height, patch_size), _effective_patch(width, patch_size)
+    return ph, pw, (-(-height // ph) * ph, -(-width // pw) * pw)
+
+
 def _fit_to_patches(fmap: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, int, int]:
     """The patch sides (ph, pw) for ``fmap``, and ``fmap`` resized (bilinear) up to whole patches."""
-    _, _, h, w = fmap.shape
-    ph, pw = _effective_patch(h, patch_size), _effective_patch(w, patch_size)
-    gh, gw = -(-h // ph), -(-w // pw)
-    if (gh * ph, gw * pw) != (h, w):
-        fmap = resize_bilinear(fmap, (gh * ph, gw * pw))
+    ph, pw, size = _patch_layout(fmap.shape[2], fmap.shape[3], patch_size)
+    if size != tuple(fmap.shape[2:]):
+        fmap = resize_bilinear(fmap, size)
     return fmap, ph, pw
 
 
@@ -74,18 +79,19 @@ def check_aligned(student_fmap: torch.Tensor, teacher_fmap: torch.Tensor) -> Non
     _check_map(student_fmap)
 
 
-def patch_cka_autograd(student: torch.Tensor, teacher: torch.Tensor, ph: int, pw: int, center: bool,
+def patch_cka_autograd(student: torch.Tensor, teacher: torch.Tensor, patch_size: int, center: bool,
                        eps: float) -> torch.Tensor:
-    """Per-channel CKA (C,) of two (B, C, gh*ph, gw*pw) maps through patch rows + batched
-    ``linear_cka`` and plain autograd (twice differentiable, unlike the kernel)."""
-    return linear_cka(_patch_rows(student, ph, pw), _patch_rows(teacher, ph, pw), center=center, eps=eps)
+    """Per-channel CKA (C,) of two (B, C, H, W) maps through upcasting, resizing, patch rows and
+    batched ``linear_cka``, all plain autograd (twice differentiable, unlike the kernel)."""
+    s, t = common_dtype(student, teacher)
+    (s, ph, pw), (t, _, _) = _fit_to_patches(s, patch_size), _fit_to_patches(t, patch_size)
+    return linear_cka(_patch_rows(s, ph, pw), _patch_rows(t, ph, pw), center=center, eps=eps)
 
 
-def _backend_fn(backend: str, device: torch.device):
+def _resolved(backend: str, device: torch.device) -> str:
     if backend not in pcka_kernel.BACKENDS:
         raise ValueError(f"patch_cka backend must be one of {pcka_kernel.BACKENDS}, got {backend!r}")
-    backend = pcka_kernel.default_backend(device) if backend == "auto" else backend
-    return pcka_kernel.patch_cka_kernel if backend == "kernel" else patch_cka_autograd
+    return pcka_kernel.default_backend(device) if backend == "auto" else backend
 
 
 @full_precision
@@ -100,10 +106,12 @@ def patch_cka(
 ) -> torch.Tensor:
     """Per-channel patch-relation CKA between two aligned maps (B, C, H, W) -> (C,).
 
-    Values and gradients are those of ``linear_cka(patchify(student), patchify(teacher))``, computed
-    for all channels together (no loop over channels). ``backend``: ``"kernel"`` is the
-    hand-written forward/backward of ``pcka_kernel`` (a few batched ops per block of channels,
-    measured faster on CPU and CUDA; not twice differentiable: a backward with
+    Values and gradients are those of ``linear_cka(patchify(student), patchify(teacher))`` with both
+    maps upcast (float32, or float64 if either is), computed for all channels together (no loop
+    over channels). ``backend``: ``"kernel"`` is the hand-written forward/backward of
+    ``pcka_kernel`` (a few batched ops per block of channels, measured faster on CPU and CUDA; it
+    reads the maps in their own dtype and size, upcasting and resizing block by block, so a bf16
+    map gets no full-size float32 copy; not twice differentiable: a backward with
     ``create_graph=True`` raises), ``"autograd"`` the plain composition, ``"auto"`` the kernel on
     CPU and CUDA and autograd elsewhere. With ``transpose=True`` the CKA of the transposed patch
     matrices (pixel relations) is averaged in, where a patch holds enough pixels (over the batch)
@@ -112,17 +120,20 @@ def patch_cka(
     align: it returns ones (a zero loss, no gradient); ``PatchCKALoss`` refuses such pairs.
     """
     check_aligned(student_fmap, teacher_fmap)
-    s, t = common_dtype(student_fmap, teacher_fmap)
-    if patch_count(s.shape[2], s.shape[3], patch_size) < min_cka_items(center):
-        return torch.ones(s.shape[1], dtype=s.dtype, device=s.device) + 0.0 * s.sum()
-    s, ph, pw = _fit_to_patches(s, patch_size)
-    t, _, _ = _fit_to_patches(t, patch_size)
-    sim = _backend_fn(backend, s.device)(s, t, ph, pw, center, eps)
+    dtype = compute_dtype(student_fmap, teacher_fmap)
+    _, channels, height, width = student_fmap.shape
+    if patch_count(height, width, patch_size) < min_cka_items(center):
+        return torch.ones(channels, dtype=dtype, device=student_fmap.device) + 0.0 * student_fmap.sum(dtype=dtype)
+    if _resolved(backend, student_fmap.device) == "autograd":
+        sim = patch_cka_autograd(student_fmap, teacher_fmap, patch_size, center, eps)
+    else:
+        ph, pw, size = _patch_layout(height, width, patch_size)
+        sim = pcka_kernel.patch_cka_kernel(student_fmap, teacher_fmap, ph, pw, size, center, eps)
     if transpose:
-        rows_s, rows_t = _patch_rows(s, ph, pw), _patch_rows(t, ph, pw)
         # the transposed CKA relates the B * ph * pw pixels of a patch; over too few it is a
         # constant, which would hold the loss off 0 (identical maps: 0.5) or add nothing, so a last
         # batch of one image on a small map keeps the patch term alone
+        rows_s, rows_t = patchify(student_fmap.to(dtype), patch_size), patchify(teacher_fmap.to(dtype), patch_size)
         if rows_s.shape[-1] >= min_cka_items(center):
             sim = 0.5 * (sim + linear_cka(rows_s.transpose(-2, -1), rows_t.transpose(-2, -1), center=center, eps=eps))
     return sim

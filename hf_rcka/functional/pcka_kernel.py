@@ -5,14 +5,16 @@ matrix. Through patchify + linear_cka, more than half of a CPU step went to work
 batched matmuls that cannot be avoided (student Gram, teacher Gram, student gradient): a permuting
 copy that moves 4-value runs, separate full-size passes for the centering, autograd bookkeeping
 on the (C, n, n) Grams and page faults on the fresh map-sized buffers these allocate. _PatchCKA
-computes the (non-transposed) PCKA with a hand-written backward, channel block by channel block.
+computes the (non-transposed) PCKA with a hand-written backward, channel block by channel block,
+from the maps as the model made them: each block is upcast and resized (up to whole patches)
+as it is read, so no float32 or resized copy of a whole map is made or saved.
 
 ``benchmarks/loss_cost.py --parts b`` times both paths. On CPU it was 1.5-1.9x as fast as plain
 autograd on classification-size maps and 0.95-1.75x on detection-size ones; on an H200 GPU
 (float32 maps of 64-768 channels in three settings) 1.06-1.31x, so :func:`default_backend` picks
 it on both. ``patch.patch_cka_autograd`` stays for twice differentiable calls and as the
-reference the tests compare against. This module builds on ``cka`` only; ``patch`` dispatches to
-it.
+reference the tests compare against. This module builds on ``cka``, ``numerics`` and ``resize``;
+``patch`` dispatches to it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import NamedTuple
 import torch
 
 from .cka import batch_trace, inverse_norm
+from .numerics import compute_dtype
+from .resize import resize_bilinear, resize_bilinear_backward
 
 BACKENDS = ("auto", "kernel", "autograd")
 
@@ -32,11 +36,19 @@ def default_backend(device: torch.device) -> str:
     return "kernel" if device.type in ("cpu", "cuda") else "autograd"
 
 
-def patch_cka_kernel(student: torch.Tensor, teacher: torch.Tensor, ph: int, pw: int, center: bool,
-                     eps: float) -> torch.Tensor:
-    """Per-channel CKA (C,) of two (B, C, gh*ph, gw*pw) maps through the hand-written backward."""
+def patch_cka_kernel(student: torch.Tensor, teacher: torch.Tensor, ph: int, pw: int, size: tuple[int, int],
+                     center: bool, eps: float) -> torch.Tensor:
+    """Per-channel CKA (C,) of two (B, C, H, W) maps, resized to ``size`` = (gh*ph, gw*pw), through
+    the hand-written backward.
+
+    The maps come as the model made them: in their own dtype (bf16 under autocast) and size. Each
+    channel block is upcast and resized as it is read, in the forward and again in the backward,
+    so neither a float32 nor a resized copy of a map exists at full size. On a distillation step
+    the loss runs where the student's activations peak, and those copies (both sides, float32,
+    made larger by the resize) were most of what patch CKA added to the step's peak memory.
+    """
     needs_grad = tuple(torch.is_grad_enabled() and fmap.requires_grad for fmap in (student, teacher))
-    return _PatchCKA.apply(student, teacher, ph, pw, center, eps, needs_grad)
+    return _PatchCKA.apply(student, teacher, ph, pw, tuple(size), center, eps, needs_grad)
 
 
 _RUN_DTYPES = {16: torch.complex128, 8: torch.int64, 4: torch.int32, 2: torch.int16}
@@ -64,40 +76,76 @@ def _as_runs(a: torch.Tensor, b: torch.Tensor, run: int) -> tuple[torch.Tensor, 
     return a.view(_RUN_DTYPES[width]), b.view(_RUN_DTYPES[width]), run // ratio
 
 
-def _staging(fmap: torch.Tensor, channels: int) -> torch.Tensor | None:
-    """A standard-layout buffer for ``channels`` of ``fmap`` when its pixel rows are not contiguous.
-
-    The patch copies move runs of a row's pixels. A channels_last map (a CNN teacher's, or a 1x1
-    projection of ViT tokens) has no such runs, and gathering it one value at a time is slow on
-    CPU; so is one transposing copy of the whole map (a fresh map-sized buffer, page faults and
-    cache misses). Each channel block is transposed into this block-sized buffer instead, while it
-    is in cache for the patch copy that follows.
-    """
-    if fmap.stride(-1) == 1:
-        return None
-    b, _, h, w = fmap.shape
-    return torch.empty((b, channels, h, w), dtype=fmap.dtype, device=fmap.device)
-
-
-def _copy_to_patches(out: torch.Tensor, fmap: torch.Tensor, ph: int, pw: int, staging: torch.Tensor | None) -> None:
-    """Write the patch rows of ``fmap`` (B, c, gh*ph, gw*pw) into ``out`` (c, gh*gw, B*ph*pw)."""
+def _copy_to_patches(out: torch.Tensor, fmap: torch.Tensor, ph: int, pw: int) -> None:
+    """Write the patch rows of ``fmap`` (B, c, gh*ph, gw*pw), whose pixel rows are contiguous, into
+    ``out`` (c, gh*gw, B*ph*pw)."""
     b, c, h, w = fmap.shape
-    if staging is not None:
-        fmap = staging[:, :c].copy_(fmap)
     dst, src, k = _as_runs(out, fmap, pw)
     dst = dst.view(c, h // ph, w // pw, b, ph, k).permute(3, 0, 1, 4, 2, 5)
     dst.copy_(src.view(b, c, h // ph, ph, w // pw, k))
 
 
-def _copy_from_patches(out: torch.Tensor, patches: torch.Tensor, ph: int, pw: int, staging: torch.Tensor | None) -> None:
+def _copy_from_patches(out: torch.Tensor, patches: torch.Tensor, ph: int, pw: int) -> None:
     """The inverse of :func:`_copy_to_patches`: patch rows (c, n, p) back into ``out`` (B, c, H, W)."""
     b, c, h, w = out.shape
-    target = out if staging is None else staging[:, :c]
-    dst, src, k = _as_runs(target, patches, pw)
+    dst, src, k = _as_runs(out, patches, pw)
     src = src.view(c, h // ph, w // pw, b, ph, k).permute(3, 0, 1, 4, 2, 5)
     dst.view(b, c, h // ph, ph, w // pw, k).copy_(src)
-    if staging is not None:
-        out.copy_(target)
+
+
+class _BlockReader:
+    """One map, read channel block by channel block as the patch copies need it, and its gradient
+    written back the same way.
+
+    A block is read upcast to the kernel's dtype, resized (bilinear) to whole patches and with
+    contiguous pixel rows: the patch copies move runs of a row's pixels. Each step that the map
+    needs goes through a block-sized buffer reused for every block, so no map-sized copy is made;
+    on CPU every fresh buffer also costs page faults. A channels_last map (a CNN teacher's, or a 1x1
+    projection of ViT tokens) has no pixel rows to move, and gathering it value by value is slow on
+    CPU, so even a map that needs no cast or resize is transposed into a buffer block by block,
+    while the block is in cache for the patch copy that follows. The gradient runs the same steps
+    backwards: the patch rows into a block of the resized map, the resize's adjoint, the cast into
+    the map's own dtype and layout.
+    """
+
+    def __init__(self, fmap: torch.Tensor, dtype: torch.dtype, size: tuple[int, int], channels: int) -> None:
+        self.fmap, self.dtype, self.size, self.channels = fmap, dtype, size, channels
+        self.cast = fmap.dtype != dtype
+        self.resized = tuple(fmap.shape[-2:]) != size
+        self._flat: dict[str, torch.Tensor] = {}
+
+    def _buffer(self, name: str, channels: int, hw: tuple[int, int]) -> torch.Tensor:
+        """A standard-layout (B, channels, *hw) view of one reused buffer, sized for the largest block."""
+        b = self.fmap.shape[0]
+        if name not in self._flat:
+            self._flat[name] = torch.empty(b * self.channels * hw[0] * hw[1], dtype=self.dtype, device=self.fmap.device)
+        return self._flat[name][: b * channels * hw[0] * hw[1]].view(b, channels, *hw)
+
+    def read(self, block: slice) -> torch.Tensor:
+        """Channels ``block`` as (B, c, *size) in the kernel's dtype, with contiguous pixel rows."""
+        part = self.fmap[:, block]
+        c, hw = part.shape[1], tuple(part.shape[-2:])
+        if self.cast or (not self.resized and part.stride(-1) != 1):
+            part = self._buffer("map", c, hw).copy_(part)
+        if self.resized:
+            part = resize_bilinear(part, self.size, out=self._buffer("resized", c, self.size))
+        return part
+
+    def write_grad(self, grad: torch.Tensor, block: slice, patches: torch.Tensor, ph: int, pw: int) -> None:
+        """The gradient w.r.t. the patch rows (c, n, p) of ``block``, into ``grad`` (the map's shape)."""
+        target = grad[:, block]
+        c = target.shape[1]
+        if not (self.cast or self.resized) and target.stride(-1) == 1:
+            _copy_from_patches(target, patches, ph, pw)
+            return
+        if not self.resized:
+            source = self._buffer("map", c, tuple(target.shape[-2:]))
+            _copy_from_patches(source, patches, ph, pw)
+        else:
+            resized = self._buffer("resized", c, self.size)
+            _copy_from_patches(resized, patches, ph, pw)
+            source = resize_bilinear_backward(resized, target.shape, out=self._buffer("map", c, tuple(target.shape[-2:])))
+        target.copy_(source)
 
 
 _BLOCK_BYTES = 2 << 20
@@ -115,6 +163,25 @@ def _channel_blocks(channels: int, bytes_per_channel: int, device: torch.device)
     return [slice(i, min(channels, i + step)) for i in range(0, channels, step)]
 
 
+class _Grid(NamedTuple):
+    """How _PatchCKA cuts both maps: into ph x pw patches of the map resized to ``size``, in ``dtype``."""
+
+    ph: int
+    pw: int
+    size: tuple[int, int]
+    dtype: torch.dtype
+
+    def blocks(self, fmap: torch.Tensor) -> list[slice]:
+        """``fmap``'s channel blocks, sized by their patch matrices in the kernel's dtype."""
+        values = fmap.shape[0] * self.size[0] * self.size[1]
+        return _channel_blocks(fmap.shape[1], values * self.dtype.itemsize, fmap.device)
+
+    def scratch(self, fmap: torch.Tensor, channels: int) -> torch.Tensor:
+        """A (channels, n, p) buffer for patch matrices."""
+        n, p = (self.size[0] // self.ph) * (self.size[1] // self.pw), fmap.shape[0] * self.ph * self.pw
+        return torch.empty((channels, n, p), dtype=self.dtype, device=fmap.device)
+
+
 class _SideGram(NamedTuple):
     """One side of _PatchCKA: its Gram scaled to unit trace and what the gradient needs of it."""
 
@@ -124,32 +191,22 @@ class _SideGram(NamedTuple):
     means: torch.Tensor | None  # the detached column means (C, 1, p); None without centering
 
 
-def _centered_patches(rows: torch.Tensor, fmap: torch.Tensor, ph: int, pw: int, means: torch.Tensor | None,
-                      staging: torch.Tensor | None) -> None:
-    """Fill ``rows`` (c, n, p) with the patch rows of ``fmap`` (B, c, H, W) minus ``means`` (c, 1, p)."""
-    _copy_to_patches(rows, fmap, ph, pw, staging)
-    if means is not None:
-        rows.sub_(means)
-
-
-def _side_gram(fmap: torch.Tensor, ph: int, pw: int, center: bool, eps: float) -> _SideGram:
+def _side_gram(fmap: torch.Tensor, grid: _Grid, center: bool, eps: float) -> _SideGram:
     """Per-channel Gram of one map's patch matrices (columns centered), scaled to unit trace.
 
     Subtracting the detached column mean from the copied patches keeps the Gram entries small
     (accurate in float32) and needs no gradient term (see _PatchCKA). The constant-feature check
     of linear_cka uses the uncentered squared norm ``||X_c||^2 + n ||mean||^2``.
     """
-    b, c, h, w = fmap.shape
-    n, p = (h // ph) * (w // pw), b * ph * pw
-    like = dict(dtype=fmap.dtype, device=fmap.device)
-    blocks = _channel_blocks(c, n * p * fmap.element_size(), fmap.device)
-    scratch = torch.empty((blocks[0].stop, n, p), **like)
-    staging = _staging(fmap, blocks[0].stop)
-    gram = torch.empty((c, n, n), **like)
-    means = torch.empty((c, 1, p), **like) if center else None
+    blocks = grid.blocks(fmap)
+    scratch = grid.scratch(fmap, blocks[0].stop)
+    reader = _BlockReader(fmap, grid.dtype, grid.size, blocks[0].stop)
+    c, n, p = fmap.shape[1], scratch.shape[1], scratch.shape[2]
+    gram = torch.empty((c, n, n), dtype=grid.dtype, device=fmap.device)
+    means = torch.empty((c, 1, p), dtype=grid.dtype, device=fmap.device) if center else None
     for block in blocks:
         rows = scratch[: block.stop - block.start]
-        _copy_to_patches(rows, fmap[:, block], ph, pw, staging)
+        _copy_to_patches(rows, reader.read(block), grid.ph, grid.pw)
         if center:
             rows.sub_(torch.mean(rows, dim=1, keepdim=True, out=means[block]))
         torch.bmm(rows, rows.transpose(1, 2), out=gram[block])
@@ -194,15 +251,17 @@ class _PatchCKA(torch.autograd.Function):
     The detached mean needs no term: k and l have zero row sums, so ``M X_c`` is already centered,
     which is what the gradient through the mean would make it.
 
-    Besides the input maps themselves, only ``M / (g s)`` (C, n, n) and the column means are saved:
-    the backward rebuilds X_c from the map block by block, so no map-sized buffer outlives the
-    forward (on CPU each fresh one costs page faults, more than rebuilding the block does). A side's
-    backward is then one batched matmul and two copies. Not twice differentiable.
+    Besides the input maps themselves (in their own dtype and size), only ``M / (g s)`` (C, n, n)
+    and the column means are saved: the backward rebuilds X_c from the map block by block (cast,
+    resize, patch copy), so no map-sized buffer outlives the forward (on CPU each fresh one costs
+    page faults, more than rebuilding the block does). A side's backward is then one batched
+    matmul, two copies and, for a resized map, the resize's adjoint. Not twice differentiable.
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, ph, pw, center, eps, needs_grad):
-        x, y = (_side_gram(fmap, ph, pw, center, eps) for fmap in (student, teacher))
+    def forward(ctx, student, teacher, ph, pw, size, center, eps, needs_grad):
+        grid = _Grid(ph, pw, size, compute_dtype(student, teacher))
+        x, y = (_side_gram(fmap, grid, center, eps) for fmap in (student, teacher))
         kl = _cross_dot(x.gram, y.gram)
         d = torch.sqrt(x.self_dot * y.self_dot + eps * eps)
         r = kl / (d * d)
@@ -215,7 +274,7 @@ class _PatchCKA(torch.autograd.Function):
             *(means if need else None for means, need in ((x.means, need_x), (y.means, need_y))),
             x.scale, y.scale, d,
         )
-        ctx.layout = (ph, pw)
+        ctx.grid = grid
         return kl / d
 
     @staticmethod
@@ -228,25 +287,26 @@ class _PatchCKA(torch.autograd.Function):
         student, teacher, dir_x, dir_y, means_x, means_y, s_x, s_y, d = ctx.saved_tensors
         g = 2 * grad / d  # the 2: K = X X^T is symmetric, so dX = (M + M^T) X
         grads = [
-            None if fmap is None else _map_gradient(direction, g * s, fmap, means, *ctx.layout)
+            None if fmap is None else _map_gradient(direction, g * s, fmap, means, ctx.grid)
             for fmap, direction, means, s in ((student, dir_x, means_x, s_x), (teacher, dir_y, means_y, s_y))
         ]
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 def _map_gradient(
-    direction: torch.Tensor, factor: torch.Tensor, fmap: torch.Tensor, means: torch.Tensor | None, ph: int, pw: int
+    direction: torch.Tensor, factor: torch.Tensor, fmap: torch.Tensor, means: torch.Tensor | None, grid: _Grid
 ) -> torch.Tensor:
-    """``factor * direction @ X_c`` per channel, in the (B, C, H, W) map layout, block by block."""
-    b, c, h, w = fmap.shape
-    n, p = direction.shape[-1], b * ph * pw
-    grad = torch.empty_like(fmap)  # in the map's own layout, as autograd passes it on
-    blocks = _channel_blocks(c, n * p * fmap.element_size(), fmap.device)
-    rows, out = torch.empty((2, blocks[0].stop, n, p), dtype=fmap.dtype, device=fmap.device)
-    staging = _staging(fmap, blocks[0].stop)
+    """``factor * direction @ X_c`` per channel, taken back through the resize and the cast into
+    ``fmap``'s shape, dtype and layout, block by block."""
+    grad = torch.empty_like(fmap)  # in the map's own dtype and layout, as autograd passes it on
+    blocks = grid.blocks(fmap)
+    rows, out = grid.scratch(fmap, 2 * blocks[0].stop).chunk(2)
+    reader = _BlockReader(fmap, grid.dtype, grid.size, blocks[0].stop)
     for block in blocks:
         size = block.stop - block.start
-        _centered_patches(rows[:size], fmap[:, block], ph, pw, None if means is None else means[block], staging)
+        _copy_to_patches(rows[:size], reader.read(block), grid.ph, grid.pw)
+        if means is not None:
+            rows[:size].sub_(means[block])
         torch.bmm(direction[block] * factor[block, None, None], rows[:size], out=out[:size])
-        _copy_from_patches(grad[:, block], out[:size], ph, pw, staging)
+        reader.write_grad(grad, block, out[:size], grid.ph, grid.pw)
     return grad
