@@ -960,7 +960,7 @@ def test_large_sides_are_read_in_blocks_with_the_same_cka_and_gradient(monkeypat
     teacher = (torch.randn(*lead, 6, 23, dtype=torch.float64) + 3.0).to(torch.bfloat16)  # offset: centring matters
     whole = fn.linear_cka(student, teacher.double().requires_grad_(), center=center)  # the side with a gradient
     (whole_grad,) = torch.autograd.grad(whole.sum(), student)
-    monkeypatch.setattr(gram, "_BLOCK_VALUES", 6 * 5 * (lead[0] if lead else 1))  # 5 columns a block
+    monkeypatch.setattr(gram, "_BLOCK_VALUES", {"cpu": 6 * 5 * (lead[0] if lead else 1)})  # 5 columns a block
     monkeypatch.setattr(gram, "_MIN_BLOCK_COLUMNS", 1)
     blocked = fn.linear_cka(student, teacher, center=center)
     (blocked_grad,) = torch.autograd.grad(blocked.sum(), student)
@@ -1051,14 +1051,22 @@ def test_a_gram_side_is_refused_where_its_features_would_be_needed():
         fn.linear_cka(torch.randn(5, 4), side)
 
 
-def test_a_side_is_cut_in_at_most_eight_blocks():
-    from hf_rcka.functional.gram import _MAX_BLOCKS, _column_blocks
+@pytest.mark.parametrize("device, most", [("meta", 8), ("cpu", 64)])
+def test_a_side_is_cut_in_few_contiguous_blocks(device, most):
+    """At most 8 blocks off the CPU (each costs a GPU a few kernel launches), up to 64 on it, where
+    4 MiB blocks keep the backward's float32 rows small beside a CNN student's activations."""
+    from hf_rcka.functional.gram import _column_blocks
 
-    for shape in ((256, 160007), (256, 320007), (64, 560007), (16, 702464), (4, 16, 100000)):
-        blocks = _column_blocks(torch.empty(shape, device="meta"))
-        assert 1 < len(blocks) <= _MAX_BLOCKS, shape
+    counts = []
+    for shape in ((256, 160007), (256, 320007), (64, 560007), (16, 702464), (4, 16, 100000), (16, 802816)):
+        side = torch.empty(shape, device="meta") if device == "meta" else torch.empty(()).expand(shape)  # no memory
+        blocks = _column_blocks(side)
+        assert 1 < len(blocks) <= most, shape
         assert blocks[0].start == 0 and all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
         assert blocks[-1].start < shape[-1] <= blocks[-1].stop
+        counts.append(len(blocks))
+    if device == "cpu":  # 16 x 802,816 values (a ResNet-50 first stage at batch 16): 4 MiB float32 blocks
+        assert counts[-1] == 13
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch's forward AD, inside

@@ -52,12 +52,16 @@ class _SymmetricGram(torch.autograd.Function):
 # Values per column block in which a large side is upcast and centred for its Gram. A teacher's paired
 # map is often the largest tensor of the step (RegNetY-16GF's first stage holds 702,464 values per
 # image): whole, its float32 copy and its centred copy would both exist at once, on top of the
-# student's activations. Blocks of 2**22 values (16 MiB in float32) cost no more time on the CPU;
-# a side is cut in at most _MAX_BLOCKS blocks (larger ones at a GPU's batch sizes), so that its
-# few extra kernel launches per block stay few, and a block is at least _MIN_BLOCK_COLUMNS wide,
-# so many small Grams (patch CKA's (C, n, n)) still get matmuls of some size.
-_BLOCK_VALUES = 1 << 22
-_MAX_BLOCKS = 8
+# student's activations. A block's float32 rows and the matmul that reads them in the backward
+# exist at once, at the start of the backward, where the step's memory peaks for a CNN student.
+# On a GPU blocks hold 2**22 values (16 MiB in float32) and a side is cut in at most 8 of them
+# (larger ones at a GPU's batch sizes), so that its few extra kernel launches per block stay few;
+# on the CPU, where a block's Python and launch cost is small next to its copies, blocks hold
+# 2**20 values (4 MiB), up to 64 of them. A block is at least _MIN_BLOCK_COLUMNS wide, so many
+# small Grams (patch CKA's (C, n, n)) still get matmuls of some size.
+_BLOCK_VALUES = {"cpu": 1 << 20}
+_MAX_BLOCKS = {"cpu": 64}
+_DEFAULT_BLOCK_VALUES, _DEFAULT_MAX_BLOCKS = 1 << 22, 8
 _MIN_BLOCK_COLUMNS = 256
 
 
@@ -66,9 +70,11 @@ def _column_blocks(x: torch.Tensor) -> list[slice]:
     under ``torch.compile``, where a loop whose length follows the batch size would recompile the
     graph for every new batch size."""
     p = x.shape[-1]
-    if x.numel() <= _BLOCK_VALUES or torch.compiler.is_compiling():
+    values = _BLOCK_VALUES.get(x.device.type, _DEFAULT_BLOCK_VALUES)
+    if x.numel() <= values or torch.compiler.is_compiling():
         return [slice(0, p)]
-    width = max(_MIN_BLOCK_COLUMNS, _BLOCK_VALUES // max(1, x[..., :1].numel()), -(-p // _MAX_BLOCKS))
+    most = _MAX_BLOCKS.get(x.device.type, _DEFAULT_MAX_BLOCKS)
+    width = max(_MIN_BLOCK_COLUMNS, values // max(1, x[..., :1].numel()), -(-p // most))
     return [slice(start, start + width) for start in range(0, p, width)]
 
 
@@ -77,15 +83,24 @@ def _columns(means: torch.Tensor | None, block: slice) -> torch.Tensor | None:
 
 
 def _offset_rows(x: torch.Tensor, means: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    x = x.to(dtype)
-    return x if means is None else x - means
+    return _minus(x.to(dtype), x, means)
+
+
+def _minus(rows: torch.Tensor, x: torch.Tensor, means: torch.Tensor | None) -> torch.Tensor:
+    """``rows`` (``x`` upcast) minus ``means``, in place where the upcast made a copy of ``x``: the
+    block's upcast and centred rows then share one buffer (a subtraction of mixed dtypes would
+    still make its own upcast copy first, on the CPU)."""
+    if means is None:
+        return rows
+    return rows - means if rows is x else rows.sub_(means)
 
 
 def _centred_rows(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``x`` upcast to ``dtype``, minus its detached column means when ``center``; and those means."""
+    """``x`` upcast to ``dtype``, minus its detached column means when ``center`` (taken from the
+    upcast rows, so ``x`` is read once); and those means."""
     rows = x.to(dtype)  # not detached: forward-mode AD (jvp) passes through the path without gradient
     means = rows.detach().mean(dim=-2, keepdim=True) if center else None
-    return _offset_rows(rows, means, dtype), means
+    return _minus(rows, x, means), means
 
 
 def _centred_gram(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
