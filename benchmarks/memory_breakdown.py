@@ -63,8 +63,8 @@ def variant_log(variant: str, teacher, student, size: int, batch: int, device: t
         _mark(log, device, "after the teacher sides (prepared, reduced)")
         return sides
 
-    def run_then_mark(role, pixel_values, capture):
-        out = run(role, pixel_values, capture)
+    def run_then_mark(role, pixel_values, capture, prepare=None):
+        out = run(role, pixel_values, capture, prepare)
         if role == "student":
             _mark(log, device, "after student forward")
         return out

@@ -354,9 +354,15 @@ def test_an_adapter_or_loss_of_ones_own_gets_the_teacher_features_whole():
 
     assert IdentityAdapter.passes_teacher and LinearAdapter.passes_teacher and Declared.passes_teacher
     assert not Squared.passes_teacher
+    # the student's side likewise: only the identity hands it on (the linear adapter projects it)
+    assert IdentityAdapter.passes_student and not LinearAdapter.passes_student
+    assert not Squared.passes_student and not Declared.passes_student
     teacher = torch.randn(4, 30)
     assert isinstance(FeatureCKALoss().reduce_teacher_feature(teacher), GramSide)
     assert OwnTerm().reduce_teacher_feature(teacher) is None and OwnPairs().reduce_teacher_feature(teacher) is None
+    student = torch.randn(4, 30, requires_grad=True)
+    assert isinstance(FeatureCKALoss().reduce_student_feature(student), GramSide)
+    assert OwnTerm().reduce_student_feature(student) is None and OwnPairs().reduce_student_feature(student) is None
 
     model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), FeatureCKALoss()],
                               feature_pairs=[FeaturePair(-1, -1, "identity")])

@@ -1041,6 +1041,24 @@ def test_a_side_reduced_to_its_gram_gives_the_cka_of_its_features(center, lead):
         assert (fn.linear_cka(student[..., keep, :], constant.rows(keep)) == 0).all()
 
 
+@pytest.mark.parametrize("center", [True, False])
+def test_both_sides_reduced_to_grams_give_the_cka_and_student_gradient_of_the_features(center):
+    """feature CKA reduces a student's side too, inside its forward: the gradient flows back through
+    the student's GramSide to its features, equal to the features' CKA gradient."""
+    torch.manual_seed(0)
+    student = (torch.randn(2, 7, 300, dtype=torch.float64) + 1.0).requires_grad_()
+    teacher = torch.randn(2, 7, 50, dtype=torch.float64) + 3.0
+    expected = fn.linear_cka(student, teacher, center=center)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), student)
+    got = fn.linear_cka(fn.linear_cka_side(student, center), fn.linear_cka_side(teacher, center), center=center)
+    (got_grad,) = torch.autograd.grad(got.sum(), student)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-8, atol=1e-12)
+    assert got_grad.abs().max() > 1e-4
+    with pytest.raises(ValueError, match="the same n items"):
+        fn.linear_cka(fn.linear_cka_side(student[0], center), fn.linear_cka_side(teacher[0, :5], center), center=center)
+
+
 def test_a_gram_side_is_refused_where_its_features_would_be_needed():
     x, side = torch.randn(6, 4), fn.linear_cka_side(torch.randn(6, 9))
     with pytest.raises(ValueError, match="made with center=True, and this CKA has center=False"):

@@ -283,3 +283,98 @@ def test_teacher_sides_stay_whole_where_a_gram_would_not_serve(losses):
     model = _model(*losses).train()
     sides = model._teacher_sides(model._run_teacher(_batch()[0])[2])
     assert sides and not any(isinstance(side, GramSide) for side in sides)
+
+
+def _backward_order(loss: torch.Tensor, nodes: dict[str, torch.autograd.graph.Node]) -> list[str]:
+    """The order in which autograd runs the backward of the named nodes."""
+    order: list[str] = []
+    handles = [node.register_prehook(lambda grads, name=name: order.append(name)) for name, node in nodes.items()]
+    loss.backward()
+    for handle in handles:
+        handle.remove()
+    return order
+
+
+def _find_node(node: torch.autograd.graph.Node, name: str) -> torch.autograd.graph.Node:
+    seen, todo = set(), [node]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        if name in node.name():
+            return node
+        seen.add(node)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    raise AssertionError(f"no {name} node")
+
+
+def _last_stage_output(model: DistillationModel) -> list[torch.Tensor]:
+    kept: list[torch.Tensor] = []
+    model.student.resnet.encoder.stages[-1].register_forward_hook(lambda _m, _a, out: kept.append(out))
+    return kept
+
+
+def _recording_student_sides(model: DistillationModel) -> dict[int, dict]:
+    """Wraps the model's student-side preparation to keep what it made, by hidden-state index."""
+    made: dict[int, dict] = {}
+    prepare = model._student_sides
+
+    def recording(index, state):
+        made[index] = prepare(index, state)
+        return made[index]
+
+    model._student_sides = recording
+    return made
+
+
+def test_feature_cka_reduces_a_cnn_students_stages_where_the_student_makes_them():
+    """With the identity adapter, feature CKA reduces each student stage to its Gram inside the
+    student's forward (the capture hooks the stage). Of the backward steps ready to run, autograd
+    runs the one created last, so the Gram's backward, which hands back the whole stage's gradient,
+    runs after the backward of the student's later stages: that gradient is not held through them.
+    Made after the forward, the Gram's backward ran first. (The terms and gradients are those of
+    the whole features: test_feature_cka_holds_each_teacher_side_as_its_gram_with_the_same_losses.)"""
+    from hf_rcka.functional import GramSide
+
+    model = _cnn_student_model(FeatureCKALoss()).train()
+    assert model._captures["student"].hidden.mode == "hooks"
+    last_stage, made = _last_stage_output(model), _recording_student_sides(model)
+    out = model(pixel_values=_batch()[0], labels=_batch()[1])
+    sides = [side for index in sorted(made) for side in made[index].values()]
+    assert len(sides) == len(model.feature_pairs) > 1
+    assert all(isinstance(side, GramSide) and side.gram.requires_grad and side.gram.shape == (5, 5) for side in sides)
+    order = _backward_order(out.loss, {"first pair's gram": sides[0].gram.grad_fn, "last stage": last_stage[-1].grad_fn})
+    assert order == ["last stage", "first pair's gram"]
+
+
+def test_patch_match_pools_a_cnn_students_stage_where_the_student_makes_it():
+    """patch_match pools a student stage finer than the common grid inside the student's forward,
+    so the pooling's backward (a gradient of the whole stage) runs after the student's later
+    stages' backward; the pair is what the adapter makes of the state itself."""
+    from hf_rcka.adapters.patch_match import PreparedStudent
+
+    from hf_rcka.features.pairing import FeaturePair
+
+    model = DistillationModel(  # the first stage, 8 x 8 at 32 px, for the ViT's 4 x 4 grid
+        tiny_resnet(), tiny_vit(), [CrossEntropyLoss(), PatchCKALoss()], feature_pairs=[FeaturePair(1, 1, "patch_match")],
+        student_input=input_stats(processor(32)), teacher_input=input_stats(processor(16)),
+    ).train()
+    assert model._captures["student"].hidden.mode == "hooks"
+    last_stage, made = _last_stage_output(model), _recording_student_sides(model)
+    pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = model(pixel_values=pixels, labels=_batch()[1])
+    pooled = [side for index in sorted(made) for side in made[index].values()
+              if isinstance(side, PreparedStudent) and side.fmap.grad_fn is not None
+              and "AdaptiveAvgPool" in side.fmap.grad_fn.name()]
+    assert pooled, "no student stage was pooled: the test needs a stage finer than the grid"
+    order = _backward_order(out.loss, {"pooling": pooled[0].fmap.grad_fn, "last stage": last_stage[-1].grad_fn})
+    assert order == ["last stage", "pooling"]
+    # the adapter makes the same pair of a raw state as of the state it prepared
+    adapter, state = model.adapters[0], torch.randn(2, *model.adapters[0].student_spec.shape)
+    teacher = torch.randn(2, *adapter.teacher_spec.shape)
+    torch.manual_seed(3)
+    direct = adapter(state, teacher)
+    torch.manual_seed(3)
+    prepared = adapter(adapter.prepare_student(state), teacher)
+    for a, b in zip(direct, prepared):
+        torch.testing.assert_close(a, b)

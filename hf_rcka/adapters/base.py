@@ -27,7 +27,9 @@ class FeatureAdapter(nn.Module):
 
     ``forward`` gets the teacher's side as ``prepare_teacher`` left it, or, for an adapter that
     ``passes_teacher``, as the loss reduced it (``DistillationLoss.reduce_teacher_feature``:
-    feature CKA's ``functional.GramSide``), which it hands on untouched.
+    feature CKA's ``functional.GramSide``), which it hands on untouched. The student's side comes
+    the same way: as ``prepare_student`` left it, or, for an adapter that ``passes_student``, as the
+    loss reduced it (``DistillationLoss.reduce_student_feature``).
     """
 
     # Whether forward hands the teacher's side on as it gets it (identity, linear). Then a loss may
@@ -35,11 +37,16 @@ class FeatureAdapter(nn.Module):
     # subclass that defines its own forward or prepare_teacher gets the teacher's side whole again,
     # unless it sets this itself: its forward may read or change that side.
     passes_teacher: ClassVar[bool] = False
+    # The same for the student's side (identity): a loss may then reduce it where the student makes it.
+    passes_student: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if "passes_teacher" not in vars(cls) and ({"forward", "prepare_teacher"} & set(vars(cls))):
+        own = set(vars(cls))
+        if "passes_teacher" not in own and ({"forward", "prepare_teacher"} & own):
             cls.passes_teacher = False
+        if "passes_student" not in own and ({"forward", "prepare_student"} & own):
+            cls.passes_student = False
 
     def __init__(self, student: FeatureSpec, teacher: FeatureSpec) -> None:
         super().__init__()
@@ -53,6 +60,19 @@ class FeatureAdapter(nn.Module):
         coarser grid, sampling channels) does it here, so that the full-size state can go first.
         The default hands the state over as it is."""
         return teacher
+
+    def prepare_student(self, student: Tensor) -> Any:
+        """The student's side alone, run where the student's forward makes the hidden state (when the
+        model can hook the module that makes it; else after the forward); ``forward`` then gets its
+        result as ``student``.
+
+        Of the backward steps ready to run, autograd runs the one created last. So an adapter
+        that shrinks the student's side (pooling to a coarser grid) does it here: the shrinking's
+        backward, which hands back a gradient of the full hidden state, then runs where the
+        student's own backward reaches that state, instead of first thing in the backward, where
+        that gradient would be held through the backward of every later layer, at the step's peak.
+        The default hands the state over as it is."""
+        return student
 
     def extra_repr(self) -> str:
         s, t = self.student_spec, self.teacher_spec

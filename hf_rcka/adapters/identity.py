@@ -21,6 +21,7 @@ class IdentityAdapter(FeatureAdapter):
     """
 
     passes_teacher = True  # (a reduced teacher side passes too)
+    passes_student = True  # (and a reduced student side)
 
     def forward(self, student: Tensor, teacher: Any) -> tuple[Tensor, Any]:
         return student, teacher

@@ -22,6 +22,12 @@ class PreparedTeacher(NamedTuple):
     channels: Tensor | None
 
 
+class PreparedStudent(NamedTuple):
+    """A patch_match pair's student side as a prefix-free map, pooled down towards the common grid."""
+
+    fmap: Tensor
+
+
 @ADAPTERS.register("patch_match")
 class PatchMatchAdapter(FeatureAdapter):
     """Turns both sides into prefix-free (B, C, h, w) maps on one common grid.
@@ -84,18 +90,24 @@ class PatchMatchAdapter(FeatureAdapter):
         teacher = to_fmap(teacher, self.teacher_spec)
         channels = self._sampled(teacher)
         teacher = _select(teacher, channels, self.grid)
-        shrunk = (min(teacher.shape[-2], self.grid[0]), min(teacher.shape[-1], self.grid[1]))
-        return PreparedTeacher(resample(teacher, shrunk), channels)
+        return PreparedTeacher(resample(teacher, _shrunk(teacher, self.grid)), channels)
 
-    def forward(self, student: Tensor, teacher: Tensor | PreparedTeacher) -> tuple[Tensor, Tensor]:
+    def prepare_student(self, student: Tensor) -> PreparedStudent:
+        """The student's hidden state as a map, pooled down towards the common grid where the student
+        makes it: the pooling's backward, which hands back a gradient of the whole state (a ResNet-50
+        first stage's 56 x 56 map for DeiT-B's 14 x 14 grid), then runs where the student's backward
+        reaches that state (see ``FeatureAdapter.prepare_student``)."""
+        student = to_fmap(student, self.student_spec)
+        return PreparedStudent(resample(student, _shrunk(student, self.grid)))
+
+    def forward(self, student: Tensor | PreparedStudent, teacher: Tensor | PreparedTeacher) -> tuple[Tensor, Tensor]:
         prepared = teacher if isinstance(teacher, PreparedTeacher) else self.prepare_teacher(teacher)
         teacher, channels = resample(prepared.fmap, self.grid), prepared.channels
-        student = to_fmap(student, self.student_spec)
+        student = (student if isinstance(student, PreparedStudent) else self.prepare_student(student)).fmap
         if self.proj is None:
             return resample(_select(student, channels, self.grid), self.grid), teacher
-        # a 1x1 conv commutes with pooling and bilinear resampling: run it on the smaller grid
-        if student.shape[-2] * student.shape[-1] > self.grid[0] * self.grid[1]:
-            return self.proj(resample(student, self.grid), channels), teacher
+        # a 1x1 conv commutes with pooling and bilinear resampling: it runs on the pooled map, before
+        # any growing, so on the smaller of the two grids per dimension
         return resample(self.proj(student, channels), self.grid), teacher
 
     def _sampled(self, teacher: Tensor) -> Tensor | None:
@@ -129,6 +141,11 @@ def _sample_size(value: int | str | None, student_channels: int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"patch_match sample_channels must be a positive int, 'student' or null, got {value!r}")
     return value
+
+
+def _shrunk(fmap: Tensor, grid: tuple[int, int]) -> tuple[int, int]:
+    """The size ``fmap`` is pooled to on its way to ``grid``: per dimension the smaller of the two."""
+    return min(fmap.shape[-2], grid[0]), min(fmap.shape[-1], grid[1])
 
 
 def _select(fmap: Tensor, channels: Tensor | None, grid: tuple[int, int]) -> Tensor:

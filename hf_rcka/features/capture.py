@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -54,47 +54,61 @@ class HiddenStateCapture:
         model: an HF image classifier or ``TimmWrapperForImageClassification``.
         indices: non-negative hidden-state indices (as in ``hidden_states_of``) the pairs use.
         probe_pixels: a (B, 3, H, W) input of the training size, for the one-off probe.
+        prefer_hooks: try ``"hooks"`` first, for a caller that prepares states where they are made
+            (see ``__call__``); only hooks see a state then.
     """
 
-    def __init__(self, model: nn.Module, indices: Sequence[int], probe_pixels: Tensor) -> None:
+    def __init__(self, model: nn.Module, indices: Sequence[int], probe_pixels: Tensor, prefer_hooks: bool = False) -> None:
         self.model = model
         self.indices = sorted(set(int(i) for i in indices))
-        self._states: dict[int, Tensor] = {}
+        self._states: dict[int, Any] = {}
+        self._prepare: Callable[[int, Tensor], Any] | None = None
         self._active = False
         self._handles: list[Any] = []
         self._grids: dict[int, tuple[int, int]] = {}
-        self.mode = self._choose(probe_pixels)
+        self.mode = self._choose(probe_pixels, prefer_hooks)
         logger.info("hidden states %s of %s taken via %s", self.indices, type(model).__name__, self.mode)
 
     # ------------------------------------------------------------------ running
 
-    def __call__(self, pixel_values: Tensor) -> tuple[Any, dict[int, Tensor]]:
-        """``(outputs, {index: hidden state})`` of one forward (grad mode is the caller's)."""
+    def __call__(self, pixel_values: Tensor, prepare: Callable[[int, Tensor], Any] | None = None
+                 ) -> tuple[Any, dict[int, Any]]:
+        """``(outputs, {index: hidden state})`` of one forward (grad mode is the caller's).
+
+        With ``prepare``, each state is returned as ``prepare(index, state)``, called in ``"hooks"``
+        mode where the model makes the state, inside its forward (so that autograd runs the
+        preparation's backward where the model's own backward reaches the state), and after the
+        forward in the other modes.
+        """
+        if self.mode == "hooks":
+            with self._capturing(prepare) as states:
+                outputs = self.model(pixel_values=pixel_values)
+            missing = [i for i in self.indices if i not in states]
+            if missing:
+                raise RuntimeError(f"forward hooks did not capture hidden states {missing}; the model's forward changed")
+            return outputs, states
+        outputs, states = self._states_after_forward(pixel_values)
+        return outputs, states if prepare is None else {i: prepare(i, state) for i, state in states.items()}
+
+    def _states_after_forward(self, pixel_values: Tensor) -> tuple[Any, dict[int, Tensor]]:
         if self.mode == "timm_tokens":
             outputs = self.model(pixel_values=pixel_values, output_hidden_states=list(self.indices), output_fmt="NLC")
             return outputs, {i: tokens_to_fmap(t, self._grids[i]) for i, t in zip(self.indices, outputs.hidden_states)}
         if self.mode == "timm":
             outputs = self.model(pixel_values=pixel_values, output_hidden_states=list(self.indices))
             return outputs, dict(zip(self.indices, outputs.hidden_states))
-        if self.mode == "all":
-            outputs = forward_with_hidden_states(self.model, pixel_values)
-            states = hidden_states_of(outputs)
-            return outputs, {i: states[i] for i in self.indices}
-        with self._capturing() as states:
-            outputs = self.model(pixel_values=pixel_values)
-        missing = [i for i in self.indices if i not in states]
-        if missing:
-            raise RuntimeError(f"forward hooks did not capture hidden states {missing}; the model's forward changed")
-        return outputs, states
+        outputs = forward_with_hidden_states(self.model, pixel_values)
+        states = hidden_states_of(outputs)
+        return outputs, {i: states[i] for i in self.indices}
 
     @contextmanager
-    def _capturing(self) -> Iterator[dict[int, Tensor]]:
+    def _capturing(self, prepare: Callable[[int, Tensor], Any] | None = None) -> Iterator[dict[int, Any]]:
         """Hooks record into a fresh dict for one forward; it is the caller's, never kept here."""
-        self._active, self._states = True, {}
+        self._active, self._states, self._prepare = True, {}, prepare
         try:
             yield self._states
         finally:
-            self._active, self._states = False, {}
+            self._active, self._states, self._prepare = False, {}, None
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -103,24 +117,31 @@ class HiddenStateCapture:
 
     # ------------------------------------------------------------------ choosing a mode
 
-    def _choose(self, pixels: Tensor) -> str:
+    def _choose(self, pixels: Tensor, prefer_hooks: bool) -> str:
         """The first mode whose states equal the full ``output_hidden_states=True`` ones."""
         with eval_no_grad(self.model):
             reference = hidden_states_of(forward_with_hidden_states(self.model, pixels))
             expected = {i: reference[i] for i in self.indices}
+            if prefer_hooks and self._hooks_match(pixels, expected):
+                return "hooks"
             if getattr(self.model, "timm_model", None) is not None:
                 self._grids = {i: tuple(state.shape[-2:]) for i, state in expected.items()}
                 maps = all(state.dim() == 4 for state in expected.values())  # tokens can only stand in for maps
                 for mode in ("timm_tokens", "timm") if maps else ("timm",):
                     if self._matches(mode, pixels, expected):
                         return mode
-            modules = self._find_modules(pixels)
-            if modules is not None:
-                self._install_hooks(modules)
-                if self._matches("hooks", pixels, expected):
-                    return "hooks"
-                self.remove()
+            if not prefer_hooks and self._hooks_match(pixels, expected):
+                return "hooks"
         return "all"
+
+    def _hooks_match(self, pixels: Tensor, expected: dict[int, Tensor]) -> bool:
+        modules = self._find_modules(pixels)
+        if modules is not None:
+            self._install_hooks(modules)
+            if self._matches("hooks", pixels, expected):
+                return True
+            self.remove()
+        return False
 
     def _matches(self, mode: str, pixels: Tensor, expected: dict[int, Tensor]) -> bool:
         self.mode = mode
@@ -171,7 +192,8 @@ class HiddenStateCapture:
         for index, module in modules.items():
             def hook(_module: nn.Module, _args: Any, output: Any, index: int = index) -> None:
                 if self._active:
-                    self._states[index] = _first_tensor(output)
+                    state = _first_tensor(output)
+                    self._states[index] = state if self._prepare is None else self._prepare(index, state)
 
             self._handles.append(module.register_forward_hook(hook))
 
@@ -211,12 +233,13 @@ class PooledCapture:
 class Captured:
     """What one forward of a model gives the losses.
 
-    ``outputs``: the model's own output (logits...); ``states``: the used hidden states by index;
-    ``pooled``: the classifier's input (B, d), or ``None`` when it was not asked for.
+    ``outputs``: the model's own output (logits...); ``states``: the used hidden states by index,
+    or what the caller's ``prepare`` made of them; ``pooled``: the classifier's input (B, d), or
+    ``None`` when it was not asked for.
     """
 
     outputs: Any
-    states: dict[int, Tensor] = field(default_factory=dict)
+    states: dict[int, Any] = field(default_factory=dict)
     pooled: Tensor | None = None
 
 
@@ -231,15 +254,16 @@ class ForwardCapture:
     """
 
     def __init__(self, model: nn.Module, indices: Sequence[int] = (), probe_pixels: Tensor | None = None,
-                 pooled: bool = False) -> None:
+                 pooled: bool = False, prefer_hooks: bool = False) -> None:
         self.model = model
-        self.hidden = HiddenStateCapture(model, indices, probe_pixels) if indices else None
+        self.hidden = HiddenStateCapture(model, indices, probe_pixels, prefer_hooks) if indices else None
         self.pooled = PooledCapture(model) if pooled else None
 
-    def __call__(self, pixel_values: Tensor) -> Captured:
+    def __call__(self, pixel_values: Tensor, prepare: Callable[[int, Tensor], Any] | None = None) -> Captured:
+        """One forward; ``prepare`` turns each hidden state (see :meth:`HiddenStateCapture.__call__`)."""
         with self.pooled.capturing() if self.pooled is not None else nullcontext([]) as record:
             if self.hidden is not None:
-                outputs, states = self.hidden(pixel_values)
+                outputs, states = self.hidden(pixel_values, prepare)
             else:
                 outputs, states = self.model(pixel_values=pixel_values), {}
         return Captured(outputs, states, record[-1] if record else None)

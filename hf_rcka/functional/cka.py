@@ -255,7 +255,7 @@ def linear_cka_side(y: torch.Tensor, center: bool = True) -> GramSide:
 
 @full_precision
 def linear_cka(
-    x: torch.Tensor,
+    x: torch.Tensor | GramSide,
     y: torch.Tensor | GramSide,
     center: bool = True,
     row_normalize: bool = False,
@@ -264,7 +264,7 @@ def linear_cka(
 ) -> torch.Tensor:
     """Linear CKA between the rows of ``x`` (..., n, p) and ``y`` (..., n, q).
 
-    Returns a float32 tensor of shape ``x.shape[:-2]`` (0-dim for 2-D inputs; float64 for float64
+    Returns a float32 tensor of the leading shape ``x.shape[:-2]`` (0-dim for 2-D inputs; float64 for float64
     inputs) in [0, 1]. Differentiable. Picks the cheaper of the n x n Gram form and the p x q
     feature form (``<XX^T, YY^T> = ||Y^T X||^2``), so n = 4096 samples of 64-dim logits never
     builds a 4096 x 4096 matrix and 16 patches of 8192 pixels never builds an 8192 x 8192 one.
@@ -277,13 +277,14 @@ def linear_cka(
         unbiased: use the unbiased HSIC estimator (Song et al. 2012); implies centering and may
             return slightly negative values for unrelated features.
 
-    ``y`` may be a :class:`GramSide` made with the same ``center``, for the default estimator (not
-    ``row_normalize`` or ``unbiased``): the value is the same as with the features it was made from
-    (up to the precision the side was reduced in: float32 for a float32 side, where a float64 ``x``
-    would otherwise promote it), always through the n x n Gram form.
+    Either side may be a :class:`GramSide` made with the same ``center``, for the default estimator
+    (not ``row_normalize`` or ``unbiased``): the value, and the gradient through a side reduced
+    with one, are the same as with the features it was made from (up to the precision the side was
+    reduced in: float32 for a float32 side, where a float64 other side would otherwise promote
+    it), always through the n x n Gram form.
     """
-    if isinstance(y, GramSide):
-        _check_gram_side(x, y, center, row_normalize or unbiased)
+    if isinstance(x, GramSide) or isinstance(y, GramSide):
+        _check_gram_sides(x, y, center, row_normalize or unbiased)
         return _linear_cka_biased(x, y, center, eps)
     _check_rows(x, y)
     if not (row_normalize or unbiased):
@@ -301,14 +302,24 @@ def linear_cka(
     return _cka_from_grams(_gram_linear(x), _gram_linear(y), unbiased=True, eps=eps)
 
 
-def _check_gram_side(x: torch.Tensor, side: GramSide, center: bool, other_estimator: bool) -> None:
+def _check_gram_sides(x: torch.Tensor | GramSide, y: torch.Tensor | GramSide, center: bool,
+                      other_estimator: bool) -> None:
     if other_estimator:
         raise ValueError("a GramSide serves the default linear CKA only: row_normalize and unbiased need the features")
-    if side.center != center:
-        raise ValueError(f"the GramSide was made with center={side.center}, and this CKA has center={center}")
-    if x.dim() < 2 or x.shape[:-1] != side.gram.shape[:-1]:
-        raise ValueError(f"CKA compares the same n items on both sides: got x {tuple(x.shape)} and a GramSide of "
-                         f"{tuple(side.gram.shape)}")
+    for side in (x, y):
+        if isinstance(side, GramSide) and side.center != center:
+            raise ValueError(f"the GramSide was made with center={side.center}, and this CKA has center={center}")
+    if any(not isinstance(side, GramSide) and side.dim() < 2 for side in (x, y)) or _items(x) != _items(y):
+        raise ValueError(f"CKA compares the same n items on both sides: got {_describe(x)} and {_describe(y)}")
+
+
+def _items(side: torch.Tensor | GramSide) -> torch.Size:
+    """The leading dims and n of a side: ``(..., n)``."""
+    return side.gram.shape[:-1] if isinstance(side, GramSide) else side.shape[:-1]
+
+
+def _describe(side: torch.Tensor | GramSide) -> str:
+    return f"a GramSide of {tuple(side.gram.shape)}" if isinstance(side, GramSide) else f"features {tuple(side.shape)}"
 
 
 def batch_trace(a: torch.Tensor) -> torch.Tensor:
@@ -357,20 +368,20 @@ def _feature_products(x: torch.Tensor, y: torch.Tensor, center: bool) -> tuple[t
     return _gram_linear(xt), _gram_linear(yt), yt @ x, mean_sq_x, mean_sq_y
 
 
-def _linear_cka_biased(x: torch.Tensor, y: torch.Tensor | GramSide, center: bool, eps: float) -> torch.Tensor:
+def _linear_cka_biased(x: torch.Tensor | GramSide, y: torch.Tensor | GramSide, center: bool, eps: float) -> torch.Tensor:
     """The default estimator, with as few passes over the (possibly large) feature tensors as possible.
 
     The features are centered once; scaling each side to unit Frobenius norm (which keeps the
     products in float range) and the constant-feature check act on the small n x n or p x q
     products: ``||X_c||_F^2`` is the trace of either, and ``||X||^2 = ||X_c||^2 + n ||mean||^2``.
     ``x`` and ``y`` come in their own dtypes: the Gram form upcasts a large side block by block
-    (``_side_gram``). ``y`` may already be reduced to its :class:`GramSide`.
+    (``_side_gram``). Either side may already be reduced to its :class:`GramSide`.
     """
-    n, reduced = x.shape[-2], isinstance(y, GramSide)
-    dtype = torch.promote_types(upcast_dtype(x), y.gram.dtype if reduced else upcast_dtype(y))
+    n, reduced = _items(x)[-1], isinstance(x, GramSide) or isinstance(y, GramSide)
+    dtype = torch.promote_types(_side_dtype(x), _side_dtype(y))
     if reduced:
-        k, mean_sq_x = _side_gram(x, dtype, center)
-        l, mean_sq_y, cross = y.gram.to(dtype), y.mean_sq, None
+        (k, mean_sq_x), (l, mean_sq_y) = _reduced_gram(x, dtype, center), _reduced_gram(y, dtype, center)
+        cross = None
     elif _gram_form_is_cheaper(n, x.shape[-1], y.shape[-1]):
         (k, mean_sq_x), (l, mean_sq_y) = _side_gram(x, dtype, center), _side_gram(y, dtype, center)
         cross = None
@@ -389,6 +400,17 @@ def _linear_cka_biased(x: torch.Tensor, y: torch.Tensor | GramSide, center: bool
     else:
         xy = (cross * (inv_x * inv_y)[..., None, None]).pow(2).sum(dim=(-2, -1))
     return xy / torch.sqrt(_frob_inner(k, k) * _frob_inner(l, l) + eps * eps)
+
+
+def _side_dtype(side: torch.Tensor | GramSide) -> torch.dtype:
+    return side.gram.dtype if isinstance(side, GramSide) else upcast_dtype(side)
+
+
+def _reduced_gram(side: torch.Tensor | GramSide, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A side's Gram and squared column-mean norm, as :func:`_side_gram` gives them, in ``dtype``."""
+    if isinstance(side, GramSide):
+        return side.gram.to(dtype), side.mean_sq
+    return _side_gram(side, dtype, center)
 
 
 @full_precision

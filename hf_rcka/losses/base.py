@@ -139,9 +139,10 @@ class DistillationLoss(nn.Module):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if "reduce_teacher_feature" not in vars(cls) and (_READS_PAIRS & set(vars(cls))):
-            # a reduction serves the code that reads it: a subclass reading the pairs its own way gets them whole
-            cls.reduce_teacher_feature = DistillationLoss.reduce_teacher_feature
+        for reduction in ("reduce_teacher_feature", "reduce_student_feature"):
+            if reduction not in vars(cls) and (_READS_PAIRS & set(vars(cls))):
+                # a reduction serves the code that reads it: a subclass reading the pairs its own way gets them whole
+                setattr(cls, reduction, getattr(DistillationLoss, reduction))
         if not isinstance(cls.requires, (set, frozenset, tuple, list)):
             return  # set per instance (a property): checked when the loss runs
         unknown = sorted(set(cls.requires) - set(LOSS_INPUT_FIELDS))
@@ -207,6 +208,21 @@ class DistillationLoss(nn.Module):
         method, which evaluation uses to drop unreadable images' stand-ins. A subclass that defines
         its own ``forward``, ``term``, ``terms``, ``feature_pairs`` or ``rows`` gets the features whole
         unless it defines this method too.
+        """
+        return None
+
+    def reduce_student_feature(self, student: torch.Tensor) -> Any | None:
+        """What this loss reads of one student feature, when that is less than the feature, or None
+        (the default) to receive the feature whole; the result must carry the feature's gradient.
+
+        The model calls it where the student's forward makes the feature (when it can hook the
+        module that makes it; else after the forward), with the side its adapter prepared, under
+        the same conditions as :meth:`reduce_teacher_feature`, for adapters that hand the student's
+        side on unchanged (``FeatureAdapter.passes_student``). Of the backward steps ready to run,
+        autograd runs the one created last: a reduction made inside the forward runs its backward,
+        which hands back a gradient of the whole feature, where the student's own backward reaches
+        that feature, not first thing in the backward, where that gradient would be held through
+        the backward of every later layer, at the step's peak.
         """
         return None
 

@@ -145,7 +145,11 @@ class FeatureCKALoss(RelationalLoss):
     to its B x B Gram right after the teacher's forward (``reduce_teacher_feature``), so a CNN
     teacher's stages are not held through the student's forward. The value is the same. This
     needs feature CKA to be the only loss reading the pairs, through adapters that hand the
-    teacher's side on unchanged (identity, linear).
+    teacher's side on unchanged (identity, linear). Under the same conditions, through the
+    identity adapter, each student feature is reduced to its Gram where the student makes it
+    (``reduce_student_feature``): the Gram's backward then hands back the feature's gradient
+    where the student's backward reaches that feature, so a CNN student's stage gradients are
+    not held through the backward of its later stages. Value and gradients are the same.
 
     Recipe::
 
@@ -175,11 +179,14 @@ class FeatureCKALoss(RelationalLoss):
             return None
         return functional.linear_cka_side(rows, center=self.center)
 
+    def reduce_student_feature(self, student: torch.Tensor) -> functional.GramSide | None:
+        """The student's B x B Gram, with its gradient, under the conditions of ``reduce_teacher_feature``."""
+        return self.reduce_teacher_feature(student)
+
     def term(self, inputs: LossInputs) -> torch.Tensor:
         terms = []
         for student, teacher in self.feature_pairs(inputs):
-            s = self.rows(functional.sample_rows(student))
-            reduced = isinstance(teacher, functional.GramSide)
-            t = teacher if reduced else self.rows(functional.sample_rows(teacher))
+            s, t = (side if isinstance(side, functional.GramSide) else self.rows(functional.sample_rows(side))
+                    for side in (student, teacher))
             terms.append(1.0 - _cka(s, t, self.kernel, self.center, row_normalize=False))
         return torch.stack(terms).sum()

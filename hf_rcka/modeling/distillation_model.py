@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 from ..features.capture import Captured, ForwardCapture
 from ..features.hidden_states import describe_hidden_states, pooled_dim
 from ..features.pairing import FeaturePair
+from ..adapters.base import FeatureAdapter
 from .distilled_heads import DistilledHeads
 from .feature_adapters import build_feature_adapters
 from ..models.timm_models import check_timm_args, saved_model_args
@@ -204,8 +205,19 @@ class DistillationModel(nn.Module):
             ("teacher", self.teacher, [p.teacher_layer for p in self.feature_pairs], teacher_pixels),
         ):
             if model is not None:
-                captures[role] = ForwardCapture(model, layers, probe, pooled=self.needs_pooled)
+                hooks = role == "student" and self._prepares_student_sides()
+                captures[role] = ForwardCapture(model, layers, probe, pooled=self.needs_pooled, prefer_hooks=hooks)
         return captures
+
+    def _prepares_student_sides(self) -> bool:
+        """Whether an adapter or the reducing loss turns a student state into something else, best
+        done where the student makes it (see ``FeatureAdapter.prepare_student``)."""
+        if any(type(adapter).prepare_student is not FeatureAdapter.prepare_student for adapter in self.adapters):
+            return True
+        reducing = self.losses[self._reducing_loss] if self._reducing_loss is not None else None
+        overrides = reducing is not None and (
+            type(reducing).reduce_student_feature is not DistillationLoss.reduce_student_feature)
+        return overrides and any(adapter.passes_student for adapter in self.adapters)
 
     # ------------------------------------------------------------------ running
 
@@ -290,7 +302,7 @@ class DistillationModel(nn.Module):
             del teacher_states
         heads_read = self._distilled_heads.reading() if self._distilled_heads is not None else contextlib.nullcontext()
         with heads_read:
-            student = self._run("student", pixel_values, with_losses)
+            student = self._run("student", pixel_values, with_losses, self._student_sides if teacher is not None else None)
         student_out, student_states = student.outputs, student.states
         heads = self._distilled_heads.take() if self._distilled_heads is not None else None
         logits = student_out.logits
@@ -320,15 +332,16 @@ class DistillationModel(nn.Module):
         total, weighted = weigh_terms(terms, weights)
         return DistillationOutput(loss=total, logits=logits, loss_terms=weighted)
 
-    def _run(self, role: str, pixel_values: torch.Tensor, capture: bool) -> Captured:
-        """One model's forward; with ``capture``, plus the hidden states and pooled feature the losses read.
+    def _run(self, role: str, pixel_values: torch.Tensor, capture: bool, prepare: Any = None) -> Captured:
+        """One model's forward; with ``capture``, plus the hidden states and pooled feature the losses read
+        (each state as ``prepare(index, state)`` makes it, when given).
 
         Everything comes back in the returned value: a forward without losses (prediction)
         captures nothing, and nothing is kept on the module between calls.
         """
         forward = self._captures.get(role) if capture else None
         if forward is not None:
-            return forward(pixel_values)
+            return forward(pixel_values, prepare)
         model = self.student if role == "student" else self.teacher
         return Captured(model(pixel_values=pixel_values))
 
@@ -353,14 +366,30 @@ class DistillationModel(nn.Module):
         reduce = self.losses[self._reducing_loss].reduce_teacher_feature
         return [_reduced(reduce, side) if adapter.passes_teacher else side for side, adapter in zip(sides, self.adapters)]
 
-    def _add_teacher(self, inputs: LossInputs, student_states: dict[int, torch.Tensor], teacher_logits: torch.Tensor,
+    def _student_sides(self, index: int, state: torch.Tensor) -> dict[int, Any]:
+        """The student sides of the pairs (by position) that read hidden state ``index``: prepared by
+        their adapters (``prepare_student``) and reduced to what the loss reads of them
+        (``reduce_student_feature``). Called where the student makes the state when the capture
+        hooks the module that makes it, so that autograd runs their backward steps where the
+        student's own backward reaches the state (see ``FeatureAdapter.prepare_student``)."""
+        reduce = None
+        if self._reducing_loss is not None and self._reducing_loss not in self.left_out:
+            reduce = self.losses[self._reducing_loss].reduce_student_feature
+        sides = {}
+        for k, (pair, adapter) in enumerate(zip(self.feature_pairs, self.adapters)):
+            if pair.student_layer == index:
+                side = adapter.prepare_student(state)
+                sides[k] = _reduced(reduce, side) if reduce is not None and adapter.passes_student else side
+        return sides
+
+    def _add_teacher(self, inputs: LossInputs, student_states: dict[int, dict[int, Any]], teacher_logits: torch.Tensor,
                      teacher_pooled: torch.Tensor | None, teacher_sides: list[Any]) -> None:
         inputs.teacher_logits = teacher_logits
         inputs.teacher_pooled = teacher_pooled
         if student_states:
             pairs = [
-                _pair(adapter, student_states[p.student_layer], side)
-                for p, adapter, side in zip(self.feature_pairs, self.adapters, teacher_sides)
+                _pair(adapter, student_states[p.student_layer][k], side)
+                for k, (p, adapter, side) in enumerate(zip(self.feature_pairs, self.adapters, teacher_sides))
             ]
             inputs.student_features = tuple(s for s, _ in pairs)
             inputs.teacher_features = tuple(t for _, t in pairs)
