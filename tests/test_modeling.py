@@ -378,3 +378,49 @@ def test_patch_match_pools_a_cnn_students_stage_where_the_student_makes_it():
     prepared = adapter(adapter.prepare_student(state), teacher)
     for a, b in zip(direct, prepared):
         torch.testing.assert_close(a, b)
+
+
+def test_a_stage_prepared_inside_a_checkpointed_region_trains_as_without_it():
+    """Accelerate's FSDP activation checkpointing wraps a layer in a checkpoint, with the capture's
+    hook inside: the Gram made there must not count among the region's saved tensors (its
+    recomputation runs with the hook off, and the checkpoint refuses a different count)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    results = []
+    for wrap in (False, True):
+        model = _cnn_student_model(FeatureCKALoss()).train()
+        if wrap:  # the hooks stay on the stages, now inside the checkpoints
+            stages = model.student.resnet.encoder.stages
+            for i, stage in enumerate(stages):
+                stages[i] = checkpoint_wrapper(stage)
+        results.append(_terms_and_grads(model, *_batch()))
+    (terms, grads), (wrapped_terms, wrapped_grads) = results
+    torch.testing.assert_close(wrapped_terms, terms)
+    assert len(grads) == len(wrapped_grads) > 0
+    for got, expected in zip(wrapped_grads, grads):
+        torch.testing.assert_close(got, expected)
+
+
+def test_a_timm_student_checkpointing_its_stages_has_its_states_taken_by_timm_again():
+    """timm's checkpoint_seq runs a stage's blocks, never the stage: a hook on the stage would see
+    nothing. Turning checkpointing on chooses the capture anew; the step trains as without it."""
+    from hf_rcka.models.label_maps import LabelMaps
+    from hf_rcka.models.timm_models import build_timm_classifier
+
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        student = build_timm_classifier("resnet10t", LabelMaps.default(3))
+        model = DistillationModel(student, tiny_vit(), [CrossEntropyLoss(), FeatureCKALoss()], feature_pairs="auto",
+                                  student_input=input_stats(processor(32)), teacher_input=input_stats(processor(16))).train()
+        assert model._captures["student"].hidden.mode == "hooks"  # the Grams are made inside the forward
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model._captures["student"].hidden.mode == "timm"
+        pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        results.append(_terms_and_grads(model, pixels, _batch()[1]))
+    (terms, grads), (checkpointed_terms, checkpointed_grads) = results
+    torch.testing.assert_close(checkpointed_terms, terms)
+    assert len(grads) == len(checkpointed_grads) > 0
+    for got, expected in zip(checkpointed_grads, grads):
+        torch.testing.assert_close(got, expected)

@@ -66,8 +66,17 @@ class HiddenStateCapture:
         self._active = False
         self._handles: list[Any] = []
         self._grids: dict[int, tuple[int, int]] = {}
+        self._probe = probe_pixels
         self.mode = self._choose(probe_pixels, prefer_hooks)
         logger.info("hidden states %s of %s taken via %s", self.indices, type(model).__name__, self.mode)
+
+    def choose_again(self, prefer_hooks: bool = False) -> None:
+        """Choose the mode anew, for a model whose forward changed since (activation checkpointing
+        turned on: timm's ``checkpoint_seq`` calls a stage's blocks, never the stage, whose hook then
+        sees nothing; hooks inside a reentrant checkpoint see states without gradient)."""
+        self.remove()
+        self.mode = self._choose(self._probe.to(next(self.model.parameters()).device), prefer_hooks)
+        logger.info("hidden states %s of %s now taken via %s", self.indices, type(self.model).__name__, self.mode)
 
     # ------------------------------------------------------------------ running
 
@@ -191,9 +200,17 @@ class HiddenStateCapture:
     def _install_hooks(self, modules: dict[int, nn.Module]) -> None:
         for index, module in modules.items():
             def hook(_module: nn.Module, _args: Any, output: Any, index: int = index) -> None:
-                if self._active:
-                    state = _first_tensor(output)
-                    self._states[index] = state if self._prepare is None else self._prepare(index, state)
+                if not self._active:
+                    return
+                state = _first_tensor(output)
+                if self._prepare is not None:
+                    # What the preparation saves for its backward is kept as it is: inside a region of
+                    # activation checkpointing, the region's own saved-tensor hooks would count it,
+                    # and its recomputation (hooks off by then) would save fewer tensors than the
+                    # forward did, which the checkpoint refuses.
+                    with torch.autograd.graph.saved_tensors_hooks(_as_is, _as_is):
+                        state = self._prepare(index, state)
+                self._states[index] = state
 
             self._handles.append(module.register_forward_hook(hook))
 
@@ -272,6 +289,10 @@ class ForwardCapture:
         for part in (self.hidden, self.pooled):
             if part is not None:
                 part.remove()
+
+
+def _as_is(tensor: Tensor) -> Tensor:
+    return tensor
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:

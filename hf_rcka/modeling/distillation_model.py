@@ -241,8 +241,15 @@ class DistillationModel(nn.Module):
     def activation_checkpointing_enable(self, **kwargs: Any) -> None:
         """Checkpoint the student's layers (``activation_checkpointing: true``); the teacher keeps no
         activations to checkpoint. The hooks that capture hidden states see the recomputed forward
-        only inside the backward, so the captured features are those of the first forward."""
+        only inside the backward, so the captured features are those of the first forward.
+
+        Checkpointing changes the student's forward (timm's runs a stage's blocks, not the stage),
+        so the way its hidden states are taken is chosen again, without preferring hooks: a hook
+        inside a reentrant checkpoint would see a state without gradient."""
         self.student.activation_checkpointing_enable(**kwargs)
+        student = self._captures.get("student")
+        if student is not None and student.hidden is not None:
+            student.hidden.choose_again(prefer_hooks=False)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         """The name transformers called before ``activation_checkpointing_enable`` (until its v6)."""
