@@ -197,6 +197,17 @@ class HiddenStateCapture:
             found[index] = outer[0][1]
         return found
 
+    def _prepared(self, index: int, state: Tensor) -> Any:
+        """``prepare(index, state)`` inside the forward. What it saves for its backward is kept as it
+        is: inside a region of activation checkpointing, the region's own saved-tensor hooks would
+        count it, and its recomputation (this hook off by then) would save fewer tensors than the
+        forward did, which the checkpoint refuses. (Under torch.compile the hooks' context would
+        break the student's graph at every hooked state, so a compiled forward goes without it.)"""
+        if torch.compiler.is_compiling():
+            return self._prepare(index, state)
+        with torch.autograd.graph.saved_tensors_hooks(_as_is, _as_is):
+            return self._prepare(index, state)
+
     def _install_hooks(self, modules: dict[int, nn.Module]) -> None:
         for index, module in modules.items():
             def hook(_module: nn.Module, _args: Any, output: Any, index: int = index) -> None:
@@ -204,12 +215,7 @@ class HiddenStateCapture:
                     return
                 state = _first_tensor(output)
                 if self._prepare is not None:
-                    # What the preparation saves for its backward is kept as it is: inside a region of
-                    # activation checkpointing, the region's own saved-tensor hooks would count it,
-                    # and its recomputation (hooks off by then) would save fewer tensors than the
-                    # forward did, which the checkpoint refuses.
-                    with torch.autograd.graph.saved_tensors_hooks(_as_is, _as_is):
-                        state = self._prepare(index, state)
+                    state = self._prepared(index, state)
                 self._states[index] = state
 
             self._handles.append(module.register_forward_hook(hook))
