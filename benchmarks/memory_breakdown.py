@@ -1,17 +1,25 @@
-"""Where a feature variant's extra peak comes from, on CUDA: allocated and peak MiB read around
-each part of one step of ``step_overhead.py``'s full-size pairs (teacher forward, the teacher sides
-the adapters prepared and the loss reduced, student forward, each adapter, each loss), beside the
-limit's step on the same models.
+"""Where a feature variant's extra peak comes from.
 
-    python benchmarks/memory_breakdown.py [cuda|cpu]
+On CUDA: allocated and peak MiB read around each part of one step of ``step_overhead.py``'s
+full-size pairs (teacher forward, the teacher sides the adapters prepared and the loss reduced,
+student forward, each adapter, each loss), beside the limit's step on the same models.
 
-On CPU it runs the same path at the scaled-down sizes and prints zeros (torch has no allocator
-statistics there); it is for trying the script.
+On CPU, where torch keeps no allocator statistics, one step of each is profiled with memory
+events instead (``torch.profiler``, ``profile_memory=True``): the step's peak above what was
+allocated when it started, and the tensors alive at that peak, summed by the ops that made them
+(innermost op first, allocation-only ops skipped) and their input shapes. At full size in bf16
+(``--full``, batch 16 by default) one case takes about a minute on two cores.
+
+    python benchmarks/memory_breakdown.py [cuda|cpu] [--full] [--batch N] [--rows N]
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -83,8 +91,83 @@ def variant_log(variant: str, teacher, student, size: int, batch: int, device: t
     return log
 
 
+# ops that only allocate: a tensor they make is charged to the op that asked for it
+_ALLOCATING = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty", "aten::new_empty_strided",
+               "aten::zeros", "aten::zeros_like", "aten::zero_", "aten::resize_"}
+
+
+def _trace_events(step) -> list[dict]:
+    """The chrome-trace events of one profiled CPU step (its memory events and its ops)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True, record_shapes=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        return json.loads(path.read_text())["traceEvents"]
+
+
+def _owner(event: dict, ops: list[dict]) -> str:
+    """The innermost ops (up to three) running when ``event`` allocated, with the first one's input shapes."""
+    around = sorted((op for op in ops if op["ts"] <= event["ts"] <= op["ts"] + op["dur"] and op.get("tid") == event.get("tid")
+                     and op["name"] not in _ALLOCATING), key=lambda op: op["dur"])
+    if not around:
+        return "(outside any op)"
+    shapes = str(around[0].get("args", {}).get("Input Dims", ""))[:100]
+    return " < ".join(op["name"] for op in around[:3]) + f"  {shapes}"
+
+
+def peak_report(step, rows: int) -> tuple[float, list[str]]:
+    """One step's peak (MiB above its start) and its ``rows`` largest groups of live tensors there."""
+    events = _trace_events(step)
+    memory = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
+    ops = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("cpu_op", "user_annotation")]
+    if not memory:
+        raise RuntimeError("the profiler recorded no memory events: nothing to report")
+    start = memory[0]["args"]["Total Allocated"] - memory[0]["args"]["Bytes"]
+    peak = max(memory, key=lambda e: e["args"]["Total Allocated"])
+    live: dict[int, dict] = {}
+    for event in memory:
+        if event["ts"] > peak["ts"]:
+            break
+        if event["args"]["Bytes"] > 0:
+            live[event["args"]["Addr"]] = event
+        else:
+            live.pop(event["args"]["Addr"], None)
+    groups: collections.Counter = collections.Counter()
+    for event in live.values():
+        groups[_owner(event, ops)] += event["args"]["Bytes"]
+    lines = [f"{size / MiB:8.1f} MiB  {owner}" for owner, size in groups.most_common(rows)]
+    lines.append(f"the peak came inside: {_owner(peak, ops)}")
+    return (peak["args"]["Total Allocated"] - start) / MiB, lines
+
+
+def cpu_main(args: argparse.Namespace) -> None:
+    device = torch.device("cpu")
+    for pair, variant in CASES + (("vit2cnn", "rcka+feature_cka"),):
+        teacher, student, size, batch = so.build_models(pair, args.full, device, None)
+        batch = args.batch or (16 if args.full else batch)
+        reports = {}
+        for name in ("limit", variant):
+            step = so.make_step(name, teacher, student, size, batch, device, args.full)
+            step(), step()
+            reports[name] = peak_report(step, args.rows)
+        print(f"\n{pair} {variant} (batch {batch}, {size} px{', bf16' if args.full else ''}): peak above the step's "
+              f"start {reports[variant][0]:.0f} MiB, the limit's {reports['limit'][0]:.0f} MiB; alive at the peak:")
+        print("\n".join("  " + line for line in reports[variant][1]))
+
+
 def main() -> None:
-    device = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("device", nargs="?", default="cuda")
+    parser.add_argument("--full", action="store_true", help="CPU: the full-size models in bf16")
+    parser.add_argument("--batch", type=int, default=None, help="CPU: batch size (16 with --full)")
+    parser.add_argument("--rows", type=int, default=12, help="CPU: groups of live tensors to list")
+    args = parser.parse_args()
+    if args.device == "cpu":
+        cpu_main(args)
+        return
+    device = torch.device(args.device)
     full = device.type == "cuda"
     for pair, variant in CASES:
         teacher, student, size, batch = so.build_models(pair, full, device, None)

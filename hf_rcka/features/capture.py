@@ -66,16 +66,15 @@ class HiddenStateCapture:
         self._active = False
         self._handles: list[Any] = []
         self._grids: dict[int, tuple[int, int]] = {}
-        self._probe = probe_pixels
         self.mode = self._choose(probe_pixels, prefer_hooks)
         logger.info("hidden states %s of %s taken via %s", self.indices, type(model).__name__, self.mode)
 
-    def choose_again(self, prefer_hooks: bool = False) -> None:
+    def choose_again(self, probe_pixels: Tensor, prefer_hooks: bool = False) -> None:
         """Choose the mode anew, for a model whose forward changed since (activation checkpointing
         turned on: timm's ``checkpoint_seq`` calls a stage's blocks, never the stage, whose hook then
         sees nothing; hooks inside a reentrant checkpoint see states without gradient)."""
         self.remove()
-        self.mode = self._choose(self._probe.to(next(self.model.parameters()).device), prefer_hooks)
+        self.mode = self._choose(probe_pixels, prefer_hooks)
         logger.info("hidden states %s of %s now taken via %s", self.indices, type(self.model).__name__, self.mode)
 
     # ------------------------------------------------------------------ running

@@ -172,9 +172,12 @@ class DistillationModel(nn.Module):
         """Two random images at the planned size: random, so that no two layers look alike (a
         zero image made transformers Swin's first stage equal its embedding, taken for a stem);
         seeded on their own generator, so the global random state is untouched."""
-        height, width = planned_input_size(self.student, student_input)
+        self._probe_size = planned_input_size(self.student, student_input)  # kept to probe again, not the tensor
+        return self._probe_at(self._probe_size)
+
+    def _probe_at(self, size: tuple[int, int]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)
-        return torch.randn(2, 3, height, width, generator=generator).to(next(self.student.parameters()).device)
+        return torch.randn(2, 3, *size, generator=generator).to(next(self.student.parameters()).device)
 
     def _build_adapters(self, feature_pairs: Any, student_input: InputStats | None) -> None:
         pixels = self._probe_pixels(student_input)
@@ -249,7 +252,7 @@ class DistillationModel(nn.Module):
         self.student.activation_checkpointing_enable(**kwargs)
         student = self._captures.get("student")
         if student is not None and student.hidden is not None:
-            student.hidden.choose_again(prefer_hooks=False)
+            student.hidden.choose_again(self._probe_at(self._probe_size), prefer_hooks=False)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         """The name transformers called before ``activation_checkpointing_enable`` (until its v6)."""
