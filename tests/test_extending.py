@@ -374,6 +374,26 @@ def test_an_adapter_or_loss_of_ones_own_gets_the_teacher_features_whole():
     assert torch.isfinite(out.loss)
 
 
+def test_a_student_side_reduced_without_its_gradient_is_refused_at_the_first_step():
+    """A reduction of the student's side must keep the hidden state's gradient: one made under
+    no_grad would leave the feature loss training nothing, without a word."""
+    from hf_rcka.losses import FeatureCKALoss
+
+    class Detached(FeatureCKALoss):
+        @torch.no_grad()
+        def reduce_student_feature(self, student):
+            return super().reduce_student_feature(student)
+
+    from hf_rcka.modeling.teacher_inputs import input_stats
+
+    model = DistillationModel(tiny_resnet(), tiny_vit(), [CrossEntropyLoss(), Detached()], feature_pairs="auto",
+                              student_input=input_stats(processor(16)), teacher_input=input_stats(processor(16))).train()
+    with pytest.raises(RuntimeError, match="without a gradient, so the feature loss would not train the student"):
+        model(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.arange(4) % 3)
+    with torch.no_grad():  # evaluation needs no gradient
+        model.eval()(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.arange(4) % 3)
+
+
 def test_a_reduced_side_without_rows_is_named_when_evaluation_drops_a_row():
     from hf_rcka.losses import IGNORE_INDEX, LossInputs
 

@@ -1088,6 +1088,20 @@ def test_a_side_is_cut_in_few_contiguous_blocks(device, most):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch's forward AD, inside
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_torch_func_transforms_pass_through_linear_cka(dtype):
+    """Under torch.func a same-dtype ``to`` hands out another object for the captured input itself:
+    centring that in place mutated the input, which jvp refuses."""
+    torch.manual_seed(0)
+    x, y, tangent = torch.randn(6, 40).to(dtype), torch.randn(6, 23), torch.randn(6, 40).to(dtype)
+    value, derivative = torch.func.jvp(lambda a: fn.linear_cka(a, y), (x,), (tangent,))
+    leaf = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(fn.linear_cka(leaf, y), leaf)
+    torch.testing.assert_close(value.double(), fn.linear_cka(x, y).double())
+    torch.testing.assert_close(derivative.double(), (grad.double() * tangent.double()).sum(), rtol=2e-2, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch's forward AD, inside
 def test_forward_mode_derivatives_pass_through_linear_cka():
     """jvp through the path without gradient: detaching the whole side (not only its mean) gave a
     tangent of 0 without a word."""

@@ -380,19 +380,23 @@ def test_patch_match_pools_a_cnn_students_stage_where_the_student_makes_it():
         torch.testing.assert_close(a, b)
 
 
-def test_a_stage_prepared_inside_a_checkpointed_region_trains_as_without_it():
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non_reentrant", "reentrant"])
+def test_a_stage_prepared_inside_a_checkpointed_region_trains_as_without_it(reentrant):
     """Accelerate's FSDP activation checkpointing wraps a layer in a checkpoint, with the capture's
     hook inside: the Gram made there must not count among the region's saved tensors (its
-    recomputation runs with the hook off, and the checkpoint refuses a different count)."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    recomputation runs with the hook off, and the checkpoint refuses a different count). A
+    reentrant checkpoint runs the region without gradient: the stage gets its gradient only when
+    the region returns, so a Gram made inside would train nothing, silently."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
+    impl = CheckpointImpl.REENTRANT if reentrant else CheckpointImpl.NO_REENTRANT
     results = []
     for wrap in (False, True):
         model = _cnn_student_model(FeatureCKALoss()).train()
         if wrap:  # the hooks stay on the stages, now inside the checkpoints
             stages = model.student.resnet.encoder.stages
             for i, stage in enumerate(stages):
-                stages[i] = checkpoint_wrapper(stage)
+                stages[i] = checkpoint_wrapper(stage, checkpoint_impl=impl)
         results.append(_terms_and_grads(model, *_batch()))
     (terms, grads), (wrapped_terms, wrapped_grads) = results
     torch.testing.assert_close(wrapped_terms, terms)

@@ -63,6 +63,7 @@ class HiddenStateCapture:
         self.indices = sorted(set(int(i) for i in indices))
         self._states: dict[int, Any] = {}
         self._prepare: Callable[[int, Tensor], Any] | None = None
+        self._grad_enabled, self._deferred = False, []
         self._active = False
         self._handles: list[Any] = []
         self._grids: dict[int, tuple[int, int]] = {}
@@ -91,6 +92,8 @@ class HiddenStateCapture:
         if self.mode == "hooks":
             with self._capturing(prepare) as states:
                 outputs = self.model(pixel_values=pixel_values)
+                for i in self._deferred:  # seen without gradient (inside a reentrant checkpoint): prepared now
+                    states[i] = prepare(i, states[i])
             missing = [i for i in self.indices if i not in states]
             if missing:
                 raise RuntimeError(f"forward hooks did not capture hidden states {missing}; the model's forward changed")
@@ -113,10 +116,11 @@ class HiddenStateCapture:
     def _capturing(self, prepare: Callable[[int, Tensor], Any] | None = None) -> Iterator[dict[int, Any]]:
         """Hooks record into a fresh dict for one forward; it is the caller's, never kept here."""
         self._active, self._states, self._prepare = True, {}, prepare
+        self._grad_enabled, self._deferred = torch.is_grad_enabled(), []
         try:
             yield self._states
         finally:
-            self._active, self._states, self._prepare = False, {}, None
+            self._active, self._states, self._prepare, self._deferred = False, {}, None, []
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -201,7 +205,9 @@ class HiddenStateCapture:
         is: inside a region of activation checkpointing, the region's own saved-tensor hooks would
         count it, and its recomputation (this hook off by then) would save fewer tensors than the
         forward did, which the checkpoint refuses. (Under torch.compile the hooks' context would
-        break the student's graph at every hooked state, so a compiled forward goes without it.)"""
+        break the student's graph at every hooked state, so a compiled forward goes without it. The
+        context also passes over an outer one such as ``save_on_cpu``: what the preparation saves,
+        the hidden state itself, stays where it is.)"""
         if torch.compiler.is_compiling():
             return self._prepare(index, state)
         with torch.autograd.graph.saved_tensors_hooks(_as_is, _as_is):
@@ -213,8 +219,12 @@ class HiddenStateCapture:
                 if not self._active:
                     return
                 state = _first_tensor(output)
-                if self._prepare is not None:
+                if self._prepare is not None and torch.is_grad_enabled() == self._grad_enabled:
                     state = self._prepared(index, state)
+                elif self._prepare is not None:
+                    # a reentrant checkpoint runs its region without gradient; the state gets the
+                    # region's gradient when the region returns, so it is prepared after the forward
+                    self._deferred.append(index)
                 self._states[index] = state
 
             self._handles.append(module.register_forward_hook(hook))

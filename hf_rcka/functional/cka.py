@@ -214,7 +214,8 @@ class GramSide:
     Linear CKA sees a side X only through its n x n Gram, so a side wider than the batch can be
     reduced to that Gram as soon as it exists (:func:`linear_cka_side`) and the features dropped:
     a teacher's hidden state need not be held through the student's whole forward. Pass it to
-    :func:`linear_cka` in place of ``y``.
+    :func:`linear_cka` in place of either side's features; a student's side reduced with gradient
+    (``linear_cka_side`` of a tensor that requires grad) passes it back to the features.
 
     Attributes:
         gram: (..., n, n) Gram of the rows, double-centred (``H K H``) when ``center``, float32 or better.

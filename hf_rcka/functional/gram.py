@@ -89,10 +89,11 @@ def _offset_rows(x: torch.Tensor, means: torch.Tensor | None, dtype: torch.dtype
 def _minus(rows: torch.Tensor, x: torch.Tensor, means: torch.Tensor | None) -> torch.Tensor:
     """``rows`` (``x`` upcast) minus ``means``, in place where the upcast made a copy of ``x``: the
     block's upcast and centred rows then share one buffer (a subtraction of mixed dtypes would
-    still make its own upcast copy first, on the CPU)."""
+    still make its own upcast copy first, on the CPU). Only a change of dtype is sure to have made
+    a copy (under ``torch.func`` a same-dtype ``to`` hands out another object for ``x`` itself)."""
     if means is None:
         return rows
-    return rows - means if rows is x else rows.sub_(means)
+    return rows - means if rows.dtype == x.dtype else rows.sub_(means)
 
 
 def _centred_rows(x: torch.Tensor, dtype: torch.dtype, center: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

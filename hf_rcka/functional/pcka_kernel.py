@@ -7,7 +7,9 @@ copy that moves 4-value runs, separate full-size passes for the centering, autog
 on the (C, n, n) Grams and page faults on the fresh map-sized buffers these allocate. _PatchCKA
 computes the (non-transposed) PCKA with a hand-written backward, channel block by channel block,
 from the maps as the model made them: each block is upcast and resized (up to whole patches)
-as it is read, so no float32 or resized copy of a whole map is made or saved.
+as it is read, so no float32 or resized copy of a map is saved for the backward, and on CPU, where
+maps are read in blocks of a few MiB, none of a whole map is made either. Off the CPU a map is one
+block: its float32 resized copy exists while the forward (and again the backward) reads it.
 
 ``benchmarks/loss_cost.py --parts b`` times both paths. On CPU it was 1.5-1.9x as fast as plain
 autograd on classification-size maps and 0.95-1.75x on detection-size ones; on an H200 GPU
@@ -43,9 +45,10 @@ def patch_cka_kernel(student: torch.Tensor, teacher: torch.Tensor, ph: int, pw: 
 
     The maps come as the model made them: in their own dtype (bf16 under autocast) and size. Each
     channel block is upcast and resized as it is read, in the forward and again in the backward,
-    so neither a float32 nor a resized copy of a map exists at full size. On a distillation step
-    the loss runs where the student's activations peak, and those copies (both sides, float32,
-    made larger by the resize) were most of what patch CKA added to the step's peak memory.
+    and the map itself is what is saved. On a distillation step the loss runs where the student's
+    activations peak, and float32 resized copies of both sides (one of them saved until the
+    backward) were most of what patch CKA added to the step's peak memory on the CPU. Off the CPU
+    a map is read as one block (see the module docstring).
     """
     needs_grad = tuple(torch.is_grad_enabled() and fmap.requires_grad for fmap in (student, teacher))
     return _PatchCKA.apply(student, teacher, ph, pw, tuple(size), center, eps, needs_grad)

@@ -39,7 +39,8 @@ class LossInputs:
         distillation_logits: (B, P) from the student's distillation head (DeiT), if any.
         student_features / teacher_features: one tensor per feature pair, after the pair's adapter.
             A teacher feature is what the loss's ``reduce_teacher_feature`` made of it, when that
-            loss reduces it (feature CKA: ``functional.GramSide``).
+            loss reduces it (feature CKA: ``functional.GramSide``), and a student feature what its
+            ``reduce_student_feature`` made of it (with the gradient).
         student_pooled / teacher_pooled: (B, d) penultimate features (the classifier's input).
 
     Teacher tensors keep the precision the teacher computed them in (bf16 or fp16 under
@@ -52,7 +53,7 @@ class LossInputs:
     labels: torch.Tensor | None = None
     teacher_logits: torch.Tensor | None = None
     distillation_logits: torch.Tensor | None = None
-    student_features: Sequence[torch.Tensor] = field(default_factory=tuple)
+    student_features: Sequence[Any] = field(default_factory=tuple)
     teacher_features: Sequence[Any] = field(default_factory=tuple)
     student_pooled: torch.Tensor | None = None
     teacher_pooled: torch.Tensor | None = None
@@ -99,7 +100,8 @@ def _rows(value: Any, keep: torch.Tensor):
     if isinstance(value, (tuple, list)):
         return tuple(_rows(item, keep) for item in value)
     raise TypeError(f"a {type(value).__name__} in the loss inputs has no rows(keep) method to drop an unreadable "
-                    "image's stand-in with: a reduce_teacher_feature result that is not a tensor needs one")
+                    "image's stand-in with: a reduce_teacher_feature or reduce_student_feature result that is not a "
+                    "tensor needs one")
 
 
 @dataclass

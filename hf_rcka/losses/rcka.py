@@ -172,16 +172,21 @@ class FeatureCKALoss(RelationalLoss):
         """The teacher's B x B Gram (``functional.GramSide``), all the linear CKA reads of it; None
         (the feature whole) for the RBF kernel, under ``gather`` (the Gram of the global batch needs
         every rank's rows) and for a feature no wider than the batch (it is no larger than its Gram)."""
-        if self.kernel != "linear" or self.gather or not isinstance(teacher, torch.Tensor):
-            return None
-        rows = functional.sample_rows(teacher)
-        if rows.shape[-1] <= rows.shape[-2]:
-            return None
-        return functional.linear_cka_side(rows, center=self.center)
+        return self._gram_side(teacher)
 
     def reduce_student_feature(self, student: torch.Tensor) -> functional.GramSide | None:
         """The student's B x B Gram, with its gradient, under the conditions of ``reduce_teacher_feature``."""
-        return self.reduce_teacher_feature(student)
+        return self._gram_side(student)
+
+    def _gram_side(self, feature: torch.Tensor) -> functional.GramSide | None:
+        # not the public methods calling each other: a subclass's teacher reduction (under
+        # no_grad, say) would otherwise become the student's too
+        if self.kernel != "linear" or self.gather or not isinstance(feature, torch.Tensor):
+            return None
+        rows = functional.sample_rows(feature)
+        if rows.shape[-1] <= rows.shape[-2]:
+            return None
+        return functional.linear_cka_side(rows, center=self.center)
 
     def term(self, inputs: LossInputs) -> torch.Tensor:
         terms = []

@@ -390,6 +390,12 @@ class DistillationModel(nn.Module):
             if pair.student_layer == index:
                 side = adapter.prepare_student(state)
                 sides[k] = _reduced(reduce, side) if reduce is not None and adapter.passes_student else side
+                if torch.is_grad_enabled() and state.requires_grad and not _carries_grad(sides[k]):
+                    raise RuntimeError(
+                        f"feature pair {k}: the student's side came out of {type(adapter).__name__}.prepare_student "
+                        f"or {self._reducing_loss}'s reduce_student_feature without a gradient, so the feature loss "
+                        "would not train the student; a student side must keep the hidden state's gradient"
+                    )
         return sides
 
     def _add_teacher(self, inputs: LossInputs, student_states: dict[int, dict[int, Any]], teacher_logits: torch.Tensor,
@@ -508,6 +514,14 @@ def _add_terms(terms: dict[str, torch.Tensor], weights: dict[str, float], loss_n
 def _reduced(reduce: Any, side: Any) -> Any:
     reduced = reduce(side)
     return side if reduced is None else reduced
+
+
+def _carries_grad(side: Any) -> bool:
+    """Whether a prepared side (a tensor, or a tuple or object holding tensors) has a tensor with gradient."""
+    if isinstance(side, torch.Tensor):
+        return side.requires_grad
+    parts = side if isinstance(side, (tuple, list)) else vars(side).values() if hasattr(side, "__dict__") else ()
+    return any(_carries_grad(part) for part in parts)
 
 
 def _pair(adapter: nn.Module, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
