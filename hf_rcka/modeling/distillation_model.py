@@ -217,10 +217,16 @@ class DistillationModel(nn.Module):
         done where the student makes it (see ``FeatureAdapter.prepare_student``)."""
         if any(type(adapter).prepare_student is not FeatureAdapter.prepare_student for adapter in self.adapters):
             return True
-        reducing = self.losses[self._reducing_loss] if self._reducing_loss is not None else None
+        reducing = self._reducer()
         overrides = reducing is not None and (
             type(reducing).reduce_student_feature is not DistillationLoss.reduce_student_feature)
         return overrides and any(adapter.passes_student for adapter in self.adapters)
+
+    def _reducer(self) -> DistillationLoss | None:
+        """The loss that may reduce the pairs' sides (the only one reading them), unless left out."""
+        if self._reducing_loss is None or self._reducing_loss in self.left_out:
+            return None
+        return self.losses[self._reducing_loss]
 
     # ------------------------------------------------------------------ running
 
@@ -371,10 +377,11 @@ class DistillationModel(nn.Module):
         to what the loss reads of it (``reduce_teacher_feature``) before the student's forward, so that
         a side the adapter or the loss shrinks does not hold the full hidden state."""
         sides = [adapter.prepare_teacher(states[p.teacher_layer]) for p, adapter in zip(self.feature_pairs, self.adapters)]
-        if self._reducing_loss is None or self._reducing_loss in self.left_out:
+        reducing = self._reducer()
+        if reducing is None:
             return sides
-        reduce = self.losses[self._reducing_loss].reduce_teacher_feature
-        return [_reduced(reduce, side) if adapter.passes_teacher else side for side, adapter in zip(sides, self.adapters)]
+        return [_reduced(reducing.reduce_teacher_feature, side) if adapter.passes_teacher else side
+                for side, adapter in zip(sides, self.adapters)]
 
     def _student_sides(self, index: int, state: torch.Tensor) -> dict[int, Any]:
         """The student sides of the pairs (by position) that read hidden state ``index``: prepared by
@@ -382,9 +389,8 @@ class DistillationModel(nn.Module):
         (``reduce_student_feature``). Called where the student makes the state when the capture
         hooks the module that makes it, so that autograd runs their backward steps where the
         student's own backward reaches the state (see ``FeatureAdapter.prepare_student``)."""
-        reduce = None
-        if self._reducing_loss is not None and self._reducing_loss not in self.left_out:
-            reduce = self.losses[self._reducing_loss].reduce_student_feature
+        reducing = self._reducer()
+        reduce = None if reducing is None else reducing.reduce_student_feature
         sides = {}
         for k, (pair, adapter) in enumerate(zip(self.feature_pairs, self.adapters)):
             if pair.student_layer == index:
