@@ -79,13 +79,10 @@ def check_aligned(student_fmap: torch.Tensor, teacher_fmap: torch.Tensor) -> Non
     _check_map(student_fmap)
 
 
-def patch_cka_autograd(student: torch.Tensor, teacher: torch.Tensor, patch_size: int, center: bool,
-                       eps: float) -> torch.Tensor:
-    """Per-channel CKA (C,) of two (B, C, H, W) maps through upcasting, resizing, patch rows and
-    batched ``linear_cka``, all plain autograd (twice differentiable, unlike the kernel)."""
+def _upcast_patch_rows(student: torch.Tensor, teacher: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both maps upcast to one dtype and cut into patch rows (C, n, B*ph*pw), in plain autograd."""
     s, t = common_dtype(student, teacher)
-    (s, ph, pw), (t, _, _) = _fit_to_patches(s, patch_size), _fit_to_patches(t, patch_size)
-    return linear_cka(_patch_rows(s, ph, pw), _patch_rows(t, ph, pw), center=center, eps=eps)
+    return patchify(s, patch_size), patchify(t, patch_size)
 
 
 def _resolved(backend: str, device: torch.device) -> str:
@@ -124,16 +121,18 @@ def patch_cka(
     _, channels, height, width = student_fmap.shape
     if patch_count(height, width, patch_size) < min_cka_items(center):
         return torch.ones(channels, dtype=dtype, device=student_fmap.device) + 0.0 * student_fmap.sum(dtype=dtype)
-    if _resolved(backend, student_fmap.device) == "autograd":
-        sim = patch_cka_autograd(student_fmap, teacher_fmap, patch_size, center, eps)
-    else:
+    kernel = _resolved(backend, student_fmap.device) == "kernel"
+    # the patch rows in plain autograd, for that backend and for the transposed CKA (made once for both)
+    rows_s, rows_t = _upcast_patch_rows(student_fmap, teacher_fmap, patch_size) if transpose or not kernel else (None, None)
+    if kernel:
         ph, pw, size = _patch_layout(height, width, patch_size)
         sim = pcka_kernel.patch_cka_kernel(student_fmap, teacher_fmap, ph, pw, size, center, eps)
+    else:
+        sim = linear_cka(rows_s, rows_t, center=center, eps=eps)
     if transpose:
         # the transposed CKA relates the B * ph * pw pixels of a patch; over too few it is a
         # constant, which would hold the loss off 0 (identical maps: 0.5) or add nothing, so a last
         # batch of one image on a small map keeps the patch term alone
-        rows_s, rows_t = patchify(student_fmap.to(dtype), patch_size), patchify(teacher_fmap.to(dtype), patch_size)
         if rows_s.shape[-1] >= min_cka_items(center):
             sim = 0.5 * (sim + linear_cka(rows_s.transpose(-2, -1), rows_t.transpose(-2, -1), center=center, eps=eps))
     return sim

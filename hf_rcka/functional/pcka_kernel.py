@@ -14,7 +14,7 @@ block: its float32 resized copy exists while the forward (and again the backward
 ``benchmarks/loss_cost.py --parts b`` times both paths. On CPU it was 1.5-1.9x as fast as plain
 autograd on classification-size maps and 0.95-1.75x on detection-size ones; on an H200 GPU
 (float32 maps of 64-768 channels in three settings) 1.06-1.31x, so :func:`default_backend` picks
-it on both. ``patch.patch_cka_autograd`` stays for twice differentiable calls and as the
+it on both. ``patch_cka(backend="autograd")`` stays for twice differentiable calls and as the
 reference the tests compare against. This module builds on ``cka``, ``numerics`` and ``resize``;
 ``patch`` dispatches to it.
 """
