@@ -675,24 +675,27 @@ def test_patch_cka_under_no_grad_and_with_a_frozen_teacher():
 
 @pytest.mark.parametrize("backend", ["kernel", "autograd"])
 def test_patch_cka_many_equals_one_call_per_pair(monkeypatch, backend):
-    """Pairs on one grid share a call (their channels concatenated); values and gradients are
-    those of separate calls, in the order given, whatever the grids, layouts and transposes."""
+    """Pairs on one grid share a call; values and gradients are those of separate calls, in the
+    order given, whatever the grids, layouts and transposes. Where pairs would be concatenated
+    (plain autograd, the transposed CKA), large ones keep a call each; the kernel joins any."""
     shapes = [(3, 2, 8, 8), (3, 5, 4, 4), (3, 4, 8, 8), (3, 1, 8, 8), (3, 3, 4, 4)]
     pairs = [map_pair(shape, seed=60 + i) for i, shape in enumerate(shapes)]
     pairs[2] = tuple(m.contiguous(memory_format=torch.channels_last) for m in pairs[2])
     students = [s.clone().requires_grad_() for s, _ in pairs]
     teachers = [t.clone().requires_grad_() for _, t in pairs]
     calls = []
-    real = fn.patch.patch_cka
-    monkeypatch.setattr(fn.patch, "patch_cka", lambda s, *a, **k: calls.append(s.shape[1]) or real(s, *a, **k))
-    for transpose, join_bytes, want_calls in ((False, 8 << 20, [7, 8]), (True, 8 << 20, [7, 8]), (False, 900, [1, 2, 3, 4, 5])):
+    real = fn.patch._grid_patch_cka
+    monkeypatch.setattr(fn.patch, "_grid_patch_cka", lambda s, *a, **k: calls.append(sum(m.shape[1] for m in s)) or real(s, *a, **k))
+    separate = [1, 2, 3, 4, 5] if backend == "autograd" else [7, 8]
+    for transpose, join_bytes, want_calls in ((False, 8 << 20, [7, 8]), (True, 8 << 20, [7, 8]), (False, 900, separate),
+                                              (True, 900, [1, 2, 3, 4, 5])):
         monkeypatch.setattr(fn.patch, "_JOIN_BYTES", join_bytes)
         calls.clear()
         got = fn.patch_cka_many(students, teachers, 4, transpose=transpose, backend=backend)
         # one call per grid (2 + 4 + 1 channels on 8x8, 5 + 3 on 4x4), or per pair for larger maps
         # (the 8x8 group is 7 * 192 doubles, the 4x4 one 8 * 48; neither fits 900 bytes)
         assert sorted(calls) == want_calls
-        want = [real(s, t, 4, transpose=transpose, backend=backend) for s, t in zip(students, teachers)]
+        want = [fn.patch_cka(s, t, 4, transpose=transpose, backend=backend) for s, t in zip(students, teachers)]
         assert [g.shape for g in got] == [(shape[1],) for shape in shapes]
         weights = [torch.linspace(0.5, 1.5, w.numel(), dtype=DOUBLE) for w in want]
         grads_got = torch.autograd.grad(sum((g * w).sum() for g, w in zip(got, weights)), students + teachers)

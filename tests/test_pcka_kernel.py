@@ -142,3 +142,46 @@ def test_the_kernel_reads_half_precision_maps_that_need_resizing_block_by_block(
     big = [t for t in saved if t.numel() >= student.numel()]
     assert len(big) == 1 and big[0].data_ptr() == got_s.data_ptr() and big[0].dtype == torch.bfloat16
     assert forward.largest < whole_float32 and backward.largest < whole_float32, (forward.largest, backward.largest)
+
+
+def test_the_kernel_joins_pairs_without_copying_their_maps(monkeypatch):
+    """Pairs on one grid go through one kernel call as they are: bf16 and float32, standard and
+    channels_last, a frozen teacher beside one with a gradient, over several channel blocks. Values
+    and gradients are those of separate calls; the maps themselves are the only map-sized tensors
+    saved, and no op makes a tensor the size of a side's maps together (a concatenation copied them,
+    forward and backward, and held the copies beside the maps)."""
+    g = torch.Generator().manual_seed(6)
+    widths = (3, 5, 2)
+    students = [torch.randn(4, c, 14, 14, generator=g).to(torch.bfloat16) for c in widths]
+    teachers = [0.5 * s.float() + torch.randn(s.shape, generator=g) for s in students]
+    students[1] = students[1].contiguous(memory_format=torch.channels_last)
+    teachers[2] = teachers[2].contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(pcka_kernel, "_BLOCK_BYTES", 4 * 256 * 4)  # blocks of 1 channel
+
+    def run(join):
+        s = [m.clone().requires_grad_() for m in students]
+        t = [m.clone().requires_grad_(i == 2) for i, m in enumerate(teachers)]
+        saved = []
+        with _LargestOutput() as forward, torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x) or x, lambda x: x):
+            sims = (fn.patch_cka_many(s, t, 4, backend="kernel") if join
+                    else [fn.patch_cka(a, b, 4, backend="kernel") for a, b in zip(s, t)])
+        weights = torch.linspace(0.5, 1.5, sum(widths))
+        with _LargestOutput() as backward:
+            grads = torch.autograd.grad((torch.cat(sims) * weights).sum(), [*s, t[2]])
+        return sims, grads, saved, max(forward.largest, backward.largest), (s, t)
+
+    calls = []
+    real = pcka_kernel.patch_cka_kernel
+    monkeypatch.setattr(pcka_kernel, "patch_cka_kernel", lambda s, *a, **k: calls.append(len(s)) or real(s, *a, **k))
+    want_sims, want_grads, _, _, _ = run(join=False)
+    assert calls == [1, 1, 1]
+    calls.clear()
+    sims, grads, saved, largest, (s, t) = run(join=True)
+    assert calls == [3]
+    for a, b in zip([*sims, *grads], [*want_sims, *want_grads]):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6)
+    assert all(a.dtype == b.dtype and a.stride() == b.stride() for a, b in zip(grads, [*s, t[2]]))
+    maps = {m.data_ptr() for m in [*s, t[2]]}
+    assert maps <= {x.data_ptr() for x in saved}
+    assert all(x.dim() < 4 for x in saved if x.data_ptr() not in maps)  # the rest: (C, n, n) and smaller
+    assert largest < 4 * sum(widths) * 196 * 2  # less than the bf16 student maps together

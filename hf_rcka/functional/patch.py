@@ -8,13 +8,14 @@ into those rows and computes the CKA either by plain autograd (patch rows + batc
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
 
 from . import pcka_kernel
 from .cka import linear_cka, min_cka_items
-from .numerics import DEFAULT_EPS, common_dtype, compute_dtype, full_precision
+from .numerics import DEFAULT_EPS, compute_dtype, full_precision
 from .resize import resize_bilinear
 
 __all__ = ["patchify", "patch_cka", "patch_cka_many", "patch_count"]
@@ -79,12 +80,6 @@ def check_aligned(student_fmap: torch.Tensor, teacher_fmap: torch.Tensor) -> Non
     _check_map(student_fmap)
 
 
-def _upcast_patch_rows(student: torch.Tensor, teacher: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both maps upcast to one dtype and cut into patch rows (C, n, B*ph*pw), in plain autograd."""
-    s, t = common_dtype(student, teacher)
-    return patchify(s, patch_size), patchify(t, patch_size)
-
-
 def _resolved(backend: str, device: torch.device) -> str:
     if backend not in pcka_kernel.BACKENDS:
         raise ValueError(f"patch_cka backend must be one of {pcka_kernel.BACKENDS}, got {backend!r}")
@@ -117,16 +112,25 @@ def patch_cka(
     align: it returns ones (a zero loss, no gradient); ``PatchCKALoss`` refuses such pairs.
     """
     check_aligned(student_fmap, teacher_fmap)
-    dtype = compute_dtype(student_fmap, teacher_fmap)
-    _, channels, height, width = student_fmap.shape
+    return _grid_patch_cka([student_fmap], [teacher_fmap], patch_size, transpose, center, eps, backend)
+
+
+@full_precision
+def _grid_patch_cka(students: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor], patch_size: int,
+                    transpose: bool, center: bool, eps: float, backend: str) -> torch.Tensor:
+    """:func:`patch_cka` of aligned pairs on one grid, their channels in order (autocast off)."""
+    dtype = functools.reduce(torch.promote_types, (compute_dtype(s, t) for s, t in zip(students, teachers)))
+    _, _, height, width = students[0].shape
     if patch_count(height, width, patch_size) < min_cka_items(center):
-        return torch.ones(channels, dtype=dtype, device=student_fmap.device) + 0.0 * student_fmap.sum(dtype=dtype)
-    kernel = _resolved(backend, student_fmap.device) == "kernel"
-    # the patch rows in plain autograd, for that backend and for the transposed CKA (made once for both)
-    rows_s, rows_t = _upcast_patch_rows(student_fmap, teacher_fmap, patch_size) if transpose or not kernel else (None, None)
+        channels = sum(s.shape[1] for s in students)
+        return torch.ones(channels, dtype=dtype, device=students[0].device) + 0.0 * sum(s.sum(dtype=dtype) for s in students)
+    kernel = _resolved(backend, students[0].device) == "kernel"
+    if transpose or not kernel:
+        # the patch rows in plain autograd, for that backend and for the transposed CKA (made once for both)
+        rows_s, rows_t = (patchify(_joined(maps).to(dtype), patch_size) for maps in (students, teachers))
     if kernel:
         ph, pw, size = _patch_layout(height, width, patch_size)
-        sim = pcka_kernel.patch_cka_kernel(student_fmap, teacher_fmap, ph, pw, size, center, eps)
+        sim = pcka_kernel.patch_cka_kernel(students, teachers, ph, pw, size, center, eps)
     else:
         sim = linear_cka(rows_s, rows_t, center=center, eps=eps)
     if transpose:
@@ -138,10 +142,15 @@ def patch_cka(
     return sim
 
 
-# Pairs are joined while their student maps take at most this much together: the concatenation
-# copies both sides' maps, which costs more than a call's fixed work on full-size maps (DeiT-B ->
+def _joined(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    return maps[0] if len(maps) == 1 else torch.cat(list(maps), 1)
+
+
+# Where pairs must be concatenated to share a call (plain autograd, or the transposed CKA), they
+# are joined while their student maps take at most this much together: the concatenation copies
+# both sides' maps, which costs more than a call's fixed work on full-size maps (DeiT-B ->
 # ResNet-50 at 224 px, batch 32: 38 MB per side; joined, the work patch CKA added to a CPU step
-# grew from 1.18 to 1.76 s).
+# grew from 1.18 to 1.76 s). The kernel reads the pairs' maps where they are, so it joins any.
 _JOIN_BYTES = 8 << 20
 
 
@@ -154,14 +163,15 @@ def patch_cka_many(
     eps: float = DEFAULT_EPS,
     backend: str = "auto",
 ) -> list[torch.Tensor]:
-    """:func:`patch_cka` of each pair of maps, with small pairs that share a grid in one call.
+    """:func:`patch_cka` of each pair of maps, with the pairs that share a grid in one call.
 
     PCKA never mixes channels (each is a CKA of its own), so the channels of several pairs on one
-    grid can go through one call as one map. On classification-size maps a call's cost is mostly
-    fixed (some sixty tensor ops forward and backward, whatever the channel count), so joining
-    three of four pairs cut the work patch CKA adds to a CPU step by 12-18% (benchmarks/README.md).
-    Large maps keep a call each (``_JOIN_BYTES``). Values and gradients are those of separate
-    calls.
+    grid can go through one call. On classification-size maps a call's cost is mostly fixed (some
+    sixty tensor ops forward and backward, whatever the channel count), so joining three of four
+    pairs cut the work patch CKA adds to a CPU step by 12-18% (benchmarks/README.md). The kernel
+    reads each pair's maps where they are; the plain-autograd path and the transposed CKA
+    concatenate them, so there large maps keep a call each (``_JOIN_BYTES``). Values and
+    gradients are those of separate calls.
 
     Returns:
         The per-channel CKA (C_i,) of each pair, in the order given.
@@ -176,8 +186,9 @@ def patch_cka_many(
     sims: list[torch.Tensor | None] = [None] * len(student_fmaps)
     for members in groups.values():
         students, teachers = [student_fmaps[i] for i in members], [teacher_fmaps[i] for i in members]
-        if len(members) > 1 and sum(s.numel() * s.element_size() for s in students) <= _JOIN_BYTES:
-            joined = patch_cka(torch.cat(students, 1), torch.cat(teachers, 1), patch_size, transpose, center, eps, backend)
+        copies = transpose or _resolved(backend, students[0].device) != "kernel"
+        if not copies or sum(s.numel() * s.element_size() for s in students) <= _JOIN_BYTES:
+            joined = _grid_patch_cka(students, teachers, patch_size, transpose, center, eps, backend)
             parts = joined.split([s.shape[1] for s in students])
         else:
             parts = [patch_cka(s, t, patch_size, transpose, center, eps, backend) for s, t in zip(students, teachers)]

@@ -21,13 +21,14 @@ reference the tests compare against. This module builds on ``cka``, ``numerics``
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 
 from .cka import batch_trace, inverse_norm
-from .numerics import compute_dtype
+from .numerics import upcast_dtype
 from .resize import resize_bilinear, resize_bilinear_backward
 
 BACKENDS = ("auto", "kernel", "autograd")
@@ -38,20 +39,29 @@ def default_backend(device: torch.device) -> str:
     return "kernel" if device.type in ("cpu", "cuda") else "autograd"
 
 
-def patch_cka_kernel(student: torch.Tensor, teacher: torch.Tensor, ph: int, pw: int, size: tuple[int, int],
-                     center: bool, eps: float) -> torch.Tensor:
-    """Per-channel CKA (C,) of two (B, C, H, W) maps, resized to ``size`` = (gh*ph, gw*pw), through
-    the hand-written backward.
+def patch_cka_kernel(students: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor], ph: int, pw: int,
+                     size: tuple[int, int], center: bool, eps: float) -> torch.Tensor:
+    """Per-channel CKA (C,) of pairs of (B, C_i, H, W) maps on one grid, resized to ``size`` =
+    (gh*ph, gw*pw), through the hand-written backward: the channels of all pairs, in order.
 
-    The maps come as the model made them: in their own dtype (bf16 under autocast) and size. Each
-    channel block is upcast and resized as it is read, in the forward and again in the backward,
-    and the map itself is what is saved. On a distillation step the loss runs where the student's
-    activations peak, and float32 resized copies of both sides (one of them saved until the
-    backward) were most of what patch CKA added to the step's peak memory on the CPU. Off the CPU
-    a map is read as one block (see the module docstring).
+    The maps come as the model made them: in their own dtype (bf16 under autocast), size and
+    layout. Each channel block is upcast and resized as it is read, in the forward and again in the
+    backward, and the maps themselves are what is saved. On a distillation step the loss runs where
+    the student's activations peak, and float32 resized copies of both sides (one of them saved
+    until the backward) were most of what patch CKA added to the step's peak memory on the CPU. Off
+    the CPU a map is read as one block (see the module docstring). Several pairs go through one
+    call without being concatenated: PCKA never mixes channels, so the call reads each map's blocks
+    in turn, and a concatenation would copy every map (forward and backward) and hold the copies
+    beside the maps.
     """
-    needs_grad = tuple(torch.is_grad_enabled() and fmap.requires_grad for fmap in (student, teacher))
-    return _PatchCKA.apply(student, teacher, ph, pw, tuple(size), center, eps, needs_grad)
+    maps = (*students, *teachers)
+    if (len(students) != len(teachers) or not students or any(s.shape != t.shape for s, t in zip(students, teachers))
+            or len({(m.shape[0], *m.shape[2:], m.device) for m in maps}) > 1):
+        raise ValueError(f"patch_cka_kernel needs pairs of maps of one batch, size and device, got student maps "
+                         f"{[tuple(m.shape) for m in students]} and teacher maps {[tuple(m.shape) for m in teachers]}")
+    dtype = functools.reduce(torch.promote_types, (upcast_dtype(m) for m in maps))
+    needs_grad = tuple(torch.is_grad_enabled() and fmap.requires_grad for fmap in maps)
+    return _PatchCKA.apply(_Grid(ph, pw, tuple(size), dtype), center, eps, needs_grad, *maps)
 
 
 _RUN_DTYPES = {16: torch.complex128, 8: torch.int64, 4: torch.int32, 2: torch.int16}
@@ -205,30 +215,39 @@ class _SideGram(NamedTuple):
     means: torch.Tensor | None  # the detached column means (C, 1, p); None without centering
 
 
-def _side_gram(fmap: torch.Tensor, grid: _Grid, center: bool, eps: float) -> _SideGram:
-    """Per-channel Gram of one map's patch matrices (columns centered), scaled to unit trace.
+def _side_gram(fmaps: Sequence[torch.Tensor], grid: _Grid, center: bool, eps: float) -> _SideGram:
+    """Per-channel Gram of one side's patch matrices (columns centered), scaled to unit trace: the
+    channels of ``fmaps`` in order, each map read block by block through one scratch buffer.
 
     Subtracting the detached column mean from the copied patches keeps the Gram entries small
     (accurate in float32) and needs no gradient term (see _PatchCKA). The constant-feature check
     of linear_cka uses the uncentered squared norm ``||X_c||^2 + n ||mean||^2``.
     """
-    blocks = grid.blocks(fmap)
-    scratch = grid.scratch(fmap, blocks[0].stop)
-    reader = _BlockReader(fmap, grid.dtype, grid.size, blocks[0].stop)
-    c, n, p = fmap.shape[1], scratch.shape[1], scratch.shape[2]
-    gram = torch.empty((c, n, n), dtype=grid.dtype, device=fmap.device)
-    means = torch.empty((c, 1, p), dtype=grid.dtype, device=fmap.device) if center else None
-    for block in blocks:
-        rows = scratch[: block.stop - block.start]
-        _copy_to_patches(rows, reader.read(block), grid.ph, grid.pw)
-        if center:
-            rows.sub_(torch.mean(rows, dim=1, keepdim=True, out=means[block]))
-        torch.bmm(rows, rows.transpose(1, 2), out=gram[block])
+    blocks = [grid.blocks(fmap) for fmap in fmaps]
+    scratch = grid.scratch(fmaps[0], max(b[0].stop for b in blocks))
+    n, p = scratch.shape[1], scratch.shape[2]
+    c = sum(fmap.shape[1] for fmap in fmaps)
+    gram = torch.empty((c, n, n), dtype=grid.dtype, device=fmaps[0].device)
+    means = torch.empty((c, 1, p), dtype=grid.dtype, device=fmaps[0].device) if center else None
+    for fmap, own, offset in zip(fmaps, blocks, _offsets(fmaps)):
+        reader = _BlockReader(fmap, grid.dtype, grid.size, own[0].stop)
+        for block in own:
+            rows, out = scratch[: block.stop - block.start], slice(offset + block.start, offset + block.stop)
+            _copy_to_patches(rows, reader.read(block), grid.ph, grid.pw)
+            if center:
+                rows.sub_(torch.mean(rows, dim=1, keepdim=True, out=means[out]))
+            torch.bmm(rows, rows.transpose(1, 2), out=gram[out])
+        del reader  # its block buffers go before the next map's are made
     sq = batch_trace(gram)
     inv = inverse_norm(sq, None if means is None else sq + n * _self_dot(means), eps)
     scale = inv * inv
     gram.mul_(scale[:, None, None])
     return _SideGram(gram, scale, _self_dot(gram), means)
+
+
+def _offsets(fmaps: Sequence[torch.Tensor]) -> list[int]:
+    """Where each map's channels start among the side's."""
+    return [sum(f.shape[1] for f in fmaps[:i]) for i in range(len(fmaps))]
 
 
 def _self_dot(a: torch.Tensor) -> torch.Tensor:
@@ -253,7 +272,8 @@ def _gram_direction(own: torch.Tensor, other: torch.Tensor, other_sq, r, eps: fl
 
 
 class _PatchCKA(torch.autograd.Function):
-    """Per-channel biased linear CKA of two maps' patch matrices, with a hand-written backward.
+    """Per-channel biased linear CKA of the patch matrices of pairs of maps (the student maps, then
+    the teacher maps, as ``*maps``), with a hand-written backward.
 
     Forward: k, l = the Grams of the centered patches scaled to unit trace, and
     ``CKA = <k, l> / D`` with ``D = sqrt(<k, k> <l, l> + eps^2)``, as linear_cka computes it.
@@ -273,22 +293,24 @@ class _PatchCKA(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, ph, pw, size, center, eps, needs_grad):
-        grid = _Grid(ph, pw, size, compute_dtype(student, teacher))
-        x, y = (_side_gram(fmap, grid, center, eps) for fmap in (student, teacher))
+    def forward(ctx, grid, center, eps, needs_grad, *maps):
+        half = len(maps) // 2
+        students, teachers = maps[:half], maps[half:]
+        x, y = _side_gram(students, grid, center, eps), _side_gram(teachers, grid, center, eps)
         kl = _cross_dot(x.gram, y.gram)
         d = torch.sqrt(x.self_dot * y.self_dot + eps * eps)
         r = kl / (d * d)
-        need_x, need_y = needs_grad
+        need_x, need_y = any(needs_grad[:half]), any(needs_grad[half:])
         dir_x = _gram_direction(x.gram, y.gram, y.self_dot, r, eps, reuse=not need_y) if need_x else None
         dir_y = _gram_direction(y.gram, x.gram, x.self_dot, r, eps, reuse=True) if need_y else None
         ctx.save_for_backward(
-            *(side if need else None for side, need in ((student, need_x), (teacher, need_y))),
             dir_x, dir_y,
             *(means if need else None for means, need in ((x.means, need_x), (y.means, need_y))),
             x.scale, y.scale, d,
+            *(fmap if need else None for fmap, need in zip(maps, needs_grad)),
         )
         ctx.grid = grid
+        ctx.channels = [slice(o, o + m.shape[1]) for side in (students, teachers) for m, o in zip(side, _offsets(side))]
         return kl / d
 
     @staticmethod
@@ -298,13 +320,17 @@ class _PatchCKA(torch.autograd.Function):
                 "patch_cka has a hand-written first-order backward and cannot be differentiated twice "
                 "(backward with create_graph=True)"
             )
-        student, teacher, dir_x, dir_y, means_x, means_y, s_x, s_y, d = ctx.saved_tensors
+        dir_x, dir_y, means_x, means_y, s_x, s_y, d, *maps = ctx.saved_tensors
         g = 2 * grad / d  # the 2: K = X X^T is symmetric, so dX = (M + M^T) X
-        grads = [
-            None if fmap is None else _map_gradient(direction, g * s, fmap, means, ctx.grid)
-            for fmap, direction, means, s in ((student, dir_x, means_x, s_x), (teacher, dir_y, means_y, s_y))
-        ]
-        return (*grads, None, None, None, None, None, None)
+        half = len(maps) // 2
+        grads = []
+        for side, direction, means, s in ((slice(0, half), dir_x, means_x, s_x), (slice(half, None), dir_y, means_y, s_y)):
+            factor = None if direction is None else g * s
+            # a map that needs no gradient was saved as None; its channels still count in the offsets
+            for fmap, channels in zip(maps[side], ctx.channels[side]):
+                grads.append(None if fmap is None else _map_gradient(
+                    direction[channels], factor[channels], fmap, None if means is None else means[channels], ctx.grid))
+        return (None, None, None, None, *grads)
 
 
 def _map_gradient(
