@@ -183,5 +183,26 @@ def test_the_kernel_joins_pairs_without_copying_their_maps(monkeypatch):
     assert all(a.dtype == b.dtype and a.stride() == b.stride() for a, b in zip(grads, [*s, t[2]]))
     maps = {m.data_ptr() for m in [*s, t[2]]}
     assert maps <= {x.data_ptr() for x in saved}
-    assert all(x.dim() < 4 for x in saved if x.data_ptr() not in maps)  # the rest: (C, n, n) and smaller
+    rest = [x for x in saved if x.data_ptr() not in maps]
+    # the rest: a (C, n, n) Gram direction per side and per-channel scalars (no column means)
+    assert sum(x.numel() for x in rest) == 2 * sum(widths) * 16 * 16 + 3 * sum(widths)
     assert largest < 4 * sum(widths) * 196 * 2  # less than the bf16 student maps together
+
+
+def test_constant_channels_give_the_autograd_values_and_gradients():
+    """A channel whose patches are all alike (zero, or the same value over each image) has no
+    patch relations after centering; the kernel tells it from a varied one by the uncentered
+    norm, as linear_cka does, and gives plain autograd's values and gradients."""
+    results = []
+    for backend in ("kernel", "autograd"):
+        s, t = _maps((3, 4, 8, 8), seed=7)
+        with torch.no_grad():
+            s[:, 0] = 0.0
+            s[:, 1] = torch.tensor([0.5, -1.0, 2.0], dtype=s.dtype)[:, None, None]
+            t[:, 2] = 1.5
+        value = fn.patch_cka(s, t, 4, backend=backend)
+        value.mul(torch.arange(1.0, 5.0, dtype=value.dtype)).sum().backward()
+        results.append((value.detach(), s.grad, t.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert results[0][0][:3].abs().max() < 1e-6 and results[0][0][3] > 0.1

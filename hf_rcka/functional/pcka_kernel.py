@@ -212,7 +212,6 @@ class _SideGram(NamedTuple):
     gram: torch.Tensor  # k = X_c X_c^T / ||X_c||^2, (C, n, n)
     scale: torch.Tensor  # 1 / ||X_c||^2 per channel, 0 for a constant channel
     self_dot: torch.Tensor  # <k, k> per channel
-    means: torch.Tensor | None  # the detached column means (C, 1, p); None without centering
 
 
 def _side_gram(fmaps: Sequence[torch.Tensor], grid: _Grid, center: bool, eps: float) -> _SideGram:
@@ -225,24 +224,34 @@ def _side_gram(fmaps: Sequence[torch.Tensor], grid: _Grid, center: bool, eps: fl
     """
     blocks = [grid.blocks(fmap) for fmap in fmaps]
     scratch = grid.scratch(fmaps[0], max(b[0].stop for b in blocks))
-    n, p = scratch.shape[1], scratch.shape[2]
+    n = scratch.shape[1]
     c = sum(fmap.shape[1] for fmap in fmaps)
     gram = torch.empty((c, n, n), dtype=grid.dtype, device=fmaps[0].device)
-    means = torch.empty((c, 1, p), dtype=grid.dtype, device=fmaps[0].device) if center else None
+    mean_sq = torch.zeros(c, dtype=grid.dtype, device=fmaps[0].device)  # n ||mean||^2 per channel
     for fmap, own, offset in zip(fmaps, blocks, _offsets(fmaps)):
         reader = _BlockReader(fmap, grid.dtype, grid.size, own[0].stop)
         for block in own:
             rows, out = scratch[: block.stop - block.start], slice(offset + block.start, offset + block.stop)
             _copy_to_patches(rows, reader.read(block), grid.ph, grid.pw)
             if center:
-                rows.sub_(torch.mean(rows, dim=1, keepdim=True, out=means[out]))
+                _center(rows, out=mean_sq[out])
             torch.bmm(rows, rows.transpose(1, 2), out=gram[out])
         del reader  # its block buffers go before the next map's are made
     sq = batch_trace(gram)
-    inv = inverse_norm(sq, None if means is None else sq + n * _self_dot(means), eps)
+    inv = inverse_norm(sq, sq + mean_sq if center else None, eps)
     scale = inv * inv
     gram.mul_(scale[:, None, None])
-    return _SideGram(gram, scale, _self_dot(gram), means)
+    return _SideGram(gram, scale, _self_dot(gram))
+
+
+def _center(rows: torch.Tensor, out: torch.Tensor | None = None) -> None:
+    """Subtract each column's mean over the patches from ``rows`` (c, n, p), in place; ``out``
+    gets ``n ||mean||^2`` per channel. The backward recomputes the same means from the same rows,
+    so no (C, 1, p) means are saved."""
+    mean = rows.mean(dim=1, keepdim=True)
+    if out is not None:
+        torch.mul(_self_dot(mean), rows.shape[1], out=out)
+    rows.sub_(mean)
 
 
 def _offsets(fmaps: Sequence[torch.Tensor]) -> list[int]:
@@ -286,8 +295,8 @@ class _PatchCKA(torch.autograd.Function):
     which is what the gradient through the mean would make it.
 
     Besides the input maps themselves (in their own dtype and size), only ``M / (g s)`` (C, n, n)
-    and the column means are saved: the backward rebuilds X_c from the map block by block (cast,
-    resize, patch copy), so no map-sized buffer outlives the forward (on CPU each fresh one costs
+    and per-channel scalars are saved: the backward rebuilds X_c from the map block by block (cast,
+    resize, patch copy, centering), so no map-sized buffer outlives the forward (on CPU each fresh one costs
     page faults, more than rebuilding the block does). A side's backward is then one batched
     matmul, two copies and, for a resized map, the resize's adjoint. Not twice differentiable.
     """
@@ -305,11 +314,10 @@ class _PatchCKA(torch.autograd.Function):
         dir_y = _gram_direction(y.gram, x.gram, x.self_dot, r, eps, reuse=True) if need_y else None
         ctx.save_for_backward(
             dir_x, dir_y,
-            *(means if need else None for means, need in ((x.means, need_x), (y.means, need_y))),
             x.scale, y.scale, d,
             *(fmap if need else None for fmap, need in zip(maps, needs_grad)),
         )
-        ctx.grid = grid
+        ctx.grid, ctx.center = grid, center
         ctx.channels = [slice(o, o + m.shape[1]) for side in (students, teachers) for m, o in zip(side, _offsets(side))]
         return kl / d
 
@@ -320,21 +328,21 @@ class _PatchCKA(torch.autograd.Function):
                 "patch_cka has a hand-written first-order backward and cannot be differentiated twice "
                 "(backward with create_graph=True)"
             )
-        dir_x, dir_y, means_x, means_y, s_x, s_y, d, *maps = ctx.saved_tensors
+        dir_x, dir_y, s_x, s_y, d, *maps = ctx.saved_tensors
         g = 2 * grad / d  # the 2: K = X X^T is symmetric, so dX = (M + M^T) X
         half = len(maps) // 2
         grads = []
-        for side, direction, means, s in ((slice(0, half), dir_x, means_x, s_x), (slice(half, None), dir_y, means_y, s_y)):
+        for side, direction, s in ((slice(0, half), dir_x, s_x), (slice(half, None), dir_y, s_y)):
             factor = None if direction is None else g * s
             # a map that needs no gradient was saved as None; its channels still count in the offsets
             for fmap, channels in zip(maps[side], ctx.channels[side]):
                 grads.append(None if fmap is None else _map_gradient(
-                    direction[channels], factor[channels], fmap, None if means is None else means[channels], ctx.grid))
+                    direction[channels], factor[channels], fmap, ctx.center, ctx.grid))
         return (None, None, None, None, *grads)
 
 
 def _map_gradient(
-    direction: torch.Tensor, factor: torch.Tensor, fmap: torch.Tensor, means: torch.Tensor | None, grid: _Grid
+    direction: torch.Tensor, factor: torch.Tensor, fmap: torch.Tensor, center: bool, grid: _Grid
 ) -> torch.Tensor:
     """``factor * direction @ X_c`` per channel, taken back through the resize and the cast into
     ``fmap``'s shape, dtype and layout, block by block."""
@@ -345,8 +353,8 @@ def _map_gradient(
     for block in blocks:
         size = block.stop - block.start
         _copy_to_patches(rows[:size], reader.read(block), grid.ph, grid.pw)
-        if means is not None:
-            rows[:size].sub_(means[block])
+        if center:
+            _center(rows[:size])
         torch.bmm(direction[block] * factor[block, None, None], rows[:size], out=out[:size])
         reader.write_grad(grad, block, out[:size], grid.ph, grid.pw)
     return grad
