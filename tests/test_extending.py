@@ -354,6 +354,13 @@ def test_an_adapter_or_loss_of_ones_own_gets_the_teacher_features_whole():
 
     assert IdentityAdapter.passes_teacher and LinearAdapter.passes_teacher and Declared.passes_teacher
     assert not Squared.passes_teacher
+    from hf_rcka.adapters.patch_match import PatchMatchAdapter
+
+    class OwnGrid(PatchMatchAdapter):
+        def forward(self, student, teacher):
+            return super().forward(student, teacher)
+
+    assert PatchMatchAdapter.passes_teacher and not OwnGrid.passes_teacher  # its map, on the grid
     # the student's side likewise: only the identity hands it on (the linear adapter projects it)
     assert IdentityAdapter.passes_student and not LinearAdapter.passes_student
     assert not Squared.passes_student and not Declared.passes_student

@@ -224,6 +224,7 @@ def test_the_teacher_sides_held_through_the_student_forward_are_the_prepared_one
     from hf_rcka.adapters.patch_match import PreparedTeacher
 
     model = _cnn_student_model(PatchCKALoss()).train()
+    model._reducing_loss = None  # the maps themselves (patch CKA would hold their Grams: next test)
     x, _ = _batch()
     sides = model._teacher_sides(model._run_teacher(x)[2])
     assert len(sides) == len(model.adapters) > 0
@@ -231,6 +232,53 @@ def test_the_teacher_sides_held_through_the_student_forward_are_the_prepared_one
         assert isinstance(side, PreparedTeacher)
         assert side.fmap.shape[1] == adapter.sample_channels < adapter.teacher_spec.channels
         assert side.fmap.untyped_storage().nbytes() == side.fmap.numel() * side.fmap.element_size()
+
+
+@pytest.mark.parametrize("build", [_model, _cnn_student_model], ids=["cnn_teacher", "vit_teacher"])
+def test_patch_cka_holds_each_teacher_side_as_its_patch_grams_in_training_with_the_same_losses(build):
+    """Patch CKA alone reads the pairs: in training, patch_match hands the reduction the teacher's
+    map on the common grid, and what is held through the student's forward is its per-channel
+    patch Grams (the sampled channels stay for the projection). Terms and the student's and
+    projections' gradients are those of the maps. Evaluation, which may drop an image's stand-in
+    from the batch, holds the maps."""
+    from hf_rcka.adapters.patch_match import PreparedTeacher
+    from hf_rcka.functional import PatchGramSide
+    from hf_rcka.losses import IGNORE_INDEX
+
+    model = build(PatchCKALoss()).train()
+    pixels, labels = _batch()
+    sides = model._teacher_sides(model._run_teacher(pixels)[2])
+    assert sides and all(isinstance(side, PreparedTeacher) and isinstance(side.fmap, PatchGramSide) for side in sides)
+    for side, adapter in zip(sides, model.adapters):
+        channels = adapter.teacher_spec.channels if side.channels is None else len(side.channels)
+        assert side.fmap.shape[:2] == (5, channels) and side.fmap.shape[2:] == adapter.grid
+    model.eval()
+    assert not any(isinstance(side.fmap, PatchGramSide) for side in model._teacher_sides(model._run_teacher(pixels)[2]))
+    eval_labels = labels.clone()
+    eval_labels[2] = IGNORE_INDEX
+    loss = model.losses["patch_cka"]
+    made = []
+    loss.reduce_teacher_feature = lambda fmap: made.append(type(loss).reduce_teacher_feature(loss, fmap)) or made[-1]
+
+    def run(batch_labels):
+        terms, grads = _terms_and_grads(model, pixels, batch_labels)
+        return terms, grads + [p.grad.clone() for p in model.adapters.parameters() if p.grad is not None]
+
+    for mode, batch_labels in ((True, labels), (False, eval_labels)):
+        model.train(mode)
+        made.clear()
+        reduced_terms, reduced_grads = run(batch_labels)
+        assert len(made) == len(model.adapters) and all(isinstance(m, PatchGramSide) == mode for m in made)
+        model._reducing_loss = None
+        whole_terms, whole_grads = run(batch_labels)
+        model._reducing_loss = "patch_cka"
+        assert reduced_terms.keys() == whole_terms.keys() == {"ce", "patch_cka"}
+        for name in whole_terms:
+            torch.testing.assert_close(reduced_terms[name], whole_terms[name], rtol=1e-5, atol=1e-6)
+        trained = len(list(model.student.parameters())) + len(list(model.adapters.parameters()))
+        assert len(reduced_grads) == len(whole_grads) == (trained if mode else 0)
+        for got, expected in zip(reduced_grads, whole_grads):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
 def _terms_and_grads(model: DistillationModel, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[dict, list]:

@@ -206,3 +206,36 @@ def test_constant_channels_give_the_autograd_values_and_gradients():
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert results[0][0][:3].abs().max() < 1e-6 and results[0][0][3] > 0.1
+
+
+def test_a_teacher_reduced_to_its_patch_grams_gives_the_maps_values_and_gradients(monkeypatch):
+    """``patch_cka_side`` reduces a frozen teacher map to its per-channel patch Grams; with them in
+    place of the maps (alone or joined, bf16 or float32, channels_last, resized to whole patches,
+    over several channel blocks) values and the student's gradients are the maps'. The side is
+    not changed by being used, and serves only the settings it was made with."""
+    g = torch.Generator().manual_seed(8)
+    widths = (3, 5)
+    students = [torch.randn(4, c, 14, 14, generator=g).to(torch.bfloat16) for c in widths]
+    teachers = [0.5 * s.float() + torch.randn(s.shape, generator=g) for s in students]
+    teachers[0] = teachers[0].to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(pcka_kernel, "_BLOCK_BYTES", 2 * 4 * 256 * 4)  # blocks of 2 channels
+    sides = [fn.patch_cka_side(t, 4) for t in teachers]
+    kept = [[x.clone() for x in side.side] for side in sides]
+    assert all(side.shape == t.shape and side.side.gram.shape == (t.shape[1], 16, 16) for side, t in zip(sides, teachers))
+
+    def run(teachers_or_sides, join):
+        s = [m.clone().requires_grad_() for m in students]
+        sims = (fn.patch_cka_many(s, teachers_or_sides, 4) if join
+                else [fn.patch_cka(a, b, 4) for a, b in zip(s, teachers_or_sides)])
+        return [*sims, *torch.autograd.grad((torch.cat(sims) * torch.linspace(0.5, 1.5, sum(widths))).sum(), s)]
+
+    for join in (False, True):
+        for a, b in zip(run(sides, join), run(teachers, join)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for side, before in zip(sides, kept):
+        for x, y in zip(side.side, before):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    for kwargs in ({"patch_size": 2}, {"transpose": True}, {"center": False}, {"backend": "autograd"}):
+        with pytest.raises(ValueError, match="serves the kernel's plain patch_cka with the same settings only"):
+            fn.patch_cka(students[0], sides[0], **{"patch_size": 4, **kwargs})
+    assert fn.patch_cka_side(teachers[0][:, :, :2, :1], 4) is None  # fewer patches than CKA relates

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from torch import Tensor, nn
 
@@ -60,6 +60,16 @@ class FeatureAdapter(nn.Module):
         coarser grid, sampling channels) does it here, so that the full-size state can go first.
         The default hands the state over as it is."""
         return teacher
+
+    def reduce_teacher(self, teacher: Any, reduce: Callable[[Tensor], Any]) -> Any:
+        """``prepare_teacher``'s result with the loss's reduction (``reduce`` is the reading loss's
+        ``reduce_teacher_feature``) applied to what ``forward`` hands on of it; ``forward`` then gets
+        the result. The default reduces the whole side of an adapter that ``passes_teacher`` (a
+        None from ``reduce`` keeps it whole) and leaves any other side as it is."""
+        if not self.passes_teacher:
+            return teacher
+        reduced = reduce(teacher)
+        return teacher if reduced is None else reduced
 
     def prepare_student(self, student: Tensor) -> Any:
         """The student's side alone, run where the student's forward makes the hidden state (when the

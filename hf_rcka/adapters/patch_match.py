@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +16,10 @@ GRID_CHOICES = ("min", "student", "teacher")
 
 
 class PreparedTeacher(NamedTuple):
-    """A patch_match pair's teacher side on the common grid, and its sampled channels (None: all)."""
+    """A patch_match pair's teacher side on the common grid (or what the reading loss reduced that
+    map to), and its sampled channels (None: all)."""
 
-    fmap: Tensor
+    fmap: Any
     channels: Tensor | None
 
 
@@ -59,6 +60,10 @@ class PatchMatchAdapter(FeatureAdapter):
             None (all). Only for losses that average over channels.
     """
 
+    # forward hands the teacher's map on, once on the common grid: reduce_teacher lets the reading
+    # loss reduce it there (a subclass with its own forward or prepare_teacher gets the map whole)
+    passes_teacher = True
+
     def __init__(
         self,
         student: FeatureSpec,
@@ -92,6 +97,16 @@ class PatchMatchAdapter(FeatureAdapter):
         teacher = _select(teacher, channels, self.grid)
         return PreparedTeacher(resample(teacher, _shrunk(teacher, self.grid)), channels)
 
+    def reduce_teacher(self, teacher: PreparedTeacher, reduce: Callable[[Tensor], Any]) -> PreparedTeacher:
+        """The prepared side with its map, on the common grid, reduced by the reading loss (patch
+        CKA's per-channel patch Grams in training: ``PatchCKALoss.reduce_teacher_feature``), so that
+        the map is not held through the student's forward; the sampled channels stay for the
+        projection."""
+        if not self.passes_teacher:
+            return teacher
+        reduced = reduce(resample(teacher.fmap, self.grid))
+        return teacher if reduced is None else PreparedTeacher(reduced, teacher.channels)
+
     def prepare_student(self, student: Tensor) -> PreparedStudent:
         """The student's hidden state as a map, pooled down towards the common grid where the student
         makes it: the pooling's backward, which hands back a gradient of the whole state (a ResNet-50
@@ -102,7 +117,9 @@ class PatchMatchAdapter(FeatureAdapter):
 
     def forward(self, student: Tensor | PreparedStudent, teacher: Tensor | PreparedTeacher) -> tuple[Tensor, Tensor]:
         prepared = teacher if isinstance(teacher, PreparedTeacher) else self.prepare_teacher(teacher)
-        teacher, channels = resample(prepared.fmap, self.grid), prepared.channels
+        teacher, channels = prepared.fmap, prepared.channels
+        if isinstance(teacher, Tensor):  # else the loss reduced it on the grid (reduce_teacher)
+            teacher = resample(teacher, self.grid)
         student = (student if isinstance(student, PreparedStudent) else self.prepare_student(student)).fmap
         if self.proj is None:
             return resample(_select(student, channels, self.grid), self.grid), teacher

@@ -21,7 +21,7 @@ from .cka import (
 from .kd import kd_loss, srd_correlation, srd_distance
 from .numerics import upcast
 from .nystrom import class_sums, kernel_transfer_loss, landmark_similarity, nystrom_approximation
-from .patch import patch_cka, patch_cka_many, patchify
+from .patch import PatchGramSide, patch_cka, patch_cka_many, patch_cka_side, patchify
 
 __all__ = [
     "gram_linear",
@@ -37,6 +37,8 @@ __all__ = [
     "patchify",
     "patch_cka",
     "patch_cka_many",
+    "patch_cka_side",
+    "PatchGramSide",
     "landmark_similarity",
     "nystrom_approximation",
     "class_sums",

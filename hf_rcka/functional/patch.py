@@ -9,6 +9,7 @@ into those rows and computes the CKA either by plain autograd (patch rows + batc
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -18,7 +19,7 @@ from .cka import linear_cka, min_cka_items
 from .numerics import DEFAULT_EPS, compute_dtype, full_precision
 from .resize import resize_bilinear
 
-__all__ = ["patchify", "patch_cka", "patch_cka_many", "patch_count"]
+__all__ = ["PatchGramSide", "patchify", "patch_cka", "patch_cka_many", "patch_cka_side", "patch_count"]
 
 
 def _effective_patch(size: int, patch_size: int) -> int:
@@ -70,8 +71,56 @@ def patchify(fmap: torch.Tensor, patch_size: int) -> torch.Tensor:
     return _patch_rows(*_fit_to_patches(fmap, patch_size))
 
 
-def check_aligned(student_fmap: torch.Tensor, teacher_fmap: torch.Tensor) -> None:
-    """Both maps (B, C, H, W) of one shape, or a ValueError that names the adapter that aligns them."""
+@dataclass(frozen=True)
+class PatchGramSide:
+    """A frozen (teacher's) map reduced to what :func:`patch_cka` reads of it: per channel, the Gram
+    of its patches, for the hand-written kernel's non-transposed CKA.
+
+    A distillation step holds the teacher's side of each pair from the teacher's forward, through
+    the student's whole forward, to the loss; the (C, n, n) Grams over n patches are a small part
+    of the (B, C, H, W) map (DeiT-B's 768 channels on a 14 x 14 grid at batch 16: 0.8 MiB in float32
+    against 4.6 MiB of bf16 map), and the loss, where the student's activations peak, then reads
+    only the student's maps. Made by :func:`patch_cka_side`; pass it to ``patch_cka`` or
+    ``patch_cka_many`` in place of the teacher map. It has no gradient, and it mixes the images of
+    the batch, so no image can be dropped from it afterwards.
+
+    Attributes:
+        side: the kernel's reduced side (the Gram scaled to unit trace, ``<k, k>`` and the scale).
+        shape: the map's shape (B, C, H, W), which the student's must equal.
+        dtype: the map's dtype.
+        patch_size, center, eps: what the Gram was made with; the CKA must use the same.
+    """
+
+    side: pcka_kernel.SideGram
+    shape: torch.Size
+    dtype: torch.dtype
+    patch_size: int
+    center: bool
+    eps: float
+
+    @property
+    def device(self) -> torch.device:
+        return self.side.gram.device
+
+
+def patch_cka_side(teacher_fmap: torch.Tensor, patch_size: int = 16, center: bool = True,
+                   eps: float = DEFAULT_EPS) -> PatchGramSide | None:
+    """``teacher_fmap`` (B, C, H, W) reduced to its :class:`PatchGramSide`, or None where
+    ``patch_cka`` would not read it through the kernel (another device's default backend, a map of
+    fewer patches than CKA relates): keep such a map whole. The transposed CKA
+    (``transpose=True``) reads the pixels, so it takes maps only."""
+    _check_map(teacher_fmap)
+    _, _, height, width = teacher_fmap.shape
+    if _resolved("auto", teacher_fmap.device) != "kernel" or patch_count(height, width, patch_size) < min_cka_items(center):
+        return None
+    ph, pw, size = _patch_layout(height, width, patch_size)
+    side = pcka_kernel.side_gram(teacher_fmap, ph, pw, size, center, eps)
+    return PatchGramSide(side, teacher_fmap.shape, teacher_fmap.dtype, patch_size, center, eps)
+
+
+def check_aligned(student_fmap: torch.Tensor, teacher_fmap: torch.Tensor | PatchGramSide) -> None:
+    """Both maps (B, C, H, W) of one shape (the teacher's may be reduced to its
+    :class:`PatchGramSide`), or a ValueError that names the adapter that aligns them."""
     if student_fmap.shape != teacher_fmap.shape:
         raise ValueError(
             f"patch_cka needs aligned maps of equal shape, got student {tuple(student_fmap.shape)} and "
@@ -118,7 +167,10 @@ def patch_cka(
 @full_precision
 def _grid_patch_cka(students: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor], patch_size: int,
                     transpose: bool, center: bool, eps: float, backend: str) -> torch.Tensor:
-    """:func:`patch_cka` of aligned pairs on one grid, their channels in order (autocast off)."""
+    """:func:`patch_cka` of aligned pairs on one grid, their channels in order (autocast off). The
+    teachers are maps, or all :class:`PatchGramSide` (through the kernel's plain CKA only)."""
+    if isinstance(teachers[0], PatchGramSide):
+        return _reduced_patch_cka(students, teachers, patch_size, transpose, center, eps, backend)
     dtype = functools.reduce(torch.promote_types, (compute_dtype(s, t) for s, t in zip(students, teachers)))
     _, _, height, width = students[0].shape
     if patch_count(height, width, patch_size) < min_cka_items(center):
@@ -140,6 +192,19 @@ def _grid_patch_cka(students: Sequence[torch.Tensor], teachers: Sequence[torch.T
         if rows_s.shape[-1] >= min_cka_items(center):
             sim = 0.5 * (sim + linear_cka(rows_s.transpose(-2, -1), rows_t.transpose(-2, -1), center=center, eps=eps))
     return sim
+
+
+def _reduced_patch_cka(students: Sequence[torch.Tensor], teachers: Sequence[PatchGramSide], patch_size: int,
+                       transpose: bool, center: bool, eps: float, backend: str) -> torch.Tensor:
+    made = {(t.patch_size, t.center, t.eps) for t in teachers}
+    if made != {(patch_size, center, eps)} or transpose or _resolved(backend, students[0].device) != "kernel":
+        raise ValueError(
+            f"a teacher reduced to its PatchGramSide (patch_size, center, eps = {sorted(made)}) serves the kernel's plain "
+            f"patch_cka with the same settings only, not patch_size={patch_size}, center={center}, eps={eps}, "
+            f"transpose={transpose}, backend={backend!r}; pass the teacher's map instead")
+    _, _, height, width = students[0].shape
+    ph, pw, size = _patch_layout(height, width, patch_size)
+    return pcka_kernel.patch_cka_kernel(students, [t.side for t in teachers], ph, pw, size, center, eps)
 
 
 def _joined(maps: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -181,12 +246,13 @@ def patch_cka_many(
     groups: dict[tuple, list[int]] = {}
     for i, (student, teacher) in enumerate(zip(student_fmaps, teacher_fmaps)):
         check_aligned(student, teacher)
-        key = (student.shape[0], *student.shape[2:], student.dtype, teacher.dtype, student.device)
+        key = (student.shape[0], *student.shape[2:], student.dtype, teacher.dtype, student.device,
+               isinstance(teacher, PatchGramSide))
         groups.setdefault(key, []).append(i)
     sims: list[torch.Tensor | None] = [None] * len(student_fmaps)
     for members in groups.values():
         students, teachers = [student_fmaps[i] for i in members], [teacher_fmaps[i] for i in members]
-        copies = transpose or _resolved(backend, students[0].device) != "kernel"
+        copies = (transpose or _resolved(backend, students[0].device) != "kernel") and isinstance(teachers[0], torch.Tensor)
         if not copies or sum(s.numel() * s.element_size() for s in students) <= _JOIN_BYTES:
             joined = _grid_patch_cka(students, teachers, patch_size, transpose, center, eps, backend)
             parts = joined.split([s.shape[1] for s in students])

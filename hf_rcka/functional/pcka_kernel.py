@@ -39,7 +39,7 @@ def default_backend(device: torch.device) -> str:
     return "kernel" if device.type in ("cpu", "cuda") else "autograd"
 
 
-def patch_cka_kernel(students: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor], ph: int, pw: int,
+def patch_cka_kernel(students: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor | SideGram], ph: int, pw: int,
                      size: tuple[int, int], center: bool, eps: float) -> torch.Tensor:
     """Per-channel CKA (C,) of pairs of (B, C_i, H, W) maps on one grid, resized to ``size`` =
     (gh*ph, gw*pw), through the hand-written backward: the channels of all pairs, in order.
@@ -52,16 +52,30 @@ def patch_cka_kernel(students: Sequence[torch.Tensor], teachers: Sequence[torch.
     the CPU a map is read as one block (see the module docstring). Several pairs go through one
     call without being concatenated: PCKA never mixes channels, so the call reads each map's blocks
     in turn, and a concatenation would copy every map (forward and backward) and hold the copies
-    beside the maps.
+    beside the maps. The teachers may come reduced to their Grams (:func:`side_gram`, all of them).
     """
-    maps = (*students, *teachers)
-    if (len(students) != len(teachers) or not students or any(s.shape != t.shape for s, t in zip(students, teachers))
+    reduced = all(isinstance(t, SideGram) for t in teachers)
+    maps = (*students, *([] if reduced else teachers))
+    channels = [t.gram.shape[0] if reduced else t.shape[1] for t in teachers]
+    if (len(students) != len(teachers) or not students or any(s.shape[1] != c for s, c in zip(students, channels))
             or len({(m.shape[0], *m.shape[2:], m.device) for m in maps}) > 1):
         raise ValueError(f"patch_cka_kernel needs pairs of maps of one batch, size and device, got student maps "
-                         f"{[tuple(m.shape) for m in students]} and teacher maps {[tuple(m.shape) for m in teachers]}")
+                         f"{[tuple(m.shape) for m in students]} and teachers of {channels} channels")
     dtype = functools.reduce(torch.promote_types, (upcast_dtype(m) for m in maps))
+    if reduced:  # joined (a fresh tensor the forward may reuse) or cast only where needed
+        side = SideGram(*(torch.cat([getattr(t, f) for t in teachers]).to(dtype) for f in SideGram._fields))
+        fresh = len(teachers) > 1 or side.gram.data_ptr() != teachers[0].gram.data_ptr()
+        teachers = [(side, fresh)]
     needs_grad = tuple(torch.is_grad_enabled() and fmap.requires_grad for fmap in maps)
-    return _PatchCKA.apply(_Grid(ph, pw, tuple(size), dtype), center, eps, needs_grad, *maps)
+    return _PatchCKA.apply(_Grid(ph, pw, tuple(size), dtype), center, eps, needs_grad, teachers[0] if reduced else None,
+                           *maps)
+
+
+@torch.no_grad()
+def side_gram(fmap: torch.Tensor, ph: int, pw: int, size: tuple[int, int], center: bool, eps: float) -> SideGram:
+    """One frozen map reduced to what the kernel reads of it: its per-channel patch Gram scaled to
+    unit trace, ``<k, k>`` and the scale, in the map's :func:`upcast_dtype` (see _PatchCKA)."""
+    return _side_gram([fmap], _Grid(ph, pw, tuple(size), upcast_dtype(fmap)), center, eps)
 
 
 _RUN_DTYPES = {16: torch.complex128, 8: torch.int64, 4: torch.int32, 2: torch.int16}
@@ -206,7 +220,7 @@ class _Grid(NamedTuple):
         return torch.empty((channels, n, p), dtype=self.dtype, device=fmap.device)
 
 
-class _SideGram(NamedTuple):
+class SideGram(NamedTuple):
     """One side of _PatchCKA: its Gram scaled to unit trace and what the gradient needs of it."""
 
     gram: torch.Tensor  # k = X_c X_c^T / ||X_c||^2, (C, n, n)
@@ -214,7 +228,7 @@ class _SideGram(NamedTuple):
     self_dot: torch.Tensor  # <k, k> per channel
 
 
-def _side_gram(fmaps: Sequence[torch.Tensor], grid: _Grid, center: bool, eps: float) -> _SideGram:
+def _side_gram(fmaps: Sequence[torch.Tensor], grid: _Grid, center: bool, eps: float) -> SideGram:
     """Per-channel Gram of one side's patch matrices (columns centered), scaled to unit trace: the
     channels of ``fmaps`` in order, each map read block by block through one scratch buffer.
 
@@ -241,7 +255,7 @@ def _side_gram(fmaps: Sequence[torch.Tensor], grid: _Grid, center: bool, eps: fl
     inv = inverse_norm(sq, sq + mean_sq if center else None, eps)
     scale = inv * inv
     gram.mul_(scale[:, None, None])
-    return _SideGram(gram, scale, _self_dot(gram))
+    return SideGram(gram, scale, _self_dot(gram))
 
 
 def _center(rows: torch.Tensor, out: torch.Tensor | None = None) -> None:
@@ -302,15 +316,18 @@ class _PatchCKA(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, grid, center, eps, needs_grad, *maps):
-        half = len(maps) // 2
+    def forward(ctx, grid, center, eps, needs_grad, reduced, *maps):
+        # ``reduced``: (the teachers' joined SideGram, whether this call made it), or None for
+        # teacher maps after the student maps
+        half = len(maps) if reduced else len(maps) // 2
         students, teachers = maps[:half], maps[half:]
-        x, y = _side_gram(students, grid, center, eps), _side_gram(teachers, grid, center, eps)
+        x = _side_gram(students, grid, center, eps)
+        y, fresh = reduced if reduced else (_side_gram(teachers, grid, center, eps), True)
         kl = _cross_dot(x.gram, y.gram)
         d = torch.sqrt(x.self_dot * y.self_dot + eps * eps)
         r = kl / (d * d)
         need_x, need_y = any(needs_grad[:half]), any(needs_grad[half:])
-        dir_x = _gram_direction(x.gram, y.gram, y.self_dot, r, eps, reuse=not need_y) if need_x else None
+        dir_x = _gram_direction(x.gram, y.gram, y.self_dot, r, eps, reuse=fresh and not need_y) if need_x else None
         dir_y = _gram_direction(y.gram, x.gram, x.self_dot, r, eps, reuse=True) if need_y else None
         ctx.save_for_backward(
             dir_x, dir_y,
@@ -319,6 +336,7 @@ class _PatchCKA(torch.autograd.Function):
         )
         ctx.grid, ctx.center = grid, center
         ctx.channels = [slice(o, o + m.shape[1]) for side in (students, teachers) for m, o in zip(side, _offsets(side))]
+        ctx.half = half
         return kl / d
 
     @staticmethod
@@ -330,7 +348,7 @@ class _PatchCKA(torch.autograd.Function):
             )
         dir_x, dir_y, s_x, s_y, d, *maps = ctx.saved_tensors
         g = 2 * grad / d  # the 2: K = X X^T is symmetric, so dX = (M + M^T) X
-        half = len(maps) // 2
+        half = ctx.half
         grads = []
         for side, direction, s in ((slice(0, half), dir_x, s_x), (slice(half, None), dir_y, s_y)):
             factor = None if direction is None else g * s
@@ -338,7 +356,7 @@ class _PatchCKA(torch.autograd.Function):
             for fmap, channels in zip(maps[side], ctx.channels[side]):
                 grads.append(None if fmap is None else _map_gradient(
                     direction[channels], factor[channels], fmap, ctx.center, ctx.grid))
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, None, *grads)
 
 
 def _map_gradient(

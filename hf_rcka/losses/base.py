@@ -206,8 +206,10 @@ class DistillationLoss(nn.Module):
         so that the teacher's hidden states are not held through the student's forward; the result
         comes back in ``LossInputs.teacher_features``. It is used only when this loss is the only
         one reading feature pairs and the pair's adapter hands the teacher's side on unchanged
-        (``FeatureAdapter.passes_teacher``). A result that is not a tensor needs a ``rows(keep)``
-        method, which evaluation uses to drop unreadable images' stand-ins. A subclass that defines
+        (``FeatureAdapter.passes_teacher``; ``patch_match`` hands on its map on the common grid,
+        through ``FeatureAdapter.reduce_teacher``). A result that is not a tensor needs a
+        ``rows(keep)`` method, which evaluation uses to drop unreadable images' stand-ins, unless
+        the loss reduces in training only (patch CKA's patch Grams mix the batch's images). A subclass that defines
         its own ``forward``, ``term``, ``terms``, ``feature_pairs`` or ``rows`` gets the features whole
         unless it defines this method too.
         """

@@ -47,6 +47,18 @@ class PatchCKALoss(DistillationLoss):
         self.transpose = bool(transpose)
         self.center = bool(center)
 
+    def reduce_teacher_feature(self, teacher: torch.Tensor) -> functional.PatchGramSide | None:
+        """In training, the teacher's map on the common grid reduced to its per-channel patch Grams
+        (``functional.PatchGramSide``), all the kernel's CKA reads of it, so that the map is not
+        held through the student's forward and the loss, where the student's activations peak,
+        reads the student's maps alone. The value is the same. None (the map whole) in evaluation,
+        where an unreadable image's stand-in is dropped from the batch (a Gram over the batch's
+        patches cannot drop an image), with ``transpose`` (it reads the pixels), and where
+        ``functional.patch_cka_side`` keeps the map (off the kernel, too few patches)."""
+        if not self.training or self.transpose or not isinstance(teacher, torch.Tensor) or teacher.dim() != 4:
+            return None
+        return functional.patch_cka_side(teacher, self.patch_size, self.center)
+
     def feature_problem(self, shape: tuple[int, ...]) -> str | None:
         """A map of fewer patches than CKA relates (1 x 1, 1 x 2 when centred) gives a constant
         term: the last stages of a small image (CIFAR's 32 px: ResNet's 1 x 1 stage 4)."""

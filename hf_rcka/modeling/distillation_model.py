@@ -380,8 +380,7 @@ class DistillationModel(nn.Module):
         reducing = self._reducer()
         if reducing is None:
             return sides
-        return [_reduced(reducing.reduce_teacher_feature, side) if adapter.passes_teacher else side
-                for side, adapter in zip(sides, self.adapters)]
+        return [adapter.reduce_teacher(side, reducing.reduce_teacher_feature) for side, adapter in zip(sides, self.adapters)]
 
     def _student_sides(self, index: int, state: torch.Tensor) -> dict[int, Any]:
         """The student sides of the pairs (by position) that read hidden state ``index``: prepared by
