@@ -3,7 +3,8 @@
 Per channel, PCKA compares the n = gh * gw patches of a (B, C, H, W) map as the rows of an
 (n, B * ph * pw) matrix: row j holds patch j's pixels over the whole batch. This module cuts maps
 into those rows and computes the CKA either by plain autograd (patch rows + batched
-``linear_cka``) or by the hand-written kernel of ``pcka_kernel``.
+``linear_cka``) or by the hand-written kernel of ``pcka_kernel``, which also takes a frozen
+teacher map already reduced to its patch Grams (:class:`PatchGramSide`).
 """
 
 from __future__ import annotations
