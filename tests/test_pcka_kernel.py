@@ -239,3 +239,9 @@ def test_a_teacher_reduced_to_its_patch_grams_gives_the_maps_values_and_gradient
         with pytest.raises(ValueError, match="serves the kernel's plain patch_cka with the same settings only"):
             fn.patch_cka(students[0], sides[0], **{"patch_size": 4, **kwargs})
     assert fn.patch_cka_side(teachers[0][:, :, :2, :1], 4) is None  # fewer patches than CKA relates
+    # a float32 student against a float64 teacher's side compares in float64, as against its map
+    student, teacher = _maps((3, 4, 8, 8), seed=9)
+    student = student.detach().float().requires_grad_()
+    want, got = fn.patch_cka(student, teacher.detach(), 4), fn.patch_cka(student, fn.patch_cka_side(teacher.detach(), 4), 4)
+    assert got.dtype == want.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)

@@ -61,7 +61,8 @@ def patch_cka_kernel(students: Sequence[torch.Tensor], teachers: Sequence[torch.
             or len({(m.shape[0], *m.shape[2:], m.device) for m in maps}) > 1):
         raise ValueError(f"patch_cka_kernel needs pairs of maps of one batch, size and device, got student maps "
                          f"{[tuple(m.shape) for m in students]} and teachers of {channels} channels")
-    dtype = functools.reduce(torch.promote_types, (upcast_dtype(m) for m in maps))
+    # the dtype the maps would be compared in: the students' and the teachers' (a reduced side's Gram is in its map's)
+    dtype = functools.reduce(torch.promote_types, [upcast_dtype(m) for m in maps] + [t.gram.dtype for t in teachers if reduced])
     if reduced:  # joined (a fresh tensor the forward may reuse) or cast only where needed
         side = SideGram(*(torch.cat([getattr(t, f) for t in teachers]).to(dtype) for f in SideGram._fields))
         fresh = len(teachers) > 1 or side.gram.data_ptr() != teachers[0].gram.data_ptr()
