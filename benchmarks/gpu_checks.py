@@ -1,4 +1,4 @@
-"""Two checks for a GPU machine, printed as lines (a few seconds; also runs on CPU at small sizes).
+"""Three checks for a GPU machine, printed as lines (a few seconds; also runs on CPU at small sizes).
 
 1. Bilinear resizing of a small, wide feature map, forward + backward: ``F.interpolate`` on the
    standard layout against ``hf_rcka.functional.resize.resize_bilinear``, with the largest
@@ -6,6 +6,8 @@
 2. ``patch_cka``'s hand-written kernel against plain autograd on the device, for maps in the
    standard layout, channels_last, channel-sliced and transposed, in bf16 and float32: values and
    the student's gradient.
+3. Three pairs joined in one kernel call under bf16 autocast, the teachers as maps and as patch
+   Grams, against plain autograd per pair in float32.
 
     python benchmarks/gpu_checks.py [cuda|cpu]
 """
@@ -77,7 +79,35 @@ def check_patch_kernel(device: torch.device) -> None:
               f"grad rel diff {dg:.1e} -> {'OK' if ok else 'MISMATCH'}")
 
 
+def check_joined_pairs(device: torch.device) -> None:
+    """Three bf16 pairs on one 14 x 14 grid through one kernel call, under autocast, with the
+    teachers as maps and reduced to their patch Grams (``patch_cka_side``), against plain autograd
+    on each pair in float32: the joined call must turn autocast off on the device of a list of maps."""
+    torch.manual_seed(1)
+    widths = (64, 96, 32) if device.type == "cpu" else (256, 512, 768)
+    b = 8 if device.type == "cpu" else 64
+    students0 = [torch.randn(b, c, 14, 14, device=device, dtype=torch.bfloat16) for c in widths]
+    teachers = [(0.5 * s.float() + torch.randn_like(s, dtype=torch.float32)).to(torch.bfloat16) for s in students0]
+    want_values, want_grads = [], []
+    for s0, t in zip(students0, teachers):
+        s = s0.detach().clone().requires_grad_(True)
+        value = P.patch_cka(s, t, patch_size=4, backend="autograd")
+        want_grads.append(torch.autograd.grad(value.sum(), s)[0].double())
+        want_values.append(value.detach().double())
+    for name, given in (("maps", teachers), ("patch Grams", [P.patch_cka_side(t, 4) for t in teachers])):
+        students = [s0.detach().clone().requires_grad_(True) for s0 in students0]
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            values = P.patch_cka_many(students, given, patch_size=4)
+        grads = torch.autograd.grad(sum(v.sum() for v in values), students)
+        dv = max((v.double() - w).abs().max().item() for v, w in zip(values, want_values))
+        dg = max(((g.double() - w).norm() / w.norm()).item() for g, w in zip(grads, want_grads))
+        ok = dv < 1e-4 and dg < 1e-2 and all(v.dtype == torch.float32 for v in values)
+        print(f"patch_cka_many, 3 joined bf16 pairs {widths} at batch {b}, teachers as {name}, under autocast: "
+              f"value diff {dv:.1e}, grad rel diff {dg:.1e} -> {'OK' if ok else 'MISMATCH'}")
+
+
 if __name__ == "__main__":
     device = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")
     check_resize(device)
     check_patch_kernel(device)
+    check_joined_pairs(device)
