@@ -246,12 +246,12 @@ def test_patch_cka_holds_each_teacher_side_as_its_patch_grams_in_training_with_t
     from hf_rcka.losses import IGNORE_INDEX
 
     model = build(PatchCKALoss()).train()
-    pixels, labels = _batch()
+    pixels, labels = _batch(16)  # (at batch 5 the tiny maps' Grams would be no smaller than the maps)
     sides = model._teacher_sides(model._run_teacher(pixels)[2])
     assert sides and all(isinstance(side, PreparedTeacher) and isinstance(side.fmap, PatchGramSide) for side in sides)
     for side, adapter in zip(sides, model.adapters):
         channels = adapter.teacher_spec.channels if side.channels is None else len(side.channels)
-        assert side.fmap.shape[:2] == (5, channels) and side.fmap.shape[2:] == adapter.grid
+        assert side.fmap.shape[:2] == (16, channels) and side.fmap.shape[2:] == adapter.grid
     model.eval()
     assert not any(isinstance(side.fmap, PatchGramSide) for side in model._teacher_sides(model._run_teacher(pixels)[2]))
     eval_labels = labels.clone()
@@ -318,6 +318,24 @@ def test_feature_cka_holds_each_teacher_side_as_its_gram_with_the_same_losses(bu
         assert len(reduced_grads) == len(whole_grads) == (len(list(model.student.parameters())) if mode else 0)
         for got, expected in zip(reduced_grads, whole_grads):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_loss_that_reduces_no_teacher_side_gets_no_adapter_work_for_it():
+    """FitNets alone on patch_match pairs with a grid finer than the teacher's map: the adapter
+    would grow the map to hand it to a reduction that returns None, and grow it again in forward."""
+    from hf_rcka.losses.fitnet import FitNetLoss
+
+    model = DistillationModel(
+        tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), FitNetLoss()],
+        feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "adapter": "patch_match", "grid": "student"}],
+        student_input=input_stats(processor(16)), teacher_input=input_stats(processor(24)),
+    ).train()
+    adapter = model.adapters[0]
+    assert adapter.grid != adapter.teacher_spec.grid  # the map would be grown
+    calls = []
+    adapter.reduce_teacher = lambda side, reduce: calls.append(side) or side
+    model(*_batch()).loss.backward()
+    assert calls == []
 
 
 @pytest.mark.parametrize("losses", [

@@ -239,6 +239,12 @@ def test_a_teacher_reduced_to_its_patch_grams_gives_the_maps_values_and_gradient
         with pytest.raises(ValueError, match="serves the kernel's plain patch_cka with the same settings only"):
             fn.patch_cka(students[0], sides[0], **{"patch_size": 4, **kwargs})
     assert fn.patch_cka_side(teachers[0][:, :, :2, :1], 4) is None  # fewer patches than CKA relates
+    # Grams no smaller than the map (many small patches): the map stays whole
+    assert fn.patch_cka_side(torch.zeros(2, 3, 56, 56, dtype=torch.bfloat16), 4) is None  # 196 patches: 3*196^2*4 B
+    assert fn.patch_cka_side(torch.zeros(16, 3, 14, 14, dtype=torch.bfloat16), 1) is None
+    assert fn.patch_cka_side(torch.zeros(16, 3, 14, 14, dtype=torch.bfloat16), 4) is not None
+    with pytest.raises(ValueError, match="all as maps or all reduced"):
+        pcka_kernel.patch_cka_kernel(students, [sides[0].side, teachers[1]], 4, 4, (16, 16), True, 1e-8)
     # a float32 student against a float64 teacher's side compares in float64, as against its map
     student, teacher = _maps((3, 4, 8, 8), seed=9)
     student = student.detach().float().requires_grad_()

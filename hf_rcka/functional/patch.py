@@ -17,7 +17,7 @@ import torch
 
 from . import pcka_kernel
 from .cka import linear_cka, min_cka_items
-from .numerics import DEFAULT_EPS, compute_dtype, full_precision
+from .numerics import DEFAULT_EPS, compute_dtype, full_precision, upcast_dtype
 from .resize import resize_bilinear
 
 __all__ = ["PatchGramSide", "patchify", "patch_cka", "patch_cka_many", "patch_cka_side", "patch_count"]
@@ -78,12 +78,15 @@ class PatchGramSide:
     of its patches, for the hand-written kernel's non-transposed CKA.
 
     A distillation step holds the teacher's side of each pair from the teacher's forward, through
-    the student's whole forward, to the loss; the (C, n, n) Grams over n patches are a small part
-    of the (B, C, H, W) map (DeiT-B's 768 channels on a 14 x 14 grid at batch 16: 0.8 MiB in float32
-    against 4.6 MiB of bf16 map), and the loss, where the student's activations peak, then reads
-    only the student's maps. Made by :func:`patch_cka_side`; pass it to ``patch_cka`` or
-    ``patch_cka_many`` in place of the teacher map. It has no gradient, and it mixes the images of
-    the batch, so no image can be dropped from it afterwards.
+    the student's whole forward, to the loss; on classification maps the (C, n, n) Grams over n
+    patches are a fraction of the (B, C, H, W) map (DeiT-B's 768 channels on a 14 x 14 grid in
+    4-pixel patches at batch 16: 0.8 MiB in float32 against 4.6 MiB of bf16 map), and the loss,
+    where the student's activations peak, then reads only the student's maps. Made by
+    :func:`patch_cka_side`, which keeps a map whose Grams would not be smaller (many small
+    patches); pass it to ``patch_cka`` or ``patch_cka_many`` in place of the teacher map. It has no
+    gradient, and it mixes the images of the batch, so no image can be dropped from it afterwards.
+    The Gram is in the map's own compute dtype (float32 for bf16, fp16 and float32 maps): against
+    a float64 student the CKA then differs from the map's in the eighth digit.
 
     Attributes:
         side: the kernel's reduced side (the Gram scaled to unit trace, ``<k, k>`` and the scale).
@@ -104,15 +107,19 @@ class PatchGramSide:
         return self.side.gram.device
 
 
+@full_precision
 def patch_cka_side(teacher_fmap: torch.Tensor, patch_size: int = 16, center: bool = True,
                    eps: float = DEFAULT_EPS) -> PatchGramSide | None:
     """``teacher_fmap`` (B, C, H, W) reduced to its :class:`PatchGramSide`, or None where
     ``patch_cka`` would not read it through the kernel (another device's default backend, a map of
-    fewer patches than CKA relates): keep such a map whole. The transposed CKA
-    (``transpose=True``) reads the pixels, so it takes maps only."""
+    fewer patches than CKA relates) or its Grams would take no less memory than the map: keep such
+    a map whole. The transposed CKA (``transpose=True``) reads the pixels, so it takes maps only."""
     _check_map(teacher_fmap)
-    _, _, height, width = teacher_fmap.shape
-    if _resolved("auto", teacher_fmap.device) != "kernel" or patch_count(height, width, patch_size) < min_cka_items(center):
+    batch, channels, height, width = teacher_fmap.shape
+    n = patch_count(height, width, patch_size)
+    if _resolved("auto", teacher_fmap.device) != "kernel" or n < min_cka_items(center):
+        return None
+    if channels * n * n * upcast_dtype(teacher_fmap).itemsize >= teacher_fmap.numel() * teacher_fmap.element_size():
         return None
     ph, pw, size = _patch_layout(height, width, patch_size)
     side = pcka_kernel.side_gram(teacher_fmap, ph, pw, size, center, eps)

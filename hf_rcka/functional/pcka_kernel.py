@@ -54,7 +54,9 @@ def patch_cka_kernel(students: Sequence[torch.Tensor], teachers: Sequence[torch.
     in turn, and a concatenation would copy every map (forward and backward) and hold the copies
     beside the maps. The teachers may come reduced to their Grams (:func:`side_gram`, all of them).
     """
-    reduced = all(isinstance(t, SideGram) for t in teachers)
+    reduced = any(isinstance(t, SideGram) for t in teachers)
+    if reduced and not all(isinstance(t, SideGram) for t in teachers):
+        raise ValueError("patch_cka_kernel takes the teachers all as maps or all reduced to their Grams, not both")
     maps = (*students, *([] if reduced else teachers))
     channels = [t.gram.shape[0] if reduced else t.shape[1] for t in teachers]
     if (len(students) != len(teachers) or not students or any(s.shape[1] != c for s, c in zip(students, channels))
@@ -63,13 +65,11 @@ def patch_cka_kernel(students: Sequence[torch.Tensor], teachers: Sequence[torch.
                          f"{[tuple(m.shape) for m in students]} and teachers of {channels} channels")
     # the dtype the maps would be compared in: the students' and the teachers' (a reduced side's Gram is in its map's)
     dtype = functools.reduce(torch.promote_types, [upcast_dtype(m) for m in maps] + [t.gram.dtype for t in teachers if reduced])
-    if reduced:  # joined (a fresh tensor the forward may reuse) or cast only where needed
-        side = SideGram(*(torch.cat([getattr(t, f) for t in teachers]).to(dtype) for f in SideGram._fields))
-        fresh = len(teachers) > 1 or side.gram.data_ptr() != teachers[0].gram.data_ptr()
-        teachers = [(side, fresh)]
+    # the reduced teachers joined into fresh tensors (cat copies even one), which the forward may
+    # reuse as a Gram direction: the sides themselves are never changed
+    side = SideGram(*(torch.cat([getattr(t, f) for t in teachers]).to(dtype) for f in SideGram._fields)) if reduced else None
     needs_grad = tuple(torch.is_grad_enabled() and fmap.requires_grad for fmap in maps)
-    return _PatchCKA.apply(_Grid(ph, pw, tuple(size), dtype), center, eps, needs_grad, teachers[0] if reduced else None,
-                           *maps)
+    return _PatchCKA.apply(_Grid(ph, pw, tuple(size), dtype), center, eps, needs_grad, side, *maps)
 
 
 @torch.no_grad()
@@ -318,17 +318,17 @@ class _PatchCKA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grid, center, eps, needs_grad, reduced, *maps):
-        # ``reduced``: (the teachers' joined SideGram, whether this call made it), or None for
-        # teacher maps after the student maps
-        half = len(maps) if reduced else len(maps) // 2
+        # ``reduced``: the teachers' joined SideGram (made for this call), or None for teacher maps
+        # after the student maps
+        half = len(maps) if reduced is not None else len(maps) // 2
         students, teachers = maps[:half], maps[half:]
         x = _side_gram(students, grid, center, eps)
-        y, fresh = reduced if reduced else (_side_gram(teachers, grid, center, eps), True)
+        y = reduced if reduced is not None else _side_gram(teachers, grid, center, eps)
         kl = _cross_dot(x.gram, y.gram)
         d = torch.sqrt(x.self_dot * y.self_dot + eps * eps)
         r = kl / (d * d)
         need_x, need_y = any(needs_grad[:half]), any(needs_grad[half:])
-        dir_x = _gram_direction(x.gram, y.gram, y.self_dot, r, eps, reuse=fresh and not need_y) if need_x else None
+        dir_x = _gram_direction(x.gram, y.gram, y.self_dot, r, eps, reuse=not need_y) if need_x else None
         dir_y = _gram_direction(y.gram, x.gram, x.self_dot, r, eps, reuse=True) if need_y else None
         ctx.save_for_backward(
             dir_x, dir_y,

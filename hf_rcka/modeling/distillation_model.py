@@ -378,8 +378,8 @@ class DistillationModel(nn.Module):
         a side the adapter or the loss shrinks does not hold the full hidden state."""
         sides = [adapter.prepare_teacher(states[p.teacher_layer]) for p, adapter in zip(self.feature_pairs, self.adapters)]
         reducing = self._reducer()
-        if reducing is None:
-            return sides
+        if reducing is None or type(reducing).reduce_teacher_feature is DistillationLoss.reduce_teacher_feature:
+            return sides  # (an adapter may do work to hand the reduction its side: patch_match grows a map)
         return [adapter.reduce_teacher(side, reducing.reduce_teacher_feature) for side, adapter in zip(sides, self.adapters)]
 
     def _student_sides(self, index: int, state: torch.Tensor) -> dict[int, Any]:
