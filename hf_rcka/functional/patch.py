@@ -102,10 +102,6 @@ class PatchGramSide:
     center: bool
     eps: float
 
-    @property
-    def device(self) -> torch.device:
-        return self.side.gram.device
-
 
 @full_precision
 def patch_cka_side(teacher_fmap: torch.Tensor, patch_size: int = 16, center: bool = True,
@@ -115,7 +111,7 @@ def patch_cka_side(teacher_fmap: torch.Tensor, patch_size: int = 16, center: boo
     fewer patches than CKA relates) or its Grams would take no less memory than the map: keep such
     a map whole. The transposed CKA (``transpose=True``) reads the pixels, so it takes maps only."""
     _check_map(teacher_fmap)
-    batch, channels, height, width = teacher_fmap.shape
+    _, channels, height, width = teacher_fmap.shape
     n = patch_count(height, width, patch_size)
     if _resolved("auto", teacher_fmap.device) != "kernel" or n < min_cka_items(center):
         return None
