@@ -781,6 +781,33 @@ def test_kd_loss_matches_naive_formula():
         fn.kd_loss(s, randn(5, 4), temp)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_hint_loss_is_the_mse_of_the_upcast_maps_and_saves_one_float32_difference(dtype):
+    """FitNets' hint: the value and gradient of ``F.mse_loss`` on the upcast maps, whatever their
+    layouts, with neither map changed; what the backward keeps is one float32 map (mse_loss kept a
+    float32 copy of each side), and the gradient comes back in the student's dtype."""
+    g = torch.Generator().manual_seed(46)
+    student = torch.randn(4, 6, 7, 7, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    teacher = torch.randn(4, 6, 7, 7, generator=g).to(torch.bfloat16)
+    want_s = student.clone().requires_grad_()
+    want = F.mse_loss(want_s.float(), teacher.float())
+    (want_grad,) = torch.autograd.grad(want, want_s)
+    got_s, kept = student.clone().requires_grad_(), (student.clone(), teacher.clone())
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x) or x, lambda x: x):
+        got = fn.hint_loss(got_s, teacher)
+    (got_grad,) = torch.autograd.grad(got, got_s)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-8)
+    assert got_grad.dtype == dtype and got_grad.stride() == want_grad.stride()
+    torch.testing.assert_close(got_s.detach(), kept[0], rtol=0, atol=0)
+    torch.testing.assert_close(teacher, kept[1], rtol=0, atol=0)
+    big = [x for x in saved if x.numel() == student.numel()]
+    assert len(big) == 1 and big[0].dtype == torch.float32
+    with pytest.raises(ValueError, match=r"hint needs equal shapes.*\(4, 6, 7, 7\).*\(4, 5, 7, 7\)"):
+        fn.hint_loss(student, teacher[:, :5])
+
+
 def test_srd_distance_matches_formula_and_is_minimal_at_the_teacher():
     s, t = randn(5, 24, seed=41), randn(5, 24, seed=42)
     want = torch.log((s - t).abs().pow(4).sum(-1).mean() + 1e-5)

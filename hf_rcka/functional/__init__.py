@@ -18,7 +18,7 @@ from __future__ import annotations
 from .cka import (
     GramSide, center_gram, cka_from_grams, gram_linear, gram_rbf, hsic, linear_cka, linear_cka_side, rbf_cka, sample_rows,
 )
-from .kd import kd_loss, srd_correlation, srd_distance
+from .kd import hint_loss, kd_loss, srd_correlation, srd_distance
 from .numerics import upcast
 from .nystrom import class_sums, kernel_transfer_loss, landmark_similarity, nystrom_approximation
 from .patch import PatchGramSide, patch_cka, patch_cka_many, patch_cka_side, patchify
@@ -46,5 +46,6 @@ __all__ = [
     "kd_loss",
     "srd_distance",
     "srd_correlation",
+    "hint_loss",
     "upcast",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .. import functional
 from ..registry import LOSSES
@@ -38,5 +37,5 @@ class FitNetLoss(DistillationLoss):
                     f"fitnet needs equal shapes after the adapter, got student {tuple(student.shape)} and "
                     f"teacher {tuple(teacher.shape)}; use adapter 'patch_match' or 'linear'"
                 )
-            terms.append(F.mse_loss(functional.upcast(student), functional.upcast(teacher)))
+            terms.append(functional.hint_loss(student, teacher))
         return torch.stack(terms).sum()
