@@ -808,6 +808,16 @@ def test_hint_loss_is_the_mse_of_the_upcast_maps_and_saves_one_float32_differenc
         fn.hint_loss(student, teacher[:, :5])
 
 
+def test_hint_loss_gradients_for_both_sides_over_several_chunks(monkeypatch):
+    monkeypatch.setattr(fn.kd, "_SUM_CHUNK", 7)  # the squared difference summed in chunks, the last shorter
+    s, t = randn(2, 3, 4, 5, seed=47).requires_grad_(), randn(2, 3, 4, 5, seed=48).requires_grad_()
+    assert torch.autograd.gradcheck(fn.hint_loss, (s, t))
+    torch.testing.assert_close(fn.hint_loss(s, t), F.mse_loss(s, t), rtol=1e-12, atol=0)
+    with pytest.raises(RuntimeError, match="differentiate twice|does not require grad"):  # loud, not a silent zero
+        (grad,) = torch.autograd.grad(fn.hint_loss(s, t), s, create_graph=True)
+        grad.sum().backward()
+
+
 def test_srd_distance_matches_formula_and_is_minimal_at_the_teacher():
     s, t = randn(5, 24, seed=41), randn(5, 24, seed=42)
     want = torch.log((s - t).abs().pow(4).sum(-1).mean() + 1e-5)

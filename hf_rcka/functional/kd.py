@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .numerics import compute_dtype, full_precision, upcast
 
@@ -53,12 +54,44 @@ def srd_correlation(projected: torch.Tensor, teacher: torch.Tensor, alpha: float
 def hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """FitNets' hint term ``mean((s - t)^2)`` over every element, in float32 or better.
 
-    The hint maps are as wide as the teacher's stages and the loss runs where the student's
+    The hint maps are as wide as the teacher's stages, and the loss runs where the student's
     activations peak. ``F.mse_loss`` of the upcast sides saved a float32 copy of each for the
-    backward and made a third for the difference (RegNetY-16GF's 1232-channel stage on a 14 x 14
-    grid, batch 16: 15 MiB each). Here the difference is made in one float32 buffer, the student's
-    upcast copy with the teacher subtracted in place, and it is all the backward keeps.
+    backward, and its backward made four more map-sized temporaries (RegNetY-16GF's 1232-channel
+    stage on a 14 x 14 grid at batch 16: 15 MiB each). Here the difference is made in one float32
+    buffer, the student's upcast copy with the teacher subtracted in place. It is all the backward
+    keeps, and the backward scales it into the gradient with one more buffer.
     """
     _check_same_shape(student, teacher, "FitNets' hint", "student", "teacher")
-    diff = student.to(compute_dtype(student, teacher), copy=True)
-    return diff.sub_(teacher).square().mean()
+    if student.numel() == 0:
+        raise ValueError(f"FitNets' hint got empty maps of shape {tuple(student.shape)}")
+    return _Hint.apply(student, teacher)
+
+
+_SUM_CHUNK = 1 << 20  # values squared at once when summing the squared difference
+
+
+class _Hint(torch.autograd.Function):
+    """``mean((s - t)^2)`` with the difference as its only saved tensor (see :func:`hint_loss`)."""
+
+    @staticmethod
+    def forward(ctx, student, teacher):
+        dtype = compute_dtype(student, teacher)
+        diff = student.to(dtype, memory_format=torch.contiguous_format, copy=True)
+        # a few images at a time: subtracting a teacher of another dtype casts it into a temporary
+        rows = max(1, _SUM_CHUNK // max(1, diff[0].numel()))
+        for part, other in zip(diff.split(rows), teacher.split(rows)):
+            part.sub_(other)
+        flat = diff.view(-1)
+        total = sum(chunk.square().sum() for chunk in flat.split(_SUM_CHUNK))  # no map-sized square
+        ctx.save_for_backward(diff)
+        ctx.dtypes = student.dtype, teacher.dtype
+        return total / flat.numel()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (diff,) = ctx.saved_tensors
+        scaled = diff * (2.0 * grad / diff.numel())
+        student_dtype, teacher_dtype = ctx.dtypes
+        return (scaled.to(student_dtype) if ctx.needs_input_grad[0] else None,
+                -scaled.to(teacher_dtype) if ctx.needs_input_grad[1] else None)
