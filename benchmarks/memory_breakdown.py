@@ -10,7 +10,7 @@ allocated when it started, and the tensors alive at that peak, summed by the ops
 (innermost op first, allocation-only ops skipped) and their input shapes. At full size in bf16
 (``--full``, batch 16 by default) one case takes about a minute on two cores.
 
-    python benchmarks/memory_breakdown.py [cuda|cpu] [--full] [--batch N] [--rows N]
+    python benchmarks/memory_breakdown.py [cuda|cpu] [--full] [--batch N] [--rows N] [--cases cnn2vit:all,...]
 """
 
 from __future__ import annotations
@@ -144,7 +144,10 @@ def peak_report(step, rows: int) -> tuple[float, list[str]]:
 
 def cpu_main(args: argparse.Namespace) -> None:
     device = torch.device("cpu")
-    for pair, variant in CASES + (("vit2cnn", "rcka+feature_cka"),):
+    cases = CASES + (("vit2cnn", "rcka+feature_cka"),)
+    if args.cases:
+        cases = tuple(tuple(case.split(":", 1)) for case in args.cases.split(","))
+    for pair, variant in cases:
         teacher, student, size, batch = so.build_models(pair, args.full, device, None)
         batch = args.batch or (16 if args.full else batch)
         reports = {}
@@ -163,6 +166,8 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="CPU: the full-size models in bf16")
     parser.add_argument("--batch", type=int, default=None, help="CPU: batch size (16 with --full)")
     parser.add_argument("--rows", type=int, default=12, help="CPU: groups of live tensors to list")
+    parser.add_argument("--cases", default=None,
+                        help="CPU: pair:variant,... to profile (default: feature and patch CKA in both pairs)")
     args = parser.parse_args()
     if args.device == "cpu":
         cpu_main(args)
