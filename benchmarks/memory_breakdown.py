@@ -146,7 +146,7 @@ def cpu_main(args: argparse.Namespace) -> None:
     device = torch.device("cpu")
     cases = CASES + (("vit2cnn", "rcka+feature_cka"),)
     if args.cases:
-        cases = tuple(tuple(case.split(":", 1)) for case in args.cases.split(","))
+        cases = tuple(tuple(part.strip() for part in case.split(":", 1)) for case in args.cases.split(","))
     for pair, variant in cases:
         teacher, student, size, batch = so.build_models(pair, args.full, device, None)
         batch = args.batch or (16 if args.full else batch)
@@ -169,6 +169,11 @@ def main() -> None:
     parser.add_argument("--cases", default=None,
                         help="CPU: pair:variant,... to profile (default: feature and patch CKA in both pairs)")
     args = parser.parse_args()
+    for case in (args.cases or "").split(",") if args.cases else []:
+        pair, _, variant = (part.strip() for part in case.partition(":"))
+        if pair not in so.PAIRS or variant not in (*so.LOSS_SPECS, "limit", "timm_logit", "timm_feature"):
+            parser.error(f"--cases takes pair:variant, pairs {sorted(so.PAIRS)}, variants {sorted(so.LOSS_SPECS)}; "
+                         f"got {case!r}")
     if args.device == "cpu":
         cpu_main(args)
         return

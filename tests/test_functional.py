@@ -818,6 +818,26 @@ def test_hint_loss_gradients_for_both_sides_over_several_chunks(monkeypatch):
         grad.sum().backward()
 
 
+def test_compiled_hint_loss_follows_the_batch_size_without_recompiling(monkeypatch):
+    """The eager path loops over chunks whose count follows the batch size; under torch.compile
+    that would pin the batch size and recompile for every new one."""
+    from torch._dynamo.testing import CompileCounter
+
+    monkeypatch.setattr(fn.kd, "_SUM_CHUNK", 1000)  # chunks smaller than an image, as on full-size maps
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(fn.hint_loss, backend=counter)
+    for batch in (16, 16, 12, 8, 10, 6):
+        student = torch.randn(batch, 30, 40, requires_grad=True)
+        teacher = torch.randn(batch, 30, 40).to(torch.bfloat16)
+        value = compiled(student, teacher)
+        torch.testing.assert_close(value, F.mse_loss(student, teacher.float()), rtol=1e-5, atol=0)
+        value.backward()
+    assert counter.frame_count <= 2, f"{counter.frame_count} compilations for 5 batch sizes"
+    torch._dynamo.reset()
+    assert fn.hint_loss(torch.tensor(1.0), torch.tensor(3.0)).item() == 4.0  # a 0-d pair too
+
+
 def test_srd_distance_matches_formula_and_is_minimal_at_the_teacher():
     s, t = randn(5, 24, seed=41), randn(5, 24, seed=42)
     want = torch.log((s - t).abs().pow(4).sum(-1).mean() + 1e-5)

@@ -59,7 +59,10 @@ def hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     backward, and its backward made four more map-sized temporaries (RegNetY-16GF's 1232-channel
     stage on a 14 x 14 grid at batch 16: 15 MiB each). Here the difference is made in one float32
     buffer, the student's upcast copy with the teacher subtracted in place. It is all the backward
-    keeps, and the backward scales it into the gradient with one more buffer.
+    keeps; the backward scales it into the gradient (one float32 buffer, then its cast into the
+    student's dtype). Under torch.compile the subtraction and the sum are single ops, which the
+    compiler fuses: the eager path's loops over chunks would pin the batch size and recompile
+    for every new one.
     """
     _check_same_shape(student, teacher, "FitNets' hint", "student", "teacher")
     if student.numel() == 0:
@@ -77,12 +80,16 @@ class _Hint(torch.autograd.Function):
     def forward(ctx, student, teacher):
         dtype = compute_dtype(student, teacher)
         diff = student.to(dtype, memory_format=torch.contiguous_format, copy=True)
-        # a few images at a time: subtracting a teacher of another dtype casts it into a temporary
-        rows = max(1, _SUM_CHUNK // max(1, diff[0].numel()))
-        for part, other in zip(diff.split(rows), teacher.split(rows)):
-            part.sub_(other)
         flat = diff.view(-1)
-        total = sum(chunk.square().sum() for chunk in flat.split(_SUM_CHUNK))  # no map-sized square
+        if torch.compiler.is_compiling() or diff.dim() == 0:
+            total = diff.sub_(teacher).square().sum()
+        else:
+            # a few images at a time: on CPU, subtracting a teacher of another dtype casts it into a
+            # temporary; and the squares a chunk at a time, so that no map-sized square is made
+            rows = max(1, _SUM_CHUNK // max(1, diff[0].numel()))
+            for part, other in zip(diff.split(rows), teacher.split(rows)):
+                part.sub_(other)
+            total = sum(chunk.square().sum() for chunk in flat.split(_SUM_CHUNK))
         ctx.save_for_backward(diff)
         ctx.dtypes = student.dtype, teacher.dtype
         return total / flat.numel()
