@@ -218,9 +218,7 @@ class DistillationModel(nn.Module):
         if any(type(adapter).prepare_student is not FeatureAdapter.prepare_student for adapter in self.adapters):
             return True
         reducing = self._reducer()
-        overrides = reducing is not None and (
-            type(reducing).reduce_student_feature is not DistillationLoss.reduce_student_feature)
-        return overrides and any(adapter.passes_student for adapter in self.adapters)
+        return _reduces(reducing, "reduce_student_feature") and any(adapter.passes_student for adapter in self.adapters)
 
     def _reducer(self) -> DistillationLoss | None:
         """The loss that may reduce the pairs' sides (the only one reading them), unless left out."""
@@ -378,7 +376,7 @@ class DistillationModel(nn.Module):
         a side the adapter or the loss shrinks does not hold the full hidden state."""
         sides = [adapter.prepare_teacher(states[p.teacher_layer]) for p, adapter in zip(self.feature_pairs, self.adapters)]
         reducing = self._reducer()
-        if reducing is None or type(reducing).reduce_teacher_feature is DistillationLoss.reduce_teacher_feature:
+        if not _reduces(reducing, "reduce_teacher_feature"):
             return sides  # (an adapter may do work to hand the reduction its side: patch_match grows a map)
         return [adapter.reduce_teacher(side, reducing.reduce_teacher_feature) for side, adapter in zip(sides, self.adapters)]
 
@@ -514,6 +512,11 @@ def _add_terms(terms: dict[str, torch.Tensor], weights: dict[str, float], loss_n
                          "term names must be unique across the losses")
     terms.update(new_terms)
     weights.update(new_weights)
+
+
+def _reduces(loss: DistillationLoss | None, reduction: str) -> bool:
+    """Whether ``loss`` defines its own ``reduction`` (the base's keeps every side whole)."""
+    return loss is not None and getattr(type(loss), reduction) is not getattr(DistillationLoss, reduction)
 
 
 def _reduced(reduce: Any, side: Any) -> Any:
