@@ -57,10 +57,12 @@ def hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     The hint maps are as wide as the teacher's stages, and the loss runs where the student's
     activations peak. ``F.mse_loss`` of the upcast sides saved a float32 copy of each for the
     backward, and its backward made four more map-sized temporaries (RegNetY-16GF's 1232-channel
-    stage on a 14 x 14 grid at batch 16: 15 MiB each). Here the difference is made in one float32
-    buffer, the student's upcast copy with the teacher subtracted in place. It is all the backward
-    keeps; the backward scales it into the gradient (one float32 buffer, then its cast into the
-    student's dtype). Under torch.compile the subtraction and the sum are single ops, which the
+    stage on a 14 x 14 grid at batch 16: 15 MiB each). Here the backward keeps whichever is
+    smaller: the two maps as they are, when both are in half precision (as under autocast), or
+    else one float32 difference. The maps cost no more than the difference, and nothing at all
+    when another loss reads the same pair and keeps them anyway (patch and feature CKA do); the
+    backward then rebuilds the difference a few images at a time, so the gradient is its only
+    map-sized buffer. Under torch.compile the subtraction and the sum are single ops, which the
     compiler fuses: the eager path's loops over chunks would pin the batch size and recompile
     for every new one.
     """
@@ -70,35 +72,65 @@ def hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return _Hint.apply(student, teacher)
 
 
-_SUM_CHUNK = 1 << 20  # values squared at once when summing the squared difference
+_SUM_CHUNK = 1 << 20  # values of the float32 difference made at once
+
+
+def _row_slices(maps: torch.Tensor) -> list:
+    """Indices of a few images each, or of the whole maps where chunking cannot help.
+
+    Under torch.compile one slice: a loop whose length follows the batch would pin the batch size.
+    """
+    if torch.compiler.is_compiling() or maps.dim() == 0:
+        return [...]
+    rows = max(1, _SUM_CHUNK // max(1, maps[0].numel()))
+    return [slice(start, start + rows) for start in range(0, len(maps), rows)]
+
+
+def _difference(student: torch.Tensor, teacher: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``s - t`` in ``dtype``, in one fresh buffer (the teacher cast a slice at a time on CPU)."""
+    diff = student.to(dtype, memory_format=torch.contiguous_format, copy=True)
+    for rows in _row_slices(diff):
+        diff[rows].sub_(teacher[rows])
+    return diff
 
 
 class _Hint(torch.autograd.Function):
-    """``mean((s - t)^2)`` with the difference as its only saved tensor (see :func:`hint_loss`)."""
+    """``mean((s - t)^2)`` that keeps the maps or their difference for the backward (see :func:`hint_loss`)."""
 
     @staticmethod
     def forward(ctx, student, teacher):
         dtype = compute_dtype(student, teacher)
-        diff = student.to(dtype, memory_format=torch.contiguous_format, copy=True)
-        flat = diff.view(-1)
-        if torch.compiler.is_compiling() or diff.dim() == 0:
-            total = diff.sub_(teacher).square().sum()
+        ctx.numel = student.numel()
+        ctx.keeps_maps = student.element_size() + teacher.element_size() <= dtype.itemsize
+        if ctx.keeps_maps:
+            total = sum(_difference(student[rows], teacher[rows], dtype).square().sum() for rows in _row_slices(student))
+            ctx.save_for_backward(student, teacher)
         else:
-            # a few images at a time: on CPU, subtracting a teacher of another dtype casts it into a
-            # temporary; and the squares a chunk at a time, so that no map-sized square is made
-            rows = max(1, _SUM_CHUNK // max(1, diff[0].numel()))
-            for part, other in zip(diff.split(rows), teacher.split(rows)):
-                part.sub_(other)
-            total = sum(chunk.square().sum() for chunk in flat.split(_SUM_CHUNK))
-        ctx.save_for_backward(diff)
-        ctx.dtypes = student.dtype, teacher.dtype
-        return total / flat.numel()
+            diff = _difference(student, teacher, dtype)
+            flat = diff.view(-1)
+            chunks = [flat] if torch.compiler.is_compiling() else flat.split(_SUM_CHUNK)
+            total = sum(chunk.square().sum() for chunk in chunks)  # no map-sized square
+            ctx.save_for_backward(diff)
+            ctx.dtypes = student.dtype, teacher.dtype
+        return total / student.numel()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        (diff,) = ctx.saved_tensors
-        scaled = diff * (2.0 * grad / diff.numel())
-        student_dtype, teacher_dtype = ctx.dtypes
-        return (scaled.to(student_dtype) if ctx.needs_input_grad[0] else None,
-                -scaled.to(teacher_dtype) if ctx.needs_input_grad[1] else None)
+        scale = 2.0 * grad / ctx.numel
+        if not ctx.keeps_maps:
+            (diff,) = ctx.saved_tensors
+            scaled = diff * scale
+            student_dtype, teacher_dtype = ctx.dtypes
+            return (scaled.to(student_dtype) if ctx.needs_input_grad[0] else None,
+                    -scaled.to(teacher_dtype) if ctx.needs_input_grad[1] else None)
+        student, teacher = ctx.saved_tensors
+        student_grad, teacher_grad = (torch.empty_like(side) if needed else None
+                                      for side, needed in zip((student, teacher), ctx.needs_input_grad))
+        for rows in _row_slices(student):
+            scaled = _difference(student[rows], teacher[rows], scale.dtype).mul_(scale)
+            if student_grad is not None:
+                student_grad[rows].copy_(scaled)
+            if teacher_grad is not None:
+                teacher_grad[rows].copy_(scaled.neg_())
+        return student_grad, teacher_grad
