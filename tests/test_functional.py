@@ -781,17 +781,19 @@ def test_kd_loss_matches_naive_formula():
         fn.kd_loss(s, randn(5, 4), temp)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_hint_loss_is_the_mse_of_the_upcast_maps_and_keeps_no_more_than_one_float32_map(dtype, monkeypatch):
+@pytest.mark.parametrize("dtype, teacher_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.bfloat16),
+                                                  (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
+def test_hint_loss_is_the_mse_of_the_upcast_maps_and_keeps_no_new_map_but_the_difference(dtype, teacher_dtype, monkeypatch):
     """FitNets' hint: the value and gradient of ``F.mse_loss`` on the upcast maps, whatever their
-    layouts, with neither map changed. What the backward keeps is the maps themselves when both
-    are in half precision (no new buffer: under autocast another loss keeps them anyway), or else
-    one float32 difference (mse_loss kept a float32 copy of each side); the gradient comes back
-    in the student's dtype and is its backward's only map-sized buffer."""
+    layouts, with neither map changed. What the backward keeps is the maps themselves when the
+    student's is in half precision (no new buffer: under autocast another loss or the teacher's
+    hidden state keeps them anyway), or else one float32 difference (mse_loss kept a float32 copy
+    of each side); the gradient comes back in the student's dtype and is its backward's only
+    map-sized buffer."""
     monkeypatch.setattr(fn.kd, "_SUM_CHUNK", 300)  # a few images at a time, the last slice shorter
     g = torch.Generator().manual_seed(46)
     student = torch.randn(5, 6, 7, 7, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
-    teacher = torch.randn(5, 6, 7, 7, generator=g).to(torch.bfloat16)
+    teacher = torch.randn(5, 6, 7, 7, generator=g).to(teacher_dtype)
     want_s = student.clone().requires_grad_()
     want = F.mse_loss(want_s.float(), teacher.float())
     (want_grad,) = torch.autograd.grad(want, want_s)
