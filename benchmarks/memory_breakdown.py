@@ -10,7 +10,7 @@ allocated when it started, and the tensors alive at that peak, summed by the ops
 (innermost op first, allocation-only ops skipped) and their input shapes. At full size in bf16
 (``--full``, batch 16 by default) one case takes about a minute on two cores.
 
-    python benchmarks/memory_breakdown.py [cuda|cpu] [--full] [--batch N] [--rows N] [--cases cnn2vit:all,...]
+    python benchmarks/memory_breakdown.py [cuda|cpu] [--full] [--batch N] [--rows N] [--cases cnn2vit:all,...] [--versus-limit]
 """
 
 from __future__ import annotations
@@ -117,8 +117,9 @@ def _owner(event: dict, ops: list[dict]) -> str:
     return " < ".join(op["name"] for op in around[:3]) + f"  {shapes}"
 
 
-def peak_report(step, rows: int) -> tuple[float, list[str]]:
-    """One step's peak (MiB above its start) and its ``rows`` largest groups of live tensors there."""
+def peak_report(step, rows: int) -> tuple[float, list[str], collections.Counter]:
+    """One step's peak (MiB above its start), its ``rows`` largest groups of live tensors there,
+    and every group's bytes."""
     events = _trace_events(step)
     memory = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
     ops = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("cpu_op", "user_annotation")]
@@ -139,7 +140,18 @@ def peak_report(step, rows: int) -> tuple[float, list[str]]:
         groups[_owner(event, ops)] += event["args"]["Bytes"]
     lines = [f"{size / MiB:8.1f} MiB  {owner}" for owner, size in groups.most_common(rows)]
     lines.append(f"the peak came inside: {_owner(peak, ops)}")
-    return (peak["args"]["Total Allocated"] - start) / MiB, lines
+    return (peak["args"]["Total Allocated"] - start) / MiB, lines, groups
+
+
+def versus_limit(variant: collections.Counter, limit: collections.Counter, rows: int) -> list[str]:
+    """The groups whose live bytes at the variant's peak differ most from the limit's at its peak.
+
+    The models' own activations carry the same names in both steps and cancel, so what is left is
+    what the variant adds (or holds at another moment of the step).
+    """
+    change = collections.Counter({owner: variant[owner] - limit[owner] for owner in set(variant) | set(limit)})
+    largest = sorted((item for item in change.items() if item[1]), key=lambda item: -abs(item[1]))[:rows]
+    return [f"{size / MiB:+8.1f} MiB  {owner}" for owner, size in largest]
 
 
 def cpu_main(args: argparse.Namespace) -> None:
@@ -158,6 +170,9 @@ def cpu_main(args: argparse.Namespace) -> None:
         print(f"\n{pair} {variant} (batch {batch}, {size} px{', bf16' if args.full else ''}): peak above the step's "
               f"start {reports[variant][0]:.0f} MiB, the limit's {reports['limit'][0]:.0f} MiB; alive at the peak:")
         print("\n".join("  " + line for line in reports[variant][1]))
+        if args.versus_limit:
+            print("  against the limit's peak, the largest differences:")
+            print("\n".join("  " + line for line in versus_limit(reports[variant][2], reports["limit"][2], args.rows)))
 
 
 def main() -> None:
@@ -168,6 +183,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=12, help="CPU: groups of live tensors to list")
     parser.add_argument("--cases", default=None,
                         help="CPU: pair:variant,... to profile (default: feature and patch CKA in both pairs)")
+    parser.add_argument("--versus-limit", action="store_true",
+                        help="CPU: also list the groups whose live bytes differ most from the limit's at its peak")
     args = parser.parse_args()
     for case in (args.cases or "").split(",") if args.cases else []:
         pair, _, variant = (part.strip() for part in case.partition(":"))
