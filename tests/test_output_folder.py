@@ -297,6 +297,33 @@ def test_a_folder_with_someone_elses_readme_is_refused_and_an_earlier_card_is_no
         check_output_dir(SimpleNamespace(**{**vars(args), "overwrite_output_dir": True}), None)
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_projects_own_config_json_is_no_run_and_its_readme_never_goes_with_a_run(tmp_path, overwrite):
+    """A config.json that is no model's counted as a run: the project's README.md and config.json were
+    set aside as the run being replaced (and deleted by the next replacement), or the refusal said
+    the folder held a model. Beside a real run, a README.md that is no card is refused too."""
+    out = tmp_path / "proj"
+    out.mkdir()
+    (out / "README.md").write_text("# My project\n")
+    (out / "config.json").write_text('{"lr": 1}')
+    with pytest.raises(RecipeError, match=r"holds README.md, config.json, which no run of hf_rcka wrote"):
+        check_output_dir(_args(out, overwrite), None)
+    (out / "README.md").unlink()
+    with pytest.raises(RecipeError, match=r"holds config.json, which no run"):
+        check_output_dir(_args(out, overwrite), None)
+    (out / "config.json").write_text('{"model_type": "vit", "architectures": ["ViTForImageClassification"]}')
+    (out / "model.safetensors").write_bytes(b"")
+    (out / "README.md").write_text("# My project\n")
+    with pytest.raises(RecipeError, match=r"holds README.md, which no run"):
+        check_output_dir(_args(out, overwrite), None)
+    (out / "README.md").write_text("---\ntags:\n- hf_rcka\n---\n# the run's card\n")
+    if overwrite:
+        check_output_dir(_args(out, overwrite), None)
+    else:
+        with pytest.raises(RecipeError, match="already holds a model or checkpoints"):
+            check_output_dir(_args(out, overwrite), None)
+
+
 def test_a_run_refused_on_its_models_leaves_the_folder_and_a_later_refusal_says_where_the_old_run_is(
         tmp_path, monkeypatch, capsys):
     """The previous run was set aside before the models loaded: a teacher of other classes left the
@@ -511,7 +538,7 @@ def test_what_a_cut_short_run_leaves_counts_as_a_run(tmp_path, left):
     after it), files pending in _replacing/: a new run beside them would resume or mix them."""
     out = tmp_path / "out"
     (out / left).parent.mkdir(parents=True, exist_ok=True)
-    (out / left).mkdir() if left.startswith("checkpoint-") else (out / left).write_text("{}")
+    (out / left).mkdir() if left.startswith("checkpoint-") else (out / left).write_text('{"model_type": "resnet"}')
     with pytest.raises(RecipeError, match="already holds a model or checkpoints"):
         check_output_dir(_args(out), None)
 

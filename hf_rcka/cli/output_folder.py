@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import json
 import logging
 import os
 import shutil
@@ -49,7 +50,6 @@ from .records import CONFIG_NAME, WORKING_DIR_NAME
 
 logger = logging.getLogger(__name__)
 
-RUN_FILES = ("model.safetensors", "config.json", "pytorch_model.bin")
 MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 CARD_NAME = "README.md"
 # Written once the final model is saved (job._train; a resumed run drops its earlier ones first)
@@ -186,7 +186,7 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
     always (``overwrite_output_dir`` replaces a run: it sets aside only what runs write)."""
     if not args.do_train:
         return
-    others = [] if holds_run(args.output_dir) else _files_of_others(Path(args.output_dir))
+    others = _files_of_others(Path(args.output_dir), holds_run(args.output_dir))
     if others:
         raise RecipeError(
             f"output_dir {args.output_dir!r} holds {', '.join(others)}, which no run of hf_rcka wrote and this run would "
@@ -227,13 +227,18 @@ def _check_set_aside_folders(out: Path) -> None:
 
 # Files a run writes at its end whatever the folder holds; in a folder without a run (no model, no
 # config.json: see RUN_FILES), a user's own.
-_OVERWRITTEN = ("README.md", "preprocessor_config.json")
+_OVERWRITTEN = ("README.md", "preprocessor_config.json", "config.json")
 
 
-def _files_of_others(out: Path) -> list[str]:
+def _files_of_others(out: Path, run_here: bool) -> list[str]:
     """The files of ``_OVERWRITTEN`` in ``out`` (or links, which a write would follow out of it) that
-    are not an hf_rcka model card (a card from an earlier run is left there when its model was moved)."""
-    found = [out / name for name in _OVERWRITTEN if (out / name).exists() or (out / name).is_symlink()]
+    no run of hf_rcka wrote: a README.md that is not an hf_rcka model card (a card from an earlier
+    run is left there when its model was moved), and, where no run is, a processor config or a
+    config.json that is not a model's (a model's config.json alone is a run whose export was cut
+    short). Beside a run's model its README.md still has to be a card: a project's own README
+    would otherwise go with the run being replaced, and be deleted by the replacement after it."""
+    names = ("README.md",) if run_here else _OVERWRITTEN
+    found = [out / name for name in names if (out / name).exists() or (out / name).is_symlink()]
     return [p.name for p in found if p.is_symlink() or not (p.name == "README.md" and _is_our_card(p))]
 
 
@@ -299,10 +304,23 @@ def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
 
 
 def holds_run(output_dir: str) -> bool:
-    """Whether ``output_dir`` holds a run's model or checkpoints (not just a failed attempt's records)."""
+    """Whether ``output_dir`` holds a run's model or checkpoints (not just a failed attempt's records).
+
+    A ``config.json`` counts only as a model's (``model_type`` or ``architectures``): any project
+    may keep a config.json of its own, and counting it as a run would set the project's files
+    aside as the run being replaced.
+    """
     out = Path(output_dir)
-    return out.is_dir() and (any((out / name).exists() for name in RUN_FILES) or any(out.glob("checkpoint-*"))
-                             or _pending(out))
+    return out.is_dir() and (any((out / name).exists() for name in MODEL_FILES) or _is_model_config(out / "config.json")
+                             or any(out.glob("checkpoint-*")) or _pending(out))
+
+
+def _is_model_config(path: Path) -> bool:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
 
 
 def _pending(out: Path) -> bool:
