@@ -35,6 +35,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "max_grad_norm": (lambda v: v is None or v >= 0, ">= 0"),
     "num_train_epochs": (lambda v: v >= 0, ">= 0"),
+    # transformers trains num_train_epochs for any max_steps < 0; 0 trained one step and saved it as the result
+    "max_steps": (lambda v: v != 0, "> 0, or -1 to train num_train_epochs"),
     "warmup_steps": (lambda v: v >= 0, ">= 0"),
     "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),

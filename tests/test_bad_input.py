@@ -72,6 +72,7 @@ def image_folder(root: Path, classes: list[str], per_class: int = 4) -> str:
     ("label_smoothing_factor", 1.5, "label_smoothing_factor must be in [0, 1), got 1.5"),
     ("learning_rate", -1e-3, "learning_rate must be >= 0, got -0.001"),
     ("per_device_train_batch_size", 0, "per_device_train_batch_size must be >= 1, got 0"),
+    ("max_steps", 0, "max_steps must be > 0, or -1 to train num_train_epochs, got 0"),
     ("max_bad_images", -1, "max_bad_images must be >= 0"),
     ("teacher_label_mapping", "by_nmae", "teacher_label_mapping must be 'by_name' or 'by_index'"),
 ])
