@@ -23,7 +23,7 @@ from transformers import TrainingArguments
 from .augmentation import AugmentationArguments
 from .errors import RecipeError
 from .recipe_specs import check_auto_pair_options, validate_feature_pairs, validate_losses
-from .training_values import check_batch_settings, check_fixed_settings, check_training_values
+from .training_values import check_batch_settings, check_fixed_settings, check_optim_args, check_training_values
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +222,7 @@ class DistillationTrainingArguments(TrainingArguments):
         super().__post_init__()
         check_teacher_dtype(self.teacher_dtype, run_mixed_precision(self))
         check_batch_settings(self)
+        check_optim_args(self)
         if self.lr_base is not None:  # needs the number of processes, known once TrainingArguments set up the devices
             self.learning_rate = scaled_learning_rate(self)
 
@@ -243,6 +244,7 @@ def check_arguments(args: TrainingArguments) -> None:
     check_training_values(args)
     check_fixed_settings(args)
     check_batch_settings(args)
+    check_optim_args(args)
 
 
 def global_batch_size(args: TrainingArguments, per_device: int | None = None) -> int:

@@ -15,6 +15,8 @@ checks convert nothing.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import math
 from typing import Any, Callable
@@ -109,6 +111,38 @@ def check_batch_settings(args: TrainingArguments) -> None:
                                   "or drop split_batches")
 
 
+def check_optim_args(args: TrainingArguments) -> None:
+    """Every ``optim_args`` key must reach the optimizer.
+
+    transformers hands a torch optimizer only the ``optim_args`` keys that its setup for that
+    optimizer reads (sgd: ``momentum``, ``nesterov``, ...; adamw_torch: none) and drops the rest
+    without a word: ``momentun=0.9`` trained SGD without momentum. Optimizers of other packages
+    read ``optim_args`` in their own ways and are left to them.
+    """
+    if not getattr(args, "optim_args", None):
+        return
+    from transformers import Trainer
+
+    try:
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    except ImportError:  # its package is missing: the CLI's preflight says so
+        return
+    if not getattr(optimizer_cls, "__module__", "").startswith(("torch.optim", "transformers.optimization")):
+        return
+    given = [part.split("=", 1)[0].strip() for part in args.optim_args.split(",") if part.strip()]
+    dropped = [key for key in given if key not in kwargs]
+    if not dropped:
+        return
+    name = getattr(args.optim, "value", args.optim)
+    known = [key for key in inspect.signature(optimizer_cls).parameters if key not in ("params", "lr")]
+    hits = difflib.get_close_matches(dropped[0], known, n=2, cutoff=0.75)
+    hint = f" Did you mean {' or '.join(repr(h) for h in hits)}?" if hits else " Remove it, or choose an optim that takes it."
+    what = "it" if len(dropped) == 1 else "them"
+    raise RecipeError(f"optim_args {', '.join(repr(k) for k in dropped)}: transformers does not pass {what} to optim "
+                      f"{name!r} ({optimizer_cls.__name__}), which takes only the optim_args its setup reads, so the "
+                      f"run would train without {what}.{hint}")
+
+
 def check_half_precision(args: Any) -> None:
     """``fp16`` needs an accelerator: on CPU accelerate turns it off and trains in float32 silently.
 
@@ -127,5 +161,5 @@ def check_half_precision(args: Any) -> None:
                           "use_cpu: true for CPU autocast, or fp16: false")
 
 
-__all__ = ["FIXED_SETTINGS", "check_batch_settings", "check_fixed_settings", "check_half_precision",
+__all__ = ["FIXED_SETTINGS", "check_batch_settings", "check_fixed_settings", "check_half_precision", "check_optim_args",
            "check_training_values"]

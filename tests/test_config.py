@@ -1,6 +1,7 @@
 """Recipe parsing: every recipe parses, typos are named with suggestions, values are coerced."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,23 @@ def test_the_record_holds_the_batch_trained_with_and_no_resume(tmp_path):
         "8 optimizer steps (2 epochs), global batch 9 images, peak learning rate 0.01; the weights here are "
         "step 4's, the best evaluation")
     assert training_text(8, 2.0, "9 images", 0.01, exported_step=8).endswith("peak learning rate 0.01")
+
+
+@pytest.mark.parametrize("optim,optim_args,expected", [
+    ("sgd", "momentun=0.9", "optim_args 'momentun': transformers does not pass it to optim 'sgd' (SGD), which takes only "
+                            "the optim_args its setup reads, so the run would train without it. Did you mean 'momentum'?"),
+    ("sgd", "momentum=0.9,nestrov=True", "Did you mean 'nesterov'?"),
+    ("adamw_torch", "momentum=0.9", "optim_args 'momentum': transformers does not pass it to optim 'adamw_torch'"),
+])
+def test_optim_args_that_never_reach_the_optimizer_are_refused(tmp_path, optim, optim_args, expected):
+    """transformers drops the optim_args its setup for an optimizer does not read: a misspelt
+    momentum trained SGD without momentum, and said nothing."""
+    from transformers import TrainingArguments
+
+    from hf_rcka.arguments import DistillationTrainingArguments, check_arguments
+
+    with pytest.raises(RecipeError, match=re.escape(expected)):
+        DistillationTrainingArguments(str(tmp_path), optim=optim, optim_args=optim_args, use_cpu=True)
+    with pytest.raises(RecipeError, match=re.escape(expected)):  # plain TrainingArguments given to the trainer
+        check_arguments(TrainingArguments(str(tmp_path), optim=optim, optim_args=optim_args, use_cpu=True))
+    DistillationTrainingArguments(str(tmp_path), optim="sgd", optim_args="momentum=0.9,nesterov=True", use_cpu=True)
