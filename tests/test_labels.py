@@ -90,6 +90,10 @@ def test_student_order_wins_when_it_names_the_same_classes():
     assert run_label_order(NAMES, ["dog", "eel", "cat"], training=True) == ["dog", "eel", "cat"]
     assert run_label_order(NAMES, None, training=True) == NAMES
     assert run_label_order(NAMES, ["a", "b"], training=True) == NAMES  # new head for the new classes
+    # a head of the same class count is kept: the shared classes keep their rows by name, the new
+    # class takes the row of the one the data lacks (in the data's order "cat" and "dog" moved rows)
+    assert run_label_order(["cat", "dog", "zebra"], ["dog", "ant", "cat"], training=True) == ["dog", "zebra", "cat"]
+    assert run_label_order(["x", "y"], ["a", "b"], training=True) == ["x", "y"]
     with pytest.raises(LabelError, match=r"cannot evaluate.*dataset has \['cat', 'dog', 'eel'\]"):
         run_label_order(NAMES, ["a", "b", "c"], training=False)
 

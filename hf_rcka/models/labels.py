@@ -101,6 +101,8 @@ def run_label_order(dataset_labels: Sequence[str], student_labels: Sequence[str]
     if is_generic(student_labels) and len(student_labels) == len(dataset_labels):
         logger.warning("labels: the student's classes are unnamed (LABEL_0...): only their number could be checked")
         return dataset_labels
+    if training and len(student_labels) == len(dataset_labels):
+        return _shared_rows_kept(dataset_labels, list(student_labels))
     if training:
         logger.info("labels: the student's head is trained for the dataset's %d classes (%s)",
                     len(dataset_labels), _difference(dataset_labels, student_labels, "student"))
@@ -109,6 +111,22 @@ def run_label_order(dataset_labels: Sequence[str], student_labels: Sequence[str]
         f"model_name_or_path: cannot evaluate: {_difference(dataset_labels, student_labels, 'model')}. "
         "Evaluate on data with the model's classes (same names as its config.json id2label)"
     )
+
+
+def _shared_rows_kept(dataset_labels: list[str], student_labels: list[str]) -> list[str]:
+    """A head of the dataset's class count is kept as it is, so its rows are matched by name: each
+    class the student already names keeps its row, and the dataset's new classes take the rows of
+    the classes it lacks, in order. (In the dataset's own order, one renamed class shifted every
+    class after it onto another class's trained row.)"""
+    shared = set(student_labels) & set(dataset_labels)
+    new = iter(name for name in dataset_labels if name not in shared)
+    order = [name if name in shared else next(new) for name in student_labels]
+    replaced = [f"{old!r} -> {name!r}" for old, name in zip(student_labels, order) if old != name]
+    more = f" and {len(replaced) - _SHOWN} more" if len(replaced) > _SHOWN else ""
+    logger.warning("labels: the student's head keeps its rows for the %d classes the dataset shares with it; the rows "
+                   "of the classes it lacks are trained for its new ones: %s%s", len(shared),
+                   ", ".join(replaced[:_SHOWN]), more)
+    return order
 
 
 def resume_label_order(dataset_labels: Sequence[str], checkpoint_labels: Sequence[str]) -> list[str]:
