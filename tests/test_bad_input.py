@@ -627,7 +627,8 @@ def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     # other losses than the checkpoint's: one line, and the run's recorded recipe is kept
     other = base(tmp_path, **teacher, losses=[{"name": "ce"}, {"name": "kernel_transfer"}], max_steps=3)
     assert run(tmp_path, other, "--resume_from_checkpoint", "true") == 2
-    assert f"{str(out / 'checkpoint-2')!r} was trained with losses ['ce', 'srd']" in error_of(capsys)
+    assert f"{str(out / 'checkpoint-2')!r} continues a run recorded with other settings (losses ['ce', 'srd'] -> " \
+           "['ce', 'kernel_transfer'])" in error_of(capsys)
     assert (out / "distill_config.yaml").read_text() == recorded
     # without the run's record, the checkpoint's loss state finds it when it loads
     (out / "distill_config.yaml").unlink()
@@ -655,7 +656,17 @@ def test_resume_with_another_split_or_other_losses_is_refused(tmp_path, capsys):
     assert "train_val_split 0.15 (now 0.1)" in error_of(capsys)
     swapped = {**first, "max_steps": 3, "losses": [{"name": "ce"}, {"name": "fitnet"}]}
     assert run(tmp_path, swapped, *resume) == 2
-    assert "was trained with losses ['ce', 'feature_cka'], and this run names ['ce', 'fitnet']" in error_of(capsys)
+    assert "(losses ['ce', 'feature_cka'] -> ['ce', 'fitnet'])" in error_of(capsys)
+    # another teacher, loss option, pairs or image size: each went on under a record naming only the new one
+    for change, said in [
+        ({"teacher_config_overrides": {**TINY_RESNET, "hidden_sizes": [8, 12, 16, 24]}}, "teacher_config_overrides"),
+        ({"losses": [{"name": "ce"}, {"name": "feature_cka", "center": False}]}, "feature_cka center True -> False"),
+        ({"feature_pairs": [{"student_layer": 1, "teacher_layer": 1}]}, "feature_pairs 'auto' -> [{'student_layer': 1"),
+        ({"image_size": 24}, "image_size 16 -> 24"),
+    ]:
+        assert run(tmp_path, {**first, "max_steps": 3, **change}, *resume) == 2
+        line = error_of(capsys)
+        assert f"continues a run recorded with other settings ({said}" in line, line
     # refused once the data has loaded, before the run it would replace is set aside
     other = tmp_path / "other"
     assert run(tmp_path, {**first, "output_dir": str(other)}) == 0
@@ -664,8 +675,9 @@ def test_resume_with_another_split_or_other_losses_is_refused(tmp_path, capsys):
                str(tmp_path / "out" / "checkpoint-2"), "--overwrite_output_dir", "true") == 2
     assert "was trained holding out split_seed 42 (now 7)" in error_of(capsys)
     assert sorted(p.name for p in other.iterdir()) == before
-    reweighted = {**first, "max_steps": 3, "losses": [{"name": "ce"}, {"name": "feature_cka", "weight": 2.0}]}
-    assert run(tmp_path, reweighted, *resume) == 0  # the same losses, weighed otherwise: a schedule change
+    reweighted = {**first, "max_steps": 3, "losses": [{"name": "ce"}, {"name": "feature_cka", "weight": 2.0,
+                                                                        "center": True}]}
+    assert run(tmp_path, reweighted, *resume) == 0  # the same losses (a default spelt out), weighed otherwise
 
 
 def test_resume_with_another_split_seed_is_fine_where_nothing_is_carved(tmp_path):

@@ -103,14 +103,14 @@ def recorded_recipe(folder: str, config_name: str = CONFIG_NAME) -> dict[str, An
 
 
 def _anchored(recipe: dict[str, Any], working_dir: str | None) -> dict[str, Any]:
-    """The recipe's relative data paths read from the folder its run ran in, not from this one's."""
+    """The recipe's relative data and teacher paths read from the folder its run ran in, not from this one's."""
     if working_dir is None:
         return recipe
-    for key in ("train_dir", "validation_dir", "dataset_name"):
+    for key in ("train_dir", "validation_dir", "dataset_name", "teacher_model_name_or_path"):
         value = recipe.get(key)
         if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
             anchored = os.path.join(working_dir, value)
-            if key != "dataset_name" or os.path.isdir(anchored):  # else a Hub id
+            if key in ("train_dir", "validation_dir") or os.path.isdir(anchored):  # else a Hub id
                 recipe[key] = anchored
     return recipe
 

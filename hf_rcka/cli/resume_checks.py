@@ -12,11 +12,13 @@ import dataclasses
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, RecipeError
 from ..modeling.assembly import active_specs, run_loss_specs
+from ..registry import LOSSES
 from ..trainer.checkpointing import checkpoint_step, holds_training_state
 from .records import recorded_recipe
 
@@ -99,23 +101,80 @@ def check_resume_batch(folder: str, args: Any) -> None:
 
 
 def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any) -> None:
-    """A checkpoint resumes with the losses its run recorded: other losses (a loss with no saved
-    state swapped for another) went on training a run whose record and card then named only the
-    new ones. (Its held-out split is checked once the data has loaded: ``check_resume_split``.)
+    """A checkpoint resumes the run its folder recorded: the same teacher, losses (a loss's weight
+    may change), loss options, feature pairs, dataset, image size and config overrides. Any other change went on
+    training a run whose record and card then named only the new settings, as if they had trained
+    it from the start (its held-out split is checked once the data has loaded: ``check_resume_split``).
+    Data folders may move (a run resumed on another machine): only a Hub dataset's id is compared.
     """
+    recorded = recorded_recipe(folder)
+    if not recorded:
+        return  # no record, or one this version cannot read: the loss state's own check stays
+    changes = _loss_changes(recorded, model_args, args)
+    current = {"teacher_model_name_or_path": model_args.teacher_model_name_or_path,
+               "teacher_config_overrides": getattr(model_args, "teacher_config_overrides", None),
+               "feature_pairs": getattr(args, "feature_pairs", None), "image_size": model_args.image_size,
+               "student_config_overrides": model_args.student_config_overrides,
+               "dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name}
+    for key, now in current.items():
+        before = recorded.get(key)
+        if key == "teacher_model_name_or_path":
+            before, now = _source(before), _source(now)
+        elif key == "feature_pairs":  # None pairs them automatically, as 'auto' does
+            before, now = before or "auto", now or "auto"
+        elif key.startswith("dataset_") and _local(recorded.get("dataset_name")) and _local(data_args.dataset_name):
+            continue  # a folder on disk, which may have moved
+        if (before or None) != (now or None):
+            changes.append(f"{key} {before!r} -> {now!r}")
+    if changes:
+        raise RecipeError(f"resume_from_checkpoint: {folder!r} continues a run recorded with other settings "
+                          f"({'; '.join(changes)}): a resumed run continues the same training. Resume with its "
+                          "recipe (its distill_config.yaml), or start a new run from its weights (model_name_or_path) "
+                          "in a new output_dir")
+
+
+def _loss_changes(recorded: dict[str, Any], model_args: Any, args: Any) -> list[str]:
+    """The losses (by name) and their options (but the weight) that differ from the record's."""
     from ..recipe_specs import loss_spec
 
-    recorded = recorded_recipe(folder)
-    specs = [loss_spec(spec) for spec in (recorded or {}).get("losses") or []]
-    if not specs or not all(isinstance(spec, dict) and "name" in spec for spec in specs):
-        return  # no record, or one this version cannot read: the loss state's own check stays
+    specs = [loss_spec(spec) for spec in recorded.get("losses") or []]
+    if not specs or not all(isinstance(spec, dict) and spec.get("name") in LOSSES for spec in specs):
+        return []
     has_teacher = bool(model_args.teacher_model_name_or_path)
-    before = sorted(spec["name"] for spec in active_specs(specs))
-    now = sorted(spec["name"] for spec in active_specs(run_loss_specs(args, has_teacher)))
-    if before != now:
-        raise RecipeError(f"resume_from_checkpoint: {folder!r} was trained with losses {before}, and this run names "
-                          f"{now}: a resumed run continues the same training. Resume with its losses, or start a new "
-                          "run from its weights (model_name_or_path) in a new output_dir")
+    before = {spec["name"]: spec for spec in active_specs(specs)}
+    now = {spec["name"]: spec for spec in active_specs(run_loss_specs(args, has_teacher))}
+    if sorted(before) != sorted(now):
+        return [f"losses {sorted(before)} -> {sorted(now)}"]
+    changes = []
+    for name, spec in before.items():
+        for option in sorted((set(spec) | set(now[name])) - {"name", "weight"}):
+            old, new = (_option(s, name, option) for s in (spec, now[name]))
+            if old != new:
+                changes.append(f"{name} {option} {old!r} -> {new!r}")
+    return changes
+
+
+def _option(spec: dict[str, Any], name: str, option: str) -> Any:
+    """An option's value in ``spec``, or the loss's default where the spec leaves it out."""
+    if option in spec:
+        return spec[option]
+    try:
+        return LOSSES.default(name, option)
+    except KeyError:
+        return None
+
+
+def _local(value: Any) -> bool:
+    return isinstance(value, str) and (os.path.isdir(os.path.expanduser(value)) or value.startswith("builtin:"))
+
+
+def _source(value: Any) -> Any:
+    """A model source as a comparable value: a local folder by its real path (the record's relative
+    paths are read from the folder its run ran in), anything else (a Hub id, ``config:``) as given."""
+    if not isinstance(value, str) or not value:
+        return value or None
+    path = os.path.expanduser(value)
+    return os.path.realpath(path) if os.path.isdir(path) else value
 
 
 # The settings the learning-rate schedule's shape is computed from. Trainer rebuilds the schedule
