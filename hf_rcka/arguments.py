@@ -127,6 +127,8 @@ class DataArguments(AugmentationArguments):
             raise RecipeError(f"max_bad_images must be >= 0, got {self.max_bad_images}")
         if not 0.0 < self.train_val_split < 1.0:
             raise RecipeError(f"train_val_split must be in (0, 1), got {self.train_val_split}")
+        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int) or self.split_seed < 0:
+            raise RecipeError(f"split_seed must be an integer >= 0, got {self.split_seed!r}")
 
 
 @dataclass

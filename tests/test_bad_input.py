@@ -74,6 +74,7 @@ def image_folder(root: Path, classes: list[str], per_class: int = 4) -> str:
     ("per_device_train_batch_size", 0, "per_device_train_batch_size must be >= 1, got 0"),
     ("max_steps", 0, "max_steps must be > 0, or -1 to train num_train_epochs, got 0"),
     ("max_bad_images", -1, "max_bad_images must be >= 0"),
+    ("split_seed", -1, "split_seed must be an integer >= 0, got -1"),
     ("teacher_label_mapping", "by_nmae", "teacher_label_mapping must be 'by_name' or 'by_index'"),
 ])
 def test_values_out_of_range(tmp_path, capsys, no_loading, key, value, expected):

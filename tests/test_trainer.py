@@ -180,6 +180,20 @@ def test_build_losses_gives_ce_the_trainer_label_smoothing_unless_the_recipe_set
     assert plain.label_smoothing is None
 
 
+
+def test_label_smoothing_without_a_task_loss_is_said(caplog):
+    """With no ce among the losses the factor smoothed nothing, and nothing said so."""
+    from hf_rcka.modeling.assembly import build_losses
+
+    with caplog.at_level("WARNING", logger="hf_rcka.modeling.assembly"):
+        build_losses([{"name": "kd"}], label_smoothing=0.1)
+        build_losses([{"name": "ce"}, {"name": "kd"}], label_smoothing=0.1)
+        build_losses([{"name": "kd"}], label_smoothing=0.0)
+    said = [r.getMessage() for r in caplog.records if "label_smoothing_factor" in r.getMessage()]
+    assert said == ["label_smoothing_factor 0.1 has no effect: it smooths the task loss (ce), and this run trains "
+                    "without one (losses ['kd'])"]
+
+
 def test_epoch_end_reaches_every_loss_with_the_epoch_number():
     from types import SimpleNamespace
 

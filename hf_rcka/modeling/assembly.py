@@ -56,6 +56,9 @@ def build_losses(specs: Sequence[dict[str, Any]], label_smoothing: float = 0.0) 
     trainer's ``label_smoothing_factor``, as plain ``Trainer`` applies it to its own loss.
     """
     specs = [_with_label_smoothing(spec, label_smoothing) for spec in active_specs(specs)]
+    if label_smoothing and not any("label_smoothing" in LOSSES.option_names(spec["name"]) for spec in specs):
+        logger.warning("label_smoothing_factor %g has no effect: it smooths the task loss (ce), and this run trains "
+                       "without one (losses %s)", label_smoothing, [spec["name"] for spec in specs])
     return [LOSSES.build(spec["name"], **{k: v for k, v in spec.items() if k != "name"}) for spec in specs]
 
 
