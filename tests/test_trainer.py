@@ -257,6 +257,32 @@ def test_resume_continues_bit_exactly(tmp_path, family):
             assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after resume"
 
 
+def test_resume_refuses_another_teacher_and_takes_the_same_one_in_bfloat16(tmp_path):
+    """A checkpoint holds no teacher: resumed with another one, the run went on distilling from it
+    and said nothing (through the Python API no recipe record is there to compare)."""
+    from hf_rcka.errors import ModelError
+    from hf_rcka.trainer.teacher_record import TEACHER_RECORD_NAME
+
+    def run(name, teacher, resume=None):
+        args = make_args(tmp_path, name, max_steps=4, save_strategy="steps", save_steps=2,
+                         losses=[{"name": "ce"}, {"name": "kd"}])
+        trainer = make_trainer(args, teacher=teacher)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    run("first", tiny_resnet(seed=0))
+    checkpoint = str(tmp_path / "first" / "checkpoint-2")
+    assert (tmp_path / "first" / "checkpoint-2" / TEACHER_RECORD_NAME).is_file()
+    with pytest.raises(ModelError, match="was trained with another teacher"):
+        run("other", tiny_resnet(seed=1), resume=checkpoint)
+    retrained = tiny_resnet(seed=0)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.05)  # one weight tensor moved: a retrained teacher at the same path
+    with pytest.raises(ModelError, match="was trained with another teacher"):
+        run("retrained", retrained, resume=checkpoint)
+    assert run("same", tiny_resnet(seed=0).to(torch.bfloat16), resume=checkpoint).state.global_step == 4
+
+
 def test_a_resume_from_an_epochs_last_step_keeps_the_epochs_end(tmp_path):
     """A checkpoint at an epoch's last step (save_steps) comes before Trainer's on_epoch_end, and the
     resumed run starts the next epoch: EKT's epoch centres were never swapped in, and its second

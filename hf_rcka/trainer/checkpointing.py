@@ -35,6 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..arguments import global_batch_size
 from ..errors import ModelError
 from .divergence import has_finite_weights
+from .teacher_record import check_teacher_record, teacher_fingerprint, write_teacher_record
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,13 @@ class CheckpointingTrainer(Trainer):
     distillation_model: Any
     model_ema: Any = None
     _checkpointing = False
+    _teacher_fingerprint: dict[str, Any] | None = None
+
+    def _teacher_record(self, teacher: torch.nn.Module) -> dict[str, Any]:
+        """The frozen teacher's fingerprint, made once (it reads every weight)."""
+        if self._teacher_fingerprint is None:
+            self._teacher_fingerprint = teacher_fingerprint(teacher)
+        return self._teacher_fingerprint
 
     @contextlib.contextmanager
     def _writing_checkpoint(self) -> Iterator[None]:
@@ -109,6 +117,8 @@ class CheckpointingTrainer(Trainer):
                 safetensors.torch.save_model(model.student, os.path.join(output_dir, LIVE_STUDENT_NAME))
             with open(os.path.join(output_dir, BATCH_RECORD_NAME), "w", encoding="utf-8") as handle:
                 json.dump({"global_batch": global_batch_size(self.args), "processes": self.args.world_size}, handle)
+            if model.teacher is not None:
+                write_teacher_record(output_dir, self._teacher_record(model.teacher))
 
     # Private override. On resume Trainer loads the checkpoint's model.safetensors into Trainer.model
     # by key, non-strictly: into our wrapper that restores nothing (the student's keys lack the
@@ -120,6 +130,8 @@ class CheckpointingTrainer(Trainer):
                 "with save_only_model: true?): resuming would restart the optimizer and the learning-rate schedule. "
                 "Resume from a full checkpoint, or start a new run from these weights")
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if target.teacher is not None:  # the checkpoint holds no teacher: another one went on silently
+            check_teacher_record(resume_from_checkpoint, self._teacher_record(target.teacher))
         logger.info("resuming student and distillation state from %s", resume_from_checkpoint)
         try:
             target.load_checkpoint(resume_from_checkpoint)

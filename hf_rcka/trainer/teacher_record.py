@@ -1,0 +1,70 @@
+"""Which teacher trained a checkpoint: recorded in it, and compared when a run resumes from it.
+
+A checkpoint holds the student and the distillation state, not the teacher, so a run resumed with
+another teacher (a retrained one at the same path, another folder, another Hub model) went on
+distilling from it, and its card named only the new one. Paths are no proof: folders move between
+machines and a path may hold a retrained model. So the record holds a hash of the teacher's
+weights, every floating tensor by name, rounded to bfloat16 first: a teacher kept in bfloat16
+(``teacher_dtype``) hashes as the float32 one it was cast from, and any other change of a weight
+beyond that rounding changes the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import torch
+
+from ..errors import ModelError
+
+TEACHER_RECORD_NAME = "teacher.json"
+
+
+@torch.no_grad()
+def teacher_fingerprint(teacher: torch.nn.Module) -> dict[str, Any]:
+    """The teacher's source, value count and weight hash (see the module's docstring)."""
+    digest, count = hashlib.sha256(), 0
+    tensors = sorted([*teacher.named_parameters(), *teacher.named_buffers()], key=lambda item: item[0])
+    for name, tensor in tensors:
+        if not tensor.is_floating_point():
+            continue
+        values = tensor.detach().to(torch.bfloat16).reshape(-1).cpu()
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(values.view(torch.int16).numpy().tobytes())
+        count += values.numel()
+    config = getattr(teacher, "config", None)
+    return {"source": getattr(config, "_name_or_path", None) or None, "values": count, "sha256": digest.hexdigest()}
+
+
+def write_teacher_record(folder: str, fingerprint: dict[str, Any]) -> None:
+    with open(os.path.join(folder, TEACHER_RECORD_NAME), "w", encoding="utf-8") as handle:
+        json.dump(fingerprint, handle)
+
+
+def check_teacher_record(folder: str, fingerprint: dict[str, Any]) -> None:
+    """Refuse to resume ``folder`` with a teacher other than the one its record names.
+
+    A checkpoint without a record (no teacher, or an earlier version's) is not checked.
+
+    Raises:
+        ModelError: naming both teachers' sources and the ways on.
+    """
+    path = os.path.join(folder, TEACHER_RECORD_NAME)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        recorded = json.load(handle)
+    if recorded.get("sha256") == fingerprint["sha256"]:
+        return
+    raise ModelError(
+        f"resume_from_checkpoint: {folder!r} was trained with another teacher (its record: {recorded.get('source')!r}, "
+        f"{recorded.get('values')} values; this run's: {fingerprint['source']!r}, {fingerprint['values']} values, "
+        "other weights, or the same in float16): a resumed run continues the same distillation. Resume with the teacher it was trained "
+        "with, or start a new run from its weights in a new output_dir"
+    )
+
+
+__all__ = ["TEACHER_RECORD_NAME", "check_teacher_record", "teacher_fingerprint", "write_teacher_record"]
