@@ -240,6 +240,53 @@ def test_centered_cka_is_invariant_to_a_constant_row_offset(kind):
     assert cka(x + offset_x, y + offset_y).item() == pytest.approx(base, abs=1e-10)
 
 
+@pytest.mark.parametrize("center", [True, False])
+def test_linear_cka_many_gives_each_pairs_values_and_gradients(center):
+    """Several pairs through one batch of the estimator's small ops: what per-pair calls give, for
+    sides of other widths, sides reduced to Grams, a pair cheaper in the feature form (its own
+    call), a float32 pair beside float64 ones (its own group), and constant features."""
+    widths = [(40, 30), (9, 50), (3, 4), (25, 25), (60, 2)]
+    students = [randn(8, p, seed=60 + i).requires_grad_() for i, (p, _) in enumerate(widths)]
+    teachers = [randn(8, q, seed=70 + i) for i, (_, q) in enumerate(widths)]
+    students[3] = (students[3].detach().float() * 0 + 1).requires_grad_()  # constant: CKA 0, no NaN
+    teachers[3] = teachers[3].float()
+    sides = [fn.linear_cka_side(t, center=center) if i in (0, 4) else t for i, t in enumerate(teachers)]
+    want = torch.stack([fn.linear_cka(s, t, center=center) for s, t in zip(students, sides)])
+    want_grads = torch.autograd.grad(want.sum(), students)
+    got = fn.linear_cka_many(students, sides, center=center)
+    got_grads = torch.autograd.grad(got.sum(), students)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(got_grads, want_grads, rtol=1e-10, atol=1e-15)
+    assert got.dtype == DOUBLE and (got[3].item() == 0.0 or not center)
+    with pytest.raises(ValueError, match="as many student as teacher sides"):
+        fn.linear_cka_many(students, sides[:2])
+    with pytest.raises(ValueError, match="same n items"):
+        fn.linear_cka_many([students[0]], [teachers[0][:5]])
+
+
+def test_linear_cka_many_runs_the_estimator_once_for_pairs_of_grams():
+    """Four pairs in the Gram form: one pass of the norms and the alignment, not four (each op a
+    GPU launch; counted by the ops that run once per pass)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.rsqrt = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.rsqrt += func.overloadpacket is torch.ops.aten.rsqrt
+            return func(*args, **(kwargs or {}))
+
+    students = [randn(6, 20 + i, seed=80 + i) for i in range(4)]
+    teachers = [fn.linear_cka_side(randn(6, 30, seed=90 + i)) for i in range(4)]
+    with Count() as many:
+        fn.linear_cka_many(students, teachers)
+    with Count() as each:
+        [fn.linear_cka(s, t) for s, t in zip(students, teachers)]
+    assert (many.rsqrt, each.rsqrt) == (2, 8)
+
+
 def test_uncentered_linear_cka_does_change_with_a_row_offset():
     x, y = related_pair(seed=5)
     shifted = x + 3.0

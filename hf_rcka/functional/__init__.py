@@ -16,7 +16,8 @@ float32 or better with autocast off, whatever precision the models train in. One
 from __future__ import annotations
 
 from .cka import (
-    GramSide, center_gram, cka_from_grams, gram_linear, gram_rbf, hsic, linear_cka, linear_cka_side, rbf_cka, sample_rows,
+    GramSide, center_gram, cka_from_grams, gram_linear, gram_rbf, hsic, linear_cka, linear_cka_many, linear_cka_side, rbf_cka,
+    sample_rows,
 )
 from .kd import hint_loss, kd_loss, srd_correlation, srd_distance
 from .numerics import upcast
@@ -30,6 +31,7 @@ __all__ = [
     "hsic",
     "cka_from_grams",
     "linear_cka",
+    "linear_cka_many",
     "linear_cka_side",
     "GramSide",
     "rbf_cka",

@@ -18,7 +18,7 @@ from .numerics import DEFAULT_EPS, common_dtype, full_precision, upcast, upcast_
 
 __all__ = [
     "gram_linear", "gram_rbf", "center_gram", "hsic", "cka_from_grams", "linear_cka", "rbf_cka", "sample_rows",
-    "min_cka_items", "GramSide", "linear_cka_side",
+    "min_cka_items", "GramSide", "linear_cka_side", "linear_cka_many",
 ]
 
 
@@ -378,16 +378,24 @@ def _linear_cka_biased(x: torch.Tensor | GramSide, y: torch.Tensor | GramSide, c
     ``x`` and ``y`` come in their own dtypes: the Gram form upcasts a large side block by block
     (``_side_gram``). Either side may already be reduced to its :class:`GramSide`.
     """
+    return _cka_of_products(_items(x)[-1], *_products(x, y, center), center, eps)
+
+
+def _products(x: torch.Tensor | GramSide, y: torch.Tensor | GramSide, center: bool) -> tuple[torch.Tensor | None, ...]:
+    """The cheaper form's products of a pair: the two n x n Grams (``cross`` None), or the p x p,
+    q x q and q x p feature products; and the squared norms of the column means (None uncentered)."""
     n, reduced = _items(x)[-1], isinstance(x, GramSide) or isinstance(y, GramSide)
     dtype = torch.promote_types(_side_dtype(x), _side_dtype(y))
-    if reduced:
+    if reduced or _gram_form_is_cheaper(n, x.shape[-1], y.shape[-1]):
         (k, mean_sq_x), (l, mean_sq_y) = _reduced_gram(x, dtype, center), _reduced_gram(y, dtype, center)
-        cross = None
-    elif _gram_form_is_cheaper(n, x.shape[-1], y.shape[-1]):
-        (k, mean_sq_x), (l, mean_sq_y) = _side_gram(x, dtype, center), _side_gram(y, dtype, center)
-        cross = None
-    else:
-        k, l, cross, mean_sq_x, mean_sq_y = _feature_products(x.to(dtype), y.to(dtype), center)
+        return k, l, None, mean_sq_x, mean_sq_y
+    return _feature_products(x.to(dtype), y.to(dtype), center)
+
+
+def _cka_of_products(n: int, k: torch.Tensor, l: torch.Tensor, cross: torch.Tensor | None,
+                     mean_sq_x: torch.Tensor | None, mean_sq_y: torch.Tensor | None, center: bool,
+                     eps: float) -> torch.Tensor:
+    """CKA from :func:`_products`, batched over any leading dims (pairs stacked, channels)."""
     sq_x, sq_y = batch_trace(k), batch_trace(l)
     if not center:
         inv_x, inv_y = inverse_norm(sq_x, None, eps), inverse_norm(sq_y, None, eps)
@@ -401,6 +409,44 @@ def _linear_cka_biased(x: torch.Tensor | GramSide, y: torch.Tensor | GramSide, c
     else:
         xy = (cross * (inv_x * inv_y)[..., None, None]).pow(2).sum(dim=(-2, -1))
     return xy / torch.sqrt(_frob_inner(k, k) * _frob_inner(l, l) + eps * eps)
+
+
+@full_precision
+def linear_cka_many(xs: list[torch.Tensor | GramSide], ys: list[torch.Tensor | GramSide], center: bool = True,
+                    eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """The default linear CKA of several pairs of 2-D sides over the same n items, as a (pairs,) tensor.
+
+    The values and gradients of ``linear_cka`` per pair. Each pair still makes its own Grams (the
+    sides' widths differ), but the pairs whose Grams share a dtype stack them and go through the
+    rest of the estimator (norms, the constant-feature check, the alignment) as one batch: a few
+    dozen small ops, and as many in the backward, instead of that many per pair. On a GPU such
+    ops cost their launch, not their arithmetic, so a feature loss over four pairs spends a
+    quarter of it. A pair cheaper in the p x q feature form keeps its own call.
+    """
+    if len(xs) != len(ys) or not xs:
+        raise ValueError(f"linear_cka_many needs as many student as teacher sides, at least one: got {len(xs)} and "
+                         f"{len(ys)}")
+    values: list[torch.Tensor | None] = [None] * len(xs)
+    groups: dict[tuple[torch.dtype, int], list[tuple[int, tuple[torch.Tensor | None, ...]]]] = {}
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if isinstance(x, GramSide) or isinstance(y, GramSide):
+            _check_gram_sides(x, y, center, False)
+        else:
+            _check_rows(x, y)
+        products, items = _products(x, y, center), _items(x)
+        if products[2] is None and len(items) == 1:  # two n x n Grams of one set of items
+            groups.setdefault((products[0].dtype, items[0]), []).append((i, products))
+        else:
+            values[i] = _cka_of_products(items[-1], *products, center, eps)
+    for (_, n), group in groups.items():
+        stacked = [torch.stack([products[j] for _, products in group]) if center or j < 2 else None
+                   for j in (0, 1, 3, 4)]
+        batch = _cka_of_products(n, stacked[0], stacked[1], None, stacked[2], stacked[3], center, eps)
+        if len(group) == len(xs):  # every pair, in order
+            return batch
+        for (i, _), value in zip(group, batch.unbind(0)):
+            values[i] = value
+    return torch.stack(values)
 
 
 def _side_dtype(side: torch.Tensor | GramSide) -> torch.dtype:

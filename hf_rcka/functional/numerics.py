@@ -23,7 +23,8 @@ def full_precision(fn: _Fn) -> _Fn:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         given = (*args, *kwargs.values())  # linear_cka(x=..., y=...) too
-        tensors = (t for a in given for t in (a if isinstance(a, (list, tuple)) else (a,)))  # lists of maps too
+        items = (t for a in given for t in (a if isinstance(a, (list, tuple)) else (a,)))  # lists of maps too
+        tensors = (getattr(t, "gram", t) for t in items)  # a side reduced to its Gram (GramSide, PatchGramSide)
         device_type = next((t.device.type for t in tensors if isinstance(t, torch.Tensor)), "cpu")
         with torch.autocast(device_type=device_type, enabled=False):
             return fn(*args, **kwargs)

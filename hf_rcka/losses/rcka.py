@@ -189,9 +189,9 @@ class FeatureCKALoss(RelationalLoss):
         return functional.linear_cka_side(rows, center=self.center)
 
     def term(self, inputs: LossInputs) -> torch.Tensor:
-        terms = []
-        for student, teacher in self.feature_pairs(inputs):
-            s, t = (side if isinstance(side, functional.GramSide) else self.rows(functional.sample_rows(side))
-                    for side in (student, teacher))
-            terms.append(1.0 - _cka(s, t, self.kernel, self.center, row_normalize=False))
-        return torch.stack(terms).sum()
+        sides = [[side if isinstance(side, functional.GramSide) else self.rows(functional.sample_rows(side))
+                  for side in pair] for pair in self.feature_pairs(inputs)]
+        if self.kernel == "linear":  # the pairs' CKAs from their Grams in one batch
+            students, teachers = zip(*sides)
+            return (1.0 - functional.linear_cka_many(list(students), list(teachers), center=self.center)).sum()
+        return torch.stack([1.0 - _cka(s, t, self.kernel, self.center, row_normalize=False) for s, t in sides]).sum()
