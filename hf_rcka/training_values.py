@@ -15,6 +15,7 @@ checks convert nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import logging
@@ -111,36 +112,58 @@ def check_batch_settings(args: TrainingArguments) -> None:
                                   "or drop split_batches")
 
 
+# optim_args keys transformers fills from TrainingArguments fields, whatever optim_args says
+_FIELDS_OF = {"lr": "learning_rate", "eps": "adam_epsilon", "betas": "adam_beta1 and adam_beta2",
+              "weight_decay": "weight_decay"}
+
+
 def check_optim_args(args: TrainingArguments) -> None:
     """Every ``optim_args`` key must reach the optimizer.
 
     transformers hands a torch optimizer only the ``optim_args`` keys that its setup for that
-    optimizer reads (sgd: ``momentum``, ``nesterov``, ...; adamw_torch: none) and drops the rest
-    without a word: ``momentun=0.9`` trained SGD without momentum. Optimizers of other packages
-    read ``optim_args`` in their own ways and are left to them.
+    optimizer reads (sgd: ``momentum``, ``nesterov``, ...; adamw_torch: none), and sets others
+    (``lr``, ``eps``, ``betas``, ``fused``) from its own fields whatever ``optim_args`` says. The
+    rest is dropped without a word: ``momentun=0.9`` trained SGD without momentum. Optimizers of
+    other packages read ``optim_args`` in their own ways and are left to them.
     """
-    if not getattr(args, "optim_args", None):
+    given = getattr(args, "optim_args", None)
+    if not given:
         return
+    parts = [part.strip() for part in given.replace(" ", "").split(",") if part.strip()]
+    if any("=" not in part for part in parts):
+        raise RecipeError(f"optim_args {given!r} must be key=value pairs separated by commas (e.g. momentum=0.9)")
     from transformers import Trainer
 
     try:
         optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
-    except ImportError:  # its package is missing: the CLI's preflight says so
+        _, without = Trainer.get_optimizer_cls_and_kwargs(dataclasses.replace(args, optim_args=None))
+    except (ImportError, ValueError, TypeError):  # its package is missing, or it needs a model: said elsewhere
         return
     if not getattr(optimizer_cls, "__module__", "").startswith(("torch.optim", "transformers.optimization")):
         return
-    given = [part.split("=", 1)[0].strip() for part in args.optim_args.split(",") if part.strip()]
-    dropped = [key for key in given if key not in kwargs]
+    values = dict(part.split("=", 1) for part in parts)
+    dropped = [key for key, value in values.items() if key not in kwargs
+               or (key in without and kwargs[key] == without[key] and not _same_value(value, without[key]))]
     if not dropped:
         return
     name = getattr(args.optim, "value", args.optim)
-    known = [key for key in inspect.signature(optimizer_cls).parameters if key not in ("params", "lr")]
+    fields = [f"{key} comes from the training argument {_FIELDS_OF[key]}" for key in dropped if key in _FIELDS_OF]
+    known = [key for key in inspect.signature(optimizer_cls).parameters if key not in ("params", "lr", *values)]
     hits = difflib.get_close_matches(dropped[0], known, n=2, cutoff=0.75)
-    hint = f" Did you mean {' or '.join(repr(h) for h in hits)}?" if hits else " Remove it, or choose an optim that takes it."
+    hint = (f" ({'; '.join(fields)}: set it there)" if fields else "") + (
+        f" Did you mean {' or '.join(repr(h) for h in hits)}?" if hits else "")
     what = "it" if len(dropped) == 1 else "them"
     raise RecipeError(f"optim_args {', '.join(repr(k) for k in dropped)}: transformers does not pass {what} to optim "
-                      f"{name!r} ({optimizer_cls.__name__}), which takes only the optim_args its setup reads, so the "
-                      f"run would train without {what}.{hint}")
+                      f"{name!r} ({optimizer_cls.__name__}) from optim_args: the value given there would not be "
+                      f"used.{hint or ' Remove it, or choose an optim that takes it.'}")
+
+
+def _same_value(given: str, value: Any) -> bool:
+    """Whether an optim_args value (a string) says what transformers sets anyway (``False``, ``1e-3``)."""
+    try:
+        return float(given) == float(value)
+    except (TypeError, ValueError):
+        return given.strip().lower() == str(value).lower()
 
 
 def check_half_precision(args: Any) -> None:

@@ -1493,3 +1493,40 @@ def test_a_teacher_with_unnamed_classes_is_said_once(tmp_path, capsys):
                   teacher_model_name_or_path=str(teacher), teacher_accuracy_check="off")
     assert run(tmp_path, recipe) == 0
     assert capsys.readouterr().err.count("the teacher's classes are unnamed (LABEL_0...)") == 1
+
+
+def test_resume_recipe_check_lets_folders_move_and_fills_what_a_recipe_leaves_out(tmp_path):
+    """False refusals of a legitimate resume: pairs that leave their adapter out (the arguments
+    fill in 'auto'), a dataset or teacher folder that moved, an image size spelt out; and what
+    must still be refused: another builtin dataset, another teacher label mapping."""
+    from types import SimpleNamespace
+
+    from hf_rcka.cli.resume_checks import check_resume_recipe
+    from hf_rcka.errors import RecipeError
+    from hf_rcka.recipe_specs import validate_feature_pairs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    pairs = [{"student_layer": 1, "teacher_layer": 1}]
+    recorded = {"model_name_or_path": "config:resnet", "teacher_model_name_or_path": str(tmp_path / "old_teacher"),
+                "dataset_name": str(tmp_path / "old_data"), "feature_pairs": pairs,
+                "losses": [{"name": "ce"}, {"name": "feature_cka"}], "output_dir": str(run)}
+    (run / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
+    (tmp_path / "new_teacher").mkdir()
+    (tmp_path / "new_data").mkdir()
+
+    def check(**changes):
+        values = {"teacher_model_name_or_path": str(tmp_path / "new_teacher"), "teacher_config_overrides": None,
+                  "teacher_label_mapping": "by_name", "image_size": 16, "student_config_overrides": None,
+                  "dataset_name": str(tmp_path / "new_data"), "dataset_config_name": None,
+                  "feature_pairs": validate_feature_pairs(pairs), "losses": [{"name": "ce"}, {"name": "feature_cka"}],
+                  **changes}
+        check_resume_recipe(str(run), SimpleNamespace(**values), SimpleNamespace(**values), SimpleNamespace(**values))
+
+    check()
+    with pytest.raises(RecipeError, match="teacher_label_mapping 'by_name' -> 'by_index'"):
+        check(teacher_label_mapping="by_index")
+    recorded["dataset_name"] = "builtin:digits"
+    (run / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
+    with pytest.raises(RecipeError, match="dataset_name 'builtin:digits' -> 'builtin:other'"):
+        check(dataset_name="builtin:other")

@@ -297,10 +297,13 @@ def test_the_record_holds_the_batch_trained_with_and_no_resume(tmp_path):
 
 
 @pytest.mark.parametrize("optim,optim_args,expected", [
-    ("sgd", "momentun=0.9", "optim_args 'momentun': transformers does not pass it to optim 'sgd' (SGD), which takes only "
-                            "the optim_args its setup reads, so the run would train without it. Did you mean 'momentum'?"),
+    ("sgd", "momentun=0.9", "optim_args 'momentun': transformers does not pass it to optim 'sgd' (SGD) from "
+                            "optim_args: the value given there would not be used. Did you mean 'momentum'?"),
     ("sgd", "momentum=0.9,nestrov=True", "Did you mean 'nesterov'?"),
     ("adamw_torch", "momentum=0.9", "optim_args 'momentum': transformers does not pass it to optim 'adamw_torch'"),
+    ("adamw_torch", "eps=1e-3", "(eps comes from the training argument adam_epsilon: set it there)"),
+    ("adafactor", "relative_step=True", "optim_args 'relative_step'"),  # transformers sets it False, always
+    ("sgd", "momentum", "optim_args 'momentum' must be key=value pairs separated by commas"),
 ])
 def test_optim_args_that_never_reach_the_optimizer_are_refused(tmp_path, optim, optim_args, expected):
     """transformers drops the optim_args its setup for an optimizer does not read: a misspelt
@@ -314,3 +317,4 @@ def test_optim_args_that_never_reach_the_optimizer_are_refused(tmp_path, optim, 
     with pytest.raises(RecipeError, match=re.escape(expected)):  # plain TrainingArguments given to the trainer
         check_arguments(TrainingArguments(str(tmp_path), optim=optim, optim_args=optim_args, use_cpu=True))
     DistillationTrainingArguments(str(tmp_path), optim="sgd", optim_args="momentum=0.9,nesterov=True", use_cpu=True)
+    DistillationTrainingArguments(str(tmp_path), optim="adafactor", optim_args="scale_parameter=False", use_cpu=True)

@@ -882,6 +882,17 @@ def test_hint_loss_gradients_for_both_sides_over_several_chunks(monkeypatch):
     torch.testing.assert_close((s.grad, t.grad), (want_s.grad, want_t.grad), rtol=0, atol=0)
 
 
+def test_hint_loss_takes_a_teacher_made_under_inference_mode():
+    """Inference tensors cannot be saved for the backward: such a teacher's map is not kept."""
+    student = randn(2, 3, 4, 4, seed=51).to(torch.bfloat16).requires_grad_()
+    with torch.inference_mode():
+        teacher = randn(2, 3, 4, 4, seed=52).to(torch.bfloat16)
+    fn.hint_loss(student, teacher).backward()
+    want = student.detach().clone().requires_grad_()
+    F.mse_loss(want.float(), teacher.float()).backward()
+    torch.testing.assert_close(student.grad, want.grad, rtol=0, atol=0)
+
+
 def test_compiled_hint_loss_follows_the_batch_size_without_recompiling(monkeypatch):
     """The eager path loops over chunks whose count follows the batch size; under torch.compile
     that would pin the batch size and recompile for every new one."""

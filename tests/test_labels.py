@@ -94,6 +94,9 @@ def test_student_order_wins_when_it_names_the_same_classes():
     # class takes the row of the one the data lacks (in the data's order "cat" and "dog" moved rows)
     assert run_label_order(["cat", "dog", "zebra"], ["dog", "ant", "cat"], training=True) == ["dog", "zebra", "cat"]
     assert run_label_order(["x", "y"], ["a", "b"], training=True) == ["x", "y"]
+    # a name the student repeats (ImageNet's id2label has some) is no row of its own: every class gets one
+    assert run_label_order(["a", "b", "c"], ["a", "a", "d"], training=True) == ["a", "b", "c"]
+    assert sorted(run_label_order(["a", "b", "c"], ["d", "a", "a"], training=True)) == ["a", "b", "c"]
     with pytest.raises(LabelError, match=r"cannot evaluate.*dataset has \['cat', 'dog', 'eel'\]"):
         run_label_order(NAMES, ["a", "b", "c"], training=False)
 

@@ -316,12 +316,26 @@ def test_a_projects_own_config_json_is_no_run_and_its_readme_never_goes_with_a_r
     (out / "README.md").write_text("# My project\n")
     with pytest.raises(RecipeError, match=r"holds README.md, which no run"):
         check_output_dir(_args(out, overwrite), None)
-    (out / "README.md").write_text("---\ntags:\n- hf_rcka\n---\n# the run's card\n")
+    (out / "README.md").write_text("\ufeff---\ntags:\n- hf_rcka\n---\n# the run's card, saved by an editor\n")
     if overwrite:
         check_output_dir(_args(out, overwrite), None)
     else:
         with pytest.raises(RecipeError, match="already holds a model or checkpoints"):
             check_output_dir(_args(out, overwrite), None)
+
+
+def test_a_config_json_cut_short_beside_a_runs_records_is_a_run(tmp_path):
+    """An export interrupted while writing config.json leaves it unreadable: beside the run's own
+    records it is that run's (a retry replaces it), alone it is nobody's to overwrite."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text('{"model_ty')
+    with pytest.raises(RecipeError, match="holds config.json, which no run"):
+        check_output_dir(_args(out, True), None)
+    (out / "distill_config.yaml").write_text("output_dir: out\n")
+    with pytest.raises(RecipeError, match="already holds a model or checkpoints"):
+        check_output_dir(_args(out), None)
+    check_output_dir(_args(out, True), None)
 
 
 def test_a_run_refused_on_its_models_leaves_the_folder_and_a_later_refusal_says_where_the_old_run_is(

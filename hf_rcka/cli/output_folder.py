@@ -189,8 +189,9 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
     others = _files_of_others(Path(args.output_dir), holds_run(args.output_dir))
     if others:
         raise RecipeError(
-            f"output_dir {args.output_dir!r} holds {', '.join(others)}, which no run of hf_rcka wrote and this run would "
-            "overwrite with its model card and processor: choose an empty output_dir, or move them"
+            f"output_dir {args.output_dir!r} holds {', '.join(others)}, which no run of hf_rcka wrote (a card of its "
+            "keeps its front matter with the hf_rcka tag) and this run would overwrite with its model card and "
+            "processor: choose an empty output_dir, or move them"
         )
     if args.overwrite_output_dir:
         _check_set_aside_folders(Path(args.output_dir))
@@ -261,7 +262,7 @@ def drop_stale_export(output_dir: str) -> None:
 
 def _is_our_card(path: Path) -> bool:
     try:
-        head = path.read_text(encoding="utf-8", errors="replace")[:2000]
+        head = path.read_text(encoding="utf-8-sig", errors="replace")[:2000]  # an editor's byte-order mark too
     except OSError:
         return False
     return head.startswith("---") and "hf_rcka" in head
@@ -311,15 +312,20 @@ def holds_run(output_dir: str) -> bool:
     aside as the run being replaced.
     """
     out = Path(output_dir)
-    return out.is_dir() and (any((out / name).exists() for name in MODEL_FILES) or _is_model_config(out / "config.json")
+    return out.is_dir() and (any((out / name).exists() for name in MODEL_FILES) or _run_config(out)
                              or any(out.glob("checkpoint-*")) or _pending(out))
 
 
-def _is_model_config(path: Path) -> bool:
+def _run_config(out: Path) -> bool:
+    """Whether ``out/config.json`` is a model's, or one whose write was cut short (unreadable) beside
+    a run's own records."""
+    path = out / "config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except OSError:
         return False
+    except ValueError:
+        return any((out / name).exists() for name in (CONFIG_NAME, WORKING_DIR_NAME))
     return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
 
 

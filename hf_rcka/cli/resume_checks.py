@@ -101,11 +101,13 @@ def check_resume_batch(folder: str, args: Any) -> None:
 
 
 def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any) -> None:
-    """A checkpoint resumes the run its folder recorded: the same teacher, losses (a loss's weight
-    may change), loss options, feature pairs, dataset, image size and config overrides. Any other change went on
-    training a run whose record and card then named only the new settings, as if they had trained
-    it from the start (its held-out split is checked once the data has loaded: ``check_resume_split``).
-    Data folders may move (a run resumed on another machine): only a Hub dataset's id is compared.
+    """A checkpoint resumes the run its folder recorded: the same losses (a loss's weight may
+    change), loss options, feature pairs, teacher label mapping, dataset, image size and config
+    overrides. Any other change went on training a run whose record and card then named only the
+    new settings, as if they had trained it from the start (its held-out split is checked once the
+    data has loaded: ``check_resume_split``). Folders may move (a run resumed on another
+    machine): a dataset or teacher on disk is not compared by path here, and the teacher is
+    compared by its weights when the checkpoint loads (``trainer.teacher_record``).
     """
     recorded = recorded_recipe(folder)
     if not recorded:
@@ -113,17 +115,22 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
     changes = _loss_changes(recorded, model_args, args)
     current = {"teacher_model_name_or_path": model_args.teacher_model_name_or_path,
                "teacher_config_overrides": getattr(model_args, "teacher_config_overrides", None),
+               "teacher_label_mapping": getattr(model_args, "teacher_label_mapping", None),
                "feature_pairs": getattr(args, "feature_pairs", None), "image_size": model_args.image_size,
                "student_config_overrides": model_args.student_config_overrides,
                "dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name}
     for key, now in current.items():
         before = recorded.get(key)
-        if key == "teacher_model_name_or_path":
-            before, now = _source(before), _source(now)
-        elif key == "feature_pairs":  # None pairs them automatically, as 'auto' does
-            before, now = before or "auto", now or "auto"
-        elif key.startswith("dataset_") and _local(recorded.get("dataset_name")) and _local(data_args.dataset_name):
-            continue  # a folder on disk, which may have moved
+        if key in ("teacher_model_name_or_path", "dataset_name") and _may_have_moved(before, now):
+            continue
+        if key == "dataset_config_name" and _may_have_moved(recorded.get("dataset_name"), data_args.dataset_name):
+            continue
+        if key == "feature_pairs":
+            before, now = _pairs(before), _pairs(now)
+        if key == "teacher_label_mapping":  # a recipe that leaves it out maps by name
+            before, now = before or "by_name", now or "by_name"
+        if key == "image_size" and (before is None or now is None):
+            continue  # unset: the processor's own size, which a spelt-out one may equal
         if (before or None) != (now or None):
             changes.append(f"{key} {before!r} -> {now!r}")
     if changes:
@@ -131,6 +138,26 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
                           f"({'; '.join(changes)}): a resumed run continues the same training. Resume with its "
                           "recipe (its distill_config.yaml), or start a new run from its weights (model_name_or_path) "
                           "in a new output_dir")
+
+
+def _may_have_moved(before: Any, now: Any) -> bool:
+    """Whether a model or dataset source is a folder on disk on either side (``builtin:`` data is
+    named, not placed): a path may change while the folder stays the same."""
+    def on_disk(value: Any) -> bool:
+        return (isinstance(value, str) and not value.startswith(("builtin:", "config:"))
+                and (os.path.isabs(os.path.expanduser(value)) or os.path.isdir(os.path.expanduser(value))))
+    return on_disk(before) or on_disk(now)
+
+
+def _pairs(value: Any) -> Any:
+    """Feature pairs as the arguments hold them once checked (an unset adapter is 'auto'); None
+    pairs them automatically, as 'auto' does."""
+    from ..recipe_specs import validate_feature_pairs
+
+    try:
+        return validate_feature_pairs(value) or "auto"
+    except RecipeError:
+        return value
 
 
 def _loss_changes(recorded: dict[str, Any], model_args: Any, args: Any) -> list[str]:
@@ -162,19 +189,6 @@ def _option(spec: dict[str, Any], name: str, option: str) -> Any:
         return LOSSES.default(name, option)
     except KeyError:
         return None
-
-
-def _local(value: Any) -> bool:
-    return isinstance(value, str) and (os.path.isdir(os.path.expanduser(value)) or value.startswith("builtin:"))
-
-
-def _source(value: Any) -> Any:
-    """A model source as a comparable value: a local folder by its real path (the record's relative
-    paths are read from the folder its run ran in), anything else (a Hub id, ``config:``) as given."""
-    if not isinstance(value, str) or not value:
-        return value or None
-    path = os.path.expanduser(value)
-    return os.path.realpath(path) if os.path.isdir(path) else value
 
 
 # The settings the learning-rate schedule's shape is computed from. Trainer rebuilds the schedule

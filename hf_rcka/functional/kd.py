@@ -103,7 +103,8 @@ class _Hint(torch.autograd.Function):
     def forward(ctx, student, teacher):
         dtype = compute_dtype(student, teacher)
         ctx.numel = student.numel()
-        ctx.keeps_maps = student.element_size() < dtype.itemsize
+        # (an inference tensor, made under torch.inference_mode, cannot be saved for the backward)
+        ctx.keeps_maps = student.element_size() < dtype.itemsize and not (student.is_inference() or teacher.is_inference())
         if ctx.keeps_maps:
             total = sum(_difference(student[rows], teacher[rows], dtype).square().sum() for rows in _row_slices(student))
             ctx.save_for_backward(student, teacher)

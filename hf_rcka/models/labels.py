@@ -22,6 +22,8 @@ and reports chance. The dataset's class names are the truth here:
 
 from __future__ import annotations
 
+import collections
+
 import logging
 import re
 from typing import Any, Sequence
@@ -118,7 +120,8 @@ def _shared_rows_kept(dataset_labels: list[str], student_labels: list[str]) -> l
     class the student already names keeps its row, and the dataset's new classes take the rows of
     the classes it lacks, in order. (In the dataset's own order, one renamed class shifted every
     class after it onto another class's trained row.)"""
-    shared = set(student_labels) & set(dataset_labels)
+    counts = collections.Counter(student_labels)
+    shared = {name for name in dataset_labels if counts[name] == 1}  # a repeated name (ImageNet has some) is no row
     new = iter(name for name in dataset_labels if name not in shared)
     order = [name if name in shared else next(new) for name in student_labels]
     replaced = [f"{old!r} -> {name!r}" for old, name in zip(student_labels, order) if old != name]
