@@ -104,9 +104,13 @@ def test_existing_run_is_never_overwritten_and_resume_continues(runs, capsys):
     assert "already holds a model or checkpoints" in capsys.readouterr().err
     assert (student_dir / "model.safetensors").read_bytes() == before
     # resumed with the flags it ran with (another learning rate would not be applied, and is refused)
+    last = max(int(p.name.split("-")[1]) for p in student_dir.glob("checkpoint-*"))
     assert main([recipe, "--learning_rate", "2e-3", "--resume_from_checkpoint", "true", "--max_steps", "4"]) == 0
     state = json.loads((student_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 4
+    # transformers' train_loss averages this call's steps only: said, not passed off as the run's
+    results = json.loads((student_dir / "all_results.json").read_text())
+    assert results["train_loss_from_step"] == last < 4 and "train_loss" in results
 
 
 def test_bad_recipes_fail_fast_with_exit_code_2(tmp_path, capsys):

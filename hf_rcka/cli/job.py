@@ -33,7 +33,7 @@ from ..models.labels import check_validation_labels, listed_names, resume_label_
 from ..models.loading import load_image_classifier
 from ..models.processors import load_image_processor
 from ..trainer.card_facts import card_facts_of
-from ..trainer.checkpointing import checkpoint_folder
+from ..trainer.checkpointing import checkpoint_folder, checkpoint_step
 from ..trainer.divergence import check_loaded_weights
 from ..trainer.interrupt import GracefulStop, Interrupted, stopped_by_signal
 from ..trainer.resume_hint import Stopped
@@ -412,6 +412,22 @@ def _build_student(model_args: ModelArguments, labels: list[str]):
 # --------------------------------------------------------------------------------------------
 
 
+def _train_metrics(metrics: dict, resume: str | None) -> dict:
+    """Trainer's training metrics, saying what a resumed run's ``train_loss`` averages.
+
+    transformers averages ``train_loss`` over the steps of this call only, so a resumed run
+    reported the mean of its last steps as the run's, and a run resumed at its last step 0.0.
+    """
+    step = checkpoint_step(os.path.basename(os.path.normpath(resume))) if resume else None
+    if not step:
+        return metrics
+    metrics = {**metrics, "train_loss_from_step": step}
+    if not metrics.get("train_steps_per_second"):  # no step ran: no loss to average
+        metrics.pop("train_loss", None)
+    logger.info("train_loss averages the steps after the resumed checkpoint-%d only (train_loss_from_step)", step)
+    return metrics
+
+
 def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop | None = None,
            argv: Sequence[str] = ()) -> dict:
     """Train, then save the model, metrics and state; a signal ends in ``Stopped`` with a checkpoint."""
@@ -433,14 +449,15 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
         if trainer.is_world_process_zero():
             drop_stale_export(trainer.args.output_dir)  # the earlier card and state: written anew after the save
         trainer.save_model(_internal_call=True)  # uploaded once, with the final metrics and card, by _finish
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
+        metrics = _train_metrics(result.metrics, resume)
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
         trainer.save_state()
     if stop is not None:
         stop.saved_model = trainer.args.output_dir
         if stop.signum is not None:  # during the last step's evaluation: the training itself is complete
             raise Interrupted(stop.signum)
-    return result.metrics
+    return metrics
 
 
 def _leave_out_fresh_losses(trainer: DistillationTrainer) -> None:
