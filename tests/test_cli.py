@@ -351,3 +351,13 @@ def test_the_last_steps_evaluation_is_the_final_one_unless_other_weights_were_lo
     last = [entry for entry in history if "eval_accuracy" in entry][-1]
     assert last["step"] == 3 and results["eval_accuracy"] == last["eval_accuracy"]
     assert results["eval_loss"] == last["eval_loss"] and results["epoch"] == last["epoch"]
+
+
+def test_a_run_resumed_at_its_last_step_reports_no_train_loss():
+    """No step ran, and transformers reported train_loss 0.0 (a sum over no steps)."""
+    from hf_rcka.cli.job import _train_metrics
+
+    assert _train_metrics({"train_loss": 0.0, "train_steps_per_second": 0.0}, "/runs/a/checkpoint-4") == {
+        "train_steps_per_second": 0.0, "train_loss_from_step": 4}
+    assert _train_metrics({"train_loss": 0.3, "train_steps_per_second": 2.0}, None) == {
+        "train_loss": 0.3, "train_steps_per_second": 2.0}
