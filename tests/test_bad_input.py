@@ -1530,3 +1530,10 @@ def test_resume_recipe_check_lets_folders_move_and_fills_what_a_recipe_leaves_ou
     (run / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
     with pytest.raises(RecipeError, match="dataset_name 'builtin:digits' -> 'builtin:other'"):
         check(dataset_name="builtin:other")
+    # ce's smoothing, set as its option or through label_smoothing_factor: compared as what ce gets
+    recorded["label_smoothing_factor"] = 0.1
+    (run / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
+    check(dataset_name="builtin:digits", label_smoothing_factor=0.0,
+          losses=[{"name": "ce", "label_smoothing": 0.1}, {"name": "feature_cka"}])
+    with pytest.raises(RecipeError, match="ce label_smoothing 0.1 -> 0.2"):
+        check(dataset_name="builtin:digits", label_smoothing_factor=0.2)

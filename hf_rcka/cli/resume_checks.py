@@ -175,19 +175,26 @@ def _loss_changes(recorded: dict[str, Any], model_args: Any, args: Any) -> list[
     now = {spec["name"]: spec for spec in active_specs(run_loss_specs(args, has_teacher))}
     if sorted(before) != sorted(now):
         return [f"losses {sorted(before)} -> {sorted(now)}"]
+    # a loss that takes label_smoothing and leaves it unset gets the trainer's label_smoothing_factor
+    smoothing = (recorded.get("label_smoothing_factor") or None, getattr(args, "label_smoothing_factor", 0.0) or None)
     changes = []
     for name, spec in before.items():
-        for option in sorted((set(spec) | set(now[name])) - {"name", "weight"}):
-            old, new = (_option(s, name, option) for s in (spec, now[name]))
+        for option in sorted((set(spec) | set(now[name]) | {"label_smoothing"}) - {"name", "weight"}):
+            if option not in LOSSES.option_names(name):
+                continue
+            old, new = (_option(s, name, option, factor) for s, factor in zip((spec, now[name]), smoothing))
             if old != new:
                 changes.append(f"{name} {option} {old!r} -> {new!r}")
     return changes
 
 
-def _option(spec: dict[str, Any], name: str, option: str) -> Any:
-    """An option's value in ``spec``, or the loss's default where the spec leaves it out."""
-    if option in spec:
+def _option(spec: dict[str, Any], name: str, option: str, smoothing: float | None) -> Any:
+    """An option's value in ``spec``, or what the run gives it where the spec leaves it out: the
+    trainer's label smoothing for ``label_smoothing``, else the loss's default."""
+    if spec.get(option) is not None:
         return spec[option]
+    if option == "label_smoothing":
+        return smoothing
     try:
         return LOSSES.default(name, option)
     except KeyError:
