@@ -419,9 +419,9 @@ def linear_cka_many(xs: list[torch.Tensor | GramSide], ys: list[torch.Tensor | G
     The values and gradients of ``linear_cka`` per pair. Each pair still makes its own Grams (the
     sides' widths differ), but the pairs whose Grams share a dtype stack them and go through the
     rest of the estimator (norms, the constant-feature check, the alignment) as one batch: a few
-    dozen small ops, and as many in the backward, instead of that many per pair. On a GPU such
-    ops cost their launch, not their arithmetic, so a feature loss over four pairs spends a
-    quarter of it. A pair cheaper in the p x q feature form keeps its own call.
+    dozen small ops, and as many in the backward, once instead of once per pair. On a GPU such ops
+    cost their launch more than their arithmetic. A pair cheaper in the p x q feature form keeps
+    its own call.
     """
     if len(xs) != len(ys) or not xs:
         raise ValueError(f"linear_cka_many needs as many student as teacher sides, at least one: got {len(xs)} and "
