@@ -23,7 +23,6 @@ and reports chance. The dataset's class names are the truth here:
 from __future__ import annotations
 
 import collections
-
 import logging
 import re
 from typing import Any, Sequence
