@@ -15,7 +15,7 @@ checks convert nothing.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import difflib
 import inspect
 import logging
@@ -134,9 +134,11 @@ def check_optim_args(args: TrainingArguments) -> None:
         raise RecipeError(f"optim_args {given!r} must be key=value pairs separated by commas (e.g. momentum=0.9)")
     from transformers import Trainer
 
+    bare = copy.copy(args)  # not dataclasses.replace: that would run every argument check again
+    bare.optim_args = None
     try:
         optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
-        _, without = Trainer.get_optimizer_cls_and_kwargs(dataclasses.replace(args, optim_args=None))
+        _, without = Trainer.get_optimizer_cls_and_kwargs(bare)
     except (ImportError, ValueError, TypeError):  # its package is missing, or it needs a model: said elsewhere
         return
     if not getattr(optimizer_cls, "__module__", "").startswith(("torch.optim", "transformers.optimization")):
