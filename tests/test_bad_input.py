@@ -1147,6 +1147,11 @@ def test_baseline_dir_whose_run_was_not_evaluated(tmp_path, capsys, no_loading):
     (baseline / "all_results.json").write_text('{"train_loss": 1.0}')
     assert run(tmp_path, base(tmp_path, baseline_dir=str(baseline))) == 2
     assert "has no eval_accuracy (that run was not evaluated)" in error_of(capsys)
+    # a distilled run as the "student trained alone": the card credited distillation with the gap
+    (baseline / "all_results.json").write_text('{"eval_accuracy": 0.3}')
+    (baseline / "distill_config.yaml").write_text("teacher_model_name_or_path: outputs/teacher\n")
+    assert run(tmp_path, base(tmp_path, baseline_dir=str(baseline))) == 2
+    assert "is a distilled run (teacher 'outputs/teacher'), not the student trained alone" in error_of(capsys)
 
 
 def test_teacher_trained_on_the_students_validation_images(tmp_path, capsys):
