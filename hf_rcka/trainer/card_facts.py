@@ -25,7 +25,7 @@ from ..models.sources import parse_model_source
 # Settings that must agree for two runs to have been evaluated on the same images (split_seed draws
 # both the carved validation split and the max_eval_samples subset; the training seed draws neither).
 SPLIT_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_val_split",
-              "split_seed", "max_eval_samples")
+              "split_seed", "max_eval_samples", "label_column_name")  # a carved split is stratified by the label
 # Settings that must agree for a baseline run to have trained the same student (a ResNet-18 baseline
 # says nothing of what distillation did for a ResNet-50).
 STUDENT_KEYS = ("model_name_or_path", "student_from_scratch", "student_config_overrides", "image_size")
