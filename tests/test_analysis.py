@@ -168,6 +168,25 @@ def test_cka_report_card_must_be_a_compared_run(tmp_path, capsys, problem):
         in capsys.readouterr().err
 
 
+def test_cka_report_takes_the_runs_columns_and_refuses_runs_that_differ(tmp_path, capsys):
+    """The columns defaulted to image and label: runs trained on another image column were compared
+    on pictures they never saw, and a carved split stratified by another label held 34 of 50
+    training images."""
+    first = _saved_run(tmp_path / "a", recipe="dataset_name: builtin:digits\nimage_column_name: picture\n"
+                                              "label_column_name: target\n")
+    args = cka_report.parse_args([first, first, "--dataset_name", "builtin:digits"])
+    cka_report.resolve_split(args)
+    assert (args.image_column_name, args.label_column_name) == ("picture", "target")
+    args = cka_report.parse_args([first, first, "--dataset_name", "builtin:digits", "--label_column_name", "y"])
+    cka_report.resolve_split(args)
+    assert (args.image_column_name, args.label_column_name) == ("picture", "y")  # a flag wins
+    second = _saved_run(tmp_path / "b", 1, recipe="dataset_name: builtin:digits\n")
+    out, _ = tmp_path / "report", capsys.readouterr()
+    assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the compared runs trained with different image_column_names") and not out.exists()
+
+
 def test_cka_report_refuses_runs_that_held_out_different_images(tmp_path, capsys):
     """Only the first run's split was read: the other run had trained on most of the report's images."""
     first = _saved_run(tmp_path / "a", recipe="dataset_name: builtin:digits\nsplit_seed: 1\n")

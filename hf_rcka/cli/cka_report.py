@@ -40,6 +40,7 @@ from .records import recorded_recipe
 from .teacher_data import Roles, check_teacher_data, held_out_by
 
 _SPLIT_KEYS = ("train_val_split", "split_seed")
+_COLUMN_KEYS = ("image_column_name", "label_column_name")
 _COMPARED = Roles(model="model", short="that model", evaluated="this report", trained="that model's training images",
                   harm="where its layers match the others' by memory, not by what they learned", by_flags=True,
                   other_folder="give --validation_dir with images that model did not train on")
@@ -58,8 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="as in the training recipe (default: the compared runs' distill_config.yaml, else 0.15)")
     parser.add_argument("--split_seed", type=int,
                         help="as in the training recipe (default: the compared runs' distill_config.yaml, else 42)")
-    parser.add_argument("--image_column_name", default="image")
-    parser.add_argument("--label_column_name", default="label")
+    parser.add_argument("--image_column_name",
+                        help="as in the training recipe (default: the compared runs' distill_config.yaml, else image)")
+    parser.add_argument("--label_column_name",
+                        help="as in the training recipe (default: the compared runs' distill_config.yaml, else label; "
+                             "a carved validation split is stratified by it)")
     parser.add_argument("--num_images", type=int, default=512, help="at most this many (default 512)")
     parser.add_argument("--output", type=Path, default=Path("outputs/cka_report"),
                         help="folder that gets cka.png and cka.md (default outputs/cka_report)")
@@ -120,6 +124,8 @@ def check_inputs(args: argparse.Namespace) -> None:
     if args.validation_dir:
         image_folder_classes("--validation_dir", args.validation_dir)
     resolve_split(args)
+    if args.column_conflict:
+        raise DataError(args.column_conflict)
 
 
 def resolve_split(args: argparse.Namespace) -> None:
@@ -129,13 +135,34 @@ def resolve_split(args: argparse.Namespace) -> None:
     Runs that recorded different splits leave ``args.split_conflict`` (the error to raise if the
     report's validation split turns out carved: a dataset's own validation split is no run's).
     """
-    recorded, args.split_conflict = _recorded_split(args, _run_folders(args))
+    folders = _run_folders(args)
+    recorded, args.split_conflict = _recorded_split(args, folders)
     for key, value in recorded.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in _SPLIT_KEYS:
+    args.column_conflict = _resolve_columns(args, folders)
+    for key in (*_SPLIT_KEYS, *_COLUMN_KEYS):
         if getattr(args, key) is None:
             setattr(args, key, DataArguments.__dataclass_fields__[key].default)
+
+
+def _resolve_columns(args: argparse.Namespace, folders: list[str]) -> str | None:
+    """Unset column names become the ones the compared runs trained with, or the error to give when
+    they differ: the image column is what the models saw, and a carved split is stratified by the
+    label column, so with another one most of the report's images were training images."""
+    if not args.dataset_name:
+        return None
+    defaults = {key: DataArguments.__dataclass_fields__[key].default for key in _COLUMN_KEYS}
+    for key in _COLUMN_KEYS:
+        if getattr(args, key) is not None:
+            continue
+        used = {folder: (recorded_recipe(folder) or {}).get(key) or defaults[key] for folder in folders}
+        if len(set(used.values())) > 1:
+            return (f"the compared runs trained with different {key}s ({', '.join(f'{f}: {v}' for f, v in used.items())}): "
+                    f"give --{key}")
+        if used:
+            setattr(args, key, next(iter(used.values())))
+    return None
 
 
 def _run_folders(args: argparse.Namespace) -> list[str]:
