@@ -35,8 +35,10 @@ def teacher_fingerprint(teacher: torch.nn.Module) -> dict[str, Any]:
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
         digest.update(values.view(torch.int16).numpy().tobytes())
         count += values.numel()
-    config = getattr(teacher, "config", None)
-    return {"source": getattr(config, "_name_or_path", None) or None, "values": count, "sha256": digest.hexdigest()}
+    source = getattr(getattr(teacher, "config", None), "_name_or_path", None) or None
+    if source and os.path.isabs(source):  # a local folder by its name: checkpoints may be pushed to the Hub
+        source = os.path.basename(os.path.normpath(source))
+    return {"source": source, "values": count, "sha256": digest.hexdigest()}
 
 
 def write_teacher_record(folder: str, fingerprint: dict[str, Any]) -> None:
