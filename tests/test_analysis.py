@@ -206,7 +206,7 @@ def test_cka_report_refuses_a_split_the_compared_runs_trained_on(tmp_path, capsy
                             "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: model ") and "most of this report's validation images would be that model's " \
-        "training images" in err and "Pass --train_val_split 0.15 --split_seed 42 as that model did" in err
+        "training images" in err and "Pass --train_val_split 0.15 --split_seed 42 --label_column_name label as that model did" in err
     assert not out.exists()
 
 

@@ -1166,7 +1166,12 @@ def test_teacher_trained_on_the_students_validation_images(tmp_path, capsys):
     assert run(tmp_path, recipe) == 2
     line = error_of(capsys)
     assert "most of the student's validation images would be teacher training images" in line
-    assert "Set train_val_split: 0.15 and split_seed: 7 as the teacher did" in line
+    assert "Set train_val_split: 0.15, split_seed: 7 and label_column_name: label as the teacher did" in line
+    # the same split settings stratified by another label column hold out other images too
+    (teacher / "distill_config.yaml").write_text("dataset_name: builtin:digits\nlabel_column_name: target\n")
+    assert run(tmp_path, recipe) == 2
+    assert "stratified by 'target'" in error_of(capsys)
+    (teacher / "distill_config.yaml").write_text("dataset_name: builtin:digits\nsplit_seed: 7\n")
     # evaluated on data of its own (no split carved), the same teacher is fine: the run goes on to
     # load it (and fails there, its weights being a stand-in)
     train = image_folder(tmp_path / "train", ["cat", "dog"])

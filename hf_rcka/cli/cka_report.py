@@ -179,13 +179,14 @@ def _recorded_split(args: argparse.Namespace, folders: list[str]) -> tuple[dict[
     if not args.dataset_name:
         return {}, None
     data = SimpleNamespace(dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
-                           train_dir=None, validation_dir=None, train_val_split=None, split_seed=None)
+                           train_dir=None, validation_dir=None, train_val_split=None, split_seed=None,
+                           label_column_name=None)
     splits = {folder: split for folder in folders if (split := held_out_by(folder, data))}
     distinct = {tuple(split.values()) for split in splits.values()}
     if len(distinct) < 2:
         return next(iter(splits.values()), {}), None
-    held_out = "; ".join(f"{folder}: train_val_split {s['train_val_split']}, split_seed {s['split_seed']}"
-                         for folder, s in splits.items())
+    held_out = "; ".join(f"{folder}: train_val_split {s['train_val_split']}, split_seed {s['split_seed']}, "
+                         f"label_column_name {s['label_column_name']}" for folder, s in splits.items())
     return {}, (f"the compared runs held out different validation images of {args.dataset_name} ({held_out}): "
                 "each one's validation images hold others' training images. Compare runs trained on the same "
                 "split, or give --validation_dir with images none of them trained on")
@@ -201,7 +202,7 @@ def sample_images(args: argparse.Namespace) -> list:
         validation, carved = folder["validation"].shuffle(seed=args.split_seed), False
         data = SimpleNamespace(**{k: None for k in ("dataset_name", "dataset_config_name", "train_dir")},
                                validation_dir=args.validation_dir, train_val_split=args.train_val_split,
-                               split_seed=args.split_seed)
+                               split_seed=args.split_seed, label_column_name=args.label_column_name)
     else:
         data = DataArguments(
             dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,

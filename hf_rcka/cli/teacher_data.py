@@ -21,7 +21,7 @@ from ..errors import DataError
 from .records import CONFIG_NAME, recorded_recipe
 
 _SOURCE_KEYS = ("dataset_name", "dataset_config_name", "train_dir")
-_CARVE_KEYS = ("train_val_split", "split_seed")
+_CARVE_KEYS = ("train_val_split", "split_seed", "label_column_name")  # a carved split is stratified by the label
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,14 @@ def check_teacher_data(teacher: str | None, data_args: DataArguments, config_nam
     if not carved or not _same_source(taught, run):
         return
     if taught["validation_dir"] or any(taught[k] != run[k] for k in _CARVE_KEYS):
-        held_out = ("none of it (it had validation_dir)" if taught["validation_dir"] else
-                    f"train_val_split {taught['train_val_split']}, split_seed {taught['split_seed']}")
-        split, seed = taught["train_val_split"], taught["split_seed"]
-        same = (f"pass --train_val_split {split} --split_seed {seed}" if roles.by_flags else
-                f"set train_val_split: {split} and split_seed: {seed}")
+        held_out = ("none of it (it had validation_dir)" if taught["validation_dir"] else _carve(taught))
+        split, seed, label = taught["train_val_split"], taught["split_seed"], taught["label_column_name"]
+        same = (f"pass --train_val_split {split} --split_seed {seed} --label_column_name {label}" if roles.by_flags
+                else f"set train_val_split: {split}, split_seed: {seed} and label_column_name: {label}")
         fix = roles.other_folder if taught["validation_dir"] else f"{same} as {roles.short} did"
         raise DataError(
             f"{roles.model} {teacher!r} trained on this data holding out {held_out}, and {roles.evaluated} "
-            f"holds out train_val_split {run['train_val_split']}, split_seed {run['split_seed']}: most of "
+            f"holds out {_carve(run)}: most of "
             f"{roles.evaluated}'s validation images would be {roles.trained}, {roles.harm}. "
             f"{fix[0].upper()}{fix[1:]}"
         )
@@ -109,6 +108,12 @@ def split_change(run_folder: str, data_args: DataArguments, config_name: str = C
         return f"none of this data (it had validation_dir {taught['validation_dir']!r}; now carved)"
     changed = [k for k in _CARVE_KEYS if taught[k] != run[k]]
     return ", ".join(f"{k} {taught[k]!r} (now {run[k]!r})" for k in changed) or None
+
+
+def _carve(settings: dict[str, Any]) -> str:
+    """The settings that chose a carved split's images, in words."""
+    return (f"train_val_split {settings['train_val_split']}, split_seed {settings['split_seed']}, stratified by "
+            f"{settings['label_column_name']!r}")
 
 
 def _data_settings(recorded: dict[str, Any], data_args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
