@@ -156,7 +156,8 @@ def test_student_alone_baseline_and_gain(tmp_path):
     baseline.mkdir()
     (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
     settings = {"dataset_name": "builtin:digits", "dataset_config_name": None, "train_dir": None,
-                "validation_dir": None, "train_val_split": 0.3, "split_seed": 42, "max_eval_samples": None}
+                "validation_dir": None, "train_val_split": 0.3, "split_seed": 42, "max_eval_samples": None,
+                "label_column_name": "label"}
     recorded = {"dataset_name": "builtin:digits", "train_val_split": 0.3, "seed": 3}  # split_seed left at its default
     (baseline / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
     student = {"model_name_or_path": "config:resnet", "student_from_scratch": False,
@@ -166,6 +167,8 @@ def test_student_alone_baseline_and_gain(tmp_path):
     assert accuracy == 0.9 and note == "run `alone`, same images" and comparable
     _, other, comparable = read_baseline(str(baseline), {**settings, "split_seed": 7}, student)
     assert other.endswith("other evaluation images") and not comparable
+    _, other, comparable = read_baseline(str(baseline), {**settings, "label_column_name": "target"}, student)
+    assert other.endswith("other evaluation images") and not comparable  # a split stratified by another label
     facts = CardFacts(teacher_accuracy=0.99, baseline_accuracy=accuracy, baseline_note=note, baseline_comparable=True)
     card, _ = _card(tmp_path / "card", facts, metrics={"eval_accuracy": 0.95})
     assert "| the same student trained alone | 90.0% |" in card.text
@@ -188,7 +191,7 @@ def test_a_baseline_that_spells_its_image_folder_otherwise_saw_the_same_images(t
     (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.8}))
     (baseline / "distill_config.yaml").write_text(yaml.safe_dump({"train_dir": "data/pets/train"}))
     defaults = {k: getattr(DataArguments(train_dir="x"), k) for k in ("dataset_name", "dataset_config_name",
-                "validation_dir", "train_val_split", "split_seed", "max_eval_samples")}
+                "validation_dir", "train_val_split", "split_seed", "max_eval_samples", "label_column_name")}
     for spelling in (str(tmp_path / "data" / "pets" / "train"), "data/pets/train/"):
         _, note, _ = read_baseline(str(baseline), {**defaults, "train_dir": spelling})
         assert note == "run `alone`, same images", spelling
