@@ -183,3 +183,47 @@ def _check_adapter_options(adapter: str, options: dict[str, Any], where: str) ->
         ADAPTERS.build(adapter, student=_PLACEHOLDER_MAP, teacher=_PLACEHOLDER_MAP, **options)
     except (TypeError, ValueError) as err:
         raise RecipeError(f"{where}: {err}") from None
+
+
+def loss_changes(before: list[dict], now: list[dict], before_smoothing: float | None = None,
+                 now_smoothing: float | None = None) -> list[str]:
+    """How two runs' losses differ where a resumed run must not: by name, and by option but the
+    weight (an option left out is its default, and ``label_smoothing`` left out is the trainer's
+    ``label_smoothing_factor``, as ce gets it). Both lists hold the active specs in full form.
+    """
+    by_name = [{spec["name"]: spec for spec in specs} for specs in (before, now)]
+    if sorted(by_name[0]) != sorted(by_name[1]):
+        return [f"losses {sorted(by_name[0])} -> {sorted(by_name[1])}"]
+    changes = []
+    for name, spec in by_name[0].items():
+        other = by_name[1][name]
+        for option in sorted((set(spec) | set(other) | {"label_smoothing"}) - set(RESERVED_LOSS_KEYS)):
+            if name not in LOSSES or option not in LOSSES.option_names(name):
+                continue
+            old, new = (_option(s, name, option, smoothing)
+                        for s, smoothing in ((spec, before_smoothing), (other, now_smoothing)))
+            if old != new:
+                changes.append(f"{name} {option} {old!r} -> {new!r}")
+    return changes
+
+
+def _option(spec: dict[str, Any], name: str, option: str, smoothing: float | None) -> Any:
+    if spec.get(option) is not None:
+        return spec[option]
+    if option == "label_smoothing":
+        return smoothing or None
+    try:
+        return LOSSES.default(name, option)
+    except KeyError:
+        return None
+
+
+def checked_pairs(value: Any) -> Any:
+    """Feature pairs as the arguments hold them once checked (an unset adapter is 'auto'; None pairs
+    them automatically, as 'auto' does), for comparing two runs' pairs; a value that no longer
+    passes the checks as it is."""
+    try:
+        return validate_feature_pairs(value) or "auto"
+    except RecipeError:
+        return value
+

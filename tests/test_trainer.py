@@ -283,6 +283,32 @@ def test_resume_refuses_another_teacher_and_takes_the_same_one_in_bfloat16(tmp_p
     assert run("same", tiny_resnet(seed=0).to(torch.bfloat16), resume=checkpoint).state.global_step == 4
 
 
+def test_resume_refuses_other_loss_options_or_pairs_and_takes_another_weight(tmp_path):
+    """The loss state fits any option of the same loss: a resume with kd's temperature changed, or
+    with pairs of the same shapes between other layers, loaded and went on silently."""
+    from hf_rcka.errors import ModelError
+    from hf_rcka.trainer.loss_record import LOSS_RECORD_NAME
+
+    def run(name, losses, pairs=PATCH_PAIR, resume=None):
+        args = make_args(tmp_path, name, max_steps=4, save_strategy="steps", save_steps=2, losses=losses,
+                         feature_pairs=pairs)
+        trainer = make_trainer(args)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    losses = [{"name": "ce"}, {"name": "kd", "temperature": 4.0}, {"name": "patch_cka"}]
+    run("first", losses)
+    checkpoint = str(tmp_path / "first" / "checkpoint-2")
+    assert (tmp_path / "first" / "checkpoint-2" / LOSS_RECORD_NAME).is_file()
+    with pytest.raises(ModelError, match=r"other loss settings \(kd temperature 4.0 -> 2.0\)"):
+        run("hotter", [{"name": "ce"}, {"name": "kd", "temperature": 2.0}, {"name": "patch_cka"}], resume=checkpoint)
+    with pytest.raises(ModelError, match=r"other loss settings \(feature_pairs \[\{'student_layer': -1, 'teacher_layer': -2"):
+        run("other_pairs", losses, pairs=[{"student_layer": -2, "teacher_layer": -2, "adapter": "patch_match"}],
+            resume=checkpoint)
+    reweighted = [{"name": "ce"}, {"name": "kd", "weight": 3.0}, {"name": "patch_cka", "weight": 0.5}]
+    assert run("reweighted", reweighted, resume=checkpoint).state.global_step == 4  # temperature 4 is kd's default
+
+
 def test_a_resume_from_an_epochs_last_step_keeps_the_epochs_end(tmp_path):
     """A checkpoint at an epoch's last step (save_steps) comes before Trainer's on_epoch_end, and the
     resumed run starts the next epoch: EKT's epoch centres were never swapped in, and its second

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import ModelError, RecipeError
 from ..modeling.assembly import active_specs, run_loss_specs
+from ..recipe_specs import checked_pairs
 from ..registry import LOSSES
 from ..trainer.checkpointing import checkpoint_step, holds_training_state
 from .records import recorded_recipe
@@ -129,7 +130,7 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
         if key == "dataset_config_name" and _may_have_moved(recorded.get("dataset_name"), data_args.dataset_name):
             continue
         if key == "feature_pairs":
-            before, now = _pairs(before), _pairs(now)
+            before, now = checked_pairs(before), checked_pairs(now)
         if key == "teacher_label_mapping":  # a recipe that leaves it out maps by name
             before, now = before or "by_name", now or "by_name"
         if key == "image_size" and (before is None or now is None):
@@ -152,53 +153,16 @@ def _may_have_moved(before: Any, now: Any) -> bool:
     return on_disk(before) or on_disk(now)
 
 
-def _pairs(value: Any) -> Any:
-    """Feature pairs as the arguments hold them once checked (an unset adapter is 'auto'); None
-    pairs them automatically, as 'auto' does."""
-    from ..recipe_specs import validate_feature_pairs
-
-    try:
-        return validate_feature_pairs(value) or "auto"
-    except RecipeError:
-        return value
-
-
 def _loss_changes(recorded: dict[str, Any], model_args: Any, args: Any) -> list[str]:
     """The losses (by name) and their options (but the weight) that differ from the record's."""
-    from ..recipe_specs import loss_spec
+    from ..recipe_specs import loss_changes, loss_spec
 
     specs = [loss_spec(spec) for spec in recorded.get("losses") or []]
     if not specs or not all(isinstance(spec, dict) and spec.get("name") in LOSSES for spec in specs):
         return []
-    has_teacher = bool(model_args.teacher_model_name_or_path)
-    before = {spec["name"]: spec for spec in active_specs(specs)}
-    now = {spec["name"]: spec for spec in active_specs(run_loss_specs(args, has_teacher))}
-    if sorted(before) != sorted(now):
-        return [f"losses {sorted(before)} -> {sorted(now)}"]
-    # a loss that takes label_smoothing and leaves it unset gets the trainer's label_smoothing_factor
-    smoothing = (recorded.get("label_smoothing_factor") or None, getattr(args, "label_smoothing_factor", 0.0) or None)
-    changes = []
-    for name, spec in before.items():
-        for option in sorted((set(spec) | set(now[name]) | {"label_smoothing"}) - {"name", "weight"}):
-            if option not in LOSSES.option_names(name):
-                continue
-            old, new = (_option(s, name, option, factor) for s, factor in zip((spec, now[name]), smoothing))
-            if old != new:
-                changes.append(f"{name} {option} {old!r} -> {new!r}")
-    return changes
-
-
-def _option(spec: dict[str, Any], name: str, option: str, smoothing: float | None) -> Any:
-    """An option's value in ``spec``, or what the run gives it where the spec leaves it out: the
-    trainer's label smoothing for ``label_smoothing``, else the loss's default."""
-    if spec.get(option) is not None:
-        return spec[option]
-    if option == "label_smoothing":
-        return smoothing
-    try:
-        return LOSSES.default(name, option)
-    except KeyError:
-        return None
+    now = active_specs(run_loss_specs(args, bool(model_args.teacher_model_name_or_path)))
+    return loss_changes(active_specs(specs), now, recorded.get("label_smoothing_factor"),
+                        getattr(args, "label_smoothing_factor", None))
 
 
 # The settings the learning-rate schedule's shape is computed from. Trainer rebuilds the schedule

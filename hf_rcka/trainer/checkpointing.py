@@ -35,6 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..arguments import global_batch_size
 from ..errors import ModelError
 from .divergence import has_finite_weights
+from .loss_record import check_loss_record, loss_settings, write_loss_record
 from .teacher_record import check_teacher_record, teacher_fingerprint, write_teacher_record
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class CheckpointingTrainer(Trainer):
                 json.dump({"global_batch": global_batch_size(self.args), "processes": self.args.world_size}, handle)
             if model.teacher is not None:
                 write_teacher_record(output_dir, self._teacher_record(model.teacher))
+            write_loss_record(output_dir, loss_settings(self.args, model.teacher is not None))
 
     # Private override. On resume Trainer loads the checkpoint's model.safetensors into Trainer.model
     # by key, non-strictly: into our wrapper that restores nothing (the student's keys lack the
@@ -132,6 +134,7 @@ class CheckpointingTrainer(Trainer):
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         if target.teacher is not None:  # the checkpoint holds no teacher: another one went on silently
             check_teacher_record(resume_from_checkpoint, self._teacher_record(target.teacher))
+        check_loss_record(resume_from_checkpoint, loss_settings(self.args, target.teacher is not None))
         logger.info("resuming student and distillation state from %s", resume_from_checkpoint)
         try:
             target.load_checkpoint(resume_from_checkpoint)

@@ -1,0 +1,61 @@
+"""Which losses and feature pairs trained a checkpoint: recorded in it, and compared when a run
+resumes from it.
+
+The checkpoint's loss and adapter state only fits losses and adapters of the same structure, so a
+resume with a loss option changed (rcka's ``intra_weight``, kd's ``temperature``, ce's smoothing)
+or pairs of the same shapes between other layers loaded and went on silently. A loss's weight may
+change (a schedule of the weights is a choice a resumed run may make); everything else must match.
+The command line compares the recorded recipe before anything loads; this record serves the Python
+API too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ..errors import ModelError
+from ..modeling.assembly import active_specs, run_loss_specs
+from ..recipe_specs import checked_pairs, loss_changes
+
+LOSS_RECORD_NAME = "loss_settings.json"
+
+
+def loss_settings(args: Any, has_teacher: bool) -> dict[str, Any]:
+    """The run's active loss specs, feature pairs and label smoothing, as JSON holds them."""
+    settings = {"losses": active_specs(run_loss_specs(args, has_teacher)),
+                "feature_pairs": checked_pairs(getattr(args, "feature_pairs", None)),
+                "label_smoothing_factor": getattr(args, "label_smoothing_factor", 0.0) or None}
+    return json.loads(json.dumps(settings, default=str))  # tuples as lists, as they come back
+
+
+def write_loss_record(folder: str, settings: dict[str, Any]) -> None:
+    with open(os.path.join(folder, LOSS_RECORD_NAME), "w", encoding="utf-8") as handle:
+        json.dump(settings, handle)
+
+
+def check_loss_record(folder: str, settings: dict[str, Any]) -> None:
+    """Refuse to resume ``folder`` with other losses, loss options or feature pairs than its record's.
+
+    A checkpoint without a record (an earlier version's) is not checked.
+
+    Raises:
+        ModelError: naming each change and the ways on.
+    """
+    path = os.path.join(folder, LOSS_RECORD_NAME)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        recorded = json.load(handle)
+    changes = loss_changes(recorded.get("losses") or [], settings["losses"], recorded.get("label_smoothing_factor"),
+                           settings["label_smoothing_factor"])
+    if recorded.get("feature_pairs") != settings["feature_pairs"]:
+        changes.append(f"feature_pairs {recorded.get('feature_pairs')!r} -> {settings['feature_pairs']!r}")
+    if changes:
+        raise ModelError(f"resume_from_checkpoint: {folder!r} was trained with other loss settings "
+                         f"({'; '.join(changes)}): a resumed run continues the same training (a loss's weight may "
+                         "change). Resume with its settings, or start a new run from its weights in a new output_dir")
+
+
+__all__ = ["LOSS_RECORD_NAME", "check_loss_record", "loss_settings", "write_loss_record"]
