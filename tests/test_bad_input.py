@@ -631,10 +631,17 @@ def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     assert f"{str(out / 'checkpoint-2')!r} continues a run recorded with other settings (losses ['ce', 'srd'] -> " \
            "['ce', 'kernel_transfer'])" in error_of(capsys)
     assert (out / "distill_config.yaml").read_text() == recorded
-    # without the run's record, the checkpoint's loss state finds it when it loads
+    # without the run's record, the checkpoint's own loss record finds it when it loads, and without
+    # that (an earlier version's checkpoint) its loss state
     (out / "distill_config.yaml").unlink()
     assert run(tmp_path, other, "--resume_from_checkpoint", "true") == 2
+    assert f"{str(out / 'checkpoint-2')!r} was trained with other loss settings (losses ['ce', 'srd'] -> " \
+           "['ce', 'kernel_transfer'])" in error_of(capsys)
+    settings = (out / "checkpoint-2" / "loss_settings.json").read_text()
+    (out / "checkpoint-2" / "loss_settings.json").unlink()
+    assert run(tmp_path, other, "--resume_from_checkpoint", "true") == 2
     assert f"{str(out / 'checkpoint-2')!r} does not fit this run" in error_of(capsys)
+    (out / "checkpoint-2" / "loss_settings.json").write_text(settings)
     (out / "distill_config.yaml").write_text(recorded)
     # another global batch (a 2-process run resumed in 1 went on at half its batch, exit 0)
     assert run(tmp_path, {**first, "max_steps": 3, "per_device_train_batch_size": 10}, "--resume_from_checkpoint",
