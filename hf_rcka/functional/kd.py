@@ -110,9 +110,7 @@ class _Hint(torch.autograd.Function):
             ctx.save_for_backward(student, teacher)
         else:
             diff = _difference(student, teacher, dtype)
-            flat = diff.view(-1)
-            chunks = [flat] if torch.compiler.is_compiling() else flat.split(_SUM_CHUNK)
-            total = sum(chunk.square().sum() for chunk in chunks)  # no map-sized square
+            total = sum(diff[rows].square().sum() for rows in _row_slices(diff))  # no map-sized square
             ctx.save_for_backward(diff)
             ctx.dtypes = student.dtype, teacher.dtype
         return total / student.numel()
