@@ -153,10 +153,11 @@ def _resolve_columns(args: argparse.Namespace, folders: list[str]) -> str | None
     if not args.dataset_name:
         return None
     defaults = {key: DataArguments.__dataclass_fields__[key].default for key in _COLUMN_KEYS}
+    recipes = {folder: recorded_recipe(folder) or {} for folder in folders}  # each read once
     for key in _COLUMN_KEYS:
         if getattr(args, key) is not None:
             continue
-        used = {folder: (recorded_recipe(folder) or {}).get(key) or defaults[key] for folder in folders}
+        used = {folder: recipe.get(key) or defaults[key] for folder, recipe in recipes.items()}
         if len(set(used.values())) > 1:
             return (f"the compared runs trained with different {key}s ({', '.join(f'{f}: {v}' for f, v in used.items())}): "
                     f"give --{key}")
