@@ -72,9 +72,10 @@ def main(out: str) -> None:
                              eval_dataset=pixel_dataset(16, seed=1), processing_class=processor(16))
     # the plain shuffled sampler (no repeated augmentation, data_seed unset): this rank's share of an epoch
     shuffled = [index[float(v)] for batch in bn.get_train_dataloader() for v in batch["pixel_values"][:, 0, 0, 0]]
+    bn.evaluate()  # a baseline first: this evaluation must not keep training from wrapping the model in DDP
     bn.train()
     bn.evaluate()
-    bn_state = {k: v for k, v in bn.distillation_model.student.state_dict().items() if k.endswith("running_mean")}
+    bn_state = {k: v for k, v in bn.distillation_model.student.state_dict().items() if not k.endswith("num_batches_tracked")}
     save_file({k: v.contiguous() for k, v in bn_state.items()}, os.path.join(out, f"rank{rank}_bn.safetensors"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
         json.dump({"world_size": world_size(), "log_history": trainer.state.log_history, "ids": ids,

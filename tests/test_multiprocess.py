@@ -64,9 +64,11 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     # process does (it counted the repeats that even out the batches: 16 rows for 5 images)
     for log in logs:
         assert log["teacher_check"] == pytest.approx(log["teacher_direct"]) == pytest.approx(0.2)
-    # a BatchNorm student is evaluated with rank 0's running statistics, the exported ones
+    # a BatchNorm student is evaluated with rank 0's running statistics, the exported ones; it was
+    # evaluated before it trained too, and trained wrapped in DDP all the same (its weights equal)
     bn = [load_file(tmp_path / f"rank{r}_bn.safetensors") for r in (0, 1)]
-    assert bn[0] and all(torch.equal(bn[0][k], bn[1][k]) for k in bn[0]), "evaluation mixed per-rank BN statistics"
+    assert any(k.endswith("running_mean") for k in bn[0]) and any(k.endswith("weight") for k in bn[0])
+    assert all(torch.equal(bn[0][k], bn[1][k]) for k in bn[0]), "the ranks trained apart or mixed BN statistics"
     steps = [e for e in logs[0]["log_history"] if "loss" in e]
     assert len(steps) == 3 and all("rcka_intra_loss" in e and "rcka_inter_loss" in e and "feature_cka_loss" in e for e in steps)
     # an evaluation set that is not a multiple of the global batch: the repeats accelerate adds
@@ -80,3 +82,23 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     assert [log["stop_signum"] for log in logs] == [15, 15]
     assert all(log["host_group_of_its_own"] for log in logs)
     assert (tmp_path / "stopped" / "checkpoint-2").is_dir()
+
+
+def test_a_training_step_of_several_processes_without_ddp_is_refused():
+    # what the bare model of an evaluation-mode preparation trained as: each rank on its own batches
+    from types import SimpleNamespace
+
+    from torch import nn
+    from transformers.training_args import ParallelMode
+
+    from hf_rcka.errors import ModelError
+    from hf_rcka.trainer.data_parallel import check_wrapped
+
+    def trainer(mode, fsdp=False):
+        return SimpleNamespace(args=SimpleNamespace(parallel_mode=mode, world_size=2), is_fsdp_enabled=fsdp,
+                               is_deepspeed_enabled=False)
+
+    with pytest.raises(ModelError, match="never averaged"):
+        check_wrapped(trainer(ParallelMode.DISTRIBUTED), nn.Linear(2, 2))
+    check_wrapped(trainer(ParallelMode.NOT_DISTRIBUTED), nn.Linear(2, 2))  # one process: nothing to average
+    check_wrapped(trainer(ParallelMode.DISTRIBUTED, fsdp=True), nn.Linear(2, 2))  # FSDP shards, no DDP wrapper

@@ -48,6 +48,7 @@ from .given_models import (
 from .optimizer_checks import LateParameterCheck, check_optimizer
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate
+from .data_parallel import check_wrapped, forget_evaluation_preparation
 from .ema import StudentEmaCallback
 from .card import training_text, write_model_card
 from .teacher_check import check_teacher_accuracy
@@ -340,9 +341,11 @@ class DistillationTrainer(CheckpointingTrainer):
 
         In training, Mixup/CutMix mix the batch first: student and teacher see the same pixels.
         """
-        if model.training and self.mixup is not None:
-            pixel_values, labels = mix_batch(self.mixup, inputs["pixel_values"], inputs["labels"])
-            inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
+        if model.training:
+            check_wrapped(self, model)
+            if self.mixup is not None:
+                pixel_values, labels = mix_batch(self.mixup, inputs["pixel_values"], inputs["labels"])
+                inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
         if not model.training:
             inputs = {**inputs, "labels": _without_padding(inputs["labels"], self.accelerator)}
         unknown = sorted(set(inputs) - _MODEL_INPUTS)
@@ -542,6 +545,7 @@ class DistillationTrainer(CheckpointingTrainer):
                                "longer than the whole run resumes where it stopped)")
         self._check_training_batches()
         self.check_teacher()
+        forget_evaluation_preparation(self)
         output = super().train(*args, **kwargs)
         self.divergence.check(self.args, self.state, self.control)  # a divergence no logging or saving step saw
         if self.divergence.error is not None:
