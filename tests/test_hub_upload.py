@@ -25,13 +25,14 @@ class FakeHub:
     """transformers' shared HfApi: an upload copies the folder (minus its ignore patterns) into a commit."""
 
     def __init__(self, root: Path, fail: Exception | None = None):
-        self.root, self.fail, self.commits, self.tokens = root, fail, [], []
+        self.root, self.fail, self.commits, self.tokens, self.kwargs = root, fail, [], [], []
 
     def create_repo(self, repo_id, **kwargs):
         return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
 
     def upload_folder(self, repo_id, folder_path, ignore_patterns=(), commit_message=None, run_as_future=False, **kwargs):
         self.tokens.append(kwargs.get("token"))
+        self.kwargs.append(kwargs)
         if self.fail is not None and run_as_future:  # HfApi's background upload fails in its future
             failed = concurrent.futures.Future()
             failed.set_exception(self.fail)
@@ -164,3 +165,51 @@ def test_the_ledger_of_unreadable_images_stays_local(tmp_path, hub):
     # where the run's relative paths were relative to: local, for later checks, never uploaded
     assert json.loads((tmp_path / "out" / "_working_dir.json").read_text()) == {"working_dir": os.getcwd()}
     assert "_working_dir.json" not in uploaded
+
+
+def test_a_pushing_run_refuses_a_folder_with_files_no_run_wrote(tmp_path, hub, capsys):
+    """Trainer uploads the whole output_dir: an image folder kept inside it, a .env and a user's notes
+    were published beside the model, and the run ended well."""
+    out = tmp_path / "out"
+    (out / "data" / "train" / "cat").mkdir(parents=True)
+    (out / "data" / "train" / "cat" / "0.png").write_bytes(b"png")
+    (out / ".env").write_text("SECRET=1")
+    (out / ".git").mkdir()  # a clone of the repository: huggingface_hub leaves it out itself
+    assert _run(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "holds .env, data/: no run of hf_rcka wrote them" in err and ".git" not in err
+    assert hub.commits == [] and not (out / "model.safetensors").exists()
+    assert _run(tmp_path, push_to_hub=False) == 0, "a run that uploads nothing may share the folder"
+
+
+def test_the_final_upload_leaves_out_what_appeared_and_replaces_the_repository_s_stale_results(
+        tmp_path, hub, monkeypatch, capsys):
+    from hf_rcka.trainer.trainer import DistillationTrainer
+
+    save = DistillationTrainer.save_model
+
+    def and_a_note(self, output_dir=None, _internal_call=False):
+        save(self, output_dir, _internal_call)
+        Path(self.args.output_dir, "notes").mkdir(exist_ok=True)
+        Path(self.args.output_dir, "notes", "todo.txt").write_text("private")
+
+    monkeypatch.setattr(DistillationTrainer, "save_model", and_a_note)
+    assert _run(tmp_path) == 0
+    uploaded = hub.commits[-1][2]
+    assert (uploaded / "model.safetensors").exists() and not (uploaded / "notes").exists()
+    assert "left out of the upload: notes/, which appeared in" in capsys.readouterr().err
+    # a first model's eval_results.json stayed beside a second model trained without evaluation
+    deleted = hub.kwargs[-1]["delete_patterns"]
+    assert list(filter_repo_objects(["eval_results.json", "model.safetensors", "README.md", "last-checkpoint/model.safetensors"],
+                                    allow_patterns=deleted)) == ["eval_results.json", "model.safetensors"]
+
+
+def test_resuming_a_finished_run_with_checkpoint_pushes_is_refused(tmp_path, hub, capsys):
+    """Each checkpoint's upload published the new weights beside the earlier export's card and results."""
+    assert _run(tmp_path, save_strategy="steps", save_steps=1) == 0
+    capsys.readouterr()
+    assert _run(tmp_path, max_steps=4, resume_from_checkpoint=True, hub_strategy="every_save") == 2
+    assert "with hub_strategy every_save: each checkpoint's upload would publish" in capsys.readouterr().err
+    assert len(hub.commits) == 1
+    assert _run(tmp_path, max_steps=4, resume_from_checkpoint=True) == 0  # hub_strategy end: one upload
+    assert len(hub.commits) == 2

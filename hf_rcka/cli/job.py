@@ -18,7 +18,7 @@ import datasets
 import huggingface_hub
 import transformers
 import transformers.trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments, run_mixed_precision
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
@@ -40,6 +40,7 @@ from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, run_loss_specs
 from ..trainer.trainer import DistillationTrainer
 from .final_evaluation import LastEvaluation, final_evaluation
+from .hub_contents import check_push_contents, unpublishable_entries, upload_filters
 from .preflight import check_recipe_metric, check_run
 from .resume_checks import (
     check_checkpoint, check_resume_batch, check_resume_rate, check_resume_recipe, check_resume_split,
@@ -206,6 +207,7 @@ def _check_before_loading(
         check_resume_rate(resume, args)
         warn_resume_schedule(resume, args)
     check_output_dir(args, resume)
+    check_push_contents(args, resume)
     # Pinned memory only helps copies to an accelerator; on CPU torch warns at every dataloader.
     if "dataloader_pin_memory" not in explicit and args.device.type == "cpu":
         args.dataloader_pin_memory = False
@@ -533,7 +535,8 @@ def _push(trainer: DistillationTrainer) -> None:
 
     ``Trainer.push_to_hub`` would save the model and write the card again before uploading: that
     second write, cut short (a full disk), corrupted the finished export, which the message then
-    called saved. The upload is Trainer's (repository, ignore patterns, message, revision) otherwise.
+    called saved. The upload is Trainer's (repository, message, revision) otherwise; what it holds
+    and replaces is ``hub_contents``'s.
     """
     args = trainer.args
     trainer.callback_handler.on_push_begin(args, trainer.state, trainer.control)
@@ -542,10 +545,15 @@ def _push(trainer: DistillationTrainer) -> None:
     if trainer.hub_model_id is None:
         trainer.init_hf_repo(token=args.hub_token)
     trainer._finish_current_push()  # the checkpoints' uploads (hub_strategy every_save...), in order
+    appeared = unpublishable_entries(args.output_dir)
+    filters = upload_filters(appeared)
+    if appeared:
+        logger.warning("left out of the upload: %s, which appeared in %s during the run", ", ".join(appeared),
+                       args.output_dir)
     try:
         transformers.trainer.hf_api().upload_folder(
             repo_id=trainer.hub_model_id, folder_path=args.output_dir, commit_message="End of training",
-            token=args.hub_token, ignore_patterns=["_*", f"{PREFIX_CHECKPOINT_DIR}-*"], revision=args.hub_revision,
+            token=args.hub_token, revision=args.hub_revision, **filters,
         )
     except Exception as err:  # huggingface_hub's HTTP errors, httpx's, OSError: all end the same way
         args = trainer.args
@@ -555,5 +563,5 @@ def _push(trainer: DistillationTrainer) -> None:
             f"the upload to the Hub failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
             f"the trained model, its card and results are saved in {args.output_dir}: upload them with "
             f"`hf upload {shlex.quote(repo)} {shlex.quote(args.output_dir)} .{revision} "
-            f"--exclude '_*' --exclude 'checkpoint-*'`"
+            f"{' '.join('--exclude ' + shlex.quote(p) for p in filters['ignore_patterns'])}`"
         ) from err
