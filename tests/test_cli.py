@@ -152,19 +152,22 @@ def test_the_card_compares_with_a_baseline_only_of_the_same_student(runs):
     alone = {**COMMON, "model_name_or_path": "config:vit", "student_config_overrides": TINY_VIT,
              "output_dir": str(root / "alone"), "max_steps": 1}
     assert main([write(root / "alone.yaml", alone)]) == 0
-    for baseline, comparable in ((root / "alone", True), (teacher_dir, False)):
+    # a baseline trained for 1 step against 2 distilled ones measured the training length, not the teacher
+    for baseline, comparable, steps in ((root / "alone", True, 1), (teacher_dir, False, 1), (root / "alone", False, 2)):
         distilled = {**alone, "teacher_model_name_or_path": str(teacher_dir), "teacher_accuracy_check": "off",
-                     "output_dir": str(root / f"against-{baseline.name}"), "baseline_dir": str(baseline),
-                     "losses": [{"name": "ce"}, {"name": "rcka"}]}
+                     "output_dir": str(root / f"against-{baseline.name}-{steps}"), "baseline_dir": str(baseline),
+                     "losses": [{"name": "ce"}, {"name": "rcka"}], "max_steps": steps}
         assert main([write(root / "distilled.yaml", distilled)]) == 0
-        card = (root / f"against-{baseline.name}" / "README.md").read_text()
+        card = (root / f"against-{baseline.name}-{steps}" / "README.md").read_text()
         if comparable:
             assert "| the same student trained alone |" in card and "run `alone`, same images |" in card
             assert "points over training the student alone" in card
         else:
-            assert "| baseline run (not comparable) |" in card
+            assert "| baseline run (not comparable) |" in card and "points over" not in card
+        if baseline == teacher_dir:
             assert "another student (model_name_or_path, student_config_overrides differ)" in card
-            assert "points over" not in card
+        if steps == 2:
+            assert "trained otherwise (max_steps differs; 1 optimizer steps against this run's 2)" in card
 
 
 @pytest.mark.parametrize(("levels", "expected"), [({}, "INFO"), ({"log_level": "warning"}, "WARNING"),

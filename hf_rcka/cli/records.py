@@ -27,7 +27,7 @@ from transformers import Trainer, TrainerCallback
 from ..arguments import describe_batch
 from ..errors import RecipeError
 from ..file_writes import remove_empty, write_text
-from ..trainer.card import RECIPE_RECORD
+from ..trainer.card_facts import RECIPE_RECORD
 from ..trainer.checkpointing import checkpoint_step
 from ..trainer.resume_hint import launch_command
 from .recipe import dump_recipe, load_recipe

@@ -19,10 +19,9 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..file_writes import write_text
-from .card_facts import CardFacts, image_folder_name
+from .card_facts import RECIPE_RECORD, CardFacts, image_folder_name
 
 CARD_TAGS = ["knowledge-distillation", "image-classification", "hf_rcka"]
-RECIPE_RECORD = "distill_config.yaml"  # the command line's resolved recipe, next to the card
 DEFAULT_LICENSE = "apache-2.0"
 CKA_IMAGE = "cka.png"
 _CKA_HEADING = "## Layer-by-layer CKA"

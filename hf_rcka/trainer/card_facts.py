@@ -17,11 +17,13 @@ from typing import Any
 import torch
 import yaml
 
-from ..arguments import DataArguments, ModelArguments
+from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
+from ..augmentation import AugmentationArguments
 from ..data.datasets import VALIDATION_SPLIT_NAMES
 from ..losses import IGNORE_INDEX
 from ..models.sources import parse_model_source
 
+RECIPE_RECORD = "distill_config.yaml"  # the command line's resolved recipe, next to the card
 # Settings that must agree for two runs to have been evaluated on the same images (split_seed draws
 # both the carved validation split and the max_eval_samples subset; the training seed draws neither).
 SPLIT_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_val_split",
@@ -29,6 +31,14 @@ SPLIT_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_di
 # Settings that must agree for a baseline run to have trained the same student (a ResNet-18 baseline
 # says nothing of what distillation did for a ResNet-50).
 STUDENT_KEYS = ("model_name_or_path", "student_from_scratch", "student_config_overrides", "image_size")
+# Settings that must agree for a baseline run to have trained as this run did, the teacher aside: a
+# baseline of 20 steps against 250 distilled ones measures the training length, not the teacher.
+TRAINING_KEYS = (
+    "max_steps", "num_train_epochs", "max_train_samples", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "lr_base", "lr_base_size", "lr_base_scale", "lr_scheduler_type", "lr_scheduler_kwargs",
+    "warmup_steps", "warmup_ratio", "weight_decay", "optim", "optim_args", "max_grad_norm", "label_smoothing_factor",
+    "model_ema", "model_ema_decay", "model_ema_export", *(f.name for f in dataclasses.fields(AugmentationArguments)),
+)
 # Folder names that say which split a folder holds, not what the data is: /data/pets/train is "pets".
 SPLIT_FOLDER_NAMES = ("train", "training", *VALIDATION_SPLIT_NAMES)
 
@@ -171,10 +181,13 @@ def image_folder_name(train_dir: str) -> str:
 
 
 def read_baseline(
-    baseline_dir: str, run_settings: dict[str, Any], student_settings: dict[str, Any] | None = None
+    baseline_dir: str, run_settings: dict[str, Any], student_settings: dict[str, Any] | None = None,
+    training: tuple[dict[str, Any], int] | None = None,
 ) -> tuple[float, str, bool]:
     """``eval_accuracy`` of a student-alone run folder, a note on what it compares, and whether it
-    is comparable: the same student (``STUDENT_KEYS``, when given) evaluated on the same images.
+    is comparable: the same student (``STUDENT_KEYS``, when given) evaluated on the same images,
+    and, with ``training`` (this run's recorded recipe and optimizer steps), trained alike
+    (``TRAINING_KEYS``) for as many steps.
 
     Raises:
         FileNotFoundError: if the folder holds no ``all_results.json`` with ``eval_accuracy``.
@@ -185,9 +198,9 @@ def read_baseline(
     accuracy = json.load(open(results_path)).get("eval_accuracy")
     if accuracy is None:
         raise FileNotFoundError(f"{results_path} has no eval_accuracy: evaluate the baseline run")
-    recipe_path = os.path.join(baseline_dir, "distill_config.yaml")
+    recipe_path = os.path.join(baseline_dir, RECIPE_RECORD)
     recipe = yaml.safe_load(open(recipe_path)) if os.path.exists(recipe_path) else {}
-    defaults = {f.name: f.default for f in (*dataclasses.fields(DataArguments), *dataclasses.fields(ModelArguments))}
+    defaults = _recipe_defaults()
     same_images = bool(recipe) and all(_same_setting(recipe.get(k, defaults.get(k)), run_settings.get(k))
                                        for k in SPLIT_KEYS)
     other_student = [k for k in STUDENT_KEYS if student_settings is not None and recipe
@@ -195,9 +208,39 @@ def read_baseline(
     name = os.path.basename(os.path.abspath(baseline_dir))
     notes = [f"run `{name}`", "same images" if same_images else "other evaluation images"]
     if other_student:
-        notes.append(f"another student ({', '.join(other_student)} {'differs' if len(other_student) == 1 else 'differ'})")
-    comparable = same_images and not other_student and student_settings is not None
+        notes.append(f"another student ({_differ(other_student)})")
+    other_training = _other_training(baseline_dir, recipe, defaults, training) if training is not None else []
+    if other_training:
+        notes.append(f"trained otherwise ({'; '.join(other_training)})")
+    comparable = same_images and not other_student and student_settings is not None and not other_training
     return float(accuracy), ", ".join(notes), comparable
+
+
+def _differ(keys: list[str]) -> str:
+    return f"{', '.join(keys)} {'differs' if len(keys) == 1 else 'differ'}"
+
+
+def _recipe_defaults() -> dict[str, Any]:
+    """What a recipe that leaves a setting out runs with."""
+    fields = (*dataclasses.fields(DataArguments), *dataclasses.fields(ModelArguments),
+              *dataclasses.fields(DistillationTrainingArguments), *dataclasses.fields(AugmentationArguments))
+    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+
+
+def _other_training(baseline_dir: str, recipe: dict, defaults: dict, training: tuple[dict[str, Any], int]) -> list[str]:
+    """What differs: the ``TRAINING_KEYS`` in which the two recorded recipes differ, and the number
+    of optimizer steps (other processes, a stop, a resume with more steps)."""
+    own_recipe, own_steps = training
+    keys = [k for k in TRAINING_KEYS if recipe and own_recipe
+            and not _same_setting(recipe.get(k, defaults.get(k)), own_recipe.get(k, defaults.get(k)))]
+    other = [_differ(keys)] if keys else []
+    try:
+        steps = json.load(open(os.path.join(baseline_dir, "trainer_state.json"))).get("global_step")
+    except (OSError, ValueError):
+        steps = None
+    if steps != own_steps:
+        other.append(f"{steps if steps is not None else 'unrecorded'} optimizer steps against this run's {own_steps}")
+    return other
 
 
 def _same_setting(recorded: Any, current: Any) -> bool:
@@ -261,6 +304,8 @@ def complete_card_facts(trainer: Any) -> CardFacts:
         facts.teacher_accuracy = teacher_accuracy(model, batches)
     baseline_dir = getattr(trainer.args, "baseline_dir", None)
     if baseline_dir and facts.baseline_accuracy is None:
+        recipe_path = os.path.join(trainer.args.output_dir, RECIPE_RECORD)  # the command line's; Python: none
+        recipe = yaml.safe_load(open(recipe_path)) if os.path.exists(recipe_path) else {}
         facts.baseline_accuracy, facts.baseline_note, facts.baseline_comparable = read_baseline(
-            baseline_dir, facts.run_settings, facts.student_settings or None)
+            baseline_dir, facts.run_settings, facts.student_settings or None, (recipe or {}, trainer.state.global_step))
     return facts
