@@ -213,3 +213,15 @@ def test_resuming_a_finished_run_with_checkpoint_pushes_is_refused(tmp_path, hub
     assert len(hub.commits) == 1
     assert _run(tmp_path, max_steps=4, resume_from_checkpoint=True) == 0  # hub_strategy end: one upload
     assert len(hub.commits) == 2
+
+
+def test_an_evaluation_only_run_says_that_it_uploads_nothing(tmp_path, hub, capsys, monkeypatch):
+    """The resume line of a run interrupted in its final evaluation is an evaluation-only run: it
+    skipped the recipe's push without a word."""
+    assert _run(tmp_path, push_to_hub=False) == 0
+    monkeypatch.setattr("hf_rcka.cli.model_sources.whoami", lambda token: pytest.fail("no upload, no Hub check"))
+    capsys.readouterr()
+    out = str(tmp_path / "out")
+    assert _run(tmp_path, do_train=False, model_name_or_path=out, student_from_scratch=False) == 0
+    assert "push_to_hub: an evaluation-only run uploads nothing" in capsys.readouterr().err
+    assert hub.commits == []

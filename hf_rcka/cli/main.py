@@ -75,8 +75,8 @@ def _interrupted_message(name: str, stop: GracefulStop, argv: list[str]) -> str:
     evaluate = relaunch_command(argv, {"do_train": "false", "model_name_or_path": saved_model,
                                        "student_from_scratch": "false", "output_dir": saved_model})
     return (f"interrupted by {name} after training: the trained model is saved in {saved_model}, but its final "
-            f"evaluation (and the model card and Hub upload after it) did not run. Evaluate it with"
-            f"{secrets_note(argv)}: {evaluate}")
+            f"evaluation, model card and Hub upload did not run (an evaluation-only run writes no card and uploads "
+            f"nothing). Evaluate it with{secrets_note(argv)}: {evaluate}")
 
 
 def _run_recipe(argv: list[str], stop: GracefulStop) -> None:

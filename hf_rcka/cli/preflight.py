@@ -75,7 +75,10 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_data_dirs(data_args)
     check_mixing_batch(data_args, args)
     check_repeats_unsplit(getattr(data_args, "aug_repeats", 0), args)
-    if args.push_to_hub:
+    if args.push_to_hub and not args.do_train:
+        logger.warning("push_to_hub: an evaluation-only run uploads nothing (its results are a local record); "
+                       "the Hub upload is a training run's")
+    elif args.push_to_hub:
         check_hub_access(args)
 
 
