@@ -590,3 +590,54 @@ def test_a_timm_teacher_whose_config_records_another_size_than_it_takes_is_not_r
     trainer = build(make_args(tmp_path, max_steps=1), named(tiny_vit(), ["a", "b", "c"]), teacher)
     assert trainer.distillation_model.teacher_transform is None
     trainer.train()
+
+
+def test_a_datasetdict_or_a_single_short_batch_does_not_train_zero_steps(tmp_path):
+    """A DatasetDict's length is its number of splits: its 'last batch' of 2 was too short for rcka,
+    dropped, and the run trained 0 steps, saved the untrained student and ended well."""
+    args = make_args(tmp_path, max_steps=5, losses=[{"name": "ce"}, {"name": "rcka"}])
+    whole = pixel_dataset(10).train_test_split(test_size=0.3, seed=0)
+    with pytest.raises(DataError, match=r"train_dataset is a dict of 2 splits .*dataset\['train'\]"):
+        build(args, tiny_vit(), tiny_resnet(), train_dataset=whole)
+    trainer = build(args, tiny_vit(), tiny_resnet(), train_dataset=pixel_dataset(2))
+    with pytest.raises(DataError, match="2 image\\(s\\) per process, one batch, and too few for rcka"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_a_timm_teacher_without_the_students_processor_is_refused(tmp_path):
+    """Its data config (24 px, ImageNet's statistics) was announced as used and silently dropped."""
+    from hf_rcka.models.loading import load_image_classifier
+
+    teacher = load_image_classifier("timm/resnet10t", id2label={0: "0", 1: "1", 2: "2"}, from_scratch=True,
+                                    image_size=24)
+    with pytest.raises(RecipeError, match="without processing_class .* pass processing_class"):
+        build(make_args(tmp_path, losses=[{"name": "kd"}]), tiny_vit(), teacher, processing_class=None)
+
+
+def test_evaluated_labels_the_student_has_no_class_for_are_refused(tmp_path):
+    """-1 (a test split's "no label") and ids past the head scored as misses: accuracy 0.0, no error."""
+    trainer = build(make_args(tmp_path, losses=[{"name": "kd"}]), tiny_vit(), tiny_resnet())
+    unlabelled = pixel_dataset(7).map(lambda row: {"labels": -1})
+    with pytest.raises(DataError, match=r"7 evaluated label\(s\) \(-1\) are no class id .*remove_columns"):
+        trainer.predict(unlabelled)
+    assert "test_accuracy" not in trainer.predict(unlabelled.remove_columns("labels")).metrics
+
+
+def test_a_test_set_with_a_label_column_is_not_predicted_as_unlabelled(tmp_path):
+    """Its 'label' column was dropped by the collator: no accuracy, no loss, no error."""
+    trainer = build(make_args(tmp_path), tiny_vit())
+    with pytest.raises(DataError, match=r"test_dataset: its items have no \['labels'\]"):
+        trainer.predict(pixel_dataset(7).rename_column("labels", "label"))
+
+
+def test_items_that_are_tuples_get_one_clear_line(tmp_path):
+    class Pairs(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 16, 16), 0
+
+    with pytest.raises(DataError, match=r"its items are tuples \(2 values\), not dicts"):
+        build(make_args(tmp_path), tiny_vit(), train_dataset=Pairs())

@@ -25,6 +25,9 @@ def check_columns(train_dataset: Any, eval_dataset: Any, collator_given: bool) -
     item is decoded here, through the dataset's transform, to say which keys it has. A caller's
     own ``data_collator`` may build the batch from other keys, so its items are not checked.
     """
+    if isinstance(train_dataset, Mapping):  # a DatasetDict's length is its number of splits
+        raise DataError(f"train_dataset is a dict of {len(train_dataset)} splits ({sorted(train_dataset)[:4]}): pass "
+                        "one split, e.g. train_dataset=dataset['train'] (several evaluation sets may be a dict)")
     first = None
     for role, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
         for where, _, item in _first_items(role, dataset):
@@ -77,7 +80,8 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
         check_image_sizes(dataset, role, size)
     for where, part, item in _first_items(role, dataset):
         if not collator_given:
-            _check_keys(where, item, ("pixel_values",) if role == "test_dataset" else ("pixel_values", "labels"))
+            labelled = role != "test_dataset" or any(key == "label" or key.endswith("_label") for key in item)
+            _check_keys(where, item, ("pixel_values", "labels") if labelled else ("pixel_values",))
         for _, names in data_class_names((part,)):
             if named and not numbered_only(names) and names != student_names:
                 raise LabelError(f"{where} lists its classes as {names[:8]}, the student as {student_names[:8]}: "
@@ -106,8 +110,12 @@ def _first_items(role: str, dataset: Any) -> Iterator[tuple[str, Any, Mapping]]:
             continue
         else:
             item = part[0] if len(part) else None
+        where = role if name is None else f"{role}[{name!r}]"
+        if isinstance(item, (tuple, list)):  # torchvision's datasets: (image, target)
+            raise DataError(f"{where}: its items are {type(item).__name__}s ({len(item)} values), not dicts: return "
+                            "{'pixel_values': image tensor, 'labels': class id} from the dataset (or its transform)")
         if isinstance(item, Mapping):
-            yield (role if name is None else f"{role}[{name!r}]"), part, item
+            yield where, part, item
 
 
 def _check_keys(where: str, item: Mapping, needed: tuple[str, ...]) -> None:

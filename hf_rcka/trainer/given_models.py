@@ -186,10 +186,15 @@ def teacher_input_stats(teacher: Any, teacher_processor: Any, student_input: Inp
         return None
     if teacher_processor is None:
         teacher_processor = _timm_teacher_processor(teacher)
-    if teacher_processor is None and student_input is not None:
+        if teacher_processor is not None and student_input is None:  # it would be dropped without a word
+            raise RecipeError("the timm teacher's data config says how it reads images, but without processing_class "
+                              "(the student's image processor) the student's inputs are unknown and cannot be turned "
+                              "into the teacher's: pass processing_class")
+    if teacher_processor is None:
         logger.warning("teacher inputs: teacher_processor not given, so the teacher gets the student's inputs as they "
                        "are (%s): pass the teacher's own image processor (AutoImageProcessor.from_pretrained(<its "
-                       "checkpoint>)) if it was trained with another normalisation or size", student_input)
+                       "checkpoint>)) if it was trained with another normalisation or size",
+                       student_input if student_input is not None else "unknown: no processing_class either")
     return input_stats(teacher_processor) if teacher_processor is not None else None
 
 

@@ -12,7 +12,7 @@ from typing import Any, Collection, Iterable, Sequence
 import numpy as np
 from transformers import EvalPrediction
 
-from ..errors import RecipeError
+from ..errors import DataError, RecipeError
 from ..losses import IGNORE_INDEX, DistillationLoss
 from ..registry import close_matches
 
@@ -33,6 +33,7 @@ def accuracy_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     labels = np.asarray(eval_pred.label_ids).reshape(-1)
     counted = labels != IGNORE_INDEX
     logits, labels = np.asarray(logits)[counted], labels[counted]
+    _check_class_ids(labels, logits.shape[-1] if logits.ndim > 1 else None)
     if logits.ndim == 1:  # class ids already: preprocess_logits_for_metrics took the argmax to save memory
         return {"accuracy": float((logits == labels).mean())}
     metrics = {"accuracy": float((logits.argmax(-1) == labels).mean())}
@@ -40,6 +41,18 @@ def accuracy_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
         top5 = np.argsort(-logits, axis=-1)[:, :5]
         metrics["top5_accuracy"] = float((top5 == labels[:, None]).any(axis=-1).mean())
     return metrics
+
+
+def _check_class_ids(labels: np.ndarray, num_classes: int | None) -> None:
+    """Labels the student has no class for would score as misses (a test split's -1, "no label",
+    read as an accuracy of 0.0)."""
+    bad = labels[(labels < 0) | (labels >= (num_classes if num_classes is not None else np.inf))]
+    if bad.size:
+        shown = ", ".join(str(v) for v in np.unique(bad)[:5])
+        classes = f"the student's {num_classes} classes" if num_classes is not None else "the student's classes"
+        raise DataError(f"{bad.size} evaluated label(s) ({shown}) are no class id of {classes}: -1 marks an "
+                        "unlabelled image (a test split): predict without labels (dataset.remove_columns('labels')), "
+                        f"or give the labels as ids of the student's classes (ignored rows: {IGNORE_INDEX})")
 
 
 def is_reported(metric: str, names: Collection[str]) -> bool:
