@@ -448,6 +448,22 @@ def test_a_timm_models_crop_ratio_is_kept_at_any_image_size() -> None:
     assert load_image_processor("timm/resnet18", uncropped, image_size=16).data_config["crop_pct"] == 1.0
 
 
+@pytest.mark.parametrize("from_scratch", [True, False])
+def test_a_pretrained_cfg_overlay_reaches_a_saved_timm_folders_processor(tmp_path, from_scratch) -> None:
+    """A timm checkpoint's own data config won over the overlay (crop 0.95, ImageNet's statistics),
+    while timm_model.pretrained_cfg and the saved model_args said the overlay's: trained, evaluated
+    and exported with what the recipe had asked to change, without a word."""
+    load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True).save_pretrained(tmp_path / "base")
+    overlay = {"crop_pct": 1.0, "crop_mode": "squash", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    model = load_image_classifier(str(tmp_path / "base"), from_scratch=from_scratch,
+                                  config_overrides={"pretrained_cfg_overlay": overlay})
+    config = load_image_processor(str(tmp_path / "base"), model).data_config
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in overlay} == overlay
+    model.save_pretrained(tmp_path / "out")
+    saved = AutoImageProcessor.from_pretrained(tmp_path / "out").data_config
+    assert saved["crop_pct"] == 1.0 and tuple(saved["mean"]) == (0.5, 0.5, 0.5)
+
+
 def test_a_model_folder_without_its_image_processor_is_one_line_with_the_fix(tmp_path) -> None:
     """transformers' own message spoke of the Hub and of local folders named like a repo id."""
     from transformers import ResNetConfig, ResNetForImageClassification

@@ -151,7 +151,8 @@ def timm_data_config(base: Mapping[str, Any], model_args: Mapping[str, Any]) -> 
     would come from, and sets ``input_size`` from ``img_size`` / ``in_chans`` overrides: timm
     does not, and ``TimmWrapperImageProcessor`` would otherwise resize to the original size.
     """
-    cfg = {k: v for k, v in dict(base).items() if v is not None and k not in _TIMM_PROVENANCE_KEYS}
+    overlay = dict(model_args.get("pretrained_cfg_overlay") or {})  # timm applies it over the model's cfg
+    cfg = {k: v for k, v in {**dict(base), **overlay}.items() if v is not None and k not in _TIMM_PROVENANCE_KEYS}
     channels, height, width = cfg.get("input_size", (3, 224, 224))
     if "in_chans" in model_args:
         channels = int(model_args["in_chans"])
