@@ -246,4 +246,8 @@ def test_a_teacher_whose_processor_keeps_another_part_of_each_image_is_said(capl
         assert needed_transform(crop, crop) is None
         needed_transform(crop, InputStats((0.5,) * 3, (0.5,) * 3, (64, 64), view=crop.view))
         needed_transform(crop, InputStats((0.5,) * 3, (0.5,) * 3, (64, 64), view=("crop", 0.95)))  # DeiT's own way
-    assert "teacher sees" not in caplog.text
+    assert "teacher sees" not in caplog.text and "stretched" not in caplog.text
+    # a square student under a 4:3 teacher (or the reverse): each image reached the teacher distorted
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        needed_transform(crop, InputStats((0.5,) * 3, (0.5,) * 3, (48, 64), view=crop.view))
+    assert "the student's 32x32 images are stretched to the teacher's 48x64" in caplog.text

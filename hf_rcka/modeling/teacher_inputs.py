@@ -332,6 +332,12 @@ def needed_transform(student: InputStats | None, teacher: InputStats | None) -> 
         # what DeiT's own training does: a slightly different framing, said once
         logger.info("teacher inputs: the teacher sees the student's view of each image (%s), not its own (%s)",
                     describe_view(student.view), describe_view(teacher.view))
+    (student_h, student_w), (teacher_h, teacher_w) = student.size, teacher.size
+    if abs(student_w / student_h - teacher_w / teacher_h) > 0.01 * teacher_w / teacher_h:
+        logger.warning("teacher inputs: the student's %dx%d images are stretched to the teacher's %dx%d, another "
+                       "shape: the teacher sees every image distorted and can score far below its own accuracy. "
+                       "Give the student inputs of the teacher's aspect ratio (image_size)",
+                       student_h, student_w, teacher_h, teacher_w)
     transform = TeacherInputTransform(student, teacher)
     if transform.is_identity:
         return None
