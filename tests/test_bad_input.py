@@ -671,6 +671,9 @@ def test_resume_with_another_split_or_other_losses_is_refused(tmp_path, capsys):
         ({"losses": [{"name": "ce"}, {"name": "feature_cka", "center": False}]}, "feature_cka center True -> False"),
         ({"feature_pairs": [{"student_layer": 1, "teacher_layer": 1}]}, "feature_pairs 'auto' -> [{'student_layer': 1"),
         ({"image_size": 24}, "image_size 16 -> 24"),
+        # the resumed epoch's order is drawn from them: another one skipped and repeated images
+        ({"seed": 1}, "seed 42 -> 1"),
+        ({"aug_repeats": 2}, "aug_repeats 0 -> 2"),
     ]:
         assert run(tmp_path, {**first, "max_steps": 3, **change}, *resume) == 2
         line = error_of(capsys)
@@ -1537,7 +1540,7 @@ def test_resume_recipe_check_lets_folders_move_and_fills_what_a_recipe_leaves_ou
                   "teacher_label_mapping": "by_name", "image_size": 16, "student_config_overrides": None,
                   "dataset_name": str(tmp_path / "new_data"), "dataset_config_name": None,
                   "feature_pairs": validate_feature_pairs(pairs), "losses": [{"name": "ce"}, {"name": "feature_cka"}],
-                  **changes}
+                  "seed": 42, "data_seed": None, "aug_repeats": 0, "max_train_samples": None, **changes}
         check_resume_recipe(str(run), SimpleNamespace(**values), SimpleNamespace(**values), SimpleNamespace(**values))
 
     check()

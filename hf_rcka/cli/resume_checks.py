@@ -24,6 +24,7 @@ from ..modeling.assembly import active_specs, run_loss_specs
 from ..recipe_specs import checked_pairs
 from ..registry import LOSSES
 from ..trainer.checkpointing import checkpoint_step, holds_training_state
+from ..trainer.resume_match import check_resume_batch, check_resume_rate
 from .records import recorded_recipe
 
 logger = logging.getLogger("hf_rcka")
@@ -80,34 +81,10 @@ def _check_torch_files(folder: str) -> None:
                              f"{_earlier(folder)}") from None
 
 
-def check_resume_batch(folder: str, args: Any) -> None:
-    """A checkpoint resumes at the global batch it was trained with.
-
-    Its step count, learning-rate schedule and epoch position are in steps of that batch: resumed
-    in 1 process instead of 2 (the printed command once dropped the launcher's settings), a run
-    went on at half the batch, fast-forwarded half the epochs it had trained, and exited 0.
-    """
-    from ..arguments import global_batch_size
-    from ..trainer.checkpointing import BATCH_RECORD_NAME
-
-    path = Path(folder) / BATCH_RECORD_NAME
-    if not path.is_file():  # a checkpoint of an earlier version
-        return
-    recorded = json.loads(path.read_text(encoding="utf-8"))
-    batch = global_batch_size(args)
-    if recorded.get("global_batch") != batch:
-        raise RecipeError(
-            f"resume_from_checkpoint: {folder!r} was trained with a global batch of {recorded.get('global_batch')} "
-            f"({_processes(recorded.get('processes'))}); this launch gives {batch} ({_processes(args.world_size)} x "
-            f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation steps). Launch it as it was "
-            "(the same accelerate config or torchrun --nproc_per_node), with the same batch settings"
-        )
-
-
 def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any) -> None:
     """A checkpoint resumes the run its folder recorded: the same losses (a loss's weight may
-    change), loss options, feature pairs, teacher label mapping, dataset, image size and config
-    overrides. Any other change went on training a run whose record and card then named only the
+    change), loss options, feature pairs, teacher label mapping, dataset, image size, config
+    overrides, training subset, seeds and repeats. Any other change went on training a run whose record and card then named only the
     new settings, as if they had trained it from the start (its held-out split is checked once the
     data has loaded: ``check_resume_split``). Folders may move (a run resumed on another
     machine): a dataset or teacher on disk is not compared by path here, and the teacher is
@@ -122,9 +99,12 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
                "teacher_label_mapping": getattr(model_args, "teacher_label_mapping", None),
                "feature_pairs": getattr(args, "feature_pairs", None), "image_size": model_args.image_size,
                "student_config_overrides": model_args.student_config_overrides,
-               "dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name}
+               "dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name,
+               # the order of the epoch being resumed is drawn from them: another one skips and repeats images
+               "seed": args.seed, "data_seed": args.data_seed, "aug_repeats": getattr(data_args, "aug_repeats", 0),
+               "max_train_samples": data_args.max_train_samples}
     for key, now in current.items():
-        before = recorded.get(key)
+        before = recorded.get(key, _UNSET.get(key))
         if key in ("teacher_model_name_or_path", "dataset_name") and _may_have_moved(before, now):
             continue
         if key == "dataset_config_name" and _may_have_moved(recorded.get("dataset_name"), data_args.dataset_name):
@@ -142,6 +122,10 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
                           f"({'; '.join(changes)}): a resumed run continues the same training. Resume with its "
                           "recipe (its distill_config.yaml), or start a new run from its weights (model_name_or_path) "
                           "in a new output_dir")
+
+
+# What a recipe that leaves these out runs with (the others' defaults are None)
+_UNSET = {"seed": 42, "aug_repeats": 0}
 
 
 def _may_have_moved(before: Any, now: Any) -> bool:
@@ -170,30 +154,6 @@ def _loss_changes(recorded: dict[str, Any], model_args: Any, args: Any) -> list[
 # (checkpointing.ResumedRate sets that step's rate too). (The
 # rate itself is not among them: see check_resume_rate.)
 SCHEDULE_KEYS = ("num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs")
-
-
-def check_resume_rate(folder: str, args: Any) -> None:
-    """A checkpoint resumes at the learning rate it was trained with.
-
-    Trainer restores the optimizer's and the schedule's rates from the checkpoint, so another
-    ``learning_rate`` (or ``lr_base``) was not applied, while the recorded recipe and the card
-    named it (resumed at 0.1, a run went on at its 0.01).
-
-    Raises:
-        RecipeError: naming both rates and the ways on.
-    """
-    import torch
-
-    path = Path(folder) / "scheduler.pt"
-    if not path.is_file():
-        return
-    rates = torch.load(path, map_location="cpu", weights_only=True).get("base_lrs") or []
-    if rates and not any(math.isclose(rate, args.learning_rate, rel_tol=1e-6) for rate in rates):
-        raise RecipeError(
-            f"resume_from_checkpoint: {folder!r} was trained at a learning rate of {max(rates):g}, and this run sets "
-            f"{args.learning_rate:g}: a resumed run keeps the checkpoint's optimizer and schedule, which hold its rate, "
-            "so the new one would not be applied. Resume with its learning_rate (or lr_base), or start a new run from "
-            "its weights (model_name_or_path) in a new output_dir")
 
 
 def warn_resume_schedule(folder: str, args: Any) -> list[str]:
@@ -248,10 +208,6 @@ def _checkpoints_in(folder: Path) -> list[str]:
     """Names of the ``checkpoint-N`` folders in ``folder``, by step."""
     names = (p.name for p in folder.glob("checkpoint-*") if p.is_dir())
     return sorted(names, key=lambda n: -1 if checkpoint_step(n) is None else checkpoint_step(n))
-
-
-def _processes(count: Any) -> str:
-    return f"{count} process" + ("" if count == 1 else "es")
 
 
 def _earlier(folder: str) -> str:

@@ -30,19 +30,22 @@ import safetensors.torch
 import torch
 from accelerate.utils.constants import FSDP_MODEL_NAME
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from ..arguments import global_batch_size
 from ..errors import ModelError
 from .divergence import has_finite_weights
 from .loss_record import check_loss_record, loss_settings, write_loss_record
+from .resume_match import (
+    BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_resume_batch, check_resume_rate,
+    optimizer_settings,
+)
 from .teacher_record import check_teacher_record, teacher_fingerprint, write_teacher_record
 
 logger = logging.getLogger(__name__)
 
 TRAINING_ARGS_NAME = "training_args.bin"
 LIVE_STUDENT_NAME = "live_student.safetensors"  # a model_ema_export checkpoint's live weights, for resuming
-BATCH_RECORD_NAME = "global_batch.json"  # the global batch and processes the checkpoint was trained with
 
 
 class CheckpointingTrainer(Trainer):
@@ -56,6 +59,13 @@ class CheckpointingTrainer(Trainer):
     model_ema: Any = None
     _checkpointing = False
     _teacher_fingerprint: dict[str, Any] | None = None
+    _epoch_steps: int | None = None  # optimizer steps per epoch (None: data without a length)
+
+    def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
+        """Trainer's, keeping the number of optimizer steps an epoch takes for the checkpoints."""
+        values = super().set_initial_training_values(args, dataloader)
+        self._epoch_steps = values[1] if has_length(dataloader) else None
+        return values
 
     def _teacher_record(self, teacher: torch.nn.Module) -> dict[str, Any]:
         """The frozen teacher's fingerprint, made once (it reads every weight)."""
@@ -117,7 +127,8 @@ class CheckpointingTrainer(Trainer):
             if export_ema:
                 safetensors.torch.save_model(model.student, os.path.join(output_dir, LIVE_STUDENT_NAME))
             with open(os.path.join(output_dir, BATCH_RECORD_NAME), "w", encoding="utf-8") as handle:
-                json.dump({"global_batch": global_batch_size(self.args), "processes": self.args.world_size}, handle)
+                json.dump({"global_batch": global_batch_size(self.args), "processes": self.args.world_size,
+                           "epoch_steps": self._epoch_steps}, handle)
             if model.teacher is not None:
                 write_teacher_record(output_dir, self._teacher_record(model.teacher))
             write_loss_record(output_dir, loss_settings(self.args, model.teacher is not None))
@@ -159,6 +170,19 @@ class CheckpointingTrainer(Trainer):
                 f"resume_from_checkpoint: {resume_from_checkpoint!r} holds NaN or infinite student weights (saved "
                 "after its training diverged): resume from an earlier checkpoint"
             )
+
+    # Private override. Trainer restores the optimizer and schedule here, settings included, after
+    # it has planned the epochs: the one place to compare what the checkpoint restores with what this
+    # run says, through the Python API as through the command line (see resume_match).
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        check_resume_batch(checkpoint, self.args)
+        check_resume_rate(checkpoint, self.args)
+        check_epoch_steps(checkpoint, self._epoch_steps)
+        own = optimizer_settings(self.optimizer)
+        super()._load_optimizer_and_scheduler(checkpoint)
+        check_optimizer_settings(checkpoint, own, optimizer_settings(self.optimizer))
 
     # Private override. With load_best_model_at_end Trainer loads the best checkpoint's weights file
     # into Trainer.model the same way (nothing matches, so nothing is restored); we load the student

@@ -1,0 +1,129 @@
+"""What a checkpoint shares with the run that resumes it: the global batch, the learning rate, the
+number of optimizer steps an epoch takes, and the optimizer's own settings.
+
+Trainer restores the step, the optimizer and the schedule from a checkpoint and goes on with
+whatever the resuming run's arguments say about the rest. Each of these, changed, went on without
+an error: a run at half the batch fast-forwarded half the epochs it had trained; a new rate or
+weight decay was recorded in the recipe and never applied (the checkpoint's optimizer holds its
+own); an epoch of another length (a short last batch dropped in one process and padded in two,
+another ``max_train_samples``) skipped or repeated images and reshaped the schedule. The command
+line checks the first two before anything loads; the trainer checks all four as the checkpoint
+loads, so a resume through the Python API is held to the same.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..arguments import global_batch_size
+from ..errors import RecipeError
+
+BATCH_RECORD_NAME = "global_batch.json"  # the checkpoint's global batch, processes and epoch length
+# param_group entries that are not the optimizer's mathematics: its parameters, the rates the
+# schedule owns (check_resume_rate), and how torch runs the update
+_NOT_SETTINGS = frozenset({"params", "lr", "initial_lr", "foreach", "fused", "capturable", "differentiable",
+                           "decoupled_weight_decay"})
+
+
+def check_resume_batch(folder: str, args: Any) -> None:
+    """A checkpoint resumes at the global batch it was trained with.
+
+    Its step count, learning-rate schedule and epoch position are in steps of that batch: resumed
+    in 1 process instead of 2 (the printed command once dropped the launcher's settings), a run
+    went on at half the batch, fast-forwarded half the epochs it had trained, and exited 0.
+    """
+    path = Path(folder) / BATCH_RECORD_NAME
+    if not path.is_file():  # a checkpoint of an earlier version
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    batch = global_batch_size(args)
+    if recorded.get("global_batch") != batch:
+        raise RecipeError(
+            f"resume_from_checkpoint: {folder!r} was trained with a global batch of {recorded.get('global_batch')} "
+            f"({_processes(recorded.get('processes'))}); this launch gives {batch} ({_processes(args.world_size)} x "
+            f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation steps). Launch it as it was "
+            "(the same accelerate config or torchrun --nproc_per_node), with the same batch settings"
+        )
+
+
+def check_resume_rate(folder: str, args: Any) -> None:
+    """A checkpoint resumes at the learning rate it was trained with.
+
+    Trainer restores the optimizer's and the schedule's rates from the checkpoint, so another
+    ``learning_rate`` (or ``lr_base``) was not applied, while the recorded recipe and the card
+    named it (resumed at 0.1, a run went on at its 0.01).
+
+    Raises:
+        RecipeError: naming both rates and the ways on.
+    """
+    path = Path(folder) / "scheduler.pt"
+    if not path.is_file():
+        return
+    rates = torch.load(path, map_location="cpu", weights_only=True).get("base_lrs") or []
+    if rates and not any(math.isclose(rate, args.learning_rate, rel_tol=1e-6) for rate in rates):
+        raise RecipeError(
+            f"resume_from_checkpoint: {folder!r} was trained at a learning rate of {max(rates):g}, and this run sets "
+            f"{args.learning_rate:g}: a resumed run keeps the checkpoint's optimizer and schedule, which hold its rate, "
+            "so the new one would not be applied. Resume with its learning_rate (or lr_base), or start a new run from "
+            "its weights (model_name_or_path) in a new output_dir")
+
+
+def check_epoch_steps(folder: str, epoch_steps: int | None) -> None:
+    """A checkpoint resumes with as many optimizer steps per epoch as it was trained with
+    (``epoch_steps``: this run's; None for data without a length).
+
+    Raises:
+        RecipeError: naming both, and what changes an epoch's length.
+    """
+    recorded = _batch_record(folder).get("epoch_steps")
+    if recorded is None or epoch_steps is None or recorded == epoch_steps:
+        return
+    raise RecipeError(
+        f"resume_from_checkpoint: {folder!r} was trained with {recorded} optimizer steps per epoch, and this run "
+        f"plans {epoch_steps} (another number of processes or batch split, another training set or "
+        "max_train_samples, a short last batch dropped on one side and padded on the other): its epochs would "
+        "skip or repeat images and its schedule would change shape. Resume as it was launched, on the same data")
+
+
+def optimizer_settings(optimizer: Any) -> list[dict[str, Any]]:
+    """Each parameter group's settings but its parameters and rates (weight decay, betas, momentum...)."""
+    return [{k: v for k, v in group.items() if k not in _NOT_SETTINGS} for group in optimizer.param_groups]
+
+
+def check_optimizer_settings(folder: str, own: list[dict[str, Any]], restored: list[dict[str, Any]]) -> None:
+    """The optimizer settings the checkpoint restored (``restored``) are this run's (``own``).
+
+    Raises:
+        RecipeError: naming each setting that the restore replaced.
+    """
+    changed = sorted({f"{key} {group_then[key]!r} (this run: {group_now.get(key)!r})"
+                      for group_now, group_then in zip(own, restored) for key in group_then
+                      if key in group_now and not _same(group_now[key], group_then[key])})
+    if changed:
+        raise RecipeError(
+            f"resume_from_checkpoint: {folder!r} restores its optimizer with {'; '.join(changed)}: a resumed run "
+            "keeps the checkpoint's optimizer settings, so the new ones would not be applied while the recipe "
+            "records them. Resume with the checkpoint's settings, or start a new run from its weights "
+            "(model_name_or_path) in a new output_dir")
+
+
+def _same(now: Any, then: Any) -> bool:
+    if isinstance(now, (tuple, list)) and isinstance(then, (tuple, list)):
+        return len(now) == len(then) and all(_same(a, b) for a, b in zip(now, then))
+    if isinstance(now, float) or isinstance(then, float):
+        return isinstance(now, (int, float)) and isinstance(then, (int, float)) and math.isclose(now, then, rel_tol=1e-6)
+    return now == then
+
+
+def _batch_record(folder: str) -> dict[str, Any]:
+    path = Path(folder) / BATCH_RECORD_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _processes(count: Any) -> str:
+    return f"{count} process" + ("" if count == 1 else "es")
