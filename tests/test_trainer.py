@@ -207,8 +207,12 @@ def test_epoch_end_reaches_every_loss_with_the_epoch_number():
             seen.append((self.temperature, epoch))
 
     callback = _EpochEndCallback([Recorder(temperature=2.0), LOSSES.build("ce"), Recorder(temperature=3.0)])
-    callback.on_epoch_end(None, SimpleNamespace(epoch=2.0), None)
-    callback.on_epoch_end(None, SimpleNamespace(epoch=2.4), None)  # max_steps ended the third epoch early
+    going, stopping = SimpleNamespace(should_training_stop=False), SimpleNamespace(should_training_stop=True)
+    callback.on_epoch_end(None, SimpleNamespace(epoch=2.0), stopping)
+    # max_steps or a signal stopped the third epoch early: it goes on when resumed or extended
+    callback.on_epoch_end(None, SimpleNamespace(epoch=2.4), stopping)
+    assert seen == [(2.0, 2), (3.0, 2)]
+    callback.on_epoch_end(None, SimpleNamespace(epoch=2.4), going)  # a stream's pass (its length unknown) ended
     assert seen == [(2.0, 2), (3.0, 2), (2.0, 3), (3.0, 3)]
 
 
@@ -330,6 +334,29 @@ def test_a_resume_from_an_epochs_last_step_keeps_the_epochs_end(tmp_path):
         expected, actual = getattr(straight, part).state_dict(), getattr(resumed, part).state_dict()
         for key in expected:
             assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after resume"
+
+
+def test_a_run_extended_from_a_stop_inside_an_epoch_continues_that_epoch(tmp_path):
+    """max_steps 6 (an epoch and a half) ended the second epoch at its stop: EKT's centres took half
+    an epoch's means, the final checkpoint held them, and the run extended to 12 steps trained on
+    other centres than an uninterrupted one (1.31 apart, exit 0)."""
+    ekt = ["ce", {"name": "kernel_transfer", "weight": 1.0, "centres": "epoch"}]
+
+    def run(name, steps, resume=None):  # 20 images in batches of 5: 4 steps an epoch
+        # save_strategy epoch: Trainer saves the stopped epoch after its on_epoch_end
+        args = make_args(tmp_path, name, max_steps=steps, save_strategy="epoch", losses=ekt,
+                         lr_scheduler_type="constant")
+        trainer = make_trainer(args)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer.model
+
+    straight = run("straight", 12)
+    run("stopped", 6)
+    extended = run("extended", 12, resume=str(tmp_path / "stopped" / "checkpoint-6"))
+    for part in ("student", "losses"):
+        expected, actual = getattr(straight, part).state_dict(), getattr(extended, part).state_dict()
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after the extension"
 
 
 def test_a_resumed_run_starts_at_its_own_schedules_rate(tmp_path):

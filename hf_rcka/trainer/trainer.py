@@ -181,8 +181,13 @@ class _EpochEndCallback(TrainerCallback):
             self._end(int(epoch))
 
     def on_epoch_end(self, args, state, control, **kwargs):  # noqa: D102
-        # state.epoch is fractional when max_steps ends training inside an epoch.
-        self._end(math.ceil(round(state.epoch or 0.0, 6)))
+        # A fractional state.epoch is a pass over a stream (its steps per epoch are unknown), or a
+        # stop inside an epoch (max_steps, a signal): that epoch goes on when the run is resumed or
+        # extended, and ending it here folded half an epoch into EKT's centres, which the stop's
+        # checkpoint then held.
+        epoch = round(state.epoch or 0.0, 6)
+        if epoch == int(epoch) or not control.should_training_stop:
+            self._end(math.ceil(epoch))
 
     def _end(self, epoch: int) -> None:
         if epoch > self.ended:
