@@ -138,21 +138,17 @@ class RecipeRecord(TrainerCallback):
 
 
 def drop_stale_evaluation(trainer: Trainer) -> None:
-    """The evaluation results in ``output_dir`` were the model's before this one: take them out.
+    """The results in ``output_dir`` were the model's before this one: take them out.
 
     ``save_metrics`` merges into ``all_results.json``, so a resumed run with ``do_eval: false``
     kept the earlier model's ``eval_*`` numbers (and ``eval_results.json``) next to its newer
-    model, as if they were its own. The final evaluation, when there is one, writes them anew.
+    model, as if they were its own, and a run resumed at its last step kept the earlier leg's
+    ``train_loss`` beside its own ``train_loss_from_step``. This run's training and final
+    evaluation write them anew.
     """
     if not trainer.is_world_process_zero():
         return
-    out = trainer.args.output_dir
-    stale = os.path.join(out, "eval_results.json")
-    if os.path.isfile(stale):
-        os.remove(stale)
-    combined = os.path.join(out, "all_results.json")
-    if os.path.isfile(combined):
-        with open(combined, encoding="utf-8") as handle:
-            results = json.load(handle)
-        write_text(combined, json.dumps({k: v for k, v in results.items() if not k.startswith("eval_")}, indent=4,
-                                        sort_keys=True))
+    for name in ("eval_results.json", "all_results.json"):
+        stale = os.path.join(trainer.args.output_dir, name)
+        if os.path.isfile(stale):
+            os.remove(stale)

@@ -38,7 +38,7 @@ from .divergence import has_finite_weights
 from .loss_record import check_loss_record, loss_settings, write_loss_record
 from .resume_match import (
     BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_resume_batch, check_resume_rate,
-    optimizer_settings,
+    check_steps_left, optimizer_settings,
 )
 from .teacher_record import check_teacher_record, teacher_fingerprint, write_teacher_record
 
@@ -177,6 +177,7 @@ class CheckpointingTrainer(Trainer):
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         if checkpoint is None:
             return super()._load_optimizer_and_scheduler(checkpoint)
+        check_steps_left(checkpoint, self.args)
         check_resume_batch(checkpoint, self.args)
         check_resume_rate(checkpoint, self.args)
         check_epoch_steps(checkpoint, self._epoch_steps)
