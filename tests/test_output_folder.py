@@ -175,9 +175,12 @@ def test_a_resumed_run_drops_the_earlier_card_before_it_saves_its_model(tmp_path
 
     out = tmp_path / "out"
     _fake_run(out, [2], finished=True, tag="run 1")
-    (out / "README.md").write_text("---\ntags:\n- hf_rcka\n---\nrun 1\n")
+    (out / "README.md").write_text("---\ntags:\n- hf_rcka\n---\nrun 1\nmy own lines\n")
+    (out / "cka.png").write_bytes(b"png")  # the earlier model's picture: the new card showed it as its own
     drop_stale_export(str(out))
     assert not (out / "README.md").exists() and not (out / "trainer_state.json").exists()
+    assert not (out / "cka.png").exists()
+    assert (out / "_README.earlier.md").read_text().endswith("my own lines\n"), "a user's lines were deleted"
     assert (out / "model.safetensors").exists() and (out / "checkpoint-2").exists()
     (out / "README.md").write_text("# my notes on this run\n")  # not hf_rcka's card: the user's
     drop_stale_export(str(out))

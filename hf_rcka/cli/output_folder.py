@@ -54,6 +54,8 @@ MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mod
 CARD_NAME = "README.md"
 # Written once the final model is saved (job._train; a resumed run drops its earlier ones first)
 SAVED_AFTER_MODEL = ("trainer_state.json", "train_results.json")
+EARLIER_CARD = "_README.earlier.md"  # a resumed run's card before it (see drop_stale_export)
+CKA_PICTURE = ("cka.png", "cka.md")  # scripts/cka_report.py's, of one model
 REPLACED = "_replaced"
 REPLACING = "_replacing"  # where a set-aside gathers the files before it becomes REPLACED
 UNFINISHED = "_unfinished"  # inside REPLACED: a run set aside before it saved a model
@@ -62,8 +64,8 @@ UNFINISHED = "_unfinished"  # inside REPLACED: a run set aside before it saved a
 RUN_OUTPUTS = (
     "checkpoint-*", "_eval-*", "eval-*", "runs", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
     "config.json", "preprocessor_config.json", "training_args.bin", "trainer_state.json", "all_results.json",
-    "train_results.json", "eval_results.json", "README.md", CONFIG_NAME, WORKING_DIR_NAME,
-    LEDGER_NAME, "skipped_images.tsv", "cka.png", "cka.md",  # skipped_images.tsv: the ledger's older name
+    "train_results.json", "eval_results.json", "README.md", EARLIER_CARD, CONFIG_NAME, WORKING_DIR_NAME,
+    LEDGER_NAME, "skipped_images.tsv", *CKA_PICTURE,  # skipped_images.tsv: the ledger's older name
     TEMPORARY_PREFIX + "*",  # a card or record whose write a SIGKILL cut short
 )
 # What a resumed run keeps from the branch it abandons: its recipe, the folder it ran in, its logs
@@ -244,18 +246,20 @@ def _files_of_others(out: Path, run_here: bool) -> list[str]:
 
 
 def drop_stale_export(output_dir: str) -> None:
-    """Take an earlier run's card (hf_rcka's only) and final training state out of ``output_dir``
-    before the model is saved.
+    """Take an earlier run's card (hf_rcka's only), CKA picture and final training state out of
+    ``output_dir`` before the model is saved.
 
     A resumed run writes them anew once its model is saved; until then the earlier card would
     describe the new weights, and a run whose export failed (a full disk) would look finished, so
-    that setting it aside would push the finished run kept in ``_replaced/`` out.
+    that setting it aside would push the finished run kept in ``_replaced/`` out. The earlier CKA
+    picture is the earlier model's: the new card showed it as the new one's. The earlier card is
+    kept as ``EARLIER_CARD`` (never uploaded), since a user may have written in it.
     """
     out = Path(output_dir)
     card = out / CARD_NAME
     if card.is_file() and not card.is_symlink() and _is_our_card(card):
-        card.unlink()
-    for name in SAVED_AFTER_MODEL:
+        card.replace(out / EARLIER_CARD)
+    for name in (*SAVED_AFTER_MODEL, *CKA_PICTURE):
         if (out / name).is_file():
             (out / name).unlink()
 
