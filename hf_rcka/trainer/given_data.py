@@ -8,6 +8,7 @@ compared with the student's (:mod:`.given_labels`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -15,6 +16,8 @@ import torch
 
 from ..errors import DataError, LabelError
 from .given_labels import data_class_names, model_class_names, numbered_only
+
+logger = logging.getLogger(__name__)
 
 
 def check_columns(train_dataset: Any, eval_dataset: Any, collator_given: bool) -> Mapping | None:
@@ -80,8 +83,11 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
         check_image_sizes(dataset, role, size)
     for where, part, item in _first_items(role, dataset):
         if not collator_given:
-            labelled = role != "test_dataset" or any(key == "label" or key.endswith("_label") for key in item)
-            _check_keys(where, item, ("pixel_values", "labels") if labelled else ("pixel_values",))
+            _check_keys(where, item, ("pixel_values",) if role == "test_dataset" else ("pixel_values", "labels"))
+            unread = [key for key in item if key == "label" or key.endswith("_label")]
+            if role == "test_dataset" and "labels" not in item and unread:  # a Hub test split's -1s: predictions
+                logger.warning("%s: its %s column is not read, so predict() reports predictions and no accuracy: "
+                               "rename it 'labels' (dataset.rename_column) to score them", where, unread[0])
         for _, names in data_class_names((part,)):
             if named and not numbered_only(names) and names != student_names:
                 raise LabelError(f"{where} lists its classes as {names[:8]}, the student as {student_names[:8]}: "
