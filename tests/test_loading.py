@@ -211,6 +211,33 @@ def test_timm_checkpoint_reloaded_at_another_image_size(tmp_path) -> None:
 
 # --- save / reload ------------------------------------------------------------------------------
 
+
+def test_a_saved_timm_student_loads_in_timm_itself_and_in_transformers(tmp_path) -> None:
+    """The export kept the wrapper's timm_model. prefix and the overlay in model_args: timm's own
+    create_model("hf-hub:...") refused both (missing keys, a keyword given twice)."""
+    from conftest import pixel_dataset
+
+    from hf_rcka import DistillationTrainer, DistillationTrainingArguments
+
+    student = load_image_classifier("timm/resnet10t", num_labels=3, from_scratch=True, image_size=16,
+                                    config_overrides={"pretrained_cfg_overlay": {"crop_pct": 1.0}})
+    args = DistillationTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True,
+                                         max_steps=1, per_device_train_batch_size=4, save_strategy="no")
+    trainer = DistillationTrainer(model=student, args=args, train_dataset=pixel_dataset(8),
+                                  processing_class=load_image_processor("timm/resnet10t", student, image_size=16))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "out"))
+    pixels = torch.randn(2, 3, 16, 16)
+    student.eval()
+    expected = student(pixel_values=pixels).logits
+    native = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
+    wrapped = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(native(pixels), expected)
+        torch.testing.assert_close(wrapped(pixel_values=pixels).logits, expected)
+    assert native.pretrained_cfg["crop_pct"] == 1.0
+    assert AutoImageProcessor.from_pretrained(tmp_path / "out").data_config["crop_pct"] == 1.0
+
 _RELOAD_SCRIPT = textwrap.dedent(
     """
     import json, sys

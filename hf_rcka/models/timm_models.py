@@ -12,6 +12,12 @@ no hf_rcka. Two traps shape this module:
   ``config.json`` (``pretrained_cfg``; ``TimmWrapperImageProcessor.save_pretrained`` writes
   nothing). Every wrapper built here carries a data config that matches the model actually built
   (a smaller ``img_size``, the run's ``image_size``), resolved once when the model is built.
+
+A saved timm student also loads in timm itself (``timm.create_model("hf-hub:<repo>",
+pretrained=True)``), as timm's own Hub models do: its weights are saved under timm's names, without
+the wrapper's ``timm_model.`` prefix (``timm_native_state``; transformers adds it back on load), and
+its config keeps no ``pretrained_cfg_overlay`` among the ``model_args``, since the ``pretrained_cfg``
+it records already holds it (timm refused the keyword twice).
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ def build_timm_classifier(
     if image_size is not None:
         data_cfg = resize_timm_data_config(data_cfg, image_size)
     config = TimmWrapperConfig(
-        architecture=architecture, model_args=model_args, pretrained_cfg=data_cfg,
+        architecture=architecture, model_args=_recorded_args(model_args), pretrained_cfg=data_cfg,
         id2label=dict(labels.id2label), label2id=dict(labels.label2id),
     )
     with torch.device("meta"):  # half the CPU time of building and initialising it for real
@@ -114,7 +120,7 @@ def timm_with_overrides(
     model_args = {**saved_model_args(config), **overrides}
     check_timm_args(config.architecture, model_args)
     config = copy.deepcopy(config)
-    config.model_args = model_args
+    config.model_args = _recorded_args(model_args)
     base = getattr(config, "pretrained_cfg", None)
     if not base:
         try:
@@ -126,6 +132,20 @@ def timm_with_overrides(
     data_cfg = timm_data_config(base, model_args)
     config.pretrained_cfg = data_cfg if image_size is None else resize_timm_data_config(data_cfg, image_size)
     return config
+
+
+def _recorded_args(model_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model_args`` a config records: without the overlay that its ``pretrained_cfg`` holds."""
+    return {k: v for k, v in model_args.items() if k != "pretrained_cfg_overlay"}
+
+
+def timm_native_state(model: Any, state: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """A timm student's state dict (``state``, or its own) under timm's names; None for other models
+    (``save_pretrained`` then takes their state itself)."""
+    if not isinstance(model, TimmWrapperForImageClassification):
+        return state
+    state = model.state_dict() if state is None else state
+    return {key.removeprefix("timm_model."): value for key, value in state.items()}
 
 
 def saved_model_args(config: TimmWrapperConfig) -> dict[str, Any]:

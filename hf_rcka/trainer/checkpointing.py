@@ -34,6 +34,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from ..arguments import global_batch_size
 from ..errors import ModelError
+from ..models.timm_models import timm_native_state
 from .divergence import has_finite_weights
 from .loss_record import check_loss_record, loss_settings, write_loss_record
 from .resume_match import (
@@ -116,7 +117,7 @@ class CheckpointingTrainer(Trainer):
         # continues from go next to it. (model_ema is refused under FSDP, so student_state is None.)
         export_ema = self.model_ema is not None and self.args.model_ema_export
         with self.model_ema.swapped_in() if export_ema else contextlib.nullcontext():
-            model.student.save_pretrained(output_dir, state_dict=student_state)
+            model.student.save_pretrained(output_dir, state_dict=timm_native_state(model.student, student_state))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
