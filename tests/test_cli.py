@@ -366,22 +366,22 @@ def test_a_run_resumed_at_its_last_step_reports_no_train_loss():
         "train_loss": 0.3, "train_steps_per_second": 2.0}
 
 
-def test_a_run_resumed_at_its_last_step_is_refused_and_one_at_its_last_epoch_keeps_no_earlier_train_loss(
-        tmp_path, capsys):
-    """Trainer checks max_steps after a step: resumed at its last step, a run trained a step past it
-    and exported that. At its last epoch no step runs, and save_metrics' merge kept the earlier
+@pytest.mark.parametrize("plan", [{"max_steps": 2, "save_steps": 2},  # stopped inside the first epoch
+                                  {"max_steps": -1, "num_train_epochs": 1.5, "save_steps": 9},  # and in the second
+                                  {"max_steps": -1, "num_train_epochs": 1, "save_steps": 6}])  # at its end
+def test_a_run_resumed_at_its_last_step_trains_nothing_more_and_keeps_no_earlier_train_loss(tmp_path, plan):
+    """Resumed to finish it (an export cut short), a run at its last step trained a step past it and
+    exported that: Trainer checks max_steps after a step. And save_metrics' merge kept the earlier
     leg's train_loss beside the resumed run's train_loss_from_step, as if it were the resumed run's."""
-    recipe = {**COMMON, "model_name_or_path": "config:vit", "student_config_overrides": TINY_VIT,
-              "output_dir": str(tmp_path / "out"), "max_steps": 2, "save_strategy": "steps", "save_steps": 2}
-    assert main([write(tmp_path / "steps.yaml", recipe)]) == 0
-    assert main([str(tmp_path / "steps.yaml"), "--resume_from_checkpoint", "true"]) == 2
-    assert "is at step 2, and max_steps 2 ends the run there: nothing is left to train" in capsys.readouterr().err
-    epochs = write(tmp_path / "epochs.yaml", {**recipe, "max_steps": -1, "num_train_epochs": 1, "save_steps": 6,
-                                              "output_dir": str(tmp_path / "epochs")})  # 60 images, batch 10
-    assert main([epochs]) == 0
-    assert "train_loss" in json.loads((tmp_path / "epochs" / "all_results.json").read_text())
-    assert main([epochs, "--resume_from_checkpoint", "true"]) == 0
-    state = json.loads((tmp_path / "epochs" / "trainer_state.json").read_text())
-    assert state["global_step"] == 6, "nothing trained past the last epoch"
-    results = json.loads((tmp_path / "epochs" / "all_results.json").read_text())
-    assert results["train_loss_from_step"] == 6 and "train_loss" not in results and "eval_accuracy" in results
+    recipe = write(tmp_path / "r.yaml", {**COMMON, "model_name_or_path": "config:vit", "student_config_overrides": TINY_VIT,
+                                         "output_dir": str(tmp_path / "out"), "save_strategy": "steps", **plan})
+    assert main([recipe]) == 0  # 60 images in batches of 10: 6 steps an epoch
+    steps = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"]
+    exported = (tmp_path / "out" / "model.safetensors").read_bytes()
+    assert "train_loss" in json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert main([recipe, "--resume_from_checkpoint", "true"]) == 0
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == steps, "nothing is trained past the last step"
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == exported
+    results = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert results["train_loss_from_step"] == steps and "train_loss" not in results and "eval_accuracy" in results

@@ -43,7 +43,7 @@ from .final_evaluation import LastEvaluation, final_evaluation
 from .hub_contents import check_push_contents, unpublishable_entries, upload_filters
 from .preflight import check_recipe_metric, check_run
 from .resume_checks import (
-    check_checkpoint, check_resume_batch, check_resume_rate, check_resume_recipe, check_resume_split, check_steps_left,
+    check_checkpoint, check_resume_batch, check_resume_rate, check_resume_recipe, check_resume_split,
     warn_resume_schedule,
 )
 from .output_folder import (
@@ -202,7 +202,6 @@ def _check_before_loading(
     resume = resolve_resume(args)
     if resume:
         check_checkpoint(resume)
-        check_steps_left(resume, args)
         check_resume_batch(resume, args)
         check_resume_recipe(resume, model_args, data_args, args)
         check_resume_rate(resume, args)

@@ -24,7 +24,7 @@ from ..modeling.assembly import active_specs, run_loss_specs
 from ..recipe_specs import checked_pairs
 from ..registry import LOSSES
 from ..trainer.checkpointing import checkpoint_step, holds_training_state
-from ..trainer.resume_match import check_resume_batch, check_resume_rate, check_steps_left
+from ..trainer.resume_match import check_resume_batch, check_resume_rate
 from .records import recorded_recipe
 
 logger = logging.getLogger("hf_rcka")
@@ -223,5 +223,5 @@ def _earlier(folder: str) -> str:
 
 __all__ = [
     "SCHEDULE_KEYS", "check_checkpoint", "check_resume_batch", "check_resume_rate", "check_resume_recipe",
-    "check_resume_split", "check_steps_left", "warn_resume_schedule",
+    "check_resume_split", "warn_resume_schedule",
 ]

@@ -39,7 +39,7 @@ from .divergence import has_finite_weights
 from .loss_record import check_loss_record, loss_settings, write_loss_record
 from .resume_match import (
     BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_resume_batch, check_resume_rate,
-    check_steps_left, optimizer_settings,
+    optimizer_settings,
 )
 from .teacher_record import check_teacher_record, teacher_fingerprint, write_teacher_record
 
@@ -178,13 +178,21 @@ class CheckpointingTrainer(Trainer):
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         if checkpoint is None:
             return super()._load_optimizer_and_scheduler(checkpoint)
-        check_steps_left(checkpoint, self.args)
         check_resume_batch(checkpoint, self.args)
         check_resume_rate(checkpoint, self.args)
         check_epoch_steps(checkpoint, self._epoch_steps)
         own = optimizer_settings(self.optimizer)
         super()._load_optimizer_and_scheduler(checkpoint)
         check_optimizer_settings(checkpoint, own, optimizer_settings(self.optimizer))
+
+    def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
+        """Trainer's, but a checkpoint at the run's last step (an export cut short by a full disk or a
+        second signal, resumed to finish it) has no batch left: Trainer checks the step count after a
+        step, so it trained one step past ``max_steps`` and exported that."""
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return []
+        return super().get_resumed_dataloader(dataloader, num_batches)
 
     # Private override. With load_best_model_at_end Trainer loads the best checkpoint's weights file
     # into Trainer.model the same way (nothing matches, so nothing is restored); we load the student

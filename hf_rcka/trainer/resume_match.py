@@ -90,24 +90,6 @@ def check_epoch_steps(folder: str, epoch_steps: int | None) -> None:
         "skip or repeat images and its schedule would change shape. Resume as it was launched, on the same data")
 
 
-def check_steps_left(folder: str, args: Any) -> None:
-    """A checkpoint at the step ``max_steps`` ends the run on has nothing left to train: Trainer's
-    loop checks the step count after a step, so it trained one past it and exported that.
-
-    Raises:
-        RecipeError: with the two ways on.
-    """
-    try:
-        step = json.loads((Path(folder) / "trainer_state.json").read_text(encoding="utf-8")).get("global_step")
-    except (OSError, ValueError):
-        return  # the checkpoint's own checks say what is wrong with it
-    if args.max_steps > 0 and isinstance(step, int) and step >= args.max_steps:
-        raise RecipeError(
-            f"resume_from_checkpoint: {folder!r} is at step {step}, and max_steps {args.max_steps} ends the run there: "
-            "nothing is left to train (Trainer would train a step past it). Raise max_steps to train on, or evaluate "
-            f"it with --do_train false --model_name_or_path {folder}")
-
-
 def optimizer_settings(optimizer: Any) -> list[dict[str, Any]]:
     """Each parameter group's settings but its parameters and rates (weight decay, betas, momentum...)."""
     return [{k: v for k, v in group.items() if k not in _NOT_SETTINGS} for group in optimizer.param_groups]
