@@ -175,9 +175,11 @@ def test_a_pushing_run_refuses_a_folder_with_files_no_run_wrote(tmp_path, hub, c
     (out / "data" / "train" / "cat" / "0.png").write_bytes(b"png")
     (out / ".env").write_text("SECRET=1")
     (out / ".git").mkdir()  # a clone of the repository: huggingface_hub leaves it out itself
+    (out / ".cache" / "huggingface").mkdir(parents=True)  # and its own upload cache, but no other cache
+    (out / ".cache" / "pip").mkdir()
     assert _run(tmp_path) == 2
     err = capsys.readouterr().err
-    assert "holds .env, data/: no run of hf_rcka wrote them" in err and ".git" not in err
+    assert "holds .cache/, .env, data/: no run of hf_rcka wrote them" in err and ".git" not in err
     assert hub.commits == [] and not (out / "model.safetensors").exists()
     assert _run(tmp_path, push_to_hub=False) == 0, "a run that uploads nothing may share the folder"
 
@@ -200,8 +202,10 @@ def test_the_final_upload_leaves_out_what_appeared_and_replaces_the_repository_s
     assert "left out of the upload: notes/, which appeared in" in capsys.readouterr().err
     # a first model's eval_results.json stayed beside a second model trained without evaluation
     deleted = hub.kwargs[-1]["delete_patterns"]
-    assert list(filter_repo_objects(["eval_results.json", "model.safetensors", "README.md", "last-checkpoint/model.safetensors"],
-                                    allow_patterns=deleted)) == ["eval_results.json", "model.safetensors"]
+    kept = ["README.md", "last-checkpoint/model.safetensors", "model_int8.safetensors", "models/x.safetensors"]
+    assert list(filter_repo_objects(["eval_results.json", "model.safetensors", "model-00001-of-00002.safetensors",
+                                     *kept], allow_patterns=deleted)) == [
+        "eval_results.json", "model.safetensors", "model-00001-of-00002.safetensors"]
 
 
 def test_resuming_a_finished_run_with_checkpoint_pushes_is_refused(tmp_path, hub, capsys):

@@ -489,6 +489,16 @@ def test_a_pretrained_cfg_overlay_reaches_a_saved_timm_folders_processor(tmp_pat
     model.save_pretrained(tmp_path / "out")
     saved = AutoImageProcessor.from_pretrained(tmp_path / "out").data_config
     assert saved["crop_pct"] == 1.0 and tuple(saved["mean"]) == (0.5, 0.5, 0.5)
+    # the saved data config holds the overlay and the run's image_size after it: reloaded, the
+    # overlay is not applied a second time over that size
+    sized = load_image_classifier(str(tmp_path / "base"), from_scratch=from_scratch, image_size=24,
+                                  config_overrides={"pretrained_cfg_overlay": {"input_size": (3, 32, 32)}})
+    sized.save_pretrained(tmp_path / "sized")
+    config = json.loads((tmp_path / "sized" / "config.json").read_text())
+    config["model_args"]["pretrained_cfg_overlay"] = {"input_size": [3, 32, 32]}  # as exports before kept it
+    (tmp_path / "sized" / "config.json").write_text(json.dumps(config))
+    again = load_image_classifier(str(tmp_path / "sized"), from_scratch=from_scratch)
+    assert load_image_processor(str(tmp_path / "sized"), again).data_config["input_size"] == (3, 24, 24)
 
 
 def test_a_model_folder_without_its_image_processor_is_one_line_with_the_fix(tmp_path) -> None:

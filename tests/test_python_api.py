@@ -644,3 +644,8 @@ def test_items_that_are_tuples_get_one_clear_line(tmp_path):
 
     with pytest.raises(DataError, match=r"its items are tuples \(2 values\), not dicts"):
         build(make_args(tmp_path), tiny_vit(), train_dataset=Pairs())
+
+    def collate(items):  # a caller's collator builds the batch from them
+        return {"pixel_values": torch.stack([x for x, _ in items]), "labels": torch.tensor([y for _, y in items])}
+
+    build(make_args(tmp_path), tiny_vit(), train_dataset=Pairs(), data_collator=collate)

@@ -25,11 +25,12 @@ from .output_folder import CARD_NAME, RUN_OUTPUTS, resumes_in
 
 # What Trainer's uploads leave out of every one of them
 TRAINER_IGNORES = ("_*", f"{PREFIX_CHECKPOINT_DIR}-*")
-# Left out by huggingface_hub itself, or part of any Hub repository
-_HUB_OWN = (".git", ".gitattributes", ".cache")
+# Left out by huggingface_hub itself (its own cache is .cache/huggingface alone), or part of any Hub repository
+_HUB_OWN = (".git", ".gitattributes")
 # Run files that describe one model: removed from the repository when the final upload lacks them
 PUBLISHED_RESULTS = (
-    "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
+    "model.safetensors", "model-?????-of-?????.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+    "pytorch_model-?????-of-?????.bin", "pytorch_model.bin.index.json",
     "all_results.json", "train_results.json", "eval_results.json", "trainer_state.json", "cka.png", "cka.md",
 )
 
@@ -42,7 +43,12 @@ def unpublishable_entries(output_dir: str) -> list[str]:
     code = _remote_code(out)
     return sorted(entry.name + ("/" if entry.is_dir() else "") for entry in out.iterdir()
                   if not any(fnmatch.fnmatchcase(entry.name, p) for p in (*TRAINER_IGNORES, *_HUB_OWN, *RUN_OUTPUTS))
-                  and not (code and entry.suffix == ".py"))
+                  and not (code and entry.suffix == ".py") and not _hub_cache_only(entry))
+
+
+def _hub_cache_only(entry: Path) -> bool:
+    """A ``.cache`` folder that holds huggingface_hub's upload cache alone, which it never uploads."""
+    return entry.name == ".cache" and entry.is_dir() and all(p.name == "huggingface" for p in entry.iterdir())
 
 
 def _remote_code(out: Path) -> bool:

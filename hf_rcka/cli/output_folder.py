@@ -63,9 +63,11 @@ UNFINISHED = "_unfinished"  # inside REPLACED: a run set aside before it saved a
 # logs, checkpoints, hf_rcka's records and card, and scripts/cka_report.py's picture.
 RUN_OUTPUTS = (
     "checkpoint-*", "_eval-*", "eval-*", "runs", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
     "config.json", "preprocessor_config.json", "training_args.bin", "trainer_state.json", "all_results.json",
     "train_results.json", "eval_results.json", "README.md", EARLIER_CARD, CONFIG_NAME, WORKING_DIR_NAME,
     LEDGER_NAME, "skipped_images.tsv", *CKA_PICTURE,  # skipped_images.tsv: the ledger's older name
+    "emissions.csv",  # report_to: codecarbon
     TEMPORARY_PREFIX + "*",  # a card or record whose write a SIGKILL cut short
 )
 # What a resumed run keeps from the branch it abandons: its recipe, the folder it ran in, its logs

@@ -149,12 +149,15 @@ def timm_native_state(model: Any, state: dict[str, Any] | None = None) -> dict[s
 
 
 def saved_model_args(config: TimmWrapperConfig) -> dict[str, Any]:
-    """A checkpoint's ``model_args`` without ``num_classes``.
+    """A checkpoint's ``model_args`` without ``num_classes`` and ``pretrained_cfg_overlay``.
 
     timm's own ``save_for_hf`` stores ``num_classes`` there too; the wrapper passes the config's
-    ``num_labels`` as well, which would make ``timm.create_model`` fail on the duplicate.
+    ``num_labels`` as well, which would make ``timm.create_model`` fail on the duplicate. An
+    overlay (which exports before its removal from ``model_args`` kept) is in the checkpoint's
+    ``pretrained_cfg`` already, with what came after it (the run's ``image_size``): applied again,
+    it undid those.
     """
-    return {k: v for k, v in (config.model_args or {}).items() if k != "num_classes"}
+    return {k: v for k, v in (config.model_args or {}).items() if k not in ("num_classes", "pretrained_cfg_overlay")}
 
 
 def check_timm_args(architecture: str, model_args: Mapping[str, Any]) -> None:

@@ -33,7 +33,7 @@ def check_columns(train_dataset: Any, eval_dataset: Any, collator_given: bool) -
                         "one split, e.g. train_dataset=dataset['train'] (several evaluation sets may be a dict)")
     first = None
     for role, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-        for where, _, item in _first_items(role, dataset):
+        for where, _, item in _first_items(role, dataset, collator_given):
             first = item if first is None and role == "train_dataset" else first
             if not collator_given:
                 _check_keys(where, item, ("pixel_values", "labels"))
@@ -81,7 +81,7 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
     named = student_names is not None and not numbered_only(student_names)
     if not collator_given:
         check_image_sizes(dataset, role, size)
-    for where, part, item in _first_items(role, dataset):
+    for where, part, item in _first_items(role, dataset, collator_given):
         if not collator_given:
             _check_keys(where, item, ("pixel_values",) if role == "test_dataset" else ("pixel_values", "labels"))
             unread = [key for key in item if key == "label" or key.endswith("_label")]
@@ -95,7 +95,7 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
                                  "student's order (dataset.align_labels_with_mapping(model.config.label2id, 'labels'))")
 
 
-def _first_items(role: str, dataset: Any) -> Iterator[tuple[str, Any, Mapping]]:
+def _first_items(role: str, dataset: Any, collator_given: bool = False) -> Iterator[tuple[str, Any, Mapping]]:
     """``(where, part, its first item)`` of each part of ``dataset`` (one dataset or a dict) that
     can be indexed, or that is an evaluation ``datasets.IterableDataset``.
 
@@ -117,7 +117,7 @@ def _first_items(role: str, dataset: Any) -> Iterator[tuple[str, Any, Mapping]]:
         else:
             item = part[0] if len(part) else None
         where = role if name is None else f"{role}[{name!r}]"
-        if isinstance(item, (tuple, list)):  # torchvision's datasets: (image, target)
+        if isinstance(item, (tuple, list)) and not collator_given:  # torchvision's datasets: (image, target)
             raise DataError(f"{where}: its items are {type(item).__name__}s ({len(item)} values), not dicts: return "
                             "{'pixel_values': image tensor, 'labels': class id} from the dataset (or its transform)")
         if isinstance(item, Mapping):
