@@ -38,7 +38,7 @@ from ..models.timm_models import timm_native_state
 from .divergence import has_finite_weights
 from .loss_record import check_loss_record, loss_settings, write_loss_record
 from .resume_match import (
-    BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_resume_batch, check_resume_rate,
+    BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_restored_rates, check_resume_batch,
     optimizer_settings,
 )
 from .teacher_record import check_teacher_record, teacher_fingerprint, write_teacher_record
@@ -61,6 +61,7 @@ class CheckpointingTrainer(Trainer):
     _checkpointing = False
     _teacher_fingerprint: dict[str, Any] | None = None
     _epoch_steps: int | None = None  # optimizer steps per epoch (None: data without a length)
+    _optimizer_kwargs: dict[str, Any] | None = None  # what create_optimizer built the optimizer with
 
     def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
         """Trainer's, keeping the number of optimizer steps an epoch takes for the checkpoints."""
@@ -179,11 +180,23 @@ class CheckpointingTrainer(Trainer):
         if checkpoint is None:
             return super()._load_optimizer_and_scheduler(checkpoint)
         check_resume_batch(checkpoint, self.args)
-        check_resume_rate(checkpoint, self.args)
         check_epoch_steps(checkpoint, self._epoch_steps)
-        own = optimizer_settings(self.optimizer)
+        check_restored_rates(checkpoint, [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups])
+        # the settings this run built its optimizer with; none for the caller's own optimizer, whose
+        # groups may hold what its schedule changes (OneCycleLR's momentum)
+        keys = [*self._optimizer_kwargs, "weight_decay"] if self._optimizer_kwargs is not None else []
+        own = optimizer_settings(self.optimizer, keys)
         super()._load_optimizer_and_scheduler(checkpoint)
-        check_optimizer_settings(checkpoint, own, optimizer_settings(self.optimizer))
+        check_optimizer_settings(checkpoint, own, optimizer_settings(self.optimizer, keys))
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """Trainer's, noting the settings it builds the optimizer with (for the resume checks)."""
+        given = self.optimizer is not None  # the caller's (optimizers=...)
+        optimizer = super().create_optimizer(model)
+        if not given:
+            _, self._optimizer_kwargs = (self.optimizer_cls_and_kwargs
+                                         or self.get_optimizer_cls_and_kwargs(self.args, self.model))
+        return optimizer
 
     def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
         """Trainer's, but a checkpoint at the run's last step (an export cut short by a full disk or a

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from ..errors import RecipeError
 
 BATCH_RECORD_NAME = "global_batch.json"  # the checkpoint's global batch, processes and epoch length
 # param_group entries that are not the optimizer's mathematics: its parameters, the rates the
-# schedule owns (check_resume_rate), and how torch runs the update
+# schedule owns (check_restored_rates), and how torch runs the update
 _NOT_SETTINGS = frozenset({"params", "lr", "initial_lr", "foreach", "fused", "capturable", "differentiable",
                            "decoupled_weight_decay"})
 
@@ -73,6 +74,22 @@ def check_resume_rate(folder: str, args: Any) -> None:
             "its weights (model_name_or_path) in a new output_dir")
 
 
+def check_restored_rates(folder: str, own_rates: list[float]) -> None:
+    """The checkpoint's schedule starts from this run's rates (``own_rates``: each parameter group's
+    starting rate, as this run's optimizer and schedule were built): ``check_resume_rate`` for a
+    trainer, whose optimizer may be the caller's (its own rates, not ``learning_rate``)."""
+    path = Path(folder) / "scheduler.pt"
+    if not path.is_file():
+        return
+    rates = torch.load(path, map_location="cpu", weights_only=True).get("base_lrs") or []
+    if len(rates) == len(own_rates) and not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(rates, own_rates)):
+        raise RecipeError(
+            f"resume_from_checkpoint: {folder!r} was trained at a learning rate of {max(rates):g}, and this run sets "
+            f"{max(own_rates):g}: a resumed run keeps the checkpoint's optimizer and schedule, which hold its rate, "
+            "so the new one would not be applied. Resume with its learning rate, or start a new run from its weights "
+            "in a new output_dir")
+
+
 def check_epoch_steps(folder: str, epoch_steps: int | None) -> None:
     """A checkpoint resumes with as many optimizer steps per epoch as it was trained with
     (``epoch_steps``: this run's; None for data without a length).
@@ -90,9 +107,12 @@ def check_epoch_steps(folder: str, epoch_steps: int | None) -> None:
         "skip or repeat images and its schedule would change shape. Resume as it was launched, on the same data")
 
 
-def optimizer_settings(optimizer: Any) -> list[dict[str, Any]]:
-    """Each parameter group's settings but its parameters and rates (weight decay, betas, momentum...)."""
-    return [{k: v for k, v in group.items() if k not in _NOT_SETTINGS} for group in optimizer.param_groups]
+def optimizer_settings(optimizer: Any, keys: Iterable[str]) -> list[dict[str, Any]]:
+    """Each parameter group's values of ``keys``: the settings the run built its optimizer with
+    (weight decay, betas, momentum...), not the state some optimizers keep in their groups
+    (schedule-free's step count and weight sums) or the rates the schedule owns."""
+    keys = set(keys) - _NOT_SETTINGS
+    return [{k: v for k, v in group.items() if k in keys} for group in optimizer.param_groups]
 
 
 def check_optimizer_settings(folder: str, own: list[dict[str, Any]], restored: list[dict[str, Any]]) -> None:
