@@ -20,20 +20,27 @@ from ..errors import ModelError
 
 
 def wraps_in_ddp(trainer: Any) -> bool:
-    """Whether accelerate wraps this run's model in DDP (several processes, neither FSDP nor DeepSpeed)."""
-    return (trainer.args.parallel_mode == ParallelMode.DISTRIBUTED and not trainer.is_fsdp_enabled
-            and not trainer.is_deepspeed_enabled)
+    """Whether accelerate wraps this run's model in DDP: several processes (one launched as
+    distributed is not wrapped), neither FSDP nor DeepSpeed, something to train."""
+    return (trainer.args.world_size > 1 and trainer.args.parallel_mode == ParallelMode.DISTRIBUTED
+            and not trainer.is_fsdp_enabled and not trainer.is_deepspeed_enabled
+            and any(p.requires_grad for p in trainer.model.parameters()))
 
 
 def forget_evaluation_preparation(trainer: Any) -> None:
-    """Let training wrap a model that an evaluation prepared unwrapped (see the module's docstring)."""
-    model = trainer.model
-    if not wraps_in_ddp(trainer) or trainer.model_wrapped is not model:
+    """Let training wrap a model that an evaluation prepared unwrapped (see the module's docstring);
+    with ``torch_compile`` the evaluation compiled it too, and training compiles the DDP module."""
+    model, wrapped = trainer.model, trainer.model_wrapped
+    compiled = wrapped is not model and getattr(wrapped, "_orig_mod", None) is model
+    if not wraps_in_ddp(trainer) or (wrapped is not model and not compiled):
         return
-    if getattr(model, "_is_accelerate_prepared", False):
-        del model._is_accelerate_prepared
-        prepared = trainer.accelerator._models
-        prepared[:] = [kept for kept in prepared if kept is not model]
+    prepared = [model, wrapped] if compiled else [model]
+    if any(getattr(module, "_is_accelerate_prepared", False) for module in prepared):
+        for module in prepared:
+            module.__dict__.pop("_is_accelerate_prepared", None)
+        trainer.model_wrapped = model
+        kept = trainer.accelerator._models
+        kept[:] = [module for module in kept if all(module is not other for other in prepared)]
 
 
 def check_wrapped(trainer: Any, model: nn.Module) -> None:
@@ -47,4 +54,5 @@ def check_wrapped(trainer: Any, model: nn.Module) -> None:
         raise ModelError(
             f"the model trains in {trainer.args.world_size} processes without DistributedDataParallel around it "
             f"({type(inner).__name__}): each process would step on its own batches with gradients never averaged. "
-            "Something prepared it with accelerate before Trainer.train did; train a fresh trainer")
+            "Something prepared it with accelerate before Trainer.train did (accelerator.prepare in a callback or "
+            "before the trainer was built): leave its preparation to the trainer")
