@@ -94,11 +94,14 @@ def test_a_training_step_of_several_processes_without_ddp_is_refused():
     from hf_rcka.errors import ModelError
     from hf_rcka.trainer.data_parallel import check_wrapped
 
-    def trainer(mode, fsdp=False):
-        return SimpleNamespace(args=SimpleNamespace(parallel_mode=mode, world_size=2), is_fsdp_enabled=fsdp,
-                               is_deepspeed_enabled=False)
+    def trainer(mode, fsdp=False, processes=2, model=None):
+        return SimpleNamespace(args=SimpleNamespace(parallel_mode=mode, world_size=processes), is_fsdp_enabled=fsdp,
+                               is_deepspeed_enabled=False, model=model or nn.Linear(2, 2))
 
     with pytest.raises(ModelError, match="never averaged"):
         check_wrapped(trainer(ParallelMode.DISTRIBUTED), nn.Linear(2, 2))
     check_wrapped(trainer(ParallelMode.NOT_DISTRIBUTED), nn.Linear(2, 2))  # one process: nothing to average
+    check_wrapped(trainer(ParallelMode.DISTRIBUTED, processes=1), nn.Linear(2, 2))  # launched as distributed, alone
     check_wrapped(trainer(ParallelMode.DISTRIBUTED, fsdp=True), nn.Linear(2, 2))  # FSDP shards, no DDP wrapper
+    frozen = nn.Linear(2, 2).requires_grad_(False)  # accelerate wraps nothing that does not train
+    check_wrapped(trainer(ParallelMode.DISTRIBUTED, model=frozen), frozen)
