@@ -183,6 +183,34 @@ def test_student_alone_baseline_and_gain(tmp_path):
         read_baseline(str(tmp_path / "missing"), settings)
 
 
+def test_a_baseline_is_compared_by_the_training_in_effect_not_by_its_spelling(tmp_path):
+    """lr_base against the learning_rate it gives, 1 process x 64 against 2 x 32, lr_scheduler_kwargs
+    {} against unset and a colour jitter under no_aug were called "trained otherwise"; half the
+    global batch at the same per-device batch was called comparable."""
+    from hf_rcka.trainer.card_facts import TrainingRecord
+
+    baseline = tmp_path / "alone"
+    baseline.mkdir()
+    (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
+    (baseline / "trainer_state.json").write_text(json.dumps({"global_step": 100}))
+    settings = {"dataset_name": "builtin:digits", "dataset_config_name": None, "train_dir": None,
+                "validation_dir": None, "train_val_split": 0.15, "split_seed": 42, "max_eval_samples": None,
+                "label_column_name": "label"}
+    recorded = {"dataset_name": "builtin:digits", "lr_base": 1e-3, "lr_base_size": 512, "no_aug": True,
+                "color_jitter": 0.4, "per_device_train_batch_size": 64}
+
+    def compare(global_batch, rate, **own):
+        (baseline / "distill_config.yaml").write_text(f"# Global batch: {global_batch} images (1 process x "
+                                                      f"{global_batch} images) per optimizer step.\n" + yaml.safe_dump(recorded))
+        mine = {"dataset_name": "builtin:digits", "no_aug": True, "lr_scheduler_kwargs": {}, **own}
+        return read_baseline(str(baseline), settings, None, TrainingRecord(mine, 100, 64, rate))[1]
+
+    assert compare(64, 1.25e-4, learning_rate=1.25e-4, per_device_train_batch_size=32) == "run `alone`, same images"
+    assert compare(32, 1.25e-4) == ("run `alone`, same images, trained otherwise (a global batch of 32 images against "
+                                    "this run's 64; a learning rate of 6.25e-05 against this run's 0.000125)")
+    assert "trained otherwise (mixup differs)" in compare(64, 1.25e-4, mixup=0.8)
+
+
 def test_a_baseline_that_spells_its_image_folder_otherwise_saw_the_same_images(tmp_path, monkeypatch):
     (tmp_path / "data" / "pets" / "train").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)

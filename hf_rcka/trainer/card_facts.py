@@ -12,12 +12,14 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+import math
+import re
+from typing import Any, NamedTuple
 
 import torch
 import yaml
 
-from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
+from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments, global_batch_size
 from ..augmentation import AugmentationArguments
 from ..data.datasets import VALIDATION_SPLIT_NAMES
 from ..losses import IGNORE_INDEX
@@ -33,12 +35,28 @@ SPLIT_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_di
 STUDENT_KEYS = ("model_name_or_path", "student_from_scratch", "student_config_overrides", "image_size")
 # Settings that must agree for a baseline run to have trained as this run did, the teacher aside: a
 # baseline of 20 steps against 250 distilled ones measures the training length, not the teacher.
+# The global batch, the learning rate it gives and the number of optimizer steps are compared as
+# they were in effect (``TrainingRecord``), not as spelt (lr_base or learning_rate; processes x batch).
 TRAINING_KEYS = (
-    "max_steps", "num_train_epochs", "max_train_samples", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "learning_rate", "lr_base", "lr_base_size", "lr_base_scale", "lr_scheduler_type", "lr_scheduler_kwargs",
-    "warmup_steps", "warmup_ratio", "weight_decay", "optim", "optim_args", "max_grad_norm", "label_smoothing_factor",
-    "model_ema", "model_ema_decay", "model_ema_export", *(f.name for f in dataclasses.fields(AugmentationArguments)),
+    "max_train_samples", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "weight_decay",
+    "optim", "optim_args", "max_grad_norm", "label_smoothing_factor", "model_ema", "model_ema_decay",
+    "model_ema_export", *(f.name for f in dataclasses.fields(AugmentationArguments)),
 )
+# AugmentationArguments that no_aug switches off (mixing and repeats are of the batch, and stay)
+_PER_IMAGE_AUGMENTATION = ("aa", "color_jitter", "hflip", "train_interpolation", "reprob", "remode", "recount")
+_RECORDED_BATCH = re.compile(r"^# Global batch: (\d+) images", re.MULTILINE)
+
+
+class TrainingRecord(NamedTuple):
+    """How a run trained, as a baseline is compared with it: its recorded recipe (the command
+    line's; empty from Python), optimizer steps, global batch and peak learning rate."""
+
+    recipe: dict[str, Any]
+    steps: int
+    global_batch: int
+    learning_rate: float
+
+
 # Folder names that say which split a folder holds, not what the data is: /data/pets/train is "pets".
 SPLIT_FOLDER_NAMES = ("train", "training", *VALIDATION_SPLIT_NAMES)
 
@@ -182,12 +200,12 @@ def image_folder_name(train_dir: str) -> str:
 
 def read_baseline(
     baseline_dir: str, run_settings: dict[str, Any], student_settings: dict[str, Any] | None = None,
-    training: tuple[dict[str, Any], int] | None = None,
+    training: TrainingRecord | None = None,
 ) -> tuple[float, str, bool]:
     """``eval_accuracy`` of a student-alone run folder, a note on what it compares, and whether it
     is comparable: the same student (``STUDENT_KEYS``, when given) evaluated on the same images,
-    and, with ``training`` (this run's recorded recipe and optimizer steps), trained alike
-    (``TRAINING_KEYS``) for as many steps.
+    and, with ``training`` (this run's), trained alike (``TRAINING_KEYS``, global batch, learning
+    rate) for as many steps.
 
     Raises:
         FileNotFoundError: if the folder holds no ``all_results.json`` with ``eval_accuracy``.
@@ -227,24 +245,56 @@ def _recipe_defaults() -> dict[str, Any]:
     return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
 
 
-def _other_training(baseline_dir: str, recipe: dict, defaults: dict, training: tuple[dict[str, Any], int]) -> list[str]:
-    """What differs: the ``TRAINING_KEYS`` in which the two recorded recipes differ, and the number
-    of optimizer steps (other processes, a stop, a resume with more steps)."""
-    own_recipe, own_steps = training
-    keys = [k for k in TRAINING_KEYS if recipe and own_recipe
-            and not _same_setting(recipe.get(k, defaults.get(k)), own_recipe.get(k, defaults.get(k)))]
+def _other_training(baseline_dir: str, recipe: dict, defaults: dict, own: TrainingRecord) -> list[str]:
+    """What differs: the ``TRAINING_KEYS`` in which the two recorded recipes differ, then the global
+    batch, learning rate and number of optimizer steps in effect."""
+    keys = []
+    if recipe and own.recipe:
+        plain = all(bool(side.get("no_aug", defaults.get("no_aug"))) for side in (recipe, own.recipe))
+        keys = [k for k in TRAINING_KEYS if not (plain and k in _PER_IMAGE_AUGMENTATION)
+                and not _same_setting(recipe.get(k, defaults.get(k)), own.recipe.get(k, defaults.get(k)))]
     other = [_differ(keys)] if keys else []
+    batch = _recorded_batch(baseline_dir)
+    if batch is not None and batch != own.global_batch:
+        other.append(f"a global batch of {batch} images against this run's {own.global_batch}")
+    rate = _learning_rate(recipe, defaults, batch) if recipe else None
+    if rate is not None and not math.isclose(rate, own.learning_rate, rel_tol=1e-6):
+        other.append(f"a learning rate of {rate:g} against this run's {own.learning_rate:g}")
     try:
         steps = json.load(open(os.path.join(baseline_dir, "trainer_state.json"))).get("global_step")
     except (OSError, ValueError):
         steps = None
-    if steps != own_steps:
-        other.append(f"{steps if steps is not None else 'unrecorded'} optimizer steps against this run's {own_steps}")
+    if steps != own.steps:
+        other.append(f"{steps if steps is not None else 'unrecorded'} optimizer steps against this run's {own.steps}")
     return other
 
 
+def _recorded_batch(run_dir: str) -> int | None:
+    """The global batch a run's recorded recipe names in its header (``records.RecipeRecord``)."""
+    try:
+        with open(os.path.join(run_dir, RECIPE_RECORD), encoding="utf-8") as handle:
+            match = _RECORDED_BATCH.search(handle.read(2000))
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def _learning_rate(recipe: dict, defaults: dict, global_batch: int | None) -> float | None:
+    """The peak rate a recorded recipe trained at: ``learning_rate``, or ``lr_base`` scaled to its
+    global batch (None when that batch is not recorded)."""
+    if recipe.get("lr_base") is None:
+        return float(recipe.get("learning_rate", defaults.get("learning_rate")))
+    if global_batch is None:
+        return None
+    ratio = global_batch / int(recipe.get("lr_base_size", defaults.get("lr_base_size")))
+    scale = recipe.get("lr_base_scale", defaults.get("lr_base_scale"))
+    return float(recipe["lr_base"]) * (ratio if scale == "linear" else math.sqrt(ratio))
+
+
 def _same_setting(recorded: Any, current: Any) -> bool:
-    """Equal values; two spellings of one local folder (relative, absolute) are one folder."""
+    """Equal values; two spellings of one local folder (relative, absolute) are one folder; an empty
+    setting is an unset one (``lr_scheduler_kwargs: {}``)."""
+    recorded, current = (None if value in ({}, [], "") else value for value in (recorded, current))
     if isinstance(recorded, str) and isinstance(current, str) and os.path.isdir(recorded) and os.path.isdir(current):
         return os.path.samefile(recorded, current)
     return recorded == current
@@ -306,6 +356,8 @@ def complete_card_facts(trainer: Any) -> CardFacts:
     if baseline_dir and facts.baseline_accuracy is None:
         recipe_path = os.path.join(trainer.args.output_dir, RECIPE_RECORD)  # the command line's; Python: none
         recipe = yaml.safe_load(open(recipe_path)) if os.path.exists(recipe_path) else {}
+        own = TrainingRecord(recipe or {}, trainer.state.global_step, global_batch_size(trainer.args),
+                             trainer.args.learning_rate)
         facts.baseline_accuracy, facts.baseline_note, facts.baseline_comparable = read_baseline(
-            baseline_dir, facts.run_settings, facts.student_settings or None, (recipe or {}, trainer.state.global_step))
+            baseline_dir, facts.run_settings, facts.student_settings or None, own)
     return facts
