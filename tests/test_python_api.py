@@ -600,7 +600,7 @@ def test_a_datasetdict_or_a_single_short_batch_does_not_train_zero_steps(tmp_pat
     with pytest.raises(DataError, match=r"train_dataset is a dict of 2 splits .*dataset\['train'\]"):
         build(args, tiny_vit(), tiny_resnet(), train_dataset=whole)
     trainer = build(args, tiny_vit(), tiny_resnet(), train_dataset=pixel_dataset(2))
-    with pytest.raises(DataError, match="2 image\\(s\\) per process, one batch, and too few for rcka"):
+    with pytest.raises(DataError, match="gives each process 2 image\\(s\\), one batch, and that is too few for rcka"):
         trainer.train()
     assert trainer.state.global_step == 0
 

@@ -126,14 +126,14 @@ def check_training_batches(num_images: int, args: Any, aug_repeats: int, student
         return
     reason = None
     if last == 1 and has_running_stats(student):
-        reason = "the student's BatchNorm cannot train on"
+        reason = "the student's BatchNorm cannot train on 1 image"
     short = too_few_rows(losses, last, processes)
     if short:
         name, needed = next(iter(short.items()))
         reason = f"too few for {name}'s relation over the batch (it needs {needed})"
     if reason and seen < local:  # dropping it would train nothing, and the run would end as if it had
-        raise DataError(f"the training split has {seen} image(s) per process, one batch, and {reason} {seen}: add "
-                        "images, or train without that loss")
+        raise DataError(f"the training split gives each process {seen} image(s), one batch, and that is {reason}: "
+                        "add images, or train without what needs more")
     if reason:
         logger.info("data: each epoch's last training batch would hold %d image(s), %s: it is dropped "
                     "(dataloader_drop_last)", last, reason)
