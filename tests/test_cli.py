@@ -367,8 +367,10 @@ def test_a_run_resumed_at_its_last_step_reports_no_train_loss():
 
 
 @pytest.mark.parametrize("plan", [{"max_steps": 2, "save_steps": 2},  # stopped inside the first epoch
+                                  {"max_steps": 2, "save_steps": 2, "ignore_data_skip": True},  # the epoch restarts
                                   {"max_steps": -1, "num_train_epochs": 1.5, "save_steps": 9},  # and in the second
-                                  {"max_steps": -1, "num_train_epochs": 1, "save_steps": 6}])  # at its end
+                                  {"max_steps": -1, "num_train_epochs": 1, "save_strategy": "epoch",  # at its end
+                                   "eval_strategy": "epoch"}])
 def test_a_run_resumed_at_its_last_step_trains_nothing_more_and_keeps_no_earlier_train_loss(tmp_path, plan):
     """Resumed to finish it (an export cut short), a run at its last step trained a step past it and
     exported that: Trainer checks max_steps after a step. And save_metrics' merge kept the earlier
@@ -378,10 +380,13 @@ def test_a_run_resumed_at_its_last_step_trains_nothing_more_and_keeps_no_earlier
     assert main([recipe]) == 0  # 60 images in batches of 10: 6 steps an epoch
     steps = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"]
     exported = (tmp_path / "out" / "model.safetensors").read_bytes()
+    checkpoint = tmp_path / "out" / f"checkpoint-{steps}" / "model.safetensors"
+    written = checkpoint.stat().st_mtime_ns
     assert "train_loss" in json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert main([recipe, "--resume_from_checkpoint", "true"]) == 0
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == steps, "nothing is trained past the last step"
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == exported
+    assert checkpoint.stat().st_mtime_ns == written, "the checkpoint resumed from is not written again"
     results = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert results["train_loss_from_step"] == steps and "train_loss" not in results and "eval_accuracy" in results

@@ -237,6 +237,18 @@ def test_a_saved_timm_student_loads_in_timm_itself_and_in_transformers(tmp_path)
         torch.testing.assert_close(wrapped(pixel_values=pixels).logits, expected)
     assert native.pretrained_cfg["crop_pct"] == 1.0
     assert AutoImageProcessor.from_pretrained(tmp_path / "out").data_config["crop_pct"] == 1.0
+    # an overlay's input_size shapes a fixed-size ViT (timm derives img_size from it): the config
+    # records that size among model_args, or the student would not load back at all
+    vit = load_image_classifier("timm/vit_tiny_patch16_224", num_labels=3, from_scratch=True, config_overrides={
+        "pretrained_cfg_overlay": {"input_size": (3, 32, 32)}, "patch_size": 8, "embed_dim": 36, "depth": 1,
+        "num_heads": 2}).eval()
+    vit.save_pretrained(tmp_path / "vit")
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = vit(pixel_values=pixels).logits
+        for loaded in (AutoModelForImageClassification.from_pretrained(tmp_path / "vit"),
+                       load_image_classifier(str(tmp_path / "vit"))):
+            torch.testing.assert_close(loaded.eval()(pixel_values=pixels).logits, expected)
 
 _RELOAD_SCRIPT = textwrap.dedent(
     """

@@ -27,9 +27,9 @@ PRIVATE_OVERRIDES = {
     "_load_best_model": ["self"],
     "_get_train_sampler": ["self", "train_dataset"],
     "_load_optimizer_and_scheduler": ["self", "checkpoint"],
-    # public, but relied on as well: where the epoch's length is planned, where a resume skips batches
+    # public, but relied on as well: where the epoch's length is planned, where batches are drawn
     "set_initial_training_values": ["self", "args", "dataloader"],
-    "get_resumed_dataloader": ["self", "dataloader", "num_batches"],
+    "get_batch_samples": ["self", "epoch_iterator", "num_batches", "device"],
     "create_optimizer": ["self", "model"],
 }
 LOSSES = [{"name": "ce"}, {"name": "srd"}]  # srd: a projector, so checkpoints carry distillation state
@@ -153,7 +153,7 @@ def test_repeated_augmentation_reaches_the_loader_through_the_sampler_hook(tmp_p
     assert isinstance(sampler, RepeatedAugmentationSampler)
 
 
-@pytest.mark.parametrize("change", ["weight_decay", "momentum", "epoch_steps", "batch", "rate"])
+@pytest.mark.parametrize("change", ["weight_decay", "momentum", "epoch_steps", "batch", "rate", "past_the_end"])
 def test_a_resume_that_would_not_continue_the_same_training_is_refused(tmp_path, change):
     """Through the Python API each went on with exit 0: the checkpoint's optimizer settings silently
     replaced the new ones (weight decay 0.05 -> 0.3 recorded, never applied), an epoch of another
@@ -170,14 +170,14 @@ def test_a_resume_that_would_not_continue_the_same_training_is_refused(tmp_path,
     assert json.loads((checkpoint / "global_batch.json").read_text())["epoch_steps"] == 4  # 20 images, batch 5
     resumed_args = {"weight_decay": dict(weight_decay=0.3), "momentum": dict(optim_args="momentum=0.5"),
                     "epoch_steps": {}, "batch": dict(per_device_train_batch_size=10),
-                    "rate": dict(learning_rate=1e-1)}[change]
+                    "rate": dict(learning_rate=1e-1), "past_the_end": dict(max_steps=1)}[change]
     resumed = DistillationTrainer(
         model=tiny_vit(), teacher=tiny_resnet(), args=_args(tmp_path, "resumed", **{**base, "max_steps": 4, **resumed_args}),
         train_dataset=pixel_dataset(30 if change == "epoch_steps" else 20), processing_class=processor(16))
     before = {k: v.clone() for k, v in resumed.model.student.state_dict().items()}
     message = {"weight_decay": "weight_decay 0.05 \\(this run: 0.3\\)", "momentum": "momentum 0.9 \\(this run: 0.5\\)",
                "epoch_steps": "4 optimizer steps per epoch, and this run plans 6", "batch": "global batch of 5",
-               "rate": "learning rate of 0.05"}[change]
+               "rate": "learning rate of 0.05", "past_the_end": "is at step 2, past this run's last step \\(1\\)"}[change]
     with pytest.raises(RecipeError, match=message):
         resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step <= 2, "refused before any step"

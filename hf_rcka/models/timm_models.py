@@ -77,7 +77,8 @@ def build_timm_classifier(
     if image_size is not None:
         data_cfg = resize_timm_data_config(data_cfg, image_size)
     config = TimmWrapperConfig(
-        architecture=architecture, model_args=_recorded_args(model_args), pretrained_cfg=data_cfg,
+        architecture=architecture, model_args=_recorded_args(model_args, timm_model.pretrained_cfg),
+        pretrained_cfg=data_cfg,
         id2label=dict(labels.id2label), label2id=dict(labels.label2id),
     )
     with torch.device("meta"):  # half the CPU time of building and initialising it for real
@@ -119,8 +120,9 @@ def timm_with_overrides(
     """
     model_args = {**saved_model_args(config), **overrides}
     check_timm_args(config.architecture, model_args)
+    base_cfg = getattr(config, "pretrained_cfg", None) or {}
     config = copy.deepcopy(config)
-    config.model_args = _recorded_args(model_args)
+    config.model_args = _recorded_args(model_args, {**base_cfg, **(model_args.get("pretrained_cfg_overlay") or {})})
     base = getattr(config, "pretrained_cfg", None)
     if not base:
         try:
@@ -134,9 +136,27 @@ def timm_with_overrides(
     return config
 
 
-def _recorded_args(model_args: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``model_args`` a config records: without the overlay that its ``pretrained_cfg`` holds."""
-    return {k: v for k, v in model_args.items() if k != "pretrained_cfg_overlay"}
+def _recorded_args(model_args: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model_args`` a config records: without the overlay that its ``pretrained_cfg`` holds,
+    but with what the overlay set of the model itself (``data_cfg``: the model's data config)."""
+    overlay = model_args.get("pretrained_cfg_overlay") or {}
+    kept = {k: v for k, v in model_args.items() if k != "pretrained_cfg_overlay"}
+    return {**_shaping_args(overlay, bool(data_cfg.get("fixed_input_size"))), **kept}
+
+
+def _shaping_args(overlay: Mapping[str, Any], fixed_input_size: bool) -> dict[str, Any]:
+    """The ``timm.create_model`` arguments timm derives from a data config when they are not given
+    (its ``_update_default_model_kwargs``): the channels, a fixed-size model's image size and the
+    pooling an overlay sets. A model rebuilt from ``model_args`` alone must get them."""
+    shaping: dict[str, Any] = {}
+    if overlay.get("input_size") is not None:
+        channels, *size = overlay["input_size"]
+        shaping["in_chans"] = int(channels)
+        if fixed_input_size:
+            shaping["img_size"] = tuple(int(s) for s in size)
+    if overlay.get("global_pool") is not None:
+        shaping["global_pool"] = overlay["global_pool"]
+    return shaping
 
 
 def timm_native_state(model: Any, state: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -157,7 +177,8 @@ def saved_model_args(config: TimmWrapperConfig) -> dict[str, Any]:
     ``pretrained_cfg`` already, with what came after it (the run's ``image_size``): applied again,
     it undid those.
     """
-    return {k: v for k, v in (config.model_args or {}).items() if k not in ("num_classes", "pretrained_cfg_overlay")}
+    args = {k: v for k, v in (config.model_args or {}).items() if k != "num_classes"}
+    return _recorded_args(args, getattr(config, "pretrained_cfg", None) or {})
 
 
 def check_timm_args(architecture: str, model_args: Mapping[str, Any]) -> None:

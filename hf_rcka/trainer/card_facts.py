@@ -356,8 +356,9 @@ def complete_card_facts(trainer: Any) -> CardFacts:
     if baseline_dir and facts.baseline_accuracy is None:
         recipe_path = os.path.join(trainer.args.output_dir, RECIPE_RECORD)  # the command line's; Python: none
         recipe = yaml.safe_load(open(recipe_path)) if os.path.exists(recipe_path) else {}
-        own = TrainingRecord(recipe or {}, trainer.state.global_step, global_batch_size(trainer.args),
-                             trainer.args.learning_rate)
+        # the batch trained with: auto_find_batch_size may have lowered it (the recorded header's too)
+        own = TrainingRecord(recipe or {}, trainer.state.global_step,
+                             global_batch_size(trainer.args, trainer.state.train_batch_size), trainer.args.learning_rate)
         facts.baseline_accuracy, facts.baseline_note, facts.baseline_comparable = read_baseline(
             baseline_dir, facts.run_settings, facts.student_settings or None, own)
     return facts

@@ -33,7 +33,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from ..arguments import global_batch_size
-from ..errors import ModelError
+from ..errors import ModelError, RecipeError
 from ..models.timm_models import timm_native_state
 from .divergence import has_finite_weights
 from .loss_record import check_loss_record, loss_settings, write_loss_record
@@ -61,7 +61,8 @@ class CheckpointingTrainer(Trainer):
     _checkpointing = False
     _teacher_fingerprint: dict[str, Any] | None = None
     _epoch_steps: int | None = None  # optimizer steps per epoch (None: data without a length)
-    _optimizer_kwargs: dict[str, Any] | None = None  # what create_optimizer built the optimizer with
+    _optimizer_kwargs: dict[str, Any] | None = None  # the settings create_optimizer built the optimizer with
+    _finished_already: FinishedAlready  # set by the subclass, which adds it as a callback
 
     def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
         """Trainer's, keeping the number of optimizer steps an epoch takes for the checkpoints."""
@@ -179,6 +180,10 @@ class CheckpointingTrainer(Trainer):
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         if checkpoint is None:
             return super()._load_optimizer_and_scheduler(checkpoint)
+        if self.state.global_step > self.state.max_steps:
+            raise RecipeError(f"resume_from_checkpoint: {checkpoint!r} is at step {self.state.global_step}, past this "
+                              f"run's last step ({self.state.max_steps}): it would be exported as this run's result. "
+                              "Resume with the max_steps (or epochs) it was trained for, or evaluate it")
         check_resume_batch(checkpoint, self.args)
         check_epoch_steps(checkpoint, self._epoch_steps)
         check_restored_rates(checkpoint, [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups])
@@ -190,22 +195,40 @@ class CheckpointingTrainer(Trainer):
         check_optimizer_settings(checkpoint, own, optimizer_settings(self.optimizer, keys))
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's, noting the settings it builds the optimizer with (for the resume checks)."""
-        given = self.optimizer is not None  # the caller's (optimizers=...)
-        optimizer = super().create_optimizer(model)
-        if not given:
-            _, self._optimizer_kwargs = (self.optimizer_cls_and_kwargs
-                                         or self.get_optimizer_cls_and_kwargs(self.args, self.model))
+        """Trainer's, noting the names of the settings it builds the optimizer with (for the resume
+        checks) from its one call of ``get_optimizer_cls_and_kwargs``: a second call registered
+        layer-wise GaLore's per-parameter hooks twice."""
+        if self.optimizer is not None:  # the caller's (optimizers=...): not compared
+            return super().create_optimizer(model)
+        if self.optimizer_cls_and_kwargs is not None:
+            self._optimizer_kwargs = dict.fromkeys(self.optimizer_cls_and_kwargs[1])
+            return super().create_optimizer(model)
+        seen: dict[str, Any] = {}
+        resolve = self.get_optimizer_cls_and_kwargs
+
+        def noted(args: Any, model: Any = None) -> tuple[Any, Any]:
+            cls, kwargs = resolve(args, model)
+            seen.update(dict.fromkeys(kwargs))  # names only; Trainer pops "params" from kwargs afterwards
+            return cls, kwargs
+
+        self.get_optimizer_cls_and_kwargs = noted
+        try:
+            optimizer = super().create_optimizer(model)
+        finally:
+            del self.get_optimizer_cls_and_kwargs
+        self._optimizer_kwargs = seen
         return optimizer
 
-    def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
-        """Trainer's, but a checkpoint at the run's last step (an export cut short by a full disk or a
-        second signal, resumed to finish it) has no batch left: Trainer checks the step count after a
-        step, so it trained one step past ``max_steps`` and exported that."""
-        if self.state.global_step >= self.state.max_steps:
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        """Trainer's, but a run resumed at its last step (an export cut short by a full disk or a
+        second signal, resumed to finish it) gets no batch: Trainer checks the step count after a
+        step, so it trained one step past ``max_steps`` and exported that. Nothing is evaluated or
+        saved again either (``FinishedAlready``): the checkpoint resumed from stays as it was."""
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
             self.control.should_training_stop = True
-            return []
-        return super().get_resumed_dataloader(dataloader, num_batches)
+            self._finished_already.active = True
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     # Private override. With load_best_model_at_end Trainer loads the best checkpoint's weights file
     # into Trainer.model the same way (nothing matches, so nothing is restored); we load the student
@@ -216,6 +239,22 @@ class CheckpointingTrainer(Trainer):
         _restore_live_student(self.distillation_model.student, self.state.best_model_checkpoint)
         if self.model_ema is not None:  # the average of that checkpoint, not of the last step
             self.model_ema.load(self.state.best_model_checkpoint)
+
+
+class FinishedAlready(TrainerCallback):
+    """Once a run resumed at its last step found no batch left (``get_batch_samples``), the end of
+    its epoch neither evaluates nor saves: an epoch strategy rewrote the checkpoint it resumed from,
+    the one good copy when the export it finishes was cut short by a full disk."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.active = False
+
+    def on_epoch_end(self, args, state, control, **kwargs):  # noqa: D102
+        if self.active:
+            control.should_evaluate = control.should_save = False
 
 
 class ResumedRate(TrainerCallback):

@@ -39,7 +39,7 @@ from ..errors import DataError, ModelError
 from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches, check_unsized_training
 from .card_facts import CardFacts, complete_card_facts
 from .term_log import LossTermLog
-from .checkpointing import CheckpointingTrainer, ResumedRate, checkpoint_step, keep_token_out_of_files
+from .checkpointing import CheckpointingTrainer, FinishedAlready, ResumedRate, checkpoint_step, keep_token_out_of_files
 from .given_data import check_columns, check_image_sizes, check_later_dataset, image_size
 from .given_labels import check_labels, name_student_classes
 from .given_models import (
@@ -303,6 +303,8 @@ class DistillationTrainer(CheckpointingTrainer):
         self._term_logs = {"train": LossTermLog(), "eval": LossTermLog()}
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
         self.add_callback(ResumedRate())
+        self._finished_already = FinishedAlready()
+        self.add_callback(self._finished_already)
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         """Trainer's rule (no decay on biases and LayerNorm-type norms; BatchNorm weights decay), less what the
