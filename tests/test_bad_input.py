@@ -1557,3 +1557,13 @@ def test_resume_recipe_check_lets_folders_move_and_fills_what_a_recipe_leaves_ou
           losses=[{"name": "ce", "label_smoothing": 0.1}, {"name": "feature_cka"}])
     with pytest.raises(RecipeError, match="ce label_smoothing 0.1 -> 0.2"):
         check(dataset_name="builtin:digits", label_smoothing_factor=0.2)
+
+
+def test_a_student_of_other_than_three_channels_is_one_line(tmp_path, capsys):
+    """Every image is decoded to RGB: a 1-channel timm student loaded, then failed at its first step
+    with a convolution's RuntimeError."""
+    recipe = base(tmp_path, model_name_or_path="timm/resnet10t", student_from_scratch=True,
+                  student_config_overrides={"in_chans": 1, "pretrained_cfg_overlay": {"mean": [0.5], "std": [0.5]}})
+    assert run(tmp_path, recipe) == 2
+    assert "the student reads 1-channel images" in error_of(capsys)
+    assert not (tmp_path / "out" / "model.safetensors").exists()

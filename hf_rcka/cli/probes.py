@@ -16,6 +16,10 @@ def probe_student(student: Any, stats: Any, image_size: int | None) -> None:
     import torch
 
     height, width = stats.size
+    if stats.channels != 3:  # what every image is decoded to (data.images): the first step failed on it
+        raise ModelError(f"the student reads {stats.channels}-channel images (its processor's mean has "
+                         f"{stats.channels} values), and every image is decoded to RGB: build it for 3 channels "
+                         "(leave out in_chans, or its pretrained_cfg_overlay input_size)")
     _check_takes_images(student)
     _check_patch_grid(student, height, width, "image_size" if image_size is not None else "model_name_or_path")
     was_training = student.training
