@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,32 +62,31 @@ def check_resume_rate(folder: str, args: Any) -> None:
     Raises:
         RecipeError: naming both rates and the ways on.
     """
-    path = Path(folder) / "scheduler.pt"
-    if not path.is_file():
-        return
-    rates = torch.load(path, map_location="cpu", weights_only=True).get("base_lrs") or []
+    rates = _checkpoint_rates(folder)
     if rates and not any(math.isclose(rate, args.learning_rate, rel_tol=1e-6) for rate in rates):
-        raise RecipeError(
-            f"resume_from_checkpoint: {folder!r} was trained at a learning rate of {max(rates):g}, and this run sets "
-            f"{args.learning_rate:g}: a resumed run keeps the checkpoint's optimizer and schedule, which hold its rate, "
-            "so the new one would not be applied. Resume with its learning_rate (or lr_base), or start a new run from "
-            "its weights (model_name_or_path) in a new output_dir")
+        raise _other_rate(folder, max(rates), args.learning_rate)
 
 
 def check_restored_rates(folder: str, own_rates: list[float]) -> None:
     """The checkpoint's schedule starts from this run's rates (``own_rates``: each parameter group's
     starting rate, as this run's optimizer and schedule were built): ``check_resume_rate`` for a
     trainer, whose optimizer may be the caller's (its own rates, not ``learning_rate``)."""
-    path = Path(folder) / "scheduler.pt"
-    if not path.is_file():
-        return
-    rates = torch.load(path, map_location="cpu", weights_only=True).get("base_lrs") or []
+    rates = _checkpoint_rates(folder)
     if len(rates) == len(own_rates) and not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(rates, own_rates)):
-        raise RecipeError(
-            f"resume_from_checkpoint: {folder!r} was trained at a learning rate of {max(rates):g}, and this run sets "
-            f"{max(own_rates):g}: a resumed run keeps the checkpoint's optimizer and schedule, which hold its rate, "
-            "so the new one would not be applied. Resume with its learning rate, or start a new run from its weights "
-            "in a new output_dir")
+        raise _other_rate(folder, max(rates), max(own_rates))
+
+
+def _checkpoint_rates(folder: str) -> list[float]:
+    path = Path(folder) / "scheduler.pt"
+    return (torch.load(path, map_location="cpu", weights_only=True).get("base_lrs") or []) if path.is_file() else []
+
+
+def _other_rate(folder: str, trained: float, now: float) -> RecipeError:
+    return RecipeError(
+        f"resume_from_checkpoint: {folder!r} was trained at a learning rate of {trained:g}, and this run sets "
+        f"{now:g}: a resumed run keeps the checkpoint's optimizer and schedule, which hold its rate, so the new one "
+        "would not be applied. Resume with its learning_rate (or lr_base), or start a new run from its weights "
+        "(model_name_or_path) in a new output_dir")
 
 
 def check_epoch_steps(folder: str, epoch_steps: int | None) -> None:
