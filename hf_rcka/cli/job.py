@@ -52,7 +52,7 @@ from .output_folder import (
 )
 from .probes import probe_student
 from .records import (
-    CONFIG_NAME, RecipeRecord, drop_empty_record, drop_stale_evaluation, eval_record_dir, write_eval_record,
+    CONFIG_NAME, RecipeRecord, drop_empty_record, eval_record_dir, write_eval_record,
 )
 from .teacher_data import check_teacher_data, held_out_by
 from .run_inputs import align_teacher, checkpoint_labels, load_data, model_error, student_labels
@@ -447,9 +447,8 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
         raise Stopped(stop.signum, step, checkpoint if os.path.isdir(checkpoint) else None, argv,
                       trainer.is_world_process_zero())
     with stop.finishing() if stop is not None else contextlib.nullcontext():  # a signal waits for the save
-        drop_stale_evaluation(trainer)
         if trainer.is_world_process_zero():
-            drop_stale_export(trainer.args.output_dir)  # the earlier card and state: written anew after the save
+            drop_stale_export(trainer.args.output_dir)  # the earlier card, results and state: written anew after the save
         trainer.save_model(_internal_call=True)  # uploaded once, with the final metrics and card, by _finish
         metrics = _train_metrics(result.metrics, resume)
         trainer.log_metrics("train", metrics)

@@ -54,6 +54,9 @@ MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mod
 CARD_NAME = "README.md"
 # Written once the final model is saved (job._train; a resumed run drops its earlier ones first)
 SAVED_AFTER_MODEL = ("trainer_state.json", "train_results.json")
+# The final results, written after the model: save_metrics merges into all_results.json, so earlier
+# ones would stay beside the newer model as if they were its own
+RESULTS = ("eval_results.json", "all_results.json")
 EARLIER_CARD = "_README.earlier.md"  # a resumed run's card before it (see drop_stale_export)
 CKA_PICTURE = ("cka.png", "cka.md")  # scripts/cka_report.py's, of one model
 REPLACED = "_replaced"
@@ -231,7 +234,7 @@ def _check_set_aside_folders(out: Path) -> None:
 
 
 # Files a run writes at its end whatever the folder holds; in a folder without a run (no model, no
-# config.json: see RUN_FILES), a user's own.
+# model's config.json: see holds_run), a user's own.
 _OVERWRITTEN = ("README.md", "preprocessor_config.json", "config.json")
 
 
@@ -248,20 +251,23 @@ def _files_of_others(out: Path, run_here: bool) -> list[str]:
 
 
 def drop_stale_export(output_dir: str) -> None:
-    """Take an earlier run's card (hf_rcka's only), CKA picture and final training state out of
-    ``output_dir`` before the model is saved.
+    """Take an earlier run's card (hf_rcka's only), CKA picture, results and final training state
+    out of ``output_dir`` before the model is saved.
 
     A resumed run writes them anew once its model is saved; until then the earlier card would
     describe the new weights, and a run whose export failed (a full disk) would look finished, so
     that setting it aside would push the finished run kept in ``_replaced/`` out. The earlier CKA
-    picture is the earlier model's: the new card showed it as the new one's. The earlier card is
-    kept as ``EARLIER_CARD`` (never uploaded), since a user may have written in it.
+    picture is the earlier model's: the new card showed it as the new one's. The earlier results
+    (``RESULTS``) stayed beside the newer model: a resumed run with ``do_eval: false`` kept the
+    earlier model's ``eval_*`` numbers, one resumed at its last step the earlier leg's
+    ``train_loss``. The earlier card is kept as ``EARLIER_CARD`` (never uploaded), since a user
+    may have written in it.
     """
     out = Path(output_dir)
     card = out / CARD_NAME
     if card.is_file() and not card.is_symlink() and _is_our_card(card):
         card.replace(out / EARLIER_CARD)
-    for name in (*SAVED_AFTER_MODEL, *CKA_PICTURE):
+    for name in (*SAVED_AFTER_MODEL, *RESULTS, *CKA_PICTURE):
         if (out / name).is_file():
             (out / name).unlink()
 

@@ -7,9 +7,9 @@ writes into its own ``_eval-<UTC time>`` sub-folder instead (``eval_config.yaml`
 ``_`` keeps the record local: the Hub upload leaves ``_*`` out, and an
 evaluation of other data is no part of the published model.
 
-A training run's recipe is written once training has begun (``RecipeRecord``), and a model's
-earlier evaluation results are taken out of ``output_dir`` when it is replaced
-(``drop_stale_evaluation``). Later runs read these records back (``recorded_recipe``): a teacher's or a resumed checkpoint's
+A training run's recipe is written once training has begun (``RecipeRecord``); a model's earlier
+results are taken out of ``output_dir`` with its card when it is replaced
+(``output_folder.drop_stale_export``). Later runs read these records back (``recorded_recipe``): a teacher's or a resumed checkpoint's
 data settings, with its relative paths read from the folder its run ran in.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 from ..arguments import describe_batch
 from ..errors import RecipeError
@@ -135,20 +135,3 @@ class RecipeRecord(TrainerCallback):
                   f"{launch_command(self.path, '--output_dir', '<new folder>')}")
         dump_recipe(self.recipe, self.path, comment=launch)
         write_working_dir(os.path.dirname(self.path) or ".")
-
-
-def drop_stale_evaluation(trainer: Trainer) -> None:
-    """The results in ``output_dir`` were the model's before this one: take them out.
-
-    ``save_metrics`` merges into ``all_results.json``, so a resumed run with ``do_eval: false``
-    kept the earlier model's ``eval_*`` numbers (and ``eval_results.json``) next to its newer
-    model, as if they were its own, and a run resumed at its last step kept the earlier leg's
-    ``train_loss`` beside its own ``train_loss_from_step``. This run's training and final
-    evaluation write them anew.
-    """
-    if not trainer.is_world_process_zero():
-        return
-    for name in ("eval_results.json", "all_results.json"):
-        stale = os.path.join(trainer.args.output_dir, name)
-        if os.path.isfile(stale):
-            os.remove(stale)
