@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,14 @@ def check_arguments(args: TrainingArguments) -> None:
     check_fixed_settings(args)
     check_batch_settings(args)
     check_optim_args(args)
+
+
+def recipe_defaults() -> dict[str, Any]:
+    """What a recipe that leaves a setting out runs with (the arguments' own defaults), for
+    comparing a recorded recipe with another run's settings."""
+    fields = (*dataclasses.fields(ModelArguments), *dataclasses.fields(DataArguments),
+              *dataclasses.fields(DistillationTrainingArguments))
+    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
 
 
 def global_batch_size(args: TrainingArguments, per_device: int | None = None) -> int:

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..arguments import recipe_defaults
 from ..errors import ModelError, RecipeError
 from ..modeling.assembly import active_specs, run_loss_specs
 from ..recipe_specs import checked_pairs
@@ -103,8 +104,9 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
                # the order of the epoch being resumed is drawn from them: another one skips and repeats images
                "seed": args.seed, "data_seed": args.data_seed, "aug_repeats": getattr(data_args, "aug_repeats", 0),
                "max_train_samples": data_args.max_train_samples}
+    unset = recipe_defaults()  # what the recorded recipe ran with where it leaves a setting out
     for key, now in current.items():
-        before = recorded.get(key, _UNSET.get(key))
+        before = recorded.get(key, unset.get(key))
         if key in ("teacher_model_name_or_path", "dataset_name") and _may_have_moved(before, now):
             continue
         if key == "dataset_config_name" and _may_have_moved(recorded.get("dataset_name"), data_args.dataset_name):
@@ -122,10 +124,6 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
                           f"({'; '.join(changes)}): a resumed run continues the same training. Resume with its "
                           "recipe (its distill_config.yaml), or start a new run from its weights (model_name_or_path) "
                           "in a new output_dir")
-
-
-# What a recipe that leaves these out runs with (the others' defaults are None)
-_UNSET = {"seed": 42, "aug_repeats": 0}
 
 
 def _may_have_moved(before: Any, now: Any) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 import yaml
 
-from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments, global_batch_size
+from ..arguments import global_batch_size, recipe_defaults
 from ..augmentation import AugmentationArguments
 from ..data.datasets import VALIDATION_SPLIT_NAMES
 from ..losses import IGNORE_INDEX
@@ -218,7 +218,7 @@ def read_baseline(
         raise FileNotFoundError(f"{results_path} has no eval_accuracy: evaluate the baseline run")
     recipe_path = os.path.join(baseline_dir, RECIPE_RECORD)
     recipe = yaml.safe_load(open(recipe_path)) if os.path.exists(recipe_path) else {}
-    defaults = _recipe_defaults()
+    defaults = recipe_defaults()
     same_images = bool(recipe) and all(_same_setting(recipe.get(k, defaults.get(k)), run_settings.get(k))
                                        for k in SPLIT_KEYS)
     other_student = [k for k in STUDENT_KEYS if student_settings is not None and recipe
@@ -236,13 +236,6 @@ def read_baseline(
 
 def _differ(keys: list[str]) -> str:
     return f"{', '.join(keys)} {'differs' if len(keys) == 1 else 'differ'}"
-
-
-def _recipe_defaults() -> dict[str, Any]:
-    """What a recipe that leaves a setting out runs with."""
-    fields = (*dataclasses.fields(DataArguments), *dataclasses.fields(ModelArguments),
-              *dataclasses.fields(DistillationTrainingArguments), *dataclasses.fields(AugmentationArguments))
-    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
 
 
 def _other_training(baseline_dir: str, recipe: dict, defaults: dict, own: TrainingRecord) -> list[str]:
