@@ -222,6 +222,8 @@ class DistillationTrainer(CheckpointingTrainer):
 
     # Every term is a per-batch mean: let Trainer divide by the accumulation steps.
     loss_is_scaled_for_ga = False
+    # Whether the next training step is a train()'s first, whose model data_parallel.check_wrapped checks once
+    _wrap_unchecked = False
 
     def __init__(
         self,
@@ -349,11 +351,13 @@ class DistillationTrainer(CheckpointingTrainer):
         In training, Mixup/CutMix mix the batch first: student and teacher see the same pixels.
         """
         if model.training:
-            check_wrapped(self, model)
+            if self._wrap_unchecked:  # the first step of a train(): the model as Trainer prepared it
+                check_wrapped(self, model)
+                self._wrap_unchecked = False
             if self.mixup is not None:
                 pixel_values, labels = mix_batch(self.mixup, inputs["pixel_values"], inputs["labels"])
                 inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
-        if not model.training:
+        else:
             inputs = {**inputs, "labels": _without_padding(inputs["labels"], self.accelerator)}
         unknown = sorted(set(inputs) - _MODEL_INPUTS)
         if unknown:  # else a TypeError from DistillationModel.forward
@@ -553,6 +557,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self._check_training_batches()
         self.check_teacher()
         forget_evaluation_preparation(self)
+        self._wrap_unchecked = True
         output = super().train(*args, **kwargs)
         self.divergence.check(self.args, self.state, self.control)  # a divergence no logging or saving step saw
         if self.divergence.error is not None:
