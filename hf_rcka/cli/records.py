@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 from ..arguments import describe_batch
 from ..errors import RecipeError
 from ..file_writes import remove_empty, write_text
-from ..trainer.card_facts import RECIPE_RECORD
+from ..trainer.card_facts import BATCH_HEADER, RECIPE_RECORD
 from ..trainer.checkpointing import checkpoint_step
 from ..trainer.resume_hint import launch_command
 from .recipe import dump_recipe, load_recipe
@@ -130,7 +130,7 @@ class RecipeRecord(TrainerCallback):
         # The launch is not a recipe value, and the same values under another number of processes
         # train with another global batch: the header says how to run them again as they ran
         # (state's batch: auto_find_batch_size may have lowered it; each attempt records anew).
-        launch = (f"Global batch: {describe_batch(args, state.train_batch_size)} per optimizer step.\n"
+        launch = (f"{BATCH_HEADER}{describe_batch(args, state.train_batch_size)} per optimizer step.\n"
                   f"To train it again (into a new folder): "
                   f"{launch_command(self.path, '--output_dir', '<new folder>')}")
         dump_recipe(self.recipe, self.path, comment=launch)

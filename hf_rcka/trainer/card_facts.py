@@ -26,6 +26,7 @@ from ..losses import IGNORE_INDEX
 from ..models.sources import parse_model_source
 
 RECIPE_RECORD = "distill_config.yaml"  # the command line's resolved recipe, next to the card
+BATCH_HEADER = "Global batch: "  # how the record's header comment names the global batch (cli.records)
 # Settings that must agree for two runs to have been evaluated on the same images (split_seed draws
 # both the carved validation split and the max_eval_samples subset; the training seed draws neither).
 SPLIT_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_val_split",
@@ -44,7 +45,7 @@ TRAINING_KEYS = (
 )
 # AugmentationArguments that no_aug switches off (mixing and repeats are of the batch, and stay)
 _PER_IMAGE_AUGMENTATION = ("aa", "color_jitter", "hflip", "train_interpolation", "reprob", "remode", "recount")
-_RECORDED_BATCH = re.compile(r"^# Global batch: (\d+) images", re.MULTILINE)
+_RECORDED_BATCH = re.compile(rf"^# {BATCH_HEADER}(\d+) images", re.MULTILINE)
 
 
 class TrainingRecord(NamedTuple):
@@ -216,8 +217,7 @@ def read_baseline(
     accuracy = json.load(open(results_path)).get("eval_accuracy")
     if accuracy is None:
         raise FileNotFoundError(f"{results_path} has no eval_accuracy: evaluate the baseline run")
-    recipe_path = os.path.join(baseline_dir, RECIPE_RECORD)
-    recipe = yaml.safe_load(open(recipe_path)) if os.path.exists(recipe_path) else {}
+    recipe = _recorded_recipe(baseline_dir)
     defaults = recipe_defaults()
     same_images = bool(recipe) and all(_same_setting(recipe.get(k, defaults.get(k)), run_settings.get(k))
                                        for k in SPLIT_KEYS)
@@ -260,6 +260,15 @@ def _other_training(baseline_dir: str, recipe: dict, defaults: dict, own: Traini
     if steps != own.steps:
         other.append(f"{steps if steps is not None else 'unrecorded'} optimizer steps against this run's {own.steps}")
     return other
+
+
+def _recorded_recipe(run_dir: str) -> dict[str, Any]:
+    """A run's recorded recipe (the command line's; a run from Python has none: empty)."""
+    path = os.path.join(run_dir, RECIPE_RECORD)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
 
 
 def _recorded_batch(run_dir: str) -> int | None:
@@ -347,10 +356,8 @@ def complete_card_facts(trainer: Any) -> CardFacts:
         facts.teacher_accuracy = teacher_accuracy(model, batches)
     baseline_dir = getattr(trainer.args, "baseline_dir", None)
     if baseline_dir and facts.baseline_accuracy is None:
-        recipe_path = os.path.join(trainer.args.output_dir, RECIPE_RECORD)  # the command line's; Python: none
-        recipe = yaml.safe_load(open(recipe_path)) if os.path.exists(recipe_path) else {}
         # the batch trained with: auto_find_batch_size may have lowered it (the recorded header's too)
-        own = TrainingRecord(recipe or {}, trainer.state.global_step,
+        own = TrainingRecord(_recorded_recipe(trainer.args.output_dir), trainer.state.global_step,
                              global_batch_size(trainer.args, trainer.state.train_batch_size), trainer.args.learning_rate)
         facts.baseline_accuracy, facts.baseline_note, facts.baseline_comparable = read_baseline(
             baseline_dir, facts.run_settings, facts.student_settings or None, own)
