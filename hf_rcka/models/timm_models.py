@@ -120,10 +120,9 @@ def timm_with_overrides(
     """
     model_args = {**saved_model_args(config), **overrides}
     check_timm_args(config.architecture, model_args)
-    base_cfg = getattr(config, "pretrained_cfg", None) or {}
-    config = copy.deepcopy(config)
-    config.model_args = _recorded_args(model_args, {**base_cfg, **(model_args.get("pretrained_cfg_overlay") or {})})
     base = getattr(config, "pretrained_cfg", None)
+    config = copy.deepcopy(config)
+    config.model_args = _recorded_args(model_args, {**(base or {}), **(model_args.get("pretrained_cfg_overlay") or {})})
     if not base:
         try:
             base = timm_registry_cfg(config.architecture)
