@@ -26,6 +26,19 @@ class FakeHub:
 
     def __init__(self, root: Path, fail: Exception | None = None):
         self.root, self.fail, self.commits, self.tokens, self.kwargs = root, fail, [], [], []
+        self.repo_files: set[str] = set()  # what the repository holds after the commits so far
+        self.deletions: list[tuple[int, list[str]]] = []  # (uploads before it, deleted names)
+
+    def list_repo_files(self, repo_id, revision=None, token=None):
+        return sorted(self.repo_files)
+
+    def create_commit(self, repo_id, operations, commit_message=None, run_as_future=False, **kwargs):
+        names = [op.path_in_repo for op in operations]
+        self.repo_files -= set(names)
+        self.deletions.append((len(self.commits), names))
+        done = concurrent.futures.Future()
+        done.set_result(None)
+        return done
 
     def create_repo(self, repo_id, **kwargs):
         return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
@@ -42,6 +55,8 @@ class FakeHub:
         target = self.root / f"commit-{len(self.commits)}"
         shutil.copytree(folder_path, target, ignore=shutil.ignore_patterns(*ignore_patterns))
         self.commits.append((repo_id, commit_message, target))
+        prefix = str(kwargs.get("path_in_repo") or "").strip("/")
+        self.repo_files |= {str(Path(prefix, p.relative_to(target))) for p in target.rglob("*") if p.is_file()}
         if run_as_future:
             done = concurrent.futures.Future()
             done.set_result(target)
@@ -217,6 +232,36 @@ def test_resuming_a_finished_run_with_checkpoint_pushes_is_refused(tmp_path, hub
     assert len(hub.commits) == 1
     assert _run(tmp_path, max_steps=4, resume_from_checkpoint=True) == 0  # hub_strategy end: one upload
     assert len(hub.commits) == 2
+
+
+def test_a_first_checkpoint_push_removes_the_repository_s_earlier_card_and_results(tmp_path, hub):
+    """Checkpoint pushes into a repository that held another model paired the new weights with its
+    card and results until the final upload, and for good when the run stopped before it."""
+    earlier = {"README.md", "eval_results.json", "all_results.json", "model.safetensors", "notes.md",
+               "last-checkpoint/README.md"}
+    hub.repo_files |= earlier
+    assert _run(tmp_path, save_strategy="steps", save_steps=1, max_steps=3, hub_strategy="checkpoint") == 0
+    assert hub.deletions == [(2, ["README.md", "all_results.json", "eval_results.json"])], \
+        "once, after the first checkpoint's two uploads, and only what the output folder does not hold"
+    assert {"notes.md", "last-checkpoint/README.md", "model.safetensors"} <= hub.repo_files
+    assert "README.md" in hub.repo_files, "the final upload brings this run's card"
+
+
+def test_a_hub_that_cannot_list_the_repository_leaves_the_run_going(tmp_path, hub, monkeypatch, capsys):
+    hub.repo_files |= {"README.md"}
+    listed = hub.list_repo_files
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("connection reset")
+        return listed(*args, **kwargs)
+
+    monkeypatch.setattr(hub, "list_repo_files", flaky)
+    assert _run(tmp_path, save_strategy="steps", save_steps=1, hub_strategy="every_save") == 0
+    assert "could not remove the earlier model's card and results" in capsys.readouterr().err
+    assert hub.deletions == [(2, ["README.md"])], "the second push tried again"
 
 
 def test_an_evaluation_only_run_says_that_it_uploads_nothing(tmp_path, hub, capsys, monkeypatch):

@@ -21,18 +21,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..arguments import DistillationTrainingArguments
 from ..errors import RecipeError
+from ..trainer.hub_pushes import PUBLISHED_RESULTS
 from .output_folder import CARD_NAME, RUN_OUTPUTS, resumes_in
 
 # What Trainer's uploads leave out of every one of them
 TRAINER_IGNORES = ("_*", f"{PREFIX_CHECKPOINT_DIR}-*")
 # Left out by huggingface_hub itself (its own cache is .cache/huggingface alone), or part of any Hub repository
 _HUB_OWN = (".git", ".gitattributes")
-# Run files that describe one model: removed from the repository when the final upload lacks them
-PUBLISHED_RESULTS = (
-    "model.safetensors", "model-?????-of-?????.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-    "pytorch_model-?????-of-?????.bin", "pytorch_model.bin.index.json",
-    "all_results.json", "train_results.json", "eval_results.json", "trainer_state.json", "cka.png", "cka.md",
-)
 
 
 def unpublishable_entries(output_dir: str) -> list[str]:

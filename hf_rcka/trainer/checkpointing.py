@@ -11,7 +11,7 @@ weight EMA, so resuming continues exactly.
 transformers offers no public hook for these steps (``save_model`` is public but hands the
 gathered FSDP/DeepSpeed state dict only to ``_save``; no callback event fires before a
 checkpoint's weights are written or instead of the weight loading). So :class:`CheckpointingTrainer`
-overrides four private methods. Each says at its definition what transformers does there that
+overrides private methods. Each says at its definition what transformers does there that
 must change, and ``tests/test_trainer_contract.py`` pins the transformers behaviour each relies on
 (signature, when it is called, what our override leaves on disk or in the weights), so an upgrade
 that moves them fails loudly instead of silently saving the wrong model.
@@ -36,6 +36,7 @@ from ..arguments import global_batch_size
 from ..errors import ModelError, RecipeError
 from ..models.timm_models import timm_native_state
 from .divergence import has_finite_weights
+from .hub_pushes import remove_earlier_model
 from .loss_record import check_loss_record, loss_settings, write_loss_record
 from .resume_match import (
     BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_restored_rates, check_resume_batch,
@@ -63,6 +64,7 @@ class CheckpointingTrainer(Trainer):
     _epoch_steps: int | None = None  # optimizer steps per epoch (None: data without a length)
     _optimizer_kwargs: dict[str, Any] | None = None  # the settings create_optimizer built the optimizer with
     _finished_already: FinishedAlready  # set by the subclass, which adds it as a callback
+    _earlier_model_removed = False  # the Hub repository's earlier card and results (hub_pushes)
 
     def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
         """Trainer's, keeping the number of optimizer steps an epoch takes for the checkpoints."""
@@ -100,6 +102,22 @@ class CheckpointingTrainer(Trainer):
             for name in os.listdir(folder):
                 if name.startswith(FSDP_MODEL_NAME):
                     os.remove(os.path.join(folder, name))
+
+    # Private override. Trainer's checkpoint push uploads the folder's weights and deletes nothing: a
+    # repository's earlier card and results described the new weights (hub_pushes says more).
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        super()._push_from_checkpoint(checkpoint_folder)
+        if self._earlier_model_removed or not self.is_world_process_zero() or self.args.hub_strategy == "end":
+            return
+        try:
+            job = remove_earlier_model(self)
+        except Exception as err:  # the Hub's HTTP errors, httpx's, OSError: the next push tries again
+            logger.warning("could not remove the earlier model's card and results from %s (%s): they stay beside "
+                           "this run's checkpoints until its final upload or its next push", self.hub_model_id, err)
+            return
+        self._earlier_model_removed = True
+        if job is not None and self.push_in_progress is not None:
+            self.push_in_progress.jobs.append(job)  # waited for with the checkpoint's upload
 
     # Private override. Trainer._save writes Trainer.model's state dict; ours is the wrapper, so it
     # would store teacher + adapters in one model.safetensors without a config. save_model (public)

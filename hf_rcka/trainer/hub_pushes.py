@@ -1,0 +1,54 @@
+"""What a run's pushes leave of the Hub repository's earlier model.
+
+Trainer's checkpoint pushes (``hub_strategy`` every_save, checkpoint, all_checkpoints) upload the
+output folder's weights and config into the repository and delete nothing. Into a repository that
+already held a model, the first push paired the new weights with the earlier model's card and
+results (its accuracy, its training) until the final upload replaced them, and for good when the
+run stopped before that. So a run's first checkpoint push is followed, in a commit of its own, by
+the removal of the earlier model's card and result files that the output folder does not hold.
+The final upload of ``scripts/distill.py`` deletes the same files when its folder lacks them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Future
+from typing import Any
+
+import transformers.trainer
+from huggingface_hub import CommitOperationDelete
+from huggingface_hub.utils import filter_repo_objects
+
+logger = logging.getLogger(__name__)
+
+# Run files that describe one model: removed from the repository when this run's folder lacks them
+PUBLISHED_RESULTS = (
+    "model.safetensors", "model-?????-of-?????.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+    "pytorch_model-?????-of-?????.bin", "pytorch_model.bin.index.json",
+    "all_results.json", "train_results.json", "eval_results.json", "trainer_state.json", "cka.png", "cka.md",
+)
+_EARLIER_MODEL = ("README.md", *PUBLISHED_RESULTS)
+
+
+def stale_files(repo_files: list[str], output_dir: str) -> list[str]:
+    """The repository's card and result files (top level only) that ``output_dir`` does not hold."""
+    return [name for name in filter_repo_objects(repo_files, allow_patterns=list(_EARLIER_MODEL))
+            if not os.path.exists(os.path.join(output_dir, name))]
+
+
+def remove_earlier_model(trainer: Any) -> Future | None:
+    """Queue the removal of the repository's earlier card and results; ``None`` when nothing is
+    stale. Raises what the Hub client raises when the repository cannot be listed."""
+    api, args = transformers.trainer.hf_api(), trainer.args
+    stale = stale_files(api.list_repo_files(trainer.hub_model_id, revision=args.hub_revision, token=args.hub_token),
+                        args.output_dir)
+    if not stale:
+        return None
+    logger.info("removing the earlier model's %s from %s: they described other weights", ", ".join(stale),
+                trainer.hub_model_id)
+    # Queued after the checkpoint's upload on the client's one worker thread, like Trainer's own pushes
+    return api.create_commit(
+        repo_id=trainer.hub_model_id, operations=[CommitOperationDelete(path_in_repo=name) for name in stale],
+        commit_message="Training in progress: the earlier model's card and results removed", token=args.hub_token,
+        revision=args.hub_revision, run_as_future=True)
