@@ -232,6 +232,12 @@ def test_resuming_a_finished_run_with_checkpoint_pushes_is_refused(tmp_path, hub
     assert len(hub.commits) == 1
     assert _run(tmp_path, max_steps=4, resume_from_checkpoint=True) == 0  # hub_strategy end: one upload
     assert len(hub.commits) == 2
+    # an earlier checkpoint's resume sets the export aside with the checkpoints after it: pushes are safe
+    pushes = len(hub.commits)
+    assert _run(tmp_path, max_steps=4, resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-1"),
+                overwrite_output_dir=True, hub_strategy="every_save", save_steps=1, save_strategy="steps") == 0
+    assert len(hub.commits) == pushes + 4, "three checkpoint pushes and the final upload"
+    assert not any((commit / "README.md").exists() for _, _, commit in hub.commits[pushes:-1])
 
 
 def test_a_first_checkpoint_push_removes_the_repository_s_earlier_card_and_results(tmp_path, hub):

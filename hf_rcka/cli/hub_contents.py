@@ -22,7 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..arguments import DistillationTrainingArguments
 from ..errors import RecipeError
 from ..trainer.hub_pushes import PUBLISHED_RESULTS
-from .output_folder import CARD_NAME, RUN_OUTPUTS, resumes_in
+from .output_folder import CARD_NAME, RUN_OUTPUTS, later_checkpoints, resumes_in
 
 # What Trainer's uploads leave out of every one of them
 TRAINER_IGNORES = ("_*", f"{PREFIX_CHECKPOINT_DIR}-*")
@@ -66,7 +66,9 @@ def check_push_contents(args: DistillationTrainingArguments, resume: str | None)
             f"push_to_hub uploads output_dir {args.output_dir!r}, which holds {shown}: no run of hf_rcka wrote "
             "them, and the upload would publish them beside the model. Move them out (data included), choose "
             "another output_dir, or set push_to_hub: false")
-    if resume is not None and args.hub_strategy != "end" and resumes_in(args.output_dir, resume) and _exported(args):
+    # resuming an earlier checkpoint sets the export aside with the later checkpoints (overwrite_output_dir)
+    if (resume is not None and args.hub_strategy != "end" and resumes_in(args.output_dir, resume) and _exported(args)
+            and not later_checkpoints(args.output_dir, resume)):
         raise RecipeError(
             f"resuming the finished run in {args.output_dir!r} with hub_strategy {_value(args.hub_strategy)}: each "
             "checkpoint's upload would publish the new weights beside the earlier export's card and results "
