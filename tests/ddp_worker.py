@@ -110,7 +110,10 @@ def padded_evaluation(out: str) -> dict:
                     continue
                 sums[name] = sums.get(name, 0.0) + float(value) * (stop - start)
                 counts[name] = counts.get(name, 0) + stop - start
-    return {"padded_metrics": metrics, "one_process_terms": {name: sums[name] / counts[name] for name in sums}}
+    # the same images as a stream: accelerate's dispatcher splits its batches, the count is everyone's
+    stream = trainer.evaluate(data.to_iterable_dataset(), metric_key_prefix="stream")
+    return {"padded_metrics": metrics, "one_process_terms": {name: sums[name] / counts[name] for name in sums},
+            "stream_metrics": stream}
 
 
 class _SignalOnRank1(TrainerCallback):

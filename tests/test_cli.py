@@ -68,6 +68,9 @@ def test_output_dir_holds_a_plain_model_card_recipe_and_results(runs):
            "peak learning rate 0.002\n" in card
     assert "Each `eval_<term>_loss` is the term times its weight (the weights are listed above), and `eval_loss` " \
            "is their sum. `eval_ce_loss` is plain cross-entropy, without label smoothing." in card
+    # relational terms change with the evaluation batch: the card says over how many images they were taken
+    assert "depend on its size: `eval_rcka_intra_loss`, `eval_rcka_inter_loss`, `eval_feature_cka_loss` over 15 " \
+           "images at once." in card
     assert "Measured on 30 images of scikit-learn handwritten digits: a random subset (max_eval_samples" in card
     assert "of the 270 images of a stratified 15% validation split" in card, "max_eval_samples drew from 270"
 

@@ -77,6 +77,11 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
         metrics, expected = log["padded_metrics"], log["one_process_terms"]
         assert {name: metrics[f"eval_{name}_loss"] for name in expected} == pytest.approx(expected, rel=1e-4)
         assert metrics["eval_loss"] == pytest.approx(sum(expected.values()), rel=1e-4)
+        # as a stream: every image once, and the speed counts every process's images (rank 0's alone before)
+        stream = log["stream_metrics"]
+        for name in ("accuracy", "ce_loss", "kd_loss"):
+            assert stream[f"stream_{name}"] == pytest.approx(metrics[f"eval_{name}"], rel=1e-4)
+        assert stream["stream_samples_per_second"] * stream["stream_runtime"] == pytest.approx(10, rel=0.05)
     # a signal that reached one rank stops both after the same step, with a checkpoint
     assert [(log["stopped_at"], log["stopped_step"]) for log in logs] == [(2, 2), (2, 2)]
     assert [log["stop_signum"] for log in logs] == [15, 15]

@@ -83,7 +83,7 @@ print(model.config.id2label[logits.argmax(-1).item()])
 _TIMING_SUFFIXES = ("_runtime", "_per_second", "_preparation_time")
 
 
-def _results_table(metrics: dict[str, float]) -> str:
+def _results_table(metrics: dict[str, float], relation_batches: dict[str, int]) -> str:
     metrics = {k: v for k, v in metrics.items() if not k.endswith(_TIMING_SUFFIXES)}
     if not metrics:
         return "No evaluation was run."
@@ -94,7 +94,22 @@ def _results_table(metrics: dict[str, float]) -> str:
                 "`eval_loss` is their sum.")
         if "eval_ce_loss" in metrics:
             note += " `eval_ce_loss` is plain cross-entropy, without label smoothing."
+        note += _relation_note(metrics, relation_batches)
     return "| metric | value |\n|---|---|\n" + rows + note
+
+
+def _relation_note(metrics: dict[str, float], relation_batches: dict[str, int]) -> str:
+    """Which reported terms compare a batch's images with each other, and over how many images:
+    their values change with the evaluation batch, so they compare only between equal batches."""
+    by_batch: dict[int, list[str]] = {}
+    for term, batch in relation_batches.items():
+        if f"eval_{term}_loss" in metrics:
+            by_batch.setdefault(batch, []).append(f"`eval_{term}_loss`")
+    if not by_batch:
+        return ""
+    parts = [f"{', '.join(names)} over {batch} images at once" for batch, names in sorted(by_batch.items())]
+    return (" Relational terms compare the images of an evaluation batch with each other, so their values "
+            f"depend on its size: {'; '.join(parts)}.")
 
 
 def _hub_dataset(dataset: str | None, facts: CardFacts) -> list[str] | None:
@@ -254,7 +269,7 @@ def write_model_card(
             recipe=(f"; the full recipe is in `{RECIPE_RECORD}` next to this card"
                     if os.path.exists(os.path.join(output_dir, RECIPE_RECORD)) else ""),
             evaluation=_evaluation_text(facts, metrics, distilled=bool(teacher_name)),
-            results=_results_table(metrics),
+            results=_results_table(metrics, facts.relation_batches),
             repo=repo_id or model_name,
             cka=_cka_section(output_dir),
         )

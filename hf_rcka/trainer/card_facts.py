@@ -23,6 +23,7 @@ from ..arguments import global_batch_size, recipe_defaults
 from ..augmentation import AugmentationArguments
 from ..data.datasets import VALIDATION_SPLIT_NAMES
 from ..losses import IGNORE_INDEX
+from ..losses.base import RelationalLoss
 from ..models.sources import parse_model_source
 
 RECIPE_RECORD = "distill_config.yaml"  # the command line's resolved recipe, next to the card
@@ -90,6 +91,8 @@ class CardFacts:
         student_settings: the student settings (``STUDENT_KEYS``) a baseline run must share.
         baseline_comparable: whether the baseline trained this student on these evaluation images;
             only then does the card state what distillation changed.
+        relation_batches: the images each relational term (one that compares a batch's images with
+            each other, whose value depends on the batch's size) was evaluated over at once.
     """
 
     base_model: str | None = None
@@ -113,6 +116,7 @@ class CardFacts:
     baseline_comparable: bool = False
     tags: list[str] = field(default_factory=list)
     language: str | list[str] | None = None
+    relation_batches: dict[str, int] = field(default_factory=dict)
 
 
 def base_model_of(model_name_or_path: str, from_scratch: bool) -> str | None:
@@ -354,6 +358,10 @@ def complete_card_facts(trainer: Any) -> CardFacts:
         device = next(model.student.parameters()).device
         batches = ({k: v.to(device) for k, v in batch.items()} for batch in loader)
         facts.teacher_accuracy = teacher_accuracy(model, batches)
+    args = trainer.args
+    facts.relation_batches = {term: args.per_device_eval_batch_size * (args.world_size if loss.gather else 1)
+                              for loss in model.losses.values() if isinstance(loss, RelationalLoss)
+                              for term in loss.term_weights}
     baseline_dir = getattr(trainer.args, "baseline_dir", None)
     if baseline_dir and facts.baseline_accuracy is None:
         # the batch trained with: auto_find_batch_size may have lowered it (the recorded header's too)

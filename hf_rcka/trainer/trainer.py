@@ -30,7 +30,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import EvalLoopOutput
+from transformers.trainer_utils import EvalLoopOutput, has_length
 
 from ..arguments import check_arguments, describe_batch
 from ..training_values import check_half_precision
@@ -420,7 +420,9 @@ class DistillationTrainer(CheckpointingTrainer):
         by its counted images, and ``{prefix}_loss`` is their sum, the mean total loss, in place
         of Trainer's mean of whole batches' losses. A relational term (RCKA's) is computed over
         the counted rows of its batch (of every process's batch with ``gather``), so without
-        ``gather`` a data-parallel evaluation reports what one process reports for the same batches;
+        ``gather`` a data-parallel evaluation reports what one process reports for the same batches
+        (but for a stream's last round, which accelerate's dispatcher splits evenly across processes:
+        its relations are over other groups of images than one process's short last batch);
         a relation over the samples leaves out a batch too small for it (a short last batch), where
         it is a constant, and is not reported when no batch was large enough.
         """
@@ -455,6 +457,9 @@ class DistillationTrainer(CheckpointingTrainer):
             output.metrics[f"{metric_key_prefix}_loss"] = sum(terms.values())
         if metric_key_prefix == "eval" and output.label_ids is not None:
             self.card_facts.unreadable_eval_images = _uncounted(output.label_ids)
+        if self.args.world_size > 1 and not has_length(dataloader.dataset):
+            # a stream's count was this process's alone, and the speed metrics divided by it
+            output = output._replace(num_samples=_gathered_count(output, output.num_samples))
         return output
 
     # ------------------------------------------------------------------ sampling
@@ -693,6 +698,15 @@ def _without_padding(labels: torch.Tensor, accelerator: Any) -> torch.Tensor:
     labels = labels.clone()
     labels[real:] = IGNORE_INDEX
     return labels
+
+
+def _gathered_count(output: EvalLoopOutput, default: int) -> int:
+    """How many images every process evaluated together: the gathered labels' (or predictions')
+    rows, which accelerate de-pads."""
+    rows = output.label_ids if output.label_ids is not None else output.predictions
+    while isinstance(rows, (tuple, list)) and rows:
+        rows = rows[0]
+    return len(rows) if rows is not None and hasattr(rows, "__len__") else default
 
 
 def _uncounted(label_ids: Any) -> int:
