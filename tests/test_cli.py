@@ -68,6 +68,10 @@ def test_output_dir_holds_a_plain_model_card_recipe_and_results(runs):
            "peak learning rate 0.002\n" in card
     assert "Each `eval_<term>_loss` is the term times its weight (the weights are listed above), and `eval_loss` " \
            "is their sum. `eval_ce_loss` is plain cross-entropy, without label smoothing." in card
+    # the teacher through the student's inputs (what distillation fed it), and as its own run evaluated it
+    own = json.loads((runs[1] / "all_results.json").read_text())["eval_accuracy"]
+    assert "| teacher | " in card and (f"| teacher, its own preprocessing | {100 * own:.1f}% | same images, as the "
+                                      "run that trained it evaluated it |") in card
     # relational terms change with the evaluation batch: the card says over how many images they were taken
     assert "depend on its size: `eval_rcka_intra_loss`, `eval_rcka_inter_loss`, `eval_feature_cka_loss` over 15 " \
            "images at once." in card

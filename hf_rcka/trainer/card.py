@@ -180,6 +180,9 @@ def _evaluation_text(facts: CardFacts, metrics: dict[str, float], distilled: boo
         rows.append(("this student (distilled)" if distilled else "this model", accuracy, ""))
     if distilled and facts.teacher_accuracy is not None:
         rows.append(("teacher", facts.teacher_accuracy, facts.teacher_accuracy_note))
+    if distilled and facts.teacher_own_accuracy is not None:
+        rows.append(("teacher, its own preprocessing", facts.teacher_own_accuracy,
+                     "same images, as the run that trained it evaluated it"))
     if facts.baseline_accuracy is not None:
         name = "the same student trained alone" if facts.baseline_comparable else "baseline run (not comparable)"
         rows.append((name, facts.baseline_accuracy, facts.baseline_note))

@@ -78,6 +78,8 @@ class CardFacts:
         teacher_accuracy: the teacher's top-1 on the student's evaluation images, as distillation
             feeds them to it: the student's preprocessing, re-normalised and resized for the
             teacher. Its own preprocessing (another resize filter, another crop) can score higher.
+        teacher_own_accuracy: the teacher's top-1 on the same images through its own preprocessing,
+            as the run that trained it recorded it (``read_teacher_run``); None when unknown.
         baseline_accuracy: top-1 of the same student trained alone (``baseline_dir``).
         eval_data: what the evaluation images are (dataset and split), without their count.
         eval_images: how many images the evaluation set holds.
@@ -100,6 +102,7 @@ class CardFacts:
     start_recorded: bool = False
     teacher_accuracy: float | None = None
     teacher_accuracy_note: str = "same images, through the student's preprocessing (what distillation feeds it)"
+    teacher_own_accuracy: float | None = None
     baseline_accuracy: float | None = None
     baseline_note: str = ""
     eval_data: str | None = None
@@ -223,8 +226,7 @@ def read_baseline(
         raise FileNotFoundError(f"{results_path} has no eval_accuracy: evaluate the baseline run")
     recipe = _recorded_recipe(baseline_dir)
     defaults = recipe_defaults()
-    same_images = bool(recipe) and all(_same_setting(recipe.get(k, defaults.get(k)), run_settings.get(k))
-                                       for k in SPLIT_KEYS)
+    same_images = _same_images(recipe, defaults, run_settings)
     other_student = [k for k in STUDENT_KEYS if student_settings is not None and recipe
                      and not _same_setting(recipe.get(k, defaults.get(k)), student_settings.get(k))]
     name = os.path.basename(os.path.abspath(baseline_dir))
@@ -236,6 +238,30 @@ def read_baseline(
         notes.append(f"trained otherwise ({'; '.join(other_training)})")
     comparable = same_images and not other_student and student_settings is not None and not other_training
     return float(accuracy), ", ".join(notes), comparable
+
+
+def read_teacher_run(teacher_dir: str | None, run_settings: dict[str, Any]) -> float | None:
+    """The teacher's top-1 through its own preprocessing, as its own run (a folder the command line
+    trained) recorded it, when that run evaluated the same images; else None.
+
+    The card's first teacher figure feeds it the student's inputs, as distillation does; another
+    resize filter or crop can cost a teacher points there, so its own figure is shown beside it.
+    """
+    if not teacher_dir or not os.path.isdir(teacher_dir):
+        return None
+    try:
+        with open(os.path.join(teacher_dir, "all_results.json"), encoding="utf-8") as handle:
+            accuracy = json.load(handle).get("eval_accuracy")
+    except (OSError, ValueError, AttributeError):
+        return None
+    recipe = _recorded_recipe(teacher_dir)
+    same = isinstance(accuracy, (int, float)) and _same_images(recipe, recipe_defaults(), run_settings)
+    return float(accuracy) if same else None
+
+
+def _same_images(recipe: dict[str, Any], defaults: dict[str, Any], run_settings: dict[str, Any]) -> bool:
+    """Whether a recorded recipe evaluated the images ``run_settings`` (``SPLIT_KEYS``) evaluate."""
+    return bool(recipe) and all(_same_setting(recipe.get(k, defaults.get(k)), run_settings.get(k)) for k in SPLIT_KEYS)
 
 
 def _differ(keys: list[str]) -> str:
@@ -358,6 +384,7 @@ def complete_card_facts(trainer: Any) -> CardFacts:
         device = next(model.student.parameters()).device
         batches = ({k: v.to(device) for k, v in batch.items()} for batch in loader)
         facts.teacher_accuracy = teacher_accuracy(model, batches)
+        facts.teacher_own_accuracy = read_teacher_run(trainer.teacher_name, facts.run_settings)
     args = trainer.args
     facts.relation_batches = {term: args.per_device_eval_batch_size * (args.world_size if loss.gather else 1)
                               for loss in model.losses.values() if isinstance(loss, RelationalLoss)
