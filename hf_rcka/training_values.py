@@ -81,6 +81,10 @@ FIXED_SETTINGS = {
                               "other than the float32 ones exported"),
     "fp16_full_eval": (False, "it casts the whole model, the losses' float32 parts included, and evaluates weights "
                               "other than the float32 ones exported"),
+    "use_liger_kernel": (False, "Liger kernels replace a language model's layers, and an image classifier has none: "
+                                "the run failed as training started"),
+    "neftune_noise_alpha": (None, "NEFTune adds noise to a language model's token embeddings, and an image "
+                                  "classifier has none: the run failed as training started"),
 }
 
 

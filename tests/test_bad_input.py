@@ -1102,12 +1102,31 @@ def test_images_directly_in_train_dir_next_to_class_folders(tmp_path, capsys):
 
 @pytest.mark.parametrize("setting", [{"label_names": ["label"]}, {"prediction_loss_only": True},
                                      {"eval_do_concat_batches": False}, {"batch_eval_metrics": True},
-                                     {"remove_unused_columns": True}, {"bf16_full_eval": True}])
+                                     {"remove_unused_columns": True}, {"bf16_full_eval": True},
+                                     {"use_liger_kernel": True}, {"neftune_noise_alpha": 5.0}])
 def test_trainer_settings_that_empty_or_break_the_evaluation(tmp_path, capsys, no_loading, setting):
     """Trainer accepts them; the run then reported no accuracy (exit 0) or failed after training."""
     (key, value), = setting.items()
     assert run(tmp_path, base(tmp_path, **setting)) == 2
     assert error_of(capsys).startswith(f"error: {key}: {value!r} is not supported (")
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"do_predict": True}, "do_predict: the command line trains and evaluates, and predicts no test split"),
+    ({"load_best_model_at_end": True, "save_strategy": "no"},
+     "load_best_model_at_end keeps the best of the evaluations during training, and eval_strategy is no"),
+    # transformers' own message, of three lines: one
+    ({"load_best_model_at_end": True}, "invalid DistillationTrainingArguments: --load_best_model_at_end requires the "
+                                       "save and eval strategy to match"),
+    ({"deepspeed": "ds.json"}, "invalid DistillationTrainingArguments: a setting needs a package that is not installed"),
+    ({"torch_compile": True, "torch_compile_backend": "inductr"}, "torch_compile_backend: unknown backend 'inductr': "
+                                                                   "did you mean"),
+])
+def test_work_transformers_accepts_and_the_run_would_skip_or_fail_on(tmp_path, capsys, no_loading, setting, message):
+    """do_predict predicted nothing and load_best_model_at_end exported the last step (exit 0 both); an
+    unknown compile backend was a traceback as the trainer was built, after the previous run was set aside."""
+    assert run(tmp_path, base(tmp_path, **setting)) == 2
+    assert error_of(capsys).startswith(f"error: {message}")
 
 
 def test_a_key_or_flag_given_twice(tmp_path, capsys, no_loading):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +17,7 @@ from hf_rcka.cli.output_folder import (
     REPLACED, UNFINISHED, check_output_dir, later_checkpoints, set_aside_abandoned_branch, set_aside_previous_run,
 )
 from hf_rcka.errors import RecipeError
+from hf_rcka.trainer.interrupt import Interrupted
 from hf_rcka.trainer.trainer import exported_metrics
 
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
@@ -384,6 +387,29 @@ def test_a_run_refused_on_its_models_leaves_the_folder_and_a_later_refusal_says_
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == (f"error: the teacher is near chance (simulated) (the run this one was to replace is in "
                     f"{out / REPLACED})")
+
+    # a signal there, or a failure inside transformers (a traceback), say it too
+    def signal_at_the_start_of_training(self):
+        raise Interrupted(signal.SIGINT)
+
+    def failure_at_the_start_of_training(self):
+        raise AttributeError("a model without input embeddings (simulated)")
+
+    for stopped in (signal_at_the_start_of_training, failure_at_the_start_of_training):
+        shutil.rmtree(out / REPLACED)
+        assert _run(tmp_path, max_steps=2) == 0
+        capsys.readouterr()
+        with monkeypatch.context() as patch:
+            patch.setattr(job.DistillationTrainer, "check_teacher", stopped)
+            if stopped is failure_at_the_start_of_training:
+                with pytest.raises(AttributeError) as raised:
+                    _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2)
+                assert raised.value.__notes__ == [f"the run this one was to replace is in {out / REPLACED}"]
+            else:
+                assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 130
+                line = capsys.readouterr().err.strip().splitlines()[-1]
+                assert line.startswith("interrupted by SIGINT") and line.endswith(
+                    f"(the run this one was to replace is in {out / REPLACED})")
 
 
 def test_a_training_run_ends_by_saying_where_its_model_is_and_how_to_load_it(tmp_path, capsys):

@@ -25,7 +25,7 @@ from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_class_count, check_trained_classes
 from ..distributed import from_rank0
-from ..errors import DataError, HubUploadError, RecipeError, UserError
+from ..errors import DataError, HubUploadError, RecipeError
 from ..file_writes import missing_folders
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
@@ -280,10 +280,10 @@ def _build_trainer(
 @contextlib.contextmanager
 def saying_where_it_went(moved: str | None) -> Iterator[None]:
     """A refusal after the previous run was set aside (the trainer's checks, the batch and teacher
-    checks at the start of ``train()``) says where that run is now."""
+    checks at the start of ``train()``), a signal or a failure says where that run is now."""
     try:
         yield
-    except UserError as err:
+    except BaseException as err:  # a refusal, a signal, or a failure inside transformers (a traceback)
         if moved:
             err.add_note(f"the run this one was to replace is in {moved}")
         raise

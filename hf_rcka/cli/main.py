@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(stopped.message(), file=sys.stderr, flush=True)
         return stopped.exit_code
     except Interrupted as interrupted:
-        print(_interrupted_message(signal.Signals(interrupted.signum).name, stop, argv),
+        notes = "".join(f" ({note})" for note in getattr(interrupted, "__notes__", ()))
+        print(_interrupted_message(signal.Signals(interrupted.signum).name, stop, argv) + notes,
               file=sys.stderr, flush=True)
         return 128 + interrupted.signum
     finally:

@@ -5,6 +5,7 @@ path) and the fix, raised in seconds instead of after the models and the dataset
 at the first step. This module holds the run-level ones (a run that would train nothing or
 evaluate random weights, a multi-process launch that would be N runs, ``report_to``
 integrations that are not installed, a ``metric_for_best_model`` the evaluation does not report,
+work transformers accepts and the run would skip,
 a mixing batch that mixes nothing) and calls those of their own modules: the output folder
 (:mod:`.output_folder`), the models (:mod:`.model_sources`), the image folders
 (:mod:`hf_rcka.data.image_folders`), ``fp16`` without a GPU (:mod:`hf_rcka.training_values`). A checkpoint to
@@ -50,6 +51,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
         check_output_dir_outside_data(args.output_dir, {key: getattr(data_args, key) for key in
                                                         ("train_dir", "validation_dir", "dataset_name")})
     check_report_to(args.report_to)
+    check_unsupported_work(args)
     check_schedule_and_optimizer(args)
     check_launch(args)
     check_half_precision(args)
@@ -111,6 +113,36 @@ def check_work(model_args: Any, args: Any) -> None:
                "give the trained run's folder: --model_name_or_path <its output_dir> --student_from_scratch false")
         raise RecipeError(f"do_train: false with student_from_scratch: true would evaluate random weights built from "
                           f"{name!r}'s config, not trained ones: {fix}")
+
+
+def check_unsupported_work(args: Any) -> None:
+    """Settings transformers accepts that this run would ignore, or fail on after loading.
+
+    ``do_predict`` predicted nothing and ended well (the command line trains and evaluates; test
+    splits are predicted from Python); ``load_best_model_at_end`` without evaluations during
+    training exported the last step's weights without a word; an unknown
+    ``torch_compile_backend`` was a traceback as the trainer was built, after the set-aside of the
+    run it was to replace.
+    """
+    if getattr(args, "do_predict", False):
+        raise RecipeError("do_predict: the command line trains and evaluates, and predicts no test split: drop "
+                          "do_predict (--do_train false evaluates a trained model), or predict from Python with "
+                          "DistillationTrainer.predict")
+    if args.load_best_model_at_end and _value(args.eval_strategy) == "no":
+        raise RecipeError("load_best_model_at_end keeps the best of the evaluations during training, and eval_strategy "
+                          "is no: set eval_strategy and save_strategy to steps or epoch, or drop load_best_model_at_end "
+                          "(the last step is exported)")
+    backend = getattr(args, "torch_compile_backend", None)
+    if backend:
+        from accelerate.utils import DynamoBackend
+
+        names = [b.value.lower() for b in DynamoBackend]
+        if str(backend).lower() not in names:
+            raise RecipeError(f"torch_compile_backend: unknown backend {backend!r}: {close_matches(str(backend), names)}")
+
+
+def _value(setting: Any) -> Any:
+    return getattr(setting, "value", setting)  # TrainingArguments holds enums
 
 
 def check_launch(args: Any) -> None:

@@ -240,9 +240,17 @@ def build_arguments(values: dict[str, Any]) -> Arguments:
             built.append(cls(**grouped[cls]))
         except RecipeError:
             raise
-        except (TypeError, ValueError) as err:
-            raise RecipeError(f"invalid {cls.__name__}: {err}") from None
+        except (TypeError, ValueError) as err:  # transformers' messages span lines: one line here
+            raise RecipeError(f"invalid {cls.__name__}: {'; '.join(_lines(err))}") from None
+        except ImportError as err:  # deepspeed without the package (PackageNotFoundError)
+            raise RecipeError(f"invalid {cls.__name__}: a setting needs a package that is not installed "
+                              f"({'; '.join(_lines(err))}): install it, or drop the setting") from None
     return tuple(built)  # type: ignore[return-value]
+
+
+def _lines(err: BaseException) -> list[str]:
+    lines = (line.strip() for line in str(err).splitlines())
+    return [line.removeprefix("- ") for line in lines if line.strip("- ")]  # bullets as items
 
 
 def parse_arguments(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> Arguments:
