@@ -477,7 +477,7 @@ def test_a_timm_student_checkpointing_its_stages_has_its_states_taken_by_timm_ag
     from hf_rcka.models.label_maps import LabelMaps
     from hf_rcka.models.timm_models import build_timm_classifier
 
-    results = []
+    results, statistics = [], []
     for checkpointing in (False, True):
         torch.manual_seed(0)
         student = build_timm_classifier("resnet10t", LabelMaps.default(3))
@@ -489,8 +489,13 @@ def test_a_timm_student_checkpointing_its_stages_has_its_states_taken_by_timm_ag
             assert model._captures["student"].hidden.mode == "timm"
         pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         results.append(_terms_and_grads(model, pixels, _batch()[1]))
+        statistics.append({k: v.clone() for k, v in student.state_dict().items() if "running" in k or "tracked" in k})
     (terms, grads), (checkpointed_terms, checkpointed_grads) = results
     torch.testing.assert_close(checkpointed_terms, terms)
+    # the recomputation inside the backward updated every BatchNorm's statistics a second time
+    assert statistics[1].keys() == statistics[0].keys() and any("num_batches_tracked" in k for k in statistics[0])
+    for key, value in statistics[0].items():
+        torch.testing.assert_close(statistics[1][key], value, msg=key)
     assert len(grads) == len(checkpointed_grads) > 0
     for got, expected in zip(checkpointed_grads, grads):
         torch.testing.assert_close(got, expected)

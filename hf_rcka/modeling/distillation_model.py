@@ -28,6 +28,7 @@ from ..features.hidden_states import describe_hidden_states, pooled_dim
 from ..features.pairing import FeaturePair
 from ..adapters.base import FeatureAdapter
 from .distilled_heads import DistilledHeads
+from .recomputed_norms import keep_statistics_in_recomputation
 from .feature_adapters import build_feature_adapters
 from ..models.timm_models import check_timm_args, saved_model_args
 from ..losses import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, reads_teacher_logits, weigh_terms
@@ -102,6 +103,7 @@ class DistillationModel(nn.Module):
         self.adapters = nn.ModuleList()
         self.left_out: frozenset[str] = frozenset()  # losses not computed (see leave_out_fresh_losses)
         self._student_only = False  # see without_teacher
+        self._norm_hooks: list = []  # see activation_checkpointing_enable
         if self.needs_features:  # may refuse the pairs: before the teacher is frozen and cast below
             self._build_adapters(feature_pairs, student_input)
         elif feature_pairs not in (None, "auto"):
@@ -252,8 +254,11 @@ class DistillationModel(nn.Module):
 
         Checkpointing changes the student's forward (timm's runs a stage's blocks, not the stage),
         so the way its hidden states are taken is chosen again, without preferring hooks: a hook
-        inside a reentrant checkpoint would see a state without gradient."""
+        inside a reentrant checkpoint would see a state without gradient. The recomputation inside
+        the backward leaves BatchNorm's running statistics alone (``recomputed_norms``)."""
         self.student.activation_checkpointing_enable(**kwargs)
+        if not self._norm_hooks:
+            self._norm_hooks = keep_statistics_in_recomputation(self.student)
         student = self._captures.get("student")
         if student is not None and student.hidden is not None:
             student.hidden.choose_again(self._probe_at(self._probe_size), prefer_hooks=False)
