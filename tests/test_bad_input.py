@@ -673,7 +673,7 @@ def test_resume_with_another_split_or_other_losses_is_refused(tmp_path, capsys):
         ({"image_size": 24}, "image_size 16 -> 24"),
         # the resumed epoch's order is drawn from them: another one skipped and repeated images
         ({"seed": 1}, "seed 42 -> 1"),
-        ({"aug_repeats": 2}, "aug_repeats 0 -> 2"),
+        ({"aug_repeats": 2, "no_aug": False}, "aug_repeats 0 -> 2"),
     ]:
         assert run(tmp_path, {**first, "max_steps": 3, **change}, *resume) == 2
         line = error_of(capsys)
@@ -1119,6 +1119,12 @@ def test_trainer_settings_that_empty_or_break_the_evaluation(tmp_path, capsys, n
     ({"load_best_model_at_end": True}, "invalid DistillationTrainingArguments: --load_best_model_at_end requires the "
                                        "save and eval strategy to match"),
     ({"deepspeed": "ds.json"}, "invalid DistillationTrainingArguments: a setting needs a package that is not installed"),
+    # identical copies of each image in the same batches, every step
+    ({"aug_repeats": 3}, "invalid DataArguments: aug_repeats 3 with no_aug: true: each image would come 3 times as "
+                         "identical pixels"),
+    # ce's own smoothing applied, and the card's baseline comparison read the other
+    ({"label_smoothing_factor": 0.1, "losses": [{"name": "ce", "label_smoothing": 0.2}]},
+     "label_smoothing_factor 0.1 and ce's label_smoothing 0.2 disagree (ce's would apply): give one of them"),
     ({"torch_compile": True, "torch_compile_backend": "inductr"}, "torch_compile_backend: unknown backend 'inductr': "
                                                                    "did you mean"),
 ])

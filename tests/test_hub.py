@@ -209,6 +209,19 @@ def test_a_baseline_is_compared_by_the_training_in_effect_not_by_its_spelling(tm
     assert compare(32, 1.25e-4) == ("run `alone`, same images, trained otherwise (a global batch of 32 images against "
                                     "this run's 64; a learning rate of 6.25e-05 against this run's 0.000125)")
     assert "trained otherwise (mixup differs)" in compare(64, 1.25e-4, mixup=0.8)
+    # an export chosen among evaluations on these images against the baseline's last step (+8.3 points
+    # claimed where the last steps differed by -13), and how often it chose
+    assert "trained otherwise (load_best_model_at_end, metric_for_best_model, eval_strategy, eval_steps differ)" in \
+        compare(64, 1.25e-4, load_best_model_at_end=True, metric_for_best_model="accuracy", eval_strategy="steps",
+                eval_steps=3)
+    # the smoothing in effect, however spelt: ce's own or label_smoothing_factor
+    recorded["label_smoothing_factor"] = 0.1
+    assert "trained otherwise (label smoothing differs)" in compare(
+        64, 1.25e-4, label_smoothing_factor=0.1, losses=[{"name": "ce", "label_smoothing": 0.0}, {"name": "kd"}])
+    assert "trained otherwise" not in compare(64, 1.25e-4, learning_rate=1.25e-4, losses=[
+        {"name": "ce", "label_smoothing": 0.1}, {"name": "kd"}])
+    assert "trained otherwise (adam_beta2 differs)" in compare(64, 1.25e-4, learning_rate=1.25e-4,
+                                                               label_smoothing_factor=0.1, adam_beta2=0.5)
 
 
 def test_a_baseline_that_spells_its_image_folder_otherwise_saw_the_same_images(tmp_path, monkeypatch):

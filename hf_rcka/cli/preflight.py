@@ -23,7 +23,7 @@ from ..errors import RecipeError
 from ..data.image_folders import check_data_dirs
 from ..data.sampler import check_repeats_unsplit
 from ..registry import close_matches
-from ..modeling.assembly import active_specs, build_losses, run_loss_specs, switched_off
+from ..modeling.assembly import active_specs, build_losses, check_label_smoothing, run_loss_specs, switched_off
 from ..modeling.parallel import check_fsdp_settings
 from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows, rows_per_process
 from ..trainer.metrics import check_metric_for_best_model
@@ -58,6 +58,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_fsdp_settings(args)
     check_losses_fit_models(model_args, args)
     specs = active_specs(run_loss_specs(args, bool(model_args.teacher_model_name_or_path)))
+    check_label_smoothing(specs, args.label_smoothing_factor)
     losses = {spec["name"]: loss for spec, loss in zip(specs, build_losses(specs))}
     if args.do_train:
         check_relation_rows(losses, args)

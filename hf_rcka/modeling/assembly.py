@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import torch
 from transformers import PreTrainedModel, TrainingArguments
 
+from ..errors import RecipeError
 from ..losses import DistillationLoss
 from ..registry import LOSSES
 from .distillation_model import DistillationModel
@@ -55,11 +56,22 @@ def build_losses(specs: Sequence[dict[str, Any]], label_smoothing: float = 0.0) 
     A loss that takes ``label_smoothing`` (``ce``) and whose spec leaves it unset gets the
     trainer's ``label_smoothing_factor``, as plain ``Trainer`` applies it to its own loss.
     """
+    check_label_smoothing(specs, label_smoothing)
     specs = [_with_label_smoothing(spec, label_smoothing) for spec in active_specs(specs)]
     if label_smoothing and not any("label_smoothing" in LOSSES.option_names(spec["name"]) for spec in specs):
         logger.warning("label_smoothing_factor %g has no effect: it smooths the task loss (ce), and this run trains "
                        "without one (losses %s)", label_smoothing, [spec["name"] for spec in specs])
     return [LOSSES.build(spec["name"], **{k: v for k, v in spec.items() if k != "name"}) for spec in specs]
+
+
+def check_label_smoothing(specs: Sequence[dict[str, Any]], label_smoothing: float) -> None:
+    """Refuse two values, a loss's own ``label_smoothing`` and another ``label_smoothing_factor``:
+    the loss's applied, and the other was recorded beside it as if it had."""
+    for spec in active_specs(specs):
+        own = spec.get("label_smoothing")
+        if own is not None and label_smoothing and float(own) != float(label_smoothing):
+            raise RecipeError(f"label_smoothing_factor {label_smoothing:g} and {spec['name']}'s label_smoothing "
+                              f"{own:g} disagree ({spec['name']}'s would apply): give one of them")
 
 
 def _with_label_smoothing(spec: dict[str, Any], label_smoothing: float) -> dict[str, Any]:

@@ -41,9 +41,14 @@ STUDENT_KEYS = ("model_name_or_path", "student_from_scratch", "student_config_ov
 # they were in effect (``TrainingRecord``), not as spelt (lr_base or learning_rate; processes x batch).
 TRAINING_KEYS = (
     "max_train_samples", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "weight_decay",
-    "optim", "optim_args", "max_grad_norm", "label_smoothing_factor", "model_ema", "model_ema_decay",
-    "model_ema_export", *(f.name for f in dataclasses.fields(AugmentationArguments)),
+    "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "model_ema",
+    "model_ema_decay", "model_ema_warmup", "model_ema_export",
+    # an export chosen among evaluations on these very images is another measurement than the last step's
+    "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
+    *(f.name for f in dataclasses.fields(AugmentationArguments)),
 )
+# How often a run chose among its evaluations: compared when either side kept its best checkpoint
+_SELECTION_KEYS = ("eval_strategy", "eval_steps")
 # AugmentationArguments that no_aug switches off (mixing and repeats are of the batch, and stay)
 _PER_IMAGE_AUGMENTATION = ("aa", "color_jitter", "hflip", "train_interpolation", "reprob", "remode", "recount")
 _RECORDED_BATCH = re.compile(rf"^# {BATCH_HEADER}(\d+) images", re.MULTILINE)
@@ -274,8 +279,13 @@ def _other_training(baseline_dir: str, recipe: dict, defaults: dict, own: Traini
     keys = []
     if recipe and own.recipe:
         plain = all(bool(side.get("no_aug", defaults.get("no_aug"))) for side in (recipe, own.recipe))
-        keys = [k for k in TRAINING_KEYS if not (plain and k in _PER_IMAGE_AUGMENTATION)
+        selecting = any(side.get("load_best_model_at_end", defaults.get("load_best_model_at_end"))
+                        for side in (recipe, own.recipe))
+        compared = (*TRAINING_KEYS, *(_SELECTION_KEYS if selecting else ()))
+        keys = [k for k in compared if not (plain and k in _PER_IMAGE_AUGMENTATION)
                 and not _same_setting(recipe.get(k, defaults.get(k)), own.recipe.get(k, defaults.get(k)))]
+        if not _same_setting(_task_smoothing(recipe, defaults), _task_smoothing(own.recipe, defaults)):
+            keys.append("label smoothing")
     other = [_differ(keys)] if keys else []
     batch = _recorded_batch(baseline_dir)
     if batch is not None and batch != own.global_batch:
@@ -290,6 +300,15 @@ def _other_training(baseline_dir: str, recipe: dict, defaults: dict, own: Traini
     if steps != own.steps:
         other.append(f"{steps if steps is not None else 'unrecorded'} optimizer steps against this run's {own.steps}")
     return other
+
+
+def _task_smoothing(recipe: dict[str, Any], defaults: dict[str, Any]) -> float:
+    """The label smoothing a recorded recipe's task loss trained with: ``ce``'s own, else the
+    ``label_smoothing_factor`` it takes (a recipe may spell either)."""
+    for spec in recipe.get("losses") or ():
+        if isinstance(spec, dict) and spec.get("name") == "ce" and spec.get("label_smoothing") is not None:
+            return float(spec["label_smoothing"])
+    return float(recipe.get("label_smoothing_factor", defaults.get("label_smoothing_factor")) or 0.0)
 
 
 def _recorded_recipe(run_dir: str) -> dict[str, Any]:
