@@ -17,17 +17,24 @@ two threads while other jobs ran). The distilled student's card gets a
 layer-by-layer CKA picture (teacher vs the student alone and vs the distilled student) unless
 ``--no-cka``.
 
-``--reuse`` keeps a step that finished in an earlier demo, only if its recipe, its command and the
-steps it learned from are unchanged: a retrained teacher retrains the distilled student. A step
-cut short (Ctrl-C, a failure) leaves nothing to reuse, so it runs again.
+``--reuse`` keeps a step that finished in an earlier demo, only if its recipe, its command, the
+steps it learned from, hf_rcka's source and the libraries' versions are unchanged: a retrained
+teacher retrains the distilled student. A step cut short (Ctrl-C, a failure) leaves nothing to
+reuse, so it runs again; the table marks the steps it reused.
+
+``OUTPUT_ROOT/demo_results.json`` holds the table's numbers with where and when they were made
+(commit, machine, date, library versions): the record a README cites.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -37,6 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path(__file__).resolve().parents[1] / "hf_rcka"  # the code every step runs
+LIBRARIES = ("torch", "torchvision", "transformers", "timm", "accelerate", "datasets")
 STEPS = {
     "teacher": "supervised-resnet10t-digits",
     "student alone": "supervised-vit_tiny-digits",
@@ -73,7 +82,7 @@ def train(step: str, output_root: Path, threads: int, extra: list[str] | None = 
     kept = _finished(output, record, fingerprint) if reuse else None
     if kept:
         print(f"  {step}: reusing {output}", flush=True)
-        return kept
+        return {**kept, "reused": True}
     output_root.mkdir(parents=True, exist_ok=True)
     record.unlink(missing_ok=True)  # until this run finishes, there is nothing to reuse
     log = output_root / f"{recipe}.log"
@@ -94,10 +103,58 @@ def train(step: str, output_root: Path, threads: int, extra: list[str] | None = 
 
 
 def _fingerprint(recipe: str, command: list[str], after: tuple[dict, ...]) -> str:
-    """What decides a step's result: its recipe's text, its command, the runs it learned from."""
+    """What decides a step's result: its recipe's text, its command, the runs it learned from, and
+    the code (``code_version``)."""
     text = (ROOT / "recipes" / f"{recipe}.yaml").read_text()
-    inputs = json.dumps({"recipe": text, "command": command[1:], "after": [a["run"] for a in after]})
+    inputs = json.dumps({"recipe": text, "command": command[1:], "after": [a["run"] for a in after],
+                         "code": code_version()})
     return hashlib.sha256(inputs.encode()).hexdigest()
+
+
+@functools.cache
+def code_version() -> str:
+    """hf_rcka's source files and the libraries' versions, hashed: an edit of the package (a default
+    that changes the evaluated images) or an upgrade kept every step's earlier result."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+    digest.update(json.dumps(_versions()).encode())
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def provenance() -> dict:
+    """Where and when the numbers were made: the commit (``+dirty`` with uncommitted changes to the
+    package, scripts or recipes), the machine, the date and the libraries."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=PACKAGE.parent, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--", "hf_rcka", "scripts", "recipes"):
+        commit += "+dirty"
+    return {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({_cpu_name()})",
+            "python": platform.python_version(), "libraries": _versions()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def _finished(output: Path, record: Path, fingerprint: str) -> dict | None:
@@ -152,7 +209,8 @@ def table(results: dict[str, dict]) -> str:
         gain = "" if step == "teacher" else f"{100 * (result['accuracy'] - alone):+.1f} points"
         if step == "student alone":
             gain = "(baseline)"
-        lines.append(f"| {step} | {100 * result['accuracy']:.1f}% | {gain} | {result['seconds']:.0f} s | "
+        took = f"{result['seconds']:.0f} s" + (" (reused)" if result.get("reused") else "")
+        lines.append(f"| {step} | {100 * result['accuracy']:.1f}% | {gain} | {took} | "
                      f"`{os.path.relpath(result['path'], Path.cwd())}` |")
     return "\n".join(lines)
 
@@ -187,12 +245,14 @@ def _demo(args: argparse.Namespace) -> None:
     results["distilled student"] = train("distilled student", args.output_root, 1, baseline, args.reuse,
                                          after=(results["teacher"], results["student alone"]))
     pictured = args.cka and cka_picture(args.output_root)
-    print(f"\n{table(results)}\n\nTotal {time.perf_counter() - start:.0f} s. The distilled student's model card "
+    total = time.perf_counter() - start
+    print(f"\n{table(results)}\n\nTotal {total:.0f} s. The distilled student's model card "
           f"(with the teacher, the baseline{' and the CKA picture' if pictured else ''}) is "
           f"{os.path.relpath(results['distilled student']['path'], Path.cwd())}/README.md.\n"
           "This is one seed, and one seed's accuracy moves by a point or two: benchmarks/quality_digits.py "
           "measures the gain over several seeds on held-out images (README.md, 'Does distillation help?').")
-    (args.output_root / "demo_results.json").write_text(json.dumps(results, indent=1))
+    record = {**provenance(), "total_seconds": total, "results": results}
+    (args.output_root / "demo_results.json").write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

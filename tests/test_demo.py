@@ -28,7 +28,11 @@ def demo(tmp_path, monkeypatch):
     module.outcome = {}  # recipe name -> "interrupted" / "failed" / "no eval"
     module.cka_failure = None
 
+    real_run = module.subprocess.run
+
     def fake_run(command, **kwargs):
+        if command[0] == "git":  # the record's commit
+            return real_run(command, **kwargs)
         if command[1].endswith("cka_report.py"):
             module.runs.append("cka_report")
             failed = module.cka_failure is not None
@@ -62,7 +66,26 @@ def test_reuse_keeps_finished_steps(demo, tmp_path):
     assert _main(demo, tmp_path, "--reuse") == 0
     assert demo.runs == []
     again = json.loads((tmp_path / "out" / "demo_results.json").read_text())
-    assert {s: r["accuracy"] for s, r in again.items()} == {s: r["accuracy"] for s, r in first.items()}
+    assert {s: r["accuracy"] for s, r in again["results"].items()} == \
+        {s: r["accuracy"] for s, r in first["results"].items()}
+    assert all(r.get("reused") for r in again["results"].values()) and not any(
+        r.get("reused") for r in first["results"].values())
+    # the record says what made the numbers
+    assert {"commit", "date", "machine", "libraries", "total_seconds"} <= again.keys()
+    assert again["libraries"]["torch"] and again["commit"]
+
+
+def test_an_edit_of_the_package_or_an_upgrade_retrains_every_step(demo, tmp_path, monkeypatch, capsys):
+    """It kept every step across a change of split_seed's default in hf_rcka, which changes the
+    evaluated images."""
+    assert _main(demo, tmp_path) == 0
+    demo.code_version.cache_clear()
+    monkeypatch.setattr(demo, "_versions", lambda: {"torch": "a later one"})
+    capsys.readouterr()
+    assert _main(demo, tmp_path, "--reuse") == 0
+    assert sorted(demo.runs) == sorted([TEACHER, ALONE, DISTILLED])
+    assert "(reused)" not in capsys.readouterr().out
+    demo.code_version.cache_clear()
 
 
 def test_a_changed_recipe_retrains_its_step_and_the_steps_that_learn_from_it(demo, tmp_path):
