@@ -80,6 +80,13 @@ def _with_interval(difference: dict) -> str:
     return f"{_points(difference['mean'])}{span}"
 
 
+def _overlap(report: dict) -> str:
+    shared = report.get("selection_overlap")
+    if shared is None:
+        return ""
+    return f"; {shared} of them are also among split_seed 42's, on which the settings were chosen"
+
+
 def render_markdown(report: dict) -> str:
     """One table per direction: mean, std, paired difference (points) with its 95% interval."""
     lines = []
@@ -89,7 +96,7 @@ def render_markdown(report: dict) -> str:
             f"seeds {', '.join(map(str, report['seeds']))} (n: how many of them each variant has run; "
             f"its mean and std are over those, its difference is paired over the seeds it shares with the "
             f"student alone), {report['validation_images']} validation images "
-            f"(split_seed {report.get('split_seed', 42)}, the same for every run).",
+            f"(split_seed {report.get('split_seed', 42)}, the same for every run{_overlap(report)}).",
             "",
             "| student loss | n | mean top-1 | std | vs student alone (points, 95% CI) | per seed | s/run |",
             "|---|---|---|---|---|---|---|",
