@@ -231,9 +231,15 @@ def student_run(out: Path, work: Path, name: str, direction: Direction, variant_
     distilled, this teacher run (``report_only``: never run, None if missing)."""
     variant = VARIANTS[variant_key]
     record = out / "runs" / name / variant_key / f"seed{seed}.json"
-    if report_only:
-        return json.loads(record.read_text()) if record.exists() else None
     teacher_run = _run_id(teacher_record) if teacher_record and variant.losses is not None else None
+    if report_only:
+        kept = json.loads(record.read_text()) if record.exists() else None
+        # None: records before the id; the first ids were the teacher's commit and date
+        earlier = f"{teacher_record.get('commit')} {teacher_record.get('date')}" if teacher_run else None
+        if kept is not None and kept.get("teacher_run") not in (None, teacher_run, earlier):
+            raise SystemExit(f"{record} was distilled from another teacher than {name}'s recorded one (retrained "
+                             "since): its accuracy would be reported beside the other teacher's; rerun it")
+        return kept
     overrides = {**_student_overrides(direction, variant), "seed": seed}
     if variant.losses is not None:
         overrides.update({"teacher_model_name_or_path": str(teacher), "losses": variant.losses})
