@@ -674,6 +674,9 @@ def test_resume_with_another_split_or_other_losses_is_refused(tmp_path, capsys):
         # the resumed epoch's order is drawn from them: another one skipped and repeated images
         ({"seed": 1}, "seed 42 -> 1"),
         ({"aug_repeats": 2, "no_aug": False}, "aug_repeats 0 -> 2"),
+        # another student: refused only as the checkpoint loaded, after the data and models had
+        ({"model_name_or_path": "config:regnet", "student_config_overrides": None},
+         "model_name_or_path 'config:resnet' -> 'config:regnet'"),
     ]:
         assert run(tmp_path, {**first, "max_steps": 3, **change}, *resume) == 2
         line = error_of(capsys)
@@ -1561,7 +1564,8 @@ def test_resume_recipe_check_lets_folders_move_and_fills_what_a_recipe_leaves_ou
     (tmp_path / "new_data").mkdir()
 
     def check(**changes):
-        values = {"teacher_model_name_or_path": str(tmp_path / "new_teacher"), "teacher_config_overrides": None,
+        values = {"model_name_or_path": "config:resnet", "student_from_scratch": False,
+                  "teacher_model_name_or_path": str(tmp_path / "new_teacher"), "teacher_config_overrides": None,
                   "teacher_label_mapping": "by_name", "image_size": 16, "student_config_overrides": None,
                   "dataset_name": str(tmp_path / "new_data"), "dataset_config_name": None,
                   "feature_pairs": validate_feature_pairs(pairs), "losses": [{"name": "ce"}, {"name": "feature_cka"}],

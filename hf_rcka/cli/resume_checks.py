@@ -83,7 +83,8 @@ def _check_torch_files(folder: str) -> None:
 
 
 def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any) -> None:
-    """A checkpoint resumes the run its folder recorded: the same losses (a loss's weight may
+    """A checkpoint resumes the run its folder recorded: the same student (its Hub, timm or
+    config id, and whether it started from scratch), the same losses (a loss's weight may
     change), loss options, feature pairs, teacher label mapping, dataset, image size, config
     overrides, training subset, seeds and repeats. Any other change went on training a run whose record and card then named only the
     new settings, as if they had trained it from the start (its held-out split is checked once the
@@ -95,7 +96,9 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
     if not recorded:
         return  # no record, or one this version cannot read: the loss state's own check stays
     changes = _loss_changes(recorded, model_args, args)
-    current = {"teacher_model_name_or_path": model_args.teacher_model_name_or_path,
+    current = {"model_name_or_path": model_args.model_name_or_path,
+               "student_from_scratch": model_args.student_from_scratch,
+               "teacher_model_name_or_path": model_args.teacher_model_name_or_path,
                "teacher_config_overrides": getattr(model_args, "teacher_config_overrides", None),
                "teacher_label_mapping": getattr(model_args, "teacher_label_mapping", None),
                "feature_pairs": getattr(args, "feature_pairs", None), "image_size": model_args.image_size,
@@ -107,8 +110,9 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
     unset = recipe_defaults()  # what the recorded recipe ran with where it leaves a setting out
     for key, now in current.items():
         before = recorded.get(key, unset.get(key))
-        if key in ("teacher_model_name_or_path", "dataset_name") and _may_have_moved(before, now):
-            continue
+        if key in ("model_name_or_path", "teacher_model_name_or_path", "dataset_name") and (
+                _may_have_moved(before, now) or before is None and key == "model_name_or_path"):
+            continue  # a folder may have moved (the student's weights are compared as the checkpoint loads)
         if key == "dataset_config_name" and _may_have_moved(recorded.get("dataset_name"), data_args.dataset_name):
             continue
         if key == "feature_pairs":
