@@ -211,6 +211,11 @@ def test_unknown_key_without_a_close_match_points_at_help(tmp_path, capsys, no_l
 def test_keys_that_are_no_setting_say_what_to_do_instead(tmp_path, capsys, no_loading):
     assert run(tmp_path, base(tmp_path, logging_dir=str(tmp_path / "tb"))) == 2
     assert "'logging_dir': transformers 5 removed it" in error_of(capsys)
+    assert run(tmp_path, base(tmp_path, evaluation_strategy="steps")) == 2
+    assert "'evaluation_strategy': removed from transformers' TrainingArguments: its name is eval_strategy" in \
+        error_of(capsys)
+    assert run(tmp_path, base(tmp_path, ddp_backend="nccl")) == 2  # no GPU here: "Default process group ..."
+    assert error_of(capsys).startswith("error: ddp_backend: nccl runs on CUDA GPUs, and this machine has none")
     # the close matches were label_names (itself refused) and num_train_epochs
     assert run(tmp_path, base(tmp_path, num_labels=3)) == 2
     assert "'num_labels': the run names and counts the student's classes from the dataset's labels" in error_of(capsys)

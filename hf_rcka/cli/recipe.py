@@ -217,6 +217,14 @@ _KEY_HINTS = {
     "logging_dir": "transformers 5 removed it: TensorBoard writes to output_dir/runs, or to the folder the "
                    "TENSORBOARD_LOGGING_DIR environment variable names",
     **dict.fromkeys(("num_labels", "num_classes", "id2label", "label2id"), _CLASSES_FROM_DATA),
+    # TrainingArguments fields of earlier transformers versions that this one no longer has
+    "evaluation_strategy": "removed from transformers' TrainingArguments: its name is eval_strategy",
+    "no_cuda": "removed from transformers' TrainingArguments: use_cpu: true",
+    "push_to_hub_token": "removed from transformers' TrainingArguments: hub_token (or hf auth login)",
+    "torchdynamo": "removed from transformers' TrainingArguments: torch_compile: true, with torch_compile_backend",
+    "save_safetensors": "removed from transformers' TrainingArguments: weights are always saved as safetensors",
+    **dict.fromkeys(("past_index", "jit_mode_eval", "use_ipex", "use_mps_device", "tpu_num_cores", "fp16_backend",
+                     "ray_scope", "use_legacy_prediction_loop"), "removed from transformers' TrainingArguments: drop it"),
 }
 
 
@@ -234,6 +242,7 @@ def build_arguments(values: dict[str, Any]) -> Arguments:
     grouped: dict[type, dict[str, Any]] = {cls: {} for cls in ARGUMENT_CLASSES}
     for key, value in values.items():
         grouped[table[key][0]][key] = value
+    _check_backend(values)
     built = []
     for cls in ARGUMENT_CLASSES:
         try:
@@ -246,6 +255,16 @@ def build_arguments(values: dict[str, Any]) -> Arguments:
             raise RecipeError(f"invalid {cls.__name__}: a setting needs a package that is not installed "
                               f"({'; '.join(_lines(err))}): install it, or drop the setting") from None
     return tuple(built)  # type: ignore[return-value]
+
+
+def _check_backend(values: dict[str, Any]) -> None:
+    """``ddp_backend: nccl`` without a CUDA device failed inside TrainingArguments with "Default
+    process group has not been initialized", which named neither the key nor the fix."""
+    import torch
+
+    if values.get("ddp_backend") == "nccl" and not torch.cuda.is_available():
+        raise RecipeError("ddp_backend: nccl runs on CUDA GPUs, and this machine has none: drop ddp_backend (gloo is "
+                          "the CPU default; a multi-process CPU launch also needs use_cpu: true)")
 
 
 def _lines(err: BaseException) -> list[str]:
