@@ -206,3 +206,22 @@ def test_prepared_data_goes_to_spawned_dataloader_workers(tmp_path):
     batch = next(iter(loader))
     assert batch["labels"].tolist() == [1, 0, 1, 0]
     assert batch["pixel_values"][:, 0, 0, 0].tolist() == [0, 60, 120, 180]
+
+
+@pytest.mark.parametrize("mode, key, pixels", [
+    ("L", 0, np.array([[0, 200]], dtype=np.uint8)),
+    ("RGB", (0, 0, 0), np.array([[[0, 0, 0], [200, 200, 200]]], dtype=np.uint8)),
+    ("I;16", 0, np.array([[0, 51400]], dtype=np.uint16)),
+])
+def test_a_png_colour_key_is_transparency_too(mode, key, pixels):
+    """optipng and oxipng store an RGBA image whose alpha is on/off as L or RGB plus a tRNS colour
+    key: its transparent pixels were decoded black, where the RGBA form of the same picture is white."""
+    import io
+
+    buffer = io.BytesIO()
+    image = Image.fromarray(pixels) if mode == "I;16" else Image.fromarray(pixels, mode=mode)
+    assert image.mode == mode
+    image.save(buffer, "PNG", transparency=key)
+    decoded = np.asarray(decode_image({"bytes": buffer.getvalue(), "path": None})).astype(int)
+    assert decoded[0, 0].tolist() == [WHITE] * 3, "the keyed colour is transparent: the background shows"
+    assert decoded[0, 1].tolist() == [200] * 3

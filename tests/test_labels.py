@@ -162,3 +162,34 @@ def test_a_training_class_without_validation_images_is_said_not_refused(caplog):
     assert "train_dir has classes validation_dir lacks: ['emu']. They are trained, and the evaluation" in caplog.text
     with pytest.raises(LabelError, match=r"validation_dir has classes train_dir lacks: \['eel'\]$|\['eel'\]\. "):
         check_split_classes(["cat", "dog"], ["cat", "dog", "eel"])
+
+
+def test_a_timm_checkpoint_s_class_names_follow_the_run_s(tmp_path):
+    """A loaded timm checkpoint's config keeps its label_names, which to_dict saved over id2label: a
+    student fine-tuned onto renamed or fewer classes was exported naming its old classes."""
+    from transformers import TimmWrapperConfig
+
+    from hf_rcka.models.label_maps import LabelMaps, set_labels
+
+    config = TimmWrapperConfig.from_dict({"architecture": "resnet10t", "num_classes": 4,
+                                          "label_names": ["red", "green", "blue", "yellow"]})
+    names = ["red", "green", "purple"]
+    set_labels(config, LabelMaps(dict(enumerate(names)), {n: i for i, n in enumerate(names)}))
+    config.save_pretrained(tmp_path)
+    assert TimmWrapperConfig.from_pretrained(tmp_path).id2label == dict(enumerate(names))
+
+
+def test_a_timm_hub_checkpoint_s_class_names_are_compared_with_the_data_s(monkeypatch):
+    """timm/<arch>.<tag> with its Hub weights kept its head row by row in the data's order: a
+    checkpoint of the same classes in another order scored 0.0, and its export misnamed them."""
+    from types import SimpleNamespace
+
+    import hf_rcka.models.hf_config as hf_config
+    from hf_rcka.cli.run_inputs import student_labels
+
+    monkeypatch.setattr(hf_config, "load_config", lambda name, trust_remote_code=False: SimpleNamespace(
+        id2label={0: "blue", 1: "red"}))
+    args = SimpleNamespace(model_name_or_path="timm/resnet10t.colours", student_from_scratch=False,
+                           trust_remote_code=False)
+    assert student_labels(args) == ["blue", "red"]
+    assert student_labels(SimpleNamespace(**{**vars(args), "student_from_scratch": True})) is None

@@ -129,6 +129,22 @@ def test_a_student_that_names_the_classes_otherwise_than_the_dataset_is_refused(
                             train_dataset=data.with_format("torch"), processing_class=processor(16))
 
 
+def test_numerals_that_a_model_lists_in_another_order_are_names(tmp_path):
+    """A model trained on class folders 0..10 lists them as text sorts them (0, 1, 10, 2...); data
+    cast to ClassLabel(num_classes=11) numbers them 0..10: the student was evaluated at 18% without a
+    word, and a teacher was paired by position."""
+    numerals = [str(i) for i in range(11)]
+    as_text = sorted(numerals)
+    data = pixel_dataset(22, num_labels=11).with_format(None).cast_column(
+        "labels", datasets.ClassLabel(num_classes=11)).with_format("torch")
+    with pytest.raises(LabelError, match="is not the dataset's class order"):
+        DistillationTrainer(model=named(tiny_vit(num_labels=11), as_text), args=make_args(tmp_path, losses=["ce"]),
+                            train_dataset=data, processing_class=processor(16))
+    teacher = named(tiny_resnet(num_labels=11), as_text)
+    build(make_args(tmp_path, losses=["ce", "kd"]), tiny_vit(num_labels=11), teacher, train_dataset=data)
+    assert [teacher.config.id2label[i] for i in range(11)] == numerals, "the teacher realigned by name"
+
+
 @pytest.mark.parametrize("setting", [{"bf16_full_eval": True}, {"prediction_loss_only": True},
                                      {"label_names": ["label"]}, {"batch_eval_metrics": True}])
 def test_plain_training_arguments_are_checked_too(tmp_path, setting):

@@ -40,7 +40,8 @@ def student_labels(model_args: ModelArguments) -> list[str] | None:
     from ..models.sources import parse_model_source
 
     name = model_args.model_name_or_path
-    if model_args.student_from_scratch or parse_model_source(name).kind != "pretrained":
+    # a timm/<arch> name without student_from_scratch is a Hub checkpoint with its own head and names
+    if model_args.student_from_scratch or parse_model_source(name).kind == "config":
         return None
     with model_error("model_name_or_path"):
         return model_label_names(load_config(name, model_args.trust_remote_code))

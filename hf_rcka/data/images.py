@@ -53,10 +53,17 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) ->
         DataError: a mode Pillow cannot convert to RGB.
     """
     mode = image.mode
+    key = image.info.get("transparency")
+    if key is not None and mode in ("1", "L", "RGB"):  # a PNG tRNS colour key: that colour is transparent
+        return _composite(image.convert("RGBA"), background)
     if mode == "RGB":
         return image
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
-        return Image.fromarray(_to_uint8(image), mode="L").convert("RGB")
+        gray = Image.fromarray(_to_uint8(image), mode="L")
+        if isinstance(key, int) and mode != "F":
+            alpha = np.where(np.asarray(image) == key, 0, 255).astype(np.uint8)
+            return _composite(Image.merge("LA", [gray, Image.fromarray(alpha, mode="L")]), background)
+        return gray.convert("RGB")
     if mode == "P":
         return to_rgb(image.convert("RGBA" if "transparency" in image.info else "RGB"), background)
     if mode in _ALPHA_MODES:

@@ -84,3 +84,5 @@ def set_labels(config: PreTrainedConfig, labels: LabelMaps | None) -> None:
     if labels is not None:
         config.id2label = dict(labels.id2label)
         config.label2id = dict(labels.label2id)
+        if hasattr(config, "label_names"):  # a loaded timm checkpoint's names: to_dict saves them over id2label
+            config.label_names = [labels.id2label[i] for i in range(labels.num_labels)]

@@ -89,7 +89,8 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
                 logger.warning("%s: its %s column is not read, so predict() reports predictions and no accuracy: "
                                "rename it 'labels' (dataset.rename_column) to score them", where, unread[0])
         for _, names in data_class_names((part,)):
-            if named and not numbered_only(names) and names != student_names:
+            if named and names != student_names and (not numbered_only(names)
+                                                     or sorted(names) == sorted(student_names)):
                 raise LabelError(f"{where} lists its classes as {names[:8]}, the student as {student_names[:8]}: "
                                  "its accuracy would compare other classes' ids. Cast its label column to the "
                                  "student's order (dataset.align_labels_with_mapping(model.config.label2id, 'labels'))")

@@ -108,6 +108,11 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
     _check_head_size(student, parts)
     if student_names is not None and numbered_only(student_names):
         student_names = None
+    # numerals (a ClassLabel cast from integers) are names too when the model lists the same numerals in
+    # another order (a run on class folders 0..10 sorts them as text: 0, 1, 10, 2...)
+    numbered = next((names for _, names in parts if numbered_only(names)), None)
+    if data_names is None and numbered and student_names and sorted(student_names) == sorted(numbered):
+        data_names = numbered
     if data_names and student_names and student_names != data_names:
         raise LabelError(
             f"the student's id2label {student_names[:8]} is not the dataset's class order {data_names[:8]}: its "
@@ -115,6 +120,8 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
             "id2label=dict(enumerate(names)), names = dataset.features['labels'].names")
     run_names = student_names or data_names
     teacher_names = model_class_names(teacher) if teacher is not None else None
+    if not run_names and numbered and teacher_names and sorted(teacher_names) == sorted(numbered):
+        run_names = numbered
     if loss_names is None:
         loss_names = [spec["name"] for spec in active_specs(run_loss_specs(args, has_teacher=True))]
     reads_logits = any(reads_teacher_logits(LOSSES.get(name)) for name in loss_names)
