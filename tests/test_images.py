@@ -49,6 +49,11 @@ def test_float_in_unit_range_and_outside_it():
     assert np.array_equal(rgb(Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))), grey(0, 128, 255))
     assert np.array_equal(rgb(Image.fromarray(np.array([[-1.0, 0.0, 3.0]], dtype=np.float32))), grey(0, 64, 255))
     assert np.array_equal(rgb(Image.fromarray(np.array([[np.nan, 1.0]], dtype=np.float32))), grey(0, 255))
+    # a resampled [0, 1] image overshoots a little, and 8-bit values may come as floats: neither is
+    # stretched to its own extremes (0.386 read 164 beside one pixel of -1e-6; 100 of [100, 200] read 0)
+    floats = np.array([[-1e-6, 0.386, 0.5, 1.0001]], dtype=np.float32)
+    assert np.array_equal(rgb(Image.fromarray(floats)), grey(0, 98, 128, 255))
+    assert np.array_equal(rgb(Image.fromarray(np.array([[100.0, 200.0]], dtype=np.float32))), grey(100, 200))
 
 
 def test_alpha_is_composited_over_the_background():

@@ -76,15 +76,22 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) ->
         raise DataError(f"cannot convert an image of PIL mode {mode!r} to RGB ({err}); convert the file first") from None
 
 
+_FLOAT_SLACK = 0.01  # how far float pixels may stray outside their range and still be read in it
+
+
 def _to_uint8(image: Image.Image) -> np.ndarray:
-    """One channel of 16-bit, 32-bit integer or float pixels scaled to 0..255."""
+    """One channel of 16-bit, 32-bit integer or float pixels scaled to 0..255: floats in [0, 1] or
+    in [0, 255] (each give or take ``_FLOAT_SLACK``) as such, other ranges stretched to their own
+    minimum and maximum."""
     values = np.asarray(image).astype(np.float64)
     values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and low >= 0 and high <= _UINT16_MAX):
         scaled = values / 257.0
-    elif image.mode == "F" and low >= 0 and high <= 1:
-        scaled = values * 255.0
+    elif image.mode == "F" and low >= -_FLOAT_SLACK and high <= 1 + _FLOAT_SLACK:
+        scaled = values * 255.0  # resampling overshoots [0, 1] a little: a per-image stretch changed every pixel
+    elif image.mode == "F" and low >= -_FLOAT_SLACK and high <= 255 + _FLOAT_SLACK:
+        scaled = values  # 8-bit values stored as floats
     elif high > low:
         scaled = (values - low) * (255.0 / (high - low))
     else:
