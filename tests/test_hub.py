@@ -110,7 +110,8 @@ def test_usage_snippet_runs_as_written(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["exif_rotated_jpeg", "transparent_png", "sixteen_bit_png", "unit_float_tiff",
-                                  "wide_float_tiff", "wide_int32_tiff"])
+                                  "wide_float_tiff", "wide_int32_tiff", "overshooting_float_tiff",
+                                  "eight_bit_float_tiff", "keyed_grey_png", "keyed_rgb_png", "keyed_sixteen_bit_png"])
 def test_usage_snippet_decodes_images_as_training_did(tmp_path, monkeypatch, kind):
     """Deployment must see what training saw: a phone photo stored sideways with an EXIF
     orientation is turned upright (as datasets decodes it), transparency is shown over white,
@@ -133,9 +134,18 @@ def test_usage_snippet_decodes_images_as_training_did(tmp_path, monkeypatch, kin
     elif kind == "sixteen_bit_png":  # Pillow's convert clipped it to white: chance accuracy when deployed
         Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(tmp_path / "image.png")  # mode I;16
         snippet = snippet.replace("image.jpg", "image.png")
+    elif kind.startswith("keyed"):  # a PNG colour key (tRNS): that value is transparent
+        grey = pixels[..., 0]
+        image = {"keyed_grey_png": Image.fromarray(grey), "keyed_rgb_png": Image.fromarray(pixels[..., :3]),
+                 "keyed_sixteen_bit_png": Image.fromarray(grey.astype(np.uint16) * 257)}[kind]
+        key = tuple(int(v) for v in pixels[0, 0, :3]) if kind == "keyed_rgb_png" else int(np.asarray(image)[0, 0])
+        image.save(tmp_path / "image.png", transparency=key)
+        snippet = snippet.replace("image.jpg", "image.png")
     elif kind.endswith("_tiff"):  # 32-bit float in [0, 1] (training scales it by 255; convert gave black), or wider
         values = {"unit_float_tiff": pixels[..., 0] / np.float32(255), "wide_float_tiff": pixels[..., 0] * 3.5 - 100.0,
-                  "wide_int32_tiff": pixels[..., 0].astype(np.int32) * 1000}[kind]
+                  "wide_int32_tiff": pixels[..., 0].astype(np.int32) * 1000,
+                  "overshooting_float_tiff": pixels[..., 0] / np.float32(255) * 1.005 - 0.002,
+                  "eight_bit_float_tiff": pixels[..., 0] * 0.9 + 10}[kind]
         Image.fromarray(values.astype(np.float32 if "float" in kind else np.int32)).save(tmp_path / "image.tiff")
         snippet = snippet.replace("image.jpg", "image.tiff")
     else:

@@ -64,15 +64,20 @@ model = AutoModelForImageClassification.from_pretrained("{repo}")
 # scaled to 8 bits (Pillow's convert clips them to white or black), transparency shown over white
 image = ImageOps.exif_transpose(Image.open("image.jpg"))
 if image.mode.startswith("I") or image.mode == "F":
-    values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    raw, key = np.asarray(image), image.info.get("transparency")
+    values = np.nan_to_num(raw.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     low, high = values.min(), values.max()
     if image.mode != "F" and 0 <= low and high <= 65535:  # 16-bit values
         values = values / 257
-    elif image.mode == "F" and 0 <= low and high <= 1:  # floats in [0, 1]
+    elif image.mode == "F" and -0.01 <= low and high <= 1.01:  # floats in [0, 1]
         values = values * 255
+    elif image.mode == "F" and -0.01 <= low and high <= 255.01:  # 8-bit values as floats
+        pass
     elif high > low:  # any other range is stretched to 0..255
         values = (values - low) * (255 / (high - low))
     image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    if isinstance(key, int) and not raw.dtype.kind == "f":  # a PNG colour key: those pixels are transparent
+        image.putalpha(Image.fromarray(np.where(raw == key, 0, 255).astype(np.uint8)))
 image = image.convert("RGBA")
 image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
 logits = model(**processor(images=image, return_tensors="pt")).logits
