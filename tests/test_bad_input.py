@@ -1457,6 +1457,27 @@ def test_a_split_whose_class_names_differ_by_case_or_order_is_matched_by_name(tm
     assert [feature.names[v] for v in raw["validation"]["label"][:4]] == ["cat", "dog", "cat", "dog"]
 
 
+def test_a_saved_dataset_s_cache_files_are_not_read_as_rows(tmp_path):
+    """A .map() of the loaded DatasetDict writes cache-*.arrow files into its saved folder, and the
+    run read them as more rows: 80 evaluation images for 40, without a word."""
+    import datasets
+    from PIL import Image
+
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data.datasets import load_raw_datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    split = {"image": [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(20)], "label": _cycle([0, 1], 20)}
+    folder = tmp_path / "data"
+    datasets.DatasetDict({name: datasets.Dataset.from_dict(split, features=features)
+                          for name in ("train", "validation")}).save_to_disk(str(folder))
+    datasets.load_from_disk(str(folder))["validation"].map(lambda row: row)  # its cache lands in the folder
+    assert list((folder / "validation").glob("cache-*.arrow"))
+    raw = load_raw_datasets(DataArguments(dataset_name=str(folder), label_column_name="label"))
+    assert (len(raw["train"]), len(raw["validation"])) == (20, 20)
+    assert raw["validation"].features["label"].names == ["cat", "dog"]
+
+
 def test_real_classes_that_look_odd_still_load(tmp_path):
     """Each was refused or crashed after the checks above first landed: a one-shot ClassLabel set
     (taken for ids), float16 labels (no floor kernel), save_to_disk names that differ only in case

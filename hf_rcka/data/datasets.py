@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -82,6 +83,10 @@ def _load_source(args: DataArguments) -> datasets.DatasetDict:
         saved = _one_saved_dataset(args.dataset_name, args.dataset_config_name)
         if saved is not None:
             return saved
+        listed = _saved_split_files(args.dataset_name)
+        if listed is not None:  # each split's files store its own class names: realigned as below
+            raw = datasets.load_dataset("arrow", data_files=listed)
+            return realign_stored_labels(raw, listed, args.label_column_name)
         builder = _builder(args.dataset_name, args.dataset_config_name)
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
         files = parquet_split_files(builder)
@@ -91,6 +96,30 @@ def _load_source(args: DataArguments) -> datasets.DatasetDict:
     if args.validation_dir:
         data_files["validation"] = f"{glob.escape(args.validation_dir)}/**"
     return datasets.load_dataset("imagefolder", data_files=data_files)
+
+
+def _saved_split_files(path: str) -> dict[str, list[str]] | None:
+    """The data files of a ``DatasetDict.save_to_disk`` folder, split by split, as each split's
+    ``state.json`` lists them; None for any other source.
+
+    ``load_dataset`` on the folder reads every ``.arrow`` file in it: the ``cache-*.arrow`` files
+    a ``.map()`` of the loaded dataset writes beside the data were read as more rows (80 evaluation
+    images for 40), or failed to cast.
+    """
+    index = os.path.join(path, "dataset_dict.json")
+    if not (os.path.isdir(path) and os.path.isfile(index)):
+        return None
+    try:
+        with open(index, encoding="utf-8") as handle:
+            splits = json.load(handle)["splits"]
+        listed = {}
+        for split in splits:
+            with open(os.path.join(path, split, "state.json"), encoding="utf-8") as handle:
+                state = json.load(handle)
+            listed[split] = [os.path.join(path, split, entry["filename"]) for entry in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not a layout this reads: load_dataset's own reading and errors
+    return listed
 
 
 def _one_saved_dataset(path: str, config: str | None) -> datasets.DatasetDict | None:
