@@ -363,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(report)
     print(markdown)
+    if args.report_only and args.seeds_given:  # a subset of the study's seeds: shown, never its record
+        print(f"(--seeds with --report-only: {args.out / 'quality_digits.json'} and the READMEs are left as they were)")
+        return 0
     save_plot(report, args.out / "quality_digits.png")
     (args.out / "quality_digits.json").write_text(json.dumps(report, indent=1))  # last: a failure keeps the old one
     print(f"JSON: {args.out / 'quality_digits.json'}\nplot: {args.out / 'quality_digits.png'}")
