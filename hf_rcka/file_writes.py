@@ -65,6 +65,22 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~_UMASK
 
 
+def as_umask_allows(folder: str | os.PathLike, pattern: str = "*.safetensors") -> None:
+    """Give ``folder``'s files matching ``pattern`` the permissions the umask gives new files.
+
+    transformers writes ``model.safetensors`` through a temporary file of mode 0600: in a shared
+    folder, a model others could not load. Files more open than the umask's are left alone.
+    """
+    wanted = 0o666 & ~_UMASK
+    for path in Path(folder).glob(pattern):
+        try:
+            mode = path.stat().st_mode & 0o777
+            if mode | wanted != mode:
+                os.chmod(path, mode | wanted)
+        except OSError:
+            continue  # a file it may not change is the file system's to say
+
+
 def missing_folders(path: str | os.PathLike) -> list[Path]:
     """The folders ``os.makedirs(path)`` would make, deepest first: a run refused or failed before
     it wrote anything removes them again (:func:`remove_empty`)."""

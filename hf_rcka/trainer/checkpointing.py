@@ -34,6 +34,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from ..arguments import global_batch_size
 from ..errors import ModelError, RecipeError
+from ..file_writes import as_umask_allows
 from ..models.timm_models import timm_native_state
 from .divergence import has_finite_weights
 from .hub_pushes import remove_earlier_model
@@ -138,6 +139,7 @@ class CheckpointingTrainer(Trainer):
         export_ema = self.model_ema is not None and self.args.model_ema_export
         with self.model_ema.swapped_in() if export_ema else contextlib.nullcontext():
             model.student.save_pretrained(output_dir, state_dict=timm_native_state(model.student, student_state))
+        as_umask_allows(output_dir)  # transformers wrote the weights readable by their owner alone
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
