@@ -2,6 +2,7 @@
 
 import gc
 import weakref
+from unittest import mock
 
 import pytest
 import torch
@@ -469,6 +470,34 @@ def test_a_stage_prepared_inside_a_checkpointed_region_trains_as_without_it(reen
     assert len(grads) == len(wrapped_grads) > 0
     for got, expected in zip(wrapped_grads, grads):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("architecture", ["resnet10t", "mobilenetv3_small_050"])
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointing_keeps_batchnorm_statistics_as_without_it(architecture, reentrant):
+    """The recomputation updated every BatchNorm's statistics a second time; and where a block ends in
+    a BatchNorm (MobileNet's), a non-reentrant checkpoint stops recomputing inside that call, so a
+    forward hook that restored the momentum never ran and the layer stayed at momentum 0 for good."""
+    from hf_rcka.models.label_maps import LabelMaps
+    from hf_rcka.models.timm_models import build_timm_classifier
+    from hf_rcka.modeling.recomputed_norms import keep_statistics_in_recomputation
+
+    buffers = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        student = build_timm_classifier(architecture, LabelMaps.default(3)).train()
+        if checkpointing:
+            student.timm_model.set_grad_checkpointing(True)
+            keep_statistics_in_recomputation(student)
+        for step in range(3):
+            pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(step))
+            with mock.patch("timm.models._manipulate.use_reentrant_ckpt", return_value=reentrant):
+                student(pixel_values=pixels).logits.sum().backward()
+        buffers.append({k: v.clone() for k, v in student.state_dict().items() if "running" in k or "tracked" in k})
+        assert all(m.momentum == 0.1 for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert buffers[0].keys() == buffers[1].keys() and buffers[0]
+    for key, value in buffers[0].items():
+        torch.testing.assert_close(buffers[1][key], value, msg=key)
 
 
 def test_a_timm_student_checkpointing_its_stages_has_its_states_taken_by_timm_again():

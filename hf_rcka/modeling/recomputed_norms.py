@@ -7,10 +7,15 @@ with the same batch: the momentum applied twice per step, and the exported model
 other statistics than the same training without checkpointing (one epoch of a small CNN on the
 digits: 55.6% top-1 against 66.3%, every weight equal). timm's ``train.py --grad-checkpointing``
 does the same. In the recomputation the layer still normalises with the batch's statistics, as in
-the first forward; the running values and the count stay as the first forward left them.
+the first forward (with a momentum of 0, so that the call saves the same tensors, as a checkpoint
+checks); the momentum and the count are put back when the backward ends, since a non-reentrant
+checkpoint stops recomputing inside the call that rebuilds its last saved tensor, where a forward
+hook would never run.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -19,12 +24,8 @@ from torch.utils.hooks import RemovableHandle
 
 def keep_statistics_in_recomputation(module: torch.nn.Module) -> list[RemovableHandle]:
     """Hook every BatchNorm of ``module`` that tracks running statistics; returns the hooks."""
-    handles = []
-    for norm in module.modules():
-        if isinstance(norm, _BatchNorm) and norm.track_running_stats:
-            handles.append(norm.register_forward_pre_hook(_pause_update))
-            handles.append(norm.register_forward_hook(_resume_update))
-    return handles
+    return [norm.register_forward_pre_hook(_pause_update) for norm in module.modules()
+            if isinstance(norm, _BatchNorm) and norm.track_running_stats]
 
 
 def in_backward() -> bool:
@@ -34,17 +35,19 @@ def in_backward() -> bool:
 
 
 def _pause_update(norm: _BatchNorm, args: tuple) -> None:
-    if norm.training and in_backward():
-        # The layer is called as in the first forward (a checkpoint checks that the same tensors are
-        # saved), with a momentum of 0: running * 1 + batch * 0 is the running value, exactly.
+    if not (norm.training and in_backward()):
+        return
+    if "_paused_momentum" not in norm.__dict__:
         norm._paused_momentum = (norm.momentum,)
         norm.momentum = 0.0
+        # restored when this backward ends: a non-reentrant checkpoint stops its recomputation as soon
+        # as the last saved tensor is rebuilt, possibly inside this very call, so no forward hook runs
+        torch.autograd.Variable._execution_engine.queue_callback(functools.partial(_resume_update, norm))
+    norm._recounted = norm.__dict__.get("_recounted", 0) + 1
 
 
-def _resume_update(norm: _BatchNorm, args: tuple, output: torch.Tensor) -> None:
-    paused = getattr(norm, "_paused_momentum", None)
-    if paused is not None:
-        norm.momentum = paused[0]
-        del norm._paused_momentum
-        if norm.num_batches_tracked is not None:
-            norm.num_batches_tracked.sub_(1)  # counted again by the recomputed call
+def _resume_update(norm: _BatchNorm) -> None:
+    norm.momentum = norm.__dict__.pop("_paused_momentum")[0]
+    recounted = norm.__dict__.pop("_recounted", 0)
+    if norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.sub_(recounted)  # counted again by the recomputed calls
