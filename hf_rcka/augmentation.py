@@ -87,11 +87,6 @@ class AugmentationArguments:
                     "geometric augmentations take nearest, bilinear or bicubic only (they failed at the first batch). "
                     "Use bicubic (DeiT's) or bilinear"
                 )
-        if self.no_aug and self.aug_repeats and not self.mixup_active:
-            raise AugmentationError(
-                f"aug_repeats {self.aug_repeats} with no_aug: true: each image would come {self.aug_repeats} times as "
-                "identical pixels (repeated augmentation counts on each copy's own augmentation), into the same "
-                "batches and relations: drop aug_repeats, or no_aug")
         if self.no_aug:
             ignored = [f.name for f in fields(AugmentationArguments)
                        if f.name in _PER_IMAGE_KEYS and getattr(self, f.name) != f.default]

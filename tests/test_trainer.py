@@ -170,12 +170,18 @@ def test_evaluation_counts_no_unreadable_image(tmp_path):
 
 
 def test_build_losses_gives_ce_the_trainer_label_smoothing_unless_the_recipe_sets_its_own():
+    from hf_rcka.errors import RecipeError
     from hf_rcka.modeling.assembly import build_losses
 
     ce, deit = build_losses([{"name": "ce"}, {"name": "deit_token", "weight": 0.5}], label_smoothing=0.1)
     assert ce.label_smoothing == 0.1 and deit.weight == 0.5 and not hasattr(deit, "label_smoothing")
-    (own,) = build_losses([{"name": "ce", "label_smoothing": 0.2}], label_smoothing=0.1)
+    (own,) = build_losses([{"name": "ce", "label_smoothing": 0.2}], label_smoothing=0.0)
     assert own.label_smoothing == 0.2
+    (same,) = build_losses([{"name": "ce", "label_smoothing": 0.1}], label_smoothing=0.1)
+    assert same.label_smoothing == 0.1
+    # two values: ce's applied, and the factor was recorded beside it as if it had
+    with pytest.raises(RecipeError, match="label_smoothing_factor 0.1 and ce's label_smoothing 0.2 disagree"):
+        build_losses([{"name": "ce", "label_smoothing": 0.2}], label_smoothing=0.1)
     (plain,) = build_losses([{"name": "ce"}], label_smoothing=0.0)
     assert plain.label_smoothing is None
 

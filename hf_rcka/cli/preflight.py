@@ -77,6 +77,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_student_config(model_args)
     check_data_dirs(data_args)
     check_mixing_batch(data_args, args)
+    check_identical_repeats(data_args, args)
     check_repeats_unsplit(getattr(data_args, "aug_repeats", 0), args)
     if args.push_to_hub and not args.do_train:
         logger.warning("push_to_hub: an evaluation-only run uploads nothing (its results are a local record); "
@@ -227,6 +228,22 @@ def check_schedule_and_optimizer(args: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------- data
+
+
+def check_identical_repeats(data_args: Any, args: Any) -> None:
+    """``aug_repeats`` with ``no_aug`` and nothing mixing the copies trained on identical pixels, each
+    image several times in the same batches and relations, without a word. Refused for a new run;
+    a resumed one (recorded so) is warned, since a resume may not change its repeats."""
+    repeats = getattr(data_args, "aug_repeats", 0)
+    mixing = getattr(data_args, "mixup_active", False) and getattr(data_args, "mixup_prob", 1.0) > 0
+    if not (args.do_train and repeats and getattr(data_args, "no_aug", False)) or mixing:
+        return
+    message = (f"aug_repeats {repeats} with no_aug: true: each image comes {repeats} times as identical pixels "
+               "(repeated augmentation counts on each copy's own augmentation), into the same batches and relations")
+    if args.resume_from_checkpoint:
+        logger.warning("%s; this resumed run keeps its recorded repeats", message)
+        return
+    raise RecipeError(f"{message}: drop aug_repeats, or no_aug")
 
 
 def check_mixing_batch(data_args: Any, args: Any) -> None:
