@@ -45,7 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_rcka"  # the code every step runs
-LIBRARIES = ("torch", "torchvision", "transformers", "timm", "accelerate", "datasets")
+LIBRARIES = ("torch", "torchvision", "transformers", "timm", "accelerate", "datasets", "pillow", "numpy", "scikit-learn")
 STEPS = {
     "teacher": "supervised-resnet10t-digits",
     "student alone": "supervised-vit_tiny-digits",

@@ -254,7 +254,7 @@ def test_a_first_checkpoint_push_removes_the_repository_s_earlier_card_and_resul
 
 
 def test_a_hub_that_cannot_list_the_repository_leaves_the_run_going(tmp_path, hub, monkeypatch, capsys):
-    hub.repo_files |= {"README.md"}
+    hub.repo_files |= {"README.md", "eval_results.json"}
     listed = hub.list_repo_files
     calls = []
 
@@ -267,7 +267,34 @@ def test_a_hub_that_cannot_list_the_repository_leaves_the_run_going(tmp_path, hu
     monkeypatch.setattr(hub, "list_repo_files", flaky)
     assert _run(tmp_path, save_strategy="steps", save_steps=1, hub_strategy="every_save") == 0
     assert "could not remove the earlier model's card and results" in capsys.readouterr().err
-    assert hub.deletions == [(2, ["README.md"])], "the second push tried again"
+    assert hub.deletions == [(2, ["README.md", "eval_results.json"])], "the second push tried again"
+
+
+def test_a_failed_removal_commit_is_said_and_tried_again(tmp_path, hub, monkeypatch, capsys):
+    """The removal's commit runs in the background: its failure was silent, and never tried again."""
+    hub.repo_files |= {"README.md", "model.safetensors"}
+    commit = hub.create_commit
+    calls = []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            failed = concurrent.futures.Future()
+            failed.set_exception(ConnectionError("reset by peer"))
+            return failed
+        return commit(*args, **kwargs)
+
+    monkeypatch.setattr(hub, "create_commit", fails_once)
+    assert _run(tmp_path, save_strategy="steps", save_steps=1, max_steps=3, hub_strategy="every_save") == 0
+    assert "could not remove the earlier model's card and results" in capsys.readouterr().err
+    assert len(calls) == 2 and hub.deletions == [(2, ["README.md"])]
+
+
+def test_a_repository_without_a_model_keeps_its_readme(tmp_path, hub):
+    """A README.md written by the repository's owner describes no other weights: not removed."""
+    hub.repo_files |= {"README.md", ".gitattributes"}
+    assert _run(tmp_path, save_strategy="steps", save_steps=1, hub_strategy="every_save") == 0
+    assert hub.deletions == []
 
 
 def test_an_evaluation_only_run_says_that_it_uploads_nothing(tmp_path, hub, capsys, monkeypatch):

@@ -37,7 +37,7 @@ from ..errors import ModelError, RecipeError
 from ..file_writes import as_umask_allows
 from ..models.timm_models import timm_native_state
 from .divergence import has_finite_weights
-from .hub_pushes import remove_earlier_model
+from .hub_pushes import remove_earlier_model, repository_files
 from .loss_record import check_loss_record, loss_settings, write_loss_record
 from .resume_match import (
     BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_restored_rates, check_resume_batch,
@@ -107,18 +107,27 @@ class CheckpointingTrainer(Trainer):
     # Private override. Trainer's checkpoint push uploads the folder's weights and deletes nothing: a
     # repository's earlier card and results described the new weights (hub_pushes says more).
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        listed = None
+        if not self._earlier_model_removed and self.is_world_process_zero() and self.args.hub_strategy != "end":
+            try:
+                listed = repository_files(self)
+            except Exception as err:  # the Hub's HTTP errors, httpx's, OSError: the next push tries again
+                self._removal_failed(err)
         super()._push_from_checkpoint(checkpoint_folder)
-        if self._earlier_model_removed or not self.is_world_process_zero() or self.args.hub_strategy == "end":
+        if listed is None:
             return
-        try:
-            job = remove_earlier_model(self)
-        except Exception as err:  # the Hub's HTTP errors, httpx's, OSError: the next push tries again
-            logger.warning("could not remove the earlier model's card and results from %s (%s): they stay beside "
-                           "this run's checkpoints until its final upload or its next push", self.hub_model_id, err)
-            return
+        job = remove_earlier_model(self, listed)
         self._earlier_model_removed = True
-        if job is not None and self.push_in_progress is not None:
-            self.push_in_progress.jobs.append(job)  # waited for with the checkpoint's upload
+        if job is not None:
+            # its commit runs in the background: a failure there is said, and the next push tries again
+            job.add_done_callback(lambda done: done.exception() is not None and self._removal_failed(done.exception()))
+            if self.push_in_progress is not None:
+                self.push_in_progress.jobs.append(job)  # waited for with the checkpoint's upload
+
+    def _removal_failed(self, err: BaseException) -> None:
+        self._earlier_model_removed = False
+        logger.warning("could not remove the earlier model's card and results from %s (%s): they stay beside this "
+                       "run's checkpoints until its final upload or its next push", self.hub_model_id, err)
 
     # Private override. Trainer._save writes Trainer.model's state dict; ours is the wrapper, so it
     # would store teacher + adapters in one model.safetensors without a config. save_model (public)

@@ -32,17 +32,28 @@ _EARLIER_MODEL = ("README.md", *PUBLISHED_RESULTS)
 
 
 def stale_files(repo_files: list[str], output_dir: str) -> list[str]:
-    """The repository's card and result files (top level only) that ``output_dir`` does not hold."""
+    """The repository's card and result files (top level only) that ``output_dir`` does not hold;
+    none when the repository holds no model (its README.md is then its owner's, not a model's card)."""
+    if not list(filter_repo_objects(repo_files, allow_patterns=list(PUBLISHED_RESULTS))):
+        return []
     return [name for name in filter_repo_objects(repo_files, allow_patterns=list(_EARLIER_MODEL))
             if not os.path.exists(os.path.join(output_dir, name))]
 
 
-def remove_earlier_model(trainer: Any) -> Future | None:
-    """Queue the removal of the repository's earlier card and results; ``None`` when nothing is
-    stale. Raises what the Hub client raises when the repository cannot be listed."""
+def repository_files(trainer: Any) -> list[str]:
+    """The repository's files as this push finds them, before its own upload (raises what the Hub
+    client raises when it cannot list them)."""
+    args = trainer.args
+    return transformers.trainer.hf_api().list_repo_files(trainer.hub_model_id, revision=args.hub_revision,
+                                                         token=args.hub_token)
+
+
+def remove_earlier_model(trainer: Any, repo_files: list[str]) -> Future | None:
+    """Queue the removal of the earlier card and results among ``repo_files`` (listed before this
+    push's upload, so that its own weights do not count as an earlier model); ``None`` when
+    nothing is stale."""
     api, args = transformers.trainer.hf_api(), trainer.args
-    stale = stale_files(api.list_repo_files(trainer.hub_model_id, revision=args.hub_revision, token=args.hub_token),
-                        args.output_dir)
+    stale = stale_files(repo_files, args.output_dir)
     if not stale:
         return None
     logger.info("removing the earlier model's %s from %s: they described other weights", ", ".join(stale),
