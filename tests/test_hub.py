@@ -224,6 +224,9 @@ def test_a_baseline_is_compared_by_the_training_in_effect_not_by_its_spelling(tm
     assert "trained otherwise (load_best_model_at_end, metric_for_best_model, eval_strategy, eval_steps differ)" in \
         compare(64, 1.25e-4, load_best_model_at_end=True, metric_for_best_model="accuracy", eval_strategy="steps",
                 eval_steps=3)
+    # settings without effect there: a metric without best-model loading, EMA settings without EMA
+    assert "trained otherwise" not in compare(64, 1.25e-4, metric_for_best_model="accuracy", greater_is_better=True,
+                                              model_ema_warmup=True, model_ema_decay=0.99)
     # the smoothing in effect, however spelt: ce's own or label_smoothing_factor
     recorded["label_smoothing_factor"] = 0.1
     assert "trained otherwise (label smoothing differs)" in compare(

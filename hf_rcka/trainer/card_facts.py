@@ -9,6 +9,7 @@ baseline's on the same images; and a reader must know which images those were.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -42,13 +43,14 @@ STUDENT_KEYS = ("model_name_or_path", "student_from_scratch", "student_config_ov
 TRAINING_KEYS = (
     "max_train_samples", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "weight_decay",
     "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "model_ema",
-    "model_ema_decay", "model_ema_warmup", "model_ema_export",
     # an export chosen among evaluations on these very images is another measurement than the last step's
-    "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
+    "load_best_model_at_end",
     *(f.name for f in dataclasses.fields(AugmentationArguments)),
 )
-# How often a run chose among its evaluations: compared when either side kept its best checkpoint
-_SELECTION_KEYS = ("eval_strategy", "eval_steps")
+# What and how often a run chose among its evaluations: compared when either side kept its best checkpoint
+_SELECTION_KEYS = ("metric_for_best_model", "greater_is_better", "eval_strategy")
+# The weight average's settings: compared when either side averaged
+_EMA_KEYS = ("model_ema_decay", "model_ema_warmup", "model_ema_export")
 # AugmentationArguments that no_aug switches off (mixing and repeats are of the batch, and stay)
 _PER_IMAGE_AUGMENTATION = ("aa", "color_jitter", "hflip", "train_interpolation", "reprob", "remode", "recount")
 _RECORDED_BATCH = re.compile(rf"^# {BATCH_HEADER}(\d+) images", re.MULTILINE)
@@ -279,11 +281,16 @@ def _other_training(baseline_dir: str, recipe: dict, defaults: dict, own: Traini
     keys = []
     if recipe and own.recipe:
         plain = all(bool(side.get("no_aug", defaults.get("no_aug"))) for side in (recipe, own.recipe))
-        selecting = any(side.get("load_best_model_at_end", defaults.get("load_best_model_at_end"))
-                        for side in (recipe, own.recipe))
-        compared = (*TRAINING_KEYS, *(_SELECTION_KEYS if selecting else ()))
+        sides = (recipe, own.recipe)
+        selecting, averaging = (any(side.get(key, defaults.get(key)) for side in sides)
+                                for key in ("load_best_model_at_end", "model_ema"))
+        compared = (*TRAINING_KEYS, *(_SELECTION_KEYS if selecting else ()), *(_EMA_KEYS if averaging else ()))
+        setting = functools.partial(_setting, defaults=defaults)
         keys = [k for k in compared if not (plain and k in _PER_IMAGE_AUGMENTATION)
-                and not _same_setting(recipe.get(k, defaults.get(k)), own.recipe.get(k, defaults.get(k)))]
+                and not _same_setting(setting(recipe, k), setting(own.recipe, k))]
+        if selecting and "steps" in {setting(side, "eval_strategy") for side in sides} \
+                and not _same_setting(setting(recipe, "eval_steps"), setting(own.recipe, "eval_steps")):
+            keys.append("eval_steps")
         if not _same_setting(_task_smoothing(recipe, defaults), _task_smoothing(own.recipe, defaults)):
             keys.append("label smoothing")
     other = [_differ(keys)] if keys else []
@@ -302,11 +309,21 @@ def _other_training(baseline_dir: str, recipe: dict, defaults: dict, own: Traini
     return other
 
 
+def _setting(recipe: dict[str, Any], key: str, defaults: dict[str, Any]) -> Any:
+    """A recorded recipe's setting as in effect: its default where unset; a best-model metric
+    without the ``eval_`` prefix, which transformers adds."""
+    value = recipe.get(key, defaults.get(key))
+    if key == "metric_for_best_model" and isinstance(value, str):
+        return value.removeprefix("eval_")
+    return value
+
+
 def _task_smoothing(recipe: dict[str, Any], defaults: dict[str, Any]) -> float:
     """The label smoothing a recorded recipe's task loss trained with: ``ce``'s own, else the
     ``label_smoothing_factor`` it takes (a recipe may spell either)."""
     for spec in recipe.get("losses") or ():
-        if isinstance(spec, dict) and spec.get("name") == "ce" and spec.get("label_smoothing") is not None:
+        if isinstance(spec, dict) and spec.get("name") == "ce" and spec.get("label_smoothing") is not None \
+                and spec.get("weight", 1.0) != 0:
             return float(spec["label_smoothing"])
     return float(recipe.get("label_smoothing_factor", defaults.get("label_smoothing_factor")) or 0.0)
 
