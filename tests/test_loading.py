@@ -462,6 +462,29 @@ def test_overrides_that_would_leave_pretrained_weights_random_are_errors(tmp_pat
     assert model.config.num_labels == 5  # a new head and a setting that adds no weights are fine
 
 
+def test_a_checkpoint_whose_weights_do_not_fit_its_model_class_is_an_error(tmp_path: Path) -> None:
+    """Weights saved under other names (a wrapper's 'model.' prefix) all started random, student and
+    teacher, and the run ended well at chance; a backbone alone may start a student's head, never a
+    teacher's."""
+    from safetensors.torch import load_file, save_file
+
+    renamed, backbone = tmp_path / "renamed", tmp_path / "backbone"
+    load_image_classifier("config:vit", num_labels=3, config_overrides=VIT).save_pretrained(renamed)
+    weights = load_file(renamed / "model.safetensors")
+    save_file({f"model.{k}": v for k, v in weights.items()}, renamed / "model.safetensors", metadata={"format": "pt"})
+    for labels in ({"num_labels": 3}, {}):
+        with pytest.raises(ValueError, match=r"checkpoint has no weights for .* of ViTForImageClassification: they "
+                                             "would start random"):
+            load_image_classifier(str(renamed), **labels)
+    load_image_classifier("config:vit", num_labels=3, config_overrides=VIT).save_pretrained(backbone)
+    weights = load_file(backbone / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("classifier.")}, backbone / "model.safetensors",
+              metadata={"format": "pt"})
+    assert load_image_classifier(str(backbone), num_labels=3).config.num_labels == 3  # a student's new head
+    with pytest.raises(ValueError, match=r"no weights for classifier\.bias, classifier\.weight"):
+        load_image_classifier(str(backbone))  # a teacher's: random logits
+
+
 def test_pickled_weights_only_are_refused_with_how_to_convert(tmp_path):
     """A Hub model with only pytorch_model.bin failed with transformers' 'no file named
     model.safetensors', which said neither why nor what to do (a local folder is refused in preflight)."""

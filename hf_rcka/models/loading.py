@@ -149,23 +149,31 @@ def _load_pretrained(
         raise
     if resize_head:
         _check_only_head_resized(name_or_path, info, old_num_labels, labels.num_labels)
-    if overrides:
-        _check_no_new_body_weights(name_or_path, model, info, overrides)
+    _check_no_new_weights(name_or_path, model, info, overrides, head_may_be_new=labels is not None)
     return model
 
 
-def _check_no_new_body_weights(name: str, model: PreTrainedModel, info: dict, overrides: dict) -> None:
-    """Overrides that add layers (``num_hidden_layers: 6`` on a 4-layer checkpoint) leave the new
-    weights random, and transformers only logs it; a head (a linear layer to the classes) may be new."""
+def _check_no_new_weights(name: str, model: PreTrainedModel, info: dict, overrides: dict,
+                          head_may_be_new: bool) -> None:
+    """Weights the checkpoint lacks start random, and transformers only logs it: overrides that add
+    layers (``num_hidden_layers: 6`` on a 4-layer checkpoint), a checkpoint of another class or
+    with other key names (every weight random, the run ending well at chance). Only a model trained
+    for the run's classes (the student) may start a new head, a linear layer to the classes (a
+    checkpoint of a backbone alone); a model used as it is (the teacher) may not."""
     heads = {f"{module_name}.{param}" for module_name, module in model.named_modules()
              if isinstance(module, torch.nn.Linear) and module.out_features == model.config.num_labels
-             for param in ("weight", "bias")}
+             for param in ("weight", "bias")} if head_may_be_new else set()
     new = sorted(key for key in info.get("missing_keys", ()) if key not in heads)
-    if new:
-        shown = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
+    if not new:
+        return
+    shown = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
+    if overrides:
         raise ValueError(f"config_overrides {sorted(overrides)} give {name!r} weights its checkpoint does not have "
                          f"({shown}): they would start random. Drop those overrides, or build the model from scratch "
                          "(student_from_scratch: true)")
+    raise ValueError(f"{name!r}'s checkpoint has no weights for {shown} of {type(model).__name__}: they would start "
+                     "random (a checkpoint of another model class, or whose weights are named otherwise). Give a "
+                     "checkpoint of this architecture saved with save_pretrained")
 
 
 def _check_only_head_resized(name: str, info: dict, old: int, new: int) -> None:
