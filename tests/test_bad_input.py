@@ -550,6 +550,14 @@ def test_teacher_folder_without_weights(tmp_path, capsys, no_loading):
            f"run code as it loads): convert it in a session that trusts the file, loading it with transformers' " \
            f"from_pretrained('{teacher}') and saving it with save_pretrained('{teacher}', safe_serialization=True)" \
            in error_of(capsys)
+    # a sharded save over an earlier single file: transformers loaded the stale single file
+    (teacher / "model.safetensors").write_bytes(b"")
+    os.utime(teacher / "model.safetensors", (1, 1))
+    (teacher / "model.safetensors.index.json").write_text("{}")
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
+    assert "holds both model.safetensors and model.safetensors.index.json (sharded weights), and transformers would " \
+           "load model.safetensors whichever is newer (here model.safetensors.index.json): remove the one an " \
+           "earlier save left (model.safetensors" in error_of(capsys)
 
 
 def test_output_dir_that_would_overwrite_the_teacher(tmp_path, capsys, no_loading):

@@ -126,7 +126,15 @@ def _check_weights(key: str, folder: str) -> None:
     """
     from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
-    if any(os.path.isfile(os.path.join(folder, name)) for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)):
+    single, index = (os.path.join(folder, name) for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME))
+    if os.path.isfile(single) and os.path.isfile(index):
+        # transformers loads the single file; save_pretrained writing shards leaves an older one in place
+        newer, older = sorted((single, index), key=os.path.getmtime, reverse=True)
+        raise ModelError(f"{key}: folder {folder!r} holds both {SAFE_WEIGHTS_NAME} and {SAFE_WEIGHTS_INDEX_NAME} "
+                         f"(sharded weights), and transformers would load {SAFE_WEIGHTS_NAME} whichever is newer (here "
+                         f"{os.path.basename(newer)}): remove the one an earlier save left ({os.path.basename(older)}, "
+                         "and its shards when it is the index)")
+    if os.path.isfile(single) or os.path.isfile(index):
         return
     pickled = [name for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME) if os.path.isfile(os.path.join(folder, name))]
     if pickled:
