@@ -214,6 +214,12 @@ def test_keys_that_are_no_setting_say_what_to_do_instead(tmp_path, capsys, no_lo
     assert run(tmp_path, base(tmp_path, evaluation_strategy="steps")) == 2
     assert "'evaluation_strategy': removed from transformers' TrainingArguments: its name is eval_strategy" in \
         error_of(capsys)
+    # it suggested hub_revision, the branch a run uploads to: following it loaded main without a word
+    assert run(tmp_path, base(tmp_path, model_revision="v1")) == 2
+    assert "'model_revision': hf_rcka loads a Hub model's main revision (hub_revision is the branch a run uploads " \
+           "to): to train from another, download that revision" in error_of(capsys)
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="acme/teacher@v1")) == 2
+    assert "A revision cannot follow the id: download that revision" in error_of(capsys)
     assert run(tmp_path, base(tmp_path, ddp_backend="nccl")) == 2  # no GPU here: "Default process group ..."
     assert error_of(capsys).startswith("error: ddp_backend: nccl runs on CUDA GPUs, and this machine has none")
     # the close matches were label_names (itself refused) and num_train_epochs

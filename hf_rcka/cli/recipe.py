@@ -22,6 +22,7 @@ import yaml
 from ..arguments import ARGUMENT_CLASSES, SECRET_KEYS, DataArguments, DistillationTrainingArguments, ModelArguments
 from ..errors import RecipeError
 from ..file_writes import replacing
+from ..models.sources import PIN_REVISION
 from ..registry import close_matches
 from ..trainer.resume_hint import entry_command
 from .coercion import coerce, coerce_feature_pairs, coerce_losses, is_text
@@ -217,6 +218,9 @@ _KEY_HINTS = {
     "logging_dir": "transformers 5 removed it: TensorBoard writes to output_dir/runs, or to the folder the "
                    "TENSORBOARD_LOGGING_DIR environment variable names",
     **dict.fromkeys(("num_labels", "num_classes", "id2label", "label2id"), _CLASSES_FROM_DATA),
+    **dict.fromkeys(("revision", "model_revision", "teacher_revision"),
+                    "hf_rcka loads a Hub model's main revision (hub_revision is the branch a run uploads to): "
+                    f"to train from another, {PIN_REVISION}"),
     # TrainingArguments fields of earlier transformers versions that this one no longer has
     "evaluation_strategy": "removed from transformers' TrainingArguments: its name is eval_strategy",
     "no_cuda": "removed from transformers' TrainingArguments: use_cpu: true",

@@ -64,9 +64,25 @@ def parse_model_source(name_or_path: str) -> ModelSource:
     except HFValidationError:
         raise FileNotFoundError(
             f"model {name_or_path!r}: no such local folder, and it is not a Hub id (owner/name). "
-            "Check the path, or use 'timm/<architecture>' or 'config:<model_type>'."
+            f"Check the path, or use 'timm/<architecture>' or 'config:<model_type>'{_spelling_hint(name_or_path)}."
         ) from None
     return ModelSource("pretrained", name_or_path)
+
+
+# How to load a Hub model at another revision than main, which hf_rcka loads
+PIN_REVISION = ("download that revision (hf download OWNER/NAME --revision REV --local-dir DIR) and give the "
+                "folder DIR")
+
+
+def _spelling_hint(name: str) -> str:
+    """What a Hub id spelt another library's way needs: timm's ``hf-hub:`` prefix, a revision, a subfolder."""
+    if name.startswith("hf-hub:"):
+        return f" (write {name[len('hf-hub:'):]!r}, without timm's hf-hub: prefix)"
+    if "@" in name:
+        return f". A revision cannot follow the id: {PIN_REVISION}"
+    if name.count("/") > 1:
+        return ". A subfolder of a Hub repository cannot be loaded: download the repository and give its subfolder"
+    return ""
 
 
 def _suffix(name: str, prefix: str, example: str) -> str:
