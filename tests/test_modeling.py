@@ -500,6 +500,31 @@ def test_checkpointing_keeps_batchnorm_statistics_as_without_it(architecture, re
         torch.testing.assert_close(buffers[1][key], value, msg=key)
 
 
+def test_a_backward_that_raised_leaves_no_batchnorm_paused():
+    """An error inside the recomputation (an out-of-memory error, which auto_find_batch_size retries)
+    skipped the callback that restores the momentum: the layer stayed at momentum 0 for good."""
+    from hf_rcka.modeling.recomputed_norms import keep_statistics_in_recomputation
+
+    norm = torch.nn.BatchNorm1d(4)
+    block = torch.nn.Sequential(torch.nn.Linear(4, 4), norm)
+    keep_statistics_in_recomputation(block)
+    fail = [True]
+
+    def run(x):
+        out = block(x)
+        if fail[0] and torch._C._current_graph_task_id() != -1:
+            raise RuntimeError("out of memory (simulated)")
+        return out
+
+    x = torch.randn(8, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="simulated"):
+        torch.utils.checkpoint.checkpoint(run, x, use_reentrant=True).sum().backward()
+    fail[0] = False
+    torch.utils.checkpoint.checkpoint(run, x, use_reentrant=True).sum().backward()
+    assert norm.momentum == 0.1 and int(norm.num_batches_tracked) == 2, "two forward passes, each counted once"
+    assert "_paused_momentum" not in norm.__dict__
+
+
 def test_a_timm_student_checkpointing_its_stages_has_its_states_taken_by_timm_again():
     """timm's checkpoint_seq runs a stage's blocks, never the stage: a hook on the stage would see
     nothing. Turning checkpointing on chooses the capture anew; the step trains as without it."""

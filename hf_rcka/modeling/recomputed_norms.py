@@ -35,10 +35,16 @@ def in_backward() -> bool:
 
 
 def _pause_update(norm: _BatchNorm, args: tuple) -> None:
-    if not (norm.training and in_backward()):
+    task = torch._C._current_graph_task_id()
+    paused = norm.__dict__.get("_paused_momentum")
+    if paused is not None and paused[1] != task:
+        # a backward that raised (an out-of-memory error auto_find_batch_size retries) never ran its
+        # callback: restore now, or the layer would stay at momentum 0
+        _resume_update(norm)
+    if not (norm.training and task != -1):
         return
     if "_paused_momentum" not in norm.__dict__:
-        norm._paused_momentum = (norm.momentum,)
+        norm._paused_momentum = (norm.momentum, task)
         norm.momentum = 0.0
         # restored when this backward ends: a non-reentrant checkpoint stops its recomputation as soon
         # as the last saved tensor is rebuilt, possibly inside this very call, so no forward hook runs
@@ -47,7 +53,10 @@ def _pause_update(norm: _BatchNorm, args: tuple) -> None:
 
 
 def _resume_update(norm: _BatchNorm) -> None:
-    norm.momentum = norm.__dict__.pop("_paused_momentum")[0]
+    paused = norm.__dict__.pop("_paused_momentum", None)
+    if paused is None:  # restored already (by the next call, after a backward that raised)
+        return
+    norm.momentum = paused[0]
     recounted = norm.__dict__.pop("_recounted", 0)
     if norm.num_batches_tracked is not None:
         norm.num_batches_tracked.sub_(recounted)  # counted again by the recomputed calls
