@@ -483,6 +483,20 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_model_class_is_an_error(tmp_p
     assert load_image_classifier(str(backbone), num_labels=3).config.num_labels == 3  # a student's new head
     with pytest.raises(ValueError, match=r"no weights for classifier\.bias, classifier\.weight"):
         load_image_classifier(str(backbone))  # a teacher's: random logits
+    # torch starts a missing BatchNorm step counter at 0 (older conversions lack them); a new
+    # normalisation layer starts as the identity: a student may begin from either
+    save_file({k: v for k, v in weights.items() if not k.startswith(("vit.layernorm.", "classifier."))},
+              backbone / "model.safetensors", metadata={"format": "pt"})
+    assert load_image_classifier(str(backbone), num_labels=3).config.num_labels == 3
+    with pytest.raises(ValueError, match=r"no weights for .*vit\.layernorm\.bias"):
+        load_image_classifier(str(backbone))
+    tiny_resnet = {"embedding_size": 8, "hidden_sizes": [8, 8, 8, 8], "depths": [1, 1, 1, 1]}
+    load_image_classifier("config:resnet", num_labels=3, config_overrides=tiny_resnet).save_pretrained(tmp_path / "r")
+    resnet = load_file(tmp_path / "r" / "model.safetensors")
+    assert any(k.endswith("num_batches_tracked") for k in resnet)
+    save_file({k: v for k, v in resnet.items() if not k.endswith("num_batches_tracked")},
+              tmp_path / "r" / "model.safetensors", metadata={"format": "pt"})
+    load_image_classifier(str(tmp_path / "r"))  # a teacher too
 
 
 def test_pickled_weights_only_are_refused_with_how_to_convert(tmp_path):

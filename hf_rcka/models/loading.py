@@ -159,11 +159,12 @@ def _check_no_new_weights(name: str, model: PreTrainedModel, info: dict, overrid
     layers (``num_hidden_layers: 6`` on a 4-layer checkpoint), a checkpoint of another class or
     with other key names (every weight random, the run ending well at chance). Only a model trained
     for the run's classes (the student) may start a new head, a linear layer to the classes (a
-    checkpoint of a backbone alone); a model used as it is (the teacher) may not."""
-    heads = {f"{module_name}.{param}" for module_name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) and module.out_features == model.config.num_labels
-             for param in ("weight", "bias")} if head_may_be_new else set()
-    new = sorted(key for key in info.get("missing_keys", ()) if key not in heads)
+    checkpoint of a backbone alone) and normalisation layers; a model used as it is (the teacher)
+    may not."""
+    allowed = _head_and_norm_weights(model) if head_may_be_new else set()
+    # a checkpoint without BatchNorm's step counters (older conversions): torch starts them at 0
+    new = sorted(key for key in info.get("missing_keys", ()) if key not in allowed
+                 and not key.endswith("num_batches_tracked"))
     if not new:
         return
     shown = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
@@ -174,6 +175,25 @@ def _check_no_new_weights(name: str, model: PreTrainedModel, info: dict, overrid
     raise ValueError(f"{name!r}'s checkpoint has no weights for {shown} of {type(model).__name__}: they would start "
                      "random (a checkpoint of another model class, or whose weights are named otherwise). Give a "
                      "checkpoint of this architecture saved with save_pretrained")
+
+
+def _head_and_norm_weights(model: PreTrainedModel) -> set[str]:
+    """What a student may start anew from a checkpoint of a backbone: its head (a linear or 1x1
+    convolution to the classes; timm's own classifier) and normalisation layers, which start as the
+    identity, not random (a masked-image-modelling checkpoint has no pooler norm)."""
+    num_labels = model.config.num_labels
+    timm_head = getattr(getattr(model, "timm_model", None), "get_classifier", lambda: None)()
+    names = set()
+    for module_name, module in model.named_modules():
+        head = (isinstance(module, torch.nn.Linear) and module.out_features == num_labels
+                or isinstance(module, torch.nn.Conv2d) and module.out_channels == num_labels
+                and module.kernel_size == (1, 1) or module is timm_head and timm_head is not None)
+        norm = isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase))
+        if head or norm:
+            prefix = f"{module_name}." if module_name else ""
+            names |= {prefix + name for name, _ in module.named_parameters(recurse=head)}
+            names |= {prefix + name for name, _ in module.named_buffers(recurse=head)}
+    return names
 
 
 def _check_only_head_resized(name: str, info: dict, old: int, new: int) -> None:
