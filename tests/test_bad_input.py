@@ -1144,6 +1144,7 @@ def test_trainer_settings_that_empty_or_break_the_evaluation(tmp_path, capsys, n
     # identical copies of each image in the same batches, every step
     ({"aug_repeats": 3}, "aug_repeats 3 with no_aug: true: each image comes 3 times as identical pixels"),
     ({"aug_repeats": 3, "mixup": 0.8, "mixup_prob": 0.0}, "aug_repeats 3 with no_aug: true"),  # mixup_prob 0 mixes none
+    ({"aug_repeats": 3, "resume_from_checkpoint": False}, "aug_repeats 3 with no_aug: true"),  # 'false' is no resume
     # ce's own smoothing applied, and the card's baseline comparison read the other
     ({"label_smoothing_factor": 0.1, "losses": [{"name": "ce", "label_smoothing": 0.2}]},
      "label_smoothing_factor 0.1 and ce's label_smoothing 0.2 disagree (ce's would apply): give one of them"),

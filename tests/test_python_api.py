@@ -129,6 +129,16 @@ def test_a_student_that_names_the_classes_otherwise_than_the_dataset_is_refused(
                             train_dataset=data.with_format("torch"), processing_class=processor(16))
 
 
+def test_repeats_of_identical_pixels_are_refused_from_python_too(tmp_path):
+    """aug_repeats with no_aug and no mixing trained identical copies in the same batches."""
+    from hf_rcka.augmentation import AugmentationArguments
+
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1), tiny_vit(),
+                    augmentation=AugmentationArguments(no_aug=True, aug_repeats=3))
+    with pytest.raises(RecipeError, match="aug_repeats 3 with no_aug: true: each image comes 3 times"):
+        trainer.train()
+
+
 def test_numerals_that_a_model_lists_in_another_order_are_names(tmp_path):
     """A model trained on class folders 0..10 lists them as text sorts them (0, 1, 10, 2...); data
     cast to ClassLabel(num_classes=11) numbers them 0..10: the student was evaluated at 18% without a

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import RecipeError
 from ..data.image_folders import check_data_dirs
-from ..data.sampler import check_repeats_unsplit
+from ..data.sampler import check_identical_repeats, check_repeats_unsplit
 from ..registry import close_matches
 from ..modeling.assembly import active_specs, build_losses, check_label_smoothing, run_loss_specs, switched_off
 from ..modeling.parallel import check_fsdp_settings
@@ -77,7 +77,8 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_student_config(model_args)
     check_data_dirs(data_args)
     check_mixing_batch(data_args, args)
-    check_identical_repeats(data_args, args)
+    if args.do_train:
+        check_identical_repeats(data_args, resuming=_resuming(args))
     check_repeats_unsplit(getattr(data_args, "aug_repeats", 0), args)
     if args.push_to_hub and not args.do_train:
         logger.warning("push_to_hub: an evaluation-only run uploads nothing (its results are a local record); "
@@ -141,6 +142,11 @@ def check_unsupported_work(args: Any) -> None:
         names = [b.value.lower() for b in DynamoBackend]
         if str(backend).lower() not in names:
             raise RecipeError(f"torch_compile_backend: unknown backend {backend!r}: {close_matches(str(backend), names)}")
+
+
+def _resuming(args: Any) -> bool:
+    """Whether ``resume_from_checkpoint`` names a checkpoint (a recipe's ``false`` arrives as text)."""
+    return str(args.resume_from_checkpoint or "").lower() not in ("", "false", "none")
 
 
 def _value(setting: Any) -> Any:
@@ -228,22 +234,6 @@ def check_schedule_and_optimizer(args: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------- data
-
-
-def check_identical_repeats(data_args: Any, args: Any) -> None:
-    """``aug_repeats`` with ``no_aug`` and nothing mixing the copies trained on identical pixels, each
-    image several times in the same batches and relations, without a word. Refused for a new run;
-    a resumed one (recorded so) is warned, since a resume may not change its repeats."""
-    repeats = getattr(data_args, "aug_repeats", 0)
-    mixing = getattr(data_args, "mixup_active", False) and getattr(data_args, "mixup_prob", 1.0) > 0
-    if not (args.do_train and repeats and getattr(data_args, "no_aug", False)) or mixing:
-        return
-    message = (f"aug_repeats {repeats} with no_aug: true: each image comes {repeats} times as identical pixels "
-               "(repeated augmentation counts on each copy's own augmentation), into the same batches and relations")
-    if args.resume_from_checkpoint:
-        logger.warning("%s; this resumed run keeps its recorded repeats", message)
-        return
-    raise RecipeError(f"{message}: drop aug_repeats, or no_aug")
 
 
 def check_mixing_batch(data_args: Any, args: Any) -> None:

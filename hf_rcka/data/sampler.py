@@ -10,6 +10,7 @@ DeiT's sampler; this module seeds it and keeps accelerate from sharding its outp
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -19,6 +20,8 @@ from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
 from ..errors import RecipeError
+
+logger = logging.getLogger(__name__)
 
 
 class RepeatedAugmentationSampler(RepeatAugSampler):
@@ -96,6 +99,26 @@ def check_repeats_unsplit(aug_repeats: int, args: Any) -> None:
                           "process whole batches of its own images, so they are not split, and each process would train "
                           "per_device_train_batch_size images, not its share. Drop split_batches (give the per-process "
                           "batch as per_device_train_batch_size), or aug_repeats")
+
+
+def check_identical_repeats(augmentation: Any, resuming: bool) -> None:
+    """``aug_repeats`` with ``no_aug`` and nothing mixing the copies trains on identical pixels, each
+    image several times in the same batches and relations. Refused for a new run; a resumed one
+    (recorded so, and a resume may not change its repeats) is warned.
+
+    Raises:
+        RecipeError: for a run that is not resumed.
+    """
+    repeats = getattr(augmentation, "aug_repeats", 0)
+    mixing = getattr(augmentation, "mixup_active", False) and getattr(augmentation, "mixup_prob", 1.0) > 0
+    if not (repeats and getattr(augmentation, "no_aug", False)) or mixing:
+        return
+    message = (f"aug_repeats {repeats} with no_aug: true: each image comes {repeats} times as identical pixels "
+               "(repeated augmentation counts on each copy's own augmentation), into the same batches and relations")
+    if resuming:
+        logger.warning("%s; this resumed run keeps its recorded repeats", message)
+        return
+    raise RecipeError(f"{message}: drop aug_repeats, or no_aug")
 
 
 def check_iterable_dispatch(args: Any, datasets: Any) -> None:

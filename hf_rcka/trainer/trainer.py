@@ -65,7 +65,8 @@ from ..modeling.parallel import (
     require_full_state_dict, share_running_stats,
 )
 from ..data.sampler import (
-    RepeatedAugmentationSampler, SamplerEpoch, check_iterable_dispatch, check_repeats_unsplit, keep_rank_sharding,
+    RepeatedAugmentationSampler, SamplerEpoch, check_identical_repeats, check_iterable_dispatch, check_repeats_unsplit,
+    keep_rank_sharding,
 )
 from ..modeling.teacher_inputs import InputStats, input_stats
 
@@ -548,6 +549,8 @@ class DistillationTrainer(CheckpointingTrainer):
         losses = self.distillation_model.losses
         check_relation_rows(losses, self.args)
         check_repeats_unsplit(self.augmentation.aug_repeats, self.args)
+        resuming = bool(kwargs.get("resume_from_checkpoint") or (args and args[0]))
+        check_identical_repeats(self.augmentation, resuming)
         check_iterable_dispatch(self.args, [self.train_dataset])  # each evaluation set: get_eval_dataloader
         if self.eval_dataset is not None and self.args.eval_strategy != "no":
             for evaluation in (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]):
