@@ -100,3 +100,32 @@ def test_hiera_capture_gives_channels_first_maps_of_its_reshaped_states():
     for i in (1, 2):
         torch.testing.assert_close(states[i], reshaped[i].permute(0, 3, 1, 2), rtol=0, atol=0)
     assert states[2].shape == (x.shape[0], 24, 4, 4)
+
+
+def test_a_state_an_inplace_op_finishes_is_hooked_after_it():
+    """BatchNorm's output, then an in-place ReLU: the hook on the BatchNorm read the state before the
+    ReLU (half of it negative), in training's preparation (pooling, the student's Gram), with no
+    error; timm's resnet stem and every stage of vgg_bn."""
+    from _models import timm_model
+
+    model = timm_model("resnet18")
+    x = pixels(32, 2)
+    capture = HiddenStateCapture(model, [0], x, prefer_hooks=True)
+    assert capture.mode == "hooks"
+    _, got = capture(x, prepare=lambda index, state: state.clone())
+    expected = hidden_states_of(forward_with_hidden_states(model, x))[0]
+    assert torch.equal(got[0], expected) and expected.min() >= 0
+
+
+def test_swinv2_hands_out_each_stage_end():
+    """Swinv2's states were each stage after the next one's patch merging: auto paired one stage too
+    shallow and never reached the deepest stage of blocks."""
+    from transformers import Swinv2Config, Swinv2ForImageClassification
+
+    config = Swinv2Config(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 2, 1], num_heads=[1, 1, 1, 1],
+                          window_size=2, num_labels=3)
+    model = Swinv2ForImageClassification(config).eval()
+    states = hidden_states_of(forward_with_hidden_states(model, pixels(64, 2)))
+    # the embeddings, then each stage as it ends: its own width and grid (merged: 16, 32, 64, 64 wide)
+    assert [tuple(state.shape[1:]) for state in states] == [(8, 16, 16), (8, 16, 16), (16, 8, 8), (32, 4, 4),
+                                                            (64, 2, 2)]

@@ -173,7 +173,7 @@ class HiddenStateCapture:
         among siblings the first to finish, which is the producer. Modules called more than once
         per forward are ignored (their hook could not tell the calls apart).
         """
-        calls: list[tuple[str, nn.Module, Tensor]] = []
+        calls: list[tuple[str, nn.Module, Tensor, int]] = []
         counts: dict[str, int] = {}
 
         def record(name: str):
@@ -181,7 +181,7 @@ class HiddenStateCapture:
                 counts[name] = counts.get(name, 0) + 1
                 tensor = _first_tensor(output)
                 if tensor is not None:
-                    calls.append((name, module, tensor))
+                    calls.append((name, module, tensor, tensor._version))
             return hook
 
         handles = [m.register_forward_hook(record(n)) for n, m in self.model.named_modules() if n]
@@ -193,7 +193,10 @@ class HiddenStateCapture:
         found = {}
         for index in self.indices:
             state = states[index]
-            names = [(n, m) for n, m, t in calls if counts[n] == 1 and _same_tensor(t, state)]
+            # a tensor changed in place after the module returned it (BatchNorm's output, then an
+            # inplace ReLU) is not yet the state when the hook sees it
+            names = [(n, m) for n, m, t, v in calls
+                     if counts[n] == 1 and _same_tensor(t, state) and t._version == v]
             outer = [(n, m) for n, m in names if not any(n.startswith(o + ".") for o, _ in names)]
             if not outer:
                 return None

@@ -50,12 +50,25 @@ def forward_with_hidden_states(model: nn.Module, pixel_values: Tensor) -> Any:
     is stage 1 merged down to stride 8, and the auto pairs came out one stage too shallow (Swin-T's
     6-block stage 3 never paired, where timm's Swin pairs stage by stage).
     ``output_hidden_states_before_downsampling`` gives the stage ends, as timm's stages are.
-    Swinv2 and FocalNet do not take it. Every full forward for hidden states goes through here, so
-    that probing, capture and the CKA report index the same states.
+    Swinv2's model does not pass it on, so it is set on its encoder's call; FocalNet's own path for
+    it fails in transformers, and FocalNet still hands out merged states. Every full forward for
+    hidden states goes through here, so that probing, capture and the CKA report index the same
+    states.
     """
-    swin = getattr(getattr(model, "config", None), "model_type", None) == "swin"
-    options = {"output_hidden_states_before_downsampling": True} if swin else {}
-    return model(pixel_values=pixel_values, output_hidden_states=True, **options)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    options = {"output_hidden_states_before_downsampling": True} if model_type == "swin" else {}
+    encoder = getattr(getattr(model, "swinv2", None), "encoder", None) if model_type == "swinv2" else None
+    if encoder is None:
+        return model(pixel_values=pixel_values, output_hidden_states=True, **options)
+
+    def stage_ends(_module, args, kwargs):  # Swinv2Model does not pass the option on: set it on its encoder
+        return args, {**kwargs, "output_hidden_states_before_downsampling": True}
+
+    handle = encoder.register_forward_pre_hook(stage_ends, with_kwargs=True)
+    try:
+        return model(pixel_values=pixel_values, output_hidden_states=True)
+    finally:
+        handle.remove()
 
 
 def hidden_states_of(outputs: Any) -> tuple[Tensor, ...]:
