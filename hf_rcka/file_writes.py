@@ -68,8 +68,9 @@ def _mode_for(path: Path) -> int:
 def as_umask_allows(folder: str | os.PathLike, pattern: str = "*.safetensors") -> None:
     """Give ``folder``'s files matching ``pattern`` the permissions the umask gives new files.
 
-    transformers writes ``model.safetensors`` through a temporary file of mode 0600: in a shared
-    folder, a model others could not load. Files more open than the umask's are left alone.
+    The safetensors library writes its files with mode 0600 (``model.safetensors``, the EMA and
+    distillation state): in a shared folder, a model others could not load or resume. Files more
+    open than the umask's are left alone.
     """
     wanted = 0o666 & ~_UMASK
     for path in Path(folder).glob(pattern):

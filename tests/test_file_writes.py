@@ -67,14 +67,18 @@ def test_the_card_and_the_recipe_are_written_through_it(tmp_path, monkeypatch):
 def test_the_exported_weights_are_as_readable_as_the_umask_makes_new_files(tmp_path):
     """transformers writes model.safetensors with mode 0600 (a temporary file renamed): others in a
     shared folder could not load the model that config.json beside it (0644) described."""
-    from conftest import pixel_dataset, processor, tiny_vit
+    from conftest import pixel_dataset, processor, tiny_resnet, tiny_vit
     from hf_rcka import DistillationTrainer, DistillationTrainingArguments
     from hf_rcka.file_writes import _UMASK
 
     args = DistillationTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True,
-                                         teacher_accuracy_check="off", losses=[{"name": "ce"}])
-    trainer = DistillationTrainer(model=tiny_vit(), args=args, train_dataset=pixel_dataset(10),
+                                         teacher_accuracy_check="off", losses=[{"name": "ce"}, {"name": "srd"}],
+                                         model_ema=True, max_steps=1, save_strategy="steps", save_steps=1)
+    trainer = DistillationTrainer(model=tiny_vit(), teacher=tiny_resnet(), args=args, train_dataset=pixel_dataset(10),
                                   processing_class=processor(16))
+    trainer.train()  # checkpoint-1: the distillation state and the EMA beside the weights
     trainer.save_model()
     mode = (tmp_path / "run" / "model.safetensors").stat().st_mode & 0o777
     assert mode == 0o666 & ~_UMASK == (tmp_path / "run" / "config.json").stat().st_mode & 0o777
+    written = list((tmp_path / "run").glob("checkpoint-*/*.safetensors"))
+    assert len(written) >= 2 and {p.stat().st_mode & 0o777 for p in written} == {0o666 & ~_UMASK}

@@ -148,7 +148,6 @@ class CheckpointingTrainer(Trainer):
         export_ema = self.model_ema is not None and self.args.model_ema_export
         with self.model_ema.swapped_in() if export_ema else contextlib.nullcontext():
             model.student.save_pretrained(output_dir, state_dict=timm_native_state(model.student, student_state))
-        as_umask_allows(output_dir)  # transformers wrote the weights readable by their owner alone
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
@@ -164,6 +163,7 @@ class CheckpointingTrainer(Trainer):
             if model.teacher is not None:
                 write_teacher_record(output_dir, self._teacher_record(model.teacher))
             write_loss_record(output_dir, loss_settings(self.args, model.teacher is not None))
+        as_umask_allows(output_dir)  # safetensors writes its files readable by their owner alone
 
     # Private override. On resume Trainer loads the checkpoint's model.safetensors into Trainer.model
     # by key, non-strictly: into our wrapper that restores nothing (the student's keys lack the
