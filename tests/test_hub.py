@@ -221,9 +221,17 @@ def test_a_baseline_is_compared_by_the_training_in_effect_not_by_its_spelling(tm
     assert "trained otherwise (mixup differs)" in compare(64, 1.25e-4, mixup=0.8)
     # an export chosen among evaluations on these images against the baseline's last step (+8.3 points
     # claimed where the last steps differed by -13), and how often it chose
-    assert "trained otherwise (load_best_model_at_end, metric_for_best_model, eval_strategy, eval_steps differ)" in \
+    assert "trained otherwise (load_best_model_at_end, metric_for_best_model, greater_is_better, eval_strategy, " \
+           "eval_steps differ)" in \
         compare(64, 1.25e-4, load_best_model_at_end=True, metric_for_best_model="accuracy", eval_strategy="steps",
                 eval_steps=3)
+    # the same selection spelt two ways (transformers' defaults: the loss, lower is better)
+    recorded.update(load_best_model_at_end=True, eval_strategy="epoch", metric_for_best_model="eval_loss",
+                    greater_is_better=False)
+    assert "trained otherwise" not in compare(64, 1.25e-4, learning_rate=1.25e-4, load_best_model_at_end=True,
+                                              eval_strategy="epoch")
+    for key in ("load_best_model_at_end", "eval_strategy", "metric_for_best_model", "greater_is_better"):
+        del recorded[key]
     # settings without effect there: a metric without best-model loading, EMA settings without EMA
     assert "trained otherwise" not in compare(64, 1.25e-4, metric_for_best_model="accuracy", greater_is_better=True,
                                               model_ema_warmup=True, model_ema_decay=0.99)

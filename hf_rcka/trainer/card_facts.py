@@ -310,11 +310,16 @@ def _other_training(baseline_dir: str, recipe: dict, defaults: dict, own: Traini
 
 
 def _setting(recipe: dict[str, Any], key: str, defaults: dict[str, Any]) -> Any:
-    """A recorded recipe's setting as in effect: its default where unset; a best-model metric
-    without the ``eval_`` prefix, which transformers adds."""
+    """A recorded recipe's setting as transformers puts it in effect: its default where unset; the
+    best-model metric ``loss`` when unset, without the ``eval_`` prefix transformers adds; its
+    direction from the metric when unset; ``eval_steps`` from ``logging_steps`` when unset."""
     value = recipe.get(key, defaults.get(key))
-    if key == "metric_for_best_model" and isinstance(value, str):
-        return value.removeprefix("eval_")
+    if key == "metric_for_best_model":
+        return str(value or "loss").removeprefix("eval_")
+    if key == "greater_is_better" and value is None:
+        return not _setting(recipe, "metric_for_best_model", defaults).endswith("loss")
+    if key == "eval_steps" and value is None:
+        return recipe.get("logging_steps", defaults.get("logging_steps"))
     return value
 
 
