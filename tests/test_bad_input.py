@@ -219,7 +219,8 @@ def test_keys_that_are_no_setting_say_what_to_do_instead(tmp_path, capsys, no_lo
     assert "'model_revision': hf_rcka loads a Hub model's main revision (hub_revision is the branch a run uploads " \
            "to): to train from another, download that revision" in error_of(capsys)
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="acme/teacher@v1")) == 2
-    assert "A revision cannot follow the id: download that revision" in error_of(capsys)
+    assert "If it names a Hub revision after '@': a revision cannot follow the id; download that revision" \
+        in error_of(capsys)
     assert run(tmp_path, base(tmp_path, ddp_backend="nccl")) == 2  # no GPU here: "Default process group ..."
     assert error_of(capsys).startswith("error: ddp_backend: nccl runs on CUDA GPUs, and this machine has none")
     # the close matches were label_names (itself refused) and num_train_epochs
@@ -561,9 +562,8 @@ def test_teacher_folder_without_weights(tmp_path, capsys, no_loading):
     os.utime(teacher / "model.safetensors", (1, 1))
     (teacher / "model.safetensors.index.json").write_text("{}")
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
-    assert "holds both model.safetensors and model.safetensors.index.json (sharded weights), and transformers would " \
-           "load model.safetensors whichever is newer (here model.safetensors.index.json): remove the one an " \
-           "earlier save left (model.safetensors" in error_of(capsys)
+    assert "holds model.safetensors.index.json (sharded weights) and an older model.safetensors, which transformers " \
+           "would load: remove model.safetensors, which an earlier save left" in error_of(capsys)
 
 
 def test_output_dir_that_would_overwrite_the_teacher(tmp_path, capsys, no_loading):

@@ -127,13 +127,11 @@ def _check_weights(key: str, folder: str) -> None:
     from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
     single, index = (os.path.join(folder, name) for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME))
-    if os.path.isfile(single) and os.path.isfile(index):
+    if os.path.isfile(single) and os.path.isfile(index) and os.path.getmtime(index) > os.path.getmtime(single):
         # transformers loads the single file; save_pretrained writing shards leaves an older one in place
-        newer, older = sorted((single, index), key=os.path.getmtime, reverse=True)
-        raise ModelError(f"{key}: folder {folder!r} holds both {SAFE_WEIGHTS_NAME} and {SAFE_WEIGHTS_INDEX_NAME} "
-                         f"(sharded weights), and transformers would load {SAFE_WEIGHTS_NAME} whichever is newer (here "
-                         f"{os.path.basename(newer)}): remove the one an earlier save left ({os.path.basename(older)}, "
-                         "and its shards when it is the index)")
+        raise ModelError(f"{key}: folder {folder!r} holds {SAFE_WEIGHTS_INDEX_NAME} (sharded weights) and an older "
+                         f"{SAFE_WEIGHTS_NAME}, which transformers would load: remove {SAFE_WEIGHTS_NAME}, which an "
+                         "earlier save left")
     if os.path.isfile(single) or os.path.isfile(index):
         return
     pickled = [name for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME) if os.path.isfile(os.path.join(folder, name))]

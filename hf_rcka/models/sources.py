@@ -75,13 +75,17 @@ PIN_REVISION = ("download that revision (hf download OWNER/NAME --revision REV -
 
 
 def _spelling_hint(name: str) -> str:
-    """What a Hub id spelt another library's way needs: timm's ``hf-hub:`` prefix, a revision, a subfolder."""
+    """What a Hub id spelt another library's way needs: timm's ``hf-hub:`` prefix, a revision, a
+    subfolder (not for what reads as a path: a mistyped folder is not a Hub repository)."""
     if name.startswith("hf-hub:"):
         return f" (write {name[len('hf-hub:'):]!r}, without timm's hf-hub: prefix)"
+    if name.startswith(("/", ".", "~")) or os.path.exists(name.split("/")[0]):
+        return ""
     if "@" in name:
-        return f". A revision cannot follow the id: {PIN_REVISION}"
+        return f". If it names a Hub revision after '@': a revision cannot follow the id; {PIN_REVISION}"
     if name.count("/") > 1:
-        return ". A subfolder of a Hub repository cannot be loaded: download the repository and give its subfolder"
+        return (". If it names a subfolder of a Hub repository: that cannot be loaded; download the repository and "
+                "give its subfolder")
     return ""
 
 
