@@ -566,6 +566,20 @@ def test_teacher_folder_without_weights(tmp_path, capsys, no_loading):
            "would load: remove model.safetensors, which an earlier save left" in error_of(capsys)
 
 
+def test_a_teacher_with_code_of_its_own_needs_trust_remote_code(tmp_path, capsys, no_loading):
+    """It was transformers' three-line error, after the data had loaded."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({"model_type": "acme-net", "auto_map": {
+        "AutoModelForImageClassification": "modeling_acme.AcmeForImageClassification"}}))
+    (teacher / "model.safetensors").write_bytes(b"")
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
+    assert error_of(capsys) == (f"error: teacher_model_name_or_path: '{teacher}' is a model of type 'acme-net' with "
+                                "code of its own (its config's auto_map), which transformers does not know: set "
+                                "trust_remote_code: true if you trust that repository's code (it runs as the model "
+                                "loads)")
+
+
 def test_output_dir_that_would_overwrite_the_teacher(tmp_path, capsys, no_loading):
     teacher = tmp_path / "teacher"
     teacher.mkdir()

@@ -96,6 +96,31 @@ def _local_config(name: str) -> dict | None:
         return json.load(handle)
 
 
+def check_remote_code(key: str, name: str, trust_remote_code: bool) -> None:
+    """A model whose config names code of its own (``auto_map``) for a type transformers does not
+    know loads only with ``trust_remote_code``: refused in one line before the data loads (it was
+    transformers' three-line error after). Read from the folder's or the Hub cache's config.json,
+    which ``check_model_source`` fetched."""
+    from huggingface_hub import try_to_load_from_cache
+    from transformers import CONFIG_MAPPING
+
+    if trust_remote_code:
+        return
+    path = os.path.join(name, "config.json") if os.path.isdir(name) else None
+    if path is None and "/" in name and not name.startswith(("config:", "timm/")):
+        cached = try_to_load_from_cache(name, "config.json")
+        path = cached if isinstance(cached, str) else None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, TypeError, ValueError):
+        return
+    if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+        raise ModelError(f"{key}: {name!r} is a model of type {config.get('model_type')!r} with code of its own (its "
+                         "config's auto_map), which transformers does not know: set trust_remote_code: true if you "
+                         "trust that repository's code (it runs as the model loads)")
+
+
 def check_model_source(key: str, name: str, needs_weights: bool = True) -> None:
     """A model name must be a local folder (with weights when they are used), a ``config:``/``timm/``
     name, or a reachable Hub id."""

@@ -28,7 +28,9 @@ from ..modeling.parallel import check_fsdp_settings
 from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows, rows_per_process
 from ..trainer.metrics import check_metric_for_best_model
 from ..training_values import check_half_precision
-from .model_sources import check_hub_access, check_losses_fit_models, check_model_source, check_student_config
+from .model_sources import (
+    check_hub_access, check_losses_fit_models, check_model_source, check_remote_code, check_student_config,
+)
 from .output_folder import check_output_dir_outside_data, check_output_dir_spares_inputs, check_output_dir_writable
 
 logger = logging.getLogger("hf_rcka")
@@ -70,6 +72,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
             needs_weights = not getattr(model_args, "smoke_test", False) and (
                 key == "teacher_model_name_or_path" or not model_args.student_from_scratch)
             check_model_source(key, getattr(model_args, key), needs_weights)
+            check_remote_code(key, getattr(model_args, key), model_args.trust_remote_code)
     teacher = model_args.teacher_model_name_or_path or ""
     if teacher.startswith("config:") and not getattr(model_args, "smoke_test", False):
         logger.warning("teacher_model_name_or_path %r is built from a config with random weights: it has nothing to "
