@@ -5,8 +5,10 @@ output folder's weights and config into the repository and delete nothing. Into 
 already held a model, the first push paired the new weights with the earlier model's card and
 results (its accuracy, its training) until the final upload replaced them, and for good when the
 run stopped before that. So a run's first checkpoint push is followed, in a commit of its own, by
-the removal of the earlier model's card and result files that the output folder does not hold.
-The final upload of ``scripts/distill.py`` deletes the same files when its folder lacks them.
+the removal of the earlier model's card and result files that the output folder does not hold
+(the repository is listed before the push's own upload; a README.md in a repository that holds no
+model is its owner's, and stays). The final upload of ``scripts/distill.py`` replaces the card and
+deletes the result files its folder lacks.
 """
 
 from __future__ import annotations
