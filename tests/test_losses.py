@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_rcka import LOSSES, LossInputs, functional
-from hf_rcka.losses import LossContext, weigh_terms
+from hf_rcka.losses import IGNORE_INDEX, LossContext, weigh_terms
 
 B, P, TOKENS, WIDTH, POOLED_S, POOLED_T = 5, 3, 17, 36, 36, 24
 MAP = (B, 4, 8, 12)
@@ -508,6 +508,34 @@ def test_deit_hard_mode_is_cross_entropy_to_the_teacher_argmax():
     # the CLS logits play no part in the distillation term
     other_cls = replace(inputs, student_logits=randn(B, P, seed=99))
     torch.testing.assert_close(total(build("deit_token", DOUBLE, mode="hard"), other_cls), want)
+
+
+def test_deit_hard_mode_gives_nan_for_a_teacher_row_that_is_not_finite():
+    """argmax made a NaN teacher row a class-0 target: a finite loss, where every loss reading the
+    teacher's values is NaN and the divergence check sees it (an fp16 teacher that overflowed)."""
+    inputs = deit_inputs(16)
+    broken = inputs.teacher_logits.clone()
+    broken[0] = float("nan")
+    assert torch.isnan(total(build("deit_token", mode="hard"), replace(inputs, teacher_logits=broken)))
+    assert torch.isfinite(total(build("deit_token", mode="hard"), inputs))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_batch_without_counted_rows_gives_no_value_and_no_error(name):
+    """A data-parallel evaluation's last batch can be padding alone on one process: every row
+    dropped by counted_rows. FitNets raised there (after hours of training); each term must give
+    a value the evaluation weighs by its 0 counted images."""
+    inputs = CASES[name].make_inputs(0)
+    labels = torch.full((inputs_batch(inputs),), IGNORE_INDEX)
+    empty = replace(inputs, labels=labels).counted_rows()
+    with torch.no_grad():
+        terms = build(name, DOUBLE)(empty)
+    assert terms and all(value.ndim == 0 for value in terms.values())
+
+
+def inputs_batch(inputs: LossInputs) -> int:
+    return next(v.shape[0] for v in (inputs.student_logits, inputs.student_pooled, inputs.distillation_logits,
+                                     *(inputs.student_features or ())) if v is not None)
 
 
 def test_deit_soft_mode_is_kd_on_the_distillation_head():

@@ -61,5 +61,9 @@ class DeiTTokenLoss(DistillationLoss):
                 f"the same label set?"
             )
         if self.mode == "hard":
-            return F.cross_entropy(functional.upcast(dist_logits), teacher_logits.argmax(dim=-1))
+            # argmax turns a teacher's NaN or inf row into a class: that row's loss is NaN instead,
+            # as every loss reading the teacher's values is, so that the divergence check sees it
+            per_image = F.cross_entropy(functional.upcast(dist_logits), teacher_logits.argmax(dim=-1), reduction="none")
+            broken = ~torch.isfinite(teacher_logits).all(dim=-1)
+            return torch.where(broken, per_image.new_tensor(float("nan")), per_image).mean()
         return functional.kd_loss(dist_logits, teacher_logits, self.temperature)
