@@ -490,6 +490,11 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_model_class_is_an_error(tmp_p
     assert load_image_classifier(str(backbone), num_labels=3).config.num_labels == 3
     with pytest.raises(ValueError, match=r"no weights for .*vit\.layernorm\.bias"):
         load_image_classifier(str(backbone))
+    # a norm inside a block is body: its learned gain would be lost
+    save_file({k: v for k, v in weights.items() if "layer.1.layernorm_before" not in k}, backbone / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"no weights for .*layernorm_before"):
+        load_image_classifier(str(backbone), num_labels=3)
     tiny_resnet = {"embedding_size": 8, "hidden_sizes": [8, 8, 8, 8], "depths": [1, 1, 1, 1]}
     load_image_classifier("config:resnet", num_labels=3, config_overrides=tiny_resnet).save_pretrained(tmp_path / "r")
     resnet = load_file(tmp_path / "r" / "model.safetensors")

@@ -65,5 +65,5 @@ class DeiTTokenLoss(DistillationLoss):
             # as every loss reading the teacher's values is, so that the divergence check sees it
             per_image = F.cross_entropy(functional.upcast(dist_logits), teacher_logits.argmax(dim=-1), reduction="none")
             broken = ~torch.isfinite(teacher_logits).all(dim=-1)
-            return torch.where(broken, per_image.new_tensor(float("nan")), per_image).mean()
+            return torch.where(broken, float("nan"), per_image).mean()  # a scalar: no host-to-device copy
         return functional.kd_loss(dist_logits, teacher_logits, self.temperature)

@@ -177,22 +177,31 @@ def _check_no_new_weights(name: str, model: PreTrainedModel, info: dict, overrid
                      "checkpoint of this architecture saved with save_pretrained")
 
 
+# The attributes transformers' image classifiers keep their heads in (DeiT's and LeViT's distillation heads too)
+_HEAD_ATTRIBUTES = ("classifier", "cls_classifier", "distillation_classifier", "head", "fc")
+
+
 def _head_and_norm_weights(model: PreTrainedModel) -> set[str]:
-    """What a student may start anew from a checkpoint of a backbone: its head (a linear or 1x1
-    convolution to the classes; timm's own classifier) and normalisation layers, which start as the
-    identity, not random (a masked-image-modelling checkpoint has no pooler norm)."""
-    num_labels = model.config.num_labels
-    timm_head = getattr(getattr(model, "timm_model", None), "get_classifier", lambda: None)()
+    """What a student may start anew from a checkpoint of a backbone: its heads (the model's own:
+    timm's ``get_classifier()``, transformers' classifier attributes) and the normalisation layers
+    outside its repeated blocks (a pooler's or final norm: a masked-image-modelling checkpoint has
+    none), which start as the identity. A norm inside a block (a path with a block number) is body.
+    """
+    heads = []
+    timm_model = getattr(model, "timm_model", None)
+    if timm_model is not None and hasattr(timm_model, "get_classifier"):
+        found = timm_model.get_classifier()
+        heads += list(found) if isinstance(found, (tuple, list)) else [found]
+    heads += [getattr(model, name) for name in _HEAD_ATTRIBUTES if isinstance(getattr(model, name, None), torch.nn.Module)]
+    head_ids = {id(head) for head in heads}
     names = set()
     for module_name, module in model.named_modules():
-        head = (isinstance(module, torch.nn.Linear) and module.out_features == num_labels
-                or isinstance(module, torch.nn.Conv2d) and module.out_channels == num_labels
-                and module.kernel_size == (1, 1) or module is timm_head and timm_head is not None)
+        in_block = any(part.isdigit() for part in module_name.split("."))
         norm = isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase))
-        if head or norm:
+        if id(module) in head_ids or norm and not in_block:
             prefix = f"{module_name}." if module_name else ""
-            names |= {prefix + name for name, _ in module.named_parameters(recurse=head)}
-            names |= {prefix + name for name, _ in module.named_buffers(recurse=head)}
+            names |= {prefix + name for name, _ in module.named_parameters()}
+            names |= {prefix + name for name, _ in module.named_buffers()}
     return names
 
 

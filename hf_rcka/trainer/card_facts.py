@@ -318,7 +318,7 @@ def _setting(recipe: dict[str, Any], key: str, defaults: dict[str, Any]) -> Any:
         return str(value or "loss").removeprefix("eval_")
     if key == "greater_is_better" and value is None:
         return not _setting(recipe, "metric_for_best_model", defaults).endswith("loss")
-    if key == "eval_steps" and value is None:
+    if key == "eval_steps" and not value:  # None or 0: transformers evaluates every logging_steps
         return recipe.get("logging_steps", defaults.get("logging_steps"))
     return value
 
