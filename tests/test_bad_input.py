@@ -1188,6 +1188,22 @@ def test_a_multi_process_launch_that_would_train_each_process_alone(tmp_path, ca
     assert "launched as 2 processes, but each would train alone" in error_of(capsys)
 
 
+def test_an_fsdp_launch_on_cpu_processes_is_refused(monkeypatch):
+    """accelerate shards on accelerators only: the FSDP config on CPU trained as plain DDP (exit 0) while
+    the run refused EMA as under FSDP and recorded an FSDP launch."""
+    from types import SimpleNamespace
+
+    from hf_rcka.cli.preflight import check_launch
+    from hf_rcka.errors import RecipeError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(RecipeError, match="an FSDP launch on CPU processes: accelerate shards models on accelerators"):
+        check_launch(SimpleNamespace(world_size=2, use_cpu=True, fsdp=""))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    check_launch(SimpleNamespace(world_size=2, use_cpu=True, fsdp=""))  # plain CPU data parallelism
+
+
 def test_runs_that_would_train_nothing_or_evaluate_random_weights(tmp_path, capsys, no_loading):
     """Both exited 0: 0 epochs saved the untrained model; an evaluation of a trained folder under a
     recipe's student_from_scratch: true evaluated a new random model built from its config."""

@@ -284,12 +284,16 @@ def test_the_record_holds_the_batch_trained_with_and_no_resume(tmp_path):
     from hf_rcka.cli.records import RecipeRecord
     from hf_rcka.trainer.card import training_text
 
-    _, _, args = parse_arguments({**BASE, "per_device_train_batch_size": 10})
+    _, _, args = parse_arguments({**BASE, "per_device_train_batch_size": 10, "auto_find_batch_size": True})
     path = tmp_path / "distill_config.yaml"
     record = RecipeRecord({**BASE, "per_device_train_batch_size": 10, "resume_from_checkpoint": "true"}, str(path))
     record.on_train_begin(args, TrainerState(train_batch_size=9), None)
     assert path.read_text().startswith("# Global batch: 9 images (1 process x 9 images) per optimizer step.\n")
     assert "resume_from_checkpoint" not in load_recipe(path)
+    # without auto_find_batch_size the state's batch is a resumed checkpoint's, which trained at another
+    _, _, resumed = parse_arguments({**BASE, "per_device_train_batch_size": 10})
+    record.on_train_begin(resumed, TrainerState(train_batch_size=5), None)
+    assert path.read_text().startswith("# Global batch: 10 images (1 process x 10 images) per optimizer step.\n")
     assert training_text(8, 2.0, "9 images", 0.01, exported_step=4) == (
         "8 optimizer steps (2 epochs), global batch 9 images, peak learning rate 0.01; the weights here are "
         "step 4's, the best evaluation")

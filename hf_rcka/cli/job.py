@@ -41,7 +41,7 @@ from ..modeling.assembly import build_distillation_model, run_loss_specs
 from ..trainer.trainer import DistillationTrainer
 from .final_evaluation import LastEvaluation, final_evaluation
 from .hub_contents import check_push_contents, unpublishable_entries, upload_filters
-from .preflight import check_recipe_metric, check_run
+from .preflight import check_launch, check_recipe_metric, check_run
 from .resume_checks import (
     check_checkpoint, check_resume_batch, check_resume_rate, check_resume_recipe, check_resume_split,
     warn_resume_schedule,
@@ -79,6 +79,7 @@ def run(
     args.do_train = explicit.get("do_train", RUN_DEFAULTS["do_train"])
     args.do_eval = explicit.get("do_eval", RUN_DEFAULTS["do_eval"])
     if args.do_train:
+        check_launch(args)  # before the folder lock: unjoined processes would race for it
         with _training_alone(args):
             resume = _check_before_loading(model_args, data_args, args, explicit)
             return _run(model_args, data_args, args, recipe, stop, argv, resume, args.output_dir)

@@ -52,13 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stopped.exit_code
     except Interrupted as interrupted:
         notes = "".join(f" ({note})" for note in getattr(interrupted, "__notes__", ()))
-        print(_interrupted_message(signal.Signals(interrupted.signum).name, stop, argv) + notes,
-              file=sys.stderr, flush=True)
+        if _main_process():  # every process stops; one says so
+            print(_interrupted_message(signal.Signals(interrupted.signum).name, stop, argv) + notes,
+                  file=sys.stderr, flush=True)
         return 128 + interrupted.signum
     finally:
         stop.uninstall()
         close_process_group()
     return 0
+
+
+def _main_process() -> bool:
+    """Whether this is a launch's process 0 (or no launch's)."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def console_main() -> None:

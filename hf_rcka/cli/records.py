@@ -129,8 +129,10 @@ class RecipeRecord(TrainerCallback):
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         # The launch is not a recipe value, and the same values under another number of processes
         # train with another global batch: the header says how to run them again as they ran
-        # (state's batch: auto_find_batch_size may have lowered it; each attempt records anew).
-        launch = (f"{BATCH_HEADER}{describe_batch(args, state.train_batch_size)} per optimizer step.\n"
+        # (state's batch: auto_find_batch_size may have lowered it; each attempt records anew. Else
+        # it is a resumed checkpoint's, which may have trained at another per-device batch.)
+        trained = state.train_batch_size if args.auto_find_batch_size else None
+        launch = (f"{BATCH_HEADER}{describe_batch(args, trained)} per optimizer step.\n"
                   f"To train it again (into a new folder): "
                   f"{launch_command(self.path, '--output_dir', '<new folder>')}")
         dump_recipe(self.recipe, self.path, comment=launch)

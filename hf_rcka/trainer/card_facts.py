@@ -434,7 +434,7 @@ def complete_card_facts(trainer: Any) -> CardFacts:
     if baseline_dir and facts.baseline_accuracy is None:
         # the batch trained with: auto_find_batch_size may have lowered it (the recorded header's too)
         own = TrainingRecord(_recorded_recipe(trainer.args.output_dir), trainer.state.global_step,
-                             global_batch_size(trainer.args, trainer.state.train_batch_size), trainer.args.learning_rate)
+                             global_batch_size(trainer.args, trainer._train_batch_size), trainer.args.learning_rate)
         facts.baseline_accuracy, facts.baseline_note, facts.baseline_comparable = read_baseline(
             baseline_dir, facts.run_settings, facts.student_settings or None, own)
     return facts
