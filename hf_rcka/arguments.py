@@ -209,7 +209,7 @@ class DistillationTrainingArguments(TrainingArguments):
         check_auto_pair_options(self.losses, self.feature_pairs)
         if not 0.0 <= self.model_ema_decay < 1.0:
             raise RecipeError(f"model_ema_decay must be in [0, 1), got {self.model_ema_decay}")
-        if self.model_ema and _fsdp_requested(self):
+        if self.model_ema and fsdp_requested(self):
             raise RecipeError(
                 "model_ema: true cannot run under FSDP (the average needs the whole student in every process, and "
                 "FSDP shards it): set model_ema: false, or launch with DDP (recipes/accelerate/ddp_8gpu_bf16.yaml)"
@@ -335,7 +335,7 @@ def _check_baseline_dir(folder: str) -> None:
                           "Give the run of the student alone (no teacher), or drop baseline_dir")
 
 
-def _fsdp_requested(args: TrainingArguments) -> bool:
+def fsdp_requested(args: TrainingArguments) -> bool:
     """FSDP asked for by the recipe (``fsdp``) or by ``accelerate launch`` with an FSDP config,
     read from the environment the way accelerate itself reads it."""
     from accelerate.utils import parse_flag_from_env

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..arguments import fsdp_requested
 from ..errors import RecipeError
 from ..data.image_folders import check_data_dirs
 from ..data.sampler import check_identical_repeats, check_repeats_unsplit
@@ -169,18 +170,12 @@ def check_launch(args: Any) -> None:
         raise RecipeError(f"launched as {launched} processes, but each would train alone on all the data and write "
                           "the same output_dir: on a machine without GPUs add --use_cpu true, so that they train "
                           "together")
-    if launched > 1 and _fsdp_launch(args) and (args.use_cpu or not _has_accelerator()):
+    if launched > 1 and fsdp_requested(args) and (args.use_cpu or not _has_accelerator()):
         # accelerate turns MULTI_CPU into FSDP nowhere: the run trained as plain DDP, treated as FSDP
         raise RecipeError("an FSDP launch on CPU processes: accelerate shards models on accelerators only, so this run "
                           "would train as plain data parallelism while its settings and records said FSDP. On CPUs "
                           "launch with recipes/accelerate/cpu_2proc.yaml (or accelerate launch --multi_gpu "
                           "--num_processes N ... --use_cpu true)")
-
-
-def _fsdp_launch(args: Any) -> bool:
-    from accelerate.utils import parse_flag_from_env
-
-    return bool(args.fsdp) or parse_flag_from_env("ACCELERATE_USE_FSDP")
 
 
 def _has_accelerator() -> bool:
