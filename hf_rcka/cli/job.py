@@ -78,8 +78,8 @@ def run(
     explicit = recipe if recipe is not None else {}
     args.do_train = explicit.get("do_train", RUN_DEFAULTS["do_train"])
     args.do_eval = explicit.get("do_eval", RUN_DEFAULTS["do_eval"])
+    check_launch(args)  # before the folder lock: unjoined processes would race for it
     if args.do_train:
-        check_launch(args)  # before the folder lock: unjoined processes would race for it
         with _training_alone(args):
             resume = _check_before_loading(model_args, data_args, args, explicit)
             return _run(model_args, data_args, args, recipe, stop, argv, resume, args.output_dir)

@@ -42,7 +42,8 @@ _INTEGRATIONS = {"azure_ml": ("azureml", "pip install azureml-core"), "comet_ml"
 
 
 def check_run(model_args: Any, data_args: Any, args: Any) -> None:
-    """All checks below, cheapest first. Raises a ``UserError`` subclass on the first problem."""
+    """All checks below, cheapest first, but ``check_launch``, which the command line runs before
+    it takes the output folder's lock. Raises a ``UserError`` subclass on the first problem."""
     check_output_dir_writable(args.output_dir)
     check_work(model_args, args)
     if args.do_train:  # an evaluation writes only its own _eval-<time> folder
@@ -56,7 +57,6 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_report_to(args.report_to)
     check_unsupported_work(args)
     check_schedule_and_optimizer(args)
-    check_launch(args)
     check_half_precision(args)
     check_fsdp_settings(args)
     check_losses_fit_models(model_args, args)

@@ -557,7 +557,7 @@ class DistillationTrainer(CheckpointingTrainer):
                 check_evaluation_rows(losses, self.args, len(evaluation) if hasattr(evaluation, "__len__") else None)
         if self.train_dataset is not None and not hasattr(self.train_dataset, "__len__"):
             check_unsized_training(self.augmentation.aug_repeats, self.distillation_model.student, losses)
-            if kwargs.get("resume_from_checkpoint") or (args and args[0]):
+            if resuming:
                 logger.warning("resuming on training data without a length: Trainer skips the batches the run trained, "
                                "counted from the start of the stream, so a checkpoint written after the stream's "
                                "first pass ended resumes at another place in it than where the run stopped (a stream "
