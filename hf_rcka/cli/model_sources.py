@@ -106,15 +106,16 @@ def check_remote_code(key: str, name: str, trust_remote_code: bool) -> None:
 
     if trust_remote_code:
         return
-    path = os.path.join(name, "config.json") if os.path.isdir(name) else None
-    if path is None and "/" in name and not name.startswith(("config:", "timm/")):
-        cached = try_to_load_from_cache(name, "config.json")
-        path = cached if isinstance(cached, str) else None
     try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except (OSError, TypeError, ValueError):
-        return
+        if os.path.isdir(name):
+            config = _local_config(name)
+        elif "/" in name and not name.startswith(("config:", "timm/")):
+            cached = try_to_load_from_cache(name, "config.json")
+            config = _local_config(os.path.dirname(cached)) if isinstance(cached, str) else None
+        else:
+            return
+    except (OSError, ValueError):
+        return  # an unreadable config is the loader's to report
     if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
         raise ModelError(f"{key}: {name!r} is a model of type {config.get('model_type')!r} with code of its own (its "
                          "config's auto_map), which transformers does not know: set trust_remote_code: true if you "
