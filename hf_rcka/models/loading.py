@@ -158,9 +158,9 @@ def _check_no_new_weights(name: str, model: PreTrainedModel, info: dict, overrid
     """Weights the checkpoint lacks start random, and transformers only logs it: overrides that add
     layers (``num_hidden_layers: 6`` on a 4-layer checkpoint), a checkpoint of another class or
     with other key names (every weight random, the run ending well at chance). Only a model trained
-    for the run's classes (the student) may start a new head, a linear layer to the classes (a
-    checkpoint of a backbone alone) and normalisation layers; a model used as it is (the teacher)
-    may not."""
+    for the run's classes (the student) may start its own head anew (a checkpoint of a backbone
+    alone) and the normalisation layers outside its blocks (``_head_and_norm_weights``); a model
+    used as it is (the teacher) may not."""
     allowed = _head_and_norm_weights(model) if head_may_be_new else set()
     # a checkpoint without BatchNorm's step counters (older conversions): torch starts them at 0
     new = sorted(key for key in info.get("missing_keys", ()) if key not in allowed
