@@ -24,7 +24,13 @@ from transformers import TrainingArguments
 
 from .augmentation import AugmentationArguments
 from .errors import RecipeError
-from .recipe_specs import check_auto_pair_options, validate_feature_pairs, validate_losses
+from .recipe_specs import (
+    check_auto_pair_options,
+    unused_feature_pairs,
+    unused_pairs_message,
+    validate_feature_pairs,
+    validate_losses,
+)
 from .training_values import check_batch_settings, check_fixed_settings, check_optim_args, check_training_values
 
 logger = logging.getLogger(__name__)
@@ -207,6 +213,8 @@ class DistillationTrainingArguments(TrainingArguments):
         self.losses = validate_losses(self.losses)
         self.feature_pairs = validate_feature_pairs(self.feature_pairs)
         check_auto_pair_options(self.losses, self.feature_pairs)
+        if unused_feature_pairs(self.losses, self.feature_pairs):  # said before any model loads
+            logger.warning(unused_pairs_message())
         if not 0.0 <= self.model_ema_decay < 1.0:
             raise RecipeError(f"model_ema_decay must be in [0, 1), got {self.model_ema_decay}")
         if self.model_ema and fsdp_requested(self):

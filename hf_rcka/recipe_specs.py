@@ -135,6 +135,21 @@ def validate_feature_pairs(pairs: Any) -> list[dict] | str | None:
     return [_checked_pair(pair, f"feature_pairs[{i}]") for i, pair in enumerate(pairs)]
 
 
+def unused_feature_pairs(losses: list[dict] | None, pairs: Any) -> bool:
+    """Whether ``pairs`` is a list that no loss computed reads (``losses`` None: the defaults, ce
+    and logit RCKA, which read none). Such pairs are dropped: a run that lists them for a loss it
+    does not compute (a baseline with ``--losses`` replaced) trains as if they were absent."""
+    if not isinstance(pairs, list):
+        return False
+    return not any(spec["weight"] > 0 and reads_features(LOSSES.get(spec["name"])) for spec in losses or [])
+
+
+def unused_pairs_message() -> str:
+    readers = sorted(name for name in LOSSES.names() if reads_features(LOSSES.get(name)))
+    return (f"feature_pairs are set but no loss computed reads hidden states ({', '.join(readers)} do): the pairs are "
+            "ignored; add such a loss to losses, or drop feature_pairs")
+
+
 def check_auto_pair_options(losses: list[dict] | None, pairs: Any) -> None:
     """Options on an ``adapter: auto`` pair are patch_match's, which auto picks only when a loss
     compares equal shapes (patch CKA, FitNets); with batch-relational feature losses alone it picks

@@ -675,3 +675,24 @@ def test_items_that_are_tuples_get_one_clear_line(tmp_path):
         return {"pixel_values": torch.stack([x for x, _ in items]), "labels": torch.tensor([y for _, y in items])}
 
     build(make_args(tmp_path), tiny_vit(), train_dataset=Pairs(), data_collator=collate)
+
+
+def test_feature_pairs_no_loss_reads_are_said_once_when_the_arguments_are_built(tmp_path, caplog):
+    pairs = [{"student_layer": 1, "teacher_layer": 1}]
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        args = make_args(tmp_path, losses=["ce", "kd"], feature_pairs=pairs)
+    assert caplog.text.count("feature_pairs are set but no loss computed reads hidden states") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        trainer = build(args, tiny_vit(), tiny_vit())
+    assert "feature_pairs" not in caplog.text  # not a second time once the models are there
+    assert len(trainer.model.adapters) == 0 and trainer.model.feature_pairs == []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        make_args(tmp_path, losses=["ce", {"name": "feature_cka", "weight": 0.0}], feature_pairs=pairs)
+    assert caplog.text.count("feature_pairs are set") == 1  # a feature loss at weight 0 is not computed
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        make_args(tmp_path, losses=["ce", "feature_cka"], feature_pairs=pairs)
+        make_args(tmp_path, losses=["ce", "kd"], feature_pairs="auto")
+    assert "feature_pairs are set" not in caplog.text

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, TrainingArguments
 
 from ..errors import RecipeError
 from ..losses import DistillationLoss
+from ..recipe_specs import unused_feature_pairs
 from ..registry import LOSSES
 from .distillation_model import DistillationModel
 from .teacher_inputs import InputStats
@@ -97,6 +98,8 @@ def build_distillation_model(
     if skipped:
         logger.info("losses %s have weight 0 and are not computed", skipped)
     pairs = getattr(args, "feature_pairs", None)  # validated by DistillationTrainingArguments
+    if unused_feature_pairs(active_specs(specs), pairs):
+        pairs = None  # DistillationTrainingArguments said so when they were built
     # The adapters and the losses' own modules (srd's projector) start from args.seed alone: not
     # from whatever the global random state was after the caller built its models, which would tie
     # them to how the teacher was made and leave them alike across a sweep of seeds. The caller's

@@ -31,6 +31,7 @@ from .distilled_heads import DistilledHeads
 from .recomputed_norms import keep_statistics_in_recomputation
 from .feature_adapters import build_feature_adapters
 from ..models.timm_models import check_timm_args, saved_model_args
+from ..recipe_specs import unused_pairs_message
 from ..losses import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, reads_teacher_logits, weigh_terms
 from .teacher_inputs import InputStats, needed_transform, planned_input_size
 from .sharded_state import load_full_state_dict
@@ -107,7 +108,7 @@ class DistillationModel(nn.Module):
         if self.needs_features:  # may refuse the pairs: before the teacher is frozen and cast below
             self._build_adapters(feature_pairs, student_input)
         elif feature_pairs not in (None, "auto"):
-            logger.warning("feature_pairs are set but no loss uses hidden states; they are ignored")
+            logger.warning(unused_pairs_message())
         readers = [name for name, loss in self.losses.items() if loss.needs_features]
         # the loss that may reduce the teacher's sides: one loss reading the pairs gets what it asks for
         self._reducing_loss = readers[0] if len(readers) == 1 else None
