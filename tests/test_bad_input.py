@@ -391,6 +391,23 @@ def test_overrides_that_set_a_config_teachers_classes_say_what_it_has(tmp_path, 
            in error_of(capsys)
 
 
+@pytest.mark.parametrize("model,overrides_key,overrides,named", [
+    ("timm/resnet10t", "student_config_overrides", {"in_chans": 1}, "in_chans 1"),
+    ("timm/resnet10t", "student_config_overrides", {"pretrained_cfg_overlay": {"input_size": [1, 16, 16]}},
+     "pretrained_cfg_overlay input_size 1"),
+    ("config:resnet", "student_config_overrides", {**TINY_RESNET, "num_channels": 1}, "num_channels 1"),
+    ("config:resnet", "teacher_config_overrides", {**TINY_RESNET, "num_channels": 4}, "num_channels 4"),
+])
+def test_overrides_for_other_than_rgb_images_are_refused_before_loading(tmp_path, capsys, no_loading, model,
+                                                                      overrides_key, overrides, named):
+    """A 1-channel timm student failed in timm's data config with a bare AssertionError once loaded;
+    every image is decoded to 3 channels."""
+    side = "model_name_or_path" if overrides_key.startswith("student") else "teacher_model_name_or_path"
+    recipe = base(tmp_path, **{side: model, overrides_key: overrides}, student_from_scratch=True)
+    assert run(tmp_path, recipe) == 2
+    assert error_of(capsys).startswith(f"error: {overrides_key} sets {named}: every image is decoded to RGB")
+
+
 def test_model_paths_that_do_not_exist(tmp_path, capsys, no_loading, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()

@@ -287,6 +287,7 @@ def check_student_config(model_args: Any) -> None:
     from ..models.hf_config import check_config_keys, default_config
 
     check_class_overrides(model_args)
+    check_channel_overrides(model_args)
     for key, name, overrides_key in (
         ("model_name_or_path", model_args.model_name_or_path, "student_config_overrides"),
         ("teacher_model_name_or_path", model_args.teacher_model_name_or_path, "teacher_config_overrides"),
@@ -336,6 +337,27 @@ def check_class_overrides(model_args: Any) -> None:
                 raise RecipeError(f"{overrides_key} sets {key!r}: {reason}. Drop {key!r} from {overrides_key}")
 
 
+def check_channel_overrides(model_args: Any) -> None:
+    """Overrides must not build a model for other than 3-channel images: every image is decoded to
+    RGB (``data.images``), so a 1-channel model failed in timm's data config (an assertion) or at
+    its first forward, after the models loaded.
+
+    Raises:
+        RecipeError: naming the override (``in_chans``, ``num_channels`` or the first value of a
+        ``pretrained_cfg_overlay`` ``input_size``).
+    """
+    for overrides_key in ("student_config_overrides", "teacher_config_overrides"):
+        overrides = getattr(model_args, overrides_key) or {}
+        overlay = overrides.get("pretrained_cfg_overlay")
+        size = overlay.get("input_size") if isinstance(overlay, dict) else None
+        given = {"in_chans": overrides.get("in_chans"), "num_channels": overrides.get("num_channels"),
+                 "pretrained_cfg_overlay input_size": size[0] if isinstance(size, (list, tuple)) and size else None}
+        for key, channels in given.items():
+            if channels is not None and channels != 3:
+                raise RecipeError(f"{overrides_key} sets {key} {channels!r}: every image is decoded to RGB, 3 channels "
+                                  f"(a grayscale one too, its value repeated). Drop {key} from {overrides_key}")
+
+
 def _check_image_size(image_size: int | None, model_type: str | None, config: dict, pretrained: bool = False) -> None:
     patch, built = config.get("patch_size"), config.get("image_size")
     if image_size is None or not isinstance(patch, int):
@@ -353,6 +375,6 @@ def _check_image_size(image_size: int | None, model_type: str | None, config: di
 
 
 __all__ = [
-    "check_class_overrides", "check_hub_access", "check_losses_fit_models", "check_model_source",
+    "check_channel_overrides", "check_class_overrides", "check_hub_access", "check_losses_fit_models", "check_model_source",
     "check_student_config", "whoami",
 ]
