@@ -20,7 +20,7 @@ from hf_rcka.data.datasets import prepare_datasets
 from hf_rcka.features.hidden_states import classifier_of
 from hf_rcka.modeling.distillation_model import DISTILLATION_STATE_NAME
 from hf_rcka.trainer.card_facts import teacher_accuracy
-from hf_rcka.trainer.divergence import DivergenceCheck
+from hf_rcka.trainer.divergence import SKIPPED_STEPS_LIMIT, DivergenceCheck
 from hf_rcka.trainer.metrics import TIMING_METRICS, evaluation_metric_names
 
 FEATURE_LOSSES = [
@@ -490,6 +490,59 @@ def test_divergence_is_nan_weights_not_a_nan_loss(tmp_path):
     check.on_step_end(args, TrainerState(global_step=4), control)
     assert control.should_training_stop and not control.should_save
     assert str(check.error).startswith("training diverged: by step 4 the student's weights are NaN or infinite")
+
+
+def test_fifty_optimizer_steps_in_a_row_skipped_by_loss_scaling_are_divergence(tmp_path):
+    """fp16 loss scaling skips a step whose gradients overflow: the weights stay finite, and a run
+    whose every step is skipped ended "successfully" with the model of its last real step."""
+    from transformers import TrainerControl, TrainerState
+
+    skipped = iter([True] * 30 + [False] + [True] * (SKIPPED_STEPS_LIMIT - 1) + [True])
+    student, args, control = tiny_resnet(), make_args(tmp_path), TrainerControl()
+    check = DivergenceCheck(lambda: student, lambda: next(skipped))
+    for step in range(30 + 1 + SKIPPED_STEPS_LIMIT - 1):  # a real step between two runs of skips starts over
+        check.on_step_end(args, TrainerState(global_step=step), control)
+        assert check.error is None and not control.should_training_stop
+    check.on_step_end(args, TrainerState(global_step=99), control)
+    assert control.should_training_stop and not control.should_save
+    assert str(check.error).startswith(f"training diverged: by step 99 loss scaling skipped the last "
+                                       f"{SKIPPED_STEPS_LIMIT} optimizer steps")
+
+
+def test_a_trainer_stops_when_loss_scaling_skips_every_step(tmp_path, monkeypatch):
+    """The trainer reads the accelerator's flag (fp16 cannot run on a CPU: the flag is set by hand)."""
+    from accelerate import Accelerator
+
+    from hf_rcka.errors import TrainingDiverged
+
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: True))
+    args = make_args(tmp_path, max_steps=SKIPPED_STEPS_LIMIT + 5, losses=["ce"], logging_steps=100)
+    trainer = DistillationTrainer(model=tiny_resnet(), args=args, train_dataset=pixel_dataset(10),
+                                  processing_class=processor(16))
+    with pytest.raises(TrainingDiverged, match=f"by step {SKIPPED_STEPS_LIMIT} loss scaling skipped"):
+        trainer.train()
+
+
+def test_nan_distillation_state_beside_a_finite_student_is_divergence(tmp_path):
+    """A loss's class centres turned NaN (a NaN teacher feature) while fp16 skipped the student's
+    steps: the student stays finite and every later loss is NaN."""
+    from transformers import TrainerControl, TrainerState
+
+    from hf_rcka.losses import KernelTransferLoss, LossContext
+
+    loss = KernelTransferLoss()
+    loss.setup(LossContext(num_labels=3, student_pooled_dim=4, teacher_pooled_dim=6))
+    parts = torch.nn.ModuleDict({"student": tiny_resnet(), "adapters": torch.nn.ModuleList(),
+                                 "losses": torch.nn.ModuleDict({"kernel_transfer": loss})})
+    args, control = make_args(tmp_path), TrainerControl()
+    check = DivergenceCheck(lambda: parts)
+    check.on_log(args, TrainerState(global_step=3), control, logs={"kernel_transfer_loss": float("nan")})
+    assert check.error is None
+    loss.teacher_centres[1, 2] = float("nan")
+    check.on_log(args, TrainerState(global_step=4), control, logs={"kernel_transfer_loss": float("nan")})
+    assert control.should_training_stop
+    assert str(check.error).startswith("training diverged: by step 4 the distillation state trained beside the "
+                                       "student is NaN or infinite (1 tensor: losses.kernel_transfer.teacher_centres)")
 
 
 @pytest.mark.parametrize("role", ["student", "teacher"])

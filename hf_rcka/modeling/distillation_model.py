@@ -459,6 +459,11 @@ class DistillationModel(nn.Module):
             state = {f"{prefix}{k}": v for prefix, module in parts.items() for k, v in module.state_dict().items()}
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
+    def trained_parts(self) -> nn.ModuleDict:
+        """What training updates, the teacher left out: the student and the distillation state,
+        under the names ``student``, ``adapters`` and ``losses`` (a view: nothing is copied)."""
+        return nn.ModuleDict({"student": self.student, **{k.rstrip("."): v for k, v in self._distillation_parts().items()}})
+
     def _distillation_parts(self) -> dict[str, nn.Module]:
         """What a checkpoint adds to the student, by state-dict prefix."""
         return {"adapters.": self.adapters, "losses.": self.losses}

@@ -5,9 +5,13 @@ into NaN or inf, and Trainer trains on: ``logging_nan_inf_filter`` (on by defaul
 the command line turns it off without fp16) replaces a non-finite step loss by the running mean,
 so ``loss`` and ``train_loss`` look normal, and the
 final model, metrics and card would be written as if the run had succeeded (its accuracy that of
-argmax over NaN). A run has diverged when the student's parameters or buffers are not all finite:
-a NaN loss alone may be an fp16 step that loss scaling skipped and the run survives; NaN weights
-never recover.
+argmax over NaN). A run has diverged when the student's parameters or buffers, or the distillation state trained
+beside it (adapters, projectors, a loss's class centres), are not all finite: a NaN loss alone may
+be an fp16 step that loss scaling skipped and the run survives; NaN weights never recover. Nor
+does a run whose fp16 loss scaling skipped ``SKIPPED_STEPS_LIMIT`` optimizer steps in a row: its
+weights stay finite because nothing updates them any more (the scale was halved at each skip, so
+its gradients overflow at any scale, or its loss is NaN), and it would end with a model of the
+steps before.
 
 No step pays for the check. The weights are read only where that costs nothing next to what
 happens anyway: before each checkpoint is written (the save reads them all), once after training
@@ -29,6 +33,11 @@ from transformers import TrainerCallback
 
 from ..distributed import any_rank
 from ..errors import ModelError, TrainingDiverged
+
+# Consecutive optimizer steps fp16 loss scaling skipped before a run is called diverged. Each skip
+# halves the scale (torch's GradScaler, from 2**16): a healthy run skips a few steps at its start
+# and one now and then, never 50 in a row, which would leave a scale of 2**-34.
+SKIPPED_STEPS_LIMIT = 50
 
 
 def non_finite_losses(logs: dict[str, Any]) -> dict[str, float]:
@@ -101,7 +110,8 @@ def _listed(names: list[str]) -> str:
     return f"{len(names)} tensor{'s' if len(names) > 1 else ''}: {shown}"
 
 
-def diverged_error(args: Any, step: int, losses: dict[str, float] | None = None) -> TrainingDiverged:
+def diverged_error(args: Any, step: int, losses: dict[str, float] | None = None,
+                   what: str = "the student's weights are NaN or infinite") -> TrainingDiverged:
     """The error that ends a diverged run: what, when, and what to change in the recipe."""
     seen = f" (logged {', '.join(f'{key} = {value}' for key, value in losses.items())})" if losses else ""
     fixes = [f"lower learning_rate (now {args.learning_rate:g})", "check the loss weights"]
@@ -113,28 +123,37 @@ def diverged_error(args: Any, step: int, losses: dict[str, float] | None = None)
     if not getattr(args, "max_grad_norm", None):
         fixes.append("clip gradients with max_grad_norm: 1.0")
     return TrainingDiverged(
-        f"training diverged: by step {step} the student's weights are NaN or infinite{seen}, so the final model "
+        f"training diverged: by step {step} {what}{seen}, so the final model "
         f"was not saved (checkpoints saved before are kept). To fix: {', '.join(fixes[:-1])} or {fixes[-1]}"
     )
 
 
 class DivergenceCheck(TrainerCallback):
-    """Stops training at the first logging or saving step at which the student's weights are not finite.
+    """Stops training at the first logging or saving step at which the trained weights are not
+    finite, or at the ``SKIPPED_STEPS_LIMIT``-th optimizer step in a row that fp16 loss scaling skipped.
 
     Training then ends as Trainer ends it (``on_train_end`` callbacks run, reporters flush), and
     nothing more is saved: no checkpoint of NaN weights, for which ``save_total_limit`` would delete
     a good one. ``DistillationTrainer.train`` raises ``error`` once training has ended.
 
     Args:
-        student: returns the student module (looked up when needed: wrappers may replace it).
+        trained: returns what training updates: the student, or a container of it (under the name
+            ``student``) and the distillation state (``adapters``, ``losses``); looked up when
+            needed, as wrappers may replace the student.
+        step_skipped: whether the optimizer step that just ended was skipped (the accelerator's
+            ``optimizer_step_was_skipped``, a flag it sets anyway); None: never.
     """
 
-    def __init__(self, student: Callable[[], torch.nn.Module]) -> None:
-        self.student = student
+    def __init__(self, trained: Callable[[], torch.nn.Module],
+                 step_skipped: Callable[[], bool] | None = None) -> None:
+        self.trained = trained
+        self.step_skipped = step_skipped
+        self.skipped_in_a_row = 0
         self.error: TrainingDiverged | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
         self.error = None
+        self.skipped_in_a_row = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
         losses = non_finite_losses(logs or {})
@@ -142,15 +161,32 @@ class DivergenceCheck(TrainerCallback):
             self.check(args, state, control, losses)
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
-        if control.should_save:  # a checkpoint is about to be written
+        skipped = self.step_skipped is not None and self.step_skipped()
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+        if self.skipped_in_a_row >= SKIPPED_STEPS_LIMIT and self.error is None:
+            self.error = diverged_error(args, state.global_step, what=(
+                f"loss scaling skipped the last {self.skipped_in_a_row} optimizer steps (the loss or its gradients "
+                "are NaN or infinite at every scale: nothing trains any more)"))
+        self.on_epoch_end(args, state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):  # noqa: D102
+        if control.should_save or self.error is not None:  # a checkpoint is about to be written
             self.check(args, state, control)
 
-    on_epoch_end = on_step_end
-
     def check(self, args, state, control, losses: dict[str, float] | None = None) -> None:
-        """Record the error and stop training if the student's weights are not finite (read once)."""
-        if self.error is None and not has_finite_weights(self.student(), args.device):
-            self.error = diverged_error(args, state.global_step, losses)
+        """Record the error and stop training if the trained weights are not finite (read once)."""
+        if self.error is None:
+            names = non_finite_tensors(self.trained())
+            if any_rank(bool(names), args.device):
+                self.error = diverged_error(args, state.global_step, losses, _what_diverged(names))
         if self.error is not None:
             control.should_training_stop = True
             control.should_evaluate = control.should_save = False
+
+
+def _what_diverged(names: list[str]) -> str:
+    """The student's weights, unless only the distillation state beside it holds NaN (on this rank)."""
+    state = [name for name in names if name.startswith(("adapters.", "losses."))]
+    if not names or len(state) < len(names):
+        return "the student's weights are NaN or infinite"
+    return f"the distillation state trained beside the student is NaN or infinite ({_listed(state)})"

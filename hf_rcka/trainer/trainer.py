@@ -299,7 +299,8 @@ class DistillationTrainer(CheckpointingTrainer):
         self.add_callback(_EpochEndCallback(list(model.losses.values())))
         self._sampler_epoch = SamplerEpoch()
         self.add_callback(self._sampler_epoch)
-        self.divergence = DivergenceCheck(lambda: self.distillation_model.student)
+        self.divergence = DivergenceCheck(lambda: self.distillation_model.trained_parts(),
+                                          lambda: self.accelerator.optimizer_step_was_skipped)
         self.add_callback(self.divergence)
         if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             self.add_callback(LateParameterCheck(lambda: self.distillation_model))
@@ -543,8 +544,9 @@ class DistillationTrainer(CheckpointingTrainer):
         spending compute, then train as Trainer does.
 
         Raises:
-            TrainingDiverged: the student's weights are not finite at the end (see ``divergence``),
-                so that nothing saves them as the run's result.
+            TrainingDiverged: the trained weights are not finite at the end, or fp16 loss scaling
+                skipped every step for the last 50 (see ``divergence``), so that nothing saves them
+                as the run's result.
         """
         losses = self.distillation_model.losses
         check_relation_rows(losses, self.args)
