@@ -297,6 +297,27 @@ def test_a_repository_without_a_model_keeps_its_readme(tmp_path, hub):
     assert hub.deletions == []
 
 
+def test_a_listing_retried_after_the_first_push_does_not_take_its_weights_for_an_earlier_model(
+        tmp_path, hub, monkeypatch, capsys):
+    """The first listing failed; the second found this run's own first push and removed the
+    owner's README of a repository that had held no model."""
+    hub.repo_files |= {"README.md", ".gitattributes"}
+    listed = hub.list_repo_files
+    calls = []
+
+    def flaky(*args, **kwargs):
+        if len(calls) == 0:
+            calls.append([])
+            raise OSError("connection reset")
+        calls.append(listed(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(hub, "list_repo_files", flaky)
+    assert _run(tmp_path, save_strategy="steps", save_steps=1, max_steps=3, hub_strategy="every_save") == 0
+    assert len(calls) == 2 and "model.safetensors" in calls[1], "the retry listed the run's own weights"
+    assert hub.deletions == []
+
+
 def test_an_evaluation_only_run_says_that_it_uploads_nothing(tmp_path, hub, capsys, monkeypatch):
     """The resume line of a run interrupted in its final evaluation is an evaluation-only run: it
     skipped the recipe's push without a word."""

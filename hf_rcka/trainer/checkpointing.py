@@ -37,7 +37,7 @@ from ..errors import ModelError, RecipeError
 from ..file_writes import as_umask_allows
 from ..models.timm_models import timm_native_state
 from .divergence import has_finite_weights
-from .hub_pushes import remove_earlier_model, repository_files
+from .hub_pushes import holds_earlier_model, remove_earlier_model, repository_files
 from .loss_record import check_loss_record, loss_settings, write_loss_record
 from .resume_match import (
     BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_restored_rates, check_resume_batch,
@@ -66,6 +66,9 @@ class CheckpointingTrainer(Trainer):
     _optimizer_kwargs: dict[str, Any] | None = None  # the settings create_optimizer built the optimizer with
     _finished_already: FinishedAlready  # set by the subclass, which adds it as a callback
     _earlier_model_removed = False  # the Hub repository's earlier card and results (hub_pushes)
+    _earlier_model: bool | None = None  # whether it held another model: the first listing's answer
+    _hub_pushed = False  # a checkpoint push of this run went out
+    _resumed = False  # this run resumed a checkpoint (whose run may have pushed)
 
     def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
         """Trainer's, keeping the number of optimizer steps an epoch takes for the checkpoints."""
@@ -113,10 +116,14 @@ class CheckpointingTrainer(Trainer):
                 listed = repository_files(self)
             except Exception as err:  # the Hub's HTTP errors, httpx's, OSError: the next push tries again
                 self._removal_failed(err)
+        if listed is not None and self._earlier_model is None:  # the first answer holds (a retry lists our push)
+            own_pushes = self._hub_pushed or self._resumed  # files of the output folder may be this run's then
+            self._earlier_model = holds_earlier_model(listed, self.args.output_dir if own_pushes else None)
         super()._push_from_checkpoint(checkpoint_folder)
+        self._hub_pushed = True
         if listed is None:
             return
-        job = remove_earlier_model(self, listed)
+        job = remove_earlier_model(self, listed) if self._earlier_model else None
         self._earlier_model_removed = True
         if job is not None:
             # its commit runs in the background: a failure there is said, and the next push tries again
@@ -174,6 +181,7 @@ class CheckpointingTrainer(Trainer):
                 f"resume_from_checkpoint: {resume_from_checkpoint!r} holds no optimizer and scheduler state (saved "
                 "with save_only_model: true?): resuming would restart the optimizer and the learning-rate schedule. "
                 "Resume from a full checkpoint, or start a new run from these weights")
+        self._resumed = True
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         if target.teacher is not None:  # the checkpoint holds no teacher: another one went on silently
             check_teacher_record(resume_from_checkpoint, self._teacher_record(target.teacher))

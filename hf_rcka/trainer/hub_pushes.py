@@ -7,7 +7,9 @@ results (its accuracy, its training) until the final upload replaced them, and f
 run stopped before that. So a run's first checkpoint push is followed, in a commit of its own, by
 the removal of the earlier model's card and result files that the output folder does not hold
 (the repository is listed before the push's own upload; a README.md in a repository that holds no
-model is its owner's, and stays). The final upload of ``scripts/distill.py`` replaces the card and
+model is its owner's, and stays; whether it held one is the first listing's answer, and a listing
+after this run's own pushes, or in a resumed run, does not count the files the output folder
+holds). The final upload of ``scripts/distill.py`` replaces the card and
 deletes the result files its folder lacks.
 """
 
@@ -33,11 +35,22 @@ PUBLISHED_RESULTS = (
 _EARLIER_MODEL = ("README.md", *PUBLISHED_RESULTS)
 
 
+def holds_earlier_model(repo_files: list[str], own_files_in: str | None = None) -> bool:
+    """Whether the repository holds weights or results of another model (when it holds none, its
+    README.md is its owner's, not a model's card).
+
+    Args:
+        own_files_in: the output folder, when the repository may hold this run's own pushes (a
+            listing retried after this run pushed, a resumed run): a file it holds is no sign of
+            another model then (the weights of a model that wrote only those are not told apart,
+            and its card stays until the final upload replaces it).
+    """
+    published = filter_repo_objects(repo_files, allow_patterns=list(PUBLISHED_RESULTS))
+    return any(own_files_in is None or not os.path.exists(os.path.join(own_files_in, name)) for name in published)
+
+
 def stale_files(repo_files: list[str], output_dir: str) -> list[str]:
-    """The repository's card and result files (top level only) that ``output_dir`` does not hold;
-    none when the repository holds no model (its README.md is then its owner's, not a model's card)."""
-    if not list(filter_repo_objects(repo_files, allow_patterns=list(PUBLISHED_RESULTS))):
-        return []
+    """The repository's card and result files (top level only) that ``output_dir`` does not hold."""
     return [name for name in filter_repo_objects(repo_files, allow_patterns=list(_EARLIER_MODEL))
             if not os.path.exists(os.path.join(output_dir, name))]
 
@@ -51,9 +64,8 @@ def repository_files(trainer: Any) -> list[str]:
 
 
 def remove_earlier_model(trainer: Any, repo_files: list[str]) -> Future | None:
-    """Queue the removal of the earlier card and results among ``repo_files`` (listed before this
-    push's upload, so that its own weights do not count as an earlier model); ``None`` when
-    nothing is stale."""
+    """Queue the removal of the earlier model's card and results among ``repo_files`` (listed
+    before this push's upload); ``None`` when nothing is stale."""
     api, args = transformers.trainer.hf_api(), trainer.args
     stale = stale_files(repo_files, args.output_dir)
     if not stale:
