@@ -13,6 +13,8 @@ import torch
 import yaml
 from huggingface_hub.utils import filter_repo_objects
 
+from conftest import pixel_dataset, processor, tiny_resnet
+from hf_rcka import DistillationTrainer, DistillationTrainingArguments
 from hf_rcka.cli.main import main
 from hf_rcka.cli.records import eval_record_dir
 
@@ -328,3 +330,26 @@ def test_an_evaluation_only_run_says_that_it_uploads_nothing(tmp_path, hub, caps
     assert _run(tmp_path, do_train=False, model_name_or_path=out, student_from_scratch=False) == 0
     assert "push_to_hub: an evaluation-only run uploads nothing" in capsys.readouterr().err
     assert hub.commits == []
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_push_to_hub_from_python_removes_the_earlier_model_s_results_and_weights(tmp_path, hub, blocking):
+    """Trainer's upload deletes nothing: another model's eval_results.json stayed beside the new
+    weights, and its single model.safetensors beside new sharded ones (which from_pretrained loads first)."""
+    hub.repo_files |= {"README.md", "eval_results.json", "model-00001-of-00002.safetensors",
+                       "model-00002-of-00002.safetensors", "model.safetensors.index.json", "notes.md"}
+    args = DistillationTrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=5, report_to="none", use_cpu=True,
+        save_strategy="no", max_steps=1, push_to_hub=True, hub_model_id="tiny-student", hub_strategy="end",
+        hub_token=TOKEN, teacher_accuracy_check="off")
+    trainer = DistillationTrainer(model=tiny_resnet(), args=args, train_dataset=pixel_dataset(10),
+                                  processing_class=processor(16))
+    trainer.train()
+    done = trainer.push_to_hub(blocking=blocking)
+    if not blocking:
+        done.result()
+    assert [names for _, names in hub.deletions] == [
+        ["eval_results.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+         "model.safetensors.index.json"]]
+    assert hub.deletions[0][0] == len(hub.commits), "after the upload that brings the new weights"
+    assert {"README.md", "model.safetensors", "notes.md"} <= hub.repo_files

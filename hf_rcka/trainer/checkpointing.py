@@ -131,6 +131,38 @@ class CheckpointingTrainer(Trainer):
             if self.push_in_progress is not None:
                 self.push_in_progress.jobs.append(job)  # waited for with the checkpoint's upload
 
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None,
+                    **kwargs: Any) -> Any:
+        """Trainer's upload of the output folder, then the removal of the repository's results and
+        weights the folder does not hold (Trainer's upload deletes nothing: another model's
+        ``eval_results.json`` stayed beside the new weights, and its single ``model.safetensors``
+        beside new sharded ones, which ``from_pretrained`` loads first). The command line's final
+        upload does both in one commit."""
+        if self.hub_model_id is None and self.is_world_process_zero():
+            self.init_hf_repo(token=token, private=private)
+        listed = None
+        if self.is_world_process_zero():
+            try:
+                listed = repository_files(self, token, revision)
+            except Exception as err:  # the Hub's HTTP errors, httpx's, OSError
+                self._stale_kept(err)
+        pushed = super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
+        if listed is None:
+            return pushed
+        try:  # non-blocking: queued after the upload, on the Hub client's one worker thread
+            job = remove_earlier_model(self, listed, token, revision, final=True, background=not blocking)
+        except Exception as err:
+            self._stale_kept(err)
+        else:
+            if not blocking and job is not None:
+                job.add_done_callback(lambda done: done.exception() is not None and self._stale_kept(done.exception()))
+        return pushed
+
+    def _stale_kept(self, err: BaseException) -> None:
+        logger.warning("could not remove the earlier model's results from %s (%s): they stay beside this upload",
+                       self.hub_model_id, err)
+
     def _removal_failed(self, err: BaseException) -> None:
         self._earlier_model_removed = False
         logger.warning("could not remove the earlier model's card and results from %s (%s): they stay beside this "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import Future
 from typing import Any
 
 import transformers.trainer
@@ -55,25 +54,32 @@ def stale_files(repo_files: list[str], output_dir: str) -> list[str]:
             if not os.path.exists(os.path.join(output_dir, name))]
 
 
-def repository_files(trainer: Any) -> list[str]:
+def repository_files(trainer: Any, token: str | None = None, revision: str | None = None) -> list[str]:
     """The repository's files as this push finds them, before its own upload (raises what the Hub
-    client raises when it cannot list them)."""
+    client raises when it cannot list them). ``token``/``revision``: the run's when None."""
     args = trainer.args
-    return transformers.trainer.hf_api().list_repo_files(trainer.hub_model_id, revision=args.hub_revision,
-                                                         token=args.hub_token)
+    return transformers.trainer.hf_api().list_repo_files(trainer.hub_model_id, revision=revision or args.hub_revision,
+                                                         token=token or args.hub_token)
 
 
-def remove_earlier_model(trainer: Any, repo_files: list[str]) -> Future | None:
-    """Queue the removal of the earlier model's card and results among ``repo_files`` (listed
-    before this push's upload); ``None`` when nothing is stale."""
+def remove_earlier_model(trainer: Any, repo_files: list[str], token: str | None = None, revision: str | None = None,
+                         final: bool = False, background: bool = True) -> Any:
+    """Remove the earlier model's card and results among ``repo_files`` (listed before this push's
+    upload); ``None`` when nothing is stale.
+
+    Args:
+        final: the final upload's removal (its commit message says no training is in progress).
+        background: queue the commit after the upload on the Hub client's one worker thread, like
+            Trainer's own pushes, and return its ``Future``; otherwise commit now.
+    """
     api, args = transformers.trainer.hf_api(), trainer.args
     stale = stale_files(repo_files, args.output_dir)
     if not stale:
         return None
     logger.info("removing the earlier model's %s from %s: they described other weights", ", ".join(stale),
                 trainer.hub_model_id)
-    # Queued after the checkpoint's upload on the client's one worker thread, like Trainer's own pushes
+    progress = "" if final else "Training in progress: "
     return api.create_commit(
         repo_id=trainer.hub_model_id, operations=[CommitOperationDelete(path_in_repo=name) for name in stale],
-        commit_message="Training in progress: the earlier model's card and results removed", token=args.hub_token,
-        revision=args.hub_revision, run_as_future=True)
+        commit_message=f"{progress}the earlier model's card and results removed", token=token or args.hub_token,
+        revision=revision or args.hub_revision, run_as_future=background)
