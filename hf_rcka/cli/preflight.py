@@ -81,8 +81,8 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_student_config(model_args)
     check_data_dirs(data_args)
     check_mixing_batch(data_args, args)
-    if args.do_train:
-        check_identical_repeats(data_args, resuming=_resuming(args))
+    if args.do_train and not _resuming(args):  # a resumed run is warned by DistillationTrainer.train, once
+        check_identical_repeats(data_args, resuming=False)
     check_repeats_unsplit(getattr(data_args, "aug_repeats", 0), args)
     if args.push_to_hub and not args.do_train:
         logger.warning("push_to_hub: an evaluation-only run uploads nothing (its results are a local record); "
