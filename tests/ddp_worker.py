@@ -80,6 +80,7 @@ def main(out: str) -> None:
     with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
         json.dump({"world_size": world_size(), "log_history": trainer.state.log_history, "ids": ids,
                    "bn_learning_rate": bn_args.learning_rate, "draw": draw, "shuffled_ids": shuffled,
+                   "bn_log_history": bn.state.log_history,
                    **padded_evaluation(out), **teacher_check_on_a_small_set(out), **stop_on_one_rank(out)}, handle)
 
 

@@ -69,6 +69,12 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     bn = [load_file(tmp_path / f"rank{r}_bn.safetensors") for r in (0, 1)]
     assert any(k.endswith("running_mean") for k in bn[0]) and any(k.endswith("weight") for k in bn[0])
     assert all(torch.equal(bn[0][k], bn[1][k]) for k in bn[0]), "the ranks trained apart or mixed BN statistics"
+    # no log before the end (logging_steps 500): train_loss took the steps as rank 0's alone, each
+    # rank its own; a log at the last step gathers them, so train_loss is the processes' mean
+    train_losses = [next(e["train_loss"] for e in log["bn_log_history"] if "train_loss" in e) for log in logs]
+    last_logs = [[e for e in log["bn_log_history"] if "loss" in e][-1] for log in logs]
+    assert [e["step"] for e in last_logs] == [2, 2] and train_losses[0] == train_losses[1]
+    assert train_losses[0] == pytest.approx(last_logs[0]["loss"], abs=1e-4)
     steps = [e for e in logs[0]["log_history"] if "loss" in e]
     assert len(steps) == 3 and all("rcka_intra_loss" in e and "rcka_inter_loss" in e and "feature_cka_loss" in e for e in steps)
     # an evaluation set that is not a multiple of the global batch: the repeats accelerate adds

@@ -38,7 +38,7 @@ from ..augmentation import AugmentationArguments
 from ..errors import DataError, ModelError
 from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches, check_unsized_training
 from .card_facts import CardFacts, complete_card_facts
-from .term_log import LossTermLog
+from .term_log import LastStepLog, LossTermLog
 from .checkpointing import CheckpointingTrainer, FinishedAlready, ResumedRate, checkpoint_step, keep_token_out_of_files
 from .given_data import check_columns, check_image_sizes, check_later_dataset, image_size
 from .given_labels import check_labels, name_student_classes
@@ -294,7 +294,7 @@ class DistillationTrainer(CheckpointingTrainer):
         """The callbacks every distillation run has, after the caller's: the losses' epoch ends,
         the sampler's epoch, the divergence check, the check for weights made in the first forward
         (not under FSDP or DeepSpeed, whose flat parameters are not the model's), the training
-        loss terms' log and a resumed run's first rate."""
+        loss terms' log, a resumed run's first rate and a data-parallel run's log at its last step."""
         model = self.distillation_model
         self.add_callback(_EpochEndCallback(list(model.losses.values())))
         self._sampler_epoch = SamplerEpoch()
@@ -307,6 +307,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self._term_logs = {"train": LossTermLog(), "eval": LossTermLog()}
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
         self.add_callback(ResumedRate())
+        self.add_callback(LastStepLog())  # train_loss gathered over the processes to the end
         self._finished_already = FinishedAlready()
         self.add_callback(self._finished_already)
 
