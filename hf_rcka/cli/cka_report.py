@@ -8,10 +8,12 @@ The first model (e.g. the teacher) gives the rows; each further model (e.g. the 
 then the distilled student) gets one heatmap, side by side on one colour scale, so the picture
 shows which student layers moved towards which teacher layers. The last row and column are the
 models' logits. Models are anything the training CLI loads (a saved folder, a Hub id,
-``timm/<arch>``); each sees the images prepared its own way. Images are the first ``--num_images``
-of the validation split the training CLI would use (the same stratified split, from the run
-folders' ``distill_config.yaml`` unless given), or of ``--validation_dir``: images none of the
-compared runs trained on, which is checked. Writes ``cka.png`` and ``cka.md`` into ``--output``;
+``timm/<arch>``); each sees the images prepared its own way, decoded as training decodes them.
+Images are ``--num_images`` drawn with ``--split_seed`` from the validation split the training CLI
+would use (the same stratified split, from the run folders' ``distill_config.yaml`` unless given;
+a dataset's own validation split may be sorted by class), or from ``--validation_dir``: images
+none of the compared runs trained on, which is checked for runs trained on an image folder (a run
+trained on a ``dataset_name`` cannot be compared by path, which the report says). Writes ``cka.png`` and ``cka.md`` into ``--output``;
 ``--card`` adds the picture to the card of one of the compared run folders.
 
 Mistakes (a missing model, a card folder that is not a compared run, data the models trained on)
@@ -194,8 +196,12 @@ def _recorded_split(args: argparse.Namespace, folders: list[str]) -> tuple[dict[
 
 
 def sample_images(args: argparse.Namespace) -> list:
-    """The first ``num_images`` validation images, as the training CLI would split them, after checking
-    that no compared run trained on them."""
+    """``num_images`` validation images, as the training CLI would split them and decode them, after
+    checking that no compared run trained on them."""
+    import datasets
+
+    from ..data.datasets import seeded_subset
+    from ..data.images import decode_image
     from .run_inputs import load_data
 
     if args.validation_dir:  # the folder is the evaluation set (loaded as training loads a train_dir): a seeded shuffle of it
@@ -216,6 +222,10 @@ def sample_images(args: argparse.Namespace) -> list:
         raise DataError(args.split_conflict)
     for folder in _run_folders(args):
         check_teacher_data(folder, data, carved=carved, roles=_COMPARED)
+        trained_on = (recorded_recipe(folder) or {}).get("dataset_name")
+        if args.validation_dir and trained_on:
+            print(f"note: {folder!r} trained on dataset_name {trained_on!r}: that --validation_dir holds none of its "
+                  "training images is not checked", file=sys.stderr)
     if args.image_column_name not in validation.column_names:
         raise DataError(f"the validation split has no column {args.image_column_name!r} (it has "
                         f"{validation.column_names}): give --image_column_name")
@@ -224,7 +234,12 @@ def sample_images(args: argparse.Namespace) -> list:
         print(f"note: the validation split holds {count} images; the report uses all of them", file=sys.stderr)
     if count < 3:
         raise DataError(f"the validation split holds {count} images: layer CKA needs at least 3")
-    return list(validation.select(range(count))[args.image_column_name])
+    if not args.validation_dir:  # a split's first rows may all be of one class (sorted by label)
+        validation = seeded_subset(validation, count, args.split_seed)
+    chosen = validation.select(range(count))
+    if isinstance(chosen.features[args.image_column_name], datasets.Image):  # decoded as training decodes
+        chosen = chosen.cast_column(args.image_column_name, datasets.Image(decode=False))
+    return [decode_image(value) for value in chosen[args.image_column_name]]
 
 
 def _load_model(name: str):
@@ -240,11 +255,18 @@ def _load_model(name: str):
     return model.eval(), transform
 
 
+def _panel_names(models: list[str]) -> list[str]:
+    """Each model's folder name, or its last two path parts where folder names repeat (two runs'
+    ``checkpoint-20``); a Hub id as it is."""
+    short = [Path(m).name or m for m in models]
+    return [str(Path(*Path(m).parts[-2:])) if short.count(name) > 1 else name for m, name in zip(models, short)]
+
+
 def _report(args: argparse.Namespace, images: list) -> None:
     """Compute, draw and write the tables; then the card, when asked."""
     from ..analysis import layer_cka, prepare_pixels, save_heatmaps
 
-    names = args.names or [Path(m).name or m for m in [args.reference, *args.models]]
+    names = args.names or _panel_names([args.reference, *args.models])
     reference, reference_transform = _load_model(args.reference)
     reference_pixels = prepare_pixels(images, reference_transform)
     reports = []

@@ -1,0 +1,45 @@
+"""scripts/cka_report.py: which images it takes from a dataset's own validation split, decoded how."""
+
+import io
+
+import datasets
+import numpy as np
+from PIL import Image
+
+from hf_rcka.cli import cka_report
+
+
+def _args(tmp_path, data):
+    args = cka_report.parse_args(["timm/resnet18", "timm/resnet18", "--dataset_name", str(data),
+                                  "--output", str(tmp_path / "out"), "--num_images", "20"])
+    cka_report.resolve_split(args)
+    return args
+
+
+def test_a_validation_split_sorted_by_class_gives_images_of_every_class(tmp_path):
+    colours = [(40 * k, 255 - 40 * k, 0) for k in range(5)]
+    images = [Image.new("RGB", (8, 8), colours[k]) for k in range(5) for _ in range(10)]  # sorted by class
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=5)})
+    split = datasets.Dataset.from_dict({"image": images, "label": [k for k in range(5) for _ in range(10)]}, features=features)
+    datasets.DatasetDict({"train": split, "validation": split}).save_to_disk(tmp_path / "data")
+    seen = {np.asarray(image)[0, 0].tobytes() for image in cka_report.sample_images(_args(tmp_path, tmp_path / "data"))}
+    assert len(seen) == 5  # the first 20 rows were of 2 classes
+
+
+def test_images_are_decoded_as_training_decodes_them(tmp_path):
+    pixels = np.zeros((8, 8, 4), np.uint8)
+    pixels[2:6, 2:6] = (200, 50, 50, 255)  # an opaque square on transparent black
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buffer, "PNG")
+    rows = [{"bytes": buffer.getvalue(), "path": None}] * 6
+    features = datasets.Features({"image": datasets.Image(mode="RGB"), "label": datasets.ClassLabel(num_classes=2)})
+    split = datasets.Dataset.from_dict({"image": rows, "label": [0, 1] * 3}, features=features)
+    datasets.DatasetDict({"train": split, "validation": split}).save_to_disk(tmp_path / "data")
+    image = cka_report.sample_images(_args(tmp_path, tmp_path / "data"))[0]
+    assert tuple(np.asarray(image.convert("RGB"))[0, 0]) == (255, 255, 255)  # over white, as evaluation sees it
+
+
+def test_panels_of_folders_with_the_same_name_are_told_apart():
+    """Two runs' checkpoint-20 folders both read 'teacher vs checkpoint-20'."""
+    assert cka_report._panel_names(["runs/teacher", "a/checkpoint-20", "b/checkpoint-20", "timm/resnet18"]) == [
+        "teacher", "a/checkpoint-20", "b/checkpoint-20", "resnet18"]
