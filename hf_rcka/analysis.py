@@ -4,8 +4,10 @@ Kornblith et al. (ICML 2019) compare two networks by linear CKA between the acti
 pair of layers on the same images. Here the activations come from the same machinery that
 training uses (``features.hidden_states_of`` / ``describe_hidden_states``, ``layout.to_fmap``), so
 ViT tokens (prefix tokens dropped, laid out on their patch grid) and CNN maps are handled alike,
-and the similarity is ``functional.linear_cka`` in float32, exactly the quantity ``feature_cka``
-trains: each hidden state is flattened to (images, C * h * w). A teacher-vs-student heatmap before
+and the similarity is ``functional.linear_cka`` in float32, the quantity ``feature_cka`` trains,
+with one difference: training takes it over each batch's images, the report over all of them at
+once (the biased estimator, centred Grams of the N images; batch values differ a little). Each
+hidden state is flattened to (images, C * h * w). A teacher-vs-student heatmap before
 and after distillation shows which layers moved towards the teacher.
 
 A ViT's token rows are its patch tokens: the class token its head reads is dropped with the other
@@ -128,17 +130,33 @@ def layer_cka(
         raise ValueError(f"layer CKA needs at least 3 images, got {len(row_pixels)}")
     rows, row_names = layer_activations(row_model, row_pixels, batch_size)
     columns, column_names = layer_activations(column_model, column_pixels, batch_size)
-    matrix = torch.tensor([[float(functional.linear_cka(r, c).clamp(0.0, 1.0)) for c in columns] for r in rows])
-    matrix[torch.tensor([_is_constant(r) for r in rows])] = float("nan")  # 0 / 0: no CKA, whatever eps gave
-    matrix[:, torch.tensor([_is_constant(c) for c in columns])] = float("nan")
     return LayerCKA(
-        matrix=matrix,
+        matrix=cka_matrix(rows, columns),
         row_names=row_names,
         column_names=column_names,
         row_model=names[0],
         column_model=names[1],
         num_images=len(row_pixels),
     )
+
+
+def cka_matrix(rows: Sequence[Tensor], columns: Sequence[Tensor]) -> Tensor:
+    """Linear CKA of every (N, D) row activation with every column one; NaN where a side is the
+    same for every image (0 / 0, whatever the epsilon gave).
+
+    Each activation is scaled to a largest value of 1 first: CKA does not change with scale, but
+    its epsilon does not scale with it, and the states of a freshly initialised model (centred
+    norms near 1e-11) read 0.00 where their CKA was 0.9.
+    """
+    rows, columns = [_unit_scaled(a) for a in rows], [_unit_scaled(a) for a in columns]
+    matrix = torch.tensor([[float(functional.linear_cka(r, c).clamp(0.0, 1.0)) for c in columns] for r in rows])
+    matrix[torch.tensor([_is_constant(r) for r in rows])] = float("nan")
+    matrix[:, torch.tensor([_is_constant(c) for c in columns])] = float("nan")
+    return matrix
+
+
+def _unit_scaled(activation: Tensor) -> Tensor:
+    return activation / activation.abs().amax().clamp_min(torch.finfo(activation.dtype).tiny)
 
 
 def prepare_pixels(images: Sequence, transform: Callable) -> Tensor:

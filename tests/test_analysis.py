@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from _models import hf_deit, hf_vit, pixels, timm_model
-from hf_rcka.analysis import layer_cka, save_heatmaps
+from hf_rcka.analysis import cka_matrix, layer_cka, save_heatmaps
 from hf_rcka.cli import cka_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,3 +331,16 @@ def test_the_report_runs_as_a_module_of_the_installed_package(tmp_path):
                           capture_output=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
     assert done.returncode == 0 and "--card" in done.stdout, done.stderr
 
+
+
+def test_the_cka_of_tiny_activations_is_their_cka_not_the_epsilon_s():
+    """A freshly initialised model's states (centred norms near 1e-11) read 0.00 where their CKA was 0.9."""
+    from hf_rcka.functional import linear_cka
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 30, generator=generator)
+    y = x @ torch.randn(30, 20, generator=generator) + 0.5 * torch.randn(40, 20, generator=generator)
+    expected = float(linear_cka(x.double(), y.double()))
+    matrix = cka_matrix([x * 1e-12, x], [y * 1e-13, torch.ones(40, 3)])
+    assert matrix[:, 0].tolist() == pytest.approx([expected, expected], abs=1e-5)
+    assert expected > 0.5 and torch.isnan(matrix[:, 1]).all()  # a constant side has no CKA
