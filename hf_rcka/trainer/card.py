@@ -227,8 +227,8 @@ def _cka_section(output_dir: str) -> str:
 
 def _cka_block(image: str, tables: str = "") -> str:
     details = f"\n<details><summary>CKA values</summary>\n\n{tables}\n</details>\n" if tables else ""
-    return (f"{_CKA_START}\n{_CKA_HEADING}\n\nLinear CKA between the teacher's and the student's hidden states "
-            f"(`scripts/cka_report.py`):\n\n![layer CKA]({image})\n{details}{_CKA_END}\n")
+    return (f"{_CKA_START}\n{_CKA_HEADING}\n\nLinear CKA between the hidden states of the models the picture "
+            f"names, the first one's in rows (`scripts/cka_report.py`):\n\n![layer CKA]({image})\n{details}{_CKA_END}\n")
 
 
 def write_model_card(
