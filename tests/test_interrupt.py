@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -269,6 +270,75 @@ def test_save_checkpoint_now_relies_on_trainers_save_checkpoint(tmp_path):
     checkpoint = Path(save_checkpoint_now(trainer))
     assert checkpoint == tmp_path / "run" / "checkpoint-2"
     assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {p.name for p in checkpoint.iterdir()}
+    # a checkpoint written whole is never written again (after the best one was loaded at the end,
+    # a second signal rewrote it with that checkpoint's weights beside the last step's optimizer)
+    written = {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()}
+    assert save_checkpoint_now(trainer) == str(checkpoint)
+    assert {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()} == written
+    shutil.rmtree(checkpoint)
+    trainer.best_model_loaded = True
+    assert save_checkpoint_now(trainer) is None and not checkpoint.exists()
+
+
+class SignalInForward(TrainerCallback):
+    """Two signals from inside step ``step``'s first forward, before its optimizer update."""
+
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum, self.armed = step, signum, False
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.armed = state.global_step + 1 == self.step
+        if self.armed and not hasattr(self, "hook"):
+            self.hook = model.student.register_forward_hook(lambda *_: self.fire())
+
+    def fire(self):
+        if self.armed:
+            self.armed = False
+            os.kill(os.getpid(), self.signum)
+            os.kill(os.getpid(), self.signum)
+
+
+def test_a_second_signal_inside_a_steps_forward_writes_no_checkpoint(tmp_path):
+    """The forward had moved BatchNorm statistics, a loss's class centres and the random state of
+    the next step: the checkpoint of step 2 held them, and its resumed run trained otherwise."""
+    from hf_rcka.cli.job import _train
+
+    stop = GracefulStop()
+    stop.install()
+    try:
+        trainer = tiny_trainer(tmp_path, stop, SignalInForward(3, signal.SIGINT), save_strategy="steps", save_steps=1)
+        with pytest.raises(Stopped) as stopped:
+            _train(trainer, resume=None, stop=stop, argv=["r.yaml"])
+    finally:
+        stop.uninstall()
+    checkpoints = sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*"))
+    assert stopped.value.checkpoint is None and checkpoints == ["checkpoint-1", "checkpoint-2"]
+    # checkpoint-2 is the loop's own, written at step 2's end, and the message names it
+    assert stopped.value.earlier == str(tmp_path / "run" / "checkpoint-2")
+    assert stopped.value.message().splitlines()[-1].endswith(f"--resume_from_checkpoint {tmp_path / 'run' / 'checkpoint-2'}")
+
+
+def test_a_stop_at_an_evaluation_that_is_no_new_best_still_saves_with_save_strategy_best(tmp_path):
+    """Trainer saves only a new best under save_strategy best, also at the stop's step: the run
+    said 'no checkpoint was saved, nothing to resume' and lost its steps since the last best."""
+    from conftest import pixel_dataset
+
+    from hf_rcka.cli.job import _train
+
+    stop = GracefulStop()
+    stop.install()
+    try:
+        trainer = tiny_trainer(
+            tmp_path, stop, SignalAt(4, signal.SIGTERM), eval_dataset=pixel_dataset(10, seed=1), max_steps=20,
+            eval_strategy="steps", eval_steps=2, save_strategy="best", metric_for_best_model="loss",
+            greater_is_better=True)
+        with pytest.raises(Stopped) as stopped:
+            _train(trainer, resume=None, stop=stop, argv=["r.yaml"])
+    finally:
+        stop.uninstall()
+    assert trainer.state.best_global_step == 2, "step 4's evaluation is no new best here"
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    assert stopped.value.checkpoint == str(checkpoint) and (checkpoint / "trainer_state.json").is_file()
 
 
 @pytest.mark.parametrize("argv,kept", [

@@ -35,7 +35,7 @@ from ..models.processors import load_image_processor
 from ..trainer.card_facts import card_facts_of
 from ..trainer.checkpointing import checkpoint_folder, checkpoint_step
 from ..trainer.divergence import check_loaded_weights
-from ..trainer.interrupt import GracefulStop, Interrupted, stopped_by_signal
+from ..trainer.interrupt import GracefulStop, Interrupted, last_checkpoint, save_checkpoint_now, stopped_by_signal
 from ..trainer.resume_hint import Stopped
 from ..modeling.assembly import build_distillation_model, run_loss_specs
 from ..trainer.trainer import DistillationTrainer
@@ -47,7 +47,7 @@ from .resume_checks import (
     warn_resume_schedule,
 )
 from .output_folder import (
-    check_output_dir, drop_stale_export, holds_run, later_checkpoints, resumes_in, said_write_errors,
+    check_output_dir, drop_stale_export, finished_after, holds_run, later_checkpoints, resumes_in, said_write_errors,
     set_aside_abandoned_branch, set_aside_previous_run, training_alone_in,
 )
 from .probes import probe_student
@@ -234,7 +234,8 @@ def _set_aside(args: DistillationTrainingArguments, data_args: DataArguments, re
             if args.should_save:
                 return set_aside_previous_run(args.output_dir, keep=(data_args.train_dir, data_args.validation_dir,
                                                                      data_args.dataset_name, resume))
-    elif args.do_train and resume and from_rank0(bool(later_checkpoints(args.output_dir, resume))):
+    elif args.do_train and resume and from_rank0(bool(later_checkpoints(args.output_dir, resume))
+                                                 or finished_after(args.output_dir, resume) is not None):
         with args.main_process_first(local=False, desc="setting aside the checkpoints after the resumed one"):
             if args.should_save:
                 return set_aside_abandoned_branch(args.output_dir, resume)
@@ -445,8 +446,10 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
     if stop is not None and stop.signum is not None and not finished:
         step = trainer.state.global_step
         checkpoint = checkpoint_folder(trainer)
+        if from_rank0(not os.path.isdir(checkpoint)):  # save_strategy best: saved at an evaluation if a new best
+            checkpoint = save_checkpoint_now(trainer) or checkpoint
         raise Stopped(stop.signum, step, checkpoint if os.path.isdir(checkpoint) else None, argv,
-                      trainer.is_world_process_zero())
+                      trainer.is_world_process_zero(), last_checkpoint(trainer.args.output_dir))
     with stop.finishing() if stop is not None else contextlib.nullcontext():  # a signal waits for the save
         if trainer.is_world_process_zero():
             drop_stale_export(trainer.args.output_dir)  # the earlier card, results and state: written anew after the save

@@ -9,20 +9,27 @@ step the callback asks the Trainer to save a checkpoint and stop (``control.shou
 FSDP need (the flag is combined across ranks, so ranks that did not get the signal stop at the
 same step). A second signal while the first is handled raises ``KeyboardInterrupt`` at once;
 ``save_checkpoint_now`` then writes what the last finished step left, unless the signal came in
-the middle of a weight update (then no checkpoint is written: its weights would match no step).
+the middle of a step (then no checkpoint is written: from the step's first forward its BatchNorm
+statistics, a loss's class centres and the random state move, then its weights, so the state
+would match no step), or after the best checkpoint was loaded at the end (the weights are that
+checkpoint's, not the last step's). A checkpoint the loop wrote whole is never written again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from transformers import TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..distributed import any_rank, host_group, world_size
-from .checkpointing import checkpoint_folder
+from .checkpointing import checkpoint_folder, checkpoint_step
 from .resume_hint import Stopped
 
 if TYPE_CHECKING:
@@ -57,7 +64,7 @@ class GracefulStop(TrainerCallback):
         self.stopped_at: int | None = None
         self.saved_model: str | None = None  # the trained model's folder, once saved (a later signal loses less)
         self.evaluated = False  # its final evaluation is recorded too
-        self.updating = False  # between an optimizer step's start and its step's end: the weights match no step
+        self.updating = False  # between a step's first forward and its end: the state matches no step
         self._training = False
         self._finishing = False
         self._previous: dict[int, Any] = {}
@@ -108,9 +115,11 @@ class GracefulStop(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
         self._training = False
 
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
-        # from here to the step's end the optimizer updates the weights (group by group), then the
-        # schedule and the step count: a checkpoint written in between would hold weights of no step
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        # from the step's first forward to its end the buffers (BatchNorm statistics, EKT's class
+        # centres, SRD's norms) and the random state (Mixup, dropout) move, then the optimizer
+        # updates the weights group by group, the schedule and the step count: a checkpoint written
+        # in between would hold the state of no step
         self.updating = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
@@ -120,16 +129,16 @@ class GracefulStop(TrainerCallback):
             self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
-        if self.stopped_at is not None and state.global_step < state.max_steps:
-            # The run is cut short, not finished (a stop in its last step ends it as planned, with
-            # the best checkpoint loaded and exported): Trainer's end of training would load the best
-            # checkpoint and, with save_total_limit 1, delete every other one, the checkpoint just
-            # written among them. The checkpoint's own training_args.bin, already written, keeps
-            # the settings for the resumed run; these are the trainer's copy.
-            args.load_best_model_at_end = False
-            args.save_total_limit = None
+            if state.global_step < state.max_steps:
+                # The run is cut short, not finished (a stop in its last step ends it as planned,
+                # with the best checkpoint loaded and exported): Trainer's end of training would load
+                # the best checkpoint and, with save_total_limit 1, delete every other one, the stop's
+                # checkpoint among them; with save_strategy best it saves at an evaluation only a new
+                # best, and the stop's save is written by the command line after training (see
+                # ``job``). Set here, before Trainer's save decision. A checkpoint's own
+                # training_args.bin keeps the settings for the resumed run; these are the trainer's copy.
+                args.load_best_model_at_end = False
+                args.save_total_limit = None
 
 
 def stopped_by_signal(trainer: Trainer, stop: GracefulStop | None, argv: Sequence[str] = ()) -> Stopped | None:
@@ -145,8 +154,8 @@ def stopped_by_signal(trainer: Trainer, stop: GracefulStop | None, argv: Sequenc
         argv: the command line's recipe and overrides, for the resume command.
     """
     if stop is not None and stop.updating:
-        logger.warning("the signal came during step %d's weight update: no checkpoint is written, its weights "
-                       "would match no step", trainer.state.global_step + 1)
+        logger.warning("the signal came during step %d: no checkpoint is written, its state would match no step",
+                       trainer.state.global_step + 1)
         checkpoint = None
     else:
         checkpoint = save_checkpoint_now(trainer)
@@ -158,11 +167,19 @@ def stopped_by_signal(trainer: Trainer, stop: GracefulStop | None, argv: Sequenc
     if stop is None:
         return None
     return Stopped(stop.signum or signal.SIGINT, trainer.state.global_step, checkpoint, argv,
-                   trainer.is_world_process_zero())
+                   trainer.is_world_process_zero(), last_checkpoint(trainer.args.output_dir))
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The folder's last checkpoint the loop wrote whole (its ``trainer_state.json`` comes last), if any."""
+    whole = [path for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+             if checkpoint_step(path.name) is not None and (path / TRAINER_STATE_NAME).is_file()]
+    return str(max(whole, key=lambda path: checkpoint_step(path.name))) if whole else None
 
 
 def save_checkpoint_now(trainer: Trainer) -> str | None:
-    """Write the checkpoint of the last finished step, as a save step would; None before the first step.
+    """Write the checkpoint of the last finished step, as a save step would; None before the first
+    step, or once the best checkpoint was loaded at the end of training.
 
     For training that an exception ended (a second signal, Ctrl-C without ``GracefulStop``): the
     training loop is gone, so ``control.should_save`` can no longer ask the Trainer for the save.
@@ -171,6 +188,13 @@ def save_checkpoint_now(trainer: Trainer) -> str | None:
         The checkpoint folder, ``<output_dir>/checkpoint-<global_step>``.
     """
     if trainer.state.global_step == 0:
+        return None
+    folder = checkpoint_folder(trainer)
+    if os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME)):  # the loop wrote this step's checkpoint whole
+        return folder
+    if getattr(trainer, "best_model_loaded", False):  # the weights are the best checkpoint's, not this step's
+        logger.warning("the best checkpoint was loaded at the end of training: no checkpoint of step %d is written",
+                       trainer.state.global_step)
         return None
     # Private on purpose: Trainer has no public method that writes a *resumable* checkpoint (weights,
     # optimizer, scheduler, RNG and trainer state) outside its loop; ``save_model`` + ``save_state``

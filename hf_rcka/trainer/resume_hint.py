@@ -22,9 +22,10 @@ CONSOLE_SCRIPT = "hf-rcka-distill"  # setup.cfg's console_scripts entry
 class Stopped(Exception):
     """Training stopped on a signal. ``exit_code`` follows the shell's 128 + signal convention."""
 
-    def __init__(self, signum: int, step: int, checkpoint: str | None, argv: Sequence[str], main_process: bool = True):
+    def __init__(self, signum: int, step: int, checkpoint: str | None, argv: Sequence[str], main_process: bool = True,
+                 earlier: str | None = None):
         self.signum, self.step, self.checkpoint, self.main_process = signum, step, checkpoint, main_process
-        self.argv = list(argv)
+        self.argv, self.earlier = list(argv), earlier  # earlier: the last checkpoint saved before, when none now
         super().__init__(self.message())
 
     @property
@@ -33,6 +34,9 @@ class Stopped(Exception):
 
     def message(self) -> str:
         name = signal.Signals(self.signum).name
+        if self.checkpoint is None and self.earlier is not None:
+            return (f"interrupted by {name} at step {self.step}: no checkpoint of it was saved; the last one is "
+                    f"{self.earlier}: resume with{secrets_note(self.argv)}:\n{resume_command(self.argv, self.earlier)}")
         if self.checkpoint is None:
             return f"interrupted by {name} at step {self.step}: no checkpoint was saved, nothing to resume"
         return (f"interrupted by {name}: saved {self.checkpoint} (step {self.step}); resume with"
