@@ -240,6 +240,26 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_branch_aside(tmp_path):
         "all_results.json", "checkpoint-30", "checkpoint-40", "model.safetensors", "trainer_state.json"]
 
 
+def test_resuming_a_finished_runs_earlier_checkpoint_is_refused_unless_it_is_set_aside(tmp_path):
+    """With load_best_model_at_end and save_total_limit 1 only the best checkpoint (2) outlives a
+    finished 8-step run: resume_from_checkpoint: true picked it, trained steps 3-8 again and
+    replaced the finished model, exit 0."""
+    out = tmp_path / "out"
+    _fake_run(out, [2], finished=True, tag="old")
+    (out / "trainer_state.json").write_text(json.dumps({"global_step": 8}))
+    args = SimpleNamespace(output_dir=str(out), overwrite_output_dir=False, do_train=True)
+    with pytest.raises(RecipeError, match="holds the finished run's model of step 8, later than the checkpoint-2"):
+        check_output_dir(args, str(out / "checkpoint-2"))
+    assert set_aside_abandoned_branch(str(out), str(out / "checkpoint-2")) == str(out / REPLACED)
+    assert sorted(p.name for p in (out / REPLACED).iterdir()) == [
+        "all_results.json", "model.safetensors", "trainer_state.json"]
+    check_output_dir(args, str(out / "checkpoint-2"))  # nothing later now
+    _fake_run(tmp_path / "done", [8], finished=True, tag="done")  # its last checkpoint: continuing it
+    (tmp_path / "done" / "trainer_state.json").write_text(json.dumps({"global_step": 8}))
+    check_output_dir(SimpleNamespace(**{**vars(args), "output_dir": str(tmp_path / "done")}),
+                     str(tmp_path / "done" / "checkpoint-8"))
+
+
 def test_a_checkpoint_of_another_folder_does_not_resume_over_a_run(tmp_path):
     """Resuming another folder's ViT checkpoint replaced a finished ResNet run's model, mixed their
     checkpoints and kept its EMA results, exit 0."""

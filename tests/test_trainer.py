@@ -372,29 +372,69 @@ def test_a_resumed_run_starts_at_its_own_schedules_rate(tmp_path):
 
     class Rates(TrainerCallback):
         def __init__(self):
-            self.seen = {}
+            self.seen, self.logged = {}, {}
 
         def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
             self.seen[state.global_step + 1] = optimizer.param_groups[0]["lr"]
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "learning_rate" in logs:
+                self.logged[state.global_step] = logs["learning_rate"]
 
     def run(name, max_steps, resume=None):
         args = make_args(tmp_path, name, max_steps=max_steps, lr_scheduler_type="cosine", learning_rate=1e-2,
                          save_strategy="steps", save_steps=4, losses=["ce"])
         rates = Rates()
+        logged[name] = rates.logged
         trainer = make_trainer(args, teacher=None)
         trainer.add_callback(rates)
         trainer.train(resume_from_checkpoint=resume)
         return rates.seen
 
+    logged = {}
     straight = run("straight", 8)
     run("short", 4)
     extended = run("short", 8, resume=str(tmp_path / "short" / "checkpoint-4"))
+    # and logs the rate it trained at (it logged the 4-step schedule's last one, 0.0)
+    assert logged["short"][5] == pytest.approx(logged["straight"][5]) and logged["short"][5] > 0
     assert sorted(extended) == [5, 6, 7, 8]
     assert extended[5] == pytest.approx(straight[5]) and extended[5] > 0
     assert [extended[k] for k in (6, 7, 8)] == pytest.approx([straight[k] for k in (6, 7, 8)])
     # an unchanged schedule resumes at the rate it had
     again = run("again", 8, resume=str(tmp_path / "straight" / "checkpoint-4"))
     assert again == pytest.approx({k: straight[k] for k in (5, 6, 7, 8)})
+
+
+def test_a_resumed_run_keeps_the_best_checkpoint_of_its_own_folder(tmp_path):
+    """trainer_state.json records the best checkpoint's path as saved: a run folder moved since
+    exported its last step instead (Trainer logs one line), and a folder reused since, another
+    run's checkpoint of that name."""
+    from hf_rcka.errors import ModelError
+
+    def args(name, max_steps):
+        return make_args(tmp_path, name, max_steps=max_steps, losses=["ce"], eval_strategy="steps", eval_steps=2,
+                         save_strategy="steps", save_steps=2, load_best_model_at_end=True,
+                         metric_for_best_model="loss", greater_is_better=True)  # the highest loss: an early step
+
+    first = make_trainer(args("run", 4), teacher=None)
+    first.train()
+    assert first.state.best_model_checkpoint == str(tmp_path / "run" / "checkpoint-2")
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint-2").mkdir()  # another run's, in the folder the state names
+    resumed = make_trainer(args("moved", 6), teacher=None)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "moved" / "checkpoint-4"))
+    assert resumed.state.best_global_step == 2, "still the best: loaded from the moved folder"
+    assert resumed.state.best_model_checkpoint == str(tmp_path / "moved" / "checkpoint-2")
+    best = snapshot(resumed.distillation_model.student)
+    saved = AutoModelForImageClassification.from_pretrained(tmp_path / "moved" / "checkpoint-2").state_dict()
+    assert all(torch.equal(best[k], saved[k]) for k in saved)
+    # resumed into a folder without the best checkpoint: refused before a step trains
+    shutil.copytree(tmp_path / "moved" / "checkpoint-4", tmp_path / "copy" / "checkpoint-4")
+    elsewhere = make_trainer(args("elsewhere", 6), teacher=None)
+    with pytest.raises(ModelError, match="the run's best checkpoint, checkpoint-2 .* is not in output_dir"):
+        elsewhere.train(resume_from_checkpoint=str(tmp_path / "copy" / "checkpoint-4"))
+    assert elsewhere.state.global_step == 0
 
 
 def test_resume_refuses_a_checkpoint_without_distillation_state(tmp_path):

@@ -221,6 +221,13 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
             "run resumes from: they would be left among its checkpoints (resume_from_checkpoint: true picks the last). "
             "Pass --overwrite_output_dir true to set them aside, or resume into a new output_dir"
         )
+    finished = finished_after(args.output_dir, resume) if resume is not None else None
+    if finished is not None:  # save_total_limit 1 with load_best_model_at_end keeps the best checkpoint alone
+        raise RecipeError(
+            f"output_dir {args.output_dir!r} holds the finished run's model of step {finished}, later than the "
+            f"{os.path.basename(resume)} this run resumes from: it would train those steps again and replace it. "
+            "Pass --overwrite_output_dir true to set it aside, or resume into a new output_dir"
+        )
 
 
 def _check_set_aside_folders(out: Path) -> None:
@@ -295,6 +302,18 @@ def later_checkpoints(output_dir: str, resume: str) -> list[str]:
     return [name for _, name in sorted(later)]
 
 
+def finished_after(output_dir: str, resume: str) -> int | None:
+    """The step of ``output_dir``'s finished run, when ``resume`` is an earlier checkpoint of it."""
+    out, step = Path(output_dir), checkpoint_step(Path(resume).name)
+    if not resumes_in(output_dir, resume) or step is None or not _finished(out):
+        return None
+    try:
+        finished = int(json.loads((out / "trainer_state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return finished if finished > step else None
+
+
 def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
     """With ``overwrite_output_dir``, resuming an earlier checkpoint sets aside what came after it.
 
@@ -302,7 +321,7 @@ def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
     ``_replaced/`` (as a replaced run is); the resumed checkpoint and those before it stay.
     """
     later = later_checkpoints(output_dir, resume)
-    if not later:
+    if not later and finished_after(output_dir, resume) is None:
         return None
     step = checkpoint_step(Path(resume).name)
     out = Path(output_dir)
@@ -311,8 +330,8 @@ def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
         and any(fnmatch.fnmatchcase(e.name, p) for p in RUN_OUTPUTS)
         and not any(fnmatch.fnmatchcase(e.name, p) for p in _BRANCH_KEEPS)]
     target = _move_aside(out, entries)
-    logger.warning("output_dir: resuming checkpoint-%d sets aside the later %s (moved to %s)", step, ", ".join(later),
-                   target)
+    logger.warning("output_dir: resuming checkpoint-%d sets aside the later %s (moved to %s)", step,
+                   ", ".join(later or ["finished run's model"]), target)
     return target
 
 

@@ -30,6 +30,7 @@ import safetensors.torch
 import torch
 from accelerate.utils.constants import FSDP_MODEL_NAME
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from ..arguments import global_batch_size
@@ -69,6 +70,8 @@ class CheckpointingTrainer(Trainer):
     _earlier_model: bool | None = None  # whether it held another model: the first listing's answer
     _hub_pushed = False  # a checkpoint push of this run went out
     _resumed = False  # this run resumed a checkpoint (whose run may have pushed)
+    best_model_loaded = False  # at the end of training, load_best_model_at_end loaded the best checkpoint
+    resumed_best: str | None = None  # a resumed run's best checkpoint (ResumedBest)
 
     def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
         """Trainer's, keeping the number of optimizer steps an epoch takes for the checkpoints."""
@@ -218,6 +221,7 @@ class CheckpointingTrainer(Trainer):
         if target.teacher is not None:  # the checkpoint holds no teacher: another one went on silently
             check_teacher_record(resume_from_checkpoint, self._teacher_record(target.teacher))
         check_loss_record(resume_from_checkpoint, loss_settings(self.args, target.teacher is not None))
+        self.resumed_best = best_checkpoint(resume_from_checkpoint, self.args)
         logger.info("resuming student and distillation state from %s", resume_from_checkpoint)
         try:
             target.load_checkpoint(resume_from_checkpoint)
@@ -304,6 +308,7 @@ class CheckpointingTrainer(Trainer):
     # and distillation state of that checkpoint, strictly.
     def _load_best_model(self) -> None:
         logger.info("loading the best student from %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
+        self.best_model_loaded = True  # the weights are no longer the last step's (see interrupt)
         self.distillation_model.load_checkpoint(self.state.best_model_checkpoint)
         _restore_live_student(self.distillation_model.student, self.state.best_model_checkpoint)
         if self.model_ema is not None:  # the average of that checkpoint, not of the last step
@@ -343,6 +348,54 @@ class ResumedRate(TrainerCallback):
             return
         for group, base, factor in zip(optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
             group["lr"] = base * factor(schedule.last_epoch)
+        # the rate Trainer logs for the step (get_last_lr()): the checkpoint's schedule's, 0.0 at its end
+        schedule._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+class ResumedBest(TrainerCallback):
+    """A resumed run's best checkpoint is the one of its own output folder (``best_checkpoint``).
+
+    ``trainer_state.json`` records the best checkpoint's path as it was when saved: for a run folder
+    since moved, a path that no longer exists (Trainer then exports the last step, with one log
+    line), and for a checkpoint copied out of a folder since reused, another run's checkpoint,
+    exported as this run's best. It also decides which checkpoint ``save_total_limit`` keeps.
+
+    Args:
+        best: returns the path ``best_checkpoint`` resolved when the checkpoint was loaded, or None.
+    """
+
+    def __init__(self, best: Any) -> None:
+        self.best = best
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        if state.global_step and self.best() is not None:
+            state.best_model_checkpoint = self.best()
+
+
+def best_checkpoint(resume: str, args: Any) -> str | None:
+    """Where a resumed run's best checkpoint is, with ``load_best_model_at_end``: ``checkpoint-<best
+    step>`` of ``output_dir``, or the resumed checkpoint when it is the best one; None without one.
+
+    Raises:
+        ModelError: the recorded best step's checkpoint is in neither place.
+    """
+    try:
+        with open(os.path.join(resume, TRAINER_STATE_NAME)) as handle:
+            recorded = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    step = recorded.get("best_global_step")
+    if not getattr(args, "load_best_model_at_end", False) or not step:
+        return None
+    here = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+    if os.path.isdir(here):
+        return here
+    if checkpoint_step(os.path.basename(os.path.normpath(resume))) == step:
+        return resume
+    raise ModelError(
+        f"resume_from_checkpoint: the run's best checkpoint, {PREFIX_CHECKPOINT_DIR}-{step} (recorded as "
+        f"{recorded.get('best_model_checkpoint')!r}), is not in output_dir {args.output_dir!r}: load_best_model_at_end "
+        "would export another model. Copy it there, or resume with load_best_model_at_end: false")
 
 
 def holds_training_state(folder: str) -> bool:
@@ -410,7 +463,7 @@ def keep_token_out_of_files(args: Any) -> None:
 
 
 __all__ = [
-    "BATCH_RECORD_NAME", "LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "ResumedRate", "checkpoint_folder",
+    "BATCH_RECORD_NAME", "LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "ResumedBest", "ResumedRate", "checkpoint_folder",
     "checkpoint_step",
     "holds_training_state", "HubToken", "keep_token_out_of_files",
 ]

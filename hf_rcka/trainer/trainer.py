@@ -39,7 +39,14 @@ from ..errors import DataError, ModelError
 from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches, check_unsized_training
 from .card_facts import CardFacts, complete_card_facts
 from .term_log import LastStepLog, LossTermLog
-from .checkpointing import CheckpointingTrainer, FinishedAlready, ResumedRate, checkpoint_step, keep_token_out_of_files
+from .checkpointing import (
+    CheckpointingTrainer,
+    FinishedAlready,
+    ResumedBest,
+    ResumedRate,
+    checkpoint_step,
+    keep_token_out_of_files,
+)
 from .given_data import check_columns, check_image_sizes, check_later_dataset, image_size
 from .given_labels import check_labels, name_student_classes
 from .given_models import (
@@ -307,6 +314,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self._term_logs = {"train": LossTermLog(), "eval": LossTermLog()}
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
         self.add_callback(ResumedRate())
+        self.add_callback(ResumedBest(lambda: self.resumed_best))
         self.add_callback(LastStepLog())  # train_loss gathered over the processes to the end
         self._finished_already = FinishedAlready()
         self.add_callback(self._finished_already)
