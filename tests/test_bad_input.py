@@ -112,6 +112,22 @@ def test_an_evaluation_batch_too_small_for_a_relation_over_its_samples(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_an_evaluation_set_too_small_for_a_relation_is_refused_for_the_final_evaluation(tmp_path, capsys):
+    """The command line's final evaluation (eval_strategy no) and an evaluation-only run took 2
+    images without a word: the relational terms were missing from the results, exit 0."""
+    distil = base(tmp_path, teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET,
+                  max_eval_samples=2, max_steps=1, losses=[{"name": "ce"}, {"name": "feature_cka"}])
+    assert run(tmp_path, distil) == 2
+    assert "the evaluation set has 2 image(s), and feature_cka relates the samples of a batch" in error_of(capsys)
+    assert not list((tmp_path / "out").glob("checkpoint-*")) and not (tmp_path / "out" / "model.safetensors").exists()
+    # a run that never evaluates takes any evaluation batch
+    assert run(tmp_path, {**distil, "max_eval_samples": 10, "per_device_eval_batch_size": 2, "do_eval": False}) == 0
+    capsys.readouterr()
+    evaluation = {**distil, "do_train": False, "model_name_or_path": str(tmp_path / "out"), "student_from_scratch": False}
+    assert run(tmp_path, evaluation) == 2
+    assert "the evaluation set has 2 image(s), and feature_cka relates the samples of a batch" in error_of(capsys)
+
+
 LOAD_BEST = {"eval_strategy": "steps", "save_strategy": "steps", "load_best_model_at_end": True}
 
 

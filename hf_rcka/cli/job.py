@@ -18,7 +18,7 @@ import datasets
 import huggingface_hub
 import transformers
 import transformers.trainer
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint, has_length
 
 from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments, run_mixed_precision
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
@@ -32,6 +32,7 @@ from ..modeling.teacher_inputs import input_stats
 from ..models.labels import check_validation_labels, listed_names, resume_label_order, run_label_order
 from ..models.loading import load_image_classifier
 from ..models.processors import load_image_processor
+from ..trainer.batch_rows import check_evaluation_rows
 from ..trainer.card_facts import card_facts_of
 from ..trainer.checkpointing import checkpoint_folder, checkpoint_step
 from ..trainer.divergence import check_loaded_weights
@@ -115,6 +116,9 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
     if not args.do_train:
         tensorboard_into(trainer, record_dir)
         _leave_out_fresh_losses(trainer)
+        if args.do_eval and has_length(trainer.eval_dataset):  # a training run's check is train()'s
+            check_evaluation_rows({name: loss for name, loss in trainer.distillation_model.losses.items()
+                                   if name not in trainer.distillation_model.left_out}, args, len(trainer.eval_dataset))
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         losses = run_loss_specs(args, trainer.distillation_model.teacher is not None)
         trainer.add_callback(RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME)))

@@ -65,7 +65,8 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     losses = {spec["name"]: loss for spec, loss in zip(specs, build_losses(specs))}
     if args.do_train:
         check_relation_rows(losses, args)
-    check_evaluation_rows(losses, args)  # every run evaluates
+    if args.do_eval or args.eval_strategy != "no":  # the command line's final evaluation, or evaluations in training
+        check_evaluation_rows(losses, args)
     check_recipe_metric(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
         if getattr(model_args, key):

@@ -563,7 +563,7 @@ class DistillationTrainer(CheckpointingTrainer):
         resuming = bool(kwargs.get("resume_from_checkpoint") or (args and args[0]))
         check_identical_repeats(self.augmentation, resuming)
         check_iterable_dispatch(self.args, [self.train_dataset])  # each evaluation set: get_eval_dataloader
-        if self.eval_dataset is not None and self.args.eval_strategy != "no":
+        if self.eval_dataset is not None and (self.args.eval_strategy != "no" or self.args.do_eval):
             for evaluation in (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]):
                 check_evaluation_rows(losses, self.args, len(evaluation) if hasattr(evaluation, "__len__") else None)
         if self.train_dataset is not None and not hasattr(self.train_dataset, "__len__"):
