@@ -1235,6 +1235,10 @@ def test_an_fsdp_launch_on_cpu_processes_is_refused(monkeypatch):
         check_launch(SimpleNamespace(world_size=2, use_cpu=True, fsdp=""))
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
     check_launch(SimpleNamespace(world_size=2, use_cpu=True, fsdp=""))  # plain CPU data parallelism
+    # fsdp in one process: Trainer's traceback once the models had loaded
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(RecipeError, match="fsdp shards the student over the processes of a launch, and this is one"):
+        check_launch(SimpleNamespace(world_size=1, use_cpu=False, fsdp=["full_shard"]))
 
 
 def test_runs_that_would_train_nothing_or_evaluate_random_weights(tmp_path, capsys, no_loading):
@@ -1700,3 +1704,10 @@ def test_a_student_of_other_than_three_channels_is_one_line(tmp_path, capsys):
     assert run(tmp_path, recipe) == 2
     assert "the student reads 1-channel images" in error_of(capsys)
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_an_output_dir_that_cannot_be_made_is_one_line_before_anything_loads(tmp_path, capsys, no_loading):
+    """A folder name too long for the file system ended in a traceback once models and data had loaded."""
+    too_long = tmp_path / ("x" * 300)
+    assert run(tmp_path, base(tmp_path, output_dir=str(too_long))) == 2
+    assert error_of(capsys).startswith(f"error: output_dir {str(too_long)!r} cannot be created (File name too long)")

@@ -136,8 +136,8 @@ def _local_folders(settings: dict[str, str | None]) -> Iterator[tuple[str, str, 
 
 @contextlib.contextmanager
 def training_alone_in(output_dir: str) -> Iterator[str | None]:
-    """Hold ``output_dir`` for one training run; yields None, or why another run holds it (every
-    rank must refuse, so the caller shares this and raises).
+    """Hold ``output_dir`` for one training run; yields None, or why another run holds it or it
+    cannot be made (every rank must refuse, so the caller shares this and raises).
 
     Two runs in one folder both exited 0, one's model and card beside the other's recorded
     recipe, and the other's model lost. The lock is ``flock`` on the folder itself (no file is
@@ -149,11 +149,17 @@ def training_alone_in(output_dir: str) -> Iterator[str | None]:
     if fcntl is None:
         yield None
         return
-    made = missing_folders(output_dir)
     try:
+        check_output_dir_writable(output_dir)
+        made = missing_folders(output_dir)
         os.makedirs(output_dir, exist_ok=True)
+    except (OSError, RecipeError) as err:  # a name too long, a file system that takes no folders (/proc)
+        yield str(err) if isinstance(err, RecipeError) else (
+            f"output_dir {output_dir!r} cannot be created ({err.strerror or err}). Choose another output_dir")
+        return
+    try:
         descriptor = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:  # not writable: check_output_dir_writable says so, or the Trainer will
+    except OSError:  # a folder that cannot be opened to lock: runs there are not kept apart
         yield None
         return
     refusal = None

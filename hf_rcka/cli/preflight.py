@@ -171,6 +171,10 @@ def check_launch(args: Any) -> None:
         raise RecipeError(f"launched as {launched} processes, but each would train alone on all the data and write "
                           "the same output_dir: on a machine without GPUs add --use_cpu true, so that they train "
                           "together")
+    if launched == 1 and getattr(args, "fsdp", None):  # Trainer refused it in a traceback once the models loaded
+        raise RecipeError("fsdp shards the student over the processes of a launch, and this is one process: launch "
+                          "several (accelerate launch --config_file recipes/accelerate/fsdp_8gpu_bf16.yaml, or torchrun "
+                          "--nproc_per_node N), or drop fsdp")
     if launched > 1 and fsdp_requested(args) and (args.use_cpu or not _has_accelerator()):
         # accelerate turns MULTI_CPU into FSDP nowhere: the run trained as plain DDP, treated as FSDP
         raise RecipeError("an FSDP launch on CPU processes: accelerate shards models on accelerators only, so this run "

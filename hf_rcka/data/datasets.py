@@ -174,8 +174,9 @@ def _say_unused_splits(raw: datasets.DatasetDict, evaluated: str | None, args: D
     if unknown:
         logger.warning("data: the dataset's split(s) %s are not used: hf_rcka trains on 'train' and evaluates the first "
                        "of %s it has%s", unknown, list(VALIDATION_SPLIT_NAMES), _instead(evaluated, eval_only))
-    elif unused:
-        logger.info("data: the dataset's split(s) %s are not used", unused)
+    known = [name for name in unused if name not in unknown]
+    if known:
+        logger.info("data: the dataset's split(s) %s are not used", known)
     default = DataArguments.__dataclass_fields__["train_val_split"].default
     if evaluated is not None and args.train_val_split != default:
         logger.warning("data: train_val_split %g is not used: the dataset's own %r split is evaluated",
