@@ -218,6 +218,9 @@ def test_the_recorded_launch_says_how_the_global_batch_was_made(tmp_path, monkey
     assert "torchrun --nproc_per_node 2 ../hf_rcka/scripts/distill.py " in launch_command("r.yaml")
     monkeypatch.setattr("sys.argv", ["/home/alice/hf_rcka/scripts/distill.py"])
     assert " scripts/distill.py r.yaml" in launch_command("r.yaml") and "alice" not in launch_command("r.yaml")
+    # a user's own entry script (it may register losses the repository's does not know) keeps its name
+    monkeypatch.setattr("sys.argv", ["/home/alice/project/my_distill.py"])
+    assert launch_command("r.yaml") == "torchrun --nproc_per_node 2 my_distill.py r.yaml"
     # an installed package has no scripts/: the console script, or the module under a launcher
     import hf_rcka
 
@@ -274,6 +277,8 @@ def test_a_resume_with_another_schedule_is_said(tmp_path, caplog):
         changed = warn_resume_schedule(str(checkpoint), longer)
     assert changed == ["num_train_epochs 3 -> 6", "warmup_steps 0 -> 0.1"]
     assert "other schedule settings (num_train_epochs 3 -> 6; warmup_steps 0 -> 0.1)" in caplog.text
+    _, _, linear = parse_arguments({**recorded, "lr_scheduler_type": "linear"})
+    assert warn_resume_schedule(str(checkpoint), linear) == ["lr_scheduler_type cosine -> linear"]
 
 
 def test_the_record_holds_the_batch_trained_with_and_no_resume(tmp_path):

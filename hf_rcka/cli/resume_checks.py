@@ -187,6 +187,7 @@ def warn_resume_schedule(folder: str, args: Any) -> list[str]:
 
 
 def _setting(value: Any) -> str:
+    value = getattr(value, "value", value)  # TrainingArguments hold enums: linear, not SchedulerType.LINEAR
     return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 

@@ -85,7 +85,9 @@ def _command(public: bool = False) -> list[str]:
 
     ``pip install`` users have no ``scripts/distill.py``: a run started as ``hf-rcka-distill`` or
     ``python -m hf_rcka`` is relaunched that way (a launcher takes the module, ``-m hf_rcka``).
-    ``public``: a script's absolute path (someone's folders) is printed as the repository's.
+    ``public``: a script's absolute path (someone's folders) is printed as the repository's script,
+    or as its own name when it is an entry script of the user's (``my_distill.py``, which may
+    register losses the repository's script does not know).
     """
     launcher = _launcher()
     entry = os.path.basename(sys.argv[0]) if sys.argv else ""
@@ -94,7 +96,9 @@ def _command(public: bool = False) -> list[str]:
     if entry == CONSOLE_SCRIPT or (sys.argv and _is_package_main(sys.argv[0])):
         return [*launcher, "-m", "hf_rcka"]
     script = sys.argv[0] if entry.endswith("distill.py") else SCRIPT
-    return [*launcher, SCRIPT if public and os.path.isabs(script) else script]
+    if public and os.path.isabs(script):
+        script = SCRIPT if entry == os.path.basename(SCRIPT) else entry
+    return [*launcher, script]
 
 
 def _is_package_main(path: str) -> bool:
