@@ -144,19 +144,22 @@ def cka_matrix(rows: Sequence[Tensor], columns: Sequence[Tensor]) -> Tensor:
     """Linear CKA of every (N, D) row activation with every column one; NaN where a side is the
     same for every image (0 / 0, whatever the epsilon gave).
 
-    Each activation is scaled to a largest value of 1 first: CKA does not change with scale, but
-    its epsilon does not scale with it, and the states of a freshly initialised model (centred
-    norms near 1e-11) read 0.00 where their CKA was 0.9.
+    Each activation is centred over the images and scaled to a largest value of 1 first: CKA
+    changes with neither, but its epsilon does not scale, and the states of a freshly initialised
+    model (centred norms near 1e-11), or a small spread around a large shared value, read 0.00
+    where their CKA was 0.9.
     """
-    rows, columns = [_unit_scaled(a) for a in rows], [_unit_scaled(a) for a in columns]
+    constant_rows, constant_columns = [_is_constant(r) for r in rows], [_is_constant(c) for c in columns]
+    rows, columns = [_unit_spread(a) for a in rows], [_unit_spread(a) for a in columns]
     matrix = torch.tensor([[float(functional.linear_cka(r, c).clamp(0.0, 1.0)) for c in columns] for r in rows])
-    matrix[torch.tensor([_is_constant(r) for r in rows])] = float("nan")
-    matrix[:, torch.tensor([_is_constant(c) for c in columns])] = float("nan")
+    matrix[torch.tensor(constant_rows)] = float("nan")
+    matrix[:, torch.tensor(constant_columns)] = float("nan")
     return matrix
 
 
-def _unit_scaled(activation: Tensor) -> Tensor:
-    return activation / activation.abs().amax().clamp_min(torch.finfo(activation.dtype).tiny)
+def _unit_spread(activation: Tensor) -> Tensor:
+    centred = activation - activation.mean(0)
+    return centred / centred.abs().amax().clamp_min(torch.finfo(centred.dtype).tiny)
 
 
 def prepare_pixels(images: Sequence, transform: Callable) -> Tensor:

@@ -424,6 +424,17 @@ def test_overrides_for_other_than_rgb_images_are_refused_before_loading(tmp_path
     assert error_of(capsys).startswith(f"error: {overrides_key} sets {named}: every image is decoded to RGB")
 
 
+def test_a_saved_model_for_other_than_rgb_images_is_refused_before_loading(tmp_path, capsys):
+    """A folder whose config says num_channels 1 failed after loading, told to change its image size."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    folder = tmp_path / "gray"
+    ResNetForImageClassification(ResNetConfig(**TINY_RESNET, num_channels=1)).save_pretrained(folder)
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(folder))) == 2
+    assert error_of(capsys).startswith(f"error: teacher_model_name_or_path: {str(folder)!r} is built for 1-channel "
+                                       "images, and every image is decoded to RGB")
+
+
 def test_model_paths_that_do_not_exist(tmp_path, capsys, no_loading, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()

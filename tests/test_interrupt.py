@@ -341,6 +341,31 @@ def test_a_stop_at_an_evaluation_that_is_no_new_best_still_saves_with_save_strat
     assert stopped.value.checkpoint == str(checkpoint) and (checkpoint / "trainer_state.json").is_file()
 
 
+def test_a_second_signal_during_the_stops_own_save_names_the_checkpoint_before(tmp_path, monkeypatch):
+    """The save after training (save_strategy best) cut short by a second signal: the run said no
+    checkpoint was written, and named none."""
+    from conftest import pixel_dataset
+
+    from hf_rcka.cli import job
+
+    def cut_short(trainer):
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(job, "save_checkpoint_now", cut_short)
+    stop = GracefulStop()
+    stop.install()
+    try:
+        trainer = tiny_trainer(
+            tmp_path, stop, SignalAt(4, signal.SIGTERM), eval_dataset=pixel_dataset(10, seed=1), max_steps=20,
+            eval_strategy="steps", eval_steps=2, save_strategy="best", metric_for_best_model="loss",
+            greater_is_better=True)
+        with pytest.raises(Stopped) as stopped:
+            job._train(trainer, resume=None, stop=stop, argv=["r.yaml"])
+    finally:
+        stop.uninstall()
+    assert stopped.value.checkpoint is None and stopped.value.earlier == str(tmp_path / "run" / "checkpoint-2")
+
+
 @pytest.mark.parametrize("argv,kept", [
     (["r.yaml", "--resume_from_checkpoint", "--logging_steps", "5"], ["r.yaml", "--logging_steps", "5"]),
     (["r.yaml", "--resume_from_checkpoint", "out/checkpoint-2", "--seed", "1"], ["r.yaml", "--seed", "1"]),

@@ -429,7 +429,11 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_its_own_folder(tmp_path):
     best = snapshot(resumed.distillation_model.student)
     saved = AutoModelForImageClassification.from_pretrained(tmp_path / "moved" / "checkpoint-2").state_dict()
     assert all(torch.equal(best[k], saved[k]) for k in saved)
-    # resumed into a folder without the best checkpoint: refused before a step trains
+    # resumed into a new folder, the run's own kept: its best checkpoint is the one beside the resumed one
+    fresh = make_trainer(args("fresh", 6), teacher=None)
+    fresh.train(resume_from_checkpoint=str(tmp_path / "moved" / "checkpoint-4"))
+    assert fresh.state.best_model_checkpoint == str(tmp_path / "moved" / "checkpoint-2")
+    # resumed into a folder without the best checkpoint, from a copy without it: refused before a step trains
     shutil.copytree(tmp_path / "moved" / "checkpoint-4", tmp_path / "copy" / "checkpoint-4")
     elsewhere = make_trainer(args("elsewhere", 6), teacher=None)
     with pytest.raises(ModelError, match="the run's best checkpoint, checkpoint-2 .* is not in output_dir"):

@@ -451,8 +451,11 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
         step = trainer.state.global_step
         checkpoint = checkpoint_folder(trainer)
         if from_rank0(not os.path.isdir(checkpoint)):  # save_strategy best: saved at an evaluation if a new best
-            checkpoint = save_checkpoint_now(trainer) or checkpoint
-        raise Stopped(stop.signum, step, checkpoint if os.path.isdir(checkpoint) else None, argv,
+            try:
+                checkpoint = save_checkpoint_now(trainer) or checkpoint
+            except (KeyboardInterrupt, Interrupted):  # a second signal: the save cut short is no checkpoint
+                checkpoint = ""
+        raise Stopped(stop.signum, step, checkpoint if checkpoint and os.path.isdir(checkpoint) else None, argv,
                       trainer.is_world_process_zero(), last_checkpoint(trainer.args.output_dir))
     with stop.finishing() if stop is not None else contextlib.nullcontext():  # a signal waits for the save
         if trainer.is_world_process_zero():

@@ -305,6 +305,7 @@ def check_student_config(model_args: Any) -> None:
             raise RecipeError(f"{overrides_key}: {err}") from None
         if key == "model_name_or_path":
             _check_image_size(model_args.image_size, config.model_type, {**config.to_dict(), **overrides})
+    _check_saved_channels(model_args)
     local = _local_config(model_args.model_name_or_path)
     if local is not None:
         _check_image_size(model_args.image_size, local.get("model_type"), {**local, **(model_args.student_config_overrides or {})},
@@ -356,6 +357,18 @@ def check_channel_overrides(model_args: Any) -> None:
             if channels is not None and channels != 3:
                 raise RecipeError(f"{overrides_key} sets {key} {channels!r}: every image is decoded to RGB, 3 channels "
                                   f"(a grayscale one too, its value repeated). Drop {key} from {overrides_key}")
+
+
+def _check_saved_channels(model_args: Any) -> None:
+    """A model folder's config built for other than 3-channel images (``num_channels``, a timm
+    model's ``in_chans``) is refused as the overrides are (see ``check_channel_overrides``)."""
+    for key in ("model_name_or_path", "teacher_model_name_or_path"):
+        name = getattr(model_args, key)
+        saved = (_local_config(name) if name else None) or {}
+        channels = saved.get("num_channels", (saved.get("model_args") or {}).get("in_chans"))
+        if channels is not None and channels != 3:
+            raise RecipeError(f"{key}: {name!r} is built for {channels}-channel images, and every image is decoded "
+                              "to RGB, 3 channels: give a model built for RGB images")
 
 
 def _check_image_size(image_size: int | None, model_type: str | None, config: dict, pretrained: bool = False) -> None:

@@ -374,7 +374,8 @@ class ResumedBest(TrainerCallback):
 
 def best_checkpoint(resume: str, args: Any) -> str | None:
     """Where a resumed run's best checkpoint is, with ``load_best_model_at_end``: ``checkpoint-<best
-    step>`` of ``output_dir``, or the resumed checkpoint when it is the best one; None without one.
+    step>`` of ``output_dir``, the resumed checkpoint when it is the best one, or the one beside it (a
+    run resumed into another folder); None without one.
 
     Raises:
         ModelError: the recorded best step's checkpoint is in neither place.
@@ -387,11 +388,14 @@ def best_checkpoint(resume: str, args: Any) -> str | None:
     step = recorded.get("best_global_step")
     if not getattr(args, "load_best_model_at_end", False) or not step:
         return None
-    here = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
-    if os.path.isdir(here):
-        return here
+    name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
+    if os.path.isdir(os.path.join(args.output_dir, name)):
+        return os.path.join(args.output_dir, name)
     if checkpoint_step(os.path.basename(os.path.normpath(resume))) == step:
         return resume
+    beside = os.path.join(os.path.dirname(os.path.normpath(resume)), name)  # the resumed run's own folder
+    if os.path.isdir(beside):
+        return beside
     raise ModelError(
         f"resume_from_checkpoint: the run's best checkpoint, {PREFIX_CHECKPOINT_DIR}-{step} (recorded as "
         f"{recorded.get('best_model_checkpoint')!r}), is not in output_dir {args.output_dir!r}: load_best_model_at_end "

@@ -56,7 +56,7 @@ class GracefulStop(TrainerCallback):
     """
 
     # The trainer runs it after its other callbacks, so that its on_step_end, which closes the
-    # weight update's window, comes after theirs (the weight EMA updates in its own on_step_end).
+    # step's window, comes after theirs (the weight EMA updates in its own on_step_end).
     runs_last = True
 
     def __init__(self) -> None:
@@ -147,13 +147,13 @@ def stopped_by_signal(trainer: Trainer, stop: GracefulStop | None, argv: Sequenc
     (the caller then lets the ``KeyboardInterrupt`` go on).
 
     The interrupt is a second signal, or Ctrl-C with no ``GracefulStop`` installed. No checkpoint
-    is written when it came in the middle of a weight update: part of the next step is applied,
-    so its weights would match no step.
+    is written when it came in the middle of a step (part of the next step's state has moved, so
+    it would match no step), nor without a ``GracefulStop``, which alone knows where the step is.
 
     Args:
         argv: the command line's recipe and overrides, for the resume command.
     """
-    if stop is not None and stop.updating:
+    if stop is None or stop.updating:
         logger.warning("the signal came during step %d: no checkpoint is written, its state would match no step",
                        trainer.state.global_step + 1)
         checkpoint = None

@@ -576,6 +576,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self._check_training_batches()
         self.check_teacher()
         forget_evaluation_preparation(self)
+        self.best_model_loaded = False  # an earlier train() of this trainer may have loaded its best checkpoint
         self._wrap_unchecked = True
         output = super().train(*args, **kwargs)
         self.divergence.check(self.args, self.state, self.control)  # a divergence no logging or saving step saw
