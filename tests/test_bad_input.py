@@ -1713,8 +1713,9 @@ def test_a_student_of_other_than_three_channels_is_one_line(tmp_path, capsys):
     recipe = base(tmp_path, model_name_or_path="timm/resnet10t", student_from_scratch=True,
                   student_config_overrides={"in_chans": 1, "pretrained_cfg_overlay": {"mean": [0.5], "std": [0.5]}})
     assert run(tmp_path, recipe) == 2
-    assert "the student reads 1-channel images" in error_of(capsys)
-    assert not (tmp_path / "out" / "model.safetensors").exists()
+    assert "student_config_overrides sets in_chans 1: every image is decoded to RGB" in error_of(capsys)
+    assert not (tmp_path / "out").exists(), "refused from the recipe, before anything loads"
+
 
 
 def test_an_output_dir_that_cannot_be_made_is_one_line_before_anything_loads(tmp_path, capsys, no_loading):
