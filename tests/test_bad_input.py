@@ -1717,7 +1717,6 @@ def test_a_student_of_other_than_three_channels_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists(), "refused from the recipe, before anything loads"
 
 
-
 def test_an_output_dir_that_cannot_be_made_is_one_line_before_anything_loads(tmp_path, capsys, no_loading):
     """A folder name too long for the file system ended in a traceback once models and data had loaded."""
     too_long = tmp_path / ("x" * 300)
