@@ -235,6 +235,8 @@ class DistillationTrainingArguments(TrainingArguments):
         check_teacher_dtype(self.teacher_dtype, run_mixed_precision(self))
         check_batch_settings(self)
         check_optim_args(self)
+        if self.lr_base_scale not in ("linear", "sqrt"):  # a typo is one, whether lr_base is set or not
+            raise RecipeError(f"lr_base_scale must be 'linear' or 'sqrt', got {self.lr_base_scale!r}")
         if self.lr_base is not None:  # needs the number of processes, known once TrainingArguments set up the devices
             self.learning_rate = scaled_learning_rate(self)
 
@@ -304,8 +306,6 @@ def scaled_learning_rate(args: "DistillationTrainingArguments") -> float:
     if args.auto_find_batch_size:
         raise RecipeError("lr_base scales the learning rate to the batch the recipe sets, and auto_find_batch_size "
                           "may train with a smaller one: set per_device_train_batch_size yourself, or use learning_rate")
-    if args.lr_base_scale not in ("linear", "sqrt"):
-        raise RecipeError(f"lr_base_scale must be 'linear' or 'sqrt', got {args.lr_base_scale!r}")
     if args.lr_base <= 0 or args.lr_base_size < 1:
         raise RecipeError(f"lr_base must be > 0 and lr_base_size >= 1, got {args.lr_base} and {args.lr_base_size}")
     ratio = global_batch_size(args) / args.lr_base_size

@@ -182,6 +182,8 @@ def test_lr_base_scales_to_the_global_batch_as_deit_does():
         parse_arguments({**base, "learning_rate": 1e-4})
     with pytest.raises(RecipeError, match="lr_base_scale"):
         parse_arguments({**base, "lr_base_scale": "cubic"})
+    with pytest.raises(RecipeError, match="lr_base_scale must be 'linear' or 'sqrt'"):  # a typo without lr_base too
+        parse_arguments({**BASE, "lr_base_scale": "cube"})
     with pytest.raises(RecipeError, match="both given"):  # even at TrainingArguments' default value
         parse_arguments({**base, "learning_rate": 5e-5})
     with pytest.raises(RecipeError, match="auto_find_batch_size"):  # it may train with a smaller batch

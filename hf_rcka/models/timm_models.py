@@ -105,7 +105,8 @@ def _create_timm_model(architecture: str, labels: LabelMaps | None, model_args: 
         ) from None
     except TypeError as err:
         raise ValueError(
-            f"timm architecture {architecture!r} rejected config_overrides {sorted(model_args)}: {err}"
+            f"timm architecture {architecture!r} rejected a config_override ({err}); the ones given: "
+            f"{sorted(model_args)}"
         ) from None
 
 
