@@ -24,15 +24,16 @@ class KernelTransferLoss(DistillationLoss):
 
     ``centres: running`` updates them every training step by an exponential moving average
     (``momentum``); ``centres: epoch`` uses the previous epoch's means as in the paper (the loss is
-    zero during the first epoch, which doubles as the paper's warm-up). The weight defaults to the
-    public code's 0.04: the normalised term is several times the task loss, and at weight 1 it
+    zero during the first epoch, which stands in for a warm-up: the public code trains 5 epochs of
+    cross-entropy alone before the term starts). The weight defaults to the public code's 0.04 (its
+    CIFAR-100 setting, at batch 256): the normalised term is several times the task loss, and at weight 1 it
     swamps it (``benchmarks/quality_digits.py``, variant ``ekt1``).
 
     Scale: the term is a sum over the process's B x m partial kernel divided by its norm, so it
     grows as sqrt(B * m) with the per-process batch B and the classes m (gradients too, measured:
     about 36 times stronger at 21,841 classes than at 10 for the same batch). Each process
-    computes it on its own batch, as the public code does, and data parallelism averages the
-    processes' gradients: the same global batch over 8 processes of 32 gives it 1/sqrt(8) of the
+    computes it on its own batch (the public code ran one process over its whole batch of 256),
+    and data parallelism averages the processes' gradients: the same global batch over 8 processes of 32 gives it 1/sqrt(8) of the
     strength that one process of 256 does. Moving a recipe to another per-process batch or
     label set changes its effective weight: scale ``weight`` by sqrt(B_old m_old / (B_new m_new))
     to keep it.
