@@ -116,3 +116,31 @@ def test_a_training_step_of_several_processes_without_ddp_is_refused():
     check_wrapped(trainer(ParallelMode.DISTRIBUTED, fsdp=True), nn.Linear(2, 2))  # FSDP shards, no DDP wrapper
     frozen = nn.Linear(2, 2).requires_grad_(False)  # accelerate wraps nothing that does not train
     check_wrapped(trainer(ParallelMode.DISTRIBUTED, model=frozen), frozen)
+
+
+@pytest.mark.multiprocess
+def test_srd_with_gather_on_two_processes_is_srd_on_their_whole_batch(tmp_path):
+    """SRD's public code ran one process over all 256 images: its BatchNorm and batch mean saw the
+    whole batch, each process here its own share (gradients 18% apart at the first step)."""
+    from hf_rcka.losses import LossContext, LossInputs
+    from hf_rcka.losses.srd import SRDLoss
+
+    out = tmp_path / "srd.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(Path(__file__).parent / "srd_gather_worker.py"), str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = json.loads(out.read_text())
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(8, 6, generator=generator), torch.randn(8, 5, generator=generator)
+    torch.manual_seed(1)
+    whole = SRDLoss()
+    whole.setup(LossContext(num_labels=3, student_pooled_dim=6, teacher_pooled_dim=5))
+    value = whole.term(LossInputs(student_logits=torch.zeros(8, 3), student_pooled=student, teacher_pooled=teacher))
+    value.backward()
+    expected = whole.projector[0].weight.grad
+    gathered, own = ranks["gathered"], ranks["own"]
+    assert gathered["loss"] == pytest.approx(float(value), rel=1e-5)
+    assert torch.allclose(torch.tensor(gathered["grad"]), expected, atol=1e-6)
+    assert torch.allclose(torch.tensor(gathered["teacher_running_mean"]), whole.teacher_norm.running_mean, atol=1e-6)
+    assert not torch.allclose(torch.tensor(own["grad"]), expected, atol=1e-3), "each process's own half differs"

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import functional
+from ..distributed import gather_rows
 from ..registry import LOSSES
 from .base import DistillationLoss, LossContext, LossInputs
 
@@ -27,6 +28,10 @@ class SRDLoss(DistillationLoss):
     The projector is a trainable parameter of this loss; the trainer optimises it with the student
     and checkpoints keep it. The paper's ResNet recipe adds KL at T=1 (add ``kd`` with temperature 1).
 
+    The batch norms and the mean over the batch see the process's own batch; ``gather: true``
+    gathers every process's pooled features first (differentiably), so that they see the global
+    batch, as the public code's one process (DataParallel) does with all 256 images.
+
     Recipe::
 
         losses:
@@ -37,8 +42,9 @@ class SRDLoss(DistillationLoss):
 
     requires = frozenset({"student_pooled", "teacher_pooled"})
 
-    def __init__(self, weight: float = 1.0, variant: str = "distance", alpha: float = 4.0) -> None:
+    def __init__(self, weight: float = 1.0, variant: str = "distance", alpha: float = 4.0, gather: bool = False) -> None:
         super().__init__(weight)
+        self.gather = bool(gather)
         if variant not in _VARIANTS:
             raise ValueError(f"srd variant must be one of {_VARIANTS}, got {variant!r}")
         if not 0 < alpha < math.inf:
@@ -58,12 +64,15 @@ class SRDLoss(DistillationLoss):
     def term(self, inputs: LossInputs) -> torch.Tensor:
         if self.projector is None:
             raise RuntimeError("srd.setup() was not called: build it through DistillationModel")
+        student, teacher = inputs.student_pooled, inputs.teacher_pooled
+        if self.gather:  # the global batch: every process computes the same term (see RelationalLoss.rows)
+            student, teacher = gather_rows(student), gather_rows(teacher)
         # A batch of one row (the last of an epoch can hold one image) has no batch statistics, and
         # BatchNorm refuses it in training: that batch is normalised with the running statistics.
-        one_row = self.training and inputs.student_pooled.shape[0] < 2
-        with torch.autocast(device_type=inputs.student_pooled.device.type, enabled=False), _running_norms(self, one_row):
-            projected = self.projector(functional.upcast(inputs.student_pooled))
-            teacher = self.teacher_norm(functional.upcast(inputs.teacher_pooled))
+        one_row = self.training and student.shape[0] < 2
+        with torch.autocast(device_type=student.device.type, enabled=False), _running_norms(self, one_row):
+            projected = self.projector(functional.upcast(student))
+            teacher = self.teacher_norm(functional.upcast(teacher))
         if self.variant == "distance":
             return functional.srd_distance(projected, teacher, self.alpha)
         return functional.srd_correlation(projected, teacher, self.alpha)
