@@ -146,14 +146,15 @@ def stopped_by_signal(trainer: Trainer, stop: GracefulStop | None, argv: Sequenc
     step, and the ``Stopped`` to raise (it says how to resume), or None without a ``GracefulStop``
     (the caller then lets the ``KeyboardInterrupt`` go on).
 
-    The interrupt is a second signal, or Ctrl-C with no ``GracefulStop`` installed. No checkpoint
-    is written when it came in the middle of a step (part of the next step's state has moved, so
-    it would match no step), nor without a ``GracefulStop``, which alone knows where the step is.
+    The interrupt is a second signal, or Ctrl-C with no ``GracefulStop`` installed (the smoke
+    test's runs, whose folders are thrown away). No checkpoint is written when it came in the
+    middle of a step, as the ``GracefulStop`` tells (part of the next step's state has moved, so it
+    would match no step).
 
     Args:
         argv: the command line's recipe and overrides, for the resume command.
     """
-    if stop is None or stop.updating:
+    if stop is not None and stop.updating:
         logger.warning("the signal came during step %d: no checkpoint is written, its state would match no step",
                        trainer.state.global_step + 1)
         checkpoint = None
