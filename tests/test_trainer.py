@@ -638,6 +638,20 @@ def test_teacher_near_chance_is_reported_before_training(tmp_path):
     assert accuracy == pytest.approx((evaluation[:]["labels"] == 0).float().mean().item())
 
 
+def test_the_teacher_check_draws_its_batch_from_the_whole_evaluation_set(tmp_path):
+    """Image folders list their images class by class: the first batch held class 0 alone, and a
+    teacher answering 0 for every image scored 1.0 there (0.33 on the set), with 'error' too."""
+    teacher = tiny_resnet()
+    with torch.no_grad():
+        teacher.classifier[-1].weight.zero_()
+        teacher.classifier[-1].bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    evaluation = pixel_dataset(90, seed=4).sort("labels")
+    assert (evaluation[:20]["labels"] == 0).all(), "the first batch is of class 0 alone"
+    args = make_args(tmp_path, max_steps=1, teacher_accuracy_check="error", per_device_eval_batch_size=20)
+    with pytest.raises(RuntimeError, match="near chance"):
+        make_trainer(args, teacher=teacher, evaluation=evaluation).train()
+
+
 def test_deit_student_trains_its_distillation_head(tmp_path):
     from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 

@@ -46,14 +46,14 @@ def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tens
         n = int(round(counts[1].item()))
         accuracy = counts[0].item() / n if n else accuracy
     threshold = chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n) if n else 1.0
-    logger.info("teacher accuracy on the first eval batch: %.3f (chance %.3f)", accuracy, chance)
+    logger.info("teacher accuracy on an eval batch drawn from the set: %.3f (chance %.3f)", accuracy, chance)
     if threshold >= 1.0:  # even a perfect teacher is within two standard errors of chance
-        logger.info("the first eval batch (%d counted images) is too small to tell the teacher from chance; "
+        logger.info("the eval batch (%d counted images) is too small to tell the teacher from chance; "
                     "a larger per_device_eval_batch_size makes the check meaningful", n)
         return accuracy
     if accuracy <= threshold:
         message = (
-            f"the teacher's accuracy on the first eval batch is {accuracy:.3f}, near chance ({chance:.3f}, "
+            f"the teacher's accuracy on an eval batch drawn from the set is {accuracy:.3f}, near chance ({chance:.3f}, "
             f"n={n}). Is it trained on this label set, and does it get its own normalisation and "
             f"resolution (pass teacher_processor)? Distilling from it teaches the student garbage. "
             f"Set teacher_accuracy_check: off to skip this check."

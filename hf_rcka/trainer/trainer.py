@@ -595,15 +595,15 @@ class DistillationTrainer(CheckpointingTrainer):
     # ------------------------------------------------------------------ teacher sanity check
 
     def check_teacher(self) -> float | None:
-        """Teacher top-1 on the first eval batch of every process together; warn or stop when it is
-        near chance (see teacher_check)."""
+        """Teacher top-1 on one eval batch per process, drawn from the whole set; warn or stop when
+        it is near chance (see teacher_check)."""
         mode = getattr(self.args, "teacher_accuracy_check", "warn")
         model = self.distillation_model
         if mode == "off" or model.teacher is None or not model.needs_teacher or self.eval_dataset is None:
             return None
-        evaluation = self.eval_dataset  # several named evaluation sets: the first one's first batch
+        evaluation = self.eval_dataset  # several named evaluation sets: the first one's
         evaluation = next(iter(evaluation.values())) if isinstance(evaluation, dict) else evaluation
-        batch = next(iter(self.get_eval_dataloader(evaluation)))
+        batch = next(iter(self.get_eval_dataloader(self._teacher_check_sample(evaluation))))
         batch = {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         model.to(self.args.device)
         gather = self.accelerator.gather if self.args.world_size > 1 else None
@@ -611,6 +611,17 @@ class DistillationTrainer(CheckpointingTrainer):
         # evened out with repeats of the first images, which must not count twice
         labels = _without_padding(batch["labels"], self.accelerator)
         return check_teacher_accuracy(model, batch["pixel_values"], labels, mode, gather)
+
+    def _teacher_check_sample(self, evaluation: Any) -> Any:
+        """One round of evaluation batches drawn at random (``seed``, the same on every process)
+        from a set that allows it: its first batch of image folders, listed class by class, held one
+        or two classes, where a teacher that answered one class for every image scored 1.0. A
+        stream's first batch is what can be read."""
+        size = self.args.per_device_eval_batch_size * max(1, self.args.world_size)
+        if not hasattr(evaluation, "select") or not has_length(evaluation) or len(evaluation) <= size:
+            return evaluation
+        generator = torch.Generator().manual_seed(self.args.seed)
+        return evaluation.select(sorted(torch.randperm(len(evaluation), generator=generator)[:size].tolist()))
 
     def hyperparameter_search(self, *args: Any, **kwargs: Any) -> Any:
         """Refused: Trainer's search builds each trial's model through ``model_init``, which a
