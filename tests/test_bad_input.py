@@ -426,13 +426,18 @@ def test_overrides_for_other_than_rgb_images_are_refused_before_loading(tmp_path
 
 def test_a_saved_model_for_other_than_rgb_images_is_refused_before_loading(tmp_path, capsys):
     """A folder whose config says num_channels 1 failed after loading, told to change its image size."""
-    from transformers import ResNetConfig, ResNetForImageClassification
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
 
     folder = tmp_path / "gray"
     ResNetForImageClassification(ResNetConfig(**TINY_RESNET, num_channels=1)).save_pretrained(folder)
+    ConvNextImageProcessor(size={"shortest_edge": 16}).save_pretrained(folder)
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(folder))) == 2
     assert error_of(capsys).startswith(f"error: teacher_model_name_or_path: {str(folder)!r} is built for 1-channel "
                                        "images, and every image is decoded to RGB")
+    # an override that builds it for RGB wins over the saved value
+    rgb = base(tmp_path, model_name_or_path=str(folder), student_from_scratch=True,
+               student_config_overrides={**TINY_RESNET, "num_channels": 3})
+    assert run(tmp_path, rgb) == 0
 
 
 def test_model_paths_that_do_not_exist(tmp_path, capsys, no_loading, monkeypatch):
@@ -1249,7 +1254,10 @@ def test_an_fsdp_launch_on_cpu_processes_is_refused(monkeypatch):
     # fsdp in one process: Trainer's traceback once the models had loaded
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(RecipeError, match="fsdp shards the student over the processes of a launch, and this is one"):
-        check_launch(SimpleNamespace(world_size=1, use_cpu=False, fsdp=["full_shard"]))
+        check_launch(SimpleNamespace(world_size=1, use_cpu=False, fsdp=["full_shard"], parallel_mode="not_distributed"))
+    # torchrun --nproc_per_node 1 is a distributed launch of one process, where Trainer takes fsdp
+    from transformers.training_args import ParallelMode
+    check_launch(SimpleNamespace(world_size=1, use_cpu=False, fsdp=["full_shard"], parallel_mode=ParallelMode.DISTRIBUTED))
 
 
 def test_runs_that_would_train_nothing_or_evaluate_random_weights(tmp_path, capsys, no_loading):

@@ -223,6 +223,8 @@ def test_the_recorded_launch_says_how_the_global_batch_was_made(tmp_path, monkey
     # a user's own entry script (it may register losses the repository's does not know) keeps its name
     monkeypatch.setattr("sys.argv", ["/home/alice/project/my_distill.py"])
     assert launch_command("r.yaml") == "torchrun --nproc_per_node 2 my_distill.py r.yaml"
+    monkeypatch.setattr("sys.argv", ["train_kd.py"])
+    assert launch_command("r.yaml") == "torchrun --nproc_per_node 2 train_kd.py r.yaml"
     # an installed package has no scripts/: the console script, or the module under a launcher
     import hf_rcka
 

@@ -116,9 +116,10 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
     if not args.do_train:
         tensorboard_into(trainer, record_dir)
         _leave_out_fresh_losses(trainer)
-        if args.do_eval and has_length(trainer.eval_dataset):  # a training run's check is train()'s
+        if args.do_eval:  # a training run's check is train()'s
             check_evaluation_rows({name: loss for name, loss in trainer.distillation_model.losses.items()
-                                   if name not in trainer.distillation_model.left_out}, args, len(trainer.eval_dataset))
+                                   if name not in trainer.distillation_model.left_out}, args,
+                                  len(trainer.eval_dataset) if has_length(trainer.eval_dataset) else None)
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         losses = run_loss_specs(args, trainer.distillation_model.teacher is not None)
         trainer.add_callback(RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME)))

@@ -361,9 +361,13 @@ def check_channel_overrides(model_args: Any) -> None:
 
 def _check_saved_channels(model_args: Any) -> None:
     """A model folder's config built for other than 3-channel images (``num_channels``, a timm
-    model's ``in_chans``) is refused as the overrides are (see ``check_channel_overrides``)."""
-    for key in ("model_name_or_path", "teacher_model_name_or_path"):
-        name = getattr(model_args, key)
+    model's ``in_chans``) is refused as the overrides are (see ``check_channel_overrides``), unless
+    an override sets the channels (timm adapts a first convolution's weights to them)."""
+    for key, overrides_key in (("model_name_or_path", "student_config_overrides"),
+                               ("teacher_model_name_or_path", "teacher_config_overrides")):
+        name, overrides = getattr(model_args, key), getattr(model_args, overrides_key) or {}
+        if "num_channels" in overrides or "in_chans" in overrides:  # what is built (check_channel_overrides)
+            continue
         saved = (_local_config(name) if name else None) or {}
         channels = saved.get("num_channels", (saved.get("model_args") or {}).get("in_chans"))
         if channels is not None and channels != 3:

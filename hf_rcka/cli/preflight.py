@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from transformers.training_args import ParallelMode
+
 from ..arguments import fsdp_requested
 from ..errors import RecipeError
 from ..data.image_folders import check_data_dirs
@@ -65,8 +67,8 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     losses = {spec["name"]: loss for spec, loss in zip(specs, build_losses(specs))}
     if args.do_train:
         check_relation_rows(losses, args)
-    if args.do_eval or args.eval_strategy != "no":  # the command line's final evaluation, or evaluations in training
-        check_evaluation_rows(losses, args)
+    if args.do_train and (args.do_eval or args.eval_strategy != "no"):  # an evaluation-only run: after loading,
+        check_evaluation_rows(losses, args)                              # which knows the losses it leaves out
     check_recipe_metric(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
         if getattr(model_args, key):
@@ -171,7 +173,7 @@ def check_launch(args: Any) -> None:
         raise RecipeError(f"launched as {launched} processes, but each would train alone on all the data and write "
                           "the same output_dir: on a machine without GPUs add --use_cpu true, so that they train "
                           "together")
-    if launched == 1 and getattr(args, "fsdp", None):  # Trainer refused it in a traceback once the models loaded
+    if getattr(args, "fsdp", None) and getattr(args, "parallel_mode", None) != ParallelMode.DISTRIBUTED:  # Trainer's refusal
         raise RecipeError("fsdp shards the student over the processes of a launch, and this is one process: launch "
                           "several (accelerate launch --config_file recipes/accelerate/fsdp_8gpu_bf16.yaml, or torchrun "
                           "--nproc_per_node N), or drop fsdp")

@@ -95,7 +95,8 @@ def _command(public: bool = False) -> list[str]:
         return [CONSOLE_SCRIPT]
     if entry == CONSOLE_SCRIPT or (sys.argv and _is_package_main(sys.argv[0])):
         return [*launcher, "-m", "hf_rcka"]
-    script = sys.argv[0] if entry.endswith("distill.py") else SCRIPT
+    # a script of the user's (another package's __main__.py, or pytest's, is not an entry of hf_rcka)
+    script = sys.argv[0] if entry.endswith(".py") and entry != "__main__.py" else SCRIPT
     if public and os.path.isabs(script):
         script = SCRIPT if entry == os.path.basename(SCRIPT) else entry
     return [*launcher, script]
