@@ -149,11 +149,13 @@ def training_alone_in(output_dir: str) -> Iterator[str | None]:
     if fcntl is None:
         yield None
         return
+    made: list[Path] = []
     try:
         check_output_dir_writable(output_dir)
         made = missing_folders(output_dir)
         os.makedirs(output_dir, exist_ok=True)
     except (OSError, RecipeError) as err:  # a name too long, a file system that takes no folders (/proc)
+        remove_empty(made)  # the folders made before the one refused
         yield str(err) if isinstance(err, RecipeError) else (
             f"output_dir {output_dir!r} cannot be created ({err.strerror or err}). Choose another output_dir")
         return

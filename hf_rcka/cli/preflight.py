@@ -67,7 +67,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     losses = {spec["name"]: loss for spec, loss in zip(specs, build_losses(specs))}
     if args.do_train:
         check_relation_rows(losses, args)
-    if args.do_train and (args.do_eval or args.eval_strategy != "no"):  # an evaluation-only run: after loading,
+    if args.do_train and (args.do_eval or args.eval_strategy != "no" or args.eval_on_start):  # evaluation-only: after,
         check_evaluation_rows(losses, args)                              # which knows the losses it leaves out
     check_recipe_metric(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):

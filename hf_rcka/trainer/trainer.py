@@ -36,7 +36,13 @@ from ..arguments import check_arguments, describe_batch
 from ..training_values import check_half_precision
 from ..augmentation import AugmentationArguments
 from ..errors import DataError, ModelError
-from .batch_rows import check_evaluation_rows, check_relation_rows, check_training_batches, check_unsized_training
+from .batch_rows import (
+    check_evaluation_rows,
+    check_relation_rows,
+    check_training_batches,
+    check_unsized_training,
+    too_few_rows,
+)
 from .card_facts import CardFacts, complete_card_facts
 from .term_log import LastStepLog, LossTermLog
 from .checkpointing import (
@@ -288,6 +294,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self._planned_size = planned_size  # of the images a later evaluation set must have
         given_eval = kwargs.get("eval_dataset")  # checked above, as a whole and part by part
         self._checked_datasets = [given_eval, *(given_eval.values() if isinstance(given_eval, dict) else ())]
+        self._said_small_sets: list[Any] = []  # evaluation sets too small for a relation, said once each
         self._eval_loader_sources: dict[str, Any] = {}  # the dataset each kept evaluation loader reads
         self._requested_drop_last = bool(args.dataloader_drop_last)  # the batch checks may set it (batch_rows)
         self.card_facts = CardFacts()  # the CLI adds what it knows (base model, evaluation data)
@@ -486,10 +493,23 @@ class DistillationTrainer(CheckpointingTrainer):
         else:
             dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         self._check_later_dataset(dataset, "eval_dataset")
+        self._say_unrelated_terms(dataset)
         check_iterable_dispatch(self.args, [dataset])
         self._forget_other_eval_loader(key, dataset)
         with _keeping_last_batch(self.args):
             return super().get_eval_dataloader(eval_dataset)
+
+    def _say_unrelated_terms(self, dataset: Any) -> None:
+        """An evaluation set too small for a relation reports no relational term: said once per set
+        (``train()`` refuses such a set for the evaluations it runs; ``evaluate()`` takes it)."""
+        if not has_length(dataset) or any(dataset is said for said in self._said_small_sets):
+            return
+        short = too_few_rows(self.distillation_model.losses, len(dataset), 1)
+        if short:
+            self._said_small_sets.append(dataset)
+            logger.warning("the evaluation set has %d image(s): %s relate the samples of a batch, and their terms "
+                           "are left out of its metrics (evaluate at least %d images)", len(dataset),
+                           ", ".join(short), max(short.values()))
 
     def _forget_other_eval_loader(self, key: str, dataset: Any) -> None:
         """With persistent workers Trainer keeps one loader per key, ``"eval"`` for any dataset
@@ -563,7 +583,8 @@ class DistillationTrainer(CheckpointingTrainer):
         resuming = bool(kwargs.get("resume_from_checkpoint") or (args and args[0]))
         check_identical_repeats(self.augmentation, resuming)
         check_iterable_dispatch(self.args, [self.train_dataset])  # each evaluation set: get_eval_dataloader
-        if self.eval_dataset is not None and (self.args.eval_strategy != "no" or self.args.do_eval):
+        evaluates = self.args.eval_strategy != "no" or self.args.do_eval or self.args.eval_on_start
+        if self.eval_dataset is not None and evaluates:
             for evaluation in (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]):
                 check_evaluation_rows(losses, self.args, len(evaluation) if hasattr(evaluation, "__len__") else None)
         if self.train_dataset is not None and not hasattr(self.train_dataset, "__len__"):
