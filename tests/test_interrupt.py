@@ -318,40 +318,13 @@ def test_a_second_signal_inside_a_steps_forward_writes_no_checkpoint(tmp_path):
     assert stopped.value.message().splitlines()[-1].endswith(f"--resume_from_checkpoint {tmp_path / 'run' / 'checkpoint-2'}")
 
 
-def test_a_stop_at_an_evaluation_that_is_no_new_best_still_saves_with_save_strategy_best(tmp_path):
-    """Trainer saves only a new best under save_strategy best, also at the stop's step: the run
-    said 'no checkpoint was saved, nothing to resume' and lost its steps since the last best."""
-    from conftest import pixel_dataset
-
-    from hf_rcka.cli.job import _train
-
-    stop = GracefulStop()
-    stop.install()
-    try:
-        trainer = tiny_trainer(
-            tmp_path, stop, SignalAt(4, signal.SIGTERM), eval_dataset=pixel_dataset(10, seed=1), max_steps=20,
-            eval_strategy="steps", eval_steps=2, save_strategy="best", metric_for_best_model="loss",
-            greater_is_better=True)
-        with pytest.raises(Stopped) as stopped:
-            _train(trainer, resume=None, stop=stop, argv=["r.yaml"])
-    finally:
-        stop.uninstall()
-    assert trainer.state.best_global_step == 2, "step 4's evaluation is no new best here"
-    checkpoint = tmp_path / "run" / "checkpoint-4"
-    assert stopped.value.checkpoint == str(checkpoint) and (checkpoint / "trainer_state.json").is_file()
-
-
-def test_a_second_signal_during_the_stops_own_save_names_the_checkpoint_before(tmp_path, monkeypatch):
-    """The save after training (save_strategy best) cut short by a second signal: the run said no
-    checkpoint was written, and named none."""
+def _stopped_at_step_4_saving_only_the_best(tmp_path):
+    """A SIGTERM in step 4 of a run with save_strategy best (best: the highest loss, step 2's
+    evaluation); the trainer and the ``Stopped`` it ended with."""
     from conftest import pixel_dataset
 
     from hf_rcka.cli import job
 
-    def cut_short(trainer):
-        raise Interrupted(signal.SIGINT)
-
-    monkeypatch.setattr(job, "save_checkpoint_now", cut_short)
     stop = GracefulStop()
     stop.install()
     try:
@@ -363,7 +336,27 @@ def test_a_second_signal_during_the_stops_own_save_names_the_checkpoint_before(t
             job._train(trainer, resume=None, stop=stop, argv=["r.yaml"])
     finally:
         stop.uninstall()
-    assert stopped.value.checkpoint is None and stopped.value.earlier == str(tmp_path / "run" / "checkpoint-2")
+    return trainer, stopped.value
+
+
+def test_a_stop_at_an_evaluation_that_is_no_new_best_still_saves_with_save_strategy_best(tmp_path):
+    """Trainer saves only a new best under save_strategy best, also at the stop's step: the run
+    said 'no checkpoint was saved, nothing to resume' and lost its steps since the last best."""
+    trainer, stopped = _stopped_at_step_4_saving_only_the_best(tmp_path)
+    assert trainer.state.best_global_step == 2, "step 4's evaluation is no new best here"
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    assert stopped.checkpoint == str(checkpoint) and (checkpoint / "trainer_state.json").is_file()
+
+
+def test_a_second_signal_during_the_stops_own_save_names_the_checkpoint_before(tmp_path, monkeypatch):
+    """The save after training (save_strategy best) cut short by a second signal: the run said no
+    checkpoint was written, and named none."""
+    def cut_short(trainer):
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr("hf_rcka.cli.job.save_checkpoint_now", cut_short)
+    _, stopped = _stopped_at_step_4_saving_only_the_best(tmp_path)
+    assert stopped.checkpoint is None and stopped.earlier == str(tmp_path / "run" / "checkpoint-2")
 
 
 @pytest.mark.parametrize("argv,kept", [
