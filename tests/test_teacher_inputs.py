@@ -16,7 +16,7 @@ from transformers import (
 
 from hf_rcka.errors import ModelError
 from hf_rcka.modeling.teacher_inputs import (
-    InputStats, TeacherInputTransform, describe_view, input_stats, needed_transform,
+    InputStats, TeacherInputTransform, _timm_stats, describe_view, input_stats, needed_transform,
 )
 
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
@@ -251,3 +251,10 @@ def test_a_teacher_whose_processor_keeps_another_part_of_each_image_is_said(capl
     with caplog.at_level("WARNING", logger="hf_rcka"):
         needed_transform(crop, InputStats((0.5,) * 3, (0.5,) * 3, (48, 64), view=crop.view))
     assert "the student's 32x32 images are stretched to the teacher's 48x64" in caplog.text
+    # timm's letterbox (crop_mode border) had no view: a squashing student under it was not said
+    border = _timm_stats({"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_mode": "border"})
+    assert describe_view(border.view) == "the whole image fitted inside the input, with borders"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        needed_transform(squash, border)
+    assert "its own keeps (the whole image fitted inside the input, with borders)" in caplog.text

@@ -45,7 +45,8 @@ class InputStats:
             ``"bicubic"``, ``"nearest"``, ``"lanczos"``, ``"box"``, ``"hamming"``).
         view: which part of an image the processor keeps: ``("crop", f)``, a centre crop of the
             fraction ``f`` of the short side, or ``("squash", f)``, the centre fraction ``f`` of the
-            image squashed to the input's shape; None when unknown (see ``describe_view``).
+            image squashed to the input's shape, or ``("border", f)``, the whole image fitted inside
+            the input with borders (timm's letterbox); None when unknown (see ``describe_view``).
     """
 
     mean: tuple[float, ...]
@@ -96,7 +97,8 @@ def _timm_stats(data_config: dict) -> InputStats:
     from timm.data import DEFAULT_CROP_PCT  # what timm's eval transform crops when the config says nothing
 
     crop_pct, mode = float(data_config.get("crop_pct") or DEFAULT_CROP_PCT), data_config.get("crop_mode", "center")
-    view = {"center": ("crop", crop_pct), "squash": ("squash", crop_pct)}.get(mode)
+    # timm's "border" letterboxes: the whole image fitted inside the input, the rest filled
+    view = {"center": ("crop", crop_pct), "squash": ("squash", crop_pct), "border": ("border", crop_pct)}.get(mode)
     return InputStats(tuple(data_config["mean"]), tuple(data_config["std"]), (height, width),
                       data_config.get("interpolation", "bilinear"), view)
 
@@ -106,6 +108,8 @@ def describe_view(view: tuple[str, float]) -> str:
     mode, fraction = view
     if mode == "crop":
         return f"a centre crop of {fraction:.1%} of the short side"
+    if mode == "border":
+        return "the whole image fitted inside the input, with borders"
     return ("the whole image squashed to the input's shape" if round(fraction, 3) == 1.0
             else f"the centre {fraction:.1%} of the image squashed to the input's shape")
 
