@@ -255,18 +255,24 @@ def test_a_first_checkpoint_push_removes_the_repository_s_earlier_card_and_resul
     assert "README.md" in hub.repo_files, "the final upload brings this run's card"
 
 
-def test_a_hub_that_cannot_list_the_repository_leaves_the_run_going(tmp_path, hub, monkeypatch, capsys):
-    hub.repo_files |= {"README.md", "eval_results.json"}
-    listed = hub.list_repo_files
-    calls = []
+def _listing_fails_once(hub, monkeypatch) -> list:
+    """Make the fake Hub's first listing fail; the list returned fills with what each call listed
+    (the failed one as ``None``)."""
+    listed, calls = hub.list_repo_files, []
 
     def flaky(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
+        calls.append(None if not calls else listed(*args, **kwargs))
+        if calls[-1] is None:
             raise OSError("connection reset")
-        return listed(*args, **kwargs)
+        return calls[-1]
 
     monkeypatch.setattr(hub, "list_repo_files", flaky)
+    return calls
+
+
+def test_a_hub_that_cannot_list_the_repository_leaves_the_run_going(tmp_path, hub, monkeypatch, capsys):
+    hub.repo_files |= {"README.md", "eval_results.json"}
+    _listing_fails_once(hub, monkeypatch)
     assert _run(tmp_path, save_strategy="steps", save_steps=1, hub_strategy="every_save") == 0
     assert "could not remove the earlier model's card and results" in capsys.readouterr().err
     assert hub.deletions == [(2, ["README.md", "eval_results.json"])], "the second push tried again"
@@ -304,17 +310,7 @@ def test_a_listing_retried_after_the_first_push_does_not_take_its_weights_for_an
     """The first listing failed; the second found this run's own first push and removed the
     owner's README of a repository that had held no model."""
     hub.repo_files |= {"README.md", ".gitattributes"}
-    listed = hub.list_repo_files
-    calls = []
-
-    def flaky(*args, **kwargs):
-        if len(calls) == 0:
-            calls.append([])
-            raise OSError("connection reset")
-        calls.append(listed(*args, **kwargs))
-        return calls[-1]
-
-    monkeypatch.setattr(hub, "list_repo_files", flaky)
+    calls = _listing_fails_once(hub, monkeypatch)
     assert _run(tmp_path, save_strategy="steps", save_steps=1, max_steps=3, hub_strategy="every_save") == 0
     assert len(calls) == 2 and "model.safetensors" in calls[1], "the retry listed the run's own weights"
     assert hub.deletions == []
