@@ -27,6 +27,7 @@ import math
 from datetime import timedelta
 from typing import Any, Iterable
 
+import datasets
 import numpy as np
 import torch
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
@@ -60,7 +61,7 @@ from .given_models import (
 )
 from .optimizer_checks import LateParameterCheck, check_optimizer
 from .divergence import DivergenceCheck, check_loaded_weights
-from ..data.datasets import collate
+from ..data.datasets import collate, seeded_subset
 from .data_parallel import check_wrapped, forget_evaluation_preparation
 from .ema import StudentEmaCallback
 from .card import training_text, write_model_card
@@ -634,15 +635,14 @@ class DistillationTrainer(CheckpointingTrainer):
         return check_teacher_accuracy(model, batch["pixel_values"], labels, mode, gather)
 
     def _teacher_check_sample(self, evaluation: Any) -> Any:
-        """One round of evaluation batches drawn at random (``seed``, the same on every process)
-        from a set that allows it: its first batch of image folders, listed class by class, held one
-        or two classes, where a teacher that answered one class for every image scored 1.0. A
-        stream's first batch is what can be read."""
-        size = self.args.per_device_eval_batch_size * max(1, self.args.world_size)
-        if not hasattr(evaluation, "select") or not has_length(evaluation) or len(evaluation) <= size:
+        """One round of evaluation batches of a ``datasets.Dataset``, drawn as ``max_eval_samples``
+        draws (``seeded_subset`` with ``seed``, the same on every process): the first batch of image
+        folders, listed class by class, held one or two classes, where a teacher that answered one
+        class for every image scored 1.0. Any other set (a stream) gives its first batch."""
+        if not isinstance(evaluation, datasets.Dataset):
             return evaluation
-        generator = torch.Generator().manual_seed(self.args.seed)
-        return evaluation.select(sorted(torch.randperm(len(evaluation), generator=generator)[:size].tolist()))
+        return seeded_subset(evaluation, self.args.per_device_eval_batch_size * max(1, self.args.world_size),
+                             self.args.seed)
 
     def hyperparameter_search(self, *args: Any, **kwargs: Any) -> Any:
         """Refused: Trainer's search builds each trial's model through ``model_init``, which a
