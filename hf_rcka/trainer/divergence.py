@@ -167,10 +167,13 @@ class DivergenceCheck(TrainerCallback):
             self.error = diverged_error(args, state.global_step, what=(
                 f"loss scaling skipped the last {self.skipped_in_a_row} optimizer steps (the loss or its gradients "
                 "are NaN or infinite at every scale: nothing trains any more)"))
-        self.on_epoch_end(args, state, control)
+        self._check_before_a_save(args, state, control)
 
     def on_epoch_end(self, args, state, control, **kwargs):  # noqa: D102
-        if control.should_save or self.error is not None:  # a checkpoint is about to be written
+        self._check_before_a_save(args, state, control)
+
+    def _check_before_a_save(self, args, state, control) -> None:
+        if control.should_save or self.error is not None:  # a checkpoint is about to be written, or must not be
             self.check(args, state, control)
 
     def check(self, args, state, control, losses: dict[str, float] | None = None) -> None:
