@@ -28,7 +28,7 @@ from ..data.sampler import check_identical_repeats, check_repeats_unsplit
 from ..registry import close_matches
 from ..modeling.assembly import active_specs, build_losses, check_label_smoothing, run_loss_specs, switched_off
 from ..modeling.parallel import check_fsdp_settings
-from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows, rows_per_process
+from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows, evaluates, rows_per_process
 from ..trainer.metrics import check_metric_for_best_model
 from ..training_values import check_half_precision
 from .model_sources import (
@@ -67,8 +67,8 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     losses = {spec["name"]: loss for spec, loss in zip(specs, build_losses(specs))}
     if args.do_train:
         check_relation_rows(losses, args)
-    if args.do_train and (args.do_eval or args.eval_strategy != "no" or args.eval_on_start):  # evaluation-only: after,
-        check_evaluation_rows(losses, args)                              # which knows the losses it leaves out
+    if args.do_train and evaluates(args):  # an evaluation-only run: once built, knowing the losses it leaves out
+        check_evaluation_rows(losses, args)
     check_recipe_metric(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
         if getattr(model_args, key):

@@ -74,6 +74,12 @@ def check_relation_rows(losses: Mapping[str, Any], args: Any, batch: int | None 
             f"{cause}. Use {setting} >= {least}{share}{gather}")
 
 
+def evaluates(args: Any) -> bool:
+    """Whether a run evaluates: during training (``eval_strategy``, ``eval_on_start``) or at its end
+    (``do_eval``, the command line's final evaluation)."""
+    return args.eval_strategy != "no" or bool(args.do_eval) or bool(getattr(args, "eval_on_start", False))
+
+
 def check_evaluation_rows(losses: Mapping[str, Any], args: Any, num_images: int | None = None) -> None:
     """The evaluation batch, as :func:`check_relation_rows` checks the training batch; and an
     evaluation set of ``num_images`` too small for any relation, whose relational terms no
@@ -161,5 +167,5 @@ def check_unsized_training(aug_repeats: int, student: torch.nn.Module, losses: M
                        "batch, or use a map-style dataset", why)
 
 
-__all__ = ["check_evaluation_rows", "check_relation_rows", "check_training_batches", "check_unsized_training",
+__all__ = ["check_evaluation_rows", "check_relation_rows", "check_training_batches", "check_unsized_training", "evaluates",
            "rows_per_process", "too_few_rows"]

@@ -42,6 +42,7 @@ from .batch_rows import (
     check_relation_rows,
     check_training_batches,
     check_unsized_training,
+    evaluates,
     too_few_rows,
 )
 from .card_facts import CardFacts, complete_card_facts
@@ -584,8 +585,7 @@ class DistillationTrainer(CheckpointingTrainer):
         resuming = bool(kwargs.get("resume_from_checkpoint") or (args and args[0]))
         check_identical_repeats(self.augmentation, resuming)
         check_iterable_dispatch(self.args, [self.train_dataset])  # each evaluation set: get_eval_dataloader
-        evaluates = self.args.eval_strategy != "no" or self.args.do_eval or self.args.eval_on_start
-        if self.eval_dataset is not None and evaluates:
+        if self.eval_dataset is not None and evaluates(self.args):
             for evaluation in (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]):
                 check_evaluation_rows(losses, self.args, len(evaluation) if hasattr(evaluation, "__len__") else None)
         if self.train_dataset is not None and not hasattr(self.train_dataset, "__len__"):
