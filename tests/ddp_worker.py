@@ -169,7 +169,8 @@ def teacher_check_on_a_small_set(out: str) -> dict:
                                   processing_class=processor(16), teacher_processor=processor(24))
     checked = trainer.check_teacher()
     direct = trainer.distillation_model.teacher_accuracy(pixels, torch.tensor(labels))
-    return {"teacher_check": checked, "teacher_direct": direct}
+    trainer.evaluate()
+    return {"teacher_check": checked, "teacher_direct": direct, "card_teacher": trainer.card_facts.teacher_accuracy}
 
 
 if __name__ == "__main__":

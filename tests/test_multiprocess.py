@@ -64,6 +64,7 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     # process does (it counted the repeats that even out the batches: 16 rows for 5 images)
     for log in logs:
         assert log["teacher_check"] == pytest.approx(log["teacher_direct"]) == pytest.approx(0.2)
+        assert log["card_teacher"] == pytest.approx(0.2)  # the card's, counted by the evaluation: each image once
     # a BatchNorm student is evaluated with rank 0's running statistics, the exported ones; it was
     # evaluated before it trained too, and trained wrapped in DDP all the same (its weights equal)
     bn = [load_file(tmp_path / f"rank{r}_bn.safetensors") for r in (0, 1)]

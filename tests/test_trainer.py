@@ -169,6 +169,26 @@ def test_evaluation_counts_no_unreadable_image(tmp_path):
         teacher_accuracy(model, trainer.get_eval_dataloader(readable)))
 
 
+def test_the_cards_teacher_accuracy_is_counted_by_an_evaluation_of_the_trainers_own_set(tmp_path, monkeypatch):
+    """The card's teacher accuracy comes from the evaluation's own teacher logits (every image once,
+    stand-ins not counted): at ImageNet's 50k images a separate pass on one process took minutes."""
+    from hf_rcka.trainer import card_facts
+
+    readable = _eval_dataset(tmp_path, "readable", [i for i in range(10) if i != 3])
+    with_bad = _eval_dataset(tmp_path, "with_bad", list(range(10)), unreadable=3)
+    args = make_args(tmp_path, per_device_eval_batch_size=4, losses=[{"name": "ce"}, {"name": "kd"}])
+    trainer = make_trainer(args, evaluation=with_bad)
+    trainer.evaluate(readable)  # another set: not the card's
+    assert trainer.card_facts.teacher_accuracy is None
+    trainer.evaluate()
+    model = trainer.distillation_model
+    want = teacher_accuracy(model, trainer.get_eval_dataloader(readable))
+    assert 0 < want < 1, "a miscount could only go unnoticed at 0 or 1"
+    assert trainer.card_facts.teacher_accuracy == pytest.approx(want)
+    monkeypatch.setattr(card_facts, "_teacher_pass", lambda trainer: pytest.fail("the teacher was scored again"))
+    assert card_facts.complete_card_facts(trainer).teacher_accuracy == pytest.approx(want)
+
+
 def test_build_losses_gives_ce_the_trainer_label_smoothing_unless_the_recipe_sets_its_own():
     from hf_rcka.errors import RecipeError
     from hf_rcka.modeling.assembly import build_losses

@@ -52,11 +52,15 @@ class DistillationOutput(ModelOutput):
     ``rcka_intra`` and ``rcka_inter`` for a loss with several terms); they add up to ``loss``.
     ``loss`` and ``loss_terms`` are ``None`` when the batch has no labels (prediction), so the
     Trainer only collects the logits.
+
+    ``teacher_logits``: in evaluation, the teacher's logits where the losses ran it (the model
+    card's teacher accuracy is counted from them, not from a pass of its own).
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     loss_terms: dict[str, torch.Tensor] | None = None
+    teacher_logits: torch.Tensor | None = None
 
 
 class DistillationModel(nn.Module):
@@ -350,7 +354,8 @@ class DistillationModel(nn.Module):
         if not terms and self._student_only:  # every loss reads the teacher: the accuracy alone
             return DistillationOutput(loss=logits.new_zeros(()), logits=logits, loss_terms={})
         total, weighted = weigh_terms(terms, weights)
-        return DistillationOutput(loss=total, logits=logits, loss_terms=weighted)
+        teacher_logits = teacher[0] if teacher is not None and not self.training else None
+        return DistillationOutput(loss=total, logits=logits, loss_terms=weighted, teacher_logits=teacher_logits)
 
     def _run(self, role: str, pixel_values: torch.Tensor, capture: bool, prepare: Any = None) -> Captured:
         """One model's forward; with ``capture``, plus the hidden states and pooled feature the losses read

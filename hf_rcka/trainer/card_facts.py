@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 import math
@@ -54,6 +55,8 @@ _EMA_KEYS = ("model_ema_decay", "model_ema_warmup", "model_ema_export")
 # AugmentationArguments that no_aug switches off (mixing and repeats are of the batch, and stay)
 _PER_IMAGE_AUGMENTATION = ("aa", "color_jitter", "hflip", "train_interpolation", "reprob", "remode", "recount")
 _RECORDED_BATCH = re.compile(rf"^# {BATCH_HEADER}(\d+) images", re.MULTILINE)
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingRecord(NamedTuple):
@@ -385,6 +388,20 @@ def teacher_accuracy(distillation_model: Any, batches: Any) -> float | None:
     return correct / total if total else None
 
 
+def _teacher_pass(trainer: Any) -> float | None:
+    """The teacher's top-1 over the evaluation set, for a run that never evaluated it.
+
+    A plain DataLoader: the card is written on the main process only, and Trainer's
+    (accelerate-prepared) loader would shard the data and sync RNG across ranks.
+    """
+    model = trainer.distillation_model
+    logger.info("scoring the teacher on the evaluation set for the model card (no evaluation of it ran)")
+    loader = torch.utils.data.DataLoader(trainer.eval_dataset, batch_size=trainer.args.per_device_eval_batch_size,
+                                         collate_fn=trainer.data_collator)
+    device = next(model.student.parameters()).device
+    return teacher_accuracy(model, ({k: v.to(device) for k, v in batch.items()} for batch in loader))
+
+
 def card_facts_of(
     model_args: Any, data_args: Any, num_eval_images: int | None, num_validation_images: int | None = None,
     split: str | None = None, carved: bool = False, train_images: tuple[int, int] | None = None,
@@ -417,15 +434,11 @@ def complete_card_facts(trainer: Any) -> CardFacts:
     teacher_used = model.teacher is not None and model.needs_teacher
     # named evaluation sets (a dict) give no single eval_accuracy for the teacher's to stand beside
     single_set = trainer.eval_dataset is not None and not isinstance(trainer.eval_dataset, dict)
-    if facts.teacher_accuracy is None and teacher_used and single_set:
-        # A plain DataLoader over the whole eval set: the card is written on the main process only,
-        # and Trainer's (accelerate-prepared) loader would shard the data and sync RNG across ranks.
-        loader = torch.utils.data.DataLoader(trainer.eval_dataset, batch_size=trainer.args.per_device_eval_batch_size,
-                                             collate_fn=trainer.data_collator)
-        device = next(model.student.parameters()).device
-        batches = ({k: v.to(device) for k, v in batch.items()} for batch in loader)
-        facts.teacher_accuracy = teacher_accuracy(model, batches)
-        facts.teacher_own_accuracy = read_teacher_run(trainer.teacher_name, facts.run_settings)
+    if teacher_used and single_set:
+        if facts.teacher_accuracy is None:  # counted by an evaluation of this set, when there was one
+            facts.teacher_accuracy = _teacher_pass(trainer)
+        if facts.teacher_own_accuracy is None:
+            facts.teacher_own_accuracy = read_teacher_run(trainer.teacher_name, facts.run_settings)
     args = trainer.args
     facts.relation_batches = {term: args.per_device_eval_batch_size * (args.world_size if loss.gather else 1)
                               for loss in model.losses.values() if isinstance(loss, RelationalLoss)

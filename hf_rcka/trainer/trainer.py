@@ -321,6 +321,10 @@ class DistillationTrainer(CheckpointingTrainer):
         if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             self.add_callback(LateParameterCheck(lambda: self.distillation_model))
         self._term_logs = {"train": LossTermLog(), "eval": LossTermLog()}
+        # the teacher's top-1 over an evaluation of the trainer's own set, for the model card (which
+        # would otherwise score the teacher once more, on one process: minutes at ImageNet's 50k images)
+        self._teacher_hits = LossTermLog()
+        self._evaluating_own_set = False
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
         self.add_callback(ResumedRate())
         self.add_callback(ResumedBest(lambda: self.resumed_best))
@@ -389,6 +393,8 @@ class DistillationTrainer(CheckpointingTrainer):
             self._term_logs["train"].add(outputs.loss_terms, weights)
         else:
             self._term_logs["eval"].add(outputs.loss_terms, self._evaluation_weights(inputs["labels"], outputs.loss_terms))
+            if outputs.teacher_logits is not None:
+                self._teacher_hits.add(*_top1(outputs.teacher_logits, inputs["labels"]))
         return (outputs.loss, {"logits": outputs.logits}) if return_outputs else outputs.loss
 
     def _evaluation_weights(self, labels: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -467,11 +473,15 @@ class DistillationTrainer(CheckpointingTrainer):
     def _evaluation_pass(self, dataloader, description, prediction_loss_only, ignore_keys,
                          metric_key_prefix: str) -> EvalLoopOutput:
         self._term_logs["eval"].reset()
+        self._teacher_hits.reset()
         # the export's (rank 0's) BatchNorm statistics, and rank 0's of the losses' own (srd's projector)
         share_running_stats(self.distillation_model.student)
         share_running_stats(self.distillation_model.losses)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         terms = self._term_logs["eval"].means(self.accelerator.gather)
+        teacher_top1 = self._teacher_hits.means(self.accelerator.gather).get("top1")
+        if teacher_top1 is not None and metric_key_prefix == "eval" and self._evaluating_own_set:
+            self.card_facts.teacher_accuracy = teacher_top1
         output.metrics.update({f"{metric_key_prefix}_{name}_loss": v for name, v in terms.items()})
         if terms:  # the total over counted images; Trainer's averages batch losses, stand-ins and repeats included
             output.metrics[f"{metric_key_prefix}_loss"] = sum(terms.values())
@@ -494,6 +504,7 @@ class DistillationTrainer(CheckpointingTrainer):
             dataset = self.eval_dataset[eval_dataset]
         else:
             dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        self._evaluating_own_set = dataset is self.eval_dataset and not isinstance(dataset, dict)
         self._check_later_dataset(dataset, "eval_dataset")
         self._say_unrelated_terms(dataset)
         check_iterable_dispatch(self.args, [dataset])
@@ -754,6 +765,14 @@ def _gathered_count(output: EvalLoopOutput, default: int) -> int:
     while isinstance(rows, (tuple, list)) and rows:
         rows = rows[0]
     return len(rows) if rows is not None and hasattr(rows, "__len__") else default
+
+
+def _top1(logits: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """A batch's top-1 over its counted rows, weighted by their number (as ``LossTermLog`` takes it)."""
+    counted = labels != IGNORE_INDEX
+    rows = int(counted.sum())
+    hits = (logits.argmax(-1) == labels)[counted].float()
+    return {"top1": hits.mean() if rows else hits.sum()}, {"top1": float(rows)}
 
 
 def _uncounted(label_ids: Any) -> int:
