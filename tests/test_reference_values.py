@@ -88,6 +88,15 @@ def test_top5_counts_a_label_ranked_fifth():
     assert m == {"accuracy": 0.25, "top5_accuracy": 0.5}
     five = accuracy_metrics(EvalPrediction(predictions=logits[:, :5], label_ids=np.array([0, 4, 1, 2])))
     assert "top5_accuracy" not in five  # with 5 classes top-5 is always right: not reported
+    # ties and NaN rank as argmax ranks them, as a sort would: a model whose logits are all equal (or
+    # all NaN) scores top-5 on classes 0-4 only, not on every image
+    for flat in (np.zeros((4, 10), np.float32), np.full((4, 10), np.nan, np.float32)):
+        assert accuracy_metrics(EvalPrediction(predictions=flat, label_ids=np.array([0, 4, 5, 9]))) == m
+    rng = np.random.default_rng(0)
+    logits, labels = rng.standard_normal((200, 50)).astype(np.float32), rng.integers(0, 50, 200)
+    top5 = np.argsort(-logits, axis=-1)[:, :5]
+    assert accuracy_metrics(EvalPrediction(predictions=logits, label_ids=labels))["top5_accuracy"] == pytest.approx(
+        (top5 == labels[:, None]).any(axis=-1).mean())
 
 
 def test_an_odd_batch_mixes_the_targets_of_the_mixed_pixels():
