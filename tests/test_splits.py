@@ -123,3 +123,26 @@ def test_a_class_of_one_image_is_named_when_a_split_is_carved():
     train = datasets.Dataset.from_dict({"x": list(range(7)), "label": [0, 0, 0, 1, 1, 1, 2]})
     with pytest.raises(DataError, match=r"classes \['2'\] have fewer than 2 images"):
         stratified_validation_split(train, "label", 0.4)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3])
+def test_the_split_is_train_test_splits_own(fraction):
+    """Drawn from the label column alone, but the rows datasets' stratified train_test_split draws
+    with the same seed: runs recorded with a split_seed keep evaluating the same images."""
+    labels = np.random.default_rng(0).integers(0, 7, 301)
+    train = datasets.Dataset.from_dict(
+        {"label": labels, "row": np.arange(301)}, features=datasets.Features(
+            {"label": datasets.ClassLabel(num_classes=7), "row": datasets.Value("int64")}))
+    ours = stratified_validation_split(train, "label", fraction, split_seed=5)
+    theirs = train.train_test_split(test_size=fraction, stratify_by_column="label", seed=5)
+    assert ours["train"]["row"] == theirs["train"]["row"] and ours["validation"]["row"] == theirs["test"]["row"]
+
+
+def test_label_values_of_selected_rows_are_those_rows_labels():
+    """A split or subset selects rows of another dataset: its labels are read with one Arrow take."""
+    from hf_rcka.data.label_values import label_column
+
+    dataset = datasets.Dataset.from_dict({"label": [5, None, 2, 9, 4]})
+    rows = dataset.select([3, 1, 3, 0]).shuffle(seed=1)
+    assert label_column(rows, "label").to_pylist() == rows["label"]
+    assert label_column(dataset, "label").to_pylist() == [5, None, 2, 9, 4]

@@ -14,6 +14,7 @@ import math
 
 import datasets
 import numpy as np
+from datasets.utils.stratify import stratified_shuffle_split_generate_indices
 
 from ..errors import DataError
 from .label_values import class_encoded, label_column as label_column_values
@@ -52,7 +53,8 @@ def stratified_validation_split(
             f"needs at least one image of each of the {num_classes} classes on both sides: change "
             f"train_val_split or give a validation split (validation_dir)"
         )
-    counts = np.bincount(label_column_values(train, label_column), minlength=num_classes)
+    labels = label_column_values(train, label_column).to_numpy(zero_copy_only=False)
+    counts = np.bincount(labels, minlength=num_classes)
     lonely = [train.features[label_column].names[i] for i in np.flatnonzero(counts < 2)]
     if lonely:  # datasets' stratified split needs two of each; its error said only "the least populated class"
         raise DataError(
@@ -60,5 +62,8 @@ def stratified_validation_split(
             f"validation split cannot hold one of each and leave one for training: add images, remove those "
             f"classes, or give a validation split (validation_dir)"
         )
-    split = train.train_test_split(test_size=fraction, stratify_by_column=label_column, seed=split_seed)
-    return datasets.DatasetDict({"train": split["train"], "validation": split["test"]})
+    # train_test_split's own draw (the same generator, seed and sizes: the same split), on the label
+    # column read alone: train_test_split read it row by row, 13 s at 200k images, about 90 s at ImageNet's
+    train_rows, validation_rows = next(stratified_shuffle_split_generate_indices(
+        labels, len(train) - held_out, held_out, rng=np.random.default_rng(split_seed)))
+    return datasets.DatasetDict({"train": train.select(train_rows), "validation": train.select(validation_rows)})
