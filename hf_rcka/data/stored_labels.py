@@ -124,7 +124,8 @@ def _relabelled(dataset: datasets.Dataset, split: str, column: str, feature: dat
     (names, path), = orders.items()
     check_same_forms(names, feature.names, path, "the dataset's class names",
                      "give every split the same spelling of each class name, e.g. NFC")
-    missing = [n for n in names if n not in feature.names]
+    known = set(feature.names)
+    missing = [n for n in names if n not in known]
     respelled = _respelled(names, feature.names) if missing else None
     if respelled is not None:
         # the same classes spelled otherwise ("Dog", "cat "): read by index with the dataset's names,
@@ -155,7 +156,8 @@ def _relabelled(dataset: datasets.Dataset, split: str, column: str, feature: dat
     if labels.size and labels.max() >= len(names):
         raise DataError(f"{path} stores {len(names)} classes for {column!r} but has the label {labels.max()}")
     # index -1 (no label) stays -1; a stored name the dataset lacks is used by no label of the split
-    table = np.array([feature.names.index(n) if n in feature.names else UNLABELLED for n in names] + [UNLABELLED])
+    position = {name: i for i, name in reversed(list(enumerate(feature.names)))}  # the first of a name, as index()
+    table = np.array([position.get(n, UNLABELLED) for n in names] + [UNLABELLED])
     if np.array_equal(table[:-1], np.arange(len(names))) and len(names) <= len(feature.names):
         return dataset  # the same classes at the same indices: nothing to rewrite
     logger.warning("data: the %r split's files store the classes of %r in another order (%s) than datasets read "

@@ -189,7 +189,7 @@ def teacher_label_order(
             f"{key}: the teacher's classes do not match those of {source}: "
             f"{_difference(labels, teacher_labels, 'teacher', source)}. Fix: {fix}{hint}"
         )
-    repeated = sorted({name for name in labels if labels.count(name) > 1})
+    repeated = sorted(name for name, count in collections.Counter(labels).items() if count > 1)
     if mapping == BY_NAME and repeated and not is_generic(teacher_labels):
         raise LabelError(
             f"{key}: the class names {listed_names(repeated)} repeat, so the teacher's classes cannot be paired with "
@@ -202,7 +202,8 @@ def teacher_label_order(
         logger.warning("labels: the teacher's classes are unnamed (LABEL_0...): only their number could be "
                        "checked; make sure it was trained with the dataset's class order")
         return None
-    order = [teacher_labels.index(name) for name in labels]
+    position = {name: i for i, name in reversed(list(enumerate(teacher_labels)))}  # the first of a name, as index()
+    order = [position[name] for name in labels]
     return None if order == list(range(len(order))) else order
 
 
