@@ -388,3 +388,6 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, DistillationTrainingArguments
 # What the command line runs when a recipe does not say (TrainingArguments defaults both to False):
 # training, then a final evaluation.
 RUN_DEFAULTS = {"do_train": True, "do_eval": True}
+# What a recipe must set: the student, and where the run writes (TrainingArguments defaults output_dir
+# to a folder named after nothing the user chose).
+REQUIRED_KEYS = ("model_name_or_path", "output_dir")

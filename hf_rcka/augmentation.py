@@ -37,7 +37,8 @@ class AugmentationArguments:
     aa: str | None = field(
         default=None, metadata={"help": "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (RandAugment)."}
     )
-    color_jitter: float = field(default=0.4, metadata={"help": "Colour jitter strength (ignored when aa is set)."})
+    color_jitter: float = field(default=0.4, metadata={
+        "help": "Colour jitter strength (ignored when aa is set, but for timm's 3a policies)."})
     hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
     train_interpolation: str | None = field(
         default="random",

@@ -1068,6 +1068,41 @@ def test_help_lists_every_key_grouped_with_defaults(capsys):
     assert "unset (None), the pairs are chosen as 'auto' chooses them" in text
 
 
+def test_help_states_what_the_command_line_does(capsys, monkeypatch):
+    """Defaults the command line sets itself, keys it requires or refuses, and the options a recipe may
+    give: an adapter's sides are build_adapter's own (a recipe setting them is refused), and a loss
+    written as the README shows (its **kwargs passed on to the base) lists the base's options."""
+    import torch
+
+    from hf_rcka import registry
+    from hf_rcka.losses import DistillationLoss
+
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "  output_dir (str | None; required)" in text
+    assert "  logging_nan_inf_filter (bool; default: False; True with fp16)" in text
+    assert "  dataloader_pin_memory (bool; default: True; False without an accelerator)" in text
+    assert re.search(r"  do_predict \(bool; default: False\)\n      Refused", text)
+    monkeypatch.setattr(registry.LOSSES, "_classes", dict(registry.LOSSES._classes))  # registered for this test only
+
+    @registry.LOSSES.register("scaled_kd")
+    class ScaledKD(DistillationLoss):
+        requires = frozenset({"student_logits", "teacher_logits"})
+
+        def __init__(self, scale: float = 2.0, **kwargs):
+            super().__init__(**kwargs)
+            self.scale = scale
+
+        def term(self, inputs):
+            return self.scale * torch.nn.functional.mse_loss(inputs.student_logits, inputs.teacher_logits)
+
+    assert main(["--help", "losses"]) == 0
+    text = capsys.readouterr().out
+    assert "  scaled_kd: scale=2.0, weight=1.0" in text
+    assert "  identity: (no options)" in text and "  linear: bias=True" in text and "student" not in re.search(
+        r"  patch_match: (.*)", text).group(1)
+
+
 def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsys):
     timm_vit = base(tmp_path, model_name_or_path="timm/vit_tiny_patch16_224", student_from_scratch=True,
                     student_config_overrides={"depth": 1}, image_size=64)

@@ -14,6 +14,10 @@ from .linear import LinearAdapter
 from .patch_match import PatchMatchAdapter
 
 
+# what build_adapter passes itself: no recipe option
+ADAPTER_SIDES = ("student", "teacher")
+
+
 def build_adapter(name: str, student: FeatureSpec, teacher: FeatureSpec, **options: Any) -> nn.Module:
     """Build the adapter registered as ``name`` for one (student, teacher) feature pair.
 
@@ -21,8 +25,8 @@ def build_adapter(name: str, student: FeatureSpec, teacher: FeatureSpec, **optio
         KeyError: for an unknown adapter name (with the closest valid names).
         ValueError: for an option the adapter does not take (with the closest valid options).
     """
-    ADAPTERS.check_options(name, options, reserved=("student", "teacher"))
+    ADAPTERS.check_options(name, options, reserved=ADAPTER_SIDES)
     return ADAPTERS.get(name)(student=student, teacher=teacher, **options)
 
 
-__all__ = ["FeatureAdapter", "IdentityAdapter", "LinearAdapter", "PatchMatchAdapter", "build_adapter"]
+__all__ = ["ADAPTER_SIDES", "FeatureAdapter", "IdentityAdapter", "LinearAdapter", "PatchMatchAdapter", "build_adapter"]

@@ -16,9 +16,10 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
+from ..arguments import REQUIRED_KEYS, RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments
 from ..training_values import FIXED_SETTINGS
 from ..losses import per_channel_losses, reads_features
+from ..adapters import ADAPTER_SIDES
 from ..registry import ADAPTERS, LOSSES, Registry
 
 USAGE = ("usage: accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]   (--help losses, --debug)\n"
@@ -34,6 +35,16 @@ _HELP = {
                               "held-out split; other schedule settings are logged).",
     "debug": "transformers' debug features ('underflow_overflow', 'tpu_metrics_debug'), as --debug VALUE. A bare "
              "--debug instead prints user errors with their traceback.",
+    "logging_nan_inf_filter": "Replace a non-finite step loss by the running mean in the logged loss. The command "
+                              "line keeps it for fp16 only, whose loss scaling skips overflowing steps: elsewhere it "
+                              "would hide a divergence from the log.",
+    "do_predict": "Refused: the command line trains and evaluates; predict a test split with "
+                  "DistillationTrainer.predict, or evaluate one as the validation set with do_train: false.",
+}
+# Defaults the command line sets itself where a recipe is silent (cli.job), unlike transformers'.
+_CLI_DEFAULTS = {
+    "logging_nan_inf_filter": "default: False; True with fp16",
+    "dataloader_pin_memory": "default: True; False without an accelerator",
 }
 
 
@@ -56,6 +67,10 @@ def _groups() -> list[tuple[str, list[dataclasses.Field]]]:
 
 
 def _default(f: dataclasses.Field) -> str:
+    if f.name in REQUIRED_KEYS:
+        return "required"
+    if f.name in _CLI_DEFAULTS:
+        return _CLI_DEFAULTS[f.name]
     if f.name in RUN_DEFAULTS:
         return f"default: {RUN_DEFAULTS[f.name]!r}"
     if f.default is not dataclasses.MISSING:
@@ -96,12 +111,11 @@ def recipe_help() -> str:
 
 
 def _options(registry: Registry, name: str) -> list[str]:
-    params = inspect.signature(registry.get(name).__init__).parameters
-    shown = []
-    for option in registry.option_names(name):
-        default = params[option].default
-        shown.append(option if default is inspect.Parameter.empty else f"{option}={default!r}")
-    return shown
+    """The options a recipe may set, with their defaults: those a ``**kwargs`` passes on to a base
+    class included, an adapter's two sides (which ``build_adapter`` passes itself) left out."""
+    reserved = ADAPTER_SIDES if registry is ADAPTERS else ()
+    return [option if param.default is inspect.Parameter.empty else f"{option}={param.default!r}"
+            for option, param in registry.parameters(name).items() if option not in reserved]
 
 
 def _registry_help(registry: Registry, title: str) -> list[str]:

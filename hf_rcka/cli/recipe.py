@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from ..arguments import ARGUMENT_CLASSES, SECRET_KEYS, DataArguments, DistillationTrainingArguments, ModelArguments
+from ..arguments import ARGUMENT_CLASSES, REQUIRED_KEYS, SECRET_KEYS, DataArguments, DistillationTrainingArguments, ModelArguments
 from ..errors import RecipeError
 from ..file_writes import replacing
 from ..models.sources import PIN_REVISION
@@ -189,7 +189,7 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
     for key in values:
         if key not in table:
             raise RecipeError(f"unknown recipe key {key!r}: {_key_hint(key, list(table))}")
-    for required in ("model_name_or_path", "output_dir"):
+    for required in REQUIRED_KEYS:
         if values.get(required) in (None, ""):
             raise RecipeError(f"the recipe needs {required!r}")
     resolved = {key: coerce(value, table[key][2], key) for key, value in values.items()}

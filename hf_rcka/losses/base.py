@@ -45,8 +45,9 @@ class LossInputs:
 
     Teacher tensors keep the precision the teacher computed them in (bf16 or fp16 under
     ``teacher_dtype`` or half-precision autocast): held from the teacher forward to the loss, float32
-    copies would double their memory. Upcast them (``functional.upcast``, ``common_dtype``) before
-    mixing them with student tensors in a matmul; every built-in loss does.
+    copies would double their memory. Upcast them (``functional.upcast``,
+    ``functional.numerics.common_dtype``) before mixing them with student tensors in a matmul; every
+    built-in loss does.
     """
 
     student_logits: torch.Tensor
