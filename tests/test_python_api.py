@@ -190,6 +190,18 @@ def test_a_student_sharing_weights_with_the_frozen_teacher(tmp_path):
         build(make_args(tmp_path), student, teacher)
 
 
+def test_a_student_whose_layers_share_weights_transformers_cannot_save(tmp_path):
+    """timm's CoaT shares its position encodings between layers: save_pretrained refused the student at
+    the first checkpoint, after the training, and nothing was written."""
+    student = tiny_vit(seed=1)
+    layers = student.vit.layers
+    layers[1].attention.o_proj = layers[0].attention.o_proj  # two layers, one weight
+    with pytest.raises(ModelError, match=r"shares 2 weight tensor\(s\) between layers \(e.g. "
+                                         r"vit.layers.0.attention.o_proj.weight = vit.layers.1.attention.o_proj.weight"):
+        build(make_args(tmp_path), student, tiny_resnet())
+    build(make_args(tmp_path), tiny_vit(seed=1), tiny_resnet())
+
+
 def test_processors_the_distillation_needs(tmp_path):
     with pytest.raises(RecipeError, match="teacher_processor needs processing_class"):
         build(make_args(tmp_path), tiny_vit(), tiny_resnet(), processing_class=None, teacher_processor=processor(24))

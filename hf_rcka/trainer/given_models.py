@@ -12,7 +12,8 @@ train to the end and report a number, or fail after the expensive work:
 * a teacher without ``teacher_processor`` fed the student's inputs unsaid (a timm teacher's config
   carries its own data config: ``teacher_input_stats``);
 * a ready ``DistillationModel`` next to arguments that ask for other settings than its own;
-* ``activation_checkpointing`` on a student transformers cannot checkpoint.
+* ``activation_checkpointing`` on a student transformers cannot checkpoint;
+* a student whose layers share weights transformers cannot save (refused at the first save).
 
 The other checks of what a caller gives are each in their own module: the class names of the
 student, the data and the teacher (:mod:`.given_labels`), the datasets' items (:mod:`.given_data`),
@@ -28,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
 from ..errors import ModelError, RecipeError
 from ..losses import reads_features
@@ -35,6 +37,7 @@ from ..modeling.assembly import active_specs, build_losses, run_loss_specs
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import InputStats, input_stats, planned_input_size
 from ..modeling.teacher_runtime import resolve_teacher_dtype
+from ..models.timm_models import timm_native_state
 from ..registry import LOSSES
 from .given_labels import check_labels
 
@@ -198,6 +201,32 @@ def teacher_input_stats(teacher: Any, teacher_processor: Any, student_input: Inp
     return input_stats(teacher_processor) if teacher_processor is not None else None
 
 
+def check_saveable(student: Any) -> None:
+    """A student whose layers share weight tensors that transformers does not know as tied (timm's
+    CoaT shares its convolutional position encodings) cannot be saved: ``save_pretrained`` refused
+    it at the first checkpoint or the final save, after the training, and nothing was written.
+    transformers' own check of what it saves is run on the student here, before any of that."""
+    state = timm_native_state(student) or student.state_dict()
+    try:
+        remove_tied_weights_from_state_dict(dict(state), student)
+    except RuntimeError:
+        groups = _shared_tensor_names(state)
+        example = " = ".join(groups[0]) if groups else "see save_pretrained's error"
+        raise ModelError(
+            f"the student ({type(student).__name__}) shares {len(groups)} weight tensor(s) between layers (e.g. "
+            f"{example}), which transformers cannot save (save_pretrained refuses them at the first checkpoint): "
+            "train an architecture whose layers have weights of their own") from None
+
+
+def _shared_tensor_names(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
+    names: dict[tuple, list[str]] = {}
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            names.setdefault(key, []).append(name)
+    return [sorted(group) for group in names.values() if len(group) > 1]
+
+
 def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, teacher_processor: Any,
                  first_item: Mapping | None = None) -> None:
     """Shared weights and missing processors, before the distillation model is built.
@@ -211,6 +240,7 @@ def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, t
             raise ModelError(
                 f"the student shares {len(shared)} weight tensor(s) with the teacher, which is frozen: those would "
                 "never train (or the first step fails). Give the student its own copy (copy.deepcopy(teacher))")
+    check_saveable(student)
     if teacher_processor is not None and processing_class is None:
         raise RecipeError("teacher_processor needs processing_class (the student's image processor): the teacher's "
                           "inputs are the student's, re-normalised and resized from its processor's settings")
@@ -233,5 +263,6 @@ def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, t
 
 
 __all__ = [
-    "check_activation_checkpointing", "check_model_objects", "check_models", "check_ready_model", "teacher_input_stats",
+    "check_activation_checkpointing", "check_model_objects", "check_models", "check_ready_model", "check_saveable",
+    "teacher_input_stats",
 ]
