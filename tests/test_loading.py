@@ -580,3 +580,20 @@ def test_a_mobilevit_built_from_its_config_gets_an_rgb_processor() -> None:
     processor = load_image_processor("config:mobilevit", load_image_classifier(
         "config:mobilevit", num_labels=3, config_overrides={"image_size": 32}))
     assert processor.do_flip_channel_order is False and input_stats(processor).size == (32, 32)
+
+
+@pytest.mark.parametrize("image_size", [None, 32])
+def test_a_default_processor_crops_within_the_image(image_size) -> None:
+    """MobileViT's class defaults resize the short side to 224 and crop 256: every image of a
+    config:mobilevit run, the teacher's view and the saved processor's included, had black borders
+    (23% of a square image's pixels at 32 px)."""
+    from PIL import Image
+
+    from hf_rcka.data.transforms import eval_transform
+
+    overrides = {"image_size": 32} if image_size else {}
+    student = load_image_classifier("config:mobilevit", num_labels=3, config_overrides=overrides)
+    processor = load_image_processor("config:mobilevit", student, image_size=image_size)
+    white = Image.fromarray(np.full((40, 40, 3), 255, np.uint8))
+    for pixels in (processor(white, return_tensors="pt").pixel_values[0], eval_transform(processor)(white)):
+        assert pixels.min() == pixels.max(), "no black border: every pixel of a white image is white"

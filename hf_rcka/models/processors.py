@@ -30,6 +30,9 @@ from .timm_models import resize_timm_data_config, timm_registry_cfg
 logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = 224
+# The centre crop's share of the resized short side that a default processor keeps when its class's
+# own defaults resize below the crop: timm's and the ImageNet convention's 224 of 256.
+DEFAULT_CROP_PCT = 0.875
 
 
 def load_image_processor(
@@ -136,7 +139,20 @@ def default_image_processor(config: PreTrainedConfig):
         # MobileViT's flips to BGR, which no transform of the run reproduces: a model built here
         # (from scratch) learns the RGB the run feeds it, and its saved processor gives it RGB too
         processor.do_flip_channel_order = False
+    _crop_within_the_image(processor)
     return resize_image_processor(processor, image_size)
+
+
+def _crop_within_the_image(processor) -> None:
+    """A class whose defaults resize the short side below its crop (MobileViT's: 224, then a 256 crop)
+    pads every image with black borders, in training, evaluation, the teacher's view and the saved
+    processor alike (a quarter of a square image's pixels at 32 px); it resizes to the crop's
+    ``DEFAULT_CROP_PCT`` instead."""
+    size, crop = getattr(processor, "size", None) or {}, getattr(processor, "crop_size", None) or {}
+    edge = size.get("shortest_edge")
+    crop_edge = max(crop.get("height") or 0, crop.get("width") or 0)
+    if edge and getattr(processor, "do_center_crop", True) and edge < crop_edge:
+        processor.size = {"shortest_edge": round(crop_edge / DEFAULT_CROP_PCT)}
 
 
 def _pick_backend(mapping: Mapping[str, Any]) -> type | None:
