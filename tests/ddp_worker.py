@@ -20,6 +20,7 @@ from transformers import TrainerCallback  # noqa: E402
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit  # noqa: E402
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
+from hf_rcka.distributed import close_process_group  # noqa: E402
 from hf_rcka.augmentation import AugmentationArguments  # noqa: E402
 from hf_rcka import distributed  # noqa: E402
 from hf_rcka.distributed import world_size  # noqa: E402
@@ -175,4 +176,4 @@ def teacher_check_on_a_small_set(out: str) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1])
-    torch.distributed.destroy_process_group()
+    close_process_group()  # not destroy_process_group(): see its docstring

@@ -29,6 +29,7 @@ from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_resnet, tiny_vit  # noqa: E402
+from hf_rcka.distributed import close_process_group  # noqa: E402
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
 from hf_rcka.losses import CrossEntropyLoss, FeatureCKALoss, RCKALoss  # noqa: E402
 from hf_rcka.modeling.distillation_model import DistillationModel  # noqa: E402
@@ -122,7 +123,7 @@ def main(out: str) -> None:
         with open(os.path.join(out, "upstream.json"), "w") as handle:
             json.dump(upstream, handle)
     dist.barrier()
-    dist.destroy_process_group()
+    close_process_group()  # not dist.destroy_process_group(): see its docstring
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from hf_rcka.distributed import close_process_group
 from hf_rcka.losses import LossContext, LossInputs
 from hf_rcka.losses.srd import SRDLoss
 
@@ -34,7 +35,7 @@ def main(out: str) -> None:
     if dist.get_rank() == 0:
         with open(out, "w") as handle:
             json.dump(result, handle)
-    dist.destroy_process_group()
+    close_process_group()  # not dist.destroy_process_group(): see its docstring
 
 
 if __name__ == "__main__":

@@ -199,6 +199,7 @@ import os, torch, torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from hf_rcka.adapters import build_adapter
+from hf_rcka.distributed import close_process_group
 from hf_rcka.features.layout import FeatureSpec
 dist.init_process_group("gloo")
 mesh = init_device_mesh("cpu", (1,))
@@ -210,7 +211,7 @@ for training in (True, False):
     student, teacher = adapter.train(training)(torch.randn(2, 17, 8), torch.randn(2, 24, 4, 4))
     assert student.shape == teacher.shape == (2, 8 if training else 24, 4, 4), student.shape
     student.square().mean().backward()
-dist.destroy_process_group()
+close_process_group()
 """
 
 
