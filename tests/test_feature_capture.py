@@ -117,14 +117,15 @@ def test_a_state_an_inplace_op_finishes_is_hooked_after_it():
     assert torch.equal(got[0], expected) and expected.min() >= 0
 
 
-def test_swinv2_hands_out_each_stage_end():
-    """Swinv2's states were each stage after the next one's patch merging: auto paired one stage too
-    shallow and never reached the deepest stage of blocks."""
-    from transformers import Swinv2Config, Swinv2ForImageClassification
+@pytest.mark.parametrize("model_type", ["swinv2", "donut-swin"])
+def test_swinv2_hands_out_each_stage_end(model_type):
+    """Swinv2's and Donut-Swin's states were each stage after the next one's patch merging: auto paired
+    one stage too shallow and never reached the deepest stage of blocks."""
+    from transformers import AutoConfig, AutoModelForImageClassification
 
-    config = Swinv2Config(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 2, 1], num_heads=[1, 1, 1, 1],
-                          window_size=2, num_labels=3)
-    model = Swinv2ForImageClassification(config).eval()
+    config = AutoConfig.for_model(model_type, image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 2, 1],
+                                  num_heads=[1, 1, 1, 1], window_size=2, num_labels=3)
+    model = AutoModelForImageClassification.from_config(config).eval()
     states = hidden_states_of(forward_with_hidden_states(model, pixels(64, 2)))
     # the embeddings, then each stage as it ends: its own width and grid (merged: 16, 32, 64, 64 wide)
     assert [tuple(state.shape[1:]) for state in states] == [(8, 16, 16), (8, 16, 16), (16, 8, 8), (32, 4, 4),

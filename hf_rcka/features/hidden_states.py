@@ -41,6 +41,8 @@ _EMBEDDING_MODULE = re.compile(
 _CHANNELS_LAST_RESHAPED = re.compile(r"^Hiera")
 _TIMM_STEM_FEATURE = re.compile(r"^(stem|act1|bn1|conv1|conv_stem|patch_embed)(\.|$)")
 _CLASSIFIER_NAMES = ("classifier", "cls_classifier", "head", "fc")
+# transformers model types whose encoder hands out each stage's end (before its patch merging) on request
+_STAGE_END_ENCODERS = ("swin", "swinv2", "donut-swin")
 
 
 def forward_with_hidden_states(model: nn.Module, pixel_values: Tensor) -> Any:
@@ -49,19 +51,19 @@ def forward_with_hidden_states(model: nn.Module, pixel_values: Tensor) -> Any:
     transformers' Swin hands out each stage after the patch merging that starts the next: state 1
     is stage 1 merged down to stride 8, and the auto pairs came out one stage too shallow (Swin-T's
     6-block stage 3 never paired, where timm's Swin pairs stage by stage).
-    ``output_hidden_states_before_downsampling`` gives the stage ends, as timm's stages are.
-    Swinv2's model does not pass it on, so it is set on its encoder's call; FocalNet's own path for
-    it fails in transformers, and FocalNet still hands out merged states. Every full forward for
-    hidden states goes through here, so that probing, capture and the CKA report index the same
-    states.
+    ``output_hidden_states_before_downsampling`` gives the stage ends, as timm's stages are; it is set
+    on the encoder's call, as Swinv2's and Donut-Swin's models do not pass it on (Donut-Swin, a
+    copy of Swin, handed out merged states). FocalNet's own path for it fails in transformers, and
+    FocalNet still hands out merged states. Every full forward for hidden states goes through here,
+    so that probing, capture and the CKA report index the same states.
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    options = {"output_hidden_states_before_downsampling": True} if model_type == "swin" else {}
-    encoder = getattr(getattr(model, "swinv2", None), "encoder", None) if model_type == "swinv2" else None
+    base = getattr(model, "base_model", None) if model_type in _STAGE_END_ENCODERS else None
+    encoder = getattr(base, "encoder", None)
     if encoder is None:
-        return model(pixel_values=pixel_values, output_hidden_states=True, **options)
+        return model(pixel_values=pixel_values, output_hidden_states=True)
 
-    def stage_ends(_module, args, kwargs):  # Swinv2Model does not pass the option on: set it on its encoder
+    def stage_ends(_module, args, kwargs):
         return args, {**kwargs, "output_hidden_states_before_downsampling": True}
 
     handle = encoder.register_forward_pre_hook(stage_ends, with_kwargs=True)
