@@ -106,6 +106,13 @@ def hf_mobilevit() -> torch.nn.Module:
     return _eval(tf.MobileViTForImageClassification(config))
 
 
+def hf_levit() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = tf.LevitConfig(image_size=64, hidden_sizes=[16, 24, 32], num_attention_heads=[1, 2, 2], depths=[1, 1, 1],
+                            key_dim=[8, 8, 8], num_labels=NUM_LABELS)
+    return _eval(tf.LevitForImageClassification(config))
+
+
 TIMM_TINY_ARGS: dict[str, dict[str, Any]] = {
     "resnet18": dict(channels=(8, 12, 16, 20)),
     "regnetx_002": {},
@@ -161,6 +168,7 @@ FAMILIES: dict[str, Family] = {
     "hf_mobilenet_v2": Family(hf_mobilenet_v2, embedding_first=False),
     "hf_efficientnet": Family(hf_efficientnet),
     "hf_mobilevit": Family(hf_mobilevit, embedding_first=False),
+    "hf_levit": Family(hf_levit, image_size=64, layout="nlc"),
     "timm_resnet": Family(lambda: timm_model("resnet18")),
     "timm_regnet": Family(lambda: timm_model("regnetx_002")),
     "timm_convnext": Family(lambda: timm_model("convnext_atto"), embedding_first=False),

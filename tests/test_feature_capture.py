@@ -15,6 +15,7 @@ CASES = {
     "hf_convnext": "hooks",
     "hf_swin": None,  # reshaped states are copies: hooks cannot see them, "all" is the honest fallback
     "hf_hiera": "all",  # re-rolled channels-last copies; its blocks' outputs are tokens in mask-unit order
+    "hf_levit": "hooks",  # its stage ends are the subsamplings' inputs, which the blocks before them return
     "timm_vit": "timm_tokens",
     "timm_resnet": "timm",
     "timm_regnet": "timm",
@@ -115,6 +116,15 @@ def test_a_state_an_inplace_op_finishes_is_hooked_after_it():
     _, got = capture(x, prepare=lambda index, state: state.clone())
     expected = hidden_states_of(forward_with_hidden_states(model, x))[0]
     assert torch.equal(got[0], expected) and expected.min() >= 0
+
+
+def test_levit_hands_out_each_stage_end():
+    """transformers' LeViT hands out each stage after the next one's subsampling: the first stage's
+    end (LeViT-128S's 4 stride-16 blocks) never appeared, and each state was a stage deeper than its
+    place. The states are the embedding and each stage's end, as timm's LeViT's stages."""
+    spec = FAMILIES["hf_levit"]
+    states = hidden_states_of(forward_with_hidden_states(spec.build(), pixels(spec.image_size)))
+    assert [tuple(state.shape[1:]) for state in states] == [(16, 16), (16, 16), (4, 24), (1, 32)]
 
 
 @pytest.mark.parametrize("model_type", ["swinv2", "donut-swin"])

@@ -11,6 +11,8 @@ Every family hands out ``output_hidden_states`` differently:
 * HF Hiera: its token ``hidden_states`` are in an unrolled (mask-unit) order, not row-major, so
   they cannot be laid out on a grid; its ``reshaped_hidden_states`` are the re-rolled maps, but
   channels-last (B, H, W, C), and :func:`hidden_states_of` returns them permuted to (B, C, H, W).
+* HF LeViT: tokens without prefix; index 0 the patch embedding, then each stage's end (see
+  ``_levit_stage_ends``: transformers' own states are each stage after the next one's subsampling).
 * HF CNNs (ResNet, RegNet, ConvNeXt, EfficientNet): maps, index 0 the stem. MobileNetV2 and
   MobileViT: maps of every layer / stage, with no stem entry.
 * TimmWrapper: ``forward_intermediates`` maps (NCHW, prefix tokens removed, no embedding entry for
@@ -58,6 +60,8 @@ def forward_with_hidden_states(model: nn.Module, pixel_values: Tensor) -> Any:
     so that probing, capture and the CKA report index the same states.
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type == "levit":
+        return _levit_stage_ends(model, pixel_values)
     base = getattr(model, "base_model", None) if model_type in _STAGE_END_ENCODERS else None
     encoder = getattr(base, "encoder", None)
     if encoder is None:
@@ -71,6 +75,25 @@ def forward_with_hidden_states(model: nn.Module, pixel_values: Tensor) -> Any:
         return model(pixel_values=pixel_values, output_hidden_states=True)
     finally:
         handle.remove()
+
+
+def _levit_stage_ends(model: nn.Module, pixel_values: Tensor) -> Any:
+    """transformers' LeViT ends each stage but the last with the next one's subsampling attention,
+    and hands out the stage outputs after it: its stride-16 stage (4 blocks in LeViT-128S) never
+    appeared, and each state was labelled a stage shallower than its grid. The subsampling's input
+    is the stage's end, as timm's LeViT hands it out: the states are the embedding, each stage's
+    end, and the last stage's."""
+    ends: list[Tensor] = []
+    handles = [module.register_forward_pre_hook(lambda _module, args: ends.append(args[0]))
+               for module in model.modules() if type(module).__name__ == "LevitAttentionSubsample"]
+    try:
+        outputs = model(pixel_values=pixel_values, output_hidden_states=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    states = outputs.hidden_states
+    outputs.hidden_states = (states[0], *ends, states[-1])
+    return outputs
 
 
 def hidden_states_of(outputs: Any) -> tuple[Tensor, ...]:
