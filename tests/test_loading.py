@@ -597,3 +597,14 @@ def test_a_default_processor_crops_within_the_image(image_size) -> None:
     white = Image.fromarray(np.full((40, 40, 3), 255, np.uint8))
     for pixels in (processor(white, return_tensors="pt").pixel_values[0], eval_transform(processor)(white)):
         assert pixels.min() == pixels.max(), "no black border: every pixel of a white image is white"
+
+
+def test_dinov2_with_registers_from_its_config_gets_dinov2s_processor() -> None:
+    """transformers lists no image processor for dinov2_with_registers: config:dinov2_with_registers was
+    refused ("no default image processor"); its checkpoints use Dinov2's BitImageProcessor."""
+    from transformers import BitImageProcessor
+
+    student = load_image_classifier("config:dinov2_with_registers", num_labels=3, config_overrides={
+        "image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 1})
+    processor = load_image_processor("config:dinov2_with_registers", student, image_size=32)
+    assert isinstance(processor, BitImageProcessor) and processor.crop_size["height"] == 32

@@ -19,6 +19,7 @@ import os
 from typing import Any, Mapping
 
 from transformers import AutoImageProcessor, PreTrainedConfig, PreTrainedModel, TimmWrapperConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 from transformers.utils import is_torchvision_available
 
@@ -30,6 +31,9 @@ from .timm_models import resize_timm_data_config, timm_registry_cfg
 logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = 224
+# Model types transformers lists no image processor for, and the type whose processor their checkpoints
+# use (facebook/dinov2-with-registers-*: Dinov2's BitImageProcessor)
+_PROCESSOR_OF = {"dinov2_with_registers": "dinov2"}
 # The centre crop's share of the resized short side that a default processor keeps when its class's
 # own defaults resize below the crop: timm's and the ImageNet convention's 224 of 256.
 DEFAULT_CROP_PCT = 0.875
@@ -129,7 +133,9 @@ def default_image_processor(config: PreTrainedConfig):
     Prefers the torchvision backend when installed, like ``AutoImageProcessor``, so that the saved
     processor reloads as the same class.
     """
-    mapping = IMAGE_PROCESSOR_MAPPING[type(config)] if type(config) in IMAGE_PROCESSOR_MAPPING else {}
+    alias = _PROCESSOR_OF.get(getattr(config, "model_type", None))
+    config_class = CONFIG_MAPPING[alias] if alias else type(config)
+    mapping = IMAGE_PROCESSOR_MAPPING[config_class] if config_class in IMAGE_PROCESSOR_MAPPING else {}
     processor_class = _pick_backend(mapping)
     if processor_class is None:
         raise ValueError(f"transformers has no default image processor for model type {config.model_type!r}")
