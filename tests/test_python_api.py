@@ -16,7 +16,7 @@ from transformers import TrainingArguments
 
 from conftest import pixel_dataset, processor, tiny_resnet, tiny_vit
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments
-from hf_rcka.errors import DataError, LabelError, LayerIndexError, ModelError, RecipeError
+from hf_rcka.errors import DataError, LabelError, LayerIndexError, ModelError, RecipeError, TeacherNearChance
 from hf_rcka.modeling.assembly import build_distillation_model
 from hf_rcka.trainer.teacher_check import check_teacher_accuracy
 
@@ -240,11 +240,31 @@ def test_the_teacher_check_does_not_call_a_perfect_teacher_near_chance_on_two_im
     assert check_teacher_accuracy(_PerfectTeacher, torch.zeros(2, 3, 4, 4), labels, "error") == 1.0
 
 
+def test_only_the_process_that_logs_says_the_teacher_check(caplog):
+    """Every process judges the same gathered numbers: each printed the near-chance warning (8 copies on
+    8 GPUs); the one that logs says it, and 'error' still stops every process."""
+    import warnings
+
+    class _WrongTeacher(_PerfectTeacher):
+        @staticmethod
+        def teacher_accuracy(pixel_values, labels):
+            return 0.0
+
+    labels = torch.zeros(40, dtype=torch.long)
+    for say in (False, True):
+        caplog.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_teacher_accuracy(_WrongTeacher, torch.zeros(40, 3, 4, 4), labels, "warn", say=say)
+        said = [r for r in caplog.records if "near chance" in r.getMessage()] + [w for w in caught if "near chance" in str(w.message)]
+        assert bool(said) == say
+    with pytest.raises(TeacherNearChance):
+        check_teacher_accuracy(_WrongTeacher, torch.zeros(40, 3, 4, 4), labels, "error", say=False)
+
+
 def test_every_process_judges_the_teacher_on_all_first_batches_together():
     """Each process judged its own first batch (0.094 on one, 0.109 on the other): with 'error', one
     could stop while the other trained on, waiting for it."""
-    from hf_rcka.errors import TeacherNearChance
-
     labels = torch.zeros(40, dtype=torch.long)
     other_process = torch.tensor([[0.0, 200.0]], dtype=torch.float64)  # 200 images, none right
     gather = lambda local: torch.cat([local, other_process])  # noqa: E731 - what accelerator.gather returns

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tensor, mode: str,
-                           gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+                           gather: Callable[[torch.Tensor], torch.Tensor] | None = None, say: bool = True) -> float:
     """The teacher's top-1 on one batch; near chance, warn (``mode="warn"``) or raise (``"error"``).
 
     Args:
@@ -34,6 +34,8 @@ def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tens
         gather: under data parallelism, the processes' all-gather: every process then judges the
             first batches of all of them together, so all stop or none does (a process that
             stopped alone left the others waiting on it).
+        say: log the result and the warning; with ``gather`` every process judges the same
+            numbers, and only the one that logs says them (8 copies of the warning on 8 GPUs).
 
     Raises:
         TeacherNearChance: when near chance and ``mode`` is ``"error"``.
@@ -46,10 +48,12 @@ def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tens
         n = int(round(counts[1].item()))
         accuracy = counts[0].item() / n if n else accuracy
     threshold = chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n) if n else 1.0
-    logger.info("teacher accuracy on an eval batch drawn from the set: %.3f (chance %.3f)", accuracy, chance)
+    if say:
+        logger.info("teacher accuracy on an eval batch drawn from the set: %.3f (chance %.3f)", accuracy, chance)
     if threshold >= 1.0:  # even a perfect teacher is within two standard errors of chance
-        logger.info("the eval batch (%d counted images) is too small to tell the teacher from chance; "
-                    "a larger per_device_eval_batch_size makes the check meaningful", n)
+        if say:
+            logger.info("the eval batch (%d counted images) is too small to tell the teacher from chance; "
+                        "a larger per_device_eval_batch_size makes the check meaningful", n)
         return accuracy
     if accuracy <= threshold:
         message = (
@@ -60,8 +64,9 @@ def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tens
         )
         if mode == "error":
             raise TeacherNearChance(message)
-        warnings.warn(message, stacklevel=3)
-        logger.warning("!!! %s", message)
+        if say:
+            warnings.warn(message, stacklevel=3)
+            logger.warning("!!! %s", message)
     return accuracy
 
 

@@ -643,7 +643,7 @@ class DistillationTrainer(CheckpointingTrainer):
         # an evaluation set smaller than one round of batches: its first batches are also the last,
         # evened out with repeats of the first images, which must not count twice
         labels = _without_padding(batch["labels"], self.accelerator)
-        return check_teacher_accuracy(model, batch["pixel_values"], labels, mode, gather)
+        return check_teacher_accuracy(model, batch["pixel_values"], labels, mode, gather, say=self.args.should_log)
 
     def _teacher_check_sample(self, evaluation: Any) -> Any:
         """One round of evaluation batches of a ``datasets.Dataset``, drawn as ``max_eval_samples``
