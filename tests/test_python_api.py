@@ -262,6 +262,21 @@ def test_only_the_process_that_logs_says_the_teacher_check(caplog):
         check_teacher_accuracy(_WrongTeacher, torch.zeros(40, 3, 4, 4), labels, "error", say=False)
 
 
+def test_only_the_process_that_logs_says_what_building_the_models_finds(tmp_path, caplog, monkeypatch):
+    """Every process builds the same models and logged what it found alike (8 copies on 8 GPUs)."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="hf_rcka")
+    level = logging.getLogger("hf_rcka").level
+    for should_log in (False, True):
+        caplog.clear()
+        monkeypatch.setattr(DistillationTrainingArguments, "should_log", property(lambda self: should_log))
+        build(make_args(tmp_path, losses=["ce"]), tiny_vit(), tiny_resnet(), teacher_processor=processor(24))
+        said = [r for r in caplog.records if "no loss uses it" in r.getMessage()]
+        assert bool(said) == should_log
+    assert logging.getLogger("hf_rcka").level == level, "the package's level is restored"
+
+
 def test_every_process_judges_the_teacher_on_all_first_batches_together():
     """Each process judged its own first batch (0.094 on one, 0.109 on the other): with 'error', one
     could stop while the other trained on, waiting for it."""

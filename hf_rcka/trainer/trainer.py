@@ -25,7 +25,7 @@ import logging
 import os
 import math
 from datetime import timedelta
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import datasets
 import numpy as np
@@ -110,6 +110,21 @@ def _check_given_weights(model: Any, teacher: Any) -> None:
         if isinstance(module, torch.nn.Module):
             name = getattr(module, "name_or_path", None) or type(module).__name__
             check_loaded_weights(module, role, f"the {role} given to DistillationTrainer", name)
+
+
+@contextlib.contextmanager
+def _said_by_the_logging_process(args: TrainingArguments) -> Iterator[None]:
+    """Every process checks and builds the same models from the same settings, and logs what it
+    finds alike (the teacher's view of the images, pairs left out, an unused teacher): only the
+    process that logs says it, not 8 copies on 8 GPUs. Errors are raised everywhere as before."""
+    package = logging.getLogger("hf_rcka")
+    level = package.level
+    if not args.should_log:
+        package.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        package.setLevel(level)
 
 
 def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_processor: Any, mapping: str,
@@ -262,7 +277,8 @@ class DistillationTrainer(CheckpointingTrainer):
         check_half_precision(args)
         check_fsdp_settings(args)
         keep_token_out_of_files(args)
-        model, planned_size = _checked_model(model, teacher, args, teacher_processor, teacher_label_mapping, kwargs)
+        with _said_by_the_logging_process(args):
+            model, planned_size = _checked_model(model, teacher, args, teacher_processor, teacher_label_mapping, kwargs)
         if args.ddp_find_unused_parameters is None:  # every student weight gets a gradient (see split_heads)
             args.ddp_find_unused_parameters = False
         args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
