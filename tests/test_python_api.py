@@ -192,14 +192,24 @@ def test_a_student_sharing_weights_with_the_frozen_teacher(tmp_path):
 
 def test_a_student_whose_layers_share_weights_transformers_cannot_save(tmp_path):
     """timm's CoaT shares its position encodings between layers: save_pretrained refused the student at
-    the first checkpoint, after the training, and nothing was written."""
-    student = tiny_vit(seed=1)
-    layers = student.vit.layers
-    layers[1].attention.o_proj = layers[0].attention.o_proj  # two layers, one weight
-    with pytest.raises(ModelError, match=r"shares 2 weight tensor\(s\) between layers \(e.g. "
-                                         r"vit.layers.0.attention.o_proj.weight = vit.layers.1.attention.o_proj.weight"):
-        build(make_args(tmp_path), student, tiny_resnet())
-    build(make_args(tmp_path), tiny_vit(seed=1), tiny_resnet())
+    the first checkpoint, after the training, and nothing was written. Refused when training starts,
+    for a bare student and a ready DistillationModel (the command line's) alike; evaluating it saves
+    nothing and is not refused."""
+    def sharing():
+        student = tiny_vit(seed=1)
+        layers = student.vit.layers
+        layers[1].attention.o_proj = layers[0].attention.o_proj  # two layers, one weight
+        return student
+
+    refusal = (r"shares 2 weight tensor\(s\) between layers \(e.g. "
+               r"vit.layers.0.attention.o_proj.weight = vit.layers.1.attention.o_proj.weight")
+    ready = build_distillation_model(sharing(), tiny_resnet(), make_args(tmp_path))
+    for student, teacher in ((sharing(), tiny_resnet()), (ready, None)):
+        trainer = build(make_args(tmp_path), student, teacher, eval_dataset=pixel_dataset(10))
+        with pytest.raises(ModelError, match=refusal):
+            trainer.train()
+        assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir()), "nothing trained or saved"
+        assert "eval_accuracy" in trainer.evaluate()
 
 
 def test_processors_the_distillation_needs(tmp_path):

@@ -13,7 +13,8 @@ train to the end and report a number, or fail after the expensive work:
   carries its own data config: ``teacher_input_stats``);
 * a ready ``DistillationModel`` next to arguments that ask for other settings than its own;
 * ``activation_checkpointing`` on a student transformers cannot checkpoint;
-* a student whose layers share weights transformers cannot save (refused at the first save).
+* a student whose layers share weights transformers cannot save (refused at the first save;
+  checked when training starts, as evaluating such a student saves nothing).
 
 The other checks of what a caller gives are each in their own module: the class names of the
 student, the data and the teacher (:mod:`.given_labels`), the datasets' items (:mod:`.given_data`),
@@ -205,7 +206,7 @@ def check_saveable(student: Any) -> None:
     """A student whose layers share weight tensors that transformers does not know as tied (timm's
     CoaT shares its convolutional position encodings) cannot be saved: ``save_pretrained`` refused
     it at the first checkpoint or the final save, after the training, and nothing was written.
-    transformers' own check of what it saves is run on the student here, before any of that."""
+    transformers' own check of what it saves is run on the student here, before training starts."""
     state = timm_native_state(student) or student.state_dict()
     try:
         remove_tied_weights_from_state_dict(dict(state), student)
@@ -240,7 +241,6 @@ def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, t
             raise ModelError(
                 f"the student shares {len(shared)} weight tensor(s) with the teacher, which is frozen: those would "
                 "never train (or the first step fails). Give the student its own copy (copy.deepcopy(teacher))")
-    check_saveable(student)
     if teacher_processor is not None and processing_class is None:
         raise RecipeError("teacher_processor needs processing_class (the student's image processor): the teacher's "
                           "inputs are the student's, re-normalised and resized from its processor's settings")

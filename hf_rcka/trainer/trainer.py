@@ -58,7 +58,8 @@ from .checkpointing import (
 from .given_data import check_columns, check_image_sizes, check_later_dataset, image_size
 from .given_labels import check_labels, name_student_classes
 from .given_models import (
-    check_activation_checkpointing, check_model_objects, check_models, check_ready_model, teacher_input_stats,
+    check_activation_checkpointing, check_model_objects, check_models, check_ready_model, check_saveable,
+    teacher_input_stats,
 )
 from .optimizer_checks import LateParameterCheck, check_optimizer
 from .divergence import DivergenceCheck, check_loaded_weights
@@ -598,14 +599,15 @@ class DistillationTrainer(CheckpointingTrainer):
     # ------------------------------------------------------------------ training, checked before and after
 
     def train(self, *args: Any, **kwargs: Any):
-        """Check the batch size the relational losses need and the teacher on one eval batch before
-        spending compute, then train as Trainer does.
+        """Check that the student can be saved, the batch size the relational losses need and the
+        teacher on one eval batch before spending compute, then train as Trainer does.
 
         Raises:
             TrainingDiverged: the trained weights are not finite at the end, or fp16 loss scaling
                 skipped every step for the last 50 (see ``divergence``), so that nothing saves them
                 as the run's result.
         """
+        check_saveable(self.distillation_model.student)
         losses = self.distillation_model.losses
         check_relation_rows(losses, self.args)
         check_repeats_unsplit(self.augmentation.aug_repeats, self.args)
