@@ -87,14 +87,14 @@ def test_resize_is_bilinear_then_affine(student_size: int) -> None:
     torch.testing.assert_close(TeacherInputTransform(student, teacher)(x), want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear", "nearest"])
 def test_upsizing_resamples_as_pil_does(mode: str) -> None:
     """A teacher trained on PIL's resizes gets PIL's: its antialiased kernels (bicubic's is not
     interpolate's plain one) and, for bicubic, each of its two passes clamped to the pixel range.
     One plain bicubic pass was 12/255 off PIL's upsizing of a sharp-edged image."""
     blocks = torch.rand(1, 3, 7, 7, generator=torch.Generator().manual_seed(3))
     image = (F.interpolate(blocks, size=(56, 56), mode="nearest")[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    filters = {"bicubic": 3, "bilinear": 2}  # PIL.Image.Resampling values
+    filters = {"bicubic": 3, "bilinear": 2, "nearest": 0}  # PIL.Image.Resampling values
     student, teacher = _vit_processor(56, HALF, filters[mode]), _vit_processor(112, HALF, filters[mode])
     got = TeacherInputTransform.from_processors(student, teacher)(_pixels(student, image))
     error = (got - _pixels(teacher, image)).abs() * 0.5 * 255  # HALF: one unit is 127.5 pixel levels

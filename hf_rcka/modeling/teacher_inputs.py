@@ -230,7 +230,8 @@ class TeacherInputTransform(nn.Module):
             bicubic kernel is not ``F.interpolate``'s plain one, upsizing too) and, for bicubic,
             width then height, each pass clamped to the pixel range as PIL's 8-bit passes are.
             One plain bicubic pass was up to 12.7/255 off PIL's upsizing of a sharp-edged image;
-            this is 1/255 at most, PIL's own rounding.
+            this is 1/255 at most, PIL's own rounding. (Random erasing's noise, drawn in the
+            normalised space, is clamped to the pixel range too where bicubic resizes it.)
 
     Raises:
         ValueError: the two have different channel counts.
@@ -298,8 +299,8 @@ class TeacherInputTransform(nn.Module):
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         height, width = self.teacher.size
-        if self.mode in ("nearest", "area"):
-            return F.interpolate(x, size=(height, width), mode=self.mode)
+        if self.mode in ("nearest", "area"):  # PIL's nearest is interpolate's nearest-exact (its "nearest" shifts)
+            return F.interpolate(x, size=(height, width), mode="nearest-exact" if self.mode == "nearest" else "area")
         if self.mode == "bilinear":  # no overshoot to clamp: one pass
             return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
         x = self._in_pixel_range(F.interpolate(x, size=(x.shape[-2], width), mode="bicubic", align_corners=False,
