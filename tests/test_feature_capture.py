@@ -125,6 +125,13 @@ def test_levit_hands_out_each_stage_end():
     spec = FAMILIES["hf_levit"]
     states = hidden_states_of(forward_with_hidden_states(spec.build(), pixels(spec.image_size)))
     assert [tuple(state.shape[1:]) for state in states] == [(16, 16), (16, 16), (4, 24), (1, 32)]
+    # a stage that does not subsample (down_ops "none") ends where the next state starts
+    import transformers as tf
+
+    config = tf.LevitConfig(image_size=64, hidden_sizes=[16, 24, 24], num_attention_heads=[1, 2, 2], depths=[1, 1, 1],
+                            key_dim=[8, 8, 8], down_ops=[["Subsample", 8, 2, 4, 2, 2], ["none"]], num_labels=3)
+    states = hidden_states_of(forward_with_hidden_states(tf.LevitForImageClassification(config).eval(), pixels(64)))
+    assert [tuple(state.shape[1:]) for state in states] == [(16, 16), (16, 16), (4, 24), (4, 24)]
 
 
 @pytest.mark.parametrize("model_type", ["swinv2", "donut-swin"])

@@ -5,9 +5,10 @@ Every family hands out ``output_hidden_states`` differently:
 * HF ViT / DeiT / Dinov2: tokens (B, N, D) with 1 CLS (DeiT: CLS + distillation, Dinov2 with
   registers: CLS + registers) prefix tokens; index 0 is the patch-embedding output and the last
   entry comes *before* the final LayerNorm.
-* HF Swin: tokens without prefix; its ``reshaped_hidden_states`` hold the same tensors as
-  (B, C, H, W) maps, which is what :func:`hidden_states_of` returns. Index 0 is the patch
-  embedding; every later entry is a stage output *after* its patch merging.
+* HF Swin, Swinv2, Donut-Swin: tokens without prefix; their ``reshaped_hidden_states`` hold the
+  same tensors as (B, C, H, W) maps, which is what :func:`hidden_states_of` returns. Index 0 is the
+  patch embedding; every later entry is a stage's end, *before* its patch merging (as
+  :func:`forward_with_hidden_states` asks for them).
 * HF Hiera: its token ``hidden_states`` are in an unrolled (mask-unit) order, not row-major, so
   they cannot be laid out on a grid; its ``reshaped_hidden_states`` are the re-rolled maps, but
   channels-last (B, H, W, C), and :func:`hidden_states_of` returns them permuted to (B, C, H, W).
@@ -83,16 +84,21 @@ def _levit_stage_ends(model: nn.Module, pixel_values: Tensor) -> Any:
     appeared, and each state was labelled a stage shallower than its grid. The subsampling's input
     is the stage's end, as timm's LeViT hands it out: the states are the embedding, each stage's
     end, and the last stage's."""
-    ends: list[Tensor] = []
-    handles = [module.register_forward_pre_hook(lambda _module, args: ends.append(args[0]))
-               for module in model.modules() if type(module).__name__ == "LevitAttentionSubsample"]
+    stages = model.base_model.encoder.stages
+    ends: dict[int, Tensor] = {}
+    handles = []
+    for i, stage in enumerate(stages):
+        for module in stage.modules():
+            if type(module).__name__ == "LevitAttentionSubsample":
+                handles.append(module.register_forward_pre_hook(lambda _m, args, i=i: ends.__setitem__(i, args[0])))
     try:
         outputs = model(pixel_values=pixel_values, output_hidden_states=True)
     finally:
         for handle in handles:
             handle.remove()
+    # a stage that does not subsample (its down_ops "none") ends where transformers' next state starts
     states = outputs.hidden_states
-    outputs.hidden_states = (states[0], *ends, states[-1])
+    outputs.hidden_states = (states[0], *(ends.get(i, states[i + 1]) for i in range(len(stages))))
     return outputs
 
 
