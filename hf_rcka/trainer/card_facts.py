@@ -87,7 +87,8 @@ class CardFacts:
         tags / language: the caller's card metadata (``create_model_card``'s arguments).
         teacher_accuracy: the teacher's top-1 on the student's evaluation images, as distillation
             feeds them to it: the student's preprocessing, re-normalised and resized for the
-            teacher. Its own preprocessing (another resize filter, another crop) can score higher.
+            teacher, in the run's mixed precision (as the teacher runs in training and evaluation).
+            Its own preprocessing (another resize filter, another crop) can score higher.
         teacher_own_accuracy: the teacher's top-1 on the same images through its own preprocessing,
             as the run that trained it recorded it (``read_teacher_run``); None when unknown.
         baseline_accuracy: top-1 of the same student trained alone (``baseline_dir``).
@@ -399,7 +400,8 @@ def _teacher_pass(trainer: Any) -> float | None:
     loader = torch.utils.data.DataLoader(trainer.eval_dataset, batch_size=trainer.args.per_device_eval_batch_size,
                                          collate_fn=trainer.data_collator)
     device = next(model.student.parameters()).device
-    return teacher_accuracy(model, ({k: v.to(device) for k, v in batch.items()} for batch in loader))
+    with trainer.autocast_smart_context_manager():  # the teacher's precision in an evaluation, as counted there
+        return teacher_accuracy(model, ({k: v.to(device) for k, v in batch.items()} for batch in loader))
 
 
 def card_facts_of(

@@ -43,8 +43,8 @@ def accuracy_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
 
 
 def _label_ranks(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Each label's place in its row's ranking (0: the argmax), ties and NaN ranked as ``argmax``
-    ranks them (the lower class id first; NaN above all), without a sort: sorting every row took
+    """Each label's place in its row's ranking (0: the argmax), ties ranked as ``argmax`` ranks them
+    (the lower class id first) and NaN as +inf, without a sort: sorting every row took
     4.7 s at ImageNet's 50k x 1000, on every process, at every evaluation."""
     scores = np.where(np.isnan(logits), np.inf, logits)
     label_scores = np.take_along_axis(scores, labels[:, None], axis=-1)
