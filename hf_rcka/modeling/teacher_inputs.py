@@ -188,11 +188,12 @@ def _check_reproduced(processor: Any, stats: InputStats) -> None:
     if torch.allclose(centre, predicted, rtol=1e-3, atol=1e-3):
         return
     if torch.allclose(centre, predicted.flip(0), rtol=1e-3, atol=1e-3):
-        raise ModelError(f"image processor {name} flips the channels to BGR (do_flip_channel_order), which hf_rcka's "
-                         "transforms and teacher inputs do not: the model would see RGB where it expects BGR (a "
-                         "pretrained one, or one deployed with this processor). Models trained on BGR are not "
-                         "supported; one built from its config (config:<model_type>, trained from scratch) gets an RGB "
-                         "processor")
+        switch = ("; one built from its config (config:<model_type>, trained from scratch) gets an RGB processor"
+                  if getattr(processor, "do_flip_channel_order", False) else
+                  ": this processor flips them in its own preprocessing, which cannot be turned off")
+        raise ModelError(f"image processor {name} flips the channels to BGR, which hf_rcka's transforms and teacher "
+                         "inputs do not: the model would see RGB where it expects BGR (a pretrained one, or one "
+                         f"deployed with this processor). Models trained on BGR are not supported{switch}")
     raise ModelError(f"image processor {name} outputs {centre.tolist()} for the colour {_PROBE_COLOUR}, not the "
                      f"{predicted.tolist()} its mean, std and rescale settings describe: hf_rcka's transforms would "
                      "train on other pixels than it feeds the model in deployment. Use a processor that only rescales "

@@ -220,6 +220,7 @@ def check_saveable(student: Any) -> None:
 
 
 def _shared_tensor_names(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
+    """The names of each tensor the state holds under several (same storage, offset and shape)."""
     names: dict[tuple, list[str]] = {}
     for name, tensor in state.items():
         if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
