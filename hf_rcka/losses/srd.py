@@ -15,12 +15,11 @@ from ..registry import LOSSES
 from .base import DistillationLoss, LossContext, LossInputs
 
 _VARIANTS = ("distance", "correlation")
-_NORM_EPS = 1e-4
 
 
 @LOSSES.register("srd")
 class SRDLoss(DistillationLoss):
-    """Student pooled -> Linear(d_s, d_t) -> BatchNorm1d(affine=False); teacher -> BatchNorm1d (eps 1e-4 both).
+    """Student pooled -> Linear(d_s, d_t) -> BatchNorm1d(affine=False); teacher -> BatchNorm1d.
 
     Two variants of the paper's public code:
       * ``distance`` (ResNet code, the default variant): ``log(mean_b sum_d |s - t|^alpha)``, alpha 4;
@@ -59,9 +58,8 @@ class SRDLoss(DistillationLoss):
         if context.student_pooled_dim is None or context.teacher_pooled_dim is None:
             raise ValueError("srd needs the pooled feature sizes of student and teacher")
         d_s, d_t = context.student_pooled_dim, context.teacher_pooled_dim
-        # eps 1e-4, as SRD's public code (OurDistillationLoss) sets both norms; torch's default is 1e-5
-        self.projector = nn.Sequential(nn.Linear(d_s, d_t), nn.BatchNorm1d(d_t, eps=_NORM_EPS, affine=False))
-        self.teacher_norm = nn.BatchNorm1d(d_t, eps=_NORM_EPS, affine=False)
+        self.projector = nn.Sequential(nn.Linear(d_s, d_t), nn.BatchNorm1d(d_t, affine=False))
+        self.teacher_norm = nn.BatchNorm1d(d_t, affine=False)
 
     def term(self, inputs: LossInputs) -> torch.Tensor:
         if self.projector is None:
