@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError, LabelError
 from ..models.label_forms import check_same_forms
+from ..models.label_maps import first_ids
 from .label_values import UNLABELLED, label_column
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def _relabelled(dataset: datasets.Dataset, split: str, column: str, feature: dat
     if labels.size and labels.max() >= len(names):
         raise DataError(f"{path} stores {len(names)} classes for {column!r} but has the label {labels.max()}")
     # index -1 (no label) stays -1; a stored name the dataset lacks is used by no label of the split
-    position = {name: i for i, name in reversed(list(enumerate(feature.names)))}  # the first of a name, as index()
+    position = first_ids(feature.names)
     table = np.array([position.get(n, UNLABELLED) for n in names] + [UNLABELLED])
     if np.array_equal(table[:-1], np.arange(len(names))) and len(names) <= len(feature.names):
         return dataset  # the same classes at the same indices: nothing to rewrite

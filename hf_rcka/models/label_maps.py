@@ -9,7 +9,7 @@ and names disagree. Here they are resolved once, checked, and then written to a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from transformers import PreTrainedConfig
 
@@ -86,3 +86,9 @@ def set_labels(config: PreTrainedConfig, labels: LabelMaps | None) -> None:
         config.label2id = dict(labels.label2id)
         if hasattr(config, "label_names"):  # a loaded timm checkpoint's names: to_dict saves them over id2label
             config.label_names = [labels.id2label[i] for i in range(labels.num_labels)]
+
+
+def first_ids(names: Sequence[str]) -> dict[str, int]:
+    """Each name's first index in ``names`` (what ``list.index`` finds), for all of them at once:
+    ``index`` per name was quadratic, 10 s at ImageNet-21k's 21,841 classes."""
+    return {name: i for i, name in reversed(list(enumerate(names)))}

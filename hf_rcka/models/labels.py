@@ -32,6 +32,7 @@ from torch import nn
 
 from ..errors import LabelError
 from .label_forms import TO_NFC, check_same_forms
+from .label_maps import first_ids
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def teacher_label_order(
         logger.warning("labels: the teacher's classes are unnamed (LABEL_0...): only their number could be "
                        "checked; make sure it was trained with the dataset's class order")
         return None
-    position = {name: i for i, name in reversed(list(enumerate(teacher_labels)))}  # the first of a name, as index()
+    position = first_ids(teacher_labels)
     order = [position[name] for name in labels]
     return None if order == list(range(len(order))) else order
 
