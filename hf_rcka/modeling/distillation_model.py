@@ -42,6 +42,13 @@ logger = logging.getLogger(__name__)
 DISTILLATION_STATE_NAME = "distillation_state.safetensors"
 
 
+def counted_top1(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Top-1 accuracy over the rows not labelled ``IGNORE_INDEX`` (unreadable images' stand-ins,
+    the repeats that even out data-parallel evaluation), NaN where none is, and their number."""
+    counted = labels != IGNORE_INDEX
+    return (logits.argmax(-1) == labels)[counted].float().mean(), int(counted.sum())
+
+
 @dataclass
 class DistillationOutput(ModelOutput):
     """``loss``: the weighted sum of every loss term, what the optimiser minimises.
@@ -431,8 +438,7 @@ class DistillationModel(nn.Module):
         Rows labelled ``IGNORE_INDEX`` (stand-ins for unreadable images) are not counted.
         """
         logits = self.teacher(pixel_values=self.teacher_pixels(pixel_values)).logits
-        counted = labels != IGNORE_INDEX
-        return float((logits.argmax(-1) == labels)[counted].float().mean())
+        return float(counted_top1(logits, labels)[0])
 
     def leave_out_fresh_losses(self) -> list[str]:
         """Stop computing the losses that read weights or statistics trained with the run but not

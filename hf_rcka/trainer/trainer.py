@@ -74,7 +74,7 @@ from .metrics import accuracy_metrics, check_metric_for_best_model
 from ..data.mixing import build_mixup, mix_batch
 from ..modeling.assembly import build_distillation_model, build_losses, run_loss_specs, switched_off
 from ..distributed import host_group
-from ..modeling.distillation_model import DistillationModel
+from ..modeling.distillation_model import DistillationModel, counted_top1
 from ..models.labels import BY_NAME
 from ..modeling.parallel import (
     check_fsdp_settings, default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp,
@@ -786,11 +786,10 @@ def _gathered_count(output: EvalLoopOutput, default: int) -> int:
 
 
 def _top1(logits: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """A batch's top-1 over its counted rows, weighted by their number (as ``LossTermLog`` takes it)."""
-    counted = labels != IGNORE_INDEX
-    rows = int(counted.sum())
-    hits = (logits.argmax(-1) == labels)[counted].float()
-    return {"top1": hits.mean() if rows else hits.sum()}, {"top1": float(rows)}
+    """A batch's top-1 over its counted rows, weighted by their number (as ``LossTermLog`` takes it:
+    a batch of no counted row weighs 0, and its NaN is not added)."""
+    accuracy, rows = counted_top1(logits, labels)
+    return {"top1": accuracy}, {"top1": float(rows)}
 
 
 def _uncounted(label_ids: Any) -> int:
