@@ -143,7 +143,7 @@ def stop_on_one_rank(out: str) -> dict:
         trainer.train()
         own_group = distributed.host_group() is not torch.distributed.group.WORLD
     return {"stopped_at": stop.stopped_at, "stop_signum": stop.signum, "stopped_step": trainer.state.global_step,
-            "host_group_of_its_own": own_group}
+            "host_group_of_its_own": own_group, "stopped_log_history": trainer.state.log_history}
 
 
 def teacher_check_on_a_small_set(out: str) -> dict:

@@ -93,6 +93,13 @@ def test_two_process_run_keeps_adapters_and_loss_state_identical(tmp_path):
     assert [(log["stopped_at"], log["stopped_step"]) for log in logs] == [(2, 2), (2, 2)]
     assert [log["stop_signum"] for log in logs] == [15, 15]
     assert all(log["host_group_of_its_own"] for log in logs)
+    # stopped before max_steps and before any log: the stop's step is logged, so train_loss is the
+    # processes' mean (it was each rank's own, and the ranks disagreed)
+    stopped = [log["stopped_log_history"] for log in logs]
+    assert [[e["step"] for e in history if "loss" in e] for history in stopped] == [[2], [2]]
+    stopped_losses = [next(e["train_loss"] for e in history if "train_loss" in e) for history in stopped]
+    assert stopped_losses[0] == stopped_losses[1]
+    assert stopped_losses[0] == pytest.approx(next(e["loss"] for e in stopped[0] if "loss" in e), abs=1e-4)
     assert (tmp_path / "stopped" / "checkpoint-2").is_dir()
 
 

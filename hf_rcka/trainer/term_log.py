@@ -61,9 +61,16 @@ class LastStepLog(TrainerCallback):
     Trainer's ``train_loss`` adds the steps since the last log as the main process's own loss, not
     the processes' mean that each log gathers: with ``logging_steps`` not dividing the run (or no
     logging), ``all_results.json`` reported rank 0's batches for those steps (2.32836 for the
-    processes' 2.33020 over 4 steps of 2 processes). One process has nothing to gather.
+    processes' 2.33020 over 4 steps of 2 processes). One process has nothing to gather. A run
+    stopped before ``max_steps`` (a signal, early stopping, any callback's ``should_training_stop``;
+    every stop is taken on all processes together) logs where it leaves the epoch loop: Trainer
+    logs once more after ``on_epoch_end``, and not twice at a step it logged.
     """
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
         if args.world_size > 1 and state.max_steps and state.global_step >= state.max_steps:
+            control.should_log = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):  # noqa: D102
+        if args.world_size > 1 and control.should_training_stop:
             control.should_log = True
