@@ -353,14 +353,25 @@ def test_the_last_steps_evaluation_is_the_final_one_unless_other_weights_were_lo
               "output_dir": str(tmp_path / "out"), "eval_strategy": "steps", "eval_steps": 2,
               "load_best_model_at_end": best_at_end, "save_steps": 2}
     assert main([write(tmp_path / "r.yaml", recipe)]) == 0
-    assert steps == ([2, 3, 3] if best_at_end else [2, 3])
-    if best_at_end:
-        return
+    assert steps == [2, 3]  # the best checkpoint's weights were evaluated at its step: not again
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    evaluations = [entry for entry in state["log_history"] if "eval_accuracy" in entry]
+    assert [entry["step"] for entry in evaluations] == [2, 3]  # trackers got no third point at step 3
+    best = next(entry for entry in evaluations if entry["step"] == (state["best_global_step"] if best_at_end else 3))
+    assert results["eval_accuracy"] == best["eval_accuracy"]
+    assert results["eval_loss"] == best["eval_loss"] and results["epoch"] == best["epoch"]
+
+
+def test_trainer_state_holds_the_final_evaluation(tmp_path):
+    """A recipe that evaluates only at the end (the digits recipes): trainer_state.json was written
+    before the final evaluation, and its log_history had no eval entry, unlike the card and results."""
+    recipe = {**COMMON, "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET,
+              "output_dir": str(tmp_path / "out"), "eval_strategy": "no"}
+    assert main([write(tmp_path / "r.yaml", recipe)]) == 0
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
-    last = [entry for entry in history if "eval_accuracy" in entry][-1]
-    assert last["step"] == 3 and results["eval_accuracy"] == last["eval_accuracy"]
-    assert results["eval_loss"] == last["eval_loss"] and results["epoch"] == last["epoch"]
+    assert [entry["eval_accuracy"] for entry in history if "eval_accuracy" in entry] == [results["eval_accuracy"]]
 
 
 def test_a_run_resumed_at_its_last_step_reports_no_train_loss():

@@ -2,7 +2,8 @@
 
 Trainer evaluates at the last step whenever ``eval_strategy`` is not ``no`` (``epoch``: at the
 last epoch's end; ``steps``: at ``max_steps`` too since transformers 5), and the command line's
-final evaluation then ran the whole evaluation set again on the same weights: a second teacher and
+final evaluation then ran the whole evaluation set again on the same weights (or on the best
+checkpoint's, evaluated at its step, after ``load_best_model_at_end``): a second teacher and
 student pass over ImageNet's validation set at the end of every DeiT recipe, two identical
 ``eval_*`` points at one step in TensorBoard, and two evaluation tables in the log.
 """
@@ -10,42 +11,48 @@ student pass over ImageNet's validation set at the end of every DeiT recipe, two
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
+
+from ..trainer.checkpointing import checkpoint_step
 
 logger = logging.getLogger(__name__)
 
 
 class LastEvaluation(TrainerCallback):
-    """Keeps the metrics of the evaluations this process ran at the latest step (one per set of
-    a dict ``eval_dataset``, merged), as ``Trainer.evaluate`` returned them."""
+    """Keeps the metrics of the evaluations this process ran, step by step (one per set of a dict
+    ``eval_dataset``, merged), as ``Trainer.evaluate`` returned them."""
 
     def __init__(self) -> None:
-        self.step: int | None = None
-        self.metrics: dict[str, Any] = {}
+        self.by_step: dict[int, dict[str, Any]] = {}
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: D102
-        if state.global_step != self.step:
-            self.step, self.metrics = state.global_step, {}
-        self.metrics.update(metrics or {})
+        self.by_step.setdefault(state.global_step, {}).update(metrics or {})
 
 
 def final_evaluation(trainer: Trainer, last: LastEvaluation | None) -> dict[str, Any]:
-    """``trainer.evaluate()``, or the metrics of the evaluation Trainer ran at the final step when
-    the model holds the weights it evaluated.
+    """``trainer.evaluate()``, or the metrics of the evaluation Trainer ran of the weights the
+    model holds: the last step's, or the best checkpoint's that ``load_best_model_at_end`` loaded.
 
-    Only this process's evaluations count (a run resumed from its final checkpoint evaluates, as
-    its evaluation set may have changed), and not after ``load_best_model_at_end``, which may have
-    loaded an earlier checkpoint's weights.
+    Only this process's evaluations count (a run resumed from the checkpoint that is final or best
+    evaluates, as its evaluation set may have changed). Evaluating the best weights again also sent
+    trackers a second ``eval_*`` point at the last step, which measured the best step's weights.
     """
-    state = trainer.state
-    if (last is None or last.step != state.global_step or not last.metrics
-            or trainer.args.load_best_model_at_end):
+    step = _step_of_the_weights(trainer)
+    if last is None or step not in last.by_step:
         return trainer.evaluate()
-    logger.info("final evaluation: the evaluation at the last step (%d) was of these weights; its metrics are "
-                "the final ones", state.global_step)
-    return dict(last.metrics)
+    logger.info("final evaluation: the evaluation at step %d was of these weights; its metrics are the final ones",
+                step)
+    return dict(last.by_step[step])
+
+
+def _step_of_the_weights(trainer: Trainer) -> int | None:
+    state = trainer.state
+    if not getattr(trainer, "best_model_loaded", False):
+        return state.global_step
+    return checkpoint_step(os.path.basename(state.best_model_checkpoint.rstrip("/")))
 
 
 __all__ = ["LastEvaluation", "final_evaluation"]

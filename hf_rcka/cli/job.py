@@ -507,6 +507,7 @@ def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str
     trainer.log_metrics("eval", metrics)
     if trainer.args.do_train:
         trainer.save_metrics("eval", metrics)
+        trainer.save_state()  # written after training too: its log_history now holds this evaluation
     elif trainer.is_world_process_zero():
         write_eval_record(record_dir, recipe, metrics)
         logger.info("eval-only run: recipe and results written to %s", record_dir)
