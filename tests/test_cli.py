@@ -372,6 +372,10 @@ def test_trainer_state_holds_the_final_evaluation(tmp_path):
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
     assert [entry["eval_accuracy"] for entry in history if "eval_accuracy" in entry] == [results["eval_accuracy"]]
+    # Trainer counts no floating-point operations for a DistillationModel: it reported 0.0
+    train_results = json.loads((tmp_path / "out" / "train_results.json").read_text())
+    assert "train_loss" in train_results and "total_flos" not in train_results
+    assert not any("total_flos" in entry for entry in history)
 
 
 def test_a_run_resumed_at_its_last_step_reports_no_train_loss():

@@ -436,11 +436,12 @@ class DistillationTrainer(CheckpointingTrainer):
         return weights
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the per-term training losses next to Trainer's ``loss``."""
+        """Add the per-term training losses next to Trainer's ``loss``; leave out a ``total_flos``
+        nothing counted (see ``_without_uncounted_flos``)."""
         if "loss" in logs:
             terms = self._term_logs["train"].means(self.accelerator.gather)
             logs = {**logs, **{f"{name}_loss": v for name, v in terms.items()}}
-        super().log(logs, start_time)
+        super().log(_without_uncounted_flos(logs), start_time)
 
     # Public hook (shared by evaluate and predict), so ``test_*`` metrics get the per-term losses too.
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
@@ -633,7 +634,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self.divergence.check(self.args, self.state, self.control)  # a divergence no logging or saving step saw
         if self.divergence.error is not None:
             raise self.divergence.error
-        return output
+        return output._replace(metrics=_without_uncounted_flos(output.metrics))
 
     # Private override. With save_strategy "best", Trainer decides to save after the callbacks have
     # seen the evaluation (``should_save = is_new_best_metric``), and a NaN model can be the best
@@ -750,6 +751,16 @@ def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None
     for entry in log_history:
         if step is None or entry.get("step") == step:
             metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+    return metrics
+
+
+def _without_uncounted_flos(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` without a ``total_flos`` of 0: Trainer counts a step's operations through the
+    model's ``floating_point_ops`` (a language model's 6 x tokens x parameters), which the
+    ``DistillationModel`` does not have, so every run reported 0.0 floating-point operations.
+    A subclass that counts them (overriding ``floating_point_ops``) keeps its figure."""
+    if metrics.get("total_flos", 1) == 0:
+        return {k: v for k, v in metrics.items() if k != "total_flos"}
     return metrics
 
 
