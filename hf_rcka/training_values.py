@@ -85,6 +85,9 @@ FIXED_SETTINGS = {
                                 "the run failed as training started"),
     "neftune_noise_alpha": (None, "NEFTune adds noise to a language model's token embeddings, and an image "
                                   "classifier has none: the run failed as training started"),
+    "include_num_input_tokens_seen": ("no", "it counts a language model's input tokens; here it counted the batches' "
+                                            "pixel values, 3 x height x width an image, the repeats that even out "
+                                            "the batches included: neither tokens nor images"),
 }
 
 

@@ -1223,7 +1223,8 @@ def test_images_directly_in_train_dir_next_to_class_folders(tmp_path, capsys):
 @pytest.mark.parametrize("setting", [{"label_names": ["label"]}, {"prediction_loss_only": True},
                                      {"eval_do_concat_batches": False}, {"batch_eval_metrics": True},
                                      {"remove_unused_columns": True}, {"bf16_full_eval": True},
-                                     {"use_liger_kernel": True}, {"neftune_noise_alpha": 5.0}])
+                                     {"use_liger_kernel": True}, {"neftune_noise_alpha": 5.0},
+                                     {"include_num_input_tokens_seen": "all"}])
 def test_trainer_settings_that_empty_or_break_the_evaluation(tmp_path, capsys, no_loading, setting):
     """Trainer accepts them; the run then reported no accuracy (exit 0) or failed after training."""
     (key, value), = setting.items()
