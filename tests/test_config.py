@@ -307,6 +307,8 @@ def test_the_record_holds_the_batch_trained_with_and_no_resume(tmp_path):
         "8 optimizer steps (2 epochs), global batch 9 images, peak learning rate 0.01; the weights here are "
         "step 4's, the best evaluation")
     assert training_text(8, 2.0, "9 images", 0.01, exported_step=8).endswith("peak learning rate 0.01")
+    assert training_text(8, 2.0, "9 images", 0.01, ema_decay=0.9998).endswith(
+        "; `eval_ema_*` measures an exponential moving average of the weights (decay 0.9998), which is not the model here")
 
 
 @pytest.mark.parametrize("optim,optim_args,expected", [

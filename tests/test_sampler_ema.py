@@ -152,6 +152,10 @@ def test_with_ema_export_eval_metrics_are_the_exported_models(tmp_path):
     alone = plain.evaluate()
     assert alone["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-5)
     assert alone["eval_loss"] != pytest.approx(metrics["eval_live_loss"], rel=1e-5)
+    # the card says which of its two sets of numbers the exported weights scored
+    trainer.create_model_card()
+    assert ("the weights here are the exponential moving average of the trained ones (decay 0.5): `eval_*` "
+            "measures them, `eval_live_*` the trained weights") in (tmp_path / "run" / "README.md").read_text()
 
 
 def test_loading_the_best_checkpoint_restores_its_average(tmp_path):

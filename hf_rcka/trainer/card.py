@@ -288,11 +288,14 @@ def write_model_card(
 
 
 def training_text(steps: int, epochs: float | None, batch: str, learning_rate: float,
-                  exported_step: int | None = None) -> str | None:
+                  exported_step: int | None = None, ema_decay: float | None = None,
+                  ema_exported: bool = False) -> str | None:
     """The card's training line; None before any step was taken.
 
     ``exported_step``: the step whose weights are exported when it is not the last one (the best
-    checkpoint that ``load_best_model_at_end`` loaded).
+    checkpoint that ``load_best_model_at_end`` loaded). ``ema_decay``: the run kept a weight
+    average (``model_ema``), exported with ``ema_exported``; the results table then holds two
+    sets of numbers, and which one the weights here scored is said.
     """
     if steps <= 0:
         return None
@@ -302,6 +305,12 @@ def training_text(steps: int, epochs: float | None, batch: str, learning_rate: f
     text = f"{span}, global batch {batch}, peak learning rate {learning_rate:g}"
     if exported_step is not None and exported_step != steps:
         text += f"; the weights here are step {exported_step:,}'s, the best evaluation"
+    if ema_decay is not None and ema_exported:
+        text += (f"; the weights here are the exponential moving average of the trained ones (decay {ema_decay:g}): "
+                 "`eval_*` measures them, `eval_live_*` the trained weights")
+    elif ema_decay is not None:
+        text += (f"; `eval_ema_*` measures an exponential moving average of the weights (decay {ema_decay:g}), "
+                 "which is not the model here")
     return text
 
 

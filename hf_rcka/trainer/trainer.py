@@ -726,7 +726,9 @@ class DistillationTrainer(CheckpointingTrainer):
             license=license,
             training=training_text(self.state.global_step, self.state.epoch,
                                    describe_batch(self.args, self._train_batch_size),
-                                   self._peak_learning_rate(), checkpoint_step(os.path.basename(best or ""))),
+                                   self._peak_learning_rate(), checkpoint_step(os.path.basename(best or "")),
+                                   self.args.model_ema_decay if self.model_ema is not None else None,
+                                   bool(getattr(self.args, "model_ema_export", False))),
         )
 
     def _peak_learning_rate(self) -> float:
