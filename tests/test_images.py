@@ -230,3 +230,22 @@ def test_a_png_colour_key_is_transparency_too(mode, key, pixels):
     decoded = np.asarray(decode_image({"bytes": buffer.getvalue(), "path": None})).astype(int)
     assert decoded[0, 0].tolist() == [WHITE] * 3, "the keyed colour is transparent: the background shows"
     assert decoded[0, 1].tolist() == [200] * 3
+
+
+def test_an_exif_rotated_photo_is_upright_as_a_file_and_as_a_pil_image():
+    """datasets turns a decoded file by its EXIF orientation; a PIL image a caller's own dataset
+    held was taken sideways."""
+    import io
+
+    pixels = np.zeros((8, 16, 3), dtype=np.uint8)
+    pixels[:, :4] = 255  # a white band on the left of the stored image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", exif=exif, quality=100)
+    from_file = decode_image(buffer.getvalue())
+    from_pil = decode_image(Image.open(io.BytesIO(buffer.getvalue())))
+    assert from_file.size == from_pil.size == (8, 16)  # upright: 8 wide, 16 high
+    assert np.array_equal(np.asarray(from_file), np.asarray(from_pil))
+    assert np.asarray(from_pil)[:4].mean() > 200 > np.asarray(from_pil)[4:].mean()  # the band is now on top
+

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from ..errors import DataError
 
@@ -74,6 +74,14 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) ->
         return image.convert("RGB")
     except ValueError as err:
         raise DataError(f"cannot convert an image of PIL mode {mode!r} to RGB ({err}); convert the file first") from None
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned by its EXIF orientation, as ``datasets`` turns the files it decodes (a
+    camera's portrait photo is stored sideways with a tag that says so); untagged images as they are."""
+    if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 _FLOAT_SLACK = 0.01  # how far float pixels may stray outside their range and still be read in it
@@ -143,8 +151,8 @@ def decode_image(value: Any) -> Image.Image:
     Raises:
         UnreadableImage: the file cannot be read as an RGB image; the message names it.
     """
-    if isinstance(value, Image.Image):
-        return to_rgb(value)
+    if isinstance(value, Image.Image):  # a caller's own dataset: turned upright as a decoded file is
+        return to_rgb(_upright(value))
     if value is None or not isinstance(value, (dict, str, bytes, bytearray)):
         # the data's loading checks refuse nulls up front; a caller's own dataset may still hold them
         raise UnreadableImage(describe_source(value), "the row holds no image file, bytes or PIL image")
