@@ -53,6 +53,10 @@ _TEMPLATE = """---
 
 ## Usage
 
+Decode images as training did: `pipeline("image-classification")` and a plain `.convert("RGB")` show
+transparent pixels as black and clip 16-bit images to white, where this model saw them over white
+and scaled.
+
 ```python
 import numpy as np
 from PIL import Image, ImageOps
