@@ -75,6 +75,27 @@ def ema_trainer(tmp_path, **overrides):
                                eval_dataset=pixel_dataset(10, seed=1), processing_class=processor(16))
 
 
+def test_each_weight_sets_evaluation_has_its_own_progress_bar(tmp_path):
+    """The second pass (the other weight set) kept counting on the first pass's bar: 6 of 3 batches."""
+    from transformers import ProgressCallback
+
+    bars = []
+
+    class Bars(ProgressCallback):
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+            if self.prediction_bar is not None:
+                bars.append((id(self.prediction_bar), self.prediction_bar.n, self.prediction_bar.total))
+
+    trainer = ema_trainer(tmp_path, per_device_eval_batch_size=4)
+    trainer.add_callback(Bars())
+    trainer.train()
+    bars.clear()
+    trainer.evaluate()
+    assert len({bar for bar, _, _ in bars}) == 2  # one bar a pass
+    assert [n for _, n, _ in bars] == [1, 2, 3, 1, 2, 3] and {total for _, _, total in bars} == {3}
+
+
 def test_ema_follows_timm_decay_and_is_evaluated_next_to_the_live_weights(tmp_path):
     trainer = ema_trainer(tmp_path, model_ema_decay=0.5)
     history = []

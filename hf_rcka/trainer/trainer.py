@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator
 import datasets
 import numpy as np
 import torch
-from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
+from transformers import PreTrainedModel, ProgressCallback, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import EvalLoopOutput, has_length
 
 from ..arguments import check_arguments, describe_batch
@@ -480,9 +480,11 @@ class DistillationTrainer(CheckpointingTrainer):
         averaged, live = self.model_ema.swapped_in(), contextlib.nullcontext()
         with averaged if export_ema else live:
             output = self._evaluation_pass(*run, metric_key_prefix)
+        _close_evaluation_bars(self.callback_handler.callbacks)  # each pass its own bar (one ran to twice its length)
         with live if export_ema else averaged, self.distillation_model.without_teacher():
             other = f"{metric_key_prefix}_live" if export_ema else f"{metric_key_prefix}_ema"
-            metrics = self._evaluation_pass(*run, other).metrics
+            weights = "the trained weights" if export_ema else "the weight average"
+            metrics = self._evaluation_pass(dataloader, f"{description} of {weights}", *run[2:], other).metrics
         if self.distillation_model.needs_teacher:  # the student's terms alone: no total beside the exported set's
             metrics.pop(f"{other}_loss", None)
         output.metrics.update(metrics)
@@ -754,6 +756,15 @@ def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None
         if step is None or entry.get("step") == step:
             metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
     return metrics
+
+
+def _close_evaluation_bars(callbacks: Iterable[Any]) -> None:
+    """Close the evaluation progress bar of Trainer's ``ProgressCallback``, which opens one at an
+    evaluation's first batch and closes it only when the whole evaluation ends."""
+    for callback in callbacks:
+        if isinstance(callback, ProgressCallback) and callback.prediction_bar is not None:
+            callback.prediction_bar.close()
+            callback.prediction_bar = None
 
 
 def _without_uncounted_flos(metrics: dict[str, Any]) -> dict[str, Any]:
