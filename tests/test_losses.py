@@ -647,9 +647,9 @@ def test_srd_projects_and_normalises_before_the_distance():
     loss = build("srd", DOUBLE)
     inputs = pooled_inputs(16)
     projected = F.batch_norm(
-        inputs.student_pooled @ loss.projector[0].weight.T + loss.projector[0].bias, None, None, training=True, eps=1e-5
+        inputs.student_pooled @ loss.projector[0].weight.T + loss.projector[0].bias, None, None, training=True, eps=1e-12
     )
-    teacher = F.batch_norm(inputs.teacher_pooled, None, None, training=True, eps=1e-5)
+    teacher = F.batch_norm(inputs.teacher_pooled, None, None, training=True, eps=1e-4)  # SRD's public code's eps
     torch.testing.assert_close(total(loss, inputs), functional.srd_distance(projected, teacher))
     corr = build("srd", DOUBLE, variant="correlation")
     corr.projector.load_state_dict(loss.projector.state_dict())
@@ -663,11 +663,31 @@ def test_srd_trains_on_a_batch_of_one_with_the_running_statistics():
     one = replace(inputs, student_pooled=inputs.student_pooled[:1], teacher_pooled=inputs.teacher_pooled[:1],
                   labels=inputs.labels[:1])
     projected = F.batch_norm(one.student_pooled @ loss.projector[0].weight.T + loss.projector[0].bias,
-                             torch.zeros(POOLED_T, dtype=DOUBLE), torch.ones(POOLED_T, dtype=DOUBLE), eps=1e-5)
+                             torch.zeros(POOLED_T, dtype=DOUBLE), torch.ones(POOLED_T, dtype=DOUBLE), eps=1e-12)
     teacher = F.batch_norm(one.teacher_pooled, torch.zeros(POOLED_T, dtype=DOUBLE), torch.ones(POOLED_T, dtype=DOUBLE),
-                           eps=1e-5)
+                           eps=1e-4)
     torch.testing.assert_close(total(loss, one), functional.srd_distance(projected, teacher))
     assert loss.projector[1].training and loss.teacher_norm.training  # back in training mode for the next batch
+
+
+def test_srd_cannot_lower_its_distance_by_shrinking_the_projection():
+    """The distance term is lower for a smaller student output when the student is uncorrelated with the
+    teacher; an eps in the student's BatchNorm let training shrink the projection's batch variance towards
+    it (the output's scale is sqrt(v / (v + eps))), and the demo's ViT collapsed to chance at eps 1e-4.
+    The student's norm has (practically) no eps: the term is the same at any scale of the projection."""
+    loss = build("srd", DOUBLE)
+    teacher = randn(64, POOLED_T, seed=3)
+    student = randn(64, POOLED_S, seed=4)
+    terms = []
+    for scale in (1.0, 1e-2, 1e-3):  # a projection batch variance of ~1 down to ~1e-6
+        with torch.no_grad():
+            loss.projector[0].weight.copy_(randn(POOLED_T, POOLED_S, seed=5) * scale)
+            loss.projector[0].bias.zero_()
+        inputs = LossInputs(student_logits=randn(64, P, seed=6), labels=torch.zeros(64, dtype=torch.long),
+                            student_pooled=student, teacher_pooled=teacher)
+        terms.append(total(loss, inputs))
+    torch.testing.assert_close(terms[1], terms[0])
+    torch.testing.assert_close(terms[2], terms[0])
 
 
 def test_srd_needs_setup_and_a_known_variant():
