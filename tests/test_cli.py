@@ -412,3 +412,22 @@ def test_a_run_resumed_at_its_last_step_trains_nothing_more_and_keeps_no_earlier
     assert checkpoint.stat().st_mtime_ns == written, "the checkpoint resumed from is not written again"
     results = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert results["train_loss_from_step"] == steps and "train_loss" not in results and "eval_accuracy" in results
+
+
+@pytest.mark.parametrize("rate, at_chance", [(0.0, True), (None, False)])
+def test_a_student_at_chance_after_training_is_said(tmp_path, capsys, rate, at_chance):
+    """A run whose student learned nothing ended with exit 0, a model and a card, and not a word
+    (srd's projector once collapsed the demo's ViT to 19% on 10 classes while every loss fell)."""
+    recipe = {**COMMON, "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET,
+              "output_dir": str(tmp_path / "out"), "max_train_samples": 200, "max_eval_samples": 150,
+              "max_steps": 40, "learning_rate": 0.01, "seed": 1}
+    if rate is not None:
+        recipe["learning_rate"] = rate  # untrained: its random start
+        recipe["max_steps"] = 1
+    assert main([write(tmp_path / "r.yaml", recipe)]) == 0
+    accuracy = json.loads((tmp_path / "out" / "eval_results.json").read_text())["eval_accuracy"]
+    said = [line for line in capsys.readouterr().err.splitlines() if "is at chance" in line]
+    assert bool(said) is at_chance, (accuracy, said)
+    if at_chance:
+        assert f"eval_accuracy {accuracy:.3f} is at chance (0.100 for 10 classes, 150 images)" in said[0]
+

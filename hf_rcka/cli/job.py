@@ -34,6 +34,7 @@ from ..models.loading import load_image_classifier
 from ..models.processors import load_image_processor
 from ..trainer.batch_rows import check_evaluation_rows
 from ..trainer.card_facts import card_facts_of
+from ..trainer.chance import warn_if_student_at_chance
 from ..trainer.checkpointing import checkpoint_folder, checkpoint_step
 from ..trainer.divergence import check_loaded_weights
 from ..trainer.interrupt import GracefulStop, Interrupted, last_checkpoint, save_checkpoint_now, stopped_by_signal
@@ -506,12 +507,21 @@ def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str
     metrics = final_evaluation(trainer, last)
     trainer.log_metrics("eval", metrics)
     if trainer.args.do_train:
+        _say_if_at_chance(trainer, metrics)
         trainer.save_metrics("eval", metrics)
         trainer.save_state()  # written after training too: its log_history now holds this evaluation
     elif trainer.is_world_process_zero():
         write_eval_record(record_dir, recipe, metrics)
         logger.info("eval-only run: recipe and results written to %s", record_dir)
     return metrics
+
+
+def _say_if_at_chance(trainer: DistillationTrainer, metrics: dict) -> None:
+    """A trained student at chance on the final evaluation is said (see ``trainer.chance``)."""
+    accuracy, dataset = metrics.get("eval_accuracy"), trainer.eval_dataset
+    if trainer.args.should_log and isinstance(accuracy, float) and has_length(dataset):
+        counted = len(dataset) - trainer.card_facts.unreadable_eval_images
+        warn_if_student_at_chance(accuracy, counted, trainer.distillation_model.student.config.num_labels)
 
 
 def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: SkippedImages, metrics: dict) -> None:

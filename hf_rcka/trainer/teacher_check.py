@@ -2,14 +2,12 @@
 
 A teacher fed inputs normalised unlike its training data (or trained on another label set) still
 gives confident logits, and the student then learns garbage with no error anywhere. One eval
-batch is enough to see a teacher at chance: within two binomial standard errors of chance is
-"near chance".
+batch is enough to see a teacher at chance (``chance``: within two binomial standard errors of it).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from typing import Callable
 
@@ -17,6 +15,7 @@ import torch
 
 from ..errors import TeacherNearChance
 from ..losses import IGNORE_INDEX
+from .chance import chance_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +40,13 @@ def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tens
         TeacherNearChance: when near chance and ``mode`` is ``"error"``.
     """
     accuracy = model.teacher_accuracy(pixel_values, labels)
-    n, chance = int((labels != IGNORE_INDEX).sum()), 1.0 / model.student.config.num_labels
+    n = int((labels != IGNORE_INDEX).sum())
     if gather is not None:
         correct = accuracy * n if n else 0.0  # an empty batch's accuracy is NaN
         counts = gather(torch.tensor([[correct, n]], dtype=torch.float64, device=labels.device)).sum(0)
         n = int(round(counts[1].item()))
         accuracy = counts[0].item() / n if n else accuracy
-    threshold = chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n) if n else 1.0
+    chance, threshold = chance_threshold(model.student.config.num_labels, n)
     if say:
         logger.info("teacher accuracy on an eval batch drawn from the set: %.3f (chance %.3f)", accuracy, chance)
     if threshold >= 1.0:  # even a perfect teacher is within two standard errors of chance
