@@ -11,6 +11,7 @@ from torch import nn
 
 from conftest import pixel_dataset, processor, tiny_resnet, tiny_vit
 from hf_rcka import ADAPTERS, LOSSES, DistillationTrainer, DistillationTrainingArguments
+from hf_rcka.adapters.base import FeatureAdapter
 from hf_rcka.errors import ModelError, RecipeError
 from hf_rcka.losses import CrossEntropyLoss, DistillationLoss, KDLoss, weigh_terms
 from hf_rcka.modeling.assembly import build_distillation_model
@@ -217,7 +218,84 @@ def test_weights_a_loss_creates_in_its_first_forward_are_refused(tmp_path, regis
         run.train()
 
 
+def test_a_loss_term_without_a_gradient_is_refused_at_the_first_step(tmp_path, registered):
+    """A term computed from detached tensors trained nothing, and the run logged it and listed it
+    on the card, exit 0."""
+    class Detached(DistillationLoss):
+        requires = frozenset({"student_logits", "teacher_logits"})
+
+        def term(self, inputs):
+            return F.mse_loss(inputs.student_logits.detach(), inputs.teacher_logits)
+
+    registered(LOSSES, "detached_mse", Detached)
+    run = trainer(tmp_path, losses=["ce", "detached_mse"])
+    with pytest.raises(ModelError, match=r"loss 'detached_mse' returned training term\(s\) \['detached_mse'\] "
+                                         r"without a gradient"):
+        run.train()
+    assert run.state.global_step == 0
+    # evaluation computes it without a gradient, as it should
+    assert "eval_detached_mse_loss" in run.evaluate(pixel_dataset(10, seed=1))
+
+
 # ---------------------------------------------------------------------------- feature pairs
+
+
+class _TeacherProjection(FeatureAdapter):
+    """A learned map on the teacher's side in prepare_teacher, which runs under no_grad."""
+
+    def __init__(self, student, teacher):
+        super().__init__(student, teacher)
+        self.down = nn.Linear(teacher.channels, student.channels)
+
+    def prepare_teacher(self, teacher):
+        return self.down(teacher.flatten(2).mean(2))
+
+    def forward(self, student, teacher):
+        return student[:, 1:].mean(1), teacher
+
+
+class _PoolFirst(FeatureAdapter):
+    """Pools the teacher's map as it comes out of the teacher's forward, projects the student."""
+
+    def __init__(self, student, teacher):
+        super().__init__(student, teacher)
+        self.up = nn.Linear(student.channels, teacher.channels)
+
+    def prepare_teacher(self, teacher):
+        return teacher.flatten(2).mean(2)
+
+    def forward(self, student, teacher):
+        return self.up(student[:, 1:].mean(1)), teacher
+
+
+def test_trainable_weights_in_prepare_teacher_are_refused_when_the_adapters_are_built(registered):
+    """prepare_teacher runs with the teacher's forward under no_grad: its weights kept their random
+    start (identical in every checkpoint), exit 0."""
+    registered(ADAPTERS, "teacher_projection", _TeacherProjection)
+    with pytest.raises(RecipeError, match=r"feature_pairs\[0\]: adapter 'teacher_projection' applies trainable "
+                                          r"weights in prepare_teacher"):
+        DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), LOSSES.build("fitnet")],
+                          feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "adapter": "teacher_projection"}])
+
+
+def test_the_shape_check_sees_each_side_as_prepare_student_and_prepare_teacher_hand_it_on(registered):
+    """An adapter pooling the teacher's map in prepare_teacher (as the README advises) was refused:
+    the check ran forward on the raw map, (128,) against (128, 1, 1), and said to use patch_match."""
+    registered(ADAPTERS, "pool_first", _PoolFirst)
+    model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), LOSSES.build("fitnet")],
+                              feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "adapter": "pool_first"}]).train()
+    out = model(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.arange(4) % 3)
+    out.loss.backward()
+    assert model.adapters[0].up.weight.grad.abs().sum() > 0
+
+
+def test_feature_pairs_no_loss_reads_are_dropped_for_a_ready_model_as_for_a_built_one(tmp_path):
+    """Warned as ignored when the model was built, then refused by the trainer (the model's pairs,
+    'auto', against the arguments'), even for a model built as the message advised."""
+    args = make_args(tmp_path, losses=["ce", "kd"], feature_pairs=[{"student_layer": -1, "teacher_layer": -1}])
+    model = build_distillation_model(tiny_vit(), tiny_resnet(), args)
+    run = DistillationTrainer(model=model, args=args, train_dataset=pixel_dataset(20), processing_class=processor(16))
+    assert not run.distillation_model.needs_features
 
 
 def test_options_on_an_auto_pair_that_auto_would_not_use_are_refused_with_the_recipe():

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from ..errors import ModelError
 from ..features.capture import Captured, ForwardCapture
 from ..features.hidden_states import describe_hidden_states, pooled_dim
 from ..features.pairing import FeaturePair
@@ -430,6 +431,19 @@ class DistillationModel(nn.Module):
             ]
             inputs.student_features = tuple(s for s, _ in pairs)
             inputs.teacher_features = tuple(t for _, t in pairs)
+
+    def check_training_terms(self, weighted: Mapping[str, torch.Tensor]) -> None:
+        """Refuse a weighted training term without a gradient (a loss of one's own that detaches its
+        input, reads it through ``.item()``, computes under ``no_grad`` or returns a constant): it
+        trains nothing, while the run logs it and the card lists it as if it had. The trainer calls
+        this on a training step's terms, outside the model's (possibly compiled) forward."""
+        for name, loss in self.losses.items():
+            dead = sorted(term for term, weight in loss.term_weights.items()
+                          if weight and term in weighted and not weighted[term].requires_grad)
+            if dead:
+                raise ModelError(f"loss {name!r} returned training term(s) {dead} without a gradient: they would "
+                                 "train nothing. Keep the student's tensors in the graph (no .detach(), .item() or "
+                                 "torch.no_grad() on them) and return a tensor computed from them")
 
     @torch.no_grad()
     def teacher_accuracy(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> float:

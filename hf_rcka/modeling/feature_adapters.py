@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..adapters import build_adapter
+from ..adapters.base import FeatureAdapter
 from ..errors import RecipeError
 from ..features.layout import FeatureSpec
 from ..features.pairing import FeaturePair, choose_pairs
@@ -64,6 +65,7 @@ def build_feature_adapters(
         if name == "patch_match":
             options = _channel_sampling(f"feature_pairs[{i}]", options, channel_mean)
         adapter = build_adapter(name, student_specs[s], teacher_specs[t], **options)
+        _check_teacher_side(f"feature_pairs[{i}]", name, adapter, teacher_specs[t])
         if needs_shape:
             shape = _check_alignment(f"feature_pairs[{i}]", name, adapter, student_specs[s], teacher_specs[t], alignment)
             why = problem(shape) if problem is not None else None
@@ -116,6 +118,23 @@ def _channel_sampling(where: str, options: dict[str, Any], channel_mean: bool) -
     return options
 
 
+def _check_teacher_side(where: str, name: str, adapter: nn.Module, teacher: FeatureSpec) -> None:
+    """``prepare_teacher`` runs with the teacher's forward, under ``no_grad``: weights it applies would
+    never get a gradient and keep their random start, without a word."""
+    if type(adapter).prepare_teacher is FeatureAdapter.prepare_teacher or not any(
+            p.requires_grad for p in adapter.parameters()):
+        return
+    training = adapter.training
+    with torch.enable_grad():
+        side = adapter.eval().prepare_teacher(torch.zeros(1, *teacher.shape))
+    adapter.train(training)
+    tensors = list(side) if isinstance(side, (tuple, list)) else [side]
+    if any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors):
+        raise RecipeError(f"{where}: adapter {name!r} applies trainable weights in prepare_teacher, which runs with the "
+                          "teacher's forward under no_grad: they would never train. Apply them in forward (the "
+                          "teacher's side gets no gradient either way; only the student's side should be learned)")
+
+
 def _check_alignment(where: str, name: str, adapter: nn.Module, student: FeatureSpec, teacher: FeatureSpec,
                      alignment: str) -> tuple[int, ...]:
     """Run ``adapter`` on one zero sample of each side and compare what comes out; returns the
@@ -126,7 +145,9 @@ def _check_alignment(where: str, name: str, adapter: nn.Module, student: Feature
     """
     training = adapter.training
     with torch.no_grad():
-        s, t = adapter.eval()(torch.zeros(1, *student.shape), torch.zeros(1, *teacher.shape))
+        adapter.eval()  # each side as the model hands it on: through prepare_student / prepare_teacher first
+        s, t = adapter(adapter.prepare_student(torch.zeros(1, *student.shape)),
+                       adapter.prepare_teacher(torch.zeros(1, *teacher.shape)))
     adapter.train(training)
     if s.shape == t.shape and (alignment == "shape" or s.dim() == 4):
         return tuple(s.shape[1:])

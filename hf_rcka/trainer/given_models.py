@@ -38,6 +38,7 @@ from ..modeling.assembly import active_specs, build_losses, run_loss_specs
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import InputStats, input_stats, planned_input_size
 from ..modeling.teacher_runtime import resolve_teacher_dtype
+from ..recipe_specs import unused_feature_pairs
 from ..models.timm_models import timm_native_state
 from ..registry import LOSSES
 from .given_labels import check_labels
@@ -151,7 +152,10 @@ def _model_settings_ignored(model: DistillationModel, args: Any) -> list[str]:
     """The model-building arguments ``args`` sets (away from their defaults) otherwise than the
     ready model was built with."""
     own = {**model.built_with, "teacher_dtype": resolve_teacher_dtype(model.built_with["teacher_dtype"])}
-    given = {"feature_pairs": getattr(args, "feature_pairs", None),
+    pairs = getattr(args, "feature_pairs", None)
+    if not model.needs_features and unused_feature_pairs(active_specs(run_loss_specs(args, model.teacher is not None)), pairs):
+        pairs = None  # no loss reads them: the assembly dropped them, as the arguments' warning said
+    given = {"feature_pairs": pairs,
              "teacher_dtype": resolve_teacher_dtype(getattr(args, "teacher_dtype", None)),
              "teacher_channels_last": False if getattr(args, "teacher_channels_last", True) is False else None}
     return [f"{key} {value!r} (the model's: {own[key]!r})" for key, value in given.items()

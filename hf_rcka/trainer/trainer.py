@@ -391,6 +391,7 @@ class DistillationTrainer(CheckpointingTrainer):
 
         In training, Mixup/CutMix mix the batch first: student and teacher see the same pixels.
         """
+        first_step = model.training and self._wrap_unchecked
         if model.training:
             if self._wrap_unchecked:  # the first step of a train(): the model as Trainer prepared it
                 check_wrapped(self, model)
@@ -405,6 +406,8 @@ class DistillationTrainer(CheckpointingTrainer):
             raise DataError(f"the batch has keys {unknown} besides pixel_values and labels, which the distillation "
                             "model does not take: leave them out in the data_collator (or the dataset's transform)")
         outputs = model(**inputs)
+        if first_step and torch.is_grad_enabled():
+            self.distillation_model.check_training_terms(outputs.loss_terms)
         if model.training:  # each micro-batch's share of its optimizer step, as Trainer's loss
             weights = dict.fromkeys(outputs.loss_terms, 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1)))
             self._term_logs["train"].add(outputs.loss_terms, weights)
