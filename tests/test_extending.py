@@ -13,7 +13,7 @@ from conftest import pixel_dataset, processor, tiny_resnet, tiny_vit
 from hf_rcka import ADAPTERS, LOSSES, DistillationTrainer, DistillationTrainingArguments
 from hf_rcka.adapters.base import FeatureAdapter
 from hf_rcka.errors import ModelError, RecipeError
-from hf_rcka.losses import CrossEntropyLoss, DistillationLoss, KDLoss, weigh_terms
+from hf_rcka.losses import CrossEntropyLoss, DistillationLoss, KDLoss, LossInputs, weigh_terms
 from hf_rcka.modeling.assembly import build_distillation_model
 from hf_rcka.modeling.distillation_model import DistillationModel
 from hf_rcka.registry import Registry
@@ -235,6 +235,24 @@ def test_a_loss_term_without_a_gradient_is_refused_at_the_first_step(tmp_path, r
     assert run.state.global_step == 0
     # evaluation computes it without a gradient, as it should
     assert "eval_detached_mse_loss" in run.evaluate(pixel_dataset(10, seed=1))
+
+
+def test_a_loss_reading_a_field_its_requires_does_not_name_is_told_so(registered):
+    """The field is empty (the model computes what some loss requires), and the AttributeError on
+    None named neither the loss nor requires."""
+    class Forgetful(DistillationLoss):
+        requires = frozenset({"student_logits"})
+
+        def term(self, inputs):
+            return F.mse_loss(inputs.student_logits, inputs.teacher_logits.softmax(-1))
+
+    registered(LOSSES, "forgetful", Forgetful)
+    inputs = LossInputs(student_logits=torch.randn(4, 3), labels=torch.arange(4) % 3)
+    with pytest.raises(AttributeError) as raised:
+        Forgetful()(inputs)
+    assert "loss 'forgetful'" not in str(raised.value)  # the note, not the message: the traceback stays the user's
+    assert any("distillation_logits, student_features, student_pooled, teacher_features, teacher_logits, "
+               "teacher_pooled of its LossInputs are empty here" in note for note in raised.value.__notes__)
 
 
 # ---------------------------------------------------------------------------- feature pairs

@@ -160,9 +160,21 @@ class DistillationLoss(nn.Module):
         self.weight = float(weight)
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
-        """The unweighted value of every term, keyed by term name (see ``term_weights``)."""
+        """The unweighted value of every term, keyed by term name (see ``term_weights``).
+
+        A loss of one's own that reads a field it does not list in ``requires`` finds it empty (the
+        model computes only what some loss requires) and fails on ``None``: the error then says so.
+        """
         self.check_inputs(inputs)
-        return self.terms(inputs)
+        try:
+            return self.terms(inputs)
+        except (AttributeError, TypeError) as err:
+            empty = sorted(name for name in _OPTIONAL_INPUTS - set(self.requires) if _empty(getattr(inputs, name)))
+            if empty:
+                err.add_note(f"loss {self.registry_name!r}: {', '.join(empty)} of its LossInputs are empty here, as "
+                             f"every field its requires ({sorted(self.requires)}) does not name: list what term() "
+                             "reads in requires")
+            raise
 
     def terms(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         """The terms of checked ``inputs``: one, named after the loss, unless a subclass has more."""
@@ -239,8 +251,7 @@ class DistillationLoss(nn.Module):
 
     def check_inputs(self, inputs: LossInputs) -> None:
         for name in self.requires:
-            value = getattr(inputs, name)
-            if value is None or (isinstance(value, (tuple, list)) and len(value) == 0):
+            if _empty(getattr(inputs, name)):
                 raise ValueError(f"loss {self.registry_name!r} needs {name}, which this batch does not have")
 
     def feature_pairs(self, inputs: LossInputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -279,6 +290,13 @@ class RelationalLoss(DistillationLoss):
         """The terms that relate the batch's samples: constants over fewer than ``min_relation_rows``,
         so an evaluation leaves a batch that small out of their means."""
         return tuple(self.term_weights)
+
+
+_OPTIONAL_INPUTS = frozenset(f.name for f in fields(LossInputs)) - {"student_logits", "labels"}
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, (tuple, list)) and len(value) == 0)
 
 
 def weigh_terms(
