@@ -25,6 +25,9 @@ _PLACEHOLDER_MAP = FeatureSpec("nchw", 1, (1, 1))
 DEFAULT_LOSS_WEIGHT = 1.0
 
 
+# the command line knows the built-in names: one's own are registered by a script that imports them
+_OWN_HINT = " (a {kind} of your own: run a copy of scripts/distill.py that imports its module first)"
+
 def loss_spec(spec: Any) -> Any:
     """A loss entry in its full form: ``"kd"`` -> ``{"name": "kd", "weight": 1.0}``; others as given.
 
@@ -61,7 +64,8 @@ def validate_losses(specs: Any) -> list[dict] | None:
             raise RecipeError(f"losses[{i}] must be a mapping with a 'name', got {spec!r}")
         name = spec["name"]
         if name not in LOSSES:
-            raise RecipeError(f"losses[{i}]: unknown loss {name!r}: {close_matches(str(name), LOSSES.names())}")
+            raise RecipeError(f"losses[{i}]: unknown loss {name!r}: {close_matches(str(name), LOSSES.names())}"
+                              f"{_OWN_HINT.format(kind='loss')}")
         if name in seen:
             raise RecipeError(f"losses[{i}]: loss {name!r} is listed twice; give it one entry")
         seen.add(name)
@@ -186,7 +190,8 @@ def _checked_pair(pair: Any, where: str) -> dict:
         _check_adapter_options("patch_match", options, f"{where} (adapter auto takes patch_match's options)")
         return pair
     if adapter not in ADAPTERS:
-        raise RecipeError(f"{where}: unknown adapter {adapter!r}: {close_matches(str(adapter), ADAPTERS.names())}")
+        raise RecipeError(f"{where}: unknown adapter {adapter!r}: {close_matches(str(adapter), ADAPTERS.names())}"
+                          f"{_OWN_HINT.format(kind='adapter')}")
     _check_adapter_options(adapter, options, where)
     return pair
 
