@@ -255,6 +255,25 @@ def test_a_loss_reading_a_field_its_requires_does_not_name_is_told_so(registered
                "teacher_pooled of its LossInputs are empty here" in note for note in raised.value.__notes__)
 
 
+def test_a_loss_with_lazy_modules_is_refused_when_the_trainer_is_built(tmp_path, registered):
+    """nn.LazyLinear, the way around weights made in the first forward, failed with transformers'
+    traceback as training started."""
+    class LazyProjection(DistillationLoss):
+        requires = frozenset({"student_logits", "teacher_logits"})
+
+        def __init__(self, weight: float = 1.0):
+            super().__init__(weight)
+            self.projection = nn.LazyLinear(3)
+
+        def term(self, inputs):
+            return F.mse_loss(self.projection(inputs.student_logits), inputs.teacher_logits)
+
+    registered(LOSSES, "lazy_linear", LazyProjection)
+    with pytest.raises(ModelError, match=r"2 weight\(s\) of lazy modules have no shape before the first forward "
+                                         r"\(losses.lazy_linear.projection.weight"):
+        trainer(tmp_path, losses=["ce", "lazy_linear"])
+
+
 # ---------------------------------------------------------------------------- feature pairs
 
 

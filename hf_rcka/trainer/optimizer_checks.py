@@ -35,6 +35,18 @@ def check_optimizer(model: DistillationModel, optimizers: Any) -> None:
             "parameters (build_distillation_model(...).parameters(), then pass that model), or leave optimizers unset")
 
 
+def check_lazy_parameters(model: DistillationModel) -> None:
+    """Weights of lazy modules (``torch.nn.LazyLinear``...) get their shape in the first forward,
+    after the optimizer is built: the way around making weights in the first forward, and the run
+    failed with a traceback as training started (transformers counts the parameters first)."""
+    lazy = [name for name, p in model.named_parameters() if isinstance(p, torch.nn.parameter.UninitializedParameter)]
+    if lazy:
+        raise ModelError(
+            f"{len(lazy)} weight(s) of lazy modules have no shape before the first forward ({_some(lazy)}), so the "
+            "optimizer could not hold them. Build them with their sizes: a loss's in its setup() (LossContext has "
+            "the pooled widths), an adapter's from the features' shapes it is built with")
+
+
 def check_late_parameters(model: DistillationModel, optimizer: Any) -> None:
     """After the first forward: weights a loss or adapter created there, after Trainer built its
     optimizer, would never be trained (and a checkpoint of them would not resume)."""
@@ -79,4 +91,4 @@ def _some(names: list[str]) -> str:
     return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
-__all__ = ["LateParameterCheck", "check_late_parameters", "check_optimizer"]
+__all__ = ["LateParameterCheck", "check_late_parameters", "check_lazy_parameters", "check_optimizer"]

@@ -61,7 +61,7 @@ from .given_models import (
     check_activation_checkpointing, check_model_objects, check_models, check_ready_model, check_saveable,
     teacher_input_stats,
 )
-from .optimizer_checks import LateParameterCheck, check_optimizer
+from .optimizer_checks import LateParameterCheck, check_lazy_parameters, check_optimizer
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate, seeded_subset
 from .data_parallel import check_wrapped, forget_evaluation_preparation
@@ -159,6 +159,7 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     # feature grids are planned at the training size; a caller's collator may resize what it batches
     size = image_size(first_item) if model.needs_features and kwargs.get("data_collator") is None else None
     check_image_sizes(datasets[1], "eval_dataset", size)
+    check_lazy_parameters(model)
     check_optimizer(model, kwargs.get("optimizers"))
     if realign is not None:
         realign()
