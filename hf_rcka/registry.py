@@ -30,10 +30,11 @@ class Registry:
     plain module registered as a loss would fail at the first step, not here).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, reserved: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.base: type | None = None
         self._classes: dict[str, type] = {}
+        self.reserved = reserved  # names recipes give another meaning: a class under one would never be built
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
         def decorator(cls: type[T]) -> type[T]:
@@ -45,6 +46,9 @@ class Registry:
         return decorator
 
     def _check_new(self, name: str, cls: type) -> None:
+        if name in self.reserved:
+            raise ValueError(f"{self.kind} {name!r}: the name is reserved (a recipe's {name!r} chooses among the "
+                             f"built-in {self.kind}s); choose another name")
         if self.base is not None and not (isinstance(cls, type) and issubclass(cls, self.base)):
             raise TypeError(f"{self.kind} {name!r}: {getattr(cls, '__name__', cls)!r} must subclass "
                             f"{self.base.__module__}.{self.base.__name__}")
@@ -160,4 +164,4 @@ def _init_types(cls: type) -> dict[str, Any]:
 
 
 LOSSES = Registry("loss")
-ADAPTERS = Registry("adapter")
+ADAPTERS = Registry("adapter", reserved=("auto",))

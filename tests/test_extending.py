@@ -82,6 +82,13 @@ def test_the_same_definition_again_replaces_it_and_another_class_is_refused(regi
         LOSSES.register("twice")(Other)
 
 
+def test_an_adapter_named_auto_is_refused_when_registered():
+    """A recipe's 'auto' chooses among the built-in adapters: one registered under it was never built."""
+    with pytest.raises(ValueError, match="adapter 'auto': the name is reserved"):
+        ADAPTERS.register("auto")(type("Auto", (ADAPTERS.get("identity"),), {}))
+    assert "auto" not in ADAPTERS
+
+
 def test_a_class_that_is_no_loss_or_adapter_is_refused_when_registered():
     """A plain module registered as a loss failed at the first step: 'has no attribute requires'."""
     with pytest.raises(TypeError, match="must subclass hf_rcka.losses.base.DistillationLoss"):
