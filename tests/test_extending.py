@@ -4,6 +4,8 @@ named neither the loss nor the fix, before."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -225,7 +227,7 @@ def test_weights_a_loss_creates_in_its_first_forward_are_refused(tmp_path, regis
         run.train()
 
 
-def test_a_loss_term_without_a_gradient_is_refused_at_the_first_step(tmp_path, registered):
+def test_a_loss_term_without_a_gradient_is_refused_at_the_first_step(tmp_path, registered, caplog):
     """A term computed from detached tensors trained nothing, and the run logged it and listed it
     on the card, exit 0."""
     class Detached(DistillationLoss):
@@ -235,6 +237,10 @@ def test_a_loss_term_without_a_gradient_is_refused_at_the_first_step(tmp_path, r
             return F.mse_loss(inputs.student_logits.detach(), inputs.teacher_logits)
 
     registered(LOSSES, "detached_mse", Detached)
+    model = build_distillation_model(tiny_vit(), tiny_resnet(), make_args(tmp_path, losses=["ce", "kd"]))
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):  # a term its term_weights weigh and it never returns
+        model.check_training_terms({"ce": torch.ones((), requires_grad=True)})
+    assert "loss 'kd' returned no kd on the first training step" in caplog.text and "'ce'" not in caplog.text
     run = trainer(tmp_path, losses=["ce", "detached_mse"])
     with pytest.raises(ModelError, match=r"loss 'detached_mse' returned training term\(s\) \['detached_mse'\] "
                                          r"without a gradient"):

@@ -435,9 +435,14 @@ class DistillationModel(nn.Module):
     def check_training_terms(self, weighted: Mapping[str, torch.Tensor]) -> None:
         """Refuse a weighted training term without a gradient (a loss of one's own that detaches its
         input, reads it through ``.item()``, computes under ``no_grad`` or returns a constant): it
-        trains nothing, while the run logs it and the card lists it as if it had. The trainer calls
-        this on a training step's terms, outside the model's (possibly compiled) forward."""
+        trains nothing, while the run logs it and the card lists it as if it had; and say which
+        weighted terms a loss did not return. The trainer calls this on the first training step's
+        terms, outside the model's (possibly compiled) forward."""
         for name, loss in self.losses.items():
+            absent = sorted(term for term, weight in loss.term_weights.items() if weight and term not in weighted)
+            if absent and name not in self.left_out and not (self._student_only and loss.needs_teacher):
+                logger.warning("loss %r returned no %s on the first training step, though its term_weights weigh "
+                               "it: the card lists it, and nothing trains or logs it", name, " or ".join(absent))
             dead = sorted(term for term, weight in loss.term_weights.items()
                           if weight and term in weighted and not weighted[term].requires_grad)
             if dead:
