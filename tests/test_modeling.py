@@ -168,6 +168,30 @@ def test_a_compiled_evaluation_under_autocast_compiles_once():
     assert graphs[1] == graphs[-1], f"graphs compiled after each batch: {graphs}"
 
 
+def test_the_teachers_outputs_break_no_compiled_graph():
+    """Each output's storage size was read to decide on a copy, which dynamo cannot trace: one
+    graph break per teacher output (10-17 a compile), and the function compiled again per shape."""
+    import torch._dynamo
+
+    from hf_rcka.modeling.teacher_runtime import TeacherRuntime
+
+    runtime = TeacherRuntime(tiny_vit())
+    tokens = torch.randn(4, 17, 8)
+
+    def outputs(tokens):
+        return runtime.release(tokens[:, 0]), runtime.release(tokens), runtime.release(tokens[:, 1:])
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    pooled, whole, patches = torch.compile(outputs, backend="eager")(tokens)
+    breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+    torch._dynamo.reset()
+    assert breaks == 0
+    # the views that keep the whole sequence alive are copied, as eagerly, and equal
+    assert pooled.is_contiguous() and patches.is_contiguous() and whole.data_ptr() == tokens.data_ptr()
+    assert torch.equal(pooled, tokens[:, 0]) and torch.equal(patches, tokens[:, 1:])
+
+
 def test_a_training_step_reads_nothing_back_from_the_device():
     """Every read from an accelerator stalls the step until the device catches up: EKT's bincount
     and boolean masks did 10 a step, the RBF bandwidth's mask one per Gram. On the CPU the reads

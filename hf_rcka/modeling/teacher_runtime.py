@@ -98,9 +98,22 @@ class TeacherRuntime:
         """
         if tensor is None:
             return None
+        if torch.compiler.is_compiling():  # a storage's size cannot be traced: one graph break per output
+            return tensor if _dense(tensor) else _copy_in_memory_order(tensor)
         if tensor.untyped_storage().nbytes() > 2 * tensor.numel() * tensor.element_size():
             return _copy_in_memory_order(tensor)
         return tensor
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s elements fill its span of memory without gaps, in any order of dims
+    (a channels_last map is dense; a class token viewed out of its token sequence is not)."""
+    span = 1
+    for dim in sorted(range(tensor.dim()), key=tensor.stride):
+        if tensor.size(dim) != 1 and tensor.stride(dim) != span:
+            return False
+        span *= tensor.size(dim)
+    return True
 
 
 def _copy_in_memory_order(tensor: torch.Tensor) -> torch.Tensor:
