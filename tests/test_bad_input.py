@@ -1249,6 +1249,13 @@ def test_trainer_settings_that_empty_or_break_the_evaluation(tmp_path, capsys, n
      "label_smoothing_factor 0.1 and ce's label_smoothing 0.2 disagree (ce's would apply): give one of them"),
     ({"torch_compile": True, "torch_compile_backend": "inductr"}, "torch_compile_backend: unknown backend 'inductr': "
                                                                    "did you mean"),
+    # accelerate's names that torch 2.14 cannot run, an unknown mode, a mode the backend ignores: each
+    # loaded models and data, set the earlier run aside, then failed at the first step (the last: exit 0)
+    ({"torch_compile_backend": "onnxrt"}, "torch_compile_backend: 'onnxrt' is accelerate's name for a backend this "
+                                          "torch"),
+    ({"torch_compile_mode": "fastest"}, "torch_compile_mode: unknown mode 'fastest': "),
+    ({"torch_compile_backend": "aot_eager", "torch_compile_mode": "max-autotune"},
+     "torch_compile_mode 'max-autotune' is a mode of the inductor backend, and torch_compile_backend is 'aot_eager'"),
 ])
 def test_work_transformers_accepts_and_the_run_would_skip_or_fail_on(tmp_path, capsys, no_loading, setting, message):
     """do_predict predicted nothing and load_best_model_at_end exported the last step (exit 0 both); an

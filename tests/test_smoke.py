@@ -167,6 +167,11 @@ def test_plan_overrides_only_what_a_short_offline_cpu_run_needs(tmp_path, monkey
     assert smoke_output_dir(values["output_dir"]) == values["output_dir"], "a smoke folder gets no second suffix"
     assert values["bf16"] is False and values["torch_compile"] is False and values["use_cpu"] is True
     assert any("bf16" in note and "float32" in note for note in plan.notes)
+    # a backend or a mode alone turns compiling on in transformers: the smoke test compiled with inductor
+    mode_only = plan_smoke_test(_resolved(tmp_path, torch_compile_mode="default"))
+    assert (mode_only.recipe["torch_compile"], mode_only.recipe["torch_compile_backend"],
+            mode_only.recipe["torch_compile_mode"]) == (False, None, None)
+    assert any(note.startswith("torch_compile_mode switched off") for note in mode_only.notes)
     assert (values["max_steps"], values["per_device_train_batch_size"], values["dataloader_num_workers"]) == (
         SMOKE_STEPS, SMOKE_BATCH, 0)
     assert values["save_steps"] == SMOKE_STEPS, "a step-based checkpoint is written within the smoke run"

@@ -14,6 +14,8 @@ resume is checked in :mod:`.resume_checks`.
 
 from __future__ import annotations
 
+import importlib.util
+
 import logging
 import os
 from pathlib import Path
@@ -142,13 +144,41 @@ def check_unsupported_work(args: Any) -> None:
         raise RecipeError("load_best_model_at_end keeps the best of the evaluations during training, and eval_strategy "
                           "is no: set eval_strategy and save_strategy to steps or epoch, or drop load_best_model_at_end "
                           "(the last step is exported)")
-    backend = getattr(args, "torch_compile_backend", None)
+    _check_compile_settings(getattr(args, "torch_compile_backend", None), getattr(args, "torch_compile_mode", None))
+
+
+# what a backend torch lists needs installed besides torch
+_BACKEND_PACKAGES = {"tvm": "tvm", "openxla": "torch_xla", "openxla_eval": "torch_xla"}
+
+
+def _check_compile_settings(backend: str | None, mode: str | None) -> None:
+    """A backend accelerate names but this torch cannot run (``onnxrt``, ``tensorrt``...), one whose
+    package is missing, or a mode inductor does not have: each was a traceback at the first step,
+    after the models and data were loaded. A mode with another backend was ignored without a word."""
     if backend:
+        import torch._dynamo
         from accelerate.utils import DynamoBackend
 
         names = [b.value.lower() for b in DynamoBackend]
-        if str(backend).lower() not in names:
-            raise RecipeError(f"torch_compile_backend: unknown backend {backend!r}: {close_matches(str(backend), names)}")
+        backend = str(backend).lower()
+        if backend not in names:
+            raise RecipeError(f"torch_compile_backend: unknown backend {backend!r}: {close_matches(backend, names)}")
+        runnable = set(torch._dynamo.list_backends(exclude_tags=()))
+        if backend != "no" and backend not in runnable:
+            raise RecipeError(f"torch_compile_backend: {backend!r} is accelerate's name for a backend this torch "
+                              f"{torch.__version__} does not have; it has {', '.join(sorted(runnable & set(names)))}")
+        package = _BACKEND_PACKAGES.get(backend)
+        if package and importlib.util.find_spec(package) is None:
+            raise RecipeError(f"torch_compile_backend: {backend!r} needs the {package} package, which is not installed")
+    if mode:
+        import torch._inductor
+
+        modes = list(torch._inductor.list_mode_options())
+        if mode not in modes:
+            raise RecipeError(f"torch_compile_mode: unknown mode {mode!r}: {close_matches(str(mode), modes)}")
+        if backend and backend not in ("inductor", "no"):
+            raise RecipeError(f"torch_compile_mode {mode!r} is a mode of the inductor backend, and "
+                              f"torch_compile_backend is {backend!r}, which would ignore it: drop one of them")
 
 
 def _resuming(args: Any) -> bool:

@@ -235,9 +235,10 @@ def _device_overrides(recipe: dict[str, Any], notes: list[str]) -> dict[str, Any
     if overrides:
         notes.append(f"{', '.join(overrides)} switched off: no CUDA device, so this smoke test runs in float32")
     overrides["use_cpu"] = True
-    if recipe.get("torch_compile"):
-        overrides["torch_compile"] = False
-        notes.append("torch_compile switched off: compiling on a CPU takes longer than the smoke test")
+    compiling = [key for key in ("torch_compile", "torch_compile_backend", "torch_compile_mode") if recipe.get(key)]
+    if compiling:  # transformers turns torch_compile on for a backend or a mode alone
+        overrides.update(torch_compile=False, torch_compile_backend=None, torch_compile_mode=None)
+        notes.append(f"{', '.join(compiling)} switched off: compiling on a CPU takes longer than the smoke test")
     return overrides
 
 
