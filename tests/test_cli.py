@@ -429,5 +429,21 @@ def test_a_student_at_chance_after_training_is_said(tmp_path, capsys, rate, at_c
     said = [line for line in capsys.readouterr().err.splitlines() if "is at chance" in line]
     assert bool(said) is at_chance, (accuracy, said)
     if at_chance:
-        assert f"eval_accuracy {accuracy:.3f} is at chance (0.100 for 10 classes, 150 images)" in said[0]
+        assert f"is at chance (eval_accuracy {accuracy:.3f}, chance 0.100 for 10 classes, 150 images, eval " \
+               "cross-entropy" in said[0]
+
+
+def test_a_collapsed_student_above_the_accuracy_threshold_is_at_chance_by_its_cross_entropy(caplog):
+    """srd's collapse scored 19.4% on 540 images of 10 classes, above two standard errors of chance
+    (12.6%), with a cross-entropy of a uniform guess (2.29 nats, ln 10 = 2.30): nothing was said."""
+    import logging
+
+    from hf_rcka.trainer.chance import warn_if_student_at_chance
+
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert warn_if_student_at_chance(0.194, 540, 10, cross_entropy=2.29)
+        assert not warn_if_student_at_chance(0.194, 540, 10)  # the accuracy alone does not tell
+        assert not warn_if_student_at_chance(0.6, 540, 10, cross_entropy=1.4)  # a weak student that learned
+        assert warn_if_student_at_chance(0.11, 540, 10, cross_entropy=1.9)  # at chance by its accuracy
+    assert caplog.text.count("is at chance") == 2
 

@@ -23,16 +23,27 @@ def chance_threshold(num_classes: int, n: int) -> tuple[float, float]:
     return chance, chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n)
 
 
-def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int) -> bool:
+# A cross-entropy this close to a uniform guess's (ln C) is a student that fitted next to nothing,
+# whatever its accuracy: a collapsed one answering a few classes scored 19% on 10 balanced classes
+# (2.29 nats for ln 10 = 2.30), above the accuracy test's threshold on 540 images.
+_NEAR_UNIFORM = 0.9
+
+
+def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int, cross_entropy: float | None = None) -> bool:
     """Say, in a warning the end of a run's log cannot hide, that the trained student scores at
-    chance; True when it does. Nothing is said when ``n`` images cannot tell (a tiny set)."""
+    chance (its accuracy, or its plain cross-entropy when the run has one); True when it does.
+    The accuracy says nothing when ``n`` images cannot tell (a tiny set)."""
     chance, threshold = chance_threshold(num_classes, n)
-    if threshold >= 1.0 or accuracy > threshold:
+    uniform = math.log(num_classes)
+    near_uniform = cross_entropy is not None and num_classes > 1 and cross_entropy >= _NEAR_UNIFORM * uniform
+    if not near_uniform and (threshold >= 1.0 or accuracy > threshold):
         return False
-    logger.warning("!!! the trained student's eval_accuracy %.3f is at chance (%.3f for %d classes, %d images): it "
-                   "learned nothing usable. Look at its logged ce_loss (near ln %d = %.2f, it never fitted the "
-                   "labels), the learning rate, and each distillation term's weight against ce's", accuracy, chance,
-                   num_classes, n, num_classes, math.log(num_classes))
+    entropy = f", eval cross-entropy {cross_entropy:.3f} against ln {num_classes} = {uniform:.3f} for a uniform guess" \
+        if cross_entropy is not None else ""
+    logger.warning("!!! the trained student is at chance (eval_accuracy %.3f, chance %.3f for %d classes, %d images%s): "
+                   "it learned nothing usable. Look at the learning rate, and at each distillation term's weight "
+                   "against ce's (a term that outweighs the labels can collapse the student's features)", accuracy,
+                   chance, num_classes, n, entropy)
     return True
 
 
