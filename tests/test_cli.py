@@ -360,7 +360,9 @@ def test_the_last_steps_evaluation_is_the_final_one_unless_other_weights_were_lo
     assert [entry["step"] for entry in evaluations] == [2, 3]  # trackers got no third point at step 3
     best = next(entry for entry in evaluations if entry["step"] == (state["best_global_step"] if best_at_end else 3))
     assert results["eval_accuracy"] == best["eval_accuracy"]
-    assert results["eval_loss"] == best["eval_loss"] and results["epoch"] == best["epoch"]
+    assert results["eval_loss"] == best["eval_loss"]
+    # the run's epoch, as a fresh evaluate() says it (all_results.json merges it with training's)
+    assert results["epoch"] == pytest.approx(state["epoch"])
 
 
 def test_trainer_state_holds_the_final_evaluation(tmp_path):

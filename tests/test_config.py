@@ -64,7 +64,7 @@ def test_distillation_defaults_keep_columns_and_name_labels():
     "bad, message",
     [
         ({"learnin_rate": 1}, r"unknown recipe key 'learnin_rate'.*'learning_rate'"),
-        ({"losses": [{"name": "rcak"}]}, r"unknown loss 'rcak'.*'rcka'.*a loss of your own: run a copy of scripts/distill.py that imports its module first"),
+        ({"losses": [{"name": "rcak"}]}, r"unknown loss 'rcak'.*'rcka'.*a loss of your own is registered when its module is imported"),
         ({"losses": [{"name": "rcka", "intra": 1}]}, r"no option 'intra'.*'intra_weight'"),
         ({"losses": [{"name": "kd", "temperature": -1}]}, r"temperature must be > 0"),
         ({"losses": [{"name": "ce", "weight": -2}]}, r"weight must be >= 0"),

@@ -267,6 +267,15 @@ def test_a_loss_reading_a_field_its_requires_does_not_name_is_told_so(registered
     assert any("distillation_logits, student_features, student_pooled, teacher_features, teacher_logits, "
                "teacher_pooled of its LossInputs are empty here" in note for note in raised.value.__notes__)
 
+    class OwnBug(Forgetful):
+        def term(self, inputs):
+            return inputs.student_logits.sum() + "a string"  # TypeError: not a NoneType
+
+    registered(LOSSES, "own_bug", OwnBug)
+    with pytest.raises(TypeError) as raised:  # an error of the loss's own gets no advice about requires
+        OwnBug()(inputs)
+    assert not getattr(raised.value, "__notes__", None)
+
 
 def test_a_loss_with_lazy_modules_is_refused_when_the_trainer_is_built(tmp_path, registered):
     """nn.LazyLinear, the way around weights made in the first forward, failed with transformers'

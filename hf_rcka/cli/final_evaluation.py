@@ -45,7 +45,10 @@ def final_evaluation(trainer: Trainer, last: LastEvaluation | None) -> dict[str,
         return trainer.evaluate()
     logger.info("final evaluation: the evaluation at step %d was of these weights; its metrics are the final ones",
                 step)
-    return dict(last.by_step[step])
+    metrics = dict(last.by_step[step])
+    if "epoch" in metrics:  # as evaluate() says it, the run's epoch (all_results.json merges it with training's)
+        metrics["epoch"] = state_epoch if (state_epoch := trainer.state.epoch) is not None else metrics["epoch"]
+    return metrics
 
 
 def _step_of_the_weights(trainer: Trainer) -> int | None:

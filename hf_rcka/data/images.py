@@ -78,7 +78,9 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) ->
 
 def _upright(image: Image.Image) -> Image.Image:
     """``image`` turned by its EXIF orientation, as ``datasets`` turns the files it decodes (a
-    camera's portrait photo is stored sideways with a tag that says so); untagged images as they are."""
+    camera's portrait photo is stored sideways with a tag that says so); untagged images as they are.
+    The tag is honoured whatever was done to the image: ``ImageOps.exif_transpose`` removes it, but
+    Pillow's ``rotate``/``transpose`` keep it, so an image turned by hand that way turns again."""
     if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
         return image
     return ImageOps.exif_transpose(image)

@@ -170,7 +170,7 @@ class DistillationLoss(nn.Module):
             return self.terms(inputs)
         except (AttributeError, TypeError) as err:
             empty = sorted(name for name in _OPTIONAL_INPUTS - set(self.requires) if _empty(getattr(inputs, name)))
-            if empty:
+            if empty and "NoneType" in str(err):  # an empty field read: not any error of the loss's own
                 err.add_note(f"loss {self.registry_name!r}: {', '.join(empty)} of its LossInputs are empty here, as "
                              f"every field its requires ({sorted(self.requires)}) does not name: list what term() "
                              "reads in requires")

@@ -447,8 +447,9 @@ class DistillationModel(nn.Module):
                           if weight and term in weighted and not weighted[term].requires_grad)
             if dead:
                 raise ModelError(f"loss {name!r} returned training term(s) {dead} without a gradient: they would "
-                                 "train nothing. Keep the student's tensors in the graph (no .detach(), .item() or "
-                                 "torch.no_grad() on them) and return a tensor computed from them")
+                                 "train nothing. Either the student's weights they read are all frozen "
+                                 "(requires_grad False), or the loss cut its tensors off the graph (.detach(), "
+                                 ".item() or torch.no_grad()) or returns a constant")
 
     @torch.no_grad()
     def teacher_accuracy(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> float:

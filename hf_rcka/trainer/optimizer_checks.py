@@ -44,7 +44,7 @@ def check_lazy_parameters(model: DistillationModel) -> None:
         raise ModelError(
             f"{len(lazy)} weight(s) of lazy modules have no shape before the first forward ({_some(lazy)}), so the "
             "optimizer could not hold them. Build them with their sizes: a loss's in its setup() (LossContext has "
-            "the pooled widths), an adapter's from the features' shapes it is built with")
+            "the pooled widths), an adapter's from the features' shapes it is built with, a model's before it is given")
 
 
 def check_late_parameters(model: DistillationModel, optimizer: Any) -> None:

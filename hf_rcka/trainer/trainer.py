@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator
 import datasets
 import numpy as np
 import torch
-from transformers import PreTrainedModel, ProgressCallback, TrainerCallback, TrainingArguments, set_seed
+from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import EvalLoopOutput, has_length
 
 from ..arguments import check_arguments, describe_batch
@@ -763,11 +763,12 @@ def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None
 
 
 def _close_evaluation_bars(callbacks: Iterable[Any]) -> None:
-    """Close the evaluation progress bar of Trainer's ``ProgressCallback``, which opens one at an
-    evaluation's first batch and closes it only when the whole evaluation ends."""
+    """Close the evaluation progress bar of Trainer's ``ProgressCallback`` (and the notebook's),
+    which opens one at an evaluation's first batch and closes it only when the whole evaluation ends."""
     for callback in callbacks:
-        if isinstance(callback, ProgressCallback) and callback.prediction_bar is not None:
-            callback.prediction_bar.close()
+        bar = getattr(callback, "prediction_bar", None)
+        if bar is not None and callable(getattr(bar, "close", None)):
+            bar.close()
             callback.prediction_bar = None
 
 
