@@ -25,6 +25,9 @@ _TEACHER_EPS = 1e-4
 # training shrank v towards eps instead of learning, collapsing the student's pooled feature over
 # the batch (the demo's ViT, whose projection starts at v ~ 1e-3, ended at chance with eps 1e-4 on
 # each of seeds 0-4, and with 3e-5 on seed 0). Without an eps the output's scale is 1 whatever v is.
+# The price, as for any normalisation without a floor: a batch whose projections nearly agree on a
+# channel sends a gradient scaled by 1 / sqrt(v) through it (16 near-identical rows: ~1e5 where eps
+# 1e-5 gave ~1e2), which max_grad_norm bounds; a batch of real images differs far more than that.
 _STUDENT_EPS = 1e-12
 
 
