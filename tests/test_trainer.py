@@ -856,3 +856,17 @@ def test_a_loss_at_weight_0_is_not_computed_and_its_teacher_not_run(tmp_path):
     trainer.distillation_model.teacher.register_forward_hook(lambda *a: calls.append(1))
     trainer.train()
     assert calls == [] and not any("kd_loss" in entry for entry in trainer.state.log_history)
+
+
+def test_evaluating_and_checking_the_teacher_leave_trainings_random_draws_alone(tmp_path):
+    """A loader's iterator took a draw from torch's generator, which random erasing and Mixup draw
+    from: turning the teacher check off, or evaluating more often, changed the run's augmentation."""
+    args = make_args(tmp_path, max_steps=1, teacher_accuracy_check="warn", per_device_eval_batch_size=10)
+    trainer = DistillationTrainer(model=tiny_vit(), teacher=tiny_resnet(), args=args, train_dataset=pixel_dataset(20),
+                                  eval_dataset=pixel_dataset(20, seed=1), processing_class=processor(16),
+                                  teacher_processor=processor(24))
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    assert trainer.check_teacher() is not None
+    trainer.evaluate()
+    assert torch.equal(torch.get_rng_state(), before)

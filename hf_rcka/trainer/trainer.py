@@ -474,7 +474,15 @@ class DistillationTrainer(CheckpointingTrainer):
         a relation over the samples leaves out a batch too small for it (a short last batch), where
         it is a constant, and is not reported when no batch was large enough.
         """
-        run = (dataloader, description, prediction_loss_only, ignore_keys)
+        # A loader's iterator draws its base seed from torch's generator, which training's
+        # augmentation (random erasing, Mixup/CutMix) draws from too: evaluating (or checking the
+        # teacher) would move every later draw, so a run changed when it evaluated more often.
+        with torch.random.fork_rng(devices=[]):
+            return self._evaluations((dataloader, description, prediction_loss_only, ignore_keys), metric_key_prefix)
+
+    def _evaluations(self, run: tuple, metric_key_prefix: str) -> EvalLoopOutput:
+        """The exported weights' evaluation, and with ``model_ema`` the other set's (see ``evaluation_loop``)."""
+        dataloader, description = run[:2]
         if self.model_ema is None or not (self.model_ema.has_average or self.is_in_train):
             # nothing averaged, outside training (an evaluation-only re-check of an EMA run): a second
             # pass would report the same weights under ema_/live_ names. In training (eval_on_start)
@@ -661,7 +669,8 @@ class DistillationTrainer(CheckpointingTrainer):
             return None
         evaluation = self.eval_dataset  # several named evaluation sets: the first one's
         evaluation = next(iter(evaluation.values())) if isinstance(evaluation, dict) else evaluation
-        batch = next(iter(self.get_eval_dataloader(self._teacher_check_sample(evaluation))))
+        with torch.random.fork_rng(devices=[]):  # see evaluation_loop
+            batch = next(iter(self.get_eval_dataloader(self._teacher_check_sample(evaluation))))
         batch = {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         model.to(self.args.device)
         gather = self.accelerator.gather if self.args.world_size > 1 else None
