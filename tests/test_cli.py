@@ -66,6 +66,11 @@ def test_output_dir_holds_a_plain_model_card_recipe_and_results(runs):
     assert "`rcka_intra` (1), `rcka_inter` (1)" in card, "the card lists each weighted term, as trained"
     assert "- Training: 3 optimizer steps (0.5 epochs), global batch 10 images (1 process x 10 images), " \
            "peak learning rate 0.002\n" in card
+    # what a rerun needs besides the recipe: the seed, the precision, the libraries' versions
+    from importlib.metadata import version
+
+    assert f"- Reproduction: seed {resolved.get('seed', 42)}, float32; hf_rcka " in card
+    assert f"torch {version('torch')}, transformers {version('transformers')}, timm {version('timm')}, " in card
     assert "Each `eval_<term>_loss` is the term times its weight (the weights are listed above), and `eval_loss` " \
            "is their sum. `eval_ce_loss` is plain cross-entropy, without label smoothing." in card
     # the teacher through the student's inputs (what distillation fed it), and as its own run evaluated it

@@ -13,6 +13,7 @@ evaluated, and uploads the folder as written (``transformers``' shared ``HfApi``
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from typing import Any
 
@@ -44,7 +45,7 @@ _TEMPLATE = """---
 - Student initialisation: {initialisation}
 - Loss terms (weight): {losses}
 {training}- Trained with hf_rcka's `DistillationTrainer`{recipe}.
-
+{reproduction}
 ## Evaluation
 
 {evaluation}
@@ -247,6 +248,7 @@ def write_model_card(
     repo_id: str | None = None,
     license: str | None = None,
     training: str | None = None,
+    reproduction: str | None = None,
 ) -> ModelCard:
     """Write ``output_dir/README.md`` for a distilled (or, without teacher, supervised) student.
 
@@ -258,6 +260,7 @@ def write_model_card(
             data's or the teacher's terms when they are stricter.
         training: how long and with what batch the student trained (``training_text``); the
             recipe alone does not say it, since the number of processes sets the global batch.
+        reproduction: the seed, precision and library versions (``reproduction_text``).
     """
     metrics, facts = metrics or {}, facts or CardFacts()
     data = _card_data(model_name, teacher_name, dataset, metrics, facts, license)
@@ -278,6 +281,7 @@ def write_model_card(
             initialisation=_initialisation(facts, teacher_name),
             losses=", ".join(f"`{name}` ({weight:g})" for name, weight in losses.items()),
             training=f"- Training: {training}\n" if training else "",
+            reproduction=f"- Reproduction: {reproduction}\n" if reproduction else "",
             recipe=(f"; the full recipe is in `{RECIPE_RECORD}` next to this card"
                     if os.path.exists(os.path.join(output_dir, RECIPE_RECORD)) else ""),
             evaluation=_evaluation_text(facts, metrics, distilled=bool(teacher_name)),
@@ -289,6 +293,22 @@ def write_model_card(
     os.makedirs(output_dir, exist_ok=True)
     write_text(os.path.join(output_dir, "README.md"), str(card), newline="")  # as RepoCard.save, whole or not at all
     return card
+
+
+# what decides a rerun's numbers besides the recipe: the libraries that compute them
+_LIBRARIES = ("hf_rcka", "torch", "transformers", "timm", "accelerate", "datasets")
+
+
+def reproduction_text(seed: int, precision: str) -> str:
+    """The card's line of what a rerun needs besides the recipe: the seed, the precision the run
+    computed in, and the versions of the libraries it ran (another torch computes other roundings)."""
+    versions = []
+    for name in _LIBRARIES:
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+            continue
+    return f"seed {seed}, {precision}; {', '.join(versions)}"
 
 
 def training_text(steps: int, epochs: float | None, batch: str, learning_rate: float,

@@ -66,7 +66,7 @@ from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate, seeded_subset
 from .data_parallel import check_wrapped, forget_evaluation_preparation
 from .ema import StudentEmaCallback
-from .card import training_text, write_model_card
+from .card import reproduction_text, training_text, write_model_card
 from .teacher_check import check_teacher_accuracy
 from .weight_decay import model_no_weight_decay
 from ..losses import IGNORE_INDEX, DistillationLoss
@@ -744,6 +744,7 @@ class DistillationTrainer(CheckpointingTrainer):
                                    self._peak_learning_rate(), checkpoint_step(os.path.basename(best or "")),
                                    self.args.model_ema_decay if self.model_ema is not None else None,
                                    bool(getattr(self.args, "model_ema_export", False))),
+            reproduction=reproduction_text(self.args.seed, _precision(self.args)),
         )
 
     def _peak_learning_rate(self) -> float:
@@ -769,6 +770,15 @@ def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None
         if step is None or entry.get("step") == step:
             metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
     return metrics
+
+
+def _precision(args: TrainingArguments) -> str:
+    """How a run's training computed: the card's words for its mixed-precision setting."""
+    if args.bf16:
+        return "bf16 mixed precision"
+    if args.fp16:
+        return "fp16 mixed precision"
+    return "float32"
 
 
 def _close_evaluation_bars(callbacks: Iterable[Any]) -> None:
