@@ -123,6 +123,11 @@ def test_existing_run_is_never_overwritten_and_resume_continues(runs, capsys):
     # transformers' train_loss averages this call's steps only: said, not passed off as the run's
     results = json.loads((student_dir / "all_results.json").read_text())
     assert results["train_loss_from_step"] == last < 4 and "train_loss" in results
+    # the record's command trains from step 0 in one go, and the card's steps ran in two launches:
+    # both said nothing of the resume
+    assert f"# Resumed at step {last} from a checkpoint: that command gives this run's numbers only with " \
+           "no_aug" in (student_dir / "distill_config.yaml").read_text()
+    assert f"; resumed at step {last} from a checkpoint of an earlier launch" in (student_dir / "README.md").read_text()
 
 
 def test_bad_recipes_fail_fast_with_exit_code_2(tmp_path, capsys):

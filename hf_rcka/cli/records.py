@@ -135,5 +135,9 @@ class RecipeRecord(TrainerCallback):
         launch = (f"{BATCH_HEADER}{describe_batch(args, trained)} per optimizer step.\n"
                   f"To train it again (into a new folder): "
                   f"{launch_command(self.path, '--output_dir', '<new folder>')}")
+        if state.global_step > 0:  # the command trains from step 0 in one go, which a resumed run is not
+            launch += (f"\nResumed at step {state.global_step:,} from a checkpoint: that command gives this run's "
+                       "numbers only with no_aug (augmentation draws otherwise after a resume) and if the "
+                       "earlier launch had these schedule settings (its log says if they changed).")
         dump_recipe(self.recipe, self.path, comment=launch)
         write_working_dir(os.path.dirname(self.path) or ".")

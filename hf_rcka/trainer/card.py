@@ -313,13 +313,14 @@ def reproduction_text(seed: int, precision: str) -> str:
 
 def training_text(steps: int, epochs: float | None, batch: str, learning_rate: float,
                   exported_step: int | None = None, ema_decay: float | None = None,
-                  ema_exported: bool = False) -> str | None:
+                  ema_exported: bool = False, resumed_step: int = 0) -> str | None:
     """The card's training line; None before any step was taken.
 
     ``exported_step``: the step whose weights are exported when it is not the last one (the best
     checkpoint that ``load_best_model_at_end`` loaded). ``ema_decay``: the run kept a weight
     average (``model_ema``), exported with ``ema_exported``; the results table then holds two
-    sets of numbers, and which one the weights here scored is said.
+    sets of numbers, and which one the weights here scored is said. ``resumed_step``: the step a
+    resumed run started from (its earlier steps ran in another launch, perhaps with other settings).
     """
     if steps <= 0:
         return None
@@ -327,6 +328,8 @@ def training_text(steps: int, epochs: float | None, batch: str, learning_rate: f
     if epochs:
         span += f" ({round(epochs, 2):g} {'epoch' if round(epochs, 2) == 1 else 'epochs'})"
     text = f"{span}, global batch {batch}, peak learning rate {learning_rate:g}"
+    if resumed_step:
+        text += f"; resumed at step {resumed_step:,} from a checkpoint of an earlier launch"
     if exported_step is not None and exported_step != steps:
         text += f"; the weights here are step {exported_step:,}'s, the best evaluation"
     if ema_decay is not None and ema_exported:

@@ -743,7 +743,8 @@ class DistillationTrainer(CheckpointingTrainer):
                                    describe_batch(self.args, self._train_batch_size),
                                    self._peak_learning_rate(), checkpoint_step(os.path.basename(best or "")),
                                    self.args.model_ema_decay if self.model_ema is not None else None,
-                                   bool(getattr(self.args, "model_ema_export", False))),
+                                   bool(getattr(self.args, "model_ema_export", False)),
+                                   getattr(self, "_initial_global_step", 0)),  # Trainer's: a resume's first step
             reproduction=reproduction_text(self.args.seed, _precision(self.args)),
         )
 
