@@ -459,3 +459,25 @@ def test_a_collapsed_student_above_the_accuracy_threshold_is_at_chance_by_its_cr
         assert warn_if_student_at_chance(0.11, 540, 10, cross_entropy=1.9)  # at chance by its accuracy
     assert caplog.text.count("is at chance") == 2
 
+
+
+def test_a_recorded_recipe_run_again_with_a_retrained_teacher_is_said(tmp_path, capsys):
+    """The record names the teacher by its path: a teacher retrained there made the record train
+    another run (other numbers, another teacher accuracy on the card), exit 0 and not a word."""
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+    teacher = {**COMMON, "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET,
+               "output_dir": str(teacher_dir), "learning_rate": "1e-2", "save_strategy": "no"}
+    assert main([write(tmp_path / "teacher.yaml", teacher)]) == 0
+    student = {**COMMON, "model_name_or_path": "config:vit", "student_config_overrides": TINY_VIT,
+               "teacher_model_name_or_path": str(teacher_dir), "output_dir": str(student_dir), "save_strategy": "no",
+               "losses": [{"name": "ce"}, {"name": "kd"}], "teacher_accuracy_check": "off"}
+    assert main([write(tmp_path / "student.yaml", student)]) == 0
+    assert json.loads((student_dir / "teacher.json").read_text())["source"] == "teacher"  # the export's record
+    record = str(student_dir / "distill_config.yaml")
+    capsys.readouterr()
+    assert main([record, "--output_dir", str(tmp_path / "again")]) == 0
+    assert "other teacher weights" not in capsys.readouterr().err  # the same teacher: nothing to say
+    assert main([write(tmp_path / "teacher.yaml", {**teacher, "seed": 7, "overwrite_output_dir": True})]) == 0
+    capsys.readouterr()
+    assert main([record, "--output_dir", str(tmp_path / "retrained")]) == 0
+    assert f"!!! {record} was recorded by a run that distilled from other teacher weights" in capsys.readouterr().err

@@ -39,6 +39,7 @@ from ..trainer.checkpointing import checkpoint_folder, checkpoint_step
 from ..trainer.divergence import check_loaded_weights
 from ..trainer.interrupt import GracefulStop, Interrupted, last_checkpoint, save_checkpoint_now, stopped_by_signal
 from ..trainer.resume_hint import Stopped
+from ..trainer.teacher_record import recorded_teacher
 from ..modeling.assembly import build_distillation_model, run_loss_specs
 from ..trainer.trainer import DistillationTrainer
 from .final_evaluation import LastEvaluation, final_evaluation
@@ -114,6 +115,8 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
     """``run`` once the checks before loading have passed: build, then train and/or evaluate."""
     trainer, skipped, moved = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
     _transformers_levels(args)
+    if argv and args.do_train:
+        _say_if_the_recorded_teacher_differs(trainer, argv[0])
     if not args.do_train:
         tensorboard_into(trainer, record_dir)
         _leave_out_fresh_losses(trainer)
@@ -514,6 +517,20 @@ def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str
         write_eval_record(record_dir, recipe, metrics)
         logger.info("eval-only run: recipe and results written to %s", record_dir)
     return metrics
+
+
+def _say_if_the_recorded_teacher_differs(trainer: DistillationTrainer, recipe_path: str) -> None:
+    """A recipe a run recorded (``OUT/distill_config.yaml``, its teacher in ``OUT/teacher.json``) run
+    again with other teacher weights at the recorded path (a teacher retrained in place) trains
+    another run than the recorded one, and reproduced nothing without a word."""
+    teacher = trainer.distillation_model.teacher
+    recorded = recorded_teacher(os.path.dirname(os.path.abspath(recipe_path))) if teacher is not None else None
+    if recorded is None or not trainer.args.should_log:
+        return
+    if recorded.get("sha256") != trainer._teacher_record(teacher)["sha256"]:
+        logger.warning("!!! %s was recorded by a run that distilled from other teacher weights (its teacher.json: "
+                       "%r, %s values): this teacher differs, so this run does not reproduce that one", recipe_path,
+                       recorded.get("source"), recorded.get("values"))
 
 
 def _say_if_at_chance(trainer: DistillationTrainer, metrics: dict) -> None:

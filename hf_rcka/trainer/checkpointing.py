@@ -202,9 +202,9 @@ class CheckpointingTrainer(Trainer):
             with open(os.path.join(output_dir, BATCH_RECORD_NAME), "w", encoding="utf-8") as handle:
                 json.dump({"global_batch": global_batch_size(self.args), "processes": self.args.world_size,
                            "epoch_steps": self._epoch_steps}, handle)
-            if model.teacher is not None:
-                write_teacher_record(output_dir, self._teacher_record(model.teacher))
             write_loss_record(output_dir, loss_settings(self.args, model.teacher is not None))
+        if model.teacher is not None:  # the export's too: a rerun of its recipe compares its teacher
+            write_teacher_record(output_dir, self._teacher_record(model.teacher))
         as_umask_allows(output_dir)  # safetensors writes its files readable by their owner alone
 
     # Private override. On resume Trainer loads the checkpoint's model.safetensors into Trainer.model

@@ -1,4 +1,5 @@
-"""Which teacher trained a checkpoint: recorded in it, and compared when a run resumes from it.
+"""Which teacher trained a checkpoint or an export: recorded in it, and compared when a run resumes
+from it (or, for an export, runs its recorded recipe again).
 
 A checkpoint holds the student and the distillation state, not the teacher, so a run resumed with
 another teacher (a retrained one at the same path, another folder, another Hub model) went on
@@ -54,12 +55,8 @@ def check_teacher_record(folder: str, fingerprint: dict[str, Any]) -> None:
     Raises:
         ModelError: naming both teachers' sources and the ways on.
     """
-    path = os.path.join(folder, TEACHER_RECORD_NAME)
-    if not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as handle:
-        recorded = json.load(handle)
-    if recorded.get("sha256") == fingerprint["sha256"]:
+    recorded = recorded_teacher(folder)
+    if recorded is None or recorded.get("sha256") == fingerprint["sha256"]:
         return
     raise ModelError(
         f"resume_from_checkpoint: {folder!r} was trained with another teacher (its record: {recorded.get('source')!r}, "
@@ -69,4 +66,14 @@ def check_teacher_record(folder: str, fingerprint: dict[str, Any]) -> None:
     )
 
 
-__all__ = ["TEACHER_RECORD_NAME", "check_teacher_record", "teacher_fingerprint", "write_teacher_record"]
+def recorded_teacher(folder: str) -> dict[str, Any] | None:
+    """The teacher record a run left in ``folder`` (its export or a checkpoint), if any."""
+    path = os.path.join(folder, TEACHER_RECORD_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+__all__ = ["TEACHER_RECORD_NAME", "check_teacher_record", "recorded_teacher", "teacher_fingerprint",
+           "write_teacher_record"]
