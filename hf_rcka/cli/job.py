@@ -527,7 +527,7 @@ def _say_if_the_recorded_teacher_differs(trainer: DistillationTrainer, recipe_pa
     recorded = recorded_teacher(os.path.dirname(os.path.abspath(recipe_path))) if teacher is not None else None
     if recorded is None or not trainer.args.should_log:
         return
-    if recorded.get("sha256") != trainer._teacher_record(teacher)["sha256"]:
+    if recorded.get("sha256") != trainer.teacher_record(teacher)["sha256"]:
         logger.warning("!!! %s was recorded by a run that distilled from other teacher weights (its teacher.json: "
                        "%r, %s values): this teacher differs, so this run does not reproduce that one", recipe_path,
                        recorded.get("source"), recorded.get("values"))

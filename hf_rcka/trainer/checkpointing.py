@@ -79,7 +79,7 @@ class CheckpointingTrainer(Trainer):
         self._epoch_steps = values[1] if has_length(dataloader) else None
         return values
 
-    def _teacher_record(self, teacher: torch.nn.Module) -> dict[str, Any]:
+    def teacher_record(self, teacher: torch.nn.Module) -> dict[str, Any]:
         """The frozen teacher's fingerprint, made once (it reads every weight)."""
         if self._teacher_fingerprint is None:
             self._teacher_fingerprint = teacher_fingerprint(teacher)
@@ -204,7 +204,7 @@ class CheckpointingTrainer(Trainer):
                            "epoch_steps": self._epoch_steps}, handle)
             write_loss_record(output_dir, loss_settings(self.args, model.teacher is not None))
         if model.teacher is not None:  # the export's too: a rerun of its recipe compares its teacher
-            write_teacher_record(output_dir, self._teacher_record(model.teacher))
+            write_teacher_record(output_dir, self.teacher_record(model.teacher))
         as_umask_allows(output_dir)  # safetensors writes its files readable by their owner alone
 
     # Private override. On resume Trainer loads the checkpoint's model.safetensors into Trainer.model
@@ -219,7 +219,7 @@ class CheckpointingTrainer(Trainer):
         self._resumed = True
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         if target.teacher is not None:  # the checkpoint holds no teacher: another one went on silently
-            check_teacher_record(resume_from_checkpoint, self._teacher_record(target.teacher))
+            check_teacher_record(resume_from_checkpoint, self.teacher_record(target.teacher))
         check_loss_record(resume_from_checkpoint, loss_settings(self.args, target.teacher is not None))
         self.resumed_best = best_checkpoint(resume_from_checkpoint, self.args)
         logger.info("resuming student and distillation state from %s", resume_from_checkpoint)
