@@ -299,9 +299,11 @@ def write_model_card(
 _LIBRARIES = ("hf_rcka", "torch", "transformers", "timm", "accelerate", "datasets")
 
 
-def reproduction_text(seed: int, precision: str) -> str:
+def reproduction_text(seed: int, mixed_precision: str | None) -> str:
     """The card's line of what a rerun needs besides the recipe: the seed, the precision the run
-    computed in, and the versions of the libraries it ran (another torch computes other roundings)."""
+    computed in (``arguments.run_mixed_precision``'s), and the versions of the libraries it ran
+    (another torch computes other roundings)."""
+    precision = f"{mixed_precision} mixed precision" if mixed_precision else "float32"
     versions = []
     for name in _LIBRARIES:
         try:

@@ -33,7 +33,7 @@ import torch
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import EvalLoopOutput, has_length
 
-from ..arguments import check_arguments, describe_batch
+from ..arguments import check_arguments, describe_batch, run_mixed_precision
 from ..training_values import check_half_precision
 from ..augmentation import AugmentationArguments
 from ..errors import DataError, ModelError
@@ -745,7 +745,7 @@ class DistillationTrainer(CheckpointingTrainer):
                                    self.args.model_ema_decay if self.model_ema is not None else None,
                                    bool(getattr(self.args, "model_ema_export", False)),
                                    getattr(self, "_initial_global_step", 0)),  # Trainer's: a resume's first step
-            reproduction=reproduction_text(self.args.seed, _precision(self.args)),
+            reproduction=reproduction_text(self.args.seed, run_mixed_precision(self.args)),
         )
 
     def _peak_learning_rate(self) -> float:
@@ -771,15 +771,6 @@ def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None
         if step is None or entry.get("step") == step:
             metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
     return metrics
-
-
-def _precision(args: TrainingArguments) -> str:
-    """How a run's training computed: the card's words for its mixed-precision setting."""
-    if args.bf16:
-        return "bf16 mixed precision"
-    if args.fp16:
-        return "fp16 mixed precision"
-    return "float32"
 
 
 def _close_evaluation_bars(callbacks: Iterable[Any]) -> None:
