@@ -349,3 +349,43 @@ def test_push_to_hub_from_python_removes_the_earlier_model_s_results_and_weights
          "model.safetensors.index.json"]]
     assert hub.deletions[0][0] == len(hub.commits), "after the upload that brings the new weights"
     assert {"README.md", "model.safetensors", "notes.md"} <= hub.repo_files
+
+
+def _teacher_recipe(tmp_path, **changes):
+    r = {"model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET, "image_size": 16,
+         "dataset_name": "builtin:digits", "no_aug": True, "max_train_samples": 20, "max_eval_samples": 10,
+         "per_device_train_batch_size": 5, "per_device_eval_batch_size": 5, "report_to": "none", "use_cpu": True,
+         "max_steps": 2, "save_strategy": "no", **changes}
+    p = tmp_path / f"r{len(list(tmp_path.glob('r*.yaml')))}.yaml"
+    p.write_text(yaml.safe_dump(r))
+    return str(p)
+
+
+def test_a_distilled_run_pushes_its_teacher_record_and_pushes_again_into_its_folder(tmp_path, hub, capsys):
+    """teacher.json, which the export writes, was taken for a file no run wrote: left out of the
+    upload with a warning, and the next pushing run into the folder was refused."""
+    teacher = tmp_path / "teacher"
+    assert main([_teacher_recipe(tmp_path, output_dir=str(teacher))]) == 0
+    push = dict(push_to_hub=True, hub_model_id="tiny-student", hub_strategy="end", hub_token=TOKEN,
+                teacher_model_name_or_path=str(teacher), losses=[{"name": "ce"}, {"name": "kd"}],
+                teacher_accuracy_check="off", output_dir=str(tmp_path / "out"))
+    assert main([_teacher_recipe(tmp_path, **push)]) == 0
+    assert "left out of the upload" not in capsys.readouterr().err
+    assert main([_teacher_recipe(tmp_path, **push, overwrite_output_dir=True)]) == 0
+
+
+def test_a_record_run_again_in_place_reads_its_teacher_record_before_the_set_aside(tmp_path, capsys):
+    """Rerun into its own folder, the record's teacher.json was moved aside before it was read; and a
+    student-only run replacing a distilled one kept the old teacher.json beside its model."""
+    teacher = tmp_path / "teacher"
+    t = _teacher_recipe(tmp_path, output_dir=str(teacher))
+    assert main([t]) == 0
+    out = tmp_path / "out"
+    assert main([_teacher_recipe(tmp_path, teacher_model_name_or_path=str(teacher), losses=[{"name": "ce"}, {"name": "kd"}],
+                         teacher_accuracy_check="off", output_dir=str(out))]) == 0
+    assert main([_teacher_recipe(tmp_path, output_dir=str(teacher), seed=7, overwrite_output_dir=True)]) == 0
+    capsys.readouterr()
+    assert main([str(out / "distill_config.yaml"), "--overwrite_output_dir", "true"]) == 0
+    assert "other teacher weights" in capsys.readouterr().err
+    assert main([_teacher_recipe(tmp_path, output_dir=str(out), overwrite_output_dir=True)]) == 0  # student alone
+    assert not (out / "teacher.json").exists()

@@ -113,10 +113,12 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
          recipe: dict | None, stop: GracefulStop | None, argv: Sequence[str], resume: str | None,
          record_dir: str) -> dict:
     """``run`` once the checks before loading have passed: build, then train and/or evaluate."""
+    # read before the set-aside: a record rerun into its own folder moves its teacher.json to _replaced/
+    recorded = recorded_teacher(os.path.dirname(os.path.abspath(argv[0]))) if argv and args.do_train else None
     trainer, skipped, moved = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
     _transformers_levels(args)
-    if argv and args.do_train:
-        _say_if_the_recorded_teacher_differs(trainer, argv[0])
+    if recorded is not None:
+        _say_if_the_recorded_teacher_differs(trainer, argv[0], recorded)
     if not args.do_train:
         tensorboard_into(trainer, record_dir)
         _leave_out_fresh_losses(trainer)
@@ -519,18 +521,17 @@ def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str
     return metrics
 
 
-def _say_if_the_recorded_teacher_differs(trainer: DistillationTrainer, recipe_path: str) -> None:
+def _say_if_the_recorded_teacher_differs(trainer: DistillationTrainer, recipe_path: str, recorded: dict) -> None:
     """A recipe a run recorded (``OUT/distill_config.yaml``, its teacher in ``OUT/teacher.json``) run
     again with other teacher weights at the recorded path (a teacher retrained in place) trains
     another run than the recorded one, and reproduced nothing without a word."""
     teacher = trainer.distillation_model.teacher
-    recorded = recorded_teacher(os.path.dirname(os.path.abspath(recipe_path))) if teacher is not None else None
-    if recorded is None or not trainer.args.should_log:
+    if teacher is None or not trainer.args.should_log:
         return
     if recorded.get("sha256") != trainer.teacher_record(teacher)["sha256"]:
         logger.warning("!!! %s was recorded by a run that distilled from other teacher weights (its teacher.json: "
-                       "%r, %s values): this teacher differs, so this run does not reproduce that one", recipe_path,
-                       recorded.get("source"), recorded.get("values"))
+                       "%r, %s values): this teacher differs (or is the same kept in float16), so this run does not "
+                       "reproduce that one", recipe_path, recorded.get("source"), recorded.get("values"))
 
 
 def _say_if_at_chance(trainer: DistillationTrainer, metrics: dict) -> None:

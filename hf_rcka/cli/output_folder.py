@@ -46,6 +46,7 @@ from ..data.bad_images import LEDGER_NAME
 from ..errors import OutputWriteError, RecipeError, UserError
 from ..file_writes import TEMPORARY_PREFIX, missing_folders, remove_empty
 from ..trainer.checkpointing import checkpoint_step
+from ..trainer.teacher_record import TEACHER_RECORD_NAME
 from .records import CONFIG_NAME, WORKING_DIR_NAME
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ RUN_OUTPUTS = (
     "train_results.json", "eval_results.json", "README.md", EARLIER_CARD, CONFIG_NAME, WORKING_DIR_NAME,
     LEDGER_NAME, "skipped_images.tsv", *CKA_PICTURE,  # skipped_images.tsv: the ledger's older name
     "emissions.csv",  # report_to: codecarbon
+    TEACHER_RECORD_NAME,  # the export's teacher record
     TEMPORARY_PREFIX + "*",  # a card or record whose write a SIGKILL cut short
 )
 # What a resumed run keeps from the branch it abandons: its recipe, the folder it ran in, its logs
