@@ -456,6 +456,9 @@ def test_a_collapsed_student_above_the_accuracy_threshold_is_at_chance_by_its_cr
         assert warn_if_student_at_chance(0.194, 540, 10, cross_entropy=2.29)
         assert not warn_if_student_at_chance(0.194, 540, 10)  # the accuracy alone does not tell
         assert not warn_if_student_at_chance(0.6, 540, 10, cross_entropy=1.4)  # a weak student that learned
+        # confidently wrong on a few images: as much cross-entropy as a uniform guess, and far from chance
+        assert not warn_if_student_at_chance(0.898, 540, 2, cross_entropy=0.715)
+        assert not warn_if_student_at_chance(0.70, 540, 10, cross_entropy=2.1)
         assert warn_if_student_at_chance(0.11, 540, 10, cross_entropy=1.9)  # at chance by its accuracy
     assert caplog.text.count("is at chance") == 2
 

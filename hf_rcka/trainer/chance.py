@@ -35,7 +35,10 @@ def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int, cross_e
     The accuracy says nothing when ``n`` images cannot tell (a tiny set)."""
     chance, threshold = chance_threshold(num_classes, n)
     uniform = math.log(num_classes)
-    near_uniform = cross_entropy is not None and num_classes > 1 and cross_entropy >= _NEAR_UNIFORM * uniform
+    # a few confidently wrong answers cost as much cross-entropy as a uniform guess: only a student
+    # that is also wrong more often than halfway from chance to perfect is judged by it
+    near_uniform = (cross_entropy is not None and num_classes > 1 and cross_entropy >= _NEAR_UNIFORM * uniform
+                    and accuracy < chance + (1.0 - chance) / 2)
     if not near_uniform and (threshold >= 1.0 or accuracy > threshold):
         return False
     entropy = f", eval cross-entropy {cross_entropy:.3f} against ln {num_classes} = {uniform:.3f} for a uniform guess" \
