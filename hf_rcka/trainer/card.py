@@ -304,8 +304,10 @@ def reproduction_text(seed: int, mixed_precision: str | None) -> str:
     computed in (``arguments.run_mixed_precision``'s), and the versions of the libraries it ran
     (another torch computes other roundings)."""
     precision = f"{mixed_precision} mixed precision" if mixed_precision else "float32"
-    versions = []
-    for name in _LIBRARIES:
+    from .. import __version__  # the tree imported, which an installed copy's metadata may not be
+
+    versions = [f"hf_rcka {__version__}"]
+    for name in _LIBRARIES[1:]:
         try:
             versions.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
