@@ -11,7 +11,6 @@ student pass over ImageNet's validation set at the end of every DeiT recipe, two
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
@@ -55,7 +54,7 @@ def _step_of_the_weights(trainer: Trainer) -> int | None:
     state = trainer.state
     if not getattr(trainer, "best_model_loaded", False):
         return state.global_step
-    return checkpoint_step(os.path.basename(state.best_model_checkpoint.rstrip("/")))
+    return checkpoint_step(state.best_model_checkpoint)
 
 
 __all__ = ["LastEvaluation", "final_evaluation"]

@@ -433,7 +433,7 @@ def _train_metrics(metrics: dict, resume: str | None) -> dict:
     transformers averages ``train_loss`` over the steps of this call only, so a resumed run
     reported the mean of its last steps as the run's, and a run resumed at its last step 0.0.
     """
-    step = checkpoint_step(os.path.basename(os.path.normpath(resume))) if resume else None
+    step = checkpoint_step(resume) if resume else None
     if not step:
         return metrics
     metrics = {**metrics, "train_loss_from_step": step}

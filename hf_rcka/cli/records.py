@@ -90,7 +90,7 @@ def recorded_recipe(folder: str, config_name: str = CONFIG_NAME) -> dict[str, An
     """The recipe a run recorded in ``folder``, or in the run folder around a ``checkpoint-N`` of it
     (checkpoints hold no recipe; their run's data is theirs); None when there is none this version reads."""
     path = os.path.join(folder, config_name)
-    checkpoint = checkpoint_step(os.path.basename(os.path.normpath(folder))) is not None
+    checkpoint = checkpoint_step(folder) is not None
     if not os.path.isfile(path) and checkpoint and os.path.isfile(os.path.join(folder, "trainer_state.json")):
         path = os.path.join(os.path.dirname(os.path.abspath(folder)), config_name)
     if not os.path.isfile(path):

@@ -391,7 +391,7 @@ def best_checkpoint(resume: str, args: Any) -> str | None:
     name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
     if os.path.isdir(os.path.join(args.output_dir, name)):
         return os.path.join(args.output_dir, name)
-    if checkpoint_step(os.path.basename(os.path.normpath(resume))) == step:
+    if checkpoint_step(resume) == step:
         return resume
     beside = os.path.join(os.path.dirname(os.path.normpath(resume)), name)  # the resumed run's own folder
     if os.path.isdir(beside):
@@ -424,12 +424,14 @@ def checkpoint_folder(trainer: Trainer, trial: Any = None) -> str:
     return os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
 
 
-def checkpoint_step(name: str) -> int | None:
-    """The step of a ``checkpoint-<N>`` folder name (Trainer's checkpoints), else None.
+def checkpoint_step(folder: str) -> int | None:
+    """The step of a ``checkpoint-<N>`` folder (Trainer's checkpoints), by its name or its path
+    (with or without a trailing separator), else None.
 
     One parser for the trainer (the best checkpoint's step) and the command line (resume checks,
     which checkpoints a resume sets aside), so that they agree on which folders are checkpoints.
     """
+    name = os.path.basename(os.path.normpath(folder)) if folder else ""
     match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name)
     return int(match.group(1)) if match else None
 

@@ -741,7 +741,7 @@ class DistillationTrainer(CheckpointingTrainer):
             license=license,
             training=training_text(self.state.global_step, self.state.epoch,
                                    describe_batch(self.args, self._train_batch_size),
-                                   self._peak_learning_rate(), checkpoint_step(os.path.basename(best or "")),
+                                   self._peak_learning_rate(), checkpoint_step(best or ""),
                                    self.args.model_ema_decay if self.model_ema is not None else None,
                                    bool(getattr(self.args, "model_ema_export", False)),
                                    getattr(self, "_initial_global_step", 0)),  # Trainer's: a resume's first step
@@ -765,7 +765,7 @@ def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None
     are those logged at the best checkpoint's step; a final evaluation of the reloaded best
     weights, if any, is logged at the last step and counts only when that is the best step.
     """
-    step = checkpoint_step(os.path.basename(best_checkpoint.rstrip("/"))) if best_checkpoint else final_step
+    step = checkpoint_step(best_checkpoint) if best_checkpoint else final_step
     metrics = {}
     for entry in log_history:
         if step is None or entry.get("step") == step:
