@@ -356,9 +356,8 @@ class DistillationModel(nn.Module):
         if not self.training:  # an unreadable evaluation image's stand-in counts in no term
             inputs = inputs.counted_rows()
         terms, weights = {}, {}
-        for name, loss in self.losses.items():
-            if name not in self.left_out and not (self._student_only and loss.needs_teacher):
-                _add_terms(terms, weights, name, loss(inputs), loss.term_weights)
+        for name, loss in self._computed_losses():
+            _add_terms(terms, weights, name, loss(inputs), loss.term_weights)
         if not terms and self._student_only:  # every loss reads the teacher: the accuracy alone
             return DistillationOutput(loss=logits.new_zeros(()), logits=logits, loss_terms={})
         total, weighted = weigh_terms(terms, weights)
@@ -432,15 +431,22 @@ class DistillationModel(nn.Module):
             inputs.student_features = tuple(s for s, _ in pairs)
             inputs.teacher_features = tuple(t for _, t in pairs)
 
+    def _computed_losses(self) -> Iterator[tuple[str, DistillationLoss]]:
+        """The losses a forward computes: not those left out (``leave_out_fresh_losses``), nor, in
+        the student-only pass (``without_teacher``), those that read the teacher."""
+        for name, loss in self.losses.items():
+            if name not in self.left_out and not (self._student_only and loss.needs_teacher):
+                yield name, loss
+
     def check_training_terms(self, weighted: Mapping[str, torch.Tensor]) -> None:
         """Refuse a weighted training term without a gradient (a loss of one's own that detaches its
         input, reads it through ``.item()``, computes under ``no_grad`` or returns a constant): it
         trains nothing, while the run logs it and the card lists it as if it had; and say which
         weighted terms a loss did not return. The trainer calls this on the first training step's
         terms, outside the model's (possibly compiled) forward."""
-        for name, loss in self.losses.items():
+        for name, loss in self._computed_losses():
             absent = sorted(term for term, weight in loss.term_weights.items() if weight and term not in weighted)
-            if absent and name not in self.left_out and not (self._student_only and loss.needs_teacher):
+            if absent:
                 logger.warning("loss %r returned no %s on the first training step, though its term_weights weigh "
                                "it: the card lists it, and nothing trains or logs it", name, " or ".join(absent))
             dead = sorted(term for term, weight in loss.term_weights.items()
