@@ -352,6 +352,18 @@ class ResumedRate(TrainerCallback):
         schedule._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
+class ResumeStep(TrainerCallback):
+    """The step this ``train()`` call starts at, for the card: a resumed run's checkpoint step, 0
+    for a fresh one. Trainer loads the checkpoint's state before ``on_train_begin`` and keeps this
+    step only in a private attribute, whose rename would drop the card's line without a word."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.step = state.global_step
+
+
 class ResumedBest(TrainerCallback):
     """A resumed run's best checkpoint is the one of its own output folder (``best_checkpoint``).
 

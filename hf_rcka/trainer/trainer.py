@@ -52,6 +52,7 @@ from .checkpointing import (
     FinishedAlready,
     ResumedBest,
     ResumedRate,
+    ResumeStep,
     checkpoint_step,
     keep_token_out_of_files,
 )
@@ -345,6 +346,8 @@ class DistillationTrainer(CheckpointingTrainer):
         self._evaluating_own_set = False
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
         self.add_callback(ResumedRate())
+        self._resume_step = ResumeStep()
+        self.add_callback(self._resume_step)
         self.add_callback(ResumedBest(lambda: self.resumed_best))
         self.add_callback(LastStepLog())  # train_loss gathered over the processes to the end
         self._finished_already = FinishedAlready()
@@ -744,7 +747,7 @@ class DistillationTrainer(CheckpointingTrainer):
                                    self._peak_learning_rate(), checkpoint_step(best or ""),
                                    self.args.model_ema_decay if self.model_ema is not None else None,
                                    bool(getattr(self.args, "model_ema_export", False)),
-                                   getattr(self, "_initial_global_step", 0)),  # Trainer's: a resume's first step
+                                   self._resume_step.step),
             reproduction=reproduction_text(self.args.seed, run_mixed_precision(self.args)),
         )
 
