@@ -250,6 +250,32 @@ def test_a_loss_term_without_a_gradient_is_refused_at_the_first_step(tmp_path, r
     assert "eval_detached_mse_loss" in run.evaluate(pixel_dataset(10, seed=1))
 
 
+def test_a_losss_weights_that_no_backward_reaches_are_said_at_the_first_step(tmp_path, registered, caplog):
+    """A teacher-side projection in reduce_teacher_feature (run with the teacher's forward, under
+    no_grad) or under no_grad in term() kept its random start while the term trained the student
+    and the other projection, exit 0."""
+    class HalfReached(DistillationLoss):
+        requires = frozenset({"student_logits", "teacher_logits"})
+
+        def setup(self, context):
+            self.student_map = nn.Linear(context.num_labels, context.num_labels)
+            self.teacher_map = nn.Linear(context.num_labels, context.num_labels)
+
+        def term(self, inputs):
+            with torch.no_grad():
+                target = self.teacher_map(inputs.teacher_logits.float())
+            return F.mse_loss(self.student_map(inputs.student_logits.float()), target)
+
+    registered(LOSSES, "half_reached", HalfReached)
+    run = trainer(tmp_path, losses=["ce", "half_reached"])
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        run.train()
+    said = [r.getMessage() for r in caplog.records if "got no gradient" in r.getMessage()]
+    assert len(said) == 1 and "2 trainable weight(s)" in said[0]
+    assert "losses.half_reached.teacher_map.weight, losses.half_reached.teacher_map.bias" in said[0]
+    assert "student_map" not in said[0]
+
+
 def test_a_loss_reading_a_field_its_requires_does_not_name_is_told_so(registered):
     """The field is empty (the model computes what some loss requires), and the AttributeError on
     None named neither the loss nor requires."""

@@ -457,6 +457,19 @@ class DistillationModel(nn.Module):
                                  "(requires_grad False), or the loss cut its tensors off the graph (.detach(), "
                                  ".item() or torch.no_grad()) or returns a constant")
 
+    def unreached_weights(self) -> list[str]:
+        """The trainable weights of the computed losses and of the adapters they read that hold no
+        gradient after a training backward: applied under ``no_grad`` (a loss's
+        ``reduce_teacher_feature``, which runs with the teacher's forward) or cut off the graph,
+        they keep their random start while every term trains. The student's own unused weights
+        (a pooler no head reads) are not looked at; nor are these under ``torch.compile``, which
+        hands unreached weights a zero gradient."""
+        computed = dict(self._computed_losses())
+        named = [(f"losses.{name}.{p}", w) for name, loss in computed.items() for p, w in loss.named_parameters()]
+        if any(loss.needs_features for loss in computed.values()):
+            named += [(f"adapters.{p}", w) for p, w in self.adapters.named_parameters()]
+        return [name for name, weight in named if weight.requires_grad and weight.grad is None]
+
     @torch.no_grad()
     def teacher_accuracy(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> float:
         """Top-1 accuracy of the teacher on one batch, through the same input path as training.

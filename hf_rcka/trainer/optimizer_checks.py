@@ -1,4 +1,4 @@
-"""Every trainable weight of the distillation model must be in the optimizer.
+"""Every trainable weight of the distillation model must be in the optimizer, and reached.
 
 Adapters and loss projectors live in the ``DistillationModel``, not in the student, and a loss or
 adapter may create weights in its first forward: either way, weights the optimizer does not hold
@@ -9,6 +9,7 @@ after the first optimizer step of each ``train()``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ from transformers import TrainerCallback
 
 from ..errors import ModelError
 from ..modeling.distillation_model import DistillationModel
+
+logger = logging.getLogger(__name__)
 
 
 def check_optimizer(model: DistillationModel, optimizers: Any) -> None:
@@ -59,20 +62,41 @@ def check_late_parameters(model: DistillationModel, optimizer: Any) -> None:
             "shapes (hf_rcka.registry.ADAPTERS)")
 
 
+def warn_unreached_weights(model: DistillationModel) -> None:
+    """After the first backward: weights of a loss or adapter that got no gradient (see
+    ``DistillationModel.unreached_weights``). A warning, not a refusal: a loss of one's own may
+    start reading its weights only after a warm-up."""
+    unreached = model.unreached_weights()
+    if unreached:
+        logger.warning(
+            "!!! %d trainable weight(s) got no gradient on the first training step and will not train unless a later "
+            "step reaches them: %s. A loss that applies its weights under torch.no_grad() or in "
+            "reduce_teacher_feature (run with the teacher's forward, under no_grad), or detaches their result, leaves "
+            "them at their random start: apply them to the student's side, in term() or terms()",
+            len(unreached), _some(unreached))
+
+
 class LateParameterCheck(TrainerCallback):
     """Runs ``check_late_parameters`` once per ``train()``, after its first optimizer step: the
     first forward of training has run by then, and the callback is handed the optimizer
-    (``compute_loss`` may run before ``train()`` has built one).
+    (``compute_loss`` may run before ``train()`` has built one); and ``warn_unreached_weights``
+    just before that step, while the gradients are there.
 
     Args:
         model: returns the distillation model (looked up when needed: wrappers may replace it).
     """
 
     def __init__(self, model: Callable[[], DistillationModel]) -> None:
-        self.model, self.pending = model, True
+        self.model, self.pending, self.pending_reach = model, True, True
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
-        self.pending = True
+        self.pending = self.pending_reach = True
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):  # noqa: D102
+        if self.pending_reach:
+            self.pending_reach = False
+            if state.is_world_process_zero:
+                warn_unreached_weights(self.model())
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):  # noqa: D102
         if self.pending and optimizer is not None:
@@ -91,4 +115,5 @@ def _some(names: list[str]) -> str:
     return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
-__all__ = ["LateParameterCheck", "check_late_parameters", "check_lazy_parameters", "check_optimizer"]
+__all__ = ["LateParameterCheck", "check_late_parameters", "check_lazy_parameters", "check_optimizer",
+           "warn_unreached_weights"]
