@@ -847,6 +847,30 @@ def test_weight_decay_spares_biases_and_layer_norms_but_decays_batch_norm_weight
     assert any(n.endswith("norm1.weight") for n in vit)
 
 
+@pytest.mark.parametrize("family", ["timm_rmsnorm_vit", "hf_efficientnet"])
+def test_norm_weights_decay_by_the_norms_type_not_its_name(tmp_path, family):
+    """Trainer tells norms apart by name: a timm ViT with RMSNorm decayed its blocks' norm1/norm2
+    (RmsNorm) and spared only its final norm; transformers' EfficientNet spared the BatchNorms it
+    names ``*_norm`` and decayed the others."""
+    from transformers import EfficientNetConfig, EfficientNetForImageClassification, TimmWrapperConfig
+    from transformers import TimmWrapperForImageClassification
+
+    if family == "timm_rmsnorm_vit":
+        student = TimmWrapperForImageClassification(TimmWrapperConfig(
+            architecture="vit_tiny_patch16_224", num_labels=3, model_args=dict(
+                img_size=16, patch_size=4, embed_dim=36, depth=1, num_heads=2, norm_layer="rmsnorm")))
+    else:
+        student = EfficientNetForImageClassification(EfficientNetConfig(
+            image_size=16, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=32, num_labels=3))
+    exempt = _no_decay(make_trainer(make_args(tmp_path, weight_decay=0.05), student=student))
+    kinds = {f"student.{p}.weight": type(m) for p, m in student.named_modules()
+             if isinstance(getattr(m, "weight", None), torch.nn.Parameter)}
+    norms = {n for n, kind in kinds.items() if "Norm" in kind.__name__}
+    batch = {n for n in norms if issubclass(kinds[n], torch.nn.modules.batchnorm._NormBase)}
+    assert norms and norms - batch <= exempt and not batch & exempt
+    assert norms - batch if family == "timm_rmsnorm_vit" else batch
+
+
 def test_a_loss_at_weight_0_is_not_computed_and_its_teacher_not_run(tmp_path):
     """Weight 0 turns a term off: it added 0 but still cost its computation and the teacher's forward
     (and srd's BatchNorm could still fail on a one-image batch)."""
@@ -872,3 +896,16 @@ def test_evaluating_and_checking_the_teacher_leave_trainings_random_draws_alone(
     assert trainer.check_teacher() is not None
     trainer.evaluate()
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_dinov2_register_tokens_are_spared_like_timms_reg_token():
+    """timm's ViTs name ``reg_token`` in no_weight_decay(); transformers' DINOv2 with registers
+    holds the same tokens as ``register_tokens``, which were decayed."""
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersForImageClassification
+
+    from hf_rcka.trainer.weight_decay import model_no_weight_decay
+
+    model = Dinov2WithRegistersForImageClassification(Dinov2WithRegistersConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=4,
+        num_register_tokens=2))
+    assert "dinov2_with_registers.embeddings.register_tokens" in model_no_weight_decay(model)

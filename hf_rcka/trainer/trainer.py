@@ -69,7 +69,7 @@ from .data_parallel import check_wrapped, forget_evaluation_preparation
 from .ema import StudentEmaCallback
 from .card import reproduction_text, training_text, write_model_card
 from .teacher_check import check_teacher_accuracy
-from .weight_decay import model_no_weight_decay
+from .weight_decay import model_no_weight_decay, norm_weights
 from ..losses import IGNORE_INDEX, DistillationLoss
 from .metrics import accuracy_metrics, check_metric_for_best_model
 from ..data.mixing import build_mixup, mix_batch
@@ -354,13 +354,15 @@ class DistillationTrainer(CheckpointingTrainer):
         self.add_callback(self._finished_already)
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
-        """Trainer's rule (no decay on biases and LayerNorm-type norms; BatchNorm weights decay), less what the
-        model itself exempts."""
-        names = super().get_decay_parameter_names(model)
-        if not getattr(self.args, "model_no_weight_decay", True):
-            return names
-        exempt = model_no_weight_decay(model)
-        return [name for name in names if name not in exempt]
+        """Trainer's rule (no decay on biases and LayerNorm-type norms; BatchNorm weights decay), with
+        norms told apart by type rather than by name (``norm_weights``), less what the model itself
+        exempts."""
+        names = set(super().get_decay_parameter_names(model))
+        per_sample, batch = norm_weights(model)
+        names = (names - per_sample) | batch
+        if getattr(self.args, "model_no_weight_decay", True):
+            names -= model_no_weight_decay(model)
+        return [name for name, _ in model.named_parameters() if name in names]
 
     def _setup_pipeline(self, augmentation: AugmentationArguments) -> None:
         """Mixup/CutMix (with ``ce``'s smoothing folded in, as timm does), RA sampling, weight EMA."""

@@ -11,11 +11,19 @@ ViT family has no such method; its embeddings hold the same parameters under the
 from __future__ import annotations
 
 import fnmatch
+import re
 
 from torch import nn
 
 # transformers' ViT-family embeddings (ViT, DeiT, BEiT, DINOv2...): tokens and position embedding
-HF_TOKEN_PARAMETERS = frozenset({"cls_token", "distillation_token", "mask_token", "position_embeddings"})
+HF_TOKEN_PARAMETERS = frozenset({"cls_token", "distillation_token", "mask_token", "position_embeddings",
+                                 "register_tokens"})
+
+# Norms over each sample's features (timm's RmsNorm, SimpleNorm and LayerNorm2d, transformers'
+# *LayerNorm / *RMSNorm classes): their weights are spared, as nn.LayerNorm's are. Matched by class
+# name where the class does not derive from torch's.
+_SAMPLE_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+_SAMPLE_NORM_NAMES = re.compile(r"(layer|rms|group|simple)_?norm", re.IGNORECASE)
 
 
 def model_no_weight_decay(model: nn.Module) -> set[str]:
@@ -33,3 +41,25 @@ def model_no_weight_decay(model: nn.Module) -> set[str]:
         patterns = [f"{prefix}.{pattern}" if prefix else pattern for pattern in declared()]
         exempt.update(name for name in names if any(fnmatch.fnmatchcase(name, p) for p in patterns))
     return exempt
+
+
+def norm_weights(model: nn.Module) -> tuple[set[str], set[str]]:
+    """Full names of the weights of ``model``'s per-sample norms (LayerNorm, RMSNorm, GroupNorm) and
+    of its batch norms.
+
+    Trainer tells norms apart by name (``norm``, ``layernorm`` or ``rmsnorm`` in the name, besides
+    ``nn.LayerNorm`` itself), so a timm ViT built with RMSNorm decayed its blocks' ``norm1`` and
+    spared its final ``norm``, and transformers' EfficientNet spared the BatchNorms it names
+    ``*_norm``: by type, the weights go where the rule says they go.
+    """
+    per_sample, batch = set(), set()
+    for prefix, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter):
+            continue
+        name = f"{prefix}.weight" if prefix else "weight"
+        if isinstance(module, nn.modules.batchnorm._NormBase):  # batch and instance norms
+            batch.add(name)
+        elif isinstance(module, _SAMPLE_NORMS) or _SAMPLE_NORM_NAMES.search(type(module).__name__):
+            per_sample.add(name)
+    return per_sample, batch
