@@ -584,6 +584,25 @@ def test_the_card_of_a_run_with_named_evaluation_sets_and_a_teacher(tmp_path):
     assert "eval_x_accuracy" in card and "eval_y_accuracy" in card and trainer.card_facts.teacher_accuracy is None
 
 
+def test_another_set_evaluated_under_the_eval_prefix_stays_off_the_card(tmp_path, caplog):
+    """trainer.evaluate(test_set) after training put the test set's accuracy on the card beside the
+    teacher's on the validation set, as "same images" of the validation split."""
+    trainer = build(make_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2),
+                    named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]),
+                    eval_dataset=pixel_dataset(10, seed=1))
+    trainer.train()
+    own = trainer.state.log_history[-2]["eval_accuracy"]  # the evaluation at step 2, then the train summary
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        other = trainer.evaluate(pixel_dataset(12, seed=5))["eval_accuracy"]
+    assert other != own and "the model card leaves these numbers out" in caplog.text
+    trainer.create_model_card()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert f"| eval_accuracy | {own:.4f} |" in card and f"| eval_accuracy | {other:.4f} |" not in card
+    assert trainer.evaluate()["eval_accuracy"] == own  # the trainer's own set again: on the card as before
+    trainer.create_model_card()
+    assert f"| eval_accuracy | {own:.4f} |" in (tmp_path / "run" / "README.md").read_text()
+
+
 def test_a_python_runs_card_claims_only_what_it_knows_and_takes_trainers_card_arguments(tmp_path, caplog):
     """A student given in Python was called "random (trained from scratch)" on its card (it may be a
     fine-tuned checkpoint), the card pointed at a distill_config.yaml only the command line writes,
