@@ -573,6 +573,23 @@ def test_the_losses_that_read_trained_adapters_or_their_own_state_can_be_left_ou
     assert only.leave_out_fresh_losses() == ["srd"] and not only.left_out
 
 
+def test_a_trainer_that_only_evaluates_a_student_leaves_out_losses_of_fresh_weights(tmp_path, caplog):
+    """Built in Python to evaluate a saved student, it reported eval_srd_loss and eval_loss through a
+    freshly initialised projector (3.78 against the training trainer's 3.25 on the same weights)."""
+    args = make_args(tmp_path, losses=["ce", "srd"])
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        trainer = build(args, tiny_vit(), tiny_resnet(), train_dataset=None, eval_dataset=pixel_dataset(10, seed=1))
+    assert "evaluation only: ['srd'] not evaluated" in caplog.text
+    metrics = trainer.evaluate()
+    assert "eval_srd_loss" not in metrics and metrics["eval_loss"] == pytest.approx(metrics["eval_ce_loss"])
+    trainer.train_dataset = pixel_dataset(10)  # given later, the left-out loss would not train
+    with pytest.raises(RecipeError, match=r"built without a train_dataset, to evaluate, so losses \['srd'\]"):
+        trainer.train()
+    trained = build(make_args(tmp_path, losses=["ce", "srd"]), tiny_vit(), tiny_resnet(),
+                    eval_dataset=pixel_dataset(10, seed=1))
+    assert "eval_srd_loss" in trained.evaluate()  # a training trainer's projector is its own, evaluated
+
+
 def test_the_card_of_a_run_with_named_evaluation_sets_and_a_teacher(tmp_path):
     """The card measured the teacher over the dict of sets as if it were one: KeyError 0 at
     create_model_card (and at push_to_hub, which then uploaded nothing), after training."""

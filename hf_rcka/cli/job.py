@@ -29,7 +29,7 @@ from ..errors import DataError, HubUploadError, RecipeError
 from ..file_writes import missing_folders
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
-from ..models.labels import check_validation_labels, listed_names, resume_label_order, run_label_order
+from ..models.labels import check_validation_labels, resume_label_order, run_label_order
 from ..models.loading import load_image_classifier
 from ..models.processors import load_image_processor
 from ..trainer.batch_rows import check_evaluation_rows
@@ -37,6 +37,7 @@ from ..trainer.card_facts import card_facts_of
 from ..trainer.chance import warn_if_student_at_chance
 from ..trainer.checkpointing import checkpoint_folder, checkpoint_step
 from ..trainer.divergence import check_loaded_weights
+from ..trainer.given_models import leave_out_fresh_losses
 from ..trainer.interrupt import GracefulStop, Interrupted, last_checkpoint, save_checkpoint_now, stopped_by_signal
 from ..trainer.resume_hint import Stopped
 from ..trainer.teacher_record import recorded_teacher
@@ -121,7 +122,7 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
         _say_if_the_recorded_teacher_differs(trainer, argv[0], recorded)
     if not args.do_train:
         tensorboard_into(trainer, record_dir)
-        _leave_out_fresh_losses(trainer)
+        leave_out_fresh_losses(trainer.distillation_model)
         if args.do_eval:  # a training run's check is train()'s
             check_evaluation_rows({name: loss for name, loss in trainer.distillation_model.losses.items()
                                    if name not in trainer.distillation_model.left_out}, args,
@@ -477,21 +478,6 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
         if stop.signum is not None:  # during the last step's evaluation: the training itself is complete
             raise Interrupted(stop.signum)
     return metrics
-
-
-def _leave_out_fresh_losses(trainer: DistillationTrainer) -> None:
-    """An evaluation-only run loads the student alone: losses that read what trained beside it are
-    not evaluated (their values would be those of fresh weights), and eval_loss sums the others."""
-    model = trainer.distillation_model
-    fresh = model.leave_out_fresh_losses()
-    if model.left_out:
-        logger.warning("evaluation only: %s not evaluated: they read weights or statistics that trained with the run "
-                       "(a projector, adapters, class centres) and are not saved with the student; eval_loss sums "
-                       "the other terms", listed_names(fresh))
-    elif fresh:
-        logger.warning("evaluation only: every loss of this recipe (%s) reads weights or statistics that trained with "
-                       "the run and are not saved with the student: its eval_*_loss values are those of fresh ones, "
-                       "and only the accuracy describes the student", listed_names(fresh))
 
 
 def tensorboard_into(trainer: DistillationTrainer, folder: str) -> None:

@@ -14,7 +14,9 @@ train to the end and report a number, or fail after the expensive work:
 * a ready ``DistillationModel`` next to arguments that ask for other settings than its own;
 * ``activation_checkpointing`` on a student transformers cannot checkpoint;
 * a student whose layers share weights transformers cannot save (refused at the first save;
-  checked when training starts, as evaluating such a student saves nothing).
+  checked when training starts, as evaluating such a student saves nothing);
+* a trainer that only evaluates a saved student, whose losses read a projector, adapters or class
+  centres built fresh beside it (``leave_out_fresh_losses``, as the command line's evaluation).
 
 The other checks of what a caller gives are each in their own module: the class names of the
 student, the data and the teacher (:mod:`.given_labels`), the datasets' items (:mod:`.given_data`),
@@ -41,6 +43,7 @@ from ..modeling.teacher_runtime import resolve_teacher_dtype
 from ..recipe_specs import unused_feature_pairs
 from ..models.timm_models import timm_native_state
 from ..registry import LOSSES
+from ..models.labels import listed_names
 from .given_labels import check_labels
 
 logger = logging.getLogger(__name__)
@@ -267,7 +270,22 @@ def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, t
             f"{planned[0]}x{planned[1]}, but the data's images are {pixels.shape[-2]}x{pixels.shape[-1]}. {fix}")
 
 
+def leave_out_fresh_losses(model: DistillationModel) -> None:
+    """An evaluation of a student loaded alone: losses that read what trained beside it (srd's
+    projector, feature adapters, kernel_transfer's centres) are not evaluated, as their values
+    would be those of fresh weights, and ``eval_loss`` sums the others; said either way."""
+    fresh = model.leave_out_fresh_losses()
+    if model.left_out:
+        logger.warning("evaluation only: %s not evaluated: they read weights or statistics that trained with the run "
+                       "(a projector, adapters, class centres) and are not saved with the student; eval_loss sums "
+                       "the other terms", listed_names(fresh))
+    elif fresh:
+        logger.warning("evaluation only: every loss of this recipe (%s) reads weights or statistics that trained with "
+                       "the run and are not saved with the student: its eval_*_loss values are those of fresh ones, "
+                       "and only the accuracy describes the student", listed_names(fresh))
+
+
 __all__ = [
     "check_activation_checkpointing", "check_model_objects", "check_models", "check_ready_model", "check_saveable",
-    "teacher_input_stats",
+    "leave_out_fresh_losses", "teacher_input_stats",
 ]

@@ -36,7 +36,7 @@ from transformers.trainer_utils import EvalLoopOutput, has_length
 from ..arguments import check_arguments, describe_batch, run_mixed_precision
 from ..training_values import check_half_precision
 from ..augmentation import AugmentationArguments
-from ..errors import DataError, ModelError
+from ..errors import DataError, ModelError, RecipeError
 from .batch_rows import (
     check_evaluation_rows,
     check_relation_rows,
@@ -60,7 +60,7 @@ from .given_data import check_columns, check_image_sizes, check_later_dataset, i
 from .given_labels import check_labels, name_student_classes
 from .given_models import (
     check_activation_checkpointing, check_model_objects, check_models, check_ready_model, check_saveable,
-    teacher_input_stats,
+    leave_out_fresh_losses, teacher_input_stats,
 )
 from .optimizer_checks import LateParameterCheck, check_lazy_parameters, check_optimizer
 from .divergence import DivergenceCheck, check_loaded_weights
@@ -157,6 +157,8 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
         model = build_distillation_model(
             model, teacher, args, student_input, teacher_input_stats(teacher, teacher_processor, student_input),
         )
+        if kwargs.get("train_dataset") is None:  # an evaluation of a saved student: its projectors are fresh
+            leave_out_fresh_losses(model)
     # feature grids are planned at the training size; a caller's collator may resize what it batches
     size = image_size(first_item) if model.needs_features and kwargs.get("data_collator") is None else None
     check_image_sizes(datasets[1], "eval_dataset", size)
@@ -642,6 +644,10 @@ class DistillationTrainer(CheckpointingTrainer):
                 as the run's result.
         """
         check_saveable(self.distillation_model.student)
+        if self.distillation_model.left_out:
+            raise RecipeError(f"this trainer was built without a train_dataset, to evaluate, so losses "
+                              f"{sorted(self.distillation_model.left_out)} that read freshly built weights are left "
+                              "out: they would not train. Build the trainer with the train_dataset to train")
         losses = self.distillation_model.losses
         check_relation_rows(losses, self.args)
         check_repeats_unsplit(self.augmentation.aug_repeats, self.args)
