@@ -40,7 +40,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_train_epochs": (lambda v: v >= 0, ">= 0"),
     # transformers trains num_train_epochs for any max_steps < 0; 0 trained one step and saved it as the result
     "max_steps": (lambda v: v != 0, "> 0, or -1 to train num_train_epochs"),
-    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    # transformers reads a value below 1 as a fraction of the run and cuts any other to a whole number
+    "warmup_steps": (lambda v: 0 <= v < 1 or float(v).is_integer(), "a fraction of the run below 1 or a whole number "
+                                                                      "of steps"),
     "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "adam_epsilon": (lambda v: v > 0, "> 0"),
@@ -167,6 +169,30 @@ def check_optim_args(args: TrainingArguments) -> None:
                       f"used.{hint or ' Remove it, or choose an optim that takes it.'}")
 
 
+# What transformers' get_scheduler hands each schedule of the ones that take less than all:
+# (takes the warm-up, takes lr_scheduler_kwargs)
+_SCHEDULE_TAKES = {"constant": (False, False), "constant_with_warmup": (True, False),
+                   "reduce_lr_on_plateau": (False, True), "greedy": (False, True)}
+
+
+def check_schedule_settings(args: Any) -> None:
+    """A warm-up or ``lr_scheduler_kwargs`` the chosen schedule never receives: ``constant`` trained
+    every step at the peak rate with a recipe's ``warmup_steps: 0.2`` and ``min_lr``, exit 0."""
+    kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    if kind not in _SCHEDULE_TAKES:
+        return
+    takes_warmup, takes_kwargs = _SCHEDULE_TAKES[kind]
+    warmup = getattr(args, "warmup_steps", 0) or getattr(args, "warmup_ratio", 0)
+    if warmup and not takes_warmup:
+        with_warmup = " (constant_with_warmup warms up to a constant rate)" if kind == "constant" else ""
+        raise RecipeError(f"lr_scheduler_type {kind!r} has no warm-up, so warmup_steps {warmup} would not be used: "
+                          f"set warmup_steps: 0, or choose a schedule with one{with_warmup}")
+    if args.lr_scheduler_kwargs and not takes_kwargs:
+        raise RecipeError(f"lr_scheduler_type {kind!r} takes no lr_scheduler_kwargs, so {args.lr_scheduler_kwargs} "
+                          "would not be used: drop them, or choose the schedule they belong to (min_lr: "
+                          "cosine_with_min_lr)")
+
+
 def _same_value(given: str, value: Any) -> bool:
     """Whether an optim_args value (a string) says what transformers sets anyway (``False``, ``1e-3``)."""
     try:
@@ -194,4 +220,4 @@ def check_half_precision(args: Any) -> None:
 
 
 __all__ = ["FIXED_SETTINGS", "check_batch_settings", "check_fixed_settings", "check_half_precision", "check_optim_args",
-           "check_training_values"]
+           "check_schedule_settings", "check_training_values"]

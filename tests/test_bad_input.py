@@ -261,6 +261,14 @@ def test_misplaced_files_and_folders_and_a_flag_without_its_value(tmp_path, caps
     ({"lr_scheduler_type": "cosine", "lr_scheduler_kwargs": {"min_lr": 1e-5}}, "unexpected keyword argument 'min_lr'"),
     ({"lr_scheduler_type": "warmup_stable_decay"}, "missing 1 required positional argument: 'num_decay_steps'"),
     ({"optim": "adamw_bnb_8bit"}, "optim 'adamw_bnb_8bit': You need to install `bitsandbytes`"),
+    # taken and never used: every step at the peak rate, exit 0
+    ({"lr_scheduler_type": "constant", "warmup_steps": 0.2}, "lr_scheduler_type 'constant' has no warm-up, so "
+                                                             "warmup_steps 0.2 would not be used"),
+    ({"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 0.2, "lr_scheduler_kwargs": {"min_lr": 1e-5}},
+     "lr_scheduler_type 'constant_with_warmup' takes no lr_scheduler_kwargs, so {'min_lr': 1e-05} would not be used"),
+    ({"lr_scheduler_type": "reduce_lr_on_plateau", "warmup_steps": 2, "eval_strategy": "epoch"},
+     "lr_scheduler_type 'reduce_lr_on_plateau' has no warm-up"),
+    ({"warmup_steps": 2.5}, "warmup_steps must be a fraction of the run below 1 or a whole number of steps, got 2.5"),
 ])
 def test_a_schedule_or_optimizer_trainer_would_fail_to_build_is_refused_before_loading(
         tmp_path, capsys, no_loading, changes, expected):
