@@ -608,3 +608,51 @@ def test_dinov2_with_registers_from_its_config_gets_dinov2s_processor() -> None:
         "image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 1})
     processor = load_image_processor("config:dinov2_with_registers", student, image_size=32)
     assert isinstance(processor, BitImageProcessor) and processor.crop_size["height"] == 32
+
+
+def test_overrides_or_a_class_that_leave_checkpoint_layers_unused_are_errors(tmp_path: Path, caplog) -> None:
+    """num_hidden_layers 1 on a 4-block checkpoint ran the teacher on its first block (its check
+    passed at 63%, the card blamed preprocessing) and started a student from one block, exit 0:
+    transformers only logged the unused weights."""
+    load_image_classifier("config:vit", num_labels=3, config_overrides=VIT).save_pretrained(tmp_path)
+    for labels in ({"num_labels": 3}, {}):  # student and teacher
+        with pytest.raises(ValueError, match=r"config_overrides \['num_hidden_layers'\] leave .*'s weights "
+                                             r"vit\.layers\.1\..* unused: the model would run without those layers"):
+            load_image_classifier(str(tmp_path), **labels, config_overrides={"num_hidden_layers": 1})
+    # weights outside the blocks that the class has no place for (another class's head) are said
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({**weights, "pooler.dense.weight": torch.zeros(2, 2)}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        load_image_classifier(str(tmp_path))
+    assert "weights pooler.dense.weight have no place in ViTForImageClassification and are not used" in caplog.text
+
+
+def test_a_students_stem_norm_is_body_and_a_new_head_is_said(tmp_path: Path, caplog) -> None:
+    """A CNN checkpoint without its stem BatchNorm started it anew (statistics reset, 91% instead of
+    99% for the digits ResNet), allowed as if it were a final norm; a head that starts anew was
+    said only in transformers' table."""
+    from safetensors.torch import load_file, save_file
+
+    tiny_resnet = {"embedding_size": 8, "hidden_sizes": [8, 8], "depths": [1, 1]}
+    load_image_classifier("config:resnet", num_labels=3, config_overrides=tiny_resnet).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".embedder.normalization." not in k}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"no weights for resnet\.embedder\.embedder\.normalization"):
+        load_image_classifier(str(tmp_path), num_labels=3)
+    save_file({k: v for k, v in weights.items() if not k.startswith("classifier.")}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        load_image_classifier(str(tmp_path), num_labels=3)
+    assert "its checkpoint has no weights for classifier.1.bias, classifier.1.weight, which start random" in caplog.text
+
+
+def test_a_timm_overlay_naming_weights_is_refused() -> None:
+    """timm reads pretrained_cfg_overlay's file/url/hf_hub_id only with pretrained=True, which is
+    never passed: the student trained from random weights, exit 0."""
+    with pytest.raises(ValueError, match=r"pretrained_cfg_overlay sets \['file'\], where timm finds pretrained weights"):
+        load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True,
+                              config_overrides={"pretrained_cfg_overlay": {"file": "/weights/resnet18.safetensors"}})

@@ -15,6 +15,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments
 from hf_rcka.arguments import DataArguments
+from hf_rcka.errors import ModelError
 from hf_rcka.data.bad_images import SkippedImages
 from hf_rcka.data.datasets import prepare_datasets
 from hf_rcka.features.hidden_states import classifier_of
@@ -472,6 +473,25 @@ def test_resume_refuses_a_checkpoint_without_distillation_state(tmp_path):
     os.remove(checkpoint / DISTILLATION_STATE_NAME)
     with pytest.raises(FileNotFoundError, match=DISTILLATION_STATE_NAME):
         trainer.model.load_checkpoint(str(checkpoint))
+
+
+def test_resume_refuses_a_checkpoint_missing_student_weights(tmp_path):
+    """from_pretrained fills the tensors a checkpoint lacks with fresh random values, and the strict
+    copy then took them as restored: a checkpoint stripped of a layer resumed with it random, exit 0."""
+    from safetensors.torch import load_file, save_file
+
+    args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer = make_trainer(args)
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    weights = load_file(checkpoint / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".1." not in k}, checkpoint / "model.safetensors",
+              metadata={"format": "pt"})
+    resumed = make_trainer(make_args(tmp_path, "again", max_steps=4, save_strategy="steps", save_steps=2))
+    with pytest.raises(ModelError, match=r"checkpoint-2' does not fit this run \(.*checkpoint-2 does not fit this "
+                                         r"run's student: its model.safetensors lacks .*layers?\.1\."):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 0
 
 
 def test_saved_student_is_a_plain_transformers_model(tmp_path):

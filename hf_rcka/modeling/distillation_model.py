@@ -531,10 +531,18 @@ class DistillationModel(nn.Module):
         checkpoint that restores nothing fails loudly instead of silently. Under FSDP2 each
         rank keeps its shard of every tensor.
         """
-        loaded = type(self.student).from_pretrained(
+        loaded, info = type(self.student).from_pretrained(
             directory, config=_checkpoint_config(type(self.student), directory), use_safetensors=True,  # never a pickle
-            dtype=next(self.student.parameters()).dtype,
+            dtype=next(self.student.parameters()).dtype, output_loading_info=True,
         )
+        # from_pretrained fills what the file lacks with fresh random values, which the strict copy
+        # below would take as restored (a checkpoint stripped of a layer resumed with it random)
+        absent = sorted(key for key in info.get("missing_keys", ()) if not key.endswith("num_batches_tracked"))
+        unused = sorted(info.get("unexpected_keys", ())) + sorted(str(k[0]) for k in info.get("mismatched_keys", ()))
+        if absent or unused:
+            raise KeyError(f"{directory} does not fit this run's student: its model.safetensors lacks "
+                           f"{_some(absent) or 'nothing'} and has {_some(unused) or 'nothing'} that the student lacks "
+                           "or holds in other shapes")
         load_full_state_dict(self.student, loaded.state_dict(), "student")
         del loaded
         path = os.path.join(directory, DISTILLATION_STATE_NAME)
@@ -612,3 +620,8 @@ def _checkpoint_config(model_class: type, directory: str) -> Any:
     if getattr(config, "model_args", None):
         check_timm_args(config.architecture, saved_model_args(config))
     return config
+
+
+def _some(names: Sequence[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+

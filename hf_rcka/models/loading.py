@@ -150,6 +150,7 @@ def _load_pretrained(
     if resize_head:
         _check_only_head_resized(name_or_path, info, old_num_labels, labels.num_labels)
     _check_no_new_weights(name_or_path, model, info, overrides, head_may_be_new=labels is not None)
+    _check_no_dropped_weights(name_or_path, model, info, overrides, student=labels is not None)
     return model
 
 
@@ -163,11 +164,14 @@ def _check_no_new_weights(name: str, model: PreTrainedModel, info: dict, overrid
     used as it is (the teacher) may not."""
     allowed = _head_and_norm_weights(model) if head_may_be_new else set()
     # a checkpoint without BatchNorm's step counters (older conversions): torch starts them at 0
-    new = sorted(key for key in info.get("missing_keys", ()) if key not in allowed
-                 and not key.endswith("num_batches_tracked"))
+    missing = sorted(key for key in info.get("missing_keys", ()) if not key.endswith("num_batches_tracked"))
+    new = [key for key in missing if key not in allowed]
     if not new:
+        if missing:  # a backbone's checkpoint: said here too, not only in transformers' table
+            logger.warning("%s: its checkpoint has no weights for %s, which start random and train with the run (a "
+                           "checkpoint of the backbone alone)", name, _some(missing))
         return
-    shown = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
+    shown = _some(new)
     if overrides:
         raise ValueError(f"config_overrides {sorted(overrides)} give {name!r} weights its checkpoint does not have "
                          f"({shown}): they would start random. Drop those overrides, or build the model from scratch "
@@ -177,6 +181,29 @@ def _check_no_new_weights(name: str, model: PreTrainedModel, info: dict, overrid
                      "checkpoint of this architecture saved with save_pretrained")
 
 
+def _check_no_dropped_weights(name: str, model: PreTrainedModel, info: dict, overrides: dict, student: bool) -> None:
+    """Checkpoint weights the model has no place for are dropped, and transformers only logs it:
+    ``num_hidden_layers: 1`` ran a 4-block teacher on its first block (the teacher check passed at
+    63%, and the card pointed at preprocessing). A block's weights (a path with a block number)
+    left out by overrides, or by a teacher, are refused; others (a pooler, the head of another
+    class, a pre-training decoder) are said."""
+    dropped = sorted(key for key in info.get("unexpected_keys", ()) if not key.endswith("num_batches_tracked"))
+    if not dropped:
+        return
+    in_blocks = [key for key in dropped if any(part.isdigit() for part in key.split("."))]
+    if in_blocks and (overrides or not student):
+        cause = f"config_overrides {sorted(overrides)} leave" if overrides else f"{type(model).__name__} leaves"
+        raise ValueError(f"{cause} {name!r}'s weights {_some(in_blocks)} unused: the model would run without those "
+                         "layers. Drop the overrides, or give a checkpoint of this architecture"
+                         + (", or build the model from scratch (student_from_scratch: true)" if student else ""))
+    logger.warning("%s: its checkpoint's weights %s have no place in %s and are not used", name, _some(dropped),
+                   type(model).__name__)
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
 # The attributes transformers' image classifiers keep their heads in (DeiT's and LeViT's distillation heads too)
 _HEAD_ATTRIBUTES = ("classifier", "cls_classifier", "distillation_classifier", "head", "fc")
 
@@ -184,8 +211,9 @@ _HEAD_ATTRIBUTES = ("classifier", "cls_classifier", "distillation_classifier", "
 def _head_and_norm_weights(model: PreTrainedModel) -> set[str]:
     """What a student may start anew from a checkpoint of a backbone: its heads (the model's own:
     timm's ``get_classifier()``, transformers' classifier attributes) and the normalisation layers
-    outside its repeated blocks (a pooler's or final norm: a masked-image-modelling checkpoint has
-    none), which start as the identity. A norm inside a block (a path with a block number) is body.
+    after its last repeated block (a pooler's or final norm: a masked-image-modelling checkpoint has
+    none), which start as the identity. A norm inside a block (a path with a block number) or
+    before the blocks (a CNN's stem norm, whose statistics the blocks were trained on) is body.
     """
     heads = []
     timm_model = getattr(model, "timm_model", None)
@@ -195,10 +223,12 @@ def _head_and_norm_weights(model: PreTrainedModel) -> set[str]:
     heads += [getattr(model, name) for name in _HEAD_ATTRIBUTES if isinstance(getattr(model, name, None), torch.nn.Module)]
     head_ids = {id(head) for head in heads}
     names = set()
-    for module_name, module in model.named_modules():
-        in_block = any(part.isdigit() for part in module_name.split("."))
+    modules = list(model.named_modules())
+    in_block = [any(part.isdigit() for part in module_name.split(".")) for module_name, _ in modules]
+    last_block = max((i for i, inside in enumerate(in_block) if inside), default=-1)
+    for i, (module_name, module) in enumerate(modules):
         norm = isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase))
-        if id(module) in head_ids or norm and not in_block:
+        if id(module) in head_ids or norm and i > last_block:
             prefix = f"{module_name}." if module_name else ""
             names |= {prefix + name for name, _ in module.named_parameters()}
             names |= {prefix + name for name, _ in module.named_buffers()}

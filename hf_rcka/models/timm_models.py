@@ -186,6 +186,13 @@ def check_timm_args(architecture: str, model_args: Mapping[str, Any]) -> None:
     for key, hint in _TIMM_RESERVED_ARGS.items():
         if key in model_args:
             raise ValueError(f"config_overrides for timm model {architecture!r} sets {key!r}: {hint}")
+    overlay = model_args.get("pretrained_cfg_overlay") or {}
+    weights = [key for key in _TIMM_PROVENANCE_KEYS if overlay.get(key)]
+    if weights:  # timm reads them only with pretrained=True, which is never passed: the weights were dropped
+        raise ValueError(f"config_overrides for timm model {architecture!r}: pretrained_cfg_overlay sets {weights}, where "
+                         "timm finds pretrained weights, and hf_rcka loads none from there (the model would start "
+                         "random). Load them in a session (timm.create_model(..., pretrained=True, pretrained_cfg_overlay="
+                         "...)), save_pretrained it to a folder, and give that folder")
 
 
 def timm_data_config(base: Mapping[str, Any], model_args: Mapping[str, Any]) -> dict[str, Any]:
