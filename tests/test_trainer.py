@@ -15,7 +15,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from conftest import IMAGENET_MEAN, IMAGENET_STD, pixel_dataset, processor, tiny_resnet, tiny_vit
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments
 from hf_rcka.arguments import DataArguments
-from hf_rcka.errors import ModelError
+from hf_rcka.errors import ModelError, RecipeError
 from hf_rcka.data.bad_images import SkippedImages
 from hf_rcka.data.datasets import prepare_datasets
 from hf_rcka.features.hidden_states import classifier_of
@@ -473,6 +473,18 @@ def test_resume_refuses_a_checkpoint_without_distillation_state(tmp_path):
     os.remove(checkpoint / DISTILLATION_STATE_NAME)
     with pytest.raises(FileNotFoundError, match=DISTILLATION_STATE_NAME):
         trainer.model.load_checkpoint(str(checkpoint))
+
+
+def test_resume_with_other_weight_decay_groups_is_one_line(tmp_path):
+    """model_no_weight_decay changed on resume failed in torch's optimizer load, a traceback after
+    everything had loaded."""
+    trainer = make_trainer(make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, weight_decay=0.05))
+    trainer.train()
+    resumed = make_trainer(make_args(tmp_path, "again", max_steps=4, save_strategy="steps", save_steps=2,
+                                     weight_decay=0.05, model_no_weight_decay=False))
+    with pytest.raises(RecipeError, match=r"holds an optimizer whose parameter groups differ from this run's .*"
+                                          r"model_no_weight_decay"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
 
 
 def test_resume_refuses_a_checkpoint_missing_student_weights(tmp_path):

@@ -264,7 +264,16 @@ class CheckpointingTrainer(Trainer):
         # groups may hold what its schedule changes (OneCycleLR's momentum)
         keys = [*self._optimizer_kwargs, "weight_decay"] if self._optimizer_kwargs is not None else []
         own = optimizer_settings(self.optimizer, keys)
-        super()._load_optimizer_and_scheduler(checkpoint)
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except ValueError as err:  # torch's, after every model and the data had loaded
+            if "parameter group" not in str(err):
+                raise
+            raise RecipeError(
+                f"resume_from_checkpoint: {checkpoint!r} holds an optimizer whose parameter groups differ from this "
+                f"run's ({err}): other weights decay (model_no_weight_decay) or train (the student's frozen weights, "
+                "the losses and adapters). Resume with the checkpoint's settings (the run's distill_config.yaml)"
+            ) from None
         check_optimizer_settings(checkpoint, own, optimizer_settings(self.optimizer, keys))
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
