@@ -620,6 +620,25 @@ def test_another_set_evaluated_under_the_eval_prefix_stays_off_the_card(tmp_path
     assert f"| eval_accuracy | {own:.4f} |" in (tmp_path / "run" / "README.md").read_text()
 
 
+def test_a_card_without_a_saved_image_processor_says_so(tmp_path, caplog):
+    """Without processing_class no preprocessor_config.json is saved, and the card's snippet
+    (AutoImageProcessor.from_pretrained on the folder) raised OSError, unsaid."""
+    student = named(tiny_vit(), ["a", "b", "c"])
+    trainer = DistillationTrainer(model=student, teacher=None, args=make_args(tmp_path, max_steps=1, losses=["ce"]),
+                                  train_dataset=pixel_dataset(10))
+    trainer.train()
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        trainer.create_model_card()
+    assert "no processing_class was given" in caplog.text
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "This folder holds no image processor (`preprocessor_config.json`)" in card
+    given = build(make_args(tmp_path, output_dir=str(tmp_path / "given"), max_steps=1, losses=["ce"]),
+                  named(tiny_vit(), ["a", "b", "c"]))
+    given.train()
+    given.create_model_card()
+    assert "holds no image processor" not in (tmp_path / "given" / "README.md").read_text()
+
+
 def test_a_python_runs_card_claims_only_what_it_knows_and_takes_trainers_card_arguments(tmp_path, caplog):
     """A student given in Python was called "random (trained from scratch)" on its card (it may be a
     fine-tuned checkpoint), the card pointed at a distill_config.yaml only the command line writes,

@@ -30,6 +30,8 @@ _CKA_HEADING = "## Layer-by-layer CKA"
 # user's own sections after it survive (Hub markdown does not render comments).
 _CKA_START, _CKA_END = "<!-- hf_rcka:cka-start -->", "<!-- hf_rcka:cka-end -->"
 
+PROCESSOR_FILE = "preprocessor_config.json"
+
 _TEMPLATE = """---
 {card_data}
 ---
@@ -56,7 +58,7 @@ _TEMPLATE = """---
 
 Decode images as training did: `pipeline("image-classification")` and a plain `.convert("RGB")` show
 transparent pixels as black and clip 16-bit images to white, where this model saw them over white
-and scaled.
+and scaled.{processor_note}
 
 ```python
 import numpy as np
@@ -249,6 +251,7 @@ def write_model_card(
     license: str | None = None,
     training: str | None = None,
     reproduction: str | None = None,
+    has_processor: bool = True,
 ) -> ModelCard:
     """Write ``output_dir/README.md`` for a distilled (or, without teacher, supervised) student.
 
@@ -261,6 +264,7 @@ def write_model_card(
         training: how long and with what batch the student trained (``training_text``); the
             recipe alone does not say it, since the number of processes sets the global batch.
         reproduction: the seed, precision and library versions (``reproduction_text``).
+        has_processor: whether the run saves an image processor with the model (one was given).
     """
     metrics, facts = metrics or {}, facts or CardFacts()
     data = _card_data(model_name, teacher_name, dataset, metrics, facts, license)
@@ -287,12 +291,22 @@ def write_model_card(
             evaluation=_evaluation_text(facts, metrics, distilled=bool(teacher_name)),
             results=_results_table(metrics, facts.relation_batches),
             repo=repo_id or model_name,
+            processor_note=_processor_note(has_processor),
             cka=_cka_section(output_dir),
         )
     )
     os.makedirs(output_dir, exist_ok=True)
     write_text(os.path.join(output_dir, "README.md"), str(card), newline="")  # as RepoCard.save, whole or not at all
     return card
+
+
+def _processor_note(has_processor: bool) -> str:
+    """A run given no image processor saves none, and the snippet's ``AutoImageProcessor`` then
+    fails on the folder: said where the snippet is."""
+    if has_processor:
+        return ""
+    return (f"\n\nThis folder holds no image processor (`{PROCESSOR_FILE}`): the run was given none. Save the one "
+            "the model was trained with next to it (`processor.save_pretrained(folder)`) before using the snippet.")
 
 
 # what decides a rerun's numbers besides the recipe: the libraries that compute them

@@ -744,6 +744,10 @@ class DistillationTrainer(CheckpointingTrainer):
         if kwargs:
             logger.warning("model card: %s not used (the task is image classification; name the data with dataset)",
                            ", ".join(sorted(kwargs)))
+        if self.processing_class is None:
+            logger.warning("no processing_class was given, so %s holds no image processor: the card's usage snippet "
+                           "and pipeline() cannot load the model as it is; pass processing_class (the student's "
+                           "image processor) to the trainer, or save one into the folder", self.args.output_dir)
         facts = self.card_facts
         if finetuned_from is not None:
             facts.base_model, facts.local_checkpoint, facts.start_recorded = finetuned_from, None, True
@@ -772,6 +776,7 @@ class DistillationTrainer(CheckpointingTrainer):
                                    bool(getattr(self.args, "model_ema_export", False)),
                                    self._resume_step.step),
             reproduction=reproduction_text(self.args.seed, run_mixed_precision(self.args)),
+            has_processor=self.processing_class is not None,
         )
 
     def _peak_learning_rate(self) -> float:
