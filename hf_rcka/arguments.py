@@ -249,8 +249,22 @@ def check_arguments(args: TrainingArguments) -> None:
 
     Their two defaults that differ from the distillation's (``label_names`` unset,
     ``remove_unused_columns`` on, which drops the columns an image transform reads) are set to
-    the distillation's; any other value of a fixed setting is refused.
+    the distillation's; any other value of a fixed setting is refused. ``losses`` and
+    ``feature_pairs`` set on the object after it was built (the README's short forms, ``["ce",
+    "kd"]``) are checked and expanded here, for either class: they failed as a traceback.
+
+    Raises:
+        TypeError: ``args`` is not a ``TrainingArguments`` (a dict of them, say).
     """
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(f"args must be DistillationTrainingArguments (or transformers.TrainingArguments), got "
+                        f"{type(args).__name__}: build them with DistillationTrainingArguments(**settings)")
+    for key, validate in (("losses", validate_losses), ("feature_pairs", validate_feature_pairs)):
+        if hasattr(args, key):
+            setattr(args, key, validate(getattr(args, key)))
+    check = getattr(args, "teacher_accuracy_check", "warn")
+    if check not in ("warn", "error", "off"):
+        raise RecipeError(f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {check!r}")
     if isinstance(args, DistillationTrainingArguments):
         return
     if args.label_names is None:

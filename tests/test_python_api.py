@@ -164,6 +164,22 @@ def test_plain_training_arguments_are_checked_too(tmp_path, setting):
         build(plain, tiny_vit(), tiny_resnet())
 
 
+def test_arguments_set_after_they_were_built_are_checked_too(tmp_path):
+    """args.losses = ["ce", "kd"] (the README's short form) after construction failed as
+    AttributeError: 'str' object has no attribute 'get'; a dict for args as AttributeError
+    'label_names'; a misspelt teacher_accuracy_check on plain TrainingArguments read as 'warn'."""
+    args = make_args(tmp_path, max_steps=1)
+    args.losses = ["ce", "kd"]
+    trainer = build(args, tiny_vit(), tiny_resnet())
+    assert list(trainer.distillation_model.losses) == ["ce", "kd"]
+    with pytest.raises(TypeError, match="args must be DistillationTrainingArguments .* got dict"):
+        build({"output_dir": str(tmp_path)}, tiny_vit(), tiny_resnet())
+    plain = TrainingArguments(output_dir=str(tmp_path / "plain"), use_cpu=True, report_to="none")
+    plain.teacher_accuracy_check = "eror"
+    with pytest.raises(RecipeError, match="teacher_accuracy_check must be 'warn', 'error' or 'off', got 'eror'"):
+        build(plain, tiny_vit(), tiny_resnet())
+
+
 def test_plain_training_arguments_get_the_distillation_defaults(tmp_path):
     plain = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     trainer = build(plain, tiny_vit(), tiny_resnet())
