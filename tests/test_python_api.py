@@ -824,3 +824,12 @@ def test_feature_pairs_no_loss_reads_are_said_once_when_the_arguments_are_built(
         make_args(tmp_path, losses=["ce", "feature_cka"], feature_pairs=pairs)
         make_args(tmp_path, losses=["ce", "kd"], feature_pairs="auto")
     assert "feature_pairs are set" not in caplog.text
+
+
+def test_trainers_default_best_metric_with_several_evaluation_sets_is_named_as_such(tmp_path):
+    """The error named a metric 'loss' the caller never set: Trainer's default."""
+    args = make_args(tmp_path, load_best_model_at_end=True, eval_strategy="steps", save_strategy="steps",
+                     eval_steps=2, save_steps=2)
+    with pytest.raises(RecipeError, match=r"'loss' \(Trainer's default with load_best_model_at_end: with several "
+                                          r"evaluation sets, name one set's metric\).*did you mean 'v_loss'"):
+        build(args, tiny_vit(), tiny_resnet(), eval_dataset={"v": pixel_dataset(5), "t": pixel_dataset(5)})

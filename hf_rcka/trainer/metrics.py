@@ -136,7 +136,9 @@ def check_metric_for_best_model(args: Any, losses: Iterable[DistillationLoss], n
         raise RecipeError(f"metric_for_best_model {metric!r}: top5_accuracy is reported only with more than 5 "
                           f"classes, and this dataset has {num_labels}: use "
                           f"{metric.replace('top5_accuracy', 'accuracy')}")
-    raise RecipeError(f"metric_for_best_model {metric!r} is not a metric the evaluation reports"
+    default = (" (Trainer's default with load_best_model_at_end: with several evaluation sets, name one set's "
+               "metric)" if metric == "loss" and eval_sets else "")
+    raise RecipeError(f"metric_for_best_model {metric!r}{default} is not a metric the evaluation reports"
                       f"{_terms_reported(metric[len(prefix):], losses, unweighted)}: "
                       f"{close_matches(metric, [prefix + name for name in names])}")
 
