@@ -637,6 +637,21 @@ def test_a_teacher_with_code_of_its_own_needs_trust_remote_code(tmp_path, capsys
                                 "loads)")
 
 
+def test_an_image_processor_with_code_of_its_own_needs_trust_remote_code(tmp_path, capsys, no_loading):
+    """The model was built-in, its processor custom: transformers' three-line error, with a broken URL."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    (teacher / "preprocessor_config.json").write_text(json.dumps({"auto_map": {
+        "AutoImageProcessor": "processing_acme.AcmeProcessor"}}))
+    (teacher / "model.safetensors").write_bytes(b"")
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
+    assert error_of(capsys) == (f"error: teacher_model_name_or_path: '{teacher}' has an image processor with code of "
+                                "its own (preprocessor_config.json's auto_map): set trust_remote_code: true if you "
+                                "trust that code (it runs as the processor loads), or replace the file with a "
+                                "built-in processor's")
+
+
 def test_output_dir_that_would_overwrite_the_teacher(tmp_path, capsys, no_loading):
     teacher = tmp_path / "teacher"
     teacher.mkdir()

@@ -656,3 +656,30 @@ def test_a_timm_overlay_naming_weights_is_refused() -> None:
     with pytest.raises(ValueError, match=r"pretrained_cfg_overlay sets \['file'\], where timm finds pretrained weights"):
         load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True,
                               config_overrides={"pretrained_cfg_overlay": {"file": "/weights/resnet18.safetensors"}})
+
+
+def test_weight_files_that_do_not_fit_are_named_for_what_they_are(tmp_path: Path, caplog) -> None:
+    """A missing shard was reported as "no safetensors weights ... a pickle file"; a config of
+    another model beside the weights was transformers' traceback; a known model type's auto_map
+    was ignored unsaid and kept in the export, which then failed with trust_remote_code."""
+    model = load_image_classifier("config:vit", num_labels=3, config_overrides=VIT)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    shards = sorted((tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[1].unlink()
+    with pytest.raises(OSError, match=r"a shard its safetensors index lists is missing .*model-00002-of"):
+        load_image_classifier(str(tmp_path / "sharded"))
+    model.save_pretrained(tmp_path / "other")
+    config = json.loads((tmp_path / "other" / "config.json").read_text())
+    (tmp_path / "other" / "config.json").write_text(json.dumps({**config, "hidden_size": 48, "intermediate_size": 48}))
+    with pytest.raises(ValueError, match="holds weights of other shapes than its config.json describes"):
+        load_image_classifier(str(tmp_path / "other"))
+    model.save_pretrained(tmp_path / "mapped")
+    auto_map = {"AutoModelForImageClassification": "modeling_acme.Acme"}
+    (tmp_path / "mapped" / "config.json").write_text(json.dumps({**config, "auto_map": auto_map}))
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        loaded = load_image_classifier(str(tmp_path / "mapped"))
+    assert "names code of its own (auto_map ['AutoModelForImageClassification']), which is not used" in caplog.text
+    loaded.save_pretrained(tmp_path / "export")
+    assert "auto_map" not in json.loads((tmp_path / "export" / "config.json").read_text())
+

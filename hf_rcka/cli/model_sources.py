@@ -88,8 +88,8 @@ def _has_distillation_head(model_args: Any) -> bool:
     return any("WithTeacher" in a for a in architectures)
 
 
-def _local_config(name: str) -> dict | None:
-    path = os.path.join(name, "config.json")
+def _local_config(name: str, file: str = "config.json") -> dict | None:
+    path = os.path.join(name, file)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as handle:
@@ -120,6 +120,11 @@ def check_remote_code(key: str, name: str, trust_remote_code: bool) -> None:
         raise ModelError(f"{key}: {name!r} is a model of type {config.get('model_type')!r} with code of its own (its "
                          "config's auto_map), which transformers does not know: set trust_remote_code: true if you "
                          "trust that repository's code (it runs as the model loads)")
+    processor = _local_config(name, "preprocessor_config.json") if os.path.isdir(name) else None
+    if isinstance(processor, dict) and (processor.get("auto_map") or {}).get("AutoImageProcessor"):
+        raise ModelError(f"{key}: {name!r} has an image processor with code of its own (preprocessor_config.json's "
+                         "auto_map): set trust_remote_code: true if you trust that code (it runs as the processor "
+                         "loads), or replace the file with a built-in processor's")
 
 
 def check_model_source(key: str, name: str, needs_weights: bool = True) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 
 import transformers
@@ -26,6 +27,8 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from ..registry import close_matches
+
+logger = logging.getLogger(__name__)
 
 # label fields have their own arguments, checked together (see label_maps.resolve_labels)
 LABEL_KEYS = ("num_labels", "id2label", "label2id")
@@ -43,7 +46,7 @@ def load_config(name_or_path: str, trust_remote_code: bool = False) -> PreTraine
             f"folder {name_or_path!r} has no config.json; pass the folder that save_pretrained wrote"
         )
     try:
-        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as err:
         where = "local folder" if os.path.isdir(name_or_path) else "Hub repository"
         raise OSError(
@@ -51,6 +54,14 @@ def load_config(name_or_path: str, trust_remote_code: bool = False) -> PreTraine
             "that save_pretrained writes; a Hub id needs network access (HF_HUB_OFFLINE unset) or a "
             f"cached copy; 'timm/<arch>' and 'config:<type>' with from_scratch need neither. Cause: {err}"
         ) from err
+    if getattr(config, "auto_map", None) and not trust_remote_code:
+        # a type transformers knows loads as its built-in class: the repository's own code never
+        # runs, and an export that kept the auto_map would point at files it does not hold
+        logger.warning("%s names code of its own (auto_map %s), which is not used without trust_remote_code: it "
+                       "loads as transformers' %s, and the auto_map is dropped from its config", name_or_path,
+                       sorted(config.auto_map), config.model_type)
+        del config.auto_map
+    return config
 
 
 def default_config(model_type: str) -> PreTrainedConfig:

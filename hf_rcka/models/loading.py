@@ -134,6 +134,9 @@ def _load_pretrained(
     except OSError as err:
         if "safetensors" not in str(err):
             raise
+        if isinstance(err, FileNotFoundError) and "-of-" in str(err):  # a shard the index lists is missing
+            raise OSError(f"{name_or_path!r}: a shard its safetensors index lists is missing ({err}): copy the whole "
+                          "folder save_pretrained wrote") from None
         # a Hub model with pickled weights only (a local folder is refused before the data loads)
         raise OSError(f"{name_or_path!r} has no safetensors weights, and hf_rcka loads no others (a pickle file can "
                       "run code as it loads): convert them in a session that trusts them, with transformers' "
@@ -146,6 +149,10 @@ def _load_pretrained(
             raise ValueError(f"config_overrides {sorted(overrides)} change the shapes of {name_or_path!r}'s weights, "
                              "which cannot load into them: drop those overrides, or build the model from scratch "
                              f"(student_from_scratch: true){dynamic}") from None
+        if "mismatched" in str(err):
+            raise ValueError(f"{name_or_path!r} holds weights of other shapes than its config.json describes (a "
+                             "config of another model beside these weights): give the folder save_pretrained wrote, "
+                             "config and weights together") from None
         raise
     if resize_head:
         _check_only_head_resized(name_or_path, info, old_num_labels, labels.num_labels)
