@@ -941,3 +941,20 @@ def test_dinov2_register_tokens_are_spared_like_timms_reg_token():
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=4,
         num_register_tokens=2))
     assert "dinov2_with_registers.embeddings.register_tokens" in model_no_weight_decay(model)
+
+
+def test_a_timm_student_built_in_python_exports_a_folder_timm_loads(tmp_path):
+    """Built from TimmWrapperConfig alone it had no pretrained_cfg, and timm's local-dir: refused
+    the export (PretrainedCfg got 'architectures')."""
+    import timm
+    from _models import timm_model
+
+    student = timm_model("resnet18")
+    assert not getattr(student.config, "pretrained_cfg", None)
+    trainer = make_trainer(make_args(tmp_path, max_steps=1, losses=["ce"]), student=student, teacher=None)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "out"))
+    native = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(native(pixels), student.eval()(pixel_values=pixels).logits, atol=1e-5)

@@ -159,6 +159,17 @@ def _shaping_args(overlay: Mapping[str, Any], fixed_input_size: bool) -> dict[st
     return shaping
 
 
+def record_data_config(model: Any) -> None:
+    """Give a timm student built in Python (``TimmWrapperConfig(architecture=...)``, no
+    ``pretrained_cfg``) the data config it was built with, before it is saved: without one,
+    ``timm.create_model("local-dir:...")`` and ``AutoImageProcessor`` could not load the folder."""
+    if not isinstance(model, TimmWrapperForImageClassification) or getattr(model.config, "pretrained_cfg", None):
+        return
+    built_with = getattr(model.timm_model, "pretrained_cfg", None)
+    if built_with:
+        model.config.pretrained_cfg = timm_data_config(dict(built_with), model.config.model_args or {})
+
+
 def timm_native_state(model: Any, state: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """A timm student's state dict (``state``, or its own) under timm's names; None for other models
     (``save_pretrained`` then takes their state itself)."""

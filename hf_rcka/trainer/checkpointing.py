@@ -36,7 +36,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 from ..arguments import global_batch_size
 from ..errors import ModelError, RecipeError
 from ..file_writes import as_umask_allows
-from ..models.timm_models import timm_native_state
+from ..models.timm_models import record_data_config, timm_native_state
 from .divergence import has_finite_weights
 from .hub_pushes import holds_earlier_model, remove_earlier_model, repository_files
 from .loss_record import check_loss_record, loss_settings, write_loss_record
@@ -188,6 +188,7 @@ class CheckpointingTrainer(Trainer):
         # picked by its logged eval_accuracy must hold that model); the live weights that resume
         # continues from go next to it. (model_ema is refused under FSDP, so student_state is None.)
         export_ema = self.model_ema is not None and self.args.model_ema_export
+        record_data_config(model.student)
         with self.model_ema.swapped_in() if export_ema else contextlib.nullcontext():
             model.student.save_pretrained(output_dir, state_dict=timm_native_state(model.student, student_state))
         if self.processing_class is not None:
