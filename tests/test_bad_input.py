@@ -252,7 +252,8 @@ def test_misplaced_files_and_folders_and_a_flag_without_its_value(tmp_path, caps
     assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=str(image), validation_dir=str(image))) == 2
     assert f"train_dir {str(image)!r} is a file, not a folder" in error_of(capsys)
     assert run(tmp_path, base(tmp_path), "--learning_rate") == 2
-    assert "learning_rate must be a number, got True (--learning_rate without a value reads as true" in error_of(capsys)
+    assert "--learning_rate needs a value (a bare flag is true, and learning_rate is not a true/false setting)" \
+        in error_of(capsys)
 
 
 @pytest.mark.parametrize("changes, expected", [

@@ -106,6 +106,24 @@ def test_cli_flags_override_the_recipe(tmp_path):
     assert [spec["name"] for spec in args.losses] == ["ce", "kd"]
 
 
+def test_flags_mean_what_was_typed():
+    """--output_dir= (an empty $OUT) wrote the run to ./true; --run_name "teacher #3" recorded
+    'teacher' (YAML read ' #3' as a comment); --train_sampling_strategy sequentail trained with the
+    random sampler, and the record kept the typo."""
+    with pytest.raises(RecipeError, match="--output_dir needs a value"):
+        parse_cli_overrides(["--output_dir"])
+    assert parse_cli_overrides(["--output_dir="]) == {"output_dir": ""}
+    with pytest.raises(RecipeError, match="the recipe needs 'output_dir'"):
+        resolve_values(BASE, parse_cli_overrides(["--output_dir="]))
+    assert parse_cli_overrides(["--resume_from_checkpoint", "--bf16"]) == {"resume_from_checkpoint": True, "bf16": True}
+    assert parse_cli_overrides(["--run_name", "teacher #3"]) == {"run_name": "teacher #3"}
+    with pytest.raises(RecipeError, match=r"--seed '3 #4': YAML reads ' #' and what follows as a comment"):
+        parse_cli_overrides(["--seed", "3 #4"])
+    with pytest.raises(RecipeError, match=r"train_sampling_strategy: 'sequentail' is not one of .*did you mean "
+                                          r"'sequential'"):
+        resolve_values(BASE, {"train_sampling_strategy": "sequentail"})
+
+
 def test_cli_rejects_positional_garbage():
     with pytest.raises(RecipeError, match="--key value"):
         parse_cli_overrides(["oops"])

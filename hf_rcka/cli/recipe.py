@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import functools
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -86,13 +87,9 @@ for _tag, (_pattern, _first) in _CORE_SCHEMA.items():
 _RecipeLoader.add_constructor("tag:yaml.org,2002:int", _RecipeLoader.construct_yaml_int)
 
 
-def _load_yaml(text: str, where: str) -> Any:
-    """``text`` read as YAML; a syntax error is one line naming ``where`` and the line and column."""
-    return _construct(text, where)[1]
-
-
 def _construct(text: str, where: str) -> tuple[yaml.Node | None, Any]:
-    """The document's node (for its scalars' text) and its value."""
+    """The document's node (for its scalars' text) and its value; a syntax error is one line naming
+    ``where`` and the line and column."""
     loader = _RecipeLoader(text)
     try:
         node = loader.get_single_node()
@@ -120,6 +117,17 @@ def _as_written(key: str, value: Any, text: str) -> Any:
     return value
 
 
+def _takes_bare(key: str) -> bool:
+    """Whether a bare ``--key`` (true) is a value of ``key``: a true/false setting, resume_from_checkpoint
+    (``true`` resumes the last checkpoint), or an unknown key (reported by ``resolve_values``)."""
+    entry = field_table().get(key)
+    if entry is None or key == "resume_from_checkpoint":
+        return True
+    annotation = entry[2]
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    return any(option is bool for option in options)
+
+
 def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
     """``--key value`` / ``--key=value`` / bare ``--flag`` (true). Values are read as YAML."""
     overrides: dict[str, Any] = {}
@@ -128,18 +136,25 @@ def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
         token = argv[i]
         if not token.startswith("--"):
             raise RecipeError(f"unexpected argument {token!r}: overrides look like --key value")
-        key, _, inline = token[2:].partition("=")
+        key, has_inline, inline = token[2:].partition("=")
         key = key.replace("-", "_")
         if key in overrides:
             raise RecipeError(f"--{key} is given twice: give it once")
-        if inline:
+        if has_inline:  # --key=value; --key= is the empty text, as --key "" is
             raw = inline
         elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
             raw = argv[i + 1]
             i += 1
-        else:
+        elif _takes_bare(key):
             raw = "true"
-        value = _load_yaml(raw, f"--{key} {raw!r}") if raw != "" else ""
+        else:
+            raise RecipeError(f"--{key} needs a value (a bare flag is true, and {key} is not a true/false setting)")
+        node, value = _construct(raw, f"--{key} {raw!r}") if raw != "" else (None, "")
+        if node is not None and node.end_mark.index < len(raw.rstrip()):  # ' #...' is a YAML comment
+            if not _takes_text(key):
+                raise RecipeError(f"--{key} {raw!r}: YAML reads ' #' and what follows as a comment: drop it, or quote "
+                                  "the value")
+            value = raw.strip()
         overrides[key] = _as_written(key, value, raw.strip())
         i += 1
     return overrides
@@ -193,6 +208,10 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
         if values.get(required) in (None, ""):
             raise RecipeError(f"the recipe needs {required!r}")
     resolved = {key: coerce(value, table[key][2], key) for key, value in values.items()}
+    for key, value in resolved.items():  # transformers lists them in metadata and checks only some
+        choices = table[key][1].metadata.get("choices")
+        if choices and isinstance(value, str) and value not in choices:
+            raise RecipeError(f"{key}: {value!r} is not one of {list(choices)}: {close_matches(value, list(choices))}")
     if resolved.get("losses") is not None:
         resolved["losses"] = coerce_losses(resolved["losses"])
     if resolved.get("feature_pairs") is not None:
