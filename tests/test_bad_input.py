@@ -1528,7 +1528,7 @@ def test_flags_without_a_recipe_say_the_recipe_comes_first(capsys):
     """'--model_name_or_path OUT --do_train false' alone said "recipe '--model_name_or_path' does not exist"."""
     assert main(["--model_name_or_path", "outputs/run", "--do_train", "false"]) == 2
     line = error_of(capsys)
-    assert line.startswith("error: the recipe file comes first") and "--do_train false --model_name_or_path OUT" in line
+    assert line.startswith("error: the recipe file comes first") and "--do_train false --model_name_or_path OUT --student_from_scratch false" in line
     assert main(["--debug", "--model_name_or_path", "x"]) == 2  # a bare --debug is still the run's flag
     assert "the recipe file comes first" in capsys.readouterr().err
 

@@ -92,7 +92,8 @@ def _run_recipe(argv: list[str], stop: GracefulStop) -> None:
         command = entry_command()
         raise RecipeError(f"the recipe file comes first, then its overrides: {command} RECIPE.yaml "
                           f"[--key value ...] (got {argv[0]!r} first). To evaluate a trained run folder OUT: "
-                          f"{command} OUT/distill_config.yaml --do_train false --model_name_or_path OUT")
+                          f"{command} OUT/distill_config.yaml --do_train false --model_name_or_path OUT "
+                          "--student_from_scratch false")
     recipe = resolve_values(load_recipe(argv[0]), parse_cli_overrides(argv[1:]))
     if recipe.get("smoke_test"):
         run_smoke_test(recipe)
