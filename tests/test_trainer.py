@@ -161,8 +161,8 @@ def test_evaluation_counts_no_unreadable_image(tmp_path):
     readable = _eval_dataset(tmp_path, "readable", [i for i in range(10) if i != 3])
     with_bad = _eval_dataset(tmp_path, "with_bad", list(range(10)), unreadable=3)
     args = make_args(tmp_path, per_device_eval_batch_size=10, losses=[{"name": "ce"}, {"name": "kd"}, {"name": "rcka"}])
-    trainer = make_trainer(args, evaluation=readable)
-    expected, measured = trainer.evaluate(readable), trainer.evaluate(with_bad)
+    trainer = make_trainer(args, evaluation=with_bad)  # the card counts what its own evaluation set left out
+    expected, measured = trainer.evaluate(readable), trainer.evaluate()
     keys = ["eval_accuracy", "eval_loss", "eval_ce_loss", "eval_kd_loss", "eval_rcka_intra_loss", "eval_rcka_inter_loss"]
     assert 0 < expected["eval_accuracy"] < 1, "a stand-in copy could only go unnoticed at 0 or 1"
     assert {k: measured[k] for k in keys} == pytest.approx({k: expected[k] for k in keys}, rel=1e-5)
