@@ -70,6 +70,14 @@ def test_a_teacher_of_other_classes_whose_features_alone_are_distilled(tmp_path,
                         named(tiny_resnet(), ["x", "y", "z"]))
     assert trainer.args.teacher_accuracy_check == "off"
     assert "only its features are distilled" in caplog.text
+    # nor is it reported: the card put "teacher 7.1%, same images" (its class ids against other classes')
+    trainer.args.max_steps, trainer.args.eval_strategy = 1, "steps"
+    trainer.eval_dataset = pixel_dataset(6, seed=1)
+    trainer.train()
+    trainer.evaluate()
+    trainer.create_model_card()
+    assert trainer.card_facts.teacher_accuracy is None
+    assert "| teacher |" not in (tmp_path / "run" / "README.md").read_text()
     args = make_args(tmp_path, losses=["ce", "feature_cka"], teacher_accuracy_check="warn")
     teacher = named(tiny_resnet(), ["x", "y", "z"])
     align_teacher(teacher, args, ["a", "b", "c"], "by_name")

@@ -277,7 +277,18 @@ def teacher_alignment(teacher: nn.Module, labels: Sequence[str], mapping: str, r
                     "is not checked")
         if hasattr(args, "teacher_accuracy_check"):
             args.teacher_accuracy_check = "off"
+        setattr(teacher, _OTHER_CLASSES, True)  # nor reported: the card compared its ids with other classes'
         return None
+
+
+# Set on a teacher whose classes are not the run's (its features alone are distilled): an
+# accuracy of its logits on the run's labels means nothing, wherever it would be reported.
+_OTHER_CLASSES = "hf_rcka_other_classes"
+
+
+def has_other_classes(teacher: nn.Module | None) -> bool:
+    """Whether ``teacher_alignment`` found that ``teacher`` classifies other classes than the run's."""
+    return bool(getattr(teacher, _OTHER_CLASSES, False))
 
 
 def align_teacher_classes(teacher: nn.Module, labels: Sequence[str], mapping: str, reads_logits: bool,

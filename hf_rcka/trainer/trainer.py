@@ -76,7 +76,7 @@ from ..data.mixing import build_mixup, mix_batch
 from ..modeling.assembly import build_distillation_model, build_losses, run_loss_specs, switched_off
 from ..distributed import host_group
 from ..modeling.distillation_model import DistillationModel, counted_top1
-from ..models.labels import BY_NAME
+from ..models.labels import BY_NAME, has_other_classes
 from ..modeling.parallel import (
     check_fsdp_settings, default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp,
     require_full_state_dict, share_running_stats,
@@ -423,7 +423,7 @@ class DistillationTrainer(CheckpointingTrainer):
             self._term_logs["train"].add(outputs.loss_terms, weights)
         else:
             self._term_logs["eval"].add(outputs.loss_terms, self._evaluation_weights(inputs["labels"], outputs.loss_terms))
-            if outputs.teacher_logits is not None:
+            if outputs.teacher_logits is not None and not has_other_classes(self.distillation_model.teacher):
                 self._teacher_hits.add(*_top1(outputs.teacher_logits, inputs["labels"]))
         return (outputs.loss, {"logits": outputs.logits}) if return_outputs else outputs.loss
 
