@@ -321,11 +321,11 @@ def test_the_record_holds_the_batch_trained_with_and_no_resume(tmp_path):
     _, _, resumed = parse_arguments({**BASE, "per_device_train_batch_size": 10})
     record.on_train_begin(resumed, TrainerState(train_batch_size=5), None)
     assert path.read_text().startswith("# Global batch: 10 images (1 process x 10 images) per optimizer step.\n")
-    assert training_text(8, 2.0, "9 images", 0.01, exported_step=4) == (
+    assert training_text(8, 2.0, "9 images", 0.01, 0.01, exported_step=4) == (
         "8 optimizer steps (2 epochs), global batch 9 images, peak learning rate 0.01; the weights here are "
         "step 4's, the best evaluation")
-    assert training_text(8, 2.0, "9 images", 0.01, exported_step=8).endswith("peak learning rate 0.01")
-    assert training_text(8, 2.0, "9 images", 0.01, ema_decay=0.9998).endswith(
+    assert training_text(8, 2.0, "9 images", 0.01, 0.01, exported_step=8).endswith("peak learning rate 0.01")
+    assert training_text(8, 2.0, "9 images", 0.01, 0.01, ema_decay=0.9998).endswith(
         "; `eval_ema_*` measures an exponential moving average of the weights (decay 0.9998), which is not the model here")
 
 

@@ -329,10 +329,13 @@ def reproduction_text(seed: int, mixed_precision: str | None) -> str:
     return f"seed {seed}, {precision}; {', '.join(versions)}"
 
 
-def training_text(steps: int, epochs: float | None, batch: str, learning_rate: float,
+def training_text(steps: int, epochs: float | None, batch: str, learning_rate: float, scheduled_peak: float,
                   exported_step: int | None = None, ema_decay: float | None = None,
                   ema_exported: bool = False, resumed_step: int = 0) -> str | None:
     """The card's training line; None before any step was taken.
+
+    ``learning_rate``: the highest rate a step trained at; ``scheduled_peak``: the rate the
+    schedule rises to, which a warm-up longer than the run never reached.
 
     ``exported_step``: the step whose weights are exported when it is not the last one (the best
     checkpoint that ``load_best_model_at_end`` loaded). ``ema_decay``: the run kept a weight
@@ -346,6 +349,8 @@ def training_text(steps: int, epochs: float | None, batch: str, learning_rate: f
     if epochs:
         span += f" ({round(epochs, 2):g} {'epoch' if round(epochs, 2) == 1 else 'epochs'})"
     text = f"{span}, global batch {batch}, peak learning rate {learning_rate:g}"
+    if learning_rate < scheduled_peak * (1 - 1e-6):
+        text += f" (its warm-up to {scheduled_peak:g} was longer than the run)"
     if resumed_step:
         text += f"; resumed at step {resumed_step:,} from a checkpoint of an earlier launch"
     if exported_step is not None and exported_step != steps:

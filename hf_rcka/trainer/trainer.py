@@ -771,7 +771,7 @@ class DistillationTrainer(CheckpointingTrainer):
             license=license,
             training=training_text(self.state.global_step, self.state.epoch,
                                    describe_batch(self.args, self._train_batch_size),
-                                   self._peak_learning_rate(), checkpoint_step(best or ""),
+                                   *self._peak_learning_rate(), checkpoint_step(best or ""),
                                    self.args.model_ema_decay if self.model_ema is not None else None,
                                    bool(getattr(self.args, "model_ema_export", False)),
                                    self._resume_step.step),
@@ -779,10 +779,19 @@ class DistillationTrainer(CheckpointingTrainer):
             has_processor=self.processing_class is not None,
         )
 
-    def _peak_learning_rate(self) -> float:
-        """The rate the schedule peaks at: the schedule's own (a resumed run keeps its checkpoint's)."""
-        rates = getattr(self.lr_scheduler, "base_lrs", None) if self.lr_scheduler is not None else None
-        return max(rates) if rates else self.args.learning_rate
+    def _peak_learning_rate(self) -> tuple[float, float]:
+        """The highest rate the run's steps trained at, and the rate its schedule peaks at (a
+        resumed run keeps its checkpoint's): a warm-up longer than the run never reaches it."""
+        schedule = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)  # accelerate may wrap it
+        bases = getattr(schedule, "base_lrs", None)
+        target = max(bases) if bases else self.args.learning_rate
+        if isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):  # step k trains at base x factor(k - 1)
+            reached = max((base * factor(step) for base, factor in zip(schedule.base_lrs, schedule.lr_lambdas)
+                           for step in range(self.state.global_step)), default=target)
+        else:
+            logged = [entry["learning_rate"] for entry in self.state.log_history if "learning_rate" in entry]
+            reached = max(logged, default=target)
+        return reached, target
 
 
 def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None, final_step: int | None = None) -> dict:
