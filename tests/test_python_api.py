@@ -631,6 +631,7 @@ def test_another_set_evaluated_under_the_eval_prefix_stays_off_the_card(tmp_path
     trainer = build(make_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2),
                     named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]),
                     eval_dataset=pixel_dataset(10, seed=1))
+    trainer.predict(pixel_dataset(12, seed=5), metric_key_prefix="eval")  # logs nothing, marks nothing
     trainer.train()
     own = trainer.state.log_history[-2]["eval_accuracy"]  # the evaluation at step 2, then the train summary
     with caplog.at_level(logging.WARNING, logger="hf_rcka"):

@@ -346,8 +346,7 @@ class DistillationTrainer(CheckpointingTrainer):
         # would otherwise score the teacher once more, on one process: minutes at ImageNet's 50k images)
         self._teacher_hits = LossTermLog()
         self._evaluating_own_set = False
-        self._other_set_pending = False  # an evaluate(other_set) under the eval_ prefix, logged next
-        self._other_set_logs: list[int] = []  # ids of its log_history entries, which the card leaves out
+        self._other_set_logs: list[dict] = []  # evaluate(other_set)'s log_history entries, left off the card
         self.add_callback(self._term_logs["train"])  # empty at each attempt's start
         self.add_callback(ResumedRate())
         self._resume_step = ResumeStep()
@@ -455,9 +454,26 @@ class DistillationTrainer(CheckpointingTrainer):
             terms = self._term_logs["train"].means(self.accelerator.gather)
             logs = {**logs, **{f"{name}_loss": v for name, v in terms.items()}}
         super().log(_without_uncounted_flos(logs), start_time)
-        if self._other_set_pending and any(k.startswith("eval_") for k in logs):
-            self._other_set_pending = False
-            self._other_set_logs.append(id(self.state.log_history[-1]))
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Trainer's. A set other than the trainer's own evaluated under the ``eval`` prefix
+        (``evaluate(test_set)``) stays off the model card, which would put its numbers beside the
+        teacher's on the trainer's own set, as that set's ("same images", split: validation)."""
+        other = (metric_key_prefix == "eval" and self._other_eval_set(eval_dataset))
+        before = len(self.state.log_history)
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if other:
+            self._other_set_logs += self.state.log_history[before:]
+            if self.is_world_process_zero():
+                logger.warning("evaluated a set other than the trainer's eval_dataset under the 'eval' prefix: the "
+                               "model card leaves these numbers out (pass metric_key_prefix='test' to tell them apart)")
+        return metrics
+
+    def _other_eval_set(self, dataset: Any) -> bool:
+        """Whether ``dataset`` (an ``evaluate()`` argument) is another set than the trainer's own."""
+        return (dataset is not None and not isinstance(dataset, str) and self.eval_dataset is not None
+                and dataset is not self.eval_dataset and not self.is_in_train)
 
     # Public hook (shared by evaluate and predict), so ``test_*`` metrics get the per-term losses too.
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
@@ -529,16 +545,9 @@ class DistillationTrainer(CheckpointingTrainer):
         output.metrics.update({f"{metric_key_prefix}_{name}_loss": v for name, v in terms.items()})
         if terms:  # the total over counted images; Trainer's averages batch losses, stand-ins and repeats included
             output.metrics[f"{metric_key_prefix}_loss"] = sum(terms.values())
-        # evaluate(test_set) under the default prefix: the card would put its numbers beside the
-        # teacher's on the trainer's own set, as that set's ("same images", split: validation)
-        other_set = (metric_key_prefix == "eval" and self.eval_dataset is not None and not self._evaluating_own_set
-                     and not self.is_in_train)
-        if other_set:
-            self._other_set_pending = True
-            if self.is_world_process_zero():
-                logger.warning("evaluated a set other than the trainer's eval_dataset under the 'eval' prefix: the "
-                               "model card leaves these numbers out (pass metric_key_prefix='test' to tell them apart)")
-        elif metric_key_prefix == "eval" and output.label_ids is not None:
+        # the card's count, of the set whose numbers it shows (not evaluate(test_set)'s: see evaluate)
+        other_set = self.eval_dataset is not None and not self._evaluating_own_set and not self.is_in_train
+        if metric_key_prefix == "eval" and output.label_ids is not None and not other_set:
             self.card_facts.unreadable_eval_images = _uncounted(output.label_ids)
         if self.args.world_size > 1 and not has_length(dataloader.dataset):
             # a stream's count was this process's alone, and the speed metrics divided by it
@@ -754,7 +763,7 @@ class DistillationTrainer(CheckpointingTrainer):
         facts.tags = [tags] if isinstance(tags, str) else list(tags or facts.tags)
         facts.language = language if language is not None else facts.language
         best = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
-        history = [entry for entry in self.state.log_history if id(entry) not in self._other_set_logs]
+        history = [entry for entry in self.state.log_history if not any(entry is o for o in self._other_set_logs)]
         metrics = exported_metrics(history, best, self.state.global_step)
         complete_card_facts(self)
         write_model_card(
