@@ -683,3 +683,29 @@ def test_weight_files_that_do_not_fit_are_named_for_what_they_are(tmp_path: Path
     loaded.save_pretrained(tmp_path / "export")
     assert "auto_map" not in json.loads((tmp_path / "export" / "config.json").read_text())
 
+
+
+def test_a_final_norm_before_a_sequential_head_and_an_older_saves_buffers_are_no_body(tmp_path: Path) -> None:
+    """BiT's head is a Sequential (classifier.1), which counted as the last block, so its final
+    norm could no longer start anew; a teacher checkpoint holding LeViT's non-persistent index
+    buffers (an older save) was refused as a dropped layer."""
+    import transformers as tf
+    from safetensors.torch import load_file, save_file
+
+    from _models import hf_levit
+
+    bit = tf.BitForImageClassification(tf.BitConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                                    layer_type="preactivation", num_groups=4, num_labels=3))
+    bit.save_pretrained(tmp_path / "bit")
+    weights = load_file(tmp_path / "bit" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("bit.norm.")}, tmp_path / "bit" / "model.safetensors",
+              metadata={"format": "pt"})
+    assert load_image_classifier(str(tmp_path / "bit"), num_labels=5).config.num_labels == 5
+    levit = hf_levit()
+    levit.save_pretrained(tmp_path / "levit")
+    persistent = set(levit.state_dict())
+    extra = {name: buffer.clone() for name, buffer in levit.named_buffers() if name not in persistent}
+    assert extra
+    weights = load_file(tmp_path / "levit" / "model.safetensors")
+    save_file({**weights, **extra}, tmp_path / "levit" / "model.safetensors", metadata={"format": "pt"})
+    load_image_classifier(str(tmp_path / "levit"))  # a teacher

@@ -197,7 +197,10 @@ def _check_no_dropped_weights(name: str, model: PreTrainedModel, info: dict, ove
     dropped = sorted(key for key in info.get("unexpected_keys", ()) if not key.endswith("num_batches_tracked"))
     if not dropped:
         return
-    in_blocks = [key for key in dropped if any(part.isdigit() for part in key.split("."))]
+    # a layer the model lacks, not a buffer an older save held of a layer it has (LeViT's indices)
+    modules = {name for name, _ in model.named_modules()}
+    in_blocks = [key for key in dropped if any(part.isdigit() for part in key.split("."))
+                 and key.rpartition(".")[0] not in modules]
     if in_blocks and (overrides or not student):
         cause = f"config_overrides {sorted(overrides)} leave" if overrides else f"{type(model).__name__} leaves"
         raise ValueError(f"{cause} {name!r}'s weights {_some(in_blocks)} unused: the model would run without those "
@@ -231,7 +234,10 @@ def _head_and_norm_weights(model: PreTrainedModel) -> set[str]:
     head_ids = {id(head) for head in heads}
     names = set()
     modules = list(model.named_modules())
-    in_block = [any(part.isdigit() for part in module_name.split(".")) for module_name, _ in modules]
+    head_names = [name for name, module in modules if id(module) in head_ids]
+    in_head = [any(name == head or name.startswith(f"{head}.") for head in head_names) for name, _ in modules]
+    in_block = [any(part.isdigit() for part in name.split(".")) and not head
+                for (name, _), head in zip(modules, in_head)]  # a Sequential head's classifier.1 is no block
     last_block = max((i for i, inside in enumerate(in_block) if inside), default=-1)
     for i, (module_name, module) in enumerate(modules):
         norm = isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase))

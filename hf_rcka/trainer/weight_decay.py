@@ -19,10 +19,10 @@ from torch import nn
 HF_TOKEN_PARAMETERS = frozenset({"cls_token", "distillation_token", "mask_token", "position_embeddings",
                                  "register_tokens"})
 
-# Norms over each sample's features (timm's RmsNorm, SimpleNorm and LayerNorm2d, transformers'
+# Norms over each sample's features (instance norms, timm's RmsNorm, SimpleNorm and LayerNorm2d, transformers'
 # *LayerNorm / *RMSNorm classes): their weights are spared, as nn.LayerNorm's are. Matched by class
 # name where the class does not derive from torch's.
-_SAMPLE_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+_SAMPLE_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.instancenorm._InstanceNorm)
 _SAMPLE_NORM_NAMES = re.compile(r"(layer|rms|group|simple)_?norm", re.IGNORECASE)
 
 
@@ -58,8 +58,8 @@ def norm_weights(model: nn.Module) -> tuple[set[str], set[str]]:
         if not isinstance(weight, nn.Parameter):
             continue
         name = f"{prefix}.weight" if prefix else "weight"
-        if isinstance(module, nn.modules.batchnorm._NormBase):  # batch and instance norms
-            batch.add(name)
-        elif isinstance(module, _SAMPLE_NORMS) or _SAMPLE_NORM_NAMES.search(type(module).__name__):
+        if isinstance(module, _SAMPLE_NORMS) or _SAMPLE_NORM_NAMES.search(type(module).__name__):
             per_sample.add(name)
+        elif isinstance(module, nn.modules.batchnorm._NormBase):  # batch norms (instance norms are per sample)
+            batch.add(name)
     return per_sample, batch
