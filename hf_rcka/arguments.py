@@ -173,6 +173,12 @@ class DistillationTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Run folder of the same student trained alone; its accuracy goes into the model card."},
     )
+    card_license: str | None = field(
+        default=None,
+        metadata={"help": "The model card's license, a Hub license id (cc-by-nc-4.0, other...): set it to the "
+                          "data's or the teacher's terms when they are stricter (ImageNet's are non-commercial). "
+                          "Default apache-2.0, hf_rcka's own."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into an output_dir that already holds a run's model or checkpoints: that run's "

@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
         **COMMON, "model_name_or_path": "config:vit", "student_config_overrides": TINY_VIT,
         "teacher_model_name_or_path": str(teacher_dir), "output_dir": str(student_dir),
         "losses": [{"name": "ce"}, {"name": "rcka"}, {"name": "feature_cka"}], "feature_pairs": "auto",
-        "teacher_accuracy_check": "off",
+        "teacher_accuracy_check": "off", "card_license": "cc-by-nc-4.0",
     }
     recipe = write(root / "student.yaml", student)
     assert main([recipe, "--learning_rate", "2e-3"]) == 0
@@ -63,6 +63,7 @@ def test_output_dir_holds_a_plain_model_card_recipe_and_results(runs):
     assert [loss["name"] for loss in resolved["losses"]] == ["ce", "rcka", "feature_cka"]
     card = (student_dir / "README.md").read_text()
     assert "knowledge-distillation" in card.split("---")[1] and "base_model" not in card
+    assert "license: cc-by-nc-4.0" in card.split("---")[1], "the recipe's card_license, not apache-2.0"
     assert "`rcka_intra` (1), `rcka_inter` (1)" in card, "the card lists each weighted term, as trained"
     assert "- Training: 3 optimizer steps (0.5 epochs), global batch 10 images (1 process x 10 images), " \
            "peak learning rate 0.002\n" in card

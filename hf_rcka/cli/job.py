@@ -536,7 +536,8 @@ def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: Ski
     """Model card, the skipped-images summary, the Hub push of a training run, and where its model is."""
     args = trainer.args
     if trainer.is_world_process_zero() and args.do_train:  # an image folder is named by card_facts
-        trainer.create_model_card(model_name=_hub_model_name(args), dataset=data_args.dataset_name)
+        trainer.create_model_card(model_name=_hub_model_name(args), dataset=data_args.dataset_name,
+                                  license=args.card_license)
     if skipped.summary():
         logger.warning(skipped.summary())
     if args.push_to_hub and args.do_train:
