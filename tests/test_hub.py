@@ -243,6 +243,22 @@ def test_a_baseline_is_compared_by_the_training_in_effect_not_by_its_spelling(tm
         {"name": "ce", "label_smoothing": 0.1}, {"name": "kd"}])
     assert "trained otherwise (adam_beta2 differs)" in compare(64, 1.25e-4, learning_rate=1.25e-4,
                                                                label_smoothing_factor=0.1, adam_beta2=0.5)
+    # the precision (a bf16 baseline was called comparable, +28 points against the true +5.6)
+    assert "trained otherwise (bf16 differs)" in compare(64, 1.25e-4, learning_rate=1.25e-4,
+                                                         label_smoothing_factor=0.1, bf16=True)
+    # the schedule as it ran: a baseline resumed with other schedule settings recorded the same recipe
+    (baseline / "trainer_state.json").write_text(json.dumps({"global_step": 100, "log_history": [
+        {"step": 50, "learning_rate": 1e-4}, {"step": 100, "learning_rate": 0.0}]}))
+    rates = {50: 6e-5, 100: 0.0}
+    (baseline / "distill_config.yaml").write_text("# Global batch: 64 images (1 process x 64 images) per optimizer "
+                                                  "step.\n" + yaml.safe_dump(recorded))
+    mine = {"dataset_name": "builtin:digits", "no_aug": True, "lr_scheduler_kwargs": {}, "learning_rate": 1.25e-4,
+            "label_smoothing_factor": 0.1}
+    note = read_baseline(str(baseline), settings, None, TrainingRecord(mine, 100, 64, 1.25e-4, rates))[1]
+    assert note.endswith("trained otherwise (another learning-rate schedule (at step 50: 0.0001 against this "
+                         "run's 6e-05))")
+    assert read_baseline(str(baseline), settings, None, TrainingRecord(mine, 100, 64, 1.25e-4, {50: 1e-4}))[1] \
+        == "run `alone`, same images"
 
 
 def test_a_baseline_that_spells_its_image_folder_otherwise_saw_the_same_images(tmp_path, monkeypatch):

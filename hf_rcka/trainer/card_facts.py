@@ -45,6 +45,7 @@ STUDENT_KEYS = ("model_name_or_path", "student_from_scratch", "student_config_ov
 TRAINING_KEYS = (
     "max_train_samples", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "weight_decay",
     "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "model_ema",
+    "model_no_weight_decay", "bf16", "fp16",  # which weights decay; the precision the steps computed in
     # an export chosen among evaluations on these very images is another measurement than the last step's
     "load_best_model_at_end",
     *(f.name for f in dataclasses.fields(AugmentationArguments)),
@@ -62,12 +63,20 @@ logger = logging.getLogger(__name__)
 
 class TrainingRecord(NamedTuple):
     """How a run trained, as a baseline is compared with it: its recorded recipe (the command
-    line's; empty from Python), optimizer steps, global batch and peak learning rate."""
+    line's; empty from Python), optimizer steps, global batch and peak learning rate, and the rate
+    it logged at each logging step (``log_history``)."""
 
     recipe: dict[str, Any]
     steps: int
     global_batch: int
     learning_rate: float
+    logged_rates: dict[int, float] = {}
+
+
+def logged_rates(log_history: list[dict]) -> dict[int, float]:
+    """The learning rate a run logged at each step it logged one."""
+    return {entry["step"]: entry["learning_rate"] for entry in log_history
+            if "learning_rate" in entry and "step" in entry}
 
 
 # Folder names that say which split a folder holds, not what the data is: /data/pets/train is "pets".
@@ -306,11 +315,22 @@ def _other_training(baseline_dir: str, recipe: dict, defaults: dict, own: Traini
     if rate is not None and not math.isclose(rate, own.learning_rate, rel_tol=1e-6):
         other.append(f"a learning rate of {rate:g} against this run's {own.learning_rate:g}")
     try:
-        steps = json.load(open(os.path.join(baseline_dir, "trainer_state.json"))).get("global_step")
+        with open(os.path.join(baseline_dir, "trainer_state.json"), encoding="utf-8") as handle:
+            state = json.load(handle)
     except (OSError, ValueError):
-        steps = None
+        state = {}
+    steps = state.get("global_step")
     if steps != own.steps:
         other.append(f"{steps if steps is not None else 'unrecorded'} optimizer steps against this run's {own.steps}")
+    # the schedule as it ran: a run resumed with other schedule settings, or a warm-up the recipes
+    # spell alike, shows in the rates both logged at the same steps
+    theirs = logged_rates(state.get("log_history") or [])
+    differing = [step for step in sorted(theirs.keys() & own.logged_rates.keys())
+                 if not math.isclose(theirs[step], own.logged_rates[step], rel_tol=1e-6, abs_tol=1e-12)]
+    if differing and not other:
+        step = differing[0]
+        other.append(f"another learning-rate schedule (at step {step}: {theirs[step]:g} against this run's "
+                     f"{own.logged_rates[step]:g})")
     return other
 
 
@@ -451,7 +471,8 @@ def complete_card_facts(trainer: Any) -> CardFacts:
     if baseline_dir and facts.baseline_accuracy is None:
         # the batch trained with: auto_find_batch_size may have lowered it (the recorded header's too)
         own = TrainingRecord(_recorded_recipe(trainer.args.output_dir), trainer.state.global_step,
-                             global_batch_size(trainer.args, trainer._train_batch_size), trainer.args.learning_rate)
+                             global_batch_size(trainer.args, trainer._train_batch_size), trainer.args.learning_rate,
+                             logged_rates(trainer.state.log_history))
         facts.baseline_accuracy, facts.baseline_note, facts.baseline_comparable = read_baseline(
             baseline_dir, facts.run_settings, facts.student_settings or None, own)
     return facts
