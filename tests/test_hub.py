@@ -283,6 +283,10 @@ def test_a_local_dataset_folder_is_named_not_its_path(tmp_path):
     assert "on the local dataset folder `pets` (not a Hub dataset)." in card.text
     assert card.data.datasets is None and card.data.eval_results[0].dataset_name == "pets (local dataset folder)"
     assert str(tmp_path) not in card.content
+    # the model-index type is a Hub dataset id: the folder's name put the result under the Hub's `pets`
+    assert card.data.eval_results[0].dataset_type == "local"
+    parquet = card_facts_of(STUDENT, DataArguments(dataset_name=str(folder)), 6, data_format="parquet")
+    assert parquet.dataset_type == "parquet"
 
 
 def test_eval_data_says_when_max_eval_samples_drew_a_subset():

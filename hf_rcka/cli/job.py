@@ -328,7 +328,8 @@ def _checked_trainer(
     )
     trainer.card_facts = card_facts_of(model_args, data_args, len(eval_dataset), len(raw["validation"]),
                                        split=raw.evaluated, carved=raw.carved,
-                                       train_images=(len(train_dataset), len(raw["train"])) if args.do_train else None)
+                                       train_images=(len(train_dataset), len(raw["train"])) if args.do_train else None,
+                                       data_format=raw["train"].info.builder_name)
     return trainer, skipped
 
 

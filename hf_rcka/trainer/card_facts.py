@@ -168,7 +168,7 @@ def local_checkpoint_of(model_name_or_path: str, from_scratch: bool) -> str | No
 
 def describe_eval_data(
     data_args: Any, num_images: int | None, num_validation: int | None = None, split: str | None = None,
-    carved: bool = False,
+    carved: bool = False, data_format: str | None = None,
 ) -> dict[str, Any]:
     """``eval_data``, ``eval_images``, ``image_folder`` and the ``model-index`` dataset fields.
 
@@ -177,12 +177,15 @@ def describe_eval_data(
     data's split that was evaluated, as it is named there (``test`` when a dataset has no
     validation split; ``train`` for a validation split ``carved`` from it, or in an
     evaluation-only run of data with no other split); None where the caller does not know it.
+    ``data_format``: the datasets loader a local dataset folder was read with (``parquet``,
+    ``arrow``...), its ``model-index`` type: the Hub reads that field as a dataset id, and a folder
+    named ``beans`` would be indexed under the Hub's ``beans``.
     """
     if data_args.dataset_name == "builtin:digits":
         name, label = "digits", "scikit-learn handwritten digits"
     elif data_args.dataset_name and os.path.isdir(data_args.dataset_name):  # named, never its local path
-        name = image_folder_name(data_args.dataset_name)
-        label = f"{name} (local dataset folder)"
+        label = f"{image_folder_name(data_args.dataset_name)} (local dataset folder)"
+        name = data_format or "local"
     elif data_args.dataset_name:
         name = label = data_args.dataset_name
     else:  # "imagefolder" is datasets' loader, the model-index type Hub cards give local image folders
@@ -428,12 +431,14 @@ def _teacher_pass(trainer: Any) -> float | None:
 def card_facts_of(
     model_args: Any, data_args: Any, num_eval_images: int | None, num_validation_images: int | None = None,
     split: str | None = None, carved: bool = False, train_images: tuple[int, int] | None = None,
+    data_format: str | None = None,
 ) -> CardFacts:
     """What the CLI knows before training: the student's starting checkpoint and the eval data.
 
     ``num_validation_images``: the validation split's size, before ``max_eval_samples``; ``split``
     and ``carved``: which of the data's splits was evaluated (see ``describe_eval_data``);
-    ``train_images``: how many images were trained on, of how many in the training split.
+    ``train_images``: how many images were trained on, of how many in the training split;
+    ``data_format``: the loader of a local dataset folder (see ``describe_eval_data``).
     """
     drawn, total = train_images or (0, 0)
     subset = (f"a random {drawn:,} of its {total:,} training images: max_train_samples, drawn with split_seed "
@@ -445,7 +450,7 @@ def card_facts_of(
         run_settings={k: getattr(data_args, k, None) for k in SPLIT_KEYS},
         student_settings={k: getattr(model_args, k, None) for k in STUDENT_KEYS},
         train_subset=subset,
-        **describe_eval_data(data_args, num_eval_images, num_validation_images, split, carved),
+        **describe_eval_data(data_args, num_eval_images, num_validation_images, split, carved, data_format),
     )
 
 
