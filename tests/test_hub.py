@@ -29,7 +29,8 @@ def _card(tmp_path, facts=None, **kwargs):
 
 
 def test_metadata_parses_back_with_license_tags_datasets_and_model_index(tmp_path):
-    facts = CardFacts(teacher_accuracy=0.98, eval_data="acme/shapes", eval_images=540, dataset_label="Shapes")
+    facts = CardFacts(teacher_accuracy=0.98, eval_data="acme/shapes", eval_images=540, dataset_label="Shapes",
+                      eval_split="validation")
     card, _ = _card(tmp_path, facts)
     data = card.data
     assert data.license == "apache-2.0"
@@ -42,6 +43,9 @@ def test_metadata_parses_back_with_license_tags_datasets_and_model_index(tmp_pat
     assert (top1.dataset_type, top1.dataset_name, top1.dataset_split) == ("acme/shapes", "Shapes", "validation")
     assert results["Top-5 accuracy"].metric_value == 1.0
     assert data.model_name == "tiny-student"
+    # a card written from Python, where the split evaluated is not known, names none
+    unknown, _ = _card(tmp_path / "unknown", CardFacts(teacher_accuracy=0.98))
+    assert unknown.data.eval_results[0].dataset_split is None
     text = card.text
     assert "| teacher | 98.0% |" in text and "Measured on 540 images of acme/shapes." in text
     assert "eval_runtime" not in text

@@ -134,7 +134,7 @@ class CardFacts:
     dataset_config: str | None = None
     train_subset: str | None = None
     image_folder: str | None = None
-    eval_split: str | None = "validation"
+    eval_split: str | None = None  # the split evaluated, where known (the command line knows it; Python does not)
     run_settings: dict[str, Any] = field(default_factory=dict)
     student_settings: dict[str, Any] = field(default_factory=dict)
     baseline_comparable: bool = False
