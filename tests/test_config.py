@@ -124,6 +124,15 @@ def test_flags_mean_what_was_typed():
         resolve_values(BASE, {"train_sampling_strategy": "sequentail"})
 
 
+def test_a_home_folder_is_expanded_in_every_path_setting(monkeypatch, tmp_path):
+    """~ reached a call that expands it for output_dir and the data folders, but not for the
+    teacher, the student or baseline_dir."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    values = resolve_values({**BASE, "teacher_model_name_or_path": "~/teacher", "baseline_dir": "~/alone"}, {})
+    assert values["teacher_model_name_or_path"] == str(tmp_path / "teacher")
+    assert values["baseline_dir"] == str(tmp_path / "alone")
+
+
 def test_cli_rejects_positional_garbage():
     with pytest.raises(RecipeError, match="--key value"):
         parse_cli_overrides(["oops"])

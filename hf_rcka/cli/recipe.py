@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import os
 import re
 import types
 import typing
@@ -182,6 +183,11 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return recipe
 
 
+# Settings that name a file or folder (a model name may be a folder, a dataset name too)
+_PATH_KEYS = ("model_name_or_path", "teacher_model_name_or_path", "baseline_dir", "train_dir", "validation_dir",
+              "output_dir", "resume_from_checkpoint", "dataset_name", "logging_dir")
+
+
 def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge ``recipe`` and CLI ``overrides`` (which win), check every key and convert every value.
 
@@ -208,6 +214,9 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
         if values.get(required) in (None, ""):
             raise RecipeError(f"the recipe needs {required!r}")
     resolved = {key: coerce(value, table[key][2], key) for key, value in values.items()}
+    for key in _PATH_KEYS:  # as a shell would: only some of them reached a call that expands it
+        if isinstance(resolved.get(key), str) and resolved[key].startswith("~"):
+            resolved[key] = os.path.expanduser(resolved[key])
     for key, value in resolved.items():  # transformers lists them in metadata and checks only some
         choices = table[key][1].metadata.get("choices")
         if choices and isinstance(value, str) and value not in choices:
