@@ -124,6 +124,34 @@ def test_sigint_stops_after_the_current_step_with_a_checkpoint(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before, "handlers are restored"
 
 
+def test_a_stop_is_said_once_and_never_called_a_completed_training(tmp_path, caplog):
+    """Every process of a data-parallel run got the signal and said so; and transformers' "Training
+    completed. Do not forget to share your model" came just before "interrupted by SIGINT"."""
+    from types import SimpleNamespace
+
+    from hf_rcka.arguments import DistillationTrainingArguments
+    from hf_rcka.cli.job import _transformers_levels
+
+    replica = GracefulStop()
+    replica.on_train_begin(SimpleNamespace(should_log=False), None, None)
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        replica._handle(signal.SIGINT, None)
+    assert replica.signum == signal.SIGINT and "SIGINT received" not in caplog.text
+    _transformers_levels(DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    import logging
+
+    said, trainer_logger = [], logging.getLogger("transformers.trainer")
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    trainer_logger.addHandler(handler)
+    try:
+        trainer_logger.info("\n\nTraining completed. Do not forget to share your model")
+        trainer_logger.info("***** Running training *****")
+    finally:
+        trainer_logger.removeHandler(handler)
+    assert said == ["***** Running training *****"]
+
+
 def _stopped_keeping_the_best(tmp_path, at_step: int, max_steps: int):
     """Train with load_best_model_at_end and save_total_limit 1 (best: the highest loss, an early
     checkpoint), a SIGTERM in step ``at_step``; the trainer and what training raised."""

@@ -204,7 +204,19 @@ def _transformers_levels(args: DistillationTrainingArguments) -> None:
     """transformers at WARNING but its Trainer at the run's level; again once the Trainer is built,
     which sets all of transformers to the recipe's level (``Configuration saved in`` at INFO)."""
     transformers.utils.logging.set_verbosity(logging.WARNING)
-    logging.getLogger("transformers.trainer").setLevel(_run_log_level(args))
+    trainer_logger = logging.getLogger("transformers.trainer")
+    trainer_logger.setLevel(_run_log_level(args))
+    if not any(isinstance(f, _NoCompletedLine) for f in trainer_logger.filters):
+        trainer_logger.addFilter(_NoCompletedLine())
+
+
+class _NoCompletedLine(logging.Filter):
+    """Trainer's "Training completed. Do not forget to share your model" closes every run, an
+    interrupted one too, just before the run says it was interrupted; the run's own last line says
+    where the model is and how to share it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        return not str(record.msg).lstrip().startswith("Training completed")
 
 
 def _check_before_loading(

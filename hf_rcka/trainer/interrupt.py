@@ -67,6 +67,7 @@ class GracefulStop(TrainerCallback):
         self.updating = False  # between a step's first forward and its end: the state matches no step
         self._training = False
         self._finishing = False
+        self._says = True  # the process that logs; every process gets the signal, one says it
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -98,19 +99,22 @@ class GracefulStop(TrainerCallback):
     def _handle(self, signum: int, frame: Any) -> None:
         if self._finishing and self.signum is None:
             self.signum = signum
-            logger.warning("%s received: stopping once the trained model is saved (send it again to stop at once)",
-                           signal.Signals(signum).name)
+            if self._says:
+                logger.warning("%s received: stopping once the trained model is saved (send it again to stop at "
+                               "once)", signal.Signals(signum).name)
             return
         if not self._training:
             raise Interrupted(signum)
         if self.signum is not None:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping at once")
         self.signum = signum
-        logger.warning("%s received: saving a checkpoint after the current step, then stopping "
-                       "(send it again to stop at once)", signal.Signals(signum).name)
+        if self._says:  # on a line of its own, not after the progress bar's
+            logger.warning("\n%s received: saving a checkpoint after the current step, then stopping "
+                           "(send it again to stop at once)", signal.Signals(signum).name)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
         self._training = True
+        self._says = bool(getattr(args, "should_log", True))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
         self._training = False
