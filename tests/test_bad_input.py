@@ -1797,3 +1797,43 @@ def test_an_output_dir_that_cannot_be_made_is_one_line_before_anything_loads(tmp
     too_long = tmp_path / ("x" * 300)
     assert run(tmp_path, base(tmp_path, output_dir=str(too_long))) == 2
     assert error_of(capsys).startswith(f"error: output_dir {str(too_long)!r} cannot be created (File name too long)")
+
+
+def test_folder_names_with_glob_characters_or_a_trailing_slash_read_their_own_files(tmp_path, caplog):
+    """datasets reads data files as glob patterns: a saved DatasetDict "ds[12]" trained on its
+    sibling "ds2"'s rows, exit 0; a parquet folder "pq[12]" read "pq1"; train_dir "plain/" failed
+    with "corresponds to no data"; a hidden class folder ".inf" vanished with its images."""
+    import datasets
+    from PIL import Image
+
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data.datasets import load_raw_datasets
+    from hf_rcka.errors import DataError
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+
+    def saved(folder, rows):
+        split = {"image": [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(rows)], "label": _cycle([0, 1], rows)}
+        datasets.DatasetDict({name: datasets.Dataset.from_dict(split, features=features)
+                              for name in ("train", "validation")}).save_to_disk(str(folder))
+
+    saved(tmp_path / "ds[12]", 12)
+    saved(tmp_path / "ds2", 6)
+    raw = load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "ds[12]"), label_column_name="label"))
+    assert len(raw["train"]) == 12
+    (tmp_path / "pq[12]").mkdir()
+    (tmp_path / "pq[12]" / "train.parquet").write_bytes(b"")
+    with pytest.raises(DataError, match=r"this name's \[, \* or \? would match other folders' files"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "pq[12]")))
+    for name in ("cat", "dog", ".inf"):
+        (tmp_path / "plain" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "plain" / name / f"{i}.png")
+    from hf_rcka.data.image_folders import check_data_dirs
+
+    data = DataArguments(train_dir=f"{tmp_path / 'plain'}/", train_val_split=0.5)
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        check_data_dirs(data)  # as the command line checks it before loading
+    assert "hidden folders (a leading '.') are skipped, images and all: ['.inf']" in caplog.text
+    raw = load_raw_datasets(data)
+    assert len(raw["train"]) + len(raw["validation"]) == 12

@@ -360,3 +360,26 @@ def test_optim_args_that_never_reach_the_optimizer_are_refused(tmp_path, optim, 
         check_arguments(TrainingArguments(str(tmp_path), optim=optim, optim_args=optim_args, use_cpu=True))
     DistillationTrainingArguments(str(tmp_path), optim="sgd", optim_args="momentum=0.9,nesterov=True", use_cpu=True)
     DistillationTrainingArguments(str(tmp_path), optim="adafactor", optim_args="scale_parameter=False", use_cpu=True)
+
+
+def test_a_record_run_again_from_another_folder_reads_its_paths_where_its_run_ran(tmp_path, monkeypatch):
+    """Run again from another working directory, a recorded recipe's relative data/train named that
+    folder's data/train (3 classes trained for the record's 31, exit 0)."""
+    import json
+
+    from hf_rcka.cli.records import WORKING_DIR_NAME, recipe_as_recorded
+
+    first, other, run = tmp_path / "first", tmp_path / "other", tmp_path / "first" / "out"
+    for where in (first, other):
+        (where / "data" / "train").mkdir(parents=True)
+    (first / "teacher").mkdir()
+    run.mkdir()
+    (run / WORKING_DIR_NAME).write_text(json.dumps({"working_dir": str(first)}))
+    recipe = {"train_dir": "data/train", "teacher_model_name_or_path": "teacher", "model_name_or_path": "timm/resnet18"}
+    monkeypatch.chdir(other)
+    anchored = recipe_as_recorded(str(run / "distill_config.yaml"), recipe)
+    assert anchored == {"train_dir": str(first / "data" / "train"), "teacher_model_name_or_path": str(first / "teacher"),
+                        "model_name_or_path": "timm/resnet18"}
+    monkeypatch.chdir(first)  # where it ran: as written
+    assert recipe_as_recorded(str(run / "distill_config.yaml"), recipe) == recipe
+    assert recipe_as_recorded(str(tmp_path / "plain.yaml"), recipe) == recipe  # no record beside it

@@ -20,6 +20,7 @@ from ..trainer.resume_hint import Stopped, entry_command, relaunch_command, secr
 from .help import USAGE, losses_help, recipe_help
 from .job import run
 from .recipe import build_arguments, load_recipe, parse_cli_overrides, resolve_values
+from .records import recipe_as_recorded
 from .smoke import run_smoke_test
 
 
@@ -94,7 +95,7 @@ def _run_recipe(argv: list[str], stop: GracefulStop) -> None:
                           f"[--key value ...] (got {argv[0]!r} first). To evaluate a trained run folder OUT: "
                           f"{command} OUT/distill_config.yaml --do_train false --model_name_or_path OUT "
                           "--student_from_scratch false")
-    recipe = resolve_values(load_recipe(argv[0]), parse_cli_overrides(argv[1:]))
+    recipe = resolve_values(recipe_as_recorded(argv[0], load_recipe(argv[0])), parse_cli_overrides(argv[1:]))
     if recipe.get("smoke_test"):
         run_smoke_test(recipe)
         return

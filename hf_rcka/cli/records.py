@@ -16,6 +16,7 @@ data settings, with its relative paths read from the folder its run ran in.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from ..trainer.card_facts import BATCH_HEADER, RECIPE_RECORD
 from ..trainer.checkpointing import checkpoint_step
 from ..trainer.resume_hint import launch_command
 from .recipe import dump_recipe, load_recipe
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = RECIPE_RECORD  # a training run's resolved recipe, in its output_dir (the card names it)
 # The folder a run's relative paths (train_dir: data/train) were relative to. Local only: the "_"
@@ -102,11 +105,30 @@ def recorded_recipe(folder: str, config_name: str = CONFIG_NAME) -> dict[str, An
     return _anchored(recipe, recorded_working_dir(os.path.dirname(path)))
 
 
-def _anchored(recipe: dict[str, Any], working_dir: str | None) -> dict[str, Any]:
+def recipe_as_recorded(path: str, recipe: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded recipe (``path`` beside its ``_working_dir.json``) read as its run read it:
+    run again from another folder, its relative data, teacher and student paths named that
+    folder's (another ``data/train`` of 3 classes trained for the record's 31, exit 0)."""
+    working_dir = recorded_working_dir(os.path.dirname(os.path.abspath(path)))
+    if working_dir is None or os.path.realpath(working_dir) == os.path.realpath(os.getcwd()):
+        return recipe
+    anchored = _anchored(dict(recipe), working_dir, (*_ANCHORED_KEYS, "model_name_or_path", "baseline_dir"))
+    moved = sorted(key for key in anchored if anchored[key] != recipe.get(key))
+    if moved:
+        logger.info("%s: %s read from %s, where its run ran (as recorded in %s)", path, ", ".join(moved), working_dir,
+                    WORKING_DIR_NAME)
+    return anchored
+
+
+# The recipe keys whose relative paths name a folder of the working directory the run ran in
+_ANCHORED_KEYS = ("train_dir", "validation_dir", "dataset_name", "teacher_model_name_or_path")
+
+
+def _anchored(recipe: dict[str, Any], working_dir: str | None, keys: Sequence[str] = _ANCHORED_KEYS) -> dict[str, Any]:
     """The recipe's relative data and teacher paths read from the folder its run ran in, not from this one's."""
     if working_dir is None:
         return recipe
-    for key in ("train_dir", "validation_dir", "dataset_name", "teacher_model_name_or_path"):
+    for key in keys:
         value = recipe.get(key)
         if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
             anchored = os.path.join(working_dir, value)

@@ -85,16 +85,23 @@ def _load_source(args: DataArguments) -> datasets.DatasetDict:
             return saved
         listed = _saved_split_files(args.dataset_name)
         if listed is not None:  # each split's files store its own class names: realigned as below
-            raw = datasets.load_dataset("arrow", data_files=listed)
+            # datasets reads data files as glob patterns: a folder "ds[12]" read a sibling "ds2"
+            raw = datasets.load_dataset("arrow", data_files={split: [glob.escape(f) for f in files]
+                                                             for split, files in listed.items()})
             return realign_stored_labels(raw, listed, args.label_column_name)
+        if os.path.isdir(args.dataset_name) and glob.escape(args.dataset_name) != args.dataset_name:
+            raise DataError(f"dataset_name {args.dataset_name!r}: datasets reads a folder's files through glob "
+                            "patterns, and this name's [, * or ? would match other folders' files (a folder "
+                            "'pq[12]' read 'pq1'): rename the folder")
         builder = _builder(args.dataset_name, args.dataset_config_name)
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
         files = parquet_split_files(builder)
         return realign_stored_labels(raw, files, args.label_column_name) if files else raw
     # datasets reads these as glob patterns: a folder named like "set[ab]" would match "seta"
-    data_files = {"train": f"{glob.escape(args.train_dir)}/**"}
+    # (a trailing slash made "plain//**", which matched nothing)
+    data_files = {"train": os.path.join(glob.escape(os.path.normpath(args.train_dir)), "**")}
     if args.validation_dir:
-        data_files["validation"] = f"{glob.escape(args.validation_dir)}/**"
+        data_files["validation"] = os.path.join(glob.escape(os.path.normpath(args.validation_dir)), "**")
     return datasets.load_dataset("imagefolder", data_files=data_files)
 
 

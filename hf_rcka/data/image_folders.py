@@ -76,11 +76,15 @@ def class_folders(folder: str) -> list[str]:
             images sit directly in the folder next to class folders.
     """
     extensions = _image_extensions()
-    classes, imageless, loose = [], [], []
+    classes, imageless, loose, hidden = [], [], [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions:
             loose.append(entry.name)
-        if not entry.is_dir() or entry.name.startswith("."):
+        if not entry.is_dir():
+            continue
+        if entry.name.startswith("."):  # datasets skips hidden folders: a class ".inf" would vanish unsaid
+            if _images_inside(entry.path, extensions)[0]:
+                hidden.append(entry.name)
             continue
         _check_loadable(folder, entry)
         direct, nested = _images_inside(entry.path, extensions)
@@ -105,6 +109,9 @@ def class_folders(folder: str) -> list[str]:
     check_one_form_each(folder, classes)
     if imageless:
         logger.warning("%s: sub-folders without images are not classes: %s", folder, listed_names(imageless))
+    if hidden:
+        logger.warning("%s: hidden folders (a leading '.') are skipped, images and all: %s; rename any that is a "
+                       "class", folder, listed_names(hidden))
     return classes
 
 
