@@ -117,6 +117,9 @@ def test_flags_mean_what_was_typed():
         resolve_values(BASE, parse_cli_overrides(["--output_dir="]))
     assert parse_cli_overrides(["--resume_from_checkpoint", "--bf16"]) == {"resume_from_checkpoint": True, "bf16": True}
     assert parse_cli_overrides(["--run_name", "teacher #3"]) == {"run_name": "teacher #3"}
+    assert parse_cli_overrides(["--run_name", "#3 ün"]) == {"run_name": "#3 ün"}  # was recorded as null
+    with pytest.raises(RecipeError, match="YAML reads ' #' and what follows as a comment"):
+        parse_cli_overrides(["--seed", "#3"])
     with pytest.raises(RecipeError, match=r"--seed '3 #4': YAML reads ' #' and what follows as a comment"):
         parse_cli_overrides(["--seed", "3 #4"])
     with pytest.raises(RecipeError, match=r"train_sampling_strategy: 'sequentail' is not one of .*did you mean "

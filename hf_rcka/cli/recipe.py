@@ -151,7 +151,9 @@ def parse_cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
         else:
             raise RecipeError(f"--{key} needs a value (a bare flag is true, and {key} is not a true/false setting)")
         node, value = _construct(raw, f"--{key} {raw!r}") if raw != "" else (None, "")
-        if node is not None and node.end_mark.index < len(raw.rstrip()):  # ' #...' is a YAML comment
+        # ' #...' is a YAML comment, and a value that starts with '#' is one whole (it read as null)
+        commented = node.end_mark.index < len(raw.rstrip()) if node is not None else raw.strip().startswith("#")
+        if commented:
             if not _takes_text(key):
                 raise RecipeError(f"--{key} {raw!r}: YAML reads ' #' and what follows as a comment: drop it, or quote "
                                   "the value")
