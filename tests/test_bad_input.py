@@ -343,6 +343,11 @@ def test_push_to_hub_offline_or_without_a_token(tmp_path, capsys, no_loading, mo
     assert run(tmp_path, base(tmp_path, push_to_hub=True)) == 2
     assert "push_to_hub needs a Hugging Face token" in error_of(capsys)
     assert not (tmp_path / "out").exists()
+    # an id the Hub refuses: Trainer's traceback after loading (and after setting an earlier run aside)
+    assert run(tmp_path, base(tmp_path, push_to_hub=True, hub_model_id="me/my model")) == 2
+    assert "push_to_hub: hub_model_id 'me/my model' is no Hub repository id" in error_of(capsys)
+    assert run(tmp_path, base(tmp_path, push_to_hub=True, output_dir=str(tmp_path / "o ut"))) == 2
+    assert "push_to_hub: the output_dir's folder name (the default hub_model_id) 'o ut'" in error_of(capsys)
 
 
 def test_losses_that_do_not_fit_the_models(tmp_path, capsys, no_loading):

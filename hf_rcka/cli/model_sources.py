@@ -26,8 +26,19 @@ _FIXED_GRID_TYPES = ("vit", "deit")
 
 
 def check_hub_access(args: Any) -> None:
-    """``push_to_hub`` needs the Hub online and a token; found now, not after hours of training."""
+    """``push_to_hub`` needs a valid repository id, the Hub online and a token; found now, not after
+    hours of training (an id with a space was Trainer's traceback after loading, and after an earlier
+    run in the folder had been set aside)."""
     from huggingface_hub import constants, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))  # Trainer's default: the folder
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as err:
+        where = "hub_model_id" if args.hub_model_id else "the output_dir's folder name (the default hub_model_id)"
+        raise RecipeError(f"push_to_hub: {where} {repo!r} is no Hub repository id ({err}): set hub_model_id to "
+                          "'you/name' of letters, digits, '-', '_' and '.'") from None
 
     if constants.HF_HUB_OFFLINE:
         raise RecipeError("push_to_hub: the Hugging Face Hub is offline (HF_HUB_OFFLINE is set): unset it, "
