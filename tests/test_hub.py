@@ -390,3 +390,14 @@ def test_a_cka_section_without_markers_is_replaced_up_to_the_next_section(tmp_pa
     card = add_cka_to_card(tmp_path, "cka.png", "| new |")
     assert "old.png" not in card.text and "## Citation\n\nUs." in card.text
     assert card.text.count("## Layer-by-layer CKA") == 1
+
+
+def test_the_usage_snippet_is_python_whatever_the_folder_is_called(tmp_path):
+    """A folder name with a quote or a backslash wrote from_pretrained("we"ird"), broken Python."""
+    import ast
+
+    card, _ = _card(tmp_path, model_name='we"ird\\name', repo_id=None)
+    code = card.text.split("```python")[1].split("```")[0]
+    ast.parse(code)
+    assert 'from_pretrained("we\\"ird\\\\name")' in code
+

@@ -14,6 +14,7 @@ evaluated, and uploads the folder as written (``transformers``' shared ``HfApi``
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 from typing import Any
 
@@ -65,8 +66,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-processor = AutoImageProcessor.from_pretrained("{repo}")
-model = AutoModelForImageClassification.from_pretrained("{repo}")
+processor = AutoImageProcessor.from_pretrained({repo})
+model = AutoModelForImageClassification.from_pretrained({repo})
 # decoded as in training: turned upright by its EXIF orientation, 16-bit, 32-bit and float values
 # scaled to 8 bits (Pillow's convert clips them to white or black), transparency shown over white
 image = ImageOps.exif_transpose(Image.open("image.jpg"))
@@ -290,7 +291,7 @@ def write_model_card(
                     if os.path.exists(os.path.join(output_dir, RECIPE_RECORD)) else ""),
             evaluation=_evaluation_text(facts, metrics, distilled=bool(teacher_name)),
             results=_results_table(metrics, facts.relation_batches),
-            repo=repo_id or model_name,
+            repo=json.dumps(repo_id or model_name),  # a Python string literal, whatever the folder's name holds
             processor_note=_processor_note(has_processor),
             cka=_cka_section(output_dir),
         )
