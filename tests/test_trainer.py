@@ -958,3 +958,25 @@ def test_a_timm_student_built_in_python_exports_a_folder_timm_loads(tmp_path):
     pixels = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(native(pixels), student.eval()(pixel_values=pixels).logits, atol=1e-5)
+
+
+def test_a_resumed_runs_progress_bar_starts_at_its_step(tmp_path):
+    """Trainer's bar opened at 0 and jumped to the resumed step at the first step's end: tqdm read
+    those steps as done in no time (758 it/s, "ETA 00:00" with half the run to go)."""
+    from transformers import TrainerCallback
+
+    from hf_rcka.trainer.progress import ResumedProgress
+
+    class Opened(TrainerCallback):
+        seen = []
+
+        def on_step_begin(self, args, state, control, **kwargs):  # each callback's on_train_begin has run
+            bars = [c.training_bar for c in trainer.callback_handler.callbacks if isinstance(c, ResumedProgress)]
+            self.seen.append((bars[0].initial, bars[0].n))
+
+    args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, disable_tqdm=False)
+    make_trainer(args).train()
+    trainer = make_trainer(make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, disable_tqdm=False),
+                           callbacks=[Opened()])
+    trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    assert Opened.seen == [(2, 2), (2, 3)] and trainer.state.global_step == 4

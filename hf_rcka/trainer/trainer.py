@@ -63,6 +63,7 @@ from .given_models import (
     leave_out_fresh_losses, teacher_input_stats,
 )
 from .optimizer_checks import LateParameterCheck, check_lazy_parameters, check_optimizer
+from .progress import close_evaluation_bars, use_resumed_progress
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate, seeded_subset
 from .data_parallel import check_wrapped, forget_evaluation_preparation
@@ -322,6 +323,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self._requested_drop_last = bool(args.dataloader_drop_last)  # the batch checks may set it (batch_rows)
         self.card_facts = CardFacts()  # the CLI adds what it knows (base model, evaluation data)
         self._add_run_callbacks()
+        use_resumed_progress(self.callback_handler)
         self._setup_pipeline(augmentation or AugmentationArguments())  # its EMA callback comes after those
         for callback in [c for c in self.callback_handler.callbacks if getattr(c, "runs_last", False)]:
             self.remove_callback(callback)  # after every other callback (the EMA's update): see GracefulStop
@@ -520,7 +522,7 @@ class DistillationTrainer(CheckpointingTrainer):
         averaged, live = self.model_ema.swapped_in(), contextlib.nullcontext()
         with averaged if export_ema else live:
             output = self._evaluation_pass(*run, metric_key_prefix)
-        _close_evaluation_bars(self.callback_handler.callbacks)  # each pass its own bar (one ran to twice its length)
+        close_evaluation_bars(self.callback_handler.callbacks)  # each pass its own bar (one ran to twice its length)
         with live if export_ema else averaged, self.distillation_model.without_teacher():
             other = f"{metric_key_prefix}_live" if export_ema else f"{metric_key_prefix}_ema"
             weights = "the trained weights" if export_ema else "the weight average"
@@ -820,16 +822,6 @@ def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None
         if step is None or entry.get("step") == step:
             metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
     return metrics
-
-
-def _close_evaluation_bars(callbacks: Iterable[Any]) -> None:
-    """Close the evaluation progress bar of Trainer's ``ProgressCallback`` (and the notebook's),
-    which opens one at an evaluation's first batch and closes it only when the whole evaluation ends."""
-    for callback in callbacks:
-        bar = getattr(callback, "prediction_bar", None)
-        if bar is not None and callable(getattr(bar, "close", None)):
-            bar.close()
-            callback.prediction_bar = None
 
 
 def _without_uncounted_flos(metrics: dict[str, Any]) -> dict[str, Any]:
