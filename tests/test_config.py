@@ -136,6 +136,17 @@ def test_a_home_folder_is_expanded_in_every_path_setting(monkeypatch, tmp_path):
     assert values["baseline_dir"] == str(tmp_path / "alone")
 
 
+def test_image_folder_flags_replace_the_recipes_dataset():
+    """--train_dir on a recipe naming a dataset was refused ("set either dataset_name or train_dir,
+    not both") with nothing saying that --dataset_name null was the way."""
+    recipe = {**BASE, "dataset_config_name": "full"}
+    values = resolve_values(recipe, {"train_dir": "d/train", "validation_dir": "d/val"})
+    assert "dataset_name" not in values and "dataset_config_name" not in values and values["train_dir"] == "d/train"
+    back = resolve_values({**BASE, "dataset_name": None, "train_dir": "d/train", "validation_dir": "d/val"},
+                          {"dataset_name": "acme/pets"})
+    assert "train_dir" not in back and "validation_dir" not in back and back["dataset_name"] == "acme/pets"
+
+
 def test_cli_rejects_positional_garbage():
     with pytest.raises(RecipeError, match="--key value"):
         parse_cli_overrides(["oops"])

@@ -232,7 +232,9 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
 
 # Keys that set one thing two ways: a flag for either replaces the recipe's other (``--learning_rate
 # 1e-4`` on a recipe that gives ``lr_base`` trains at 1e-4; the two given together are an error).
-_ALTERNATIVES = ({"learning_rate", "lr_base"},)
+# The data too: ``--train_dir`` on a recipe that names a dataset reads the image folders.
+_ALTERNATIVES = ({"learning_rate", "lr_base"}, {"dataset_name", "train_dir"}, {"dataset_name", "validation_dir"},
+                 {"dataset_config_name", "train_dir"})
 
 
 def _replaced_by_flag(key: str, overrides: dict[str, Any]) -> bool:
