@@ -316,6 +316,7 @@ def test_an_evaluation_only_run_leaves_out_the_losses_that_read_what_trained_bes
     checked = json.loads((record / "eval_results.json").read_text())
     assert "eval_srd_loss" not in checked
     assert checked["eval_accuracy"] == trained["eval_accuracy"]
+    assert "epoch" not in checked and "eval_model_preparation_time" not in checked  # epoch 0 of a trained model
     for term in ("ce", "kd"):  # what the student alone decides is reported as the training run did
         assert checked[f"eval_{term}_loss"] == pytest.approx(trained[f"eval_{term}_loss"], rel=1e-5)
     assert checked["eval_loss"] == pytest.approx(checked["eval_ce_loss"] + checked["eval_kd_loss"], rel=1e-6)

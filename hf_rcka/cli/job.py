@@ -509,6 +509,8 @@ def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str
     """The final evaluation (the last step's, when it evaluated the final weights); an eval-only
     run records it in its own folder (see ``records``)."""
     metrics = final_evaluation(trainer, last)
+    if not trainer.args.do_train:  # Trainer's epoch 0 and model set-up time, of no training: said of a trained model
+        metrics = {k: v for k, v in metrics.items() if k not in ("epoch", "eval_model_preparation_time")}
     trainer.log_metrics("eval", metrics)
     if trainer.args.do_train:
         if not (recipe or {}).get("smoke_test"):  # 2 steps of random weights on synthetic images: at chance
