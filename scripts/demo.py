@@ -35,9 +35,11 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +53,28 @@ STEPS = {
     "student alone": "supervised-vit_tiny-digits",
     "distilled student": "rcka-vit_tiny_from_resnet10t-digits",
 }
+
+
+_PRINTING = threading.Lock()
+_EPOCH = re.compile(r"'epoch': '?([0-9.]+)")
+HEARTBEAT_SECONDS = 15  # a step that trains longer says how far it is, so the demo is never long silent
+
+
+def say(line: str) -> None:
+    """One whole line: the two side-by-side steps' lines, printed by two threads, ran into one."""
+    with _PRINTING:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def _wait(process: subprocess.Popen, step: str, log: Path) -> int:
+    """The step's exit status, saying every ``HEARTBEAT_SECONDS`` which epoch its log has reached."""
+    while True:
+        try:
+            return process.wait(timeout=HEARTBEAT_SECONDS)
+        except subprocess.TimeoutExpired:
+            epochs = _EPOCH.findall(log.read_text(errors="replace")) if log.is_file() else []
+            say(f"  {step}: {'epoch ' + epochs[-1] if epochs else 'starting'}...")
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -81,22 +105,28 @@ def train(step: str, output_root: Path, threads: int, extra: list[str] | None = 
     fingerprint = _fingerprint(recipe, command, after)
     kept = _finished(output, record, fingerprint) if reuse else None
     if kept:
-        print(f"  {step}: reusing {output}", flush=True)
+        say(f"  {step}: reusing {output}")
         return {**kept, "reused": True}
     output_root.mkdir(parents=True, exist_ok=True)
     record.unlink(missing_ok=True)  # until this run finishes, there is nothing to reuse
     log = output_root / f"{recipe}.log"
-    print(f"  {step}: python scripts/distill.py recipes/{recipe}.yaml  (log: {log})", flush=True)
+    say(f"  {step}: python scripts/distill.py recipes/{recipe}.yaml  (log: {log})")
     start = time.perf_counter()
     with open(log, "w") as handle:
-        done = subprocess.run(command, cwd=ROOT, env=_env(threads), stdout=handle, stderr=subprocess.STDOUT)
-    if done.returncode in (130, -2):  # the run stopped on Ctrl-C (SIGINT)
+        process = subprocess.Popen(command, cwd=ROOT, env=_env(threads), stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            returncode = _wait(process, step, log)
+        finally:
+            if process.poll() is None:  # Ctrl-C reached the demo first: the step stops with it
+                process.wait()
+    if returncode in (130, -2):  # the run stopped on Ctrl-C (SIGINT)
         raise KeyboardInterrupt
     accuracy = _accuracy(output)
-    if done.returncode != 0 or accuracy is None:
+    if returncode != 0 or accuracy is None:
         tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-        raise SystemExit(f"{step} failed (exit {done.returncode}); last lines of {log}:\n{tail}")
+        raise SystemExit(f"{step} failed (exit {returncode}); last lines of {log}:\n{tail}")
     result = {"accuracy": accuracy, "seconds": time.perf_counter() - start, "path": str(output), "run": uuid.uuid4().hex}
+    say(f"  {step}: {100 * accuracy:.1f}% in {result['seconds']:.0f} s")
     stamp = (output / "all_results.json").stat().st_mtime_ns
     record.write_text(json.dumps({**result, "fingerprint": fingerprint, "results_written": stamp}))  # last
     return result
@@ -191,13 +221,16 @@ def cka_picture(output_root: Path) -> bool:
     command = [sys.executable, str(ROOT / "scripts" / "cka_report.py"), teacher, alone, distilled,
                "--names", "teacher", "student alone", "distilled student", "--dataset_name", "builtin:digits",
                "--num_images", "256", "--output", str(report), "--card", distilled]
+    say(f"  CKA picture: python scripts/cka_report.py ... --output {os.path.relpath(report, Path.cwd())}")
+    start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=_env(2), capture_output=True, text=True)
     if done.returncode in (130, -2):
         raise KeyboardInterrupt
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        print(f"  the CKA picture failed and was skipped: {last}", flush=True)
+        say(f"  the CKA picture failed and was skipped: {last}")
         return False
+    say(f"  CKA picture: made in {time.perf_counter() - start:.0f} s")
     return True
 
 
@@ -236,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    print("hf_rcka demo: teacher and student alone side by side, then the distilled student")
+    say("hf_rcka demo: teacher and student alone side by side, then the distilled student")
     with ThreadPoolExecutor(max_workers=2) as pool:
         teacher = pool.submit(train, "teacher", args.output_root, 1, None, args.reuse)
         alone = pool.submit(train, "student alone", args.output_root, 1, None, args.reuse)

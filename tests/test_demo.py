@@ -37,17 +37,44 @@ def demo(tmp_path, monkeypatch):
             module.runs.append("cka_report")
             failed = module.cka_failure is not None
             return SimpleNamespace(returncode=2 if failed else 0, stderr=module.cka_failure or "")
-        recipe = Path(command[2]).stem
-        output = Path(kwargs["cwd"]) / command[command.index("--output_dir") + 1]  # relative to the run's cwd
-        module.runs.append(recipe)
-        output.mkdir(parents=True, exist_ok=True)
-        outcome = module.outcome.get(recipe)
-        results = {"train_loss": 1.0} if outcome in ("interrupted", "no eval") else {"eval_accuracy": 0.5 + len(module.runs) / 100}
-        (output / "all_results.json").write_text(json.dumps(results))
-        (output / "README.md").write_text("card")
-        return SimpleNamespace(returncode={"interrupted": 130, "failed": 1}.get(outcome, 0))
+        raise AssertionError(f"a training step runs through Popen: {command}")
+
+    class FakeTraining:
+        """A training step's process: writes what a finished (or cut short) run leaves, and with
+        ``module.slow`` set keeps the demo waiting once, with an epoch in its log."""
+
+        def __init__(self, command, **kwargs):
+            recipe = Path(command[2]).stem
+            output = Path(kwargs["cwd"]) / command[command.index("--output_dir") + 1]  # relative to the run's cwd
+            module.runs.append(recipe)
+            output.mkdir(parents=True, exist_ok=True)
+            outcome = module.outcome.get(recipe)
+            results = {"train_loss": 1.0} if outcome in ("interrupted", "no eval") else {"eval_accuracy": 0.5 + len(module.runs) / 100}
+            (output / "all_results.json").write_text(json.dumps(results))
+            (output / "README.md").write_text("card")
+            kwargs["stdout"].write("{'loss': '2.1', 'epoch': '3.5'}\n")
+            kwargs["stdout"].flush()
+            self.returncode = {"interrupted": 130, "failed": 1}.get(outcome, 0)
+            self.waits = 1 if getattr(module, "slow", False) else 0
+
+        def wait(self, timeout=None):
+            if self.waits:
+                self.waits -= 1
+                raise module.subprocess.TimeoutExpired("distill.py", timeout)
+            return self.returncode
+
+        def poll(self):
+            return self.returncode
+
+    real_popen = module.subprocess.Popen
+
+    def fake_popen(command, **kwargs):  # subprocess.run (the record's git) opens a Popen too
+        if command[0] == "git":
+            return real_popen(command, **kwargs)
+        return FakeTraining(command, **kwargs)
 
     monkeypatch.setattr(module.subprocess, "run", fake_run)
+    monkeypatch.setattr(module.subprocess, "Popen", fake_popen)
     return module
 
 
@@ -158,3 +185,17 @@ def test_a_relative_output_root_is_the_callers_folder(demo, tmp_path, monkeypatc
     (tmp_path / "rel" / f"{DISTILLED}.demo.json").unlink()
     assert demo.main(["--output_root", "rel", "--no-cka", "--reuse"]) == 130
     assert f"python scripts/demo.py --reuse --output_root {tmp_path / 'rel'}" in capsys.readouterr().err
+
+
+def test_the_demo_says_how_far_each_step_is_and_announces_the_cka_picture(demo, tmp_path, capsys):
+    """It was silent for 27-50 s at a time, then for the CKA picture's 12-19 s, which no row timed;
+    the side-by-side steps' lines once ran into one."""
+    demo.slow = True
+    assert demo.main(["--output_root", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  teacher: epoch 3.5..." in out and "  distilled student: epoch 3.5..." in out
+    assert any(line.startswith("  teacher: ") and line.endswith("% in 0 s") for line in out)
+    assert any(line.startswith("  CKA picture: python scripts/cka_report.py") for line in out)
+    assert "  CKA picture: made in 0 s" in out
+    assert all(line.count("python scripts/distill.py") <= 1 for line in out)
+
