@@ -1842,3 +1842,19 @@ def test_folder_names_with_glob_characters_or_a_trailing_slash_read_their_own_fi
     assert "hidden folders (a leading '.') are skipped, images and all: ['.inf']" in caplog.text
     raw = load_raw_datasets(data)
     assert len(raw["train"]) + len(raw["validation"]) == 12
+
+
+def test_a_recipe_error_is_said_once_in_a_data_parallel_launch(tmp_path, capsys, monkeypatch):
+    """Every process printed it (twice in a 2-process launch), above the launcher's traceback."""
+    from hf_rcka.cli import main as cli
+
+    monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)
+    recipe = base(tmp_path)
+    recipe["learnig_rate"] = 1e-3
+    monkeypatch.setenv("RANK", "1")
+    assert run(tmp_path, recipe) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert run(tmp_path, recipe) == 2
+    assert "error: unknown recipe key 'learnig_rate'" in capsys.readouterr().err
+

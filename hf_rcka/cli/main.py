@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 import traceback
 from typing import Sequence
 
@@ -44,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))  # what the run did before it
+        if isinstance(err, RecipeError) and not _main_process():
+            # the recipe and flags are every process's: process 0 says it, and fails first, so that the
+            # launcher's summary names its failure as the root cause
+            time.sleep(1.0)
+            return 2
         print(f"error: {err}{notes}", file=sys.stderr, flush=True)
         return 2
     except Stopped as stopped:
