@@ -980,3 +980,16 @@ def test_a_resumed_runs_progress_bar_starts_at_its_step(tmp_path):
                            callbacks=[Opened()])
     trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
     assert Opened.seen == [(2, 2), (2, 3)] and trainer.state.global_step == 4
+
+
+def test_the_buffer_setting_hf_rcka_chose_raises_no_deprecation_warning(tmp_path):
+    """For a student without BatchNorm hf_rcka sets ddp_broadcast_buffers false, and torch's DDP
+    warned once per process that broadcast_buffers is deprecated: for a setting no one made."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = make_trainer(make_args(tmp_path, max_steps=1))
+        assert trainer.args.ddp_broadcast_buffers is False  # the ViT student has no running statistics
+        warnings.warn("`broadcast_buffers` is deprecated. Use `forward_sync_buffers` instead.", FutureWarning)
+    assert not [w for w in caught if "broadcast_buffers" in str(w.message)]

@@ -24,6 +24,7 @@ import inspect
 import logging
 import os
 import math
+import warnings
 from datetime import timedelta
 from typing import Any, Iterable, Iterator
 
@@ -287,7 +288,10 @@ class DistillationTrainer(CheckpointingTrainer):
             model, planned_size = _checked_model(model, teacher, args, teacher_processor, teacher_label_mapping, kwargs)
         if args.ddp_find_unused_parameters is None:  # every student weight gets a gradient (see split_heads)
             args.ddp_find_unused_parameters = False
-        args.ddp_broadcast_buffers = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
+        chosen = default_broadcast_buffers(model.student, args.ddp_broadcast_buffers)
+        if args.ddp_broadcast_buffers is None and chosen is not None:  # torch's deprecation, for a value no one set
+            warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        args.ddp_broadcast_buffers = chosen
         ignore_teacher_in_ddp(model)
         # None means hf_rcka's defaults, the collator that handles unreadable images and accuracy
         # (which the metric checks above count on), not Trainer's default collator and no metrics
