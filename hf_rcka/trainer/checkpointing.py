@@ -317,7 +317,10 @@ class CheckpointingTrainer(Trainer):
     # into Trainer.model the same way (nothing matches, so nothing is restored); we load the student
     # and distillation state of that checkpoint, strictly.
     def _load_best_model(self) -> None:
-        logger.info("loading the best student from %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
+        metric, best = self.args.metric_for_best_model or "loss", self.state.best_metric
+        logger.info("loading the best student from %s (%s %s)", self.state.best_model_checkpoint,
+                    metric if metric.startswith("eval_") else f"eval_{metric}",
+                    f"{best:.6g}" if isinstance(best, (int, float)) else best)
         self.best_model_loaded = True  # the weights are no longer the last step's (see interrupt)
         self.distillation_model.load_checkpoint(self.state.best_model_checkpoint)
         _restore_live_student(self.distillation_model.student, self.state.best_model_checkpoint)
