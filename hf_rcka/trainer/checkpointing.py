@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import safetensors.torch
 import torch
 from accelerate.utils.constants import FSDP_MODEL_NAME
-from transformers import Trainer, TrainerCallback
+from transformers import TimmWrapperImageProcessor, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
@@ -191,7 +191,8 @@ class CheckpointingTrainer(Trainer):
         record_data_config(model.student)
         with self.model_ema.swapped_in() if export_ema else contextlib.nullcontext():
             model.student.save_pretrained(output_dir, state_dict=timm_native_state(model.student, student_state))
-        if self.processing_class is not None:
+        # a timm student's processor is its config.json's data config; its save_pretrained only warns so
+        if self.processing_class is not None and not isinstance(self.processing_class, TimmWrapperImageProcessor):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         if self._checkpointing:
