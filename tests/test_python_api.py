@@ -78,6 +78,22 @@ def test_a_teacher_of_other_classes_whose_features_alone_are_distilled(tmp_path,
     trainer.create_model_card()
     assert trainer.card_facts.teacher_accuracy is None
     assert "| teacher |" not in (tmp_path / "run" / "README.md").read_text()
+    from hf_rcka.models.labels import has_other_classes
+
+    # another number of classes (an ImageNet-1k teacher of a 10-class run's features) alike
+    wider = named(tiny_resnet(num_labels=5), ["v", "w", "x", "y", "z"])
+    other = build(make_args(tmp_path, losses=["ce", "feature_cka"], teacher_accuracy_check="warn"),
+                  named(tiny_vit(), ["a", "b", "c"]), wider)
+    assert other.args.teacher_accuracy_check == "off" and has_other_classes(wider)
+    # and a teacher object reused by a run of its own classes is scored again
+    same = named(tiny_resnet(), ["a", "b", "c"])
+    build(make_args(tmp_path, losses=["ce", "feature_cka"]), named(tiny_vit(), ["a", "b", "c"]),
+          named(tiny_resnet(), ["x", "y", "z"]))
+    teacher = trainer.distillation_model.teacher
+    assert has_other_classes(teacher)
+    teacher.config.id2label, teacher.config.label2id = same.config.id2label, same.config.label2id
+    build(make_args(tmp_path, losses=["ce", "kd"]), named(tiny_vit(), ["a", "b", "c"]), teacher.requires_grad_(True))
+    assert not has_other_classes(teacher)
     args = make_args(tmp_path, losses=["ce", "feature_cka"], teacher_accuracy_check="warn")
     teacher = named(tiny_resnet(), ["x", "y", "z"])
     align_teacher(teacher, args, ["a", "b", "c"], "by_name")

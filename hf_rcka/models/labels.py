@@ -269,16 +269,25 @@ def teacher_alignment(teacher: nn.Module, labels: Sequence[str], mapping: str, r
         LabelError: the classes differ and ``reads_logits``.
     """
     try:
-        return teacher_label_order(labels, model_label_names(teacher.config), mapping, **wording)
+        order = teacher_label_order(labels, model_label_names(teacher.config), mapping, **wording)
     except LabelError:
         if reads_logits:
             raise
-        logger.info("labels: the teacher has other classes; only its features are distilled, so its accuracy "
-                    "is not checked")
-        if hasattr(args, "teacher_accuracy_check"):
-            args.teacher_accuracy_check = "off"
-        setattr(teacher, _OTHER_CLASSES, True)  # nor reported: the card compared its ids with other classes'
+        mark_other_classes(teacher, args)
         return None
+    setattr(teacher, _OTHER_CLASSES, False)  # a teacher object reused by a later run of its own classes
+    return order
+
+
+def mark_other_classes(teacher: nn.Module, args: Any) -> None:
+    """A teacher whose classes are not the run's, whose features alone are distilled: its accuracy
+    is neither checked (``args.teacher_accuracy_check`` off) nor reported (``has_other_classes``):
+    the card compared its class ids with other classes'."""
+    logger.info("labels: the teacher has other classes; only its features are distilled, so its accuracy "
+                "is not checked")
+    if hasattr(args, "teacher_accuracy_check"):
+        args.teacher_accuracy_check = "off"
+    setattr(teacher, _OTHER_CLASSES, True)
 
 
 # Set on a teacher whose classes are not the run's (its features alone are distilled): an

@@ -20,7 +20,8 @@ from ..errors import LabelError, RecipeError
 from ..losses import reads_teacher_logits
 from ..modeling.assembly import active_specs, run_loss_specs
 from ..models.labels import (
-    BY_NAME, TEACHER_LABEL_MAPPINGS, apply_label_order, is_generic, model_label_names, teacher_alignment,
+    BY_NAME, TEACHER_LABEL_MAPPINGS, apply_label_order, is_generic, mark_other_classes, model_label_names,
+    teacher_alignment,
 )
 from ..registry import LOSSES
 
@@ -130,6 +131,9 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
                        "teacher's classes %s are paired with the data's by position, unchecked. Name them "
                        "(a ClassLabel column, or the student's id2label) to have them matched by name",
                        teacher_names[:5])
+    if run_names and teacher_names is not None and len(teacher_names) != len(run_names) and not reads_logits:
+        mark_other_classes(teacher, args)  # an ImageNet-1k teacher of a 10-class run's features
+        return None
     if not run_names or teacher_names is None or len(teacher_names) != len(run_names):
         return None  # a class count the losses cannot use is refused when the model is built
     order = teacher_alignment(teacher, run_names, mapping, reads_logits, args, key="teacher",
