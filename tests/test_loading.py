@@ -619,6 +619,8 @@ def test_overrides_or_a_class_that_leave_checkpoint_layers_unused_are_errors(tmp
         with pytest.raises(ValueError, match=r"config_overrides \['num_hidden_layers'\] leave .*'s weights "
                                              r"vit\.layers\.1\..* unused: the model would run without those layers"):
             load_image_classifier(str(tmp_path), **labels, config_overrides={"num_hidden_layers": 1})
+        with pytest.raises(ValueError, match=r"config_overrides \['qkv_bias'\] leave .*q_proj\.bias"):
+            load_image_classifier(str(tmp_path), **labels, config_overrides={"qkv_bias": False})  # a layer kept, its bias not
     # weights outside the blocks that the class has no place for (another class's head) are said
     from safetensors.torch import load_file, save_file
 

@@ -657,8 +657,13 @@ def test_another_set_evaluated_under_the_eval_prefix_stays_off_the_card(tmp_path
     card = (tmp_path / "run" / "README.md").read_text()
     assert f"| eval_accuracy | {own:.4f} |" in card and f"| eval_accuracy | {other:.4f} |" not in card
     assert trainer.evaluate()["eval_accuracy"] == own  # the trainer's own set again: on the card as before
+    teacher_on_own = trainer.card_facts.teacher_accuracy
+    trainer.predict(pixel_dataset(7, seed=6), metric_key_prefix="eval")  # its teacher accuracy is not the card's
+    assert trainer.card_facts.teacher_accuracy == teacher_on_own
+    trainer.args.card_license = "cc-by-nc-4.0"  # the recipe key, from Python too
     trainer.create_model_card()
-    assert f"| eval_accuracy | {own:.4f} |" in (tmp_path / "run" / "README.md").read_text()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert f"| eval_accuracy | {own:.4f} |" in card and "license: cc-by-nc-4.0" in card
 
 
 def test_a_card_without_a_saved_image_processor_says_so(tmp_path, caplog):

@@ -197,10 +197,9 @@ def _check_no_dropped_weights(name: str, model: PreTrainedModel, info: dict, ove
     dropped = sorted(key for key in info.get("unexpected_keys", ()) if not key.endswith("num_batches_tracked"))
     if not dropped:
         return
-    # a layer the model lacks, not a buffer an older save held of a layer it has (LeViT's indices)
-    modules = {name for name, _ in model.named_modules()}
-    in_blocks = [key for key in dropped if any(part.isdigit() for part in key.split("."))
-                 and key.rpartition(".")[0] not in modules]
+    # not a buffer the model computes itself, which an older save held (LeViT's attention indices)
+    buffers = {name for name, _ in model.named_buffers()}
+    in_blocks = [key for key in dropped if any(part.isdigit() for part in key.split(".")) and key not in buffers]
     if in_blocks and (overrides or not student):
         cause = f"config_overrides {sorted(overrides)} leave" if overrides else f"{type(model).__name__} leaves"
         raise ValueError(f"{cause} {name!r}'s weights {_some(in_blocks)} unused: the model would run without those "

@@ -610,7 +610,10 @@ class DistillationTrainer(CheckpointingTrainer):
         self._checked_datasets.append(dataset)
 
     def get_test_dataloader(self, test_dataset):
-        """Every test image, as :meth:`get_eval_dataloader`."""
+        """Every test image, as :meth:`get_eval_dataloader`. A prediction's set is never the
+        trainer's own evaluation set for the card (``predict(other, metric_key_prefix="eval")`` put
+        its teacher accuracy and unreadable-image count there)."""
+        self._evaluating_own_set = False
         self._check_later_dataset(test_dataset, "test_dataset")
         with _keeping_last_batch(self.args):
             return super().get_test_dataloader(test_dataset)
@@ -759,6 +762,7 @@ class DistillationTrainer(CheckpointingTrainer):
         if kwargs:
             logger.warning("model card: %s not used (the task is image classification; name the data with dataset)",
                            ", ".join(sorted(kwargs)))
+        license = license if license is not None else getattr(self.args, "card_license", None)
         if self.processing_class is None:
             logger.warning("no processing_class was given, so %s holds no image processor: the card's usage snippet "
                            "and pipeline() cannot load the model as it is; pass processing_class (the student's "
