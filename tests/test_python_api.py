@@ -698,6 +698,19 @@ def test_the_cards_peak_learning_rate_is_the_highest_a_step_trained_at(tmp_path)
     assert f"peak learning rate {highest:g} (its warm-up to 0.003 was longer than the run)" in card
 
 
+def test_the_cards_peak_rate_under_a_callers_own_scheduler_is_the_highest_a_step_ran_at(tmp_path):
+    """A caller's LinearLR warm-up (no LambdaLR to replay) logged every 50 steps: the card said the
+    base rate 0.01, which no step reached."""
+    student = named(tiny_vit(), ["a", "b", "c"])
+    optimizer = torch.optim.AdamW(student.parameters(), lr=0.01)
+    schedule = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=100)
+    trainer = build(make_args(tmp_path, max_steps=3, logging_steps=50, losses=["ce"]), student,
+                    optimizers=(optimizer, schedule))
+    trainer.train()
+    reached, scheduled = trainer._peak_learning_rate()
+    assert reached == pytest.approx(0.01 * (0.01 + 2 * 0.99 / 100)) and scheduled == pytest.approx(0.01)
+
+
 def test_a_python_runs_card_claims_only_what_it_knows_and_takes_trainers_card_arguments(tmp_path, caplog):
     """A student given in Python was called "random (trained from scratch)" on its card (it may be a
     fine-tuned checkpoint), the card pointed at a distill_config.yaml only the command line writes,

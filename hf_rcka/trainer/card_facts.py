@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import torch
 import yaml
+from transformers import TrainerCallback
 
 from ..arguments import global_batch_size, recipe_defaults
 from ..augmentation import AugmentationArguments
@@ -71,6 +72,22 @@ class TrainingRecord(NamedTuple):
     global_batch: int
     learning_rate: float
     logged_rates: dict[int, float] = {}
+
+
+class PeakRate(TrainerCallback):
+    """The highest learning rate an optimizer step of this ``train()`` call ran at, for the card:
+    a caller's own warm-up scheduler shows its peak in no logged rate between logging steps."""
+
+    def __init__(self) -> None:
+        self.highest: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.highest = None
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):  # noqa: D102
+        if optimizer is not None:
+            rate = max((group.get("lr", 0.0) for group in optimizer.param_groups), default=0.0)
+            self.highest = rate if self.highest is None else max(self.highest, float(rate))
 
 
 def logged_rates(log_history: list[dict]) -> dict[int, float]:

@@ -46,7 +46,7 @@ from .batch_rows import (
     evaluates,
     too_few_rows,
 )
-from .card_facts import CardFacts, complete_card_facts
+from .card_facts import CardFacts, PeakRate, complete_card_facts
 from .term_log import LastStepLog, LossTermLog
 from .checkpointing import (
     CheckpointingTrainer,
@@ -357,6 +357,8 @@ class DistillationTrainer(CheckpointingTrainer):
         self.add_callback(ResumedRate())
         self._resume_step = ResumeStep()
         self.add_callback(self._resume_step)
+        self._peak_rate = PeakRate()
+        self.add_callback(self._peak_rate)
         self.add_callback(ResumedBest(lambda: self.resumed_best))
         self.add_callback(LastStepLog())  # train_loss gathered over the processes to the end
         self._finished_already = FinishedAlready()
@@ -807,9 +809,10 @@ class DistillationTrainer(CheckpointingTrainer):
         if isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):  # step k trains at base x factor(k - 1)
             reached = max((base * factor(step) for base, factor in zip(schedule.base_lrs, schedule.lr_lambdas)
                            for step in range(self.state.global_step)), default=target)
-        else:
+        else:  # the rates this launch's steps ran at, and those an earlier launch logged
             logged = [entry["learning_rate"] for entry in self.state.log_history if "learning_rate" in entry]
-            reached = max(logged, default=target)
+            stepped = [] if self._peak_rate.highest is None else [self._peak_rate.highest]
+            reached = max(logged + stepped, default=target)
         return reached, target
 
 
