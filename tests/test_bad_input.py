@@ -1858,3 +1858,18 @@ def test_a_recipe_error_is_said_once_in_a_data_parallel_launch(tmp_path, capsys,
     assert run(tmp_path, recipe) == 2
     assert "error: unknown recipe key 'learnig_rate'" in capsys.readouterr().err
 
+
+
+def test_a_model_folders_name_without_its_folder_is_said_without_asking_the_hub(tmp_path, capsys, no_loading,
+                                                                                 monkeypatch):
+    """'supervised-resnet10t-digits' for outputs/supervised-resnet10t-digits went to the Hub, with
+    its retries, for 23 s before the error, which did not name the folder that exists."""
+    import hf_rcka.cli.model_sources as sources
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "teach").mkdir(parents=True)
+    (tmp_path / "outputs" / "teach" / "config.json").write_text("{}")
+    monkeypatch.setattr(sources, "_check_hub_reachable", lambda *a, **k: pytest.fail("asked the Hub"))
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="teach")) == 2
+    assert ("error: teacher_model_name_or_path: no folder 'teach' here, and 'outputs/teach' is a model folder of "
+            "that name: give its path") in error_of(capsys)

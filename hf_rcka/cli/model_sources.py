@@ -10,6 +10,7 @@ without Hub access.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
@@ -201,7 +202,23 @@ def _check_hub_id(key: str, name: str) -> None:
         recipe = _recipe_writing(name)
         fix = f": it is the output_dir of {recipe}, which must run first" if recipe else ". Check the path"
         raise ModelError(f"{key}: no such folder {name!r} (a folder written by save_pretrained){fix}")
+    nearby = _model_folder_named(name) if "/" not in name else None  # Hub ids of today are owner/name
+    if nearby is not None:  # a folder's name without the folder it is in, not a Hub id: said at once
+        raise ModelError(f"{key}: no folder {name!r} here, and {nearby!r} is a model folder of that name: give its "
+                         f"path ({key}: {nearby}), or, if {name!r} is a Hub id, rename or move that folder")
     _check_hub_reachable(key, name, local=_no_local_folder(name))
+
+
+def _model_folder_named(name: str) -> str | None:
+    """A folder one or two levels below the working directory called ``name`` holding a
+    ``config.json``: ``supervised-resnet10t-digits`` for ``outputs/supervised-...``
+    went to the Hub, with retries, for 23 s before the error."""
+    base = glob.escape(name)
+    for pattern in (os.path.join("*", base), os.path.join("*", "*", base)):
+        found = sorted(path for path in glob.glob(pattern) if os.path.isfile(os.path.join(path, "config.json")))
+        if found:
+            return found[0]
+    return None
 
 
 def _no_local_folder(name: str) -> str:
