@@ -486,3 +486,22 @@ def test_a_recorded_recipe_run_again_with_a_retrained_teacher_is_said(tmp_path, 
     capsys.readouterr()
     assert main([record, "--output_dir", str(tmp_path / "retrained")]) == 0
     assert f"!!! {record} was recorded by a run that distilled from other teacher weights" in capsys.readouterr().err
+
+
+def test_only_the_logging_process_draws_the_libraries_progress_bars(tmp_path, monkeypatch):
+    """Every process of a 2-process run drew transformers' "Loading weights" bar."""
+    import datasets
+    import transformers
+
+    from hf_rcka.arguments import DistillationTrainingArguments
+    from hf_rcka.cli.job import _setup_logging
+
+    args = DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    monkeypatch.setattr(DistillationTrainingArguments, "should_log", property(lambda self: False))
+    try:
+        _setup_logging(args)
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+        assert not datasets.is_progress_bar_enabled()
+    finally:
+        transformers.utils.logging.enable_progress_bar()
+        datasets.enable_progress_bars()

@@ -184,7 +184,9 @@ def _setup_logging(args: DistillationTrainingArguments) -> None:
     for name in _OWN_HANDLER_LIBRARIES:
         library = logging.getLogger(name)
         library.propagate = not library.handlers
-    if args.disable_tqdm:  # the weight-loading, shard-writing and dataset bars too, not only Trainer's
+    # the weight-loading, shard-writing and dataset bars too, not only Trainer's (which shows on the
+    # logging process alone: every process drew its own "Loading weights" bar)
+    if args.disable_tqdm or not args.should_log:
         transformers.utils.logging.disable_progress_bar()
         huggingface_hub.utils.disable_progress_bars()
         datasets.disable_progress_bars()
