@@ -445,6 +445,8 @@ def test_a_student_at_chance_after_training_is_said(tmp_path, capsys, rate, at_c
     if at_chance:
         assert f"is at chance (eval_accuracy {accuracy:.3f}, chance 0.100 for 10 classes, 150 images, eval " \
                "cross-entropy" in said[0]
+        # how long it trained comes first in the advice (a run cut short is the commonest cause)
+        assert "it learned nothing usable. It trained 1 optimizer step (" in said[0]
 
 
 def test_a_collapsed_student_above_the_accuracy_threshold_is_at_chance_by_its_cross_entropy(caplog):

@@ -546,7 +546,8 @@ def _say_if_at_chance(trainer: DistillationTrainer, metrics: dict) -> None:
         ce = trainer.distillation_model.losses["ce"] if "ce" in trainer.distillation_model.losses else None
         weight = ce.term_weights.get("ce") if ce is not None else None  # eval_ce_loss is the weighted term
         entropy = metrics["eval_ce_loss"] / weight if weight and "eval_ce_loss" in metrics else None
-        warn_if_student_at_chance(accuracy, counted, trainer.distillation_model.student.config.num_labels, entropy)
+        warn_if_student_at_chance(accuracy, counted, trainer.distillation_model.student.config.num_labels, entropy,
+                                  trainer.state.global_step, trainer.state.epoch)
 
 
 def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: SkippedImages, metrics: dict) -> None:

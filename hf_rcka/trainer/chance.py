@@ -29,10 +29,13 @@ def chance_threshold(num_classes: int, n: int) -> tuple[float, float]:
 _NEAR_UNIFORM = 0.9
 
 
-def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int, cross_entropy: float | None = None) -> bool:
+def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int, cross_entropy: float | None = None,
+                              steps: int | None = None, epochs: float | None = None) -> bool:
     """Say, in a warning the end of a run's log cannot hide, that the trained student scores at
     chance (its accuracy, or its plain cross-entropy when the run has one); True when it does.
-    The accuracy says nothing when ``n`` images cannot tell (a tiny set)."""
+    The accuracy says nothing when ``n`` images cannot tell (a tiny set). ``steps`` and ``epochs``:
+    how long it trained, which the advice names first (a run cut short by max_steps is the most
+    common cause)."""
     chance, threshold = chance_threshold(num_classes, n)
     uniform = math.log(num_classes)
     # a few confidently wrong answers cost as much cross-entropy as a uniform guess: only a student
@@ -43,10 +46,13 @@ def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int, cross_e
         return False
     entropy = f", eval cross-entropy {cross_entropy:.3f} against ln {num_classes} = {uniform:.3f} for a uniform guess" \
         if cross_entropy is not None else ""
+    trained = (f" It trained {steps:,} optimizer step{'s' if steps != 1 else ''}"
+               f"{f' ({epochs:.3g} epochs)' if epochs else ''}: enough for this student? Then look"
+               if steps else " Look")
     logger.warning("!!! the trained student is at chance (eval_accuracy %.3f, chance %.3f for %d classes, %d images%s): "
-                   "it learned nothing usable. Look at the learning rate, and at each distillation term's weight "
+                   "it learned nothing usable.%s at the learning rate, and at each distillation term's weight "
                    "against ce's (a term that outweighs the labels can collapse the student's features)", accuracy,
-                   chance, num_classes, n, entropy)
+                   chance, num_classes, n, entropy, trained)
     return True
 
 
