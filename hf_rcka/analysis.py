@@ -52,11 +52,16 @@ class LayerCKA:
     num_images: int
 
     def to_markdown(self) -> str:
-        """A markdown table: one row per layer of A, one column per layer of B."""
-        header = f"| {self.row_model} \\ {self.column_model} | " + " | ".join(self.column_names) + " |"
+        """A markdown table: one row per layer of A, one column per layer of B (a "|" in a model's
+        or layer's name escaped, or it would end its cell)."""
+        def cell(text: str) -> str:
+            return text.replace("|", "\\|")
+
+        header = (f"| {cell(self.row_model)} \\ {cell(self.column_model)} | "
+                  + " | ".join(map(cell, self.column_names)) + " |")
         lines = [header, "|---" * (len(self.column_names) + 1) + "|"]
         for name, row in zip(self.row_names, self.matrix.tolist()):
-            lines.append(f"| {name} | " + " | ".join("n/a" if math.isnan(v) else f"{v:.2f}" for v in row) + " |")
+            lines.append(f"| {cell(name)} | " + " | ".join("n/a" if math.isnan(v) else f"{v:.2f}" for v in row) + " |")
         return "\n".join(lines) + "\n"
 
 

@@ -344,3 +344,12 @@ def test_the_cka_of_tiny_activations_is_their_cka_not_the_epsilon_s():
     matrix = cka_matrix([x * 1e-12, x, 1 + 1e-5 * x], [y * 1e-13, torch.ones(40, 3)])
     assert matrix[:, 0].tolist() == pytest.approx([expected] * 3, abs=1e-3)  # float32 keeps 1 + 1e-5 x to ~1e-7
     assert expected > 0.5 and torch.isnan(matrix[:, 1]).all()  # a constant side has no CKA
+
+
+def test_a_name_with_a_bar_stays_in_its_table_cell():
+    """A model named from a folder 'base|line' ended its cell: the CKA table was no table."""
+    from hf_rcka.analysis import LayerCKA
+
+    report = LayerCKA(torch.tensor([[0.5, 0.25]]), ["0: a|b"], ["0: x", "1: y"], "base|line", "student", 4)
+    header, _, row = report.to_markdown().splitlines()
+    assert header == "| base\\|line \\ student | 0: x | 1: y |" and row == "| 0: a\\|b | 0.50 | 0.25 |"

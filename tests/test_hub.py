@@ -401,3 +401,11 @@ def test_the_usage_snippet_is_python_whatever_the_folder_is_called(tmp_path):
     ast.parse(code)
     assert 'from_pretrained("we\\"ird\\\\name")' in code
 
+
+
+def test_a_baseline_folder_with_a_bar_stays_in_its_table_cell(tmp_path):
+    """A baseline run named 'base|line' rendered as "run `base" in the card's results table."""
+    facts = CardFacts(teacher_accuracy=0.9, baseline_accuracy=0.4, baseline_note="run `base|line`, same images",
+                      baseline_comparable=True)
+    card, _ = _card(tmp_path, facts)
+    assert "| the same student trained alone | 40.0% | run `base\\\\|line`, same images |" in card.text
