@@ -408,4 +408,4 @@ def test_a_baseline_folder_with_a_bar_stays_in_its_table_cell(tmp_path):
     facts = CardFacts(teacher_accuracy=0.9, baseline_accuracy=0.4, baseline_note="run `base|line`, same images",
                       baseline_comparable=True)
     card, _ = _card(tmp_path, facts)
-    assert "| the same student trained alone | 40.0% | run `base\\\\|line`, same images |" in card.text
+    assert "| the same student trained alone | 40.0% | run `base\\|line`, same images |" in card.text
