@@ -1873,3 +1873,18 @@ def test_a_model_folders_name_without_its_folder_is_said_without_asking_the_hub(
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="teach")) == 2
     assert ("error: teacher_model_name_or_path: no folder 'teach' here, and 'outputs/teach' is a model folder of "
             "that name: give its path") in error_of(capsys)
+
+
+def test_a_class_folder_with_a_backslash_is_named(tmp_path):
+    """datasets read the backslash as a separator, dropped the label column, and the error blamed
+    label_column_name."""
+    from PIL import Image
+
+    from hf_rcka.data.image_folders import class_folders
+    from hf_rcka.errors import LabelError
+
+    for name in ("cat", "a\\b"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "1.png")
+    with pytest.raises(LabelError, match=r"has a backslash in its name"):
+        class_folders(str(tmp_path))

@@ -123,6 +123,9 @@ def _check_loadable(folder: str, entry: os.DirEntry) -> None:
     if entry.name.startswith("__"):
         raise LabelError(f"class folder {path!r} starts with '__', which datasets' imagefolder skips as a special "
                          "folder (its images would be left out): rename it")
+    if "\\" in entry.name:  # datasets reads it as a path separator, and then finds no label column
+        raise LabelError(f"class folder {path!r} has a backslash in its name, which datasets' imagefolder reads as a "
+                         "path separator (the data would have no labels): rename it")
 
 
 def _image_extensions() -> frozenset[str]:
