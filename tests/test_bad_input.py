@@ -1851,10 +1851,17 @@ def test_a_recipe_error_is_said_once_in_a_data_parallel_launch(tmp_path, capsys,
     monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)
     recipe = base(tmp_path)
     recipe["learnig_rate"] = 1e-3
-    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
     assert run(tmp_path, recipe) == 2
     assert capsys.readouterr().err == ""
-    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert run(tmp_path, recipe) == 2
+    assert "error: unknown recipe key 'learnig_rate'" in capsys.readouterr().err
+    # a cluster's RANK on a plain run (no launcher) is no replica: its error is said
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("RANK", "1")
     assert run(tmp_path, recipe) == 2
     assert "error: unknown recipe key 'learnig_rate'" in capsys.readouterr().err
 

@@ -45,9 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))  # what the run did before it
-        if isinstance(err, RecipeError) and not _main_process():
-            # the recipe and flags are every process's: process 0 says it, and fails first, so that the
-            # launcher's summary names its failure as the root cause
+        if isinstance(err, RecipeError) and _launched_replica():
+            # the recipe and flags are every process's: each machine's process 0 says it, and fails
+            # first, so that the launcher's summary names its failure as the root cause
             time.sleep(1.0)
             return 2
         print(f"error: {err}{notes}", file=sys.stderr, flush=True)
@@ -67,6 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.uninstall()
         close_process_group()
     return 0
+
+
+def _launched_replica() -> bool:
+    """Whether this is a launcher's process other than its machine's first (torchrun and accelerate
+    set ``LOCAL_RANK`` and ``WORLD_SIZE``; a cluster's ``RANK`` alone, on a plain run, is not one)."""
+    local = os.environ.get("LOCAL_RANK")
+    return local not in (None, "", "0") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
 def _main_process() -> bool:
