@@ -1804,7 +1804,7 @@ def test_an_output_dir_that_cannot_be_made_is_one_line_before_anything_loads(tmp
     assert error_of(capsys).startswith(f"error: output_dir {str(too_long)!r} cannot be created (File name too long)")
 
 
-def test_folder_names_with_glob_characters_or_a_trailing_slash_read_their_own_files(tmp_path, caplog):
+def test_folder_names_with_glob_characters_or_a_trailing_slash_read_their_own_files(tmp_path, caplog, monkeypatch):
     """datasets reads data files as glob patterns: a saved DatasetDict "ds[12]" trained on its
     sibling "ds2"'s rows, exit 0; a parquet folder "pq[12]" read "pq1"; train_dir "plain/" failed
     with "corresponds to no data"; a hidden class folder ".inf" vanished with its images."""
@@ -1828,7 +1828,7 @@ def test_folder_names_with_glob_characters_or_a_trailing_slash_read_their_own_fi
     assert len(raw["train"]) == 12
     (tmp_path / "pq[12]").mkdir()
     (tmp_path / "pq[12]" / "train.parquet").write_bytes(b"")
-    with pytest.raises(DataError, match=r"this name's \[, \* or \? would match other folders' files"):
+    with pytest.raises(DataError, match=r"holds a \[, \* or \? that would match other folders' files"):
         load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "pq[12]")))
     for name in ("cat", "dog", ".inf"):
         (tmp_path / "plain" / name).mkdir(parents=True)
@@ -1841,6 +1841,13 @@ def test_folder_names_with_glob_characters_or_a_trailing_slash_read_their_own_fi
         check_data_dirs(data)  # as the command line checks it before loading
     assert "hidden folders (a leading '.') are skipped, images and all: ['.inf']" in caplog.text
     raw = load_raw_datasets(data)
+    assert len(raw["train"]) + len(raw["validation"]) == 12
+    # a relative folder under a working folder whose name holds a "[" ("corresponds to no data")
+    import shutil
+
+    shutil.copytree(tmp_path / "plain", tmp_path / "runs[1]" / "data")
+    monkeypatch.chdir(tmp_path / "runs[1]")
+    raw = load_raw_datasets(DataArguments(train_dir="data", train_val_split=0.5))
     assert len(raw["train"]) + len(raw["validation"]) == 12
 
 

@@ -89,19 +89,21 @@ def _load_source(args: DataArguments) -> datasets.DatasetDict:
             raw = datasets.load_dataset("arrow", data_files={split: [glob.escape(f) for f in files]
                                                              for split, files in listed.items()})
             return realign_stored_labels(raw, listed, args.label_column_name)
-        if os.path.isdir(args.dataset_name) and glob.escape(args.dataset_name) != args.dataset_name:
+        folder = os.path.abspath(args.dataset_name)  # datasets puts a relative folder after the working one
+        if os.path.isdir(folder) and glob.escape(folder) != folder:
             raise DataError(f"dataset_name {args.dataset_name!r}: datasets reads a folder's files through glob "
-                            "patterns, and this name's [, * or ? would match other folders' files (a folder "
-                            "'pq[12]' read 'pq1'): rename the folder")
+                            f"patterns, and its path {folder!r} holds a [, * or ? that would match other folders' "
+                            "files (a folder 'pq[12]' read 'pq1'): rename the folder, or the folder it is in")
         builder = _builder(args.dataset_name, args.dataset_config_name)
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
         files = parquet_split_files(builder)
         return realign_stored_labels(raw, files, args.label_column_name) if files else raw
     # datasets reads these as glob patterns: a folder named like "set[ab]" would match "seta"
     # (a trailing slash made "plain//**", which matched nothing)
-    data_files = {"train": os.path.join(glob.escape(os.path.normpath(args.train_dir)), "**")}
+    # whole (datasets joins a relative one to the working folder, whose name may hold a "[" too)
+    data_files = {"train": os.path.join(glob.escape(os.path.abspath(args.train_dir)), "**")}
     if args.validation_dir:
-        data_files["validation"] = os.path.join(glob.escape(os.path.normpath(args.validation_dir)), "**")
+        data_files["validation"] = os.path.join(glob.escape(os.path.abspath(args.validation_dir)), "**")
     return datasets.load_dataset("imagefolder", data_files=data_files)
 
 
