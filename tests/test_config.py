@@ -145,6 +145,10 @@ def test_image_folder_flags_replace_the_recipes_dataset():
     back = resolve_values({**BASE, "dataset_name": None, "train_dir": "d/train", "validation_dir": "d/val"},
                           {"dataset_name": "acme/pets"})
     assert "train_dir" not in back and "validation_dir" not in back and back["dataset_name"] == "acme/pets"
+    # one way only: a --validation_dir alone keeps the recipe's dataset, --dataset_config_name its folders
+    assert resolve_values(recipe, {"validation_dir": "d/val"})["dataset_name"] == "builtin:digits"
+    folders = {**BASE, "dataset_name": None, "train_dir": "d/train"}
+    assert resolve_values(folders, {"dataset_config_name": "full"})["train_dir"] == "d/train"
 
 
 def test_cli_rejects_positional_garbage():

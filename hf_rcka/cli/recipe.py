@@ -230,15 +230,16 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
     return resolved
 
 
-# Keys that set one thing two ways: a flag for either replaces the recipe's other (``--learning_rate
-# 1e-4`` on a recipe that gives ``lr_base`` trains at 1e-4; the two given together are an error).
-# The data too: ``--train_dir`` on a recipe that names a dataset reads the image folders.
-_ALTERNATIVES = ({"learning_rate", "lr_base"}, {"dataset_name", "train_dir"}, {"dataset_name", "validation_dir"},
-                 {"dataset_config_name", "train_dir"})
+# What a flag replaces of the recipe: the other way to set the same thing (``--learning_rate 1e-4``
+# on a recipe that gives ``lr_base`` trains at 1e-4; the two given together are an error), and the
+# other source of the data (``--train_dir`` on a recipe that names a dataset reads the image
+# folders; ``--validation_dir`` or ``--dataset_config_name`` alone replace nothing).
+_REPLACES = {"learning_rate": {"lr_base"}, "lr_base": {"learning_rate"},
+             "train_dir": {"dataset_name", "dataset_config_name"}, "dataset_name": {"train_dir", "validation_dir"}}
 
 
 def _replaced_by_flag(key: str, overrides: dict[str, Any]) -> bool:
-    return any(key in keys and (keys - {key}) & overrides.keys() and key not in overrides for keys in _ALTERNATIVES)
+    return key not in overrides and any(key in _REPLACES.get(flag, ()) for flag in overrides)
 
 
 # Keys a recipe may reach for that are not settings here, and what to do instead: a TrainingArguments
