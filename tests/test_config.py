@@ -398,6 +398,10 @@ def test_a_record_run_again_from_another_folder_reads_its_paths_where_its_run_ra
     anchored = recipe_as_recorded(str(run / "distill_config.yaml"), recipe)
     assert anchored == {"train_dir": str(first / "data" / "train"), "teacher_model_name_or_path": str(first / "teacher"),
                         "model_name_or_path": "timm/resnet18"}
+    import shutil
+
+    shutil.rmtree(first / "data")  # the data moved since: read here, and said
+    assert recipe_as_recorded(str(run / "distill_config.yaml"), recipe)["train_dir"] == "data/train"
     monkeypatch.chdir(first)  # where it ran: as written
     assert recipe_as_recorded(str(run / "distill_config.yaml"), recipe) == recipe
     assert recipe_as_recorded(str(tmp_path / "plain.yaml"), recipe) == recipe  # no record beside it

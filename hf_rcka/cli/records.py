@@ -114,6 +114,12 @@ def recipe_as_recorded(path: str, recipe: dict[str, Any]) -> dict[str, Any]:
         return recipe
     anchored = _anchored(dict(recipe), working_dir, (*_ANCHORED_KEYS, "model_name_or_path", "baseline_dir"))
     moved = sorted(key for key in anchored if anchored[key] != recipe.get(key))
+    gone = [key for key in moved if not os.path.exists(anchored[key])]
+    for key in gone:  # the run folder was copied, or its data moved: read here, and said
+        anchored[key] = recipe[key]
+        logger.warning("%s: %s %r is gone from %s, where its run ran: it is read from this folder (%s); give --%s to "
+                       "read another", path, key, recipe[key], working_dir, os.getcwd(), key)
+    moved = [key for key in moved if key not in gone]
     if moved:
         logger.info("%s: %s read from %s, where its run ran (as recorded in %s)", path, ", ".join(moved), working_dir,
                     WORKING_DIR_NAME)
