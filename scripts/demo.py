@@ -37,6 +37,7 @@ import os
 import platform
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -117,7 +118,8 @@ def train(step: str, output_root: Path, threads: int, extra: list[str] | None = 
         try:
             returncode = _wait(process, step, log)
         finally:
-            if process.poll() is None:  # Ctrl-C reached the demo first: the step stops with it
+            if process.poll() is None:  # the demo was interrupted (alone, or before the step): it stops too
+                process.send_signal(signal.SIGINT)
                 process.wait()
     if returncode in (130, -2):  # the run stopped on Ctrl-C (SIGINT)
         raise KeyboardInterrupt

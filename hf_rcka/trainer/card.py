@@ -292,7 +292,7 @@ def write_model_card(
                     if os.path.exists(os.path.join(output_dir, RECIPE_RECORD)) else ""),
             evaluation=_evaluation_text(facts, metrics, distilled=bool(teacher_name)),
             results=_results_table(metrics, facts.relation_batches),
-            repo=json.dumps(repo_id or model_name),  # a Python string literal, whatever the folder's name holds
+            repo=json.dumps(repo_id or model_name, ensure_ascii=False),  # a Python string literal, whatever the name holds
             processor_note=_processor_note(has_processor),
             cka=_cka_section(output_dir),
         )

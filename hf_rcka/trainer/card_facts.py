@@ -86,8 +86,8 @@ class PeakRate(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):  # noqa: D102
         if optimizer is not None:
-            rate = max((group.get("lr", 0.0) for group in optimizer.param_groups), default=0.0)
-            self.highest = rate if self.highest is None else max(self.highest, float(rate))
+            rate = float(max((float(group.get("lr", 0.0)) for group in optimizer.param_groups), default=0.0))
+            self.highest = rate if self.highest is None else max(self.highest, rate)
 
 
 def logged_rates(log_history: list[dict]) -> dict[int, float]:
