@@ -468,20 +468,19 @@ class DistillationTrainer(CheckpointingTrainer):
         """Trainer's. A set other than the trainer's own evaluated under the ``eval`` prefix
         (``evaluate(test_set)``) stays off the model card, which would put its numbers beside the
         teacher's on the trainer's own set, as that set's ("same images", split: validation)."""
-        other = (metric_key_prefix == "eval" and self._other_eval_set(eval_dataset))
         before = len(self.state.log_history)
         metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        if other:
+        if metric_key_prefix == "eval" and self._evaluated_another_set():
             self._other_set_logs += self.state.log_history[before:]
             if self.is_world_process_zero():
                 logger.warning("evaluated a set other than the trainer's eval_dataset under the 'eval' prefix: the "
                                "model card leaves these numbers out (pass metric_key_prefix='test' to tell them apart)")
         return metrics
 
-    def _other_eval_set(self, dataset: Any) -> bool:
-        """Whether ``dataset`` (an ``evaluate()`` argument) is another set than the trainer's own."""
-        return (dataset is not None and not isinstance(dataset, str) and self.eval_dataset is not None
-                and dataset is not self.eval_dataset and not self.is_in_train)
+    def _evaluated_another_set(self) -> bool:
+        """Whether the evaluation or prediction running (or just run) outside training reads a set
+        other than the trainer's own evaluation set, whose numbers the card shows."""
+        return self.eval_dataset is not None and not self._evaluating_own_set and not self.is_in_train
 
     # Public hook (shared by evaluate and predict), so ``test_*`` metrics get the per-term losses too.
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
@@ -554,8 +553,7 @@ class DistillationTrainer(CheckpointingTrainer):
         if terms:  # the total over counted images; Trainer's averages batch losses, stand-ins and repeats included
             output.metrics[f"{metric_key_prefix}_loss"] = sum(terms.values())
         # the card's count, of the set whose numbers it shows (not evaluate(test_set)'s: see evaluate)
-        other_set = self.eval_dataset is not None and not self._evaluating_own_set and not self.is_in_train
-        if metric_key_prefix == "eval" and output.label_ids is not None and not other_set:
+        if metric_key_prefix == "eval" and output.label_ids is not None and not self._evaluated_another_set():
             self.card_facts.unreadable_eval_images = _uncounted(output.label_ids)
         if self.args.world_size > 1 and not has_length(dataloader.dataset):
             # a stream's count was this process's alone, and the speed metrics divided by it
