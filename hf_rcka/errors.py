@@ -8,6 +8,14 @@ at fault and what to change.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+
+def first_names(names: Sequence[str], shown: int = 4) -> str:
+    """The first ``shown`` of ``names`` and how many more, for a message: a long list (every weight
+    of a layer) would bury the one line that names the fix."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
 
 class UserError(ValueError):
     """Something the user can fix in the recipe, the data or the environment.

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..errors import ModelError
+from ..errors import ModelError, first_names
 from ..features.capture import Captured, ForwardCapture
 from ..features.hidden_states import describe_hidden_states, pooled_dim
 from ..features.pairing import FeaturePair
@@ -541,7 +541,7 @@ class DistillationModel(nn.Module):
         unused = sorted(info.get("unexpected_keys", ())) + sorted(str(k[0]) for k in info.get("mismatched_keys", ()))
         if absent or unused:
             raise KeyError(f"{directory} does not fit this run's student: its model.safetensors lacks "
-                           f"{_some(absent) or 'nothing'} and has {_some(unused) or 'nothing'} that the student lacks "
+                           f"{first_names(absent) or 'nothing'} and has {first_names(unused) or 'nothing'} that the student lacks "
                            "or holds in other shapes")
         load_full_state_dict(self.student, loaded.state_dict(), "student")
         del loaded
@@ -620,8 +620,3 @@ def _checkpoint_config(model_class: type, directory: str) -> Any:
     if getattr(config, "model_args", None):
         check_timm_args(config.architecture, saved_model_args(config))
     return config
-
-
-def _some(names: Sequence[str]) -> str:
-    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel, TimmWrapperConfig
 
+from ..errors import first_names
 from .hf_config import classifier_class, default_class, default_config, load_config, with_overrides
 from .label_maps import LabelMaps, resolve_labels, set_labels
 from .sources import parse_model_source
@@ -176,9 +177,9 @@ def _check_no_new_weights(name: str, model: PreTrainedModel, info: dict, overrid
     if not new:
         if missing:  # a backbone's checkpoint: said here too, not only in transformers' table
             logger.warning("%s: its checkpoint has no weights for %s, which start random and train with the run (a "
-                           "checkpoint of the backbone alone)", name, _some(missing))
+                           "checkpoint of the backbone alone)", name, first_names(missing))
         return
-    shown = _some(new)
+    shown = first_names(new)
     if overrides:
         raise ValueError(f"config_overrides {sorted(overrides)} give {name!r} weights its checkpoint does not have "
                          f"({shown}): they would start random. Drop those overrides, or build the model from scratch "
@@ -202,15 +203,11 @@ def _check_no_dropped_weights(name: str, model: PreTrainedModel, info: dict, ove
     in_blocks = [key for key in dropped if any(part.isdigit() for part in key.split(".")) and key not in buffers]
     if in_blocks and (overrides or not student):
         cause = f"config_overrides {sorted(overrides)} leave" if overrides else f"{type(model).__name__} leaves"
-        raise ValueError(f"{cause} {name!r}'s weights {_some(in_blocks)} unused: the model would run without those "
+        raise ValueError(f"{cause} {name!r}'s weights {first_names(in_blocks)} unused: the model would run without those "
                          "layers. Drop the overrides, or give a checkpoint of this architecture"
                          + (", or build the model from scratch (student_from_scratch: true)" if student else ""))
-    logger.warning("%s: its checkpoint's weights %s have no place in %s and are not used", name, _some(dropped),
+    logger.warning("%s: its checkpoint's weights %s have no place in %s and are not used", name, first_names(dropped),
                    type(model).__name__)
-
-
-def _some(names: list[str]) -> str:
-    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 # The attributes transformers' image classifiers keep their heads in (DeiT's and LeViT's distillation heads too)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ..errors import ModelError
+from ..errors import ModelError, first_names
 from ..modeling.distillation_model import DistillationModel
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def check_optimizer(model: DistillationModel, optimizers: Any) -> None:
     if missing:
         raise ModelError(
             f"the optimizer given does not train {len(missing)} trainable weight(s) of the distillation model "
-            f"({_some(missing)}): they would keep their random start. Build it over the DistillationModel's "
+            f"({first_names(missing)}): they would keep their random start. Build it over the DistillationModel's "
             "parameters (build_distillation_model(...).parameters(), then pass that model), or leave optimizers unset")
 
 
@@ -45,7 +45,7 @@ def check_lazy_parameters(model: DistillationModel) -> None:
     lazy = [name for name, p in model.named_parameters() if isinstance(p, torch.nn.parameter.UninitializedParameter)]
     if lazy:
         raise ModelError(
-            f"{len(lazy)} weight(s) of lazy modules have no shape before the first forward ({_some(lazy)}), so the "
+            f"{len(lazy)} weight(s) of lazy modules have no shape before the first forward ({first_names(lazy)}), so the "
             "optimizer could not hold them. Build them with their sizes: a loss's in its setup() (LossContext has "
             "the pooled widths), an adapter's from the features' shapes it is built with, a model's before it is given")
 
@@ -57,7 +57,7 @@ def check_late_parameters(model: DistillationModel, optimizer: Any) -> None:
     if late:
         raise ModelError(
             f"{len(late)} weight(s) appeared during the first forward, after the optimizer was built, and would never "
-            f"be trained: {_some(late)}. Create a loss's weights in its setup() (LossContext has the pooled widths); "
+            f"be trained: {first_names(late)}. Create a loss's weights in its setup() (LossContext has the pooled widths); "
             "a projection between paired hidden states belongs in an adapter, which is built with both features' "
             "shapes (hf_rcka.registry.ADAPTERS)")
 
@@ -73,7 +73,7 @@ def warn_unreached_weights(model: DistillationModel) -> None:
             "step reaches them: %s. A loss that applies its weights under torch.no_grad() or in "
             "reduce_teacher_feature (run with the teacher's forward, under no_grad), or detaches their result, leaves "
             "them at their random start: apply them to the student's side, in term() or terms()",
-            len(unreached), _some(unreached))
+            len(unreached), first_names(unreached))
 
 
 class LateParameterCheck(TrainerCallback):
@@ -109,10 +109,6 @@ def _not_optimized(model: torch.nn.Module, optimizer: Any) -> list[str]:
     if not held:  # a layer-wise optimizer (GaLore's) keeps its real ones elsewhere
         return []
     return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
-
-
-def _some(names: list[str]) -> str:
-    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 __all__ = ["LateParameterCheck", "check_late_parameters", "check_lazy_parameters", "check_optimizer",
