@@ -22,7 +22,7 @@ import logging
 import math
 from typing import Any, Callable
 
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from .errors import RecipeError
 
@@ -193,6 +193,21 @@ def check_schedule_settings(args: Any) -> None:
                           "cosine_with_min_lr)")
 
 
+class WarmupLongerThanRun(TrainerCallback):
+    """A warm-up of as many steps as the run or more never reaches the learning rate the recipe
+    sets (a 100-step warm-up in a 20-step run trained at a fifth of it at most): said as training
+    starts, once the run's number of steps is known, not only on the card at its end."""
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        if not (state.is_world_process_zero and state.max_steps > 0 and args.warmup_steps):
+            return
+        warmup = args.get_warmup_steps(state.max_steps)
+        if warmup >= state.max_steps:
+            logger.warning("warmup_steps: a warm-up of %d steps in a run of %d never reaches the learning rate %g: "
+                           "shorten the warm-up (a fraction below 1 is a share of the run)", warmup, state.max_steps,
+                           args.learning_rate)
+
+
 def _same_value(given: str, value: Any) -> bool:
     """Whether an optim_args value (a string) says what transformers sets anyway (``False``, ``1e-3``)."""
     try:
@@ -220,4 +235,4 @@ def check_half_precision(args: Any) -> None:
 
 
 __all__ = ["FIXED_SETTINGS", "check_batch_settings", "check_fixed_settings", "check_half_precision", "check_optim_args",
-           "check_schedule_settings", "check_training_values"]
+           "check_schedule_settings", "check_training_values", "WarmupLongerThanRun"]

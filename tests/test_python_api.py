@@ -685,12 +685,14 @@ def test_a_card_without_a_saved_image_processor_says_so(tmp_path, caplog):
     assert "holds no image processor" not in (tmp_path / "given" / "README.md").read_text()
 
 
-def test_the_cards_peak_learning_rate_is_the_highest_a_step_trained_at(tmp_path):
+def test_the_cards_peak_learning_rate_is_the_highest_a_step_trained_at(tmp_path, caplog):
     """A warm-up of 100 steps in a 4-step run: the card said "peak learning rate 0.003", a rate no
     step trained at."""
     trainer = build(make_args(tmp_path, max_steps=4, learning_rate=3e-3, warmup_steps=100, logging_steps=1,
                               losses=["ce"]), named(tiny_vit(), ["a", "b", "c"]))
-    trainer.train()
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        trainer.train()
+    assert "a warm-up of 100 steps in a run of 4 never reaches the learning rate 0.003" in caplog.text  # as it starts
     trainer.create_model_card()
     highest = max(entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry)
     assert highest == pytest.approx(3e-3 * 3 / 100)
