@@ -541,8 +541,8 @@ class DistillationModel(nn.Module):
         unused = sorted(info.get("unexpected_keys", ())) + sorted(str(k[0]) for k in info.get("mismatched_keys", ()))
         if absent or unused:
             raise KeyError(f"{directory} does not fit this run's student: its model.safetensors lacks "
-                           f"{first_names(absent) or 'nothing'} and has {first_names(unused) or 'nothing'} that the student lacks "
-                           "or holds in other shapes")
+                           f"{first_names(absent) or 'nothing'} and has {first_names(unused) or 'nothing'} that the "
+                           "student lacks or holds in other shapes")
         load_full_state_dict(self.student, loaded.state_dict(), "student")
         del loaded
         path = os.path.join(directory, DISTILLATION_STATE_NAME)

@@ -203,8 +203,8 @@ def _check_no_dropped_weights(name: str, model: PreTrainedModel, info: dict, ove
     in_blocks = [key for key in dropped if any(part.isdigit() for part in key.split(".")) and key not in buffers]
     if in_blocks and (overrides or not student):
         cause = f"config_overrides {sorted(overrides)} leave" if overrides else f"{type(model).__name__} leaves"
-        raise ValueError(f"{cause} {name!r}'s weights {first_names(in_blocks)} unused: the model would run without those "
-                         "layers. Drop the overrides, or give a checkpoint of this architecture"
+        raise ValueError(f"{cause} {name!r}'s weights {first_names(in_blocks)} unused: the model would run without "
+                         "those layers. Drop the overrides, or give a checkpoint of this architecture"
                          + (", or build the model from scratch (student_from_scratch: true)" if student else ""))
     logger.warning("%s: its checkpoint's weights %s have no place in %s and are not used", name, first_names(dropped),
                    type(model).__name__)

@@ -200,9 +200,10 @@ def check_timm_args(architecture: str, model_args: Mapping[str, Any]) -> None:
     overlay = model_args.get("pretrained_cfg_overlay") or {}
     weights = [key for key in _TIMM_PROVENANCE_KEYS if overlay.get(key)]
     if weights:  # timm reads them only with pretrained=True, which is never passed: the weights were dropped
-        raise ValueError(f"config_overrides for timm model {architecture!r}: pretrained_cfg_overlay sets {weights}, where "
-                         "timm finds pretrained weights, and hf_rcka loads none from there. Load them in a session (timm.create_model(..., pretrained=True, pretrained_cfg_overlay="
-                         "...)), save_pretrained it to a folder, and give that folder")
+        raise ValueError(f"config_overrides for timm model {architecture!r}: pretrained_cfg_overlay sets {weights}, "
+                         "where timm finds pretrained weights, and hf_rcka loads none from there. Load them in a "
+                         "session (timm.create_model(..., pretrained=True, pretrained_cfg_overlay=...)), "
+                         "save_pretrained it to a folder, and give that folder")
 
 
 def timm_data_config(base: Mapping[str, Any], model_args: Mapping[str, Any]) -> dict[str, Any]:

@@ -201,8 +201,9 @@ def _evaluation_text(facts: CardFacts, metrics: dict[str, float], distilled: boo
         rows.append((name, facts.baseline_accuracy, facts.baseline_note))
     if len(rows) > 1:
         lines += ["", "| model | top-1 | note |", "|---|---|---|"]
-        # a folder name with a "|" (a baseline run's) would end its cell
-        lines += [f"| {name} | {100 * value:.1f}% | {note.replace('|', chr(92) + '|')} |" for name, value, note in rows]
+        for name, value, note in rows:
+            cell = note.replace("|", "\\|")  # a folder name with a "|" (a baseline run's) would end its cell
+            lines.append(f"| {name} | {100 * value:.1f}% | {cell} |")
         if isinstance(accuracy, (int, float)) and facts.baseline_accuracy is not None and facts.baseline_comparable:
             gain = 100 * (accuracy - facts.baseline_accuracy)
             lines += ["", f"Distillation changed top-1 by {gain:+.1f} points over training the student alone."]

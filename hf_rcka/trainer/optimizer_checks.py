@@ -45,8 +45,8 @@ def check_lazy_parameters(model: DistillationModel) -> None:
     lazy = [name for name, p in model.named_parameters() if isinstance(p, torch.nn.parameter.UninitializedParameter)]
     if lazy:
         raise ModelError(
-            f"{len(lazy)} weight(s) of lazy modules have no shape before the first forward ({first_names(lazy)}), so the "
-            "optimizer could not hold them. Build them with their sizes: a loss's in its setup() (LossContext has "
+            f"{len(lazy)} weight(s) of lazy modules have no shape before the first forward ({first_names(lazy)}), so "
+            "the optimizer could not hold them. Build them with their sizes: a loss's in its setup() (LossContext has "
             "the pooled widths), an adapter's from the features' shapes it is built with, a model's before it is given")
 
 
@@ -57,8 +57,8 @@ def check_late_parameters(model: DistillationModel, optimizer: Any) -> None:
     if late:
         raise ModelError(
             f"{len(late)} weight(s) appeared during the first forward, after the optimizer was built, and would never "
-            f"be trained: {first_names(late)}. Create a loss's weights in its setup() (LossContext has the pooled widths); "
-            "a projection between paired hidden states belongs in an adapter, which is built with both features' "
+            f"be trained: {first_names(late)}. Create a loss's weights in its setup() (LossContext has the pooled "
+            "widths); a projection between paired hidden states belongs in an adapter, which is built with both features' "
             "shapes (hf_rcka.registry.ADAPTERS)")
 
 
