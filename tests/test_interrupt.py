@@ -498,3 +498,25 @@ def test_a_signal_during_the_final_save_waits_for_the_model(tmp_path, monkeypatc
     assert last.startswith(f"interrupted by SIGTERM after training: the trained model is saved in {out}"), last
     assert {"model.safetensors", "trainer_state.json", "train_results.json"} <= {p.name for p in out.iterdir()}
     AutoModelForImageClassification.from_pretrained(out)  # whole
+
+
+@pytest.mark.parametrize("env, said", [
+    ({"RANK": "1"}, True),  # a plain run under a cluster scheduler that exports its own RANK
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "0", "RANK": "2"}, True),  # a second machine's first process
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "1", "RANK": "1"}, False),  # a launcher's replica
+])
+def test_an_interruption_is_said_by_each_machines_first_process(env, said, monkeypatch, capsys):
+    """A plain run whose environment held RANK=1 stopped on a signal with no word of why."""
+    from hf_rcka.cli import main as cli
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    def interrupted(argv, stop):
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(cli, "_run_recipe", interrupted)
+    assert cli.main(["recipe.yaml"]) == 128 + signal.SIGINT
+    assert ("interrupted by SIGINT outside the training steps" in capsys.readouterr().err) is said

@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stopped.exit_code
     except Interrupted as interrupted:
         notes = "".join(f" ({note})" for note in getattr(interrupted, "__notes__", ()))
-        if _main_process():  # every process stops; one says so
+        if not _launched_replica():  # every process stops; each machine's first says so
             print(_interrupted_message(signal.Signals(interrupted.signum).name, stop, argv) + notes,
                   file=sys.stderr, flush=True)
         return 128 + interrupted.signum
@@ -74,11 +74,6 @@ def _launched_replica() -> bool:
     set ``LOCAL_RANK`` and ``WORLD_SIZE``; a cluster's ``RANK`` alone, on a plain run, is not one)."""
     local = os.environ.get("LOCAL_RANK")
     return local not in (None, "", "0") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-
-
-def _main_process() -> bool:
-    """Whether this is a launch's process 0 (or no launch's)."""
-    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def console_main() -> None:
