@@ -141,6 +141,10 @@ class DataArguments(AugmentationArguments):
             raise RecipeError(f"split_seed must be an integer >= 0, got {self.split_seed!r}")
 
 
+class TrainersDefaultRate(float):
+    """``TrainingArguments``' default ``learning_rate``, when no rate was given."""
+
+
 @dataclass
 class DistillationTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the distillation settings.
@@ -199,6 +203,12 @@ class DistillationTrainingArguments(TrainingArguments):
         metadata={"help": "Also exempt from weight decay what the student's no_weight_decay() names (timm: position "
                           "embedding, class/distillation tokens), as timm's and DeiT's optimizers do."},
     )
+    # Trainer's own default, as an object of its own: a rate given from Python equal to it (5e-5) is
+    # told apart from one left out, so that giving it with lr_base is refused as any other rate is
+    learning_rate: float = field(
+        default=TrainersDefaultRate(TrainingArguments.__dataclass_fields__["learning_rate"].default),
+        metadata=TrainingArguments.__dataclass_fields__["learning_rate"].metadata,
+    )
     lr_base: float | None = field(
         default=None,
         metadata={"help": "Learning rate for a global batch of lr_base_size images: learning_rate becomes lr_base "
@@ -217,6 +227,8 @@ class DistillationTrainingArguments(TrainingArguments):
     label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
 
     def __post_init__(self) -> None:
+        rate_given = not isinstance(self.learning_rate, TrainersDefaultRate)
+        self.learning_rate = float(self.learning_rate)
         check_training_values(self)
         self.losses = validate_losses(self.losses)
         self.feature_pairs = validate_feature_pairs(self.feature_pairs)
@@ -247,7 +259,7 @@ class DistillationTrainingArguments(TrainingArguments):
         if self.lr_base_scale not in ("linear", "sqrt"):  # a typo is one, whether lr_base is set or not
             raise RecipeError(f"lr_base_scale must be 'linear' or 'sqrt', got {self.lr_base_scale!r}")
         if self.lr_base is not None:  # needs the number of processes, known once TrainingArguments set up the devices
-            self.learning_rate = scaled_learning_rate(self)
+            self.learning_rate = scaled_learning_rate(self, rate_given)
 
 
 def check_arguments(args: TrainingArguments) -> None:
@@ -320,8 +332,10 @@ def describe_batch(args: TrainingArguments, per_device: int | None = None) -> st
     return f"{total} images ({processes} {noun} x {batch} images{steps})"
 
 
-def scaled_learning_rate(args: "DistillationTrainingArguments") -> float:
+def scaled_learning_rate(args: "DistillationTrainingArguments", rate_given: bool) -> float:
     """``lr_base`` scaled from ``lr_base_size`` images to this run's global batch.
+
+    ``rate_given``: whether ``learning_rate`` was set too.
 
     Raises:
         RecipeError: for a bad scale or size, or a ``learning_rate`` given as well (which one would win
@@ -334,8 +348,7 @@ def scaled_learning_rate(args: "DistillationTrainingArguments") -> float:
         raise RecipeError(f"lr_base must be > 0 and lr_base_size >= 1, got {args.lr_base} and {args.lr_base_size}")
     ratio = global_batch_size(args) / args.lr_base_size
     scaled = args.lr_base * (ratio if args.lr_base_scale == "linear" else math.sqrt(ratio))
-    default = TrainingArguments.__dataclass_fields__["learning_rate"].default
-    if args.learning_rate not in (default, scaled):
+    if rate_given and args.learning_rate != scaled:
         raise RecipeError(
             f"learning_rate {args.learning_rate:g} and lr_base {args.lr_base:g} are both given: keep lr_base "
             f"(the rate for {args.lr_base_size} images, scaled to the global batch) or learning_rate (as is), not both"

@@ -235,6 +235,20 @@ def test_lr_base_scales_to_the_global_batch_as_deit_does():
         parse_arguments({**base, "auto_find_batch_size": True})
 
 
+def test_a_learning_rate_given_from_python_with_lr_base_is_refused_at_any_value(tmp_path):
+    """From Python, learning_rate=5e-5 (Trainer's default) with lr_base trained at the scaled lr_base."""
+    from hf_rcka import DistillationTrainingArguments
+
+    settings = dict(output_dir=str(tmp_path), lr_base=1e-3, lr_base_size=64, per_device_train_batch_size=8,
+                    use_cpu=True, report_to="none")
+    for rate in (5e-5, 1e-4):
+        with pytest.raises(RecipeError, match="both given"):
+            DistillationTrainingArguments(learning_rate=rate, **settings)
+    args = DistillationTrainingArguments(**settings)
+    assert args.learning_rate == pytest.approx(1e-3 * 8 / 64) and type(args.learning_rate) is float
+    assert DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True).learning_rate == 5e-5
+
+
 def test_a_learning_rate_flag_replaces_the_recipes_lr_base():
     values = resolve_values({**BASE, "lr_base": 5e-4, "lr_base_size": 512}, parse_cli_overrides(["--learning_rate", "1e-4"]))
     assert values["learning_rate"] == 1e-4 and "lr_base" not in values
