@@ -150,7 +150,21 @@ def test_a_batch_with_keys_the_model_does_not_take_is_one_error(tmp_path):
         return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
                 "labels": torch.stack([i["labels"] for i in items]), "image_id": torch.arange(len(items))}
 
-    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1), data_collator=collate_with_ids)
+    # the batch a caller's collator makes is checked when the trainer is built (it failed at the first
+    # step, after the models loaded and the teacher was checked): DefaultDataCollator keeps an id column
+    from transformers import DefaultDataCollator
+
+    with pytest.raises(DataError, match=r"the batch has keys \['image_id'\] besides pixel_values and labels"):
+        build(make_args(tmp_path, losses=["ce"], max_steps=1), data_collator=collate_with_ids)
+    with_ids = pixel_dataset(20).add_column("id", list(range(20)))
+    with pytest.raises(DataError, match=r"the batch has keys \['id'\]"):
+        build(make_args(tmp_path, losses=["ce"], max_steps=1), train=with_ids, data_collator=DefaultDataCollator())
+    with pytest.raises(DataError, match=r"the data_collator's batch: its items have no \['labels'\]"):
+        build(make_args(tmp_path, losses=["ce"], max_steps=1), data_collator=lambda items: {
+            "pixel_values": torch.stack([i["pixel_values"] for i in items])})
+    # a training stream is not read when the trainer is built: its first batch says it
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1), train=pixel_dataset(20).to_iterable_dataset(),
+                    data_collator=collate_with_ids)
     with pytest.raises(DataError, match=r"the batch has keys \['image_id'\] besides pixel_values and labels"):
         trainer.train()
 

@@ -8,6 +8,7 @@ compared with the student's (:mod:`.given_labels`).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -20,24 +21,55 @@ from .given_labels import data_class_names, model_class_names, numbered_only
 logger = logging.getLogger(__name__)
 
 
-def check_columns(train_dataset: Any, eval_dataset: Any, collator_given: bool) -> Mapping | None:
+def check_columns(train_dataset: Any, eval_dataset: Any, collator: Any = None) -> Mapping | None:
     """Each dataset's first item has ``pixel_values`` and ``labels`` (the batch the model reads);
     returns the first training item (None when the data cannot be indexed).
 
     Other names (``image``, ``label``) failed at the first batch with a bare ``KeyError``; one
     item is decoded here, through the dataset's transform, to say which keys it has. A caller's
-    own ``data_collator`` may build the batch from other keys, so its items are not checked.
+    own ``data_collator`` may build the batch from other keys, so its items are not checked: the
+    batch it makes of the first training item is (``check_collated``).
     """
     if isinstance(train_dataset, Mapping):  # a DatasetDict's length is its number of splits
         raise DataError(f"train_dataset is a dict of {len(train_dataset)} splits ({sorted(train_dataset)[:4]}): pass "
                         "one split, e.g. train_dataset=dataset['train'] (several evaluation sets may be a dict)")
     first = None
     for role, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-        for where, _, item in _first_items(role, dataset, collator_given):
+        for where, _, item in _first_items(role, dataset, collator is not None):
             first = item if first is None and role == "train_dataset" else first
-            if not collator_given:
+            if collator is None:
                 _check_keys(where, item, ("pixel_values", "labels"))
+    if collator is not None and first is not None:
+        check_collated(collator, first)
     return first
+
+
+def check_collated(collator: Any, item: Any) -> None:
+    """The batch a caller's ``data_collator`` makes of two copies of ``item`` holds ``pixel_values``
+    and ``labels`` and nothing the distillation model does not take.
+
+    hf_rcka's own collate leaves other columns out; a caller's (``DefaultDataCollator`` keeps every
+    column: an ``id``) failed at the first step, after the models loaded and the teacher was checked.
+    A collator that cannot batch these two items is left to the first step, where its own error says why.
+    """
+    try:
+        batch = collator([item, item])
+    except Exception:  # noqa: BLE001 - e.g. one that needs a whole batch: the first step tells
+        return
+    if not isinstance(batch, Mapping):
+        return
+    _check_keys("the data_collator's batch", batch, ("pixel_values", "labels"))
+    check_batch_keys(batch)
+
+
+def check_batch_keys(batch: Mapping) -> None:
+    """A batch holds only what ``DistillationModel.forward`` takes (else a ``TypeError`` there)."""
+    from ..modeling.distillation_model import DistillationModel
+
+    unknown = sorted(set(batch) - (set(inspect.signature(DistillationModel.forward).parameters) - {"self"}))
+    if unknown:
+        raise DataError(f"the batch has keys {unknown} besides pixel_values and labels, which the distillation "
+                        "model does not take: leave them out in the data_collator (or the dataset's transform)")
 
 
 def image_size(item: Mapping | None) -> tuple[int, int] | None:
@@ -134,4 +166,4 @@ def _check_keys(where: str, item: Mapping, needed: tuple[str, ...]) -> None:
             "(dataset.set_transform(...) with the processor), or pass a data_collator that builds them")
 
 
-__all__ = ["check_columns", "check_image_sizes", "check_later_dataset", "image_size"]
+__all__ = ["check_batch_keys", "check_columns", "check_image_sizes", "check_later_dataset", "image_size"]

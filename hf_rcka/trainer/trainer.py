@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import logging
 import os
 import math
@@ -37,7 +36,7 @@ from transformers.trainer_utils import EvalLoopOutput, has_length
 from ..arguments import check_arguments, describe_batch, run_mixed_precision
 from ..training_values import WarmupLongerThanRun, check_half_precision
 from ..augmentation import AugmentationArguments
-from ..errors import DataError, ModelError, RecipeError
+from ..errors import ModelError, RecipeError
 from .batch_rows import (
     check_evaluation_rows,
     check_relation_rows,
@@ -57,7 +56,7 @@ from .checkpointing import (
     checkpoint_step,
     keep_token_out_of_files,
 )
-from .given_data import check_columns, check_image_sizes, check_later_dataset, image_size
+from .given_data import check_batch_keys, check_columns, check_image_sizes, check_later_dataset, image_size
 from .given_labels import check_labels, name_student_classes
 from .given_models import (
     check_activation_checkpointing, check_model_objects, check_models, check_ready_model, check_saveable,
@@ -146,7 +145,7 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     check_model_objects(model, teacher, kwargs)
     _check_given_weights(model, teacher)
     datasets = (kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
-    first_item = check_columns(*datasets, collator_given=kwargs.get("data_collator") is not None)
+    first_item = check_columns(*datasets, collator=kwargs.get("data_collator"))
     if isinstance(model, DistillationModel):
         realign = check_ready_model(model, teacher, teacher_processor, args, mapping, datasets)
         _check_settings(model.student, model.losses.values(), args, kwargs)
@@ -180,9 +179,6 @@ def _check_settings(student: Any, losses: Iterable[DistillationLoss], args: Trai
         check_metric_for_best_model(args, losses, student.config.num_labels,
                                     switched_off(getattr(args, "losses", None) or []),
                                     list(eval_dataset) if isinstance(eval_dataset, dict) else None)
-
-
-_MODEL_INPUTS = set(inspect.signature(DistillationModel.forward).parameters) - {"self"}  # what a batch may hold
 
 
 def _teacher_name(teacher: Any) -> str | None:
@@ -419,10 +415,7 @@ class DistillationTrainer(CheckpointingTrainer):
                 inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
         else:
             inputs = {**inputs, "labels": _without_padding(inputs["labels"], self.accelerator)}
-        unknown = sorted(set(inputs) - _MODEL_INPUTS)
-        if unknown:  # else a TypeError from DistillationModel.forward
-            raise DataError(f"the batch has keys {unknown} besides pixel_values and labels, which the distillation "
-                            "model does not take: leave them out in the data_collator (or the dataset's transform)")
+        check_batch_keys(inputs)  # a stream's batches, which were not read when the trainer was built
         outputs = model(**inputs)
         if first_step and torch.is_grad_enabled():
             self.distillation_model.check_training_terms(outputs.loss_terms)
