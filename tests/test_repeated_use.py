@@ -169,6 +169,24 @@ def test_a_batch_with_keys_the_model_does_not_take_is_one_error(tmp_path):
         trainer.train()
 
 
+def test_a_loaded_timm_student_with_numbered_classes_is_exported_with_the_datasets_names(tmp_path):
+    """A timm checkpoint's config keeps label_names, which its to_dict saves over id2label: the
+    names given in memory were exported, and reloaded, as LABEL_0..LABEL_2."""
+    from transformers import AutoModelForImageClassification, TimmWrapperConfig, TimmWrapperForImageClassification
+
+    from _models import TIMM_TINY_ARGS
+
+    config = TimmWrapperConfig(architecture="resnet18", model_args=TIMM_TINY_ARGS["resnet18"], num_labels=3)
+    TimmWrapperForImageClassification(config).save_pretrained(tmp_path / "saved")
+    student = AutoModelForImageClassification.from_pretrained(tmp_path / "saved")
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1), student=student,
+                    train=named_classes(pixel_dataset(20), ["cat", "dog", "eel"]))
+    trainer.train()
+    trainer.save_model()
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "run")
+    assert reloaded.config.id2label == {0: "cat", 1: "dog", 2: "eel"}
+
+
 def test_a_student_with_numbered_classes_is_exported_with_the_datasets_names(tmp_path):
     """The run evaluated (and paired its teacher) by the dataset's names; the export said LABEL_2."""
     student = tiny_vit()

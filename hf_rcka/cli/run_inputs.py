@@ -17,10 +17,9 @@ from datasets.table import CastError
 from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
 from ..data.datasets import load_raw_datasets
 from ..errors import DataError, ModelError, UserError
-from ..losses import reads_teacher_logits
+from ..models.label_maps import LabelMaps, set_labels
+from ..modeling.assembly import run_reads_teacher_logits
 from ..models.labels import align_teacher_classes, is_generic, model_label_names
-from ..registry import LOSSES
-from ..modeling.assembly import active_specs, run_loss_specs
 
 
 @contextmanager
@@ -77,11 +76,8 @@ def align_teacher(teacher: Any, args: DistillationTrainingArguments, labels: lis
     are distilled; when only its features are, other classes are fine but its accuracy means nothing."""
     if teacher is None:
         return
-    specs = active_specs(run_loss_specs(args, has_teacher=True))
-    reads_logits = any(reads_teacher_logits(LOSSES.get(spec["name"])) for spec in specs)
-    align_teacher_classes(teacher, labels, mapping, reads_logits, args)
+    align_teacher_classes(teacher, labels, mapping, run_reads_teacher_logits(args), args)
     if is_generic(model_label_names(teacher.config)) and len(teacher.config.id2label) == len(labels):
         # paired by position, and said so above: the run's own teacher (never saved) takes the run's
         # names, so that the trainer's check of the same pairing does not say it again
-        teacher.config.id2label = dict(enumerate(labels))
-        teacher.config.label2id = {name: i for i, name in enumerate(labels)}
+        set_labels(teacher.config, LabelMaps.of(labels))

@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedModel, TrainingArguments
 
 from ..errors import RecipeError
-from ..losses import DistillationLoss
+from ..losses import DistillationLoss, reads_teacher_logits
 from ..recipe_specs import unused_feature_pairs
 from ..registry import LOSSES
 from .distillation_model import DistillationModel
@@ -39,6 +39,14 @@ def active_specs(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The specs whose weight is not 0: a term at weight 0 adds nothing to the loss, is logged as 0,
     and would still cost its computation (and the teacher's forward, when no other loss needs it)."""
     return [spec for spec in specs if not _switched_off(spec)]
+
+
+def run_reads_teacher_logits(args: Any, loss_names: Sequence[str] | None = None) -> bool:
+    """Whether a loss of the run (``loss_names``, or the run's computed ones) reads the teacher's
+    logits: then the teacher's classes must be the run's; features alone pair with any classes."""
+    if loss_names is None:
+        loss_names = [spec["name"] for spec in active_specs(run_loss_specs(args, has_teacher=True))]
+    return any(reads_teacher_logits(LOSSES.get(name)) for name in loss_names)
 
 
 def switched_off(specs: Sequence[dict[str, Any]]) -> list[str]:

@@ -32,6 +32,11 @@ class LabelMaps:
         return cls(names, {v: k for k, v in names.items()})
 
     @classmethod
+    def of(cls, names: Sequence[str]) -> LabelMaps:
+        """The maps of class names given in id order."""
+        return cls(dict(enumerate(names)), {name: i for i, name in enumerate(names)})
+
+    @classmethod
     def from_config(cls, config: PreTrainedConfig) -> LabelMaps:
         id2label = {int(k): str(v) for k, v in config.id2label.items()}
         return cls(id2label, {v: k for k, v in id2label.items()})
@@ -76,10 +81,11 @@ def _maps_from_id2label(id2label: Mapping[int | str, str]) -> LabelMaps:
 
 
 def set_labels(config: PreTrainedConfig, labels: LabelMaps | None) -> None:
-    """Write ``labels`` into a config being built (both maps, so transformers derives nothing).
+    """Write ``labels`` into a config (both maps, so transformers derives nothing), and into a timm
+    checkpoint's ``label_names``, which its ``to_dict`` saves over ``id2label``: every writer of a
+    model's class names goes through here, or its export reloads as ``LABEL_0``...
 
-    ``None`` keeps the config's own labels. Callers pass a config they own (a fresh or copied
-    one), never a model's live config.
+    ``None`` keeps the config's own labels.
     """
     if labels is not None:
         config.id2label = dict(labels.id2label)

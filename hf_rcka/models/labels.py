@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import LabelError
 from .label_forms import TO_NFC, check_same_forms
-from .label_maps import first_ids
+from .label_maps import LabelMaps, first_ids, set_labels
 
 logger = logging.getLogger(__name__)
 
@@ -223,19 +223,6 @@ class _ReorderLogits:
         return output
 
 
-def realign_teacher(teacher: nn.Module, labels: Sequence[str], mapping: str = BY_NAME,
-                    **wording: str) -> list[int] | None:
-    """Check the teacher's classes against ``labels``; re-index its logits when they are permuted.
-
-    Returns the order applied (:func:`apply_label_order`), or None. ``wording``: ``key`` and
-    ``source`` of ``teacher_label_order``'s errors.
-    """
-    order = teacher_label_order(labels, model_label_names(teacher.config), mapping, **wording)
-    if order is not None:
-        apply_label_order(teacher, labels, order)
-    return order
-
-
 def apply_label_order(teacher: nn.Module, labels: Sequence[str], order: list[int]) -> None:
     """Re-index the teacher's logits into the run's class order, in place.
 
@@ -243,8 +230,7 @@ def apply_label_order(teacher: nn.Module, labels: Sequence[str], order: list[int
     alike, sees the run's order; its config's label maps are rewritten to match.
     """
     teacher.register_forward_hook(_ReorderLogits(order))
-    teacher.config.id2label = dict(enumerate(labels))
-    teacher.config.label2id = {name: i for i, name in enumerate(labels)}
+    set_labels(teacher.config, LabelMaps.of(labels))
     logger.info("labels: the teacher's %d classes are in another order; its logits are re-indexed by name", len(labels))
 
 
@@ -296,7 +282,7 @@ _OTHER_CLASSES = "hf_rcka_other_classes"
 
 
 def has_other_classes(teacher: nn.Module | None) -> bool:
-    """Whether ``teacher_alignment`` found that ``teacher`` classifies other classes than the run's."""
+    """Whether ``teacher`` was marked (``mark_other_classes``) as classifying other classes than the run's."""
     return bool(getattr(teacher, _OTHER_CLASSES, False))
 
 

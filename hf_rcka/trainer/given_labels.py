@@ -17,13 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import LabelError, RecipeError
-from ..losses import reads_teacher_logits
-from ..modeling.assembly import active_specs, run_loss_specs
+from ..modeling.assembly import run_reads_teacher_logits
+from ..models.label_maps import LabelMaps, set_labels
 from ..models.labels import (
     BY_NAME, TEACHER_LABEL_MAPPINGS, apply_label_order, is_generic, mark_other_classes, model_label_names,
     teacher_alignment,
 )
-from ..registry import LOSSES
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +122,7 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
     teacher_names = model_class_names(teacher) if teacher is not None else None
     if not run_names and numbered and teacher_names and sorted(teacher_names) == sorted(numbered):
         run_names = numbered
-    if loss_names is None:
-        loss_names = [spec["name"] for spec in active_specs(run_loss_specs(args, has_teacher=True))]
-    reads_logits = any(reads_teacher_logits(LOSSES.get(name)) for name in loss_names)
+    reads_logits = run_reads_teacher_logits(args, loss_names)
     if not run_names and teacher_names and reads_logits and mapping == BY_NAME and not numbered_only(teacher_names):
         logger.warning("labels: neither the student's id2label nor the dataset's ClassLabel names the classes, so the "
                        "teacher's classes %s are paired with the data's by position, unchecked. Name them "
@@ -151,8 +148,7 @@ def name_student_classes(student: Any, datasets: tuple[Any, ...]) -> None:
     student_names = model_class_names(student)
     if config is None or not names or (student_names and not numbered_only(student_names)):
         return
-    config.id2label = dict(enumerate(names))
-    config.label2id = {name: i for i, name in enumerate(names)}
+    set_labels(config, LabelMaps.of(names))
     logger.info("labels: the student's classes are named after the dataset's ClassLabel: %s", names[:5])
 
 
