@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import TrainingArguments
 
 from .augmentation import AugmentationArguments
 from .errors import RecipeError
+from .run_record import read_recorded_recipe
 from .recipe_specs import (
     check_auto_pair_options,
     unused_feature_pairs,
@@ -369,11 +369,10 @@ def _check_baseline_dir(folder: str) -> None:
     if accuracy is None:
         raise RecipeError(f"baseline_dir: {str(results)!r} has no eval_accuracy (that run was not evaluated): "
                           "train the baseline again with do_eval: true, or drop baseline_dir")
-    recipe = Path(folder, "distill_config.yaml")  # the recipe scripts/distill.py records (cli.records.CONFIG_NAME)
-    try:
-        teacher = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("teacher_model_name_or_path")
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
-        teacher = None  # no record this version reads: nothing to check
+    try:  # the card compares the two runs by it after training
+        teacher = read_recorded_recipe(folder).get("teacher_model_name_or_path")
+    except ValueError as err:
+        raise RecipeError(f"baseline_dir: {err}: rerun the baseline, or drop baseline_dir") from None
     if teacher:
         raise RecipeError(f"baseline_dir {folder!r} is a distilled run (teacher {teacher!r}), not the student trained "
                           "alone: the card would credit distillation with the difference between two distillations. "

@@ -949,19 +949,19 @@ def test_debug_shows_the_traceback(tmp_path, capsys, no_loading):
 
 def test_debug_with_a_value_is_the_trainer_setting():
     """``--debug underflow_overflow`` lost its --debug and failed as a stray argument."""
-    from hf_rcka.cli.main import _debug
+    from hf_rcka.cli.main import _pop_debug_flag
 
     argv = ["recipe.yaml", "--debug", "underflow_overflow", "--seed", "3", "--debug"]
-    assert _debug(argv) and argv == ["recipe.yaml", "--debug", "underflow_overflow", "--seed", "3"]
+    assert _pop_debug_flag(argv) and argv == ["recipe.yaml", "--debug", "underflow_overflow", "--seed", "3"]
     argv = ["recipe.yaml", "--debug", "--seed", "3"]
-    assert _debug(argv) and argv == ["recipe.yaml", "--seed", "3"]
+    assert _pop_debug_flag(argv) and argv == ["recipe.yaml", "--seed", "3"]
     argv = ["--debug", "recipe.yaml"]  # the bare flag before the recipe, as the README allows
-    assert _debug(argv) and argv == ["recipe.yaml"]
+    assert _pop_debug_flag(argv) and argv == ["recipe.yaml"]
     # spelled as --key value: "true" was left behind as a stray argument
     argv = ["recipe.yaml", "--debug", "true", "--seed", "3"]
-    assert _debug(argv) and argv == ["recipe.yaml", "--seed", "3"]
+    assert _pop_debug_flag(argv) and argv == ["recipe.yaml", "--seed", "3"]
     argv = ["recipe.yaml", "--debug", "False"]
-    assert not _debug(argv) and argv == ["recipe.yaml"]
+    assert not _pop_debug_flag(argv) and argv == ["recipe.yaml"]
     from hf_rcka.trainer.resume_hint import relaunch_command
 
     kept = relaunch_command(["recipe.yaml", "--debug", "underflow_overflow"], {"resume_from_checkpoint": "out/c"})
@@ -1429,8 +1429,8 @@ def test_a_teacher_on_a_local_dataset_folder_spelled_otherwise_is_the_same_data(
     monkeypatch.chdir(tmp_path)
     student_data = DataArguments(dataset_name=str(tmp_path / "pets") + "/")
     with pytest.raises(DataError, match="teacher training images"):
-        check_teacher_data(str(teacher), student_data, "distill_config.yaml", carved=True)
-    check_teacher_data(str(teacher), DataArguments(dataset_name="acme/pets"), "distill_config.yaml", carved=True)
+        check_teacher_data(str(teacher), student_data, carved=True)
+    check_teacher_data(str(teacher), DataArguments(dataset_name="acme/pets"), carved=True)
 
 
 def test_a_teacher_checkpoint_is_checked_with_its_runs_recorded_split(tmp_path):
@@ -1444,8 +1444,7 @@ def test_a_teacher_checkpoint_is_checked_with_its_runs_recorded_split(tmp_path):
     (run / "checkpoint-100" / "trainer_state.json").write_text("{}")
     (run / "distill_config.yaml").write_text("dataset_name: builtin:digits\nsplit_seed: 7\n")
     with pytest.raises(DataError, match="teacher training images"):
-        check_teacher_data(str(run / "checkpoint-100"), DataArguments(dataset_name="builtin:digits"),
-                           "distill_config.yaml", carved=True)
+        check_teacher_data(str(run / "checkpoint-100"), DataArguments(dataset_name="builtin:digits"), carved=True)
 
 
 def test_a_datasets_default_configuration_is_no_configuration(tmp_path):
@@ -1457,8 +1456,7 @@ def test_a_datasets_default_configuration_is_no_configuration(tmp_path):
     teacher.mkdir()
     (teacher / "distill_config.yaml").write_text("dataset_name: acme/pets\nsplit_seed: 7\n")
     with pytest.raises(DataError, match="teacher training images"):
-        check_teacher_data(str(teacher), DataArguments(dataset_name="acme/pets", dataset_config_name="default"),
-                           "distill_config.yaml", carved=True)
+        check_teacher_data(str(teacher), DataArguments(dataset_name="acme/pets", dataset_config_name="default"), carved=True)
 
 
 def test_only_a_checkpoint_n_folder_takes_its_runs_recipe(tmp_path):
@@ -1470,8 +1468,8 @@ def test_only_a_checkpoint_n_folder_takes_its_runs_recipe(tmp_path):
         (run / child).mkdir(parents=True)
         (run / child / "trainer_state.json").write_text("{}")
     (run / "distill_config.yaml").write_text("dataset_name: builtin:digits\nsplit_seed: 7\n")
-    assert recorded_recipe(str(run / "finetuned_on_cifar"), "distill_config.yaml") is None
-    assert recorded_recipe(str(run / "checkpoint-20"), "distill_config.yaml")["split_seed"] == 7
+    assert recorded_recipe(str(run / "finetuned_on_cifar")) is None
+    assert recorded_recipe(str(run / "checkpoint-20"))["split_seed"] == 7
 
 
 def test_an_uncached_pretrained_timm_student_offline_says_how_to_train_it_from_scratch(tmp_path, capsys, no_loading):
@@ -1504,7 +1502,7 @@ def test_a_teachers_relative_train_dir_is_read_from_where_it_ran(tmp_path, monke
     monkeypatch.chdir(elsewhere)
     student = DataArguments(train_dir=other, validation_dir=str(train))
     with pytest.raises(DataError, match="teacher's training images"):
-        check_teacher_data(str(teacher), student, "distill_config.yaml", carved=False)
+        check_teacher_data(str(teacher), student, carved=False)
 
 
 def test_an_eval_only_run_of_a_model_trained_on_this_data_evaluates_its_held_out_images(tmp_path, capsys):
@@ -1525,8 +1523,8 @@ def test_an_eval_only_run_of_a_model_trained_on_this_data_evaluates_its_held_out
     assert yaml.safe_load((record / "eval_config.yaml").read_text())["split_seed"] == 7
     assert "/ 540 eval images" in log  # 30% of 1,797, not all of them
     # other data, or a model no run of this data made, is evaluated on all of the data given
-    assert held_out_by(str(out), DataArguments(dataset_name="acme/pets"), "distill_config.yaml") is None
-    assert held_out_by("timm/resnet18", DataArguments(dataset_name="builtin:digits"), "distill_config.yaml") is None
+    assert held_out_by(str(out), DataArguments(dataset_name="acme/pets")) is None
+    assert held_out_by("timm/resnet18", DataArguments(dataset_name="builtin:digits")) is None
 
 
 def test_flags_without_a_recipe_say_the_recipe_comes_first(capsys):

@@ -399,7 +399,8 @@ def test_a_record_run_again_from_another_folder_reads_its_paths_where_its_run_ra
     folder's data/train (3 classes trained for the record's 31, exit 0)."""
     import json
 
-    from hf_rcka.cli.records import WORKING_DIR_NAME, recipe_as_recorded
+    from hf_rcka.cli.recipe import recipe_as_recorded
+    from hf_rcka.run_record import WORKING_DIR_NAME
 
     first, other, run = tmp_path / "first", tmp_path / "other", tmp_path / "first" / "out"
     for where in (first, other):
@@ -412,6 +413,11 @@ def test_a_record_run_again_from_another_folder_reads_its_paths_where_its_run_ra
     anchored = recipe_as_recorded(str(run / "distill_config.yaml"), recipe)
     assert anchored == {"train_dir": str(first / "data" / "train"), "teacher_model_name_or_path": str(first / "teacher"),
                         "model_name_or_path": "timm/resnet18"}
+    # the recipe tests' reader reads it as the command line does
+    (run / "distill_config.yaml").write_text(json.dumps(recipe))  # JSON is YAML
+    _, data_args, _ = parse_recipe_file(run / "distill_config.yaml", ["--use_cpu", "true", "--output_dir", str(run)])
+    assert data_args.train_dir == str(first / "data" / "train")
+    (run / "distill_config.yaml").unlink()
     import shutil
 
     shutil.rmtree(first / "data")  # the data moved since: read here, and said

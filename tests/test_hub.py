@@ -197,6 +197,38 @@ def test_student_alone_baseline_and_gain(tmp_path):
         read_baseline(str(tmp_path / "missing"), settings)
 
 
+def test_a_baseline_that_ran_in_another_folder_is_compared_by_the_images_it_read(tmp_path, monkeypatch):
+    """Its recorded validation_dir data/val named its own working folder's images: read from this
+    run's folder, the card called another folder's images "same images". A record that cannot be
+    read passed the check before training and raised while the card was written after it."""
+    from hf_rcka import DistillationTrainingArguments
+    from hf_rcka.errors import RecipeError
+
+    for side in ("A", "B"):
+        for split in ("train", "val"):
+            (tmp_path / side / "data" / split).mkdir(parents=True)
+    baseline = tmp_path / "A" / "alone"
+    baseline.mkdir()
+    (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump({"train_dir": "data/train", "validation_dir": "data/val"}))
+    (baseline / "_working_dir.json").write_text(json.dumps({"working_dir": str(tmp_path / "A")}))
+    settings = {"dataset_name": None, "dataset_config_name": None, "train_dir": "data/train",
+                "validation_dir": "data/val", "train_val_split": 0.15, "split_seed": 42, "max_eval_samples": None,
+                "label_column_name": "label"}
+    monkeypatch.chdir(tmp_path / "B")
+    _, note, comparable = read_baseline(str(baseline), settings)
+    assert note.endswith("other evaluation images") and not comparable
+    monkeypatch.chdir(tmp_path / "A")
+    _, note, _ = read_baseline(str(baseline), settings)
+    assert note.endswith("same images")
+
+    (baseline / "distill_config.yaml").write_text("validation_dir: [data/val\n")  # cut short
+    with pytest.raises(RecipeError, match="baseline_dir: .*distill_config.yaml cannot be read"):
+        DistillationTrainingArguments(output_dir=str(tmp_path / "run"), baseline_dir=str(baseline), use_cpu=True)
+    _, note, comparable = read_baseline(str(baseline), settings)  # edited during the run: nothing claimed from it
+    assert note.endswith("other evaluation images") and not comparable
+
+
 def test_a_baseline_is_compared_by_the_training_in_effect_not_by_its_spelling(tmp_path):
     """lr_base against the learning_rate it gives, 1 process x 64 against 2 x 32, lr_scheduler_kwargs
     {} against unset and a colour jitter under no_aug were called "trained otherwise"; half the

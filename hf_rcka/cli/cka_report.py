@@ -37,7 +37,7 @@ from ..file_writes import write_text
 from .model_sources import check_model_source
 from .output_folder import writable_folder
 from ..data.image_folders import image_folder_classes
-from .records import CONFIG_NAME
+from ..run_record import RECIPE_RECORD
 from .records import recorded_recipe
 from .teacher_data import Roles, check_teacher_data, held_out_by
 
@@ -91,8 +91,8 @@ def _check_card(parser: argparse.ArgumentParser, card: Path, compared: list[str]
     """The card gets a picture of the compared models: it must be one of them, and a run's card."""
     if not (card / "README.md").is_file():  # found out now, not after the models ran
         parser.error(f"--card {card} has no README.md model card: give a model folder a run wrote")
-    if not (card / CONFIG_NAME).is_file():
-        parser.error(f"--card {card} holds no {CONFIG_NAME}: it is not a folder scripts/distill.py trained, "
+    if not (card / RECIPE_RECORD).is_file():
+        parser.error(f"--card {card} holds no {RECIPE_RECORD}: it is not a folder scripts/distill.py trained, "
                      "whose card the picture would describe")
     if not any(os.path.isdir(m) and os.path.samefile(m, card) for m in compared):
         parser.error(f"--card {card} is not one of the compared models: the picture on its card would show "

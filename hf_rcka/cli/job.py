@@ -43,6 +43,7 @@ from ..trainer.resume_hint import Stopped
 from ..trainer.teacher_record import recorded_teacher
 from ..modeling.assembly import build_distillation_model, run_loss_specs
 from ..trainer.trainer import DistillationTrainer
+from ..run_record import RECIPE_RECORD
 from .final_evaluation import LastEvaluation, final_evaluation
 from .hub_contents import check_push_contents, unpublishable_entries, upload_filters
 from .preflight import check_launch, check_recipe_metric, check_run
@@ -55,9 +56,7 @@ from .output_folder import (
     set_aside_abandoned_branch, set_aside_previous_run, training_alone_in,
 )
 from .probes import probe_student
-from .records import (
-    CONFIG_NAME, RecipeRecord, drop_empty_record, eval_record_dir, write_eval_record,
-)
+from .records import RecipeRecord, drop_empty_record, eval_record_dir, write_eval_record
 from .teacher_data import check_teacher_data, held_out_by
 from .run_inputs import align_teacher, checkpoint_labels, load_data, model_error, student_labels
 
@@ -85,9 +84,9 @@ def run(
     check_launch(args)  # before the folder lock: unjoined processes would race for it
     if args.do_train:
         with _training_alone(args):
-            resume = _check_before_loading(model_args, data_args, args, explicit)
+            resume = _prepare_before_loading(model_args, data_args, args, explicit)
             return _run(model_args, data_args, args, recipe, stop, argv, resume, args.output_dir)
-    resume = _check_before_loading(model_args, data_args, args, explicit)
+    resume = _prepare_before_loading(model_args, data_args, args, explicit)
     main_process = args.process_index == 0
     made = missing_folders(args.output_dir)
     record_dir = from_rank0(eval_record_dir(args.output_dir) if main_process else None)  # one folder
@@ -129,7 +128,7 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
                                   len(trainer.eval_dataset) if has_length(trainer.eval_dataset) else None)
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         losses = run_loss_specs(args, trainer.distillation_model.teacher is not None)
-        trainer.add_callback(RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, CONFIG_NAME)))
+        trainer.add_callback(RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, RECIPE_RECORD)))
     last = None
     if args.do_train and args.do_eval:  # its evaluation at the last step may be the final one
         last = LastEvaluation()
@@ -221,10 +220,11 @@ class _NoCompletedLine(logging.Filter):
         return not str(record.msg).lstrip().startswith("Training completed")
 
 
-def _check_before_loading(
+def _prepare_before_loading(
     model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments, explicit: dict
 ) -> str | None:
-    """Every check that needs no model and no data; returns the checkpoint to resume from, if any."""
+    """Every check that needs no model and no data, then the CPU's settings and the seed; returns
+    the checkpoint to resume from, if any."""
     check_run(model_args, data_args, args)
     resume = resolve_resume(args)
     if resume:

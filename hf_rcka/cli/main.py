@@ -20,15 +20,14 @@ from ..trainer.interrupt import GracefulStop, Interrupted
 from ..trainer.resume_hint import Stopped, entry_command, relaunch_command, secrets_note
 from .help import USAGE, losses_help, recipe_help
 from .job import run
-from .recipe import build_arguments, load_recipe, parse_cli_overrides, resolve_values
-from .records import recipe_as_recorded
+from .recipe import build_arguments, read_recipe
 from .smoke import run_smoke_test
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job; user errors print ``error: ...`` and return 2, interruptions 128 + signal."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = _debug(argv)
+    debug = _pop_debug_flag(argv)
     if not argv:
         print(USAGE, file=sys.stderr)
         return 2
@@ -103,7 +102,7 @@ def _run_recipe(argv: list[str], stop: GracefulStop) -> None:
                           f"[--key value ...] (got {argv[0]!r} first). To evaluate a trained run folder OUT: "
                           f"{command} OUT/distill_config.yaml --do_train false --model_name_or_path OUT "
                           "--student_from_scratch false")
-    recipe = resolve_values(recipe_as_recorded(argv[0], load_recipe(argv[0])), parse_cli_overrides(argv[1:]))
+    recipe = read_recipe(argv[0], argv[1:])
     if recipe.get("smoke_test"):
         run_smoke_test(recipe)
         return
@@ -111,7 +110,7 @@ def _run_recipe(argv: list[str], stop: GracefulStop) -> None:
     run(model_args, data_args, training_args, recipe, stop=stop, argv=argv)
 
 
-def _debug(argv: list[str]) -> bool:
+def _pop_debug_flag(argv: list[str]) -> bool:
     """A bare ``--debug`` (anywhere) or ``HF_RCKA_DEBUG=1``: user errors show their traceback too.
 
     ``--debug VALUE`` is TrainingArguments' ``debug`` setting and stays in ``argv``.

@@ -47,7 +47,7 @@ from ..errors import OutputWriteError, RecipeError, UserError
 from ..file_writes import TEMPORARY_PREFIX, missing_folders, remove_empty
 from ..trainer.checkpointing import checkpoint_step
 from ..trainer.teacher_record import TEACHER_RECORD_NAME
-from .records import CONFIG_NAME, WORKING_DIR_NAME
+from ..run_record import RECIPE_RECORD, WORKING_DIR_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ RUN_OUTPUTS = (
     "checkpoint-*", "_eval-*", "eval-*", "runs", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
     "pytorch_model.bin.index.json",
     "config.json", "preprocessor_config.json", "training_args.bin", "trainer_state.json", "all_results.json",
-    "train_results.json", "eval_results.json", "README.md", EARLIER_CARD, CONFIG_NAME, WORKING_DIR_NAME,
+    "train_results.json", "eval_results.json", "README.md", EARLIER_CARD, RECIPE_RECORD, WORKING_DIR_NAME,
     LEDGER_NAME, "skipped_images.tsv", *CKA_PICTURE,  # skipped_images.tsv: the ledger's older name
     "emissions.csv",  # report_to: codecarbon
     TEACHER_RECORD_NAME,  # the export's teacher record
@@ -77,7 +77,7 @@ RUN_OUTPUTS = (
 )
 # What a resumed run keeps from the branch it abandons: its recipe, the folder it ran in, its logs
 # and image ledger (the resumed run writes them on), and evaluation-only records.
-_BRANCH_KEEPS = (CONFIG_NAME, WORKING_DIR_NAME, LEDGER_NAME, "runs", "_eval-*", "eval-*")
+_BRANCH_KEEPS = (RECIPE_RECORD, WORKING_DIR_NAME, LEDGER_NAME, "runs", "_eval-*", "eval-*")
 
 
 def nearest_existing(path: str | os.PathLike) -> Path:
@@ -366,7 +366,7 @@ def _run_config(out: Path) -> bool:
     except OSError:
         return False
     except ValueError:
-        return any((out / name).exists() for name in (CONFIG_NAME, WORKING_DIR_NAME))
+        return any((out / name).exists() for name in (RECIPE_RECORD, WORKING_DIR_NAME))
     return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
 
 

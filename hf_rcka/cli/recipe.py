@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import logging
 import os
 import re
 import types
@@ -26,8 +27,11 @@ from ..errors import RecipeError
 from ..file_writes import replacing
 from ..models.sources import PIN_REVISION
 from ..registry import close_matches
+from ..run_record import ANCHORED_KEYS, WORKING_DIR_NAME, anchored, recorded_working_dir
 from ..trainer.resume_hint import entry_command
 from .coercion import coerce, coerce_feature_pairs, coerce_losses, is_text
+
+logger = logging.getLogger(__name__)
 
 Arguments = tuple[ModelArguments, DataArguments, DistillationTrainingArguments]
 
@@ -309,14 +313,41 @@ def _lines(err: BaseException) -> list[str]:
     return [line.removeprefix("- ") for line in lines if line.strip("- ")]  # bullets as items
 
 
+def recipe_as_recorded(path: str, recipe: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded recipe (``path`` beside its ``_working_dir.json``) read as its run read it:
+    run again from another folder, its relative data, teacher and student paths named that
+    folder's (another ``data/train`` of 3 classes trained for the record's 31, exit 0)."""
+    working_dir = recorded_working_dir(os.path.dirname(os.path.abspath(path)))
+    if working_dir is None or os.path.realpath(working_dir) == os.path.realpath(os.getcwd()):
+        return recipe
+    read_there = anchored(dict(recipe), working_dir, (*ANCHORED_KEYS, "model_name_or_path", "baseline_dir"))
+    moved = sorted(key for key in read_there if read_there[key] != recipe.get(key))
+    gone = [key for key in moved if not os.path.exists(read_there[key])]
+    for key in gone:  # the run folder was copied, or its data moved: read here, and said
+        read_there[key] = recipe[key]
+        logger.warning("%s: %s %r is gone from %s, where its run ran: it is read from this folder (%s); give --%s to "
+                       "read another", path, key, recipe[key], working_dir, os.getcwd(), key)
+    moved = [key for key in moved if key not in gone]
+    if moved:
+        logger.info("%s: %s read from %s, where its run ran (as recorded in %s)", path, ", ".join(moved), working_dir,
+                    WORKING_DIR_NAME)
+    return read_there
+
+
+def read_recipe(path: str, argv: Sequence[str] = ()) -> dict[str, Any]:
+    """The recipe file at ``path`` with the ``--key value`` overrides of ``argv``, checked and
+    converted, as the command line runs it (a recorded recipe's relative paths read where it ran)."""
+    return resolve_values(recipe_as_recorded(path, load_recipe(path)), parse_cli_overrides(argv))
+
+
 def parse_arguments(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> Arguments:
     """Validate ``recipe`` (+ CLI ``overrides``, which win) and build the three dataclasses."""
     return build_arguments(resolve_values(recipe, overrides))
 
 
 def parse_recipe_file(path: str | Path, argv: Sequence[str] = ()) -> Arguments:
-    """Read a recipe file and apply ``--key value`` overrides from ``argv``."""
-    return parse_arguments(load_recipe(path), parse_cli_overrides(argv))
+    """Read a recipe file and apply ``--key value`` overrides from ``argv`` (``read_recipe``)."""
+    return build_arguments(read_recipe(str(path), argv))
 
 
 class _RecipeDumper(yaml.SafeDumper):

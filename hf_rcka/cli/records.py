@@ -16,7 +16,6 @@ data settings, with its relative paths read from the folder its run ran in.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections.abc import Sequence
@@ -28,17 +27,13 @@ from transformers import TrainerCallback
 from ..arguments import describe_batch
 from ..errors import RecipeError
 from ..file_writes import remove_empty, write_text
-from ..trainer.card_facts import BATCH_HEADER, RECIPE_RECORD
+from ..run_record import (
+    BATCH_HEADER, RECIPE_RECORD, WORKING_DIR_NAME, anchored, recorded_working_dir,
+)
 from ..trainer.checkpointing import checkpoint_step
 from ..trainer.resume_hint import launch_command
 from .recipe import dump_recipe, load_recipe
 
-logger = logging.getLogger(__name__)
-
-CONFIG_NAME = RECIPE_RECORD  # a training run's resolved recipe, in its output_dir (the card names it)
-# The folder a run's relative paths (train_dir: data/train) were relative to. Local only: the "_"
-# keeps it out of Hub uploads, which need no path of this machine.
-WORKING_DIR_NAME = "_working_dir.json"
 EVAL_RECORD_PREFIX = "_eval-"
 EVAL_CONFIG_NAME = "eval_config.yaml"
 EVAL_RESULTS_NAME = "eval_results.json"
@@ -80,67 +75,20 @@ def write_working_dir(output_dir: str) -> None:
         json.dump({"working_dir": os.getcwd()}, handle)
 
 
-def recorded_working_dir(run_dir: str) -> str | None:
-    """The working directory a run recorded, or None (runs before the record, or another tool's)."""
-    try:
-        with open(os.path.join(run_dir, WORKING_DIR_NAME), encoding="utf-8") as handle:
-            return json.load(handle)["working_dir"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def recorded_recipe(folder: str, config_name: str = CONFIG_NAME) -> dict[str, Any] | None:
+def recorded_recipe(folder: str) -> dict[str, Any] | None:
     """The recipe a run recorded in ``folder``, or in the run folder around a ``checkpoint-N`` of it
     (checkpoints hold no recipe; their run's data is theirs); None when there is none this version reads."""
-    path = os.path.join(folder, config_name)
+    path = os.path.join(folder, RECIPE_RECORD)
     checkpoint = checkpoint_step(folder) is not None
     if not os.path.isfile(path) and checkpoint and os.path.isfile(os.path.join(folder, "trainer_state.json")):
-        path = os.path.join(os.path.dirname(os.path.abspath(folder)), config_name)
+        path = os.path.join(os.path.dirname(os.path.abspath(folder)), RECIPE_RECORD)
     if not os.path.isfile(path):
         return None
     try:
         recipe = load_recipe(path)
     except RecipeError:
         return None  # not a recipe this version can read: nothing to compare
-    return _anchored(recipe, recorded_working_dir(os.path.dirname(path)))
-
-
-def recipe_as_recorded(path: str, recipe: dict[str, Any]) -> dict[str, Any]:
-    """A run's recorded recipe (``path`` beside its ``_working_dir.json``) read as its run read it:
-    run again from another folder, its relative data, teacher and student paths named that
-    folder's (another ``data/train`` of 3 classes trained for the record's 31, exit 0)."""
-    working_dir = recorded_working_dir(os.path.dirname(os.path.abspath(path)))
-    if working_dir is None or os.path.realpath(working_dir) == os.path.realpath(os.getcwd()):
-        return recipe
-    anchored = _anchored(dict(recipe), working_dir, (*_ANCHORED_KEYS, "model_name_or_path", "baseline_dir"))
-    moved = sorted(key for key in anchored if anchored[key] != recipe.get(key))
-    gone = [key for key in moved if not os.path.exists(anchored[key])]
-    for key in gone:  # the run folder was copied, or its data moved: read here, and said
-        anchored[key] = recipe[key]
-        logger.warning("%s: %s %r is gone from %s, where its run ran: it is read from this folder (%s); give --%s to "
-                       "read another", path, key, recipe[key], working_dir, os.getcwd(), key)
-    moved = [key for key in moved if key not in gone]
-    if moved:
-        logger.info("%s: %s read from %s, where its run ran (as recorded in %s)", path, ", ".join(moved), working_dir,
-                    WORKING_DIR_NAME)
-    return anchored
-
-
-# The recipe keys whose relative paths name a folder of the working directory the run ran in
-_ANCHORED_KEYS = ("train_dir", "validation_dir", "dataset_name", "teacher_model_name_or_path")
-
-
-def _anchored(recipe: dict[str, Any], working_dir: str | None, keys: Sequence[str] = _ANCHORED_KEYS) -> dict[str, Any]:
-    """The recipe's relative data and teacher paths read from the folder its run ran in, not from this one's."""
-    if working_dir is None:
-        return recipe
-    for key in keys:
-        value = recipe.get(key)
-        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
-            anchored = os.path.join(working_dir, value)
-            if key in ("train_dir", "validation_dir") or os.path.isdir(anchored):  # else a Hub id
-                recipe[key] = anchored
-    return recipe
+    return anchored(recipe, recorded_working_dir(os.path.dirname(path)))
 
 
 class RecipeRecord(TrainerCallback):

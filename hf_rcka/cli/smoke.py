@@ -40,7 +40,7 @@ from ..models.sources import parse_model_source
 from .job import run
 from .output_folder import holds_run
 from .preflight import check_report_to
-from .records import CONFIG_NAME
+from ..run_record import RECIPE_RECORD
 from .recipe import build_arguments, resolve_values
 from .smoke_check import check_output
 from .smoke_data import SyntheticData, class_names, student_resolution, write_synthetic_dataset
@@ -131,12 +131,12 @@ def check_smoke_folder(folder: str) -> None:
     if holds_run(folder) and not _recorded_smoke_test(Path(folder)):
         raise RecipeError(
             f"the smoke test writes to {folder}, which holds a run that is not a smoke test (no smoke_test: true in "
-            f"its {CONFIG_NAME}); replacing it would lose it: move that run, or give the recipe another output_dir")
+            f"its {RECIPE_RECORD}); replacing it would lose it: move that run, or give the recipe another output_dir")
 
 
 def _recorded_smoke_test(folder: Path) -> bool:
     try:
-        recorded = yaml.safe_load((folder / CONFIG_NAME).read_text())
+        recorded = yaml.safe_load((folder / RECIPE_RECORD).read_text())
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(recorded, dict) and recorded.get("smoke_test") is True

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..run_record import RECIPE_RECORD
+
 CARD_TAG = "knowledge-distillation"
 CARD_LIBRARY = "transformers"
 
@@ -39,7 +41,7 @@ def check_output(
         SmokeTestFailure: a file is missing, fewer steps ran, or the reloaded model is unusable.
     """
     out = Path(output_dir)
-    _require(out, ["distill_config.yaml", "README.md"] + (["all_results.json"] if do_eval else []))
+    _require(out, [RECIPE_RECORD, "README.md"] + (["all_results.json"] if do_eval else []))
     _check_card(out / "README.md", has_teacher)
     lines = []
     if do_train:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..arguments import DataArguments
 from ..errors import DataError
-from .records import CONFIG_NAME, recorded_recipe
+from .records import recorded_recipe
 
 _SOURCE_KEYS = ("dataset_name", "dataset_config_name", "train_dir")
 _CARVE_KEYS = ("train_val_split", "split_seed", "label_column_name")  # a carved split is stratified by the label
@@ -41,14 +41,14 @@ class Roles:
 TEACHER = Roles()
 
 
-def check_teacher_data(teacher: str | None, data_args: DataArguments, config_name: str = CONFIG_NAME, *,
+def check_teacher_data(teacher: str | None, data_args: DataArguments, *,
                        carved: bool, roles: Roles = TEACHER) -> None:
     """Raise a ``DataError`` if the teacher at ``teacher`` trained on the student's validation images.
 
     ``carved``: the student's validation split was held out of its training data (else it is the
     dataset's own, which no run trains on, or ``validation_dir``).
     """
-    recorded = recorded_recipe(teacher, config_name) if teacher else None
+    recorded = recorded_recipe(teacher) if teacher else None
     if recorded is None:
         return
     taught, run = _data_settings(recorded, data_args)
@@ -73,7 +73,7 @@ def check_teacher_data(teacher: str | None, data_args: DataArguments, config_nam
         )
 
 
-def held_out_by(model: str | None, data_args: DataArguments, config_name: str = CONFIG_NAME) -> dict[str, Any] | None:
+def held_out_by(model: str | None, data_args: DataArguments) -> dict[str, Any] | None:
     """``train_val_split`` and ``split_seed`` of the run that trained ``model`` on this very data
     with a carved validation split, or None.
 
@@ -81,7 +81,7 @@ def held_out_by(model: str | None, data_args: DataArguments, config_name: str = 
     trained on that data, most of it is training images (a 98.5% model scored 99.5%), so the
     evaluation takes the split the run held out instead.
     """
-    recorded = recorded_recipe(model, config_name) if model and os.path.isdir(model) else None
+    recorded = recorded_recipe(model) if model and os.path.isdir(model) else None
     if recorded is None:
         return None
     taught, run = _data_settings(recorded, data_args)
@@ -90,7 +90,7 @@ def held_out_by(model: str | None, data_args: DataArguments, config_name: str = 
     return {k: taught[k] for k in _CARVE_KEYS}
 
 
-def split_change(run_folder: str, data_args: DataArguments, config_name: str = CONFIG_NAME) -> str | None:
+def split_change(run_folder: str, data_args: DataArguments) -> str | None:
     """How this run's carved held-out split differs from the one the run in ``run_folder`` (or
     around its checkpoint) trained with on the same data, or None. Only for a carved split: a
     ``validation_dir`` or the data's own validation split does not depend on these settings.
@@ -98,7 +98,7 @@ def split_change(run_folder: str, data_args: DataArguments, config_name: str = C
     Resuming with another ``split_seed`` or ``train_val_split`` carves another validation set,
     mostly of images the checkpoint has trained on: the resumed run evaluated on them and exited 0.
     """
-    recorded = recorded_recipe(run_folder, config_name)
+    recorded = recorded_recipe(run_folder)
     if recorded is None:
         return None
     taught, run = _data_settings(recorded, data_args)

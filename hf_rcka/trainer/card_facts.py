@@ -19,7 +19,6 @@ import re
 from typing import Any, NamedTuple
 
 import torch
-import yaml
 from transformers import TrainerCallback
 
 from ..arguments import global_batch_size, recipe_defaults
@@ -29,9 +28,8 @@ from ..losses import IGNORE_INDEX
 from ..losses.base import RelationalLoss
 from ..models.labels import has_other_classes
 from ..models.sources import parse_model_source
+from ..run_record import BATCH_HEADER, RECIPE_RECORD, read_recorded_recipe
 
-RECIPE_RECORD = "distill_config.yaml"  # the command line's resolved recipe, next to the card
-BATCH_HEADER = "Global batch: "  # how the record's header comment names the global batch (cli.records)
 # Settings that must agree for two runs to have been evaluated on the same images (split_seed draws
 # both the carved validation split and the max_eval_samples subset; the training seed draws neither).
 SPLIT_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_val_split",
@@ -379,12 +377,13 @@ def _task_smoothing(recipe: dict[str, Any], defaults: dict[str, Any]) -> float:
 
 
 def _recorded_recipe(run_dir: str) -> dict[str, Any]:
-    """A run's recorded recipe (the command line's; a run from Python has none: empty)."""
-    path = os.path.join(run_dir, RECIPE_RECORD)
-    if not os.path.exists(path):
+    """A run's recorded recipe (the command line's; a run from Python has none: empty), its relative
+    paths read where it ran; one that cannot be read is none (nothing is claimed from it)."""
+    try:
+        return read_recorded_recipe(run_dir)
+    except ValueError as err:
+        logger.warning("model card: %s: it is compared as a run with no recorded recipe", err)
         return {}
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
 
 
 def _recorded_batch(run_dir: str) -> int | None:

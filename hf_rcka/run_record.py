@@ -1,0 +1,64 @@
+"""What a command-line run keeps in its folder about how it ran, read back by the runs and model
+cards that compare themselves with it (a baseline, a teacher's own run, a resumed checkpoint).
+
+A run records its resolved recipe (``RECIPE_RECORD``) and the working folder its relative paths
+were read from (``WORKING_DIR_NAME``): read from another folder, ``validation_dir: data/val`` names
+another folder's images, and a card comparing two runs would call other images the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+RECIPE_RECORD = "distill_config.yaml"  # the command line's resolved recipe, next to the card
+WORKING_DIR_NAME = "_working_dir.json"  # local only: the "_" keeps it out of Hub uploads
+BATCH_HEADER = "Global batch: "  # how the record's header comment names the global batch
+# The recipe keys whose relative paths name a folder of the working directory the run ran in
+ANCHORED_KEYS = ("train_dir", "validation_dir", "dataset_name", "teacher_model_name_or_path")
+
+
+def recorded_working_dir(run_dir: str) -> str | None:
+    """The working directory a run recorded, or None (runs before the record, or another tool's)."""
+    try:
+        with open(os.path.join(run_dir, WORKING_DIR_NAME), encoding="utf-8") as handle:
+            return json.load(handle)["working_dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def anchored(recipe: dict[str, Any], working_dir: str | None, keys: Sequence[str] = ANCHORED_KEYS) -> dict[str, Any]:
+    """The recipe's relative data and teacher paths read from the folder its run ran in, not from this one's."""
+    if working_dir is None:
+        return recipe
+    for key in keys:
+        value = recipe.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            path = os.path.join(working_dir, value)
+            if key in ("train_dir", "validation_dir") or os.path.isdir(path):  # else a Hub id
+                recipe[key] = path
+    return recipe
+
+
+def read_recorded_recipe(run_dir: str) -> dict[str, Any]:
+    """The recipe a run recorded in ``run_dir``, its relative paths read where the run ran; empty
+    when it recorded none (a run from Python).
+
+    Raises:
+        ValueError: the record is not a YAML mapping (edited, or cut short).
+    """
+    path = os.path.join(run_dir, RECIPE_RECORD)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recipe = yaml.safe_load(handle) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path} is not a mapping of recipe keys")
+    return anchored(recipe, recorded_working_dir(run_dir))
