@@ -61,6 +61,14 @@ def _spy(trainer: DistillationTrainer, name: str, calls: list, record=None):
     setattr(trainer, name, wrapper)
 
 
+def test_every_private_trainer_method_we_override_is_pinned():
+    """The pins are the list to audit on a transformers upgrade: an override added without one
+    would break unseen when Trainer renames or changes it."""
+    overridden = {name for cls in DistillationTrainer.__mro__[:DistillationTrainer.__mro__.index(Trainer)]
+                  for name in vars(cls) if name.startswith("_") and not name.startswith("__") and hasattr(Trainer, name)}
+    assert overridden and overridden <= set(PRIVATE_OVERRIDES), sorted(overridden - set(PRIVATE_OVERRIDES))
+
+
 @pytest.mark.parametrize("name", sorted(PRIVATE_OVERRIDES))
 def test_private_methods_we_override_keep_their_signature(name: str):
     assert hasattr(Trainer, name), f"transformers.Trainer.{name} is gone: our override is dead code"

@@ -76,7 +76,8 @@ class DistillationModel(nn.Module):
 
     Args:
         student: any transformers image classifier (HF or TimmWrapper).
-        teacher: a classifier over the same labels, or ``None`` for plain supervised training.
+        teacher: a classifier over the same labels (any classes when no loss reads its logits), or
+            ``None`` for plain supervised training.
         losses: the loss modules; ``forward`` weighs their terms by each loss's ``term_weights``.
         feature_pairs: ``"auto"``, a list of ``{student_layer, teacher_layer, adapter, ...}`` or
             ``FeaturePair``; only used when a loss needs hidden states.

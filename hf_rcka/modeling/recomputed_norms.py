@@ -28,12 +28,6 @@ def keep_statistics_in_recomputation(module: torch.nn.Module) -> list[RemovableH
             if isinstance(norm, _BatchNorm) and norm.track_running_stats]
 
 
-def in_backward() -> bool:
-    """Whether autograd's engine is running a backward on this thread (a checkpoint's recomputation
-    runs inside it, reentrant or not; a forward pass never does)."""
-    return torch._C._current_graph_task_id() != -1
-
-
 def _pause_update(norm: _BatchNorm, args: tuple) -> None:
     task = torch._C._current_graph_task_id()
     paused = norm.__dict__.get("_paused_momentum")

@@ -28,7 +28,7 @@ from ..models.image_sizes import OutputSize, processor_output_size
 logger = logging.getLogger(__name__)
 
 _UINT8_MAX = 255.0
-_MODES = ("bilinear", "bicubic", "nearest", "area")
+_MODES = ("bilinear", "bicubic", "nearest")
 # PIL resampling filter ids (PIL.Image.Resampling and transformers' PILImageResampling agree)
 _PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -225,8 +225,9 @@ class TeacherInputTransform(nn.Module):
     Args:
         student: what the student's processor produces.
         teacher: what the teacher's processor produces.
-        mode: interpolation for the resize (default: the teacher processor's filter, so a teacher
-            trained on bicubic resizes gets bicubic ones). "bilinear" and "bicubic" resize as PIL
+        mode: interpolation for the resize, "bilinear", "bicubic" or "nearest" (default: the teacher
+            processor's filter, so a teacher trained on bicubic resizes gets bicubic ones; PIL's
+            lanczos, box and hamming, which ``F.interpolate`` lacks, become bilinear). "bilinear" and "bicubic" resize as PIL
             does, which made the teacher's training images: antialiased kernels both ways (PIL's
             bicubic kernel is not ``F.interpolate``'s plain one, upsizing too) and, for bicubic,
             width then height, each pass clamped to the pixel range as PIL's 8-bit passes are.
@@ -300,8 +301,8 @@ class TeacherInputTransform(nn.Module):
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         height, width = self.teacher.size
-        if self.mode in ("nearest", "area"):  # PIL's nearest is interpolate's nearest-exact (its "nearest" shifts)
-            return F.interpolate(x, size=(height, width), mode="nearest-exact" if self.mode == "nearest" else "area")
+        if self.mode == "nearest":  # PIL's nearest is interpolate's nearest-exact (its "nearest" shifts)
+            return F.interpolate(x, size=(height, width), mode="nearest-exact")
         if self.mode == "bilinear":  # no overshoot to clamp: one pass
             return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
         x = self._in_pixel_range(F.interpolate(x, size=(x.shape[-2], width), mode="bicubic", align_corners=False,
