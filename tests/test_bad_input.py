@@ -606,6 +606,10 @@ def test_class_folders_named_in_two_unicode_forms(tmp_path, capsys, no_loading):
     line = error_of(capsys)
     assert f"{train!r} has class folders 'cafe\\u0301', NFD and 'caf\\xe9', NFC that are the same name" in line
     assert not (tmp_path / "out").exists()
+    # a space after a folder's name: two classes that print alike in a list
+    spaced = image_folder(tmp_path / "spaced", ["cat", "cat "])
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=spaced)) == 2
+    assert f"{spaced!r} has class folders 'cat' and 'cat ' that differ only in surrounding spaces" in error_of(capsys)
 
 
 def test_teacher_folder_without_weights(tmp_path, capsys, no_loading):

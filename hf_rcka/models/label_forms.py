@@ -1,4 +1,5 @@
-"""Class names that differ only in Unicode normalisation: one class written two ways.
+"""Class names that differ only in Unicode normalisation (or, in one image folder, in spaces
+around them): one class written two ways.
 
 An accented name has two spellings in Unicode: ``café`` with one code point for ``é`` (NFC, what
 Linux tools and keyboards usually write) or with ``e`` plus a combining accent (NFD, what macOS
@@ -73,7 +74,8 @@ def check_same_forms(
 
 
 def check_one_form_each(folder: str, classes: Sequence[str]) -> None:
-    """Refuse class folders of one image folder whose names differ only in Unicode form.
+    """Refuse class folders of one image folder whose names differ only in Unicode form, or in
+    spaces around them.
 
     datasets would make them two classes that print as one name, each with part of the images.
 
@@ -88,3 +90,11 @@ def check_one_form_each(folder: str, classes: Sequence[str]) -> None:
             f"{unicodedata.normalize('NFC', a)!r} in different Unicode forms: datasets would make them two classes "
             "that print alike. Fix: merge them into one folder named in one form, e.g. NFC"
         )
+    by_stripped: dict[str, str] = {}
+    for name in sorted(classes):  # 'cat' and 'cat ' (a space typed or pasted after the name)
+        twin = by_stripped.setdefault(name.strip(), name)
+        if twin != name:
+            raise LabelError(
+                f"{folder!r} has class folders {twin!r} and {name!r} that differ only in surrounding spaces: datasets "
+                "would make them two classes. Fix: merge them into one folder"
+            )
