@@ -225,11 +225,18 @@ def check_half_precision(args: Any) -> None:
     from transformers.utils import (is_torch_cuda_available, is_torch_mps_available, is_torch_npu_available,
                                     is_torch_xpu_available)
 
-    if not args.fp16:  # fp16_full_eval is refused before this (FIXED_SETTINGS)
+    # TrainingArguments folds the launcher's choice in (ACCELERATE_MIXED_PRECISION: accelerate launch
+    # --mixed_precision, or its config file), which the recipe's bf16/fp16 flags override
+    launched = not args.fp16 and getattr(args, "mixed_precision", None) == "fp16"
+    if not args.fp16 and not launched:  # fp16_full_eval is refused before this (FIXED_SETTINGS)
         return
     accelerator = any(found() for found in (is_torch_cuda_available, is_torch_xpu_available, is_torch_mps_available,
                                             is_torch_npu_available))
     if args.use_cpu or not accelerator:
+        if launched:
+            raise RecipeError("the launcher asks for fp16 mixed precision (ACCELERATE_MIXED_PRECISION=fp16: accelerate "
+                              "launch --mixed_precision fp16, or its config file), which needs a GPU: on CPU it would "
+                              "silently train in float32. Launch with --mixed_precision no (or bf16 with use_cpu: true)")
         raise RecipeError("fp16 needs a GPU (on CPU it would silently train in float32): set bf16: true with "
                           "use_cpu: true for CPU autocast, or fp16: false")
 

@@ -1904,3 +1904,11 @@ def test_a_class_folder_with_a_backslash_is_named(tmp_path):
         Image.new("RGB", (8, 8)).save(tmp_path / name / "1.png")
     with pytest.raises(LabelError, match=r"has a backslash in its name"):
         class_folders(str(tmp_path))
+
+
+def test_fp16_from_the_launcher_on_a_cpu_is_refused(tmp_path, capsys, no_loading, monkeypatch):
+    """accelerate launch --mixed_precision fp16 (or its config file) on a CPU trained in float32 silently,
+    and the card said fp16 mixed precision."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert run(tmp_path, base(tmp_path)) == 2
+    assert "ACCELERATE_MIXED_PRECISION=fp16" in error_of(capsys)

@@ -8,6 +8,7 @@ CIFAR-100 PCKA recipe finds its teacher's config in a local Hugging Face cache (
 """
 
 import json
+import logging
 from pathlib import Path
 
 import datasets
@@ -287,3 +288,13 @@ def test_a_real_run_in_the_smoke_folder_is_never_replaced(tmp_path):
         plan_smoke_test(_resolved(tmp_path, output_dir=str(tmp_path / "my")))  # my -> my-smoke
     (folder / "distill_config.yaml").write_text("model_name_or_path: timm/resnet18\nsmoke_test: true\n")
     assert plan_smoke_test(_resolved(tmp_path, output_dir=str(folder))).recipe["output_dir"] == str(folder)
+
+
+def test_the_launchers_fp16_is_switched_off_for_the_cpu_smoke_test(tmp_path, capsys, monkeypatch, caplog):
+    """fp16 from the launcher is refused on a CPU (it trained in float32 unsaid); the smoke test, a
+    CPU run of a GPU recipe, runs in float32 and says so, as it does for the recipe's own fp16."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with caplog.at_level(logging.WARNING):
+        printed = _smoke(ROOT / "recipes" / "supervised-resnet10t-digits.yaml", tmp_path / "run", capsys)
+    assert "smoke test passed" in printed
+    assert "the launcher's fp16 mixed precision switched off" in caplog.text
