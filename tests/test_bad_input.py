@@ -1912,3 +1912,19 @@ def test_fp16_from_the_launcher_on_a_cpu_is_refused(tmp_path, capsys, no_loading
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
     assert run(tmp_path, base(tmp_path)) == 2
     assert "ACCELERATE_MIXED_PRECISION=fp16" in error_of(capsys)
+
+
+def test_a_datasets_cache_that_cannot_be_written_is_named_not_the_data(tmp_path, monkeypatch):
+    """HF_DATASETS_CACHE under a file (or a folder without write access) was 'train_dir ...: cannot
+    load the dataset', sending the user to data that is fine."""
+    import datasets
+
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.cli.run_inputs import load_data
+    from hf_rcka.errors import DataError
+
+    train = image_folder(tmp_path / "train", ["a", "b"])
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(DataError, match=r"datasets' cache .*cannot be used .*point HF_DATASETS_CACHE \(or HF_HOME\)"):
+        load_data(DataArguments(train_dir=train, train_val_split=0.5))

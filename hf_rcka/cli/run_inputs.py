@@ -8,6 +8,7 @@ settled here too, before the trainer is built (``models.labels`` has the rules).
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -54,6 +55,17 @@ def checkpoint_labels(folder: str, trust_remote_code: bool = False) -> list[str]
         return model_label_names(load_config(folder, trust_remote_code))
 
 
+def _check_cache_error(err: OSError | ValueError) -> None:
+    """An error writing datasets' cache is the cache's, not the data's (it named train_dir)."""
+    import datasets
+
+    cache = os.path.abspath(datasets.config.HF_DATASETS_CACHE)
+    filename = getattr(err, "filename", None)
+    if isinstance(filename, str) and (os.path.abspath(filename) + os.sep).startswith(cache + os.sep):
+        raise DataError(f"datasets' cache {cache!r} cannot be used ({type(err).__name__}: {err.strerror or err}): "
+                        "point HF_DATASETS_CACHE (or HF_HOME) at a folder you can write to") from err
+
+
 def load_data(data_args: DataArguments, eval_only: bool = False):
     """The raw splits; a dataset that cannot be loaded is a DataError naming its key."""
     key = "dataset_name" if data_args.dataset_name else "train_dir"
@@ -62,6 +74,7 @@ def load_data(data_args: DataArguments, eval_only: bool = False):
     except UserError:
         raise
     except (ValueError, OSError) as err:  # datasets' FileNotFoundError, DatasetNotFoundError...
+        _check_cache_error(err)
         raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(err).__name__}: {err})") from err
     except DatasetGenerationError as err:  # what went wrong is its cause (a CastError: splits with other columns)
         cause = err.__cause__ or err
