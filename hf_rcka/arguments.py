@@ -240,7 +240,8 @@ class DistillationTrainingArguments(TrainingArguments):
         if self.model_ema and fsdp_requested(self):
             raise RecipeError(
                 "model_ema: true cannot run under FSDP (the average needs the whole student in every process, and "
-                "FSDP shards it): set model_ema: false, or launch with DDP (recipes/accelerate/ddp_8gpu_bf16.yaml)"
+                "FSDP shards it): set model_ema: false, or launch with DDP (accelerate launch --multi_gpu; the "
+                "repository's recipes/accelerate/ddp_8gpu_bf16.yaml)"
             )
         if self.model_ema_export and not self.model_ema:
             raise RecipeError("model_ema_export: true needs model_ema: true (there is no average to export)")

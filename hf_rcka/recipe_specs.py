@@ -27,7 +27,7 @@ DEFAULT_LOSS_WEIGHT = 1.0
 
 # the command line knows the built-in names: one's own are registered by a script that imports them
 _OWN_HINT = (" (a {kind} of your own is registered when its module is imported: import it first, and for the command "
-             "line run a copy of scripts/distill.py that imports it)")
+             "line run a script that imports it, then calls hf_rcka.cli.main.main())")
 
 def loss_spec(spec: Any) -> Any:
     """A loss entry in its full form: ``"kd"`` -> ``{"name": "kd", "weight": 1.0}``; others as given.

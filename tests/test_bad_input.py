@@ -1928,3 +1928,15 @@ def test_a_datasets_cache_that_cannot_be_written_is_named_not_the_data(tmp_path,
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "file" / "cache"))
     with pytest.raises(DataError, match=r"datasets' cache .*cannot be used .*point HF_DATASETS_CACHE \(or HF_HOME\)"):
         load_data(DataArguments(train_dir=train, train_val_split=0.5))
+
+
+def test_a_shipped_recipe_asked_for_outside_the_repository_says_where_recipes_are(tmp_path, monkeypatch, capsys):
+    """An installed user's 'recipes/...' said only 'does not exist': the wheel holds no recipes."""
+    from hf_rcka.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipes/supervised-resnet10t-digits.yaml"]) == 2
+    assert "not part of the installed package; run from a checkout of the repository" in capsys.readouterr().err
+    (tmp_path / "recipes").mkdir()  # in a checkout, a misspelt recipe is only missing
+    assert main(["recipes/supervised-resnet10t-digit.yaml"]) == 2
+    assert capsys.readouterr().err.strip().endswith("does not exist")

@@ -119,7 +119,7 @@ def check_inputs(args: argparse.Namespace) -> None:
     """What can fail cheaply fails before data and models load."""
     if importlib.util.find_spec("matplotlib") is None:
         raise UserError("the report draws its heatmaps with matplotlib, which is not installed: "
-                        "pip install matplotlib (or the project's demo extra, pip install -e '.[demo]')")
+                        "pip install matplotlib (or the project's demo extra, pip install 'hf_rcka[demo]')")
     check_model_source("reference", args.reference)
     for model in args.models:
         check_model_source("models", model)

@@ -174,7 +174,11 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise RecipeError(f"recipe {str(path)!r} is a folder: give the recipe's YAML file (e.g. recipes/deit_from_regnet.yaml"
                           f"; a trained run's is {str(path / 'distill_config.yaml')!r} if it is a run folder)")
     if not path.is_file():
-        raise RecipeError(f"recipe {str(path)!r} does not exist")
+        # the repository's recipes/, asked for outside a checkout: the installed package does not hold it
+        shipped = path.parts[:1] == ("recipes",) and not Path("recipes").is_dir()
+        raise RecipeError(f"recipe {str(path)!r} does not exist" + (
+            f" here ({os.getcwd()}): the recipes/ folder is the repository's (and its sdist's), not part of the "
+            "installed package; run from a checkout of the repository, or give the recipe's own path" if shipped else ""))
     with open(path, encoding="utf-8") as handle:
         node, recipe = _construct(handle.read(), f"recipe {str(path)!r}")
     if recipe is None:

@@ -239,7 +239,7 @@ def _cka_section(output_dir: str) -> str:
 def _cka_block(image: str, tables: str = "") -> str:
     details = f"\n<details><summary>CKA values</summary>\n\n{tables}\n</details>\n" if tables else ""
     return (f"{_CKA_START}\n{_CKA_HEADING}\n\nLinear CKA between the hidden states of the models the picture "
-            f"names, the first one's in rows (`scripts/cka_report.py`):\n\n![layer CKA]({image})\n{details}{_CKA_END}\n")
+            f"names, the first one's in rows (hf_rcka's CKA report):\n\n![layer CKA]({image})\n{details}{_CKA_END}\n")
 
 
 def write_model_card(
