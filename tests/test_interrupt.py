@@ -427,11 +427,13 @@ def test_a_signal_during_the_final_evaluation_says_the_model_is_saved(tmp_path):
 
 
 @pytest.mark.parametrize("env, launcher", [
-    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "ACCELERATE_MIXED_PRECISION": "bf16"},
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "ACCELERATE_MIXED_PRECISION": "bf16", "ACCELERATE_DYNAMO_BACKEND": "NO"},
      ["accelerate", "launch", "--num_processes", "2", "--multi_gpu", "--mixed_precision", "bf16"]),
     ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, ["torchrun", "--nproc_per_node", "2"]),
-    ({"WORLD_SIZE": "1", "ACCELERATE_USE_CPU": "True", "ACCELERATE_MIXED_PRECISION": "no"},
+    ({"WORLD_SIZE": "1", "ACCELERATE_USE_CPU": "True", "ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DYNAMO_BACKEND": "NO"},
      ["accelerate", "launch", "--num_processes", "1", "--cpu"]),
+    # a user's own ACCELERATE_LOG_LEVEL on a plain run was taken for an accelerate launch
+    ({"ACCELERATE_LOG_LEVEL": "warning"}, ["python"]),
 ])
 def test_the_resume_command_launches_as_many_processes_as_the_run(monkeypatch, env, launcher):
     """It printed `accelerate launch --num_processes 2` alone, which on a CPU starts one process:

@@ -128,7 +128,9 @@ def _launcher() -> list[str]:
     """
     env = os.environ
     world = int(env.get("WORLD_SIZE", "1") or 1)
-    if any(key.startswith("ACCELERATE_") for key in env):
+    # every accelerate launch sets it, one process or many; others (ACCELERATE_LOG_LEVEL, even
+    # ACCELERATE_MIXED_PRECISION) may be the user's own shell's, under a plain run
+    if "ACCELERATE_DYNAMO_BACKEND" in env:
         command = ["accelerate", "launch", "--num_processes", str(world)]
         if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
             return [*command, "--config_file", "<the FSDP config file it was launched with>"]
