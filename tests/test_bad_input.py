@@ -299,6 +299,11 @@ def test_report_to_an_integration_that_is_not_installed(tmp_path, capsys, no_loa
     monkeypatch.setattr(integration_utils, "is_dagshub_available", lambda: False)
     assert run(tmp_path, base(tmp_path), "--report_to", "tensorboard, dagshub") == 2
     assert "'dagshub' is not available: pip install dagshub mlflow" in error_of(capsys)
+    # every tracker that is missing at once (one failed run per tracker before)
+    monkeypatch.setattr(integration_utils, "is_wandb_available", lambda: False)
+    assert run(tmp_path, base(tmp_path), "--report_to", "wandb,dagshub") == 2
+    line = error_of(capsys)
+    assert "'wandb' is not available: pip install wandb; report_to: 'dagshub' is not available" in line
 
 
 @pytest.mark.parametrize("report_to", [None, [], ["tensorboard", "all"], ["none", "tensorboard"]])

@@ -260,8 +260,8 @@ def check_report_to(report_to: Any, unavailable_ok: bool = False) -> list[str]:
         available = getattr(integration_utils, f"is_{suffix}_available", None)
         if available is not None and not available():
             unavailable.append(f"report_to: {name!r} is not available: {remedy}")
-            if not unavailable_ok:
-                raise RecipeError(f"{unavailable[-1]}, or set report_to: none")
+    if unavailable and not unavailable_ok:  # all of them at once: one failed run per tracker otherwise
+        raise RecipeError(f"{'; '.join(unavailable)}; or set report_to: none")
     return unavailable
 
 
