@@ -295,3 +295,42 @@ def test_with_persistent_workers_each_evaluation_set_is_the_one_scored(tmp_path)
     first, other, later = scores(True)
     assert (first, other, later) == pytest.approx(scores(False), rel=1e-5)
     assert other != pytest.approx(first, rel=1e-3) and later == pytest.approx(other, rel=1e-5)
+
+
+def test_the_norm_hooks_of_activation_checkpointing_go_with_the_distillation_model():
+    """Each trainer with activation_checkpointing left a pre-hook on every BatchNorm of a reused
+    student; with k of them each recomputation was taken back k times, and num_batches_tracked ran
+    backwards (2, 2, 0, -4 over four trainers of two steps each)."""
+    from _models import timm_model
+
+    student, teacher = timm_model("resnet18"), tiny_resnet()
+    norm = next(m for name, m in student.named_modules() if isinstance(m, nn.BatchNorm2d) and "layer2" in name)
+    pixels, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    for run in range(3):
+        model = DistillationModel(student, teacher, [CrossEntropyLoss(), LOSSES.build("kd")])
+        model.activation_checkpointing_enable()
+        model.train()
+        counted = int(norm.num_batches_tracked)
+        model(pixel_values=pixels, labels=labels).loss.backward()
+        assert int(norm.num_batches_tracked) == counted + 1, f"run {run}"
+        del model
+        gc.collect()
+        assert sum(len(m._forward_pre_hooks) for m in student.modules()) == 0
+
+
+def test_a_teacher_gets_one_layout_hook_however_many_runs_use_it():
+    """Each run's TeacherRuntime added another state-dict hook to a channels_last teacher."""
+    teacher = tiny_resnet()
+    for _ in range(3):
+        DistillationModel(tiny_vit(), teacher, [CrossEntropyLoss(), LOSSES.build("kd")])
+        gc.collect()
+    assert sum(len(m._state_dict_hooks) for m in teacher.modules()) == 1
+
+
+def test_the_teacher_check_sample_is_not_kept_at_each_train(tmp_path):
+    """Each train() kept its teacher-check sample (a new dataset object) among the checked sets."""
+    args = make_args(tmp_path, losses=["ce", "kd"], max_steps=1, teacher_accuracy_check="warn")
+    trainer = build(args, teacher=tiny_resnet(), eval_dataset=pixel_dataset(10, seed=1))
+    for _ in range(3):
+        trainer.train()
+    assert len(trainer._checked_datasets) == 1

@@ -148,7 +148,8 @@ class DistillationModel(nn.Module):
         # later runs (a notebook) do not pile them up. The teacher's state-dict hook stays: it saves
         # the channels_last teacher in the standard layout for as long as the teacher is in it.
         hooked = [*self._captures.values(), *([self._distilled_heads] if self._distilled_heads else [])]
-        weakref.finalize(self, _remove_hooks, hooked)
+        # _norm_hooks is filled in place later (activation_checkpointing_enable): removed with the rest
+        weakref.finalize(self, _remove_hooks, [*hooked, _Handles(self._norm_hooks)])
 
     # ------------------------------------------------------------------ construction
 
@@ -272,7 +273,7 @@ class DistillationModel(nn.Module):
         the backward leaves BatchNorm's running statistics alone (``recomputed_norms``)."""
         self.student.activation_checkpointing_enable(**kwargs)
         if not self._norm_hooks:
-            self._norm_hooks = keep_statistics_in_recomputation(self.student)
+            self._norm_hooks.extend(keep_statistics_in_recomputation(self.student))
         student = self._captures.get("student")
         if student is not None and student.hidden is not None:
             student.hidden.choose_again(self._probe_at(self._probe_size), prefer_hooks=False)
@@ -607,6 +608,18 @@ def _pair(adapter: nn.Module, student: torch.Tensor, teacher: torch.Tensor) -> t
     if not (isinstance(pair, tuple) and len(pair) == 2):
         raise TypeError(f"adapter {type(adapter).__name__} must return (student, teacher), got {type(pair).__name__}")
     return pair
+
+
+class _Handles:
+    """A list of hook handles, filled after construction, removed as one part."""
+
+    def __init__(self, handles: list) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
 
 
 def _remove_hooks(hooked: list[Any]) -> None:

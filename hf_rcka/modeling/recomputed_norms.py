@@ -25,7 +25,8 @@ from torch.utils.hooks import RemovableHandle
 def keep_statistics_in_recomputation(module: torch.nn.Module) -> list[RemovableHandle]:
     """Hook every BatchNorm of ``module`` that tracks running statistics; returns the hooks."""
     return [norm.register_forward_pre_hook(_pause_update) for norm in module.modules()
-            if isinstance(norm, _BatchNorm) and norm.track_running_stats]
+            if isinstance(norm, _BatchNorm) and norm.track_running_stats
+            and _pause_update not in norm._forward_pre_hooks.values()]  # a second hook counted each call twice
 
 
 def _pause_update(norm: _BatchNorm, args: tuple) -> None:

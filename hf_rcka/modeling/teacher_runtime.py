@@ -72,7 +72,8 @@ class TeacherRuntime:
                            "float32)", self.input_dtype, self.input_dtype)
         if self.channels_last:
             teacher.to(memory_format=torch.channels_last)
-            teacher.register_state_dict_post_hook(standard_layout_state)
+            if standard_layout_state not in teacher._state_dict_hooks.values():  # one per teacher, not per run
+                teacher.register_state_dict_post_hook(standard_layout_state)
 
     def inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The teacher's input in its weights' dtype and memory format."""

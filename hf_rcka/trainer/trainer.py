@@ -705,8 +705,11 @@ class DistillationTrainer(CheckpointingTrainer):
             return None
         evaluation = self.eval_dataset  # several named evaluation sets: the first one's
         evaluation = next(iter(evaluation.values())) if isinstance(evaluation, dict) else evaluation
+        checked = len(self._checked_datasets)
         with torch.random.fork_rng(devices=[]):  # see evaluation_loop
             batch = next(iter(self.get_eval_dataloader(self._teacher_check_sample(evaluation))))
+        # the sample is drawn anew at each train() from a set checked already: not kept as one more checked set
+        del self._checked_datasets[checked:]
         batch = {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         model.to(self.args.device)
         gather = self.accelerator.gather if self.args.world_size > 1 else None
