@@ -522,3 +522,25 @@ def test_an_interruption_is_said_by_each_machines_first_process(env, said, monke
     monkeypatch.setattr(cli, "_run_recipe", interrupted)
     assert cli.main(["recipe.yaml"]) == 128 + signal.SIGINT
     assert ("interrupted by SIGINT outside the training steps" in capsys.readouterr().err) is said
+
+
+def test_resume_true_skips_a_checkpoint_whose_save_was_cut_short(tmp_path):
+    """A kill during a save (a preempted job's grace period ending) left the last checkpoint without
+    its trainer_state.json: resume_from_checkpoint true was refused, so a requeued job failed at
+    every restart. It resumes the one before, and sets the cut-short one aside (nothing deleted)."""
+    code, lines = interrupt_after_first_step([sys.executable, "scripts/distill.py", str(recipe(tmp_path))],
+                                             signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, "\n".join(lines[-20:])
+    out = tmp_path / "out"
+    (whole,) = out.glob("checkpoint-*")
+    step = json.loads((whole / "trainer_state.json").read_text())["global_step"]
+    cut = out / f"checkpoint-{step + 2}"
+    cut.mkdir()
+    shutil.copy(whole / "model.safetensors", cut / "model.safetensors")  # the weights come first, the state last
+    done = subprocess.run([sys.executable, "scripts/distill.py", str(tmp_path / "recipe.yaml"),
+                           "--resume_from_checkpoint", "true", "--max_steps", str(step + 3)],
+                          cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{cut} was cut short while saving" in done.stderr and f"resuming from {whole}" in done.stderr
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == step + 3
+    assert not cut.exists() and list((out / "_replaced").rglob(f"checkpoint-{step + 2}/model.safetensors"))

@@ -203,6 +203,7 @@ def _fake_run(folder: Path, steps: list[int], finished: bool, tag: str) -> None:
     for step in steps:
         (folder / f"checkpoint-{step}").mkdir()
         (folder / f"checkpoint-{step}" / "tag").write_text(tag)
+        (folder / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")  # a save that ended
     if finished:  # the model and the state saved after it; no card (a run stopped in its final evaluation)
         (folder / "model.safetensors").write_text(tag)
         (folder / "all_results.json").write_text(tag)

@@ -269,7 +269,13 @@ def _set_aside(args: DistillationTrainingArguments, data_args: DataArguments, re
 
 
 def resolve_resume(args: DistillationTrainingArguments) -> str | None:
-    """``resume_from_checkpoint: true`` means the last checkpoint in ``output_dir``."""
+    """``resume_from_checkpoint: true`` means the last checkpoint in ``output_dir`` written whole.
+
+    A save that a kill cut short (a preempted job's grace period ending mid-save) leaves a last
+    folder without its ``trainer_state.json``, which Trainer writes last: it was refused, so a job
+    requeued with ``true`` failed at every restart. The one before it is resumed instead, and the
+    cut-short one set aside with the rest of the abandoned branch (``output_folder``).
+    """
     value = args.resume_from_checkpoint
     if value in (None, False, "false", "False"):
         return None
@@ -277,6 +283,11 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
         last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
         if last is None:
             raise RecipeError(f"resume_from_checkpoint: true, but {args.output_dir!r} holds no checkpoint-* folder")
+        whole = last_checkpoint(args.output_dir)
+        if whole is not None and checkpoint_step(whole) < checkpoint_step(last):
+            logger.warning("resume_from_checkpoint: true: %s was cut short while saving (it has no trainer_state.json, "
+                           "which is written last): resuming from %s, the last checkpoint written whole", last, whole)
+            return whole
         return last
     if not os.path.isdir(value):
         raise RecipeError(f"resume_from_checkpoint {value!r} is not a folder")
