@@ -144,6 +144,8 @@ class DataArguments(AugmentationArguments):
 class TrainersDefaultRate(float):
     """``TrainingArguments``' default ``learning_rate``, when no rate was given."""
 
+    VALUE = TrainingArguments.__dataclass_fields__["learning_rate"].default
+
 
 @dataclass
 class DistillationTrainingArguments(TrainingArguments):
@@ -206,7 +208,7 @@ class DistillationTrainingArguments(TrainingArguments):
     # Trainer's own default, as an object of its own: a rate given from Python equal to it (5e-5) is
     # told apart from one left out, so that giving it with lr_base is refused as any other rate is
     learning_rate: float = field(
-        default=TrainersDefaultRate(TrainingArguments.__dataclass_fields__["learning_rate"].default),
+        default=TrainersDefaultRate(TrainersDefaultRate.VALUE),
         metadata=TrainingArguments.__dataclass_fields__["learning_rate"].metadata,
     )
     lr_base: float | None = field(
@@ -349,7 +351,12 @@ def scaled_learning_rate(args: "DistillationTrainingArguments", rate_given: bool
         raise RecipeError(f"lr_base must be > 0 and lr_base_size >= 1, got {args.lr_base} and {args.lr_base_size}")
     ratio = global_batch_size(args) / args.lr_base_size
     scaled = args.lr_base * (ratio if args.lr_base_scale == "linear" else math.sqrt(ratio))
-    if rate_given and args.learning_rate != scaled:
+    if rate_given and args.learning_rate == TrainersDefaultRate.VALUE and args.learning_rate != scaled:
+        # Trainer's default given as a value: arguments rebuilt from another's values
+        # (dataclasses.replace(args, lr_base=...)) hold it as one, so it is said, not refused
+        logger.warning("learning_rate %g (Trainer's default) is taken as unset: lr_base %g scaled to the global batch "
+                       "gives %g. Give learning_rate or lr_base, not both", args.learning_rate, args.lr_base, scaled)
+    elif rate_given and args.learning_rate != scaled:
         raise RecipeError(
             f"learning_rate {args.learning_rate:g} and lr_base {args.lr_base:g} are both given: keep lr_base "
             f"(the rate for {args.lr_base_size} images, scaled to the global batch) or learning_rate (as is), not both"

@@ -1,6 +1,7 @@
 """Recipe parsing: every recipe parses, typos are named with suggestions, values are coerced."""
 
 import dataclasses
+import logging
 import re
 from pathlib import Path
 
@@ -235,18 +236,28 @@ def test_lr_base_scales_to_the_global_batch_as_deit_does():
         parse_arguments({**base, "auto_find_batch_size": True})
 
 
-def test_a_learning_rate_given_from_python_with_lr_base_is_refused_at_any_value(tmp_path):
-    """From Python, learning_rate=5e-5 (Trainer's default) with lr_base trained at the scaled lr_base."""
+def test_a_learning_rate_given_from_python_with_lr_base_is_never_taken_silently(tmp_path, caplog):
+    """From Python, learning_rate=5e-5 (Trainer's default) with lr_base trained at the scaled lr_base
+    unsaid; other rates are refused. Arguments rebuilt with lr_base from ones built without a rate
+    (dataclasses.replace) hold 5e-5 as a value: said, not refused."""
     from hf_rcka import DistillationTrainingArguments
 
     settings = dict(output_dir=str(tmp_path), lr_base=1e-3, lr_base_size=64, per_device_train_batch_size=8,
                     use_cpu=True, report_to="none")
-    for rate in (5e-5, 1e-4):
-        with pytest.raises(RecipeError, match="both given"):
-            DistillationTrainingArguments(learning_rate=rate, **settings)
-    args = DistillationTrainingArguments(**settings)
+    with pytest.raises(RecipeError, match="both given"):
+        DistillationTrainingArguments(learning_rate=1e-4, **settings)
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        args = DistillationTrainingArguments(learning_rate=5e-5, **settings)
+    assert "learning_rate 5e-05 (Trainer's default) is taken as unset" in caplog.text
+    assert args.learning_rate == pytest.approx(1e-3 * 8 / 64)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        args = DistillationTrainingArguments(**settings)
     assert args.learning_rate == pytest.approx(1e-3 * 8 / 64) and type(args.learning_rate) is float
-    assert DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True).learning_rate == 5e-5
+    assert "taken as unset" not in caplog.text
+    plain = DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=8)
+    assert plain.learning_rate == 5e-5
+    assert dataclasses.replace(plain, lr_base=1e-3, lr_base_size=64).learning_rate == pytest.approx(1e-3 * 8 / 64)
 
 
 def test_a_learning_rate_flag_replaces_the_recipes_lr_base():
