@@ -1930,9 +1930,10 @@ def test_a_datasets_cache_that_cannot_be_written_is_named_not_the_data(tmp_path,
 
     train = image_folder(tmp_path / "train", ["a", "b"])
     (tmp_path / "file").write_text("")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "file" / "cache"))
-    with pytest.raises(DataError, match=r"datasets' cache .*cannot be used .*point HF_DATASETS_CACHE \(or HF_HOME\)"):
-        load_data(DataArguments(train_dir=train, train_val_split=0.5))
+    for cache in (tmp_path / "file" / "cache", tmp_path / "file" / "hf" / "datasets"):  # HF_HOME under a file too
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+        with pytest.raises(DataError, match=r"datasets' cache .*cannot be used .*point HF_DATASETS_CACHE \(or HF_HOME\)"):
+            load_data(DataArguments(train_dir=train, train_val_split=0.5))
 
 
 def test_a_shipped_recipe_asked_for_outside_the_repository_says_where_recipes_are(tmp_path, monkeypatch, capsys):

@@ -61,7 +61,11 @@ def _check_cache_error(err: OSError | ValueError) -> None:
 
     cache = os.path.abspath(datasets.config.HF_DATASETS_CACHE)
     filename = getattr(err, "filename", None)
-    if isinstance(filename, str) and (os.path.abspath(filename) + os.sep).startswith(cache + os.sep):
+    if not isinstance(filename, str):
+        return
+    filename = os.path.abspath(filename)
+    # in the cache, or a folder above it that could not be made (HF_HOME under a file)
+    if (filename + os.sep).startswith(cache + os.sep) or (cache + os.sep).startswith(filename + os.sep):
         raise DataError(f"datasets' cache {cache!r} cannot be used ({type(err).__name__}: {err.strerror or err}): "
                         "point HF_DATASETS_CACHE (or HF_HOME) at a folder you can write to") from err
 
