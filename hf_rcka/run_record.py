@@ -19,7 +19,7 @@ RECIPE_RECORD = "distill_config.yaml"  # the command line's resolved recipe, nex
 WORKING_DIR_NAME = "_working_dir.json"  # local only: the "_" keeps it out of Hub uploads
 BATCH_HEADER = "Global batch: "  # how the record's header comment names the global batch
 # The recipe keys whose relative paths name a folder of the working directory the run ran in
-ANCHORED_KEYS = ("train_dir", "validation_dir", "dataset_name", "teacher_model_name_or_path")
+ANCHORED_KEYS = ("train_dir", "validation_dir", "dataset_name", "teacher_model_name_or_path", "model_name_or_path")
 
 
 def recorded_working_dir(run_dir: str) -> str | None:

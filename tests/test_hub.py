@@ -221,6 +221,19 @@ def test_a_baseline_that_ran_in_another_folder_is_compared_by_the_images_it_read
     monkeypatch.chdir(tmp_path / "A")
     _, note, _ = read_baseline(str(baseline), settings)
     assert note.endswith("same images")
+    # the student it started from, a folder of its own working directory, is read there too
+    for side in ("A", "B"):
+        (tmp_path / side / "student").mkdir()
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump(
+        {"train_dir": "data/train", "validation_dir": "data/val", "model_name_or_path": "student"}))
+    student = {"model_name_or_path": "student", "student_from_scratch": False, "student_config_overrides": None,
+               "image_size": None}
+    assert read_baseline(str(baseline), settings, student)[2]
+    monkeypatch.chdir(tmp_path / "B")
+    settings = {**settings, "train_dir": str(tmp_path / "A" / "data" / "train"),
+                "validation_dir": str(tmp_path / "A" / "data" / "val")}
+    _, note, comparable = read_baseline(str(baseline), settings, student)
+    assert "another student (model_name_or_path differs)" in note and not comparable
 
     (baseline / "distill_config.yaml").write_text("validation_dir: [data/val\n")  # cut short
     with pytest.raises(RecipeError, match="baseline_dir: .*distill_config.yaml cannot be read"):

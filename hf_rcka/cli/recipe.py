@@ -324,7 +324,7 @@ def recipe_as_recorded(path: str, recipe: dict[str, Any]) -> dict[str, Any]:
     working_dir = recorded_working_dir(os.path.dirname(os.path.abspath(path)))
     if working_dir is None or os.path.realpath(working_dir) == os.path.realpath(os.getcwd()):
         return recipe
-    read_there = anchored(dict(recipe), working_dir, (*ANCHORED_KEYS, "model_name_or_path", "baseline_dir"))
+    read_there = anchored(dict(recipe), working_dir, (*ANCHORED_KEYS, "baseline_dir"))
     moved = sorted(key for key in read_there if read_there[key] != recipe.get(key))
     gone = [key for key in moved if not os.path.exists(read_there[key])]
     for key in gone:  # the run folder was copied, or its data moved: read here, and said
