@@ -159,9 +159,31 @@ def test_a_batch_with_keys_the_model_does_not_take_is_one_error(tmp_path):
     with_ids = pixel_dataset(20).add_column("id", list(range(20)))
     with pytest.raises(DataError, match=r"the batch has keys \['id'\]"):
         build(make_args(tmp_path, losses=["ce"], max_steps=1), train=with_ids, data_collator=DefaultDataCollator())
-    with pytest.raises(DataError, match=r"the data_collator's batch: its items have no \['labels'\]"):
+    with pytest.raises(DataError, match=r"the data_collator's batch has no \['labels'\]"):
         build(make_args(tmp_path, losses=["ce"], max_steps=1), data_collator=lambda items: {
             "pixel_values": torch.stack([i["pixel_values"] for i in items])})
+    with pytest.raises(DataError, match=r"the data_collator returns a tuple, not a dict"):
+        build(make_args(tmp_path, losses=["ce"], max_steps=1), data_collator=lambda items: (
+            torch.stack([i["pixel_values"] for i in items]), torch.stack([i["labels"] for i in items])))
+
+    class Items(torch.utils.data.Dataset):  # items kept as dicts: a collator that pops from them changed item 0
+        def __init__(self):
+            data = pixel_dataset(10)
+            self.items = [{"pixel_values": data[i]["pixel_values"], "label": data[i]["labels"]} for i in range(10)]
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    def relabel(items):
+        return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
+                "labels": torch.stack([i.pop("label") for i in items])}
+
+    items = Items()
+    build(make_args(tmp_path, losses=["ce"], max_steps=1), train=items, data_collator=relabel)
+    assert "label" in items.items[0]
     # a training stream is not read when the trainer is built: its first batch says it
     trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1), train=pixel_dataset(20).to_iterable_dataset(),
                     data_collator=collate_with_ids)

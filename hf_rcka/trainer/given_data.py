@@ -8,6 +8,8 @@ compared with the student's (:mod:`.given_labels`).
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 import logging
 from collections.abc import Iterator, Mapping
@@ -52,21 +54,24 @@ def check_collated(collator: Any, item: Any) -> None:
     column: an ``id``) failed at the first step, after the models loaded and the teacher was checked.
     A collator that cannot batch these two items is left to the first step, where its own error says why.
     """
-    try:
-        batch = collator([item, item])
+    try:  # copies: a collator may change the items it is given (pop a column), and these are the dataset's
+        batch = collator([copy.deepcopy(item), copy.deepcopy(item)])
     except Exception:  # noqa: BLE001 - e.g. one that needs a whole batch: the first step tells
         return
-    if not isinstance(batch, Mapping):
-        return
-    _check_keys("the data_collator's batch", batch, ("pixel_values", "labels"))
     check_batch_keys(batch)
+    missing = [key for key in ("pixel_values", "labels") if key not in batch]
+    if missing:
+        raise DataError(f"the data_collator's batch has no {missing} (it has {sorted(batch)}): the collator must "
+                        "build pixel_values (the image tensor) and labels (the class ids)")
 
 
-def check_batch_keys(batch: Mapping) -> None:
-    """A batch holds only what ``DistillationModel.forward`` takes (else a ``TypeError`` there)."""
-    from ..modeling.distillation_model import DistillationModel
-
-    unknown = sorted(set(batch) - (set(inspect.signature(DistillationModel.forward).parameters) - {"self"}))
+def check_batch_keys(batch: Any) -> None:
+    """A batch is a mapping that holds only what ``DistillationModel.forward`` takes (else a
+    ``TypeError`` there, or a tuple's tensors taken for keys). Runs at every step."""
+    if not isinstance(batch, Mapping):
+        raise DataError(f"the data_collator returns a {type(batch).__name__}, not a dict: return "
+                        "{'pixel_values': image tensor, 'labels': class ids} from it")
+    unknown = sorted(set(batch) - _model_inputs())
     if unknown:
         raise DataError(f"the batch has keys {unknown} besides pixel_values and labels, which the distillation "
                         "model does not take: leave them out in the data_collator (or the dataset's transform)")
@@ -126,6 +131,14 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
                 raise LabelError(f"{where} lists its classes as {names[:8]}, the student as {student_names[:8]}: "
                                  "its accuracy would compare other classes' ids. Cast its label column to the "
                                  "student's order (dataset.align_labels_with_mapping(model.config.label2id, 'labels'))")
+
+
+@functools.cache
+def _model_inputs() -> frozenset[str]:
+    """What a batch may hold: ``DistillationModel.forward``'s arguments."""
+    from ..modeling.distillation_model import DistillationModel
+
+    return frozenset(inspect.signature(DistillationModel.forward).parameters) - {"self"}
 
 
 def _first_items(role: str, dataset: Any, collator_given: bool = False) -> Iterator[tuple[str, Any, Mapping]]:
