@@ -615,6 +615,9 @@ def test_class_folders_named_in_two_unicode_forms(tmp_path, capsys, no_loading):
     spaced = image_folder(tmp_path / "spaced", ["cat", "cat "])
     assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=spaced)) == 2
     assert f"{spaced!r} has class folders 'cat' and 'cat ' that differ only in surrounding spaces" in error_of(capsys)
+    spaced = image_folder(tmp_path / "both", [nfc, nfd + " "])  # a space and the other form: still one class
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=spaced)) == 2
+    assert "that differ only in surrounding spaces and in Unicode form" in error_of(capsys)
 
 
 def test_teacher_folder_without_weights(tmp_path, capsys, no_loading):

@@ -92,9 +92,10 @@ def check_one_form_each(folder: str, classes: Sequence[str]) -> None:
         )
     by_stripped: dict[str, str] = {}
     for name in sorted(classes):  # 'cat' and 'cat ' (a space typed or pasted after the name)
-        twin = by_stripped.setdefault(name.strip(), name)
+        twin = by_stripped.setdefault(unicodedata.normalize("NFC", name).strip(), name)
         if twin != name:
+            forms = " and in Unicode form" if form_of(twin) != form_of(name) else ""
             raise LabelError(
-                f"{folder!r} has class folders {twin!r} and {name!r} that differ only in surrounding spaces: datasets "
-                "would make them two classes. Fix: merge them into one folder"
+                f"{folder!r} has class folders {twin!r} and {name!r} that differ only in surrounding spaces{forms}: "
+                "datasets would make them two classes. Fix: merge them into one folder"
             )
