@@ -304,6 +304,9 @@ def test_report_to_an_integration_that_is_not_installed(tmp_path, capsys, no_loa
     assert run(tmp_path, base(tmp_path), "--report_to", "wandb,dagshub") == 2
     line = error_of(capsys)
     assert "'wandb' is not available: pip install wandb; report_to: 'dagshub' is not available" in line
+    assert run(tmp_path, base(tmp_path), "--report_to", "wandb,mlfow") == 2
+    line = error_of(capsys)
+    assert "unknown integration 'mlfow'" in line and "'wandb' is not available" in line
 
 
 @pytest.mark.parametrize("report_to", [None, [], ["tensorboard", "all"], ["none", "tensorboard"]])

@@ -92,7 +92,7 @@ def _check_card(parser: argparse.ArgumentParser, card: Path, compared: list[str]
     if not (card / "README.md").is_file():  # found out now, not after the models ran
         parser.error(f"--card {card} has no README.md model card: give a model folder a run wrote")
     if not (card / RECIPE_RECORD).is_file():
-        parser.error(f"--card {card} holds no {RECIPE_RECORD}: it is not a folder scripts/distill.py trained, "
+        parser.error(f"--card {card} holds no {RECIPE_RECORD}: it is not a folder hf_rcka's training run wrote, "
                      "whose card the picture would describe")
     if not any(os.path.isdir(m) and os.path.samefile(m, card) for m in compared):
         parser.error(f"--card {card} is not one of the compared models: the picture on its card would show "

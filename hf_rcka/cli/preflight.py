@@ -205,14 +205,14 @@ def check_launch(args: Any) -> None:
                           "together")
     if getattr(args, "fsdp", None) and getattr(args, "parallel_mode", None) != ParallelMode.DISTRIBUTED:  # Trainer's refusal
         raise RecipeError("fsdp shards the student over the processes of a launch, and this is one process: launch "
-                          "several (accelerate launch --config_file recipes/accelerate/fsdp_8gpu_bf16.yaml, or torchrun "
-                          "--nproc_per_node N), or drop fsdp")
+                          "several (accelerate launch with an FSDP config file, as the repository's "
+                          "recipes/accelerate/fsdp_8gpu_bf16.yaml, or torchrun --nproc_per_node N), or drop fsdp")
     if launched > 1 and fsdp_requested(args) and (args.use_cpu or not _has_accelerator()):
         # accelerate turns MULTI_CPU into FSDP nowhere: the run trained as plain DDP, treated as FSDP
         raise RecipeError("an FSDP launch on CPU processes: accelerate shards models on accelerators only, so this run "
                           "would train as plain data parallelism while its settings and records said FSDP. On CPUs "
-                          "launch with recipes/accelerate/cpu_2proc.yaml (or accelerate launch --multi_gpu "
-                          "--num_processes N ... --use_cpu true)")
+                          "launch with accelerate launch --multi_gpu --num_processes N ... --use_cpu true (the "
+                          "repository's recipes/accelerate/cpu_2proc.yaml)")
 
 
 def _has_accelerator() -> bool:
@@ -250,17 +250,21 @@ def check_report_to(report_to: Any, unavailable_ok: bool = False) -> list[str]:
         raise RecipeError(f"report_to: {alone[0]!r} stands alone, not in a list with other names ({names}): give "
                           f"{'none' if alone[0] == 'none' else 'all'} by itself, or list only the integrations")
     known = list(integration_utils.INTEGRATION_TO_CALLBACK)
-    unavailable = []
+    unknown, unavailable = [], []
     for name in names:
         if name in ("none", "all"):
             continue
         if name not in known:
-            raise RecipeError(f"report_to: unknown integration {name!r}: {close_matches(name, known)}")
+            unknown.append(f"report_to: unknown integration {name!r}: {close_matches(name, known)}")
+            continue
         suffix, remedy = _INTEGRATIONS.get(name, (name, f"pip install {name}"))
         available = getattr(integration_utils, f"is_{suffix}_available", None)
         if available is not None and not available():
             unavailable.append(f"report_to: {name!r} is not available: {remedy}")
-    if unavailable and not unavailable_ok:  # all of them at once: one failed run per tracker otherwise
+    # all of them at once: one failed run per tracker otherwise
+    if unknown:
+        raise RecipeError("; ".join(unknown + ([] if unavailable_ok else unavailable)))
+    if unavailable and not unavailable_ok:
         raise RecipeError(f"{'; '.join(unavailable)}; or set report_to: none")
     return unavailable
 
