@@ -507,3 +507,17 @@ def test_only_the_logging_process_draws_the_libraries_progress_bars(tmp_path, mo
     finally:
         transformers.utils.logging.enable_progress_bar()
         datasets.enable_progress_bars()
+
+
+def test_the_run_says_its_precision_and_whose_setting_chose_it(tmp_path, monkeypatch):
+    """An accelerate config file's mixed_precision applied to every run unsaid (only the card named it)."""
+    from hf_rcka import DistillationTrainingArguments
+    from hf_rcka.cli.job import _precision_line
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert _precision_line(DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True)) == "precision: float32"
+    recipe = DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, bf16=True)
+    assert _precision_line(recipe) == "precision: bf16 mixed precision, the recipe's setting"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    launched = _precision_line(DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True))
+    assert launched.startswith("precision: bf16 mixed precision, the launcher's (accelerate launch --mixed_precision")

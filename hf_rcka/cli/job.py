@@ -97,6 +97,17 @@ def run(
             drop_empty_record(record_dir, made)
 
 
+def _precision_line(args: DistillationTrainingArguments) -> str:
+    """Which precision the run computes in, and whose setting chose it: the launcher's (its config
+    file, set once and forgotten) applies unless the recipe sets bf16 or fp16."""
+    chosen = run_mixed_precision(args)
+    if chosen is None:
+        return "precision: float32"
+    source = "the recipe's" if args.bf16 or args.fp16 else (
+        "the launcher's (accelerate launch --mixed_precision, its config file or ACCELERATE_MIXED_PRECISION)")
+    return f"precision: {chosen} mixed precision, {source} setting"
+
+
 @contextlib.contextmanager
 def _training_alone(args: DistillationTrainingArguments) -> Iterator[None]:
     """``output_dir`` held by this training run (the lock is rank 0's); when another run holds it,
@@ -117,6 +128,7 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
     recorded = recorded_teacher(os.path.dirname(os.path.abspath(argv[0]))) if argv and args.do_train else None
     trainer, skipped, moved = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
     _transformers_levels(args)
+    logger.info(_precision_line(args))
     if recorded is not None:
         _say_if_the_recorded_teacher_differs(trainer, argv[0], recorded)
     if not args.do_train:
