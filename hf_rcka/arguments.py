@@ -206,7 +206,7 @@ class DistillationTrainingArguments(TrainingArguments):
                           "embedding, class/distillation tokens), as timm's and DeiT's optimizers do."},
     )
     # Trainer's own default, as an object of its own: a rate given from Python equal to it (5e-5) is
-    # told apart from one left out, so that giving it with lr_base is refused as any other rate is
+    # told apart from one left out, so that giving it with lr_base is said (any other rate is refused)
     learning_rate: float = field(
         default=TrainersDefaultRate(TrainersDefaultRate.VALUE),
         metadata=TrainingArguments.__dataclass_fields__["learning_rate"].metadata,
@@ -338,11 +338,12 @@ def describe_batch(args: TrainingArguments, per_device: int | None = None) -> st
 def scaled_learning_rate(args: "DistillationTrainingArguments", rate_given: bool) -> float:
     """``lr_base`` scaled from ``lr_base_size`` images to this run's global batch.
 
-    ``rate_given``: whether ``learning_rate`` was set too.
+    ``rate_given``: whether ``learning_rate`` was set too (Trainer's default 5e-5 given as a value is
+    taken as unset, and said).
 
     Raises:
-        RecipeError: for a bad scale or size, or a ``learning_rate`` given as well (which one would win
-            is a guess; the result is idempotent, so rebuilding the arguments from their values is fine).
+        RecipeError: for a bad scale or size, or another ``learning_rate`` given as well (which one would
+            win is a guess; the result is idempotent, so rebuilding the arguments from their values is fine).
     """
     if args.auto_find_batch_size:
         raise RecipeError("lr_base scales the learning rate to the batch the recipe sets, and auto_find_batch_size "
