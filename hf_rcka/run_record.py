@@ -32,14 +32,17 @@ def recorded_working_dir(run_dir: str) -> str | None:
 
 
 def anchored(recipe: dict[str, Any], working_dir: str | None, keys: Sequence[str] = ANCHORED_KEYS) -> dict[str, Any]:
-    """The recipe's relative data and teacher paths read from the folder its run ran in, not from this one's."""
+    """The recipe's relative data, teacher and student paths read from the folder its run ran in,
+    not from this one's; one gone from there (a project moved or copied since) is read here, as the
+    command line reads it again (``cli.recipe.recipe_as_recorded``): the checks that compare a run
+    with its record (held-out images, splits) read what the run reads."""
     if working_dir is None:
         return recipe
     for key in keys:
         value = recipe.get(key)
         if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
             path = os.path.join(working_dir, value)
-            if key in ("train_dir", "validation_dir") or os.path.isdir(path):  # else a Hub id
+            if os.path.isdir(path):  # else gone from there, or a Hub id
                 recipe[key] = path
     return recipe
 

@@ -1952,3 +1952,24 @@ def test_a_shipped_recipe_asked_for_outside_the_repository_says_where_recipes_ar
     (tmp_path / "recipes").mkdir()  # in a checkout, a misspelt recipe is only missing
     assert main(["recipes/supervised-resnet10t-digit.yaml"]) == 2
     assert capsys.readouterr().err.strip().endswith("does not exist")
+
+
+def test_a_moved_projects_teacher_is_checked_against_the_data_it_reads_here(tmp_path, monkeypatch):
+    """A project moved since its teacher trained (old/ -> new/): the record's relative train_dir was
+    read under the gone old/, so the split check compared another folder and passed a student with
+    another split_seed, most of whose validation images the teacher had trained on."""
+    import json
+
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.cli.teacher_data import check_teacher_data
+    from hf_rcka.errors import DataError
+
+    image_folder(tmp_path / "new" / "data" / "train", ["a", "b"])
+    teacher = tmp_path / "new" / "teacher"
+    teacher.mkdir()
+    (teacher / "distill_config.yaml").write_text("train_dir: data/train\ntrain_val_split: 0.5\nsplit_seed: 7\n")
+    (teacher / "_working_dir.json").write_text(json.dumps({"working_dir": str(tmp_path / "old")}))
+    monkeypatch.chdir(tmp_path / "new")
+    with pytest.raises(DataError, match="teacher training images"):
+        check_teacher_data(str(teacher), DataArguments(train_dir="data/train", train_val_split=0.5, split_seed=42),
+                           carved=True)

@@ -326,12 +326,11 @@ def recipe_as_recorded(path: str, recipe: dict[str, Any]) -> dict[str, Any]:
         return recipe
     read_there = anchored(dict(recipe), working_dir, (*ANCHORED_KEYS, "baseline_dir"))
     moved = sorted(key for key in read_there if read_there[key] != recipe.get(key))
-    gone = [key for key in moved if not os.path.exists(read_there[key])]
+    gone = [key for key in ("train_dir", "validation_dir") if key not in moved and isinstance(recipe.get(key), str)
+            and recipe[key] and not os.path.isabs(os.path.expanduser(recipe[key]))]
     for key in gone:  # the run folder was copied, or its data moved: read here, and said
-        read_there[key] = recipe[key]
         logger.warning("%s: %s %r is gone from %s, where its run ran: it is read from this folder (%s); give --%s to "
                        "read another", path, key, recipe[key], working_dir, os.getcwd(), key)
-    moved = [key for key in moved if key not in gone]
     if moved:
         logger.info("%s: %s read from %s, where its run ran (as recorded in %s)", path, ", ".join(moved), working_dir,
                     WORKING_DIR_NAME)
