@@ -76,6 +76,9 @@ def image_folder(root: Path, classes: list[str], per_class: int = 4) -> str:
     ("max_bad_images", -1, "max_bad_images must be >= 0"),
     ("split_seed", -1, "split_seed must be an integer >= 0, got -1"),
     ("teacher_label_mapping", "by_nmae", "teacher_label_mapping must be 'by_name' or 'by_index'"),
+    # TrainingArguments' Enum | str settings: the line named no setting ("step is not a valid IntervalStrategy")
+    ("eval_strategy", "step", "eval_strategy: 'step' is not valid: did you mean 'steps'"),
+    ("lr_scheduler_type", "cosin", "lr_scheduler_type: 'cosin' is not valid: did you mean 'cosine'"),
 ])
 def test_values_out_of_range(tmp_path, capsys, no_loading, key, value, expected):
     assert run(tmp_path, base(tmp_path, **{key: value})) == 2

@@ -62,6 +62,9 @@ def _coerce_union(value: Any, annotation: Any, key: str) -> Any:
         return None
     if key in _COMMA_LISTS and isinstance(value, str) and "," in value:
         return coerce(value, next(o for o in options if typing.get_origin(o) is list), key)
+    enums = [o for o in options if isinstance(o, type) and issubclass(o, enum.Enum)]
+    if enums and str in options and isinstance(value, str):  # TrainingArguments' ``Enum | str``: the text must be a member
+        return _coerce_enum(value, enums[0], key)
     errors = []
     for option in (o for o in options if o is not type(None)):
         try:
