@@ -368,6 +368,21 @@ def test_losses_that_do_not_fit_the_models(tmp_path, capsys, no_loading):
                 teacher_model_name_or_path="config:resnet", losses=[{"name": "ce"}, {"name": "deit_token"}])
     assert run(tmp_path, deit) == 2
     assert "deit_token needs a student with a distillation head" in error_of(capsys)
+    # a timm student is judged by the model timm builds, not by its name: iformer_m_distilled has no
+    # distillation head (a traceback at the first step), levit_128s has one (refused)
+    from types import SimpleNamespace
+
+    from hf_rcka.arguments import ModelArguments
+    from hf_rcka.cli.model_sources import check_losses_fit_models
+    from hf_rcka.errors import RecipeError
+
+    def fits(student):
+        model_args = ModelArguments(model_name_or_path=student, teacher_model_name_or_path="timm/resnet18")
+        check_losses_fit_models(model_args, SimpleNamespace(losses=[{"name": "ce"}, {"name": "deit_token"}]))
+
+    fits("timm/levit_128s.fb_dist_in1k")
+    with pytest.raises(RecipeError, match="deit_token needs a student with a distillation head"):
+        fits("timm/iformer_m_distilled")
 
 
 @pytest.mark.parametrize("options,expected", [

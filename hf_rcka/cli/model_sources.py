@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import ModelError, RecipeError
 from ..losses import reads_teacher
 from ..modeling.assembly import run_loss_specs
+from ..modeling.distilled_heads import timm_has_distillation_head
 from ..registry import LOSSES, close_matches
 
 _PATH_PREFIXES = (".", "/", "~")
@@ -86,8 +87,8 @@ def check_losses_fit_models(model_args: Any, args: Any) -> None:
 def _has_distillation_head(model_args: Any) -> bool:
     """What the config can tell; True when it cannot tell (a Hub id not yet downloaded)."""
     name = model_args.model_name_or_path
-    if name.startswith("timm/"):  # timm's distilled DeiTs (deit_*_distilled_patch16_*) have one
-        return "distilled" in name.split("/", 1)[1].split(".", 1)[0]
+    if name.startswith("timm/"):
+        return _timm_has_distillation_head(name.split("/", 1)[1].split(".", 1)[0])
     if name.startswith("config:"):
         architectures = (model_args.student_config_overrides or {}).get("architectures") or []
     else:
@@ -95,9 +96,23 @@ def _has_distillation_head(model_args: Any) -> bool:
         if config is None:
             return True
         if config.get("architecture"):  # a saved timm model's TimmWrapperConfig
-            return "distilled" in config["architecture"]
+            return _timm_has_distillation_head(config["architecture"])
         architectures = (model_args.student_config_overrides or {}).get("architectures") or config.get("architectures") or []
     return any("WithTeacher" in a for a in architectures)
+
+
+def _timm_has_distillation_head(architecture: str) -> bool:
+    """Built without weights, on the meta device: the name does not say (levit_128s has a distillation
+    head, iformer_m_distilled none). True when timm cannot build it (the loading names that error)."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(architecture, pretrained=False)
+    except Exception:  # noqa: BLE001 - an unknown or unbuildable name: the model check after loading says it
+        return True
+    return timm_has_distillation_head(model)
 
 
 def _local_config(name: str, file: str = "config.json") -> dict | None:

@@ -28,7 +28,7 @@ from ..features.capture import Captured, ForwardCapture
 from ..features.hidden_states import describe_hidden_states, pooled_dim
 from ..features.pairing import FeaturePair
 from ..adapters.base import FeatureAdapter
-from .distilled_heads import DistilledHeads
+from .distilled_heads import DistilledHeads, has_distillation_head
 from .recomputed_norms import keep_statistics_in_recomputation
 from .feature_adapters import build_feature_adapters
 from ..models.timm_models import check_timm_args, saved_model_args
@@ -110,6 +110,7 @@ class DistillationModel(nn.Module):
         self.built_with = {"feature_pairs": "auto" if feature_pairs is None else feature_pairs,
                            "teacher_dtype": teacher_dtype, "teacher_channels_last": teacher_channels_last}
         self._check_teacher()
+        self._check_student_heads()
         self.teacher_transform = needed_transform(student_input, teacher_input)
         if self.teacher_transform is not None:  # a caller may pass models already on their device
             self.teacher_transform.to(next(student.parameters()).device)
@@ -170,10 +171,19 @@ class DistillationModel(nn.Module):
     def needs_pooled(self) -> bool:
         return any(loss.needs_pooled for loss in self.losses.values())
 
+    def _check_student_heads(self) -> None:
+        """A loss that trains a distillation head needs a student with one: it failed at the first step."""
+        needing = [name for name, loss in self.losses.items() if "distillation_logits" in loss.requires]
+        if needing and not has_distillation_head(self.student):
+            raise ModelError(
+                f"losses {needing} train a distillation head, and the student ({type(self.student).__name__}) has "
+                "none: use a distilled DeiT (timm/deit_small_distilled_patch16_224, or transformers' "
+                "DeiTForImageClassificationWithTeacher), or another loss (kd)")
+
     def _check_teacher(self) -> None:
         needing = [name for name, loss in self.losses.items() if loss.needs_teacher]
         if needing and self.teacher is None:
-            raise ValueError(f"losses {needing} need a teacher: set teacher_model_name_or_path")
+            raise ModelError(f"losses {needing} need a teacher: pass teacher= (teacher_model_name_or_path in a recipe)")
         if self.teacher is None:
             return
         if not needing:

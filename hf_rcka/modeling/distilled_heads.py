@@ -36,8 +36,7 @@ class DistilledHeads:
     @staticmethod
     def applies(student: nn.Module) -> bool:
         """A TimmWrapper around a timm model with a distillation head."""
-        timm_model = getattr(student, "timm_model", None)
-        return isinstance(getattr(timm_model, "head_dist", None), nn.Module) and hasattr(timm_model, "head")
+        return timm_has_distillation_head(getattr(student, "timm_model", None))
 
     def _keeper(self, name: str):
         def keep(_module: nn.Module, _args: Any, output: Tensor) -> None:
@@ -63,3 +62,15 @@ class DistilledHeads:
         """Take the hooks off the student (the trained model is then as timm built it)."""
         for handle in self._handles:
             handle.remove()
+
+
+def timm_has_distillation_head(timm_model: nn.Module | None) -> bool:
+    """A timm model with a distillation head beside its class head (DeiT's distilled models, LeViT;
+    not every model named "distilled")."""
+    return isinstance(getattr(timm_model, "head_dist", None), nn.Module) and hasattr(timm_model, "head")
+
+
+def has_distillation_head(student: nn.Module) -> bool:
+    """Whether the student returns distillation logits: transformers' ``*WithTeacher`` classes, or a
+    timm model with ``head_dist`` (whose outputs ``DistilledHeads`` reads)."""
+    return type(student).__name__.endswith("WithTeacher") or DistilledHeads.applies(student)
