@@ -521,3 +521,19 @@ def test_the_run_says_its_precision_and_whose_setting_chose_it(tmp_path, monkeyp
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     launched = _precision_line(DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True))
     assert launched.startswith("precision: bf16 mixed precision, the launcher's (accelerate launch --mixed_precision")
+
+
+def test_the_launchers_mixed_precision_is_recorded_as_the_recipe_key_it_equals(tmp_path, monkeypatch):
+    """A run of the record trained in float32, and the card compared a launcher-bf16 run with a
+    float32 baseline as trained alike (their records had the same precision keys)."""
+    from hf_rcka import DistillationTrainingArguments
+    from hf_rcka.cli.job import recipe_to_record
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    plain = DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert recipe_to_record({"seed": 1}, plain, [{"name": "ce"}]) == {"seed": 1, "losses": [{"name": "ce"}]}
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    launched = DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert recipe_to_record({"seed": 1}, launched, [])["bf16"] is True
+    own = DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, bf16=True)
+    assert "bf16" not in recipe_to_record({"seed": 1}, own, [])  # the recipe's own key is in the recipe already

@@ -97,6 +97,17 @@ def run(
             drop_empty_record(record_dir, made)
 
 
+def recipe_to_record(recipe: dict, args: DistillationTrainingArguments, losses: list[dict]) -> dict:
+    """The recipe as it ran: its losses in full, and the launcher's mixed precision as the recipe key
+    it equals (a run of the record trained in float32, and a card compared a launcher-bf16 run with a
+    float32 baseline as trained alike)."""
+    recorded = {**recipe, "losses": losses}
+    chosen = run_mixed_precision(args)
+    if chosen is not None and not (args.bf16 or args.fp16):
+        recorded[chosen] = True
+    return recorded
+
+
 def _precision_line(args: DistillationTrainingArguments) -> str:
     """Which precision the run computes in, and whose setting chose it: the launcher's (its config
     file, set once and forgotten) applies unless the recipe sets bf16 or fp16."""
@@ -140,7 +151,8 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
                                   len(trainer.eval_dataset) if has_length(trainer.eval_dataset) else None)
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
         losses = run_loss_specs(args, trainer.distillation_model.teacher is not None)
-        trainer.add_callback(RecipeRecord({**recipe, "losses": losses}, os.path.join(args.output_dir, RECIPE_RECORD)))
+        trainer.add_callback(RecipeRecord(recipe_to_record(recipe, args, losses),
+                                          os.path.join(args.output_dir, RECIPE_RECORD)))
     last = None
     if args.do_train and args.do_eval:  # its evaluation at the last step may be the final one
         last = LastEvaluation()
