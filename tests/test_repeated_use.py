@@ -356,3 +356,19 @@ def test_the_teacher_check_sample_is_not_kept_at_each_train(tmp_path):
     for _ in range(3):
         trainer.train()
     assert len(trainer._checked_datasets) == 1
+
+
+def test_a_baseline_gone_by_the_end_of_training_leaves_the_card_without_it(tmp_path, caplog):
+    """Retrained (or removed) while this run trained, the baseline's results were read by the card
+    after training: a traceback, the model saved without its card."""
+    import json
+
+    baseline = tmp_path / "alone"
+    baseline.mkdir()
+    (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.5}))
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1, baseline_dir=str(baseline)))
+    trainer.train()
+    (baseline / "all_results.json").unlink()
+    trainer.create_model_card()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "trained alone" not in card and "the card shows no baseline" in caplog.text

@@ -494,6 +494,9 @@ def complete_card_facts(trainer: Any) -> CardFacts:
         own = TrainingRecord(_recorded_recipe(trainer.args.output_dir), trainer.state.global_step,
                              global_batch_size(trainer.args, trainer._train_batch_size), trainer.args.learning_rate,
                              logged_rates(trainer.state.log_history))
-        facts.baseline_accuracy, facts.baseline_note, facts.baseline_comparable = read_baseline(
-            baseline_dir, facts.run_settings, facts.student_settings or None, own)
+        try:
+            facts.baseline_accuracy, facts.baseline_note, facts.baseline_comparable = read_baseline(
+                baseline_dir, facts.run_settings, facts.student_settings or None, own)
+        except (OSError, ValueError) as err:  # checked before training; gone or rewritten since (retrained)
+            logger.warning("model card: baseline_dir %s: %s: the card shows no baseline", baseline_dir, err)
     return facts
