@@ -79,6 +79,7 @@ def image_folder(root: Path, classes: list[str], per_class: int = 4) -> str:
     # TrainingArguments' Enum | str settings: the line named no setting ("step is not a valid IntervalStrategy")
     ("eval_strategy", "step", "eval_strategy: 'step' is not valid: did you mean 'steps'"),
     ("lr_scheduler_type", "cosin", "lr_scheduler_type: 'cosin' is not valid: did you mean 'cosine'"),
+    ("accelerator_config", "acc.jsn", "accelerator_config 'acc.jsn' is not a file"),  # was a traceback
 ])
 def test_values_out_of_range(tmp_path, capsys, no_loading, key, value, expected):
     assert run(tmp_path, base(tmp_path, **{key: value})) == 2

@@ -288,6 +288,7 @@ def build_arguments(values: dict[str, Any]) -> Arguments:
     for key, value in values.items():
         grouped[table[key][0]][key] = value
     _check_backend(values)
+    _check_accelerator_config(values)
     built = []
     for cls in ARGUMENT_CLASSES:
         try:
@@ -310,6 +311,14 @@ def _check_backend(values: dict[str, Any]) -> None:
     if values.get("ddp_backend") == "nccl" and not torch.cuda.is_available():
         raise RecipeError("ddp_backend: nccl runs on CUDA GPUs, and this machine has none: drop ddp_backend (gloo is "
                           "the CPU default; a multi-process CPU launch also needs use_cpu: true)")
+
+
+def _check_accelerator_config(values: dict[str, Any]) -> None:
+    """A text ``accelerator_config`` is a JSON file's path: a typo failed as a FileNotFoundError traceback."""
+    config = values.get("accelerator_config")
+    if isinstance(config, str) and not os.path.isfile(config):
+        raise RecipeError(f"accelerator_config {config!r} is not a file: give the path of a JSON file of "
+                          "AcceleratorConfig settings, or the settings themselves as a mapping")
 
 
 def _lines(err: BaseException) -> list[str]:
