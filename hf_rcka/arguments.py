@@ -23,6 +23,8 @@ from transformers import TrainingArguments
 
 from .augmentation import AugmentationArguments
 from .errors import RecipeError
+from .losses import reads_teacher
+from .registry import LOSSES
 from .run_record import read_recorded_recipe
 from .recipe_specs import (
     check_auto_pair_options,
@@ -365,6 +367,17 @@ def scaled_learning_rate(args: "DistillationTrainingArguments", rate_given: bool
     return scaled
 
 
+def _distilled(losses: Any) -> bool:
+    """Whether a recorded run's losses (the record holds them in full) read its teacher: a run with a
+    teacher set and ``losses: [ce]`` trained the student alone (its card says so). No record of them,
+    or a loss this process does not know, counts as distilled."""
+    if not isinstance(losses, list) or not losses:
+        return True
+    specs = [spec for spec in losses if not (isinstance(spec, dict) and spec.get("weight", 1.0) == 0)]
+    return any(not isinstance(spec, dict) or spec.get("name") not in LOSSES or reads_teacher(LOSSES.get(spec["name"]))
+               for spec in specs)
+
+
 def _check_baseline_dir(folder: str) -> None:
     """The student-alone run must hold the accuracy the card compares with (read after training)."""
     results = Path(folder, "all_results.json")
@@ -379,10 +392,11 @@ def _check_baseline_dir(folder: str) -> None:
         raise RecipeError(f"baseline_dir: {str(results)!r} has no eval_accuracy (that run was not evaluated): "
                           "train the baseline again with do_eval: true, or drop baseline_dir")
     try:  # the card compares the two runs by it after training
-        teacher = read_recorded_recipe(folder).get("teacher_model_name_or_path")
+        recorded = read_recorded_recipe(folder)
     except ValueError as err:
         raise RecipeError(f"baseline_dir: {err}: rerun the baseline, or drop baseline_dir") from None
-    if teacher:
+    teacher = recorded.get("teacher_model_name_or_path")
+    if teacher and _distilled(recorded.get("losses")):
         raise RecipeError(f"baseline_dir {folder!r} is a distilled run (teacher {teacher!r}), not the student trained "
                           "alone: the card would credit distillation with the difference between two distillations. "
                           "Give the run of the student alone (no teacher), or drop baseline_dir")

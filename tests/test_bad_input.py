@@ -1402,6 +1402,16 @@ def test_baseline_dir_whose_run_was_not_evaluated(tmp_path, capsys, no_loading):
     (baseline / "distill_config.yaml").write_text("teacher_model_name_or_path: outputs/teacher\n")
     assert run(tmp_path, base(tmp_path, baseline_dir=str(baseline))) == 2
     assert "is a distilled run (teacher 'outputs/teacher'), not the student trained alone" in error_of(capsys)
+    # a teacher set and losses [ce] (the README's student-alone pattern): the student trained alone
+    (baseline / "distill_config.yaml").write_text("teacher_model_name_or_path: outputs/teacher\n"
+                                                  "losses: [{name: ce, weight: 1.0}, {name: kd, weight: 0}]\n")
+    from hf_rcka import DistillationTrainingArguments
+
+    DistillationTrainingArguments(output_dir=str(tmp_path / "o"), baseline_dir=str(baseline), use_cpu=True)
+    (baseline / "distill_config.yaml").write_text("teacher_model_name_or_path: outputs/teacher\n"
+                                                  "losses: [{name: ce, weight: 1.0}, {name: kd, weight: 0.5}]\n")
+    assert run(tmp_path, base(tmp_path, baseline_dir=str(baseline))) == 2
+    assert "is a distilled run (teacher 'outputs/teacher')" in error_of(capsys)
 
 
 def test_teacher_trained_on_the_students_validation_images(tmp_path, capsys):
