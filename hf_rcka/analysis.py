@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from . import functional
 from .features.hidden_states import describe_hidden_states, forward_with_hidden_states, hidden_states_of
-from .data.images import to_rgb
+from .data.images import decode_image
 from .features.layout import FeatureSpec, to_fmap
 
 
@@ -168,8 +168,9 @@ def _unit_spread(activation: Tensor) -> Tensor:
 
 
 def prepare_pixels(images: Sequence, transform: Callable) -> Tensor:
-    """Stack ``transform(to_rgb(image))`` for PIL images into (N, 3, H, W), decoded as training decodes them."""
-    return torch.stack([transform(to_rgb(image)) for image in images])
+    """Stack ``transform(image)`` for PIL images into (N, 3, H, W), decoded as training decodes them
+    (``decode_image``: turned upright by their EXIF orientation, then to RGB)."""
+    return torch.stack([transform(decode_image(image)) for image in images])
 
 
 def save_heatmaps(reports: Sequence[LayerCKA], path: str | Path, title: str | None = None) -> Path:

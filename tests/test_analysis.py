@@ -353,3 +353,24 @@ def test_a_name_with_a_bar_stays_in_its_table_cell():
     report = LayerCKA(torch.tensor([[0.5, 0.25]]), ["0: a|b"], ["0: x", "1: y"], "base|line", "student", 4)
     header, _, row = report.to_markdown().splitlines()
     assert header == "| base\\|line \\ student | 0: x | 1: y |" and row == "| 0: a\\|b | 0.50 | 0.25 |"
+
+
+def test_prepare_pixels_turns_a_photo_upright_as_training_does():
+    """It converted PIL images to RGB without their EXIF orientation: a phone photo went in sideways
+    where training and evaluation had it upright."""
+    import io
+
+    from hf_rcka.analysis import prepare_pixels
+
+    stored = np.zeros((8, 16, 3), dtype=np.uint8)
+    stored[:, :4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="JPEG", exif=exif, quality=100)
+
+    def to_tensor(image):
+        return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float()
+
+    batch = prepare_pixels([Image.open(io.BytesIO(buffer.getvalue()))], to_tensor)
+    assert batch.shape == (1, 3, 16, 8)  # upright: 16 high, 8 wide
