@@ -363,20 +363,24 @@ def test_push_to_hub_offline_or_without_a_token(tmp_path, capsys, no_loading, mo
 
 
 def test_losses_that_do_not_fit_the_models(tmp_path, capsys, no_loading):
-    assert run(tmp_path, base(tmp_path, losses=[{"name": "ce"}, {"name": "feature_cka"}])) == 2
-    assert "losses ['feature_cka'] need a teacher: set teacher_model_name_or_path" in error_of(capsys)
-    deit = base(tmp_path, model_name_or_path="config:vit", student_config_overrides=TINY_VIT,
-                teacher_model_name_or_path="config:resnet", losses=[{"name": "ce"}, {"name": "deit_token"}])
-    assert run(tmp_path, deit) == 2
-    assert "deit_token needs a student with a distillation head" in error_of(capsys)
-    # a timm student is judged by the model timm builds, not by its name: iformer_m_distilled has no
-    # distillation head (a traceback at the first step), levit_128s has one (refused)
     from types import SimpleNamespace
 
     from hf_rcka.arguments import ModelArguments
     from hf_rcka.cli.model_sources import check_losses_fit_models
     from hf_rcka.errors import RecipeError
 
+    assert run(tmp_path, base(tmp_path, losses=[{"name": "ce"}, {"name": "feature_cka"}])) == 2
+    assert "losses ['feature_cka'] need a teacher: set teacher_model_name_or_path" in error_of(capsys)
+    # a loss at weight 0 is not computed (the model leaves it out): it needs no teacher
+    check_losses_fit_models(ModelArguments(model_name_or_path="config:resnet"),
+                            SimpleNamespace(losses=[{"name": "ce", "weight": 1.0}, {"name": "kd", "weight": 0}]))
+    deit = base(tmp_path, model_name_or_path="config:vit", student_config_overrides=TINY_VIT,
+                teacher_model_name_or_path="config:resnet", losses=[{"name": "ce"}, {"name": "deit_token"}])
+    assert run(tmp_path, deit) == 2
+    assert "deit_token needs a student with a distillation head" in error_of(capsys)
+
+    # a timm student is judged by the model timm builds, not by its name: iformer_m_distilled has no
+    # distillation head (a traceback at the first step), levit_128s has one (refused)
     def fits(student):
         model_args = ModelArguments(model_name_or_path=student, teacher_model_name_or_path="timm/resnet18")
         check_losses_fit_models(model_args, SimpleNamespace(losses=[{"name": "ce"}, {"name": "deit_token"}]))

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ModelError, RecipeError
 from ..losses import reads_teacher
-from ..modeling.assembly import run_loss_specs
+from ..modeling.assembly import active_specs, run_loss_specs
 from ..modeling.distilled_heads import timm_has_distillation_head
 from ..registry import LOSSES, close_matches
 
@@ -64,7 +64,8 @@ def whoami(token: str) -> dict:
 
 
 def _loss_names(args: Any, has_teacher: bool) -> list[str]:
-    return [spec["name"] for spec in run_loss_specs(args, has_teacher)]
+    """The losses the run computes (one at weight 0 is left out, as the model leaves it out)."""
+    return [spec["name"] for spec in active_specs(run_loss_specs(args, has_teacher))]
 
 
 def check_losses_fit_models(model_args: Any, args: Any) -> None:
