@@ -795,7 +795,8 @@ def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     # another global batch (a 2-process run resumed in 1 went on at half its batch, exit 0)
     assert run(tmp_path, {**first, "max_steps": 3, "per_device_train_batch_size": 10}, "--resume_from_checkpoint",
                "true") == 2
-    assert "was trained with a global batch of 5 (1 process); this launch gives 10" in error_of(capsys)
+    assert "was trained with a global batch of 5 (1 process); this launch gives 10 images (1 process x 10 images)" \
+        in error_of(capsys)
 
 
 def test_resume_with_another_split_or_other_losses_is_refused(tmp_path, capsys):

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..arguments import global_batch_size
+from ..arguments import describe_batch, global_batch_size
 from ..errors import RecipeError
 
 BATCH_RECORD_NAME = "global_batch.json"  # the checkpoint's global batch, processes and epoch length
@@ -46,8 +46,7 @@ def check_resume_batch(folder: str, args: Any) -> None:
     if recorded.get("global_batch") != batch:
         raise RecipeError(
             f"resume_from_checkpoint: {folder!r} was trained with a global batch of {recorded.get('global_batch')} "
-            f"({_processes(recorded.get('processes'))}); this launch gives {batch} ({_processes(args.world_size)} x "
-            f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation steps). Launch it as it was "
+            f"({_processes(recorded.get('processes'))}); this launch gives {describe_batch(args)}. Launch it as it was "
             "(the same accelerate config or torchrun --nproc_per_node), with the same batch settings"
         )
 
