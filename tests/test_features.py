@@ -301,3 +301,15 @@ def test_transformers_swin_hands_out_its_stage_ends_as_timm_swin_does():
     model = DistillationModel(swin, copy.deepcopy(swin), [CrossEntropyLoss(), FeatureCKALoss()], feature_pairs="auto",
                               student_input=InputStats((0.5,) * 3, (0.5,) * 3, (32, 32)))
     assert [(p.student_layer, p.teacher_layer) for p in model.feature_pairs] == [(1, 1), (2, 2), (3, 3), (4, 4)]
+
+
+@pytest.mark.parametrize("student, teacher, expected", [
+    (_vit_specs(6), _vit_specs(12), [(2, 4), (3, 6), (5, 10), (6, 12)]),  # 4 of 6 blocks: 6/4 is no integer
+    (_vit_specs(12), _vit_specs(7), [(3, 2), (7, 4), (10, 6), (12, 7)]),
+    # ties in relative depth go to the deeper candidate: 0.75 lies as far from 4/6 as from 5/6
+    (_vit_specs(4), _vit_specs(6), [(1, 2), (2, 3), (3, 5), (4, 6)]),
+    (_vit_specs(6), REGNET, [(2, 1), (3, 2), (5, 3), (6, 4)]),
+], ids=["vit6_vit12", "vit12_vit7", "vit4_vit6", "vit6_regnet"])
+def test_auto_pairs_of_depths_that_do_not_divide_evenly(student, teacher, expected):
+    """The anchors are ceil((i + 1) n / k) - 1: spread toward the deep end; a tie goes deeper."""
+    assert [(s, t) for s, t, _ in auto_feature_pairs(student, teacher)] == expected

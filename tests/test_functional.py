@@ -1251,3 +1251,38 @@ def test_forward_mode_derivatives_pass_through_linear_cka():
         step = 1e-6
         finite = (fn.linear_cka(x + step * tangent, y, center=center) - fn.linear_cka(x - step * tangent, y, center=center)) / (2 * step)
         assert abs(float(jvp) - float(finite)) < 1e-7 and abs(float(finite)) > 1e-4
+
+
+@pytest.mark.parametrize("side", ["x", "y"])
+@pytest.mark.parametrize("p", [4, 4000], ids=["feature_form", "gram_form"])
+def test_the_constant_feature_threshold_is_relative_to_the_whole_uncentred_norm(side, p):
+    """Documented: a side whose centred norm is below ~100 ulps of its uncentred norm is constant.
+    Images 20 ulps apart (n = 64) are below it, on either side and through either form;
+    10,000 ulps apart they are not."""
+    torch.manual_seed(0)
+    n, ulp = 64, torch.finfo(torch.float32).eps
+    base = torch.rand(p) + 1.0
+    other = torch.randn(n, 8)
+    for spread, constant in ((20 * ulp, True), (1e4 * ulp, False)):
+        jittered = base * (1 + spread * torch.randn(n, p))
+        other[:, 0] = jittered[:, 0]  # follows the jitter
+        value = fn.linear_cka(jittered, other) if side == "x" else fn.linear_cka(other, jittered)
+        assert (value == 0) == constant, (spread, float(value))
+
+
+def test_a_side_equal_up_to_rounding_is_constant_in_column_blocks_too(monkeypatch):
+    """The block path's column means feed the constant-feature check: a side whose images differ
+    only by float32 rounding gives CKA 0, read whole or in blocks, with or without gradient.
+    (torch.full sides centre to exact zeros, so they pass whatever the means are.)"""
+    from hf_rcka.functional import gram
+
+    torch.manual_seed(0)
+    constant = (torch.rand(23) + 1.0) * (1 + 1e-7 * torch.randn(6, 23))  # float32, 1-2 ulps apart
+    student = torch.randn(6, 40)
+    student[:, 0] = constant[:, :5].sum(1)  # follows the rounding noise: noise / noise would be large
+    assert fn.linear_cka(student, constant) == 0
+    monkeypatch.setattr(gram, "_BLOCK_VALUES", {"cpu": 6 * 5})
+    monkeypatch.setattr(gram, "_MIN_BLOCK_COLUMNS", 1)
+    assert fn.linear_cka(student, constant) == 0
+    assert fn.linear_cka(student, constant.clone().requires_grad_()) == 0
+    assert fn.linear_cka_side(constant).mean_sq > 0

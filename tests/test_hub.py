@@ -12,9 +12,11 @@ from conftest import processor, tiny_vit
 from hf_rcka.arguments import DataArguments
 from hf_rcka.arguments import ModelArguments
 from hf_rcka.trainer.card_facts import (
-    CardFacts, base_model_of, card_facts_of, describe_eval_data, image_folder_name, read_baseline,
+    CardFacts, base_model_of, card_facts_of, describe_eval_data, image_folder_name, read_baseline, read_teacher_run,
+    teacher_accuracy,
 )
 from hf_rcka.trainer.card import add_cka_to_card, write_model_card
+from hf_rcka.losses import IGNORE_INDEX
 
 LOSSES = {"ce": 1.0, "rcka": 1.0, "feature_cka": 1.0}
 
@@ -454,3 +456,34 @@ def test_a_baseline_folder_with_a_bar_stays_in_its_table_cell(tmp_path):
                       baseline_comparable=True)
     card, _ = _card(tmp_path, facts)
     assert "| the same student trained alone | 40.0% | run `base\\|line`, same images |" in card.text
+
+
+def test_the_cards_teacher_accuracy_weighs_batches_by_their_counted_images():
+    """A batch's accuracy counts its readable images only, so it weighs by them: 3 of 3 readable
+    right in the first batch (one stand-in), 0 of 2 in the second: 3/5, not 4/6."""
+
+    class Model:
+        def teacher_accuracy(self, pixel_values, labels):
+            return 1.0 if labels[0] == 0 else 0.0
+
+    batches = [{"pixel_values": torch.zeros(4, 3, 2, 2), "labels": torch.tensor([0, 0, 0, IGNORE_INDEX])},
+               {"pixel_values": torch.zeros(2, 3, 2, 2), "labels": torch.tensor([1, 1])}]
+    assert teacher_accuracy(Model(), batches) == 3 / 5
+
+
+SETTINGS = {"dataset_name": "builtin:digits", "dataset_config_name": None, "train_dir": None, "validation_dir": None,
+            "train_val_split": 0.3, "split_seed": 42, "max_eval_samples": None, "label_column_name": "label"}
+
+
+def test_the_teachers_own_accuracy_is_taken_only_from_a_run_on_the_same_images(tmp_path):
+    """The card calls it 'same images, as the run that trained it evaluated it': a teacher run that
+    evaluated another split (another split_seed, another validation fraction) gives no figure."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.97}))
+    recorded = {"dataset_name": "builtin:digits", "train_val_split": 0.3}
+    (teacher / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
+    assert read_teacher_run(str(teacher), SETTINGS) == 0.97
+    for other in ({"split_seed": 7}, {"train_val_split": 0.2}, {"max_eval_samples": 50}):
+        (teacher / "distill_config.yaml").write_text(yaml.safe_dump({**recorded, **other}))
+        assert read_teacher_run(str(teacher), SETTINGS) is None, other

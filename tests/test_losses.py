@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from hf_rcka import LOSSES, LossInputs, functional
 from hf_rcka.losses import IGNORE_INDEX, LossContext, weigh_terms
+from hf_rcka.losses.pcka import PatchCKALoss
 
 B, P, TOKENS, WIDTH, POOLED_S, POOLED_T = 5, 3, 17, 36, 36, 24
 MAP = (B, 4, 8, 12)
@@ -711,3 +712,12 @@ def test_an_rbf_rcka_over_a_large_label_set_says_what_its_inter_term_costs(caplo
     with caplog.at_level("WARNING", logger="hf_rcka"):
         RCKALoss(kernel="rbf").setup(LossContext(num_labels=21841))
     assert "inter-class term builds 21841 x 21841 kernels each step (about 7.6 GB" in caplog.text
+
+
+@pytest.mark.parametrize("center, smallest_kept", [(True, (1, 3)), (False, (1, 2))])
+def test_patch_cka_keeps_the_smallest_map_whose_cka_is_not_a_constant(center, smallest_kept):
+    """3 patches (centred) or 2 (uncentred) are the fewest CKA relates: kept; one patch fewer is refused."""
+    loss = PatchCKALoss(patch_size=4, center=center)
+    h, w = smallest_kept
+    assert loss.feature_problem((8, h, w)) is None and loss.feature_problem((8, w, h)) is None
+    assert "would train nothing" in loss.feature_problem((8, h, w - 1))

@@ -12,6 +12,8 @@ from hf_rcka import DistillationTrainer, DistillationTrainingArguments
 from hf_rcka.augmentation import AugmentationArguments
 from hf_rcka.trainer.ema import EMA_STATE_NAME
 from hf_rcka.data.sampler import RepeatedAugmentationSampler
+from types import SimpleNamespace
+from hf_rcka.trainer.ema import StudentEmaCallback
 
 
 def indexed_dataset(n):
@@ -224,3 +226,22 @@ def test_the_other_weight_set_of_a_run_whose_losses_all_read_the_teacher_reports
     assert {"eval_kd_loss", "eval_loss", "eval_ema_accuracy"} <= set(metrics)
     assert not [k for k in metrics if k.startswith("eval_ema_") and k.endswith("_loss")]
 
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_decay_follows_the_optimizer_step(warmup):
+    """timm's ModelEmaV3 reads the step: step 1 copies, and model_ema_warmup's decay ramps up
+    from the step count (1 - (1 + s)^(-2/3)); without the step every update decays by `decay`."""
+    torch.manual_seed(0)
+    student = torch.nn.Linear(3, 2)
+    ema = StudentEmaCallback(student, decay=0.9999, warmup=warmup)
+    _ = ema.module  # made before training (as an evaluation at step 0 would)
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    ema.on_step_end(None, SimpleNamespace(global_step=1), None)
+    assert torch.equal(ema.module.weight, student.weight), "the first update copies the weights"
+    before = student.weight.detach().clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    ema.on_step_end(None, SimpleNamespace(global_step=2), None)
+    decay = 1 - 2 ** (-2 / 3) if warmup else 0.9999
+    torch.testing.assert_close(ema.module.weight, decay * before + (1 - decay) * student.weight)

@@ -23,6 +23,8 @@ from hf_rcka.modeling.distillation_model import DISTILLATION_STATE_NAME
 from hf_rcka.trainer.card_facts import teacher_accuracy
 from hf_rcka.trainer.divergence import SKIPPED_STEPS_LIMIT, DivergenceCheck
 from hf_rcka.trainer.metrics import TIMING_METRICS, evaluation_metric_names
+from torch import nn
+from hf_rcka.trainer.weight_decay import norm_weights
 
 FEATURE_LOSSES = [
     {"name": "ce"},
@@ -993,3 +995,11 @@ def test_the_buffer_setting_hf_rcka_chose_raises_no_deprecation_warning(tmp_path
         assert trainer.args.ddp_broadcast_buffers is False  # the ViT student has no running statistics
         warnings.warn("`broadcast_buffers` is deprecated. Use `forward_sync_buffers` instead.", FutureWarning)
     assert not [w for w in caught if "broadcast_buffers" in str(w.message)]
+
+
+def test_instance_norm_weights_are_per_sample_norms_not_batch_norms():
+    """InstanceNorm derives from batch norms' _NormBase, but normalises each sample: its weight is
+    spared as a LayerNorm's is, a BatchNorm's decays (Trainer's rule)."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.InstanceNorm2d(4, affine=True), nn.BatchNorm2d(4),
+                          nn.GroupNorm(2, 4), nn.LayerNorm(4))
+    assert norm_weights(model) == ({"1.weight", "3.weight", "4.weight"}, {"2.weight"})

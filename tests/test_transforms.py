@@ -145,3 +145,21 @@ def test_bad_augmentation_values_name_the_key(key, value, fragment):
 def test_the_old_augment_key_is_gone_with_a_pointer():
     with pytest.raises(RecipeError, match="unknown recipe key 'augment'"):
         parse_arguments({**BASE, "augment": "none"})
+
+
+def test_hflip_and_train_interpolation_reach_the_training_transform(tmp_path):
+    """hflip is the flip probability (0: never, 1: always) and train_interpolation the crop's filter."""
+    processor = saved_student("timm_resnet", tmp_path)
+    ramp = np.tile(np.linspace(0, 255, 40, dtype=np.uint8)[None, :, None], (30, 1, 3))  # dark left, bright right
+    image = Image.fromarray(ramp)
+    for hflip, bright_right in ((0.0, True), (1.0, False)):
+        transform = train_transform(processor, AugmentationArguments(hflip=hflip, color_jitter=0.0))
+        for seed in range(8):
+            torch.manual_seed(seed)
+            out = transform(image)
+            assert (out[:, :, -4:].mean() > out[:, :, :4].mean()) == bright_right, (hflip, seed)
+    stripes = Image.fromarray(np.kron(np.indices((6, 8)).sum(0) % 2 * 255, np.ones((5, 5))).astype(np.uint8)).convert("RGB")
+    nearest = train_transform(processor, AugmentationArguments(train_interpolation="nearest", hflip=0.0, color_jitter=0.0))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        assert len(torch.unique(nearest(stripes)[0])) <= 2, "nearest keeps the two colours"
