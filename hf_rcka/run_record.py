@@ -31,6 +31,11 @@ def recorded_working_dir(run_dir: str) -> str | None:
         return None
 
 
+def is_relative_path(value: Any) -> bool:
+    """A recorded setting that names a path relative to the folder its run ran in."""
+    return isinstance(value, str) and bool(value) and not os.path.isabs(os.path.expanduser(value))
+
+
 def anchored(recipe: dict[str, Any], working_dir: str | None, keys: Sequence[str] = ANCHORED_KEYS) -> dict[str, Any]:
     """The recipe's relative data, teacher and student paths read from the folder its run ran in,
     not from this one's; one gone from there (a project moved or copied since) is read here, as the
@@ -40,7 +45,7 @@ def anchored(recipe: dict[str, Any], working_dir: str | None, keys: Sequence[str
         return recipe
     for key in keys:
         value = recipe.get(key)
-        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+        if is_relative_path(value):
             path = os.path.join(working_dir, value)
             if os.path.isdir(path):  # else gone from there, or a Hub id
                 recipe[key] = path

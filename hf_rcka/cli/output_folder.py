@@ -41,13 +41,12 @@ try:
 except ImportError:  # Windows: runs started in one folder at once are not kept apart
     fcntl = None
 
-from transformers.trainer import TRAINER_STATE_NAME
-
 from ..arguments import DistillationTrainingArguments
 from ..data.bad_images import LEDGER_NAME
 from ..errors import OutputWriteError, RecipeError, UserError
 from ..file_writes import TEMPORARY_PREFIX, missing_folders, remove_empty
 from ..trainer.checkpointing import checkpoint_step
+from ..trainer.interrupt import written_whole
 from ..run_record import RECIPE_RECORD, WORKING_DIR_NAME
 from ..trainer.teacher_record import TEACHER_RECORD_NAME
 
@@ -229,7 +228,7 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
     later = later_checkpoints(args.output_dir, resume) if resume is not None else []
     # one whose save was cut short (no trainer_state.json, written last) holds nothing to resume: it
     # is set aside with the abandoned branch without asking (resume_from_checkpoint: true skips it)
-    later = [name for name in later if (Path(args.output_dir) / name / TRAINER_STATE_NAME).is_file()]
+    later = [name for name in later if written_whole(Path(args.output_dir) / name)]
     if later:
         raise RecipeError(
             f"output_dir {args.output_dir!r} holds {', '.join(later)}, later than the {os.path.basename(resume)} this "

@@ -27,7 +27,7 @@ from ..errors import RecipeError
 from ..file_writes import replacing
 from ..models.sources import PIN_REVISION
 from ..registry import close_matches
-from ..run_record import ANCHORED_KEYS, WORKING_DIR_NAME, anchored, recorded_working_dir
+from ..run_record import ANCHORED_KEYS, WORKING_DIR_NAME, anchored, is_relative_path, recorded_working_dir
 from ..trainer.resume_hint import entry_command
 from .coercion import coerce, coerce_feature_pairs, coerce_losses, is_text
 
@@ -335,8 +335,7 @@ def recipe_as_recorded(path: str, recipe: dict[str, Any]) -> dict[str, Any]:
         return recipe
     read_there = anchored(dict(recipe), working_dir, (*ANCHORED_KEYS, "baseline_dir"))
     moved = sorted(key for key in read_there if read_there[key] != recipe.get(key))
-    gone = [key for key in ("train_dir", "validation_dir") if key not in moved and isinstance(recipe.get(key), str)
-            and recipe[key] and not os.path.isabs(os.path.expanduser(recipe[key]))]
+    gone = [key for key in ("train_dir", "validation_dir") if key not in moved and is_relative_path(recipe.get(key))]
     for key in gone:  # the run folder was copied, or its data moved: read here, and said
         logger.warning("%s: %s %r is gone from %s, where its run ran: it is read from this folder (%s); give --%s to "
                        "read another", path, key, recipe[key], working_dir, os.getcwd(), key)

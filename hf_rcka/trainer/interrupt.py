@@ -175,10 +175,16 @@ def stopped_by_signal(trainer: Trainer, stop: GracefulStop | None, argv: Sequenc
                    trainer.is_world_process_zero(), last_checkpoint(trainer.args.output_dir))
 
 
+def written_whole(checkpoint: str | os.PathLike) -> bool:
+    """Whether the loop finished writing a checkpoint: its ``trainer_state.json`` comes last, so a
+    save a kill or a full disk cut short has none."""
+    return os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME))
+
+
 def last_checkpoint(output_dir: str) -> str | None:
-    """The folder's last checkpoint the loop wrote whole (its ``trainer_state.json`` comes last), if any."""
+    """The folder's last checkpoint the loop wrote whole (``written_whole``), if any."""
     whole = [path for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-             if checkpoint_step(path.name) is not None and (path / TRAINER_STATE_NAME).is_file()]
+             if checkpoint_step(path.name) is not None and written_whole(path)]
     return str(max(whole, key=lambda path: checkpoint_step(path.name))) if whole else None
 
 
@@ -195,7 +201,7 @@ def save_checkpoint_now(trainer: Trainer) -> str | None:
     if trainer.state.global_step == 0:
         return None
     folder = checkpoint_folder(trainer)
-    if os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME)):  # the loop wrote this step's checkpoint whole
+    if written_whole(folder):  # the loop wrote this step's checkpoint
         return folder
     if getattr(trainer, "best_model_loaded", False):  # the weights are the best checkpoint's, not this step's
         logger.warning("the best checkpoint was loaded at the end of training: no checkpoint of step %d is written",
