@@ -667,6 +667,61 @@ def test_teacher_folder_without_weights(tmp_path, capsys, no_loading):
            "would load: remove model.safetensors, which an earlier save left" in error_of(capsys)
 
 
+def test_a_model_folder_without_its_config_or_image_processor_is_refused_before_loading(tmp_path, capsys, no_loading):
+    """Both were found once the data and the model had loaded (minutes for a large image folder)."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.safetensors").write_bytes(b"")
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
+    assert error_of(capsys) == (f"error: teacher_model_name_or_path: folder '{teacher}' has no config.json: give the "
+                                "folder save_pretrained wrote (a run's output_dir, or one of its checkpoint-N folders)")
+    (teacher / "config.json").write_text(json.dumps({"model_type": "resnet"}))
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
+    assert error_of(capsys) == (f"error: teacher_model_name_or_path: {teacher} holds no preprocessor_config.json, so "
+                                "how the model expects its images (size, normalisation) is unknown: save its image "
+                                f"processor next to it (processor.save_pretrained('{teacher}'))")
+    # a timm model's folder carries its data config in config.json: it needs no processor file
+    (teacher / "config.json").write_text(json.dumps({"architecture": "resnet10t", "num_classes": 3}))
+    with pytest.raises(AssertionError, match="a model or dataset was loaded"):  # no_loading: past every check
+        run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher)))
+
+
+@pytest.mark.parametrize("side,model,overrides,expected", [
+    ("teacher", "folder", {"hidden_sizez": [8]}, "config_overrides key 'hidden_sizez' is not a field of ResNetConfig"),
+    ("teacher", "folder", {"architectures": ["ResNetForImageClassificationn"]},
+     "config_overrides architectures=['ResNetForImageClassificationn'] names no transformers image-classification "
+     "class for model type 'resnet'"),
+    ("student", "timm/resnet10t", {"drop_rat": 0.1}, "timm architecture 'resnet10t' rejected a config_override "
+                                                     "(ResNet.__init__() got an unexpected keyword argument 'drop_rat')"),
+    ("student", "timm folder", {"drop_rat": 0.1}, "timm architecture 'resnet10t' rejected a config_override"),
+    ("student", "config:vit", {**TINY_VIT, "architectures": ["DeiTForImageClassificationWithTeacher"]},
+     "names no transformers image-classification class for model type 'vit'"),
+])
+def test_overrides_of_timm_folder_and_hub_models_are_checked_before_loading(tmp_path, capsys, no_loading, side,
+                                                                           model, overrides, expected):
+    """Only a config: type's overrides were checked before the data loaded; the others failed when the
+    model was built after it."""
+    from tests.conftest import processor, tiny_resnet
+
+    folder = tmp_path / "model"
+    if model == "folder":
+        tiny_resnet().save_pretrained(folder)
+        processor(16).save_pretrained(folder)
+    elif model == "timm folder":
+        from hf_rcka.models.timm_models import build_timm_classifier
+        build_timm_classifier("resnet10t").save_pretrained(folder)
+    name = str(folder) if "folder" in model else model
+    if side == "teacher":
+        overrides_key = "teacher_config_overrides"
+        recipe = base(tmp_path, teacher_model_name_or_path=name, teacher_config_overrides=overrides)
+    else:
+        overrides_key = "student_config_overrides"
+        recipe = base(tmp_path, model_name_or_path=name, student_config_overrides=overrides, student_from_scratch=True)
+    assert run(tmp_path, recipe) == 2
+    line = error_of(capsys)
+    assert line.startswith(f"error: {overrides_key}: ") and expected in line, line
+
+
 def test_a_teacher_with_code_of_its_own_needs_trust_remote_code(tmp_path, capsys, no_loading):
     """It was transformers' three-line error, after the data had loaded."""
     teacher = tmp_path / "teacher"
@@ -1425,6 +1480,7 @@ def test_teacher_trained_on_the_students_validation_images(tmp_path, capsys):
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     (teacher / "config.json").write_text("{}")
+    (teacher / "preprocessor_config.json").write_text("{}")
     (teacher / "model.safetensors").write_bytes(b"")
     (teacher / "distill_config.yaml").write_text("dataset_name: builtin:digits\nsplit_seed: 7\n")
     recipe = base(tmp_path, teacher_model_name_or_path=str(teacher))

@@ -1,9 +1,10 @@
 """A recipe's models, checked from their names and configs before any weights load.
 
 Each error is one line naming the recipe key and the fix, raised in seconds instead of after the
-data and the models have loaded: a model path that does not exist or a folder without weights, a
-timm architecture or Hub id that is not there (or not reachable offline, or gated), a typo in a
-``config:`` model type or its overrides, class settings a run decides itself, an ``image_size`` a
+data and the models have loaded: a model path that does not exist or a folder without weights, its
+config or its image processor, a timm architecture or Hub id that is not there (or not reachable
+offline, or gated), a typo in a ``config:`` model type or in any model's overrides, class settings a
+run decides itself, an ``image_size`` a
 ViT cannot take, losses that need a teacher or a DeiT distillation head, and ``push_to_hub``
 without Hub access.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, RecipeError
+from ..models.processors import PROCESSOR_FILES, no_processor
 from ..losses import reads_teacher
 from ..modeling.assembly import active_specs, run_loss_specs
 from ..modeling.distilled_heads import timm_has_distillation_head
@@ -173,8 +175,33 @@ def check_model_source(key: str, name: str, needs_weights: bool = True) -> None:
                                             f"them{scratch}")
     elif source.kind == "pretrained" and not os.path.isdir(name):
         _check_hub_id(key, name)
-    elif source.kind == "pretrained" and needs_weights:
-        _check_weights(key, name)
+    elif source.kind == "pretrained":
+        _check_config_file(key, name)
+        if needs_weights:
+            _check_weights(key, name)
+
+
+def _check_config_file(key: str, folder: str) -> None:
+    """A model folder holds the ``config.json`` its weights are built from (found only once the data
+    had loaded, minutes for an image folder of ImageNet's size)."""
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ModelError(f"{key}: folder {folder!r} has no config.json: give the folder save_pretrained wrote (a "
+                         "run's output_dir, or one of its checkpoint-N folders)")
+    try:
+        _local_config(folder)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{key}: {os.path.join(folder, 'config.json')} cannot be read ({err}): give the folder "
+                         "save_pretrained wrote") from None
+
+
+def check_image_processor(key: str, name: str) -> None:
+    """A model folder holds its image processor (how the model expects its images), unless its config
+    is a timm model's, which carries its data config: without one the run stopped once the data and
+    the model had loaded."""
+    if not os.path.isdir(name) or (_local_config(name) or {}).get("architecture"):  # a timm TimmWrapperConfig
+        return
+    if not any(os.path.isfile(os.path.join(name, file)) for file in PROCESSOR_FILES):
+        raise ModelError(f"{key}: {no_processor(name)}")
 
 
 def _check_weights(key: str, folder: str) -> None:
@@ -333,7 +360,7 @@ def _fetch_failure(err: Exception, name: str) -> str:
 
 def check_student_config(model_args: Any) -> None:
     """``config:`` types and override keys exist; ``image_size`` fits a ViT's patch grid."""
-    from ..models.hf_config import check_config_keys, default_config
+    from ..models.hf_config import check_hf_overrides, default_config
 
     check_class_overrides(model_args)
     check_channel_overrides(model_args)
@@ -349,16 +376,54 @@ def check_student_config(model_args: Any) -> None:
             raise RecipeError(f"{key}: {err}") from None
         overrides = getattr(model_args, overrides_key) or {}
         try:
-            check_config_keys(config, overrides)
+            check_hf_overrides(config, overrides)
         except ValueError as err:
             raise RecipeError(f"{overrides_key}: {err}") from None
         if key == "model_name_or_path":
             _check_image_size(model_args.image_size, config.model_type, {**config.to_dict(), **overrides})
+    check_model_overrides(model_args)
     _check_saved_channels(model_args)
     local = _local_config(model_args.model_name_or_path)
     if local is not None:
         _check_image_size(model_args.image_size, local.get("model_type"), {**local, **(model_args.student_config_overrides or {})},
                           pretrained=not model_args.student_from_scratch)
+
+
+def check_model_overrides(model_args: Any) -> None:
+    """The overrides of a timm architecture, a model folder or a Hub model (a ``config:`` type's
+    are checked with its default config): a misspelt field or timm argument, or ``architectures``
+    naming no image-classification class, was refused only when the model was built, after the
+    data had loaded."""
+    for key, overrides_key in (("model_name_or_path", "student_config_overrides"),
+                               ("teacher_model_name_or_path", "teacher_config_overrides")):
+        name, overrides = getattr(model_args, key), getattr(model_args, overrides_key) or {}
+        if not name or not overrides or name.startswith("config:"):
+            continue
+        try:
+            _check_overrides_of(name, overrides, model_args.trust_remote_code)
+        except ValueError as err:
+            raise RecipeError(f"{overrides_key}: {err}") from None
+
+
+def _check_overrides_of(name: str, overrides: dict, trust_remote_code: bool) -> None:
+    from transformers import TimmWrapperConfig
+
+    from ..models.hf_config import check_hf_overrides, load_config
+    from ..models.sources import parse_model_source
+    from ..models.timm_models import check_timm_kwargs, saved_model_args
+
+    source = parse_model_source(name)
+    if source.kind == "timm":
+        check_timm_kwargs(source.name, overrides)
+        return
+    try:
+        config = load_config(name, trust_remote_code)  # a folder's, or the Hub cache's that check_model_source filled
+    except (OSError, ValueError):
+        return  # the loader says what is wrong with the config itself
+    if isinstance(config, TimmWrapperConfig):
+        check_timm_kwargs(config.architecture, {**saved_model_args(config), **overrides})
+    else:
+        check_hf_overrides(config, overrides)
 
 
 # override keys that set a model's classes (timm's num_classes too): the run sets them, not the recipe
@@ -441,6 +506,6 @@ def _check_image_size(image_size: int | None, model_type: str | None, config: di
 
 
 __all__ = [
-    "check_channel_overrides", "check_class_overrides", "check_hub_access", "check_losses_fit_models", "check_model_source",
-    "check_student_config", "whoami",
+    "check_channel_overrides", "check_class_overrides", "check_hub_access", "check_image_processor",
+    "check_losses_fit_models", "check_model_overrides", "check_model_source", "check_student_config", "whoami",
 ]

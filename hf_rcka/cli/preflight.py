@@ -34,7 +34,8 @@ from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows, eva
 from ..trainer.metrics import check_metric_for_best_model
 from ..training_values import check_half_precision
 from .model_sources import (
-    check_hub_access, check_losses_fit_models, check_model_source, check_remote_code, check_student_config,
+    check_hub_access, check_image_processor, check_losses_fit_models, check_model_source, check_remote_code,
+    check_student_config,
 )
 from .output_folder import check_output_dir_outside_data, check_output_dir_spares_inputs, check_output_dir_writable
 
@@ -79,6 +80,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
                 key == "teacher_model_name_or_path" or not model_args.student_from_scratch)
             check_model_source(key, getattr(model_args, key), needs_weights)
             check_remote_code(key, getattr(model_args, key), model_args.trust_remote_code)
+            check_image_processor(key, getattr(model_args, key))
     teacher = model_args.teacher_model_name_or_path or ""
     if teacher.startswith("config:") and not getattr(model_args, "smoke_test", False):
         logger.warning("teacher_model_name_or_path %r is built from a config with random weights: it has nothing to "

@@ -124,6 +124,18 @@ def check_config_keys(config: PreTrainedConfig, overrides: dict) -> None:
             )
 
 
+def check_hf_overrides(config: PreTrainedConfig, overrides: dict) -> None:
+    """``overrides`` build a config, and an ``architectures`` among them names an image-classification
+    class of its model type (what loading will ask of them).
+
+    Raises:
+        ValueError: naming the key or the class.
+    """
+    built = with_overrides(config, overrides)
+    if "architectures" in overrides:
+        classifier_class(built, explicit=True)
+
+
 def _config_keys(config: PreTrainedConfig) -> set[str]:
     keys = set(config.to_dict()) | set(getattr(config, "attribute_map", {}) or {})
     if dataclasses.is_dataclass(config):

@@ -37,6 +37,8 @@ _PROCESSOR_OF = {"dinov2_with_registers": "dinov2"}
 # The centre crop's share of the resized short side that a default processor keeps when its class's
 # own defaults resize below the crop: timm's and the ImageNet convention's 224 of 256.
 DEFAULT_CROP_PCT = 0.875
+# The files AutoImageProcessor reads a saved processor from
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
 def load_image_processor(
@@ -78,11 +80,15 @@ def _from_pretrained(name_or_path: str, trust_remote_code: bool):
         return AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError:
         if not os.path.isdir(name_or_path) or any(os.path.exists(os.path.join(name_or_path, name))
-                                                  for name in ("preprocessor_config.json", "processor_config.json")):
+                                                  for name in PROCESSOR_FILES):
             raise
-        raise ValueError(f"{name_or_path} holds no preprocessor_config.json, so how the model expects its images "
-                         "(size, normalisation) is unknown: save its image processor next to it "
-                         f"(processor.save_pretrained({name_or_path!r}))") from None
+        raise ValueError(no_processor(name_or_path)) from None
+
+
+def no_processor(folder: str) -> str:
+    """What a model folder without an image processor lacks, and the fix."""
+    return (f"{folder} holds no preprocessor_config.json, so how the model expects its images (size, "
+            f"normalisation) is unknown: save its image processor next to it (processor.save_pretrained({folder!r}))")
 
 
 def _converting_to_rgb(processor, config: PreTrainedConfig | None):

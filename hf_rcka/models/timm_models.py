@@ -104,10 +104,31 @@ def _create_timm_model(architecture: str, labels: LabelMaps | None, model_args: 
             f"unknown timm architecture {architecture!r}; {close_matches(base, timm.list_models())}"
         ) from None
     except TypeError as err:
-        raise ValueError(
-            f"timm architecture {architecture!r} rejected a config_override ({err}); the ones given: "
-            f"{sorted(model_args)}"
-        ) from None
+        raise _rejected(architecture, model_args, err) from None
+
+
+def check_timm_kwargs(architecture: str, model_args: Mapping[str, Any]) -> None:
+    """``model_args`` that ``timm.create_model`` takes for ``architecture``: the model is built on
+    the meta device (no memory, no initialisation), so a misspelt override is found before the data
+    loads instead of when the model is built after it. A build that fails otherwise (an architecture
+    that cannot be built on the meta device) is left to the real build."""
+    import timm
+
+    check_timm_args(architecture, model_args)
+    try:
+        with torch.device("meta"):
+            timm.create_model(architecture, pretrained=False, **model_args)
+    except TypeError as err:
+        if "keyword argument" not in str(err):
+            return
+        raise _rejected(architecture, model_args, err) from None
+    except Exception:  # noqa: BLE001 - not an argument the architecture refused: the real build says what
+        return
+
+
+def _rejected(architecture: str, model_args: Mapping[str, Any], err: TypeError) -> ValueError:
+    return ValueError(f"timm architecture {architecture!r} rejected a config_override ({err}); the ones given: "
+                      f"{sorted(model_args)}")
 
 
 def timm_with_overrides(
