@@ -1041,6 +1041,18 @@ def test_debug_shows_the_traceback(tmp_path, capsys, no_loading):
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_debug_shows_the_failure_a_user_error_replaced(tmp_path, capsys, no_loading):
+    """A user error raised ``from None`` (one line without --debug) hid the exception under it, a bug
+    of our own in a check too, even with --debug."""
+    recipe = base(tmp_path, losses=[{"name": "ce"}, {"name": "kd", "temperature": "warm"}])
+    assert run(tmp_path, recipe) == 2
+    assert "During handling" not in capsys.readouterr().err
+    assert run(tmp_path, recipe, "--debug") == 2
+    err = capsys.readouterr().err
+    assert "During handling of the above exception, another exception occurred" in err
+    assert err.index("Traceback") < err.index("RecipeError")
+
+
 def test_debug_with_a_value_is_the_trainer_setting():
     """``--debug underflow_overflow`` lost its --debug and failed as a stray argument."""
     from hf_rcka.cli.main import _pop_debug_flag

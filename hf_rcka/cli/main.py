@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         _close_progress_bars()
         if debug:
-            traceback.print_exc()
+            _print_whole_traceback(err)
         notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))  # what the run did before it
         if isinstance(err, RecipeError) and _launched_replica():
             # the recipe and flags are every process's: each machine's process 0 says it, and fails
@@ -108,6 +108,16 @@ def _run_recipe(argv: list[str], stop: GracefulStop) -> None:
         return
     model_args, data_args, training_args = build_arguments(recipe)
     run(model_args, data_args, training_args, recipe, stop=stop, argv=argv)
+
+
+def _print_whole_traceback(err: BaseException) -> None:
+    """``err``'s traceback with the exceptions it replaced: a user error raised ``from None`` keeps its
+    one line short, and hid the failure under it (our own bug in a check, too) even with ``--debug``."""
+    link: BaseException | None = err
+    while link is not None:
+        link.__suppress_context__ = False
+        link = link.__cause__ or link.__context__
+    traceback.print_exception(err)
 
 
 def _pop_debug_flag(argv: list[str]) -> bool:
