@@ -600,6 +600,46 @@ def test_class_folders_that_datasets_would_leave_out(tmp_path, capsys, no_loadin
     assert "__background__' starts with '__'" in error_of(capsys)
 
 
+def test_files_in_image_folders_that_datasets_would_read_otherwise_than_the_folders_say(tmp_path, capsys,
+                                                                                         no_loading):
+    """Each trained, or stopped with advice that was no fix, without a word of the file: a metadata.csv
+    relabelled every image by its own 'label' column (cat images trained as dog, eval_accuracy 1.0),
+    .avif images were left out (a class of them vanished as 'without images'), a link to nothing was
+    dropped, a link to a validation image trained on it, and an empty __pycache__ was refused as a
+    class folder starting with '__'."""
+    train = image_folder(tmp_path / "train", ["cat", "dog"])
+    validation = image_folder(tmp_path / "validation", ["cat", "dog"])
+    recipe = base(tmp_path, dataset_name=None, train_dir=train, validation_dir=validation)
+    for where in (tmp_path / "validation", tmp_path / "train" / "dog"):
+        (where / "metadata.csv").write_text("file_name,label\n0.png,cat\n")
+        assert run(tmp_path, recipe) == 2
+        assert error_of(capsys) == (
+            f"error: '{where / 'metadata.csv'}' is a datasets metadata file, which imagefolder reads as the images' "
+            "labels and columns in place of their class folders (its 'label' column, if it has one, over the folder "
+            "names): move it out of the image folder, or, to label the images by it, give the folder as dataset_name")
+        (where / "metadata.csv").unlink()
+    (tmp_path / "train" / "bird").mkdir()
+    (tmp_path / "train" / "bird" / "0.avif").write_bytes(b"")
+    assert run(tmp_path, recipe) == 2
+    assert f"error: '{train}' holds images in a format datasets' imagefolder does not read (['bird/0.avif']): they " \
+           "would be left out of the data, a class of them altogether" in error_of(capsys)
+    (tmp_path / "train" / "bird" / "0.avif").unlink()
+    (tmp_path / "train" / "bird" / "9.png").symlink_to(tmp_path / "gone.png")
+    assert run(tmp_path, recipe) == 2
+    assert f"'{tmp_path / 'train' / 'bird' / '9.png'}' is a symbolic link to nothing" in error_of(capsys)
+    (tmp_path / "train" / "bird" / "9.png").unlink()
+    (tmp_path / "train" / "bird").rmdir()
+    (tmp_path / "train" / "dog" / "9.png").symlink_to(tmp_path / "validation" / "dog" / "0.png")
+    assert run(tmp_path, recipe) == 2
+    assert f"error: train_dir '{train}' holds '{tmp_path / 'train' / 'dog' / '9.png'}', a symbolic link to " \
+           f"'{tmp_path / 'validation' / 'dog' / '0.png'}' in the other split's folder" in error_of(capsys)
+    (tmp_path / "train" / "dog" / "9.png").unlink()
+    (tmp_path / "train" / "__pycache__").mkdir()
+    (tmp_path / "train" / "cat" / "3b.png").symlink_to(tmp_path / "train" / "cat" / "3.png")  # a link within a split
+    with pytest.raises(AssertionError, match="a model or dataset was loaded"):  # no_loading: past every check
+        run(tmp_path, recipe)
+
+
 def test_missing_or_empty_train_dir(tmp_path, capsys, no_loading):
     data = dict(dataset_name=None, train_dir=str(tmp_path / "nope"))
     assert run(tmp_path, base(tmp_path, **data)) == 2

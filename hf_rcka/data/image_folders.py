@@ -3,10 +3,11 @@
 ``imagefolder`` labels every image by the folder it sits in. A layout it reads otherwise than the
 user meant trains quietly on the wrong classes or loses images: images one level too deep (the
 sub-folders become the classes), a class folder that is a symbolic link or named like a special
-folder (left out), images next to the class folders (the label column dropped), a validation
-folder with a class the training folder lacks, or folders that share images. Each is an error
-naming the folder, raised before anything loads; a training class without validation images is
-only said.
+folder (left out), images next to the class folders (the label column dropped), images in a
+format it does not read or links to nothing (left out), a metadata file (read as the labels), a
+validation folder with a class the training folder lacks, or folders that share images (a folder
+inside the other, or images linked across). Each is an error naming the folder or file, raised
+before anything loads; a training class without validation images is only said.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import DataError, LabelError
 from ..models.label_forms import check_one_form_each
@@ -28,30 +29,55 @@ def check_data_dirs(data_args: Any) -> None:
     """Image folders exist, hold class sub-folders with images, and train/validation classes agree."""
     if data_args.train_dir is None:
         return
-    train = image_folder_classes("train_dir", data_args.train_dir)
+    train = _checked_image_folder("train_dir", data_args.train_dir)
     if data_args.validation_dir is not None:
-        check_split_classes(train, image_folder_classes("validation_dir", data_args.validation_dir))
+        validation = _checked_image_folder("validation_dir", data_args.validation_dir)
+        check_split_classes(train.classes, validation.classes)
         train_path, validation_path = (Path(d).expanduser().resolve() for d in (data_args.train_dir, data_args.validation_dir))
         if train_path == validation_path or train_path in validation_path.parents or validation_path in train_path.parents:
             raise DataError(f"validation_dir {data_args.validation_dir!r} and train_dir {data_args.train_dir!r} share "
                             "images: the evaluation would report accuracy on training images. Give a held-out folder, "
                             "or drop validation_dir to hold out part of train_dir")
+        _check_no_links_across(("train_dir", data_args.train_dir, train.links, validation_path),
+                               ("validation_dir", data_args.validation_dir, validation.links, train_path))
+
+
+def _check_no_links_across(*splits: tuple[str, str, list[str], Path]) -> None:
+    """No image of one split is a symbolic link to an image of the other (``other``): the evaluation
+    would score training images (datasets reads a linked file as the image it points to)."""
+    for key, folder, links, other in splits:
+        for link in links:
+            target = os.path.realpath(link)
+            if other in Path(target).parents:
+                raise DataError(f"{key} {folder!r} holds {link!r}, a symbolic link to {target!r} in the other split's "
+                                "folder: the evaluation would score training images. Copy each split's own images into "
+                                "it")
 
 
 def image_folder_classes(key: str, folder: str) -> list[str]:
     """The classes of the image folder a recipe's ``key`` names (:func:`class_folders`), which must
     exist and hold at least two of them."""
+    return _checked_image_folder(key, folder).classes
+
+
+class _ImageFolder(NamedTuple):
+    classes: list[str]
+    links: list[str]  # its images that are symbolic links
+
+
+def _checked_image_folder(key: str, folder: str) -> _ImageFolder:
     if not os.path.isdir(folder):
         raise DataError(f"{key} {folder!r} " + ("is a file, not a folder" if os.path.exists(folder) else "does not exist")
                         + ": give a folder with one sub-folder of images per class")
-    classes = class_folders(folder)
+    scanned = _scan_image_folder(folder)
+    classes = scanned.classes
     if not classes:
         raise DataError(f"{key} {folder!r} holds no class sub-folders with images: give a folder with one "
                         "sub-folder of images per class (e.g. train/cat/1.jpg, train/dog/2.jpg)")
     if len(classes) == 1:  # datasets then drops the label column, and the error would name that instead
         raise DataError(f"{key} {folder!r} holds one class folder ({classes[0]!r}): a classifier needs at least two "
                         "classes, one sub-folder of images each")
-    return classes
+    return scanned
 
 
 def class_folders(folder: str) -> list[str]:
@@ -64,7 +90,10 @@ def class_folders(folder: str) -> list[str]:
 
     datasets' file listing also leaves out what it takes for hidden or special (names starting with
     ``__``) and does not follow symbolic links to folders: such a class folder would silently lose
-    its images, so it is an error here.
+    its images, so it is an error here. It reads images by their file extension, from a list that
+    lacks some Pillow opens (``.avif``): those files, a whole class of them too, would be left out.
+    And a ``metadata.csv`` (``.jsonl``, ``.parquet``) anywhere in the folder is read as the images'
+    labels over their class folders.
 
     Images directly in the folder next to class folders put the images at two depths, and
     datasets then drops the label column altogether (the run would fail later, blaming
@@ -73,34 +102,51 @@ def class_folders(folder: str) -> list[str]:
     Raises:
         LabelError: a class folder keeps its images in sub-folders, is a symbolic link, is
             named like a special folder, or has the name of another in a different Unicode form;
-            images sit directly in the folder next to class folders.
+            images sit directly in the folder next to class folders; a metadata file, or images
+            datasets does not read, are in the folder.
     """
+    return _scan_image_folder(folder).classes
+
+
+def _scan_image_folder(folder: str) -> _ImageFolder:
     extensions = _image_extensions()
-    classes, imageless, loose, hidden = [], [], [], []
+    classes, imageless, loose, hidden, unread, links = [], [], [], [], [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions:
             loose.append(entry.name)
+        if entry.is_file():
+            _check_not_metadata(entry.path)
         if not entry.is_dir():
             continue
         if entry.name.startswith("."):  # datasets skips hidden folders: a class ".inf" would vanish unsaid
-            if _images_inside(entry.path, extensions)[0]:
+            if _scan_class_folder(entry.path, extensions).direct:
                 hidden.append(entry.name)
             continue
+        found = _scan_class_folder(entry.path, extensions)
+        if entry.name.startswith("__") and not (found.direct or found.nested or found.unread):
+            continue  # __pycache__, __MACOSX: datasets skips them, and they hold no image
         _check_loadable(folder, entry)
-        direct, nested = _images_inside(entry.path, extensions)
-        if nested and entry.name.lower() in ("train", "training", *VALIDATION_SPLIT_NAMES):
+        if found.nested and entry.name.lower() in ("train", "training", *VALIDATION_SPLIT_NAMES):
             raise LabelError(
                 f"{folder!r} holds split folders ({entry.name!r} among them), not class folders: give train_dir "
                 f"and validation_dir the split folders themselves (e.g. {os.path.join(folder, entry.name)!r}), each "
                 "holding one folder per class; or give the folder as dataset_name, which reads its splits"
             )
-        if nested:
+        if found.nested:
             raise LabelError(
-                f"{os.path.join(folder, entry.name)!r} keeps images in sub-folders ({listed_names(nested)}): datasets labels "
-                "an image by the folder it is in, so those would become the classes. Put each class's images "
-                "directly in its class folder (train/cat/1.jpg)"
+                f"{os.path.join(folder, entry.name)!r} keeps images in sub-folders ({listed_names(found.nested)}): "
+                "datasets labels an image by the folder it is in, so those would become the classes. Put each "
+                "class's images directly in its class folder (train/cat/1.jpg)"
             )
-        (classes if direct else imageless).append(entry.name)
+        unread += [os.path.join(entry.name, name) for name in found.unread]
+        links += found.links
+        (classes if found.direct else imageless).append(entry.name)
+    if unread:
+        raise LabelError(
+            f"{folder!r} holds images in a format datasets' imagefolder does not read ({listed_names(unread)}): they "
+            "would be left out of the data, a class of them altogether. Convert them to PNG, JPEG or WebP, or move "
+            "them out of the folder"
+        )
     if loose and classes:
         raise LabelError(
             f"{folder!r} has images directly in it ({listed_names(loose)}) next to its class folders: datasets then "
@@ -112,7 +158,18 @@ def class_folders(folder: str) -> list[str]:
     if hidden:
         logger.warning("%s: hidden folders (a leading '.') are skipped, images and all: %s; rename any that is a "
                        "class", folder, listed_names(hidden))
-    return classes
+    return _ImageFolder(classes, links)
+
+
+def _check_not_metadata(path: str) -> None:
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    if os.path.basename(path) in ImageFolder.METADATA_FILENAMES:
+        raise LabelError(
+            f"{path!r} is a datasets metadata file, which imagefolder reads as the images' labels and columns in "
+            "place of their class folders (its 'label' column, if it has one, over the folder names): move it out "
+            "of the image folder, or, to label the images by it, give the folder as dataset_name"
+        )
 
 
 def _check_loadable(folder: str, entry: os.DirEntry) -> None:
@@ -134,18 +191,42 @@ def _image_extensions() -> frozenset[str]:
     return frozenset(ext.lower() for ext in ImageFolder.EXTENSIONS)
 
 
-def _images_inside(folder: str, extensions: frozenset[str]) -> tuple[bool, list[str]]:
-    """Whether ``folder`` holds an image itself, and which of its sub-folders hold images deeper down."""
-    direct, nested = False, []
+class _ClassFolder(NamedTuple):
+    direct: bool  # it holds an image itself
+    nested: list[str]  # its sub-folders that hold images deeper down
+    unread: list[str]  # its files Pillow opens but datasets does not read as images (by extension)
+    links: list[str]  # its images that are symbolic links (paths)
+
+
+def _scan_class_folder(folder: str, extensions: frozenset[str]) -> _ClassFolder:
+    direct, nested, unread, links = False, [], [], []
+    only_pillow = _pillow_only_extensions(extensions)
     for entry in os.scandir(folder):
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
             if _holds_an_image(entry.path, extensions):
                 nested.append(entry.name)
-        elif os.path.splitext(entry.name)[1].lower() in extensions:
+            continue
+        extension = os.path.splitext(entry.name)[1].lower()
+        if extension in extensions and entry.is_symlink() and not os.path.exists(entry.path):
+            raise DataError(f"{entry.path!r} is a symbolic link to nothing (its target was moved or deleted): "
+                            "datasets would leave it out without a word. Restore its target, or remove the link")
+        if extension in extensions:
             direct = True
-    return direct, sorted(nested)
+            if entry.is_symlink():
+                links.append(entry.path)
+        elif extension in only_pillow:
+            unread.append(entry.name)
+        else:
+            _check_not_metadata(entry.path)
+    return _ClassFolder(direct, sorted(nested), sorted(unread), links)
+
+
+def _pillow_only_extensions(extensions: frozenset[str]) -> frozenset[str]:
+    from PIL import Image
+
+    return frozenset(ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN) - extensions
 
 
 def _holds_an_image(folder: str, extensions: frozenset[str]) -> bool:
