@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, fields
 
+from .errors import RecipeError
+
 _INTERPOLATIONS = ("random", "bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 _NOT_FOR_AA = ("lanczos", "box", "hamming")  # PIL's affine transforms refuse them (timm's RandAugment/AutoAugment ops)
 _REMODES = ("const", "rand", "pixel")
@@ -22,8 +24,9 @@ _PER_IMAGE_KEYS = ("aa", "color_jitter", "hflip", "train_interpolation", "reprob
 logger = logging.getLogger(__name__)
 
 
-class AugmentationError(ValueError):
-    """An augmentation setting is invalid; the message names the key and the fix."""
+class AugmentationError(RecipeError):
+    """An augmentation setting is invalid; the message names the key and the fix (a user error, as
+    every other invalid setting is: the command line prints it as one line)."""
 
 
 @dataclass

@@ -140,6 +140,10 @@ def test_bad_augmentation_values_name_the_key(key, value, fragment):
     with pytest.raises(RecipeError, match=None) as err:
         parse_arguments({**BASE, key: value})
     assert fragment in str(err.value)
+    # from Python too: a user error, which the command line prints as one line (it was a ValueError)
+    with pytest.raises(RecipeError, match=None) as err:
+        AugmentationArguments(**{key: value})
+    assert fragment in str(err.value)
 
 
 def test_the_old_augment_key_is_gone_with_a_pointer():
