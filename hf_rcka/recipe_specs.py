@@ -22,6 +22,10 @@ from .registry import ADAPTERS, LOSSES, close_matches
 
 RESERVED_LOSS_KEYS = ("name", "weight")
 _PLACEHOLDER_MAP = FeatureSpec("nchw", 1, (1, 1))
+# what an adapter refused on the tiny placeholder is tried on before it is refused: a ViT-B's tokens
+# and a ResNet's last stage, each side either (an adapter of one's own may need a channel count, such
+# as GroupNorm's groups, or a layout: it was refused for the placeholder's sake)
+_REAL_FEATURES = (FeatureSpec("nlc", 768, (14, 14), num_prefix_tokens=1), FeatureSpec("nchw", 512, (7, 7)))
 DEFAULT_LOSS_WEIGHT = 1.0
 
 
@@ -203,7 +207,19 @@ def _check_adapter_options(adapter: str, options: dict[str, Any], where: str) ->
         # the adapter's own value rules (patch_match's grid...), on placeholder features
         ADAPTERS.build(adapter, student=_PLACEHOLDER_MAP, teacher=_PLACEHOLDER_MAP, **options)
     except (TypeError, ValueError) as err:
-        raise RecipeError(f"{where}: {err}") from None
+        if not _builds_on_real_features(adapter, options):
+            raise RecipeError(f"{where}: {err}") from None
+
+
+def _builds_on_real_features(adapter: str, options: dict[str, Any]) -> bool:
+    for student in _REAL_FEATURES:
+        for teacher in _REAL_FEATURES:
+            try:
+                ADAPTERS.build(adapter, student=student, teacher=teacher, **options)
+            except (TypeError, ValueError):
+                continue
+            return True
+    return False
 
 
 def loss_changes(before: list[dict], now: list[dict], before_smoothing: float | None = None,

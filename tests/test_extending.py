@@ -401,6 +401,30 @@ def test_options_on_an_auto_pair_that_auto_would_not_use_are_refused_with_the_re
                                   feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "project": True}])
 
 
+def test_an_adapter_that_needs_a_channel_count_is_not_refused_for_the_placeholders_sake(registered):
+    """The recipe's check built adapters on a 1-channel placeholder: GroupNorm's 8 groups refused it
+    there, before any model loaded, though it fits every real feature; its option errors still count."""
+
+    class GroupNormAdapter(FeatureAdapter):
+        def __init__(self, student, teacher, *, groups: int = 8):
+            super().__init__(student, teacher)
+            if groups < 1:
+                raise ValueError(f"groupnorm_adapter groups must be >= 1, got {groups}")
+            self.norm = nn.GroupNorm(groups, student.channels)
+            self.proj = nn.Linear(student.channels, teacher.channels)
+
+        def forward(self, student, teacher):
+            return self.proj(self.norm(student.transpose(1, 2)).transpose(1, 2)), teacher
+
+    registered(ADAPTERS, "groupnorm_adapter", GroupNormAdapter)
+    pair = {"student_layer": -1, "teacher_layer": -1, "adapter": "groupnorm_adapter"}
+    DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none",
+                                  losses=["ce", "feature_cka"], feature_pairs=[pair])
+    with pytest.raises(RecipeError, match=r"feature_pairs\[0\]: groupnorm_adapter groups must be >= 1, got 0"):
+        DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none",
+                                      losses=["ce", "feature_cka"], feature_pairs=[{**pair, "groups": 0}])
+
+
 def test_a_pair_listed_twice_is_refused():
     """It counted twice in feature_cka's sum; -1 and the last index are the same hidden state."""
     with pytest.raises(RecipeError, match=r"feature_pairs\[1\] pairs student hidden state 2 with teacher hidden "
