@@ -43,3 +43,17 @@ def test_panels_of_folders_with_the_same_name_are_told_apart():
     """Two runs' checkpoint-20 folders both read 'teacher vs checkpoint-20'."""
     assert cka_report._panel_names(["runs/teacher", "a/checkpoint-20", "b/checkpoint-20", "timm/resnet18"]) == [
         "teacher", "a/checkpoint-20", "b/checkpoint-20", "resnet18"]
+
+
+def test_an_unreadable_image_is_left_out_as_training_leaves_it_out(tmp_path, capsys):
+    """The report stopped at the first unreadable image of the set whose accuracy the card gives,
+    which training and evaluation had skipped."""
+    good = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(good, "PNG")
+    rows = [{"bytes": b"not an image", "path": None}] + [{"bytes": good.getvalue(), "path": None}] * 25
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=2)})
+    split = datasets.Dataset.from_dict({"image": rows, "label": [0, 1] * 13}, features=features)
+    datasets.DatasetDict({"train": split, "validation": split}).save_to_disk(tmp_path / "data")
+    images = cka_report.sample_images(_args(tmp_path, tmp_path / "data"))
+    assert len(images) == 20 and all(tuple(np.asarray(image)[0, 0]) == (10, 200, 30) for image in images)
+    assert "note: 1 unreadable image(s) left out" in capsys.readouterr().err

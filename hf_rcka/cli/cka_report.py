@@ -200,8 +200,6 @@ def sample_images(args: argparse.Namespace) -> list:
     checking that no compared run trained on them."""
     import datasets
 
-    from ..data.datasets import seeded_subset
-    from ..data.images import decode_image
     from .run_inputs import load_data
 
     if args.validation_dir:  # the folder is the evaluation set (loaded as training loads a train_dir): a seeded shuffle of it
@@ -234,12 +232,34 @@ def sample_images(args: argparse.Namespace) -> list:
         print(f"note: the validation split holds {count} images; the report uses all of them", file=sys.stderr)
     if count < 3:
         raise DataError(f"the validation split holds {count} images: layer CKA needs at least 3")
-    if not args.validation_dir:  # a split's first rows may all be of one class (sorted by label)
-        validation = seeded_subset(validation, count, args.split_seed)
-    chosen = validation.select(range(count))
-    if isinstance(chosen.features[args.image_column_name], datasets.Image):  # decoded as training decodes
-        chosen = chosen.cast_column(args.image_column_name, datasets.Image(decode=False))
-    return [decode_image(value) for value in chosen[args.image_column_name]]
+    if not args.validation_dir and count < len(validation):  # a split's first rows may all be of one class
+        validation = validation.shuffle(seed=args.split_seed)  # seeded_subset's draw, and the rows after it
+    if isinstance(validation.features[args.image_column_name], datasets.Image):  # decoded as training decodes
+        validation = validation.cast_column(args.image_column_name, datasets.Image(decode=False))
+    column = args.image_column_name
+    return _readable_images((validation[i][column] for i in range(len(validation))), count)
+
+
+def _readable_images(values: Any, count: int) -> list:
+    """The first ``count`` images of ``values`` that decode; one that does not is left out and said,
+    as training and evaluation skip it (the report stopped at the first, on the set whose accuracy
+    the card gives)."""
+    from ..data.images import UnreadableImage, decode_image
+
+    images, unreadable = [], []
+    for value in values:
+        if len(images) == count:
+            break
+        try:
+            images.append(decode_image(value))
+        except UnreadableImage as err:
+            unreadable.append(err)
+    if unreadable:
+        print(f"note: {len(unreadable)} unreadable image(s) left out, as training and evaluation leave them out "
+              f"(the first: {unreadable[0]})", file=sys.stderr)
+    if len(images) < 3:
+        raise DataError(f"the validation split holds {len(images)} readable images: layer CKA needs at least 3")
+    return images
 
 
 def _load_model(name: str):
