@@ -249,3 +249,20 @@ def test_an_exif_rotated_photo_is_upright_as_a_file_and_as_a_pil_image():
     assert np.array_equal(np.asarray(from_file), np.asarray(from_pil))
     assert np.asarray(from_pil)[:4].mean() > 200 > np.asarray(from_pil)[4:].mean()  # the band is now on top
 
+
+
+def test_a_column_declared_grayscale_is_said_to_train_in_colour(caplog):
+    """Image(mode="L") was not applied (every image is decoded to RGB) without a word: a pure red
+    image in a grayscale-declared column trained red."""
+    import datasets
+    from torchvision.transforms import PILToTensor
+
+    from hf_rcka.data.datasets import with_transforms
+
+    data = datasets.Dataset.from_dict({"image": [Image.new("RGB", (4, 4), (255, 0, 0))] * 2, "label": ["a", "b"]},
+                                      features=datasets.Features({"image": datasets.Image(mode="L"),
+                                                                  "label": datasets.Value("string")}))
+    with caplog.at_level("WARNING"):
+        prepared = with_transforms(data, PILToTensor(), "image", "label", ["a", "b"])
+    assert prepared[0]["pixel_values"][:, 0, 0].tolist() == [255, 0, 0]
+    assert "column 'image' declares Image(mode='L'), which is not applied: every image is decoded to RGB" in caplog.text

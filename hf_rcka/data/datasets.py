@@ -367,6 +367,11 @@ def with_transforms(
     feature = dataset.features[label_column]
     names = feature.names if isinstance(feature, datasets.ClassLabel) else None
     image_feature = dataset.features.get(image_column)
+    if isinstance(image_feature, datasets.Image) and image_feature.mode not in (None, "RGB"):
+        # decoded by decode_image, which reads every image as the RGB image it depicts
+        logger.warning("data: column %r declares Image(mode=%r), which is not applied: every image is decoded to "
+                       "RGB (a model reads 3 channels; a grayscale image's value repeated in each), in training, "
+                       "evaluation and the model card's snippet alike", image_column, image_feature.mode)
     if isinstance(image_feature, datasets.Image) and image_feature.decode:
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
 
