@@ -392,6 +392,25 @@ def test_labels_mapped_by_hf_rckas_transform_are_read_in_the_order_it_gives(tmp_
     build(make_args(tmp_path, losses=["ce"]), tiny_vit(), train_dataset=subset)
 
 
+def test_the_card_says_who_decoded_the_images(tmp_path):
+    """Given ready pixel_values, the card still said 'Decode images as training did ... this model saw
+    them over white and scaled': the caller's code had decoded them, perhaps with a plain convert."""
+    from hf_rcka.data.datasets import with_transforms
+
+    names = ["a", "b", "c"]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    pictures = [Image.new("RGB", (16, 16), (40 * i, 0, 0)) for i in range(6)]
+    decoded_here = with_transforms(datasets.Dataset.from_dict({"image": pictures, "label": [i % 3 for i in range(6)]},
+                                                              features=features),
+                                   lambda image: torch.zeros(3, 16, 16), "image", "label", names)
+    for train, says in ((pixel_dataset(10), "it came to the trainer as ready `pixel_values`"),
+                        (decoded_here, "Decode images as training did")):
+        trainer = build(make_args(tmp_path, losses=["ce"]), named(tiny_vit(), names), train_dataset=train)
+        trainer.create_model_card()
+        card = (tmp_path / "run" / "README.md").read_text()
+        assert says in card and ("over white and scaled" in card) == (train is decoded_here)
+
+
 def test_a_ready_distillation_models_teacher_is_realigned_by_name(tmp_path):
     """Built by hand, its permuted teacher was distilled as it was (teacher accuracy 0.0)."""
     teacher = named(tiny_resnet(), ["c", "a", "b"]).eval()

@@ -379,6 +379,12 @@ def with_transforms(
                                                  evaluation))
 
 
+def decodes_its_images(dataset: Any) -> bool:
+    """Whether hf_rcka's own transform (``LabelledPixels``) decodes ``dataset``'s images, or a caller
+    handed it ready ``pixel_values``, decoded however the caller's code did."""
+    return isinstance(getattr(dataset, "_format_kwargs", {}).get("transform"), LabelledPixels)
+
+
 class LabelledPixels:
     """The batch transform ``with_transforms`` installs: decoded, transformed images and labels by name.
 

@@ -58,9 +58,7 @@ _TEMPLATE = """---
 
 ## Usage
 
-Decode images as training did: `pipeline("image-classification")` and a plain `.convert("RGB")` show
-transparent pixels as black and clip 16-bit images to white, where this model saw them over white
-and scaled.{processor_note}
+{decoding}{processor_note}
 
 ```python
 import numpy as np
@@ -256,6 +254,7 @@ def write_model_card(
     training: str | None = None,
     reproduction: str | None = None,
     has_processor: bool = True,
+    decoded: bool = True,
 ) -> ModelCard:
     """Write ``output_dir/README.md`` for a distilled (or, without teacher, supervised) student.
 
@@ -269,6 +268,7 @@ def write_model_card(
             recipe alone does not say it, since the number of processes sets the global batch.
         reproduction: the seed, precision and library versions (``reproduction_text``).
         has_processor: whether the run saves an image processor with the model (one was given).
+        decoded: whether hf_rcka decoded the training images (False: the caller gave ready pixels).
     """
     metrics, facts = metrics or {}, facts or CardFacts()
     data = _card_data(model_name, teacher_name, dataset, metrics, facts, license)
@@ -295,6 +295,7 @@ def write_model_card(
             evaluation=_evaluation_text(facts, metrics, distilled=bool(teacher_name)),
             results=_results_table(metrics, facts.relation_batches),
             repo=json.dumps(repo_id or model_name, ensure_ascii=False),  # a Python string literal, whatever the name holds
+            decoding=_decoding_text(decoded),
             processor_note=_processor_note(has_processor),
             cka=_cka_section(output_dir),
         )
@@ -302,6 +303,19 @@ def write_model_card(
     os.makedirs(output_dir, exist_ok=True)
     write_text(os.path.join(output_dir, "README.md"), str(card), newline="")  # as RepoCard.save, whole or not at all
     return card
+
+
+def _decoding_text(decoded: bool) -> str:
+    """What the usage snippet's decoding is: training's own, or, where the caller handed the trainer
+    ready pixels (decoded by the caller's code), hf_rcka's, which the caller's may not match."""
+    if decoded:
+        return ('Decode images as training did: `pipeline("image-classification")` and a plain `.convert("RGB")` '
+                "show transparent pixels as black and clip 16-bit images to white, where this model saw them over "
+                "white and scaled.")
+    return ("Decode images as the training data's were: it came to the trainer as ready `pixel_values`, decoded by "
+            "its author's code, not hf_rcka's. The snippet decodes as hf_rcka's own data pipeline does (upright by "
+            "the EXIF orientation, 16-bit values scaled, transparency over white); where that code decoded "
+            "otherwise (a plain `.convert(\"RGB\")`), use its decoding instead.")
 
 
 def _processor_note(has_processor: bool) -> str:

@@ -64,7 +64,7 @@ from .given_models import (
 from .optimizer_checks import LateParameterCheck, check_lazy_parameters, check_optimizer
 from .progress import close_evaluation_bars, use_resumed_progress
 from .divergence import DivergenceCheck, check_loaded_weights
-from ..data.datasets import collate, seeded_subset
+from ..data.datasets import collate, decodes_its_images, seeded_subset
 from .data_parallel import check_wrapped, forget_evaluation_preparation
 from .ema import StudentEmaCallback
 from .card import reproduction_text, training_text, write_model_card
@@ -792,7 +792,15 @@ class DistillationTrainer(CheckpointingTrainer):
                                    self._resume_step.step),
             reproduction=reproduction_text(self.args.seed, run_mixed_precision(self.args)),
             has_processor=self.processing_class is not None,
+            decoded=self._decodes_its_images(),
         )
+
+    def _decodes_its_images(self) -> bool:
+        """Whether hf_rcka decoded the images the card describes (those it trained on, or evaluated
+        on without training), or the caller gave ready pixels."""
+        given = self.train_dataset if self.train_dataset is not None else self.eval_dataset
+        sets = list(given.values()) if isinstance(given, dict) else [given]
+        return all(decodes_its_images(dataset) for dataset in sets if dataset is not None)
 
     def _peak_learning_rate(self) -> tuple[float, float]:
         """The highest rate the run's steps trained at, and the rate its schedule peaks at (a
