@@ -32,6 +32,7 @@ from .recipe_specs import (
     unused_pairs_message,
     validate_feature_pairs,
     validate_losses,
+    weighs_nothing,
 )
 from .training_values import (
     check_batch_settings, check_fixed_settings, check_optim_args, check_schedule_settings, check_training_values,
@@ -373,7 +374,7 @@ def _distilled(losses: Any) -> bool:
     or a loss this process does not know, counts as distilled."""
     if not isinstance(losses, list) or not losses:
         return True
-    specs = [spec for spec in losses if not (isinstance(spec, dict) and spec.get("weight", 1.0) == 0)]
+    specs = [spec for spec in losses if not weighs_nothing(spec)]
     return any(not isinstance(spec, dict) or spec.get("name") not in LOSSES or reads_teacher(LOSSES.get(spec["name"]))
                for spec in specs)
 

@@ -29,6 +29,12 @@ _REAL_FEATURES = (FeatureSpec("nlc", 768, (14, 14), num_prefix_tokens=1), Featur
 DEFAULT_LOSS_WEIGHT = 1.0
 
 
+def weighs_nothing(spec: Any) -> bool:
+    """Whether a loss spec (or a recorded one) is at weight 0: it adds nothing to the loss, so a run
+    leaves it out (its computation, and the teacher's forward when no other loss needs it)."""
+    return isinstance(spec, dict) and spec.get("weight", DEFAULT_LOSS_WEIGHT) == 0
+
+
 # the command line knows the built-in names: one's own are registered by a script that imports them
 _OWN_HINT = (" (a {kind} of your own is registered when its module is imported: import it first, and for the command "
              "line run a script that imports it, then calls hf_rcka.cli.main.main())")

@@ -26,6 +26,7 @@ from ..recipe_specs import checked_pairs
 from ..registry import LOSSES
 from ..trainer.checkpointing import checkpoint_step, holds_training_state
 from ..trainer.resume_match import check_resume_batch, check_resume_rate
+from ..trainer.interrupt import written_whole
 from .records import recorded_recipe
 
 logger = logging.getLogger("hf_rcka")
@@ -48,8 +49,8 @@ def check_checkpoint(folder: str) -> None:
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise ModelError(f"resume_from_checkpoint: {str(path)!r} is corrupt or incomplete ({err}): {_earlier(folder)}") from None
     inner = _checkpoints_in(Path(folder))
-    cut_short = not (Path(folder) / "trainer_state.json").exists()  # Trainer writes it last (save_only_model too)
-    if not inner and not holds_training_state(folder) and checkpoint_step(Path(folder).name) is not None and cut_short:
+    if not inner and not holds_training_state(folder) and checkpoint_step(Path(folder).name) is not None \
+            and not written_whole(folder):  # trainer_state.json, written last (save_only_model too)
         # a save cut short (a full disk, a kill) writes the weights first: resume_from_checkpoint:
         # true picks this last folder again, so the fix is the one before it
         raise ModelError(f"resume_from_checkpoint: {folder!r} is incomplete (it holds weights but no optimizer and "

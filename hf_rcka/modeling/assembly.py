@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, TrainingArguments
 
 from ..errors import RecipeError
 from ..losses import DistillationLoss, reads_teacher_logits
-from ..recipe_specs import unused_feature_pairs
+from ..recipe_specs import unused_feature_pairs, weighs_nothing
 from ..registry import LOSSES
 from .distillation_model import DistillationModel
 from .teacher_inputs import InputStats
@@ -38,7 +38,7 @@ def run_loss_specs(args: Any, has_teacher: bool) -> list[dict[str, Any]]:
 def active_specs(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The specs whose weight is not 0: a term at weight 0 adds nothing to the loss, is logged as 0,
     and would still cost its computation (and the teacher's forward, when no other loss needs it)."""
-    return [spec for spec in specs if not _switched_off(spec)]
+    return [spec for spec in specs if not weighs_nothing(spec)]
 
 
 def run_reads_teacher_logits(args: Any, loss_names: Sequence[str] | None = None) -> bool:
@@ -51,11 +51,7 @@ def run_reads_teacher_logits(args: Any, loss_names: Sequence[str] | None = None)
 
 def switched_off(specs: Sequence[dict[str, Any]]) -> list[str]:
     """The names of the losses that :func:`active_specs` leaves out (weight 0)."""
-    return [spec["name"] for spec in specs if _switched_off(spec)]
-
-
-def _switched_off(spec: dict[str, Any]) -> bool:
-    return spec.get("weight", 1.0) == 0
+    return [spec["name"] for spec in specs if weighs_nothing(spec)]
 
 
 def build_losses(specs: Sequence[dict[str, Any]], label_smoothing: float = 0.0) -> list[DistillationLoss]:

@@ -28,6 +28,7 @@ from ..losses import IGNORE_INDEX
 from ..losses.base import RelationalLoss
 from ..models.labels import has_other_classes
 from ..models.sources import parse_model_source
+from ..recipe_specs import weighs_nothing
 from ..run_record import BATCH_HEADER, RECIPE_RECORD, read_recorded_recipe
 
 # Settings that must agree for two runs to have been evaluated on the same images (split_seed draws
@@ -371,7 +372,7 @@ def _task_smoothing(recipe: dict[str, Any], defaults: dict[str, Any]) -> float:
     ``label_smoothing_factor`` it takes (a recipe may spell either)."""
     for spec in recipe.get("losses") or ():
         if isinstance(spec, dict) and spec.get("name") == "ce" and spec.get("label_smoothing") is not None \
-                and spec.get("weight", 1.0) != 0:
+                and not weighs_nothing(spec):
             return float(spec["label_smoothing"])
     return float(recipe.get("label_smoothing_factor", defaults.get("label_smoothing_factor")) or 0.0)
 
