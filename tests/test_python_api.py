@@ -47,7 +47,8 @@ def test_a_teacher_with_its_classes_in_another_order_is_realigned_by_name(tmp_pa
         raw = teacher(pixel_values=images).logits
     build(make_args(tmp_path), named(tiny_vit(), ["a", "b", "c"]), teacher)
     with torch.no_grad():
-        assert torch.equal(teacher(pixel_values=images).logits, raw[:, [1, 2, 0]])
+        # close, not equal: the teacher now runs channels_last, whose convolutions round otherwise on some CPUs
+        torch.testing.assert_close(teacher(pixel_values=images).logits, raw[:, [1, 2, 0]])
     assert teacher.config.id2label == {0: "a", 1: "b", 2: "c"}
 
 
@@ -421,7 +422,7 @@ def test_a_ready_distillation_models_teacher_is_realigned_by_name(tmp_path):
     ready = build_distillation_model(named(tiny_vit(), ["a", "b", "c"]), teacher, args)
     build(args, ready)
     with torch.no_grad():
-        assert torch.equal(ready.teacher(pixel_values=images).logits, raw[:, [1, 2, 0]])
+        torch.testing.assert_close(ready.teacher(pixel_values=images).logits, raw[:, [1, 2, 0]])  # channels_last
     other = build_distillation_model(named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["x", "y", "z"]), args)
     with pytest.raises(LabelError, match="teacher_label_mapping: by_index"):
         build(args, other)
@@ -479,7 +480,7 @@ def test_a_refused_trainer_leaves_the_teacher_as_it_was(tmp_path, caplog):
               optimizers=(torch.optim.AdamW(student.parameters()), None))
     assert teacher.config.id2label == {0: "c", 1: "a", 2: "b"}
     with torch.no_grad():
-        assert torch.equal(teacher(pixel_values=images).logits, raw)
+        torch.testing.assert_close(teacher(pixel_values=images).logits, raw)  # not re-indexed (channels_last now)
     teacher.to(torch.bfloat16)  # given in half precision on purpose, or reused: the run says so
     with caplog.at_level(logging.WARNING, logger="hf_rcka"):
         build(make_args(tmp_path), student, teacher)
