@@ -228,6 +228,15 @@ class DistillationTrainingArguments(TrainingArguments):
                           "'sqrt'. timm's train.py picks sqrt for adaptive optimizers (AdamW, LAMB): set "
                           "lr_base_scale: sqrt to match it."},
     )
+    # Trainer's filter reads every micro-step's loss back from the device (a stall each time) to
+    # replace a non-finite one by the running mean in the logged loss. That hides a divergence from
+    # the log; it only serves fp16, whose loss scaling skips overflowing steps. Unset: on with fp16.
+    logging_nan_inf_filter: bool | None = field(
+        default=None,
+        metadata={"help": "Replace a non-finite step loss by the running mean in the logged loss. Unset, it is on "
+                          "with fp16 only, whose loss scaling skips overflowing steps: elsewhere it would hide a "
+                          "divergence from the log (and read every step's loss back from the device)."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Distillation needs every batch column."})
     label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
 
@@ -258,6 +267,8 @@ class DistillationTrainingArguments(TrainingArguments):
             )
         check_fixed_settings(self)
         super().__post_init__()
+        if self.logging_nan_inf_filter is None:  # the launcher's fp16 too, known once the devices are set up
+            self.logging_nan_inf_filter = run_mixed_precision(self) == "fp16"
         check_teacher_dtype(self.teacher_dtype, run_mixed_precision(self))
         check_batch_settings(self)
         check_optim_args(self)

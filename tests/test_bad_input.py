@@ -1255,7 +1255,7 @@ def test_help_states_what_the_command_line_does(capsys, monkeypatch):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
     assert "  output_dir (str | None; required)" in text
-    assert "  logging_nan_inf_filter (bool; default: False; True with fp16)" in text
+    assert "  logging_nan_inf_filter (bool | None; default: False; True with fp16)" in text
     assert "  dataloader_pin_memory (bool; default: True; False without an accelerator)" in text
     assert re.search(r"  do_predict \(bool; default: False\)\n      Refused", text)
     monkeypatch.setattr(registry.LOSSES, "_classes", dict(registry.LOSSES._classes))  # registered for this test only

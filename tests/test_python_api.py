@@ -393,6 +393,14 @@ def test_labels_mapped_by_hf_rckas_transform_are_read_in_the_order_it_gives(tmp_
     build(make_args(tmp_path, losses=["ce"]), tiny_vit(), train_dataset=subset)
 
 
+@pytest.mark.parametrize("settings, expected", [({}, False), ({"logging_nan_inf_filter": True}, True)])
+def test_the_loss_filter_that_reads_every_step_back_is_off_from_python_as_on_the_command_line(settings, expected):
+    """Only the command line turned Trainer's filter off without fp16: from Python it read every
+    micro-step's loss back from the device (2 syncs a step) and hid a NaN loss from the log."""
+    args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none", **settings)
+    assert args.logging_nan_inf_filter is expected
+
+
 def test_the_card_says_who_decoded_the_images(tmp_path):
     """Given ready pixel_values, the card still said 'Decode images as training did ... this model saw
     them over white and scaled': the caller's code had decoded them, perhaps with a plain convert."""

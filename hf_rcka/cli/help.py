@@ -35,9 +35,6 @@ _HELP = {
                               "held-out split; other schedule settings are logged).",
     "debug": "transformers' debug features ('underflow_overflow', 'tpu_metrics_debug'), as --debug VALUE. A bare "
              "--debug instead prints user errors with their traceback.",
-    "logging_nan_inf_filter": "Replace a non-finite step loss by the running mean in the logged loss. The command "
-                              "line keeps it for fp16 only, whose loss scaling skips overflowing steps: elsewhere it "
-                              "would hide a divergence from the log.",
     "do_predict": "Refused: the command line trains and evaluates; predict a test split with "
                   "DistillationTrainer.predict, or evaluate one as the validation set with do_train: false.",
 }

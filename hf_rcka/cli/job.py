@@ -262,11 +262,6 @@ def _prepare_before_loading(
     # Pinned memory only helps copies to an accelerator; on CPU torch warns at every dataloader.
     if "dataloader_pin_memory" not in explicit and args.device.type == "cpu":
         args.dataloader_pin_memory = False
-    # Trainer's filter reads every micro-step's loss back from the device (a stall each time) to
-    # replace a non-finite one by the running mean in the logged loss. That hides a divergence from
-    # the log; it only serves fp16, whose loss scaling skips overflowing steps.
-    if "logging_nan_inf_filter" not in explicit and run_mixed_precision(args) != "fp16":
-        args.logging_nan_inf_filter = False
     transformers.set_seed(args.seed)
     return resume
 

@@ -2,7 +2,7 @@
 
 A learning rate far too high, a loss that explodes or an fp16 overflow turns the student's weights
 into NaN or inf, and Trainer trains on: ``logging_nan_inf_filter`` (on by default in Trainer;
-the command line turns it off without fp16) replaces a non-finite step loss by the running mean,
+``DistillationTrainingArguments`` leaves it off without fp16) replaces a non-finite step loss by the running mean,
 so ``loss`` and ``train_loss`` look normal, and the
 final model, metrics and card would be written as if the run had succeeded (its accuracy that of
 argmax over NaN). A run has diverged when the student's parameters or buffers, or the distillation state trained
