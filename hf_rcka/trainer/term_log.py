@@ -41,7 +41,9 @@ class LossTermLog(TrainerCallback):
         if not sums:
             return {}
         names = sorted(sums)
-        local = torch.stack([*(sums[n] for n in names), *(sums[n].new_tensor(weights[n]) for n in names)])
+        # the weights in one copy to the device (each copy waits for the device), not one per term
+        counts = torch.tensor([weights[n] for n in names], dtype=sums[names[0]].dtype, device=sums[names[0]].device)
+        local = torch.cat([torch.stack([sums[n] for n in names]), counts])
         # A plain gather: gather_for_metrics would cut rows to the eval set's remainder at the end
         # of a dataloader, dropping whole processes' sums.
         totals = gather(local[None]).sum(dim=0).tolist()  # one read from the device, not two per term

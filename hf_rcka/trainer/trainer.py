@@ -389,7 +389,13 @@ class DistillationTrainer(CheckpointingTrainer):
 
     @property
     def distillation_model(self) -> DistillationModel:
-        return self.accelerator.unwrap_model(self.model)
+        # unwrap_model walks every module (for compiled regions): once per model object, not at each
+        # call (twice per evaluation batch); a model Trainer wraps anew is a new object
+        model = self.model
+        known = self.__dict__.get("_unwrapped")
+        if known is None or known[0] is not model:
+            known = self._unwrapped = (model, self.accelerator.unwrap_model(model))
+        return known[1]
 
     # ------------------------------------------------------------------ loss and logging
 
@@ -422,17 +428,21 @@ class DistillationTrainer(CheckpointingTrainer):
             weights = dict.fromkeys(outputs.loss_terms, 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1)))
             self._term_logs["train"].add(outputs.loss_terms, weights)
         else:
-            self._term_logs["eval"].add(outputs.loss_terms, self._evaluation_weights(inputs["labels"], outputs.loss_terms))
+            counted = int((inputs["labels"] != IGNORE_INDEX).sum())  # read from the device once per batch
+            self._term_logs["eval"].add(outputs.loss_terms,
+                                        self._evaluation_weights(inputs["labels"], outputs.loss_terms, counted))
             if outputs.teacher_logits is not None and not has_other_classes(self.distillation_model.teacher):
-                self._teacher_hits.add(*_top1(outputs.teacher_logits, inputs["labels"]))
+                self._teacher_hits.add(*_top1(outputs.teacher_logits, inputs["labels"], counted))
         return (outputs.loss, {"logits": outputs.logits}) if return_outputs else outputs.loss
 
-    def _evaluation_weights(self, labels: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Each term counts the batch's counted images: the model leaves rows labelled IGNORE_INDEX
-        out of every term (unreadable images' stand-ins, and the repeats that even out the last batches
-        under data parallelism). A relation over the batch's samples counts for nothing in a batch
-        too small for it (a short last batch), where its value is a constant."""
-        counted = int((labels != IGNORE_INDEX).sum())
+    def _evaluation_weights(self, labels: torch.Tensor, terms: dict[str, torch.Tensor],
+                            counted: int | None = None) -> dict[str, float]:
+        """Each term counts the batch's counted images (``counted``, when already read): the model
+        leaves rows labelled IGNORE_INDEX out of every term (unreadable images' stand-ins, and the
+        repeats that even out the last batches under data parallelism). A relation over the batch's
+        samples counts for nothing in a batch too small for it (a short last batch), where its value
+        is a constant."""
+        counted = int((labels != IGNORE_INDEX).sum()) if counted is None else counted
         weights = dict.fromkeys(terms, float(counted))
         everywhere = None
         for loss in self.distillation_model.losses.values():
@@ -879,10 +889,10 @@ def _gathered_count(output: EvalLoopOutput, default: int) -> int:
     return len(rows) if rows is not None and hasattr(rows, "__len__") else default
 
 
-def _top1(logits: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def _top1(logits: torch.Tensor, labels: torch.Tensor, rows: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """A batch's top-1 over its counted rows, weighted by their number (as ``LossTermLog`` takes it:
     a batch of no counted row weighs 0, and its NaN is not added)."""
-    accuracy, rows = counted_top1(logits, labels)
+    accuracy, rows = counted_top1(logits, labels, rows)
     return {"top1": accuracy}, {"top1": float(rows)}
 
 
