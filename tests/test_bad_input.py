@@ -634,8 +634,30 @@ def test_files_in_image_folders_that_datasets_would_read_otherwise_than_the_fold
     assert f"error: train_dir '{train}' holds '{tmp_path / 'train' / 'dog' / '9.png'}', a symbolic link to " \
            f"'{tmp_path / 'validation' / 'dog' / '0.png'}' in the other split's folder" in error_of(capsys)
     (tmp_path / "train" / "dog" / "9.png").unlink()
+    # a pool both splits link to (a reviewer's case), a metadata file a folder deeper, loose .avif images
+    image_folder(tmp_path / "pool", ["all"])
+    (tmp_path / "train" / "dog" / "8.png").symlink_to(tmp_path / "pool" / "all" / "1.png")
+    (tmp_path / "validation" / "dog" / "8.png").symlink_to(tmp_path / "pool" / "all" / "1.png")
+    assert run(tmp_path, recipe) == 2
+    assert "are symbolic links to one image" in error_of(capsys)
+    (tmp_path / "validation" / "dog" / "8.png").unlink()
+    (tmp_path / "train" / "dog" / "notes").mkdir()
+    (tmp_path / "train" / "dog" / "notes" / "metadata.csv").write_text("file_name,label\n")
+    assert run(tmp_path, recipe) == 2
+    assert f"'{tmp_path / 'train' / 'dog' / 'notes' / 'metadata.csv'}' is a datasets metadata file" in error_of(capsys)
+    (tmp_path / "train" / "dog" / "notes" / "metadata.csv").unlink()
+    (tmp_path / "train" / "0.avif").write_bytes(b"")
+    assert run(tmp_path, recipe) == 2
+    assert "does not read (['0.avif'])" in error_of(capsys)
+    (tmp_path / "train" / "0.avif").unlink()
+    # what datasets reads as it should, or leaves out itself: no refusal
     (tmp_path / "train" / "__pycache__").mkdir()
     (tmp_path / "train" / "cat" / "3b.png").symlink_to(tmp_path / "train" / "cat" / "3.png")  # a link within a split
+    (tmp_path / "train" / "cat" / "weights.h5").write_bytes(b"")  # Pillow's stub plugin: no image
+    (tmp_path / "train" / ".meta").mkdir()
+    (tmp_path / "train" / ".meta" / "metadata.jsonl").write_text("{}")  # in a folder datasets skips
+    (tmp_path / "train" / "dog" / "__notes__").mkdir()
+    (tmp_path / "train" / "dog" / "__notes__" / "metadata.csv").write_text("file_name,label\n")
     with pytest.raises(AssertionError, match="a model or dataset was loaded"):  # no_loading: past every check
         run(tmp_path, recipe)
 

@@ -12,6 +12,7 @@ before anything loads; a training class without validation images is only said.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -43,15 +44,22 @@ def check_data_dirs(data_args: Any) -> None:
 
 
 def _check_no_links_across(*splits: tuple[str, str, list[str], Path]) -> None:
-    """No image of one split is a symbolic link to an image of the other (``other``): the evaluation
-    would score training images (datasets reads a linked file as the image it points to)."""
+    """No image of one split is a symbolic link to an image of the other (``other``), and no two
+    splits link to one file (a shared pool of images): the evaluation would score training images
+    (datasets reads a linked file as the image it points to)."""
+    targets = []
     for key, folder, links, other in splits:
-        for link in links:
-            target = os.path.realpath(link)
+        targets.append({os.path.realpath(link): link for link in links})
+        for target, link in targets[-1].items():
             if other in Path(target).parents:
                 raise DataError(f"{key} {folder!r} holds {link!r}, a symbolic link to {target!r} in the other split's "
                                 "folder: the evaluation would score training images. Copy each split's own images into "
                                 "it")
+    shared = sorted(set(targets[0]) & set(targets[1]))
+    if shared:
+        raise DataError(f"{targets[0][shared[0]]!r} and {targets[1][shared[0]]!r} are symbolic links to one image, "
+                        f"{shared[0]!r} ({len(shared)} such image(s)): the evaluation would score training images. "
+                        "Link each image from one split only")
 
 
 def image_folder_classes(key: str, folder: str) -> list[str]:
@@ -111,18 +119,22 @@ def class_folders(folder: str) -> list[str]:
 def _scan_image_folder(folder: str) -> _ImageFolder:
     extensions = _image_extensions()
     classes, imageless, loose, hidden, unread, links = [], [], [], [], [], []
+    only_pillow = _pillow_only_extensions(extensions)
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions:
+        extension = os.path.splitext(entry.name)[1].lower()
+        if entry.is_file() and extension in extensions:
             loose.append(entry.name)
-        if entry.is_file():
+        elif entry.is_file() and extension in only_pillow and not entry.name.startswith("."):
+            unread.append(entry.name)
+        elif entry.is_file():
             _check_not_metadata(entry.path)
         if not entry.is_dir():
             continue
         if entry.name.startswith("."):  # datasets skips hidden folders: a class ".inf" would vanish unsaid
-            if _scan_class_folder(entry.path, extensions).direct:
+            if _scan_class_folder(entry.path, extensions, skipped=True).direct:
                 hidden.append(entry.name)
             continue
-        found = _scan_class_folder(entry.path, extensions)
+        found = _scan_class_folder(entry.path, extensions, skipped=entry.name.startswith("__"))
         if entry.name.startswith("__") and not (found.direct or found.nested or found.unread):
             continue  # __pycache__, __MACOSX: datasets skips them, and they hold no image
         _check_loadable(folder, entry)
@@ -198,14 +210,16 @@ class _ClassFolder(NamedTuple):
     links: list[str]  # its images that are symbolic links (paths)
 
 
-def _scan_class_folder(folder: str, extensions: frozenset[str]) -> _ClassFolder:
+def _scan_class_folder(folder: str, extensions: frozenset[str], skipped: bool = False) -> _ClassFolder:
+    """What one sub-folder holds; ``skipped``: a folder datasets leaves out (hidden, ``__...``), whose
+    metadata files it does not read either."""
     direct, nested, unread, links = False, [], [], []
     only_pillow = _pillow_only_extensions(extensions)
     for entry in os.scandir(folder):
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            if _holds_an_image(entry.path, extensions):
+            if not entry.name.startswith("__") and _holds_an_image(entry.path, extensions | only_pillow, skipped):
                 nested.append(entry.name)
             continue
         extension = os.path.splitext(entry.name)[1].lower()
@@ -218,21 +232,33 @@ def _scan_class_folder(folder: str, extensions: frozenset[str]) -> _ClassFolder:
                 links.append(entry.path)
         elif extension in only_pillow:
             unread.append(entry.name)
-        else:
+        elif not skipped:
             _check_not_metadata(entry.path)
     return _ClassFolder(direct, sorted(nested), sorted(unread), links)
 
 
+@functools.lru_cache(maxsize=None)
 def _pillow_only_extensions(extensions: frozenset[str]) -> frozenset[str]:
-    from PIL import Image
+    """Extensions of images Pillow decodes that datasets does not list (``.avif``); not those of its
+    stub plugins (HDF5, GRIB...), which name data files Pillow cannot decode."""
+    from PIL import Image, ImageFile
 
-    return frozenset(ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN) - extensions
+    registered = Image.registered_extensions()  # loads every plugin, and with them Image.OPEN
+    readable = {name for name, (factory, _accept) in Image.OPEN.items()
+                if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))}
+    return frozenset(ext for ext, name in registered.items() if name in readable) - extensions
 
 
-def _holds_an_image(folder: str, extensions: frozenset[str]) -> bool:
-    for _root, _dirs, files in os.walk(folder):
-        if any(os.path.splitext(name)[1].lower() in extensions for name in files if not name.startswith(".")):
+def _holds_an_image(folder: str, extensions: frozenset[str], skipped: bool = False) -> bool:
+    """Whether ``folder`` holds an image at any depth, in the folders datasets reads (not hidden or
+    ``__...`` ones); a metadata file there is an error unless the folder is ``skipped`` itself."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [name for name in dirs if not name.startswith((".", "__"))]
+        names = [name for name in files if not name.startswith(".")]
+        if any(os.path.splitext(name)[1].lower() in extensions for name in names):
             return True
+        for name in names if not skipped else ():
+            _check_not_metadata(os.path.join(root, name))
     return False
 
 
