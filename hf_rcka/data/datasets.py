@@ -381,7 +381,12 @@ def with_transforms(
 
 def decodes_its_images(dataset: Any) -> bool:
     """Whether hf_rcka's own transform (``LabelledPixels``) decodes ``dataset``'s images, or a caller
-    handed it ready ``pixel_values``, decoded however the caller's code did."""
+    handed it ready ``pixel_values``, decoded however the caller's code did. torch's ``Subset`` (and
+    ``random_split``'s parts) and ``ConcatDataset`` are read through to the datasets they draw from."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return decodes_its_images(dataset.dataset)
+    if isinstance(dataset, torch.utils.data.ConcatDataset):
+        return all(decodes_its_images(part) for part in dataset.datasets)
     return isinstance(getattr(dataset, "_format_kwargs", {}).get("transform"), LabelledPixels)
 
 
