@@ -4,9 +4,8 @@ Each error is one line naming the recipe key and the fix, raised in seconds inst
 data and the models have loaded: a model path that does not exist or a folder without weights, its
 config or its image processor, a timm architecture or Hub id that is not there (or not reachable
 offline, or gated), a typo in a ``config:`` model type or in any model's overrides, class settings a
-run decides itself, an ``image_size`` a
-ViT cannot take, losses that need a teacher or a DeiT distillation head, and ``push_to_hub``
-without Hub access.
+run decides itself, an ``image_size`` a ViT cannot take, losses that need a teacher or a DeiT
+distillation head, and ``push_to_hub`` without Hub access.
 """
 
 from __future__ import annotations
