@@ -85,6 +85,20 @@ def test_distillation_defaults_keep_columns_and_name_labels():
         ({"dataloader_persistent_workers": True}, r"dataloader_persistent_workers sets up dataloader worker "
                                                   r"processes, and dataloader_num_workers is 0: set"),
         ({"dataloader_multiprocessing_context": "spawn"}, r"dataloader_multiprocessing_context sets up"),
+        # the edges of each range: every one of these was accepted when its comparison was off by one
+        ({"image_size": 0}, r"image_size must be >= 1, got 0"),
+        ({"train_val_split": 1.0}, r"train_val_split must be in \(0, 1\), got 1.0"),
+        # a decay of 1 never moves the average: model_ema_export would export the starting weights
+        ({"model_ema": True, "model_ema_decay": 1.0}, r"model_ema_decay must be in \[0, 1\), got 1.0"),
+        ({"model_ema_export": True}, r"model_ema_export: true needs model_ema: true"),
+        ({"lr_base": 0}, r"lr_base must be > 0"),  # it would train at a rate of 0
+        ({"feature_pairs": [{"student_layer": True, "teacher_layer": 2}]},
+         r"feature_pairs\[0\].student_layer must be an integer, got True .*student_layer 3\)"),
+        # an auto pair becomes patch_match with some losses: its options are checked before anything loads
+        ({"feature_pairs": [{"student_layer": 1, "teacher_layer": 2, "grdi": "min"}]},
+         r"feature_pairs\[0\] \(adapter auto takes patch_match's options\): .*no option 'grdi'.*'grid'"),
+        ({"feature_pairs": [{"student_layer": 1, "teacher_layer": 2, "bias": "no"}]},
+         r"adapter auto takes patch_match's options\): patch_match bias must be true or false"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(bad, message):
@@ -436,3 +450,75 @@ def test_a_record_run_again_from_another_folder_reads_its_paths_where_its_run_ra
     monkeypatch.chdir(first)  # where it ran: as written
     assert recipe_as_recorded(str(run / "distill_config.yaml"), recipe) == recipe
     assert recipe_as_recorded(str(tmp_path / "plain.yaml"), recipe) == recipe  # no record beside it
+
+
+def test_a_layer_index_of_true_is_refused_from_python_too(tmp_path):
+    """Python reads True as 1: a pair given from Python (no recipe coercion) named layer 1."""
+    from hf_rcka.arguments import DistillationTrainingArguments
+
+    with pytest.raises(RecipeError, match=r"feature_pairs\[0\].student_layer must be an integer, got True"):
+        DistillationTrainingArguments(str(tmp_path), feature_pairs=[{"student_layer": True, "teacher_layer": 2}],
+                                      use_cpu=True)
+
+
+def test_a_recipe_reads_hex_and_octal_integers_as_yaml_1_2_does(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("seed: 0x10\ndata_seed: 0o17\n")
+    assert load_recipe(recipe) == {"seed": 16, "data_seed": 15}
+    assert parse_cli_overrides(["--seed", "0x10"]) == {"seed": 16}
+
+
+def test_a_text_flag_with_a_hash_keeps_what_was_typed_without_surrounding_blanks():
+    assert parse_cli_overrides(["--run_name", " teacher #3 "]) == {"run_name": "teacher #3"}
+
+
+def test_a_bare_tilde_is_the_home_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_values({**BASE, "output_dir": "~"}, {})["output_dir"] == str(tmp_path)
+
+
+def test_a_record_run_from_another_folder_reads_baseline_dir_there_and_warns_only_for_what_is_gone(
+        tmp_path, monkeypatch, caplog):
+    """A run's record names its paths as written, relative to where it ran: baseline_dir among them."""
+    import json
+
+    from hf_rcka.cli.recipe import recipe_as_recorded
+    from hf_rcka.run_record import WORKING_DIR_NAME
+
+    first, other = tmp_path / "first", tmp_path / "other"
+    (first / "data" / "train").mkdir(parents=True)
+    (first / "alone").mkdir()
+    other.mkdir()
+    run = first / "out"
+    run.mkdir()
+    (run / WORKING_DIR_NAME).write_text(json.dumps({"working_dir": str(first)}))
+    monkeypatch.chdir(other)
+    recipe = {"train_dir": "data/train", "baseline_dir": "alone", "model_name_or_path": "timm/resnet18"}
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        read = recipe_as_recorded(str(run / "distill_config.yaml"), recipe)
+    assert read["baseline_dir"] == str(first / "alone")
+    assert read["train_dir"] == str(first / "data" / "train")
+    assert "is gone from" not in caplog.text
+
+
+def test_a_fresh_runs_record_says_nothing_of_a_resume(tmp_path):
+    from transformers import TrainerState
+
+    from hf_rcka.cli.records import RecipeRecord
+
+    _, _, args = parse_arguments(dict(BASE))
+    path = tmp_path / "distill_config.yaml"
+    RecipeRecord(dict(BASE), str(path)).on_train_begin(args, TrainerState(global_step=0), None)
+    assert "Resumed" not in path.read_text()
+    RecipeRecord(dict(BASE), str(path)).on_train_begin(args, TrainerState(global_step=4), None)
+    assert "Resumed at step 4 from a checkpoint" in path.read_text()
+
+
+def test_a_checkpoint_named_folder_without_trainer_state_takes_no_runs_recipe(tmp_path):
+    """A save cut short, or someone's model named so, is not a checkpoint of the run around it."""
+    from hf_rcka.cli.records import recorded_recipe
+
+    run = tmp_path / "vit_run"
+    (run / "checkpoint-20").mkdir(parents=True)
+    (run / "distill_config.yaml").write_text("dataset_name: builtin:digits\nsplit_seed: 7\n")
+    assert recorded_recipe(str(run / "checkpoint-20")) is None

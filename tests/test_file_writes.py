@@ -82,3 +82,14 @@ def test_the_exported_weights_are_as_readable_as_the_umask_makes_new_files(tmp_p
     assert mode == 0o666 & ~_UMASK == (tmp_path / "run" / "config.json").stat().st_mode & 0o777
     written = list((tmp_path / "run").glob("checkpoint-*/*.safetensors"))
     assert len(written) >= 2 and {p.stat().st_mode & 0o777 for p in written} == {0o666 & ~_UMASK}
+
+
+def test_exported_files_gain_the_umasks_bits_and_keep_their_own(tmp_path, monkeypatch):
+    from hf_rcka import file_writes
+
+    monkeypatch.setattr(file_writes, "_UMASK", 0o022)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"x")
+    os.chmod(weights, 0o620)  # group-writable (a shared folder's), not yet readable by others
+    file_writes.as_umask_allows(tmp_path)
+    assert weights.stat().st_mode & 0o777 == 0o664
