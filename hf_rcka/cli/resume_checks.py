@@ -90,8 +90,9 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
     overrides, training subset, seeds and repeats. Any other change went on training a run whose record and card then named only the
     new settings, as if they had trained it from the start (its held-out split is checked once the
     data has loaded: ``check_resume_split``). Folders may move (a run resumed on another
-    machine): a dataset or teacher on disk is not compared by path here, and the teacher is
-    compared by its weights when the checkpoint loads (``trainer.teacher_record``).
+    machine): a dataset or teacher on disk is not compared by path here (a dataset's configuration
+    is: a moved folder keeps its configurations), and the teacher is compared by its weights when
+    the checkpoint loads (``trainer.teacher_record``).
     """
     recorded = recorded_recipe(folder)
     if not recorded:
@@ -114,8 +115,6 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
         if key in ("model_name_or_path", "teacher_model_name_or_path", "dataset_name") and (
                 _may_have_moved(before, now) or before is None and key == "model_name_or_path"):
             continue  # a folder may have moved (the student's weights are compared as the checkpoint loads)
-        if key == "dataset_config_name" and _may_have_moved(recorded.get("dataset_name"), data_args.dataset_name):
-            continue
         if key == "feature_pairs":
             before, now = checked_pairs(before), checked_pairs(now)
         if key == "teacher_label_mapping":  # a recipe that leaves it out maps by name

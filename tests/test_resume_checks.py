@@ -1,0 +1,108 @@
+"""A checkpoint resumes the run that wrote it: what the resume compares before anything loads (the
+recipe, the learning rate, the epoch's length) and how it names a checkpoint it cannot use. Each
+test here failed when one comparison in the checks was loosened or left out."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from hf_rcka.cli.recipe import parse_arguments
+from hf_rcka.cli.resume_checks import _earlier, check_checkpoint, check_resume_rate, check_resume_recipe
+from hf_rcka.errors import ModelError, RecipeError
+from hf_rcka.trainer.resume_match import BATCH_RECORD_NAME, check_epoch_steps, check_restored_rates
+
+BASE = {"model_name_or_path": "config:vit", "output_dir": "unused", "dataset_name": "builtin:digits"}
+
+
+def resume(tmp_path, recorded_extra: dict, **changes) -> None:
+    """check_resume_recipe of a run recorded with a small recipe plus ``recorded_extra``, resumed
+    with the same settings plus ``changes``."""
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    recorded = {"model_name_or_path": "config:resnet", "dataset_name": "builtin:digits", "output_dir": str(run),
+                **recorded_extra}
+    (run / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
+    values = {"model_name_or_path": "config:resnet", "student_from_scratch": False, "teacher_model_name_or_path": None,
+              "teacher_config_overrides": None, "teacher_label_mapping": "by_name", "image_size": None,
+              "student_config_overrides": None, "dataset_name": "builtin:digits", "dataset_config_name": None,
+              "feature_pairs": None, "losses": None, "seed": 42, "data_seed": None, "aug_repeats": 0,
+              "max_train_samples": None, "label_smoothing_factor": 0.0, **changes}
+    namespace = SimpleNamespace(**values)
+    check_resume_recipe(str(run), namespace, namespace, namespace)
+
+
+def test_an_empty_overrides_mapping_is_an_unset_one(tmp_path):
+    """Not a change: a record that wrote ``student_config_overrides: {}`` resumes with it unset."""
+    resume(tmp_path, {"student_config_overrides": {}})
+    resume(tmp_path, {}, student_config_overrides={})
+
+
+@pytest.mark.parametrize("recorded,changes,message", [
+    ({"max_train_samples": 100}, {"max_train_samples": 200}, "max_train_samples 100 -> 200"),
+    ({"seed": 1}, {"seed": 2}, "seed 1 -> 2"),
+], ids=["max_train_samples", "seed"])
+def test_a_resume_that_draws_another_epoch_is_refused(tmp_path, recorded, changes, message):
+    """The order of the epoch being resumed is drawn from the seed and the training subset: another
+    one skips and repeats images."""
+    with pytest.raises(RecipeError, match=f"other settings \\({message}\\)"):
+        resume(tmp_path, recorded, **changes)
+
+
+def test_a_dataset_folder_may_move_but_not_change_its_configuration(tmp_path):
+    """A folder's path is not compared (a run resumed on another machine), its configuration is: a
+    local dataset with configurations of its own, resumed on another one, trained other images under
+    a record naming the first."""
+    old, new = tmp_path / "old_data", tmp_path / "new_data"
+    old.mkdir()
+    new.mkdir()
+    resume(tmp_path, {"dataset_name": str(old), "dataset_config_name": "clean"},
+           dataset_name=str(new), dataset_config_name="clean")
+    with pytest.raises(RecipeError, match="dataset_config_name 'clean' -> 'noisy'"):
+        resume(tmp_path, {"dataset_name": str(old), "dataset_config_name": "clean"},
+               dataset_name=str(old), dataset_config_name="noisy")
+
+
+def test_a_whole_weights_only_checkpoint_is_not_called_a_save_cut_short(tmp_path):
+    """A checkpoint saved with save_only_model is whole: the fix is another checkpoint or new run,
+    not deleting it as half-written."""
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    save_file({"w": torch.zeros(2)}, str(checkpoint / "model.safetensors"))
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    with pytest.raises(ModelError, match=r"is not a checkpoint \(it holds no optimizer and scheduler state\)"):
+        check_checkpoint(str(checkpoint))
+
+
+def test_a_broken_checkpoint_names_the_latest_earlier_one_by_step(tmp_path):
+    for step in (9, 10, 12):  # by name, checkpoint-9 sorts after checkpoint-10
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert f"--resume_from_checkpoint {tmp_path / 'checkpoint-10'} " in _earlier(str(tmp_path / "checkpoint-12"))
+
+
+def test_a_resume_at_a_slightly_other_learning_rate_is_refused(tmp_path):
+    torch.save({"base_lrs": [0.01], "last_epoch": 2}, tmp_path / "scheduler.pt")
+    _, _, same = parse_arguments({**BASE, "learning_rate": 0.01})
+    check_resume_rate(str(tmp_path), same)
+    _, _, other = parse_arguments({**BASE, "learning_rate": 0.0105})
+    with pytest.raises(RecipeError, match="was trained at a learning rate of 0.01, and this run sets 0.0105"):
+        check_resume_rate(str(tmp_path), other)
+
+
+def test_a_resume_that_changes_one_groups_rate_is_refused(tmp_path):
+    torch.save({"base_lrs": [0.01, 0.001], "last_epoch": 2}, tmp_path / "scheduler.pt")
+    check_restored_rates(str(tmp_path), [0.01, 0.001])
+    with pytest.raises(RecipeError, match="was trained at a learning rate of"):
+        check_restored_rates(str(tmp_path), [0.01, 0.002])
+
+
+def test_a_resume_with_longer_or_shorter_epochs_is_refused(tmp_path):
+    (tmp_path / BATCH_RECORD_NAME).write_text(json.dumps({"global_batch": 8, "processes": 1, "epoch_steps": 10}))
+    check_epoch_steps(str(tmp_path), 10)
+    check_epoch_steps(str(tmp_path), None)
+    for steps in (9, 12):
+        with pytest.raises(RecipeError, match=f"trained with 10 optimizer steps per epoch, and this run plans {steps}"):
+            check_epoch_steps(str(tmp_path), steps)
