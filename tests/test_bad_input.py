@@ -388,6 +388,7 @@ def test_losses_that_do_not_fit_the_models(tmp_path, capsys, no_loading):
     fits("timm/levit_128s.fb_dist_in1k")
     with pytest.raises(RecipeError, match="deit_token needs a student with a distillation head"):
         fits("timm/iformer_m_distilled")
+    fits("facebook/deit-small-distilled-patch16-224")  # a Hub id not downloaded yet: judged once it loads
 
 
 @pytest.mark.parametrize("options,expected", [

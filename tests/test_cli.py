@@ -406,7 +406,9 @@ def test_a_run_resumed_at_its_last_step_reports_no_train_loss():
                                   {"max_steps": 2, "save_steps": 2, "ignore_data_skip": True},  # the epoch restarts
                                   {"max_steps": -1, "num_train_epochs": 1.5, "save_steps": 9},  # and in the second
                                   {"max_steps": -1, "num_train_epochs": 1, "save_strategy": "epoch",  # at its end
-                                   "eval_strategy": "epoch"}])
+                                   "eval_strategy": "epoch"},
+                                  # the epoch cut short by max_steps ends again when resumed, and saved again
+                                  {"max_steps": 2, "save_strategy": "epoch", "eval_strategy": "epoch"}])
 def test_a_run_resumed_at_its_last_step_trains_nothing_more_and_keeps_no_earlier_train_loss(tmp_path, plan):
     """Resumed to finish it (an export cut short), a run at its last step trained a step past it and
     exported that: Trainer checks max_steps after a step. And save_metrics' merge kept the earlier

@@ -281,6 +281,49 @@ def test_a_signal_before_training_raises_at_once():
         stop.uninstall()
 
 
+def test_a_second_signal_while_saving_stops_at_once():
+    """The first waits for the trained model's save (the caller then stops); one sent again means
+    now, as during training."""
+    stop = GracefulStop()
+    with stop.finishing():
+        stop._handle(signal.SIGTERM, None)
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(Interrupted):
+            stop._handle(signal.SIGTERM, None)
+
+
+def test_checkpoints_are_told_apart_by_step_and_by_what_they_hold(tmp_path):
+    """The last checkpoint is the highest step (checkpoint-9 sorts after checkpoint-10 by name); a
+    folder named beyond the pattern (a copy, checkpoint-10.bak) is none; resuming needs both the
+    optimizer's and the schedule's state."""
+    from hf_rcka.trainer.checkpointing import checkpoint_step, holds_training_state
+    from hf_rcka.trainer.interrupt import last_checkpoint
+
+    for name in ("checkpoint-9", "checkpoint-10", "checkpoint-10.bak"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert checkpoint_step("checkpoint-10.bak") is None and checkpoint_step(str(tmp_path / "checkpoint-9")) == 9
+    (tmp_path / "checkpoint-10" / "optimizer.pt").write_bytes(b"")
+    assert not holds_training_state(str(tmp_path / "checkpoint-10"))
+    (tmp_path / "checkpoint-10" / "scheduler.pt").write_bytes(b"")
+    assert holds_training_state(str(tmp_path / "checkpoint-10"))
+
+
+def test_a_resumed_runs_best_checkpoint_counts_only_with_load_best_model_at_end(tmp_path):
+    from types import SimpleNamespace
+
+    from hf_rcka.trainer.checkpointing import best_checkpoint
+
+    resumed = tmp_path / "checkpoint-4"
+    resumed.mkdir()
+    (resumed / "trainer_state.json").write_text(json.dumps({"best_global_step": 2}))
+    (tmp_path / "checkpoint-2").mkdir()
+    for load_best, expected in ((True, str(tmp_path / "checkpoint-2")), (False, None)):
+        args = SimpleNamespace(load_best_model_at_end=load_best, output_dir=str(tmp_path))
+        assert best_checkpoint(str(resumed), args) == expected
+
+
 def test_save_checkpoint_now_relies_on_trainers_save_checkpoint(tmp_path):
     """``save_checkpoint_now`` calls the private ``Trainer._save_checkpoint(model, trial)``: pin its
     signature and that it writes a resumable ``checkpoint-<step>`` (weights, optimizer, scheduler, state)."""

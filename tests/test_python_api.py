@@ -222,6 +222,19 @@ def test_a_ready_distillation_model_with_arguments_it_would_ignore(tmp_path):
     build(make_args(tmp_path, losses=["ce"]), ready)
 
 
+def test_the_default_losses_and_the_pairs_of_a_loss_switched_off(tmp_path):
+    """Without losses, a teacher adds RCKA on logits at the task loss's weight; feature pairs whose
+    only reader weighs 0 build no adapter and capture nothing (the warning says they are ignored)."""
+    defaults = build_distillation_model(tiny_vit(), tiny_resnet(), make_args(tmp_path))
+    assert {name: loss.weight for name, loss in defaults.losses.items()} == {"ce": 1.0, "rcka": 1.0}
+    pairs = [{"student_layer": 1, "teacher_layer": 1}]
+    for weight, adapters in ((0, 0), (1, 1)):
+        losses = ["ce", "rcka", {"name": "feature_cka", "weight": weight}]
+        model = build_distillation_model(tiny_vit(), tiny_resnet(),
+                                         make_args(tmp_path, losses=losses, feature_pairs=pairs))
+        assert len(model.adapters) == adapters and model.needs_features is bool(weight)
+
+
 def test_a_student_sharing_weights_with_the_frozen_teacher(tmp_path):
     """The shared embeddings were frozen with the teacher and never trained; the run succeeded."""
     teacher = tiny_vit(seed=5)
