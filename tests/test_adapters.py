@@ -259,3 +259,15 @@ def test_a_teacher_side_to_be_grown_is_held_at_its_own_size():
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
     assert got[1].shape == (BATCH, 36, 8, 8)
+
+
+def test_an_auto_pairs_own_project_option_wins_over_the_automatic_one():
+    """adapter: auto becomes patch_match with a projection for shape-reading losses (identity for
+    the others); a pair that says project: false keeps its own choice."""
+    from hf_rcka.features.pairing import FeaturePair
+    from hf_rcka.modeling.feature_adapters import adapter_choice
+
+    assert adapter_choice(FeaturePair(1, 2, "auto", {}), needs_shape=True) == ("patch_match", {"project": True})
+    own = FeaturePair(1, 2, "auto", {"project": False, "grid": "min"})
+    assert adapter_choice(own, needs_shape=True) == ("patch_match", {"project": False, "grid": "min"})
+    assert adapter_choice(FeaturePair(1, 2, "auto", {}), needs_shape=False) == ("identity", {})

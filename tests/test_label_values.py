@@ -259,3 +259,17 @@ def test_a_table_whose_images_are_named_like_splits_is_told_apart_from_an_image_
     (tmp_path / "folder" / "classes.json").write_text('["cat", "dog"]')
     with pytest.raises(DataError, match="is a folder of images: give it as train_dir"):
         load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "folder")))
+
+
+def test_minus_one_is_a_class_where_the_labels_hold_other_negatives_and_an_empty_split_is_not_unlabelled():
+    """-1 is datasets' "no label", unless the column uses negative classes (-2, -1, 0, 1): a split of
+    them trains. An empty split is not a Hub test split's missing labels."""
+    from hf_rcka.data.label_values import check_label_values, is_unlabelled
+
+    check_label_values(datasets.Dataset.from_dict({"label": [-2, -1, 0, 1]}), "label", "train")
+    with pytest.raises(DataError, match="1 labels are -1 \\(no label; if -1 is a class, give it a non-negative id\\)"):
+        check_label_values(datasets.Dataset.from_dict({"label": [-1, 0, 1]}), "label", "train")
+    assert is_unlabelled(datasets.Dataset.from_dict({"label": [-1, -1]}), "label")
+    assert not is_unlabelled(datasets.Dataset.from_dict({"label": [-1, 0]}), "label")
+    assert not is_unlabelled(datasets.Dataset.from_dict({"label": []}, features=datasets.Features(
+        {"label": datasets.Value("int64")})), "label")

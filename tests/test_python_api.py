@@ -180,6 +180,29 @@ def test_numerals_that_a_model_lists_in_another_order_are_names(tmp_path):
     assert [teacher.config.id2label[i] for i in range(11)] == numerals, "the teacher realigned by name"
 
 
+def test_a_later_evaluation_set_numbering_the_students_numeral_classes_in_order_is_refused(tmp_path):
+    """The check a dataset given to evaluate() gets: numbers 0..10 are the student's numeral names
+    in another order (0, 1, 10, 2...), not ids of its classes."""
+    as_text = sorted(str(i) for i in range(11))
+    student = named(tiny_vit(num_labels=11), as_text)
+    data = pixel_dataset(22, num_labels=11).with_format(None).cast_column(
+        "labels", datasets.ClassLabel(names=as_text)).with_format("torch")
+    trainer = DistillationTrainer(model=student, args=make_args(tmp_path, losses=["ce"]), train_dataset=data,
+                                  processing_class=processor(16))
+    numbered = data.with_format(None).cast_column("labels", datasets.ClassLabel(num_classes=11)).with_format("torch")
+    with pytest.raises(LabelError, match="its accuracy would compare other classes' ids"):
+        trainer.evaluate(eval_dataset=numbered)
+
+
+def test_a_batch_with_keys_the_model_does_not_take_is_refused_before_the_forward():
+    from hf_rcka.trainer.given_data import check_batch_keys
+
+    batch = {"pixel_values": torch.zeros(2, 3, 16, 16), "labels": torch.zeros(2, dtype=torch.long)}
+    check_batch_keys(batch)
+    with pytest.raises(DataError, match=r"the batch has keys \['image_id'\] besides pixel_values and labels"):
+        check_batch_keys({**batch, "image_id": torch.arange(2)})
+
+
 @pytest.mark.parametrize("setting", [{"bf16_full_eval": True}, {"prediction_loss_only": True},
                                      {"label_names": ["label"]}, {"batch_eval_metrics": True}])
 def test_plain_training_arguments_are_checked_too(tmp_path, setting):
