@@ -391,6 +391,19 @@ def test_losses_that_do_not_fit_the_models(tmp_path, capsys, no_loading):
     fits("facebook/deit-small-distilled-patch16-224")  # a Hub id not downloaded yet: judged once it loads
 
 
+@pytest.mark.parametrize("model_type,expected", [
+    ("hgnet_v2", "model_name_or_path: transformers has no default image processor for model type 'hgnet_v2'"),
+    ("siglip2", "model_name_or_path: cannot tell the output size of Siglip2ImageProcessor"),
+])
+def test_a_config_type_without_a_fixed_size_processor_is_refused_before_loading(tmp_path, capsys, no_loading,
+                                                                               model_type, expected):
+    """The processor of a config: type is built from its config alone: it failed once the data had loaded."""
+    assert run(tmp_path, base(tmp_path, model_name_or_path=f"config:{model_type}", student_config_overrides=None,
+                              image_size=None)) == 2
+    assert expected in error_of(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("options,expected", [
     ({"grid": "bogus"}, "patch_match grid must be one of ('min', 'student', 'teacher') or [h, w], got 'bogus'"),
     ({"grid": [0, 0]}, "patch_match grid must be two positive ints, got [0, 0]"),

@@ -359,7 +359,7 @@ def _fetch_failure(err: Exception, name: str) -> str:
 
 def check_student_config(model_args: Any) -> None:
     """``config:`` types and override keys exist; ``image_size`` fits a ViT's patch grid."""
-    from ..models.hf_config import check_hf_overrides, default_config
+    from ..models.hf_config import check_hf_overrides, default_config, with_overrides
 
     check_class_overrides(model_args)
     check_channel_overrides(model_args)
@@ -378,6 +378,11 @@ def check_student_config(model_args: Any) -> None:
             check_hf_overrides(config, overrides)
         except ValueError as err:
             raise RecipeError(f"{overrides_key}: {err}") from None
+        size = model_args.image_size if key == "model_name_or_path" else None
+        try:
+            _check_default_processor(with_overrides(config, overrides), size)
+        except ValueError as err:
+            raise ModelError(f"{key}: {err}") from None
         if key == "model_name_or_path":
             _check_image_size(model_args.image_size, config.model_type, {**config.to_dict(), **overrides})
     check_model_overrides(model_args)
@@ -386,6 +391,18 @@ def check_student_config(model_args: Any) -> None:
     if local is not None:
         _check_image_size(model_args.image_size, local.get("model_type"), {**local, **(model_args.student_config_overrides or {})},
                           pretrained=not model_args.student_from_scratch)
+
+
+def _check_default_processor(config: Any, image_size: int | None) -> None:
+    """A ``config:`` type's default image processor is built as loading builds it, and must have a
+    fixed output size: transformers has none for some types (hgnet_v2), and others resize each
+    image by its own aspect ratio (textnet, siglip2). Either stopped the run once the data had
+    loaded."""
+    from ..modeling.teacher_inputs import input_stats
+    from ..models.processors import default_image_processor, resize_image_processor
+
+    processor = default_image_processor(config)
+    input_stats(resize_image_processor(processor, image_size) if image_size is not None else processor)
 
 
 def check_model_overrides(model_args: Any) -> None:
