@@ -1,6 +1,7 @@
 """Model cards: metadata a Hub user expects, parsed back; a usage snippet that runs as written."""
 
 import json
+import math
 import re
 
 import pytest
@@ -260,13 +261,18 @@ def test_a_baseline_is_compared_by_the_training_in_effect_not_by_its_spelling(tm
     recorded = {"dataset_name": "builtin:digits", "lr_base": 1e-3, "lr_base_size": 512, "no_aug": True,
                 "color_jitter": 0.4, "per_device_train_batch_size": 64}
 
-    def compare(global_batch, rate, **own):
+    def compare(global_batch, rate, steps=100, **own):
         (baseline / "distill_config.yaml").write_text(f"# Global batch: {global_batch} images (1 process x "
                                                       f"{global_batch} images) per optimizer step.\n" + yaml.safe_dump(recorded))
         mine = {"dataset_name": "builtin:digits", "no_aug": True, "lr_scheduler_kwargs": {}, **own}
-        return read_baseline(str(baseline), settings, None, TrainingRecord(mine, 100, 64, rate))[1]
+        return read_baseline(str(baseline), settings, None, TrainingRecord(mine, steps, 64, rate))[1]
 
     assert compare(64, 1.25e-4, learning_rate=1.25e-4, per_device_train_batch_size=32) == "run `alone`, same images"
+    assert compare(64, 1.25e-4, steps=90, learning_rate=1.25e-4) == (
+        "run `alone`, same images, trained otherwise (100 optimizer steps against this run's 90)")
+    recorded["lr_base_scale"] = "sqrt"  # DeiT's linear scaling is the default; the square root scales less
+    assert compare(64, 1e-3 * math.sqrt(64 / 512), lr_base=1e-3, lr_base_scale="sqrt") == "run `alone`, same images"
+    del recorded["lr_base_scale"]
     assert compare(32, 1.25e-4) == ("run `alone`, same images, trained otherwise (a global batch of 32 images against "
                                     "this run's 64; a learning rate of 6.25e-05 against this run's 0.000125)")
     assert "trained otherwise (mixup differs)" in compare(64, 1.25e-4, mixup=0.8)

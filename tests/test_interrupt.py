@@ -549,6 +549,7 @@ def test_a_signal_during_the_final_save_waits_for_the_model(tmp_path, monkeypatc
     ({"RANK": "1"}, True),  # a plain run under a cluster scheduler that exports its own RANK
     ({"WORLD_SIZE": "2", "LOCAL_RANK": "0", "RANK": "2"}, True),  # a second machine's first process
     ({"WORLD_SIZE": "2", "LOCAL_RANK": "1", "RANK": "1"}, False),  # a launcher's replica
+    ({"WORLD_SIZE": "1", "LOCAL_RANK": "1"}, True),  # one process that a scheduler numbered: no replica
 ])
 def test_an_interruption_is_said_by_each_machines_first_process(env, said, monkeypatch, capsys):
     """A plain run whose environment held RANK=1 stopped on a signal with no word of why."""

@@ -88,3 +88,15 @@ def test_the_hub_token_stays_on_the_trainers_args_and_out_of_the_process_and_its
     assert b"hf_SECRET" not in saved.getvalue()
     saved.seek(0)
     assert torch.load(saved, weights_only=False).hub_token is None
+
+
+def test_a_checkpoints_teacher_record_names_a_local_teacher_by_its_folder_alone():
+    """Checkpoints may be pushed to the Hub: the teacher's absolute path (a user name, a cluster's
+    layout) stays on the machine; a Hub id is kept as it is."""
+    from hf_rcka.trainer.teacher_record import teacher_fingerprint
+
+    teacher = tiny_resnet()
+    teacher.config._name_or_path = "/home/alice/teachers/resnet50-digits"
+    assert teacher_fingerprint(teacher)["source"] == "resnet50-digits"
+    teacher.config._name_or_path = "acme/resnet50-digits"
+    assert teacher_fingerprint(teacher)["source"] == "acme/resnet50-digits"
