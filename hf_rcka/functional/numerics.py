@@ -26,6 +26,8 @@ def full_precision(fn: _Fn) -> _Fn:
         items = (t for a in given for t in (a if isinstance(a, (list, tuple)) else (a,)))  # lists of maps too
         tensors = (getattr(t, "gram", t) for t in items)  # a side reduced to its Gram (GramSide, PatchGramSide)
         device_type = next((t.device.type for t in tensors if isinstance(t, torch.Tensor)), "cpu")
+        if not torch.is_autocast_enabled(device_type):  # nothing to turn off (entering the context is not free)
+            return fn(*args, **kwargs)
         with torch.autocast(device_type=device_type, enabled=False):
             return fn(*args, **kwargs)
 
