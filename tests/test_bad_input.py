@@ -70,6 +70,7 @@ def image_folder(root: Path, classes: list[str], per_class: int = 4) -> str:
 
 @pytest.mark.parametrize("key,value,expected", [
     ("label_smoothing_factor", 1.5, "label_smoothing_factor must be in [0, 1), got 1.5"),
+    ("label_smoothing_factor", 1.0, "label_smoothing_factor must be in [0, 1), got 1.0"),  # every target uniform
     ("learning_rate", -1e-3, "learning_rate must be >= 0, got -0.001"),
     ("per_device_train_batch_size", 0, "per_device_train_batch_size must be >= 1, got 0"),
     ("max_steps", 0, "max_steps must be > 0, or -1 to train num_train_epochs, got 0"),
@@ -2151,3 +2152,36 @@ def test_a_moved_projects_teacher_is_checked_against_the_data_it_reads_here(tmp_
     with pytest.raises(DataError, match="teacher training images"):
         check_teacher_data(str(teacher), DataArguments(train_dir="data/train", train_val_split=0.5, split_seed=42),
                            carved=True)
+
+
+def _ce():
+    from hf_rcka.modeling.assembly import build_losses
+    return build_losses([{"name": "ce"}])
+
+
+# a metric of the other weight set under a named evaluation set
+def test_the_other_weight_sets_metric_of_a_named_evaluation_set_is_refused_for_load_best():
+    from types import SimpleNamespace
+
+    from hf_rcka.errors import RecipeError
+    from hf_rcka.trainer.metrics import check_metric_for_best_model
+
+    args = SimpleNamespace(metric_for_best_model="eval_val_ema_accuracy", load_best_model_at_end=True,
+                           model_ema=True, model_ema_export=False)
+    with pytest.raises(RecipeError, match="scores the ema weights"):
+        check_metric_for_best_model(args, _ce(), num_labels=10, eval_sets=["val", "test"])
+    args.metric_for_best_model = "eval_val_accuracy"  # the exported (live) weights' score: accepted
+    check_metric_for_best_model(args, _ce(), num_labels=10, eval_sets=["val", "test"])
+
+
+# top5_accuracy needs more than 5 classes
+def test_top5_accuracy_is_not_a_metric_of_exactly_five_classes():
+    from types import SimpleNamespace
+
+    from hf_rcka.errors import RecipeError
+    from hf_rcka.trainer.metrics import check_metric_for_best_model, evaluation_metric_names
+
+    assert "top5_accuracy" not in evaluation_metric_names(["ce"], SimpleNamespace(), num_labels=5)
+    assert "top5_accuracy" in evaluation_metric_names(["ce"], SimpleNamespace(), num_labels=6)
+    with pytest.raises(RecipeError, match="top5_accuracy is reported only with more than 5 classes, and this dataset has 5"):
+        check_metric_for_best_model(SimpleNamespace(metric_for_best_model="top5_accuracy"), _ce(), num_labels=5)

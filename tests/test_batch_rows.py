@@ -294,3 +294,16 @@ def test_resuming_on_a_stream_says_where_the_resume_lands(tmp_path, caplog):
     with caplog.at_level(logging.WARNING), pytest.raises(ValueError):  # no such checkpoint: Trainer refuses after
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert "resuming on training data without a length" in caplog.text
+
+
+# a split of exactly one batch trains one step under drop_last
+def test_a_split_of_exactly_one_batch_is_kept_under_drop_last():
+    from types import SimpleNamespace
+
+    from hf_rcka.errors import DataError
+    from hf_rcka.trainer.batch_rows import check_training_batches
+
+    args = SimpleNamespace(train_batch_size=4, dataloader_drop_last=True, world_size=1)
+    check_training_batches(4, args, 0, torch.nn.Linear(2, 2), {})  # one whole batch: nothing dropped
+    with pytest.raises(DataError, match=r"fewer than one batch \(4\)"):
+        check_training_batches(3, args, 0, torch.nn.Linear(2, 2), {})

@@ -1,6 +1,7 @@
 """The distill job end to end on the built-in digits data: teacher, then student, then reload."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -539,3 +540,47 @@ def test_the_launchers_mixed_precision_is_recorded_as_the_recipe_key_it_equals(t
     assert recipe_to_record({"seed": 1}, launched, [])["bf16"] is True
     own = DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, bf16=True)
     assert "bf16" not in recipe_to_record({"seed": 1}, own, [])  # the recipe's own key is in the recipe already
+
+
+# two binomial standard errors, as documented
+def test_the_chance_threshold_is_two_standard_errors_above_chance(caplog):
+    import logging
+
+    from hf_rcka.trainer.chance import chance_threshold, warn_if_student_at_chance
+
+    chance, threshold = chance_threshold(10, 100)
+    assert chance == pytest.approx(0.1) and threshold == pytest.approx(0.1 + 2 * math.sqrt(0.1 * 0.9 / 100))  # 0.16
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert warn_if_student_at_chance(0.15, 100, 10)  # within two standard errors: at chance
+        assert not warn_if_student_at_chance(0.17, 100, 10)
+
+
+# no counted image (a first eval batch of unreadable images) is no crash
+def test_no_counted_image_cannot_tell_chance_and_says_nothing():
+    from hf_rcka.trainer.chance import chance_threshold, warn_if_student_at_chance
+
+    assert chance_threshold(10, 0) == (pytest.approx(0.1), 1.0)
+    assert not warn_if_student_at_chance(0.0, 0, 10)
+
+
+# with the best checkpoint loaded, the final metrics are its evaluation's, not the last step's
+def test_the_final_metrics_are_the_loaded_best_checkpoints_not_the_last_steps():
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    from hf_rcka.cli.final_evaluation import LastEvaluation, final_evaluation
+
+    last = LastEvaluation()
+    for step, accuracy in ((2, 0.9), (3, 0.4)):
+        last.on_evaluate(None, SimpleNamespace(global_step=step), TrainerControl(),
+                         metrics={"eval_accuracy": accuracy, "epoch": step / 3})
+    state = TrainerState(global_step=3, epoch=1.0, best_model_checkpoint="out/checkpoint-2")
+
+    def evaluate():
+        raise AssertionError("evaluated again: both steps' evaluations are known")
+
+    trainer = SimpleNamespace(state=state, best_model_loaded=True, evaluate=evaluate)
+    assert final_evaluation(trainer, last) == {"eval_accuracy": 0.9, "epoch": 1.0}
+    trainer.best_model_loaded = False  # the last step's weights
+    assert final_evaluation(trainer, last) == {"eval_accuracy": 0.4, "epoch": 1.0}

@@ -5,6 +5,7 @@ named neither the loss nor the fix, before."""
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -595,3 +596,22 @@ def test_a_reduced_side_without_rows_is_named_when_evaluation_drops_a_row():
                         student_features=(torch.randn(3, 5),), teacher_features=({"gram": torch.eye(3)},))
     with pytest.raises(TypeError, match="a dict in the loss inputs has no rows\\(keep\\) method"):
         inputs.counted_rows()
+
+
+# each train() checks its first step again
+def test_the_late_weight_check_runs_again_in_a_second_train():
+    from transformers import TrainerControl, TrainerState
+
+    from hf_rcka.errors import ModelError
+    from hf_rcka.trainer.optimizer_checks import LateParameterCheck
+
+    model = torch.nn.Linear(2, 2)
+    check = LateParameterCheck(lambda: model)
+    args, state, control = SimpleNamespace(), TrainerState(), TrainerControl()
+    whole = torch.optim.SGD(model.parameters(), lr=0.1)
+    check.on_train_begin(args, state, control)
+    check.on_step_end(args, state, control, optimizer=whole)  # the first train(): every weight held
+    model.extra = torch.nn.Linear(2, 2)  # a weight made after that optimizer was built
+    check.on_train_begin(args, state, control)  # a second train() on the same trainer
+    with pytest.raises(ModelError, match="appeared during the first forward"):
+        check.on_step_end(args, state, control, optimizer=whole)

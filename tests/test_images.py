@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from types import SimpleNamespace
 
 from hf_rcka.errors import DataError
 from hf_rcka.data.images import BACKGROUND, decode_image, to_rgb
@@ -266,3 +267,18 @@ def test_a_column_declared_grayscale_is_said_to_train_in_colour(caplog):
         prepared = with_transforms(data, PILToTensor(), "image", "label", ["a", "b"])
     assert prepared[0]["pixel_values"][:, 0, 0].tolist() == [255, 0, 0]
     assert "column 'image' declares Image(mode='L'), which is not applied: every image is decoded to RGB" in caplog.text
+
+
+# the run stops once more than max_bad_images files were skipped
+def test_exactly_max_bad_images_skipped_files_do_not_stop_the_run(tmp_path):
+    from hf_rcka.data.bad_images import SkippedImages, SkippedImagesCallback
+    from hf_rcka.errors import DataError
+
+    ledger = SkippedImages(str(tmp_path), limit=2)
+    callback, args = SkippedImagesCallback(ledger), SimpleNamespace(device="cpu", logging_steps=1)
+    ledger.record("a.jpg", "truncated")
+    ledger.record("b.jpg", "truncated")
+    callback.on_epoch_end(args, None, None)  # 2 skipped, max_bad_images 2: the run goes on
+    ledger.record("c.jpg", "truncated")
+    with pytest.raises(DataError, match=r"3 image files could not be read \(more than max_bad_images=2\)"):
+        callback.on_epoch_end(args, None, None)

@@ -127,3 +127,11 @@ def test_feature_spec_shape_and_validation():
         FeatureSpec("nchw", 36, (4, 4), num_prefix_tokens=1)
     with pytest.raises(ValueError, match="positive"):
         FeatureSpec("nchw", 36, (0, 4))
+
+
+# the grid must follow the image's aspect ratio in width too
+def test_a_grid_whose_width_misses_the_aspect_ratio_is_refused():
+    from hf_rcka.features.layout import infer_grid
+
+    with pytest.raises(ValueError, match="aspect ratio"):
+        infer_grid(20, (20, 200))  # 1.4 x 14 at one stride: neither 1 x 20 nor 2 x 10 is that image's grid

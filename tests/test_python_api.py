@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -957,3 +958,20 @@ def test_trainers_default_best_metric_with_several_evaluation_sets_is_named_as_s
     with pytest.raises(RecipeError, match=r"'loss' \(Trainer's default with load_best_model_at_end: with several "
                                           r"evaluation sets, name one set's metric\).*did you mean 'v_loss'"):
         build(args, tiny_vit(), tiny_resnet(), eval_dataset={"v": pixel_dataset(5), "t": pixel_dataset(5)})
+
+
+# rows labelled IGNORE_INDEX (stand-ins for unreadable images) are not counted in n
+def test_the_teacher_check_counts_only_the_labelled_rows():
+    from hf_rcka.losses import IGNORE_INDEX
+    from hf_rcka.trainer.teacher_check import check_teacher_accuracy
+
+    class _OneWrongAnswer:  # wrong on its one counted image, of 2 classes
+        student = SimpleNamespace(config=SimpleNamespace(num_labels=2))
+
+        @staticmethod
+        def teacher_accuracy(pixel_values, labels):
+            return 0.0
+
+    labels = torch.tensor([0] + [IGNORE_INDEX] * 9)
+    # one counted image cannot tell any teacher from chance: not refused (counting the 9 stand-ins, it was)
+    assert check_teacher_accuracy(_OneWrongAnswer, torch.zeros(10, 3, 4, 4), labels, "error") == 0.0
