@@ -52,6 +52,8 @@ def test_tokens_to_fmap_rejects_wrong_token_count():
         (24, (48, 32), (6, 4)),
         (16, (36, 36), (4, 4)),  # 36 px with 8 px patches: the patch embedding floors to 4
         (20, (33, 40), (4, 5)),
+        (210, (105, 420), (7, 30)),  # 14 px patches: 7.5 rows floored to 7, 30 columns
+        (10, (36, 100), (2, 5)),  # a patch embedding that pads: 24 px patches, 1.5 x 4.2 rounded up
     ],
 )
 def test_infer_grid(num_patch_tokens: int, image_size, expected):

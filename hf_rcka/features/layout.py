@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -119,12 +120,22 @@ def infer_grid(num_patch_tokens: int, image_size: tuple[int, int] | None = None)
             raise ValueError(f"{n} patch tokens form no square grid; pass image_size to infer a non-square one")
         return side, side
     height, width = image_size
-    stride = math.sqrt(height * width / n)
     for h in range(1, n + 1):
         w = n // h
-        if h * w == n and abs(h - height / stride) < 1 and abs(w - width / stride) < 1:
+        if h * w == n and _one_stride(height, h, width, w):
             return h, w
     raise ValueError(f"{n} patch tokens form no grid with the aspect ratio of a {height}x{width} image")
+
+
+def _one_stride(height: int, h: int, width: int, w: int) -> bool:
+    """Whether one stride ``s`` makes an ``h`` x ``w`` grid of a ``height`` x ``width`` image, as a
+    patch embedding rounds: down (a strided convolution, ``floor(height / s) == h``) or up (one
+    that pads the image, ``ceil``). A stride guessed from the token count alone missed grids that
+    rounding had cut: 210 tokens of a 105 x 420 image at 14 px are 7 x 30."""
+    down = (max(Fraction(height, h + 1), Fraction(width, w + 1)), min(Fraction(height, h), Fraction(width, w)))
+    up = (max(Fraction(height, h), Fraction(width, w)),
+          min(Fraction(height, h - 1) if h > 1 else math.inf, Fraction(width, w - 1) if w > 1 else math.inf))
+    return down[0] < down[1] or up[0] < up[1]
 
 
 def resample(fmap: Tensor, size: tuple[int, int]) -> Tensor:
