@@ -1003,19 +1003,3 @@ def test_instance_norm_weights_are_per_sample_norms_not_batch_norms():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.InstanceNorm2d(4, affine=True), nn.BatchNorm2d(4),
                           nn.GroupNorm(2, 4), nn.LayerNorm(4))
     assert norm_weights(model) == ({"1.weight", "3.weight", "4.weight"}, {"2.weight"})
-
-
-def test_an_evaluation_batch_reads_its_label_count_from_the_device_once(tmp_path, monkeypatch):
-    """The model leaves unreadable images' stand-ins out of its terms and the trainer weighs the
-    terms by the rows left: one read of the labels serves both (each read makes a GPU's host wait)."""
-    trainer = make_trainer(make_args(tmp_path, losses=["ce", "kd"]), evaluation=pixel_dataset(6))
-    batch = next(iter(trainer.get_eval_dataloader()))
-    reads = []
-    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
-        def counting(self, *args, _read=getattr(torch.Tensor, name), _name=name, **kwargs):
-            reads.append(_name)
-            return _read(self, *args, **kwargs)
-        monkeypatch.setattr(torch.Tensor, name, counting)
-    trainer.prediction_step(trainer.model.eval(), batch, prediction_loss_only=False)
-    monkeypatch.undo()
-    assert reads == ["__int__"]

@@ -78,18 +78,12 @@ class LossInputs:
         row by itself, but the teacher terms (KD, RCKA, ...) would count the copy twice. Reading
         the labels syncs with the device, so the model calls this in evaluation only.
         """
-        return self.counted_rows_and_number()[0]
-
-    def counted_rows_and_number(self) -> tuple["LossInputs", int | None]:
-        """``counted_rows`` and how many rows they are (None for soft or no labels), read from the
-        device in one sync: the trainer weighs the batch's terms by that number too."""
         if self.labels is None or self.labels.ndim != 1:
-            return self, None
+            return self
         keep = self.labels != IGNORE_INDEX
-        counted = int(keep.sum())
-        if counted == keep.numel():
-            return self, counted
-        return LossInputs(**{name: _rows(getattr(self, name), keep) for name in LOSS_INPUT_FIELDS}), counted
+        if bool(keep.all()):
+            return self
+        return LossInputs(**{name: _rows(getattr(self, name), keep) for name in LOSS_INPUT_FIELDS})
 
 
 LOSS_INPUT_FIELDS = tuple(f.name for f in fields(LossInputs))

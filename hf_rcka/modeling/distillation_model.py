@@ -66,16 +66,12 @@ class DistillationOutput(ModelOutput):
 
     ``teacher_logits``: in evaluation, the teacher's logits where the losses ran it (the model
     card's teacher accuracy is counted from them, not from a pass of its own).
-
-    ``counted_rows``: in evaluation, how many of the batch's rows the terms count (those not
-    labelled ``IGNORE_INDEX``), read from the device once for the model and the trainer alike.
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     loss_terms: dict[str, torch.Tensor] | None = None
     teacher_logits: torch.Tensor | None = None
-    counted_rows: int | None = None
 
 
 class DistillationModel(nn.Module):
@@ -372,18 +368,16 @@ class DistillationModel(nn.Module):
         )
         if teacher is not None:
             self._add_teacher(inputs, student_states, *teacher)
-        counted = None
         if not self.training:  # an unreadable evaluation image's stand-in counts in no term
-            inputs, counted = inputs.counted_rows_and_number()
+            inputs = inputs.counted_rows()
         terms, weights = {}, {}
         for name, loss in self._computed_losses():
             _add_terms(terms, weights, name, loss(inputs), loss.term_weights)
         if not terms and self._student_only:  # every loss reads the teacher: the accuracy alone
-            return DistillationOutput(loss=logits.new_zeros(()), logits=logits, loss_terms={}, counted_rows=counted)
+            return DistillationOutput(loss=logits.new_zeros(()), logits=logits, loss_terms={})
         total, weighted = weigh_terms(terms, weights)
         teacher_logits = teacher[0] if teacher is not None and not self.training else None
-        return DistillationOutput(loss=total, logits=logits, loss_terms=weighted, teacher_logits=teacher_logits,
-                                  counted_rows=counted)
+        return DistillationOutput(loss=total, logits=logits, loss_terms=weighted, teacher_logits=teacher_logits)
 
     def _run(self, role: str, pixel_values: torch.Tensor, capture: bool, prepare: Any = None) -> Captured:
         """One model's forward; with ``capture``, plus the hidden states and pooled feature the losses read

@@ -428,9 +428,7 @@ class DistillationTrainer(CheckpointingTrainer):
             weights = dict.fromkeys(outputs.loss_terms, 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1)))
             self._term_logs["train"].add(outputs.loss_terms, weights)
         else:
-            counted = getattr(outputs, "counted_rows", None)  # read from the device once per batch, by the model
-            if counted is None:  # a model of the caller's that does not say
-                counted = int((inputs["labels"] != IGNORE_INDEX).sum())
+            counted = int((inputs["labels"] != IGNORE_INDEX).sum())  # read from the device once per batch
             self._term_logs["eval"].add(outputs.loss_terms,
                                         self._evaluation_weights(inputs["labels"], outputs.loss_terms, counted))
             if outputs.teacher_logits is not None and not has_other_classes(self.distillation_model.teacher):
