@@ -137,3 +137,17 @@ def test_a_grid_whose_width_misses_the_aspect_ratio_is_refused():
 
     with pytest.raises(ValueError, match="aspect ratio"):
         infer_grid(20, (20, 200))  # 1.4 x 14 at one stride: neither 1 x 20 nor 2 x 10 is that image's grid
+
+
+@pytest.mark.parametrize(("num_tokens", "image_size", "expected"), [
+    (14, (16, 40), ((2, 6), 2)),  # 8 px patches and 2 prefix tokens, not a rounded 2 x 7 grid
+    (19, (37, 112), ((2, 7), 5)),  # 16 px patches, a class token and 4 registers
+    (197, (224, 224), ((14, 14), 1)),
+])
+def test_a_token_grid_without_a_patch_size_takes_the_fewest_prefix_tokens_near_their_stride(num_tokens, image_size,
+                                                                                           expected):
+    """A count that still holds prefix tokens fits a grid rounded at another stride: the grid near
+    the stride the count implies comes first (timm models give no patch size)."""
+    from hf_rcka.features.hidden_states import _token_grid
+
+    assert _token_grid(num_tokens, image_size, None) == expected

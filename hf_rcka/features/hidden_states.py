@@ -252,16 +252,20 @@ def _spec_of(state: Tensor, image_size: tuple[int, int], patch_size: tuple[int, 
 
 def _token_grid(num_tokens: int, image_size: tuple[int, int],
                 patch_size: tuple[int, int] | None) -> tuple[tuple[int, int], int]:
-    """(grid, num_prefix_tokens) of NLC tokens: from the patch size, else the fewest prefix tokens."""
+    """(grid, num_prefix_tokens) of NLC tokens: from the patch size, else the fewest prefix tokens
+    that leave a grid, first one near the stride their count implies (a count that still holds
+    prefix tokens otherwise passed for a rounded grid: 14 tokens of a 16 x 40 image read as 2 x 7,
+    not 2 x 6 after 2 prefix tokens)."""
     if patch_size is not None:
         grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
         if 0 <= num_tokens - grid[0] * grid[1]:
             return grid, num_tokens - grid[0] * grid[1]
-    for prefix in range(num_tokens):
-        try:
-            return infer_grid(num_tokens - prefix, image_size), prefix
-        except ValueError:
-            continue
+    for near in (True, False):
+        for prefix in range(num_tokens):
+            try:
+                return infer_grid(num_tokens - prefix, image_size, near_count_stride=near), prefix
+            except ValueError:
+                continue
     raise ValueError(f"cannot lay out {num_tokens} tokens on a grid for a {image_size} input")
 
 

@@ -102,11 +102,15 @@ def fmap_to_tokens(fmap: Tensor) -> Tensor:
     return fmap.flatten(2).transpose(1, 2)
 
 
-def infer_grid(num_patch_tokens: int, image_size: tuple[int, int] | None = None) -> tuple[int, int]:
+def infer_grid(num_patch_tokens: int, image_size: tuple[int, int] | None = None, *,
+               near_count_stride: bool = False) -> tuple[int, int]:
     """Find the (h, w) patch grid of ``num_patch_tokens`` tokens.
 
     Without ``image_size`` only square grids can be recovered. With it, the grid must follow the
     image's aspect ratio at one common stride (up to the rounding a patch embedding does).
+    ``near_count_stride`` also asks the grid to lie within a patch, each way, of the stride that
+    the token count implies (``sqrt(height * width / tokens)``): where the number of prefix tokens
+    is unknown, a count that still holds some fits a rounded grid more often than that.
 
     Raises:
         ValueError: if no grid fits, with the numbers that did not fit.
@@ -120,9 +124,12 @@ def infer_grid(num_patch_tokens: int, image_size: tuple[int, int] | None = None)
             raise ValueError(f"{n} patch tokens form no square grid; pass image_size to infer a non-square one")
         return side, side
     height, width = image_size
+    stride = math.sqrt(height * width / n)
     for h in range(1, n + 1):
         w = n // h
-        if h * w == n and _one_stride(height, h, width, w):
+        if h * w != n or not _one_stride(height, h, width, w):
+            continue
+        if not near_count_stride or (abs(h - height / stride) < 1 and abs(w - width / stride) < 1):
             return h, w
     raise ValueError(f"{n} patch tokens form no grid with the aspect ratio of a {height}x{width} image")
 
