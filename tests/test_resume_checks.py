@@ -64,6 +64,13 @@ def test_a_dataset_folder_may_move_but_not_change_its_configuration(tmp_path):
     with pytest.raises(RecipeError, match="dataset_config_name 'clean' -> 'noisy'"):
         resume(tmp_path, {"dataset_name": str(old), "dataset_config_name": "clean"},
                dataset_name=str(old), dataset_config_name="noisy")
+    # datasets names an unnamed configuration "default" (a folder of parquet files)
+    resume(tmp_path, {"dataset_name": str(old), "dataset_config_name": "default"}, dataset_name=str(new))
+    # a Hub dataset's copy saved to disk has no configurations to give: not compared
+    resume(tmp_path, {"dataset_name": "acme/flowers", "dataset_config_name": "full"}, dataset_name=str(new))
+    with pytest.raises(RecipeError, match="dataset_config_name 'full' -> 'small'"):
+        resume(tmp_path, {"dataset_name": "acme/flowers", "dataset_config_name": "full"},
+               dataset_name="acme/flowers", dataset_config_name="small")
 
 
 def test_a_whole_weights_only_checkpoint_is_not_called_a_save_cut_short(tmp_path):

@@ -108,7 +108,8 @@ def _coerce_bool(value: Any, key: str) -> bool:
 def _coerce_number(value: Any, kind: type, key: str) -> int | float:
     if isinstance(value, bool):
         what, example = ("an integer", "3") if kind is int else ("a number", "0.001")
-        bare = f" (--{key} without a value reads as true: give one, --{key} {example})" if value else ""
+        bare = f" (true is no number; on the command line, --{key} without a value reads as true: give one, " \
+               f"--{key} {example})" if value else ""
         raise RecipeError(f"{key} must be {what}, got {value!r}{bare}")
     try:
         number = float(value) if isinstance(value, str) else value

@@ -91,8 +91,8 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
     new settings, as if they had trained it from the start (its held-out split is checked once the
     data has loaded: ``check_resume_split``). Folders may move (a run resumed on another
     machine): a dataset or teacher on disk is not compared by path here (a dataset's configuration
-    is: a moved folder keeps its configurations), and the teacher is compared by its weights when
-    the checkpoint loads (``trainer.teacher_record``).
+    is, between two folders or two Hub ids: a moved folder keeps its configurations), and the
+    teacher is compared by its weights when the checkpoint loads (``trainer.teacher_record``).
     """
     recorded = recorded_recipe(folder)
     if not recorded:
@@ -115,6 +115,10 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
         if key in ("model_name_or_path", "teacher_model_name_or_path", "dataset_name") and (
                 _may_have_moved(before, now) or before is None and key == "model_name_or_path"):
             continue  # a folder may have moved (the student's weights are compared as the checkpoint loads)
+        if key == "dataset_config_name":
+            if _on_disk(recorded.get("dataset_name")) != _on_disk(data_args.dataset_name):
+                continue  # a Hub dataset against a folder (a copy saved to disk, which has no configurations)
+            before, now = before or "default", now or "default"  # datasets' name for an unnamed configuration
         if key == "feature_pairs":
             before, now = checked_pairs(before), checked_pairs(now)
         if key == "teacher_label_mapping":  # a recipe that leaves it out maps by name
@@ -133,10 +137,12 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
 def _may_have_moved(before: Any, now: Any) -> bool:
     """Whether a model or dataset source is a folder on disk on either side (``builtin:`` data is
     named, not placed): a path may change while the folder stays the same."""
-    def on_disk(value: Any) -> bool:
-        return (isinstance(value, str) and not value.startswith(("builtin:", "config:"))
-                and (os.path.isabs(os.path.expanduser(value)) or os.path.isdir(os.path.expanduser(value))))
-    return on_disk(before) or on_disk(now)
+    return _on_disk(before) or _on_disk(now)
+
+
+def _on_disk(value: Any) -> bool:
+    return (isinstance(value, str) and not value.startswith(("builtin:", "config:"))
+            and (os.path.isabs(os.path.expanduser(value)) or os.path.isdir(os.path.expanduser(value))))
 
 
 def _loss_changes(recorded: dict[str, Any], model_args: Any, args: Any) -> list[str]:
