@@ -577,3 +577,21 @@ def test_a_timm_student_checkpointing_its_stages_has_its_states_taken_by_timm_ag
     assert len(grads) == len(checkpointed_grads) > 0
     for got, expected in zip(checkpointed_grads, grads):
         torch.testing.assert_close(got, expected)
+
+
+def test_the_models_output_holds_only_what_data_parallel_gathers():
+    """Trainer wraps the model in torch's nn.DataParallel with several GPUs in one process; its
+    gather takes tensors, mappings and sequences of them and None, and fails on a plain number."""
+    model = _model()
+    pixels, labels = _batch()
+
+    def gatherable(value) -> bool:
+        if isinstance(value, dict):
+            return all(gatherable(v) for v in value.values())
+        return value is None or isinstance(value, torch.Tensor)
+
+    for mode in (model.train, model.eval):
+        mode()
+        with torch.no_grad():
+            out = model(pixel_values=pixels, labels=labels)
+        assert all(gatherable(value) for value in vars(out).values()), {k: type(v) for k, v in vars(out).items()}
