@@ -380,7 +380,7 @@ def check_student_config(model_args: Any) -> None:
             raise RecipeError(f"{overrides_key}: {err}") from None
         size = model_args.image_size if key == "model_name_or_path" else None
         try:
-            _check_default_processor(with_overrides(config, overrides), size)
+            _check_default_processor(name, with_overrides(config, overrides), size)
         except ValueError as err:
             raise ModelError(f"{key}: {err}") from None
         if key == "model_name_or_path":
@@ -393,16 +393,15 @@ def check_student_config(model_args: Any) -> None:
                           pretrained=not model_args.student_from_scratch)
 
 
-def _check_default_processor(config: Any, image_size: int | None) -> None:
-    """A ``config:`` type's default image processor is built as loading builds it, and must have a
+def _check_default_processor(name: str, config: Any, image_size: int | None) -> None:
+    """A ``config:`` type's image processor, built by the loader from the config alone, must have a
     fixed output size: transformers has none for some types (hgnet_v2), and others resize each
     image by its own aspect ratio (textnet, siglip2). Either stopped the run once the data had
     loaded."""
     from ..modeling.teacher_inputs import input_stats
-    from ..models.processors import default_image_processor, resize_image_processor
+    from ..models.processors import load_image_processor
 
-    processor = default_image_processor(config)
-    input_stats(resize_image_processor(processor, image_size) if image_size is not None else processor)
+    input_stats(load_image_processor(name, config=config, image_size=image_size))
 
 
 def check_model_overrides(model_args: Any) -> None:

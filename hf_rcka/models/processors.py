@@ -47,6 +47,7 @@ def load_image_processor(
     *,
     trust_remote_code: bool = False,
     image_size: int | tuple[int, int] | None = None,
+    config: PreTrainedConfig | None = None,
 ):
     """The image processor that prepares inputs for ``model`` the way it expects them.
 
@@ -55,6 +56,8 @@ def load_image_processor(
     Args:
         name_or_path: the same name given to ``load_image_classifier``.
         model: the loaded model; its config decides sizes and the timm data config.
+        config: that config without the model (the recipe checks a ``config:`` type's processor
+            before anything loads); ``model``'s wins when both are given.
         trust_remote_code: passed to ``AutoImageProcessor``.
         image_size: output resolution to force (e.g. a CNN built from ``config:resnet`` trained at
             32 px). A timm model's saved folder rebuilds its processor from the model's own data
@@ -62,7 +65,7 @@ def load_image_processor(
             a mismatch is logged.
     """
     source = parse_model_source(name_or_path)
-    config = model.config if model is not None else None
+    config = model.config if model is not None else config
     if isinstance(config, TimmWrapperConfig) or (source.kind == "timm" and config is None):
         return _timm_processor(source, config, image_size)
     if source.kind == "config":
