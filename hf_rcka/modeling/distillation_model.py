@@ -43,12 +43,13 @@ logger = logging.getLogger(__name__)
 DISTILLATION_STATE_NAME = "distillation_state.safetensors"
 
 
-def counted_top1(logits: torch.Tensor, labels: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, int]:
+def counted_top1(logits: torch.Tensor, labels: torch.Tensor,
+                 rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-1 accuracy over the rows not labelled ``IGNORE_INDEX`` (unreadable images' stand-ins,
-    the repeats that even out data-parallel evaluation), NaN where none is, and their number
-    (``rows``, when the caller has read it from the device already: each read is a sync)."""
+    the repeats that even out data-parallel evaluation), NaN where none is, and their number, a
+    0-dim device tensor (``rows``, when the caller has counted them already)."""
     if rows is None:
-        rows = int((labels != IGNORE_INDEX).sum())
+        rows = (labels != IGNORE_INDEX).sum()
     # hits over all rows: an ignored row's label never equals an argmax (no boolean index, a sync of its own)
     return (logits.argmax(-1) == labels).sum().float() / rows, rows
 

@@ -20,14 +20,21 @@ class LossTermLog(TrainerCallback):
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.weights: dict[str, float] = {}
+        self.weights: dict[str, float | torch.Tensor] = {}
 
-    def add(self, terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> None:
+    def add(self, terms: Mapping[str, torch.Tensor], weights: Mapping[str, float | torch.Tensor]) -> None:
         """Record ``terms`` with each its weight. A weight-0 term still records its name (with 0),
-        so that every process gathers the same terms; its value may be NaN (a mean over no rows)."""
+        so that every process gathers the same terms; its value may be NaN (a mean over no rows).
+
+        A weight may be a 0-dim tensor on the device (evaluation's counts of labelled images): it is
+        added there, so that no batch waits for the device to read it; :meth:`means` reads them all once.
+        """
         for name, value in terms.items():
             weight = weights[name]
-            value = value.detach().float() * weight if weight else torch.zeros((), device=value.device)
+            if isinstance(weight, torch.Tensor):
+                value = torch.where(weight > 0, value.detach().float() * weight, 0.0)
+            else:
+                value = value.detach().float() * weight if weight else torch.zeros((), device=value.device)
             self.sums[name] = self.sums[name] + value if name in self.sums else value
             self.weights[name] = self.weights.get(name, 0.0) + weight
 
@@ -41,8 +48,11 @@ class LossTermLog(TrainerCallback):
         if not sums:
             return {}
         names = sorted(sums)
-        # the weights in one copy to the device (each copy waits for the device), not one per term
-        counts = torch.tensor([weights[n] for n in names], dtype=sums[names[0]].dtype, device=sums[names[0]].device)
+        like = sums[names[0]]
+        if any(isinstance(weights[n], torch.Tensor) for n in names):  # counted on the device already
+            counts = torch.stack([torch.as_tensor(weights[n], dtype=like.dtype, device=like.device) for n in names])
+        else:  # the weights in one copy to the device (each copy waits for the device), not one per term
+            counts = torch.tensor([weights[n] for n in names], dtype=like.dtype, device=like.device)
         local = torch.cat([torch.stack([sums[n] for n in names]), counts])
         # A plain gather: gather_for_metrics would cut rows to the eval set's remainder at the end
         # of a dataloader, dropping whole processes' sums.

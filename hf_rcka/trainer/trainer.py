@@ -428,7 +428,7 @@ class DistillationTrainer(CheckpointingTrainer):
             weights = dict.fromkeys(outputs.loss_terms, 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1)))
             self._term_logs["train"].add(outputs.loss_terms, weights)
         else:
-            counted = int((inputs["labels"] != IGNORE_INDEX).sum())  # read from the device once per batch
+            counted = (inputs["labels"] != IGNORE_INDEX).sum()  # on the device: read once, after the last batch
             self._term_logs["eval"].add(outputs.loss_terms,
                                         self._evaluation_weights(inputs["labels"], outputs.loss_terms, counted))
             if outputs.teacher_logits is not None and not has_other_classes(self.distillation_model.teacher):
@@ -436,14 +436,15 @@ class DistillationTrainer(CheckpointingTrainer):
         return (outputs.loss, {"logits": outputs.logits}) if return_outputs else outputs.loss
 
     def _evaluation_weights(self, labels: torch.Tensor, terms: dict[str, torch.Tensor],
-                            counted: int | None = None) -> dict[str, float]:
-        """Each term counts the batch's counted images (``counted``, when already read): the model
+                            counted: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Each term counts the batch's counted images (``counted``, when already counted): the model
         leaves rows labelled IGNORE_INDEX out of every term (unreadable images' stand-ins, and the
         repeats that even out the last batches under data parallelism). A relation over the batch's
         samples counts for nothing in a batch too small for it (a short last batch), where its value
-        is a constant."""
-        counted = int((labels != IGNORE_INDEX).sum()) if counted is None else counted
-        weights = dict.fromkeys(terms, float(counted))
+        is a constant. The weights stay 0-dim tensors on the device: reading them would make each
+        evaluation batch wait for the device."""
+        counted = ((labels != IGNORE_INDEX).sum() if counted is None else counted).float()
+        weights = dict.fromkeys(terms, counted)
         everywhere = None
         for loss in self.distillation_model.losses.values():
             relational = [t for t in getattr(loss, "sample_relation_terms", ()) if t in terms]
@@ -452,10 +453,9 @@ class DistillationTrainer(CheckpointingTrainer):
             rows = counted
             if getattr(loss, "gather", False):  # the relation holds every process's rows
                 if everywhere is None:
-                    everywhere = int(self.accelerator.reduce(torch.tensor(counted, device=labels.device), "sum"))
+                    everywhere = self.accelerator.reduce(counted, "sum")
                 rows = everywhere
-            if rows < loss.min_relation_rows:
-                weights.update(dict.fromkeys(relational, 0.0))
+            weights.update(dict.fromkeys(relational, torch.where(rows >= loss.min_relation_rows, counted, 0.0)))
         return weights
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -889,11 +889,12 @@ def _gathered_count(output: EvalLoopOutput, default: int) -> int:
     return len(rows) if rows is not None and hasattr(rows, "__len__") else default
 
 
-def _top1(logits: torch.Tensor, labels: torch.Tensor, rows: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """A batch's top-1 over its counted rows, weighted by their number (as ``LossTermLog`` takes it:
-    a batch of no counted row weighs 0, and its NaN is not added)."""
+def _top1(logits: torch.Tensor, labels: torch.Tensor,
+          rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A batch's top-1 over its counted rows (a device count), weighted by their number (as
+    ``LossTermLog`` takes it: a batch of no counted row weighs 0, and its NaN is not added)."""
     accuracy, rows = counted_top1(logits, labels, rows)
-    return {"top1": accuracy}, {"top1": float(rows)}
+    return {"top1": accuracy}, {"top1": rows.float()}
 
 
 def _uncounted(label_ids: Any) -> int:
