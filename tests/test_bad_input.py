@@ -2044,16 +2044,27 @@ def test_folder_names_with_glob_characters_or_a_trailing_slash_read_their_own_fi
 
 
 def test_a_recipe_error_is_said_once_in_a_data_parallel_launch(tmp_path, capsys, monkeypatch):
-    """Every process printed it (twice in a 2-process launch), above the launcher's traceback."""
+    """Every process printed it (twice in a 2-process launch), above the launcher's traceback. A
+    replica waits for the launcher to stop it (process 0 failed on it too, and said it); a stop
+    that came during that wait raised a second traceback, and an error met by the replica alone
+    was said by no one."""
+    import signal
+
     from hf_rcka.cli import main as cli
 
-    monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)
+    def stopped_by_the_launcher(seconds):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cli.time, "sleep", stopped_by_the_launcher)
     recipe = base(tmp_path)
     recipe["learnig_rate"] = 1e-3
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert run(tmp_path, recipe) == 2
     assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)  # not stopped: process 0 goes on without it
+    assert run(tmp_path, recipe) == 2
+    assert "error: unknown recipe key 'learnig_rate'" in capsys.readouterr().err
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert run(tmp_path, recipe) == 2
     assert "error: unknown recipe key 'learnig_rate'" in capsys.readouterr().err

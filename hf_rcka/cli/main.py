@@ -45,10 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_whole_traceback(err)
         notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))  # what the run did before it
         if isinstance(err, RecipeError) and _launched_replica():
-            # the recipe and flags are every process's: each machine's process 0 says it, and fails
-            # first, so that the launcher's summary names its failure as the root cause
-            time.sleep(1.0)
-            return 2
+            if _process_zero_failed_too():
+                return 2
+            notes += f" (met by process {os.environ.get('RANK', os.environ.get('LOCAL_RANK'))} alone)"
         print(f"error: {err}{notes}", file=sys.stderr, flush=True)
         return 2
     except Stopped as stopped:
@@ -66,6 +65,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.uninstall()
         close_process_group()
     return 0
+
+
+def _process_zero_failed_too() -> bool:
+    """Whether the launcher stopped this replica within a moment of its recipe error.
+
+    The recipe and flags are every process's, so each machine's process 0 meets the same error,
+    says it and fails first (the launcher's summary then names its failure as the root cause), and
+    the launcher stops the other processes: their copies of the line would only repeat it, or, with
+    the stop signal arriving while they wait, add a traceback. An error this process met alone (a
+    check of what only it reads) is not said by anyone else, so when no stop comes it says it.
+    """
+    try:
+        time.sleep(REPLICA_WAIT_S)
+    except Interrupted:  # GracefulStop outside training: the launcher's SIGTERM
+        return True
+    return False
+
+
+# The launchers look at their processes every 0.1 s (torchrun's, accelerate's default), but process 0
+# is seen failing only once its interpreter has exited, which took over 2 s on a busy 2-core machine.
+REPLICA_WAIT_S = 10.0
 
 
 def _launched_replica() -> bool:
