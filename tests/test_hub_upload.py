@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from huggingface_hub import CommitInfo
 from huggingface_hub.utils import filter_repo_objects
 
 from conftest import pixel_dataset, processor, tiny_resnet
@@ -63,7 +64,9 @@ class FakeHub:
             done = concurrent.futures.Future()
             done.set_result(target)
             return done
-        return target
+        oid = f"{len(self.commits):040x}"
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message=commit_message,
+                          commit_description="", oid=oid)
 
 
 @pytest.fixture
@@ -132,6 +135,20 @@ def test_a_failed_upload_is_one_line_that_keeps_the_results_and_says_how_to_uplo
         "--exclude '_*' --exclude 'checkpoint-*'`")
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
     assert "eval_accuracy" in (out / "all_results.json").read_text()
+
+
+@pytest.mark.parametrize("revision", [None, "v2"])
+def test_a_pushing_run_ends_by_saying_its_commit_and_how_to_load_it_from_the_hub(tmp_path, hub, capsys, revision):
+    """The run said where the local folder was and nothing of the upload: not the repository, not the
+    commit that holds this run's files, not the branch that from_pretrained needs."""
+    assert _run(tmp_path, hub_revision=revision) == 0
+    said = [line.split(" INFO hf_rcka: ", 1)[1] for line in capsys.readouterr().err.splitlines()
+            if " INFO hf_rcka: " in line]
+    assert said[-2].startswith(f"the trained student is in {tmp_path / 'out'}")
+    branch = f", revision={revision!r}" if revision else ""
+    assert said[-1] == (f"uploaded to the Hub: https://huggingface.co/someone/tiny-student/commit/{len(hub.commits):040x}; "
+                        f"load it with from_pretrained('someone/tiny-student'{branch})")
+    assert hub.kwargs[-1]["revision"] == revision
 
 
 def test_the_upload_sends_the_folder_as_saved_and_writes_nothing_again(tmp_path, hub, monkeypatch):

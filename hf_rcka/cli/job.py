@@ -588,10 +588,11 @@ def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: Ski
                                   license=args.card_license)
     if skipped.summary():
         logger.warning(skipped.summary())
-    if args.push_to_hub and args.do_train:
-        _push(trainer)
+    commit = _push(trainer) if args.push_to_hub and args.do_train else None
     if trainer.is_world_process_zero() and args.do_train:
         logger.info(saved_line(args.output_dir, metrics))
+        if commit is not None:
+            logger.info(hub_line(trainer.hub_model_id, args.hub_revision, commit))
 
 
 def saved_line(output_dir: str, metrics: dict) -> str:
@@ -601,16 +602,24 @@ def saved_line(output_dir: str, metrics: dict) -> str:
             f"transformers.AutoModelForImageClassification.from_pretrained({output_dir!r})")
 
 
+def hub_line(repo_id: str, revision: str | None, commit: Any) -> str:
+    """Where the upload went: the commit names the exact files (a later run's push to the same
+    repository replaces them), and ``from_pretrained`` needs the branch when it is not the default."""
+    url = getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}"
+    branch = f", revision={revision!r}" if revision else ""
+    return f"uploaded to the Hub: {url}; load it with from_pretrained({repo_id!r}{branch})"
+
+
 def _hub_model_name(args: DistillationTrainingArguments) -> str | None:
     """The card's model name: the Hub repository's when the run uploads (as ``Trainer.push_to_hub``
     names it), else the folder's."""
     return args.hub_model_id.split("/")[-1] if args.push_to_hub and args.hub_model_id else None
 
 
-def _push(trainer: DistillationTrainer) -> None:
-    """The Hub upload of the folder ``_finish`` wrote, last: a network or permission failure here
-    leaves every local result in place, so it is one line that says so and prints the command that
-    uploads the folder.
+def _push(trainer: DistillationTrainer) -> Any:
+    """The Hub upload of the folder ``_finish`` wrote, last; its commit on process 0 (None on the
+    others). A network or permission failure here leaves every local result in place, so it is one
+    line that says so and prints the command that uploads the folder.
 
     ``Trainer.push_to_hub`` would save the model and write the card again before uploading: that
     second write, cut short (a full disk), corrupted the finished export, which the message then
@@ -630,7 +639,7 @@ def _push(trainer: DistillationTrainer) -> None:
         logger.warning("left out of the upload: %s, which appeared in %s during the run", ", ".join(appeared),
                        args.output_dir)
     try:
-        transformers.trainer.hf_api().upload_folder(
+        return transformers.trainer.hf_api().upload_folder(
             repo_id=trainer.hub_model_id, folder_path=args.output_dir, commit_message="End of training",
             token=args.hub_token, revision=args.hub_revision, **filters,
         )
