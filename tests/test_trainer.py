@@ -3,6 +3,7 @@
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import datasets
@@ -137,6 +138,40 @@ def test_drop_last_drops_training_images_never_evaluation_images(tmp_path):
     assert [len(b["labels"]) for b in trainer.get_test_dataloader(pixel_dataset(10, seed=2))] == [4, 4, 2]
     assert [len(b["labels"]) for b in trainer.get_train_dataloader()] == [6, 6, 6]
     assert trainer.args.dataloader_drop_last
+
+
+class _SlowMiddleBatch(torch.utils.data.Dataset):
+    """12 images whose second batch of 5 loads slowly (large JPEG files would), so that workers
+    handing batches over as they finish give it after the short last one."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        if 5 <= i < 10:
+            time.sleep(0.3)
+        return self.data[i]
+
+
+def test_workers_out_of_order_evaluate_every_image(tmp_path):
+    """With dataloader_in_order: false, accelerate took the batch that came last for the set's last
+    and cut it to the remainder's 2 rows: 9 of 12 images scored, and the teacher's accuracy on the
+    card counted all 12. Training keeps the setting; evaluation and prediction load in order."""
+    dataset = _SlowMiddleBatch(pixel_dataset(12, seed=1))
+    scored = {}
+    for in_order in (True, False):
+        args = DistillationTrainingArguments(output_dir=str(tmp_path / str(in_order)), per_device_eval_batch_size=5,
+                                             report_to="none", use_cpu=True, losses=["ce"], dataloader_num_workers=2,
+                                             dataloader_in_order=in_order)
+        trainer = DistillationTrainer(model=tiny_vit(), args=args, processing_class=processor(16), eval_dataset=dataset)
+        prediction = trainer.predict(dataset)
+        scored[in_order] = (len(prediction.label_ids), prediction.metrics["test_accuracy"],
+                            trainer.evaluate()["eval_accuracy"])
+        assert trainer.args.dataloader_in_order is in_order
+    assert scored[False] == scored[True] and scored[True][0] == 12, scored
 
 
 def _eval_dataset(tmp_path, name: str, files: list[int], unreadable: int | None = None):

@@ -91,13 +91,24 @@ logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _keeping_last_batch(args: TrainingArguments):
-    drop_last = args.dataloader_drop_last
+def _every_image_in_order(args: TrainingArguments):
+    """The training loader's settings that would cut an evaluation short, off while one is built.
+
+    ``dataloader_drop_last`` drops the set's remainder. ``dataloader_in_order: false`` lets workers
+    hand batches over as they finish, and accelerate takes the batch that comes last for the set's
+    last (``gather_for_metrics`` cuts it to the remainder's rows, the repeats of data parallelism
+    are marked in it): a full batch that came after the short one lost its other rows (9 of 12
+    images scored, and the card compared that accuracy with the teacher's over all 12).
+    """
+    saved = {key: getattr(args, key) for key in ("dataloader_drop_last", "dataloader_in_order") if hasattr(args, key)}
     args.dataloader_drop_last = False
+    if "dataloader_in_order" in saved:
+        args.dataloader_in_order = True
     try:
         yield
     finally:
-        args.dataloader_drop_last = drop_last
+        for key, value in saved.items():
+            setattr(args, key, value)
 
 
 def _check_given_weights(model: Any, teacher: Any) -> None:
@@ -580,7 +591,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self._say_unrelated_terms(dataset)
         check_iterable_dispatch(self.args, [dataset])
         self._forget_other_eval_loader(key, dataset)
-        with _keeping_last_batch(self.args):
+        with _every_image_in_order(self.args):
             return super().get_eval_dataloader(eval_dataset)
 
     def _say_unrelated_terms(self, dataset: Any) -> None:
@@ -618,7 +629,7 @@ class DistillationTrainer(CheckpointingTrainer):
         its teacher accuracy and unreadable-image count there)."""
         self._evaluating_own_set = False
         self._check_later_dataset(test_dataset, "test_dataset")
-        with _keeping_last_batch(self.args):
+        with _every_image_in_order(self.args):
             return super().get_test_dataloader(test_dataset)
 
     # Private override. Trainer.get_train_dataloader (public) builds its loader through the private
