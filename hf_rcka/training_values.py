@@ -47,6 +47,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "adam_epsilon": (lambda v: v > 0, "> 0"),
     "dataloader_num_workers": (lambda v: v >= 0, ">= 0"),
+    "eval_delay": (lambda v: v >= 0, ">= 0"),
 }
 
 
@@ -90,13 +91,19 @@ FIXED_SETTINGS = {
     "include_num_input_tokens_seen": ("no", "it counts a language model's input tokens; here it counted the batches' "
                                             "pixel values, 3 x height x width an image, the repeats that even out "
                                             "the batches included: neither tokens nor images"),
+    "eval_use_gather_object": (False, "it gathers the processes' predictions as Python objects, which do not line up "
+                                      "with the labels and the rows every evaluation leaves out (unreadable images, "
+                                      "data parallelism's repeats): an IndexError at the first evaluation"),
+    "parallelism_config": (None, "hf_rcka keeps the frozen teacher out of the sharded state through fsdp and "
+                                 "fsdp_config (or an accelerate config file), which shard the student: use those; "
+                                 "a recipe's mapping here failed once the models had loaded"),
 }
 
 
 def check_fixed_settings(args: TrainingArguments) -> None:
     """Refuse a value other than ``FIXED_SETTINGS``' for any of them (plain TrainingArguments too)."""
     for key, (value, reason) in FIXED_SETTINGS.items():
-        given = getattr(args, key)
+        given = getattr(args, key, value)  # a field an older transformers does not have
         if (list(given) if isinstance(given, (list, tuple)) else given) != value:
             raise RecipeError(f"{key}: {given!r} is not supported ({reason}): remove it from the recipe")
 
@@ -208,6 +215,23 @@ class WarmupLongerThanRun(TrainerCallback):
                            args.learning_rate)
 
 
+class NoEvaluationToKeep(TrainerCallback):
+    """``load_best_model_at_end`` with an ``eval_delay`` past the run's end: no evaluation picks a
+    best checkpoint, and Trainer exported the last step's weights without a word. Refused as
+    training starts, once the run's length is known, before its first step; a resumed run whose
+    best checkpoint was chosen before keeps it."""
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        if not (args.load_best_model_at_end and args.eval_delay) or state.best_model_checkpoint is not None:
+            return
+        strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
+        end, unit = (state.max_steps, "optimizer steps") if strategy == "steps" else (state.num_train_epochs, "epochs")
+        if strategy in ("steps", "epoch") and args.eval_delay > end:
+            raise RecipeError(f"load_best_model_at_end keeps the best of the evaluations during training, and "
+                              f"eval_delay {args.eval_delay:g} puts the first after the run's end ({end:g} {unit}): "
+                              "lower eval_delay, or drop load_best_model_at_end (the last step is exported)")
+
+
 def _same_value(given: str, value: Any) -> bool:
     """Whether an optim_args value (a string) says what transformers sets anyway (``False``, ``1e-3``)."""
     try:
@@ -242,4 +266,4 @@ def check_half_precision(args: Any) -> None:
 
 
 __all__ = ["FIXED_SETTINGS", "check_batch_settings", "check_fixed_settings", "check_half_precision", "check_optim_args",
-           "check_schedule_settings", "check_training_values", "WarmupLongerThanRun"]
+           "check_schedule_settings", "check_training_values", "NoEvaluationToKeep", "WarmupLongerThanRun"]

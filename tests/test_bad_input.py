@@ -1436,7 +1436,8 @@ def test_images_directly_in_train_dir_next_to_class_folders(tmp_path, capsys):
                                      {"eval_do_concat_batches": False}, {"batch_eval_metrics": True},
                                      {"remove_unused_columns": True}, {"bf16_full_eval": True},
                                      {"use_liger_kernel": True}, {"neftune_noise_alpha": 5.0},
-                                     {"include_num_input_tokens_seen": "all"}])
+                                     {"include_num_input_tokens_seen": "all"}, {"eval_use_gather_object": True},
+                                     {"parallelism_config": {"dp_shard_size": 1}}])
 def test_trainer_settings_that_empty_or_break_the_evaluation(tmp_path, capsys, no_loading, setting):
     """Trainer accepts them; the run then reported no accuracy (exit 0) or failed after training."""
     (key, value), = setting.items()
@@ -1446,6 +1447,10 @@ def test_trainer_settings_that_empty_or_break_the_evaluation(tmp_path, capsys, n
 
 @pytest.mark.parametrize("setting, message", [
     ({"do_predict": True}, "do_predict: the command line trains and evaluates, and predicts no test split"),
+    # transformers' SIGTERM handler replaced the command line's: a stopped run exited 0, its model exported as finished
+    ({"enable_jit_checkpoint": True}, "enable_jit_checkpoint: the command line saves a checkpoint after the current "
+                                      "step on SIGTERM"),
+    ({"eval_delay": -1}, "eval_delay must be >= 0, got -1"),
     ({"load_best_model_at_end": True, "save_strategy": "no"},
      "load_best_model_at_end keeps the best of the evaluations during training, and eval_strategy is no"),
     # transformers' own message, of three lines: one

@@ -136,12 +136,17 @@ def check_unsupported_work(args: Any) -> None:
     splits are predicted from Python); ``load_best_model_at_end`` without evaluations during
     training exported the last step's weights without a word; an unknown
     ``torch_compile_backend`` was a traceback as the trainer was built, after the set-aside of the
-    run it was to replace.
+    run it was to replace; ``enable_jit_checkpoint`` took SIGTERM from the command line's own
+    handler, and a stopped run exited 0 with its model exported as finished.
     """
     if getattr(args, "do_predict", False):
         raise RecipeError("do_predict: the command line trains and evaluates, and predicts no test split: drop "
                           "do_predict (--do_train false evaluates a trained model), or predict from Python with "
                           "DistillationTrainer.predict")
+    if getattr(args, "enable_jit_checkpoint", False):
+        raise RecipeError("enable_jit_checkpoint: the command line saves a checkpoint after the current step on "
+                          "SIGTERM and prints the command that resumes it; transformers' handler replaced that one, and "
+                          "a stopped run then exported its model and card as finished: drop enable_jit_checkpoint")
     if args.load_best_model_at_end and _value(args.eval_strategy) == "no":
         raise RecipeError("load_best_model_at_end keeps the best of the evaluations during training, and eval_strategy "
                           "is no: set eval_strategy and save_strategy to steps or epoch, or drop load_best_model_at_end "

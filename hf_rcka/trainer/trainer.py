@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, se
 from transformers.trainer_utils import EvalLoopOutput, has_length
 
 from ..arguments import check_arguments, describe_batch, run_mixed_precision
-from ..training_values import WarmupLongerThanRun, check_half_precision
+from ..training_values import NoEvaluationToKeep, WarmupLongerThanRun, check_half_precision
 from ..augmentation import AugmentationArguments
 from ..errors import ModelError, RecipeError
 from .batch_rows import (
@@ -366,6 +366,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self._peak_rate = PeakRate()
         self.add_callback(self._peak_rate)
         self.add_callback(WarmupLongerThanRun())
+        self.add_callback(NoEvaluationToKeep())
         self.add_callback(ResumedBest(lambda: self.resumed_best))
         self.add_callback(LastStepLog())  # train_loss gathered over the processes to the end
         self._finished_already = FinishedAlready()
