@@ -35,7 +35,8 @@ from .recipe_specs import (
     weighs_nothing,
 )
 from .training_values import (
-    check_batch_settings, check_fixed_settings, check_optim_args, check_schedule_settings, check_training_values,
+    check_batch_settings, check_fixed_settings, check_optim_args, check_optim_target_modules, check_schedule_settings,
+    check_training_values,
 )
 
 logger = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ class DistillationTrainingArguments(TrainingArguments):
         check_teacher_dtype(self.teacher_dtype, run_mixed_precision(self))
         check_batch_settings(self)
         check_optim_args(self)
+        check_optim_target_modules(self)
         check_schedule_settings(self)
         if self.lr_base_scale not in ("linear", "sqrt"):  # a typo is one, whether lr_base is set or not
             raise RecipeError(f"lr_base_scale must be 'linear' or 'sqrt', got {self.lr_base_scale!r}")
@@ -311,6 +313,7 @@ def check_arguments(args: TrainingArguments) -> None:
     check_fixed_settings(args)
     check_batch_settings(args)
     check_optim_args(args)
+    check_optim_target_modules(args)
     check_schedule_settings(args)
 
 

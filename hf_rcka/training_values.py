@@ -128,6 +128,17 @@ def check_batch_settings(args: TrainingArguments) -> None:
                                   "or drop split_batches")
 
 
+def check_optim_target_modules(args: TrainingArguments) -> None:
+    """``optim_target_modules`` names the layers that GaLore's and APOLLO's low-rank projections
+    train (``optim: galore_*`` / ``apollo_*``); every other optimizer trains all layers alike and
+    transformers drops the setting without a word."""
+    optim = str(getattr(getattr(args, "optim", None), "value", getattr(args, "optim", "")))
+    if getattr(args, "optim_target_modules", None) and not optim.startswith(("galore", "apollo")):
+        raise RecipeError(f"optim_target_modules names the layers a GaLore or APOLLO optimizer projects (optim: "
+                          f"galore_* or apollo_*), and optim {optim} trains every layer alike: drop "
+                          "optim_target_modules, or choose one of those optimizers")
+
+
 # optim_args keys transformers fills from TrainingArguments fields, whatever optim_args says
 _FIELDS_OF = {"lr": "learning_rate", "eps": "adam_epsilon", "betas": "adam_beta1 and adam_beta2",
               "weight_decay": "weight_decay"}
@@ -266,4 +277,5 @@ def check_half_precision(args: Any) -> None:
 
 
 __all__ = ["FIXED_SETTINGS", "check_batch_settings", "check_fixed_settings", "check_half_precision", "check_optim_args",
+           "check_optim_target_modules",
            "check_schedule_settings", "check_training_values", "NoEvaluationToKeep", "WarmupLongerThanRun"]

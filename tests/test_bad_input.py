@@ -1451,6 +1451,9 @@ def test_trainer_settings_that_empty_or_break_the_evaluation(tmp_path, capsys, n
     ({"enable_jit_checkpoint": True}, "enable_jit_checkpoint: the command line saves a checkpoint after the current "
                                       "step on SIGTERM"),
     ({"eval_delay": -1}, "eval_delay must be >= 0, got -1"),
+    # transformers drops it for every optimizer but GaLore's and APOLLO's
+    ({"optim_target_modules": ["query"]}, "optim_target_modules names the layers a GaLore or APOLLO optimizer "
+                                          "projects (optim: galore_* or apollo_*), and optim adamw_torch"),
     ({"load_best_model_at_end": True, "save_strategy": "no"},
      "load_best_model_at_end keeps the best of the evaluations during training, and eval_strategy is no"),
     # transformers' own message, of three lines: one
