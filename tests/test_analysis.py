@@ -374,3 +374,85 @@ def test_prepare_pixels_turns_a_photo_upright_as_training_does():
 
     batch = prepare_pixels([Image.open(io.BytesIO(buffer.getvalue()))], to_tensor)
     assert batch.shape == (1, 3, 16, 8)  # upright: 16 high, 8 wide
+
+
+def _two_stage_resnet(num_labels=3, num_channels=3):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    return ResNetForImageClassification(ResNetConfig(
+        num_channels=num_channels, embedding_size=8, hidden_sizes=[8, 12], depths=[1, 1], layer_type="basic",
+        num_labels=num_labels))
+
+
+# AN2, AN3 (analysis.py layer_activations): the activations are the eval-mode forward's, whatever mode
+# the model is in, and the model's own mode is left as it was
+@pytest.mark.parametrize("training", [True, False])
+def test_layer_activations_are_eval_mode_values_and_keep_the_models_mode(training):
+    from hf_rcka.analysis import layer_activations
+
+    model = _two_stage_resnet()
+    torch.manual_seed(1)
+    x = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        expected = model.eval()(pixel_values=x).logits
+    model.train(training)
+    activations, _ = layer_activations(model, x, batch_size=4)
+    torch.testing.assert_close(activations[-1], expected)
+    assert all(m.training is training for m in model.modules())
+
+
+def _recorded(folder: Path, recipe: str) -> str:
+    folder.mkdir()
+    (folder / "distill_config.yaml").write_text(recipe)
+    return str(folder)
+
+
+# CR3 (cli/cka_report.py _resolve_columns): a run that recorded no column name used the default one;
+# it does not differ from a run that recorded the default by name
+def test_a_run_that_recorded_no_column_name_agrees_with_one_that_recorded_the_default(tmp_path):
+    from argparse import Namespace
+
+    from hf_rcka.cli.cka_report import _resolve_columns
+
+    a = _recorded(tmp_path / "a", "dataset_name: builtin:digits\n")
+    b = _recorded(tmp_path / "b", "dataset_name: builtin:digits\nimage_column_name: image\nlabel_column_name: label\n")
+    args = Namespace(dataset_name="builtin:digits", image_column_name=None, label_column_name=None)
+    assert _resolve_columns(args, [a, b]) is None
+    assert (args.image_column_name, args.label_column_name) == ("image", "label")
+
+
+# CR6 (cli/cka_report.py _report): a later report with another --output replaces the card's picture
+def test_a_second_report_replaces_the_cards_picture(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from hf_rcka.cli import cka_report
+
+    runs = []
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        torch.manual_seed(seed)
+        ViTForImageClassification(ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1,
+                                            num_attention_heads=2, intermediate_size=32, num_labels=10)
+                                  ).save_pretrained(tmp_path / name)
+        ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(tmp_path / name)
+        (tmp_path / name / "README.md").write_text("# a run\n\n## Usage\n\ntext\n")
+        (tmp_path / name / "distill_config.yaml").write_text("dataset_name: builtin:digits\n")
+        runs.append(str(tmp_path / name))
+    a, b, c = runs
+    for first, output in ((a, tmp_path / "r1"), (c, tmp_path / "r2")):
+        assert cka_report.main([first, b, "--dataset_name", "builtin:digits", "--num_images", "20",
+                                "--output", str(output), "--card", b]) == 0
+    assert (Path(b) / "cka.png").read_bytes() == (tmp_path / "r2" / "cka.png").read_bytes()
+    assert (tmp_path / "r1" / "cka.png").read_bytes() != (tmp_path / "r2" / "cka.png").read_bytes()
+
+
+# AN4 (analysis.py layer_cka): CKA over fewer than 3 images is degenerate and refused (the Python API;
+# the report's command line refuses --num_images under 3 itself)
+def test_layer_cka_of_two_images_is_refused():
+    from hf_rcka.analysis import layer_cka
+
+    model = _two_stage_resnet().eval()
+    x = torch.randn(3, 3, 16, 16)
+    assert layer_cka(model, x, model, x).num_images == 3
+    with pytest.raises(ValueError, match="at least 3 images, got 2"):
+        layer_cka(model, x[:2], model, x[:2])

@@ -9,9 +9,11 @@ import os
 import re
 import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -2204,3 +2206,35 @@ def test_top5_accuracy_is_not_a_metric_of_exactly_five_classes():
     assert "top5_accuracy" in evaluation_metric_names(["ce"], SimpleNamespace(), num_labels=6)
     with pytest.raises(RecipeError, match="top5_accuracy is reported only with more than 5 classes, and this dataset has 5"):
         check_metric_for_best_model(SimpleNamespace(metric_for_best_model="top5_accuracy"), _ce(), num_labels=5)
+
+
+def _two_stage_resnet(num_labels=3, num_channels=3):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    return ResNetForImageClassification(ResNetConfig(
+        num_channels=num_channels, embedding_size=8, hidden_sizes=[8, 12], depths=[1, 1], layer_type="basic",
+        num_labels=num_labels))
+
+
+# PR1 (cli/probes.py _check_patch_grid): a width that is not whole patches is refused like a height
+def test_a_width_that_is_not_whole_patches_is_refused():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_rcka.cli.probes import _check_patch_grid
+    from hf_rcka.errors import ModelError
+
+    vit = ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=8, num_hidden_layers=1,
+                                              num_attention_heads=1, intermediate_size=8, num_labels=2))
+    _check_patch_grid(vit, 16, 20, "image_size")
+    with pytest.raises(ModelError, match="16x18 inputs are not whole 4x4 patches"):
+        _check_patch_grid(vit, 16, 18, "image_size")
+
+
+# PR2 (cli/probes.py probe_student): a student built for 4-channel images is refused (images are RGB)
+def test_a_four_channel_student_is_refused_by_the_probe():
+    from hf_rcka.cli.probes import probe_student
+    from hf_rcka.errors import ModelError
+
+    with pytest.raises(ModelError, match="reads 4-channel images"):
+        probe_student(_two_stage_resnet(num_channels=4), SimpleNamespace(size=(16, 16), channels=4), 16)

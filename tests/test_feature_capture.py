@@ -1,5 +1,7 @@
 """Only the hidden states the pairs use: the same tensors as output_hidden_states=True, fewer kept."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -147,3 +149,75 @@ def test_swinv2_hands_out_each_stage_end(model_type):
     # the embeddings, then each stage as it ends: its own width and grid (merged: 16, 32, 64, 64 wide)
     assert [tuple(state.shape[1:]) for state in states] == [(8, 16, 16), (8, 16, 16), (16, 8, 8), (32, 4, 4),
                                                             (64, 2, 2)]
+
+
+class _SharedActivationModel(torch.nn.Module):
+    """Two stages that end with one shared nn.ReLU (called once per stage): each stage is the
+    producer of its hidden state; the ReLU, called twice a forward, is no state's producer."""
+
+    class Stage(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 1)
+
+        def forward(self, x, act):
+            return act(self.conv(x))
+
+    def __init__(self):
+        super().__init__()
+        self.act = torch.nn.ReLU()
+        self.stem = torch.nn.Conv2d(3, 4, 1)
+        self.stage1, self.stage2 = self.Stage(), self.Stage()
+        self.classifier = torch.nn.Linear(4, 2)
+
+    def forward(self, pixel_values, output_hidden_states=False):
+        x0 = self.stem(pixel_values)
+        x1 = self.stage1(x0, self.act)
+        x2 = self.stage2(x1, self.act)
+        return SimpleNamespace(logits=self.classifier(x2.mean((2, 3))), hidden_states=(x0, x1, x2))
+
+
+# CA3 (features/capture.py _find_modules): a module called more than once a forward is never hooked;
+# hooking the shared activation (the first to finish) lost the hooks mode, and every state was kept
+def test_a_module_called_twice_a_forward_is_not_taken_for_a_states_producer():
+    from hf_rcka.features.capture import HiddenStateCapture
+
+    torch.manual_seed(0)
+    model, x = _SharedActivationModel(), torch.randn(2, 3, 8, 8)
+    capture = HiddenStateCapture(model, [1, 2], x)
+    assert capture.mode == "hooks"
+    _, states = capture(x)
+    full = model(x).hidden_states
+    assert torch.equal(states[1], full[1]) and torch.equal(states[2], full[2])
+
+
+class _DropoutAfterStageModel(torch.nn.Module):
+    """A stage whose output (the hidden state) feeds the next stage through a dropout: in eval mode
+    the dropout hands on that very tensor, in training a masked copy that is no hidden state."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 1)
+        self.stage1 = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.ReLU())
+        self.drop = torch.nn.Dropout(0.5)
+        self.stage2 = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.ReLU())
+        self.classifier = torch.nn.Linear(4, 2)
+
+    def forward(self, pixel_values, output_hidden_states=False):
+        x0 = self.stem(pixel_values)
+        x1 = self.stage1(x0)
+        x2 = self.stage2(self.drop(x1))
+        return SimpleNamespace(logits=self.classifier(x2.mean((2, 3))), hidden_states=(x0, x1, x2))
+
+
+# CA4 (features/capture.py _find_modules): among siblings that return the state, the first to finish
+# (its producer) is hooked; the dropout after it returned a masked copy in training
+def test_the_producer_is_hooked_not_a_dropout_after_it():
+    from hf_rcka.features.capture import HiddenStateCapture
+
+    torch.manual_seed(0)
+    model, x = _DropoutAfterStageModel().train(), torch.randn(2, 3, 8, 8)
+    capture = HiddenStateCapture(model, [1], x)
+    assert capture.mode == "hooks"
+    outputs, states = capture(x)  # training: the dropout masks what it hands on
+    assert torch.equal(states[1], outputs.hidden_states[1])

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -39,8 +40,12 @@ class FakeHub:
         names = [op.path_in_repo for op in operations]
         self.repo_files -= set(names)
         self.deletions.append((len(self.commits), names))
+        info = CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{len(self.deletions):040x}",
+                          commit_message=commit_message, commit_description="", oid=f"{len(self.deletions):040x}")
+        if not run_as_future:  # as HfApi: a Future only when asked for one
+            return info
         done = concurrent.futures.Future()
-        done.set_result(None)
+        done.set_result(info)
         return done
 
     def create_repo(self, repo_id, **kwargs):
@@ -56,7 +61,12 @@ class FakeHub:
         if self.fail is not None:
             raise self.fail
         target = self.root / f"commit-{len(self.commits)}"
-        shutil.copytree(folder_path, target, ignore=shutil.ignore_patterns(*ignore_patterns))
+        # huggingface_hub's own filter: patterns match each file's whole path ("notes" leaves notes/a.txt in)
+        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
+        for name in filter_repo_objects(files, ignore_patterns=list(ignore_patterns) or None):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(folder_path, name), target / name)
+        target.mkdir(parents=True, exist_ok=True)
         self.commits.append((repo_id, commit_message, target))
         prefix = str(kwargs.get("path_in_repo") or "").strip("/")
         self.repo_files |= {str(Path(prefix, p.relative_to(target))) for p in target.rglob("*") if p.is_file()}
@@ -406,3 +416,96 @@ def test_a_record_run_again_in_place_reads_its_teacher_record_before_the_set_asi
     assert "other teacher weights" in capsys.readouterr().err
     assert main([_teacher_recipe(tmp_path, output_dir=str(out), overwrite_output_dir=True)]) == 0  # student alone
     assert not (out / "teacher.json").exists()
+
+
+class _RecordingApi:
+    """transformers' shared HfApi, recording create_commit's keywords."""
+
+    def __init__(self):
+        self.commits = []
+
+    def create_commit(self, **kwargs):
+        self.commits.append(kwargs)
+        done = concurrent.futures.Future()
+        done.set_result(None)
+        return done
+
+
+def _pusher(monkeypatch, tmp_path):
+    import transformers.trainer
+
+    api = _RecordingApi()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: api)
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    args = SimpleNamespace(output_dir=str(tmp_path), hub_token="run-token", hub_revision="run-rev")
+    return api, SimpleNamespace(args=args, hub_model_id="someone/tiny")
+
+
+# HP5 (trainer/hub_pushes.py remove_earlier_model): the commit message says training is in progress
+# during training only, and HP6: the commit runs in the background only when asked
+@pytest.mark.parametrize("final, background", [(False, True), (True, True), (True, False)])
+def test_the_removal_commit_says_whether_training_goes_on_and_runs_where_asked(tmp_path, monkeypatch, final, background):
+    from hf_rcka.trainer.hub_pushes import remove_earlier_model
+
+    api, trainer = _pusher(monkeypatch, tmp_path)
+    remove_earlier_model(trainer, ["README.md", "model.safetensors", "eval_results.json", "notes.md"],
+                         final=final, background=background)
+    (commit,) = api.commits
+    assert [op.path_in_repo for op in commit["operations"]] == ["README.md", "eval_results.json"]
+    assert commit["commit_message"].startswith("Training in progress: ") is (not final)
+    assert commit["run_as_future"] is background
+
+
+# HP7 (trainer/hub_pushes.py remove_earlier_model): push_to_hub(token=..., revision=...) reaches the removal
+def test_the_removal_commit_uses_the_token_and_revision_push_to_hub_was_given(tmp_path, monkeypatch):
+    from hf_rcka.trainer.hub_pushes import remove_earlier_model
+
+    api, trainer = _pusher(monkeypatch, tmp_path)
+    remove_earlier_model(trainer, ["eval_results.json"], token="given-token", revision="given-rev", final=True)
+    remove_earlier_model(trainer, ["eval_results.json"])
+    assert [(c["token"], c["revision"]) for c in api.commits] == [("given-token", "given-rev"), ("run-token", "run-rev")]
+
+
+# HP4 (trainer/hub_pushes.py remove_earlier_model): nothing stale, no commit (an empty commit on the Hub)
+def test_nothing_stale_makes_no_commit(tmp_path, monkeypatch):
+    from hf_rcka.trainer.hub_pushes import remove_earlier_model
+
+    api, trainer = _pusher(monkeypatch, tmp_path)
+    assert remove_earlier_model(trainer, ["model.safetensors", "notes.md", "last-checkpoint/README.md"]) is None
+    assert api.commits == []
+
+
+# HC1 (cli/hub_contents.py unpublishable_entries): a .py file is the model's own only beside an auto_map config
+def test_a_python_file_in_a_folder_without_remote_code_is_refused(tmp_path):
+    from hf_rcka.cli.hub_contents import unpublishable_entries
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "resnet"}))
+    (tmp_path / "my_training_notes.py").write_text("API_KEY = 'secret'\n")
+    assert unpublishable_entries(str(tmp_path)) == ["my_training_notes.py"]
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "acme", "auto_map": {"AutoModel": "m.Acme"}}))
+    assert unpublishable_entries(str(tmp_path)) == []
+
+
+# HC2 (cli/hub_contents.py upload_filters): a folder that appeared is left out with everything in it,
+# as huggingface_hub's filter reads the patterns (a bare folder name matches no file inside it)
+def test_the_final_upload_leaves_out_the_files_inside_a_folder_that_appeared():
+    from huggingface_hub.utils import filter_repo_objects
+
+    from hf_rcka.cli.hub_contents import upload_filters
+
+    ignored = upload_filters(["notes/", "todo.txt"])["ignore_patterns"]
+    files = ["model.safetensors", "notes/todo.txt", "notes/deep/a.txt", "todo.txt", "config.json"]
+    assert list(filter_repo_objects(files, ignore_patterns=ignored)) == ["model.safetensors", "config.json"]
+
+
+# HC3 (cli/hub_contents.py check_push_contents): an evaluation-only run uploads nothing: not refused
+def test_an_evaluation_only_run_with_push_to_hub_is_not_refused_for_the_folders_other_files(tmp_path):
+    from hf_rcka.cli.hub_contents import check_push_contents
+    from hf_rcka.errors import RecipeError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    args = SimpleNamespace(push_to_hub=True, do_train=False, output_dir=str(tmp_path), hub_strategy="every_save")
+    check_push_contents(args, None)
+    args.do_train = True
+    with pytest.raises(RecipeError, match="holds notes.txt"):
+        check_push_contents(args, None)

@@ -152,3 +152,29 @@ def test_srd_with_gather_on_two_processes_is_srd_on_their_whole_batch(tmp_path):
     assert torch.allclose(torch.tensor(gathered["grad"]), expected, atol=1e-6)
     assert torch.allclose(torch.tensor(gathered["teacher_running_mean"]), whole.teacher_norm.running_mean, atol=1e-6)
     assert not torch.allclose(torch.tensor(own["grad"]), expected, atol=1e-3), "each process's own half differs"
+
+
+def _gather_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from hf_rcka.distributed import close_process_group, gather_rows
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    rows = torch.full((3 - rank, 2), float(rank + 1), requires_grad=True)  # 3 rows on rank 0, 2 on rank 1
+    gathered = gather_rows(rows)
+    gathered.sum().backward()
+    if rank == 0:
+        torch.save({"gathered": gathered.detach(), "grad": rows.grad}, out)
+    close_process_group()
+
+
+# DI1 (distributed.py gather_rows): ranks with different row counts (an epoch's last batch) gather
+# exactly their rows, without the padding
+def test_gathered_rows_of_uneven_ranks_leave_out_the_padding(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "gathered.pt")
+    mp.start_processes(_gather_worker, args=(f"file://{tmp_path / 'init'}", out), nprocs=2, start_method="spawn")
+    result = torch.load(out)
+    assert result["gathered"].tolist() == [[1.0, 1.0]] * 3 + [[2.0, 2.0]] * 2
+    assert result["grad"].shape == (3, 2)

@@ -298,3 +298,44 @@ def test_the_launchers_fp16_is_switched_off_for_the_cpu_smoke_test(tmp_path, cap
         printed = _smoke(ROOT / "recipes" / "supervised-resnet10t-digits.yaml", tmp_path / "run", capsys)
     assert "smoke test passed" in printed
     assert "the launcher's fp16 mixed precision switched off" in caplog.text
+
+
+def _two_stage_resnet(num_labels=3, num_channels=3):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    return ResNetForImageClassification(ResNetConfig(
+        num_channels=num_channels, embedding_size=8, hidden_sizes=[8, 12], depths=[1, 1], layer_type="basic",
+        num_labels=num_labels))
+
+
+def _smoke_folder(tmp_path, state):
+    (tmp_path / "distill_config.yaml").write_text("smoke_test: true\n")
+    (tmp_path / "README.md").write_text("---\nlibrary_name: transformers\ntags: [knowledge-distillation]\n---\n# x\n")
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+
+
+# SC2 (cli/smoke_check.py _training_line): a run that logged no training loss fails the smoke check
+def test_a_smoke_run_that_logged_no_loss_fails(tmp_path):
+    from hf_rcka.cli.smoke_check import SmokeTestFailure, _training_line
+
+    _smoke_folder(tmp_path, {"global_step": 2, "log_history": [{"eval_loss": 1.0}]})
+    with pytest.raises(SmokeTestFailure, match="training losses are missing"):
+        _training_line(tmp_path, 2)
+
+
+# SC1 (cli/smoke_check.py _reload_line): a reloaded model with the wrong number of classes fails
+def test_a_reloaded_model_with_other_classes_than_the_data_fails(tmp_path):
+    from hf_rcka.cli.smoke_check import SmokeTestFailure, _reload_line
+    from hf_rcka.cli.smoke_data import SyntheticData, write_synthetic_dataset
+    from transformers import ViTImageProcessor
+
+    data = SyntheticData(tmp_path / "d", "image", "label", ("a", "b"), (16, 16), num_train=4, num_eval=2)
+    write_synthetic_dataset(data)
+    out = tmp_path / "out"
+    _two_stage_resnet(num_labels=2).save_pretrained(out)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(out)
+    assert "logits (2, 2)" in _reload_line(out, data)
+    _two_stage_resnet(num_labels=3).save_pretrained(out)
+    with pytest.raises(SmokeTestFailure, match=r"logits \(2, 3\) \(expected \(2, 2\)"):
+        _reload_line(out, data)

@@ -108,3 +108,33 @@ def test_a_card_that_renames_every_class_keeps_the_index_meaning(tmp_path):
     files = {split: [f"{folder}/data/{split}-00000-of-00001.parquet"] for split in raw}
     out = realign_stored_labels(raw, files, "label")
     assert out["validation"]["label"][:] == [0, 1, 1] and out["train"].features["label"] == renamed
+
+
+def _read_with(names: list[str], labels: list[int]):
+    import datasets
+
+    features = datasets.Features({"label": datasets.ClassLabel(names=names)})
+    return datasets.Dataset.from_dict({"label": labels}, features=features), features["label"]
+
+
+# SL3 (data/stored_labels.py _relabelled): a label one past the file's stored names is an error, not
+# silently unlabelled
+def test_a_label_past_the_files_stored_names_is_an_error():
+    from hf_rcka.data.stored_labels import _relabelled
+    from hf_rcka.errors import DataError
+
+    dataset, feature = _read_with(["cat", "dog", "eel"], [0, 1, 2])
+    with pytest.raises(DataError, match="stores 2 classes for 'label' but has the label 2"):
+        _relabelled(dataset, "validation", "label", feature, {("dog", "cat"): "v.parquet"})
+
+
+# SL4 (data/stored_labels.py _relabelled): stored names that share none with the dataset's keep their
+# index meaning only when there are as many of them
+def test_stored_names_of_another_count_sharing_none_are_an_error():
+    from hf_rcka.data.stored_labels import _relabelled
+    from hf_rcka.errors import LabelError
+
+    dataset, feature = _read_with(["cat", "dog"], [0, 1, 1])
+    assert _relabelled(dataset, "validation", "label", feature, {("n01", "n02"): "v.parquet"}) is dataset
+    with pytest.raises(LabelError, match="stores classes"):
+        _relabelled(dataset, "validation", "label", feature, {("n01", "n02", "n03"): "v.parquet"})

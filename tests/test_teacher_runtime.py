@@ -199,3 +199,12 @@ def test_a_teacher_dtype_other_than_the_launchers_mixed_precision_is_refused(mon
     with pytest.raises(RecipeError, match="teacher_dtype 'float16' with bf16: true"):
         DistillationTrainingArguments(output_dir="unused", teacher_dtype="float16", report_to="none", use_cpu=True)
 
+
+# TRT2 (modeling/teacher_runtime.py resolve_teacher_dtype): a torch dtype other than bf16/fp16 is refused
+def test_a_float32_torch_dtype_is_not_a_teacher_dtype():
+    from hf_rcka.modeling.teacher_runtime import resolve_teacher_dtype
+
+    assert resolve_teacher_dtype(torch.bfloat16) is torch.bfloat16
+    for dtype in (torch.float32, torch.float64, torch.int8):
+        with pytest.raises(ValueError, match="teacher_dtype must be one of"):
+            resolve_teacher_dtype(dtype)
