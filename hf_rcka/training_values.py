@@ -232,15 +232,35 @@ class NoEvaluationToKeep(TrainerCallback):
     training starts, once the run's length is known, before its first step; a resumed run whose
     best checkpoint was chosen before keeps it."""
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: D102
         if not (args.load_best_model_at_end and args.eval_delay) or state.best_model_checkpoint is not None:
             return
         strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
-        end, unit = (state.max_steps, "optimizer steps") if strategy == "steps" else (state.num_train_epochs, "epochs")
-        if strategy in ("steps", "epoch") and args.eval_delay > end:
+        if strategy == "steps":
+            end = f"step {state.max_steps}"
+            after = args.eval_delay > state.max_steps
+        elif strategy == "epoch":
+            last = _last_epoch(args, state, train_dataloader)
+            end = f"epoch {last:g}"
+            after = args.eval_delay > last + 1e-6  # Trainer evaluates once its epoch count reaches the delay
+        else:
+            return
+        if after:
             raise RecipeError(f"load_best_model_at_end keeps the best of the evaluations during training, and "
-                              f"eval_delay {args.eval_delay:g} puts the first after the run's end ({end:g} {unit}): "
+                              f"eval_delay {args.eval_delay:g} puts the first after the run's end (at {end}): "
                               "lower eval_delay, or drop load_best_model_at_end (the last step is exported)")
+
+
+def _last_epoch(args: Any, state: Any, train_dataloader: Any) -> float:
+    """The epoch count a run ends at: ``max_steps`` (given, or made from a fractional
+    ``num_train_epochs``) ends part-way through an epoch, where Trainer's own count of epochs
+    (``state.num_train_epochs``) is rounded up."""
+    try:
+        batches = len(train_dataloader)
+    except TypeError:  # a stream: its epochs are not counted ahead
+        return float(state.num_train_epochs)
+    per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
+    return state.max_steps / per_epoch
 
 
 def _same_value(given: str, value: Any) -> bool:

@@ -2072,6 +2072,18 @@ def test_a_recipe_error_is_said_once_in_a_data_parallel_launch(tmp_path, capsys,
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert run(tmp_path, recipe) == 2
     assert capsys.readouterr().err == ""
+    from hf_rcka.errors import DataError
+
+    def missing_data(argv, stop):  # every process meets a missing data folder too (each printed it)
+        raise DataError("train_dir 'nowhere' does not exist")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cli, "_run_recipe", missing_data)
+        assert cli.main(["recipe.yaml"]) == 2
+        assert capsys.readouterr().err == ""
+        patch.setattr(cli.time, "sleep", lambda seconds: None)
+        assert cli.main(["recipe.yaml"]) == 2
+        assert capsys.readouterr().err == "error: train_dir 'nowhere' does not exist (met by process 1 alone)\n"
     monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)  # not stopped: process 0 goes on without it
     assert run(tmp_path, recipe) == 2
     assert "error: unknown recipe key 'learnig_rate'" in capsys.readouterr().err

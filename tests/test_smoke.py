@@ -188,6 +188,14 @@ def test_plan_overrides_only_what_a_short_offline_cpu_run_needs(tmp_path, monkey
     assert values["dataset_name"] == str(data.folder) and values["train_dir"] is None
 
 
+def test_the_smoke_plan_starts_evaluating_within_its_steps(tmp_path):
+    """A recipe's eval_delay is for its own length: past the smoke run's 2 steps, load_best_model_at_end
+    (refused when no evaluation picks a best checkpoint) failed the smoke test of a recipe that trains."""
+    recipe = _resolved(tmp_path, eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                       eval_delay=1.5, num_train_epochs=2)
+    assert plan_smoke_test(recipe).recipe["eval_delay"] == 0
+
+
 def test_the_smoke_test_checks_the_trackers_the_real_run_logs_to(tmp_path, monkeypatch):
     """It logs to none itself; a misspelled tracker, or one not installed, passed the smoke test unsaid."""
     from transformers.integrations import integration_utils

@@ -1040,24 +1040,29 @@ def test_instance_norm_weights_are_per_sample_norms_not_batch_norms():
     assert norm_weights(model) == ({"1.weight", "3.weight", "4.weight"}, {"2.weight"})
 
 
-@pytest.mark.parametrize("strategy, delay", [("steps", 5), ("epoch", 2)])
-def test_load_best_model_with_no_evaluation_in_the_run_is_refused_before_its_first_step(tmp_path, strategy, delay):
+@pytest.mark.parametrize("strategy, delay, steps, end", [("steps", 5, 4, "step 4"), ("epoch", 2, 4, "epoch 1"),
+                                                       ("epoch", 2.8, 10, "epoch 2.5")])
+def test_load_best_model_with_no_evaluation_in_the_run_is_refused_before_its_first_step(tmp_path, strategy, delay,
+                                                                                       steps, end):
     """An eval_delay past the run's end left no evaluation to pick a best checkpoint, and the last
-    step's weights were exported without a word."""
-    args = make_args(tmp_path, max_steps=4, eval_strategy=strategy, save_strategy=strategy, eval_steps=2,
+    step's weights were exported without a word; a run that max_steps ends part-way through an
+    epoch ends there (Trainer's count of its epochs is rounded up: 3)."""
+    args = make_args(tmp_path, max_steps=steps, eval_strategy=strategy, save_strategy=strategy, eval_steps=2,
                      save_steps=2, load_best_model_at_end=True, eval_delay=delay)
     trainer = make_trainer(args)  # 20 images in batches of 5: 4 steps are one epoch
     before = snapshot(trainer.model.student)
-    with pytest.raises(RecipeError, match=rf"eval_delay {delay} puts the first after the run's end \(\d+ "):
+    with pytest.raises(RecipeError, match=rf"eval_delay {delay:g} puts the first after the run's end \(at {end}\)"):
         trainer.train()
     assert trainer.state.global_step == 0 and not list(Path(args.output_dir).glob("checkpoint-*"))
     assert all(torch.equal(before[k], v) for k, v in trainer.model.student.state_dict().items())
 
 
-def test_load_best_model_with_its_one_evaluation_at_the_last_step_trains(tmp_path):
-    """eval_delay equal to the run: Trainer evaluates and saves the last step, the best of one."""
-    args = make_args(tmp_path, max_steps=4, eval_strategy="steps", save_strategy="steps", eval_steps=3, save_steps=3,
-                     load_best_model_at_end=True, eval_delay=4)
+@pytest.mark.parametrize("strategy, delay, steps", [("steps", 4, 4), ("epoch", 2.5, 10)])
+def test_load_best_model_with_its_one_evaluation_at_the_last_step_trains(tmp_path, strategy, delay, steps):
+    """eval_delay equal to the run's end: Trainer evaluates and saves the last step (of steps, or of a
+    last epoch cut short at 2.5), the best of one."""
+    args = make_args(tmp_path, max_steps=steps, eval_strategy=strategy, save_strategy=strategy, eval_steps=3,
+                     save_steps=3, load_best_model_at_end=True, eval_delay=delay)
     trainer = make_trainer(args)
     trainer.train()
-    assert trainer.state.best_model_checkpoint.endswith("checkpoint-4")
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{steps}")

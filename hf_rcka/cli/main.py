@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Sequence
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             _print_whole_traceback(err)
         notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))  # what the run did before it
-        if isinstance(err, RecipeError) and _launched_replica():
+        if _launched_replica():
             if _process_zero_failed_too():
                 return 2
             notes += f" (met by process {os.environ.get('RANK', os.environ.get('LOCAL_RANK'))} alone)"
@@ -68,18 +69,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _process_zero_failed_too() -> bool:
-    """Whether the launcher stopped this replica within a moment of its recipe error.
+    """Whether the launcher stopped this replica within a moment of its error.
 
-    The recipe and flags are every process's, so each machine's process 0 meets the same error,
-    says it and fails first (the launcher's summary then names its failure as the root cause), and
-    the launcher stops the other processes: their copies of the line would only repeat it, or, with
-    the stop signal arriving while they wait, add a traceback. An error this process met alone (a
-    check of what only it reads) is not said by anyone else, so when no stop comes it says it.
+    The recipe, flags and data are every process's, so each machine's process 0 meets the same
+    error, says it and fails first (the launcher's summary then names its failure as the root
+    cause), and the launcher stops the other processes: their copies of the line would only repeat
+    it, or, with the stop signal arriving while they wait, add a traceback. An error this process
+    met alone (what only its shard of the data holds) is not said by anyone else, so when no stop
+    comes it says it. The wait takes the stop signals itself: the run's own handler only marks a
+    stop while training, and an error raised there would have left it so.
     """
+    def stopped(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers are the main thread's
+        return False
+    previous = {signum: signal.signal(signum, stopped) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         time.sleep(REPLICA_WAIT_S)
-    except Interrupted:  # GracefulStop outside training: the launcher's SIGTERM
+    except Interrupted:
         return True
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return False
 
 

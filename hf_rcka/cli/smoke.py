@@ -74,6 +74,8 @@ _FIXED = {
     "dataset_config_name": None, "train_dir": None, "validation_dir": None,
     # random teachers are at chance by construction; the check would only warn about that
     "teacher_accuracy_check": "off",
+    # the recipe's delay is for its own length: past the 2 steps, load_best_model_at_end is refused
+    "eval_delay": 0,
 }
 _HALF_PRECISION = ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval")
 _MODEL_KEYS = ("model_name_or_path", "teacher_model_name_or_path")
