@@ -132,7 +132,7 @@ def check_optim_target_modules(args: TrainingArguments) -> None:
     """``optim_target_modules`` names the layers that GaLore's and APOLLO's low-rank projections
     train (``optim: galore_*`` / ``apollo_*``); every other optimizer trains all layers alike and
     transformers drops the setting without a word."""
-    optim = str(getattr(getattr(args, "optim", None), "value", getattr(args, "optim", "")))
+    optim = str(getattr(args.optim, "value", args.optim))
     if getattr(args, "optim_target_modules", None) and not optim.startswith(("galore", "apollo")):
         raise RecipeError(f"optim_target_modules names the layers a GaLore or APOLLO optimizer projects (optim: "
                           f"galore_* or apollo_*), and optim {optim} trains every layer alike: drop "

@@ -440,7 +440,7 @@ class DistillationTrainer(CheckpointingTrainer):
             weights = dict.fromkeys(outputs.loss_terms, 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1)))
             self._term_logs["train"].add(outputs.loss_terms, weights)
         else:
-            counted = (inputs["labels"] != IGNORE_INDEX).sum()  # on the device: read once, after the last batch
+            counted = (inputs["labels"] != IGNORE_INDEX).sum().float()  # on the device: read once, after the last batch
             self._term_logs["eval"].add(outputs.loss_terms,
                                         self._evaluation_weights(inputs["labels"], outputs.loss_terms, counted))
             if outputs.teacher_logits is not None and not has_other_classes(self.distillation_model.teacher):
