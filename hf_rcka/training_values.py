@@ -226,16 +226,29 @@ class WarmupLongerThanRun(TrainerCallback):
                            args.learning_rate)
 
 
+def check_best_model_evaluations(args: Any) -> None:
+    """``load_best_model_at_end`` with ``eval_strategy: no`` (transformers accepts it when
+    ``save_strategy`` is no too): no evaluation picks a best checkpoint, and Trainer exported the
+    last step's weights without a word."""
+    if args.load_best_model_at_end and getattr(args.eval_strategy, "value", args.eval_strategy) == "no":
+        raise RecipeError("load_best_model_at_end keeps the best of the evaluations during training, and eval_strategy "
+                          "is no: set eval_strategy and save_strategy to steps or epoch, or drop load_best_model_at_end "
+                          "(the last step is exported)")
+
+
 class NoEvaluationToKeep(TrainerCallback):
-    """``load_best_model_at_end`` with an ``eval_delay`` past the run's end: no evaluation picks a
-    best checkpoint, and Trainer exported the last step's weights without a word. Refused as
-    training starts, once the run's length is known, before its first step; a resumed run whose
-    best checkpoint was chosen before keeps it."""
+    """``load_best_model_at_end`` with no evaluation during training (``eval_strategy: no``, or an
+    ``eval_delay`` past the run's end): nothing picks a best checkpoint, and Trainer exported the
+    last step's weights without a word. Refused as training starts, once the run's length is known,
+    before its first step; a resumed run whose best checkpoint was chosen before keeps it."""
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: D102
-        if not (args.load_best_model_at_end and args.eval_delay) or state.best_model_checkpoint is not None:
+        if not args.load_best_model_at_end or state.best_model_checkpoint is not None:
             return
+        check_best_model_evaluations(args)
         strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
+        if not args.eval_delay:
+            return
         if strategy == "steps":
             end = f"step {state.max_steps}"
             after = args.eval_delay > state.max_steps
@@ -296,6 +309,6 @@ def check_half_precision(args: Any) -> None:
                           "use_cpu: true for CPU autocast, or fp16: false")
 
 
-__all__ = ["FIXED_SETTINGS", "check_batch_settings", "check_fixed_settings", "check_half_precision", "check_optim_args",
-           "check_optim_target_modules",
-           "check_schedule_settings", "check_training_values", "NoEvaluationToKeep", "WarmupLongerThanRun"]
+__all__ = ["FIXED_SETTINGS", "check_batch_settings", "check_best_model_evaluations", "check_fixed_settings",
+           "check_half_precision", "check_optim_args", "check_optim_target_modules", "check_schedule_settings",
+           "check_training_values", "NoEvaluationToKeep", "WarmupLongerThanRun"]

@@ -1057,6 +1057,20 @@ def test_load_best_model_with_no_evaluation_in_the_run_is_refused_before_its_fir
     assert all(torch.equal(before[k], v) for k, v in trainer.model.student.state_dict().items())
 
 
+def test_load_best_model_without_an_evaluation_strategy_is_refused_from_python_too(tmp_path):
+    """transformers accepts load_best_model_at_end with eval_strategy and save_strategy no, picks no
+    best checkpoint, and exported the last step without a word; the command line refused it before
+    loading anything, the Python API now refuses it before the first step."""
+    args = make_args(tmp_path, max_steps=2, eval_strategy="no", save_strategy="no", load_best_model_at_end=True)
+    trainer = make_trainer(args)
+    before = snapshot(trainer.model.student)
+    with pytest.raises(RecipeError, match="load_best_model_at_end keeps the best of the evaluations during training, "
+                                          "and eval_strategy is no"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.student.state_dict().items())
+
+
 @pytest.mark.parametrize("strategy, delay, steps", [("steps", 4, 4), ("epoch", 2.5, 10)])
 def test_load_best_model_with_its_one_evaluation_at_the_last_step_trains(tmp_path, strategy, delay, steps):
     """eval_delay equal to the run's end: Trainer evaluates and saves the last step (of steps, or of a

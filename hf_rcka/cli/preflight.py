@@ -32,7 +32,7 @@ from ..modeling.assembly import active_specs, build_losses, check_label_smoothin
 from ..modeling.parallel import check_fsdp_settings
 from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows, evaluates, rows_per_process
 from ..trainer.metrics import check_metric_for_best_model
-from ..training_values import check_half_precision
+from ..training_values import check_best_model_evaluations, check_half_precision
 from .model_sources import (
     check_hub_access, check_image_processor, check_losses_fit_models, check_model_source, check_remote_code,
     check_student_config,
@@ -147,10 +147,7 @@ def check_unsupported_work(args: Any) -> None:
         raise RecipeError("enable_jit_checkpoint: the command line saves a checkpoint after the current step on "
                           "SIGTERM and prints the command that resumes it; transformers' handler replaced that one, and "
                           "a stopped run then exported its model and card as finished: drop enable_jit_checkpoint")
-    if args.load_best_model_at_end and _value(args.eval_strategy) == "no":
-        raise RecipeError("load_best_model_at_end keeps the best of the evaluations during training, and eval_strategy "
-                          "is no: set eval_strategy and save_strategy to steps or epoch, or drop load_best_model_at_end "
-                          "(the last step is exported)")
+    check_best_model_evaluations(args)
     _check_compile_settings(getattr(args, "torch_compile_backend", None), getattr(args, "torch_compile_mode", None))
 
 
