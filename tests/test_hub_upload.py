@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import huggingface_hub
 import pytest
 import torch
 import yaml
@@ -509,3 +510,15 @@ def test_an_evaluation_only_run_with_push_to_hub_is_not_refused_for_the_folders_
     args.do_train = True
     with pytest.raises(RecipeError, match="holds notes.txt"):
         check_push_contents(args, None)
+
+
+def test_the_hub_line_without_a_commit_url_names_the_endpoint_the_client_uploaded_to(monkeypatch):
+    """A client that returns no commit URL: the line names the repository on the Hub the upload went
+    to (a private HF_ENDPOINT), not huggingface.co."""
+    from hf_rcka.cli.job import hub_line
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.example.org")
+    assert hub_line("someone/tiny", "v2", None) == ("uploaded to the Hub: https://hub.example.org/someone/tiny; "
+                                                     "load it with from_pretrained('someone/tiny', revision='v2')")
+    commit = SimpleNamespace(commit_url="https://hub.example.org/someone/tiny/commit/ab")
+    assert hub_line("someone/tiny", None, commit).startswith(f"uploaded to the Hub: {commit.commit_url}; ")

@@ -604,8 +604,9 @@ def saved_line(output_dir: str, metrics: dict) -> str:
 
 def hub_line(repo_id: str, revision: str | None, commit: Any) -> str:
     """Where the upload went: the commit names the exact files (a later run's push to the same
-    repository replaces them), and ``from_pretrained`` needs the branch when it is not the default."""
-    url = getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}"
+    repository replaces them), and ``from_pretrained`` needs the branch when it is not the default.
+    Without a commit URL, the repository's, on the Hub the client talks to (``HF_ENDPOINT``)."""
+    url = getattr(commit, "commit_url", None) or f"{huggingface_hub.constants.ENDPOINT}/{repo_id}"
     branch = f", revision={revision!r}" if revision else ""
     return f"uploaded to the Hub: {url}; load it with from_pretrained({repo_id!r}{branch})"
 
