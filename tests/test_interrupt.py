@@ -585,6 +585,24 @@ def test_resume_true_skips_a_checkpoint_whose_save_was_cut_short(tmp_path):
                            "--resume_from_checkpoint", "true", "--max_steps", str(step + 3)],
                           cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"{cut} was cut short while saving" in done.stderr and f"resuming from {whole}" in done.stderr
+    assert f"resuming from {whole}, the last checkpoint written whole ({cut.name} in {out}: cut short while " \
+           "saving" in done.stderr
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == step + 3
     assert not cut.exists() and list((out / "_replaced").rglob(f"checkpoint-{step + 2}/model.safetensors"))
+
+
+def test_a_signal_after_the_training_steps_waits_for_the_trained_model_to_be_saved(tmp_path, monkeypatch, capsys):
+    """Trainer waits for its checkpoint uploads after its on_train_end (minutes, with hub_strategy
+    every_save), and the trained model is saved after that: a SIGTERM there stopped the run at once,
+    "outside the training steps", and with save_strategy no the trained weights were lost."""
+    from hf_rcka.cli.main import main
+    from hf_rcka.trainer.trainer import DistillationTrainer
+
+    monkeypatch.setattr(DistillationTrainer, "_finish_current_push", lambda self: os.kill(os.getpid(), signal.SIGTERM),
+                        raising=False)
+    path = recipe(tmp_path)
+    assert main([str(path), "--max_steps", "2"]) == 128 + signal.SIGTERM
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").is_file() and json.loads((out / "trainer_state.json").read_text())[
+        "global_step"] == 2
+    assert f"interrupted by SIGTERM after training: the trained model is saved in {out}" in capsys.readouterr().err

@@ -641,3 +641,61 @@ def test_an_abandoned_branch_keeps_the_recipe_and_the_runs_own_records(tmp_path)
     set_aside_abandoned_branch(str(out), str(out / "checkpoint-2"))
     assert (out / "distill_config.yaml").read_text() == "recipe" and (out / "checkpoint-2").is_dir()
     assert (out / REPLACED / "checkpoint-4").is_dir() and (out / REPLACED / "model.safetensors").exists()
+
+
+def test_a_failed_attempts_leftovers_never_push_out_a_run_that_can_be_resumed(tmp_path):
+    """Run 1 finished and was replaced by run 2, which stopped with a checkpoint and was replaced in
+    turn (into _unfinished/); run 3's first save was cut short by a full disk, and its retry set
+    run 3's leftovers aside over run 2, whose checkpoint was the only way to continue it."""
+    out = tmp_path / "out"
+    _fake_run(out, [2], finished=True, tag="run 1")
+    set_aside_previous_run(str(out))
+    _fake_run(out, [4], finished=False, tag="run 2")
+    assert set_aside_previous_run(str(out)) == str(out / REPLACED / UNFINISHED)
+    (out / "checkpoint-2").mkdir()  # run 3: the weights written, the state not
+    (out / "checkpoint-2" / "model.safetensors").write_text("run 3")
+    (out / "config.json").write_text('{"model_type": "resnet"}')
+    assert set_aside_previous_run(str(out)) is None
+    assert (out / REPLACED / "model.safetensors").read_text() == "run 1"
+    assert (out / REPLACED / UNFINISHED / "checkpoint-4" / "tag").read_text() == "run 2"
+    assert not (out / "checkpoint-2").exists() and not (out / "_replacing").exists()
+    (out / "checkpoint-2").mkdir()  # with room in _unfinished/ (nothing resumable there) they go there
+    (out / "checkpoint-2" / "model.safetensors").write_text("run 4")
+    shutil.rmtree(out / REPLACED / UNFINISHED / "checkpoint-4")
+    assert set_aside_previous_run(str(out)) == str(out / REPLACED / UNFINISHED)
+
+
+@pytest.mark.parametrize("state", [None, "", '{"global_step": 6, "log_hist'])
+def test_later_checkpoints_cut_short_are_no_branch_to_set_aside_with_the_model(tmp_path, state):
+    """A finished run (which replaced run X, kept in _replaced/) was extended and a full disk cut its
+    next checkpoint short (no trainer_state.json, or one left empty or partial); the retry resuming
+    checkpoint-4 moved the finished run's model out with the cut-short checkpoint, as a finished
+    run that pushed X out of _replaced/ and was deleted."""
+    from hf_rcka.trainer.interrupt import written_whole
+
+    out = tmp_path / "out"
+    _fake_run(out, [2], finished=True, tag="run X")
+    set_aside_previous_run(str(out))
+    _fake_run(out, [2, 4], finished=True, tag="run F")
+    cut = out / "checkpoint-6"
+    cut.mkdir()
+    (cut / "model.safetensors").write_text("cut")
+    if state is not None:
+        (cut / "trainer_state.json").write_text(state)
+    assert not written_whole(cut) and written_whole(out / "checkpoint-4")
+    check_output_dir(SimpleNamespace(do_train=True, output_dir=str(out), overwrite_output_dir=False),
+                     str(out / "checkpoint-4"))  # nothing whole after the resumed checkpoint: not refused
+    set_aside_abandoned_branch(str(out), str(out / "checkpoint-4"))
+    assert (out / REPLACED / "model.safetensors").read_text() == "run X"
+    assert (out / "model.safetensors").read_text() == "run F", "the resumed leg's model was moved out"
+    assert not cut.exists()
+
+
+def test_a_whole_later_checkpoint_is_a_branch_set_aside_with_the_model(tmp_path):
+    """The other side of the rule above: a later checkpoint written whole is an abandoned branch, and
+    the model beside it goes with it."""
+    out = tmp_path / "out"
+    _fake_run(out, [2, 4], finished=True, tag="run F")
+    assert set_aside_abandoned_branch(str(out), str(out / "checkpoint-2")) == str(out / REPLACED)
+    assert (out / REPLACED / "model.safetensors").read_text() == "run F"
+    assert (out / REPLACED / "checkpoint-4" / "tag").read_text() == "run F" and (out / "checkpoint-2").exists()

@@ -38,7 +38,8 @@ from ..trainer.chance import warn_if_student_at_chance
 from ..trainer.checkpointing import checkpoint_folder, checkpoint_step
 from ..trainer.divergence import check_loaded_weights
 from ..trainer.given_models import leave_out_fresh_losses
-from ..trainer.interrupt import GracefulStop, Interrupted, last_checkpoint, save_checkpoint_now, stopped_by_signal
+from ..trainer.interrupt import (GracefulStop, Interrupted, last_checkpoint, resumable_checkpoint, save_checkpoint_now,
+                                 stopped_by_signal)
 from ..trainer.resume_hint import Stopped
 from ..trainer.teacher_record import recorded_teacher
 from ..modeling.assembly import build_distillation_model, run_loss_specs
@@ -302,12 +303,7 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
         last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
         if last is None:
             raise RecipeError(f"resume_from_checkpoint: true, but {args.output_dir!r} holds no checkpoint-* folder")
-        whole = last_checkpoint(args.output_dir)
-        if whole is not None and checkpoint_step(whole) < checkpoint_step(last):
-            logger.warning("resume_from_checkpoint: true: %s was cut short while saving (it has no trainer_state.json, "
-                           "which is written last): resuming from %s, the last checkpoint written whole", last, whole)
-            return whole
-        return last
+        return resumable_checkpoint(args.output_dir) or last  # none whole: check_checkpoint says what is missing
     if not os.path.isdir(value):
         raise RecipeError(f"resume_from_checkpoint {value!r} is not a folder")
     return value

@@ -335,17 +335,22 @@ def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
     ``_replaced/`` (as a replaced run is); the resumed checkpoint and those before it stay.
     """
     later = later_checkpoints(output_dir, resume)
-    if not later and finished_after(output_dir, resume) is None:
+    finished = finished_after(output_dir, resume) is not None
+    if not later and not finished:
         return None
     step = checkpoint_step(Path(resume).name)
     out = Path(output_dir)
-    entries = [out / name for name in later] + [
-        e for e in out.iterdir() if not e.name.startswith("checkpoint-")
-        and any(fnmatch.fnmatchcase(e.name, p) for p in RUN_OUTPUTS)
-        and not any(fnmatch.fnmatchcase(e.name, p) for p in _BRANCH_KEEPS)]
+    entries = [out / name for name in later]
+    # Later checkpoints that saves cut short alone (a full disk, a kill) are no branch: the model and
+    # results here are the resumed leg's, which the resumed run replaces as it saves its own; moved,
+    # they made a finished run that pushed the one kept in _replaced/ out
+    if finished or any(written_whole(path) for path in entries):
+        entries += [e for e in out.iterdir() if not e.name.startswith("checkpoint-")
+                    and any(fnmatch.fnmatchcase(e.name, p) for p in RUN_OUTPUTS)
+                    and not any(fnmatch.fnmatchcase(e.name, p) for p in _BRANCH_KEEPS)]
     target = _move_aside(out, entries)
-    logger.warning("output_dir: resuming checkpoint-%d sets aside the later %s (moved to %s)", step,
-                   ", ".join(later or ["finished run's model"]), target)
+    logger.warning("output_dir: resuming checkpoint-%d sets aside the later %s (%s)", step,
+                   ", ".join(later or ["finished run's model"]), _where(target))
     return target
 
 
@@ -404,7 +409,7 @@ def set_aside_previous_run(output_dir: str, keep: Iterable[str | None] = ()) -> 
         raise RecipeError(f"{out / REPLACED} holds a path this run reads (a checkpoint to resume from?), and setting "
                           "the run here aside would replace it: copy it out of the folder first")
     target = _move_aside(out, entries)
-    logger.warning("output_dir: this run replaces the one in %s; its files were moved to %s", out, target)
+    logger.warning("output_dir: this run replaces the one in %s; its files were %s", out, _where(target))
     return target
 
 
@@ -420,8 +425,9 @@ def _finished(folder: Path) -> bool:
             and any((folder / name).exists() for name in MODEL_FILES))
 
 
-def _move_aside(out: Path, entries: list[Path]) -> str:
-    """Move ``entries`` out of the way, as one run, through ``_replacing/`` (see ``_settle``).
+def _move_aside(out: Path, entries: list[Path]) -> str | None:
+    """Move ``entries`` out of the way, as one run, through ``_replacing/`` (see ``_settle``); where
+    they went, or None when they were deleted.
 
     The files gather in ``_replacing/``, which replaces the target only once they are all there: a
     move that fails halfway (a permission, a signal) deletes nothing, and the next set-aside moves
@@ -436,17 +442,39 @@ def _move_aside(out: Path, entries: list[Path]) -> str:
     return _settle(out)
 
 
-def _settle(out: Path) -> str:
-    """Make the run gathered in ``_replacing/`` the one kept in ``_replaced/``; an unfinished run goes
-    to ``_replaced/_unfinished/`` when ``_replaced/`` keeps a finished run, which it must not push out."""
+def _settle(out: Path) -> str | None:
+    """Make the run gathered in ``_replacing/`` the one kept in ``_replaced/``, unless that keeps more
+    of a run (``_worth``): then it goes to ``_replaced/_unfinished/``, unless that too keeps more,
+    and then it is deleted (a failed attempt's leftovers never push out a model or a checkpoint
+    that can be resumed; a retry after a save that a full disk cut short did)."""
     staging = out / REPLACING
-    keep_finished = not _finished(staging) and _finished(out / REPLACED)
-    target = out / REPLACED / UNFINISHED if keep_finished else out / REPLACED
+    worth = _worth(staging)
+    for target in (out / REPLACED, out / REPLACED / UNFINISHED):
+        if not target.exists() or _worth(target) <= worth:
+            break
+    else:
+        shutil.rmtree(staging)
+        logger.warning("output_dir: the files set aside hold no model and no whole checkpoint (a failed attempt's "
+                       "leftovers): deleted, keeping the earlier runs in %s", out / REPLACED)
+        return None
     if target.exists():
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, target)
     return str(target)
+
+
+def _worth(folder: Path) -> int:
+    """How much of a run ``folder`` holds: 2 a finished run (``_finished``), 1 a model or a checkpoint
+    written whole (something to load or resume), 0 neither."""
+    if _finished(folder):
+        return 2
+    return int(any((folder / name).exists() for name in MODEL_FILES)
+               or any(written_whole(path) for path in folder.glob("checkpoint-*")))
+
+
+def _where(target: str | None) -> str:
+    return f"moved to {target}" if target else "deleted: they held nothing to load or resume"
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

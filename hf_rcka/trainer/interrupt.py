@@ -18,6 +18,7 @@ checkpoint's, not the last step's). A checkpoint the loop wrote whole is never w
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -117,7 +118,11 @@ class GracefulStop(TrainerCallback):
         self._says = bool(getattr(args, "should_log", True))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        # Trainer still waits for its checkpoint uploads to the Hub after this (minutes, with
+        # hub_strategy every_save), and the trained model is saved after that: a signal in between
+        # was raised at once, outside the training steps, and the model was lost with save_strategy no
         self._training = False
+        self._finishing = True  # until ``finishing`` ends, after the save
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
         # from the step's first forward to its end the buffers (BatchNorm statistics, EKT's class
@@ -177,8 +182,13 @@ def stopped_by_signal(trainer: Trainer, stop: GracefulStop | None, argv: Sequenc
 
 def written_whole(checkpoint: str | os.PathLike) -> bool:
     """Whether the loop finished writing a checkpoint: its ``trainer_state.json`` comes last, so a
-    save a kill or a full disk cut short has none."""
-    return os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME))
+    save a kill or a full disk cut short has none, or one cut short itself (transformers writes it
+    in place: a full disk left it empty, and every resume of the folder failed on it)."""
+    try:
+        with open(os.path.join(checkpoint, TRAINER_STATE_NAME), encoding="utf-8") as state:
+            return isinstance(json.load(state), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def last_checkpoint(output_dir: str) -> str | None:
@@ -186,6 +196,21 @@ def last_checkpoint(output_dir: str) -> str | None:
     whole = [path for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
              if checkpoint_step(path.name) is not None and written_whole(path)]
     return str(max(whole, key=lambda path: checkpoint_step(path.name))) if whole else None
+
+
+def resumable_checkpoint(output_dir: str) -> str | None:
+    """What ``resume_from_checkpoint: true`` resumes: ``last_checkpoint``, saying which later ones it
+    passes over. Trainer's own pick, the highest-numbered folder, was refused (or failed on its
+    missing state) after the models had loaded, so a requeued job failed at every restart."""
+    whole = last_checkpoint(output_dir)
+    later = [path.name for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+             if (step := checkpoint_step(path.name)) is not None and path.is_dir()
+             and (whole is None or step > checkpoint_step(whole))]
+    if whole is not None and later:
+        logger.warning("resume_from_checkpoint: true: resuming from %s, the last checkpoint written whole (%s in %s: "
+                       "cut short while saving, without a whole trainer_state.json, which is written last)", whole,
+                       ", ".join(sorted(later, key=checkpoint_step)), output_dir)
+    return whole
 
 
 def save_checkpoint_now(trainer: Trainer) -> str | None:

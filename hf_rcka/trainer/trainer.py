@@ -67,6 +67,7 @@ from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate, decodes_its_images, seeded_subset
 from .data_parallel import check_wrapped, forget_evaluation_preparation
 from .ema import StudentEmaCallback
+from .interrupt import resumable_checkpoint
 from .card import reproduction_text, training_text, write_model_card
 from .teacher_check import check_teacher_accuracy
 from .weight_decay import model_no_weight_decay, norm_weights
@@ -684,6 +685,10 @@ class DistillationTrainer(CheckpointingTrainer):
         losses = self.distillation_model.losses
         check_relation_rows(losses, self.args)
         check_repeats_unsplit(self.augmentation.aug_repeats, self.args)
+        if args:
+            args = (_whole_if_last(args[0], self.args.output_dir), *args[1:])
+        elif "resume_from_checkpoint" in kwargs:
+            kwargs["resume_from_checkpoint"] = _whole_if_last(kwargs["resume_from_checkpoint"], self.args.output_dir)
         resuming = bool(kwargs.get("resume_from_checkpoint") or (args and args[0]))
         check_identical_repeats(self.augmentation, resuming)
         check_iterable_dispatch(self.args, [self.train_dataset])  # each evaluation set: get_eval_dataloader
@@ -857,6 +862,15 @@ def exported_metrics(log_history: list[dict], best_checkpoint: str | None = None
         if step is None or entry.get("step") == step:
             metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
     return metrics
+
+
+def _whole_if_last(resume: Any, output_dir: str) -> Any:
+    """``resume_from_checkpoint=True``: the last checkpoint written whole (``resumable_checkpoint``), where
+    Trainer took the highest-numbered folder, one a full disk or a kill cut short too; True (Trainer's
+    own error) when there is none."""
+    if resume is True and os.path.isdir(output_dir):
+        return resumable_checkpoint(output_dir) or True
+    return resume
 
 
 def _without_uncounted_flos(metrics: dict[str, Any]) -> dict[str, Any]:
