@@ -193,3 +193,45 @@ def test_a_timm_hub_checkpoint_s_class_names_are_compared_with_the_data_s(monkey
                            trust_remote_code=False)
     assert student_labels(args) == ["blue", "red"]
     assert student_labels(SimpleNamespace(**{**vars(args), "student_from_scratch": True})) is None
+
+
+def _imagenet() -> tuple[list[str], list[str]]:
+    """ImageNet-1k's descriptions (an ImageNet classifier's id2label, as transformers infers a timm
+    checkpoint's) and WordNet ids (ImageNet's folders), in the classes' order."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    return list(info.label_descriptions()), list(info.label_names())
+
+
+def test_an_imagenet_classifier_pairs_with_imagenet_folders_by_wordnet_id():
+    """ImageNet's folders are WordNet ids, an ImageNet classifier's names descriptions: by name no
+    ImageNet folder matched the headline recipe's teacher, and the run was refused after loading."""
+    descriptions, ids = _imagenet()
+    assert descriptions[134] == descriptions[517] == "crane"  # why no data set can carry these names
+    assert teacher_label_order(ids, descriptions) is None
+    shuffled = [ids[i] for i in np.random.default_rng(0).permutation(1000)]
+    assert teacher_label_order(shuffled, descriptions) == [ids.index(name) for name in shuffled]
+    assert run_label_order(ids, descriptions, training=False) == ids  # evaluating an ImageNet model on ImageNet
+    with pytest.raises(LabelError, match="the teacher's classes do not match"):  # a subset: another class count
+        teacher_label_order(ids[:10], descriptions)
+
+
+def test_a_data_sets_second_crane_takes_the_place_the_model_repeats(caplog):
+    """No data set can name two classes 'crane' as an ImageNet classifier does; one that spells the
+    second one otherwise matches it, in the data's order, with a warning; one that spells it
+    without the repeated name is still refused."""
+    descriptions, _ = _imagenet()
+    spelt = list(descriptions)
+    spelt[517] = "crane (machine)"
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert teacher_label_order(spelt, descriptions) is None
+    assert "134 -> 'crane', 517 -> 'crane (machine)'" in caplog.text
+    alphabetical = sorted(spelt)
+    order = teacher_label_order(alphabetical, descriptions)
+    assert [order[alphabetical.index(name)] for name in ("crane", "crane (machine)", "tench, Tinca tinca")] == [134, 517, 0]
+    assert run_label_order(spelt, descriptions, training=False) == spelt
+    other = list(descriptions)
+    other[517] = "construction crane"
+    with pytest.raises(LabelError, match=r"the dataset has \['construction crane'\] that the teacher lacks"):
+        teacher_label_order(other, descriptions)

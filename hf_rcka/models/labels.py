@@ -16,6 +16,8 @@ and reports chance. The dataset's class names are the truth here:
   is an error naming them, before anything loads (a training class without validation images is
   only said) (how a folder's classes are read
   is :mod:`hf_rcka.data.image_folders`');
+* ImageNet-1k's descriptions, which an ImageNet classifier names its classes by, match the WordNet
+  ids of ImageNet's folders, and a data set's second ``crane`` (``imagenet_names``);
 * names that differ only in Unicode normalisation (``café`` typed two ways) are an error that says
   so, wherever two sets of names meet (``label_forms``).
 """
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import LabelError
+from .imagenet_names import respelt
 from .label_forms import TO_NFC, check_same_forms
 from .label_maps import LabelMaps, first_ids, set_labels
 
@@ -93,6 +96,7 @@ def run_label_order(dataset_labels: Sequence[str], student_labels: Sequence[str]
     dataset_labels = list(dataset_labels)
     if student_labels is None:
         return dataset_labels
+    student_labels = respelt(dataset_labels, student_labels) or student_labels  # ImageNet's ids and its two cranes
     if not training or len(student_labels) == len(dataset_labels):  # else the head is re-initialised
         check_same_forms(dataset_labels, student_labels, "the dataset", "the model's id2label",
                          _rename_to_model("model"), key="model_name_or_path")
@@ -178,6 +182,7 @@ def teacher_label_order(
     if labels == teacher_labels and mapping == BY_NAME:
         return None
     if mapping == BY_NAME:
+        teacher_labels = respelt(labels, teacher_labels) or teacher_labels  # ImageNet's ids and its two cranes
         check_same_forms(labels, teacher_labels, source, "the teacher's id2label",
                          _rename_to_model("teacher"), key=key)
     if len(labels) != len(teacher_labels) or (mapping == BY_NAME and not is_generic(teacher_labels)

@@ -1,0 +1,79 @@
+"""A model's class names spelt the way ImageNet data spells them, where that is certain.
+
+An ImageNet-1k classifier names its classes by description ("tench, Tinca tinca"): transformers
+names a timm checkpoint's classes so (from timm's ``ImageNetInfo``) when its config holds no
+names, and ImageNet classifiers on the Hub carry the same list. Two facts kept every ImageNet data
+set from matching that list by name:
+
+* ImageNet on disk is a folder per WordNet id (``n01440764``): the ids of the same 1000 classes,
+  in the same (sorted) order;
+* the list names two classes ``crane`` (the bird, n02012849, and the machine, n03126707), and no
+  data set can (``datasets.ClassLabel`` refuses a repeated name, a folder tree holds one folder of
+  a name), so a data set spells the second one otherwise.
+
+:func:`respelt` gives the model's names in the data's spelling for these two cases only; names
+are still compared exactly after it (``labels``).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+from typing import Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def respelt(data_names: Sequence[str], model_names: Sequence[str]) -> list[str] | None:
+    """``model_names`` re-spelt as the data spells them, or None when neither case applies (or the
+    names already match).
+
+    * WordNet ids: the model's names are ImageNet-1k's descriptions and the data's are ImageNet-1k
+      ids: the model's ids (a subset of the classes too; how a subset pairs with a head of 1000 is
+      for the caller to decide).
+    * A name the model repeats: every other name of the model is the data's, and the data's names
+      left over each begin with the repeated name they stand for (``crane``, ``crane (machine)``):
+      they take the repeated name's places in the data's order, said in a warning (a data set
+      listing those classes in the canonical order pairs them rightly).
+    """
+    if sorted(data_names) == sorted(model_names):
+        return None
+    ids = _imagenet_ids(tuple(model_names))
+    if ids is not None and set(data_names) <= set(ids):
+        logger.info("labels: the model's ImageNet-1k class descriptions are matched with the data's WordNet ids")
+        return ids
+    return _repeated_paired(list(data_names), list(model_names))
+
+
+@functools.lru_cache(maxsize=4)
+def _imagenet_ids(model_names: tuple[str, ...]) -> list[str] | None:
+    """ImageNet-1k's WordNet ids, when ``model_names`` are its descriptions in its order."""
+    if len(model_names) != 1000:
+        return None
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    return list(info.label_names()) if list(model_names) == list(info.label_descriptions()) else None
+
+
+def _repeated_paired(data_names: list[str], model_names: list[str]) -> list[str] | None:
+    counts = collections.Counter(model_names)
+    repeated = {name for name, count in counts.items() if count > 1}
+    if not repeated or len(data_names) != len(model_names) or len(set(data_names)) != len(data_names):
+        return None
+    left = [name for name in data_names if counts[name] != 1]  # the data's names the model has no one place for
+    places = [i for i, name in enumerate(model_names) if name in repeated]
+    if len(left) != len(places) or not all(name.casefold().startswith(model_names[i].casefold())
+                                           for i, name in zip(places, left)):
+        return None
+    names = list(model_names)
+    for i, name in zip(places, left):
+        names[i] = name
+    logger.warning("labels: the model names classes %s more than once; the data's %s take their places in the data's "
+                   "order (%s): if the data lists them in another order, set the names in the model's config",
+                   sorted(repeated), left, ", ".join(f"{i} -> {name!r}" for i, name in zip(places, left)))
+    return names
+
+
+__all__ = ["respelt"]
