@@ -116,6 +116,26 @@ def test_image_folders_whose_paths_look_like_glob_patterns(tmp_path):
     assert (len(raw["train"]), len(raw["validation"])) == (6, 6)
 
 
+
+@pytest.mark.parametrize("validation", ["deeper/sorted/val", "val"])
+def test_training_and_validation_folders_at_other_depths_keep_their_labels(tmp_path, validation):
+    """datasets labels image folders only when every file of every split lies at one depth: a
+    validation folder one level deeper than the training one (an ImageNet train next to a sorted
+    val) lost the label column, and the run failed on a "label_column_name" it could not fix."""
+    from PIL import Image
+
+    for split, root in (("train", tmp_path / "data" / "train"), ("validation", tmp_path / validation)):
+        for k, name in enumerate(("n01440764", "n01443537")):
+            (root / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (80 * k, 0, 0)).save(root / name / f"{split}{i}.png")
+    raw = load_raw_datasets(DataArguments(train_dir=str(tmp_path / "data" / "train"),
+                                          validation_dir=str(tmp_path / validation)))
+    for split in ("train", "validation"):
+        assert raw[split].features["label"].names == ["n01440764", "n01443537"]
+        assert [(row["image"].getpixel((0, 0))[0], row["label"]) for row in raw[split]] == [(0, 0), (0, 0), (80, 1),
+                                                                                           (80, 1)]
+
 def test_a_class_of_one_image_is_named_when_a_split_is_carved():
     """datasets' own error blamed loading ("cannot load the dataset ... least populated class")."""
     from hf_rcka.errors import DataError

@@ -104,7 +104,9 @@ def _load_source(args: DataArguments) -> datasets.DatasetDict:
     data_files = {"train": os.path.join(glob.escape(os.path.abspath(args.train_dir)), "**")}
     if args.validation_dir:
         data_files["validation"] = os.path.join(glob.escape(os.path.abspath(args.validation_dir)), "**")
-    return datasets.load_dataset("imagefolder", data_files=data_files)
+    # drop_labels: datasets labels by folder only when every file of both splits lies at one depth (a
+    # validation folder one level deeper lost its labels); every image sits in its class folder (checked)
+    return datasets.load_dataset("imagefolder", data_files=data_files, drop_labels=False)
 
 
 def _saved_split_files(path: str) -> dict[str, list[str]] | None:
