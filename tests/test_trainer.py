@@ -1098,3 +1098,57 @@ def test_resume_true_from_python_passes_over_a_checkpoint_cut_short(tmp_path, ca
     assert trainer.state.global_step == 4
     assert f"resuming from {out / 'checkpoint-2'}, the last checkpoint written whole (checkpoint-4 in " in caplog.text
     assert json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4  # saved anew
+
+
+@pytest.mark.parametrize("when", ["before the trainer", "after the trainer"])
+def test_a_student_that_checkpoints_of_its_own_keeps_its_batchnorm_statistics(tmp_path, when):
+    """Checkpointing turned on in the student itself (timm's set_grad_checkpointing, transformers'
+    gradient_checkpointing_enable, or an earlier trainer reusing it), not by the arguments: the
+    recomputation updated each BatchNorm's statistics a second time a step, every weight equal, and
+    the exported model normalised with other statistics."""
+    from hf_rcka.models.label_maps import LabelMaps
+    from hf_rcka.models.timm_models import build_timm_classifier
+
+    buffers = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        student = build_timm_classifier("resnet10t", LabelMaps.default(3))
+        if checkpointing and when == "before the trainer":
+            student.timm_model.set_grad_checkpointing(True)
+        trainer = make_trainer(make_args(tmp_path, name=f"run{checkpointing}", max_steps=2, losses=["ce", "kd"]),
+                               student=student)
+        if checkpointing and when == "after the trainer":
+            student.timm_model.set_grad_checkpointing(True)
+        trainer.train()
+        buffers.append({k: v.clone() for k, v in student.state_dict().items() if "running" in k or "tracked" in k})
+    assert buffers[0] and buffers[0].keys() == buffers[1].keys()
+    for key, value in buffers[0].items():
+        torch.testing.assert_close(buffers[1][key], value, msg=key)
+
+
+def test_reentrant_checkpointing_trains_the_layers_after_a_frozen_embedding(tmp_path):
+    """A reentrant checkpoint passes gradients back only to inputs that need them: with the patch
+    embedding frozen, no checkpointed layer trained (3 steps: only the final norm and the head
+    moved) and the run ended well."""
+    student = tiny_vit()
+    for parameter in student.vit.embeddings.parameters():
+        parameter.requires_grad_(False)
+    before = snapshot(student)
+    args = make_args(tmp_path, max_steps=2, losses=["ce", "kd"], gradient_checkpointing=True,
+                     gradient_checkpointing_kwargs={"use_reentrant": True})
+    make_trainer(args, student=student).train()
+    moved = changed(before, student)
+    assert any(name.startswith("vit.layers.") for name in moved), moved
+    assert not any("embeddings" in name for name in moved)
+
+
+def test_checkpointing_options_a_timm_student_does_not_take_are_said(tmp_path, caplog):
+    from hf_rcka.models.label_maps import LabelMaps
+    from hf_rcka.models.timm_models import build_timm_classifier
+
+    args = make_args(tmp_path, max_steps=1, losses=["ce"], gradient_checkpointing=True,
+                     gradient_checkpointing_kwargs={"use_reentrant": True, "every_n_layers": 2})
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        make_trainer(args, student=build_timm_classifier("resnet10t", LabelMaps.default(3)), teacher=None).train()
+    assert "a timm student checkpoints each block as timm does; transformers passes ['every_n_layers', " \
+           "'use_reentrant'] on to no checkpoint" in caplog.text

@@ -29,7 +29,7 @@ from ..features.hidden_states import describe_hidden_states, pooled_dim
 from ..features.pairing import FeaturePair
 from ..adapters.base import FeatureAdapter
 from .distilled_heads import DistilledHeads, has_distillation_head
-from .recomputed_norms import keep_statistics_in_recomputation
+from .recomputed_norms import checkpoints_layers, keep_statistics_in_recomputation
 from .feature_adapters import build_feature_adapters
 from ..models.timm_models import check_timm_args, saved_model_args
 from ..recipe_specs import unused_pairs_message
@@ -155,6 +155,7 @@ class DistillationModel(nn.Module):
         hooked = [*self._captures.values(), *([self._distilled_heads] if self._distilled_heads else [])]
         # _norm_hooks is filled in place later (activation_checkpointing_enable): removed with the rest
         weakref.finalize(self, _remove_hooks, [*hooked, _Handles(self._norm_hooks)])
+        self.follow_student_checkpointing()
 
     # ------------------------------------------------------------------ construction
 
@@ -285,9 +286,22 @@ class DistillationModel(nn.Module):
         so the way its hidden states are taken is chosen again, without preferring hooks: a hook
         inside a reentrant checkpoint would see a state without gradient. The recomputation inside
         the backward leaves BatchNorm's running statistics alone (``recomputed_norms``)."""
+        _check_checkpointing_options(self.student, kwargs)
         self.student.activation_checkpointing_enable(**kwargs)
-        if not self._norm_hooks:
-            self._norm_hooks.extend(keep_statistics_in_recomputation(self.student))
+        self.follow_student_checkpointing(known=True)
+
+    def follow_student_checkpointing(self, known: bool = False) -> None:
+        """Once the student checkpoints its layers, however it came to: the BatchNorm hooks and the
+        hidden states' capture chosen again (``activation_checkpointing_enable``).
+
+        A student may checkpoint without the trainer's settings: turned on before it was given
+        (``student.gradient_checkpointing_enable()``, timm's ``set_grad_checkpointing()``), or by an
+        earlier trainer that reused it (nothing turns it off again); its BatchNorm statistics then
+        took two updates a step, and the exported model normalised with them. Called as the
+        wrapper is built and as training starts; ``known``: the student was just told to."""
+        if self._norm_hooks or not (known or checkpoints_layers(self.student)):
+            return
+        self._norm_hooks.extend(keep_statistics_in_recomputation(self.student))
         student = self._captures.get("student")
         if student is not None and student.hidden is not None:
             student.hidden.choose_again(self._probe_at(self._probe_size), prefer_hooks=False)
@@ -622,6 +636,32 @@ def _pair(adapter: nn.Module, student: torch.Tensor, teacher: torch.Tensor) -> t
     if not (isinstance(pair, tuple) and len(pair) == 2):
         raise TypeError(f"adapter {type(adapter).__name__} must return (student, teacher), got {type(pair).__name__}")
     return pair
+
+
+def _check_checkpointing_options(student: nn.Module, kwargs: Mapping[str, Any]) -> None:
+    """What ``activation_checkpointing_kwargs`` asks of the student, where it would be lost silently.
+
+    * A timm student checkpoints as timm does: transformers hands timm neither ``use_reentrant``,
+      ``every_n_layers`` nor ``offload`` (said, since only memory and speed change).
+    * A reentrant checkpoint passes gradients back only to inputs that need them: with the weights
+      before the first checkpointed layer frozen (the patch embedding, a common fine-tuning choice),
+      no checkpointed layer trained, and the run ended well. The input embeddings' output is made
+      to need gradients, as transformers does for adapters; a student without them is refused.
+    """
+    options = dict(kwargs.get("activation_checkpointing_kwargs") or {})
+    if hasattr(student, "timm_model"):
+        asked = {**options, **{k: kwargs[k] for k in ("every_n_layers", "offload") if kwargs.get(k) not in (None, 1, False)}}
+        if asked and asked != {"use_reentrant": False}:  # timm's own default
+            logger.warning("activation_checkpointing_kwargs: a timm student checkpoints each block as timm does; "
+                           "transformers passes %s on to no checkpoint (memory and speed only)", sorted(asked))
+        return
+    if not options.get("use_reentrant") or all(p.requires_grad for p in student.parameters()):
+        return
+    student.enable_input_require_grads()
+    if not getattr(student, "_require_grads_hooks", None):
+        raise ModelError(f"activation_checkpointing_kwargs: use_reentrant: true with frozen student weights trains no "
+                         f"checkpointed layer whose input needs no gradient, and {type(student).__name__} has no input "
+                         "embeddings to make it need one: set use_reentrant: false (transformers' default)")
 
 
 class _Handles:

@@ -704,6 +704,7 @@ class DistillationTrainer(CheckpointingTrainer):
                                "longer than the whole run resumes where it stopped)")
         self._check_training_batches()
         self.check_teacher()
+        self.distillation_model.follow_student_checkpointing()  # turned on since the trainer was built
         forget_evaluation_preparation(self)
         self.best_model_loaded = False  # an earlier train() of this trainer may have loaded its best checkpoint
         self._wrap_unchecked = True
