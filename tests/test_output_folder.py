@@ -459,7 +459,11 @@ def test_a_failed_write_is_one_line_that_names_the_fix(tmp_path, monkeypatch):
     model = f"{out}/model.safetensors"
     monkeypatch.setattr(output_folder, "_free_bytes", lambda folder: 50 * 2**30)  # plenty left
     assert "is full" in str(write_error(OSError(errno.ENOSPC, "No space left on device", model), out))
-    assert "is full" in str(write_error(OSError(errno.EDQUOT, "Disk quota exceeded", model), out))
+    assert str(write_error(OSError(errno.EDQUOT, "Disk quota exceeded", model), out)).startswith(
+        f"your disk quota for {out} is used up: a write failed")
+    # a quota fills with the disk's space free, and a file's write() names no file: a traceback before
+    assert "quota" in str(write_error(OSError(errno.EDQUOT, "Disk quota exceeded"), out))
+    assert write_error(OSError(errno.EDQUOT, "Disk quota exceeded", str(tmp_path / "elsewhere")), out) is None
     shm = RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nunable to write to file </torch_1_2>: "
                        "No space left on device (28)")
     torch_cut = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 114304 vs 114196")

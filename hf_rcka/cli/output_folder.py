@@ -509,8 +509,11 @@ def write_error(err: BaseException, output_dir: str) -> OutputWriteError | None:
     inside = isinstance(filename, str) and _inside(filename, output_dir)
     low = _free_bytes(output_dir) < 256 * 2**20
     said = any(words in str(err) for words in ("No space left on device", "Disk quota exceeded", "unexpected pos"))
-    if (code in _DISK_FULL and (inside or low)) or (said and low):  # torch's zip writer says "unexpected pos"
-        return OutputWriteError(f"the disk holding {output_dir} is full: a write failed ({type(err).__name__}: "
+    # a quota fills with the disk's space free (HPC file systems), and a file's write() names no file
+    quota = (code == errno.EDQUOT or "Disk quota exceeded" in str(err)) and (inside or filename is None)
+    if (code in _DISK_FULL and (inside or low)) or (said and low) or quota:  # torch's zip writer: "unexpected pos"
+        full = f"your disk quota for {output_dir} is used up" if quota and not low else f"the disk holding {output_dir} is full"
+        return OutputWriteError(f"{full}: a write failed ({type(err).__name__}: "
                                 f"{text[:300]}). Free space there or choose another output_dir; what was saved "
                                 "before is kept (a checkpoint cut short is refused on resume, which names the one "
                                 "before it)")
