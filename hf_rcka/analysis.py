@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from . import functional
 from .features.hidden_states import describe_hidden_states, forward_with_hidden_states, hidden_states_of
 from .data.images import decode_image
+from .file_writes import replacing_path
 from .features.layout import FeatureSpec, to_fmap
 
 
@@ -197,6 +198,9 @@ def save_heatmaps(reports: Sequence[LayerCKA], path: str | Path, title: str | No
         fig.suptitle(title, fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with replacing_path(path) as temporary:  # a full disk or a signal leaves the earlier picture whole
+            fig.savefig(temporary, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

@@ -20,25 +20,35 @@ TEMPORARY_PREFIX = "_writing-"
 
 
 @contextlib.contextmanager
-def replacing(path: str | os.PathLike, newline: str | None = None) -> Iterator[TextIO]:
-    """A text handle whose contents replace ``path`` when the block ends without an exception.
+def replacing_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file beside ``path``, with its suffix, for a writer that takes a file name
+    (matplotlib's ``savefig``, a copy), which replaces ``path`` when the block ends without an
+    exception.
 
     The new file gets the old one's permissions (or the umask's, for a new file): ``mkstemp``
     would leave it readable by its owner alone.
     """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX + path.name + ".")
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX + path.name + ".",
+                                             suffix=path.suffix)
+    os.close(descriptor)
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline=newline) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(temporary)
         os.chmod(temporary, _mode_for(path))
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, newline: str | None = None) -> Iterator[TextIO]:
+    """A text handle whose contents replace ``path`` when the block ends without an exception."""
+    with replacing_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline=newline) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_text(path: str | os.PathLike, text: str, newline: str | None = None) -> None:

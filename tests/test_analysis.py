@@ -446,6 +446,51 @@ def test_a_second_report_replaces_the_cards_picture(tmp_path):
     assert (tmp_path / "r1" / "cka.png").read_bytes() != (tmp_path / "r2" / "cka.png").read_bytes()
 
 
+
+@pytest.mark.parametrize("failing", ["the report's picture", "the card's copy"])
+def test_a_full_disk_during_a_report_keeps_the_earlier_pictures_whole(tmp_path, capsys, monkeypatch, failing):
+    """matplotlib wrote the report's picture, and a copy the card's, onto the files themselves: a full
+    disk left a picture cut short that the card still showed (and a Hub upload published), and the
+    report ended in a traceback."""
+    import errno
+    import shutil
+
+    import matplotlib.figure
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from hf_rcka.cli import cka_report
+
+    runs = []
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        ViTForImageClassification(ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1,
+                                            num_attention_heads=2, intermediate_size=32, num_labels=10)
+                                  ).save_pretrained(tmp_path / name)
+        ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(tmp_path / name)
+        (tmp_path / name / "README.md").write_text("# a run\n\n## Usage\n\ntext\n")
+        (tmp_path / name / "distill_config.yaml").write_text("dataset_name: builtin:digits\n")
+        runs.append(str(tmp_path / name))
+    a, b = runs
+    command = [a, b, "--dataset_name", "builtin:digits", "--num_images", "20", "--output", str(tmp_path / "r"),
+               "--card", b]
+    assert cka_report.main(command) == 0
+    pictures = {path: path.read_bytes() for path in (tmp_path / "r" / "cka.png", Path(b) / "cka.png")}
+
+    def cut_short(target):
+        Path(target).write_bytes(b"\x89PNG cut")
+        raise OSError(errno.ENOSPC, "No space left on device (simulated)", str(target))
+
+    if failing == "the report's picture":
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, target, **kwargs: cut_short(target))
+    else:
+        monkeypatch.setattr(shutil, "copyfile", lambda source, target, **kwargs: cut_short(target))
+    capsys.readouterr()
+    assert cka_report.main(command) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]  # after the models' loading bars
+    assert said.startswith("error: the disk holding ") and "is full: a write failed" in said
+    assert {path: path.read_bytes() for path in pictures} == pictures
+    assert not [p.name for p in (*Path(b).iterdir(), *(tmp_path / "r").iterdir()) if p.name.startswith("_writing-")]
+
 # AN4 (analysis.py layer_cka): CKA over fewer than 3 images is degenerate and refused (the Python API;
 # the report's command line refuses --num_images under 3 itself)
 def test_layer_cka_of_two_images_is_refused():

@@ -23,6 +23,7 @@ are one ``error:`` line (exit 2) before any model runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -33,9 +34,9 @@ from typing import Any
 
 from ..arguments import DataArguments
 from ..errors import DataError, UserError
-from ..file_writes import write_text
+from ..file_writes import replacing_path, write_text
 from .model_sources import check_model_source
-from .output_folder import writable_folder
+from .output_folder import said_write_errors, writable_folder
 from ..data.image_folders import image_folder_classes
 from ..run_record import RECIPE_RECORD
 from .records import recorded_recipe
@@ -105,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_inputs(args)
         images = sample_images(args)
-        _report(args, images)
+        card = said_write_errors(str(args.card)) if args.card else contextlib.nullcontext()
+        with said_write_errors(str(args.output)), card:  # a full disk: one line, the earlier report kept whole
+            _report(args, images)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
@@ -304,7 +307,8 @@ def _report(args: argparse.Namespace, images: list) -> None:
 
         target = args.card / CKA_IMAGE
         if not (target.exists() and os.path.samefile(png, target)):  # --output may be the card's folder
-            shutil.copy(png, target)
+            with replacing_path(target) as temporary:  # the card shows it: never a picture cut short
+                shutil.copyfile(png, temporary)
         add_cka_to_card(args.card, CKA_IMAGE, markdown)
         print(f"card: {args.card / 'README.md'} now shows {CKA_IMAGE}")
 
