@@ -185,9 +185,15 @@ def test_a_resumed_run_drops_the_earlier_card_before_it_saves_its_model(tmp_path
     assert not (out / "cka.png").exists()
     assert (out / "_README.earlier.md").read_text().endswith("my own lines\n"), "a user's lines were deleted"
     assert (out / "model.safetensors").exists() and (out / "checkpoint-2").exists()
+    (out / "README.md").write_text("---\ntags:\n- hf_rcka\n---\nrun 2\n")  # a second extension of the run
+    drop_stale_export(str(out))
+    assert (out / "_README.earlier-2.md").read_text().endswith("my own lines\n"), "the first copy was overwritten"
+    assert (out / "_README.earlier.md").read_text().endswith("run 2\n")
     (out / "README.md").write_text("# my notes on this run\n")  # not hf_rcka's card: the user's
     drop_stale_export(str(out))
     assert (out / "README.md").read_text() == "# my notes on this run\n"
+    set_aside_previous_run(str(out))
+    assert {p.name for p in (out / REPLACED).glob("_README.earlier*")} == {"_README.earlier.md", "_README.earlier-2.md"}
 
 
 def test_an_evaluation_record_is_no_run_to_replace(tmp_path):

@@ -60,6 +60,7 @@ SAVED_AFTER_MODEL = ("trainer_state.json", "train_results.json")
 # ones would stay beside the newer model as if they were its own
 RESULTS = ("eval_results.json", "all_results.json")
 EARLIER_CARD = "_README.earlier.md"  # a resumed run's card before it (see drop_stale_export)
+EARLIER_CARDS = "_README.earlier*.md"  # and the ones before that: _README.earlier-2.md, ...
 CKA_PICTURE = ("cka.png", "cka.md")  # scripts/cka_report.py's, of one model
 REPLACED = "_replaced"
 REPLACING = "_replacing"  # where a set-aside gathers the files before it becomes REPLACED
@@ -70,7 +71,7 @@ RUN_OUTPUTS = (
     "checkpoint-*", "_eval-*", "eval-*", "runs", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
     "pytorch_model.bin.index.json",
     "config.json", "preprocessor_config.json", "training_args.bin", "trainer_state.json", "all_results.json",
-    "train_results.json", "eval_results.json", "README.md", EARLIER_CARD, RECIPE_RECORD, WORKING_DIR_NAME,
+    "train_results.json", "eval_results.json", "README.md", EARLIER_CARDS, RECIPE_RECORD, WORKING_DIR_NAME,
     LEDGER_NAME, "skipped_images.tsv", *CKA_PICTURE,  # skipped_images.tsv: the ledger's older name
     "emissions.csv",  # report_to: codecarbon
     TEACHER_RECORD_NAME,  # the export's teacher record
@@ -282,12 +283,20 @@ def drop_stale_export(output_dir: str) -> None:
     (``RESULTS``) stayed beside the newer model: a resumed run with ``do_eval: false`` kept the
     earlier model's ``eval_*`` numbers, one resumed at its last step the earlier leg's
     ``train_loss``. The earlier card is kept as ``EARLIER_CARD`` (never uploaded), since a user
-    may have written in it.
+    may have written in it; one kept there by an earlier resumed run moves to the next free
+    ``_README.earlier-<n>.md`` (the second extension of a run overwrote the first one's copy).
     """
     out = Path(output_dir)
     card = out / CARD_NAME
     if card.is_file() and not card.is_symlink() and _is_our_card(card):
-        card.replace(out / EARLIER_CARD)
+        kept = out / EARLIER_CARD
+        if kept.is_file() and kept.read_bytes() != card.read_bytes():
+            n = 2
+            while (out / f"_README.earlier-{n}.md").exists():
+                n += 1
+            kept.replace(out / f"_README.earlier-{n}.md")
+        card.replace(kept)
+        logger.info("output_dir: the earlier model card is kept as %s (this run writes its own)", kept)
     for name in (*SAVED_AFTER_MODEL, *RESULTS, *CKA_PICTURE):
         if (out / name).is_file():
             (out / name).unlink()
