@@ -423,13 +423,12 @@ def test_a_run_that_recorded_no_column_name_agrees_with_one_that_recorded_the_de
 
 
 # CR6 (cli/cka_report.py _report): a later report with another --output replaces the card's picture
-def test_a_second_report_replaces_the_cards_picture(tmp_path):
+def _saved_runs(tmp_path, names: str) -> list[str]:
+    """Run folders of tiny ViTs (seeds 0, 1, ...) with a card and a recorded recipe on the digits."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    from hf_rcka.cli import cka_report
-
     runs = []
-    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+    for seed, name in enumerate(names):
         torch.manual_seed(seed)
         ViTForImageClassification(ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1,
                                             num_attention_heads=2, intermediate_size=32, num_labels=10)
@@ -438,7 +437,13 @@ def test_a_second_report_replaces_the_cards_picture(tmp_path):
         (tmp_path / name / "README.md").write_text("# a run\n\n## Usage\n\ntext\n")
         (tmp_path / name / "distill_config.yaml").write_text("dataset_name: builtin:digits\n")
         runs.append(str(tmp_path / name))
-    a, b, c = runs
+    return runs
+
+
+def test_a_second_report_replaces_the_cards_picture(tmp_path):
+    from hf_rcka.cli import cka_report
+
+    a, b, c = _saved_runs(tmp_path, "abc")
     for first, output in ((a, tmp_path / "r1"), (c, tmp_path / "r2")):
         assert cka_report.main([first, b, "--dataset_name", "builtin:digits", "--num_images", "20",
                                 "--output", str(output), "--card", b]) == 0
@@ -456,21 +461,10 @@ def test_a_full_disk_during_a_report_keeps_the_earlier_pictures_whole(tmp_path, 
     import shutil
 
     import matplotlib.figure
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     from hf_rcka.cli import cka_report
 
-    runs = []
-    for name, seed in (("a", 0), ("b", 1)):
-        torch.manual_seed(seed)
-        ViTForImageClassification(ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1,
-                                            num_attention_heads=2, intermediate_size=32, num_labels=10)
-                                  ).save_pretrained(tmp_path / name)
-        ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(tmp_path / name)
-        (tmp_path / name / "README.md").write_text("# a run\n\n## Usage\n\ntext\n")
-        (tmp_path / name / "distill_config.yaml").write_text("dataset_name: builtin:digits\n")
-        runs.append(str(tmp_path / name))
-    a, b = runs
+    a, b = _saved_runs(tmp_path, "ab")
     command = [a, b, "--dataset_name", "builtin:digits", "--num_images", "20", "--output", str(tmp_path / "r"),
                "--card", b]
     assert cka_report.main(command) == 0
