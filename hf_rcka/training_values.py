@@ -273,7 +273,10 @@ def _last_epoch(args: Any, state: Any, train_dataloader: Any) -> float:
     except TypeError:  # a stream: its epochs are not counted ahead
         return float(state.num_train_epochs)
     per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
-    return state.max_steps / per_epoch
+    full, rest = divmod(state.max_steps, per_epoch)
+    # Trainer counts an epoch's part in batches read (state.epoch = epoch + batches / batches per epoch),
+    # and an epoch's last optimizer step may take fewer than gradient_accumulation_steps batches
+    return full + min(rest * args.gradient_accumulation_steps, batches) / max(batches, 1)
 
 
 def _same_value(given: str, value: Any) -> bool:

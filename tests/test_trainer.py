@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -28,6 +29,7 @@ from hf_rcka.trainer.divergence import SKIPPED_STEPS_LIMIT, DivergenceCheck
 from hf_rcka.trainer.metrics import TIMING_METRICS, evaluation_metric_names
 from torch import nn
 from hf_rcka.trainer.weight_decay import norm_weights
+from hf_rcka.trainer.term_log import LastStepLog, LossTermLog
 
 FEATURE_LOSSES = [
     {"name": "ce"},
@@ -1152,3 +1154,135 @@ def test_checkpointing_options_a_timm_student_does_not_take_are_said(tmp_path, c
         make_trainer(args, student=build_timm_classifier("resnet10t", LabelMaps.default(3)), teacher=None).train()
     assert "a timm student checkpoints each block as timm does; transformers passes ['every_n_layers', " \
            "'use_reentrant'] on to no checkpoint" in caplog.text
+
+
+@pytest.mark.parametrize("delay, trains", [(1.6, True), (1.8, False)])
+def test_an_eval_delay_under_gradient_accumulation_is_compared_with_trainers_own_epoch_count(tmp_path, delay, trains):
+    """Trainer counts an epoch's part in batches read: 20 images in batches of 5 are 4 batches, 2
+    optimizer steps of 3 accumulated batches; max_steps 3 ends after 3 of the second epoch's 4
+    batches, at epoch 1.75. NoEvaluationToKeep counted 3 / 2 = 1.5 and refused eval_delay 1.6, which
+    trains; 1.8 leaves no evaluation (counted with floor division, the end was epoch 3 and the last
+    step was exported without a word)."""
+    args = make_args(tmp_path, max_steps=3, gradient_accumulation_steps=3, eval_strategy="epoch",
+                     save_strategy="epoch", load_best_model_at_end=True, eval_delay=delay)
+    trainer = make_trainer(args)
+    if trains:
+        trainer.train()
+        assert trainer.state.epoch == 1.75 and trainer.state.best_model_checkpoint.endswith("checkpoint-3")
+    else:
+        with pytest.raises(RecipeError, match=r"eval_delay 1.8 puts the first after the run's end \(at epoch 1.75\)"):
+            trainer.train()
+        assert trainer.state.global_step == 0
+
+
+def test_a_resumed_run_whose_best_checkpoint_was_chosen_before_is_not_refused(tmp_path):
+    """NoEvaluationToKeep's docstring: a resumed run whose best checkpoint was chosen before keeps it,
+    even where its eval_delay leaves no evaluation in what remains of the run."""
+    settings = dict(max_steps=4, eval_strategy="steps", save_strategy="steps", eval_steps=2, save_steps=2,
+                    load_best_model_at_end=True)
+    first = make_trainer(make_args(tmp_path, **settings))
+    first.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    resumed = make_trainer(make_args(tmp_path, **settings, eval_delay=10))
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 4 and resumed.state.best_model_checkpoint is not None
+
+
+def test_a_set_too_small_for_a_relation_is_evaluated_without_its_terms(tmp_path):
+    """evaluate() takes a set of 2 images with rcka: its intra term (a relation over the batch's
+    samples, a constant below its minimum rows) weighs 0 on every batch and is left out; its inter
+    term (classes, over any batch) and the rest are reported (kills LossTermLog.means keeping a
+    term of count 0: 0.0 / 0.0 raised ZeroDivisionError)."""
+    args = make_args(tmp_path, losses=[{"name": "ce"}, {"name": "kd"}, {"name": "rcka"}])
+    trainer = make_trainer(args)
+    metrics = trainer.evaluate(pixel_dataset(2, seed=4))
+    assert "eval_rcka_intra_loss" not in metrics and math.isfinite(metrics["eval_rcka_inter_loss"]), metrics
+    assert math.isfinite(metrics["eval_ce_loss"]) and math.isfinite(metrics["eval_loss"])
+
+
+class _BreaksAt:
+    """A dataset whose reading fails at one index (a network filesystem gone, a decoder's crash)."""
+
+    def __init__(self, data, at):
+        self.data, self.at = data, at
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        if i == self.at:
+            raise OSError("the disk went away")
+        return self.data[i]
+
+
+def test_an_evaluation_that_failed_part_way_leaves_nothing_in_the_next_ones_teacher_accuracy(tmp_path):
+    """An evaluation that raised after some batches had counted the teacher's hits; the next evaluation
+    (of the trainer's own set, whose teacher accuracy the card shows) counts its own images alone."""
+    own = pixel_dataset(12, seed=1)
+    args = make_args(tmp_path, per_device_eval_batch_size=4, losses=[{"name": "ce"}, {"name": "kd"}])
+    trainer = make_trainer(args, evaluation=own)
+    other = pixel_dataset(12, seed=3)
+    with pytest.raises(OSError, match="the disk went away"):
+        trainer.evaluate(_BreaksAt(other, 8))  # two batches of 4 counted, then the failure
+    trainer.evaluate()
+    want = teacher_accuracy(trainer.distillation_model, trainer.get_eval_dataloader(own))
+    assert trainer.card_facts.teacher_accuracy == pytest.approx(want)
+
+
+def test_a_failed_training_attempts_terms_are_not_logged_by_the_next(tmp_path):
+    """auto_find_batch_size retries a run that ran out of memory: the terms the failed attempt recorded
+    (here: stand-ins left in the log before train()) must not reach the first log of the retry, whose
+    terms add up to its loss."""
+    args = make_args(tmp_path, max_steps=1, losses=[{"name": "ce"}, {"name": "kd"}])
+    trainer = make_trainer(args)
+    trainer._term_logs["train"].add({"ce": torch.tensor(1e4), "kd": torch.tensor(1e4)}, {"ce": 1.0, "kd": 1.0})
+    trainer.train()
+    entry = next(e for e in trainer.state.log_history if "loss" in e)
+    assert entry["ce_loss"] + entry["kd_loss"] == pytest.approx(entry["loss"], rel=1e-4)
+
+
+def test_a_gathered_relation_counts_every_process_rows_against_its_minimum():
+    """A gathered relation (gather: true) spans every process's rows: a last batch of 3 rows here and
+    3 on the other process is one relation over 6, past a minimum of 4, so its term counts this
+    process's 3 images; the same relation not gathered is a relation over 3 and weighs 0."""
+    counted = torch.tensor(3.0)
+    labels = torch.tensor([0, 1, 2])
+    terms = {"ce": torch.tensor(1.0), "rcka_intra": torch.tensor(0.5)}
+    for gather, want in ((True, 3.0), (False, 0.0)):
+        loss = SimpleNamespace(sample_relation_terms=("rcka_intra",), gather=gather, min_relation_rows=4)
+        trainer = SimpleNamespace(distillation_model=SimpleNamespace(losses={"rcka": loss}),
+                                  accelerator=SimpleNamespace(reduce=lambda t, op: t * 2 if op == "sum" else None))
+        weights = DistillationTrainer._evaluation_weights(trainer, labels, terms, counted)
+        assert float(weights["ce"]) == 3.0 and float(weights["rcka_intra"]) == want, (gather, weights)
+
+
+def test_a_data_parallel_run_logs_at_its_last_step():
+    """train_loss of a multi-process run is gathered at a log: LastStepLog asks for one at max_steps."""
+    for world, step, logged in ((2, 4, True), (2, 3, False), (1, 4, False)):
+        control = SimpleNamespace(should_log=False, should_training_stop=False)
+        LastStepLog().on_step_end(SimpleNamespace(world_size=world), SimpleNamespace(max_steps=4, global_step=step),
+                                  control)
+        assert control.should_log is logged, (world, step)
+
+
+def _gather(t):
+    return t
+
+
+def test_a_nan_term_of_weight_zero_is_left_out_of_the_mean():
+    log = LossTermLog()
+    log.add({"ce": torch.tensor(2.0), "kd": torch.tensor(1.0)}, {"ce": torch.tensor(3.0), "kd": torch.tensor(3.0)})
+    log.add({"ce": torch.tensor(float("nan")), "kd": torch.tensor(float("nan"))},
+            {"ce": torch.tensor(0.0), "kd": torch.tensor(0.0)})
+    log.add({"ce": torch.tensor(4.0), "kd": torch.tensor(1.0)}, {"ce": torch.tensor(1.0), "kd": torch.tensor(1.0)})
+    means = log.means(_gather)
+    assert means == {"ce": (2.0 * 3 + 4.0 * 1) / 4, "kd": 1.0}
+    assert log.means(_gather) == {}, "means starts anew"
+
+
+def test_a_term_weighing_zero_everywhere_is_left_out_and_float_weights_add_up():
+    log = LossTermLog()
+    log.add({"ce": torch.tensor(1.0), "rcka": torch.tensor(float("nan"))}, {"ce": 0.5, "rcka": 0.0})
+    log.add({"ce": torch.tensor(3.0), "rcka": torch.tensor(0.3)}, {"ce": 0.5, "rcka": 0})
+    means = log.means(_gather)
+    assert means == {"ce": 2.0} and all(math.isfinite(v) for v in means.values())
