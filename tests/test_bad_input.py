@@ -7,6 +7,7 @@ makes loading fail the test, and the output folder must not exist afterwards.
 import json
 import os
 import re
+import threading
 import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,10 +17,14 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from transformers.training_args import OptimizerNames
 
 import hf_rcka.cli.job as cli
 import hf_rcka.cli.run_inputs as run_inputs
+from hf_rcka.cli import main as cli_main
 from hf_rcka.cli.main import main
+from hf_rcka.errors import DataError, RecipeError
+from hf_rcka.training_values import check_optim_target_modules
 
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
 TINY_VIT = {"hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 44,
@@ -2250,3 +2255,70 @@ def test_a_four_channel_student_is_refused_by_the_probe():
 
     with pytest.raises(ModelError, match="reads 4-channel images"):
         probe_student(_two_stage_resnet(num_channels=4), SimpleNamespace(size=(16, 16), channels=4), 16)
+
+
+@pytest.mark.parametrize("optim", ["galore_adamw", "galore_adafactor_layerwise", "apollo_adamw",
+                                   "apollo_adamw_layerwise"])
+def test_galore_and_apollo_optimizers_keep_their_target_modules(optim):
+    for value in (optim, OptimizerNames(optim)):  # a recipe's string, and TrainingArguments' enum
+        check_optim_target_modules(SimpleNamespace(optim=value, optim_target_modules=["attn", "mlp"]))
+    with pytest.raises(RecipeError, match="and optim adamw_torch trains every layer alike"):
+        check_optim_target_modules(SimpleNamespace(optim=OptimizerNames("adamw_torch"), optim_target_modules=["attn"]))
+
+
+REPLICA_LINE = "error: train_dir 'nowhere' does not exist"
+
+
+def _replica_missing_data(argv, stop):
+    raise DataError("train_dir 'nowhere' does not exist")
+
+
+@pytest.fixture
+def replica_waits(monkeypatch):
+    """The command line's run fails with a user error; the seconds it sleeps are recorded (no stop comes)."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(cli_main, "_run_recipe", _replica_missing_data)
+    seconds = []
+    monkeypatch.setattr(cli_main.time, "sleep", seconds.append)
+    return seconds
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    {"RANK": "1"},  # a cluster scheduler's RANK on a plain run
+    {"WORLD_SIZE": "2", "LOCAL_RANK": "0", "RANK": "2"},  # a second machine's first process
+    {"WORLD_SIZE": "1", "LOCAL_RANK": "1"},  # one process that a scheduler numbered
+])
+def test_a_process_that_is_no_replica_says_its_error_at_once(replica_waits, env, monkeypatch, capsys):
+    """Only a launcher's replica waits for the launcher's stop; a machine's first process (it fails
+    first, and its line is the one the launcher's summary points to) and a plain run say the error
+    at once, without '(met by process N alone)'."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli_main.main(["recipe.yaml"]) == 2
+    assert capsys.readouterr().err == REPLICA_LINE + "\n"
+    assert replica_waits == [], "no wait"
+
+
+def test_a_replica_waits_as_long_as_a_launcher_takes_to_see_process_zero_fail(replica_waits, monkeypatch, capsys):
+    """Process 0's failure is seen once its interpreter exits (over 2 s on a busy 2-core machine): a
+    replica that waited less said every shared error a second time."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert cli_main.main(["recipe.yaml"]) == 2
+    assert replica_waits == [cli_main.REPLICA_WAIT_S] and cli_main.REPLICA_WAIT_S >= 5
+    assert capsys.readouterr().err == REPLICA_LINE + " (met by process 1 alone)\n"
+
+
+def test_a_replica_run_outside_the_main_thread_says_its_error(replica_waits, monkeypatch, capsys):
+    """Signal handlers are the main thread's: a command line run in another thread (a notebook's
+    worker, a test harness) cannot wait for a stop signal, and says its error."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(cli_main.main(["recipe.yaml"])))
+    worker.start()
+    worker.join()
+    assert codes == [2]
+    assert capsys.readouterr().err == REPLICA_LINE + " (met by process 1 alone)\n"

@@ -178,3 +178,40 @@ def test_gathered_rows_of_uneven_ranks_leave_out_the_padding(tmp_path):
     result = torch.load(out)
     assert result["gathered"].tolist() == [[1.0, 1.0]] * 3 + [[2.0, 2.0]] * 2
     assert result["grad"].shape == (3, 2)
+
+
+def _collectives_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from hf_rcka.distributed import any_rank, close_process_group, from_rank0, gather_rows
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    # equal row counts (no padding, so no copy): a transposed view reaches the collective as it is given
+    base = (torch.arange(6, dtype=torch.float32).reshape(2, 3) + 10 * rank).requires_grad_(True)
+    rows = base.t()  # (3, 2), not contiguous
+    gathered = gather_rows(rows)
+    (gathered * torch.arange(1, 7, dtype=torch.float32)[:, None]).sum().backward()
+    stop_one = any_rank(rank == 1)  # one rank's stop signal stops both
+    stop_none = any_rank(False)
+    folder = from_rank0(f"folder-of-rank-{rank}")  # a name made from the clock, rank 0's everywhere
+    torch.save({"gathered": gathered.detach(), "grad": base.grad, "stop_one": stop_one, "stop_none": stop_none,
+                "folder": folder}, f"{out}.{rank}")
+    close_process_group()
+
+
+def test_gathered_views_decisions_and_rank0_values_on_two_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "result.pt")
+    mp.start_processes(_collectives_worker, args=(f"file://{tmp_path / 'init'}", out), nprocs=2, start_method="spawn")
+    for rank in range(2):
+        result = torch.load(f"{out}.{rank}")
+        expected = torch.cat([torch.arange(6, dtype=torch.float32).reshape(2, 3).t() + 10 * r for r in range(2)])
+        assert torch.equal(result["gathered"], expected)
+        # the local rows' gradient: the weights of this rank's rows in the gathered batch (rows 3r..3r+2),
+        # summed over the 2 ranks' identical losses (DDP's average of the parameters' gradients then
+        # makes it the gradient of the one loss over the global batch)
+        weights = torch.arange(1, 7, dtype=torch.float32)[3 * rank:3 * rank + 3]
+        assert torch.equal(result["grad"], 2 * weights[None, :].expand(2, 3))
+        assert result["stop_one"] is True and result["stop_none"] is False
+        assert result["folder"] == "folder-of-rank-0"

@@ -208,3 +208,15 @@ def test_a_float32_torch_dtype_is_not_a_teacher_dtype():
     for dtype in (torch.float32, torch.float64, torch.int8):
         with pytest.raises(ValueError, match="teacher_dtype must be one of"):
             resolve_teacher_dtype(dtype)
+
+
+def test_teacher_channels_last_false_keeps_a_convolutional_teacher_in_standard_layout():
+    """teacher_channels_last: false (recipe key, DistillationModel argument) turns NHWC off: the CNN
+    teacher's weights and inputs stay in standard layout (kills: the flag ignored in TeacherRuntime)."""
+    teacher = tiny_resnet()
+    model = DistillationModel(tiny_vit(), teacher, [CrossEntropyLoss(), KDLoss()], teacher_channels_last=False)
+    assert not model.teacher_runtime.channels_last
+    conv = next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
+    assert conv.weight.is_contiguous() and not conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 16, 16)
+    assert model.teacher_runtime.inputs(x).is_contiguous()
