@@ -32,10 +32,10 @@ def respelt(data_names: Sequence[str], model_names: Sequence[str]) -> list[str] 
     * WordNet ids: the model's names are ImageNet-1k's descriptions and the data's are ImageNet-1k
       ids: the model's ids (a subset of the classes too; how a subset pairs with a head of 1000 is
       for the caller to decide).
-    * A name the model repeats: every other name of the model is the data's, and the data's names
-      left over each begin with the repeated name they stand for (``crane``, ``crane (machine)``):
-      they take the repeated name's places in the data's order, said in a warning (a data set
-      listing those classes in the canonical order pairs them rightly).
+    * A name the model repeats: the data lists the classes in the model's order, each under the
+      model's name or, where the model repeats one, a name that begins with it (``crane``,
+      ``crane (machine)``): the data's names, said in a warning. Data in another order is left to
+      the caller (refused by name).
     """
     if sorted(data_names) == sorted(model_names):
         return None
@@ -58,22 +58,22 @@ def _imagenet_ids(model_names: tuple[str, ...]) -> list[str] | None:
 
 
 def _repeated_paired(data_names: list[str], model_names: list[str]) -> list[str] | None:
+    """The data's names where the model repeats one, when the data lists the classes in the model's
+    order (a sorted image folder does not: ``crane`` and ``crane (bird)`` sort machine first, and
+    pairing them in that order swapped the two classes) and each such name begins with the one the
+    model repeats."""
     counts = collections.Counter(model_names)
     repeated = {name for name, count in counts.items() if count > 1}
     if not repeated or len(data_names) != len(model_names) or len(set(data_names)) != len(data_names):
         return None
-    left = [name for name in data_names if counts[name] != 1]  # the data's names the model has no one place for
-    places = [i for i, name in enumerate(model_names) if name in repeated]
-    if len(left) != len(places) or not all(name.casefold().startswith(model_names[i].casefold())
-                                           for i, name in zip(places, left)):
-        return None
-    names = list(model_names)
-    for i, name in zip(places, left):
-        names[i] = name
-    logger.warning("labels: the model names classes %s more than once; the data's %s take their places in the data's "
-                   "order (%s): if the data lists them in another order, set the names in the model's config",
-                   sorted(repeated), left, ", ".join(f"{i} -> {name!r}" for i, name in zip(places, left)))
-    return names
+    for ours, theirs in zip(data_names, model_names):
+        if ours != theirs and not (theirs in repeated and ours.casefold().startswith(theirs.casefold())):
+            return None
+    logger.warning("labels: the model names classes %s more than once; the data, listing the classes in the model's "
+                   "order, names them %s", sorted(repeated),
+                   ", ".join(f"{i}: {ours!r}" for i, (ours, theirs) in enumerate(zip(data_names, model_names))
+                             if theirs in repeated))
+    return list(data_names)
 
 
 __all__ = ["respelt"]
