@@ -1128,16 +1128,22 @@ def test_a_student_that_checkpoints_of_its_own_keeps_its_batchnorm_statistics(tm
         torch.testing.assert_close(buffers[1][key], value, msg=key)
 
 
-def test_reentrant_checkpointing_trains_the_layers_after_a_frozen_embedding(tmp_path):
+@pytest.mark.parametrize("turned_on_by", ["the arguments", "the student"])
+def test_reentrant_checkpointing_trains_the_layers_after_a_frozen_embedding(tmp_path, turned_on_by):
     """A reentrant checkpoint passes gradients back only to inputs that need them: with the patch
     embedding frozen, no checkpointed layer trained (3 steps: only the final norm and the head
-    moved) and the run ended well."""
+    moved) and the run ended well; also with checkpointing turned on in the student beforehand."""
     student = tiny_vit()
     for parameter in student.vit.embeddings.parameters():
         parameter.requires_grad_(False)
     before = snapshot(student)
-    args = make_args(tmp_path, max_steps=2, losses=["ce", "kd"], gradient_checkpointing=True,
-                     gradient_checkpointing_kwargs={"use_reentrant": True})
+    reentrant = {"use_reentrant": True}
+    if turned_on_by == "the student":
+        student.activation_checkpointing_enable(activation_checkpointing_kwargs=reentrant)
+        args = make_args(tmp_path, max_steps=2, losses=["ce", "kd"])
+    else:
+        args = make_args(tmp_path, max_steps=2, losses=["ce", "kd"], gradient_checkpointing=True,
+                         gradient_checkpointing_kwargs=reentrant)
     make_trainer(args, student=student).train()
     moved = changed(before, student)
     assert any(name.startswith("vit.layers.") for name in moved), moved

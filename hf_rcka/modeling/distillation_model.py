@@ -286,7 +286,7 @@ class DistillationModel(nn.Module):
         so the way its hidden states are taken is chosen again, without preferring hooks: a hook
         inside a reentrant checkpoint would see a state without gradient. The recomputation inside
         the backward leaves BatchNorm's running statistics alone (``recomputed_norms``)."""
-        _check_checkpointing_options(self.student, kwargs)
+        _say_options_timm_ignores(self.student, kwargs)
         self.student.activation_checkpointing_enable(**kwargs)
         self.follow_student_checkpointing(known=True)
 
@@ -299,7 +299,10 @@ class DistillationModel(nn.Module):
         earlier trainer that reused it (nothing turns it off again); its BatchNorm statistics then
         took two updates a step, and the exported model normalised with them. Called as the
         wrapper is built and as training starts; ``known``: the student was just told to."""
-        if self._norm_hooks or not (known or checkpoints_layers(self.student)):
+        if not (known or checkpoints_layers(self.student)):
+            return
+        _reentrant_inputs_need_gradients(self.student)
+        if self._norm_hooks:
             return
         self._norm_hooks.extend(keep_statistics_in_recomputation(self.student))
         student = self._captures.get("student")
@@ -638,24 +641,27 @@ def _pair(adapter: nn.Module, student: torch.Tensor, teacher: torch.Tensor) -> t
     return pair
 
 
-def _check_checkpointing_options(student: nn.Module, kwargs: Mapping[str, Any]) -> None:
-    """What ``activation_checkpointing_kwargs`` asks of the student, where it would be lost silently.
-
-    * A timm student checkpoints as timm does: transformers hands timm neither ``use_reentrant``,
-      ``every_n_layers`` nor ``offload`` (said, since only memory and speed change).
-    * A reentrant checkpoint passes gradients back only to inputs that need them: with the weights
-      before the first checkpointed layer frozen (the patch embedding, a common fine-tuning choice),
-      no checkpointed layer trained, and the run ended well. The input embeddings' output is made
-      to need gradients, as transformers does for adapters; a student without them is refused.
-    """
-    options = dict(kwargs.get("activation_checkpointing_kwargs") or {})
-    if hasattr(student, "timm_model"):
-        asked = {**options, **{k: kwargs[k] for k in ("every_n_layers", "offload") if kwargs.get(k) not in (None, 1, False)}}
-        if asked and asked != {"use_reentrant": False}:  # timm's own default
-            logger.warning("activation_checkpointing_kwargs: a timm student checkpoints each block as timm does; "
-                           "transformers passes %s on to no checkpoint (memory and speed only)", sorted(asked))
+def _say_options_timm_ignores(student: nn.Module, kwargs: Mapping[str, Any]) -> None:
+    """A timm student checkpoints as timm does: transformers hands timm neither ``use_reentrant``,
+    ``every_n_layers`` nor ``offload`` (said, since only memory and speed change)."""
+    if not hasattr(student, "timm_model"):
         return
-    if not options.get("use_reentrant") or all(p.requires_grad for p in student.parameters()):
+    asked = {**(kwargs.get("activation_checkpointing_kwargs") or {}),
+             **{k: kwargs[k] for k in ("every_n_layers", "offload") if kwargs.get(k) not in (None, 1, False)}}
+    if asked and asked != {"use_reentrant": False}:  # timm's own default
+        logger.warning("activation_checkpointing_kwargs: a timm student checkpoints each block as timm does; "
+                       "transformers passes %s on to no checkpoint (memory and speed only)", sorted(asked))
+
+
+def _reentrant_inputs_need_gradients(student: nn.Module) -> None:
+    """A reentrant checkpoint passes gradients back only to inputs that need them: with the weights
+    before the first checkpointed layer frozen (the patch embedding, a common fine-tuning choice),
+    no checkpointed layer trained, and the run ended well. The input embeddings' output is made to
+    need gradients, as transformers does for adapters; a student without them is refused. (Read
+    from the layers' checkpoint function, however checkpointing was turned on.)"""
+    reentrant = any(getattr(getattr(part, "_gradient_checkpointing_func", None), "keywords", {}).get("use_reentrant")
+                    for part in student.modules())
+    if not reentrant or all(p.requires_grad for p in student.parameters()) or getattr(student, "_require_grads_hooks", None):
         return
     student.enable_input_require_grads()
     if not getattr(student, "_require_grads_hooks", None):
