@@ -200,7 +200,7 @@ def save_heatmaps(reports: Sequence[LayerCKA], path: str | Path, title: str | No
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with replacing_path(path) as temporary:  # a full disk or a signal leaves the earlier picture whole
-            fig.savefig(temporary, dpi=120, bbox_inches="tight")
+            fig.savefig(temporary, format=path.suffix[1:] or "png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path

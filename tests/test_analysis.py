@@ -84,6 +84,8 @@ def test_heatmaps_are_written(tmp_path, images):
     report = layer_cka(vit, images, vit, images)
     path = save_heatmaps([report, report], tmp_path / "cka.png", title="t")
     assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+    bare = save_heatmaps([report], tmp_path / "cka")  # no suffix: a PNG, as matplotlib's default
+    assert bare.read_bytes()[:4] == b"\x89PNG" and sorted(p.name for p in tmp_path.iterdir()) == ["cka", "cka.png"]
 
 
 def _load_script(name: str):
