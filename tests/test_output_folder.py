@@ -468,7 +468,8 @@ def test_a_failed_write_is_one_line_that_names_the_fix(tmp_path, monkeypatch):
     assert str(write_error(OSError(errno.EDQUOT, "Disk quota exceeded", model), out)).startswith(
         f"your disk quota for {out} is used up: a write failed")
     # a quota fills with the disk's space free, and a file's write() names no file: a traceback before
-    assert "quota" in str(write_error(OSError(errno.EDQUOT, "Disk quota exceeded"), out))
+    assert str(write_error(OSError(errno.EDQUOT, "Disk quota exceeded"), out)).startswith(
+        f"a disk quota is used up (the error names no file: {out}'s, or a cache's): a write failed")
     assert write_error(OSError(errno.EDQUOT, "Disk quota exceeded", str(tmp_path / "elsewhere")), out) is None
     shm = RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nunable to write to file </torch_1_2>: "
                        "No space left on device (28)")

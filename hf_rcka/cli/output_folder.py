@@ -521,7 +521,10 @@ def write_error(err: BaseException, output_dir: str) -> OutputWriteError | None:
     # a quota fills with the disk's space free (HPC file systems), and a file's write() names no file
     quota = (code == errno.EDQUOT or "Disk quota exceeded" in str(err)) and (inside or filename is None)
     if (code in _DISK_FULL and (inside or low)) or (said and low) or quota:  # torch's zip writer: "unexpected pos"
-        full = f"your disk quota for {output_dir} is used up" if quota and not low else f"the disk holding {output_dir} is full"
+        full = f"the disk holding {output_dir} is full"
+        if quota and not low:  # a write() names no file: output_dir's quota, or a cache's on another disk
+            full = (f"your disk quota for {output_dir} is used up" if inside else
+                    f"a disk quota is used up (the error names no file: {output_dir}'s, or a cache's)")
         return OutputWriteError(f"{full}: a write failed ({type(err).__name__}: "
                                 f"{text[:300]}). Free space there or choose another output_dir; what was saved "
                                 "before is kept (a checkpoint cut short is refused on resume, which names the one "
