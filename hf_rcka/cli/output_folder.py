@@ -463,7 +463,7 @@ def _settle(out: Path) -> str | None:
             break
     else:
         shutil.rmtree(staging)
-        logger.warning("output_dir: the files set aside hold no model and no whole checkpoint (a failed attempt's "
+        logger.warning("output_dir: the files set aside hold no exported model and no checkpoint written whole (a failed attempt's "
                        "leftovers): deleted, keeping the earlier runs in %s", out / REPLACED)
         return None
     if target.exists():
