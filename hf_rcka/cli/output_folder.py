@@ -463,8 +463,8 @@ def _settle(out: Path) -> str | None:
             break
     else:
         shutil.rmtree(staging)
-        logger.warning("output_dir: the files set aside hold no exported model and no checkpoint written whole (a failed attempt's "
-                       "leftovers): deleted, keeping the earlier runs in %s", out / REPLACED)
+        logger.warning("output_dir: the files set aside hold no exported model and no checkpoint written whole (a "
+                       "failed attempt's leftovers): deleted, keeping the earlier runs in %s", out / REPLACED)
         return None
     if target.exists():
         shutil.rmtree(target)
