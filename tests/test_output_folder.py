@@ -666,12 +666,17 @@ def test_a_failed_attempts_leftovers_never_push_out_a_run_that_can_be_resumed(tm
     (out / "checkpoint-2").mkdir()  # run 3: the weights written, the state not
     (out / "checkpoint-2" / "model.safetensors").write_text("run 3")
     (out / "config.json").write_text('{"model_type": "resnet"}')
-    assert set_aside_previous_run(str(out)) is None
+    assert set_aside_previous_run(str(out)) == str(out / REPLACED / "_leftovers")  # weights are kept
     assert (out / REPLACED / "model.safetensors").read_text() == "run 1"
     assert (out / REPLACED / UNFINISHED / "checkpoint-4" / "tag").read_text() == "run 2"
+    assert (out / REPLACED / "_leftovers" / "checkpoint-2" / "model.safetensors").read_text() == "run 3"
+    (out / "checkpoint-2").mkdir()  # run 4: cut short before its weights
+    (out / "config.json").write_text('{"model_type": "resnet"}')
+    assert set_aside_previous_run(str(out)) is None
     assert not (out / "checkpoint-2").exists() and not (out / "_replacing").exists()
+    assert (out / REPLACED / "_leftovers" / "checkpoint-2" / "model.safetensors").read_text() == "run 3"
     (out / "checkpoint-2").mkdir()  # with room in _unfinished/ (nothing resumable there) they go there
-    (out / "checkpoint-2" / "model.safetensors").write_text("run 4")
+    (out / "checkpoint-2" / "model.safetensors").write_text("run 5")
     shutil.rmtree(out / REPLACED / UNFINISHED / "checkpoint-4")
     assert set_aside_previous_run(str(out)) == str(out / REPLACED / UNFINISHED)
 

@@ -12,7 +12,8 @@ moves the previous run's files (``RUN_OUTPUTS``; anything else is the user's and
 ``_replaced/`` inside the folder: out of the new run's way, still on disk, and left out of a Hub
 upload (which skips names that start with ``_``). One level is kept: the run set aside there
 before is deleted when a newer one takes its place, except that an unfinished run never pushes out
-a finished one: it goes to ``_replaced/_unfinished/``. A run is finished when it holds its model and
+a finished one: it goes to ``_replaced/_unfinished/``, and a failed attempt's leftovers push out
+neither (``_settle``). A run is finished when it holds its model and
 the training state saved after it (an export cut short by a full disk or a signal, or the model a
 Hub push copied in from a checkpoint, is not). The files move into ``_replacing/`` first, which
 becomes ``_replaced/`` once they are all there: a set-aside cut short leaves them there, the folder
@@ -65,6 +66,7 @@ CKA_PICTURE = ("cka.png", "cka.md")  # scripts/cka_report.py's, of one model
 REPLACED = "_replaced"
 REPLACING = "_replacing"  # where a set-aside gathers the files before it becomes REPLACED
 UNFINISHED = "_unfinished"  # inside REPLACED: a run set aside before it saved a model
+LEFTOVERS = "_leftovers"  # inside REPLACED: weights of an attempt that both places above outrank
 # What runs leave in their output_dir: Trainer's model, state and results files, its TensorBoard
 # logs, checkpoints, hf_rcka's records and card, and scripts/cka_report.py's picture.
 RUN_OUTPUTS = (
@@ -248,7 +250,7 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
 def _check_set_aside_folders(out: Path) -> None:
     """The folders a set-aside moves the earlier run into must be folders of ``output_dir`` itself:
     a symbolic link would be replaced (or refused by ``rmtree``) after the models have loaded."""
-    for folder in (out / REPLACING, out / REPLACED, out / REPLACED / UNFINISHED):
+    for folder in (out / REPLACING, out / REPLACED, out / REPLACED / UNFINISHED, out / REPLACED / LEFTOVERS):
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             kind = "a symbolic link" if folder.is_symlink() else "not a folder"
             raise RecipeError(f"{folder} is {kind}: with overwrite_output_dir the earlier run is set aside there, "
@@ -453,19 +455,22 @@ def _move_aside(out: Path, entries: list[Path]) -> str | None:
 
 def _settle(out: Path) -> str | None:
     """Make the run gathered in ``_replacing/`` the one kept in ``_replaced/``, unless that keeps more
-    of a run (``_worth``): then it goes to ``_replaced/_unfinished/``, unless that too keeps more,
-    and then it is deleted (a failed attempt's leftovers never push out a model or a checkpoint
-    that can be resumed; a retry after a save that a full disk cut short did)."""
+    of a run (``_worth``): then it goes to ``_replaced/_unfinished/``, unless that too keeps more.
+    A failed attempt's leftovers never push out a model or a checkpoint that can be resumed (a
+    retry after a save that a full disk cut short did): they go to ``_replaced/_leftovers/`` when
+    they hold weights (a checkpoint whose state alone was cut short), and are deleted otherwise."""
     staging = out / REPLACING
     worth = _worth(staging)
     for target in (out / REPLACED, out / REPLACED / UNFINISHED):
         if not target.exists() or _worth(target) <= worth:
             break
     else:
-        shutil.rmtree(staging)
-        logger.warning("output_dir: the files set aside hold no exported model and no checkpoint written whole (a "
-                       "failed attempt's leftovers): deleted, keeping the earlier runs in %s", out / REPLACED)
-        return None
+        if not any(staging.rglob("*.safetensors")) and not any(staging.rglob("*.bin")):
+            shutil.rmtree(staging)
+            logger.warning("output_dir: the files set aside hold no weights (a failed attempt's leftovers): deleted, "
+                           "keeping the earlier runs in %s", out / REPLACED)
+            return None
+        target = out / REPLACED / LEFTOVERS
     if target.exists():
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -483,7 +488,7 @@ def _worth(folder: Path) -> int:
 
 
 def _where(target: str | None) -> str:
-    return f"moved to {target}" if target else "deleted: they held nothing to load or resume"
+    return f"moved to {target}" if target else "deleted: they held no weights"
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
