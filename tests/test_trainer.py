@@ -1292,3 +1292,24 @@ def test_a_term_weighing_zero_everywhere_is_left_out_and_float_weights_add_up():
     log.add({"ce": torch.tensor(3.0), "rcka": torch.tensor(0.3)}, {"ce": 0.5, "rcka": 0})
     means = log.means(_gather)
     assert means == {"ce": 2.0} and all(math.isfinite(v) for v in means.values())
+
+
+def test_reentrant_checkpointing_with_only_the_head_frozen_trains_a_student_without_input_embeddings(tmp_path):
+    """Only weights before the first checkpointed layer matter: MobileViT has no input embeddings
+    to pass gradients through, and a frozen head was refused (a reviewer's case)."""
+    from transformers import MobileViTConfig, MobileViTForImageClassification
+
+    from conftest import NUM_LABELS
+
+    torch.manual_seed(0)
+    student = MobileViTForImageClassification(MobileViTConfig(
+        image_size=32, patch_size=2, hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8, 8, 8, 8, 8, 8, 16],
+        num_attention_heads=1, num_labels=NUM_LABELS))
+    for parameter in student.classifier.parameters():
+        parameter.requires_grad_(False)
+    before = snapshot(student)
+    args = make_args(tmp_path, max_steps=2, losses=["ce"], gradient_checkpointing=True,
+                     gradient_checkpointing_kwargs={"use_reentrant": True})
+    DistillationTrainer(model=student, teacher=None, args=args, train_dataset=pixel_dataset(10, size=32),
+                        eval_dataset=pixel_dataset(5, size=32, seed=1), processing_class=processor(32)).train()
+    assert any("transformer" in name for name in changed(before, student))

@@ -654,20 +654,42 @@ def _say_options_timm_ignores(student: nn.Module, kwargs: Mapping[str, Any]) -> 
 
 
 def _reentrant_inputs_need_gradients(student: nn.Module) -> None:
-    """A reentrant checkpoint passes gradients back only to inputs that need them: with the weights
+    """A reentrant checkpoint passes gradients back only to inputs that need them: with every weight
     before the first checkpointed layer frozen (the patch embedding, a common fine-tuning choice),
-    no checkpointed layer trained, and the run ended well. The input embeddings' output is made to
-    need gradients, as transformers does for adapters; a student without them is refused. (Read
-    from the layers' checkpoint function, however checkpointing was turned on.)"""
-    reentrant = any(getattr(getattr(part, "_gradient_checkpointing_func", None), "keywords", {}).get("use_reentrant")
-                    for part in student.modules())
-    if not reentrant or all(p.requires_grad for p in student.parameters()) or getattr(student, "_require_grads_hooks", None):
+    no checkpointed layer trained, and the run ended well. The input embeddings' output is then
+    made to need gradients, as transformers does for adapters; a student without them is refused.
+    Read from the layers' checkpoint function, however checkpointing was turned on; timm's
+    reentrant checkpoints (``TIMM_REENTRANT_CKPT``) are said, since its blocks do not say where
+    the first checkpoint starts."""
+    if hasattr(student, "timm_model"):
+        from timm.layers import use_reentrant_ckpt
+
+        if use_reentrant_ckpt() and not all(p.requires_grad for p in student.parameters()):
+            logger.warning("TIMM_REENTRANT_CKPT with frozen student weights: a reentrant checkpoint whose input needs no "
+                           "gradient trains none of its block's weights; unset TIMM_REENTRANT_CKPT if the frozen "
+                           "weights come before the checkpointed blocks")
+        return
+    first = next((name for name, part in student.named_modules() if getattr(getattr(
+        part, "_gradient_checkpointing_func", None), "keywords", {}).get("use_reentrant")), None)
+    if first is None or getattr(student, "_require_grads_hooks", None) or _trains_before(student, first):
         return
     student.enable_input_require_grads()
     if not getattr(student, "_require_grads_hooks", None):
-        raise ModelError(f"activation_checkpointing_kwargs: use_reentrant: true with frozen student weights trains no "
-                         f"checkpointed layer whose input needs no gradient, and {type(student).__name__} has no input "
-                         "embeddings to make it need one: set use_reentrant: false (transformers' default)")
+        raise ModelError(f"activation_checkpointing_kwargs: use_reentrant: true with every weight before the first "
+                         f"checkpointed layer ({first}) frozen trains no checkpointed layer, and "
+                         f"{type(student).__name__} has no input embeddings to pass gradients through: set "
+                         "use_reentrant: false (transformers' default)")
+
+
+def _trains_before(model: nn.Module, first: str) -> bool:
+    """Whether a weight registered before the module ``first`` (in the model's module order, which
+    is the order of its forward for the layered models transformers checkpoints) trains."""
+    for name, part in model.named_modules():
+        if name == first:
+            return False
+        if any(p.requires_grad for p in part.parameters(recurse=False)):
+            return True
+    return False
 
 
 class _Handles:
