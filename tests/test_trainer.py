@@ -1150,16 +1150,25 @@ def test_reentrant_checkpointing_trains_the_layers_after_a_frozen_embedding(tmp_
     assert not any("embeddings" in name for name in moved)
 
 
-def test_checkpointing_options_a_timm_student_does_not_take_are_said(tmp_path, caplog):
+def test_checkpointing_options_a_timm_student_does_not_take_are_said(tmp_path, caplog, monkeypatch):
+    """transformers hands timm none of them; timm's own reentrant switch with a frozen stem trained
+    only the head (a reviewer's case): both said."""
+    import timm.layers.config
+
     from hf_rcka.models.label_maps import LabelMaps
     from hf_rcka.models.timm_models import build_timm_classifier
 
     args = make_args(tmp_path, max_steps=1, losses=["ce"], gradient_checkpointing=True,
                      gradient_checkpointing_kwargs={"use_reentrant": True, "every_n_layers": 2})
+    student = build_timm_classifier("resnet10t", LabelMaps.default(3))
+    for parameter in student.timm_model.conv1.parameters():
+        parameter.requires_grad_(False)
+    monkeypatch.setattr(timm.layers.config, "_USE_REENTRANT_CKPT", True)  # TIMM_REENTRANT_CKPT=1
     with caplog.at_level(logging.WARNING, logger="hf_rcka"):
-        make_trainer(args, student=build_timm_classifier("resnet10t", LabelMaps.default(3)), teacher=None).train()
+        make_trainer(args, student=student, teacher=None).train()
     assert "a timm student checkpoints each block as timm does; transformers passes ['every_n_layers', " \
            "'use_reentrant'] on to no checkpoint" in caplog.text
+    assert "TIMM_REENTRANT_CKPT with frozen student weights" in caplog.text
 
 
 @pytest.mark.parametrize("delay, trains", [(1.6, True), (1.8, False)])
