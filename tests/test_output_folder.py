@@ -547,9 +547,34 @@ def test_a_second_training_run_in_a_folder_in_use_is_refused(tmp_path, capsys):
     with training_alone_in(str(out)) as refusal:  # the first run, still training
         assert refusal is None
         assert _run(tmp_path, max_steps=2) == 2
-    assert "is in use by another training run (it holds the folder's lock)" in capsys.readouterr().err
+    assert ("is in use by another run (training, or evaluating the model there): it holds the folder's lock"
+            in capsys.readouterr().err)
     assert not out.exists(), "the folder made for the lock is not left behind"
     assert _run(tmp_path, max_steps=2) == 0  # once it has ended
+
+
+def test_an_evaluation_only_run_shares_its_folder_with_evaluations_but_not_with_training(tmp_path, capsys):
+    """An evaluation of OUT while a training run with overwrite_output_dir set OUT's model aside: the
+    evaluation's record of the replaced model landed in the new run's folder (exit 0 both)."""
+    from hf_rcka.cli.output_folder import training_alone_in
+
+    out = tmp_path / "out"
+    assert _run(tmp_path, max_steps=2) == 0
+    evaluate = [str(out / "distill_config.yaml"), "--do_train", "false", "--model_name_or_path", str(out),
+                "--student_from_scratch", "false", "--output_dir", str(out)]
+    capsys.readouterr()
+    with training_alone_in(str(out)) as refusal:  # a training run in the folder
+        assert refusal is None
+        assert main(evaluate) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: output_dir {str(out)!r} is in use by a training run: it holds the folder's lock. Wait for it to end, "
+        "or choose another output_dir")
+    assert not list(out.glob("_eval-*"))
+    with training_alone_in(str(out), evaluating=True) as refusal:  # another evaluation of the folder
+        assert refusal is None
+        assert main(evaluate) == 0
+        assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 2  # training waits for both
+    assert len(list(out.glob("_eval-*/eval_results.json"))) == 1
 
 
 def test_a_refused_run_leaves_no_folder_it_made(tmp_path):

@@ -84,9 +84,16 @@ def run(
     args.do_eval = explicit.get("do_eval", RUN_DEFAULTS["do_eval"])
     check_launch(args)  # before the folder lock: unjoined processes would race for it
     if args.do_train:
-        with _training_alone(args):
+        with _holding_output_dir(args):
             resume = _prepare_before_loading(model_args, data_args, args, explicit)
             return _run(model_args, data_args, args, recipe, stop, argv, resume, args.output_dir)
+    with _holding_output_dir(args, evaluating=True):
+        return _evaluate_alone(model_args, data_args, args, recipe, stop, argv, explicit)
+
+
+def _evaluate_alone(model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
+                    recipe: dict | None, stop: GracefulStop | None, argv: Sequence[str], explicit: dict) -> dict:
+    """``run`` without training: the evaluation's record goes to a folder of its own in ``output_dir``."""
     resume = _prepare_before_loading(model_args, data_args, args, explicit)
     main_process = args.process_index == 0
     made = missing_folders(args.output_dir)
@@ -121,11 +128,12 @@ def _precision_line(args: DistillationTrainingArguments) -> str:
 
 
 @contextlib.contextmanager
-def _training_alone(args: DistillationTrainingArguments) -> Iterator[None]:
-    """``output_dir`` held by this training run (the lock is rank 0's); when another run holds it,
-    every rank refuses, not rank 0 alone (the others went on into the first collective)."""
+def _holding_output_dir(args: DistillationTrainingArguments, evaluating: bool = False) -> Iterator[None]:
+    """``output_dir`` held by this training run, or shared by evaluations (the lock is rank 0's);
+    when another run holds it, every rank refuses, not rank 0 alone (the others went on into the
+    first collective)."""
     main_process = args.process_index == 0
-    with training_alone_in(args.output_dir) if main_process else contextlib.nullcontext() as refusal:
+    with training_alone_in(args.output_dir, evaluating) if main_process else contextlib.nullcontext() as refusal:
         refused = from_rank0(refusal)
         if refused:
             raise RecipeError(refused)

@@ -141,12 +141,15 @@ def _local_folders(settings: dict[str, str | None]) -> Iterator[tuple[str, str, 
 
 
 @contextlib.contextmanager
-def training_alone_in(output_dir: str) -> Iterator[str | None]:
+def training_alone_in(output_dir: str, evaluating: bool = False) -> Iterator[str | None]:
     """Hold ``output_dir`` for one training run; yields None, or why another run holds it or it
     cannot be made (every rank must refuse, so the caller shares this and raises).
 
     Two runs in one folder both exited 0, one's model and card beside the other's recorded
-    recipe, and the other's model lost. The lock is ``flock`` on the folder itself (no file is
+    recipe, and the other's model lost. An evaluation-only run (``evaluating``) shares the folder
+    with other evaluations but not with a training run: a training run that set the evaluated
+    model aside meanwhile got the evaluation's record, of the model it replaced, in its own
+    folder. The lock is ``flock`` on the folder itself (no file is
     left behind; it goes when the process ends, however it ends; DataLoader workers forked
     meanwhile close their copy). Folders made here for the lock are removed again if the run
     leaves them empty. Where the file system has no locks (some network file systems), runs are
@@ -173,11 +176,12 @@ def training_alone_in(output_dir: str) -> Iterator[str | None]:
     refusal = None
     try:
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, (fcntl.LOCK_SH if evaluating else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             _HELD.add(descriptor)
         except BlockingIOError:
-            refusal = (f"output_dir {output_dir!r} is in use by another training run (it holds the folder's lock): "
-                       "wait for it to end, or choose another output_dir")
+            other = "a training run" if evaluating else "another run (training, or evaluating the model there)"
+            refusal = (f"output_dir {output_dir!r} is in use by {other}: it holds the folder's lock. Wait for it to "
+                       "end, or choose another output_dir")
         except OSError as err:
             logger.debug("output_dir: no lock on %s (%s): runs started there at once are not kept apart", output_dir, err)
         yield refusal
