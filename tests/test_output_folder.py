@@ -700,8 +700,17 @@ def test_a_failed_attempts_leftovers_never_push_out_a_run_that_can_be_resumed(tm
     assert set_aside_previous_run(str(out)) is None
     assert not (out / "checkpoint-2").exists() and not (out / "_replacing").exists()
     assert (out / REPLACED / "_leftovers" / "checkpoint-2" / "model.safetensors").read_text() == "run 3"
+    (out / "checkpoint-5").mkdir()  # run 5: weights cut short, beside an export cut short (a model, no state)
+    (out / "checkpoint-5" / "model.safetensors").write_text("r5")
+    (out / "model.safetensors").write_text("\x10")
+    assert set_aside_previous_run(str(out)) == str(out / REPLACED / "_leftovers-2"), "the earlier leftovers went"
+    assert (out / REPLACED / "_leftovers" / "checkpoint-2" / "model.safetensors").read_text() == "run 3"
+    assert (out / REPLACED / UNFINISHED / "checkpoint-4" / "tag").read_text() == "run 2", "a whole checkpoint went"
+    (out / "checkpoint-7").mkdir()  # no weights, but a card a user may have written in
+    (out / "README.md").write_text("# my notes\n")
+    assert set_aside_previous_run(str(out)) == str(out / REPLACED / "_leftovers-3")
     (out / "checkpoint-2").mkdir()  # with room in _unfinished/ (nothing resumable there) they go there
-    (out / "checkpoint-2" / "model.safetensors").write_text("run 5")
+    (out / "checkpoint-2" / "model.safetensors").write_text("run 6")
     shutil.rmtree(out / REPLACED / UNFINISHED / "checkpoint-4")
     assert set_aside_previous_run(str(out)) == str(out / REPLACED / UNFINISHED)
 

@@ -66,7 +66,7 @@ CKA_PICTURE = ("cka.png", "cka.md")  # scripts/cka_report.py's, of one model
 REPLACED = "_replaced"
 REPLACING = "_replacing"  # where a set-aside gathers the files before it becomes REPLACED
 UNFINISHED = "_unfinished"  # inside REPLACED: a run set aside before it saved a model
-LEFTOVERS = "_leftovers"  # inside REPLACED: weights of an attempt that both places above outrank
+LEFTOVERS = "_leftovers"  # inside REPLACED: an attempt both places above outrank (_leftovers-2, ...)
 # What runs leave in their output_dir: Trainer's model, state and results files, its TensorBoard
 # logs, checkpoints, hf_rcka's records and card, and scripts/cka_report.py's picture.
 RUN_OUTPUTS = (
@@ -461,20 +461,24 @@ def _settle(out: Path) -> str | None:
     """Make the run gathered in ``_replacing/`` the one kept in ``_replaced/``, unless that keeps more
     of a run (``_worth``): then it goes to ``_replaced/_unfinished/``, unless that too keeps more.
     A failed attempt's leftovers never push out a model or a checkpoint that can be resumed (a
-    retry after a save that a full disk cut short did): they go to ``_replaced/_leftovers/`` when
-    they hold weights (a checkpoint whose state alone was cut short), and are deleted otherwise."""
+    retry after a save that a full disk cut short did): when they hold weights (a checkpoint whose
+    state alone was cut short) or a card, they go to a ``_replaced/_leftovers*/`` folder of their
+    own, and are deleted otherwise."""
     staging = out / REPLACING
     worth = _worth(staging)
     for target in (out / REPLACED, out / REPLACED / UNFINISHED):
         if not target.exists() or _worth(target) <= worth:
             break
     else:
-        if not any(staging.rglob("*.safetensors")) and not any(staging.rglob("*.bin")):
+        kept = ("model*.safetensors", "pytorch_model*.bin", CARD_NAME, EARLIER_CARDS)
+        if not any(next(staging.rglob(pattern), None) for pattern in kept):
             shutil.rmtree(staging)
-            logger.warning("output_dir: the files set aside hold no weights (a failed attempt's leftovers): deleted, "
-                           "keeping the earlier runs in %s", out / REPLACED)
+            logger.warning("output_dir: the files set aside hold no weights and no card (a failed attempt's "
+                           "leftovers): deleted, keeping the earlier runs in %s", out / REPLACED)
             return None
-        target = out / REPLACED / LEFTOVERS
+        target, n = out / REPLACED / LEFTOVERS, 2
+        while target.exists():  # earlier leftovers are kept: none of them outranks another
+            target, n = out / REPLACED / f"{LEFTOVERS}-{n}", n + 1
     if target.exists():
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -483,12 +487,14 @@ def _settle(out: Path) -> str | None:
 
 
 def _worth(folder: Path) -> int:
-    """How much of a run ``folder`` holds: 2 a finished run (``_finished``), 1 a model or a checkpoint
-    written whole (something to load or resume), 0 neither."""
+    """How much of a run ``folder`` holds: 3 a finished run (``_finished``), 2 a checkpoint written
+    whole (to resume), 1 a model without its training state (an export cut short, or a model a Hub
+    push copied in), 0 none of them."""
     if _finished(folder):
+        return 3
+    if any(written_whole(path) for path in folder.glob("checkpoint-*")):
         return 2
-    return int(any((folder / name).exists() for name in MODEL_FILES)
-               or any(written_whole(path) for path in folder.glob("checkpoint-*")))
+    return int(any((folder / name).exists() for name in MODEL_FILES))
 
 
 def _where(target: str | None) -> str:
