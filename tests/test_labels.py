@@ -237,6 +237,8 @@ def test_a_data_sets_second_crane_takes_the_place_the_model_repeats(caplog):
             teacher_label_order(names, descriptions)
         with pytest.raises(LabelError, match="cannot evaluate"):
             run_label_order(names, descriptions, training=False)
+        with pytest.raises(LabelError, match=r"names \['crane'\] more than once"):  # a kept head (a second reviewer)
+            run_label_order(names, descriptions, training=True)
     other = list(descriptions)
     other[517] = "construction crane"
     with pytest.raises(LabelError, match=r"the dataset has \['construction crane'\] that the teacher lacks"):

@@ -126,6 +126,13 @@ def _shared_rows_kept(dataset_labels: list[str], student_labels: list[str]) -> l
     class after it onto another class's trained row.)"""
     counts = collections.Counter(student_labels)
     shared = {name for name in dataset_labels if counts[name] == 1}  # a repeated name (ImageNet has some) is no row
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    ambiguous = [name for name in dataset_labels if name not in shared
+                 and any(name.casefold().startswith(twice.casefold()) for twice in repeated)]
+    if len(ambiguous) > 1:  # in the data's order, ImageNet's two cranes took each other's rows (a sorted folder)
+        raise LabelError(f"model_name_or_path: the student names {listed_names(repeated)} more than once, so the "
+                         f"dataset's {listed_names(ambiguous)} cannot be matched with those rows of its head by name: "
+                         "list the classes in the model's order, or name them in its config.json id2label")
     new = iter(name for name in dataset_labels if name not in shared)
     order = [name if name in shared else next(new) for name in student_labels]
     replaced = [f"{old!r} -> {name!r}" for old, name in zip(student_labels, order) if old != name]
