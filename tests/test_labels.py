@@ -239,6 +239,13 @@ def test_a_data_sets_second_crane_takes_the_place_the_model_repeats(caplog):
             run_label_order(names, descriptions, training=False)
         with pytest.raises(LabelError, match=r"names \['crane'\] more than once"):  # a kept head (a second reviewer)
             run_label_order(names, descriptions, training=True)
+    # the refusal's advice: by_index paired every class of data in another order with another's logit (exit
+    # 0, the teacher at 0%), and the data cannot take the teacher's names, which repeat one
+    with pytest.raises(LabelError) as refused:
+        teacher_label_order(sorted(spelt), descriptions)
+    assert "by_index" not in str(refused.value)
+    assert "list the classes in the teacher's order, naming each class it names more than once (['crane'])" in str(
+        refused.value)
     other = list(descriptions)
     other[517] = "construction crane"
     with pytest.raises(LabelError, match=r"the dataset has \['construction crane'\] that the teacher lacks"):

@@ -196,8 +196,16 @@ def teacher_label_order(
                                               and sorted(labels) != sorted(teacher_labels)):
         fix = ("use a teacher trained on these classes, or rename the classes to the teacher's names"
                if mapping == BY_NAME else "use a teacher trained on these classes")
+        twice = sorted(name for name, count in collections.Counter(teacher_labels).items() if count > 1)
+        if mapping == BY_NAME and twice:  # no data set can repeat a name (ImageNet's 'crane')
+            fix = (f"use a teacher trained on these classes, or list the classes in the teacher's order, naming each "
+                   f"class it names more than once ({listed_names(twice)}) with a name that begins with that one")
+        # by position only where the names the two share sit at the same places: data sorted otherwise
+        # than the teacher's (a folder of ImageNet's descriptions) paired every class with another's logit
+        known = set(teacher_labels)
+        same_places = all(name == theirs for name, theirs in zip(labels, teacher_labels) if name in known)
         hint = (" (or set teacher_label_mapping: by_index to pair classes by position)"
-                if mapping == BY_NAME and len(labels) == len(teacher_labels) else "")
+                if mapping == BY_NAME and len(labels) == len(teacher_labels) and same_places else "")
         raise LabelError(
             f"{key}: the teacher's classes do not match those of {source}: "
             f"{_difference(labels, teacher_labels, 'teacher', source)}. Fix: {fix}{hint}"
