@@ -1303,22 +1303,48 @@ def test_a_term_weighing_zero_everywhere_is_left_out_and_float_weights_add_up():
     assert means == {"ce": 2.0} and all(math.isfinite(v) for v in means.values())
 
 
-def test_reentrant_checkpointing_with_only_the_head_frozen_trains_a_student_without_input_embeddings(tmp_path):
-    """Only weights before the first checkpointed layer matter: MobileViT has no input embeddings
-    to pass gradients through, and a frozen head was refused (a reviewer's case)."""
+def _swin():
+    from transformers import SwinConfig, SwinForImageClassification
+
+    from conftest import NUM_LABELS
+
+    return SwinForImageClassification(SwinConfig(image_size=32, patch_size=2, embed_dim=12, depths=[1, 1, 1],
+                                                 num_heads=[1, 2, 2], window_size=2, num_labels=NUM_LABELS))
+
+
+def _mobilevit():
     from transformers import MobileViTConfig, MobileViTForImageClassification
 
     from conftest import NUM_LABELS
 
-    torch.manual_seed(0)
-    student = MobileViTForImageClassification(MobileViTConfig(
+    return MobileViTForImageClassification(MobileViTConfig(
         image_size=32, patch_size=2, hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8, 8, 8, 8, 8, 8, 16],
         num_attention_heads=1, num_labels=NUM_LABELS))
-    for parameter in student.classifier.parameters():
-        parameter.requires_grad_(False)
+
+
+@pytest.mark.parametrize("build, frozen, moves", [
+    (_swin, "embeddings", "swin.encoder.layers.0."),  # its input embeddings give a tuple: a crash at the first step
+    (_mobilevit, "classifier", "transformer"),  # no input embeddings: refused
+    (_mobilevit, "all but the head", "classifier"),  # a linear probe: nothing checkpointed trains, refused
+])
+def test_reentrant_checkpointing_trains_what_is_not_frozen(tmp_path, build, frozen, moves):
+    """Reviewers' cases: the first mend (transformers' enable_input_require_grads) crashed on Swin and
+    Hiera and refused students without input embeddings; a pre-hook on the module that calls the first
+    checkpointed layer makes its input need a gradient, only where a checkpointed weight trains."""
+    torch.manual_seed(0)
+    student = build()
+    for name, parameter in student.named_parameters():
+        top, _, rest = name.partition(".")
+        if {"all but the head": top != "classifier", "classifier": top == "classifier"}.get(frozen, rest.startswith(frozen)):
+            parameter.requires_grad_(False)
     before = snapshot(student)
     args = make_args(tmp_path, max_steps=2, losses=["ce"], gradient_checkpointing=True,
                      gradient_checkpointing_kwargs={"use_reentrant": True})
     DistillationTrainer(model=student, teacher=None, args=args, train_dataset=pixel_dataset(10, size=32),
                         eval_dataset=pixel_dataset(5, size=32, seed=1), processing_class=processor(32)).train()
-    assert any("transformer" in name for name in changed(before, student))
+    moved = changed(before, student)
+    assert any(moves in name for name in moved), moved
+    frozen_names = {name for name, parameter in student.named_parameters() if not parameter.requires_grad}
+    assert not frozen_names & set(moved)
+
+

@@ -123,6 +123,7 @@ class DistillationModel(nn.Module):
         self.left_out: frozenset[str] = frozenset()  # losses not computed (see leave_out_fresh_losses)
         self._student_only = False  # see without_teacher
         self._norm_hooks: list = []  # see activation_checkpointing_enable
+        self._input_hooks: list = []  # see follow_student_checkpointing
         if self.needs_features:  # may refuse the pairs: before the teacher is frozen and cast below
             self._build_adapters(feature_pairs, student_input)
         elif feature_pairs not in (None, "auto"):
@@ -154,7 +155,7 @@ class DistillationModel(nn.Module):
         # the channels_last teacher in the standard layout for as long as the teacher is in it.
         hooked = [*self._captures.values(), *([self._distilled_heads] if self._distilled_heads else [])]
         # _norm_hooks is filled in place later (activation_checkpointing_enable): removed with the rest
-        weakref.finalize(self, _remove_hooks, [*hooked, _Handles(self._norm_hooks)])
+        weakref.finalize(self, _remove_hooks, [*hooked, _Handles(self._norm_hooks), _Handles(self._input_hooks)])
         self.follow_student_checkpointing()
 
     # ------------------------------------------------------------------ construction
@@ -301,7 +302,8 @@ class DistillationModel(nn.Module):
         wrapper is built and as training starts; ``known``: the student was just told to."""
         if not (known or checkpoints_layers(self.student)):
             return
-        _reentrant_inputs_need_gradients(self.student)
+        if not self._input_hooks:
+            self._input_hooks.extend(_reentrant_inputs_need_gradients(self.student))
         if self._norm_hooks:
             return
         self._norm_hooks.extend(keep_statistics_in_recomputation(self.student))
@@ -653,14 +655,14 @@ def _say_options_timm_ignores(student: nn.Module, kwargs: Mapping[str, Any]) -> 
                        "transformers passes %s on to no checkpoint (memory and speed only)", sorted(asked))
 
 
-def _reentrant_inputs_need_gradients(student: nn.Module) -> None:
+def _reentrant_inputs_need_gradients(student: nn.Module) -> list:
     """A reentrant checkpoint passes gradients back only to inputs that need them: with every weight
     before the first checkpointed layer frozen (the patch embedding, a common fine-tuning choice),
-    no checkpointed layer trained, and the run ended well. The input embeddings' output is then
-    made to need gradients, as transformers does for adapters; a student without them is refused.
-    Read from the layers' checkpoint function, however checkpointing was turned on; timm's
-    reentrant checkpoints (``TIMM_REENTRANT_CKPT``) are said, since its blocks do not say where
-    the first checkpoint starts."""
+    no checkpointed layer trained, and the run ended well. The input of the module that holds the
+    first checkpointed layer is then made to need a gradient (a forward pre-hook; hooking the layer
+    itself would run inside its checkpoint); returns the hooks. Read from the layers' checkpoint
+    function, however checkpointing was turned on; timm's reentrant checkpoints
+    (``TIMM_REENTRANT_CKPT``) are said, since its blocks do not say where the first checkpoint starts."""
     if hasattr(student, "timm_model"):
         from timm.layers import use_reentrant_ckpt
 
@@ -668,17 +670,16 @@ def _reentrant_inputs_need_gradients(student: nn.Module) -> None:
             logger.warning("TIMM_REENTRANT_CKPT with frozen student weights: a reentrant checkpoint whose input needs no "
                            "gradient trains none of its block's weights; unset TIMM_REENTRANT_CKPT if the frozen "
                            "weights come before the checkpointed blocks")
-        return
-    first = next((name for name, part in student.named_modules() if getattr(getattr(
-        part, "_gradient_checkpointing_func", None), "keywords", {}).get("use_reentrant")), None)
-    if first is None or getattr(student, "_require_grads_hooks", None) or _trains_before(student, first):
-        return
-    student.enable_input_require_grads()
-    if not getattr(student, "_require_grads_hooks", None):
-        raise ModelError(f"activation_checkpointing_kwargs: use_reentrant: true with every weight before the first "
-                         f"checkpointed layer ({first}) frozen trains no checkpointed layer, and "
-                         f"{type(student).__name__} has no input embeddings to pass gradients through: set "
-                         "use_reentrant: false (transformers' default)")
+        return []
+    checkpointed = [name for name, part in student.named_modules() if getattr(getattr(
+        part, "_gradient_checkpointing_func", None), "keywords", {}).get("use_reentrant")]
+    if not checkpointed or _trains_before(student, checkpointed[0]) or not any(
+            p.requires_grad for name in checkpointed for p in student.get_submodule(name).parameters()):
+        return []  # a trainable weight feeds the checkpoints, or none in them trains (a linear probe)
+    holder = checkpointed[0].rpartition(".")[0]  # a module that calls the first checkpointed layer ("": the student)
+    while holder and isinstance(student.get_submodule(holder), (nn.ModuleList, nn.ModuleDict)):
+        holder = holder.rpartition(".")[0]
+    return [student.get_submodule(holder).register_forward_pre_hook(_input_needs_gradient, with_kwargs=True)]
 
 
 def _trains_before(model: nn.Module, first: str) -> bool:
@@ -690,6 +691,19 @@ def _trains_before(model: nn.Module, first: str) -> bool:
         if any(p.requires_grad for p in part.parameters(recurse=False)):
             return True
     return False
+
+
+def _input_needs_gradient(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+    """Make a training forward's first floating-point tensor input need a gradient."""
+    if not (module.training and torch.is_grad_enabled()):
+        return None
+    first = next((value for value in (*args, *kwargs.values())
+                  if isinstance(value, torch.Tensor) and value.is_floating_point()), None)
+    if first is None or first.requires_grad:
+        return None
+    marked = first.detach().requires_grad_(True)
+    return (tuple(marked if value is first else value for value in args),
+            {key: marked if value is first else value for key, value in kwargs.items()})
 
 
 class _Handles:
