@@ -29,7 +29,8 @@ from ..features.hidden_states import describe_hidden_states, pooled_dim
 from ..features.pairing import FeaturePair
 from ..adapters.base import FeatureAdapter
 from .distilled_heads import DistilledHeads, has_distillation_head
-from .recomputed_norms import checkpoints_layers, keep_statistics_in_recomputation
+from .activation_checkpoints import checkpoints_layers, inputs_need_gradients, say_options_timm_ignores
+from .recomputed_norms import keep_statistics_in_recomputation
 from .feature_adapters import build_feature_adapters
 from ..models.timm_models import check_timm_args, saved_model_args
 from ..recipe_specs import unused_pairs_message
@@ -154,7 +155,7 @@ class DistillationModel(nn.Module):
         # later runs (a notebook) do not pile them up. The teacher's state-dict hook stays: it saves
         # the channels_last teacher in the standard layout for as long as the teacher is in it.
         hooked = [*self._captures.values(), *([self._distilled_heads] if self._distilled_heads else [])]
-        # _norm_hooks is filled in place later (activation_checkpointing_enable): removed with the rest
+        # _norm_hooks and _input_hooks are filled in place later (follow_student_checkpointing): removed with the rest
         weakref.finalize(self, _remove_hooks, [*hooked, _Handles(self._norm_hooks), _Handles(self._input_hooks)])
         self.follow_student_checkpointing()
 
@@ -287,7 +288,7 @@ class DistillationModel(nn.Module):
         so the way its hidden states are taken is chosen again, without preferring hooks: a hook
         inside a reentrant checkpoint would see a state without gradient. The recomputation inside
         the backward leaves BatchNorm's running statistics alone (``recomputed_norms``)."""
-        _say_options_timm_ignores(self.student, kwargs)
+        say_options_timm_ignores(self.student, kwargs)
         self.student.activation_checkpointing_enable(**kwargs)
         self.follow_student_checkpointing(known=True)
 
@@ -303,7 +304,7 @@ class DistillationModel(nn.Module):
         if not (known or checkpoints_layers(self.student)):
             return
         if not self._input_hooks:
-            self._input_hooks.extend(_reentrant_inputs_need_gradients(self.student))
+            self._input_hooks.extend(inputs_need_gradients(self.student))
         if self._norm_hooks:
             return
         self._norm_hooks.extend(keep_statistics_in_recomputation(self.student))
@@ -641,69 +642,6 @@ def _pair(adapter: nn.Module, student: torch.Tensor, teacher: torch.Tensor) -> t
     if not (isinstance(pair, tuple) and len(pair) == 2):
         raise TypeError(f"adapter {type(adapter).__name__} must return (student, teacher), got {type(pair).__name__}")
     return pair
-
-
-def _say_options_timm_ignores(student: nn.Module, kwargs: Mapping[str, Any]) -> None:
-    """A timm student checkpoints as timm does: transformers hands timm neither ``use_reentrant``,
-    ``every_n_layers`` nor ``offload`` (said, since only memory and speed change)."""
-    if not hasattr(student, "timm_model"):
-        return
-    asked = {**(kwargs.get("activation_checkpointing_kwargs") or {}),
-             **{k: kwargs[k] for k in ("every_n_layers", "offload") if kwargs.get(k) not in (None, 1, False)}}
-    if asked and asked != {"use_reentrant": False}:  # timm's own default
-        logger.warning("activation_checkpointing_kwargs: a timm student checkpoints each block as timm does; "
-                       "transformers passes %s on to no checkpoint (memory and speed only)", sorted(asked))
-
-
-def _reentrant_inputs_need_gradients(student: nn.Module) -> list:
-    """A reentrant checkpoint passes gradients back only to inputs that need them: with every weight
-    before the first checkpointed layer frozen (the patch embedding, a common fine-tuning choice),
-    no checkpointed layer trained, and the run ended well. The input of the module that holds the
-    first checkpointed layer is then made to need a gradient (a forward pre-hook; hooking the layer
-    itself would run inside its checkpoint); returns the hooks. Read from the layers' checkpoint
-    function, however checkpointing was turned on; timm's reentrant checkpoints
-    (``TIMM_REENTRANT_CKPT``) are said, since its blocks do not say where the first checkpoint starts."""
-    if hasattr(student, "timm_model"):
-        from timm.layers import use_reentrant_ckpt
-
-        if use_reentrant_ckpt() and not all(p.requires_grad for p in student.parameters()):
-            logger.warning("TIMM_REENTRANT_CKPT with frozen student weights: a reentrant checkpoint whose input needs no "
-                           "gradient trains none of its block's weights; unset TIMM_REENTRANT_CKPT if the frozen "
-                           "weights come before the checkpointed blocks")
-        return []
-    checkpointed = [name for name, part in student.named_modules() if getattr(getattr(
-        part, "_gradient_checkpointing_func", None), "keywords", {}).get("use_reentrant")]
-    if not checkpointed or _trains_before(student, checkpointed[0]) or not any(
-            p.requires_grad for name in checkpointed for p in student.get_submodule(name).parameters()):
-        return []  # a trainable weight feeds the checkpoints, or none in them trains (a linear probe)
-    holder = checkpointed[0].rpartition(".")[0]  # a module that calls the first checkpointed layer ("": the student)
-    while holder and isinstance(student.get_submodule(holder), (nn.ModuleList, nn.ModuleDict)):
-        holder = holder.rpartition(".")[0]
-    return [student.get_submodule(holder).register_forward_pre_hook(_input_needs_gradient, with_kwargs=True)]
-
-
-def _trains_before(model: nn.Module, first: str) -> bool:
-    """Whether a weight registered before the module ``first`` (in the model's module order, which
-    is the order of its forward for the layered models transformers checkpoints) trains."""
-    for name, part in model.named_modules():
-        if name == first:
-            return False
-        if any(p.requires_grad for p in part.parameters(recurse=False)):
-            return True
-    return False
-
-
-def _input_needs_gradient(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
-    """Make a training forward's first floating-point tensor input need a gradient."""
-    if not (module.training and torch.is_grad_enabled()):
-        return None
-    first = next((value for value in (*args, *kwargs.values())
-                  if isinstance(value, torch.Tensor) and value.is_floating_point()), None)
-    if first is None or first.requires_grad:
-        return None
-    marked = first.detach().requires_grad_(True)
-    return (tuple(marked if value is first else value for value in args),
-            {key: marked if value is first else value for key, value in kwargs.items()})
 
 
 class _Handles:

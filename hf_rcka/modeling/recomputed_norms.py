@@ -22,14 +22,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
 
-def checkpoints_layers(module: torch.nn.Module) -> bool:
-    """Whether ``module`` recomputes layers in its backward: transformers' layers mark it with
-    ``gradient_checkpointing``, timm's models with ``grad_checkpointing`` (a ``TimmWrapper``'s own
-    ``is_activation_checkpointing`` does not see timm's)."""
-    return any(getattr(part, "gradient_checkpointing", False) is True or getattr(part, "grad_checkpointing", False) is True
-               for part in module.modules())
-
-
 def keep_statistics_in_recomputation(module: torch.nn.Module) -> list[RemovableHandle]:
     """Hook every BatchNorm of ``module`` that tracks running statistics; returns the hooks."""
     return [norm.register_forward_pre_hook(_pause_update) for norm in module.modules()
