@@ -297,10 +297,7 @@ def drop_stale_export(output_dir: str) -> None:
     if card.is_file() and not card.is_symlink() and _is_our_card(card):
         kept = out / EARLIER_CARD
         if kept.is_file() and kept.read_bytes() != card.read_bytes():
-            n = 2
-            while (out / f"_README.earlier-{n}.md").exists():
-                n += 1
-            kept.replace(out / f"_README.earlier-{n}.md")
+            kept.replace(_free_name(out, "_README.earlier", ".md"))
         card.replace(kept)
         logger.info("output_dir: the earlier model card is kept as %s (this run writes its own)", kept)
     for name in (*SAVED_AFTER_MODEL, *RESULTS, *CKA_PICTURE):
@@ -476,9 +473,7 @@ def _settle(out: Path) -> str | None:
             logger.warning("output_dir: the files set aside hold no weights and no card (a failed attempt's "
                            "leftovers): deleted, keeping the earlier runs in %s", out / REPLACED)
             return None
-        target, n = out / REPLACED / LEFTOVERS, 2
-        while target.exists():  # earlier leftovers are kept: none of them outranks another
-            target, n = out / REPLACED / f"{LEFTOVERS}-{n}", n + 1
+        target = _free_name(out / REPLACED, LEFTOVERS)  # earlier leftovers are kept: none outranks another
     if target.exists():
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -497,8 +492,16 @@ def _worth(folder: Path) -> int:
     return int(any((folder / name).exists() for name in MODEL_FILES))
 
 
+def _free_name(folder: Path, stem: str, suffix: str = "") -> Path:
+    """``folder/<stem><suffix>``, or the first of ``<stem>-2<suffix>``, ``<stem>-3<suffix>``, ... not taken."""
+    path, n = folder / f"{stem}{suffix}", 2
+    while path.exists():
+        path, n = folder / f"{stem}-{n}{suffix}", n + 1
+    return path
+
+
 def _where(target: str | None) -> str:
-    return f"moved to {target}" if target else "deleted: they held no weights"
+    return f"moved to {target}" if target else "deleted: they held no weights and no card"
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
