@@ -67,7 +67,7 @@ def _repeated_paired(data_names: list[str], model_names: list[str]) -> list[str]
     if not repeated or len(data_names) != len(model_names) or len(set(data_names)) != len(data_names):
         return None
     for ours, theirs in zip(data_names, model_names):
-        if ours != theirs and not (theirs in repeated and ours.casefold().startswith(theirs.casefold())):
+        if ours != theirs and not (theirs in repeated and stands_for(ours, theirs)):
             return None
     logger.warning("labels: the model names classes %s more than once; the data, listing the classes in the model's "
                    "order, names them %s", sorted(repeated),
@@ -76,4 +76,10 @@ def _repeated_paired(data_names: list[str], model_names: list[str]) -> list[str]
     return list(data_names)
 
 
-__all__ = ["respelt"]
+def stands_for(name: str, repeated: str) -> bool:
+    """Whether a data set's class ``name`` may stand for a name the model repeats: it begins with it
+    (``crane (machine)`` for ``crane``)."""
+    return name.casefold().startswith(repeated.casefold())
+
+
+__all__ = ["respelt", "stands_for"]

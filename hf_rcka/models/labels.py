@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import LabelError
-from .imagenet_names import respelt
+from .imagenet_names import respelt, stands_for
 from .label_forms import TO_NFC, check_same_forms
 from .label_maps import LabelMaps, first_ids, set_labels
 
@@ -128,7 +128,7 @@ def _shared_rows_kept(dataset_labels: list[str], student_labels: list[str]) -> l
     shared = {name for name in dataset_labels if counts[name] == 1}  # a repeated name (ImageNet has some) is no row
     repeated = sorted(name for name, count in counts.items() if count > 1)
     ambiguous = [name for name in dataset_labels if name not in shared
-                 and any(name.casefold().startswith(twice.casefold()) for twice in repeated)]
+                 and any(stands_for(name, twice) for twice in repeated)]
     if len(ambiguous) > 1:  # in the data's order, ImageNet's two cranes took each other's rows (a sorted folder)
         raise LabelError(f"model_name_or_path: the student names {listed_names(repeated)} more than once, so the "
                          f"dataset's {listed_names(ambiguous)} cannot be matched with those rows of its head by name: "
