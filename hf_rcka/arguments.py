@@ -41,6 +41,11 @@ from .training_values import (
 
 logger = logging.getLogger(__name__)
 
+# A teacher near chance on the run's labels (other classes, another normalisation, weights that did
+# not load) makes the student learn garbage while every loss falls: stopping before the first step
+# costs one eval batch, and a run that trains from it anyway is a choice the recipe says.
+TEACHER_CHECK_DEFAULT = "error"
+
 @dataclass
 class ModelArguments:
     """Which student and teacher to load.
@@ -169,8 +174,14 @@ class DistillationTrainingArguments(TrainingArguments):
                           "adapter, options...}. None (the default) pairs them automatically, as 'auto' does."},
     )
     teacher_accuracy_check: str = field(
-        default="warn",
-        metadata={"help": "Before training, measure the teacher on one eval batch: 'warn', 'error' or 'off'."},
+        default=TEACHER_CHECK_DEFAULT,
+        metadata={"help": "Before training, measure the teacher on one eval batch; near chance: 'error' (stop "
+                          "before the first step), 'warn' (train from it anyway) or 'off' (not measured)."},
+    )
+    student_accuracy_check: str = field(
+        default="error",
+        metadata={"help": "The command line's final evaluation of a trained student at chance: 'error' (the model, "
+                          "card and results saved, not uploaded, exit status 2), 'warn' or 'off'."},
     )
     teacher_dtype: str | None = field(
         default=None,
@@ -262,10 +273,9 @@ class DistillationTrainingArguments(TrainingArguments):
             raise RecipeError("model_ema_export: true needs model_ema: true (there is no average to export)")
         if self.baseline_dir:
             _check_baseline_dir(self.baseline_dir)
-        if self.teacher_accuracy_check not in ("warn", "error", "off"):
-            raise RecipeError(
-                f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {self.teacher_accuracy_check!r}"
-            )
+        for key in ("teacher_accuracy_check", "student_accuracy_check"):
+            if getattr(self, key) not in ("warn", "error", "off"):
+                raise RecipeError(f"{key} must be 'warn', 'error' or 'off', got {getattr(self, key)!r}")
         check_fixed_settings(self)
         super().__post_init__()
         if self.logging_nan_inf_filter is None:  # the launcher's fp16 too, known once the devices are set up
@@ -299,7 +309,7 @@ def check_arguments(args: TrainingArguments) -> None:
     for key, validate in (("losses", validate_losses), ("feature_pairs", validate_feature_pairs)):
         if hasattr(args, key):
             setattr(args, key, validate(getattr(args, key)))
-    check = getattr(args, "teacher_accuracy_check", "warn")
+    check = getattr(args, "teacher_accuracy_check", TEACHER_CHECK_DEFAULT)
     if check not in ("warn", "error", "off"):
         raise RecipeError(f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {check!r}")
     if isinstance(args, DistillationTrainingArguments):

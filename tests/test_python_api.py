@@ -376,6 +376,37 @@ def test_every_process_judges_the_teacher_on_all_first_batches_together():
     assert check_teacher_accuracy(_PerfectTeacher, torch.zeros(40, 3, 4, 4), labels, "error") == 1.0
 
 
+def _answering_one_class(teacher, answer: int):
+    """The teacher gives class ``answer`` to every image, whatever it sees."""
+    head = teacher.classifier[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(answer), head.out_features).float() * 10)
+    return teacher
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_a_teacher_near_chance_stops_the_run_before_its_first_step_by_default(tmp_path, plain):
+    """It was a warning, and the run went on to exit 0 with a student taught garbage: a teacher of
+    other classes paired by position (``by_index``) that scored 0.0 on the run's labels."""
+    evaluation = pixel_dataset(60, seed=3).filter(lambda row: row["labels"] != 0)
+    settings = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=5, per_device_eval_batch_size=40,
+                    report_to="none", use_cpu=True, save_strategy="no", max_steps=2)
+    args = TrainingArguments(**settings) if plain else DistillationTrainingArguments(**settings)
+    teacher = _answering_one_class(named(tiny_resnet(), ["x", "y", "z"]), 0)
+    trainer = build(args, named(tiny_vit(), ["a", "b", "c"]), teacher, eval_dataset=evaluation,
+                    teacher_label_mapping="by_index")
+    with pytest.raises(TeacherNearChance, match=r"is 0\.000, near chance.*teacher_accuracy_check: warn to train from "
+                                                r"it anyway"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    warned = build(make_args(tmp_path, teacher_accuracy_check="warn", per_device_eval_batch_size=40, max_steps=2),
+                   named(tiny_vit(), ["a", "b", "c"]), teacher, eval_dataset=evaluation, teacher_label_mapping="by_index")
+    with pytest.warns(UserWarning, match="near chance.*teacher_accuracy_check: off to skip"):
+        warned.train()
+    assert warned.state.global_step == 2
+
+
 def test_the_teacher_check_reads_the_first_of_several_evaluation_sets(tmp_path):
     """A dict eval_dataset (which Trainer takes) failed train() at once with KeyError: 0."""
     trainer = build(make_args(tmp_path, teacher_accuracy_check="warn", per_device_eval_batch_size=10), tiny_vit(),

@@ -59,7 +59,8 @@ def check_teacher_accuracy(model, pixel_values: torch.Tensor, labels: torch.Tens
             f"the teacher's accuracy on an eval batch drawn from the set is {accuracy:.3f}, near chance ({chance:.3f}, "
             f"n={n}). Is it trained on this label set, and does it get its own normalisation and "
             f"resolution (pass teacher_processor)? Distilling from it teaches the student garbage. "
-            f"Set teacher_accuracy_check: off to skip this check."
+            + ("Set teacher_accuracy_check: warn to train from it anyway." if mode == "error" else
+               "Set teacher_accuracy_check: off to skip this check.")
         )
         if mode == "error":
             raise TeacherNearChance(message)

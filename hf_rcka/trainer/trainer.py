@@ -32,7 +32,7 @@ import torch
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import EvalLoopOutput, has_length
 
-from ..arguments import check_arguments, describe_batch, run_mixed_precision
+from ..arguments import TEACHER_CHECK_DEFAULT, check_arguments, describe_batch, run_mixed_precision
 from ..training_values import NoEvaluationToKeep, WarmupLongerThanRun, check_half_precision
 from ..augmentation import AugmentationArguments
 from ..errors import ModelError, RecipeError
@@ -727,7 +727,7 @@ class DistillationTrainer(CheckpointingTrainer):
     def check_teacher(self) -> float | None:
         """Teacher top-1 on one eval batch per process, drawn from the whole set; warn or stop when
         it is near chance (see teacher_check)."""
-        mode = getattr(self.args, "teacher_accuracy_check", "warn")
+        mode = getattr(self.args, "teacher_accuracy_check", TEACHER_CHECK_DEFAULT)
         model = self.distillation_model
         if mode == "off" or model.teacher is None or not model.needs_teacher or self.eval_dataset is None:
             return None
