@@ -71,6 +71,15 @@ class TeacherNearChance(ModelError, RuntimeError):
     """
 
 
+class StudentNearChance(UserError):
+    """The trained student scores at chance on the final evaluation: it learned nothing usable.
+
+    Raised by the command line after the model, its results and card are saved (not uploaded), so
+    that a run which trained a useless model does not end with exit 0 (a sweep or a pipeline reads
+    the exit status, not the log); the fix is in the recipe (steps, learning rate, loss weights).
+    """
+
+
 class LayerIndexError(RecipeError, IndexError):
     """A feature pair's layer index is out of range for the model's hidden states.
 

@@ -99,7 +99,8 @@ def _run(tmp_path: Path, **changes) -> int:
         "dataset_name": "builtin:digits", "no_aug": True, "max_train_samples": 20, "max_eval_samples": 10,
         "per_device_train_batch_size": 5, "per_device_eval_batch_size": 5, "report_to": "none", "use_cpu": True,
         "output_dir": str(tmp_path / "out"), "max_steps": 2, "save_strategy": "no", "push_to_hub": True,
-        "hub_model_id": "tiny-student", "hub_strategy": "end", "hub_token": TOKEN, **changes,
+        "hub_model_id": "tiny-student", "hub_strategy": "end", "hub_token": TOKEN,
+        "student_accuracy_check": "warn", **changes,
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -146,6 +147,18 @@ def test_a_failed_upload_is_one_line_that_keeps_the_results_and_says_how_to_uplo
         "--exclude '_*' --exclude 'checkpoint-*'`")
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
     assert "eval_accuracy" in (out / "all_results.json").read_text()
+
+
+def test_a_student_at_chance_is_not_uploaded(tmp_path, hub, capsys):
+    """It was shared on the Hub with its card like any other run."""
+    assert _run(tmp_path, student_accuracy_check="error", learning_rate=0.0) == 2
+    assert hub.commits == []
+    out = tmp_path / "out"
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: the trained student is at chance on the evaluation set (eval_accuracy ")
+    assert f"saved in {out} with its card and results, and not uploaded to the Hub (`hf upload someone/tiny-student " \
+           f"{out} .` would upload it)" in last
+    assert (out / "model.safetensors").exists() and (out / "README.md").exists()
 
 
 @pytest.mark.parametrize("revision", [None, "v2"])

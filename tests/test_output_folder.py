@@ -29,7 +29,7 @@ def _run(tmp_path: Path, *flags: str, **changes) -> int:
         "dataset_name": "builtin:digits", "no_aug": True, "max_train_samples": 20, "max_eval_samples": 10,
         "per_device_train_batch_size": 5, "per_device_eval_batch_size": 5, "report_to": "none", "use_cpu": True,
         "output_dir": str(tmp_path / "out"), "save_strategy": "steps", "save_steps": 2, "eval_strategy": "no",
-        **changes,
+        "student_accuracy_check": "warn", **changes,
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))

@@ -25,7 +25,7 @@ from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_class_count, check_trained_classes
 from ..distributed import from_rank0
-from ..errors import DataError, HubUploadError, RecipeError
+from ..errors import DataError, HubUploadError, RecipeError, StudentNearChance
 from ..file_writes import missing_folders
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
@@ -190,9 +190,13 @@ def _train_and_evaluate(
                 raise
             raise DataError(f"{err}. The trained model is saved in {args.output_dir}, not evaluated: its card "
                             "was not written") from None
+    check = getattr(args, "student_accuracy_check", "error")
+    at_chance = args.do_train and args.do_eval and check != "off" and _say_if_at_chance(trainer, metrics)
     if stop is not None:
         stop.evaluated = args.do_eval  # what is left is the card and the Hub upload
-    _finish(trainer, data_args, skipped, metrics)
+    _finish(trainer, data_args, skipped, metrics, upload=not (at_chance and check == "error"))
+    if at_chance and check == "error":
+        raise StudentNearChance(_learned_nothing_line(trainer, metrics))
     return metrics
 
 
@@ -549,8 +553,6 @@ def _evaluate(trainer: DistillationTrainer, recipe: dict | None, record_dir: str
         metrics = {k: v for k, v in metrics.items() if k not in ("epoch", "eval_model_preparation_time")}
     trainer.log_metrics("eval", metrics)
     if trainer.args.do_train:
-        if not (recipe or {}).get("smoke_test"):  # 2 steps of random weights on synthetic images: at chance
-            _say_if_at_chance(trainer, metrics)
         trainer.save_metrics("eval", metrics)
         trainer.save_state()  # written after training too: its log_history now holds this evaluation
     elif trainer.is_world_process_zero():
@@ -572,27 +574,46 @@ def _say_if_the_recorded_teacher_differs(trainer: DistillationTrainer, recipe_pa
                        "reproduce that one", recipe_path, recorded.get("source"), recorded.get("values"))
 
 
-def _say_if_at_chance(trainer: DistillationTrainer, metrics: dict) -> None:
-    """A trained student at chance on the final evaluation is said (see ``trainer.chance``)."""
+def _say_if_at_chance(trainer: DistillationTrainer, metrics: dict) -> bool:
+    """Whether the trained student is at chance on the final evaluation (see ``trainer.chance``),
+    said by the process that logs; every process judges the same gathered metrics, so all of them
+    end the run alike."""
     accuracy, dataset = metrics.get("eval_accuracy"), trainer.eval_dataset
-    if trainer.args.should_log and isinstance(accuracy, float) and has_length(dataset):
-        counted = len(dataset) - trainer.card_facts.unreadable_eval_images
-        ce = trainer.distillation_model.losses["ce"] if "ce" in trainer.distillation_model.losses else None
-        weight = ce.term_weights.get("ce") if ce is not None else None  # eval_ce_loss is the weighted term
-        entropy = metrics["eval_ce_loss"] / weight if weight and "eval_ce_loss" in metrics else None
-        warn_if_student_at_chance(accuracy, counted, trainer.distillation_model.student.config.num_labels, entropy,
-                                  trainer.state.global_step, trainer.state.epoch)
+    if not (isinstance(accuracy, float) and has_length(dataset)):
+        return False
+    counted = len(dataset) - trainer.card_facts.unreadable_eval_images
+    ce = trainer.distillation_model.losses["ce"] if "ce" in trainer.distillation_model.losses else None
+    weight = ce.term_weights.get("ce") if ce is not None else None  # eval_ce_loss is the weighted term
+    entropy = metrics["eval_ce_loss"] / weight if weight and "eval_ce_loss" in metrics else None
+    return warn_if_student_at_chance(accuracy, counted, trainer.distillation_model.student.config.num_labels, entropy,
+                                     trainer.state.global_step, trainer.state.epoch, say=trainer.args.should_log)
 
 
-def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: SkippedImages, metrics: dict) -> None:
-    """Model card, the skipped-images summary, the Hub push of a training run, and where its model is."""
+def _learned_nothing_line(trainer: DistillationTrainer, metrics: dict) -> str:
+    """The error a run whose student is at chance ends with: what is kept, and that it is not shared."""
+    args = trainer.args
+    upload = ""
+    if args.push_to_hub:
+        repo = trainer.hub_model_id or args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+        upload = (f", and not uploaded to the Hub (`hf upload {shlex.quote(repo)} {shlex.quote(args.output_dir)} .` "
+                  "would upload it)")
+    return (f"the trained student is at chance on the evaluation set (eval_accuracy {metrics['eval_accuracy']:.4f}, "
+            f"the !!! warning above says why it may be): it is saved in {args.output_dir} with its card and "
+            f"results{upload}. Train longer, or lower the learning rate or the distillation terms' weights "
+            "(student_accuracy_check: warn ends such a run with exit status 0)")
+
+
+def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: SkippedImages, metrics: dict,
+            upload: bool = True) -> None:
+    """Model card, the skipped-images summary, the Hub push of a training run (not of a student
+    that learned nothing: ``upload`` False), and where its model is."""
     args = trainer.args
     if trainer.is_world_process_zero() and args.do_train:  # an image folder is named by card_facts
         trainer.create_model_card(model_name=_hub_model_name(args), dataset=data_args.dataset_name,
                                   license=args.card_license)
     if skipped.summary():
         logger.warning(skipped.summary())
-    commit = _push(trainer) if args.push_to_hub and args.do_train else None
+    commit = _push(trainer) if args.push_to_hub and args.do_train and upload else None
     if trainer.is_world_process_zero() and args.do_train:
         logger.info(saved_line(args.output_dir, metrics))
         if commit is not None:
