@@ -20,6 +20,7 @@ from transformers import AutoModelForImageClassification
 
 WORKER = Path(__file__).parent / "fsdp_worker.py"
 TRAINER_WORKER = Path(__file__).parent / "fsdp_trainer_worker.py"
+AC_WORKER = Path(__file__).parent / "fsdp_ac_worker.py"
 
 
 def _free_port() -> int:
@@ -81,6 +82,29 @@ def test_trainer_fsdp2_export_is_a_plain_student(trainer_run):
     assert exported.config.num_labels == 3
     logits = exported(pixel_values=torch.zeros(2, 3, 16, 16)).logits
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+@pytest.fixture(scope="module")
+def checkpointing_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp_ac")
+    for mode in ("plain", "checkpointed"):
+        _torchrun(str(AC_WORKER), str(out), mode)
+    return out
+
+
+@pytest.mark.multiprocess
+def test_fsdp_activation_checkpointing_trains_and_exports_as_without_it(checkpointing_runs):
+    """fsdp_config activation_checkpointing: accelerate wraps the student's blocks in torch's
+    checkpoint_wrapper as it prepares the model. Their BatchNorms counted each step twice (the
+    recomputation in the backward: num_batches_tracked 6 after 3 steps, other running statistics in
+    the export), and the recomputation drew other drop-path masks than the forward
+    (preserve_rng_state=False): gradients of another network. Exit 0 both times."""
+    assert json.loads((checkpointing_runs / "checkpointed.json").read_text()) == {"wrapped": True}
+    plain = load_file(checkpointing_runs / "plain" / "model.safetensors")
+    checkpointed = load_file(checkpointing_runs / "checkpointed" / "model.safetensors")
+    assert set(checkpointed) == set(plain)
+    for key, value in plain.items():
+        torch.testing.assert_close(checkpointed[key], value, rtol=0, atol=0, msg=key)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ BatchNorm side of it is ``recomputed_norms``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Mapping
 
@@ -65,6 +66,25 @@ def inputs_need_gradients(student: nn.Module) -> list:
     return [student.get_submodule(holder).register_forward_pre_hook(_input_needs_gradient, with_kwargs=True)]
 
 
+def restore_rng_in_wrapped_checkpoints(model: nn.Module) -> int:
+    """accelerate's FSDP ``activation_checkpointing`` wraps blocks in torch's ``checkpoint_wrapper``
+    with ``preserve_rng_state=False``: the recomputation in the backward then draws other dropout
+    and drop-path masks than the forward did, and the gradients are those of another network than
+    the one the loss measured (the DeiT recipes' ``drop_path_rate: 0.1``). The recomputation is
+    given the forward's RNG state back, as transformers' and timm's own checkpointing do. Returns
+    how many wrappers were changed."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    changed = 0
+    for module in model.modules():
+        run = module.__dict__.get("checkpoint_fn")
+        if (isinstance(module, CheckpointWrapper) and isinstance(run, functools.partial)
+                and run.keywords.get("preserve_rng_state") is False):
+            module.checkpoint_fn = functools.partial(run.func, *run.args, **{**run.keywords, "preserve_rng_state": True})
+            changed += 1
+    return changed
+
+
 def _trains_before(model: nn.Module, first: str) -> bool:
     """Whether a weight registered before the module ``first`` (in the model's module order, which
     is the order of its forward for the layered models transformers checkpoints) trains."""
@@ -89,4 +109,5 @@ def _input_needs_gradient(module: nn.Module, args: tuple, kwargs: dict) -> tuple
             {key: marked if value is first else value for key, value in kwargs.items()})
 
 
-__all__ = ["checkpoints_layers", "inputs_need_gradients", "say_options_timm_ignores"]
+__all__ = ["checkpoints_layers", "inputs_need_gradients", "restore_rng_in_wrapped_checkpoints",
+           "say_options_timm_ignores"]

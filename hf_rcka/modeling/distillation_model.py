@@ -125,6 +125,7 @@ class DistillationModel(nn.Module):
         self._student_only = False  # see without_teacher
         self._norm_hooks: list = []  # see activation_checkpointing_enable
         self._input_hooks: list = []  # see follow_student_checkpointing
+        self._wrapper_norm_hooks: list = []  # see keep_statistics_in_wrapped_checkpoints
         if self.needs_features:  # may refuse the pairs: before the teacher is frozen and cast below
             self._build_adapters(feature_pairs, student_input)
         elif feature_pairs not in (None, "auto"):
@@ -156,7 +157,8 @@ class DistillationModel(nn.Module):
         # the channels_last teacher in the standard layout for as long as the teacher is in it.
         hooked = [*self._captures.values(), *([self._distilled_heads] if self._distilled_heads else [])]
         # _norm_hooks and _input_hooks are filled in place later (follow_student_checkpointing): removed with the rest
-        weakref.finalize(self, _remove_hooks, [*hooked, _Handles(self._norm_hooks), _Handles(self._input_hooks)])
+        weakref.finalize(self, _remove_hooks, [*hooked, _Handles(self._norm_hooks), _Handles(self._input_hooks),
+                                                 _Handles(self._wrapper_norm_hooks)])
         self.follow_student_checkpointing()
 
     # ------------------------------------------------------------------ construction
@@ -311,6 +313,13 @@ class DistillationModel(nn.Module):
         student = self._captures.get("student")
         if student is not None and student.hidden is not None:
             student.hidden.choose_again(self._probe_at(self._probe_size), prefer_hooks=False)
+
+    def keep_statistics_in_wrapped_checkpoints(self) -> None:
+        """The BatchNorm hooks alone, for a checkpoint put around the student's modules from outside:
+        FSDP's ``activation_checkpointing`` wraps them in torch's non-reentrant ``checkpoint_wrapper``
+        as accelerate prepares the model, which no attribute of the student says beforehand (the
+        hooks stay on the norms when their block is wrapped). Layers hooked already are skipped."""
+        self._wrapper_norm_hooks.extend(keep_statistics_in_recomputation(self.student))
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         """The name transformers called before ``activation_checkpointing_enable`` (until its v6)."""

@@ -77,6 +77,7 @@ from ..data.mixing import build_mixup, mix_batch
 from ..modeling.assembly import build_distillation_model, build_losses, run_loss_specs, switched_off
 from ..distributed import host_group
 from ..modeling.distillation_model import DistillationModel, counted_top1
+from ..modeling.activation_checkpoints import restore_rng_in_wrapped_checkpoints
 from ..models.labels import BY_NAME, has_other_classes
 from ..modeling.parallel import (
     check_fsdp_settings, default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp,
@@ -427,6 +428,8 @@ class DistillationTrainer(CheckpointingTrainer):
         if model.training:
             if self._wrap_unchecked:  # the first step of a train(): the model as Trainer prepared it
                 check_wrapped(self, model)
+                if self.is_fsdp_enabled:  # wrapped by accelerate's prepare, which has just run
+                    restore_rng_in_wrapped_checkpoints(self.distillation_model.student)
                 self._wrap_unchecked = False
             if self.mixup is not None:
                 pixel_values, labels = mix_batch(self.mixup, inputs["pixel_values"], inputs["labels"])
@@ -705,6 +708,11 @@ class DistillationTrainer(CheckpointingTrainer):
         self._check_training_batches()
         self.check_teacher()
         self.distillation_model.follow_student_checkpointing()  # turned on since the trainer was built
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if self.is_fsdp_enabled and plugin is not None and plugin.activation_checkpointing:
+            # fsdp_config activation_checkpointing (or fsdp_activation_checkpointing in accelerate's
+            # config): the student's blocks are recomputed in the backward, wrapped only in prepare
+            self.distillation_model.keep_statistics_in_wrapped_checkpoints()
         forget_evaluation_preparation(self)
         self.best_model_loaded = False  # an earlier train() of this trainer may have loaded its best checkpoint
         self._wrap_unchecked = True
