@@ -170,7 +170,9 @@ def test_a_set_aside_cut_short_is_completed_by_the_next_one(tmp_path, monkeypatc
     assert sorted(p.name for p in (out / REPLACED).iterdir()) == [
         "all_results.json", "checkpoint-6", "model.safetensors", "trainer_state.json"]
     assert (out / REPLACED / "model.safetensors").read_text() == "run 2"
-    assert sorted(p.name for p in out.iterdir()) == [REPLACED]
+    # run 1, pushed out, waits until a run trains (a run refused before its first step puts both back)
+    assert sorted(p.name for p in out.iterdir()) == ["_pushed_out", REPLACED]
+    assert (out / "_pushed_out" / "model.safetensors").read_text() == "run 1"
 
 
 def test_a_resumed_run_drops_the_earlier_card_before_it_saves_its_model(tmp_path):
@@ -371,16 +373,24 @@ def test_a_config_json_cut_short_beside_a_runs_records_is_a_run(tmp_path):
     check_output_dir(_args(out, True), None)
 
 
-def test_a_run_refused_on_its_models_leaves_the_folder_and_a_later_refusal_says_where_the_old_run_is(
-        tmp_path, monkeypatch, capsys):
+def test_a_run_refused_before_its_first_step_leaves_the_folder_as_it_was(tmp_path, monkeypatch, capsys):
     """The previous run was set aside before the models loaded: a teacher of other classes left the
-    folder without its model and the error did not say where it had gone."""
+    folder without its model and the error did not say where it had gone. Then the set-aside came
+    after the models, and a refusal after it (the trainer's checks, the teacher check at the start
+    of training, now an error by default) deleted the run kept in _replaced/ that the set-aside had
+    pushed out, for a run that trained nothing."""
     import hf_rcka.cli.job as job
     from hf_rcka.errors import DataError, ModelError
 
     out = tmp_path / "out"
     assert _run(tmp_path, max_steps=2) == 0
-    trained = (out / "model.safetensors").read_bytes()
+    assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2, seed=3) == 0
+    kept, trained = (out / REPLACED / "model.safetensors").read_bytes(), (out / "model.safetensors").read_bytes()
+
+    def state():
+        return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "runs" not in p.parts)
+
+    before = state()
 
     def teacher_of_other_classes(*args, **kwargs):
         raise ModelError("the teacher's classes do not match the run's (simulated)")
@@ -388,55 +398,44 @@ def test_a_run_refused_on_its_models_leaves_the_folder_and_a_later_refusal_says_
     with monkeypatch.context() as patch:
         patch.setattr(job, "_distillation_model", teacher_of_other_classes)
         assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 2
-    assert (out / "model.safetensors").read_bytes() == trained and not (out / REPLACED).exists()
 
     def refused_by_the_trainer(*args, **kwargs):
         raise DataError("an evaluation item lacks labels (simulated)")
 
-    capsys.readouterr()
-    with monkeypatch.context() as patch:
-        patch.setattr(job, "DistillationTrainer", refused_by_the_trainer)
-        assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 2
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line == (f"error: an evaluation item lacks labels (simulated) (the run this one was to replace is in "
-                    f"{out / REPLACED})")
-    assert (out / REPLACED / "model.safetensors").read_bytes() == trained
-
     def refused_at_the_start_of_training(self):  # train() checks the batches and the teacher first
         raise ModelError("the teacher is near chance (simulated)")
 
-    (out / REPLACED).rename(tmp_path / "kept")  # so that a second set-aside has a run to move
-    (tmp_path / "kept" / "model.safetensors").rename(out / "model.safetensors")
-    capsys.readouterr()
-    with monkeypatch.context() as patch:
-        patch.setattr(job.DistillationTrainer, "check_teacher", refused_at_the_start_of_training)
-        assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 2
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line == (f"error: the teacher is near chance (simulated) (the run this one was to replace is in "
-                    f"{out / REPLACED})")
-
-    # a signal there, or a failure inside transformers (a traceback), say it too
     def signal_at_the_start_of_training(self):
         raise Interrupted(signal.SIGINT)
 
-    def failure_at_the_start_of_training(self):
+    def failure_at_the_start_of_training(self):  # a failure inside transformers (a traceback)
         raise AttributeError("a model without input embeddings (simulated)")
 
-    for stopped in (signal_at_the_start_of_training, failure_at_the_start_of_training):
-        shutil.rmtree(out / REPLACED)
-        assert _run(tmp_path, max_steps=2) == 0
+    cases = [(job, "DistillationTrainer", refused_by_the_trainer, "error: an evaluation item lacks labels (simulated)"),
+             (job.DistillationTrainer, "check_teacher", refused_at_the_start_of_training,
+              "error: the teacher is near chance (simulated)"),
+             (job.DistillationTrainer, "check_teacher", signal_at_the_start_of_training, "interrupted by SIGINT")]
+    for owner, name, refusal, said in cases:
         capsys.readouterr()
         with monkeypatch.context() as patch:
-            patch.setattr(job.DistillationTrainer, "check_teacher", stopped)
-            if stopped is failure_at_the_start_of_training:
-                with pytest.raises(AttributeError) as raised:
-                    _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2)
-                assert raised.value.__notes__ == [f"the run this one was to replace is in {out / REPLACED}"]
-            else:
-                assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 130
-                line = capsys.readouterr().err.strip().splitlines()[-1]
-                assert line.startswith("interrupted by SIGINT") and line.endswith(
-                    f"(the run this one was to replace is in {out / REPLACED})")
+            patch.setattr(owner, name, refusal)
+            assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) in (2, 130)
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith(said) and line.endswith(f"(the run this one was to replace is back in {out})"), line
+        assert state() == before, refusal.__name__
+        assert (out / REPLACED / "model.safetensors").read_bytes() == kept, "the run kept in _replaced/ was deleted"
+        assert (out / "model.safetensors").read_bytes() == trained
+    with monkeypatch.context() as patch:
+        patch.setattr(job.DistillationTrainer, "check_teacher", failure_at_the_start_of_training)
+        with pytest.raises(AttributeError) as raised:
+            _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2)
+    assert raised.value.__notes__ == [f"the run this one was to replace is back in {out}"]
+    assert state() == before
+    # a run that trains replaces it: the run pushed out of _replaced/ is deleted once training starts
+    from hf_rcka.cli.output_folder import PUSHED_OUT
+
+    assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2, seed=5) == 0
+    assert (out / REPLACED / "model.safetensors").read_bytes() == trained and not (out / PUSHED_OUT).exists()
 
 
 def test_a_training_run_ends_by_saying_where_its_model_is_and_how_to_load_it(tmp_path, capsys):
@@ -509,7 +508,7 @@ def test_a_set_aside_left_pending_is_completed_before_anything_else(tmp_path):
     _fake_run(out, [2], finished=True, tag="run 3")
     assert set_aside_previous_run(str(out)) == str(out / REPLACED)
     assert (out / REPLACED / "checkpoint-2" / "tag").read_text() == "run 3"
-    assert sorted(p.name for p in out.iterdir()) == [REPLACED]
+    assert sorted(p.name for p in out.iterdir()) == ["_pushed_out", REPLACED]  # run 1 until a run trains
 
 
 @pytest.mark.parametrize("where", [REPLACED, f"{REPLACED}/{UNFINISHED}"])

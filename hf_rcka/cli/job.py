@@ -18,6 +18,7 @@ import datasets
 import huggingface_hub
 import transformers
 import transformers.trainer
+from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint, has_length
 
 from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments, run_mixed_precision
@@ -25,7 +26,7 @@ from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_class_count, check_trained_classes
 from ..distributed import from_rank0
-from ..errors import DataError, HubUploadError, RecipeError, StudentNearChance
+from ..errors import DataError, HubUploadError, RecipeError, StudentNearChance, user_message
 from ..file_writes import missing_folders
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
@@ -53,8 +54,8 @@ from .resume_checks import (
     warn_resume_schedule,
 )
 from .output_folder import (
-    check_output_dir, drop_stale_export, finished_after, holds_run, later_checkpoints, resumes_in, said_write_errors,
-    set_aside_abandoned_branch, set_aside_previous_run, training_alone_in,
+    check_output_dir, drop_pushed_out, drop_stale_export, finished_after, holds_run, later_checkpoints, put_back,
+    resumes_in, said_write_errors, set_aside_abandoned_branch, set_aside_previous_run, training_alone_in,
 )
 from .probes import probe_student
 from .records import RecipeRecord, drop_empty_record, eval_record_dir, write_eval_record
@@ -146,7 +147,7 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
     """``run`` once the checks before loading have passed: build, then train and/or evaluate."""
     # read before the set-aside: a record rerun into its own folder moves its teacher.json to _replaced/
     recorded = recorded_teacher(os.path.dirname(os.path.abspath(argv[0]))) if argv and args.do_train else None
-    trainer, skipped, moved = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
+    trainer, skipped, replaced = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
     _transformers_levels(args)
     logger.info(_precision_line(args))
     if recorded is not None:
@@ -166,7 +167,7 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
     if args.do_train and args.do_eval:  # its evaluation at the last step may be the final one
         last = LastEvaluation()
         trainer.add_callback(last)
-    with saying_where_it_went(moved), said_write_errors(record_dir):
+    with replaced.saying_where_it_went(), said_write_errors(record_dir):
         return _train_and_evaluate(trainer, data_args, skipped, recipe, record_dir, resume, stop, argv, last)
 
 
@@ -188,7 +189,7 @@ def _train_and_evaluate(
         except DataError as err:  # too many unreadable evaluation images, found only now
             if not args.do_train:
                 raise
-            raise DataError(f"{err}. The trained model is saved in {args.output_dir}, not evaluated: its card "
+            raise DataError(f"{user_message(err)}. The trained model is saved in {args.output_dir}, not evaluated: its card "
                             "was not written") from None
     check = getattr(args, "student_accuracy_check", "error")
     at_chance = args.do_train and args.do_eval and check != "off" and _say_if_at_chance(trainer, metrics)
@@ -329,30 +330,54 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
 def _build_trainer(
     model_args: ModelArguments, data_args: DataArguments, args: DistillationTrainingArguments,
     record_dir: str, resume: str | None, stop: GracefulStop | None,
-) -> tuple[DistillationTrainer, SkippedImages, str | None]:
+) -> tuple[DistillationTrainer, SkippedImages, Replacement]:
     """Data, models (checked by one forward pass), datasets and the trainer, in that order; the
     ledger of skipped images, in ``record_dir``; and where the run this one replaces was set aside."""
     raw, labels = _load_checked_data(model_args, data_args, args, resume)
     check_recipe_metric(model_args, args, len(labels))  # top5_accuracy needs more than 5 classes
     model, student_processor = _distillation_model(model_args, args, labels)
     with said_write_errors(args.output_dir):  # a rename refused: one line (a set-aside cut short loses nothing)
-        moved = _set_aside(args, data_args, resume)
-    with saying_where_it_went(moved):  # the trainer's own checks of models and data
+        replaced = Replacement(args.output_dir, _set_aside(args, data_args, resume))
+    with replaced.saying_where_it_went():  # the trainer's own checks of models and data
         trainer, skipped = _checked_trainer(model, student_processor, raw, labels, model_args, data_args, args,
                                             record_dir, resume, stop)
-    return trainer, skipped, moved
+    trainer.add_callback(replaced)
+    return trainer, skipped, replaced
 
 
-@contextlib.contextmanager
-def saying_where_it_went(moved: str | None) -> Iterator[None]:
-    """A refusal after the previous run was set aside (the trainer's checks, the batch and teacher
-    checks at the start of ``train()``), a signal or a failure says where that run is now."""
-    try:
-        yield
-    except BaseException as err:  # a refusal, a signal, or a failure inside transformers (a traceback)
-        if moved:
-            err.add_note(f"the run this one was to replace is in {moved}")
-        raise
+class Replacement(TrainerCallback):
+    """The run this one set aside (``moved``, on the process that moved it): put back where it was
+    when this run is refused or stopped before its first step (the trainer's checks, the batch and
+    teacher checks at the start of ``train()``), with the run it pushed out; once this run trains,
+    the pushed-out run is deleted (``output_folder``)."""
+
+    def __init__(self, output_dir: str, moved: str | None) -> None:
+        self.output_dir, self.moved, self.training = output_dir, moved, False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        self.training = True
+        if self.moved:
+            drop_pushed_out(self.output_dir)
+
+    @contextlib.contextmanager
+    def saying_where_it_went(self) -> Iterator[None]:
+        """A refusal, a signal or a failure after the set-aside says where the replaced run is now."""
+        try:
+            yield
+        except BaseException as err:  # a refusal, a signal, or a failure inside transformers (a traceback)
+            if self.moved:
+                err.add_note(self._where_now())
+            raise
+
+    def _where_now(self) -> str:
+        if self.training:
+            return f"the run this one was to replace is in {self.moved}"
+        try:
+            put_back(self.output_dir, self.moved)
+        except OSError as err:
+            logger.warning("output_dir: the run set aside in %s could not be put back (%s)", self.moved, err)
+            return f"the run this one was to replace is in {self.moved}"
+        return f"the run this one was to replace is back in {self.output_dir}"
 
 
 def _checked_trainer(

@@ -11,7 +11,8 @@ Deleting them first would lose a user's work if the new run then failed, so a fr
 moves the previous run's files (``RUN_OUTPUTS``; anything else is the user's and stays) into
 ``_replaced/`` inside the folder: out of the new run's way, still on disk, and left out of a Hub
 upload (which skips names that start with ``_``). One level is kept: the run set aside there
-before is deleted when a newer one takes its place, except that an unfinished run never pushes out
+before is deleted when a newer one takes its place and the run that set it aside starts training
+(a run refused or stopped before its first step puts both back: ``put_back``), except that an unfinished run never pushes out
 a finished one: it goes to ``_replaced/_unfinished/``, and a failed attempt's leftovers push out
 neither (``_settle``). A run is finished when it holds its model and
 the training state saved after it (an export cut short by a full disk or a signal, or the model a
@@ -67,6 +68,7 @@ REPLACED = "_replaced"
 REPLACING = "_replacing"  # where a set-aside gathers the files before it becomes REPLACED
 UNFINISHED = "_unfinished"  # inside REPLACED: a run set aside before it saved a model
 LEFTOVERS = "_leftovers"  # inside REPLACED: an attempt both places above outrank (_leftovers-2, ...)
+PUSHED_OUT = "_pushed_out"  # the run a set-aside pushed out of REPLACED, deleted once the new run trains
 # What runs leave in their output_dir: Trainer's model, state and results files, its TensorBoard
 # logs, checkpoints, hf_rcka's records and card, and scripts/cka_report.py's picture.
 RUN_OUTPUTS = (
@@ -254,7 +256,8 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
 def _check_set_aside_folders(out: Path) -> None:
     """The folders a set-aside moves the earlier run into must be folders of ``output_dir`` itself:
     a symbolic link would be replaced (or refused by ``rmtree``) after the models have loaded."""
-    for folder in (out / REPLACING, out / REPLACED, out / REPLACED / UNFINISHED, out / REPLACED / LEFTOVERS):
+    for folder in (out / REPLACING, out / REPLACED, out / REPLACED / UNFINISHED, out / REPLACED / LEFTOVERS,
+                   out / PUSHED_OUT):
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             kind = "a symbolic link" if folder.is_symlink() else "not a folder"
             raise RecipeError(f"{folder} is {kind}: with overwrite_output_dir the earlier run is set aside there, "
@@ -475,10 +478,51 @@ def _settle(out: Path) -> str | None:
             return None
         target = _free_name(out / REPLACED, LEFTOVERS)  # earlier leftovers are kept: none outranks another
     if target.exists():
-        shutil.rmtree(target)
+        _park(out, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, target)
     return str(target)
+
+
+def _park(out: Path, pushed_out: Path) -> None:
+    """Keep the run a set-aside pushes out in ``_pushed_out/`` until the new run trains (see
+    ``put_back``); one parked by an attempt killed before it could put it back goes first."""
+    parked = out / PUSHED_OUT
+    if parked.exists():
+        shutil.rmtree(parked)
+    os.replace(pushed_out, parked)
+    logger.info("output_dir: the run kept in %s waits in %s until this run starts training, then is deleted",
+                pushed_out, parked)
+
+
+def drop_pushed_out(output_dir: str) -> None:
+    """Delete the run a set-aside pushed out: the run that replaced it has started training."""
+    parked = Path(output_dir) / PUSHED_OUT
+    if parked.is_dir() and not parked.is_symlink():
+        shutil.rmtree(parked)
+        logger.info("output_dir: deleted the earlier run this one pushed out of %s", Path(output_dir) / REPLACED)
+
+
+def put_back(output_dir: str, moved: str) -> None:
+    """Undo a set-aside: the run moved to ``moved`` goes back into ``output_dir`` and the run it
+    pushed out back to ``moved``, for a run refused (or stopped) before its first step. The set-aside
+    comes once the models have loaded, and the trainer's checks and those at the start of training
+    come after it: a refused run deleted the earlier run it pushed out, having trained nothing. A
+    file the refused run wrote in the meantime (its image ledger, logs) gives way to the run's own."""
+    out, target = Path(output_dir), Path(moved)
+    for entry in list(target.iterdir()):
+        back = out / entry.name
+        if back.is_dir() and not back.is_symlink():
+            shutil.rmtree(back)
+        elif back.exists() or back.is_symlink():
+            back.unlink()
+        os.replace(entry, back)
+    target.rmdir()
+    parked = out / PUSHED_OUT
+    if parked.is_dir():
+        os.replace(parked, target)
+    elif target.parent != out:  # _replaced/ made for it alone
+        remove_empty([target.parent])
 
 
 def _worth(folder: Path) -> int:
