@@ -229,7 +229,12 @@ class WarmupLongerThanRun(TrainerCallback):
 def check_best_model_evaluations(args: Any) -> None:
     """``load_best_model_at_end`` with ``eval_strategy: no`` (transformers accepts it when
     ``save_strategy`` is no too): no evaluation picks a best checkpoint, and Trainer exported the
-    last step's weights without a word."""
+    last step's weights without a word. ``save_strategy: best`` without ``metric_for_best_model``
+    (which transformers fills in for ``load_best_model_at_end`` alone) was a traceback as the
+    trainer was built, after the data and the models had loaded."""
+    if getattr(args.save_strategy, "value", args.save_strategy) == "best" and args.metric_for_best_model is None:
+        raise RecipeError("save_strategy: best saves a checkpoint when an evaluation scores a new best, and no "
+                          "metric_for_best_model says by what: set metric_for_best_model (accuracy, loss...)")
     if args.load_best_model_at_end and getattr(args.eval_strategy, "value", args.eval_strategy) == "no":
         raise RecipeError("load_best_model_at_end keeps the best of the evaluations during training, and eval_strategy "
                           "is no: set eval_strategy and save_strategy to steps or epoch, or drop load_best_model_at_end "

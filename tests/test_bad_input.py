@@ -2323,3 +2323,19 @@ def test_a_replica_run_outside_the_main_thread_says_its_error(replica_waits, mon
     worker.join()
     assert codes == [2]
     assert capsys.readouterr().err == REPLICA_LINE + " (met by process 1 alone)\n"
+
+
+def test_save_strategy_best_without_a_metric_is_one_line_before_anything_loads(tmp_path, capsys, no_loading):
+    """transformers refused it as the trainer was built: a traceback, after the data and the models
+    had loaded (it fills metric_for_best_model in for load_best_model_at_end alone)."""
+    assert run(tmp_path, base(tmp_path, save_strategy="best", eval_strategy="steps", eval_steps=1)) == 2
+    assert error_of(capsys) == ("error: save_strategy: best saves a checkpoint when an evaluation scores a new best, "
+                                "and no metric_for_best_model says by what: set metric_for_best_model (accuracy, loss...)")
+
+
+def test_max_eval_samples_under_a_relations_rows_is_refused_before_anything_loads(tmp_path, capsys, no_loading):
+    """The cap is in the recipe, and the refusal came after both models had loaded (and the set-aside)."""
+    recipe = base(tmp_path, max_eval_samples=2, teacher_model_name_or_path="config:resnet",
+                  teacher_config_overrides=TINY_RESNET, losses=[{"name": "ce"}, {"name": "rcka"}])
+    assert run(tmp_path, recipe) == 2
+    assert error_of(capsys).startswith("error: the evaluation set has 2 image(s), and rcka relates the samples of a batch")

@@ -71,7 +71,8 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     if args.do_train:
         check_relation_rows(losses, args)
     if args.do_train and evaluates(args):  # an evaluation-only run: once built, knowing the losses it leaves out
-        check_evaluation_rows(losses, args)
+        # max_eval_samples caps the evaluation set: one under a relation's rows is known before any data loads
+        check_evaluation_rows(losses, args, getattr(data_args, "max_eval_samples", None))
     check_recipe_metric(model_args, args)
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
         if getattr(model_args, key):
