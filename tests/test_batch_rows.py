@@ -307,3 +307,20 @@ def test_a_split_of_exactly_one_batch_is_kept_under_drop_last():
     check_training_batches(4, args, 0, torch.nn.Linear(2, 2), {})  # one whole batch: nothing dropped
     with pytest.raises(DataError, match=r"fewer than one batch \(4\)"):
         check_training_batches(3, args, 0, torch.nn.Linear(2, 2), {})
+
+
+@pytest.mark.parametrize("images, drop_last, refused", [(40, False, False), (39, False, False), (39, True, True),
+                                                        (30, False, True)])
+def test_an_accumulation_longer_than_an_epoch_is_refused(images, drop_last, refused):
+    """Trainer ends each accumulation with the epoch: 50 accumulation steps over 20 batches an epoch
+    summed 1257 images a step, and the card, the recorded recipe and lr_base counted 3200."""
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(train_batch_size=4, dataloader_drop_last=drop_last, world_size=1,
+                           gradient_accumulation_steps=10)
+    if not refused:
+        check_training_batches(images, args, 0, torch.nn.Linear(2, 2), {})
+        return
+    with pytest.raises(RecipeError, match=r"gradient_accumulation_steps is 10, and an epoch holds [89] training "
+                                          r"batch\(es\) of 4 images.*Set gradient_accumulation_steps to [89] or less"):
+        check_training_batches(images, args, 0, torch.nn.Linear(2, 2), {})

@@ -112,13 +112,40 @@ def check_training_batches(num_images: int, args: Any, aug_repeats: int, student
     """
     if requested_drop_last is not None:
         args.dataloader_drop_last = requested_drop_last
+    _check_last_batch(num_images, args, aug_repeats, student, losses, batch_size)
+    _check_accumulation(num_images, args, aug_repeats, batch_size)
+
+
+def _epoch_images(num_images: int, args: Any, aug_repeats: int, batch_size: int | None) -> tuple[int, int, int | None]:
+    """The batch each process reads, the images it reads them from in an epoch, and those images
+    when repeated augmentation's sampler deals them (None: Trainer's sampler)."""
     processes = max(1, args.world_size)
     local = batch_size or args.train_batch_size
     per_process = images_per_process(num_images, aug_repeats, processes)
     if per_process is None:  # Trainer's sampler: batches dealt to the processes, the last ones padded
-        batch, seen = local * processes // _split_over(args), num_images  # split_batches: one batch over them
-    else:
-        batch, seen = local, per_process
+        return local * processes // _split_over(args), num_images, None  # split_batches: one batch over them
+    return local, per_process, per_process
+
+
+def _check_accumulation(num_images: int, args: Any, aug_repeats: int, batch_size: int | None) -> None:
+    """Trainer ends an accumulation at the end of each epoch: with fewer batches an epoch than
+    ``gradient_accumulation_steps``, every optimizer step summed fewer images than the global batch
+    the card, the recorded recipe and ``lr_base``'s scaling counted (3200 said, 1257 summed)."""
+    accumulation = getattr(args, "gradient_accumulation_steps", 1)
+    batch, seen, _ = _epoch_images(num_images, args, aug_repeats, batch_size)
+    batches = seen // batch if args.dataloader_drop_last else -(-seen // batch)
+    if 0 < batches < accumulation:
+        raise RecipeError(f"gradient_accumulation_steps is {accumulation}, and an epoch holds "
+                          f"{batches} training batch(es) of {batch} images: Trainer ends each accumulation with the "
+                          f"epoch, so no optimizer step would sum the global batch it counts. Set "
+                          f"gradient_accumulation_steps to {batches} or less, or lower per_device_train_batch_size")
+
+
+def _check_last_batch(num_images: int, args: Any, aug_repeats: int, student: torch.nn.Module,
+                      losses: Mapping[str, Any], batch_size: int | None) -> None:
+    processes = max(1, args.world_size)
+    local = batch_size or args.train_batch_size
+    batch, seen, per_process = _epoch_images(num_images, args, aug_repeats, batch_size)
     if args.dataloader_drop_last and seen < batch:
         where = (f"{num_images} images" if per_process is None else
                  f"{num_images} images, of which repeated augmentation gives "
