@@ -8,6 +8,7 @@ at fault and what to change.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 
@@ -85,3 +86,16 @@ class LayerIndexError(RecipeError, IndexError):
 
     Also an ``IndexError``, the type this check raised before user errors had their own class.
     """
+
+
+# torch re-raises an exception from a loader worker as its own type, with this message
+_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback.*?\n(?:[\w.]+\.)?\1: (.*)",
+                           re.DOTALL)
+
+
+def user_message(err: BaseException) -> str:
+    """``err``'s message; for a user error raised in a dataloader worker ('Caught DataError in
+    DataLoader worker process 0.' and the worker's traceback), the worker's message alone, so the
+    command line prints the same one line as without workers."""
+    found = _WORKER_ERROR.match(str(err))
+    return found.group(2).strip() if found else str(err)

@@ -607,3 +607,51 @@ def test_a_signal_after_the_training_steps_waits_for_the_trained_model_to_be_sav
     assert (out / "model.safetensors").is_file() and json.loads((out / "trainer_state.json").read_text())[
         "global_step"] == 2
     assert f"interrupted by SIGTERM after training: the trained model is saved in {out}" in capsys.readouterr().err
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_a_checkpoint(tmp_path):
+    """GNU timeout, kill -TERM -<pgid> and a cluster's pre-emption signal every process of the group:
+    torch's handler ended the loader workers, and the run failed at its next batch ("DataLoader
+    worker ... is killed by signal: Terminated", a traceback, exit 1) before the stop's checkpoint."""
+    command = [sys.executable, "scripts/distill.py", str(recipe(tmp_path)), "--dataloader_num_workers", "2"]
+    process = subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if "'loss'" in line and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                break
+        lines += [line.rstrip("\n") for line in process.stdout]
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = "\n".join(lines)
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    assert "Traceback" not in output and "killed by signal" not in output
+    assert output.count("SIGTERM received") == 1, "said by the main process alone"
+    checkpoints = list((tmp_path / "out").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / "trainer_state.json").is_file()
+
+
+def test_a_user_error_in_a_loader_worker_is_its_own_message():
+    """torch re-raises it as 'Caught DataError in DataLoader worker process 0.' with the worker's
+    traceback, which the command line printed as its error line."""
+    import torch
+
+    from hf_rcka.errors import DataError, user_message
+
+    class Unreadable(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise DataError("all 2 images of a batch are unreadable (simulated)")
+
+    with pytest.raises(DataError) as raised:
+        next(iter(torch.utils.data.DataLoader(Unreadable(), num_workers=1)))
+    assert "DataLoader worker process 0" in str(raised.value)
+    assert user_message(raised.value) == "all 2 images of a batch are unreadable (simulated)"
+    assert user_message(DataError("a plain one")) == "a plain one"

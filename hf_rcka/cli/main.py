@@ -16,7 +16,7 @@ import traceback
 from typing import Sequence
 
 from ..distributed import close_process_group
-from ..errors import RecipeError, UserError
+from ..errors import RecipeError, UserError, user_message
 from ..trainer.interrupt import GracefulStop, Interrupted
 from ..trainer.resume_hint import Stopped, entry_command, relaunch_command, secrets_note
 from .help import USAGE, losses_help, recipe_help
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if _process_zero_failed_too():
                 return 2
             notes += f" (met by process {os.environ.get('RANK', os.environ.get('LOCAL_RANK'))} alone)"
-        print(f"error: {err}{notes}", file=sys.stderr, flush=True)
+        print(f"error: {user_message(err)}{notes}", file=sys.stderr, flush=True)
         return 2
     except Stopped as stopped:
         _close_progress_bars()

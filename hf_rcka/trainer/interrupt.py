@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -39,6 +40,48 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _MainProcessSignals:
+    """A loader worker's ``worker_init_fn`` that leaves SIGTERM and SIGINT to the main process.
+
+    A signal sent to the whole process group (GNU ``timeout``, ``kill -TERM -<pgid>``, a cluster's
+    pre-emption) reaches the workers too: torch's handler ended a worker on a SIGTERM its parent had
+    not sent, and the main process then raised "DataLoader worker ... is killed by signal" at the
+    next batch, before the checkpoint of the stop; forked workers ran the main process's handler
+    on SIGINT (the stop said three times, tracebacks during an evaluation). A worker now ignores
+    SIGINT, and ends on a SIGTERM only when its parent sent it (as torch does when it shuts workers
+    down): SIGTERM is blocked and a thread waits for it (``sigwaitinfo`` names the sender; without
+    it, off Linux, SIGTERM stays torch's). Ignoring SIGTERM outright hung the run at its exit, whose
+    clean-up ends workers with it.
+    """
+
+    def __init__(self, init: Any) -> None:
+        self.init = init
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if hasattr(signal, "sigwaitinfo"):
+            parent = os.getppid()
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            threading.Thread(target=_end_on_parents_sigterm, args=(parent,), daemon=True).start()
+        if self.init is not None:
+            self.init(worker_id)
+
+
+def _end_on_parents_sigterm(parent: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)
+
+
+def leave_signals_to_main_process(loader: Any) -> Any:
+    """``loader`` with worker processes that leave stop signals to the main process (see
+    ``_MainProcessSignals``); set on accelerate's base loader, which is the one that starts them."""
+    base = getattr(loader, "base_dataloader", loader)
+    if getattr(base, "num_workers", 0) and not isinstance(base.worker_init_fn, _MainProcessSignals):
+        base.worker_init_fn = _MainProcessSignals(base.worker_init_fn)
+    return loader
 
 
 class Interrupted(BaseException):

@@ -67,7 +67,7 @@ from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate, decodes_its_images, seeded_subset
 from .data_parallel import check_wrapped, forget_evaluation_preparation
 from .ema import StudentEmaCallback
-from .interrupt import resumable_checkpoint
+from .interrupt import leave_signals_to_main_process, resumable_checkpoint
 from .card import reproduction_text, training_text, write_model_card
 from .teacher_check import check_teacher_accuracy
 from .weight_decay import model_no_weight_decay, norm_weights
@@ -597,7 +597,7 @@ class DistillationTrainer(CheckpointingTrainer):
         check_iterable_dispatch(self.args, [dataset])
         self._forget_other_eval_loader(key, dataset)
         with _every_image_in_order(self.args):
-            return super().get_eval_dataloader(eval_dataset)
+            return leave_signals_to_main_process(super().get_eval_dataloader(eval_dataset))
 
     def _say_unrelated_terms(self, dataset: Any) -> None:
         """An evaluation set too small for a relation reports no relational term: said once per set
@@ -635,7 +635,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self._evaluating_own_set = False
         self._check_later_dataset(test_dataset, "test_dataset")
         with _every_image_in_order(self.args):
-            return super().get_test_dataloader(test_dataset)
+            return leave_signals_to_main_process(super().get_test_dataloader(test_dataset))
 
     # Private override. Trainer.get_train_dataloader (public) builds its loader through the private
     # _get_dataloader, which takes the sampler from this method: overriding it is the one way to
@@ -657,7 +657,7 @@ class DistillationTrainer(CheckpointingTrainer):
         """Trainer's loader; a rank-aware RA sampler is not sharded again by accelerate. Built again
         for every ``auto_find_batch_size`` attempt, so that attempt's batch and last batch are checked."""
         self._check_training_batches()
-        return keep_rank_sharding(super().get_train_dataloader())
+        return leave_signals_to_main_process(keep_rank_sharding(super().get_train_dataloader()))
 
     def _check_training_batches(self) -> None:
         losses = self.distillation_model.losses
