@@ -250,3 +250,21 @@ def test_a_data_sets_second_crane_takes_the_place_the_model_repeats(caplog):
     other[517] = "construction crane"
     with pytest.raises(LabelError, match=r"the dataset has \['construction crane'\] that the teacher lacks"):
         teacher_label_order(other, descriptions)
+
+
+def test_by_index_with_the_same_names_in_another_order_is_said(caplog):
+    """Paired by position, two swapped classes of a thousand each took the other's logit: only an INFO
+    line said the classes were paired by position, and the teacher check passes such a teacher."""
+    import logging
+
+    from hf_rcka.models.labels import BY_INDEX, teacher_label_order
+
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert teacher_label_order(["a", "b", "c", "d"], ["a", "c", "b", "d"], BY_INDEX) is None
+    assert "by_index pairs 2 class(es) of the dataset with a teacher logit of another name (class 1, 'b', with the " \
+           "teacher's 'c')" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        teacher_label_order(["a", "b"], ["x", "y"], BY_INDEX)  # other names: what by_index is for
+        teacher_label_order(["a", "b"], ["a", "b"], BY_INDEX)
+    assert "by_index pairs" not in caplog.text

@@ -218,6 +218,7 @@ def teacher_label_order(
             "teacher_label_mapping: by_index if both list the classes in the same order")
     if mapping == BY_INDEX:
         logger.info("labels: teacher classes paired by position (teacher_label_mapping: by_index)")
+        _say_named_elsewhere(labels, teacher_labels, source)
         return None
     if is_generic(teacher_labels):
         logger.warning("labels: the teacher's classes are unnamed (LABEL_0...): only their number could be "
@@ -252,6 +253,21 @@ def apply_label_order(teacher: nn.Module, labels: Sequence[str], order: list[int
     teacher.register_forward_hook(_ReorderLogits(order))
     set_labels(teacher.config, LabelMaps.of(labels))
     logger.info("labels: the teacher's %d classes are in another order; its logits are re-indexed by name", len(labels))
+
+
+def _say_named_elsewhere(labels: Sequence[str], teacher_labels: Sequence[str], source: str) -> None:
+    """By position, a teacher that names the run's classes in another order pairs each moved class
+    with another's logit: a whole permutation fails the teacher check, two swapped classes of a
+    thousand do not. The names say it, so it is said."""
+    if is_generic(teacher_labels) or sorted(labels) != sorted(teacher_labels):
+        return
+    moved = [i for i, (name, theirs) in enumerate(zip(labels, teacher_labels)) if name != theirs]
+    if moved:
+        first = moved[0]
+        logger.warning("labels: teacher_label_mapping: by_index pairs %d class(es) of %s with a teacher logit of "
+                       "another name (class %d, %r, with the teacher's %r): the teacher names the same classes in "
+                       "another order, which teacher_label_mapping: by_name pairs by name", len(moved), source,
+                       first, labels[first], teacher_labels[first])
 
 
 def teacher_alignment(teacher: nn.Module, labels: Sequence[str], mapping: str, reads_logits: bool,
