@@ -10,6 +10,7 @@ repeated augmentation.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field, fields
 
 from .errors import RecipeError
@@ -122,7 +123,13 @@ def _check_aa(policy: str) -> None:
 
     hparams = {"translate_const": 100, "img_mean": (124, 116, 104)}
     builders = {"rand": rand_augment_transform, "augmix": augment_and_mix_transform}
-    build = builders.get(policy.split("-")[0], auto_augment_transform)
+    kind, *sections = policy.split("-")
+    build = builders.get(kind, auto_augment_transform)
+    # timm skips a section without a number: 'incl' for 'inc1' trained RandAugment's other ops
+    skipped = [s for s in sections if not re.search(r"\d", s) and not (kind == "rand" and s.startswith("t"))]
+    if kind in builders and skipped:
+        raise AugmentationError(f"aa={policy!r}: timm ignores {', '.join(map(repr, skipped))} (each section is a key "
+                                "and its number, e.g. m9, mstd0.5, inc1 in rand-m9-mstd0.5-inc1)")
     try:
         build(policy, hparams)
     except Exception as err:  # timm raises AssertionError/KeyError/ValueError for bad policies
