@@ -1334,6 +1334,17 @@ def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsy
 
 
 
+def test_a_timm_student_whose_overrides_do_not_run_is_one_line(tmp_path, capsys):
+    """Three stage widths for resnet10t's four stages built, and failed its probe with an AttributeError
+    traceback (the probe caught only what an image size causes)."""
+    student = base(tmp_path, model_name_or_path="timm/resnet10t", student_from_scratch=True,
+                   student_config_overrides={"channels": [16, 32, 64]})
+    assert run(tmp_path, student) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: model_name_or_path: the student as built fails on a forward pass (AttributeError")
+    assert "student_config_overrides" in line and not (tmp_path / "out").exists()
+
+
 def test_a_model_that_takes_no_images_is_named_not_the_image_size(tmp_path, capsys):
     """ImageGPT's forward reads token ids: blaming a 16x16 image size would send the user the wrong way."""
     image_gpt = base(tmp_path, model_name_or_path="config:imagegpt",

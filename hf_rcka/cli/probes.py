@@ -35,6 +35,12 @@ def probe_student(student: Any, stats: Any, image_size: int | None) -> None:
             "image_size for transformers ViTs, img_size for timm; a pretrained timm ViT keeps its weights with "
             "dynamic_img_size: true, which resamples its position embeddings)"
         ) from err
+    except (AttributeError, TypeError, IndexError, KeyError) as err:  # an architecture built inconsistent
+        raise ModelError(
+            f"model_name_or_path: the student as built fails on a forward pass ({type(err).__name__}: "
+            f"{' '.join(str(err).split())}): its student_config_overrides, if any, make an architecture that "
+            "does not run (timm's resnet10t with three stage widths for its four stages, say)"
+        ) from err
     finally:
         student.train(was_training)
 
