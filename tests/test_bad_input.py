@@ -2350,3 +2350,17 @@ def test_max_eval_samples_under_a_relations_rows_is_refused_before_anything_load
                   teacher_config_overrides=TINY_RESNET, losses=[{"name": "ce"}, {"name": "rcka"}])
     assert run(tmp_path, recipe) == 2
     assert error_of(capsys).startswith("error: the evaluation set has 2 image(s), and rcka relates the samples of a batch")
+
+
+def test_max_steps_trains_whatever_num_train_epochs_says():
+    """max_steps > 0 overrides num_train_epochs (Trainer's rule): num_train_epochs 0 with max_steps
+    5 trains 5 steps and must not be refused as training nothing."""
+    from types import SimpleNamespace
+
+    from hf_rcka.cli.preflight import check_work
+    from hf_rcka.errors import RecipeError
+
+    model_args = SimpleNamespace(model_name_or_path="config:resnet", smoke_test=False, student_from_scratch=True)
+    check_work(model_args, SimpleNamespace(do_train=True, max_steps=5, num_train_epochs=0))
+    with pytest.raises(RecipeError, match="would train nothing"):
+        check_work(model_args, SimpleNamespace(do_train=True, max_steps=-1, num_train_epochs=0))

@@ -324,3 +324,29 @@ def test_an_accumulation_longer_than_an_epoch_is_refused(images, drop_last, refu
     with pytest.raises(RecipeError, match=r"gradient_accumulation_steps is 10, and an epoch holds [89] training "
                                           r"batch\(es\) of 4 images.*Set gradient_accumulation_steps to [89] or less"):
         check_training_batches(images, args, 0, torch.nn.Linear(2, 2), {})
+
+
+def test_an_odd_mixing_batch_is_said_and_an_even_one_is_not(caplog):
+    """An odd batch leaves one image of every step unmixed: the warning could be dropped with every
+    test passing (only the batch of one is tested)."""
+    import logging
+    from types import SimpleNamespace
+
+    from hf_rcka.cli.preflight import check_mixing_batch
+
+    mixing = SimpleNamespace(mixup_active=True)
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        check_mixing_batch(mixing, _parallel_args(per_device_train_batch_size=4, do_train=True))
+    assert "odd" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        check_mixing_batch(mixing, _parallel_args(per_device_train_batch_size=3, do_train=True))
+    assert "per_device_train_batch_size is 3, odd: mixup/cutmix leave one image of every batch unmixed" in caplog.text
+
+
+def test_an_evaluation_only_run_with_mixing_settings_is_not_refused_for_its_batch():
+    """Mixing happens in training only: an evaluation-only run of a mixup recipe at batch 1 runs."""
+    from types import SimpleNamespace
+
+    from hf_rcka.cli.preflight import check_mixing_batch
+
+    check_mixing_batch(SimpleNamespace(mixup_active=True), _parallel_args(per_device_train_batch_size=1, do_train=False))

@@ -655,3 +655,20 @@ def test_a_user_error_in_a_loader_worker_is_its_own_message():
     assert "DataLoader worker process 0" in str(raised.value)
     assert user_message(raised.value) == "all 2 images of a batch are unreadable (simulated)"
     assert user_message(DataError("a plain one")) == "a plain one"
+
+
+def test_no_checkpoint_of_the_last_step_is_written_once_the_best_weights_are_loaded(tmp_path):
+    """After load_best_model_at_end the weights are an earlier checkpoint's: saved as
+    checkpoint-<last step> they would resume as if trained that far. The guard could be dropped with
+    every test passing."""
+    from types import SimpleNamespace
+
+    from hf_rcka.trainer.interrupt import save_checkpoint_now
+
+    saved = []
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=7), best_model_loaded=True, model=None,
+                              _get_output_dir=lambda trial=None: str(tmp_path),
+                              _save_checkpoint=lambda model, trial: saved.append(model))
+    assert save_checkpoint_now(trainer) is None and saved == []
+    trainer.best_model_loaded = False
+    assert save_checkpoint_now(trainer) == str(tmp_path / "checkpoint-7") and saved == [None]

@@ -273,3 +273,22 @@ def test_minus_one_is_a_class_where_the_labels_hold_other_negatives_and_an_empty
     assert not is_unlabelled(datasets.Dataset.from_dict({"label": [-1, 0]}), "label")
     assert not is_unlabelled(datasets.Dataset.from_dict({"label": []}, features=datasets.Features(
         {"label": datasets.Value("int64")})), "label")
+
+
+def test_a_negative_label_other_than_minus_one_is_outside_the_classes(monkeypatch):
+    """-2 in a ClassLabel column is no class and not datasets' "no label" either: the check of
+    negatives other than -1 could be dropped with every test passing; the split's images would
+    then count as errors in the reported accuracy."""
+    validation = _split([0, 1, -2, 2], label_feature=datasets.Value("int64")).cast_column("label", PETS)
+    args = _hub(monkeypatch, train=_split([0, 1, 2] * 4), validation=validation)
+    with pytest.raises(DataError, match=r"'validation' split.*1 labels are outside 0\.\.2 \(e\.g\. -2\)"):
+        load_raw_datasets(args)
+
+
+def test_a_single_fractional_label_is_refused(monkeypatch):
+    """One 0.5 among whole numbers becomes a class of its own: refused as many are (the existing
+    case has many fractional labels, so 'more than one' passed too)."""
+    labels = [0.0, 1.0, 2.0, 0.5] + [0.0, 1.0, 2.0] * 3
+    args = _hub(monkeypatch, train=_split(labels, label_feature=datasets.Value("float64")))
+    with pytest.raises(DataError, match=r"'train' split.*1 labels are fractional \(e\.g\. 0\.5\)"):
+        load_raw_datasets(args)

@@ -268,3 +268,18 @@ def test_by_index_with_the_same_names_in_another_order_is_said(caplog):
         teacher_label_order(["a", "b"], ["x", "y"], BY_INDEX)  # other names: what by_index is for
         teacher_label_order(["a", "b"], ["a", "b"], BY_INDEX)
     assert "by_index pairs" not in caplog.text
+
+
+def test_only_a_name_the_model_repeats_may_be_spelt_otherwise(caplog):
+    """The data may re-spell the second 'crane' (in any case: 'Crane (machine)'), and no other
+    class: 'tench, Tinca tinca (fish)' for the model's 'tench, Tinca tinca' is another name, refused
+    as any other is, even beside a re-spelt crane."""
+    descriptions, _ = _imagenet()
+    spelt = list(descriptions)
+    spelt[517] = "Crane (machine)"
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert teacher_label_order(spelt, descriptions) is None
+    assert "517: 'Crane (machine)'" in caplog.text
+    spelt[0] = descriptions[0] + " (fish)"
+    with pytest.raises(LabelError, match="the teacher's classes do not match"):
+        teacher_label_order(spelt, descriptions)

@@ -139,3 +139,25 @@ def test_evaluation_is_never_mixed(tmp_path):
     trainer.model.train()  # and in training the same call mixes them
     trainer.compute_loss(trainer.model, {"pixel_values": pixels.clone(), "labels": labels})
     assert not torch.equal(seen["pixels"], pixels) and seen["labels"].shape == (6, P)
+
+
+def test_every_mixing_setting_of_the_recipe_reaches_timms_mixup():
+    """mixup_mode, mixup_switch_prob and cutmix_minmax were each replaceable by timm's default with
+    every test passing: a recipe's 'elem' mode or switch probability would be ignored without a word."""
+    aug = AugmentationArguments(mixup=0.3, cutmix=0.6, mixup_prob=0.7, mixup_switch_prob=0.2, mixup_mode="elem")
+    m = build_mixup(aug, 5, label_smoothing=0.1)
+    assert (m.mixup_alpha, m.cutmix_alpha, m.cutmix_minmax, m.mix_prob, m.switch_prob, m.mode, m.label_smoothing,
+            m.num_classes) == (0.3, 0.6, None, 0.7, 0.2, "elem", 0.1, 5)
+    assert build_mixup(AugmentationArguments(cutmix_minmax=[0.2, 0.8]), 5).cutmix_minmax == [0.2, 0.8]
+
+
+def test_an_odd_batch_mixes_the_targets_of_the_images_it_mixes():
+    """The first B-1 images of an odd batch are mixed: their targets must be mixed with the same
+    lambda (the existing odd-batch test checks only the last, unmixed, image)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 2, 1, 2, 1])
+    mixed, targets = mix_batch(build_mixup(MIXUP_ONLY, P, label_smoothing=0.1), x.clone(), y)
+    head, labels = x[:4], y[:4]
+    lam = float(((mixed[:4] - head.flip(0)) / (head - head.flip(0)))[0].mean())
+    expected = lam * smoothed_one_hot(labels, 0.1) + (1 - lam) * smoothed_one_hot(labels.flip(0), 0.1)
+    assert torch.allclose(targets[:4].double(), expected, atol=1e-6)

@@ -748,3 +748,40 @@ def test_a_whole_later_checkpoint_is_a_branch_set_aside_with_the_model(tmp_path)
     assert set_aside_abandoned_branch(str(out), str(out / "checkpoint-2")) == str(out / REPLACED)
     assert (out / REPLACED / "model.safetensors").read_text() == "run F"
     assert (out / REPLACED / "checkpoint-4" / "tag").read_text() == "run F" and (out / "checkpoint-2").exists()
+
+
+def test_a_readme_that_only_mentions_hf_rcka_is_the_users_not_a_card(tmp_path):
+    """Only front matter with the hf_rcka tag makes a README.md a card of hf_rcka's: a project's own
+    notes that mention hf_rcka were taken for a card, and the run's card overwrote them."""
+    args = SimpleNamespace(output_dir=str(tmp_path / "proj"), overwrite_output_dir=False, do_train=True)
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "README.md").write_text("# My notes on hf_rcka runs\n---\n")
+    with pytest.raises(RecipeError, match="holds README.md, which no run of hf_rcka wrote"):
+        check_output_dir(args, None)
+
+
+def test_a_resumed_run_keeps_one_copy_of_an_unchanged_earlier_card(tmp_path):
+    """A card identical to the kept _README.earlier.md is no new version: no _README.earlier-2.md."""
+    from hf_rcka.cli.output_folder import drop_stale_export
+
+    out = tmp_path / "out"
+    _fake_run(out, [2], finished=True, tag="run 1")
+    card = "---\ntags:\n- hf_rcka\n---\nrun 1\n"
+    (out / "_README.earlier.md").write_text(card)
+    (out / "README.md").write_text(card)
+    drop_stale_export(str(out))
+    assert sorted(p.name for p in out.glob("_README.earlier*")) == ["_README.earlier.md"]
+
+
+@pytest.mark.parametrize("where", ["_replacing", f"{REPLACED}/_leftovers"])
+def test_the_staging_and_leftovers_folders_may_not_be_links_either(tmp_path, where):
+    """The existing test covers _replaced and _replaced/_unfinished only: a link at _replacing
+    moved the run's files out of output_dir, into the folder the link points to."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    _fake_run(out, [2], finished=True, tag="run 1")
+    elsewhere.mkdir()
+    (out / where).parent.mkdir(parents=True, exist_ok=True)
+    (out / where).symlink_to(elsewhere, target_is_directory=True)
+    args = SimpleNamespace(do_train=True, output_dir=str(out), overwrite_output_dir=True)
+    with pytest.raises(RecipeError, match=f"{where} is a symbolic link: with overwrite_output_dir"):
+        check_output_dir(args, None)

@@ -1348,3 +1348,28 @@ def test_reentrant_checkpointing_trains_what_is_not_frozen(tmp_path, build, froz
     assert not frozen_names & set(moved)
 
 
+
+
+def test_checkpointing_settings_timm_would_take_anyway_are_not_said(caplog, monkeypatch):
+    """use_reentrant false (timm's own default), every_n_layers 1 and a reentrant timm checkpoint with
+    every weight trainable change nothing: warning about them (as the existing test's settings do)
+    would tell users that settings they may rely on are dropped."""
+    import logging
+
+    import timm.layers.config
+    from torch import nn
+
+    from hf_rcka.modeling.activation_checkpoints import inputs_need_gradients, say_options_timm_ignores
+
+    student = nn.Linear(2, 2)
+    student.timm_model = student  # what the checks look for in a TimmWrapper
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        say_options_timm_ignores(student, {"activation_checkpointing_kwargs": {"use_reentrant": False},
+                                           "every_n_layers": 1, "offload": False})
+        monkeypatch.setattr(timm.layers.config, "_USE_REENTRANT_CKPT", True)
+        assert inputs_need_gradients(student) == []
+    assert not caplog.text
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        say_options_timm_ignores(student, {"activation_checkpointing_kwargs": {"use_reentrant": False},
+                                           "every_n_layers": 2})
+    assert "transformers passes ['every_n_layers', 'use_reentrant'] on to no checkpoint" in caplog.text

@@ -169,3 +169,23 @@ def test_hflip_and_train_interpolation_reach_the_training_transform(tmp_path):
     for seed in range(4):
         torch.manual_seed(seed)
         assert len(torch.unique(nearest(stripes)[0])) <= 2, "nearest keeps the two colours"
+
+
+def test_random_erasing_settings_reach_the_training_transform(tmp_path):
+    """reprob, remode and recount were each replaceable by a constant with every test passing
+    (the existing test checks only that erasing adds noise)."""
+    processor = saved_student("timm_resnet", tmp_path)
+    transform = train_transform(processor, AugmentationArguments(reprob=0.25, remode="const", recount=3))
+    erasing = next(t for t in transform.transforms if type(t).__name__ == "RandomErasing")
+    assert (erasing.probability, erasing.mode, erasing.max_count) == (0.25, "const", 3)
+
+
+def test_training_normalises_with_the_students_std_too(tmp_path):
+    """An image of ImageNet's mean colour normalises to ~0 whatever the std (the existing test):
+    a white image must come out at (1 - mean) / std, as the deployed processor gives it."""
+    processor = saved_student("timm_resnet", tmp_path)
+    plain = train_transform(processor, AugmentationArguments(hflip=0.0, color_jitter=0.0))
+    white = Image.new("RGB", (23, 11), (255, 255, 255))
+    torch.manual_seed(0)
+    trained, deployed = plain(white), eval_transform(processor)(white)
+    assert torch.allclose(trained.mean((1, 2)), deployed.mean((1, 2)), atol=1e-3)
