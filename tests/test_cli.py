@@ -482,6 +482,17 @@ def test_a_collapsed_student_above_the_accuracy_threshold_is_at_chance_by_its_cr
     assert caplog.text.count("is at chance") == 2
 
 
+def test_only_an_accuracy_at_chance_ends_a_run_with_an_error():
+    """The cross-entropy's test is said, not an error: a calibrated student at 30% on 10 classes,
+    three times chance, has 2.15 nats against 0.9 ln 10 = 2.07 (and one at 65% on 2 classes, 0.647
+    against 0.624): with the error, such runs would have ended with exit status 2."""
+    from hf_rcka.trainer.chance import at_chance, warn_if_student_at_chance
+
+    assert warn_if_student_at_chance(0.3, 540, 10, cross_entropy=2.149, say=False) and not at_chance(0.3, 540, 10)
+    assert warn_if_student_at_chance(0.65, 1000, 2, cross_entropy=0.647, say=False) and not at_chance(0.65, 1000, 2)
+    assert at_chance(0.11, 540, 10) and not at_chance(0.5, 3, 2)  # 3 images cannot tell
+
+
 
 def test_a_recorded_recipe_run_again_with_a_retrained_teacher_is_said(tmp_path, capsys):
     """The record names the teacher by its path: a teacher retrained there made the record train

@@ -35,7 +35,7 @@ from ..models.loading import load_image_classifier
 from ..models.processors import load_image_processor
 from ..trainer.batch_rows import check_evaluation_rows
 from ..trainer.card_facts import card_facts_of
-from ..trainer.chance import warn_if_student_at_chance
+from ..trainer.chance import at_chance, warn_if_student_at_chance
 from ..trainer.checkpointing import checkpoint_folder, checkpoint_step
 from ..trainer.divergence import check_loaded_weights
 from ..trainer.given_models import leave_out_fresh_losses
@@ -192,11 +192,12 @@ def _train_and_evaluate(
             raise DataError(f"{user_message(err)}. The trained model is saved in {args.output_dir}, not evaluated: its card "
                             "was not written") from None
     check = getattr(args, "student_accuracy_check", "error")
-    at_chance = args.do_train and args.do_eval and check != "off" and _say_if_at_chance(trainer, metrics)
+    refused = args.do_train and args.do_eval and check != "off" and _say_if_at_chance(trainer, metrics) \
+        and check == "error"
     if stop is not None:
         stop.evaluated = args.do_eval  # what is left is the card and the Hub upload
-    _finish(trainer, data_args, skipped, metrics, upload=not (at_chance and check == "error"))
-    if at_chance and check == "error":
+    _finish(trainer, data_args, skipped, metrics, upload=not refused)
+    if refused:
         raise StudentNearChance(_learned_nothing_line(trainer, metrics))
     return metrics
 
@@ -600,9 +601,10 @@ def _say_if_the_recorded_teacher_differs(trainer: DistillationTrainer, recipe_pa
 
 
 def _say_if_at_chance(trainer: DistillationTrainer, metrics: dict) -> bool:
-    """Whether the trained student is at chance on the final evaluation (see ``trainer.chance``),
-    said by the process that logs; every process judges the same gathered metrics, so all of them
-    end the run alike."""
+    """Say whether the trained student is at chance on the final evaluation (see ``trainer.chance``),
+    on the process that logs; whether its accuracy is (every process judges the same gathered
+    metrics, so all of them end the run alike). The cross-entropy's test is said, never an error: a
+    calibrated student at 30% on 10 classes, three times chance, meets it."""
     accuracy, dataset = metrics.get("eval_accuracy"), trainer.eval_dataset
     if not (isinstance(accuracy, float) and has_length(dataset)):
         return False
@@ -610,8 +612,10 @@ def _say_if_at_chance(trainer: DistillationTrainer, metrics: dict) -> bool:
     ce = trainer.distillation_model.losses["ce"] if "ce" in trainer.distillation_model.losses else None
     weight = ce.term_weights.get("ce") if ce is not None else None  # eval_ce_loss is the weighted term
     entropy = metrics["eval_ce_loss"] / weight if weight and "eval_ce_loss" in metrics else None
-    return warn_if_student_at_chance(accuracy, counted, trainer.distillation_model.student.config.num_labels, entropy,
-                                     trainer.state.global_step, trainer.state.epoch, say=trainer.args.should_log)
+    num_classes = trainer.distillation_model.student.config.num_labels
+    warn_if_student_at_chance(accuracy, counted, num_classes, entropy, trainer.state.global_step, trainer.state.epoch,
+                              say=trainer.args.should_log)
+    return at_chance(accuracy, counted, num_classes)
 
 
 def _learned_nothing_line(trainer: DistillationTrainer, metrics: dict) -> str:

@@ -23,6 +23,12 @@ def chance_threshold(num_classes: int, n: int) -> tuple[float, float]:
     return chance, chance + 2.0 * math.sqrt(chance * (1.0 - chance) / n)
 
 
+def at_chance(accuracy: float, n: int, num_classes: int) -> bool:
+    """Whether ``n`` images tell an ``accuracy`` from a guess's: within two standard errors of it."""
+    _, threshold = chance_threshold(num_classes, n)
+    return threshold < 1.0 and accuracy <= threshold
+
+
 # A cross-entropy this close to a uniform guess's (ln C) is a student that fitted next to nothing,
 # whatever its accuracy: a collapsed one answering a few classes scored 19% on 10 balanced classes
 # (2.29 nats for ln 10 = 2.30), above the accuracy test's threshold on 540 images.
@@ -58,4 +64,4 @@ def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int, cross_e
     return True
 
 
-__all__ = ["chance_threshold", "warn_if_student_at_chance"]
+__all__ = ["at_chance", "chance_threshold", "warn_if_student_at_chance"]
