@@ -2364,3 +2364,16 @@ def test_max_steps_trains_whatever_num_train_epochs_says():
     check_work(model_args, SimpleNamespace(do_train=True, max_steps=5, num_train_epochs=0))
     with pytest.raises(RecipeError, match="would train nothing"):
         check_work(model_args, SimpleNamespace(do_train=True, max_steps=-1, num_train_epochs=0))
+
+
+def test_a_configuration_of_the_builtin_digits_is_refused(tmp_path, capsys):
+    """It was ignored, and the card named the data 'scikit-learn handwritten digits, configuration foo'."""
+    assert run(tmp_path, base(tmp_path, dataset_config_name="foo")) == 2
+    assert error_of(capsys) == ("error: dataset_config_name 'foo': builtin:digits has no configurations; "
+                                "remove dataset_config_name")
+
+
+def test_a_misspelt_builtin_data_set_is_named(tmp_path, capsys):
+    """datasets said "Couldn't find any data file at .../builtin:digit"."""
+    assert run(tmp_path, base(tmp_path, dataset_name="builtin:digit")) == 2
+    assert error_of(capsys) == "error: dataset_name 'builtin:digit': the one built-in data set is builtin:digits"

@@ -78,7 +78,12 @@ def _load_source(args: DataArguments) -> datasets.DatasetDict:
     """The splits of the data the recipe names: the digits demo, a Hub dataset or local folder
     (``dataset_name``, its stored class labels realigned), or ``train_dir``/``validation_dir``."""
     if args.dataset_name == DIGITS:
+        if args.dataset_config_name is not None:  # ignored, and the card named it as the data's configuration
+            raise DataError(f"dataset_config_name {args.dataset_config_name!r}: {DIGITS} has no configurations; "
+                            "remove dataset_config_name")
         return datasets.DatasetDict({"train": digits_dataset()})
+    if args.dataset_name is not None and args.dataset_name.startswith("builtin:"):  # datasets' "no data file at ..."
+        raise DataError(f"dataset_name {args.dataset_name!r}: the one built-in data set is {DIGITS}")
     if args.dataset_name is not None:
         saved = _one_saved_dataset(args.dataset_name, args.dataset_config_name)
         if saved is not None:
