@@ -1094,7 +1094,7 @@ def test_feature_pairs_that_do_not_fit_the_models(tmp_path, capsys):
     assert "feature_pairs[0]: adapter 'identity' gives student features of shape (17, 36)" in error_of(capsys)
     beyond = [{"student_layer": 12, "teacher_layer": -1}]
     assert run(tmp_path, {**pair, "losses": [{"name": "ce"}, {"name": "feature_cka"}], "feature_pairs": beyond}) == 2
-    assert "student layer 12 is out of range" in error_of(capsys)
+    assert "feature_pairs[0]: student layer 12 is out of range" in error_of(capsys)  # which pair, as the others say
     sampled = [{"student_layer": -1, "teacher_layer": -1, "adapter": "patch_match", "sample_channels": 8}]
     both = [{"name": "ce"}, {"name": "feature_cka"}, {"name": "patch_cka"}]
     assert run(tmp_path, {**pair, "losses": both, "feature_pairs": sampled}) == 2

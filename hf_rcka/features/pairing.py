@@ -67,28 +67,29 @@ def choose_pairs(
         pairs = [FeaturePair(s, t, "auto", reason=why) for s, t, why in auto]
     else:
         pairs = pairs_from_config(feature_pairs)
+    given = feature_pairs is not None and feature_pairs != "auto"
     return [
         FeaturePair(
-            resolve_layer(p.student_layer, len(student_specs), "student"),
-            resolve_layer(p.teacher_layer, len(teacher_specs), "teacher"),
+            resolve_layer(p.student_layer, len(student_specs), "student", f"feature_pairs[{i}]: " if given else ""),
+            resolve_layer(p.teacher_layer, len(teacher_specs), "teacher", f"feature_pairs[{i}]: " if given else ""),
             p.adapter, dict(p.options), p.reason,
         )
-        for p in pairs
+        for i, p in enumerate(pairs)
     ]
 
 
-def resolve_layer(index: int, num_hidden_states: int, side: str) -> int:
+def resolve_layer(index: int, num_hidden_states: int, side: str, where: str = "") -> int:
     """Turn a recipe's layer index (negatives count from the end) into a non-negative index.
 
     Raises:
         LayerIndexError: (an ``IndexError``) if out of range, saying how many hidden states the
-            ``side`` model has.
+            ``side`` model has, after ``where`` (the recipe's pair, ``feature_pairs[i]: ``).
     """
     if isinstance(index, bool) or not isinstance(index, int):
         raise TypeError(f"{side} layer index must be an int, got {index!r}")
     if not -num_hidden_states <= index < num_hidden_states:
         raise LayerIndexError(
-            f"{side} layer {index} is out of range: the {side} model has {num_hidden_states} hidden states, "
+            f"{where}{side} layer {index} is out of range: the {side} model has {num_hidden_states} hidden states, "
             f"valid indices are {-num_hidden_states}..{num_hidden_states - 1}"
         )
     return index % num_hidden_states
