@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import math
 import os
 import dataclasses
@@ -273,6 +274,10 @@ class DistillationTrainingArguments(TrainingArguments):
             raise RecipeError("model_ema_export: true needs model_ema: true (there is no average to export)")
         if self.baseline_dir:
             _check_baseline_dir(self.baseline_dir)
+        if self.card_license is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", str(self.card_license)):
+            # the Hub refuses a card whose license is not one of its ids, at the upload after training
+            raise RecipeError(f"card_license {self.card_license!r} is not a Hub license id (lower case, no spaces: "
+                              "apache-2.0, mit, cc-by-nc-4.0, other...)")
         for key in ("teacher_accuracy_check", "student_accuracy_check"):
             if getattr(self, key) not in ("warn", "error", "off"):
                 raise RecipeError(f"{key} must be 'warn', 'error' or 'off', got {getattr(self, key)!r}")
