@@ -371,7 +371,7 @@ def test_every_process_judges_the_teacher_on_all_first_batches_together():
     labels = torch.zeros(40, dtype=torch.long)
     other_process = torch.tensor([[0.0, 200.0]], dtype=torch.float64)  # 200 images, none right
     gather = lambda local: torch.cat([local, other_process])  # noqa: E731 - what accelerator.gather returns
-    with pytest.raises(TeacherNearChance, match=r"is 0.167, near chance .*n=240"):
+    with pytest.raises(TeacherNearChance, match=r"on 240 evaluation images drawn from the set is 0.167, near chance"):
         check_teacher_accuracy(_PerfectTeacher, torch.zeros(40, 3, 4, 4), labels, "error", gather)
     assert check_teacher_accuracy(_PerfectTeacher, torch.zeros(40, 3, 4, 4), labels, "error") == 1.0
 
@@ -405,6 +405,34 @@ def test_a_teacher_near_chance_stops_the_run_before_its_first_step_by_default(tm
     with pytest.warns(UserWarning, match="near chance.*teacher_accuracy_check: off to skip"):
         warned.train()
     assert warned.state.global_step == 2
+
+
+def test_a_good_teacher_is_judged_on_enough_images_to_tell_it_from_chance(tmp_path):
+    """Judged on one batch of 8 (transformers' default evaluation batch), a teacher at 80% on 2
+    classes was within two standard errors of chance about half the time: refused, now that the
+    check stops the run by default. It scores at least 256 images, batch by batch."""
+    scored = []
+
+    class _Counting(_PerfectTeacher):
+        student = SimpleNamespace(config=SimpleNamespace(num_labels=2))
+
+        @staticmethod
+        def teacher_accuracy(pixel_values, labels):
+            scored.append(len(labels))
+            return 0.75  # 6 of 8 right: within two standard errors of 0.5 on 8 images, not on 256
+
+    from hf_rcka.trainer.teacher_check import CHECK_IMAGES, judge_teacher
+
+    labels = torch.zeros(8, dtype=torch.long)
+    with pytest.raises(TeacherNearChance):
+        check_teacher_accuracy(_Counting, torch.zeros(8, 3, 4, 4), labels, "error")
+    batches = [(torch.zeros(8, 3, 4, 4), labels)] * (CHECK_IMAGES // 8)
+    assert judge_teacher(_Counting, iter(batches), "error") == 0.75 and scored[1:] == [8] * 32
+    trainer = build(make_args(tmp_path, teacher_accuracy_check="error", per_device_eval_batch_size=8), tiny_vit(),
+                    tiny_resnet(), eval_dataset=pixel_dataset(300, seed=1))
+    seen = []
+    trainer.distillation_model.teacher_accuracy = lambda pixel_values, labels: seen.append(len(labels)) or 1.0
+    assert trainer.check_teacher() == 1.0 and seen == [8] * 32, "one batch at a time, 256 images"
 
 
 def test_the_teacher_check_reads_the_first_of_several_evaluation_sets(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import logging
 import os
 import math
@@ -69,7 +70,7 @@ from .data_parallel import check_wrapped, forget_evaluation_preparation
 from .ema import StudentEmaCallback
 from .interrupt import leave_signals_to_main_process, resumable_checkpoint
 from .card import reproduction_text, training_text, write_model_card
-from .teacher_check import check_teacher_accuracy
+from .teacher_check import CHECK_IMAGES, judge_teacher
 from .weight_decay import model_no_weight_decay, norm_weights
 from ..losses import IGNORE_INDEX, DistillationLoss
 from .metrics import accuracy_metrics, check_metric_for_best_model
@@ -742,27 +743,32 @@ class DistillationTrainer(CheckpointingTrainer):
         evaluation = self.eval_dataset  # several named evaluation sets: the first one's
         evaluation = next(iter(evaluation.values())) if isinstance(evaluation, dict) else evaluation
         checked = len(self._checked_datasets)
-        with torch.random.fork_rng(devices=[]):  # see evaluation_loop
-            batch = next(iter(self.get_eval_dataloader(self._teacher_check_sample(evaluation))))
-        # the sample is drawn anew at each train() from a set checked already: not kept as one more checked set
-        del self._checked_datasets[checked:]
-        batch = {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        round_of_batches = self.args.per_device_eval_batch_size * max(1, self.args.world_size)
+        rounds = -(-CHECK_IMAGES // round_of_batches)
         model.to(self.args.device)
         gather = self.accelerator.gather if self.args.world_size > 1 else None
-        # an evaluation set smaller than one round of batches: its first batches are also the last,
-        # evened out with repeats of the first images, which must not count twice
-        labels = _without_padding(batch["labels"], self.accelerator)
-        return check_teacher_accuracy(model, batch["pixel_values"], labels, mode, gather, say=self.args.should_log)
+        with torch.random.fork_rng(devices=[]):  # see evaluation_loop
+            loader = self.get_eval_dataloader(self._teacher_check_sample(evaluation, rounds * round_of_batches))
+            # the sample is drawn anew at each train() from a set checked already: not kept as one more checked set
+            del self._checked_datasets[checked:]
+            return judge_teacher(model, self._device_batches(itertools.islice(loader, rounds)), mode, gather,
+                                 say=self.args.should_log)
 
-    def _teacher_check_sample(self, evaluation: Any) -> Any:
-        """One round of evaluation batches of a ``datasets.Dataset``, drawn as ``max_eval_samples``
-        draws (``seeded_subset`` with ``seed``, the same on every process): the first batch of image
-        folders, listed class by class, held one or two classes, where a teacher that answered one
-        class for every image scored 1.0. Any other set (a stream) gives its first batch."""
+    def _device_batches(self, loader: Iterable[dict]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(pixel_values, labels)`` of each batch, on the device; an evaluation set smaller than one
+        round of batches has its first images repeated at its end, which must not count twice."""
+        for batch in loader:
+            labels = _without_padding(batch["labels"].to(self.args.device), self.accelerator)
+            yield batch["pixel_values"].to(self.args.device), labels
+
+    def _teacher_check_sample(self, evaluation: Any, images: int) -> Any:
+        """``images`` of a ``datasets.Dataset``, drawn as ``max_eval_samples`` draws (``seeded_subset``
+        with ``seed``, the same on every process): the first batch of image folders, listed class by
+        class, held one or two classes, where a teacher that answered one class for every image
+        scored 1.0. Any other set (a stream) gives its first batches."""
         if not isinstance(evaluation, datasets.Dataset):
             return evaluation
-        return seeded_subset(evaluation, self.args.per_device_eval_batch_size * max(1, self.args.world_size),
-                             self.args.seed)
+        return seeded_subset(evaluation, images, self.args.seed)
 
     def hyperparameter_search(self, *args: Any, **kwargs: Any) -> Any:
         """Refused: Trainer's search builds each trial's model through ``model_init``, which a
