@@ -38,7 +38,7 @@ from ..errors import ModelError, RecipeError
 from ..file_writes import as_umask_allows
 from ..models.timm_models import record_data_config, timm_native_state
 from .divergence import has_finite_weights
-from .hub_pushes import holds_earlier_model, remove_earlier_model, repository_files
+from .hub_pushes import create_revision_branch, holds_earlier_model, remove_earlier_model, repository_files
 from .loss_record import check_loss_record, loss_settings, write_loss_record
 from .resume_match import (
     BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_restored_rates, check_resume_batch,
@@ -109,6 +109,12 @@ class CheckpointingTrainer(Trainer):
             for name in os.listdir(folder):
                 if name.startswith(FSDP_MODEL_NAME):
                     os.remove(os.path.join(folder, name))
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Trainer's repository, and the branch ``hub_revision`` names (see ``create_revision_branch``)."""
+        super().init_hf_repo(token=token, private=private)
+        if self.is_world_process_zero():
+            create_revision_branch(self, token)
 
     # Private override. Trainer's checkpoint push uploads the folder's weights and deletes nothing: a
     # repository's earlier card and results described the new weights (hub_pushes says more).

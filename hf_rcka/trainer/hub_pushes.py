@@ -34,6 +34,16 @@ PUBLISHED_RESULTS = (
 _EARLIER_MODEL = ("README.md", *PUBLISHED_RESULTS)
 
 
+def create_revision_branch(trainer: Any, token: str | None = None) -> None:
+    """The branch ``hub_revision`` names, made from the default one when the repository lacks it: an
+    upload to a branch does not create it, so every push of a run that named a new branch failed,
+    the final one after the whole run."""
+    args = trainer.args
+    if args.hub_revision:
+        transformers.trainer.hf_api().create_branch(trainer.hub_model_id, branch=args.hub_revision, exist_ok=True,
+                                                    token=token if token is not None else args.hub_token)
+
+
 def holds_earlier_model(repo_files: list[str], own_files_in: str | None = None) -> bool:
     """Whether the repository holds weights or results of another model (when it holds none, its
     README.md is its owner's, not a model's card).
