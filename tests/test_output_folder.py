@@ -411,7 +411,11 @@ def test_a_run_refused_before_its_first_step_leaves_the_folder_as_it_was(tmp_pat
     def failure_at_the_start_of_training(self):  # a failure inside transformers (a traceback)
         raise AttributeError("a model without input embeddings (simulated)")
 
+    def first_step_fails(self, *args, **kwargs):  # out of memory at the first batch, say
+        raise DataError("the first batch failed (simulated)")
+
     cases = [(job, "DistillationTrainer", refused_by_the_trainer, "error: an evaluation item lacks labels (simulated)"),
+             (job.DistillationTrainer, "training_step", first_step_fails, "error: the first batch failed (simulated)"),
              (job.DistillationTrainer, "check_teacher", refused_at_the_start_of_training,
               "error: the teacher is near chance (simulated)"),
              (job.DistillationTrainer, "check_teacher", signal_at_the_start_of_training, "interrupted by SIGINT")]
@@ -785,3 +789,20 @@ def test_the_staging_and_leftovers_folders_may_not_be_links_either(tmp_path, whe
     args = SimpleNamespace(do_train=True, output_dir=str(out), overwrite_output_dir=True)
     with pytest.raises(RecipeError, match=f"{where} is a symbolic link: with overwrite_output_dir"):
         check_output_dir(args, None)
+
+
+def test_a_run_an_earlier_killed_attempt_parked_is_not_put_back_by_a_later_refusal(tmp_path):
+    """A run killed between its set-aside and its first step leaves the run it pushed out in
+    _pushed_out/: a later refused run that pushed nothing out put that one back in its own place
+    (a finished run in _replaced/_unfinished/, say)."""
+    from hf_rcka.cli.output_folder import PUSHED_OUT, parked_run, put_back
+
+    out = tmp_path / "out"
+    _fake_run(out, [2], finished=True, tag="run B")
+    _fake_run(out / PUSHED_OUT, [2], finished=True, tag="run S")  # the killed attempt's
+    before = parked_run(str(out))
+    moved = set_aside_previous_run(str(out))
+    assert moved == str(out / REPLACED) and parked_run(str(out)) == before, "this set-aside parked nothing"
+    put_back(str(out), moved, parked=False)
+    assert (out / "checkpoint-2" / "tag").read_text() == "run B" and not (out / REPLACED).exists()
+    assert (out / PUSHED_OUT / "checkpoint-2" / "tag").read_text() == "run S"

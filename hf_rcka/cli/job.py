@@ -54,7 +54,8 @@ from .resume_checks import (
     warn_resume_schedule,
 )
 from .output_folder import (
-    check_output_dir, drop_pushed_out, drop_stale_export, finished_after, holds_run, later_checkpoints, put_back,
+    check_output_dir, drop_pushed_out, drop_stale_export, finished_after, holds_run, later_checkpoints, parked_run,
+    put_back,
     resumes_in, said_write_errors, set_aside_abandoned_branch, set_aside_previous_run, training_alone_in,
 )
 from .probes import probe_student
@@ -338,7 +339,10 @@ def _build_trainer(
     check_recipe_metric(model_args, args, len(labels))  # top5_accuracy needs more than 5 classes
     model, student_processor = _distillation_model(model_args, args, labels)
     with said_write_errors(args.output_dir):  # a rename refused: one line (a set-aside cut short loses nothing)
-        replaced = Replacement(args.output_dir, _set_aside(args, data_args, resume))
+        parked_before = parked_run(args.output_dir)
+        moved = _set_aside(args, data_args, resume)
+        parked = parked_run(args.output_dir)
+        replaced = Replacement(args.output_dir, moved, parked is not None and parked != parked_before)
     with replaced.saying_where_it_went():  # the trainer's own checks of models and data
         trainer, skipped = _checked_trainer(model, student_processor, raw, labels, model_args, data_args, args,
                                             record_dir, resume, stop)
@@ -348,17 +352,25 @@ def _build_trainer(
 
 class Replacement(TrainerCallback):
     """The run this one set aside (``moved``, on the process that moved it): put back where it was
-    when this run is refused or stopped before its first step (the trainer's checks, the batch and
-    teacher checks at the start of ``train()``), with the run it pushed out; once this run trains,
-    the pushed-out run is deleted (``output_folder``)."""
+    when this run is refused, stopped or fails before the end of its first step (the trainer's
+    checks, the batch and teacher checks at the start of ``train()``, a first batch out of memory),
+    with the run it pushed out (``parked``: this set-aside parked one); once this run has trained a
+    step, or ended training without one, the pushed-out run is deleted (``output_folder``)."""
 
-    def __init__(self, output_dir: str, moved: str | None) -> None:
-        self.output_dir, self.moved, self.training = output_dir, moved, False
+    def __init__(self, output_dir: str, moved: str | None, parked: bool = False) -> None:
+        self.output_dir, self.moved, self.parked, self.training = output_dir, moved, parked, False
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
-        self.training = True
-        if self.moved:
-            drop_pushed_out(self.output_dir)
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        self._trained(args)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        self._trained(args)  # a resumed last step trains none
+
+    def _trained(self, args: Any) -> None:
+        if not self.training:
+            self.training = True
+            if args.should_save:  # one an attempt killed before its first step left too
+                drop_pushed_out(self.output_dir)
 
     @contextlib.contextmanager
     def saying_where_it_went(self) -> Iterator[None]:
@@ -374,7 +386,7 @@ class Replacement(TrainerCallback):
         if self.training:
             return f"the run this one was to replace is in {self.moved}"
         try:
-            put_back(self.output_dir, self.moved)
+            put_back(self.output_dir, self.moved, self.parked)
         except OSError as err:
             logger.warning("output_dir: the run set aside in %s could not be put back (%s)", self.moved, err)
             return f"the run this one was to replace is in {self.moved}"

@@ -503,12 +503,23 @@ def drop_pushed_out(output_dir: str) -> None:
         logger.info("output_dir: deleted the earlier run this one pushed out of %s", Path(output_dir) / REPLACED)
 
 
-def put_back(output_dir: str, moved: str) -> None:
+def parked_run(output_dir: str) -> int | None:
+    """Which folder waits in ``_pushed_out/`` (its inode), or None: tells the run a set-aside parked
+    from one an attempt killed before its first step left there."""
+    try:
+        return (Path(output_dir) / PUSHED_OUT).stat().st_ino
+    except OSError:
+        return None
+
+
+def put_back(output_dir: str, moved: str, parked: bool = True) -> None:
     """Undo a set-aside: the run moved to ``moved`` goes back into ``output_dir`` and the run it
     pushed out back to ``moved``, for a run refused (or stopped) before its first step. The set-aside
     comes once the models have loaded, and the trainer's checks and those at the start of training
     come after it: a refused run deleted the earlier run it pushed out, having trained nothing. A
-    file the refused run wrote in the meantime (its image ledger, logs) gives way to the run's own."""
+    file the refused run wrote in the meantime (its image ledger, logs) gives way to the run's own.
+    ``parked``: whether this set-aside pushed a run out (one an earlier, killed attempt left in
+    ``_pushed_out/`` stays there)."""
     out, target = Path(output_dir), Path(moved)
     for entry in list(target.iterdir()):
         back = out / entry.name
@@ -518,9 +529,8 @@ def put_back(output_dir: str, moved: str) -> None:
             back.unlink()
         os.replace(entry, back)
     target.rmdir()
-    parked = out / PUSHED_OUT
-    if parked.is_dir():
-        os.replace(parked, target)
+    if parked and (out / PUSHED_OUT).is_dir():
+        os.replace(out / PUSHED_OUT, target)
     elif target.parent != out:  # _replaced/ made for it alone
         remove_empty([target.parent])
 
