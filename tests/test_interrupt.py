@@ -672,3 +672,33 @@ def test_no_checkpoint_of_the_last_step_is_written_once_the_best_weights_are_loa
     assert save_checkpoint_now(trainer) is None and saved == []
     trainer.best_model_loaded = False
     assert save_checkpoint_now(trainer) == str(tmp_path / "checkpoint-7") and saved == [None]
+
+
+@pytest.mark.parametrize("context", ["fork", "forkserver"])
+def test_a_loader_worker_ends_on_the_main_processs_sigterm(context):
+    """torch and multiprocessing end workers with SIGTERM from the main process, which the workers
+    must still obey while they leave a SIGTERM to the group to it: ignoring SIGTERM hung the run at
+    its exit. (Under forkserver a worker's parent is the fork server; taken for the main process,
+    a busy worker ignored its SIGTERM and a run with persistent workers never exited: a reviewer's
+    repro with a slow data set, which this idle worker does not reproduce.)"""
+    import time
+
+    import torch
+
+    from hf_rcka.trainer.interrupt import leave_signals_to_main_process
+
+    loader = torch.utils.data.DataLoader(list(range(8)), batch_size=2, num_workers=1,
+                                         multiprocessing_context=context)
+    batches = iter(leave_signals_to_main_process(loader))
+    next(batches)
+    worker = batches._workers[0]
+    try:
+        worker.terminate()
+        deadline = time.monotonic() + 20
+        while worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not worker.is_alive(), "the worker ignored the main process's SIGTERM"
+    finally:
+        if worker.is_alive():
+            os.kill(worker.pid, signal.SIGKILL)
+        del batches

@@ -53,24 +53,26 @@ class _MainProcessSignals:
     SIGINT, and ends on a SIGTERM only when its parent sent it (as torch does when it shuts workers
     down): SIGTERM is blocked and a thread waits for it (``sigwaitinfo`` names the sender; without
     it, off Linux, SIGTERM stays torch's). Ignoring SIGTERM outright hung the run at its exit, whose
-    clean-up ends workers with it.
+    clean-up ends workers with it, and so did taking the parent for the main process under
+    ``forkserver`` (Python 3.14's default on Linux), whose workers a fork server starts.
     """
 
     def __init__(self, init: Any) -> None:
         self.init = init
+        self.main = os.getpid()  # the loader's process: under forkserver, not the workers' parent
 
     def __call__(self, worker_id: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if hasattr(signal, "sigwaitinfo"):
-            parent = os.getppid()
+            senders = {os.getppid(), self.main}
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-            threading.Thread(target=_end_on_parents_sigterm, args=(parent,), daemon=True).start()
+            threading.Thread(target=_end_on_sigterm_from, args=(senders,), daemon=True).start()
         if self.init is not None:
             self.init(worker_id)
 
 
-def _end_on_parents_sigterm(parent: int) -> None:
-    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+def _end_on_sigterm_from(senders: set[int]) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid not in senders:
         pass
     os._exit(0)
 
