@@ -95,8 +95,13 @@ def test_a_failed_attempt_does_not_push_the_replaced_run_out(tmp_path, monkeypat
     assert _run(tmp_path, max_steps=2) == 0
     trained = (out / "model.safetensors").read_bytes()
 
-    def out_of_memory(*args, **kwargs):
-        raise RuntimeError("CUDA out of memory (simulated)")
+    first_step, steps = DistillationTrainer.training_step, []
+
+    def out_of_memory(self, *args, **kwargs):  # at the second step (a failure in the first puts the run back)
+        steps.append(1)
+        if len(steps) > 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return first_step(self, *args, **kwargs)
 
     with monkeypatch.context() as patch:
         patch.setattr(DistillationTrainer, "training_step", out_of_memory)

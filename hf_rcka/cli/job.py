@@ -18,7 +18,6 @@ import datasets
 import huggingface_hub
 import transformers
 import transformers.trainer
-from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint, has_length
 
 from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments, run_mixed_precision
@@ -54,8 +53,7 @@ from .resume_checks import (
     warn_resume_schedule,
 )
 from .output_folder import (
-    check_output_dir, drop_pushed_out, drop_stale_export, finished_after, holds_run, later_checkpoints, parked_run,
-    put_back,
+    Replacement, check_output_dir, drop_stale_export, finished_after, holds_run, later_checkpoints, parked_run,
     resumes_in, said_write_errors, set_aside_abandoned_branch, set_aside_previous_run, training_alone_in,
 )
 from .probes import probe_student
@@ -348,49 +346,6 @@ def _build_trainer(
                                             record_dir, resume, stop)
     trainer.add_callback(replaced)
     return trainer, skipped, replaced
-
-
-class Replacement(TrainerCallback):
-    """The run this one set aside (``moved``, on the process that moved it): put back where it was
-    when this run is refused, stopped or fails before the end of its first step (the trainer's
-    checks, the batch and teacher checks at the start of ``train()``, a first batch out of memory),
-    with the run it pushed out (``parked``: this set-aside parked one); once this run has trained a
-    step, or ended training without one, the pushed-out run is deleted (``output_folder``)."""
-
-    def __init__(self, output_dir: str, moved: str | None, parked: bool = False) -> None:
-        self.output_dir, self.moved, self.parked, self.training = output_dir, moved, parked, False
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
-        self._trained(args)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
-        self._trained(args)  # a resumed last step trains none
-
-    def _trained(self, args: Any) -> None:
-        if not self.training:
-            self.training = True
-            if args.should_save:  # one an attempt killed before its first step left too
-                drop_pushed_out(self.output_dir)
-
-    @contextlib.contextmanager
-    def saying_where_it_went(self) -> Iterator[None]:
-        """A refusal, a signal or a failure after the set-aside says where the replaced run is now."""
-        try:
-            yield
-        except BaseException as err:  # a refusal, a signal, or a failure inside transformers (a traceback)
-            if self.moved:
-                err.add_note(self._where_now())
-            raise
-
-    def _where_now(self) -> str:
-        if self.training:
-            return f"the run this one was to replace is in {self.moved}"
-        try:
-            put_back(self.output_dir, self.moved, self.parked)
-        except OSError as err:
-            logger.warning("output_dir: the run set aside in %s could not be put back (%s)", self.moved, err)
-            return f"the run this one was to replace is in {self.moved}"
-        return f"the run this one was to replace is back in {self.output_dir}"
 
 
 def _checked_trainer(

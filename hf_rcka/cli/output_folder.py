@@ -37,11 +37,15 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
 
 try:
     import fcntl
 except ImportError:  # Windows: runs started in one folder at once are not kept apart
     fcntl = None
+
 
 from ..arguments import DistillationTrainingArguments
 from ..data.bad_images import LEDGER_NAME
@@ -556,6 +560,49 @@ def _free_name(folder: Path, stem: str, suffix: str = "") -> Path:
 
 def _where(target: str | None) -> str:
     return f"moved to {target}" if target else "deleted: they held no weights and no card"
+
+
+class Replacement(TrainerCallback):
+    """The run this one set aside (``moved``, on the process that moved it): put back where it was
+    when this run is refused, stopped or fails before the end of its first step (the trainer's
+    checks, the batch and teacher checks at the start of ``train()``, a first batch out of memory),
+    with the run it pushed out (``parked``: this set-aside parked one); once this run has trained a
+    step, or ended training without one, the pushed-out run is deleted (``output_folder``)."""
+
+    def __init__(self, output_dir: str, moved: str | None, parked: bool = False) -> None:
+        self.output_dir, self.moved, self.parked, self.training = output_dir, moved, parked, False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        self._trained(args)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
+        self._trained(args)  # a resumed last step trains none
+
+    def _trained(self, args: Any) -> None:
+        if not self.training:
+            self.training = True
+            if args.should_save:  # one an attempt killed before its first step left too
+                drop_pushed_out(self.output_dir)
+
+    @contextlib.contextmanager
+    def saying_where_it_went(self) -> Iterator[None]:
+        """A refusal, a signal or a failure after the set-aside says where the replaced run is now."""
+        try:
+            yield
+        except BaseException as err:  # a refusal, a signal, or a failure inside transformers (a traceback)
+            if self.moved:
+                err.add_note(self._where_now())
+            raise
+
+    def _where_now(self) -> str:
+        if self.training:
+            return f"the run this one was to replace is in {self.moved}"
+        try:
+            put_back(self.output_dir, self.moved, self.parked)
+        except OSError as err:
+            logger.warning("output_dir: the run set aside in %s could not be put back (%s)", self.moved, err)
+            return f"the run this one was to replace is in {self.moved}"
+        return f"the run this one was to replace is back in {self.output_dir}"
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
