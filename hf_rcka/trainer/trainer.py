@@ -734,8 +734,8 @@ class DistillationTrainer(CheckpointingTrainer):
     # ------------------------------------------------------------------ teacher sanity check
 
     def check_teacher(self) -> float | None:
-        """Teacher top-1 on one eval batch per process, drawn from the whole set; warn or stop when
-        it is near chance (see teacher_check)."""
+        """Teacher top-1 on at least ``CHECK_IMAGES`` evaluation images drawn from the whole set, a
+        batch at a time; warn or stop when it is near chance (see teacher_check)."""
         mode = getattr(self.args, "teacher_accuracy_check", TEACHER_CHECK_DEFAULT)
         model = self.distillation_model
         if mode == "off" or model.teacher is None or not model.needs_teacher or self.eval_dataset is None:
