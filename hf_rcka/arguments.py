@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 # A teacher near chance on the run's labels (other classes, another normalisation, weights that did
 # not load) makes the student learn garbage while every loss falls: stopping before the first step
-# costs one eval batch, and a run that trains from it anyway is a choice the recipe says.
+# costs a few hundred evaluation images, and a run that trains from it anyway is a choice the recipe says.
 TEACHER_CHECK_DEFAULT = "error"
 
 @dataclass
@@ -176,7 +176,7 @@ class DistillationTrainingArguments(TrainingArguments):
     )
     teacher_accuracy_check: str = field(
         default=TEACHER_CHECK_DEFAULT,
-        metadata={"help": "Before training, measure the teacher on one eval batch; near chance: 'error' (stop "
+        metadata={"help": "Before training, measure the teacher on 256 evaluation images; near chance: 'error' (stop "
                           "before the first step), 'warn' (train from it anyway) or 'off' (not measured)."},
     )
     student_accuracy_check: str = field(

@@ -66,7 +66,7 @@ class TrainingDiverged(UserError):
 
 
 class TeacherNearChance(ModelError, RuntimeError):
-    """``teacher_accuracy_check: error`` and the teacher is near chance on an eval batch drawn from the set.
+    """``teacher_accuracy_check: error`` and the teacher is near chance on evaluation images drawn from the set.
 
     Also a ``RuntimeError``, the type this check raised before user errors had their own class.
     """

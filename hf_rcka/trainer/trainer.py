@@ -674,7 +674,7 @@ class DistillationTrainer(CheckpointingTrainer):
 
     def train(self, *args: Any, **kwargs: Any):
         """Check that the student can be saved, the batch size the relational losses need and the
-        teacher on one eval batch before spending compute, then train as Trainer does.
+        teacher on a few hundred evaluation images before spending compute, then train as Trainer does.
 
         Raises:
             TrainingDiverged: the trained weights are not finite at the end, or fp16 loss scaling
