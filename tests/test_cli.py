@@ -489,11 +489,11 @@ def test_only_an_accuracy_at_chance_ends_a_run_with_an_error():
     against 0.624): with the error, such runs would have ended with exit status 2."""
     from hf_rcka.trainer.chance import at_chance, warn_if_student_at_chance
 
-    assert warn_if_student_at_chance(0.3, 540, 10, cross_entropy=2.149, say=False) and not at_chance(0.3, 540, 10)
-    assert warn_if_student_at_chance(0.65, 1000, 2, cross_entropy=0.647, say=False) and not at_chance(0.65, 1000, 2)
+    assert warn_if_student_at_chance(0.3, 540, 10, cross_entropy=2.149) and not at_chance(0.3, 540, 10)
+    assert warn_if_student_at_chance(0.65, 1000, 2, cross_entropy=0.647) and not at_chance(0.65, 1000, 2)
     assert at_chance(0.11, 540, 10) and not at_chance(0.5, 3, 2)  # 3 images cannot tell
     # one standard error, not two: a student at 62% on 50 images of 2 classes learned (it was an error)
-    assert warn_if_student_at_chance(0.62, 50, 2, say=False) and not at_chance(0.62, 50, 2) and at_chance(0.55, 50, 2)
+    assert warn_if_student_at_chance(0.62, 50, 2) and not at_chance(0.62, 50, 2) and at_chance(0.55, 50, 2)
 
 
 

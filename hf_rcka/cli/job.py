@@ -190,7 +190,7 @@ def _train_and_evaluate(
                 raise
             raise DataError(f"{user_message(err)}. The trained model is saved in {args.output_dir}, not evaluated: its card "
                             "was not written") from None
-    check = getattr(args, "student_accuracy_check", "error")
+    check = args.student_accuracy_check
     refused = args.do_train and args.do_eval and check != "off" and _say_if_at_chance(trainer, metrics) \
         and check == "error"
     if stop is not None:
@@ -580,8 +580,9 @@ def _say_if_at_chance(trainer: DistillationTrainer, metrics: dict) -> bool:
     weight = ce.term_weights.get("ce") if ce is not None else None  # eval_ce_loss is the weighted term
     entropy = metrics["eval_ce_loss"] / weight if weight and "eval_ce_loss" in metrics else None
     num_classes = trainer.distillation_model.student.config.num_labels
-    warn_if_student_at_chance(accuracy, counted, num_classes, entropy, trainer.state.global_step, trainer.state.epoch,
-                              say=trainer.args.should_log)
+    if trainer.args.should_log:
+        warn_if_student_at_chance(accuracy, counted, num_classes, entropy, trainer.state.global_step,
+                                  trainer.state.epoch)
     return at_chance(accuracy, counted, num_classes)
 
 

@@ -39,12 +39,12 @@ _NEAR_UNIFORM = 0.9
 
 
 def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int, cross_entropy: float | None = None,
-                              steps: int | None = None, epochs: float | None = None, say: bool = True) -> bool:
+                              steps: int | None = None, epochs: float | None = None) -> bool:
     """Say, in a warning the end of a run's log cannot hide, that the trained student scores at
     chance (its accuracy, or its plain cross-entropy when the run has one); True when it does.
     The accuracy says nothing when ``n`` images cannot tell (a tiny set). ``steps`` and ``epochs``:
     how long it trained, which the advice names first (a run cut short by max_steps is the most
-    common cause). ``say``: whether this process logs (every process judges, so all end alike)."""
+    common cause)."""
     chance, threshold = chance_threshold(num_classes, n)
     uniform = math.log(num_classes)
     # a few confidently wrong answers cost as much cross-entropy as a uniform guess: only a student
@@ -58,8 +58,6 @@ def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int, cross_e
     trained = (f" It trained {steps:,} optimizer step{'s' if steps != 1 else ''}"
                f"{f' ({epochs:.3g} epochs)' if epochs else ''}: enough for this student? Then look"
                if steps else " Look")
-    if not say:
-        return True
     logger.warning("!!! the trained student is at chance (eval_accuracy %.3f, chance %.3f for %d classes, %d images%s): "
                    "it learned nothing usable.%s at the learning rate, and at each distillation term's weight "
                    "against ce's (a term that outweighs the labels can collapse the student's features)", accuracy,
