@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import math
 import os
+import re
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 # not load) makes the student learn garbage while every loss falls: stopping before the first step
 # costs a few hundred evaluation images, and a run that trains from it anyway is a choice the recipe says.
 TEACHER_CHECK_DEFAULT = "error"
+ACCURACY_CHECK_MODES = ("warn", "error", "off")  # of teacher_accuracy_check and student_accuracy_check
 
 @dataclass
 class ModelArguments:
@@ -279,8 +280,7 @@ class DistillationTrainingArguments(TrainingArguments):
             raise RecipeError(f"card_license {self.card_license!r} is not a Hub license id (lower case, no spaces: "
                               "apache-2.0, mit, cc-by-nc-4.0, other...)")
         for key in ("teacher_accuracy_check", "student_accuracy_check"):
-            if getattr(self, key) not in ("warn", "error", "off"):
-                raise RecipeError(f"{key} must be 'warn', 'error' or 'off', got {getattr(self, key)!r}")
+            _check_accuracy_check(key, getattr(self, key))
         check_fixed_settings(self)
         super().__post_init__()
         if self.logging_nan_inf_filter is None:  # the launcher's fp16 too, known once the devices are set up
@@ -294,6 +294,11 @@ class DistillationTrainingArguments(TrainingArguments):
             raise RecipeError(f"lr_base_scale must be 'linear' or 'sqrt', got {self.lr_base_scale!r}")
         if self.lr_base is not None:  # needs the number of processes, known once TrainingArguments set up the devices
             self.learning_rate = scaled_learning_rate(self, rate_given)
+
+
+def _check_accuracy_check(key: str, mode: Any) -> None:
+    if mode not in ACCURACY_CHECK_MODES:
+        raise RecipeError(f"{key} must be 'warn', 'error' or 'off', got {mode!r}")
 
 
 def check_arguments(args: TrainingArguments) -> None:
@@ -314,9 +319,7 @@ def check_arguments(args: TrainingArguments) -> None:
     for key, validate in (("losses", validate_losses), ("feature_pairs", validate_feature_pairs)):
         if hasattr(args, key):
             setattr(args, key, validate(getattr(args, key)))
-    check = getattr(args, "teacher_accuracy_check", TEACHER_CHECK_DEFAULT)
-    if check not in ("warn", "error", "off"):
-        raise RecipeError(f"teacher_accuracy_check must be 'warn', 'error' or 'off', got {check!r}")
+    _check_accuracy_check("teacher_accuracy_check", getattr(args, "teacher_accuracy_check", TEACHER_CHECK_DEFAULT))
     if isinstance(args, DistillationTrainingArguments):
         return
     if args.label_names is None:
