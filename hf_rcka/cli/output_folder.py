@@ -46,7 +46,6 @@ try:
 except ImportError:  # Windows: runs started in one folder at once are not kept apart
     fcntl = None
 
-
 from ..arguments import DistillationTrainingArguments
 from ..data.bad_images import LEDGER_NAME
 from ..errors import OutputWriteError, RecipeError, UserError

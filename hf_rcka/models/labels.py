@@ -56,6 +56,11 @@ def is_generic(names: Sequence[str]) -> bool:
     return all(_GENERIC.match(name) for name in names)
 
 
+def _repeated_names(names: Sequence[str]) -> list[str]:
+    """The names ``names`` gives more than once, sorted (ImageNet's descriptions hold ``crane`` twice)."""
+    return sorted(name for name, count in collections.Counter(names).items() if count > 1)
+
+
 def listed_names(names: Sequence[str]) -> str:
     """``names`` sorted, for an error message: the first few, and how many more."""
     names = sorted(names)
@@ -126,7 +131,7 @@ def _shared_rows_kept(dataset_labels: list[str], student_labels: list[str]) -> l
     class after it onto another class's trained row.)"""
     counts = collections.Counter(student_labels)
     shared = {name for name in dataset_labels if counts[name] == 1}  # a repeated name (ImageNet has some) is no row
-    repeated = sorted(name for name, count in counts.items() if count > 1)
+    repeated = _repeated_names(student_labels)
     ambiguous = [name for name in dataset_labels if name not in shared
                  and any(stands_for(name, twice) for twice in repeated)]
     if len(ambiguous) > 1:  # in the data's order, ImageNet's two cranes took each other's rows (a sorted folder)
@@ -196,7 +201,7 @@ def teacher_label_order(
                                               and sorted(labels) != sorted(teacher_labels)):
         fix = ("use a teacher trained on these classes, or rename the classes to the teacher's names"
                if mapping == BY_NAME else "use a teacher trained on these classes")
-        twice = sorted(name for name, count in collections.Counter(teacher_labels).items() if count > 1)
+        twice = _repeated_names(teacher_labels)
         if mapping == BY_NAME and twice:  # no data set can repeat a name (ImageNet's 'crane')
             fix = (f"use a teacher trained on these classes, or list the classes in the teacher's order, naming each "
                    f"class it names more than once ({listed_names(twice)}) with a name that begins with that one")
@@ -210,7 +215,7 @@ def teacher_label_order(
             f"{key}: the teacher's classes do not match those of {source}: "
             f"{_difference(labels, teacher_labels, 'teacher', source)}. Fix: {fix}{hint}"
         )
-    repeated = sorted(name for name, count in collections.Counter(labels).items() if count > 1)
+    repeated = _repeated_names(labels)
     if mapping == BY_NAME and repeated and not is_generic(teacher_labels):
         raise LabelError(
             f"{key}: the class names {listed_names(repeated)} repeat, so the teacher's classes cannot be paired with "
