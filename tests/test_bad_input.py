@@ -1179,9 +1179,15 @@ def save_teacher(path: Path, names: list[str], nan: bool = False) -> str:
     return str(path)
 
 
-def test_teacher_with_other_class_names(tmp_path, capsys):
+def test_teacher_with_other_class_names(tmp_path, capsys, monkeypatch):
     teacher = save_teacher(tmp_path / "teacher", ["cat", "dog", "eel"])
     train = image_folder(tmp_path / "train", ["cat", "dog", "fox"])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model loaded before the teacher's config was compared with the data's classes")
+
+    for name in ("load_image_classifier", "load_image_processor"):  # its config says it, before any weights load
+        monkeypatch.setattr(cli, name, refuse)
     assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, teacher_model_name_or_path=teacher,
                              train_val_split=0.25)) == 2
     line = error_of(capsys)

@@ -59,7 +59,8 @@ from .output_folder import (
 from .probes import probe_student
 from .records import RecipeRecord, drop_empty_record, eval_record_dir, write_eval_record
 from .teacher_data import check_teacher_data, held_out_by
-from .run_inputs import align_teacher, checkpoint_labels, load_data, model_error, student_labels
+from .run_inputs import (align_teacher, check_teacher_labels, checkpoint_labels, load_data, model_error,
+                         student_labels)
 
 logger = logging.getLogger("hf_rcka")
 
@@ -407,6 +408,7 @@ def _load_checked_data(
         labels = resume_label_order(dataset_labels, checkpoint_labels(resume, model_args.trust_remote_code))
     else:
         labels = run_label_order(dataset_labels, student_labels(model_args), training=args.do_train)
+    check_teacher_labels(model_args, args, labels)
     return raw, labels
 
 

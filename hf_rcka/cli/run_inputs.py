@@ -18,9 +18,10 @@ from datasets.table import CastError
 from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
 from ..data.datasets import load_raw_datasets
 from ..errors import DataError, ModelError, UserError
+from ..log_levels import errors_only
 from ..models.label_maps import LabelMaps, set_labels
 from ..modeling.assembly import run_reads_teacher_logits
-from ..models.labels import align_teacher_classes, is_generic, model_label_names
+from ..models.labels import BY_NAME, align_teacher_classes, check_teacher_names, is_generic, model_label_names
 
 
 @contextmanager
@@ -45,6 +46,28 @@ def student_labels(model_args: ModelArguments) -> list[str] | None:
         return None
     with model_error("model_name_or_path"):
         return model_label_names(load_config(name, model_args.trust_remote_code))
+
+
+def check_teacher_labels(model_args: ModelArguments, args: DistillationTrainingArguments, labels: list[str]) -> None:
+    """A teacher whose classes cannot pair with the run's, refused from its config before either
+    model's weights load (a teacher of another dataset was refused after both had downloaded).
+
+    ``align_teacher`` decides the same again once the teacher has loaded, and says what it
+    decided; here only its errors count, so its notes are not said twice.
+    """
+    from ..models.hf_config import load_config
+    from ..models.sources import parse_model_source
+
+    name = model_args.teacher_model_name_or_path
+    # a teacher built from scratch (smoke test, config:) has only generic names; features alone pair with any classes
+    if not name or model_args.smoke_test or parse_model_source(name).kind == "config" \
+            or not run_reads_teacher_logits(args):
+        return
+    with model_error("teacher_model_name_or_path"):
+        teacher_labels = model_label_names(load_config(name, model_args.trust_remote_code))
+    mapping = model_args.teacher_label_mapping or BY_NAME
+    with errors_only():
+        check_teacher_names(list(labels), teacher_labels, mapping, "teacher_model_name_or_path", "the dataset")
 
 
 def checkpoint_labels(folder: str, trust_remote_code: bool = False) -> list[str]:

@@ -193,6 +193,32 @@ def teacher_label_order(
     labels, teacher_labels = list(labels), list(teacher_labels)
     if labels == teacher_labels and mapping == BY_NAME:
         return None
+    teacher_labels = check_teacher_names(labels, teacher_labels, mapping, key, source)
+    if mapping == BY_INDEX:
+        logger.info("labels: teacher classes paired by position (teacher_label_mapping: by_index)")
+        _say_named_elsewhere(labels, teacher_labels, source)
+        return None
+    if is_generic(teacher_labels):
+        logger.warning("labels: the teacher's classes are unnamed (LABEL_0...): only their number could be "
+                       "checked; make sure it was trained with the dataset's class order")
+        return None
+    position = first_ids(teacher_labels)
+    order = [position[name] for name in labels]
+    return None if order == list(range(len(order))) else order
+
+
+def check_teacher_names(
+    labels: list[str], teacher_labels: list[str], mapping: str, key: str, source: str,
+) -> list[str]:
+    """The errors of :func:`teacher_label_order`, and nothing else (a check from the teacher's
+    config alone, before its weights load, says nothing twice); returns the teacher's names as
+    they pair with the run's (ImageNet's folder ids for its descriptions).
+
+    Raises:
+        LabelError: as :func:`teacher_label_order`.
+    """
+    if labels == teacher_labels and mapping == BY_NAME:
+        return teacher_labels
     if mapping == BY_NAME:
         teacher_labels = respelt(labels, teacher_labels) or teacher_labels  # ImageNet's ids and its two cranes
         check_same_forms(labels, teacher_labels, source, "the teacher's id2label",
@@ -221,17 +247,7 @@ def teacher_label_order(
             f"{key}: the class names {listed_names(repeated)} repeat, so the teacher's classes cannot be paired with "
             f"{source}'s by name, and their orders differ. Fix: give each class its own name, or set "
             "teacher_label_mapping: by_index if both list the classes in the same order")
-    if mapping == BY_INDEX:
-        logger.info("labels: teacher classes paired by position (teacher_label_mapping: by_index)")
-        _say_named_elsewhere(labels, teacher_labels, source)
-        return None
-    if is_generic(teacher_labels):
-        logger.warning("labels: the teacher's classes are unnamed (LABEL_0...): only their number could be "
-                       "checked; make sure it was trained with the dataset's class order")
-        return None
-    position = first_ids(teacher_labels)
-    order = [position[name] for name in labels]
-    return None if order == list(range(len(order))) else order
+    return teacher_labels
 
 
 class _ReorderLogits:

@@ -37,6 +37,7 @@ from ..arguments import TEACHER_CHECK_DEFAULT, check_arguments, describe_batch, 
 from ..training_values import NoEvaluationToKeep, WarmupLongerThanRun, check_half_precision
 from ..augmentation import AugmentationArguments
 from ..errors import ModelError, RecipeError
+from ..log_levels import errors_only
 from .batch_rows import (
     check_evaluation_rows,
     check_relation_rows,
@@ -128,19 +129,11 @@ def _check_given_weights(model: Any, teacher: Any) -> None:
             check_loaded_weights(module, role, f"the {role} given to DistillationTrainer", name)
 
 
-@contextlib.contextmanager
-def _said_by_the_logging_process(args: TrainingArguments) -> Iterator[None]:
+def _said_by_the_logging_process(args: TrainingArguments) -> contextlib.AbstractContextManager:
     """Every process checks and builds the same models from the same settings, and logs what it
     finds alike (the teacher's view of the images, pairs left out, an unused teacher): only the
     process that logs says it, not 8 copies on 8 GPUs. Errors are raised everywhere as before."""
-    package = logging.getLogger("hf_rcka")
-    level = package.level
-    if not args.should_log:
-        package.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        package.setLevel(level)
+    return errors_only(when=not args.should_log)
 
 
 def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_processor: Any, mapping: str,
