@@ -744,8 +744,14 @@ class DistillationTrainer(CheckpointingTrainer):
             loader = self.get_eval_dataloader(self._teacher_check_sample(evaluation, rounds * round_of_batches))
             # the sample is drawn anew at each train() from a set checked already: not kept as one more checked set
             del self._checked_datasets[checked:]
-            return judge_teacher(model, self._device_batches(itertools.islice(loader, rounds)), mode, gather,
-                                 say=self.args.should_log)
+            batches = iter(loader)
+            try:
+                return judge_teacher(model, self._device_batches(itertools.islice(batches, rounds)), mode, gather,
+                                     say=self.args.should_log)
+            finally:  # left before its end: its workers stop now, and accelerate forgets it as it would at its end
+                getattr(batches, "close", lambda: None)()
+                if loader in self.accelerator.gradient_state.dataloader_references:
+                    loader.end()
 
     def _device_batches(self, loader: Iterable[dict]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(pixel_values, labels)`` of each batch, on the device; an evaluation set smaller than one
