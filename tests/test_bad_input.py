@@ -1195,6 +1195,19 @@ def test_teacher_with_other_class_names(tmp_path, capsys, monkeypatch):
     assert not list((tmp_path / "out").glob("checkpoint-*")) and not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_a_teacher_whose_weights_file_was_cut_short_is_one_line(tmp_path, capsys):
+    """A kill during a save leaves half a model.safetensors: safetensors' own error was a traceback."""
+    teacher = Path(save_teacher(tmp_path / "teacher", ["cat", "dog", "eel"]))
+    weights = teacher / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    train = image_folder(tmp_path / "train", ["cat", "dog", "eel"])
+    assert run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, teacher_model_name_or_path=str(teacher),
+                             train_val_split=0.25)) == 2
+    line = error_of(capsys)
+    assert line.startswith("error: teacher_model_name_or_path: a .safetensors weights file there is incomplete or "
+                           "corrupt") and "--resume_from_checkpoint true" in line
+
+
 def test_permuted_teacher_and_unreadable_images_still_train(tmp_path, capsys):
     teacher = save_teacher(tmp_path / "teacher", ["dog", "eel", "cat"])
     train = image_folder(tmp_path / "train", ["cat", "dog", "eel"])

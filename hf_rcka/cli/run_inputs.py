@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 from datasets.exceptions import DatasetGenerationError
 from datasets.table import CastError
+from safetensors import SafetensorError
 
 from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
 from ..data.datasets import load_raw_datasets
@@ -33,6 +34,10 @@ def model_error(key: str) -> Iterator[None]:
         if isinstance(err, UserError):
             raise
         raise ModelError(f"{key}: {err}") from err
+    except SafetensorError as err:  # a weights file cut short: a kill during its save
+        raise ModelError(f"{key}: a .safetensors weights file there is incomplete or corrupt ({err}): a save cut short? "
+                         "Save the model again; an hf_rcka run killed during its final save finishes it when resumed "
+                         "(--resume_from_checkpoint true)") from None
 
 
 def student_labels(model_args: ModelArguments) -> list[str] | None:
