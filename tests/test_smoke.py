@@ -296,6 +296,14 @@ def test_a_real_run_in_the_smoke_folder_is_never_replaced(tmp_path):
         plan_smoke_test(_resolved(tmp_path, output_dir=str(tmp_path / "my")))  # my -> my-smoke
     (folder / "distill_config.yaml").write_text("model_name_or_path: timm/resnet18\nsmoke_test: true\n")
     assert plan_smoke_test(_resolved(tmp_path, output_dir=str(folder))).recipe["output_dir"] == str(folder)
+    # a set-aside cut short (a kill, Ctrl-C) moved the earlier smoke test's record into _replacing/: every
+    # later smoke test was refused; a real run's record there still is
+    (folder / "_replacing").mkdir()
+    (folder / "distill_config.yaml").rename(folder / "_replacing" / "distill_config.yaml")
+    assert plan_smoke_test(_resolved(tmp_path, output_dir=str(folder))).recipe["output_dir"] == str(folder)
+    (folder / "_replacing" / "distill_config.yaml").write_text("model_name_or_path: timm/resnet18\n")
+    with pytest.raises(RecipeError, match="holds a run that is not a smoke test"):
+        plan_smoke_test(_resolved(tmp_path, output_dir=str(folder)))
 
 
 def test_the_launchers_fp16_is_switched_off_for_the_cpu_smoke_test(tmp_path, capsys, monkeypatch, caplog):

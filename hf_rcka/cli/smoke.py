@@ -38,7 +38,7 @@ from ..arguments import check_teacher_dtype, run_mixed_precision
 from ..errors import RecipeError
 from ..models.sources import parse_model_source
 from .job import run
-from .output_folder import holds_run
+from .output_folder import REPLACING, holds_run
 from .preflight import check_report_to
 from ..run_record import RECIPE_RECORD
 from .recipe import build_arguments, resolve_values
@@ -137,8 +137,11 @@ def check_smoke_folder(folder: str) -> None:
 
 
 def _recorded_smoke_test(folder: Path) -> bool:
+    # a set-aside that a kill or Ctrl-C cut short may have moved the record into _replacing/ already
+    record = next((path for path in (folder / RECIPE_RECORD, folder / REPLACING / RECIPE_RECORD) if path.exists()),
+                  folder / RECIPE_RECORD)
     try:
-        recorded = yaml.safe_load((folder / RECIPE_RECORD).read_text())
+        recorded = yaml.safe_load(record.read_text())
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(recorded, dict) and recorded.get("smoke_test") is True
