@@ -358,6 +358,20 @@ def test_resume_refuses_another_teacher_and_takes_the_same_one_in_bfloat16(tmp_p
     assert run("same", tiny_resnet(seed=0).to(torch.bfloat16), resume=checkpoint).state.global_step == 4
 
 
+def test_a_teacher_record_cut_short_is_not_compared(tmp_path, caplog):
+    """A kill during an earlier version's in-place write left teacher.json empty: rerunning the
+    run's recorded recipe failed with a JSONDecodeError traceback once both models had loaded."""
+    from hf_rcka.trainer.teacher_record import TEACHER_RECORD_NAME, recorded_teacher, write_teacher_record
+
+    write_teacher_record(str(tmp_path), {"source": "t", "values": 3, "sha256": "ab"})
+    assert recorded_teacher(str(tmp_path)) == {"source": "t", "values": 3, "sha256": "ab"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [TEACHER_RECORD_NAME]  # no partial file left beside it
+    (tmp_path / TEACHER_RECORD_NAME).write_text('{"source": "t", "val')
+    with caplog.at_level(logging.WARNING):
+        assert recorded_teacher(str(tmp_path)) is None
+    assert "cannot be read" in caplog.text and "not compared" in caplog.text
+
+
 def test_resume_refuses_other_loss_options_or_pairs_and_takes_another_weight(tmp_path):
     """The loss state fits any option of the same loss: a resume with kd's temperature changed, or
     with pairs of the same shapes between other layers, loaded and went on silently."""

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from typing import Any
 
 import torch
 
 from ..errors import ModelError
+from ..file_writes import write_text
+
+logger = logging.getLogger(__name__)
 
 TEACHER_RECORD_NAME = "teacher.json"
 
@@ -43,8 +47,7 @@ def teacher_fingerprint(teacher: torch.nn.Module) -> dict[str, Any]:
 
 
 def write_teacher_record(folder: str, fingerprint: dict[str, Any]) -> None:
-    with open(os.path.join(folder, TEACHER_RECORD_NAME), "w", encoding="utf-8") as handle:
-        json.dump(fingerprint, handle)
+    write_text(os.path.join(folder, TEACHER_RECORD_NAME), json.dumps(fingerprint))  # whole or not at all
 
 
 def check_teacher_record(folder: str, fingerprint: dict[str, Any]) -> None:
@@ -71,8 +74,13 @@ def recorded_teacher(folder: str) -> dict[str, Any] | None:
     path = os.path.join(folder, TEACHER_RECORD_NAME)
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recorded = json.load(handle)
+    except (OSError, ValueError) as err:  # an earlier version's record cut short by a kill
+        logger.warning("%s cannot be read (%s): the teacher it records is not compared", path, err)
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 __all__ = ["TEACHER_RECORD_NAME", "check_teacher_record", "recorded_teacher", "teacher_fingerprint",
