@@ -796,6 +796,29 @@ def test_the_staging_and_leftovers_folders_may_not_be_links_either(tmp_path, whe
         check_output_dir(args, None)
 
 
+def test_a_run_an_earlier_killed_attempt_parked_is_kept_by_a_run_that_replaces_nothing(tmp_path, capsys):
+    """An attempt killed at its first batch (the OOM killer) left run A in _replaced/ and run Z in
+    _pushed_out/; the user moved A back and resumed it, and that resume, which set nothing aside,
+    deleted Z at its first step. A run that takes the killed attempt's place still deletes it."""
+    from hf_rcka.cli.output_folder import PUSHED_OUT
+
+    out = tmp_path / "out"
+    assert _run(tmp_path, max_steps=2) == 0  # Z
+    assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2, seed=3) == 0  # A; Z in _replaced/
+    z = (out / REPLACED / "model.safetensors").read_bytes()
+    set_aside_previous_run(str(out))  # what the killed attempt had done: A into _replaced/, Z pushed out
+    for entry in list((out / REPLACED).iterdir()):  # the user moves A back by hand
+        shutil.move(str(entry), str(out / entry.name))
+    (out / REPLACED).rmdir()
+    capsys.readouterr()
+    assert _run(tmp_path, "--resume_from_checkpoint", "true", max_steps=4, seed=3) == 0
+    assert (out / PUSHED_OUT / "model.safetensors").read_bytes() == z, "the resume deleted the pushed-out run"
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{out / PUSHED_OUT} holds the run an attempt killed before its first step pushed out" in said
+    assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 0  # replaces the resumed run
+    assert not (out / PUSHED_OUT).exists()
+
+
 def test_a_run_an_earlier_killed_attempt_parked_is_not_put_back_by_a_later_refusal(tmp_path):
     """A run killed between its set-aside and its first step leaves the run it pushed out in
     _pushed_out/: a later refused run that pushed nothing out put that one back in its own place

@@ -339,9 +339,11 @@ def _build_trainer(
     model, student_processor = _distillation_model(model_args, args, labels)
     with said_write_errors(args.output_dir):  # a rename refused: one line (a set-aside cut short loses nothing)
         parked_before = parked_run(args.output_dir)
+        held_a_run = from_rank0(holds_run(args.output_dir))
         moved = _set_aside(args, data_args, resume)
         parked = parked_run(args.output_dir)
-        replaced = Replacement(args.output_dir, moved, parked is not None and parked != parked_before)
+        replaced = Replacement(args.output_dir, moved, parked is not None and parked != parked_before,
+                               replaces=not held_a_run)
     with replaced.saying_where_it_went():  # the trainer's own checks of models and data
         trainer, skipped = _checked_trainer(model, student_processor, raw, labels, model_args, data_args, args,
                                             record_dir, resume, stop)

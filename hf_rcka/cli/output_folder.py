@@ -566,10 +566,16 @@ class Replacement(TrainerCallback):
     when this run is refused, stopped or fails before the end of its first step (the trainer's
     checks, the batch and teacher checks at the start of ``train()``, a first batch out of memory),
     with the run it pushed out (``parked``: this set-aside parked one); once this run has trained a
-    step, or ended training without one, the pushed-out run is deleted (``output_folder``)."""
+    step, or ended training without one, the pushed-out run is deleted (``output_folder``).
 
-    def __init__(self, output_dir: str, moved: str | None, parked: bool = False) -> None:
+    A run that an earlier attempt, killed before its first step, left in ``_pushed_out/`` is
+    deleted too, but only by a run that takes that attempt's place (``replaces``: it set a run
+    aside, or the folder held none): a resume of the run that attempt had set aside, moved back
+    by hand, replaces nothing, and the pushed-out run is kept for the user to put back."""
+
+    def __init__(self, output_dir: str, moved: str | None, parked: bool = False, replaces: bool = True) -> None:
         self.output_dir, self.moved, self.parked, self.training = output_dir, moved, parked, False
+        self.replaces = replaces or moved is not None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: D102
         self._trained(args)
@@ -580,8 +586,14 @@ class Replacement(TrainerCallback):
     def _trained(self, args: Any) -> None:
         if not self.training:
             self.training = True
-            if args.should_save:  # one an attempt killed before its first step left too
+            if not args.should_save or parked_run(self.output_dir) is None:
+                return
+            if self.replaces:  # one an attempt killed before its first step left too
                 drop_pushed_out(self.output_dir)
+            else:
+                logger.warning("output_dir: %s holds the run an attempt killed before its first step pushed out of "
+                               "%s; this run replaces no run, so it is kept: move it back to %s, or delete it",
+                               Path(self.output_dir) / PUSHED_OUT, REPLACED, Path(self.output_dir) / REPLACED)
 
     @contextlib.contextmanager
     def saying_where_it_went(self) -> Iterator[None]:
