@@ -585,6 +585,22 @@ def test_an_evaluation_only_run_shares_its_folder_with_evaluations_but_not_with_
     assert len(list(out.glob("_eval-*/eval_results.json"))) == 1
 
 
+def test_a_run_refused_at_the_lock_leaves_the_folder_the_running_one_holds(tmp_path, monkeypatch):
+    """Two runs started at once into a new output_dir both saw it missing; the one refused at the
+    lock removed the folder, still empty, that the other had made and locked, whose files then went
+    to a new folder no lock held (11 of 150 trials of three runs started together)."""
+    import hf_rcka.cli.output_folder as output_folder
+    from hf_rcka.cli.output_folder import training_alone_in
+
+    out = tmp_path / "out"
+    with training_alone_in(str(out)) as refusal:
+        assert refusal is None
+        monkeypatch.setattr(output_folder, "missing_folders", lambda path: [Path(path)])  # it saw out missing too
+        with training_alone_in(str(out)) as other:
+            assert other is not None and "is in use by another run" in other
+        assert out.is_dir(), "the refused run removed the folder the running one holds"
+
+
 def test_a_refused_run_leaves_no_folder_it_made(tmp_path):
     """Refused by a check after the lock had made output_dir: the empty folders were left, one of
     them inside an image folder, where the next run read it as a class without images."""

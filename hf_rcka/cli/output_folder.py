@@ -184,6 +184,7 @@ def training_alone_in(output_dir: str, evaluating: bool = False) -> Iterator[str
             fcntl.flock(descriptor, (fcntl.LOCK_SH if evaluating else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             _HELD.add(descriptor)
         except BlockingIOError:
+            made = []  # the folder is the holder's now: removing it (empty yet) left the holder's lock on no folder
             other = "a training run" if evaluating else "another run (training, or evaluating the model there)"
             refusal = (f"output_dir {output_dir!r} is in use by {other}: it holds the folder's lock. Wait for it to "
                        "end, or choose another output_dir")
