@@ -36,7 +36,7 @@ from ..arguments import DataArguments
 from ..errors import DataError, UserError
 from ..file_writes import replacing_path, write_text
 from .model_sources import check_model_source
-from .output_folder import said_write_errors, writable_folder
+from .output_folder import said_write_errors, training_alone_in, writable_folder
 from ..data.image_folders import image_folder_classes
 from ..run_record import RECIPE_RECORD
 from .records import recorded_recipe
@@ -107,8 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         check_inputs(args)
         images = sample_images(args)
         card = said_write_errors(str(args.card)) if args.card else contextlib.nullcontext()
-        with said_write_errors(str(args.output)), card:  # a full disk: one line, the earlier report kept whole
-            _report(args, images)
+        # the card's folder is held as an evaluation holds it: a training run there meanwhile set the
+        # compared model aside, and its own card got this picture of the model it replaced
+        held = training_alone_in(str(args.card), evaluating=True) if args.card else contextlib.nullcontext()
+        with held as refusal:
+            if refusal:
+                raise UserError(f"--card {str(args.card)!r} is in use by a training run: it holds the folder's lock. "
+                                "Wait for it to end, then add the report to that run's card")
+            with said_write_errors(str(args.output)), card:  # a full disk: one line, the earlier report kept whole
+                _report(args, images)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
