@@ -493,3 +493,10 @@ def test_the_teachers_own_accuracy_is_taken_only_from_a_run_on_the_same_images(t
     for other in ({"split_seed": 7}, {"train_val_split": 0.2}, {"max_eval_samples": 50}):
         (teacher / "distill_config.yaml").write_text(yaml.safe_dump({**recorded, **other}))
         assert read_teacher_run(str(teacher), SETTINGS) is None, other
+    # read when the run starts: a retrain of the teacher's folder meanwhile put another teacher's figure
+    # beside this one's on the card (its 5% next to the 90% of the teacher that taught the student)
+    (teacher / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
+    data = DataArguments(**{key: value for key, value in SETTINGS.items() if value is not None})
+    facts = card_facts_of(ModelArguments(model_name_or_path="config:vit", teacher_model_name_or_path=str(teacher)),
+                          data, 6)
+    assert facts.teacher_own_accuracy == 0.97

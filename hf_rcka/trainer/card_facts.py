@@ -140,6 +140,7 @@ class CardFacts:
     teacher_accuracy: float | None = None
     teacher_accuracy_note: str = "same images, through the student's preprocessing (what distillation feeds it)"
     teacher_own_accuracy: float | None = None
+    teacher_own_read: bool = False  # read when the teacher loaded: the folder may hold another teacher by the end
     baseline_accuracy: float | None = None
     baseline_note: str = ""
     eval_data: str | None = None
@@ -460,11 +461,14 @@ def card_facts_of(
     drawn, total = train_images or (0, 0)
     subset = (f"a random {drawn:,} of its {total:,} training images: max_train_samples, drawn with split_seed "
               f"{data_args.split_seed}") if drawn < total else None
+    run_settings = {k: getattr(data_args, k, None) for k in SPLIT_KEYS}
     return CardFacts(
+        teacher_own_accuracy=read_teacher_run(getattr(model_args, "teacher_model_name_or_path", None), run_settings),
+        teacher_own_read=True,
         base_model=base_model_of(model_args.model_name_or_path, model_args.student_from_scratch),
         local_checkpoint=local_checkpoint_of(model_args.model_name_or_path, model_args.student_from_scratch),
         start_recorded=True,
-        run_settings={k: getattr(data_args, k, None) for k in SPLIT_KEYS},
+        run_settings=run_settings,
         student_settings={k: getattr(model_args, k, None) for k in STUDENT_KEYS},
         train_subset=subset,
         **describe_eval_data(data_args, num_eval_images, num_validation_images, split, carved, data_format),
@@ -483,7 +487,7 @@ def complete_card_facts(trainer: Any) -> CardFacts:
     if teacher_used and single_set:
         if facts.teacher_accuracy is None:  # counted by an evaluation of this set, when there was one
             facts.teacher_accuracy = _teacher_pass(trainer)
-        if facts.teacher_own_accuracy is None:
+        if facts.teacher_own_accuracy is None and not facts.teacher_own_read:
             facts.teacher_own_accuracy = read_teacher_run(trainer.teacher_name, facts.run_settings)
     args = trainer.args
     facts.relation_batches = {term: args.per_device_eval_batch_size * (args.world_size if loss.gather else 1)
