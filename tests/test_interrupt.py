@@ -185,6 +185,40 @@ def test_the_checkpoint_of_a_stop_survives_best_model_clean_up(tmp_path):
     assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
 
 
+def test_the_last_checkpoint_outlives_training_until_the_export_is_written(tmp_path):
+    """With save_total_limit 1 and load_best_model_at_end, Trainer's end of training deleted the last
+    checkpoint before the command line wrote the export: a kill or a full disk during the export
+    left the best checkpoint alone, and a resume trained every step after it again."""
+    from conftest import pixel_dataset
+
+    from hf_rcka.cli.job import _train
+
+    def trainer_of(name):
+        return tiny_trainer(tmp_path / name, eval_dataset=pixel_dataset(10, seed=1), max_steps=6,
+                            eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+                            save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="loss",
+                            greater_is_better=True)  # best: the highest loss, an early checkpoint
+
+    trainer = trainer_of("full")
+    export = trainer.save_model
+
+    def disk_full(output_dir=None, _internal_call=False):
+        if output_dir is None:  # the export, not a checkpoint's save
+            raise OSError(28, "No space left on device")
+        return export(output_dir, _internal_call)
+
+    trainer.save_model = disk_full
+    with pytest.raises(OSError):
+        _train(trainer, resume=None)
+    checkpoints = sorted(p.name for p in (tmp_path / "full" / "run").glob("checkpoint-*"))
+    assert "checkpoint-6" in checkpoints and len(checkpoints) == 2, checkpoints
+    trainer = trainer_of("whole")
+    _train(trainer, resume=None)
+    best = Path(trainer.state.best_model_checkpoint)
+    assert [p.name for p in best.parent.glob("checkpoint-*")] == [best.name] != ["checkpoint-6"]
+    assert (best.parent / "model.safetensors").is_file()
+
+
 def test_a_stop_in_the_last_step_still_exports_the_best_checkpoint(tmp_path):
     """The stop's clean-up guard also took the last step's ending as planned: the last weights were
     exported, not the best checkpoint load_best_model_at_end asked for."""

@@ -28,6 +28,7 @@ PRIVATE_OVERRIDES = {
     "_get_train_sampler": ["self", "train_dataset"],
     "_load_optimizer_and_scheduler": ["self", "checkpoint"],
     "_push_from_checkpoint": ["self", "checkpoint_folder"],
+    "_finalize_training": ["self", "trial", "num_train_samples", "start_time"],
     # public, but relied on as well: where the epoch's length is planned, where batches are drawn
     "set_initial_training_values": ["self", "args", "dataloader"],
     "get_batch_samples": ["self", "epoch_iterator", "num_batches", "device"],

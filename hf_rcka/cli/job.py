@@ -497,6 +497,7 @@ def _train_metrics(metrics: dict, resume: str | None) -> dict:
 def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop | None = None,
            argv: Sequence[str] = ()) -> dict:
     """Train, then save the model, metrics and state; a signal ends in ``Stopped`` with a checkpoint."""
+    trainer.keeps_last_checkpoint_until_export = True
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
@@ -523,6 +524,7 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
+        trainer.drop_checkpoints_kept_for_export()
     if stop is not None:
         stop.saved_model = trainer.args.output_dir
         if stop.signum is not None:  # during the last step's evaluation: the training itself is complete

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from typing import Any, Iterator
 
 import safetensors.torch
@@ -31,7 +32,7 @@ import torch
 from accelerate.utils.constants import FSDP_MODEL_NAME
 from transformers import TimmWrapperImageProcessor, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, sort_checkpoints
 
 from ..arguments import global_batch_size
 from ..errors import ModelError, RecipeError
@@ -71,6 +72,9 @@ class CheckpointingTrainer(Trainer):
     _hub_pushed = False  # a checkpoint push of this run went out
     _resumed = False  # this run resumed a checkpoint (whose run may have pushed)
     best_model_loaded = False  # at the end of training, load_best_model_at_end loaded the best checkpoint
+    # the command line's: the last checkpoint outlives train() until the export is written (see _finalize_training)
+    keeps_last_checkpoint_until_export = False
+    _last_checkpoint_kept = False
     resumed_best: str | None = None  # a resumed run's best checkpoint (ResumedBest)
 
     def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
@@ -319,6 +323,36 @@ class CheckpointingTrainer(Trainer):
             self._finished_already.active = True
             return [], None
         return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    # Private override. With save_total_limit 1 Trainer deletes every checkpoint but the best here, at
+    # the end of train(): the last one too, before the command line writes the export. A kill, or a
+    # full disk, during the export then left the best checkpoint alone, and a resume trained every
+    # step after it again. The command line keeps it until the export is whole
+    # (drop_checkpoints_kept_for_export); the Python API, which writes no export, keeps Trainer's way.
+    def _finalize_training(self, trial: Any, num_train_samples: int, start_time: float) -> Any:
+        limit = self.args.save_total_limit
+        self._last_checkpoint_kept = self.keeps_last_checkpoint_until_export and limit == 1
+        if self._last_checkpoint_kept:
+            self.args.save_total_limit = None
+        try:
+            return super()._finalize_training(trial, num_train_samples, start_time)
+        finally:
+            self.args.save_total_limit = limit
+
+    def drop_checkpoints_kept_for_export(self) -> None:
+        """What Trainer's end of training would have deleted (save_total_limit 1: all but the best),
+        once the export is written. Each checkpoint loses its trainer_state.json first, which a
+        checkpoint's save writes last: one a kill leaves half deleted is not taken as whole."""
+        best = self.state.best_model_checkpoint
+        if not (self._last_checkpoint_kept and self.args.should_save and best):
+            return
+        for checkpoint in sort_checkpoints(output_dir=self.args.output_dir, best_model_checkpoint=best):
+            if not os.path.samefile(checkpoint, best):
+                logger.info("deleting %s (save_total_limit 1), now that the export is written", checkpoint)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(checkpoint, TRAINER_STATE_NAME))
+                shutil.rmtree(checkpoint, ignore_errors=True)
+        self._last_checkpoint_kept = False
 
     # Private override. With load_best_model_at_end Trainer loads the best checkpoint's weights file
     # into Trainer.model the same way (nothing matches, so nothing is restored); we load the student
