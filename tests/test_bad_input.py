@@ -1941,7 +1941,9 @@ def test_a_broken_checkpoint_is_told_to_resume_from_an_earlier_one_only(tmp_path
 
     for step in (2, 5, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()
-    assert _earlier(str(tmp_path / "checkpoint-2")) == f"delete {str(tmp_path / 'checkpoint-2')!r} and start again"
+    assert _earlier(str(tmp_path / "checkpoint-2")) == (
+        f"start again without resume_from_checkpoint, with --overwrite_output_dir true where output_dir holds "
+        f"{str(tmp_path / 'checkpoint-2')!r} (it is set aside), or delete it")
     assert f"--resume_from_checkpoint {tmp_path / 'checkpoint-5'} " in _earlier(str(tmp_path / "checkpoint-10"))
 
 

@@ -601,6 +601,21 @@ def test_a_run_refused_at_the_lock_leaves_the_folder_the_running_one_holds(tmp_p
         assert out.is_dir(), "the refused run removed the folder the running one holds"
 
 
+def test_a_run_killed_during_its_first_checkpoint_is_not_sent_round_in_a_loop(tmp_path, capsys):
+    """A kill during the first checkpoint's save: a rerun was told to pass --resume_from_checkpoint
+    true, and the resume to delete the checkpoint and start again."""
+    out = tmp_path / "out"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "model.safetensors").write_bytes(b"\x10\x00")  # cut short, no trainer_state.json
+    capsys.readouterr()
+    assert _run(tmp_path, max_steps=2) == 2
+    assert "holds only checkpoints whose save was cut short" in capsys.readouterr().err
+    assert _run(tmp_path, "--resume_from_checkpoint", "true", max_steps=2) == 2
+    said = capsys.readouterr().err
+    assert "start again without resume_from_checkpoint, with --overwrite_output_dir true" in said
+    assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 0
+
+
 def test_a_refused_run_leaves_no_folder_it_made(tmp_path):
     """Refused by a check after the lock had made output_dir: the empty folders were left, one of
     them inside an image folder, where the next run read it as a class without images."""

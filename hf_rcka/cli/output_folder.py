@@ -228,6 +228,11 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
         _check_set_aside_folders(Path(args.output_dir))
         return
     if resume is None and holds_run(args.output_dir):
+        if _cut_short_only(Path(args.output_dir)):  # resume_from_checkpoint: true refuses them: said so, not looped
+            raise RecipeError(
+                f"output_dir {args.output_dir!r} holds only checkpoints whose save was cut short (no "
+                "trainer_state.json, which a save writes last): nothing to resume. Pass --overwrite_output_dir true "
+                "to set them aside and start again, or choose another output_dir")
         raise RecipeError(
             f"output_dir {args.output_dir!r} already holds a model or checkpoints: pass --resume_from_checkpoint true "
             f"to continue, --overwrite_output_dir true to replace it, or choose another output_dir"
@@ -255,6 +260,14 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
             f"{os.path.basename(resume)} this run resumes from: it would train those steps again and replace it. "
             "Pass --overwrite_output_dir true to set it aside, or resume into a new output_dir"
         )
+
+
+def _cut_short_only(out: Path) -> bool:
+    """Whether ``out`` holds checkpoints, none written whole, and no model (a run killed during its
+    first checkpoint's save)."""
+    checkpoints = [path for path in out.glob("checkpoint-*") if path.is_dir()]
+    return (bool(checkpoints) and not any(written_whole(path) for path in checkpoints)
+            and not any((out / name).exists() for name in MODEL_FILES) and not _run_config(out) and not _pending(out))
 
 
 def _check_set_aside_folders(out: Path) -> None:

@@ -227,7 +227,9 @@ def _earlier(folder: str) -> str:
     if earlier:
         return (f"delete {folder!r}, or resume from an earlier one (--resume_from_checkpoint {parent / earlier[-1]} "
                 "--overwrite_output_dir true, which sets the later checkpoints aside)")
-    return f"delete {folder!r} and start again"
+    # a plain rerun into the folder that holds it is refused too: the way on is said in full
+    return (f"start again without resume_from_checkpoint, with --overwrite_output_dir true where output_dir holds "
+            f"{folder!r} (it is set aside), or delete it")
 
 
 __all__ = [
