@@ -603,11 +603,14 @@ def test_a_run_refused_at_the_lock_leaves_the_folder_the_running_one_holds(tmp_p
 
 def test_a_run_killed_during_its_first_checkpoint_is_not_sent_round_in_a_loop(tmp_path, capsys):
     """A kill during the first checkpoint's save: a rerun was told to pass --resume_from_checkpoint
-    true, and the resume to delete the checkpoint and start again."""
+    true, and the resume to delete the checkpoint and start again; a kill before it: the resume's
+    refusal named no way on."""
     out = tmp_path / "out"
+    assert _run(tmp_path, "--resume_from_checkpoint", "true", max_steps=2) == 2  # killed before any checkpoint
+    assert capsys.readouterr().err.strip().endswith("nothing was saved to resume (a run stopped before its first "
+                                                    "checkpoint). Start the run without resume_from_checkpoint")
     (out / "checkpoint-2").mkdir(parents=True)
     (out / "checkpoint-2" / "model.safetensors").write_bytes(b"\x10\x00")  # cut short, no trainer_state.json
-    capsys.readouterr()
     assert _run(tmp_path, max_steps=2) == 2
     assert "holds only checkpoints whose save was cut short" in capsys.readouterr().err
     assert _run(tmp_path, "--resume_from_checkpoint", "true", max_steps=2) == 2

@@ -316,7 +316,9 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
     if value in (True, "true", "True"):
         last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
         if last is None:
-            raise RecipeError(f"resume_from_checkpoint: true, but {args.output_dir!r} holds no checkpoint-* folder")
+            raise RecipeError(f"resume_from_checkpoint: true, but {args.output_dir!r} holds no checkpoint-* folder: "
+                              "nothing was saved to resume (a run stopped before its first checkpoint). Start the run "
+                              "without resume_from_checkpoint")
         return resumable_checkpoint(args.output_dir) or last  # none whole: check_checkpoint says what is missing
     if not os.path.isdir(value):
         raise RecipeError(f"resume_from_checkpoint {value!r} is not a folder")
