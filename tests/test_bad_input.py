@@ -765,6 +765,12 @@ def test_a_model_folder_without_its_config_or_image_processor_is_refused_before_
     assert error_of(capsys) == (f"error: teacher_model_name_or_path: {teacher} holds no preprocessor_config.json, so "
                                 "how the model expects its images (size, normalisation) is unknown: save its image "
                                 f"processor next to it (processor.save_pretrained('{teacher}'))")
+    # a run's export cut short (the processor is saved after the weights): finished by resuming the run
+    (teacher / "distill_config.yaml").write_text("model_name_or_path: config:resnet\n")
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
+    assert error_of(capsys).endswith("is unknown: the run there was stopped before its export was whole; finish it by "
+                                     "resuming the run (--resume_from_checkpoint true with its recipe), or save its "
+                                     "image processor next to it")
     # a timm model's folder carries its data config in config.json: it needs no processor file
     (teacher / "config.json").write_text(json.dumps({"architecture": "resnet10t", "num_classes": 3}))
     with pytest.raises(AssertionError, match="a model or dataset was loaded"):  # no_loading: past every check

@@ -14,6 +14,7 @@ processor class without a saved ``preprocessor_config.json``.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from typing import Any, Mapping
@@ -23,6 +24,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 from transformers.utils import is_torchvision_available
 
+from ..run_record import RECIPE_RECORD
 from .hf_config import default_config
 from .image_sizes import as_hw, processor_output_size
 from .sources import ModelSource, parse_model_source
@@ -90,8 +92,13 @@ def _from_pretrained(name_or_path: str, trust_remote_code: bool):
 
 def no_processor(folder: str) -> str:
     """What a model folder without an image processor lacks, and the fix."""
-    return (f"{folder} holds no preprocessor_config.json, so how the model expects its images (size, "
-            f"normalisation) is unknown: save its image processor next to it (processor.save_pretrained({folder!r}))")
+    lacks = (f"{folder} holds no preprocessor_config.json, so how the model expects its images (size, "
+             "normalisation) is unknown")
+    if os.path.isfile(os.path.join(folder, RECIPE_RECORD)) or glob.glob(os.path.join(glob.escape(folder), "checkpoint-*")):
+        # a run's export writes the processor after the weights: a kill in between left this
+        return (f"{lacks}: the run there was stopped before its export was whole; finish it by resuming the run "
+                f"(--resume_from_checkpoint true with its recipe), or save its image processor next to it")
+    return f"{lacks}: save its image processor next to it (processor.save_pretrained({folder!r}))"
 
 
 def _converting_to_rgb(processor, config: PreTrainedConfig | None):
