@@ -619,6 +619,20 @@ def test_a_run_killed_during_its_first_checkpoint_is_not_sent_round_in_a_loop(tm
     assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 0
 
 
+def test_a_resume_beside_a_set_aside_cut_short_says_which_checkpoint_it_takes(tmp_path, capsys):
+    """A kill during an overwrite's set-aside moved the run's last checkpoint into _replacing/: a
+    resume took an earlier one and trained its steps again without a word."""
+    out = tmp_path / "out"
+    assert _run(tmp_path, max_steps=4) == 0
+    (out / "_replacing").mkdir()
+    (out / "checkpoint-4").rename(out / "_replacing" / "checkpoint-4")
+    capsys.readouterr()
+    assert _run(tmp_path, "--resume_from_checkpoint", "true", "--overwrite_output_dir", "true", max_steps=4) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert (f"a set-aside cut short (a kill during an overwrite) left part of the run in {out} in {out / '_replacing'}: "
+            f"this run resumes {out / 'checkpoint-2'}, the last checkpoint outside it") in said
+
+
 def test_a_refused_run_leaves_no_folder_it_made(tmp_path):
     """Refused by a check after the lock had made output_dir: the empty folders were left, one of
     them inside an image folder, where the next run read it as a class without images."""
@@ -681,7 +695,8 @@ def test_what_a_cut_short_run_leaves_counts_as_a_run(tmp_path, left):
     out = tmp_path / "out"
     (out / left).parent.mkdir(parents=True, exist_ok=True)
     (out / left).mkdir() if left.startswith("checkpoint-") else (out / left).write_text('{"model_type": "resnet"}')
-    with pytest.raises(RecipeError, match="already holds a model or checkpoints"):
+    said = "holds only checkpoints whose save was cut short" if left == "checkpoint-2" else "already holds a model"
+    with pytest.raises(RecipeError, match=said):  # an empty checkpoint folder: a save cut short at its start
         check_output_dir(_args(out), None)
 
 

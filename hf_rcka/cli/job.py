@@ -53,8 +53,9 @@ from .resume_checks import (
     warn_resume_schedule,
 )
 from .output_folder import (
-    Replacement, check_output_dir, drop_stale_export, finished_after, holds_run, later_checkpoints, parked_run,
-    resumes_in, said_write_errors, set_aside_abandoned_branch, set_aside_previous_run, training_alone_in,
+    REPLACING, Replacement, check_output_dir, drop_stale_export, finished_after, holds_run, later_checkpoints,
+    parked_run, resumes_in, said_write_errors, set_aside_abandoned_branch, set_aside_pending, set_aside_previous_run,
+    training_alone_in,
 )
 from .probes import probe_student
 from .records import RecipeRecord, drop_empty_record, eval_record_dir, write_eval_record
@@ -319,6 +320,12 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
             raise RecipeError(f"resume_from_checkpoint: true, but {args.output_dir!r} holds no checkpoint-* folder: "
                               "nothing was saved to resume (a run stopped before its first checkpoint). Start the run "
                               "without resume_from_checkpoint")
+        if set_aside_pending(args.output_dir):  # a run being replaced when a kill came: its files are split
+            logger.warning("output_dir: a set-aside cut short (a kill during an overwrite) left part of the run in %s "
+                           "in %s: this run resumes %s, the last checkpoint outside it. To resume the run where it "
+                           "ended, stop and move those files back into %s first", args.output_dir,
+                           os.path.join(args.output_dir, REPLACING), resumable_checkpoint(args.output_dir) or last,
+                           args.output_dir)
         return resumable_checkpoint(args.output_dir) or last  # none whole: check_checkpoint says what is missing
     if not os.path.isdir(value):
         raise RecipeError(f"resume_from_checkpoint {value!r} is not a folder")

@@ -267,7 +267,7 @@ def _cut_short_only(out: Path) -> bool:
     first checkpoint's save)."""
     checkpoints = [path for path in out.glob("checkpoint-*") if path.is_dir()]
     return (bool(checkpoints) and not any(written_whole(path) for path in checkpoints)
-            and not any((out / name).exists() for name in MODEL_FILES) and not _run_config(out) and not _pending(out))
+            and not any((out / name).exists() for name in MODEL_FILES) and not _run_config(out) and not set_aside_pending(out))
 
 
 def _check_set_aside_folders(out: Path) -> None:
@@ -395,7 +395,7 @@ def holds_run(output_dir: str) -> bool:
     """
     out = Path(output_dir)
     return out.is_dir() and (any((out / name).exists() for name in MODEL_FILES) or _run_config(out)
-                             or any(out.glob("checkpoint-*")) or _pending(out))
+                             or any(out.glob("checkpoint-*")) or set_aside_pending(out))
 
 
 def _run_config(out: Path) -> bool:
@@ -411,9 +411,9 @@ def _run_config(out: Path) -> bool:
     return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
 
 
-def _pending(out: Path) -> bool:
+def set_aside_pending(out: str | Path) -> bool:
     """Whether a set-aside cut short left files in ``_replacing/`` (the next one completes it)."""
-    staging = out / REPLACING
+    staging = Path(out) / REPLACING
     return staging.is_dir() and any(staging.iterdir())
 
 
@@ -435,7 +435,7 @@ def set_aside_previous_run(output_dir: str, keep: Iterable[str | None] = ()) -> 
     kept = [Path(p).resolve() for p in keep if p]
     entries = [e for e in out.iterdir() if any(fnmatch.fnmatchcase(e.name, p) for p in RUN_OUTPUTS)
                and not _holds_any(e.resolve(), kept)]
-    if not entries and not _pending(out):
+    if not entries and not set_aside_pending(out):
         return None
     if _holds_any((out / REPLACED).resolve(), kept):
         raise RecipeError(f"{out / REPLACED} holds a path this run reads (a checkpoint to resume from?), and setting "
