@@ -110,6 +110,50 @@ def test_a_card_that_renames_every_class_keeps_the_index_meaning(tmp_path):
     assert out["validation"]["label"][:] == [0, 1, 1] and out["train"].features["label"] == renamed
 
 
+def _card(folder: str, names: list[str]) -> None:
+    """A README whose dataset_info names the label classes ``names`` (datasets reads every split with them)."""
+    classes = "".join(f"          '{i}': {n}\n" for i, n in enumerate(names))
+    with open(f"{folder}/README.md", "w") as f:
+        f.write("---\ndataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: label\n    dtype:\n"
+                f"      class_label:\n        names:\n{classes}  - name: truth\n    dtype: string\n---\n")
+
+
+def test_a_split_saved_in_another_order_under_a_card_that_renames_the_classes_is_read_by_name(tmp_path):
+    """The card names train's stored order; validation's own order of the same ids was read index by index."""
+    truth = ["n01", "n02", "n02", "n03", "n01", "n03"]
+    folder = _folder(tmp_path, train=[_split(["n01", "n02", "n03"], truth)],
+                     validation=[_split(["n03", "n01", "n02"], truth)])
+    _card(folder, ["cat", "dog", "eel"])
+    raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    words = {"n01": "cat", "n02": "dog", "n03": "eel"}
+    for split in ("train", "validation"):
+        read, stored = _truths(raw[split])
+        assert read == [words[t] for t in stored], split
+
+
+def test_a_card_that_names_the_classes_in_another_case_is_read_by_name(tmp_path):
+    truth = ["cat", "dog", "dog", "cat"]
+    folder = _folder(tmp_path, train=[_split(["cat", "dog"], truth)], validation=[_split(["dog", "cat"], truth)])
+    _card(folder, ["Dog", "Cat"])
+    raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    for split in ("train", "validation"):
+        read, stored = _truths(raw[split])
+        assert [n.lower() for n in read] == stored, split
+
+
+@pytest.mark.parametrize("first", ["train", "validation"])
+def test_a_saved_split_whose_names_share_none_with_the_others_is_an_error(tmp_path, first):
+    """No card: the names come from the first split's files; the other split's labels were read by position."""
+    truth = ["cat", "dog", "eel"]
+    splits = {"train": _split(["cat", "dog", "eel"], truth),
+              "validation": _split(["eel", "cat", "dog"], truth).cast_column(
+                  "label", datasets.ClassLabel(names=["anguille", "chat", "chien"]))}
+    order = [first] + [s for s in splits if s != first]
+    datasets.DatasetDict({s: splits[s] for s in order}).save_to_disk(str(tmp_path / "pets"))
+    with pytest.raises(LabelError, match="none of the dataset's class names"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "pets")))
+
+
 def _read_with(names: list[str], labels: list[int]):
     import datasets
 
@@ -128,13 +172,13 @@ def test_a_label_past_the_files_stored_names_is_an_error():
         _relabelled(dataset, "validation", "label", feature, {("dog", "cat"): "v.parquet"})
 
 
-# SL4 (data/stored_labels.py _relabelled): stored names that share none with the dataset's keep their
-# index meaning only when there are as many of them
-def test_stored_names_of_another_count_sharing_none_are_an_error():
+# SL4 (data/stored_labels.py _relabelled): stored names that share none with the dataset's are an error,
+# of any count (a card's renaming is applied by realign_stored_labels before)
+def test_stored_names_sharing_none_are_an_error():
     from hf_rcka.data.stored_labels import _relabelled
     from hf_rcka.errors import LabelError
 
     dataset, feature = _read_with(["cat", "dog"], [0, 1, 1])
-    assert _relabelled(dataset, "validation", "label", feature, {("n01", "n02"): "v.parquet"}) is dataset
-    with pytest.raises(LabelError, match="stores classes"):
-        _relabelled(dataset, "validation", "label", feature, {("n01", "n02", "n03"): "v.parquet"})
+    for stored in (("n01", "n02"), ("n01", "n02", "n03")):
+        with pytest.raises(LabelError, match="stores classes"):
+            _relabelled(dataset, "validation", "label", feature, {stored: "v.parquet"})

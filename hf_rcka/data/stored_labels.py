@@ -10,8 +10,11 @@ another class, nothing fails, and the run reports the accuracy of a scrambled va
 Each file's names are in its schema metadata (the footer; no row is read), so every split is
 checked right after loading. A split whose files agree on another order of known classes is
 relabelled by name (only its label column is rewritten, the images are not copied); files of one
-split that disagree, or store some classes the dataset does not have, are an error. Stored names
-that share none with the dataset's (a card that renames every class) keep their index meaning.
+split that disagree, or store some classes the dataset does not have, are an error. A card that
+renames every class (readable names for ImageNet's synset ids) names the training split's stored
+order index by index; the other splits are read by name into that order first, so one saved in its
+own order is caught under a card too. Stored names that share none with the names read from
+another split's files are an error.
 Remote files (a Hub dataset) cost a request each, so only the first file of each split is read
 there: the case above, a split saved separately, shows in every one of its files.
 """
@@ -67,26 +70,58 @@ def realign_stored_labels(
         DataError: if the files of one split store different class orders.
         LabelError: if a file stores a class that the names the split was read with lack.
     """
+    stored = {split: _stored_orders(files.get(split), column) for split in raw}
+    renamed = None
     for split, dataset in raw.items():
         feature = dataset.features.get(column)
-        if not isinstance(feature, datasets.ClassLabel) or not files.get(split):
+        if not isinstance(feature, datasets.ClassLabel) or not stored[split]:
             continue
-        paths = list(files[split])
-        if "://" in paths[0]:
-            paths = paths[:1]
-        orders = {}
-        for path in paths:
-            try:
-                names = stored_names(path, column)
-            except OSError as err:  # a remote footer that cannot be read now: the data itself has loaded
-                logger.warning("data: cannot read the class names stored in %s (%s); not checked", path, err)
-                continue
-            if names is not None:
-                orders.setdefault(tuple(names), path)
-        if not orders or list(orders) == [tuple(feature.names)]:
+        if renamed is None:  # every split is read with the same features
+            renamed = _card_renaming(stored, feature.names, column)
+        orders = {tuple(renamed.get(n, n) for n in names): path for names, path in stored[split].items()}
+        if list(orders) == [tuple(feature.names)]:
             continue
         raw[split] = _relabelled(dataset, split, column, feature, orders)
     return raw
+
+
+def _stored_orders(paths: Sequence[str] | None, column: str) -> dict[tuple[str, ...], str]:
+    """Each class order the files of a split store for ``column``, with the first file that stores it."""
+    paths = list(paths or [])
+    if paths and "://" in paths[0]:
+        paths = paths[:1]
+    orders = {}
+    for path in paths:
+        try:
+            names = stored_names(path, column)
+        except OSError as err:  # a remote footer that cannot be read now: the data itself has loaded
+            logger.warning("data: cannot read the class names stored in %s (%s); not checked", path, err)
+            continue
+        if names is not None:
+            orders.setdefault(tuple(names), path)
+    return orders
+
+
+def _card_renaming(stored: Mapping[str, Mapping[tuple[str, ...], str]], names: Sequence[str],
+                   column: str) -> dict[str, str]:
+    """Each stored name's name on the dataset's card, when the card renames every class; else empty.
+
+    The card names the training split's stored order index by index, as datasets reads it. Only when
+    no split's files store any of ``names``: otherwise the names were read from a file, and a split
+    whose files share none of them (the same classes in another language) would be paired by position.
+    """
+    def key(name: str) -> str:  # names that differ in case and spaces alone are matched by name (_respelled)
+        return name.strip().casefold()
+
+    known = {key(n) for n in names}
+    if any(known & {key(n) for n in order} for orders in stored.values() for order in orders):
+        return {}
+    reference = list(stored.get("train") or next((o for o in stored.values() if o), {}))
+    if len(reference) != 1 or len(reference[0]) != len(names):
+        return {}
+    logger.info("data: the dataset's card names the classes of %r %s, which its files store as %s (index by index)",
+                column, _shown(names), _shown(reference[0]))
+    return dict(zip(reference[0], names))
 
 
 def _schema(handle, path: str) -> pa.Schema:
@@ -141,12 +176,12 @@ def _relabelled(dataset: datasets.Dataset, split: str, column: str, feature: dat
     used = {names[i] for i in np.unique(labels) if 0 <= i < len(names)}
     if missing and not used & set(missing):  # extra names no label of the split uses: nothing to misread
         missing = []
-    elif missing and len(missing) == len(names) == len(feature.names):
-        # no name in common: the dataset's card renames the classes (readable names for ImageNet's
-        # synset ids), and datasets reads each index with the card's name, as intended
-        logger.info("data: the %r split's files name the classes of %r %s; the dataset's card names them %s "
-                    "(index by index)", split, column, _shown(names), _shown(feature.names))
-        return dataset
+    elif missing and len(missing) == len(names):  # no name in common (a card's renaming was applied before)
+        raise LabelError(
+            f"{path} stores classes {_shown(names)} for {column!r}, none of the dataset's class names "
+            f"{_shown(feature.names)}; datasets reads the file's labels by index with those names, which would pair "
+            "the classes by position. Save every split of the dataset with the same ClassLabel"
+        )
     if missing:
         raise LabelError(
             f"{path} stores classes {_shown(missing)} for {column!r}, which the dataset's class names "
