@@ -154,6 +154,29 @@ def test_a_saved_split_whose_names_share_none_with_the_others_is_an_error(tmp_pa
         load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "pets")))
 
 
+@pytest.mark.parametrize("plain", ["int64", "string"])
+def test_a_classlabel_split_read_as_another_splits_plain_labels_is_an_error(tmp_path, plain):
+    """datasets cast the validation split to train's plain type: its names dropped, 0 read as 'cat' not 'eel'."""
+    truth = ["cat", "dog", "eel"]
+    values = [0, 1, 2] if plain == "int64" else truth
+    train = datasets.Dataset.from_dict({"image": [np.zeros((4, 4, 3), np.uint8)] * 3, "label": values, "truth": truth},
+                                       features=datasets.Features({"image": datasets.Image(), "truth": datasets.Value("string"),
+                                                                   "label": datasets.Value(plain)}))
+    folder = _folder(tmp_path, train=[train], validation=[_split(["eel", "cat", "dog"], truth)])
+    with pytest.raises(DataError, match="stores 'label' as a ClassLabel .* read the 'validation' split as Value"):
+        load_raw_datasets(DataArguments(dataset_name=folder))
+
+
+def test_a_card_that_declares_plain_labels_over_classlabel_files_is_followed(tmp_path):
+    truth = ["cat", "dog", "dog", "eel", "cat", "eel"]
+    folder = _folder(tmp_path, train=[_split(["cat", "dog", "eel"], truth)], validation=[_split(["cat", "dog", "eel"], truth)])
+    with open(f"{folder}/README.md", "w") as f:
+        f.write("---\ndataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: label\n"
+                "    dtype: int64\n  - name: truth\n    dtype: string\n---\n")
+    raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    assert raw["validation"]["label"][:] == [0, 1, 1, 2, 0, 2]
+
+
 def _read_with(names: list[str], labels: list[int]):
     import datasets
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import datasets
 import fsspec
@@ -67,13 +68,16 @@ def realign_stored_labels(
     """Each split relabelled by name where its files store another class order than it was read with.
 
     Raises:
-        DataError: if the files of one split store different class orders.
+        DataError: if the files of one split store different class orders, or a ClassLabel that datasets
+            read as another split's plain values.
         LabelError: if a file stores a class that the names the split was read with lack.
     """
     stored = {split: _stored_orders(files.get(split), column) for split in raw}
     renamed = None
     for split, dataset in raw.items():
         feature = dataset.features.get(column)
+        if feature is not None and not isinstance(feature, datasets.ClassLabel) and stored[split]:
+            _check_names_kept(split, feature, stored, column)
         if not isinstance(feature, datasets.ClassLabel) or not stored[split]:
             continue
         if renamed is None:  # every split is read with the same features
@@ -100,6 +104,25 @@ def _stored_orders(paths: Sequence[str] | None, column: str) -> dict[tuple[str, 
         if names is not None:
             orders.setdefault(tuple(names), path)
     return orders
+
+
+def _check_names_kept(split: str, feature: Any, stored: Mapping[str, Mapping[tuple[str, ...], str]], column: str) -> None:
+    """A split whose files store a ClassLabel was not read as another split's plain labels.
+
+    datasets reads every split with the first file's features: a validation split saved as a ClassLabel
+    next to a training split of plain integers or strings was cast to those, its names dropped and its
+    indices read as values. Only when some split's files store no ClassLabel, so the plain type is a
+    file's: a card may declare plain values over files that all store one.
+
+    Raises:
+        DataError: naming the file, its names and the type it was read as.
+    """
+    if all(stored.values()):
+        return
+    (names, path), *_ = stored[split].items()
+    raise DataError(f"{path} stores {column!r} as a ClassLabel {_shown(names)}, but datasets read the {split!r} split "
+                    f"as {feature}, another split's type: its class names are dropped and its labels read as plain "
+                    "values. Save every split of the dataset with the same ClassLabel")
 
 
 def _card_renaming(stored: Mapping[str, Mapping[tuple[str, ...], str]], names: Sequence[str],
