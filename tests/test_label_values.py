@@ -292,3 +292,31 @@ def test_a_single_fractional_label_is_refused(monkeypatch):
     args = _hub(monkeypatch, train=_split(labels, label_feature=datasets.Value("float64")))
     with pytest.raises(DataError, match=r"'train' split.*1 labels are fractional \(e\.g\. 0\.5\)"):
         load_raw_datasets(args)
+
+
+def _jsonl_splits(folder, **splits: list[str]) -> str:
+    """``folder/<split>.jsonl`` files of image paths (under ``folder/imgs``) and text labels."""
+    import json
+
+    (folder / "imgs").mkdir(parents=True)
+    for split, labels in splits.items():
+        with open(folder / f"{split}.jsonl", "w") as handle:
+            for i, label in enumerate(labels):
+                Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(folder / "imgs" / f"{split[:2]}{i}.png")
+                handle.write(json.dumps({"image": f"imgs/{split[:2]}{i}.png", "label": label}) + "\n")
+    return str(folder)
+
+
+def test_a_test_split_of_empty_text_labels_is_not_evaluated(tmp_path, caplog):
+    """A JSON test split's "label": "" was evaluated, then refused as the 'validation' split's empty labels."""
+    folder = _jsonl_splits(tmp_path / "pets", train=["cat", "dog", "eel"] * 4, test=["", " "] * 3)
+    with caplog.at_level(logging.WARNING):
+        raw = load_raw_datasets(DataArguments(dataset_name=folder, train_val_split=0.5))
+    assert "'test' split has no labels" in caplog.text
+    assert raw.carved and len(raw["validation"]) == 6 and label_names(raw["validation"], "label") == ["cat", "dog", "eel"]
+
+
+def test_a_partly_unlabelled_test_split_is_named_by_its_own_name(tmp_path):
+    folder = _jsonl_splits(tmp_path / "pets", train=["cat", "dog", "eel"] * 4, test=["cat", "", "dog", "eel"])
+    with pytest.raises(DataError, match="the 'test' split's 'label' column: 1 labels are empty text of 4"):
+        load_raw_datasets(DataArguments(dataset_name=folder))

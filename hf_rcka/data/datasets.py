@@ -170,11 +170,12 @@ def _evaluation_split(raw: datasets.DatasetDict, validation: str | None, args: D
         logger.warning("data: the dataset has no 'validation' split; its %r split is evaluated (and, with "
                        "load_best_model_at_end, picks the checkpoint)", validation)
         raw["validation"] = raw.pop(validation)
-    label_values.check_label_values(raw["validation"], column, "validation")
+    evaluated = validation or "train"  # errors name the split by the data's own name (test, dev...)
+    label_values.check_label_values(raw["validation"], column, evaluated)
     if not carved:  # a carved split's rows were checked in train
-        check_image_values(raw["validation"], args.image_column_name, "validation")
+        check_image_values(raw["validation"], args.image_column_name, evaluated)
     splits = RawSplits(raw)
-    splits.carved, splits.evaluated = carved, validation or "train"
+    splits.carved, splits.evaluated = carved, evaluated
     return splits
 
 

@@ -60,10 +60,11 @@ def class_encoded(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
 
 
 def is_unlabelled(dataset: datasets.Dataset, column: str) -> bool:
-    """Whether every label of ``dataset`` is missing (``-1`` or null): a Hub test split's labels.
+    """Whether every label of ``dataset`` is missing (``-1``, null or empty text): a Hub test split's labels.
 
     For a plain integer column too: -1 is the usual "no label" there, and a split of nothing else
     cannot be evaluated (a -1/+1 binary task may still use -1 as a class in a split that has both).
+    Empty text is a JSON test file's ``"label": ""`` (a CSV's empty cell reads as null).
     """
     values = label_column(dataset, column)
     if len(values) == 0:
@@ -71,6 +72,8 @@ def is_unlabelled(dataset: datasets.Dataset, column: str) -> bool:
     missing = values.null_count
     if pa.types.is_integer(values.type):  # a ClassLabel's -1, or a plain integer column's
         missing += int(pc.sum(pc.equal(values, UNLABELLED)).as_py() or 0)
+    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        missing += int(pc.sum(pc.equal(pc.utf8_trim_whitespace(values), "")).as_py() or 0)
     return missing == len(values)
 
 
