@@ -235,3 +235,24 @@ def test_a_dataset_folder_with_a_loading_script_is_one_line(tmp_path):
     with pytest.raises(DataError, match=r"loading script \(pets\.py\), which is code and is not run: convert the "
                                         r"data to files datasets reads \(parquet, csv, or an image folder\)"):
         load_data(DataArguments(dataset_name=str(folder)))
+
+
+def test_an_empty_saved_split_is_not_used(tmp_path, caplog):
+    """save_to_disk writes no file for 0 rows, and datasets refused the whole dataset: 'Instruction
+    "unlabeled" corresponds to no data!'. An empty validation split is carved instead, as when absent."""
+    datasets.DatasetDict(train=_split(30), validation=_split(12), unlabeled=_split(0)).save_to_disk(str(tmp_path / "a"))
+    datasets.DatasetDict(train=_split(30), validation=_split(0)).save_to_disk(str(tmp_path / "b"))
+    with caplog.at_level(logging.WARNING):
+        raw = load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "a")))
+        assert not raw.carved and len(raw["validation"]) == 12 and "'unlabeled' split is empty" in caplog.text
+        raw = load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "b")))
+        assert raw.carved and len(raw["train"]) + len(raw["validation"]) == 30
+    datasets.DatasetDict(train=_split(0), validation=_split(12)).save_to_disk(str(tmp_path / "c"))
+    with pytest.raises(DataError, match="its 'train' split is empty"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "c")))
+
+
+def test_an_empty_parquet_split_is_named(tmp_path):
+    folder = _hub_folder(tmp_path / "pets", {"train": _split(30), "validation": _split(12), "test": _split(0)})
+    with pytest.raises(DataError, match="its 'test' split is empty \\(0 rows\\).*remove that split's files"):
+        load_data(DataArguments(dataset_name=folder))

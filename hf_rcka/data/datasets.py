@@ -16,6 +16,7 @@ import glob
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -100,7 +101,11 @@ def _load_source(args: DataArguments) -> datasets.DatasetDict:
                             f"patterns, and its path {folder!r} holds a [, * or ? that would match other folders' "
                             "files (a folder 'pq[12]' read 'pq1'): rename the folder, or the folder it is in")
         builder = _builder(args.dataset_name, args.dataset_config_name)
-        raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+        try:
+            raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+        except ValueError as err:
+            _refuse_an_empty_split(args.dataset_name, err)
+            raise
         files = parquet_split_files(builder)
         return realign_stored_labels(raw, files, args.label_column_name) if files else raw
     # datasets reads these as glob patterns: a folder named like "set[ab]" would match "seta"
@@ -135,7 +140,27 @@ def _saved_split_files(path: str) -> dict[str, list[str]] | None:
             listed[split] = [os.path.join(path, split, entry["filename"]) for entry in state["_data_files"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # not a layout this reads: load_dataset's own reading and errors
+    # a split of 0 rows is saved with no file, and datasets refused the whole dataset for it
+    # ('Instruction "unlabeled" corresponds to no data!'): left out, as if absent
+    for split in [split for split, files in listed.items() if not files]:
+        if split == "train":
+            raise DataError(f"dataset_name {path!r}: its 'train' split is empty (0 rows): save it with its images")
+        logger.warning("data: the dataset's %r split is empty (0 rows): it is not used", split)
+        del listed[split]
     return listed
+
+
+def _refuse_an_empty_split(name: str, err: ValueError) -> None:
+    """A split of 0 rows is an error naming it: datasets refuses to load a dataset that has one, even
+    a split the run does not read, with 'Instruction "test" corresponds to no data!'.
+
+    Raises:
+        DataError: ``err`` is datasets' refusal of an empty split.
+    """
+    found = re.match(r'Instruction "(.+)" corresponds to no data', str(err))
+    if found:
+        raise DataError(f"dataset_name {name!r}: its {found.group(1)!r} split is empty (0 rows), and datasets loads no "
+                        "dataset with an empty split: remove that split's files, or give it its images") from err
 
 
 def _one_saved_dataset(path: str, config: str | None) -> datasets.DatasetDict | None:
