@@ -256,3 +256,19 @@ def test_an_empty_parquet_split_is_named(tmp_path):
     folder = _hub_folder(tmp_path / "pets", {"train": _split(30), "validation": _split(12), "test": _split(0)})
     with pytest.raises(DataError, match="its 'test' split is empty \\(0 rows\\).*remove that split's files"):
         load_data(DataArguments(dataset_name=folder))
+
+
+def test_a_dataset_of_several_configurations_without_one_named_is_one_line(tmp_path, monkeypatch):
+    """datasets' 'Config name is missing' came twice, as a warning and an error of 8 lines with a Python example."""
+    # datasets caches a folder with configs by its name and config alone: another test's "pets/small" would be read
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "pets"
+    for config in ("full", "small"):
+        (folder / config).mkdir(parents=True)
+        _split(30).to_parquet(str(folder / config / "train.parquet"))
+    (folder / "README.md").write_text("---\nconfigs:\n" + "".join(
+        f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/train.parquet\n" for c in ("full", "small")) + "---\n")
+    with pytest.raises(DataError, match=r"has several configurations \['full', 'small'\]: set dataset_config_name") as err:
+        load_data(DataArguments(dataset_name=str(folder)))
+    assert "\n" not in str(err.value)
+    assert len(load_data(DataArguments(dataset_name=str(folder), dataset_config_name="small"))["train"]) > 0

@@ -245,6 +245,10 @@ def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
         _refuse_a_loading_script(name, err)
         raise
     except (OSError, ValueError) as err:  # load_dataset says what is wrong; the checks below are skipped
+        if str(err).startswith("Config name is missing"):  # datasets' text ends in a load_dataset() example
+            configs = str(err).partition("available configs: ")[2].partition("\n")[0]
+            raise DataError(f"dataset_name {name!r} has several configurations {configs}: set dataset_config_name "
+                            "to the one to use") from err
         logger.warning("data: cannot inspect %r's data files before loading (%s: %s)", name, type(err).__name__, err)
         return None
     data_files = getattr(builder.config, "data_files", None) or {}
