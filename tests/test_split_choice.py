@@ -66,6 +66,8 @@ def test_one_saved_dataset_is_the_train_split_and_its_validation_is_carved(tmp_p
     with caplog.at_level(logging.INFO, logger="hf_rcka"):
         raw = load_raw_datasets(DataArguments(dataset_name=folder))
     assert raw.carved and len(raw["train"]) + len(raw["validation"]) == 40
+    # the log said only that it was the train split; the carve was on the model card alone
+    assert "a stratified 15% validation split carved from train (6 of 40 images, split_seed 42)" in caplog.text
     assert raw["train"].features["label"].names == NAMES
     assert "one dataset saved with save_to_disk" in caplog.text
     with pytest.raises(DataError, match="has no configurations; remove dataset_config_name"):

@@ -191,6 +191,9 @@ def _evaluation_split(raw: datasets.DatasetDict, validation: str | None, args: D
         raw["validation"] = raw["train"]
     elif carved:  # stratified, with split_seed (not the training seed): seeds share images
         raw = stratified_validation_split(raw["train"], column, args.train_val_split, args.split_seed)
+        logger.info("data: a stratified %g%% validation split carved from train (%d of %d images, split_seed %d) "
+                    "is evaluated", 100 * args.train_val_split, len(raw["validation"]),
+                    len(raw["train"]) + len(raw["validation"]), args.split_seed)
     elif validation != "validation":  # e.g. a Hub dataset with train and test splits only
         logger.warning("data: the dataset has no 'validation' split; its %r split is evaluated (and, with "
                        "load_best_model_at_end, picks the checkpoint)", validation)
