@@ -104,6 +104,17 @@ def test_a_teacher_of_other_classes_whose_features_alone_are_distilled(tmp_path,
         align_teacher(teacher, make_args(tmp_path, losses=["ce", "kd"]), ["a", "b", "c"], "by_name")
 
 
+def test_a_teacher_paired_by_position_is_said_once(tmp_path, caplog):
+    """The command line pairs the teacher before the trainer is built, and the trainer's check said it again."""
+    from hf_rcka.cli.run_inputs import align_teacher
+
+    args, teacher = make_args(tmp_path, losses=["ce", "kd"]), named(tiny_resnet(), ["x", "y", "z"])
+    with caplog.at_level("INFO", logger="hf_rcka"):
+        align_teacher(teacher, args, ["a", "b", "c"], "by_index")
+        build(args, named(tiny_vit(), ["a", "b", "c"]), teacher, teacher_label_mapping="by_index")
+    assert caplog.text.count("teacher classes paired by position") == 1
+
+
 def test_equal_class_lists_with_a_repeated_name_are_left_alone(tmp_path):
     """ImageNet's names hold 'crane' twice: index() paired both with the first, and a hook copied
     logit 1 over logit 3 of a teacher whose names equal the run's."""

@@ -22,7 +22,7 @@ from ..errors import DataError, ModelError, UserError
 from ..log_levels import errors_only
 from ..models.label_maps import LabelMaps, set_labels
 from ..modeling.assembly import run_reads_teacher_logits
-from ..models.labels import BY_NAME, align_teacher_classes, check_teacher_names, is_generic, model_label_names
+from ..models.labels import BY_INDEX, BY_NAME, align_teacher_classes, check_teacher_names, is_generic, model_label_names
 
 
 @contextmanager
@@ -122,7 +122,8 @@ def align_teacher(teacher: Any, args: DistillationTrainingArguments, labels: lis
     if teacher is None:
         return
     align_teacher_classes(teacher, labels, mapping, run_reads_teacher_logits(args), args)
-    if is_generic(model_label_names(teacher.config)) and len(teacher.config.id2label) == len(labels):
+    by_position = is_generic(model_label_names(teacher.config)) or mapping == BY_INDEX
+    if by_position and len(teacher.config.id2label) == len(labels):
         # paired by position, and said so above: the run's own teacher (never saved) takes the run's
         # names, so that the trainer's check of the same pairing does not say it again
         set_labels(teacher.config, LabelMaps.of(labels))

@@ -191,7 +191,7 @@ def teacher_label_order(
             logit), or the number of classes differs.
     """
     labels, teacher_labels = list(labels), list(teacher_labels)
-    if labels == teacher_labels and mapping == BY_NAME:
+    if labels == teacher_labels:  # the same names in the same order pair alike by name and by position
         return None
     teacher_labels = check_teacher_names(labels, teacher_labels, mapping, key, source)
     if mapping == BY_INDEX:
