@@ -262,7 +262,7 @@ def test_an_empty_parquet_split_is_named(tmp_path):
 
 def test_a_dataset_of_several_configurations_without_one_named_is_one_line(tmp_path, monkeypatch):
     """datasets' 'Config name is missing' came twice, as a warning and an error of 8 lines with a Python example."""
-    # datasets caches a folder with configs by its name and config alone: another test's "pets/small" would be read
+    # a cache of its own: nothing another test cached is read
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "pets"
     for config in ("full", "small"):
@@ -274,3 +274,29 @@ def test_a_dataset_of_several_configurations_without_one_named_is_one_line(tmp_p
         load_data(DataArguments(dataset_name=str(folder)))
     assert "\n" not in str(err.value)
     assert len(load_data(DataArguments(dataset_name=str(folder), dataset_config_name="small"))["train"]) > 0
+
+
+def test_a_local_folder_with_configs_is_read_anew_when_its_files_change(tmp_path, monkeypatch):
+    """datasets keys the cache of a local folder whose README lists configs on the folder's base name
+    and config alone: another folder of the same name, or the same one rewritten, read the data
+    cached before it (30 images of other classes for 60), exit 0."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    card = ("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train.parquet\n"
+            "  - split: validation\n    path: data/validation.parquet\n---\n")
+
+    def folder(path, n, names):
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+        (path / "data").mkdir(parents=True, exist_ok=True)
+        for split, rows in (("train", n), ("validation", 6)):
+            datasets.Dataset.from_dict({"image": [np.zeros((4, 4, 3), np.uint8)] * rows,
+                                        "label": [i % 3 for i in range(rows)]}, features=features
+                                       ).to_parquet(str(path / "data" / f"{split}.parquet"))
+        (path / "README.md").write_text(card)
+        return str(path)
+
+    first = load_raw_datasets(DataArguments(dataset_name=folder(tmp_path / "v1" / "pets", 30, ["cat", "dog", "eel"])))
+    assert len(first["train"]) == 30
+    other = load_raw_datasets(DataArguments(dataset_name=folder(tmp_path / "v2" / "pets", 60, ["ant", "bee", "cow"])))
+    assert len(other["train"]) == 60 and other["train"].features["label"].names == ["ant", "bee", "cow"]
+    rewritten = load_raw_datasets(DataArguments(dataset_name=folder(tmp_path / "v1" / "pets", 12, ["cat", "dog", "eel"])))
+    assert len(rewritten["train"]) == 12

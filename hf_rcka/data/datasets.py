@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -101,8 +102,10 @@ def _load_source(args: DataArguments) -> datasets.DatasetDict:
                             f"patterns, and its path {folder!r} holds a [, * or ? that would match other folders' "
                             "files (a folder 'pq[12]' read 'pq1'): rename the folder, or the folder it is in")
         builder = _builder(args.dataset_name, args.dataset_config_name)
+        cache = _cache_of_local_files(folder, builder)
         try:
-            raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+            raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name,
+                                        **({"cache_dir": cache} if cache else {}))
         except ValueError as err:
             _refuse_an_empty_split(args.dataset_name, err)
             raise
@@ -148,6 +151,29 @@ def _saved_split_files(path: str) -> dict[str, list[str]] | None:
         logger.warning("data: the dataset's %r split is empty (0 rows): it is not used", split)
         del listed[split]
     return listed
+
+
+def _cache_of_local_files(folder: str, builder: datasets.DatasetBuilder | None) -> str | None:
+    """A cache folder of a local dataset folder's own, named by its data files' paths, sizes and
+    modification times; None for a Hub dataset (datasets' own cache, by revision).
+
+    datasets (5.2) keys the cache of a local folder whose card lists its configurations (a README
+    with ``configs:``) on the folder's base name and the configuration alone: another folder of
+    the same name, or this one rewritten, loaded the data cached before it, silently (a dataset of
+    60 images of other classes read as the 30 of the first).
+    """
+    data_files = getattr(getattr(builder, "config", None), "data_files", None)
+    if not os.path.isdir(folder) or not data_files:
+        return None
+    digest = hashlib.sha256()
+    try:
+        for split in sorted(data_files):
+            for path in sorted(str(f) for f in data_files[split]):
+                stat = os.stat(path)
+                digest.update(f"{split}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    except OSError:  # not local files after all: datasets' own cache
+        return None
+    return os.path.join(datasets.config.HF_DATASETS_CACHE, "hf_rcka_local_folders", digest.hexdigest()[:16])
 
 
 def _refuse_an_empty_split(name: str, err: ValueError) -> None:
