@@ -350,3 +350,13 @@ def test_an_evaluation_only_run_with_mixing_settings_is_not_refused_for_its_batc
     from hf_rcka.cli.preflight import check_mixing_batch
 
     check_mixing_batch(SimpleNamespace(mixup_active=True), _parallel_args(per_device_train_batch_size=1, do_train=False))
+
+
+def test_a_last_batch_dropped_for_batchnorm_counts_in_the_accumulation_check():
+    """37 images at 4 leave a last batch of 1, which a BatchNorm student drops: 9 batches an epoch, fewer
+    than 10 accumulation steps. Counted before the drop (10 batches), the run summed 36 images a step."""
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(train_batch_size=4, dataloader_drop_last=False, world_size=1, gradient_accumulation_steps=10)
+    with pytest.raises(RecipeError, match=r"an epoch holds 9 training batch"):
+        check_training_batches(37, args, 0, tiny_resnet(), {})

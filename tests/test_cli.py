@@ -433,14 +433,18 @@ def test_a_run_resumed_at_its_last_step_trains_nothing_more_and_keeps_no_earlier
     assert results["train_loss_from_step"] == steps and "train_loss" not in results and "eval_accuracy" in results
 
 
-@pytest.mark.parametrize("rate, check", [(0.0, "error"), (0.0, "warn"), (None, "error")])
+@pytest.mark.parametrize("rate, check", [(0.0, "error"), (0.0, "warn"), (None, "error"), (0.0, None)])
 def test_a_student_at_chance_after_training_ends_the_run_with_an_error_that_keeps_it(tmp_path, capsys, rate, check):
     """A run whose student learned nothing ended with exit 0, a model and a card (srd's projector
     once collapsed the demo's ViT to 19% on 10 classes while every loss fell); then with a warning
-    and still exit 0, which a sweep or a pipeline reading the exit status took for success."""
+    and still exit 0, which a sweep or a pipeline reading the exit status took for success. The
+    error is the default (check None); an evaluation-only run of such a model is no error."""
     recipe = {**COMMON, "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET,
               "output_dir": str(tmp_path / "out"), "max_train_samples": 200, "max_eval_samples": 150,
               "max_steps": 40, "learning_rate": 0.01, "seed": 1, "student_accuracy_check": check}
+    if check is None:
+        del recipe["student_accuracy_check"]
+        check = "error"
     at_chance = rate is not None
     if at_chance:
         recipe["learning_rate"] = rate  # untrained: its random start
@@ -463,6 +467,9 @@ def test_a_student_at_chance_after_training_ends_the_run_with_an_error_that_keep
                            f"the !!! warning above says why it may be): it is saved in {out} with its card and results. "
                            "Train longer, or lower the learning rate or the distillation terms' weights "
                            "(student_accuracy_check: warn ends such a run with exit status 0)")
+    if "student_accuracy_check" not in recipe:  # evaluating it trains nothing: said, never an error
+        assert main([str(out / "distill_config.yaml"), "--do_train", "false", "--model_name_or_path", str(out),
+                     "--student_from_scratch", "false", "--output_dir", str(out)]) == 0
 
 
 def test_a_collapsed_student_above_the_accuracy_threshold_is_at_chance_by_its_cross_entropy(caplog):
@@ -610,3 +617,23 @@ def test_the_final_metrics_are_the_loaded_best_checkpoints_not_the_last_steps():
     assert final_evaluation(trainer, last) == {"eval_accuracy": 0.9, "epoch": 1.0}
     trainer.best_model_loaded = False  # the last step's weights
     assert final_evaluation(trainer, last) == {"eval_accuracy": 0.4, "epoch": 1.0}
+
+
+def test_the_exit_follows_the_accuracys_test_and_counts_only_readable_images():
+    """_say_if_at_chance decides the exit with at_chance alone (not the warning's cross-entropy
+    test), on the evaluation images that could be read."""
+    from types import SimpleNamespace
+
+    from hf_rcka.cli.job import _say_if_at_chance
+
+    def trainer(unreadable):
+        return SimpleNamespace(
+            eval_dataset=list(range(540)), card_facts=SimpleNamespace(unreadable_eval_images=unreadable),
+            distillation_model=SimpleNamespace(losses={"ce": SimpleNamespace(term_weights={"ce": 1.0})},
+                                               student=SimpleNamespace(config=SimpleNamespace(num_labels=10))),
+            args=SimpleNamespace(should_log=True), state=SimpleNamespace(global_step=100, epoch=1.0))
+
+    assert not _say_if_at_chance(trainer(0), {"eval_accuracy": 0.3, "eval_ce_loss": 2.149})  # said, no error
+    assert _say_if_at_chance(trainer(0), {"eval_accuracy": 0.11, "eval_ce_loss": 2.3})
+    # 40 readable images: 0.13 is within one standard error of chance (0.147); on 540 it would not be (0.113)
+    assert _say_if_at_chance(trainer(500), {"eval_accuracy": 0.13})

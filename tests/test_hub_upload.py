@@ -546,3 +546,22 @@ def test_the_hub_line_without_a_commit_url_names_the_endpoint_the_client_uploade
                                                      "load it with from_pretrained('someone/tiny', revision='v2')")
     commit = SimpleNamespace(commit_url="https://hub.example.org/someone/tiny/commit/ab")
     assert hub_line("someone/tiny", None, commit).startswith(f"uploaded to the Hub: {commit.commit_url}; ")
+
+
+def test_a_named_hub_revision_is_made_as_a_branch_before_the_first_push(monkeypatch):
+    """An upload to a branch does not create it: every push of a run naming a new hub_revision failed,
+    the final one after the whole run."""
+    import transformers
+
+    from hf_rcka.trainer.hub_pushes import create_revision_branch
+
+    calls = []
+    api = SimpleNamespace(create_branch=lambda repo, **kwargs: calls.append((repo, kwargs)))
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: api)
+    trainer = SimpleNamespace(hub_model_id="me/run", args=SimpleNamespace(hub_revision="exp", hub_token="tok"))
+    create_revision_branch(trainer)
+    assert calls == [("me/run", {"branch": "exp", "exist_ok": True, "token": "tok"})]
+    calls.clear()
+    trainer.args.hub_revision = None
+    create_revision_branch(trainer)
+    assert calls == []

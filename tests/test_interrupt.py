@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from transformers import TrainerCallback
 
@@ -736,3 +737,42 @@ def test_a_loader_worker_ends_on_the_main_processs_sigterm(context):
         if worker.is_alive():
             os.kill(worker.pid, signal.SIGKILL)
         del batches
+
+
+_WORKER_INIT = {}
+
+
+def _mark_worker_init(worker_id):
+    _WORKER_INIT["ran"] = worker_id
+
+
+class _SignalsSeen(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return signal.getsignal(signal.SIGINT) == signal.SIG_IGN, _WORKER_INIT.get("ran", -1)
+
+
+def test_a_loader_worker_ignores_sigint_and_still_runs_the_loaders_own_init():
+    """Ctrl-C reaches the workers too: they ran the main process's handler (the stop said three
+    times). And the loader's own worker_init_fn (transformers' seed_worker, which seeds numpy for
+    RandAugment's choices in each worker) still runs inside the wrapper."""
+    from torch.utils.data import DataLoader
+
+    from hf_rcka.trainer.interrupt import leave_signals_to_main_process
+
+    loader = leave_signals_to_main_process(DataLoader(_SignalsSeen(), batch_size=None, num_workers=1,
+                                                      worker_init_fn=_mark_worker_init))
+    assert [(bool(ignored), int(ran)) for ignored, ran in loader] == [(True, 0), (True, 0)]
+
+
+def test_a_chained_user_error_in_a_loader_worker_is_its_own_message_not_its_causes():
+    """The worker's traceback names the cause first (raise ... from err): the message is the user error's."""
+    from hf_rcka.errors import DataError, user_message
+
+    text = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+            "  File \"a.py\", line 1, in f\nKeyError: 'labels'\n\nThe above exception was the direct cause of the "
+            "following exception:\n\nTraceback (most recent call last):\n  File \"b.py\", line 2, in g\n"
+            "hf_rcka.errors.DataError: train_dataset: its items have no ['labels']\n")
+    assert user_message(DataError(text)) == "train_dataset: its items have no ['labels']"

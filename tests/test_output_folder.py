@@ -883,3 +883,54 @@ def test_a_run_an_earlier_killed_attempt_parked_is_not_put_back_by_a_later_refus
     put_back(str(out), moved, parked=False)
     assert (out / "checkpoint-2" / "tag").read_text() == "run B" and not (out / REPLACED).exists()
     assert (out / PUSHED_OUT / "checkpoint-2" / "tag").read_text() == "run S"
+
+
+def test_a_set_aside_pushes_out_a_run_while_a_killed_attempts_run_waits_parked(tmp_path):
+    """_pushed_out/ left by a killed attempt: the next set-aside that pushes a run out parks that one instead
+    (os.replace onto the non-empty folder would fail), and parked_run tells the two apart."""
+    from hf_rcka.cli.output_folder import PUSHED_OUT, parked_run
+
+    out = tmp_path / "out"
+    _fake_run(out / REPLACED, [2], finished=False, tag="old")
+    _fake_run(out / PUSHED_OUT, [2], finished=True, tag="killed attempt's")
+    _fake_run(out, [4], finished=True, tag="new")  # finished: pushes 'old' out of _replaced/
+    before = parked_run(str(out))
+    set_aside_previous_run(str(out))
+    assert parked_run(str(out)) not in (None, before), "this set-aside parked a run"
+    assert (out / REPLACED / "model.safetensors").read_text() == "new"
+    assert (out / PUSHED_OUT / "checkpoint-2" / "tag").read_text() == "old"
+
+
+def test_a_folder_the_refused_run_wrote_gives_way_to_the_runs_own(tmp_path):
+    """put_back over a folder of the same name that the refused run made (its runs/ logs)."""
+    from hf_rcka.cli.output_folder import put_back
+
+    out = tmp_path / "out"
+    _fake_run(out, [2], finished=True, tag="B")
+    (out / "runs" / "old").mkdir(parents=True)
+    (out / "runs" / "old" / "e").write_text("B")
+    moved = set_aside_previous_run(str(out))
+    (out / "runs" / "new").mkdir(parents=True)
+    (out / "runs" / "new" / "e").write_text("refused")
+    put_back(str(out), moved, parked=False)
+    assert (out / "runs" / "old" / "e").read_text() == "B" and not (out / "runs" / "new").exists()
+    assert (out / "checkpoint-2" / "tag").read_text() == "B"
+
+
+def test_a_run_that_ended_training_without_a_step_is_not_put_back_over(tmp_path):
+    """Resumed at its last step, a run trains none: on_train_end marks it as trained, so a failure
+    after training (the final evaluation, the upload) leaves the replaced run where it is instead of
+    moving it back over the new run's files."""
+    from hf_rcka.cli.output_folder import Replacement
+
+    out = tmp_path / "out"
+    _fake_run(out, [2], finished=True, tag="old")
+    moved = set_aside_previous_run(str(out))
+    _fake_run(out, [4], finished=True, tag="new")
+    replaced = Replacement(str(out), moved)
+    replaced.on_train_end(SimpleNamespace(should_save=True), None, None)
+    with pytest.raises(RuntimeError) as failed:
+        with replaced.saying_where_it_went():
+            raise RuntimeError("the final evaluation failed")
+    assert failed.value.__notes__ == [f"the run this one was to replace is in {moved}"]
+    assert (out / "model.safetensors").read_text() == "new" and not (out / "checkpoint-2").exists()

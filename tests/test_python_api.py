@@ -1048,3 +1048,29 @@ def test_the_teacher_check_counts_only_the_labelled_rows():
     labels = torch.tensor([0] + [IGNORE_INDEX] * 9)
     # one counted image cannot tell any teacher from chance: not refused (counting the 9 stand-ins, it was)
     assert check_teacher_accuracy(_OneWrongAnswer, torch.zeros(10, 3, 4, 4), labels, "error") == 0.0
+
+
+def test_a_batch_with_no_counted_image_does_not_hide_a_teacher_at_chance():
+    """A batch of stand-ins only (unreadable images, data-parallel repeats) has a NaN accuracy: added
+    in, it made the whole check NaN, which no threshold refuses."""
+    from hf_rcka.losses import IGNORE_INDEX
+    from hf_rcka.trainer.teacher_check import judge_teacher
+
+    class _Wrong(_PerfectTeacher):
+        @staticmethod
+        def teacher_accuracy(pixel_values, labels):
+            return 0.0 if int((labels != IGNORE_INDEX).sum()) else float("nan")
+
+    empty = torch.full((8,), IGNORE_INDEX, dtype=torch.long)
+    batches = [(torch.zeros(40, 3, 4, 4), torch.zeros(40, dtype=torch.long)), (torch.zeros(8, 3, 4, 4), empty)]
+    with pytest.raises(TeacherNearChance, match="on 40 evaluation images"):
+        judge_teacher(_Wrong, batches, "error")
+
+
+def test_the_teacher_check_rounds_its_batches_up_to_at_least_256_images(tmp_path):
+    """256 images at 100 a batch is 3 batches (rounded down, 2: 200 images; and a batch of 300 scored none)."""
+    trainer = build(make_args(tmp_path, teacher_accuracy_check="error", per_device_eval_batch_size=100), tiny_vit(),
+                    tiny_resnet(), eval_dataset=pixel_dataset(300, seed=1))
+    seen = []
+    trainer.distillation_model.teacher_accuracy = lambda pixel_values, labels: seen.append(len(labels)) or 1.0
+    assert trainer.check_teacher() == 1.0 and seen == [100, 100, 100]
