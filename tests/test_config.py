@@ -83,6 +83,7 @@ def test_distillation_defaults_keep_columns_and_name_labels():
         ({"student_accuracy_check": "on"}, r"student_accuracy_check must be 'warn', 'error' or 'off', got 'on'"),
         # the card took it as typed, and the Hub refused the upload after the whole run
         ({"card_license": "MIT license"}, r"card_license 'MIT license' is not a Hub license id"),
+        ({"card_license": "mit license"}, r"card_license 'mit license' is not a Hub license id"),  # a valid start
         ({"dataset_name": None}, r"no data"),
         # torch refused these at the first loader, a traceback after the data and models had loaded
         ({"dataloader_persistent_workers": True}, r"dataloader_persistent_workers sets up dataloader worker "
