@@ -300,3 +300,11 @@ def test_a_local_folder_with_configs_is_read_anew_when_its_files_change(tmp_path
     assert len(other["train"]) == 60 and other["train"].features["label"].names == ["ant", "bee", "cow"]
     rewritten = load_raw_datasets(DataArguments(dataset_name=folder(tmp_path / "v1" / "pets", 12, ["cat", "dog", "eel"])))
     assert len(rewritten["train"]) == 12
+
+
+def test_a_data_file_given_as_dataset_name_is_told_to_give_its_folder(tmp_path):
+    """datasets said it 'couldn't find any data file at' the file that was there."""
+    folder = _hub_folder(tmp_path / "pets", {"train": _split(6)})
+    file = os.path.join(folder, "data", "train-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=r"dataset_name '.*train-00000-of-00001.parquet' is a file: give the folder"):
+        load_data(DataArguments(dataset_name=file))

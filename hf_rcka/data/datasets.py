@@ -86,6 +86,9 @@ def _load_source(args: DataArguments) -> datasets.DatasetDict:
         return datasets.DatasetDict({"train": digits_dataset()})
     if args.dataset_name is not None and args.dataset_name.startswith("builtin:"):  # datasets' "no data file at ..."
         raise DataError(f"dataset_name {args.dataset_name!r}: the one built-in data set is {DIGITS}")
+    if args.dataset_name is not None and os.path.isfile(args.dataset_name):  # datasets: "no data file at" it
+        raise DataError(f"dataset_name {args.dataset_name!r} is a file: give the folder that holds the dataset's files "
+                        "(a Hub id, a save_to_disk folder, or a folder of parquet/CSV/JSON files)")
     if args.dataset_name is not None:
         saved = _one_saved_dataset(args.dataset_name, args.dataset_config_name)
         if saved is not None:
