@@ -214,3 +214,12 @@ def test_a_resume_with_the_callers_own_optimizer_and_schedule_goes_on(tmp_path):
     resumed = trainer("resumed", 4)
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
     assert resumed.state.global_step == 4
+
+
+def test_a_checkpoint_removed_before_it_loads_is_said_so(tmp_path):
+    """Removed after the command line's checks (another run's save_total_limit), it was 'holds no
+    optimizer state (saved with save_only_model?)', advice for another problem."""
+    from hf_rcka.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"'.*checkpoint-4' is not there \(removed as this run started"):
+        _trainer(_args(tmp_path)).train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4"))

@@ -223,6 +223,10 @@ class CheckpointingTrainer(Trainer):
     # by key, non-strictly: into our wrapper that restores nothing (the student's keys lack the
     # "student." prefix) and only warns. We restore student, adapters, loss state and EMA strictly.
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        if not os.path.isdir(resume_from_checkpoint):  # checked at the start: moved since, not a misfit
+            raise ModelError(
+                f"resume_from_checkpoint: {resume_from_checkpoint!r} is not there (removed as this run started, by "
+                "another run's save_total_limit or set-aside?): resume from a checkpoint that is there")
         if not holds_training_state(resume_from_checkpoint):  # Trainer would start them afresh, silently
             raise ModelError(
                 f"resume_from_checkpoint: {resume_from_checkpoint!r} holds no optimizer and scheduler state (saved "
