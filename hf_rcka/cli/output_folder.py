@@ -266,8 +266,9 @@ def _cut_short_only(out: Path) -> bool:
     """Whether ``out`` holds checkpoints, none written whole, and no model (a run killed during its
     first checkpoint's save)."""
     checkpoints = [path for path in out.glob("checkpoint-*") if path.is_dir()]
-    return (bool(checkpoints) and not any(written_whole(path) for path in checkpoints)
-            and not any((out / name).exists() for name in MODEL_FILES) and not _run_config(out) and not set_aside_pending(out))
+    model = any((out / name).exists() for name in MODEL_FILES) or _run_config(out)
+    return (bool(checkpoints) and not any(written_whole(path) for path in checkpoints) and not model
+            and not set_aside_pending(out))
 
 
 def _check_set_aside_folders(out: Path) -> None:

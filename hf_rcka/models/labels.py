@@ -217,7 +217,7 @@ def check_teacher_names(
     Raises:
         LabelError: as :func:`teacher_label_order`.
     """
-    if labels == teacher_labels and mapping == BY_NAME:
+    if labels == teacher_labels:
         return teacher_labels
     if mapping == BY_NAME:
         teacher_labels = respelt(labels, teacher_labels) or teacher_labels  # ImageNet's ids and its two cranes
