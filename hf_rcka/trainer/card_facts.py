@@ -117,6 +117,8 @@ class CardFacts:
             Its own preprocessing (another resize filter, another crop) can score higher.
         teacher_own_accuracy: the teacher's top-1 on the same images through its own preprocessing,
             as the run that trained it recorded it (``read_teacher_run``); None when unknown.
+        teacher_own_read: whether ``teacher_own_accuracy`` was read as the run started (the command
+            line): a retrain of the teacher's folder meanwhile would give another teacher's figure.
         baseline_accuracy: top-1 of the same student trained alone (``baseline_dir``).
         eval_data: what the evaluation images are (dataset and split), without their count.
         eval_images: how many images the evaluation set holds.
@@ -140,7 +142,7 @@ class CardFacts:
     teacher_accuracy: float | None = None
     teacher_accuracy_note: str = "same images, through the student's preprocessing (what distillation feeds it)"
     teacher_own_accuracy: float | None = None
-    teacher_own_read: bool = False  # read when the teacher loaded: the folder may hold another teacher by the end
+    teacher_own_read: bool = False
     baseline_accuracy: float | None = None
     baseline_note: str = ""
     eval_data: str | None = None
