@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -555,8 +556,9 @@ def test_a_second_training_run_in_a_folder_in_use_is_refused(tmp_path, capsys):
     with training_alone_in(str(out)) as refusal:  # the first run, still training
         assert refusal is None
         assert _run(tmp_path, max_steps=2) == 2
-    assert ("is in use by another run (training, or evaluating the model there): it holds the folder's lock"
-            in capsys.readouterr().err)
+    # the holder's pid, from the kernel's list of locks (the lock is held in this process here)
+    assert (f"is in use by another run (training, or evaluating the model there) (pid {os.getpid()}): it holds the "
+            "folder's lock" in " ".join(capsys.readouterr().err.split()))
     assert not out.exists(), "the folder made for the lock is not left behind"
     assert _run(tmp_path, max_steps=2) == 0  # once it has ended
 
@@ -575,8 +577,8 @@ def test_an_evaluation_only_run_shares_its_folder_with_evaluations_but_not_with_
         assert refusal is None
         assert main(evaluate) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"error: output_dir {str(out)!r} is in use by a training run: it holds the folder's lock. Wait for it to end, "
-        "or choose another output_dir")
+        f"error: output_dir {str(out)!r} is in use by a training run (pid {os.getpid()}): it holds the folder's lock. "
+        "Wait for it to end, or choose another output_dir")
     assert not list(out.glob("_eval-*"))
     with training_alone_in(str(out), evaluating=True) as refusal:  # another evaluation of the folder
         assert refusal is None

@@ -186,8 +186,9 @@ def training_alone_in(output_dir: str, evaluating: bool = False) -> Iterator[str
         except BlockingIOError:
             made = []  # the folder is the holder's now: removing it (empty yet) left the holder's lock on no folder
             other = "a training run" if evaluating else "another run (training, or evaluating the model there)"
-            refusal = (f"output_dir {output_dir!r} is in use by {other}: it holds the folder's lock. Wait for it to "
-                       "end, or choose another output_dir")
+            holder = lock_holder(output_dir)
+            refusal = (f"output_dir {output_dir!r} is in use by {other}{f' (pid {holder})' if holder else ''}: it "
+                       "holds the folder's lock. Wait for it to end, or choose another output_dir")
         except OSError as err:
             logger.debug("output_dir: no lock on %s (%s): runs started there at once are not kept apart", output_dir, err)
         yield refusal
@@ -198,6 +199,23 @@ def training_alone_in(output_dir: str, evaluating: bool = False) -> Iterator[str
 
 
 _HELD: set[int] = set()  # the descriptors of held folder locks
+
+
+def lock_holder(folder: str) -> int | None:
+    """The process that holds ``folder``'s lock, as Linux lists it in /proc/locks; None elsewhere.
+
+    A lock file could say it too, but would outlive a killed run; the kernel's list does not."""
+    try:
+        stat = os.stat(folder)
+        with open("/proc/locks", encoding="ascii") as listed:
+            lines = listed.read().splitlines()
+    except OSError:
+        return None
+    key = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    for fields in (line.split() for line in lines):  # "1: FLOCK ADVISORY WRITE <pid> <dev>:<inode> 0 EOF"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == key and fields[4].isdigit():
+            return int(fields[4])
+    return None
 
 
 def _close_held_in_child() -> None:
