@@ -205,3 +205,30 @@ def test_stored_names_sharing_none_are_an_error():
     for stored in (("n01", "n02"), ("n01", "n02", "n03")):
         with pytest.raises(LabelError, match="stores classes"):
             _relabelled(dataset, "validation", "label", feature, {stored: "v.parquet"})
+
+
+def test_a_test_split_of_no_labels_saved_as_a_classlabel_beside_plain_labels_is_not_refused(tmp_path):
+    """An unlabelled test split (every label -1) stored as a ClassLabel beside plain integer splits:
+    the run never reads it, and was refused for the names it would have dropped (reviewer)."""
+    plain = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64"), "truth": datasets.Value("string")})
+    split = datasets.Dataset.from_dict({"image": [np.zeros((4, 4, 3), np.uint8)] * 3, "label": [0, 1, 2],
+                                        "truth": ["cat", "dog", "eel"]}, features=plain)
+    unlabelled = _split(["cat", "dog", "eel"], ["cat", "dog", "eel"]).map(lambda row: {"label": -1})
+    folder = _folder(tmp_path, train=[split], validation=[split], test=[unlabelled])
+    raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    assert raw["validation"]["label"][:] == [0, 1, 2]
+
+
+def test_a_split_of_placeholder_class_names_is_read_by_index(tmp_path, caplog):
+    """ClassLabel(num_classes=3) names its classes '0', '1', '2': beside a split with named classes
+    it shares no name with them, and was refused as another vocabulary (reviewer)."""
+    truth = ["cat", "dog", "eel"]
+    numbered = datasets.Dataset.from_dict(
+        {"image": [np.zeros((4, 4, 3), np.uint8)] * 3, "label": [0, 1, 2], "truth": truth},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3),
+                                    "truth": datasets.Value("string")}))
+    folder = _folder(tmp_path, train=[_split(truth, truth)], validation=[numbered])
+    with caplog.at_level(logging.WARNING):
+        raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    assert _truths(raw["validation"]) == (truth, truth)
+    assert "datasets' placeholder names" in caplog.text

@@ -113,7 +113,8 @@ def _load_source(args: DataArguments) -> datasets.DatasetDict:
             _refuse_an_empty_split(args.dataset_name, err)
             raise
         files = parquet_split_files(builder)
-        return realign_stored_labels(raw, files, args.label_column_name) if files else raw
+        declared = getattr(getattr(builder, "info", None), "features", None) is not None  # the card's, not a file's
+        return realign_stored_labels(raw, files, args.label_column_name, card_features=declared) if files else raw
     # datasets reads these as glob patterns: a folder named like "set[ab]" would match "seta"
     # (a trailing slash made "plain//**", which matched nothing)
     # whole (datasets joins a relative one to the working folder, whose name may hold a "[" too)

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from ..errors import DataError, LabelError
 from ..models.label_forms import check_same_forms
 from ..models.label_maps import first_ids
-from .label_values import UNLABELLED, label_column
+from .label_values import UNLABELLED, is_unlabelled, label_column
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def stored_names(path: str, column: str) -> list[str] | None:
 
 
 def realign_stored_labels(
-    raw: datasets.DatasetDict, files: Mapping[str, Sequence[str]], column: str
+    raw: datasets.DatasetDict, files: Mapping[str, Sequence[str]], column: str, card_features: bool = False,
 ) -> datasets.DatasetDict:
     """Each split relabelled by name where its files store another class order than it was read with.
 
@@ -76,7 +76,8 @@ def realign_stored_labels(
     renamed = None
     for split, dataset in raw.items():
         feature = dataset.features.get(column)
-        if feature is not None and not isinstance(feature, datasets.ClassLabel) and stored[split]:
+        if feature is not None and not isinstance(feature, datasets.ClassLabel) and stored[split] \
+                and not card_features and not is_unlabelled(dataset, column):  # a split of no label loses no class name
             _check_names_kept(split, feature, stored, column)
         if not isinstance(feature, datasets.ClassLabel) or not stored[split]:
             continue
@@ -147,6 +148,11 @@ def _card_renaming(stored: Mapping[str, Mapping[tuple[str, ...], str]], names: S
     return dict(zip(reference[0], names))
 
 
+def _placeholders(names: Sequence[str]) -> bool:
+    """datasets' names of a ``ClassLabel(num_classes=n)``: '0'...'n-1'."""
+    return list(names) == [str(i) for i in range(len(names))]
+
+
 def _schema(handle, path: str) -> pa.Schema:
     """A parquet file's schema from its footer, an arrow file's from its header (``datasets`` writes
     arrow streams; the random-access file format is read too)."""
@@ -199,6 +205,13 @@ def _relabelled(dataset: datasets.Dataset, split: str, column: str, feature: dat
     used = {names[i] for i in np.unique(labels) if 0 <= i < len(names)}
     if missing and not used & set(missing):  # extra names no label of the split uses: nothing to misread
         missing = []
+    elif missing and len(missing) == len(names) == len(feature.names) and (
+            _placeholders(names) or _placeholders(feature.names)):
+        # ClassLabel(num_classes=n) names its classes '0'...'n-1': nothing to pair by name, as a model's LABEL_i
+        logger.warning("data: the %r split's files name the classes of %r %s, datasets' placeholder names: its labels "
+                       "are read by index as %s; make sure both were saved in the same class order", split, column,
+                       _shown(names), _shown(feature.names))
+        return dataset
     elif missing and len(missing) == len(names):  # no name in common (a card's renaming was applied before)
         raise LabelError(
             f"{path} stores classes {_shown(names)} for {column!r}, none of the dataset's class names "
