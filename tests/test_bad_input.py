@@ -765,6 +765,9 @@ def test_a_model_folder_without_its_config_or_image_processor_is_refused_before_
     assert error_of(capsys) == (f"error: teacher_model_name_or_path: {teacher} holds no preprocessor_config.json, so "
                                 "how the model expects its images (size, normalisation) is unknown: save its image "
                                 f"processor next to it (processor.save_pretrained('{teacher}'))")
+    (teacher / "checkpoint-500").mkdir()  # a transformers Trainer's folder is no hf_rcka run to resume (reviewer)
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
+    assert error_of(capsys).endswith(f"save its image processor next to it (processor.save_pretrained('{teacher}'))")
     # a run's export cut short (the processor is saved after the weights): finished by resuming the run
     (teacher / "distill_config.yaml").write_text("model_name_or_path: config:resnet\n")
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2

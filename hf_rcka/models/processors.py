@@ -14,7 +14,6 @@ processor class without a saved ``preprocessor_config.json``.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from typing import Any, Mapping
@@ -94,8 +93,9 @@ def no_processor(folder: str) -> str:
     """What a model folder without an image processor lacks, and the fix."""
     lacks = (f"{folder} holds no preprocessor_config.json, so how the model expects its images (size, "
              "normalisation) is unknown")
-    # a run's export writes the processor after the weights: a kill in between left this
-    if os.path.isfile(os.path.join(folder, RECIPE_RECORD)) or glob.glob(os.path.join(glob.escape(folder), "checkpoint-*")):
+    # an hf_rcka run's export writes the processor after the weights: a kill in between left this (its
+    # recipe record tells it from a transformers Trainer folder, which holds checkpoint-* folders too)
+    if os.path.isfile(os.path.join(folder, RECIPE_RECORD)):
         return (f"{lacks}: the run there was stopped before its export was whole; finish it by resuming the run "
                 f"(--resume_from_checkpoint true with its recipe), or save its image processor next to it")
     return f"{lacks}: save its image processor next to it (processor.save_pretrained({folder!r}))"
