@@ -320,7 +320,7 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
             raise RecipeError(f"resume_from_checkpoint: true, but {args.output_dir!r} holds no checkpoint-* folder: "
                               "nothing was saved to resume (a run stopped before its first checkpoint). Start the run "
                               "without resume_from_checkpoint")
-        if set_aside_pending(args.output_dir):  # a run being replaced when a kill came: its files are split
+        if args.should_log and set_aside_pending(args.output_dir):  # a kill during an overwrite split the run
             logger.warning("output_dir: a set-aside cut short (a kill during an overwrite) left part of the run in %s "
                            "in %s: this run resumes %s, the last checkpoint outside it. To resume the run where it "
                            "ended, stop and move those files back into %s first", args.output_dir,
