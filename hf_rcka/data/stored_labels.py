@@ -76,9 +76,8 @@ def realign_stored_labels(
     renamed = None
     for split, dataset in raw.items():
         feature = dataset.features.get(column)
-        if feature is not None and not isinstance(feature, datasets.ClassLabel) and stored[split] \
-                and not card_features and not is_unlabelled(dataset, column):  # a split of no label loses no class name
-            _check_names_kept(split, feature, stored, column)
+        if feature is not None and not isinstance(feature, datasets.ClassLabel) and stored[split] and not card_features:
+            _check_names_kept(split, dataset, feature, stored, column)
         if not isinstance(feature, datasets.ClassLabel) or not stored[split]:
             continue
         if renamed is None:  # every split is read with the same features
@@ -107,18 +106,21 @@ def _stored_orders(paths: Sequence[str] | None, column: str) -> dict[tuple[str, 
     return orders
 
 
-def _check_names_kept(split: str, feature: Any, stored: Mapping[str, Mapping[tuple[str, ...], str]], column: str) -> None:
+def _check_names_kept(split: str, dataset: datasets.Dataset, feature: Any,
+                      stored: Mapping[str, Mapping[tuple[str, ...], str]], column: str) -> None:
     """A split whose files store a ClassLabel was not read as another split's plain labels.
 
     datasets reads every split with the first file's features: a validation split saved as a ClassLabel
     next to a training split of plain integers or strings was cast to those, its names dropped and its
     indices read as values. Only when some split's files store no ClassLabel, so the plain type is a
-    file's: a card may declare plain values over files that all store one.
+    file's (a card may declare plain values over files that all store one; the caller leaves out a
+    card that declares the features), and when the split has labels (an unlabelled test split, all
+    -1, loses no class name).
 
     Raises:
         DataError: naming the file, its names and the type it was read as.
     """
-    if all(stored.values()):
+    if all(stored.values()) or is_unlabelled(dataset, column):
         return
     (names, path), *_ = stored[split].items()
     raise DataError(f"{path} stores {column!r} as a ClassLabel {_shown(names)}, but datasets read the {split!r} split "
