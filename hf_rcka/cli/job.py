@@ -282,15 +282,16 @@ def _prepare_before_loading(
     return resume
 
 
-def _set_aside(args: DistillationTrainingArguments, data_args: DataArguments, resume: str | None) -> str | None:
+def _set_aside(args: DistillationTrainingArguments, data_args: DataArguments, resume: str | None,
+               holds: bool) -> str | None:
     """Move what this training run replaces in ``output_dir`` into ``_replaced/`` (see
     ``output_folder``); returns where it went (on the process that moved it), or None. Called once
     the data and the models have loaded and passed their checks: a run refused on them (a resume
-    with another split, a teacher of other classes) leaves the folder as it was."""
+    with another split, a teacher of other classes) leaves the folder as it was. ``holds``: whether
+    ``output_dir`` holds a run, as rank 0 saw it (``holds_run``)."""
     # a checkpoint of another folder starts a run that replaces the one here, as a fresh run does
     replacing = resume is None or not resumes_in(args.output_dir, resume)
-    # decided on rank 0 alone: a rank that looked after rank 0 moved the files would skip the barrier
-    if args.do_train and replacing and from_rank0(holds_run(args.output_dir)):  # overwrite_output_dir
+    if args.do_train and replacing and holds:  # overwrite_output_dir
         with args.main_process_first(local=False, desc="setting aside the run this one replaces"):
             if args.should_save:
                 return set_aside_previous_run(args.output_dir, keep=(data_args.train_dir, data_args.validation_dir,
@@ -348,8 +349,9 @@ def _build_trainer(
     model, student_processor = _distillation_model(model_args, args, labels)
     with said_write_errors(args.output_dir):  # a rename refused: one line (a set-aside cut short loses nothing)
         parked_before = parked_run(args.output_dir)
+        # decided on rank 0 alone: a rank that looked after rank 0 moved the files would skip the barrier
         held_a_run = from_rank0(holds_run(args.output_dir))
-        moved = _set_aside(args, data_args, resume)
+        moved = _set_aside(args, data_args, resume, held_a_run)
         parked = parked_run(args.output_dir)
         replaced = Replacement(args.output_dir, moved, parked is not None and parked != parked_before,
                                replaces=not held_a_run)

@@ -619,11 +619,11 @@ class Replacement(TrainerCallback):
     def _trained(self, args: Any) -> None:
         if not self.training:
             self.training = True
-            if not args.should_save or parked_run(self.output_dir) is None:
+            if not args.should_save:
                 return
             if self.replaces:  # one an attempt killed before its first step left too
                 drop_pushed_out(self.output_dir)
-            else:
+            elif parked_run(self.output_dir) is not None:
                 logger.warning("output_dir: %s holds the run an attempt killed before its first step pushed out of "
                                "%s; this run replaces no run, so it is kept: move it back to %s, or delete it",
                                Path(self.output_dir) / PUSHED_OUT, REPLACED, Path(self.output_dir) / REPLACED)
