@@ -1028,7 +1028,7 @@ def test_resume_keeps_the_checkpoint_classes(tmp_path, capsys, monkeypatch):
             {"image": images, "label": [i % 3 for i in range(24)]}, features=features)})
 
     order = ["cat", "dog", "eel"]
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: pets(order))
+    fake_hub_dataset(monkeypatch, lambda: pets(order))
     first = base(tmp_path, dataset_name="acme/pets", save_strategy="steps", save_steps=2)
     assert run(tmp_path, first) == 0
     out = tmp_path / "out"
@@ -1080,7 +1080,7 @@ def test_validation_classes_the_training_split_lacks(tmp_path, capsys, monkeypat
     import datasets
 
     data = _string_labelled(tmp_path, {"train": ["cat", "dog"], "validation": ["cat", "dog", "eel"]})
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: data)
+    fake_hub_dataset(monkeypatch, lambda: data)
     assert run(tmp_path, base(tmp_path, dataset_name="acme/pets", image_column_name="file")) == 2
     assert error_of(capsys) == ("error: the validation split has classes the training split lacks: ['eel']; the "
                                 "student has no output for them. Give a validation split with the training split's classes")
@@ -1090,7 +1090,7 @@ def test_an_image_column_of_file_paths_trains(tmp_path, monkeypatch):
     import datasets
 
     data = _string_labelled(tmp_path, {"train": ["cat", "dog"], "validation": ["cat", "dog"]})
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: data)
+    fake_hub_dataset(monkeypatch, lambda: data)
     assert run(tmp_path, base(tmp_path, dataset_name="acme/pets", image_column_name="file")) == 0
     assert json.loads((tmp_path / "out" / "all_results.json").read_text())["eval_accuracy"] >= 0
 
@@ -1202,6 +1202,59 @@ def test_teacher_with_other_class_names(tmp_path, capsys, monkeypatch):
     line = error_of(capsys)
     assert "teacher_model_name_or_path" in line and "['fox']" in line and "['eel']" in line
     assert not list((tmp_path / "out").glob("checkpoint-*")) and not (tmp_path / "out" / "model.safetensors").exists()
+
+
+class _Downloaded(Exception):
+    """Raised where a Hub dataset's files would download."""
+
+
+def fake_hub_dataset(monkeypatch, load, features=None) -> list[str]:
+    """A Hub dataset, offline: datasets' builder reads its card, which declares ``features`` (by
+    default those of ``load()``'s training split), and load_dataset gives ``load()``. Returns the ids
+    whose cards were read."""
+    import datasets
+
+    read = []
+
+    def builder(name, config=None, **kwargs):
+        read.append(name)
+        return SimpleNamespace(info=datasets.DatasetInfo(features=features or load()["train"].features),
+                               config=SimpleNamespace(data_files=None), name="parquet")
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", builder)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None, **kwargs: load())
+    return read
+
+
+def _not_downloaded():
+    raise _Downloaded
+
+
+def _pets_card(names: list[str]):
+    import datasets
+
+    return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+
+
+def test_a_hub_dataset_of_other_classes_than_the_teacher_is_refused_before_its_download(tmp_path, capsys, monkeypatch):
+    """ImageNet's card names its 1000 classes: a teacher of other classes was refused after its 150 GB."""
+    teacher = save_teacher(tmp_path / "teacher", ["cat", "dog", "eel"])
+    read = fake_hub_dataset(monkeypatch, _not_downloaded, _pets_card(["cat", "dog", "fox"]))
+    assert run(tmp_path, base(tmp_path, dataset_name="someone/pets", teacher_model_name_or_path=teacher)) == 2
+    line = error_of(capsys)
+    assert read == ["someone/pets"]
+    assert "teacher_model_name_or_path" in line and "['fox']" in line and "['eel']" in line
+
+
+@pytest.mark.parametrize("mapping, names", [("by_name", ["eel", "cat", "dog"]), ("by_index", ["a", "b", "c"])])
+def test_a_hub_dataset_whose_classes_the_teacher_pairs_goes_on_to_its_download(tmp_path, monkeypatch, mapping, names):
+    """The early check refuses nothing the check on the loaded data accepts: the same names in another
+    order, or any names paired by position."""
+    teacher = save_teacher(tmp_path / "teacher", ["cat", "dog", "eel"])
+    fake_hub_dataset(monkeypatch, _not_downloaded, _pets_card(names))
+    with pytest.raises(_Downloaded):
+        run(tmp_path, base(tmp_path, dataset_name="someone/pets", teacher_model_name_or_path=teacher,
+                           teacher_label_mapping=mapping))
 
 
 def test_a_teacher_whose_weights_file_was_cut_short_is_one_line(tmp_path, capsys):
@@ -1466,7 +1519,7 @@ def test_validation_images_of_a_class_no_training_image_has(tmp_path, capsys, mo
         "train": datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 6}, features=features),
         "validation": datasets.Dataset.from_dict({"image": images[:6], "label": [0, 1, 2] * 2}, features=features),
     })
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: data)
+    fake_hub_dataset(monkeypatch, lambda: data)
     assert run(tmp_path, base(tmp_path, dataset_name="acme/pets")) == 2
     assert "the validation split has images of classes no training image has: ['eel']" in error_of(capsys)
 

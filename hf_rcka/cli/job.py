@@ -60,8 +60,8 @@ from .output_folder import (
 from .probes import probe_student
 from .records import RecipeRecord, drop_empty_record, eval_record_dir, write_eval_record
 from .teacher_data import check_teacher_data, held_out_by
-from .run_inputs import (align_teacher, check_teacher_labels, checkpoint_labels, load_data, model_error,
-                         student_labels)
+from .run_inputs import (align_teacher, check_teacher_labels, checkpoint_labels, declared_labels, load_data,
+                         model_error, student_labels)
 
 logger = logging.getLogger("hf_rcka")
 
@@ -401,6 +401,9 @@ def _load_checked_data(
 
     An evaluation-only run of a model trained on this data evaluates the images its run held out.
     """
+    declared = declared_labels(data_args)  # a Hub dataset's, named on its card before its files download
+    if declared is not None:
+        check_teacher_labels(model_args, args, declared)
     held_out = None if args.do_train else held_out_by(model_args.model_name_or_path, data_args)
     if held_out:  # the student's own training data: evaluate the images its run held out, not all of them
         data_args.train_val_split, data_args.split_seed = held_out["train_val_split"], held_out["split_seed"]

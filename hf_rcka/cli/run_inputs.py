@@ -17,7 +17,7 @@ from datasets.table import CastError
 from safetensors import SafetensorError
 
 from ..arguments import DataArguments, DistillationTrainingArguments, ModelArguments
-from ..data.datasets import load_raw_datasets
+from ..data.datasets import declared_label_names, load_raw_datasets
 from ..errors import DataError, ModelError, UserError
 from ..log_levels import errors_only
 from ..models.label_maps import LabelMaps, set_labels
@@ -100,9 +100,23 @@ def _check_cache_error(err: OSError | ValueError) -> None:
 
 def load_data(data_args: DataArguments, eval_only: bool = False):
     """The raw splits; a dataset that cannot be loaded is a DataError naming its key."""
+    with _loading_errors(data_args):
+        return load_raw_datasets(data_args, eval_only=eval_only)
+
+
+def declared_labels(data_args: DataArguments) -> list[str] | None:
+    """The class names a Hub dataset's card declares (``declared_label_names``), read before its
+    files download; a dataset that cannot be loaded is the DataError ``load_data`` gives, sooner."""
+    with _loading_errors(data_args):
+        return declared_label_names(data_args)
+
+
+@contextmanager
+def _loading_errors(data_args: DataArguments) -> Iterator[None]:
+    """datasets' errors loading the recipe's data, as one DataError naming the recipe's key."""
     key = "dataset_name" if data_args.dataset_name else "train_dir"
     try:
-        return load_raw_datasets(data_args, eval_only=eval_only)
+        yield
     except UserError:
         raise
     except (ValueError, OSError) as err:  # datasets' FileNotFoundError, DatasetNotFoundError...

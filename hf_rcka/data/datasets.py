@@ -264,6 +264,26 @@ def _instead(evaluated: str | None, eval_only: bool) -> str:
     return " (none here: all of train is evaluated)" if eval_only else " (none here: a validation split is carved from train)"
 
 
+def declared_label_names(args: DataArguments) -> list[str] | None:
+    """The class names a Hub dataset's card declares for the label column, read before any of its
+    files download; None for local data, or a card that declares none.
+
+    The checks that need only the names (a teacher of other classes) then refuse a run before
+    ImageNet's 150 GB download, not after it; they run again on the loaded data, which decides.
+
+    Raises:
+        DataError: as loading the data would (a loading script, a configuration to choose); and
+            datasets' own errors (the Hub unreachable), which ``load_data`` turns into one line.
+    """
+    name = args.dataset_name
+    if name is None or name.startswith("builtin:") or os.path.exists(os.path.expanduser(name)):
+        return None
+    # an error here is the one loading the data would meet (load_dataset asks for the same builder first)
+    builder = _dataset_builder(name, args.dataset_config_name)
+    feature = (builder.info.features or {}).get(args.label_column_name)
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
 def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
     """The dataset's builder (which files, which format), before anything is loaded.
 
@@ -273,15 +293,10 @@ def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
     labels come from a metadata file (``metadata.csv``...) has no class folders and is loaded.
     """
     try:
-        builder = datasets.load_dataset_builder(name, config)
-    except RuntimeError as err:
-        _refuse_a_loading_script(name, err)
+        builder = _dataset_builder(name, config)
+    except DataError:
         raise
     except (OSError, ValueError) as err:  # load_dataset says what is wrong; the checks below are skipped
-        if str(err).startswith("Config name is missing"):  # datasets' text ends in a load_dataset() example
-            configs = str(err).partition("available configs: ")[2].partition("\n")[0]
-            raise DataError(f"dataset_name {name!r} has several configurations {configs}: set dataset_config_name "
-                            "to the one to use") from err
         logger.warning("data: cannot inspect %r's data files before loading (%s: %s)", name, type(err).__name__, err)
         return None
     data_files = getattr(builder.config, "data_files", None) or {}
@@ -307,6 +322,22 @@ def _builder(name: str, config: str | None) -> datasets.DatasetBuilder | None:
             "as classes)"
         )
     return builder
+
+
+def _dataset_builder(name: str, config: str | None) -> datasets.DatasetBuilder:
+    """datasets' builder of ``name``: a loading script or a missing configuration is a DataError
+    that says the fix; any other error is datasets' own."""
+    try:
+        return datasets.load_dataset_builder(name, config)
+    except RuntimeError as err:
+        _refuse_a_loading_script(name, err)
+        raise
+    except ValueError as err:
+        if str(err).startswith("Config name is missing"):  # datasets' text ends in a load_dataset() example
+            configs = str(err).partition("available configs: ")[2].partition("\n")[0]
+            raise DataError(f"dataset_name {name!r} has several configurations {configs}: set dataset_config_name "
+                            "to the one to use") from err
+        raise
 
 
 def _refuse_a_loading_script(name: str, err: RuntimeError) -> None:
