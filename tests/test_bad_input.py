@@ -1077,7 +1077,6 @@ def _string_labelled(tmp_path, split_classes: dict[str, list[str]]):
 
 
 def test_validation_classes_the_training_split_lacks(tmp_path, capsys, monkeypatch):
-    import datasets
 
     data = _string_labelled(tmp_path, {"train": ["cat", "dog"], "validation": ["cat", "dog", "eel"]})
     fake_hub_dataset(monkeypatch, lambda: data)
@@ -1087,7 +1086,6 @@ def test_validation_classes_the_training_split_lacks(tmp_path, capsys, monkeypat
 
 
 def test_an_image_column_of_file_paths_trains(tmp_path, monkeypatch):
-    import datasets
 
     data = _string_labelled(tmp_path, {"train": ["cat", "dog"], "validation": ["cat", "dog"]})
     fake_hub_dataset(monkeypatch, lambda: data)
