@@ -185,6 +185,21 @@ def test_cka_report_refuses_a_card_whose_folder_a_training_run_holds(tmp_path, c
     assert "cka" not in (Path(second) / "README.md").read_text().lower()
 
 
+def test_cka_report_refuses_a_model_whose_folder_a_training_run_replaces(tmp_path, capsys):
+    """The report pictured what a retrain had left of a compared model mid-load, or failed on a
+    config.json moved away."""
+    from hf_rcka.cli.output_folder import training_alone_in
+
+    first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)
+    out, _ = tmp_path / "report", capsys.readouterr()
+    with training_alone_in(second) as refusal:  # a retrain of the compared model's folder
+        assert refusal is None
+        assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--num_images", "10",
+                                "--output", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: models[0] {second!r} is in use by a training run")
+    assert not out.exists()
+
+
 def test_cka_report_takes_the_runs_columns_and_refuses_runs_that_differ(tmp_path, capsys):
     """The columns defaulted to image and label: runs trained on another image column were compared
     on pictures they never saw, and a carved split stratified by another label held 34 of 50

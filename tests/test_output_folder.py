@@ -557,8 +557,8 @@ def test_a_second_training_run_in_a_folder_in_use_is_refused(tmp_path, capsys):
         assert refusal is None
         assert _run(tmp_path, max_steps=2) == 2
     # the holder's pid, from the kernel's list of locks (the lock is held in this process here)
-    assert (f"is in use by another run (training, or evaluating the model there) (pid {os.getpid()}): it holds the "
-            "folder's lock" in " ".join(capsys.readouterr().err.split()))
+    assert (f"is in use by another run (training there, evaluating its model, or loading it as a teacher or starting "
+            f"model) (pid {os.getpid()}): it holds the folder's lock" in " ".join(capsys.readouterr().err.split()))
     assert not out.exists(), "the folder made for the lock is not left behind"
     assert _run(tmp_path, max_steps=2) == 0  # once it has ended
 
@@ -585,6 +585,50 @@ def test_an_evaluation_only_run_shares_its_folder_with_evaluations_but_not_with_
         assert main(evaluate) == 0
         assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 2  # training waits for both
     assert len(list(out.glob("_eval-*/eval_results.json"))) == 1
+
+
+def test_a_teacher_whose_folder_a_training_run_replaces_is_not_loaded(tmp_path, capsys):
+    """A student loaded a teacher folder whose retrain had set the teacher aside for its checkpoints
+    (a config.json missing, or a half-trained model loaded)."""
+    from hf_rcka.cli.output_folder import training_alone_in
+
+    teacher = tmp_path / "teacher"
+    assert _run(tmp_path, max_steps=2, output_dir=str(teacher)) == 0
+    capsys.readouterr()
+    with training_alone_in(str(teacher)) as refusal:  # a retrain of the teacher
+        assert refusal is None
+        assert _run(tmp_path, max_steps=2, teacher_model_name_or_path=str(teacher), teacher_accuracy_check="off") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: teacher_model_name_or_path {str(teacher)!r} is in use by a training run (pid {os.getpid()}) that "
+        "replaces the model there. Wait for that run to end, or load another model")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_training_run_into_a_folder_whose_model_a_run_loads_waits(tmp_path, monkeypatch):
+    """A retrain of the teacher's folder while a student loaded it moved the teacher away mid-load;
+    it is refused while the student loads, and starts once the student has loaded its teacher."""
+    import hf_rcka.cli.job as job
+    from hf_rcka.cli.output_folder import training_alone_in
+
+    teacher, start = tmp_path / "teacher", tmp_path / "start"
+    assert _run(tmp_path, max_steps=2, output_dir=str(teacher)) == 0
+    assert _run(tmp_path, max_steps=2, output_dir=str(start)) == 0
+    refusals = []
+    load = job.load_image_classifier
+
+    def loading(*args, **kwargs):
+        for folder in (teacher, start):  # a retrain of each, started meanwhile
+            with training_alone_in(str(folder)) as refusal:
+                refusals.append(refusal)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(job, "load_image_classifier", loading)
+    assert _run(tmp_path, max_steps=2, teacher_model_name_or_path=str(teacher), model_name_or_path=str(start),
+                teacher_accuracy_check="off", student_from_scratch=False) == 0
+    assert refusals and all(r is not None and "is in use by another run" in r for r in refusals)
+    for folder in (teacher, start):  # the student's run has ended: retrains start
+        with training_alone_in(str(folder)) as refusal:
+            assert refusal is None
 
 
 def test_a_run_refused_at_the_lock_leaves_the_folder_the_running_one_holds(tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ from ..arguments import DataArguments
 from ..errors import DataError, UserError
 from ..file_writes import replacing_path, write_text
 from .model_sources import check_model_source
-from .output_folder import said_write_errors, training_alone_in, writable_folder
+from .output_folder import reading_models, said_write_errors, training_alone_in, writable_folder
 from ..data.image_folders import image_folder_classes
 from ..run_record import RECIPE_RECORD
 from .records import recorded_recipe
@@ -114,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             if refusal:
                 raise UserError(f"--card {str(args.card)!r} is in use by a training run: it holds the folder's lock. "
                                 "Wait for it to end, then add the report to that run's card")
-            with said_write_errors(str(args.output)), card:  # a full disk: one line, the earlier report kept whole
-                _report(args, images)
+            models = {"reference": args.reference, **{f"models[{i}]": model for i, model in enumerate(args.models)}}
+            with said_write_errors(str(args.output)), card, reading_models(models) as in_use:
+                if in_use:  # a training run replacing a compared model: the report would picture its leftovers
+                    raise UserError(in_use)
+                _report(args, images)  # a full disk: one line, the earlier report kept whole
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

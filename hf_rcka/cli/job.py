@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import shlex
-from typing import Any, Iterator, Sequence
+from typing import Any, ContextManager, Iterator, Sequence
 
 import datasets
 import huggingface_hub
@@ -55,7 +55,7 @@ from .resume_checks import (
 from .output_folder import (
     REPLACING, Replacement, check_output_dir, drop_stale_export, finished_after, holds_run, later_checkpoints,
     parked_run, resumes_in, said_write_errors, set_aside_abandoned_branch, set_aside_pending, set_aside_previous_run,
-    training_alone_in,
+    reading_models, training_alone_in,
 )
 from .probes import probe_student
 from .records import RecipeRecord, drop_empty_record, eval_record_dir, write_eval_record
@@ -129,13 +129,24 @@ def _precision_line(args: DistillationTrainingArguments) -> str:
     return f"precision: {chosen} mixed precision, {source} setting"
 
 
+def _holding_output_dir(args: DistillationTrainingArguments, evaluating: bool = False) -> ContextManager[None]:
+    """``output_dir`` held by this training run, or shared by evaluations."""
+    return _held_on_rank0(args, training_alone_in(args.output_dir, evaluating))
+
+
+def _holding_models(model_args: ModelArguments, args: DistillationTrainingArguments) -> ContextManager[None]:
+    """The folders of the models this run loads, shared with other runs that load them while they
+    load, and never held while a training run replaces their model (``reading_models``)."""
+    return _held_on_rank0(args, reading_models({"teacher_model_name_or_path": model_args.teacher_model_name_or_path,
+                                                "model_name_or_path": model_args.model_name_or_path},
+                                               args.output_dir))
+
+
 @contextlib.contextmanager
-def _holding_output_dir(args: DistillationTrainingArguments, evaluating: bool = False) -> Iterator[None]:
-    """``output_dir`` held by this training run, or shared by evaluations (the lock is rank 0's);
-    when another run holds it, every rank refuses, not rank 0 alone (the others went on into the
-    first collective)."""
-    main_process = args.process_index == 0
-    with training_alone_in(args.output_dir, evaluating) if main_process else contextlib.nullcontext() as refusal:
+def _held_on_rank0(args: DistillationTrainingArguments, lock: ContextManager[str | None]) -> Iterator[None]:
+    """A folder lock (a context that yields None, or why it is refused) taken by rank 0 alone;
+    refused, every rank raises, not rank 0 alone (the others went on into the first collective)."""
+    with lock if args.process_index == 0 else contextlib.nullcontext() as refusal:
         refused = from_rank0(refusal)
         if refused:
             raise RecipeError(refused)
@@ -148,7 +159,8 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
     """``run`` once the checks before loading have passed: build, then train and/or evaluate."""
     # read before the set-aside: a record rerun into its own folder moves its teacher.json to _replaced/
     recorded = recorded_teacher(os.path.dirname(os.path.abspath(argv[0]))) if argv and args.do_train else None
-    trainer, skipped, replaced = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
+    with _holding_models(model_args, args):
+        trainer, skipped, replaced = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
     _transformers_levels(args)
     logger.info(_precision_line(args))
     if recorded is not None:

@@ -185,7 +185,8 @@ def training_alone_in(output_dir: str, evaluating: bool = False) -> Iterator[str
             _HELD.add(descriptor)
         except BlockingIOError:
             made = []  # the folder is the holder's now: removing it (empty yet) left the holder's lock on no folder
-            other = "a training run" if evaluating else "another run (training, or evaluating the model there)"
+            other = "a training run" if evaluating else (
+                "another run (training there, evaluating its model, or loading it as a teacher or starting model)")
             holder = lock_holder(output_dir)
             refusal = (f"output_dir {output_dir!r} is in use by {other}{f' (pid {holder})' if holder else ''}: it "
                        "holds the folder's lock. Wait for it to end, or choose another output_dir")
@@ -199,6 +200,49 @@ def training_alone_in(output_dir: str, evaluating: bool = False) -> Iterator[str
 
 
 _HELD: set[int] = set()  # the descriptors of held folder locks
+
+
+@contextlib.contextmanager
+def reading_models(folders: dict[str, str | None], output_dir: str | None = None) -> Iterator[str | None]:
+    """Share the locks of the local folders whose models a run loads (the teacher, the starting
+    model, the reference of a CKA report) while it loads them; yields None, or why a training run
+    holds one (every rank must refuse, so the caller shares this and raises).
+
+    A training run into the teacher's folder set the teacher aside while a student loaded it (the
+    student failed on a config.json moved away), and a student loaded a folder whose run was
+    replacing its model with checkpoints: the training run waits now, or this one is refused. A
+    ``checkpoint-<n>`` folder is not held: its run writes it once (taking a checkpoint of a run
+    that goes on is a branch of it); nor is ``output_dir``, which this run holds already.
+    """
+    if fcntl is None:
+        yield None
+        return
+    own = Path(output_dir).resolve() if output_dir else None
+    with contextlib.ExitStack() as held:
+        for key, value, run_folder in _local_folders(folders):
+            if checkpoint_step(run_folder.name) is not None or run_folder == own:
+                continue
+            try:
+                descriptor = os.open(run_folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:  # a folder that cannot be opened to lock: not kept apart
+                continue
+            held.callback(_release, descriptor)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                _HELD.add(descriptor)
+            except BlockingIOError:
+                holder = lock_holder(str(run_folder))
+                yield (f"{key} {value!r} is in use by a training run{f' (pid {holder})' if holder else ''} that "
+                       "replaces the model there. Wait for that run to end, or load another model")
+                return
+            except OSError as err:
+                logger.debug("%s: no lock on %s (%s)", key, run_folder, err)
+        yield None
+
+
+def _release(descriptor: int) -> None:
+    _HELD.discard(descriptor)
+    os.close(descriptor)
 
 
 def lock_holder(folder: str) -> int | None:
