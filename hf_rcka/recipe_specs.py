@@ -228,11 +228,57 @@ def _builds_on_real_features(adapter: str, options: dict[str, Any]) -> bool:
     return False
 
 
+# Loss options whose default has changed, with the earlier default and the day the new one came.
+# Records held only the options a recipe set until every option was written out (resolved_specs):
+# one that leaves such an option out may have trained with the earlier default, and a resume or a
+# rerun of it took the new one silently (rcka from 15/15 to 1/1 in mid-run).
+EARLIER_DEFAULTS: dict[tuple[str, str], tuple[Any, str]] = {
+    ("rcka", "intra_weight"): (15.0, "2026-12-01"),
+    ("rcka", "inter_weight"): (15.0, "2026-12-01"),
+    ("srd", "student_eps"): (1e-5, "2026-12-05"),
+    ("srd", "teacher_eps"): (1e-5, "2026-12-05"),
+}
+
+
+def resolved_specs(specs: list[dict]) -> list[dict]:
+    """Loss specs (full form) with every option a spec leaves out written at its default, for the
+    run's records: a record of the options as given is read with the reader's defaults, so a run
+    recorded before a default changed resumed, or ran again, with the new one. ``label_smoothing``
+    stays out where it is (ce then takes the trainer's ``label_smoothing_factor``)."""
+    resolved = []
+    for spec in specs:
+        name = spec.get("name")
+        if name in LOSSES:
+            defaults = {option: parameter.default for option, parameter in LOSSES.parameters(name).items()
+                        if option not in spec and option != "label_smoothing"
+                        and parameter.default is not parameter.empty}
+            spec = {**spec, **defaults}
+        resolved.append(spec)
+    return resolved
+
+
+def earlier_defaults(recorded: list[dict], now: list[dict]) -> list[str]:
+    """What a record leaves out of ``EARLIER_DEFAULTS``, as ``rcka intra_weight`` lines saying the
+    earlier default and this run's value (``now``: the run's specs in full form): the run it records
+    trained with the earlier one if it started before the change."""
+    now_by_name = {spec.get("name"): spec for spec in now}
+    lines = []
+    for spec in recorded:
+        name = spec.get("name")
+        for (loss, option), (earlier, since) in EARLIER_DEFAULTS.items():
+            if loss == name and option not in spec and name in now_by_name:
+                value = _option(now_by_name[name], name, option, None)
+                lines.append(f"{name} {option} (its default was {earlier!r} before {since}; this run: {value!r})")
+    return lines
+
+
 def loss_changes(before: list[dict], now: list[dict], before_smoothing: float | None = None,
                  now_smoothing: float | None = None) -> list[str]:
     """How two runs' losses differ where a resumed run must not: by name, and by option but the
     weight (an option left out is its default, and ``label_smoothing`` left out is the trainer's
     ``label_smoothing_factor``, as ce gets it). Both lists hold the active specs in full form.
+    An option ``before`` leaves out whose default has changed is not compared: which one trained
+    it is unknown (``earlier_defaults`` says so).
     """
     by_name = [{spec["name"]: spec for spec in specs} for specs in (before, now)]
     if sorted(by_name[0]) != sorted(by_name[1]):
@@ -242,6 +288,8 @@ def loss_changes(before: list[dict], now: list[dict], before_smoothing: float | 
         other = by_name[1][name]
         for option in sorted((set(spec) | set(other) | {"label_smoothing"}) - set(RESERVED_LOSS_KEYS)):
             if name not in LOSSES or option not in LOSSES.option_names(name):
+                continue
+            if option not in spec and (name, option) in EARLIER_DEFAULTS:  # unknown: see earlier_defaults
                 continue
             old, new = (_option(s, name, option, smoothing)
                         for s, smoothing in ((spec, before_smoothing), (other, now_smoothing)))

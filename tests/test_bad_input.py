@@ -913,6 +913,62 @@ def test_a_checkpoint_whose_save_was_cut_short_names_the_one_before_it(tmp_path,
     assert "or --resume_from_checkpoint true" not in line
 
 
+def test_a_run_records_every_loss_option_so_a_changed_default_does_not_change_it(tmp_path, capsys, monkeypatch):
+    """The records held the options as the recipe spelt them, and a resume (or a rerun of the record)
+    read the left-out ones with the running version's defaults: a run started when rcka defaulted to
+    15/15 went on at 1/1 after an upgrade, exit 0."""
+    from hf_rcka.losses.rcka import RCKALoss
+
+    teacher = save_teacher(tmp_path / "teacher", [str(digit) for digit in range(10)])
+    first = base(tmp_path, teacher_model_name_or_path=teacher, save_strategy="steps", save_steps=2,
+                 losses=[{"name": "ce"}, {"name": "rcka"}])
+    assert run(tmp_path, first) == 0
+    out = tmp_path / "out"
+    recorded = yaml.safe_load((out / "distill_config.yaml").read_text())
+    rcka = next(spec for spec in recorded["losses"] if spec["name"] == "rcka")
+    assert rcka["intra_weight"] == 1.0 and rcka["inter_weight"] == 1.0 and rcka["kernel"] == "linear"
+    saved = json.loads((out / "checkpoint-2" / "loss_settings.json").read_text())
+    assert next(spec for spec in saved["losses"] if spec["name"] == "rcka")["intra_weight"] == 1.0
+    # an upgrade changes rcka's default intra_weight to 5
+    defaults = RCKALoss.__init__.__defaults__
+    monkeypatch.setattr(RCKALoss.__init__, "__defaults__", (defaults[0], 5.0, *defaults[2:]))
+    assert run(tmp_path, {**first, "max_steps": 3}, "--resume_from_checkpoint", "true") == 2  # its recipe as written
+    assert "rcka intra_weight 1.0 -> 5.0" in error_of(capsys)
+    recipe = str(out / "distill_config.yaml")  # the run's record resumes at the value it trained with
+    assert main([recipe, "--max_steps", "3", "--resume_from_checkpoint", "true"]) == 0
+    again = yaml.safe_load((out / "distill_config.yaml").read_text())
+    assert next(spec for spec in again["losses"] if spec["name"] == "rcka")["intra_weight"] == 1.0
+
+
+@pytest.mark.parametrize("checkpoint_record", [True, False], ids=["loss_settings", "no_loss_settings"])
+def test_a_record_of_an_earlier_version_that_leaves_a_changed_default_out_is_said(tmp_path, capsys, checkpoint_record):
+    """Records written before every option was (rcka's weights left out, when their default was
+    15/15): the resume goes on, says which value it trains with, and takes the earlier one when the
+    recipe sets it (it was refused as a change of options). Said once: by the checkpoint's own loss
+    record as it loads, or from the run's recorded recipe before anything loads (older checkpoints)."""
+    teacher = save_teacher(tmp_path / "teacher", [str(digit) for digit in range(10)])
+    first = base(tmp_path, teacher_model_name_or_path=teacher, save_strategy="steps", save_steps=2,
+                 losses=[{"name": "ce"}, {"name": "rcka"}])
+    assert run(tmp_path, first) == 0
+    out, checkpoint = tmp_path / "out", tmp_path / "out" / "checkpoint-2"
+    for path in (out / "distill_config.yaml", checkpoint / "loss_settings.json"):  # as an earlier version wrote them
+        text = path.read_text()
+        for option in ("intra_weight", "inter_weight"):
+            text = re.sub(rf"[,\s]*\"?{option}\"?: 1\.0", "", text)
+        assert "intra_weight" not in text
+        path.write_text(text)
+    (checkpoint / "teacher.json").unlink()
+    if not checkpoint_record:
+        (checkpoint / "loss_settings.json").unlink()
+    later = {**first, "losses": [{"name": "ce"}, {"name": "rcka", "intra_weight": 15.0, "inter_weight": 15.0}]}
+    assert run(tmp_path, {**later, "max_steps": 3}, "--resume_from_checkpoint", "true") == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert (f"{str(checkpoint)} records no value for rcka intra_weight (its default was 15.0 before 2026-12-01; this "
+            "run: 15.0); rcka inter_weight (its default was 15.0 before 2026-12-01; this run: 15.0)") in said
+    assert said.count("records no value for") == 1
+    assert f"{str(checkpoint)} records no teacher (teacher.json, written by an earlier hf_rcka)" in said
+
+
 def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     teacher = dict(teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET,
                    save_strategy="steps", save_steps=2)

@@ -696,6 +696,21 @@ def test_srd_needs_setup_and_a_known_variant():
         total(LOSSES.build("srd"), cast(pooled_inputs(0), torch.float32))
     with pytest.raises(ValueError, match="variant"):
         LOSSES.build("srd", variant="cosine")
+    with pytest.raises(ValueError, match="student_eps must be > 0"):
+        LOSSES.build("srd", student_eps=0.0)
+
+
+def test_srd_eps_are_options_so_that_records_hold_them():
+    """The norms' eps were constants, which no record held: a run resumed after they changed went on
+    with the new ones, silently. The recipe's eps reach each norm."""
+    loss = build("srd", DOUBLE, student_eps=1e-5, teacher_eps=1e-3)
+    assert (loss.projector[1].eps, loss.teacher_norm.eps) == (1e-5, 1e-3)
+    inputs = pooled_inputs(16)
+    projected = F.batch_norm(
+        inputs.student_pooled @ loss.projector[0].weight.T + loss.projector[0].bias, None, None, training=True, eps=1e-5
+    )
+    teacher = F.batch_norm(inputs.teacher_pooled, None, None, training=True, eps=1e-3)
+    torch.testing.assert_close(total(loss, inputs), functional.srd_distance(projected, teacher))
 
 
 def test_an_rbf_rcka_over_a_large_label_set_says_what_its_inter_term_costs(caplog):

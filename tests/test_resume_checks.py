@@ -113,3 +113,13 @@ def test_a_resume_with_longer_or_shorter_epochs_is_refused(tmp_path):
     for steps in (9, 12):
         with pytest.raises(RecipeError, match=f"trained with 10 optimizer steps per epoch, and this run plans {steps}"):
             check_epoch_steps(str(tmp_path), steps)
+
+
+def test_each_earlier_default_is_an_option_whose_default_changed():
+    """An entry that names no option, or the current default, would excuse any record from the
+    comparison of that option without a reason."""
+    from hf_rcka.recipe_specs import EARLIER_DEFAULTS
+    from hf_rcka.registry import LOSSES
+
+    for (loss, option), (earlier, _since) in EARLIER_DEFAULTS.items():
+        assert LOSSES.default(loss, option) != earlier, (loss, option)

@@ -44,13 +44,14 @@ from ..trainer.resume_hint import Stopped
 from ..trainer.teacher_record import recorded_teacher
 from ..modeling.assembly import build_distillation_model, run_loss_specs
 from ..trainer.trainer import DistillationTrainer
+from ..recipe_specs import resolved_specs
 from ..run_record import RECIPE_RECORD
 from .final_evaluation import LastEvaluation, final_evaluation
 from .hub_contents import check_push_contents, unpublishable_entries, upload_filters
 from .preflight import check_launch, check_recipe_metric, check_run
 from .resume_checks import (
     check_checkpoint, check_resume_batch, check_resume_rate, check_resume_recipe, check_resume_split,
-    warn_resume_schedule,
+    warn_earlier_defaults, warn_resume_schedule,
 )
 from .output_folder import (
     REPLACING, Replacement, check_output_dir, drop_stale_export, finished_after, holds_run, later_checkpoints,
@@ -108,7 +109,7 @@ def _evaluate_alone(model_args: ModelArguments, data_args: DataArguments, args: 
 
 
 def recipe_to_record(recipe: dict, args: DistillationTrainingArguments, losses: list[dict]) -> dict:
-    """The recipe as it ran: its losses in full, and the launcher's mixed precision as the recipe key
+    """The recipe as it ran: its losses in full (every option written out), and the launcher's mixed precision as the recipe key
     it equals (a run of the record trained in float32, and a card compared a launcher-bf16 run with a
     float32 baseline as trained alike)."""
     recorded = {**recipe, "losses": losses}
@@ -173,7 +174,7 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
                                    if name not in trainer.distillation_model.left_out}, args,
                                   len(trainer.eval_dataset) if has_length(trainer.eval_dataset) else None)
     if trainer.is_world_process_zero() and recipe is not None and args.do_train:
-        losses = run_loss_specs(args, trainer.distillation_model.teacher is not None)
+        losses = resolved_specs(run_loss_specs(args, trainer.distillation_model.teacher is not None))
         trainer.add_callback(RecipeRecord(recipe_to_record(recipe, args, losses),
                                           os.path.join(args.output_dir, RECIPE_RECORD)))
     last = None
@@ -283,6 +284,8 @@ def _prepare_before_loading(
         check_checkpoint(resume)
         check_resume_batch(resume, args)
         check_resume_recipe(resume, model_args, data_args, args)
+        if args.should_log:
+            warn_earlier_defaults(resume, model_args, args)
         check_resume_rate(resume, args)
         warn_resume_schedule(resume, args)
     check_output_dir(args, resume)

@@ -25,6 +25,7 @@ from ..modeling.assembly import active_specs, run_loss_specs
 from ..recipe_specs import checked_pairs
 from ..registry import LOSSES
 from ..trainer.checkpointing import checkpoint_step, holds_training_state
+from ..trainer.loss_record import LOSS_RECORD_NAME, say_earlier_defaults
 from ..trainer.resume_match import check_resume_batch, check_resume_rate
 from ..trainer.interrupt import written_whole
 from .records import recorded_recipe
@@ -147,14 +148,34 @@ def _on_disk(value: Any) -> bool:
 
 def _loss_changes(recorded: dict[str, Any], model_args: Any, args: Any) -> list[str]:
     """The losses (by name) and their options (but the weight) that differ from the record's."""
-    from ..recipe_specs import loss_changes, loss_spec
+    from ..recipe_specs import loss_changes
+
+    specs = _loss_specs(recorded, model_args, args)
+    if specs is None:
+        return []
+    return loss_changes(*specs, recorded.get("label_smoothing_factor"), getattr(args, "label_smoothing_factor", None))
+
+
+def _loss_specs(recorded: dict[str, Any], model_args: Any, args: Any) -> tuple[list[dict], list[dict]] | None:
+    """The record's active loss specs and this run's, in full form; None for a record without
+    losses, or with one this version does not know."""
+    from ..recipe_specs import loss_spec
 
     specs = [loss_spec(spec) for spec in recorded.get("losses") or []]
     if not specs or not all(isinstance(spec, dict) and spec.get("name") in LOSSES for spec in specs):
-        return []
-    now = active_specs(run_loss_specs(args, bool(model_args.teacher_model_name_or_path)))
-    return loss_changes(active_specs(specs), now, recorded.get("label_smoothing_factor"),
-                        getattr(args, "label_smoothing_factor", None))
+        return None
+    return active_specs(specs), active_specs(run_loss_specs(args, bool(model_args.teacher_model_name_or_path)))
+
+
+def warn_earlier_defaults(folder: str, model_args: Any, args: Any) -> None:
+    """Say the loss options the recorded recipe of ``folder``'s run leaves out whose default has
+    changed since (``earlier_defaults``), before anything loads; a checkpoint with a loss record of
+    its own says them when it loads instead (``loss_record``), once."""
+    from ..recipe_specs import earlier_defaults
+
+    specs = _loss_specs(recorded_recipe(folder) or {}, model_args, args)
+    if specs is not None and not os.path.isfile(os.path.join(folder, LOSS_RECORD_NAME)):
+        say_earlier_defaults(folder, earlier_defaults(*specs))
 
 
 # The settings the learning-rate schedule's shape is computed from. Trainer rebuilds the schedule

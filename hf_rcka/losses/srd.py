@@ -15,20 +15,6 @@ from ..registry import LOSSES
 from .base import DistillationLoss, LossContext, LossInputs
 
 _VARIANTS = ("distance", "correlation")
-# The teacher's norm: SRD's public code (OurDistillationLoss) sets eps 1e-4. The teacher side has
-# no gradient, so its eps only damps the teacher's near-constant channels.
-_TEACHER_EPS = 1e-4
-# The student's norm: practically none (torch refuses 0 in training). Its input is the trained
-# projection, and an eps makes its output's scale sqrt(v / (v + eps)) shrink with the projection's
-# batch variance v: the distance term is lower at a smaller scale for a student uncorrelated with
-# the teacher (E|c u - t|^4 = 3 (1 + c^2)^2 for independent unit Gaussians, least at c = 0), so
-# training shrank v towards eps instead of learning, collapsing the student's pooled feature over
-# the batch (the demo's ViT, whose projection starts at v ~ 1e-3, ended at chance with eps 1e-4 on
-# each of seeds 0-4, and with 3e-5 on seed 0). Without an eps the output's scale is 1 whatever v is.
-# The price, as for any normalisation without a floor: a batch whose projections nearly agree on a
-# channel sends a gradient scaled by 1 / sqrt(v) through it (16 near-identical rows: ~1e5 where eps
-# 1e-5 gave ~1e2), which max_grad_norm bounds; a batch of real images differs far more than that.
-_STUDENT_EPS = 1e-12
 
 
 @LOSSES.register("srd")
@@ -41,6 +27,20 @@ class SRDLoss(DistillationLoss):
       * ``correlation`` (DeiT code): ``c_d = mean_b(s_bd t_bd)``, ``log(sum_d |c_d - 1|^alpha)``.
     The projector is a trainable parameter of this loss; the trainer optimises it with the student
     and checkpoints keep it. The paper's ResNet recipe adds KL at T=1 (add ``kd`` with temperature 1).
+
+    ``teacher_eps`` is the teacher's norm's eps: SRD's public code (OurDistillationLoss) sets 1e-4;
+    the teacher side has no gradient, so it only damps the teacher's near-constant channels.
+    ``student_eps`` is practically none (torch refuses 0 in training). The student's norm's input is
+    the trained projection, and an eps makes its output's scale sqrt(v / (v + eps)) shrink with the
+    projection's batch variance v: the distance term is lower at a smaller scale for a student
+    uncorrelated with the teacher (E|c u - t|^4 = 3 (1 + c^2)^2 for independent unit Gaussians,
+    least at c = 0), so training shrank v towards eps instead of learning, collapsing the student's
+    pooled feature over the batch (the demo's ViT, whose projection starts at v ~ 1e-3, ended at
+    chance with eps 1e-4 on each of seeds 0-4, and with 3e-5 on seed 0). Without an eps the output's
+    scale is 1 whatever v is. The price, as for any normalisation without a floor: a batch whose
+    projections nearly agree on a channel sends a gradient scaled by 1 / sqrt(v) through it (16
+    near-identical rows: ~1e5 where eps 1e-5 gave ~1e2), which max_grad_norm bounds; a batch of
+    real images differs far more than that.
 
     The batch norms and the mean over the batch see the process's own batch; ``gather: true``
     gathers every process's pooled features first (differentiably), so that they see the global
@@ -56,13 +56,18 @@ class SRDLoss(DistillationLoss):
 
     requires = frozenset({"student_pooled", "teacher_pooled"})
 
-    def __init__(self, weight: float = 1.0, variant: str = "distance", alpha: float = 4.0, gather: bool = False) -> None:
+    def __init__(self, weight: float = 1.0, variant: str = "distance", alpha: float = 4.0, gather: bool = False,
+                 student_eps: float = 1e-12, teacher_eps: float = 1e-4) -> None:
         super().__init__(weight)
         self.gather = bool(gather)
         if variant not in _VARIANTS:
             raise ValueError(f"srd variant must be one of {_VARIANTS}, got {variant!r}")
         if not 0 < alpha < math.inf:
             raise ValueError(f"srd alpha must be > 0 and finite, got {alpha}")
+        for option, eps in (("student_eps", student_eps), ("teacher_eps", teacher_eps)):
+            if not 0 < eps < math.inf:  # torch's BatchNorm divides by sqrt(var + eps) in training
+                raise ValueError(f"srd {option} must be > 0 and finite, got {eps}")
+        self.student_eps, self.teacher_eps = float(student_eps), float(teacher_eps)
         self.variant = variant
         self.alpha = float(alpha)
         self.projector: nn.Module | None = None
@@ -72,8 +77,8 @@ class SRDLoss(DistillationLoss):
         if context.student_pooled_dim is None or context.teacher_pooled_dim is None:
             raise ValueError("srd needs the pooled feature sizes of student and teacher")
         d_s, d_t = context.student_pooled_dim, context.teacher_pooled_dim
-        self.projector = nn.Sequential(nn.Linear(d_s, d_t), nn.BatchNorm1d(d_t, eps=_STUDENT_EPS, affine=False))
-        self.teacher_norm = nn.BatchNorm1d(d_t, eps=_TEACHER_EPS, affine=False)
+        self.projector = nn.Sequential(nn.Linear(d_s, d_t), nn.BatchNorm1d(d_t, eps=self.student_eps, affine=False))
+        self.teacher_norm = nn.BatchNorm1d(d_t, eps=self.teacher_eps, affine=False)
 
     def term(self, inputs: LossInputs) -> torch.Tensor:
         if self.projector is None:

@@ -40,12 +40,12 @@ from ..file_writes import as_umask_allows
 from ..models.timm_models import record_data_config, timm_native_state
 from .divergence import has_finite_weights
 from .hub_pushes import create_revision_branch, holds_earlier_model, remove_earlier_model, repository_files
-from .loss_record import check_loss_record, loss_settings, write_loss_record
+from .loss_record import check_loss_record, loss_settings, say_earlier_defaults, write_loss_record
 from .resume_match import (
     BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_restored_rates, check_resume_batch,
     optimizer_settings,
 )
-from .teacher_record import check_teacher_record, teacher_fingerprint, write_teacher_record
+from .teacher_record import TEACHER_RECORD_NAME, check_teacher_record, teacher_fingerprint, write_teacher_record
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +236,9 @@ class CheckpointingTrainer(Trainer):
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         if target.teacher is not None:  # the checkpoint holds no teacher: another one went on silently
             check_teacher_record(resume_from_checkpoint, self.teacher_record(target.teacher))
-        check_loss_record(resume_from_checkpoint, loss_settings(self.args, target.teacher is not None))
+        unknown = check_loss_record(resume_from_checkpoint, loss_settings(self.args, target.teacher is not None))
+        if self.args.should_log:
+            _say_what_is_not_compared(resume_from_checkpoint, target.teacher is not None, unknown)
         self.resumed_best = best_checkpoint(resume_from_checkpoint, self.args)
         logger.info("resuming student and distillation state from %s", resume_from_checkpoint)
         try:
@@ -287,8 +289,10 @@ class CheckpointingTrainer(Trainer):
                 raise
             raise RecipeError(
                 f"resume_from_checkpoint: {checkpoint!r} holds an optimizer whose parameter groups differ from this "
-                f"run's ({err}): other weights decay (model_no_weight_decay) or train (the student's frozen weights, "
-                "the losses and adapters). Resume with the checkpoint's settings (the run's distill_config.yaml)"
+                f"run's ({err}): other weights decay (model_no_weight_decay; a checkpoint of hf_rcka before "
+                "2026-12-02, which decayed a ViT's position embedding and tokens, resumes with --model_no_weight_decay "
+                "false) or train (the student's frozen weights, the losses and adapters). Resume with the settings it "
+                "was saved with (the run's distill_config.yaml)"
             ) from None
         check_optimizer_settings(checkpoint, own, optimizer_settings(self.optimizer, keys))
 
@@ -470,6 +474,16 @@ def best_checkpoint(resume: str, args: Any) -> str | None:
         f"resume_from_checkpoint: the run's best checkpoint, {PREFIX_CHECKPOINT_DIR}-{step} (recorded as "
         f"{recorded.get('best_model_checkpoint')!r}), is not in output_dir {args.output_dir!r}: load_best_model_at_end "
         "would export another model. Copy it there, or resume with load_best_model_at_end: false")
+
+
+def _say_what_is_not_compared(folder: str, has_teacher: bool, unknown: list[str]) -> None:
+    """An earlier hf_rcka's checkpoint lacks records this run compares (its teacher's weights, its
+    loss options): the resume goes on, said once (it went on silently with a retrained teacher, and
+    with rcka's new 1/1 weights where the run had trained at 15/15)."""
+    if has_teacher and not os.path.isfile(os.path.join(folder, TEACHER_RECORD_NAME)):
+        logger.warning("resume_from_checkpoint: %s records no teacher (%s, written by an earlier hf_rcka): the teacher "
+                       "of this run is not compared with the one it trained with", folder, TEACHER_RECORD_NAME)
+    say_earlier_defaults(folder, unknown)
 
 
 def holds_training_state(folder: str) -> bool:
