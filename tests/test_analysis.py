@@ -527,3 +527,16 @@ def test_layer_cka_of_two_images_is_refused():
     assert layer_cka(model, x, model, x).num_images == 3
     with pytest.raises(ValueError, match="at least 3 images, got 2"):
         layer_cka(model, x[:2], model, x[:2])
+
+
+def test_cka_report_adds_to_a_card_whose_model_an_evaluation_is_reading(tmp_path, capsys):
+    """--card holds the folder as an evaluation does: an evaluation of that model meanwhile is no refusal."""
+    from hf_rcka.cli.output_folder import training_alone_in
+
+    first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)
+    out, _ = tmp_path / "report", capsys.readouterr()
+    with training_alone_in(second, evaluating=True) as refusal:  # an evaluation-only run of the card's model
+        assert refusal is None
+        assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--num_images", "10",
+                                "--output", str(out), "--card", second]) == 0
+    assert "cka" in (Path(second) / "README.md").read_text().lower()

@@ -2514,3 +2514,22 @@ def test_a_misspelt_builtin_data_set_is_named(tmp_path, capsys):
     """datasets said "Couldn't find any data file at .../builtin:digit"."""
     assert run(tmp_path, base(tmp_path, dataset_name="builtin:digit")) == 2
     assert error_of(capsys) == "error: dataset_name 'builtin:digit': the one built-in data set is builtin:digits"
+
+
+@pytest.mark.parametrize("changes", [{"teacher_label_mapping": "by_index"}, {"losses": ["ce", "feature_cka"]}])
+def test_the_teacher_config_check_follows_the_pairing_and_the_losses(tmp_path, capsys, monkeypatch, changes):
+    """The check from the teacher's config follows teacher_label_mapping, and leaves out a teacher whose features alone
+    are distilled (its classes pair with any)."""
+    teacher = save_teacher(tmp_path / "teacher", ["ant", "bee", "cow"])
+    train = image_folder(tmp_path / "train", ["cat", "dog", "eel"])
+
+    class Loading(Exception):
+        pass
+
+    def loading(*args, **kwargs):
+        raise Loading  # the config check let it through
+
+    monkeypatch.setattr(cli, "load_image_classifier", loading)
+    with pytest.raises(Loading):
+        run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, teacher_model_name_or_path=teacher,
+                           train_val_split=0.25, **changes))

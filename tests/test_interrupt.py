@@ -220,6 +220,24 @@ def test_the_last_checkpoint_outlives_training_until_the_export_is_written(tmp_p
     assert (best.parent / "model.safetensors").is_file()
 
 
+def test_the_best_checkpoint_is_kept_however_output_dir_is_spelt(tmp_path):
+    """Trainer records the best checkpoint under output_dir as spelt (``out/./run/checkpoint-2``)
+    and lists the checkpoints by a normalised path: compared as text, the best one would be
+    deleted once the export is written."""
+    from conftest import pixel_dataset
+
+    from hf_rcka.cli.job import _train
+
+    trainer = tiny_trainer(tmp_path, eval_dataset=pixel_dataset(10, seed=1), max_steps=6, eval_strategy="steps",
+                           eval_steps=2, save_strategy="steps", save_steps=2, save_total_limit=1,
+                           load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True)
+    trainer.args.output_dir = f"{tmp_path}/./run"
+    _train(trainer, resume=None)
+    best = trainer.state.best_model_checkpoint
+    assert "/./" in best and (Path(best) / "model.safetensors").is_file()
+    assert [p.name for p in (tmp_path / "run").glob("checkpoint-*")] == [Path(best).name]
+
+
 def test_a_stop_in_the_last_step_still_exports_the_best_checkpoint(tmp_path):
     """The stop's clean-up guard also took the last step's ending as planned: the last weights were
     exported, not the best checkpoint load_best_model_at_end asked for."""
@@ -776,3 +794,33 @@ def test_a_chained_user_error_in_a_loader_worker_is_its_own_message_not_its_caus
             "following exception:\n\nTraceback (most recent call last):\n  File \"b.py\", line 2, in g\n"
             "hf_rcka.errors.DataError: train_dataset: its items have no ['labels']\n")
     assert user_message(DataError(text)) == "train_dataset: its items have no ['labels']"
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+def test_checkpoints_a_limit_other_than_1_keeps_outlive_the_export(tmp_path, limit):
+    """Only save_total_limit 1 keeps the last checkpoint for the export: with no limit (or 2) every checkpoint the
+    limit keeps is still there after the command line's export, and the limit is the user's again."""
+    from conftest import pixel_dataset
+
+    from hf_rcka.cli.job import _train
+
+    trainer = tiny_trainer(tmp_path, eval_dataset=pixel_dataset(10, seed=1), max_steps=6, eval_strategy="steps",
+                           eval_steps=2, save_strategy="steps", save_steps=2, save_total_limit=limit,
+                           load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True)
+    _train(trainer, resume=None)
+    kept = sorted(p.name for p in Path(trainer.args.output_dir).glob("checkpoint-*"))
+    assert len(kept) == (3 if limit is None else 2), kept
+    assert trainer.args.save_total_limit == limit
+
+
+def test_save_total_limit_1_is_set_back_after_training(tmp_path):
+    """The limit is set back after training (training_args.bin of the export records the user's 1)."""
+    from conftest import pixel_dataset
+
+    from hf_rcka.cli.job import _train
+
+    trainer = tiny_trainer(tmp_path, eval_dataset=pixel_dataset(10, seed=1), max_steps=4, eval_strategy="steps",
+                           eval_steps=2, save_strategy="steps", save_steps=2, save_total_limit=1,
+                           load_best_model_at_end=True, metric_for_best_model="loss")
+    _train(trainer, resume=None)
+    assert trainer.args.save_total_limit == 1

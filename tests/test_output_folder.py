@@ -980,3 +980,22 @@ def test_a_run_that_ended_training_without_a_step_is_not_put_back_over(tmp_path)
             raise RuntimeError("the final evaluation failed")
     assert failed.value.__notes__ == [f"the run this one was to replace is in {moved}"]
     assert (out / "model.safetensors").read_text() == "new" and not (out / "checkpoint-2").exists()
+
+
+def test_a_model_config_or_pending_set_aside_beside_cut_short_checkpoints_is_not_called_nothing_to_resume(tmp_path,
+                                                                                                         capsys):
+    """Only a folder of cut-short checkpoints and nothing else is told that nothing can be resumed."""
+    out = tmp_path / "out"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "model.safetensors").write_bytes(b"\x10\x00")  # cut short, no trainer_state.json
+    beside = {"model.safetensors": lambda: (out / "model.safetensors").write_bytes(b"\x10\x00"),
+              "config.json": lambda: (out / "config.json").write_text(json.dumps({"model_type": "resnet"})),
+              "_replacing": lambda: (out / "_replacing" / "checkpoint-4").mkdir(parents=True)}
+    for name, make in beside.items():
+        make()
+        capsys.readouterr()
+        assert _run(tmp_path, max_steps=2) == 2
+        said = capsys.readouterr().err
+        assert "already holds a model or checkpoints" in said and "whose save was cut short" not in said, name
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -308,3 +308,33 @@ def test_a_data_file_given_as_dataset_name_is_told_to_give_its_folder(tmp_path):
     file = os.path.join(folder, "data", "train-00000-of-00001.parquet")
     with pytest.raises(DataError, match=r"dataset_name '.*train-00000-of-00001.parquet' is a file: give the folder"):
         load_data(DataArguments(dataset_name=file))
+
+
+def test_a_local_folder_with_configs_is_read_anew_after_a_same_size_or_same_time_rewrite(tmp_path, monkeypatch):
+    """The cache key follows a rewrite of the same size (other names of the same length), and one whose modification
+    time was kept (rsync -t, a restore from a backup)."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    card = ("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train.parquet\n"
+            "  - split: validation\n    path: data/validation.parquet\n---\n")
+
+    def folder(path, n, names, keep_times=False):
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+        (path / "data").mkdir(parents=True, exist_ok=True)
+        for split, rows in (("train", n), ("validation", 6)):
+            file = path / "data" / f"{split}.parquet"
+            before = os.stat(file) if keep_times and file.exists() else None
+            datasets.Dataset.from_dict({"image": [np.zeros((4, 4, 3), np.uint8)] * rows,
+                                        "label": [i % 3 for i in range(rows)]}, features=features
+                                       ).to_parquet(str(file))
+            if before is not None:
+                os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns))
+        (path / "README.md").write_text(card)
+        return str(path)
+
+    pets = tmp_path / "pets"
+    assert load_raw_datasets(DataArguments(dataset_name=folder(pets, 30, ["cat", "dog", "eel"])))["train"].features[
+        "label"].names == ["cat", "dog", "eel"]
+    renamed = load_raw_datasets(DataArguments(dataset_name=folder(pets, 30, ["ant", "bee", "cow"])))
+    assert renamed["train"].features["label"].names == ["ant", "bee", "cow"]
+    restored = load_raw_datasets(DataArguments(dataset_name=folder(pets, 12, ["ant", "bee", "cow"], keep_times=True)))
+    assert len(restored["train"]) == 12

@@ -232,3 +232,38 @@ def test_a_split_of_placeholder_class_names_is_read_by_index(tmp_path, caplog):
         raw = load_raw_datasets(DataArguments(dataset_name=folder))
     assert _truths(raw["validation"]) == (truth, truth)
     assert "datasets' placeholder names" in caplog.text
+
+
+def test_a_numbered_training_split_beside_a_named_split_is_read_by_index(tmp_path, caplog):
+    """A numbered training split (ClassLabel(num_classes=3)) beside a split whose files name the classes."""
+    truth = ["cat", "dog", "eel"]
+    numbered = datasets.Dataset.from_dict(
+        {"image": [np.zeros((4, 4, 3), np.uint8)] * 3, "label": [0, 1, 2], "truth": truth},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3),
+                                    "truth": datasets.Value("string")}))
+    folder = _folder(tmp_path, train=[numbered], validation=[_split(truth, truth)])
+    with caplog.at_level(logging.WARNING):
+        raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    assert raw["validation"]["label"][:] == [0, 1, 2]
+    assert "datasets' placeholder names" in caplog.text
+
+
+def test_a_split_of_plain_labels_beside_classlabel_files_is_read_as_it_loaded(tmp_path):
+    """A split whose files store plain labels, read with the training split's ClassLabel."""
+    truth = ["cat", "dog", "eel"]
+    plain = _split(truth, truth).cast_column("label", datasets.Value("int64"))
+    folder = _folder(tmp_path, train=[_split(truth, truth)], validation=[plain])
+    raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    assert raw["validation"]["label"][:] == [0, 1, 2]
+
+
+def test_a_card_that_declares_plain_labels_over_mixed_files_is_followed(tmp_path):
+    """A card that declares plain labels is followed even where one split's files store plain values."""
+    truth = ["cat", "dog", "dog", "eel", "cat", "eel"]
+    plain = _split(["cat", "dog", "eel"], truth).cast_column("label", datasets.Value("int64"))
+    folder = _folder(tmp_path, train=[plain], validation=[_split(["cat", "dog", "eel"], truth)])
+    with open(f"{folder}/README.md", "w") as f:
+        f.write("---\ndataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: label\n"
+                "    dtype: int64\n  - name: truth\n    dtype: string\n---\n")
+    raw = load_raw_datasets(DataArguments(dataset_name=folder))
+    assert raw["validation"]["label"][:] == [0, 1, 1, 2, 0, 2]

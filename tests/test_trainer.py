@@ -1387,3 +1387,12 @@ def test_checkpointing_settings_timm_would_take_anyway_are_not_said(caplog, monk
         say_options_timm_ignores(student, {"activation_checkpointing_kwargs": {"use_reentrant": False},
                                            "every_n_layers": 2})
     assert "transformers passes ['every_n_layers', 'use_reentrant'] on to no checkpoint" in caplog.text
+
+
+def test_a_teacher_record_that_is_no_mapping_is_not_compared(tmp_path):
+    """A teacher.json that holds no mapping (a list, null) is no record, not an AttributeError later."""
+    from hf_rcka.trainer.teacher_record import TEACHER_RECORD_NAME, recorded_teacher
+
+    for text in ("[1, 2]", "null", "3"):
+        (tmp_path / TEACHER_RECORD_NAME).write_text(text)
+        assert recorded_teacher(str(tmp_path)) is None, text
