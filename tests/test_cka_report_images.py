@@ -57,3 +57,15 @@ def test_an_unreadable_image_is_left_out_as_training_leaves_it_out(tmp_path, cap
     images = cka_report.sample_images(_args(tmp_path, tmp_path / "data"))
     assert len(images) == 20 and all(tuple(np.asarray(image)[0, 0]) == (10, 200, 30) for image in images)
     assert "note: 1 unreadable image(s) left out" in capsys.readouterr().err
+
+
+def test_a_save_to_disk_folder_is_only_read(tmp_path):
+    """Drawing --num_images from a split of more wrote its shuffled indices into a Dataset.save_to_disk
+    folder: a read-only one failed the report with a traceback."""
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=2)})
+    split = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8), (k, 0, 0)) for k in range(200)],
+                                        "label": [0, 1] * 100}, features=features)
+    split.save_to_disk(tmp_path / "data")
+    before = sorted(path.name for path in (tmp_path / "data").iterdir())
+    assert len(cka_report.sample_images(_args(tmp_path, tmp_path / "data"))) == 20
+    assert sorted(path.name for path in (tmp_path / "data").iterdir()) == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import datasets
 import numpy as np
@@ -338,3 +339,34 @@ def test_a_local_folder_with_configs_is_read_anew_after_a_same_size_or_same_time
     assert renamed["train"].features["label"].names == ["ant", "bee", "cow"]
     restored = load_raw_datasets(DataArguments(dataset_name=folder(pets, 12, ["ant", "bee", "cow"], keep_times=True)))
     assert len(restored["train"]) == 12
+
+
+def _listing(folder) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in sorted(folder.rglob("*"))}
+
+
+def test_a_save_to_disk_folder_is_only_read(tmp_path, monkeypatch):
+    """A max_train_samples draw and the relative paths' map wrote cache-*.arrow files into a
+    Dataset.save_to_disk folder (a copy of its table among them): a read-only one failed the run."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "saved"
+    (root / "imgs").mkdir(parents=True)
+    for i in range(30):
+        Image.fromarray(np.full((8, 8, 3), 8 * i, dtype=np.uint8)).save(root / "imgs" / f"{i}.png")
+    split = datasets.Dataset.from_dict({"image": [f"imgs/{i}.png" for i in range(30)], "label": [i % 3 for i in range(30)]},
+                                       features=datasets.Features({"image": datasets.Value("string"),  # an Image is embedded
+                                                                   "label": datasets.ClassLabel(names=NAMES)}))
+    split.save_to_disk(str(root))
+    before = _listing(root)
+    monkeypatch.chdir(tmp_path)
+    args = DataArguments(dataset_name=str(root), max_train_samples=12, max_eval_samples=3, no_aug=True)
+    raw = load_raw_datasets(args)
+    train, evaluation = prepare_datasets(raw, args, processor(8), NAMES)
+    assert (len(train), len(evaluation)) == (12, 3)
+    assert set(_values(raw["train"]) + _values(raw["validation"])) == {8 * i for i in range(30)}  # its own images
+    assert _listing(root) == before
+    copy = tmp_path / "copy"  # the same split's cached paths are not another folder's
+    shutil.copytree(root, copy)
+    for i in range(30):
+        Image.fromarray(np.full((8, 8, 3), 1, dtype=np.uint8)).save(copy / "imgs" / f"{i}.png")
+    assert set(_values(load_raw_datasets(DataArguments(dataset_name=str(copy)))["train"])) == {1}

@@ -246,7 +246,8 @@ def sample_images(args: argparse.Namespace) -> list:
     if count < 3:
         raise DataError(f"the validation split holds {count} images: layer CKA needs at least 3")
     if not args.validation_dir and count < len(validation):  # a split's first rows may all be of one class
-        validation = validation.shuffle(seed=args.split_seed)  # seeded_subset's draw, and the rows after it
+        # seeded_subset's draw, and the rows after it; in memory, as there (not into a save_to_disk folder)
+        validation = validation.shuffle(seed=args.split_seed, keep_in_memory=True)
     if isinstance(validation.features[args.image_column_name], datasets.Image):  # decoded as training decodes
         validation = validation.cast_column(args.image_column_name, datasets.Image(decode=False))
     column = args.image_column_name

@@ -571,7 +571,9 @@ def seeded_subset(split: datasets.Dataset, size: int | None, split_seed: int) ->
     """
     if size is None or size >= len(split):
         return split
-    return split.shuffle(seed=split_seed).select(range(size))
+    # in memory (8 bytes a row): datasets wrote the shuffled indices beside the split's files, into
+    # the user's own folder for a save_to_disk one (a read-only folder failed the run)
+    return split.shuffle(seed=split_seed, keep_in_memory=True).select(range(size))
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ error when the data loads.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -43,9 +44,30 @@ def image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArgume
         if first is None or not _from_the_folder(first, folder, column, name):
             continue
         fixed = stored.map(lambda batch: {column: [_in_folder(v, folder) for v in batch[column]]},
-                           batched=True, desc=f"image paths of {name}")
+                           batched=True, desc=f"image paths of {name}", **_paths_cache(stored, folder, column))
         raw[name] = fixed.cast_column(column, feature) if decoded else fixed
     return raw
+
+
+def _paths_cache(split: datasets.Dataset, folder: str, column: str) -> dict[str, str]:
+    """Where the map of ``split``'s paths is cached: a file in datasets' cache, named by the split,
+    the folder the paths are read against and the split's files (their paths, sizes and times).
+
+    datasets writes a map's cache beside the split's own files: for a ``save_to_disk`` folder those
+    are the user's files, and a copy of the table was written into the dataset's folder (a
+    read-only one failed the run). ``keep_in_memory`` would hold the whole table in memory.
+    The files' sizes and times name it too: a folder saved anew may keep the split's fingerprint.
+    An in-memory split (no files) stays in memory.
+    """
+    if not split.cache_files:
+        return {}
+    digest = hashlib.sha256(f"{split._fingerprint}\0{os.path.abspath(folder)}\0{column}\n".encode())
+    for file in split.cache_files:
+        stat = os.stat(file["filename"])
+        digest.update(f"{file['filename']}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    cache = os.path.join(datasets.config.HF_DATASETS_CACHE, "hf_rcka_local_folders", "image-paths")
+    os.makedirs(cache, exist_ok=True)
+    return {"cache_file_name": os.path.join(cache, f"{digest.hexdigest()[:16]}.arrow")}
 
 
 def _first_relative_path(split: datasets.Dataset, column: str) -> str | None:
