@@ -151,7 +151,7 @@ def test_a_retry_after_a_failed_export_keeps_the_finished_run(tmp_path, monkeypa
 
 
 def test_a_set_aside_cut_short_is_completed_by_the_next_one(tmp_path, monkeypatch):
-    """A rename failing halfway left the old run split between the folder and _replaced/, and the
+    """A set-aside stopped halfway left the old run split between the folder and _replaced/, and the
     next set-aside deleted the half already moved."""
     import os
 
@@ -161,15 +161,15 @@ def test_a_set_aside_cut_short_is_completed_by_the_next_one(tmp_path, monkeypatc
     _fake_run(out, [6], finished=True, tag="run 2")
     replace, calls = os.replace, []
 
-    def fails_at_the_third(source, target):
+    def stopped_at_the_third(source, target):
         calls.append(source)
         if len(calls) == 3:
-            raise PermissionError("simulated")
+            raise KeyboardInterrupt  # a signal: no move back
         replace(source, target)
 
     with monkeypatch.context() as patch:
-        patch.setattr(os, "replace", fails_at_the_third)
-        with pytest.raises(PermissionError):
+        patch.setattr(os, "replace", stopped_at_the_third)
+        with pytest.raises(KeyboardInterrupt):
             set_aside_previous_run(str(out))
     assert (out / REPLACED / "model.safetensors").read_text() == "run 1", "the earlier run is kept until the end"
     assert set_aside_previous_run(str(out)) == str(out / REPLACED)
@@ -179,6 +179,36 @@ def test_a_set_aside_cut_short_is_completed_by_the_next_one(tmp_path, monkeypatc
     # run 1, pushed out, waits until a run trains (a run refused before its first step puts both back)
     assert sorted(p.name for p in out.iterdir()) == ["_pushed_out", REPLACED]
     assert (out / "_pushed_out" / "model.safetensors").read_text() == "run 1"
+
+
+def test_a_set_aside_refused_halfway_leaves_the_run_as_it_was(tmp_path, monkeypatch, capsys):
+    """A checkpoint folder the user may not write cannot move: the replacing run was refused, the
+    run it was to replace was left split between the folder and _replacing/ (its model gone), and
+    the error said to choose another output_dir."""
+    import errno
+
+    from transformers import AutoModelForImageClassification
+
+    out = tmp_path / "out"
+    assert _run(tmp_path, max_steps=2) == 0
+    before = sorted(p.name for p in out.iterdir())
+    replace, moved = os.replace, []
+
+    def refused_at_the_third(source, target):
+        if Path(target).parent.name == "_replacing":
+            moved.append(Path(source))
+            if len(moved) == 3:  # e.g. checkpoint-2, read-only
+                raise PermissionError(errno.EACCES, "Permission denied", str(source))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", refused_at_the_third)
+    assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2, seed=3) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: cannot set aside the run in {out}: moving {moved[2]} into {out / '_replacing'} failed (Permission "
+        f"denied); it was left as it was. Make {moved[2]} writable for you (moving a folder needs it), or choose "
+        "another output_dir")
+    assert len(moved) == 3 and sorted(p.name for p in out.iterdir()) == before
+    AutoModelForImageClassification.from_pretrained(out)
 
 
 def test_a_resumed_run_drops_the_earlier_card_before_it_saves_its_model(tmp_path):

@@ -525,16 +525,39 @@ def _move_aside(out: Path, entries: list[Path]) -> str | None:
     they went, or None when they were deleted.
 
     The files gather in ``_replacing/``, which replaces the target only once they are all there: a
-    move that fails halfway (a permission, a signal) deletes nothing, and the next set-aside moves
-    the rest of the same run in beside them.
+    set-aside cut short (a signal) deletes nothing, and the next set-aside moves the rest of the same
+    run in beside them. A move refused (a folder the user may not write, whose ``..`` a move
+    rewrites) moves back those before it: the new run was refused, and the run it was to replace
+    was left split between the folder and ``_replacing/``, its model unloadable.
+
+    Raises:
+        OutputWriteError: an entry cannot be moved; the run is as it was.
     """
     staging = out / REPLACING
     if any((staging / entry.name).exists() for entry in entries):  # another run's pending files: theirs first
         _settle(out)
     staging.mkdir(exist_ok=True)
+    moved: list[Path] = []
     for entry in entries:
-        os.replace(entry, staging / entry.name)
+        try:
+            os.replace(entry, staging / entry.name)
+        except OSError as err:
+            raise OutputWriteError(f"cannot set aside the run in {out}: moving {entry} into {staging} failed "
+                                   f"({err.strerror or err}); {_moved_back(moved, staging)}. Make {entry} writable "
+                                   "for you (moving a folder needs it), or choose another output_dir") from err
+        moved.append(entry)
     return _settle(out)
+
+
+def _moved_back(moved: list[Path], staging: Path) -> str:
+    """Move ``moved`` back out of ``staging`` after a set-aside was refused; what the user is told."""
+    try:
+        for entry in reversed(moved):
+            os.replace(staging / entry.name, entry)
+    except OSError:
+        return f"part of it is in {staging}: move it back into {staging.parent}"
+    remove_empty([staging])
+    return "it was left as it was"
 
 
 def _settle(out: Path) -> str | None:
