@@ -977,6 +977,74 @@ def test_a_set_aside_pushes_out_a_run_while_a_killed_attempts_run_waits_parked(t
     assert (out / PUSHED_OUT / "checkpoint-2" / "tag").read_text() == "old"
 
 
+def _rmtree_refused_for(monkeypatch, folder: Path) -> None:
+    """shutil.rmtree fails for ``folder``, as for one holding a folder the user may not write (root ignores chmod)."""
+    import errno
+
+    rmtree = shutil.rmtree
+
+    def refused(path, *args, **kwargs):
+        if Path(path) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(folder / "checkpoint-2" / "tag"))
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", refused)
+
+
+def test_a_pushed_out_run_that_cannot_be_deleted_does_not_stop_the_run(tmp_path, monkeypatch, capsys):
+    """A read-only folder in the run pushed out of _replaced/ ended the new run after its first step,
+    with no model saved, the pushed-out run half deleted."""
+    from transformers import AutoModelForImageClassification
+
+    from hf_rcka.cli.output_folder import PUSHED_OUT
+
+    out = tmp_path / "out"
+    _fake_run(out / REPLACED, [2], finished=True, tag="old")
+    _fake_run(out, [4], finished=True, tag="new")  # finished: pushes 'old' out of _replaced/
+    _rmtree_refused_for(monkeypatch, out / PUSHED_OUT)
+    assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert (f"could not delete {out / PUSHED_OUT}, the earlier run this one pushed out of {out / REPLACED} "
+            "([Errno 13] Permission denied: ") in said and "delete it yourself" in said
+    AutoModelForImageClassification.from_pretrained(out)
+    assert (out / REPLACED / "model.safetensors").read_text() == "new"
+
+
+def test_a_parked_run_that_cannot_be_deleted_is_moved_out_of_the_way(tmp_path, monkeypatch, caplog):
+    """A killed attempt's _pushed_out/ that could not be deleted refused the run at its set-aside."""
+    import logging
+
+    from hf_rcka.cli.output_folder import PUSHED_OUT
+
+    out = tmp_path / "out"
+    _fake_run(out / REPLACED, [2], finished=False, tag="old")
+    _fake_run(out / PUSHED_OUT, [2], finished=True, tag="killed attempt's")
+    _fake_run(out, [4], finished=True, tag="new")
+    _rmtree_refused_for(monkeypatch, out / PUSHED_OUT)
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert set_aside_previous_run(str(out)) == str(out / REPLACED)
+    assert (out / PUSHED_OUT / "checkpoint-2" / "tag").read_text() == "old"
+    assert (out / "_pushed_out-2" / "checkpoint-2" / "tag").read_text() == "killed attempt's"
+    assert f"it is in {out / '_pushed_out-2'} now, delete it yourself" in caplog.text
+
+
+def test_leftovers_that_cannot_be_deleted_are_kept_aside(tmp_path, monkeypatch, caplog):
+    """A failed attempt's leftovers that could not be deleted refused the run at its set-aside."""
+    import logging
+
+    out = tmp_path / "out"
+    _fake_run(out / REPLACED, [2], finished=True, tag="old")
+    _fake_run(out / REPLACED / UNFINISHED, [3], finished=False, tag="unfinished")
+    _fake_run(out, [], finished=False, tag="leftovers")
+    (out / "config.json").write_text("{}")
+    _rmtree_refused_for(monkeypatch, out / "_replacing")
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert set_aside_previous_run(str(out)) == str(out / REPLACED / "_leftovers")
+    assert (out / REPLACED / "_leftovers" / "config.json").exists() and not (out / "_replacing").exists()
+    assert (out / REPLACED / "model.safetensors").read_text() == "old"
+    assert "could not delete a failed attempt's leftovers" in caplog.text
+
+
 def test_a_folder_the_refused_run_wrote_gives_way_to_the_runs_own(tmp_path):
     """put_back over a folder of the same name that the refused run made (its runs/ logs)."""
     from hf_rcka.cli.output_folder import put_back

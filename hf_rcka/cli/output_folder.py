@@ -566,7 +566,8 @@ def _settle(out: Path) -> str | None:
     A failed attempt's leftovers never push out a model or a checkpoint that can be resumed (a
     retry after a save that a full disk cut short did): when they hold weights (a checkpoint whose
     state alone was cut short) or a card, they go to a ``_replaced/_leftovers*/`` folder of their
-    own, and are deleted otherwise."""
+    own, and are deleted otherwise (kept there too when they cannot be: a folder the user may not
+    write)."""
     staging = out / REPLACING
     worth = _worth(staging)
     for target in (out / REPLACED, out / REPLACED / UNFINISHED):
@@ -575,10 +576,15 @@ def _settle(out: Path) -> str | None:
     else:
         kept = ("model*.safetensors", "pytorch_model*.bin", CARD_NAME, EARLIER_CARDS)
         if not any(next(staging.rglob(pattern), None) for pattern in kept):
-            shutil.rmtree(staging)
-            logger.warning("output_dir: the files set aside hold no weights and no card (a failed attempt's "
-                           "leftovers): deleted, keeping the earlier runs in %s", out / REPLACED)
-            return None
+            try:
+                shutil.rmtree(staging)
+            except OSError as err:
+                logger.warning("output_dir: could not delete a failed attempt's leftovers in %s (%s): they are "
+                               "kept with the earlier runs in %s, delete them yourself", staging, err, out / REPLACED)
+            else:
+                logger.warning("output_dir: the files set aside hold no weights and no card (a failed attempt's "
+                               "leftovers): deleted, keeping the earlier runs in %s", out / REPLACED)
+                return None
         target = _free_name(out / REPLACED, LEFTOVERS)  # earlier leftovers are kept: none outranks another
     if target.exists():
         _park(out, target)
@@ -589,20 +595,36 @@ def _settle(out: Path) -> str | None:
 
 def _park(out: Path, pushed_out: Path) -> None:
     """Keep the run a set-aside pushes out in ``_pushed_out/`` until the new run trains (see
-    ``put_back``); one parked by an attempt killed before it could put it back goes first."""
+    ``put_back``); one parked by an attempt killed before it could put it back goes first, or, when
+    it cannot be deleted (a folder the user may not write), out of the way."""
     parked = out / PUSHED_OUT
     if parked.exists():
-        shutil.rmtree(parked)
+        try:
+            shutil.rmtree(parked)
+        except OSError as err:
+            kept = _free_name(out, PUSHED_OUT)
+            os.replace(parked, kept)
+            logger.warning("output_dir: could not delete %s, a run an earlier attempt pushed out of %s (%s): it is "
+                           "in %s now, delete it yourself", parked, REPLACED, err, kept)
     os.replace(pushed_out, parked)
     logger.info("output_dir: the run kept in %s waits in %s until this run starts training, then is deleted",
                 pushed_out, parked)
 
 
 def drop_pushed_out(output_dir: str) -> None:
-    """Delete the run a set-aside pushed out: the run that replaced it has started training."""
+    """Delete the run a set-aside pushed out: the run that replaced it has started training.
+
+    One that cannot be deleted (a folder the user may not write) is a warning: the error ended the
+    run that had just trained its first step, before it saved a model.
+    """
     parked = Path(output_dir) / PUSHED_OUT
     if parked.is_dir() and not parked.is_symlink():
-        shutil.rmtree(parked)
+        try:
+            shutil.rmtree(parked)
+        except OSError as err:
+            logger.warning("output_dir: could not delete %s, the earlier run this one pushed out of %s (%s): delete "
+                           "it yourself", parked, Path(output_dir) / REPLACED, err)
+            return
         logger.info("output_dir: deleted the earlier run this one pushed out of %s", Path(output_dir) / REPLACED)
 
 
