@@ -259,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     default_root = args.output_root == parser.get_default("output_root")
     args.output_root = args.output_root.resolve()  # the runs start in ROOT: a relative folder is this one's
+    unwritable = _unwritable(args.output_root)
+    if unwritable:
+        print(f"error: --output_root {args.output_root} {unwritable}: give a folder you can write to", file=sys.stderr)
+        return 2
     try:
         _demo(args)
     except KeyboardInterrupt:
@@ -267,6 +271,21 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         return 130
     return 0
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot take the demo's files, or None; it is created and written to before any
+    step (a read-only one, the default in a read-only checkout, ended the demo in a traceback at
+    its first log, or at its record after every step was reused)."""
+    probe = folder / f".demo-probe-{uuid.uuid4().hex}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        named = "" if err.filename == str(probe) else f": {err.filename}"  # the probe's name tells the user nothing
+        return f"cannot be written ({err.strerror or err}{named})"
+    return None
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -175,6 +175,17 @@ def test_a_failed_cka_picture_is_one_line_and_not_claimed(demo, tmp_path, capsys
     assert (stale / "notes.txt").read_text() == "someone's"  # and nothing else there is deleted
 
 
+def test_an_output_root_that_cannot_be_written_is_one_line_before_any_step(demo, tmp_path, capsys):
+    """A read-only --output_root (the default of a read-only checkout) ended the demo in a traceback."""
+    (tmp_path / "file").write_text("not a folder")
+    root = tmp_path / "file" / "out"  # cannot be made, even as root
+    assert demo.main(["--output_root", str(root), "--no-cka"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --output_root {root} cannot be written (Not a directory: "
+                                               f"{root}): give a folder you can write to")
+    assert demo.runs == []
+    assert _main(demo, tmp_path) == 0 and not list((tmp_path / "out").glob(".*")), "the check left a file"
+
+
 def test_a_relative_output_root_is_the_callers_folder(demo, tmp_path, monkeypatch, capsys):
     """The runs start in the repository: a relative --output_root from elsewhere was written there,
     and the demo, reading its own folder, said 'teacher failed (exit 0)'."""
