@@ -2308,6 +2308,34 @@ def test_a_datasets_cache_that_cannot_be_written_is_named_not_the_data(tmp_path,
             load_data(DataArguments(train_dir=train, train_val_split=0.5))
 
 
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT"])
+def test_a_full_datasets_cache_is_named_not_the_data(tmp_path, monkeypatch, code):
+    """The arrow writer's 'No space left on device' names no file: it was 'dataset_name ...: cannot
+    load the dataset', sending the user to data that is fine."""
+    import errno
+
+    import datasets
+    from datasets.exceptions import DatasetGenerationError
+
+    from hf_rcka.arguments import DataArguments
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    full = OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+    generating = DatasetGenerationError("An error occurred while generating the dataset")
+    generating.__cause__ = full  # as datasets raises it while it writes the prepared data
+    for raised in (full, generating):
+        def loading(*args, raised=raised, **kwargs):
+            raise raised
+
+        monkeypatch.setattr(run_inputs, "load_raw_datasets", loading)
+        with pytest.raises(DataError) as refused:
+            run_inputs.load_data(DataArguments(dataset_name=str(tmp_path / "data")))
+        assert str(refused.value) == (
+            f"a disk filled while the data loaded (OSError: {os.strerror(getattr(errno, code))}): datasets' cache "
+            f"{str(tmp_path / 'cache')!r} (or, for a Hub dataset, the Hub's cache) is on a full disk or over your "
+            "quota: free space there, or point HF_DATASETS_CACHE (or HF_HOME) at another disk")
+
+
 def test_a_shipped_recipe_asked_for_outside_the_repository_says_where_recipes_are(tmp_path, monkeypatch, capsys):
     """An installed user's 'recipes/...' said only 'does not exist': the wheel holds no recipes."""
     from hf_rcka.cli.main import main

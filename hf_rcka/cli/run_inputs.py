@@ -8,6 +8,7 @@ settled here too, before the trainer is built (``models.labels`` has the rules).
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -84,11 +85,17 @@ def checkpoint_labels(folder: str, trust_remote_code: bool = False) -> list[str]
 
 
 def _check_cache_error(err: OSError | ValueError) -> None:
-    """An error writing datasets' cache is the cache's, not the data's (it named train_dir)."""
+    """An error writing datasets' cache is the cache's, not the data's (it named train_dir), and so
+    is a full disk that names no file: the arrow writer's ``write()`` names none, and the error
+    blamed the dataset."""
     import datasets
 
     cache = os.path.abspath(datasets.config.HF_DATASETS_CACHE)
     filename = getattr(err, "filename", None)
+    if filename is None and getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        raise DataError(f"a disk filled while the data loaded ({type(err).__name__}: {err.strerror or err}): datasets' "
+                        f"cache {cache!r} (or, for a Hub dataset, the Hub's cache) is on a full disk or over your "
+                        "quota: free space there, or point HF_DATASETS_CACHE (or HF_HOME) at another disk") from err
     if not isinstance(filename, str):
         return
     filename = os.path.abspath(filename)
@@ -124,6 +131,8 @@ def _loading_errors(data_args: DataArguments) -> Iterator[None]:
         raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(err).__name__}: {err})") from err
     except DatasetGenerationError as err:  # what went wrong is its cause (a CastError: splits with other columns)
         cause = err.__cause__ or err
+        if isinstance(cause, OSError):  # writing the prepared data into the cache
+            _check_cache_error(cause)
         text = " ".join(str(cause).split())[:400]
         hint = ". Every split must have the same columns and types" if isinstance(cause, CastError) else ""
         raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(cause).__name__}: "
