@@ -133,7 +133,7 @@ def _run_recipe(argv: list[str], stop: GracefulStop) -> None:
         raise RecipeError(f"the recipe file comes first, then its overrides: {command} RECIPE.yaml "
                           f"[--key value ...] (got {argv[0]!r} first). To evaluate a trained run folder OUT: "
                           f"{command} OUT/distill_config.yaml --do_train false --model_name_or_path OUT "
-                          "--student_from_scratch false")
+                          "--student_from_scratch false --output_dir OUT")
     recipe = read_recipe(argv[0], argv[1:])
     if recipe.get("smoke_test"):
         run_smoke_test(recipe)
