@@ -109,9 +109,9 @@ def _evaluate_alone(model_args: ModelArguments, data_args: DataArguments, args: 
 
 
 def recipe_to_record(recipe: dict, args: DistillationTrainingArguments, losses: list[dict]) -> dict:
-    """The recipe as it ran: its losses in full (every option written out), and the launcher's mixed precision as the recipe key
-    it equals (a run of the record trained in float32, and a card compared a launcher-bf16 run with a
-    float32 baseline as trained alike)."""
+    """The recipe as it ran: its losses in full (every option written out), and the launcher's mixed
+    precision as the recipe key it equals (a run of the record trained in float32, and a card
+    compared a launcher-bf16 run with a float32 baseline as trained alike)."""
     recorded = {**recipe, "losses": losses}
     chosen = run_mixed_precision(args)
     if chosen is not None and not (args.bf16 or args.fp16):
