@@ -240,34 +240,43 @@ EARLIER_DEFAULTS: dict[tuple[str, str], tuple[Any, str]] = {
 }
 
 
+_RECORDABLE = (type(None), bool, int, float, str)  # what YAML and JSON read back as itself
+
+
 def resolved_specs(specs: list[dict]) -> list[dict]:
     """Loss specs (full form) with every option a spec leaves out written at its default, for the
     run's records: a record of the options as given is read with the reader's defaults, so a run
     recorded before a default changed resumed, or ran again, with the new one. ``label_smoothing``
-    stays out where it is (ce then takes the trainer's ``label_smoothing_factor``)."""
+    stays out where it is (ce then takes the trainer's ``label_smoothing_factor``), and so do
+    defaults a record cannot read back as themselves (a loss of one's own may default to a tuple,
+    an enum or a function: YAML could not write the function, and the others came back as a list or
+    a string, which differed from the default at the next resume)."""
     resolved = []
     for spec in specs:
         name = spec.get("name")
         if name in LOSSES:
             defaults = {option: parameter.default for option, parameter in LOSSES.parameters(name).items()
                         if option not in spec and option != "label_smoothing"
-                        and parameter.default is not parameter.empty}
+                        and isinstance(parameter.default, _RECORDABLE)}
             spec = {**spec, **defaults}
         resolved.append(spec)
     return resolved
 
 
 def earlier_defaults(recorded: list[dict], now: list[dict]) -> list[str]:
-    """What a record leaves out of ``EARLIER_DEFAULTS``, as ``rcka intra_weight`` lines saying the
-    earlier default and this run's value (``now``: the run's specs in full form): the run it records
-    trained with the earlier one if it started before the change."""
+    """What a record leaves out of ``EARLIER_DEFAULTS`` and this run takes the current default for,
+    as ``rcka intra_weight`` lines saying the earlier default and this run's value (``now``: the
+    run's specs in full form): the run it records trained with the earlier one if it started
+    before the change."""
     now_by_name = {spec.get("name"): spec for spec in now}
     lines = []
     for spec in recorded:
         name = spec.get("name")
         for (loss, option), (earlier, since) in EARLIER_DEFAULTS.items():
-            if loss == name and option not in spec and name in now_by_name:
-                value = _option(now_by_name[name], name, option, None)
+            if loss != name or option in spec or name not in now_by_name:
+                continue
+            value = _option(now_by_name[name], name, option, None)
+            if value == LOSSES.default(name, option):  # another value is the recipe's own choice
                 lines.append(f"{name} {option} (its default was {earlier!r} before {since}; this run: {value!r})")
     return lines
 

@@ -940,12 +940,69 @@ def test_a_run_records_every_loss_option_so_a_changed_default_does_not_change_it
     assert next(spec for spec in again["losses"] if spec["name"] == "rcka")["intra_weight"] == 1.0
 
 
+def test_a_loss_of_ones_own_whose_defaults_no_record_reads_back_resumes(tmp_path):
+    """A tuple, an enum or a function as a custom loss's default: written into the records, they came
+    back as a list or a string that differed from the default at the next resume (refused, with the
+    run's own record too), or could not be written (a traceback once the run had started)."""
+    import enum
+
+    from hf_rcka import LOSSES
+    from hf_rcka.losses import DistillationLoss
+
+    class Mode(enum.Enum):
+        SOFT = "soft"
+
+    class Shaped(DistillationLoss):
+        requires = frozenset({"student_logits"})
+
+        def __init__(self, weight=1.0, temps=(2.0, 4.0), mode=Mode.SOFT, act=torch.relu, scale=1.0):
+            super().__init__(weight)
+            self.scale = scale
+
+        def term(self, inputs):
+            return self.scale * inputs.student_logits.float().pow(2).mean()
+
+    LOSSES.register("shaped")(Shaped)
+    try:
+        first = base(tmp_path, save_strategy="steps", save_steps=2, losses=[{"name": "ce"}, {"name": "shaped"}])
+        assert run(tmp_path, first) == 0
+        record = tmp_path / "out" / "distill_config.yaml"
+        shaped = next(spec for spec in yaml.safe_load(record.read_text())["losses"] if spec["name"] == "shaped")
+        assert shaped == {"name": "shaped", "weight": 1.0, "scale": 1.0}
+        assert run(tmp_path, {**first, "max_steps": 3}, "--resume_from_checkpoint", "true") == 0
+        assert main([str(record), "--max_steps", "4", "--resume_from_checkpoint", "true"]) == 0
+    finally:
+        LOSSES._classes.pop("shaped", None)
+
+
+def test_a_checkpoint_of_an_earlier_version_resumed_once_still_takes_the_value_it_was_told_to_set(tmp_path, capsys):
+    """A resume of an earlier version's checkpoint rewrote the run's record with today's defaults, and
+    a resume of the same checkpoint with the earlier value, as the warning said, was then refused as
+    a change of options: the checkpoint's own loss record decides."""
+    teacher = save_teacher(tmp_path / "teacher", [str(digit) for digit in range(10)])
+    first = base(tmp_path, teacher_model_name_or_path=teacher, save_strategy="steps", save_steps=2,
+                 losses=[{"name": "ce"}, {"name": "rcka"}])
+    assert run(tmp_path, first) == 0
+    out, checkpoint = tmp_path / "out", tmp_path / "out" / "checkpoint-2"
+    for path in (out / "distill_config.yaml", checkpoint / "loss_settings.json"):  # as an earlier version wrote them
+        text = path.read_text()
+        for option in ("intra_weight", "inter_weight"):
+            text = re.sub(rf"[,\s]*\"?{option}\"?: 1\.0", "", text)
+        path.write_text(text)
+    resume = ["--resume_from_checkpoint", str(checkpoint), "--overwrite_output_dir", "true"]
+    assert run(tmp_path, {**first, "max_steps": 3}, *resume) == 0  # at today's 1/1, said
+    assert "records no value for rcka intra_weight" in capsys.readouterr().err
+    earlier = {**first, "losses": [{"name": "ce"}, {"name": "rcka", "intra_weight": 15.0, "inter_weight": 15.0}]}
+    assert run(tmp_path, {**earlier, "max_steps": 3}, *resume) == 0
+    assert "records no value" not in capsys.readouterr().err  # the recipe set them: its choice, not a default
+
+
 @pytest.mark.parametrize("checkpoint_record", [True, False], ids=["loss_settings", "no_loss_settings"])
 def test_a_record_of_an_earlier_version_that_leaves_a_changed_default_out_is_said(tmp_path, capsys, checkpoint_record):
     """Records written before every option was (rcka's weights left out, when their default was
-    15/15): the resume goes on, says which value it trains with, and takes the earlier one when the
-    recipe sets it (it was refused as a change of options). Said once: by the checkpoint's own loss
-    record as it loads, or from the run's recorded recipe before anything loads (older checkpoints)."""
+    15/15): the resume goes on and says which value it trains with. Said once: by the checkpoint's
+    own loss record as it loads, or from the run's recorded recipe before anything loads (older
+    checkpoints)."""
     teacher = save_teacher(tmp_path / "teacher", [str(digit) for digit in range(10)])
     first = base(tmp_path, teacher_model_name_or_path=teacher, save_strategy="steps", save_steps=2,
                  losses=[{"name": "ce"}, {"name": "rcka"}])
@@ -960,11 +1017,10 @@ def test_a_record_of_an_earlier_version_that_leaves_a_changed_default_out_is_sai
     (checkpoint / "teacher.json").unlink()
     if not checkpoint_record:
         (checkpoint / "loss_settings.json").unlink()
-    later = {**first, "losses": [{"name": "ce"}, {"name": "rcka", "intra_weight": 15.0, "inter_weight": 15.0}]}
-    assert run(tmp_path, {**later, "max_steps": 3}, "--resume_from_checkpoint", "true") == 0
+    assert run(tmp_path, {**first, "max_steps": 3}, "--resume_from_checkpoint", "true") == 0
     said = " ".join(capsys.readouterr().err.split())
     assert (f"{str(checkpoint)} records no value for rcka intra_weight (its default was 15.0 before 2026-12-01; this "
-            "run: 15.0); rcka inter_weight (its default was 15.0 before 2026-12-01; this run: 15.0)") in said
+            "run: 1.0); rcka inter_weight (its default was 15.0 before 2026-12-01; this run: 1.0)") in said
     assert said.count("records no value for") == 1
     assert f"{str(checkpoint)} records no teacher (teacher.json, written by an earlier hf_rcka)" in said
 

@@ -25,7 +25,7 @@ from ..modeling.assembly import active_specs, run_loss_specs
 from ..recipe_specs import checked_pairs
 from ..registry import LOSSES
 from ..trainer.checkpointing import checkpoint_step, holds_training_state
-from ..trainer.loss_record import LOSS_RECORD_NAME, say_earlier_defaults
+from ..trainer.loss_record import LOSS_RECORD_NAME, read_loss_record, say_earlier_defaults
 from ..trainer.resume_match import check_resume_batch, check_resume_rate
 from ..trainer.interrupt import written_whole
 from .records import recorded_recipe
@@ -98,7 +98,9 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
     recorded = recorded_recipe(folder)
     if not recorded:
         return  # no record, or one this version cannot read: the loss state's own check stays
-    changes = _loss_changes(recorded, model_args, args)
+    # the checkpoint's own loss record, where it has one: a resume of it rewrites the run's record
+    # with its own options (an earlier version's record, which left some out, with today's defaults)
+    changes = _loss_changes(read_loss_record(folder) or recorded, model_args, args)
     current = {"model_name_or_path": model_args.model_name_or_path,
                "student_from_scratch": model_args.student_from_scratch,
                "teacher_model_name_or_path": model_args.teacher_model_name_or_path,

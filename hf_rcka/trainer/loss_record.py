@@ -51,11 +51,9 @@ def check_loss_record(folder: str, settings: dict[str, Any]) -> list[str]:
     Raises:
         ModelError: naming each change and the ways on.
     """
-    path = os.path.join(folder, LOSS_RECORD_NAME)
-    if not os.path.isfile(path):
+    recorded = read_loss_record(folder)
+    if recorded is None:
         return []
-    with open(path, encoding="utf-8") as handle:
-        recorded = json.load(handle)
     changes = loss_changes(recorded.get("losses") or [], settings["losses"], recorded.get("label_smoothing_factor"),
                            settings["label_smoothing_factor"])
     if recorded.get("feature_pairs") != settings["feature_pairs"]:
@@ -65,6 +63,17 @@ def check_loss_record(folder: str, settings: dict[str, Any]) -> list[str]:
                          f"({'; '.join(changes)}): a resumed run continues the same training (a loss's weight may "
                          "change). Resume with its settings, or start a new run from its weights in a new output_dir")
     return earlier_defaults(recorded.get("losses") or [], settings["losses"])
+
+
+def read_loss_record(folder: str) -> dict[str, Any] | None:
+    """The loss record of the checkpoint ``folder``, or None: an earlier version wrote none, and one
+    a kill cut short is no record (the checkpoint's own checks say what else is missing)."""
+    try:
+        with open(os.path.join(folder, LOSS_RECORD_NAME), encoding="utf-8") as handle:
+            recorded = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def say_earlier_defaults(folder: str, unknown: list[str]) -> None:
@@ -77,4 +86,5 @@ def say_earlier_defaults(folder: str, unknown: list[str]) -> None:
                        "one. To go on as it started, set them in the recipe's losses", folder, "; ".join(unknown))
 
 
-__all__ = ["LOSS_RECORD_NAME", "check_loss_record", "loss_settings", "say_earlier_defaults", "write_loss_record"]
+__all__ = ["LOSS_RECORD_NAME", "check_loss_record", "loss_settings", "read_loss_record", "say_earlier_defaults",
+           "write_loss_record"]
