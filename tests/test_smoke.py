@@ -24,6 +24,7 @@ from hf_rcka.cli.main import main
 from hf_rcka.errors import RecipeError
 from hf_rcka.cli.recipe import resolve_values
 from hf_rcka.cli.smoke import SMOKE_BATCH, SMOKE_STEPS, plan_smoke_test, smoke_output_dir
+from hf_rcka.recipe_specs import loss_spec, resolved_specs
 from hf_rcka.cli.smoke_check import SmokeTestFailure, check_output
 from hf_rcka.cli.smoke_data import SyntheticData, class_names, write_synthetic_dataset
 
@@ -115,7 +116,9 @@ def test_recipe_smoke_tests_offline(path, tmp_path, capsys, request):
     recorded = yaml.safe_load((smoke_dir / "distill_config.yaml").read_text())
     recipe = yaml.safe_load(path.read_text())
     assert recorded["smoke_test"] is True
-    assert recorded.get("losses") == recipe.get("losses") or recipe.get("losses") is None
+    # the recipe's losses, every option written out (a later default must not change a rerun)
+    assert recipe.get("losses") is None or recorded["losses"] == resolved_specs([loss_spec(spec)
+                                                                                 for spec in recipe["losses"]])
     assert recorded.get("feature_pairs") == recipe.get("feature_pairs"), "the recipe's own feature pairs run"
     assert recorded.get("bf16", False) is False and recorded.get("fp16", False) is False
     # Batch-relational CKA needs more than two samples a batch, or it is identically 1 (zero loss).
