@@ -975,20 +975,28 @@ def test_a_loss_of_ones_own_whose_defaults_no_record_reads_back_resumes(tmp_path
         LOSSES._classes.pop("shaped", None)
 
 
-def test_a_checkpoint_of_an_earlier_version_resumed_once_still_takes_the_value_it_was_told_to_set(tmp_path, capsys):
-    """A resume of an earlier version's checkpoint rewrote the run's record with today's defaults, and
-    a resume of the same checkpoint with the earlier value, as the warning said, was then refused as
-    a change of options: the checkpoint's own loss record decides."""
+def _run_recorded_as_before_every_option(tmp_path: Path) -> tuple[dict, Path]:
+    """A distillation run with rcka, its records rewritten as an earlier version wrote them (rcka's
+    weights left out); its recipe and its checkpoint-2."""
     teacher = save_teacher(tmp_path / "teacher", [str(digit) for digit in range(10)])
     first = base(tmp_path, teacher_model_name_or_path=teacher, save_strategy="steps", save_steps=2,
                  losses=[{"name": "ce"}, {"name": "rcka"}])
     assert run(tmp_path, first) == 0
-    out, checkpoint = tmp_path / "out", tmp_path / "out" / "checkpoint-2"
-    for path in (out / "distill_config.yaml", checkpoint / "loss_settings.json"):  # as an earlier version wrote them
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    for path in (tmp_path / "out" / "distill_config.yaml", checkpoint / "loss_settings.json"):
         text = path.read_text()
         for option in ("intra_weight", "inter_weight"):
             text = re.sub(rf"[,\s]*\"?{option}\"?: 1\.0", "", text)
+        assert "intra_weight" not in text
         path.write_text(text)
+    return first, checkpoint
+
+
+def test_a_checkpoint_of_an_earlier_version_resumed_once_still_takes_the_value_it_was_told_to_set(tmp_path, capsys):
+    """A resume of an earlier version's checkpoint rewrote the run's record with today's defaults, and
+    a resume of the same checkpoint with the earlier value, as the warning said, was then refused as
+    a change of options: the checkpoint's own loss record decides."""
+    first, checkpoint = _run_recorded_as_before_every_option(tmp_path)
     resume = ["--resume_from_checkpoint", str(checkpoint), "--overwrite_output_dir", "true"]
     assert run(tmp_path, {**first, "max_steps": 3}, *resume) == 0  # at today's 1/1, said
     assert "records no value for rcka intra_weight" in capsys.readouterr().err
@@ -1003,17 +1011,7 @@ def test_a_record_of_an_earlier_version_that_leaves_a_changed_default_out_is_sai
     15/15): the resume goes on and says which value it trains with. Said once: by the checkpoint's
     own loss record as it loads, or from the run's recorded recipe before anything loads (older
     checkpoints)."""
-    teacher = save_teacher(tmp_path / "teacher", [str(digit) for digit in range(10)])
-    first = base(tmp_path, teacher_model_name_or_path=teacher, save_strategy="steps", save_steps=2,
-                 losses=[{"name": "ce"}, {"name": "rcka"}])
-    assert run(tmp_path, first) == 0
-    out, checkpoint = tmp_path / "out", tmp_path / "out" / "checkpoint-2"
-    for path in (out / "distill_config.yaml", checkpoint / "loss_settings.json"):  # as an earlier version wrote them
-        text = path.read_text()
-        for option in ("intra_weight", "inter_weight"):
-            text = re.sub(rf"[,\s]*\"?{option}\"?: 1\.0", "", text)
-        assert "intra_weight" not in text
-        path.write_text(text)
+    first, checkpoint = _run_recorded_as_before_every_option(tmp_path)
     (checkpoint / "teacher.json").unlink()
     if not checkpoint_record:
         (checkpoint / "loss_settings.json").unlink()
