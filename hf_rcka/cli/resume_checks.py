@@ -25,7 +25,7 @@ from ..modeling.assembly import active_specs, run_loss_specs
 from ..recipe_specs import checked_pairs
 from ..registry import LOSSES
 from ..trainer.checkpointing import checkpoint_step, holds_training_state
-from ..trainer.loss_record import LOSS_RECORD_NAME, read_loss_record, say_earlier_defaults
+from ..trainer.loss_record import read_loss_record, say_earlier_defaults
 from ..trainer.resume_match import check_resume_batch, check_resume_rate
 from ..trainer.interrupt import written_whole
 from .records import recorded_recipe
@@ -176,7 +176,7 @@ def warn_earlier_defaults(folder: str, model_args: Any, args: Any) -> None:
     from ..recipe_specs import earlier_defaults
 
     specs = _loss_specs(recorded_recipe(folder) or {}, model_args, args)
-    if specs is not None and not os.path.isfile(os.path.join(folder, LOSS_RECORD_NAME)):
+    if specs is not None and read_loss_record(folder) is None:
         say_earlier_defaults(folder, earlier_defaults(*specs))
 
 
