@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fnmatch
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from .splits import VALIDATION_SPLIT_NAMES, stratified_validation_split
 from . import label_values
 from .digits import DIGITS, digits_dataset
 from .image_paths import image_paths_from_the_data_folder
+from .local_cache import local_cache_path
 from .stored_labels import parquet_split_files, realign_stored_labels
 
 logger = logging.getLogger(__name__)
@@ -169,15 +169,11 @@ def _cache_of_local_files(folder: str, builder: datasets.DatasetBuilder | None) 
     data_files = getattr(getattr(builder, "config", None), "data_files", None)
     if not os.path.isdir(folder) or not data_files:
         return None
-    digest = hashlib.sha256()
+    splits = {split: sorted(str(f) for f in data_files[split]) for split in sorted(data_files)}
     try:
-        for split in sorted(data_files):
-            for path in sorted(str(f) for f in data_files[split]):
-                stat = os.stat(path)
-                digest.update(f"{split}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return local_cache_path(json.dumps(splits), (path for paths in splits.values() for path in paths))
     except OSError:  # not local files after all: datasets' own cache
         return None
-    return os.path.join(datasets.config.HF_DATASETS_CACHE, "hf_rcka_local_folders", digest.hexdigest()[:16])
 
 
 def _refuse_an_empty_split(name: str, err: ValueError) -> None:

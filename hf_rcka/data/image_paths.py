@@ -10,7 +10,6 @@ error when the data loads.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
@@ -20,6 +19,7 @@ import pyarrow.compute as pc
 
 from ..arguments import DataArguments
 from ..errors import DataError
+from .local_cache import local_cache_path
 
 
 def image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArguments,
@@ -61,13 +61,10 @@ def _paths_cache(split: datasets.Dataset, folder: str, column: str) -> dict[str,
     """
     if not split.cache_files:
         return {}
-    digest = hashlib.sha256(f"{split._fingerprint}\0{os.path.abspath(folder)}\0{column}\n".encode())
-    for file in split.cache_files:
-        stat = os.stat(file["filename"])
-        digest.update(f"{file['filename']}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    cache = os.path.join(datasets.config.HF_DATASETS_CACHE, "hf_rcka_local_folders", "image-paths")
-    os.makedirs(cache, exist_ok=True)
-    return {"cache_file_name": os.path.join(cache, f"{digest.hexdigest()[:16]}.arrow")}
+    path = local_cache_path(f"{split._fingerprint}\0{os.path.abspath(folder)}\0{column}",
+                            (file["filename"] for file in split.cache_files), kind="image-paths")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return {"cache_file_name": f"{path}.arrow"}
 
 
 def _first_relative_path(split: datasets.Dataset, column: str) -> str | None:
