@@ -173,29 +173,18 @@ def training_alone_in(output_dir: str, evaluating: bool = False) -> Iterator[str
         yield str(err) if isinstance(err, RecipeError) else (
             f"output_dir {output_dir!r} cannot be created ({err.strerror or err}). Choose another output_dir")
         return
-    try:
-        descriptor = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:  # a folder that cannot be opened to lock: runs there are not kept apart
-        yield None
-        return
     refusal = None
     try:
-        try:
-            fcntl.flock(descriptor, (fcntl.LOCK_SH if evaluating else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            _HELD.add(descriptor)
-        except BlockingIOError:
-            made = []  # the folder is the holder's now: removing it (empty yet) left the holder's lock on no folder
-            other = "a training run" if evaluating else (
-                "another run (training there, evaluating its model, or loading it as a teacher or starting model)")
-            holder = lock_holder(output_dir)
-            refusal = (f"output_dir {output_dir!r} is in use by {other}{f' (pid {holder})' if holder else ''}: it "
-                       "holds the folder's lock. Wait for it to end, or choose another output_dir")
-        except OSError as err:
-            logger.debug("output_dir: no lock on %s (%s): runs started there at once are not kept apart", output_dir, err)
-        yield refusal
+        with contextlib.ExitStack() as held:
+            if not _lock(output_dir, shared=evaluating, held=held):
+                made = []  # the folder is the holder's now: removing it (empty yet) left the holder's lock on no folder
+                other = "a training run" if evaluating else (
+                    "another run (training there, evaluating its model, or loading it as a teacher or starting model)")
+                holder = lock_holder(output_dir)
+                refusal = (f"output_dir {output_dir!r} is in use by {other}{f' (pid {holder})' if holder else ''}: it "
+                           "holds the folder's lock. Wait for it to end, or choose another output_dir")
+            yield refusal
     finally:
-        _HELD.discard(descriptor)
-        os.close(descriptor)
         remove_empty(made)
 
 
@@ -222,22 +211,33 @@ def reading_models(folders: dict[str, str | None], output_dir: str | None = None
         for key, value, run_folder in _local_folders(folders):
             if checkpoint_step(run_folder.name) is not None or run_folder == own:
                 continue
-            try:
-                descriptor = os.open(run_folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:  # a folder that cannot be opened to lock: not kept apart
-                continue
-            held.callback(_release, descriptor)
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                _HELD.add(descriptor)
-            except BlockingIOError:
+            if not _lock(run_folder, shared=True, held=held):
                 holder = lock_holder(str(run_folder))
                 yield (f"{key} {value!r} is in use by a training run{f' (pid {holder})' if holder else ''} that "
                        "replaces the model there. Wait for that run to end, or load another model")
                 return
-            except OSError as err:
-                logger.debug("%s: no lock on %s (%s)", key, run_folder, err)
         yield None
+
+
+def _lock(folder: str | Path, shared: bool, held: contextlib.ExitStack) -> bool:
+    """Take ``folder``'s lock (``flock`` on the folder itself) without waiting, until ``held`` closes;
+    False when another process holds it (exclusively, or at all for an exclusive lock). A folder
+    that cannot be opened or locked (some network file systems) counts as taken: runs there are not
+    kept apart."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return True
+    held.callback(_release, descriptor)
+    try:
+        fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as err:
+        logger.debug("no lock on %s (%s): runs there are not kept apart", folder, err)
+        return True
+    _HELD.add(descriptor)  # a DataLoader worker forked meanwhile closes its copy (_close_held_in_child)
+    return True
 
 
 def _release(descriptor: int) -> None:
