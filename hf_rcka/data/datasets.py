@@ -169,7 +169,7 @@ def _cache_of_local_files(folder: str, builder: datasets.DatasetBuilder | None) 
     data_files = getattr(getattr(builder, "config", None), "data_files", None)
     if not os.path.isdir(folder) or not data_files:
         return None
-    splits = {split: sorted(str(f) for f in data_files[split]) for split in sorted(data_files)}
+    splits = {str(split): sorted(str(f) for f in data_files[split]) for split in sorted(data_files)}  # NamedSplit keys
     try:
         return local_cache_path(json.dumps(splits), (path for paths in splits.values() for path in paths))
     except OSError:  # not local files after all: datasets' own cache
