@@ -335,6 +335,31 @@ def check_arguments(args: TrainingArguments) -> None:
     check_schedule_settings(args)
 
 
+# Settings whose value decides what a run trains, besides the models, data and losses a recipe names:
+# which images (the carved split, the columns), their augmentation, the optimizer, the schedule, the
+# seed and the weight average. A run's record holds each at its value, at this version's default
+# where the recipe left it out, so that a rerun of the record or a resume of the run trains alike
+# after a later version changes a default (the losses' options are recorded likewise).
+DECIDING_KEYS = (
+    "student_from_scratch", "teacher_label_mapping", "image_column_name", "label_column_name", "train_val_split",
+    "split_seed", *(f.name for f in dataclasses.fields(AugmentationArguments)),
+    "learning_rate", "lr_base_size", "lr_base_scale", "optim", "weight_decay", "model_no_weight_decay", "adam_beta1",
+    "adam_beta2", "adam_epsilon", "max_grad_norm", "num_train_epochs", "lr_scheduler_type", "warmup_steps", "seed",
+    "label_smoothing_factor", "per_device_train_batch_size", "gradient_accumulation_steps", "model_ema",
+    "model_ema_decay", "model_ema_warmup", "model_ema_export",
+)
+
+
+def left_out_defaults(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The ``DECIDING_KEYS`` that ``recipe`` leaves out, at the defaults it ran with; those that are
+    None (no value to change) are left out, and so is ``learning_rate`` beside ``lr_base``, which
+    sets the rate (a recipe with both is refused). Trainer's rate is a plain number here (the
+    arguments mark it as not given: ``TrainersDefaultRate``)."""
+    defaults = recipe_defaults()
+    return {key: float(defaults[key]) if isinstance(defaults[key], float) else defaults[key] for key in DECIDING_KEYS
+            if key not in recipe and defaults.get(key) is not None and not (key == "learning_rate" and "lr_base" in recipe)}
+
+
 def recipe_defaults() -> dict[str, Any]:
     """What a recipe that leaves a setting out runs with (the arguments' own defaults), for
     comparing a recorded recipe with another run's settings."""

@@ -8,8 +8,10 @@ another folder's images, and a card comparing two runs would call other images t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import subprocess
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,3 +72,31 @@ def read_recorded_recipe(run_dir: str) -> dict[str, Any]:
     if not isinstance(recipe, dict):
         raise ValueError(f"{path} is not a mapping of recipe keys")
     return anchored(recipe, recorded_working_dir(run_dir))
+
+
+@functools.lru_cache(maxsize=None)
+def code_version() -> str:
+    """``hf_rcka <version>``, with the git commit of the source tree it runs from when that tree is
+    a git checkout (as the README installs it), and ``local changes`` when its package differs from
+    that commit: the version number alone names every commit since it was last raised, so a card or
+    a record could not say which code trained a run."""
+    from . import __version__
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    top, commit = _git(package, "rev-parse", "--show-toplevel"), _git(package, "rev-parse", "--short=12", "HEAD")
+    if not top or not commit or os.path.realpath(top) != os.path.realpath(os.path.dirname(package)):
+        return f"hf_rcka {__version__}"  # an installed copy, or a tree inside another project's checkout
+    changed = _git(package, "status", "--porcelain", "--untracked-files=no", "--", ".")
+    return f"hf_rcka {__version__} (git {commit}{', local changes' if changed else ''})"
+
+
+def _git(folder: str, *command: str) -> str | None:
+    """A git command's output in ``folder``, or None where git is missing or fails there. It takes
+    no lock (``GIT_OPTIONAL_LOCKS``): runs started together each ask, and a status that refreshes
+    the index would make them wait on one another."""
+    try:
+        done = subprocess.run(["git", "-C", folder, *command], capture_output=True, text=True, timeout=10,
+                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"}, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()

@@ -940,6 +940,55 @@ def test_a_run_records_every_loss_option_so_a_changed_default_does_not_change_it
     assert next(spec for spec in again["losses"] if spec["name"] == "rcka")["intra_weight"] == 1.0
 
 
+def change_default(monkeypatch, cls: type, key: str, value) -> None:
+    """As an upgrade would: the argument dataclass ``cls`` defaults ``key`` to ``value``."""
+    import inspect
+
+    names = list(inspect.signature(cls.__init__).parameters)[1:]
+    defaults = list(cls.__init__.__defaults__)
+    defaults[len(defaults) - len(names) + names.index(key)] = value
+    monkeypatch.setattr(cls.__init__, "__defaults__", tuple(defaults))
+    monkeypatch.setattr(cls.__dataclass_fields__[key], "default", value)
+
+
+def test_a_run_records_the_settings_it_left_out_so_a_changed_default_does_not_change_it(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """The record held the recipe as written: a rerun of it, or a resume, read every setting the
+    recipe left out at the running version's default, so an upgrade that changed one (as
+    model_no_weight_decay's once did) changed how the run went on, unsaid."""
+    from hf_rcka.arguments import DataArguments, DistillationTrainingArguments
+
+    first = base(tmp_path, no_aug=False, save_strategy="steps", save_steps=1)
+    assert run(tmp_path, first) == 0
+    record = tmp_path / "out" / "distill_config.yaml"
+    recorded = yaml.safe_load(record.read_text())
+    assert recorded["color_jitter"] == 0.4 and recorded["hflip"] == 0.5 and recorded["model_no_weight_decay"] is True
+    assert recorded["learning_rate"] == 5e-5 and recorded["split_seed"] == 42 and recorded["seed"] == 42
+    assert "aa" not in recorded and "lr_base" not in recorded, "no value (None) is written"
+    assert "\n# Written by hf_rcka " in record.read_text()
+    change_default(monkeypatch, DataArguments, "color_jitter", 0.1)  # an upgrade
+    change_default(monkeypatch, DistillationTrainingArguments, "max_grad_norm", 5.0)
+    capsys.readouterr()
+    assert main([str(record), "--max_steps", "3", "--resume_from_checkpoint", "true"]) == 0
+    assert "other settings" not in capsys.readouterr().err, "the record resumes as it trained"
+    again = yaml.safe_load(record.read_text())
+    assert again["color_jitter"] == 0.4 and again["max_grad_norm"] == 1.0
+    assert run(tmp_path, {**first, "max_steps": 4}, "--resume_from_checkpoint", "true") == 0  # the recipe as written
+    err = capsys.readouterr().err
+    assert "was trained with other settings (color_jitter 0.4 -> 0.1; max_grad_norm 1 -> 5): its steps from here " \
+           "on train with these" in err
+    assert yaml.safe_load(record.read_text())["color_jitter"] == 0.1, "the record names the values it went on with"
+
+
+def test_a_recipe_with_lr_base_records_no_learning_rate(tmp_path):
+    """The learning rate lr_base sets is not the default's: a record holding both was refused."""
+    assert run(tmp_path, base(tmp_path, lr_base=1e-3)) == 0
+    record = tmp_path / "out" / "distill_config.yaml"
+    recorded = yaml.safe_load(record.read_text())
+    assert recorded["lr_base"] == 1e-3 and "learning_rate" not in recorded and recorded["lr_base_size"] == 256
+    assert main([str(record), "--output_dir", str(tmp_path / "again")]) == 0
+
+
 def test_a_loss_of_ones_own_whose_defaults_no_record_reads_back_resumes(tmp_path):
     """A tuple, an enum or a function as a custom loss's default: written into the records, they came
     back as a list or a string that differed from the default at the next resume (refused, with the

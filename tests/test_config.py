@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -371,6 +372,42 @@ def test_a_resume_with_another_schedule_is_said(tmp_path, caplog):
     assert "other schedule settings (num_train_epochs 3 -> 6; warmup_steps 0 -> 0.1)" in caplog.text
     _, _, linear = parse_arguments({**recorded, "lr_scheduler_type": "linear"})
     assert warn_resume_schedule(str(checkpoint), linear) == ["lr_scheduler_type cosine -> linear"]
+
+
+def _code_version_of(package_parent: Path) -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", "from hf_rcka.run_record import code_version; print(code_version())"],
+                          cwd=package_parent, env={"PYTHONPATH": str(package_parent), "PATH": os.environ["PATH"]},
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_cards_and_records_name_the_commit_that_trained_the_run(tmp_path):
+    """Every card and record said "hf_rcka 0.1.0", a version never raised: which code trained a run
+    could not be told. A git checkout (as the README installs it) adds its commit, and says when
+    the package differs from it; a copy inside another project's checkout does not take its commit."""
+    import shutil
+    import subprocess
+
+    import hf_rcka
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    shutil.copytree(Path(hf_rcka.__file__).parent, repo / "hf_rcka", ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert _code_version_of(repo) == f"hf_rcka {hf_rcka.__version__} (git {commit})"
+    with open(repo / "hf_rcka" / "run_record.py", "a") as handle:
+        handle.write("# changed\n")
+    assert _code_version_of(repo) == f"hf_rcka {hf_rcka.__version__} (git {commit}, local changes)"
+    inner = repo / "vendored"
+    shutil.copytree(repo / "hf_rcka", inner / "hf_rcka")
+    assert _code_version_of(inner) == f"hf_rcka {hf_rcka.__version__}", "another project's commit is not hf_rcka's"
 
 
 def test_the_record_holds_the_batch_trained_with_and_no_resume(tmp_path):

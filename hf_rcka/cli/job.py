@@ -20,7 +20,9 @@ import transformers
 import transformers.trainer
 from transformers.trainer_utils import get_last_checkpoint, has_length
 
-from ..arguments import RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments, run_mixed_precision
+from ..arguments import (
+    RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments, left_out_defaults, run_mixed_precision,
+)
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
 from ..data.label_values import check_class_count, check_trained_classes
@@ -51,7 +53,7 @@ from .hub_contents import check_push_contents, unpublishable_entries, upload_fil
 from .preflight import check_launch, check_recipe_metric, check_run
 from .resume_checks import (
     check_checkpoint, check_resume_batch, check_resume_rate, check_resume_recipe, check_resume_split,
-    warn_earlier_defaults, warn_resume_schedule,
+    warn_earlier_defaults, warn_resume_schedule, warn_resume_settings,
 )
 from .output_folder import (
     REPLACING, Replacement, check_output_dir, drop_stale_export, finished_after, holds_run, later_checkpoints,
@@ -109,10 +111,12 @@ def _evaluate_alone(model_args: ModelArguments, data_args: DataArguments, args: 
 
 
 def recipe_to_record(recipe: dict, args: DistillationTrainingArguments, losses: list[dict]) -> dict:
-    """The recipe as it ran: its losses in full (every option written out), and the launcher's mixed
-    precision as the recipe key it equals (a run of the record trained in float32, and a card
-    compared a launcher-bf16 run with a float32 baseline as trained alike)."""
-    recorded = {**recipe, "losses": losses}
+    """The recipe as it ran: its losses in full (every option written out), the settings that decide
+    the training at their defaults where it left them out (``left_out_defaults``: a later version's
+    defaults do not change a rerun of the record), and the launcher's mixed precision as the recipe
+    key it equals (a run of the record trained in float32, and a card compared a launcher-bf16 run
+    with a float32 baseline as trained alike)."""
+    recorded = {**recipe, **left_out_defaults(recipe), "losses": losses}
     chosen = run_mixed_precision(args)
     if chosen is not None and not (args.bf16 or args.fp16):
         recorded[chosen] = True
@@ -288,6 +292,7 @@ def _prepare_before_loading(
             warn_earlier_defaults(resume, model_args, args)
         check_resume_rate(resume, args)
         warn_resume_schedule(resume, args)
+        warn_resume_settings(resume, data_args, args)
     check_output_dir(args, resume)
     check_push_contents(args, resume)
     # Pinned memory only helps copies to an accelerator; on CPU torch warns at every dataloader.

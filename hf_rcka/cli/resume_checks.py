@@ -4,7 +4,7 @@ A resumed run must continue the run that made the checkpoint: readable weights a
 (a run killed while saving leaves a truncated file), the same global batch, the same learning rate
 (the checkpoint's optimizer and schedule hold it), the same losses, loss options, feature pairs
 and data (``check_resume_recipe``) and, once the data has loaded, the same held-out validation
-split; other schedule settings are said, not refused. (The teacher is compared by its weights when
+split; other schedule settings, and the settings a resume takes as given, are said, not refused. (The teacher is compared by its weights when
 the checkpoint loads: ``trainer.teacher_record``.) Each error names ``resume_from_checkpoint`` and
 the fix, often an earlier checkpoint.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..arguments import recipe_defaults
+from ..augmentation import AugmentationArguments
 from ..errors import ModelError, RecipeError
 from ..modeling.assembly import active_specs, run_loss_specs
 from ..recipe_specs import checked_pairs
@@ -195,24 +196,67 @@ def warn_resume_schedule(folder: str, args: Any) -> list[str]:
     Returns:
         The changed settings, as ``key before -> now``.
     """
-    recorded = recorded_recipe(folder)
-    if not recorded:
-        return []
-    fields = type(args).__dataclass_fields__
-    changed = []
-    for key in SCHEDULE_KEYS:
-        field = fields[key]
-        before = recorded[key] if key in recorded else (
-            field.default_factory() if field.default is dataclasses.MISSING else field.default)
-        now = getattr(args, key)
-        if before != now and not (isinstance(before, (int, float)) and isinstance(now, (int, float))
-                                  and math.isclose(before, now)):
-            changed.append(f"{key} {_setting(before)} -> {_setting(now)}")
+    changed = _recorded_changes(folder, SCHEDULE_KEYS, args)
     if changed:
         logger.warning("resume_from_checkpoint: %s was trained with other schedule settings (%s): the learning rate "
                        "follows a schedule recomputed from these values from its step on, so the run's first steps "
                        "followed another one", folder, "; ".join(changed))
     return changed
+
+
+# Settings a resumed run takes as given, which neither the checkpoint brings back (the optimizer's
+# own settings return with its state) nor another check compares (the rate, batch, seed, split,
+# repeats and losses are checked above): the images' augmentation and columns, the clipping, the
+# weight average. A change is allowed, and said: the record and the card then name only the new
+# value, and a recipe that leaves one out takes the running version's default, which may differ.
+RESUMED_AS_GIVEN = (
+    *(f.name for f in dataclasses.fields(AugmentationArguments) if f.name != "aug_repeats"),
+    "image_column_name", "label_column_name", "max_grad_norm", "model_ema", "model_ema_decay", "model_ema_warmup",
+    "model_ema_export",
+)
+
+
+def warn_resume_settings(folder: str, *arguments: Any) -> list[str]:
+    """Say the ``RESUMED_AS_GIVEN`` settings a resumed run changes, from the run's record (a
+    setting it leaves out, recorded before such defaults were written, is taken at its default).
+
+    Returns:
+        The changed settings, as ``key before -> now``.
+    """
+    changed = _recorded_changes(folder, RESUMED_AS_GIVEN, *arguments)
+    if changed:
+        logger.warning("resume_from_checkpoint: %s was trained with other settings (%s): its steps from here on train "
+                       "with these, and its record and card name only them. To go on as it trained, resume with its "
+                       "distill_config.yaml", folder, "; ".join(changed))
+    return changed
+
+
+def _recorded_changes(folder: str, keys: tuple[str, ...], *arguments: Any) -> list[str]:
+    """``key before -> now`` for each of ``keys`` whose value in ``arguments`` (the dataclasses
+    that hold them) differs from the one ``folder``'s run recorded, or its default where the record
+    leaves it out; nothing without a record."""
+    recorded = recorded_recipe(folder)
+    if not recorded:
+        return []
+    changed = []
+    for key in keys:
+        holder = next(a for a in arguments if key in type(a).__dataclass_fields__)
+        field = type(holder).__dataclass_fields__[key]
+        before = recorded[key] if key in recorded else (
+            field.default_factory() if field.default is dataclasses.MISSING else field.default)
+        now = getattr(holder, key)
+        if not _same(before, now):
+            changed.append(f"{key} {_setting(before)} -> {_setting(now)}")
+    return changed
+
+
+def _same(before: Any, now: Any) -> bool:
+    """Equal as recorded (an enum's value is what the record holds, a tuple a list) or as numbers
+    within rounding."""
+    before, now = (list(v) if isinstance(v, tuple) else getattr(v, "value", v) for v in (before, now))
+    if isinstance(before, (int, float)) and isinstance(now, (int, float)):
+        return math.isclose(before, now)
+    return before == now
 
 
 def _setting(value: Any) -> str:
@@ -257,5 +301,5 @@ def _earlier(folder: str) -> str:
 
 __all__ = [
     "SCHEDULE_KEYS", "check_checkpoint", "check_resume_batch", "check_resume_rate", "check_resume_recipe",
-    "check_resume_split", "warn_resume_schedule",
+    "check_resume_split", "warn_resume_schedule", "warn_resume_settings",
 ]

@@ -21,7 +21,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..file_writes import write_text
-from ..run_record import RECIPE_RECORD
+from ..run_record import RECIPE_RECORD, code_version
 from .card_facts import CardFacts, image_folder_name
 
 CARD_TAGS = ["knowledge-distillation", "image-classification", "hf_rcka"]
@@ -336,9 +336,7 @@ def reproduction_text(seed: int, mixed_precision: str | None) -> str:
     computed in (``arguments.run_mixed_precision``'s), and the versions of the libraries it ran
     (another torch computes other roundings)."""
     precision = f"{mixed_precision} mixed precision" if mixed_precision else "float32"
-    from .. import __version__  # the tree imported, which an installed copy's metadata may not be
-
-    versions = [f"hf_rcka {__version__}"]
+    versions = [code_version()]  # the tree imported, which an installed copy's metadata may not be
     for name in _LIBRARIES[1:]:
         try:
             versions.append(f"{name} {importlib.metadata.version(name)}")
