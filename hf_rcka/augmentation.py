@@ -20,7 +20,7 @@ _NOT_FOR_AA = ("lanczos", "box", "hamming")  # PIL's affine transforms refuse th
 _REMODES = ("const", "rand", "pixel")
 _MIXUP_MODES = ("batch", "pair", "elem")
 # the settings of timm's per-image transform, which no_aug replaces (batch mixing stays)
-_PER_IMAGE_KEYS = ("aa", "color_jitter", "hflip", "train_interpolation", "reprob", "remode", "recount")
+PER_IMAGE_KEYS = ("aa", "color_jitter", "hflip", "train_interpolation", "reprob", "remode", "recount")
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class AugmentationArguments:
                 )
         if self.no_aug:
             ignored = [f.name for f in fields(AugmentationArguments)
-                       if f.name in _PER_IMAGE_KEYS and getattr(self, f.name) != f.default]
+                       if f.name in PER_IMAGE_KEYS and getattr(self, f.name) != f.default]
             if ignored:
                 logger.warning("no_aug: true trains on the processor's own preprocessing, so %s (set here) have no "
                                "effect; drop no_aug to use them", ", ".join(ignored))

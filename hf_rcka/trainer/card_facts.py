@@ -22,7 +22,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..arguments import global_batch_size, recipe_defaults
-from ..augmentation import AugmentationArguments
+from ..augmentation import PER_IMAGE_KEYS, AugmentationArguments
 from ..data.datasets import VALIDATION_SPLIT_NAMES
 from ..losses import IGNORE_INDEX
 from ..losses.base import RelationalLoss
@@ -54,8 +54,6 @@ TRAINING_KEYS = (
 _SELECTION_KEYS = ("metric_for_best_model", "greater_is_better", "eval_strategy")
 # The weight average's settings: compared when either side averaged
 _EMA_KEYS = ("model_ema_decay", "model_ema_warmup", "model_ema_export")
-# AugmentationArguments that no_aug switches off (mixing and repeats are of the batch, and stay)
-_PER_IMAGE_AUGMENTATION = ("aa", "color_jitter", "hflip", "train_interpolation", "reprob", "remode", "recount")
 _RECORDED_BATCH = re.compile(rf"^# {BATCH_HEADER}(\d+) images", re.MULTILINE)
 
 logger = logging.getLogger(__name__)
@@ -322,7 +320,7 @@ def _other_training(baseline_dir: str, recipe: dict, defaults: dict, own: Traini
                                 for key in ("load_best_model_at_end", "model_ema"))
         compared = (*TRAINING_KEYS, *(_SELECTION_KEYS if selecting else ()), *(_EMA_KEYS if averaging else ()))
         setting = functools.partial(_setting, defaults=defaults)
-        keys = [k for k in compared if not (plain and k in _PER_IMAGE_AUGMENTATION)
+        keys = [k for k in compared if not (plain and k in PER_IMAGE_KEYS)
                 and not _same_setting(setting(recipe, k), setting(own.recipe, k))]
         if selecting and "steps" in {setting(side, "eval_strategy") for side in sides} \
                 and not _same_setting(setting(recipe, "eval_steps"), setting(own.recipe, "eval_steps")):
