@@ -374,6 +374,29 @@ def test_a_resume_with_another_schedule_is_said(tmp_path, caplog):
     assert warn_resume_schedule(str(checkpoint), linear) == ["lr_scheduler_type cosine -> linear"]
 
 
+def test_a_resume_says_the_settings_it_takes_as_given_where_they_act(tmp_path, caplog):
+    """Augmentation, columns, clipping and the weight average are taken as given by a resume (a
+    changed default among them, after an upgrade, too): said against the run's record, but not
+    where the setting acts on neither side (per-image augmentation under no_aug, the weight
+    average's options without one)."""
+    from hf_rcka.cli.resume_checks import warn_resume_settings
+
+    recorded = {**BASE, "no_aug": True, "color_jitter": 0.4, "model_ema_decay": 0.999}
+    dump_recipe(recorded, tmp_path / "distill_config.yaml")
+    _, data, training = parse_arguments({**recorded, "color_jitter": 0.1, "model_ema_decay": 0.99})
+    assert warn_resume_settings(str(tmp_path), data, training) == [], "no_aug on both sides, no average"
+    _, data, training = parse_arguments({**recorded, "no_aug": False, "model_ema": True, "max_grad_norm": 5})
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        changed = warn_resume_settings(str(tmp_path), data, training)
+    assert changed == ["no_aug True -> False", "max_grad_norm 1 -> 5", "model_ema False -> True"]
+    _, data, training = parse_arguments({**recorded, "no_aug": False, "color_jitter": 0.1})
+    assert warn_resume_settings(str(tmp_path), data, training) == ["no_aug True -> False", "color_jitter 0.4 -> 0.1"]
+    _, data, training = parse_arguments({**recorded, "model_ema": True, "model_ema_decay": 0.99})
+    assert warn_resume_settings(str(tmp_path), data, training) == [
+        "model_ema False -> True", "model_ema_decay 0.999 -> 0.99"]
+    assert "was trained with other settings (no_aug True -> False; max_grad_norm 1 -> 5" in caplog.text
+
+
 def _code_version_of(package_parent: Path) -> str:
     import subprocess
     import sys

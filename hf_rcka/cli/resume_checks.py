@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..arguments import recipe_defaults
-from ..augmentation import AugmentationArguments
+from ..augmentation import PER_IMAGE_KEYS, AugmentationArguments
 from ..errors import ModelError, RecipeError
 from ..modeling.assembly import active_specs, run_loss_specs
 from ..recipe_specs import checked_pairs
@@ -234,20 +234,23 @@ def warn_resume_settings(folder: str, *arguments: Any) -> list[str]:
 def _recorded_changes(folder: str, keys: tuple[str, ...], *arguments: Any) -> list[str]:
     """``key before -> now`` for each of ``keys`` whose value in ``arguments`` (the dataclasses
     that hold them) differs from the one ``folder``'s run recorded, or its default where the record
-    leaves it out; nothing without a record."""
+    leaves it out; nothing without a record. A setting that acts on neither side is left out: the
+    per-image augmentation when both sides set ``no_aug``, the weight average's options when
+    neither averages."""
     recorded = recorded_recipe(folder)
     if not recorded:
         return []
-    changed = []
+    before, now = {}, {}
     for key in keys:
         holder = next(a for a in arguments if key in type(a).__dataclass_fields__)
         field = type(holder).__dataclass_fields__[key]
-        before = recorded[key] if key in recorded else (
+        before[key] = recorded[key] if key in recorded else (
             field.default_factory() if field.default is dataclasses.MISSING else field.default)
-        now = getattr(holder, key)
-        if not _same(before, now):
-            changed.append(f"{key} {_setting(before)} -> {_setting(now)}")
-    return changed
+        now[key] = getattr(holder, key)
+    idle = {key for key in keys if key in PER_IMAGE_KEYS and before.get("no_aug") and now.get("no_aug")
+            or key.startswith("model_ema_") and not before.get("model_ema") and not now.get("model_ema")}
+    return [f"{key} {_setting(before[key])} -> {_setting(now[key])}" for key in keys
+            if key not in idle and not _same(before[key], now[key])]
 
 
 def _same(before: Any, now: Any) -> bool:
