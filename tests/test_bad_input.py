@@ -427,6 +427,65 @@ def test_adapter_option_values(tmp_path, capsys, no_loading, options, expected):
     assert error_of(capsys) == f"error: feature_pairs[0]: {expected}"
 
 
+@pytest.mark.parametrize("side,model,overrides,pair,expected", [
+    ("student", "config:vit", TINY_VIT, {"student_layer": 3, "teacher_layer": -1},
+     "student layer 3 is out of range: the student model has 3 hidden states, valid indices are -3..2"),
+    ("teacher", "config:resnet", TINY_RESNET, {"student_layer": -1, "teacher_layer": -6},
+     "teacher layer -6 is out of range: the teacher model has 5 hidden states, valid indices are -5..4"),
+    ("student", "timm/resnet10t", None, {"student_layer": 5, "teacher_layer": 0},
+     "student layer 5 is out of range: the student model has 5 hidden states, valid indices are -5..4"),
+    ("teacher", "timm folder", None, {"student_layer": 0, "teacher_layer": 5},
+     "teacher layer 5 is out of range: the teacher model has 5 hidden states, valid indices are -5..4"),
+    ("teacher", "folder", None, {"student_layer": 0, "teacher_layer": 3},
+     "teacher layer 3 is out of range: the teacher model has 3 hidden states, valid indices are -3..2"),
+])
+def test_a_layer_index_out_of_range_is_refused_before_loading(tmp_path, capsys, no_loading, side, model, overrides,
+                                                              pair, expected):
+    """It was refused once the data and both models had loaded (minutes for a large Hub teacher); the
+    line is the one the check after loading gives."""
+    from tests.conftest import processor, tiny_vit
+
+    folder = tmp_path / "model"
+    if model == "folder":
+        tiny_vit().save_pretrained(folder)
+        processor(16).save_pretrained(folder)
+    elif model == "timm folder":
+        from hf_rcka.models.timm_models import build_timm_classifier
+        build_timm_classifier("resnet10t").save_pretrained(folder)
+    name = str(folder) if "folder" in model else model
+    losses = [{"name": "ce"}, {"name": "feature_cka"}]
+    recipe = base(tmp_path, teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET,
+                  losses=losses, feature_pairs=[{"student_layer": 0, "teacher_layer": 0}, pair])
+    if side == "student":
+        recipe.update(model_name_or_path=name, student_config_overrides=overrides, student_from_scratch=True)
+    else:
+        recipe.update(teacher_model_name_or_path=name, teacher_config_overrides=overrides)
+    assert run(tmp_path, {k: v for k, v in recipe.items() if v is not None}) == 2
+    assert error_of(capsys) == f"error: feature_pairs[1]: {expected}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_layer_indices_of_pairs_no_loss_reads_are_not_checked_before_loading():
+    """Pairs that no loss computed reads are ignored after loading (with a warning): their indices
+    must not stop the run before it."""
+    from hf_rcka.arguments import DistillationTrainingArguments, ModelArguments
+    from hf_rcka.cli.model_sources import check_feature_pair_layers
+
+    model_args = ModelArguments(model_name_or_path="config:resnet", student_config_overrides=TINY_RESNET,
+                                teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET)
+    beyond = [{"student_layer": 9, "teacher_layer": 9}]
+    args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=beyond,
+                                         losses=[{"name": "ce"}, {"name": "kd"}])
+    check_feature_pair_layers(model_args, args)
+    args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=beyond,
+                                         losses=[{"name": "ce"}, {"name": "kd"}, {"name": "feature_cka", "weight": 0}])
+    check_feature_pair_layers(model_args, args)
+    args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=beyond,
+                                         losses=[{"name": "ce"}, {"name": "feature_cka"}])
+    with pytest.raises(RecipeError, match=r"^feature_pairs\[0\]: student layer 9 is out of range"):
+        check_feature_pair_layers(model_args, args)
+
+
 def test_model_ema_under_fsdp(tmp_path, capsys, no_loading, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets for an FSDP config
     assert run(tmp_path, base(tmp_path, model_ema=True)) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -221,6 +222,37 @@ def test_resolve_layer(index: int, expected: int):
 def test_resolve_layer_out_of_range_says_how_many(index: int, side: str):
     with pytest.raises(IndexError, match=rf"{side} layer {index} .* the {side} model has 13 hidden states.*-13\.\.12"):
         resolve_layer(index, 13, side)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_layer_indices_are_checked_before_loading_as_after(family: str, tmp_path):
+    """Before any weights load, each model is built on the meta device from its config and its
+    hidden states counted: the count must be the probe's, so that the early check accepts every
+    index ``choose_pairs`` accepts once the models have loaded, and refuses the others with its line."""
+    from hf_rcka.arguments import DistillationTrainingArguments, ModelArguments
+    from hf_rcka.cli.model_sources import check_feature_pair_layers
+
+    fam = FAMILIES[family]
+    model = fam.build()
+    model.config.save_pretrained(tmp_path)  # the architecture alone: no weights to load
+    specs = describe_hidden_states(model, pixels(fam.image_size))
+    n = len(specs)
+    model_args = ModelArguments(model_name_or_path=str(tmp_path), teacher_model_name_or_path=str(tmp_path))
+
+    def early(pairs):
+        args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=pairs,
+                                             losses=[{"name": "ce"}, {"name": "feature_cka"}])
+        check_feature_pair_layers(model_args, args)
+
+    valid = [{"student_layer": 0, "teacher_layer": -1}, {"student_layer": n - 1, "teacher_layer": -n},
+             {"student_layer": -1, "teacher_layer": n - 1}]
+    early(valid)
+    choose_pairs(valid, specs, specs)
+    for beyond in ([{"student_layer": n, "teacher_layer": 0}], [{"student_layer": 0, "teacher_layer": -n - 1}]):
+        with pytest.raises(IndexError) as after:
+            choose_pairs(beyond, specs, specs)
+        with pytest.raises(IndexError, match="^" + re.escape(str(after.value)) + "$"):
+            early(beyond)
 
 
 def test_resolve_layer_rejects_non_integers():

@@ -5,7 +5,8 @@ data and the models have loaded: a model path that does not exist or a folder wi
 config or its image processor, a timm architecture or Hub id that is not there (or not reachable
 offline, or gated), a typo in a ``config:`` model type or in any model's overrides, class settings a
 run decides itself, an ``image_size`` a ViT cannot take, losses that need a teacher or a DeiT
-distillation head, and ``push_to_hub`` without Hub access.
+distillation head, a feature pair's layer index beyond the model's hidden states, and
+``push_to_hub`` without Hub access.
 """
 
 from __future__ import annotations
@@ -393,6 +394,67 @@ def check_student_config(model_args: Any) -> None:
                           pretrained=not model_args.student_from_scratch)
 
 
+def check_feature_pair_layers(model_args: Any, args: Any) -> None:
+    """A recipe's feature pair whose layer index is out of range for its model, refused before the
+    data and any weights load (it was refused once both models had loaded: minutes for a large
+    teacher downloaded from the Hub).
+
+    Each model is built without weights (``build_without_weights``) and its hidden states counted by
+    the forward that counts them after loading (``count_hidden_states``), at its own input size;
+    the indices are checked as after loading (``check_layer_indices``), with the same message. A
+    model that cannot be built or run so (construction that reads values, code of its own) is left
+    to the check after loading, which stays the final word.
+    """
+    from ..features.pairing import check_layer_indices
+    from ..recipe_specs import unused_feature_pairs
+
+    pairs = getattr(args, "feature_pairs", None)
+    teacher = model_args.teacher_model_name_or_path
+    if not isinstance(pairs, list) or not teacher:
+        return
+    if unused_feature_pairs(active_specs(run_loss_specs(args, has_teacher=True)), pairs):
+        return  # ignored after loading (with a warning), whatever their indices
+    # the run's classes are known once the data has loaded; the student gets a head of its own for
+    # them (a timm backbone without one fails to build with none), and its body does not change
+    num_student = _hidden_state_count(model_args.model_name_or_path, model_args.student_config_overrides,
+                                      model_args.trust_remote_code, model_args.image_size, num_labels=2)
+    num_teacher = _hidden_state_count(teacher, model_args.teacher_config_overrides, model_args.trust_remote_code)
+    check_layer_indices(pairs, num_student, num_teacher)
+
+
+def _hidden_state_count(name: str, overrides: dict | None, trust_remote_code: bool, image_size: int | None = None,
+                        num_labels: int | None = None) -> int | None:
+    """How many hidden states the model ``name`` has, counted on the meta device; None when that
+    cannot be told without its weights. Remote code is not run for it (its construction may do
+    anything, a download included)."""
+    import torch
+
+    from ..features.hidden_states import count_hidden_states
+    from ..models.image_sizes import as_hw
+    from ..models.loading import build_without_weights
+
+    if trust_remote_code:
+        return None
+    try:
+        model = build_without_weights(name, num_labels=num_labels, config_overrides=overrides, image_size=image_size)
+        height, width = as_hw(image_size) if image_size is not None else _input_size(model)
+        return count_hidden_states(model, torch.empty(1, 3, height, width, device="meta"))
+    except Exception:  # noqa: BLE001 - not countable without weights: the check after loading decides
+        return None
+
+
+def _input_size(model: Any) -> tuple[int, int]:
+    """The (height, width) a model is built for: a timm model's data config records it, a
+    transformers model's config has ``image_size`` (``planned_input_size``, as the probe after
+    loading falls back to)."""
+    from ..modeling.teacher_inputs import planned_input_size
+
+    data_cfg = getattr(model.config, "pretrained_cfg", None) or {}
+    if data_cfg.get("input_size"):
+        return tuple(int(side) for side in data_cfg["input_size"][-2:])
+    return planned_input_size(model)
+
+
 def _check_default_processor(name: str, config: Any, image_size: int | None) -> None:
     """A ``config:`` type's image processor, built by the loader from the config alone, must have a
     fixed output size: transformers has none for some types (hgnet_v2), and others resize each
@@ -521,6 +583,7 @@ def _check_image_size(image_size: int | None, model_type: str | None, config: di
 
 
 __all__ = [
-    "check_channel_overrides", "check_class_overrides", "check_hub_access", "check_image_processor",
-    "check_losses_fit_models", "check_model_overrides", "check_model_source", "check_student_config", "whoami",
+    "check_channel_overrides", "check_class_overrides", "check_feature_pair_layers", "check_hub_access",
+    "check_image_processor", "check_losses_fit_models", "check_model_overrides", "check_model_source",
+    "check_student_config", "whoami",
 ]

@@ -179,6 +179,16 @@ def describe_hidden_states(model: nn.Module, pixel_values: Tensor) -> list[Featu
     ]
 
 
+def count_hidden_states(model: nn.Module, pixel_values: Tensor) -> int:
+    """How many hidden states :func:`describe_hidden_states` describes, from the same forward.
+
+    Runs on the meta device too (a model built without weights, a meta ``pixel_values``): shapes
+    alone decide the count, so a recipe's layer indices can be checked before any weights load.
+    """
+    with eval_no_grad(model):
+        return len(hidden_states_of(forward_with_hidden_states(model, pixel_values)))
+
+
 @contextmanager
 def eval_no_grad(model: nn.Module) -> Iterator[None]:
     """Eval mode and no_grad for a probe forward, every submodule's own mode restored afterwards.
@@ -376,6 +386,7 @@ def _model_name(model: nn.Module) -> str:
 
 __all__ = [
     "classifier_of",
+    "count_hidden_states",
     "describe_hidden_states",
     "hidden_states_of",
     "eval_no_grad",

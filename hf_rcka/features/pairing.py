@@ -70,12 +70,36 @@ def choose_pairs(
     given = feature_pairs is not None and feature_pairs != "auto"
     return [
         FeaturePair(
-            resolve_layer(p.student_layer, len(student_specs), "student", f"feature_pairs[{i}]: " if given else ""),
-            resolve_layer(p.teacher_layer, len(teacher_specs), "teacher", f"feature_pairs[{i}]: " if given else ""),
+            resolve_layer(p.student_layer, len(student_specs), "student", _where(i) if given else ""),
+            resolve_layer(p.teacher_layer, len(teacher_specs), "teacher", _where(i) if given else ""),
             p.adapter, dict(p.options), p.reason,
         )
         for i, p in enumerate(pairs)
     ]
+
+
+def check_layer_indices(feature_pairs: Sequence[Mapping[str, Any] | FeaturePair], num_student: int | None,
+                        num_teacher: int | None) -> None:
+    """Check a recipe's layer indices against each model's number of hidden states, where known.
+
+    Run before the models load, with counts taken from their architectures alone, so that an index
+    out of range is the error :func:`choose_pairs` would raise once both had loaded (the same
+    line), minutes sooner. A count of None (the architecture could not be built without its
+    weights) leaves that side to :func:`choose_pairs`.
+
+    Raises:
+        LayerIndexError: naming the first pair (``feature_pairs[i]: ``) with an index out of range.
+    """
+    for i, pair in enumerate(pairs_from_config(feature_pairs)):
+        for index, count, side in ((pair.student_layer, num_student, "student"),
+                                   (pair.teacher_layer, num_teacher, "teacher")):
+            if count is not None:
+                resolve_layer(index, count, side, _where(i))
+
+
+def _where(i: int) -> str:
+    """How an error about a recipe's pair names it."""
+    return f"feature_pairs[{i}]: "
 
 
 def resolve_layer(index: int, num_hidden_states: int, side: str, where: str = "") -> int:
@@ -215,6 +239,7 @@ __all__ = [
     "RESERVED_PAIR_KEYS",
     "FeaturePair",
     "auto_feature_pairs",
+    "check_layer_indices",
     "choose_pairs",
     "pairs_from_config",
     "resolve_layer",

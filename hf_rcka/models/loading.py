@@ -83,6 +83,28 @@ def load_image_classifier(
     return _load_pretrained(name_or_path, config, labels, overrides, trust_remote_code, dtype, image_size)
 
 
+def build_without_weights(
+    name_or_path: str,
+    *,
+    num_labels: int | None = None,
+    config_overrides: dict | None = None,
+    trust_remote_code: bool = False,
+    image_size: ImageSize = None,
+) -> PreTrainedModel:
+    """The architecture :func:`load_image_classifier` builds from ``name_or_path``, on the meta device.
+
+    No weight is read or drawn: only the config (a folder's, or the Hub cache's) and the overrides
+    decide it, so a recipe can be checked against the model (how many hidden states it has) in a
+    second, where loading a large teacher takes minutes. Its head has ``num_labels`` classes, or
+    the config's. Raises what building raises; an architecture whose construction reads values
+    (not only shapes) cannot be built so.
+    """
+    with torch.device("meta"):
+        return load_image_classifier(name_or_path, num_labels=num_labels, from_scratch=True,
+                                     config_overrides=config_overrides, trust_remote_code=trust_remote_code,
+                                     image_size=image_size)
+
+
 def _build_from_config(
     config: PreTrainedConfig, labels: LabelMaps | None, overrides: dict, trust_remote_code: bool,
     image_size: ImageSize,

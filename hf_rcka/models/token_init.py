@@ -22,12 +22,14 @@ TOKEN_NAMES = ("cls_token", "distillation_token", "position_embeddings")
 def draw_zeroed_tokens(model: PreTrainedModel) -> list[str]:
     """Draw every token parameter that construction left all zero; returns their names.
 
-    Only for freshly built models: a loaded checkpoint's tokens are what it trained.
+    Only for freshly built models: a loaded checkpoint's tokens are what it trained. A model built
+    on the meta device (its architecture alone, ``loading.build_without_weights``) has no values to
+    draw or to test for zero.
     """
     std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
     drawn = []
     for name, param in model.named_parameters():
-        if name.rsplit(".", 1)[-1] in TOKEN_NAMES and param.numel() > 0 and not param.any():
+        if name.rsplit(".", 1)[-1] in TOKEN_NAMES and param.numel() > 0 and not param.is_meta and not param.any():
             nn.init.trunc_normal_(param, mean=0.0, std=std)  # bounds +-2 (absolute), as DeiT and timm draw them
             drawn.append(name)
     return drawn
