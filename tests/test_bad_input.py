@@ -1039,9 +1039,13 @@ def test_a_run_records_the_settings_it_left_out_so_a_changed_default_does_not_ch
     assert yaml.safe_load(record.read_text())["color_jitter"] == 0.1, "the record names the values it went on with"
 
 
-def test_a_recipe_with_lr_base_records_no_learning_rate(tmp_path):
-    """The learning rate lr_base sets is not the default's: a record holding both was refused."""
+def test_a_recipe_with_lr_base_records_no_learning_rate(tmp_path, capsys):
+    """The learning rate lr_base sets is not the default's: a record holding both was refused. The
+    log says the rate and its base size (256 unless given: DeiT's rate, for 512, trained at twice
+    its rate without a word)."""
     assert run(tmp_path, base(tmp_path, lr_base=1e-3)) == 0
+    assert ("learning rate: 1.95313e-05, lr_base 0.001 for lr_base_size 256 images, scaled (linear) to the global "
+            "batch of 5") in capsys.readouterr().err
     record = tmp_path / "out" / "distill_config.yaml"
     recorded = yaml.safe_load(record.read_text())
     assert recorded["lr_base"] == 1e-3 and "learning_rate" not in recorded and recorded["lr_base_size"] == 256

@@ -21,7 +21,8 @@ import transformers.trainer
 from transformers.trainer_utils import get_last_checkpoint, has_length
 
 from ..arguments import (
-    RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments, left_out_defaults, run_mixed_precision,
+    RUN_DEFAULTS, DataArguments, DistillationTrainingArguments, ModelArguments, global_batch_size, left_out_defaults,
+    run_mixed_precision,
 )
 from ..data.bad_images import SkippedImages, SkippedImagesCallback
 from ..data.datasets import label_names, prepare_datasets
@@ -134,6 +135,14 @@ def _precision_line(args: DistillationTrainingArguments) -> str:
     return f"precision: {chosen} mixed precision, {source} setting"
 
 
+def _rate_line(args: DistillationTrainingArguments) -> str:
+    """The rate ``lr_base`` gave this run, and from what: the size it is given for defaults to 256
+    images (timm's ``train.py``), and DeiT gives its rate for 512, so a rate copied without its size
+    trains at another one."""
+    return (f"learning rate: {args.learning_rate:g}, lr_base {args.lr_base:g} for lr_base_size {args.lr_base_size} "
+            f"images, scaled ({args.lr_base_scale}) to the global batch of {global_batch_size(args)}")
+
+
 def _holding_output_dir(args: DistillationTrainingArguments, evaluating: bool = False) -> ContextManager[None]:
     """``output_dir`` held by this training run, or shared by evaluations."""
     return _held_on_rank0(args, training_alone_in(args.output_dir, evaluating))
@@ -168,6 +177,8 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
         trainer, skipped, replaced = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
     _transformers_levels(args)
     logger.info(_precision_line(args))
+    if args.do_train and args.lr_base is not None:
+        logger.info(_rate_line(args))
     if recorded is not None:
         _say_if_the_recorded_teacher_differs(trainer, argv[0], recorded)
     if not args.do_train:
