@@ -308,7 +308,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="markdown files whose '<!-- BLOCK:begin/end -->' block gets the tables")
     parser.add_argument("--block", default="quality_digits", help="the block's name in --readme (default quality_digits)")
     args = parser.parse_args(argv)
-    args.seeds_given = args.seeds is not None
+    args.seeds_given, args.variants_given = args.seeds is not None, args.variants is not None
     args.seeds = args.seeds or list(range(3 if args.quick else 5))
     if args.work is None:  # one per study: the resolved --out, not just its name, which two studies may share
         key = hashlib.sha256(str(args.out.resolve()).encode()).hexdigest()[:8]
@@ -325,7 +325,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _from_records(args: argparse.Namespace) -> None:
     """``--report-only`` reads what the records hold: the directions with a teacher, the split its
     teachers ran with (records before ``--split_seed`` existed ran with training's 42) and, unless
-    given, every seed recorded."""
+    given, every seed and every variant recorded (the default variants leave out the settings
+    search, whose records the committed study holds: a render with them would drop its rows)."""
     args.directions = [d for d in args.directions if (args.out / "teachers" / f"{d}.json").exists()]
     recorded = set()
     for name in args.directions:
@@ -339,6 +340,9 @@ def _from_records(args: argparse.Namespace) -> None:
     if not args.seeds_given:
         args.seeds = sorted({int(p.stem[len("seed"):]) for d in args.directions
                              for p in (args.out / "runs" / d).glob("*/seed*.json")})
+    if not args.variants_given:
+        args.variants = [v for v in VARIANTS if any(any((args.out / "runs" / d / v).glob("seed*.json"))
+                                                    for d in args.directions)]
 
 
 def main(argv: list[str] | None = None) -> int:
