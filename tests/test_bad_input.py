@@ -443,16 +443,9 @@ def test_a_layer_index_out_of_range_is_refused_before_loading(tmp_path, capsys, 
                                                               pair, expected):
     """It was refused once the data and both models had loaded (minutes for a large Hub teacher); the
     line is the one the check after loading gives."""
-    from tests.conftest import processor, tiny_vit
+    from tests.conftest import tiny_vit
 
-    folder = tmp_path / "model"
-    if model == "folder":
-        tiny_vit().save_pretrained(folder)
-        processor(16).save_pretrained(folder)
-    elif model == "timm folder":
-        from hf_rcka.models.timm_models import build_timm_classifier
-        build_timm_classifier("resnet10t").save_pretrained(folder)
-    name = str(folder) if "folder" in model else model
+    name = model_source(tmp_path, model, tiny_vit)
     losses = [{"name": "ce"}, {"name": "feature_cka"}]
     recipe = base(tmp_path, teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET,
                   losses=losses, feature_pairs=[{"student_layer": 0, "teacher_layer": 0}, pair])
@@ -839,6 +832,21 @@ def test_a_model_folder_without_its_config_or_image_processor_is_refused_before_
         run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher)))
 
 
+
+def model_source(tmp_path: Path, model: str, hf_model) -> str:
+    """``model`` as a recipe names it: a saved transformers folder (of ``hf_model()``, with a
+    processor), a saved timm folder, or the name itself."""
+    from tests.conftest import processor
+
+    folder = tmp_path / "model"
+    if model == "folder":
+        hf_model().save_pretrained(folder)
+        processor(16).save_pretrained(folder)
+    elif model == "timm folder":
+        from hf_rcka.models.timm_models import build_timm_classifier
+        build_timm_classifier("resnet10t").save_pretrained(folder)
+    return str(folder) if "folder" in model else model
+
 @pytest.mark.parametrize("side,model,overrides,expected", [
     ("teacher", "folder", {"hidden_sizez": [8]}, "config_overrides key 'hidden_sizez' is not a field of ResNetConfig"),
     ("teacher", "folder", {"architectures": ["ResNetForImageClassificationn"]},
@@ -854,16 +862,9 @@ def test_overrides_of_timm_folder_and_hub_models_are_checked_before_loading(tmp_
                                                                            model, overrides, expected):
     """Only a config: type's overrides were checked before the data loaded; the others failed when the
     model was built after it."""
-    from tests.conftest import processor, tiny_resnet
+    from tests.conftest import tiny_resnet
 
-    folder = tmp_path / "model"
-    if model == "folder":
-        tiny_resnet().save_pretrained(folder)
-        processor(16).save_pretrained(folder)
-    elif model == "timm folder":
-        from hf_rcka.models.timm_models import build_timm_classifier
-        build_timm_classifier("resnet10t").save_pretrained(folder)
-    name = str(folder) if "folder" in model else model
+    name = model_source(tmp_path, model, tiny_resnet)
     if side == "teacher":
         overrides_key = "teacher_config_overrides"
         recipe = base(tmp_path, teacher_model_name_or_path=name, teacher_config_overrides=overrides)
