@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ import yaml
 RECIPE_RECORD = "distill_config.yaml"  # the command line's resolved recipe, next to the card
 WORKING_DIR_NAME = "_working_dir.json"  # local only: the "_" keeps it out of Hub uploads
 BATCH_HEADER = "Global batch: "  # how the record's header comment names the global batch
+RESUMED_HEADER = "Resumed at step "  # how it names the step a resumed run started from
 # The recipe keys whose relative paths name a folder of the working directory the run ran in
 ANCHORED_KEYS = ("train_dir", "validation_dir", "dataset_name", "teacher_model_name_or_path", "model_name_or_path")
 
@@ -77,26 +79,45 @@ def read_recorded_recipe(run_dir: str) -> dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
     """``hf_rcka <version>``, with the git commit of the source tree it runs from when that tree is
-    a git checkout (as the README installs it), and ``local changes`` when its package differs from
-    that commit: the version number alone names every commit since it was last raised, so a card or
-    a record could not say which code trained a run."""
+    hf_rcka's own git checkout (as the README installs it), and ``local changes`` when its package
+    differs from that commit (new files included): the version number alone names every commit
+    since it was last raised, so a card or a record could not say which code trained a run.
+
+    Cached: the command line asks once as it starts, so a checkout changed while a run loads its
+    models is not named as the code that trains it.
+    """
     from . import __version__
 
     package = os.path.dirname(os.path.abspath(__file__))
-    top, commit = _git(package, "rev-parse", "--show-toplevel"), _git(package, "rev-parse", "--short=12", "HEAD")
-    if not top or not commit or os.path.realpath(top) != os.path.realpath(os.path.dirname(package)):
-        return f"hf_rcka {__version__}"  # an installed copy, or a tree inside another project's checkout
-    changed = _git(package, "status", "--porcelain", "--untracked-files=no", "--", ".")
-    return f"hf_rcka {__version__} (git {commit}{', local changes' if changed else ''})"
+    found = _git(package, "rev-parse", "--show-toplevel", "HEAD")
+    top, commit = found.splitlines() if found and len(found.splitlines()) == 2 else (None, None)
+    if not top or os.path.realpath(top) != os.path.realpath(os.path.dirname(package)) \
+            or _git(package, "ls-files", "--error-unmatch", "__init__.py") is None:
+        return f"hf_rcka {__version__}"  # an installed copy, or a copy inside another project's checkout
+    changed = _git(package, "status", "--porcelain", "--", ".")
+    return f"hf_rcka {__version__} (git {commit[:12]}{', local changes' if changed else ''})"
 
 
 def _git(folder: str, *command: str) -> str | None:
-    """A git command's output in ``folder``, or None where git is missing or fails there. It takes
-    no lock (``GIT_OPTIONAL_LOCKS``): runs started together each ask, and a status that refreshes
-    the index would make them wait on one another."""
+    """A git command's output in ``folder``, or None where git is missing, fails there or takes
+    more than a few seconds. It takes no lock (``GIT_OPTIONAL_LOCKS``): runs started together each
+    ask, and a status that refreshes the index would make them wait on one another."""
     try:
-        done = subprocess.run(["git", "-C", folder, *command], capture_output=True, text=True, timeout=10,
+        done = subprocess.run(["git", "-C", folder, *command], capture_output=True, text=True, timeout=5,
                               env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"}, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip()
+
+
+def recorded_resume_step(run_dir: str) -> int | None:
+    """The step the run recorded in ``run_dir`` was resumed from (its record's header), or None for
+    a run trained from its first step (or no record): the record names that launch's settings,
+    which the checkpoints up to that step, trained by an earlier launch, may not have had."""
+    try:
+        with open(os.path.join(run_dir, RECIPE_RECORD), encoding="utf-8") as handle:
+            header = "".join(line for line in handle if line.startswith("#"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    found = re.search(rf"^# {RESUMED_HEADER}([\d,]+) ", header, re.MULTILINE)
+    return int(found.group(1).replace(",", "")) if found else None

@@ -395,6 +395,30 @@ def test_a_resume_says_the_settings_it_takes_as_given_where_they_act(tmp_path, c
     assert warn_resume_settings(str(tmp_path), data, training) == [
         "model_ema False -> True", "model_ema_decay 0.999 -> 0.99"]
     assert "was trained with other settings (no_aug True -> False; max_grad_norm 1 -> 5" in caplog.text
+    _, data, training = parse_arguments({**recorded, "mixup_prob": 0.5, "remode": "const"})
+    assert warn_resume_settings(str(tmp_path), data, training) == [], "no mixing, no erasing"
+    _, data, training = parse_arguments({**recorded, "mixup": 0.8, "mixup_prob": 0.5})
+    assert warn_resume_settings(str(tmp_path), data, training) == ["mixup 0 -> 0.8", "mixup_prob 1 -> 0.5"]
+
+
+def test_a_resume_compares_a_checkpoint_with_the_record_only_where_the_record_describes_it(tmp_path):
+    """A resume rewrites the run's record: a checkpoint saved before the step it resumed from was
+    trained by the earlier launch, and was said to have trained with the resume's settings (and the
+    advice to resume with the record applied them)."""
+    from hf_rcka.cli.resume_checks import warn_resume_schedule, warn_resume_settings
+    from hf_rcka.run_record import RESUMED_HEADER
+
+    recorded = {**BASE, "hflip": 0.3, "num_train_epochs": 6}
+    dump_recipe(recorded, tmp_path / "distill_config.yaml", comment=f"{RESUMED_HEADER}1,000 from a checkpoint: ...")
+    for step in (500, 1000, 1500):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")  # a checkpoint reads its run's
+    _, data, training = parse_arguments({**BASE, "hflip": 0.5, "num_train_epochs": 3})
+    for step in (500, 1000):
+        assert warn_resume_settings(str(tmp_path / f"checkpoint-{step}"), data, training) == []
+        assert warn_resume_schedule(str(tmp_path / f"checkpoint-{step}"), training) == []
+    assert warn_resume_settings(str(tmp_path / "checkpoint-1500"), data, training) == ["hflip 0.3 -> 0.5"]
+    assert warn_resume_schedule(str(tmp_path / "checkpoint-1500"), training) == ["num_train_epochs 6 -> 3"]
 
 
 def _code_version_of(package_parent: Path) -> str:
@@ -419,18 +443,30 @@ def test_cards_and_records_name_the_commit_that_trained_the_run(tmp_path):
         pytest.skip("git is not installed")
     repo = tmp_path / "repo"
     shutil.copytree(Path(hf_rcka.__file__).parent, repo / "hf_rcka", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".gitignore").write_text("__pycache__/\n")
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "x"], check=True)
     commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert _code_version_of(repo) == f"hf_rcka {hf_rcka.__version__} (git {commit})"
+    (repo / "hf_rcka" / "new_module.py").write_text("")
+    assert _code_version_of(repo) == f"hf_rcka {hf_rcka.__version__} (git {commit}, local changes)", "a new file"
+    (repo / "hf_rcka" / "new_module.py").unlink()
     with open(repo / "hf_rcka" / "run_record.py", "a") as handle:
         handle.write("# changed\n")
     assert _code_version_of(repo) == f"hf_rcka {hf_rcka.__version__} (git {commit}, local changes)"
     inner = repo / "vendored"
     shutil.copytree(repo / "hf_rcka", inner / "hf_rcka")
     assert _code_version_of(inner) == f"hf_rcka {hf_rcka.__version__}", "another project's commit is not hf_rcka's"
+    other = tmp_path / "other"  # a copy at the top of another project's checkout, not committed there
+    (other / "src").mkdir(parents=True)
+    (other / "src" / "main.py").write_text("")
+    other_git = [*git[:2], str(other), *git[3:]]
+    for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "theirs"]):
+        subprocess.run([*other_git, *command], check=True)
+    shutil.copytree(repo / "hf_rcka", other / "hf_rcka")
+    assert _code_version_of(other) == f"hf_rcka {hf_rcka.__version__}"
 
 
 def test_the_record_holds_the_batch_trained_with_and_no_resume(tmp_path):

@@ -17,6 +17,7 @@ from typing import Sequence
 
 from ..distributed import close_process_group
 from ..errors import RecipeError, UserError, user_message
+from ..run_record import code_version
 from ..trainer.interrupt import GracefulStop, Interrupted
 from ..trainer.resume_hint import Stopped, entry_command, relaunch_command, secrets_note
 from .help import USAGE, losses_help, recipe_help
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     stop = GracefulStop()
     stop.install()
+    code_version()  # the code as it starts: a checkout changed while the models load is not what trains them
     try:
         _run_recipe(argv, stop)
     except UserError as err:

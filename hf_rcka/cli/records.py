@@ -28,7 +28,7 @@ from ..arguments import describe_batch
 from ..errors import RecipeError
 from ..file_writes import remove_empty, write_text
 from ..run_record import (
-    BATCH_HEADER, RECIPE_RECORD, WORKING_DIR_NAME, anchored, code_version, recorded_working_dir,
+    BATCH_HEADER, RECIPE_RECORD, RESUMED_HEADER, WORKING_DIR_NAME, anchored, code_version, recorded_working_dir,
 )
 from ..trainer.checkpointing import checkpoint_step
 from ..trainer.resume_hint import launch_command
@@ -112,7 +112,7 @@ class RecipeRecord(TrainerCallback):
                   f"To train it again (into a new folder): "
                   f"{launch_command(self.path, '--output_dir', '<new folder>')}")
         if state.global_step > 0:  # the command trains from step 0 in one go, which a resumed run is not
-            launch += (f"\nResumed at step {state.global_step:,} from a checkpoint: that command gives this run's "
+            launch += (f"\n{RESUMED_HEADER}{state.global_step:,} from a checkpoint: that command gives this run's "
                        "numbers only with no_aug (augmentation draws otherwise after a resume) and if the "
                        "earlier launch had these schedule settings (its log says if they changed).")
         launch += f"\nWritten by {code_version()}: a setting the recipe left out is written at its default."

@@ -29,6 +29,7 @@ from ..trainer.checkpointing import checkpoint_step, holds_training_state
 from ..trainer.loss_record import read_loss_record, say_earlier_defaults
 from ..trainer.resume_match import check_resume_batch, check_resume_rate
 from ..trainer.interrupt import written_whole
+from ..run_record import recorded_resume_step
 from .records import recorded_recipe
 
 logger = logging.getLogger("hf_rcka")
@@ -211,9 +212,17 @@ def warn_resume_schedule(folder: str, args: Any) -> list[str]:
 # value, and a recipe that leaves one out takes the running version's default, which may differ.
 RESUMED_AS_GIVEN = (
     *(f.name for f in dataclasses.fields(AugmentationArguments) if f.name != "aug_repeats"),
-    "image_column_name", "label_column_name", "max_grad_norm", "model_ema", "model_ema_decay", "model_ema_warmup",
-    "model_ema_export",
-)
+    "image_column_name", "max_grad_norm", "model_ema", "model_ema_decay", "model_ema_warmup", "model_ema_export",
+)  # (another label column is refused once the data has loaded: check_resume_split, the label checks)
+# Settings that act only with another one on: the mixing options without mixup or cutmix, random
+# erasing's without erasing, the per-image augmentation under no_aug, the average's without one
+_ACTS_WITH = {
+    **dict.fromkeys(("cutmix_minmax", "mixup_prob", "mixup_switch_prob", "mixup_mode"),
+                    lambda side: side["mixup"] or side["cutmix"]),
+    **dict.fromkeys(("remode", "recount"), lambda side: side["reprob"] and not side["no_aug"]),
+    **dict.fromkeys(PER_IMAGE_KEYS, lambda side: not side["no_aug"]),
+    **dict.fromkeys(("model_ema_decay", "model_ema_warmup", "model_ema_export"), lambda side: side["model_ema"]),
+}
 
 
 def warn_resume_settings(folder: str, *arguments: Any) -> list[str]:
@@ -234,23 +243,34 @@ def warn_resume_settings(folder: str, *arguments: Any) -> list[str]:
 def _recorded_changes(folder: str, keys: tuple[str, ...], *arguments: Any) -> list[str]:
     """``key before -> now`` for each of ``keys`` whose value in ``arguments`` (the dataclasses
     that hold them) differs from the one ``folder``'s run recorded, or its default where the record
-    leaves it out; nothing without a record. A setting that acts on neither side is left out: the
-    per-image augmentation when both sides set ``no_aug``, the weight average's options when
-    neither averages."""
+    leaves it out; a setting that acts on neither side (``_ACTS_WITH``) is left out.
+
+    Nothing without a record, nor for a checkpoint the record does not describe: one saved before
+    the step the recorded launch resumed from was trained by an earlier launch, whose settings no
+    record keeps (that resume rewrote it).
+    """
     recorded = recorded_recipe(folder)
-    if not recorded:
+    step, resumed = checkpoint_step(os.path.basename(os.path.normpath(folder))), recorded_resume_step(_run_of(folder))
+    if not recorded or step is not None and resumed is not None and step <= resumed:
         return []
     before, now = {}, {}
-    for key in keys:
-        holder = next(a for a in arguments if key in type(a).__dataclass_fields__)
+    for key in (*keys, "mixup", "cutmix", "reprob", "no_aug", "model_ema"):  # and what _ACTS_WITH reads
+        holder = next((a for a in arguments if key in type(a).__dataclass_fields__), None)
+        if holder is None:
+            continue
         field = type(holder).__dataclass_fields__[key]
         before[key] = recorded[key] if key in recorded else (
             field.default_factory() if field.default is dataclasses.MISSING else field.default)
         now[key] = getattr(holder, key)
-    idle = {key for key in keys if key in PER_IMAGE_KEYS and before.get("no_aug") and now.get("no_aug")
-            or key.startswith("model_ema_") and not before.get("model_ema") and not now.get("model_ema")}
     return [f"{key} {_setting(before[key])} -> {_setting(now[key])}" for key in keys
-            if key not in idle and not _same(before[key], now[key])]
+            if not _same(before[key], now[key])
+            and (key not in _ACTS_WITH or _ACTS_WITH[key](before) or _ACTS_WITH[key](now))]
+
+
+def _run_of(folder: str) -> str:
+    """The run folder a ``checkpoint-N`` folder belongs to, else ``folder`` itself."""
+    path = os.path.normpath(folder)
+    return os.path.dirname(path) if checkpoint_step(os.path.basename(path)) is not None else path
 
 
 def _same(before: Any, now: Any) -> bool:
