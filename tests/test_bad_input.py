@@ -2728,3 +2728,48 @@ def test_the_teacher_config_check_follows_the_pairing_and_the_losses(tmp_path, c
     with pytest.raises(Loading):
         run(tmp_path, base(tmp_path, dataset_name=None, train_dir=train, teacher_model_name_or_path=teacher,
                            train_val_split=0.25, **changes))
+
+
+def test_a_hub_dataset_of_several_configurations_with_one_named_goes_on_to_its_download(tmp_path, monkeypatch):
+    """The early read of the card's class names takes the recipe's dataset_config_name, as loading does."""
+    import datasets
+
+    fake_hub_dataset(monkeypatch, _not_downloaded, _pets_card(["cat", "dog", "eel"]))
+    card = datasets.load_dataset_builder
+
+    def builder(name, config=None, **kwargs):
+        if config is None:
+            raise ValueError("Config name is missing.\nPlease pick one among the available configs: ['full', 'small']"
+                             "\nExample of usage:\n\t`load_dataset('someone/pets', 'full')`")
+        return card(name, config, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", builder)
+    with pytest.raises(_Downloaded):
+        run(tmp_path, base(tmp_path, dataset_name="someone/pets", dataset_config_name="small"))
+
+
+def test_a_hub_dataset_whose_card_cannot_be_read_is_one_line(tmp_path, capsys, monkeypatch):
+    """datasets' own error reading the card (a dataset that is not there, the Hub unreachable) is the
+    one-line DataError loading gives, not a traceback."""
+    import datasets
+
+    def builder(name, config=None, **kwargs):
+        raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub or cannot be accessed.")
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", builder)
+    assert run(tmp_path, base(tmp_path, dataset_name="someone/pets")) == 2
+    assert error_of(capsys).startswith("error: dataset_name 'someone/pets': cannot load the dataset (FileNotFoundError")
+
+
+def test_the_early_class_check_reads_the_recipes_label_column(tmp_path, monkeypatch):
+    """A card with two label columns (CIFAR-100's coarse and fine): the teacher is paired with the one
+    label_column_name names."""
+    import datasets
+
+    teacher = save_teacher(tmp_path / "teacher", ["cat", "dog", "eel"])
+    card = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["ant", "bee", "cow"]),
+                              "fine": datasets.ClassLabel(names=["cat", "dog", "eel"])})
+    fake_hub_dataset(monkeypatch, _not_downloaded, card)
+    with pytest.raises(_Downloaded):
+        run(tmp_path, base(tmp_path, dataset_name="someone/pets", label_column_name="fine",
+                           teacher_model_name_or_path=teacher))

@@ -1006,6 +1006,7 @@ def test_a_pushed_out_run_that_cannot_be_deleted_does_not_stop_the_run(tmp_path,
     said = " ".join(capsys.readouterr().err.split())
     assert (f"could not delete {out / PUSHED_OUT}, the earlier run this one pushed out of {out / REPLACED} "
             "([Errno 13] Permission denied: ") in said and "delete it yourself" in said
+    assert "deleted the earlier run this one pushed out" not in said  # it was not
     AutoModelForImageClassification.from_pretrained(out)
     assert (out / REPLACED / "model.safetensors").read_text() == "new"
 

@@ -274,6 +274,7 @@ def test_a_dataset_of_several_configurations_without_one_named_is_one_line(tmp_p
     with pytest.raises(DataError, match=r"has several configurations \['full', 'small'\]: set dataset_config_name") as err:
         load_data(DataArguments(dataset_name=str(folder)))
     assert "\n" not in str(err.value)
+    assert str(err.value).startswith(f"dataset_name {str(folder)!r} has several configurations")  # not wrapped again
     assert len(load_data(DataArguments(dataset_name=str(folder), dataset_config_name="small"))["train"]) > 0
 
 
@@ -370,3 +371,68 @@ def test_a_save_to_disk_folder_is_only_read(tmp_path, monkeypatch):
     for i in range(30):
         Image.fromarray(np.full((8, 8, 3), 1, dtype=np.uint8)).save(copy / "imgs" / f"{i}.png")
     assert set(_values(load_raw_datasets(DataArguments(dataset_name=str(copy)))["train"])) == {1}
+
+
+def test_a_save_to_disk_folder_of_embedded_images_is_only_read_by_a_draw(tmp_path, monkeypatch):
+    """max_train_samples's shuffle wrote its indices file into a save_to_disk folder whose images are
+    embedded (no relative paths to map first): a read-only one failed the run."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "saved"
+    datasets.Dataset.from_dict({"image": [np.full((8, 8, 3), 8 * i, dtype=np.uint8) for i in range(30)],
+                                "label": [i % 3 for i in range(30)]},
+                               features=datasets.Features({"image": datasets.Image(),
+                                                           "label": datasets.ClassLabel(names=NAMES)})
+                               ).save_to_disk(str(root))
+    before = _listing(root)
+    args = DataArguments(dataset_name=str(root), max_train_samples=12, max_eval_samples=3, no_aug=True)
+    train, evaluation = prepare_datasets(load_raw_datasets(args), args, processor(8), NAMES)
+    assert (len(train), len(evaluation)) == (12, 3)
+    assert _listing(root) == before
+
+
+def test_a_local_folder_whose_split_has_several_files_is_read_anew_when_one_changes(tmp_path, monkeypatch):
+    """The cache key covers every file of a split, not its first."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    card = ("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*.parquet\n"
+            "  - split: validation\n    path: data/validation.parquet\n---\n")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "eel"])})
+    root = tmp_path / "pets"
+    (root / "data").mkdir(parents=True)
+
+    def write(name, rows):
+        datasets.Dataset.from_dict({"image": [np.zeros((4, 4, 3), np.uint8)] * rows,
+                                    "label": [i % 3 for i in range(rows)]}, features=features
+                                   ).to_parquet(str(root / "data" / name))
+
+    for name, rows in (("train-0.parquet", 9), ("train-1.parquet", 9), ("validation.parquet", 6)):
+        write(name, rows)
+    (root / "README.md").write_text(card)
+    assert len(load_raw_datasets(DataArguments(dataset_name=str(root)))["train"]) == 18
+    write("train-1.parquet", 21)
+    assert len(load_raw_datasets(DataArguments(dataset_name=str(root)))["train"]) == 30
+
+
+def test_a_save_to_disk_folder_rewritten_under_the_same_fingerprint_maps_its_paths_anew(tmp_path, monkeypatch):
+    """The cached map of a split's relative paths is named by the split's files too: a folder whose
+    table was replaced while its state.json (the fingerprint) stayed read the earlier table's rows."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    features = datasets.Features({"image": datasets.Value("string"), "label": datasets.ClassLabel(names=NAMES)})
+
+    def saved(path, sub, value):
+        (path / sub).mkdir(parents=True)
+        for i in range(30):
+            Image.fromarray(np.full((8, 8, 3), value(i), dtype=np.uint8)).save(path / sub / f"{i}.png")
+        datasets.Dataset.from_dict({"image": [f"{sub}/{i}.png" for i in range(30)], "label": [i % 3 for i in range(30)]},
+                                   features=features).save_to_disk(str(path))
+
+    root, other = tmp_path / "saved", tmp_path / "other"
+    saved(root, "imgs", lambda i: 8 * i)
+    monkeypatch.chdir(tmp_path)
+    first = load_raw_datasets(DataArguments(dataset_name=str(root)))
+    assert set(_values(first["train"]) + _values(first["validation"])) == {8 * i for i in range(30)}
+    saved(other, "new", lambda i: 1)
+    shutil.copytree(other / "new", root / "new")
+    for arrow in other.glob("data-*.arrow"):  # the table replaced, state.json (its fingerprint) kept
+        shutil.copy(arrow, root / arrow.name)
+    again = load_raw_datasets(DataArguments(dataset_name=str(root)))
+    assert set(_values(again["train"]) + _values(again["validation"])) == {1}

@@ -1,0 +1,46 @@
+"""What a record of an earlier version is said to leave out, and srd's eps options."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hf_rcka.recipe_specs import earlier_defaults, resolved_specs
+from hf_rcka.registry import LOSSES
+
+
+def test_a_record_that_holds_the_option_is_not_said_to_leave_it_out():
+    """A record written since every option is (rcka at 1/1 spelt out) is not an earlier version's."""
+    recorded = resolved_specs([{"name": "rcka", "weight": 1.0}])
+    assert recorded[0]["intra_weight"] == 1.0
+    assert earlier_defaults(recorded, resolved_specs([{"name": "rcka", "weight": 1.0}])) == []
+
+
+def test_every_earlier_default_is_said_for_a_record_that_leaves_it_out():
+    """srd's eps changed default on 2026-12-05: a record without them is said, as rcka's weights are."""
+    lines = earlier_defaults([{"name": "rcka", "weight": 1.0}, {"name": "srd", "weight": 1.0}],
+                             resolved_specs([{"name": "rcka", "weight": 1.0}, {"name": "srd", "weight": 1.0}]))
+    assert [line.split(" (")[0] for line in lines] == ["rcka intra_weight", "rcka inter_weight", "srd student_eps",
+                                                       "srd teacher_eps"]
+    assert "srd student_eps (its default was 1e-05 before 2026-12-05; this run: 1e-12)" in lines
+
+
+@pytest.mark.parametrize("option", ["student_eps", "teacher_eps"])
+@pytest.mark.parametrize("eps", [0.0, -1e-5, math.inf])
+def test_srd_refuses_an_eps_that_is_not_positive_and_finite(option, eps):
+    """eps inf makes the norm's output 0 (srd adds nothing, silently); 0 divides by a channel's variance."""
+    with pytest.raises(ValueError, match=f"srd {option} must be > 0 and finite"):
+        LOSSES.build("srd", **{option: eps})
+
+
+def test_a_checkpoint_of_a_run_without_a_teacher_is_not_said_to_record_none(tmp_path, caplog):
+    """Every resume of a run without a teacher said 'records no teacher (teacher.json, written by an earlier hf_rcka)'."""
+    import logging
+
+    from hf_rcka.trainer.checkpointing import _say_what_is_not_compared
+
+    with caplog.at_level(logging.WARNING):
+        _say_what_is_not_compared(str(tmp_path), False, [])
+        assert "records no teacher" not in caplog.text
+        _say_what_is_not_compared(str(tmp_path), True, [])
+        assert "records no teacher" in caplog.text
