@@ -44,3 +44,15 @@ def test_a_checkpoint_of_a_run_without_a_teacher_is_not_said_to_record_none(tmp_
         assert "records no teacher" not in caplog.text
         _say_what_is_not_compared(str(tmp_path), True, [])
         assert "records no teacher" in caplog.text
+
+
+def test_a_loss_record_is_written_whole_or_not_at_all(tmp_path):
+    """Written in place, a record cut short (a kill, a value json cannot write) read as none, and its
+    checkpoint resumed with other losses unchecked."""
+    from hf_rcka.trainer.loss_record import read_loss_record, write_loss_record
+
+    first = {"losses": [{"name": "ce", "weight": 1.0}], "feature_pairs": None}
+    write_loss_record(str(tmp_path), first)
+    with pytest.raises(TypeError):
+        write_loss_record(str(tmp_path), {"losses": [{"name": "ce", "weight": object()}]})
+    assert read_loss_record(str(tmp_path)) == first

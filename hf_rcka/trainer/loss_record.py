@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from ..errors import ModelError
+from ..file_writes import write_text
 from ..modeling.assembly import active_specs, run_loss_specs
 from ..recipe_specs import checked_pairs, earlier_defaults, loss_changes, resolved_specs
 
@@ -35,8 +36,9 @@ def loss_settings(args: Any, has_teacher: bool) -> dict[str, Any]:
 
 
 def write_loss_record(folder: str, settings: dict[str, Any]) -> None:
-    with open(os.path.join(folder, LOSS_RECORD_NAME), "w", encoding="utf-8") as handle:
-        json.dump(settings, handle)
+    """Whole or not at all: a record a kill cut short reads as none, and its checkpoint would
+    resume with other losses unchecked."""
+    write_text(os.path.join(folder, LOSS_RECORD_NAME), json.dumps(settings))
 
 
 def check_loss_record(folder: str, settings: dict[str, Any]) -> list[str]:
