@@ -4,9 +4,9 @@ A resumed run must continue the run that made the checkpoint: readable weights a
 (a run killed while saving leaves a truncated file), the same global batch, the same learning rate
 (the checkpoint's optimizer and schedule hold it), the same losses, loss options, feature pairs
 and data (``check_resume_recipe``) and, once the data has loaded, the same held-out validation
-split; other schedule settings, and the settings a resume takes as given, are said, not refused. (The teacher is compared by its weights when
-the checkpoint loads: ``trainer.teacher_record``.) Each error names ``resume_from_checkpoint`` and
-the fix, often an earlier checkpoint.
+split; other schedule settings, and the settings a resume takes as given, are said, not refused.
+(The teacher is compared by its weights when the checkpoint loads: ``trainer.teacher_record``.)
+Each error names ``resume_from_checkpoint`` and the fix, often an earlier checkpoint.
 """
 
 from __future__ import annotations
