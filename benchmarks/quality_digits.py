@@ -293,7 +293,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", help="default 0-4 (--quick: 0-2)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         help="default: all but the settings search (--quick: core)")
-    parser.add_argument("--directions", nargs="+", choices=list(DIRECTIONS), default=list(DIRECTIONS))
+    parser.add_argument("--directions", nargs="+", choices=list(DIRECTIONS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality_digits")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each); 1 on a busy machine")
     parser.add_argument("--work", type=Path,
@@ -309,6 +309,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--block", default="quality_digits", help="the block's name in --readme (default quality_digits)")
     args = parser.parse_args(argv)
     args.seeds_given, args.variants_given = args.seeds is not None, args.variants is not None
+    args.subset = args.seeds_given or args.variants_given or args.directions is not None
+    args.directions = args.directions or list(DIRECTIONS)
     args.seeds = args.seeds or list(range(3 if args.quick else 5))
     if args.work is None:  # one per study: the resolved --out, not just its name, which two studies may share
         key = hashlib.sha256(str(args.out.resolve()).encode()).hexdigest()[:8]
@@ -374,8 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(report)
     print(markdown)
-    if args.report_only and args.seeds_given:  # a subset of the study's seeds: shown, never its record
-        print(f"(--seeds with --report-only: {args.out / 'quality_digits.json'} and the READMEs are left as they were)")
+    if args.report_only and args.subset:  # a subset of the study's runs: shown, never its record
+        print(f"(--seeds, --variants or --directions with --report-only: {args.out / 'quality_digits.json'}, its "
+              "plot and the READMEs are left as they were)")
         return 0
     save_plot(report, args.out / "quality_digits.png")
     (args.out / "quality_digits.json").write_text(json.dumps(report, indent=1))  # last: a failure keeps the old one

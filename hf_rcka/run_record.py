@@ -94,8 +94,9 @@ def code_version() -> str:
     if not top or os.path.realpath(top) != os.path.realpath(os.path.dirname(package)) \
             or _git(package, "ls-files", "--error-unmatch", "__init__.py") is None:
         return f"hf_rcka {__version__}"  # an installed copy, or a copy inside another project's checkout
-    changed = _git(package, "status", "--porcelain", "--", ".")
-    return f"hf_rcka {__version__} (git {commit[:12]}{', local changes' if changed else ''})"
+    changed = _git(package, "status", "--porcelain", "--", ".")  # None: it failed, and nothing is known
+    state = {None: ", local changes unknown", "": ""}.get(changed, ", local changes")
+    return f"hf_rcka {__version__} (git {commit[:12]}{state})"
 
 
 def _git(folder: str, *command: str) -> str | None:

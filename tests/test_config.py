@@ -399,6 +399,32 @@ def test_a_resume_says_the_settings_it_takes_as_given_where_they_act(tmp_path, c
     assert warn_resume_settings(str(tmp_path), data, training) == [], "no mixing, no erasing"
     _, data, training = parse_arguments({**recorded, "mixup": 0.8, "mixup_prob": 0.5})
     assert warn_resume_settings(str(tmp_path), data, training) == ["mixup 0 -> 0.8", "mixup_prob 1 -> 0.5"]
+    _, data, training = parse_arguments({**recorded, "cutmix_minmax": [0.2, 0.8], "mixup_prob": 0.5})
+    assert warn_resume_settings(str(tmp_path), data, training) == [  # timm turns CutMix on for it alone
+        "cutmix_minmax None -> [0.2, 0.8]", "mixup_prob 1 -> 0.5"]
+
+
+def test_a_resume_through_a_link_is_compared_with_the_run_that_holds_the_checkpoint(tmp_path):
+    """A checkpoint given through a link (latest -> run/checkpoint-6) read no record beside the link:
+    every check that compares a resume with its run was skipped, exit 0. Another label column trains
+    other targets, and is refused like another dataset."""
+    from hf_rcka.cli.records import recorded_recipe
+    from hf_rcka.cli.resume_checks import check_resume_recipe, warn_resume_settings
+
+    run = tmp_path / "run"
+    (run / "checkpoint-6").mkdir(parents=True)
+    (run / "checkpoint-6" / "trainer_state.json").write_text("{}")
+    recorded = {**BASE, "hflip": 0.3, "label_column_name": "fine"}
+    dump_recipe(recorded, run / "distill_config.yaml")
+    link = tmp_path / "latest"
+    link.symlink_to(run / "checkpoint-6")
+    assert recorded_recipe(str(link))["hflip"] == 0.3
+    model, data, training = parse_arguments({**recorded, "hflip": 0.5})
+    assert warn_resume_settings(str(link), data, training) == ["hflip 0.3 -> 0.5"]
+    check_resume_recipe(str(link), model, data, training)
+    model, data, training = parse_arguments({**recorded, "label_column_name": "coarse"})
+    with pytest.raises(RecipeError, match="label_column_name 'fine' -> 'coarse'"):
+        check_resume_recipe(str(link), model, data, training)
 
 
 def test_a_resume_compares_a_checkpoint_with_the_record_only_where_the_record_describes_it(tmp_path):
@@ -419,6 +445,18 @@ def test_a_resume_compares_a_checkpoint_with_the_record_only_where_the_record_de
         assert warn_resume_schedule(str(tmp_path / f"checkpoint-{step}"), training) == []
     assert warn_resume_settings(str(tmp_path / "checkpoint-1500"), data, training) == ["hflip 0.3 -> 0.5"]
     assert warn_resume_schedule(str(tmp_path / "checkpoint-1500"), training) == ["num_train_epochs 6 -> 3"]
+
+
+def test_a_checkout_whose_changes_cannot_be_read_is_not_called_clean(monkeypatch):
+    """A git status that failed (or timed out) read as no local changes."""
+    from hf_rcka import __version__, run_record
+
+    package = Path(run_record.__file__).parent
+    answers = {"rev-parse": f"{package.parent}\n{'a' * 40}", "ls-files": "__init__.py", "status": None}
+    monkeypatch.setattr(run_record, "_git", lambda folder, command, *rest: answers[command])
+    assert run_record.code_version.__wrapped__() == f"hf_rcka {__version__} (git {'a' * 12}, local changes unknown)"
+    answers["status"] = ""
+    assert run_record.code_version.__wrapped__() == f"hf_rcka {__version__} (git {'a' * 12})"
 
 
 def _code_version_of(package_parent: Path) -> str:

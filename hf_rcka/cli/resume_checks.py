@@ -89,7 +89,7 @@ def _check_torch_files(folder: str) -> None:
 def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any) -> None:
     """A checkpoint resumes the run its folder recorded: the same student (its Hub, timm or
     config id, and whether it started from scratch), the same losses (a loss's weight may
-    change), loss options, feature pairs, teacher label mapping, dataset, image size, config
+    change), loss options, feature pairs, teacher label mapping, dataset and label column, image size, config
     overrides, training subset, seeds and repeats. Any other change went on training a run whose record and card then named only the
     new settings, as if they had trained it from the start (its held-out split is checked once the
     data has loaded: ``check_resume_split``). Folders may move (a run resumed on another
@@ -111,6 +111,7 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
                "feature_pairs": getattr(args, "feature_pairs", None), "image_size": model_args.image_size,
                "student_config_overrides": model_args.student_config_overrides,
                "dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name,
+               "label_column_name": data_args.label_column_name,
                # the order of the epoch being resumed is drawn from them: another one skips and repeats images
                "seed": args.seed, "data_seed": args.data_seed, "aug_repeats": getattr(data_args, "aug_repeats", 0),
                "max_train_samples": data_args.max_train_samples}
@@ -213,12 +214,13 @@ def warn_resume_schedule(folder: str, args: Any) -> list[str]:
 RESUMED_AS_GIVEN = (
     *(f.name for f in dataclasses.fields(AugmentationArguments) if f.name != "aug_repeats"),
     "image_column_name", "max_grad_norm", "model_ema", "model_ema_decay", "model_ema_warmup", "model_ema_export",
-)  # (another label column is refused once the data has loaded: check_resume_split, the label checks)
-# Settings that act only with another one on: the mixing options without mixup or cutmix, random
+)  # (another label column trains other targets: check_resume_recipe refuses it)
+# Settings that act only with another one on: the mixing options without mixup or cutmix (a
+# cutmix_minmax alone turns CutMix on, as timm takes it), random
 # erasing's without erasing, the per-image augmentation under no_aug, the average's without one
 _ACTS_WITH = {
     **dict.fromkeys(("cutmix_minmax", "mixup_prob", "mixup_switch_prob", "mixup_mode"),
-                    lambda side: side["mixup"] or side["cutmix"]),
+                    lambda side: side["mixup"] or side["cutmix"] or side["cutmix_minmax"] is not None),
     **dict.fromkeys(("remode", "recount"), lambda side: side["reprob"] and not side["no_aug"]),
     **dict.fromkeys(PER_IMAGE_KEYS, lambda side: not side["no_aug"]),
     **dict.fromkeys(("model_ema_decay", "model_ema_warmup", "model_ema_export"), lambda side: side["model_ema"]),
@@ -249,12 +251,12 @@ def _recorded_changes(folder: str, keys: tuple[str, ...], *arguments: Any) -> li
     the step the recorded launch resumed from was trained by an earlier launch, whose settings no
     record keeps (that resume rewrote it).
     """
-    recorded = recorded_recipe(folder)
-    step, resumed = checkpoint_step(os.path.basename(os.path.normpath(folder))), recorded_resume_step(_run_of(folder))
+    recorded, real = recorded_recipe(folder), os.path.realpath(folder)
+    step, resumed = checkpoint_step(os.path.basename(real)), recorded_resume_step(_run_of(real))
     if not recorded or step is not None and resumed is not None and step <= resumed:
         return []
     before, now = {}, {}
-    for key in (*keys, "mixup", "cutmix", "reprob", "no_aug", "model_ema"):  # and what _ACTS_WITH reads
+    for key in (*keys, "mixup", "cutmix", "cutmix_minmax", "reprob", "no_aug", "model_ema"):  # what _ACTS_WITH reads
         holder = next((a for a in arguments if key in type(a).__dataclass_fields__), None)
         if holder is None:
             continue
@@ -268,9 +270,8 @@ def _recorded_changes(folder: str, keys: tuple[str, ...], *arguments: Any) -> li
 
 
 def _run_of(folder: str) -> str:
-    """The run folder a ``checkpoint-N`` folder belongs to, else ``folder`` itself."""
-    path = os.path.normpath(folder)
-    return os.path.dirname(path) if checkpoint_step(os.path.basename(path)) is not None else path
+    """The run folder a ``checkpoint-N`` folder (a resolved path) belongs to, else ``folder`` itself."""
+    return os.path.dirname(folder) if checkpoint_step(os.path.basename(folder)) is not None else folder
 
 
 def _same(before: Any, now: Any) -> bool:
