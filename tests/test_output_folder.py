@@ -810,6 +810,23 @@ def test_an_abandoned_branch_keeps_the_recipe_and_the_runs_own_records(tmp_path)
     set_aside_abandoned_branch(str(out), str(out / "checkpoint-2"))
     assert (out / "distill_config.yaml").read_text() == "recipe" and (out / "checkpoint-2").is_dir()
     assert (out / REPLACED / "checkpoint-4").is_dir() and (out / REPLACED / "model.safetensors").exists()
+    # a copy goes with the branch: a resume of its checkpoints is compared with what trained them
+    assert (out / REPLACED / "distill_config.yaml").read_text() == "recipe"
+
+
+def test_a_branch_put_back_brings_back_the_record_its_resume_rewrote(tmp_path):
+    """A resume refused at its first step (out of memory) put the later checkpoints back, but the
+    record stayed as the refused resume rewrote it: a resume of checkpoint-4 was then compared with
+    settings it never trained with, and told to resume with them."""
+    from hf_rcka.cli.output_folder import put_back
+
+    out = tmp_path / "out"
+    _fake_run(out, [2, 4], finished=True, tag="run")
+    (out / "distill_config.yaml").write_text("recipe")
+    moved = set_aside_abandoned_branch(str(out), str(out / "checkpoint-2"))
+    (out / "distill_config.yaml").write_text("the resume's recipe")  # written as training begins
+    put_back(str(out), moved, parked=False)
+    assert (out / "distill_config.yaml").read_text() == "recipe" and (out / "checkpoint-4").is_dir()
 
 
 def test_a_failed_attempts_leftovers_never_push_out_a_run_that_can_be_resumed(tmp_path):

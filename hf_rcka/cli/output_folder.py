@@ -444,9 +444,19 @@ def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
                     and any(fnmatch.fnmatchcase(e.name, p) for p in RUN_OUTPUTS)
                     and not any(fnmatch.fnmatchcase(e.name, p) for p in _BRANCH_KEEPS)]
     target = _move_aside(out, entries)
+    _copy_records(out, target)
     logger.warning("output_dir: resuming checkpoint-%d sets aside the later %s (%s)", step,
                    ", ".join(later or ["finished run's model"]), _where(target))
     return target
+
+
+def _copy_records(out: Path, target: str | None) -> None:
+    """The branch set aside keeps a copy of the run's records, which stay with the resumed run (it
+    writes them anew): a resume from the set-aside checkpoints is compared with the settings that
+    trained them, and a resume refused before its first step, put back, brings them back with it."""
+    for name in (RECIPE_RECORD, WORKING_DIR_NAME):
+        if target is not None and (out / name).is_file():
+            shutil.copy2(out / name, Path(target) / name)
 
 
 def holds_run(output_dir: str) -> bool:
