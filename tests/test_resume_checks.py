@@ -30,7 +30,7 @@ def resume(tmp_path, recorded_extra: dict, **changes) -> None:
               "teacher_config_overrides": None, "teacher_label_mapping": "by_name", "image_size": None,
               "student_config_overrides": None, "dataset_name": "builtin:digits", "dataset_config_name": None,
               "feature_pairs": None, "losses": None, "seed": 42, "data_seed": None, "aug_repeats": 0,
-              "max_train_samples": None, "label_smoothing_factor": 0.0, **changes}
+              "max_train_samples": None, "label_smoothing_factor": 0.0, "label_column_name": "label", **changes}
     namespace = SimpleNamespace(**values)
     check_resume_recipe(str(run), namespace, namespace, namespace)
 
