@@ -15,7 +15,7 @@ from . import functional
 from .losses import LossInputs
 from .registry import ADAPTERS, LOSSES
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _LAZY = {
     "DistillationTrainer": "trainer.trainer",

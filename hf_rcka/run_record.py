@@ -8,11 +8,9 @@ another folder's images, and a card comparing two runs would call other images t
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
-import subprocess
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,41 +72,6 @@ def read_recorded_recipe(run_dir: str) -> dict[str, Any]:
     if not isinstance(recipe, dict):
         raise ValueError(f"{path} is not a mapping of recipe keys")
     return anchored(recipe, recorded_working_dir(run_dir))
-
-
-@functools.lru_cache(maxsize=None)
-def code_version() -> str:
-    """``hf_rcka <version>``, with the git commit of the source tree it runs from when that tree is
-    hf_rcka's own git checkout (as the README installs it), and ``local changes`` when its package
-    differs from that commit (new files included): the version number alone names every commit
-    since it was last raised, so a card or a record could not say which code trained a run.
-
-    Cached: the command line asks once as it starts, so a checkout changed while a run loads its
-    models is not named as the code that trains it.
-    """
-    from . import __version__
-
-    package = os.path.dirname(os.path.abspath(__file__))
-    found = _git(package, "rev-parse", "--show-toplevel", "HEAD")
-    top, commit = found.splitlines() if found and len(found.splitlines()) == 2 else (None, None)
-    if not top or os.path.realpath(top) != os.path.realpath(os.path.dirname(package)) \
-            or _git(package, "ls-files", "--error-unmatch", "__init__.py") is None:
-        return f"hf_rcka {__version__}"  # an installed copy, or a copy inside another project's checkout
-    changed = _git(package, "status", "--porcelain", "--", ".")  # None: it failed, and nothing is known
-    state = {None: ", local changes unknown", "": ""}.get(changed, ", local changes")
-    return f"hf_rcka {__version__} (git {commit[:12]}{state})"
-
-
-def _git(folder: str, *command: str) -> str | None:
-    """A git command's output in ``folder``, or None where git is missing, fails there or takes
-    more than a few seconds. It takes no lock (``GIT_OPTIONAL_LOCKS``): runs started together each
-    ask, and a status that refreshes the index would make them wait on one another."""
-    try:
-        done = subprocess.run(["git", "-C", folder, *command], capture_output=True, text=True, timeout=5,
-                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"}, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip()
 
 
 def recorded_resume_step(run_dir: str) -> int | None:

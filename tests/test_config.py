@@ -449,21 +449,21 @@ def test_a_resume_compares_a_checkpoint_with_the_record_only_where_the_record_de
 
 def test_a_checkout_whose_changes_cannot_be_read_is_not_called_clean(monkeypatch):
     """A git status that failed (or timed out) read as no local changes."""
-    from hf_rcka import __version__, run_record
+    from hf_rcka import __version__, version
 
-    package = Path(run_record.__file__).parent
+    package = Path(version.__file__).parent
     answers = {"rev-parse": f"{package.parent}\n{'a' * 40}", "ls-files": "__init__.py", "status": None}
-    monkeypatch.setattr(run_record, "_git", lambda folder, command, *rest: answers[command])
-    assert run_record.code_version.__wrapped__() == f"hf_rcka {__version__} (git {'a' * 12}, local changes unknown)"
+    monkeypatch.setattr(version, "_git", lambda folder, command, *rest: answers[command])
+    assert version.code_version.__wrapped__() == f"hf_rcka {__version__} (git {'a' * 12}, local changes unknown)"
     answers["status"] = ""
-    assert run_record.code_version.__wrapped__() == f"hf_rcka {__version__} (git {'a' * 12})"
+    assert version.code_version.__wrapped__() == f"hf_rcka {__version__} (git {'a' * 12})"
 
 
 def _code_version_of(package_parent: Path) -> str:
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-c", "from hf_rcka.run_record import code_version; print(code_version())"],
+    return subprocess.run([sys.executable, "-c", "from hf_rcka.version import code_version; print(code_version())"],
                           cwd=package_parent, env={"PYTHONPATH": str(package_parent), "PATH": os.environ["PATH"]},
                           capture_output=True, text=True, check=True).stdout.strip()
 
@@ -491,7 +491,7 @@ def test_cards_and_records_name_the_commit_that_trained_the_run(tmp_path):
     (repo / "hf_rcka" / "new_module.py").write_text("")
     assert _code_version_of(repo) == f"hf_rcka {hf_rcka.__version__} (git {commit}, local changes)", "a new file"
     (repo / "hf_rcka" / "new_module.py").unlink()
-    with open(repo / "hf_rcka" / "run_record.py", "a") as handle:
+    with open(repo / "hf_rcka" / "version.py", "a") as handle:
         handle.write("# changed\n")
     assert _code_version_of(repo) == f"hf_rcka {hf_rcka.__version__} (git {commit}, local changes)"
     inner = repo / "vendored"

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..distributed import close_process_group
 from ..errors import RecipeError, UserError, user_message
-from ..run_record import code_version
+from ..version import code_version
 from ..trainer.interrupt import GracefulStop, Interrupted
 from ..trainer.resume_hint import Stopped, entry_command, relaunch_command, secrets_note
 from .help import USAGE, losses_help, recipe_help

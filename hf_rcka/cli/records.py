@@ -28,8 +28,9 @@ from ..arguments import describe_batch
 from ..errors import RecipeError
 from ..file_writes import remove_empty, write_text
 from ..run_record import (
-    BATCH_HEADER, RECIPE_RECORD, RESUMED_HEADER, WORKING_DIR_NAME, anchored, code_version, recorded_working_dir,
+    BATCH_HEADER, RECIPE_RECORD, RESUMED_HEADER, WORKING_DIR_NAME, anchored, recorded_working_dir,
 )
+from ..version import code_version
 from ..trainer.checkpointing import checkpoint_step
 from ..trainer.resume_hint import launch_command
 from .recipe import dump_recipe, load_recipe

@@ -21,7 +21,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..file_writes import write_text
-from ..run_record import RECIPE_RECORD, code_version
+from ..run_record import RECIPE_RECORD
+from ..version import code_version
 from .card_facts import CardFacts, image_folder_name
 
 CARD_TAGS = ["knowledge-distillation", "image-classification", "hf_rcka"]
