@@ -119,6 +119,7 @@ class RecipeRecord(TrainerCallback):
             launch += (f"\n{RESUMED_HEADER}{state.global_step:,} from a checkpoint: that command gives this run's "
                        "numbers only with no_aug (augmentation draws otherwise after a resume) and if the "
                        "earlier launch had these schedule settings (its log says if they changed).")
-        launch += f"\nWritten by {code_version()}: a setting the recipe left out is written at its default."
+        launch += (f"\nWritten by {code_version()}, with the augmentation, optimizer, schedule, seed and split "
+                   "settings the recipe left out at their defaults.")
         dump_recipe(self.recipe, self.path, comment=launch)
         write_working_dir(os.path.dirname(self.path) or ".")
