@@ -2291,7 +2291,8 @@ def test_resume_recipe_check_lets_folders_move_and_fills_what_a_recipe_leaves_ou
                   "teacher_label_mapping": "by_name", "image_size": 16, "student_config_overrides": None,
                   "dataset_name": str(tmp_path / "new_data"), "dataset_config_name": None,
                   "feature_pairs": validate_feature_pairs(pairs), "losses": [{"name": "ce"}, {"name": "feature_cka"}],
-                  "seed": 42, "data_seed": None, "aug_repeats": 0, "max_train_samples": None, **changes}
+                  "seed": 42, "data_seed": None, "aug_repeats": 0, "max_train_samples": None, "label_column_name": "label",
+                  **changes}
         check_resume_recipe(str(run), SimpleNamespace(**values), SimpleNamespace(**values), SimpleNamespace(**values))
 
     check()
