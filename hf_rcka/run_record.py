@@ -8,6 +8,7 @@ another folder's images, and a card comparing two runs would call other images t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -74,14 +75,14 @@ def read_recorded_recipe(run_dir: str) -> dict[str, Any]:
     return anchored(recipe, recorded_working_dir(run_dir))
 
 
-def recorded_resume_step(run_dir: str) -> int | None:
-    """The step the run recorded in ``run_dir`` was resumed from (its record's header), or None for
-    a run trained from its first step (or no record): the record names that launch's settings,
-    which the checkpoints up to that step, trained by an earlier launch, may not have had."""
+def recorded_header_number(run_dir: str, header: str) -> int | None:
+    """The number the header comment of the run's record in ``run_dir`` gives after ``header``
+    (``BATCH_HEADER``: the global batch; ``RESUMED_HEADER``: the step a resumed run started from,
+    whose earlier checkpoints an earlier launch trained), or None (no record, no such line)."""
     try:
         with open(os.path.join(run_dir, RECIPE_RECORD), encoding="utf-8") as handle:
-            header = "".join(line for line in handle if line.startswith("#"))
+            comment = "".join(itertools.takewhile(lambda line: line.startswith("#"), handle))
     except (OSError, UnicodeDecodeError):
         return None
-    found = re.search(rf"^# {RESUMED_HEADER}([\d,]+) ", header, re.MULTILINE)
+    found = re.search(rf"^# {re.escape(header)}([\d,]+) ", comment, re.MULTILINE)
     return int(found.group(1).replace(",", "")) if found else None

@@ -76,16 +76,22 @@ def write_working_dir(output_dir: str) -> None:
         json.dump({"working_dir": os.getcwd()}, handle)
 
 
-def recorded_recipe(folder: str) -> dict[str, Any] | None:
-    """The recipe a run recorded in ``folder``, or in the run folder around a ``checkpoint-N`` of it
-    (checkpoints hold no recipe; their run's data is theirs); None when there is none this version reads.
-    A link to a checkpoint reads the run that holds it (read beside the link, every check that
+def record_folder(folder: str) -> str:
+    """The folder whose record describes ``folder``: itself, or the run folder around a
+    ``checkpoint-N`` of it (checkpoints hold no recipe; their run's data is theirs), resolved: a
+    link to a checkpoint reads the run that holds it (read beside the link, every check that
     compares a resume with its run was skipped)."""
     folder = os.path.realpath(folder)
-    path = os.path.join(folder, RECIPE_RECORD)
-    checkpoint = checkpoint_step(folder) is not None
-    if not os.path.isfile(path) and checkpoint and os.path.isfile(os.path.join(folder, "trainer_state.json")):
-        path = os.path.join(os.path.dirname(folder), RECIPE_RECORD)
+    if not os.path.isfile(os.path.join(folder, RECIPE_RECORD)) and checkpoint_step(folder) is not None \
+            and os.path.isfile(os.path.join(folder, "trainer_state.json")):
+        return os.path.dirname(folder)
+    return folder
+
+
+def recorded_recipe(folder: str) -> dict[str, Any] | None:
+    """The recipe a run recorded in ``folder``, or in the run folder around it (``record_folder``);
+    None when there is none this version reads."""
+    path = os.path.join(record_folder(folder), RECIPE_RECORD)
     if not os.path.isfile(path):
         return None
     try:

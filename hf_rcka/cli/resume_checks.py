@@ -29,8 +29,8 @@ from ..trainer.checkpointing import checkpoint_step, holds_training_state
 from ..trainer.loss_record import read_loss_record, say_earlier_defaults
 from ..trainer.resume_match import check_resume_batch, check_resume_rate
 from ..trainer.interrupt import written_whole
-from ..run_record import recorded_resume_step
-from .records import recorded_recipe
+from ..run_record import RESUMED_HEADER, recorded_header_number
+from .records import record_folder, recorded_recipe
 
 logger = logging.getLogger("hf_rcka")
 
@@ -251,8 +251,9 @@ def _recorded_changes(folder: str, keys: tuple[str, ...], *arguments: Any) -> li
     the step the recorded launch resumed from was trained by an earlier launch, whose settings no
     record keeps (that resume rewrote it).
     """
-    recorded, real = recorded_recipe(folder), os.path.realpath(folder)
-    step, resumed = checkpoint_step(os.path.basename(real)), recorded_resume_step(_run_of(real))
+    recorded = recorded_recipe(folder)
+    step = checkpoint_step(os.path.basename(os.path.realpath(folder)))
+    resumed = recorded_header_number(record_folder(folder), RESUMED_HEADER)
     if not recorded or step is not None and resumed is not None and step <= resumed:
         return []
     before, now = {}, {}
@@ -267,11 +268,6 @@ def _recorded_changes(folder: str, keys: tuple[str, ...], *arguments: Any) -> li
     return [f"{key} {_setting(before[key])} -> {_setting(now[key])}" for key in keys
             if not _same(before[key], now[key])
             and (key not in _ACTS_WITH or _ACTS_WITH[key](before) or _ACTS_WITH[key](now))]
-
-
-def _run_of(folder: str) -> str:
-    """The run folder a ``checkpoint-N`` folder (a resolved path) belongs to, else ``folder`` itself."""
-    return os.path.dirname(folder) if checkpoint_step(os.path.basename(folder)) is not None else folder
 
 
 def _same(before: Any, now: Any) -> bool:

@@ -15,7 +15,6 @@ import logging
 import os
 from dataclasses import dataclass, field
 import math
-import re
 from typing import Any, NamedTuple
 
 import torch
@@ -29,7 +28,7 @@ from ..losses.base import RelationalLoss
 from ..models.labels import has_other_classes
 from ..models.sources import parse_model_source
 from ..recipe_specs import weighs_nothing
-from ..run_record import BATCH_HEADER, RECIPE_RECORD, read_recorded_recipe
+from ..run_record import BATCH_HEADER, read_recorded_recipe, recorded_header_number
 
 # Settings that must agree for two runs to have been evaluated on the same images (split_seed draws
 # both the carved validation split and the max_eval_samples subset; the training seed draws neither).
@@ -54,7 +53,6 @@ TRAINING_KEYS = (
 _SELECTION_KEYS = ("metric_for_best_model", "greater_is_better", "eval_strategy")
 # The weight average's settings: compared when either side averaged
 _EMA_KEYS = ("model_ema_decay", "model_ema_warmup", "model_ema_export")
-_RECORDED_BATCH = re.compile(rf"^# {BATCH_HEADER}(\d+) images", re.MULTILINE)
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +326,7 @@ def _other_training(baseline_dir: str, recipe: dict, defaults: dict, own: Traini
         if not _same_setting(_task_smoothing(recipe, defaults), _task_smoothing(own.recipe, defaults)):
             keys.append("label smoothing")
     other = [_differ(keys)] if keys else []
-    batch = _recorded_batch(baseline_dir)
+    batch = recorded_header_number(baseline_dir, BATCH_HEADER)  # the header's (records.RecipeRecord)
     if batch is not None and batch != own.global_batch:
         other.append(f"a global batch of {batch} images against this run's {own.global_batch}")
     rate = _learning_rate(recipe, defaults, batch) if recipe else None
@@ -386,16 +384,6 @@ def _recorded_recipe(run_dir: str) -> dict[str, Any]:
     except ValueError as err:
         logger.warning("model card: %s: it is compared as a run with no recorded recipe", err)
         return {}
-
-
-def _recorded_batch(run_dir: str) -> int | None:
-    """The global batch a run's recorded recipe names in its header (``records.RecipeRecord``)."""
-    try:
-        with open(os.path.join(run_dir, RECIPE_RECORD), encoding="utf-8") as handle:
-            match = _RECORDED_BATCH.search(handle.read(2000))
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
 
 
 def _learning_rate(recipe: dict, defaults: dict, global_batch: int | None) -> float | None:
