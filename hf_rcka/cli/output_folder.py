@@ -222,8 +222,8 @@ def reading_models(folders: dict[str, str | None], output_dir: str | None = None
 def _lock(folder: str | Path, shared: bool, held: contextlib.ExitStack) -> bool:
     """Take ``folder``'s lock (``flock`` on the folder itself) without waiting, until ``held`` closes;
     False when another process holds it (exclusively, or at all for an exclusive lock). A folder
-    that cannot be opened or locked (some network file systems) counts as taken: runs there are not
-    kept apart."""
+    that cannot be opened or locked (some network file systems) gives True with no lock: runs there
+    are not kept apart."""
     try:
         descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
