@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .augmentation import AugmentationArguments
+from .augmentation import PER_IMAGE_KEYS, AugmentationArguments
 from .errors import RecipeError
 from .losses import reads_teacher
 from .registry import LOSSES
@@ -348,6 +348,26 @@ DECIDING_KEYS = (
     "label_smoothing_factor", "per_device_train_batch_size", "gradient_accumulation_steps", "model_ema",
     "model_ema_decay", "model_ema_warmup", "model_ema_export",
 )
+
+
+# Settings that act only where others switch them on: the mixing options without MixUp or CutMix
+# (a cutmix_minmax alone turns CutMix on, as timm takes it), the per-image transform's settings
+# under no_aug, the erasing options without erasing, the average's options without an average.
+# Two runs that differ only in an idle setting trained alike.
+_ACTS_WHEN = {
+    **dict.fromkeys(("cutmix_minmax", "mixup_prob", "mixup_switch_prob", "mixup_mode"),
+                    lambda run: run["mixup"] or run["cutmix"] or run["cutmix_minmax"] is not None),
+    **dict.fromkeys(PER_IMAGE_KEYS, lambda run: not run["no_aug"]),
+    **dict.fromkeys(("remode", "recount"), lambda run: run["reprob"] and not run["no_aug"]),  # after: per-image too
+    **dict.fromkeys(("model_ema_decay", "model_ema_warmup", "model_ema_export"), lambda run: run["model_ema"]),
+}
+SWITCH_KEYS = ("mixup", "cutmix", "cutmix_minmax", "reprob", "no_aug", "model_ema")  # what _ACTS_WHEN reads
+
+
+def setting_acts(key: str, run: dict[str, Any]) -> bool:
+    """Whether ``key`` acts on a run with settings ``run`` (which holds at least ``SWITCH_KEYS``);
+    a setting that no other one switches on always acts."""
+    return key not in _ACTS_WHEN or bool(_ACTS_WHEN[key](run))
 
 
 def left_out_defaults(recipe: dict[str, Any]) -> dict[str, Any]:

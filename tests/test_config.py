@@ -402,6 +402,13 @@ def test_a_resume_says_the_settings_it_takes_as_given_where_they_act(tmp_path, c
     _, data, training = parse_arguments({**recorded, "cutmix_minmax": [0.2, 0.8], "mixup_prob": 0.5})
     assert warn_resume_settings(str(tmp_path), data, training) == [  # timm turns CutMix on for it alone
         "cutmix_minmax None -> [0.2, 0.8]", "mixup_prob 1 -> 0.5"]
+    erasing = tmp_path / "erasing"
+    erasing.mkdir()
+    dump_recipe(BASE, erasing / "distill_config.yaml")  # per-image augmentation on, erasing off (reprob 0)
+    _, data, training = parse_arguments({**BASE, "remode": "const", "recount": 2})
+    assert warn_resume_settings(str(erasing), data, training) == [], "erasing off on both sides"
+    _, data, training = parse_arguments({**BASE, "reprob": 0.25, "remode": "const"})
+    assert warn_resume_settings(str(erasing), data, training) == ["reprob 0 -> 0.25", "remode pixel -> const"]
 
 
 def test_a_resume_through_a_link_is_compared_with_the_run_that_holds_the_checkpoint(tmp_path):

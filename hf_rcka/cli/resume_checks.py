@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..arguments import recipe_defaults
-from ..augmentation import PER_IMAGE_KEYS, AugmentationArguments
+from ..arguments import SWITCH_KEYS, recipe_defaults, setting_acts
+from ..augmentation import AugmentationArguments
 from ..errors import ModelError, RecipeError
 from ..modeling.assembly import active_specs, run_loss_specs
 from ..recipe_specs import checked_pairs
@@ -215,16 +215,6 @@ RESUMED_AS_GIVEN = (
     *(f.name for f in dataclasses.fields(AugmentationArguments) if f.name != "aug_repeats"),
     "image_column_name", "max_grad_norm", "model_ema", "model_ema_decay", "model_ema_warmup", "model_ema_export",
 )  # (another label column trains other targets: check_resume_recipe refuses it)
-# Settings that act only with another one on: the mixing options without mixup or cutmix (a
-# cutmix_minmax alone turns CutMix on, as timm takes it), random
-# erasing's without erasing, the per-image augmentation under no_aug, the average's without one
-_ACTS_WITH = {
-    **dict.fromkeys(("cutmix_minmax", "mixup_prob", "mixup_switch_prob", "mixup_mode"),
-                    lambda side: side["mixup"] or side["cutmix"] or side["cutmix_minmax"] is not None),
-    **dict.fromkeys(("remode", "recount"), lambda side: side["reprob"] and not side["no_aug"]),
-    **dict.fromkeys(PER_IMAGE_KEYS, lambda side: not side["no_aug"]),
-    **dict.fromkeys(("model_ema_decay", "model_ema_warmup", "model_ema_export"), lambda side: side["model_ema"]),
-}
 
 
 def warn_resume_settings(folder: str, *arguments: Any) -> list[str]:
@@ -245,7 +235,7 @@ def warn_resume_settings(folder: str, *arguments: Any) -> list[str]:
 def _recorded_changes(folder: str, keys: tuple[str, ...], *arguments: Any) -> list[str]:
     """``key before -> now`` for each of ``keys`` whose value in ``arguments`` (the dataclasses
     that hold them) differs from the one ``folder``'s run recorded, or its default where the record
-    leaves it out; a setting that acts on neither side (``_ACTS_WITH``) is left out.
+    leaves it out; a setting that acts on neither side (``setting_acts``) is left out.
 
     Nothing without a record, nor for a checkpoint the record does not describe: one saved before
     the step the recorded launch resumed from was trained by an earlier launch, whose settings no
@@ -257,7 +247,7 @@ def _recorded_changes(folder: str, keys: tuple[str, ...], *arguments: Any) -> li
     if not recorded or step is not None and resumed is not None and step <= resumed:
         return []
     before, now = {}, {}
-    for key in (*keys, "mixup", "cutmix", "cutmix_minmax", "reprob", "no_aug", "model_ema"):  # what _ACTS_WITH reads
+    for key in (*keys, *SWITCH_KEYS):
         holder = next((a for a in arguments if key in type(a).__dataclass_fields__), None)
         if holder is None:
             continue
@@ -267,7 +257,7 @@ def _recorded_changes(folder: str, keys: tuple[str, ...], *arguments: Any) -> li
         now[key] = getattr(holder, key)
     return [f"{key} {_setting(before[key])} -> {_setting(now[key])}" for key in keys
             if not _same(before[key], now[key])
-            and (key not in _ACTS_WITH or _ACTS_WITH[key](before) or _ACTS_WITH[key](now))]
+            and (setting_acts(key, before) or setting_acts(key, now))]
 
 
 def _same(before: Any, now: Any) -> bool:
