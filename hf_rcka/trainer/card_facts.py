@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 import torch
 from transformers import TrainerCallback
 
-from ..arguments import global_batch_size, recipe_defaults
-from ..augmentation import PER_IMAGE_KEYS, AugmentationArguments
+from ..arguments import SWITCH_KEYS, global_batch_size, recipe_defaults, setting_acts
+from ..augmentation import AugmentationArguments
 from ..data.datasets import VALIDATION_SPLIT_NAMES
 from ..losses import IGNORE_INDEX
 from ..losses.base import RelationalLoss
@@ -51,7 +51,8 @@ TRAINING_KEYS = (
 )
 # What and how often a run chose among its evaluations: compared when either side kept its best checkpoint
 _SELECTION_KEYS = ("metric_for_best_model", "greater_is_better", "eval_strategy")
-# The weight average's settings: compared when either side averaged
+# The weight average's settings; these, the mixing, erasing and per-image augmentation settings
+# are compared only where they act on either side (arguments.setting_acts)
 _EMA_KEYS = ("model_ema_decay", "model_ema_warmup", "model_ema_export")
 
 logger = logging.getLogger(__name__)
@@ -312,13 +313,12 @@ def _other_training(baseline_dir: str, recipe: dict, defaults: dict, own: Traini
     batch, learning rate and number of optimizer steps in effect."""
     keys = []
     if recipe and own.recipe:
-        plain = all(bool(side.get("no_aug", defaults.get("no_aug"))) for side in (recipe, own.recipe))
         sides = (recipe, own.recipe)
-        selecting, averaging = (any(side.get(key, defaults.get(key)) for side in sides)
-                                for key in ("load_best_model_at_end", "model_ema"))
-        compared = (*TRAINING_KEYS, *(_SELECTION_KEYS if selecting else ()), *(_EMA_KEYS if averaging else ()))
+        selecting = any(side.get("load_best_model_at_end", defaults.get("load_best_model_at_end")) for side in sides)
+        compared = (*TRAINING_KEYS, *(_SELECTION_KEYS if selecting else ()), *_EMA_KEYS)
         setting = functools.partial(_setting, defaults=defaults)
-        keys = [k for k in compared if not (plain and k in PER_IMAGE_KEYS)
+        switches = [{key: setting(side, key) for key in SWITCH_KEYS} for side in sides]
+        keys = [k for k in compared if any(setting_acts(k, run) for run in switches)
                 and not _same_setting(setting(recipe, k), setting(own.recipe, k))]
         if selecting and "steps" in {setting(side, "eval_strategy") for side in sides} \
                 and not _same_setting(setting(recipe, "eval_steps"), setting(own.recipe, "eval_steps")):
