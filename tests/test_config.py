@@ -169,6 +169,13 @@ def test_image_folder_flags_replace_the_recipes_dataset():
     assert resolve_values(recipe, {"validation_dir": "d/val"})["dataset_name"] == "builtin:digits"
     folders = {**BASE, "dataset_name": None, "train_dir": "d/train"}
     assert resolve_values(folders, {"dataset_config_name": "full"})["train_dir"] == "d/train"
+    # an empty flag clears the recipe's value, as null does ("not both" named a dataset that was not there)
+    values = resolve_values(recipe, parse_cli_overrides(["--dataset_name=", "--train_dir", "d/t"]))
+    assert values["dataset_name"] is None, "the record holds it as unset"
+    _, data, _ = parse_arguments(values)
+    assert data.dataset_name is None and data.dataset_config_name is None and data.train_dir == "d/t"
+    with pytest.raises(RecipeError, match="^no data: set dataset_name"):
+        parse_arguments(recipe, parse_cli_overrides(["--dataset_name="]))
 
 
 def test_cli_rejects_positional_garbage():

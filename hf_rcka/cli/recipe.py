@@ -193,6 +193,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return recipe
 
 
+# Where the images come from: an empty one is none (it would name a dataset or folder "")
+_DATA_KEYS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir")
 # Settings that name a file or folder (a model name may be a folder, a dataset name too)
 _PATH_KEYS = ("model_name_or_path", "teacher_model_name_or_path", "baseline_dir", "train_dir", "validation_dir",
               "output_dir", "resume_from_checkpoint", "dataset_name", "logging_dir")
@@ -224,6 +226,9 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
         if values.get(required) in (None, ""):
             raise RecipeError(f"the recipe needs {required!r}")
     resolved = {key: coerce(value, table[key][2], key) for key, value in values.items()}
+    for key in _DATA_KEYS:  # --dataset_name= clears the recipe's, as --dataset_name null does
+        if resolved.get(key) == "":
+            resolved[key] = None
     for key in _PATH_KEYS:  # as a shell would: only some of them reached a call that expands it
         if isinstance(resolved.get(key), str) and resolved[key].startswith("~"):
             resolved[key] = os.path.expanduser(resolved[key])
