@@ -69,13 +69,16 @@ def say(line: str) -> None:
 
 
 def _wait(process: subprocess.Popen, step: str, log: Path) -> int:
-    """The step's exit status, saying every ``HEARTBEAT_SECONDS`` which epoch its log has reached."""
+    """The step's exit status, saying every ``HEARTBEAT_SECONDS`` which epoch its log has reached
+    and for how long the step has run (before its first epoch, each line would read the same)."""
+    start = time.monotonic()
     while True:
         try:
             return process.wait(timeout=HEARTBEAT_SECONDS)
         except subprocess.TimeoutExpired:
             epochs = _EPOCH.findall(log.read_text(errors="replace")) if log.is_file() else []
-            say(f"  {step}: {'epoch ' + epochs[-1] if epochs else 'starting'}...")
+            say(f"  {step}: {'epoch ' + epochs[-1] if epochs else 'starting'} "
+                f"({time.monotonic() - start:.0f} s)...")
 
 
 def _env(threads: int) -> dict[str, str]:
