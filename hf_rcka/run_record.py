@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .file_writes import write_text
+
 RECIPE_RECORD = "distill_config.yaml"  # the command line's resolved recipe, next to the card
 WORKING_DIR_NAME = "_working_dir.json"  # local only: the "_" keeps it out of Hub uploads
 BATCH_HEADER = "Global batch: "  # how the record's header comment names the global batch
@@ -86,3 +88,17 @@ def recorded_header_number(run_dir: str, header: str) -> int | None:
         return None
     found = re.search(rf"^# {re.escape(header)}([\d,]+) ", comment, re.MULTILINE)
     return int(found.group(1).replace(",", "")) if found else None
+
+
+def copy_run_record(run_dir: str, checkpoint_dir: str) -> None:
+    """Keep the run's record, as it stands while a checkpoint is saved, in the checkpoint (whole or
+    not at all): a resume from it is compared with the settings that trained it. Read from the run
+    folder alone, a checkpoint that a later launch's record no longer describes (that launch
+    resumed after it, and rewrote the record) was compared with nothing."""
+    for name in (RECIPE_RECORD, WORKING_DIR_NAME):
+        try:
+            with open(os.path.join(run_dir, name), encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError):
+            continue  # a run from Python records none
+        write_text(os.path.join(checkpoint_dir, name), text)

@@ -1096,6 +1096,7 @@ def _run_recorded_as_before_every_option(tmp_path: Path) -> tuple[dict, Path]:
                  losses=[{"name": "ce"}, {"name": "rcka"}])
     assert run(tmp_path, first) == 0
     checkpoint = tmp_path / "out" / "checkpoint-2"
+    (checkpoint / "distill_config.yaml").unlink()  # an earlier version's checkpoint kept no copy of the record
     for path in (tmp_path / "out" / "distill_config.yaml", checkpoint / "loss_settings.json"):
         text = path.read_text()
         for option in ("intra_weight", "inter_weight"):
@@ -1152,9 +1153,10 @@ def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     assert f"{str(out / 'checkpoint-2')!r} continues a run recorded with other settings (losses ['ce', 'srd'] -> " \
            "['ce', 'kernel_transfer'])" in error_of(capsys)
     assert (out / "distill_config.yaml").read_text() == recorded
-    # without the run's record, the checkpoint's own loss record finds it when it loads, and without
-    # that (an earlier version's checkpoint) its loss state
+    # without the run's record (nor the checkpoint's copy of it), the checkpoint's own loss record
+    # finds it when it loads, and without that (an earlier version's checkpoint) its loss state
     (out / "distill_config.yaml").unlink()
+    (out / "checkpoint-2" / "distill_config.yaml").unlink()
     assert run(tmp_path, other, "--resume_from_checkpoint", "true") == 2
     assert f"{str(out / 'checkpoint-2')!r} was trained with other loss settings (losses ['ce', 'srd'] -> " \
            "['ce', 'kernel_transfer'])" in error_of(capsys)
@@ -1163,7 +1165,8 @@ def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     assert run(tmp_path, other, "--resume_from_checkpoint", "true") == 2
     assert f"{str(out / 'checkpoint-2')!r} does not fit this run" in error_of(capsys)
     (out / "checkpoint-2" / "loss_settings.json").write_text(settings)
-    (out / "distill_config.yaml").write_text(recorded)
+    for folder in (out, out / "checkpoint-2"):
+        (folder / "distill_config.yaml").write_text(recorded)
     # another global batch (a 2-process run resumed in 1 went on at half its batch, exit 0)
     assert run(tmp_path, {**first, "max_steps": 3, "per_device_train_batch_size": 10}, "--resume_from_checkpoint",
                "true") == 2

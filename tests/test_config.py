@@ -441,10 +441,11 @@ def test_a_resume_through_a_link_is_compared_with_the_run_that_holds_the_checkpo
         check_resume_recipe(str(link), model, data, training)
 
 
-def test_a_resume_compares_a_checkpoint_with_the_record_only_where_the_record_describes_it(tmp_path):
+def test_a_resume_compares_a_checkpoint_with_the_record_that_describes_it(tmp_path):
     """A resume rewrites the run's record: a checkpoint saved before the step it resumed from was
     trained by the earlier launch, and was said to have trained with the resume's settings (and the
-    advice to resume with the record applied them)."""
+    advice to resume with the record applied them). A checkpoint now keeps a copy of its launch's
+    record: only an earlier version's, without one, is left uncompared."""
     from hf_rcka.cli.resume_checks import warn_resume_schedule, warn_resume_settings
     from hf_rcka.run_record import RESUMED_HEADER
 
@@ -459,6 +460,10 @@ def test_a_resume_compares_a_checkpoint_with_the_record_only_where_the_record_de
         assert warn_resume_schedule(str(tmp_path / f"checkpoint-{step}"), training) == []
     assert warn_resume_settings(str(tmp_path / "checkpoint-1500"), data, training) == ["hflip 0.3 -> 0.5"]
     assert warn_resume_schedule(str(tmp_path / "checkpoint-1500"), training) == ["num_train_epochs 6 -> 3"]
+    # a checkpoint that keeps a copy of its launch's record is compared with that one, whatever its step
+    dump_recipe({**recorded, "hflip": 0.2}, tmp_path / "checkpoint-500" / "distill_config.yaml")
+    assert warn_resume_settings(str(tmp_path / "checkpoint-500"), data, training) == ["hflip 0.2 -> 0.5"]
+    assert warn_resume_schedule(str(tmp_path / "checkpoint-500"), training) == ["num_train_epochs 6 -> 3"]
 
 
 def test_a_checkout_whose_changes_cannot_be_read_is_not_called_clean(monkeypatch):

@@ -78,9 +78,9 @@ def write_working_dir(output_dir: str) -> None:
 
 def record_folder(folder: str) -> str:
     """The folder whose record describes ``folder``: itself, or the run folder around a
-    ``checkpoint-N`` of it (checkpoints hold no recipe; their run's data is theirs), resolved: a
-    link to a checkpoint reads the run that holds it (read beside the link, every check that
-    compares a resume with its run was skipped)."""
+    ``checkpoint-N`` of it that holds no copy of its own (``run_record.copy_run_record``; an
+    earlier version's checkpoints hold none), resolved: a link to a checkpoint reads the run that
+    holds it (read beside the link, every check that compares a resume with its run was skipped)."""
     folder = os.path.realpath(folder)
     if not os.path.isfile(os.path.join(folder, RECIPE_RECORD)) and checkpoint_step(folder) is not None \
             and os.path.isfile(os.path.join(folder, "trainer_state.json")):

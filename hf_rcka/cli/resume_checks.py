@@ -237,9 +237,10 @@ def _recorded_changes(folder: str, keys: tuple[str, ...], *arguments: Any) -> li
     that hold them) differs from the one ``folder``'s run recorded, or its default where the record
     leaves it out; a setting that acts on neither side (``setting_acts``) is left out.
 
-    Nothing without a record, nor for a checkpoint the record does not describe: one saved before
-    the step the recorded launch resumed from was trained by an earlier launch, whose settings no
-    record keeps (that resume rewrote it).
+    The record is the checkpoint's copy of the one its launch wrote (``records.record_folder``).
+    Nothing without a record, nor for a checkpoint of an earlier version (which holds no copy) that
+    the run's record does not describe: one saved before the step the recorded launch resumed from
+    was trained by an earlier launch, whose settings no record keeps (that resume rewrote it).
     """
     recorded = recorded_recipe(folder)
     step = checkpoint_step(os.path.basename(os.path.realpath(folder)))

@@ -38,6 +38,7 @@ from ..arguments import global_batch_size
 from ..errors import ModelError, RecipeError
 from ..file_writes import as_umask_allows
 from ..models.timm_models import record_data_config, timm_native_state
+from ..run_record import copy_run_record
 from .divergence import has_finite_weights
 from .hub_pushes import create_revision_branch, holds_earlier_model, remove_earlier_model, repository_files
 from .loss_record import check_loss_record, loss_settings, say_earlier_defaults, write_loss_record
@@ -215,6 +216,7 @@ class CheckpointingTrainer(Trainer):
                 json.dump({"global_batch": global_batch_size(self.args), "processes": self.args.world_size,
                            "epoch_steps": self._epoch_steps}, handle)
             write_loss_record(output_dir, loss_settings(self.args, model.teacher is not None))
+            copy_run_record(self.args.output_dir, output_dir)
         if model.teacher is not None:  # the export's too: a rerun of its recipe compares its teacher
             write_teacher_record(output_dir, self.teacher_record(model.teacher))
         as_umask_allows(output_dir)  # safetensors writes its files readable by their owner alone
