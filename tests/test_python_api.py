@@ -418,6 +418,44 @@ def test_a_teacher_near_chance_stops_the_run_before_its_first_step_by_default(tm
     assert warned.state.global_step == 2
 
 
+def test_a_teacher_is_judged_on_images_drawn_from_a_torch_dataset_listed_class_by_class(tmp_path):
+    """A map-style torch Dataset (torchvision's ImageFolder lists its images class by class) gave the
+    check its first batches: all of class 0, on which a teacher answering class 0 for every image
+    scored 1.0, and the run trained from it. A datasets.Dataset was drawn at random already."""
+    rows = pixel_dataset(900, seed=4).sort("labels").with_format("torch")
+
+    class ByClass(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, index):
+            return {"pixel_values": rows[index]["pixel_values"], "labels": int(rows[index]["labels"])}
+
+    assert set(rows[:260]["labels"].tolist()) == {0}, "the first batches the check would read: one class"
+    teacher = _answering_one_class(named(tiny_resnet(), ["a", "b", "c"]), 0)
+    trainer = build(make_args(tmp_path, teacher_accuracy_check="error", per_device_eval_batch_size=50, max_steps=1),
+                    named(tiny_vit(), ["a", "b", "c"]), teacher, eval_dataset=ByClass())
+    with pytest.raises(TeacherNearChance, match="near chance"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_a_student_loaded_in_half_precision_is_refused_before_training(tmp_path):
+    """A student loaded with dtype=torch.bfloat16 trained in pure bf16 without a word: 43% of its
+    weights never moved in 5 steps at 5e-5 (AdamW's updates round away), and the export was bf16.
+    Frozen half-precision weights train nothing, and are let be."""
+    trainer = build(make_args(tmp_path, max_steps=1), named(tiny_vit(), ["a", "b", "c"]).to(torch.bfloat16),
+                    named(tiny_resnet(), ["a", "b", "c"]))
+    with pytest.raises(ModelError, match=r"^the student's trainable weights are bfloat16 \(\d+ tensor\(s\), e\.g\. .*"
+                                         r"Load the student in float32"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    student = named(tiny_vit(), ["a", "b", "c"])
+    student.vit.embeddings.to(torch.bfloat16).requires_grad_(False)
+    from hf_rcka.trainer.given_models import check_trainable_precision
+    check_trainable_precision(student)
+
+
 def test_a_good_teacher_is_judged_on_enough_images_to_tell_it_from_chance(tmp_path):
     """Judged on one batch of 8 (transformers' default evaluation batch), a teacher at 80% on 2
     classes was within two standard errors of chance about half the time: refused, now that the
@@ -779,6 +817,25 @@ def test_the_card_of_a_run_with_named_evaluation_sets_and_a_teacher(tmp_path):
     trainer.create_model_card()
     card = (tmp_path / "run" / "README.md").read_text()
     assert "eval_x_accuracy" in card and "eval_y_accuracy" in card and trainer.card_facts.teacher_accuracy is None
+
+
+
+def test_named_evaluation_sets_evaluated_after_training_reach_the_card(tmp_path, caplog):
+    """trainer.evaluate() of the trainer's own named sets was taken for another set's evaluation
+    (each one is passed by its name): a warning said so, and the card read "No evaluation was run"."""
+    sets = {"x": pixel_dataset(10, seed=1), "y": pixel_dataset(7, seed=2)}
+    trainer = build(make_args(tmp_path, max_steps=1), named(tiny_vit(), ["a", "b", "c"]),
+                    named(tiny_resnet(), ["a", "b", "c"]), eval_dataset=sets)
+    trainer.train()
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        metrics = trainer.evaluate()
+    assert "the model card leaves these numbers out" not in caplog.text
+    trainer.create_model_card()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert f"| eval_x_accuracy | {metrics['eval_x_accuracy']:.4f} |" in card and "eval_y_accuracy" in card
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        trainer.evaluate(pixel_dataset(12, seed=5))  # another set is still said
+    assert "the model card leaves these numbers out" in caplog.text
 
 
 def test_another_set_evaluated_under_the_eval_prefix_stays_off_the_card(tmp_path, caplog):

@@ -61,7 +61,7 @@ from .given_data import check_batch_keys, check_columns, check_image_sizes, chec
 from .given_labels import check_labels, name_student_classes
 from .given_models import (
     check_activation_checkpointing, check_model_objects, check_models, check_ready_model, check_saveable,
-    leave_out_fresh_losses, teacher_input_stats,
+    check_trainable_precision, leave_out_fresh_losses, teacher_input_stats,
 )
 from .optimizer_checks import LateParameterCheck, check_lazy_parameters, check_optimizer
 from .progress import close_evaluation_bars, use_resumed_progress
@@ -585,7 +585,9 @@ class DistillationTrainer(CheckpointingTrainer):
             dataset = self.eval_dataset[eval_dataset]
         else:
             dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        self._evaluating_own_set = dataset is self.eval_dataset and not isinstance(dataset, dict)
+        # the trainer's own set, or one of its own named sets (Trainer.evaluate() passes each one's name)
+        own = self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]
+        self._evaluating_own_set = not isinstance(dataset, dict) and any(dataset is set_ for set_ in own)
         self._check_later_dataset(dataset, "eval_dataset")
         self._say_unrelated_terms(dataset)
         check_iterable_dispatch(self.args, [dataset])
@@ -675,6 +677,7 @@ class DistillationTrainer(CheckpointingTrainer):
                 as the run's result.
         """
         check_saveable(self.distillation_model.student)
+        check_trainable_precision(self.distillation_model.student)
         if self.distillation_model.left_out:
             raise RecipeError(f"this trainer was built without a train_dataset, to evaluate, so losses "
                               f"{sorted(self.distillation_model.left_out)} that read freshly built weights are left "
@@ -761,13 +764,19 @@ class DistillationTrainer(CheckpointingTrainer):
             yield batch["pixel_values"].to(self.args.device), labels
 
     def _teacher_check_sample(self, evaluation: Any, images: int) -> Any:
-        """``images`` of a ``datasets.Dataset``, drawn as ``max_eval_samples`` draws (``seeded_subset``
-        with ``seed``, the same on every process): the first batch of image folders, listed class by
-        class, held one or two classes, where a teacher that answered one class for every image
-        scored 1.0. Any other set (a stream) gives its first batches."""
-        if not isinstance(evaluation, datasets.Dataset):
-            return evaluation
-        return seeded_subset(evaluation, images, self.args.seed)
+        """``images`` drawn at random with ``seed`` (the same on every process): a ``datasets.Dataset``
+        as ``max_eval_samples`` draws (``seeded_subset``), another map-style set (torchvision's
+        ImageFolder) by index. The first batch of image folders, listed class by class, held one or
+        two classes, where a teacher that answered one class for every image scored 1.0. A stream
+        gives its first batches."""
+        if isinstance(evaluation, datasets.Dataset):
+            return seeded_subset(evaluation, images, self.args.seed)
+        map_style = isinstance(evaluation, torch.utils.data.Dataset) and has_length(evaluation) \
+            and not isinstance(evaluation, torch.utils.data.IterableDataset)
+        if map_style and images < len(evaluation):
+            order = torch.randperm(len(evaluation), generator=torch.Generator().manual_seed(self.args.seed))
+            return torch.utils.data.Subset(evaluation, order[:images].tolist())
+        return evaluation
 
     def hyperparameter_search(self, *args: Any, **kwargs: Any) -> Any:
         """Refused: Trainer's search builds each trial's model through ``model_init``, which a
