@@ -302,7 +302,8 @@ def _check_accuracy_check(key: str, mode: Any) -> None:
 
 
 def check_arguments(args: TrainingArguments) -> None:
-    """Plain ``TrainingArguments`` get the checks ``DistillationTrainingArguments`` runs itself.
+    """Plain ``TrainingArguments`` get the checks ``DistillationTrainingArguments`` runs itself; both
+    get the value ranges and fixed settings again, which a caller may have set since.
 
     Their two defaults that differ from the distillation's (``label_names`` unset,
     ``remove_unused_columns`` on, which drops the columns an image transform reads) are set to
@@ -320,15 +321,18 @@ def check_arguments(args: TrainingArguments) -> None:
         if hasattr(args, key):
             setattr(args, key, validate(getattr(args, key)))
     _check_accuracy_check("teacher_accuracy_check", getattr(args, "teacher_accuracy_check", TEACHER_CHECK_DEFAULT))
-    if isinstance(args, DistillationTrainingArguments):
-        return
-    if args.label_names is None:
-        args.label_names = ["labels"]
-    if args.remove_unused_columns:
-        logger.info("remove_unused_columns set to False: distillation reads every column of the batch")
-        args.remove_unused_columns = False
+    if not isinstance(args, DistillationTrainingArguments):
+        if args.label_names is None:
+            args.label_names = ["labels"]
+        if args.remove_unused_columns:
+            logger.info("remove_unused_columns set to False: distillation reads every column of the batch")
+            args.remove_unused_columns = False
+    # again for the distillation's own arguments: a value set on the object after it was built
+    # (args.prediction_loss_only = True) passed, and the evaluation reported no accuracy
     check_training_values(args)
     check_fixed_settings(args)
+    if isinstance(args, DistillationTrainingArguments):
+        return
     check_batch_settings(args)
     check_optim_args(args)
     check_optim_target_modules(args)

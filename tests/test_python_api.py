@@ -227,7 +227,8 @@ def test_plain_training_arguments_are_checked_too(tmp_path, setting):
 def test_arguments_set_after_they_were_built_are_checked_too(tmp_path):
     """args.losses = ["ce", "kd"] (the README's short form) after construction failed as
     AttributeError: 'str' object has no attribute 'get'; a dict for args as AttributeError
-    'label_names'; a misspelt teacher_accuracy_check on plain TrainingArguments read as 'warn'."""
+    'label_names'; a misspelt teacher_accuracy_check on plain TrainingArguments read as 'warn';
+    a fixed setting changed on DistillationTrainingArguments went unchecked."""
     args = make_args(tmp_path, max_steps=1)
     args.losses = ["ce", "kd"]
     trainer = build(args, tiny_vit(), tiny_resnet())
@@ -238,6 +239,16 @@ def test_arguments_set_after_they_were_built_are_checked_too(tmp_path):
     plain.teacher_accuracy_check = "eror"
     with pytest.raises(RecipeError, match="teacher_accuracy_check must be 'warn', 'error' or 'off', got 'eror'"):
         build(plain, tiny_vit(), tiny_resnet())
+    # a fixed setting or a value out of range, set on the distillation's own arguments after they
+    # were built: the evaluation reported no accuracy, or the first step failed
+    late = make_args(tmp_path, max_steps=1)
+    late.prediction_loss_only = True
+    with pytest.raises(RecipeError, match="prediction_loss_only: True is not supported"):
+        build(late, tiny_vit(), tiny_resnet())
+    late = make_args(tmp_path, max_steps=1)
+    late.per_device_train_batch_size = 0
+    with pytest.raises(RecipeError, match="per_device_train_batch_size"):
+        build(late, tiny_vit(), tiny_resnet())
 
 
 def test_plain_training_arguments_get_the_distillation_defaults(tmp_path):
