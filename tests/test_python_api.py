@@ -874,6 +874,28 @@ def test_another_set_evaluated_under_the_eval_prefix_stays_off_the_card(tmp_path
     assert f"| eval_accuracy | {own:.4f} |" in card and "license: cc-by-nc-4.0" in card
 
 
+def test_another_set_evaluated_after_a_training_that_raised_stays_off_the_card(tmp_path, caplog):
+    """Trainer leaves is_in_train set when train() raises: evaluate(test_set) then counted as the
+    trainer's own evaluation, and its numbers reached the card."""
+    from transformers import TrainerCallback
+
+    class StopAtFirstStep(TrainerCallback):
+        def on_step_begin(self, *args, **kwargs):
+            raise RuntimeError("stopped (simulated)")
+
+    trainer = build(make_args(tmp_path, max_steps=2), named(tiny_vit(), ["a", "b", "c"]),
+                    named(tiny_resnet(), ["a", "b", "c"]), eval_dataset=pixel_dataset(10, seed=1))
+    trainer.add_callback(StopAtFirstStep())
+    with pytest.raises(RuntimeError, match="simulated"):
+        trainer.train()
+    assert trainer.is_in_train, "transformers' behaviour this test stands on"
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        other = trainer.evaluate(pixel_dataset(12, seed=5))["eval_accuracy"]
+    assert "the model card leaves these numbers out" in caplog.text
+    trainer.create_model_card()
+    assert f"| eval_accuracy | {other:.4f} |" not in (tmp_path / "run" / "README.md").read_text()
+
+
 def test_a_card_without_a_saved_image_processor_says_so(tmp_path, caplog):
     """Without processing_class no preprocessor_config.json is saved, and the card's snippet
     (AutoImageProcessor.from_pretrained on the folder) raised OSError, unsaid."""

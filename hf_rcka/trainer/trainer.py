@@ -491,9 +491,11 @@ class DistillationTrainer(CheckpointingTrainer):
         return metrics
 
     def _evaluated_another_set(self) -> bool:
-        """Whether the evaluation or prediction running (or just run) outside training reads a set
-        other than the trainer's own evaluation set, whose numbers the card shows."""
-        return self.eval_dataset is not None and not self._evaluating_own_set and not self.is_in_train
+        """Whether the evaluation or prediction running (or just run) reads a set other than the
+        trainer's own evaluation set, whose numbers the card shows. (Not whether training runs:
+        Trainer leaves ``is_in_train`` set after a ``train()`` that raised, and an ``evaluate(test_set)``
+        then would have reached the card as the run's own.)"""
+        return self.eval_dataset is not None and not self._evaluating_own_set
 
     # Public hook (shared by evaluate and predict), so ``test_*`` metrics get the per-term losses too.
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
