@@ -1038,6 +1038,10 @@ def test_a_run_records_the_settings_it_left_out_so_a_changed_default_does_not_ch
     assert "was trained with other settings (color_jitter 0.4 -> 0.1; max_grad_norm 1 -> 5): its steps from here " \
            "on train with these" in err
     assert yaml.safe_load(record.read_text())["color_jitter"] == 0.1, "the record names the values it went on with"
+    # said by the process that logs, not once by every process (8 copies on 8 GPUs)
+    monkeypatch.setattr(DistillationTrainingArguments, "should_log", property(lambda self: False))
+    assert run(tmp_path, {**first, "max_steps": 5, "max_grad_norm": 2.0}, "--resume_from_checkpoint", "true") == 0
+    assert "other settings" not in capsys.readouterr().err
 
 
 def test_a_recipe_with_lr_base_records_no_learning_rate(tmp_path, capsys):

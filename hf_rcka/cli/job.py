@@ -30,6 +30,7 @@ from ..data.label_values import check_class_count, check_trained_classes
 from ..distributed import from_rank0
 from ..errors import DataError, HubUploadError, RecipeError, StudentNearChance, user_message
 from ..file_writes import missing_folders
+from ..log_levels import errors_only
 from ..modeling.distillation_model import DistillationModel
 from ..modeling.teacher_inputs import input_stats
 from ..models.labels import check_validation_labels, resume_label_order, run_label_order
@@ -183,7 +184,8 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
         _say_if_the_recorded_teacher_differs(trainer, argv[0], recorded)
     if not args.do_train:
         tensorboard_into(trainer, record_dir)
-        leave_out_fresh_losses(trainer.distillation_model)
+        with errors_only(when=not args.should_log):
+            leave_out_fresh_losses(trainer.distillation_model)
         if args.do_eval:  # a training run's check is train()'s
             check_evaluation_rows({name: loss for name, loss in trainer.distillation_model.losses.items()
                                    if name not in trainer.distillation_model.left_out}, args,
@@ -299,11 +301,11 @@ def _prepare_before_loading(
         check_checkpoint(resume)
         check_resume_batch(resume, args)
         check_resume_recipe(resume, model_args, data_args, args)
-        if args.should_log:
-            warn_earlier_defaults(resume, model_args, args)
         check_resume_rate(resume, args)
-        warn_resume_schedule(resume, args)
-        warn_resume_settings(resume, data_args, args)
+        if args.should_log:  # said once, not by every process
+            warn_earlier_defaults(resume, model_args, args)
+            warn_resume_schedule(resume, args)
+            warn_resume_settings(resume, data_args, args)
     check_output_dir(args, resume)
     check_push_contents(args, resume)
     # Pinned memory only helps copies to an accelerator; on CPU torch warns at every dataloader.
@@ -352,13 +354,14 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
             raise RecipeError(f"resume_from_checkpoint: true, but {args.output_dir!r} holds no checkpoint-* folder: "
                               "nothing was saved to resume (a run stopped before its first checkpoint). Start the run "
                               "without resume_from_checkpoint")
+        with errors_only(when=not args.should_log):  # which checkpoint it resumes: said once
+            whole = resumable_checkpoint(args.output_dir)
         if args.should_log and set_aside_pending(args.output_dir):  # a kill during an overwrite split the run
             logger.warning("output_dir: a set-aside cut short (a kill during an overwrite) left part of the run in %s "
                            "in %s: this run resumes %s, the last checkpoint outside it. To resume the run where it "
                            "ended, stop and move those files back into %s first", args.output_dir,
-                           os.path.join(args.output_dir, REPLACING), resumable_checkpoint(args.output_dir) or last,
-                           args.output_dir)
-        return resumable_checkpoint(args.output_dir) or last  # none whole: check_checkpoint says what is missing
+                           os.path.join(args.output_dir, REPLACING), whole or last, args.output_dir)
+        return whole or last  # none whole: check_checkpoint says what is missing
     if not os.path.isdir(value):
         raise RecipeError(f"resume_from_checkpoint {value!r} is not a folder")
     return value

@@ -687,10 +687,11 @@ class DistillationTrainer(CheckpointingTrainer):
         losses = self.distillation_model.losses
         check_relation_rows(losses, self.args)
         check_repeats_unsplit(self.augmentation.aug_repeats, self.args)
-        if args:
-            args = (_whole_if_last(args[0], self.args.output_dir), *args[1:])
-        elif "resume_from_checkpoint" in kwargs:
-            kwargs["resume_from_checkpoint"] = _whole_if_last(kwargs["resume_from_checkpoint"], self.args.output_dir)
+        with _said_by_the_logging_process(self.args):  # which checkpoint it resumes
+            if args:
+                args = (_whole_if_last(args[0], self.args.output_dir), *args[1:])
+            elif "resume_from_checkpoint" in kwargs:
+                kwargs["resume_from_checkpoint"] = _whole_if_last(kwargs["resume_from_checkpoint"], self.args.output_dir)
         resuming = bool(kwargs.get("resume_from_checkpoint") or (args and args[0]))
         check_identical_repeats(self.augmentation, resuming)
         check_iterable_dispatch(self.args, [self.train_dataset])  # each evaluation set: get_eval_dataloader
