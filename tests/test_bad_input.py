@@ -1178,6 +1178,25 @@ def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
         in error_of(capsys)
 
 
+def test_a_resume_that_splits_the_global_batch_otherwise_is_said(tmp_path, capsys):
+    """2 processes x 32 images resumed as 1 x 64 (the same global batch) went on unsaid: batch
+    normalisation and the relational losses saw other batches (weights 4e-3 away from the
+    uninterrupted run's, with no_aug), and the record and card described the whole run as 1 x 64."""
+    first = base(tmp_path, per_device_train_batch_size=4, max_train_samples=16, save_strategy="steps", save_steps=1)
+    assert run(tmp_path, first) == 0
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert json.loads((checkpoint / "global_batch.json").read_text())["forward_batch"] == 4
+    capsys.readouterr()
+    resume = ["--resume_from_checkpoint", str(checkpoint), "--overwrite_output_dir", "true"]
+    assert run(tmp_path, {**first, "max_steps": 3}, *resume) == 0
+    assert "the same global batch, split otherwise" not in capsys.readouterr().err
+    split = {**first, "max_steps": 3, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}
+    assert run(tmp_path, split, *resume) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{checkpoint} was trained as 1 process x 4 images a forward; this launch runs 1 process x 2 (the same " \
+           "global batch, split otherwise)" in said
+
+
 def test_resume_with_another_split_or_other_losses_is_refused(tmp_path, capsys):
     """Both resumed and exited 0: another split evaluated on images the checkpoint trained on, and
     swapped losses went on under a record and card that named only the new ones."""

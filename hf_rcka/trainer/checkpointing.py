@@ -44,7 +44,7 @@ from .hub_pushes import create_revision_branch, holds_earlier_model, remove_earl
 from .loss_record import check_loss_record, loss_settings, say_earlier_defaults, write_loss_record
 from .resume_match import (
     BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_restored_rates, check_resume_batch,
-    optimizer_settings,
+    forward_batch, optimizer_settings, warn_other_split,
 )
 from .teacher_record import TEACHER_RECORD_NAME, check_teacher_record, teacher_fingerprint, write_teacher_record
 
@@ -214,6 +214,7 @@ class CheckpointingTrainer(Trainer):
                 safetensors.torch.save_model(model.student, os.path.join(output_dir, LIVE_STUDENT_NAME))
             with open(os.path.join(output_dir, BATCH_RECORD_NAME), "w", encoding="utf-8") as handle:
                 json.dump({"global_batch": global_batch_size(self.args), "processes": self.args.world_size,
+                           "forward_batch": forward_batch(self.args, self._train_batch_size),
                            "epoch_steps": self._epoch_steps}, handle)
             write_loss_record(output_dir, loss_settings(self.args, model.teacher is not None))
             copy_run_record(self.args.output_dir, output_dir)
@@ -278,6 +279,8 @@ class CheckpointingTrainer(Trainer):
                               f"run's last step ({self.state.max_steps}): it would be exported as this run's result. "
                               "Resume with the max_steps (or epochs) it was trained for, or evaluate it")
         check_resume_batch(checkpoint, self.args)
+        if self.args.should_log:
+            warn_other_split(checkpoint, self.args, self._train_batch_size)
         check_epoch_steps(checkpoint, self._epoch_steps)
         check_restored_rates(checkpoint, [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups])
         # the settings this run built its optimizer with; none for the caller's own optimizer, whose

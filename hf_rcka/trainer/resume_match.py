@@ -14,6 +14,7 @@ loads, so a resume through the Python API is held to the same.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +24,8 @@ import torch
 
 from ..arguments import describe_batch, global_batch_size
 from ..errors import RecipeError
+
+logger = logging.getLogger(__name__)
 
 BATCH_RECORD_NAME = "global_batch.json"  # the checkpoint's global batch, processes and epoch length
 # param_group entries that are not the optimizer's mathematics: its parameters, the rates the
@@ -49,6 +52,35 @@ def check_resume_batch(folder: str, args: Any) -> None:
             f"({_processes(recorded.get('processes'))}); this launch gives {describe_batch(args)}. Launch it as it was "
             "(the same accelerate config or torchrun --nproc_per_node), with the same batch settings"
         )
+
+
+def forward_batch(args: Any, per_device: int) -> int:
+    """Images in one process's forward (``per_device``: Trainer's batch per device, which
+    ``split_batches`` splits over the processes): what batch normalisation and the relational
+    losses that do not gather see at once."""
+    processes = max(1, args.world_size)
+    return per_device // processes if args.accelerator_config.split_batches and processes > 1 else per_device
+
+
+def warn_other_split(folder: str, args: Any, per_device: int) -> None:
+    """Say a resume at the checkpoint's global batch that splits it otherwise (2 processes x 32
+    images resumed as 1 x 64, or another accumulation). Allowed, as its steps, schedule and epochs
+    are the checkpoint's; but batch normalisation's statistics and the batch-relational losses that
+    do not gather see other batches from then on, so the run goes on otherwise than it would have
+    uninterrupted, with ``no_aug`` too (resumed so, it went on unsaid, and its record and card
+    described the whole run as the resume's split)."""
+    path = Path(folder) / BATCH_RECORD_NAME
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    processes, forward = max(1, args.world_size), forward_batch(args, per_device)
+    then = (recorded.get("processes"), recorded.get("forward_batch", forward))  # before it was recorded: processes
+    if then != (processes, forward):  # the global batch is the same: check_resume_batch
+        logger.warning(
+            "resume_from_checkpoint: %s was trained as %s x %s images a forward; this launch runs %s x %s (the same "
+            "global batch, split otherwise): batch normalisation and the relational losses that do not gather see "
+            "other batches from here on, so the run goes on otherwise than it would have uninterrupted. Launch it as it "
+            "was to continue it exactly", folder, _processes(then[0]), then[1], _processes(processes), forward)
 
 
 def check_resume_rate(folder: str, args: Any) -> None:
