@@ -462,21 +462,64 @@ def test_layer_indices_of_pairs_no_loss_reads_are_not_checked_before_loading():
     """Pairs that no loss computed reads are ignored after loading (with a warning): their indices
     must not stop the run before it."""
     from hf_rcka.arguments import DistillationTrainingArguments, ModelArguments
-    from hf_rcka.cli.model_sources import check_feature_pair_layers
+    from hf_rcka.cli.model_sources import check_feature_pairs
+    from hf_rcka.modeling.assembly import active_specs, build_losses
 
     model_args = ModelArguments(model_name_or_path="config:resnet", student_config_overrides=TINY_RESNET,
                                 teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET)
     beyond = [{"student_layer": 9, "teacher_layer": 9}]
-    args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=beyond,
-                                         losses=[{"name": "ce"}, {"name": "kd"}])
-    check_feature_pair_layers(model_args, args)
-    args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=beyond,
-                                         losses=[{"name": "ce"}, {"name": "kd"}, {"name": "feature_cka", "weight": 0}])
-    check_feature_pair_layers(model_args, args)
-    args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=beyond,
-                                         losses=[{"name": "ce"}, {"name": "feature_cka"}])
+
+    def early(losses):
+        args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=beyond, losses=losses)
+        check_feature_pairs(model_args, args, build_losses(active_specs(losses)))
+
+    early([{"name": "ce"}, {"name": "kd"}])
+    early([{"name": "ce"}, {"name": "kd"}, {"name": "feature_cka", "weight": 0}])
     with pytest.raises(RecipeError, match=r"^feature_pairs\[0\]: student layer 9 is out of range"):
-        check_feature_pair_layers(model_args, args)
+        early([{"name": "ce"}, {"name": "feature_cka"}])
+
+
+_VIT_TO_RESNET = {"model_name_or_path": "config:vit", "student_config_overrides": TINY_VIT,
+                  "teacher_model_name_or_path": "config:resnet", "teacher_config_overrides": TINY_RESNET}
+
+
+def _pair(student: int, teacher: int, **options) -> dict:
+    return {"student_layer": student, "teacher_layer": teacher, **options}
+
+
+@pytest.mark.parametrize("changes,expected", [
+    ({"losses": [{"name": "ce"}, {"name": "feature_cka"}], "feature_pairs": [_pair(-1, -1), _pair(2, 4)]},
+     "feature_pairs[1] pairs student hidden state 2 with teacher hidden state 4, as feature_pairs[0] already does "
+     "(negative indices count from the end): list each pair once"),
+    ({"losses": [{"name": "ce"}, {"name": "fitnet"}], "feature_pairs": [_pair(-1, -1, adapter="identity")]},
+     "feature_pairs[0]: adapter 'identity' gives student features of shape (17, 36) and teacher features of shape "
+     "(20, 7, 7), but the feature losses compare equal shapes: use adapter: patch_match with project: true, or "
+     "adapter: auto"),
+    ({"losses": [{"name": "ce"}, {"name": "patch_cka"}], "feature_pairs": [_pair(-1, -1, adapter="linear")]},
+     "feature_pairs[0]: adapter 'linear' gives student features of shape (17, 20) and teacher features of shape "
+     "(20, 7, 7), but the feature losses compare equal (B, C, H, W) maps: use adapter: patch_match with project: "
+     "true, or adapter: auto"),
+    ({"losses": [{"name": "ce"}, {"name": "feature_cka"}, {"name": "fitnet"}],
+      "feature_pairs": [_pair(-1, 2, adapter="patch_match", sample_channels=4)]},
+     "feature_pairs[0]: sample_channels compares a random subset of channels, which only estimates losses that "
+     "average over channels (fitnet, patch_cka); another feature loss here compares all channels at once: drop "
+     "sample_channels"),
+    ({"losses": [{"name": "ce"}, {"name": "patch_cka"}], "feature_pairs": [_pair(2, -1), _pair(-1, -1)],
+      "model_name_or_path": "config:resnet", "student_config_overrides": TINY_RESNET, "image_size": 32,
+      "teacher_model_name_or_path": "config:vit", "teacher_config_overrides": TINY_VIT},
+     "feature_pairs[1] (student 4 [nchw 20ch 1x1, stride 32], teacher 2 [nlc 36ch 4x4, stride 4], via patch_match): "
+     "patch_cka relates the patches of a map, and this 1x1 map holds 1 (CKA over fewer than 3 is a constant, so the "
+     "pair would train nothing). Pair a larger hidden state (an earlier stage), or train at a larger image_size"),
+])
+def test_feature_pairs_the_adapters_refuse_are_refused_before_loading(tmp_path, capsys, no_loading, changes,
+                                                                      expected):
+    """A pair listed twice, an adapter whose outputs the losses cannot compare, sample_channels beside
+    a loss that compares every channel, a map too small for patch CKA: each was refused once the data
+    and both models had loaded, and is now refused before, with the line the check after loading
+    gives (the student probed at 16 px, the teacher at its processor's 224 px)."""
+    assert run(tmp_path, base(tmp_path, **{**_VIT_TO_RESNET, **changes})) == 2
+    assert error_of(capsys) == f"error: {expected}"
+    assert not (tmp_path / "out").exists()
 
 
 def test_model_ema_under_fsdp(tmp_path, capsys, no_loading, monkeypatch):

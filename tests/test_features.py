@@ -224,13 +224,23 @@ def test_resolve_layer_out_of_range_says_how_many(index: int, side: str):
         resolve_layer(index, 13, side)
 
 
+def _early_check(model_args, pairs, losses) -> None:
+    """The recipe check of ``pairs`` for ``losses`` (specs), as the command line runs it before loading."""
+    from hf_rcka.arguments import DistillationTrainingArguments
+    from hf_rcka.cli.model_sources import check_feature_pairs
+    from hf_rcka.modeling.assembly import build_losses
+
+    args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=pairs, losses=losses)
+    check_feature_pairs(model_args, args, build_losses(losses))
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_layer_indices_are_checked_before_loading_as_after(family: str, tmp_path):
     """Before any weights load, each model is built on the meta device from its config and its
-    hidden states counted: the count must be the probe's, so that the early check accepts every
-    index ``choose_pairs`` accepts once the models have loaded, and refuses the others with its line."""
-    from hf_rcka.arguments import DistillationTrainingArguments, ModelArguments
-    from hf_rcka.cli.model_sources import check_feature_pair_layers
+    hidden states counted (a folder without a processor: their size is unknown, not their number):
+    the count must be the probe's, so that the early check accepts every index ``choose_pairs``
+    accepts once the models have loaded, and refuses the others with its line."""
+    from hf_rcka.arguments import ModelArguments
 
     fam = FAMILIES[family]
     model = fam.build()
@@ -238,21 +248,58 @@ def test_layer_indices_are_checked_before_loading_as_after(family: str, tmp_path
     specs = describe_hidden_states(model, pixels(fam.image_size))
     n = len(specs)
     model_args = ModelArguments(model_name_or_path=str(tmp_path), teacher_model_name_or_path=str(tmp_path))
-
-    def early(pairs):
-        args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=pairs,
-                                             losses=[{"name": "ce"}, {"name": "feature_cka"}])
-        check_feature_pair_layers(model_args, args)
-
+    losses = [{"name": "ce"}, {"name": "feature_cka"}]
     valid = [{"student_layer": 0, "teacher_layer": -1}, {"student_layer": n - 1, "teacher_layer": -n},
              {"student_layer": -1, "teacher_layer": n - 1}]
-    early(valid)
+    _early_check(model_args, valid, losses)
     choose_pairs(valid, specs, specs)
     for beyond in ([{"student_layer": n, "teacher_layer": 0}], [{"student_layer": 0, "teacher_layer": -n - 1}]):
         with pytest.raises(IndexError) as after:
             choose_pairs(beyond, specs, specs)
         with pytest.raises(IndexError, match="^" + re.escape(str(after.value)) + "$"):
-            early(beyond)
+            _early_check(model_args, beyond, losses)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_feature_pairs_are_planned_before_loading_as_after(family: str, tmp_path, monkeypatch, caplog):
+    """The check before loading plans the pairs' adapters from hidden states described on the meta
+    device: they must be the ones the model wrapper plans from once the models have loaded (the
+    same layouts, widths, grids and prefix tokens), or a valid recipe could be refused, and a
+    refusal would not be the one after loading. Each family's saved folder is student and teacher,
+    at the family's input size, with a loss that compares equal shapes (patch_match adapters). The
+    check before loading logs no pair: each is said once, as the model wrapper builds it."""
+    import dataclasses
+
+    from tests.conftest import processor
+
+    from hf_rcka.arguments import DistillationTrainingArguments, ModelArguments
+    from hf_rcka.cli import job
+    from hf_rcka.modeling import distillation_model, feature_adapters
+
+    fam = FAMILIES[family]
+    fam.build().save_pretrained(tmp_path)
+    if not family.startswith("timm"):
+        processor(fam.image_size).save_pretrained(tmp_path)
+    planned, plan = [], feature_adapters.adapters_for_losses
+
+    def recording(pairs, student_specs, teacher_specs, losses, quiet=False):
+        planned.append([[dataclasses.replace(spec, is_embedding=False) for spec in specs]
+                        for specs in (student_specs, teacher_specs)])  # which is an embedding reads values
+        return plan(pairs, student_specs, teacher_specs, losses, quiet)
+
+    monkeypatch.setattr(feature_adapters, "adapters_for_losses", recording)
+    monkeypatch.setattr(distillation_model, "adapters_for_losses", recording)
+    model_args = ModelArguments(model_name_or_path=str(tmp_path), teacher_model_name_or_path=str(tmp_path),
+                                image_size=fam.image_size)
+    losses = [{"name": "ce"}, {"name": "fitnet"}]
+    pairs = [{"student_layer": 0, "teacher_layer": -1}, {"student_layer": -1, "teacher_layer": 0}]
+    with caplog.at_level("INFO", logger="hf_rcka"):
+        _early_check(model_args, pairs, losses)
+    assert not [r for r in caplog.records if "feature pair" in r.getMessage()], "each pair is said once, after loading"
+    args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=pairs, losses=losses)
+    job._distillation_model(model_args, args, ["a", "b", "c"])  # what loads and plans after the check
+    assert len(planned) == 2, "the check before loading planned nothing"
+    assert planned[0] == planned[1]
 
 
 def test_resolve_layer_rejects_non_integers():
@@ -345,3 +392,14 @@ def test_transformers_swin_hands_out_its_stage_ends_as_timm_swin_does():
 def test_auto_pairs_of_depths_that_do_not_divide_evenly(student, teacher, expected):
     """The anchors are ceil((i + 1) n / k) - 1: spread toward the deep end; a tie goes deeper."""
     assert [(s, t) for s, t, _ in auto_feature_pairs(student, teacher)] == expected
+
+
+@pytest.mark.parametrize("family", ["hf_vit", "hf_swin", "timm_resnet"])
+def test_hidden_states_on_the_meta_device_are_embeddings_only_as_feature_info_says(family: str):
+    """A model built without weights has no storage and no values: every meta storage has one
+    address, which flagged every hidden state as the embedding. Only timm's feature_info tells."""
+    fam = FAMILIES[family]
+    with torch.device("meta"):
+        model = fam.build()
+    flags = [spec.is_embedding for spec in describe_hidden_states(model, pixels(fam.image_size).to("meta"))]
+    assert flags == [family.startswith("timm") and i == 0 for i in range(len(flags))]

@@ -5,7 +5,7 @@ data and the models have loaded: a model path that does not exist or a folder wi
 config or its image processor, a timm architecture or Hub id that is not there (or not reachable
 offline, or gated), a typo in a ``config:`` model type or in any model's overrides, class settings a
 run decides itself, an ``image_size`` a ViT cannot take, losses that need a teacher or a DeiT
-distillation head, a feature pair's layer index beyond the model's hidden states, and
+distillation head, feature pairs the models or the losses refuse (``check_feature_pairs``), and
 ``push_to_hub`` without Hub access.
 """
 
@@ -14,10 +14,12 @@ from __future__ import annotations
 import glob
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from ..errors import ModelError, RecipeError
+from ..errors import ModelError, RecipeError, UserError
+from ..features.pairing import check_layer_indices
 from ..models.processors import PROCESSOR_FILES, no_processor
 from ..losses import reads_teacher
 from ..modeling.assembly import active_specs, run_loss_specs
@@ -394,18 +396,24 @@ def check_student_config(model_args: Any) -> None:
                           pretrained=not model_args.student_from_scratch)
 
 
-def check_feature_pair_layers(model_args: Any, args: Any) -> None:
-    """A recipe's feature pair whose layer index is out of range for its model, refused before the
-    data and any weights load (it was refused once both models had loaded: minutes for a large
-    teacher downloaded from the Hub).
+def check_feature_pairs(model_args: Any, args: Any, losses: Sequence[Any]) -> None:
+    """A recipe's feature pairs that the models or the losses refuse, refused before the data and
+    any weights load (they were refused once both models had loaded: minutes for a large teacher
+    downloaded from the Hub).
 
-    Each model is built without weights (``build_without_weights``) and its hidden states counted by
-    the forward that counts them after loading (``count_hidden_states``), at its own input size;
-    the indices are checked as after loading (``check_layer_indices``), with the same message. A
-    model that cannot be built or run so (construction that reads values, code of its own) is left
-    to the check after loading, which stays the final word.
+    Each model is built without weights (``build_without_weights``) and its hidden states are
+    described on the meta device as the model wrapper describes them after loading: at the size its
+    processor gives, the teacher's through the transform from the student's inputs to its own. The
+    pairs and their adapters are then planned by the function that plans them after loading
+    (``adapters_for_losses``, for ``losses``, the run's computed ones), so each refusal is the same
+    line: a layer index out of range, a pair listed twice, an adapter whose outputs the losses
+    cannot compare, ``sample_channels`` beside a loss that compares every channel, a map too small
+    for patch CKA. Where a processor cannot be read without its model, only the layer indices are
+    checked (how many hidden states there are does not depend on the size). A model that cannot be
+    built or run so (construction that reads values, code of its own) is left to the check after
+    loading, which stays the final word; so are automatic pairs, which read values (what is an
+    embedding).
     """
-    from ..features.pairing import check_layer_indices
     from ..recipe_specs import unused_feature_pairs
 
     pairs = getattr(args, "feature_pairs", None)
@@ -413,34 +421,100 @@ def check_feature_pair_layers(model_args: Any, args: Any) -> None:
     if not isinstance(pairs, list) or not teacher:
         return
     if unused_feature_pairs(active_specs(run_loss_specs(args, has_teacher=True)), pairs):
-        return  # ignored after loading (with a warning), whatever their indices
+        return  # ignored after loading (with a warning), whatever they say
     # the run's classes are known once the data has loaded; the student gets a head of its own for
     # them (a timm backbone without one fails to build with none), and its body does not change
-    num_student = _hidden_state_count(model_args.model_name_or_path, model_args.student_config_overrides,
-                                      model_args.trust_remote_code, model_args.image_size, num_labels=2)
-    num_teacher = _hidden_state_count(teacher, model_args.teacher_config_overrides, model_args.trust_remote_code)
-    check_layer_indices(pairs, num_student, num_teacher)
+    student = _MetaModel.build(model_args.model_name_or_path, model_args.student_config_overrides,
+                               model_args.trust_remote_code, model_args.image_size, num_labels=2)
+    teacher = _MetaModel.build(teacher, model_args.teacher_config_overrides, model_args.trust_remote_code)
+    specs = _meta_specs(student, teacher)
+    if specs is None:
+        check_layer_indices(pairs, student.count(), teacher.count())
+    else:
+        _plan_adapters(pairs, *specs, losses)
 
 
-def _hidden_state_count(name: str, overrides: dict | None, trust_remote_code: bool, image_size: int | None = None,
-                        num_labels: int | None = None) -> int | None:
-    """How many hidden states the model ``name`` has, counted on the meta device; None when that
-    cannot be told without its weights. Remote code is not run for it (its construction may do
-    anything, a download included)."""
+@dataclass
+class _MetaModel:
+    """A recipe's model built on the meta device (None where it cannot be built so), with the
+    input statistics of its processor (None where they cannot be read without the model's files
+    loading or code of its own running)."""
+
+    name: str
+    model: Any = None
+    inputs: Any = None
+    image_size: int | None = None
+
+    @classmethod
+    def build(cls, name: str, overrides: dict | None, trust_remote_code: bool, image_size: int | None = None,
+              num_labels: int | None = None) -> "_MetaModel":
+        """Remote code is not run for it (its construction may do anything, a download included)."""
+        from ..models.loading import build_without_weights
+        from ..models.processors import load_image_processor
+        from ..modeling.teacher_inputs import input_stats
+
+        if trust_remote_code:
+            return cls(name)
+        try:
+            model = build_without_weights(name, num_labels=num_labels, config_overrides=overrides,
+                                          image_size=image_size)
+        except Exception:  # noqa: BLE001 - not buildable without weights: the check after loading decides
+            return cls(name)
+        try:  # the processor the run reads its input size from, built from the model's config as after loading
+            inputs = input_stats(load_image_processor(name, model, image_size=image_size))
+        except Exception:  # noqa: BLE001 - the loader says what is wrong with it
+            inputs = None
+        return cls(name, model, inputs, image_size)
+
+    def count(self) -> int | None:
+        """How many hidden states the model has (at any size it takes), or None."""
+        import torch
+
+        from ..features.hidden_states import count_hidden_states
+        from ..models.image_sizes import as_hw
+
+        if self.model is None:
+            return None
+        height, width = as_hw(self.image_size) if self.image_size is not None else _input_size(self.model)
+        try:
+            return count_hidden_states(self.model, torch.empty(1, 3, height, width, device="meta"))
+        except Exception:  # noqa: BLE001 - not countable without weights: the check after loading decides
+            return None
+
+
+def _meta_specs(student: _MetaModel, teacher: _MetaModel) -> tuple[list, list] | None:
+    """Both models' hidden states as ``DistillationModel`` probes them (the student at its planned
+    size, the teacher on the student's probe through ``TeacherInputTransform``), on the meta device;
+    None where either cannot be told."""
     import torch
 
-    from ..features.hidden_states import count_hidden_states
-    from ..models.image_sizes import as_hw
-    from ..models.loading import build_without_weights
+    from ..features.hidden_states import describe_hidden_states
+    from ..modeling.teacher_inputs import TeacherInputTransform, planned_input_size
 
-    if trust_remote_code:
+    if student.inputs is None or teacher.inputs is None:
         return None
     try:
-        model = build_without_weights(name, num_labels=num_labels, config_overrides=overrides, image_size=image_size)
-        height, width = as_hw(image_size) if image_size is not None else _input_size(model)
-        return count_hidden_states(model, torch.empty(1, 3, height, width, device="meta"))
-    except Exception:  # noqa: BLE001 - not countable without weights: the check after loading decides
+        pixels = torch.empty(2, 3, *planned_input_size(student.model, student.inputs), device="meta")
+        teacher_pixels = TeacherInputTransform(student.inputs, teacher.inputs).to("meta")(pixels)
+        return describe_hidden_states(student.model, pixels), describe_hidden_states(teacher.model, teacher_pixels)
+    except Exception:  # noqa: BLE001 - not described without weights: the check after loading decides
         return None
+
+
+def _plan_adapters(pairs: list, student_specs: list, teacher_specs: list, losses: Sequence[Any]) -> None:
+    """Plan the pairs' adapters as after loading, on the meta device (no memory, no random draw),
+    raising its refusal of the recipe; what fails otherwise there is left to the check after loading."""
+    import torch
+
+    from ..modeling.feature_adapters import adapters_for_losses
+
+    try:
+        with torch.device("meta"):
+            adapters_for_losses(pairs, student_specs, teacher_specs, losses, quiet=True)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - an adapter that needs values: the check after loading decides
+        return
 
 
 def _input_size(model: Any) -> tuple[int, int]:
@@ -583,7 +657,7 @@ def _check_image_size(image_size: int | None, model_type: str | None, config: di
 
 
 __all__ = [
-    "check_channel_overrides", "check_class_overrides", "check_feature_pair_layers", "check_hub_access",
+    "check_channel_overrides", "check_class_overrides", "check_feature_pairs", "check_hub_access",
     "check_image_processor", "check_losses_fit_models", "check_model_overrides", "check_model_source",
     "check_student_config", "whoami",
 ]

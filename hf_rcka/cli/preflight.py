@@ -34,7 +34,7 @@ from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows, eva
 from ..trainer.metrics import check_metric_for_best_model
 from ..training_values import check_best_model_evaluations, check_half_precision
 from .model_sources import (
-    check_feature_pair_layers, check_hub_access, check_image_processor, check_losses_fit_models, check_model_source,
+    check_feature_pairs, check_hub_access, check_image_processor, check_losses_fit_models, check_model_source,
     check_remote_code, check_student_config,
 )
 from .output_folder import check_output_dir_outside_data, check_output_dir_spares_inputs, check_output_dir_writable
@@ -87,7 +87,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
         logger.warning("teacher_model_name_or_path %r is built from a config with random weights: it has nothing to "
                        "teach (fine for a pipeline test; give a trained teacher's folder or Hub id)", teacher)
     check_student_config(model_args)
-    check_feature_pair_layers(model_args, args)
+    check_feature_pairs(model_args, args, list(losses.values()))
     check_data_dirs(data_args)
     check_mixing_batch(data_args, args)
     if args.do_train and not _resuming(args):  # a resumed run is warned by DistillationTrainer.train, once

@@ -311,11 +311,15 @@ def _embedding_flags(model: nn.Module, outputs: Any, states: tuple[Tensor, ...],
     contiguous copies, so its token ``hidden_states`` (same order, same length) are checked too;
     Hiera's are copies of unrolled copies, so a map is also compared by value with the embedding
     tokens. TimmWrapper: timm's ``feature_info`` names the module each intermediate comes from.
+    On the meta device (a model built without weights) no tensor has storage or values, so only
+    ``feature_info`` tells: every meta storage is one address, which flagged every state.
     """
+    stems = _timm_stem_flags(model, len(states))
+    if any(state.is_meta for state in states):
+        return stems
     storages = {_storage(t) for t in embedding_outputs}
     raw = tuple(getattr(outputs, "hidden_states", None) or ())
     raw = raw if len(raw) == len(states) else states
-    stems = _timm_stem_flags(model, len(states))
     return [
         stems[i] or _storage(states[i]) in storages or _storage(raw[i]) in storages
         or _holds_embedding_tokens(states[i], embedding_outputs)

@@ -31,7 +31,7 @@ from ..adapters.base import FeatureAdapter
 from .distilled_heads import DistilledHeads, has_distillation_head
 from .activation_checkpoints import checkpoints_layers, inputs_need_gradients, say_options_timm_ignores
 from .recomputed_norms import keep_statistics_in_recomputation
-from .feature_adapters import build_feature_adapters
+from .feature_adapters import adapters_for_losses
 from ..models.timm_models import check_timm_args, saved_model_args
 from ..recipe_specs import unused_pairs_message
 from ..losses import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, reads_teacher_logits, weigh_terms
@@ -218,16 +218,11 @@ class DistillationModel(nn.Module):
     def _build_adapters(self, feature_pairs: Any, student_input: InputStats | None) -> None:
         pixels = self._probe_pixels(student_input)
         teacher_pixels = self.teacher_transform(pixels) if self.teacher_transform is not None else pixels
-        feature_losses = [loss for loss in self.losses.values() if loss.needs_features]
-        needs = {loss.feature_alignment for loss in feature_losses}
-        alignment = next((level for level in ("map", "shape") if level in needs), "any")
-        self.feature_pairs, self.adapters = build_feature_adapters(
+        self.feature_pairs, self.adapters = adapters_for_losses(
             feature_pairs,
             describe_hidden_states(self.student, pixels),
             describe_hidden_states(self.teacher, teacher_pixels),
-            alignment,
-            channel_mean=all(loss.channel_mean for loss in feature_losses),
-            problem=lambda shape: next(filter(None, (loss.feature_problem(shape) for loss in feature_losses)), None),
+            list(self.losses.values()),
         )
 
     def _build_captures(self, student_input: InputStats | None) -> dict[str, ForwardCapture]:

@@ -18,7 +18,7 @@ from ..adapters.base import FeatureAdapter
 from ..errors import RecipeError
 from ..features.layout import FeatureSpec
 from ..features.pairing import FeaturePair, choose_pairs
-from ..losses import per_channel_losses
+from ..losses import DistillationLoss, per_channel_losses
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ def build_feature_adapters(
     alignment: str,
     channel_mean: bool = False,
     problem: Callable[[tuple[int, ...]], str | None] | None = None,
+    quiet: bool = False,
 ) -> tuple[list[FeaturePair], nn.ModuleList]:
     """The resolved pairs (concrete adapter names, non-negative indices) and their adapters.
 
@@ -46,6 +47,8 @@ def build_feature_adapters(
             shapes), why a feature loss would train nothing on it, or None
             (``DistillationLoss.feature_problem``). Such a pair is refused, or left out of
             automatic pairing with a warning.
+        quiet: no log line for each pair built: the recipe check before loading plans the pairs
+            too, and each pair is said once, as the model wrapper builds it.
 
     Raises:
         RecipeError: a recipe's adapter that cannot give what the losses need, or a pair the
@@ -79,6 +82,8 @@ def build_feature_adapters(
                                   "(an earlier stage), or train at a larger image_size")
         adapters.append(adapter)
         pairs.append(FeaturePair(s, t, name, options, pair.reason))
+        if quiet:
+            continue
         logger.info(
             "feature pair: student %d %s <-> teacher %d %s via %s%s%s",
             s, _describe(student_specs[s]), t, _describe(teacher_specs[t]), name,
@@ -89,6 +94,31 @@ def build_feature_adapters(
                           "the warnings above): list feature_pairs with larger hidden states, or train at a larger "
                           "image_size")
     return pairs, adapters
+
+
+def adapters_for_losses(
+    feature_pairs: str | Sequence[Mapping[str, Any] | FeaturePair] | None,
+    student_specs: Sequence[FeatureSpec],
+    teacher_specs: Sequence[FeatureSpec],
+    losses: Sequence[DistillationLoss],
+    quiet: bool = False,
+) -> tuple[list[FeaturePair], nn.ModuleList]:
+    """:func:`build_feature_adapters` for what the losses that read the pairs need.
+
+    One definition of the strictest alignment, the channel sampling and the pairs a loss cannot
+    learn from, used by the model wrapper once the models have loaded and by the recipe check
+    before they do (with the specs of models built without weights), so that both refuse a pair
+    with the same line.
+    """
+    readers = [loss for loss in losses if loss.needs_features]
+    needs = {loss.feature_alignment for loss in readers}
+    return build_feature_adapters(
+        feature_pairs, student_specs, teacher_specs,
+        alignment=next((level for level in ("map", "shape") if level in needs), "any"),
+        channel_mean=all(loss.channel_mean for loss in readers),
+        problem=lambda shape: next(filter(None, (loss.feature_problem(shape) for loss in readers)), None),
+        quiet=quiet,
+    )
 
 
 def adapter_choice(pair: FeaturePair, needs_shape: bool) -> tuple[str, dict[str, Any]]:
@@ -164,4 +194,4 @@ def _describe(spec: FeatureSpec) -> str:
     return f"[{spec.layout} {spec.channels}ch {spec.grid[0]}x{spec.grid[1]}{stride}]"
 
 
-__all__ = ["adapter_choice", "build_feature_adapters"]
+__all__ = ["adapter_choice", "adapters_for_losses", "build_feature_adapters"]
