@@ -46,11 +46,12 @@ def test_a_teacher_with_its_classes_in_another_order_is_realigned_by_name(tmp_pa
     images = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         raw = teacher(pixel_values=images).logits
-    build(make_args(tmp_path), named(tiny_vit(), ["a", "b", "c"]), teacher)
+    trainer = build(make_args(tmp_path), named(tiny_vit(), ["a", "b", "c"]), teacher)
     with torch.no_grad():
         # close, not equal: the teacher now runs channels_last, whose convolutions round otherwise on some CPUs
-        torch.testing.assert_close(teacher(pixel_values=images).logits, raw[:, [1, 2, 0]])
-    assert teacher.config.id2label == {0: "a", 1: "b", 2: "c"}
+        logits = teacher(pixel_values=images).logits
+        torch.testing.assert_close(trainer.distillation_model.in_student_order(logits), raw[:, [1, 2, 0]])
+    assert teacher.config.id2label == {0: "c", 1: "a", 2: "b"}, "the teacher object keeps its own order"
 
 
 def test_a_teacher_of_other_classes_is_an_error_unless_paired_by_position(tmp_path):
@@ -153,9 +154,9 @@ def test_a_caller_collator_may_build_the_batch_from_other_keys(tmp_path):
 def test_the_dataset_names_the_run_classes_when_the_student_does_not(tmp_path):
     data = pixel_dataset(10).with_format(None).cast_column("labels", datasets.ClassLabel(names=["a", "b", "c"]))
     teacher = named(tiny_resnet(), ["b", "c", "a"])
-    DistillationTrainer(model=tiny_vit(), teacher=teacher, args=make_args(tmp_path),
-                        train_dataset=data.with_format("torch"), processing_class=processor(16))
-    assert teacher.config.id2label == {0: "a", 1: "b", 2: "c"}
+    trainer = DistillationTrainer(model=tiny_vit(), teacher=teacher, args=make_args(tmp_path),
+                                  train_dataset=data.with_format("torch"), processing_class=processor(16))
+    assert trainer.distillation_model.teacher_order.tolist() == [2, 0, 1]  # a, b, c among the teacher's logits
 
 
 def test_a_student_that_names_the_classes_otherwise_than_the_dataset_is_refused(tmp_path):
@@ -188,8 +189,9 @@ def test_numerals_that_a_model_lists_in_another_order_are_names(tmp_path):
         DistillationTrainer(model=named(tiny_vit(num_labels=11), as_text), args=make_args(tmp_path, losses=["ce"]),
                             train_dataset=data, processing_class=processor(16))
     teacher = named(tiny_resnet(num_labels=11), as_text)
-    build(make_args(tmp_path, losses=["ce", "kd"]), tiny_vit(num_labels=11), teacher, train_dataset=data)
-    assert [teacher.config.id2label[i] for i in range(11)] == numerals, "the teacher realigned by name"
+    trainer = build(make_args(tmp_path, losses=["ce", "kd"]), tiny_vit(num_labels=11), teacher, train_dataset=data)
+    order = trainer.distillation_model.teacher_order.tolist()
+    assert [as_text[i] for i in order] == numerals, "the teacher realigned by name"
 
 
 def test_a_later_evaluation_set_numbering_the_students_numeral_classes_in_order_is_refused(tmp_path):
@@ -590,8 +592,8 @@ def test_a_ready_distillation_models_teacher_is_realigned_by_name(tmp_path):
     args = make_args(tmp_path, losses=["ce", "kd"])
     ready = build_distillation_model(named(tiny_vit(), ["a", "b", "c"]), teacher, args)
     build(args, ready)
-    with torch.no_grad():
-        torch.testing.assert_close(ready.teacher(pixel_values=images).logits, raw[:, [1, 2, 0]])  # channels_last
+    with torch.no_grad():  # close: channels_last
+        torch.testing.assert_close(ready.in_student_order(ready.teacher(pixel_values=images).logits), raw[:, [1, 2, 0]])
     other = build_distillation_model(named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["x", "y", "z"]), args)
     with pytest.raises(LabelError, match="teacher_label_mapping: by_index"):
         build(args, other)

@@ -286,6 +286,35 @@ def test_a_teacher_no_loss_uses_is_not_credited_on_the_card(tmp_path):
     assert trainer.card_facts.teacher_accuracy is None, "the teacher is not run for the card either"
 
 
+def test_a_teacher_shared_by_students_of_other_class_orders_serves_each_in_its_own(tmp_path):
+    """One teacher object, two trainers whose students order the classes otherwise: the second
+    re-indexed the teacher in place for its student, and the first, still alive, then distilled
+    every class against another's logit (its eval_kd_loss changed with nothing trained), with no error."""
+    def named(model, names):
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {name: i for i, name in enumerate(names)}
+        return model
+
+    teacher = named(tiny_resnet(), ["c", "a", "b"])
+    images = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        raw = teacher.eval()(pixel_values=images).logits
+    args = make_args(tmp_path, losses=["ce", "kd"], max_steps=1)
+    first = build(args, student=named(tiny_vit(), ["a", "b", "c"]), teacher=teacher, eval_dataset=pixel_dataset(5))
+    before = first.evaluate()["eval_kd_loss"]
+    second = build(args, student=named(tiny_vit(), ["b", "c", "a"]), teacher=teacher, eval_dataset=pixel_dataset(5))
+    assert first.evaluate()["eval_kd_loss"] == pytest.approx(before, rel=1e-6)
+    assert teacher.config.id2label == {0: "c", 1: "a", 2: "b"}, "the teacher object keeps its own order"
+    with torch.no_grad():
+        logits = teacher(pixel_values=images).logits
+        # close, not equal: the teacher now runs channels_last, whose convolutions round otherwise on some CPUs
+        torch.testing.assert_close(logits, raw)
+        torch.testing.assert_close(first.distillation_model.in_student_order(logits), raw[:, [1, 2, 0]])
+        torch.testing.assert_close(second.distillation_model.in_student_order(logits), raw[:, [2, 0, 1]])
+    first.train()
+    second.train()
+
+
 def test_a_refused_trainer_leaves_the_students_class_names_as_they_were(tmp_path):
     from hf_rcka.errors import RecipeError
 

@@ -122,6 +122,7 @@ class DistillationModel(nn.Module):
         self.feature_pairs: list[FeaturePair] = []
         self.adapters = nn.ModuleList()
         self.left_out: frozenset[str] = frozenset()  # losses not computed (see leave_out_fresh_losses)
+        self.teacher_order: torch.Tensor | None = None  # see reorder_teacher_logits
         self._student_only = False  # see without_teacher
         self._norm_hooks: list = []  # see activation_checkpointing_enable
         self._input_hooks: list = []  # see follow_student_checkpointing
@@ -425,7 +426,28 @@ class DistillationModel(nn.Module):
         with runtime.running():
             teacher = self._run("teacher", self.teacher_pixels(pixel_values), capture=True)
         states = {i: runtime.release(t) for i, t in teacher.states.items()}
-        return runtime.release(teacher.outputs.logits), runtime.release(teacher.pooled), states
+        logits = self.in_student_order(runtime.release(teacher.outputs.logits))
+        return logits, runtime.release(teacher.pooled), states
+
+    def reorder_teacher_logits(self, order: Sequence[int] | None) -> None:
+        """Read the teacher's logits in the student's class order from now on: ``order[i]`` is the
+        teacher's logit of the student's class ``i`` (``models.labels.teacher_label_order``); None
+        reads them as they are.
+
+        Here, not on the teacher: one teacher object shared by two trainers whose students order
+        the classes otherwise was re-indexed in place for the later one, and the earlier one, still
+        alive, then distilled every class against another's logit, with no error.
+        """
+        self.teacher_order = None if order is None else torch.tensor(list(order), dtype=torch.long)
+
+    def in_student_order(self, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits re-indexed into the student's class order (``reorder_teacher_logits``)."""
+        order = self.teacher_order
+        if order is None:
+            return teacher_logits
+        if order.device != teacher_logits.device:
+            self.teacher_order = order = order.to(teacher_logits.device)
+        return teacher_logits.index_select(-1, order)
 
     @torch.no_grad()
     def _teacher_sides(self, states: dict[int, torch.Tensor]) -> list[Any]:
@@ -516,7 +538,7 @@ class DistillationModel(nn.Module):
 
         Rows labelled ``IGNORE_INDEX`` (stand-ins for unreadable images) are not counted.
         """
-        logits = self.teacher(pixel_values=self.teacher_pixels(pixel_values)).logits
+        logits = self.in_student_order(self.teacher(pixel_values=self.teacher_pixels(pixel_values)).logits)
         return float(counted_top1(logits, labels)[0])
 
     def leave_out_fresh_losses(self) -> list[str]:

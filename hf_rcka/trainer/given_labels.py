@@ -11,17 +11,14 @@ Names that only number the classes (``LABEL_0``..., ``0``...) say nothing and ar
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from ..errors import LabelError, RecipeError
 from ..modeling.assembly import run_reads_teacher_logits
 from ..models.label_maps import LabelMaps, set_labels
 from ..models.labels import (
-    BY_NAME, TEACHER_LABEL_MAPPINGS, apply_label_order, is_generic, mark_other_classes, model_label_names,
-    teacher_alignment,
+    BY_NAME, TEACHER_LABEL_MAPPINGS, is_generic, mark_other_classes, model_label_names, teacher_alignment,
 )
 
 logger = logging.getLogger(__name__)
@@ -85,15 +82,15 @@ def numbered_only(names: list[str]) -> bool:
 
 
 def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...], mapping: str,
-                 loss_names: list[str] | None = None) -> Callable[[], None] | None:
+                 loss_names: list[str] | None = None) -> list[int] | None:
     """The student's classes against the data's, and the teacher's against the run's (by name).
 
     ``loss_names``: the losses the model computes (default: ``args.losses``, or the default losses).
 
     Returns:
-        The teacher's realignment (its logits re-indexed into the run's order), for the caller to
-        apply once nothing else can refuse the trainer, so that a refused trainer leaves the
-        teacher as it was; None when its classes pair as they are.
+        The order to read the teacher's logits in (``DistillationModel.reorder_teacher_logits``),
+        None when its classes pair as they are. The teacher itself is not changed: one teacher
+        object may serve trainers of students that order the classes otherwise.
 
     Raises:
         LabelError: the student names or counts the classes otherwise than the dataset, the parts
@@ -135,7 +132,10 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
         return None  # a class count the losses cannot use is refused when the model is built
     order = teacher_alignment(teacher, run_names, mapping, reads_logits, args, key="teacher",
                               source="the student's id2label" if student_names else "the dataset's ClassLabel")
-    return functools.partial(apply_label_order, teacher, run_names, order) if order is not None else None
+    if order is not None:
+        logger.info("labels: the teacher's %d classes are in another order; its logits are re-indexed by name",
+                    len(run_names))
+    return order
 
 
 def name_student_classes(student: Any, datasets: tuple[Any, ...]) -> None:

@@ -28,7 +28,7 @@ for plain ``TrainingArguments``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -94,11 +94,11 @@ def check_model_objects(model: Any, teacher: Any, kwargs: Mapping[str, Any]) -> 
 
 
 def check_ready_model(model: DistillationModel, teacher: Any, teacher_processor: Any, args: Any, mapping: str,
-                      datasets: tuple[Any, ...] = ()) -> Callable[[], None] | None:
+                      datasets: tuple[Any, ...] = ()) -> list[int] | None:
     """A ready ``DistillationModel`` brings its teacher and losses: arguments that would build
     others are refused rather than ignored. Its student is checked against the data
     (``datasets``: training and evaluation sets), and its teacher's classes against its student's
-    by name, as models passed on their own are: returns the teacher's realignment to apply
+    by name, as models passed on their own are: returns the order to read its teacher's logits in
     (``check_labels``)."""
     given = [name for name, value in (("teacher", teacher), ("teacher_processor", teacher_processor)) if value is not None]
     if given:

@@ -141,8 +141,8 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     """The ``DistillationModel`` to train, after every check of what the caller gave (see
     ``given_models``, ``given_labels``, ``given_data``, ``optimizer_checks``): a ready one as given,
     else one built from the student and teacher. Nothing is built or changed before the checks of
-    the objects themselves have passed, and a permuted teacher is realigned only after the last
-    check: a refused trainer leaves the caller's teacher with its own class order.
+    the objects themselves have passed. A permuted teacher is read in the student's class order by
+    the model (``reorder_teacher_logits``); the teacher object itself keeps its own order.
 
     Returns:
         The model, and the image size its feature pairs are planned at (the training images'),
@@ -153,13 +153,13 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     datasets = (kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
     first_item = check_columns(*datasets, collator=kwargs.get("data_collator"))
     if isinstance(model, DistillationModel):
-        realign = check_ready_model(model, teacher, teacher_processor, args, mapping, datasets)
+        teacher_order = check_ready_model(model, teacher, teacher_processor, args, mapping, datasets)
         _check_settings(model.student, model.losses.values(), args, kwargs)
     else:
         check_models(model, teacher, args, kwargs.get("processing_class"), teacher_processor, first_item)
         # before the teacher is frozen and cast: a refused trainer leaves it as it was
         _check_settings(model, build_losses(run_loss_specs(args, teacher is not None)), args, kwargs)
-        realign = check_labels(model, teacher, args, datasets, mapping)
+        teacher_order = check_labels(model, teacher, args, datasets, mapping)
         student_input = _stats_or_none(kwargs.get("processing_class"))
         model = build_distillation_model(
             model, teacher, args, student_input, teacher_input_stats(teacher, teacher_processor, student_input),
@@ -171,8 +171,7 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     check_image_sizes(datasets[1], "eval_dataset", size)
     check_lazy_parameters(model)
     check_optimizer(model, kwargs.get("optimizers"))
-    if realign is not None:
-        realign()
+    model.reorder_teacher_logits(teacher_order)
     return model, size
 
 
@@ -253,8 +252,8 @@ class DistillationTrainer(CheckpointingTrainer):
             ``id2label`` names (a permuted teacher is realigned, other names are an error);
             ``"by_index"`` pairs them by position. The run's names are the student's, or the
             dataset's ``ClassLabel`` names when the student's are ``LABEL_0``... A realigned
-            teacher is changed in place (a forward hook re-indexes its logits, and its config
-            names the run's order): save its original checkpoint, not this object, afterwards.
+            teacher's logits are re-indexed by the trainer's model; the teacher object is not
+            changed, so one teacher may serve trainers of students in other class orders.
         augmentation: Mixup/CutMix and repeated-augmentation settings (``DataArguments`` carries
             them); per-image transforms belong to the datasets. ``args.model_ema`` adds a weight EMA.
         **kwargs: everything ``Trainer`` takes (datasets, callbacks, ``compute_metrics``...).
