@@ -1068,6 +1068,25 @@ def test_evaluated_labels_the_student_has_no_class_for_are_refused(tmp_path):
     assert "test_accuracy" not in trainer.predict(unlabelled.remove_columns("labels")).metrics
 
 
+def test_labels_the_student_has_no_class_for_are_refused_before_the_losses_read_them(tmp_path):
+    """With ce among the losses (the default), a test split's -1 and a training label past the head
+    ended in 'IndexError: Target -1 is out of bounds' (a device-side assert on a GPU), a traceback
+    from inside the forward, before the evaluation's own check of the labels could say what they were."""
+    trainer = build(make_args(tmp_path, max_steps=1), tiny_vit(), tiny_resnet(), eval_dataset=pixel_dataset(5))
+    unlabelled = pixel_dataset(7).map(lambda row: {"labels": -1})
+    refused = r"5 label\(s\) of a batch \(-1\) are no class id of the student's 3 classes: .*remove_columns"
+    with pytest.raises(DataError, match=refused):
+        trainer.predict(unlabelled)
+    with pytest.raises(DataError, match=refused):
+        trainer.evaluate(unlabelled, metric_key_prefix="test")
+    assert trainer.predict(unlabelled.remove_columns("labels")).predictions.shape == (7, 3)
+    trainer = build(make_args(tmp_path, max_steps=1), tiny_vit(), train_dataset=pixel_dataset(10).map(
+        lambda row: {"labels": 3}))
+    with pytest.raises(DataError, match=r"5 label\(s\) of a batch \(3\) are no class id of the student's 3"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
 def test_a_test_set_with_a_label_column_says_that_it_is_not_scored(tmp_path, caplog):
     """Its 'label' column was dropped by the collator: no accuracy, no loss, not a word (a Hub test
     split's -1s are predicted that way, so it is said, not refused)."""

@@ -7,9 +7,10 @@ over argmax needs no download.
 
 from __future__ import annotations
 
-from typing import Any, Collection, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
+import torch
 from transformers import EvalPrediction
 
 from ..errors import DataError, RecipeError
@@ -33,7 +34,7 @@ def accuracy_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     labels = np.asarray(eval_pred.label_ids).reshape(-1)
     counted = labels != IGNORE_INDEX
     logits, labels = np.asarray(logits)[counted], labels[counted]
-    _check_class_ids(labels, logits.shape[-1] if logits.ndim > 1 else None)
+    _check_class_ids(labels, logits.shape[-1] if logits.ndim > 1 else None, "evaluated label(s)")
     if logits.ndim == 1:  # class ids already: preprocess_logits_for_metrics took the argmax to save memory
         return {"accuracy": float((logits == labels).mean())}
     metrics = {"accuracy": float((logits.argmax(-1) == labels).mean())}
@@ -52,14 +53,36 @@ def _label_ranks(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return ((scores > label_scores) | ((scores == label_scores) & earlier)).sum(axis=-1)
 
 
-def _check_class_ids(labels: np.ndarray, num_classes: int | None) -> None:
+class CheckedClassIds:
+    """A collator whose batches' labels are checked against the student's classes on the CPU,
+    before the forward: ``ce`` (any loss that reads the labels) failed on a label the student has
+    no class for (a test split's -1, a fourth class for a 3-class student) with ``IndexError:
+    Target -1 is out of bounds`` (a device-side assert on a GPU), before the metrics could say
+    what it was. One min and max per batch; rows labelled ``IGNORE_INDEX`` are left out, as the
+    losses leave them out."""
+
+    def __init__(self, collator: Callable[[list], Any], num_classes: int) -> None:
+        self.collator = collator
+        self.num_classes = num_classes
+
+    def __call__(self, examples: list) -> Any:
+        batch = self.collator(examples)
+        labels = batch.get("labels") if isinstance(batch, Mapping) else None
+        if isinstance(labels, torch.Tensor) and labels.ndim == 1 and not labels.is_floating_point():
+            counted = labels[labels != IGNORE_INDEX]
+            if counted.numel() and (counted.min() < 0 or counted.max() >= self.num_classes):
+                _check_class_ids(counted.numpy(), self.num_classes, "label(s) of a batch")
+        return batch
+
+
+def _check_class_ids(labels: np.ndarray, num_classes: int | None, counted: str) -> None:
     """Labels the student has no class for would score as misses (a test split's -1, "no label",
-    read as an accuracy of 0.0)."""
+    read as an accuracy of 0.0), or fail the losses that read them (``CheckedClassIds``)."""
     bad = labels[(labels < 0) | (labels >= (num_classes if num_classes is not None else np.inf))]
     if bad.size:
         shown = ", ".join(str(v) for v in np.unique(bad)[:5])
         classes = f"the student's {num_classes} classes" if num_classes is not None else "the student's classes"
-        raise DataError(f"{bad.size} evaluated label(s) ({shown}) are no class id of {classes}: -1 marks an "
+        raise DataError(f"{bad.size} {counted} ({shown}) are no class id of {classes}: -1 marks an "
                         "unlabelled image (a test split): predict without labels (dataset.remove_columns('labels')), "
                         f"or give the labels as ids of the student's classes (ignored rows: {IGNORE_INDEX})")
 

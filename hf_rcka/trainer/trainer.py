@@ -74,7 +74,7 @@ from .card import reproduction_text, training_text, write_model_card
 from .teacher_check import CHECK_IMAGES, judge_teacher
 from .weight_decay import model_no_weight_decay, norm_weights
 from ..losses import IGNORE_INDEX, DistillationLoss
-from .metrics import accuracy_metrics, check_metric_for_best_model
+from .metrics import CheckedClassIds, accuracy_metrics, check_metric_for_best_model
 from ..data.mixing import build_mixup, mix_batch
 from ..modeling.assembly import build_distillation_model, build_losses, run_loss_specs, switched_off
 from ..distributed import host_group
@@ -300,6 +300,8 @@ class DistillationTrainer(CheckpointingTrainer):
         for name, default in (("data_collator", collate), ("compute_metrics", accuracy_metrics)):
             if kwargs.get(name) is None:
                 kwargs[name] = default
+        if not self._collator_given and any("labels" in loss.requires for loss in model.losses.values()):
+            kwargs["data_collator"] = CheckedClassIds(collate, model.student.config.num_labels)
         # after every check, so that a refused trainer leaves the caller's student as it was
         name_student_classes(model.student, (kwargs.get("train_dataset"), kwargs.get("eval_dataset")))
         super().__init__(model=model, args=args, **kwargs)
