@@ -145,6 +145,32 @@ def test_a_dataset_given_to_evaluate_or_predict_is_checked(tmp_path):
     assert "eval_accuracy" in trainer.evaluate(eval_dataset=named_classes(pixel_dataset(10, seed=2), names))
 
 
+def test_a_train_dataset_set_after_construction_is_checked_at_train(tmp_path):
+    """The constructor refused a training set whose ClassLabel orders the classes otherwise, but one
+    set as trainer.train_dataset since trained each class as another, with no error; one of another
+    image size with a feature loss failed in the first step with a traceback."""
+    names = ["a", "b", "c"]
+    student = tiny_vit()
+    student.config.id2label, student.config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1), student=student,
+                    train=named_classes(pixel_dataset(20), names))
+    trainer.train_dataset = named_classes(pixel_dataset(20), ["c", "a", "b"])
+    with pytest.raises(LabelError, match=r"train_dataset lists its classes as \['c', 'a', 'b'\], the student as .* "
+                                         "it would train each class as another"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    trainer.train_dataset = pixel_dataset(20).rename_column("labels", "label")
+    with pytest.raises(DataError, match=r"train_dataset: its items have no \['labels'\]"):
+        trainer.train()
+    trainer = build(make_args(tmp_path, "features", losses=["ce", "feature_cka"], max_steps=1), teacher=tiny_resnet())
+    trainer.train_dataset = pixel_dataset(20, size=24)
+    with pytest.raises(DataError, match="train_dataset: its images are 24x24, the trainer was built on 16x16"):
+        trainer.train()
+    trainer.train_dataset = pixel_dataset(20, seed=3)  # another set like the first: trains
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
 def test_a_batch_with_keys_the_model_does_not_take_is_one_error(tmp_path):
     def collate_with_ids(items):
         return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
@@ -384,7 +410,7 @@ def test_the_teacher_check_sample_is_not_kept_at_each_train(tmp_path):
     trainer = build(args, teacher=tiny_resnet(), eval_dataset=pixel_dataset(10, seed=1))
     for _ in range(3):
         trainer.train()
-    assert len(trainer._checked_datasets) == 1
+    assert len(trainer._checked_datasets) == 2  # the training and evaluation sets it was built with
 
 
 def test_a_baseline_gone_by_the_end_of_training_leaves_the_card_without_it(tmp_path, caplog):

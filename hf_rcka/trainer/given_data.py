@@ -97,6 +97,11 @@ def check_image_sizes(dataset: Any, role: str, size: tuple[int, int] | None) -> 
         if role == "test_dataset" and "labels" not in item:
             continue  # predictions alone: no loss, no feature read
         got = image_size(item)
+        if got is not None and got != size and role == "train_dataset":  # set as trainer.train_dataset since
+            raise DataError(
+                f"{where}: its images are {got[0]}x{got[1]}, the trainer was built on {size[0]}x{size[1]} training "
+                "images, the size its feature pairs are planned at. Give it images of that size (the same "
+                "processor), or build a new trainer with this train_dataset")
         if got is not None and got != size:
             raise DataError(
                 f"{where}: its images are {got[0]}x{got[1]}, the training images {size[0]}x{size[1]}: the feature "
@@ -107,12 +112,13 @@ def check_image_sizes(dataset: Any, role: str, size: tuple[int, int] | None) -> 
 def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: bool,
                         size: tuple[int, int] | None = None) -> None:
     """A dataset given to ``evaluate()`` or ``predict()`` after construction (or set as
-    ``eval_dataset`` since) gets the checks the constructor's ``eval_dataset`` got: its items' keys,
-    its class names against the student's and its images' ``size`` (``check_image_sizes``).
+    ``eval_dataset`` or ``train_dataset`` since) gets the checks the constructor's datasets got:
+    its items' keys, its class names against the student's and its images' ``size``
+    (``check_image_sizes``).
 
-    Without them, relabelled classes read as accuracy 0.0 and a ``label`` column as an evaluation
-    with no accuracy and no loss, both without an error. ``predict()`` (``role`` ``test_dataset``)
-    may have no labels at all.
+    Without them, relabelled classes read as accuracy 0.0 (or trained each class as another) and
+    a ``label`` column as an evaluation with no accuracy and no loss, without an error.
+    ``predict()`` (``role`` ``test_dataset``) may have no labels at all.
     """
     student_names = model_class_names(student)
     named = student_names is not None and not numbered_only(student_names)
@@ -128,8 +134,10 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
         for _, names in data_class_names((part,)):
             if named and names != student_names and (not numbered_only(names)
                                                      or sorted(names) == sorted(student_names)):
+                harm = ("it would train each class as another" if role == "train_dataset"
+                        else "its accuracy would compare other classes' ids")
                 raise LabelError(f"{where} lists its classes as {names[:8]}, the student as {student_names[:8]}: "
-                                 "its accuracy would compare other classes' ids. Cast its label column to the "
+                                 f"{harm}. Cast its label column to the "
                                  "student's order (dataset.align_labels_with_mapping(model.config.label2id, 'labels'))")
 
 

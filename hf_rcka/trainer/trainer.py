@@ -324,7 +324,8 @@ class DistillationTrainer(CheckpointingTrainer):
         self.teacher_name = (teacher_name or _teacher_name(model.teacher)) if model.needs_teacher else None
         self._planned_size = planned_size  # of the images a later evaluation set must have
         given_eval = kwargs.get("eval_dataset")  # checked above, as a whole and part by part
-        self._checked_datasets = [given_eval, *(given_eval.values() if isinstance(given_eval, dict) else ())]
+        self._checked_datasets = [kwargs.get("train_dataset"), given_eval,
+                                  *(given_eval.values() if isinstance(given_eval, dict) else ())]
         self._said_small_sets: list[Any] = []  # evaluation sets too small for a relation, said once each
         self._eval_loader_sources: dict[str, Any] = {}  # the dataset each kept evaluation loader reads
         self._requested_drop_last = bool(args.dataloader_drop_last)  # the batch checks may set it (batch_rows)
@@ -621,7 +622,8 @@ class DistillationTrainer(CheckpointingTrainer):
 
     def _check_later_dataset(self, dataset: Any, role: str) -> None:
         """The constructor's checks for a dataset it did not see: one handed to ``evaluate()`` or
-        ``predict()``, or set as ``trainer.eval_dataset`` since (each is checked once)."""
+        ``predict()``, or set as ``trainer.eval_dataset`` or ``trainer.train_dataset`` since (each
+        is checked once)."""
         if dataset is None or any(dataset is seen for seen in self._checked_datasets):
             return
         check_later_dataset(self.distillation_model.student, dataset, role, self._collator_given, self._planned_size)
@@ -685,6 +687,7 @@ class DistillationTrainer(CheckpointingTrainer):
             raise RecipeError(f"this trainer was built without a train_dataset, to evaluate, so losses "
                               f"{sorted(self.distillation_model.left_out)} that read freshly built weights are left "
                               "out: they would not train. Build the trainer with the train_dataset to train")
+        self._check_later_dataset(self.train_dataset, "train_dataset")  # one set as trainer.train_dataset since
         losses = self.distillation_model.losses
         check_relation_rows(losses, self.args)
         check_repeats_unsplit(self.augmentation.aug_repeats, self.args)
