@@ -90,12 +90,14 @@ def recorded_header_number(run_dir: str, header: str) -> int | None:
     return int(found.group(1).replace(",", "")) if found else None
 
 
-def copy_run_record(run_dir: str, checkpoint_dir: str) -> None:
+def copy_run_record(run_dir: str, checkpoint_dir: str, pushed: bool = False) -> None:
     """Keep the run's record, as it stands while a checkpoint is saved, in the checkpoint (whole or
     not at all): a resume from it is compared with the settings that trained it. Read from the run
     folder alone, a checkpoint that a later launch's record no longer describes (that launch
-    resumed after it, and rewrote the record) was compared with nothing."""
-    for name in (RECIPE_RECORD, WORKING_DIR_NAME):
+    resumed after it, and rewrote the record) was compared with nothing. ``pushed``: Trainer uploads
+    the checkpoint folder whole, so the working folder (a local path) stays out of it, and is read
+    from the run folder around it (``cli.records.recorded_recipe``)."""
+    for name in (RECIPE_RECORD,) if pushed else (RECIPE_RECORD, WORKING_DIR_NAME):
         try:
             with open(os.path.join(run_dir, name), encoding="utf-8") as handle:
                 text = handle.read()

@@ -115,7 +115,7 @@ def _run(tmp_path: Path, **changes) -> int:
 def test_the_final_upload_comes_once_with_the_card_and_no_file_holds_the_token(tmp_path, hub, strategy):
     """The token was written into distill_config.yaml and pickled into training_args.bin (by our
     save and by transformers' checkpoint pushes), and uploaded; save_model also pushed a commit
-    before the final evaluation."""
+    before the final evaluation. No local-only file ("_" names) is uploaded."""
     assert _run(tmp_path, hub_strategy=strategy, save_strategy="steps", save_steps=1) == 0
     messages = [message for _, message, _ in hub.commits]
     assert messages[-1] == "End of training" and "Model save" not in messages
@@ -131,6 +131,9 @@ def test_the_final_upload_comes_once_with_the_card_and_no_file_holds_the_token(t
         for file in uploaded.rglob("*"):
             if file.is_file():
                 assert TOKEN.encode() not in file.read_bytes(), f"{message}: {file.name} holds the Hub token"
+                # local only (the run's working folder, a path of the user's machine): a checkpoint
+                # folder's push uploads it whole, and the record's copy there held it
+                assert not file.name.startswith("_"), f"{message}: {file.relative_to(uploaded)} is uploaded"
     assert "hub_token" not in yaml.safe_load((final / "distill_config.yaml").read_text())
     assert torch.load(final / "training_args.bin", weights_only=False).hub_token is None
     assert "eval_accuracy" in (final / "all_results.json").read_text(), "uploaded before the final evaluation"

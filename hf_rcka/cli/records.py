@@ -98,7 +98,9 @@ def recorded_recipe(folder: str) -> dict[str, Any] | None:
         recipe = load_recipe(path)
     except RecipeError:
         return None  # not a recipe this version can read: nothing to compare
-    return anchored(recipe, recorded_working_dir(os.path.dirname(path)))
+    folder = os.path.dirname(path)  # a pushed checkpoint's copy keeps no working folder: its run's
+    around = os.path.dirname(folder) if checkpoint_step(folder) is not None else None
+    return anchored(recipe, recorded_working_dir(folder) or (recorded_working_dir(around) if around else None))
 
 
 class RecipeRecord(TrainerCallback):

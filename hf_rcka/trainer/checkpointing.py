@@ -32,7 +32,7 @@ import torch
 from accelerate.utils.constants import FSDP_MODEL_NAME
 from transformers import TimmWrapperImageProcessor, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, sort_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, has_length, sort_checkpoints
 
 from ..arguments import global_batch_size
 from ..errors import ModelError, RecipeError
@@ -217,10 +217,16 @@ class CheckpointingTrainer(Trainer):
                            "forward_batch": forward_batch(self.args, self._train_batch_size),
                            "epoch_steps": self._epoch_steps}, handle)
             write_loss_record(output_dir, loss_settings(self.args, model.teacher is not None))
-            copy_run_record(self.args.output_dir, output_dir)
+            copy_run_record(self.args.output_dir, output_dir, pushed=self._pushes_checkpoint_folders())
         if model.teacher is not None:  # the export's too: a rerun of its recipe compares its teacher
             write_teacher_record(output_dir, self.teacher_record(model.teacher))
         as_umask_allows(output_dir)  # safetensors writes its files readable by their owner alone
+
+    def _pushes_checkpoint_folders(self) -> bool:
+        """Whether Trainer uploads each checkpoint folder whole (it ignores no file there, where the
+        output folder's upload leaves out names that start with "_")."""
+        return bool(self.args.push_to_hub) and self.args.hub_strategy in (
+            HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS)
 
     # Private override. On resume Trainer loads the checkpoint's model.safetensors into Trainer.model
     # by key, non-strictly: into our wrapper that restores nothing (the student's keys lack the
