@@ -354,18 +354,23 @@ DECIDING_KEYS = (
 )
 
 
-# Settings that act only where others switch them on: the mixing options without MixUp or CutMix
-# (a cutmix_minmax alone turns CutMix on, as timm takes it), the per-image transform's settings
-# under no_aug, the erasing options without erasing, the average's options without an average.
-# Two runs that differ only in an idle setting trained alike.
+# Settings that act only where others switch them on, as timm takes them: the mixing options
+# without MixUp or CutMix (a cutmix_minmax alone turns CutMix on), the per-image transform's
+# settings under no_aug, the erasing options without erasing, the average's options without an
+# average, and the exceptions below. Two runs that differ only in an idle setting trained alike.
 _ACTS_WHEN = {
     **dict.fromkeys(("cutmix_minmax", "mixup_prob", "mixup_switch_prob", "mixup_mode"),
                     lambda run: run["mixup"] or run["cutmix"] or run["cutmix_minmax"] is not None),
     **dict.fromkeys(PER_IMAGE_KEYS, lambda run: not run["no_aug"]),
     **dict.fromkeys(("remode", "recount"), lambda run: run["reprob"] and not run["no_aug"]),  # after: per-image too
     **dict.fromkeys(("model_ema_decay", "model_ema_warmup", "model_ema_export"), lambda run: run["model_ema"]),
+    # timm drops colour jitter under an auto-augment policy but its 3a ones
+    "color_jitter": lambda run: not run["no_aug"] and (not run["aa"] or "3a" in str(run["aa"])),
+    # the switch draws only when both mix; a cutmix_minmax sets CutMix's alpha to 1 (timm's Mixup)
+    "mixup_switch_prob": lambda run: bool(run["mixup"]) and (bool(run["cutmix"]) or run["cutmix_minmax"] is not None),
+    "cutmix": lambda run: run["cutmix_minmax"] is None,
 }
-SWITCH_KEYS = ("mixup", "cutmix", "cutmix_minmax", "reprob", "no_aug", "model_ema")  # what _ACTS_WHEN reads
+SWITCH_KEYS = ("mixup", "cutmix", "cutmix_minmax", "reprob", "no_aug", "model_ema", "aa")  # what _ACTS_WHEN reads
 
 
 def setting_acts(key: str, run: dict[str, Any]) -> bool:

@@ -416,6 +416,17 @@ def test_a_resume_says_the_settings_it_takes_as_given_where_they_act(tmp_path, c
     assert warn_resume_settings(str(erasing), data, training) == [], "erasing off on both sides"
     _, data, training = parse_arguments({**BASE, "reprob": 0.25, "remode": "const"})
     assert warn_resume_settings(str(erasing), data, training) == ["reprob 0 -> 0.25", "remode pixel -> const"]
+    # what timm leaves idle: colour jitter under an auto-augment policy but its 3a ones, the
+    # mixup/CutMix switch with one of them, CutMix's alpha beside cutmix_minmax (which sets it to 1)
+    for recorded_here, change in (({"aa": "rand-m9-mstd0.5-inc1", "mixup": 0.8}, {"color_jitter": 0.1, "mixup_switch_prob": 0.2}),
+                                  ({"cutmix_minmax": [0.2, 0.8]}, {"cutmix": 0.5})):
+        folder = tmp_path / f"idle-{len(change)}"
+        folder.mkdir()
+        dump_recipe({**BASE, **recorded_here}, folder / "distill_config.yaml")
+        _, data, training = parse_arguments({**BASE, **recorded_here, **change})
+        assert warn_resume_settings(str(folder), data, training) == [], change
+    _, data, training = parse_arguments({**BASE, "aa": "3a", "color_jitter": 0.1})
+    assert warn_resume_settings(str(erasing), data, training) == ["aa None -> 3a", "color_jitter 0.4 -> 0.1"]
 
 
 def test_a_resume_through_a_link_is_compared_with_the_run_that_holds_the_checkpoint(tmp_path):
