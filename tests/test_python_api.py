@@ -453,20 +453,25 @@ def test_a_teacher_is_judged_on_images_drawn_from_a_torch_dataset_listed_class_b
     assert trainer.state.global_step == 0
 
 
-def test_a_student_loaded_in_half_precision_is_refused_before_training(tmp_path):
+def test_a_student_loaded_in_half_precision_is_refused_before_training(tmp_path, caplog):
     """A student loaded with dtype=torch.bfloat16 trained in pure bf16 without a word: 43% of its
     weights never moved in 5 steps at 5e-5 (AdamW's updates round away), and the export was bf16.
     Frozen half-precision weights train nothing, and are let be."""
     trainer = build(make_args(tmp_path, max_steps=1), named(tiny_vit(), ["a", "b", "c"]).to(torch.bfloat16),
                     named(tiny_resnet(), ["a", "b", "c"]))
     with pytest.raises(ModelError, match=r"^the student's trainable weights are bfloat16 \(\d+ tensor\(s\), e\.g\. .*"
-                                         r"Load the student in float32"):
+                                         r"To train it, load the student in float32"):
         trainer.train()
     assert trainer.state.global_step == 0
     student = named(tiny_vit(), ["a", "b", "c"])
     student.vit.embeddings.to(torch.bfloat16).requires_grad_(False)
     from hf_rcka.trainer.given_models import check_trainable_precision
-    check_trainable_precision(student)
+    check_trainable_precision(student, own_optimizer=True)
+    # an optimizer of the caller's may keep float32 copies (pure bf16 training on purpose): said, not refused
+    student = named(tiny_vit(), ["a", "b", "c"]).to(torch.bfloat16)
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        check_trainable_precision(student, own_optimizer=False)
+    assert "unless the optimizer you gave keeps float32 copies of them" in caplog.text
 
 
 def test_a_good_teacher_is_judged_on_enough_images_to_tell_it_from_chance(tmp_path):

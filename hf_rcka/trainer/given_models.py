@@ -226,20 +226,26 @@ def check_saveable(student: Any) -> None:
             "train an architecture whose layers have weights of their own") from None
 
 
-def check_trainable_precision(student: Any) -> None:
+def check_trainable_precision(student: Any, own_optimizer: bool) -> None:
     """A student loaded in half precision (``from_pretrained(..., dtype=torch.bfloat16)``, or a
-    checkpoint stored so and loaded with ``dtype="auto"``) trained in it without a word: AdamW's
-    updates below the weights' resolution are rounded away (in 5 steps at 5e-5, 43% of a tiny ViT's
-    weights never moved; a LayerNorm weight near 1 cannot move by 5e-5 in bfloat16), and the export
-    was half precision. Mixed precision (``bf16: true``) keeps float32 weights and computes in half."""
+    checkpoint stored so and loaded with ``dtype="auto"``) trained in it without a word: updates
+    below the weights' resolution are rounded away (AdamW at 5e-5 for 5 steps left 43% of a tiny
+    ViT's weights unmoved; a LayerNorm weight near 1 cannot move by 5e-5 in bfloat16), and the
+    export was half precision. Mixed precision (``bf16: true``) keeps float32 weights and computes
+    in half. Refused with Trainer's own optimizer (``own_optimizer``); said with a caller's, which
+    may keep float32 copies of its own (pure half-precision training done on purpose)."""
     half = [(name, p.dtype) for name, p in student.named_parameters()
             if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
-    if half:
-        raise ModelError(
-            f"the student's trainable weights are {str(half[0][1]).removeprefix('torch.')} ({len(half)} tensor(s), "
-            f"e.g. {half[0][0]}): trained so, AdamW's small updates round away and the export is half precision. Load "
-            "the student in float32 (from_pretrained(..., dtype=torch.float32), or student.float()) and set bf16: true "
-            "(or fp16) for mixed precision")
+    if not half:
+        return
+    what = (f"the student's trainable weights are {str(half[0][1]).removeprefix('torch.')} ({len(half)} tensor(s), "
+            f"e.g. {half[0][0]}): trained so, updates smaller than their resolution round away and the export is half "
+            "precision")
+    fix = ("load the student in float32 (from_pretrained(..., dtype=torch.float32), or student.float()) and set bf16: "
+           "true (or fp16) for mixed precision")
+    if own_optimizer:
+        raise ModelError(f"{what}. To train it, {fix}")
+    logger.warning("%s, unless the optimizer you gave keeps float32 copies of them. Otherwise %s", what, fix)
 
 
 def _shared_tensor_names(state: Mapping[str, torch.Tensor]) -> list[list[str]]:

@@ -297,6 +297,8 @@ class DistillationTrainer(CheckpointingTrainer):
         # None means hf_rcka's defaults, the collator that handles unreadable images and accuracy
         # (which the metric checks above count on), not Trainer's default collator and no metrics
         self._collator_given = kwargs.get("data_collator") is not None
+        self._optimizer_given = ((kwargs.get("optimizers") or (None, None))[0] is not None
+                                 or kwargs.get("optimizer_cls_and_kwargs") is not None)
         for name, default in (("data_collator", collate), ("compute_metrics", accuracy_metrics)):
             if kwargs.get(name) is None:
                 kwargs[name] = default
@@ -682,7 +684,7 @@ class DistillationTrainer(CheckpointingTrainer):
                 as the run's result.
         """
         check_saveable(self.distillation_model.student)
-        check_trainable_precision(self.distillation_model.student)
+        check_trainable_precision(self.distillation_model.student, own_optimizer=not self._optimizer_given)
         if self.distillation_model.left_out:
             raise RecipeError(f"this trainer was built without a train_dataset, to evaluate, so losses "
                               f"{sorted(self.distillation_model.left_out)} that read freshly built weights are left "
