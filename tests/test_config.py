@@ -176,6 +176,9 @@ def test_image_folder_flags_replace_the_recipes_dataset():
     assert data.dataset_name is None and data.dataset_config_name is None and data.train_dir == "d/t"
     with pytest.raises(RecipeError, match="^no data: set dataset_name"):
         parse_arguments(recipe, parse_cli_overrides(["--dataset_name="]))
+    for cleared in ("--dataset_name=", "--dataset_name=null"):  # and replaces nothing of the recipe's folders
+        kept = resolve_values({**folders, "validation_dir": "d/val"}, parse_cli_overrides([cleared, "--train_dir", "d/t"]))
+        assert kept["validation_dir"] == "d/val" and kept["train_dir"] == "d/t"
 
 
 def test_cli_rejects_positional_garbage():

@@ -252,7 +252,10 @@ _REPLACES = {"learning_rate": {"lr_base"}, "lr_base": {"learning_rate"},
 
 
 def _replaced_by_flag(key: str, overrides: dict[str, Any]) -> bool:
-    return key not in overrides and any(key in _REPLACES.get(flag, ()) for flag in overrides)
+    """A flag that clears its setting (``--dataset_name=`` or ``null``) replaces nothing: the recipe's
+    image folders stay with their validation_dir (dropped, the run evaluated on a carved split)."""
+    return key not in overrides and any(key in _REPLACES.get(flag, ()) for flag, value in overrides.items()
+                                        if value not in (None, ""))
 
 
 # Keys a recipe may reach for that are not settings here, and what to do instead: a TrainingArguments
