@@ -522,6 +522,33 @@ def test_feature_pairs_the_adapters_refuse_are_refused_before_loading(tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+def test_the_layer_check_before_loading_builds_no_weights_and_leaves_a_model_it_cannot_build(monkeypatch):
+    """Each model is built on the meta device (a ViT-L teacher built on the CPU drew its 300M weights
+    for a count); one that cannot be built or run so (construction that reads values) is left to
+    the check after loading: no traceback before the run starts."""
+    from hf_rcka.arguments import DistillationTrainingArguments, ModelArguments
+    from hf_rcka.cli.model_sources import check_feature_pairs
+    from hf_rcka.modeling.assembly import active_specs, build_losses
+    from hf_rcka.models import loading
+
+    built, build = [], loading.build_without_weights
+    monkeypatch.setattr(loading, "build_without_weights", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+    model_args = ModelArguments(model_name_or_path="config:resnet", student_config_overrides=TINY_RESNET,
+                                teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET)
+    losses = [{"name": "ce"}, {"name": "feature_cka"}]
+    args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, losses=losses,
+                                         feature_pairs=[{"student_layer": 9, "teacher_layer": 0}])
+    with pytest.raises(RecipeError, match=r"^feature_pairs\[0\]: student layer 9 is out of range"):
+        check_feature_pairs(model_args, args, build_losses(active_specs(losses)))
+    assert len(built) == 2 and all(param.is_meta for model in built for param in model.parameters())
+
+    def unbuildable(*args, **kwargs):
+        raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+
+    monkeypatch.setattr(loading, "build_without_weights", unbuildable)
+    check_feature_pairs(model_args, args, build_losses(active_specs(losses)))  # left to choose_pairs once the models have loaded
+
+
 def test_model_ema_under_fsdp(tmp_path, capsys, no_loading, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets for an FSDP config
     assert run(tmp_path, base(tmp_path, model_ema=True)) == 2
@@ -1087,6 +1114,28 @@ def test_a_run_records_the_settings_it_left_out_so_a_changed_default_does_not_ch
     assert "other settings" not in capsys.readouterr().err
 
 
+def test_the_record_writes_out_every_setting_that_decides_the_training():
+    """Each setting the record leaves out is read at the running version's default by a rerun or a
+    resume: one missing from the written defaults changes the run unsaid when an upgrade changes it."""
+    import dataclasses
+
+    from hf_rcka.arguments import left_out_defaults
+    from hf_rcka.augmentation import AugmentationArguments
+
+    written = left_out_defaults({})
+    augmentation = {f.name for f in dataclasses.fields(AugmentationArguments)} - {"aa", "cutmix_minmax"}  # None
+    deciding = {"student_from_scratch", "teacher_label_mapping", "image_column_name", "label_column_name",
+                "train_val_split", "split_seed", "learning_rate", "lr_base_size", "lr_base_scale", "optim",
+                "weight_decay", "model_no_weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+                "num_train_epochs", "lr_scheduler_type", "warmup_steps", "seed", "label_smoothing_factor",
+                "per_device_train_batch_size", "gradient_accumulation_steps", "model_ema", "model_ema_decay",
+                "model_ema_warmup", "model_ema_export", *augmentation}
+    assert deciding <= set(written), f"not written: {sorted(deciding - set(written))}"
+    assert "aa" not in written and "cutmix_minmax" not in written, "no value (None) is written"
+    assert set(left_out_defaults({"seed": 3, "hflip": 0.0})) == set(written) - {"seed", "hflip"}, "the recipe's own stay"
+    assert "learning_rate" not in left_out_defaults({"lr_base": 1e-3}), "lr_base sets the rate"
+
+
 def test_a_recipe_with_lr_base_records_no_learning_rate(tmp_path, capsys):
     """The learning rate lr_base sets is not the default's: a record holding both was refused. The
     log says the rate and its base size (256 unless given: DeiT's rate, for 512, trained at twice
@@ -1098,6 +1147,17 @@ def test_a_recipe_with_lr_base_records_no_learning_rate(tmp_path, capsys):
     recorded = yaml.safe_load(record.read_text())
     assert recorded["lr_base"] == 1e-3 and "learning_rate" not in recorded and recorded["lr_base_size"] == 256
     assert main([str(record), "--output_dir", str(tmp_path / "again")]) == 0
+
+
+def test_the_rate_line_names_the_global_batch_the_rate_is_scaled_to():
+    """The rate lr_base gives is scaled to the global batch (processes x per-device batch x
+    accumulation), not to the per-device batch."""
+    from hf_rcka.arguments import DistillationTrainingArguments
+
+    args = DistillationTrainingArguments(output_dir="unused", use_cpu=True, lr_base=1e-3, per_device_train_batch_size=5,
+                                         gradient_accumulation_steps=4)
+    assert cli._rate_line(args) == ("learning rate: 7.8125e-05, lr_base 0.001 for lr_base_size 256 images, scaled "
+                                    "(linear) to the global batch of 20")
 
 
 def test_a_loss_of_ones_own_whose_defaults_no_record_reads_back_resumes(tmp_path):

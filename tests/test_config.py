@@ -412,6 +412,13 @@ def test_a_resume_says_the_settings_it_takes_as_given_where_they_act(tmp_path, c
     _, data, training = parse_arguments({**recorded, "cutmix_minmax": [0.2, 0.8], "mixup_prob": 0.5})
     assert warn_resume_settings(str(tmp_path), data, training) == [  # timm turns CutMix on for it alone
         "cutmix_minmax None -> [0.2, 0.8]", "mixup_prob 1 -> 0.5"]
+    _, data, training = parse_arguments({**recorded, "image_column_name": "img"})  # another of the dataset's columns
+    assert warn_resume_settings(str(tmp_path), data, training) == ["image_column_name image -> img"]
+    dump_recipe({**recorded, "cutmix": 1.0, "reprob": 0.25}, tmp_path / "distill_config.yaml")
+    _, data, training = parse_arguments({**recorded, "cutmix": 1.0, "reprob": 0.25, "mixup_prob": 0.5})
+    assert warn_resume_settings(str(tmp_path), data, training) == ["mixup_prob 1 -> 0.5"], "CutMix alone mixes"
+    _, data, training = parse_arguments({**recorded, "cutmix": 1.0, "reprob": 0.25, "remode": "const"})
+    assert warn_resume_settings(str(tmp_path), data, training) == [], "no erasing under no_aug on both sides"
     erasing = tmp_path / "erasing"
     erasing.mkdir()
     dump_recipe(BASE, erasing / "distill_config.yaml")  # per-image augmentation on, erasing off (reprob 0)
@@ -453,6 +460,14 @@ def test_a_resume_through_a_link_is_compared_with_the_run_that_holds_the_checkpo
     model, data, training = parse_arguments({**recorded, "label_column_name": "coarse"})
     with pytest.raises(RecipeError, match="label_column_name 'fine' -> 'coarse'"):
         check_resume_recipe(str(link), model, data, training)
+    nested = run / "checkpoint-6" / "checkpoint-2"  # a run of its own, named like a checkpoint: its record is its own
+    nested.mkdir()
+    (nested / "trainer_state.json").write_text("{}")
+    dump_recipe({**recorded, "hflip": 0.7}, nested / "distill_config.yaml")
+    assert recorded_recipe(str(nested))["hflip"] == 0.7
+    exported = run / "checkpoint-9"  # a model saved under a checkpoint's name, no training state: not the run's
+    exported.mkdir()
+    assert recorded_recipe(str(exported)) is None
 
 
 def test_a_resume_compares_a_checkpoint_with_the_record_that_describes_it(tmp_path):
@@ -460,6 +475,8 @@ def test_a_resume_compares_a_checkpoint_with_the_record_that_describes_it(tmp_pa
     trained by the earlier launch, and was said to have trained with the resume's settings (and the
     advice to resume with the record applied them). A checkpoint now keeps a copy of its launch's
     record: only an earlier version's, without one, is left uncompared."""
+    import shutil
+
     from hf_rcka.cli.resume_checks import warn_resume_schedule, warn_resume_settings
     from hf_rcka.run_record import RESUMED_HEADER
 
@@ -474,10 +491,27 @@ def test_a_resume_compares_a_checkpoint_with_the_record_that_describes_it(tmp_pa
         assert warn_resume_schedule(str(tmp_path / f"checkpoint-{step}"), training) == []
     assert warn_resume_settings(str(tmp_path / "checkpoint-1500"), data, training) == ["hflip 0.3 -> 0.5"]
     assert warn_resume_schedule(str(tmp_path / "checkpoint-1500"), training) == ["num_train_epochs 6 -> 3"]
+    (tmp_path / "earliest").symlink_to(tmp_path / "checkpoint-500")  # a link is the checkpoint it names
+    assert warn_resume_settings(str(tmp_path / "earliest"), data, training) == []
+    kept = tmp_path / "kept"  # a copy of the run under another name (no checkpoint-N): its record describes it
+    kept.mkdir()
+    (kept / "trainer_state.json").write_text("{}")
+    shutil.copy2(tmp_path / "distill_config.yaml", kept / "distill_config.yaml")
+    assert warn_resume_settings(str(kept), data, training) == ["hflip 0.3 -> 0.5"]
     # a checkpoint that keeps a copy of its launch's record is compared with that one, whatever its step
     dump_recipe({**recorded, "hflip": 0.2}, tmp_path / "checkpoint-500" / "distill_config.yaml")
     assert warn_resume_settings(str(tmp_path / "checkpoint-500"), data, training) == ["hflip 0.2 -> 0.5"]
     assert warn_resume_schedule(str(tmp_path / "checkpoint-500"), training) == ["num_train_epochs 6 -> 3"]
+
+
+def test_a_record_that_is_not_text_names_no_header_number(tmp_path):
+    """The header is read before the recipe is known to be readable (the resume's step, a baseline's
+    batch for the card): a record that is not UTF-8 (a disk error, a file written over) is none."""
+    from hf_rcka.run_record import BATCH_HEADER, RESUMED_HEADER, recorded_header_number
+
+    (tmp_path / "distill_config.yaml").write_bytes(b"# Global batch: \xff\xfe 64 images\n\x80seed: 1\n")
+    assert recorded_header_number(str(tmp_path), BATCH_HEADER) is None
+    assert recorded_header_number(str(tmp_path), RESUMED_HEADER) is None
 
 
 def test_a_checkout_whose_changes_cannot_be_read_is_not_called_clean(monkeypatch):
@@ -490,6 +524,37 @@ def test_a_checkout_whose_changes_cannot_be_read_is_not_called_clean(monkeypatch
     assert version.code_version.__wrapped__() == f"hf_rcka {__version__} (git {'a' * 12}, local changes unknown)"
     answers["status"] = ""
     assert version.code_version.__wrapped__() == f"hf_rcka {__version__} (git {'a' * 12})"
+
+
+def test_the_code_is_named_as_the_command_starts(monkeypatch):
+    """The code that trains a run is the checkout as the command started: one changed (a git pull,
+    a branch switched) while the models loaded was named on the card instead."""
+    from hf_rcka import version
+    from hf_rcka.cli import main as cli_main
+
+    seen = []
+    version.code_version.cache_clear()
+    monkeypatch.setattr(cli_main, "_run_recipe", lambda argv, stop: seen.append(version.code_version.cache_info().currsize))
+    assert cli_main.main(["recipe.yaml"]) == 0
+    assert seen == [1], "named before the recipe is read"
+
+
+def test_git_is_asked_without_taking_the_checkouts_lock(monkeypatch):
+    """Runs started together each ask git: a status that refreshes the index takes its lock, which
+    a commit made in the checkout meanwhile then meets."""
+    import subprocess
+
+    from hf_rcka import version
+
+    envs = []
+
+    def fake_run(command, **kwargs):
+        envs.append(kwargs.get("env"))
+        return subprocess.CompletedProcess(command, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(version.subprocess, "run", fake_run)
+    version._git(".", "status", "--porcelain")
+    assert envs and envs[0]["GIT_OPTIONAL_LOCKS"] == "0"
 
 
 def _code_version_of(package_parent: Path) -> str:
@@ -521,6 +586,9 @@ def test_cards_and_records_name_the_commit_that_trained_the_run(tmp_path):
     subprocess.run([*git, "commit", "-qm", "x"], check=True)
     commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert _code_version_of(repo) == f"hf_rcka {hf_rcka.__version__} (git {commit})"
+    (repo / "runs").mkdir()  # a run's output folder beside the package (as the README's commands write) is no change to it
+    (repo / "runs" / "distill_config.yaml").write_text("")
+    assert _code_version_of(repo) == f"hf_rcka {hf_rcka.__version__} (git {commit})", "a file outside the package"
     (repo / "hf_rcka" / "new_module.py").write_text("")
     assert _code_version_of(repo) == f"hf_rcka {hf_rcka.__version__} (git {commit}, local changes)", "a new file"
     (repo / "hf_rcka" / "new_module.py").unlink()
@@ -530,6 +598,9 @@ def test_cards_and_records_name_the_commit_that_trained_the_run(tmp_path):
     inner = repo / "vendored"
     shutil.copytree(repo / "hf_rcka", inner / "hf_rcka")
     assert _code_version_of(inner) == f"hf_rcka {hf_rcka.__version__}", "another project's commit is not hf_rcka's"
+    subprocess.run([*git, "add", "vendored"], check=True)  # committed there too: still not hf_rcka's own checkout
+    subprocess.run([*git, "commit", "-qm", "vendor"], check=True)
+    assert _code_version_of(inner) == f"hf_rcka {hf_rcka.__version__}", "a copy committed inside another tree"
     other = tmp_path / "other"  # a copy at the top of another project's checkout, not committed there
     (other / "src").mkdir(parents=True)
     (other / "src" / "main.py").write_text("")

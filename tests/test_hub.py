@@ -296,6 +296,9 @@ def test_a_baseline_is_compared_by_the_training_in_effect_not_by_its_spelling(tm
     assert "trained otherwise" not in compare(64, 1.25e-4, mixup_prob=0.5, mixup_mode="pair")
     assert "trained otherwise (cutmix_minmax, mixup_prob differ)" in compare(64, 1.25e-4, mixup_prob=0.5,
                                                                              cutmix_minmax=[0.2, 0.8])
+    # every per-image setting is idle under no_aug on both sides, and compared where either side augments
+    assert "trained otherwise" not in compare(64, 1.25e-4, aa="rand-m9-mstd0.5", hflip=0.0, reprob=0.25)
+    assert "trained otherwise (no_aug, color_jitter differ)" in compare(64, 1.25e-4, no_aug=False, color_jitter=0.1)
     # the smoothing in effect, however spelt: ce's own or label_smoothing_factor
     recorded["label_smoothing_factor"] = 0.1
     assert "trained otherwise (label smoothing differs)" in compare(

@@ -814,6 +814,33 @@ def test_an_abandoned_branch_keeps_the_recipe_and_the_runs_own_records(tmp_path)
     assert (out / REPLACED / "distill_config.yaml").read_text() == "recipe"
 
 
+def test_an_abandoned_branch_keeps_the_folder_its_record_is_read_from(tmp_path):
+    """The record's relative paths are read from the folder the run ran in (_working_dir.json): a
+    branch set aside with the recipe alone read them from wherever its resume was launched."""
+    out = tmp_path / "out"
+    _fake_run(out, [2, 4], finished=True, tag="run")
+    (out / "distill_config.yaml").write_text("recipe")
+    (out / "_working_dir.json").write_text('{"working_dir": "/where/it/ran"}')
+    set_aside_abandoned_branch(str(out), str(out / "checkpoint-2"))
+    assert (out / REPLACED / "_working_dir.json").read_text() == '{"working_dir": "/where/it/ran"}'
+    assert (out / "_working_dir.json").exists()
+
+
+def test_a_later_checkpoint_cut_short_before_its_weights_is_deleted_and_the_record_stays(tmp_path):
+    """Nothing set aside (a later checkpoint that held no weights is deleted): no branch gets a copy
+    of the records, and the resume goes on."""
+    out = tmp_path / "out"
+    _fake_run(out, [2], finished=True, tag="run 1")
+    set_aside_previous_run(str(out))
+    _fake_run(out, [5], finished=False, tag="run 2")
+    set_aside_previous_run(str(out))  # _replaced/ and _replaced/_unfinished/ both keep more than leftovers
+    _fake_run(out, [2], finished=False, tag="run 3")
+    (out / "distill_config.yaml").write_text("recipe")
+    (out / "checkpoint-4").mkdir()  # cut short before its weights
+    assert set_aside_abandoned_branch(str(out), str(out / "checkpoint-2")) is None
+    assert not (out / "checkpoint-4").exists() and (out / "distill_config.yaml").read_text() == "recipe"
+
+
 def test_a_branch_put_back_brings_back_the_record_its_resume_rewrote(tmp_path):
     """A resume refused at its first step (out of memory) put the later checkpoints back, but the
     record stayed as the refused resume rewrote it: a resume of checkpoint-4 was then compared with
