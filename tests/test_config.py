@@ -232,6 +232,9 @@ def test_recipes_read_yaml_1_2_numbers_and_text_settings_as_written(tmp_path):
     assert parse_cli_overrides(["--run_name", "0123"])["run_name"] == "0123"
     recipe.write_text("<<: {run_name: '0123'}\nrun_name: 0456\n")  # the explicit key wins over a merged one
     assert load_recipe(recipe) == {"run_name": "0456"}
+    recipe.write_bytes("run_name: x  # r\u00e9sum\u00e9\n".encode("latin-1"))  # a traceback (UnicodeDecodeError)
+    with pytest.raises(RecipeError, match=r"is not UTF-8 text \(byte 0xe9 at offset 16\): save it as UTF-8"):
+        load_recipe(recipe)
 
 
 def test_recorded_recipes_read_back_as_written_under_both_yaml_versions(tmp_path):

@@ -179,8 +179,13 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise RecipeError(f"recipe {str(path)!r} does not exist" + (
             f" here ({os.getcwd()}): the recipes/ folder is the repository's (and its sdist's), not part of the "
             "installed package; run from a checkout of the repository, or give the recipe's own path" if shipped else ""))
-    with open(path, encoding="utf-8") as handle:
-        node, recipe = _construct(handle.read(), f"recipe {str(path)!r}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as err:  # an editor's Latin-1 accent in a comment: a traceback
+        raise RecipeError(f"recipe {str(path)!r} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                          f"{err.start}): save it as UTF-8") from None
+    node, recipe = _construct(text, f"recipe {str(path)!r}")
     if recipe is None:
         return {}
     if not isinstance(recipe, dict):
