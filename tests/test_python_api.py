@@ -973,7 +973,7 @@ def test_evaluation_images_of_another_size_than_the_training_images_are_refused_
     the end and failed at the evaluation (a feature map that no longer fits its adapter)."""
     student, teacher = tiny_vit(), tiny_resnet()
     args = make_args(tmp_path, losses=["ce", "rcka", "patch_cka"])
-    with pytest.raises(DataError, match=r"eval_dataset\['big'\]: its images are 24x24, the training images 16x16"):
+    with pytest.raises(DataError, match=r"eval_dataset\['big'\]: its images are 24x24, the training images the trainer was built on 16x16"):
         build(args, student, teacher, eval_dataset={"big": pixel_dataset(5, size=24)})
     trainer = build(args, student, teacher, eval_dataset=pixel_dataset(5))
     with pytest.raises(DataError, match="test_dataset: its images are 24x24"):

@@ -97,16 +97,15 @@ def check_image_sizes(dataset: Any, role: str, size: tuple[int, int] | None) -> 
         if role == "test_dataset" and "labels" not in item:
             continue  # predictions alone: no loss, no feature read
         got = image_size(item)
-        if got is not None and got != size and role == "train_dataset":  # set as trainer.train_dataset since
-            raise DataError(
-                f"{where}: its images are {got[0]}x{got[1]}, the trainer was built on {size[0]}x{size[1]} training "
-                "images, the size its feature pairs are planned at. Give it images of that size (the same "
-                "processor), or build a new trainer with this train_dataset")
-        if got is not None and got != size:
-            raise DataError(
-                f"{where}: its images are {got[0]}x{got[1]}, the training images {size[0]}x{size[1]}: the feature "
-                "pairs are planned at the training size, so evaluating them would fail or compare other grids. Give "
-                "it the training set's evaluation transform (the same processor)")
+        if got is None or got == size:
+            continue
+        if role == "train_dataset":  # set as trainer.train_dataset since the trainer was built
+            harm, fix = "training on them", "images of that size, or build a new trainer with this train_dataset"
+        else:
+            harm, fix = "evaluating them", "the training set's evaluation transform (the same processor)"
+        raise DataError(f"{where}: its images are {got[0]}x{got[1]}, the training images the trainer was built on "
+                        f"{size[0]}x{size[1]}: the feature pairs are planned at that size, so {harm} would fail or "
+                        f"compare other grids. Give it {fix}")
 
 
 def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: bool,
