@@ -341,6 +341,29 @@ def test_a_teacher_shared_by_students_of_other_class_orders_serves_each_in_its_o
     second.train()
 
 
+def test_a_teacher_of_other_classes_for_one_trainer_is_judged_by_each_trainer_apart(tmp_path):
+    """The mark of a teacher of other classes (features alone distilled, no accuracy on the run's
+    labels) lived on the teacher object: a second trainer whose student has the teacher's classes
+    cleared it, and the first one's card then gave the teacher's x/y/z logits scored against a/b/c
+    labels as its accuracy (0.3), exit 0."""
+    def named(model, names):
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {name: i for i, name in enumerate(names)}
+        return model
+
+    teacher = named(tiny_resnet(), ["x", "y", "z"])
+    pairs = [{"student_layer": -1, "teacher_layer": -1}]
+    features = make_args(tmp_path, "a", losses=["ce", "feature_cka"], feature_pairs=pairs, max_steps=1)
+    first = build(features, student=named(tiny_vit(), ["a", "b", "c"]), teacher=teacher, eval_dataset=pixel_dataset(10))
+    second = build(make_args(tmp_path, "b", losses=["ce", "kd"], max_steps=1), student=named(tiny_vit(), ["x", "y", "z"]),
+                   teacher=teacher, eval_dataset=pixel_dataset(10))
+    first.train()
+    first.evaluate()
+    first.create_model_card()
+    assert first.card_facts.teacher_accuracy is None, "no accuracy of other classes' logits"
+    assert first.distillation_model.teacher_other_classes and not second.distillation_model.teacher_other_classes
+
+
 def test_a_refused_trainer_leaves_the_students_class_names_as_they_were(tmp_path):
     from hf_rcka.errors import RecipeError
 

@@ -123,6 +123,10 @@ class DistillationModel(nn.Module):
         self.adapters = nn.ModuleList()
         self.left_out: frozenset[str] = frozenset()  # losses not computed (see leave_out_fresh_losses)
         self.teacher_order: torch.Tensor | None = None  # see reorder_teacher_logits
+        # a teacher of other classes than the run's, whose features alone are distilled: its accuracy
+        # on the run's labels means nothing (set by the trainer's label check; here, not on the
+        # teacher object, which another trainer may share and judge otherwise)
+        self.teacher_other_classes = False
         self._student_only = False  # see without_teacher
         self._norm_hooks: list = []  # see activation_checkpointing_enable
         self._input_hooks: list = []  # see follow_student_checkpointing

@@ -25,7 +25,6 @@ from ..augmentation import AugmentationArguments
 from ..data.datasets import VALIDATION_SPLIT_NAMES
 from ..losses import IGNORE_INDEX
 from ..losses.base import RelationalLoss
-from ..models.labels import has_other_classes
 from ..models.sources import parse_model_source
 from ..recipe_specs import weighs_nothing
 from ..run_record import BATCH_HEADER, read_recorded_recipe, recorded_header_number
@@ -469,7 +468,7 @@ def complete_card_facts(trainer: Any) -> CardFacts:
     model = trainer.distillation_model
     # a teacher no loss uses was not run in training, and the card calls the run supervised
     # (and one of other classes, whose features alone are distilled, has no accuracy on these labels)
-    teacher_used = model.teacher is not None and model.needs_teacher and not has_other_classes(model.teacher)
+    teacher_used = model.teacher is not None and model.needs_teacher and not model.teacher_other_classes
     # named evaluation sets (a dict) give no single eval_accuracy for the teacher's to stand beside
     single_set = trainer.eval_dataset is not None and not isinstance(trainer.eval_dataset, dict)
     if teacher_used and single_set:

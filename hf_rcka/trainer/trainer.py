@@ -172,6 +172,7 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     check_lazy_parameters(model)
     check_optimizer(model, kwargs.get("optimizers"))
     model.reorder_teacher_logits(teacher_order)
+    model.teacher_other_classes = has_other_classes(model.teacher)  # as this trainer's label check judged it
     return model, size
 
 
@@ -445,7 +446,7 @@ class DistillationTrainer(CheckpointingTrainer):
             counted = (inputs["labels"] != IGNORE_INDEX).sum().float()  # on the device: read once, after the last batch
             self._term_logs["eval"].add(outputs.loss_terms,
                                         self._evaluation_weights(inputs["labels"], outputs.loss_terms, counted))
-            if outputs.teacher_logits is not None and not has_other_classes(self.distillation_model.teacher):
+            if outputs.teacher_logits is not None and not self.distillation_model.teacher_other_classes:
                 self._teacher_hits.add(*_top1(outputs.teacher_logits, inputs["labels"], counted))
         return (outputs.loss, {"logits": outputs.logits}) if return_outputs else outputs.loss
 
