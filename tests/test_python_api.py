@@ -1087,9 +1087,18 @@ def test_labels_the_student_has_no_class_for_are_refused_before_the_losses_read_
     assert trainer.predict(unlabelled.remove_columns("labels")).predictions.shape == (7, 3)
     trainer = build(make_args(tmp_path, max_steps=1), tiny_vit(), train_dataset=pixel_dataset(10).map(
         lambda row: {"labels": 3}))
-    with pytest.raises(DataError, match=r"5 label\(s\) of a batch \(3\) are no class id of the student's 3"):
+    past_the_head = r"5 label\(s\) of a batch \(3\) are no class id of the student's 3 classes: give the student a head"
+    with pytest.raises(DataError, match=past_the_head):
         trainer.train()
     assert trainer.state.global_step == 0
+    # Mixup/CutMix reads them too (timm's one_hot), with losses that read no labels: a RuntimeError
+    from hf_rcka.arguments import DataArguments
+
+    mixing = build(make_args(tmp_path, losses=["kd"], max_steps=1), tiny_vit(), tiny_resnet(),
+                   train_dataset=pixel_dataset(10).map(lambda row: {"labels": 3}),
+                   augmentation=DataArguments(dataset_name="builtin:digits", mixup=0.8))
+    with pytest.raises(DataError, match=past_the_head):
+        mixing.train()
 
 
 def test_a_test_set_with_a_label_column_says_that_it_is_not_scored(tmp_path, caplog):

@@ -79,12 +79,17 @@ def _check_class_ids(labels: np.ndarray, num_classes: int | None, counted: str) 
     """Labels the student has no class for would score as misses (a test split's -1, "no label",
     read as an accuracy of 0.0), or fail the losses that read them (``CheckedClassIds``)."""
     bad = labels[(labels < 0) | (labels >= (num_classes if num_classes is not None else np.inf))]
-    if bad.size:
-        shown = ", ".join(str(v) for v in np.unique(bad)[:5])
-        classes = f"the student's {num_classes} classes" if num_classes is not None else "the student's classes"
-        raise DataError(f"{bad.size} {counted} ({shown}) are no class id of {classes}: -1 marks an "
-                        "unlabelled image (a test split): predict without labels (dataset.remove_columns('labels')), "
-                        f"or give the labels as ids of the student's classes (ignored rows: {IGNORE_INDEX})")
+    if not bad.size:
+        return
+    shown = ", ".join(str(v) for v in np.unique(bad)[:5])
+    classes = f"the student's {num_classes} classes" if num_classes is not None else "the student's classes"
+    if (bad < 0).any():
+        fix = ("-1 marks an unlabelled image (a test split): predict without labels (dataset.remove_columns('labels')), "
+               f"or give the labels as ids of the student's classes (ignored rows: {IGNORE_INDEX})")
+    else:  # more classes in the data than the student's head has
+        fix = ("give the student a head for every class of the data (num_labels and id2label of its classes), or map "
+               "the labels onto the student's classes")
+    raise DataError(f"{bad.size} {counted} ({shown}) are no class id of {classes}: {fix}")
 
 
 def is_reported(metric: str, names: Collection[str]) -> bool:
