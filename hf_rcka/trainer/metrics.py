@@ -69,9 +69,10 @@ class CheckedClassIds:
         batch = self.collator(examples)
         labels = batch.get("labels") if isinstance(batch, Mapping) else None
         if isinstance(labels, torch.Tensor) and labels.ndim == 1 and not labels.is_floating_point():
-            counted = labels[labels != IGNORE_INDEX]
-            if counted.numel() and (counted.min() < 0 or counted.max() >= self.num_classes):
-                _check_class_ids(counted.numpy(), self.num_classes, "label(s) of a batch")
+            ids = labels.numpy()  # collated on the host: read there, with no device value read back
+            counted = ids[ids != IGNORE_INDEX]
+            if counted.size and (counted.min() < 0 or counted.max() >= self.num_classes):
+                _check_class_ids(counted, self.num_classes, "label(s) of a batch")
         return batch
 
 
