@@ -364,6 +364,18 @@ def test_a_teacher_of_other_classes_for_one_trainer_is_judged_by_each_trainer_ap
     assert first.distillation_model.teacher_other_classes and not second.distillation_model.teacher_other_classes
 
 
+def test_a_run_from_python_keeps_no_other_runs_record_in_its_checkpoints(tmp_path):
+    """Checkpoints keep a copy of the command line's record of their run; a run from Python into a
+    folder holding a command-line run's record copied that stale record into its checkpoints, whose
+    resume was then compared with another run's settings."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "distill_config.yaml").write_text("max_steps: 40\nper_device_train_batch_size: 10\n")
+    trainer = build(make_args(tmp_path, max_steps=1, save_strategy="steps", save_steps=1), teacher=tiny_resnet())
+    trainer.train()
+    assert (tmp_path / "run" / "checkpoint-1" / "trainer_state.json").is_file()
+    assert not (tmp_path / "run" / "checkpoint-1" / "distill_config.yaml").exists()
+
+
 def test_a_refused_trainer_leaves_the_students_class_names_as_they_were(tmp_path):
     from hf_rcka.errors import RecipeError
 

@@ -194,6 +194,7 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
         losses = resolved_specs(run_loss_specs(args, trainer.distillation_model.teacher is not None))
         trainer.add_callback(RecipeRecord(recipe_to_record(recipe, args, losses),
                                           os.path.join(args.output_dir, RECIPE_RECORD)))
+        trainer.records_run = True  # its checkpoints keep a copy of the record
     last = None
     if args.do_train and args.do_eval:  # its evaluation at the last step may be the final one
         last = LastEvaluation()

@@ -64,6 +64,10 @@ class CheckpointingTrainer(Trainer):
     distillation_model: Any
     model_ema: Any = None
     _checkpointing = False
+    # whether this run writes the record in output_dir (the command line's RecipeRecord), which each
+    # checkpoint then keeps a copy of; a run from Python writes none, and a record found there is
+    # another run's
+    records_run = False
     _teacher_fingerprint: dict[str, Any] | None = None
     _epoch_steps: int | None = None  # optimizer steps per epoch (None: data without a length)
     _optimizer_kwargs: dict[str, Any] | None = None  # the settings create_optimizer built the optimizer with
@@ -217,7 +221,8 @@ class CheckpointingTrainer(Trainer):
                            "forward_batch": forward_batch(self.args, self._train_batch_size),
                            "epoch_steps": self._epoch_steps}, handle)
             write_loss_record(output_dir, loss_settings(self.args, model.teacher is not None))
-            copy_run_record(self.args.output_dir, output_dir, pushed=self._pushes_checkpoint_folders())
+            if self.records_run:
+                copy_run_record(self.args.output_dir, output_dir, pushed=self._pushes_checkpoint_folders())
         if model.teacher is not None:  # the export's too: a rerun of its recipe compares its teacher
             write_teacher_record(output_dir, self.teacher_record(model.teacher))
         as_umask_allows(output_dir)  # safetensors writes its files readable by their owner alone
