@@ -282,10 +282,10 @@ def test_feature_pairs_are_planned_before_loading_as_after(family: str, tmp_path
         processor(fam.image_size).save_pretrained(tmp_path)
     planned, plan = [], feature_adapters.adapters_for_losses
 
-    def recording(pairs, student_specs, teacher_specs, losses, quiet=False):
+    def recording(pairs, student_specs, teacher_specs, losses):
         planned.append([[dataclasses.replace(spec, is_embedding=False) for spec in specs]
                         for specs in (student_specs, teacher_specs)])  # which is an embedding reads values
-        return plan(pairs, student_specs, teacher_specs, losses, quiet)
+        return plan(pairs, student_specs, teacher_specs, losses)
 
     monkeypatch.setattr(feature_adapters, "adapters_for_losses", recording)
     monkeypatch.setattr(distillation_model, "adapters_for_losses", recording)

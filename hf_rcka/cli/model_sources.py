@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from ..errors import ModelError, RecipeError, UserError
 from ..features.pairing import check_layer_indices
+from ..log_levels import errors_only
 from ..models.processors import PROCESSOR_FILES, no_processor
 from ..losses import reads_teacher
 from ..modeling.assembly import active_specs, run_loss_specs
@@ -509,8 +510,9 @@ def _plan_adapters(pairs: list, student_specs: list, teacher_specs: list, losses
     from ..modeling.feature_adapters import adapters_for_losses
 
     try:
-        with torch.device("meta"):
-            adapters_for_losses(pairs, student_specs, teacher_specs, losses, quiet=True)
+        # each pair is said once, as the model wrapper builds it after loading
+        with torch.device("meta"), errors_only():
+            adapters_for_losses(pairs, student_specs, teacher_specs, losses)
     except UserError:
         raise
     except Exception:  # noqa: BLE001 - an adapter that needs values: the check after loading decides

@@ -30,7 +30,6 @@ def build_feature_adapters(
     alignment: str,
     channel_mean: bool = False,
     problem: Callable[[tuple[int, ...]], str | None] | None = None,
-    quiet: bool = False,
 ) -> tuple[list[FeaturePair], nn.ModuleList]:
     """The resolved pairs (concrete adapter names, non-negative indices) and their adapters.
 
@@ -47,8 +46,6 @@ def build_feature_adapters(
             shapes), why a feature loss would train nothing on it, or None
             (``DistillationLoss.feature_problem``). Such a pair is refused, or left out of
             automatic pairing with a warning.
-        quiet: no log line for each pair built: the recipe check before loading plans the pairs
-            too, and each pair is said once, as the model wrapper builds it.
 
     Raises:
         RecipeError: a recipe's adapter that cannot give what the losses need, or a pair the
@@ -82,8 +79,6 @@ def build_feature_adapters(
                                   "(an earlier stage), or train at a larger image_size")
         adapters.append(adapter)
         pairs.append(FeaturePair(s, t, name, options, pair.reason))
-        if quiet:
-            continue
         logger.info(
             "feature pair: student %d %s <-> teacher %d %s via %s%s%s",
             s, _describe(student_specs[s]), t, _describe(teacher_specs[t]), name,
@@ -101,7 +96,6 @@ def adapters_for_losses(
     student_specs: Sequence[FeatureSpec],
     teacher_specs: Sequence[FeatureSpec],
     losses: Sequence[DistillationLoss],
-    quiet: bool = False,
 ) -> tuple[list[FeaturePair], nn.ModuleList]:
     """:func:`build_feature_adapters` for what the losses that read the pairs need.
 
@@ -117,7 +111,6 @@ def adapters_for_losses(
         alignment=next((level for level in ("map", "shape") if level in needs), "any"),
         channel_mean=all(loss.channel_mean for loss in readers),
         problem=lambda shape: next(filter(None, (loss.feature_problem(shape) for loss in readers)), None),
-        quiet=quiet,
     )
 
 
