@@ -41,12 +41,8 @@ def check_resume_batch(folder: str, args: Any) -> None:
     in 1 process instead of 2 (the printed command once dropped the launcher's settings), a run
     went on at half the batch, fast-forwarded half the epochs it had trained, and exited 0.
     """
-    path = Path(folder) / BATCH_RECORD_NAME
-    if not path.is_file():  # a checkpoint of an earlier version
-        return
-    recorded = json.loads(path.read_text(encoding="utf-8"))
-    batch = global_batch_size(args)
-    if recorded.get("global_batch") != batch:
+    recorded = _batch_record(folder)  # empty: a checkpoint of an earlier version, nothing to compare
+    if recorded and recorded.get("global_batch") != global_batch_size(args):
         raise RecipeError(
             f"resume_from_checkpoint: {folder!r} was trained with a global batch of {recorded.get('global_batch')} "
             f"({_processes(recorded.get('processes'))}); this launch gives {describe_batch(args)}. Launch it as it was "
@@ -69,10 +65,9 @@ def warn_other_split(folder: str, args: Any, per_device: int) -> None:
     do not gather see other batches from then on, so the run goes on otherwise than it would have
     uninterrupted, with ``no_aug`` too (resumed so, it went on unsaid, and its record and card
     described the whole run as the resume's split)."""
-    path = Path(folder) / BATCH_RECORD_NAME
-    if not path.is_file():
+    recorded = _batch_record(folder)
+    if not recorded:
         return
-    recorded = json.loads(path.read_text(encoding="utf-8"))
     processes, forward = max(1, args.world_size), forward_batch(args, per_device)
     then = (recorded.get("processes"), recorded.get("forward_batch", forward))  # before it was recorded: processes
     if then != (processes, forward):  # the global batch is the same: check_resume_batch
@@ -171,6 +166,7 @@ def _same(now: Any, then: Any) -> bool:
 
 
 def _batch_record(folder: str) -> dict[str, Any]:
+    """The checkpoint's ``BATCH_RECORD_NAME``; empty for a checkpoint of a version that wrote none."""
     path = Path(folder) / BATCH_RECORD_NAME
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
