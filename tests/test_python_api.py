@@ -1101,6 +1101,25 @@ def test_labels_the_student_has_no_class_for_are_refused_before_the_losses_read_
         mixing.train()
 
 
+def test_labels_from_a_callers_collator_are_checked_too(tmp_path):
+    """A torchvision dataset of 10 classes collated by the caller for a 3-class student ended in
+    'IndexError: Target 7 is out of bounds' from ce: only hf_rcka's own collator was checked."""
+    class Folder(torch.utils.data.Dataset):  # ImageFolder-like: (image, target) items
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 16, 16), 7
+
+    def collate(items):
+        return {"pixel_values": torch.stack([x for x, _ in items]), "labels": torch.tensor([y for _, y in items])}
+
+    trainer = build(make_args(tmp_path, max_steps=1), tiny_vit(), train_dataset=Folder(), data_collator=collate)
+    with pytest.raises(DataError, match=r"5 label\(s\) of a batch \(7\) are no class id of the student's 3 classes"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
 def test_a_test_set_with_a_label_column_says_that_it_is_not_scored(tmp_path, caplog):
     """Its 'label' column was dropped by the collator: no accuracy, no loss, not a word (a Hub test
     split's -1s are predicted that way, so it is said, not refused)."""

@@ -68,8 +68,11 @@ class CheckedClassIds:
     def __call__(self, examples: list) -> Any:
         batch = self.collator(examples)
         labels = batch.get("labels") if isinstance(batch, Mapping) else None
-        if isinstance(labels, torch.Tensor) and labels.ndim == 1 and not labels.is_floating_point():
-            ids = labels.numpy()  # collated on the host: read there, with no device value read back
+        # class ids (soft targets are floats) that a collator left on the host: read there, with no
+        # device value read back (a caller's collator that moved them is not checked)
+        if (isinstance(labels, torch.Tensor) and labels.ndim == 1 and not labels.is_floating_point()
+                and labels.device.type == "cpu"):
+            ids = labels.numpy()
             counted = ids[ids != IGNORE_INDEX]
             if counted.size and (counted.min() < 0 or counted.max() >= self.num_classes):
                 _check_class_ids(counted, self.num_classes, "label(s) of a batch")

@@ -303,10 +303,11 @@ class DistillationTrainer(CheckpointingTrainer):
         for name, default in (("data_collator", collate), ("compute_metrics", accuracy_metrics)):
             if kwargs.get(name) is None:
                 kwargs[name] = default
-        # labels that a loss or Mixup/CutMix reads (timm's one_hot) are checked before they reach it
+        # labels that a loss or Mixup/CutMix reads (timm's one_hot) are checked before they reach it,
+        # whoever's collator made the batch
         mixes = augmentation is not None and augmentation.mixup_active
-        if not self._collator_given and (mixes or any("labels" in loss.requires for loss in model.losses.values())):
-            kwargs["data_collator"] = CheckedClassIds(collate, model.student.config.num_labels)
+        if mixes or any("labels" in loss.requires for loss in model.losses.values()):
+            kwargs["data_collator"] = CheckedClassIds(kwargs["data_collator"], model.student.config.num_labels)
         # after every check, so that a refused trainer leaves the caller's student as it was
         name_student_classes(model.student, (kwargs.get("train_dataset"), kwargs.get("eval_dataset")))
         super().__init__(model=model, args=args, **kwargs)
