@@ -213,3 +213,26 @@ def test_the_demo_says_how_far_each_step_is_and_announces_the_cka_picture(demo, 
     assert "  CKA picture: made in 0 s" in out
     assert all(line.count("python scripts/distill.py") <= 1 for line in out)
 
+
+
+def test_the_readmes_demo_figures_are_its_record(tmp_path):
+    """The quick start's demo figures were typed from a record: a later edit could drift from it
+    with nothing to notice. They must be the ones its cited ``demo_<commit>.json`` holds, as the
+    demo printed them, and the records table must list every record."""
+    spec = importlib.util.spec_from_file_location("demo_records", ROOT / "benchmarks" / "demo_records.py")
+    records = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(records)
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    quoted = re.search(r"From a clean clone at commit (\w+), .*? it printed teacher ([\d.]+)%, student alone "
+                       r"([\d.]+)%, distilled student ([\d.]+)% \(([+-][\d.]+) points\) in (\d+) s", readme)
+    assert quoted, "the quick start no longer quotes a demo record as this test reads it"
+    commit, *figures = quoted.groups()
+    record = json.loads((ROOT / "benchmarks" / "results" / f"demo_{commit}.json").read_text(encoding="utf-8"))
+    row = records.row(record, f"demo_{commit}.json")
+    for figure in figures[:3]:
+        assert f"| {figure}% |" in row
+    assert f"| {figures[3]} | {figures[4]} |" in row, row
+    table = records.table(ROOT / "benchmarks" / "results")
+    assert table.count("\n") == 1 + len(list((ROOT / "benchmarks" / "results").glob("demo_*.json")))
+    benchmarks_readme = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    assert table in benchmarks_readme, "benchmarks/README.md's table is not demo_records.py's output: run it again"
