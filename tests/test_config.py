@@ -767,3 +767,26 @@ def test_a_checkpoint_named_folder_without_trainer_state_takes_no_runs_recipe(tm
     (run / "checkpoint-20").mkdir(parents=True)
     (run / "distill_config.yaml").write_text("dataset_name: builtin:digits\nsplit_seed: 7\n")
     assert recorded_recipe(str(run / "checkpoint-20")) is None
+
+
+def test_a_checkpoints_own_record_reads_its_paths_where_its_run_ran(tmp_path, monkeypatch):
+    """A checkpoint keeps a copy of its run's record; one whose folder Trainer uploads keeps no
+    working folder beside it (a path of the user's machine), and its relative paths are read where
+    the run ran, from the run folder's record of it, not where the resume is launched."""
+    import json
+
+    from hf_rcka.cli.records import recorded_recipe
+    from hf_rcka.run_record import WORKING_DIR_NAME
+
+    first, other, run = tmp_path / "first", tmp_path / "other", tmp_path / "first" / "out"
+    checkpoint = run / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    for where in (first, other):
+        (where / "data" / "train").mkdir(parents=True)
+    (checkpoint / "distill_config.yaml").write_text("train_dir: data/train\n")
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (run / WORKING_DIR_NAME).write_text(json.dumps({"working_dir": str(first)}))
+    monkeypatch.chdir(other)
+    assert recorded_recipe(str(checkpoint))["train_dir"] == str(first / "data" / "train")
+    (checkpoint / WORKING_DIR_NAME).write_text(json.dumps({"working_dir": str(other)}))  # its own, when it has one
+    assert recorded_recipe(str(checkpoint))["train_dir"] == str(other / "data" / "train")

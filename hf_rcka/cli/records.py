@@ -98,9 +98,16 @@ def recorded_recipe(folder: str) -> dict[str, Any] | None:
         recipe = load_recipe(path)
     except RecipeError:
         return None  # not a recipe this version can read: nothing to compare
-    folder = os.path.dirname(path)  # a pushed checkpoint's copy keeps no working folder: its run's
-    around = os.path.dirname(folder) if checkpoint_step(folder) is not None else None
-    return anchored(recipe, recorded_working_dir(folder) or (recorded_working_dir(around) if around else None))
+    return anchored(recipe, _recorded_working_dir(os.path.dirname(path)))
+
+
+def _recorded_working_dir(folder: str) -> str | None:
+    """Where the run that recorded ``folder`` ran; for a checkpoint whose copy of the record keeps
+    no working folder (Trainer uploads its folders: ``run_record.copy_run_record``), its run's."""
+    own = recorded_working_dir(folder)
+    if own is None and checkpoint_step(folder) is not None:
+        return recorded_working_dir(os.path.dirname(folder))
+    return own
 
 
 class RecipeRecord(TrainerCallback):
