@@ -171,6 +171,27 @@ def test_a_train_dataset_set_after_construction_is_checked_at_train(tmp_path):
     assert trainer.state.global_step == 1
 
 
+def test_a_train_dataset_set_later_names_the_classes_of_a_trainer_built_without_names(tmp_path):
+    """Built without class names (a numbered student, a training set without a ClassLabel), the
+    trainer paired the teacher by position; a training set that named the classes, set since,
+    was never compared with the teacher's names: each class learned another's logit, exit 0."""
+    teacher = tiny_resnet()
+    teacher.config.id2label = {0: "cat", 1: "dog", 2: "eel"}
+    teacher.config.label2id = {name: i for i, name in teacher.config.id2label.items()}
+    trainer = build(make_args(tmp_path, losses=["ce", "kd"], max_steps=1), teacher=teacher)
+    assert trainer.distillation_model.teacher_order is None
+    trainer.train_dataset = named_classes(pixel_dataset(20), ["dog", "cat", "eel"])
+    trainer.train()
+    assert trainer.distillation_model.teacher_order.tolist() == [1, 0, 2]  # dog, cat, eel among the teacher's
+    assert trainer.distillation_model.student.config.id2label == {0: "dog", 1: "cat", 2: "eel"}
+    assert teacher.config.id2label == {0: "cat", 1: "dog", 2: "eel"}  # the teacher object keeps its own
+    other = build(make_args(tmp_path, "other", losses=["ce", "kd"], max_steps=1), teacher=teacher)
+    other.train_dataset = named_classes(pixel_dataset(20), ["ant", "bee", "cow"])
+    with pytest.raises(LabelError, match=r"the teacher's classes do not match those of the dataset's ClassLabel: .*'ant'"):
+        other.train()
+    assert other.state.global_step == 0
+
+
 def test_a_batch_with_keys_the_model_does_not_take_is_one_error(tmp_path):
     def collate_with_ids(items):
         return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),

@@ -58,7 +58,7 @@ from .checkpointing import (
     keep_token_out_of_files,
 )
 from .given_data import check_batch_keys, check_columns, check_image_sizes, check_later_dataset, image_size
-from .given_labels import check_labels, name_student_classes
+from .given_labels import check_labels, data_class_names, model_class_names, name_student_classes, numbered_only
 from .given_models import (
     check_activation_checkpointing, check_model_objects, check_models, check_ready_model, check_saveable,
     check_trainable_precision, leave_out_fresh_losses, teacher_input_stats,
@@ -329,6 +329,7 @@ class DistillationTrainer(CheckpointingTrainer):
         # a teacher no loss uses is not run, and the card calls the run supervised
         self.teacher_name = (teacher_name or _teacher_name(model.teacher)) if model.needs_teacher else None
         self._planned_size = planned_size  # of the images a later evaluation set must have
+        self._teacher_label_mapping = teacher_label_mapping  # for a training set given later (_check_later_dataset)
         given_eval = kwargs.get("eval_dataset")  # checked above, as a whole and part by part
         self._checked_datasets = [kwargs.get("train_dataset"), given_eval,
                                   *(given_eval.values() if isinstance(given_eval, dict) else ())]
@@ -633,7 +634,25 @@ class DistillationTrainer(CheckpointingTrainer):
         if dataset is None or any(dataset is seen for seen in self._checked_datasets):
             return
         check_later_dataset(self.distillation_model.student, dataset, role, self._collator_given, self._planned_size)
+        if role == "train_dataset":
+            self._pair_classes_by_later_names(dataset)
         self._checked_datasets.append(dataset)
+
+    def _pair_classes_by_later_names(self, dataset: Any) -> None:
+        """A training set set after construction that names the classes (a ``ClassLabel``), for a
+        trainer built without names (a student whose classes are only numbered, datasets that name
+        none): the teacher had been paired with the data by position, and one that orders the
+        classes otherwise taught each class another's logit (exit 0). Its names pair the teacher
+        and name the student, as the constructor does with such a dataset (``check_labels``)."""
+        model = self.distillation_model
+        student_names = model_class_names(model.student)
+        if student_names is None or not numbered_only(student_names) or not data_class_names((dataset,)):
+            return
+        order = check_labels(model.student, model.teacher, self.args, (dataset,), self._teacher_label_mapping,
+                             loss_names=list(model.losses))
+        model.reorder_teacher_logits(order)
+        model.teacher_other_classes = has_other_classes(model.teacher)
+        name_student_classes(model.student, (dataset,))
 
     def get_test_dataloader(self, test_dataset):
         """Every test image, as :meth:`get_eval_dataloader`. A prediction's set is never the
