@@ -5,6 +5,7 @@ fresh process, or a silently wrong metric, before."""
 from __future__ import annotations
 
 import gc
+import logging
 
 import datasets
 import pytest
@@ -171,7 +172,7 @@ def test_a_train_dataset_set_after_construction_is_checked_at_train(tmp_path):
     assert trainer.state.global_step == 1
 
 
-def test_a_train_dataset_set_later_names_the_classes_of_a_trainer_built_without_names(tmp_path):
+def test_a_train_dataset_set_later_names_the_classes_of_a_trainer_built_without_names(tmp_path, caplog):
     """Built without class names (a numbered student, a training set without a ClassLabel), the
     trainer paired the teacher by position; a training set that named the classes, set since,
     was never compared with the teacher's names: each class learned another's logit, exit 0."""
@@ -179,6 +180,13 @@ def test_a_train_dataset_set_later_names_the_classes_of_a_trainer_built_without_
     teacher.config.id2label = {0: "cat", 1: "dog", 2: "eel"}
     teacher.config.label2id = {name: i for i, name in teacher.config.id2label.items()}
     trainer = build(make_args(tmp_path, losses=["ce", "kd"], max_steps=1), teacher=teacher)
+    assert trainer.distillation_model.teacher_order is None
+    # an evaluation set cannot say how the training labels were ordered: said, not paired
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        trainer.evaluate(named_classes(pixel_dataset(10), ["dog", "cat", "eel"]))
+        trainer.evaluate(named_classes(pixel_dataset(10), ["cat", "dog", "eel"]))  # the teacher's order: nothing to say
+    assert caplog.text.count("the teacher as ['cat', 'dog', 'eel'], which this trainer pairs with the data by "
+                             "position") == 1
     assert trainer.distillation_model.teacher_order is None
     trainer.train_dataset = named_classes(pixel_dataset(20), ["dog", "cat", "eel"])
     trainer.train()

@@ -634,25 +634,40 @@ class DistillationTrainer(CheckpointingTrainer):
         if dataset is None or any(dataset is seen for seen in self._checked_datasets):
             return
         check_later_dataset(self.distillation_model.student, dataset, role, self._collator_given, self._planned_size)
-        if role == "train_dataset":
-            self._pair_classes_by_later_names(dataset)
+        self._pair_classes_by_later_names(dataset, role)
         self._checked_datasets.append(dataset)
 
-    def _pair_classes_by_later_names(self, dataset: Any) -> None:
-        """A training set set after construction that names the classes (a ``ClassLabel``), for a
+    def _pair_classes_by_later_names(self, dataset: Any, role: str) -> None:
+        """A dataset given after construction that names the classes (a ``ClassLabel``), for a
         trainer built without names (a student whose classes are only numbered, datasets that name
-        none): the teacher had been paired with the data by position, and one that orders the
-        classes otherwise taught each class another's logit (exit 0). Its names pair the teacher
-        and name the student, as the constructor does with such a dataset (``check_labels``)."""
+        none), whose teacher was paired with the data by position.
+
+        A training set's names pair the teacher and name the student, as the constructor does with
+        such a dataset (``check_labels``): a teacher that orders the classes otherwise taught each
+        class another's logit (exit 0). An evaluation set's are only compared with the teacher's:
+        the training labels' order is not known, so the teacher's accuracy and terms, or the
+        student's, compare other classes; said.
+        """
         model = self.distillation_model
         student_names = model_class_names(model.student)
         if student_names is None or not numbered_only(student_names) or not data_class_names((dataset,)):
             return
-        order = check_labels(model.student, model.teacher, self.args, (dataset,), self._teacher_label_mapping,
-                             loss_names=list(model.losses))
-        model.reorder_teacher_logits(order)
-        model.teacher_other_classes = has_other_classes(model.teacher)
-        name_student_classes(model.student, (dataset,))
+        if role == "train_dataset":
+            order = check_labels(model.student, model.teacher, self.args, (dataset,), self._teacher_label_mapping,
+                                 loss_names=list(model.losses))
+            model.reorder_teacher_logits(order)
+            model.teacher_other_classes = has_other_classes(model.teacher)
+            name_student_classes(model.student, (dataset,))
+            return
+        names = next((names for _, names in data_class_names((dataset,)) if not numbered_only(names)), None)
+        teacher_names = model_class_names(model.teacher) if model.needs_teacher else None
+        if (names and teacher_names and not model.teacher_other_classes and self._teacher_label_mapping == BY_NAME
+                and names != teacher_names):
+            logger.warning("%s lists its classes as %s, the teacher as %s, which this trainer pairs with the data by "
+                           "position (it was built without class names): the teacher's accuracy and terms, or the "
+                           "student's accuracy, compare other classes. Build the trainer with a training set that "
+                           "names them (a ClassLabel) or a student whose id2label does", role, names[:8],
+                           teacher_names[:8])
 
     def get_test_dataloader(self, test_dataset):
         """Every test image, as :meth:`get_eval_dataloader`. A prediction's set is never the
