@@ -208,6 +208,28 @@ def test_a_later_evaluation_set_numbering_the_students_numeral_classes_in_order_
         trainer.evaluate(eval_dataset=numbered)
 
 
+def test_numerals_in_order_beside_the_same_numerals_in_another_order_are_refused(tmp_path):
+    """A training set of class folders 0..10 (ClassLabel in text order: 0, 1, 10, 2...) beside an
+    evaluation set cast to ClassLabel(num_classes=11) trained, the numerals in order being taken
+    for names that say nothing: each evaluated image was scored against another class, exit 0.
+    The same two orders spelled c0..c10 were refused; set later as the training set, too."""
+    as_text = sorted(str(i) for i in range(11))
+    in_text_order = pixel_dataset(22, num_labels=11).with_format(None).cast_column(
+        "labels", datasets.ClassLabel(names=as_text)).with_format("torch")
+    in_order = pixel_dataset(22, num_labels=11, seed=1).with_format(None).cast_column(
+        "labels", datasets.ClassLabel(num_classes=11)).with_format("torch")
+    refused = r"eval_dataset lists its classes as \['0', '1', '2', .*train_dataset as \['0', '1', '10', '2'"
+    with pytest.raises(LabelError, match=refused):
+        build(make_args(tmp_path, losses=["ce"]), tiny_vit(num_labels=11), train_dataset=in_text_order,
+              eval_dataset=in_order)
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1), tiny_vit(num_labels=11), train_dataset=in_order,
+                    eval_dataset=in_order)
+    trainer.train_dataset = in_text_order
+    with pytest.raises(LabelError, match=refused):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
 def test_a_batch_with_keys_the_model_does_not_take_is_refused_before_the_forward():
     from hf_rcka.trainer.given_data import check_batch_keys
 

@@ -25,12 +25,17 @@ logger = logging.getLogger(__name__)
 
 
 def _agreed_names(parts: list[tuple[str, list[str]]]) -> list[str] | None:
-    """The class names every part of ``parts`` (``data_class_names``) gives, or None when none names them."""
+    """The class names every part of ``parts`` (``data_class_names``) gives, or None when none names them.
+
+    Numerals in order (``0``, ``1``...) name nothing, unless another part lists the same numerals
+    in another order (class folders 0..10, which an image-folder loader sorts as text: 0, 1, 10,
+    2...): then the ids mean other classes in the two parts."""
     named = [(where, names) for where, names in parts if not numbered_only(names)]
     if not named:
         return None
     (first_where, first), *others = named
-    for where, names in others:
+    numerals = [(where, names) for where, names in parts if numbered_only(names) and sorted(names) == sorted(first)]
+    for where, names in [*others, *numerals]:
         if names != first:
             raise LabelError(
                 f"{where} lists its classes as {names[:8]}, {first_where} as {first[:8]}: labels are ids, so its "

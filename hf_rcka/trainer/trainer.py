@@ -642,8 +642,8 @@ class DistillationTrainer(CheckpointingTrainer):
         trainer built without names (a student whose classes are only numbered, datasets that name
         none), whose teacher was paired with the data by position.
 
-        A training set's names pair the teacher and name the student, as the constructor does with
-        such a dataset (``check_labels``): a teacher that orders the classes otherwise taught each
+        A training set's names, with the evaluation set's, pair the teacher and name the student, as
+        the constructor does with such datasets (``check_labels``): a teacher that orders the classes otherwise taught each
         class another's logit (exit 0). An evaluation set's are only compared with the teacher's:
         the training labels' order is not known, so the teacher's accuracy and terms, or the
         student's, compare other classes; said.
@@ -653,8 +653,8 @@ class DistillationTrainer(CheckpointingTrainer):
         if student_names is None or not numbered_only(student_names) or not data_class_names((dataset,)):
             return
         if role == "train_dataset":
-            order = check_labels(model.student, model.teacher, self.args, (dataset,), self._teacher_label_mapping,
-                                 loss_names=list(model.losses))
+            order = check_labels(model.student, model.teacher, self.args, (dataset, self.eval_dataset),
+                                 self._teacher_label_mapping, loss_names=list(model.losses))
             model.reorder_teacher_logits(order)
             model.teacher_other_classes = has_other_classes(model.teacher)
             name_student_classes(model.student, (dataset,))
