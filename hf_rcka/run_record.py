@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,4 +104,15 @@ def copy_run_record(run_dir: str, checkpoint_dir: str, pushed: bool = False) -> 
                 text = handle.read()
         except (OSError, UnicodeDecodeError):
             continue  # a run from Python records none
+        if name == RECIPE_RECORD:
+            text = _naming_the_copy(text, run_dir, checkpoint_dir)
         write_text(os.path.join(checkpoint_dir, name), text)
+
+
+def _naming_the_copy(record: str, run_dir: str, checkpoint_dir: str) -> str:
+    """The record with its header's command to train it again naming the checkpoint's copy: it
+    named the run folder's record, which a later launch that resumes with other settings rewrites,
+    so the command read in a checkpoint trained the later launch's recipe."""
+    run_path, copy_path = (shlex.quote(os.path.join(folder, RECIPE_RECORD)) for folder in (run_dir, checkpoint_dir))
+    header = "".join(itertools.takewhile(lambda line: line.startswith("#"), record.splitlines(keepends=True)))
+    return header.replace(f" {run_path} ", f" {copy_path} ") + record[len(header):]

@@ -1107,6 +1107,8 @@ def test_a_run_records_the_settings_it_left_out_so_a_changed_default_does_not_ch
     err = capsys.readouterr().err
     assert "was trained with other settings (color_jitter 0.4 -> 0.1; max_grad_norm 1 -> 5): its steps from here " \
            "on train with these" in err
+    # the recipe to go on with is the checkpoint's copy of its launch's record, named where it is
+    assert re.search(r"resume with the recipe it recorded, \S+/out/checkpoint-3/distill_config\.yaml", err), err[-800:]
     assert yaml.safe_load(record.read_text())["color_jitter"] == 0.1, "the record names the values it went on with"
     # said by the process that logs, not once by every process (8 copies on 8 GPUs)
     monkeypatch.setattr(DistillationTrainingArguments, "should_log", property(lambda self: False))

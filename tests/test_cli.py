@@ -122,8 +122,12 @@ def test_existing_run_is_never_overwritten_and_resume_continues(runs, capsys):
     # resumed with the flags it ran with (another learning rate would not be applied, and is refused)
     last = max(int(p.name.split("-")[1]) for p in student_dir.glob("checkpoint-*"))
     record = (student_dir / "distill_config.yaml").read_text()
-    for name in ("distill_config.yaml", "_working_dir.json"):  # the checkpoint keeps the record it trained with
-        assert (student_dir / f"checkpoint-{last}" / name).read_text() == (student_dir / name).read_text()
+    copy = student_dir / f"checkpoint-{last}" / "distill_config.yaml"
+    # the checkpoint keeps the record it trained with, its command to train it again naming the copy
+    # (the run folder's is rewritten by a later launch)
+    copied = copy.read_text()
+    assert copied == record.replace(f" {student_dir / 'distill_config.yaml'} ", f" {copy} ", 1) != record
+    assert (copy.parent / "_working_dir.json").read_text() == (student_dir / "_working_dir.json").read_text()
     assert main([recipe, "--learning_rate", "2e-3", "--resume_from_checkpoint", "true", "--max_steps", "4"]) == 0
     state = json.loads((student_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 4
@@ -134,7 +138,7 @@ def test_existing_run_is_never_overwritten_and_resume_continues(runs, capsys):
     # both said nothing of the resume
     assert f"# Resumed at step {last} from a checkpoint: that command gives this run's numbers only with " \
            "no_aug" in (student_dir / "distill_config.yaml").read_text()
-    assert (student_dir / f"checkpoint-{last}" / "distill_config.yaml").read_text() == record, "the resume rewrote it"
+    assert copy.read_text() == copied, "the resume rewrote it"
     assert f"; resumed at step {last} from a checkpoint of an earlier launch" in (student_dir / "README.md").read_text()
 
 

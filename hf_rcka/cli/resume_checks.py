@@ -29,7 +29,7 @@ from ..trainer.checkpointing import checkpoint_step, holds_training_state
 from ..trainer.loss_record import read_loss_record, say_earlier_defaults
 from ..trainer.resume_match import check_resume_batch, check_resume_rate
 from ..trainer.interrupt import written_whole
-from ..run_record import RESUMED_HEADER, recorded_header_number
+from ..run_record import RECIPE_RECORD, RESUMED_HEADER, recorded_header_number
 from .records import record_folder, recorded_recipe
 
 logger = logging.getLogger("hf_rcka")
@@ -227,8 +227,9 @@ def warn_resume_settings(folder: str, *arguments: Any) -> list[str]:
     changed = _recorded_changes(folder, RESUMED_AS_GIVEN, *arguments)
     if changed:
         logger.warning("resume_from_checkpoint: %s was trained with other settings (%s): its steps from here on train "
-                       "with these, and its record and card name only them. To go on as it trained, resume with its "
-                       "distill_config.yaml", folder, "; ".join(changed))
+                       "with these, and its record and card name only them. To go on as it trained, resume with the "
+                       "recipe it recorded, %s", folder, "; ".join(changed),
+                       os.path.join(record_folder(folder), RECIPE_RECORD))
     return changed
 
 
