@@ -133,8 +133,8 @@ class RecipeRecord(TrainerCallback):
         if state.global_step > 0:  # the command trains from step 0 in one go, which a resumed run is not
             launch += (f"\n{RESUMED_HEADER}{state.global_step:,} from a checkpoint: that command gives this run's "
                        "numbers only with no_aug (augmentation draws otherwise after a resume) and if the "
-                       "earlier launch had these schedule settings and this split of the batch over processes "
-                       "(its log says if they changed).")
+                       "earlier launch had these settings and this split of the batch over processes (the "
+                       "resume's log names those it changed; the earlier launch's checkpoints keep its record).")
         launch += (f"\nWritten by {code_version()}, with the augmentation, optimizer, schedule, seed and split "
                    "settings the recipe left out at their defaults.")
         dump_recipe(self.recipe, self.path, comment=launch)
