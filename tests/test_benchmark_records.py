@@ -49,3 +49,25 @@ def test_report_only_of_a_subset_writes_nothing(tmp_path, capsys):
     assert _quality_digits().main(["--report-only", "--out", str(out), "--directions", "vit2cnn"]) == 0
     assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
     assert "are left as they were" in capsys.readouterr().out
+
+
+def test_benchmarks_measure_this_checkouts_hf_rcka(tmp_path):
+    """A benchmark stamps its record with this checkout's commit, so it must import this checkout's
+    hf_rcka, not an installed one (from another clone, an editable install points elsewhere)."""
+    import os
+    import subprocess
+
+    scripts = ["loss_cost", "data_throughput", "step_overhead", "device_syncs", "quality_digits", "gpu_checks"]
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); path = list(sys.path)\n"
+            f"for name in {scripts!r}:\n"
+            "    __import__(name)\n"
+            "    print(name, __import__('hf_rcka').__file__)  # imported as the script's functions import it\n"
+            "    sys.path[:] = path  # each script on its own: none finds another's path or modules\n"
+            f"    for m in [m for m in sys.modules if m.split('.')[0] in {[*scripts, 'hf_rcka']!r}]:\n"
+            "        del sys.modules[m]\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for line in done.stdout.splitlines():
+        name, path = line.split()
+        assert Path(path).resolve().is_relative_to(ROOT), f"{name} measured {path}, not {ROOT}"
