@@ -71,3 +71,23 @@ def test_benchmarks_measure_this_checkouts_hf_rcka(tmp_path):
     for line in done.stdout.splitlines():
         name, path = line.split()
         assert Path(path).resolve().is_relative_to(ROOT), f"{name} measured {path}, not {ROOT}"
+
+
+def test_gpu_scripts_print_help_and_say_when_there_is_no_cuda():
+    """gpu_checks.py took ``--help`` for a device string, and both GPU scripts ended in a CUDA
+    traceback on a machine without one."""
+    import subprocess
+
+    import torch
+
+    def run(*args):
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT)
+
+    done = run("benchmarks/gpu_checks.py", "--help")
+    assert done.returncode == 0 and "usage: gpu_checks.py" in done.stdout, done.stderr[-2000:]
+    if torch.cuda.is_available():
+        return
+    for script in ("gpu_checks.py", "memory_breakdown.py"):
+        done = run(f"benchmarks/{script}")
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "no CUDA device" in done.stderr
