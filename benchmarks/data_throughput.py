@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +47,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-import _provenance  # benchmarks/, the script's folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's hf_rcka, not an installed one
+
+import _provenance  # noqa: E402  (benchmarks/, the script's folder)
 
 ARCH = "deit_small_patch16_224"
 AUGMENTATION = dict(aa="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel", train_interpolation="bicubic",

@@ -9,11 +9,12 @@
 3. Three pairs joined in one kernel call under bf16 autocast, the teachers as maps and as patch
    Grams, against plain autograd per pair in float32.
 
-    python benchmarks/gpu_checks.py [cuda|cpu]
+    python benchmarks/gpu_checks.py [cuda|cpu]    # no JSON: it prints its lines
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -106,8 +107,25 @@ def check_joined_pairs(device: torch.device) -> None:
               f"value diff {dv:.1e}, grad rel diff {dg:.1e} -> {'OK' if ok else 'MISMATCH'}")
 
 
-if __name__ == "__main__":
-    device = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")
+def _device(text: str) -> torch.device:
+    try:
+        return torch.device(text)
+    except RuntimeError as error:  # argparse reports ArgumentTypeError as a usage error
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("device", nargs="?", default="cuda", type=_device,
+                        help="where to run the checks: cuda (the default; cuda:N for another GPU) or cpu")
+    device = parser.parse_args(argv).device
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_checks.py: no CUDA device here (torch.cuda.is_available() is False); "
+                         "run it on a GPU machine, or give `cpu` for the small CPU checks")
     check_resize(device)
     check_patch_kernel(device)
     check_joined_pairs(device)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,9 +34,11 @@ from typing import Callable
 
 import torch
 
-import _provenance  # benchmarks/, the script's folder
-from hf_rcka import functional
-from hf_rcka.functional import pcka_kernel
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's hf_rcka, not an installed one
+
+import _provenance  # noqa: E402  (benchmarks/, the script's folder)
+from hf_rcka import functional  # noqa: E402
+from hf_rcka.functional import pcka_kernel  # noqa: E402
 
 Step = Callable[[], None]
 

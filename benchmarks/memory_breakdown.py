@@ -177,7 +177,8 @@ def cpu_main(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("device", nargs="?", default="cuda")
+    parser.add_argument("device", nargs="?", default="cuda",
+                        help="cuda (the default; cuda:N for another GPU) or cpu (the profiler's breakdown)")
     parser.add_argument("--full", action="store_true", help="CPU: the full-size models in bf16")
     parser.add_argument("--batch", type=int, default=None, help="CPU: batch size (16 with --full)")
     parser.add_argument("--rows", type=int, default=12, help="CPU: groups of live tensors to list")
@@ -194,7 +195,13 @@ def main() -> None:
     if args.device == "cpu":
         cpu_main(args)
         return
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"device: {error}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("memory_breakdown.py: no CUDA device here (torch.cuda.is_available() is False); "
+                         "run it on a GPU machine, or give `cpu` for the profiler's CPU breakdown")
     full = device.type == "cuda"
     for pair, variant in CASES:
         teacher, student, size, batch = so.build_models(pair, full, device, None)

@@ -100,7 +100,8 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="the full-size pairs (the GPU benchmark's models)")
     parser.add_argument("--pairs", default="cnn2vit,vit2cnn")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--batch", type=int, default=2, help="batch size (the count does not depend on it)")
+    parser.add_argument("--batch", type=int, default=2, help="batch size (the models' and logit losses' counts do not depend on it; a "
+                        "feature loss's grow with it where the CPU reads a large map in blocks: keep it small)")
     parser.add_argument("--json", default="bench_results/op_count.json")
     args = parser.parse_args()
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]

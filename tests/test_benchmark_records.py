@@ -49,3 +49,45 @@ def test_report_only_of_a_subset_writes_nothing(tmp_path, capsys):
     assert _quality_digits().main(["--report-only", "--out", str(out), "--directions", "vit2cnn"]) == 0
     assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
     assert "are left as they were" in capsys.readouterr().out
+
+
+def test_benchmarks_measure_this_checkouts_hf_rcka(tmp_path):
+    """A benchmark stamps its record with this checkout's commit, so it must import this checkout's
+    hf_rcka, not an installed one (from another clone, an editable install points elsewhere)."""
+    import os
+    import subprocess
+
+    scripts = ["loss_cost", "data_throughput", "step_overhead", "device_syncs", "quality_digits", "gpu_checks"]
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); path = list(sys.path)\n"
+            f"for name in {scripts!r}:\n"
+            "    __import__(name)\n"
+            "    print(name, __import__('hf_rcka').__file__)  # imported as the script's functions import it\n"
+            "    sys.path[:] = path  # each script on its own: none finds another's path or modules\n"
+            f"    for m in [m for m in sys.modules if m.split('.')[0] in {[*scripts, 'hf_rcka']!r}]:\n"
+            "        del sys.modules[m]\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for line in done.stdout.splitlines():
+        name, path = line.split()
+        assert Path(path).resolve().is_relative_to(ROOT), f"{name} measured {path}, not {ROOT}"
+
+
+def test_gpu_scripts_print_help_and_say_when_there_is_no_cuda():
+    """gpu_checks.py took ``--help`` for a device string, and both GPU scripts ended in a CUDA
+    traceback on a machine without one."""
+    import subprocess
+
+    import torch
+
+    def run(*args):
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT)
+
+    done = run("benchmarks/gpu_checks.py", "--help")
+    assert done.returncode == 0 and "usage: gpu_checks.py" in done.stdout, done.stderr[-2000:]
+    if torch.cuda.is_available():
+        return
+    for script in ("gpu_checks.py", "memory_breakdown.py"):
+        done = run(f"benchmarks/{script}")
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "no CUDA device" in done.stderr
