@@ -1302,6 +1302,33 @@ def test_a_resume_that_splits_the_global_batch_otherwise_is_said(tmp_path, capsy
            "global batch, split otherwise)" in said
 
 
+
+def test_a_resume_split_over_other_processes_is_said_and_an_earlier_record_is_not(tmp_path, caplog):
+    """The split is the processes and each one's forward: 2 processes x 2 images resumed as 1 x 2
+    accumulating 2 (the same forward, the same global batch) went on unsaid with the processes left
+    out of the comparison. A checkpoint of an earlier version records no forward: compared by its
+    processes alone, not said to differ. With split_batches, a process's forward is its share."""
+    from hf_rcka.trainer.resume_match import forward_batch, warn_other_split
+
+    def launch(processes, split_batches=False):
+        return SimpleNamespace(world_size=processes, accelerator_config=SimpleNamespace(split_batches=split_batches))
+
+    record = tmp_path / "global_batch.json"
+    record.write_text(json.dumps({"global_batch": 4, "processes": 2, "forward_batch": 2, "epoch_steps": 5}))
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        warn_other_split(str(tmp_path), launch(2), 2)
+        assert not caplog.text, "launched as it was"
+        warn_other_split(str(tmp_path), launch(1), 2)
+    assert "was trained as 2 processes x 2 images a forward; this launch runs 1 process x 2 (the same global batch" \
+        in " ".join(caplog.text.split())
+    caplog.clear()
+    record.write_text(json.dumps({"global_batch": 4, "processes": 1, "epoch_steps": 5}))  # no forward_batch
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        warn_other_split(str(tmp_path), launch(1), 4)
+    assert not caplog.text
+    assert forward_batch(launch(2, split_batches=True), 64) == 32
+    assert forward_batch(launch(2), 64) == forward_batch(launch(1, split_batches=True), 64) == 64
+
 def test_resume_with_another_split_or_other_losses_is_refused(tmp_path, capsys):
     """Both resumed and exited 0: another split evaluated on images the checkpoint trained on, and
     swapped losses went on under a record and card that named only the new ones."""

@@ -179,6 +179,11 @@ def test_image_folder_flags_replace_the_recipes_dataset():
     for cleared in ("--dataset_name=", "--dataset_name=null"):  # and replaces nothing of the recipe's folders
         kept = resolve_values({**folders, "validation_dir": "d/val"}, parse_cli_overrides([cleared, "--train_dir", "d/t"]))
         assert kept["validation_dir"] == "d/val" and kept["train_dir"] == "d/t"
+    # every data flag given empty clears the recipe's: --train_dir= beside --dataset_name was "not both"
+    _, data, _ = parse_arguments(folders, parse_cli_overrides(["--train_dir=", "--dataset_name", "builtin:digits"]))
+    assert data.train_dir is None and data.dataset_name == "builtin:digits"
+    for key in ("dataset_config_name", "validation_dir"):
+        assert resolve_values({**recipe, key: "x"}, parse_cli_overrides([f"--{key}="]))[key] is None, key
 
 
 def test_cli_rejects_positional_garbage():
@@ -440,6 +445,15 @@ def test_a_resume_says_the_settings_it_takes_as_given_where_they_act(tmp_path, c
         assert warn_resume_settings(str(folder), data, training) == [], change
     _, data, training = parse_arguments({**BASE, "aa": "3a", "color_jitter": 0.1})
     assert warn_resume_settings(str(erasing), data, training) == ["aa None -> 3a", "color_jitter 0.4 -> 0.1"]
+    jittered = tmp_path / "jittered"  # a 3a policy on both sides: its colour jitter acts, and a change is said
+    jittered.mkdir()
+    dump_recipe({**BASE, "aa": "3a"}, jittered / "distill_config.yaml")
+    assert warn_resume_settings(str(jittered), data, training) == ["color_jitter 0.4 -> 0.1"]
+    both_mix = tmp_path / "both-mix"  # MixUp beside a cutmix_minmax (CutMix on at alpha 1): the switch draws
+    both_mix.mkdir()
+    dump_recipe({**BASE, "mixup": 0.8, "cutmix_minmax": [0.2, 0.8]}, both_mix / "distill_config.yaml")
+    _, data, training = parse_arguments({**BASE, "mixup": 0.8, "cutmix_minmax": [0.2, 0.8], "mixup_switch_prob": 0.2})
+    assert warn_resume_settings(str(both_mix), data, training) == ["mixup_switch_prob 0.5 -> 0.2"]
 
 
 def test_a_resume_through_a_link_is_compared_with_the_run_that_holds_the_checkpoint(tmp_path):

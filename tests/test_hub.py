@@ -292,6 +292,9 @@ def test_a_baseline_is_compared_by_the_training_in_effect_not_by_its_spelling(tm
     # settings without effect there: a metric without best-model loading, EMA settings without EMA
     assert "trained otherwise" not in compare(64, 1.25e-4, metric_for_best_model="accuracy", greater_is_better=True,
                                               model_ema_warmup=True, model_ema_decay=0.99)
+    recorded["model_ema"] = True  # averaged on both sides: the average's settings are compared
+    assert "trained otherwise (model_ema_decay differs)" in compare(64, 1.25e-4, model_ema=True, model_ema_decay=0.99)
+    del recorded["model_ema"]
     # and mixing options where neither side mixes (a cutmix_minmax alone turns CutMix on)
     assert "trained otherwise" not in compare(64, 1.25e-4, mixup_prob=0.5, mixup_mode="pair")
     assert "trained otherwise (cutmix_minmax, mixup_prob differ)" in compare(64, 1.25e-4, mixup_prob=0.5,

@@ -51,6 +51,11 @@ def test_a_teacher_with_its_classes_in_another_order_is_realigned_by_name(tmp_pa
         # close, not equal: the teacher now runs channels_last, whose convolutions round otherwise on some CPUs
         logits = teacher(pixel_values=images).logits
         torch.testing.assert_close(trainer.distillation_model.in_student_order(logits), raw[:, [1, 2, 0]])
+        # what the losses distil and what the teacher check scores are in the student's order too
+        labels = raw[:, [1, 2, 0]].argmax(-1)
+        outputs = trainer.distillation_model.eval()(pixel_values=images, labels=labels)  # eval: it returns them
+        torch.testing.assert_close(outputs.teacher_logits, raw[:, [1, 2, 0]])
+        assert trainer.distillation_model.teacher_accuracy(images, labels) == 1.0
     assert teacher.config.id2label == {0: "c", 1: "a", 2: "b"}, "the teacher object keeps its own order"
 
 
@@ -473,6 +478,18 @@ def test_a_teacher_is_judged_on_images_drawn_from_a_torch_dataset_listed_class_b
     with pytest.raises(TeacherNearChance, match="near chance"):
         trainer.train()
     assert trainer.state.global_step == 0
+    # a stream that tells its length (webdataset's with_length) is read as it comes: it has no index
+    class Stream(torch.utils.data.IterableDataset):
+        def __len__(self):
+            return len(rows)
+
+        def __iter__(self):
+            return ({"pixel_values": row["pixel_values"], "labels": int(row["labels"])} for row in rows)
+
+    trainer = build(make_args(tmp_path, teacher_accuracy_check="warn", per_device_eval_batch_size=50, max_steps=1),
+                    named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]), eval_dataset=Stream())
+    trainer.train()
+    assert trainer.state.global_step == 1
 
 
 def test_a_student_loaded_in_half_precision_is_refused_before_training(tmp_path, caplog):
@@ -494,6 +511,14 @@ def test_a_student_loaded_in_half_precision_is_refused_before_training(tmp_path,
     with caplog.at_level(logging.WARNING, logger="hf_rcka"):
         check_trainable_precision(student, own_optimizer=False)
     assert "unless the optimizer you gave keeps float32 copies of them" in caplog.text
+    # an optimizer class of the caller's (optimizer_cls_and_kwargs) is the caller's optimizer too
+    caplog.clear()
+    trainer = build(make_args(tmp_path, max_steps=1), named(tiny_vit(), ["a", "b", "c"]).to(torch.bfloat16),
+                    named(tiny_resnet(), ["a", "b", "c"]), optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.01}))
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        trainer.train()
+    assert "unless the optimizer you gave keeps float32 copies of them" in caplog.text
+    assert trainer.state.global_step == 1
 
 
 def test_a_good_teacher_is_judged_on_enough_images_to_tell_it_from_chance(tmp_path):
@@ -1140,6 +1165,17 @@ def test_labels_from_a_callers_collator_are_checked_too(tmp_path):
     with pytest.raises(DataError, match=r"5 label\(s\) of a batch \(7\) are no class id of the student's 3 classes"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+
+def test_a_batch_of_unreadable_images_alone_passes_the_label_check():
+    """Every row of the batch a stand-in for an unreadable image (IGNORE_INDEX, which the losses
+    leave out): nothing to check, where a min over no labels is a ValueError (zero-size array)."""
+    from hf_rcka.losses import IGNORE_INDEX
+    from hf_rcka.trainer.metrics import CheckedClassIds
+
+    batch = {"pixel_values": torch.zeros(2, 3, 16, 16), "labels": torch.tensor([IGNORE_INDEX, IGNORE_INDEX])}
+    assert CheckedClassIds(lambda items: batch, 3)([{}, {}]) is batch
 
 
 def test_a_test_set_with_a_label_column_says_that_it_is_not_scored(tmp_path, caplog):
