@@ -115,6 +115,17 @@ def test_a_resume_with_longer_or_shorter_epochs_is_refused(tmp_path):
             check_epoch_steps(str(tmp_path), steps)
 
 
+def test_a_batch_record_cut_short_or_emptied_is_one_error(tmp_path):
+    """An empty or cut-short global_batch.json ended in a JSONDecodeError traceback, and one that
+    held no mapping in an AttributeError; an earlier version's checkpoint, without one, is compared
+    with nothing."""
+    check_epoch_steps(str(tmp_path), 10)  # none: nothing to compare
+    for text in ("", "{", "null", "[8]"):
+        (tmp_path / BATCH_RECORD_NAME).write_text(text)
+        with pytest.raises(RecipeError, match="holds no record of the checkpoint's batch .*resume from another checkpoint"):
+            check_epoch_steps(str(tmp_path), 10)
+
+
 def test_each_earlier_default_is_an_option_whose_default_changed():
     """An entry that names no option, or the current default, would excuse any record from the
     comparison of that option without a reason."""

@@ -41,8 +41,8 @@ def check_resume_batch(folder: str, args: Any) -> None:
     in 1 process instead of 2 (the printed command once dropped the launcher's settings), a run
     went on at half the batch, fast-forwarded half the epochs it had trained, and exited 0.
     """
-    recorded = _batch_record(folder)  # empty: a checkpoint of an earlier version, nothing to compare
-    if recorded and recorded.get("global_batch") != global_batch_size(args):
+    recorded = _batch_record(folder)  # None: a checkpoint of an earlier version, nothing to compare
+    if recorded is not None and recorded.get("global_batch") != global_batch_size(args):
         raise RecipeError(
             f"resume_from_checkpoint: {folder!r} was trained with a global batch of {recorded.get('global_batch')} "
             f"({_processes(recorded.get('processes'))}); this launch gives {describe_batch(args)}. Launch it as it was "
@@ -66,7 +66,7 @@ def warn_other_split(folder: str, args: Any, per_device: int) -> None:
     uninterrupted, with ``no_aug`` too (resumed so, it went on unsaid, and its record and card
     described the whole run as the resume's split)."""
     recorded = _batch_record(folder)
-    if not recorded:
+    if recorded is None:
         return
     processes, forward = max(1, args.world_size), forward_batch(args, per_device)
     then = (recorded.get("processes"), recorded.get("forward_batch", forward))  # before it was recorded: processes
@@ -122,7 +122,7 @@ def check_epoch_steps(folder: str, epoch_steps: int | None) -> None:
     Raises:
         RecipeError: naming both, and what changes an epoch's length.
     """
-    recorded = _batch_record(folder).get("epoch_steps")
+    recorded = (_batch_record(folder) or {}).get("epoch_steps")
     if recorded is None or epoch_steps is None or recorded == epoch_steps:
         return
     raise RecipeError(
@@ -165,10 +165,23 @@ def _same(now: Any, then: Any) -> bool:
     return now == then
 
 
-def _batch_record(folder: str) -> dict[str, Any]:
-    """The checkpoint's ``BATCH_RECORD_NAME``; empty for a checkpoint of a version that wrote none."""
+def _batch_record(folder: str) -> dict[str, Any] | None:
+    """The checkpoint's ``BATCH_RECORD_NAME``; None for a checkpoint of a version that wrote none.
+
+    Raises:
+        RecipeError: the file is there but holds no record (cut short, or edited).
+    """
     path = Path(folder) / BATCH_RECORD_NAME
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        recorded = err
+    if not isinstance(recorded, dict):
+        raise RecipeError(f"resume_from_checkpoint: {str(path)!r} holds no record of the checkpoint's batch ({recorded}): "
+                          "the checkpoint was cut short or edited; resume from another checkpoint")
+    return recorded
 
 
 def _processes(count: Any) -> str:
