@@ -213,7 +213,7 @@ def test_a_later_evaluation_set_numbering_the_students_numeral_classes_in_order_
         trainer.evaluate(eval_dataset=numbered)
 
 
-def test_numerals_in_order_beside_the_same_numerals_in_another_order_are_refused(tmp_path):
+def test_numerals_in_order_beside_the_same_numerals_in_another_order_are_refused(tmp_path, caplog):
     """A training set of class folders 0..10 (ClassLabel in text order: 0, 1, 10, 2...) beside an
     evaluation set cast to ClassLabel(num_classes=11) trained, the numerals in order being taken
     for names that say nothing: each evaluated image was scored against another class, exit 0.
@@ -233,6 +233,14 @@ def test_numerals_in_order_beside_the_same_numerals_in_another_order_are_refused
     with pytest.raises(LabelError, match=refused):
         trainer.train()
     assert trainer.state.global_step == 0
+    # a teacher of those numerals in text order, paired by position by a trainer built without names:
+    # a later evaluation set numbering them in order is said
+    teacher = named(tiny_resnet(num_labels=11), as_text)
+    positional = build(make_args(tmp_path, losses=["ce", "kd"]), tiny_vit(num_labels=11), teacher,
+                       train_dataset=pixel_dataset(22, num_labels=11))
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        positional.evaluate(in_order)
+    assert "which this trainer pairs with the data by position" in caplog.text
 
 
 def test_a_batch_with_keys_the_model_does_not_take_is_refused_before_the_forward():
@@ -1162,9 +1170,11 @@ def test_labels_from_a_callers_collator_are_checked_too(tmp_path):
         return {"pixel_values": torch.stack([x for x, _ in items]), "labels": torch.tensor([y for _, y in items])}
 
     trainer = build(make_args(tmp_path, max_steps=1), tiny_vit(), train_dataset=Folder(), data_collator=collate)
+    # the caller's collator stays theirs: one wrapped in its place took no setting changed on it since
+    assert trainer.data_collator is collate
     with pytest.raises(DataError, match=r"5 label\(s\) of a batch \(7\) are no class id of the student's 3 classes"):
         trainer.train()
-    assert trainer.state.global_step == 0
+    assert trainer.state.global_step == 0 and trainer.data_collator is collate
 
 
 

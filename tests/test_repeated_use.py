@@ -174,7 +174,7 @@ def test_a_train_dataset_set_after_construction_is_checked_at_train(tmp_path):
     assert trainer.state.global_step == 1
 
 
-def test_a_train_dataset_set_later_names_the_classes_of_a_trainer_built_without_names(tmp_path, caplog):
+def test_a_train_dataset_set_later_names_the_classes_of_a_trainer_built_without_names(tmp_path, caplog, monkeypatch):
     """Built without class names (a numbered student, a training set without a ClassLabel), the
     trainer paired the teacher by position; a training set that named the classes, set since,
     was never compared with the teacher's names: each class learned another's logit, exit 0."""
@@ -191,6 +191,15 @@ def test_a_train_dataset_set_later_names_the_classes_of_a_trainer_built_without_
                              "position") == 1
     assert trainer.distillation_model.teacher_order is None
     trainer.train_dataset = named_classes(pixel_dataset(20), ["dog", "cat", "eel"])
+
+    def refused():
+        raise ModelError("refused after the pairing")
+
+    with monkeypatch.context() as patch:  # a train() refused by a later check leaves the caller's student as it was
+        patch.setattr(trainer, "check_teacher", refused)
+        with pytest.raises(ModelError, match="refused after the pairing"):
+            trainer.train()
+    assert trainer.distillation_model.student.config.id2label[0] == "LABEL_0"
     trainer.train()
     assert trainer.distillation_model.teacher_order.tolist() == [1, 0, 2]  # dog, cat, eel among the teacher's
     assert trainer.distillation_model.student.config.id2label == {0: "dog", 1: "cat", 2: "eel"}

@@ -304,10 +304,10 @@ class DistillationTrainer(CheckpointingTrainer):
             if kwargs.get(name) is None:
                 kwargs[name] = default
         # labels that a loss or Mixup/CutMix reads (timm's one_hot) are checked before they reach it,
-        # whoever's collator made the batch
+        # whoever's collator made the batch (see _label_checked)
         mixes = augmentation is not None and augmentation.mixup_active
-        if mixes or any("labels" in loss.requires for loss in model.losses.values()):
-            kwargs["data_collator"] = CheckedClassIds(kwargs["data_collator"], model.student.config.num_labels)
+        reads_labels = mixes or any("labels" in loss.requires for loss in model.losses.values())
+        self._checked_classes = model.student.config.num_labels if reads_labels else None
         # after every check, so that a refused trainer leaves the caller's student as it was
         name_student_classes(model.student, (kwargs.get("train_dataset"), kwargs.get("eval_dataset")))
         super().__init__(model=model, args=args, **kwargs)
@@ -330,6 +330,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self.teacher_name = (teacher_name or _teacher_name(model.teacher)) if model.needs_teacher else None
         self._planned_size = planned_size  # of the images a later evaluation set must have
         self._teacher_label_mapping = teacher_label_mapping  # for a training set given later (_check_later_dataset)
+        self._names_from = None  # that training set, whose class names the student takes as training starts
         given_eval = kwargs.get("eval_dataset")  # checked above, as a whole and part by part
         self._checked_datasets = [kwargs.get("train_dataset"), given_eval,
                                   *(given_eval.values() if isinstance(given_eval, dict) else ())]
@@ -603,7 +604,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self._say_unrelated_terms(dataset)
         check_iterable_dispatch(self.args, [dataset])
         self._forget_other_eval_loader(key, dataset)
-        with _every_image_in_order(self.args):
+        with _every_image_in_order(self.args), self._label_checked():
             return leave_signals_to_main_process(super().get_eval_dataloader(eval_dataset))
 
     def _say_unrelated_terms(self, dataset: Any) -> None:
@@ -617,6 +618,20 @@ class DistillationTrainer(CheckpointingTrainer):
             logger.warning("the evaluation set has %d image(s): %s relate the samples of a batch, and their terms "
                            "are left out of its metrics (evaluate at least %d images)", len(dataset),
                            ", ".join(short), max(short.values()))
+
+    @contextlib.contextmanager
+    def _label_checked(self) -> Iterator[None]:
+        """Loaders built inside collate through ``CheckedClassIds`` around ``self.data_collator``
+        (hf_rcka's or the caller's), when a loss or Mixup/CutMix reads the labels. The attribute
+        stays the caller's object: a setting they change on ``trainer.data_collator`` reaches the
+        loaders (set on a wrapper in its place, it was silently not used)."""
+        collator = self.data_collator
+        if self._checked_classes is not None:
+            self.data_collator = CheckedClassIds(collator, self._checked_classes)
+        try:
+            yield
+        finally:
+            self.data_collator = collator
 
     def _forget_other_eval_loader(self, key: str, dataset: Any) -> None:
         """With persistent workers Trainer keeps one loader per key, ``"eval"`` for any dataset
@@ -643,10 +658,10 @@ class DistillationTrainer(CheckpointingTrainer):
         none), whose teacher was paired with the data by position.
 
         A training set's names, with the evaluation set's, pair the teacher and name the student, as
-        the constructor does with such datasets (``check_labels``): a teacher that orders the classes otherwise taught each
-        class another's logit (exit 0). An evaluation set's are only compared with the teacher's:
-        the training labels' order is not known, so the teacher's accuracy and terms, or the
-        student's, compare other classes; said.
+        the constructor does with such datasets (``check_labels``): a teacher that orders the classes
+        otherwise taught each class another's logit (exit 0). An evaluation set's are only compared
+        with the teacher's: the training labels' order is not known, so the teacher's accuracy and
+        terms, or the student's, compare other classes; said.
         """
         model = self.distillation_model
         student_names = model_class_names(model.student)
@@ -657,10 +672,12 @@ class DistillationTrainer(CheckpointingTrainer):
                                  self._teacher_label_mapping, loss_names=list(model.losses))
             model.reorder_teacher_logits(order)
             model.teacher_other_classes = has_other_classes(model.teacher)
-            name_student_classes(model.student, (dataset,))
+            self._names_from = dataset  # the caller's student is renamed once train() has passed its checks
             return
-        names = next((names for _, names in data_class_names((dataset,)) if not numbered_only(names)), None)
         teacher_names = model_class_names(model.teacher) if model.needs_teacher else None
+        # numerals in order name the classes beside a teacher that lists them in another order (0, 1, 10...)
+        names = next((names for _, names in data_class_names((dataset,)) if not numbered_only(names)
+                      or (teacher_names and sorted(names) == sorted(teacher_names))), None)
         if (names and teacher_names and not model.teacher_other_classes and self._teacher_label_mapping == BY_NAME
                 and names != teacher_names):
             logger.warning("%s lists its classes as %s, the teacher as %s, which this trainer pairs with the data by "
@@ -675,7 +692,7 @@ class DistillationTrainer(CheckpointingTrainer):
         its teacher accuracy and unreadable-image count there)."""
         self._evaluating_own_set = False
         self._check_later_dataset(test_dataset, "test_dataset")
-        with _every_image_in_order(self.args):
+        with _every_image_in_order(self.args), self._label_checked():
             return leave_signals_to_main_process(super().get_test_dataloader(test_dataset))
 
     # Private override. Trainer.get_train_dataloader (public) builds its loader through the private
@@ -698,7 +715,8 @@ class DistillationTrainer(CheckpointingTrainer):
         """Trainer's loader; a rank-aware RA sampler is not sharded again by accelerate. Built again
         for every ``auto_find_batch_size`` attempt, so that attempt's batch and last batch are checked."""
         self._check_training_batches()
-        return leave_signals_to_main_process(keep_rank_sharding(super().get_train_dataloader()))
+        with self._label_checked():
+            return leave_signals_to_main_process(keep_rank_sharding(super().get_train_dataloader()))
 
     def _check_training_batches(self) -> None:
         losses = self.distillation_model.losses
@@ -760,6 +778,9 @@ class DistillationTrainer(CheckpointingTrainer):
         forget_evaluation_preparation(self)
         self.best_model_loaded = False  # an earlier train() of this trainer may have loaded its best checkpoint
         self._wrap_unchecked = True
+        if self._names_from is not None:
+            name_student_classes(self.distillation_model.student, (self._names_from,))
+            self._names_from = None
         output = super().train(*args, **kwargs)
         self.divergence.check(self.args, self.state, self.control)  # a divergence no logging or saving step saw
         if self.divergence.error is not None:
