@@ -157,10 +157,29 @@ def name_student_classes(student: Any, datasets: tuple[Any, ...]) -> None:
     logger.info("labels: the student's classes are named after the dataset's ClassLabel: %s", names[:5])
 
 
+def say_names_paired_by_position(dataset: Any, role: str, teacher: Any, mapping: str) -> None:
+    """Say an evaluation set given later that names the classes otherwise than ``teacher``, which
+    a trainer built without class names pairs with the data by position: the training labels'
+    order is not known, so the teacher's accuracy and terms, or the student's accuracy, compare
+    other classes. ``teacher``: None when none of its classes is read (no teacher, other classes)."""
+    teacher_names = model_class_names(teacher) if teacher is not None else None
+    if not teacher_names or mapping != BY_NAME:
+        return
+    # numerals in order name the classes beside a teacher that lists them in another order (0, 1, 10...)
+    names = next((names for _, names in data_class_names((dataset,))
+                  if not numbered_only(names) or sorted(names) == sorted(teacher_names)), None)
+    if names and names != teacher_names:
+        logger.warning("%s lists its classes as %s, the teacher as %s, which this trainer pairs with the data by "
+                       "position (it was built without class names): the teacher's accuracy and terms, or the "
+                       "student's accuracy, compare other classes. Build the trainer with a training set that names "
+                       "them (a ClassLabel) or a student whose id2label does", role, names[:8], teacher_names[:8])
+
+
 def model_class_names(model: Any) -> list[str] | None:
     """The class names of a model's config (``id2label``), in id order, or None when it has none."""
     config = getattr(model, "config", None)
     return model_label_names(config) if config is not None and getattr(config, "id2label", None) else None
 
 
-__all__ = ["check_labels", "data_class_names", "model_class_names", "name_student_classes", "numbered_only"]
+__all__ = ["check_labels", "data_class_names", "model_class_names", "name_student_classes", "numbered_only",
+           "say_names_paired_by_position"]

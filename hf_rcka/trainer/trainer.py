@@ -58,7 +58,9 @@ from .checkpointing import (
     keep_token_out_of_files,
 )
 from .given_data import check_batch_keys, check_columns, check_image_sizes, check_later_dataset, image_size
-from .given_labels import check_labels, data_class_names, model_class_names, name_student_classes, numbered_only
+from .given_labels import (
+    check_labels, data_class_names, model_class_names, name_student_classes, numbered_only, say_names_paired_by_position,
+)
 from .given_models import (
     check_activation_checkpointing, check_model_objects, check_models, check_ready_model, check_saveable,
     check_trainable_precision, leave_out_fresh_losses, teacher_input_stats,
@@ -660,31 +662,21 @@ class DistillationTrainer(CheckpointingTrainer):
         A training set's names, with the evaluation set's, pair the teacher and name the student, as
         the constructor does with such datasets (``check_labels``): a teacher that orders the classes
         otherwise taught each class another's logit (exit 0). An evaluation set's are only compared
-        with the teacher's: the training labels' order is not known, so the teacher's accuracy and
-        terms, or the student's, compare other classes; said.
+        with the teacher's (``say_names_paired_by_position``).
         """
         model = self.distillation_model
         student_names = model_class_names(model.student)
         if student_names is None or not numbered_only(student_names) or not data_class_names((dataset,)):
             return
-        if role == "train_dataset":
-            order = check_labels(model.student, model.teacher, self.args, (dataset, self.eval_dataset),
-                                 self._teacher_label_mapping, loss_names=list(model.losses))
-            model.reorder_teacher_logits(order)
-            model.teacher_other_classes = has_other_classes(model.teacher)
-            self._names_from = dataset  # the caller's student is renamed once train() has passed its checks
+        if role != "train_dataset":
+            read = model.teacher if model.needs_teacher and not model.teacher_other_classes else None
+            say_names_paired_by_position(dataset, role, read, self._teacher_label_mapping)
             return
-        teacher_names = model_class_names(model.teacher) if model.needs_teacher else None
-        # numerals in order name the classes beside a teacher that lists them in another order (0, 1, 10...)
-        names = next((names for _, names in data_class_names((dataset,)) if not numbered_only(names)
-                      or (teacher_names and sorted(names) == sorted(teacher_names))), None)
-        if (names and teacher_names and not model.teacher_other_classes and self._teacher_label_mapping == BY_NAME
-                and names != teacher_names):
-            logger.warning("%s lists its classes as %s, the teacher as %s, which this trainer pairs with the data by "
-                           "position (it was built without class names): the teacher's accuracy and terms, or the "
-                           "student's accuracy, compare other classes. Build the trainer with a training set that "
-                           "names them (a ClassLabel) or a student whose id2label does", role, names[:8],
-                           teacher_names[:8])
+        order = check_labels(model.student, model.teacher, self.args, (dataset, self.eval_dataset),
+                             self._teacher_label_mapping, loss_names=list(model.losses))
+        model.reorder_teacher_logits(order)
+        model.teacher_other_classes = has_other_classes(model.teacher)
+        self._names_from = dataset  # the caller's student is renamed once train() has passed its checks
 
     def get_test_dataloader(self, test_dataset):
         """Every test image, as :meth:`get_eval_dataloader`. A prediction's set is never the
