@@ -152,7 +152,7 @@ def make_step(variant: str, teacher, student, size: int, batch: int, device: tor
             pairs = [replace(p, options={**p.options, "sample_channels": None}) for p in model.feature_pairs]
             model = DistillationModel(student, teacher, losses, pairs, stats, stats).to(device).train()
         if compile_student:
-            model.student = torch.compile(student)  # noqa: the wrapper calls self.student
+            model.student = torch.compile(student)  # the wrapper calls self.student
         opt = _optimizer(model.parameters())
 
         def forward(x, y):
