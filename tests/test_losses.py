@@ -736,3 +736,14 @@ def test_patch_cka_keeps_the_smallest_map_whose_cka_is_not_a_constant(center, sm
     h, w = smallest_kept
     assert loss.feature_problem((8, h, w)) is None and loss.feature_problem((8, w, h)) is None
     assert "would train nothing" in loss.feature_problem((8, h, w - 1))
+
+
+def test_ce_names_class_ids_of_shape_b_by_1_as_ids():
+    """A collator's (B, 1) class ids were called 'soft targets of shape (4, 1)', which they are not."""
+    ce = LOSSES.build("ce")
+    inputs = LossInputs(student_logits=torch.randn(4, 3), labels=torch.tensor([[0], [1], [2], [0]]))
+    with pytest.raises(ValueError, match=r"ce got class ids of shape \(4, 1\): give one id per image, shape \(4,\)"):
+        ce.term(inputs)
+    inputs = LossInputs(student_logits=torch.randn(4, 3), labels=torch.rand(4, 2))
+    with pytest.raises(ValueError, match=r"ce got soft targets of shape \(4, 2\) for logits \(4, 3\)"):
+        ce.term(inputs)

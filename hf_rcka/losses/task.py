@@ -45,6 +45,9 @@ class CrossEntropyLoss(DistillationLoss):
     def term(self, inputs: LossInputs) -> torch.Tensor:
         logits, labels = functional.upcast(inputs.student_logits), inputs.labels
         if labels.ndim == 2:  # soft targets from Mixup/CutMix, smoothing already folded in
+            if not labels.is_floating_point():  # a collator's (B, 1) class ids, not targets
+                raise ValueError(f"ce got class ids of shape {tuple(labels.shape)}: give one id per image, shape "
+                                 f"({labels.shape[0]},) (labels.squeeze(-1) in the collator)")
             if labels.shape != logits.shape:
                 raise ValueError(
                     f"ce got soft targets of shape {tuple(labels.shape)} for logits {tuple(logits.shape)}: "
