@@ -173,9 +173,16 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     check_image_sizes(datasets[1], "eval_dataset", size)
     check_lazy_parameters(model)
     check_optimizer(model, kwargs.get("optimizers"))
-    model.reorder_teacher_logits(teacher_order)
-    model.teacher_other_classes = has_other_classes(model.teacher)  # as this trainer's label check judged it
+    _keep_label_check(model, teacher_order)
     return model, size
+
+
+def _keep_label_check(model: DistillationModel, teacher_order: list[int] | None) -> None:
+    """What this trainer's label check (``check_labels``) decided, kept by its model: the order to
+    read the teacher's logits in, and whether the teacher has other classes (marked on the teacher
+    by the check, which another trainer sharing it may judge otherwise)."""
+    model.reorder_teacher_logits(teacher_order)
+    model.teacher_other_classes = has_other_classes(model.teacher)
 
 
 def _check_settings(student: Any, losses: Iterable[DistillationLoss], args: TrainingArguments,
@@ -674,8 +681,7 @@ class DistillationTrainer(CheckpointingTrainer):
             return
         order = check_labels(model.student, model.teacher, self.args, (dataset, self.eval_dataset),
                              self._teacher_label_mapping, loss_names=list(model.losses))
-        model.reorder_teacher_logits(order)
-        model.teacher_other_classes = has_other_classes(model.teacher)
+        _keep_label_check(model, order)
         self._names_from = dataset  # the caller's student is renamed once train() has passed its checks
 
     def get_test_dataloader(self, test_dataset):
