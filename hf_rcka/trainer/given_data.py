@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError, LabelError
-from .given_labels import data_class_names, model_class_names, numbered_only
+from .given_labels import data_class_names, model_class_names, numbered_only, other_order_of
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,7 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
                 logger.warning("%s: its %s column is not read, so predict() reports predictions and no accuracy: "
                                "rename it 'labels' (dataset.rename_column) to score them", where, unread[0])
         for _, names in data_class_names((part,)):
-            if named and names != student_names and (not numbered_only(names)
-                                                     or sorted(names) == sorted(student_names)):
+            if named and other_order_of(names, student_names):
                 harm = ("it would train each class as another" if role == "train_dataset"
                         else "its accuracy would compare other classes' ids")
                 raise LabelError(f"{where} lists its classes as {names[:8]}, the student as {student_names[:8]}: "

@@ -25,18 +25,14 @@ logger = logging.getLogger(__name__)
 
 
 def _agreed_names(parts: list[tuple[str, list[str]]]) -> list[str] | None:
-    """The class names every part of ``parts`` (``data_class_names``) gives, or None when none names them.
-
-    Numerals in order (``0``, ``1``...) name nothing, unless another part lists the same numerals
-    in another order (class folders 0..10, which an image-folder loader sorts as text: 0, 1, 10,
-    2...): then the ids mean other classes in the two parts."""
+    """The class names every part of ``parts`` (``data_class_names``) gives, or None when none names
+    them; numerals in order name nothing, but another order of the same ones (``other_order_of``)."""
     named = [(where, names) for where, names in parts if not numbered_only(names)]
     if not named:
         return None
-    (first_where, first), *others = named
-    numerals = [(where, names) for where, names in parts if numbered_only(names) and sorted(names) == sorted(first)]
-    for where, names in [*others, *numerals]:
-        if names != first:
+    first_where, first = named[0]
+    for where, names in sorted(parts, key=lambda part: numbered_only(part[1])):  # named parts first
+        if other_order_of(names, first):
             raise LabelError(
                 f"{where} lists its classes as {names[:8]}, {first_where} as {first[:8]}: labels are ids, so its "
                 f"images would be scored against other classes. Align it by name: "
@@ -78,6 +74,14 @@ def _check_head_size(student: Any, parts: list[tuple[str, list[str]]]) -> None:
             raise LabelError(
                 f"the student predicts {num_labels} classes but {where}'s labels have {len(names)}: build it with "
                 f"num_labels={len(names)} (and id2label=dict(enumerate(names)), names = its ClassLabel's names)")
+
+
+def other_order_of(names: list[str], reference: list[str]) -> bool:
+    """Whether ``names`` order the classes otherwise than ``reference``: other names, or, for
+    numerals in order (which say nothing alone), the same numerals that ``reference`` lists in
+    another order (class folders 0..10, which an image-folder loader sorts as text: 0, 1, 10,
+    2...), whose ids then mean other classes."""
+    return names != reference and (not numbered_only(names) or sorted(names) == sorted(reference))
 
 
 def numbered_only(names: list[str]) -> bool:
@@ -182,4 +186,4 @@ def model_class_names(model: Any) -> list[str] | None:
 
 
 __all__ = ["check_labels", "data_class_names", "model_class_names", "name_student_classes", "numbered_only",
-           "say_names_paired_by_position"]
+           "other_order_of", "say_names_paired_by_position"]
