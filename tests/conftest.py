@@ -12,13 +12,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread, here and in the runs the tests start: the models are tiny, and OpenMP threads
+# spin-wait on each other when the cores are busy (a test file took 2.7x as long with 2 threads as with
+# 1 on this 2-core machine beside other work); full-size models get every core (``slow`` below).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 NUM_LABELS = 3
 STUDENT_SIZE = 16
@@ -71,12 +75,15 @@ def pixel_dataset(n: int = 20, size: int = STUDENT_SIZE, num_labels: int = NUM_L
     return ds.with_format("torch")
 
 
-@pytest.fixture(scope="module")
-def one_intra_op_thread():
-    """For modules of tiny-tensor tests: with one thread, OpenMP wake-ups on a busy 2-core machine
-    cannot stall a batched matmul for milliseconds (seen: 6 ms for a 2 x 6 x 40 bmm)."""
+@pytest.fixture(autouse=True)
+def every_core_for_full_size_models(request):
+    """A ``slow`` test runs a full-size model (a RegNetY-16GF teacher at 224 px), which every core
+    speeds up; the tiny models of the rest gain nothing from a second thread."""
+    if request.node.get_closest_marker("slow") is None:
+        yield
+        return
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(os.cpu_count() or 1)
     yield
     torch.set_num_threads(before)
 

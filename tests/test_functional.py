@@ -19,9 +19,6 @@ from hf_rcka.functional.cka import _gram_form_is_cheaper
 DOUBLE = torch.float64
 
 
-pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
-
-
 # ----------------------------------------------------------------------------------------------
 # Naive references (explicit centering matrix, O(n^3) traces), float64
 # ----------------------------------------------------------------------------------------------

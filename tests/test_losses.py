@@ -24,9 +24,6 @@ MAP = (B, 4, 8, 12)
 DOUBLE = torch.float64
 
 
-pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
-
-
 def randn(*shape: int, seed: int, dtype: torch.dtype = DOUBLE) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=g, dtype=DOUBLE).to(dtype)
