@@ -575,12 +575,14 @@ def test_git_is_asked_without_taking_the_checkouts_lock(monkeypatch):
 
 
 def _code_version_of(package_parent: Path) -> str:
-    import subprocess
-    import sys
+    """``code_version()`` of the copy of hf_rcka in ``package_parent``: its version.py loaded on its own
+    (it reads where its file lies), without the package's imports a fresh interpreter would pay for."""
+    import importlib.util
 
-    return subprocess.run([sys.executable, "-c", "from hf_rcka.version import code_version; print(code_version())"],
-                          cwd=package_parent, env={"PYTHONPATH": str(package_parent), "PATH": os.environ["PATH"]},
-                          capture_output=True, text=True, check=True).stdout.strip()
+    spec = importlib.util.spec_from_file_location("_copied_version", package_parent / "hf_rcka" / "version.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.code_version()
 
 
 def test_cards_and_records_name_the_commit_that_trained_the_run(tmp_path):
