@@ -15,6 +15,7 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
+from hf_rcka.cli.main import main
 from hf_rcka.trainer.interrupt import GracefulStop, Interrupted
 from hf_rcka.trainer.resume_hint import Stopped
 
@@ -57,7 +58,7 @@ def interrupt_after_first_step(command: list[str], signum: int) -> tuple[int, li
             process.kill()
 
 
-def test_sigterm_saves_a_checkpoint_and_prints_the_resume_command_last(tmp_path):
+def test_sigterm_saves_a_checkpoint_and_prints_the_resume_command_last(tmp_path, capsys):
     signum = signal.SIGTERM
     command = [sys.executable, "scripts/distill.py", str(recipe(tmp_path)), "--learning_rate", "1e-3"]
     code, lines = interrupt_after_first_step(command, signum)
@@ -74,12 +75,10 @@ def test_sigterm_saves_a_checkpoint_and_prints_the_resume_command_last(tmp_path)
     assert not (tmp_path / "out" / "model.safetensors").exists(), "an interrupted run does not look finished"
     assert f"interrupted by {signal.Signals(signum).name}" in output
 
-    # the printed command resumes (two more steps, to keep it short)
+    # the printed command resumes (two more steps, to keep it short; in this process, as the script's main)
     resumed = shlex.split(last) + ["--max_steps", str(step + 2)]
     assert resumed[:2] == ["python", "scripts/distill.py"] and "--learning_rate" in resumed
-    done = subprocess.run([sys.executable, *resumed[1:]], cwd=ROOT, env=environment(), capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(resumed[2:]) == 0, capsys.readouterr().err[-3000:]
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == step + 2
 
 
@@ -580,7 +579,6 @@ def test_a_signal_during_the_final_save_waits_for_the_model(tmp_path, monkeypatc
     "no", the whole training was lost), and the message said no checkpoint was written."""
     from transformers import AutoModelForImageClassification, PreTrainedModel
 
-    from hf_rcka.cli.main import main
 
     save = PreTrainedModel.save_pretrained
 
@@ -622,7 +620,7 @@ def test_an_interruption_is_said_by_each_machines_first_process(env, said, monke
     assert ("interrupted by SIGINT outside the training steps" in capsys.readouterr().err) is said
 
 
-def test_resume_true_skips_a_checkpoint_whose_save_was_cut_short(tmp_path):
+def test_resume_true_skips_a_checkpoint_whose_save_was_cut_short(tmp_path, capsys):
     """A kill during a save (a preempted job's grace period ending) left the last checkpoint without
     its trainer_state.json: resume_from_checkpoint true was refused, so a requeued job failed at
     every restart. It resumes the one before, and sets the cut-short one aside (nothing deleted)."""
@@ -635,12 +633,11 @@ def test_resume_true_skips_a_checkpoint_whose_save_was_cut_short(tmp_path):
     cut = out / f"checkpoint-{step + 2}"
     cut.mkdir()
     shutil.copy(whole / "model.safetensors", cut / "model.safetensors")  # the weights come first, the state last
-    done = subprocess.run([sys.executable, "scripts/distill.py", str(tmp_path / "recipe.yaml"),
-                           "--resume_from_checkpoint", "true", "--max_steps", str(step + 3)],
-                          cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    code = main([str(tmp_path / "recipe.yaml"), "--resume_from_checkpoint", "true", "--max_steps", str(step + 3)])
+    stderr = capsys.readouterr().err
+    assert code == 0, stderr[-3000:]
     assert f"resuming from {whole}, the last checkpoint written whole ({cut.name} in {out}: cut short while " \
-           "saving" in done.stderr
+           "saving" in stderr
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == step + 3
     assert not cut.exists() and list((out / "_replaced").rglob(f"checkpoint-{step + 2}/model.safetensors"))
 
@@ -649,7 +646,6 @@ def test_a_signal_after_the_training_steps_waits_for_the_trained_model_to_be_sav
     """Trainer waits for its checkpoint uploads after its on_train_end (minutes, with hub_strategy
     every_save), and the trained model is saved after that: a SIGTERM there stopped the run at once,
     "outside the training steps", and with save_strategy no the trained weights were lost."""
-    from hf_rcka.cli.main import main
     from hf_rcka.trainer.trainer import DistillationTrainer
 
     monkeypatch.setattr(DistillationTrainer, "_finish_current_push", lambda self: os.kill(os.getpid(), signal.SIGTERM),
