@@ -21,15 +21,22 @@ BASE = {"model_name_or_path": "config:resnet", "output_dir": "unused", "dataset_
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
 
 
-def _modules_after_import(*names: str) -> set[str]:
-    code = f"import sys; import {', '.join(names)}; print(' '.join(sys.modules))"
+CORE = ("hf_rcka.arguments", "hf_rcka.trainer.trainer", "hf_rcka.data.datasets")
+
+
+@pytest.fixture(scope="module")
+def modules_after_import() -> dict[str, set[str]]:
+    """The modules a fresh interpreter holds after importing the core, then after also importing the
+    smoke test: one interpreter for both (the smoke test's count holds as the core loads no cli)."""
+    code = (f"import sys; import {', '.join(CORE)}; print(' '.join(sys.modules))\n"
+            "import hf_rcka.cli.smoke; print(' '.join(sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return set(out.split())
+    core, smoke = out.splitlines()
+    return {"core": set(core.split()), "hf_rcka.cli.smoke": set(smoke.split())}
 
 
-def test_the_core_imports_no_recipe_parsing():
-    loaded = _modules_after_import("hf_rcka.arguments", "hf_rcka.trainer.trainer", "hf_rcka.data.datasets")
-    assert not {m for m in loaded if m.startswith("hf_rcka.cli")}
+def test_the_core_imports_no_recipe_parsing(modules_after_import):
+    assert not {m for m in modules_after_import["core"] if m.startswith("hf_rcka.cli")}
 
 
 def _cli_imports(module: str) -> set[str]:
@@ -37,10 +44,11 @@ def _cli_imports(module: str) -> set[str]:
     return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
 
 
-def test_the_job_and_the_smoke_test_do_not_import_the_command_line():
+def test_the_job_and_the_smoke_test_do_not_import_the_command_line(modules_after_import):
     assert "main" not in _cli_imports("smoke") | _cli_imports("job")
     assert "smoke" not in _cli_imports("job")
-    assert "hf_rcka.cli.main" not in _modules_after_import("hf_rcka.cli.smoke")
+    assert "hf_rcka.cli.smoke" in modules_after_import["hf_rcka.cli.smoke"]
+    assert "hf_rcka.cli.main" not in modules_after_import["hf_rcka.cli.smoke"]
 
 
 def test_loss_specs_are_checked_once_and_the_trainer_builds_each_once(monkeypatch):
