@@ -95,3 +95,25 @@ def test_gpu_scripts_print_help_and_say_when_there_is_no_cuda(monkeypatch, capsy
     for script in ("gpu_checks", "memory_breakdown"):
         message = run(script)
         assert isinstance(message, str) and "no CUDA device" in message and "\n" not in message, message
+
+
+def test_the_memory_table_gives_each_peak_above_the_runtime_both_sides_hold(monkeypatch):
+    """On CPU a child's peak includes its runtime (Python, torch...: about 790 MiB of a 1.1 GiB
+    limit), which pulls the whole-process ratio toward 1: the table gives (peak - runtime) /
+    (limit's peak - limit's runtime) and its trained-state floor in their own columns beside it."""
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its _provenance; sys.path is restored after
+    spec = importlib.util.spec_from_file_location("step_overhead", ROOT / "benchmarks" / "step_overhead.py")
+    step_overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_overhead)
+    children = {"limit": {"peak_mib": 1100.0, "base_mib": 900.0, "runtime_mib": 800.0, "trainable": 1000},
+                "fcka": {"peak_mib": 1400.0, "base_mib": 950.0, "runtime_mib": 790.0, "trainable": 1000 + 2**16}}
+    monkeypatch.setattr(step_overhead, "_memory_child", lambda args, variant: dict(children[variant]))
+    memory = step_overhead.measure_memory(SimpleNamespace(memory_jobs=1), ["limit", "fcka"])
+    # 2**16 trainable parameters of 16 bytes of state each: 1 MiB over the limit's peak
+    assert memory["fcka"]["ratio_above_runtime"] == pytest.approx((1400 - 790) / (1100 - 800))
+    assert memory["fcka"]["state_floor_above_runtime"] == pytest.approx((1100 - 800 + 1) / (1100 - 800))
+    row = step_overhead.table("vit2cnn", ["limit", "fcka"], None, memory).splitlines()[-1]
+    # peak, whole-process ratio, above the post-build baseline, its floor, above the runtime, its floor
+    assert row == "| fcka | - | - | - | 1400 | 1.273 | 2.250 | 1.001 | 2.033 | 1.003 | - |"

@@ -521,6 +521,22 @@ def test_a_resume_compares_a_checkpoint_with_the_record_that_describes_it(tmp_pa
     assert warn_resume_schedule(str(tmp_path / "checkpoint-500"), training) == ["num_train_epochs 6 -> 3"]
 
 
+def test_a_resume_with_other_settings_names_the_record_it_trained_with(tmp_path, caplog):
+    """The advice 'resume with the recipe it recorded' names the file that recorded the checkpoint:
+    an earlier version's checkpoint keeps no copy, so the run folder's record, not a path inside
+    the checkpoint where there is none (the copy's own is named by the command-line resume test)."""
+    from hf_rcka.cli.resume_checks import warn_resume_settings
+
+    run = Path(os.path.realpath(tmp_path))
+    dump_recipe({**BASE, "hflip": 0.3}, run / "distill_config.yaml")
+    checkpoint = run / "checkpoint-10"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    _, data, training = parse_arguments({**BASE, "hflip": 0.5})
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert warn_resume_settings(str(checkpoint), data, training) == ["hflip 0.3 -> 0.5"]
+    assert f"resume with the recipe it recorded, {run / 'distill_config.yaml'}" in " ".join(caplog.text.split())
+
 def test_a_record_that_is_not_text_names_no_header_number(tmp_path):
     """The header is read before the recipe is known to be readable (the resume's step, a baseline's
     batch for the card): a record that is not UTF-8 (a disk error, a file written over) is none."""
@@ -806,3 +822,68 @@ def test_a_checkpoints_own_record_reads_its_paths_where_its_run_ran(tmp_path, mo
     assert recorded_recipe(str(checkpoint))["train_dir"] == str(first / "data" / "train")
     (checkpoint / WORKING_DIR_NAME).write_text(json.dumps({"working_dir": str(other)}))  # its own, when it has one
     assert recorded_recipe(str(checkpoint))["train_dir"] == str(other / "data" / "train")
+
+
+def test_a_checkpoints_copy_of_the_record_names_itself_in_a_folder_with_a_space(tmp_path):
+    """The copy's command to train it again names the copy, quoted as the command quotes it: under
+    a folder with a space ('my runs/out') the quoted run record was not found and the copy's
+    command kept naming the run folder's record, which a later launch rewrites."""
+    import shlex
+
+    import yaml
+
+    from hf_rcka.run_record import copy_run_record
+    from hf_rcka.trainer.resume_hint import launch_command
+
+    run = tmp_path / "my runs" / "out"
+    checkpoint = run / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    record = run / "distill_config.yaml"
+    command = launch_command(str(record), "--output_dir", "<new folder>")
+    dump_recipe({**BASE, "hflip": 0.3}, record, comment=f"To train it again (into a new folder): {command}")
+    copy_run_record(str(run), str(checkpoint), pushed=True)
+    copied = (checkpoint / "distill_config.yaml").read_text()
+    assert f" {shlex.quote(str(checkpoint / 'distill_config.yaml'))} " in copied and str(record) not in copied, copied
+    assert yaml.safe_load(copied) == yaml.safe_load(record.read_text())
+
+
+def test_a_run_folder_without_a_working_folder_reads_no_other_runs(tmp_path, monkeypatch):
+    """Only a checkpoint reads its run's working folder: a run folder that records none (an
+    earlier version's) inside another run's folder (a student trained into teacher/student) read
+    its relative paths where that other run ran."""
+    import json
+
+    from hf_rcka.cli.records import recorded_recipe
+    from hf_rcka.run_record import WORKING_DIR_NAME
+
+    outer, here = tmp_path / "outer", tmp_path / "here"
+    run = outer / "student"
+    run.mkdir(parents=True)
+    for where in (outer, here):
+        (where / "data" / "train").mkdir(parents=True)
+    (outer / WORKING_DIR_NAME).write_text(json.dumps({"working_dir": str(outer)}))
+    (run / "distill_config.yaml").write_text("train_dir: data/train\n")
+    monkeypatch.chdir(here)
+    assert recorded_recipe(str(run))["train_dir"] == "data/train"  # read here, as the command line reads it
+
+
+def test_a_link_to_an_earlier_checkpoint_reads_its_paths_where_its_run_ran(tmp_path, monkeypatch):
+    """A link to a checkpoint that keeps no record (an earlier version's: latest -> out/checkpoint-4)
+    is read as the run that holds it: the run folder's recipe, and its relative paths where that
+    run ran; read beside the link, they were read where the resume is launched."""
+    import json
+
+    from hf_rcka.cli.records import recorded_recipe
+    from hf_rcka.run_record import WORKING_DIR_NAME
+
+    first, other = tmp_path / "first", tmp_path / "other"
+    run = first / "out"
+    (run / "checkpoint-4").mkdir(parents=True)
+    (run / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    for where in (first, other):
+        (where / "data" / "train").mkdir(parents=True)
+    (run / "distill_config.yaml").write_text("train_dir: data/train\n")
+    (run / WORKING_DIR_NAME).write_text(json.dumps({"working_dir": str(first)}))
+    (tmp_path / "latest").symlink_to(run / "checkpoint-4")
+    monkeypatch.chdir(other)
+    assert recorded_recipe(str(tmp_path / "latest"))["train_dir"] == str(first / "data" / "train")

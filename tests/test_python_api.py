@@ -243,6 +243,17 @@ def test_numerals_in_order_beside_the_same_numerals_in_another_order_are_refused
     assert "which this trainer pairs with the data by position" in caplog.text
 
 
+def test_numerals_in_order_beside_a_set_that_names_the_classes_are_its_ids(tmp_path):
+    """Numerals in order (an evaluation set cast to ClassLabel(num_classes=3)) say nothing of the
+    classes, so beside a training set that names them they are that set's ids, not another order
+    of its names: only the same numerals in another order are (above)."""
+    names = pixel_dataset(10).with_format(None).cast_column(
+        "labels", datasets.ClassLabel(names=["cat", "dog", "eel"])).with_format("torch")
+    in_order = pixel_dataset(10, seed=1).with_format(None).cast_column(
+        "labels", datasets.ClassLabel(num_classes=3)).with_format("torch")
+    trainer = build(make_args(tmp_path, losses=["ce"]), tiny_vit(), train_dataset=names, eval_dataset=in_order)
+    assert trainer.distillation_model.student.config.id2label == {0: "cat", 1: "dog", 2: "eel"}
+
 def test_a_batch_with_keys_the_model_does_not_take_is_refused_before_the_forward():
     from hf_rcka.trainer.given_data import check_batch_keys
 

@@ -211,6 +211,56 @@ def test_a_train_dataset_set_later_names_the_classes_of_a_trainer_built_without_
     assert other.state.global_step == 0
 
 
+def test_a_train_dataset_set_later_names_the_classes_of_the_checkpoints_it_trains(tmp_path):
+    """The student takes a later training set's class names as training starts, before its first
+    checkpoint: a checkpoint (what a resume or a pushed checkpoint exports) named them LABEL_0...
+    when they were given only at the end."""
+    import json
+
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1, save_strategy="steps", save_steps=1))
+    trainer.train_dataset = named_classes(pixel_dataset(20), ["dog", "cat", "eel"])
+    trainer.train()
+    config = json.loads((tmp_path / "run" / "checkpoint-1" / "config.json").read_text())
+    assert config["id2label"] == {"0": "dog", "1": "cat", "2": "eel"}
+
+def test_a_later_train_dataset_without_class_names_is_not_paired_again(tmp_path, caplog):
+    """Only a later training set that names the classes pairs the teacher again: one that names
+    none (another set like the first) said the constructor's warning of a teacher paired by
+    position once more at train()."""
+    teacher = tiny_resnet()
+    teacher.config.id2label = {0: "cat", 1: "dog", 2: "eel"}
+    teacher.config.label2id = {name: i for i, name in teacher.config.id2label.items()}
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        trainer = build(make_args(tmp_path, losses=["ce", "kd"], max_steps=1), teacher=teacher)
+        trainer.train_dataset = pixel_dataset(20, seed=3)
+        trainer.train()
+    assert caplog.text.count("are paired with the data's by position, unchecked") == 1
+    assert trainer.state.global_step == 1
+
+def test_a_later_evaluation_set_is_compared_only_with_a_teacher_whose_class_order_is_read(tmp_path, caplog):
+    """A trainer built without class names says a later evaluation set that names the classes
+    otherwise than its teacher (above); not where the teacher's order is not in play: paired by
+    position as asked (teacher_label_mapping='by_index'), a teacher no loss runs, a teacher judged
+    to classify other classes (here by an earlier trainer of named classes that distils its
+    features alone). There the advice (build with names) fixes nothing."""
+    def teacher(names):
+        model = tiny_resnet(num_labels=len(names))
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {name: i for i, name in enumerate(names)}
+        return model
+
+    wider, student = teacher(["v", "w", "x", "y", "z"]), tiny_vit()
+    student.config.id2label, student.config.label2id = {0: "a", 1: "b", 2: "c"}, {"a": 0, "b": 1, "c": 2}
+    build(make_args(tmp_path, "named", losses=["ce", "feature_cka"]), student, wider)  # judges it other classes
+    later = named_classes(pixel_dataset(5), ["dog", "cat", "eel"])
+    for losses, model, mapping in ((["ce", "kd"], teacher(["cat", "dog", "eel"]), "by_index"),
+                                   (["ce"], teacher(["cat", "dog", "eel"]), "by_name"),
+                                   (["ce", "feature_cka"], wider, "by_name")):
+        trainer = build(make_args(tmp_path, losses=losses), teacher=model, teacher_label_mapping=mapping)
+        with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+            trainer.get_eval_dataloader(later)  # what evaluate(later) checks the set with
+        assert "which this trainer pairs with the data by position" not in caplog.text, (losses, mapping)
+
 def test_a_batch_with_keys_the_model_does_not_take_is_one_error(tmp_path):
     def collate_with_ids(items):
         return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),

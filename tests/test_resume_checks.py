@@ -134,3 +134,20 @@ def test_each_earlier_default_is_an_option_whose_default_changed():
 
     for (loss, option), (earlier, _since) in EARLIER_DEFAULTS.items():
         assert LOSSES.default(loss, option) != earlier, (loss, option)
+
+
+def test_a_checkpoint_without_a_batch_record_resumes_uncompared_and_one_with_it_is_compared(tmp_path, caplog):
+    """An earlier version's checkpoint records no batch: its resume is neither refused for another
+    global batch nor said to split the batch otherwise (an absent record read as an empty one
+    compared its missing batch and processes with this launch's). A record is compared."""
+    from hf_rcka.trainer.resume_match import check_resume_batch, warn_other_split
+
+    launch = SimpleNamespace(world_size=1, train_batch_size=4, gradient_accumulation_steps=1,
+                             accelerator_config=SimpleNamespace(split_batches=False))
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        check_resume_batch(str(tmp_path), launch)
+        warn_other_split(str(tmp_path), launch, 4)
+    assert not caplog.text
+    (tmp_path / BATCH_RECORD_NAME).write_text(json.dumps({"global_batch": 8, "processes": 2, "forward_batch": 4}))
+    with pytest.raises(RecipeError, match=r"global batch of 8 \(2 processes\); this launch gives 4 images"):
+        check_resume_batch(str(tmp_path), launch)
