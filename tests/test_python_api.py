@@ -110,6 +110,23 @@ def test_a_teacher_of_other_classes_whose_features_alone_are_distilled(tmp_path,
         align_teacher(teacher, make_args(tmp_path, losses=["ce", "kd"]), ["a", "b", "c"], "by_name")
 
 
+def test_a_wider_teacher_whose_features_alone_are_distilled_needs_no_class_names(tmp_path):
+    """Its class count differs from the student's whatever the names: with a numbered student and data
+    without a ClassLabel it was not marked as of other classes, so the default teacher check scored
+    its 5-way argmax against labels 0..2 and stopped the run (a named student's run trained)."""
+    from hf_rcka.models.labels import has_other_classes
+
+    wider = named(tiny_resnet(num_labels=5), ["v", "w", "x", "y", "z"])
+    with torch.no_grad():
+        wider.classifier[-1].bias[4] = 100.0  # always its 5th class: near chance on the run's labels
+    trainer = build(make_args(tmp_path, losses=["ce", "feature_cka"], teacher_accuracy_check="error", max_steps=1),
+                    tiny_vit(), wider, eval_dataset=pixel_dataset(6, seed=1))
+    assert trainer.args.teacher_accuracy_check == "off" and has_other_classes(wider)
+    trainer.train()
+    trainer.create_model_card()
+    assert "| teacher |" not in (tmp_path / "run" / "README.md").read_text()
+
+
 def test_a_teacher_paired_by_position_is_said_once(tmp_path, caplog):
     """The command line pairs the teacher before the trainer is built, and the trainer's check said it again."""
     from hf_rcka.cli.run_inputs import align_teacher

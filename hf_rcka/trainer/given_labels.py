@@ -108,7 +108,7 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
     """
     if mapping not in TEACHER_LABEL_MAPPINGS:
         raise RecipeError(f"teacher_label_mapping must be one of {TEACHER_LABEL_MAPPINGS}, got {mapping!r}")
-    student_names = model_class_names(student)
+    student_names = listed = model_class_names(student)
     parts = data_class_names(datasets)
     data_names = _agreed_names(parts)
     _check_head_size(student, parts)
@@ -134,7 +134,9 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
                        "teacher's classes %s are paired with the data's by position, unchecked. Name them "
                        "(a ClassLabel column, or the student's id2label) to have them matched by name",
                        teacher_names[:5])
-    if run_names and teacher_names is not None and len(teacher_names) != len(run_names) and not reads_logits:
+    # the run's class count needs no names: a numbered student's own count serves where nothing names them
+    count = len(run_names) if run_names else len(listed) if listed else None
+    if count and teacher_names is not None and len(teacher_names) != count and not reads_logits:
         mark_other_classes(teacher, args)  # an ImageNet-1k teacher of a 10-class run's features
         return None
     if not run_names or teacher_names is None or len(teacher_names) != len(run_names):
