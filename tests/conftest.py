@@ -78,12 +78,14 @@ def pixel_dataset(n: int = 20, size: int = STUDENT_SIZE, num_labels: int = NUM_L
 @pytest.fixture(autouse=True)
 def every_core_for_full_size_models(request):
     """A ``slow`` test runs a full-size model (a RegNetY-16GF teacher at 224 px), which every core
-    speeds up; the tiny models of the rest gain nothing from a second thread."""
+    speeds up; the tiny models of the rest gain nothing from a second thread. Under ``pytest -n``
+    each worker takes its share of the cores (threads beyond them spin-wait on each other)."""
     if request.node.get_closest_marker("slow") is None:
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     yield
     torch.set_num_threads(before)
 
