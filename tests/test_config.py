@@ -537,6 +537,7 @@ def test_a_resume_with_other_settings_names_the_record_it_trained_with(tmp_path,
         assert warn_resume_settings(str(checkpoint), data, training) == ["hflip 0.3 -> 0.5"]
     assert f"resume with the recipe it recorded, {run / 'distill_config.yaml'}" in " ".join(caplog.text.split())
 
+
 def test_a_record_that_is_not_text_names_no_header_number(tmp_path):
     """The header is read before the recipe is known to be readable (the resume's step, a baseline's
     batch for the card): a record that is not UTF-8 (a disk error, a file written over) is none."""
