@@ -52,7 +52,7 @@ def summarise(variants: dict[str, dict]) -> dict[str, dict]:
             "per_seed": {str(seed): runs[seed]["eval_accuracy"] for seed in sorted(runs)},
             "seconds": {str(seed): runs[seed]["seconds"] for seed in sorted(runs)},
             "mean": mean(accuracies),
-            "std": stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "std": stdev(accuracies) if len(accuracies) > 1 else None,  # one run has no spread to tell
         }
         if key != BASELINE and (difference := paired_difference(runs, baseline)):
             entry["paired_difference"] = difference
@@ -72,6 +72,10 @@ def _difference_cell(entry: dict) -> str:
     if difference is None:
         return "(baseline)"
     return _with_interval(difference)
+
+
+def _std_cell(entry: dict) -> str:
+    return "-" if entry["std"] is None else f"{100 * entry['std']:.1f}"
 
 
 def _with_interval(difference: dict) -> str:
@@ -105,7 +109,7 @@ def render_markdown(report: dict) -> str:
             per_seed = " ".join(f"{100 * v:.1f}" for v in entry["per_seed"].values())
             seconds = mean(entry["seconds"].values())
             lines.append(
-                f"| {entry['label']} | {len(entry['per_seed'])} | {100 * entry['mean']:.1f} | {100 * entry['std']:.1f} | "
+                f"| {entry['label']} | {len(entry['per_seed'])} | {100 * entry['mean']:.1f} | {_std_cell(entry)} | "
                 f"{_difference_cell(entry)} | {per_seed} | {seconds:.0f} |"
             )
         lines.append("")
@@ -129,7 +133,7 @@ def save_plot(report: dict, path: Path) -> None:
     for ax, direction in zip(axes[0], directions):
         entries = list(direction["variants"].values())
         means = [100 * e["mean"] for e in entries]
-        errors = [100 * e["std"] for e in entries]
+        errors = [100 * (e["std"] or 0.0) for e in entries]  # no bar for a single run
         ax.bar(range(len(entries)), means, yerr=errors, capsize=4, color="#4c72b0")
         ax.axhline(100 * direction["teacher_accuracy"], color="#c44e52", linestyle="--", label="teacher")
         if BASELINE in direction["variants"]:

@@ -117,3 +117,21 @@ def test_the_memory_table_gives_each_peak_above_the_runtime_both_sides_hold(monk
     row = step_overhead.table("vit2cnn", ["limit", "fcka"], None, memory).splitlines()[-1]
     # peak, whole-process ratio, above the post-build baseline, its floor, above the runtime, its floor
     assert row == "| fcka | - | - | - | 1400 | 1.273 | 2.250 | 1.001 | 2.033 | 1.003 | - |"
+
+
+def test_a_variant_of_one_run_has_no_spread_to_report(tmp_path, monkeypatch):
+    """One seed (a variant that has run once, ``--seeds 0``) printed "std 0.0", as if every seed had
+    scored alike; it has no spread to tell, so its cell is "-" and its bar has no error bar."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import _quality_report as report
+
+    one = {"eval_accuracy": 0.9, "seconds": 1.0}
+    variants = report.summarise({"alone": {"label": "student alone", "runs": {0: one, 1: {**one, "eval_accuracy": 0.8}}},
+                                 "kd": {"label": "KD", "runs": {0: one}}})
+    assert variants["kd"]["std"] is None and variants["alone"]["std"] == pytest.approx(0.0707, abs=1e-4)
+    study = {"seeds": [0, 1], "validation_images": 540, "directions": {"cnn2vit": {
+        "label": "CNN -> ViT", "teacher_accuracy": 0.95, "variants": variants}}}
+    rows = [line for line in report.render_markdown(study).splitlines() if line.startswith("| ")]
+    assert rows[-2].split(" | ")[3] == "7.1" and rows[-1].split(" | ")[3] == "-", rows
+    report.save_plot(study, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
