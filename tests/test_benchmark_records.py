@@ -20,6 +20,16 @@ def _quality_digits():
     return module
 
 
+def _benchmark_script(name: str, monkeypatch) -> object:
+    """benchmarks/<name>.py as a module, with benchmarks/ on the path as ``python benchmarks/<name>.py``
+    puts it (its _provenance, _quality_report); the path is restored after the test."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("study", ["quality_digits", "quality_digits_core"])
 def test_report_only_renders_every_recorded_variant_and_seed(tmp_path, study):
     """--report-only with its default variants left out the settings search's rows and rewrote the
@@ -80,11 +90,8 @@ def test_gpu_scripts_print_help_and_say_when_there_is_no_cuda(monkeypatch, capsy
     import torch
 
     def run(script, *args):
-        spec = importlib.util.spec_from_file_location(f"_{script}", ROOT / "benchmarks" / f"{script}.py")
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as python benchmarks/<script>.py puts it
+        module = _benchmark_script(script, monkeypatch)
         monkeypatch.setattr(sys, "argv", [f"{script}.py", *args])
-        spec.loader.exec_module(module)
         with pytest.raises(SystemExit) as stopped:
             module.main()
         return stopped.value.code
@@ -103,10 +110,7 @@ def test_the_memory_table_gives_each_peak_above_the_runtime_both_sides_hold(monk
     (limit's peak - limit's runtime) and its trained-state floor in their own columns beside it."""
     from types import SimpleNamespace
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its _provenance; sys.path is restored after
-    spec = importlib.util.spec_from_file_location("step_overhead", ROOT / "benchmarks" / "step_overhead.py")
-    step_overhead = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(step_overhead)
+    step_overhead = _benchmark_script("step_overhead", monkeypatch)
     children = {"limit": {"peak_mib": 1100.0, "base_mib": 900.0, "runtime_mib": 800.0, "trainable": 1000},
                 "fcka": {"peak_mib": 1400.0, "base_mib": 950.0, "runtime_mib": 790.0, "trainable": 1000 + 2**16}}
     monkeypatch.setattr(step_overhead, "_memory_child", lambda args, variant: dict(children[variant]))

@@ -579,7 +579,6 @@ def test_a_signal_during_the_final_save_waits_for_the_model(tmp_path, monkeypatc
     "no", the whole training was lost), and the message said no checkpoint was written."""
     from transformers import AutoModelForImageClassification, PreTrainedModel
 
-
     save = PreTrainedModel.save_pretrained
 
     def signalled_while_saving(self, folder, *args, **kwargs):
