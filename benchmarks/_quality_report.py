@@ -91,6 +91,17 @@ def _overlap(report: dict) -> str:
     return f"; {shared} of them are also among split_seed 42's, on which the settings were chosen"
 
 
+def _orders(report: dict) -> str:
+    """How the seeds' data orders relate: the Trainer shuffles epoch e with data_seed + e."""
+    orders = report.get("data_orders")
+    if orders == "spaced":
+        return " Each seed shuffles the images in orders of its own (data_seed 1000 x seed)."
+    if orders == "mixed":
+        return " Some runs shuffled with data_seed 1000 x seed, others with their seed (orders one epoch apart)."
+    return (" Seed k shuffled epoch e as seed k + 1 shuffled epoch e - 1 (data_seed = seed, epoch e seeded with"
+            " data_seed + e), so consecutive seeds share most of their data orders.")
+
+
 def render_markdown(report: dict) -> str:
     """One table per direction: mean, std, paired difference (points) with its 95% interval."""
     lines = []
@@ -100,7 +111,7 @@ def render_markdown(report: dict) -> str:
             f"seeds {', '.join(map(str, report['seeds']))} (n: how many of them each variant has run; "
             f"its mean and std are over those, its difference is paired over the seeds it shares with the "
             f"student alone), {report['validation_images']} validation images "
-            f"(split_seed {report.get('split_seed', 42)}, the same for every run{_overlap(report)}).",
+            f"(split_seed {report.get('split_seed', 42)}, the same for every run{_overlap(report)}).{_orders(report)}",
             "",
             "| student loss | n | mean top-1 | std | vs student alone (points, 95% CI) | per seed | s/run |",
             "|---|---|---|---|---|---|---|",

@@ -48,6 +48,10 @@ from _quality_report import render_markdown, replace_block, save_plot, summarise
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 SELECTION_SPLIT_SEED = 42  # the held-out images the recommended setting was chosen on
+# The Trainer shuffles epoch e with data_seed + e (data_seed defaults to seed), so seeds k and k + 1
+# would read the same orders one epoch apart: seed k shuffles with data_seed STRIDE * k instead,
+# an order of its own as long as a run has fewer epochs than the stride.
+DATA_SEED_STRIDE = 1000
 CE = {"name": "ce", "weight": 1.0}
 RCKA = {"name": "rcka", "weight": 1.0, "intra_weight": 1.0, "inter_weight": 1.0}
 # Fixed for the benchmark whatever the recipes say: one evaluation, no checkpoints, quiet logs.
@@ -247,7 +251,7 @@ def student_run(out: Path, work: Path, name: str, direction: Direction, variant_
             raise SystemExit(f"{record} was distilled from another teacher than {name}'s recorded one (retrained "
                              "since): its accuracy would be reported beside the other teacher's; rerun it")
         return kept
-    overrides = {**_student_overrides(direction, variant), "seed": seed}
+    overrides = {**_student_overrides(direction, variant), "seed": seed, "data_seed": DATA_SEED_STRIDE * seed}
     if variant.losses is not None:
         overrides.update({"teacher_model_name_or_path": str(teacher), "losses": variant.losses})
     folder = work / "models" / name / variant_key / f"seed{seed}"
@@ -261,6 +265,12 @@ def student_run(out: Path, work: Path, name: str, direction: Direction, variant_
     result = {**run_cli(direction.student_recipe, overrides, folder, record.with_suffix(".log")), "teacher_run": teacher_run}
     record.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _data_orders(record: dict) -> str:
+    """"spaced" when a student run shuffled with ``DATA_SEED_STRIDE`` x its seed, "consecutive" when
+    with its seed (records from before the stride), by the command it recorded."""
+    return "spaced" if "--data_seed" in record["command"] else "consecutive"
 
 
 def validation_size() -> int:
@@ -352,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         _from_records(args)
     report = {"seeds": args.seeds, "split_seed": args.split_seed, "validation_images": None, "directions": {}}
+    orders: set[str] = set()
     for name in args.directions:
         direction = DIRECTIONS[name]
         teacher, teacher_result = teacher_dir(args.out, args.work, name, direction, args.report_only)
@@ -364,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         for (variant, seed), result in zip(keys, results):
             if result is not None:
                 runs.setdefault(variant, {})[seed] = result
+        orders.update(_data_orders(r) for by_seed in runs.values() for r in by_seed.values())
         report["directions"][name] = {
             "label": direction.label, "teacher_accuracy": teacher_result["eval_accuracy"],
             "variants": summarise({v: {"label": VARIANTS[v].label, "runs": r, "compare_to": VARIANTS[v].compare_to}
@@ -373,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no run records in {args.out} for these directions, variants and seeds: nothing to report")
     report["validation_images"] = validation_size()
     report["selection_overlap"] = selection_overlap()
+    report["data_orders"] = orders.pop() if len(orders) == 1 else "mixed"
     args.out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(report)
     print(markdown)

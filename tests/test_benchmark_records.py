@@ -41,6 +41,7 @@ def test_report_only_renders_every_recorded_variant_and_seed(tmp_path, study):
     committed = json.loads((RESULTS.parent / study / "quality_digits.json").read_text())
     rendered = json.loads((out / "quality_digits.json").read_text())
     assert rendered["seeds"] == committed["seeds"] and rendered["validation_images"] == committed["validation_images"]
+    assert rendered["data_orders"] == "consecutive"  # every committed study ran before data_seed was spaced
     for name, direction in committed["directions"].items():
         variants = rendered["directions"][name]["variants"]
         assert list(variants) == list(direction["variants"])
@@ -139,3 +140,47 @@ def test_a_variant_of_one_run_has_no_spread_to_report(tmp_path, monkeypatch):
     assert rows[-2].split(" | ")[3] == "7.1" and rows[-1].split(" | ")[3] == "-", rows
     report.save_plot(study, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def _epoch_order(tmp_path, seed, data_seed, epoch):
+    from test_sampler_ema import indexed_dataset, make_args
+
+    from conftest import processor, tiny_vit
+    from hf_rcka import DistillationTrainer
+
+    trainer = DistillationTrainer(model=tiny_vit(), args=make_args(tmp_path, seed=seed, data_seed=data_seed),
+                                  train_dataset=indexed_dataset(24), processing_class=processor(16))
+    loader = trainer.get_train_dataloader()
+    loader.set_epoch(epoch)
+    return [int(i) for batch in loader for i in batch["pixel_values"][:, 0, 0, 0]]
+
+
+def test_study_seeds_shuffle_in_orders_of_their_own(tmp_path, monkeypatch):
+    """The Trainer shuffles epoch e with data_seed + e, so with data_seed = seed the study's seeds 0 and
+    1 read the same orders one epoch apart; each run now passes data_seed 1000 x seed, and the tables
+    say which kind of orders a study's records had."""
+    quality_digits = _benchmark_script("quality_digits", monkeypatch)
+    commands = {}
+
+    def recorded(recipe, overrides, output_dir, log):
+        commands[overrides["seed"]] = quality_digits._command(recipe, overrides, output_dir)[1:]
+        return {"eval_accuracy": 0.5 + overrides["seed"] / 10, "seconds": 1.0, "command": commands[overrides["seed"]]}
+
+    monkeypatch.setattr(quality_digits, "run_cli", recorded)
+    direction = quality_digits.DIRECTIONS["cnn2vit"]
+    for seed in (0, 1):
+        quality_digits.student_run(tmp_path, tmp_path, "cnn2vit", direction, "alone", seed, tmp_path / "teacher")
+    data_seeds = [int(commands[seed][commands[seed].index("--data_seed") + 1]) for seed in (0, 1)]
+    assert data_seeds == [0, 1000]
+    assert _epoch_order(tmp_path, 0, None, 1) == _epoch_order(tmp_path, 1, None, 0), "the premise: shared orders"
+    assert _epoch_order(tmp_path, 0, data_seeds[0], 1) != _epoch_order(tmp_path, 1, data_seeds[1], 0)
+
+    records = [json.loads((tmp_path / "runs" / "cnn2vit" / "alone" / f"seed{s}.json").read_text()) for s in (0, 1)]
+    assert {quality_digits._data_orders(r) for r in records} == {"spaced"}
+    import _quality_report as report
+
+    study = {"seeds": [0, 1], "validation_images": 540, "data_orders": "spaced", "directions": {"cnn2vit": {
+        "label": "CNN -> ViT", "teacher_accuracy": 0.95,
+        "variants": report.summarise({"alone": {"label": "alone", "runs": dict(enumerate(records))}})}}}
+    assert "orders of its own (data_seed 1000 x seed)" in report.render_markdown(study)
+    assert "consecutive seeds share" in report.render_markdown({**study, "data_orders": "consecutive"})
