@@ -283,3 +283,41 @@ def test_only_a_name_the_model_repeats_may_be_spelt_otherwise(caplog):
     spelt[0] = descriptions[0] + " (fish)"
     with pytest.raises(LabelError, match="the teacher's classes do not match"):
         teacher_label_order(spelt, descriptions)
+
+
+def test_an_eval_only_student_of_unnamed_classes_and_another_class_count_is_refused():
+    """A student whose classes are only numbered (LABEL_0...) can be checked by its class count
+    alone; evaluating a two-class head on three-class data must be refused, not passed as if the
+    unnamed classes were the data's (its third class has no output)."""
+    assert run_label_order(NAMES, ["LABEL_0", "LABEL_1", "LABEL_2"], training=False) == NAMES  # only counted
+    with pytest.raises(LabelError, match=r"cannot evaluate: .*the model has \['LABEL_0', 'LABEL_1'\]"):
+        run_label_order(NAMES, ["LABEL_0", "LABEL_1"], training=False)
+    with pytest.raises(LabelError, match="the checkpoint was trained on other classes"):
+        resume_label_order(NAMES, ["LABEL_0", "LABEL_1"])
+
+
+def test_a_partly_numbered_model_is_not_taken_for_an_unnamed_one():
+    """Only a model whose every class is a placeholder (LABEL_0...) is counted rather than named:
+    one real name among placeholders ('cat', 'dog', 'LABEL_2') names classes, so a teacher, a
+    student or a checkpoint that lacks the data's 'eel' is refused, not waved through as unnamed."""
+    partly = ["cat", "dog", "LABEL_2"]
+    with pytest.raises(LabelError, match=r"the dataset has \['eel'\] that the teacher lacks"):
+        teacher_label_order(NAMES, partly)
+    with pytest.raises(LabelError, match="cannot evaluate"):
+        run_label_order(NAMES, partly, training=False)
+    with pytest.raises(LabelError, match=r"the dataset has \['eel'\] that the checkpoint lacks"):
+        resume_label_order(NAMES, partly)
+
+
+def test_a_student_that_repeats_a_name_is_not_the_dataset_s_classes():
+    """The same set of names is not the same classes: a student naming 'crane' twice (an ImageNet
+    classifier) on data with one 'crane' folder has one row more than the data has classes. Its
+    1000-row head was kept as the run's class order for 999 classes; in training the head is
+    re-initialised for the data's classes, and an evaluation is refused."""
+    descriptions, _ = _imagenet()
+    once = list(dict.fromkeys(descriptions))
+    assert len(once) == 999
+    assert run_label_order(once, descriptions, training=True) == once
+    with pytest.raises(LabelError, match="cannot evaluate: the model has 1000 classes, the dataset 999"):
+        run_label_order(once, descriptions, training=False)
+    assert run_label_order(["a", "b"], ["a", "b", "b"], training=True) == ["a", "b"]
