@@ -510,3 +510,76 @@ def test_the_teachers_own_accuracy_is_taken_only_from_a_run_on_the_same_images(t
     facts = card_facts_of(ModelArguments(model_name_or_path="config:vit", teacher_model_name_or_path=str(teacher)),
                           data, 6)
     assert facts.teacher_own_accuracy == 0.97
+
+
+def test_a_baseline_with_no_recorded_recipe_is_claimed_neither_same_nor_another(tmp_path):
+    """A student-alone run from Python records no recipe: nothing is known of its images or its
+    student. It was called "same images" (and comparable, with a gain) where this run's data
+    settings were the defaults, and "another student" where its student was not the default one."""
+    from hf_rcka.arguments import recipe_defaults
+    from hf_rcka.trainer.card_facts import SPLIT_KEYS, STUDENT_KEYS, TrainingRecord
+
+    baseline = tmp_path / "alone"
+    baseline.mkdir()
+    (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
+    (baseline / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
+    defaults = recipe_defaults()
+    settings = {k: defaults.get(k) for k in SPLIT_KEYS}
+    student = {k: defaults.get(k) for k in STUDENT_KEYS}
+    _, note, comparable = read_baseline(str(baseline), settings, student, TrainingRecord({}, 10, 64, 1e-3))
+    assert note == "run `alone`, other evaluation images" and not comparable
+    _, note, comparable = read_baseline(str(baseline), settings, {**student, "model_name_or_path": "config:resnet"})
+    assert "another student" not in note and not comparable
+    assert read_teacher_run(str(baseline), settings) is None
+
+
+def test_a_baseline_that_recorded_no_optimizer_steps_is_not_comparable(tmp_path):
+    """A baseline folder without trainer_state.json (its state not saved, or removed) trained for
+    an unknown number of steps: it was called comparable, and the card claimed a gain over it."""
+    from hf_rcka.arguments import recipe_defaults
+    from hf_rcka.trainer.card_facts import STUDENT_KEYS, TrainingRecord
+
+    baseline = tmp_path / "alone"
+    baseline.mkdir()
+    (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
+    settings = {"dataset_name": "builtin:digits", "dataset_config_name": None, "train_dir": None,
+                "validation_dir": None, "train_val_split": 0.15, "split_seed": 42, "max_eval_samples": None,
+                "label_column_name": "label"}
+    recorded = {"dataset_name": "builtin:digits", "learning_rate": 1e-3}
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
+    student = {k: recipe_defaults().get(k) for k in STUDENT_KEYS}
+    _, note, comparable = read_baseline(str(baseline), settings, student, TrainingRecord(recorded, 10, 64, 1e-3))
+    assert note == "run `alone`, same images, trained otherwise (unrecorded optimizer steps against this run's 10)"
+    assert not comparable
+    (baseline / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
+    assert read_baseline(str(baseline), settings, student, TrainingRecord(recorded, 10, 64, 1e-3))[2]
+
+
+def test_a_baseline_is_compared_by_its_evaluations_and_smoothing_in_effect(tmp_path):
+    """eval_steps unset evaluates every logging_steps (transformers), so a best-model baseline of
+    eval_steps unset and logging_steps 10 chose among the same evaluations as a run of eval_steps
+    10; and a ce spec at weight 0 is left out, so its label_smoothing trains nothing: both were
+    called "trained otherwise" (no gain on the card) with the same training."""
+    from hf_rcka.trainer.card_facts import TrainingRecord
+
+    baseline = tmp_path / "alone"
+    baseline.mkdir()
+    (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
+    (baseline / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
+    settings = {"dataset_name": "builtin:digits", "dataset_config_name": None, "train_dir": None,
+                "validation_dir": None, "train_val_split": 0.15, "split_seed": 42, "max_eval_samples": None,
+                "label_column_name": "label"}
+    selecting = {"dataset_name": "builtin:digits", "learning_rate": 1e-3, "load_best_model_at_end": True,
+                 "eval_strategy": "steps", "save_strategy": "steps", "logging_steps": 10}
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump(selecting))
+    mine = {**selecting, "eval_steps": 10}
+    assert read_baseline(str(baseline), settings, None, TrainingRecord(mine, 10, 64, 1e-3))[1] == \
+        "run `alone`, same images"
+    assert "eval_steps differ" in read_baseline(str(baseline), settings, None,
+                                                TrainingRecord({**selecting, "eval_steps": 5}, 10, 64, 1e-3))[1]
+    plain = {"dataset_name": "builtin:digits", "learning_rate": 1e-3,
+             "losses": [{"name": "ce", "weight": 0, "label_smoothing": 0.3}, {"name": "kd"}]}
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump(plain))
+    mine = {**plain, "losses": [{"name": "kd"}]}
+    assert read_baseline(str(baseline), settings, None, TrainingRecord(mine, 10, 64, 1e-3))[1] == \
+        "run `alone`, same images"
