@@ -151,3 +151,37 @@ def test_a_checkpoint_without_a_batch_record_resumes_uncompared_and_one_with_it_
     (tmp_path / BATCH_RECORD_NAME).write_text(json.dumps({"global_batch": 8, "processes": 2, "forward_batch": 4}))
     with pytest.raises(RecipeError, match=r"global batch of 8 \(2 processes\); this launch gives 4 images"):
         check_resume_batch(str(tmp_path), launch)
+
+
+def test_a_checkpoint_without_weights_is_refused_before_loading_naming_the_one_before(tmp_path):
+    """A checkpoint with its optimizer, scheduler and trainer state but no .safetensors weights (a
+    save that lost them, a bin-only copy) passed the check and failed as the models loaded, with no
+    hint of the earlier checkpoint that would do."""
+    (tmp_path / "checkpoint-2").mkdir()
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    for name in ("optimizer.pt", "scheduler.pt"):
+        torch.save({"state": {}}, checkpoint / name)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    with pytest.raises(ModelError, match=r"holds no \.safetensors weights: .*--resume_from_checkpoint .*checkpoint-2 "):
+        check_checkpoint(str(checkpoint))
+    save_file({"w": torch.zeros(2)}, str(checkpoint / "model.safetensors"))
+    check_checkpoint(str(checkpoint))  # whole: nothing to say
+
+
+def test_a_record_that_names_no_student_resumes_with_the_one_given(tmp_path):
+    """A recorded recipe that leaves model_name_or_path out says nothing of the student (its weights
+    are compared as the checkpoint loads): a resume naming one was refused as "another student"."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "distill_config.yaml").write_text(yaml.safe_dump({"dataset_name": "builtin:digits", "output_dir": str(run)}))
+    values = {"model_name_or_path": "config:resnet", "student_from_scratch": False, "teacher_model_name_or_path": None,
+              "teacher_config_overrides": None, "teacher_label_mapping": "by_name", "image_size": None,
+              "student_config_overrides": None, "dataset_name": "builtin:digits", "dataset_config_name": None,
+              "feature_pairs": None, "losses": None, "seed": 42, "data_seed": None, "aug_repeats": 0,
+              "max_train_samples": None, "label_smoothing_factor": 0.0, "label_column_name": "label"}
+    namespace = SimpleNamespace(**values)
+    check_resume_recipe(str(run), namespace, namespace, namespace)
+    with pytest.raises(RecipeError, match="seed 42 -> 7"):  # the record is compared all the same
+        namespace = SimpleNamespace(**{**values, "seed": 7})
+        check_resume_recipe(str(run), namespace, namespace, namespace)
