@@ -97,6 +97,14 @@ def test_distillation_defaults_keep_columns_and_name_labels():
         ({"model_ema": True, "model_ema_decay": 1.0}, r"model_ema_decay must be in \[0, 1\), got 1.0"),
         ({"model_ema_export": True}, r"model_ema_export: true needs model_ema: true"),
         ({"lr_base": 0}, r"lr_base must be > 0"),  # it would train at a rate of 0
+        # TrainingArguments takes each of these: Adam with a beta of 1 never updates its averages, an
+        # epsilon of 0 divides by zero on a parameter whose gradient is 0, and no accumulation step
+        # divides by zero as training starts
+        ({"adam_beta1": 1.0}, r"adam_beta1 must be in \[0, 1\), got 1.0"),
+        ({"adam_beta2": 1.0}, r"adam_beta2 must be in \[0, 1\), got 1.0"),
+        ({"adam_epsilon": 0.0}, r"adam_epsilon must be > 0, got 0.0"),
+        ({"gradient_accumulation_steps": 0}, r"gradient_accumulation_steps must be >= 1, got 0"),
+        ({"per_device_eval_batch_size": 0}, r"per_device_eval_batch_size must be >= 1, got 0"),
         ({"feature_pairs": [{"student_layer": True, "teacher_layer": 2}]},
          r"feature_pairs\[0\].student_layer must be an integer, got True .*student_layer 3\)"),
         # an auto pair becomes patch_match with some losses: its options are checked before anything loads

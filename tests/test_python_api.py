@@ -812,6 +812,21 @@ def test_fp16_on_a_cpu_is_refused(tmp_path):
         build(make_args(tmp_path, fp16=True, losses=["ce"]), tiny_vit())
 
 
+def test_fp16_with_use_cpu_on_a_machine_with_a_gpu_is_refused(monkeypatch):
+    """use_cpu keeps the run on the CPU where a GPU is present, and there accelerate turns fp16 off
+    as it does on a machine without one: float32 training, with no word."""
+    import transformers.utils
+
+    from hf_rcka.training_values import check_half_precision
+
+    monkeypatch.setattr(transformers.utils, "is_torch_cuda_available", lambda: True)
+    check_half_precision(SimpleNamespace(fp16=True, use_cpu=False, mixed_precision=None))  # the GPU's fp16
+    with pytest.raises(RecipeError, match="fp16 needs a GPU"):
+        check_half_precision(SimpleNamespace(fp16=True, use_cpu=True, mixed_precision=None))
+    with pytest.raises(RecipeError, match="the launcher asks for fp16"):
+        check_half_precision(SimpleNamespace(fp16=False, use_cpu=True, mixed_precision="fp16"))
+
+
 def test_resuming_a_checkpoint_without_optimizer_state_is_refused(tmp_path):
     """A save_only_model checkpoint resumed with a fresh optimizer and the schedule from its start
     (learning rate 0.001 at step 3 instead of 0.0005), exit 0; the CLI refused it."""
