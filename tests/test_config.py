@@ -896,3 +896,42 @@ def test_a_link_to_an_earlier_checkpoint_reads_its_paths_where_its_run_ran(tmp_p
     (tmp_path / "latest").symlink_to(run / "checkpoint-4")
     monkeypatch.chdir(other)
     assert recorded_recipe(str(tmp_path / "latest"))["train_dir"] == str(first / "data" / "train")
+
+
+def test_a_pushed_checkpoint_keeps_no_working_folder_and_a_local_one_does(tmp_path):
+    """Trainer uploads a checkpoint folder whole (push_to_hub, hub_strategy: checkpoint): the
+    working folder, a local path, must stay out of a pushed copy; a local checkpoint keeps it, so
+    that its record's relative paths are read where its run ran."""
+    import json
+
+    from hf_rcka.run_record import RECIPE_RECORD, WORKING_DIR_NAME, copy_run_record
+
+    run = tmp_path / "out"
+    for name in ("checkpoint-2", "checkpoint-4"):
+        (run / name).mkdir(parents=True)
+    dump_recipe(BASE, run / RECIPE_RECORD)
+    (run / WORKING_DIR_NAME).write_text(json.dumps({"working_dir": str(tmp_path / "private" / "home")}))
+    copy_run_record(str(run), str(run / "checkpoint-2"), pushed=True)
+    assert sorted(p.name for p in (run / "checkpoint-2").iterdir()) == [RECIPE_RECORD]
+    copy_run_record(str(run), str(run / "checkpoint-4"))
+    assert sorted(p.name for p in (run / "checkpoint-4").iterdir()) == sorted([RECIPE_RECORD, WORKING_DIR_NAME])
+
+
+def test_a_record_that_is_empty_or_not_a_mapping_is_read_as_such(tmp_path):
+    """An empty record holds no settings (read as none, as a run from Python); one that is a YAML
+    list, not a mapping, is a ValueError naming it (callers warn and compare nothing), not an
+    AttributeError from deep in the reading; an empty path setting is no folder of the run's."""
+    import json
+
+    from hf_rcka.run_record import RECIPE_RECORD, WORKING_DIR_NAME, read_recorded_recipe
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / WORKING_DIR_NAME).write_text(json.dumps({"working_dir": str(tmp_path)}))
+    (run / RECIPE_RECORD).write_text("")
+    assert read_recorded_recipe(str(run)) == {}
+    (run / RECIPE_RECORD).write_text("- train_dir\n- data\n")
+    with pytest.raises(ValueError, match="is not a mapping of recipe keys"):
+        read_recorded_recipe(str(run))
+    (run / RECIPE_RECORD).write_text("validation_dir: ''\ntrain_dir: run\n")
+    assert read_recorded_recipe(str(run)) == {"validation_dir": "", "train_dir": str(tmp_path / "run")}
