@@ -583,3 +583,20 @@ def test_a_baseline_is_compared_by_its_evaluations_and_smoothing_in_effect(tmp_p
     mine = {**plain, "losses": [{"name": "kd"}]}
     assert read_baseline(str(baseline), settings, None, TrainingRecord(mine, 10, 64, 1e-3))[1] == \
         "run `alone`, same images"
+
+
+def test_the_card_counts_a_relation_over_the_processes_only_where_it_gathers_them():
+    """A relational term evaluated on 2 processes compares each process's batch alone unless its
+    loss gathers the rows: without gather the card said it compared 2 x 8 images at once."""
+    from types import SimpleNamespace
+
+    from hf_rcka import LOSSES
+    from hf_rcka.trainer.card_facts import complete_card_facts
+
+    losses = {"rcka": LOSSES.build("rcka"), "kd": LOSSES.build("kd")}
+    model = SimpleNamespace(teacher=None, needs_teacher=False, teacher_other_classes=False, losses=losses)
+    args = SimpleNamespace(per_device_eval_batch_size=8, world_size=2, baseline_dir=None)
+    trainer = SimpleNamespace(card_facts=CardFacts(), distillation_model=model, eval_dataset=[], args=args)
+    assert complete_card_facts(trainer).relation_batches == {"rcka_intra": 8, "rcka_inter": 8}
+    losses["rcka"] = LOSSES.build("rcka", gather=True)
+    assert complete_card_facts(trainer).relation_batches == {"rcka_intra": 16, "rcka_inter": 16}
