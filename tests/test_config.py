@@ -935,3 +935,17 @@ def test_a_record_that_is_empty_or_not_a_mapping_is_read_as_such(tmp_path):
         read_recorded_recipe(str(run))
     (run / RECIPE_RECORD).write_text("validation_dir: ''\ntrain_dir: run\n")
     assert read_recorded_recipe(str(run)) == {"validation_dir": "", "train_dir": str(tmp_path / "run")}
+
+
+def test_optim_args_that_say_what_transformers_sets_anyway_are_compared_as_numbers(tmp_path):
+    """optim_args lr=1e-3 beside learning_rate 0.001 says what transformers passes anyway: accepted
+    however the number is spelt; another value would not be used, so it is refused naming its field."""
+    from hf_rcka import DistillationTrainingArguments
+
+    DistillationTrainingArguments(str(tmp_path), optim="adamw_torch", optim_args="lr=1e-3", learning_rate=0.001,
+                                  use_cpu=True)
+    DistillationTrainingArguments(str(tmp_path), optim="adamw_torch", optim_args="eps=1e-8", adam_epsilon=1e-08,
+                                  use_cpu=True)
+    with pytest.raises(RecipeError, match="lr comes from the training argument learning_rate"):
+        DistillationTrainingArguments(str(tmp_path), optim="adamw_torch", optim_args="lr=1e-2", learning_rate=0.001,
+                                      use_cpu=True)
