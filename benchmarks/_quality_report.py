@@ -93,11 +93,11 @@ def _overlap(report: dict) -> str:
 
 def _orders(report: dict) -> str:
     """How the seeds' data orders relate: the Trainer shuffles epoch e with data_seed + e."""
-    orders = report.get("data_orders")
+    orders, spaced = report.get("data_orders"), f"data_seed {report.get('data_seed_stride')} x seed"
     if orders == "spaced":
-        return " Each seed shuffles the images in orders of its own (data_seed 1000 x seed)."
+        return f" Each seed shuffles the images in orders of its own ({spaced})."
     if orders == "mixed":
-        return " Some runs shuffled with data_seed 1000 x seed, others with their seed (orders one epoch apart)."
+        return f" Some runs shuffled with {spaced}, others with their seed (orders one epoch apart)."
     return (" Seed k shuffled epoch e as seed k + 1 shuffled epoch e - 1 (data_seed = seed, epoch e seeded with"
             " data_seed + e), so consecutive seeds share most of their data orders.")
 

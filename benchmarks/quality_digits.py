@@ -386,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     report["validation_images"] = validation_size()
     report["selection_overlap"] = selection_overlap()
     report["data_orders"] = orders.pop() if len(orders) == 1 else "mixed"
+    report["data_seed_stride"] = DATA_SEED_STRIDE
     args.out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(report)
     print(markdown)

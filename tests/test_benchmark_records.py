@@ -180,7 +180,7 @@ def test_study_seeds_shuffle_in_orders_of_their_own(tmp_path, monkeypatch):
     assert {quality_digits._data_orders(r) for r in records} == {"spaced"}
     import _quality_report as report
 
-    study = {"seeds": [0, 1], "validation_images": 540, "data_orders": "spaced", "directions": {"cnn2vit": {
+    study = {"seeds": [0, 1], "validation_images": 540, "data_orders": "spaced", "data_seed_stride": 1000, "directions": {"cnn2vit": {
         "label": "CNN -> ViT", "teacher_accuracy": 0.95,
         "variants": report.summarise({"alone": {"label": "alone", "runs": dict(enumerate(records))}})}}}
     assert "orders of its own (data_seed 1000 x seed)" in report.render_markdown(study)
