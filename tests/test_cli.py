@@ -24,6 +24,9 @@ COMMON = {
     "student_accuracy_check": "warn",
 }
 
+# one pytest-xdist worker runs this file (--dist loadgroup): its module fixture trains two models
+pytestmark = pytest.mark.xdist_group("test_cli")
+
 
 def write(path: Path, recipe: dict) -> str:
     path.write_text(yaml.safe_dump(recipe))

@@ -21,6 +21,8 @@ BASE = {"model_name_or_path": "config:resnet", "output_dir": "unused", "dataset_
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
 
 
+# one pytest-xdist worker runs this file (--dist loadgroup): its module fixture starts an interpreter
+pytestmark = pytest.mark.xdist_group("test_cli_layout")
 CORE = ("hf_rcka.arguments", "hf_rcka.trainer.trainer", "hf_rcka.data.datasets")
 
 

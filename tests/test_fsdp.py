@@ -22,6 +22,9 @@ WORKER = Path(__file__).parent / "fsdp_worker.py"
 TRAINER_WORKER = Path(__file__).parent / "fsdp_trainer_worker.py"
 AC_WORKER = Path(__file__).parent / "fsdp_ac_worker.py"
 
+# one pytest-xdist worker runs this file (--dist loadgroup): its module fixtures are 2-process launches
+pytestmark = pytest.mark.xdist_group("test_fsdp")
+
 
 def _free_port() -> int:
     with socket.socket() as sock:

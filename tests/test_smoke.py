@@ -91,9 +91,17 @@ def test_every_recipe_is_covered_and_the_headline_is_there():
     assert (TEACHER_FROM_DIGITS_RUN | set(TEACHER_FROM_HF_CACHE) | {DIGITS_TEACHER_RECIPE}) <= names
 
 
-@pytest.mark.parametrize(
-    "path", [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW else p for p in RECIPES], ids=lambda p: p.stem
-)
+def _recipe_marks(path: Path) -> list:
+    """Full-size recipes are slow; the two digits recipes share the module's trained teacher, so
+    pytest-xdist (``--dist loadgroup``) runs them in one worker, which builds it once."""
+    if path.name in SLOW:
+        return [pytest.mark.slow]
+    if path.name in TEACHER_FROM_DIGITS_RUN | {DIGITS_TEACHER_RECIPE}:
+        return [pytest.mark.xdist_group("digits_teacher")]
+    return []
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=_recipe_marks(p)) for p in RECIPES], ids=lambda p: p.stem)
 def test_recipe_smoke_tests_offline(path, tmp_path, capsys, request):
     output_dir = tmp_path / "run"
     if path.name == DIGITS_TEACHER_RECIPE:
