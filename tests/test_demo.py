@@ -236,3 +236,21 @@ def test_the_readmes_demo_figures_are_its_record(tmp_path):
     assert table.count("\n") == 1 + len(list((ROOT / "benchmarks" / "results").glob("demo_*.json")))
     benchmarks_readme = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")
     assert table in benchmarks_readme, "benchmarks/README.md's table is not demo_records.py's output: run it again"
+
+
+def test_the_demo_ends_with_what_several_seeds_measured(demo, tmp_path, capsys):
+    """One seed's gain moves by a point or two, so the demo also says what the benchmark measured
+    over several seeds for its pair and setting, read from the committed record (not typed)."""
+    study = Path("benchmarks") / "results" / "quality_digits_confirm_spaced" / "quality_digits.json"
+    assert _main(demo, tmp_path) == 0
+    assert "benchmarks/quality_digits.py measures the gain over several seeds" in capsys.readouterr().out
+    (demo.ROOT / study).parent.mkdir(parents=True)
+    shutil.copy(ROOT / study, demo.ROOT / study)
+    gain = json.loads((ROOT / study).read_text())["directions"]["cnn2vit"]["variants"]["rcka_fcka3_srd"]
+    gain = gain["paired_difference"]
+    assert _main(demo, tmp_path) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"Over {gain['n']} seeds, each with data orders of its own" in printed, printed[-600:]
+    low, high = gain["ci95"]
+    assert (f"{100 * gain['mean']:+.1f} points over the student alone (95% interval {100 * low:+.1f} to "
+            f"{100 * high:+.1f}; {study};") in printed, printed[-600:]
