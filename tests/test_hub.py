@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,13 +169,26 @@ def test_usage_snippet_decodes_images_as_training_did(tmp_path, monkeypatch, kin
     assert deployed.shape == trained_on.shape and np.array_equal(deployed, trained_on)
 
 
-def test_student_alone_baseline_and_gain(tmp_path):
+# the split settings a digits run evaluated with (card_facts.SPLIT_KEYS), as read_baseline takes them
+DIGITS_SPLIT = {"dataset_name": "builtin:digits", "dataset_config_name": None, "train_dir": None,
+                "validation_dir": None, "train_val_split": 0.15, "split_seed": 42, "max_eval_samples": None,
+                "label_column_name": "label"}
+
+
+def _baseline_run(tmp_path: Path, steps: int | None = None) -> Path:
+    """A student-alone run folder that scored 90%, with ``steps`` optimizer steps in its
+    trainer_state.json (None: no trainer_state.json)."""
     baseline = tmp_path / "alone"
     baseline.mkdir()
     (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
-    settings = {"dataset_name": "builtin:digits", "dataset_config_name": None, "train_dir": None,
-                "validation_dir": None, "train_val_split": 0.3, "split_seed": 42, "max_eval_samples": None,
-                "label_column_name": "label"}
+    if steps is not None:
+        (baseline / "trainer_state.json").write_text(json.dumps({"global_step": steps}))
+    return baseline
+
+
+def test_student_alone_baseline_and_gain(tmp_path):
+    baseline = _baseline_run(tmp_path)
+    settings = {**DIGITS_SPLIT, "train_val_split": 0.3}
     recorded = {"dataset_name": "builtin:digits", "train_val_split": 0.3, "seed": 3}  # split_seed left at its default
     (baseline / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
     student = {"model_name_or_path": "config:resnet", "student_from_scratch": False,
@@ -251,13 +265,8 @@ def test_a_baseline_is_compared_by_the_training_in_effect_not_by_its_spelling(tm
     global batch at the same per-device batch was called comparable."""
     from hf_rcka.trainer.card_facts import TrainingRecord
 
-    baseline = tmp_path / "alone"
-    baseline.mkdir()
-    (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
-    (baseline / "trainer_state.json").write_text(json.dumps({"global_step": 100}))
-    settings = {"dataset_name": "builtin:digits", "dataset_config_name": None, "train_dir": None,
-                "validation_dir": None, "train_val_split": 0.15, "split_seed": 42, "max_eval_samples": None,
-                "label_column_name": "label"}
+    baseline = _baseline_run(tmp_path, steps=100)
+    settings = dict(DIGITS_SPLIT)
     recorded = {"dataset_name": "builtin:digits", "lr_base": 1e-3, "lr_base_size": 512, "no_aug": True,
                 "color_jitter": 0.4, "per_device_train_batch_size": 64}
 
@@ -519,10 +528,7 @@ def test_a_baseline_with_no_recorded_recipe_is_claimed_neither_same_nor_another(
     from hf_rcka.arguments import recipe_defaults
     from hf_rcka.trainer.card_facts import SPLIT_KEYS, STUDENT_KEYS, TrainingRecord
 
-    baseline = tmp_path / "alone"
-    baseline.mkdir()
-    (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
-    (baseline / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
+    baseline = _baseline_run(tmp_path, steps=10)
     defaults = recipe_defaults()
     settings = {k: defaults.get(k) for k in SPLIT_KEYS}
     student = {k: defaults.get(k) for k in STUDENT_KEYS}
@@ -539,12 +545,8 @@ def test_a_baseline_that_recorded_no_optimizer_steps_is_not_comparable(tmp_path)
     from hf_rcka.arguments import recipe_defaults
     from hf_rcka.trainer.card_facts import STUDENT_KEYS, TrainingRecord
 
-    baseline = tmp_path / "alone"
-    baseline.mkdir()
-    (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
-    settings = {"dataset_name": "builtin:digits", "dataset_config_name": None, "train_dir": None,
-                "validation_dir": None, "train_val_split": 0.15, "split_seed": 42, "max_eval_samples": None,
-                "label_column_name": "label"}
+    baseline = _baseline_run(tmp_path)
+    settings = dict(DIGITS_SPLIT)
     recorded = {"dataset_name": "builtin:digits", "learning_rate": 1e-3}
     (baseline / "distill_config.yaml").write_text(yaml.safe_dump(recorded))
     student = {k: recipe_defaults().get(k) for k in STUDENT_KEYS}
@@ -562,13 +564,8 @@ def test_a_baseline_is_compared_by_its_evaluations_and_smoothing_in_effect(tmp_p
     called "trained otherwise" (no gain on the card) with the same training."""
     from hf_rcka.trainer.card_facts import TrainingRecord
 
-    baseline = tmp_path / "alone"
-    baseline.mkdir()
-    (baseline / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
-    (baseline / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
-    settings = {"dataset_name": "builtin:digits", "dataset_config_name": None, "train_dir": None,
-                "validation_dir": None, "train_val_split": 0.15, "split_seed": 42, "max_eval_samples": None,
-                "label_column_name": "label"}
+    baseline = _baseline_run(tmp_path, steps=10)
+    settings = dict(DIGITS_SPLIT)
     selecting = {"dataset_name": "builtin:digits", "learning_rate": 1e-3, "load_best_model_at_end": True,
                  "eval_strategy": "steps", "save_strategy": "steps", "logging_steps": 10}
     (baseline / "distill_config.yaml").write_text(yaml.safe_dump(selecting))
