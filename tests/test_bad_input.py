@@ -1955,12 +1955,32 @@ def test_trainer_settings_that_empty_or_break_the_evaluation(tmp_path, capsys, n
     ({"torch_compile_mode": "fastest"}, "torch_compile_mode: unknown mode 'fastest': "),
     ({"torch_compile_backend": "aot_eager", "torch_compile_mode": "max-autotune"},
      "torch_compile_mode 'max-autotune' is a mode of the inductor backend, and torch_compile_backend is 'aot_eager'"),
+    # accelerate compiles nothing with backend "no": the mode was dropped without a word
+    ({"torch_compile_backend": "no", "torch_compile_mode": "max-autotune"},
+     "torch_compile_mode 'max-autotune' is a mode of the inductor backend, and torch_compile_backend is 'no'"),
 ])
 def test_work_transformers_accepts_and_the_run_would_skip_or_fail_on(tmp_path, capsys, no_loading, setting, message):
     """do_predict predicted nothing and load_best_model_at_end exported the last step (exit 0 both); an
     unknown compile backend was a traceback as the trainer was built, after the previous run was set aside."""
     assert run(tmp_path, base(tmp_path, **setting)) == 2
     assert error_of(capsys).startswith(f"error: {message}")
+
+
+@pytest.mark.parametrize("value", [None, False, "", "false", "False", "FALSE", "none", "None"])
+def test_every_spelling_of_no_resume_means_no_resume_throughout(tmp_path, value):
+    """The start-up checks took 'none' (any case) and 'FALSE' for no resume, and the job then
+    refused them: "resume_from_checkpoint 'none' is not a folder". One rule serves both."""
+    from types import SimpleNamespace
+
+    from hf_rcka.cli.job import resolve_resume
+    from hf_rcka.cli.preflight import resuming
+
+    assert not resuming(value)
+    assert resolve_resume(SimpleNamespace(resume_from_checkpoint=value, output_dir=str(tmp_path))) is None
+    for true in (True, "true", "TRUE"):
+        assert resuming(true)
+        with pytest.raises(RecipeError, match="holds no checkpoint-\\* folder"):
+            resolve_resume(SimpleNamespace(resume_from_checkpoint=true, output_dir=str(tmp_path)))
 
 
 def test_a_key_or_flag_given_twice(tmp_path, capsys, no_loading):

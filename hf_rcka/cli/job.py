@@ -52,7 +52,7 @@ from ..recipe_specs import resolved_specs
 from ..run_record import RECIPE_RECORD
 from .final_evaluation import LastEvaluation, final_evaluation
 from .hub_contents import check_push_contents, unpublishable_entries, upload_filters
-from .preflight import check_launch, check_recipe_metric, check_run
+from .preflight import check_launch, check_recipe_metric, check_run, resuming
 from .resume_checks import (
     check_checkpoint, check_resume_batch, check_resume_rate, check_resume_recipe, check_resume_split,
     warn_earlier_defaults, warn_resume_schedule, warn_resume_settings,
@@ -347,9 +347,9 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
     cut-short one set aside with the rest of the abandoned branch (``output_folder``).
     """
     value = args.resume_from_checkpoint
-    if value in (None, False, "false", "False"):
+    if not resuming(value):  # the rule the start-up checks went by
         return None
-    if value in (True, "true", "True"):
+    if value is True or str(value).lower() == "true":
         last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
         if last is None:
             raise RecipeError(f"resume_from_checkpoint: true, but {args.output_dir!r} holds no checkpoint-* folder: "

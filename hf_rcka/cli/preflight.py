@@ -90,7 +90,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
     check_feature_pairs(model_args, args, list(losses.values()))
     check_data_dirs(data_args)
     check_mixing_batch(data_args, args)
-    if args.do_train and not _resuming(args):  # a resumed run is warned by DistillationTrainer.train, once
+    if args.do_train and not resuming(args.resume_from_checkpoint):  # a resumed run is warned by DistillationTrainer.train, once
         check_identical_repeats(data_args, resuming=False)
     check_repeats_unsplit(getattr(data_args, "aug_repeats", 0), args)
     if args.push_to_hub and not args.do_train:
@@ -182,14 +182,15 @@ def _check_compile_settings(backend: str | None, mode: str | None) -> None:
         modes = list(torch._inductor.list_mode_options())
         if mode not in modes:
             raise RecipeError(f"torch_compile_mode: unknown mode {mode!r}: {close_matches(str(mode), modes)}")
-        if backend and backend not in ("inductor", "no"):
+        if backend and backend != "inductor":  # "no" compiles nothing: accelerate skips torch.compile
             raise RecipeError(f"torch_compile_mode {mode!r} is a mode of the inductor backend, and "
                               f"torch_compile_backend is {backend!r}, which would ignore it: drop one of them")
 
 
-def _resuming(args: Any) -> bool:
-    """Whether ``resume_from_checkpoint`` names a checkpoint (a recipe's ``false`` arrives as text)."""
-    return str(args.resume_from_checkpoint or "").lower() not in ("", "false", "none")
+def resuming(value: Any) -> bool:
+    """Whether a ``resume_from_checkpoint`` value asks for a checkpoint: a flag's ``false`` or
+    ``none`` arrives as text, in any case, and means no resume, as YAML's would."""
+    return str(value or "").lower() not in ("", "false", "none")
 
 
 def _value(setting: Any) -> Any:
