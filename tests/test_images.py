@@ -282,3 +282,23 @@ def test_exactly_max_bad_images_skipped_files_do_not_stop_the_run(tmp_path):
     ledger.record("c.jpg", "truncated")
     with pytest.raises(DataError, match=r"3 image files could not be read \(more than max_bad_images=2\)"):
         callback.on_epoch_end(args, None, None)
+
+
+def test_a_concatenation_is_decoded_here_only_when_every_part_is():
+    """A ConcatDataset of images decoded here and ready pixel_values counted as decoded here when
+    any part was: the card then told readers to decode as training did (over white, 16-bit scaled),
+    which the caller's part never was."""
+    import datasets
+    from torchvision.transforms import PILToTensor
+
+    from hf_rcka.data.datasets import decodes_its_images, with_transforms
+
+    data = datasets.Dataset.from_dict({"image": [Image.new("RGB", (4, 4))] * 2, "label": ["a", "b"]},
+                                      features=datasets.Features({"image": datasets.Image(),
+                                                                  "label": datasets.Value("string")}))
+    here = with_transforms(data, PILToTensor(), "image", "label", ["a", "b"])
+    ready = datasets.Dataset.from_dict({"pixel_values": [[[[0.0]]]] * 2, "labels": [0, 1]})
+    concat = torch.utils.data.ConcatDataset
+    assert decodes_its_images(concat([here, torch.utils.data.Subset(here, [1])]))
+    assert not decodes_its_images(concat([here, ready])) and not decodes_its_images(concat([ready, here]))
+    assert not decodes_its_images(torch.utils.data.Subset(concat([here, ready]), [0]))
