@@ -1066,6 +1066,21 @@ def test_a_python_runs_card_claims_only_what_it_knows_and_takes_trainers_card_ar
     assert "model card: tasks not used" in caplog.text
 
 
+def test_evaluation_images_of_the_training_height_and_another_width_are_refused():
+    """Only square sizes were tried: a check of the height alone would pass 16x24 images to feature
+    pairs planned for 16x16 (their grids and adapters), to fail after training or compare other grids."""
+    from hf_rcka.trainer.given_data import check_image_sizes
+
+    def items(height, width):
+        return [{"pixel_values": torch.zeros(3, height, width), "labels": 0}]
+
+    for height, width in ((16, 24), (24, 16)):
+        with pytest.raises(DataError, match=f"eval_dataset: its images are {height}x{width}, the training images the "
+                                            "trainer was built on 16x16"):
+            check_image_sizes(items(height, width), "eval_dataset", (16, 16))
+    check_image_sizes(items(16, 24), "eval_dataset", (16, 24))
+
+
 def test_evaluation_images_of_another_size_than_the_training_images_are_refused_before_training(tmp_path):
     """The feature pairs are planned at the training size: an eval set at another size trained to
     the end and failed at the evaluation (a feature map that no longer fits its adapter)."""
