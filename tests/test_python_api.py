@@ -907,6 +907,15 @@ def test_the_losses_that_read_trained_adapters_or_their_own_state_can_be_left_ou
     assert only.leave_out_fresh_losses() == ["srd"] and not only.left_out
 
 
+def test_an_evaluation_only_trainer_takes_no_evaluation_image_for_a_training_image(tmp_path):
+    """Without a train_dataset, nothing is planned at a training size: had the first evaluation item
+    stood for the training images, a CNN evaluated at 24 px (as timm's test_input_size does) would
+    be refused as data of another size than its processor's 16 px."""
+    trainer = build(make_args(tmp_path, losses=["ce", "feature_cka"]), tiny_resnet(), tiny_resnet(),
+                    train_dataset=None, eval_dataset=pixel_dataset(5, size=24))
+    assert "eval_ce_loss" in trainer.evaluate()
+
+
 def test_a_trainer_that_only_evaluates_a_student_leaves_out_losses_of_fresh_weights(tmp_path, caplog):
     """Built in Python to evaluate a saved student, it reported eval_srd_loss and eval_loss through a
     freshly initialised projector (3.78 against the training trainer's 3.25 on the same weights)."""
