@@ -1263,6 +1263,10 @@ def test_a_test_set_with_a_label_column_says_that_it_is_not_scored(tmp_path, cap
         output = trainer.predict(pixel_dataset(7).rename_column("labels", "label"))
     assert output.predictions.shape == (7, 3) and "test_accuracy" not in output.metrics
     assert "test_dataset: its label column is not read, so predict() reports predictions and no accuracy" in caplog.text
+    caplog.clear()  # CIFAR-100's test split names its labels fine_label and coarse_label
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        trainer.predict(pixel_dataset(7).rename_column("labels", "fine_label"))
+    assert "test_dataset: its fine_label column is not read, so predict() reports predictions" in caplog.text
 
 
 def test_items_that_are_tuples_get_one_clear_line(tmp_path):
