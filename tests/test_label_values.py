@@ -226,6 +226,21 @@ def test_rows_without_an_image_are_refused_when_the_data_loads(tmp_path):
         load_raw_datasets(DataArguments(dataset_name=str(tmp_path / "stored"), train_val_split=0.25))
 
 
+def test_an_empty_path_is_no_image_in_a_column_of_paths_and_in_an_image_column():
+    """A CSV's empty cell reads as null; a JSON or parquet column of paths keeps "" as text, and an
+    Image value may hold the path "" and no bytes: each failed at its batch, not as the data loaded."""
+    from hf_rcka.data.datasets import check_image_values
+
+    paths = datasets.Dataset.from_dict({"image": ["a.png", "b.png", ""], "label": [0, 1, 0]})
+    with pytest.raises(DataError, match=r"has no image in 1 of 3 rows \(null or an empty path; the first is row 2\)"):
+        check_image_values(paths, "image", "train")
+    struct = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.Value("int64")})
+    stored = datasets.Dataset.from_dict({"image": [{"bytes": None, "path": ""}, {"bytes": b"png", "path": ""},
+                                                   {"bytes": None, "path": "c.png"}], "label": [0, 1, 0]}, features=struct)
+    with pytest.raises(DataError, match=r"has no image in 1 of 3 rows \(null or an empty path; the first is row 0\)"):
+        check_image_values(stored, "image", "validation")
+
+
 def test_a_table_whose_images_are_named_like_splits_is_told_apart_from_an_image_folder(tmp_path):
     """datasets took imgs/train_0.png as the train split and ignored train.csv; the error said to give
     the folder as train_dir, which would have trained 'imgs' as one class."""
