@@ -241,6 +241,17 @@ def test_an_empty_path_is_no_image_in_a_column_of_paths_and_in_an_image_column()
         check_image_values(stored, "image", "validation")
 
 
+def test_rows_without_an_image_in_the_datas_own_evaluation_split_are_refused_naming_it(monkeypatch):
+    """Only train's rows (and a split carved from them) were sure to be checked: a null image in the
+    data's own test split failed at the first evaluation, after the first epoch had trained."""
+    test = _split([0, 1, 2, 0]).cast_column("image", datasets.Image(decode=False))
+    test = test.map(lambda row, i: {"image": None if i == 2 else row["image"]}, with_indices=True,
+                    features=test.features)
+    with pytest.raises(DataError, match=r"the 'test' split's 'image' column has no image in 1 of 4 rows \(null or an "
+                                        r"empty path; the first is row 2\)"):
+        load_raw_datasets(_hub(monkeypatch, train=_split([0, 1, 2] * 2), test=test))
+
+
 def test_a_table_whose_images_are_named_like_splits_is_told_apart_from_an_image_folder(tmp_path):
     """datasets took imgs/train_0.png as the train split and ignored train.csv; the error said to give
     the folder as train_dir, which would have trained 'imgs' as one class."""
