@@ -150,6 +150,28 @@ def test_an_unreadable_evaluation_image_is_replaced_by_an_uncounted_copy():
     assert batch["labels"].tolist() == [0, IGNORE_INDEX, 2] and torch.equal(batch["pixel_values"][1], one)
 
 
+def test_a_skipped_training_image_keeps_its_label_and_an_evaluation_one_is_not_counted(tmp_path):
+    """with_transforms labels a skipped image IGNORE_INDEX in evaluation only: in training its row's
+    stand-in (a readable image of the batch) trains with that image's label, where IGNORE_INDEX
+    there would have dropped the row from the cross-entropy, a smaller batch than the recipe's."""
+    import datasets
+    from torchvision.transforms import PILToTensor
+
+    from hf_rcka.data.bad_images import SkippedImages
+    from hf_rcka.data.datasets import collate, with_transforms
+    from hf_rcka.losses import IGNORE_INDEX
+
+    (tmp_path / "bad.png").write_text("not an image")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (4, 4), (9, 0, 0)).save(good)
+    data = datasets.Dataset.from_dict({"image": [str(good), str(tmp_path / "bad.png")], "label": ["a", "b"]})
+    ledger = SkippedImages(str(tmp_path / "run"), limit=4)
+    for evaluation, labels in ((False, [0, 0]), (True, [0, IGNORE_INDEX])):
+        items = with_transforms(data, PILToTensor(), "image", "label", ["a", "b"], skipped=ledger, evaluation=evaluation)
+        batch = collate([items[0], items[1]])
+        assert batch["labels"].tolist() == labels and batch["pixel_values"][:, 0, 0, 0].tolist() == [9, 9]
+
+
 def test_a_skipped_file_is_logged_and_listed_once(tmp_path, caplog):
     from hf_rcka.data.bad_images import SkippedImages
 
