@@ -80,6 +80,11 @@ def test_a_train_val_split_the_data_makes_unused_is_said(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="hf_rcka"):
         load_raw_datasets(DataArguments(dataset_name=folder, train_val_split=0.3))
     assert "train_val_split 0.3 is not used: the dataset's own 'valid' split is evaluated" in caplog.text
+    caplog.clear()  # carved from train, it is used: no word that it is not
+    folder = _hub_folder(tmp_path / "e", {"train": _split(30)})
+    with caplog.at_level(logging.INFO, logger="hf_rcka"):
+        raw = load_raw_datasets(DataArguments(dataset_name=folder, train_val_split=0.3))
+    assert raw.carved and len(raw["validation"]) == 9 and "is not used" not in caplog.text
 
 
 @pytest.mark.parametrize("split, carved, text, model_index", [
