@@ -632,6 +632,23 @@ def test_overrides_or_a_class_that_leave_checkpoint_layers_unused_are_errors(tmp
     assert "weights pooler.dense.weight have no place in ViTForImageClassification and are not used" in caplog.text
 
 
+def test_a_teacher_whose_config_leaves_checkpoint_blocks_unused_is_refused_and_a_student_told(tmp_path: Path,
+                                                                                            caplog) -> None:
+    """Without any override: a config.json of 1 block beside the weights of 2 (another model's config
+    copied in) ran the teacher on its first block, as num_hidden_layers 1 did. A student, which
+    trains on, is told."""
+    load_image_classifier("config:vit", num_labels=3, config_overrides=VIT).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    with pytest.raises(ValueError, match=r"ViTForImageClassification leaves .*'s weights vit\.layers\.1\..* unused: the "
+                                         r"model would run without those layers\. Drop the overrides, or give a "
+                                         r"checkpoint of this architecture$"):
+        load_image_classifier(str(tmp_path))  # a teacher
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        load_image_classifier(str(tmp_path), num_labels=3)
+    assert "weights vit.layers.1." in caplog.text and "are not used" in caplog.text
+
+
 def test_a_students_stem_norm_is_body_and_a_new_head_is_said(tmp_path: Path, caplog) -> None:
     """A CNN checkpoint without its stem BatchNorm started it anew (statistics reset, 91% instead of
     99% for the digits ResNet), allowed as if it were a final norm; a head that starts anew was
