@@ -339,6 +339,16 @@ def test_report_to_lists_transformers_would_fail_on_after_loading(tmp_path, caps
     assert ("report_to is empty" in line) if report_to is None else ("stands alone" in line)
 
 
+@pytest.mark.parametrize("report_to", ["", " ", ["tensorboard", "  "]])
+def test_a_blank_report_to_is_said_to_be_empty(report_to):
+    """A blank name (a recipe's "report_to: ' '", or a trailing comma's part) is no tracker's name: it
+    is said to be empty, with the fix, not offered as an unknown integration's close matches."""
+    from hf_rcka.cli.preflight import check_report_to
+
+    with pytest.raises(RecipeError, match=r"report_to is empty .*: set report_to: none to log to no tracker"):
+        check_report_to(report_to)
+
+
 def test_fsdp_settings_that_would_fail_after_loading(tmp_path, capsys, no_loading, monkeypatch):
     """Under accelerate launch with FSDP, cpu_ram_efficient_loading leaves the other processes' teacher
     on the meta device (FSDP broadcasts only what it wraps), and a sharded state dict exports no student."""
