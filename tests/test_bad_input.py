@@ -1993,6 +1993,17 @@ def test_every_spelling_of_no_resume_means_no_resume_throughout(tmp_path, value)
             resolve_resume(SimpleNamespace(resume_from_checkpoint=true, output_dir=str(tmp_path)))
 
 
+def test_accelerates_no_compile_backend_is_not_refused_as_one_torch_lacks():
+    """torch_compile_backend 'no' is accelerate's "compile nothing" (DynamoBackend.NO), which torch's
+    list of backends cannot hold: checked against that list, a recipe that turns compiling off was refused."""
+    from hf_rcka.cli.preflight import _check_compile_settings
+
+    _check_compile_settings("no", None)
+    _check_compile_settings("NO", None)
+    with pytest.raises(RecipeError, match="'onnxrt' is accelerate's name for a backend this torch"):
+        _check_compile_settings("onnxrt", None)
+
+
 def test_a_key_or_flag_given_twice(tmp_path, capsys, no_loading):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(base(tmp_path)) + "learning_rate: 3\nlearning_rate: 0.1\n")
