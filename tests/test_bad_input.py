@@ -640,6 +640,24 @@ def test_a_saved_model_for_other_than_rgb_images_is_refused_before_loading(tmp_p
     assert run(tmp_path, rgb) == 0
 
 
+def test_a_saved_timm_model_for_other_than_rgb_images_is_built_for_rgb_by_its_in_chans_override(tmp_path):
+    """timm's in_chans override adapts the first convolution's weights to 3 channels, as num_channels
+    builds a transformers model anew: the saved in_chans 1 is then not what is built, and no error."""
+    from hf_rcka.cli.model_sources import _check_saved_channels
+
+    folder = tmp_path / "gray"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": "resnet10t", "model_args": {"in_chans": 1}}))
+
+    def model_args(overrides):
+        return SimpleNamespace(model_name_or_path=str(folder), student_config_overrides=overrides,
+                               teacher_model_name_or_path=None, teacher_config_overrides=None)
+
+    with pytest.raises(RecipeError, match=r"model_name_or_path: '.*gray' is built for 1-channel images"):
+        _check_saved_channels(model_args(None))
+    _check_saved_channels(model_args({"in_chans": 3}))
+
+
 def test_model_paths_that_do_not_exist(tmp_path, capsys, no_loading, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
