@@ -658,6 +658,28 @@ def test_a_saved_timm_model_for_other_than_rgb_images_is_built_for_rgb_by_its_in
     _check_saved_channels(model_args({"in_chans": 3}))
 
 
+def test_a_saved_students_distillation_head_is_read_from_its_config_and_the_overrides(tmp_path):
+    """deit_token needs a distillation head: a saved timm distilled DeiT (its config names the timm
+    architecture, no transformers class) and a folder whose overrides pick the class with the head
+    have one; a folder whose overrides pick the class without it has none, whatever it was saved as."""
+    from hf_rcka.cli.model_sources import _has_distillation_head
+
+    def folder(name, config):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(config))
+        return str(path)
+
+    timm_deit = folder("timm_deit", {"architecture": "deit_tiny_distilled_patch16_224"})
+    plain = folder("plain", {"model_type": "deit", "architectures": ["DeiTForImageClassification"]})
+    headed = folder("headed", {"model_type": "deit", "architectures": ["DeiTForImageClassificationWithTeacher"]})
+    with_head = {"architectures": ["DeiTForImageClassificationWithTeacher"]}
+    without = {"architectures": ["DeiTForImageClassification"]}
+    for name, overrides, has in ((timm_deit, None, True), (plain, None, False), (plain, with_head, True),
+                                 (headed, None, True), (headed, without, False)):
+        assert _has_distillation_head(SimpleNamespace(model_name_or_path=name, student_config_overrides=overrides)) is has
+
+
 def test_model_paths_that_do_not_exist(tmp_path, capsys, no_loading, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
