@@ -909,6 +909,9 @@ def test_teacher_folder_without_weights(tmp_path, capsys, no_loading):
     (teacher / "config.json").write_text("{}")
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
     assert f"teacher_model_name_or_path: folder '{teacher}' holds no weights (model.safetensors)" in error_of(capsys)
+    # a student from scratch needs no weights; its teacher still does
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher), student_from_scratch=True)) == 2
+    assert f"teacher_model_name_or_path: folder '{teacher}' holds no weights (model.safetensors)" in error_of(capsys)
     (teacher / "pytorch_model.bin").write_bytes(b"")  # passed, and failed after the data loaded
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path=str(teacher))) == 2
     assert f"folder '{teacher}' holds pytorch_model.bin only, and hf_rcka loads safetensors only (a pickle file can " \
@@ -2042,6 +2045,18 @@ def test_accelerates_no_compile_backend_is_not_refused_as_one_torch_lacks():
     _check_compile_settings("NO", None)
     with pytest.raises(RecipeError, match="'onnxrt' is accelerate's name for a backend this torch"):
         _check_compile_settings("onnxrt", None)
+
+
+def test_a_compile_backend_whose_package_is_missing_is_refused(monkeypatch):
+    """torch lists tvm among its backends without tvm installed: the run loaded its models and data
+    and failed at the first compiled step."""
+    import importlib.util
+
+    from hf_rcka.cli.preflight import _check_compile_settings
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)  # as where tvm is not installed
+    with pytest.raises(RecipeError, match="torch_compile_backend: 'tvm' needs the tvm package, which is not installed"):
+        _check_compile_settings("tvm", None)
 
 
 def test_a_key_or_flag_given_twice(tmp_path, capsys, no_loading):
