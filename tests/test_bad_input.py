@@ -2059,6 +2059,18 @@ def test_a_compile_backend_whose_package_is_missing_is_refused(monkeypatch):
         _check_compile_settings("tvm", None)
 
 
+def test_identical_repeats_are_refused_for_a_new_run_and_left_to_the_resume_of_a_recorded_one(tmp_path, capsys,
+                                                                                             no_loading):
+    """A run recorded with aug_repeats and no_aug resumes with its recorded repeats, warned once by the
+    trainer: refused at the recipe check, the run could not be resumed at all."""
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    assert run(tmp_path, base(tmp_path, aug_repeats=3)) == 2
+    assert error_of(capsys).startswith("error: aug_repeats 3 with no_aug: true")
+    assert run(tmp_path, base(tmp_path, aug_repeats=3, resume_from_checkpoint=str(checkpoint))) == 2
+    assert "aug_repeats" not in error_of(capsys)  # the checkpoint's own check speaks (no weights)
+
+
 def test_a_key_or_flag_given_twice(tmp_path, capsys, no_loading):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(base(tmp_path)) + "learning_rate: 3\nlearning_rate: 0.1\n")
