@@ -12,32 +12,25 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality_digits"
 
 
-def _quality_digits():
-    spec = importlib.util.spec_from_file_location("quality_digits", ROOT / "benchmarks" / "quality_digits.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def _benchmark_script(name: str, monkeypatch) -> object:
     """benchmarks/<name>.py as a module, with benchmarks/ on the path as ``python benchmarks/<name>.py``
-    puts it (its _provenance, _quality_report); the path is restored after the test."""
+    puts it (its _provenance, _quality_report); the path and sys.modules are restored after the test."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.mark.parametrize("study", ["quality_digits", "quality_digits_core", "quality_digits_confirm_spaced"])
-def test_report_only_renders_every_recorded_variant_and_seed(tmp_path, study):
+def test_report_only_renders_every_recorded_variant_and_seed(tmp_path, monkeypatch, study):
     """--report-only with its default variants left out the settings search's rows and rewrote the
     committed JSON without them (alone_mix, rcka_fcka6, rcka_fcka_kd were gone); the README's render
     commands name no seeds or variants."""
     out = tmp_path / study
     shutil.copytree(RESULTS.parent / study, out)
-    assert _quality_digits().main(["--report-only", "--out", str(out)]) == 0
+    assert _benchmark_script("quality_digits", monkeypatch).main(["--report-only", "--out", str(out)]) == 0
     committed = json.loads((RESULTS.parent / study / "quality_digits.json").read_text())
     rendered = json.loads((out / "quality_digits.json").read_text())
     assert rendered["seeds"] == committed["seeds"] and rendered["validation_images"] == committed["validation_images"]
@@ -51,14 +44,15 @@ def test_report_only_renders_every_recorded_variant_and_seed(tmp_path, study):
 
 
 
-def test_report_only_of_a_subset_writes_nothing(tmp_path, capsys):
+def test_report_only_of_a_subset_writes_nothing(tmp_path, monkeypatch, capsys):
     """--variants (or --directions) with --report-only rewrote the study's JSON, plot and READMEs
     with those rows alone; as with --seeds, a subset is printed and nothing is written."""
     out = tmp_path / "quality_digits"
     shutil.copytree(RESULTS, out)
     before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
-    assert _quality_digits().main(["--report-only", "--out", str(out), "--variants", "kd"]) == 0
-    assert _quality_digits().main(["--report-only", "--out", str(out), "--directions", "vit2cnn"]) == 0
+    quality_digits = _benchmark_script("quality_digits", monkeypatch)
+    assert quality_digits.main(["--report-only", "--out", str(out), "--variants", "kd"]) == 0
+    assert quality_digits.main(["--report-only", "--out", str(out), "--directions", "vit2cnn"]) == 0
     assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
     assert "are left as they were" in capsys.readouterr().out
 
