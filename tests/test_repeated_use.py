@@ -223,6 +223,7 @@ def test_a_train_dataset_set_later_names_the_classes_of_the_checkpoints_it_train
     config = json.loads((tmp_path / "run" / "checkpoint-1" / "config.json").read_text())
     assert config["id2label"] == {"0": "dog", "1": "cat", "2": "eel"}
 
+
 def test_a_later_train_dataset_without_class_names_is_not_paired_again(tmp_path, caplog):
     """Only a later training set that names the classes pairs the teacher again: one that names
     none (another set like the first) said the constructor's warning of a teacher paired by
@@ -236,6 +237,7 @@ def test_a_later_train_dataset_without_class_names_is_not_paired_again(tmp_path,
         trainer.train()
     assert caplog.text.count("are paired with the data's by position, unchecked") == 1
     assert trainer.state.global_step == 1
+
 
 def test_a_later_evaluation_set_is_compared_only_with_a_teacher_whose_class_order_is_read(tmp_path, caplog):
     """A trainer built without class names says a later evaluation set that names the classes
@@ -260,6 +262,7 @@ def test_a_later_evaluation_set_is_compared_only_with_a_teacher_whose_class_orde
         with caplog.at_level(logging.WARNING, logger="hf_rcka"):
             trainer.get_eval_dataloader(later)  # what evaluate(later) checks the set with
         assert "which this trainer pairs with the data by position" not in caplog.text, (losses, mapping)
+
 
 def test_a_batch_with_keys_the_model_does_not_take_is_one_error(tmp_path):
     def collate_with_ids(items):

@@ -108,12 +108,11 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
     """
     if mapping not in TEACHER_LABEL_MAPPINGS:
         raise RecipeError(f"teacher_label_mapping must be one of {TEACHER_LABEL_MAPPINGS}, got {mapping!r}")
-    student_names = listed = model_class_names(student)
+    listed = model_class_names(student)
+    student_names = None if listed is not None and numbered_only(listed) else listed  # LABEL_k names nothing
     parts = data_class_names(datasets)
     data_names = _agreed_names(parts)
     _check_head_size(student, parts)
-    if student_names is not None and numbered_only(student_names):
-        student_names = None
     # numerals (a ClassLabel cast from integers) are names too when the model lists the same numerals in
     # another order (a run on class folders 0..10 sorts them as text: 0, 1, 10, 2...)
     numbered = next((names for _, names in parts if numbered_only(names)), None)
