@@ -83,7 +83,7 @@ VARIANTS = {
     "rcka_fcka": Variant("ce + rcka + feature_cka x1 (auto pairs)", [CE, RCKA, FCKA], PAIRS),
     "fcka": Variant("ce + feature_cka (auto pairs)", [CE, FCKA], PAIRS),
     "kd_fcka3": Variant("ce + kd (T 4) + feature_cka x3 (auto pairs)",
-                        [CE, {"name": "kd", "weight": 1.0, "temperature": 4.0}, FCKA3], PAIRS),
+                        [CE, {"name": "kd", "weight": 1.0, "temperature": 4.0}, FCKA3], PAIRS, compare_to="kd"),
     "rcka_pcka": Variant("ce + rcka + patch_cka (patch_match, auto pairs; channels sampled)",
                          [CE, RCKA, {"name": "patch_cka", "weight": 1.0}], PAIRS),
     # The same with every teacher channel in every step: the auto pairs of vit2cnn, sample_channels off
