@@ -141,6 +141,24 @@ def test_an_evaluation_set_too_small_for_a_relation_is_refused_for_the_final_eva
     assert "the evaluation set has 2 image(s), and feature_cka relates the samples of a batch" in error_of(capsys)
 
 
+def test_an_evaluation_only_run_checks_its_batch_only_against_the_losses_it_evaluates(tmp_path, capsys):
+    """An evaluation of a saved student leaves out a relation over trained adapters (fresh here):
+    an evaluation batch too small for it is no error, though a training run is refused it."""
+    adapted = [{"student_layer": 1, "teacher_layer": 1, "adapter": "linear"}]
+    distil = base(tmp_path, teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET,
+                  feature_pairs=adapted, losses=[{"name": "ce"}, {"name": "feature_cka"}])
+    assert run(tmp_path, distil) == 0
+    capsys.readouterr()
+    evaluation = {**distil, "do_train": False, "model_name_or_path": str(tmp_path / "out"),
+                  "student_from_scratch": False, "per_device_eval_batch_size": 2}
+    assert run(tmp_path, evaluation) == 0
+    assert "evaluation only: ['feature_cka'] not evaluated" in capsys.readouterr().err
+    (record,) = (tmp_path / "out").glob("_eval-*")
+    assert "eval_feature_cka_loss" not in json.loads((record / "eval_results.json").read_text())
+    assert run(tmp_path, {**distil, "per_device_eval_batch_size": 2, "output_dir": str(tmp_path / "again")}) == 2
+    assert "feature_cka relates the samples of a batch, and a relation over 2 sample(s)" in error_of(capsys)
+
+
 LOAD_BEST = {"eval_strategy": "steps", "save_strategy": "steps", "load_best_model_at_end": True}
 
 
