@@ -295,6 +295,16 @@ class DistillationTrainingArguments(TrainingArguments):
         if self.lr_base is not None:  # needs the number of processes, known once TrainingArguments set up the devices
             self.learning_rate = scaled_learning_rate(self, rate_given)
 
+    @property
+    def n_gpu(self) -> int:
+        """At most 1: one process trains on one device, several devices through one process each
+        (``accelerate launch``). With more GPUs visible to one process, Trainer wrapped the model in
+        ``nn.DataParallel``, which runs a copy per GPU in threads that share the models' feature
+        capture, and keeps what the losses' statistics learn on the first copy alone (see
+        ``trainer.data_parallel.one_device_per_process``). Read by the batch size, so ``lr_base``
+        scales to the batch that trains."""
+        return min(super().n_gpu, 1)
+
 
 def _check_accuracy_check(key: str, mode: Any) -> None:
     if mode not in ACCURACY_CHECK_MODES:

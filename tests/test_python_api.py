@@ -323,6 +323,26 @@ def test_plain_training_arguments_get_the_distillation_defaults(tmp_path):
     assert plain.label_names is None and plain.remove_unused_columns is True  # the caller's object is left as it was
 
 
+def test_several_gpus_in_one_process_train_on_one_device_not_through_data_parallel(tmp_path, monkeypatch, caplog):
+    """Run without accelerate launch on a 2-GPU machine, Trainer wrapped the distillation model in
+    nn.DataParallel: copies in threads that shared the feature capture, a batch twice the
+    recipe's, and lr_base scaled to that batch."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # what TrainingArguments counts, with use_cpu off
+    ours = make_args(tmp_path, use_cpu=False, lr_base=1e-3, lr_base_size=10)
+    plain = TrainingArguments(output_dir=str(tmp_path / "plain"), use_cpu=False, report_to="none",
+                              per_device_train_batch_size=5)
+    assert TrainingArguments.n_gpu.fget(ours) == 2 and plain.n_gpu == 2
+    assert ours.n_gpu == 1 and ours.train_batch_size == 5 and ours.learning_rate == pytest.approx(5e-4)
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        for args in (ours, plain):
+            trainer = build(args, tiny_vit(), tiny_resnet())
+            assert trainer.args.n_gpu == 1 and trainer.args.train_batch_size == 5
+            assert not isinstance(trainer._wrap_model(trainer.model), torch.nn.DataParallel)
+    assert caplog.text.count("2 GPUs are visible to this one process") == 2
+    assert "accelerate launch --multi_gpu --num_processes 2 scripts/distill.py" in caplog.text
+    assert plain.n_gpu == 2  # the caller's object is left as it was
+
+
 def test_a_ready_distillation_model_with_arguments_it_would_ignore(tmp_path):
     args = make_args(tmp_path)
     ready = build_distillation_model(tiny_vit(), None, make_args(tmp_path, losses=["ce"]))

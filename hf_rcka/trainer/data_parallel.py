@@ -10,13 +10,17 @@ and the export is rank 0's, while every log reads as usual (transformers 5.x, ac
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from transformers import TrainingArguments
 from transformers.training_args import ParallelMode
 
 from ..errors import ModelError
+
+logger = logging.getLogger(__name__)
 
 
 def wraps_in_ddp(trainer: Any) -> bool:
@@ -41,6 +45,26 @@ def forget_evaluation_preparation(trainer: Any) -> None:
         trainer.model_wrapped = model
         kept = trainer.accelerator._models
         kept[:] = [module for module in kept if all(module is not other for other in prepared)]
+
+
+def one_device_per_process(args: TrainingArguments) -> None:
+    """Train on the process's own device when several GPUs are visible to one process.
+
+    Trainer wraps the model in ``nn.DataParallel`` then: a copy per GPU each step, run in threads
+    that share the teacher's and student's feature capture (one container of hidden states per
+    model), and whose statistics updates (SRD's normalisation, EKT's class centres) survive on the
+    first copy alone. ``accelerate launch`` trains on every GPU with one process each (DDP), the
+    path hf_rcka is built and tested for. ``DistillationTrainingArguments.n_gpu`` is at most 1
+    already; plain ``TrainingArguments`` (a copy, the trainer's own) are set to 1 here.
+    """
+    visible = TrainingArguments.n_gpu.fget(args)  # transformers' count, before any cap
+    if visible <= 1 or args.parallel_mode == ParallelMode.DISTRIBUTED:
+        return
+    args._n_gpu = 1
+    logger.warning("%d GPUs are visible to this one process: it trains on %s alone (transformers would split each "
+                   "batch over them with nn.DataParallel, which hf_rcka's feature capture and loss statistics do not "
+                   "support). To train on all %d, start one process per GPU: accelerate launch --multi_gpu "
+                   "--num_processes %d scripts/distill.py <recipe>", visible, args.device, visible, visible)
 
 
 def check_wrapped(trainer: Any, model: nn.Module) -> None:
