@@ -23,7 +23,8 @@ def _benchmark_script(name: str, monkeypatch) -> object:
     return module
 
 
-@pytest.mark.parametrize("study", ["quality_digits", "quality_digits_core", "quality_digits_confirm_spaced"])
+@pytest.mark.parametrize("study", ["quality_digits", "quality_digits_core", "quality_digits_confirm_spaced",
+                                   "quality_digits_vit2cnn_kd"])
 def test_report_only_renders_every_recorded_variant_and_seed(tmp_path, monkeypatch, study):
     """--report-only with its default variants left out the settings search's rows and rewrote the
     committed JSON without them (alone_mix, rcka_fcka6, rcka_fcka_kd were gone); the README's render
