@@ -530,6 +530,17 @@ def test_a_signal_during_the_final_evaluation_says_the_model_is_saved(tmp_path):
      ["accelerate", "launch", "--num_processes", "1", "--cpu"]),
     # a user's own ACCELERATE_LOG_LEVEL on a plain run was taken for an accelerate launch
     ({"ACCELERATE_LOG_LEVEL": "warning"}, ["python"]),
+    # two machines: `torchrun --nproc_per_node 1 --nnodes 2` alone made each machine node 0 of a
+    # rendezvous at its own 127.0.0.1, waiting for the other; `accelerate launch --num_processes 2
+    # --multi_gpu` started both processes on one machine
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29611"},
+     ["torchrun", "--nproc_per_node", "1", "--nnodes", "2", "--node_rank",
+      "<rank of this machine, 0 to 1>", "--master_addr", "10.0.0.5", "--master_port", "29611"]),
+    ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29611",
+      "ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DYNAMO_BACKEND": "NO"},
+     ["accelerate", "launch", "--num_processes", "4", "--multi_gpu", "--num_machines", "2", "--machine_rank",
+      "<rank of this machine, 0 to 1>", "--main_process_ip", "10.0.0.5", "--main_process_port",
+      "29611"]),
 ])
 def test_the_resume_command_launches_as_many_processes_as_the_run(monkeypatch, env, launcher):
     """It printed `accelerate launch --num_processes 2` alone, which on a CPU starts one process:
@@ -542,6 +553,13 @@ def test_the_resume_command_launches_as_many_processes_as_the_run(monkeypatch, e
         monkeypatch.setenv(key, value)
     tokens = shlex.split(resume_command(["r.yaml"], "out/checkpoint-7"))
     assert tokens[:len(launcher)] == launcher and tokens[len(launcher)].endswith("distill.py")
+    # the recorded recipe's command, uploaded with the model, names no cluster's address
+    from hf_rcka.trainer.resume_hint import launch_command
+
+    public = launch_command("r.yaml")
+    assert "10.0.0.5" not in public and "29611" not in public
+    if "MASTER_ADDR" in env:
+        assert "<address of machine 0>" in shlex.split(public)
 
 
 def test_a_resumed_repeated_augmentation_epoch_draws_its_own_order():

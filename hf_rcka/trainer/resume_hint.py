@@ -89,7 +89,7 @@ def _command(public: bool = False) -> list[str]:
     or as its own name when it is an entry script of the user's (``my_distill.py``, which may
     register losses the repository's script does not know).
     """
-    launcher = _launcher()
+    launcher = _launcher(public)
     entry = os.path.basename(sys.argv[0]) if sys.argv else ""
     if entry == CONSOLE_SCRIPT and launcher == ["python"]:
         return [CONSOLE_SCRIPT]
@@ -118,16 +118,26 @@ def _flag_key(token: str) -> str | None:
     return token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
 
 
-def _launcher() -> list[str]:
+def _launcher(public: bool = False) -> list[str]:
     """How this process was started, as far as the environment tells.
 
     ``accelerate launch`` leaves its settings in ``ACCELERATE_*`` variables (its config file itself
     is not recorded: an FSDP run's is named as a placeholder), torchrun in ``LOCAL_WORLD_SIZE``.
     Reprinted as ``accelerate launch --num_processes N`` alone, a 2-process CPU run resumed as one
     process at half the global batch (a resume at another global batch is now refused too).
+
+    A run over several machines (``WORLD_SIZE`` over ``LOCAL_WORLD_SIZE``) is relaunched on each of
+    them, with its own rank and machine 0's address: ``torchrun --nnodes 2`` alone made every
+    machine node 0 of a rendezvous at its own 127.0.0.1, which waited for the others until it timed
+    out. ``public``: the address, a cluster's own, is a placeholder (the recorded recipe is uploaded).
     """
     env = os.environ
     world = int(env.get("WORLD_SIZE", "1") or 1)
+    per_node = env.get("LOCAL_WORLD_SIZE", str(world))
+    nodes = world // max(1, int(per_node or 1))
+    address = "<address of machine 0>" if public else env.get("MASTER_ADDR", "<address of machine 0>")
+    port = "<a free port of machine 0>" if public else env.get("MASTER_PORT", "<a free port of machine 0>")
+    rank = f"<rank of this machine, 0 to {nodes - 1}>"
     # every accelerate launch sets it, one process or many; others (ACCELERATE_LOG_LEVEL, even
     # ACCELERATE_MIXED_PRECISION) may be the user's own shell's, under a plain run
     if "ACCELERATE_DYNAMO_BACKEND" in env:
@@ -136,12 +146,14 @@ def _launcher() -> list[str]:
             return [*command, "--config_file", "<the FSDP config file it was launched with>"]
         if world > 1:  # through torchrun, as recipes/accelerate's configs do (with --use_cpu true on a CPU)
             command.append("--multi_gpu")
+        if nodes > 1:
+            command += ["--num_machines", str(nodes), "--machine_rank", rank, "--main_process_ip", address,
+                        "--main_process_port", port]
         elif env.get("ACCELERATE_USE_CPU", "").lower() == "true":
             command.append("--cpu")
         precision = env.get("ACCELERATE_MIXED_PRECISION", "no")
         return command + (["--mixed_precision", precision] if precision not in ("", "no") else [])
     if world > 1:  # torchrun
-        per_node = env.get("LOCAL_WORLD_SIZE", str(world))
-        nodes = world // max(1, int(per_node))
-        return ["torchrun", "--nproc_per_node", per_node] + (["--nnodes", str(nodes)] if nodes > 1 else [])
+        machines = ["--nnodes", str(nodes), "--node_rank", rank, "--master_addr", address, "--master_port", port]
+        return ["torchrun", "--nproc_per_node", per_node] + (machines if nodes > 1 else [])
     return ["python"]
