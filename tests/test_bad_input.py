@@ -2105,6 +2105,29 @@ def test_a_multi_process_launch_that_would_train_each_process_alone(tmp_path, ca
     assert "launched as 2 processes, but each would train alone" in error_of(capsys)
 
 
+def test_an_accelerate_cpu_launch_of_several_processes_is_refused(monkeypatch):
+    """`accelerate launch --cpu --num_processes 2` (or `--num_machines 2`) started one process per
+    machine, unjoined: each trained alone at its own batch and exited 0 (a second machine sharing the
+    disk was refused only by the folder lock)."""
+    from types import SimpleNamespace
+
+    from hf_rcka.cli.preflight import check_launch
+    from hf_rcka.errors import RecipeError
+
+    for key in ("WORLD_SIZE", "MASTER_ADDR", "ACCELERATE_USE_CPU", "ACCELERATE_DYNAMO_BACKEND", "ACCELERATE_USE_FSDP"):
+        monkeypatch.delenv(key, raising=False)
+    args = SimpleNamespace(world_size=1, use_cpu=True, fsdp="")
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    check_launch(args)  # accelerate launch --cpu, one process: no MASTER_ADDR
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with pytest.raises(RecipeError, match="accelerate launch --cpu with several processes or machines"):
+        check_launch(args)
+    check_launch(SimpleNamespace(world_size=2, use_cpu=True, fsdp=""))  # under mpirun: joined
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND")
+    check_launch(args)  # a plain run in a shell that exports MASTER_ADDR
+
+
 def test_an_fsdp_launch_on_cpu_processes_is_refused(monkeypatch):
     """accelerate shards on accelerators only: the FSDP config on CPU trained as plain DDP (exit 0) while
     the run refused EMA as under FSDP and recorded an FSDP launch."""

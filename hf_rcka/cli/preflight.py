@@ -210,6 +210,13 @@ def check_launch(args: Any) -> None:
         raise RecipeError(f"launched as {launched} processes, but each would train alone on all the data and write "
                           "the same output_dir: on a machine without GPUs add --use_cpu true, so that they train "
                           "together")
+    if unjoined_cpu_launch(args):
+        raise RecipeError("accelerate launch --cpu with several processes or machines starts one process on each "
+                          "machine, and without mpirun it joins none: this one would train alone on all the data at "
+                          "its own batch (the other machines' likewise, each into output_dir). On CPUs launch with "
+                          "accelerate launch --multi_gpu --num_processes N ... --use_cpu true (the repository's "
+                          "recipes/accelerate/cpu_2proc.yaml; on several machines add --num_machines, --machine_rank, "
+                          "--main_process_ip and --main_process_port on each), or with torchrun")
     if getattr(args, "fsdp", None) and getattr(args, "parallel_mode", None) != ParallelMode.DISTRIBUTED:  # Trainer's refusal
         raise RecipeError("fsdp shards the student over the processes of a launch, and this is one process: launch "
                           "several (accelerate launch with an FSDP config file, as the repository's "
@@ -220,6 +227,16 @@ def check_launch(args: Any) -> None:
                           "would train as plain data parallelism while its settings and records said FSDP. On CPUs "
                           "launch with accelerate launch --multi_gpu --num_processes N ... --use_cpu true (the "
                           "repository's recipes/accelerate/cpu_2proc.yaml)")
+
+
+def unjoined_cpu_launch(args: Any) -> bool:
+    """Whether ``accelerate launch --cpu --num_processes N`` (or ``--num_machines M``) started this
+    process alone: its simple launcher runs one process per machine, sets ``MASTER_ADDR`` for the
+    processes it was asked for but no ``WORLD_SIZE``, and only mpirun (which sets the world size
+    transformers reads) would join them. Each machine's process trained alone and exited 0."""
+    env = os.environ
+    return ("WORLD_SIZE" not in env and "ACCELERATE_DYNAMO_BACKEND" in env and "MASTER_ADDR" in env
+            and env.get("ACCELERATE_USE_CPU", "").lower() == "true" and getattr(args, "world_size", 1) == 1)
 
 
 def _has_accelerator() -> bool:
