@@ -2128,6 +2128,25 @@ def test_an_accelerate_cpu_launch_of_several_processes_is_refused(monkeypatch):
     check_launch(args)  # a plain run in a shell that exports MASTER_ADDR
 
 
+def test_save_on_each_node_over_several_machines_is_refused(monkeypatch):
+    """Two machines with save_on_each_node: the second's checkpoints held the optimizer and trainer state
+    but no model (its resume failed: 'holds no .safetensors weights'); on a shared disk both machines
+    wrote optimizer.pt, scheduler.pt and trainer_state.json of each checkpoint at once."""
+    from types import SimpleNamespace
+
+    from hf_rcka.cli.preflight import check_launch
+    from hf_rcka.errors import RecipeError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    with pytest.raises(RecipeError, match="save_on_each_node: this run writes its model and records"):
+        check_launch(SimpleNamespace(world_size=2, use_cpu=True, fsdp="", save_on_each_node=True))
+    check_launch(SimpleNamespace(world_size=2, use_cpu=True, fsdp="", save_on_each_node=False))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # one machine: its first process is the run's
+    check_launch(SimpleNamespace(world_size=2, use_cpu=True, fsdp="", save_on_each_node=True))
+
+
 def test_an_fsdp_launch_on_cpu_processes_is_refused(monkeypatch):
     """accelerate shards on accelerators only: the FSDP config on CPU trained as plain DDP (exit 0) while
     the run refused EMA as under FSDP and recorded an FSDP launch."""

@@ -210,6 +210,15 @@ def check_launch(args: Any) -> None:
         raise RecipeError(f"launched as {launched} processes, but each would train alone on all the data and write "
                           "the same output_dir: on a machine without GPUs add --use_cpu true, so that they train "
                           "together")
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", launched) or launched)
+    if getattr(args, "save_on_each_node", False) and launched > per_machine:
+        # transformers saves the optimizer, schedule and trainer state on each machine's first process,
+        # hf_rcka the model, its config and the run's records on the run's first alone
+        raise RecipeError("save_on_each_node: this run writes its model and records (model.safetensors, config.json, "
+                          "distill_config.yaml) from its first process alone, so the other machines' checkpoints "
+                          "would hold no model and could not be resumed, and on a disk the machines share both would "
+                          "write the same files at once: give an output_dir on storage every machine shares and drop "
+                          "save_on_each_node")
     if unjoined_cpu_launch(args):
         raise RecipeError("accelerate launch --cpu with several processes or machines starts one process on each "
                           "machine, and without mpirun it joins none: this one would train alone on all the data at "
