@@ -225,7 +225,8 @@ def check_launch(args: Any) -> None:
                           "its own batch (the other machines' likewise, each into output_dir). On CPUs launch with "
                           "accelerate launch --multi_gpu --num_processes N ... --use_cpu true (the repository's "
                           "recipes/accelerate/cpu_2proc.yaml; on several machines add --num_machines, --machine_rank, "
-                          "--main_process_ip and --main_process_port on each), or with torchrun")
+                          "--main_process_ip and --main_process_port on each), or with torchrun. (A launch of one "
+                          "process in a shell that exports MASTER_ADDR reads the same: unset MASTER_ADDR)")
     if getattr(args, "fsdp", None) and getattr(args, "parallel_mode", None) != ParallelMode.DISTRIBUTED:  # Trainer's refusal
         raise RecipeError("fsdp shards the student over the processes of a launch, and this is one process: launch "
                           "several (accelerate launch with an FSDP config file, as the repository's "

@@ -146,9 +146,9 @@ def _launcher(public: bool = False) -> list[str]:
             return [*command, "--config_file", "<the FSDP config file it was launched with>"]
         if world > 1:  # through torchrun, as recipes/accelerate's configs do (with --use_cpu true on a CPU)
             command.append("--multi_gpu")
-        if nodes > 1:
-            command += ["--num_machines", str(nodes), "--machine_rank", rank, "--main_process_ip", address,
-                        "--main_process_port", port]
+            if nodes > 1:
+                command += ["--num_machines", str(nodes), "--machine_rank", rank, "--main_process_ip", address,
+                            "--main_process_port", port]
         elif env.get("ACCELERATE_USE_CPU", "").lower() == "true":
             command.append("--cpu")
         precision = env.get("ACCELERATE_MIXED_PRECISION", "no")
