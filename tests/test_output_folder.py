@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -269,9 +270,10 @@ def test_an_unfinished_run_never_pushes_a_finished_one_out_of_replaced(tmp_path)
     assert (out / REPLACED / "model.safetensors").read_text() == "run 3" and not (out / REPLACED / UNFINISHED).exists()
 
 
-def test_resuming_an_earlier_checkpoint_sets_the_later_branch_aside(tmp_path):
+def test_resuming_an_earlier_checkpoint_sets_the_later_branch_aside(tmp_path, caplog):
     """resume_from_checkpoint: true picked the abandoned branch's checkpoint-40 after a resume from
-    checkpoint-20 had been interrupted at 25, trained 0 steps and exited 0 with the old model."""
+    checkpoint-20 had been interrupted at 25, trained 0 steps and exited 0 with the old model. (The
+    warning named the later checkpoints alone, not the finished model that went with them.)"""
     out = tmp_path / "out"
     _fake_run(out, [10, 20, 30, 40], finished=True, tag="old")
     args = SimpleNamespace(output_dir=str(out), overwrite_output_dir=False, do_train=True)
@@ -279,7 +281,9 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_branch_aside(tmp_path):
     with pytest.raises(RecipeError, match="holds checkpoint-30, checkpoint-40, later than the checkpoint-20"):
         check_output_dir(args, resume)
     assert later_checkpoints(str(out), str(out / "checkpoint-40")) == []
-    assert set_aside_abandoned_branch(str(out), resume) == str(out / REPLACED)
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert set_aside_abandoned_branch(str(out), resume) == str(out / REPLACED)
+    assert "sets aside the later checkpoint-30, checkpoint-40, finished run's model and results" in caplog.text
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
     assert sorted(p.name for p in (out / REPLACED).iterdir()) == [
         "all_results.json", "checkpoint-30", "checkpoint-40", "model.safetensors", "trainer_state.json"]
