@@ -443,7 +443,7 @@ def set_aside_abandoned_branch(output_dir: str, resume: str) -> str | None:
         entries += [e for e in out.iterdir() if not e.name.startswith("checkpoint-")
                     and any(fnmatch.fnmatchcase(e.name, p) for p in RUN_OUTPUTS)
                     and not any(fnmatch.fnmatchcase(e.name, p) for p in _BRANCH_KEEPS)]
-    model = any(entry.name in MODEL_FILES for entry in entries)  # said too: the checkpoints alone were
+    model = any(entry.name in MODEL_FILES for entry in entries)  # named in the warning with the checkpoints
     target = _move_aside(out, entries)
     _copy_records(out, target)
     logger.warning("output_dir: resuming checkpoint-%d sets aside the later %s (%s)", step,
