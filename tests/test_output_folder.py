@@ -1146,3 +1146,71 @@ def test_a_model_config_or_pending_set_aside_beside_cut_short_checkpoints_is_not
         assert "already holds a model or checkpoints" in said and "whose save was cut short" not in said, name
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def test_a_set_aside_that_would_push_out_the_checkpoint_this_run_resumes_is_refused(tmp_path):
+    """Resuming the replaced run's own checkpoint (``_replaced/checkpoint-2``) with overwrite_output_dir:
+    setting the run here aside pushes the run kept in ``_replaced/`` out, and the checkpoint this run
+    was to read went with it (into ``_pushed_out/``, deleted once training starts). Refused first,
+    with the folder as it was."""
+    out = tmp_path / "out"
+    kept = out / REPLACED / "checkpoint-2"
+    kept.mkdir(parents=True)
+    (kept / "model.safetensors").write_bytes(b"the replaced run's weights")
+    (kept / "trainer_state.json").write_text("{}")  # written whole: a checkpoint to resume
+    for name in ("model.safetensors", "trainer_state.json"):  # the finished run here, to be set aside
+        (out / name).write_text("the run here")
+    with pytest.raises(RecipeError, match="holds a path this run reads"):
+        set_aside_previous_run(str(out), keep=[str(kept)])
+    assert (kept / "model.safetensors").read_bytes() == b"the replaced run's weights"
+    assert (out / "model.safetensors").read_text() == "the run here"
+    assert sorted(p.name for p in out.iterdir()) == [REPLACED, "model.safetensors", "trainer_state.json"]
+
+
+def test_a_failed_attempts_leftovers_never_push_out_a_model_whose_export_was_cut_short(tmp_path):
+    """Run 1's export was cut short (its model written, not the state saved after it) and a retry
+    set it aside; that retry's first save was cut short too (no weights, no state). Its leftovers
+    were ranked with run 1's model, both as holding nothing, so setting them aside pushed run 1's
+    model out of _replaced/ (deleted once the next run trains)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.safetensors").write_text("run 1")  # an export cut short: a model, no trainer_state.json
+    (out / "config.json").write_text('{"model_type": "resnet"}')
+    assert set_aside_previous_run(str(out)) == str(out / REPLACED)
+    (out / "checkpoint-2").mkdir()  # run 2: its first save cut short before its weights
+    (out / "checkpoint-2" / "training_args.bin").write_text("run 2")
+    assert set_aside_previous_run(str(out)) == str(out / REPLACED / UNFINISHED)
+    assert (out / REPLACED / "model.safetensors").read_text() == "run 1"
+    assert not (out / "_pushed_out").exists()
+
+
+def test_a_failed_write_of_output_dir_itself_is_said_as_one_of_output_dir(tmp_path, monkeypatch):
+    """An error that names output_dir itself (its folder made again, or refused, mid-run) is about
+    that folder as much as one naming a file in it: it was left to a traceback."""
+    import errno
+
+    import hf_rcka.cli.output_folder as output_folder
+    from hf_rcka.cli.output_folder import write_error
+
+    out = str(tmp_path / "out")
+    monkeypatch.setattr(output_folder, "_free_bytes", lambda folder: 50 * 2**30)  # plenty left
+    refused = PermissionError(errno.EACCES, "Permission denied", out)
+    assert str(write_error(refused, out)) == f"cannot write {out}: Permission denied. Choose an output_dir you can write to"
+    assert str(write_error(OSError(errno.EDQUOT, "Disk quota exceeded", out), out)).startswith(
+        f"your disk quota for {out} is used up: a write failed")
+    assert write_error(PermissionError(errno.EACCES, "Permission denied", str(tmp_path)), out) is None
+
+
+@pytest.mark.parametrize("where", [REPLACED, "_replacing", "_pushed_out"])
+def test_a_file_where_a_set_aside_folder_goes_is_refused_before_anything_loads(tmp_path, where):
+    """A plain file named like a set-aside folder (not a link) is the user's: with overwrite_output_dir
+    it was taken for a run kept there and moved (a file at _replaced went to _pushed_out), or the
+    set-aside failed on it after the models had loaded."""
+    out = tmp_path / "out"
+    _fake_run(out, [2], finished=True, tag="run 1")
+    (out / where).write_text("the user's file")
+    args = SimpleNamespace(do_train=True, output_dir=str(out), overwrite_output_dir=True)
+    with pytest.raises(RecipeError, match=f"{where} is not a folder: with overwrite_output_dir"):
+        check_output_dir(args, None)
+    assert (out / where).read_text() == "the user's file"
+    assert (out / "model.safetensors").read_text() == "run 1"
