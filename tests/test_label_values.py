@@ -346,3 +346,51 @@ def test_a_partly_unlabelled_test_split_is_named_by_its_own_name(tmp_path):
     folder = _jsonl_splits(tmp_path / "pets", train=["cat", "dog", "eel"] * 4, test=["cat", "", "dog", "eel"])
     with pytest.raises(DataError, match="the 'test' split's 'label' column: 1 labels are empty text of 4"):
         load_raw_datasets(DataArguments(dataset_name=folder))
+
+
+def test_plain_labels_are_classes_in_value_order_whatever_order_the_rows_come_in():
+    """The rows of the existing case come in class order, so the order labels are first seen in
+    passed for the numeric order too: a file starting with 11, 2, 10 then made class 0 the label 11,
+    and integer class k was no longer label k."""
+    rows = [11, 2, 10, 0, 5, 1, 9, 3, 8, 4, 7, 6]
+    labels = rows * 4
+    data = _split(labels, label_feature=datasets.Value("int64")).add_column("truth", labels)
+    assert label_names(data, "label") == [str(i) for i in range(12)]
+    train = stratified_validation_split(data, "label", 0.5)["train"]
+    assert label_names(train, "label") == [str(i) for i in range(12)]
+    assert list(train["label"]) == list(train["truth"]), "class k is the label k"
+    words = _split(["eel", "cat", "dog"] * 2, label_feature=datasets.Value("string"))
+    assert label_names(words, "label") == ["cat", "dog", "eel"]
+
+
+def test_a_minus_one_label_is_counted_once_as_no_label_not_also_as_outside_the_classes(monkeypatch):
+    """The -1 rows are "no label", not labels outside 0..2: counted in both, the error said the split
+    held two problems, and that -1 was a class index out of range."""
+    validation = _split([0, 1, -1, 2], label_feature=datasets.Value("int64")).cast_column("label", PETS)
+    args = _hub(monkeypatch, train=_split([0, 1, 2] * 4), validation=validation)
+    with pytest.raises(DataError) as caught:
+        load_raw_datasets(args)
+    assert str(caught.value).startswith("the 'validation' split's 'label' column: 1 labels are -1 (no label) of 4. ")
+
+
+def test_a_carved_training_split_of_one_image_per_class_is_no_column_of_identifiers():
+    """Carving a validation image of each class out of two leaves one training image of each: a
+    one-shot task, not an id column. Only a split that was not carved is taken for ids."""
+    from hf_rcka.data.label_values import check_class_count
+
+    one_shot = datasets.Dataset.from_dict({"label": [f"class {i}" for i in range(10)]})
+    check_class_count(one_shot, "label", carved=True)
+    with pytest.raises(LabelError, match="every training image has a 'label' of its own"):
+        check_class_count(one_shot, "label", carved=False)
+    # a ClassLabel names real classes: a one-shot dataset of them is no id column either
+    named = one_shot.cast_column("label", datasets.ClassLabel(names=[f"class {i}" for i in range(10)]))
+    check_class_count(named, "label", carved=False)
+
+
+def test_validation_classes_without_a_training_image_say_how_many_beyond_the_ten_named():
+    """The error names ten of the untrained classes; without "and 2 more" it read as if ten were all."""
+    many = datasets.ClassLabel(names=[f"c{i:02d}" for i in range(14)])
+    train = datasets.Dataset.from_dict({"label": [0, 1]}, features=datasets.Features({"label": many}))
+    validation = datasets.Dataset.from_dict({"label": list(range(14))}, features=datasets.Features({"label": many}))
+    with pytest.raises(LabelError, match=r"'c11'\] and 2 more; the student cannot learn them"):
+        check_trained_classes(train, validation, "label")
