@@ -246,3 +246,19 @@ def test_ema_decay_follows_the_optimizer_step(warmup):
     ema.on_step_end(None, SimpleNamespace(global_step=2), None)
     decay = 1 - 2 ** (-2 / 3) if warmup else 0.9999
     torch.testing.assert_close(ema.module.weight, decay * before + (1 - decay) * student.weight)
+
+
+def test_loading_the_best_checkpoint_of_an_ema_export_restores_its_live_weights(tmp_path):
+    """With model_ema_export a checkpoint's model.safetensors is the average: loading the best one left
+    the average in the student too, so the final evaluation's eval_live_* measured the average twice."""
+    from hf_rcka.trainer.checkpointing import LIVE_STUDENT_NAME
+
+    trainer = ema_trainer(tmp_path, save_strategy="steps", save_steps=1, model_ema_decay=0.5, model_ema_export=True)
+    trainer.train()
+    best = tmp_path / "run" / "checkpoint-2"  # at step 1 the average is the live weights yet
+    trainer.state.best_model_checkpoint = str(best)
+    trainer._load_best_model()
+    live, student = load_file(best / LIVE_STUDENT_NAME), trainer.model.student.state_dict()
+    assert all(torch.equal(live[k], student[k].cpu()) for k in live)
+    average = load_file(best / "model.safetensors")
+    assert not torch.equal(average["classifier.weight"], student["classifier.weight"].cpu())

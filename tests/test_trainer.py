@@ -519,6 +519,22 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_its_own_folder(tmp_path):
     assert elsewhere.state.global_step == 0
 
 
+def test_a_resume_without_load_best_model_at_end_looks_for_no_best_checkpoint(tmp_path):
+    """metric_for_best_model alone records a best step too: a checkpoint copied into another folder,
+    without the best step's checkpoint beside it, was refused as if load_best_model_at_end would
+    export another model, which it does not do when off."""
+    from hf_rcka.trainer.checkpointing import best_checkpoint
+
+    copy = tmp_path / "copy" / "checkpoint-4"
+    copy.mkdir(parents=True)
+    (copy / "trainer_state.json").write_text(json.dumps(
+        {"best_global_step": 2, "best_model_checkpoint": str(tmp_path / "run" / "checkpoint-2")}))
+    off = SimpleNamespace(load_best_model_at_end=False, output_dir=str(tmp_path / "new"))
+    assert best_checkpoint(str(copy), off) is None
+    with pytest.raises(ModelError, match="the run's best checkpoint, checkpoint-2 .* is not in output_dir"):
+        best_checkpoint(str(copy), SimpleNamespace(load_best_model_at_end=True, output_dir=str(tmp_path / "new")))
+
+
 def test_resume_refuses_a_checkpoint_without_distillation_state(tmp_path):
     args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, losses=FEATURE_LOSSES,
                      feature_pairs=PATCH_PAIR)
