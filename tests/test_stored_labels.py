@@ -267,3 +267,32 @@ def test_a_card_that_declares_plain_labels_over_mixed_files_is_followed(tmp_path
                 "    dtype: int64\n  - name: truth\n    dtype: string\n---\n")
     raw = load_raw_datasets(DataArguments(dataset_name=folder))
     assert raw["validation"]["label"][:] == [0, 1, 1, 2, 0, 2]
+
+
+def test_a_split_of_arrow_files_saved_with_another_class_order_is_read_by_name(tmp_path):
+    """A folder of .arrow files (as a Hub dataset may hold, or save_to_disk's files copied out) is read
+    by datasets' arrow builder, which, like the parquet one, reads every split with the first file's
+    names: only parquet was tested, and the arrow files' own names could go unread."""
+    import shutil
+
+    classes = ["cat", "dog", "dog", "eel", "cat", "eel"]
+    folder = tmp_path / "pets"
+    (folder / "data").mkdir(parents=True)
+    for split, names in (("train", ["cat", "dog", "eel"]), ("validation", ["eel", "dog", "cat"])):
+        _split(names, classes).save_to_disk(str(tmp_path / split))
+        shutil.copy(tmp_path / split / "data-00000-of-00001.arrow", folder / "data" / f"{split}-00000-of-00001.arrow")
+    assert _truths(datasets.load_dataset(str(folder))["validation"])[0] != classes  # datasets alone misreads it
+    raw = load_raw_datasets(DataArguments(dataset_name=str(folder)))
+    for split in ("train", "validation"):
+        read, truth = _truths(raw[split])
+        assert read == truth, split
+
+
+def test_names_are_matched_by_spelling_only_where_the_dataset_has_no_two_names_that_differ_in_case_alone():
+    """A dataset whose classes 'Cat' and 'cat' differ in case alone gives a respelling nothing to go by:
+    matched anyway, a file's 'Cat ' became the class 'cat' and its images another class, silently."""
+    from hf_rcka.data.stored_labels import _respelled
+
+    assert _respelled(["Cat ", "dog"], ["cat", "dog"]) == ["cat", "dog"]
+    assert _respelled(["Cat ", "dog"], ["Cat", "cat", "dog"]) is None
+    assert _respelled(["cat", "CAT"], ["cat", "dog"]) is None
