@@ -917,6 +917,23 @@ def test_a_pushed_checkpoint_keeps_no_working_folder_and_a_local_one_does(tmp_pa
     assert sorted(p.name for p in (run / "checkpoint-4").iterdir()) == sorted([RECIPE_RECORD, WORKING_DIR_NAME])
 
 
+@pytest.mark.parametrize("push, strategy, pushed", [
+    (True, "checkpoint", True), (True, "all_checkpoints", True), (True, "every_save", False), (True, "end", False),
+    (False, "all_checkpoints", False)])
+def test_which_hub_strategies_upload_checkpoint_folders_whole(push, strategy, pushed):
+    """hub_strategy all_checkpoints uploads every checkpoint folder whole, as checkpoint uploads the last:
+    taken for a strategy that pushes no folder, its checkpoints kept the working folder, a local path,
+    and published it."""
+    from types import SimpleNamespace
+
+    from transformers.trainer_utils import HubStrategy
+
+    from hf_rcka.trainer.checkpointing import CheckpointingTrainer
+
+    trainer = SimpleNamespace(args=SimpleNamespace(push_to_hub=push, hub_strategy=HubStrategy(strategy)))
+    assert CheckpointingTrainer._pushes_checkpoint_folders(trainer) is pushed
+
+
 def test_a_record_that_is_empty_or_not_a_mapping_is_read_as_such(tmp_path):
     """An empty record holds no settings (read as none, as a run from Python); one that is a YAML
     list, not a mapping, is a ValueError naming it (callers warn and compare nothing), not an
