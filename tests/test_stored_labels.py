@@ -296,3 +296,19 @@ def test_names_are_matched_by_spelling_only_where_the_dataset_has_no_two_names_t
     assert _respelled(["Cat ", "dog"], ["cat", "dog"]) == ["cat", "dog"]
     assert _respelled(["Cat ", "dog"], ["Cat", "cat", "dog"]) is None
     assert _respelled(["cat", "CAT"], ["cat", "dog"]) is None
+
+
+@pytest.mark.parametrize("stored", [["dog", "cat"], ["dog", "cat", "eel"]])
+def test_an_unlabelled_test_split_saved_in_another_class_order_stays_unlabelled(tmp_path, stored):
+    """A Hub test split of -1 labels, saved with its own ClassLabel: relabelled by name, -1 (no label)
+    became the last stored class's index, and a test split of no labels was evaluated against made-up
+    ones; and a name only it stores, used by no label, was taken for one its -1 labels use."""
+    train = _split(["cat", "dog"], ["cat", "dog", "dog", "cat"])
+    test = _split(stored, stored).map(lambda row: {"label": -1})
+    folder = _folder(tmp_path, train=[train], test=[test])
+    raw = datasets.load_dataset(folder)
+    files = {split: sorted(str(p) for p in (tmp_path / "pets" / "data").glob(f"{split}-*.parquet"))
+             for split in ("train", "test")}
+    realigned = realign_stored_labels(raw, files, "label")
+    assert list(realigned["test"]["label"]) == [-1] * len(stored)
+    assert realigned["test"].features["label"].names == ["cat", "dog"]
