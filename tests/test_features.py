@@ -403,3 +403,12 @@ def test_hidden_states_on_the_meta_device_are_embeddings_only_as_feature_info_sa
         model = fam.build()
     flags = [spec.is_embedding for spec in describe_hidden_states(model, pixels(fam.image_size).to("meta"))]
     assert flags == [family.startswith("timm") and i == 0 for i in range(len(flags))]
+
+
+def test_an_early_stage_leaves_room_for_the_later_ones_when_strides_run_past_the_other_model():
+    """A student whose two stages end at strides 32 and 64, against a teacher whose last stage ends at
+    32: the stride-32 stage matched the teacher's last stage, which left nothing for the stride-64
+    one (min() of an empty sequence, a traceback). Each stage keeps room for those after it."""
+    student = _cnn_specs([2, 32, 64])  # stem + two stages
+    pairs = auto_feature_pairs(student, REGNET)
+    assert [(s, t) for s, t, _ in pairs] == [(1, 3), (2, 4)]
