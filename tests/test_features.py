@@ -412,3 +412,12 @@ def test_an_early_stage_leaves_room_for_the_later_ones_when_strides_run_past_the
     student = _cnn_specs([2, 32, 64])  # stem + two stages
     pairs = auto_feature_pairs(student, REGNET)
     assert [(s, t) for s, t, _ in pairs] == [(1, 3), (2, 4)]
+
+
+def test_stages_of_unknown_stride_are_paired_by_depth():
+    """A spec's stride defaults to None (not known): stages of such a model were matched by stride
+    anyway, and log2 of None / a stride ended the run in a TypeError."""
+    student = [FeatureSpec("nchw", 8, (g, g)) for g in (56, 28, 14, 7)]  # four stages, strides unknown
+    pairs = auto_feature_pairs(student, REGNET)
+    assert [(s, t) for s, t, _ in pairs] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert all("closest relative depth" in why for _, _, why in pairs)
