@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from types import SimpleNamespace
 
 import datasets
@@ -341,6 +342,17 @@ def test_several_gpus_in_one_process_train_on_one_device_not_through_data_parall
     assert caplog.text.count("2 GPUs are visible to this one process") == 2
     assert "accelerate launch --multi_gpu --num_processes 2 scripts/distill.py" in caplog.text
     assert plain.n_gpu == 2  # the caller's object is left as it was
+
+
+def test_the_several_gpus_hint_launches_the_entry_point_the_run_was_started_with(monkeypatch):
+    """The hint named scripts/distill.py, which a pip-installed hf-rcka-distill user does not have."""
+    from hf_rcka.trainer.resume_hint import one_process_per_gpu_command
+
+    for argv, entry in ((["/venv/bin/hf-rcka-distill", "r.yaml"], "-m hf_rcka"),
+                        (["scripts/distill.py", "r.yaml"], "scripts/distill.py"),
+                        (["/home/me/my_distill.py"], "my_distill.py")):
+        monkeypatch.setattr(sys, "argv", argv)
+        assert one_process_per_gpu_command(2) == f"accelerate launch --multi_gpu --num_processes 2 {entry}"
 
 
 def test_a_ready_distillation_model_with_arguments_it_would_ignore(tmp_path):

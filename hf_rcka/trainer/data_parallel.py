@@ -19,6 +19,7 @@ from transformers import TrainingArguments
 from transformers.training_args import ParallelMode
 
 from ..errors import ModelError
+from .resume_hint import one_process_per_gpu_command
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,8 @@ def one_device_per_process(args: TrainingArguments) -> None:
     args._n_gpu = 1
     logger.warning("%d GPUs are visible to this one process: it trains on %s alone (transformers would split each "
                    "batch over them with nn.DataParallel, which hf_rcka's feature capture and loss statistics do not "
-                   "support). To train on all %d, start one process per GPU: accelerate launch --multi_gpu "
-                   "--num_processes %d scripts/distill.py <recipe>", visible, args.device, visible, visible)
+                   "support). To train on all %d, start one process per GPU: %s ...", visible, args.device, visible,
+                   one_process_per_gpu_command(visible))
 
 
 def check_wrapped(trainer: Any, model: nn.Module) -> None:

@@ -93,13 +93,25 @@ def _command(public: bool = False) -> list[str]:
     entry = os.path.basename(sys.argv[0]) if sys.argv else ""
     if entry == CONSOLE_SCRIPT and launcher == ["python"]:
         return [CONSOLE_SCRIPT]
+    return [*launcher, *_entry(public)]
+
+
+def one_process_per_gpu_command(processes: int) -> str:
+    """This run's entry point under ``accelerate launch`` with one process per GPU, for the hint of a
+    process that sees several GPUs (a console script is launched as its module, ``-m hf_rcka``)."""
+    return shlex.join(["accelerate", "launch", "--multi_gpu", "--num_processes", str(processes), *_entry(True)])
+
+
+def _entry(public: bool) -> list[str]:
+    """The entry point this run was started with, after its launcher (see ``_command``)."""
+    entry = os.path.basename(sys.argv[0]) if sys.argv else ""
     if entry == CONSOLE_SCRIPT or (sys.argv and _is_package_main(sys.argv[0])):
-        return [*launcher, "-m", "hf_rcka"]
+        return ["-m", "hf_rcka"]
     # a script of the user's (another package's __main__.py, or pytest's, is not an entry of hf_rcka)
     script = sys.argv[0] if entry.endswith(".py") and entry != "__main__.py" else SCRIPT
     if public and os.path.isabs(script):
         script = SCRIPT if entry == os.path.basename(SCRIPT) else entry
-    return [*launcher, script]
+    return [script]
 
 
 def _is_package_main(path: str) -> bool:
