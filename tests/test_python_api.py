@@ -355,6 +355,22 @@ def test_the_several_gpus_hint_launches_the_entry_point_the_run_was_started_with
         assert one_process_per_gpu_command(2) == f"accelerate launch --multi_gpu --num_processes 2 {entry}"
 
 
+def test_a_script_of_the_users_launched_unjoined_is_refused_as_the_command_line_is(tmp_path, monkeypatch):
+    """accelerate launch --cpu --num_processes 2 my_distill.py: each process trained alone on all the
+    data and exited 0, where scripts/distill.py refused the launch; save_on_each_node over two
+    machines likewise."""
+    from hf_rcka.errors import RecipeError
+
+    for name, value in (("ACCELERATE_DYNAMO_BACKEND", "no"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("ACCELERATE_USE_CPU", "True")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(RecipeError, match="accelerate launch --cpu with several processes"):
+        build(make_args(tmp_path, losses=["ce"]), tiny_vit())
+    monkeypatch.delenv("MASTER_ADDR")
+    build(make_args(tmp_path, losses=["ce"]), tiny_vit())  # one process
+
+
 def test_a_ready_distillation_model_with_arguments_it_would_ignore(tmp_path):
     args = make_args(tmp_path)
     ready = build_distillation_model(tiny_vit(), None, make_args(tmp_path, losses=["ce"]))

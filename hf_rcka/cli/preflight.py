@@ -30,6 +30,7 @@ from ..data.sampler import check_identical_repeats, check_repeats_unsplit
 from ..registry import close_matches
 from ..modeling.assembly import active_specs, build_losses, check_label_smoothing, run_loss_specs, switched_off
 from ..modeling.parallel import check_fsdp_settings
+from ..trainer.data_parallel import check_processes_join
 from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows, evaluates, rows_per_process
 from ..trainer.metrics import check_metric_for_best_model
 from ..training_values import check_best_model_evaluations, check_half_precision
@@ -210,23 +211,7 @@ def check_launch(args: Any) -> None:
         raise RecipeError(f"launched as {launched} processes, but each would train alone on all the data and write "
                           "the same output_dir: on a machine without GPUs add --use_cpu true, so that they train "
                           "together")
-    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", launched) or launched)
-    if getattr(args, "save_on_each_node", False) and launched > per_machine:
-        # transformers saves the optimizer, schedule and trainer state on each machine's first process,
-        # hf_rcka the model, its config and the run's records on the run's first alone
-        raise RecipeError("save_on_each_node: this run writes its model and records (model.safetensors, config.json, "
-                          "distill_config.yaml) from its first process alone, so the other machines' checkpoints "
-                          "would hold no model and could not be resumed, and on a disk the machines share both would "
-                          "write the same files at once: give an output_dir on storage every machine shares and drop "
-                          "save_on_each_node")
-    if unjoined_cpu_launch(args):
-        raise RecipeError("accelerate launch --cpu with several processes or machines starts one process on each "
-                          "machine, and without mpirun it joins none: this one would train alone on all the data at "
-                          "its own batch (the other machines' likewise, each into output_dir). On CPUs launch with "
-                          "accelerate launch --multi_gpu --num_processes N ... --use_cpu true (the repository's "
-                          "recipes/accelerate/cpu_2proc.yaml; on several machines add --num_machines, --machine_rank, "
-                          "--main_process_ip and --main_process_port on each), or with torchrun. (A launch of one "
-                          "process in a shell that exports MASTER_ADDR reads the same: unset MASTER_ADDR)")
+    check_processes_join(args)
     if getattr(args, "fsdp", None) and getattr(args, "parallel_mode", None) != ParallelMode.DISTRIBUTED:  # Trainer's refusal
         raise RecipeError("fsdp shards the student over the processes of a launch, and this is one process: launch "
                           "several (accelerate launch with an FSDP config file, as the repository's "
@@ -237,16 +222,6 @@ def check_launch(args: Any) -> None:
                           "would train as plain data parallelism while its settings and records said FSDP. On CPUs "
                           "launch with accelerate launch --multi_gpu --num_processes N ... --use_cpu true (the "
                           "repository's recipes/accelerate/cpu_2proc.yaml)")
-
-
-def unjoined_cpu_launch(args: Any) -> bool:
-    """Whether ``accelerate launch --cpu --num_processes N`` (or ``--num_machines M``) started this
-    process alone: its simple launcher runs one process per machine, sets ``MASTER_ADDR`` for the
-    processes it was asked for but no ``WORLD_SIZE``, and only mpirun (which sets the world size
-    transformers reads) would join them. Each machine's process trained alone and exited 0."""
-    env = os.environ
-    return ("WORLD_SIZE" not in env and "ACCELERATE_DYNAMO_BACKEND" in env and "MASTER_ADDR" in env
-            and env.get("ACCELERATE_USE_CPU", "").lower() == "true" and getattr(args, "world_size", 1) == 1)
 
 
 def _has_accelerator() -> bool:

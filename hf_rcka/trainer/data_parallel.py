@@ -11,6 +11,7 @@ and the export is rank 0's, while every log reads as usual (transformers 5.x, ac
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from torch import nn
@@ -18,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainingArguments
 from transformers.training_args import ParallelMode
 
-from ..errors import ModelError
+from ..errors import ModelError, RecipeError
 from .resume_hint import one_process_per_gpu_command
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,41 @@ def one_device_per_process(args: TrainingArguments) -> None:
                    "batch over them with nn.DataParallel, which hf_rcka's feature capture and loss statistics do not "
                    "support). To train on all %d, start one process per GPU: %s ...", visible, args.device, visible,
                    one_process_per_gpu_command(visible))
+
+
+def check_processes_join(args: Any) -> None:
+    """Refuse a launch whose processes would not make one run over its machines: ``save_on_each_node``
+    over several machines, ``accelerate launch --cpu`` with several processes or machines. Checked by
+    the command line before it takes the output folder's lock, and by ``DistillationTrainer`` for a
+    script of the user's."""
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", launched) or launched)
+    if getattr(args, "save_on_each_node", False) and launched > per_machine:
+        # transformers saves the optimizer, schedule and trainer state on each machine's first process,
+        # hf_rcka the model, its config and the run's records on the run's first alone
+        raise RecipeError("save_on_each_node: this run writes its model and records (model.safetensors, config.json, "
+                          "distill_config.yaml) from its first process alone, so the other machines' checkpoints "
+                          "would hold no model and could not be resumed, and on a disk the machines share both would "
+                          "write the same files at once: give an output_dir on storage every machine shares and drop "
+                          "save_on_each_node")
+    if unjoined_cpu_launch(args):
+        raise RecipeError("accelerate launch --cpu with several processes or machines starts one process on each "
+                          "machine, and without mpirun it joins none: this one would train alone on all the data at "
+                          "its own batch (the other machines' likewise, each into output_dir). On CPUs launch with "
+                          "accelerate launch --multi_gpu --num_processes N ... --use_cpu true (the repository's "
+                          "recipes/accelerate/cpu_2proc.yaml; on several machines add --num_machines, --machine_rank, "
+                          "--main_process_ip and --main_process_port on each), or with torchrun. (A launch of one "
+                          "process in a shell that exports MASTER_ADDR reads the same: unset MASTER_ADDR)")
+
+
+def unjoined_cpu_launch(args: Any) -> bool:
+    """Whether ``accelerate launch --cpu --num_processes N`` (or ``--num_machines M``) started this
+    process alone: its simple launcher runs one process per machine, sets ``MASTER_ADDR`` for the
+    processes it was asked for but no ``WORLD_SIZE``, and only mpirun (which sets the world size
+    transformers reads) would join them. Each machine's process trained alone and exited 0."""
+    env = os.environ
+    return ("WORLD_SIZE" not in env and "ACCELERATE_DYNAMO_BACKEND" in env and "MASTER_ADDR" in env
+            and env.get("ACCELERATE_USE_CPU", "").lower() == "true" and getattr(args, "world_size", 1) == 1)
 
 
 def check_wrapped(trainer: Any, model: nn.Module) -> None:

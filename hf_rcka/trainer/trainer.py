@@ -69,7 +69,7 @@ from .optimizer_checks import LateParameterCheck, check_lazy_parameters, check_o
 from .progress import close_evaluation_bars, use_resumed_progress
 from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate, decodes_its_images, seeded_subset
-from .data_parallel import check_wrapped, forget_evaluation_preparation, one_device_per_process
+from .data_parallel import check_processes_join, check_wrapped, forget_evaluation_preparation, one_device_per_process
 from .ema import StudentEmaCallback
 from .interrupt import leave_signals_to_main_process, resumable_checkpoint
 from .card import reproduction_text, training_text, write_model_card
@@ -293,6 +293,7 @@ class DistillationTrainer(CheckpointingTrainer):
         args = copy.copy(args)
         check_arguments(args)
         one_device_per_process(args)
+        check_processes_join(args)
         check_half_precision(args)
         check_fsdp_settings(args)
         keep_token_out_of_files(args)
