@@ -6,6 +6,10 @@ guard against wrapping a model twice then hands the bare model back when trainin
 each rank steps on its own batches with gradients never averaged, the ranks' weights drift apart
 and the export is rank 0's, while every log reads as usual (transformers 5.x, accelerate 1.x;
 ``trainer.evaluate()`` of a baseline before ``trainer.train()`` through the Python API).
+
+Also how processes and devices make one run: one device per process (``one_device_per_process``:
+never ``nn.DataParallel``), and the launches whose processes would not join into one run
+(``check_processes_join``), refused for the command line and a script of the user's alike.
 """
 
 from __future__ import annotations
