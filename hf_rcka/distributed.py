@@ -7,11 +7,13 @@
 * ``any_rank`` and ``from_rank0``: one decision on every rank (stop, save, a folder's name), since
   ranks that disagree about a collective hang.
 * ``close_process_group``: the process group torn down before exit, so a finished run exits 0.
+* ``launched_processes``: what the launcher started, read before (or without) a process group.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 from datetime import timedelta
 
 import torch
@@ -20,6 +22,14 @@ import torch.distributed as dist
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def launched_processes() -> tuple[int, int]:
+    """The processes the launcher started, and how many of them run on each machine: torchrun's
+    and accelerate launch's ``WORLD_SIZE`` and ``LOCAL_WORLD_SIZE``, known before any process group
+    exists and also for a launch whose processes never form one (1 and 1 for a plain run)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return launched, int(os.environ.get("LOCAL_WORLD_SIZE", launched) or launched)
 
 
 def gather_rows(x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Any
 from transformers.training_args import ParallelMode
 
 from ..arguments import fsdp_requested
+from ..distributed import launched_processes
 from ..errors import RecipeError
 from ..data.image_folders import check_data_dirs
 from ..data.sampler import check_identical_repeats, check_repeats_unsplit
@@ -206,7 +207,7 @@ def check_launch(args: Any) -> None:
     all the data and all write the same ``output_dir`` (one crashed reading another's
     ``all_results.json``).
     """
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    launched, _ = launched_processes()
     if launched > 1 and args.world_size == 1:
         raise RecipeError(f"launched as {launched} processes, but each would train alone on all the data and write "
                           "the same output_dir: on a machine without GPUs add --use_cpu true, so that they train "

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainingArguments
 from transformers.training_args import ParallelMode
 
+from ..distributed import launched_processes
 from ..errors import ModelError, RecipeError
 from .resume_hint import one_process_per_gpu_command
 
@@ -63,8 +64,8 @@ def one_device_per_process(args: TrainingArguments) -> None:
     path hf_rcka is built and tested for. ``DistillationTrainingArguments.n_gpu`` is at most 1
     already; plain ``TrainingArguments`` (a copy, the trainer's own) are set to 1 here.
     """
-    visible = TrainingArguments.n_gpu.fget(args)  # transformers' count, before any cap
-    if visible <= 1 or args.parallel_mode == ParallelMode.DISTRIBUTED:
+    visible = TrainingArguments.n_gpu.fget(args)  # transformers' count, before any cap (1 in a launched process)
+    if visible <= 1:
         return
     args._n_gpu = 1
     logger.warning("%d GPUs are visible to this one process: it trains on %s alone (transformers would split each "
@@ -78,8 +79,7 @@ def check_processes_join(args: Any) -> None:
     over several machines, ``accelerate launch --cpu`` with several processes or machines. Checked by
     the command line before it takes the output folder's lock, and by ``DistillationTrainer`` for a
     script of the user's."""
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", launched) or launched)
+    launched, per_machine = launched_processes()
     if getattr(args, "save_on_each_node", False) and launched > per_machine:
         # transformers saves the optimizer, schedule and trainer state on each machine's first process,
         # hf_rcka the model, its config and the run's records on the run's first alone

@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from ..arguments import SECRET_KEYS
+from ..distributed import launched_processes
 
 SCRIPT = "scripts/distill.py"
 CONSOLE_SCRIPT = "hf-rcka-distill"  # setup.cfg's console_scripts entry
@@ -144,9 +145,8 @@ def _launcher(public: bool = False) -> list[str]:
     out. ``public``: the address, a cluster's own, is a placeholder (the recorded recipe is uploaded).
     """
     env = os.environ
-    world = int(env.get("WORLD_SIZE", "1") or 1)
-    per_node = env.get("LOCAL_WORLD_SIZE", str(world))
-    nodes = world // max(1, int(per_node or 1))
+    world, per_node = launched_processes()
+    nodes = world // max(1, per_node)
     address = "<address of machine 0>" if public else env.get("MASTER_ADDR", "<address of machine 0>")
     port = "<a free port of machine 0>" if public else env.get("MASTER_PORT", "<a free port of machine 0>")
     rank = f"<rank of this machine, 0 to {nodes - 1}>"
@@ -167,5 +167,5 @@ def _launcher(public: bool = False) -> list[str]:
         return command + (["--mixed_precision", precision] if precision not in ("", "no") else [])
     if world > 1:  # torchrun
         machines = ["--nnodes", str(nodes), "--node_rank", rank, "--master_addr", address, "--master_port", port]
-        return ["torchrun", "--nproc_per_node", per_node] + (machines if nodes > 1 else [])
+        return ["torchrun", "--nproc_per_node", str(per_node)] + (machines if nodes > 1 else [])
     return ["python"]
