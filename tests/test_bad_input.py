@@ -2041,8 +2041,6 @@ def test_work_transformers_accepts_and_the_run_would_skip_or_fail_on(tmp_path, c
 def test_every_spelling_of_no_resume_means_no_resume_throughout(tmp_path, value):
     """The start-up checks took 'none' (any case) and 'FALSE' for no resume, and the job then
     refused them: "resume_from_checkpoint 'none' is not a folder". One rule serves both."""
-    from types import SimpleNamespace
-
     from hf_rcka.cli.job import resolve_resume
     from hf_rcka.cli.preflight import resuming
 
@@ -2109,10 +2107,7 @@ def test_an_accelerate_cpu_launch_of_several_processes_is_refused(monkeypatch):
     """`accelerate launch --cpu --num_processes 2` (or `--num_machines 2`) started one process per
     machine, unjoined: each trained alone at its own batch and exited 0 (a second machine sharing the
     disk was refused only by the folder lock)."""
-    from types import SimpleNamespace
-
     from hf_rcka.cli.preflight import check_launch
-    from hf_rcka.errors import RecipeError
 
     for key in ("WORLD_SIZE", "MASTER_ADDR", "ACCELERATE_USE_CPU", "ACCELERATE_DYNAMO_BACKEND", "ACCELERATE_USE_FSDP"):
         monkeypatch.delenv(key, raising=False)
@@ -2132,10 +2127,7 @@ def test_save_on_each_node_over_several_machines_is_refused(monkeypatch):
     """Two machines with save_on_each_node: the second's checkpoints held the optimizer and trainer state
     but no model (its resume failed: 'holds no .safetensors weights'); on a shared disk both machines
     wrote optimizer.pt, scheduler.pt and trainer_state.json of each checkpoint at once."""
-    from types import SimpleNamespace
-
     from hf_rcka.cli.preflight import check_launch
-    from hf_rcka.errors import RecipeError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")

@@ -357,10 +357,7 @@ def test_the_several_gpus_hint_launches_the_entry_point_the_run_was_started_with
 
 def test_a_script_of_the_users_launched_unjoined_is_refused_as_the_command_line_is(tmp_path, monkeypatch):
     """accelerate launch --cpu --num_processes 2 my_distill.py: each process trained alone on all the
-    data and exited 0, where scripts/distill.py refused the launch; save_on_each_node over two
-    machines likewise."""
-    from hf_rcka.errors import RecipeError
-
+    data and exited 0, where scripts/distill.py refused the launch."""
     for name, value in (("ACCELERATE_DYNAMO_BACKEND", "no"), ("MASTER_ADDR", "127.0.0.1"),
                         ("ACCELERATE_USE_CPU", "True")):
         monkeypatch.setenv(name, value)
