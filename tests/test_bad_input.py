@@ -1350,8 +1350,12 @@ def test_resume_that_does_not_fit_the_checkpoint(tmp_path, capsys):
     # another global batch (a 2-process run resumed in 1 went on at half its batch, exit 0)
     assert run(tmp_path, {**first, "max_steps": 3, "per_device_train_batch_size": 10}, "--resume_from_checkpoint",
                "true") == 2
+    said = error_of(capsys)
     assert "was trained with a global batch of 5 (1 process); this launch gives 10 images (1 process x 10 images)" \
-        in error_of(capsys)
+        in said
+    # a checkpoint that no launch of today's can repeat as it was (per-device x GPUs in one process, before
+    # one process trained on one device) is told how to make its batch
+    assert "gradient_accumulation_steps so that this launch's processes make 5 images a step" in said
 
 
 def test_a_resume_that_splits_the_global_batch_otherwise_is_said(tmp_path, capsys):

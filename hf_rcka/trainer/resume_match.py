@@ -46,7 +46,9 @@ def check_resume_batch(folder: str, args: Any) -> None:
         raise RecipeError(
             f"resume_from_checkpoint: {folder!r} was trained with a global batch of {recorded.get('global_batch')} "
             f"({_processes(recorded.get('processes'))}); this launch gives {describe_batch(args)}. Launch it as it was "
-            "(the same accelerate config or torchrun --nproc_per_node), with the same batch settings"
+            "(the same accelerate config or torchrun --nproc_per_node), with the same batch settings, or set "
+            "per_device_train_batch_size and gradient_accumulation_steps so that this launch's processes make "
+            f"{recorded.get('global_batch')} images a step"
         )
 
 
