@@ -9,6 +9,7 @@ CIFAR-100 PCKA recipe finds its teacher's config in a local Hugging Face cache (
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import datasets
@@ -246,6 +247,18 @@ def test_synthetic_data_loads_as_a_dataset_with_the_recipes_columns(tmp_path):
     image = raw["validation"][0]["img"]
     assert (image.height, image.width) == data.image_size and image.height > 32 and image.width > image.height
     assert image.format == "JPEG"
+
+
+def test_synthetic_data_is_written_beside_another_writers_file_of_the_same_process_id(tmp_path):
+    """The processes of a launch over several machines (or containers) sharing one disk each write
+    the seeded data; a temporary file named by the PID alone was another's on an equal PID."""
+    data = SyntheticData(tmp_path / "d", "image", "label", ("a", "b"), (16, 16), num_train=4, num_eval=2)
+    others = [data.folder / f".{split}.{os.getpid()}.partial" for split in ("train", "validation")]
+    for other in others:  # another machine's process, writing now
+        other.mkdir(parents=True)
+    write_synthetic_dataset(data)
+    assert all(other.is_dir() for other in others)
+    assert sorted(p.name for p in data.folder.iterdir() if not p.is_dir()) == ["train.parquet", "validation.parquet"]
 
 
 def test_check_output_fails_when_fewer_steps_ran_or_the_card_is_wrong(tmp_path):

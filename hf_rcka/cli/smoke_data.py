@@ -13,6 +13,7 @@ import io
 import logging
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -101,8 +102,10 @@ def write_synthetic_dataset(data: SyntheticData) -> None:
             data.label_column: rng.integers(0, len(data.label_names), size=count).tolist(),
         }
         target = data.folder / f"{split}.parquet"
-        partial = data.folder / f".{split}.{os.getpid()}.partial"
-        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(partial))
+        # a name of its own (not the PID: processes on several machines, or containers, share this disk)
+        descriptor, partial = tempfile.mkstemp(dir=data.folder, prefix=f".{split}.", suffix=".partial")
+        os.close(descriptor)
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(partial)
         os.replace(partial, target)
     logger.info(
         "smoke test: %d train / %d validation synthetic %dx%d JPEGs, %d classes, in %s",
