@@ -71,7 +71,11 @@ def pixel_dataset(n: int = 20, size: int = STUDENT_SIZE, num_labels: int = NUM_L
     labels = rng.integers(0, num_labels, size=n)
     pixels = rng.normal(size=(n, 3, size, size)).astype(np.float32) * 0.5
     pixels += labels[:, None, None, None].astype(np.float32) * 0.7 - 0.7
-    ds = datasets.Dataset.from_dict({"pixel_values": pixels, "labels": labels.tolist()})
+    # a fixed-shape array feature: read as one tensor per image, where nested lists are made into
+    # one tensor per pixel row (datasets' torch formatter; a quarter of a tiny model's step)
+    features = datasets.Features({"pixel_values": datasets.Array3D(shape=pixels.shape[1:], dtype="float32"),
+                                  "labels": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict({"pixel_values": pixels, "labels": labels.tolist()}, features=features)
     return ds.with_format("torch")
 
 

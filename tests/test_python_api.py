@@ -543,16 +543,17 @@ def test_a_teacher_is_judged_on_images_drawn_from_a_torch_dataset_listed_class_b
     """A map-style torch Dataset (torchvision's ImageFolder lists its images class by class) gave the
     check its first batches: all of class 0, on which a teacher answering class 0 for every image
     scored 1.0, and the run trained from it. A datasets.Dataset was drawn at random already."""
-    rows = pixel_dataset(900, seed=4).sort("labels").with_format("torch")
+    rows = pixel_dataset(900, seed=4).sort("labels").with_format("torch")[:]  # tensors: a row of the table is slow
+    pixels, labels = rows["pixel_values"], rows["labels"].tolist()
 
     class ByClass(torch.utils.data.Dataset):
         def __len__(self):
-            return len(rows)
+            return len(labels)
 
         def __getitem__(self, index):
-            return {"pixel_values": rows[index]["pixel_values"], "labels": int(rows[index]["labels"])}
+            return {"pixel_values": pixels[index], "labels": labels[index]}
 
-    assert set(rows[:260]["labels"].tolist()) == {0}, "the first batches the check would read: one class"
+    assert set(labels[:260]) == {0}, "the first batches the check would read: one class"
     teacher = _answering_one_class(named(tiny_resnet(), ["a", "b", "c"]), 0)
     trainer = build(make_args(tmp_path, teacher_accuracy_check="error", per_device_eval_batch_size=50, max_steps=1),
                     named(tiny_vit(), ["a", "b", "c"]), teacher, eval_dataset=ByClass())
@@ -562,10 +563,10 @@ def test_a_teacher_is_judged_on_images_drawn_from_a_torch_dataset_listed_class_b
     # a stream that tells its length (webdataset's with_length) is read as it comes: it has no index
     class Stream(torch.utils.data.IterableDataset):
         def __len__(self):
-            return len(rows)
+            return len(labels)
 
         def __iter__(self):
-            return ({"pixel_values": row["pixel_values"], "labels": int(row["labels"])} for row in rows)
+            return ({"pixel_values": pixel, "labels": label} for pixel, label in zip(pixels, labels))
 
     trainer = build(make_args(tmp_path, teacher_accuracy_check="warn", per_device_eval_batch_size=50, max_steps=1),
                     named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]), eval_dataset=Stream())
