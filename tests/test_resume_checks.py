@@ -13,7 +13,9 @@ from safetensors.torch import save_file
 from hf_rcka.cli.recipe import parse_arguments
 from hf_rcka.cli.resume_checks import _earlier, check_checkpoint, check_resume_rate, check_resume_recipe
 from hf_rcka.errors import ModelError, RecipeError
-from hf_rcka.trainer.resume_match import BATCH_RECORD_NAME, check_epoch_steps, check_restored_rates
+from hf_rcka.trainer.resume_match import (
+    BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_restored_rates,
+)
 
 BASE = {"model_name_or_path": "config:vit", "output_dir": "unused", "dataset_name": "builtin:digits"}
 
@@ -106,6 +108,28 @@ def test_a_resume_that_changes_one_groups_rate_is_refused(tmp_path):
         check_restored_rates(str(tmp_path), [0.01, 0.002])
 
 
+def test_a_python_resume_at_a_slightly_other_rate_is_refused_as_the_command_lines_is(tmp_path):
+    """The trainer's rate check was tested only on rates far apart (0.001 against 0.002): a
+    tolerance of 10% would let a Python resume at 0.0105 go on at the checkpoint's 0.01, the new
+    rate recorded and never applied, where the command line refuses it."""
+    torch.save({"base_lrs": [0.01, 0.01], "last_epoch": 2}, tmp_path / "scheduler.pt")
+    check_restored_rates(str(tmp_path), [0.01, 0.01 * (1 + 1e-9)])
+    with pytest.raises(RecipeError, match="was trained at a learning rate of 0.01, and this run sets 0.0105"):
+        check_restored_rates(str(tmp_path), [0.0105, 0.0105])
+
+
+def test_a_checkpoint_whose_schedule_keeps_no_base_rates_resumes(tmp_path):
+    """reduce_lr_on_plateau's scheduler.pt holds no ``base_lrs``: with no rate to compare, its
+    resume at its own rate must go on (compared with an empty list, it would end in max()'s
+    ValueError traceback before anything loaded)."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([parameter], lr=0.01))
+    torch.save(schedule.state_dict(), tmp_path / "scheduler.pt")
+    _, _, same = parse_arguments({**BASE, "learning_rate": 0.01})
+    check_resume_rate(str(tmp_path), same)
+    check_restored_rates(str(tmp_path), [0.01])
+
+
 def test_a_resume_with_longer_or_shorter_epochs_is_refused(tmp_path):
     (tmp_path / BATCH_RECORD_NAME).write_text(json.dumps({"global_batch": 8, "processes": 1, "epoch_steps": 10}))
     check_epoch_steps(str(tmp_path), 10)
@@ -124,6 +148,16 @@ def test_a_batch_record_cut_short_or_emptied_is_one_error(tmp_path):
         (tmp_path / BATCH_RECORD_NAME).write_text(text)
         with pytest.raises(RecipeError, match="holds no record of the checkpoint's batch .*resume from another checkpoint"):
             check_epoch_steps(str(tmp_path), 10)
+
+
+def test_a_resume_that_changes_one_value_of_a_pair_setting_is_refused():
+    """Adam's betas are one setting of two values: a resume at adam_beta2 0.99 from a checkpoint
+    trained at 0.999 would keep the checkpoint's 0.999 while the recipe recorded 0.99, were only
+    the first value compared. The same pair, as a tuple or a list, is the same setting."""
+    restored = [{"betas": (0.9, 0.999), "weight_decay": 0.05}]
+    check_optimizer_settings("ckpt", [{"betas": [0.9, 0.999], "weight_decay": 0.05}], restored)
+    with pytest.raises(RecipeError, match=r"restores its optimizer with betas \(0.9, 0.999\) \(this run: \(0.9, 0.99\)\)"):
+        check_optimizer_settings("ckpt", [{"betas": (0.9, 0.99), "weight_decay": 0.05}], restored)
 
 
 def test_each_earlier_default_is_an_option_whose_default_changed():
