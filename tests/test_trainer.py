@@ -714,6 +714,57 @@ def test_nan_distillation_state_beside_a_finite_student_is_divergence(tmp_path):
                                        "student is NaN or infinite (1 tensor: losses.kernel_transfer.teacher_centres)")
 
 
+def test_the_divergence_error_blames_the_distillation_state_only_when_the_student_is_finite(tmp_path):
+    """An adapter gone NaN beside a finite student is the distillation state (adapters as well as
+    the losses' state); a NaN student beside NaN state is the student's weights, as is a divergence
+    only another rank saw (no name here), is never read as "the distillation state (0 tensors)".
+    A logging step that finds it evaluates no more: Trainer evaluates after it logs, and would
+    score the diverged weights over the whole evaluation set first."""
+    from transformers import TrainerControl, TrainerState
+
+    from hf_rcka.trainer.divergence import _what_diverged
+
+    def error(nan_in):
+        parts = torch.nn.ModuleDict({"student": tiny_resnet(), "adapters": torch.nn.ModuleList([torch.nn.Linear(4, 6)]),
+                                     "losses": torch.nn.ModuleDict()})
+        with torch.no_grad():
+            for part in nan_in:
+                next(parts[part].parameters()).view(-1)[0] = float("nan")
+        check, control = DivergenceCheck(lambda: parts), TrainerControl(should_evaluate=True)
+        check.on_log(make_args(tmp_path), TrainerState(global_step=4), control, logs={"loss": float("nan")})
+        assert control.should_training_stop and not control.should_evaluate, "no evaluation of the NaN weights"
+        return str(check.error)
+
+    assert error(["adapters"]).startswith("training diverged: by step 4 the distillation state trained beside the "
+                                          "student is NaN or infinite (1 tensor: adapters.0.weight)")
+    assert error(["student", "adapters"]).startswith("training diverged: by step 4 the student's weights are NaN")
+    assert _what_diverged([]) == "the student's weights are NaN or infinite"
+
+
+def test_an_epoch_end_save_reads_the_weights_and_a_new_train_forgets_the_last_ones_divergence(tmp_path):
+    """At an epoch's end Trainer evaluates before it saves: the weights are read there, or NaN
+    weights would be scored over the whole evaluation set before the save found them. A later
+    train() of the same trainer (its weights finite again) starts without the earlier error, which
+    would otherwise stop it at its first check and be raised again."""
+    from transformers import TrainerControl, TrainerState
+
+    student, args = tiny_resnet(), make_args(tmp_path, save_strategy="epoch", eval_strategy="epoch")
+    check, control = DivergenceCheck(lambda: student), TrainerControl(should_save=True, should_evaluate=True)
+    weight = next(student.parameters())
+    finite = weight.detach().clone()
+    with torch.no_grad():
+        weight.view(-1)[0] = float("nan")
+    check.on_epoch_end(args, TrainerState(global_step=5), control)
+    assert control.should_training_stop and not control.should_evaluate and not control.should_save
+    assert str(check.error).startswith("training diverged: by step 5 the student's weights are NaN or infinite")
+    with torch.no_grad():
+        weight.copy_(finite)
+    control = TrainerControl(should_save=True)
+    check.on_train_begin(args, TrainerState(), control)
+    check.on_step_end(args, TrainerState(global_step=1), control)
+    assert check.error is None and not control.should_training_stop and control.should_save
+
+
 @pytest.mark.parametrize("role", ["student", "teacher"])
 def test_a_model_of_nan_weights_given_in_python_is_refused(tmp_path, role):
     """evaluate() on such a student reported the accuracy of argmax over NaN logits."""
