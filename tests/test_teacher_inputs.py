@@ -200,7 +200,7 @@ def test_channel_count_mismatch_is_an_error() -> None:
 @pytest.mark.parametrize(
     ("mean", "std", "size", "match"),
     [((0.5, 0.5, 0.5), (0.5, 0.5), (8, 8), "per channel"), ((0.5,), (0.0,), (8, 8), "std"),
-     ((0.5,), (0.5,), (8,), "height, width"), ((), (), (8, 8), "per channel")],
+     ((0.5,), (0.5,), (8,), "height, width"), ((), (), (8, 8), "per channel"), ((0.5,), (0.5,), (0, 8), "height, width")],
 )
 def test_input_stats_validation(mean, std, size, match) -> None:
     with pytest.raises(ValueError, match=match):
@@ -270,3 +270,57 @@ def test_a_teacher_whose_processor_keeps_another_part_of_each_image_is_said(capl
     with caplog.at_level("WARNING", logger="hf_rcka"):
         needed_transform(squash, border)
     assert "its own keeps (the whole image fitted inside the input, with borders)" in caplog.text
+
+
+def test_a_teacher_input_a_few_percent_wider_than_the_students_is_said(caplog):
+    """A 224x224 student under a teacher of 224x240 inputs stretches every image the teacher sees
+    by 7%: well past the 1% that is said, and small enough to pass a looser tolerance unsaid."""
+    square = InputStats((0.5,) * 3, (0.5,) * 3, (224, 224))
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        needed_transform(square, InputStats((0.5,) * 3, (0.5,) * 3, (224, 240)))
+    assert "the student's 224x224 images are stretched to the teacher's 224x240" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        needed_transform(square, InputStats((0.5,) * 3, (0.5,) * 3, (256, 257)))  # 0.4%: resampling, not a shape
+    assert "stretched" not in caplog.text
+
+
+def test_a_convnext_processor_of_384_or_more_squashes_the_whole_image():
+    """ConvNeXt's processor resizes the short side and crops below 384, and warps the whole image
+    to the square from 384 on: read as a crop there, a cropping student under a 384 ConvNeXt teacher
+    would not be told that the teacher sees another part of each image."""
+    assert input_stats(ConvNextImageProcessor(size={"shortest_edge": 384})).view == ("squash", 1.0)
+    assert input_stats(ConvNextImageProcessor(size={"shortest_edge": 383}, crop_pct=0.875)).view == ("crop", 0.875)
+
+
+def test_a_timm_squash_teacher_is_read_as_squashing_and_an_uncallable_processor_as_its_settings(caplog):
+    """timm's crop_mode squash keeps the whole image (its crop_pct of it), squashed: read as a crop,
+    a squashing student under it was told the teacher sees another part of each image, and a
+    cropping one was not. A processor the probe cannot call is taken as its settings read, not an
+    error."""
+    squash = _timm_stats({"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_mode": "squash",
+                          "crop_pct": 1.0})
+    assert squash.view == ("squash", 1.0)
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        needed_transform(input_stats(_vit_processor(32)), squash)
+    assert "teacher sees" not in caplog.text
+
+    class NeedsABatch(ViTImageProcessor):
+        def __call__(self, images, **kwargs):
+            raise RuntimeError("give at least 4 images")
+
+    assert input_stats(NeedsABatch(size={"height": 8, "width": 8}, **HALF)) == input_stats(_vit_processor(8))
+
+
+def test_a_processor_whose_output_is_a_little_off_its_settings_is_refused():
+    """A processor that brightens its images by 0.05 (6 pixel levels under a 0.5/0.5 normalisation)
+    feeds the deployed model other pixels than hf_rcka's transforms would train it on: the probe
+    compares to a thousandth, not to a tenth that would let this pass."""
+    class Brighter(ViTImageProcessor):
+        def __call__(self, images, **kwargs):
+            output = super().__call__(images, **kwargs)
+            output["pixel_values"] = output["pixel_values"] + 0.05
+            return output
+
+    with pytest.raises(ModelError, match="image processor Brighter outputs .* its mean, std and rescale settings describe"):
+        input_stats(Brighter(size={"height": 8, "width": 8}, **HALF))
