@@ -656,6 +656,23 @@ def test_an_eval_set_that_lists_the_classes_in_another_order_is_refused(tmp_path
           eval_dataset=_class_labelled(pixel_dataset(10, seed=1), ["a", "b", "c"]))
 
 
+def test_the_class_names_of_a_label_column_that_a_callers_collator_reads_are_compared(tmp_path):
+    """The image-classification tutorial keeps its ClassLabel in 'label' and builds 'labels' in its
+    collate_fn: read from 'labels' alone, a student naming the classes in another order trained on
+    and was exported with the wrong names, and its accuracy counted ids."""
+    def collate_fn(items):
+        return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
+                "labels": torch.tensor([int(i["label"]) for i in items])}
+
+    data = _class_labelled(pixel_dataset(10), ["cat", "dog", "eel"]).rename_column("labels", "label")
+    with pytest.raises(LabelError, match=r"the student's id2label \['dog', 'cat', 'eel'\] is not the dataset's class "
+                                         r"order \['cat', 'dog', 'eel'\]"):
+        build(make_args(tmp_path, losses=["ce"]), named(tiny_vit(), ["dog", "cat", "eel"]), train_dataset=data,
+              data_collator=collate_fn)
+    build(make_args(tmp_path, losses=["ce"]), named(tiny_vit(), ["cat", "dog", "eel"]), train_dataset=data,
+          data_collator=collate_fn)
+
+
 def test_a_student_with_another_number_of_classes_than_the_data_is_refused(tmp_path):
     """LABEL_k names hid it: 5 outputs for 10 classes failed inside the loss, 1000 trained and exported."""
     data = _class_labelled(pixel_dataset(10), ["a", "b", "c"])
@@ -850,6 +867,14 @@ def test_a_named_teacher_paired_by_position_with_unnamed_classes_is_said(tmp_pat
     with caplog.at_level("WARNING"):
         build(make_args(tmp_path), tiny_vit(), named(tiny_resnet(), ["cat", "dog", "eel"]))
     assert "paired with the data's by position, unchecked" in caplog.text
+
+
+def test_a_teacher_that_only_numbers_its_classes_is_not_said_to_be_paired_unchecked(tmp_path, caplog):
+    """LABEL_0, LABEL_1... name no class, so nothing could check them: the warning that names a
+    teacher's classes to have them matched would only ask for names no one has."""
+    with caplog.at_level("WARNING"):
+        build(make_args(tmp_path), tiny_vit(), tiny_resnet())
+    assert "paired with the data's by position, unchecked" not in caplog.text
 
 
 def test_fp16_on_a_cpu_is_refused(tmp_path):
