@@ -67,6 +67,18 @@ def test_a_teacher_of_other_classes_is_an_error_unless_paired_by_position(tmp_pa
     build(make_args(tmp_path), student, named(tiny_resnet(), ["x", "y", "z"]), teacher_label_mapping="by_index")
 
 
+def test_a_refused_teacher_of_another_class_count_leaves_the_callers_arguments_and_teacher_unmarked(tmp_path):
+    """A 5-class teacher whose logits a 3-class run reads is refused. Taken first for a teacher of
+    other classes whose features alone are distilled, the refused build would leave the caller's
+    teacher marked so: a corrected run with the same teacher would then neither check nor report
+    its accuracy, unsaid."""
+    args, teacher = make_args(tmp_path, teacher_accuracy_check="error"), named(tiny_resnet(num_labels=5), list("vwxyz"))
+    with pytest.raises(ValueError, match="student predicts 3 classes but the teacher 5: logit losses need the same"):
+        build(args, named(tiny_vit(), ["a", "b", "c"]), teacher)
+    assert args.teacher_accuracy_check == "error"
+    assert not getattr(teacher, "hf_rcka_other_classes", False)
+
+
 def test_a_teacher_of_other_classes_whose_features_alone_are_distilled(tmp_path, caplog):
     """Its classes do not matter to feature losses; its accuracy on the run's labels means nothing,
     so the check is off. The command line (once both models have loaded, before the trainer is
