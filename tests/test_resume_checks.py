@@ -128,6 +128,14 @@ def test_a_checkpoint_whose_schedule_keeps_no_base_rates_resumes(tmp_path):
     _, _, same = parse_arguments({**BASE, "learning_rate": 0.01})
     check_resume_rate(str(tmp_path), same)
     check_restored_rates(str(tmp_path), [0.01])
+    # the rates it started from, which its batch record holds, are compared instead (resumed at 0.5,
+    # such a run went on at the checkpoint's 0.01 with nothing said)
+    (tmp_path / BATCH_RECORD_NAME).write_text(json.dumps({"global_batch": 8, "processes": 1, "starting_rates": [0.01]}))
+    check_resume_rate(str(tmp_path), same)
+    _, _, other = parse_arguments({**BASE, "learning_rate": 0.5})
+    for check in (lambda: check_resume_rate(str(tmp_path), other), lambda: check_restored_rates(str(tmp_path), [0.5])):
+        with pytest.raises(RecipeError, match="trained at a learning rate of 0.01, and this run sets 0.5"):
+            check()
 
 
 def test_a_resume_with_longer_or_shorter_epochs_is_refused(tmp_path):

@@ -198,6 +198,23 @@ def test_a_resume_that_would_not_continue_the_same_training_is_refused(tmp_path,
     assert same.state.global_step == 4
 
 
+def test_a_plateau_schedule_resumed_at_another_rate_is_refused(tmp_path):
+    """reduce_lr_on_plateau's saved schedule holds no base rates, so nothing was compared: resumed
+    at 0.5 from a run at 0.05, a run went on at the checkpoint's 0.05 while its recipe named 0.5."""
+    from hf_rcka.errors import RecipeError
+
+    base = dict(max_steps=2, save_strategy="steps", save_steps=2, lr_scheduler_type="reduce_lr_on_plateau",
+                eval_strategy="steps", eval_steps=2, optim="sgd")
+    _trainer(_args(tmp_path, **base)).train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    resumed = _trainer(_args(tmp_path, "resumed", **{**base, "max_steps": 4, "learning_rate": 0.5}))
+    with pytest.raises(RecipeError, match="trained at a learning rate of 0.05, and this run sets 0.5"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    same = _trainer(_args(tmp_path, "same", **{**base, "max_steps": 4}))
+    same.train(resume_from_checkpoint=str(checkpoint))
+    assert same.state.global_step == 4
+
+
 def test_a_resume_with_the_callers_own_optimizer_and_schedule_goes_on(tmp_path):
     """The rate check compared the checkpoint's rates with learning_rate, which a caller's optimizer
     does not use, and the settings check read OneCycleLR's cycled momentum as a changed setting."""

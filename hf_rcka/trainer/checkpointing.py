@@ -71,6 +71,7 @@ class CheckpointingTrainer(Trainer):
     _teacher_fingerprint: dict[str, Any] | None = None
     _epoch_steps: int | None = None  # optimizer steps per epoch (None: data without a length)
     _optimizer_kwargs: dict[str, Any] | None = None  # the settings create_optimizer built the optimizer with
+    _starting_rates: list[float] | None = None  # each parameter group's rate before the first step
     _finished_already: FinishedAlready  # set by the subclass, which adds it as a callback
     _earlier_model_removed = False  # the Hub repository's earlier card and results (hub_pushes)
     _earlier_model: bool | None = None  # whether it held another model: the first listing's answer
@@ -219,7 +220,7 @@ class CheckpointingTrainer(Trainer):
             with open(os.path.join(output_dir, BATCH_RECORD_NAME), "w", encoding="utf-8") as handle:
                 json.dump({"global_batch": global_batch_size(self.args), "processes": self.args.world_size,
                            "forward_batch": forward_batch(self.args, self._train_batch_size),
-                           "epoch_steps": self._epoch_steps}, handle)
+                           "epoch_steps": self._epoch_steps, "starting_rates": self._starting_rates}, handle)
             write_loss_record(output_dir, loss_settings(self.args, model.teacher is not None))
             if self.records_run:
                 copy_run_record(self.args.output_dir, output_dir, pushed=self._pushes_checkpoint_folders())
@@ -316,11 +317,11 @@ class CheckpointingTrainer(Trainer):
         """Trainer's, noting the names of the settings it builds the optimizer with (for the resume
         checks) from its one call of ``get_optimizer_cls_and_kwargs``: a second call registered
         layer-wise GaLore's per-parameter hooks twice."""
-        if self.optimizer is not None:  # the caller's (optimizers=...): not compared
-            return super().create_optimizer(model)
+        if self.optimizer is not None:  # the caller's (optimizers=...): its settings not compared
+            return self._noting_starting_rates(super().create_optimizer(model))
         if self.optimizer_cls_and_kwargs is not None:
             self._optimizer_kwargs = dict.fromkeys(self.optimizer_cls_and_kwargs[1])
-            return super().create_optimizer(model)
+            return self._noting_starting_rates(super().create_optimizer(model))
         seen: dict[str, Any] = {}
         resolve = self.get_optimizer_cls_and_kwargs
 
@@ -335,6 +336,13 @@ class CheckpointingTrainer(Trainer):
         finally:
             del self.get_optimizer_cls_and_kwargs
         self._optimizer_kwargs = seen
+        return self._noting_starting_rates(optimizer)
+
+    def _noting_starting_rates(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Each parameter group's rate before any step, which checkpoints record (``BATCH_RECORD_NAME``)
+        for the resume's rate check: ``reduce_lr_on_plateau``'s saved schedule holds no ``base_lrs``,
+        so a resume at another rate went on at the checkpoint's with nothing said."""
+        self._starting_rates = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
         return optimizer
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:

@@ -27,7 +27,7 @@ from ..errors import RecipeError
 
 logger = logging.getLogger(__name__)
 
-BATCH_RECORD_NAME = "global_batch.json"  # the checkpoint's global batch, processes and epoch length
+BATCH_RECORD_NAME = "global_batch.json"  # the checkpoint's global batch, processes, epoch length, starting rates
 # param_group entries that are not the optimizer's mathematics: its parameters, the rates the
 # schedule owns (check_restored_rates), and how torch runs the update
 _NOT_SETTINGS = frozenset({"params", "lr", "initial_lr", "foreach", "fused", "capturable", "differentiable",
@@ -105,8 +105,12 @@ def check_restored_rates(folder: str, own_rates: list[float]) -> None:
 
 
 def _checkpoint_rates(folder: str) -> list[float]:
+    """The rates the checkpoint's schedule started from: its ``base_lrs`` or, for a schedule that
+    keeps none (``reduce_lr_on_plateau``), the starting rates its batch record holds (none in a
+    checkpoint of an earlier version: nothing to compare)."""
     path = Path(folder) / "scheduler.pt"
-    return (torch.load(path, map_location="cpu", weights_only=True).get("base_lrs") or []) if path.is_file() else []
+    rates = (torch.load(path, map_location="cpu", weights_only=True).get("base_lrs") or []) if path.is_file() else []
+    return list(rates or (_batch_record(folder) or {}).get("starting_rates") or [])
 
 
 def _other_rate(folder: str, trained: float, now: float) -> RecipeError:
