@@ -176,6 +176,20 @@ def test_numbered_class_names_say_nothing_of_the_classes(tmp_path):
           train_dataset=data.with_format("torch"))
 
 
+def test_numerals_that_name_the_data_beside_a_teacher_of_other_names_are_refused_as_the_command_line_does(tmp_path):
+    """Digits, or a ClassLabel cast from integers, name their classes '0', '1'...: with a student that
+    names none, a teacher of 'cat', 'dog', 'eel' was paired with them by position with a warning and
+    trained, where the command line refuses the same data and teacher."""
+    data = pixel_dataset(10).with_format(None).cast_column("labels", datasets.ClassLabel(num_classes=3))
+    data = data.with_format("torch")
+    teacher = named(tiny_resnet(), ["cat", "dog", "eel"])
+    with pytest.raises(LabelError, match=r"the teacher's classes do not match those of the dataset's ClassLabel.*"
+                                         r"teacher_label_mapping: by_index"):
+        build(make_args(tmp_path), tiny_vit(), teacher, train_dataset=data)
+    build(make_args(tmp_path), tiny_vit(), teacher, train_dataset=data, teacher_label_mapping="by_index")
+    build(make_args(tmp_path, losses=["ce", "feature_cka"]), tiny_vit(), teacher, train_dataset=data)  # no logits read
+
+
 def test_a_caller_collator_may_build_the_batch_from_other_keys(tmp_path):
     """The image-classification tutorial keeps 'label' in its items and builds 'labels' in collate_fn."""
     def collate_fn(items):
