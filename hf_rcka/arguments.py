@@ -182,7 +182,8 @@ class DistillationTrainingArguments(TrainingArguments):
     )
     student_accuracy_check: str = field(
         default="error",
-        metadata={"help": "The command line's final evaluation of a trained student whose accuracy is at chance: "
+        metadata={"help": "The command line's final evaluation of a trained student whose accuracy is within one "
+                          "standard error of chance (two: a warning alone): "
                           "'error' (the model, card and results saved, not uploaded, exit status 2), 'warn' or 'off'."},
     )
     teacher_dtype: str | None = field(
