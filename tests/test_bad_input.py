@@ -2327,6 +2327,54 @@ def test_an_uncached_pretrained_timm_student_offline_says_how_to_train_it_from_s
     assert "set student_from_scratch: true" in line
 
 
+def _cached_snapshot(cache: Path, repo_id: str, files: dict[str, str]) -> None:
+    """What ``hf download REPO FILE...`` leaves in a Hugging Face cache: the snapshot of main's commit."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for name, text in files.items():
+        (repo / "snapshots" / commit / name).write_text(text)
+
+
+@pytest.mark.parametrize("key,repo_id,files,needs_weights,missing", [
+    ("teacher_model_name_or_path", "acme/vit", {"config.json": '{"model_type": "vit"}',
+                                                "preprocessor_config.json": "{}"}, True, "model.safetensors"),
+    ("teacher_model_name_or_path", "acme/vit", {"config.json": '{"model_type": "vit"}', "model.safetensors": ""},
+     True, "preprocessor_config.json"),
+    ("model_name_or_path", "acme/vit", {"config.json": '{"model_type": "vit"}'}, False, "preprocessor_config.json"),
+    ("teacher_model_name_or_path", "timm/resnet10t.c3_in1k", {"config.json": '{"architecture": "resnet10t"}'}, True,
+     "model.safetensors"),
+    ("teacher_model_name_or_path", "acme/big", {"config.json": '{"model_type": "vit"}', "preprocessor_config.json": "{}",
+                                                "model.safetensors.index.json": '{"weight_map": {"a": "model-1.safetensors"}}'},
+     True, "model-1.safetensors"),
+])
+def test_offline_a_cached_config_without_the_files_loading_reads_is_one_line_before_loading(
+        tmp_path, monkeypatch, key, repo_id, files, needs_weights, missing):
+    """A cache filled with config.json alone (``hf download NAME config.json preprocessor_config.json``,
+    as the smoke test asks) passed, and the run stopped once the data had loaded: the weights were
+    said to be pickled ones to convert, a processor was transformers' text about huggingface.co."""
+    from huggingface_hub import constants
+
+    from hf_rcka.cli.model_sources import check_model_source
+    from hf_rcka.errors import ModelError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _cached_snapshot(tmp_path / "hub", repo_id, files)
+    with pytest.raises(ModelError) as caught:
+        check_model_source(key, repo_id, needs_weights)
+    line = str(caught.value)
+    assert line.startswith(f"{key}: the Hugging Face cache") and f"not its {missing}," in line, line
+    assert f"hf download {repo_id} {missing}" in line and "\n" not in line
+    # and all of it cached: nothing to say
+    snapshot = next((tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}" / "snapshots").iterdir())
+    for name in ("model.safetensors", "model-1.safetensors", "preprocessor_config.json"):
+        (snapshot / name).write_text("" if name != "preprocessor_config.json" else "{}")
+    check_model_source(key, repo_id, needs_weights)
+
+
 def test_a_teachers_relative_train_dir_is_read_from_where_it_ran(tmp_path, monkeypatch):
     """A recorded 'train_dir: imgs/train' was read from the student's working directory: run from
     another folder, a student evaluated on the teacher's training images passed the check."""

@@ -177,7 +177,7 @@ def check_model_source(key: str, name: str, needs_weights: bool = True) -> None:
             _check_hub_reachable(key, name, f"its pretrained weights are on the Hub: unset HF_HUB_OFFLINE to download "
                                             f"them{scratch}")
     elif source.kind == "pretrained" and not os.path.isdir(name):
-        _check_hub_id(key, name)
+        _check_hub_id(key, name, needs_weights)
     elif source.kind == "pretrained":
         _check_config_file(key, name)
         if needs_weights:
@@ -241,7 +241,7 @@ def _check_timm_architecture(key: str, architecture: str) -> None:
         raise ModelError(f"{key}: unknown timm architecture {architecture!r}; {close_matches(base, timm.list_models())}")
 
 
-def _check_hub_id(key: str, name: str) -> None:
+def _check_hub_id(key: str, name: str, needs_weights: bool = True) -> None:
     """A name that looks like a path, or a Hub id that cannot be fetched offline, is an error now."""
     first = name.split("/")[0]
     if name.startswith(_PATH_PREFIXES) or os.path.isdir(first):
@@ -252,7 +252,7 @@ def _check_hub_id(key: str, name: str) -> None:
     if nearby is not None:  # a folder's name without the folder it is in, not a Hub id: said at once
         raise ModelError(f"{key}: no folder {name!r} here, and {nearby!r} is a model folder of that name: give its "
                          f"path ({key}: {nearby}), or, if {name!r} is a Hub id, rename or move that folder")
-    _check_hub_reachable(key, name, local=_no_local_folder(name))
+    _check_hub_reachable(key, name, local=_no_local_folder(name), needs_weights=needs_weights)
 
 
 def _model_folder_named(name: str) -> str | None:
@@ -299,21 +299,65 @@ def _recipe_writing(folder: str) -> str | None:
     return None
 
 
-def _check_hub_reachable(key: str, name: str, fix: str | None = None, local: str = "") -> None:
+def _check_hub_reachable(key: str, name: str, fix: str | None = None, local: str = "",
+                         needs_weights: bool = True) -> None:
     """Offline, a Hub id needs a cached copy; online, one request reads its config. ``local``: what
     to add when the id names nothing there, as it may be a relative path."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     if constants.HF_HUB_OFFLINE:
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        config = try_to_load_from_cache(name, "config.json")
+        if not isinstance(config, str):
             what = f"{name!r} is not cached" if fix or local else f"{name!r} is not a local folder"
             raise ModelError(
                 f"{key}: {what}, and the Hub is offline (HF_HUB_OFFLINE=1) with no cached copy. "
                 + (fix[0].upper() + fix[1:] if fix else "Check the path, or unset HF_HUB_OFFLINE to download it")
                 + local
             )
+        _check_cached_files(key, name, config, needs_weights)
         return
     _check_hub_repository(key, name, local)
+
+
+def _check_cached_files(key: str, name: str, config_file: str, needs_weights: bool) -> None:
+    """Offline, the cached snapshot whose config.json was found must also hold what loading reads from
+    it: the safetensors weights (every shard an index lists) and, but for a timm model (whose
+    config.json carries its data config), an image processor. A cache filled with ``hf download NAME
+    config.json preprocessor_config.json`` (what the smoke test asks for) passed here, and the run
+    stopped once the data had loaded, saying the model had no safetensors weights and to convert
+    pickled ones; a missing processor was transformers' text about https://huggingface.co/models."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
+    def cached(file: str) -> str | None:
+        path = try_to_load_from_cache(name, file)
+        return path if isinstance(path, str) else None
+
+    missing: list[str] = []
+    try:
+        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # an unreadable config is the loader's to report
+    is_timm = isinstance(config, dict) and (config.get("architecture") or config.get("model_type") == "timm_wrapper")
+    if not is_timm and not any(cached(file) for file in PROCESSOR_FILES):
+        missing.append(PROCESSOR_FILES[0])
+    if needs_weights and not cached(SAFE_WEIGHTS_NAME):
+        index = cached(SAFE_WEIGHTS_INDEX_NAME)
+        if index is None:
+            missing.append(SAFE_WEIGHTS_NAME)
+        else:
+            try:
+                shards = sorted(set(json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, ValueError, KeyError, AttributeError):
+                shards = []
+            missing += [shard for shard in shards if not cached(shard)]
+    if missing:
+        raise ModelError(
+            f"{key}: the Hugging Face cache ({constants.HF_HUB_CACHE}) holds the config.json of {name!r} but not "
+            f"its {' and '.join(missing)}, and the Hub is offline (HF_HUB_OFFLINE=1): fetch {'it' if len(missing) == 1 else 'them'} "
+            f"once where there is network, into this cache (hf download {name} {' '.join(missing)}), or unset "
+            "HF_HUB_OFFLINE"
+        )
 
 
 def _check_hub_repository(key: str, name: str, local: str = "") -> None:
