@@ -2375,6 +2375,32 @@ def test_offline_a_cached_config_without_the_files_loading_reads_is_one_line_bef
     check_model_source(key, repo_id, needs_weights)
 
 
+def test_offline_a_hub_dataset_datasets_has_not_prepared_says_where_its_downloaded_files_are(tmp_path, monkeypatch):
+    """datasets offline reads only what it prepared itself: files ``hf download --repo-type dataset``
+    put in the Hugging Face cache were "Couldn't reach 'acme/pics' on the Hub (OfflineModeIsEnabled)"."""
+    import datasets
+    from huggingface_hub import constants
+
+    from hf_rcka.arguments import DataArguments
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    with pytest.raises(DataError) as caught:
+        run_inputs.declared_labels(DataArguments(dataset_name="acme/pics"))
+    line = str(caught.value)
+    assert "is not in datasets' cache" in line and "datasets.load_dataset('acme/pics')" in line
+    assert "give that folder" not in line
+    snapshot = tmp_path / "hub" / "datasets--acme--pics" / "snapshots" / ("1" * 40)
+    (snapshot / "data").mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("1" * 40)
+    with pytest.raises(DataError) as caught:
+        run_inputs.declared_labels(DataArguments(dataset_name="acme/pics"))
+    assert "give that folder as dataset_name" in str(caught.value) and str(snapshot) in str(caught.value)
+
+
 def test_a_teachers_relative_train_dir_is_read_from_where_it_ran(tmp_path, monkeypatch):
     """A recorded 'train_dir: imgs/train' was read from the student's working directory: run from
     another folder, a student evaluated on the teacher's training images passed the check."""

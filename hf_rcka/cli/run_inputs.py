@@ -128,6 +128,8 @@ def _loading_errors(data_args: DataArguments) -> Iterator[None]:
         raise
     except (ValueError, OSError) as err:  # datasets' FileNotFoundError, DatasetNotFoundError...
         _check_cache_error(err)
+        if isinstance(err, ConnectionError) and data_args.dataset_name:
+            _refuse_offline_dataset(data_args.dataset_name, err)
         raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(err).__name__}: {err})") from err
     except DatasetGenerationError as err:  # what went wrong is its cause (a CastError: splits with other columns)
         cause = err.__cause__ or err
@@ -137,6 +139,36 @@ def _loading_errors(data_args: DataArguments) -> Iterator[None]:
         hint = ". Every split must have the same columns and types" if isinstance(cause, CastError) else ""
         raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(cause).__name__}: "
                         f"{text}){hint}") from err
+
+
+def _refuse_offline_dataset(name: str, err: ConnectionError) -> None:
+    """A Hub dataset offline that datasets' own cache lacks: what to do, and where the files are when
+    ``hf download --repo-type dataset`` put them in the Hugging Face cache (datasets offline reads only
+    the data it prepared itself, under HF_DATASETS_CACHE; the error said only "Couldn't reach")."""
+    import datasets
+    from huggingface_hub import constants
+
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not datasets.config.HF_HUB_OFFLINE or name.count("/") != 1 or os.path.exists(name):  # HF_DATASETS_OFFLINE too
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return
+    repo = os.path.join(constants.HF_HUB_CACHE, f"datasets--{name.replace('/', '--')}")
+    try:
+        with open(os.path.join(repo, "refs", "main"), encoding="utf-8") as handle:
+            snapshot = os.path.join(repo, "snapshots", handle.read().strip())
+    except OSError:
+        snapshots = sorted(os.scandir(os.path.join(repo, "snapshots")), key=lambda e: e.stat().st_mtime) \
+            if os.path.isdir(os.path.join(repo, "snapshots")) else []
+        snapshot = snapshots[-1].path if snapshots else None
+    fixes = [f"give that folder as dataset_name (the Hugging Face cache holds its files there, from hf download, "
+             f"which datasets does not read offline): {snapshot}"] if snapshot and os.path.isdir(snapshot) else []
+    fixes.append(f"load it once where there is network, with this HF_HOME (datasets.load_dataset({name!r}))")
+    raise DataError(f"dataset_name {name!r} is not in datasets' cache ({datasets.config.HF_DATASETS_CACHE}), and the "
+                    "Hub is offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set): " + ", or ".join(fixes)) from err
 
 
 def align_teacher(teacher: Any, args: DistillationTrainingArguments, labels: list[str], mapping: str) -> None:
