@@ -160,6 +160,29 @@ def test_a_cached_config_without_its_processor_names_the_missing_file(tmp_path, 
         plan_smoke_test(_resolved(tmp_path, model_name_or_path="someone/vit"))
 
 
+def test_a_cached_pretrained_timm_teacher_is_built_from_its_cached_config(tmp_path, hf_cache):
+    """A ``timm/<arch>`` teacher trained on the recipe's classes (its Hub repository cached, as the
+    real run loads it) was built from timm's registry, with 1000 unnamed classes, and the smoke test
+    refused it as not matching the dataset's classes, which it assumed were 10."""
+    repo = hf_cache / "models--timm--resnet10t.c3_in1k"
+    snapshot = repo / "snapshots" / FAKE_COMMIT
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(FAKE_COMMIT)
+    (snapshot / "config.json").write_text(json.dumps({
+        "architecture": "resnet10t", "num_classes": 3, "label_names": ["cat", "dog", "fox"],
+        "pretrained_cfg": {"input_size": [3, 64, 64], "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5],
+                           "crop_pct": 1.0, "interpolation": "bicubic"}}))
+    plan = plan_smoke_test(_resolved(tmp_path, dataset_name="someone/pets",
+                                     teacher_model_name_or_path="timm/resnet10t.c3_in1k"))
+    assert Path(plan.recipe["teacher_model_name_or_path"]) == snapshot
+    assert list(plan.data.label_names) == ["cat", "dog", "fox"]
+    # not cached: timm's registry builds it, as before
+    plan = plan_smoke_test(_resolved(tmp_path, dataset_name="someone/pets",
+                                     teacher_model_name_or_path="timm/resnet14t.c3_in1k"))
+    assert plan.recipe["teacher_model_name_or_path"] == "timm/resnet14t.c3_in1k"
+
+
 def _resolved(tmp_path, **values):
     base = {"model_name_or_path": "timm/resnet18", "dataset_name": "ILSVRC/imagenet-1k",
             "output_dir": str(tmp_path / "out")}

@@ -158,6 +158,15 @@ def offline_model_name(key: str, name: str, notes: list[str]) -> str:
         source = parse_model_source(name)
     except (ValueError, OSError) as err:
         raise RecipeError(f"{key}: {err}") from None
+    if source.kind == "timm":
+        # a pretrained timm model's Hub repository in the cache: built from its config.json, as the run
+        # loads it (its classes and data config; timm's registry gave 1000 unnamed classes, so a teacher
+        # of the recipe's own classes was refused as not matching the dataset's)
+        folder = cached_config_folder(name)
+        if folder is None or not (folder / "config.json").is_file():
+            return name
+        notes.append(f"{key}: {name} built from the config in the local Hugging Face cache ({folder})")
+        return str(folder)
     if source.kind != "pretrained" or os.path.isdir(name):
         return name
     folder = cached_config_folder(name)
