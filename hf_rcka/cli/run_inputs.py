@@ -147,7 +147,6 @@ def _refuse_offline_dataset(name: str, err: ConnectionError) -> None:
     the data it prepared itself, under HF_DATASETS_CACHE; the error said only "Couldn't reach")."""
     import datasets
     from huggingface_hub import constants
-
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not datasets.config.HF_HUB_OFFLINE or name.count("/") != 1 or os.path.exists(name):  # HF_DATASETS_OFFLINE too
