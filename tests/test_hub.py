@@ -101,6 +101,52 @@ def test_base_model_of_a_local_folder_is_none(tmp_path):
     assert base_model_of(str(tmp_path), False) is None
 
 
+def _cached_repo(cache, repo_id, commit):
+    """A repository as the Hugging Face cache holds it once from_pretrained has read it."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    return snapshot
+
+
+def test_the_card_names_the_hub_commit_a_run_read_and_a_cache_folder_by_its_repository(tmp_path, monkeypatch):
+    """No record said which revision of a Hub checkpoint a run read: rerun after the repository moved
+    on, a student started from other weights under the same card. A folder of the cache given to
+    pin a revision offline was called the local checkpoint `1111...` (not on the Hub), its teacher
+    named by a hash too."""
+    import huggingface_hub
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    student_commit, teacher_commit = "1" * 40, "2" * 40
+    snapshot = _cached_repo(cache, "acme/vit-small", student_commit)
+    _cached_repo(cache, "acme/resnet-teacher", teacher_commit)
+    for name in ("acme/vit-small", str(snapshot)):
+        facts = card_facts_of(ModelArguments(model_name_or_path=name), DataArguments(dataset_name="acme/pets"), 6)
+        assert (facts.base_model, facts.base_revision, facts.local_checkpoint) == ("acme/vit-small", student_commit, None)
+        card, _ = _card(tmp_path / "card", facts)
+        assert card.data.base_model == "acme/vit-small"
+        assert f"Student initialisation: the Hub checkpoint `acme/vit-small` at revision `{student_commit}`" in card.text
+        assert f"teacher `acme/resnet-teacher` at revision `{teacher_commit}`" in card.text
+    card, _ = _card(tmp_path / "card", facts, teacher_name=str(snapshot))
+    assert f"teacher `acme/vit-small` at revision `{student_commit}`" in card.text
+    assert str(tmp_path) not in card.content, "a published card holds no local paths"
+    from hf_rcka.trainer.teacher_record import teacher_fingerprint
+
+    teacher = tiny_vit()
+    teacher.config._name_or_path = str(snapshot)  # what a resume of another teacher names in its refusal
+    assert teacher_fingerprint(teacher)["source"] == f"acme/vit-small at revision {student_commit}"
+    # nothing cached (a Hub id read by another machine's cache): the id alone, as before
+    facts = card_facts_of(ModelArguments(model_name_or_path="acme/other"), DataArguments(dataset_name="acme/pets"), 6)
+    assert (facts.base_model, facts.base_revision) == ("acme/other", None)
+    card, _ = _card(tmp_path / "card", facts, teacher_name="acme/unseen")
+    assert "the Hub checkpoint `acme/other`" in card.text and "`acme/other` at revision" not in card.text
+    assert "teacher `acme/unseen`" in card.text and "`acme/unseen` at revision" not in card.text
+
+
 def test_usage_snippet_runs_as_written(tmp_path, monkeypatch):
     folder = tmp_path / "student"
     card, student = _card(folder, repo_id=str(folder))

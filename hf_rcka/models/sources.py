@@ -14,6 +14,7 @@ card) can classify a name without importing or building anything.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,3 +95,29 @@ def _suffix(name: str, prefix: str, example: str) -> str:
     if not rest:
         raise ValueError(f"{name!r} names no model after {prefix!r}; e.g. {example!r}")
     return rest
+
+
+
+# a folder of the Hugging Face cache: models--<owner>--<name>/snapshots/<commit> (a repo id holds no "--")
+_SNAPSHOT = re.compile(r"models--(?P<repo>[^/\\]+)[/\\]snapshots[/\\](?P<commit>[0-9a-f]{40})[/\\]?$")
+
+
+def cache_snapshot(path: str) -> tuple[str, str] | None:
+    """The Hub repository and commit of a folder of the Hugging Face cache
+    (``.../models--org--name/snapshots/<commit>``, which pins a revision offline): that repository
+    at that commit, not a local checkpoint named by its hash. None for any other path."""
+    match = _SNAPSHOT.search(os.path.abspath(path)) if os.path.isdir(path) else None
+    return (match["repo"].replace("--", "/"), match["commit"]) if match else None
+
+
+def cached_commit(repo_id: str) -> str | None:
+    """The commit of ``repo_id`` that the local Hugging Face cache holds (what ``from_pretrained``
+    read, or would read offline); None when nothing of it is cached. Never downloads."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except (HFValidationError, ValueError):
+        return None
+    snapshot = cache_snapshot(os.path.dirname(cached)) if isinstance(cached, str) else None
+    return snapshot[1] if snapshot else None

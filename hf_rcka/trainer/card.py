@@ -21,6 +21,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..file_writes import write_text
+from ..models.sources import cache_snapshot, cached_commit
 from ..run_record import RECIPE_RECORD
 from ..version import code_version
 from .card_facts import CardFacts, image_folder_name
@@ -214,7 +215,8 @@ def _initialisation(facts: CardFacts, teacher_name: str | None) -> str:
     """Where the student's weights started: a Hub checkpoint, a local one, or random."""
     if facts.base_model:
         same = " (the teacher's own checkpoint)" if facts.base_model == teacher_name else ""
-        return f"the Hub checkpoint `{facts.base_model}`{same}"
+        revision = f" at revision `{facts.base_revision}`" if facts.base_revision else ""
+        return f"the Hub checkpoint `{facts.base_model}`{revision}{same}"
     if facts.local_checkpoint:
         return f"the local checkpoint `{facts.local_checkpoint}` (not on the Hub)"
     if facts.start_recorded:
@@ -223,10 +225,13 @@ def _initialisation(facts: CardFacts, teacher_name: str | None) -> str:
 
 
 def _teacher_text(teacher_name: str) -> str:
-    """The teacher by its Hub id, or a local folder by its name (its full path says nothing to a reader)."""
-    if os.path.isdir(teacher_name):
+    """The teacher by its Hub id (at the commit the run read, where the local cache says), or a
+    local folder by its name (its full path says nothing to a reader)."""
+    repo, commit = cache_snapshot(teacher_name) or (teacher_name, None)
+    if repo == teacher_name and os.path.isdir(teacher_name):
         return f"`{os.path.basename(os.path.abspath(teacher_name))}` (a local checkpoint)"
-    return f"`{teacher_name}`"
+    commit = commit or cached_commit(repo)
+    return f"`{repo}` at revision `{commit}`" if commit else f"`{repo}`"
 
 
 def _cka_section(output_dir: str) -> str:

@@ -25,7 +25,7 @@ from ..augmentation import AugmentationArguments
 from ..data.datasets import VALIDATION_SPLIT_NAMES
 from ..losses import IGNORE_INDEX
 from ..losses.base import RelationalLoss
-from ..models.sources import parse_model_source
+from ..models.sources import cache_snapshot, cached_commit, parse_model_source
 from ..recipe_specs import weighs_nothing
 from ..run_record import BATCH_HEADER, read_recorded_recipe, recorded_header_number
 
@@ -101,6 +101,7 @@ class CardFacts:
 
     Attributes:
         base_model: Hub id of the checkpoint the student's weights started from.
+        base_revision: its commit, where the local Hugging Face cache says which was read.
         local_checkpoint: name of the local folder the student's weights started from (the card
             is published; the folder's full path says nothing to its readers).
         start_recorded: whether the run knows where the student's weights started, so that
@@ -133,6 +134,7 @@ class CardFacts:
     """
 
     base_model: str | None = None
+    base_revision: str | None = None
     local_checkpoint: str | None = None
     start_recorded: bool = False
     teacher_accuracy: float | None = None
@@ -159,10 +161,14 @@ class CardFacts:
 
 
 def base_model_of(model_name_or_path: str, from_scratch: bool) -> str | None:
-    """The student's Hub checkpoint, or None (random weights, ``config:``, local folders)."""
+    """The student's Hub checkpoint, or None (random weights, ``config:``, local folders other than
+    the Hugging Face cache's)."""
     source = parse_model_source(model_name_or_path)
-    if from_scratch or source.kind == "config" or os.path.isdir(model_name_or_path):
+    if from_scratch or source.kind == "config":
         return None
+    snapshot = cache_snapshot(model_name_or_path)  # a folder of the Hugging Face cache: its repository
+    if snapshot or os.path.isdir(model_name_or_path):
+        return snapshot[0] if snapshot else None
     if source.kind == "timm":  # the repo timm downloads: resnet18 is timm/resnet18.a1_in1k
         import timm
 
@@ -174,9 +180,21 @@ def base_model_of(model_name_or_path: str, from_scratch: bool) -> str | None:
     return model_name_or_path
 
 
+def revision_of(model_name_or_path: str, from_scratch: bool) -> str | None:
+    """The commit of the student's Hub checkpoint that the run read: a cache folder's own, or the one
+    the local cache holds for its Hub id (a rerun of the same recipe after the repository moved on
+    starts from other weights, which the card then tells apart)."""
+    snapshot = cache_snapshot(model_name_or_path)
+    if snapshot:
+        return None if from_scratch else snapshot[1]
+    base = base_model_of(model_name_or_path, from_scratch)
+    return cached_commit(base) if base else None
+
+
 def local_checkpoint_of(model_name_or_path: str, from_scratch: bool) -> str | None:
-    """The name of a local folder whose weights the student starts from, or None."""
-    if from_scratch or not os.path.isdir(model_name_or_path):
+    """The name of a local folder whose weights the student starts from, or None (a folder of the
+    Hugging Face cache is its Hub checkpoint: ``base_model_of``)."""
+    if from_scratch or not os.path.isdir(model_name_or_path) or cache_snapshot(model_name_or_path):
         return None
     return os.path.basename(os.path.abspath(model_name_or_path))
 
@@ -453,6 +471,7 @@ def card_facts_of(
         teacher_own_accuracy=read_teacher_run(getattr(model_args, "teacher_model_name_or_path", None), run_settings),
         teacher_own_read=True,
         base_model=base_model_of(model_args.model_name_or_path, model_args.student_from_scratch),
+        base_revision=revision_of(model_args.model_name_or_path, model_args.student_from_scratch),
         local_checkpoint=local_checkpoint_of(model_args.model_name_or_path, model_args.student_from_scratch),
         start_recorded=True,
         run_settings=run_settings,

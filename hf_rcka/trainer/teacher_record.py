@@ -22,6 +22,7 @@ import torch
 
 from ..errors import ModelError
 from ..file_writes import write_text
+from ..models.sources import cache_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,10 @@ def teacher_fingerprint(teacher: torch.nn.Module) -> dict[str, Any]:
         digest.update(values.view(torch.int16).numpy().tobytes())
         count += values.numel()
     source = getattr(getattr(teacher, "config", None), "_name_or_path", None) or None
-    if source and os.path.isabs(source):  # a local folder by its name: checkpoints may be pushed to the Hub
+    snapshot = cache_snapshot(source) if source else None  # a folder of the Hugging Face cache: not by its hash
+    if snapshot:
+        source = f"{snapshot[0]} at revision {snapshot[1]}"
+    elif source and os.path.isabs(source):  # a local folder by its name: checkpoints may be pushed to the Hub
         source = os.path.basename(os.path.normpath(source))
     return {"source": source, "values": count, "sha256": digest.hexdigest()}
 
