@@ -190,6 +190,21 @@ def test_numerals_that_name_the_data_beside_a_teacher_of_other_names_are_refused
     build(make_args(tmp_path, losses=["ce", "feature_cka"]), tiny_vit(), teacher, train_dataset=data)  # no logits read
 
 
+def test_a_dataset_without_rows_is_refused_before_anything_runs(tmp_path):
+    """An empty training set failed at train() in torch's sampler ("num_samples should be a positive
+    integer"); an empty evaluation set was evaluated into metrics without accuracy or loss, unsaid."""
+    empty = pixel_dataset(10).select([])
+    with pytest.raises(DataError, match=r"^train_dataset has no rows: there is nothing to train on"):
+        build(make_args(tmp_path, losses=["ce", "kd"]), tiny_vit(), tiny_resnet(), train_dataset=empty)
+    with pytest.raises(DataError, match=r"^eval_dataset\['b'\] has no rows: there is nothing to evaluate"):
+        build(make_args(tmp_path, losses=["ce", "kd"]), tiny_vit(), tiny_resnet(),
+              eval_dataset={"a": pixel_dataset(5), "b": empty})
+    trainer = build(make_args(tmp_path, losses=["ce", "kd"]), tiny_vit(), tiny_resnet())
+    for call, role in ((trainer.evaluate, "eval_dataset"), (trainer.predict, "test_dataset")):
+        with pytest.raises(DataError, match=f"^{role} has no rows"):
+            call(empty)
+
+
 def test_a_caller_collator_may_build_the_batch_from_other_keys(tmp_path):
     """The image-classification tutorial keeps 'label' in its items and builds 'labels' in collate_fn."""
     def collate_fn(items):
