@@ -137,6 +137,16 @@ def test_timm_train_py_keys_parse_with_their_types():
     ("reprob", 1.5, "reprob must be in [0.0, 1.0]"),
     ("cutmix_minmax", [0.9, 0.1], "cutmix_minmax must be [min, max]"),
     ("train_interpolation", "cubic", "train_interpolation must be one of"),
+    # each of these was accepted by a mutant with every test passing: a flip or mixing probability out
+    # of range, a negative alpha or a count below one, taken by timm as some other valid setting
+    ("hflip", 1.5, "hflip must be in [0.0, 1.0]"),
+    ("mixup_prob", -0.5, "mixup_prob must be in [0.0, 1.0]"),
+    ("mixup_switch_prob", 2.0, "mixup_switch_prob must be in [0.0, 1.0]"),
+    ("cutmix", -1.0, "cutmix must be >= 0"),
+    ("recount", 0, "recount must be >= 1"),
+    ("aug_repeats", -3, "aug_repeats must be 0 (off) or >= 2"),
+    ("cutmix_minmax", [0.1, 0.5, 0.9], "cutmix_minmax must be [min, max]"),
+    ("aa", "augmix-m5-w4-dl", "timm ignores 'dl'"),  # AugMix skips a section without a number as RandAugment does
 ])
 def test_bad_augmentation_values_name_the_key(key, value, fragment):
     with pytest.raises(RecipeError, match=None) as err:
@@ -189,3 +199,70 @@ def test_training_normalises_with_the_students_std_too(tmp_path):
     torch.manual_seed(0)
     trained, deployed = plain(white), eval_transform(processor)(white)
     assert torch.allclose(trained.mean((1, 2)), deployed.mean((1, 2)), atol=1e-3)
+
+
+def test_training_normalises_a_transformers_student_with_its_own_mean_and_std(tmp_path):
+    """Training normalised with ImageNet's mean or std instead of the student's passed every test
+    (their only students were timm's, which use ImageNet's): a DeiT student (mean and std 0.5)
+    trained on other pixel values than its processor gives it when deployed."""
+    processor = saved_student("hf_deit", tmp_path)
+    plain = train_transform(processor, AugmentationArguments(hflip=0.0, color_jitter=0.0))
+    for colour in ((255, 255, 255), (0, 0, 0)):
+        image = Image.new("RGB", (23, 11), colour)
+        torch.manual_seed(0)
+        trained, deployed = plain(image), eval_transform(processor)(image)
+        assert torch.allclose(trained.mean((1, 2)), deployed.mean((1, 2)), atol=1e-3), colour
+
+
+def test_train_interpolation_null_is_the_students_own_interpolation(tmp_path):
+    """train_interpolation: null ("the model's own") cropped with a fixed filter instead of the
+    student's (bicubic for timm's resnet) with every test passing."""
+    processor = saved_student("timm_resnet", tmp_path)
+    assert student_data_config(processor)["interpolation"] == "bicubic"
+    transform = train_transform(processor, AugmentationArguments(train_interpolation=None))
+    crop = next(t for t in transform.transforms if type(t).__name__ == "RandomResizedCropAndInterpolation")
+    from torchvision.transforms import InterpolationMode
+
+    assert crop.interpolation == InterpolationMode.BICUBIC
+
+
+def test_a_non_square_student_trains_at_its_own_height_and_width(tmp_path):
+    """The processor's (height, width) swapped into timm's input_size passed every test (their
+    students are square): a student whose processor gives 16 x 24 trained on 24 x 16 crops."""
+    processor = saved_student("hf_vit", tmp_path)
+    processor.size = {"height": 16, "width": 24}
+    assert student_data_config(processor)["input_size"] == (3, 16, 24)
+    image = non_square_images(1)[0]
+    train = train_transform(processor, AugmentationArguments(hflip=0.0, color_jitter=0.0))
+    assert train(image).shape == eval_transform(processor)(image).shape == (3, 16, 24)
+
+
+def test_an_autoaugment_policy_that_keeps_0_bits_does_not_stop_training(tmp_path):
+    """AutoAugment's v0 policy posterizes to 0 bits (its ('Posterize', 0.8, 2) sub-policy), and its
+    ops are held in ``policy``, not ``ops``: leaving them unpatched passed every test (the
+    'original' policy above keeps 4 to 8 bits), and a v0 run stopped at a random step."""
+    processor = saved_student("timm_resnet", tmp_path)
+    transform = train_transform(processor, AugmentationArguments(aa="v0"))
+    image = non_square_images(1)[0]
+    for seed in range(300):  # the 0-bit sub-policy is drawn with p 1/25 and runs with p 0.8
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        __import__("random").seed(seed)
+        assert transform(image).shape == (3, 16, 16)
+
+
+def test_interpolations_timms_geometric_augmentations_refuse_and_the_ones_they_take():
+    """box and hamming beside RandAugment were accepted by a mutant with every test passing (only
+    lanczos was tested), and failed at the first batch; timm's 3a policy has no geometric op, so it
+    takes lanczos, and a cutmix_minmax reaching 1 (the whole image) is a valid range."""
+    for interpolation in ("lanczos", "box", "hamming"):
+        with pytest.raises(RecipeError, match=f"train_interpolation '{interpolation}' cannot be used with aa="):
+            AugmentationArguments(aa="rand-m9-mstd0.5-inc1", train_interpolation=interpolation)
+    assert AugmentationArguments(aa="3a", train_interpolation="lanczos").train_interpolation == "lanczos"
+    assert AugmentationArguments(cutmix_minmax=[0.2, 1.0]).mixup_active
+
+
+def test_a_randaugment_transform_set_is_a_section_without_a_number():
+    """RandAugment's 't' section names a transform set (timm's own example: rand-mstd1-tweights):
+    refusing it as a section timm ignores passed every test."""
+    assert AugmentationArguments(aa="rand-mstd1-tweights").aa == "rand-mstd1-tweights"
