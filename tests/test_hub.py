@@ -260,6 +260,30 @@ def test_student_alone_baseline_and_gain(tmp_path):
         read_baseline(str(tmp_path / "missing"), settings)
 
 
+def test_a_baseline_of_an_unknown_student_is_not_comparable(tmp_path):
+    """Without this run's student settings (a trainer built in Python, whose card facts hold none)
+    a baseline of the same images is named but not comparable: a mutant that dropped that
+    condition passed every test, and its card claimed a gain over a student it could not name."""
+    baseline = _baseline_run(tmp_path)
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump({"dataset_name": "builtin:digits",
+                                                                  "model_name_or_path": "config:resnet"}))
+    accuracy, note, comparable = read_baseline(str(baseline), DIGITS_SPLIT)
+    assert (accuracy, note, comparable) == (0.9, "run `alone`, same images", False)
+
+
+def test_an_empty_recorded_setting_is_an_unset_one(tmp_path):
+    """A baseline recorded with ``optim_args: ""`` trained as a run that left it unset: a mutant
+    comparing "" with None passed every test (only {} was tested) and its card said "trained
+    otherwise (optim_args differs)", with no gain."""
+    from hf_rcka.trainer.card_facts import TrainingRecord
+
+    baseline = _baseline_run(tmp_path, steps=10)
+    recorded = {"dataset_name": "builtin:digits", "learning_rate": 1e-3}
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump({**recorded, "optim_args": ""}))
+    note = read_baseline(str(baseline), DIGITS_SPLIT, None, TrainingRecord(recorded, 10, 64, 1e-3))[1]
+    assert note == "run `alone`, same images"
+
+
 def test_a_baseline_that_ran_in_another_folder_is_compared_by_the_images_it_read(tmp_path, monkeypatch):
     """Its recorded validation_dir data/val named its own working folder's images: read from this
     run's folder, the card called another folder's images "same images". A record that cannot be
@@ -381,6 +405,10 @@ def test_a_baseline_is_compared_by_the_training_in_effect_not_by_its_spelling(tm
                          "run's 6e-05))")
     assert read_baseline(str(baseline), settings, None, TrainingRecord(mine, 100, 64, 1.25e-4, {50: 1e-4}))[1] \
         == "run `alone`, same images"
+    # a schedule that differs because the runs are of other lengths is said once, as the lengths
+    # (a mutant that added the schedule beside any other difference passed every test)
+    note = read_baseline(str(baseline), settings, None, TrainingRecord(mine, 90, 64, 1.25e-4, rates))[1]
+    assert note.endswith("trained otherwise (100 optimizer steps against this run's 90)")
 
 
 def test_a_baseline_that_spells_its_image_folder_otherwise_saw_the_same_images(tmp_path, monkeypatch):
@@ -620,6 +648,13 @@ def test_a_baseline_is_compared_by_its_evaluations_and_smoothing_in_effect(tmp_p
         "run `alone`, same images"
     assert "eval_steps differ" in read_baseline(str(baseline), settings, None,
                                                 TrainingRecord({**selecting, "eval_steps": 5}, 10, 64, 1e-3))[1]
+    # evaluated once per epoch on both sides, eval_steps decides nothing (a mutant comparing it
+    # whenever either side kept its best checkpoint passed every test)
+    per_epoch = {**selecting, "eval_strategy": "epoch", "save_strategy": "epoch"}
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump(per_epoch))
+    assert read_baseline(str(baseline), settings, None, TrainingRecord({**per_epoch, "eval_steps": 5}, 10, 64, 1e-3)
+                         )[1] == "run `alone`, same images"
+    (baseline / "distill_config.yaml").write_text(yaml.safe_dump(selecting))
     plain = {"dataset_name": "builtin:digits", "learning_rate": 1e-3,
              "losses": [{"name": "ce", "weight": 0, "label_smoothing": 0.3}, {"name": "kd"}]}
     (baseline / "distill_config.yaml").write_text(yaml.safe_dump(plain))
