@@ -419,9 +419,17 @@ def test_inconsistent_labels_are_errors(kwargs: dict, match: str) -> None:
      ("config:vitt", {}, ValueError, "'vit'"),
      ("config:bert", {}, ValueError, "image-classification"),
      ("config:", {}, ValueError, "config:vit"),
+     ("config:timm_wrapper", {}, ValueError, "use 'timm/<architecture>' for timm models"),
      ("config:vit", {"hiden_size": 8}, ValueError, "'hiden_size'.*'hidden_size'"),
-     ("config:vit", {"num_labels": 8}, ValueError, "num_labels"),
+     # the type is the config's class, not a field an override sets (it was ignored unsaid by a mutant)
+     ("config:vit", {"model_type": "deit"}, ValueError, "config_overrides key 'model_type' is not a field of ViTConfig"),
+     # the label fields have their own arguments: a mutant without that check passed with num_labels
+     # refused as "not a field" and id2label accepted, the classes then set twice
+     ("config:vit", {"num_labels": 8}, ValueError, "config_overrides sets 'num_labels': pass num_labels / id2label"),
+     ("config:vit", {"id2label": {0: "a"}}, ValueError, "config_overrides sets 'id2label': pass num_labels"),
      ("config:vit", {"architectures": ["BertForSequenceClassification"]}, ValueError, "architectures"),
+     # a class of the model's own type without a classification head (a backbone) is no classifier
+     ("config:vit", {**VIT, "architectures": ["ViTModel"]}, ValueError, "names no transformers image-classification"),
      ("timm/resnet_18", {}, ValueError, "'resnet18'"),
      ("timm/resnet18", {"no_such_arg": 1}, ValueError, "rejected"),
      ("timm/resnet18", {"num_classes": 3}, ValueError, "num_labels")],
@@ -704,6 +712,18 @@ def test_weight_files_that_do_not_fit_are_named_for_what_they_are(tmp_path: Path
 
 
 
+def test_a_trusted_configs_auto_map_is_kept(tmp_path: Path) -> None:
+    """With trust_remote_code the config's auto_map is what loads the repository's own class:
+    dropping it whatever trust_remote_code says passed every test (the model then loaded as
+    transformers' built-in class, the code the user trusted never ran)."""
+    from hf_rcka.models.hf_config import load_config
+
+    auto_map = {"AutoModelForImageClassification": "modeling_acme.Acme"}
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", **VIT, "auto_map": auto_map}))
+    assert load_config(str(tmp_path), trust_remote_code=True).auto_map == auto_map
+    assert not getattr(load_config(str(tmp_path)), "auto_map", None)
+
+
 def test_a_final_norm_before_a_sequential_head_and_an_older_saves_buffers_are_no_body(tmp_path: Path) -> None:
     """BiT's head is a Sequential (classifier.1), which counted as the last block, so its final
     norm could no longer start anew; a teacher checkpoint holding LeViT's non-persistent index
@@ -728,3 +748,25 @@ def test_a_final_norm_before_a_sequential_head_and_an_older_saves_buffers_are_no
     weights = load_file(tmp_path / "levit" / "model.safetensors")
     save_file({**weights, **extra}, tmp_path / "levit" / "model.safetensors", metadata={"format": "pt"})
     load_image_classifier(str(tmp_path / "levit"))  # a teacher
+
+
+def test_an_override_may_use_the_configs_own_alias_of_a_field() -> None:
+    """transformers configs alias some fields (ImageGPT's hidden_size is n_embd, its
+    num_hidden_layers n_layer): a mutant that no longer read ``attribute_map`` refused them as "not
+    a field" with every test passing."""
+    from hf_rcka.models.hf_config import default_config, with_overrides
+
+    config = with_overrides(default_config("imagegpt"), {"hidden_size": 64, "num_hidden_layers": 2})
+    assert (config.n_embd, config.n_layer) == (64, 2)
+
+
+def test_a_backbone_checkpoints_architectures_build_the_classifier_of_its_type() -> None:
+    """A checkpoint listing ``ViTModel`` (a backbone, no head) gets the Auto class's classifier: a
+    mutant that took any class of the config's type passed every test and built the headless model."""
+    from transformers import ViTConfig
+
+    from hf_rcka.models.hf_config import classifier_class, default_class
+
+    config = ViTConfig(**VIT, architectures=["ViTModel"])
+    assert classifier_class(config, explicit=False) is None
+    assert default_class(config).__name__ == "ViTForImageClassification"
