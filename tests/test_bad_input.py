@@ -589,6 +589,10 @@ def test_image_size_a_vit_student_cannot_take(tmp_path, capsys, no_loading):
     assert "image_size 18 is not a multiple of the student's patch_size 4" in error_of(capsys)
     assert run(tmp_path, base(tmp_path, **vit, image_size=32)) == 2
     assert "built for 16 px" in error_of(capsys)
+    # DeiT's position embeddings fix its grid too (a mutant checking ViT alone passed every test)
+    deit = dict(model_name_or_path="config:deit", student_config_overrides=TINY_VIT)
+    assert run(tmp_path, base(tmp_path, **deit, image_size=32)) == 2
+    assert "image_size 32, but the deit student is built for 16 px" in error_of(capsys)
 
 
 def test_typos_in_a_config_model_type_and_its_overrides(tmp_path, capsys, no_loading):
@@ -945,6 +949,22 @@ def test_teacher_folder_without_weights(tmp_path, capsys, no_loading):
            "would load: remove model.safetensors, which an earlier save left" in error_of(capsys)
 
 
+def test_a_model_folder_whose_weights_are_not_used_needs_none():
+    """A student built from scratch from a folder's config reads no weights there: a mutant that
+    asked every folder for weights passed every test, and refused such a recipe."""
+    import tempfile
+
+    from hf_rcka.cli.model_sources import check_model_source
+    from hf_rcka.errors import ModelError
+
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "config.json"), "w") as handle:
+            json.dump({"model_type": "resnet"}, handle)
+        check_model_source("model_name_or_path", folder, needs_weights=False)
+        with pytest.raises(ModelError, match="holds no weights"):
+            check_model_source("model_name_or_path", folder)
+
+
 def test_a_model_folder_without_its_config_or_image_processor_is_refused_before_loading(tmp_path, capsys, no_loading):
     """Both were found once the data and the model had loaded (minutes for a large image folder)."""
     teacher = tmp_path / "teacher"
@@ -1044,6 +1064,23 @@ def test_an_image_processor_with_code_of_its_own_needs_trust_remote_code(tmp_pat
                                 "its own (preprocessor_config.json's auto_map): set trust_remote_code: true if you "
                                 "trust that code (it runs as the processor loads), or replace the file with a "
                                 "built-in processor's")
+
+
+def test_a_known_model_type_with_an_auto_map_or_a_trusted_one_passes_the_remote_code_check(tmp_path):
+    """A known type's auto_map is not used without trust_remote_code (it loads as transformers'
+    class, with a warning), and trust_remote_code lets any through: a mutant that refused every
+    auto_map passed every test, and turned away a ViT checkpoint that loads."""
+    from hf_rcka.cli.model_sources import check_remote_code
+    from hf_rcka.errors import ModelError
+
+    for model_type in ("vit", "acme-net"):
+        (tmp_path / model_type).mkdir()
+        (tmp_path / model_type / "config.json").write_text(json.dumps({"model_type": model_type, "auto_map": {
+            "AutoModelForImageClassification": "modeling_acme.AcmeForImageClassification"}}))
+    check_remote_code("teacher_model_name_or_path", str(tmp_path / "vit"), False)
+    check_remote_code("teacher_model_name_or_path", str(tmp_path / "acme-net"), True)
+    with pytest.raises(ModelError, match="is a model of type 'acme-net' with code of its own"):
+        check_remote_code("teacher_model_name_or_path", str(tmp_path / "acme-net"), False)
 
 
 def test_output_dir_that_would_overwrite_the_teacher(tmp_path, capsys, no_loading):
@@ -2830,6 +2867,11 @@ def test_a_model_folders_name_without_its_folder_is_said_without_asking_the_hub(
     assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="teach")) == 2
     assert ("error: teacher_model_name_or_path: no folder 'teach' here, and 'outputs/teach' is a model folder of "
             "that name: give its path") in error_of(capsys)
+    # two levels down too (outputs/<project>/<run>): a mutant that looked one level down passed every test
+    (tmp_path / "outputs" / "pets" / "deep").mkdir(parents=True)
+    (tmp_path / "outputs" / "pets" / "deep" / "config.json").write_text("{}")
+    assert run(tmp_path, base(tmp_path, teacher_model_name_or_path="deep")) == 2
+    assert "no folder 'deep' here, and 'outputs/pets/deep' is a model folder of that name" in error_of(capsys)
 
 
 def test_a_class_folder_with_a_backslash_is_named(tmp_path):
