@@ -137,6 +137,9 @@ class DataArguments(AugmentationArguments):
             raise RecipeError("no data: set dataset_name (a Hub dataset or builtin:digits) or train_dir (an image folder)")
         if all(sources):
             raise RecipeError("set either dataset_name or train_dir, not both")
+        if self.dataset_config_name is not None and self.train_dir is not None:  # ignored: image folders have none
+            raise RecipeError(f"dataset_config_name {self.dataset_config_name!r} is read only with dataset_name (a "
+                              "dataset's configuration); image folders (train_dir) have none: remove dataset_config_name")
         if self.validation_dir is not None and self.train_dir is None:
             raise RecipeError("validation_dir is read only with train_dir (image folders); a dataset_name brings its "
                               "own validation split: remove validation_dir, or give the training images as train_dir")

@@ -125,6 +125,12 @@ def test_validation_dir_without_train_dir_is_refused():
         DataArguments(dataset_name="builtin:digits", validation_dir="/data/val")
 
 
+def test_a_dataset_configuration_beside_image_folders_is_refused():
+    """It was accepted and ignored (the card left it out), as builtin:digits' is refused."""
+    with pytest.raises(RecipeError, match="dataset_config_name 'full' is read only with dataset_name"):
+        DataArguments(train_dir="/data/train", dataset_config_name="full")
+
+
 def test_a_folder_of_class_folders_as_dataset_name_is_refused(tmp_path):
     """datasets would load it, but only train_dir gets the class-folder checks (nested years as classes)."""
     for year in ("2019", "2020"):
