@@ -437,6 +437,16 @@ def test_a_local_dataset_folder_is_named_not_its_path(tmp_path):
     assert card.data.eval_results[0].dataset_type == "local"
     parquet = card_facts_of(STUDENT, DataArguments(dataset_name=str(folder)), 6, data_format="parquet")
     assert parquet.dataset_type == "parquet"
+    # a folder of the Hugging Face cache (hf download's, given offline) is the Hub dataset at that commit,
+    # where it was called the local dataset folder `3333...`
+    snapshot = tmp_path / "hub" / "datasets--acme--pets" / "snapshots" / ("3" * 40)
+    snapshot.mkdir(parents=True)
+    facts = card_facts_of(STUDENT, DataArguments(dataset_name=str(snapshot)), 6, data_format="parquet")
+    card, _ = _card(tmp_path / "card", facts, dataset=str(snapshot))
+    assert f"on `acme/pets` at revision `{'3' * 40}`." in card.text and "local dataset folder" not in card.text
+    assert card.data.datasets == ["acme/pets"] and card.data.eval_results[0].dataset_type == "acme/pets"
+    assert card.data.eval_results[0].dataset_name == f"acme/pets at revision {'3' * 40}"
+    assert str(tmp_path) not in card.content
 
 
 def test_eval_data_says_when_max_eval_samples_drew_a_subset():

@@ -352,11 +352,11 @@ def _check_cached_files(key: str, name: str, config_file: str, needs_weights: bo
                 shards = []
             missing += [shard for shard in shards if not cached(shard)]
     if missing:
+        them = "it" if len(missing) == 1 else "them"
         raise ModelError(
             f"{key}: the Hugging Face cache ({constants.HF_HUB_CACHE}) holds the config.json of {name!r} but not "
-            f"its {' and '.join(missing)}, and the Hub is offline (HF_HUB_OFFLINE=1): fetch {'it' if len(missing) == 1 else 'them'} "
-            f"once where there is network, into this cache (hf download {name} {' '.join(missing)}), or unset "
-            "HF_HUB_OFFLINE"
+            f"its {' and '.join(missing)}, and the Hub is offline (HF_HUB_OFFLINE=1): fetch {them} once where there "
+            f"is network, into this cache (hf download {name} {' '.join(missing)}), or unset HF_HUB_OFFLINE"
         )
 
 

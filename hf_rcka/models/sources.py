@@ -97,17 +97,18 @@ def _suffix(name: str, prefix: str, example: str) -> str:
     return rest
 
 
+# a folder of the Hugging Face cache: <kind>--<owner>--<name>/snapshots/<commit> (a repo id holds no "--")
+_SNAPSHOT = re.compile(r"(?P<kind>models|datasets)--(?P<repo>[^/\\]+)[/\\]snapshots[/\\]"
+                       r"(?P<commit>[0-9a-f]{40})[/\\]?$")
 
-# a folder of the Hugging Face cache: models--<owner>--<name>/snapshots/<commit> (a repo id holds no "--")
-_SNAPSHOT = re.compile(r"models--(?P<repo>[^/\\]+)[/\\]snapshots[/\\](?P<commit>[0-9a-f]{40})[/\\]?$")
 
-
-def cache_snapshot(path: str) -> tuple[str, str] | None:
+def cache_snapshot(path: str, kind: str = "models") -> tuple[str, str] | None:
     """The Hub repository and commit of a folder of the Hugging Face cache
-    (``.../models--org--name/snapshots/<commit>``, which pins a revision offline): that repository
-    at that commit, not a local checkpoint named by its hash. None for any other path."""
+    (``.../models--org--name/snapshots/<commit>``, or ``datasets--...`` with ``kind="datasets"``),
+    which pins a revision offline: that repository at that commit, not a local folder named by its
+    hash. None for any other path."""
     match = _SNAPSHOT.search(os.path.abspath(path)) if os.path.isdir(path) else None
-    return (match["repo"].replace("--", "/"), match["commit"]) if match else None
+    return (match["repo"].replace("--", "/"), match["commit"]) if match and match["kind"] == kind else None
 
 
 def cached_commit(repo_id: str) -> str | None:
@@ -117,7 +118,7 @@ def cached_commit(repo_id: str) -> str | None:
 
     try:
         cached = try_to_load_from_cache(repo_id, "config.json")
-    except (HFValidationError, ValueError):
+    except ValueError:  # not a repo id (HFValidationError)
         return None
     snapshot = cache_snapshot(os.path.dirname(cached)) if isinstance(cached, str) else None
     return snapshot[1] if snapshot else None

@@ -133,6 +133,9 @@ def _hub_dataset(dataset: str | None, facts: CardFacts) -> list[str] | None:
     one, whatever ``dataset`` says (a path that no longer exists, or a bare folder name, would
     pass for an id).
     """
+    snapshot = cache_snapshot(dataset, "datasets") if dataset else None  # a folder of the Hugging Face cache
+    if snapshot:
+        return [snapshot[0]]
     if not dataset or facts.image_folder or ":" in dataset or os.path.exists(dataset):
         return None
     return [dataset]
@@ -144,6 +147,8 @@ def _trained_on(dataset: str | None, facts: CardFacts) -> str:
     notes = []
     if facts.image_folder:
         place, notes = f"the local image folder `{image_folder_name(facts.image_folder)}`", ["not a Hub dataset"]
+    elif dataset and (snapshot := cache_snapshot(dataset, "datasets")):  # a folder of the Hugging Face cache
+        place = f"`{snapshot[0]}` at revision `{snapshot[1]}`"
     elif dataset and os.path.isdir(dataset):
         place, notes = f"the local dataset folder `{image_folder_name(dataset)}`", ["not a Hub dataset"]
     else:

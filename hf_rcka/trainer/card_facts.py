@@ -214,8 +214,11 @@ def describe_eval_data(
     ``arrow``...), its ``model-index`` type: the Hub reads that field as a dataset id, and a folder
     named ``beans`` would be indexed under the Hub's ``beans``.
     """
+    snapshot = cache_snapshot(data_args.dataset_name, "datasets") if data_args.dataset_name else None
     if data_args.dataset_name == "builtin:digits":
         name, label = "digits", "scikit-learn handwritten digits"
+    elif snapshot:  # a folder of the Hugging Face cache (how a revision is read offline): the Hub dataset
+        name, label = snapshot[0], f"{snapshot[0]} at revision {snapshot[1]}"
     elif data_args.dataset_name and os.path.isdir(data_args.dataset_name):  # named, never its local path
         label = f"{image_folder_name(data_args.dataset_name)} (local dataset folder)"
         name = data_format or "local"
