@@ -7,6 +7,7 @@ Trainer calls it where we expect, and our override's effect is observable on dis
 """
 
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -168,8 +169,6 @@ def test_a_resume_that_would_not_continue_the_same_training_is_refused(tmp_path,
     """Through the Python API each went on with exit 0: the checkpoint's optimizer settings silently
     replaced the new ones (weight decay 0.05 -> 0.3 recorded, never applied), an epoch of another
     length (more images) skipped or repeated images, another global batch or rate went on."""
-    import json
-
     from hf_rcka.errors import RecipeError
 
     base = dict(max_steps=2, save_strategy="steps", save_steps=2, weight_decay=0.05, optim="sgd",
@@ -231,6 +230,19 @@ def test_a_resume_with_the_callers_own_optimizer_and_schedule_goes_on(tmp_path):
     resumed = trainer("resumed", 4)
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
     assert resumed.state.global_step == 4
+
+
+def test_a_callers_optimizer_with_a_tensor_rate_saves_its_checkpoints(tmp_path):
+    """torch takes a rate as a tensor; the starting rates written to the batch record must be numbers
+    (json.dump failed with 'Object of type Tensor is not JSON serializable' at the first save)."""
+    student = tiny_vit()
+    optimizer = torch.optim.Adam(student.parameters(), lr=torch.tensor(0.01))
+    DistillationTrainer(model=student, teacher=tiny_resnet(), train_dataset=pixel_dataset(20),
+                        args=_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2,
+                                   losses=[{"name": "ce"}, {"name": "kd"}]),
+                        processing_class=processor(16), optimizers=(optimizer, None)).train()
+    record = json.loads((tmp_path / "run" / "checkpoint-2" / "global_batch.json").read_text())
+    assert record["starting_rates"] == [pytest.approx(0.01)]
 
 
 def test_a_checkpoint_removed_before_it_loads_is_said_so(tmp_path):

@@ -342,7 +342,8 @@ class CheckpointingTrainer(Trainer):
         """Each parameter group's rate before any step, which checkpoints record (``BATCH_RECORD_NAME``)
         for the resume's rate check: ``reduce_lr_on_plateau``'s saved schedule holds no ``base_lrs``,
         so a resume at another rate went on at the checkpoint's with nothing said."""
-        self._starting_rates = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        # float(): a caller's optimizer may hold its rate as a tensor (torch allows it), which json cannot write
+        self._starting_rates = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
         return optimizer
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
