@@ -294,7 +294,7 @@ class CheckpointingTrainer(Trainer):
         if self.args.should_log:
             warn_other_split(checkpoint, self.args, self._train_batch_size)
         check_epoch_steps(checkpoint, self._epoch_steps)
-        check_restored_rates(checkpoint, [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups])
+        check_restored_rates(checkpoint, starting_rates(self.optimizer))
         # the settings this run built its optimizer with; none for the caller's own optimizer, whose
         # groups may hold what its schedule changes (OneCycleLR's momentum)
         keys = [*self._optimizer_kwargs, "weight_decay"] if self._optimizer_kwargs is not None else []
@@ -342,8 +342,7 @@ class CheckpointingTrainer(Trainer):
         """Each parameter group's rate before any step, which checkpoints record (``BATCH_RECORD_NAME``)
         for the resume's rate check: ``reduce_lr_on_plateau``'s saved schedule holds no ``base_lrs``,
         so a resume at another rate went on at the checkpoint's with nothing said."""
-        # float(): a caller's optimizer may hold its rate as a tensor (torch allows it), which json cannot write
-        self._starting_rates = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
+        self._starting_rates = starting_rates(optimizer)
         return optimizer
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
@@ -577,8 +576,16 @@ def keep_token_out_of_files(args: Any) -> None:
         args.hub_token = HubToken(token)
 
 
+def starting_rates(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Each parameter group's starting rate: the schedule's ``initial_lr`` where one set it (a warm-up
+    starts below it), else the group's rate, as numbers (a caller's optimizer may hold a tensor, which
+    the batch record's json cannot write)."""
+    return [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
+
+
 __all__ = [
     "BATCH_RECORD_NAME", "LIVE_STUDENT_NAME", "TRAINING_ARGS_NAME", "CheckpointingTrainer", "ResumedBest", "ResumedRate", "checkpoint_folder",
     "checkpoint_step",
     "holds_training_state", "HubToken", "keep_token_out_of_files",
 ]
+
