@@ -37,6 +37,15 @@ def resume(tmp_path, recorded_extra: dict, **changes) -> None:
     check_resume_recipe(str(run), namespace, namespace, namespace)
 
 
+def test_an_image_folder_run_recorded_with_a_dataset_config_resumes_without_it(tmp_path):
+    """dataset_config_name beside train_dir was accepted and ignored before it was refused: such a
+    run's recorded recipe is now refused, and resumed without the setting it was refused as another
+    configuration ('full' -> 'default'), so its checkpoints could not be resumed at all."""
+    (tmp_path / "images").mkdir()
+    resume(tmp_path, {"dataset_name": None, "train_dir": str(tmp_path / "images"), "dataset_config_name": "full"},
+           dataset_name=None, dataset_config_name=None)
+
+
 def test_an_empty_overrides_mapping_is_an_unset_one(tmp_path):
     """Not a change: a record that wrote ``student_config_overrides: {}`` resumes with it unset."""
     resume(tmp_path, {"student_config_overrides": {}})

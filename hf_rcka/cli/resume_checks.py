@@ -124,6 +124,8 @@ def check_resume_recipe(folder: str, model_args: Any, data_args: Any, args: Any)
         if key == "dataset_config_name":
             if _on_disk(recorded.get("dataset_name")) != _on_disk(data_args.dataset_name):
                 continue  # a Hub dataset against a folder (a copy saved to disk, which has no configurations)
+            if not recorded.get("dataset_name") and not data_args.dataset_name:
+                continue  # image folders (train_dir): a recorded configuration was ignored, and is now refused
             before, now = before or "default", now or "default"  # datasets' name for an unnamed configuration
         if key == "feature_pairs":
             before, now = checked_pairs(before), checked_pairs(now)
