@@ -160,6 +160,31 @@ def test_a_cached_config_without_its_processor_names_the_missing_file(tmp_path, 
         plan_smoke_test(_resolved(tmp_path, model_name_or_path="someone/vit"))
 
 
+def test_a_cached_snapshot_the_run_accepts_is_accepted_by_the_smoke_test(tmp_path, hf_cache):
+    """The smoke test asked every snapshot but a ``model_type: timm_wrapper`` one for a
+    preprocessor_config.json, where the run's preflight takes a processor_config.json too and needs
+    none for a timm config.json (``architecture``, no model_type): the smoke test refused caches the
+    run read."""
+    from unittest.mock import patch
+
+    from hf_rcka.cli.model_sources import check_model_source
+    from hf_rcka.cli.smoke import offline_model_name
+
+    for name, files in {"someone/timm-net": {"config.json": json.dumps({"architecture": "resnet18", "num_classes": 3})},
+                        "someone/vit-proc": {"config.json": json.dumps({"model_type": "vit"}),
+                                             "processor_config.json": "{}"}}.items():
+        repo = hf_cache / f"models--{name.replace('/', '--')}"
+        snapshot = repo / "snapshots" / FAKE_COMMIT
+        snapshot.mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(FAKE_COMMIT)
+        for file, text in {**files, "model.safetensors": ""}.items():
+            (snapshot / file).write_text(text)
+        with patch("huggingface_hub.constants.HF_HUB_OFFLINE", True):
+            check_model_source("teacher_model_name_or_path", name)  # the run's own check
+        assert offline_model_name("teacher_model_name_or_path", name, []) == str(snapshot)
+
+
 def test_a_cached_pretrained_timm_teacher_is_built_from_its_cached_config(tmp_path, hf_cache):
     """A ``timm/<arch>`` teacher trained on the recipe's classes (its Hub repository cached, as the
     real run loads it) was built from timm's registry, with 1000 unnamed classes, and the smoke test

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from ..errors import ModelError, RecipeError, UserError
 from ..features.pairing import check_layer_indices
 from ..log_levels import errors_only
-from ..models.processors import PROCESSOR_FILES, no_processor
+from ..models.processors import PROCESSOR_FILES, carries_data_config, no_processor
 from ..losses import reads_teacher
 from ..modeling.assembly import active_specs, run_loss_specs
 from ..modeling.distilled_heads import timm_has_distillation_head
@@ -201,7 +201,7 @@ def check_image_processor(key: str, name: str) -> None:
     """A model folder holds its image processor (how the model expects its images), unless its config
     is a timm model's, which carries its data config: without one the run stopped once the data and
     the model had loaded."""
-    if not os.path.isdir(name) or (_local_config(name) or {}).get("architecture"):  # a timm TimmWrapperConfig
+    if not os.path.isdir(name) or carries_data_config(_local_config(name) or {}):  # a timm model's
         return
     if not any(os.path.isfile(os.path.join(name, file)) for file in PROCESSOR_FILES):
         raise ModelError(f"{key}: {no_processor(name)}")
@@ -338,8 +338,7 @@ def _check_cached_files(key: str, name: str, config_file: str, needs_weights: bo
         config = json.loads(Path(config_file).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # an unreadable config is the loader's to report
-    is_timm = isinstance(config, dict) and (config.get("architecture") or config.get("model_type") == "timm_wrapper")
-    if not is_timm and not any(cached(file) for file in PROCESSOR_FILES):
+    if not carries_data_config(config) and not any(cached(file) for file in PROCESSOR_FILES):
         missing.append(PROCESSOR_FILES[0])
     if needs_weights and not cached(SAFE_WEIGHTS_NAME):
         index = cached(SAFE_WEIGHTS_INDEX_NAME)

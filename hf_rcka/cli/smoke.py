@@ -36,6 +36,7 @@ import yaml
 
 from ..arguments import check_teacher_dtype, run_mixed_precision
 from ..errors import RecipeError
+from ..models.processors import PROCESSOR_FILES, carries_data_config
 from ..models.sources import parse_model_source
 from .job import run
 from .output_folder import REPLACING, holds_run
@@ -172,7 +173,7 @@ def offline_model_name(key: str, name: str, notes: list[str]) -> str:
     folder = cached_config_folder(name)
     if folder is None:
         raise RecipeError(_not_cached_message(key, name, ["config.json", "preprocessor_config.json"]))
-    missing = [f for f in _needed_files(folder) if not (folder / f).is_file()]
+    missing = _missing_files(folder)
     if missing:
         raise RecipeError(_not_cached_message(key, name, missing))
     notes.append(f"{key}: {name} built from the config in the local Hugging Face cache ({folder})")
@@ -187,12 +188,17 @@ def cached_config_folder(repo_id: str) -> Path | None:
     return Path(path).parent if isinstance(path, str) else None
 
 
-def _needed_files(folder: Path) -> list[str]:
-    """timm checkpoints keep their data config in config.json; others need a processor file."""
+def _missing_files(folder: Path) -> list[str]:
+    """What the smoke test reads that the cached snapshot lacks: its config.json and, but for a timm
+    model's (which keeps its data config in config.json), a processor file, as the run's preflight
+    (``check_model_source``) asks (a timm config of ``architecture`` without ``model_type``, or a
+    ``processor_config.json``, was refused here and accepted by the run)."""
+    if not (folder / "config.json").is_file():
+        return ["config.json", PROCESSOR_FILES[0]]
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if config.get("model_type") == "timm_wrapper":
-        return ["config.json"]
-    return ["config.json", "preprocessor_config.json"]
+    if carries_data_config(config) or any((folder / file).is_file() for file in PROCESSOR_FILES):
+        return []
+    return [PROCESSOR_FILES[0]]
 
 
 def _not_cached_message(key: str, name: str, files: list[str]) -> str:

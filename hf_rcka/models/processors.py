@@ -42,6 +42,12 @@ DEFAULT_CROP_PCT = 0.875
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
+def carries_data_config(config: dict) -> bool:
+    """Whether a ``config.json`` (as read) is a timm model's, which carries its data config and needs
+    no processor file: timm's own (``architecture``) or transformers' ``timm_wrapper``."""
+    return isinstance(config, dict) and bool(config.get("architecture") or config.get("model_type") == "timm_wrapper")
+
+
 def load_image_processor(
     name_or_path: str,
     model: PreTrainedModel | None = None,
