@@ -136,6 +136,15 @@ def test_cka_report_takes_the_models_validation_split_by_default(tmp_path):
     assert (args.train_val_split, args.split_seed) == (0.3, 7)
 
 
+def test_cka_report_refuses_a_dataset_config_beside_an_image_folder(tmp_path, capsys):
+    """As a recipe's dataset_config_name beside train_dir: an image folder has no configuration, and
+    the report read the folder with the setting ignored."""
+    with pytest.raises(SystemExit):
+        cka_report.parse_args([str(tmp_path / "t"), str(tmp_path / "s"), "--validation_dir", str(tmp_path),
+                               "--dataset_config_name", "full"])
+    assert "--dataset_config_name is read only with --dataset_name" in capsys.readouterr().err
+
+
 def test_cka_report_refuses_a_card_folder_without_a_card_before_computing(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cka_report.parse_args([str(tmp_path / "t"), str(tmp_path / "s"), "--dataset_name", "builtin:digits",

@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.dataset_name is None) == (args.validation_dir is None):
         parser.error("give exactly one of --dataset_name and --validation_dir")
+    if args.dataset_config_name is not None and args.validation_dir is not None:  # it was ignored, unsaid
+        parser.error("--dataset_config_name is read only with --dataset_name (a dataset's configuration); an image "
+                     "folder (--validation_dir) has none: remove --dataset_config_name")
     if args.names and len(args.names) != 1 + len(args.models):
         parser.error(f"--names needs {1 + len(args.models)} names (reference first), got {len(args.names)}")
     if args.num_images < 3:
