@@ -309,6 +309,17 @@ def test_synthetic_data_is_written_beside_another_writers_file_of_the_same_proce
     assert sorted(p.name for p in data.folder.iterdir() if not p.is_dir()) == ["train.parquet", "validation.parquet"]
 
 
+def test_synthetic_data_gets_the_umasks_permissions(tmp_path):
+    """Written through mkstemp's file, the data was readable by its owner alone (0600), where every
+    other file of the output folder is as the umask allows."""
+    from hf_rcka.file_writes import _UMASK
+
+    data = SyntheticData(tmp_path / "d", "image", "label", ("a", "b"), (16, 16), num_train=4, num_eval=2)
+    write_synthetic_dataset(data)
+    for split in ("train", "validation"):
+        assert (data.folder / f"{split}.parquet").stat().st_mode & 0o777 == 0o666 & ~_UMASK
+
+
 def test_check_output_fails_when_fewer_steps_ran_or_the_card_is_wrong(tmp_path):
     data = SyntheticData(tmp_path / "d", "image", "label", ("a", "b"), (16, 16), num_train=4, num_eval=2)
     (tmp_path / "distill_config.yaml").write_text("smoke_test: true\n")

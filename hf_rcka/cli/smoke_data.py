@@ -13,12 +13,13 @@ import io
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..file_writes import replacing_path
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +103,10 @@ def write_synthetic_dataset(data: SyntheticData) -> None:
             data.label_column: rng.integers(0, len(data.label_names), size=count).tolist(),
         }
         target = data.folder / f"{split}.parquet"
-        # a name of its own (not the PID: processes on several machines, or containers, share this disk)
-        descriptor, partial = tempfile.mkstemp(dir=data.folder, prefix=f".{split}.", suffix=".partial")
-        os.close(descriptor)
-        datasets.Dataset.from_dict(rows, features=features).to_parquet(partial)
-        os.replace(partial, target)
+        # a temporary name of its own (not the PID: processes on several machines, or containers, share
+        # this disk), with the umask's permissions (mkstemp's alone left the data readable by its owner only)
+        with replacing_path(target) as partial:
+            datasets.Dataset.from_dict(rows, features=features).to_parquet(str(partial))
     logger.info(
         "smoke test: %d train / %d validation synthetic %dx%d JPEGs, %d classes, in %s",
         data.num_train, data.num_eval, *data.image_size, len(data.label_names), data.folder,
