@@ -588,4 +588,3 @@ __all__ = [
     "checkpoint_step",
     "holds_training_state", "HubToken", "keep_token_out_of_files",
 ]
-
