@@ -360,3 +360,42 @@ def test_a_last_batch_dropped_for_batchnorm_counts_in_the_accumulation_check():
     args = SimpleNamespace(train_batch_size=4, dataloader_drop_last=False, world_size=1, gradient_accumulation_steps=10)
     with pytest.raises(RecipeError, match=r"an epoch holds 9 training batch"):
         check_training_batches(37, args, 0, tiny_resnet(), {})
+
+
+def test_a_lone_last_image_of_a_student_without_batchnorm_is_kept(caplog):
+    """Only BatchNorm fails on a batch of 1: a ViT student (no relational loss) at 21 images in batches
+    of 4 trains on all 21. Dropping the lone image for every student lost it each epoch, with a log line
+    blaming a BatchNorm the student does not have."""
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(train_batch_size=4, dataloader_drop_last=False, world_size=1, gradient_accumulation_steps=1)
+    with caplog.at_level(logging.INFO, logger="hf_rcka"):
+        check_training_batches(21, args, 0, torch.nn.Linear(2, 2), {})
+    assert not args.dataloader_drop_last and "dropped" not in caplog.text
+    check_training_batches(21, args, 0, torch.nn.BatchNorm1d(2), {})
+    assert args.dataloader_drop_last
+
+
+def test_eval_on_start_alone_counts_as_evaluating():
+    """eval_strategy: no with eval_on_start: true evaluates before the first step: the evaluation
+    batch and set checks were skipped for it, and a batch of 2 reported rcka_intra as a perfect match."""
+    from types import SimpleNamespace
+
+    from hf_rcka.trainer.batch_rows import evaluates
+
+    assert evaluates(SimpleNamespace(eval_strategy="no", do_eval=False, eval_on_start=True))
+    assert evaluates(SimpleNamespace(eval_strategy="no", do_eval=True, eval_on_start=False))
+    assert evaluates(SimpleNamespace(eval_strategy="steps", do_eval=False, eval_on_start=False))
+    assert not evaluates(SimpleNamespace(eval_strategy="no", do_eval=False, eval_on_start=False))
+
+
+def test_a_gathered_relation_on_an_evaluation_set_too_small_for_it_is_refused():
+    """The evaluation set is counted whole, not per process: with gather: true over 2 processes, an
+    evaluation set of 2 images relates 2 samples at most (a constant); counted as a batch on each
+    process and multiplied by the processes, it passed."""
+    from hf_rcka.trainer.batch_rows import check_evaluation_rows
+
+    args = _parallel_args(per_device_eval_batch_size=4)
+    with pytest.raises(RecipeError, match=r"the evaluation set has 2 image\(s\), and rcka relates"):
+        check_evaluation_rows({"rcka": RCKALoss(gather=True)}, args, 2)
+    check_evaluation_rows({"rcka": RCKALoss(gather=True)}, args, 3)
