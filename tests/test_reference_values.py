@@ -206,3 +206,22 @@ def test_teacher_accuracy_leaves_out_ignored_rows(tmp_path):
     with torch.no_grad():
         pred = model.teacher(pixel_values=model.teacher_pixels(pixels)).logits.argmax(-1)
     assert model.teacher_accuracy(pixels, torch.tensor([int(pred[0]), -100])) == 1.0
+
+
+def test_top5_breaks_ties_toward_the_lower_class_id_and_reads_the_logits_of_a_tuple():
+    """Equal logits rank the lower class id first, as argmax does: with ties broken the other way,
+    all-equal logits put classes 0-3 out of the top 5 (a top-5 of 0.0 where argmax's ranking gives
+    1.0; labels 0, 4, 5, 9 scored the same either way, so the tie-break went untested). Predictions
+    given as a tuple are scored on their first element, the logits (a second, e.g. hidden states,
+    scored instead gave another accuracy)."""
+    from transformers import EvalPrediction
+
+    from hf_rcka.trainer.metrics import accuracy_metrics
+    flat = np.zeros((4, 10), np.float32)
+    assert accuracy_metrics(EvalPrediction(predictions=flat, label_ids=np.array([0, 1, 2, 3]))) == {
+        "accuracy": 0.25, "top5_accuracy": 1.0}
+    logits = np.tile(np.arange(10, 0, -1, dtype=np.float32), (4, 1))  # class 0 ranked 1st
+    other = np.tile(np.arange(10, dtype=np.float32), (4, 1))  # class 9 ranked 1st
+    labels = np.array([0, 1, 2, 9])
+    assert accuracy_metrics(EvalPrediction(predictions=(logits, other), label_ids=labels)) == {
+        "accuracy": 0.25, "top5_accuracy": 0.75}
