@@ -1469,3 +1469,17 @@ def test_the_teacher_check_rounds_its_batches_up_to_at_least_256_images(tmp_path
     seen = []
     trainer.distillation_model.teacher_accuracy = lambda pixel_values, labels: seen.append(len(labels)) or 1.0
     assert trainer.check_teacher() == 1.0 and seen == [100, 100, 100]
+
+
+def test_the_label_check_reads_no_labels_off_the_host_and_names_a_minus_one_among_others():
+    """A collator that moved its labels to the device is not checked (reading them back is a device
+    sync every batch, and ``.numpy()`` fails on a CUDA tensor); and labels with both a -1 and an id
+    past the head say what -1 means, not only that the head is too small."""
+    from hf_rcka.errors import DataError
+    from hf_rcka.trainer.metrics import CheckedClassIds
+
+    moved = {"labels": torch.tensor([0, 7], device="meta")}
+    assert CheckedClassIds(lambda items: moved, 3)([{}, {}]) is moved
+    mixed = {"labels": torch.tensor([-1, 7, 0])}
+    with pytest.raises(DataError, match=r"2 label\(s\) of a batch \(-1, 7\) .*-1 marks an unlabelled image"):
+        CheckedClassIds(lambda items: mixed, 3)([{}, {}, {}])
