@@ -324,3 +324,18 @@ def test_a_concatenation_is_decoded_here_only_when_every_part_is():
     assert decodes_its_images(concat([here, torch.utils.data.Subset(here, [1])]))
     assert not decodes_its_images(concat([here, ready])) and not decodes_its_images(concat([ready, here]))
     assert not decodes_its_images(torch.utils.data.Subset(concat([here, ready]), [0]))
+
+
+def test_edge_ranges_and_keys_of_the_modes_a_plain_convert_gets_wrong():
+    """Each went untested: a 32-bit image past 0..65535 read as 16-bit (clipped to white, not
+    stretched); a flat float image above 255 read black (not white); an infinite float pixel stretched
+    the rest to black (it is read as 0, as NaN is); a bilevel PNG's transparency key ignored; and
+    ``to_rgb``'s own ``background`` ignored for the default white."""
+    assert np.array_equal(rgb(Image.fromarray(np.array([[0, 70000, 140000]], dtype=np.int32))), grey(0, 128, 255))
+    assert np.array_equal(rgb(Image.fromarray(np.array([[300.0, 300.0]], dtype=np.float32))), grey(255, 255))
+    assert np.array_equal(rgb(Image.fromarray(np.array([[0.0, 0.5, np.inf]], dtype=np.float32))), grey(0, 128, 0))
+    bilevel = Image.fromarray(np.array([[False, True]]))
+    bilevel.info["transparency"] = 0  # black is transparent: the background shows
+    assert np.array_equal(rgb(bilevel), grey(WHITE, 255))
+    clear = Image.new("RGBA", (1, 1), (10, 20, 30, 0))
+    assert np.asarray(to_rgb(clear, background=(0, 0, 0))).tolist() == [[[0, 0, 0]]]
