@@ -3212,3 +3212,24 @@ def test_the_early_class_check_reads_the_recipes_label_column(tmp_path, monkeypa
     with pytest.raises(_Downloaded):
         run(tmp_path, base(tmp_path, dataset_name="someone/pets", label_column_name="fine",
                            teacher_model_name_or_path=teacher))
+
+
+def _png(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (2, 2)).save(path, "PNG")
+
+
+def test_image_folder_edges_read_as_datasets_reads_them(tmp_path):
+    """Each went untested: a split folder named ``Train`` is a split folder too; a class whose images are ``.PNG`` is a class;
+    a sub-folder whose only images are in a ``__MACOSX`` below it (which datasets skips) is no nesting."""
+    from hf_rcka.data.image_folders import class_folders
+    from hf_rcka.errors import LabelError
+
+    for name in ("cat", "dog"):
+        _png(tmp_path / "splits" / "Train" / name / "1.png")
+    with pytest.raises(LabelError, match=r"holds split folders \('Train' among them\)"):
+        class_folders(str(tmp_path / "splits"))
+    _png(tmp_path / "upper" / "cat" / "1.PNG")
+    _png(tmp_path / "upper" / "dog" / "1.png")
+    _png(tmp_path / "upper" / "dog" / "extra" / "__MACOSX" / "1.png")  # datasets reads no image under extra
+    assert class_folders(str(tmp_path / "upper")) == ["cat", "dog"]
