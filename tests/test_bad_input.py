@@ -3233,3 +3233,17 @@ def test_image_folder_edges_read_as_datasets_reads_them(tmp_path):
     _png(tmp_path / "upper" / "dog" / "1.png")
     _png(tmp_path / "upper" / "dog" / "extra" / "__MACOSX" / "1.png")  # datasets reads no image under extra
     assert class_folders(str(tmp_path / "upper")) == ["cat", "dog"]
+
+
+def test_a_special_named_folder_of_unread_images_is_refused_not_skipped(tmp_path):
+    """``__birds/`` holding only ``.avif`` images: skipped as if it were ``__pycache__``, its images
+    (a class of them) were left out without a word."""
+    from hf_rcka.data.image_folders import class_folders
+    from hf_rcka.errors import LabelError
+
+    for name in ("cat", "dog"):
+        _png(tmp_path / "train" / name / "1.png")
+    (tmp_path / "train" / "__birds").mkdir()
+    (tmp_path / "train" / "__birds" / "0.avif").write_bytes(b"")
+    with pytest.raises(LabelError, match=r"__birds.*starts with '__'"):
+        class_folders(str(tmp_path / "train"))
