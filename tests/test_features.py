@@ -212,6 +212,35 @@ def test_classifier_of_deit_with_teacher_is_the_cls_head():
     assert classifier_of(model) is model.cls_classifier
 
 
+def test_classifier_of_a_distilled_timm_deit_is_the_cls_head():
+    """timm's distilled DeiT names two heads, (head, head_dist): the pooled-feature losses hooked
+    the first, the CLS token's; taking the other read the distillation token instead, with the same
+    width, so nothing failed."""
+    model = FAMILIES["timm_deit_distilled"].build()
+    assert classifier_of(model) is model.timm_model.head
+
+
+def test_the_width_of_a_convolutional_head_is_its_input():
+    """A 1x1 convolution as the classifier (a head whose input is the pooled map): the pooled feature
+    is as wide as the convolution's input; its output width is the number of classes, which sized the
+    pooled-feature adapters wrongly."""
+
+    class ConvHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.classifier = nn.Conv2d(24, NUM_LABELS, 1)
+
+    assert pooled_dim(ConvHead()) == 24
+
+
+def test_a_bfloat16_model_is_probed_in_its_own_dtype():
+    """The probe input is float32 pixels; a model held in bfloat16 (a teacher in the dtype asked)
+    is probed with them cast to its dtype: HF convolutions do not cast, and the probe failed."""
+    model = hf_resnet().to(torch.bfloat16)
+    specs = describe_hidden_states(model, pixels(32))
+    assert len(specs) > 1 and specs[-1].layout == "nchw"
+
+
 @pytest.mark.parametrize(("index", "expected"), [(0, 0), (12, 12), (-1, 12), (-13, 0), (-4, 9)])
 def test_resolve_layer(index: int, expected: int):
     assert resolve_layer(index, 13, "student") == expected
