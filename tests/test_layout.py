@@ -54,6 +54,7 @@ def test_tokens_to_fmap_rejects_wrong_token_count():
         (20, (33, 40), (4, 5)),
         (210, (105, 420), (7, 30)),  # 14 px patches: 7.5 rows floored to 7, 30 columns
         (10, (36, 100), (2, 5)),  # a patch embedding that pads: 24 px patches, 1.5 x 4.2 rounded up
+        (14, (17, 100), (2, 7)),  # 16 px patches padded, 1.06 x 6.25 rounded up: no flooring stride makes 2 x 7
     ],
 )
 def test_infer_grid(num_patch_tokens: int, image_size, expected):
