@@ -236,3 +236,74 @@ def test_a_record_that_names_no_student_resumes_with_the_one_given(tmp_path):
     with pytest.raises(RecipeError, match="seed 42 -> 7"):  # the record is compared all the same
         namespace = SimpleNamespace(**{**values, "seed": 7})
         check_resume_recipe(str(run), namespace, namespace, namespace)
+
+
+def test_an_image_size_left_unset_on_one_side_is_not_a_change(tmp_path):
+    """An unset image_size is the processor's own size, which the other side's spelt-out one may
+    equal: a run recorded with image_size 224 and resumed without it (or the other way round) was
+    refused as another image size. Two sizes spelt out and different still are."""
+    resume(tmp_path, {"image_size": 224})
+    resume(tmp_path, {}, image_size=224)
+    with pytest.raises(RecipeError, match="image_size 224 -> 160"):
+        resume(tmp_path, {"image_size": 224}, image_size=160)
+
+
+def test_a_teacher_label_mapping_left_null_is_by_name(tmp_path):
+    """A teacher_label_mapping of None (a record holding null, a Python run that sets None) maps by
+    name: a run recorded so and resumed with by_name (or the other way round) was refused as another
+    mapping. by_index is another."""
+    resume(tmp_path, {"teacher_label_mapping": None})
+    resume(tmp_path, {"teacher_label_mapping": "by_name"}, teacher_label_mapping=None)
+    with pytest.raises(RecipeError, match="teacher_label_mapping 'by_name' -> 'by_index'"):
+        resume(tmp_path, {}, teacher_label_mapping="by_index")
+
+
+def test_a_dataset_folder_moved_from_a_path_gone_here_keeps_its_configuration(tmp_path):
+    """A run resumed on another machine: its record names the folder by an absolute path that does
+    not exist here. That path is still a folder on disk, so the configuration is compared with the
+    folder's here; read as a Hub id, the configuration went uncompared and another one trained."""
+    here = tmp_path / "data"
+    here.mkdir()
+    gone = str(tmp_path / "elsewhere" / "data")
+    resume(tmp_path, {"dataset_name": gone, "dataset_config_name": "clean"}, dataset_name=str(here),
+           dataset_config_name="clean")
+    with pytest.raises(RecipeError, match="dataset_config_name 'clean' -> 'noisy'"):
+        resume(tmp_path, {"dataset_name": gone, "dataset_config_name": "clean"}, dataset_name=str(here),
+               dataset_config_name="noisy")
+
+
+def test_a_broken_checkpoint_never_names_a_later_one(tmp_path):
+    """A broken checkpoint given by name, with later ones beside it: the fix names the latest one
+    before it, never a later one (which trained on from it, or from another launch)."""
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    hint = _earlier(str(tmp_path / "checkpoint-4"))
+    assert f"--resume_from_checkpoint {tmp_path / 'checkpoint-2'} " in hint and "checkpoint-6" not in hint
+    assert "start again without resume_from_checkpoint" in _earlier(str(tmp_path / "checkpoint-2"))
+
+
+def test_another_split_seed_is_refused_only_where_the_split_is_carved(tmp_path):
+    """split_seed and train_val_split choose the held-out images only when the split is carved: data
+    with a validation split of its own (or a validation_dir) resumes with any of them. Checking them
+    there refused a resume whose evaluation images had not changed."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.cli.resume_checks import check_resume_split
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "distill_config.yaml").write_text(yaml.safe_dump(
+        {"model_name_or_path": "config:resnet", "dataset_name": "builtin:digits", "output_dir": str(run),
+         "split_seed": 1}))
+    data_args = DataArguments(dataset_name="builtin:digits", split_seed=2)
+    check_resume_split(str(run), data_args, carved=False)
+    with pytest.raises(RecipeError, match="split_seed 1"):
+        check_resume_split(str(run), data_args, carved=True)
+
+
+def test_a_resume_with_other_teacher_config_overrides_is_refused(tmp_path):
+    """Other teacher_config_overrides build another teacher (a config: teacher's size, a dropout):
+    a resume with them trained on under a record naming the first."""
+    with pytest.raises(RecipeError, match=r"teacher_config_overrides \{'hidden_size': 32\} -> \{'hidden_size': 64\}"):
+        resume(tmp_path, {"teacher_config_overrides": {"hidden_size": 32}},
+               teacher_config_overrides={"hidden_size": 64})
+    resume(tmp_path, {"teacher_config_overrides": {"hidden_size": 32}}, teacher_config_overrides={"hidden_size": 32})
