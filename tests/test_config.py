@@ -966,3 +966,63 @@ def test_optim_args_that_say_what_transformers_sets_anyway_are_compared_as_numbe
     with pytest.raises(RecipeError, match="lr comes from the training argument learning_rate"):
         DistillationTrainingArguments(str(tmp_path), optim="adamw_torch", optim_args="lr=1e-2", learning_rate=0.001,
                                       use_cpu=True)
+
+
+def test_a_yaml_true_for_a_text_setting_is_the_text_true():
+    """YAML reads ``resume_from_checkpoint: true`` as a bool: a text setting takes it as "true" (the
+    last checkpoint), not Python's "True", which named a folder that does not exist."""
+    from hf_rcka.cli.coercion import coerce
+
+    assert coerce(True, str | None, "resume_from_checkpoint") == "true"
+    assert coerce(False, str, "eval_strategy") == "false"
+
+
+def test_an_unknown_member_of_an_enum_or_text_setting_is_refused_with_the_close_ones():
+    """TrainingArguments' ``SchedulerType | str``: the text must be a member. Taken as plain text,
+    a misspelt scheduler passed the recipe check and failed in TrainingArguments without its key."""
+    with pytest.raises(RecipeError, match=r"lr_scheduler_type: 'cosin' is not valid: .*cosine"):
+        parse_arguments({**BASE, "lr_scheduler_type": "cosin"})
+
+
+def test_a_value_that_fails_the_one_member_of_an_optional_setting_names_why():
+    """``int | None`` has one member that can fail: its own message (must be an integer) is the
+    error, not "fits none of int | None"."""
+    with pytest.raises(RecipeError, match=r"data_seed must be an integer, got 'abc'"):
+        parse_arguments({**BASE, "data_seed": "abc"})
+
+
+def test_comma_text_is_a_list_without_empty_items():
+    """``--losses ce,kd,`` (a trailing comma) and ``--report_to tensorboard,wandb``: the text is a
+    list of its items; an empty item became a loss or an integration named ''. report_to, text or a
+    list, takes comma text as a list, not as one integration named "tensorboard,wandb"."""
+    from hf_rcka.cli.coercion import coerce
+
+    assert coerce("ce, kd,", list[str], "losses") == ["ce", "kd"]
+    assert coerce("tensorboard,wandb", str | list[str] | None, "report_to") == ["tensorboard", "wandb"]
+    assert coerce("tensorboard", str | list[str] | None, "report_to") == "tensorboard"
+
+
+def test_numbers_and_switches_written_as_text():
+    """Text from the command line or YAML: yes/on are true; an integer setting takes "1e3" as 1000
+    but refuses "1.5" (it trained with seed 1); a loss weight written "0.5" is the number 0.5."""
+    from hf_rcka.cli.coercion import coerce
+
+    assert coerce("yes", bool, "do_train") is True and coerce("On", bool, "do_train") is True
+    assert coerce("1e3", int, "max_steps") == 1000
+    with pytest.raises(RecipeError, match=r"seed must be an integer, got '1.5'"):
+        parse_arguments({**BASE, "seed": "1.5"})
+    _, _, args = parse_arguments({**BASE, "losses": [{"name": "ce", "weight": "0.5"}]})
+    assert args.losses[0]["weight"] == 0.5 and isinstance(args.losses[0]["weight"], float)
+
+
+def test_a_list_or_mapping_for_a_text_setting_is_refused():
+    """``model_name_or_path: [a, b]`` was read as the text "['a', 'b']" and failed as a model name."""
+    with pytest.raises(RecipeError, match=r"model_name_or_path must be a string, got \['a', 'b'\]"):
+        parse_arguments({**BASE, "model_name_or_path": ["a", "b"]})
+
+
+def test_both_layer_indices_of_a_pair_given_as_text_are_integers():
+    """``--feature_pairs`` text gives each index as a string: the teacher's index too must become an
+    integer (a string index reached the layer check as text)."""
+    _, _, args = parse_arguments({**BASE, "feature_pairs": [{"student_layer": "1", "teacher_layer": "-2"}]})
+    assert (args.feature_pairs[0]["student_layer"], args.feature_pairs[0]["teacher_layer"]) == (1, -2)
