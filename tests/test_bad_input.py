@@ -3247,3 +3247,13 @@ def test_a_special_named_folder_of_unread_images_is_refused_not_skipped(tmp_path
     (tmp_path / "train" / "__birds" / "0.avif").write_bytes(b"")
     with pytest.raises(LabelError, match=r"__birds.*starts with '__'"):
         class_folders(str(tmp_path / "train"))
+
+
+def test_a_user_error_while_a_model_loads_keeps_its_own_kind_and_words():
+    """A loading step that already raises a user error (a recipe's wrong value, found as the model
+    loads) is not wrapped again as a ModelError naming the model's key: it kept its kind (another
+    exit code) and its message, which began with its own key."""
+    with pytest.raises(RecipeError) as caught:
+        with run_inputs.model_error("teacher_model_name_or_path"):
+            raise RecipeError("teacher_config_overrides: hidden_size must be an integer")
+    assert str(caught.value) == "teacher_config_overrides: hidden_size must be an integer"
