@@ -2436,6 +2436,17 @@ def test_offline_a_hub_dataset_datasets_has_not_prepared_says_where_its_download
     with pytest.raises(DataError) as caught:
         run_inputs.declared_labels(DataArguments(dataset_name="acme/pics"))
     assert "give that folder as dataset_name" in str(caught.value) and str(snapshot) in str(caught.value)
+    # the snapshot refs/main names, not a newer one beside it; without refs/main, the newest
+    newer = snapshot.parent / ("2" * 40)
+    (newer / "data").mkdir(parents=True)
+    os.utime(snapshot, (1, 1))
+    for refs_main, named in ((True, snapshot), (False, newer)):
+        if not refs_main:
+            (snapshot.parent.parent / "refs" / "main").unlink()
+        with pytest.raises(DataError) as caught:
+            run_inputs.declared_labels(DataArguments(dataset_name="acme/pics"))
+        assert str(caught.value).endswith(f"{named}, or load it once where there is network, with this HF_HOME "
+                                          "(datasets.load_dataset('acme/pics'))"), caught.value
 
 
 def test_a_teachers_relative_train_dir_is_read_from_where_it_ran(tmp_path, monkeypatch):
