@@ -159,21 +159,16 @@ def offline_model_name(key: str, name: str, notes: list[str]) -> str:
         source = parse_model_source(name)
     except (ValueError, OSError) as err:
         raise RecipeError(f"{key}: {err}") from None
-    if source.kind == "timm":
-        # a pretrained timm model's Hub repository in the cache: built from its config.json, as the run
-        # loads it (its classes and data config; timm's registry gave 1000 unnamed classes, so a teacher
-        # of the recipe's own classes was refused as not matching the dataset's)
-        folder = cached_config_folder(name)
-        if folder is None or not (folder / "config.json").is_file():
-            return name
-        notes.append(f"{key}: {name} built from the config in the local Hugging Face cache ({folder})")
-        return str(folder)
-    if source.kind != "pretrained" or os.path.isdir(name):
+    if source.kind == "config" or os.path.isdir(name):
         return name
     folder = cached_config_folder(name)
+    if folder is None and source.kind == "timm":  # built from timm's registry
+        return name
     if folder is None:
         raise RecipeError(_not_cached_message(key, name, ["config.json", "preprocessor_config.json"]))
-    missing = _missing_files(folder)
+    # a pretrained timm model's cached config too, as the run loads it (its classes and data config;
+    # timm's registry gave 1000 unnamed classes, so a teacher of the recipe's own classes was refused)
+    missing = [] if source.kind == "timm" else _missing_files(folder)
     if missing:
         raise RecipeError(_not_cached_message(key, name, missing))
     notes.append(f"{key}: {name} built from the config in the local Hugging Face cache ({folder})")
