@@ -180,15 +180,15 @@ def base_model_of(model_name_or_path: str, from_scratch: bool) -> str | None:
     return model_name_or_path
 
 
-def revision_of(model_name_or_path: str, from_scratch: bool) -> str | None:
-    """The commit of the student's Hub checkpoint that the run read: a cache folder's own, or the one
-    the local cache holds for its Hub id (a rerun of the same recipe after the repository moved on
-    starts from other weights, which the card then tells apart)."""
+def revision_of(model_name_or_path: str, base_model: str | None) -> str | None:
+    """The commit of the student's Hub checkpoint (``base_model``, from ``base_model_of``) that the
+    run read: a cache folder's own, or the one the local cache holds for its Hub id (a rerun of the
+    same recipe after the repository moved on starts from other weights, which the card then tells
+    apart)."""
+    if base_model is None:
+        return None
     snapshot = cache_snapshot(model_name_or_path)
-    if snapshot:
-        return None if from_scratch else snapshot[1]
-    base = base_model_of(model_name_or_path, from_scratch)
-    return cached_commit(base) if base else None
+    return snapshot[1] if snapshot else cached_commit(base_model)
 
 
 def local_checkpoint_of(model_name_or_path: str, from_scratch: bool) -> str | None:
@@ -470,11 +470,12 @@ def card_facts_of(
     subset = (f"a random {drawn:,} of its {total:,} training images: max_train_samples, drawn with split_seed "
               f"{data_args.split_seed}") if drawn < total else None
     run_settings = {k: getattr(data_args, k, None) for k in SPLIT_KEYS}
+    base_model = base_model_of(model_args.model_name_or_path, model_args.student_from_scratch)
     return CardFacts(
         teacher_own_accuracy=read_teacher_run(getattr(model_args, "teacher_model_name_or_path", None), run_settings),
         teacher_own_read=True,
-        base_model=base_model_of(model_args.model_name_or_path, model_args.student_from_scratch),
-        base_revision=revision_of(model_args.model_name_or_path, model_args.student_from_scratch),
+        base_model=base_model,
+        base_revision=revision_of(model_args.model_name_or_path, base_model),
         local_checkpoint=local_checkpoint_of(model_args.model_name_or_path, model_args.student_from_scratch),
         start_recorded=True,
         run_settings=run_settings,
