@@ -126,14 +126,16 @@ def check_labels(student: Any, teacher: Any, args: Any, datasets: tuple[Any, ...
     run_names = student_names or data_names
     teacher_names = model_class_names(teacher) if teacher is not None else None
     reads_logits = run_reads_teacher_logits(args, loss_names)
+    # a teacher whose class names this run's logits are paired by
+    named_teacher_read = (bool(teacher_names) and reads_logits and mapping == BY_NAME
+                          and not numbered_only(teacher_names))
     # the data's numerals against a teacher that lists them in another order, or that names its classes
     # (digits, or a ClassLabel cast from integers, beside a teacher of 'zero'...): compared as the
     # command line compares them, where pairing them by position went on with a warning
     if not run_names and numbered and teacher_names and (
-            sorted(teacher_names) == sorted(numbered)
-            or (reads_logits and mapping == BY_NAME and not numbered_only(teacher_names))):
+            sorted(teacher_names) == sorted(numbered) or named_teacher_read):
         run_names = numbered
-    if not run_names and teacher_names and reads_logits and mapping == BY_NAME and not numbered_only(teacher_names):
+    if not run_names and named_teacher_read:
         logger.warning("labels: neither the student's id2label nor the dataset's ClassLabel names the classes, so the "
                        "teacher's classes %s are paired with the data's by position, unchecked. Name them "
                        "(a ClassLabel column, or the student's id2label) to have them matched by name",
