@@ -2449,6 +2449,27 @@ def test_offline_a_hub_dataset_datasets_has_not_prepared_says_where_its_download
                                           "(datasets.load_dataset('acme/pics'))"), caught.value
 
 
+def test_a_hub_dataset_the_network_cannot_reach_says_how_to_read_the_cached_copy(monkeypatch):
+    """With the Hub unreachable and HF_HUB_OFFLINE unset, datasets retried for half a minute and the
+    run ended in "Couldn't reach 'acme/pics' on the Hub (LocalEntryNotFoundError)": nothing said
+    whether the network or the name was wrong, nor that a machine without network reads datasets'
+    cache with HF_HUB_OFFLINE=1."""
+    import datasets
+
+    from hf_rcka.arguments import DataArguments
+
+    def unreachable(name, *args, **kwargs):  # what datasets raises once its requests' retries are spent
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets, "load_dataset_builder", unreachable)
+    with pytest.raises(DataError) as caught:
+        run_inputs.declared_labels(DataArguments(dataset_name="acme/pics"))
+    line = str(caught.value)
+    assert line.startswith("dataset_name 'acme/pics': cannot load the dataset (ConnectionError: Couldn't reach"), line
+    assert "could not reach the Hugging Face Hub" in line and "set HF_HUB_OFFLINE=1" in line and "\n" not in line
+
+
 def test_a_teachers_relative_train_dir_is_read_from_where_it_ran(tmp_path, monkeypatch):
     """A recorded 'train_dir: imgs/train' was read from the student's working directory: run from
     another folder, a student evaluated on the teacher's training images passed the check."""

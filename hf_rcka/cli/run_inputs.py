@@ -128,9 +128,12 @@ def _loading_errors(data_args: DataArguments) -> Iterator[None]:
         raise
     except (ValueError, OSError) as err:  # datasets' FileNotFoundError, DatasetNotFoundError...
         _check_cache_error(err)
+        hint = ""
         if isinstance(err, ConnectionError) and data_args.dataset_name:
             _refuse_offline_dataset(data_args.dataset_name, err)
-        raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(err).__name__}: {err})") from err
+            hint = _UNREACHABLE_HUB
+        raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(err).__name__}: {err})"
+                        f"{hint}") from err
     except DatasetGenerationError as err:  # what went wrong is its cause (a CastError: splits with other columns)
         cause = err.__cause__ or err
         if isinstance(cause, OSError):  # writing the prepared data into the cache
@@ -139,6 +142,13 @@ def _loading_errors(data_args: DataArguments) -> Iterator[None]:
         hint = ". Every split must have the same columns and types" if isinstance(cause, CastError) else ""
         raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(cause).__name__}: "
                         f"{text}){hint}") from err
+
+
+# datasets' ConnectionError with the Hub online: its requests failed after their retries, and
+# nothing it cached answers them (its cause, the failed request, is not kept)
+_UNREACHABLE_HUB = (": this machine could not reach the Hugging Face Hub. Check the network (and HF_ENDPOINT, proxy "
+                    "settings); on a machine without network, set HF_HUB_OFFLINE=1 to read the copy that "
+                    "datasets.load_dataset cached where there was network")
 
 
 def _refuse_offline_dataset(name: str, err: ConnectionError) -> None:
