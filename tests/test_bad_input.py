@@ -3281,6 +3281,52 @@ def test_a_special_named_folder_of_unread_images_is_refused_not_skipped(tmp_path
         class_folders(str(tmp_path / "train"))
 
 
+def test_hidden_files_and_empty_hidden_folders_beside_the_classes_are_neither_refused_nor_warned_about(tmp_path, caplog):
+    """datasets leaves out hidden files and folders itself: a macOS ``._0.avif`` beside the class
+    folders would be refused as an image datasets does not read, and a ``.cache`` folder holding no
+    image warned about as a hidden class folder, were the leading '.' not looked at."""
+    from hf_rcka.data.image_folders import class_folders
+
+    for name in ("cat", "dog"):
+        _png(tmp_path / "train" / name / "1.png")
+    (tmp_path / "train" / "._0.avif").write_bytes(b"")
+    (tmp_path / "train" / ".cache").mkdir()
+    (tmp_path / "train" / ".cache" / "notes.txt").write_text("")
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        assert class_folders(str(tmp_path / "train")) == ["cat", "dog"]
+    assert "hidden folders" not in caplog.text
+
+
+def test_splits_with_other_columns_say_that_every_split_needs_the_same_columns(tmp_path):
+    """datasets' CastError names two column lists; what to change was not said."""
+    from hf_rcka.arguments import DataArguments
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.jsonl").write_text('{"image": "a.png", "label": 1}\n')
+    (tmp_path / "ds" / "test.jsonl").write_text('{"img": "a.png", "label": 1}\n')
+    with pytest.raises(DataError) as caught:
+        run_inputs.load_data(DataArguments(dataset_name=str(tmp_path / "ds")))
+    assert "(CastError: " in str(caught.value), caught.value
+    assert str(caught.value).endswith(". Every split must have the same columns and types"), caught.value
+
+
+def test_a_named_teacher_paired_by_index_takes_the_runs_class_names(tmp_path):
+    """``teacher_label_mapping: by_index`` pairs a teacher's classes with the run's by position: the
+    run's own teacher (never saved) took the run's names only when its own were generic, so a named
+    one kept 'x', 'y', and the trainer's check said the pairing a second time."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_rcka.arguments import DistillationTrainingArguments
+    from hf_rcka.models.labels import BY_INDEX
+
+    config = ViTConfig(**TINY_VIT, num_labels=2, id2label={0: "x", 1: "y"},
+                       label2id={"x": 0, "y": 1})
+    teacher = ViTForImageClassification(config)
+    args = DistillationTrainingArguments(output_dir=str(tmp_path), losses=["ce", "kd"], report_to="none")
+    run_inputs.align_teacher(teacher, args, ["cat", "dog"], BY_INDEX)
+    assert teacher.config.id2label == {0: "cat", 1: "dog"} and teacher.config.label2id == {"cat": 0, "dog": 1}
+
+
 def test_a_user_error_while_a_model_loads_keeps_its_own_kind_and_words():
     """A loading step that already raises a user error (a recipe's wrong value, found as the model
     loads) is not wrapped again as a ModelError naming the model's key: it kept its kind (another
