@@ -2698,11 +2698,15 @@ def test_a_broken_checkpoint_is_told_to_resume_from_an_earlier_one_only(tmp_path
 def test_the_digits_without_scikit_learn_is_one_error_line(monkeypatch):
     """It was an ImportError traceback."""
     import builtins
+    import importlib.util
 
     from hf_rcka.data.digits import digits_dataset
     from hf_rcka.errors import DataError
 
-    real_import = builtins.__import__
+    real_import, real_find_spec = builtins.__import__, importlib.util.find_spec
+    # the data file is found without importing scikit-learn: not installed, there is no such package either
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name.startswith("sklearn") else real_find_spec(name, *args))
 
     def without_sklearn(name, *args, **kwargs):
         if name.startswith("sklearn"):
