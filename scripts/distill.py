@@ -6,9 +6,7 @@
 Flags override the recipe's keys; see README.md for the recipe format.
 """
 
-import sys
-
-from hf_rcka.cli.main import main
+from hf_rcka.cli.main import console_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -94,3 +94,20 @@ def test_python_values_are_checked_not_converted(key):
     pair = {"student_layer": 1, "teacher_layer": 2, key: "1"}
     with pytest.raises(RecipeError, match=rf"feature_pairs\[0\]\.{key} must be an integer"):
         arguments.DistillationTrainingArguments(output_dir="unused", use_cpu=True, feature_pairs=[pair])
+
+
+def test_the_command_leaves_the_imported_objects_out_of_full_collections(monkeypatch):
+    """``python -m hf_rcka``, ``hf-rcka-distill`` and ``scripts/distill.py`` freeze what the imports
+    made (gc.freeze) before the run; ``main``, which tests call many times in one process, does not."""
+    import gc
+
+    import hf_rcka.cli.main as cli_main
+
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(cli_main, "main", lambda: calls.append("main") or 0)
+    with pytest.raises(SystemExit) as ended:
+        cli_main.console_main()
+    assert ended.value.code == 0 and calls == ["freeze", "main"]
+    script = (Path(__file__).parent.parent / "scripts" / "distill.py").read_text()
+    assert "console_main()" in script and "sys.exit(main())" not in script
