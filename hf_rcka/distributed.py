@@ -19,6 +19,14 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+if dist.is_available():
+    # Imported now, before any process group exists: its functions take ``group=group.WORLD`` as a
+    # default argument, evaluated on import. Imported after init_process_group (gather_rows imported it
+    # on first use), they held the default group for good: destroy_process_group then neither waited
+    # for its collectives nor ended its gloo threads, which ran on into interpreter shutdown (see
+    # close_process_group).
+    import torch.distributed.nn.functional
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -114,9 +122,14 @@ def from_rank0(value: object) -> object:
 def close_process_group() -> None:
     """Tear the process group down before the interpreter exits.
 
-    Left to interpreter shutdown, a gloo process group's threads can be destroyed while still
-    joinable ("terminate called without an active exception"): a finished run's process then
-    aborts (exit -6) and the launcher reports the whole run as failed.
+    A gloo group's worker threads take the GIL when they finish a collective (a Python callback on
+    its future, the last reference to a Python tensor or autograd node). One that does so once
+    interpreter shutdown has begun is ended by Python through a forced unwind, which C++ turns into
+    std::terminate ("terminate called without an active exception"): a finished run's process
+    aborts (exit -6) and the launcher reports the whole run as failed. destroy_process_group waits
+    for the group's collectives and ends its threads only when nothing else still refers to the
+    group: hence the collection below, and the import of torch.distributed.nn.functional at the
+    top of this module (imported later, its default arguments held the group).
     """
     _host_groups.clear()
     if not (dist.is_available() and dist.is_initialized()):

@@ -184,6 +184,33 @@ def _leave() -> None:
     os._exit(0)
 
 
+def test_close_process_group_ends_the_gloo_group_after_gathering_was_imported(tmp_path):
+    """torch.distributed.nn.functional's functions take ``group=group.WORLD`` as a default, evaluated on
+    import: imported after the group existed (gather_rows imported it on first use), they held the group,
+    and destroy_process_group neither waited for its collectives nor ended its gloo threads. Alive into
+    interpreter shutdown, a gloo thread that finishes a collective there aborts the process (exit -6,
+    "terminate called without an active exception"). A fresh interpreter: the import order is the test."""
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("threads are counted from /proc")
+    script = f"""
+import glob, tempfile
+import torch, torch.distributed as dist
+from hf_rcka.distributed import close_process_group
+def gloo_threads():
+    return [n for n in (open(p).read().strip() for p in glob.glob("/proc/self/task/*/comm")) if "gloo" in n]
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'init'}", rank=0, world_size=1)
+import torch.distributed.nn.functional  # what gather_rows imports on its first use, the group made
+dist.all_reduce(torch.ones(2))
+assert gloo_threads(), "the group's threads are named as expected (else this test checks nothing)"
+close_process_group()
+print("left:", gloo_threads())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "left: []" in result.stdout, result.stdout
+
+
 # DI1 (distributed.py gather_rows): ranks with different row counts (an epoch's last batch) gather
 # exactly their rows, without the padding
 def test_gathered_rows_of_uneven_ranks_leave_out_the_padding(tmp_path):
