@@ -21,10 +21,10 @@ import torch.distributed as dist
 
 if dist.is_available():
     # Imported now, before any process group exists: its functions take ``group=group.WORLD`` as a
-    # default argument, evaluated on import. Imported after init_process_group (gather_rows imported it
-    # on first use), they held the default group for good: destroy_process_group then neither waited
-    # for its collectives nor ended its gloo threads, which ran on into interpreter shutdown (see
-    # close_process_group).
+    # default argument, evaluated on import. Imported after init_process_group (by a library, or by
+    # gather_rows when it used them), they hold the default group for good: destroy_process_group
+    # then neither waits for its collectives nor ends its gloo threads, which run on into
+    # interpreter shutdown (see close_process_group).
     import torch.distributed.nn.functional
 
 
@@ -48,15 +48,35 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     """
     if world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
     sizes = _rows_per_rank(x.shape[0])
     largest = max(sizes)
     if x.shape[0] < largest:
         pad = x.new_zeros((largest - x.shape[0], *x.shape[1:]))
         x = torch.cat([x, pad], dim=0)
-    parts = all_gather(x.contiguous())
+    parts = _GatheredRows.apply(x).split(largest)
     return torch.cat([part[:size] for part, size in zip(parts, sizes)], dim=0)
+
+
+class _GatheredRows(torch.autograd.Function):
+    """Every rank's (equally many) rows, stacked in rank order, with a backward.
+
+    Each rank computes the loss over the same gathered batch, so a rank's rows receive the sum of
+    the gradients every rank's copy of them got: an all-reduce of the gathered gradient, then this
+    rank's slice. (torch.distributed.nn.functional.all_gather does the same, but torch 2.14
+    deprecates it: it warns on use, and a later torch may drop it.)
+    """
+
+    @staticmethod
+    def forward(ctx: object, rows: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(rows) for _ in range(world_size())]
+        dist.all_gather(parts, rows.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad.chunk(world_size())[dist.get_rank()]
 
 
 def _rows_per_rank(rows: int) -> list[int]:

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -186,7 +187,7 @@ def _leave() -> None:
 
 def test_close_process_group_ends_the_gloo_group_after_gathering_was_imported(tmp_path):
     """torch.distributed.nn.functional's functions take ``group=group.WORLD`` as a default, evaluated on
-    import: imported after the group existed (gather_rows imported it on first use), they held the group,
+    import: imported after the group existed (gather_rows imported it on first use, a library may), they held the group,
     and destroy_process_group neither waited for its collectives nor ended its gloo threads. Alive into
     interpreter shutdown, a gloo thread that finishes a collective there aborts the process (exit -6,
     "terminate called without an active exception"). A fresh interpreter: the import order is the test."""
@@ -199,7 +200,7 @@ from hf_rcka.distributed import close_process_group
 def gloo_threads():
     return [n for n in (open(p).read().strip() for p in glob.glob("/proc/self/task/*/comm")) if "gloo" in n]
 dist.init_process_group("gloo", init_method="file://{tmp_path / 'init'}", rank=0, world_size=1)
-import torch.distributed.nn.functional  # what gather_rows imports on its first use, the group made
+import torch.distributed.nn.functional  # imported once the group exists (gather_rows did, a library may)
 dist.all_reduce(torch.ones(2))
 assert gloo_threads(), "the group's threads are named as expected (else this test checks nothing)"
 close_process_group()
@@ -232,7 +233,9 @@ def _collectives_worker(rank: int, init: str, out: str) -> None:
     # equal row counts (no padding, so no copy): a transposed view reaches the collective as it is given
     base = (torch.arange(6, dtype=torch.float32).reshape(2, 3) + 10 * rank).requires_grad_(True)
     rows = base.t()  # (3, 2), not contiguous
-    gathered = gather_rows(rows)
+    with warnings.catch_warnings():  # torch's deprecated torch.distributed.nn.functional.all_gather warned
+        warnings.simplefilter("error")
+        gathered = gather_rows(rows)
     (gathered * torch.arange(1, 7, dtype=torch.float32)[:, None]).sum().backward()
     stop_one = any_rank(rank == 1)  # one rank's stop signal stops both
     stop_none = any_rank(False)
