@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from hf_rcka.data import digits as digits_module
 from hf_rcka.data.digits import digits_dataset
