@@ -1895,10 +1895,17 @@ def test_help_states_what_the_command_line_does(capsys, monkeypatch):
         r"  patch_match: (.*)", text).group(1)
 
 
-def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsys):
+def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsys, monkeypatch):
+    """Found before the teacher loads: the probe came after both models were loaded (a Hub teacher
+    downloaded first)."""
     timm_vit = base(tmp_path, model_name_or_path="timm/vit_tiny_patch16_224", student_from_scratch=True,
-                    student_config_overrides={"depth": 1}, image_size=64)
+                    student_config_overrides={"depth": 1}, image_size=64, teacher_model_name_or_path="config:resnet",
+                    teacher_config_overrides=TINY_RESNET)
+    loaded = []
+    load = cli.load_image_classifier
+    monkeypatch.setattr(cli, "load_image_classifier", lambda name, **kw: loaded.append(name) or load(name, **kw))
     assert run(tmp_path, timm_vit) == 2
+    assert "config:resnet" not in loaded, "the teacher was loaded before the student's probe"
     line = error_of(capsys)
     assert line.startswith("error: image_size: the student cannot take 64x64 inputs") and "img_size" in line
     assert "dynamic_img_size: true" in line, "the way that keeps a pretrained ViT's weights is named"

@@ -470,36 +470,43 @@ def _distillation_model(
 
     The student's input statistics are read once: the probe and the wrapper both use them.
     """
-    student, student_processor, teacher, teacher_processor = build_models(model_args, labels)
+    student, student_processor = build_student(model_args, labels)
     with model_error("model_name_or_path"):  # a processor whose output size follows each image
         student_input = input_stats(student_processor)
-    probe_student(student, student_input, model_args.image_size)
+    probe_student(student, student_input, model_args.image_size)  # before the teacher loads (or downloads)
+    teacher, teacher_processor = build_teacher(model_args)
     align_teacher(teacher, args, labels, model_args.teacher_label_mapping)
     with model_error("teacher_model_name_or_path"):
         teacher_input = input_stats(teacher_processor) if teacher_processor is not None else None
     return build_distillation_model(student, teacher, args, student_input, teacher_input), student_processor
 
 
-def build_models(model_args: ModelArguments, labels: list[str]):
-    """Student (with this dataset's labels) and teacher (as trained: its head is never re-initialised);
-    either with NaN or infinite weights is refused here, before it is evaluated or trained."""
+def build_student(model_args: ModelArguments, labels: list[str]):
+    """The student with this dataset's labels, and its processor; NaN or infinite weights are
+    refused here, before it is evaluated or trained."""
     with model_error("model_name_or_path"):
         student, student_processor = _build_student(model_args, labels)
     check_loaded_weights(student, "student", "model_name_or_path", model_args.model_name_or_path)
-    teacher = teacher_processor = None
-    if model_args.teacher_model_name_or_path:
-        with model_error("teacher_model_name_or_path"):
-            teacher = load_image_classifier(
-                model_args.teacher_model_name_or_path,
-                from_scratch=model_args.smoke_test,
-                config_overrides=model_args.teacher_config_overrides,
-                trust_remote_code=model_args.trust_remote_code,
-            )
-            teacher_processor = load_image_processor(
-                model_args.teacher_model_name_or_path, teacher, trust_remote_code=model_args.trust_remote_code
-            )
-        check_loaded_weights(teacher, "teacher", "teacher_model_name_or_path", model_args.teacher_model_name_or_path)
-    return student, student_processor, teacher, teacher_processor
+    return student, student_processor
+
+
+def build_teacher(model_args: ModelArguments):
+    """The teacher as trained (its head is never re-initialised) and its processor, or two Nones;
+    NaN or infinite weights are refused here."""
+    if not model_args.teacher_model_name_or_path:
+        return None, None
+    with model_error("teacher_model_name_or_path"):
+        teacher = load_image_classifier(
+            model_args.teacher_model_name_or_path,
+            from_scratch=model_args.smoke_test,
+            config_overrides=model_args.teacher_config_overrides,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+        teacher_processor = load_image_processor(
+            model_args.teacher_model_name_or_path, teacher, trust_remote_code=model_args.trust_remote_code
+        )
+    check_loaded_weights(teacher, "teacher", "teacher_model_name_or_path", model_args.teacher_model_name_or_path)
+    return teacher, teacher_processor
 
 
 def _build_student(model_args: ModelArguments, labels: list[str]):
