@@ -220,3 +220,74 @@ def test_teacher_channels_last_false_keeps_a_convolutional_teacher_in_standard_l
     assert conv.weight.is_contiguous() and not conv.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 16, 16)
     assert model.teacher_runtime.inputs(x).is_contiguous()
+
+
+def test_channels_last_leaves_a_vit_teacher_in_standard_layout():
+    """channels_last is for convolutional teachers: a ViT's single patch-embedding conv gains nothing
+    from NHWC, and every batch would be copied into NHWC for it (kills: channels_last taken from the
+    flag alone, without is_convolutional)."""
+    teacher = tiny_vit()
+    runtime = TeacherRuntime(teacher, channels_last=True)
+    assert not runtime.channels_last
+    conv = next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous() and not conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 16, 16)
+    assert runtime.inputs(x).is_contiguous()
+
+
+def test_a_users_ddp_broadcast_buffers_false_holds_for_a_batchnorm_student():
+    """ddp_broadcast_buffers: false saves the per-step broadcast of a BatchNorm student's statistics;
+    read as unset, DDP's default (on) came back without a word (kills: only a true setting kept)."""
+    assert default_broadcast_buffers(tiny_resnet(), False) is False
+    assert default_broadcast_buffers(tiny_resnet(), True) is True
+
+
+def test_fsdp_puts_the_teacher_it_leaves_unsharded_on_the_training_device():
+    """FSDP moves only what it shards: the teacher it ignores stayed on the CPU while the student
+    trained on the GPU, and the first forward failed on mixed devices ('meta' stands in for the GPU)."""
+    from types import SimpleNamespace
+
+    from hf_rcka.modeling.parallel import keep_teacher_out_of_fsdp
+
+    model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), KDLoss()])
+    plugin = SimpleNamespace(ignored_modules=None)
+    assert keep_teacher_out_of_fsdp(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)), model, "meta")
+    assert {t.device.type for t in (*model.teacher.parameters(), *model.teacher.buffers())} == {"meta"}
+    assert {p.device.type for p in model.student.parameters()} == {"cpu"}  # FSDP's to place
+
+
+def test_the_teacher_stays_in_eval_mode_from_construction_and_train_does_not_walk_it():
+    """The teacher runs in eval mode (its BatchNorm statistics and dropout frozen) from the moment it
+    is wrapped, before any train()/eval() call (kills: eval() at construction dropped), and is put
+    back when something else switched it to training (kills: the check in train() dropped);
+    train() does not walk a teacher already in eval mode, 1.5-3 ms of host time a step for a large
+    one (kills: train(mode) sent to every child)."""
+    teacher = tiny_resnet().train()
+    model = DistillationModel(tiny_vit(), teacher, [CrossEntropyLoss(), KDLoss()])
+    assert not teacher.training and not any(m.training for m in teacher.modules())
+    x, y = _batch()
+    stats = {k: v.clone() for k, v in teacher.state_dict().items() if "running" in k}
+    model(pixel_values=x, labels=y)
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in stats.items())
+    teacher.train()
+    model.train()
+    assert model.student.training and not any(m.training for m in teacher.modules())
+    calls = []
+    teacher.train = lambda mode=True: calls.append(mode) or teacher
+    model.train()
+    model.eval()
+    assert calls == []
+
+
+def test_a_class_token_of_a_short_sequence_is_copied_too():
+    """The class token of a short sequence (a ViT at a small image size: 1 + 8 tokens) still keeps
+    9 times its size alive through the backward when handed over as a view; a view is kept only
+    while its storage is at most twice its size (kills: a threshold far above 2). The copy keeps the
+    view's order of strides, each sample's row in one piece (kills: the copy made in reverse order)."""
+    runtime = TeacherRuntime(tiny_vit().eval())
+    sequence = torch.randn(4, 1 + 8, 8)
+    pooled = runtime.release(sequence[:, 0])
+    assert torch.equal(pooled, sequence[:, 0])
+    assert pooled.untyped_storage().nbytes() == pooled.numel() * pooled.element_size() and pooled.is_contiguous()
+    twice = torch.randn(4, 2, 8)[:, 0]  # at most twice: no copy
+    assert runtime.release(twice) is twice
