@@ -250,3 +250,22 @@ def test_a_separately_sharded_projection_is_gathered_before_channel_sampling(tmp
     result = subprocess.run([sys.executable, "-c", _SHARDED_PROJECTION], capture_output=True, text=True,
                             timeout=300, env={**os.environ, **env})
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_fsdp_config_values_are_read_as_accelerate_reads_them(tmp_path):
+    """A recipe's YAML gives cpu_ram_efficient_loading as a boolean (True, not "true") and accelerate
+    upper-cases the state_dict_type it is given: the boolean slipped past the refusal, and the
+    lower-case full state dict was refused as sharded."""
+    from hf_rcka import DistillationTrainingArguments
+    from hf_rcka.errors import RecipeError
+    from hf_rcka.modeling.parallel import check_fsdp_settings
+
+    def configured(**fsdp_config):
+        return DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, fsdp="full_shard",
+                                             fsdp_config={"fsdp_version": 2, **fsdp_config})
+
+    with pytest.raises(RecipeError, match="cpu_ram_efficient_loading"):
+        check_fsdp_settings(configured(cpu_ram_efficient_loading=True))
+    check_fsdp_settings(configured(cpu_ram_efficient_loading=False, state_dict_type="full_state_dict"))
+    with pytest.raises(RecipeError, match="needs the full state dict"):
+        check_fsdp_settings(configured(state_dict_type="sharded_state_dict"))
