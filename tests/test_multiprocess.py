@@ -128,6 +128,50 @@ def test_a_training_step_of_several_processes_without_ddp_is_refused():
     check_wrapped(trainer(ParallelMode.DISTRIBUTED, model=frozen), frozen)
 
 
+def test_an_evaluation_before_training_does_not_keep_the_model_from_ddp():
+    """Trainer's first evaluation prepares the model unwrapped and accelerate marks it prepared; its
+    guard then handed training the bare model. The mark, the model_wrapped and accelerate's record of
+    the prepared model are all undone, also for the compiled module of torch_compile (kills: any of
+    the three kept, or the compiled case skipped); a model DDP wraps already is left alone."""
+    from types import SimpleNamespace
+
+    from torch import nn
+    from transformers.training_args import ParallelMode
+
+    from hf_rcka.trainer.data_parallel import forget_evaluation_preparation
+
+    def trainer(model, wrapped, processes=2):
+        other = nn.Linear(1, 1)  # an EMA copy, say: accelerate keeps it
+        return SimpleNamespace(args=SimpleNamespace(parallel_mode=ParallelMode.DISTRIBUTED, world_size=processes),
+                               is_fsdp_enabled=False, is_deepspeed_enabled=False, model=model, model_wrapped=wrapped,
+                               accelerator=SimpleNamespace(_models=[model, wrapped, other] if wrapped is not model
+                                                           else [model, other])), other
+
+    model = nn.Linear(2, 2)
+    model._is_accelerate_prepared = True
+    plain, other = trainer(model, model)
+    forget_evaluation_preparation(plain)
+    assert not hasattr(model, "_is_accelerate_prepared") and plain.model_wrapped is model
+    assert plain.accelerator._models == [other]
+
+    model, compiled = nn.Linear(2, 2), nn.Module()
+    compiled._orig_mod = model
+    compiled._is_accelerate_prepared = model._is_accelerate_prepared = True
+    run, other = trainer(model, compiled)
+    forget_evaluation_preparation(run)
+    assert not hasattr(model, "_is_accelerate_prepared") and not hasattr(compiled, "_is_accelerate_prepared")
+    assert run.model_wrapped is model and run.accelerator._models == [other]
+
+    model, ddp = nn.Linear(2, 2), nn.Module()  # stands in for the DDP wrapper: not the model, no _orig_mod
+    model._is_accelerate_prepared = True
+    wrapped, _ = trainer(model, ddp)
+    forget_evaluation_preparation(wrapped)
+    assert model._is_accelerate_prepared and wrapped.model_wrapped is ddp and len(wrapped.accelerator._models) == 3
+    alone, _ = trainer(model, model, processes=1)
+    forget_evaluation_preparation(alone)
+    assert model._is_accelerate_prepared and len(alone.accelerator._models) == 2
+
+
 @pytest.mark.multiprocess
 def test_srd_with_gather_on_two_processes_is_srd_on_their_whole_batch(tmp_path):
     """SRD's public code ran one process over all 256 images: its BatchNorm and batch mean saw the
