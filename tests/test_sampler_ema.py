@@ -262,3 +262,26 @@ def test_loading_the_best_checkpoint_of_an_ema_export_restores_its_live_weights(
     assert all(torch.equal(live[k], student[k].cpu()) for k in live)
     average = load_file(best / "model.safetensors")
     assert not torch.equal(average["classifier.weight"], student["classifier.weight"].cpu())
+
+
+def test_accelerates_batch_sharding_passes_the_rank_aware_sampler_through():
+    """accelerate deals batch i to rank i % world_size: on top of the repeated-augmentation sampler,
+    which deals the images by rank already, each rank trained only every other batch of its share
+    (kills: the shard left at 2 processes), and even_batches padded the short last batch with the
+    first batch's images (kills: even_batches kept). A loader of another sampler keeps accelerate's
+    sharding (kills: every sampler passed through)."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+
+    from hf_rcka.data.sampler import keep_rank_sharding
+
+    def loader(sampler):
+        shard = BatchSamplerShard(BatchSampler(sampler, 3, drop_last=False), num_processes=2, process_index=0)
+        return DataLoader(list(range(10)), batch_sampler=shard)
+
+    sampler = RepeatedAugmentationSampler(range(10), 3, num_replicas=2, rank=0, seed=1)
+    share = list(BatchSampler(sampler, 3, drop_last=False))
+    assert [len(batch) for batch in share] == [3, 2]  # 5 of the 30 draws: a short last batch
+    assert [batch.tolist() for batch in keep_rank_sharding(loader(sampler))] == share
+    plain = keep_rank_sharding(loader(SequentialSampler(range(10))))
+    assert plain.batch_sampler.num_processes == 2 and [batch.tolist() for batch in plain][0] == [0, 1, 2]
