@@ -578,6 +578,23 @@ def test_a_resumed_repeated_augmentation_epoch_draws_its_own_order():
     assert callback.sampler.epoch == 5 + 1
 
 
+def test_a_repeated_augmentation_epoch_resumed_late_or_begun_on_a_rounded_count_keeps_its_number():
+    """The epoch a resume lands in is its number rounded down, however late in it the resume comes
+    (kills: rounded to the nearest, which drew the rest of epoch 1 in epoch 2's order: some images
+    twice in the epoch, others never); an epoch count a hair under the next whole number (float
+    rounding of steps / steps per epoch) is that number (kills: floor without the tolerance)."""
+    from transformers import TrainerControl, TrainerState
+
+    from hf_rcka.data.sampler import RepeatedAugmentationSampler, SamplerEpoch
+
+    callback = SamplerEpoch()
+    callback.sampler = RepeatedAugmentationSampler(range(40), 3, num_replicas=2, rank=0, seed=5)
+    callback.on_epoch_begin(None, TrainerState(epoch=1.75), TrainerControl())
+    assert callback.sampler.epoch == 5 + 1
+    callback.on_epoch_begin(None, TrainerState(epoch=2 - 1e-9), TrainerControl())
+    assert callback.sampler.epoch == 5 + 2
+
+
 def test_the_signal_handler_closes_the_update_window_after_the_weight_ema(tmp_path):
     """Its on_step_end ran before the EMA's: a second signal in the EMA update wrote a checkpoint
     of step 3's weights with step 2's average."""
@@ -840,3 +857,24 @@ def test_save_total_limit_1_is_set_back_after_training(tmp_path):
                            load_best_model_at_end=True, metric_for_best_model="loss")
     _train(trainer, resume=None)
     assert trainer.args.save_total_limit == 1
+
+
+def test_resume_true_names_only_the_cut_short_checkpoints_after_the_one_it_resumes(tmp_path, caplog):
+    """resume_from_checkpoint: true passes over the later checkpoints whose save was cut short, and
+    says which: the earlier, whole ones are not among them (kills: every other checkpoint named as
+    cut short), nor is a file named like a checkpoint."""
+    from hf_rcka.trainer.interrupt import resumable_checkpoint
+
+    for step in (1, 2, 3):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    for step in (1, 2):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-4").write_text("")  # a file, not a checkpoint
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        assert resumable_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    assert f"(checkpoint-3 in {tmp_path}: cut short while saving" in caplog.text
+    caplog.clear()
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        assert resumable_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-3")
+    assert caplog.text == ""
