@@ -291,3 +291,14 @@ def test_a_class_token_of_a_short_sequence_is_copied_too():
     assert pooled.untyped_storage().nbytes() == pooled.numel() * pooled.element_size() and pooled.is_contiguous()
     twice = torch.randn(4, 2, 8)[:, 0]  # at most twice: no copy
     assert runtime.release(twice) is twice
+
+
+def test_batchnorm_without_running_statistics_leaves_nothing_to_broadcast():
+    """BatchNorm with track_running_stats=False normalises by each batch and keeps no statistics: DDP's
+    per-step buffer broadcast has nothing to keep in sync, so it stays off by default (kills: every
+    BatchNorm counted as holding running statistics)."""
+    from torch import nn
+
+    student = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
+    assert not has_running_stats(student) and default_broadcast_buffers(student, None) is False
+    assert has_running_stats(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
