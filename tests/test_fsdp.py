@@ -269,3 +269,17 @@ def test_fsdp_config_values_are_read_as_accelerate_reads_them(tmp_path):
     check_fsdp_settings(configured(cpu_ram_efficient_loading=False, state_dict_type="full_state_dict"))
     with pytest.raises(RecipeError, match="needs the full state dict"):
         check_fsdp_settings(configured(state_dict_type="sharded_state_dict"))
+
+
+def test_accelerate_use_fsdp_false_is_no_fsdp_launch(monkeypatch):
+    """ACCELERATE_USE_FSDP=false (an exported setting; accelerate reads only "true" as FSDP)
+    launches no FSDP: its FSDP_* settings do not apply, and a run was refused for a setting FSDP alone
+    reads (kills: any non-empty ACCELERATE_USE_FSDP read as FSDP)."""
+    from types import SimpleNamespace
+
+    from hf_rcka.modeling.parallel import check_fsdp_settings
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    monkeypatch.setenv("FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT")
+    check_fsdp_settings(SimpleNamespace(fsdp_plugin_args=None))
