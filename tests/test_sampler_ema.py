@@ -285,3 +285,14 @@ def test_accelerates_batch_sharding_passes_the_rank_aware_sampler_through():
     assert [batch.tolist() for batch in keep_rank_sharding(loader(sampler))] == share
     plain = keep_rank_sharding(loader(SequentialSampler(range(10))))
     assert plain.batch_sampler.num_processes == 2 and [batch.tolist() for batch in plain][0] == [0, 1, 2]
+
+
+def test_an_epoch_of_repeated_augmentation_is_the_dataset_rounded_down_to_256_split_over_the_ranks():
+    """DeiT's epoch: the dataset rounded down to a multiple of 256, split over the ranks (1000 images on
+    2 ranks: 384 each), whatever the repeats; the batch checks count the same (kills: no rounding, 500
+    each). Under 256 images all are kept."""
+    from hf_rcka.data.sampler import images_per_process
+
+    assert len(RepeatedAugmentationSampler(range(1000), 3, num_replicas=2, rank=1)) == 384
+    assert images_per_process(1000, 3, 2) == 384 and images_per_process(1000, 0, 2) is None
+    assert images_per_process(100, 3, 2) == 50
