@@ -385,6 +385,19 @@ def test_several_gpus_in_one_process_train_on_one_device_not_through_data_parall
     assert plain.n_gpu == 2  # the caller's object is left as it was
 
 
+def test_one_visible_gpu_is_no_reason_to_warn(tmp_path, monkeypatch, caplog):
+    """One GPU in one process is the ordinary single-GPU run: it was told to start one process per
+    GPU (kills: the several-GPUs warning from one visible GPU on)."""
+    from hf_rcka.trainer.data_parallel import one_device_per_process
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=False, report_to="none")
+    assert TrainingArguments.n_gpu.fget(args) == 1
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        one_device_per_process(args)
+    assert args.n_gpu == 1 and "GPUs are visible" not in caplog.text
+
+
 def test_the_several_gpus_hint_launches_the_entry_point_the_run_was_started_with(monkeypatch):
     """The hint named scripts/distill.py, which a pip-installed hf-rcka-distill user does not have."""
     from hf_rcka.trainer.resume_hint import one_process_per_gpu_command
