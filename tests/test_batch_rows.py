@@ -399,3 +399,18 @@ def test_a_gathered_relation_on_an_evaluation_set_too_small_for_it_is_refused():
     with pytest.raises(RecipeError, match=r"the evaluation set has 2 image\(s\), and rcka relates"):
         check_evaluation_rows({"rcka": RCKALoss(gather=True)}, args, 2)
     check_evaluation_rows({"rcka": RCKALoss(gather=True)}, args, 3)
+
+
+def test_one_process_may_split_batches_under_repeats_and_read_a_stream_itself():
+    """With one process nothing is shared out: split_batches beside aug_repeats, and dispatch_batches:
+    false beside an iterable dataset, change nothing and were refused all the same (kills: the process
+    count dropped from either check)."""
+    from types import SimpleNamespace
+
+    from transformers.trainer_pt_utils import AcceleratorConfig
+
+    from hf_rcka.data.sampler import check_iterable_dispatch, check_repeats_unsplit
+
+    alone = SimpleNamespace(world_size=1, accelerator_config=AcceleratorConfig(split_batches=True, dispatch_batches=False))
+    check_repeats_unsplit(2, alone)
+    check_iterable_dispatch(alone, [pixel_dataset(4).to_iterable_dataset()])
