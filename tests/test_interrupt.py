@@ -878,3 +878,23 @@ def test_resume_true_names_only_the_cut_short_checkpoints_after_the_one_it_resum
     with caplog.at_level("WARNING", logger="hf_rcka"):
         assert resumable_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-3")
     assert caplog.text == ""
+
+
+def test_a_stop_through_the_python_api_keeps_its_checkpoint_under_save_total_limit_1(tmp_path):
+    """A script of the user's with a GracefulStop and save_total_limit 1 (no export, so Trainer's own
+    end of training runs): Trainer deleted every checkpoint but the best, the stop's own among them,
+    and there was nothing to resume (kills: the limit left as it was on a stop)."""
+    from conftest import pixel_dataset
+
+    stop = GracefulStop()
+    stop.install()
+    try:
+        trainer = tiny_trainer(
+            tmp_path, stop, SignalAt(5, signal.SIGTERM), eval_dataset=pixel_dataset(10, seed=1), max_steps=20,
+            eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, save_total_limit=1,
+            metric_for_best_model="loss", greater_is_better=True)  # best: the highest loss, an early checkpoint
+        trainer.train()
+    finally:
+        stop.uninstall()
+    assert stop.stopped_at == 5
+    assert (tmp_path / "run" / "checkpoint-5" / "optimizer.pt").is_file()
