@@ -2477,6 +2477,26 @@ def test_a_hub_dataset_the_network_cannot_reach_says_how_to_read_the_cached_copy
     assert "could not reach the Hugging Face Hub" in line and "set HF_HUB_OFFLINE=1" in line and "\n" not in line
 
 
+def test_a_dataset_name_without_namespace_offline_is_not_told_to_check_the_network(monkeypatch):
+    """HF_HUB_OFFLINE set and 'cifar10' (no namespace: not looked up in the Hugging Face cache) not in
+    datasets' cache: datasets' ConnectionError got the unreachable-Hub hint, "Check the network ...
+    set HF_HUB_OFFLINE=1", which was already set and the network never tried."""
+    import datasets
+
+    from hf_rcka.arguments import DataArguments
+
+    def offline(name, *args, **kwargs):  # what datasets raises offline for a name it has not cached
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets, "load_dataset_builder", offline)
+    with pytest.raises(DataError) as caught:
+        run_inputs.declared_labels(DataArguments(dataset_name="cifar10"))
+    line = str(caught.value)
+    assert "Check the network" not in line and "set HF_HUB_OFFLINE=1" not in line, line
+    assert "the Hub is offline" in line and "load it once where there is network" in line and "\n" not in line, line
+
+
 def test_a_teachers_relative_train_dir_is_read_from_where_it_ran(tmp_path, monkeypatch):
     """A recorded 'train_dir: imgs/train' was read from the student's working directory: run from
     another folder, a student evaluated on the teacher's training images passed the check."""

@@ -131,7 +131,7 @@ def _loading_errors(data_args: DataArguments) -> Iterator[None]:
         hint = ""
         if isinstance(err, ConnectionError) and data_args.dataset_name:
             _refuse_offline_dataset(data_args.dataset_name, err)
-            hint = _UNREACHABLE_HUB
+            hint = _OFFLINE_NOT_CACHED if _hub_offline() else _UNREACHABLE_HUB
         raise DataError(f"{key} {getattr(data_args, key)!r}: cannot load the dataset ({type(err).__name__}: {err})"
                         f"{hint}") from err
     except DatasetGenerationError as err:  # what went wrong is its cause (a CastError: splits with other columns)
@@ -151,6 +151,18 @@ _UNREACHABLE_HUB = (": this machine could not reach the Hugging Face Hub. Check 
                     "datasets.load_dataset cached where there was network")
 
 
+# datasets' ConnectionError with the Hub offline, for a name _refuse_offline_dataset does not look up
+# (no namespace, as 'cifar10', or a bucket): the network was not tried, so it is not to be checked
+_OFFLINE_NOT_CACHED = (": the Hub is offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set) and datasets' cache "
+                       "lacks it: load it once where there is network, with this HF_HOME (datasets.load_dataset)")
+
+
+def _hub_offline() -> bool:
+    import datasets
+
+    return bool(datasets.config.HF_HUB_OFFLINE)  # HF_DATASETS_OFFLINE too
+
+
 def _refuse_offline_dataset(name: str, err: ConnectionError) -> None:
     """A Hub dataset offline that datasets' own cache lacks: what to do, and where the files are when
     ``hf download --repo-type dataset`` put them in the Hugging Face cache (datasets offline reads only
@@ -159,7 +171,7 @@ def _refuse_offline_dataset(name: str, err: ConnectionError) -> None:
     from huggingface_hub import constants
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if not datasets.config.HF_HUB_OFFLINE or name.count("/") != 1 or os.path.exists(name):  # HF_DATASETS_OFFLINE too
+    if not _hub_offline() or name.count("/") != 1 or os.path.exists(name):
         return
     try:
         validate_repo_id(name)
