@@ -74,9 +74,10 @@ class _GatheredRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad.chunk(world_size())[dist.get_rank()]
+        # a copy: the gradient given may be another node's too, which must not see the sum
+        summed = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(summed)
+        return summed.chunk(world_size())[dist.get_rank()]
 
 
 def _rows_per_rank(rows: int) -> list[int]:

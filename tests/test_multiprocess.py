@@ -268,6 +268,39 @@ def test_gathered_rows_of_uneven_ranks_leave_out_the_padding(tmp_path):
     assert result["grad"].shape == (3, 2)
 
 
+def _shared_gradient_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from hf_rcka.distributed import _GatheredRows, close_process_group
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    rows = torch.ones(2, 3, requires_grad=True)
+    other_leaf = torch.zeros(4, 3, requires_grad=True)
+    other = other_leaf * 2  # made before the gather: its backward runs after the gather's
+    weights = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    # the sum's backward hands one gradient tensor to both branches
+    ((_GatheredRows.apply(rows) + other) * weights).sum().backward()
+    torch.save({"other": other_leaf.grad, "rows": rows.grad}, f"{out}.{rank}")
+    del rows, other, other_leaf
+    close_process_group()
+    _leave()
+
+
+def test_the_gathers_backward_leaves_a_gradient_other_nodes_share_as_it_was(tmp_path):
+    """Its backward all-reduced the gradient it was given in place: another branch of the graph
+    holding the same gradient tensor then got every rank's sum (twice its own on 2 processes)."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "result.pt")
+    mp.start_processes(_shared_gradient_worker, args=(f"file://{tmp_path / 'init'}", out), nprocs=2,
+                       start_method="spawn")
+    weights = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    for rank in range(2):
+        result = torch.load(f"{out}.{rank}")
+        assert torch.equal(result["other"], 2 * weights), result["other"]
+        assert torch.equal(result["rows"], 2 * weights[2 * rank:2 * rank + 2])
+
+
 def _collectives_worker(rank: int, init: str, out: str) -> None:
     import torch.distributed as dist
 

@@ -121,7 +121,7 @@ def _freeze_imported_objects() -> None:
     """Leave what the imports made (torch's, transformers' and datasets' modules, classes and
     functions, which live as long as the process) out of the garbage collector's full passes
     (``gc.freeze``). Every full pass walked all of them: the one Trainer runs before the first step
-    (accelerate's ``free_memory``) took 0.5 s, and the interpreter's passes at exit 3-4 s of the
+    (accelerate's ``free_memory``) took 0.5 s, and the interpreter's passes at exit 3-6 s of the
     run's end, on a 2-core machine; frozen, 0.01 s and about 1 s. Only objects that exist now are
     frozen, so the run's own (models, data) are collected as before; not in ``main``, which a
     process may call many times (the tests): each call would keep the earlier runs' garbage."""
