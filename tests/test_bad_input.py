@@ -2456,45 +2456,33 @@ def test_offline_a_hub_dataset_datasets_has_not_prepared_says_where_its_download
                                           "(datasets.load_dataset('acme/pics'))"), caught.value
 
 
-def test_a_hub_dataset_the_network_cannot_reach_says_how_to_read_the_cached_copy(monkeypatch):
-    """With the Hub unreachable and HF_HUB_OFFLINE unset, datasets retried for half a minute and the
-    run ended in "Couldn't reach 'acme/pics' on the Hub (LocalEntryNotFoundError)": nothing said
-    whether the network or the name was wrong, nor that a machine without network reads datasets'
-    cache with HF_HUB_OFFLINE=1."""
+@pytest.mark.parametrize("offline, name, said, not_said", [
+    # the Hub unreachable, HF_HUB_OFFLINE unset: datasets retried for half a minute and ended in "Couldn't
+    # reach 'acme/pics' on the Hub (LocalEntryNotFoundError)", saying neither whether the network or the
+    # name was wrong, nor that a machine without network reads datasets' cache with HF_HUB_OFFLINE=1
+    (False, "acme/pics", ["could not reach the Hugging Face Hub", "set HF_HUB_OFFLINE=1"], []),
+    # HF_HUB_OFFLINE set and 'cifar10' (no namespace: not looked up in the Hugging Face cache) not in
+    # datasets' cache: it was told to check the network and set HF_HUB_OFFLINE=1, which was set
+    (True, "cifar10", ["the Hub is offline", "load it once where there is network"],
+     ["Check the network", "set HF_HUB_OFFLINE=1"]),
+])
+def test_a_hub_dataset_that_cannot_be_reached_says_why_and_what_to_do(monkeypatch, offline, name, said, not_said):
     import datasets
 
     from hf_rcka.arguments import DataArguments
 
-    def unreachable(name, *args, **kwargs):  # what datasets raises once its requests' retries are spent
-        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
+    def unreachable(name, *args, **kwargs):  # what datasets raises, online once its retries are spent
+        cause = "OfflineModeIsEnabled" if offline else "LocalEntryNotFoundError"
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub ({cause})")
 
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", offline)
     monkeypatch.setattr(datasets, "load_dataset_builder", unreachable)
     with pytest.raises(DataError) as caught:
-        run_inputs.declared_labels(DataArguments(dataset_name="acme/pics"))
+        run_inputs.declared_labels(DataArguments(dataset_name=name))
     line = str(caught.value)
-    assert line.startswith("dataset_name 'acme/pics': cannot load the dataset (ConnectionError: Couldn't reach"), line
-    assert "could not reach the Hugging Face Hub" in line and "set HF_HUB_OFFLINE=1" in line and "\n" not in line
-
-
-def test_a_dataset_name_without_namespace_offline_is_not_told_to_check_the_network(monkeypatch):
-    """HF_HUB_OFFLINE set and 'cifar10' (no namespace: not looked up in the Hugging Face cache) not in
-    datasets' cache: datasets' ConnectionError got the unreachable-Hub hint, "Check the network ...
-    set HF_HUB_OFFLINE=1", which was already set and the network never tried."""
-    import datasets
-
-    from hf_rcka.arguments import DataArguments
-
-    def offline(name, *args, **kwargs):  # what datasets raises offline for a name it has not cached
-        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets, "load_dataset_builder", offline)
-    with pytest.raises(DataError) as caught:
-        run_inputs.declared_labels(DataArguments(dataset_name="cifar10"))
-    line = str(caught.value)
-    assert "Check the network" not in line and "set HF_HUB_OFFLINE=1" not in line, line
-    assert "the Hub is offline" in line and "load it once where there is network" in line and "\n" not in line, line
+    assert line.startswith(f"dataset_name '{name}': cannot load the dataset (ConnectionError: Couldn't reach"), line
+    assert all(text in line for text in said) and not any(text in line for text in not_said), line
+    assert "\n" not in line
 
 
 def test_a_teachers_relative_train_dir_is_read_from_where_it_ran(tmp_path, monkeypatch):
