@@ -631,6 +631,28 @@ def test_the_final_metrics_are_the_loaded_best_checkpoints_not_the_last_steps():
     assert final_evaluation(trainer, last) == {"eval_accuracy": 0.4, "epoch": 1.0}
 
 
+def test_the_final_metrics_of_a_dict_eval_dataset_hold_every_sets():
+    """Trainer evaluates a dict ``eval_dataset`` set by set, each a callback of its own at one step:
+    a mutant that kept only the last callback's metrics passed every test, and the run's final
+    metrics (all_results.json, the card) lost every set but the last."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    from hf_rcka.cli.final_evaluation import LastEvaluation, final_evaluation
+
+    last = LastEvaluation()
+    for name, accuracy in (("cifar", 0.8), ("stl", 0.6)):
+        last.on_evaluate(None, SimpleNamespace(global_step=3), TrainerControl(),
+                         metrics={f"eval_{name}_accuracy": accuracy, "epoch": 1.0})
+
+    def evaluate():
+        raise AssertionError("evaluated again: the last step's evaluation is known")
+
+    trainer = SimpleNamespace(state=TrainerState(global_step=3, epoch=1.0), best_model_loaded=False, evaluate=evaluate)
+    assert final_evaluation(trainer, last) == {"eval_cifar_accuracy": 0.8, "eval_stl_accuracy": 0.6, "epoch": 1.0}
+
+
 def test_the_exit_follows_the_accuracys_test_and_counts_only_readable_images():
     """_say_if_at_chance decides the exit with at_chance alone (not the warning's cross-entropy
     test), on the evaluation images that could be read."""
