@@ -389,6 +389,32 @@ def test_a_real_run_in_the_smoke_folder_is_never_replaced(tmp_path):
         plan_smoke_test(_resolved(tmp_path, output_dir=str(folder)))
 
 
+def test_a_real_run_whose_record_says_smoke_test_false_is_never_replaced(tmp_path):
+    """A recipe that spells out ``smoke_test: false`` (turned on with ``--smoke_test true`` for a check)
+    records it: a mutant that took any recorded smoke_test (not only true) for a smoke test's passed
+    every test, and the smoke test set aside a trained model in a folder ending in -smoke, which the
+    next one deleted."""
+    from hf_rcka.cli.recipe import dump_recipe
+
+    folder = tmp_path / "my-smoke"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    recorded = _resolved(tmp_path, output_dir=str(folder), smoke_test=False)
+    dump_recipe(recorded, folder / "distill_config.yaml")
+    with pytest.raises(RecipeError, match="holds a run that is not a smoke test"):
+        plan_smoke_test(_resolved(tmp_path, output_dir=str(folder)))
+
+
+def test_the_smoke_test_never_resumes_the_recipes_checkpoint(tmp_path):
+    """A recipe that resumes a real run's checkpoint: the smoke test trains its 2 steps from random
+    weights in its own folder; a mutant that kept resume_from_checkpoint passed every test (the
+    smoke run then loaded the real run's checkpoint and its trainer state, past its 2 steps)."""
+    checkpoint = tmp_path / "out" / "checkpoint-500"
+    recipe = _resolved(tmp_path, resume_from_checkpoint=str(checkpoint))
+    assert recipe["resume_from_checkpoint"] == str(checkpoint)
+    assert plan_smoke_test(recipe).recipe["resume_from_checkpoint"] is None
+
+
 def test_the_launchers_fp16_is_switched_off_for_the_cpu_smoke_test(tmp_path, capsys, monkeypatch, caplog):
     """fp16 from the launcher is refused on a CPU (it trained in float32 unsaid); the smoke test, a
     CPU run of a GPU recipe, runs in float32 and says so, as it does for the recipe's own fp16."""
