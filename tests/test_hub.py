@@ -83,6 +83,14 @@ def test_a_student_fine_tuned_from_a_local_folder_is_not_called_random(tmp_path)
     assert "Student initialisation: random (trained from scratch)" in card.text
 
 
+def test_a_student_whose_start_the_run_did_not_record_is_not_called_random(tmp_path):
+    """A card written from Python (a trainer given a built student: CardFacts() knows nothing of its
+    start) says the start is not recorded: a mutant that called every such student random passed
+    every test, and a card of a student fine-tuned from pretrained weights claimed it began random."""
+    card, _ = _card(tmp_path, CardFacts())
+    assert "Student initialisation: not recorded" in card.text and "random" not in card.text
+
+
 @pytest.mark.parametrize(
     "name, from_scratch, expected",
     [("google/vit-base-patch16-224", False, "google/vit-base-patch16-224"),
@@ -671,6 +679,21 @@ def test_a_baseline_is_compared_by_its_evaluations_and_smoothing_in_effect(tmp_p
     mine = {**plain, "losses": [{"name": "kd"}]}
     assert read_baseline(str(baseline), settings, None, TrainingRecord(mine, 10, 64, 1e-3))[1] == \
         "run `alone`, same images"
+
+
+def test_the_loss_notes_name_only_the_terms_the_table_holds(tmp_path):
+    """The results table explains `eval_<term>_loss` and, for `eval_ce_loss`, that it is plain
+    cross-entropy (the training loss may smooth labels). Mutants that dropped the cross-entropy
+    sentence, or wrote the per-term note under a table with `eval_loss` alone (a supervised run's),
+    passed every test."""
+    terms = {"eval_accuracy": 0.9, "eval_loss": 1.5, "eval_ce_loss": 1.0, "eval_kd_loss": 0.5}
+    card, _ = _card(tmp_path / "terms", metrics=terms)
+    assert "Each `eval_<term>_loss` is the term times its weight" in card.text
+    assert "`eval_ce_loss` is plain cross-entropy, without label smoothing." in card.text
+    card, _ = _card(tmp_path / "plain", teacher_name=None, losses={"ce": 1.0},
+                    metrics={"eval_accuracy": 0.9, "eval_loss": 1.0})
+    assert "| eval_loss | 1.0000 |" in card.text
+    assert "eval_<term>_loss" not in card.text and "plain cross-entropy" not in card.text
 
 
 def test_the_card_counts_a_relation_over_the_processes_only_where_it_gathers_them():
