@@ -366,6 +366,25 @@ def test_a_trained_timm_teachers_class_names_are_read_for_the_smoke_data(tmp_pat
     assert _teacher_labels({"teacher_model_name_or_path": str(tmp_path)}) == ["0", "1", "2"]
 
 
+def test_a_teachers_id2label_gives_the_smoke_classes_in_id_order(tmp_path):
+    """id2label's keys are strings: a mutant that sorted them as text ('10' before '2') passed every
+    test, and the smoke data of a teacher of 12 classes named them in another order than its ids."""
+    from hf_rcka.cli.smoke import _teacher_labels
+
+    names = [f"class {i}" for i in range(12)]
+    (tmp_path / "config.json").write_text(json.dumps({"id2label": {str(i): name for i, name in enumerate(names)}}))
+    assert _teacher_labels({"teacher_model_name_or_path": str(tmp_path)}) == names
+
+
+def test_every_process_of_a_smoke_launch_gets_its_own_batches(tmp_path, monkeypatch):
+    """Under torchrun each process trains SMOKE_STEPS batches and evaluates one full batch: a mutant
+    that wrote one process's evaluation images for all passed every test, and each of 2 processes
+    then evaluated half a batch (2 images: every relational term is degenerate there)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    data = plan_smoke_test(_resolved(tmp_path)).data
+    assert (data.num_train, data.num_eval) == (SMOKE_BATCH * SMOKE_STEPS * 2, SMOKE_BATCH * 2)
+
+
 def test_a_real_run_in_the_smoke_folder_is_never_replaced(tmp_path):
     """A recipe whose output_dir ends in -smoke had its trained model set aside by one smoke test
     and deleted by the next."""
