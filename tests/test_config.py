@@ -787,6 +787,16 @@ def test_a_record_run_from_another_folder_reads_baseline_dir_there_and_warns_onl
     assert "is gone from" not in caplog.text
 
 
+def test_the_cards_training_line_says_a_resumed_run_began_in_an_earlier_launch():
+    """A mutant that dropped the resumed step from the card's training line passed every test: the
+    card of a resumed run then read as one launch with the settings of the last."""
+    from hf_rcka.trainer.card import training_text
+
+    text = training_text(8, 2.0, "9 images", 0.01, 0.01, resumed_step=4)
+    assert text.endswith("; resumed at step 4 from a checkpoint of an earlier launch"), text
+    assert "resumed" not in training_text(8, 2.0, "9 images", 0.01, 0.01)
+
+
 def test_a_fresh_runs_record_says_nothing_of_a_resume(tmp_path):
     from transformers import TrainerState
 
