@@ -468,6 +468,16 @@ def test_a_smoke_run_that_logged_no_loss_fails(tmp_path):
         _training_line(tmp_path, 2)
 
 
+def test_a_smoke_run_whose_loss_went_nan_fails(tmp_path):
+    """A mutant that checked only that some loss was logged passed every test: a recipe whose loss
+    is NaN (a bad learning rate, an fp16 overflow) passed its smoke test."""
+    from hf_rcka.cli.smoke_check import SmokeTestFailure, _training_line
+
+    _smoke_folder(tmp_path, {"global_step": 2, "log_history": [{"loss": 2.3}, {"loss": float("nan")}]})
+    with pytest.raises(SmokeTestFailure, match="not finite"):
+        _training_line(tmp_path, 2)
+
+
 # SC1 (cli/smoke_check.py _reload_line): a reloaded model with the wrong number of classes fails
 def test_a_reloaded_model_with_other_classes_than_the_data_fails(tmp_path):
     from hf_rcka.cli.smoke_check import SmokeTestFailure, _reload_line
