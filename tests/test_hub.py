@@ -681,6 +681,15 @@ def test_a_baseline_is_compared_by_its_evaluations_and_smoothing_in_effect(tmp_p
         "run `alone`, same images"
 
 
+def test_a_card_of_a_folder_without_a_processor_says_so_at_the_snippet(tmp_path):
+    """A run given no image processor saves none, and the snippet's AutoImageProcessor fails on the
+    folder: a mutant that never wrote the note passed every test."""
+    card, _ = _card(tmp_path / "none", has_processor=False)
+    assert "This folder holds no image processor (`preprocessor_config.json`)" in card.text
+    card, _ = _card(tmp_path / "saved")
+    assert "holds no image processor" not in card.text
+
+
 def test_the_loss_notes_name_only_the_terms_the_table_holds(tmp_path):
     """The results table explains `eval_<term>_loss` and, for `eval_ce_loss`, that it is plain
     cross-entropy (the training loss may smooth labels). Mutants that dropped the cross-entropy
