@@ -1458,6 +1458,28 @@ def test_the_teacher_check_counts_only_the_labelled_rows():
     assert check_teacher_accuracy(_OneWrongAnswer, torch.zeros(10, 3, 4, 4), labels, "error") == 0.0
 
 
+def test_a_teacher_exactly_two_standard_errors_above_chance_is_near_chance():
+    """The check refuses a teacher *within* two standard errors of chance, the bound included: on the
+    256 images it scores, 144 right of 2 classes is 0.5625, exactly 0.5 + 2 * sqrt(0.25 / 256); a
+    strict comparison let it train. 145 right is above the bound."""
+    from hf_rcka.trainer.teacher_check import CHECK_IMAGES, judge_teacher
+
+    def scoring(right):
+        class _Teacher:
+            student = SimpleNamespace(config=SimpleNamespace(num_labels=2))
+
+            @staticmethod
+            def teacher_accuracy(pixel_values, labels):
+                return right / CHECK_IMAGES
+
+        return _Teacher
+
+    batch = [(torch.zeros(CHECK_IMAGES, 3, 4, 4), torch.zeros(CHECK_IMAGES, dtype=torch.long))]
+    with pytest.raises(TeacherNearChance, match=r"on 256 evaluation images drawn from the set is 0\.562"):
+        judge_teacher(scoring(144), batch, "error")
+    assert judge_teacher(scoring(145), batch, "error") == pytest.approx(145 / 256)
+
+
 def test_a_batch_with_no_counted_image_does_not_hide_a_teacher_at_chance():
     """A batch of stand-ins only (unreadable images, data-parallel repeats) has a NaN accuracy: added
     in, it made the whole check NaN, which no threshold refuses."""
