@@ -296,3 +296,27 @@ def test_an_epoch_of_repeated_augmentation_is_the_dataset_rounded_down_to_256_sp
     assert len(RepeatedAugmentationSampler(range(1000), 3, num_replicas=2, rank=1)) == 384
     assert images_per_process(1000, 3, 2) == 384 and images_per_process(1000, 0, 2) is None
     assert images_per_process(100, 3, 2) == 50
+
+
+def test_a_checkpoint_without_an_average_restarts_it_from_the_student_and_one_with_it_counts_as_trained(tmp_path):
+    """load() of a checkpoint without model_ema.safetensors (saved before model_ema was turned on) says
+    the average restarts from the resumed student: the average made before it (of other weights) must
+    not go on. One with the file holds an average: an evaluation right after it (a resumed run with no
+    step left) reports the average next to the live weights, as the run it resumes did."""
+    from safetensors.torch import save_file
+
+    student = torch.nn.Linear(3, 2)
+    ema = StudentEmaCallback(student, decay=0.5)
+    _ = ema.module  # an average of the weights as they were (an evaluation at step 0 makes it)
+    with torch.no_grad():
+        student.weight.add_(1.0)  # the resumed checkpoint's weights
+    (tmp_path / "bare").mkdir()
+    ema.load(str(tmp_path / "bare"))
+    assert torch.equal(ema.module.weight, student.weight), "restarted from the resumed student"
+    assert not ema.has_average
+
+    saved = {k: v + 3.0 for k, v in student.state_dict().items()}
+    save_file(saved, str(tmp_path / EMA_STATE_NAME))
+    fresh = StudentEmaCallback(student, decay=0.5)
+    fresh.load(str(tmp_path))
+    assert torch.equal(fresh.module.weight, saved["weight"]) and fresh.has_average
