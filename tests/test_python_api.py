@@ -1480,6 +1480,20 @@ def test_a_teacher_exactly_two_standard_errors_above_chance_is_near_chance():
     assert judge_teacher(scoring(145), batch, "error") == pytest.approx(145 / 256)
 
 
+def test_a_teacher_no_loss_reads_is_not_checked(tmp_path):
+    """A run whose losses never run the teacher (ce alone, a teacher passed all the same) has nothing to
+    check: scoring it cost a teacher pass over 256 images, and a teacher at chance stopped a run it
+    could not harm."""
+    teacher = _answering_one_class(named(tiny_resnet(), ["a", "b", "c"]), 0)
+    runs = []
+    teacher.register_forward_hook(lambda *_: runs.append(1) and None)
+    trainer = build(make_args(tmp_path, losses=["ce"], teacher_accuracy_check="error", per_device_eval_batch_size=20),
+                    named(tiny_vit(), ["a", "b", "c"]), teacher,
+                    eval_dataset=pixel_dataset(60, seed=3).filter(lambda row: row["labels"] != 0))
+    assert trainer.distillation_model.teacher is not None and not trainer.distillation_model.needs_teacher
+    assert trainer.check_teacher() is None and not runs
+
+
 def test_a_batch_with_no_counted_image_does_not_hide_a_teacher_at_chance():
     """A batch of stand-ins only (unreadable images, data-parallel repeats) has a NaN accuracy: added
     in, it made the whole check NaN, which no threshold refuses."""
