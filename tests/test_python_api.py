@@ -695,6 +695,18 @@ def test_the_teacher_check_reads_the_first_of_several_evaluation_sets(tmp_path):
     assert 0.0 <= trainer.check_teacher() <= 1.0
 
 
+def test_the_teacher_check_scores_the_first_evaluation_set_not_another(tmp_path):
+    """Of several evaluation sets, the first is the one the check scores (as its docstring and the
+    card say): a teacher that answers class 0 is perfect on a first set of class 0 alone and at 0.0 on
+    a second set without it; judged on the second, the run stopped."""
+    teacher = _answering_one_class(named(tiny_resnet(), ["a", "b", "c"]), 0)
+    data = pixel_dataset(90, seed=3)
+    first, other = data.filter(lambda row: row["labels"] == 0), data.filter(lambda row: row["labels"] != 0)
+    trainer = build(make_args(tmp_path, teacher_accuracy_check="error", per_device_eval_batch_size=20),
+                    named(tiny_vit(), ["a", "b", "c"]), teacher, eval_dataset={"first": first, "other": other})
+    assert trainer.check_teacher() == 1.0
+
+
 def _class_labelled(data, names):
     return data.with_format(None).cast_column("labels", datasets.ClassLabel(names=names)).with_format("torch")
 
