@@ -1052,6 +1052,24 @@ def test_evaluating_and_checking_the_teacher_leave_trainings_random_draws_alone(
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def test_a_models_no_weight_decay_patterns_are_matched_as_timm_allows():
+    """timm's no_weight_decay() may name fnmatch patterns (XCiT: 'pos_embed.*', its Fourier position
+    encoding's projection): compared as plain names, they spared nothing, and those weights decayed."""
+    from hf_rcka.trainer.weight_decay import model_no_weight_decay
+
+    class Backbone(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos_embed = torch.nn.Linear(2, 2)
+            self.proj = torch.nn.Linear(2, 2)
+
+        def no_weight_decay(self):
+            return {"pos_embed.*"}
+
+    wrapped = torch.nn.Sequential(Backbone())
+    assert model_no_weight_decay(wrapped) == {"0.pos_embed.weight", "0.pos_embed.bias"}
+
+
 def test_dinov2_register_tokens_are_spared_like_timms_reg_token():
     """timm's ViTs name ``reg_token`` in no_weight_decay(); transformers' DINOv2 with registers
     holds the same tokens as ``register_tokens``, which were decayed."""
