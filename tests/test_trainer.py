@@ -1070,6 +1070,23 @@ def test_a_models_no_weight_decay_patterns_are_matched_as_timm_allows():
     assert model_no_weight_decay(wrapped) == {"0.pos_embed.weight", "0.pos_embed.bias"}
 
 
+def test_per_sample_norms_not_derived_from_torchs_are_told_by_their_class_name():
+    """A norm class of a model's own (timm's SimpleNorm; a ``ConvNextLayerNorm``-style name with the
+    family first) is a per-sample norm by its name anywhere in the class name: matched only at its
+    start, or without 'simple', its weight decayed."""
+    from timm.layers import SimpleNorm
+
+    from hf_rcka.trainer.weight_decay import norm_weights
+
+    class FamilyLayerNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(4))
+
+    model = torch.nn.Sequential(SimpleNorm(4), FamilyLayerNorm(), torch.nn.BatchNorm1d(4))
+    assert norm_weights(model) == ({"0.weight", "1.weight"}, {"2.weight"})
+
+
 def test_dinov2_register_tokens_are_spared_like_timms_reg_token():
     """timm's ViTs name ``reg_token`` in no_weight_decay(); transformers' DINOv2 with registers
     holds the same tokens as ``register_tokens``, which were decayed."""
