@@ -35,6 +35,14 @@ def test_mixup_mixes_pixels_and_targets_with_one_lambda_and_folds_smoothing_once
     assert torch.allclose(targets.sum(-1), torch.ones(4))
 
 
+def test_mixing_labels_that_are_not_class_indices_is_a_clear_error():
+    """Soft or one-hot labels (B, P) went into timm's one-hot of a one-hot, an error deep in timm (or
+    wrong targets); they are refused by name."""
+    x, soft = torch.randn(4, 3, 4, 4), F.one_hot(torch.tensor([0, 1, 2, 0]), P).float()
+    with pytest.raises(ValueError, match=r"needs class indices of shape \(B,\), got labels of shape \(4, 3\)"):
+        mix_batch(build_mixup(MIXUP_ONLY, P), x, soft)
+
+
 def test_an_odd_last_batch_keeps_its_last_image_unmixed():
     torch.manual_seed(0)
     x, y = torch.randn(5, 3, 4, 4), torch.tensor([0, 2, 1, 2, 1])
