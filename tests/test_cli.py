@@ -653,6 +653,23 @@ def test_the_final_metrics_of_a_dict_eval_dataset_hold_every_sets():
     assert final_evaluation(trainer, last) == {"eval_cifar_accuracy": 0.8, "eval_stl_accuracy": 0.6, "epoch": 1.0}
 
 
+def test_the_cross_entropy_test_reads_ce_unweighted(caplog):
+    """eval_ce_loss is ce's weighted term: at ce weight 0.5 a collapsed student's 2.29 nats logged as
+    1.145, far under 0.9 ln 10, and the warning that it is at chance was never said."""
+    from types import SimpleNamespace
+
+    from hf_rcka.cli.job import _say_if_at_chance
+
+    trainer = SimpleNamespace(
+        eval_dataset=list(range(540)), card_facts=SimpleNamespace(unreadable_eval_images=0),
+        distillation_model=SimpleNamespace(losses={"ce": SimpleNamespace(term_weights={"ce": 0.5})},
+                                           student=SimpleNamespace(config=SimpleNamespace(num_labels=10))),
+        args=SimpleNamespace(should_log=True), state=SimpleNamespace(global_step=100, epoch=1.0))
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        assert not _say_if_at_chance(trainer, {"eval_accuracy": 0.194, "eval_ce_loss": 0.5 * 2.29})
+    assert "is at chance" in caplog.text and "eval cross-entropy 2.290" in caplog.text
+
+
 def test_the_exit_follows_the_accuracys_test_and_counts_only_readable_images():
     """_say_if_at_chance decides the exit with at_chance alone (not the warning's cross-entropy
     test), on the evaluation images that could be read."""
