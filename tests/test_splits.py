@@ -47,6 +47,10 @@ def test_a_split_too_small_for_every_class_is_an_error():
     train = datasets.Dataset.from_dict({"image": list(range(30)), "label": [i % 10 for i in range(30)]})
     with pytest.raises(ValueError, match="train_val_split"):
         stratified_validation_split(train, "label", 0.1)
+    # the other side: 0.9 holds out 27 and leaves 3 for training, too few for 10 classes (it was
+    # datasets' own error, naming neither train_val_split nor validation_dir)
+    with pytest.raises(ValueError, match=r"train_val_split=0.9 holds out 27 of 30 images.*on both sides"):
+        stratified_validation_split(train, "label", 0.9)
 
 
 
