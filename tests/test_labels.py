@@ -144,6 +144,22 @@ def test_names_that_differ_only_in_unicode_form_are_named_as_such(compare, who):
     assert "case matters" not in message and "lacks" not in message, message
 
 
+def test_a_form_clash_says_how_many_more_classes_clash_and_names_the_first_in_order():
+    """The message names one clash (the first in sorted order, so a rerun says the same) and counts
+    the others: with 'crème' and 'café' both typed two ways, the count was the only sign that renaming
+    'café' would not be the end of it."""
+    from hf_rcka.models.label_forms import check_same_forms
+
+    creme_nfc, creme_nfd = (unicodedata.normalize(form, "crème") for form in ("NFC", "NFD"))
+    with pytest.raises(LabelError) as error:
+        check_same_forms([creme_nfc, CAFE_NFC], [CAFE_NFD, creme_nfd], "ours", "theirs", "rename")
+    message = str(error.value)
+    assert "the class 'café'" in message and "(and 1 more such classes)" in message, message
+    with pytest.raises(LabelError) as error:
+        check_same_forms([CAFE_NFC], [CAFE_NFD], "ours", "theirs", "rename")
+    assert "more such classes" not in str(error.value)
+
+
 def test_the_fix_names_the_models_form_and_case_differences_keep_their_message():
     with pytest.raises(LabelError, match=r"to the teacher's spelling \(NFD\)$"):
         teacher_label_order(["cat", CAFE_NFC], ["cat", CAFE_NFD])
