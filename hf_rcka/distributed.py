@@ -68,9 +68,11 @@ class _GatheredRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: object, rows: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(rows) for _ in range(world_size())]
-        dist.all_gather(parts, rows.contiguous())
-        return torch.cat(parts, dim=0)
+        count = rows.shape[0]
+        gathered = rows.new_empty((world_size() * count, *rows.shape[1:]))
+        # each rank's rows land in their slice of one tensor: no concatenation copies them again
+        dist.all_gather([gathered[rank * count:(rank + 1) * count] for rank in range(world_size())], rows.contiguous())
+        return gathered
 
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
