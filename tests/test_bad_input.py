@@ -3316,6 +3316,43 @@ def test_hidden_files_and_empty_hidden_folders_beside_the_classes_are_neither_re
     assert "hidden folders" not in caplog.text
 
 
+def test_an_image_folder_s_start_says_what_it_counts_and_what_datasets_lists_before_listing(tmp_path, caplog,
+                                                                                             monkeypatch):
+    """An ImageNet-size train_dir started silently: datasets' listing of 1.28M files shows no progress for
+    minutes (none at all without a terminal). The check says how many images it found, and a line says
+    what datasets does before it starts; nothing is decoded (no image is opened by the check)."""
+    import datasets as hf_datasets
+
+    import hf_rcka.data.datasets as data_module
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data.datasets import load_raw_datasets
+    from hf_rcka.data.image_folders import check_data_dirs
+
+    for split, counts in (("train", {"cat": 3, "dog": 2}), ("val", {"cat": 1, "dog": 1})):
+        for name, count in counts.items():
+            for i in range(count):
+                _png(tmp_path / split / name / f"{i}.png")
+    (tmp_path / "train" / "dog" / ".hidden.png").write_bytes(b"")  # datasets leaves it out: not counted
+    data = DataArguments(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    opened = []
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a) or pytest.fail("an image was opened"))
+    with caplog.at_level("INFO", logger="hf_rcka"):
+        check_data_dirs(data)
+    monkeypatch.undo()
+    assert "data: train_dir 5 images in 2 class folders, validation_dir 2 in 2 (checked: no image is read)" in caplog.text
+    said_before = []
+    real = hf_datasets.load_dataset
+    monkeypatch.setattr(data_module.datasets, "load_dataset",
+                        lambda *a, **k: said_before.append(caplog.text) or real(*a, **k))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hf_rcka"):
+        raw = load_raw_datasets(data)
+    assert (len(raw["train"]), len(raw["validation"])) == (5, 2)
+    assert len(said_before) == 1
+    assert (f"data: datasets lists the image files of train_dir {str(tmp_path / 'train')!r} and validation_dir "
+            f"{str(tmp_path / 'val')!r} and reads each one's modification time") in said_before[0]
+
+
 def test_splits_with_other_columns_say_that_every_split_needs_the_same_columns(tmp_path):
     """datasets' CastError names two column lists; what to change was not said."""
     from hf_rcka.arguments import DataArguments

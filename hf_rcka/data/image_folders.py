@@ -31,6 +31,7 @@ def check_data_dirs(data_args: Any) -> None:
     if data_args.train_dir is None:
         return
     train = _checked_image_folder("train_dir", data_args.train_dir)
+    validation = None
     if data_args.validation_dir is not None:
         validation = _checked_image_folder("validation_dir", data_args.validation_dir)
         check_split_classes(train.classes, validation.classes)
@@ -41,6 +42,11 @@ def check_data_dirs(data_args: Any) -> None:
                             "or drop validation_dir to hold out part of train_dir")
         _check_no_links_across(("train_dir", data_args.train_dir, train.links, validation_path),
                                ("validation_dir", data_args.validation_dir, validation.links, train_path))
+    # datasets' listing of them comes next, silent for minutes on an ImageNet-size folder: the count says what it lists
+    counted = [f"train_dir {train.images} images in {len(train.classes)} class folders"]
+    if validation is not None:
+        counted.append(f"validation_dir {validation.images} in {len(validation.classes)}")
+    logger.info("data: %s (checked: no image is read)", ", ".join(counted))
 
 
 def _check_no_links_across(*splits: tuple[str, str, list[str], Path]) -> None:
@@ -71,6 +77,7 @@ def image_folder_classes(key: str, folder: str) -> list[str]:
 class _ImageFolder(NamedTuple):
     classes: list[str]
     links: list[str]  # its images that are symbolic links
+    images: int = 0  # in its class folders
 
 
 def _checked_image_folder(key: str, folder: str) -> _ImageFolder:
@@ -119,6 +126,7 @@ def class_folders(folder: str) -> list[str]:
 def _scan_image_folder(folder: str) -> _ImageFolder:
     extensions = _image_extensions()
     classes, imageless, loose, hidden, unread, links = [], [], [], [], [], []
+    images = 0
     only_pillow = _pillow_only_extensions(extensions)
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         extension = os.path.splitext(entry.name)[1].lower()
@@ -131,11 +139,11 @@ def _scan_image_folder(folder: str) -> _ImageFolder:
         if not entry.is_dir():
             continue
         if entry.name.startswith("."):  # datasets skips hidden folders: a class ".inf" would vanish unsaid
-            if _scan_class_folder(entry.path, extensions, skipped=True).direct:
+            if _scan_class_folder(entry.path, extensions, skipped=True).images:
                 hidden.append(entry.name)
             continue
         found = _scan_class_folder(entry.path, extensions, skipped=entry.name.startswith("__"))
-        if entry.name.startswith("__") and not (found.direct or found.nested or found.unread):
+        if entry.name.startswith("__") and not (found.images or found.nested or found.unread):
             continue  # __pycache__, __MACOSX: datasets skips them, and they hold no image
         _check_loadable(folder, entry)
         if found.nested and entry.name.lower() in ("train", "training", *VALIDATION_SPLIT_NAMES):
@@ -152,7 +160,8 @@ def _scan_image_folder(folder: str) -> _ImageFolder:
             )
         unread += [os.path.join(entry.name, name) for name in found.unread]
         links += found.links
-        (classes if found.direct else imageless).append(entry.name)
+        images += found.images
+        (classes if found.images else imageless).append(entry.name)
     if unread:
         raise LabelError(
             f"{folder!r} holds images in a format datasets' imagefolder does not read ({listed_names(unread)}): they "
@@ -170,7 +179,7 @@ def _scan_image_folder(folder: str) -> _ImageFolder:
     if hidden:
         logger.warning("%s: hidden folders (a leading '.') are skipped, images and all: %s; rename any that is a "
                        "class", folder, listed_names(hidden))
-    return _ImageFolder(classes, links)
+    return _ImageFolder(classes, links, images)
 
 
 def _check_not_metadata(path: str) -> None:
@@ -204,7 +213,7 @@ def _image_extensions() -> frozenset[str]:
 
 
 class _ClassFolder(NamedTuple):
-    direct: bool  # it holds an image itself
+    images: int  # the images it holds itself (not in sub-folders)
     nested: list[str]  # its sub-folders that hold images deeper down
     unread: list[str]  # its files Pillow opens but datasets does not read as images (by extension)
     links: list[str]  # its images that are symbolic links (paths)
@@ -213,7 +222,7 @@ class _ClassFolder(NamedTuple):
 def _scan_class_folder(folder: str, extensions: frozenset[str], skipped: bool = False) -> _ClassFolder:
     """What one sub-folder holds; ``skipped``: a folder datasets leaves out (hidden, ``__...``), whose
     metadata files it does not read either."""
-    direct, nested, unread, links = False, [], [], []
+    images, nested, unread, links = 0, [], [], []
     only_pillow = _pillow_only_extensions(extensions)
     for entry in os.scandir(folder):
         if entry.name.startswith("."):
@@ -227,14 +236,14 @@ def _scan_class_folder(folder: str, extensions: frozenset[str], skipped: bool = 
             raise DataError(f"{entry.path!r} is a symbolic link to nothing (its target was moved or deleted): "
                             "datasets would leave it out without a word. Restore its target, or remove the link")
         if extension in extensions:
-            direct = True
+            images += 1
             if entry.is_symlink():
                 links.append(entry.path)
         elif extension in only_pillow:
             unread.append(entry.name)
         elif not skipped:
             _check_not_metadata(entry.path)
-    return _ClassFolder(direct, sorted(nested), sorted(unread), links)
+    return _ClassFolder(images, sorted(nested), sorted(unread), links)
 
 
 @functools.lru_cache(maxsize=None)
