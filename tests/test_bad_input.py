@@ -3316,14 +3316,13 @@ def test_hidden_files_and_empty_hidden_folders_beside_the_classes_are_neither_re
     assert "hidden folders" not in caplog.text
 
 
-def test_an_image_folder_s_start_says_what_it_counts_and_what_datasets_lists_before_listing(tmp_path, caplog,
-                                                                                             monkeypatch):
-    """An ImageNet-size train_dir started silently: datasets' listing of 1.28M files shows no progress for
-    minutes (none at all without a terminal). The check says how many images it found, and a line says
-    what datasets does before it starts; nothing is decoded (no image is opened by the check)."""
+def test_an_image_folder_s_start_says_what_it_counts_and_lists_it_once_without_datasets_listing(tmp_path, caplog,
+                                                                                                monkeypatch):
+    """An ImageNet-size train_dir started silently for minutes: datasets' imagefolder resolved and
+    timed every file through fsspec, on every run and every process. The check says how many images
+    it found (opening none), and the splits are built from one listing, without datasets' listing."""
     import datasets as hf_datasets
 
-    import hf_rcka.data.datasets as data_module
     from hf_rcka.arguments import DataArguments
     from hf_rcka.data.datasets import load_raw_datasets
     from hf_rcka.data.image_folders import check_data_dirs
@@ -3334,23 +3333,57 @@ def test_an_image_folder_s_start_says_what_it_counts_and_what_datasets_lists_bef
                 _png(tmp_path / split / name / f"{i}.png")
     (tmp_path / "train" / "dog" / ".hidden.png").write_bytes(b"")  # datasets leaves it out: not counted
     data = DataArguments(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
-    opened = []
-    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a) or pytest.fail("an image was opened"))
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("an image was opened"))
     with caplog.at_level("INFO", logger="hf_rcka"):
         check_data_dirs(data)
     monkeypatch.undo()
     assert "data: train_dir 5 images in 2 class folders, validation_dir 2 in 2 (checked: no image is read)" in caplog.text
-    said_before = []
-    real = hf_datasets.load_dataset
-    monkeypatch.setattr(data_module.datasets, "load_dataset",
-                        lambda *a, **k: said_before.append(caplog.text) or real(*a, **k))
+    listings = []
+    monkeypatch.setattr(hf_datasets.data_files.DataFilesDict, "from_patterns",
+                        classmethod(lambda *a, **k: listings.append(a) or pytest.fail("datasets listed the files")))
     caplog.clear()
     with caplog.at_level("INFO", logger="hf_rcka"):
         raw = load_raw_datasets(data)
-    assert (len(raw["train"]), len(raw["validation"])) == (5, 2)
-    assert len(said_before) == 1
-    assert (f"data: datasets lists the image files of train_dir {str(tmp_path / 'train')!r} and validation_dir "
-            f"{str(tmp_path / 'val')!r} and reads each one's modification time") in said_before[0]
+    assert (len(raw["train"]), len(raw["validation"])) == (5, 2) and not listings
+    assert "data: listed 5 train images, 2 validation images" in caplog.text
+    assert raw["train"].info.builder_name == "imagefolder"  # the model card's model-index type
+
+
+def test_image_folder_splits_are_the_rows_datasets_imagefolder_reads(tmp_path):
+    """The splits built from hf_rcka's listing have datasets' imagefolder rows, in its order, with its
+    features: upper-case and mixed-case extensions, every format it lists, hidden files, a file named
+    like a special folder, a linked file, glob characters, spaces and accents in names, a class the
+    validation folder lacks, and non-image files."""
+    import glob
+
+    import datasets as hf_datasets
+
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data.datasets import image_folder_splits
+
+    train, val = tmp_path / "train", tmp_path / "val"
+    for name in ("cat", "dog", "émeu", "b c", "a[1]"):
+        _png(train / name / "1.png")
+        _png(val / name / "1.png") if name != "émeu" else None
+    for path, kind in (("cat/2.PNG", "PNG"), ("cat/3.jpeg", "JPEG"), ("cat/4.Jpg", "JPEG"), ("dog/5.webp", "WEBP"),
+                       ("dog/.hidden.png", "PNG"), ("dog/__special.png", "PNG"), ("dog/x.tif", "TIFF"),
+                       ("dog/y.bmp", "BMP"), ("cat/b*.png", "PNG"), ("cat/c d.png", "PNG"), ("cat/ü.png", "PNG")):
+        (train / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (2, 2)).save(train / path, kind)
+    (train / "dog" / "notes.txt").write_text("x")
+    _png(tmp_path / "outside" / "z.png")
+    (train / "cat" / "link.png").symlink_to(tmp_path / "outside" / "z.png")
+    ours = image_folder_splits(DataArguments(train_dir=str(train), validation_dir=str(val)))
+    theirs = hf_datasets.load_dataset("imagefolder", drop_labels=False, data_files={
+        split: os.path.join(glob.escape(str(folder)), "**") for split, folder in (("train", train), ("validation", val))})
+
+    def rows(split):
+        return [(row["image"]["path"], row["label"]) for row in split.cast_column("image", hf_datasets.Image(decode=False))]
+
+    for split in ("train", "validation"):
+        assert ours[split].features == theirs[split].features
+        assert rows(ours[split]) == rows(theirs[split])
+    assert len(ours["train"]) == 16  # 5 classes, 11 more files less the hidden one, the link
 
 
 def test_splits_with_other_columns_say_that_every_split_needs_the_same_columns(tmp_path):

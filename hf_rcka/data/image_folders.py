@@ -78,6 +78,7 @@ class _ImageFolder(NamedTuple):
     classes: list[str]
     links: list[str]  # its images that are symbolic links
     images: int = 0  # in its class folders
+    files: list[tuple[str, str]] = []  # (path, class) of each, when listed
 
 
 def _checked_image_folder(key: str, folder: str) -> _ImageFolder:
@@ -123,9 +124,10 @@ def class_folders(folder: str) -> list[str]:
     return _scan_image_folder(folder).classes
 
 
-def _scan_image_folder(folder: str) -> _ImageFolder:
+def _scan_image_folder(folder: str, listing: bool = False) -> _ImageFolder:
+    """The checked layout of ``folder``; ``listing``: with every image's path and class."""
     extensions = _image_extensions()
-    classes, imageless, loose, hidden, unread, links = [], [], [], [], [], []
+    classes, imageless, loose, hidden, unread, links, files = [], [], [], [], [], [], []
     images = 0
     only_pillow = _pillow_only_extensions(extensions)
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
@@ -142,7 +144,8 @@ def _scan_image_folder(folder: str) -> _ImageFolder:
             if _scan_class_folder(entry.path, extensions, skipped=True).images:
                 hidden.append(entry.name)
             continue
-        found = _scan_class_folder(entry.path, extensions, skipped=entry.name.startswith("__"))
+        found = _scan_class_folder(entry.path, extensions, skipped=entry.name.startswith("__"),
+                                   listing=[] if listing else None)
         if entry.name.startswith("__") and not (found.images or found.nested or found.unread):
             continue  # __pycache__, __MACOSX: datasets skips them, and they hold no image
         _check_loadable(folder, entry)
@@ -161,6 +164,7 @@ def _scan_image_folder(folder: str) -> _ImageFolder:
         unread += [os.path.join(entry.name, name) for name in found.unread]
         links += found.links
         images += found.images
+        files += [(path, entry.name) for path in found.listed or ()]
         (classes if found.images else imageless).append(entry.name)
     if unread:
         raise LabelError(
@@ -179,7 +183,17 @@ def _scan_image_folder(folder: str) -> _ImageFolder:
     if hidden:
         logger.warning("%s: hidden folders (a leading '.') are skipped, images and all: %s; rename any that is a "
                        "class", folder, listed_names(hidden))
-    return _ImageFolder(classes, links, images)
+    return _ImageFolder(classes, links, images, files)
+
+
+def image_files(folder: str) -> list[tuple[str, str]]:
+    """``(path, class)`` of every image datasets' ``imagefolder`` reads in ``folder``'s class folders,
+    sorted by path as it sorts them: the files with an image extension (of any case) directly in a
+    class folder (:func:`class_folders`), hidden files left out, symbolic links to files kept under
+    their own path. One ``os.scandir`` a class folder, no ``stat`` of a file."""
+    rows = _scan_image_folder(folder, listing=True).files
+    rows.sort()
+    return rows
 
 
 def _check_not_metadata(path: str) -> None:
@@ -217,11 +231,13 @@ class _ClassFolder(NamedTuple):
     nested: list[str]  # its sub-folders that hold images deeper down
     unread: list[str]  # its files Pillow opens but datasets does not read as images (by extension)
     links: list[str]  # its images that are symbolic links (paths)
+    listed: list[str] | None = None  # its images' paths, when asked for
 
 
-def _scan_class_folder(folder: str, extensions: frozenset[str], skipped: bool = False) -> _ClassFolder:
+def _scan_class_folder(folder: str, extensions: frozenset[str], skipped: bool = False,
+                       listing: list[str] | None = None) -> _ClassFolder:
     """What one sub-folder holds; ``skipped``: a folder datasets leaves out (hidden, ``__...``), whose
-    metadata files it does not read either."""
+    metadata files it does not read either; ``listing``: a list its images' paths are added to."""
     images, nested, unread, links = 0, [], [], []
     only_pillow = _pillow_only_extensions(extensions)
     for entry in os.scandir(folder):
@@ -237,13 +253,15 @@ def _scan_class_folder(folder: str, extensions: frozenset[str], skipped: bool = 
                             "datasets would leave it out without a word. Restore its target, or remove the link")
         if extension in extensions:
             images += 1
+            if listing is not None:
+                listing.append(entry.path)
             if entry.is_symlink():
                 links.append(entry.path)
         elif extension in only_pillow:
             unread.append(entry.name)
         elif not skipped:
             _check_not_metadata(entry.path)
-    return _ClassFolder(images, sorted(nested), sorted(unread), links)
+    return _ClassFolder(images, sorted(nested), sorted(unread), links, listing)
 
 
 @functools.lru_cache(maxsize=None)
@@ -271,4 +289,4 @@ def _holds_an_image(folder: str, extensions: frozenset[str], skipped: bool = Fal
     return False
 
 
-__all__ = ["check_data_dirs", "class_folders", "image_folder_classes"]
+__all__ = ["check_data_dirs", "class_folders", "image_files", "image_folder_classes"]
