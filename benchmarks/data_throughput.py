@@ -7,8 +7,8 @@ decode, random resized crop to 224 (bicubic), flip, RandAugment rand-m9-mstd0.5-
 random erasing 0.25 in pixel mode, then collate into batches, with N worker processes. The two
 transforms are compared before anything is measured, and the script stops if they differ:
 
-* ours: ``load_raw_datasets`` + ``prepare_datasets`` (datasets' imagefolder, timm's transform
-  built from the student's processor) fed through ``DistillationTrainer.get_train_dataloader``,
+* ours: ``load_raw_datasets`` + ``prepare_datasets`` (hf_rcka's listing of the image folder,
+  timm's transform built from the student's processor) fed through ``DistillationTrainer.get_train_dataloader``,
   the loader training really uses (accelerate-prepared, our collate, the RA sampler when asked);
 * timm: ``timm.data.create_dataset`` + ``timm.data.create_loader`` (no prefetcher, so the
   normalisation and erasing also happen in the workers, as in ours; ``re_mode`` is passed, since

@@ -2949,20 +2949,22 @@ def test_fp16_from_the_launcher_on_a_cpu_is_refused(tmp_path, capsys, no_loading
 
 
 def test_a_datasets_cache_that_cannot_be_written_is_named_not_the_data(tmp_path, monkeypatch):
-    """HF_DATASETS_CACHE under a file (or a folder without write access) was 'train_dir ...: cannot
-    load the dataset', sending the user to data that is fine."""
+    """HF_DATASETS_CACHE under a file (or a folder without write access) was 'dataset_name ...: cannot
+    load the dataset', sending the user to data that is fine. Image folders need no cache at all."""
     import datasets
 
     from hf_rcka.arguments import DataArguments
     from hf_rcka.cli.run_inputs import load_data
     from hf_rcka.errors import DataError
 
+    data = _parquet_dataset(tmp_path / "data", {"label": [0, 1] * 4})
     train = image_folder(tmp_path / "train", ["a", "b"])
     (tmp_path / "file").write_text("")
     for cache in (tmp_path / "file" / "cache", tmp_path / "file" / "hf" / "datasets"):  # HF_HOME under a file too
         monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
         with pytest.raises(DataError, match=r"datasets' cache .*cannot be used .*point HF_DATASETS_CACHE \(or HF_HOME\)"):
-            load_data(DataArguments(train_dir=train, train_val_split=0.5))
+            load_data(DataArguments(dataset_name=data, train_val_split=0.5))
+        assert len(load_data(DataArguments(train_dir=train, train_val_split=0.5))["train"]) > 0
 
 
 @pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT"])

@@ -1,4 +1,4 @@
-"""Image folders on disk, read as datasets' ``imagefolder`` will read them, before it does.
+"""Image folders on disk, checked as datasets' ``imagefolder`` reads a folder, and listed into its rows.
 
 ``imagefolder`` labels every image by the folder it sits in. A layout it reads otherwise than the
 user meant trains quietly on the wrong classes or loses images: images one level too deep (the
@@ -8,6 +8,9 @@ format it does not read or links to nothing (left out), a metadata file (read as
 validation folder with a class the training folder lacks, or folders that share images (a folder
 inside the other, or images linked across). Each is an error naming the folder or file, raised
 before anything loads; a training class without validation images is only said.
+
+``train_dir``/``validation_dir`` are then read from this module's own listing (``image_files``):
+the rows ``imagefolder`` would make, without its listing of every file on every run.
 """
 
 from __future__ import annotations

@@ -1,0 +1,159 @@
+"""CPU seconds from an image folder on disk to the training split, hf_rcka's listing next to datasets' imagefolder.
+
+DeiT's training code reads ImageNet as a folder (``train/<wnid>/*.JPEG``, 1.28M files), and so do
+users with a local copy (``train_dir``/``validation_dir``). Both sides below start from the same
+folder and end with the same rows (checked before anything is reported):
+
+* imagefolder: ``datasets.load_dataset("imagefolder", data_files=...)``, how hf_rcka read
+  ``train_dir`` until it built the splits itself: datasets lists the files through fsspec and reads
+  each one's metadata to key its cache, on every run; the first run also writes an Arrow copy.
+  Measured "cold" (a fresh cache folder) and "warm" (the same cache again, as a second run);
+* hf_rcka: ``check_data_dirs`` (the class-folder checks every run makes) plus
+  ``load_raw_datasets`` of the same recipe, which lists the class folders once more and builds the
+  splits from that listing; it keeps no cache, so every run costs the same.
+
+The images are one small JPEG hard-linked under every name (no image is decoded by either side:
+the cost is the listing), in ImageNet-like class folders (``n00000000``...). Times are the
+process's CPU time (``time.process_time``), which other load on a shared machine disturbs less
+than wall time; each side runs ``--repeats`` times, the median is reported. The per-file rates
+scale linearly with the folder's size (the table's last column gives them), which is how an
+ImageNet-size folder is extrapolated.
+
+Usage::
+
+    python benchmarks/folder_listing.py                      # 20,000 files in 1,000 classes (~1 min)
+    python benchmarks/folder_listing.py --files 200000       # closer to ImageNet (~6 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's hf_rcka, not an installed one
+
+import _provenance  # noqa: E402  (benchmarks/, the script's folder)
+
+IMAGENET_FILES = 1_281_167 + 50_000  # ImageNet-1k's training and validation images
+
+
+def write_folder(root: Path, files: int, classes: int) -> tuple[Path, Path]:
+    """``root/train`` and ``root/val``, class folders of hard links to one 8x8 JPEG (val: a tenth of the files)."""
+    source = root / "one.jpg"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(source)
+    folders = root / "train", root / "val"
+    for folder, count in zip(folders, (files, max(classes, files // 10))):
+        for i in range(count):
+            class_folder = folder / f"n{i % classes:08d}"
+            class_folder.mkdir(parents=True, exist_ok=True)
+            os.link(source, class_folder / f"n{i % classes:08d}_{i}.JPEG")
+    return folders
+
+
+def _cpu(work) -> tuple[float, object]:
+    start = time.process_time()
+    result = work()
+    return time.process_time() - start, result
+
+
+def imagefolder(train: Path, val: Path, cache: Path):
+    import datasets
+
+    files = {"train": os.path.join(str(train), "**"), "validation": os.path.join(str(val), "**")}
+    return datasets.load_dataset("imagefolder", data_files=files, drop_labels=False, cache_dir=str(cache))
+
+
+def ours(train: Path, val: Path):
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data.datasets import load_raw_datasets
+    from hf_rcka.data.image_folders import check_data_dirs
+
+    args = DataArguments(train_dir=str(train), validation_dir=str(val))
+    check_data_dirs(args)
+    return load_raw_datasets(args)
+
+
+def rows(raw) -> dict:
+    """Each split's (path, class name) rows, in order, and the class names: what training reads."""
+    out = {}
+    for split in ("train", "validation"):
+        table = raw[split].with_format("arrow")[:]
+        names = raw[split].features["label"].names
+        paths = [image["path"] for image in table.column("image").to_pylist()]
+        out[split] = (names, list(zip(paths, (names[i] for i in table.column("label").to_pylist()))))
+    return out
+
+
+def measure(files: int, classes: int, repeats: int) -> dict:
+    import datasets
+
+    import hf_rcka.data.datasets  # noqa: F401  (imported before any timing: both sides' imports are excluded)
+
+    datasets.disable_progress_bars()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        train, val = write_folder(root, files, classes)
+        total = sum(1 for _ in train.rglob("*.JPEG")) + sum(1 for _ in val.rglob("*.JPEG"))
+        times: dict[str, list[float]] = {"imagefolder_cold": [], "imagefolder_warm": [], "hf_rcka": []}
+        theirs = mine = None
+        for k in range(repeats):  # alternated, so that a slow spell of the machine falls on both
+            cache = root / f"cache{k}"
+            seconds, theirs = _cpu(lambda: imagefolder(train, val, cache))
+            times["imagefolder_cold"].append(seconds)
+            times["imagefolder_warm"].append(_cpu(lambda: imagefolder(train, val, cache))[0])
+            seconds, mine = _cpu(lambda: ours(train, val))
+            times["hf_rcka"].append(seconds)
+            shutil.rmtree(cache)
+        if rows(theirs) != rows(mine):
+            raise SystemExit("the two sides read different rows: nothing to compare")
+    medians = {side: statistics.median(values) for side, values in times.items()}
+    return {"files": total, "classes": classes, "repeats": repeats, "cpu_seconds": times, "median_cpu_seconds": medians,
+            "ms_per_file": {side: 1000 * value / total for side, value in medians.items()},
+            "imagenet_estimate_seconds": {side: value / total * IMAGENET_FILES for side, value in medians.items()}}
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['files']:,} files in {result['classes']:,} class folders (train + val), median of "
+             f"{result['repeats']} (process CPU seconds)", "",
+             "| side | CPU s | ms per file | ImageNet-size estimate (1.33M files) |", "|---|---|---|---|"]
+    labels = {"imagefolder_cold": "datasets imagefolder, first run (lists + writes its Arrow copy)",
+              "imagefolder_warm": "datasets imagefolder, later runs (lists to find its cache)",
+              "hf_rcka": "hf_rcka: folder checks + its own listing (every run)"}
+    for side, label in labels.items():
+        seconds = result["median_cpu_seconds"][side]
+        estimate = result["imagenet_estimate_seconds"][side]
+        lines.append(f"| {label} | {seconds:.2f} | {result['ms_per_file'][side]:.4f} | {estimate / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=20_000, help="training images (validation: a tenth more)")
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default="bench_results/folder_listing.json")
+    args = parser.parse_args(argv)
+    result = measure(args.files, args.classes, args.repeats)
+    result.update(commit=_provenance.commit(["hf_rcka", "benchmarks/folder_listing.py"]),
+                  machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                  date=time.strftime("%Y-%m-%d"))
+    print(table(result))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"\nwritten to {args.json} (hf_rcka at {result['commit']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
