@@ -49,15 +49,19 @@ IMAGENET_FILES = 1_281_167 + 50_000  # ImageNet-1k's training and validation ima
 
 
 def write_folder(root: Path, files: int, classes: int) -> tuple[Path, Path]:
-    """``root/train`` and ``root/val``, class folders of hard links to one 8x8 JPEG (val: a tenth of the files)."""
-    source = root / "one.jpg"
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(source)
+    """``root/train`` and ``root/val``, class folders of hard links to an 8x8 JPEG, one per class (a
+    file takes at most 65,000 links on ext4); val holds a tenth as many files."""
+    sources = root / "sources"
+    sources.mkdir()
+    for k in range(classes):
+        Image.fromarray(np.full((8, 8, 3), k % 256, np.uint8)).save(sources / f"{k}.jpg")
     folders = root / "train", root / "val"
     for folder, count in zip(folders, (files, max(classes, files // 10))):
         for i in range(count):
-            class_folder = folder / f"n{i % classes:08d}"
+            k = i % classes
+            class_folder = folder / f"n{k:08d}"
             class_folder.mkdir(parents=True, exist_ok=True)
-            os.link(source, class_folder / f"n{i % classes:08d}_{i}.JPEG")
+            os.link(sources / f"{k}.jpg", class_folder / f"n{k:08d}_{i}.JPEG")
     return folders
 
 
