@@ -18,9 +18,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
-WORKER = Path(__file__).parent / "fsdp_worker.py"
-TRAINER_WORKER = Path(__file__).parent / "fsdp_trainer_worker.py"
-AC_WORKER = Path(__file__).parent / "fsdp_ac_worker.py"
+JOBS_WORKER = Path(__file__).parent / "fsdp_jobs_worker.py"  # runs fsdp_worker.py, fsdp_ac_worker.py, fsdp_trainer_worker.py
 
 # one pytest-xdist worker runs this file (--dist loadgroup): its module fixtures are 2-process launches
 pytestmark = pytest.mark.xdist_group("test_fsdp")
@@ -42,12 +40,20 @@ def _torchrun(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def trainer_run(tmp_path_factory):
-    """Uninterrupted 4 steps (checkpoints at 2 and 4), then a fresh trainer resumed from checkpoint-2."""
-    out = tmp_path_factory.mktemp("fsdp_trainer")
-    _torchrun(str(TRAINER_WORKER), str(out), "full")
-    _torchrun(str(TRAINER_WORKER), str(out), "resume")
+def launches(tmp_path_factory):
+    """Every 2-process job of this file in two launches (each launch's interpreters pay ~25 CPU-seconds of
+    imports): the hand-driven FSDP2 round trip, the activation checkpointing pair and the trainer's
+    uninterrupted run in one; the trainer's resume in a fresh launch of its own, as a restarted run resumes."""
+    out = tmp_path_factory.mktemp("fsdp_jobs")
+    _torchrun(str(JOBS_WORKER), str(out), "fsdp", "plain", "checkpointed", "full")
+    _torchrun(str(JOBS_WORKER), str(out), "resume")
     return out
+
+
+@pytest.fixture(scope="module")
+def trainer_run(launches):
+    """Uninterrupted 4 steps (checkpoints at 2 and 4), then a fresh trainer resumed from checkpoint-2."""
+    return launches / "trainer"
 
 
 @pytest.mark.multiprocess
@@ -88,11 +94,8 @@ def test_trainer_fsdp2_export_is_a_plain_student(trainer_run):
 
 
 @pytest.fixture(scope="module")
-def checkpointing_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp_ac")
-    for mode in ("plain", "checkpointed"):
-        _torchrun(str(AC_WORKER), str(out), mode)
-    return out
+def checkpointing_runs(launches):
+    return launches / "ac"
 
 
 @pytest.mark.multiprocess
@@ -111,10 +114,8 @@ def test_fsdp_activation_checkpointing_trains_and_exports_as_without_it(checkpoi
 
 
 @pytest.fixture(scope="module")
-def fsdp_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp")
-    _torchrun(str(WORKER), str(out))
-    return out
+def fsdp_run(launches):
+    return launches / "fsdp"
 
 
 @pytest.mark.multiprocess
