@@ -172,19 +172,48 @@ def test_an_evaluation_before_training_does_not_keep_the_model_from_ddp():
     assert model._is_accelerate_prepared and len(alone.accelerator._models) == 2
 
 
+# The 2-process collectives below run in one spawn (each of its interpreters pays a few CPU-seconds of
+# imports, and each piece's own work is milliseconds): _two_process_pieces runs every piece on one group,
+# the collectives' first (its warnings check must meet torch's first gather in the process, as it did alone)
+COLLECTIVES = pytest.mark.xdist_group("two_process_pieces")  # one worker builds the module fixture
+
+
+def _two_process_pieces(rank: int, init: str, out: str) -> None:
+    import srd_gather_worker  # tests/ is on the path of pytest's spawned children too (pytest put it there)
+    import torch.distributed as dist
+
+    from hf_rcka.distributed import close_process_group
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    _collectives_piece(rank, f"{out}/collectives.pt")
+    _gather_piece(rank, f"{out}/gathered.pt")
+    _shared_gradient_piece(rank, f"{out}/shared.pt")
+    srd = {"gathered": srd_gather_worker.halves(True), "own": srd_gather_worker.halves(False)}
+    if rank == 0:
+        with open(f"{out}/srd.json", "w") as handle:
+            json.dump(srd, handle)
+    close_process_group()
+    _leave()
+
+
+@pytest.fixture(scope="module")
+def two_process_pieces(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("two_process_pieces")
+    mp.start_processes(_two_process_pieces, args=(f"file://{out / 'init'}", str(out)), nprocs=2, start_method="spawn")
+    return out
+
+
+@COLLECTIVES
 @pytest.mark.multiprocess
-def test_srd_with_gather_on_two_processes_is_srd_on_their_whole_batch(tmp_path):
+def test_srd_with_gather_on_two_processes_is_srd_on_their_whole_batch(two_process_pieces):
     """SRD's public code ran one process over all 256 images: its BatchNorm and batch mean saw the
     whole batch, each process here its own share (gradients 18% apart at the first step)."""
     from hf_rcka.losses import LossContext, LossInputs
     from hf_rcka.losses.srd import SRDLoss
 
-    out = tmp_path / "srd.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), str(Path(__file__).parent / "srd_gather_worker.py"), str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    ranks = json.loads(out.read_text())
+    ranks = json.loads((two_process_pieces / "srd.json").read_text())
     generator = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(8, 6, generator=generator), torch.randn(8, 5, generator=generator)
     torch.manual_seed(1)
@@ -200,12 +229,9 @@ def test_srd_with_gather_on_two_processes_is_srd_on_their_whole_batch(tmp_path):
     assert not torch.allclose(torch.tensor(own["grad"]), expected, atol=1e-3), "each process's own half differs"
 
 
-def _gather_worker(rank: int, init: str, out: str) -> None:
-    import torch.distributed as dist
+def _gather_piece(rank: int, out: str) -> None:
+    from hf_rcka.distributed import gather_rows
 
-    from hf_rcka.distributed import close_process_group, gather_rows
-
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     rows = torch.full((3 - rank, 2), float(rank + 1), requires_grad=True)  # 3 rows on rank 0, 2 on rank 1
     gathered = gather_rows(rows)
     gathered.sum().backward()
@@ -214,8 +240,6 @@ def _gather_worker(rank: int, init: str, out: str) -> None:
     # the all_gather's autograd nodes hold the group: freed after it, they aborted rank 1 once in a busy CI
     # ("terminate called without an active exception")
     del gathered, rows
-    close_process_group()
-    _leave()
 
 
 def _leave() -> None:
@@ -258,22 +282,16 @@ print("left:", gloo_threads())
 
 # DI1 (distributed.py gather_rows): ranks with different row counts (an epoch's last batch) gather
 # exactly their rows, without the padding
-def test_gathered_rows_of_uneven_ranks_leave_out_the_padding(tmp_path):
-    import torch.multiprocessing as mp
-
-    out = str(tmp_path / "gathered.pt")
-    mp.start_processes(_gather_worker, args=(f"file://{tmp_path / 'init'}", out), nprocs=2, start_method="spawn")
-    result = torch.load(out)
+@COLLECTIVES
+def test_gathered_rows_of_uneven_ranks_leave_out_the_padding(two_process_pieces):
+    result = torch.load(two_process_pieces / "gathered.pt")
     assert result["gathered"].tolist() == [[1.0, 1.0]] * 3 + [[2.0, 2.0]] * 2
     assert result["grad"].shape == (3, 2)
 
 
-def _shared_gradient_worker(rank: int, init: str, out: str) -> None:
-    import torch.distributed as dist
+def _shared_gradient_piece(rank: int, out: str) -> None:
+    from hf_rcka.distributed import _GatheredRows
 
-    from hf_rcka.distributed import _GatheredRows, close_process_group
-
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     rows = torch.ones(2, 3, requires_grad=True)
     other_leaf = torch.zeros(4, 3, requires_grad=True)
     other = other_leaf * 2  # made before the gather: its backward runs after the gather's
@@ -282,18 +300,13 @@ def _shared_gradient_worker(rank: int, init: str, out: str) -> None:
     ((_GatheredRows.apply(rows) + other) * weights).sum().backward()
     torch.save({"other": other_leaf.grad, "rows": rows.grad}, f"{out}.{rank}")
     del rows, other, other_leaf
-    close_process_group()
-    _leave()
 
 
-def test_the_gathers_backward_leaves_a_gradient_other_nodes_share_as_it_was(tmp_path):
+@COLLECTIVES
+def test_the_gathers_backward_leaves_a_gradient_other_nodes_share_as_it_was(two_process_pieces):
     """Its backward all-reduced the gradient it was given in place: another branch of the graph
     holding the same gradient tensor then got every rank's sum (twice its own on 2 processes)."""
-    import torch.multiprocessing as mp
-
-    out = str(tmp_path / "result.pt")
-    mp.start_processes(_shared_gradient_worker, args=(f"file://{tmp_path / 'init'}", out), nprocs=2,
-                       start_method="spawn")
+    out = str(two_process_pieces / "shared.pt")
     weights = torch.arange(12, dtype=torch.float32).reshape(4, 3)
     for rank in range(2):
         result = torch.load(f"{out}.{rank}")
@@ -301,12 +314,9 @@ def test_the_gathers_backward_leaves_a_gradient_other_nodes_share_as_it_was(tmp_
         assert torch.equal(result["rows"], 2 * weights[2 * rank:2 * rank + 2])
 
 
-def _collectives_worker(rank: int, init: str, out: str) -> None:
-    import torch.distributed as dist
+def _collectives_piece(rank: int, out: str) -> None:
+    from hf_rcka.distributed import any_rank, from_rank0, gather_rows
 
-    from hf_rcka.distributed import any_rank, close_process_group, from_rank0, gather_rows
-
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     # equal row counts (no padding, so no copy): a transposed view reaches the collective as it is given
     base = (torch.arange(6, dtype=torch.float32).reshape(2, 3) + 10 * rank).requires_grad_(True)
     rows = base.t()  # (3, 2), not contiguous
@@ -319,16 +329,12 @@ def _collectives_worker(rank: int, init: str, out: str) -> None:
     folder = from_rank0(f"folder-of-rank-{rank}")  # a name made from the clock, rank 0's everywhere
     torch.save({"gathered": gathered.detach(), "grad": base.grad, "stop_one": stop_one, "stop_none": stop_none,
                 "folder": folder}, f"{out}.{rank}")
-    del gathered, rows, base  # before the group goes (see _gather_worker)
-    close_process_group()
-    _leave()
+    del gathered, rows, base  # before the group goes (see _gather_piece)
 
 
-def test_gathered_views_decisions_and_rank0_values_on_two_processes(tmp_path):
-    import torch.multiprocessing as mp
-
-    out = str(tmp_path / "result.pt")
-    mp.start_processes(_collectives_worker, args=(f"file://{tmp_path / 'init'}", out), nprocs=2, start_method="spawn")
+@COLLECTIVES
+def test_gathered_views_decisions_and_rank0_values_on_two_processes(two_process_pieces):
+    out = str(two_process_pieces / "collectives.pt")
     for rank in range(2):
         result = torch.load(f"{out}.{rank}")
         expected = torch.cat([torch.arange(6, dtype=torch.float32).reshape(2, 3).t() + 10 * r for r in range(2)])
