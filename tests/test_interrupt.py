@@ -58,10 +58,27 @@ def interrupt_after_first_step(command: list[str], signum: int) -> tuple[int, li
             process.kill()
 
 
-def test_sigterm_saves_a_checkpoint_and_prints_the_resume_command_last(tmp_path, capsys):
+# Two tests read one SIGTERM-stopped scripts/distill.py process (each launch pays ~12 CPU-seconds of imports)
+SIGTERM_RUN = pytest.mark.xdist_group("sigterm_run")  # one worker builds the module fixture
+
+
+@pytest.fixture(scope="module")
+def sigterm_run(tmp_path_factory):
+    """A run stopped by SIGTERM after its first step: (its folder, exit code, output lines, a copy of its
+    output folder as the stop left it, for a test that changes it; the first test resumes the run in place)."""
+    root = tmp_path_factory.mktemp("sigterm_run")
+    command = [sys.executable, "scripts/distill.py", str(recipe(root)), "--learning_rate", "1e-3"]
+    code, lines = interrupt_after_first_step(command, signal.SIGTERM)
+    as_stopped = tmp_path_factory.mktemp("sigterm_run_as_stopped") / "out"
+    if (root / "out").is_dir():
+        shutil.copytree(root / "out", as_stopped)
+    return root, code, lines, as_stopped
+
+
+@SIGTERM_RUN
+def test_sigterm_saves_a_checkpoint_and_prints_the_resume_command_last(sigterm_run, capsys):
     signum = signal.SIGTERM
-    command = [sys.executable, "scripts/distill.py", str(recipe(tmp_path)), "--learning_rate", "1e-3"]
-    code, lines = interrupt_after_first_step(command, signum)
+    tmp_path, code, lines, _ = sigterm_run
     output = "\n".join(lines)
     assert code == 128 + signum, output[-3000:]
     assert "Traceback" not in output
@@ -657,20 +674,23 @@ def test_an_interruption_is_said_by_each_machines_first_process(env, said, monke
     assert ("interrupted by SIGINT outside the training steps" in capsys.readouterr().err) is said
 
 
-def test_resume_true_skips_a_checkpoint_whose_save_was_cut_short(tmp_path, capsys):
+@SIGTERM_RUN
+def test_resume_true_skips_a_checkpoint_whose_save_was_cut_short(sigterm_run, tmp_path, capsys):
     """A kill during a save (a preempted job's grace period ending) left the last checkpoint without
     its trainer_state.json: resume_from_checkpoint true was refused, so a requeued job failed at
     every restart. It resumes the one before, and sets the cut-short one aside (nothing deleted)."""
-    code, lines = interrupt_after_first_step([sys.executable, "scripts/distill.py", str(recipe(tmp_path))],
-                                             signal.SIGTERM)
+    _, code, lines, as_stopped = sigterm_run  # the stopped run (learning_rate 1e-3), moved into this test's folder
     assert code == 128 + signal.SIGTERM, "\n".join(lines[-20:])
+    recipe(tmp_path)
     out = tmp_path / "out"
+    shutil.copytree(as_stopped, out)
     (whole,) = out.glob("checkpoint-*")
     step = json.loads((whole / "trainer_state.json").read_text())["global_step"]
     cut = out / f"checkpoint-{step + 2}"
     cut.mkdir()
     shutil.copy(whole / "model.safetensors", cut / "model.safetensors")  # the weights come first, the state last
-    code = main([str(tmp_path / "recipe.yaml"), "--resume_from_checkpoint", "true", "--max_steps", str(step + 3)])
+    code = main([str(tmp_path / "recipe.yaml"), "--learning_rate", "1e-3", "--resume_from_checkpoint", "true",
+                 "--max_steps", str(step + 3)])
     stderr = capsys.readouterr().err
     assert code == 0, stderr[-3000:]
     assert f"resuming from {whole}, the last checkpoint written whole ({cut.name} in {out}: cut short while " \
