@@ -19,6 +19,9 @@ from sklearn.datasets import load_digits
 
 from hf_rcka.cli.main import main
 
+# one pytest-xdist worker runs this file (--dist loadgroup): its module fixture trains every student
+pytestmark = pytest.mark.xdist_group("test_deployment_eval")
+
 CLASSES = ("zero", "one", "two")
 TINY_DEIT = {"hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 44,
              "image_size": 16, "patch_size": 4}
@@ -55,24 +58,28 @@ sys.modules["hf_rcka"] = None
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
-run, folder = sys.argv[1], sys.argv[2]
-model, processor = AutoModelForImageClassification.from_pretrained(run).eval(), AutoImageProcessor.from_pretrained(run)
-hits, predictions = 0, set()
-for name in sorted(os.listdir(folder)):
-    for file in sorted(os.listdir(os.path.join(folder, name))):
-        image = Image.open(os.path.join(folder, name, file)).convert("RGB")
-        with torch.no_grad():
-            predicted = int(model(**processor(images=image, return_tensors="pt")).logits.argmax(-1))
-        predictions.add(predicted)
-        hits += predicted == model.config.label2id[name]
-print(json.dumps({"hits": hits, "distinct_predictions": len(predictions)}))
+folder, runs = sys.argv[1], sys.argv[2:]
+scores = {}
+for run in runs:
+    model, processor = AutoModelForImageClassification.from_pretrained(run).eval(), AutoImageProcessor.from_pretrained(run)
+    hits, predictions = 0, set()
+    for name in sorted(os.listdir(folder)):
+        for file in sorted(os.listdir(os.path.join(folder, name))):
+            image = Image.open(os.path.join(folder, name, file)).convert("RGB")
+            with torch.no_grad():
+                predicted = int(model(**processor(images=image, return_tensors="pt")).logits.argmax(-1))
+            predictions.add(predicted)
+            hits += predicted == model.config.label2id[name]
+    scores[run] = {"hits": hits, "distinct_predictions": len(predictions)}
+print(json.dumps(scores))
 """
 
 
-def deployed_hits(run_dir, folder):
+def deployed_hits(run_dirs, folder):
+    """Each run's score, every run reloaded in one fresh interpreter (hf_rcka blocked)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", DEPLOY, str(run_dir), str(folder)], capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", DEPLOY, str(folder), *map(str, run_dirs)], capture_output=True,
+                         text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -93,15 +100,28 @@ STUDENTS = {
 }
 
 
+@pytest.fixture(scope="module")
+def runs(folders, tmp_path_factory):
+    """Every student's run: {student: (its folder, its all_results.json, its deployed score)}; one
+    interpreter reloads them all (each launch pays its imports)."""
+    trained = {}
+    for student in sorted(STUDENTS):
+        root = tmp_path_factory.mktemp(student)
+        out = root / "run"
+        recipe = {**COMMON, **STUDENTS[student], "train_dir": str(folders / "train"),
+                  "validation_dir": str(folders / "validation"), "output_dir": str(out)}
+        (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+        code = main([str(root / "recipe.yaml")])
+        trained[student] = (out, code)
+    scores = deployed_hits([out for out, code in trained.values() if code == 0], folders / "validation")
+    return {student: (out, code, scores.get(str(out))) for student, (out, code) in trained.items()}
+
+
 @pytest.mark.parametrize("student", sorted(STUDENTS))
-def test_reloaded_run_scores_its_reported_eval_accuracy(student, folders, tmp_path):
-    out = tmp_path / "run"
-    recipe = {**COMMON, **STUDENTS[student], "train_dir": str(folders / "train"),
-              "validation_dir": str(folders / "validation"), "output_dir": str(out)}
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    assert main([str(tmp_path / "recipe.yaml")]) == 0
+def test_reloaded_run_scores_its_reported_eval_accuracy(student, runs):
+    out, code, deployed = runs[student]
+    assert code == 0
     results = json.loads((out / "all_results.json").read_text())
-    deployed = deployed_hits(out, folders / "validation")
     n = 14 * len(CLASSES)
     assert deployed["distinct_predictions"] > 1, f"a constant prediction makes the comparison vacuous: {deployed}"
     assert deployed["hits"] == round(results["eval_accuracy"] * n)
