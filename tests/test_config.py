@@ -808,6 +808,8 @@ def test_a_fresh_runs_record_says_nothing_of_a_resume(tmp_path):
     assert "Resumed" not in path.read_text()
     RecipeRecord(dict(BASE), str(path)).on_train_begin(args, TrainerState(global_step=4), None)
     assert "Resumed at step 4 from a checkpoint" in path.read_text()
+    RecipeRecord(dict(BASE), str(path)).on_train_begin(args, TrainerState(global_step=1), None)
+    assert "Resumed at step 1 from a checkpoint" in path.read_text(), "a resume after one step is a resume"
 
 
 def test_a_checkpoint_named_folder_without_trainer_state_takes_no_runs_recipe(tmp_path):
@@ -1036,3 +1038,20 @@ def test_both_layer_indices_of_a_pair_given_as_text_are_integers():
     integer (a string index reached the layer check as text)."""
     _, _, args = parse_arguments({**BASE, "feature_pairs": [{"student_layer": "1", "teacher_layer": "-2"}]})
     assert (args.feature_pairs[0]["student_layer"], args.feature_pairs[0]["teacher_layer"]) == (1, -2)
+
+
+def test_a_record_this_version_cannot_read_is_no_recipe_to_compare(tmp_path):
+    """A folder's distill_config.yaml that is no recipe of this version (another tool's list, a
+    Latin-1 comment, broken YAML) is nothing to compare: the teacher, the checkpoint or the model
+    it holds was refused with the record's error instead, a run the record does not describe."""
+    from hf_rcka.cli.records import recorded_recipe
+
+    for text in (b"- a list\n- of things\n", b"# caf\xe9\nhflip: 0.3\n", b"hflip: [0.3\n"):
+        run = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        (run / "checkpoint-2").mkdir(parents=True)
+        (run / "checkpoint-2" / "trainer_state.json").write_text("{}")
+        (run / "distill_config.yaml").write_bytes(text)
+        with pytest.raises(RecipeError):
+            load_recipe(run / "distill_config.yaml")
+        assert recorded_recipe(str(run)) is None, text
+        assert recorded_recipe(str(run / "checkpoint-2")) is None, text
