@@ -762,6 +762,43 @@ def test_evaluations_started_together_each_get_their_own_record_folder(tmp_path)
     assert not Path(first).exists() and Path(second).is_dir()
 
 
+def test_a_third_evaluation_in_the_same_second_gets_a_folder_of_its_own(tmp_path, monkeypatch):
+    """Counted from the wrong number, the suffix of a second evaluation started in the same second
+    was taken again by a third, whose eval_record_dir then tried the same name forever (a hang)."""
+    import time
+
+    from hf_rcka.cli import records
+
+    gmtime = time.gmtime
+    monkeypatch.setattr(records.time, "gmtime", lambda secs=None: gmtime(0 if secs is None else secs))  # one second
+    tries, mkdir = [], os.mkdir
+
+    def counted(path, *rest):
+        tries.append(path)
+        if len(tries) > 20:
+            raise RuntimeError(f"eval_record_dir keeps trying: {tries[-3:]}")
+        return mkdir(path, *rest)
+
+    monkeypatch.setattr(records.os, "mkdir", counted)
+    made = [records.eval_record_dir(str(tmp_path)) for _ in range(3)]
+    assert [Path(m).name for m in made] == ["_eval-19700101-000000", "_eval-19700101-000000-2",
+                                            "_eval-19700101-000000-3"]
+    assert all(Path(m).is_dir() for m in made)
+
+
+def test_an_empty_evaluation_record_takes_the_folders_made_for_it_along(tmp_path):
+    """The folders made for an evaluation's output_dir (``missing_folders``) are removed with its
+    empty record: only the record went, and a refused evaluation left new/out behind."""
+    from hf_rcka.cli.records import drop_empty_record, eval_record_dir
+    from hf_rcka.file_writes import missing_folders
+
+    out = tmp_path / "new" / "out"
+    made = missing_folders(out)
+    record = eval_record_dir(str(out))
+    drop_empty_record(record, made)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------ what counts as a run (mutation-review tests)
 
 def _args(out: Path, overwrite: bool = False) -> SimpleNamespace:
