@@ -493,3 +493,63 @@ def test_a_reloaded_model_with_other_classes_than_the_data_fails(tmp_path):
     _two_stage_resnet(num_labels=3).save_pretrained(out)
     with pytest.raises(SmokeTestFailure, match=r"logits \(2, 3\) \(expected \(2, 2\)"):
         _reload_line(out, data)
+
+
+def test_the_smoke_classes_of_a_train_dir_are_its_class_folders_alone(tmp_path):
+    """A file beside the class folders (a README, a labels list) was counted as a class: the smoke
+    data had one class more than the run reads, and its heads and label checks another count."""
+    for name in ("b", "a"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+    (tmp_path / "train" / "README.txt").write_text("two classes\n")
+    assert class_names(None, str(tmp_path / "train"), None, {}, 10) == (["a", "b"], None)
+
+
+def test_a_train_dir_that_is_missing_or_holds_no_class_folders_is_said(tmp_path):
+    """A train_dir not on this machine (the data comes later) failed the smoke test with
+    FileNotFoundError instead of assuming the default count; and an empty one assumed it unsaid."""
+    names, note = class_names(None, str(tmp_path / "not-here"), None, {}, 10)
+    assert names == [f"class_{i}" for i in range(10)] and "unknown offline" in note
+    (tmp_path / "empty").mkdir()
+    names, note = class_names(None, str(tmp_path / "empty"), None, {}, 7)
+    assert len(names) == 7 and note == f"{tmp_path / 'empty'} has no class folders: 7 classes assumed"
+
+
+def test_a_teachers_names_of_another_count_are_not_the_smoke_classes(tmp_path):
+    """The dataset's count wins: a teacher of 5 classes named the 4 classes of a known dataset with
+    its own 5 names, and the smoke data had the teacher's count, not the dataset's."""
+    known = {"some/dataset": 4}
+    assert class_names("some/dataset", None, ["a", "b", "c", "d", "e"], known, 10) == (
+        ["class_0", "class_1", "class_2", "class_3"], None)
+    assert class_names("some/dataset", None, ["a", "b", "c"], known, 10)[0] == [f"class_{i}" for i in range(4)]
+
+
+def test_the_synthetic_data_is_the_same_on_every_process(tmp_path):
+    """Every process of a launch writes the data (the last replace wins): unseeded, each wrote other
+    images and labels, and a process could read another's; and every class is drawn."""
+    first, again = (SyntheticData(tmp_path / d, "image", "label", ("a", "b"), (16, 16), num_train=24, num_eval=2)
+                    for d in ("one", "two"))
+    write_synthetic_dataset(first)
+    write_synthetic_dataset(again)
+    one, two = (datasets.load_dataset(str(d.folder))["train"] for d in (first, again))
+    assert one["label"] == two["label"] and set(one["label"]) == {0, 1}
+    assert [a.tobytes() for a in one["image"]] == [b.tobytes() for b in two["image"]]
+
+
+def test_the_students_resolution_is_read_as_height_and_width_in_order_of_precedence(tmp_path):
+    """A recipe's image_size [height, width] was read as (width, height), and the student's
+    config overrides won over the recipe's image_size; a processor of no fixed size ended the
+    smoke test with a traceback instead of a note."""
+    import transformers
+
+    from hf_rcka.cli.smoke_data import student_resolution
+
+    values = {"model_name_or_path": str(tmp_path / "student"), "image_size": [32, 48],
+              "student_config_overrides": {"image_size": 64}}
+    assert student_resolution(values, 224) == ((32, 48), None)
+    assert student_resolution({**values, "image_size": None}, 224) == ((64, 64), None)
+    assert student_resolution({**values, "image_size": None, "student_config_overrides": {"img_size": [40, 24]}},
+                              224) == ((40, 24), None)
+    transformers.ConvNextImageProcessor(size={"shortest_edge": 40}, crop_pct=None).save_pretrained(
+        tmp_path / "student")  # the output size follows each image's aspect
+    size, note = student_resolution({"model_name_or_path": str(tmp_path / "student")}, 224)
+    assert size == (224, 224) and note.startswith("student resolution unknown (") and note.endswith("224 px images")
