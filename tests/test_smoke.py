@@ -504,6 +504,24 @@ def test_the_smoke_classes_of_a_train_dir_are_its_class_folders_alone(tmp_path):
     assert class_names(None, str(tmp_path / "train"), None, {}, 10) == (["a", "b"], None)
 
 
+def test_the_smoke_classes_leave_out_the_folders_a_run_skips(tmp_path):
+    """Jupyter's .ipynb_checkpoints and a zip's __MACOSX beside the class folders were counted as
+    classes: the smoke data had 4 classes where the run reads 2 (class_folders), and its heads and
+    label checks (a teacher of 2 classes) another count than the run's."""
+    from PIL import Image
+
+    from hf_rcka.data.image_folders import class_folders
+
+    train = tmp_path / "train"
+    for name in ("b", "a"):
+        (train / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(train / name / "x.jpg")
+    for name in (".ipynb_checkpoints", "__MACOSX"):
+        (train / name).mkdir()
+    assert class_folders(str(train)) == ["a", "b"]
+    assert class_names(None, str(train), None, {}, 10) == (["a", "b"], None)
+
+
 def test_a_train_dir_that_is_missing_or_holds_no_class_folders_is_said(tmp_path):
     """A train_dir not on this machine (the data comes later) failed the smoke test with
     FileNotFoundError instead of assuming the default count; and an empty one assumed it unsaid."""

@@ -73,7 +73,9 @@ def class_names(
     if dataset_name and dataset_name.lower() in known:
         count = known[dataset_name.lower()]
     elif train_dir and os.path.isdir(train_dir):
-        folders = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
+        # the folders a run reads as classes: datasets skips hidden ones (.ipynb_checkpoints), and
+        # image_folders.class_folders the __MACOSX-like ones that hold no image
+        folders = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith((".", "__")))
         if folders:
             return folders, None
         count, note = default, f"{train_dir} has no class folders: {default} classes assumed"
