@@ -187,6 +187,29 @@ def test_input_stats_errors_name_the_problem() -> None:
         input_stats(object())
 
 
+def test_an_output_size_that_cannot_be_told_says_what_is_set_and_the_way_on() -> None:
+    """The error listed every unset field of the processor's SizeDict (height=None, longest_edge=None,
+    ...) and could leave out the caller's fix; a size of height alone failed with a KeyError, and an
+    image_size of three numbers ((224, 224, 3), channels included) was taken for (224, 224)."""
+    from types import SimpleNamespace
+
+    from hf_rcka.models.image_sizes import as_hw, processor_output_size
+
+    with pytest.raises(ValueError) as caught:
+        input_stats(CLIPImageProcessor(size={"shortest_edge": 32}, do_center_crop=False))
+    said = str(caught.value)
+    assert "(size={'shortest_edge': 32}, crop_size={'height': 224, 'width': 224})" in said, said
+    assert said.endswith("(or, from Python, build InputStats by hand)."), said
+    with pytest.raises(ValueError, match="cannot tell the output size of SimpleNamespace"):
+        processor_output_size(SimpleNamespace(size={"height": 32}))
+    with pytest.raises(ValueError, match=r"\(size=\{'shortest_edge': 32\}, crop_size=\{\}\)"):  # a fast one's SizeDict
+        processor_output_size(SimpleNamespace(size={"height": None, "width": None, "shortest_edge": 32,
+                                                    "longest_edge": None}, crop_size=None))
+    with pytest.raises(ValueError, match=r"int or \(height, width\), got \(224, 224, 3\)"):
+        as_hw((224, 224, 3))
+    assert as_hw([32, 48]) == (32, 48) and as_hw(40) == (40, 40)
+
+
 # --- validation --------------------------------------------------------------------------------
 
 
