@@ -302,3 +302,29 @@ def test_batchnorm_without_running_statistics_leaves_nothing_to_broadcast():
     student = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
     assert not has_running_stats(student) and default_broadcast_buffers(student, None) is False
     assert has_running_stats(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+
+
+def test_share_running_stats_sends_rank_0s_every_running_statistic(monkeypatch):
+    """Before an evaluation over several processes every rank takes rank 0's BatchNorm statistics
+    (the export's). Only a 2-process run showed a mutant that skipped it; one that sent the first
+    buffer alone (running_mean, not running_var) passed every test. Faked here: no process group."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from hf_rcka.modeling import parallel
+
+    sent, world = [], [2]
+    monkeypatch.setattr(parallel, "dist", SimpleNamespace(
+        is_available=lambda: True, is_initialized=lambda: True, get_world_size=lambda: world[0],
+        broadcast=lambda tensor, src: sent.append((tensor.data_ptr(), src))))
+    norm, untracked = nn.BatchNorm2d(3), nn.BatchNorm2d(3, track_running_stats=False)
+    student = nn.Sequential(nn.Conv2d(3, 3, 1), norm, untracked, nn.Sequential(nn.BatchNorm1d(2)), nn.LayerNorm(2))
+    parallel.share_running_stats(student)
+    inner = student[3][0]
+    expected = [b.data_ptr() for m in (norm, inner) for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
+    assert sent == [(ptr, 0) for ptr in expected]
+    sent.clear()
+    world[0] = 1  # one process: nothing to share
+    parallel.share_running_stats(student)
+    assert sent == []

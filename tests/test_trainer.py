@@ -1498,3 +1498,26 @@ def test_a_teacher_record_that_is_no_mapping_is_not_compared(tmp_path):
     for text in ("[1, 2]", "null", "3"):
         (tmp_path / TEACHER_RECORD_NAME).write_text(text)
         assert recorded_teacher(str(tmp_path)) is None, text
+
+
+def test_an_evaluation_shares_rank_0s_running_statistics_before_it_runs(tmp_path, monkeypatch):
+    """Each rank's BatchNorm statistics drift apart after a DDP step; an evaluation spread over the
+    ranks mixed them unless rank 0's (the export's) are shared first, the student's and the losses'
+    own (srd's projector). Skipping that, or sharing after the loop, only a 2-process run showed."""
+    from transformers import Trainer
+
+    from hf_rcka.trainer import trainer as trainer_module
+
+    trainer = make_trainer(make_args(tmp_path), student=tiny_resnet())  # a student with BatchNorm
+    events = []
+    monkeypatch.setattr(trainer_module, "share_running_stats", lambda module: events.append(("share", module)))
+    loop = Trainer.evaluation_loop
+
+    def evaluation_loop(self, *args, **kwargs):
+        events.append(("loop",))
+        return loop(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluation_loop", evaluation_loop)
+    trainer.evaluate()
+    model = trainer.distillation_model
+    assert events == [("share", model.student), ("share", model.losses), ("loop",)], events
