@@ -1521,3 +1521,22 @@ def test_an_evaluation_shares_rank_0s_running_statistics_before_it_runs(tmp_path
     trainer.evaluate()
     model = trainer.distillation_model
     assert events == [("share", model.student), ("share", model.losses), ("loop",)], events
+
+
+def test_a_teacher_fingerprint_counts_every_floating_value_and_hashes_the_running_statistics():
+    """A teacher whose BatchNorm statistics alone changed (recalibrated on other data) hashed as the
+    recorded one, and a resume went on distilling from another teacher's outputs; the refusal's
+    value count counted tensors, not values. An integer counter (num_batches_tracked) is no weight."""
+    from hf_rcka.trainer.teacher_record import teacher_fingerprint
+
+    teacher = tiny_resnet(seed=0)
+    floating = [t for t in (*teacher.parameters(), *teacher.buffers()) if t.is_floating_point()]
+    recorded = teacher_fingerprint(teacher)
+    assert recorded["values"] == sum(t.numel() for t in floating)
+    norm = next(m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():
+        norm.num_batches_tracked.add_(5)
+    assert teacher_fingerprint(teacher) == recorded
+    with torch.no_grad():
+        norm.running_mean.add_(0.5)
+    assert teacher_fingerprint(teacher)["sha256"] != recorded["sha256"]
