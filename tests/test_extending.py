@@ -615,3 +615,54 @@ def test_the_late_weight_check_runs_again_in_a_second_train():
     check.on_train_begin(args, state, control)  # a second train() on the same trainer
     with pytest.raises(ModelError, match="appeared during the first forward"):
         check.on_step_end(args, state, control, optimizer=whole)
+
+
+def test_the_unreached_weights_warning_is_said_once_per_train_and_only_of_some(caplog):
+    """A second train() on the same trainer said nothing of weights its first step left unreached
+    (the flag was reset for the late-weights check alone); a warning of 0 weights is none; and every
+    process of a launch said it again."""
+    from transformers import TrainerControl, TrainerState
+
+    from hf_rcka.trainer.optimizer_checks import LateParameterCheck
+
+    unreached: list[str] = []
+    check = LateParameterCheck(lambda: SimpleNamespace(unreached_weights=lambda: list(unreached)))
+    args, state, control = SimpleNamespace(), TrainerState(), TrainerControl()
+
+    def said_in_a_train() -> list[str]:
+        caplog.clear()
+        check.on_train_begin(args, state, control)
+        for _ in range(2):  # two optimizer steps: said at the first alone
+            check.on_pre_optimizer_step(args, state, control)
+        return [r.getMessage() for r in caplog.records if "got no gradient" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert said_in_a_train() == [], "every weight reached: nothing to say"
+        unreached.append("losses.mine.projector.weight")
+        for _ in range(2):  # the same trainer's first and second train()
+            said = said_in_a_train()
+            assert len(said) == 1 and "1 trainable weight(s)" in said[0] and "losses.mine.projector.weight" in said[0]
+        state = TrainerState(is_world_process_zero=False)  # another process of the launch: said once, by the first
+        assert said_in_a_train() == []
+
+
+def test_an_optimizer_given_in_a_list_is_checked_too():
+    """Trainer takes optimizers=[optimizer, scheduler] as it takes the tuple; given so, an optimizer
+    over the student alone was not checked and left the projectors at their random start."""
+    from hf_rcka.trainer.optimizer_checks import check_optimizer
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    over_the_first = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    for optimizers in ((over_the_first, None), [over_the_first, None]):
+        with pytest.raises(ModelError, match=r"does not train 2 trainable weight\(s\) of the distillation model \(1\.weight"):
+            check_optimizer(model, optimizers)
+    check_optimizer(model, [torch.optim.SGD(model.parameters(), lr=0.1), None])
+
+
+def test_a_single_lazy_weight_is_refused_too():
+    """One lazy weight (a LazyLinear without bias) is as shapeless before the first forward as two."""
+    from hf_rcka.trainer.optimizer_checks import check_lazy_parameters
+
+    with pytest.raises(ModelError, match=r"1 weight\(s\) of lazy modules have no shape .*\(0\.weight\)"):
+        check_lazy_parameters(nn.Sequential(nn.LazyLinear(2, bias=False)))
+    check_lazy_parameters(nn.Sequential(nn.Linear(2, 2)))
