@@ -1540,3 +1540,37 @@ def test_a_teacher_fingerprint_counts_every_floating_value_and_hashes_the_runnin
     with torch.no_grad():
         norm.running_mean.add_(0.5)
     assert teacher_fingerprint(teacher)["sha256"] != recorded["sha256"]
+
+
+def test_a_layer_wise_optimizer_trains_and_its_weights_count_as_held(tmp_path):
+    """Trainer's layer-wise GaLore/APOLLO optimizer (LayerWiseDummyOptimizer) holds one dummy tensor
+    and steps each weight from its own optimizer in a gradient hook: every such run was refused
+    after its first step, each of its weights said to have appeared during the first forward.
+    Faked with SGD per weight, as transformers builds it (galore_torch is not installed here)."""
+    from transformers.trainer_pt_utils import LayerWiseDummyOptimizer
+
+    from hf_rcka.trainer.optimizer_checks import check_late_parameters
+
+    class PerWeight(LayerWiseDummyOptimizer):
+        def __init__(self, params, **kwargs):
+            per = {p: torch.optim.SGD([p], lr=0.1) for group in params for p in group["params"]}
+
+            def step(p):
+                per[p].step()
+                per[p].zero_grad()
+
+            for p in per:
+                p.register_post_accumulate_grad_hook(step)
+            super().__init__(optimizer_dict=per, lr=0.1)
+
+    trainer = make_trainer(make_args(tmp_path, max_steps=2, losses=[{"name": "ce"}, {"name": "kd"}]),
+                           optimizer_cls_and_kwargs=(PerWeight, {}))
+    before = snapshot(trainer.distillation_model.student)
+    trainer.train()
+    assert trainer.state.global_step == 2 and changed(before, trainer.distillation_model.student)
+    model = nn.Sequential(nn.Linear(2, 2))
+    held = LayerWiseDummyOptimizer(optimizer_dict={p: torch.optim.SGD([p], lr=0.1) for p in model.parameters()})
+    check_late_parameters(model, held)
+    model.append(nn.Linear(2, 2))  # a weight its per-weight optimizers do not hold is still refused
+    with pytest.raises(ModelError, match=r"2 weight\(s\) appeared during the first forward.*: 1\.weight, 1\.bias"):
+        check_late_parameters(model, held)

@@ -105,8 +105,14 @@ class LateParameterCheck(TrainerCallback):
 
 
 def _not_optimized(model: torch.nn.Module, optimizer: Any) -> list[str]:
-    held = {id(p) for group in optimizer.param_groups for p in group.get("params", ())}
-    if not held:  # a layer-wise optimizer (GaLore's) keeps its real ones elsewhere
+    # a layer-wise optimizer (GaLore's, APOLLO's: Trainer's LayerWiseDummyOptimizer, inside accelerate's
+    # wrapper) holds one dummy tensor; its weights are the keys of its per-weight optimizers
+    layerwise = getattr(getattr(optimizer, "optimizer", optimizer), "optimizer_dict", None)
+    if isinstance(layerwise, dict):
+        held = {id(p) for p in layerwise}
+    else:
+        held = {id(p) for group in optimizer.param_groups for p in group.get("params", ())}
+    if not held:  # one that keeps its real ones elsewhere still
         return []
     return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
 
