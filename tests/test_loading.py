@@ -413,6 +413,18 @@ def test_inconsistent_labels_are_errors(kwargs: dict, match: str) -> None:
         resolve_labels(**kwargs)
 
 
+def test_labels_with_no_class_or_one_name_twice_are_errors() -> None:
+    """An empty id2label built a head of no class, and one naming two ids alike a label2id that
+    read both classes as the second (its names are how labels are matched to the data's)."""
+    for given in ({"id2label": {}}, {"id2label": {}, "num_labels": 0}, {"label2id": {}}):
+        with pytest.raises(ValueError, match="0..n-1 with n >= 1"):
+            resolve_labels(**given)
+    with pytest.raises(ValueError, match="duplicate label names"):
+        resolve_labels(id2label={0: "cat", 1: "dog", 2: "cat"})
+    with pytest.raises(ValueError, match="duplicate label names"):
+        resolve_labels(id2label={"0": "1", "1": 1})  # alike once read as text, as configs keep them
+
+
 @pytest.mark.parametrize(
     ("name", "overrides", "error", "match"),
     [("./no/such/folder", {}, FileNotFoundError, "no such local folder"),
@@ -770,3 +782,12 @@ def test_a_backbone_checkpoints_architectures_build_the_classifier_of_its_type()
     config = ViTConfig(**VIT, architectures=["ViTModel"])
     assert classifier_class(config, explicit=False) is None
     assert default_class(config).__name__ == "ViTForImageClassification"
+
+
+def test_a_name_given_twice_takes_its_first_id() -> None:
+    """ImageNet-1k names two classes 'crane' (134, 517) and two 'maillot': the teacher's logit a
+    run's 'crane' reads is the first, as list.index finds it; read from the end, it was the last."""
+    from hf_rcka.models.label_maps import first_ids
+
+    names = ["crane", "maillot", "dog", "crane", "maillot"]
+    assert first_ids(names) == {name: names.index(name) for name in names} == {"crane": 0, "maillot": 1, "dog": 2}
