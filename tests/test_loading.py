@@ -138,6 +138,37 @@ def test_resize_refuses_a_size_the_processor_cannot_output() -> None:
         resize_image_processor(load_image_processor("config:convnext"), (32, 48))
 
 
+def test_a_processors_own_settings_are_kept_where_they_already_hold() -> None:
+    """A grayscale model's processor was set to convert every image to RGB (3 channels into a
+    1-channel model), and a resize whose short side equals its crop (CLIP's 224 and 224) was
+    changed to resize to 256 first, another view than the processor's."""
+    from types import SimpleNamespace
+
+    from transformers import CLIPImageProcessor
+
+    from hf_rcka.models.processors import _converting_to_rgb, _crop_within_the_image
+
+    for channels, converts in ((3, True), (1, None)):
+        processor = CLIPImageProcessor(do_convert_rgb=None)
+        assert _converting_to_rgb(processor, SimpleNamespace(num_channels=channels)).do_convert_rgb is converts
+    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    _crop_within_the_image(processor)
+    assert processor.size["shortest_edge"] == 224
+
+
+def test_a_folder_whose_processor_fails_to_load_is_not_said_to_have_none(tmp_path) -> None:
+    """Only a folder with no processor file is told to save one; a broken preprocessor_config.json
+    was said to be missing, and an hf_rcka run stopped before its export was whole is told to resume."""
+    from hf_rcka.models.processors import no_processor
+
+    (tmp_path / "preprocessor_config.json").write_text("{not json")
+    with pytest.raises(OSError):
+        load_image_processor(str(tmp_path))
+    assert "save its image processor next to it" in no_processor(str(tmp_path))
+    (tmp_path / "distill_config.yaml").write_text("dataset_name: builtin:digits\n")
+    assert "the run there was stopped before its export was whole; finish it by resuming" in no_processor(str(tmp_path))
+
+
 # --- timm: timm's own initialisation, data config ----------------------------------------------
 
 
