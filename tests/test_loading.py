@@ -138,6 +138,19 @@ def test_resize_refuses_a_size_the_processor_cannot_output() -> None:
         resize_image_processor(load_image_processor("config:convnext"), (32, 48))
 
 
+def test_a_shortest_edge_processor_resized_to_a_wide_crop_pads_no_image() -> None:
+    """CLIP's processor (short side 224, crop 224) at 32 x 48 resized the short side to 32 and cropped
+    48 wide: every square or upright image came out with black bands at its sides."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    resized = resize_image_processor(CLIPImageProcessor(), (32, 48))
+    for width, height in ((100, 100), (60, 100), (100, 60)):
+        pixels = resized(Image.new("RGB", (width, height), (255, 255, 255)), return_tensors="np",
+                         do_rescale=False, do_normalize=False)["pixel_values"][0]
+        assert pixels.shape == (3, 32, 48) and pixels.min() == 255, (width, height)
+
+
 def test_a_processors_own_settings_are_kept_where_they_already_hold() -> None:
     """A grayscale model's processor was set to convert every image to RGB (3 channels into a
     1-channel model), and a resize whose short side equals its crop (CLIP's 224 and 224) was

@@ -226,5 +226,7 @@ def _scaled_size(size: dict, scale_h: float, scale_w: float) -> dict[str, int]:
     if size.get("height"):
         return {"height": round(size["height"] * scale_h), "width": round(size["width"] * scale_w)}
     if size.get("shortest_edge"):
-        return {"shortest_edge": round(size["shortest_edge"] * min(scale_h, scale_w))}
+        # the short side must cover the crop's longer one: scaled by the smaller ratio, a square or
+        # upright image was padded with black to the crop's width
+        return {"shortest_edge": round(size["shortest_edge"] * max(scale_h, scale_w))}
     raise ValueError(f"cannot scale image processor size {size}")
