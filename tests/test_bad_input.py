@@ -2322,6 +2322,37 @@ def test_a_teacher_on_a_local_dataset_folder_spelled_otherwise_is_the_same_data(
     check_teacher_data(str(teacher), DataArguments(dataset_name="acme/pets"), carved=True)
 
 
+def test_a_teacher_that_evaluated_on_its_own_folder_trained_on_all_of_this_data(tmp_path):
+    """A teacher trained on all of a dataset (its validation_dir elsewhere) passed the split check of
+    a student carving the same split settings from it; a checkpoint of such a run resumed with a
+    carved split was said to hold out the same images; such a model's eval-only run evaluated a
+    split it never held out; and a student evaluated on the dataset's own validation split (none
+    carved) was refused for a teacher that held out another carve. Another configuration of the
+    dataset is other data."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.cli.teacher_data import check_teacher_data, held_out_by, split_change
+    from hf_rcka.errors import DataError
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "distill_config.yaml").write_text(f"dataset_name: acme/pets\nvalidation_dir: {tmp_path / 'val'}\n")
+    student = DataArguments(dataset_name="acme/pets")
+    with pytest.raises(DataError, match=r"holding out none of it \(it had validation_dir\).*Give the student a "
+                                        "validation_dir the teacher did not train on"):
+        check_teacher_data(str(teacher), student, carved=True)
+    assert split_change(str(teacher), student) == (
+        f"none of this data (it had validation_dir {str(tmp_path / 'val')!r}; now carved)")
+    assert held_out_by(str(teacher), student) is None
+    (teacher / "distill_config.yaml").write_text("dataset_name: acme/pets\nsplit_seed: 7\n")
+    assert held_out_by(str(teacher), student) == {"train_val_split": 0.15, "split_seed": 7, "label_column_name": "label"}
+    check_teacher_data(str(teacher), student, carved=False)  # the dataset's own validation split: no one trained on it
+    with pytest.raises(DataError, match="split_seed 7"):
+        check_teacher_data(str(teacher), student, carved=True)
+    (teacher / "distill_config.yaml").write_text("dataset_name: acme/pets\ndataset_config_name: cats\nsplit_seed: 7\n")
+    check_teacher_data(str(teacher), student, carved=True)  # another configuration of the dataset: other images
+    assert held_out_by(str(teacher), student) is None
+
+
 def test_a_teacher_checkpoint_is_checked_with_its_runs_recorded_split(tmp_path):
     """checkpoint-N folders hold no recipe: a teacher given as one skipped the split check."""
     from hf_rcka.arguments import DataArguments
