@@ -108,7 +108,8 @@ def measure(files: int, classes: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         train, val = write_folder(root, files, classes)
-        total = sum(1 for _ in train.rglob("*.JPEG")) + sum(1 for _ in val.rglob("*.JPEG"))
+        paths = [str(path) for folder in (train, val) for path in folder.rglob("*.JPEG")]
+        total, mean_path_length = len(paths), sum(map(len, paths)) / len(paths)
         times: dict[str, list[float]] = {"imagefolder_cold": [], "imagefolder_warm": [], "hf_rcka": []}
         theirs = mine = None
         for k in range(repeats):  # alternated, so that a slow spell of the machine falls on both
@@ -121,9 +122,11 @@ def measure(files: int, classes: int, repeats: int) -> dict:
             shutil.rmtree(cache)
         if rows(theirs) != rows(mine):
             raise SystemExit("the two sides read different rows: nothing to compare")
+        held = sum(mine[split].data.nbytes for split in ("train", "validation"))  # in memory, on each process
     medians = {side: statistics.median(values) for side, values in times.items()}
-    return {"files": total, "classes": classes, "repeats": repeats, "cpu_seconds": times, "median_cpu_seconds": medians,
+    return {"files": total, "mean_path_length": mean_path_length, "classes": classes, "repeats": repeats, "cpu_seconds": times, "median_cpu_seconds": medians,
             "ms_per_file": {side: 1000 * value / total for side, value in medians.items()},
+            "hf_rcka_bytes_in_memory": held, "hf_rcka_bytes_per_file": held / total,
             "imagenet_estimate_seconds": {side: value / total * IMAGENET_FILES for side, value in medians.items()}}
 
 
@@ -138,6 +141,10 @@ def table(result: dict) -> str:
         seconds = result["median_cpu_seconds"][side]
         estimate = result["imagenet_estimate_seconds"][side]
         lines.append(f"| {label} | {seconds:.2f} | {result['ms_per_file'][side]:.4f} | {estimate / 60:.1f} min |")
+    per_file = result["hf_rcka_bytes_per_file"]
+    lines += ["", f"hf_rcka's splits in memory: {result['hf_rcka_bytes_in_memory'] / 2**20:.1f} MiB, {per_file:.0f} bytes a "
+              f"file (these paths are {result['mean_path_length']:.0f} characters on average), "
+              f"{per_file * IMAGENET_FILES / 2**20:.0f} MiB at ImageNet's size"]
     return "\n".join(lines)
 
 
@@ -148,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default="bench_results/folder_listing.json")
     args = parser.parse_args(argv)
+    measured = _provenance.commit(["hf_rcka", "benchmarks/folder_listing.py"])  # the code as the measurement starts
     result = measure(args.files, args.classes, args.repeats)
-    result.update(commit=_provenance.commit(["hf_rcka", "benchmarks/folder_listing.py"]),
+    result.update(commit=measured,
                   machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
                   date=time.strftime("%Y-%m-%d"))
     print(table(result))
