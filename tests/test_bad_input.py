@@ -3457,3 +3457,25 @@ def test_a_user_error_while_a_model_loads_keeps_its_own_kind_and_words():
         with run_inputs.model_error("teacher_model_name_or_path"):
             raise RecipeError("teacher_config_overrides: hidden_size must be an integer")
     assert str(caught.value) == "teacher_config_overrides: hidden_size must be an integer"
+
+
+def test_an_image_folders_warnings_are_said_once_though_it_is_scanned_again(tmp_path, caplog):
+    """The listing that builds the splits scans the folder check_data_dirs checked: its warnings (a
+    sub-folder without images, a hidden folder of images) were said twice a process (the CKA report's
+    class check and its loading too)."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data.datasets import load_raw_datasets
+    from hf_rcka.data.image_folders import check_data_dirs
+
+    for name in ("cat", "dog", ".cache"):
+        for i in range(4):
+            _png(tmp_path / "train" / name / f"{i}.png")
+    (tmp_path / "train" / "misc").mkdir()
+    (tmp_path / "train" / "misc" / "README").write_text("x")
+    data = DataArguments(train_dir=str(tmp_path / "train"))
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        check_data_dirs(data)
+        raw = load_raw_datasets(data)
+    assert len(raw["train"]) + len(raw["validation"]) == 8
+    assert caplog.text.count("sub-folders without images are not classes: ['misc']") == 1
+    assert caplog.text.count("hidden folders (a leading '.') are skipped") == 1

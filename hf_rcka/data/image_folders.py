@@ -128,7 +128,8 @@ def class_folders(folder: str) -> list[str]:
 
 
 def _scan_image_folder(folder: str, listing: bool = False) -> _ImageFolder:
-    """The checked layout of ``folder``; ``listing``: with every image's path and class."""
+    """The checked layout of ``folder``; ``listing``: with every image's path and class (the folder
+    was checked already, and its warnings said then)."""
     extensions = _image_extensions()
     classes, imageless, loose, hidden, unread, links, files = [], [], [], [], [], [], []
     images = 0
@@ -181,9 +182,9 @@ def _scan_image_folder(folder: str, listing: bool = False) -> _ImageFolder:
             "labels no image at all. Move them into their class folder, or out of the data"
         )
     check_one_form_each(folder, classes)
-    if imageless:
+    if imageless and not listing:
         logger.warning("%s: sub-folders without images are not classes: %s", folder, listed_names(imageless))
-    if hidden:
+    if hidden and not listing:
         logger.warning("%s: hidden folders (a leading '.') are skipped, images and all: %s; rename any that is a "
                        "class", folder, listed_names(hidden))
     return _ImageFolder(classes, links, images, files)
@@ -193,7 +194,9 @@ def image_files(folder: str) -> list[tuple[str, str]]:
     """``(path, class)`` of every image datasets' ``imagefolder`` reads in ``folder``'s class folders,
     sorted by path as it sorts them: the files with an image extension (of any case) directly in a
     class folder (:func:`class_folders`), hidden files left out, symbolic links to files kept under
-    their own path. One ``os.scandir`` a class folder, no ``stat`` of a file."""
+    their own path. One ``os.scandir`` a class folder, no ``stat`` of a file. ``folder`` is one
+    :func:`check_data_dirs` (or :func:`image_folder_classes`) checked: its warnings (sub-folders
+    without images, hidden folders) are not said again."""
     rows = _scan_image_folder(folder, listing=True).files
     rows.sort()
     return rows
