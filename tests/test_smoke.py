@@ -571,3 +571,21 @@ def test_the_students_resolution_is_read_as_height_and_width_in_order_of_precede
         tmp_path / "student")  # the output size follows each image's aspect
     size, note = student_resolution({"model_name_or_path": str(tmp_path / "student")}, 224)
     assert size == (224, 224) and note.startswith("student resolution unknown (") and note.endswith("224 px images")
+
+
+def test_a_folder_without_images_beside_class_folders_is_no_smoke_class(tmp_path):
+    """A README-only or empty folder beside class folders of images is no class of the run
+    (class_folders warns of it): the smoke data had 4 classes where the run reads 2."""
+    from PIL import Image
+
+    from hf_rcka.data.image_folders import class_folders
+
+    train = tmp_path / "train"
+    for name in ("b", "a"):
+        (train / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(train / name / "x.jpg")
+    (train / "misc").mkdir()
+    (train / "misc" / "README.txt").write_text("notes")
+    (train / "empty").mkdir()
+    assert class_folders(str(train)) == ["a", "b"]
+    assert class_names(None, str(train), None, {}, 10) == (["a", "b"], None)
