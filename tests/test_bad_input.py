@@ -3479,3 +3479,25 @@ def test_an_image_folders_warnings_are_said_once_though_it_is_scanned_again(tmp_
     assert len(raw["train"]) + len(raw["validation"]) == 8
     assert caplog.text.count("sub-folders without images are not classes: ['misc']") == 1
     assert caplog.text.count("hidden folders (a leading '.') are skipped") == 1
+
+
+def test_an_image_whose_name_is_not_utf8_is_named_before_loading(tmp_path):
+    """A Latin-1 file name (b'caf\\xe9.png', from an old archive) failed the load with Arrow's
+    "surrogates not allowed", naming no file (datasets' imagefolder failed on it too)."""
+    import os
+
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data.image_folders import check_data_dirs
+
+    for name in ("cat", "dog"):
+        _png(tmp_path / "train" / name / "1.png")
+    _png(tmp_path / "train" / "cat" / "été.png")  # non-ASCII UTF-8: read as it is
+    check_data_dirs(DataArguments(train_dir=str(tmp_path / "train")))
+    with open(os.path.join(os.fsencode(tmp_path / "train" / "cat"), b"caf\xe9.png"), "wb") as handle:
+        handle.write((tmp_path / "train" / "cat" / "1.png").read_bytes())
+    with pytest.raises(DataError, match=r"caf\\udce9\.png'?: its name is not UTF-8 text"):
+        check_data_dirs(DataArguments(train_dir=str(tmp_path / "train")))
+    os.remove(os.path.join(os.fsencode(tmp_path / "train" / "cat"), b"caf\xe9.png"))
+    os.rename(tmp_path / "train" / "dog", os.path.join(os.fsencode(tmp_path / "train"), b"d\xf6g"))  # a class's name
+    with pytest.raises(DataError, match=r"d\\udcf6g'?: its name is not UTF-8 text"):
+        check_data_dirs(DataArguments(train_dir=str(tmp_path / "train")))

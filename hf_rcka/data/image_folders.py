@@ -153,6 +153,8 @@ def _scan_image_folder(folder: str, listing: bool = False) -> _ImageFolder:
         if entry.name.startswith("__") and not (found.images or found.nested or found.unread):
             continue  # __pycache__, __MACOSX: datasets skips them, and they hold no image
         _check_loadable(folder, entry)
+        if not entry.path.isascii():  # the folder's or the class's name: every image's path holds it
+            _check_utf8_name(entry.path)
         if found.nested and entry.name.lower() in ("train", "training", *VALIDATION_SPLIT_NAMES):
             raise LabelError(
                 f"{folder!r} holds split folders ({entry.name!r} among them), not class folders: give train_dir "
@@ -258,6 +260,8 @@ def _scan_class_folder(folder: str, extensions: frozenset[str], skipped: bool = 
             raise DataError(f"{entry.path!r} is a symbolic link to nothing (its target was moved or deleted): "
                             "datasets would leave it out without a word. Restore its target, or remove the link")
         if extension in extensions:
+            if not entry.name.isascii():
+                _check_utf8_name(entry.path)
             images += 1
             if listing is not None:
                 listing.append(entry.path)
@@ -268,6 +272,17 @@ def _scan_class_folder(folder: str, extensions: frozenset[str], skipped: bool = 
         elif not skipped:
             _check_not_metadata(entry.path)
     return _ClassFolder(images, sorted(nested), sorted(unread), links, listing)
+
+
+def _check_utf8_name(path: str) -> None:
+    """An image's file name is text: a name in another encoding than UTF-8 (a Latin-1 ``café.jpg`` from an
+    old archive) is read by Python with its bytes escaped, and Arrow cannot store such a path (the load
+    failed with "surrogates not allowed", naming no file)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{path!r}: its name is not UTF-8 text (its bytes read in another encoding), which the "
+                        "data cannot hold: rename it (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)") from None
 
 
 @functools.lru_cache(maxsize=None)
