@@ -1574,3 +1574,30 @@ def test_a_layer_wise_optimizer_trains_and_its_weights_count_as_held(tmp_path):
     model.append(nn.Linear(2, 2))  # a weight its per-weight optimizers do not hold is still refused
     with pytest.raises(ModelError, match=r"2 weight\(s\) appeared during the first forward.*: 1\.weight, 1\.bias"):
         check_late_parameters(model, held)
+
+
+def test_a_layer_wise_optimizers_weights_are_not_said_unreached(tmp_path, caplog):
+    """A layer-wise optimizer steps and clears each weight's gradient in the backward's hooks: before
+    the (dummy) optimizer step no gradient is left, and SRD's projector, which trains, was said to
+    have got none ("!!! ... will not train")."""
+    from transformers.trainer_pt_utils import LayerWiseDummyOptimizer
+
+    class PerWeight(LayerWiseDummyOptimizer):
+        def __init__(self, params, **kwargs):
+            per = {p: torch.optim.SGD([p], lr=0.1) for group in params for p in group["params"]}
+
+            def step(p):
+                per[p].step()
+                per[p].zero_grad()
+
+            for p in per:
+                p.register_post_accumulate_grad_hook(step)
+            super().__init__(optimizer_dict=per, lr=0.1)
+
+    trainer = make_trainer(make_args(tmp_path, max_steps=2, losses=[{"name": "ce"}, {"name": "srd"}]),
+                           optimizer_cls_and_kwargs=(PerWeight, {}))
+    before = snapshot(trainer.distillation_model.losses)
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        trainer.train()
+    assert "losses.srd.projector.0.weight" not in caplog.text and "got no gradient" not in caplog.text
+    assert {"srd.projector.0.weight", "srd.projector.0.bias"} <= set(changed(before, trainer.distillation_model.losses))

@@ -92,10 +92,12 @@ class LateParameterCheck(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
         self.pending = self.pending_reach = True
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):  # noqa: D102
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):  # noqa: D102
         if self.pending_reach:
             self.pending_reach = False
-            if state.is_world_process_zero:
+            # a layer-wise optimizer steps and clears each weight's gradient in the backward's hooks: none
+            # is left to look at here, and every weight would be said unreached
+            if state.is_world_process_zero and _layerwise_weights(optimizer) is None:
                 warn_unreached_weights(self.model())
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):  # noqa: D102
@@ -104,11 +106,18 @@ class LateParameterCheck(TrainerCallback):
             check_late_parameters(self.model(), optimizer)
 
 
+def _layerwise_weights(optimizer: Any) -> dict | None:
+    """A layer-wise optimizer's (Trainer's LayerWiseDummyOptimizer, maybe inside accelerate's wrapper)
+    per-weight optimizers, by weight; None for another optimizer."""
+    layerwise = getattr(getattr(optimizer, "optimizer", optimizer), "optimizer_dict", None)
+    return layerwise if isinstance(layerwise, dict) else None
+
+
 def _not_optimized(model: torch.nn.Module, optimizer: Any) -> list[str]:
     # a layer-wise optimizer (GaLore's, APOLLO's: Trainer's LayerWiseDummyOptimizer, inside accelerate's
     # wrapper) holds one dummy tensor; its weights are the keys of its per-weight optimizers
-    layerwise = getattr(getattr(optimizer, "optimizer", optimizer), "optimizer_dict", None)
-    if isinstance(layerwise, dict):
+    layerwise = _layerwise_weights(optimizer)
+    if layerwise is not None:
         held = {id(p) for p in layerwise}
     else:
         held = {id(p) for group in optimizer.param_groups for p in group.get("params", ())}
