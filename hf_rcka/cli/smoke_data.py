@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..data.image_folders import class_folders
 from ..file_writes import replacing_path
 
 logger = logging.getLogger(__name__)
@@ -73,14 +74,12 @@ def class_names(
     if dataset_name and dataset_name.lower() in known:
         count = known[dataset_name.lower()]
     elif train_dir and os.path.isdir(train_dir):
-        # the folders a run reads as classes: datasets skips hidden ones (.ipynb_checkpoints), and
-        # image_folders.class_folders the __MACOSX-like ones that hold no image
-        folders = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith((".", "__")))
-        # a folder without images beside ones with images is no class either (class_folders warns of it); a
-        # train_dir of empty class folders alone (the images come later) is read by its folders' names
-        with_images = [name for name in folders if _holds_images(os.path.join(train_dir, name))]
+        # the folders a run reads as classes (its layout checks and warnings too); a train_dir of empty
+        # class folders alone (the images come later) is read by its folders' names
+        folders = class_folders(train_dir) or sorted(
+            e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith((".", "__")))
         if folders:
-            return with_images or folders, None
+            return folders, None
         count, note = default, f"{train_dir} has no class folders: {default} classes assumed"
     elif teacher_labels:
         count = len(teacher_labels)
@@ -90,15 +89,6 @@ def class_names(
     if teacher_labels and len(teacher_labels) == count:
         return list(teacher_labels), note
     return [f"class_{i}" for i in range(count)], note
-
-
-def _holds_images(folder: str) -> bool:
-    """Whether ``folder`` holds an image file itself (by datasets' image extensions), as a class folder does."""
-    from ..data.image_folders import _image_extensions
-
-    extensions = _image_extensions()
-    return any(not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in extensions and not e.is_dir()
-               for e in os.scandir(folder))
 
 
 def write_synthetic_dataset(data: SyntheticData) -> None:

@@ -127,8 +127,10 @@ def image_folder_splits(args: DataArguments) -> datasets.DatasetDict:
     modification time, on every run and every process (about 0.2 ms a file: 4 to 5 minutes for
     ImageNet's 1.33M files, with no progress shown), and wrote an Arrow copy on the first run
     (0.3 ms a file more); ``benchmarks/folder_listing.py`` measures both. The rows are held in
-    memory (about 100 bytes an image; loader workers started by fork share them). The class folders are those ``check_data_dirs`` checked: a layout
-    datasets reads otherwise (nested, linked or special folders, metadata files) is refused there.
+    memory (68 bytes an image in that benchmark's ImageNet-like folder): loader workers started by
+    fork share them, spawned ones get a copy each. The class folders are those ``check_data_dirs``
+    checked: a layout datasets reads otherwise (nested, linked or special folders, metadata files)
+    is refused there.
     """
     from .image_folders import image_files
 

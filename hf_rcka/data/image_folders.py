@@ -45,7 +45,7 @@ def check_data_dirs(data_args: Any) -> None:
                             "or drop validation_dir to hold out part of train_dir")
         _check_no_links_across(("train_dir", data_args.train_dir, train.links, validation_path),
                                ("validation_dir", data_args.validation_dir, validation.links, train_path))
-    # datasets' listing of them comes next, silent for minutes on an ImageNet-size folder: the count says what it lists
+    # what the run will read, said before it is listed again into the splits (image_files)
     counted = [f"train_dir {train.images} images in {len(train.classes)} class folders"]
     if validation is not None:
         counted.append(f"validation_dir {validation.images} in {len(validation.classes)}")
