@@ -124,9 +124,9 @@ def image_folder_splits(args: DataArguments) -> datasets.DatasetDict:
     The same rows in the same order and the same features (``image``: each file's path, no bytes;
     ``label``: a ClassLabel of both splits' class folders, sorted), built from ``os.scandir`` of each
     class folder. ``load_dataset("imagefolder")`` resolved every file through fsspec and read its
-    modification time, on every run and every process (about 0.2 ms a file: 4 to 5 minutes for
-    ImageNet's 1.33M files, with no progress shown), and wrote an Arrow copy on the first run
-    (0.3 ms a file more); ``benchmarks/folder_listing.py`` measures both. The rows are held in
+    metadata, on every run and every process (minutes for ImageNet's 1.33M files, with no progress
+    shown), and wrote an Arrow copy on the first run; ``benchmarks/folder_listing.py`` measures
+    both ways. The rows are held in
     memory (68 bytes an image in that benchmark's ImageNet-like folder): loader workers started by
     fork share them, spawned ones get a copy each. The class folders are those ``check_data_dirs``
     checked: a layout datasets reads otherwise (nested, linked or special folders, metadata files)
