@@ -306,6 +306,77 @@ def test_exactly_max_bad_images_skipped_files_do_not_stop_the_run(tmp_path):
         callback.on_epoch_end(args, None, None)
 
 
+
+def test_the_over_limit_error_names_the_first_ten_files_and_counts_the_rest(tmp_path):
+    """The stop's one line lists the first 10 skipped files and says how many more the ledger holds:
+    a name left out of both would be a file the user never hears of."""
+    from hf_rcka.data.bad_images import SkippedImages
+
+    ledger = SkippedImages(str(tmp_path), limit=0)
+    for i in range(11):
+        ledger.record(f"{i}.jpg", "truncated")
+    message = str(ledger.over_limit_error())
+    assert "11 image files could not be read" in message
+    assert ": " + ", ".join(f"{i}.jpg" for i in range(10)) + " and 1 more." in message
+    ledger = SkippedImages(str(tmp_path / "ten"), limit=0)
+    for i in range(10):
+        ledger.record(f"{i}.jpg", "truncated")
+    assert ", ".join(f"{i}.jpg" for i in range(10)) + ". The full list" in str(ledger.over_limit_error())
+
+
+def test_a_file_two_processes_appended_at_once_counts_once_against_the_limit(tmp_path):
+    """Two dataloader workers (or ranks) meeting the same unreadable file at once may both append it:
+    counted twice, a run at exactly max_bad_images distinct files stopped."""
+    from hf_rcka.data.bad_images import LEDGER_NAME, SkippedImages, SkippedImagesCallback
+
+    (tmp_path / LEDGER_NAME).write_text("a.jpg\ttruncated\nb.jpg\ttruncated\na.jpg\ttruncated\n\n")
+    ledger = SkippedImages(str(tmp_path), limit=2)
+    assert ledger.entries() == ["a.jpg", "b.jpg"] and ledger.count() == 2
+    SkippedImagesCallback(ledger).on_epoch_end(SimpleNamespace(device="cpu", logging_steps=1), None, None)
+
+
+def test_a_reason_over_several_lines_is_one_ledger_line(tmp_path):
+    """An error's message may hold newlines or tabs: written as it was, its second line read as another
+    skipped file (counted against max_bad_images, named in the stop's list)."""
+    from hf_rcka.data.bad_images import SkippedImages
+
+    ledger = SkippedImages(str(tmp_path), limit=5)
+    ledger.record("a.jpg", "OSError: broken data stream\nwhile reading\tchunk IDAT")
+    assert ledger.entries() == ["a.jpg"]
+    assert (tmp_path / "_skipped_images.tsv").read_text() == "a.jpg\tOSError: broken data stream while reading chunk IDAT\n"
+
+
+def test_the_limit_is_checked_at_logging_steps_and_at_trainings_end(tmp_path):
+    """Too many skipped files stop the run at the next logging step (not only at an epoch's end, hours
+    on), and at training's end: a max_steps run that stopped mid-epoch without a final evaluation
+    ended with exit 0 and the files unsaid."""
+    from hf_rcka.data.bad_images import SkippedImages, SkippedImagesCallback
+
+    ledger = SkippedImages(str(tmp_path), limit=0)
+    ledger.record("a.jpg", "truncated")
+    args = SimpleNamespace(device="cpu", logging_steps=2)
+    callback = SkippedImagesCallback(ledger)
+    callback.on_step_end(args, SimpleNamespace(global_step=3), None)  # no logging step: no collective
+    with pytest.raises(DataError, match="more than max_bad_images=0"):
+        callback.on_step_end(args, SimpleNamespace(global_step=4), None)
+    with pytest.raises(DataError, match="more than max_bad_images=0"):
+        SkippedImagesCallback(ledger).on_train_end(args, None, None)
+
+
+def test_a_new_runs_count_starts_at_zero_and_its_end_says_one_skipped_file(tmp_path):
+    """A run started anew in the folder of an earlier one counted that run's skipped files (of other
+    data, perhaps) against its own max_bad_images; the run's end said nothing of a single skipped file."""
+    from hf_rcka.data.bad_images import SkippedImages
+
+    earlier = SkippedImages(str(tmp_path), limit=5)
+    earlier.record("old/a.jpg", "truncated")
+    ledger = SkippedImages(str(tmp_path), limit=5)
+    ledger.reset()
+    assert ledger.count() == 0 and ledger.summary() is None
+    ledger.record("new/b.jpg", "truncated")
+    assert ledger.summary() == ("skipped 1 unreadable image file(s) (in training each replaced by another image of "
+                                f"its batch, in evaluation not counted); list: {ledger.path}")
+
 def test_a_concatenation_is_decoded_here_only_when_every_part_is():
     """A ConcatDataset of images decoded here and ready pixel_values counted as decoded here when
     any part was: the card then told readers to decode as training did (over white, 16-bit scaled),
