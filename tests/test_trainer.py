@@ -1396,6 +1396,17 @@ def test_a_data_parallel_run_logs_at_its_last_step():
         assert control.should_log is logged, (world, step)
 
 
+
+def test_a_data_parallel_run_stopped_early_logs_as_it_leaves_the_epoch_loop():
+    """A run of several processes stopped before max_steps (a signal, early stopping) logs at the
+    epoch's end, so that train_loss gathers every process's loss; an epoch that ends without a stop
+    asks for no extra log, and one process has nothing to gather."""
+    for world, stop, logged in ((2, True, True), (2, False, False), (1, True, False)):
+        control = SimpleNamespace(should_log=False, should_training_stop=stop)
+        LastStepLog().on_epoch_end(SimpleNamespace(world_size=world), SimpleNamespace(max_steps=4, global_step=2),
+                                   control)
+        assert control.should_log is logged, (world, stop)
+
 def _gather(t):
     return t
 
