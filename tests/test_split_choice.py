@@ -441,3 +441,27 @@ def test_a_save_to_disk_folder_rewritten_under_the_same_fingerprint_maps_its_pat
         shutil.copy(arrow, root / arrow.name)
     again = load_raw_datasets(DataArguments(dataset_name=str(root)))
     assert set(_values(again["train"]) + _values(again["validation"])) == {1}
+
+
+def test_urls_and_embedded_images_with_a_relative_name_are_no_relative_paths(tmp_path, monkeypatch):
+    """URLs ('https://...', which datasets' Image opens) and images embedded with their
+    file's name as the path (as push_to_hub and to_parquet store them: {bytes, path: '0.png'}) name no
+    file of the folder: taken for relative paths, the data was refused as naming no file, or a URL
+    beside relative paths was joined to the folder."""
+    from hf_rcka.data.image_paths import image_paths_from_the_data_folder
+
+    buffer = __import__("io").BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 40, dtype=np.uint8)).save(buffer, format="PNG")
+    embedded = datasets.Dataset.from_dict(
+        {"image": [{"bytes": buffer.getvalue(), "path": f"{i}.png"} for i in range(3)], "label": [0, 1, 2]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)}))
+    mixed = ["https://example.com/0.png", "imgs/1.png", "https://example.com/2.png"]  # a URL is no file of the folder
+    urls = datasets.Dataset.from_dict({"image": mixed, "label": [0, 1, 2]})
+    (tmp_path / "d" / "imgs").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "d" / "imgs" / "1.png")
+    monkeypatch.chdir(tmp_path)
+    raw = datasets.DatasetDict({"train": embedded, "validation": urls})
+    out = image_paths_from_the_data_folder(raw, DataArguments(dataset_name=str(tmp_path / "d")), ("train", "validation"))
+    assert out["validation"]["image"] == [mixed[0], str(tmp_path / "d" / "imgs" / "1.png"), mixed[2]]
+    stored = out["train"].cast_column("image", datasets.Image(decode=False))["image"]
+    assert [value["path"] for value in stored] == ["0.png", "1.png", "2.png"]
