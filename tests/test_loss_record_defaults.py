@@ -56,3 +56,15 @@ def test_a_loss_record_is_written_whole_or_not_at_all(tmp_path):
     with pytest.raises(TypeError):
         write_loss_record(str(tmp_path), {"losses": [{"name": "ce", "weight": object()}]})
     assert read_loss_record(str(tmp_path)) == first
+
+
+def test_a_loss_record_that_is_no_json_object_is_no_record(tmp_path):
+    """A loss_settings.json cut short or holding no object (null, a list) is no record: the resume
+    check read it with .get and stopped on an AttributeError traceback, or a JSONDecodeError."""
+    from hf_rcka.trainer.loss_record import LOSS_RECORD_NAME, check_loss_record, read_loss_record
+
+    settings = {"losses": [{"name": "ce", "weight": 1.0}], "feature_pairs": None, "label_smoothing_factor": None}
+    for text in ("null", "[1, 2]", '"ce"', '{"losses": [{"name": "ce"'):
+        (tmp_path / LOSS_RECORD_NAME).write_text(text)
+        assert read_loss_record(str(tmp_path)) is None, text
+        assert check_loss_record(str(tmp_path), settings) == [], text
