@@ -68,3 +68,23 @@ def test_a_loss_record_that_is_no_json_object_is_no_record(tmp_path):
         (tmp_path / LOSS_RECORD_NAME).write_text(text)
         assert read_loss_record(str(tmp_path)) is None, text
         assert check_loss_record(str(tmp_path), settings) == [], text
+
+
+def test_the_resume_check_says_label_smoothing_recorded_to_now_and_returns_the_earlier_defaults(tmp_path):
+    """The Python API's resume (trainer.train(resume_from_checkpoint=...)) says what check_loss_record
+    returns: an earlier version's record without rcka's weights trained at 15/15, which the run would
+    silently leave for today's 1/1. A smoothing changed since is said from the record to now."""
+    import json
+
+    from hf_rcka.errors import ModelError
+    from hf_rcka.trainer.loss_record import LOSS_RECORD_NAME, check_loss_record
+
+    earlier = [{"name": "ce", "weight": 1.0}, {"name": "rcka", "weight": 1.0}]
+    now = {"losses": resolved_specs(earlier), "feature_pairs": None, "label_smoothing_factor": None}
+    record = tmp_path / LOSS_RECORD_NAME
+    record.write_text(json.dumps({"losses": earlier, "feature_pairs": None, "label_smoothing_factor": 0.1}))
+    with pytest.raises(ModelError, match=r"other loss settings \(ce label_smoothing 0\.1 -> None\)"):
+        check_loss_record(str(tmp_path), now)
+    record.write_text(json.dumps({"losses": earlier, "feature_pairs": None, "label_smoothing_factor": None}))
+    assert [line.split(" (")[0] for line in check_loss_record(str(tmp_path), now)] == ["rcka intra_weight",
+                                                                                      "rcka inter_weight"]
