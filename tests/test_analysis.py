@@ -549,3 +549,38 @@ def test_cka_report_adds_to_a_card_whose_model_an_evaluation_is_reading(tmp_path
         assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--num_images", "10",
                                 "--output", str(out), "--card", second]) == 0
     assert "cka" in (Path(second) / "README.md").read_text().lower()
+
+
+def test_the_heatmaps_share_one_0_to_1_scale_with_the_first_layer_at_the_bottom(tmp_path, monkeypatch):
+    """The panels are compared by colour: each scaled to its own range, a 0.3 read as bright as
+    another panel's 0.9; the rows (the reference's layers, first at the bottom as on the y axis's
+    labels) are labelled on the first panel, and a second panel of the same rows leaves them out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hf_rcka.analysis import LayerCKA
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # the figure kept, to read what was drawn
+    rows, columns = ["0: a", "1: b"], ["0: x", "1: y", "2: z"]
+    low = LayerCKA(torch.tensor([[0.1, 0.2, 0.3], [0.2, 0.25, 0.3]]), rows, columns, "t", "s1", 5)
+    high = LayerCKA(torch.tensor([[0.5, 0.7, 0.9], [0.6, 0.8, 0.9]]), rows, columns, "t", "s2", 5)
+    save_heatmaps([low, high], tmp_path / "cka.png")
+    first, second = figures[0].axes[:2]
+    for ax in (first, second):
+        assert ax.images[0].get_clim() == (0.0, 1.0)
+        assert ax.get_ylim()[0] < ax.get_ylim()[1]  # row 0 at the bottom
+    assert [t.get_text() for t in first.get_yticklabels()] == rows
+    assert [t.get_text() for t in second.get_yticklabels()] == ["", ""]
+
+
+def test_the_rows_are_the_first_named_model(images):
+    """The table's corner, the panel's title and its axes name the reference (rows) first: swapped,
+    the report called the teacher's layers the student's."""
+    vit, resnet = hf_vit(), timm_model("resnet18")
+    report = layer_cka(vit, images, resnet, images, names=("teacher", "student"))
+    assert (report.row_model, report.column_model) == ("teacher", "student")
+    assert len(report.row_names) == report.matrix.shape[0] == 4 and report.matrix.shape[1] == len(report.column_names)
+    assert report.to_markdown().startswith("| teacher \\ student | ")
