@@ -69,3 +69,19 @@ def test_a_save_to_disk_folder_is_only_read(tmp_path):
     before = sorted(path.name for path in (tmp_path / "data").iterdir())
     assert len(cka_report.sample_images(_args(tmp_path, tmp_path / "data"))) == 20
     assert sorted(path.name for path in (tmp_path / "data").iterdir()) == before
+
+
+def test_fewer_than_3_readable_images_are_refused_before_any_model_runs(capsys):
+    """A split whose images are mostly unreadable left 2: the report loaded both models and then
+    stopped on layer_cka's ValueError, a traceback, where one error line was due."""
+    import pytest
+
+    from hf_rcka.errors import DataError
+
+    good = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(good, "PNG")
+    values = [{"bytes": b"not an image", "path": None}] * 3 + [{"bytes": good.getvalue(), "path": None}] * 2
+    with pytest.raises(DataError, match="the validation split holds 2 readable images: layer CKA needs at least 3"):
+        cka_report._readable_images(iter(values), 5)
+    assert len(cka_report._readable_images(iter(values + values[-1:]), 5)) == 3
+    assert "note: 3 unreadable image(s) left out" in capsys.readouterr().err
