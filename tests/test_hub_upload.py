@@ -568,3 +568,20 @@ def test_a_named_hub_revision_is_made_as_a_branch_before_the_first_push(monkeypa
     trainer.args.hub_revision = None
     create_revision_branch(trainer)
     assert calls == []
+
+
+def test_the_branch_is_made_with_the_token_push_to_hub_was_given(monkeypatch):
+    """init_hf_repo(token=...) (push_to_hub's token) of a run without hub_token made the branch with no
+    token, the upload's own unused: refused for a repository only that token may write."""
+    import transformers
+
+    from hf_rcka.trainer.hub_pushes import create_revision_branch
+
+    calls = []
+    api = SimpleNamespace(create_branch=lambda repo, **kwargs: calls.append(kwargs["token"]))
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: api)
+    trainer = SimpleNamespace(hub_model_id="me/run", args=SimpleNamespace(hub_revision="exp", hub_token=None))
+    create_revision_branch(trainer, token="given")
+    trainer.args.hub_token = "run's"
+    create_revision_branch(trainer)
+    assert calls == ["given", "run's"]
