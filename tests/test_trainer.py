@@ -1553,14 +1553,11 @@ def test_a_teacher_fingerprint_counts_every_floating_value_and_hashes_the_runnin
     assert teacher_fingerprint(teacher)["sha256"] != recorded["sha256"]
 
 
-def test_a_layer_wise_optimizer_trains_and_its_weights_count_as_held(tmp_path):
-    """Trainer's layer-wise GaLore/APOLLO optimizer (LayerWiseDummyOptimizer) holds one dummy tensor
-    and steps each weight from its own optimizer in a gradient hook: every such run was refused
-    after its first step, each of its weights said to have appeared during the first forward.
-    Faked with SGD per weight, as transformers builds it (galore_torch is not installed here)."""
+def _per_weight_optimizer() -> type:
+    """Trainer's layer-wise optimizer (GaLore's, APOLLO's) as transformers builds it: a
+    LayerWiseDummyOptimizer whose weights each step, then clear their gradient, in a gradient hook
+    (plain SGD per weight here: galore_torch is not installed)."""
     from transformers.trainer_pt_utils import LayerWiseDummyOptimizer
-
-    from hf_rcka.trainer.optimizer_checks import check_late_parameters
 
     class PerWeight(LayerWiseDummyOptimizer):
         def __init__(self, params, **kwargs):
@@ -1574,8 +1571,20 @@ def test_a_layer_wise_optimizer_trains_and_its_weights_count_as_held(tmp_path):
                 p.register_post_accumulate_grad_hook(step)
             super().__init__(optimizer_dict=per, lr=0.1)
 
+    return PerWeight
+
+
+def test_a_layer_wise_optimizer_trains_and_its_weights_count_as_held(tmp_path):
+    """Trainer's layer-wise GaLore/APOLLO optimizer (LayerWiseDummyOptimizer) holds one dummy tensor
+    and steps each weight from its own optimizer in a gradient hook: every such run was refused
+    after its first step, each of its weights said to have appeared during the first forward.
+    Faked with SGD per weight, as transformers builds it (galore_torch is not installed here)."""
+    from transformers.trainer_pt_utils import LayerWiseDummyOptimizer
+
+    from hf_rcka.trainer.optimizer_checks import check_late_parameters
+
     trainer = make_trainer(make_args(tmp_path, max_steps=2, losses=[{"name": "ce"}, {"name": "kd"}]),
-                           optimizer_cls_and_kwargs=(PerWeight, {}))
+                           optimizer_cls_and_kwargs=(_per_weight_optimizer(), {}))
     before = snapshot(trainer.distillation_model.student)
     trainer.train()
     assert trainer.state.global_step == 2 and changed(before, trainer.distillation_model.student)
@@ -1591,22 +1600,8 @@ def test_a_layer_wise_optimizers_weights_are_not_said_unreached(tmp_path, caplog
     """A layer-wise optimizer steps and clears each weight's gradient in the backward's hooks: before
     the (dummy) optimizer step no gradient is left, and SRD's projector, which trains, was said to
     have got none ("!!! ... will not train")."""
-    from transformers.trainer_pt_utils import LayerWiseDummyOptimizer
-
-    class PerWeight(LayerWiseDummyOptimizer):
-        def __init__(self, params, **kwargs):
-            per = {p: torch.optim.SGD([p], lr=0.1) for group in params for p in group["params"]}
-
-            def step(p):
-                per[p].step()
-                per[p].zero_grad()
-
-            for p in per:
-                p.register_post_accumulate_grad_hook(step)
-            super().__init__(optimizer_dict=per, lr=0.1)
-
     trainer = make_trainer(make_args(tmp_path, max_steps=2, losses=[{"name": "ce"}, {"name": "srd"}]),
-                           optimizer_cls_and_kwargs=(PerWeight, {}))
+                           optimizer_cls_and_kwargs=(_per_weight_optimizer(), {}))
     before = snapshot(trainer.distillation_model.losses)
     with caplog.at_level("WARNING", logger="hf_rcka"):
         trainer.train()
