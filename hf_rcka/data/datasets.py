@@ -37,6 +37,7 @@ from .transforms import eval_transform, train_transform
 from .splits import VALIDATION_SPLIT_NAMES, stratified_validation_split
 from . import label_values
 from .digits import DIGITS, digits_dataset
+from .image_folders import image_files
 from .image_paths import image_paths_from_the_data_folder
 from .local_cache import local_cache_path
 from .stored_labels import parquet_split_files, realign_stored_labels
@@ -126,14 +127,11 @@ def image_folder_splits(args: DataArguments) -> datasets.DatasetDict:
     class folder. ``load_dataset("imagefolder")`` resolved every file through fsspec and read its
     metadata, on every run and every process (minutes for ImageNet's 1.33M files, with no progress
     shown), and wrote an Arrow copy on the first run; ``benchmarks/folder_listing.py`` measures
-    both ways. The rows are held in
-    memory (68 bytes an image in that benchmark's ImageNet-like folder): loader workers started by
-    fork share them, spawned ones get a copy each. The class folders are those ``check_data_dirs``
-    checked: a layout datasets reads otherwise (nested, linked or special folders, metadata files)
-    is refused there.
+    both ways. The rows are held in memory (68 bytes an image in that benchmark's ImageNet-like
+    folder): loader workers started by fork share them, spawned ones get a copy each. The class
+    folders are those ``check_data_dirs`` checked: a layout datasets reads otherwise (nested,
+    linked or special folders, metadata files) is refused there.
     """
-    from .image_folders import image_files
-
     folders = {"train": args.train_dir, "validation": args.validation_dir}
     listed = {split: image_files(os.path.abspath(folder)) for split, folder in folders.items() if folder}
     names = sorted({label for rows in listed.values() for _, label in rows})

@@ -80,8 +80,8 @@ def image_folder_classes(key: str, folder: str) -> list[str]:
 class _ImageFolder(NamedTuple):
     classes: list[str]
     links: list[str]  # its images that are symbolic links
-    images: int = 0  # in its class folders
-    files: list[tuple[str, str]] = []  # (path, class) of each, when listed
+    images: int  # in its class folders
+    files: list[tuple[str, str]]  # (path, class) of each, when listed (else empty)
 
 
 def _checked_image_folder(key: str, folder: str) -> _ImageFolder:
@@ -148,8 +148,7 @@ def _scan_image_folder(folder: str, listing: bool = False) -> _ImageFolder:
             if _scan_class_folder(entry.path, extensions, skipped=True).images:
                 hidden.append(entry.name)
             continue
-        found = _scan_class_folder(entry.path, extensions, skipped=entry.name.startswith("__"),
-                                   listing=[] if listing else None)
+        found = _scan_class_folder(entry.path, extensions, skipped=entry.name.startswith("__"), listing=listing)
         if entry.name.startswith("__") and not (found.images or found.nested or found.unread):
             continue  # __pycache__, __MACOSX: datasets skips them, and they hold no image
         _check_loadable(folder, entry)
@@ -170,7 +169,7 @@ def _scan_image_folder(folder: str, listing: bool = False) -> _ImageFolder:
         unread += [os.path.join(entry.name, name) for name in found.unread]
         links += found.links
         images += found.images
-        files += [(path, entry.name) for path in found.listed or ()]
+        files += [(path, entry.name) for path in found.listed]
         (classes if found.images else imageless).append(entry.name)
     if unread:
         raise LabelError(
@@ -239,14 +238,14 @@ class _ClassFolder(NamedTuple):
     nested: list[str]  # its sub-folders that hold images deeper down
     unread: list[str]  # its files Pillow opens but datasets does not read as images (by extension)
     links: list[str]  # its images that are symbolic links (paths)
-    listed: list[str] | None = None  # its images' paths, when asked for
+    listed: list[str]  # its images' paths, when asked for (else empty)
 
 
 def _scan_class_folder(folder: str, extensions: frozenset[str], skipped: bool = False,
-                       listing: list[str] | None = None) -> _ClassFolder:
+                       listing: bool = False) -> _ClassFolder:
     """What one sub-folder holds; ``skipped``: a folder datasets leaves out (hidden, ``__...``), whose
-    metadata files it does not read either; ``listing``: a list its images' paths are added to."""
-    images, nested, unread, links = 0, [], [], []
+    metadata files it does not read either; ``listing``: with its images' paths."""
+    images, nested, unread, links, listed = 0, [], [], [], []
     only_pillow = _pillow_only_extensions(extensions)
     for entry in os.scandir(folder):
         if entry.name.startswith("."):
@@ -263,15 +262,15 @@ def _scan_class_folder(folder: str, extensions: frozenset[str], skipped: bool = 
             if not entry.name.isascii():
                 _check_utf8_name(entry.path)
             images += 1
-            if listing is not None:
-                listing.append(entry.path)
+            if listing:
+                listed.append(entry.path)
             if entry.is_symlink():
                 links.append(entry.path)
         elif extension in only_pillow:
             unread.append(entry.name)
         elif not skipped:
             _check_not_metadata(entry.path)
-    return _ClassFolder(images, sorted(nested), sorted(unread), links, listing)
+    return _ClassFolder(images, sorted(nested), sorted(unread), links, listed)
 
 
 def _check_utf8_name(path: str) -> None:
