@@ -4,7 +4,7 @@ on a BatchNorm student with drop-path, under accelerate's FSDP2 path on 2 CPU pr
 accelerate wraps each block in torch's ``checkpoint_wrapper`` as it prepares the model, so nothing
 on the student says beforehand that its blocks are recomputed in the backward.
 
-Usage (torchrun, 2 processes): ``fsdp_ac_worker.py OUT MODE`` with MODE ``plain`` or ``checkpointed`` (3 steps each).
+``main(OUT, MODE)``, MODE ``plain`` or ``checkpointed`` (3 steps each), run by fsdp_jobs_worker.py under torchrun.
 """
 
 import json
@@ -19,7 +19,6 @@ import torch.distributed as dist  # noqa: E402
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_vit  # noqa: E402
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
-from hf_rcka.distributed import close_process_group  # noqa: E402
 from hf_rcka.models.label_maps import LabelMaps  # noqa: E402
 from hf_rcka.models.timm_models import build_timm_classifier  # noqa: E402
 
@@ -46,12 +45,3 @@ def main(out: str, mode: str) -> None:
         with open(os.path.join(out, f"{mode}.json"), "w") as handle:
             json.dump({"wrapped": wrapped}, handle)
     dist.barrier()
-    close_process_group()
-
-
-if __name__ == "__main__":
-    torch.set_num_threads(1)
-    main(sys.argv[1], sys.argv[2])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # see fsdp_trainer_worker.py

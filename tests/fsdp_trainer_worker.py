@@ -8,8 +8,8 @@ accelerate's ``fsdp2_prepare_model`` (``fully_shard`` per ViT block and on the w
 as ignored params), ``accelerator.get_state_dict`` -> ``_save`` for checkpoints and the export,
 accelerate's FSDP optimizer save/load, and our ``_load_from_checkpoint`` on resume.
 
-Usage (torchrun, 2 processes): ``fsdp_trainer_worker.py OUT MODE`` where MODE is ``full`` (4 steps,
-checkpoint at 2 and 4) or ``resume`` (resume OUT/full/checkpoint-2 into a fresh trainer, 2 more steps).
+``main(OUT, MODE)``, run by fsdp_jobs_worker.py under torchrun: MODE ``full`` (4 steps, checkpoint at
+2 and 4) or ``resume`` (resume OUT/full/checkpoint-2 into a fresh trainer, 2 more steps).
 """
 
 import json
@@ -40,12 +40,10 @@ _force_fsdp_on_cpu(AcceleratorState)
 
 import numpy as np  # noqa: E402
 import datasets  # noqa: E402
-import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_resnet, tiny_vit  # noqa: E402
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
-from hf_rcka.distributed import close_process_group  # noqa: E402
 
 
 def dataset():
@@ -83,16 +81,3 @@ def main(out: str, mode: str) -> None:
         with open(os.path.join(out, f"{mode}.json"), "w") as handle:
             json.dump(info, handle)
     dist.barrier()
-    close_process_group()  # left to interpreter exit, gloo's threads can abort a finished run (exit -6)
-
-
-if __name__ == "__main__":
-    torch.set_num_threads(1)
-    main(sys.argv[1], sys.argv[2])
-    # Everything the test reads is on disk by now. Even with the group closed, interpreter teardown
-    # aborted a finished worker once, on a loaded machine ("terminate called without an active
-    # exception": a C++ thread of torch's destroyed while joinable), and the test failed on the exit
-    # code of a run that had done everything right. The exit code here is the run's.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

@@ -10,7 +10,8 @@ Run A trains 4 steps; run B trains 2, checkpoints, and a fresh model resumes fro
 Rank 0 writes both final students and the export folder to OUT, ``resume.json`` (whether the
 resumed teacher equals the built one on every rank), and ``upstream.json``: what
 torch's ``broadcast_from_rank0`` loading does to an NHWC (channels_last) tensor on rank 1, the
-behaviour ``hf_rcka.modeling.teacher_runtime.standard_layout_state`` works around. Launched by torchrun.
+behaviour ``hf_rcka.modeling.teacher_runtime.standard_layout_state`` works around. Run by
+fsdp_jobs_worker.py, which closes the process group this job sets up.
 """
 
 import json
@@ -29,7 +30,6 @@ from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_resnet, tiny_vit  # noqa: E402
-from hf_rcka.distributed import close_process_group  # noqa: E402
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments  # noqa: E402
 from hf_rcka.losses import CrossEntropyLoss, FeatureCKALoss, RCKALoss  # noqa: E402
 from hf_rcka.modeling.distillation_model import DistillationModel  # noqa: E402
@@ -123,8 +123,3 @@ def main(out: str) -> None:
         with open(os.path.join(out, "upstream.json"), "w") as handle:
             json.dump(upstream, handle)
     dist.barrier()
-    close_process_group()  # not dist.destroy_process_group(): see its docstring
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])

@@ -178,8 +178,31 @@ def test_an_evaluation_before_training_does_not_keep_the_model_from_ddp():
 COLLECTIVES = pytest.mark.xdist_group("two_process_pieces")  # one worker builds the module fixture
 
 
+def _srd_halves(gather: bool) -> dict:
+    """SRD with ``gather`` on this process's half of one batch, the projector's gradient averaged over
+    the processes as DDP averages it."""
+    import torch.distributed as dist
+
+    from hf_rcka.losses import LossContext, LossInputs
+    from hf_rcka.losses.srd import SRDLoss
+
+    rank, size = dist.get_rank(), dist.get_world_size()
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(8, 6, generator=generator), torch.randn(8, 5, generator=generator)
+    torch.manual_seed(1)
+    loss = SRDLoss(gather=gather)
+    loss.setup(LossContext(num_labels=3, student_pooled_dim=6, teacher_pooled_dim=5))
+    rows = slice(rank * 8 // size, (rank + 1) * 8 // size)
+    logits = torch.zeros(8, 3)[rows]
+    value = loss.term(LossInputs(student_logits=logits, student_pooled=student[rows], teacher_pooled=teacher[rows]))
+    value.backward()
+    grad = loss.projector[0].weight.grad
+    dist.all_reduce(grad)
+    return {"loss": float(value), "grad": (grad / size).tolist(),
+            "teacher_running_mean": loss.teacher_norm.running_mean.tolist()}
+
+
 def _two_process_pieces(rank: int, init: str, out: str) -> None:
-    import srd_gather_worker  # tests/ is on the path of pytest's spawned children too (pytest put it there)
     import torch.distributed as dist
 
     from hf_rcka.distributed import close_process_group
@@ -188,7 +211,7 @@ def _two_process_pieces(rank: int, init: str, out: str) -> None:
     _collectives_piece(rank, f"{out}/collectives.pt")
     _gather_piece(rank, f"{out}/gathered.pt")
     _shared_gradient_piece(rank, f"{out}/shared.pt")
-    srd = {"gathered": srd_gather_worker.halves(True), "own": srd_gather_worker.halves(False)}
+    srd = {"gathered": _srd_halves(True), "own": _srd_halves(False)}
     if rank == 0:
         with open(f"{out}/srd.json", "w") as handle:
             json.dump(srd, handle)
