@@ -53,6 +53,18 @@ def test_the_job_and_the_smoke_test_do_not_import_the_command_line(modules_after
     assert "hf_rcka.cli.main" not in modules_after_import["hf_rcka.cli.smoke"]
 
 
+def test_a_recipes_mistake_is_said_before_the_trainer_loads(tmp_path):
+    """The command line imported the job (transformers.Trainer, datasets, timm: about half of its
+    start-up) before reading the recipe, so a misspelt key took twice as long to be said."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: config:resnet\nlearnig_rate: 0.1\n")
+    code = ("import sys; from hf_rcka.cli.main import main; code = main([sys.argv[1]]); "
+            "print(code, *sorted({'transformers.trainer', 'datasets', 'timm'} & set(sys.modules)))")
+    ran = subprocess.run([sys.executable, "-c", code, str(recipe)], capture_output=True, text=True, check=True)
+    assert ran.stdout.split() == ["2"], "nothing but the recipe's modules loaded"
+    assert ran.stderr.strip().splitlines()[-1].startswith("error: unknown recipe key 'learnig_rate'")
+
+
 def test_loss_specs_are_checked_once_and_the_trainer_builds_each_once(monkeypatch):
     checks, builds = [], []
     validate, build = arguments.validate_losses, LOSSES.build

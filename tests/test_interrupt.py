@@ -366,8 +366,8 @@ def test_checkpoints_are_told_apart_by_step_and_by_what_they_hold(tmp_path):
     """The last checkpoint is the highest step (checkpoint-9 sorts after checkpoint-10 by name); a
     folder named beyond the pattern (a copy, checkpoint-10.bak) is none; resuming needs both the
     optimizer's and the schedule's state."""
-    from hf_rcka.trainer.checkpointing import checkpoint_step, holds_training_state
-    from hf_rcka.trainer.interrupt import last_checkpoint
+    from hf_rcka.trainer.checkpoint_folders import checkpoint_step, last_checkpoint
+    from hf_rcka.trainer.checkpointing import holds_training_state
 
     for name in ("checkpoint-9", "checkpoint-10", "checkpoint-10.bak"):
         (tmp_path / name).mkdir()
@@ -378,6 +378,17 @@ def test_checkpoints_are_told_apart_by_step_and_by_what_they_hold(tmp_path):
     assert not holds_training_state(str(tmp_path / "checkpoint-10"))
     (tmp_path / "checkpoint-10" / "scheduler.pt").write_bytes(b"")
     assert holds_training_state(str(tmp_path / "checkpoint-10"))
+
+
+def test_the_state_file_that_makes_a_checkpoint_whole_is_transformers_own():
+    """``checkpoint_folders`` writes transformers' name for a checkpoint's last file itself (the
+    module that defines it loads the whole Trainer): a rename upstream would make every checkpoint
+    look cut short."""
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    from hf_rcka.trainer import checkpoint_folders
+
+    assert checkpoint_folders.TRAINER_STATE_NAME == TRAINER_STATE_NAME
 
 
 def test_a_resumed_runs_best_checkpoint_counts_only_with_load_best_model_at_end(tmp_path):
@@ -883,7 +894,7 @@ def test_resume_true_names_only_the_cut_short_checkpoints_after_the_one_it_resum
     """resume_from_checkpoint: true passes over the later checkpoints whose save was cut short, and
     says which: the earlier, whole ones are not among them (kills: every other checkpoint named as
     cut short), nor is a file named like a checkpoint."""
-    from hf_rcka.trainer.interrupt import resumable_checkpoint
+    from hf_rcka.trainer.checkpoint_folders import resumable_checkpoint
 
     for step in (1, 2, 3):
         (tmp_path / f"checkpoint-{step}").mkdir()

@@ -939,7 +939,7 @@ def test_later_checkpoints_cut_short_are_no_branch_to_set_aside_with_the_model(t
     next checkpoint short (no trainer_state.json, or one left empty or partial); the retry resuming
     checkpoint-4 moved the finished run's model out with the cut-short checkpoint, as a finished
     run that pushed X out of _replaced/ and was deleted."""
-    from hf_rcka.trainer.interrupt import written_whole
+    from hf_rcka.trainer.checkpoint_folders import written_whole
 
     out = tmp_path / "out"
     _fake_run(out, [2], finished=True, tag="run X")

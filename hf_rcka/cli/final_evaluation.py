@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
-from ..trainer.checkpointing import checkpoint_step
+from ..trainer.checkpoint_folders import checkpoint_step
 
 logger = logging.getLogger(__name__)
 

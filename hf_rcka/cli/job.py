@@ -39,11 +39,10 @@ from ..models.processors import load_image_processor
 from ..trainer.batch_rows import check_evaluation_rows
 from ..trainer.card_facts import card_facts_of
 from ..trainer.chance import at_chance, warn_if_student_at_chance
-from ..trainer.checkpointing import checkpoint_folder, checkpoint_step
+from ..trainer.checkpoint_folders import checkpoint_folder, checkpoint_step, last_checkpoint, resumable_checkpoint
 from ..trainer.divergence import check_loaded_weights
 from ..trainer.given_models import leave_out_fresh_losses
-from ..trainer.interrupt import (GracefulStop, Interrupted, last_checkpoint, resumable_checkpoint, save_checkpoint_now,
-                                 stopped_by_signal)
+from ..trainer.interrupt import GracefulStop, Interrupted, save_checkpoint_now, stopped_by_signal
 from ..trainer.resume_hint import Stopped
 from ..trainer.teacher_record import recorded_teacher
 from ..modeling.assembly import build_distillation_model, run_loss_specs

@@ -22,9 +22,7 @@ from ..version import code_version
 from ..trainer.interrupt import GracefulStop, Interrupted
 from ..trainer.resume_hint import Stopped, entry_command, relaunch_command, secrets_note
 from .help import USAGE, losses_help, recipe_help
-from .job import run
 from .recipe import build_arguments, read_recipe
-from .smoke import run_smoke_test
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,9 +150,15 @@ def _run_recipe(argv: list[str], stop: GracefulStop) -> None:
                           "--student_from_scratch false --output_dir OUT")
     recipe = read_recipe(argv[0], argv[1:])
     if recipe.get("smoke_test"):
+        from .smoke import run_smoke_test
+
         run_smoke_test(recipe)
         return
     model_args, data_args, training_args = build_arguments(recipe)
+    # Imported once the recipe is read: the job loads transformers.Trainer, datasets and timm, about
+    # half of the command's start-up, which a recipe's mistake is said without.
+    from .job import run
+
     run(model_args, data_args, training_args, recipe, stop=stop, argv=argv)
 
 

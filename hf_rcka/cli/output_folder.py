@@ -50,8 +50,7 @@ from ..arguments import DistillationTrainingArguments
 from ..data.bad_images import LEDGER_NAME
 from ..errors import OutputWriteError, RecipeError, UserError
 from ..file_writes import TEMPORARY_PREFIX, missing_folders, remove_empty
-from ..trainer.checkpointing import checkpoint_step
-from ..trainer.interrupt import written_whole
+from ..trainer.checkpoint_folders import checkpoint_step, written_whole
 from ..run_record import RECIPE_RECORD, WORKING_DIR_NAME
 from ..trainer.teacher_record import TEACHER_RECORD_NAME
 

@@ -31,7 +31,7 @@ from ..run_record import (
     BATCH_HEADER, RECIPE_RECORD, RESUMED_HEADER, WORKING_DIR_NAME, anchored, recorded_working_dir,
 )
 from ..version import code_version
-from ..trainer.checkpointing import checkpoint_step
+from ..trainer.checkpoint_folders import checkpoint_step
 from ..trainer.resume_hint import launch_command
 from .recipe import dump_recipe, load_recipe
 

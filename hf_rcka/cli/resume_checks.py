@@ -25,10 +25,10 @@ from ..errors import ModelError, RecipeError
 from ..modeling.assembly import active_specs, run_loss_specs
 from ..recipe_specs import checked_pairs
 from ..registry import LOSSES
-from ..trainer.checkpointing import checkpoint_step, holds_training_state
+from ..trainer.checkpoint_folders import checkpoint_step, written_whole
+from ..trainer.checkpointing import holds_training_state
 from ..trainer.loss_record import read_loss_record, say_earlier_defaults
 from ..trainer.resume_match import check_resume_batch, check_resume_rate
-from ..trainer.interrupt import written_whole
 from ..run_record import RECIPE_RECORD, RESUMED_HEADER, recorded_header_number
 from .records import record_folder, recorded_recipe
 

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 from typing import Any, Iterator
 
@@ -31,7 +30,6 @@ import safetensors.torch
 import torch
 from accelerate.utils.constants import FSDP_MODEL_NAME
 from transformers import TimmWrapperImageProcessor, Trainer, TrainerCallback
-from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, has_length, sort_checkpoints
 
 from ..arguments import global_batch_size
@@ -39,6 +37,7 @@ from ..errors import ModelError, RecipeError
 from ..file_writes import as_umask_allows
 from ..models.timm_models import record_data_config, timm_native_state
 from ..run_record import copy_run_record
+from .checkpoint_folders import TRAINER_STATE_NAME, checkpoint_folder, checkpoint_step
 from .divergence import has_finite_weights
 from .hub_pushes import create_revision_branch, holds_earlier_model, remove_earlier_model, repository_files
 from .loss_record import check_loss_record, loss_settings, say_earlier_defaults, write_loss_record
@@ -523,25 +522,6 @@ def _restore_live_student(student: torch.nn.Module, folder: str) -> None:
     path = os.path.join(folder, LIVE_STUDENT_NAME)
     if os.path.isfile(path):
         safetensors.torch.load_model(student, path, device=str(next(student.parameters()).device))
-
-
-def checkpoint_folder(trainer: Trainer, trial: Any = None) -> str:
-    """The folder ``Trainer._save_checkpoint`` writes at the current step, ``<run dir>/checkpoint-<step>``
-    (``_get_output_dir`` is the Trainer's own choice of run dir: the output dir outside a
-    hyperparameter search)."""
-    return os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
-
-
-def checkpoint_step(folder: str) -> int | None:
-    """The step of a ``checkpoint-<N>`` folder (Trainer's checkpoints), by its name or its path
-    (with or without a trailing separator), else None.
-
-    One parser for the trainer (the best checkpoint's step) and the command line (resume checks,
-    which checkpoints a resume sets aside), so that they agree on which folders are checkpoints.
-    """
-    name = os.path.basename(os.path.normpath(folder)) if folder else ""
-    match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name)
-    return int(match.group(1)) if match else None
 
 
 class HubToken(str):

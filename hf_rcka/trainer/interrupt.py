@@ -18,20 +18,16 @@ checkpoint's, not the last step's). A checkpoint the loop wrote whole is never w
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from transformers import TrainerCallback
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..distributed import any_rank, host_group, world_size
-from .checkpointing import checkpoint_folder, checkpoint_step
+from .checkpoint_folders import checkpoint_folder, last_checkpoint, written_whole
 from .resume_hint import Stopped
 
 if TYPE_CHECKING:
@@ -223,39 +219,6 @@ def stopped_by_signal(trainer: Trainer, stop: GracefulStop | None, argv: Sequenc
         return None
     return Stopped(stop.signum or signal.SIGINT, trainer.state.global_step, checkpoint, argv,
                    trainer.is_world_process_zero(), last_checkpoint(trainer.args.output_dir))
-
-
-def written_whole(checkpoint: str | os.PathLike) -> bool:
-    """Whether the loop finished writing a checkpoint: its ``trainer_state.json`` comes last, so a
-    save a kill or a full disk cut short has none, or one cut short itself (transformers writes it
-    in place: a full disk left it empty, and every resume of the folder failed on it)."""
-    try:
-        with open(os.path.join(checkpoint, TRAINER_STATE_NAME), encoding="utf-8") as state:
-            return isinstance(json.load(state), dict)
-    except (OSError, ValueError):
-        return False
-
-
-def last_checkpoint(output_dir: str) -> str | None:
-    """The folder's last checkpoint the loop wrote whole (``written_whole``), if any."""
-    whole = [path for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-             if checkpoint_step(path.name) is not None and written_whole(path)]
-    return str(max(whole, key=lambda path: checkpoint_step(path.name))) if whole else None
-
-
-def resumable_checkpoint(output_dir: str) -> str | None:
-    """What ``resume_from_checkpoint: true`` resumes: ``last_checkpoint``, saying which later ones it
-    passes over. Trainer's own pick, the highest-numbered folder, was refused (or failed on its
-    missing state) after the models had loaded, so a requeued job failed at every restart."""
-    whole = last_checkpoint(output_dir)
-    later = [path.name for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-             if (step := checkpoint_step(path.name)) is not None and path.is_dir()
-             and (whole is None or step > checkpoint_step(whole))]
-    if whole is not None and later:
-        logger.warning("resume_from_checkpoint: true: resuming from %s, the last checkpoint written whole (%s in %s: "
-                       "cut short while saving, without a whole trainer_state.json, which is written last)", whole,
-                       ", ".join(sorted(later, key=checkpoint_step)), output_dir)
-    return whole
 
 
 def save_checkpoint_now(trainer: Trainer) -> str | None:

@@ -71,7 +71,8 @@ from .divergence import DivergenceCheck, check_loaded_weights
 from ..data.datasets import collate, decodes_its_images, seeded_subset
 from .data_parallel import check_processes_join, check_wrapped, forget_evaluation_preparation, one_device_per_process
 from .ema import StudentEmaCallback
-from .interrupt import leave_signals_to_main_process, resumable_checkpoint
+from .checkpoint_folders import resumable_checkpoint
+from .interrupt import leave_signals_to_main_process
 from .card import reproduction_text, training_text, write_model_card
 from .teacher_check import CHECK_IMAGES, judge_teacher
 from .weight_decay import model_no_weight_decay, norm_weights
