@@ -6,6 +6,7 @@ The cards and run records name it, so that a run can be traced to the code that 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
 import subprocess
 
@@ -31,6 +32,23 @@ def code_version() -> str:
     changed = _git(package, "status", "--porcelain", "--", ".")  # None: it failed, and nothing is known
     state = {None: ", local changes unknown", "": ""}.get(changed, ", local changes")
     return f"hf_rcka {__version__} (git {commit[:12]}{state})"
+
+
+# what decides a rerun's numbers besides the recipe: the libraries that compute them
+LIBRARIES = ("torch", "transformers", "timm", "accelerate", "datasets")
+
+
+def library_versions() -> list[str]:
+    """``code_version()`` and the installed versions of ``LIBRARIES`` (another torch computes other
+    roundings), read from the packages' metadata without importing them: for the card's
+    reproduction line, and ``--version`` in a bug report."""
+    versions = [code_version()]  # the tree imported, which an installed copy's metadata may not be
+    for name in LIBRARIES:
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+            continue
+    return versions
 
 
 def _git(folder: str, *command: str) -> str | None:

@@ -1860,6 +1860,22 @@ def test_help_lists_every_key_grouped_with_defaults(capsys):
     assert "unset (None), the pairs are chosen as 'auto' chooses them" in text
 
 
+def test_version_names_the_code_and_the_libraries_that_compute_a_run(capsys):
+    """What a bug report needs, as the card's reproduction line gives it: ``--version`` was taken
+    for a recipe (the recipe file comes first, exit 2)."""
+    import torch
+    import transformers
+
+    from hf_rcka import __version__
+
+    assert main(["--version"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"hf_rcka {__version__}") and "\n" not in line
+    assert f"torch {torch.__version__.split('+')[0]}" in line and f"transformers {transformers.__version__}" in line
+    assert main(["recipe.yaml", "--version"]) == 0, "after the recipe too, as --help"
+    assert capsys.readouterr().out.strip() == line
+
+
 def test_help_states_what_the_command_line_does(capsys, monkeypatch):
     """Defaults the command line sets itself, keys it requires or refuses, and the options a recipe may
     give: an adapter's sides are build_adapter's own (a recipe setting them is refused), and a loss

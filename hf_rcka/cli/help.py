@@ -22,7 +22,7 @@ from ..losses import per_channel_losses, reads_features
 from ..adapters import ADAPTER_SIDES
 from ..registry import ADAPTERS, LOSSES, Registry
 
-USAGE = ("usage: accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]   (--help losses, --debug)\n"
+USAGE = ("usage: accelerate launch scripts/distill.py RECIPE.yaml [--key value ...]   (--help losses, --debug, --version)\n"
          "       installed without the repository: hf-rcka-distill RECIPE.yaml ..., or accelerate launch -m hf_rcka "
          "RECIPE.yaml ...")
 _WIDTH = 100

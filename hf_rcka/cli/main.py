@@ -18,7 +18,7 @@ from typing import Sequence
 
 from ..distributed import close_process_group
 from ..errors import RecipeError, UserError, user_message
-from ..version import code_version
+from ..version import code_version, library_versions
 from ..trainer.interrupt import GracefulStop, Interrupted
 from ..trainer.resume_hint import Stopped, entry_command, relaunch_command, secrets_note
 from .help import USAGE, losses_help, recipe_help
@@ -32,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:
         print(USAGE, file=sys.stderr)
         return 2
+    if "--version" in argv:  # what a bug report needs: this code and the libraries that compute the run
+        print(", ".join(library_versions()))
+        return 0
     asked = next((i for i, token in enumerate(argv) if token in ("-h", "--help")), None)
     if asked is not None:  # also after the recipe (RECIPE.yaml --help), as other command lines take it
         print(losses_help() if argv[asked + 1:asked + 2] == ["losses"] else recipe_help())

@@ -13,7 +13,6 @@ evaluated, and uploads the folder as written (``transformers``' shared ``HfApi``
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 from typing import Any
@@ -23,7 +22,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ..file_writes import write_text
 from ..models.sources import cache_snapshot, cached_commit
 from ..run_record import RECIPE_RECORD
-from ..version import code_version
+from ..version import library_versions
 from .card_facts import CardFacts, image_folder_name
 
 CARD_TAGS = ["knowledge-distillation", "image-classification", "hf_rcka"]
@@ -338,22 +337,12 @@ def _processor_note(has_processor: bool) -> str:
             "the model was trained with next to it (`processor.save_pretrained(folder)`) before using the snippet.")
 
 
-# what decides a rerun's numbers besides the recipe: the libraries that compute them
-_LIBRARIES = ("hf_rcka", "torch", "transformers", "timm", "accelerate", "datasets")
-
-
 def reproduction_text(seed: int, mixed_precision: str | None) -> str:
     """The card's line of what a rerun needs besides the recipe: the seed, the precision the run
     computed in (``arguments.run_mixed_precision``'s), and the versions of the libraries it ran
     (another torch computes other roundings)."""
     precision = f"{mixed_precision} mixed precision" if mixed_precision else "float32"
-    versions = [code_version()]  # the tree imported, which an installed copy's metadata may not be
-    for name in _LIBRARIES[1:]:
-        try:
-            versions.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
-            continue
-    return f"seed {seed}, {precision}; {', '.join(versions)}"
+    return f"seed {seed}, {precision}; {', '.join(library_versions())}"
 
 
 def training_text(steps: int, epochs: float | None, batch: str, learning_rate: float, scheduled_peak: float,
