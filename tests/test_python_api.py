@@ -192,7 +192,8 @@ def test_numerals_that_name_the_data_beside_a_teacher_of_other_names_are_refused
 
 def test_a_dataset_without_rows_is_refused_before_anything_runs(tmp_path):
     """An empty training set failed at train() in torch's sampler ("num_samples should be a positive
-    integer"); an empty evaluation set was evaluated into metrics without accuracy or loss, unsaid."""
+    integer"); an empty evaluation set was evaluated into metrics without accuracy or loss, unsaid (an
+    empty stream failed in accelerate: "Batch does not contain any data (`None`)")."""
     empty = pixel_dataset(10).select([])
     with pytest.raises(DataError, match=r"^train_dataset has no rows: there is nothing to train on"):
         build(make_args(tmp_path, losses=["ce", "kd"]), tiny_vit(), tiny_resnet(), train_dataset=empty)
@@ -203,6 +204,10 @@ def test_a_dataset_without_rows_is_refused_before_anything_runs(tmp_path):
     for call, role in ((trainer.evaluate, "eval_dataset"), (trainer.predict, "test_dataset")):
         with pytest.raises(DataError, match=f"^{role} has no rows"):
             call(empty)
+    # a stream (read ahead for evaluation only) whose filter kept nothing
+    stream = pixel_dataset(4).to_iterable_dataset().filter(lambda item: False)
+    with pytest.raises(DataError, match=r"^eval_dataset has no rows: there is nothing to evaluate"):
+        trainer.evaluate(stream)
 
 
 def test_a_caller_collator_may_build_the_batch_from_other_keys(tmp_path):

@@ -169,9 +169,10 @@ def _first_items(role: str, dataset: Any, collator_given: bool = False) -> Itera
         else:
             item = part[0] if len(part) else None
         where = role if name is None else f"{role}[{name!r}]"
-        if item is None and not isinstance(part, datasets.IterableDataset):
+        if item is None:
             # trained, torch's sampler failed at train() ("num_samples should be a positive integer");
-            # evaluated, the metrics held no accuracy and no loss, and no error said why
+            # evaluated, the metrics held no accuracy and no loss, and no error said why (a stream:
+            # accelerate's "Batch does not contain any data (`None`)")
             doing = {"train_dataset": "train on", "test_dataset": "predict"}.get(role, "evaluate")
             raise DataError(f"{where} has no rows: there is nothing to {doing} (a filter or select that kept none?)")
         if isinstance(item, (tuple, list)) and not collator_given:  # torchvision's datasets: (image, target)
