@@ -33,7 +33,9 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .hidden_states import classifier_of, eval_no_grad, forward_with_hidden_states, hidden_states_of
+from .hidden_states import (
+    Probe, classifier_of, eval_no_grad, forward_with_hidden_states, hidden_states_of, probe_forward,
+)
 from .layout import tokens_to_fmap
 
 logger = logging.getLogger(__name__)
@@ -53,12 +55,15 @@ class HiddenStateCapture:
     Args:
         model: an HF image classifier or ``TimmWrapperForImageClassification``.
         indices: non-negative hidden-state indices (as in ``hidden_states_of``) the pairs use.
-        probe_pixels: a (B, 3, H, W) input of the training size, for the one-off probe.
+        probe_pixels: a (B, 3, H, W) input of the training size, for the one-off probe, or a
+            :class:`~hf_rcka.features.hidden_states.Probe` of the model as it runs now (its forward
+            then serves as the reference the modes are checked against; see :meth:`_choose`).
         prefer_hooks: try ``"hooks"`` first, for a caller that prepares states where they are made
             (see ``__call__``); only hooks see a state then.
     """
 
-    def __init__(self, model: nn.Module, indices: Sequence[int], probe_pixels: Tensor, prefer_hooks: bool = False) -> None:
+    def __init__(self, model: nn.Module, indices: Sequence[int], probe_pixels: Tensor | Probe,
+                 prefer_hooks: bool = False) -> None:
         self.model = model
         self.indices = sorted(set(int(i) for i in indices))
         self._states: dict[int, Any] = {}
@@ -129,28 +134,34 @@ class HiddenStateCapture:
 
     # ------------------------------------------------------------------ choosing a mode
 
-    def _choose(self, pixels: Tensor, prefer_hooks: bool) -> str:
-        """The first mode whose states equal the full ``output_hidden_states=True`` ones."""
+    def _choose(self, probe: Tensor | Probe, prefer_hooks: bool) -> str:
+        """The first mode whose states equal the full ``output_hidden_states=True`` ones: those of
+        the probe's forward, run here on the pixels unless a :class:`Probe` is given (one forward
+        then serves the caller's description of the states and this choice)."""
+        timm = getattr(self.model, "timm_model", None) is not None
+        if not isinstance(probe, Probe):
+            # which module makes which state is recorded by the reference forward where hooks are
+            # tried before the timm modes; a timm model reaches them rarely, and pays a forward then
+            probe = probe_forward(self.model, probe, every_module=prefer_hooks or not timm)
+        pixels, expected = probe.pixels, {i: probe.states[i] for i in self.indices}
         with eval_no_grad(self.model):
-            reference = hidden_states_of(forward_with_hidden_states(self.model, pixels))
-            expected = {i: reference[i] for i in self.indices}
-            if prefer_hooks and self._hooks_match(pixels, expected):
+            if prefer_hooks and self._hooks_match(probe, expected):
                 return "hooks"
-            if getattr(self.model, "timm_model", None) is not None:
+            if timm:
                 self._grids = {i: tuple(state.shape[-2:]) for i, state in expected.items()}
                 maps = all(state.dim() == 4 for state in expected.values())  # tokens can only stand in for maps
                 for mode in ("timm_tokens", "timm") if maps else ("timm",):
                     if self._matches(mode, pixels, expected):
                         return mode
-            if not prefer_hooks and self._hooks_match(pixels, expected):
+            if not prefer_hooks and self._hooks_match(probe, expected):
                 return "hooks"
         return "all"
 
-    def _hooks_match(self, pixels: Tensor, expected: dict[int, Tensor]) -> bool:
-        modules = self._find_modules(pixels)
+    def _hooks_match(self, probe: Probe, expected: dict[int, Tensor]) -> bool:
+        modules = self._find_modules(probe)
         if modules is not None:
             self._install_hooks(modules)
-            if self._matches("hooks", pixels, expected):
+            if self._matches("hooks", probe.pixels, expected):
                 return True
             self.remove()
         return False
@@ -166,37 +177,23 @@ class HiddenStateCapture:
             states[i].shape == expected[i].shape and torch.equal(states[i], expected[i]) for i in expected
         )
 
-    def _find_modules(self, pixels: Tensor) -> dict[int, nn.Module] | None:
-        """For each index, the module whose (first) output is that hidden state's very tensor.
+    def _find_modules(self, probe: Probe) -> dict[int, nn.Module] | None:
+        """For each index, the module whose (first) output is that hidden state's very tensor, as
+        the probe recorded them (a forward of its own where it recorded no module).
 
         Among several (a block, its container, an identity after it), the outermost is taken, and
         among siblings the first to finish, which is the producer. Modules called more than once
         per forward are ignored (their hook could not tell the calls apart).
         """
-        calls: list[tuple[str, nn.Module, Tensor, int]] = []
-        counts: dict[str, int] = {}
-
-        def record(name: str):
-            def hook(module: nn.Module, _args: Any, output: Any) -> None:
-                counts[name] = counts.get(name, 0) + 1
-                tensor = _first_tensor(output)
-                if tensor is not None:
-                    calls.append((name, module, tensor, tensor._version))
-            return hook
-
-        handles = [m.register_forward_hook(record(n)) for n, m in self.model.named_modules() if n]
-        try:
-            states = hidden_states_of(forward_with_hidden_states(self.model, pixels))
-        finally:
-            for handle in handles:
-                handle.remove()
+        if probe.modules is None:
+            probe = probe_forward(self.model, probe.pixels, every_module=True)
         found = {}
         for index in self.indices:
-            state = states[index]
+            state = probe.states[index]
             # a tensor changed in place after the module returned it (BatchNorm's output, then an
             # inplace ReLU) is not yet the state when the hook sees it
-            names = [(n, m) for n, m, t, v in calls
-                     if counts[n] == 1 and _same_tensor(t, state) and t._version == v]
+            names = [(n, m) for n, m, t, v in probe.modules
+                     if probe.calls[n] == 1 and _same_tensor(t, state) and t._version == v]
             outer = [(n, m) for n, m in names if not any(n.startswith(o + ".") for o, _ in names)]
             if not outer:
                 return None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -146,21 +147,49 @@ def _channels_last(reshaped: Any, tokens: Any, output_name: str) -> bool:
     return bool(_CHANNELS_LAST_RESHAPED.match(output_name))
 
 
-def describe_hidden_states(model: nn.Module, pixel_values: Tensor) -> list[FeatureSpec]:
-    """Run one probe forward and describe every hidden state, in :func:`hidden_states_of` order.
+@dataclass
+class Probe:
+    """One probe forward of a model: what :func:`describe_hidden_states` and the capture's choice
+    of how to take the hidden states (``features.capture``) read of it, so that one forward serves
+    both (each ran its own forward of the same input before, and a large teacher's forwards were
+    most of a run's start-up on a CPU).
 
-    The probe runs in eval mode under ``no_grad`` (so BatchNorm statistics are not touched and a
-    batch of one works) and every submodule's train/eval mode is restored afterwards.
-
-    Args:
-        model: an HF image model or ``TimmWrapperForImageClassification``.
-        pixel_values: (B, 3, H, W) input of the size used in training; strides are relative to it.
+    Attributes:
+        pixels: the input, on the model's device and in its dtype.
+        outputs: the model's output with every hidden state (:func:`forward_with_hidden_states`).
+        states: ``hidden_states_of(outputs)``.
+        embedding_outputs: every tensor the embedding / stem modules returned, kept alive so that
+            no later state can reuse their memory (see :func:`_embedding_flags`).
+        modules: with ``every_module``, each submodule's first output tensor as it returned it,
+            in the order the calls finished, as ``(name, module, tensor, tensor._version)``
+            (kept alive too: no tensor can take another's address); else None.
+        calls: with ``every_module``, how often each submodule ran.
     """
-    embedding_outputs: list[Tensor] = []  # kept alive so no later state can reuse their memory
-    hooks = _hook_embedding_outputs(model, embedding_outputs)
+
+    pixels: Tensor
+    outputs: Any
+    states: tuple[Tensor, ...]
+    embedding_outputs: list[Tensor]
+    modules: list[tuple[str, nn.Module, Tensor, int]] | None = None
+    calls: dict[str, int] | None = None
+
+
+def probe_forward(model: nn.Module, pixel_values: Tensor, every_module: bool = False) -> Probe:
+    """One forward with every hidden state, in eval mode under ``no_grad`` (every submodule's own
+    mode restored afterwards), recording the embedding modules' outputs and, with
+    ``every_module``, every submodule's output (which module makes which state).
+
+    Raises:
+        ValueError: naming the model, if it cannot return hidden states.
+    """
+    pixel_values = _like_parameters(pixel_values, model)
+    embedding_outputs: list[Tensor] = []
+    modules: list[tuple[str, nn.Module, Tensor, int]] | None = [] if every_module else None
+    calls: dict[str, int] | None = {} if every_module else None
+    hooks = _hook_outputs(model, embedding_outputs, modules, calls)
     try:
         with eval_no_grad(model):
-            outputs = forward_with_hidden_states(model, _like_parameters(pixel_values, model))
+            outputs = forward_with_hidden_states(model, pixel_values)
     except ValueError as error:
         if "output_hidden_states" in str(error):
             raise ValueError(f"{_model_name(model)} cannot return hidden states: {error}") from error
@@ -168,9 +197,25 @@ def describe_hidden_states(model: nn.Module, pixel_values: Tensor) -> list[Featu
     finally:
         for hook in hooks:
             hook.remove()
-    states = hidden_states_of(outputs)
-    image_size = (int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
-    embedding_flags = _embedding_flags(model, outputs, states, embedding_outputs)
+    return Probe(pixel_values, outputs, hidden_states_of(outputs), embedding_outputs, modules, calls)
+
+
+def describe_hidden_states(model: nn.Module, pixel_values: Tensor | Probe) -> list[FeatureSpec]:
+    """Describe every hidden state, in :func:`hidden_states_of` order, from one probe forward
+    (:func:`probe_forward`, run here unless a :class:`Probe` of the model is given).
+
+    The probe runs in eval mode under ``no_grad`` (so BatchNorm statistics are not touched and a
+    batch of one works) and every submodule's train/eval mode is restored afterwards.
+
+    Args:
+        model: an HF image model or ``TimmWrapperForImageClassification``.
+        pixel_values: (B, 3, H, W) input of the size used in training (strides are relative to
+            it), or a probe of the model made on such an input.
+    """
+    probe = pixel_values if isinstance(pixel_values, Probe) else probe_forward(model, pixel_values)
+    states = probe.states
+    image_size = (int(probe.pixels.shape[-2]), int(probe.pixels.shape[-1]))
+    embedding_flags = _embedding_flags(model, probe.outputs, states, probe.embedding_outputs)
     patch_size = _patch_size_of(model)
     branches = _timm_branches(model, len(states))
     return [
@@ -289,18 +334,27 @@ def _patch_size_of(model: nn.Module) -> tuple[int, int] | None:
     return int(size[0]), int(size[1])
 
 
-def _hook_embedding_outputs(model: nn.Module, outputs: list[Tensor]) -> list[Any]:
-    """Collect the outputs of embedding / stem modules, to recognise them among the hidden states.
+def _hook_outputs(model: nn.Module, embedding_outputs: list[Tensor],
+                  modules: list[tuple[str, nn.Module, Tensor, int]] | None, calls: dict[str, int] | None) -> list[Any]:
+    """Forward hooks that collect the outputs of embedding / stem modules, to recognise them
+    among the hidden states (a state sharing storage with one of them is the embedding output
+    itself or a view of it: Swin's reshaped states), and, where ``modules`` is a list, every
+    submodule's first output and ``calls`` per submodule (see :class:`Probe`)."""
 
-    A hidden state that shares storage with one of them is the embedding output itself or a view
-    of it (Swin's reshaped states).
-    """
+    def record(name: str, embedding: bool):
+        def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+            items = output if isinstance(output, (tuple, list)) else (output,)
+            if embedding:
+                embedding_outputs.extend(item for item in items if isinstance(item, Tensor))
+            if modules is not None:
+                calls[name] = calls.get(name, 0) + 1
+                if items and isinstance(items[0], Tensor):
+                    modules.append((name, module, items[0], items[0]._version))
+        return hook
 
-    def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        items = output if isinstance(output, (tuple, list)) else (output,)
-        outputs.extend(item for item in items if isinstance(item, Tensor))
-
-    return [m.register_forward_hook(record) for name, m in model.named_modules() if _EMBEDDING_MODULE.search(name)]
+    hooked = [(name, m, bool(_EMBEDDING_MODULE.search(name))) for name, m in model.named_modules() if name]
+    return [m.register_forward_hook(record(name, embedding))
+            for name, m, embedding in hooked if embedding or modules is not None]
 
 
 def _embedding_flags(model: nn.Module, outputs: Any, states: tuple[Tensor, ...],
@@ -392,6 +446,8 @@ __all__ = [
     "classifier_of",
     "count_hidden_states",
     "describe_hidden_states",
+    "Probe",
+    "probe_forward",
     "hidden_states_of",
     "eval_no_grad",
     "pooled_dim",

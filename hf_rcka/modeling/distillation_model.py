@@ -25,7 +25,7 @@ from transformers.utils import ModelOutput
 
 from ..errors import ModelError, first_names
 from ..features.capture import Captured, ForwardCapture
-from ..features.hidden_states import describe_hidden_states, pooled_dim
+from ..features.hidden_states import Probe, describe_hidden_states, pooled_dim, probe_forward
 from ..features.pairing import FeaturePair
 from ..adapters.base import FeatureAdapter
 from .distilled_heads import DistilledHeads, has_distillation_head
@@ -37,7 +37,7 @@ from ..recipe_specs import unused_pairs_message
 from ..losses import IGNORE_INDEX, DistillationLoss, LossContext, LossInputs, reads_teacher_logits, weigh_terms
 from .teacher_inputs import InputStats, needed_transform, planned_input_size
 from .sharded_state import load_full_state_dict
-from .teacher_runtime import TeacherRuntime
+from .teacher_runtime import TeacherRuntime, runs_as_given
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,9 @@ class DistillationModel(nn.Module):
         self._norm_hooks: list = []  # see activation_checkpointing_enable
         self._input_hooks: list = []  # see follow_student_checkpointing
         self._wrapper_norm_hooks: list = []  # see keep_statistics_in_wrapped_checkpoints
+        probes: dict[str, Probe] = {}  # the description's forwards, which the captures' choice reuses
         if self.needs_features:  # may refuse the pairs: before the teacher is frozen and cast below
-            self._build_adapters(feature_pairs, student_input)
+            probes = self._build_adapters(feature_pairs, student_input)
         elif feature_pairs not in (None, "auto"):
             logger.warning(unused_pairs_message())
         readers = [name for name, loss in self.losses.items() if loss.needs_features]
@@ -143,7 +144,7 @@ class DistillationModel(nn.Module):
             teacher.requires_grad_(False)
             teacher.eval()
             self.teacher_runtime = TeacherRuntime(teacher, teacher_dtype, teacher_channels_last)
-        self._captures = self._build_captures(student_input)
+        self._captures = self._build_captures(probes)
         # A student with a distillation head: deit_token trains that head and the task loss the class
         # head (DeiT's recipe); without deit_token the task loss reads the heads' average, the logits the
         # model predicts with, so that no head stays untrained in the exported average.
@@ -212,7 +213,10 @@ class DistillationModel(nn.Module):
     def _probe_pixels(self, student_input: InputStats | None) -> torch.Tensor:
         """Two random images at the planned size: random, so that no two layers look alike (a
         zero image made transformers Swin's first stage equal its embedding, taken for a stem);
-        seeded on their own generator, so the global random state is untouched."""
+        seeded on their own generator, so the global random state is untouched. Two, because the
+        capture's choice compares each way of taking the states with the full output by value, and
+        one image would let a way that mixes up the batch's rows pass; the description reads only
+        shapes and storages, which one image gives as well (see ``_build_adapters``)."""
         self._probe_size = planned_input_size(self.student, student_input)  # kept to probe again, not the tensor
         return self._probe_at(self._probe_size)
 
@@ -220,32 +224,48 @@ class DistillationModel(nn.Module):
         generator = torch.Generator().manual_seed(0)
         return torch.randn(2, 3, *size, generator=generator).to(next(self.student.parameters()).device)
 
-    def _build_adapters(self, feature_pairs: Any, student_input: InputStats | None) -> None:
+    def _build_adapters(self, feature_pairs: Any, student_input: InputStats | None) -> dict[str, Probe]:
+        """The feature pairs and their adapters, from one probe forward of each model; returns the
+        probes of the models as they will run (the student; the teacher unless its runtime casts
+        it or makes it NHWC), whose forwards the captures' choice reuses (``_build_captures``)."""
         pixels = self._probe_pixels(student_input)
         teacher_pixels = self.teacher_transform(pixels) if self.teacher_transform is not None else pixels
+        shared = runs_as_given(self.teacher, self.built_with["teacher_dtype"], self.built_with["teacher_channels_last"])
+        # The teacher first: a teacher probed before its runtime changes it serves the description
+        # alone, on one image, and its small record is what stays alive through the student's probe,
+        # which records every module's output (whether hooks are preferred is known only later).
+        teacher = probe_forward(self.teacher, teacher_pixels if shared else teacher_pixels[:1],
+                                every_module=shared and getattr(self.teacher, "timm_model", None) is None)
+        student = probe_forward(self.student, pixels, every_module=True)
         self.feature_pairs, self.adapters = adapters_for_losses(
             feature_pairs,
-            describe_hidden_states(self.student, pixels),
-            describe_hidden_states(self.teacher, teacher_pixels),
+            describe_hidden_states(self.student, student),
+            describe_hidden_states(self.teacher, teacher),
             list(self.losses.values()),
         )
+        return {"student": student, **({"teacher": teacher} if shared else {})}
 
-    def _build_captures(self, student_input: InputStats | None) -> dict[str, ForwardCapture]:
-        """Per model, the capture of what the losses read: the used hidden states, the pooled feature."""
+    def _build_captures(self, probes: dict[str, Probe]) -> dict[str, ForwardCapture]:
+        """Per model, the capture of what the losses read: the used hidden states, the pooled feature.
+
+        The way to take the used states is chosen on the model's probe from ``_build_adapters``,
+        or, for a teacher probed before its runtime cast it or made it NHWC, on the probe images
+        as the teacher runs now. Each probe is let go once its model's choice is made (``probes``
+        is emptied), so that the student's forward, every module's output recorded, is not held
+        through the teacher's."""
         if not (self.needs_features or self.needs_pooled):
             return {}
-        pixels = teacher_pixels = None
-        if self.needs_features:
-            pixels = self._probe_pixels(student_input)
-            teacher_pixels = self.teacher_pixels(pixels)
+        if self.needs_features and "teacher" not in probes:
+            probes["teacher"] = self.teacher_pixels(self._probe_at(self._probe_size))
         captures = {}
-        for role, model, layers, probe in (
-            ("student", self.student, [p.student_layer for p in self.feature_pairs], pixels),
-            ("teacher", self.teacher, [p.teacher_layer for p in self.feature_pairs], teacher_pixels),
+        for role, model, layers in (
+            ("student", self.student, [p.student_layer for p in self.feature_pairs]),
+            ("teacher", self.teacher, [p.teacher_layer for p in self.feature_pairs]),
         ):
             if model is not None:
                 hooks = role == "student" and self._prepares_student_sides()
-                captures[role] = ForwardCapture(model, layers, probe, pooled=self.needs_pooled, prefer_hooks=hooks)
+                captures[role] = ForwardCapture(model, layers, probes.pop(role, None), pooled=self.needs_pooled,
+                                                prefer_hooks=hooks)
         return captures
 
     def _prepares_student_sides(self) -> bool:

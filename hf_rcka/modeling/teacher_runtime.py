@@ -49,6 +49,12 @@ def is_convolutional(model: nn.Module) -> bool:
     return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
 
 
+def runs_as_given(teacher: nn.Module, dtype: str | torch.dtype | None, channels_last: bool) -> bool:
+    """Whether :class:`TeacherRuntime` leaves the teacher's weights as they are (no cast, no NHWC):
+    a forward of the teacher made before it was set up is then one of the teacher as it runs."""
+    return resolve_teacher_dtype(dtype) is None and not (channels_last and is_convolutional(teacher))
+
+
 class TeacherRuntime:
     """Prepares the teacher once (dtype, memory format) and runs it under ``no_grad``.
 
@@ -153,4 +159,5 @@ def _is_plain_tensor(value: object) -> bool:
     return isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)
 
 
-__all__ = ["TEACHER_DTYPES", "TeacherRuntime", "is_convolutional", "resolve_teacher_dtype", "standard_layout_state"]
+__all__ = ["TEACHER_DTYPES", "TeacherRuntime", "is_convolutional", "resolve_teacher_dtype", "runs_as_given",
+           "standard_layout_state"]
