@@ -14,7 +14,7 @@ from _models import BATCH, FAMILIES, NUM_LABELS, hf_hiera, hf_resnet, hf_vit, pi
 from hf_rcka.errors import ModelError, UserError
 from hf_rcka.features.capture import HiddenStateCapture
 from hf_rcka.features.hidden_states import (
-    classifier_of, describe_hidden_states, forward_with_hidden_states, hidden_states_of, pooled_dim,
+    classifier_of, describe_hidden_states, forward_with_hidden_states, hidden_states_of, pooled_dim, probe_forward,
 )
 from hf_rcka.features.pairing import auto_feature_pairs, choose_pairs, resolve_layer
 from hf_rcka.features.layout import FeatureSpec, to_fmap
@@ -450,3 +450,26 @@ def test_stages_of_unknown_stride_are_paired_by_depth():
     pairs = auto_feature_pairs(student, REGNET)
     assert [(s, t) for s, t, _ in pairs] == [(0, 1), (1, 2), (2, 3), (3, 4)]
     assert all("closest relative depth" in why for _, _, why in pairs)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_one_probe_image_describes_the_states_as_two_do(family: str):
+    """A teacher that its runtime casts or makes NHWC is described on one probe image, not two
+    (``DistillationModel._build_adapters``): the description reads the states' shapes and storages
+    and compares copies with their originals, which the batch does not change."""
+    fam = FAMILIES[family]
+    model, x = fam.build(), pixels(fam.image_size)[:2]
+    assert describe_hidden_states(model, x[:1]) == describe_hidden_states(model, x)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_description_s_probe_chooses_the_capture_as_its_own_forwards_did(family: str):
+    """The capture's choice made on the description's probe (one forward, every module recorded)
+    takes the mode and hooks the modules that its own reference and module search forwards did."""
+    fam = FAMILIES[family]
+    model, x = fam.build(), pixels(fam.image_size)[:2]
+    probe = probe_forward(model, x, every_module=True)
+    indices = sorted({0, len(probe.states) // 2, len(probe.states) - 1})
+    own, shared = HiddenStateCapture(model, indices, x, True), HiddenStateCapture(model, indices, probe, True)
+    assert shared.mode == own.mode
+    assert shared._find_modules(probe) == own._find_modules(probe_forward(model, x))

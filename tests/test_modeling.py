@@ -81,6 +81,35 @@ def test_an_eval_forward_leaves_no_tensor_behind(with_labels: bool):
     assert _loose_tensors(model) == []
 
 
+def _probe_batches(*models: torch.nn.Module) -> list[list[int]]:
+    """Per model, the batch size of each forward it runs from now on (a forward pre-hook)."""
+    batches: list[list[int]] = [[] for _ in models]
+    for model, seen in zip(models, batches):
+        model.register_forward_pre_hook(lambda _m, _args, kwargs, seen=seen: seen.append(len(kwargs["pixel_values"])),
+                                        with_kwargs=True)
+    return batches
+
+
+@pytest.mark.parametrize("channels_last, teacher_batches", [(False, [2, 2]), (True, [1, 2, 2])])
+def test_building_probes_each_model_once_for_the_description_and_the_choice(channels_last, teacher_batches):
+    """One probe forward of each model serves the description of its hidden states and the
+    capture's choice of how to take them (its reference, and which module makes which state);
+    the mode tried (hooks here) runs one more. They ran four forwards each: the description, the
+    reference, the module search and the try. A teacher that its runtime makes NHWC afterwards
+    is described on one image (the description reads shapes and storages alone) and probed
+    again as it runs, for the choice."""
+    student, teacher = tiny_vit(), tiny_resnet()
+    batches = _probe_batches(student, teacher)
+    model = DistillationModel(
+        student, teacher, [CrossEntropyLoss(), FeatureCKALoss()], feature_pairs="auto",
+        student_input=input_stats(processor(16)),
+        teacher_input=input_stats(processor(24, IMAGENET_MEAN, IMAGENET_STD)), teacher_channels_last=channels_last,
+    )
+    assert {role: capture.hidden.mode for role, capture in model._captures.items()} == {"student": "hooks",
+                                                                                         "teacher": "hooks"}
+    assert batches == [[2, 2], teacher_batches]
+
+
 def test_pooled_capture_records_only_inside_its_block():
     model = tiny_resnet()
     capture = PooledCapture(model)
