@@ -10,7 +10,16 @@ folder and end with the same rows (checked before anything is reported):
   Measured "cold" (a fresh cache folder) and "warm" (the same cache again, as a second run);
 * hf_rcka: ``check_data_dirs`` (the class-folder checks every run makes) plus
   ``load_raw_datasets`` of the same recipe, which lists the class folders once more and builds the
-  splits from that listing; it keeps no cache, so every run costs the same.
+  splits from that listing, every run. A large split is then memory-mapped from an Arrow file of
+  its rows in datasets' cache (``hf_rcka/data/mapped_splits.py``): measured "first" (a fresh cache:
+  the file is written) and on every later run (it is there); and "in memory", the split held in
+  memory as small ones are (and, before that module, every one was).
+
+What a DataLoader worker started with ``spawn`` or ``forkserver`` receives of the training split is
+measured too, in memory and memory-mapped: its pickled size, that of a ``max_train_samples`` subset
+of a tenth of it, and (``--workers``, Linux) the resident memory of that many spawned workers after
+their first batch: ``RssAnon``, the worker's own memory, where an unpickled copy of the rows lives,
+and ``RssFile``, pages of files (its libraries, and those of the mapped file it has read).
 
 The images are one small JPEG hard-linked under every name (no image is decoded by either side:
 the cost is the listing), in ImageNet-like class folders (``n00000000``...). Times are the
@@ -22,7 +31,7 @@ ImageNet-size folder is extrapolated.
 Usage::
 
     python benchmarks/folder_listing.py                      # 20,000 files in 1,000 classes (~1 min)
-    python benchmarks/folder_listing.py --files 200000       # closer to ImageNet (~6 min)
+    python benchmarks/folder_listing.py --files 200000       # closer to ImageNet (~8 min)
 """
 
 from __future__ import annotations
@@ -88,6 +97,37 @@ def ours(train: Path, val: Path):
     return load_raw_datasets(args)
 
 
+def worker_memory(split, workers: int) -> dict:
+    """What ``workers`` DataLoader workers started with ``spawn`` receive of ``split`` (its pickled
+    bytes, and a tenth of it as ``max_train_samples`` draws it) and, on Linux, the kB of memory each
+    holds after its first batch (``RssAnon``, ``RssFile``; the mean of the workers)."""
+    import pickle
+
+    import datasets
+    import torch
+
+    from hf_rcka.data.datasets import seeded_subset
+
+    split = split.cast_column("image", datasets.Image(decode=False))  # as training reads it: no image decoded here
+    out = {"pickled_bytes": len(pickle.dumps(split)),
+           "subset_pickled_bytes": len(pickle.dumps(seeded_subset(split, len(split) // 10, 42)))}
+    if workers and sys.platform.startswith("linux"):
+        loader = torch.utils.data.DataLoader(split, batch_size=64, num_workers=workers, collate_fn=len,
+                                             multiprocessing_context="spawn")
+        batches = iter(loader)
+        next(batches)
+        held = [_status_kb(process.pid) for process in batches._workers]
+        out.update({key: statistics.mean(worker[key] for worker in held) for key in ("RssAnon", "RssFile")})
+        del batches
+    return out
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        fields = dict(line.split(":", 1) for line in status)
+    return {key: int(fields[key].split()[0]) for key in ("RssAnon", "RssFile")}
+
+
 def rows(raw) -> dict:
     """Each split's (path, class name) rows, in order, and the class names: what training reads."""
     out = {}
@@ -99,52 +139,79 @@ def rows(raw) -> dict:
     return out
 
 
-def measure(files: int, classes: int, repeats: int) -> dict:
+def measure(files: int, classes: int, repeats: int, workers: int) -> dict:
     import datasets
 
     import hf_rcka.data.datasets  # noqa: F401  (imported before any timing: both sides' imports are excluded)
+    from hf_rcka.data import mapped_splits
 
     datasets.disable_progress_bars()
+    mapped_from = mapped_splits.MAPPED_FROM_BYTES
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         train, val = write_folder(root, files, classes)
         paths = [str(path) for folder in (train, val) for path in folder.rglob("*.JPEG")]
         total, mean_path_length = len(paths), sum(map(len, paths)) / len(paths)
-        times: dict[str, list[float]] = {"imagefolder_cold": [], "imagefolder_warm": [], "hf_rcka": []}
-        theirs = mine = None
+        times: dict[str, list[float]] = {side: [] for side in SIDES}
+        theirs = mine = in_memory = None
+        mapped_splits.MAPPED_FROM_BYTES = float("inf")
+        ours(train, val)  # not timed: the first listing's one-time costs (Pillow's plugins) fall on no side
+        mapped_splits.MAPPED_FROM_BYTES = mapped_from
         for k in range(repeats):  # alternated, so that a slow spell of the machine falls on both
             cache = root / f"cache{k}"
             seconds, theirs = _cpu(lambda: imagefolder(train, val, cache))
             times["imagefolder_cold"].append(seconds)
             times["imagefolder_warm"].append(_cpu(lambda: imagefolder(train, val, cache))[0])
+            datasets.config.HF_DATASETS_CACHE = str(cache / "hf_rcka")  # where hf_rcka maps its splits from
+            times["hf_rcka_first"].append(_cpu(lambda: ours(train, val))[0])
             seconds, mine = _cpu(lambda: ours(train, val))
             times["hf_rcka"].append(seconds)
-            shutil.rmtree(cache)
-        if rows(theirs) != rows(mine):
-            raise SystemExit("the two sides read different rows: nothing to compare")
-        held = sum(mine[split].data.nbytes for split in ("train", "validation"))  # in memory, on each process
+            mapped_splits.MAPPED_FROM_BYTES = float("inf")
+            seconds, in_memory = _cpu(lambda: ours(train, val))
+            times["hf_rcka_in_memory"].append(seconds)
+            mapped_splits.MAPPED_FROM_BYTES = mapped_from
+            if k < repeats - 1:
+                shutil.rmtree(cache)
+        if not rows(theirs) == rows(mine) == rows(in_memory):
+            raise SystemExit("the sides read different rows: nothing to compare")
+        held = sum(in_memory[split].data.nbytes for split in ("train", "validation"))  # in memory, on each process
+        mapped = {split: bool(mine[split].cache_files) for split in ("train", "validation")}
+        workers_got = {"in_memory": worker_memory(in_memory["train"], workers),
+                       "mapped": worker_memory(mine["train"], workers)}
     medians = {side: statistics.median(values) for side, values in times.items()}
     return {"files": total, "mean_path_length": mean_path_length, "classes": classes, "repeats": repeats, "cpu_seconds": times, "median_cpu_seconds": medians,
             "ms_per_file": {side: 1000 * value / total for side, value in medians.items()},
             "hf_rcka_bytes_in_memory": held, "hf_rcka_bytes_per_file": held / total,
+            "mapped_from_bytes": mapped_from, "mapped": mapped, "workers": workers, "train_split_in_a_worker": workers_got,
             "imagenet_estimate_seconds": {side: value / total * IMAGENET_FILES for side, value in medians.items()}}
+
+
+SIDES = {"imagefolder_cold": "datasets imagefolder, first run (lists + writes its Arrow copy)",
+         "imagefolder_warm": "datasets imagefolder, later runs (lists to find its cache)",
+         "hf_rcka_first": "hf_rcka, first run: folder checks + its own listing + writes the mapped file",
+         "hf_rcka": "hf_rcka, later runs: folder checks + its own listing (the file is there)",
+         "hf_rcka_in_memory": "hf_rcka, the splits held in memory (as before the mapped file)"}
 
 
 def table(result: dict) -> str:
     lines = [f"{result['files']:,} files in {result['classes']:,} class folders (train + val), median of "
              f"{result['repeats']} (process CPU seconds)", "",
              "| side | CPU s | ms per file | ImageNet-size estimate (1.33M files) |", "|---|---|---|---|"]
-    labels = {"imagefolder_cold": "datasets imagefolder, first run (lists + writes its Arrow copy)",
-              "imagefolder_warm": "datasets imagefolder, later runs (lists to find its cache)",
-              "hf_rcka": "hf_rcka: folder checks + its own listing (every run)"}
-    for side, label in labels.items():
+    for side, label in SIDES.items():
         seconds = result["median_cpu_seconds"][side]
         estimate = result["imagenet_estimate_seconds"][side]
         lines.append(f"| {label} | {seconds:.2f} | {result['ms_per_file'][side]:.4f} | {estimate / 60:.1f} min |")
     per_file = result["hf_rcka_bytes_per_file"]
     lines += ["", f"hf_rcka's splits in memory: {result['hf_rcka_bytes_in_memory'] / 2**20:.1f} MiB, {per_file:.0f} bytes a "
               f"file (these paths are {result['mean_path_length']:.0f} characters on average), "
-              f"{per_file * IMAGENET_FILES / 2**20:.0f} MiB at ImageNet's size"]
+              f"{per_file * IMAGENET_FILES / 2**20:.0f} MiB at ImageNet's size; memory-mapped from "
+              f"{result['mapped_from_bytes'] / 2**20:g} MiB a split: {result['mapped']}", "",
+              "| training split | pickled (a spawned worker receives it) | a tenth of it (max_train_samples) | "
+              f"RssAnon of a worker ({result['workers']} spawned) | RssFile |", "|---|---|---|---|---|"]
+    for kind, got in result["train_split_in_a_worker"].items():
+        rss = [f"{got[key] / 1024:.1f} MiB" if key in got else "-" for key in ("RssAnon", "RssFile")]
+        lines.append(f"| {kind.replace('_', ' ')} | {got['pickled_bytes'] / 2**20:.2f} MiB | "
+                     f"{got['subset_pickled_bytes'] / 2**20:.2f} MiB | {rss[0]} | {rss[1]} |")
     return "\n".join(lines)
 
 
@@ -153,10 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=20_000, help="training images (validation: a tenth more)")
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="spawned DataLoader workers measured (0: none)")
     parser.add_argument("--json", default="bench_results/folder_listing.json")
     args = parser.parse_args(argv)
     measured = _provenance.commit(["hf_rcka", "benchmarks/folder_listing.py"])  # the code as the measurement starts
-    result = measure(args.files, args.classes, args.repeats)
+    result = measure(args.files, args.classes, args.repeats, args.workers)
     result.update(commit=measured,
                   machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
                   date=time.strftime("%Y-%m-%d"))

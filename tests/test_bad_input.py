@@ -2997,12 +2997,16 @@ def test_fp16_from_the_launcher_on_a_cpu_is_refused(tmp_path, capsys, no_loading
 
 def test_a_datasets_cache_that_cannot_be_written_is_named_not_the_data(tmp_path, monkeypatch):
     """HF_DATASETS_CACHE under a file (or a folder without write access) was 'dataset_name ...: cannot
-    load the dataset', sending the user to data that is fine. Image folders need no cache at all."""
+    load the dataset', sending the user to data that is fine. Image folders need no cache at all: a
+    large one, memory-mapped from a file there, is held in memory instead."""
     import datasets
 
     from hf_rcka.arguments import DataArguments
     from hf_rcka.cli.run_inputs import load_data
+    from hf_rcka.data import mapped_splits
     from hf_rcka.errors import DataError
+
+    monkeypatch.setattr(mapped_splits, "MAPPED_FROM_BYTES", 1)  # as if train_dir were large
 
     data = _parquet_dataset(tmp_path / "data", {"label": [0, 1] * 4})
     train = image_folder(tmp_path / "train", ["a", "b"])
@@ -3398,17 +3402,24 @@ def test_an_image_folder_s_start_says_what_it_counts_and_lists_it_once_without_d
     assert raw["train"].info.builder_name == "imagefolder"  # the model card's model-index type
 
 
-def test_image_folder_splits_are_the_rows_datasets_imagefolder_reads(tmp_path):
+@pytest.mark.parametrize("mapped", [False, True])
+def test_image_folder_splits_are_the_rows_datasets_imagefolder_reads(tmp_path, monkeypatch, mapped):
     """The splits built from hf_rcka's listing have datasets' imagefolder rows, in its order, with its
     features: upper-case and mixed-case extensions, every format it lists, hidden files, a file named
     like a special folder, a linked file, glob characters, spaces and accents in names, a class the
-    validation folder lacks, and non-image files."""
+    validation folder lacks, and non-image files. ``mapped``: as a large folder's splits are read,
+    memory-mapped from their file in datasets' cache."""
     import glob
 
     import datasets as hf_datasets
 
     from hf_rcka.arguments import DataArguments
+    from hf_rcka.data import mapped_splits
     from hf_rcka.data.datasets import image_folder_splits
+
+    monkeypatch.setattr(hf_datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    if mapped:
+        monkeypatch.setattr(mapped_splits, "MAPPED_FROM_BYTES", 1)
 
     train, val = tmp_path / "train", tmp_path / "val"
     for name in ("cat", "dog", "émeu", "b c", "a[1]"):
@@ -3432,6 +3443,7 @@ def test_image_folder_splits_are_the_rows_datasets_imagefolder_reads(tmp_path):
     for split in ("train", "validation"):
         assert ours[split].features == theirs[split].features
         assert rows(ours[split]) == rows(theirs[split])
+        assert bool(ours[split].cache_files) == mapped
     assert len(ours["train"]) == 16  # 5 classes, 11 more files less the hidden one, the link
 
 

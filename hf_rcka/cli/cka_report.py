@@ -220,7 +220,8 @@ def sample_images(args: argparse.Namespace) -> list:
 
     if args.validation_dir:  # the folder is the evaluation set (loaded as training loads a train_dir): a seeded shuffle of it
         folder = load_data(DataArguments(train_dir=args.validation_dir), eval_only=True)
-        validation, carved = folder["validation"].shuffle(seed=args.split_seed), False
+        # in memory: a large folder is memory-mapped from datasets' cache, and the shuffled indices were written there
+        validation, carved = folder["validation"].shuffle(seed=args.split_seed, keep_in_memory=True), False
         data = SimpleNamespace(**{k: None for k in ("dataset_name", "dataset_config_name", "train_dir")},
                                validation_dir=args.validation_dir, train_val_split=args.train_val_split,
                                split_seed=args.split_seed, label_column_name=args.label_column_name)

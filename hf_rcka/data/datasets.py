@@ -40,6 +40,7 @@ from .digits import DIGITS, digits_dataset
 from .image_folders import image_files
 from .image_paths import image_paths_from_the_data_folder
 from .local_cache import local_cache_path
+from .mapped_splits import mapped_split
 from .stored_labels import parquet_split_files, realign_stored_labels
 
 logger = logging.getLogger(__name__)
@@ -127,10 +128,11 @@ def image_folder_splits(args: DataArguments) -> datasets.DatasetDict:
     class folder. ``load_dataset("imagefolder")`` resolved every file through fsspec and read its
     metadata, on every run and every process (minutes for ImageNet's 1.33M files, with no progress
     shown), and wrote an Arrow copy on the first run; ``benchmarks/folder_listing.py`` measures
-    both ways. The rows are held in memory (68 bytes an image in that benchmark's ImageNet-like
-    folder): loader workers started by fork share them, spawned ones get a copy each. The class
-    folders are those ``check_data_dirs`` checked: a layout datasets reads otherwise (nested,
-    linked or special folders, metadata files) is refused there.
+    both ways. A large split is memory-mapped from an Arrow file of its rows in datasets' cache
+    (:mod:`.mapped_splits`), so that spawned loader workers get its path, not a copy of its rows
+    (68 bytes an image); a small one is held in memory. The class folders are those
+    ``check_data_dirs`` checked: a layout datasets reads otherwise (nested, linked or special
+    folders, metadata files) is refused there.
     """
     folders = {"train": args.train_dir, "validation": args.validation_dir}
     listed = {split: image_files(os.path.abspath(folder)) for split, folder in folders.items() if folder}
@@ -143,8 +145,7 @@ def image_folder_splits(args: DataArguments) -> datasets.DatasetDict:
         images = pa.StructArray.from_arrays([pa.nulls(len(rows), pa.binary()), paths], names=["bytes", "path"])
         table = pa.table({"image": images, "label": pa.array([index[label] for _, label in rows], pa.int64())},
                          schema=features.arrow_schema)
-        info = datasets.DatasetInfo(builder_name="imagefolder", features=features)
-        splits[split] = datasets.Dataset(datasets.table.InMemoryTable(table), info=info, split=datasets.NamedSplit(split))
+        splits[split] = mapped_split(table, datasets.DatasetInfo(builder_name="imagefolder", features=features), split)
     logger.info("data: listed %s", ", ".join(f"{len(rows)} {split} images" for split, rows in listed.items()))
     return datasets.DatasetDict(splits)
 

@@ -1,0 +1,134 @@
+"""A large image-folder split is memory-mapped from an Arrow file in datasets' cache: it pickles as
+that file's path (what a spawned loader worker receives), reads the rows it held in memory, and
+falls back to memory where the cache cannot be written."""
+
+import os
+import pickle
+import threading
+from pathlib import Path
+
+import datasets
+import pytest
+from PIL import Image
+
+from hf_rcka.arguments import DataArguments
+from hf_rcka.data import mapped_splits
+from hf_rcka.data.datasets import image_folder_splits, seeded_subset
+
+
+def _folder(root: Path, classes: dict[str, int]) -> str:
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (2, 2)).save(root / name / f"image_{i}.png")
+    return str(root)
+
+
+def _rows(split: datasets.Dataset) -> list:
+    return split.with_format("arrow")[:].to_pylist()
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    train = _folder(tmp_path / "train", {"cat": 6, "dog": 5})
+    validation = _folder(tmp_path / "val", {"cat": 2, "dog": 2})
+    return DataArguments(train_dir=train, validation_dir=validation)
+
+
+def _mapped_folder(tmp_path) -> Path:
+    return tmp_path / "cache" / mapped_splits.LOCAL_FOLDERS / mapped_splits.KIND
+
+
+def test_a_large_split_pickles_as_its_file_and_reads_the_rows_it_held_in_memory(folders, tmp_path, monkeypatch):
+    """A spawned DataLoader worker unpickled a copy of every row of an in-memory split (about 90 MB
+    at ImageNet's size, in each worker), and a max_train_samples subset carried the whole table."""
+    in_memory = image_folder_splits(folders)
+    assert not in_memory["train"].cache_files  # the tests' small folders stay in memory: nothing is written
+    monkeypatch.setattr(mapped_splits, "MAPPED_FROM_BYTES", 1)
+    mapped = image_folder_splits(folders)
+    written = sorted(os.listdir(_mapped_folder(tmp_path)))
+    assert len(written) == 2  # one file a split, named by its content
+    for split in ("train", "validation"):
+        assert [Path(f["filename"]).name for f in mapped[split].cache_files] in ([name] for name in written)
+        assert mapped[split].features == in_memory[split].features
+        assert mapped[split].info.builder_name == "imagefolder" and mapped[split].split == split
+        assert _rows(mapped[split]) == _rows(in_memory[split])
+        dumped = pickle.dumps(mapped[split])
+        assert b"image_0.png" in pickle.dumps(in_memory[split]) and b"image_0.png" not in dumped  # no row
+        assert _rows(pickle.loads(dumped)) == _rows(in_memory[split])
+    subset = seeded_subset(mapped["train"], 3, 42)
+    assert b"image_0.png" not in pickle.dumps(subset)
+    assert _rows(pickle.loads(pickle.dumps(subset))) == _rows(seeded_subset(in_memory["train"], 3, 42))
+    again = image_folder_splits(folders)  # a later run, or another process: the same file, the same fingerprint
+    assert sorted(os.listdir(_mapped_folder(tmp_path))) == written
+    assert again["train"]._fingerprint == mapped["train"]._fingerprint
+    assert again["train"].cache_files == mapped["train"].cache_files
+
+
+@pytest.mark.parametrize("cache", ["under_a_file", "full"])
+def test_a_cache_that_cannot_be_written_keeps_the_split_in_memory(folders, tmp_path, monkeypatch, caplog, cache):
+    """Reading an image folder needs no cache: one that cannot be written keeps the rows in memory,
+    said in one line a split, and leaves no partial file behind."""
+    import errno
+
+    expected = {split: _rows(rows) for split, rows in image_folder_splits(folders).items()}
+    monkeypatch.setattr(mapped_splits, "MAPPED_FROM_BYTES", 1)
+    if cache == "under_a_file":
+        (tmp_path / "file").write_text("")
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "file" / "datasets"))
+    else:
+        def full(*args):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "replace", full)
+    with caplog.at_level("INFO", logger="hf_rcka"):
+        splits = image_folder_splits(folders)
+    for split in ("train", "validation"):
+        assert not splits[split].cache_files and _rows(splits[split]) == expected[split]
+    said = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(said) == 2 and "the train split's 11 rows are held in memory" in said[0], said
+    if cache == "full":
+        assert os.listdir(_mapped_folder(tmp_path)) == []  # the temporary files were removed
+
+
+def test_writers_of_one_file_at_once_each_end_with_the_whole_file(tmp_path, monkeypatch):
+    """The processes of a data-parallel launch list the same folder and write its file at the same
+    time: each writes its own temporary file and renames it into place, so every one reads a whole
+    file, whichever rename came last; a file cut short (a crash before it was whole) is written anew."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    args = DataArguments(train_dir=_folder(tmp_path / "train", {"cat": 4, "dog": 3}))
+    expected = _rows(image_folder_splits(args)["train"])  # in memory
+    monkeypatch.setattr(mapped_splits, "MAPPED_FROM_BYTES", 1)
+    replace, renamed = os.replace, []
+
+    def second_writer_first(source, target):  # another process writes and renames between our write and rename
+        renamed.append(source)
+        if len(renamed) == 1:
+            renamed.append(image_folder_splits(args)["train"])
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", second_writer_first)
+    first = image_folder_splits(args)["train"]
+    monkeypatch.setattr(os, "replace", replace)
+    path = Path(first.cache_files[0]["filename"])
+    _, second_source, second = renamed
+    assert second_source != renamed[0] and second.cache_files == first.cache_files
+    assert _rows(first) == _rows(second) == expected
+    assert os.listdir(path.parent) == [path.name]  # no temporary file left
+
+    path.write_bytes(path.read_bytes()[:-8])  # cut short
+    barrier, results = threading.Barrier(4), []
+
+    def writer():
+        barrier.wait()
+        results.append(_rows(image_folder_splits(args)["train"]))
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [expected] * 4
+    assert os.listdir(path.parent) == [path.name]
+    assert _rows(datasets.Dataset.from_file(str(path))) == expected
