@@ -211,8 +211,8 @@ def table(result: dict) -> str:
               f"file (these paths are {result['mean_path_length']:.0f} characters on average), "
               f"{per_file * IMAGENET_FILES / 2**20:.0f} MiB at ImageNet's size; memory-mapped from "
               f"{result['mapped_from_bytes'] / 2**20:g} MiB a split: {result['mapped']}", "",
-              "| training split | pickled (a spawned worker receives it) | a tenth of it (max_train_samples) | "
-              f"RssAnon of a worker ({result['workers']} spawned) | RssFile |", "|---|---|---|---|---|"]
+              ("| training split | pickled (a spawned worker receives it) | a tenth of it (max_train_samples) | "
+               f"RssAnon of a worker ({result['workers']} spawned) | RssFile |"), "|---|---|---|---|---|"]
     for kind, got in result["train_split_in_a_worker"].items():
         rss = [f"{got[key] / 1024:.1f} MiB" if key in got else "-" for key in ("RssAnon", "RssFile")]
         lines.append(f"| {kind.replace('_', ' ')} | {got['pickled_bytes'] / 2**20:.2f} MiB | "
