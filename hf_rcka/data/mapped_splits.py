@@ -32,7 +32,7 @@ from .local_cache import LOCAL_FOLDERS
 logger = logging.getLogger(__name__)
 
 # Smaller tables stay in memory: a copy of one in each of 80 workers (8 processes x 10) is at most
-# 80 x 4 MiB, next to the ~300 MB each spawned worker holds for its imports alone, and the tests'
+# 80 x 4 MiB, next to the ~340 MiB each spawned worker holds for its imports alone, and the tests'
 # folders write nothing. ImageNet's validation folder (50,000 images) is about 3.5 MiB, its training
 # folder about 87 MiB (benchmarks/folder_listing.py measures both ways).
 MAPPED_FROM_BYTES = 4 * 2**20
