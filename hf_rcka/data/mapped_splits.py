@@ -52,10 +52,10 @@ def mapped_split(table: pa.Table, info: datasets.DatasetInfo, split: str) -> dat
     try:
         _write_once(path, content)
         mapped = MemoryMappedTable.from_file(path)
-    except OSError as err:  # e.g. another user's file in a shared cache, unreadable by this one
+    except (OSError, pa.ArrowInvalid) as err:  # e.g. another user's file in a shared cache, unreadable by this one
         logger.info("data: datasets' cache %r cannot be written or read (%s: %s): the %s split's %d rows are held in "
                     "memory (a loader worker started by spawn gets a copy)", str(datasets.config.HF_DATASETS_CACHE),
-                    type(err).__name__, err.strerror or err, split, table.num_rows)
+                    type(err).__name__, getattr(err, "strerror", None) or err, split, table.num_rows)
         return datasets.Dataset(InMemoryTable(table), info=info, split=named)
     # the digest is the fingerprint: every process gets the same one (datasets' own would hash the file's mtime)
     return datasets.Dataset(mapped, info=info, split=named, fingerprint=digest)
