@@ -233,7 +233,10 @@ def test_a_hub_or_datasets_warning_is_printed_once(tmp_path):
     root = logging.getLogger()
     libraries = [logging.getLogger(name) for name in ("huggingface_hub", "datasets")]
     saved = root.handlers[:], root.level, [library.propagate for library in libraries]
-    streams = {handler: handler.stream for library in libraries for handler in library.handlers}
+    # the libraries' own handlers: pytest >= 9.2 also attaches its capture handlers (on the root
+    # too) to loggers that do not propagate, as earlier tests' runs left these two
+    streams = {handler: handler.stream for library in libraries for handler in library.handlers
+               if handler not in root.handlers}
     try:
         _setup_logging(DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
         printed = io.StringIO()  # every handler a record can reach writes here
