@@ -1283,3 +1283,52 @@ def test_a_side_equal_up_to_rounding_is_constant_in_column_blocks_too(monkeypatc
     assert fn.linear_cka(student, constant) == 0
     assert fn.linear_cka(student, constant.clone().requires_grad_()) == 0
     assert fn.linear_cka_side(constant).mean_sq > 0
+
+
+def test_centred_row_normalized_cka_of_many_items_is_that_of_its_centred_grams():
+    """``row_normalize`` with ``center=True`` (which RCKALoss accepts) centres the row-normalised
+    Grams: the uncentred feature form, cheaper for many items of few features, must not be taken
+    for it (it would give the public code's uncentred alignment instead, a different value)."""
+    from hf_rcka.functional import cka
+
+    n, p, q = 300, 7, 5
+    assert not cka._gram_form_is_cheaper(n, p, q)
+    x, y = related_pair(n, p, q, seed=31)
+    x = x + randn(n, 1, seed=32)  # rows of different norms, so the row normalisation matters
+
+    def centred_row_gram(a):
+        g = a.double() @ a.double().T
+        h = centering_matrix(a.shape[0])
+        return h @ (g / torch.sqrt(torch.diag(g))[:, None]) @ h
+
+    gx, gy = centred_row_gram(x), centred_row_gram(y)
+    want = (gx * gy).sum() / torch.sqrt((gx * gx).sum() * (gy * gy).sum())
+    got = fn.linear_cka(x, y, center=True, row_normalize=True)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert abs(got.item() - fn.linear_cka(x, y, center=False, row_normalize=True).item()) > 1e-3
+
+
+def test_the_rbf_gram_of_two_items_takes_their_one_distance_as_the_median():
+    """Two items have one pairwise distance, the median the bandwidth is made from: their RBF Gram
+    is the reference's (off-diagonal exp(-1/2)), not an identity (a bandwidth of ~0, from the
+    floor that serves one item)."""
+    x = randn(2, 36, seed=33)
+    torch.testing.assert_close(fn.gram_rbf(x), naive_rbf_gram(x, 1.0), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fn.gram_rbf(x, 0.5)[0, 1], torch.exp(torch.tensor(-2.0, dtype=DOUBLE)))
+
+
+@pytest.mark.parametrize("side", ["x", "y"])
+def test_the_unbiased_estimator_takes_a_side_equal_up_to_rounding_as_constant(side):
+    """The unbiased CKA centres the columns itself, and must apply the same constant-feature check
+    as the default estimator: images 20 ulps apart are constant (CKA exactly 0, not their rounding
+    noise aligned with a column that follows it: 0.012), 10,000 ulps apart they are not."""
+    torch.manual_seed(0)
+    n, ulp = 64, torch.finfo(torch.float32).eps
+    base = torch.rand(40) + 1.0
+    other = torch.randn(n, 8)
+    for spread, constant in ((20 * ulp, True), (1e4 * ulp, False)):
+        jittered = base * (1 + spread * torch.randn(n, 40))
+        other[:, 0] = jittered[:, 0]  # follows the jitter
+        pair = (jittered, other) if side == "x" else (other, jittered)
+        value = fn.linear_cka(*pair, unbiased=True)
+        assert (value == 0) == constant, (spread, float(value))
