@@ -1332,3 +1332,32 @@ def test_the_unbiased_estimator_takes_a_side_equal_up_to_rounding_as_constant(si
         pair = (jittered, other) if side == "x" else (other, jittered)
         value = fn.linear_cka(*pair, unbiased=True)
         assert (value == 0) == constant, (spread, float(value))
+
+
+def test_hsic_of_half_precision_grams_is_computed_in_float32():
+    """``hsic`` is public and takes Grams a caller made in any precision: float16 Grams of 256
+    features summed to an infinite HSIC in float16 (it must upcast them, as ``cka_from_grams`` does)."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 256)
+    y = x + 0.1 * torch.randn(64, 256)
+    k, l = x @ x.T, y @ y.T
+    want = fn.hsic(k.double(), l.double())
+    for unbiased in (False, True):
+        got = fn.hsic(k.half(), l.half(), unbiased=unbiased)
+        assert got.dtype == torch.float32 and torch.isfinite(got), (unbiased, got)
+    got = fn.hsic(k.half(), l.half())
+    assert abs(float(got) - float(want)) < 1e-3 * abs(float(want))
+
+
+def test_linear_cka_many_under_autocast_computes_in_float32():
+    """Feature CKA's pairs go through ``linear_cka_many``, inside the model's autocast region in
+    bf16 training: its Grams must stay float32 there (bf16 ones returned a bfloat16 CKA 4e-3 off)."""
+    torch.manual_seed(0)
+    xs = [torch.randn(16, 300), torch.randn(16, 500)]
+    ys = [x[:, :200] + 0.5 * torch.randn(16, 200) for x in xs]
+    outside = fn.linear_cka_many(xs, ys)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (xs[0] @ xs[0].T).dtype == torch.bfloat16  # autocast really is active
+        inside = fn.linear_cka_many(xs, ys)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, outside, rtol=0, atol=1e-6)
