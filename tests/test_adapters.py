@@ -271,3 +271,16 @@ def test_an_auto_pairs_own_project_option_wins_over_the_automatic_one():
     own = FeaturePair(1, 2, "auto", {"project": False, "grid": "min"})
     assert adapter_choice(own, needs_shape=True) == ("patch_match", {"project": False, "grid": "min"})
     assert adapter_choice(FeaturePair(1, 2, "auto", {}), needs_shape=False) == ("identity", {})
+
+
+def test_patch_match_without_projection_samples_the_same_channels_on_both_sides():
+    """With no projection (equal widths) the student's map must be cut to the teacher's sampled
+    channels, the same ones: the student's whole map beside the sampled teacher's gave a pair of
+    unequal widths (or, at equal widths, channels compared with other channels)."""
+    spec = FeatureSpec("nchw", 10, (8, 8))
+    adapter = build_adapter("patch_match", spec, spec, sample_channels=4).train()
+    assert adapter.proj is None
+    fmap = _features(spec)
+    student, teacher = adapter(fmap, fmap)
+    assert student.shape == teacher.shape == (BATCH, 4, 8, 8)
+    torch.testing.assert_close(student, teacher)
