@@ -284,3 +284,27 @@ def test_patch_match_without_projection_samples_the_same_channels_on_both_sides(
     student, teacher = adapter(fmap, fmap)
     assert student.shape == teacher.shape == (BATCH, 4, 8, 8)
     torch.testing.assert_close(student, teacher)
+
+
+def test_a_teacher_side_to_be_grown_is_reduced_on_the_common_grid():
+    """The reading loss reduces the teacher's map on the common grid, the one the student's side
+    comes out on: a side prepared at its own smaller size (grid: student, a 4 x 4 teacher under an
+    8 x 8 student) is grown first. Reduced at 4 x 4, patch CKA's Grams no longer matched the
+    student's 8 x 8 map (patch_cka refuses the pair as unaligned)."""
+    adapter = build_adapter("patch_match", CNN, VIT, grid="student").train()
+    student, teacher = _features(CNN), _features(VIT)
+    seen = []
+    reduced = adapter.reduce_teacher(adapter.prepare_teacher(teacher), lambda fmap: seen.append(fmap) or fmap)
+    assert [tuple(fmap.shape) for fmap in seen] == [(BATCH, 36, 8, 8)]
+    got, expected = adapter(student, reduced), adapter(student, teacher)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_adapter_switches_refuse_null_where_they_take_no_default():
+    """``bias: null`` is not a switch: it was built as no bias, silently (``project`` alone may be
+    unset, meaning 'when the widths differ')."""
+    for name in ("patch_match", "linear"):
+        with pytest.raises(ValueError, match="bias must be true or false, got None"):
+            build_adapter(name, VIT, CNN, bias=None)
+    assert build_adapter("patch_match", VIT, CNN, project=None).proj is not None
