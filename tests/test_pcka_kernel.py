@@ -251,3 +251,13 @@ def test_a_teacher_reduced_to_its_patch_grams_gives_the_maps_values_and_gradient
     want, got = fn.patch_cka(student, teacher.detach(), 4), fn.patch_cka(student, fn.patch_cka_side(teacher.detach(), 4), 4)
     assert got.dtype == want.dtype == torch.float64
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_a_teacher_map_of_fewer_patches_than_cka_relates_is_not_reduced():
+    """A map of 2 patches (1 x 2) over a batch of 8 has Grams smaller than itself, but no patch
+    relations: ``patch_cka_side`` keeps it whole (None), so that ``patch_cka`` gives its documented
+    ones (a zero loss, no gradient) rather than a kernel CKA over 2 patches."""
+    s, t = _maps((8, 3, 1, 2), seed=10)
+    assert fn.patch_cka_side(t.detach(), 4) is None
+    assert fn.patch_cka_side(t.detach(), 4, center=False) is not None  # uncentred, 2 patches relate
+    torch.testing.assert_close(fn.patch_cka(s, t, 4), torch.ones(3, dtype=s.dtype))
