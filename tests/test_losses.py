@@ -744,3 +744,19 @@ def test_ce_names_class_ids_of_shape_b_by_1_as_ids():
     inputs = LossInputs(student_logits=torch.randn(4, 3), labels=torch.rand(4, 2))
     with pytest.raises(ValueError, match=r"ce got soft targets of shape \(4, 2\) for logits \(4, 3\)"):
         ce.term(inputs)
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_feature_cka_reduces_each_side_with_its_own_center_option(center):
+    """Feature CKA reduces a wide side to its Gram (``reduce_teacher_feature`` /
+    ``reduce_student_feature``) as its own ``center`` says: a centred Gram in an uncentred loss was
+    refused at the first step (the side's and the CKA's center differ). Reduced, the term is the
+    features' own."""
+    loss = LOSSES.build("feature_cka", center=center)
+    student = randn(B, TOKENS, WIDTH, seed=40).requires_grad_()
+    teacher = randn(B, 4, 8, 12, seed=41)
+    sides = loss.reduce_student_feature(student), loss.reduce_teacher_feature(teacher)
+    assert all(isinstance(side, functional.GramSide) and side.center == center for side in sides)
+    whole = loss(LossInputs(student_logits=randn(B, P, seed=42), student_features=(student,), teacher_features=(teacher,)))
+    reduced = loss(LossInputs(student_logits=randn(B, P, seed=42), student_features=(sides[0],), teacher_features=(sides[1],)))
+    torch.testing.assert_close(reduced["feature_cka"], whole["feature_cka"], rtol=1e-10, atol=1e-12)
