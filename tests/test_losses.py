@@ -760,3 +760,20 @@ def test_feature_cka_reduces_each_side_with_its_own_center_option(center):
     whole = loss(LossInputs(student_logits=randn(B, P, seed=42), student_features=(student,), teacher_features=(teacher,)))
     reduced = loss(LossInputs(student_logits=randn(B, P, seed=42), student_features=(sides[0],), teacher_features=(sides[1],)))
     torch.testing.assert_close(reduced["feature_cka"], whole["feature_cka"], rtol=1e-10, atol=1e-12)
+
+
+def test_counted_rows_drop_a_stand_in_from_a_teacher_side_reduced_to_its_gram():
+    """In evaluation feature CKA's teacher side comes reduced to its Gram: ``counted_rows`` must cut
+    the stand-in's row and column out of it too (kept, the Gram no longer matched the student's
+    counted rows), giving the term of the counted images' features."""
+    loss = LOSSES.build("feature_cka").eval()
+    student, teacher = randn(B, TOKENS, WIDTH, seed=43), randn(B, 4, 8, 12, seed=44)
+    labels = torch.tensor([0, IGNORE_INDEX, 2, 1, 0])
+    keep = labels != IGNORE_INDEX
+    inputs = LossInputs(student_logits=randn(B, P, seed=45), labels=labels, student_features=(student,),
+                        teacher_features=(loss.reduce_teacher_feature(teacher),))
+    counted = inputs.counted_rows()
+    assert counted.teacher_features[0].gram.shape == (4, 4)
+    want = loss(LossInputs(student_logits=randn(4, P, seed=45), student_features=(student[keep],),
+                           teacher_features=(teacher[keep],)))
+    torch.testing.assert_close(loss(counted)["feature_cka"], want["feature_cka"], rtol=1e-10, atol=1e-12)
