@@ -777,3 +777,24 @@ def test_counted_rows_drop_a_stand_in_from_a_teacher_side_reduced_to_its_gram():
     want = loss(LossInputs(student_logits=randn(4, P, seed=45), student_features=(student[keep],),
                            teacher_features=(teacher[keep],)))
     torch.testing.assert_close(loss(counted)["feature_cka"], want["feature_cka"], rtol=1e-10, atol=1e-12)
+
+
+def test_kernel_transfer_running_centres_start_at_a_class_first_mean_then_move_by_momentum():
+    """A class's first batch sets its centre to that batch's class mean (blended with the zero
+    start, the centres began at a tenth of their size and took ~20 steps to grow); later batches move
+    it by ``momentum``, and a class absent from a batch keeps its centre."""
+    means_s, means_t = class_means(36)
+    loss = fresh_kernel_transfer(centres="running", momentum=0.9)
+    first, second = class_stream(0, means_s, means_t), class_stream(1, means_s, means_t)
+    second = replace(second, labels=second.labels.clamp_max(1))  # class 2 absent from the second batch
+    total(loss, first)
+    firsts = []
+    for c in range(P):
+        firsts.append(first.student_pooled[first.labels == c].mean(0))
+        torch.testing.assert_close(loss.student_centres[c], firsts[c])
+        torch.testing.assert_close(loss.teacher_centres[c], first.teacher_pooled[first.labels == c].mean(0))
+    total(loss, second)
+    for c in range(2):
+        want = 0.9 * firsts[c] + 0.1 * second.student_pooled[second.labels == c].mean(0)
+        torch.testing.assert_close(loss.student_centres[c], want)
+    torch.testing.assert_close(loss.student_centres[2], firsts[2])
