@@ -798,3 +798,19 @@ def test_kernel_transfer_running_centres_start_at_a_class_first_mean_then_move_b
         want = 0.9 * firsts[c] + 0.1 * second.student_pooled[second.labels == c].mean(0)
         torch.testing.assert_close(loss.student_centres[c], want)
     torch.testing.assert_close(loss.student_centres[2], firsts[2])
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_patch_cka_reduces_the_teacher_in_training_only_and_with_its_own_center(center):
+    """Patch CKA reduces the teacher's map to its patch Grams as its own ``center`` says (a centred
+    side in an uncentred loss was refused at the first step) and in training only: in evaluation
+    the map stays whole, so that an unreadable image's stand-in can still be dropped from it."""
+    loss = PatchCKALoss(patch_size=4, center=center)
+    student, teacher = randn(*MAP, seed=46), randn(*MAP, seed=47)
+    side = loss.train().reduce_teacher_feature(teacher)
+    assert isinstance(side, functional.PatchGramSide) and side.center == center
+    logits = randn(B, P, seed=48)
+    reduced = loss(LossInputs(student_logits=logits, student_features=(student,), teacher_features=(side,)))
+    whole = loss(LossInputs(student_logits=logits, student_features=(student,), teacher_features=(teacher,)))
+    torch.testing.assert_close(reduced["patch_cka"], whole["patch_cka"], rtol=1e-10, atol=1e-12)
+    assert loss.eval().reduce_teacher_feature(teacher) is None
