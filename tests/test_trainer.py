@@ -213,6 +213,18 @@ def test_evaluation_counts_no_unreadable_image(tmp_path):
         teacher_accuracy(model, trainer.get_eval_dataloader(readable)))
 
 
+def test_the_cards_unreadable_count_is_its_own_sets_not_another_evaluated_after_it(tmp_path):
+    """evaluate(test_set) counted the unreadable images of the test set as the card's own evaluation
+    set's: a card whose every evaluation image was read said one was left out (or the other way)."""
+    readable = _eval_dataset(tmp_path, "readable", [0, 1, 2, 4, 5])  # one folder of images: 3 is the bad one
+    with_bad = _eval_dataset(tmp_path, "with_bad", list(range(6)), unreadable=3)
+    trainer = make_trainer(make_args(tmp_path, losses=["ce"]), evaluation=readable)
+    trainer.evaluate()
+    assert trainer.card_facts.unreadable_eval_images == 0
+    trainer.evaluate(with_bad)
+    assert trainer.card_facts.unreadable_eval_images == 0, "the card's set has no unreadable image"
+
+
 def test_the_cards_teacher_accuracy_is_counted_by_an_evaluation_of_the_trainers_own_set(tmp_path, monkeypatch):
     """The card's teacher accuracy comes from the evaluation's own teacher logits (every image once,
     stand-ins not counted): at ImageNet's 50k images a separate pass on one process took minutes."""
@@ -608,6 +620,24 @@ def test_load_best_model_at_end_restores_the_best_student(tmp_path):
     expected = AutoModelForImageClassification.from_pretrained(best).state_dict()
     for key, value in trainer.model.student.state_dict().items():
         assert torch.equal(value, expected[key])
+
+
+def test_a_second_train_of_a_trainer_that_loaded_its_best_checkpoint_trains_weights_of_its_own(tmp_path):
+    """After a train() that loaded its best checkpoint, the trainer's next train() still took its
+    weights for that checkpoint's: a stop during it wrote no checkpoint of its steps ("the best
+    checkpoint was loaded"), and the final evaluation measured the wrong step."""
+    from hf_rcka.trainer.interrupt import save_checkpoint_now
+
+    args = make_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                     load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=False,
+                     losses=["ce"])
+    trainer = make_trainer(args)
+    trainer.train()
+    assert trainer.best_model_loaded
+    trainer.args.load_best_model_at_end, trainer.args.max_steps, trainer.args.save_strategy = False, 3, "no"
+    trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    assert not trainer.best_model_loaded
+    assert save_checkpoint_now(trainer) == str(tmp_path / "run" / "checkpoint-3")
 
 
 def test_plain_supervised_training_without_a_teacher(tmp_path):
@@ -1331,6 +1361,18 @@ def test_a_set_too_small_for_a_relation_is_evaluated_without_its_terms(tmp_path)
     assert math.isfinite(metrics["eval_ce_loss"]) and math.isfinite(metrics["eval_loss"])
 
 
+def test_a_batch_of_exactly_a_relations_minimum_rows_counts_in_its_term(tmp_path):
+    """A relation over the batch's samples is a constant below its minimum rows, and means something
+    at that minimum: a set of exactly that many images (or a last batch of them) was left out of
+    rcka's intra term, which then went unreported."""
+    args = make_args(tmp_path, losses=[{"name": "ce"}, {"name": "rcka"}])
+    trainer = make_trainer(args)
+    rows = trainer.distillation_model.losses["rcka"].min_relation_rows
+    assert rows > 1
+    metrics = trainer.evaluate(pixel_dataset(rows, seed=4))
+    assert math.isfinite(metrics["eval_rcka_intra_loss"]), metrics
+
+
 class _BreaksAt:
     """A dataset whose reading fails at one index (a network filesystem gone, a decoder's crash)."""
 
@@ -1607,3 +1649,24 @@ def test_a_layer_wise_optimizers_weights_are_not_said_unreached(tmp_path, caplog
         trainer.train()
     assert "losses.srd.projector.0.weight" not in caplog.text and "got no gradient" not in caplog.text
     assert {"srd.projector.0.weight", "srd.projector.0.bias"} <= set(changed(before, trainer.distillation_model.losses))
+
+
+def test_a_callers_ddp_find_unused_parameters_is_kept(tmp_path):
+    """find_unused_parameters: true, which a student whose steps leave some weights without a gradient
+    needs under DDP, was replaced with hf_rcka's False (DDP then stopped at the second step); only
+    a value no one set takes False."""
+    assert make_trainer(make_args(tmp_path, ddp_find_unused_parameters=True)).args.ddp_find_unused_parameters is True
+    assert make_trainer(make_args(tmp_path, "b")).args.ddp_find_unused_parameters is False
+
+
+def test_the_terms_of_a_short_last_accumulation_add_up_to_the_logged_loss(tmp_path):
+    """Trainer's loss is the mean of its optimizer steps, each the mean of its micro-batches: 3
+    batches at gradient_accumulation_steps 2 make a step of 2 and a step of 1. The terms weighed every
+    micro-batch alike (the last one a third of the log, not half), and no longer added up to it."""
+    args = make_args(tmp_path, gradient_accumulation_steps=2, num_train_epochs=1, logging_steps=2,
+                     losses=[{"name": "ce"}, {"name": "kd"}])
+    trainer = make_trainer(args, train=pixel_dataset(15, seed=0))
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert trainer.state.global_step == 2 and len(logged) == 1
+    assert logged[0]["ce_loss"] + logged[0]["kd_loss"] == pytest.approx(logged[0]["loss"], rel=1e-4)
