@@ -1549,3 +1549,51 @@ def test_the_label_check_reads_no_labels_off_the_host_and_names_a_minus_one_amon
     mixed = {"labels": torch.tensor([-1, 7, 0])}
     with pytest.raises(DataError, match=r"2 label\(s\) of a batch \(-1, 7\) .*-1 marks an unlabelled image"):
         CheckedClassIds(lambda items: mixed, 3)([{}, {}, {}])
+
+
+def test_a_single_tag_given_as_text_is_one_tag_on_the_card(tmp_path):
+    """Trainer's create_model_card takes tags as a string or a list: tags="pets" was read letter by
+    letter, and the card's metadata listed p, e, t and s as four tags."""
+    trainer = build(make_args(tmp_path), named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]))
+    trainer.create_model_card(tags="pets")
+    tags = ModelCard.load(tmp_path / "run" / "README.md").data.tags
+    assert tags[-1] == "pets" and "p" not in tags and "knowledge-distillation" in tags
+
+
+def test_a_teacher_no_loss_reads_is_named_nowhere_on_the_card(tmp_path):
+    """A teacher given beside losses that read none of it (a baseline run of ce alone) is not run,
+    and the card is a supervised run's: it said "distilled from the teacher" and tagged the model
+    knowledge-distillation, though no image went through the teacher."""
+    trainer = build(make_args(tmp_path, losses=["ce"]), named(tiny_vit(), ["a", "b", "c"]),
+                    named(tiny_resnet(), ["a", "b", "c"]), teacher_name="acme/resnet-teacher")
+    assert trainer.teacher_name is None
+    trainer.create_model_card()
+    card = ModelCard.load(tmp_path / "run" / "README.md")
+    assert "none (supervised training)" in card.text and "acme/resnet-teacher" not in card.text
+    assert "knowledge-distillation" not in card.data.tags
+
+
+def test_a_set_evaluated_by_a_trainer_without_an_evaluation_set_of_its_own_reaches_the_card(tmp_path, caplog):
+    """A trainer built without eval_dataset has no set of its own for evaluate(test_set) to be
+    another than: its numbers are the only ones the run has, and belong on the card without a warning
+    that they were left out."""
+    trainer = build(make_args(tmp_path, max_steps=1), named(tiny_vit(), ["a", "b", "c"]),
+                    named(tiny_resnet(), ["a", "b", "c"]))
+    trainer.train()
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        accuracy = trainer.evaluate(pixel_dataset(12, seed=5))["eval_accuracy"]
+    assert "the model card leaves these numbers out" not in caplog.text
+    trainer.create_model_card()
+    assert f"| eval_accuracy | {accuracy:.4f} |" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_without_load_best_model_at_end_the_card_shows_the_last_steps_metrics_not_the_best_checkpoints(tmp_path):
+    """metric_for_best_model alone names a best checkpoint, but the exported weights are the last
+    step's: the card showed the best checkpoint's evaluation as the model's."""
+    trainer = build(make_args(tmp_path), named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]))
+    trainer.state.log_history = [{"eval_accuracy": 0.9, "step": 1}, {"eval_accuracy": 0.5, "step": 2}]
+    trainer.state.global_step = 2
+    trainer.state.best_model_checkpoint = str(tmp_path / "run" / "checkpoint-1")
+    trainer.create_model_card()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "| eval_accuracy | 0.5000 |" in card and "0.9000" not in card
