@@ -1055,3 +1055,53 @@ def test_a_record_this_version_cannot_read_is_no_recipe_to_compare(tmp_path):
             load_recipe(run / "distill_config.yaml")
         assert recorded_recipe(str(run)) is None, text
         assert recorded_recipe(str(run / "checkpoint-2")) is None, text
+
+
+def test_a_launchers_mixed_precision_no_is_no_mixed_precision(monkeypatch):
+    """accelerate's default config says mixed_precision: 'no' (and fp8 is none this run autocasts to):
+    taken as it came, the run said "precision: no mixed precision" and its record held the key
+    ``no: true``, which the record's rerun refused as an unknown recipe key."""
+    from types import SimpleNamespace
+
+    from hf_rcka.arguments import run_mixed_precision
+
+    for value in ("no", "fp8"):
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", value)
+        assert run_mixed_precision(SimpleNamespace(bf16=False, fp16=False)) is None
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert run_mixed_precision(SimpleNamespace(bf16=False, fp16=False)) == "bf16"
+
+
+def test_a_record_of_an_lr_base_run_holds_no_learning_rate_beside_it():
+    """A recipe that sets lr_base leaves learning_rate to it: recorded at Trainer's default 5e-5
+    beside lr_base, the record's rerun was refused ("learning_rate and lr_base are both given")."""
+    from hf_rcka.arguments import left_out_defaults
+
+    assert "learning_rate" not in left_out_defaults({"lr_base": 5e-4})
+    assert left_out_defaults({})["learning_rate"] == 5e-5
+
+
+def test_the_nan_filter_of_the_logged_loss_follows_fp16_when_unset(monkeypatch, tmp_path):
+    """logging_nan_inf_filter unset is on under fp16 alone (the launcher's too): left None, Trainer
+    read it as off, and an fp16 run's log showed the overflowing steps that loss scaling skips."""
+    from hf_rcka import DistillationTrainingArguments
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True).logging_nan_inf_filter is False
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True).logging_nan_inf_filter is True
+    assert DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True,
+                                         logging_nan_inf_filter=False).logging_nan_inf_filter is False
+
+
+def test_one_process_trains_on_one_gpu_however_many_it_sees(monkeypatch, tmp_path):
+    """With several GPUs visible to one process, Trainer wraps the model in nn.DataParallel, whose
+    threads share the feature capture and keep the losses' statistics on the first copy alone: the
+    arguments count one device per process, and the batch lr_base scales to is that one's."""
+    from transformers import TrainingArguments
+
+    from hf_rcka import DistillationTrainingArguments
+
+    monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 4))
+    args = DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=8)
+    assert args.n_gpu == 1 and args.train_batch_size == 8
