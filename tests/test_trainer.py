@@ -1232,17 +1232,19 @@ def test_load_best_model_with_its_one_evaluation_at_the_last_step_trains(tmp_pat
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{steps}")
 
 
-def test_resume_true_from_python_passes_over_a_checkpoint_cut_short(tmp_path, caplog):
+@pytest.mark.parametrize("positional", [False, True])
+def test_resume_true_from_python_passes_over_a_checkpoint_cut_short(tmp_path, caplog, positional):
     """train(resume_from_checkpoint=True) took Trainer's pick, the highest-numbered folder: one whose
     trainer_state.json a full disk left empty failed after the models had loaded (a JSON error).
-    The last checkpoint written whole is resumed, as on the command line."""
+    The last checkpoint written whole is resumed, as on the command line; train(True), the same
+    argument given by position, too."""
     args = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
     make_trainer(args).train()
     out = Path(args.output_dir)
     (out / "checkpoint-4" / "trainer_state.json").write_text("")
     trainer = make_trainer(args)
     with caplog.at_level(logging.WARNING, logger="hf_rcka"):
-        trainer.train(resume_from_checkpoint=True)
+        trainer.train(True) if positional else trainer.train(resume_from_checkpoint=True)
     assert trainer.state.global_step == 4
     assert f"resuming from {out / 'checkpoint-2'}, the last checkpoint written whole (checkpoint-4 in " in caplog.text
     assert json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4  # saved anew
