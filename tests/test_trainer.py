@@ -1016,6 +1016,12 @@ def test_weight_decay_skips_position_embedding_and_tokens_like_timm(tmp_path, fa
     plain = _no_decay(make_trainer(make_args(tmp_path, "plain", weight_decay=0.05, model_no_weight_decay=False),
                                    student=student))
     assert not plain & exempt and any(n.endswith(".bias") for n in plain)
+    # transformers' own TrainingArguments have no model_no_weight_decay: the model's list applies, as by default
+    from transformers import TrainingArguments
+
+    given = TrainingArguments(output_dir=str(tmp_path / "given"), per_device_train_batch_size=5, use_cpu=True,
+                              report_to="none", weight_decay=0.05)
+    assert exempt <= _no_decay(make_trainer(given, student=student))
 
 
 def test_weight_decay_spares_biases_and_layer_norms_but_decays_batch_norm_weights(tmp_path):
