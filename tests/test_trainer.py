@@ -296,6 +296,14 @@ def test_epoch_end_reaches_every_loss_with_the_epoch_number():
     assert seen == [(2.0, 2), (3.0, 2)]
     callback.on_epoch_end(None, SimpleNamespace(epoch=2.4), going)  # a stream's pass (its length unknown) ended
     assert seen == [(2.0, 2), (3.0, 2), (2.0, 3), (3.0, 3)]
+    # an epoch's last step, then Trainer's on_epoch_end of that epoch: the losses hear of its end once
+    # (the callback's contract: a loss of one's own that steps a schedule at each epoch's end stepped twice)
+    callback.on_step_end(None, SimpleNamespace(epoch=4.0), going)
+    callback.on_epoch_end(None, SimpleNamespace(epoch=4.0), going)
+    assert seen[4:] == [(2.0, 4), (3.0, 4)]
+    callback.on_train_begin(None, None, None)  # a new train() of the same trainer counts its epochs afresh
+    callback.on_epoch_end(None, SimpleNamespace(epoch=1.0), going)
+    assert seen[6:] == [(2.0, 1), (3.0, 1)]
 
 
 def _one_step_params(tmp_path, name, batch, accumulation):
