@@ -1597,3 +1597,15 @@ def test_without_load_best_model_at_end_the_card_shows_the_last_steps_metrics_no
     trainer.create_model_card()
     card = (tmp_path / "run" / "README.md").read_text()
     assert "| eval_accuracy | 0.5000 |" in card and "0.9000" not in card
+
+
+def test_an_evaluation_only_trainer_leaves_out_a_feature_loss_that_reads_fresh_adapters(tmp_path, caplog):
+    """A feature loss whose own state is none still reads the pairs' adapters, which trained beside
+    the student and are not saved with it: evaluated through fresh ones, fitnet's term and eval_loss
+    described random projections."""
+    args = make_args(tmp_path, losses=["ce", "fitnet"])
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        trainer = build(args, tiny_vit(), tiny_resnet(), train_dataset=None, eval_dataset=pixel_dataset(10, seed=1))
+    assert any(adapter.state_dict() for adapter in trainer.distillation_model.adapters), "adapters with weights"
+    assert trainer.distillation_model.left_out == {"fitnet"}
+    assert "evaluation only: ['fitnet'] not evaluated" in caplog.text
