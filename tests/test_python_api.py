@@ -1609,3 +1609,18 @@ def test_an_evaluation_only_trainer_leaves_out_a_feature_loss_that_reads_fresh_a
     assert any(adapter.state_dict() for adapter in trainer.distillation_model.adapters), "adapters with weights"
     assert trainer.distillation_model.left_out == {"fitnet"}
     assert "evaluation only: ['fitnet'] not evaluated" in caplog.text
+
+
+def test_a_callers_collator_that_resizes_may_batch_evaluation_images_of_another_size(tmp_path):
+    """The feature pairs are planned at the size the model is fed: with a collator of the caller's,
+    which may resize what it batches, the items' own size says nothing, and an evaluation set of
+    24 px images resized to 16 by it was refused as of another size than the training images."""
+
+    def resize_to_16(items):
+        pixels = torch.stack([torch.as_tensor(item["pixel_values"]) for item in items])
+        pixels = torch.nn.functional.interpolate(pixels, size=(16, 16), mode="bilinear", align_corners=False)
+        return {"pixel_values": pixels, "labels": torch.tensor([int(item["labels"]) for item in items])}
+
+    trainer = build(make_args(tmp_path, losses=["ce", "rcka", "patch_cka"]), tiny_vit(), tiny_resnet(),
+                    eval_dataset=pixel_dataset(5, size=24), data_collator=resize_to_16)
+    assert "eval_accuracy" in trainer.evaluate()
