@@ -80,7 +80,7 @@ def test_loss_specs_are_checked_once_and_the_trainer_builds_each_once(monkeypatc
     assert model.losses["ce"].weight == 0.5
 
 
-def test_the_students_input_statistics_are_read_once(monkeypatch):
+def test_the_students_input_statistics_are_read_once(monkeypatch, tmp_path):
     counts = {"job": 0, "trainer": 0}
 
     def counting(module, name):
@@ -95,7 +95,7 @@ def test_the_students_input_statistics_are_read_once(monkeypatch):
     counting(job, "job")
     counting(trainer_module, "trainer")
     model_args, _, args = parse_arguments({**BASE, "student_config_overrides": TINY_RESNET, "image_size": 16,
-                                           "losses": ["ce"]})
+                                           "losses": ["ce"], "output_dir": str(tmp_path)})  # the trainer makes it
     model, processor = job._distillation_model(model_args, args, ["a", "b"])
     trainer_module.DistillationTrainer(model=model, args=args, processing_class=processor)
     assert counts == {"job": 1, "trainer": 0}
