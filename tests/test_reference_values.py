@@ -68,15 +68,19 @@ def test_patch_cka_loss_transpose_option_reaches_the_functional():
     assert got.item() == pytest.approx(want.item(), abs=1e-9) and abs(want.item() - plain.item()) > 1e-3
 
 
-def test_srd_alpha_option_is_used():
-    loss = LOSSES.build("srd", alpha=2.0)
+@pytest.mark.parametrize("variant", ["distance", "correlation"])
+def test_srd_alpha_option_is_used(variant):
+    """``alpha`` raises SRD's distance to its power in both variants: ``variant: correlation`` (SRD's
+    DeiT code, |c_d - 1|) dropped it (always 4), silently."""
+    loss = LOSSES.build("srd", alpha=2.0, **({"variant": variant} if variant == "correlation" else {}))
     loss.setup(LossContext(num_labels=3, student_pooled_dim=6, teacher_pooled_dim=5))
     loss.to(D).eval()
     s, t = rnd(8, 6, seed=8), rnd(8, 5, seed=9)
     got = loss(LossInputs(student_logits=rnd(8, 3, seed=0), student_pooled=s, teacher_pooled=t))["srd"]
     with torch.no_grad():
         p, q = loss.projector(s).numpy(), loss.teacher_norm(t).numpy()
-    assert got.item() == pytest.approx(math.log((np.abs(p - q) ** 2).sum(1).mean() + 1e-5), abs=1e-9)
+    powered = (np.abs((p * q).mean(0) - 1.0) ** 2).sum() if variant == "correlation" else (np.abs(p - q) ** 2).sum(1).mean()
+    assert got.item() == pytest.approx(math.log(powered + 1e-5), abs=1e-9)
 
 
 def test_top5_counts_a_label_ranked_fifth():
@@ -227,15 +231,3 @@ def test_top5_breaks_ties_toward_the_lower_class_id_and_reads_the_logits_of_a_tu
         "accuracy": 0.25, "top5_accuracy": 0.75}
 
 
-def test_srd_alpha_option_is_used_by_the_correlation_variant_too():
-    """``variant: correlation`` (SRD's DeiT code) raises |c_d - 1| to ``alpha`` as well: the option
-    was dropped there (always 4), silently."""
-    loss = LOSSES.build("srd", variant="correlation", alpha=2.0)
-    loss.setup(LossContext(num_labels=3, student_pooled_dim=6, teacher_pooled_dim=5))
-    loss.to(D).eval()
-    s, t = rnd(8, 6, seed=10), rnd(8, 5, seed=11)
-    got = loss(LossInputs(student_logits=rnd(8, 3, seed=0), student_pooled=s, teacher_pooled=t))["srd"]
-    with torch.no_grad():
-        p, q = loss.projector(s).numpy(), loss.teacher_norm(t).numpy()
-    corr = (p * q).mean(0)
-    assert got.item() == pytest.approx(math.log((np.abs(corr - 1.0) ** 2).sum() + 1e-5), abs=1e-9)
