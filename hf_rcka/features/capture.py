@@ -281,11 +281,12 @@ class ForwardCapture:
     Args:
         model: an HF image classifier or ``TimmWrapperForImageClassification``.
         indices: hidden states to return (see :class:`HiddenStateCapture`); empty for none.
-        probe_pixels: a (B, 3, H, W) input of the training size; needed when ``indices`` is set.
+        probe_pixels: a (B, 3, H, W) input of the training size, or a probe of the model made on
+            one (see :class:`HiddenStateCapture`); needed when ``indices`` is set.
         pooled: also return the classifier's input (see :class:`PooledCapture`).
     """
 
-    def __init__(self, model: nn.Module, indices: Sequence[int] = (), probe_pixels: Tensor | None = None,
+    def __init__(self, model: nn.Module, indices: Sequence[int] = (), probe_pixels: Tensor | Probe | None = None,
                  pooled: bool = False, prefer_hooks: bool = False) -> None:
         self.model = model
         self.hidden = HiddenStateCapture(model, indices, probe_pixels, prefer_hooks) if indices else None

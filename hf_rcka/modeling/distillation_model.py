@@ -131,7 +131,7 @@ class DistillationModel(nn.Module):
         self._norm_hooks: list = []  # see activation_checkpointing_enable
         self._input_hooks: list = []  # see follow_student_checkpointing
         self._wrapper_norm_hooks: list = []  # see keep_statistics_in_wrapped_checkpoints
-        probes: dict[str, Probe] = {}  # the description's forwards, which the captures' choice reuses
+        probes: dict[str, Probe | torch.Tensor] = {}  # the description's forwards, which the captures' choice reuses
         if self.needs_features:  # may refuse the pairs: before the teacher is frozen and cast below
             probes = self._build_adapters(feature_pairs, student_input)
         elif feature_pairs not in (None, "auto"):
@@ -245,14 +245,14 @@ class DistillationModel(nn.Module):
         )
         return {"student": student, **({"teacher": teacher} if shared else {})}
 
-    def _build_captures(self, probes: dict[str, Probe]) -> dict[str, ForwardCapture]:
+    def _build_captures(self, probes: dict[str, Probe | torch.Tensor]) -> dict[str, ForwardCapture]:
         """Per model, the capture of what the losses read: the used hidden states, the pooled feature.
 
         The way to take the used states is chosen on the model's probe from ``_build_adapters``,
         or, for a teacher probed before its runtime cast it or made it NHWC, on the probe images
-        as the teacher runs now. Each probe is let go once its model's choice is made (``probes``
-        is emptied), so that the student's forward, every module's output recorded, is not held
-        through the teacher's."""
+        (a tensor in ``probes``) as the teacher runs now. Each probe is let go once its model's
+        choice is made (``probes`` is emptied), so that the student's forward, every module's
+        output recorded, is not held through the teacher's."""
         if not (self.needs_features or self.needs_pooled):
             return {}
         if self.needs_features and "teacher" not in probes:
