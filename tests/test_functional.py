@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from hf_rcka import functional as fn
 from hf_rcka.functional import pcka_kernel
-from hf_rcka.functional.cka import _gram_form_is_cheaper
+from hf_rcka.functional.cka import _gram_form_is_cheaper, min_cka_items
 
 DOUBLE = torch.float64
 
@@ -152,6 +152,22 @@ def test_rbf_cka_matches_naive_reference(sigma_frac, center):
 def test_gram_rbf_matches_naive_reference():
     x = randn(17, 36, seed=6)
     torch.testing.assert_close(fn.gram_rbf(x, 0.8), naive_rbf_gram(x, 0.8), rtol=1e-10, atol=1e-12)
+
+
+def test_fewest_items_for_a_cka_that_is_not_constant():
+    """Uncentred RBF CKA of 2 items is 1 whatever the items (the median bandwidth is their one
+    distance, so both Grams are alike): a batch of 2 counted a constant term, where it is left
+    out as for centred CKA; uncentred linear CKA of 2 items does vary."""
+    from hf_rcka.losses.rcka import FeatureCKALoss, RCKALoss
+
+    pairs = [(randn(2, 5, seed=s, dtype=torch.float32), randn(2, 3, seed=s + 9, dtype=torch.float32)) for s in range(4)]
+    assert all(fn.rbf_cka(x, y, center=False).item() == pytest.approx(1.0, abs=1e-6) for x, y in pairs)
+    assert len({round(fn.linear_cka(x, y, center=False).item(), 4) for x, y in pairs}) == 4
+    assert [min_cka_items(center, kernel) for center, kernel in
+            ((True, "linear"), (False, "linear"), (True, "rbf"), (False, "rbf"))] == [3, 2, 3, 3]
+    assert RCKALoss(kernel="rbf", center=False).min_relation_rows == 3
+    assert FeatureCKALoss(kernel="rbf", center=False).min_relation_rows == 3
+    assert FeatureCKALoss(center=False).min_relation_rows == 2
 
 
 def test_rbf_cka_gradient_matches_reference_with_constant_bandwidth():

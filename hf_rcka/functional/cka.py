@@ -22,13 +22,15 @@ __all__ = [
 ]
 
 
-def min_cka_items(center: bool) -> int:
+def min_cka_items(center: bool, kernel: str = "linear") -> int:
     """The fewest items (the rows of its Grams) for which CKA is more than a constant.
 
     After centring, 2 items leave a Gram of rank 1, whose CKA with any other is exactly 1 (1 item:
-    0); without centring 1 item gives a 1 x 1 Gram, CKA 1. Either way there is no gradient.
+    0); without centring 1 item gives a 1 x 1 Gram, CKA 1. Either way there is no gradient. An RBF
+    Gram's bandwidth is the median distance (``gram_rbf``), which for 2 items is their one distance:
+    every pair's Gram is [[1, e^-1/2], [e^-1/2, 1]], so uncentred RBF CKA needs 3 items too.
     """
-    return 3 if center else 2
+    return 3 if center or kernel == "rbf" else 2
 
 
 def sample_rows(x: torch.Tensor) -> torch.Tensor:

@@ -283,7 +283,7 @@ class RelationalLoss(DistillationLoss):
         """The fewest samples a relation over the batch must hold to be more than a constant (see
         ``functional.cka.min_cka_items``); the trainer refuses smaller batches (``check_relation_rows``).
         """
-        return min_cka_items(getattr(self, "center", True))
+        return min_cka_items(getattr(self, "center", True), getattr(self, "kernel", "linear"))
 
     @property
     def sample_relation_terms(self) -> tuple[str, ...]:

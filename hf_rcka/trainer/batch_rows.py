@@ -1,7 +1,7 @@
 """How many samples each batch must hold: relations over the batch need 3, BatchNorm more than 1.
 
-A centred CKA over the samples of a batch is a constant below 3 samples (2 uncentred, see
-``functional.cka.min_cka_items``): with n = 2 the centred Gram has rank 1 and its CKA with any
+A centred CKA over the samples of a batch is a constant below 3 samples (2 for an uncentred
+linear one, see ``functional.cka.min_cka_items``): with n = 2 the centred Gram has rank 1 and its CKA with any
 other is exactly 1. Such a term distils nothing and reads as a perfect match in the logs, so every
 batch a relational loss sees is checked: the training batch before training, again whenever
 ``auto_find_batch_size`` lowers it, the evaluation batch, and each epoch's short last batch.
