@@ -318,6 +318,22 @@ def test_numerals_in_order_beside_a_set_that_names_the_classes_are_its_ids(tmp_p
     trainer = build(make_args(tmp_path, losses=["ce"]), tiny_vit(), train_dataset=names, eval_dataset=in_order)
     assert trainer.distillation_model.student.config.id2label == {0: "cat", 1: "dog", 2: "eel"}
 
+
+def test_a_training_set_given_after_construction_names_the_students_classes_as_training_starts(tmp_path):
+    """A training set that names the classes, assigned after the trainer was built
+    (``trainer.train_dataset = ds``), was checked but no longer named a student of numbered classes:
+    the exported model said LABEL_0, LABEL_1... . Before train() the caller's student is left as it is."""
+    names = pixel_dataset(10).with_format(None).cast_column(
+        "labels", datasets.ClassLabel(names=["cat", "dog", "eel"])).with_format("torch")
+    trainer = build(make_args(tmp_path, losses=["ce"], max_steps=1), tiny_vit())
+    student = trainer.distillation_model.student
+    unnamed = dict(student.config.id2label)
+    trainer.train_dataset = names
+    assert student.config.id2label == unnamed, "renamed only once train() has passed its checks"
+    trainer.train()
+    assert student.config.id2label == {0: "cat", 1: "dog", 2: "eel"}
+    assert student.config.label2id == {"cat": 0, "dog": 1, "eel": 2}
+
 def test_a_batch_with_keys_the_model_does_not_take_is_refused_before_the_forward():
     from hf_rcka.trainer.given_data import check_batch_keys
 
