@@ -1444,6 +1444,22 @@ def test_items_that_are_tuples_get_one_clear_line(tmp_path):
     build(make_args(tmp_path), tiny_vit(), train_dataset=Pairs(), data_collator=collate)
 
 
+def test_feature_pairs_read_only_by_a_loss_of_weight_zero_are_said_to_be_ignored(caplog):
+    """A feature loss of weight 0 is not computed, so the pairs beside it are dropped when the model is
+    built ("DistillationTrainingArguments said so"): the arguments must say so then, or the pairs go
+    without a word."""
+    pairs = [{"student_layer": 1, "teacher_layer": 1}]
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none", feature_pairs=pairs,
+                                      losses=["ce", {"name": "feature_cka", "weight": 0}])
+    assert caplog.text.count("feature_pairs are set but no loss computed reads hidden states") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none", feature_pairs=pairs,
+                                      losses=["ce", {"name": "feature_cka", "weight": 0.5}])
+    assert "feature_pairs" not in caplog.text
+
+
 def test_feature_pairs_no_loss_reads_are_said_once_when_the_arguments_are_built(tmp_path, caplog):
     pairs = [{"student_layer": 1, "teacher_layer": 1}]
     with caplog.at_level(logging.WARNING, logger="hf_rcka"):
