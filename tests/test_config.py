@@ -205,6 +205,16 @@ def test_an_omitted_loss_weight_is_the_losses_own_default():
     assert [spec["weight"] for spec in values["losses"]] == [1.0, 1.0, 0.04, 2.0]
 
 
+@pytest.mark.parametrize("weight", [True, False])
+def test_a_loss_weight_of_true_or_false_is_refused_not_read_as_one_or_zero(weight):
+    """YAML reads ``weight: yes`` / ``weight: on`` as True: it trained as weight 1.0 (or 0, the loss
+    left out) without a word, since a bool is an int to Python."""
+    from hf_rcka.recipe_specs import validate_losses
+
+    with pytest.raises(RecipeError, match=rf"^losses\[1\]\.weight must be a number, got {weight}$"):
+        validate_losses([{"name": "ce"}, {"name": "kd", "weight": weight}])
+
+
 def test_resolved_recipe_round_trips(tmp_path):
     values = resolve_values({**BASE, "learning_rate": "2e-4", "losses": [{"name": "ce"}]}, {"seed": "3"})
     assert values["learning_rate"] == pytest.approx(2e-4) and values["seed"] == 3
