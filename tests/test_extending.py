@@ -85,6 +85,23 @@ def test_the_same_definition_again_replaces_it_and_another_class_is_refused(regi
         LOSSES.register("twice")(Other)
 
 
+def test_a_record_leaves_out_defaults_it_could_not_read_back_as_themselves(registered):
+    """A loss of one's own defaulting to a tuple was recorded with it: YAML read it back as a list,
+    which differed from the default at the next resume (and a function default cannot be written)."""
+    from hf_rcka.recipe_specs import resolved_specs
+
+    class Shaped(DistillationLoss):
+        def __init__(self, weight: float = 1.0, scale: float = 2.0, size: tuple = (2, 2), pick=max) -> None:
+            super().__init__(weight=weight)
+            self.scale, self.size, self.pick = scale, size, pick
+
+        def term(self, inputs):
+            return inputs.student_logits.sum()
+
+    registered(LOSSES, "shaped", Shaped)
+    assert resolved_specs([{"name": "shaped", "weight": 1.0}]) == [{"name": "shaped", "weight": 1.0, "scale": 2.0}]
+
+
 def test_an_adapter_named_auto_is_refused_when_registered():
     """A recipe's 'auto' chooses among the built-in adapters: one registered under it was never built."""
     with pytest.raises(ValueError, match="adapter 'auto': the name is reserved"):
