@@ -25,6 +25,35 @@ def test_every_earlier_default_is_said_for_a_record_that_leaves_it_out():
     assert "srd student_eps (its default was 1e-05 before 2026-12-05; this run: 1e-12)" in lines
 
 
+def test_a_run_that_sets_a_changed_option_itself_is_not_said_to_take_its_default():
+    """rcka's weights set by this run's recipe are its own choice, whatever the record left out: the
+    run was said to take the current default ('this run: 3.0') for a value it set."""
+    recorded = [{"name": "rcka", "weight": 1.0}]
+    now = resolved_specs([{"name": "rcka", "weight": 1.0, "intra_weight": 3.0, "inter_weight": 1.0}])
+    assert [line.split(" (")[0] for line in earlier_defaults(recorded, now)] == ["rcka inter_weight"]
+
+
+def test_a_resume_that_sets_the_earlier_default_of_an_option_its_record_leaves_out_is_not_refused():
+    """The way out for a record of an earlier version: set the earlier default (rcka 15/15). The record
+    leaves the option out, so which value trained it is unknown and it is not compared; compared as the
+    current default, the resume was refused as 'rcka intra_weight 1.0 -> 15.0'."""
+    from hf_rcka.recipe_specs import loss_changes
+
+    now = resolved_specs([{"name": "rcka", "weight": 1.0, "intra_weight": 15.0, "inter_weight": 15.0}])
+    assert loss_changes([{"name": "rcka", "weight": 1.0}], now) == []
+    assert loss_changes(resolved_specs([{"name": "rcka", "weight": 1.0}]), now) == [
+        "rcka inter_weight 1.0 -> 15.0", "rcka intra_weight 1.0 -> 15.0"]
+
+
+def test_a_label_smoothing_recorded_as_null_is_the_trainers_factor_as_one_left_out_is():
+    """``label_smoothing: null`` is unset, as leaving it out is: ce then takes label_smoothing_factor."""
+    from hf_rcka.recipe_specs import loss_changes
+
+    null = [{"name": "ce", "weight": 1.0, "label_smoothing": None}]
+    assert loss_changes(null, [{"name": "ce", "weight": 1.0}], 0.1, 0.1) == []
+    assert loss_changes(null, [{"name": "ce", "weight": 1.0}], 0.1, 0.2) == ["ce label_smoothing 0.1 -> 0.2"]
+
+
 @pytest.mark.parametrize("option", ["student_eps", "teacher_eps"])
 @pytest.mark.parametrize("eps", [0.0, -1e-5, math.inf])
 def test_srd_refuses_an_eps_that_is_not_positive_and_finite(option, eps):
