@@ -413,6 +413,11 @@ def test_options_on_an_auto_pair_that_auto_would_not_use_are_refused_with_the_re
         DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none",
                                       losses=["ce", "feature_cka"],
                                       feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "projct": True}])
+    # an adapter named for itself takes its own options, whatever the losses
+    DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none",
+                                  losses=["ce", "feature_cka"],
+                                  feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "adapter": "patch_match",
+                                                  "project": True}])
     # with a loss that compares maps, auto is patch_match and the option is its own
     DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none",
                                   losses=["ce", "feature_cka", "patch_cka"],
