@@ -45,6 +45,16 @@ def test_a_resume_that_sets_the_earlier_default_of_an_option_its_record_leaves_o
         "rcka inter_weight 1.0 -> 15.0", "rcka intra_weight 1.0 -> 15.0"]
 
 
+def test_a_resume_that_adds_or_drops_a_loss_is_a_change():
+    """A resume that added a loss went through (only one that dropped one was said): its new loss's
+    modules (srd's projector) then started mid-run from nothing, in a run recorded as the same recipe."""
+    from hf_rcka.recipe_specs import loss_changes
+
+    ce, both = [{"name": "ce", "weight": 1.0}], [{"name": "ce", "weight": 1.0}, {"name": "kd", "weight": 1.0}]
+    assert loss_changes(ce, resolved_specs(both)) == ["losses ['ce'] -> ['ce', 'kd']"]
+    assert loss_changes(resolved_specs(both), ce) == ["losses ['ce', 'kd'] -> ['ce']"]
+
+
 def test_a_label_smoothing_recorded_as_null_is_the_trainers_factor_as_one_left_out_is():
     """``label_smoothing: null`` is unset, as leaving it out is: ce then takes label_smoothing_factor."""
     from hf_rcka.recipe_specs import loss_changes
