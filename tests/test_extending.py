@@ -447,6 +447,19 @@ def test_an_adapter_that_needs_a_channel_count_is_not_refused_for_the_placeholde
         DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none",
                                       losses=["ce", "feature_cka"], feature_pairs=[{**pair, "groups": 0}])
 
+    class MapsOnly(FeatureAdapter):  # fits the second real feature only (CNN maps), not ViT tokens
+        def __init__(self, student, teacher):
+            super().__init__(student, teacher)
+            if student.layout != "nchw" or student.channels < 8:
+                raise ValueError(f"maps_only takes maps of 8 channels or more, got {student.layout}")
+
+        def forward(self, student, teacher):
+            return student, teacher
+
+    registered(ADAPTERS, "maps_only", MapsOnly)
+    DistillationTrainingArguments(output_dir="unused", use_cpu=True, report_to="none", losses=["ce", "feature_cka"],
+                                  feature_pairs=[{"student_layer": -1, "teacher_layer": -1, "adapter": "maps_only"}])
+
 
 def test_a_pair_listed_twice_is_refused():
     """It counted twice in feature_cka's sum; -1 and the last index are the same hidden state."""
