@@ -215,6 +215,14 @@ def test_a_loss_weight_of_true_or_false_is_refused_not_read_as_one_or_zero(weigh
         validate_losses([{"name": "ce"}, {"name": "kd", "weight": weight}])
 
 
+def test_a_numeric_loss_option_of_true_is_refused_not_read_as_one():
+    """``temperature: yes`` in YAML is True, which float() reads as 1.0: kd trained at temperature 1."""
+    from hf_rcka.recipe_specs import validate_losses
+
+    with pytest.raises(RecipeError, match=r"^losses\[1\] \(kd\): option temperature must be a number, got True$"):
+        validate_losses([{"name": "ce"}, {"name": "kd", "temperature": True}])
+
+
 def test_resolved_recipe_round_trips(tmp_path):
     values = resolve_values({**BASE, "learning_rate": "2e-4", "losses": [{"name": "ce"}]}, {"seed": "3"})
     assert values["learning_rate"] == pytest.approx(2e-4) and values["seed"] == 3
