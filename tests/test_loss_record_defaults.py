@@ -55,6 +55,16 @@ def test_a_resume_that_adds_or_drops_a_loss_is_a_change():
     assert loss_changes(resolved_specs(both), ce) == ["losses ['ce', 'kd'] -> ['ce']"]
 
 
+def test_a_label_smoothing_factor_of_0_is_no_smoothing_as_none_is():
+    """A record of label_smoothing_factor None (unset) resumed at 0.0 was refused as
+    'ce label_smoothing None -> 0.0': both are no smoothing."""
+    from hf_rcka.recipe_specs import loss_changes
+
+    ce = [{"name": "ce", "weight": 1.0}]
+    assert loss_changes(ce, ce, None, 0.0) == [] and loss_changes(ce, ce, 0.0, None) == []
+    assert loss_changes(ce, ce, None, 0.1) == ["ce label_smoothing None -> 0.1"]
+
+
 def test_a_label_smoothing_recorded_as_null_is_the_trainers_factor_as_one_left_out_is():
     """``label_smoothing: null`` is unset, as leaving it out is: ce then takes label_smoothing_factor."""
     from hf_rcka.recipe_specs import loss_changes
