@@ -803,6 +803,18 @@ def test_class_sums_match_a_loop():
         assert counts[c].item() == (labels == c).sum().item()
 
 
+def test_landmark_similarity_computes_in_float32_or_better_and_in_the_wider_dtype():
+    """The public ``landmark_similarity`` returned bfloat16 partial kernels for bfloat16 features (it
+    skipped the upcast its docstring promises); float32 features meeting float64 landmarks compare in
+    float64, whichever comes first."""
+    x, d = randn(5, 36, seed=60), randn(3, 36, seed=61)
+    half = fn.landmark_similarity(x.bfloat16(), d.bfloat16())
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, (x.bfloat16().float() @ d.bfloat16().float().T))
+    assert fn.landmark_similarity(x.float(), d).dtype == DOUBLE
+    assert fn.landmark_similarity(x, d.float()).dtype == DOUBLE
+
+
 def test_kernel_transfer_loss_matches_naive_formula():
     fs, ft = randn(5, 36, seed=35), randn(5, 24, seed=36)
     ms, mt = randn(3, 36, seed=37), randn(3, 24, seed=38)
