@@ -123,6 +123,27 @@ def test_pooled_capture_records_only_inside_its_block():
     capture.remove()
 
 
+def test_pooled_capture_flattens_the_input_of_a_1x1_convolution_head():
+    """A head that is a 1x1 convolution (timm's conv classifiers) takes (B, C, 1, 1): the pooled feature
+    the losses read must be (B, C), as SRD's projector and EKT's class centres take it."""
+    from torch import nn
+
+    class ConvHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.classifier = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 3, 1)
+
+        def forward(self, pixel_values):
+            return self.classifier(self.stem(pixel_values).mean((2, 3), keepdim=True)).flatten(1)
+
+    model = ConvHead()
+    capture = PooledCapture(model)
+    with torch.no_grad(), capture.capturing() as record:
+        model(pixel_values=torch.randn(5, 3, 8, 8))
+    assert len(record) == 1 and record[0].shape == (5, 8)
+    capture.remove()
+
+
 def test_forward_capture_returns_states_and_pooled_together():
     model = tiny_vit()
     pixels = _batch()[0]
