@@ -221,3 +221,21 @@ def test_the_producer_is_hooked_not_a_dropout_after_it():
     assert capture.mode == "hooks"
     outputs, states = capture(x)  # training: the dropout masks what it hands on
     assert torch.equal(states[1], outputs.hidden_states[1])
+
+
+def test_choosing_the_mode_again_leaves_one_hook_per_state():
+    """``choose_again`` (activation checkpointing turned on after the trainer was built) installs the
+    hooks anew: those of the first choice stayed on the modules, each hooked state written twice a
+    forward, and piled up with every later choice (a notebook that trains again)."""
+    spec = FAMILIES["hf_vit"]
+    model = spec.build()
+    x = pixels(spec.image_size)[:2]
+    capture = HiddenStateCapture(model, [1, 2], x, True)
+    assert capture.mode == "hooks"
+    hooked = sum(len(m._forward_hooks) for m in model.modules())
+    capture.choose_again(x, True)
+    capture.choose_again(x, True)
+    assert capture.mode == "hooks" and len(capture._handles) == 2
+    assert sum(len(m._forward_hooks) for m in model.modules()) == hooked
+    capture.remove()
+    assert sum(len(m._forward_hooks) for m in model.modules()) == hooked - 2
