@@ -59,6 +59,17 @@ def test_hooked_states_carry_the_student_graph():
     assert model.classifier.weight.grad is None, "nothing after the captured layer took part"
 
 
+def test_a_mode_whose_states_differ_in_value_only_is_not_chosen(monkeypatch):
+    """Each mode's states are compared with the full output by value, not by shape alone: a hook on
+    the wrong block of a ViT (every block's tokens have one shape) would distil another layer's
+    tokens without an error."""
+    model = FAMILIES["hf_vit"].build().eval()
+    wrong = model.vit.layers[1]  # state 1 is block 0's output; block 1's has its shape
+    monkeypatch.setattr(HiddenStateCapture, "_find_modules", lambda self, probe: {1: wrong})
+    capture = HiddenStateCapture(model, [1], pixels()[:2])
+    assert capture.mode == "all"
+
+
 def test_timm_vit_states_are_views_of_its_tokens_with_the_same_gradients():
     """The token path hands out maps without timm's NCHW copy, and trains exactly like it."""
     spec = FAMILIES["timm_vit"]
