@@ -49,10 +49,18 @@ def is_convolutional(model: nn.Module) -> bool:
     return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
 
 
+def _conversions(teacher: nn.Module, dtype: str | torch.dtype | None,
+                 channels_last: bool) -> tuple[torch.dtype | None, bool]:
+    """What :class:`TeacherRuntime` makes of the teacher: the dtype it casts its weights to (None:
+    none), and whether it makes them NHWC (a convolutional teacher only)."""
+    return resolve_teacher_dtype(dtype), bool(channels_last) and is_convolutional(teacher)
+
+
 def runs_as_given(teacher: nn.Module, dtype: str | torch.dtype | None, channels_last: bool) -> bool:
     """Whether :class:`TeacherRuntime` leaves the teacher's weights as they are (no cast, no NHWC):
     a forward of the teacher made before it was set up is then one of the teacher as it runs."""
-    return resolve_teacher_dtype(dtype) is None and not (channels_last and is_convolutional(teacher))
+    cast, nhwc = _conversions(teacher, dtype, channels_last)
+    return cast is None and not nhwc
 
 
 class TeacherRuntime:
@@ -65,8 +73,7 @@ class TeacherRuntime:
     """
 
     def __init__(self, teacher: nn.Module, dtype: torch.dtype | None = None, channels_last: bool = True) -> None:
-        self.dtype = resolve_teacher_dtype(dtype)
-        self.channels_last = bool(channels_last) and is_convolutional(teacher)
+        self.dtype, self.channels_last = _conversions(teacher, dtype, channels_last)  # as runs_as_given reads them
         if self.dtype is not None:
             teacher.to(self.dtype)
         # under FSDP mixed precision the wrapper's inputs arrive in bf16 while the (unsharded) teacher
