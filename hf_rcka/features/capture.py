@@ -34,19 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from .hidden_states import (
-    Probe, classifier_of, eval_no_grad, forward_with_hidden_states, hidden_states_of, probe_forward,
+    Probe, classifier_of, eval_no_grad, first_tensor, forward_with_hidden_states, hidden_states_of, probe_forward,
 )
 from .layout import tokens_to_fmap
 
 logger = logging.getLogger(__name__)
-
-
-def _first_tensor(output: Any) -> Tensor | None:
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-        return output[0]
-    return None
 
 
 class HiddenStateCapture:
@@ -218,7 +210,7 @@ class HiddenStateCapture:
             def hook(_module: nn.Module, _args: Any, output: Any, index: int = index) -> None:
                 if not self._active:
                     return
-                state = _first_tensor(output)
+                state = first_tensor(output)
                 if self._prepare is not None and torch.is_grad_enabled() == self._grad_enabled:
                     state = self._prepared(index, state)
                 elif self._prepare is not None:

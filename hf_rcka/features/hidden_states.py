@@ -334,6 +334,15 @@ def _patch_size_of(model: nn.Module) -> tuple[int, int] | None:
     return int(size[0]), int(size[1])
 
 
+def first_tensor(output: Any) -> Tensor | None:
+    """A module's output as a forward hook sees it: the tensor, or the first of a tuple or list."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return None
+
+
 def _hook_outputs(model: nn.Module, embedding_outputs: list[Tensor],
                   modules: list[tuple[str, nn.Module, Tensor, int]] | None, calls: dict[str, int] | None) -> list[Any]:
     """Forward hooks that collect the outputs of embedding / stem modules, to recognise them
@@ -348,8 +357,9 @@ def _hook_outputs(model: nn.Module, embedding_outputs: list[Tensor],
                 embedding_outputs.extend(item for item in items if isinstance(item, Tensor))
             if modules is not None:
                 calls[name] = calls.get(name, 0) + 1
-                if items and isinstance(items[0], Tensor):
-                    modules.append((name, module, items[0], items[0]._version))
+                first = first_tensor(output)
+                if first is not None:
+                    modules.append((name, module, first, first._version))
         return hook
 
     hooked = [(name, m, bool(_EMBEDDING_MODULE.search(name))) for name, m in model.named_modules() if name]
@@ -446,6 +456,7 @@ __all__ = [
     "classifier_of",
     "count_hidden_states",
     "describe_hidden_states",
+    "first_tensor",
     "Probe",
     "probe_forward",
     "hidden_states_of",
