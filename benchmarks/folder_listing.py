@@ -8,9 +8,10 @@ folder and end with the same rows (checked before anything is reported):
   ``train_dir`` until it built the splits itself: datasets lists the files through fsspec and reads
   each one's metadata to key its cache, on every run; the first run also writes an Arrow copy.
   Measured "cold" (a fresh cache folder) and "warm" (the same cache again, as a second run);
-* hf_rcka: ``check_data_dirs`` (the class-folder checks every run makes) plus
-  ``load_raw_datasets`` of the same recipe, which lists the class folders once more and builds the
-  splits from that listing, every run. A large split is then memory-mapped from an Arrow file of
+* hf_rcka: ``check_data_dirs`` (the class-folder checks every run makes, listing the files as
+  they go) plus ``load_raw_datasets`` of the same recipe, which builds the splits from that
+  listing, every run; "listed twice": the load lists the class folders once more itself, as it
+  did until it took the check's listing. A large split is then memory-mapped from an Arrow file of
   its rows in datasets' cache (``hf_rcka/data/mapped_splits.py``): measured "first" (a fresh cache:
   the file is written) and on every later run (it is there); and "in memory", the split held in
   memory as small ones are (and, before that module, every one was).
@@ -87,13 +88,17 @@ def imagefolder(train: Path, val: Path, cache: Path):
     return datasets.load_dataset("imagefolder", data_files=files, drop_labels=False, cache_dir=str(cache))
 
 
-def ours(train: Path, val: Path):
+def ours(train: Path, val: Path, listed_again: bool = False):
+    """``listed_again``: the load lists the folders itself, not taking the check's listing (as
+    hf_rcka did before the load took it)."""
     from hf_rcka.arguments import DataArguments
+    from hf_rcka.data import image_folders
     from hf_rcka.data.datasets import load_raw_datasets
-    from hf_rcka.data.image_folders import check_data_dirs
 
     args = DataArguments(train_dir=str(train), validation_dir=str(val))
-    check_data_dirs(args)
+    image_folders.check_data_dirs(args)
+    if listed_again:
+        image_folders._listed.clear()
     return load_raw_datasets(args)
 
 
@@ -165,11 +170,11 @@ def measure(files: int, classes: int, repeats: int, workers: int) -> dict:
             datasets.config.HF_DATASETS_CACHE = str(cache / "hf_rcka")  # where hf_rcka maps its splits from
             for side in HF_RCKA_ORDERS[k % len(HF_RCKA_ORDERS)]:  # the first after imagefolder pays more: rotated
                 mapped_splits.MAPPED_FROM_BYTES = float("inf") if side == "hf_rcka_in_memory" else mapped_from
-                seconds, splits = _cpu(lambda: ours(train, val))
+                seconds, splits = _cpu(lambda: ours(train, val, listed_again=side == "hf_rcka_listed_twice"))
                 times[side].append(seconds)
                 if side == "hf_rcka_in_memory":
                     in_memory = splits
-                else:
+                elif side != "hf_rcka_listed_twice":
                     mine = splits
             mapped_splits.MAPPED_FROM_BYTES = mapped_from
             if k < repeats - 1:
@@ -188,13 +193,15 @@ def measure(files: int, classes: int, repeats: int, workers: int) -> dict:
             "imagenet_estimate_seconds": {side: value / total * IMAGENET_FILES for side, value in medians.items()}}
 
 
-# hf_rcka's sides in each repeat: "first" (a fresh cache) before "hf_rcka" (the file is there)
-HF_RCKA_ORDERS = (("hf_rcka_first", "hf_rcka", "hf_rcka_in_memory"), ("hf_rcka_in_memory", "hf_rcka_first", "hf_rcka"),
-                  ("hf_rcka_first", "hf_rcka_in_memory", "hf_rcka"))
+# hf_rcka's sides in each repeat: "first" (a fresh cache) before "hf_rcka" and "listed_twice" (the file is there)
+HF_RCKA_ORDERS = (("hf_rcka_first", "hf_rcka", "hf_rcka_listed_twice", "hf_rcka_in_memory"),
+                  ("hf_rcka_in_memory", "hf_rcka_first", "hf_rcka_listed_twice", "hf_rcka"),
+                  ("hf_rcka_first", "hf_rcka_in_memory", "hf_rcka", "hf_rcka_listed_twice"))
 SIDES = {"imagefolder_cold": "datasets imagefolder, first run (lists + writes its Arrow copy)",
          "imagefolder_warm": "datasets imagefolder, later runs (lists to find its cache)",
-         "hf_rcka_first": "hf_rcka, first run: folder checks + its own listing + writes the mapped file",
-         "hf_rcka": "hf_rcka, later runs: folder checks + its own listing (the file is there)",
+         "hf_rcka_first": "hf_rcka, first run: folder checks (listing the files) + writes the mapped file",
+         "hf_rcka": "hf_rcka, later runs: folder checks (listing the files; the file is there)",
+         "hf_rcka_listed_twice": "hf_rcka, later runs, the folders listed again after the checks (as before 2026-12-07)",
          "hf_rcka_in_memory": "hf_rcka, the splits held in memory (as before the mapped file)"}
 
 

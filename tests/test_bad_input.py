@@ -3403,20 +3403,22 @@ def test_an_image_folder_s_start_says_what_it_counts_and_lists_it_once_without_d
     assert raw["train"].info.builder_name == "imagefolder"  # the model card's model-index type
 
 
-@pytest.mark.parametrize("mapped", [False, True])
-def test_image_folder_splits_are_the_rows_datasets_imagefolder_reads(tmp_path, monkeypatch, mapped):
+@pytest.mark.parametrize("mapped, checked", [(False, False), (True, False), (False, True)])
+def test_image_folder_splits_are_the_rows_datasets_imagefolder_reads(tmp_path, monkeypatch, mapped, checked):
     """The splits built from hf_rcka's listing have datasets' imagefolder rows, in its order, with its
     features: upper-case and mixed-case extensions, every format it lists, hidden files, a file named
     like a special folder, a linked file, glob characters, spaces and accents in names, a class the
     validation folder lacks, and non-image files. ``mapped``: as a large folder's splits are read,
-    memory-mapped from their file in datasets' cache."""
+    memory-mapped from their file in datasets' cache; ``checked``: from the listing the run's check
+    of the folders made (a run's way), not a listing of their own."""
     import glob
 
     import datasets as hf_datasets
 
     from hf_rcka.arguments import DataArguments
-    from hf_rcka.data import mapped_splits
+    from hf_rcka.data import image_folders, mapped_splits
     from hf_rcka.data.datasets import image_folder_splits
+    from hf_rcka.data.image_folders import check_data_dirs
 
     monkeypatch.setattr(hf_datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
     if mapped:
@@ -3434,7 +3436,11 @@ def test_image_folder_splits_are_the_rows_datasets_imagefolder_reads(tmp_path, m
     (train / "dog" / "notes.txt").write_text("x")
     _png(tmp_path / "outside" / "z.png")
     (train / "cat" / "link.png").symlink_to(tmp_path / "outside" / "z.png")
-    ours = image_folder_splits(DataArguments(train_dir=str(train), validation_dir=str(val)))
+    folders = DataArguments(train_dir=str(train), validation_dir=str(val))
+    if checked:
+        check_data_dirs(folders)
+        monkeypatch.setattr(image_folders, "_scan_image_folder", lambda *a, **k: pytest.fail("listed again"))
+    ours = image_folder_splits(folders)  # (checked: with no listing of its own)
     theirs = hf_datasets.load_dataset("imagefolder", drop_labels=False, data_files={
         split: os.path.join(glob.escape(str(folder)), "**") for split, folder in (("train", train), ("validation", val))})
 
@@ -3446,6 +3452,24 @@ def test_image_folder_splits_are_the_rows_datasets_imagefolder_reads(tmp_path, m
         assert rows(ours[split]) == rows(theirs[split])
         assert bool(ours[split].cache_files) == mapped
     assert len(ours["train"]) == 16  # 5 classes, 11 more files less the hidden one, the link
+
+
+def test_a_folder_is_listed_again_when_checked_again_or_loaded_twice(tmp_path):
+    """The load takes the listing the check made, once: an image added after one check is in the
+    splits after the next check, and a second load lists the folder itself (a listing kept from an
+    earlier check, or handed out already, would miss the image)."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data.image_folders import check_data_dirs, image_files
+
+    for name in ("cat", "dog"):
+        _png(tmp_path / "train" / name / "1.png")
+    folders = DataArguments(train_dir=str(tmp_path / "train"))
+    check_data_dirs(folders)
+    _png(tmp_path / "train" / "cat" / "2.png")
+    check_data_dirs(folders)
+    assert len(image_files(str(tmp_path / "train"))) == 3
+    _png(tmp_path / "train" / "dog" / "2.png")
+    assert len(image_files(str(tmp_path / "train"))) == 4
 
 
 def test_splits_with_other_columns_say_that_every_split_needs_the_same_columns(tmp_path):

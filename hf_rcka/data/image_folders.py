@@ -10,7 +10,9 @@ inside the other, or images linked across). Each is an error naming the folder o
 before anything loads; a training class without validation images is only said.
 
 ``train_dir``/``validation_dir`` are then read from this module's own listing (``image_files``):
-the rows ``imagefolder`` would make, without its listing of every file on every run.
+the rows ``imagefolder`` would make, without its listing of every file on every run. The check
+lists the files as it goes, and the load takes that listing: a folder is read once a run, not
+twice (1.28M ``os.scandir`` entries for ImageNet, slow on a network file system).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from ..models.labels import check_split_classes, listed_names
 from .splits import VALIDATION_SPLIT_NAMES
 
 logger = logging.getLogger(__name__)
+
+# the files of each folder the checks listed, by absolute path, until image_files takes them
+_listed: dict[str, list[tuple[str, str]]] = {}
 
 
 def check_data_dirs(data_args: Any) -> None:
@@ -50,6 +55,9 @@ def check_data_dirs(data_args: Any) -> None:
     if validation is not None:
         counted.append(f"validation_dir {validation.images} in {len(validation.classes)}")
     logger.info("data: %s (checked: no image is read)", ", ".join(counted))
+    _keep_listing(data_args.train_dir, train)
+    if validation is not None:
+        _keep_listing(data_args.validation_dir, validation)
 
 
 def _check_no_links_across(*splits: tuple[str, str, list[str], Path]) -> None:
@@ -74,7 +82,14 @@ def _check_no_links_across(*splits: tuple[str, str, list[str], Path]) -> None:
 def image_folder_classes(key: str, folder: str) -> list[str]:
     """The classes of the image folder a recipe's ``key`` names (:func:`class_folders`), which must
     exist and hold at least two of them."""
-    return _checked_image_folder(key, folder).classes
+    checked = _checked_image_folder(key, folder)
+    _keep_listing(folder, checked)
+    return checked.classes
+
+
+def _keep_listing(folder: str, checked: _ImageFolder) -> None:
+    """The files of a folder that passed every check, for :func:`image_files` to take."""
+    _listed[os.path.abspath(folder)] = checked.files
 
 
 class _ImageFolder(NamedTuple):
@@ -88,7 +103,8 @@ def _checked_image_folder(key: str, folder: str) -> _ImageFolder:
     if not os.path.isdir(folder):
         raise DataError(f"{key} {folder!r} " + ("is a file, not a folder" if os.path.exists(folder) else "does not exist")
                         + ": give a folder with one sub-folder of images per class")
-    scanned = _scan_image_folder(folder)
+    _listed.pop(os.path.abspath(folder), None)  # an earlier check's listing is stale once this one starts
+    scanned = _scan_image_folder(folder, listing=True, warn=True)
     classes = scanned.classes
     if not classes:
         raise DataError(f"{key} {folder!r} holds no class sub-folders with images: give a folder with one "
@@ -124,12 +140,13 @@ def class_folders(folder: str) -> list[str]:
             images sit directly in the folder next to class folders; a metadata file, or images
             datasets does not read, are in the folder.
     """
-    return _scan_image_folder(folder).classes
+    return _scan_image_folder(folder, warn=True).classes
 
 
-def _scan_image_folder(folder: str, listing: bool = False) -> _ImageFolder:
-    """The checked layout of ``folder``; ``listing``: with every image's path and class (the folder
-    was checked already, and its warnings said then)."""
+def _scan_image_folder(folder: str, listing: bool = False, warn: bool = False) -> _ImageFolder:
+    """The checked layout of ``folder``; ``listing``: with every image's path and class; ``warn``:
+    saying what datasets leaves out that may not be meant (a folder listed after its check is not
+    warned about twice)."""
     extensions = _image_extensions()
     classes, imageless, loose, hidden, unread, links, files = [], [], [], [], [], [], []
     images = 0
@@ -183,9 +200,9 @@ def _scan_image_folder(folder: str, listing: bool = False) -> _ImageFolder:
             "labels no image at all. Move them into their class folder, or out of the data"
         )
     check_one_form_each(folder, classes)
-    if imageless and not listing:
+    if imageless and warn:
         logger.warning("%s: sub-folders without images are not classes: %s", folder, listed_names(imageless))
-    if hidden and not listing:
+    if hidden and warn:
         logger.warning("%s: hidden folders (a leading '.') are skipped, images and all: %s; rename any that is a "
                        "class", folder, listed_names(hidden))
     return _ImageFolder(classes, links, images, files)
@@ -196,9 +213,12 @@ def image_files(folder: str) -> list[tuple[str, str]]:
     sorted by path as it sorts them: the files with an image extension (of any case) directly in a
     class folder (:func:`class_folders`), hidden files left out, symbolic links to files kept under
     their own path. One ``os.scandir`` a class folder, no ``stat`` of a file. ``folder`` is one
-    :func:`check_data_dirs` (or :func:`image_folder_classes`) checked: its warnings (sub-folders
-    without images, hidden folders) are not said again."""
-    rows = _scan_image_folder(folder, listing=True).files
+    :func:`check_data_dirs` (or :func:`image_folder_classes`) checked: the check's own listing is
+    taken (once) where it made one, and its warnings (sub-folders without images, hidden folders)
+    are not said again."""
+    rows = _listed.pop(os.path.abspath(folder), None)
+    if rows is None:
+        rows = _scan_image_folder(folder, listing=True).files
     rows.sort()
     return rows
 
