@@ -40,15 +40,21 @@ def _mapped_folder(tmp_path) -> Path:
     return tmp_path / "cache" / mapped_splits.LOCAL_FOLDERS / mapped_splits.KIND
 
 
-def test_a_large_split_pickles_as_its_file_and_reads_the_rows_it_held_in_memory(folders, tmp_path, monkeypatch):
+def test_a_large_split_pickles_as_its_file_and_reads_the_rows_it_held_in_memory(folders, tmp_path, monkeypatch,
+                                                                                   caplog):
     """A spawned DataLoader worker unpickled a copy of every row of an in-memory split (about 90 MB
-    at ImageNet's size, in each worker), and a max_train_samples subset carried the whole table."""
+    at ImageNet's size, in each worker), and a max_train_samples subset carried the whole table.
+    Where a file is written is said once (its size, and that files of other listings stay)."""
     in_memory = image_folder_splits(folders)
     assert not in_memory["train"].cache_files  # the tests' small folders stay in memory: nothing is written
     monkeypatch.setattr(mapped_splits, "MAPPED_FROM_BYTES", 1)
-    mapped = image_folder_splits(folders)
+    with caplog.at_level("INFO", logger="hf_rcka"):
+        mapped = image_folder_splits(folders)
     written = sorted(os.listdir(_mapped_folder(tmp_path)))
     assert len(written) == 2  # one file a split, named by its content
+    said = [r.getMessage() for r in caplog.records if "memory-mapped from it" in r.getMessage()]
+    assert len(said) == 2 and "the train split's 11 rows are written to " in said[0], said
+    assert os.path.join(str(_mapped_folder(tmp_path)), "") in said[0] and "not removed" in said[0]
     for split in ("train", "validation"):
         assert [Path(f["filename"]).name for f in mapped[split].cache_files] in ([name] for name in written)
         assert mapped[split].features == in_memory[split].features
@@ -60,8 +66,10 @@ def test_a_large_split_pickles_as_its_file_and_reads_the_rows_it_held_in_memory(
     subset = seeded_subset(mapped["train"], 3, 42)
     assert b"image_0.png" not in pickle.dumps(subset)
     assert _rows(pickle.loads(pickle.dumps(subset))) == _rows(seeded_subset(in_memory["train"], 3, 42))
-    again = image_folder_splits(folders)  # a later run, or another process: the same file, the same fingerprint
-    assert sorted(os.listdir(_mapped_folder(tmp_path))) == written
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hf_rcka"):
+        again = image_folder_splits(folders)  # a later run, or another process: the same file, the same fingerprint
+    assert sorted(os.listdir(_mapped_folder(tmp_path))) == written and "memory-mapped from it" not in caplog.text
     assert again["train"]._fingerprint == mapped["train"]._fingerprint
     assert again["train"].cache_files == mapped["train"].cache_files
 

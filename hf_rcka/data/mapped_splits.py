@@ -13,6 +13,8 @@ names), so every run and process that lists the same rows reads one file, writte
 is written under a temporary name and renamed into place: processes of a data-parallel launch that
 write it at once each rename a whole file, and none reads a part of one. A cache that cannot be
 written (read-only, under a file, a full disk) keeps the split in memory, as small splits are kept.
+A changed folder is another file; earlier ones are left for the user to delete (a run that reads
+one may be training still, and its next epoch's loader workers open it by its path).
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ def mapped_split(table: pa.Table, info: datasets.DatasetInfo, split: str) -> dat
     digest = hashlib.sha256(content).hexdigest()[:32]
     path = os.path.join(datasets.config.HF_DATASETS_CACHE, LOCAL_FOLDERS, KIND, f"{digest}.arrow")
     try:
-        _write_once(path, content)
+        if _write_once(path, content):
+            logger.info("data: the %s split's %d rows are written to %s (%.1f MiB) and memory-mapped from it; a later "
+                        "run that lists the same rows reads it (files of other listings there are not removed: "
+                        "delete them when no run reads them)", split, table.num_rows, path, content.size / 2**20)
         mapped = MemoryMappedTable.from_file(path)
     except (OSError, pa.ArrowInvalid) as err:  # e.g. another user's file in a shared cache, unreadable by this one
         logger.info("data: datasets' cache %r cannot be written or read (%s: %s): the %s split's %d rows are held in "
@@ -69,16 +74,17 @@ def _arrow_stream(table: pa.Table) -> pa.Buffer:
     return sink.getvalue()
 
 
-def _write_once(path: str, content: pa.Buffer) -> None:
+def _write_once(path: str, content: pa.Buffer) -> bool:
     """``content`` at ``path``, unless a whole copy is there already: written to a temporary file in
     the same folder and renamed over ``path`` (atomic: a concurrent writer's rename replaces one
-    whole file with another, and a reader that mapped the first keeps it).
+    whole file with another, and a reader that mapped the first keeps it). Returns whether this
+    call wrote it.
 
     Raises:
         OSError: the folder cannot be made or written.
     """
     if _whole(path, content.size):
-        return
+        return False
     os.makedirs(os.path.dirname(path), exist_ok=True)
     temporary = f"{path}.{uuid.uuid4().hex}.tmp"  # its own for each writer
     try:
@@ -90,6 +96,8 @@ def _write_once(path: str, content: pa.Buffer) -> None:
             os.remove(temporary)
         if not (isinstance(err, OSError) and _whole(path, content.size)):  # another's rename won (Windows
             raise  # refuses to replace a file another process has mapped)
+        return False
+    return True
 
 
 def _whole(path: str, size: int) -> bool:
