@@ -140,3 +140,40 @@ def test_writers_of_one_file_at_once_each_end_with_the_whole_file(tmp_path, monk
     assert results == [expected] * 4
     assert os.listdir(path.parent) == [path.name]
     assert _rows(datasets.Dataset.from_file(str(path))) == expected
+
+
+def test_a_split_s_fingerprint_is_its_content_digest_not_its_file_s_time(folders, tmp_path, monkeypatch):
+    """datasets' own fingerprint of a memory-mapped table hashes its file's modification time: a file
+    rewritten (by another process of the launch, or after one cut short) gave the same rows another
+    fingerprint, in each process and each run, and every cache keyed on it was missed."""
+    monkeypatch.setattr(mapped_splits, "MAPPED_FROM_BYTES", 1)
+    first = image_folder_splits(folders)["train"]
+    path = Path(first.cache_files[0]["filename"])
+    assert first._fingerprint == path.stem  # the content's digest
+    os.utime(path, ns=(1, 1))  # the same bytes, written at another time
+    assert image_folder_splits(folders)["train"]._fingerprint == first._fingerprint
+
+
+def test_a_cache_file_that_is_not_arrow_keeps_the_split_in_memory(folders, tmp_path, monkeypatch, caplog):
+    """A file of the right size whose bytes are not Arrow's (another program's, a damaged disk) is
+    taken as whole and not written again: reading it raised ArrowInvalid, a traceback, and no run
+    of that folder could start until the file was found and removed."""
+    monkeypatch.setattr(mapped_splits, "MAPPED_FROM_BYTES", 1)
+    expected = _rows(image_folder_splits(folders)["train"])
+    path = Path(image_folder_splits(folders)["train"].cache_files[0]["filename"])
+    path.write_bytes(b"x" * path.stat().st_size)
+    with caplog.at_level("INFO", logger="hf_rcka"):
+        train = image_folder_splits(folders)["train"]
+    assert not train.cache_files and _rows(train) == expected
+    assert any("cannot be written or read (ArrowInvalid" in r.getMessage() for r in caplog.records)
+
+
+def test_a_whole_file_is_read_not_written_again(folders, tmp_path, monkeypatch):
+    """Every run, and every process of a launch, wrote the split's file anew (87 MB for ImageNet's
+    training folder, 8 times at once on 8 GPUs) where the first run's whole file was there to read."""
+    monkeypatch.setattr(mapped_splits, "MAPPED_FROM_BYTES", 1)
+    path = Path(image_folder_splits(folders)["train"].cache_files[0]["filename"])
+    before = path.stat()
+    monkeypatch.setattr(mapped_splits.uuid, "uuid4", lambda: pytest.fail("a whole file was written again"))
+    again = image_folder_splits(folders)["train"]
+    assert again.cache_files[0]["filename"] == str(path) and path.stat().st_ino == before.st_ino
