@@ -465,3 +465,29 @@ def test_urls_and_embedded_images_with_a_relative_name_are_no_relative_paths(tmp
     assert out["validation"]["image"] == [mixed[0], str(tmp_path / "d" / "imgs" / "1.png"), mixed[2]]
     stored = out["train"].cast_column("image", datasets.Image(decode=False))["image"]
     assert [value["path"] for value in stored] == ["0.png", "1.png", "2.png"]
+
+
+def test_a_local_folder_whose_data_files_are_links_is_read_anew_when_their_targets_change(tmp_path, monkeypatch):
+    """A data file that is a link (a folder of links to shared storage, as dataset managers make) is
+    named by its target's size and time: the link's own never change when its target is rewritten,
+    and the earlier data was read from the cache."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "eel"])})
+    store, root = tmp_path / "store", tmp_path / "pets"
+    store.mkdir()
+    (root / "data").mkdir(parents=True)
+
+    def write(name, rows):
+        datasets.Dataset.from_dict({"image": [np.zeros((4, 4, 3), np.uint8)] * rows,
+                                    "label": [i % 3 for i in range(rows)]}, features=features
+                                   ).to_parquet(str(store / name))
+
+    for name, rows in (("train.parquet", 9), ("validation.parquet", 6)):
+        write(name, rows)
+        (root / "data" / name).symlink_to(store / name)
+    (root / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                    "    path: data/train.parquet\n  - split: validation\n"
+                                    "    path: data/validation.parquet\n---\n")
+    assert len(load_raw_datasets(DataArguments(dataset_name=str(root)))["train"]) == 9
+    write("train.parquet", 21)
+    assert len(load_raw_datasets(DataArguments(dataset_name=str(root)))["train"]) == 21
