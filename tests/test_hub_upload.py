@@ -585,3 +585,37 @@ def test_the_branch_is_made_with_the_token_push_to_hub_was_given(monkeypatch):
     trainer.args.hub_token = "run's"
     create_revision_branch(trainer)
     assert calls == ["given", "run's"]
+
+
+# H1 (cli/hub_contents.py _hub_cache_only): only a folder named .cache is huggingface_hub's own upload cache
+def test_a_folder_other_than_cache_holding_a_huggingface_folder_is_refused(tmp_path):
+    """XDG_CACHE_HOME set to a folder inside output_dir put huggingface_hub's home (HF_HOME, its token
+    and downloaded models) at cache/huggingface: taken for the upload cache huggingface_hub leaves out,
+    the upload would publish it."""
+    from hf_rcka.cli.hub_contents import unpublishable_entries
+
+    (tmp_path / "cache" / "huggingface").mkdir(parents=True)
+    (tmp_path / "cache" / "huggingface" / "token").write_text("hf_secret")
+    (tmp_path / ".cache" / "huggingface").mkdir(parents=True)
+    assert unpublishable_entries(str(tmp_path)) == ["cache/"]
+
+
+# H2-H4 (cli/hub_contents.py check_push_contents, _exported): a finished run is one with a card or results;
+# a checkpoint of another folder replaces the run here (set aside whole), so its pushes are safe
+@pytest.mark.parametrize("export", ["README.md", "all_results.json"])
+def test_resuming_a_run_that_left_a_card_or_results_with_checkpoint_pushes_is_refused(tmp_path, export):
+    """A run killed between its results and its card (or with a card and no results) left half an
+    export: each checkpoint push of its resume published it beside the new weights."""
+    from hf_rcka.cli.hub_contents import check_push_contents
+    from hf_rcka.errors import RecipeError
+
+    out = tmp_path / "out"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    (out / export).write_text("{}")
+    args = SimpleNamespace(push_to_hub=True, do_train=True, output_dir=str(out), hub_strategy="every_save")
+    with pytest.raises(RecipeError, match="resuming the finished run .* with hub_strategy every_save"):
+        check_push_contents(args, str(out / "checkpoint-2"))
+    other = tmp_path / "other" / "checkpoint-2"  # another folder's checkpoint: the run here is set aside whole
+    other.mkdir(parents=True)
+    check_push_contents(args, str(other))
