@@ -619,3 +619,20 @@ def test_resuming_a_run_that_left_a_card_or_results_with_checkpoint_pushes_is_re
     other = tmp_path / "other" / "checkpoint-2"  # another folder's checkpoint: the run here is set aside whole
     other.mkdir(parents=True)
     check_push_contents(args, str(other))
+
+
+# H6, H7 (cli/hub_contents.py unpublishable_entries): what Trainer's uploads leave out is never refused, and a
+# config.json that is not a JSON mapping does not end the check in a traceback
+def test_entries_trainer_never_uploads_and_a_broken_config_are_not_refusals(tmp_path):
+    """The runs an overwrite set aside (_replaced/) and a user's _notes are in no upload (Trainer leaves
+    out '_*'): a pushing run over them was refused. A config.json cut short by a killed save raised
+    JSONDecodeError from the check, a traceback instead of the run's own refusal of what is foreign."""
+    from hf_rcka.cli.hub_contents import unpublishable_entries
+
+    (tmp_path / "_replaced" / "1").mkdir(parents=True)
+    (tmp_path / "_notes.txt").write_text("mine")
+    assert unpublishable_entries(str(tmp_path)) == []
+    (tmp_path / "helper.py").write_text("")
+    for broken in ("{", "1"):
+        (tmp_path / "config.json").write_text(broken)
+        assert unpublishable_entries(str(tmp_path)) == ["helper.py"]
