@@ -3554,3 +3554,61 @@ def test_an_image_whose_name_is_not_utf8_is_named_before_loading(tmp_path):
     os.rename(tmp_path / "train" / "dog", os.path.join(os.fsencode(tmp_path / "train"), b"d\xf6g"))  # a class's name
     with pytest.raises(DataError, match=r"d\\udcf6g'?: its name is not UTF-8 text"):
         check_data_dirs(DataArguments(train_dir=str(tmp_path / "train")))
+
+
+# P5, P8, P9 (cli/probes.py _check_patch_grid): only a patch embedding (kernel = stride) is checked, and the
+# message counts the rows and columns it drops, and a size to use, each along its own side
+def test_the_patch_grid_check_reads_each_side_and_leaves_a_strided_stem_alone():
+    """A ResNet's stem (7x7 kernel, stride 2) drops nothing of a 33 px image and was refused as 2x2
+    patches; a 18x21 image in 4 px patches drops 2 rows and 1 column, and 16x20 is made of patches."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_rcka.cli.probes import _check_patch_grid
+    from hf_rcka.errors import ModelError
+
+    _check_patch_grid(_two_stage_resnet(), 33, 33, "image_size")
+    vit = ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=8, num_hidden_layers=1,
+                                              num_attention_heads=1, intermediate_size=8, num_labels=2))
+    with pytest.raises(ModelError, match=r"18x21 inputs are not whole 4x4 patches, so the student's patch "
+                                         r"embedding would ignore the last 2 rows and 1 columns .*\(e.g. 16x20\)"):
+        _check_patch_grid(vit, 18, 21, "image_size")
+
+
+# P7 (cli/probes.py probe_student): the probe's image is height x width, as the processor's size says
+def test_the_probe_feeds_a_student_of_a_non_square_size_its_own_shape():
+    """A student built for 16x24 (height x width) inputs was probed with a 24x16 image and refused as
+    unable to take its own size."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_rcka.cli.probes import probe_student
+
+    vit = ViTForImageClassification(ViTConfig(image_size=[16, 24], patch_size=4, hidden_size=8, num_hidden_layers=1,
+                                              num_attention_heads=1, intermediate_size=8, num_labels=2))
+    probe_student(vit, SimpleNamespace(size=(16, 24), channels=3), 16)
+
+
+# P6 (cli/probes.py probe_student): every channel count but 3 is refused, fewer ones too
+def test_a_one_channel_student_is_refused_by_the_probe():
+    """A student built for grayscale images passed the probe (one blank 1-channel image runs), and the
+    first training step failed on the RGB images the data is decoded to."""
+    from hf_rcka.cli.probes import probe_student
+    from hf_rcka.errors import ModelError
+
+    with pytest.raises(ModelError, match="reads 1-channel images"):
+        probe_student(_two_stage_resnet(num_channels=1), SimpleNamespace(size=(16, 16), channels=1), 16)
+
+
+# P4 (cli/probes.py probe_student): an IndexError or KeyError of an architecture built inconsistent is one line
+@pytest.mark.parametrize("error", [IndexError("list index out of range"), KeyError("stage4")])
+def test_a_student_whose_forward_raises_an_index_or_key_error_is_one_line(error):
+    """Only AttributeError and TypeError were said as an architecture that does not run: an IndexError
+    (a list of stage widths shorter than its stages) left the probe as a traceback."""
+    from hf_rcka.cli.probes import probe_student
+    from hf_rcka.errors import ModelError
+
+    class Broken(torch.nn.Module):
+        def forward(self, pixel_values):
+            raise error
+
+    with pytest.raises(ModelError, match=rf"the student as built fails on a forward pass \({type(error).__name__}"):
+        probe_student(Broken(), SimpleNamespace(size=(16, 16), channels=3), 16)
