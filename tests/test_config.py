@@ -1123,3 +1123,10 @@ def test_one_process_trains_on_one_gpu_however_many_it_sees(monkeypatch, tmp_pat
     monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 4))
     args = DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=8)
     assert args.n_gpu == 1 and args.train_batch_size == 8
+
+
+# R4 (cli/recipe.py parse_cli_overrides): only text after the value is a comment, not the spaces after it
+def test_a_flag_value_with_spaces_after_it_is_read_as_the_value():
+    """A value with trailing spaces (a quoted shell variable, "$LR ") is whole: taken for a value followed
+    by a YAML comment, --learning_rate '1e-4 ' was refused as ' #' and a comment."""
+    assert parse_cli_overrides(["--learning_rate", "1e-4 ", "--seed", "3  "]) == {"learning_rate": 1e-4, "seed": 3}
