@@ -1656,3 +1656,15 @@ def test_a_callers_collator_that_resizes_may_batch_evaluation_images_of_another_
     trainer = build(make_args(tmp_path, losses=["ce", "rcka", "patch_cka"]), tiny_vit(), tiny_resnet(),
                     eval_dataset=pixel_dataset(5, size=24), data_collator=resize_to_16)
     assert "eval_accuracy" in trainer.evaluate()
+
+
+# G2, G3 (trainer/given_models.py check_model_objects): a student with some frozen weights trains the others,
+# and no student at all is refused in the check's own words
+def test_a_partly_frozen_student_is_taken_and_a_missing_one_is_named(tmp_path):
+    """A student whose stem a caller froze (fine-tuning its later layers) is a student with trainable
+    weights; model=None without model_init reached Trainer's own failure, not the check's line."""
+    student = tiny_vit()
+    student.vit.embeddings.requires_grad_(False)
+    build(make_args(tmp_path), student, tiny_resnet())
+    with pytest.raises(ModelError, match="model must be a transformers image classifier .* got NoneType"):
+        build(make_args(tmp_path), None, tiny_resnet())
