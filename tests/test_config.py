@@ -1130,3 +1130,21 @@ def test_a_flag_value_with_spaces_after_it_is_read_as_the_value():
     """A value with trailing spaces (a quoted shell variable, "$LR ") is whole: taken for a value followed
     by a YAML comment, --learning_rate '1e-4 ' was refused as ' #' and a comment."""
     assert parse_cli_overrides(["--learning_rate", "1e-4 ", "--seed", "3  "]) == {"learning_rate": 1e-4, "seed": 3}
+
+
+# R16 (cli/recipe.py _plain): settings resolved to transformers' enums are recorded as their text
+def test_a_record_of_enum_settings_is_written_and_read_back_as_their_text(tmp_path):
+    """resolve_values gives lr_scheduler_type, save_strategy and optim as transformers' enums, which
+    YAML's safe dumper cannot write: the run's record of how it ran failed to be written."""
+    values = resolve_values({**BASE, "lr_scheduler_type": "cosine", "save_strategy": "steps", "optim": "adamw_torch"})
+    dump_recipe(values, tmp_path / "distill_config.yaml")
+    recorded = load_recipe(tmp_path / "distill_config.yaml")
+    assert (recorded["lr_scheduler_type"], recorded["save_strategy"], recorded["optim"]) == ("cosine", "steps",
+                                                                                             "adamw_torch")
+
+
+# R18 (cli/recipe.py _check_accelerator_config): a text accelerator_config is a file that must be there
+def test_an_accelerator_config_path_that_is_no_file_is_one_line(tmp_path):
+    """A typo in the JSON file's path was a FileNotFoundError traceback from TrainingArguments."""
+    with pytest.raises(RecipeError, match=r"accelerator_config '.*nope.json' is not a file: give the path of a JSON"):
+        parse_arguments({**BASE, "accelerator_config": str(tmp_path / "nope.json")})
