@@ -222,6 +222,13 @@ def test_timm_processor_without_model_comes_from_timms_registry() -> None:
         load_image_processor("timm/resnet18", image_size=32)
 
 
+def test_a_timm_processor_for_an_architecture_timm_does_not_know_is_a_clear_error() -> None:
+    """timm's registry has no data config for a misspelt name: a mutant that did not check for that
+    failed with "'NoneType' object has no attribute 'to_dict'"."""
+    with pytest.raises(ValueError, match="timm has no data config for 'resnett18'"):
+        load_image_processor("timm/resnett18")
+
+
 def test_timm_image_size_is_carried_by_the_saved_config(tmp_path) -> None:
     # the model records the size where it is built; the processor only reads the model's config
     model = load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True, image_size=32)
@@ -495,6 +502,15 @@ def test_errors_name_the_problem(name: str, overrides: dict, error: type, match:
         load_image_classifier(name, num_labels=3, config_overrides=overrides, from_scratch=True)
 
 
+def test_a_timm_build_that_fails_for_another_reason_is_not_called_an_unknown_architecture() -> None:
+    """Only timm's "Unknown model" is an unknown architecture: a mutant that read every RuntimeError
+    of timm.create_model so said "unknown timm architecture 'resnet18'" (with close matches) for a
+    known one whose override (a negative channel count) failed to build, and hid timm's own message."""
+    with pytest.raises(RuntimeError, match="negative dimension -12"):
+        load_image_classifier("timm/resnet18", num_labels=3, config_overrides={"channels": [8, -12, 16, 20]},
+                              from_scratch=True)
+
+
 def test_a_file_is_not_a_model_folder(tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"")
@@ -617,6 +633,21 @@ def test_a_pretrained_cfg_overlay_reaches_a_saved_timm_folders_processor(tmp_pat
     (tmp_path / "sized" / "config.json").write_text(json.dumps(config))
     again = load_image_classifier(str(tmp_path / "sized"), from_scratch=from_scratch)
     assert load_image_processor(str(tmp_path / "sized"), again).data_config["input_size"] == (3, 24, 24)
+
+
+def test_a_timm_argument_given_beside_an_overlay_is_recorded_as_timm_built_it(tmp_path) -> None:
+    """timm derives in_chans from an overlay's input_size only when it is not given: a mutant that let
+    the overlay's channels win in the recorded model_args saved a 1-channel student as in_chans 3,
+    whose folder then rebuilt a 3-channel stem the trained 1-channel weights did not fit. Its data
+    config reads 1 channel too, at the run's image_size: mutants that took the overlay's channel
+    count, or 3 whenever the size changed, recorded (3, 24, 24) for it."""
+    model = load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True, image_size=24, config_overrides={
+        "in_chans": 1, "pretrained_cfg_overlay": {"input_size": (3, 32, 32)}})
+    assert model.timm_model.conv1.in_channels == 1 and model.config.model_args["in_chans"] == 1
+    assert tuple(model.config.pretrained_cfg["input_size"]) == (1, 24, 24)
+    model.save_pretrained(tmp_path)
+    reloaded = load_image_classifier(str(tmp_path))
+    assert torch.equal(reloaded.timm_model.conv1.weight, model.timm_model.conv1.weight)
 
 
 def test_a_model_folder_without_its_image_processor_is_one_line_with_the_fix(tmp_path) -> None:
