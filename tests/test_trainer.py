@@ -1161,6 +1161,22 @@ def test_a_timm_student_built_in_python_exports_a_folder_timm_loads(tmp_path):
         assert torch.allclose(native(pixels), student.eval()(pixel_values=pixels).logits, atol=1e-5)
 
 
+def test_a_timm_student_that_records_its_data_config_saves_that_one(tmp_path):
+    """The data config of a student built at a run's image_size is its own: a mutant whose save filled
+    it in from the timm model's registry entry even when the config had one wrote input_size 224
+    for a student built at 16, and the exported folder's processor resized to 224."""
+    from _models import TIMM_TINY_ARGS
+
+    from hf_rcka.models.loading import load_image_classifier
+
+    student = load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True, image_size=16,
+                                    config_overrides=TIMM_TINY_ARGS["resnet18"])
+    trainer = make_trainer(make_args(tmp_path, losses=["ce"]), student=student, teacher=None)
+    trainer.save_model(str(tmp_path / "out"))
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())["pretrained_cfg"]
+    assert saved["input_size"] == [3, 16, 16]
+
+
 def test_a_resumed_runs_progress_bar_starts_at_its_step(tmp_path):
     """Trainer's bar opened at 0 and jumped to the resumed step at the first step's end: tqdm read
     those steps as done in no time (758 it/s, "ETA 00:00" with half the run to go)."""
