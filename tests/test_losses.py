@@ -551,6 +551,14 @@ def test_deit_without_distillation_logits_names_the_missing_head():
         LOSSES.build("deit_token", mode="medium")
 
 
+@pytest.mark.parametrize("temperature", [0.0, -1.0, math.inf, math.nan])
+def test_deit_temperature_must_be_positive_and_finite(temperature):
+    """The constructor is the only check of deit_token's temperature (a recipe's is built once to
+    apply it): mutants that let 0 or inf through trained soft mode on NaN or on uniform targets."""
+    with pytest.raises(ValueError, match="deit_token temperature must be > 0 and finite"):
+        LOSSES.build("deit_token", mode="soft", temperature=temperature)
+
+
 # --- kernel_transfer --------------------------------------------------------------------------
 
 
