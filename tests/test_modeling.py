@@ -599,6 +599,77 @@ def test_a_backward_that_raised_leaves_no_batchnorm_paused():
     assert "_paused_momentum" not in norm.__dict__
 
 
+def test_a_batchnorm_hooked_again_for_wrapped_checkpoints_counts_each_step_once():
+    """Under FSDP's activation_checkpointing the trainer hooks the student's BatchNorms again at
+    every train() (keep_statistics_in_wrapped_checkpoints), also where the student checkpoints of
+    its own and activation_checkpointing_enable hooked them already: a second hook on a layer took
+    each recomputation back twice, and num_batches_tracked ran backwards a step at a time."""
+    from hf_rcka.models.label_maps import LabelMaps
+    from hf_rcka.models.timm_models import build_timm_classifier
+
+    student = build_timm_classifier("resnet10t", LabelMaps.default(3))
+    model = DistillationModel(student, None, [CrossEntropyLoss()])
+    model.activation_checkpointing_enable()
+    model.keep_statistics_in_wrapped_checkpoints()  # the first train()
+    model.keep_statistics_in_wrapped_checkpoints()  # a second train() of the same trainer
+    norms = [m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    model.train()
+    for step in range(2):
+        pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(step))
+        model(pixel_values=pixels, labels=torch.tensor([0, 1, 2, 0])).loss.backward()
+        assert all(int(norm.num_batches_tracked) == step + 1 for norm in norms), f"step {step}"
+        assert all(norm.momentum == 0.1 for norm in norms)
+    assert all(len(norm._forward_pre_hooks) == 1 for norm in norms)
+
+
+def test_a_batchnorm_called_twice_in_a_checkpointed_block_keeps_its_statistics_as_without_it():
+    """A block that calls one BatchNorm twice (shared weights): the second recomputed call paused
+    the momentum again, saving the 0 the first had set, and counted its calls anew; the layer stayed
+    at momentum 0 for good, or num_batches_tracked went up a step each step the layer was recomputed."""
+    from hf_rcka.modeling.recomputed_norms import keep_statistics_in_recomputation
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.norm = torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.norm(self.linear(self.norm(x)))
+
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        block = Twice()
+        if checkpointing:
+            keep_statistics_in_recomputation(block)
+        for step in range(3):
+            x = torch.randn(8, 4, generator=torch.Generator().manual_seed(step), requires_grad=True)
+            out = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if checkpointing else block(x)
+            out.square().sum().backward()
+        assert block.norm.momentum == 0.1
+        results.append({k: v.clone() for k, v in block.norm.state_dict().items() if "running" in k or "tracked" in k})
+    assert int(results[0]["num_batches_tracked"]) == 6
+    for key, value in results[0].items():
+        torch.testing.assert_close(results[1][key], value, msg=key)
+
+
+def test_a_batchnorm_in_eval_mode_recomputed_in_a_backward_keeps_its_count():
+    """A BatchNorm in eval mode counts no batch, in the forward or its recomputation: the hook took
+    its recomputed calls back all the same, and a student whose norms were frozen in eval mode (or
+    a gradient taken through an evaluated, checkpointed student) had num_batches_tracked run below 0."""
+    from hf_rcka.modeling.recomputed_norms import keep_statistics_in_recomputation
+
+    norm = torch.nn.BatchNorm1d(4)
+    block = torch.nn.Sequential(torch.nn.Linear(4, 4), norm)
+    keep_statistics_in_recomputation(block)
+    norm.eval()
+    x = torch.randn(8, 4, requires_grad=True)
+    torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False).square().sum().backward()
+    torch.utils.checkpoint.checkpoint(block, x, use_reentrant=True).square().sum().backward()
+    assert int(norm.num_batches_tracked) == 0 and norm.momentum == 0.1
+
+
 def test_a_timm_student_checkpointing_its_stages_has_its_states_taken_by_timm_again():
     """timm's checkpoint_seq runs a stage's blocks, never the stage: a hook on the stage would see
     nothing. Turning checkpointing on chooses the capture anew; the step trains as without it."""
