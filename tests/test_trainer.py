@@ -1576,6 +1576,41 @@ def test_checkpointing_settings_timm_would_take_anyway_are_not_said(caplog, monk
     assert "transformers passes ['every_n_layers', 'use_reentrant'] on to no checkpoint" in caplog.text
 
 
+def test_frozen_timm_weights_under_timms_own_non_reentrant_checkpoints_are_not_said(caplog, monkeypatch):
+    """The TIMM_REENTRANT_CKPT warning was said for every timm student with a frozen weight, also
+    under timm's default non-reentrant checkpoint, which trains the blocks after a frozen stem: a
+    common fine-tuning setup told to unset a variable it never set."""
+    import timm.layers.config
+
+    from hf_rcka.modeling.activation_checkpoints import inputs_need_gradients
+
+    student = nn.Linear(2, 2)
+    student.timm_model = student  # what the checks look for in a TimmWrapper
+    student.weight.requires_grad_(False)
+    monkeypatch.setattr(timm.layers.config, "_USE_REENTRANT_CKPT", False)
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert inputs_need_gradients(student) == []
+    assert not caplog.text
+    monkeypatch.setattr(timm.layers.config, "_USE_REENTRANT_CKPT", True)
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        inputs_need_gradients(student)
+    assert "TIMM_REENTRANT_CKPT with frozen student weights" in caplog.text
+
+
+def test_a_transformers_student_is_not_told_that_its_checkpointing_options_go_to_no_checkpoint(caplog):
+    """The warning that transformers hands a timm student none of use_reentrant, every_n_layers or
+    offload was said for a transformers student too, whose layers take them: a user told that a
+    reentrant checkpoint it needs (or relies on) was dropped."""
+    from hf_rcka.losses import CrossEntropyLoss
+    from hf_rcka.modeling import DistillationModel
+
+    model = DistillationModel(tiny_vit(), None, [CrossEntropyLoss()])
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    assert any(getattr(m, "gradient_checkpointing", False) is True for m in model.student.modules())
+    assert "checkpoints each block as timm does" not in caplog.text
+
+
 def test_a_teacher_record_that_is_no_mapping_is_not_compared(tmp_path):
     """A teacher.json that holds no mapping (a list, null) is no record, not an AttributeError later."""
     from hf_rcka.trainer.teacher_record import TEACHER_RECORD_NAME, recorded_teacher
