@@ -222,6 +222,31 @@ def test_full_state_dict_loading_rejects_missing_and_unexpected_keys():
     assert torch.equal(module.weight, torch.ones(2, 3))
 
 
+def test_fsdp_checkpoint_wrappers_recompute_with_the_forwards_dropout_masks():
+    """accelerate's FSDP activation_checkpointing wraps blocks with preserve_rng_state=False: the
+    backward's recomputation drew other dropout masks than the forward, and the gradients were those of
+    another network than the one the loss measured. The wrappers are given the RNG state back."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+
+    from hf_rcka.modeling.activation_checkpoints import restore_rng_in_wrapped_checkpoints
+
+    def grads(wrap: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 8))
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8),
+                                    checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT,
+                                                       preserve_rng_state=False) if wrap else block)
+        if wrap:
+            assert restore_rng_in_wrapped_checkpoints(model) == 1
+            assert restore_rng_in_wrapped_checkpoints(model) == 0, "changed once"
+        torch.manual_seed(1)
+        model(torch.randn(16, 8)).square().sum().backward()
+        return [p.grad for p in model.parameters()]
+
+    for got, expected in zip(grads(True), grads(False)):
+        torch.testing.assert_close(got, expected)
+
+
 _SHARDED_PROJECTION = """
 import os, torch, torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
