@@ -593,6 +593,35 @@ def test_the_resume_command_launches_as_many_processes_as_the_run(monkeypatch, e
         assert "<address of machine 0>" in shlex.split(public)
 
 
+def test_a_stop_that_saved_its_checkpoint_says_so_though_it_is_also_the_last_one():
+    """The stop passes the last checkpoint written whole along with its own, and its own is that
+    one: the message must say it saved it, not that no checkpoint of the step was saved."""
+    saved = Stopped(signal.SIGTERM, 4, "out/checkpoint-4", ["r.yaml"], True, "out/checkpoint-4").message()
+    assert saved.startswith("interrupted by SIGTERM: saved out/checkpoint-4 (step 4); resume with:\n")
+    assert saved.endswith("r.yaml --resume_from_checkpoint out/checkpoint-4") and "no checkpoint" not in saved
+    earlier = Stopped(signal.SIGTERM, 5, None, ["r.yaml"], True, "out/checkpoint-4").message()
+    assert earlier.startswith("interrupted by SIGTERM at step 5: no checkpoint of it was saved; the last one is "
+                              "out/checkpoint-4") and earlier.endswith("r.yaml --resume_from_checkpoint out/checkpoint-4")
+    none = Stopped(signal.SIGINT, 0, None, ["r.yaml"]).message()
+    assert none == "interrupted by SIGINT at step 0: no checkpoint was saved, nothing to resume"
+
+
+def test_the_resume_command_runs_the_script_from_where_it_was_run(monkeypatch):
+    """A run started by its script's absolute path (a job script's ``python /home/alice/project/my_distill.py``)
+    must be resumed by that path: the resume command is printed for the user's own shell, and only the
+    recorded recipe's command (uploaded with the model) names the script without someone's folders."""
+    from hf_rcka.trainer.resume_hint import launch_command, resume_command
+
+    for key in [k for k in os.environ if k.startswith("ACCELERATE_") or k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE")]:
+        monkeypatch.delenv(key)
+    for script, public in (("/home/alice/project/my_distill.py", "my_distill.py"),
+                           ("/home/alice/hf_rcka/scripts/distill.py", "scripts/distill.py")):
+        monkeypatch.setattr("sys.argv", [script])
+        assert resume_command(["r.yaml"], "out/checkpoint-7") == \
+            f"python {script} r.yaml --resume_from_checkpoint out/checkpoint-7"
+        assert launch_command("r.yaml") == f"python {public} r.yaml"
+
+
 def test_a_resumed_repeated_augmentation_epoch_draws_its_own_order():
     """Resumed in 2 processes, the rest of epoch 1 was drawn in epoch 0's order (set_epoch did not
     reach the sampler under the resume's extra loader wrapper)."""
@@ -909,6 +938,19 @@ def test_resume_true_names_only_the_cut_short_checkpoints_after_the_one_it_resum
     with caplog.at_level("WARNING", logger="hf_rcka"):
         assert resumable_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-3")
     assert caplog.text == ""
+
+
+def test_resume_true_with_only_checkpoints_cut_short_resumes_none_of_them(tmp_path, caplog):
+    """A first save cut short (the job killed while writing checkpoint-2), then requeued with
+    resume_from_checkpoint: true: no checkpoint is whole, and the choice is none (Trainer's own
+    message follows), not a TypeError from comparing the later steps with a missing one."""
+    from hf_rcka.trainer.checkpoint_folders import resumable_checkpoint
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "model.safetensors").write_text("cut")
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        assert resumable_checkpoint(str(tmp_path)) is None
+    assert caplog.text == "", "nothing is resumed, so nothing is passed over"
 
 
 def test_a_stop_through_the_python_api_keeps_its_checkpoint_under_save_total_limit_1(tmp_path):
