@@ -303,6 +303,36 @@ print("left:", gloo_threads())
     assert "left: []" in result.stdout, result.stdout
 
 
+def test_the_host_group_is_made_once_per_process_group_with_the_runs_timeout(monkeypatch):
+    """Beside an accelerator's default group, the stop signal and the gathered row counts go through
+    a gloo group of their own, asked for at every step. Made anew at each call, every step set up
+    another group (a collective, with its own threads and sockets), and with torch's default
+    timeout, not the run's ddp_timeout; kept across a new default group (a later setup in the same
+    process), the collectives went to the destroyed one."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from hf_rcka import distributed
+
+    made = []
+
+    def new_group(**kwargs):
+        made.append(kwargs)
+        return object()
+
+    fake = SimpleNamespace(group=SimpleNamespace(WORLD=object()), new_group=new_group)
+    monkeypatch.setattr(distributed, "dist", fake)
+    monkeypatch.setattr(distributed, "_default_backend", lambda: "nccl")
+    monkeypatch.setattr(distributed, "_host_groups", [])
+    first = distributed.host_group(timedelta(seconds=7200))
+    assert distributed.host_group() is first and distributed.host_group(timedelta(seconds=60)) is first
+    assert made == [{"backend": "gloo", "timeout": timedelta(seconds=7200)}]
+    fake.group.WORLD = object()  # the first group destroyed, a new one set up
+    assert distributed.host_group() is not first and len(made) == 2
+    monkeypatch.setattr(distributed, "_default_backend", lambda: "gloo")
+    assert distributed.host_group() is fake.group.WORLD, "a gloo default group serves as it is"
+
+
 # DI1 (distributed.py gather_rows): ranks with different row counts (an epoch's last batch) gather
 # exactly their rows, without the padding
 @COLLECTIVES
