@@ -1328,6 +1328,23 @@ def test_reentrant_checkpointing_trains_the_layers_after_a_frozen_embedding(tmp_
     assert not any("embeddings" in name for name in moved)
 
 
+def test_checkpointing_options_without_use_reentrant_train_the_layers_after_a_frozen_embedding(tmp_path):
+    """activation_checkpointing_kwargs that leave use_reentrant out ({preserve_rng_state: true}) reach
+    torch's checkpoint without it, which checkpoints reentrantly then (and warns); the input hook read
+    the missing key as non-reentrant, and with the patch embedding frozen no checkpointed layer trained
+    (2 steps: only the final norm and the head moved)."""
+    student = tiny_vit()
+    for parameter in student.vit.embeddings.parameters():
+        parameter.requires_grad_(False)
+    before = snapshot(student)
+    args = make_args(tmp_path, max_steps=2, losses=["ce", "kd"], gradient_checkpointing=True,
+                     gradient_checkpointing_kwargs={"preserve_rng_state": True})
+    make_trainer(args, student=student).train()
+    moved = changed(before, student)
+    assert any(name.startswith("vit.layers.") for name in moved), moved
+    assert not any("embeddings" in name for name in moved)
+
+
 def test_checkpointing_options_a_timm_student_does_not_take_are_said(tmp_path, caplog, monkeypatch):
     """transformers hands timm none of them; timm's own reentrant switch with a frozen stem trained
     only the head (a reviewer's case): both said."""

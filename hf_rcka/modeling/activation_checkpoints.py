@@ -55,8 +55,7 @@ def inputs_need_gradients(student: nn.Module) -> list:
                            "gradient trains none of its block's weights; unset TIMM_REENTRANT_CKPT if the frozen "
                            "weights come before the checkpointed blocks")
         return []
-    checkpointed = [name for name, part in student.named_modules() if getattr(getattr(
-        part, "_gradient_checkpointing_func", None), "keywords", {}).get("use_reentrant")]
+    checkpointed = [name for name, part in student.named_modules() if _checkpoints_reentrant(part)]
     if not checkpointed or _trains_before(student, checkpointed[0]) or not any(
             p.requires_grad for name in checkpointed for p in student.get_submodule(name).parameters()):
         return []  # a trainable weight feeds the checkpoints, or none in them trains (a linear probe)
@@ -83,6 +82,14 @@ def restore_rng_in_wrapped_checkpoints(model: nn.Module) -> int:
             module.checkpoint_fn = functools.partial(run.func, *run.args, **{**run.keywords, "preserve_rng_state": True})
             changed += 1
     return changed
+
+
+def _checkpoints_reentrant(part: nn.Module) -> bool:
+    """Whether ``part`` is a layer transformers checkpoints reentrantly. ``activation_checkpointing_kwargs``
+    that leave ``use_reentrant`` out (``{preserve_rng_state: false}``) reach torch's ``checkpoint``
+    without it, which then checkpoints reentrantly (and warns)."""
+    run = getattr(part, "_gradient_checkpointing_func", None)
+    return isinstance(run, functools.partial) and run.keywords.get("use_reentrant", True) is not False
 
 
 def _trains_before(model: nn.Module, first: str) -> bool:
