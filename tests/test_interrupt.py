@@ -559,6 +559,9 @@ def test_a_signal_during_the_final_evaluation_says_the_model_is_saved(tmp_path):
     # recipes/accelerate/cpu_2proc.yaml (use_cpu: true in the config) is a --multi_gpu launch, not --cpu
     ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "True", "ACCELERATE_DYNAMO_BACKEND": "NO"},
      ["accelerate", "launch", "--num_processes", "2", "--multi_gpu"]),
+    # an FSDP launch resumed without its config file trained without FSDP (round 29's H12)
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true", "ACCELERATE_DYNAMO_BACKEND": "NO"},
+     ["accelerate", "launch", "--num_processes", "2", "--config_file", "<the FSDP config file it was launched with>"]),
     # a user's own ACCELERATE_LOG_LEVEL on a plain run was taken for an accelerate launch
     ({"ACCELERATE_LOG_LEVEL": "warning"}, ["python"]),
     # two machines: `torchrun --nproc_per_node 1 --nnodes 2` alone made each machine node 0 of a
