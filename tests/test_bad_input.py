@@ -3612,3 +3612,71 @@ def test_a_student_whose_forward_raises_an_index_or_key_error_is_one_line(error)
 
     with pytest.raises(ModelError, match=rf"the student as built fails on a forward pass \({type(error).__name__}"):
         probe_student(Broken(), SimpleNamespace(size=(16, 16), channels=3), 16)
+
+
+def test_what_a_run_did_before_its_error_or_stop_is_said_with_it(monkeypatch, capsys):
+    """An error (or a stop) met after the output folder set the run it replaces aside carries where
+    that run is now as a note: the command line printed the error without it, and the user was left
+    to look for the earlier run."""
+    import signal
+
+    from hf_rcka.cli import main as cli
+    from hf_rcka.trainer.interrupt import Interrupted
+
+    def raising(error):
+        def run(argv, stop):
+            error.add_note("the run this one was to replace is back in out")
+            raise error
+        return run
+
+    monkeypatch.setattr(cli, "_run_recipe", raising(DataError("train_dir 'nowhere' does not exist")))
+    assert cli.main(["recipe.yaml"]) == 2
+    assert capsys.readouterr().err == \
+        "error: train_dir 'nowhere' does not exist (the run this one was to replace is back in out)\n"
+    monkeypatch.setattr(cli, "_run_recipe", raising(Interrupted(signal.SIGTERM)))
+    assert cli.main(["recipe.yaml"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.rstrip("\n").endswith(" (the run this one was to replace is back in out)")
+
+
+def test_a_stop_is_said_by_the_main_process_alone(monkeypatch, capsys):
+    """Every process of a launch stops with the same checkpoint: each printed the resume message,
+    and a 4-process run ended with the same lines four times over."""
+    import signal
+
+    from hf_rcka.cli import main as cli
+    from hf_rcka.trainer.resume_hint import Stopped
+
+    def stopping(argv, stop):
+        raise Stopped(signal.SIGTERM, 4, "out/checkpoint-4", ["r.yaml"], main_process)
+
+    monkeypatch.setattr(cli, "_run_recipe", stopping)
+    for main_process in (False, True):
+        assert cli.main(["recipe.yaml"]) == 128 + signal.SIGTERM
+        err = capsys.readouterr().err
+        assert (err == "") != main_process and err.count("interrupted by SIGTERM") == int(main_process)
+
+
+def test_progress_bars_an_error_or_a_stop_left_open_are_closed_before_its_message(monkeypatch, capsys):
+    """A user error (or a stop) raised while a progress bar ran (loading a dataset, a training step)
+    left the bar open: its last refresh, drawn as the bar was collected, came after the error line,
+    which was then not the last line the user (or ``tail -n 1``) saw."""
+    import signal
+
+    from tqdm import tqdm
+
+    from hf_rcka.cli import main as cli
+    from hf_rcka.trainer.resume_hint import Stopped
+
+    def failing(argv, stop, error):
+        bar = tqdm(total=10, desc="Map")
+        bar.update(3)
+        failing.bars.append(bar)
+        raise error
+
+    failing.bars = []
+    for error, code in ((DataError("train_dir 'nowhere' does not exist"), 2),
+                        (Stopped(signal.SIGTERM, 4, "out/checkpoint-4", ["r.yaml"]), 128 + signal.SIGTERM)):
+        monkeypatch.setattr(cli, "_run_recipe", lambda argv, stop: failing(argv, stop, error))
+        assert cli.main(["recipe.yaml"]) == code
+        assert failing.bars[-1].disable, "the bar was closed"
+    capsys.readouterr()
