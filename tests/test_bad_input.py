@@ -3680,3 +3680,12 @@ def test_progress_bars_an_error_or_a_stop_left_open_are_closed_before_its_messag
         assert cli.main(["recipe.yaml"]) == code
         assert failing.bars[-1].disable, "the bar was closed"
     capsys.readouterr()
+
+
+def test_hf_rcka_debug_set_to_0_or_false_is_off(monkeypatch):
+    """HF_RCKA_DEBUG=0 (or false), as a job script turns it off, turned tracebacks on like 1."""
+    from hf_rcka.cli.main import _pop_debug_flag
+
+    for value, on in (("0", False), ("false", False), ("", False), ("1", True), ("true", True)):
+        monkeypatch.setenv("HF_RCKA_DEBUG", value)
+        assert _pop_debug_flag(["recipe.yaml"]) is on, value
