@@ -3689,3 +3689,22 @@ def test_hf_rcka_debug_set_to_0_or_false_is_off(monkeypatch):
     for value, on in (("0", False), ("false", False), ("", False), ("1", True), ("true", True)):
         monkeypatch.setenv("HF_RCKA_DEBUG", value)
         assert _pop_debug_flag(["recipe.yaml"]) is on, value
+
+
+def test_the_command_line_gives_the_signal_handlers_back_however_it_ends(monkeypatch, capsys):
+    """main() installs its stop handler for SIGINT and SIGTERM: a script that calls it (a sweep over
+    recipes) kept it after main returned, and a later Ctrl-C or SIGTERM raised the run's
+    Interrupted in code that no run was in, instead of KeyboardInterrupt or the default exit."""
+    import signal
+
+    from hf_rcka.cli import main as cli
+
+    def failing(argv, stop):
+        raise DataError("train_dir 'nowhere' does not exist")
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for run in (lambda argv, stop: None, failing):
+        monkeypatch.setattr(cli, "_run_recipe", run)
+        cli.main(["recipe.yaml"])
+        assert {signum: signal.getsignal(signum) for signum in before} == before
+    capsys.readouterr()
