@@ -1148,3 +1148,15 @@ def test_an_accelerator_config_path_that_is_no_file_is_one_line(tmp_path):
     """A typo in the JSON file's path was a FileNotFoundError traceback from TrainingArguments."""
     with pytest.raises(RecipeError, match=r"accelerator_config '.*nope.json' is not a file: give the path of a JSON"):
         parse_arguments({**BASE, "accelerator_config": str(tmp_path / "nope.json")})
+
+
+# R24 (cli/recipe.py load_recipe): an empty recipe file (or one of comments only) is a recipe of no settings
+def test_an_empty_recipe_file_is_told_what_it_needs(tmp_path):
+    """A recipe file still empty (or only commented) was an AttributeError traceback on None, not the
+    recipe's missing keys."""
+    recipe = tmp_path / "empty.yaml"
+    for text in ("", "# to be written\n"):
+        recipe.write_text(text)
+        assert load_recipe(recipe) == {}
+        with pytest.raises(RecipeError, match="the recipe needs 'model_name_or_path'"):
+            parse_recipe_file(recipe)
