@@ -1668,3 +1668,26 @@ def test_a_partly_frozen_student_is_taken_and_a_missing_one_is_named(tmp_path):
     build(make_args(tmp_path), student, tiny_resnet())
     with pytest.raises(ModelError, match="model must be a transformers image classifier .* got NoneType"):
         build(make_args(tmp_path), None, tiny_resnet())
+
+
+# G5, G6 (trainer/given_models.py check_ready_model): a ready model's teacher_processor is refused alone too,
+# and args naming fewer losses than the model computes are refused as more would be
+def test_a_ready_distillation_model_refuses_a_teacher_processor_and_args_of_fewer_losses(tmp_path):
+    """teacher_processor beside a ready DistillationModel (without teacher) was dropped unsaid, and
+    args.losses ['ce'] beside a model that computes ce and kd trained kd too."""
+    ready = build_distillation_model(tiny_vit(), tiny_resnet(), make_args(tmp_path, losses=["ce", "kd"]))
+    with pytest.raises(ModelError, match="teacher_processor given with a ready DistillationModel"):
+        build(make_args(tmp_path), ready, teacher_processor=processor(16))
+    with pytest.raises(RecipeError, match=r"losses \['ce'\] in args, but the DistillationModel given computes "
+                                          r"\['ce', 'kd'\]"):
+        build(make_args(tmp_path, losses=["ce"]), ready)
+
+
+# G9 (trainer/given_models.py _same_option): an option whose == gives no truth value cannot be told apart
+def test_a_loss_option_without_a_plain_equality_is_not_called_different():
+    """A custom loss's option held as a numpy array (its == is elementwise): its truth raised, and the
+    ready model built from the same args was refused as ignoring that option."""
+    from hf_rcka.trainer.given_models import _same_option
+
+    assert _same_option(np.array([1.0, 2.0]), np.array([1.0, 2.0])) is True
+    assert _same_option(torch.tensor([1.0]), torch.tensor([2.0])) is False
