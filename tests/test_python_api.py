@@ -1691,3 +1691,14 @@ def test_a_loss_option_without_a_plain_equality_is_not_called_different():
 
     assert _same_option(np.array([1.0, 2.0]), np.array([1.0, 2.0])) is True
     assert _same_option(torch.tensor([1.0]), torch.tensor([2.0])) is False
+
+
+# G11 (trainer/given_models.py _model_settings_ignored): pairs no loss reads are no setting the model ignores
+def test_a_ready_model_built_from_args_whose_pairs_no_loss_reads_takes_those_args(tmp_path):
+    """feature_pairs read only by a loss of weight 0 are dropped when the model is built (the arguments'
+    warning says so): the same args beside the model built from them were refused as asking for pairs."""
+    args = make_args(tmp_path, losses=["ce", "kd", {"name": "feature_cka", "weight": 0}],
+                     feature_pairs=[{"student_layer": 1, "teacher_layer": 1}])
+    ready = build_distillation_model(named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]), args)
+    build(args, ready)
+
