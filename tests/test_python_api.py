@@ -1693,6 +1693,23 @@ def test_a_loss_option_without_a_plain_equality_is_not_called_different():
     assert _same_option(torch.tensor([1.0]), torch.tensor([2.0])) is False
 
 
+# G13 (trainer/given_models.py _timm_teacher_processor; the original was wrong too: timm keeps dynamic_img_size on
+# the model, not its patch_embed): a ViT built with dynamic_img_size takes its data config's size, whatever img_size
+def test_a_timm_teacher_with_a_dynamic_image_size_reads_its_own_data_config():
+    """A teacher built with dynamic_img_size: true (which resamples its position embeddings) was taken
+    for one fixed at its build size: its data config (mean 0.5, 24 px) was dropped and it got the
+    student's inputs as they were."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    from hf_rcka.trainer.given_models import _timm_teacher_processor
+
+    config = TimmWrapperConfig(architecture="vit_tiny_patch16_224", num_labels=3,
+                               model_args={"img_size": 16, "patch_size": 4, "depth": 1, "dynamic_img_size": True},
+                               pretrained_cfg={"input_size": (3, 24, 24), "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    processor_ = _timm_teacher_processor(TimmWrapperForImageClassification(config))
+    assert processor_ is not None and processor_.data_config["input_size"][-2:] == (24, 24)
+
+
 # G11 (trainer/given_models.py _model_settings_ignored): pairs no loss reads are no setting the model ignores
 def test_a_ready_model_built_from_args_whose_pairs_no_loss_reads_takes_those_args(tmp_path):
     """feature_pairs read only by a loss of weight 0 are dropped when the model is built (the arguments'
@@ -1702,3 +1719,16 @@ def test_a_ready_model_built_from_args_whose_pairs_no_loss_reads_takes_those_arg
     ready = build_distillation_model(named(tiny_vit(), ["a", "b", "c"]), named(tiny_resnet(), ["a", "b", "c"]), args)
     build(args, ready)
 
+
+def test_a_timm_teacher_with_a_dynamic_image_size_trains_at_its_own_data_config_s_size(tmp_path):
+    """Its inputs are resized to its data config's 24 px, which its resampled position embeddings take."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    config = TimmWrapperConfig(architecture="vit_tiny_patch16_224", num_labels=3,
+                               model_args={"img_size": 16, "patch_size": 4, "depth": 1, "dynamic_img_size": True},
+                               pretrained_cfg={"input_size": (3, 24, 24), "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    teacher = TimmWrapperForImageClassification(config)
+    teacher.config.id2label, teacher.config.label2id = {0: "a", 1: "b", 2: "c"}, {"a": 0, "b": 1, "c": 2}
+    trainer = build(make_args(tmp_path, max_steps=1), named(tiny_vit(), ["a", "b", "c"]), teacher)
+    assert trainer.distillation_model.teacher_transform is not None
+    trainer.train()

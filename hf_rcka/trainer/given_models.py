@@ -176,8 +176,11 @@ def _timm_teacher_processor(teacher: Any) -> Any:
     data_config = dict(getattr(config, "pretrained_cfg", None) or {})
     if not {"input_size", "mean", "std"} <= set(data_config):
         return None
-    patch_embed = getattr(getattr(teacher, "timm_model", None), "patch_embed", None)
-    fixed = getattr(patch_embed, "img_size", None) if not getattr(patch_embed, "dynamic_img_size", False) else None
+    timm_model = getattr(teacher, "timm_model", None)
+    patch_embed = getattr(timm_model, "patch_embed", None)
+    # timm keeps dynamic_img_size on the model (its patch embedding is then not strict about the size)
+    dynamic = getattr(timm_model, "dynamic_img_size", False) or not getattr(patch_embed, "strict_img_size", True)
+    fixed = getattr(patch_embed, "img_size", None) if not dynamic else None
     if fixed is not None and tuple(fixed) != tuple(data_config["input_size"][-2:]):
         logger.info("teacher inputs: the timm teacher's config records %s inputs, but it takes %s: its data config "
                     "is not used", tuple(data_config["input_size"][-2:]), tuple(fixed))
