@@ -1732,3 +1732,11 @@ def test_a_timm_teacher_with_a_dynamic_image_size_trains_at_its_own_data_config_
     trainer = build(make_args(tmp_path, max_steps=1), named(tiny_vit(), ["a", "b", "c"]), teacher)
     assert trainer.distillation_model.teacher_transform is not None
     trainer.train()
+
+
+# G20 (trainer/given_models.py check_models): only losses that compare hidden states need the data at the planned size
+def test_data_of_another_size_than_the_processor_is_taken_when_no_loss_reads_features(tmp_path):
+    """A logits-only recipe (ce, kd) with a ResNet student, which takes any size, and 24 px data beside a
+    16 px processor was refused as if its feature pairs were planned for another grid."""
+    build(make_args(tmp_path, losses=["ce", "kd"]), named(tiny_resnet(), ["a", "b", "c"]),
+          named(tiny_resnet(), ["a", "b", "c"]), train_dataset=pixel_dataset(10, size=24))
