@@ -326,9 +326,11 @@ def test_an_evaluation_only_run_leaves_out_the_losses_that_read_what_trained_bes
     trained = json.loads((out / "all_results.json").read_text())
     assert "eval_srd_loss" in trained
     capsys.readouterr()
+    card = (out / "README.md").read_text()
     assert main([str(out / "distill_config.yaml"), "--do_train", "false", "--model_name_or_path", str(out),
                  "--student_from_scratch", "false"]) == 0
     assert "evaluation only: ['srd'] not evaluated" in capsys.readouterr().err
+    assert (out / "README.md").read_text() == card, "an evaluation-only run wrote the trained model's card again"
     (record,) = out.glob("_eval-*")
     checked = json.loads((record / "eval_results.json").read_text())
     assert "eval_srd_loss" not in checked
