@@ -1740,3 +1740,14 @@ def test_data_of_another_size_than_the_processor_is_taken_when_no_loss_reads_fea
     16 px processor was refused as if its feature pairs were planned for another grid."""
     build(make_args(tmp_path, losses=["ce", "kd"]), named(tiny_resnet(), ["a", "b", "c"]),
           named(tiny_resnet(), ["a", "b", "c"]), train_dataset=pixel_dataset(10, size=24))
+
+
+# G21 (trainer/given_models.py check_models): the data's size is compared with the planned one on both sides
+def test_a_processor_of_the_datas_height_and_another_width_is_refused_for_feature_losses(tmp_path):
+    """A 16x24 processor beside 16x16 data planned the feature pairs for another grid: only the heights
+    were compared, and patch_cka failed at the first step."""
+    from transformers import ViTImageProcessor
+
+    wide = ViTImageProcessor(size={"height": 16, "width": 24}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    with pytest.raises(RecipeError, match="processing_class's output size 16x24, but the data's images are 16x16"):
+        build(make_args(tmp_path, losses=["ce", "feature_cka"]), tiny_vit(), tiny_resnet(), processing_class=wide)
