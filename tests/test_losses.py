@@ -492,6 +492,17 @@ def test_ce_matches_cross_entropy_with_label_smoothing():
     torch.testing.assert_close(evaluated, F.cross_entropy(inputs.student_logits, inputs.labels))
 
 
+def test_ce_label_smoothing_takes_0_and_refuses_1():
+    """[0, 1), as its message says: a mutant that refused 0.0 turned down a recipe's explicit "no
+    smoothing" (``{name: ce, label_smoothing: 0.0}``); one that took 1.0 trained on uniform targets."""
+    inputs = logit_inputs(12)
+    torch.testing.assert_close(total(build("ce", DOUBLE, label_smoothing=0.0), inputs),
+                               F.cross_entropy(inputs.student_logits, inputs.labels))
+    for wrong in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+            LOSSES.build("ce", label_smoothing=wrong)
+
+
 # --- deit_token ---------------------------------------------------------------------------------
 
 
