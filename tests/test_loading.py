@@ -106,6 +106,21 @@ def test_scratch_deit_draws_the_tokens_transformers_leaves_at_zero(tmp_path: Pat
     assert not reloaded.deit.embeddings.cls_token.any()
 
 
+def test_drawn_tokens_follow_the_configs_initializer_range_and_a_meta_build_draws_none() -> None:
+    """A recipe's initializer_range sets the drawn tokens' spread as it sets every other weight's: a
+    mutant that drew them at 0.02 always gave a DeiT at initializer_range 0.2 near-zero tokens. A
+    DeiT built on the meta device (the recipe check before loading) has no values to test for zero:
+    a mutant that tested them could not build it, and the check was put off until after loading."""
+    from hf_rcka.models.loading import build_without_weights
+
+    torch.manual_seed(0)
+    wide = load_image_classifier("config:deit", num_labels=3, config_overrides={**DEIT_TEACHER, "initializer_range": 0.2})
+    for name in ("cls_token", "distillation_token", "position_embeddings"):
+        assert 0.1 < getattr(wide.deit.embeddings, name).std().item() < 0.3, name
+    meta = build_without_weights("config:deit", num_labels=3, config_overrides=DEIT_TEACHER)
+    assert meta.deit.embeddings.cls_token.is_meta
+
+
 def test_config_override_rebuilds_derived_fields() -> None:
     model = load_image_classifier("config:resnet", num_labels=2, config_overrides=RESNET)
     assert model.config.stage_names == ["stem", "stage1", "stage2"]
