@@ -308,3 +308,18 @@ def test_adapter_switches_refuse_null_where_they_take_no_default():
         with pytest.raises(ValueError, match="bias must be true or false, got None"):
             build_adapter(name, VIT, CNN, bias=None)
     assert build_adapter("patch_match", VIT, CNN, project=None).proj is not None
+
+
+def test_the_strictest_alignment_of_the_feature_losses_is_what_a_pair_is_checked_for():
+    """fitnet compares equal shapes, patch_cka equal (B, C, H, W) maps: together, a pair must give
+    maps. A mutant that took the first of ("shape", "map") checked it for equal shapes only, and an
+    identity pair of two equal token states, which patch_cka cannot read, was accepted."""
+    from hf_rcka.errors import RecipeError
+    from hf_rcka.losses.fitnet import FitNetLoss
+    from hf_rcka.losses.pcka import PatchCKALoss
+    from hf_rcka.modeling.feature_adapters import adapters_for_losses
+
+    identity = [{"student_layer": 0, "teacher_layer": 0, "adapter": "identity"}]
+    assert len(adapters_for_losses(identity, [VIT], [VIT], [FitNetLoss()])[1]) == 1
+    with pytest.raises(RecipeError, match=r"feature_pairs\[0\]: adapter 'identity' .*equal \(B, C, H, W\) maps"):
+        adapters_for_losses(identity, [VIT], [VIT], [FitNetLoss(), PatchCKALoss()])
