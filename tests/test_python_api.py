@@ -466,6 +466,20 @@ def test_the_default_losses_and_the_pairs_of_a_loss_switched_off(tmp_path):
         assert len(model.adapters) == adapters and model.needs_features is bool(weight)
 
 
+def test_a_logit_loss_at_weight_0_does_not_make_the_run_read_the_teachers_logits():
+    """A loss of weight 0 is not computed: a kd switched off beside feature_cka reads no logits, so
+    the teacher's classes need not be the run's. A mutant that counted it made such a run align or
+    refuse a teacher of other classes for logits nothing read."""
+    from hf_rcka.modeling.assembly import run_reads_teacher_logits
+
+    def losses(kd_weight):
+        return SimpleNamespace(losses=[{"name": "ce", "weight": 1.0}, {"name": "kd", "weight": kd_weight},
+                                       {"name": "feature_cka", "weight": 1.0}])
+
+    assert run_reads_teacher_logits(losses(0.5))
+    assert not run_reads_teacher_logits(losses(0.0))
+
+
 def test_a_student_sharing_weights_with_the_frozen_teacher(tmp_path):
     """The shared embeddings were frozen with the teacher and never trained; the run succeeded."""
     teacher = tiny_vit(seed=5)
