@@ -273,6 +273,18 @@ def test_an_auto_pairs_own_project_option_wins_over_the_automatic_one():
     assert adapter_choice(FeaturePair(1, 2, "auto", {}), needs_shape=False) == ("identity", {})
 
 
+def test_an_auto_pairs_patch_match_options_are_refused_where_auto_passes_features_unchanged():
+    """With losses that compare features of any shape (feature_cka alone) adapter auto is the
+    identity: a pair's patch_match options (grid: min) were otherwise ignored without a word, for a
+    Python user whose pairs no recipe check read first."""
+    from hf_rcka.errors import RecipeError
+    from hf_rcka.features.pairing import FeaturePair
+    from hf_rcka.modeling.feature_adapters import adapter_choice
+
+    with pytest.raises(RecipeError, match=r"options \['grid'\] are patch_match's"):
+        adapter_choice(FeaturePair(1, 2, "auto", {"grid": "min"}), needs_shape=False)
+
+
 def test_patch_match_without_projection_samples_the_same_channels_on_both_sides():
     """With no projection (equal widths) the student's map must be cut to the teacher's sampled
     channels, the same ones: the student's whole map beside the sampled teacher's gave a pair of
