@@ -1765,3 +1765,22 @@ def test_a_processor_of_the_datas_height_and_another_width_is_refused_for_featur
     wide = ViTImageProcessor(size={"height": 16, "width": 24}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     with pytest.raises(RecipeError, match="processing_class's output size 16x24, but the data's images are 16x16"):
         build(make_args(tmp_path, losses=["ce", "feature_cka"]), tiny_vit(), tiny_resnet(), processing_class=wide)
+
+
+# G23 (trainer/given_models.py _timm_teacher_processor): a data config without mean and std is not the teacher's own
+def test_a_timm_teacher_whose_data_config_has_no_mean_or_std_is_not_given_imagenets(tmp_path, caplog):
+    """Its config records only the input size: timm's processor fills in ImageNet's mean and std, so the
+    teacher's inputs were renormalised to statistics it was never said to take, announced as its own data
+    config. It gets the student's inputs, with the warning that teacher_processor was not given."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    config = TimmWrapperConfig(architecture="vit_tiny_patch16_224", num_labels=3,
+                               model_args={"img_size": 16, "patch_size": 4, "depth": 1},
+                               pretrained_cfg={"input_size": (3, 16, 16)})
+    teacher = TimmWrapperForImageClassification(config)
+    teacher.config.id2label, teacher.config.label2id = {0: "a", 1: "b", 2: "c"}, {"a": 0, "b": 1, "c": 2}
+    with caplog.at_level(logging.INFO, logger="hf_rcka"):
+        trainer = build(make_args(tmp_path), named(tiny_vit(), ["a", "b", "c"]), teacher)
+    assert trainer.distillation_model.teacher_transform is None
+    assert "teacher_processor not given, so the teacher gets the student's inputs" in caplog.text
+    assert "own data config is used" not in caplog.text
