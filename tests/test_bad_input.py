@@ -3708,3 +3708,15 @@ def test_the_command_line_gives_the_signal_handlers_back_however_it_ends(monkeyp
         cli.main(["recipe.yaml"])
         assert {signum: signal.getsignal(signum) for signum in before} == before
     capsys.readouterr()
+
+
+# J5 (cli/job.py _checked_trainer): a resumed run keeps the ledger of the images skipped before it
+def test_a_resumed_run_keeps_the_images_skipped_before_the_resume_in_its_ledger(tmp_path):
+    """The ledger counts the run's unreadable images against max_bad_images and lists them at its end:
+    deleted at the resume, the images skipped before it were no longer listed nor counted."""
+    first = base(tmp_path, save_strategy="steps", save_steps=1, max_steps=1)
+    assert run(tmp_path, first) == 0
+    ledger = tmp_path / "out" / "_skipped_images.tsv"
+    ledger.write_text("/data/train/cat/broken.jpg\timage file is truncated\n")  # skipped in the first part
+    assert run(tmp_path, {**first, "max_steps": 2}, "--resume_from_checkpoint", "true") == 0
+    assert ledger.read_text().splitlines() == ["/data/train/cat/broken.jpg\timage file is truncated"]
