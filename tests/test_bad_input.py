@@ -3720,3 +3720,19 @@ def test_a_resumed_run_keeps_the_images_skipped_before_the_resume_in_its_ledger(
     ledger.write_text("/data/train/cat/broken.jpg\timage file is truncated\n")  # skipped in the first part
     assert run(tmp_path, {**first, "max_steps": 2}, "--resume_from_checkpoint", "true") == 0
     assert ledger.read_text().splitlines() == ["/data/train/cat/broken.jpg\timage file is truncated"]
+
+
+# J17 (cli/job.py _evaluate_alone): a refused evaluation-only run leaves no record folder behind
+def test_a_refused_evaluation_only_run_leaves_the_evaluated_folder_as_it_was(tmp_path, capsys):
+    """Its _eval-<time> record folder is made before the models and data are checked: a refused
+    evaluation left it empty in the trained run's folder, one more at every retry."""
+    distil = base(tmp_path, teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET,
+                  max_eval_samples=2, max_steps=1, do_eval=False, losses=[{"name": "ce"}, {"name": "feature_cka"}])
+    assert run(tmp_path, distil) == 0
+    before = sorted(path.name for path in (tmp_path / "out").iterdir())
+    capsys.readouterr()
+    evaluation = {**distil, "do_train": False, "do_eval": True, "model_name_or_path": str(tmp_path / "out"),
+                  "student_from_scratch": False}
+    assert run(tmp_path, evaluation) == 2
+    assert "the evaluation set has 2 image(s), and feature_cka relates the samples of a batch" in error_of(capsys)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == before
