@@ -3736,3 +3736,23 @@ def test_a_refused_evaluation_only_run_leaves_the_evaluated_folder_as_it_was(tmp
     assert run(tmp_path, evaluation) == 2
     assert "the evaluation set has 2 image(s), and feature_cka relates the samples of a batch" in error_of(capsys)
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == before
+
+
+# T4 (cli/teacher_data.py _same_source): a teacher of another train_dir, or of a Hub dataset, trained on other images
+def test_a_teacher_of_another_image_folder_is_not_refused_for_its_split(tmp_path):
+    """A teacher trained on a train_dir that holds out another carve than the student's: refused as if
+    it had trained on the student's validation images only when both read the same folder (or the same
+    dataset), not beside a student of another folder or of a Hub dataset."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.cli.teacher_data import check_teacher_data
+    from hf_rcka.errors import DataError
+
+    for name in ("cats", "dogs"):
+        (tmp_path / name).mkdir()
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "distill_config.yaml").write_text(f"train_dir: {tmp_path / 'cats'}\nsplit_seed: 7\n")
+    check_teacher_data(str(teacher), DataArguments(train_dir=str(tmp_path / "dogs")), carved=True)
+    check_teacher_data(str(teacher), DataArguments(dataset_name="acme/pets"), carved=True)
+    with pytest.raises(DataError, match="split_seed 7"):
+        check_teacher_data(str(teacher), DataArguments(train_dir=str(tmp_path / "cats")), carved=True)
