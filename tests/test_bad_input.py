@@ -3756,3 +3756,24 @@ def test_a_teacher_of_another_image_folder_is_not_refused_for_its_split(tmp_path
     check_teacher_data(str(teacher), DataArguments(dataset_name="acme/pets"), carved=True)
     with pytest.raises(DataError, match="split_seed 7"):
         check_teacher_data(str(teacher), DataArguments(train_dir=str(tmp_path / "cats")), carved=True)
+
+
+# T1, T8 (cli/teacher_data.py check_teacher_data): a student's validation_dir that is the teacher's train_dir
+def test_a_student_validation_dir_the_teacher_trained_on_is_refused_however_it_is_spelled(tmp_path):
+    """The student evaluated on its own folder, the one the teacher trained on (recorded with a
+    trailing slash): both accuracies are inflated, so the run is refused; a validation_dir the
+    teacher did not train on is not."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.cli.teacher_data import check_teacher_data
+    from hf_rcka.errors import DataError
+
+    for name in ("train", "val", "other"):
+        (tmp_path / name).mkdir()
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "distill_config.yaml").write_text(f"train_dir: {tmp_path / 'val'}/\n")
+    student = DataArguments(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    with pytest.raises(DataError, match=r"was trained on train_dir .*the student's validation_dir"):
+        check_teacher_data(str(teacher), student, carved=False)
+    check_teacher_data(str(teacher), DataArguments(train_dir=str(tmp_path / "train"),
+                                                   validation_dir=str(tmp_path / "other")), carved=False)
