@@ -2370,6 +2370,22 @@ def test_a_teacher_that_evaluated_on_its_own_folder_trained_on_all_of_this_data(
     assert held_out_by(str(teacher), student) is None
 
 
+def test_a_resume_that_carves_by_another_label_column_is_a_split_change_and_other_data_is_none(tmp_path):
+    """A carved split is stratified by the label column: a resume with another label_column_name
+    holds out other images (mostly ones the checkpoint trained on), and must be said as a change of
+    split like split_seed is; a resume on other data is no split change (its classes are checked
+    against the checkpoint's once it loads)."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.cli.teacher_data import split_change
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "distill_config.yaml").write_text("dataset_name: acme/pets\nlabel_column_name: breed\n")
+    assert split_change(str(run), DataArguments(dataset_name="acme/pets", label_column_name="breed")) is None
+    assert split_change(str(run), DataArguments(dataset_name="acme/pets")) == "label_column_name 'breed' (now 'label')"
+    assert split_change(str(run), DataArguments(dataset_name="acme/cars", split_seed=7)) is None
+
+
 def test_a_teacher_checkpoint_is_checked_with_its_runs_recorded_split(tmp_path):
     """checkpoint-N folders hold no recipe: a teacher given as one skipped the split check."""
     from hf_rcka.arguments import DataArguments
