@@ -701,3 +701,28 @@ def test_a_single_lazy_weight_is_refused_too():
     with pytest.raises(ModelError, match=r"1 weight\(s\) of lazy modules have no shape .*\(0\.weight\)"):
         check_lazy_parameters(nn.Sequential(nn.LazyLinear(2, bias=False)))
     check_lazy_parameters(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_a_feature_loss_beside_feature_cka_gets_the_features_whole():
+    """Only a loss that is alone in reading the pairs may reduce their sides: with two feature
+    losses, feature CKA's reduction to B x B Grams was handed to the other loss too, which then
+    read a Gram where it asked for the teacher's and the student's features."""
+    from hf_rcka.features.pairing import FeaturePair
+    from hf_rcka.losses import FeatureCKALoss
+
+    seen = []
+
+    class ReadsWhole(DistillationLoss):
+        registry_name = "reads_whole"
+        requires = frozenset({"student_features", "teacher_features"})
+
+        def term(self, inputs):
+            seen.extend((type(s), type(t)) for s, t in zip(inputs.student_features, inputs.teacher_features))
+            return inputs.student_logits.float().mean() * 0
+
+    for losses in ([FeatureCKALoss(), ReadsWhole()], [ReadsWhole(), FeatureCKALoss()]):
+        seen.clear()
+        model = DistillationModel(tiny_vit(), tiny_resnet(), [CrossEntropyLoss(), *losses],
+                                  feature_pairs=[FeaturePair(-1, -1, "identity")]).train()
+        out = model(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.arange(4) % 3)
+        assert seen == [(torch.Tensor, torch.Tensor)] and torch.isfinite(out.loss)
