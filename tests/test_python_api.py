@@ -835,6 +835,27 @@ def test_the_card_says_who_decoded_the_images(tmp_path):
         assert says in card and ("over white and scaled" in card) == (train is not train_pixels)
 
 
+
+def test_an_evaluation_on_sets_decoded_here_and_ready_pixels_says_the_callers_decoding(tmp_path):
+    """The card's decoding line is hf_rcka's own only when hf_rcka decoded every set it describes:
+    an evaluation-only run on a dict of sets, one decoded here and one of ready pixel_values, was
+    said to have been decoded as training decodes, which the caller's pixels may not have been."""
+    from hf_rcka.data.datasets import with_transforms
+
+    names = ["a", "b", "c"]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    pictures = [Image.new("RGB", (16, 16), (40 * i, 0, 0)) for i in range(6)]
+    decoded_here = with_transforms(datasets.Dataset.from_dict({"image": pictures, "label": [i % 3 for i in range(6)]},
+                                                              features=features),
+                                   lambda image: torch.zeros(3, 16, 16), "image", "label", names)
+    for sets, says in (({"here": decoded_here, "pixels": pixel_dataset(10)}, "it came to the trainer as ready"),
+                       ({"here": decoded_here, "again": decoded_here}, "Decode images as training did")):
+        trainer = build(make_args(tmp_path, losses=["ce"]), named(tiny_vit(), names), train_dataset=None,
+                        eval_dataset=sets)
+        trainer.create_model_card()
+        assert says in (tmp_path / "run" / "README.md").read_text()
+
+
 def test_a_ready_distillation_models_teacher_is_realigned_by_name(tmp_path):
     """Built by hand, its permuted teacher was distilled as it was (teacher accuracy 0.0)."""
     teacher = named(tiny_resnet(), ["c", "a", "b"]).eval()
