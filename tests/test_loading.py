@@ -133,6 +133,18 @@ def test_cnn_processor_defaults_to_224_and_takes_image_size() -> None:
     assert load_image_processor("config:resnet").size["shortest_edge"] == 224
 
 
+def test_the_models_config_wins_over_a_config_given_beside_it() -> None:
+    """``config=`` is for a check before anything loads; given the model too, the processor is the
+    model's: a default config beside a ViT built at 32 px gave a 224 px processor, and a student
+    trained on 224 px images that it had never seen at that size."""
+    from hf_rcka.models.hf_config import default_config
+
+    model = load_image_classifier("config:vit", num_labels=2, config_overrides=VIT)  # 32 px
+    processor = load_image_processor("config:vit", model, config=default_config("vit"))
+    assert processor.size["height"] == 32
+    assert load_image_processor("config:vit", config=model.config).size["height"] == 32
+
+
 def test_resize_image_processor_keeps_resize_to_crop_ratio() -> None:
     deit = load_image_processor("config:deit")  # 256 -> crop 224
     small = resize_image_processor(deit, 32)
