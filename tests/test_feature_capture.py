@@ -250,3 +250,41 @@ def test_choosing_the_mode_again_leaves_one_hook_per_state():
     assert sum(len(m._forward_hooks) for m in model.modules()) == hooked
     capture.remove()
     assert sum(len(m._forward_hooks) for m in model.modules()) == hooked - 2
+
+
+class _StageHandsOnTokensModel(torch.nn.Module):
+    """A stage that returns its block's map as tokens (a view of the same memory, another shape)
+    first, and the map itself second (as Swin's stages return a state before and after a change)."""
+
+    class Stage(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.ReLU())
+
+        def forward(self, x):
+            y = self.block(x)
+            return y.flatten(2).transpose(1, 2), y
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 1)
+        self.stage1 = self.Stage()
+        self.classifier = torch.nn.Linear(4, 2)
+
+    def forward(self, pixel_values, output_hidden_states=False):
+        x0 = self.stem(pixel_values)
+        tokens, x1 = self.stage1(x0)
+        return SimpleNamespace(logits=self.classifier(tokens.mean(1)), hidden_states=(x0, x1))
+
+
+# C10 (features/capture.py _same_tensor): a module's output is a state's tensor only at the state's
+# shape and strides too; by address alone the stage's token view counted as the state, the stage was
+# hooked instead of its block, and the hooks mode was lost: every hidden state was kept
+def test_a_view_of_a_state_at_another_shape_is_not_taken_for_the_state():
+    torch.manual_seed(0)
+    model, x = _StageHandsOnTokensModel(), torch.randn(2, 3, 8, 8)
+    capture = HiddenStateCapture(model, [1], x)
+    assert capture.mode == "hooks"
+    _, states = capture(x)
+    assert torch.equal(states[1], model(x).hidden_states[1])
+
