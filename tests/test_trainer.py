@@ -263,6 +263,16 @@ def test_build_losses_gives_ce_the_trainer_label_smoothing_unless_the_recipe_set
 
 
 
+def test_the_label_smoothing_of_a_ce_switched_off_is_not_compared_with_the_factor():
+    """A ce at weight 0 is not computed: its label_smoothing beside another label_smoothing_factor
+    was refused as two values of which "ce's would apply", though neither applies to anything."""
+    from hf_rcka.modeling.assembly import build_losses
+
+    (kd,) = build_losses([{"name": "ce", "weight": 0.0, "label_smoothing": 0.2}, {"name": "kd"}], label_smoothing=0.1)
+    assert kd.registry_name == "kd"
+
+
+
 def test_label_smoothing_without_a_task_loss_is_said(caplog):
     """With no ce among the losses the factor smoothed nothing, and nothing said so."""
     from hf_rcka.modeling.assembly import build_losses
