@@ -288,3 +288,38 @@ def test_a_view_of_a_state_at_another_shape_is_not_taken_for_the_state():
     _, states = capture(x)
     assert torch.equal(states[1], model(x).hidden_states[1])
 
+
+
+class _CountsFromTheEndModel(torch.nn.Module):
+    """A timm-style wrapper (it takes a list of indices for ``output_hidden_states``) that counts
+    them from the last block, where its full output counts from the first. Every block's tokens
+    have one shape, so the states its list gives look right and are other blocks'."""
+
+    def __init__(self):
+        super().__init__()
+        self.timm_model = torch.nn.Identity()  # what marks a timm wrapper: the timm mode is tried first
+        self.embed = torch.nn.Linear(3, 4)
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(3))
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, pixel_values, output_hidden_states=False):
+        x = self.embed(pixel_values.flatten(2).transpose(1, 2))
+        states = [x]
+        for block in self.blocks:
+            x = block(x)
+            states.append(x)
+        if isinstance(output_hidden_states, list):
+            states = [states[len(states) - 1 - i] for i in output_hidden_states]
+        hidden_states = tuple(states) if output_hidden_states else None
+        return SimpleNamespace(logits=self.head(x.mean(1)), hidden_states=hidden_states)
+
+
+def test_a_timm_mode_that_gives_other_blocks_states_at_the_right_shape_is_not_chosen():
+    """The timm mode is checked against the full output by value: by shape alone, this wrapper's
+    block 1 tokens were taken for block 0's, and the pair distilled another layer without a word."""
+    torch.manual_seed(0)
+    model, x = _CountsFromTheEndModel(), torch.randn(2, 3, 4, 4)
+    capture = HiddenStateCapture(model, [1], x)
+    assert capture.mode == "hooks"
+    _, states = capture(x)
+    assert torch.equal(states[1], model(x, output_hidden_states=True).hidden_states[1])
