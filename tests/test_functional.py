@@ -631,6 +631,23 @@ def test_patch_cka_on_a_map_of_fewer_than_three_patches_is_one_with_zero_gradien
     assert fn.patch.patch_count(7, 10, 4) == 3 * 3  # 3-pixel patches on 7 rows, 4-pixel ones on 10 columns
 
 
+@pytest.mark.parametrize("height, width, center", [(1, 3, True), (3, 1, True), (1, 2, False)])
+def test_patch_cka_on_a_map_of_exactly_as_many_patches_as_cka_relates_is_the_real_cka(height, width, center):
+    """3 patches centred (or 2 uncentred) are the fewest that CKA relates: their CKA is the loop
+    reference's, with a gradient. Taking the boundary for one more patch (``<=`` for ``<``) gave
+    ones, a zero loss with no gradient, on 1 x 3 maps, and no test failed."""
+    s, t = map_pair((5, 4, height, width), seed=71)
+    s.requires_grad_()
+    assert fn.patch.patch_count(height, width, 4) == min_cka_items(center)
+    for backend in ("kernel", "autograd"):
+        got = fn.patch_cka(s, t, patch_size=4, center=center, backend=backend)
+        want = loop_patch_cka(s.detach(), t, 1, 1, center=center)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        assert (want - 1).abs().min() > 1e-2, want
+        (grad,) = torch.autograd.grad(got.sum(), s)
+        assert grad.abs().max() > 1e-3
+
+
 def test_patch_cka_is_one_for_equal_maps_and_rejects_unequal_shapes():
     s, _ = map_pair((5, 4, 8, 12), seed=30)
     torch.testing.assert_close(fn.patch_cka(s, s.clone(), 4), torch.ones(4, dtype=DOUBLE))
@@ -762,6 +779,27 @@ def test_patch_cka_many_equals_one_call_per_pair(monkeypatch, backend):
         grads_want = torch.autograd.grad(sum((g * w).sum() for g, w in zip(want, weights)), students + teachers)
         for a, b in zip([*got, *grads_got], [*want, *grads_want]):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["kernel", "autograd"])
+def test_patch_cka_of_mixed_precision_pairs_computes_in_each_pairs_wider_dtype(backend):
+    """A float32 student map against a float64 teacher map (float32 buffers meet float64 features
+    in gradcheck) is compared in float64, on both backends and with the transposed term, as the
+    float64 student would be; pairs joined in one call keep the dtypes of separate calls. The
+    plain-autograd rows took the students' dtype alone (the teacher cut to float32), and pairs of
+    other dtypes joined on one grid came back in the wider one, and no test failed."""
+    s, t = map_pair((3, 4, 8, 8), seed=72)
+    for transpose in (False, True):
+        want = fn.patch_cka(s.float().double(), t, 4, transpose=transpose, backend=backend)
+        got = fn.patch_cka(s.float(), t, 4, transpose=transpose, backend=backend)
+        assert got.dtype == DOUBLE
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    for students, teachers in (([s.float(), s.float()[:, :2]], [t.float(), t[:, :2]]),
+                               ([s.float(), s[:, :2]], [t.float(), t[:, :2].float()])):
+        got = fn.patch_cka_many(students, teachers, 4, backend=backend)
+        assert [g.dtype for g in got] == [torch.float32, DOUBLE]
+        for g, a, b in zip(got, students, teachers):
+            torch.testing.assert_close(g, fn.patch_cka(a, b, 4, backend=backend), rtol=0, atol=0)
 
 
 def test_patch_cka_many_names_a_misaligned_pair():

@@ -276,3 +276,16 @@ def test_a_channel_equal_up_to_rounding_is_constant_in_the_kernel_too(side):
     pair = (flat, varied) if side == "student" else (varied, flat)
     for backend in ("kernel", "autograd"):
         assert (fn.patch_cka(*pair, 4, backend=backend) == 0).all(), backend
+
+
+def test_a_half_precision_teacher_is_reduced_only_where_its_float32_grams_are_smaller():
+    """The Grams are kept in float32 for a bf16 map, so their size is weighed at 4 bytes a value
+    against the map's 2: a (6, 3, 8, 8) bf16 map in 2-pixel patches (16 patches: 3 KiB of Grams
+    against 2.25 KiB of map) stays whole, while the same map in float32 (4.5 KiB) is reduced.
+    Weighing the Grams at the map's own 2 bytes reduced the bf16 map, holding a third more memory
+    through the student's forward than the map itself, and no test failed."""
+    fmap = torch.randn(6, 3, 8, 8)
+    assert fn.patch_cka_side(fmap.to(torch.bfloat16), 2) is None
+    side = fn.patch_cka_side(fmap, 2)
+    assert side is not None and side.side.gram.shape == (3, 16, 16)
+    assert fn.patch_cka_side(fmap.to(torch.bfloat16), 4) is not None  # 4 patches of 4: 192 B of Grams
