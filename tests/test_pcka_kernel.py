@@ -289,3 +289,21 @@ def test_a_half_precision_teacher_is_reduced_only_where_its_float32_grams_are_sm
     side = fn.patch_cka_side(fmap, 2)
     assert side is not None and side.side.gram.shape == (3, 16, 16)
     assert fn.patch_cka_side(fmap.to(torch.bfloat16), 4) is not None  # 4 patches of 4: 192 B of Grams
+
+
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_the_kernels_constant_check_weighs_the_mean_by_the_patch_count(side):
+    """The uncentred norm the constant-channel check compares with is ``||X_c||^2 + n ||mean||^2``
+    over the n patches: with 1-pixel patches on a batch of 2 (64 patches of 2 values), a channel
+    equal up to 50 ulps at every pixel is constant (CKA 0, as through autograd). Weighing the mean
+    by the p values of a patch (2) instead let the rounding noise through as a varied channel, its
+    CKA with a map that follows the noise near 1, and no test failed."""
+    torch.manual_seed(1)
+    ulp = torch.finfo(torch.float32).eps
+    level = (torch.rand(2, 2, 1, 1) + 1.0).expand(2, 2, 8, 8)
+    flat = level * (1 + 50 * ulp * torch.randn(2, 2, 8, 8))
+    varied = (flat - level) / ulp + 0.1 * torch.randn(2, 2, 8, 8)
+    pair = (flat, varied) if side == "student" else (varied, flat)
+    assert fn.patch.patch_count(8, 8, 1) == 64
+    for backend in ("kernel", "autograd"):
+        assert (fn.patch_cka(*pair, 1, backend=backend) == 0).all(), backend
