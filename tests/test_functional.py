@@ -448,6 +448,36 @@ def test_autocast_region_still_computes_in_float32():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+def test_full_precision_turns_autocast_off_on_the_inputs_own_device(monkeypatch):
+    """Autocast is per device type, so the region each function turns off must be its inputs'
+    device's (a GPU's in training), found among plain tensors, lists of maps (``patch_cka_many``'s
+    joined pairs) and sides reduced to their Grams. A CPU suite runs on one device type, so a
+    wrapper that always asked about "cpu", skipped the lists or the Gram sides passed every test
+    while leaving a GPU's bf16 autocast on inside the losses; meta tensors stand in for that other
+    device here (the recorder stops each call before any work)."""
+    from hf_rcka.functional.cka import GramSide
+
+    asked = []
+
+    class Asked(Exception):
+        pass
+
+    def is_autocast_enabled(device_type=None):
+        asked.append(device_type)
+        raise Asked
+
+    monkeypatch.setattr(torch, "is_autocast_enabled", is_autocast_enabled)
+    x, y = (torch.empty(6, 5, device="meta") for _ in range(2))
+    side = GramSide(torch.empty(6, 6, device="meta"), torch.empty((), device="meta"), True)
+    maps = [torch.empty(2, 3, 8, 8, device="meta")]
+    calls = [lambda: fn.linear_cka(x, y), lambda: fn.linear_cka_many([x], [y]), lambda: fn.linear_cka(side, side),
+             lambda: fn.patch._grid_patch_cka(maps, maps, 4, False, True, 1e-8, "autograd"), lambda: fn.kd_loss(x, y)]
+    for call in calls:
+        with pytest.raises(Asked):
+            call()
+    assert asked == ["meta"] * len(calls)
+
+
 def _constant_cases():
     varied = randn(17, 7, seed=21, dtype=torch.float32)
     return {
