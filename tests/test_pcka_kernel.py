@@ -307,3 +307,39 @@ def test_the_kernels_constant_check_weighs_the_mean_by_the_patch_count(side):
     assert fn.patch.patch_count(8, 8, 1) == 64
     for backend in ("kernel", "autograd"):
         assert (fn.patch_cka(*pair, 1, backend=backend) == 0).all(), backend
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_patch_cka_is_invariant_to_the_scale_of_the_maps(dtype):
+    """CKA is invariant to isotropic scaling; the kernel scales each Gram to unit trace so that it
+    stays so in floating point (the epsilon is then negligible at any scale). Scaling by the
+    inverse norm once instead of squared gave maps scaled by 1e-6 a CKA near 0 instead of 0.9,
+    and no test failed."""
+    s, t = _maps((3, 4, 8, 8), seed=11)
+    s, t = s.detach(), t.detach()
+    want = fn.patch_cka(s, t, 4, backend="autograd")
+    assert want.min() > 0.5
+    for scale in (1e-6, 1e6):
+        for backend in ("kernel", "autograd"):
+            got = fn.patch_cka((s * scale).to(dtype), (t * scale).to(dtype), 4, backend=backend)
+            torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-6)
+
+
+def test_maps_that_start_at_an_odd_offset_into_their_storage():
+    """The patch copies move a patch row's pixels as one wide element where the strides allow it;
+    a map that starts at an odd offset into its storage (a view into a flat buffer) does not, and
+    must be read value by value: values and gradients are those of contiguous copies. Leaving the
+    offset out of that check made such a map raise from ``Tensor.view``, and no test failed."""
+    s, t = _maps((3, 4, 8, 8), seed=12)
+    want = fn.patch_cka(s, t, 4)
+    weights = torch.arange(1.0, 5.0, dtype=want.dtype)
+    want_grads = torch.autograd.grad(want.mul(weights).sum(), (s, t))
+    flats = [torch.cat([torch.zeros(1, dtype=m.dtype), m.detach().flatten()]).requires_grad_() for m in (s, t)]
+    odd = [f[1:].view(s.shape) for f in flats]
+    assert all(m.storage_offset() == 1 and m.is_contiguous() for m in odd)
+    got = fn.patch_cka(*odd, 4)
+    grads = torch.autograd.grad(got.mul(weights).sum(), flats)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    for g, w in zip(grads, want_grads):
+        assert g[0] == 0
+        torch.testing.assert_close(g[1:].view(w.shape), w, rtol=1e-12, atol=1e-14)
