@@ -448,6 +448,24 @@ def test_autocast_region_still_computes_in_float32():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+def test_patch_cka_many_under_autocast_computes_in_float32():
+    """PatchCKALoss calls ``patch_cka_many``, which hands each grid's pairs to ``_grid_patch_cka``
+    directly, inside the model's autocast region: that call must turn autocast off itself. Without
+    it the kernel's values came out 3.5e-3 off (bf16 arithmetic), and no test failed: the autocast
+    test called ``patch_cka`` only, whose own wrapper hid it."""
+    maps = [randn(3, 4, 8, 8, seed=73, dtype=torch.float32), randn(3, 2, 8, 8, seed=74, dtype=torch.float32)]
+    others = [m + 0.6 * randn(*m.shape, seed=75 + i, dtype=torch.float32) for i, m in enumerate(maps)]
+    for backend in ("kernel", "autograd"):
+        for transpose in (False, True):
+            outside = fn.patch_cka_many(maps, others, 4, transpose=transpose, backend=backend)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert (maps[0][0, 0] @ maps[0][0, 0]).dtype == torch.bfloat16  # autocast really is active
+                inside = fn.patch_cka_many(maps, others, 4, transpose=transpose, backend=backend)
+            for a, b in zip(outside, inside):
+                assert b.dtype == torch.float32
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 def test_full_precision_turns_autocast_off_on_the_inputs_own_device(monkeypatch):
     """Autocast is per device type, so the region each function turns off must be its inputs'
     device's (a GPU's in training), found among plain tensors, lists of maps (``patch_cka_many``'s
