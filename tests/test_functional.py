@@ -1061,6 +1061,35 @@ def test_srd_correlation_matches_formula():
         fn.srd_correlation(s, t[:4])
 
 
+
+def test_the_per_sample_terms_compute_in_float32_from_half_precision_inputs_and_under_autocast():
+    """KD, SRD's two variants, FitNets' hint and EKT's kernel transfer are upcast to float32 and run
+    with autocast off: from bf16 inputs their values are the float32 computation's of the same
+    (bf16-rounded) values, and under bf16 autocast they equal the values outside it. SRD took
+    bf16 inputs as they were (a bf16 loss), and EKT's partial kernels were bf16 matmuls under
+    autocast, and no test failed."""
+    s, t = randn(6, 36, seed=76), randn(6, 36, seed=77)
+    s0, t0 = (0.3 * s / s.norm(dim=-1, keepdim=True)).float(), (0.3 * t / t.norm(dim=-1, keepdim=True)).float()
+    ms, mt = randn(3, 36, seed=78, dtype=torch.float32), randn(3, 36, seed=79, dtype=torch.float32)
+    terms = {  # each with the scale of its usual inputs (logits, normalised features, maps)
+        "kd": (lambda a, b: fn.kd_loss(a, b, 4.0), 10.0),
+        "srd_distance": (fn.srd_distance, 1.0),
+        "srd_correlation": (fn.srd_correlation, 5.0),
+        "hint": (fn.hint_loss, 1.0),
+        "kernel_transfer": (lambda a, b: fn.kernel_transfer_loss(a, b, ms, mt), 1.0),
+    }
+    for name, (term, scale) in terms.items():
+        s, t = s0 * scale, t0 * scale
+        half = term(s.bfloat16(), t.bfloat16())
+        assert half.dtype == torch.float32, name
+        torch.testing.assert_close(half, term(s.bfloat16().float(), t.bfloat16().float()), rtol=1e-6, atol=1e-7, msg=name)
+        outside = term(s, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert (s @ t.T).dtype == torch.bfloat16  # autocast really is active
+            inside = term(s, t)
+        assert inside.dtype == torch.float32, name
+        torch.testing.assert_close(inside, outside, rtol=1e-6, atol=1e-7, msg=name)
+
 def _sibling_imports(path) -> set[str]:
     """Modules of hf_rcka.functional that ``path`` imports (``from .x import ...`` or ``from . import x``)."""
     import ast
