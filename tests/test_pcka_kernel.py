@@ -343,3 +343,23 @@ def test_maps_that_start_at_an_odd_offset_into_their_storage():
     for g, w in zip(grads, want_grads):
         assert g[0] == 0
         torch.testing.assert_close(g[1:].view(w.shape), w, rtol=1e-12, atol=1e-14)
+
+
+def test_a_frozen_teacher_costs_the_kernel_no_gram_direction_of_its_own():
+    """The usual step distils from a frozen teacher: the kernel then saves the student's map, one
+    (C, n, n) Gram direction (built in the teacher Gram's buffer) and per-channel scalars for the
+    backward, and no direction for the teacher. Deciding each side's need from both sides' maps
+    built and saved the teacher's direction too (twice the saved Grams, a clone more in the
+    forward), and no test failed: the join test's teachers include one that needs a gradient."""
+    s, t = _maps((3, 5, 12, 12), seed=13)
+    t = t.detach()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x) or x, lambda x: x):
+        value = fn.patch_cka(s, t, 4, backend="kernel")
+    n = 9  # 3 x 3 patches of 4 pixels
+    rest = [x for x in saved if x.data_ptr() != s.data_ptr()]
+    assert len(rest) == len(saved) - 1
+    assert sum(x.numel() for x in rest) == 5 * n * n + 3 * 5
+    (grad,) = torch.autograd.grad(value.sum(), s)
+    torch.testing.assert_close(grad, torch.autograd.grad(fn.patch_cka(s, t, 4, backend="autograd").sum(), s)[0],
+                               rtol=1e-10, atol=1e-12)
