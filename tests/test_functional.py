@@ -1061,7 +1061,6 @@ def test_srd_correlation_matches_formula():
         fn.srd_correlation(s, t[:4])
 
 
-
 def test_the_per_sample_terms_compute_in_float32_from_half_precision_inputs_and_under_autocast():
     """KD, SRD's two variants, FitNets' hint and EKT's kernel transfer are upcast to float32 and run
     with autocast off: from bf16 inputs their values are the float32 computation's of the same
@@ -1089,6 +1088,7 @@ def test_the_per_sample_terms_compute_in_float32_from_half_precision_inputs_and_
             inside = term(s, t)
         assert inside.dtype == torch.float32, name
         torch.testing.assert_close(inside, outside, rtol=1e-6, atol=1e-7, msg=name)
+
 
 def _sibling_imports(path) -> set[str]:
     """Modules of hf_rcka.functional that ``path`` imports (``from .x import ...`` or ``from . import x``)."""
