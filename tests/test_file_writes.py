@@ -5,6 +5,7 @@ or a signal cut them short."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,42 @@ def test_exported_files_gain_the_umasks_bits_and_keep_their_own(tmp_path, monkey
     os.chmod(weights, 0o620)  # group-writable (a shared folder's), not yet readable by others
     file_writes.as_umask_allows(tmp_path)
     assert weights.stat().st_mode & 0o777 == 0o664
+
+
+def test_the_temporary_file_lies_beside_the_target_under_a_name_no_run_owns(tmp_path):
+    """The temporary file must be in the target's folder (os.replace across file systems fails:
+    every card write would, with /tmp elsewhere) and named with the prefix that keeps it out of Hub
+    uploads and out of a run's files: without it, one a kill left behind (``README.md.x1y2.md``)
+    was uploaded as part of the model and set aside as a file of the run."""
+    from hf_rcka.file_writes import TEMPORARY_PREFIX, replacing_path
+
+    target = tmp_path / "cka.png"
+    with replacing_path(target) as temporary:
+        assert temporary.parent == tmp_path and temporary.suffix == ".png"
+        assert temporary.name.startswith(TEMPORARY_PREFIX + "cka.png.") and TEMPORARY_PREFIX.startswith("_")
+        temporary.write_bytes(b"png")
+    assert target.read_bytes() == b"png" and os.listdir(tmp_path) == ["cka.png"]
+
+
+def test_a_file_whose_permissions_cannot_change_does_not_stop_the_others(tmp_path, monkeypatch):
+    """A weights file owned by another user in a shared folder (chmod refused) is the file
+    system's to say: the save must neither fail over it nor leave the next file unreadable to others."""
+    from hf_rcka import file_writes
+
+    monkeypatch.setattr(file_writes, "_UMASK", 0o022)
+    for name in ("a.safetensors", "b.safetensors"):
+        (tmp_path / name).write_bytes(b"x")
+        os.chmod(tmp_path / name, 0o600)
+    real_chmod, refused = os.chmod, []
+
+    def chmod(path, mode, **kwargs):
+        if not refused:  # the first file the folder lists belongs to someone else
+            refused.append(Path(path).name)
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_chmod(path, mode, **kwargs)
+
+    monkeypatch.setattr(file_writes.os, "chmod", chmod)
+    file_writes.as_umask_allows(tmp_path)
+    (other,) = {"a.safetensors", "b.safetensors"} - set(refused)
+    assert (tmp_path / other).stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / refused[0]).stat().st_mode & 0o777 == 0o600
