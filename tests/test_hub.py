@@ -120,6 +120,23 @@ def _cached_repo(cache, repo_id, commit):
     return snapshot
 
 
+def test_only_a_snapshot_folder_itself_of_its_kind_is_a_hub_repository_at_a_commit(tmp_path, monkeypatch):
+    """A subfolder of a snapshot (a repository that holds several models, one of them given) is a
+    local folder: named as the repository at that commit, the card's base_model was a model that does
+    not load as such. A model's snapshot given where a dataset goes is no Hub dataset, and "." inside
+    a snapshot is that snapshot."""
+    from hf_rcka.models.sources import cache_snapshot
+
+    commit = "4" * 40
+    snapshot = _cached_repo(tmp_path / "hub", "acme/vit-small", commit)
+    assert cache_snapshot(str(snapshot)) == cache_snapshot(f"{snapshot}/") == ("acme/vit-small", commit)
+    (snapshot / "student").mkdir()
+    assert cache_snapshot(str(snapshot / "student")) is None
+    assert cache_snapshot(str(snapshot), "datasets") is None
+    monkeypatch.chdir(snapshot)
+    assert cache_snapshot(".") == ("acme/vit-small", commit)
+
+
 def test_the_card_names_the_hub_commit_a_run_read_and_a_cache_folder_by_its_repository(tmp_path, monkeypatch):
     """No record said which revision of a Hub checkpoint a run read: rerun after the repository moved
     on, a student started from other weights under the same card. A folder of the cache given to

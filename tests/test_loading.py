@@ -19,7 +19,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Ti
 from hf_rcka.models.label_maps import LabelMaps, resolve_labels
 from hf_rcka.models.loading import load_image_classifier
 from hf_rcka.models.processors import load_image_processor, resize_image_processor
-from hf_rcka.models.sources import parse_model_source
+from hf_rcka.models.sources import ModelSource, parse_model_source
 
 LABELS = {0: "cat", 1: "dog", 2: "fox"}
 VIT = {"hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 72,
@@ -469,6 +469,40 @@ def test_parse_model_source(tmp_path: Path) -> None:
     assert parse_model_source("timm/resnet18.a1_in1k").name == "resnet18.a1_in1k"
     assert parse_model_source("google/vit-base-patch16-224").kind == "pretrained"
     assert parse_model_source(str(tmp_path)).kind == "pretrained"
+
+
+def test_a_local_folder_wins_over_the_prefixes_and_names_are_read_without_their_spaces(tmp_path, monkeypatch):
+    """A folder save_pretrained wrote under ./timm/resnet18 or ./config:vit is that model, not a
+    fresh timm or transformers architecture of that name (random weights, exit 0); a space after a
+    prefix, or a bare blank name, is no model either."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("timm/resnet18", "config:vit"):
+        Path(name).mkdir(parents=True)
+        assert parse_model_source(name) == ModelSource("pretrained", name)
+    assert parse_model_source("config: deit ").name == "deit" and parse_model_source("timm/ resnet10t").name == "resnet10t"
+    with pytest.raises(ValueError, match="a model name must be a non-empty string, got '  '"):
+        parse_model_source("  ")
+
+
+def test_a_name_that_is_no_hub_id_says_how_to_spell_it(tmp_path, monkeypatch):
+    """The hints for a Hub id written another library's way were said for no name the tests give: timm's
+    hf-hub: prefix, a subfolder of a repository (owner/name/sub); a mistyped folder (./runs/a/b,
+    runs/a/b where ./runs exists) gets none, since it is no Hub repository."""
+    monkeypatch.chdir(tmp_path)
+
+    def said(name: str) -> str:
+        with pytest.raises(FileNotFoundError) as caught:
+            parse_model_source(name)
+        return str(caught.value)
+
+    assert said("hf-hub:timm/resnet18.a1_in1k").endswith(
+        "(write 'timm/resnet18.a1_in1k', without timm's hf-hub: prefix).")
+    subfolder = ". If it names a subfolder of a Hub repository: that cannot be loaded"
+    assert subfolder in said("acme/models/student")
+    assert "If it names" not in said("acme/vit base"), "one slash: no subfolder"
+    (tmp_path / "runs").mkdir()
+    for mistyped in ("./runs/a/b", "runs/a/b", str(tmp_path / "runs" / "a" / "b")):
+        assert said(mistyped).endswith("or 'config:<model_type>'."), mistyped
 
 
 def test_resolve_labels() -> None:
