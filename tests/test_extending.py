@@ -726,3 +726,18 @@ def test_a_feature_loss_beside_feature_cka_gets_the_features_whole():
                                   feature_pairs=[FeaturePair(-1, -1, "identity")]).train()
         out = model(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.arange(4) % 3)
         assert seen == [(torch.Tensor, torch.Tensor)] and torch.isfinite(out.loss)
+
+
+def test_a_long_list_of_weights_names_the_first_four_and_counts_the_rest():
+    """The one error line names a few of the weights at fault and how many more: a wrong count ("and
+    7 more" of 7 in all) or a fifth name shown as the fourth misled whoever checked the model."""
+    from hf_rcka.errors import first_names
+    from hf_rcka.trainer.optimizer_checks import check_lazy_parameters
+
+    lazy = [f"{i}.weight" for i in range(7)]
+    with pytest.raises(ModelError, match=r"7 weight\(s\) of lazy modules have no shape before the first forward "
+                                         r"\(0\.weight, 1\.weight, 2\.weight, 3\.weight and 3 more\)"):
+        check_lazy_parameters(nn.Sequential(*(nn.LazyLinear(2, bias=False) for _ in range(7))))
+    assert first_names(lazy[:4]) == "0.weight, 1.weight, 2.weight, 3.weight", "four are all: no 'and 0 more'"
+    assert first_names(lazy[:5]) == "0.weight, 1.weight, 2.weight, 3.weight and 1 more"
+    assert first_names(lazy, shown=2) == "0.weight, 1.weight and 5 more" and first_names([]) == ""
