@@ -89,13 +89,18 @@ class LayerIndexError(RecipeError, IndexError):
 
 
 # torch re-raises an exception from a loader worker as its own type, with this message
-_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback.*?\n(?:[\w.]+\.)?\1: (.*)",
-                           re.DOTALL)
+_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+_TRACEBACK = "Traceback (most recent call last):\n"
 
 
 def user_message(err: BaseException) -> str:
     """``err``'s message; for a user error raised in a dataloader worker ('Caught DataError in
     DataLoader worker process 0.' and the worker's traceback), the worker's message alone, so the
-    command line prints the same one line as without workers."""
-    found = _WORKER_ERROR.match(str(err))
-    return found.group(2).strip() if found else str(err)
+    command line prints the same one line as without workers. The message is read from the last
+    traceback, the one raised: a user error raised while handling another of its type (or from one)
+    has the other's traceback, ending in a line of the same type, first."""
+    text = str(err)
+    found = _WORKER_ERROR.match(text)
+    raised = found and re.search(rf"^(?:[\w.]+\.)?{found.group(1)}: (.*)", text.rsplit(_TRACEBACK, 1)[-1],
+                                 re.DOTALL | re.MULTILINE)
+    return raised.group(1).strip() if raised else text

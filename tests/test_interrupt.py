@@ -892,6 +892,30 @@ def test_a_chained_user_error_in_a_loader_worker_is_its_own_message_not_its_caus
     assert user_message(DataError(text)) == "train_dataset: its items have no ['labels']"
 
 
+def test_a_user_error_raised_while_handling_another_in_a_loader_worker_is_its_own_message():
+    """A DataError raised while handling another (an unreadable image, said again for its batch) has
+    two tracebacks in the worker's text, each ending in a DataError line: the command line printed the
+    first one's message and the whole traceback after it, where without workers it says one line."""
+    import torch
+
+    from hf_rcka.errors import DataError, user_message
+
+    class Unreadable(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            try:
+                raise DataError("image 3.png is unreadable (simulated)")
+            except DataError:
+                raise DataError("all 2 images of a batch are unreadable (simulated)")  # noqa: B904 - as a user's may
+
+    for workers in (0, 1):
+        with pytest.raises(DataError) as raised:
+            next(iter(torch.utils.data.DataLoader(Unreadable(), num_workers=workers)))
+        assert user_message(raised.value) == "all 2 images of a batch are unreadable (simulated)", workers
+
+
 @pytest.mark.parametrize("limit", [None, 2])
 def test_checkpoints_a_limit_other_than_1_keeps_outlive_the_export(tmp_path, limit):
     """Only save_total_limit 1 keeps the last checkpoint for the export: with no limit (or 2) every checkpoint the
