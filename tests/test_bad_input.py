@@ -1912,6 +1912,23 @@ def test_help_states_what_the_command_line_does(capsys, monkeypatch):
         r"  patch_match: (.*)", text).group(1)
 
 
+def test_help_gives_the_defaults_the_command_line_runs_with(capsys):
+    """--help said ``do_train (bool; default: False)``, transformers' default, for a command line that
+    trains and evaluates when a recipe is silent; and a key whose default is built by a factory
+    (``include_for_metrics``) was listed as required. ``--help losses`` printed whole docstrings."""
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "\n  do_train (bool; default: True)\n" in text and "\n  do_eval (bool; default: True)\n" in text
+    assert re.search(r"\n  include_for_metrics \([^;]*; default: \[\]\)\n", text)
+    assert [line.split(" (")[0].strip() for line in text.splitlines() if line.endswith("; required)")] == [
+        "model_name_or_path", "output_dir"]
+    # --help losses gives each docstring's first paragraph, not its Args: (a page per loss)
+    assert main(["--help", "losses"]) == 0
+    text = capsys.readouterr().out
+    assert "  linear: bias=True\n      Projects student channels to the teacher's width; the teacher passes unchanged.\n  " \
+        in text and "Args:" not in text
+
+
 def test_image_size_a_timm_vit_cannot_take_is_found_by_one_probe(tmp_path, capsys, monkeypatch):
     """Found before the teacher loads: the probe came after both models were loaded (a Hub teacher
     downloaded first)."""
