@@ -301,6 +301,29 @@ def test_only_a_name_the_model_repeats_may_be_spelt_otherwise(caplog):
         teacher_label_order(spelt, descriptions)
 
 
+def test_imagenet_data_of_fewer_classes_than_the_model_is_told_apart_from_it():
+    """Data of 999 of ImageNet's classes in the model's order (its last class left out, the second
+    'crane' spelt otherwise) is not the model's 1000 classes: re-spelt, it passed for them and an
+    ImageNet head of 1000 rows was evaluated on 999 classes. A subset of ImageNet's folders (WordNet
+    ids) is named as such: the teacher has classes the data lacks, not the data ids the teacher lacks. A
+    head of ImageNet's descriptions in another order was paired by ImageNet's order of ids, each row
+    with another class."""
+    descriptions, ids = _imagenet()
+    fewer = descriptions[:999]
+    fewer[517] = "crane (machine)"
+    with pytest.raises(LabelError, match="cannot evaluate"):
+        run_label_order(fewer, descriptions, training=False)
+    with pytest.raises(LabelError, match="the teacher's classes do not match"):
+        teacher_label_order(fewer, descriptions)
+    with pytest.raises(LabelError) as refused:
+        teacher_label_order(ids[:10], descriptions)
+    assert f"the teacher has {ids[10:18]} and 982 more that the dataset lacks" in str(refused.value)
+    assert "that the teacher lacks" not in str(refused.value)
+    # a head of ImageNet's descriptions in another order is not ImageNet's: its rows are no WordNet ids in order
+    with pytest.raises(LabelError, match="the teacher's classes do not match"):
+        teacher_label_order(ids, descriptions[::-1])
+
+
 def test_an_eval_only_student_of_unnamed_classes_and_another_class_count_is_refused():
     """A student whose classes are only numbered (LABEL_0...) can be checked by its class count
     alone; evaluating a two-class head on three-class data must be refused, not passed as if the
