@@ -418,12 +418,15 @@ def test_a_loss_that_reduces_no_teacher_side_gets_no_adapter_work_for_it():
 ], ids=["gather", "rbf", "with_patch_cka"])
 def test_teacher_sides_stay_whole_where_a_gram_would_not_serve(losses):
     """Under gather the Gram needs every rank's rows, the RBF kernel reads distances, and another
-    loss reading the same pairs needs the features: then no side is reduced."""
+    loss reading the same pairs needs the features: then no side is reduced. The loss's None (the
+    feature whole) keeps the side itself: taken as the side, it reached the loss as None."""
     from hf_rcka.functional import GramSide
 
     model = _model(*losses).train()
     sides = model._teacher_sides(model._run_teacher(_batch()[0])[2])
     assert sides and not any(isinstance(side, GramSide) for side in sides)
+    assert all(side is not None for side in sides)
+    model(*_batch()).loss.backward()
 
 
 def _backward_order(loss: torch.Tensor, nodes: dict[str, torch.autograd.graph.Node]) -> list[str]:
