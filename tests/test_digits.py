@@ -55,3 +55,27 @@ def test_without_the_data_file_load_digits_reads_them(monkeypatch, tmp_path):
     reference = load_digits()
     np.testing.assert_array_equal(images, reference.images)
     np.testing.assert_array_equal(target, reference.target)
+
+
+def test_the_digits_classes_are_named_by_their_digit():
+    """Class 0 is the digit 0: named '1'..'10', the card, the confusion matrix and a teacher's names
+    paired by name would each call every digit by the next one."""
+    assert digits_dataset().features["label"].names == [str(d) for d in range(10)]
+
+
+def test_a_stubbed_out_scikit_learn_is_one_error_line(monkeypatch):
+    """A module left in sys.modules without a spec (a test double, a half-removed install) makes
+    find_spec raise ValueError: that ended in a traceback, where load_digits' own import says what
+    is wrong in one line."""
+    import types
+
+    import pytest
+
+    from hf_rcka.errors import DataError
+
+    stub = types.ModuleType("sklearn")
+    stub.__spec__ = None
+    monkeypatch.setitem(sys.modules, "sklearn", stub)
+    monkeypatch.delitem(sys.modules, "sklearn.datasets", raising=False)
+    with pytest.raises(DataError, match="builtin:digits needs scikit-learn"):
+        digits_module._digits_arrays()
