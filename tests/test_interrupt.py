@@ -908,7 +908,7 @@ def test_a_user_error_raised_while_handling_another_in_a_loader_worker_is_its_ow
             try:
                 raise DataError("image 3.png is unreadable (simulated)")
             except DataError:
-                raise DataError("all 2 images of a batch are unreadable (simulated)")  # noqa: B904 - as a user's may
+                raise DataError("all 2 images of a batch are unreadable (simulated)")  # as a user's dataset may
 
     for workers in (0, 1):
         with pytest.raises(DataError) as raised:
