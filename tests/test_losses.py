@@ -833,3 +833,152 @@ def test_patch_cka_reduces_the_teacher_in_training_only_and_with_its_own_center(
     whole = loss(LossInputs(student_logits=logits, student_features=(student,), teacher_features=(teacher,)))
     torch.testing.assert_close(reduced["patch_cka"], whole["patch_cka"], rtol=1e-10, atol=1e-12)
     assert loss.eval().reduce_teacher_feature(teacher) is None
+
+
+# --- mutation round 34: options that must reach the loss, values it must refuse ---------------
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, math.inf, math.nan])
+def test_kd_temperature_must_be_positive_and_finite(temperature):
+    """The constructor is kd's only check of its temperature: a mutant that took 0 trained on
+    logits divided by 0 (NaN from the first step)."""
+    with pytest.raises(ValueError, match="kd temperature must be > 0 and finite"):
+        LOSSES.build("kd", temperature=temperature)
+    assert LOSSES.build("kd", temperature=0.5).temperature == 0.5
+
+
+def test_loss_defaults_are_the_documented_ones():
+    """A recipe that leaves an option out gets the default its loss's docstring and recipes describe:
+    mutants that changed kd's temperature, patch CKA's patch side, EKT's centres or momentum went
+    unnoticed (a changed default moves every run that omits the option, silently)."""
+    for name, option, value in (("kd", "temperature", 4.0), ("patch_cka", "patch_size", 4),
+                                ("kernel_transfer", "centres", "running"), ("kernel_transfer", "momentum", 0.9),
+                                ("srd", "variant", "distance"), ("srd", "alpha", 4.0)):
+        assert LOSSES.default(name, option) == value, (name, option)
+
+
+def test_fitnet_of_a_single_image_is_its_mse():
+    """A batch of one image (an epoch's last, or an evaluation batch with one counted image) is an
+    MSE like any other: only a batch of none has no value (a mutant gave NaN from one image on)."""
+    inputs = aligned_map_inputs(18)
+    one = replace(inputs, student_features=tuple(s[:1] for s in inputs.student_features),
+                  teacher_features=tuple(t[:1] for t in inputs.teacher_features))
+    want = sum(((s - t) ** 2).mean() for s, t in zip(one.student_features, one.teacher_features))
+    torch.testing.assert_close(total(build("fitnet", DOUBLE), one), want)
+
+
+def test_patch_cka_patch_size_1_relates_pixels_and_0_is_refused():
+    """``patch_size: 1`` makes every pixel a patch (per channel, a CKA over the H x W pixels, each row
+    the pixel over the batch); a mutant refused it, another took 0 and silently trained it as 1."""
+    teacher = randn(B, 3, 4, 5, seed=61)
+    student = related(teacher, 60)
+    got = LOSSES.build("patch_cka", patch_size=1)(
+        LossInputs(student_logits=randn(B, P, seed=62), student_features=(student,), teacher_features=(teacher,)))
+    want = 1 - torch.stack([centered_cka(student[:, c].reshape(B, -1).T, teacher[:, c].reshape(B, -1).T)
+                            for c in range(3)]).mean()
+    torch.testing.assert_close(got["patch_cka"], want)
+    for wrong in (0, -1):
+        with pytest.raises(ValueError, match="patch_size must be >= 1"):
+            LOSSES.build("patch_cka", patch_size=wrong)
+
+
+def test_patch_cka_with_transpose_keeps_the_teacher_map_in_training():
+    """The transposed term reads the teacher's pixels, which its patch Grams do not hold: with
+    ``transpose: true`` the teacher's map reaches the loss whole in training too (a mutant reduced
+    it, and the first training step failed on the reduced side)."""
+    teacher = randn(*MAP, seed=63)
+    assert PatchCKALoss(patch_size=4, transpose=True).train().reduce_teacher_feature(teacher) is None
+    assert PatchCKALoss(patch_size=4).train().reduce_teacher_feature(teacher) is not None
+
+
+def test_feature_cka_student_gram_carries_the_gradient_of_the_features_own_term():
+    """The student's side reduced to its Gram where the student makes it (``reduce_student_feature``)
+    must hand back the feature's own gradient: a mutant's detached Gram trained the student through
+    nothing, with the same loss value."""
+    loss = LOSSES.build("feature_cka")
+    teacher = randn(B, 4, 8, 12, seed=64)
+    student = randn(B, TOKENS, WIDTH, seed=65).requires_grad_()
+    whole = loss(LossInputs(student_logits=randn(B, P, seed=66), student_features=(student,), teacher_features=(teacher,)))
+    (want,) = torch.autograd.grad(whole["feature_cka"], student)
+    reduced = loss(LossInputs(student_logits=randn(B, P, seed=66), student_features=(loss.reduce_student_feature(student),),
+                              teacher_features=(loss.reduce_teacher_feature(teacher),)))
+    (got,) = torch.autograd.grad(reduced["feature_cka"], student)
+    assert want.abs().sum() > 0
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [{"kernel": "rbf"}, {"gather": True}])
+def test_feature_cka_keeps_the_features_whole_for_the_rbf_kernel_and_under_gather(options):
+    """Only the linear CKA of the process's own rows reads a side through its B x B Gram: the RBF
+    kernel needs the rows' distances, and ``gather`` the other processes' rows, which a Gram of this
+    process's rows no longer has (mutants reduced them: the RBF loss failed at its first step, the
+    gathered one related each process's batch alone)."""
+    loss = LOSSES.build("feature_cka", **options)
+    wide = randn(B, TOKENS, WIDTH, seed=67)
+    assert loss.reduce_teacher_feature(wide) is None and loss.reduce_student_feature(wide) is None
+    assert isinstance(LOSSES.build("feature_cka").reduce_teacher_feature(wide), functional.GramSide)
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0, math.inf, math.nan])
+def test_srd_refuses_an_alpha_that_is_not_positive_and_finite(alpha):
+    """The constructor is SRD's only check of alpha (its eps: test_loss_record_defaults.py): mutants
+    took 0, which makes every |s - t|^alpha 1 (a constant term that trains nothing), and inf."""
+    with pytest.raises(ValueError, match="srd alpha must be > 0 and finite"):
+        LOSSES.build("srd", alpha=alpha)
+
+
+def test_srd_trains_the_projector_alone_and_its_norms_have_no_parameters():
+    """SRD's batch norms are parameter-free (``affine=False``): with a scale and shift the teacher's
+    norm became a trained part of the loss (the optimiser could move the teacher's side toward the
+    student). The projector's Linear trains, and the term's gradient reaches it and the student."""
+    loss = build("srd", DOUBLE)
+    assert [name for name, _ in loss.named_parameters()] == ["projector.0.weight", "projector.0.bias"]
+    inputs = pooled_inputs(19)
+    student = inputs.student_pooled.clone().requires_grad_()
+    total(loss, replace(inputs, student_pooled=student)).backward()
+    assert student.grad.abs().sum() > 0 and loss.projector[0].weight.grad.abs().sum() > 0
+
+
+def test_srd_gather_normalises_over_the_gathered_rows(monkeypatch):
+    """``gather: true`` gathers both sides' pooled features before the norms and the batch mean (a
+    mutant dropped the option: each process normalised its own rows). ``gather_rows`` is replaced by
+    one that appends "another process's" rows."""
+    import hf_rcka.losses.srd as srd
+
+    inputs = pooled_inputs(20)
+    others = {inputs.student_pooled.data_ptr(): randn(3, POOLED_S, seed=68),
+              inputs.teacher_pooled.data_ptr(): randn(3, POOLED_T, seed=69)}
+    monkeypatch.setattr(srd, "gather_rows", lambda x: torch.cat([x, others[x.data_ptr()]]))
+    loss = build("srd", DOUBLE, gather=True)
+    s, t = (torch.cat([x, others[x.data_ptr()]]) for x in (inputs.student_pooled, inputs.teacher_pooled))
+    projected = F.batch_norm(s @ loss.projector[0].weight.T + loss.projector[0].bias, None, None, training=True,
+                             eps=1e-12)
+    teacher = F.batch_norm(t, None, None, training=True, eps=1e-4)
+    want = torch.log(((projected - teacher).abs() ** 4).sum(1).mean() + 1e-5)
+    torch.testing.assert_close(total(loss, inputs), want)
+
+
+def test_kernel_transfer_momentum_takes_0_refuses_1_and_reaches_the_centres():
+    """[0, 1), as its message says: momentum 0 (centres are the last batch's means) is a setting
+    (a mutant refused it), 1 (centres frozen at a class's first batch) is not; and the momentum given
+    is the one applied (a mutant kept 0.9 whatever the recipe said)."""
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+        LOSSES.build("kernel_transfer", momentum=1.0)
+    means_s, means_t = class_means(38)
+    first, second = class_stream(0, means_s, means_t), class_stream(1, means_s, means_t)
+    for momentum in (0.0, 0.5):
+        loss = fresh_kernel_transfer(centres="running", momentum=momentum)
+        total(loss, first)
+        total(loss, second)
+        for c in range(P):
+            old, new = (b.student_pooled[b.labels == c].mean(0) for b in (first, second))
+            torch.testing.assert_close(loss.student_centres[c], momentum * old + (1 - momentum) * new)
+
+
+@pytest.mark.parametrize("option", ["intra_weight", "inter_weight"])
+@pytest.mark.parametrize("value", [-1.0, math.inf, math.nan])
+def test_rcka_term_weights_must_be_non_negative_and_finite(option, value):
+    """Either term weight, not only the inter one: a mutant took an infinite ``intra_weight`` (a
+    non-finite loss and gradients from the first step)."""
+    with pytest.raises(ValueError, match="rcka intra_weight/inter_weight must be >= 0 and finite"):
+        LOSSES.build("rcka", **{option: value})
