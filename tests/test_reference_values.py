@@ -231,3 +231,37 @@ def test_top5_breaks_ties_toward_the_lower_class_id_and_reads_the_logits_of_a_tu
         "accuracy": 0.25, "top5_accuracy": 0.75}
 
 
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_feature_cka_rbf_sums_the_pairs_terms(center):
+    """``feature_cka`` is ``sum_pairs (1 - CKA)`` with the RBF kernel too (its own code path): a
+    mutant averaged the pairs, halving the loss of a two-pair recipe."""
+    s1, t1 = rnd(7, 3, 4, seed=20), rnd(7, 2, 2, 2, seed=21)
+    s2, t2 = rnd(7, 6, seed=22), rnd(7, 5, seed=23)
+    loss = LOSSES.build("feature_cka", kernel="rbf", center=center)
+    got = loss(LossInputs(student_logits=rnd(7, 3, seed=0), student_features=(s1, s2), teacher_features=(t1, t2)))
+    want = sum(1 - np_align(np_rbf(s.reshape(7, -1).numpy()), np_rbf(t.reshape(7, -1).numpy()), center)
+               for s, t in ((s1, t1), (s2, t2)))
+    assert got["feature_cka"].item() == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["rcka", "feature_cka"])
+def test_gather_option_relates_the_gathered_rows(name, monkeypatch):
+    """``gather: true`` relates every process's rows: what ``gather_rows`` returns (here replaced by
+    one that appends "another process's" rows) reaches both sides' relations; a mutant that dropped
+    the option related each process's own rows, and no single-process test saw it."""
+    import hf_rcka.losses.base as base
+
+    s, t = rnd(4, 3, seed=24), rnd(4, 3, seed=25)
+    others = {s.data_ptr(): rnd(3, 3, seed=26), t.data_ptr(): rnd(3, 3, seed=27)}
+    monkeypatch.setattr(base, "gather_rows", lambda x: torch.cat([x, others[x.data_ptr()]]))
+    S, T = (torch.cat([x, others[x.data_ptr()]]).numpy() for x in (s, t))
+    if name == "rcka":
+        terms = LOSSES.build("rcka", gather=True)(LossInputs(student_logits=s, teacher_logits=t))
+        assert terms["rcka_intra"].item() == pytest.approx(1 - np_align(S @ S.T, T @ T.T, True), abs=1e-9)
+        assert terms["rcka_inter"].item() == pytest.approx(1 - np_align(S.T @ S, T.T @ T, True), abs=1e-9)
+    else:
+        terms = LOSSES.build("feature_cka", gather=True)(
+            LossInputs(student_logits=s, student_features=(s,), teacher_features=(t,)))
+        assert terms["feature_cka"].item() == pytest.approx(1 - np_align(S @ S.T, T @ T.T, True), abs=1e-9)
