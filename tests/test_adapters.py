@@ -335,3 +335,20 @@ def test_the_strictest_alignment_of_the_feature_losses_is_what_a_pair_is_checked
     assert len(adapters_for_losses(identity, [VIT], [VIT], [FitNetLoss()])[1]) == 1
     with pytest.raises(RecipeError, match=r"feature_pairs\[0\]: adapter 'identity' .*equal \(B, C, H, W\) maps"):
         adapters_for_losses(identity, [VIT], [VIT], [FitNetLoss(), PatchCKALoss()])
+
+
+def test_auto_pairs_give_each_feature_loss_the_alignment_it_compares():
+    """FitNets and patch CKA compare equal shapes, so ``adapter: auto`` projects the student onto the
+    teacher's shape for them (a mutant that declared FitNets shape-free got the identity adapter, and
+    its first step failed on a ViT student's tokens against a CNN teacher's map); feature CKA takes
+    any shapes, as they are."""
+    from hf_rcka.losses import FeatureCKALoss, FitNetLoss, PatchCKALoss
+    from hf_rcka.modeling.feature_adapters import adapters_for_losses
+
+    auto = [{"student_layer": 0, "teacher_layer": 0}]
+    for loss, kind in ((FitNetLoss(), PatchMatchAdapter), (PatchCKALoss(), PatchMatchAdapter),
+                       (FeatureCKALoss(), IdentityAdapter)):
+        assert isinstance(adapters_for_losses(auto, [VIT], [CNN], [loss])[1][0], kind), type(loss).__name__
+    adapter = adapters_for_losses(auto, [VIT], [CNN], [FitNetLoss()])[1][0]
+    student, teacher = adapter(_features(VIT), _features(CNN))
+    assert student.shape == teacher.shape
