@@ -982,3 +982,31 @@ def test_rcka_term_weights_must_be_non_negative_and_finite(option, value):
     non-finite loss and gradients from the first step)."""
     with pytest.raises(ValueError, match="rcka intra_weight/inter_weight must be >= 0 and finite"):
         LOSSES.build("rcka", **{option: value})
+
+
+def test_each_loss_says_what_it_reads():
+    """The reading flags decide what the model computes and checks: whether a teacher is needed,
+    whether the teacher's classes must be the run's (its logits are read), and which hidden states or
+    pooled features are captured. A loss that reads only the teacher's side of a field needs its
+    capture as much as one reading both."""
+    from hf_rcka.losses import DistillationLoss, reads_features, reads_teacher, reads_teacher_logits
+
+    want = {  # name: (teacher, teacher logits, features, pooled)
+        "ce": (False, False, False, False), "kd": (True, True, False, False), "rcka": (True, True, False, False),
+        "deit_token": (True, True, False, False), "feature_cka": (True, False, True, False),
+        "patch_cka": (True, False, True, False), "fitnet": (True, False, True, False),
+        "srd": (True, False, False, True), "kernel_transfer": (True, False, False, True),
+    }
+    for name, flags in want.items():
+        cls, loss = LOSSES.get(name), build(name)
+        assert (reads_teacher(cls), reads_teacher_logits(cls), reads_features(cls), loss.needs_pooled) == flags, name
+        assert (loss.needs_teacher, loss.needs_features) == (flags[0], flags[2]), name
+
+    class TeacherFeatures(DistillationLoss):
+        requires = frozenset({"student_logits", "teacher_features"})
+
+    class TeacherPooled(DistillationLoss):
+        requires = frozenset({"student_logits", "teacher_pooled"})
+
+    assert reads_features(TeacherFeatures) and TeacherPooled().needs_pooled and reads_teacher(TeacherPooled)
+    assert not reads_teacher_logits(TeacherFeatures)
