@@ -1010,3 +1010,18 @@ def test_each_loss_says_what_it_reads():
 
     assert reads_features(TeacherFeatures) and TeacherPooled().needs_pooled and reads_teacher(TeacherPooled)
     assert not reads_teacher_logits(TeacherFeatures)
+
+
+@pytest.mark.parametrize("patch_size", [3, 5])
+def test_patch_cka_reduces_the_teacher_with_its_own_patch_size(patch_size):
+    """The teacher's patch Grams are cut with the loss's ``patch_size``, whatever it is: a mutant
+    cut them at the default 4, and a recipe with any other patch size failed at its first training
+    step (the reduced side no longer matched the CKA's settings)."""
+    loss = PatchCKALoss(patch_size=patch_size).train()
+    student, teacher = randn(*MAP, seed=70), randn(*MAP, seed=71)
+    side = loss.reduce_teacher_feature(teacher)
+    assert isinstance(side, functional.PatchGramSide) and side.patch_size == patch_size
+    logits = randn(B, P, seed=72)
+    reduced = loss(LossInputs(student_logits=logits, student_features=(student,), teacher_features=(side,)))
+    whole = loss(LossInputs(student_logits=logits, student_features=(student,), teacher_features=(teacher,)))
+    torch.testing.assert_close(reduced["patch_cka"], whole["patch_cka"], rtol=1e-10, atol=1e-12)
