@@ -1025,3 +1025,23 @@ def test_patch_cka_reduces_the_teacher_with_its_own_patch_size(patch_size):
     reduced = loss(LossInputs(student_logits=logits, student_features=(student,), teacher_features=(side,)))
     whole = loss(LossInputs(student_logits=logits, student_features=(student,), teacher_features=(teacher,)))
     torch.testing.assert_close(reduced["patch_cka"], whole["patch_cka"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("weight", [math.inf, math.nan])
+def test_a_weight_that_is_not_finite_is_rejected(name, weight):
+    """The class checks its weight too (the recipe check is not the only way in: ``LOSSES.build``,
+    the Python API): a mutant took an infinite weight, a non-finite loss from the first step."""
+    with pytest.raises(ValueError, match="weight must be >= 0 and finite"):
+        LOSSES.build(name, weight=weight)
+
+
+def test_the_sample_relation_terms_are_the_relational_losses_batch_terms():
+    """An evaluation leaves a batch of fewer than ``min_relation_rows`` out of these terms' means (their
+    values there are constants): feature CKA's one term, RCKA's intra term only (its inter term
+    relates classes), none for a loss that relates no samples. A mutant named none, and the constant
+    terms of a short last batch were averaged into the reported feature_cka."""
+    assert LOSSES.build("feature_cka").sample_relation_terms == ("feature_cka",)
+    assert LOSSES.build("rcka").sample_relation_terms == ("rcka_intra",)
+    assert LOSSES.build("rcka", intra_weight=0.0).sample_relation_terms == ()
+    assert not hasattr(LOSSES.build("kd"), "sample_relation_terms")
