@@ -231,8 +231,6 @@ def test_top5_breaks_ties_toward_the_lower_class_id_and_reads_the_logits_of_a_tu
         "accuracy": 0.25, "top5_accuracy": 0.75}
 
 
-
-
 @pytest.mark.parametrize("center", [True, False])
 def test_feature_cka_rbf_sums_the_pairs_terms(center):
     """``feature_cka`` is ``sum_pairs (1 - CKA)`` with the RBF kernel too (its own code path): a
