@@ -814,17 +814,21 @@ def test_the_loss_filter_that_reads_every_step_back_is_off_from_python_as_on_the
     assert args.logging_nan_inf_filter is expected
 
 
+def _decoded_here(names):
+    """Six images of ``names``' classes that hf_rcka's own transform decodes."""
+    from hf_rcka.data.datasets import with_transforms
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    pictures = [Image.new("RGB", (16, 16), (40 * i, 0, 0)) for i in range(6)]
+    table = datasets.Dataset.from_dict({"image": pictures, "label": [i % 3 for i in range(6)]}, features=features)
+    return with_transforms(table, lambda image: torch.zeros(3, 16, 16), "image", "label", names)
+
+
 def test_the_card_says_who_decoded_the_images(tmp_path):
     """Given ready pixel_values, the card still said 'Decode images as training did ... this model saw
     them over white and scaled': the caller's code had decoded them, perhaps with a plain convert."""
-    from hf_rcka.data.datasets import with_transforms
-
     names = ["a", "b", "c"]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
-    pictures = [Image.new("RGB", (16, 16), (40 * i, 0, 0)) for i in range(6)]
-    decoded_here = with_transforms(datasets.Dataset.from_dict({"image": pictures, "label": [i % 3 for i in range(6)]},
-                                                              features=features),
-                                   lambda image: torch.zeros(3, 16, 16), "image", "label", names)
+    decoded_here = _decoded_here(names)
     train_pixels = pixel_dataset(10)
     part = torch.utils.data.random_split(decoded_here, [4, 2])[0]  # read through (a reviewer's case)
     for train, says in ((train_pixels, "it came to the trainer as ready `pixel_values`"),
@@ -835,19 +839,12 @@ def test_the_card_says_who_decoded_the_images(tmp_path):
         assert says in card and ("over white and scaled" in card) == (train is not train_pixels)
 
 
-
 def test_an_evaluation_on_sets_decoded_here_and_ready_pixels_says_the_callers_decoding(tmp_path):
     """The card's decoding line is hf_rcka's own only when hf_rcka decoded every set it describes:
     an evaluation-only run on a dict of sets, one decoded here and one of ready pixel_values, was
     said to have been decoded as training decodes, which the caller's pixels may not have been."""
-    from hf_rcka.data.datasets import with_transforms
-
     names = ["a", "b", "c"]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
-    pictures = [Image.new("RGB", (16, 16), (40 * i, 0, 0)) for i in range(6)]
-    decoded_here = with_transforms(datasets.Dataset.from_dict({"image": pictures, "label": [i % 3 for i in range(6)]},
-                                                              features=features),
-                                   lambda image: torch.zeros(3, 16, 16), "image", "label", names)
+    decoded_here = _decoded_here(names)
     for sets, says in (({"here": decoded_here, "pixels": pixel_dataset(10)}, "it came to the trainer as ready"),
                        ({"here": decoded_here, "again": decoded_here}, "Decode images as training did")):
         trainer = build(make_args(tmp_path, losses=["ce"]), named(tiny_vit(), names), train_dataset=None,
