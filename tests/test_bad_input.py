@@ -3505,6 +3505,48 @@ def test_a_folder_is_listed_again_when_checked_again_or_loaded_twice(tmp_path):
     assert len(image_files(str(tmp_path / "train"))) == 4
 
 
+def test_relative_image_folders_are_listed_once_and_their_listing_is_not_kept(tmp_path, monkeypatch):
+    """The load takes the check's listing by the folder's absolute path: a recipe's relative
+    ``train_dir: train`` kept under its relative name was listed a second time by the load (an
+    ImageNet's 1.28M entries again), and the unused listing stayed in memory for the process."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data import image_folders
+    from hf_rcka.data.datasets import image_folder_splits
+    from hf_rcka.data.image_folders import check_data_dirs
+
+    for split, count in (("train", 2), ("val", 1)):
+        for name in ("cat", "dog"):
+            for i in range(count):
+                _png(tmp_path / split / name / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(image_folders, "_listed", {})
+    folders = DataArguments(train_dir="train", validation_dir="val")
+    check_data_dirs(folders)
+    monkeypatch.setattr(image_folders, "_scan_image_folder", lambda *a, **k: pytest.fail("listed again"))
+    splits = image_folder_splits(folders)
+    assert (len(splits["train"]), len(splits["validation"])) == (4, 2)
+    assert image_folders._listed == {}
+
+
+def test_a_listing_kept_by_a_check_is_dropped_when_the_next_check_of_the_folder_fails(tmp_path):
+    """A check that passed keeps its listing for the load; a later check of the same folder that fails
+    must drop it: kept, the next load of the folder took the earlier listing (a class folder since
+    removed, trained on under its old name) instead of listing the folder as it is now."""
+    import shutil
+
+    from hf_rcka.data.image_folders import image_files, image_folder_classes
+
+    train = tmp_path / "train"
+    for name in ("cat", "dog"):
+        _png(train / name / "1.png")
+    assert image_folder_classes("train_dir", str(train)) == ["cat", "dog"]  # its listing kept
+    shutil.rmtree(train / "dog")
+    _png(train / "cat" / "2.png")
+    with pytest.raises(DataError, match="holds one class folder"):
+        image_folder_classes("train_dir", str(train))
+    assert image_files(str(train)) == [(str(train / "cat" / "1.png"), "cat"), (str(train / "cat" / "2.png"), "cat")]
+
+
 def test_splits_with_other_columns_say_that_every_split_needs_the_same_columns(tmp_path):
     """datasets' CastError names two column lists; what to change was not said."""
     from hf_rcka.arguments import DataArguments
@@ -3565,6 +3607,56 @@ def test_an_image_folders_warnings_are_said_once_though_it_is_scanned_again(tmp_
     assert len(raw["train"]) + len(raw["validation"]) == 8
     assert caplog.text.count("sub-folders without images are not classes: ['misc']") == 1
     assert caplog.text.count("hidden folders (a leading '.') are skipped") == 1
+
+
+def test_an_image_folder_listed_again_after_its_check_is_not_warned_about_again(tmp_path, caplog):
+    """A second load of a checked folder (the check's listing already taken) lists it again: that
+    listing said the check's warnings (a sub-folder without images, a hidden folder of images) a
+    second time, as if of another folder."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data.image_folders import check_data_dirs, image_files
+
+    for name in ("cat", "dog", ".cache"):
+        _png(tmp_path / "train" / name / "1.png")
+    (tmp_path / "train" / "misc").mkdir()
+    (tmp_path / "train" / "misc" / "README").write_text("x")
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        check_data_dirs(DataArguments(train_dir=str(tmp_path / "train")))
+        assert len(image_files(str(tmp_path / "train"))) == 2  # the check's listing
+        assert len(image_files(str(tmp_path / "train"))) == 2  # a listing of its own
+    assert caplog.text.count("sub-folders without images are not classes: ['misc']") == 1
+    assert caplog.text.count("hidden folders (a leading '.') are skipped") == 1
+
+
+def test_class_folders_still_warns_of_what_datasets_leaves_out(tmp_path, caplog):
+    """``class_folders`` (the layout alone, no listing kept) says what datasets would leave out: a
+    sub-folder without images, a hidden folder of images; only a listing after a check is silent."""
+    from hf_rcka.data.image_folders import class_folders
+
+    for name in ("cat", "dog", ".cache"):
+        _png(tmp_path / "train" / name / "1.png")
+    (tmp_path / "train" / "misc").mkdir()
+    (tmp_path / "train" / "misc" / "README").write_text("x")
+    with caplog.at_level("WARNING", logger="hf_rcka"):
+        assert class_folders(str(tmp_path / "train")) == ["cat", "dog"]
+    assert "sub-folders without images are not classes: ['misc']" in caplog.text
+    assert "hidden folders (a leading '.') are skipped" in caplog.text
+
+
+def test_the_cka_report_s_class_check_s_listing_is_the_one_its_load_takes(tmp_path, monkeypatch):
+    """``image_folder_classes`` (the CKA report's check of --validation_dir) lists the folder as it
+    checks it; without that listing kept, the load listed the folder a second time."""
+    from hf_rcka.arguments import DataArguments
+    from hf_rcka.data import image_folders
+    from hf_rcka.data.datasets import image_folder_splits
+    from hf_rcka.data.image_folders import image_folder_classes
+
+    for name in ("cat", "dog"):
+        for i in range(3):
+            _png(tmp_path / "val" / name / f"{i}.png")
+    assert image_folder_classes("--validation_dir", str(tmp_path / "val")) == ["cat", "dog"]
+    monkeypatch.setattr(image_folders, "_scan_image_folder", lambda *a, **k: pytest.fail("listed again"))
+    assert len(image_folder_splits(DataArguments(train_dir=str(tmp_path / "val")))["train"]) == 6
 
 
 def test_an_image_whose_name_is_not_utf8_is_named_before_loading(tmp_path):
