@@ -473,3 +473,15 @@ def test_the_description_s_probe_chooses_the_capture_as_its_own_forwards_did(fam
     own, shared = HiddenStateCapture(model, indices, x, True), HiddenStateCapture(model, indices, probe, True)
     assert shared.mode == own.mode
     assert shared._find_modules(probe) == own._find_modules(probe_forward(model, x))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_probe_that_records_every_module_describes_the_states_as_a_plain_one(family: str):
+    """The student is described from a probe that records every module's output (for the capture's
+    choice, ``DistillationModel._build_adapters``): taken for embedding outputs, those would flag
+    every state as an embedding, and the automatic pairing, finding none usable, could pair the stem."""
+    fam = FAMILIES[family]
+    model, x = fam.build(), pixels(fam.image_size)[:2]
+    plain = describe_hidden_states(model, x)
+    assert describe_hidden_states(model, probe_forward(model, x, every_module=True)) == plain
+    assert not all(spec.is_embedding for spec in plain)
