@@ -323,3 +323,42 @@ def test_a_timm_mode_that_gives_other_blocks_states_at_the_right_shape_is_not_ch
     assert capture.mode == "hooks"
     _, states = capture(x)
     assert torch.equal(states[1], model(x, output_hidden_states=True).hidden_states[1])
+
+
+class _TupleStageModel(torch.nn.Module):
+    """Stages that return ``(state, aux)``, as HF layers return tuples: the state is the tuple's
+    first tensor, made by the stage itself (a functional activation), not by a submodule."""
+
+    class Stage(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            state = torch.relu(self.conv(x))
+            return state, state.mean((2, 3))
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 1)
+        self.stage1, self.stage2 = self.Stage(), self.Stage()
+        self.classifier = torch.nn.Linear(4, 2)
+
+    def forward(self, pixel_values, output_hidden_states=False):
+        x0 = self.stem(pixel_values)
+        x1, _ = self.stage1(x0)
+        x2, pooled = self.stage2(x1)
+        return SimpleNamespace(logits=self.classifier(pooled), hidden_states=(x0, x1, x2))
+
+
+def test_a_stage_that_returns_a_tuple_is_hooked_on_its_first_tensor():
+    """A module's output seen by a hook is the tensor, or the first of a tuple (``first_tensor``):
+    taking another of the tuple's tensors found no producer for such a stage's state, and the
+    capture fell back to keeping every hidden state of every forward."""
+    torch.manual_seed(0)
+    model, x = _TupleStageModel(), torch.randn(2, 3, 8, 8)
+    capture = HiddenStateCapture(model, [1, 2], x)
+    assert capture.mode == "hooks"
+    _, states = capture(x)
+    full = model(x).hidden_states
+    assert torch.equal(states[1], full[1]) and torch.equal(states[2], full[2])
