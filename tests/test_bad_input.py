@@ -2205,6 +2205,20 @@ def test_an_accelerate_cpu_launch_of_several_processes_is_refused(monkeypatch):
     check_launch(args)  # a plain run in a shell that exports MASTER_ADDR
 
 
+def test_a_joined_cpu_launch_of_one_process_is_not_refused_as_unjoined(monkeypatch):
+    """``accelerate launch --multi_gpu --num_processes 1 --use_cpu true`` sets WORLD_SIZE=1 beside
+    MASTER_ADDR: a launch its launcher joined (of one process), not the simple launcher's unjoined
+    ones, which set no WORLD_SIZE; it was refused as ``accelerate launch --cpu`` of several."""
+    from hf_rcka.cli.preflight import check_launch
+
+    for key in ("ACCELERATE_USE_FSDP", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in (("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"), ("ACCELERATE_USE_CPU", "True"),
+                       ("ACCELERATE_DYNAMO_BACKEND", "NO")):
+        monkeypatch.setenv(key, value)
+    check_launch(SimpleNamespace(world_size=1, use_cpu=True, fsdp=""))
+
+
 def test_save_on_each_node_over_several_machines_is_refused(monkeypatch):
     """Two machines with save_on_each_node: the second's checkpoints held the optimizer and trainer state
     but no model (its resume failed: 'holds no .safetensors weights'); on a shared disk both machines
@@ -2535,6 +2549,36 @@ def test_offline_a_hub_dataset_datasets_has_not_prepared_says_where_its_download
             run_inputs.declared_labels(DataArguments(dataset_name="acme/pics"))
         assert str(caught.value).endswith(f"{named}, or load it once where there is network, with this HF_HOME "
                                           "(datasets.load_dataset('acme/pics'))"), caught.value
+
+
+def test_offline_a_hub_dataset_s_newest_snapshot_is_the_one_named_and_a_missing_one_is_not(tmp_path, monkeypatch):
+    """Without refs/main the snapshot named is the newest one written, not the last by its commit's
+    name (a hash: an older download); a refs/main whose snapshot folder is gone names no folder
+    (the fix pointed at a folder that does not exist)."""
+    import datasets
+    from huggingface_hub import constants
+
+    from hf_rcka.arguments import DataArguments
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    repo = tmp_path / "hub" / "datasets--acme--pics"
+    older, newer = repo / "snapshots" / ("f" * 40), repo / "snapshots" / ("0" * 40)
+    for snapshot in (older, newer):
+        (snapshot / "data").mkdir(parents=True)
+    os.utime(older, (1, 1))
+    with pytest.raises(DataError) as caught:
+        run_inputs.declared_labels(DataArguments(dataset_name="acme/pics"))
+    assert f"give that folder as dataset_name (the Hugging Face cache holds its files there, from hf download, which " \
+           f"datasets does not read offline): {newer}, or" in str(caught.value), caught.value
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)  # its snapshot deleted
+    with pytest.raises(DataError) as caught:
+        run_inputs.declared_labels(DataArguments(dataset_name="acme/pics"))
+    assert "give that folder" not in str(caught.value) and "1" * 40 not in str(caught.value), caught.value
+    assert "load it once where there is network" in str(caught.value)
 
 
 @pytest.mark.parametrize("offline, name, said, not_said", [

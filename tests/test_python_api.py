@@ -419,6 +419,19 @@ def test_one_visible_gpu_is_no_reason_to_warn(tmp_path, monkeypatch, caplog):
     assert args.n_gpu == 1 and "GPUs are visible" not in caplog.text
 
 
+def test_the_several_gpus_warning_counts_the_gpus_that_are_visible(tmp_path, monkeypatch, caplog):
+    """On a 4-GPU machine the warning's command must start 4 processes, one per visible GPU (a
+    command for another count trains on some GPUs only, or fails to start)."""
+    from hf_rcka.trainer.data_parallel import one_device_per_process
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=False, report_to="none")
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        one_device_per_process(args)
+    assert args.n_gpu == 1 and "4 GPUs are visible to this one process" in caplog.text
+    assert "--num_processes 4 " in caplog.text and "--num_processes 2" not in caplog.text
+
+
 def test_the_several_gpus_hint_launches_the_entry_point_the_run_was_started_with(monkeypatch):
     """The hint named scripts/distill.py, which a pip-installed hf-rcka-distill user does not have."""
     from hf_rcka.trainer.resume_hint import one_process_per_gpu_command
