@@ -2514,6 +2514,44 @@ def test_offline_a_cached_config_without_the_files_loading_reads_is_one_line_bef
     check_model_source(key, repo_id, needs_weights)
 
 
+def test_offline_a_cache_s_record_of_a_missing_file_is_not_the_file_and_either_processor_file_serves(
+        tmp_path, monkeypatch):
+    """The Hugging Face cache records a file a repository lacks (``.no_exist/COMMIT/model.safetensors``,
+    left by an earlier load of a repository of pickled weights): that record is no cached weights, and
+    taken for them the run stopped once the data had loaded. A processor cached as
+    ``processor_config.json`` (the other name transformers reads) is a processor."""
+    from huggingface_hub import constants
+
+    from hf_rcka.cli.model_sources import check_model_source
+    from hf_rcka.errors import ModelError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _cached_snapshot(tmp_path / "hub", "acme/vit", {"config.json": '{"model_type": "vit"}',
+                                                    "processor_config.json": "{}"})
+    repo = tmp_path / "hub" / "models--acme--vit"
+    commit = (repo / "refs" / "main").read_text()
+    (repo / ".no_exist" / commit).mkdir(parents=True)
+    (repo / ".no_exist" / commit / "model.safetensors").write_text("")
+    with pytest.raises(ModelError, match=r"holds the config\.json of 'acme/vit' but not its model\.safetensors,"):
+        check_model_source("teacher_model_name_or_path", "acme/vit", True)
+    check_model_source("model_name_or_path", "acme/vit", False)  # its processor_config.json is cached
+
+
+def test_a_local_timm_wrapper_folder_needs_no_processor_file(tmp_path):
+    """A folder saved by transformers' TimmWrapper (``model_type: timm_wrapper``, no timm
+    ``architecture`` key) carries its data config in config.json: it was asked for a processor file."""
+    from hf_rcka.cli.model_sources import check_image_processor
+    from hf_rcka.errors import ModelError
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "timm_wrapper"}')
+    check_image_processor("teacher_model_name_or_path", str(tmp_path / "m"))
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "vit"}')
+    with pytest.raises(ModelError):
+        check_image_processor("teacher_model_name_or_path", str(tmp_path / "m"))
+
+
 def test_offline_a_hub_dataset_datasets_has_not_prepared_says_where_its_downloaded_files_are(tmp_path, monkeypatch):
     """datasets offline reads only what it prepared itself: files ``hf download --repo-type dataset``
     put in the Hugging Face cache were "Couldn't reach 'acme/pics' on the Hub (OfflineModeIsEnabled)"."""
