@@ -188,18 +188,23 @@ class _SharedActivationModel(torch.nn.Module):
         return SimpleNamespace(logits=self.classifier(x2.mean((2, 3))), hidden_states=(x0, x1, x2))
 
 
+def _assert_hooks_keep_the_states(model, x, indices):
+    """The capture of ``model``'s states ``indices`` keeps the hooks mode, and hands back the states
+    of the model's own full output (the toy models below each trap a wrong choice)."""
+    capture = HiddenStateCapture(model, indices, x)
+    assert capture.mode == "hooks"
+    _, states = capture(x)
+    full = model(x, output_hidden_states=True).hidden_states
+    for index in indices:
+        assert torch.equal(states[index], full[index]), index
+
+
 # CA3 (features/capture.py _find_modules): a module called more than once a forward is never hooked;
 # hooking the shared activation (the first to finish) lost the hooks mode, and every state was kept
 def test_a_module_called_twice_a_forward_is_not_taken_for_a_states_producer():
-    from hf_rcka.features.capture import HiddenStateCapture
-
     torch.manual_seed(0)
     model, x = _SharedActivationModel(), torch.randn(2, 3, 8, 8)
-    capture = HiddenStateCapture(model, [1, 2], x)
-    assert capture.mode == "hooks"
-    _, states = capture(x)
-    full = model(x).hidden_states
-    assert torch.equal(states[1], full[1]) and torch.equal(states[2], full[2])
+    _assert_hooks_keep_the_states(model, x, [1, 2])
 
 
 class _DropoutAfterStageModel(torch.nn.Module):
@@ -283,10 +288,7 @@ class _StageHandsOnTokensModel(torch.nn.Module):
 def test_a_view_of_a_state_at_another_shape_is_not_taken_for_the_state():
     torch.manual_seed(0)
     model, x = _StageHandsOnTokensModel(), torch.randn(2, 3, 8, 8)
-    capture = HiddenStateCapture(model, [1], x)
-    assert capture.mode == "hooks"
-    _, states = capture(x)
-    assert torch.equal(states[1], model(x).hidden_states[1])
+    _assert_hooks_keep_the_states(model, x, [1])
 
 
 
@@ -319,10 +321,7 @@ def test_a_timm_mode_that_gives_other_blocks_states_at_the_right_shape_is_not_ch
     block 1 tokens were taken for block 0's, and the pair distilled another layer without a word."""
     torch.manual_seed(0)
     model, x = _CountsFromTheEndModel(), torch.randn(2, 3, 4, 4)
-    capture = HiddenStateCapture(model, [1], x)
-    assert capture.mode == "hooks"
-    _, states = capture(x)
-    assert torch.equal(states[1], model(x, output_hidden_states=True).hidden_states[1])
+    _assert_hooks_keep_the_states(model, x, [1])
 
 
 class _TupleStageModel(torch.nn.Module):
@@ -357,8 +356,4 @@ def test_a_stage_that_returns_a_tuple_is_hooked_on_its_first_tensor():
     capture fell back to keeping every hidden state of every forward."""
     torch.manual_seed(0)
     model, x = _TupleStageModel(), torch.randn(2, 3, 8, 8)
-    capture = HiddenStateCapture(model, [1, 2], x)
-    assert capture.mode == "hooks"
-    _, states = capture(x)
-    full = model(x).hidden_states
-    assert torch.equal(states[1], full[1]) and torch.equal(states[2], full[2])
+    _assert_hooks_keep_the_states(model, x, [1, 2])
