@@ -90,7 +90,7 @@ class LayerIndexError(RecipeError, IndexError):
 
 # torch re-raises an exception from a loader worker as its own type, with this message
 _WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
-_TRACEBACK = "Traceback (most recent call last):\n"
+_TRACEBACK = "Traceback (most recent call last):\n"  # also ends the worker's own "Original Traceback ..." line
 
 
 def user_message(err: BaseException) -> str:

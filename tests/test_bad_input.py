@@ -3669,6 +3669,16 @@ def test_a_user_error_while_a_model_loads_keeps_its_own_kind_and_words():
     assert str(caught.value) == "teacher_config_overrides: hidden_size must be an integer"
 
 
+def _folder_with_parts_datasets_skips(train, images_per_class):
+    """Class folders cat and dog, beside the two parts a listing warns of: a hidden folder of images
+    (``.cache``) and a sub-folder without images (``misc``)."""
+    for name in ("cat", "dog", ".cache"):
+        for i in range(images_per_class):
+            _png(train / name / f"{i}.png")
+    (train / "misc").mkdir()
+    (train / "misc" / "README").write_text("x")
+
+
 def test_an_image_folders_warnings_are_said_once_though_it_is_scanned_again(tmp_path, caplog):
     """The listing that builds the splits scans the folder check_data_dirs checked: its warnings (a
     sub-folder without images, a hidden folder of images) were said twice a process (the CKA report's
@@ -3677,11 +3687,7 @@ def test_an_image_folders_warnings_are_said_once_though_it_is_scanned_again(tmp_
     from hf_rcka.data.datasets import load_raw_datasets
     from hf_rcka.data.image_folders import check_data_dirs
 
-    for name in ("cat", "dog", ".cache"):
-        for i in range(4):
-            _png(tmp_path / "train" / name / f"{i}.png")
-    (tmp_path / "train" / "misc").mkdir()
-    (tmp_path / "train" / "misc" / "README").write_text("x")
+    _folder_with_parts_datasets_skips(tmp_path / "train", 4)
     data = DataArguments(train_dir=str(tmp_path / "train"))
     with caplog.at_level("WARNING", logger="hf_rcka"):
         check_data_dirs(data)
@@ -3698,10 +3704,7 @@ def test_an_image_folder_listed_again_after_its_check_is_not_warned_about_again(
     from hf_rcka.arguments import DataArguments
     from hf_rcka.data.image_folders import check_data_dirs, image_files
 
-    for name in ("cat", "dog", ".cache"):
-        _png(tmp_path / "train" / name / "1.png")
-    (tmp_path / "train" / "misc").mkdir()
-    (tmp_path / "train" / "misc" / "README").write_text("x")
+    _folder_with_parts_datasets_skips(tmp_path / "train", 1)
     with caplog.at_level("WARNING", logger="hf_rcka"):
         check_data_dirs(DataArguments(train_dir=str(tmp_path / "train")))
         assert len(image_files(str(tmp_path / "train"))) == 2  # the check's listing
@@ -3715,10 +3718,7 @@ def test_class_folders_still_warns_of_what_datasets_leaves_out(tmp_path, caplog)
     sub-folder without images, a hidden folder of images; only a listing after a check is silent."""
     from hf_rcka.data.image_folders import class_folders
 
-    for name in ("cat", "dog", ".cache"):
-        _png(tmp_path / "train" / name / "1.png")
-    (tmp_path / "train" / "misc").mkdir()
-    (tmp_path / "train" / "misc" / "README").write_text("x")
+    _folder_with_parts_datasets_skips(tmp_path / "train", 1)
     with caplog.at_level("WARNING", logger="hf_rcka"):
         assert class_folders(str(tmp_path / "train")) == ["cat", "dog"]
     assert "sub-folders without images are not classes: ['misc']" in caplog.text
