@@ -26,9 +26,11 @@ def replacing_path(path: str | os.PathLike) -> Iterator[Path]:
     exception.
 
     The new file gets the old one's permissions (or the umask's, for a new file): ``mkstemp``
-    would leave it readable by its owner alone.
+    would leave it readable by its owner alone. A symbolic link is written through, as ``open(path,
+    "w")`` writes: replacing the link itself would cut a file its user placed elsewhere (results a
+    dashboard reads) off from what the run writes.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX + path.name + ".",
                                              suffix=path.suffix)
     os.close(descriptor)

@@ -133,3 +133,19 @@ def test_a_file_whose_permissions_cannot_change_does_not_stop_the_others(tmp_pat
     (other,) = {"a.safetensors", "b.safetensors"} - set(refused)
     assert (tmp_path / other).stat().st_mode & 0o777 == 0o644
     assert (tmp_path / refused[0]).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_symbolic_link_is_written_through_and_kept(tmp_path):
+    """A file the run writes that its user linked to a file elsewhere (results a dashboard reads, a
+    card kept with the project's documentation) must be updated there, as ``open(path, "w")`` would:
+    ``os.replace`` on the link's own path swapped the link for a regular file, leaving the linked
+    file stale and the link gone."""
+    elsewhere = tmp_path / "docs"
+    elsewhere.mkdir()
+    (elsewhere / "card.md").write_text("old")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "README.md").symlink_to(Path("..") / "docs" / "card.md")
+    write_text(run / "README.md", "new")
+    assert (run / "README.md").is_symlink() and (elsewhere / "card.md").read_text() == "new"
+    assert os.listdir(run) == ["README.md"] and os.listdir(elsewhere) == ["card.md"]
