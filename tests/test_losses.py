@@ -731,17 +731,20 @@ def test_srd_eps_are_options_so_that_records_hold_them():
 
 def test_an_rbf_rcka_over_a_large_label_set_says_what_its_inter_term_costs(caplog):
     """The RBF kernel has no batch x batch form: its inter term builds classes x classes kernels
-    (1.5 GB and 8 s a CPU step at 8,000 classes), unlike the linear kernel's."""
+    (1.5 GB and 8 s a CPU step at 8,000 classes), unlike the linear kernel's. Said above 4,096
+    classes (64 MB a kernel), not at ImageNet's 1,000."""
     from hf_rcka.losses import RCKALoss
     from hf_rcka.losses.base import LossContext
 
     with caplog.at_level("WARNING", logger="hf_rcka"):
         RCKALoss(kernel="linear").setup(LossContext(num_labels=21841))
-        RCKALoss(kernel="rbf").setup(LossContext(num_labels=1000))
+        RCKALoss(kernel="rbf").setup(LossContext(num_labels=4096))
         RCKALoss(kernel="rbf", inter_weight=0.0).setup(LossContext(num_labels=21841))
     assert not caplog.text
     with caplog.at_level("WARNING", logger="hf_rcka"):
+        RCKALoss(kernel="rbf").setup(LossContext(num_labels=4097))
         RCKALoss(kernel="rbf").setup(LossContext(num_labels=21841))
+    assert "inter-class term builds 4097 x 4097 kernels each step (about 0.3 GB" in caplog.text
     assert "inter-class term builds 21841 x 21841 kernels each step (about 7.6 GB" in caplog.text
 
 
