@@ -11,7 +11,7 @@ import torch
 
 from conftest import IMAGENET_MEAN, IMAGENET_STD, processor, tiny_resnet, tiny_vit
 from hf_rcka.data.datasets import with_transforms
-from hf_rcka.errors import LabelError
+from hf_rcka.errors import DataError, LabelError
 from hf_rcka.models.labels import (
     BY_NAME, align_teacher_classes, check_split_classes, check_validation_labels, resume_label_order, run_label_order,
     teacher_label_order,
@@ -98,6 +98,10 @@ def test_student_order_wins_when_it_names_the_same_classes():
     assert run_label_order(["a", "b", "c"], ["a", "a", "d"], training=True) == ["a", "b", "c"]
     assert sorted(run_label_order(["a", "b", "c"], ["d", "a", "a"], training=True)) == ["a", "b", "c"]
     with pytest.raises(LabelError, match=r"cannot evaluate.*dataset has \['cat', 'dog', 'eel'\]"):
+        run_label_order(NAMES, ["a", "b", "c"], training=False)
+    # a data problem like any other to a caller that catches them all (the command line's evaluation
+    # of a trained model adds where the model is saved; a sweep skipping a bad dataset)
+    with pytest.raises(DataError, match="cannot evaluate"):
         run_label_order(NAMES, ["a", "b", "c"], training=False)
 
 
