@@ -950,6 +950,21 @@ def test_what_the_trainer_cannot_use_is_refused(tmp_path):
         build(make_args(tmp_path), torch.nn.Linear(3, 3), tiny_resnet())
 
 
+def test_a_bare_timm_model_is_refused_with_a_way_to_build_one_without_the_hub(tmp_path):
+    """``timm.create_model``'s model has no config: the fix said only from_pretrained('timm/<arch>'),
+    which needs the Hub and downloads weights, where a notebook offline or a student from scratch
+    wants timm's random weights in the wrapper; the call the message names must give a student the
+    trainer takes."""
+    import timm
+
+    from hf_rcka.models.loading import load_image_classifier
+
+    with pytest.raises(ModelError, match=r"load_image_classifier\('timm/<arch>', num_labels=N, from_scratch=True\)"):
+        build(make_args(tmp_path), timm.create_model("resnet10t", num_classes=3), tiny_resnet())
+    student = load_image_classifier("timm/resnet10t", num_labels=3, from_scratch=True, image_size=16)
+    assert build(make_args(tmp_path), student, tiny_resnet()).model.student is student
+
+
 def test_a_metric_for_best_model_the_evaluation_never_reports(tmp_path):
     """transformers raised KeyError only after the first evaluation."""
     with pytest.raises(RecipeError, match="metric_for_best_model 'acuracy' is not a metric the evaluation reports"):

@@ -79,7 +79,9 @@ def check_model_objects(model: Any, teacher: Any, kwargs: Mapping[str, Any]) -> 
             raise ModelError(
                 f"DistillationTrainer: {role} must be a transformers image classifier (a model with a config), got "
                 f"{type(module).__name__}. A timm model: load it through transformers, "
-                "AutoModelForImageClassification.from_pretrained('timm/<arch>') (a TimmWrapperForImageClassification)")
+                "AutoModelForImageClassification.from_pretrained('timm/<arch>') (a TimmWrapperForImageClassification), "
+                "or build one with timm's random weights and no Hub: hf_rcka.models.loading.load_image_classifier("
+                "'timm/<arch>', num_labels=N, from_scratch=True)")
         if role == "model" and not any(p.requires_grad for p in module.parameters()):
             # every loss would train nothing of it (or fail on a loss without gradient), and it
             # would be saved as it came; a model frozen as an earlier run's teacher stays frozen
