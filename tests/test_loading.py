@@ -269,6 +269,36 @@ def test_timm_image_size_is_carried_by_the_saved_config(tmp_path) -> None:
     assert not [key for key in saved if key.startswith("test_")]
 
 
+@pytest.mark.parametrize("start", ["scratch", "folder"])
+def test_timm_student_at_its_own_size_keeps_no_test_size(tmp_path, start) -> None:
+    """A timm student trained and evaluated at its registry input size (no image_size given) kept
+    timm's test_input_size / test_crop_pct in its saved config: resnet10t's card reported eval_accuracy
+    at 176 px with crop 0.875, while timm's validate.py on the folder (resolve_data_config with
+    use_test_size=True) evaluated at 224 px with crop 0.95, another number for the same model.
+    Those entries describe timm's own recipe for its pretrained weights, not this student's run."""
+    from timm.data import resolve_data_config
+
+    from hf_rcka.models.timm_models import timm_native_state
+
+    if start == "folder":  # a saved timm folder whose config still carries them (exported before this fix)
+        saved = load_image_classifier("timm/resnet10t", num_labels=3, from_scratch=True,
+                                      config_overrides={"channels": [8, 8, 8, 8]})
+        saved.config.pretrained_cfg = {**saved.config.pretrained_cfg, "test_input_size": (3, 224, 224),
+                                       "test_crop_pct": 0.95}
+        saved.save_pretrained(tmp_path / "start")
+        model = load_image_classifier(str(tmp_path / "start"))
+    else:
+        model = load_image_classifier("timm/resnet10t", num_labels=3, from_scratch=True,
+                                      config_overrides={"channels": [8, 8, 8, 8]})
+    processor = load_image_processor("timm/resnet10t", model)
+    assert processor.data_config["input_size"] == (3, 176, 176)  # what evaluation ran at
+    model.save_pretrained(tmp_path / "out", state_dict=timm_native_state(model))  # as the run exports it
+    timm_model = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True)
+    validate = resolve_data_config({}, model=timm_model, use_test_size=True)  # timm's validate.py
+    assert tuple(validate["input_size"]) == (3, 176, 176)
+    assert validate["crop_pct"] == processor.data_config["crop_pct"]
+
+
 def test_timm_processor_image_size_leaves_the_model_config_alone(caplog) -> None:
     model = load_image_classifier("timm/resnet18", num_labels=3, from_scratch=True)
     before = dict(model.config.pretrained_cfg)

@@ -233,23 +233,27 @@ def timm_data_config(base: Mapping[str, Any], model_args: Mapping[str, Any]) -> 
     Keeps the data config (mean, std, crop_pct, interpolation...), drops where pretrained weights
     would come from, and sets ``input_size`` from ``img_size`` / ``in_chans`` overrides: timm
     does not, and ``TimmWrapperImageProcessor`` would otherwise resize to the original size.
+    timm's ``test_input_size``/``test_crop_pct`` are dropped too, whatever the size: the model is
+    trained and evaluated at ``input_size`` (``eval_accuracy``, the card), and timm's validate.py
+    on the saved folder would otherwise measure it at timm's own recipe's test size (resnet10t:
+    224 px and crop 0.95 for a student evaluated at 176 px and 0.875).
     """
     overlay = dict(model_args.get("pretrained_cfg_overlay") or {})  # timm applies it over the model's cfg
     cfg = {k: v for k, v in {**dict(base), **overlay}.items() if v is not None and k not in _TIMM_PROVENANCE_KEYS}
+    cfg = _without_test_size(cfg)
     channels, height, width = cfg.get("input_size", (3, 224, 224))
     if "in_chans" in model_args:
         channels = int(model_args["in_chans"])
     if "img_size" in model_args:
         height, width = as_hw(model_args["img_size"])
-        cfg = _without_test_size(cfg)
     cfg["input_size"] = (int(channels), int(height), int(width))
     return cfg
 
 
 def _without_test_size(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A data config without timm's ``test_input_size``/``test_crop_pct``: they describe the original
-    resolution, and timm's own evaluation (``resolve_data_config(use_test_size=True)``, what its
-    validate.py does) would prefer them over the size the model was trained and evaluated at."""
+    """A data config without timm's ``test_input_size``/``test_crop_pct``: they describe timm's own
+    recipe for its pretrained weights, and timm's own evaluation (``resolve_data_config(use_test_size=True)``,
+    what its validate.py does) would prefer them over the size the model was trained and evaluated at."""
     return {k: v for k, v in cfg.items() if not k.startswith("test_")}
 
 
