@@ -957,3 +957,29 @@ def test_a_name_given_twice_takes_its_first_id() -> None:
 
     names = ["crane", "maillot", "dog", "crane", "maillot"]
     assert first_ids(names) == {name: names.index(name) for name in names} == {"crane": 0, "maillot": 1, "dog": 2}
+
+
+@pytest.mark.parametrize("problem_type", ["multi_label_classification", "regression"])
+def test_a_student_from_a_multi_label_checkpoint_exports_as_single_label(tmp_path, problem_type) -> None:
+    """A student started from a checkpoint saved with another ``problem_type`` (a multi-label tagger)
+    trained single-label (softmax cross-entropy, accuracy of the argmax), and the run exited 0, but its
+    export kept the old ``problem_type``: ``pipeline("image-classification")`` scored its classes with
+    independent sigmoids (0.69, 0.47, 0.39 for one image), and ``model(**inputs, labels=class_ids)``,
+    transformers' own loss, failed ("Target size (torch.Size([1])) must be the same as input size")."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                          image_size=16, patch_size=8, num_labels=3, problem_type=problem_type)
+    tf.ViTForImageClassification(config).save_pretrained(tmp_path / "tagger")
+    student = load_image_classifier(str(tmp_path / "tagger"), id2label=LABELS)
+    student.save_pretrained(tmp_path / "out")
+    exported = AutoModelForImageClassification.from_pretrained(tmp_path / "out")
+    assert exported.config.problem_type in (None, "single_label_classification")
+    out = exported(pixel_values=torch.zeros(2, 3, 16, 16), labels=torch.tensor([0, 2]))
+    assert torch.isfinite(out.loss)
+    scratch = load_image_classifier("config:vit", id2label=LABELS, from_scratch=True,
+                                    config_overrides={"image_size": 16, "patch_size": 8, "hidden_size": 16,
+                                                      "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                      "intermediate_size": 16, "problem_type": problem_type})
+    assert scratch.config.problem_type in (None, "single_label_classification")

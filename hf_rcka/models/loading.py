@@ -117,6 +117,7 @@ def _build_from_config(
         return build_timm_classifier(config.architecture, labels, model_args, base_cfg, image_size)
     config = with_overrides(config, overrides)
     set_labels(config, labels)
+    _single_label(config, labels)
     model_class = classifier_class(config, explicit="architectures" in overrides) or default_class(config)
     if model_class is not None:
         model = model_class(config)
@@ -126,6 +127,19 @@ def _build_from_config(
     if drawn:
         logger.info("drew %s from a truncated normal: transformers left them at zero", ", ".join(drawn))
     return model
+
+
+def _single_label(config: PreTrainedConfig, labels: LabelMaps | None) -> None:
+    """A classifier given the task's labels learns one class per image (softmax cross-entropy, top-1
+    of the argmax): a checkpoint's other ``problem_type`` (a multi-label tagger's, a regressor's) is
+    replaced, or its export would tell ``pipeline("image-classification")`` to score the classes with
+    independent sigmoids and transformers' own loss to expect multi-hot or float targets."""
+    problem_type = getattr(config, "problem_type", None)
+    if labels is None or problem_type in (None, "single_label_classification"):
+        return
+    logger.warning("the model's config says problem_type %r; it is trained for one class per image here, and "
+                   "saved with problem_type 'single_label_classification'", problem_type)
+    config.problem_type = "single_label_classification"
 
 
 def _load_pretrained(
@@ -145,6 +159,7 @@ def _load_pretrained(
     else:
         config = with_overrides(config, overrides)
     set_labels(config, labels)
+    _single_label(config, labels)
     resize_head = labels is not None and labels.num_labels != old_num_labels
     model_class = classifier_class(config, explicit=explicit)
     loader = model_class or AutoModelForImageClassification
