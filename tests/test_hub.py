@@ -737,3 +737,19 @@ def test_the_card_counts_a_relation_over_the_processes_only_where_it_gathers_the
     assert complete_card_facts(trainer).relation_batches == {"rcka_intra": 8, "rcka_inter": 8}
     losses["rcka"] = LOSSES.build("rcka", gather=True)
     assert complete_card_facts(trainer).relation_batches == {"rcka_intra": 16, "rcka_inter": 16}
+
+
+def test_the_card_names_a_timm_students_architecture_and_its_arguments(tmp_path):
+    """A timm student's card said `TimmWrapperForImageClassification` for its architecture, whatever
+    timm model it held: a reader could not tell a ViT from a ResNet (the transformers class only
+    wraps it; the timm name and its create_model arguments are what a user rebuilds it with)."""
+    from hf_rcka.models.loading import load_image_classifier
+
+    student = load_image_classifier("timm/resnet10t", num_labels=3, from_scratch=True,
+                                    config_overrides={"channels": [8, 8, 8, 8]})
+    card, _ = _card(tmp_path, student=student)
+    line = next(line for line in card.text.splitlines() if line.startswith("- Student architecture:"))
+    assert "timm `resnet10t`" in line and "channels=[8, 8, 8, 8]" in line, line
+    assert "`TimmWrapperForImageClassification`" in line  # how transformers loads it, still said
+    card, _ = _card(tmp_path / "hf")
+    assert "- Student architecture: `ViTForImageClassification` (" in card.text

@@ -46,7 +46,7 @@ _TEMPLATE = """---
 ## Distillation
 
 - Teacher: {teacher}
-- Student architecture: `{architecture}` ({num_parameters:,} parameters, {num_labels} classes)
+- Student architecture: {architecture} ({num_parameters:,} parameters, {num_labels} classes)
 - Student initialisation: {initialisation}
 - Loss terms (weight): {losses}
 {training}- Trained with hf_rcka's `DistillationTrainer`{recipe}.
@@ -293,7 +293,7 @@ def write_model_card(
             model_name=model_name,
             summary=summary,
             teacher=_teacher_text(teacher_name) if teacher_name else "none (supervised training)",
-            architecture=type(student).__name__,
+            architecture=_architecture_text(student),
             num_parameters=sum(p.numel() for p in student.parameters()),
             num_labels=student.config.num_labels,
             initialisation=_initialisation(facts, teacher_name),
@@ -313,6 +313,17 @@ def write_model_card(
     os.makedirs(output_dir, exist_ok=True)
     write_text(os.path.join(output_dir, "README.md"), str(card), newline="")  # as RepoCard.save, whole or not at all
     return card
+
+
+def _architecture_text(student: Any) -> str:
+    """The student's class; for a timm student, the timm model it wraps and its ``create_model``
+    arguments too (the transformers wrapper class is the same for every timm model)."""
+    name = f"`{type(student).__name__}`"
+    architecture = getattr(student.config, "architecture", None)
+    if not architecture or not hasattr(student, "timm_model"):
+        return name
+    args = ", ".join(f"{key}={value!r}" for key, value in sorted((student.config.model_args or {}).items()))
+    return f"timm `{architecture}`" + (f" (`{args}`)" if args else "") + f", loaded by transformers as {name}"
 
 
 def _decoding_text(decoded: bool) -> str:
