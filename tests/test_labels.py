@@ -290,6 +290,24 @@ def test_by_index_with_the_same_names_in_another_order_is_said(caplog):
     assert "by_index pairs" not in caplog.text
 
 
+def test_names_that_differ_from_the_teacher_s_in_case_and_order_are_not_advised_to_pair_by_position(caplog):
+    """Data named 'Dog', 'Cat' (in that order) and a teacher's 'cat', 'dog': the refusal's fix was
+    'set teacher_label_mapping: by_index', since no name was shared exactly, and that run then
+    trained each class on the other's logit with exit 0 and no warning. The fix is renaming."""
+    from hf_rcka.models.labels import BY_INDEX
+
+    with pytest.raises(LabelError) as refused:
+        teacher_label_order(["Dog", "Cat"], ["cat", "dog"])
+    assert "by_index" not in str(refused.value)
+    assert "differ only in case" in str(refused.value)
+    with pytest.raises(LabelError, match=r"by_index to pair classes by position"):  # same places: by_index is right
+        teacher_label_order(["Cat", "Dog"], ["cat", "dog"])
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert teacher_label_order(["Dog", "Cat"], ["cat", "dog"], BY_INDEX) is None
+    assert "by_index pairs 2 class(es) of the dataset with a teacher logit of another name (class 0, 'Dog', with " \
+           "the teacher's 'cat')" in caplog.text
+
+
 def test_only_a_name_the_model_repeats_may_be_spelt_otherwise(caplog):
     """The data may re-spell the second 'crane' (in any case: 'Crane (machine)'), and no other
     class: 'tench, Tinca tinca (fish)' for the model's 'tench, Tinca tinca' is another name, refused

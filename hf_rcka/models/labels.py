@@ -56,6 +56,11 @@ def is_generic(names: Sequence[str]) -> bool:
     return all(_GENERIC.match(name) for name in names)
 
 
+def _folded(names: Sequence[str]) -> list[str]:
+    """``names`` case-folded and sorted: the same classes spelt in another case (``Dog``, ``dog``) compare equal."""
+    return sorted(name.casefold() for name in names)
+
+
 def _repeated_names(names: Sequence[str]) -> list[str]:
     """The names ``names`` gives more than once, sorted (ImageNet's descriptions hold ``crane`` twice)."""
     return sorted(name for name, count in collections.Counter(names).items() if count > 1)
@@ -231,10 +236,15 @@ def check_teacher_names(
         if mapping == BY_NAME and twice:  # no data set can repeat a name (ImageNet's 'crane')
             fix = (f"use a teacher trained on these classes, or list the classes in the teacher's order, naming each "
                    f"class it names more than once ({listed_names(twice)}) with a name that begins with that one")
-        # by position only where the names the two share sit at the same places: data sorted otherwise
-        # than the teacher's (a folder of ImageNet's descriptions) paired every class with another's logit
-        known = set(teacher_labels)
-        same_places = all(name == theirs for name, theirs in zip(labels, teacher_labels) if name in known)
+        if mapping == BY_NAME and not twice and _folded(labels) == _folded(teacher_labels):
+            fix = ("rename the classes (class folders or the dataset's label names) to the teacher's spelling: the "
+                   "names differ only in case, and case matters")
+        # by position only where the names the two share (in any case: 'Dog' is the teacher's 'dog') sit at
+        # the same places: data sorted otherwise than the teacher's (a folder of ImageNet's descriptions, or
+        # 'Cat'/'Dog' against 'cat'/'dog' in another order) paired every class with another's logit
+        known = {name.casefold() for name in teacher_labels}
+        same_places = all(name.casefold() == theirs.casefold() for name, theirs in zip(labels, teacher_labels)
+                          if name.casefold() in known)
         hint = (" (or set teacher_label_mapping: by_index to pair classes by position)"
                 if mapping == BY_NAME and len(labels) == len(teacher_labels) and same_places else "")
         raise LabelError(
@@ -280,15 +290,17 @@ def _say_named_elsewhere(labels: Sequence[str], teacher_labels: Sequence[str], s
     """By position, a teacher that names the run's classes in another order pairs each moved class
     with another's logit: a whole permutation fails the teacher check, two swapped classes of a
     thousand do not. The names say it, so it is said."""
-    if is_generic(teacher_labels) or sorted(labels) != sorted(teacher_labels):
+    if is_generic(teacher_labels) or _folded(labels) != _folded(teacher_labels):  # 'Dog' is the teacher's 'dog'
         return
-    moved = [i for i, (name, theirs) in enumerate(zip(labels, teacher_labels)) if name != theirs]
+    moved = [i for i, (name, theirs) in enumerate(zip(labels, teacher_labels)) if name.casefold() != theirs.casefold()]
     if moved:
         first = moved[0]
+        spelt = "" if sorted(labels) == sorted(teacher_labels) else \
+            " once the names are spelt alike (they differ in case: rename the classes to the teacher's spelling)"
         logger.warning("labels: teacher_label_mapping: by_index pairs %d class(es) of %s with a teacher logit of "
                        "another name (class %d, %r, with the teacher's %r): the teacher names the same classes in "
-                       "another order, which teacher_label_mapping: by_name pairs by name", len(moved), source,
-                       first, labels[first], teacher_labels[first])
+                       "another order, which teacher_label_mapping: by_name pairs by name%s", len(moved), source,
+                       first, labels[first], teacher_labels[first], spelt)
 
 
 def teacher_alignment(teacher: nn.Module, labels: Sequence[str], mapping: str, reads_logits: bool,
