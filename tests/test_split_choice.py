@@ -467,6 +467,36 @@ def test_urls_and_embedded_images_with_a_relative_name_are_no_relative_paths(tmp
     assert [value["path"] for value in stored] == ["0.png", "1.png", "2.png"]
 
 
+def test_file_uris_are_local_files_and_urls_no_installed_package_reads_are_refused_when_the_data_loads(tmp_path,
+                                                                                                          monkeypatch):
+    """A CSV of 'file:///data/a.png' (Path.as_uri(), Spark) was read by datasets as 'data/a.png' under
+    the working folder: every image was skipped as missing and the run stopped at its first batch,
+    after the models had loaded. 's3://' paths without s3fs ended there with a traceback
+    ('ImportError: Install s3fs to access S3'): now one error line when the data loads."""
+    import fsspec
+
+    image = tmp_path / "imgs" / "a b.png"
+    image.parent.mkdir()
+    Image.fromarray(np.full((4, 6, 3), 90, dtype=np.uint8)).save(image)
+    monkeypatch.chdir(tmp_path / "imgs")  # not where 'file:///...' would be read as relative to
+    assert decode_image(image.as_uri()).size == (6, 4)
+    assert decode_image({"path": f"file://localhost{image}", "bytes": None}).size == (6, 4)
+
+    def uninstalled(protocol):
+        if protocol == "s3":
+            raise ImportError("Install s3fs to access S3")
+        return real(protocol)
+
+    real = fsspec.get_filesystem_class
+    monkeypatch.setattr(fsspec, "get_filesystem_class", uninstalled)
+    for name, rows in (("train.csv", ["image,label", f"{image.as_uri()},a", f"{image},b"]),
+                       ("validation.csv", ["image,label", f"{image},a", "s3://bucket/b.png,b"])):
+        (tmp_path / name).write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"^image_column_name='image' of the 'validation' split holds s3:// URLs "
+                                        r"\(e\.g\. 's3://bucket/b\.png'\) that cannot be read here \(Install s3fs"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path)))
+
+
 def test_a_local_folder_whose_data_files_are_links_is_read_anew_when_their_targets_change(tmp_path, monkeypatch):
     """A data file that is a link (a folder of links to shared storage, as dataset managers make) is
     named by its target's size and time: the link's own never change when its target is rewritten,

@@ -40,6 +40,7 @@ def image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArgume
         feature = split.features[column]
         decoded = isinstance(feature, datasets.Image) and feature.decode
         stored = split.cast_column(column, datasets.Image(decode=False)) if decoded else split  # metadata only
+        _check_schemes(stored, column, name)  # s3:// without s3fs: a traceback at the first batch
         first = _first_relative_path(stored, column)
         if first is None or not _from_the_folder(first, folder, column, name):
             continue
@@ -67,12 +68,38 @@ def _paths_cache(split: datasets.Dataset, folder: str, column: str) -> dict[str,
     return {"cache_file_name": f"{path}.arrow"}
 
 
-def _first_relative_path(split: datasets.Dataset, column: str) -> str | None:
-    """The first relative path among the column's paths (a string column, or image values stored as
-    ``{bytes, path}`` whose bytes are missing), read from the arrow table, or None.
+def _check_schemes(split: datasets.Dataset, column: str, name: str) -> None:
+    """Paths that are URLs (``s3://bucket/a.jpg``) are of a kind this installation reads: one whose
+    file system package is missing (s3fs, gcsfs, adlfs) failed at the first batch, after the models
+    had loaded, with a traceback (``ImportError: Install s3fs to access S3``). Read from the arrow
+    column alone; ``file://`` URIs are local files (``images.decode_image``).
+
+    Raises:
+        DataError: naming the split, the kind of URL, an example and what to install.
+    """
+    import fsspec
+
+    paths = _paths(split, column)
+    if paths is None:
+        return
+    found = pc.extract_regex(pc.drop_null(paths), r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://")
+    schemes = pc.unique(pc.struct_field(pc.drop_null(found), "scheme")).to_pylist()
+    for scheme in schemes:
+        try:
+            fsspec.get_filesystem_class(scheme.lower())
+        except (ImportError, ValueError) as err:
+            example = pc.filter(paths, pc.starts_with(pc.fill_null(paths, ""), f"{scheme}://"))[0].as_py()
+            raise DataError(f"image_column_name={column!r} of the {name!r} split holds {scheme}:// URLs (e.g. "
+                            f"{example!r}) that cannot be read here ({err}): install what it names, or give "
+                            "local paths") from None
+
+
+def _paths(split: datasets.Dataset, column: str) -> pa.ChunkedArray | pa.Array | None:
+    """The column's paths as text (a string column, or image values stored as ``{bytes, path}``
+    whose bytes are missing; others null), read from the arrow table, or None when it holds none.
 
     A path field that is not text holds no paths: pandas writes a ``path`` that is always None as
-    Arrow's null type, on which the string kernels below have no implementation.
+    Arrow's null type, on which the string kernels have no implementation.
     """
     values = split.with_format("arrow")[column] if len(split) else None
     if values is None:
@@ -86,6 +113,14 @@ def _first_relative_path(split: datasets.Dataset, column: str) -> str | None:
         if "bytes" in fields:
             paths = pc.if_else(pc.is_null(pc.struct_field(values, "bytes")), paths, pa.scalar(None, paths.type))
     if not (pa.types.is_string(paths.type) or pa.types.is_large_string(paths.type)):
+        return None
+    return paths
+
+
+def _first_relative_path(split: datasets.Dataset, column: str) -> str | None:
+    """The first relative path among the column's paths (:func:`_paths`), or None."""
+    paths = _paths(split, column)
+    if paths is None:
         return None
     paths = pc.drop_null(paths)
     # _relative's rule, on the whole arrow column at once

@@ -138,6 +138,19 @@ def describe_source(value: Any) -> str:
     return f"<{type(value).__name__}>"
 
 
+def _local_file_uri(value: dict) -> dict:
+    """A ``file://`` URI (``Path.as_uri()``, Spark's paths) as the local path it names: datasets
+    read ``file:///data/a.jpg`` as ``data/a.jpg`` under the working folder, and every image was
+    skipped as missing."""
+    path = value.get("path")
+    if value.get("bytes") is not None or not isinstance(path, str) or path[:7].lower() != "file://":
+        return value
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(path)
+    return {**value, "path": unquote(parts.path)} if parts.netloc in ("", "localhost") else value
+
+
 def decode_image(value: Any) -> Image.Image:
     """Decode one datasets image value (``{"path", "bytes"}``, a path, bytes or a PIL image) to RGB.
 
@@ -164,6 +177,7 @@ def decode_image(value: Any) -> Image.Image:
         value = {"path": value, "bytes": None}
     elif isinstance(value, (bytes, bytearray)):  # a column of encoded files
         value = {"path": None, "bytes": bytes(value)}
+    value = _local_file_uri(value)
     try:
         image = datasets.Image().decode_example(value)
     except DECODE_ERRORS as err:
