@@ -817,6 +817,19 @@ def test_class_folders_that_datasets_would_leave_out(tmp_path, capsys, no_loadin
     assert "__background__' starts with '__'" in error_of(capsys)
 
 
+def test_phone_photos_in_a_format_no_reader_lists_are_refused_not_left_out(tmp_path, capsys, no_loading):
+    """A class folder's iPhone photos (.HEIC) were left out unsaid (the count said 8 images, not 11),
+    and a class of nothing but .heic photos was warned about as a sub-folder 'without images'; the
+    run trained without them, exit 0."""
+    train = image_folder(tmp_path / "train", ["cat", "dog"])
+    recipe = base(tmp_path, dataset_name=None, train_dir=train, train_val_split=0.25)
+    for i in range(3):
+        (tmp_path / "train" / "cat" / f"IMG_{i}.HEIC").write_bytes(b"")
+    assert run(tmp_path, recipe) == 2
+    assert f"error: '{train}' holds images in a format datasets' imagefolder does not read (['cat/IMG_0.HEIC', " \
+           "'cat/IMG_1.HEIC', 'cat/IMG_2.HEIC']): they would be left out of the data" in error_of(capsys)
+
+
 def test_files_in_image_folders_that_datasets_would_read_otherwise_than_the_folders_say(tmp_path, capsys,
                                                                                          no_loading):
     """Each trained, or stopped with advice that was no fix, without a word of the file: a metadata.csv

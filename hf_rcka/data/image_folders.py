@@ -304,16 +304,24 @@ def _check_utf8_name(path: str) -> None:
                         "data cannot hold: rename it (e.g. convmv -f latin1 -t utf8 --notest -r FOLDER)") from None
 
 
+# Photos in formats Pillow reads only with a plugin, or not at all: a phone's HEIC/HEIF, JPEG XL,
+# cameras' raw files, SVG, HDR. datasets lists none of them, so a class folder of iPhone photos
+# lost them unsaid (or was taken for a folder "without images").
+_OTHER_IMAGE_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".jxl", ".svg", ".svgz", ".dng", ".cr2", ".cr3",
+                                     ".nef", ".arw", ".orf", ".rw2", ".raf", ".exr", ".hdr"})
+
+
 @functools.lru_cache(maxsize=None)
 def _pillow_only_extensions(extensions: frozenset[str]) -> frozenset[str]:
-    """Extensions of images Pillow decodes that datasets does not list (``.avif``); not those of its
-    stub plugins (HDF5, GRIB...), which name data files Pillow cannot decode."""
+    """Extensions of images that datasets does not list: those Pillow decodes (``.avif``), not those
+    of its stub plugins (HDF5, GRIB...), which name data files Pillow cannot decode; and the photo
+    formats of ``_OTHER_IMAGE_EXTENSIONS`` (``.heic``)."""
     from PIL import Image, ImageFile
 
     registered = Image.registered_extensions()  # loads every plugin, and with them Image.OPEN
     readable = {name for name, (factory, _accept) in Image.OPEN.items()
                 if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))}
-    return frozenset(ext for ext, name in registered.items() if name in readable) - extensions
+    return (frozenset(ext for ext, name in registered.items() if name in readable) | _OTHER_IMAGE_EXTENSIONS) - extensions
 
 
 def _holds_an_image(folder: str, extensions: frozenset[str], skipped: bool = False) -> bool:
