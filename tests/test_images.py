@@ -126,6 +126,21 @@ def test_unreadable_files_are_named(tmp_path):
             decode_image({"path": str(path), "bytes": None})
 
 
+def test_a_git_lfs_pointer_is_named_as_such(tmp_path):
+    """A dataset cloned without git lfs holds text pointers under its images' names: every image was
+    skipped as 'cannot identify image file', which says nothing of the fix (git lfs pull)."""
+    from hf_rcka.data.images import UnreadableImage
+
+    pointer = tmp_path / "0.jpg"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 1234\n")
+    for value in (str(pointer), {"path": None, "bytes": pointer.read_bytes()}):
+        with pytest.raises(UnreadableImage, match=r"a Git LFS pointer, not the image.*git lfs pull"):
+            decode_image(value)
+    (tmp_path / "1.jpg").write_text("hello")
+    with pytest.raises(UnreadableImage, match="UnidentifiedImageError"):
+        decode_image(str(tmp_path / "1.jpg"))
+
+
 def test_a_skipped_image_is_replaced_by_a_readable_one_of_its_batch():
     from hf_rcka.data.datasets import collate
 

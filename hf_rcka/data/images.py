@@ -151,6 +151,26 @@ def _local_file_uri(value: dict) -> dict:
     return {**value, "path": unquote(parts.path)} if parts.netloc in ("", "localhost") else value
 
 
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _lfs_pointer(value: dict) -> str | None:
+    """Why a file that is a Git LFS pointer cannot be read, or None for any other file: a dataset
+    cloned without ``git lfs`` holds 130-byte text files under its images' names, and every image
+    was skipped as 'cannot identify image file', the run then stopping at its first batch."""
+    head = value.get("bytes")
+    if head is None and isinstance(value.get("path"), str):
+        try:
+            with open(value["path"], "rb") as handle:
+                head = handle.read(len(_LFS_POINTER))
+        except OSError:
+            return None
+    if not head or bytes(head[:len(_LFS_POINTER)]) != _LFS_POINTER:
+        return None
+    return ("the file is a Git LFS pointer, not the image: the data was cloned without its LFS files "
+            "(run 'git lfs pull' in its repository)")
+
+
 def decode_image(value: Any) -> Image.Image:
     """Decode one datasets image value (``{"path", "bytes"}``, a path, bytes or a PIL image) to RGB.
 
@@ -181,7 +201,7 @@ def decode_image(value: Any) -> Image.Image:
     try:
         image = datasets.Image().decode_example(value)
     except DECODE_ERRORS as err:
-        raise UnreadableImage(describe_source(value), f"{type(err).__name__}: {err}") from None
+        raise UnreadableImage(describe_source(value), _lfs_pointer(value) or f"{type(err).__name__}: {err}") from None
     try:
         return to_rgb(image)
     except DataError as err:
