@@ -400,3 +400,20 @@ def test_validation_classes_without_a_training_image_say_how_many_beyond_the_ten
     validation = datasets.Dataset.from_dict({"label": list(range(14))}, features=datasets.Features({"label": many}))
     with pytest.raises(LabelError, match=r"'c11'\] and 2 more; the student cannot learn them"):
         check_trained_classes(train, validation, "label")
+
+
+def test_classes_spelt_alike_are_said(caplog):
+    """A CSV's 'cat' and 'cat ' (or 'Dog' and 'dog') trained as four classes for two, exit 0, with
+    only 'data: ... 4 classes' to tell. A ClassLabel's case pairs (EMNIST's 'a', 'A') are classes."""
+    from hf_rcka.data.label_values import check_class_count
+
+    dirty = datasets.Dataset.from_dict({"label": ["cat", "cat ", "dog", "Dog", "eel", "eel"]})
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        check_class_count(dirty, "label", carved=False)
+    assert "has classes spelt alike, each trained as a class of its own: 'Dog', 'dog'; 'cat', 'cat '" in caplog.text
+    caplog.clear()
+    letters = datasets.Dataset.from_dict({"label": [0, 1, 2]}, features=datasets.Features(
+        {"label": datasets.ClassLabel(names=["a", "A", "b"])}))
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        check_class_count(letters, "label", carved=False)
+    assert "spelt alike" not in caplog.text

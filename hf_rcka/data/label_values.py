@@ -12,6 +12,7 @@ alone (no image is decoded).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import DataError, LabelError
+
+logger = logging.getLogger(__name__)
 
 UNLABELLED = -1  # datasets' ClassLabel value for "no label"
 
@@ -163,6 +166,23 @@ def check_class_count(train: datasets.Dataset, column: str, carved: bool) -> Non
         raise LabelError(f"every training image has a {column!r} of its own ({len(train)} images, {len(classes)} "
                          "classes): that is an identifier, not a class label. Set label_column_name to the column "
                          "of classes")
+    _say_spelt_alike(classes, plain, column)
+
+
+def _say_spelt_alike(classes: set[str], plain: bool, column: str) -> None:
+    """Say which classes differ only in surrounding spaces (or, in a plain text column, in case): a
+    CSV's 'cat' and 'cat ' (or 'Dog' and 'dog') trained as classes of their own, exit 0, with only
+    the class count to tell. A warning: a ClassLabel's 'a' and 'A' (EMNIST's letters) are classes."""
+    groups: dict[str, list[str]] = {}
+    for name in classes:
+        key = name.strip()
+        groups.setdefault(key.casefold() if plain else key, []).append(name)
+    alike = sorted(sorted(names) for names in groups.values() if len(names) > 1)
+    if alike:
+        shown = "; ".join(", ".join(repr(name) for name in names) for names in alike[:5])
+        logger.warning("data: the training split's %r column has classes spelt alike, each trained as a class of its "
+                       "own: %s%s. If they are one class, write them alike in the data", column, shown,
+                       f" and {len(alike) - 5} more such group(s)" if len(alike) > 5 else "")
 
 
 def untrained_classes(train: datasets.Dataset, validation: datasets.Dataset, column: str) -> set[str]:
