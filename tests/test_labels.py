@@ -105,6 +105,17 @@ def test_student_order_wins_when_it_names_the_same_classes():
         run_label_order(NAMES, ["a", "b", "c"], training=False)
 
 
+def test_a_student_s_classes_spelt_in_another_case_keep_their_rows(caplog):
+    """Data 'Dog', 'Cat' fine-tuning a student of 'cat', 'dog': no name matched exactly, so the rows
+    were handed out in the data's order, the cat row trained as Dog and the dog row as Cat."""
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        assert run_label_order(["Dog", "Cat"], ["cat", "dog"], training=True) == ["Cat", "Dog"]
+    assert "'cat' -> 'Cat', 'dog' -> 'Dog'" in caplog.text
+    # a new class still takes the row of one the data lacks; a name the data also has exactly is not respelt
+    assert run_label_order(["Dog", "eel", "cat"], ["cat", "dog", "ant"], training=True) == ["cat", "Dog", "eel"]
+    assert run_label_order(["cat", "Cat"], ["cat", "dog"], training=True) == ["cat", "Cat"]
+
+
 def test_data_labels_follow_the_model_label2id_by_name():
     """Eval-only: a model whose id2label is [dog, cat, eel] on data whose ClassLabel is [cat, dog, eel]."""
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})

@@ -143,8 +143,14 @@ def _shared_rows_kept(dataset_labels: list[str], student_labels: list[str]) -> l
         raise LabelError(f"model_name_or_path: the student names {listed_names(repeated)} more than once, so the "
                          f"dataset's {listed_names(ambiguous)} cannot be matched with those rows of its head by name: "
                          "list the classes in the model's order, or name them in its config.json id2label")
-    new = iter(name for name in dataset_labels if name not in shared)
-    order = [name if name in shared else next(new) for name in student_labels]
+    # a class the dataset spells in another case ('Cat' for the student's 'cat') keeps that class's row:
+    # in the data's order, 'Dog', 'Cat' took the rows of 'cat' and 'dog' crosswise
+    folded = collections.Counter(name.casefold() for name in student_labels)
+    respelt = {theirs: name for name in dataset_labels if name not in shared for theirs in student_labels
+               if theirs.casefold() == name.casefold() and folded[theirs.casefold()] == 1 and theirs not in dataset_labels}
+    kept = set(respelt.values())
+    new = iter(name for name in dataset_labels if name not in shared and name not in kept)
+    order = [name if name in shared else respelt.get(name) or next(new) for name in student_labels]
     replaced = [f"{old!r} -> {name!r}" for old, name in zip(student_labels, order) if old != name]
     more = f" and {len(replaced) - _SHOWN} more" if len(replaced) > _SHOWN else ""
     logger.warning("labels: the student's head keeps its rows for the %d classes the dataset shares with it; the rows "
