@@ -497,6 +497,23 @@ def test_file_uris_are_local_files_and_urls_no_installed_package_reads_are_refus
         load_raw_datasets(DataArguments(dataset_name=str(tmp_path)))
 
 
+def test_absolute_paths_that_name_no_file_here_are_refused_when_the_data_loads(tmp_path):
+    """A CSV written on another machine ('/home/alice/...'): every image was skipped at the first
+    batch, after the teacher and student had loaded, and the run ended in 'all 4 images of a batch
+    are unreadable'. A few missing files among present ones are still left to the skipping."""
+    image = tmp_path / "imgs" / "0.png"
+    image.parent.mkdir()
+    Image.fromarray(np.full((4, 4, 3), 90, dtype=np.uint8)).save(image)
+    elsewhere = [f"/home/alice/pets/{i}.png" for i in range(20)]
+    (tmp_path / "train.csv").write_text("image,label\n" + "".join(f"{p},{'ab'[i % 2]}\n" for i, p in enumerate(elsewhere)))
+    with pytest.raises(DataError, match=r"^image_column_name='image' of the 'train' split names image files that are "
+                                        r"not here: none of 8 of its 20 absolute paths.*'/home/alice/pets/0\.png'"):
+        load_raw_datasets(DataArguments(dataset_name=str(tmp_path)))
+    mixed = [str(image) if i == 10 else p for i, p in enumerate(elsewhere)]  # one sampled path is here
+    (tmp_path / "train.csv").write_text("image,label\n" + "".join(f"{p},{'ab'[i % 2]}\n" for i, p in enumerate(mixed)))
+    load_raw_datasets(DataArguments(dataset_name=str(tmp_path)))
+
+
 def test_a_local_folder_whose_data_files_are_links_is_read_anew_when_their_targets_change(tmp_path, monkeypatch):
     """A data file that is a link (a folder of links to shared storage, as dataset managers make) is
     named by its target's size and time: the link's own never change when its target is rewritten,

@@ -92,11 +92,13 @@ def test_max_train_samples_draws_with_split_seed_not_the_training_seed():
     assert sorted(_evaluated(raw, max_eval_samples=50)) == [(i, i // 4) for i in range(12)]
 
 
-def test_a_test_split_evaluated_for_want_of_a_validation_split_is_said(monkeypatch, caplog):
+def test_a_test_split_evaluated_for_want_of_a_validation_split_is_said(monkeypatch, caplog, tmp_path):
     """Many Hub datasets have train and test splits only: evaluating (and picking checkpoints) on
     the test split may be what the user wants, but never silently."""
+    image = tmp_path / "a.png"  # a file that is there: paths that name none are refused as the data loads
+    image.write_bytes(b"")
     data = datasets.DatasetDict({
-        split: datasets.Dataset.from_dict({"image": ["/data/a.png"] * 4, "label": [0, 1, 0, 1]}) for split in ("train", "test")
+        split: datasets.Dataset.from_dict({"image": [str(image)] * 4, "label": [0, 1, 0, 1]}) for split in ("train", "test")
     })
     monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: data)
     with caplog.at_level("WARNING", logger="hf_rcka.data.datasets"):

@@ -41,6 +41,7 @@ def image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArgume
         decoded = isinstance(feature, datasets.Image) and feature.decode
         stored = split.cast_column(column, datasets.Image(decode=False)) if decoded else split  # metadata only
         _check_schemes(stored, column, name)  # s3:// without s3fs: a traceback at the first batch
+        _check_absolute_paths(stored, column, name)
         first = _first_relative_path(stored, column)
         if first is None or not _from_the_folder(first, folder, column, name):
             continue
@@ -92,6 +93,34 @@ def _check_schemes(split: datasets.Dataset, column: str, name: str) -> None:
             raise DataError(f"image_column_name={column!r} of the {name!r} split holds {scheme}:// URLs (e.g. "
                             f"{example!r}) that cannot be read here ({err}): install what it names, or give "
                             "local paths") from None
+
+
+_SAMPLED = 8
+
+
+def _check_absolute_paths(split: datasets.Dataset, column: str, name: str) -> None:
+    """Absolute image paths name files that are here: a CSV written on another machine (or before
+    the images moved) names none, and every image was skipped at the first batch, after both models
+    had loaded, ending in 'all 4 images of a batch are unreadable'. Up to ``_SAMPLED`` paths, spread
+    over the split, are looked up; one found is enough (a few missing files are skipped, counted,
+    and bounded by ``max_bad_images`` as the run goes).
+
+    Raises:
+        DataError: none of the sampled paths names a file; naming the split and an example.
+    """
+    paths = _paths(split, column)
+    if paths is None:
+        return
+    absolute = pc.filter(paths, pc.starts_with(pc.fill_null(paths, ""), "/"))
+    if len(absolute) == 0:
+        return
+    step = max(1, len(absolute) // _SAMPLED)
+    sampled = [absolute[i].as_py() for i in range(0, len(absolute), step)][:_SAMPLED]
+    if not any(os.path.exists(path) for path in sampled):
+        raise DataError(f"image_column_name={column!r} of the {name!r} split names image files that are not here: "
+                        f"none of {len(sampled)} of its {len(absolute)} absolute paths, spread over it, exists (e.g. "
+                        f"{sampled[0]!r}). Were the images moved, or the data written on another machine? Give paths "
+                        "to the images where they are (or paths relative to the dataset's folder)")
 
 
 def _paths(split: datasets.Dataset, column: str) -> pa.ChunkedArray | pa.Array | None:
