@@ -983,3 +983,21 @@ def test_a_student_from_a_multi_label_checkpoint_exports_as_single_label(tmp_pat
                                                       "num_hidden_layers": 1, "num_attention_heads": 2,
                                                       "intermediate_size": 16, "problem_type": problem_type})
     assert scratch.config.problem_type in (None, "single_label_classification")
+
+
+def test_a_timm_student_from_scratch_records_nothing_of_pretrained_weights(tmp_path) -> None:
+    """Its saved data config kept the registry entry's ``tag: augreg_in21k_ft_in1k``, licence and
+    ``num_classes: 1000`` for a 3-class student of random weights: the folder (and timm reading it)
+    said the weights came from in21k pretraining. timm's own export records the model's classes."""
+    import json
+
+    from hf_rcka.models.timm_models import timm_native_state
+
+    model = load_image_classifier("timm/vit_tiny_patch16_224", num_labels=3, from_scratch=True, image_size=32,
+                                  config_overrides={"depth": 1})
+    model.save_pretrained(tmp_path / "out", state_dict=timm_native_state(model))  # as the run exports it
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())["pretrained_cfg"]
+    assert not {"tag", "license", "origin_url"} & set(saved), saved
+    assert saved["num_classes"] == 3 and saved["mean"] == [0.5, 0.5, 0.5] and saved["input_size"] == [3, 32, 32]
+    timm_model = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True)
+    assert timm_model.num_classes == 3 and not timm_model.pretrained_cfg.get("tag")

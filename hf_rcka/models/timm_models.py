@@ -46,6 +46,11 @@ _TIMM_RESERVED_ARGS = {
 # Entries of timm's pretrained_cfg that say where pretrained weights come from. A model built with
 # random weights keeps the data config (mean, std, input_size...) but not this provenance.
 _TIMM_PROVENANCE_KEYS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "custom_load")
+# Entries that describe the registry's pretrained weights (their tag, licence, paper, the classes of
+# their head): a model with random weights has none of them, and a card reader or timm taking the saved
+# ``tag: augreg_in21k_ft_in1k`` would think the weights came from it.
+_TIMM_WEIGHTS_DESCRIPTION = ("tag", "license", "origin_url", "paper_ids", "paper_name", "notes", "label_names",
+                             "label_descriptions", "label_offset")
 
 
 def build_timm_classifier(
@@ -55,7 +60,8 @@ def build_timm_classifier(
     base_pretrained_cfg: Mapping[str, Any] | None = None,
     image_size: int | tuple[int, int] | None = None,
 ) -> TimmWrapperForImageClassification:
-    """A timm model with timm's own random initialisation, inside the transformers wrapper.
+    """A timm model with timm's own random initialisation, inside the transformers wrapper; its data
+    config keeps nothing that describes pretrained weights (tag, licence, paper, head).
 
     The timm model is created first, so under a fixed seed its weights equal
     ``timm.create_model(architecture, pretrained=False, num_classes=n, **model_args)``; the wrapper
@@ -74,6 +80,8 @@ def build_timm_classifier(
     timm_model = _create_timm_model(architecture, labels, model_args)
     labels = labels or LabelMaps.default(timm_model.num_classes)
     data_cfg = timm_data_config(base_pretrained_cfg or timm_model.pretrained_cfg, model_args)
+    data_cfg = {k: v for k, v in data_cfg.items() if k not in _TIMM_WEIGHTS_DESCRIPTION}
+    data_cfg["num_classes"] = timm_model.num_classes  # as timm's own export records it, not the registry head's
     if image_size is not None:
         data_cfg = resize_timm_data_config(data_cfg, image_size)
     config = TimmWrapperConfig(
