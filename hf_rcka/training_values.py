@@ -30,12 +30,13 @@ logger = logging.getLogger(__name__)
 
 # key -> (accepted, description of the accepted range)
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "learning_rate": (lambda v: v >= 0, ">= 0"),
+    # a rate or decay of inf turned every weight to NaN at the first step: found after training, as a divergence
+    "learning_rate": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
     "per_device_train_batch_size": (lambda v: v >= 1, ">= 1"),
     "per_device_eval_batch_size": (lambda v: v >= 1, ">= 1"),
     "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
     "label_smoothing_factor": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
     "max_grad_norm": (lambda v: v is None or v >= 0, ">= 0"),
     "num_train_epochs": (lambda v: v >= 0, ">= 0"),
     # transformers trains num_train_epochs for any max_steps < 0; 0 trained one step and saved it as the result
@@ -48,6 +49,15 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "adam_epsilon": (lambda v: v > 0, "> 0"),
     "dataloader_num_workers": (lambda v: v >= 0, ">= 0"),
     "eval_delay": (lambda v: v >= 0, ">= 0"),
+    # numpy's generator, which transformers.set_seed seeds, takes 0..2**32-1: a seed of -1 (elsewhere "random")
+    # was a numpy traceback once the output folder was taken
+    "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32 - 1]"),
+    # transformers cut inf to an integer (an OverflowError traceback), and a negative or NaN interval logged,
+    # evaluated or saved at other steps than asked, or never, without a word (0 is transformers' own: refused
+    # for logging, eval_steps then follows logging_steps)
+    **dict.fromkeys(("logging_steps", "eval_steps", "save_steps"),
+                    (lambda v: 0 <= v < math.inf, "a number of steps, or a fraction of the run below 1 (>= 0 and "
+                                                  "finite)")),
 }
 
 

@@ -1032,6 +1032,24 @@ def model_source(tmp_path: Path, model: str, hf_model) -> str:
     ("student", "timm folder", {"drop_rat": 0.1}, "timm architecture 'resnet10t' rejected a config_override"),
     ("student", "config:vit", {**TINY_VIT, "architectures": ["DeiTForImageClassificationWithTeacher"]},
      "names no transformers image-classification class for model type 'vit'"),
+    # round 37: each of these passed the checks and failed (or was dropped) once the data had loaded.
+    # transformers' configs check their fields' types: a StrictDataclassFieldValidationError traceback
+    ("student", "config:vit", {**TINY_VIT, "num_hidden_layers": "2"},
+     "Field 'num_hidden_layers' expected int, got str (value: '2')"),
+    ("teacher", "folder", {"hidden_sizes": "8"}, "Field 'hidden_sizes' expected"),
+    # timm's own assertion: an AssertionError traceback as the student was built
+    ("student", "timm/resnet10t", {"global_pool": "maxx"},
+     "timm architecture 'resnet10t' rejected a config_override (Invalid pool type: maxx)"),
+    # timm evaluated another crop_mode as a centre crop without a word
+    ("student", "timm/resnet10t", {"pretrained_cfg_overlay": {"crop_mode": "squish"}},
+     "pretrained_cfg_overlay crop_mode 'squish' is not one of timm's: did you mean 'squash'?"),
+    # a KeyError traceback as the student's processor was built
+    ("student", "timm/resnet10t", {"pretrained_cfg_overlay": {"interpolation": "bicubicc"}},
+     "pretrained_cfg_overlay interpolation 'bicubicc' is not one of timm's: did you mean 'bicubic'?"),
+    # refused at the student's probe as "the student cannot take 16x16 inputs", with an image_size fix
+    ("student", "timm/resnet10t", {"drop_rate": 1.5}, "drop_rate is a probability, in [0, 1], got 1.5"),
+    # timm builds no stochastic depth for a negative rate, without a word
+    ("student", "timm folder", {"drop_path_rate": -0.1}, "drop_path_rate is a probability, in [0, 1], got -0.1"),
 ])
 def test_overrides_of_timm_folder_and_hub_models_are_checked_before_loading(tmp_path, capsys, no_loading, side,
                                                                            model, overrides, expected):
@@ -3262,6 +3280,19 @@ def test_a_width_that_is_not_whole_patches_is_refused():
     _check_patch_grid(vit, 16, 20, "image_size")
     with pytest.raises(ModelError, match="16x18 inputs are not whole 4x4 patches"):
         _check_patch_grid(vit, 16, 18, "image_size")
+
+
+def test_a_patch_larger_than_the_image_suggests_a_size_of_one_patch_not_0x0():
+    """Round 37: a ViT of 32 px patches asked for 16 px images was told to use "e.g. 0x0"."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_rcka.cli.probes import _check_patch_grid
+    from hf_rcka.errors import ModelError
+
+    vit = ViTForImageClassification(ViTConfig(image_size=32, patch_size=32, hidden_size=8, num_hidden_layers=1,
+                                              num_attention_heads=1, intermediate_size=8, num_labels=2))
+    with pytest.raises(ModelError, match=r"16x16 inputs are not whole 32x32 patches.*\(e\.g\. 32x32\)"):
+        _check_patch_grid(vit, 16, 16, "image_size")
 
 
 # PR2 (cli/probes.py probe_student): a student built for 4-channel images is refused (images are RGB)

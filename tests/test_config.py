@@ -106,7 +106,9 @@ def test_distillation_defaults_keep_columns_and_name_labels():
         ({"gradient_accumulation_steps": 0}, r"gradient_accumulation_steps must be >= 1, got 0"),
         ({"per_device_eval_batch_size": 0}, r"per_device_eval_batch_size must be >= 1, got 0"),
         ({"feature_pairs": [{"student_layer": True, "teacher_layer": 2}]},
-         r"feature_pairs\[0\].student_layer must be an integer, got True .*student_layer 3\)"),
+         r"feature_pairs\[0\].student_layer must be an integer, got True$"),  # no flag is named so (round 37)
+        ({"per_device_train_batch_size": True}, r"per_device_train_batch_size must be an integer, got True \(true is "
+                                                r"no number; .*--per_device_train_batch_size 3\)$"),
         # an auto pair becomes patch_match with some losses: its options are checked before anything loads
         ({"feature_pairs": [{"student_layer": 1, "teacher_layer": 2, "grdi": "min"}]},
          r"feature_pairs\[0\] \(adapter auto takes patch_match's options\): .*no option 'grdi'.*'grid'"),
@@ -1160,3 +1162,66 @@ def test_an_empty_recipe_file_is_told_what_it_needs(tmp_path):
         assert load_recipe(recipe) == {}
         with pytest.raises(RecipeError, match="the recipe needs 'model_name_or_path'"):
             parse_recipe_file(recipe)
+
+
+# --------------------------------------------------------------------------------------------
+# Round 37 (a fuzzer of the shipped recipes): values the checks let through
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"label_column_name": None}, r"^label_column_name must be text, got null .*leave label_column_name out for its "
+                                  r"default$"),
+    ({"teacher_label_mapping": None}, r"^teacher_label_mapping must be text, got null"),
+    ({"losses": [{"name": "rcka", "kernel": None}]}, r"^losses\[0\]\.kernel must be text, got null"),
+])
+def test_a_null_text_setting_is_refused_not_read_as_the_text_None(values, message):
+    """``label_column_name: ~`` (or ``--label_column_name null``) was the text 'None': the run refused a
+    column 'None' once the dataset had loaded, and other settings said "got 'None'" for a null."""
+    with pytest.raises(RecipeError, match=message):
+        resolve_values({**BASE, **values})
+
+
+@pytest.mark.parametrize("values, message", [
+    # numpy's seeding took it, after the checks: a ValueError traceback (exit 1) once the output folder was taken
+    ({"seed": -1}, r"^seed must be in \[0, 2\*\*32 - 1\], got -1$"),
+    ({"seed": 2**32}, r"^seed must be in \[0, 2\*\*32 - 1\], got 4294967296$"),
+    # every weight NaN at the first step: found as a divergence after training
+    ({"learning_rate": float("inf")}, r"^learning_rate must be >= 0 and finite, got inf$"),
+    ({"weight_decay": float("inf")}, r"^weight_decay must be >= 0 and finite, got inf$"),
+    # transformers' int(inf): an OverflowError traceback
+    ({"logging_steps": float("inf")}, r"^logging_steps must be a number of steps, .*got inf$"),
+    ({"save_steps": float("inf")}, r"^save_steps must be a number of steps, .*got inf$"),
+    # logged, evaluated or saved at other steps (or never), without a word
+    ({"logging_steps": float("nan")}, r"^logging_steps must be .*got nan$"),
+    ({"eval_strategy": "steps", "eval_steps": -0.5}, r"^eval_steps must be .*got -0.5$"),
+])
+def test_values_outside_what_the_run_can_use_are_refused_before_anything_loads(values, message):
+    """Each passed ``build_arguments`` and failed later: a traceback, a divergence after training, or a
+    schedule of logs, evaluations and checkpoints other than the recipe's."""
+    with pytest.raises(RecipeError, match=message):
+        parse_arguments({**BASE, **values})
+
+
+def test_the_largest_seed_numpy_takes_is_accepted():
+    assert parse_arguments({**BASE, "seed": 2**32 - 1})[2].seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1: 2\n", r"^recipe key 1 is not a name"),
+    ("true: x\n", r"^recipe key True is not a name"),
+    ("? [a, b]\n: 2\n", r"is not valid YAML at line \d+, column 3: a key must be a name, got \['a', 'b'\]$"),
+])
+def test_a_key_that_is_not_a_name_is_one_line_not_a_traceback(tmp_path, text, message):
+    """A TypeError traceback: the unknown key's close matches (difflib) could not read a number, and
+    a list key was unhashable in the check for keys given twice."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model_name_or_path: config:vit\noutput_dir: out\ndataset_name: builtin:digits\n" + text)
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe_file(path)
+
+
+def test_a_loss_weight_of_true_names_no_flag_that_does_not_exist():
+    """The hint for a bare flag named ``--losses[0].weight``, which no command line takes."""
+    with pytest.raises(RecipeError, match=r"^losses\[0\]\.weight must be a number, got True$"):
+        resolve_values({**BASE, "losses": [{"name": "ce", "weight": True}]})

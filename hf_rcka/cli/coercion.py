@@ -43,6 +43,9 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation in (int, float):
         return _coerce_number(value, annotation, key)
     if annotation is str:
+        if value is None:  # str(None) named a column 'None' (found missing only once the dataset had loaded)
+            raise RecipeError(f"{key} must be text, got null (YAML's ~, null or nothing after the colon): give a "
+                              f"value, or leave {key} out for its default")
         if isinstance(value, (dict, list)):
             raise RecipeError(f"{key} must be a string, got {value!r}")
         return value if isinstance(value, str) else str(value)
@@ -108,8 +111,10 @@ def _coerce_bool(value: Any, key: str) -> bool:
 def _coerce_number(value: Any, kind: type, key: str) -> int | float:
     if isinstance(value, bool):
         what, example = ("an integer", "3") if kind is int else ("a number", "0.001")
+        # a flag's name: a value inside losses or feature_pairs (losses[0].weight) has none, and a bare flag there
+        # is no value of it
         bare = f" (true is no number; on the command line, --{key} without a value reads as true: give one, " \
-               f"--{key} {example})" if value else ""
+               f"--{key} {example})" if value and key.isidentifier() else ""
         raise RecipeError(f"{key} must be {what}, got {value!r}{bare}")
     try:
         number = float(value) if isinstance(value, str) else value

@@ -73,7 +73,8 @@ def _check_patch_grid(student: Any, height: int, width: int, key: str) -> None:
         return
     rows, cols = conv.stride
     if height % rows or width % cols:
-        fit = f"{height // rows * rows}x{width // cols * cols}"
+        # at least one patch: a patch larger than the image suggested "e.g. 0x0"
+        fit = f"{max(height // rows, 1) * rows}x{max(width // cols, 1) * cols}"
         raise ModelError(
             f"{key}: {height}x{width} inputs are not whole {rows}x{cols} patches, so the student's patch embedding would "
             f"ignore the last {height % rows} rows and {width % cols} columns of every image: use a size made of whole "

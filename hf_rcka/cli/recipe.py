@@ -64,6 +64,9 @@ class _RecipeLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # ``<<: *shared``: merged by the base constructor, its keys may be overridden
             key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):  # ``? [a, b]``: a TypeError traceback (unhashable) from the check below
+                raise yaml.constructor.ConstructorError(None, None, f"a key must be a name, got {key!r}",
+                                                        key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"{key!r} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
@@ -225,6 +228,9 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
                           "scaled to the global batch) or learning_rate (as is), not both")
     table = field_table()
     for key in values:
+        if not isinstance(key, str):  # ``1: 2`` or ``true: x``: the hint's close matches failed on it (a traceback)
+            raise RecipeError(f"recipe key {key!r} is not a name: every key is a setting's name, such as "
+                              "learning_rate")
         if key not in table:
             raise RecipeError(f"unknown recipe key {key!r}: {_key_hint(key, list(table))}")
     for required in REQUIRED_KEYS:

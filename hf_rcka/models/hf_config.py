@@ -20,6 +20,7 @@ import logging
 import os
 
 import transformers
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
@@ -98,7 +99,13 @@ def with_overrides(config: PreTrainedConfig, overrides: dict) -> PreTrainedConfi
         return config
     derived = _derived_keys(type(config))
     state = {k: v for k, v in config.to_dict().items() if k not in derived}
-    return type(config).from_dict({**state, **overrides})
+    try:
+        return type(config).from_dict({**state, **overrides})
+    except StrictDataclassError as err:  # transformers' configs check each field's type: a traceback, before
+        # the data had loaded (``num_hidden_layers: "4"``, a YAML 1.1 ``qkv_bias: yes``, which YAML 1.2 reads as text)
+        reason = str(err.__cause__ or err).strip()
+        raise ValueError(f"config_overrides: {reason} (a value of another type than {type(config).__name__}'s "
+                         "field; quoted numbers and yes/no are text)") from None
 
 
 def _derived_keys(config_class: type[PreTrainedConfig]) -> set[str]:

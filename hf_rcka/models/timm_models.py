@@ -130,6 +130,9 @@ def check_timm_kwargs(architecture: str, model_args: Mapping[str, Any]) -> None:
         if "keyword argument" not in str(err):
             return
         raise _rejected(architecture, model_args, err) from None
+    except AssertionError as err:  # timm's own checks of its arguments (global_pool: maxx, "Invalid pool type"):
+        # the real build failed on them as a traceback, after the data had loaded
+        raise _rejected(architecture, model_args, err) from None
     except Exception:  # noqa: BLE001 - not an argument the architecture refused: the real build says what
         return
 
@@ -221,12 +224,29 @@ def saved_model_args(config: TimmWrapperConfig) -> dict[str, Any]:
     return _recorded_args(args, getattr(config, "pretrained_cfg", None) or {})
 
 
+_TIMM_CROP_MODES = ("center", "squash", "border")  # timm's transforms_imagenet_eval
+_TIMM_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's str_to_interp_mode
+
+
 def check_timm_args(architecture: str, model_args: Mapping[str, Any]) -> None:
     """Arguments ``load_image_classifier`` sets itself are errors in a recipe's overrides."""
     for key, hint in _TIMM_RESERVED_ARGS.items():
         if key in model_args:
             raise ValueError(f"config_overrides for timm model {architecture!r} sets {key!r}: {hint}")
+    for key, rate in model_args.items():  # drop_rate, drop_path_rate, attn_drop_rate...: probabilities
+        # drop_rate 1.5 failed at the student's probe, blamed on image_size, after the data had loaded;
+        # a negative drop_path_rate built no stochastic depth, without a word
+        if "drop" in key and key.endswith("_rate") and not isinstance(rate, bool) and isinstance(rate, (int, float)) \
+                and not 0 <= rate <= 1:
+            raise ValueError(f"config_overrides for timm model {architecture!r}: {key} is a probability, in [0, 1], "
+                             f"got {rate}")
     overlay = model_args.get("pretrained_cfg_overlay") or {}
+    for key, names in (("crop_mode", _TIMM_CROP_MODES), ("interpolation", _TIMM_INTERPOLATIONS)):
+        # timm evaluated another crop_mode as a centre crop without a word, and an unknown interpolation
+        # was a KeyError traceback as the student's processor was built, after the data had loaded
+        if overlay.get(key) is not None and overlay[key] not in names:
+            raise ValueError(f"config_overrides for timm model {architecture!r}: pretrained_cfg_overlay {key} "
+                             f"{overlay[key]!r} is not one of timm's: {close_matches(str(overlay[key]), names)}")
     weights = [key for key in _TIMM_PROVENANCE_KEYS if overlay.get(key)]
     if weights:  # timm reads them only with pretrained=True, which is never passed: the weights were dropped
         raise ValueError(f"config_overrides for timm model {architecture!r}: pretrained_cfg_overlay sets {weights}, "
