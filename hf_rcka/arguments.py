@@ -451,8 +451,9 @@ def scaled_learning_rate(args: "DistillationTrainingArguments", rate_given: bool
     if args.auto_find_batch_size:
         raise RecipeError("lr_base scales the learning rate to the batch the recipe sets, and auto_find_batch_size "
                           "may train with a smaller one: set per_device_train_batch_size yourself, or use learning_rate")
-    if args.lr_base <= 0 or args.lr_base_size < 1:
-        raise RecipeError(f"lr_base must be > 0 and lr_base_size >= 1, got {args.lr_base} and {args.lr_base_size}")
+    if not 0 < args.lr_base < math.inf or args.lr_base_size < 1:  # inf: NaN weights, found after training
+        raise RecipeError(f"lr_base must be > 0 and finite and lr_base_size >= 1, got {args.lr_base} and "
+                          f"{args.lr_base_size}")
     ratio = global_batch_size(args) / args.lr_base_size
     scaled = args.lr_base * (ratio if args.lr_base_scale == "linear" else math.sqrt(ratio))
     if rate_given and args.learning_rate == TrainersDefaultRate.VALUE and args.learning_rate != scaled:

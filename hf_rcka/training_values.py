@@ -65,7 +65,7 @@ def check_training_values(args: Any) -> None:
     """Raise a ``RecipeError`` naming the first setting of ``args`` outside its range.
 
     Raises:
-        RecipeError: e.g. ``learning_rate must be >= 0, got -0.001``.
+        RecipeError: e.g. ``learning_rate must be >= 0 and finite, got -0.001``.
     """
     for key, (accepted, description) in _RULES.items():
         value = getattr(args, key, None)

@@ -79,7 +79,7 @@ def image_folder(root: Path, classes: list[str], per_class: int = 4) -> str:
 @pytest.mark.parametrize("key,value,expected", [
     ("label_smoothing_factor", 1.5, "label_smoothing_factor must be in [0, 1), got 1.5"),
     ("label_smoothing_factor", 1.0, "label_smoothing_factor must be in [0, 1), got 1.0"),  # every target uniform
-    ("learning_rate", -1e-3, "learning_rate must be >= 0, got -0.001"),
+    ("learning_rate", -1e-3, "learning_rate must be >= 0 and finite, got -0.001"),
     ("per_device_train_batch_size", 0, "per_device_train_batch_size must be >= 1, got 0"),
     ("max_steps", 0, "max_steps must be > 0, or -1 to train num_train_epochs, got 0"),
     ("max_bad_images", -1, "max_bad_images must be >= 0"),
@@ -89,6 +89,11 @@ def image_folder(root: Path, classes: list[str], per_class: int = 4) -> str:
     ("eval_strategy", "step", "eval_strategy: 'step' is not valid: did you mean 'steps'"),
     ("lr_scheduler_type", "cosin", "lr_scheduler_type: 'cosin' is not valid: did you mean 'cosine'"),
     ("accelerator_config", "acc.jsn", "accelerator_config 'acc.jsn' is not a file"),  # was a traceback
+    # round 37: numpy's "Seed must be between 0 and 2**32 - 1", a traceback (exit 1) once the output folder was taken
+    ("seed", -1, "seed must be in [0, 2**32 - 1], got -1"),
+    # transformers' "Default process group has not been initialized", which named neither the key nor the fix
+    ("ddp_backend", "gloo", "ddp_backend: gloo is the backend of a multi-process launch's process group, and this is "
+                            "one process"),
 ])
 def test_values_out_of_range(tmp_path, capsys, no_loading, key, value, expected):
     assert run(tmp_path, base(tmp_path, **{key: value})) == 2

@@ -1195,6 +1195,9 @@ def test_a_null_text_setting_is_refused_not_read_as_the_text_None(values, messag
     # logged, evaluated or saved at other steps (or never), without a word
     ({"logging_steps": float("nan")}, r"^logging_steps must be .*got nan$"),
     ({"eval_strategy": "steps", "eval_steps": -0.5}, r"^eval_steps must be .*got -0.5$"),
+    # lr_base scaled to an infinite or NaN rate
+    ({"lr_base": float("inf")}, r"^lr_base must be > 0 and finite and lr_base_size >= 1, got inf and 256$"),
+    ({"lr_base": float("nan")}, r"^lr_base must be > 0 and finite and lr_base_size >= 1, got nan and 256$"),
 ])
 def test_values_outside_what_the_run_can_use_are_refused_before_anything_loads(values, message):
     """Each passed ``build_arguments`` and failed later: a traceback, a divergence after training, or a
@@ -1225,3 +1228,26 @@ def test_a_loss_weight_of_true_names_no_flag_that_does_not_exist():
     """The hint for a bare flag named ``--losses[0].weight``, which no command line takes."""
     with pytest.raises(RecipeError, match=r"^losses\[0\]\.weight must be a number, got True$"):
         resolve_values({**BASE, "losses": [{"name": "ce", "weight": True}]})
+
+
+@pytest.mark.parametrize("written", ["no", "off", "false"])
+def test_accelerator_config_settings_are_read_by_their_type(written):
+    """``accelerator_config: {split_batches: no}`` (text under YAML 1.2, as a quoted "false" is) was kept
+    as the text, a true value: the batches were split over the processes and the global batch (and
+    lr_base's rate) computed for that, the opposite of what the recipe said."""
+    values = resolve_values({**BASE, "accelerator_config": {"split_batches": written, "dispatch_batches": None}})
+    assert values["accelerator_config"] == {"split_batches": False, "dispatch_batches": None}
+    assert parse_arguments({**BASE, "accelerator_config": {"split_batches": written}})[2].accelerator_config \
+        .split_batches is False
+    with pytest.raises(RecipeError, match=r"^accelerator_config\.even_batches must be true or false, got 'maybe'$"):
+        resolve_values({**BASE, "accelerator_config": {"even_batches": "maybe"}})
+
+
+def test_an_optim_args_value_the_optimizer_cannot_read_is_one_line():
+    """``optim_args: momentum=abc`` was a ValueError traceback (float('abc')) in the checks before loading."""
+    from hf_rcka.cli.preflight import check_schedule_and_optimizer
+
+    _, _, args = parse_arguments({**BASE, "optim": "sgd", "optim_args": "momentum=abc"})
+    with pytest.raises(RecipeError, match=r"^optim 'sgd' with optim_args 'momentum=abc': could not convert string to "
+                                          r"float: 'abc'$"):
+        check_schedule_and_optimizer(args)

@@ -290,6 +290,9 @@ def check_schedule_and_optimizer(args: Any) -> None:
         Trainer.get_optimizer_cls_and_kwargs(args)
     except ImportError as err:  # its package is not installed
         raise RecipeError(f"optim {getattr(args.optim, 'value', args.optim)!r}: {err}") from None
+    except ValueError as err:  # an optim_args value it converts (momentum=abc: float('abc')), a traceback
+        raise RecipeError(f"optim {getattr(args.optim, 'value', args.optim)!r} with optim_args {args.optim_args!r}: "
+                          f"{err}") from None
     probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate or 1e-3)
     try:
         get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=1, num_training_steps=10,

@@ -247,11 +247,25 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
         choices = table[key][1].metadata.get("choices")
         if choices and isinstance(value, str) and value not in choices:
             raise RecipeError(f"{key}: {value!r} is not one of {list(choices)}: {close_matches(value, list(choices))}")
+    if isinstance(resolved.get("accelerator_config"), dict):
+        resolved["accelerator_config"] = _coerce_accelerator_config(resolved["accelerator_config"])
     if resolved.get("losses") is not None:
         resolved["losses"] = coerce_losses(resolved["losses"])
     if resolved.get("feature_pairs") is not None:
         resolved["feature_pairs"] = coerce_feature_pairs(resolved["feature_pairs"])
     return resolved
+
+
+def _coerce_accelerator_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A mapping's settings by AcceleratorConfig's annotations: transformers keeps what it is given, so
+    ``split_batches: no`` (text under YAML 1.2, as a quoted "false" is) was a true value, and the batches
+    were split over the processes, the global batch and lr_base's rate computed for it, opposite to what
+    the recipe said. Keys it does not have are left to transformers, which names them."""
+    from transformers.trainer_pt_utils import AcceleratorConfig
+
+    hints = typing.get_type_hints(AcceleratorConfig)
+    return {key: coerce(value, hints[key], f"accelerator_config.{key}") if key in hints else value
+            for key, value in config.items()}
 
 
 # What a flag replaces of the recipe: the other way to set the same thing (``--learning_rate 1e-4``
@@ -330,6 +344,14 @@ def _check_backend(values: dict[str, Any]) -> None:
     if values.get("ddp_backend") == "nccl" and not torch.cuda.is_available():
         raise RecipeError("ddp_backend: nccl runs on CUDA GPUs, and this machine has none: drop ddp_backend (gloo is "
                           "the CPU default; a multi-process CPU launch also needs use_cpu: true)")
+    from ..distributed import launched_processes
+
+    # any backend on a plain run failed in TrainingArguments with the same "Default process group has not been
+    # initialized", which named neither the key nor the fix (the nccl line above says gloo is the CPU default)
+    if values.get("ddp_backend") and launched_processes()[0] <= 1:
+        raise RecipeError(f"ddp_backend: {values['ddp_backend']} is the backend of a multi-process launch's process "
+                          "group, and this is one process (not started by torchrun or accelerate launch): drop "
+                          "ddp_backend, or launch several processes")
 
 
 def _check_accelerator_config(values: dict[str, Any]) -> None:
