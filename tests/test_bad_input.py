@@ -1055,6 +1055,9 @@ def model_source(tmp_path: Path, model: str, hf_model) -> str:
     ("student", "timm/resnet10t", {"drop_rate": 1.5}, "drop_rate is a probability, in [0, 1], got 1.5"),
     # timm builds no stochastic depth for a negative rate, without a word
     ("student", "timm folder", {"drop_path_rate": -0.1}, "drop_path_rate is a probability, in [0, 1], got -0.1"),
+    # text under YAML 1.2, which timm took as true: each block's last BatchNorm zeroed, the opposite of the recipe
+    ("student", "timm/resnet10t", {"zero_init_last": "no"},
+     "zero_init_last is the text 'no', which timm takes as true: write zero_init_last: false"),
 ])
 def test_overrides_of_timm_folder_and_hub_models_are_checked_before_loading(tmp_path, capsys, no_loading, side,
                                                                            model, overrides, expected):

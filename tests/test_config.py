@@ -1251,3 +1251,13 @@ def test_an_optim_args_value_the_optimizer_cannot_read_is_one_line():
     with pytest.raises(RecipeError, match=r"^optim 'sgd' with optim_args 'momentum=abc': could not convert string to "
                                           r"float: 'abc'$"):
         check_schedule_and_optimizer(args)
+
+
+def test_a_gradient_checkpointing_kwarg_written_as_yes_or_no_is_refused():
+    """``gradient_checkpointing_kwargs: {use_reentrant: no}`` reached torch's checkpoint as the text 'no',
+    a true value: the reentrant variant ran, the opposite of the recipe."""
+    with pytest.raises(RecipeError, match=r"^gradient_checkpointing_kwargs use_reentrant: 'no' is text, which torch "
+                                          r"takes as true: write true or false"):
+        resolve_values({**BASE, "gradient_checkpointing_kwargs": {"use_reentrant": "no"}})
+    assert resolve_values({**BASE, "gradient_checkpointing_kwargs": {"use_reentrant": False}})[
+        "gradient_checkpointing_kwargs"] == {"use_reentrant": False}

@@ -249,6 +249,12 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
             raise RecipeError(f"{key}: {value!r} is not one of {list(choices)}: {close_matches(value, list(choices))}")
     if isinstance(resolved.get("accelerator_config"), dict):
         resolved["accelerator_config"] = _coerce_accelerator_config(resolved["accelerator_config"])
+    for name, value in (resolved.get("gradient_checkpointing_kwargs") or {}).items() \
+            if isinstance(resolved.get("gradient_checkpointing_kwargs"), dict) else ():
+        # torch's checkpoint takes any text as true: use_reentrant: no (text under YAML 1.2) was reentrant
+        if isinstance(value, str) and value.lower() in ("yes", "no", "on", "off", "true", "false"):
+            raise RecipeError(f"gradient_checkpointing_kwargs {name}: {value!r} is text, which torch takes as true: "
+                              "write true or false (YAML 1.2 reads only those as booleans)")
     if resolved.get("losses") is not None:
         resolved["losses"] = coerce_losses(resolved["losses"])
     if resolved.get("feature_pairs") is not None:
