@@ -38,7 +38,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "label_smoothing_factor": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
     "max_grad_norm": (lambda v: v is None or v >= 0, ">= 0"),
-    "num_train_epochs": (lambda v: v >= 0, ">= 0"),
+    # inf: an OverflowError traceback as training started, after the models and the data had loaded
+    "num_train_epochs": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
     # transformers trains num_train_epochs for any max_steps < 0; 0 trained one step and saved it as the result
     "max_steps": (lambda v: v != 0, "> 0, or -1 to train num_train_epochs"),
     # transformers reads a value below 1 as a fraction of the run and cuts any other to a whole number

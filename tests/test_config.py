@@ -1189,6 +1189,8 @@ def test_a_null_text_setting_is_refused_not_read_as_the_text_None(values, messag
     # every weight NaN at the first step: found as a divergence after training
     ({"learning_rate": float("inf")}, r"^learning_rate must be >= 0 and finite, got inf$"),
     ({"weight_decay": float("inf")}, r"^weight_decay must be >= 0 and finite, got inf$"),
+    # Trainer's ceil(inf * steps per epoch): an OverflowError traceback after the models and data had loaded
+    ({"num_train_epochs": float("inf")}, r"^num_train_epochs must be >= 0 and finite, got inf$"),
     # transformers' int(inf): an OverflowError traceback
     ({"logging_steps": float("inf")}, r"^logging_steps must be a number of steps, .*got inf$"),
     ({"save_steps": float("inf")}, r"^save_steps must be a number of steps, .*got inf$"),
