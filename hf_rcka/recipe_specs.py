@@ -75,7 +75,7 @@ def validate_losses(specs: Any) -> list[dict] | None:
             raise RecipeError(f"losses[{i}] must be a mapping with a 'name', got {spec!r}")
         name = spec["name"]
         if name not in LOSSES:
-            raise RecipeError(f"losses[{i}]: unknown loss {name!r}: {close_matches(str(name), LOSSES.names())}"
+            raise RecipeError(f"losses[{i}]: unknown loss {name!r}: {_unknown_loss_hint(str(name))}"
                               f"{_OWN_HINT.format(kind='loss')}")
         if name in seen:
             raise RecipeError(f"losses[{i}]: loss {name!r} is listed twice; give it one entry")
@@ -85,6 +85,18 @@ def validate_losses(specs: Any) -> list[dict] | None:
         raise RecipeError("every loss has weight 0, so nothing would train the student: give at least one a "
                           "positive weight")
     return normalised
+
+
+# The papers' names for losses registered under others: no close match leads from 'ekt' to
+# 'kernel_transfer', and 'pcka' is closer to 'rcka' than to 'patch_cka'.
+_PAPER_NAMES = {"ekt": "kernel_transfer", "pcka": "patch_cka", "fitnets": "fitnet", "deit": "deit_token"}
+
+
+def _unknown_loss_hint(name: str) -> str:
+    paper = _PAPER_NAMES.get(name.lower())
+    if paper in LOSSES:
+        return f"that is the paper's name for the loss {paper!r}"
+    return close_matches(name, LOSSES.names())
 
 
 def _check_number_options(name: str, options: dict) -> None:

@@ -67,6 +67,9 @@ def test_distillation_defaults_keep_columns_and_name_labels():
     [
         ({"learnin_rate": 1}, r"unknown recipe key 'learnin_rate'.*'learning_rate'"),
         ({"losses": [{"name": "rcak"}]}, r"unknown loss 'rcak'.*'rcka'.*a loss of your own is registered when its module is imported"),
+        # the papers' names (README and the recipes say EKT, PCKA): 'ekt' listed every loss, 'pcka' suggested 'rcka'
+        ({"losses": [{"name": "ekt"}]}, r"unknown loss 'ekt': that is the paper's name for the loss 'kernel_transfer'"),
+        ({"losses": [{"name": "PCKA"}]}, r"unknown loss 'PCKA': that is the paper's name for the loss 'patch_cka'"),
         ({"losses": [{"name": "rcka", "intra": 1}]}, r"no option 'intra'.*'intra_weight'"),
         ({"losses": [{"name": "kd", "temperature": -1}]}, r"temperature must be > 0"),
         ({"losses": [{"name": "ce", "weight": -2}]}, r"weight must be >= 0"),
