@@ -331,8 +331,8 @@ def _decoding_text(decoded: bool) -> str:
     ready pixels (decoded by the caller's code), hf_rcka's, which the caller's may not match."""
     if decoded:
         return ('Decode images as training did: `pipeline("image-classification")` and a plain `.convert("RGB")` '
-                "show transparent pixels as black and clip 16-bit images to white, where this model saw them over "
-                "white and scaled.")
+                "show transparent pixels in the colour stored under them (often black, sometimes noise) and clip "
+                "16-bit images to white, where this model saw them over white and scaled.")
     return ("Decode images as the training data's were: it came to the trainer as ready `pixel_values`, decoded by "
             "its author's code, not hf_rcka's. The snippet decodes as hf_rcka's own data pipeline does (upright by "
             "the EXIF orientation, 16-bit values scaled, transparency over white); where that code decoded "
