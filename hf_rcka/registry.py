@@ -16,8 +16,13 @@ T = TypeVar("T")
 
 
 def close_matches(word: str, candidates: list[str] | tuple[str, ...]) -> str:
-    """Format a 'did you mean' hint for error messages, or list every candidate."""
-    hits = difflib.get_close_matches(word, candidates, n=3, cutoff=0.5)
+    """Format a 'did you mean' hint for error messages, or list every candidate.
+
+    Names the word begins, in the candidates' order, come first: difflib's similarity put
+    ``grokadamw`` and ``adalomo`` before ``adamw_torch`` for ``optim: adamw``.
+    """
+    hits = [name for name in candidates if word and name.startswith(word + "_")][:3] \
+        or difflib.get_close_matches(word, candidates, n=3, cutoff=0.5)
     if hits:
         return "did you mean " + " or ".join(repr(h) for h in hits) + "?"
     return "valid names: " + ", ".join(sorted(candidates))

@@ -74,6 +74,8 @@ def test_distillation_defaults_keep_columns_and_name_labels():
         ({"losses": [{"name": "kd", "temperature": -1}]}, r"temperature must be > 0"),
         ({"losses": [{"name": "ce", "weight": -2}]}, r"weight must be >= 0"),
         ({"losses": [{"name": "ce"}, {"name": "ce"}]}, r"listed twice"),
+        # the names the word begins first: difflib suggested 'grokadamw', 'adamw_8bit' and 'adalomo'
+        ({"optim": "adamw"}, r"optim: 'adamw' is not valid: did you mean 'adamw_torch' or"),
         ({"learning_rate": "abc"}, r"learning_rate must be a number"),
         ({"num_train_epochs": [1]}, r"num_train_epochs must be a number"),
         ({"do_train": "maybe"}, r"do_train must be true or false"),
