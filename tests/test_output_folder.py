@@ -1251,3 +1251,18 @@ def test_a_file_where_a_set_aside_folder_goes_is_refused_before_anything_loads(t
         check_output_dir(args, None)
     assert (out / where).read_text() == "the user's file"
     assert (out / "model.safetensors").read_text() == "run 1"
+
+
+def test_a_model_saved_without_checkpoints_is_not_sent_round_in_a_loop(tmp_path, capsys):
+    """A run with save_strategy no (the digits recipes' setting) that finished, or was stopped during its
+    final evaluation (the model saved, no checkpoint): rerunning it was told to pass --resume_from_checkpoint
+    true, and the resume that there was "nothing to resume (a run stopped before its first checkpoint)"
+    and to start without the flag, which was refused again: neither named --overwrite_output_dir."""
+    assert _run(tmp_path, max_steps=2, save_strategy="no") == 0
+    capsys.readouterr()
+    assert _run(tmp_path, max_steps=2, save_strategy="no") == 2
+    said = capsys.readouterr().err
+    assert "--overwrite_output_dir true" in said and "--resume_from_checkpoint true" not in said, said
+    assert _run(tmp_path, "--resume_from_checkpoint", "true", max_steps=2, save_strategy="no") == 2
+    said = capsys.readouterr().err
+    assert "--overwrite_output_dir true" in said and "stopped before its first checkpoint" not in said, said

@@ -350,6 +350,11 @@ def resolve_resume(args: DistillationTrainingArguments) -> str | None:
         return None
     if value is True or str(value).lower() == "true":
         last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+        if last is None and holds_run(args.output_dir):  # a model saved without checkpoints (save_strategy no)
+            raise RecipeError(f"resume_from_checkpoint: true, but {args.output_dir!r} holds a run and no "
+                              "checkpoint-* folder: nothing was saved to resume (a run with save_strategy 'no' saves "
+                              "none). Start again without resume_from_checkpoint, with --overwrite_output_dir true to "
+                              "replace it, or choose another output_dir")
         if last is None:
             raise RecipeError(f"resume_from_checkpoint: true, but {args.output_dir!r} holds no checkpoint-* folder: "
                               "nothing was saved to resume (a run stopped before its first checkpoint). Start the run "

@@ -294,6 +294,11 @@ def check_output_dir(args: DistillationTrainingArguments, resume: str | None) ->
                 f"output_dir {args.output_dir!r} holds only checkpoints whose save was cut short (no "
                 "trainer_state.json, which a save writes last): nothing to resume. Pass --overwrite_output_dir true "
                 "to set them aside and start again, or choose another output_dir")
+        if not any(path.is_dir() for path in Path(args.output_dir).glob("checkpoint-*")):  # save_strategy no
+            raise RecipeError(
+                f"output_dir {args.output_dir!r} already holds a model or checkpoints, but no checkpoint-* folder to "
+                "resume (a run with save_strategy 'no' saves none): pass --overwrite_output_dir true to replace it "
+                "(it is kept in _replaced/), or choose another output_dir")
         raise RecipeError(
             f"output_dir {args.output_dir!r} already holds a model or checkpoints: pass --resume_from_checkpoint true "
             f"to continue, --overwrite_output_dir true to replace it, or choose another output_dir"
