@@ -1266,3 +1266,24 @@ def test_a_model_saved_without_checkpoints_is_not_sent_round_in_a_loop(tmp_path,
     assert _run(tmp_path, "--resume_from_checkpoint", "true", max_steps=2, save_strategy="no") == 2
     said = capsys.readouterr().err
     assert "--overwrite_output_dir true" in said and "stopped before its first checkpoint" not in said, said
+
+
+def test_a_signal_between_the_set_aside_and_training_puts_the_replaced_run_back(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C after the trainer was built and before training began (the precision line, the recorded
+    teacher's check, which reads every teacher weight) left the run --overwrite_output_dir set aside in
+    _replaced/, out of its folder, and the message named no place for it."""
+    import hf_rcka.cli.job as job
+
+    out = tmp_path / "out"
+    assert _run(tmp_path, max_steps=2) == 0
+    trained = (out / "model.safetensors").read_bytes()
+
+    def signal_at_the_precision_line(args):
+        raise Interrupted(signal.SIGINT)
+
+    capsys.readouterr()
+    monkeypatch.setattr(job, "_precision_line", signal_at_the_precision_line)
+    assert _run(tmp_path, "--overwrite_output_dir", "true", max_steps=2) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith(f"(the run this one was to replace is back in {out})"), line
+    assert (out / "model.safetensors").read_bytes() == trained and not (out / REPLACED).exists()

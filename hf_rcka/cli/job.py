@@ -175,31 +175,34 @@ def _run(model_args: ModelArguments, data_args: DataArguments, args: Distillatio
     recorded = recorded_teacher(os.path.dirname(os.path.abspath(argv[0]))) if argv and args.do_train else None
     with _holding_models(model_args, args):
         trainer, skipped, replaced = _build_trainer(model_args, data_args, args, record_dir, resume, stop)
-    _transformers_levels(args)
-    logger.info(_precision_line(args))
-    if args.do_train and args.lr_base is not None:
-        logger.info(_rate_line(args))
-    if recorded is not None:
-        _say_if_the_recorded_teacher_differs(trainer, argv[0], recorded)
-    if not args.do_train:
-        tensorboard_into(trainer, record_dir)
-        with errors_only(when=not args.should_log):
-            leave_out_fresh_losses(trainer.distillation_model)
-        if args.do_eval:  # a training run's check is train()'s
-            check_evaluation_rows({name: loss for name, loss in trainer.distillation_model.losses.items()
-                                   if name not in trainer.distillation_model.left_out}, args,
-                                  len(trainer.eval_dataset) if has_length(trainer.eval_dataset) else None)
-    if trainer.is_world_process_zero() and recipe is not None and args.do_train:
-        losses = resolved_specs(run_loss_specs(args, trainer.distillation_model.teacher is not None))
-        trainer.add_callback(RecipeRecord(recipe_to_record(recipe, args, losses),
-                                          os.path.join(args.output_dir, RECIPE_RECORD)))
-        trainer.records_run = True  # its checkpoints keep a copy of the record
-    last = None
-    if args.do_train and args.do_eval:  # its evaluation at the last step may be the final one
-        last = LastEvaluation()
-        trainer.add_callback(last)
-    with replaced.saying_where_it_went(), said_write_errors(record_dir):
-        return _train_and_evaluate(trainer, data_args, skipped, recipe, record_dir, resume, stop, argv, last)
+    # from the set-aside on, a signal or a refusal puts the replaced run back (the recorded teacher's
+    # check below reads every teacher weight: a Ctrl-C there left the run in _replaced/, unsaid)
+    with replaced.saying_where_it_went():
+        _transformers_levels(args)
+        logger.info(_precision_line(args))
+        if args.do_train and args.lr_base is not None:
+            logger.info(_rate_line(args))
+        if recorded is not None:
+            _say_if_the_recorded_teacher_differs(trainer, argv[0], recorded)
+        if not args.do_train:
+            tensorboard_into(trainer, record_dir)
+            with errors_only(when=not args.should_log):
+                leave_out_fresh_losses(trainer.distillation_model)
+            if args.do_eval:  # a training run's check is train()'s
+                check_evaluation_rows({name: loss for name, loss in trainer.distillation_model.losses.items()
+                                       if name not in trainer.distillation_model.left_out}, args,
+                                      len(trainer.eval_dataset) if has_length(trainer.eval_dataset) else None)
+        if trainer.is_world_process_zero() and recipe is not None and args.do_train:
+            losses = resolved_specs(run_loss_specs(args, trainer.distillation_model.teacher is not None))
+            trainer.add_callback(RecipeRecord(recipe_to_record(recipe, args, losses),
+                                              os.path.join(args.output_dir, RECIPE_RECORD)))
+            trainer.records_run = True  # its checkpoints keep a copy of the record
+        last = None
+        if args.do_train and args.do_eval:  # its evaluation at the last step may be the final one
+            last = LastEvaluation()
+            trainer.add_callback(last)
+        with said_write_errors(record_dir):
+            return _train_and_evaluate(trainer, data_args, skipped, recipe, record_dir, resume, stop, argv, last)
 
 
 def _train_and_evaluate(
