@@ -998,3 +998,24 @@ def test_a_stop_through_the_python_api_keeps_its_checkpoint_under_save_total_lim
         stop.uninstall()
     assert stop.stopped_at == 5
     assert (tmp_path / "run" / "checkpoint-5" / "optimizer.pt").is_file()
+
+
+def test_a_signal_after_training_names_the_checkpoint_that_finishes_the_run(tmp_path):
+    """A signal during the final evaluation of a run with checkpoints said to evaluate the model with an
+    evaluation-only run, which writes no card and uploads nothing, though its checkpoint of the last step,
+    resumed, runs the evaluation, card and upload and trains nothing (with checkpoint pushes, a resume of
+    the finished run needs hub_strategy end, or it is refused)."""
+    from hf_rcka.cli.job import _train
+    from hf_rcka.cli.main import _interrupted_message
+
+    stop = GracefulStop()
+    trainer = tiny_trainer(tmp_path, stop, max_steps=2, save_strategy="steps", save_steps=1)
+    _train(trainer, resume=None, stop=stop, argv=["r.yaml", "--seed", "3"])
+    said = _interrupted_message("SIGTERM", stop, ["r.yaml", "--seed", "3"])
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert said.splitlines()[-1].endswith(f"r.yaml --seed 3 --resume_from_checkpoint {checkpoint}"), said
+    trainer.args.push_to_hub, trainer.args.hub_strategy = True, "every_save"
+    from hf_rcka.cli.job import _finish_settings
+    assert _finish_settings(trainer) == {"resume_from_checkpoint": str(checkpoint), "hub_strategy": "end"}
+    stop.evaluated = True
+    assert "--resume_from_checkpoint" in _interrupted_message("SIGTERM", stop, ["r.yaml"]).splitlines()[-1]

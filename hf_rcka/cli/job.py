@@ -39,7 +39,9 @@ from ..models.processors import load_image_processor
 from ..trainer.batch_rows import check_evaluation_rows
 from ..trainer.card_facts import card_facts_of
 from ..trainer.chance import at_chance, warn_if_student_at_chance
-from ..trainer.checkpoint_folders import checkpoint_folder, checkpoint_step, last_checkpoint, resumable_checkpoint
+from ..trainer.checkpoint_folders import (
+    checkpoint_folder, checkpoint_step, last_checkpoint, resumable_checkpoint, written_whole,
+)
 from ..trainer.divergence import check_loaded_weights
 from ..trainer.given_models import leave_out_fresh_losses
 from ..trainer.interrupt import GracefulStop, Interrupted, save_checkpoint_now, stopped_by_signal
@@ -590,9 +592,24 @@ def _train(trainer: DistillationTrainer, resume: str | None, stop: GracefulStop 
         trainer.drop_checkpoints_kept_for_export()
     if stop is not None:
         stop.saved_model = trainer.args.output_dir
+        stop.finish_settings = _finish_settings(trainer)
         if stop.signum is not None:  # during the last step's evaluation: the training itself is complete
             raise Interrupted(stop.signum)
     return metrics
+
+
+def _finish_settings(trainer: DistillationTrainer) -> dict[str, str] | None:
+    """The flags that finish a run a signal stopped once its model was saved: its checkpoint of the
+    last step, resumed, trains nothing and runs the evaluation, card and upload that did not run (an
+    evaluation-only run writes neither card nor upload). A finished run resumed with checkpoint
+    pushes is refused (``hub_contents``): its resume pushes at the end alone."""
+    checkpoint = checkpoint_folder(trainer)
+    if not written_whole(checkpoint):  # save_strategy no, or not kept (save_total_limit 1 keeps the best)
+        return None
+    settings = {"resume_from_checkpoint": checkpoint}
+    if trainer.args.push_to_hub and trainer.args.hub_strategy != "end":
+        settings["hub_strategy"] = "end"
+    return settings
 
 
 def tensorboard_into(trainer: DistillationTrainer, folder: str) -> None:

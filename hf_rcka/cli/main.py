@@ -133,9 +133,18 @@ def _interrupted_message(name: str, stop: GracefulStop, argv: list[str]) -> str:
     saved_model = stop.saved_model
     if saved_model is None:
         return f"interrupted by {name} outside the training steps: no checkpoint was written by this signal"
+    finish = stop.finish_settings
     if stop.evaluated:
-        return (f"interrupted by {name} while finishing: the trained model and its evaluation are saved in "
+        said = (f"interrupted by {name} while finishing: the trained model and its evaluation are saved in "
                 f"{saved_model}; the model card or the Hub upload may be incomplete")
+        if finish is None:
+            return said
+        return (f"{said}. Its checkpoint of the last step writes them again, training nothing, with"
+                f"{secrets_note(argv)}:\n{relaunch_command(argv, finish)}")
+    if finish is not None:  # resuming it finishes the run: an evaluation-only run writes no card, uploads nothing
+        return (f"interrupted by {name} after training: the trained model is saved in {saved_model}, but its final "
+                f"evaluation, model card and Hub upload did not run. Its checkpoint of the last step runs them, "
+                f"training nothing, with{secrets_note(argv)}:\n{relaunch_command(argv, finish)}")
     evaluate = relaunch_command(argv, {"do_train": "false", "model_name_or_path": saved_model,
                                        "student_from_scratch": "false", "output_dir": saved_model})
     return (f"interrupted by {name} after training: the trained model is saved in {saved_model}, but its final "
