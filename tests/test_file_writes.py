@@ -149,3 +149,53 @@ def test_a_symbolic_link_is_written_through_and_kept(tmp_path):
     write_text(run / "README.md", "new")
     assert (run / "README.md").is_symlink() and (elsewhere / "card.md").read_text() == "new"
     assert os.listdir(run) == ["README.md"] and os.listdir(elsewhere) == ["card.md"]
+
+
+def test_the_results_and_the_training_state_are_replaced_whole(tmp_path, monkeypatch):
+    """Trainer's save_metrics and save_state open all_results.json and trainer_state.json with mode "w":
+    a full disk (or a signal) while the final evaluation's results were written left all_results.json
+    cut short, the training's metrics in it lost with the evaluation's, though the README says the
+    results files are replaced whole or not at all."""
+    import builtins
+    import errno
+    import json
+
+    from transformers import TrainerState
+
+    from hf_rcka.trainer.checkpointing import CheckpointingTrainer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    trainer = CheckpointingTrainer.__new__(CheckpointingTrainer)  # the two methods read args and state alone
+    trainer.args = type("Args", (), {"output_dir": str(run), "process_index": 0, "local_process_index": 0,
+                                     "should_save": True})()
+    trainer.is_world_process_zero = lambda: True
+    trainer.state = TrainerState(global_step=2, max_steps=2)
+    trainer.save_metrics("train", {"train_loss": 1.5, "epoch": 2.0})
+    trainer.save_state()
+    before = {name: (run / name).read_text() for name in ("all_results.json", "trainer_state.json")}
+    real_open = builtins.open
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and str(file).startswith(str(run)):
+            write = handle.write
+
+            def cut_short(text):
+                write(text[:5])
+                handle.flush()
+                raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+
+            handle.write = cut_short
+        return handle
+
+    monkeypatch.setattr(builtins, "open", full_disk_open)
+    with pytest.raises(OSError, match="No space"):
+        trainer.save_metrics("eval", {"eval_accuracy": 0.5, "epoch": 2.0})
+    trainer.state.global_step = 3
+    with pytest.raises(OSError, match="No space"):
+        trainer.save_state()
+    monkeypatch.undo()
+    assert {name: (run / name).read_text() for name in before} == before
+    assert json.loads((run / "all_results.json").read_text())["train_loss"] == 1.5
+    assert not (run / "eval_results.json").exists(), "a results file cut short"

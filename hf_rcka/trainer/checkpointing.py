@@ -20,6 +20,7 @@ that moves them fails loudly instead of silently saving the wrong model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, has_l
 
 from ..arguments import global_batch_size
 from ..errors import ModelError, RecipeError
-from ..file_writes import as_umask_allows
+from ..file_writes import as_umask_allows, write_text
 from ..models.timm_models import record_data_config, timm_native_state
 from ..run_record import copy_run_record
 from .checkpoint_folders import TRAINER_STATE_NAME, checkpoint_folder, checkpoint_step
@@ -369,6 +370,32 @@ class CheckpointingTrainer(Trainer):
             return super()._finalize_training(trial, num_train_samples, start_time)
         finally:
             self.args.save_total_limit = limit
+
+    def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
+        """Trainer's ``<split>_results.json`` and ``all_results.json``, each replaced whole or not at
+        all (``file_writes``): Trainer opens them with mode "w", so a full disk or a signal during the
+        final evaluation's write left ``all_results.json`` cut short, the training's metrics in it
+        lost too (the README says the results files are replaced whole)."""
+        if not self.is_world_process_zero():
+            return
+        write_text(os.path.join(self.args.output_dir, f"{split}_results.json"),
+                   json.dumps(metrics, indent=4, sort_keys=True))
+        if combined:
+            path = os.path.join(self.args.output_dir, "all_results.json")
+            combined_metrics = {}
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as handle:
+                    combined_metrics = json.load(handle)
+            combined_metrics.update(metrics)
+            write_text(path, json.dumps(combined_metrics, indent=4, sort_keys=True))
+
+    def save_state(self) -> None:
+        """Trainer's ``trainer_state.json`` in ``output_dir``, replaced whole or not at all: with the
+        model it makes the run a finished one (``cli.output_folder``), which a copy cut short is not."""
+        if not self.is_world_process_zero():
+            return
+        write_text(os.path.join(self.args.output_dir, TRAINER_STATE_NAME),
+                   json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n")
 
     def drop_checkpoints_kept_for_export(self) -> None:
         """What Trainer's end of training would have deleted (save_total_limit 1: all but the best),
