@@ -1019,3 +1019,21 @@ def test_a_signal_after_training_names_the_checkpoint_that_finishes_the_run(tmp_
     assert _finish_settings(trainer) == {"resume_from_checkpoint": str(checkpoint), "hub_strategy": "end"}
     stop.evaluated = True
     assert "--resume_from_checkpoint" in _interrupted_message("SIGTERM", stop, ["r.yaml"]).splitlines()[-1]
+
+
+def test_a_second_signal_says_the_stop_once(tmp_path, caplog):
+    """A second signal between steps said the stop twice, with two resume commands: a warning
+    "interrupted: saved checkpoint-2 ...; continue with --resume_from_checkpoint true", then the
+    Stopped message naming checkpoint-2 itself (a warning meant for a run without GracefulStop)."""
+    from hf_rcka.cli.job import _train
+
+    stop = GracefulStop()
+    stop.install()
+    try:
+        trainer = tiny_trainer(tmp_path, stop, SignalAt(3, signal.SIGTERM, times=2))
+        with caplog.at_level("WARNING", logger="hf_rcka"), pytest.raises(Stopped) as stopped:
+            _train(trainer, resume=None, stop=stop, argv=["r.yaml"])
+    finally:
+        stop.uninstall()
+    assert stopped.value.checkpoint == str(tmp_path / "run" / "checkpoint-2")
+    assert "interrupted: saved" not in caplog.text, caplog.text

@@ -213,12 +213,12 @@ def stopped_by_signal(trainer: Trainer, stop: GracefulStop | None, argv: Sequenc
         checkpoint = None
     else:
         checkpoint = save_checkpoint_now(trainer)
-    if checkpoint is not None:
-        logger.warning(
-            "interrupted: saved checkpoint-%d in %s; continue with --resume_from_checkpoint true",
-            trainer.state.global_step, trainer.args.output_dir,
-        )
-    if stop is None:
+    if stop is None:  # else the Stopped raised says it, with the command that resumes it, once
+        if checkpoint is not None:
+            logger.warning(
+                "interrupted: saved checkpoint-%d in %s; continue with --resume_from_checkpoint true",
+                trainer.state.global_step, trainer.args.output_dir,
+            )
         return None
     return Stopped(stop.signum or signal.SIGINT, trainer.state.global_step, checkpoint, argv,
                    trainer.is_world_process_zero(), last_checkpoint(trainer.args.output_dir))
