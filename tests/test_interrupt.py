@@ -1037,3 +1037,23 @@ def test_a_second_signal_says_the_stop_once(tmp_path, caplog):
         stop.uninstall()
     assert stopped.value.checkpoint == str(tmp_path / "run" / "checkpoint-2")
     assert "interrupted: saved" not in caplog.text, caplog.text
+
+
+def test_a_signal_during_an_evaluation_only_run_says_the_evaluation_stopped(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during an evaluation-only run said "interrupted by SIGINT outside the training steps: no
+    checkpoint was written by this signal", of a run that has no training steps and writes no checkpoint."""
+    import hf_rcka.cli.job as job
+
+    path = recipe(tmp_path)
+
+    def signal_during_the_evaluation(*args, **kwargs):
+        raise Interrupted(signal.SIGINT)
+
+    assert main([str(path), "--max_steps", "1"]) == 0
+    out = str(tmp_path / "out")
+    capsys.readouterr()
+    monkeypatch.setattr(job, "_evaluate", signal_during_the_evaluation)
+    evaluate = [str(path), "--do_train", "false", "--model_name_or_path", out, "--student_from_scratch", "false"]
+    assert main(evaluate) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == "interrupted by SIGINT: the evaluation-only run stopped before it recorded its results", line

@@ -90,6 +90,8 @@ def run(
     explicit = recipe if recipe is not None else {}
     args.do_train = explicit.get("do_train", RUN_DEFAULTS["do_train"])
     args.do_eval = explicit.get("do_eval", RUN_DEFAULTS["do_eval"])
+    if stop is not None:
+        stop.evaluating_alone = not args.do_train
     check_launch(args)  # before the folder lock: unjoined processes would race for it
     if args.do_train:
         with _holding_output_dir(args):

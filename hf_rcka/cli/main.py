@@ -131,6 +131,8 @@ def _freeze_imported_objects() -> None:
 
 def _interrupted_message(name: str, stop: GracefulStop, argv: list[str]) -> str:
     saved_model = stop.saved_model
+    if stop.evaluating_alone:  # no training steps, no checkpoints: "no checkpoint was written" said nothing
+        return f"interrupted by {name}: the evaluation-only run stopped before it recorded its results"
     if saved_model is None:
         return f"interrupted by {name} outside the training steps: no checkpoint was written by this signal"
     finish = stop.finish_settings

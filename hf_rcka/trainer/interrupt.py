@@ -106,6 +106,7 @@ class GracefulStop(TrainerCallback):
         self.stopped_at: int | None = None
         self.saved_model: str | None = None  # the trained model's folder, once saved (a later signal loses less)
         self.evaluated = False  # its final evaluation is recorded too
+        self.evaluating_alone = False  # an evaluation-only run (do_train false): it has no steps to checkpoint
         # the flags whose resume finishes the run a signal cut short after its save: its checkpoint of the
         # last step (which trains nothing), or None without one (save_strategy no)
         self.finish_settings: dict[str, str] | None = None
