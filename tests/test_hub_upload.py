@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,10 +21,13 @@ from conftest import pixel_dataset, processor, tiny_resnet
 from hf_rcka import DistillationTrainer, DistillationTrainingArguments
 from hf_rcka.cli.main import main
 from hf_rcka.cli.records import eval_record_dir
+from hf_rcka.trainer.hub_pushes import PUBLISHED_RESULTS
 
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
 TOKEN = "hf_notARealTokenButSecret123"
 TRAINER_IGNORES = ["_*", "checkpoint-*"]  # what Trainer.push_to_hub leaves out of every upload
+# what the final upload deletes from the repository, in the printed command that stands for it
+DELETES = " ".join(f"--delete {shlex.quote(p)}" for p in PUBLISHED_RESULTS)
 
 
 class FakeHub:
@@ -151,9 +155,46 @@ def test_a_failed_upload_is_one_line_that_keeps_the_results_and_says_how_to_uplo
     assert err[-1] == (
         "error: the upload to the Hub failed (ConnectionError: Connection reset by peer); the trained model, its card "
         f"and results are saved in {out}: upload them with `hf upload someone/tiny-student {out} . "
-        "--exclude '_*' --exclude 'checkpoint-*'`")
+        f"--exclude '_*' --exclude 'checkpoint-*' {DELETES}`")
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
     assert "eval_accuracy" in (out / "all_results.json").read_text()
+
+
+def _hf_upload(monkeypatch, command: str) -> dict:
+    """Run a printed ``hf upload`` command through huggingface_hub's own CLI; the keywords it gives
+    ``upload_folder``."""
+    import huggingface_hub.cli.upload as cli_upload
+    from huggingface_hub.cli.hf import app
+
+    sent: dict = {}
+
+    class Api:
+        def create_repo(self, repo_id, **kwargs):
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, **kwargs):
+            sent.update(kwargs)
+            return "https://huggingface.co/someone/tiny-student/commit/1"
+
+    monkeypatch.setattr(cli_upload, "get_hf_api", lambda token=None: Api())
+    words = shlex.split(command)
+    assert words[:2] == ["hf", "upload"]
+    app(words[1:], standalone_mode=False)
+    return sent
+
+
+def test_the_printed_upload_command_sends_what_the_final_upload_would(tmp_path, hub, capsys, monkeypatch):
+    """The command a failed upload prints left out the final upload's delete patterns: run into a
+    repository that held another model, it put the new weights beside that model's eval_results.json
+    and cka.png (and its single model.safetensors beside new sharded weights, which from_pretrained
+    loads first), where the upload it stands for removes them."""
+    hub.fail = ConnectionError("Connection reset by peer")
+    assert _run(tmp_path) == 2
+    command = capsys.readouterr().err.strip().splitlines()[-1].split("upload them with `", 1)[1].rstrip("`")
+    sent = _hf_upload(monkeypatch, command)
+    assert sent["folder_path"] == str(tmp_path / "out") and sent["repo_id"] == "someone/tiny-student"
+    assert sent["ignore_patterns"] == TRAINER_IGNORES
+    assert sent["delete_patterns"] == hub.kwargs[-1]["delete_patterns"], "it deletes what the failed upload deleted"
 
 
 @pytest.mark.parametrize("strategy", ["end", "every_save"])
@@ -169,7 +210,7 @@ def test_a_student_at_chance_is_not_uploaded(tmp_path, hub, capsys, strategy):
     pushed = " (its checkpoints' pushes during training put their weights there, without this card)" \
         if strategy == "every_save" else ""
     assert f"saved in {out} with its card and results, and not uploaded to the Hub{pushed}: `hf upload " \
-           f"someone/tiny-student {out} . --revision v2 --exclude '_*' --exclude 'checkpoint-*'` would upload it" in last
+           f"someone/tiny-student {out} . --revision v2 --exclude '_*' --exclude 'checkpoint-*' {DELETES}` would upload it" in last
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
 
 

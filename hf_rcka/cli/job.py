@@ -764,10 +764,14 @@ def _push(trainer: DistillationTrainer) -> Any:
 
 def _upload_command(trainer: DistillationTrainer, filters: dict | None = None) -> str:
     """The ``hf upload`` command that sends the output folder as the final upload would: its branch,
-    and without what the upload leaves out (the set-aside runs, checkpoints with optimizer states)."""
+    without what the upload leaves out (the set-aside runs, checkpoints with optimizer states), and
+    deleting what it deletes (an earlier model's results and weights the folder lacks: without
+    ``--delete``, its ``eval_results.json``, or its single ``model.safetensors`` beside new sharded
+    weights, stayed beside the new model)."""
     args = trainer.args
     filters = filters if filters is not None else upload_filters(unpublishable_entries(args.output_dir))
     repo = trainer.hub_model_id or args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
     revision = f" --revision {shlex.quote(args.hub_revision)}" if args.hub_revision else ""
-    return (f"hf upload {shlex.quote(repo)} {shlex.quote(args.output_dir)} .{revision} "
-            f"{' '.join('--exclude ' + shlex.quote(p) for p in filters['ignore_patterns'])}")
+    flags = [*(f"--exclude {shlex.quote(p)}" for p in filters["ignore_patterns"]),
+             *(f"--delete {shlex.quote(p)}" for p in filters["delete_patterns"])]
+    return f"hf upload {shlex.quote(repo)} {shlex.quote(args.output_dir)} .{revision} {' '.join(flags)}"
