@@ -677,3 +677,23 @@ def test_entries_trainer_never_uploads_and_a_broken_config_are_not_refusals(tmp_
     for broken in ("{", "1"):
         (tmp_path / "config.json").write_text(broken)
         assert unpublishable_entries(str(tmp_path)) == ["helper.py"]
+
+
+@pytest.mark.parametrize("hub_model_id", ["tiny-teacher", "someone/tiny-teacher"])
+def test_a_run_does_not_push_its_student_into_its_teacher_s_repository(tmp_path, hub, capsys, hub_model_id):
+    """hub_model_id naming the teacher's own repository (a recipe's copy-paste; the bare name resolves
+    to the token's account) trained the whole run and replaced the teacher's weights and card on the
+    Hub by the student's, with a card calling the repository its own teacher: every later run
+    distilling from that id read the student."""
+    teacher = tmp_path / "teacher"
+    assert main([_teacher_recipe(tmp_path, output_dir=str(teacher))]) == 0
+    snapshot = tmp_path / "cache" / "models--someone--tiny-teacher" / "snapshots" / ("a" * 40)
+    shutil.copytree(teacher, snapshot, ignore=shutil.ignore_patterns("_*"))  # the teacher as the Hub cache holds it
+    capsys.readouterr()
+    recipe = _teacher_recipe(tmp_path, push_to_hub=True, hub_model_id=hub_model_id, hub_strategy="end",
+                             hub_token=TOKEN, teacher_model_name_or_path=str(snapshot),
+                             losses=[{"name": "ce"}, {"name": "kd"}], teacher_accuracy_check="off",
+                             output_dir=str(tmp_path / "out"))
+    assert main([recipe]) == 2
+    assert "someone/tiny-teacher" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert hub.commits == [] and not (tmp_path / "out" / "model.safetensors").exists(), "refused before training"

@@ -32,10 +32,11 @@ _PATH_PREFIXES = (".", "/", "~")
 _FIXED_GRID_TYPES = ("vit", "deit")
 
 
-def check_hub_access(args: Any) -> None:
+def check_hub_access(args: Any, model_args: Any = None) -> None:
     """``push_to_hub`` needs a valid repository id, the Hub online and a token; found now, not after
     hours of training (an id with a space was Trainer's traceback after loading, and after an earlier
-    run in the folder had been set aside)."""
+    run in the folder had been set aside). The repository is not the teacher's own: a hub_model_id
+    copied from the teacher's id replaced the teacher's weights and card on the Hub by the student's."""
     from huggingface_hub import constants, get_token
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -55,10 +56,37 @@ def check_hub_access(args: Any) -> None:
         raise RecipeError("push_to_hub needs a Hugging Face token: run `hf auth login`, set HF_TOKEN, "
                           "or set push_to_hub: false")
     try:
-        whoami(token)
+        account = whoami(token)
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot push"
         raise RecipeError(f"push_to_hub: cannot reach the Hugging Face Hub with this token "
                           f"({type(err).__name__}: {err}); check the network and the token, or set push_to_hub: false") from None
+    teacher = getattr(model_args, "teacher_model_name_or_path", None)
+    teacher_repo = _hub_repository(teacher) if teacher else None
+    name = account.get("name") if isinstance(account, dict) else None
+    target = repo if "/" in repo or not name else f"{name}/{repo}"  # a bare name is the token's account's
+    if teacher_repo is not None and target.casefold() == teacher_repo.casefold():
+        raise RecipeError(f"push_to_hub: the repository {target!r} is the teacher's own "
+                          f"(teacher_model_name_or_path {teacher!r}): the upload would replace the teacher's weights "
+                          "and card by the student's. Set hub_model_id to another repository")
+
+
+def _hub_repository(name: str) -> str | None:
+    """The Hub repository a model name reads: a Hub id, or the repository of a folder of the
+    Hugging Face cache; None for a local folder, a ``config:`` or ``timm/`` name."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from ..models.sources import CONFIG_PREFIX, TIMM_PREFIX, cache_snapshot
+
+    snapshot = cache_snapshot(name)
+    if snapshot is not None:
+        return snapshot[0]
+    if os.path.exists(name) or name.startswith((CONFIG_PREFIX, TIMM_PREFIX)):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
 
 
 def whoami(token: str) -> dict:

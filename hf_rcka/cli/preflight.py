@@ -99,7 +99,7 @@ def check_run(model_args: Any, data_args: Any, args: Any) -> None:
         logger.warning("push_to_hub: an evaluation-only run uploads nothing (its results are a local record); "
                        "the Hub upload is a training run's")
     elif args.push_to_hub:
-        check_hub_access(args)
+        check_hub_access(args, model_args)
 
 
 def check_work(model_args: Any, args: Any) -> None:
