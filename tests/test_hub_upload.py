@@ -697,3 +697,40 @@ def test_a_run_does_not_push_its_student_into_its_teacher_s_repository(tmp_path,
     assert main([recipe]) == 2
     assert "someone/tiny-teacher" in capsys.readouterr().err.strip().splitlines()[-1]
     assert hub.commits == [] and not (tmp_path / "out" / "model.safetensors").exists(), "refused before training"
+
+
+def _hub_refuses(*args, **kwargs):
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = httpx2.Response(403, request=httpx2.Request("POST", "https://huggingface.co/api/repos/create"))
+    raise HfHubHTTPError("403 Forbidden: You don't have the rights to create a model under the namespace \"someone\".",
+                         response=response)
+
+
+@pytest.mark.parametrize("refused", ["create_repo", "create_branch"])
+def test_a_repository_the_hub_refuses_is_one_line_and_puts_the_replaced_run_back(tmp_path, hub, capsys, monkeypatch,
+                                                                                 refused):
+    """The Hub's refusal to create the repository or its branch (a namespace the token may not write)
+    was a traceback from Trainer's constructor, after the models and data had loaded."""
+    assert _run(tmp_path, push_to_hub=False) == 0
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    monkeypatch.setattr(hub, refused, _hub_refuses)
+    capsys.readouterr()
+    assert _run(tmp_path, overwrite_output_dir=True, hub_revision="v2") == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: push_to_hub: could not create or reach the Hub repository ") and "403" in last
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before, "the replaced run is back"
+
+
+def test_a_read_token_is_refused_before_anything_loads(tmp_path, hub, capsys, monkeypatch):
+    """A read token passed the Hub check (it names an account) and the run failed at the repository's
+    creation, after the models and data had loaded."""
+    monkeypatch.setattr("hf_rcka.cli.model_sources.whoami",
+                        lambda token: {"name": "someone", "auth": {"accessToken": {"role": "read"}}})
+    assert _run(tmp_path) == 2
+    assert "push_to_hub: this Hugging Face token is a read token" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    monkeypatch.setattr("hf_rcka.cli.model_sources.whoami",
+                        lambda token: {"name": "someone", "auth": {"accessToken": {"role": "write"}}})
+    assert _run(tmp_path) == 0

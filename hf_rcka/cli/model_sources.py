@@ -60,6 +60,12 @@ def check_hub_access(args: Any, model_args: Any = None) -> None:
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot push"
         raise RecipeError(f"push_to_hub: cannot reach the Hugging Face Hub with this token "
                           f"({type(err).__name__}: {err}); check the network and the token, or set push_to_hub: false") from None
+    auth = account.get("auth") if isinstance(account, dict) else None
+    role = ((auth or {}).get("accessToken") or {}).get("role") if isinstance(auth, dict) else None
+    if role == "read":  # the Hub refused the repository's creation or the upload, after the models had loaded
+        raise RecipeError("push_to_hub: this Hugging Face token is a read token: it cannot create the repository or "
+                          "upload to it. Use a write token (hub_token, HF_TOKEN or `hf auth login`), or set "
+                          "push_to_hub: false")
     teacher = getattr(model_args, "teacher_model_name_or_path", None)
     teacher_repo = _hub_repository(teacher) if teacher else None
     name = account.get("name") if isinstance(account, dict) else None

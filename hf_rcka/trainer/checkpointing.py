@@ -34,7 +34,7 @@ from transformers import TimmWrapperImageProcessor, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, has_length, sort_checkpoints
 
 from ..arguments import global_batch_size
-from ..errors import ModelError, RecipeError
+from ..errors import ModelError, RecipeError, UserError
 from ..file_writes import as_umask_allows, write_text
 from ..models.timm_models import record_data_config, timm_native_state
 from ..run_record import copy_run_record
@@ -121,10 +121,25 @@ class CheckpointingTrainer(Trainer):
                     os.remove(os.path.join(folder, name))
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        """Trainer's repository, and the branch ``hub_revision`` names (see ``create_revision_branch``)."""
-        super().init_hf_repo(token=token, private=private)
-        if self.is_world_process_zero():
-            create_revision_branch(self, token)
+        """Trainer's repository, and the branch ``hub_revision`` names (see ``create_revision_branch``).
+
+        The Hub's refusal (a read-only token, a namespace the token may not write, the network) is one
+        line naming the repository: it was a traceback from Trainer's constructor, after the models and
+        the data had loaded."""
+        try:
+            super().init_hf_repo(token=token, private=private)
+            if self.is_world_process_zero():
+                create_revision_branch(self, token)
+        except UserError:
+            raise
+        except Exception as err:  # the Hub's HTTP errors, the network's, OSError
+            repo = self.hub_model_id or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+            branch = f" (branch {self.args.hub_revision!r})" if self.args.hub_revision else ""
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise UserError(
+                f"push_to_hub: could not create or reach the Hub repository {repo!r}{branch} ({type(err).__name__}: "
+                f"{first}): check hub_model_id, that the token may write there (a read token may not), and the "
+                "network, or set push_to_hub: false") from err
 
     # Private override. Trainer's checkpoint push uploads the folder's weights and deletes nothing: a
     # repository's earlier card and results described the new weights (hub_pushes says more).
