@@ -734,3 +734,13 @@ def test_a_read_token_is_refused_before_anything_loads(tmp_path, hub, capsys, mo
     monkeypatch.setattr("hf_rcka.cli.model_sources.whoami",
                         lambda token: {"name": "someone", "auth": {"accessToken": {"role": "write"}}})
     assert _run(tmp_path) == 0
+
+
+def test_the_card_of_a_run_pushed_to_a_branch_loads_that_branch(tmp_path, hub):
+    """The card uploaded to hub_revision's branch loaded the repository's default branch in its usage
+    snippet: another model there (or none: a new repository's main holds no weights), where the run's
+    own last line named the branch."""
+    assert _run(tmp_path, hub_revision="v2") == 0
+    card = (hub.commits[-1][2] / "README.md").read_text()
+    assert 'AutoModelForImageClassification.from_pretrained("someone/tiny-student", revision="v2")' in card
+    assert 'AutoImageProcessor.from_pretrained("someone/tiny-student", revision="v2")' in card

@@ -66,8 +66,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-processor = AutoImageProcessor.from_pretrained({repo})
-model = AutoModelForImageClassification.from_pretrained({repo})
+processor = AutoImageProcessor.from_pretrained({repo}{revision})
+model = AutoModelForImageClassification.from_pretrained({repo}{revision})
 # decoded as in training: turned upright by its EXIF orientation, 16-bit, 32-bit and float values
 # scaled to 8 bits (Pillow's convert clips them to white or black), transparency shown over white
 image = ImageOps.exif_transpose(Image.open("image.jpg"))
@@ -260,6 +260,7 @@ def write_model_card(
     metrics: dict[str, float] | None = None,
     facts: CardFacts | None = None,
     repo_id: str | None = None,
+    revision: str | None = None,
     license: str | None = None,
     training: str | None = None,
     reproduction: str | None = None,
@@ -272,6 +273,8 @@ def write_model_card(
         facts: what the run knows beyond the model (base model, teacher and baseline accuracy,
             the evaluation data); see ``card_facts.CardFacts``.
         repo_id: the id the usage snippet loads (the pushed repo); default ``model_name``.
+        revision: the branch the snippet loads (``hub_revision``: the card and weights are there, and
+            the default branch may hold another model, or none).
         license: SPDX-style Hub license id; default apache-2.0 (hf_rcka's own). Set it to the
             data's or the teacher's terms when they are stricter.
         training: how long and with what batch the student trained (``training_text``); the
@@ -305,6 +308,7 @@ def write_model_card(
             evaluation=_evaluation_text(facts, metrics, distilled=bool(teacher_name)),
             results=_results_table(metrics, facts.relation_batches),
             repo=json.dumps(repo_id or model_name, ensure_ascii=False),  # a Python string literal, whatever the name holds
+            revision=f", revision={json.dumps(revision, ensure_ascii=False)}" if revision else "",
             decoding=_decoding_text(decoded),
             processor_note=_processor_note(has_processor),
             cka=_cka_section(output_dir),

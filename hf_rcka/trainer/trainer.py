@@ -902,6 +902,7 @@ class DistillationTrainer(CheckpointingTrainer):
             metrics=metrics,
             facts=self.card_facts,
             repo_id=self.hub_model_id or self.args.hub_model_id or self.args.output_dir,
+            revision=self.args.hub_revision if self.hub_model_id or self.args.hub_model_id else None,
             license=license,
             training=training_text(self.state.global_step, self.state.epoch,
                                    describe_batch(self.args, self._train_batch_size),
