@@ -96,6 +96,7 @@ def hub(monkeypatch, tmp_path):
     fake = FakeHub(tmp_path / "hub")
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # no login on this machine
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr("hf_rcka.cli.model_sources.whoami", lambda token: {"name": "someone"})
     return fake
@@ -155,7 +156,8 @@ def test_a_failed_upload_is_one_line_that_keeps_the_results_and_says_how_to_uplo
     assert err[-1] == (
         "error: the upload to the Hub failed (ConnectionError: Connection reset by peer); the trained model, its card "
         f"and results are saved in {out}: upload them with `hf upload someone/tiny-student {out} . "
-        f"--exclude '_*' --exclude 'checkpoint-*' {DELETES}`")
+        f"--exclude '_*' --exclude 'checkpoint-*' {DELETES}` (with the recipe's hub_token: add --token, or set "
+        "HF_TOKEN; this machine has no Hugging Face login)")
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
     assert "eval_accuracy" in (out / "all_results.json").read_text()
 
@@ -190,7 +192,7 @@ def test_the_printed_upload_command_sends_what_the_final_upload_would(tmp_path, 
     loads first), where the upload it stands for removes them."""
     hub.fail = ConnectionError("Connection reset by peer")
     assert _run(tmp_path) == 2
-    command = capsys.readouterr().err.strip().splitlines()[-1].split("upload them with `", 1)[1].rstrip("`")
+    command = capsys.readouterr().err.strip().splitlines()[-1].split("upload them with `", 1)[1].split("`")[0]
     sent = _hf_upload(monkeypatch, command)
     assert sent["folder_path"] == str(tmp_path / "out") and sent["repo_id"] == "someone/tiny-student"
     assert sent["ignore_patterns"] == TRAINER_IGNORES
@@ -210,7 +212,8 @@ def test_a_student_at_chance_is_not_uploaded(tmp_path, hub, capsys, strategy):
     pushed = " (its checkpoints' pushes during training put their weights there, without this card)" \
         if strategy == "every_save" else ""
     assert f"saved in {out} with its card and results, and not uploaded to the Hub{pushed}: `hf upload " \
-           f"someone/tiny-student {out} . --revision v2 --exclude '_*' --exclude 'checkpoint-*' {DELETES}` would upload it" in last
+           f"someone/tiny-student {out} . --revision v2 --exclude '_*' --exclude 'checkpoint-*' {DELETES}` would upload it (with the recipe's " \
+           "hub_token: add --token" in last
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
 
 
@@ -744,3 +747,17 @@ def test_the_card_of_a_run_pushed_to_a_branch_loads_that_branch(tmp_path, hub):
     card = (hub.commits[-1][2] / "README.md").read_text()
     assert 'AutoModelForImageClassification.from_pretrained("someone/tiny-student", revision="v2")' in card
     assert 'AutoImageProcessor.from_pretrained("someone/tiny-student", revision="v2")' in card
+
+
+def test_the_printed_upload_command_says_it_needs_the_recipe_s_token(tmp_path, hub, capsys, monkeypatch):
+    """A run whose token was the recipe's hub_token alone printed an `hf upload` command that the Hub
+    refused (hf reads a login or HF_TOKEN, not the recipe): the line says so, without the token."""
+    hub.fail = ConnectionError("Connection reset by peer")
+    assert _run(tmp_path) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("(with the recipe's hub_token: add --token, or set HF_TOKEN; this machine has no Hugging "
+                         "Face login)") and TOKEN not in last
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_login")  # logged in: the command works as printed
+    assert _run(tmp_path, overwrite_output_dir=True) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{DELETES}`" in last and "hub_token" not in last

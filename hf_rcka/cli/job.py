@@ -681,7 +681,8 @@ def _learned_nothing_line(trainer: DistillationTrainer, metrics: dict) -> str:
     if args.push_to_hub:
         pushed = (" (its checkpoints' pushes during training put their weights there, without this card)"
                   if args.hub_strategy != "end" and getattr(trainer, "_hub_pushed", False) else "")
-        upload = f", and not uploaded to the Hub{pushed}: `{_upload_command(trainer)}` would upload it"
+        upload = (f", and not uploaded to the Hub{pushed}: `{_upload_command(trainer)}` would upload it"
+                  f"{_token_note(args)}")
     return (f"the trained student is at chance on the evaluation set (eval_accuracy {metrics['eval_accuracy']:.4f}, "
             f"the !!! warning above says why it may be): it is saved in {args.output_dir} with its card and "
             f"results{upload}. Train longer, or lower the learning rate or the distillation terms' weights "
@@ -758,8 +759,17 @@ def _push(trainer: DistillationTrainer) -> Any:
         raise HubUploadError(
             f"the upload to the Hub failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
             f"the trained model, its card and results are saved in {args.output_dir}: upload them with "
-            f"`{_upload_command(trainer, filters)}`"
+            f"`{_upload_command(trainer, filters)}`{_token_note(args)}"
         ) from err
+
+
+def _token_note(args: DistillationTrainingArguments) -> str:
+    """What the printed ``hf upload`` command needs where the run's token was the recipe's
+    ``hub_token`` alone: ``hf`` reads only a login or ``HF_TOKEN`` (without them it was refused), and
+    the token itself is never printed."""
+    if not args.hub_token or huggingface_hub.get_token():
+        return ""
+    return " (with the recipe's hub_token: add --token, or set HF_TOKEN; this machine has no Hugging Face login)"
 
 
 def _upload_command(trainer: DistillationTrainer, filters: dict | None = None) -> str:
