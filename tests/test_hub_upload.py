@@ -761,3 +761,18 @@ def test_the_printed_upload_command_says_it_needs_the_recipe_s_token(tmp_path, h
     assert _run(tmp_path, overwrite_output_dir=True) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{DELETES}`" in last and "hub_token" not in last
+
+
+@pytest.mark.parametrize("public", [True, False])
+def test_a_run_asking_for_a_private_repository_does_not_upload_into_a_public_one(tmp_path, hub, capsys, monkeypatch,
+                                                                                public):
+    """create_repo makes a new repository private and leaves an existing one as it is: hub_private_repo
+    true into an existing public repository published the model there without a word."""
+    monkeypatch.setattr(hub, "repo_info", lambda repo_id, **kwargs: SimpleNamespace(private=not public), raising=False)
+    assert _run(tmp_path, hub_private_repo=True) == (2 if public else 0)
+    if public:
+        assert "hub_private_repo: true, but the Hub repository 'someone/tiny-student' exists and is public" in \
+            capsys.readouterr().err.strip().splitlines()[-1]
+        assert hub.commits == [] and not (tmp_path / "out" / "model.safetensors").exists(), "refused before training"
+    else:
+        assert [message for _, message, _ in hub.commits] == ["End of training"]

@@ -23,6 +23,8 @@ import transformers.trainer
 from huggingface_hub import CommitOperationDelete
 from huggingface_hub.utils import filter_repo_objects
 
+from ..errors import RecipeError
+
 logger = logging.getLogger(__name__)
 
 # Run files that describe one model: removed from the repository when this run's folder lacks them
@@ -42,6 +44,22 @@ def create_revision_branch(trainer: Any, token: str | None = None) -> None:
     if args.hub_revision:
         transformers.trainer.hf_api().create_branch(trainer.hub_model_id, branch=args.hub_revision, exist_ok=True,
                                                     token=token if token is not None else args.hub_token)
+
+
+def check_private_repository(trainer: Any, token: str | None, private: bool | None) -> None:
+    """A run asked for a private repository (``hub_private_repo``) uploads into none that is public:
+    ``create_repo`` makes a new repository private but leaves an existing one as it is, so the run
+    published its model in a public repository without a word."""
+    if not private:
+        return
+    args = trainer.args
+    info = transformers.trainer.hf_api().repo_info(trainer.hub_model_id,
+                                                  token=token if token is not None else args.hub_token)
+    if getattr(info, "private", None) is False:
+        raise RecipeError(
+            f"hub_private_repo: true, but the Hub repository {trainer.hub_model_id!r} exists and is public: the "
+            "uploads would publish the model. Make it private on the Hub, choose another hub_model_id, or set "
+            "hub_private_repo: false")
 
 
 def holds_earlier_model(repo_files: list[str], own_files_in: str | None = None) -> bool:
