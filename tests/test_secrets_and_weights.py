@@ -16,6 +16,18 @@ from hf_rcka.modeling.distillation_model import _checkpoint_config
 from hf_rcka.trainer.resume_hint import Stopped, relaunch_command
 
 
+@pytest.mark.parametrize("value", [["hf_SECRET"], {"token": "hf_SECRET"}])
+def test_a_hub_token_of_the_wrong_type_is_refused_without_showing_it(value):
+    """``hub_token: [hf_...]`` (a list, or a mapping) was refused with the token in the message, printed
+    to the terminal and its logs."""
+    from hf_rcka.cli.recipe import resolve_values
+    from hf_rcka.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="hub_token must be text") as caught:
+        resolve_values({"model_name_or_path": "config:vit", "output_dir": "out", "hub_token": value})
+    assert "hf_SECRET" not in str(caught.value)
+
+
 @pytest.mark.parametrize("argv", [["r.yaml", "--hub_token", "hf_SECRET", "--max_steps", "9"],
                                   ["r.yaml", "--hub_token=hf_SECRET", "--max_steps", "9"],
                                   ["r.yaml", "--hub-token", "hf_SECRET", "--max_steps", "9"]])
