@@ -561,6 +561,37 @@ def test_only_the_logging_process_draws_the_libraries_progress_bars(tmp_path, mo
         datasets.enable_progress_bars()
 
 
+def test_trainers_resume_argument_warning_is_said_by_the_logging_process_alone(tmp_path, monkeypatch):
+    """A 2-process resume at another split of the global batch printed transformers' "The following
+    arguments do not match the ones in the `trainer_state.json`" once per process: the check reads the
+    same arguments and checkpoint on each, and replicas print warnings."""
+    import logging
+    from types import SimpleNamespace
+
+    from transformers.trainer_utils import compare_trainer_and_checkpoint_args
+
+    from hf_rcka.arguments import DistillationTrainingArguments
+    from hf_rcka.cli.job import _transformers_levels
+
+    said, checks = [], logging.getLogger("transformers.trainer_utils")
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    checks.addHandler(handler)
+    state = SimpleNamespace(logging_steps=1, eval_steps=4, save_steps=3, train_batch_size=10)
+    args = DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                                         per_device_train_batch_size=5, logging_steps=1, eval_steps=4, save_steps=3)
+    try:
+        for logs in (True, False):
+            monkeypatch.setattr(DistillationTrainingArguments, "should_log", property(lambda self, logs=logs: logs))
+            _transformers_levels(args)
+            checks.warning_once.cache_clear()  # transformers says it once per process; here both are one
+            compare_trainer_and_checkpoint_args(args, state)
+    finally:
+        checks.removeHandler(handler)
+        _transformers_levels(DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    assert len(said) == 1 and "per_device_train_batch_size: 5 (from args) != 10" in said[0], said
+
+
 def test_the_run_says_its_precision_and_whose_setting_chose_it(tmp_path, monkeypatch):
     """An accelerate config file's mixed_precision applied to every run unsaid (only the card named it)."""
     from hf_rcka import DistillationTrainingArguments

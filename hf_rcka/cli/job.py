@@ -286,6 +286,25 @@ def _transformers_levels(args: DistillationTrainingArguments) -> None:
     trainer_logger.setLevel(_run_log_level(args))
     if not any(isinstance(f, _NoCompletedLine) for f in trainer_logger.filters):
         trainer_logger.addFilter(_NoCompletedLine())
+    checks = logging.getLogger("transformers.trainer_utils")
+    alike = next((f for f in checks.filters if isinstance(f, _SaidAlikeByEveryProcess)), None)
+    if alike is None:
+        alike = _SaidAlikeByEveryProcess()
+        checks.addFilter(alike)
+    alike.replica = not args.should_log
+
+
+class _SaidAlikeByEveryProcess(logging.Filter):
+    """Trainer's resume check ("The following arguments do not match the ones in the
+    `trainer_state.json`") compares the arguments with the checkpoint, the same on every process, and
+    every process printed it: twice in a 2-process run, which still shows replicas' warnings (what only
+    their shard of the data meets). Said by the process that logs alone."""
+
+    replica = False
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        return not (self.replica and str(record.msg).startswith(
+            "Warning: The following arguments do not match the ones in the `trainer_state.json`"))
 
 
 class _NoCompletedLine(logging.Filter):
