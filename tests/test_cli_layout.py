@@ -112,14 +112,19 @@ def test_the_command_leaves_the_imported_objects_out_of_full_collections(monkeyp
     """``python -m hf_rcka``, ``hf-rcka-distill`` and ``scripts/distill.py`` freeze what the imports
     made (gc.freeze) before the run; ``main``, which tests call many times in one process, does not."""
     import gc
+    import signal
 
     import hf_rcka.cli.main as cli_main
 
     calls = []
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
     monkeypatch.setattr(cli_main, "main", lambda: calls.append("main") or 0)
-    with pytest.raises(SystemExit) as ended:
-        cli_main.console_main()
+    interrupt = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            cli_main.console_main()
+    finally:  # console_main ignores Ctrl-C for the exit it leaves to (_quiet_exit): not this pytest's
+        signal.signal(signal.SIGINT, interrupt)
     assert ended.value.code == 0 and calls == ["freeze", "main"]
     script = (Path(__file__).parent.parent / "scripts" / "distill.py").read_text()
     assert "console_main()" in script and "sys.exit(main())" not in script

@@ -1021,6 +1021,44 @@ def test_a_signal_after_training_names_the_checkpoint_that_finishes_the_run(tmp_
     assert "--resume_from_checkpoint" in _interrupted_message("SIGTERM", stop, ["r.yaml"]).splitlines()[-1]
 
 
+@pytest.mark.parametrize("where", ["closing", "exit"])
+def test_a_ctrl_c_after_the_run_ended_prints_no_traceback(tmp_path, where):
+    """Ctrl-C to a 2-process run while its first process finished (its final evaluation, card): each
+    process that had returned from its run was closing its process group (a garbage collection) or in
+    the interpreter's exit, where Python's SIGINT handler (given back by main) raised KeyboardInterrupt
+    in a finalizer: "Exception ignored in: <finalize object ...> ... KeyboardInterrupt" under the run's
+    last line, from one process or both. Here the SIGINT comes while the group closes, or in the exit."""
+    program = (
+        "import atexit, os, signal, sys, time\n"
+        "import hf_rcka.cli.main as cli\n"
+        "def ctrl_c():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.5)\n"
+        "cli._run_recipe = lambda argv, stop: None\n"
+        f"if {where!r} == 'closing':\n"
+        "    cli.close_process_group = ctrl_c\n"
+        "else:\n"
+        "    atexit.register(ctrl_c)\n"
+        "sys.argv = ['distill.py', 'recipe.yaml']\n"
+        "cli.console_main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.returncode == 0 and "KeyboardInterrupt" not in result.stderr, result.stderr[-2000:]
+
+
+def test_main_gives_ctrl_c_back_after_closing_the_process_group(monkeypatch):
+    """main (which tests and scripts call many times in one process) leaves SIGINT as it found it."""
+    import hf_rcka.cli.main as cli
+
+    monkeypatch.setattr(cli, "_run_recipe", lambda argv, stop: None)
+    seen = []
+    monkeypatch.setattr(cli, "close_process_group", lambda: seen.append(signal.getsignal(signal.SIGINT)))
+    before = signal.getsignal(signal.SIGINT)
+    assert cli.main(["recipe.yaml"]) == 0
+    assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is before
+
+
 def test_a_second_signal_says_the_stop_once(tmp_path, caplog):
     """A second signal between steps said the stop twice, with two resume commands: a warning
     "interrupted: saved checkpoint-2 ...; continue with --resume_from_checkpoint true", then the

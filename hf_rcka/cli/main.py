@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -14,7 +15,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from ..distributed import close_process_group
 from ..errors import RecipeError, UserError, user_message
@@ -68,8 +69,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + interrupted.signum
     finally:
         stop.uninstall()
-        close_process_group()
+        with _ctrl_c_ignored():  # see _quiet_exit: its garbage collection runs finalizers
+            close_process_group()
     return 0
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """SIGINT ignored for a moment (in the main thread; elsewhere signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _process_zero_failed_too() -> bool:
@@ -115,7 +130,23 @@ def console_main() -> None:
     """The ``hf-rcka-distill`` command that ``pip install`` puts on the PATH (and ``python -m hf_rcka``,
     ``scripts/distill.py``): ``main`` in a process of its own."""
     _freeze_imported_objects()
-    sys.exit(main())
+    code = main()
+    _quiet_exit()
+    sys.exit(code)
+
+
+def _quiet_exit() -> None:
+    """Ignore Ctrl-C once ``main`` has returned: the run has said how it ended, and only the
+    interpreter's exit is left (its finalizers and the garbage collection of a large heap: a second or
+    more). ``main`` gives SIGINT back to Python's handler before it closes the process group, whose
+    ``KeyboardInterrupt`` then landed in a finalizer (the group's closing collects garbage too; so
+    does the exit) and printed "Exception ignored in: <finalize object ...> ... KeyboardInterrupt"
+    under the run's last line. A launcher's Ctrl-C reaches every process: in a 2-process run the
+    second one finishes first (it writes no card or results) and waits in its exit while the first
+    finishes the run, and a Ctrl-C then printed that traceback, from one process or both. SIGTERM
+    keeps its default (it ends the process without a word), so a stuck exit can still be stopped."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _freeze_imported_objects() -> None:
