@@ -609,6 +609,28 @@ def test_typos_in_a_config_model_type_and_its_overrides(tmp_path, capsys, no_loa
     assert line.startswith("error: student_config_overrides:") and "'hiden_sizes'" in line and "hidden_sizes" in line
 
 
+@pytest.mark.parametrize("side,model,overrides,named", [
+    ("student", "config:vit", {**TINY_VIT, "num_attention_heads": 0}, "ZeroDivisionError"),
+    ("student", "config:vit", {**TINY_VIT, "hidden_size": -4}, "hidden_size -4 out of range?"),
+    ("student", "timm/vit_tiny_patch16_224", {"num_heads": 0}, "ZeroDivisionError"),
+    ("teacher", "config:vit", {**TINY_VIT, "patch_size": 0}, "patch_size 0 out of range?"),
+])
+def test_overrides_no_model_can_be_built_with_are_refused_before_loading(tmp_path, capsys, no_loading, side, model,
+                                                                         overrides, named):
+    """Out-of-range overrides (``num_attention_heads: 0``, a negative ``hidden_size``) passed every
+    check and were a traceback from the model's constructor once the data had loaded (``patch_size:
+    0`` one from the image_size check itself): the model is now built on the meta device first."""
+    if side == "student":
+        recipe = base(tmp_path, model_name_or_path=model, student_config_overrides=overrides, student_from_scratch=True,
+                      image_size=32)
+    else:
+        recipe = base(tmp_path, teacher_model_name_or_path=model, teacher_config_overrides=overrides)
+    assert run(tmp_path, recipe) == 2
+    line = error_of(capsys)
+    assert line.startswith(f"error: {side}_config_overrides: {model!r} cannot be built with them (") and named in line
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("model,key,expected", [
     ("config:resnet", "num_labels", "the run names the student's classes from the dataset's labels. "
                                     "Drop 'num_labels' from student_config_overrides"),

@@ -459,6 +459,7 @@ def check_student_config(model_args: Any) -> None:
             check_hf_overrides(config, overrides)
         except ValueError as err:
             raise RecipeError(f"{overrides_key}: {err}") from None
+        _check_builds(model_args, key, overrides_key)
         size = model_args.image_size if key == "model_name_or_path" else None
         try:
             _check_default_processor(name, with_overrides(config, overrides), size)
@@ -467,11 +468,58 @@ def check_student_config(model_args: Any) -> None:
         if key == "model_name_or_path":
             _check_image_size(model_args.image_size, config.model_type, {**config.to_dict(), **overrides})
     check_model_overrides(model_args)
+    for key, overrides_key in _MODEL_KEYS:  # a config: type's were built above
+        name = getattr(model_args, key)
+        if name and not name.startswith("config:") and getattr(model_args, overrides_key):
+            _check_builds(model_args, key, overrides_key)
     _check_saved_channels(model_args)
     local = _local_config(model_args.model_name_or_path)
     if local is not None:
         _check_image_size(model_args.image_size, local.get("model_type"), {**local, **(model_args.student_config_overrides or {})},
                           pretrained=not model_args.student_from_scratch)
+
+
+_MODEL_KEYS = (("model_name_or_path", "student_config_overrides"),
+               ("teacher_model_name_or_path", "teacher_config_overrides"))
+
+
+def _check_builds(model_args: Any, key: str, overrides_key: str) -> None:
+    """The model is built on the meta device (no weight drawn or read, a fraction of a second), as
+    the loader builds it after the data: overrides out of range (``num_attention_heads: 0``, a
+    negative ``hidden_size``, a timm ViT's ``embed_dim`` its ``num_heads`` do not divide) or a
+    ``config:`` type whose package is missing were a traceback there, after the data had loaded.
+
+    What fails only because the device is meta (construction that reads values), what cannot be
+    read here (a config not in the Hub cache) and code of the model's own are left to the loader,
+    which stays the final word.
+    """
+    from ..models.loading import build_without_weights
+
+    name, overrides = getattr(model_args, key), getattr(model_args, overrides_key) or {}
+    if model_args.trust_remote_code:
+        return  # its construction may do anything, a download included
+    student = key == "model_name_or_path"
+    try:
+        with errors_only():  # the loader says what it says of the model once, when it builds it
+            build_without_weights(name, num_labels=2 if student else None, config_overrides=overrides,
+                                  image_size=model_args.image_size if student else None)
+    except UserError:
+        raise
+    except OSError:
+        return  # a config that cannot be read: check_model_source and the loader say why
+    except Exception as err:  # noqa: BLE001 - whatever the construction raises on these values
+        reason = " ".join(str(err).split()) or type(err).__name__
+        if "meta" in reason.lower():
+            return  # the device's limit, not the recipe's
+        if isinstance(err, ImportError):
+            raise ModelError(f"{key}: {name!r} cannot be built here: {reason}") from None
+        if not overrides:
+            raise ModelError(f"{key}: {name!r} cannot be built ({type(err).__name__}: {reason})") from None
+        # torch's own words for a negative size on the meta device name no value
+        suspects = [f"{k} {v}" for k, v in overrides.items() if type(v) is int and v <= 0]
+        hint = f"{', '.join(suspects)} out of range?" if suspects else "a size, count or ratio out of range?"
+        raise RecipeError(f"{overrides_key}: {name!r} cannot be built with them ({type(err).__name__}: {reason}): "
+                          f"{hint} Give values the architecture takes") from None
 
 
 def check_feature_pairs(model_args: Any, args: Any, losses: Sequence[Any]) -> None:
