@@ -82,6 +82,17 @@ def test_a_last_batch_dropped_at_one_batch_size_is_kept_at_the_next(tmp_path):
     assert trainer.state.train_batch_size == 5 and not trainer.args.dataloader_drop_last and trainer.state.global_step == 3
 
 
+def test_a_dropped_last_batch_is_said_once(tmp_path, caplog):
+    """The trainer checks the last batch before training and again as it builds the loader: the
+    line saying it is dropped was logged twice in every run that dropped one."""
+    args = make_args(tmp_path, per_device_train_batch_size=5, num_train_epochs=1, losses=[{"name": "ce"}])
+    trainer = make_trainer(args, student=tiny_resnet(), teacher=None, train=pixel_dataset(11, seed=0))
+    with caplog.at_level(logging.INFO, logger="hf_rcka"):
+        trainer.train()
+    assert trainer.state.global_step == 2 and trainer.args.dataloader_drop_last
+    assert caplog.text.count("each epoch's last training batch would hold 1 image(s)") == 1
+
+
 def test_logged_terms_add_up_to_loss_with_an_uneven_last_accumulation(tmp_path):
     """20 images in batches of 4, 3 micro-batches a step: the second step has 2. Trainer's loss is
     the mean of each step's micro-batches; the terms weighted every micro-batch alike."""

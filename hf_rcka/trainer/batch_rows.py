@@ -95,7 +95,7 @@ def check_evaluation_rows(losses: Mapping[str, Any], args: Any, num_images: int 
 
 def check_training_batches(num_images: int, args: Any, aug_repeats: int, student: torch.nn.Module,
                            losses: Mapping[str, Any], batch_size: int | None = None,
-                           requested_drop_last: bool | None = None) -> None:
+                           requested_drop_last: bool | None = None, said: set | None = None) -> None:
     """Every epoch must have a training step, and its last step enough images for BatchNorm and
     for the relations over the batch.
 
@@ -108,11 +108,13 @@ def check_training_batches(num_images: int, args: Any, aug_repeats: int, student
     ``dataloader_drop_last`` does, so it is set. ``batch_size``: the per-process batch when
     ``auto_find_batch_size`` lowered it (``args.train_batch_size`` otherwise);
     ``requested_drop_last``: the run's own ``dataloader_drop_last``, which each check starts from
-    (a batch dropped at one batch size may be whole at the next).
+    (a batch dropped at one batch size may be whole at the next). ``said``: the lines said so far,
+    which are not said again (the trainer checks before training and again as it builds the loader,
+    and the drop was said twice in every run that had one).
     """
     if requested_drop_last is not None:
         args.dataloader_drop_last = requested_drop_last
-    _check_last_batch(num_images, args, aug_repeats, student, losses, batch_size)
+    _check_last_batch(num_images, args, aug_repeats, student, losses, batch_size, said)
     _check_accumulation(num_images, args, aug_repeats, batch_size)
 
 
@@ -142,7 +144,7 @@ def _check_accumulation(num_images: int, args: Any, aug_repeats: int, batch_size
 
 
 def _check_last_batch(num_images: int, args: Any, aug_repeats: int, student: torch.nn.Module,
-                      losses: Mapping[str, Any], batch_size: int | None) -> None:
+                      losses: Mapping[str, Any], batch_size: int | None, said: set | None = None) -> None:
     processes = max(1, args.world_size)
     local = batch_size or args.train_batch_size
     batch, seen, per_process = _epoch_images(num_images, args, aug_repeats, batch_size)
@@ -168,8 +170,11 @@ def _check_last_batch(num_images: int, args: Any, aug_repeats: int, student: tor
         raise DataError(f"the training split gives each process {seen} image(s), one batch, and that is {reason}: "
                         "add images, or train without what needs more")
     if reason:
-        logger.info("data: each epoch's last training batch would hold %d image(s), %s: it is dropped "
-                    "(dataloader_drop_last)", last, reason)
+        if said is None or (last, reason) not in said:
+            logger.info("data: each epoch's last training batch would hold %d image(s), %s: it is dropped "
+                        "(dataloader_drop_last)", last, reason)
+        if said is not None:
+            said.add((last, reason))
         args.dataloader_drop_last = True
 
 

@@ -349,6 +349,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self._said_small_sets: list[Any] = []  # evaluation sets too small for a relation, said once each
         self._eval_loader_sources: dict[str, Any] = {}  # the dataset each kept evaluation loader reads
         self._requested_drop_last = bool(args.dataloader_drop_last)  # the batch checks may set it (batch_rows)
+        self._said_batches: set = set()  # what they said of this training's last batch, said once
         self.card_facts = CardFacts()  # the CLI adds what it knows (base model, evaluation data)
         self._add_run_callbacks()
         use_resumed_progress(self.callback_handler)
@@ -727,7 +728,8 @@ class DistillationTrainer(CheckpointingTrainer):
         if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
             check_training_batches(len(self.train_dataset), self.args, self.augmentation.aug_repeats,
                                    self.distillation_model.student, losses,
-                                   batch_size=self._train_batch_size, requested_drop_last=self._requested_drop_last)
+                                   batch_size=self._train_batch_size, requested_drop_last=self._requested_drop_last,
+                                   said=self._said_batches)
 
     # ------------------------------------------------------------------ training, checked before and after
 
@@ -768,6 +770,7 @@ class DistillationTrainer(CheckpointingTrainer):
                                "counted from the start of the stream, so a checkpoint written after the stream's "
                                "first pass ended resumes at another place in it than where the run stopped (a stream "
                                "longer than the whole run resumes where it stopped)")
+        self._said_batches.clear()  # each training says its last batch once (checked here and as its loader is built)
         self._check_training_batches()
         self.check_teacher()
         self.distillation_model.follow_student_checkpointing()  # turned on since the trainer was built
