@@ -228,6 +228,22 @@ def test_the_dataset_names_the_run_classes_when_the_student_does_not(tmp_path):
     assert trainer.distillation_model.teacher_order.tolist() == [2, 0, 1]  # a, b, c among the teacher's logits
 
 
+@pytest.mark.parametrize("problem_type", ["multi_label_classification", "regression"])
+def test_a_multi_label_student_is_saved_single_label_as_the_command_line_saves_it(tmp_path, caplog, problem_type):
+    """The trainer trains the student with softmax cross-entropy and scores the argmax, but saved its
+    config as given: ``pipeline("image-classification")`` then scored the export with sigmoids (the
+    command line's loader sets it single-label, with a warning; the Python API said nothing)."""
+    from transformers import AutoConfig
+
+    student = tiny_vit()
+    student.config.problem_type = problem_type
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        trainer = build(make_args(tmp_path, losses=["ce"]), student)
+    assert f"the student's config says problem_type {problem_type!r}" in caplog.text
+    trainer.save_model()
+    assert AutoConfig.from_pretrained(tmp_path / "run").problem_type == "single_label_classification"
+
+
 def test_a_student_that_names_the_classes_otherwise_than_the_dataset_is_refused(tmp_path):
     """eval_accuracy counted ids (0.97) while the exported model named 57% of its predictions right."""
     data = pixel_dataset(10).with_format(None).cast_column("labels", datasets.ClassLabel(names=["cat", "dog", "eel"]))

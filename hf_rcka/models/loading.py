@@ -134,11 +134,18 @@ def _single_label(config: PreTrainedConfig, labels: LabelMaps | None) -> None:
     of the argmax): a checkpoint's other ``problem_type`` (a multi-label tagger's, a regressor's) is
     replaced, or its export would tell ``pipeline("image-classification")`` to score the classes with
     independent sigmoids and transformers' own loss to expect multi-hot or float targets."""
+    if labels is not None:
+        as_single_label(config)
+
+
+def as_single_label(config: PreTrainedConfig, whose: str = "the model's") -> None:
+    """Set a config's ``problem_type`` other than single-label to single-label, and say so (see
+    ``_single_label``; ``DistillationTrainer`` does it to the student a Python caller gives)."""
     problem_type = getattr(config, "problem_type", None)
-    if labels is None or problem_type in (None, "single_label_classification"):
+    if problem_type in (None, "single_label_classification"):
         return
-    logger.warning("the model's config says problem_type %r; it is trained for one class per image here, and "
-                   "saved with problem_type 'single_label_classification'", problem_type)
+    logger.warning("%s config says problem_type %r; it is trained for one class per image here, and saved with "
+                   "problem_type 'single_label_classification'", whose, problem_type)
     config.problem_type = "single_label_classification"
 
 

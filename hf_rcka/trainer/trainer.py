@@ -84,6 +84,7 @@ from ..distributed import host_group
 from ..modeling.distillation_model import DistillationModel, counted_top1
 from ..modeling.activation_checkpoints import restore_rng_in_wrapped_checkpoints
 from ..models.labels import BY_NAME, has_other_classes
+from ..models.loading import as_single_label
 from ..modeling.parallel import (
     check_fsdp_settings, default_broadcast_buffers, ignore_teacher_in_ddp, keep_teacher_out_of_fsdp,
     require_full_state_dict, share_running_stats,
@@ -322,6 +323,8 @@ class DistillationTrainer(CheckpointingTrainer):
         self._checked_classes = model.student.config.num_labels if reads_labels else None
         # after every check, so that a refused trainer leaves the caller's student as it was
         name_student_classes(model.student, (kwargs.get("train_dataset"), kwargs.get("eval_dataset")))
+        with _said_by_the_logging_process(args):  # its loss is softmax cross-entropy, its metric the argmax's
+            as_single_label(model.student.config, "the student's")  # as the command line's loader does
         super().__init__(model=model, args=args, **kwargs)
         if args.world_size > 1:
             # Trainer seeded every process alike; augmentation drawn in the main process (no loader
