@@ -919,6 +919,32 @@ def test_files_in_image_folders_that_datasets_would_read_otherwise_than_the_fold
         run(tmp_path, recipe)
 
 
+def test_one_image_file_in_two_class_folders_or_in_both_splits(tmp_path, capsys, no_loading):
+    """A hard link (or a symbolic link) from one class folder to an image of another trained that
+    image under both labels without a word, and a hard link from the validation folder to a training
+    image was scored as held out (only symbolic links were compared across the splits). Both are
+    found from the inode numbers the listing reads, with no image read."""
+    train = image_folder(tmp_path / "train", ["cat", "dog"])
+    validation = image_folder(tmp_path / "validation", ["cat", "dog"])
+    recipe = base(tmp_path, dataset_name=None, train_dir=train, validation_dir=validation)
+    os.link(tmp_path / "train" / "cat" / "0.png", tmp_path / "train" / "dog" / "a.png")
+    (tmp_path / "train" / "dog" / "b.png").symlink_to(tmp_path / "train" / "cat" / "1.png")
+    (tmp_path / "train" / "cat" / "c.png").symlink_to(tmp_path / "train" / "cat" / "2.png")  # one class: no word
+    with pytest.raises(AssertionError, match="a model or dataset was loaded"):  # no_loading: past every check
+        run(tmp_path, recipe)
+    said = [line for line in capsys.readouterr().err.splitlines() if "more than one class folder" in line]
+    assert len(said) == 1 and said[0].endswith(
+        f"{train}: 2 image file(s) sit in more than one class folder (hard or symbolic links to one file), e.g. "
+        f"'{tmp_path / 'train' / 'cat' / '0.png'}' and '{tmp_path / 'train' / 'dog' / 'a.png'}': each is trained "
+        "under every one of those labels. Keep each image in the folder of its one class")
+    os.link(tmp_path / "train" / "dog" / "3.png", tmp_path / "validation" / "dog" / "h.png")
+    assert run(tmp_path, recipe) == 2
+    assert error_of(capsys) == (f"error: '{tmp_path / 'train' / 'dog' / '3.png'}' and "
+                                f"'{tmp_path / 'validation' / 'dog' / 'h.png'}' are one file (hard links): the "
+                                "evaluation would score training images. Keep each image in one split")
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_or_empty_train_dir(tmp_path, capsys, no_loading):
     data = dict(dataset_name=None, train_dir=str(tmp_path / "nope"))
     assert run(tmp_path, base(tmp_path, **data)) == 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from array import array
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,6 +51,7 @@ def check_data_dirs(data_args: Any) -> None:
                             "or drop validation_dir to hold out part of train_dir")
         _check_no_links_across(("train_dir", data_args.train_dir, train.links, validation_path),
                                ("validation_dir", data_args.validation_dir, validation.links, train_path))
+        _check_no_files_across(train, validation)
     # what the run will read, said before it is listed again into the splits (image_files)
     counted = [f"train_dir {train.images} images in {len(train.classes)} class folders"]
     if validation is not None:
@@ -97,6 +99,7 @@ class _ImageFolder(NamedTuple):
     links: list[str]  # its images that are symbolic links
     images: int  # in its class folders
     files: list[tuple[str, str]]  # (path, class) of each, when listed (else empty)
+    inodes: array  # the inode number of each of files' (-1 where unknown)
 
 
 def _checked_image_folder(key: str, folder: str) -> _ImageFolder:
@@ -149,6 +152,7 @@ def _scan_image_folder(folder: str, listing: bool = False, warn: bool = False) -
     warned about twice)."""
     extensions = _image_extensions()
     classes, imageless, loose, hidden, unread, links, files = [], [], [], [], [], [], []
+    inodes = array("q")
     images = 0
     only_pillow = _pillow_only_extensions(extensions)
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
@@ -187,6 +191,7 @@ def _scan_image_folder(folder: str, listing: bool = False, warn: bool = False) -
         links += found.links
         images += found.images
         files += [(path, entry.name) for path in found.listed]
+        inodes.extend(found.inodes)
         (classes if found.images else imageless).append(entry.name)
     if unread:
         raise LabelError(
@@ -205,7 +210,64 @@ def _scan_image_folder(folder: str, listing: bool = False, warn: bool = False) -
     if hidden and warn:
         logger.warning("%s: hidden folders (a leading '.') are skipped, images and all: %s; rename any that is a "
                        "class", folder, listed_names(hidden))
-    return _ImageFolder(classes, links, images, files)
+    if warn and listing:
+        _warn_images_in_two_classes(folder, files, inodes)
+    return _ImageFolder(classes, links, images, files, inodes)
+
+
+def _same_inodes(inodes: array) -> list[list[int]]:
+    """The indices of ``inodes`` that share a number, in groups (-1, unknown, shares none)."""
+    import numpy as np
+
+    values = np.frombuffer(inodes, dtype=np.int64) if len(inodes) else np.empty(0, np.int64)
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(ordered)]
+    repeated = (ends - starts > 1) & (ordered[starts] >= 0) if len(ordered) else np.zeros(0, bool)
+    return [order[a:b].tolist() for a, b in zip(starts[repeated], ends[repeated])]
+
+
+def _same_files(entries: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """``entries`` (path, tag) of one inode number, grouped by the file each is (``os.stat``'s
+    device and inode, links followed; numbers repeat across file systems): one stat each, of these
+    few candidates only."""
+    groups: dict[tuple[int, int], list[tuple[str, str]]] = {}
+    for path, tag in entries:
+        try:
+            found = os.stat(path)
+        except OSError:
+            continue
+        groups.setdefault((found.st_dev, found.st_ino), []).append((path, tag))
+    return [group for group in groups.values() if len({tag for _, tag in group}) > 1]
+
+
+def _warn_images_in_two_classes(folder: str, files: list[tuple[str, str]], inodes: array) -> None:
+    """One image file in two class folders (a hard link, or a symbolic link to it or to a file
+    another class links to) is trained under both labels: said, from the inode numbers the listing
+    read (a copy is another file, which only reading every image would find)."""
+    shared = []
+    for indices in _same_inodes(inodes):
+        if len({files[i][1] for i in indices}) > 1:
+            shared += _same_files([files[i] for i in indices])
+    if shared:
+        first = " and ".join(repr(path) for path, _ in shared[0][:2])
+        logger.warning("%s: %d image file(s) sit in more than one class folder (hard or symbolic links to one file), "
+                       "e.g. %s: each is trained under every one of those labels. Keep each image in the folder of "
+                       "its one class", folder, len(shared), first)
+
+
+def _check_no_files_across(train: _ImageFolder, validation: _ImageFolder) -> None:
+    """No image file is in both splits through a hard link (or a symbolic link to a hard link of
+    the other's): found from the inode numbers the listings read, as ``_check_no_links_across``
+    finds symbolic links."""
+    files = [(path, "train_dir") for path, _ in train.files] + [(path, "validation_dir") for path, _ in validation.files]
+    for indices in _same_inodes(train.inodes + validation.inodes):
+        if len({files[i][1] for i in indices}) > 1:
+            for group in _same_files([files[i] for i in indices]):
+                paths = {tag: path for path, tag in group}
+                raise DataError(f"{paths['train_dir']!r} and {paths['validation_dir']!r} are one file (hard links): "
+                                "the evaluation would score training images. Keep each image in one split")
 
 
 def image_files(folder: str) -> list[tuple[str, str]]:
@@ -259,13 +321,14 @@ class _ClassFolder(NamedTuple):
     unread: list[str]  # its files Pillow opens but datasets does not read as images (by extension)
     links: list[str]  # its images that are symbolic links (paths)
     listed: list[str]  # its images' paths, when asked for (else empty)
+    inodes: array  # the inode number of each listed image's file (-1 where unknown; see _file_inode)
 
 
 def _scan_class_folder(folder: str, extensions: frozenset[str], skipped: bool = False,
                        listing: bool = False) -> _ClassFolder:
     """What one sub-folder holds; ``skipped``: a folder datasets leaves out (hidden, ``__...``), whose
     metadata files it does not read either; ``listing``: with its images' paths."""
-    images, nested, unread, links, listed = 0, [], [], [], []
+    images, nested, unread, links, listed, inodes = 0, [], [], [], [], array("q")
     only_pillow = _pillow_only_extensions(extensions)
     for entry in os.scandir(folder):
         if entry.name.startswith("."):
@@ -284,13 +347,26 @@ def _scan_class_folder(folder: str, extensions: frozenset[str], skipped: bool = 
             images += 1
             if listing:
                 listed.append(entry.path)
+                inodes.append(_file_inode(entry))
             if entry.is_symlink():
                 links.append(entry.path)
         elif extension in only_pillow:
             unread.append(entry.name)
         elif not skipped:
             _check_not_metadata(entry.path)
-    return _ClassFolder(images, sorted(nested), sorted(unread), links, listed)
+    return _ClassFolder(images, sorted(nested), sorted(unread), links, listed, inodes)
+
+
+def _file_inode(entry: os.DirEntry) -> int:
+    """The inode number of the file an image entry is: on POSIX readdir's own for a file (no
+    stat), one stat for a symbolic link (the file it points to); -1 where it would cost a stat of
+    every file (Windows) or cannot be read."""
+    try:
+        if entry.is_symlink():
+            return os.stat(entry.path).st_ino
+        return entry.inode() if os.name == "posix" else -1
+    except OSError:
+        return -1
 
 
 def _check_utf8_name(path: str) -> None:
