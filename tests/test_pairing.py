@@ -31,3 +31,15 @@ def test_chosen_pairs_have_non_negative_checked_indices():
     with pytest.raises(IndexError, match="3 hidden states"):
         choose_pairs([{"student_layer": 3, "teacher_layer": 0}], specs, specs)
     assert all(p.reason for p in choose_pairs("auto", specs, specs))
+
+
+def test_auto_pairs_for_a_model_without_blocks_are_one_line():
+    """A ViT student of ``num_hidden_layers: 0`` with feature losses and ``feature_pairs: auto``
+    failed with a bare ValueError's traceback once both models had loaded."""
+    from hf_rcka.errors import ModelError
+
+    specs = [FeatureSpec("nchw", 8, (4, 4), 0, 4.0, False) for _ in range(3)]
+    with pytest.raises(ModelError, match=r"^feature_pairs: auto finds no hidden state of the student's to pair"):
+        choose_pairs("auto", [], specs)
+    with pytest.raises(ModelError, match=r"of the teacher's to pair .* teacher_config_overrides num_hidden_layers: 0"):
+        choose_pairs("auto", specs, [])

@@ -157,7 +157,7 @@ def auto_feature_pairs(
         raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
     _check_single_branch(student_specs, "student")
     _check_single_branch(teacher_specs, "teacher")
-    students, teachers = _candidates(student_specs), _candidates(teacher_specs)
+    students, teachers = _candidates(student_specs, "student"), _candidates(teacher_specs, "teacher")
     k = min(num_pairs, len(students), len(teachers))
     by_stride = _hierarchical(students) and _hierarchical(teachers)
     anchor_is_student = len(students) < len(teachers)
@@ -197,9 +197,11 @@ def _check_single_branch(specs: Sequence[FeatureSpec], side: str) -> None:
     )
 
 
-def _candidates(specs: Sequence[FeatureSpec]) -> list[_Candidate]:
-    if not specs:
-        raise ValueError("a model without hidden states cannot be paired")
+def _candidates(specs: Sequence[FeatureSpec], side: str) -> list[_Candidate]:
+    if not specs:  # a ViT of num_hidden_layers: 0: a traceback after both models had loaded
+        raise ModelError(f"feature_pairs: auto finds no hidden state of the {side}'s to pair (a model without blocks, "
+                         f"e.g. {side}_config_overrides num_hidden_layers: 0): give it blocks, or distil the logits "
+                         "only (no feature losses)")
     usable = [i for i, s in enumerate(specs) if not s.is_embedding] or list(range(len(specs)))
     grids = [specs[i].grid for i in usable]
     if len(set(grids)) > 1:  # stage ends: the last entry before the grid changes
