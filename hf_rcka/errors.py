@@ -18,6 +18,20 @@ def first_names(names: Sequence[str], shown: int = 4) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
+# Text that YAML 1.1 (and people) read as a boolean; under YAML 1.2 only true and false are one
+_SPELT_TRUE = ("yes", "y", "on", "true")
+_SPELT_FALSE = ("no", "n", "off", "false")
+
+
+def spelt_boolean(value: object) -> bool | None:
+    """The boolean a text value spells (``"no"`` is False), or None: for a setting no type converts
+    (a timm argument, a checkpoint keyword), whose reader takes any non-empty text as true."""
+    if not isinstance(value, str):
+        return None
+    word = value.lower()
+    return True if word in _SPELT_TRUE else False if word in _SPELT_FALSE else None
+
+
 class UserError(ValueError):
     """Something the user can fix in the recipe, the data or the environment.
 

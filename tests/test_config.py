@@ -1264,7 +1264,7 @@ def test_a_gradient_checkpointing_kwarg_written_as_yes_or_no_is_refused():
     """``gradient_checkpointing_kwargs: {use_reentrant: no}`` reached torch's checkpoint as the text 'no',
     a true value: the reentrant variant ran, the opposite of the recipe."""
     with pytest.raises(RecipeError, match=r"^gradient_checkpointing_kwargs use_reentrant: 'no' is text, which torch "
-                                          r"takes as true: write true or false"):
+                                          r"takes as true: write false \(YAML 1.2"):
         resolve_values({**BASE, "gradient_checkpointing_kwargs": {"use_reentrant": "no"}})
     assert resolve_values({**BASE, "gradient_checkpointing_kwargs": {"use_reentrant": False}})[
         "gradient_checkpointing_kwargs"] == {"use_reentrant": False}

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import yaml
 
 from ..arguments import ARGUMENT_CLASSES, REQUIRED_KEYS, SECRET_KEYS, DataArguments, DistillationTrainingArguments, ModelArguments
-from ..errors import RecipeError
+from ..errors import RecipeError, spelt_boolean
 from ..file_writes import replacing
 from ..models.sources import PIN_REVISION
 from ..registry import close_matches
@@ -249,12 +249,13 @@ def resolve_values(recipe: dict[str, Any], overrides: dict[str, Any] | None = No
             raise RecipeError(f"{key}: {value!r} is not one of {list(choices)}: {close_matches(value, list(choices))}")
     if isinstance(resolved.get("accelerator_config"), dict):
         resolved["accelerator_config"] = _coerce_accelerator_config(resolved["accelerator_config"])
-    for name, value in (resolved.get("gradient_checkpointing_kwargs") or {}).items() \
-            if isinstance(resolved.get("gradient_checkpointing_kwargs"), dict) else ():
+    checkpointing = resolved.get("gradient_checkpointing_kwargs")
+    for name, value in checkpointing.items() if isinstance(checkpointing, dict) else ():
         # torch's checkpoint takes any text as true: use_reentrant: no (text under YAML 1.2) was reentrant
-        if isinstance(value, str) and value.lower() in ("yes", "no", "on", "off", "true", "false"):
+        if spelt_boolean(value) is not None:
             raise RecipeError(f"gradient_checkpointing_kwargs {name}: {value!r} is text, which torch takes as true: "
-                              "write true or false (YAML 1.2 reads only those as booleans)")
+                              f"write {str(spelt_boolean(value)).lower()} (YAML 1.2 reads only true and false as "
+                              "booleans)")
     if resolved.get("losses") is not None:
         resolved["losses"] = coerce_losses(resolved["losses"])
     if resolved.get("feature_pairs") is not None:

@@ -29,6 +29,7 @@ from typing import Any, Mapping
 import torch
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
+from ..errors import spelt_boolean
 from ..registry import close_matches
 from .image_sizes import as_hw
 from .label_maps import LabelMaps
@@ -224,8 +225,6 @@ def saved_model_args(config: TimmWrapperConfig) -> dict[str, Any]:
     return _recorded_args(args, getattr(config, "pretrained_cfg", None) or {})
 
 
-_TRUE_WORDS = ("yes", "y", "on", "true")
-_BOOL_WORDS = (*_TRUE_WORDS, "no", "n", "off", "false")
 _TIMM_CROP_MODES = ("center", "squash", "border")  # timm's transforms_imagenet_eval
 _TIMM_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's str_to_interp_mode
 
@@ -236,11 +235,11 @@ def check_timm_args(architecture: str, model_args: Mapping[str, Any]) -> None:
         if key in model_args:
             raise ValueError(f"config_overrides for timm model {architecture!r} sets {key!r}: {hint}")
     for key, value in model_args.items():
-        if isinstance(value, str) and value.lower() in _BOOL_WORDS:  # timm's arguments are not typed: any text
-            # is true, and ``zero_init_last: no`` (text under YAML 1.2) zeroed each block's last BatchNorm,
-            # the opposite of the recipe, without a word
+        spelt = spelt_boolean(value)
+        if spelt is not None:  # timm's arguments are not typed: any text is true, and ``zero_init_last: no``
+            # (text under YAML 1.2) zeroed each block's last BatchNorm, the opposite of the recipe, without a word
             raise ValueError(f"config_overrides for timm model {architecture!r}: {key} is the text {value!r}, which "
-                             f"timm takes as true: write {key}: {'true' if value.lower() in _TRUE_WORDS else 'false'} "
+                             f"timm takes as true: write {key}: {str(spelt).lower()} "
                              "(YAML 1.2 reads only true and false as booleans)")
     for key, rate in model_args.items():  # drop_rate, drop_path_rate, attn_drop_rate...: probabilities
         # drop_rate 1.5 failed at the student's probe, blamed on image_size, after the data had loaded;
