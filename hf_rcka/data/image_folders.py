@@ -397,7 +397,8 @@ def _pillow_only_extensions(extensions: frozenset[str]) -> frozenset[str]:
     registered = Image.registered_extensions()  # loads every plugin, and with them Image.OPEN
     readable = {name for name, (factory, _accept) in Image.OPEN.items()
                 if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))}
-    return (frozenset(ext for ext, name in registered.items() if name in readable) | _OTHER_IMAGE_EXTENSIONS) - extensions
+    decoded = frozenset(ext for ext, name in registered.items() if name in readable)
+    return (decoded | _OTHER_IMAGE_EXTENSIONS) - extensions
 
 
 def _holds_an_image(folder: str, extensions: frozenset[str], skipped: bool = False) -> bool:

@@ -145,9 +145,11 @@ def _shared_rows_kept(dataset_labels: list[str], student_labels: list[str]) -> l
                          "list the classes in the model's order, or name them in its config.json id2label")
     # a class the dataset spells in another case ('Cat' for the student's 'cat') keeps that class's row:
     # in the data's order, 'Dog', 'Cat' took the rows of 'cat' and 'dog' crosswise
-    folded = collections.Counter(name.casefold() for name in student_labels)
-    respelt = {theirs: name for name in dataset_labels if name not in shared for theirs in student_labels
-               if theirs.casefold() == name.casefold() and folded[theirs.casefold()] == 1 and theirs not in dataset_labels}
+    folded, in_data = collections.Counter(name.casefold() for name in student_labels), set(dataset_labels)
+    by_fold = {theirs.casefold(): theirs for theirs in student_labels
+               if folded[theirs.casefold()] == 1 and theirs not in in_data}
+    respelt = {by_fold[name.casefold()]: name for name in dataset_labels
+               if name not in shared and name.casefold() in by_fold}
     kept = set(respelt.values())
     new = iter(name for name in dataset_labels if name not in shared and name not in kept)
     order = [name if name in shared else respelt.get(name) or next(new) for name in student_labels]

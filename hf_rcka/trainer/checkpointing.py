@@ -40,7 +40,9 @@ from ..models.timm_models import record_data_config, timm_native_state
 from ..run_record import copy_run_record
 from .checkpoint_folders import TRAINER_STATE_NAME, checkpoint_folder, checkpoint_step
 from .divergence import has_finite_weights
-from .hub_pushes import check_private_repository, create_revision_branch, holds_earlier_model, remove_earlier_model, repository_files
+from .hub_pushes import (
+    check_private_repository, create_revision_branch, holds_earlier_model, remove_earlier_model, repository_files,
+)
 from .loss_record import check_loss_record, loss_settings, say_earlier_defaults, write_loss_record
 from .resume_match import (
     BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_restored_rates, check_resume_batch,
