@@ -40,9 +40,10 @@ def image_paths_from_the_data_folder(raw: datasets.DatasetDict, args: DataArgume
         feature = split.features[column]
         decoded = isinstance(feature, datasets.Image) and feature.decode
         stored = split.cast_column(column, datasets.Image(decode=False)) if decoded else split  # metadata only
-        _check_schemes(stored, column, name)  # s3:// without s3fs: a traceback at the first batch
-        _check_absolute_paths(stored, column, name)
-        first = _first_relative_path(stored, column)
+        paths = _paths(stored, column)  # read once from the arrow table, for the three checks
+        _check_schemes(paths, column, name)  # s3:// without s3fs: a traceback at the first batch
+        _check_absolute_paths(paths, column, name)
+        first = _first_relative_path(paths)
         if first is None or not _from_the_folder(first, folder, column, name):
             continue
         fixed = stored.map(lambda batch: {column: [_in_folder(v, folder) for v in batch[column]]},
@@ -69,7 +70,7 @@ def _paths_cache(split: datasets.Dataset, folder: str, column: str) -> dict[str,
     return {"cache_file_name": f"{path}.arrow"}
 
 
-def _check_schemes(split: datasets.Dataset, column: str, name: str) -> None:
+def _check_schemes(paths: pa.ChunkedArray | pa.Array | None, column: str, name: str) -> None:
     """Paths that are URLs (``s3://bucket/a.jpg``) are of a kind this installation reads: one whose
     file system package is missing (s3fs, gcsfs, adlfs) failed at the first batch, after the models
     had loaded, with a traceback (``ImportError: Install s3fs to access S3``). Read from the arrow
@@ -80,7 +81,6 @@ def _check_schemes(split: datasets.Dataset, column: str, name: str) -> None:
     """
     import fsspec
 
-    paths = _paths(split, column)
     if paths is None:
         return
     found = pc.extract_regex(pc.drop_null(paths), r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -98,7 +98,7 @@ def _check_schemes(split: datasets.Dataset, column: str, name: str) -> None:
 _SAMPLED = 8
 
 
-def _check_absolute_paths(split: datasets.Dataset, column: str, name: str) -> None:
+def _check_absolute_paths(paths: pa.ChunkedArray | pa.Array | None, column: str, name: str) -> None:
     """Absolute image paths name files that are here: a CSV written on another machine (or before
     the images moved) names none, and every image was skipped at the first batch, after both models
     had loaded, ending in 'all 4 images of a batch are unreadable'. Up to ``_SAMPLED`` paths, spread
@@ -108,7 +108,6 @@ def _check_absolute_paths(split: datasets.Dataset, column: str, name: str) -> No
     Raises:
         DataError: none of the sampled paths names a file; naming the split and an example.
     """
-    paths = _paths(split, column)
     if paths is None:
         return
     absolute = pc.filter(paths, pc.starts_with(pc.fill_null(paths, ""), "/"))
@@ -146,9 +145,8 @@ def _paths(split: datasets.Dataset, column: str) -> pa.ChunkedArray | pa.Array |
     return paths
 
 
-def _first_relative_path(split: datasets.Dataset, column: str) -> str | None:
+def _first_relative_path(paths: pa.ChunkedArray | pa.Array | None) -> str | None:
     """The first relative path among the column's paths (:func:`_paths`), or None."""
-    paths = _paths(split, column)
     if paths is None:
         return None
     paths = pc.drop_null(paths)
