@@ -1014,6 +1014,8 @@ def test_a_signal_after_training_names_the_checkpoint_that_finishes_the_run(tmp_
     said = _interrupted_message("SIGTERM", stop, ["r.yaml", "--seed", "3"])
     checkpoint = tmp_path / "run" / "checkpoint-2"
     assert said.splitlines()[-1].endswith(f"r.yaml --seed 3 --resume_from_checkpoint {checkpoint}"), said
+    # a signal in the final evaluation's metrics block comes after its numbers were printed: it ran, unsaved
+    assert "evaluation, model card and Hub upload did not complete" in said and "did not run" not in said
     trainer.args.push_to_hub, trainer.args.hub_strategy = True, "every_save"
     from hf_rcka.cli.job import _finish_settings
     assert _finish_settings(trainer) == {"resume_from_checkpoint": str(checkpoint), "hub_strategy": "end"}

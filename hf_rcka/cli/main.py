@@ -176,13 +176,13 @@ def _interrupted_message(name: str, stop: GracefulStop, argv: list[str]) -> str:
                 f"{secrets_note(argv)}:\n{relaunch_command(argv, finish)}")
     if finish is not None:  # resuming it finishes the run: an evaluation-only run writes no card, uploads nothing
         return (f"interrupted by {name} after training: the trained model is saved in {saved_model}, but its final "
-                f"evaluation, model card and Hub upload did not run. Its checkpoint of the last step runs them, "
-                f"training nothing, with{secrets_note(argv)}:\n{relaunch_command(argv, finish)}")
+                f"evaluation, model card and Hub upload did not complete. Its checkpoint of the last step runs "
+                f"them, training nothing, with{secrets_note(argv)}:\n{relaunch_command(argv, finish)}")
     evaluate = relaunch_command(argv, {"do_train": "false", "model_name_or_path": saved_model,
                                        "student_from_scratch": "false", "output_dir": saved_model})
     return (f"interrupted by {name} after training: the trained model is saved in {saved_model}, but its final "
-            f"evaluation, model card and Hub upload did not run (an evaluation-only run writes no card and uploads "
-            f"nothing). Evaluate it with{secrets_note(argv)}: {evaluate}")
+            f"evaluation, model card and Hub upload did not complete (an evaluation-only run writes no card and "
+            f"uploads nothing). Evaluate it with{secrets_note(argv)}: {evaluate}")
 
 
 def _run_recipe(argv: list[str], stop: GracefulStop) -> None:
