@@ -438,6 +438,11 @@ def _fetch_failure(err: Exception, name: str) -> str:
             "model into the Hugging Face cache from a machine that can reach the Hub")
 
 
+# Each model's name key and its overrides key
+_MODEL_KEYS = (("model_name_or_path", "student_config_overrides"),
+               ("teacher_model_name_or_path", "teacher_config_overrides"))
+
+
 def check_student_config(model_args: Any) -> None:
     """``config:`` types and override keys exist; ``image_size`` fits a ViT's patch grid."""
     from ..models.hf_config import check_hf_overrides, default_config, with_overrides
@@ -468,19 +473,11 @@ def check_student_config(model_args: Any) -> None:
         if key == "model_name_or_path":
             _check_image_size(model_args.image_size, config.model_type, {**config.to_dict(), **overrides})
     check_model_overrides(model_args)
-    for key, overrides_key in _MODEL_KEYS:  # a config: type's were built above
-        name = getattr(model_args, key)
-        if name and not name.startswith("config:") and getattr(model_args, overrides_key):
-            _check_builds(model_args, key, overrides_key)
     _check_saved_channels(model_args)
     local = _local_config(model_args.model_name_or_path)
     if local is not None:
         _check_image_size(model_args.image_size, local.get("model_type"), {**local, **(model_args.student_config_overrides or {})},
                           pretrained=not model_args.student_from_scratch)
-
-
-_MODEL_KEYS = (("model_name_or_path", "student_config_overrides"),
-               ("teacher_model_name_or_path", "teacher_config_overrides"))
 
 
 def _check_builds(model_args: Any, key: str, overrides_key: str) -> None:
@@ -672,8 +669,7 @@ def check_model_overrides(model_args: Any) -> None:
     are checked with its default config): a misspelt field or timm argument, or ``architectures``
     naming no image-classification class, was refused only when the model was built, after the
     data had loaded."""
-    for key, overrides_key in (("model_name_or_path", "student_config_overrides"),
-                               ("teacher_model_name_or_path", "teacher_config_overrides")):
+    for key, overrides_key in _MODEL_KEYS:
         name, overrides = getattr(model_args, key), getattr(model_args, overrides_key) or {}
         if not name or not overrides or name.startswith("config:"):
             continue
@@ -681,6 +677,7 @@ def check_model_overrides(model_args: Any) -> None:
             _check_overrides_of(name, overrides, model_args.trust_remote_code)
         except ValueError as err:
             raise RecipeError(f"{overrides_key}: {err}") from None
+        _check_builds(model_args, key, overrides_key)  # a config: type's are built by check_student_config
 
 
 def _check_overrides_of(name: str, overrides: dict, trust_remote_code: bool) -> None:
@@ -755,8 +752,7 @@ def _check_saved_channels(model_args: Any) -> None:
     """A model folder's config built for other than 3-channel images (``num_channels``, a timm
     model's ``in_chans``) is refused as the overrides are (see ``check_channel_overrides``), unless
     an override sets the channels (timm adapts a first convolution's weights to them)."""
-    for key, overrides_key in (("model_name_or_path", "student_config_overrides"),
-                               ("teacher_model_name_or_path", "teacher_config_overrides")):
+    for key, overrides_key in _MODEL_KEYS:
         name, overrides = getattr(model_args, key), getattr(model_args, overrides_key) or {}
         if "num_channels" in overrides or "in_chans" in overrides:  # what is built (check_channel_overrides)
             continue
