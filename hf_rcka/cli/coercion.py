@@ -23,11 +23,11 @@ from ..recipe_specs import RESERVED_LOSS_KEYS, loss_spec
 def coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML/CLI value to ``annotation`` or raise a RecipeError naming ``key``; a secret's
     value is never part of the message (``hub_token: [hf_...]`` printed the token)."""
-    if key not in SECRET_KEYS:
-        return _coerce(value, annotation, key)
     try:
         return _coerce(value, annotation, key)
     except RecipeError:
+        if key not in SECRET_KEYS:
+            raise
         raise RecipeError(f"{key} must be text (the token itself), got a {type(value).__name__}; its value is not "
                           "shown") from None
 
