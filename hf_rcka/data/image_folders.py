@@ -242,14 +242,21 @@ def _same_files(entries: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
     return [group for group in groups.values() if len({tag for _, tag in group}) > 1]
 
 
+def _one_file_under_two_tags(files: list[tuple[str, str]], inodes: array) -> list[list[tuple[str, str]]]:
+    """The groups of ``files`` (path, tag: a class, a split) that are one file under more than one
+    tag: candidates by the inode numbers the listing read, each confirmed by one stat."""
+    groups = []
+    for indices in _same_inodes(inodes):
+        if len({files[i][1] for i in indices}) > 1:
+            groups += _same_files([files[i] for i in indices])
+    return groups
+
+
 def _warn_images_in_two_classes(folder: str, files: list[tuple[str, str]], inodes: array) -> None:
     """One image file in two class folders (a hard link, or a symbolic link to it or to a file
     another class links to) is trained under both labels: said, from the inode numbers the listing
     read (a copy is another file, which only reading every image would find)."""
-    shared = []
-    for indices in _same_inodes(inodes):
-        if len({files[i][1] for i in indices}) > 1:
-            shared += _same_files([files[i] for i in indices])
+    shared = _one_file_under_two_tags(files, inodes)
     if shared:
         first = " and ".join(repr(path) for path, _ in shared[0][:2])
         logger.warning("%s: %d image file(s) sit in more than one class folder (hard or symbolic links to one file), "
@@ -262,12 +269,10 @@ def _check_no_files_across(train: _ImageFolder, validation: _ImageFolder) -> Non
     the other's): found from the inode numbers the listings read, as ``_check_no_links_across``
     finds symbolic links."""
     files = [(path, "train_dir") for path, _ in train.files] + [(path, "validation_dir") for path, _ in validation.files]
-    for indices in _same_inodes(train.inodes + validation.inodes):
-        if len({files[i][1] for i in indices}) > 1:
-            for group in _same_files([files[i] for i in indices]):
-                paths = {tag: path for path, tag in group}
-                raise DataError(f"{paths['train_dir']!r} and {paths['validation_dir']!r} are one file (hard links): "
-                                "the evaluation would score training images. Keep each image in one split")
+    for group in _one_file_under_two_tags(files, train.inodes + validation.inodes):
+        paths = {tag: path for path, tag in group}
+        raise DataError(f"{paths['train_dir']!r} and {paths['validation_dir']!r} are one file (hard links): "
+                        "the evaluation would score training images. Keep each image in one split")
 
 
 def image_files(folder: str) -> list[tuple[str, str]]:
