@@ -141,6 +141,18 @@ def test_a_git_lfs_pointer_is_named_as_such(tmp_path):
         decode_image(str(tmp_path / "1.jpg"))
 
 
+def test_an_image_over_pillows_pixel_limit_names_the_fix(tmp_path, monkeypatch):
+    """Pillow refuses an image over its pixel limit as a possible decompression bomb; the skip said
+    only Pillow's words, which name no way out (downscaling the file is one)."""
+    from hf_rcka.data.images import UnreadableImage
+
+    path = tmp_path / "scan.png"
+    Image.new("RGB", (100, 100)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # errors above twice the limit
+    with pytest.raises(UnreadableImage, match=r"DecompressionBombError: .*downscale the file"):
+        decode_image(str(path))
+
+
 def test_a_skipped_image_is_replaced_by_a_readable_one_of_its_batch():
     from hf_rcka.data.datasets import collate
 

@@ -171,6 +171,16 @@ def _lfs_pointer(value: dict) -> str | None:
             "(run 'git lfs pull' in its repository)")
 
 
+def _decode_reason(err: Exception) -> str:
+    """Why Pillow could not decode a file, with the way out where there is one: an image over
+    Pillow's pixel limit (a scan or a satellite tile) is refused as a possible decompression bomb,
+    and training, which resizes it to a few hundred pixels anyway, reads it once it is downscaled."""
+    reason = f"{type(err).__name__}: {err}"
+    if isinstance(err, Image.DecompressionBombError):
+        reason += " (downscale the file, e.g. to a few thousand pixels a side, and run again)"
+    return reason
+
+
 def decode_image(value: Any) -> Image.Image:
     """Decode one datasets image value (``{"path", "bytes"}``, a path, bytes or a PIL image) to RGB.
 
@@ -201,7 +211,7 @@ def decode_image(value: Any) -> Image.Image:
     try:
         image = datasets.Image().decode_example(value)
     except DECODE_ERRORS as err:
-        raise UnreadableImage(describe_source(value), _lfs_pointer(value) or f"{type(err).__name__}: {err}") from None
+        raise UnreadableImage(describe_source(value), _lfs_pointer(value) or _decode_reason(err)) from None
     try:
         return to_rgb(image)
     except DataError as err:
