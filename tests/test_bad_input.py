@@ -4084,3 +4084,20 @@ def test_a_student_validation_dir_the_teacher_trained_on_is_refused_however_it_i
         check_teacher_data(str(teacher), student, carved=False)
     check_teacher_data(str(teacher), DataArguments(train_dir=str(tmp_path / "train"),
                                                    validation_dir=str(tmp_path / "other")), carved=False)
+
+
+def test_a_layer_index_on_a_model_without_blocks_names_the_fix(tmp_path, capsys, no_loading):
+    """A ViT of num_hidden_layers 0 has no hidden state to pair: an explicit pair was refused with
+    "valid indices are 0..-1"; the line now says why and what to do, as feature_pairs: auto does."""
+    recipe = base(tmp_path, teacher_model_name_or_path="config:resnet", teacher_config_overrides=TINY_RESNET,
+                  losses=[{"name": "ce"}, {"name": "feature_cka"}],
+                  feature_pairs=[{"student_layer": -1, "teacher_layer": -1}],
+                  model_name_or_path="config:vit", student_from_scratch=True,
+                  student_config_overrides={**TINY_VIT, "num_hidden_layers": 0})
+    assert run(tmp_path, recipe) == 2
+    error = error_of(capsys)
+    assert "0..-1" not in error
+    assert error == ("error: feature_pairs[0]: student layer -1 is out of range: the student model has no hidden "
+                     "states to pair (a model without blocks, e.g. student_config_overrides num_hidden_layers: 0): "
+                     "give it blocks, or distil the logits only (no feature losses)")
+    assert not (tmp_path / "out").exists()

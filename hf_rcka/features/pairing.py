@@ -111,6 +111,12 @@ def resolve_layer(index: int, num_hidden_states: int, side: str, where: str = ""
     """
     if isinstance(index, bool) or not isinstance(index, int):
         raise TypeError(f"{side} layer index must be an int, got {index!r}")
+    if num_hidden_states == 0:  # said "valid indices are 0..-1"
+        raise LayerIndexError(
+            f"{where}{side} layer {index} is out of range: the {side} model has no hidden states to pair (a model "
+            f"without blocks, e.g. {side}_config_overrides num_hidden_layers: 0): give it blocks, or distil the "
+            "logits only (no feature losses)"
+        )
     if not -num_hidden_states <= index < num_hidden_states:
         raise LayerIndexError(
             f"{where}{side} layer {index} is out of range: the {side} model has {num_hidden_states} hidden states, "
