@@ -573,6 +573,20 @@ def test_a_cka_section_without_markers_is_replaced_up_to_the_next_section(tmp_pa
     assert card.text.count("## Layer-by-layer CKA") == 1
 
 
+def test_the_cka_section_leaves_the_cards_metadata_as_written(tmp_path):
+    """The card went through ModelCard, which re-dumps its YAML: a user's comment there was lost,
+    ``version: 1.10`` became ``1.1``, and a card without metadata got a ``{}`` block."""
+    (tmp_path / "cka.png").write_bytes(b"\x89PNG fake")
+    path = tmp_path / "README.md"
+    header = "---\n# reviewed by legal\nlicense: apache-2.0\nversion: 1.10\nbase_model: 'org/teacher'\n---\n"
+    path.write_text(header + "# student\n\nMy words.\n")
+    add_cka_to_card(tmp_path, "cka.png", "| a | b |")
+    assert path.read_text().startswith(header + "# student\n\nMy words.\n\n<!-- hf_rcka:cka-start -->")
+    path.write_text("# student\n\nNo metadata.\n")
+    card = add_cka_to_card(tmp_path, "cka.png", "| a | b |")
+    assert path.read_text().startswith("# student\n\nNo metadata.\n\n") and "| a | b |" in card.text
+
+
 def test_the_usage_snippet_is_python_whatever_the_folder_is_called(tmp_path):
     """A folder name with a quote or a backslash wrote from_pretrained("we"ird"), broken Python."""
     import ast

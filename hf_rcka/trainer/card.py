@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
 from ..file_writes import write_text
 from ..models.sources import cache_snapshot, cached_commit
@@ -425,11 +426,23 @@ def add_cka_to_card(model_dir: str | os.PathLike, image: str = CKA_IMAGE, tables
     path = os.path.join(model_dir, "README.md")
     if not os.path.exists(os.path.join(model_dir, image)):
         raise FileNotFoundError(f"{os.path.join(model_dir, image)} does not exist: copy the picture there first")
-    card = ModelCard.load(path)
-    before, after = _around_cka_section(card.text)
-    card.text = f"{before.rstrip()}\n\n{_cka_block(image, tables)}" + (f"\n{after.lstrip()}" if after.strip() else "")
-    write_text(path, str(card), newline="")  # a cut-short write would lose the sections a user added
-    return card
+    with open(path, encoding="utf-8", newline="") as handle:
+        content = handle.read()
+    header, text = _split_metadata(content)
+    before, after = _around_cka_section(text)
+    text = f"{before.rstrip()}\n\n{_cka_block(image, tables)}" + (f"\n{after.lstrip()}" if after.strip() else "")
+    write_text(path, header + text, newline="")  # a cut-short write would lose the sections a user added
+    return ModelCard(header + text)
+
+
+def _split_metadata(content: str) -> tuple[str, str]:
+    """The card's YAML metadata block, exactly as written, and the text after it.
+
+    ModelCard re-dumps the metadata it parsed: a user's YAML comments were dropped, ``version: 1.10``
+    became ``1.1``, and a card without metadata got an empty ``{}`` block.
+    """
+    match = REGEX_YAML_BLOCK.search(content)
+    return (match.group(0), content[match.end():]) if match else ("", content)
 
 
 def _around_cka_section(text: str) -> tuple[str, str]:
