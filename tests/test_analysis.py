@@ -347,6 +347,18 @@ def test_cka_report_mistakes_are_one_error_line(tmp_path, capsys, problem):
     assert "Traceback" not in "\n".join(err)
 
 
+def test_a_model_folder_without_its_image_processor_is_refused_before_the_data_loads(tmp_path, capsys, monkeypatch):
+    """A run stopped before its export was whole: the report said so once the data had loaded and
+    every model before it had run (the training CLI checks it first)."""
+    first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)
+    os.remove(os.path.join(second, "preprocessor_config.json"))
+    monkeypatch.setattr(cka_report, "sample_images", lambda args: pytest.fail("the data loaded"))
+    _ = capsys.readouterr()
+    assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: models: {second} holds no preprocessor_config.json"), err
+
+
 def test_cka_report_writes_into_the_card_folder_and_keeps_its_sections(tmp_path, capsys):
     """--output equal to --card failed with shutil.SameFileError after computing everything."""
     first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)

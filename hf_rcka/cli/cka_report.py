@@ -35,7 +35,7 @@ from typing import Any
 from ..arguments import DataArguments
 from ..errors import DataError, UserError
 from ..file_writes import replacing_path, write_text
-from .model_sources import check_model_source
+from .model_sources import check_image_processor, check_model_source
 from .output_folder import reading_models, said_write_errors, training_alone_in, writable_folder
 from ..data.image_folders import image_folder_classes
 from ..run_record import RECIPE_RECORD
@@ -136,9 +136,9 @@ def check_inputs(args: argparse.Namespace) -> None:
     if importlib.util.find_spec("matplotlib") is None:
         raise UserError("the report draws its heatmaps with matplotlib, which is not installed: "
                         "pip install matplotlib (or the project's demo extra, pip install 'hf_rcka[demo]')")
-    check_model_source("reference", args.reference)
-    for model in args.models:
-        check_model_source("models", model)
+    for key, model in (("reference", args.reference), *(("models", model) for model in args.models)):
+        check_model_source(key, model)
+        check_image_processor(key, model)  # a folder without one failed once the models before it had run
     if args.validation_dir:
         image_folder_classes("--validation_dir", args.validation_dir)
     resolve_split(args)
