@@ -359,6 +359,24 @@ def test_a_model_folder_without_its_image_processor_is_refused_before_the_data_l
     assert len(err) == 1 and err[0].startswith(f"error: models: {second} holds no preprocessor_config.json"), err
 
 
+def test_a_model_with_code_of_its_own_is_one_line_that_names_the_reports_flag(tmp_path, capsys, monkeypatch):
+    """It was transformers' three lines, once the data and the models before it had loaded, saying to
+    pass trust_remote_code=True, which the report had no way to."""
+    import json
+
+    first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    config.update(model_type="custom-vit", auto_map={"AutoModelForImageClassification": "modeling_x.XModel"})
+    (tmp_path / "b" / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(cka_report, "sample_images", lambda args: pytest.fail("the data loaded"))
+    _ = capsys.readouterr()
+    assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: models: {second!r} is a model of type 'custom-vit'"), err
+    assert "give --trust_remote_code if you trust" in err[0]
+    assert cka_report.parse_args([first, second, "--dataset_name", "builtin:digits", "--trust_remote_code"]).trust_remote_code
+
+
 def test_cka_report_writes_into_the_card_folder_and_keeps_its_sections(tmp_path, capsys):
     """--output equal to --card failed with shutil.SameFileError after computing everything."""
     first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)

@@ -35,7 +35,7 @@ from typing import Any
 from ..arguments import DataArguments
 from ..errors import DataError, UserError
 from ..file_writes import replacing_path, write_text
-from .model_sources import check_image_processor, check_model_source
+from .model_sources import check_image_processor, check_model_source, check_remote_code
 from .output_folder import reading_models, said_write_errors, training_alone_in, writable_folder
 from ..data.image_folders import image_folder_classes
 from ..run_record import RECIPE_RECORD
@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("outputs/cka_report"),
                         help="folder that gets cka.png and cka.md (default outputs/cka_report)")
     parser.add_argument("--card", type=Path, help="one of the compared run folders: its README.md card gets the picture")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="load models with code of their own (as the recipe key of that name: it runs that code)")
     args = parser.parse_args(argv)
     if (args.dataset_name is None) == (args.validation_dir is None):
         parser.error("give exactly one of --dataset_name and --validation_dir")
@@ -138,6 +140,7 @@ def check_inputs(args: argparse.Namespace) -> None:
                         "pip install matplotlib (or the project's demo extra, pip install 'hf_rcka[demo]')")
     for key, model in (("reference", args.reference), *(("models", model) for model in args.models)):
         check_model_source(key, model)
+        check_remote_code(key, model, args.trust_remote_code, fix="give --trust_remote_code")  # transformers' 3 lines, late
         check_image_processor(key, model)  # a folder without one failed once the models before it had run
     if args.validation_dir:
         image_folder_classes("--validation_dir", args.validation_dir)
@@ -280,7 +283,7 @@ def _readable_images(values: Any, count: int) -> list:
     return images
 
 
-def _load_model(name: str):
+def _load_model(name: str, trust_remote_code: bool = False):
     """A model and its inputs' transform, exactly as evaluation during training prepares them."""
     from ..data.transforms import eval_transform
     from ..models.loading import load_image_classifier
@@ -288,8 +291,8 @@ def _load_model(name: str):
     from .run_inputs import model_error
 
     with model_error(f"model {name!r}"):
-        model = load_image_classifier(name)
-        transform = eval_transform(load_image_processor(name, model))
+        model = load_image_classifier(name, trust_remote_code=trust_remote_code)
+        transform = eval_transform(load_image_processor(name, model, trust_remote_code=trust_remote_code))
     return model.eval(), transform
 
 
@@ -305,11 +308,11 @@ def _report(args: argparse.Namespace, images: list) -> None:
     from ..analysis import layer_cka, prepare_pixels, save_heatmaps
 
     names = args.names or _panel_names([args.reference, *args.models])
-    reference, reference_transform = _load_model(args.reference)
+    reference, reference_transform = _load_model(args.reference, args.trust_remote_code)
     reference_pixels = prepare_pixels(images, reference_transform)
     reports = []
     for name, path in zip(names[1:], args.models):
-        model, transform = _load_model(path)
+        model, transform = _load_model(path, args.trust_remote_code)
         reports.append(layer_cka(reference, reference_pixels, model, prepare_pixels(images, transform), (names[0], name)))
     args.output.mkdir(parents=True, exist_ok=True)
     png = save_heatmaps(reports, args.output / "cka.png", title=f"linear CKA per layer pair, {len(images)} images")

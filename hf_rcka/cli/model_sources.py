@@ -163,11 +163,12 @@ def _local_config(name: str, file: str = "config.json") -> dict | None:
         return json.load(handle)
 
 
-def check_remote_code(key: str, name: str, trust_remote_code: bool) -> None:
+def check_remote_code(key: str, name: str, trust_remote_code: bool, fix: str = "set trust_remote_code: true") -> None:
     """A model whose config names code of its own (``auto_map``) for a type transformers does not
     know loads only with ``trust_remote_code``: refused in one line before the data loads (it was
     transformers' three-line error after). Read from the folder's or the Hub cache's config.json,
-    which ``check_model_source`` fetched."""
+    which ``check_model_source`` fetched. ``fix``: how this command allows it (a recipe's key, a
+    script's flag)."""
     from huggingface_hub import try_to_load_from_cache
     from transformers import CONFIG_MAPPING
 
@@ -185,12 +186,12 @@ def check_remote_code(key: str, name: str, trust_remote_code: bool) -> None:
         return  # an unreadable config is the loader's to report
     if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
         raise ModelError(f"{key}: {name!r} is a model of type {config.get('model_type')!r} with code of its own (its "
-                         "config's auto_map), which transformers does not know: set trust_remote_code: true if you "
-                         "trust that repository's code (it runs as the model loads)")
+                         f"config's auto_map), which transformers does not know: {fix} if you trust that repository's "
+                         "code (it runs as the model loads)")
     processor = _local_config(name, "preprocessor_config.json") if os.path.isdir(name) else None
     if isinstance(processor, dict) and (processor.get("auto_map") or {}).get("AutoImageProcessor"):
         raise ModelError(f"{key}: {name!r} has an image processor with code of its own (preprocessor_config.json's "
-                         "auto_map): set trust_remote_code: true if you trust that code (it runs as the processor "
+                         f"auto_map): {fix} if you trust that code (it runs as the processor "
                          "loads), or replace the file with a built-in processor's")
 
 
