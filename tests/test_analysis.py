@@ -300,6 +300,31 @@ def test_cka_report_reads_a_validation_dir_literally(tmp_path):
     assert len(cka_report.sample_images(args)) == 6
 
 
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_cka_report_refuses_a_validation_dir_linking_to_a_runs_training_images(tmp_path, link):
+    """Only the folders' paths were compared: a folder of the held-out images plus links to some of
+    a run's training images passed, and the report took those as images it never trained on."""
+    from hf_rcka.errors import DataError
+
+    rng = np.random.default_rng(0)
+    for name in ("train", "report"):
+        for label in ("a", "b"):
+            (tmp_path / name / label).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / name / label / f"{i}.png")
+    trained = tmp_path / "train" / "a" / "0.png"
+    (os.symlink if link == "symbolic" else os.link)(trained, tmp_path / "report" / "a" / "x.png")
+    first = _saved_run(tmp_path / "a", recipe=f"train_dir: {tmp_path / 'train'}\n")
+    second = _saved_run(tmp_path / "b", 1)
+    args = cka_report.parse_args([first, second, "--validation_dir", str(tmp_path / "report")])
+    cka_report.check_inputs(args)
+    with pytest.raises(DataError, match=f"model {first!r} was trained on train_dir .*, whose images this report's "
+                                        "validation_dir links to: .*(symbolic link|hard link)"):
+        cka_report.sample_images(args)
+    os.remove(tmp_path / "report" / "a" / "x.png")
+    assert len(cka_report.sample_images(args)) == 6
+
+
 def test_cka_report_output_must_be_a_folder(tmp_path, capsys):
     (tmp_path / "afile.png").write_bytes(b"x")
     with pytest.raises(SystemExit):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..arguments import DataArguments
+from ..data.image_folders import images_shared_with
 from ..errors import DataError
 from .records import recorded_recipe
 
@@ -56,6 +57,10 @@ def check_teacher_data(teacher: str | None, data_args: DataArguments, *,
         if taught["train_dir"] and _same_path(taught["train_dir"], run["validation_dir"]):
             raise DataError(f"{roles.model} {teacher!r} was trained on train_dir {taught['train_dir']!r}, "
                             f"{roles.evaluated}'s validation_dir: its evaluation would be on {roles.short}'s training images")
+        shared = images_shared_with(taught["train_dir"], run["validation_dir"]) if taught["train_dir"] else None
+        if shared:  # links into the training folder: the images are the same files
+            raise DataError(f"{roles.model} {teacher!r} was trained on train_dir {taught['train_dir']!r}, whose images "
+                            f"{roles.evaluated}'s validation_dir links to: {shared}")
         return
     if not carved or not _same_source(taught, run):
         return

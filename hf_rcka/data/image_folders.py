@@ -81,6 +81,26 @@ def _check_no_links_across(*splits: tuple[str, str, list[str], Path]) -> None:
                         "Link each image from one split only")
 
 
+def images_shared_with(train_dir: str, validation_dir: str) -> str | None:
+    """Why ``validation_dir`` holds images of another run's ``train_dir`` (a symbolic link into it, a
+    hard link of one of its files), or None: :func:`check_data_dirs`' checks between a run's own
+    folders, for two runs' (a teacher's training folder and the student's validation folder, a
+    compared run's and the CKA report's), which compared only the folders' paths. None when either
+    cannot be listed as a run reads it (a training folder moved or changed since)."""
+    try:
+        train, validation = (_scan_image_folder(folder, listing=True) for folder in (train_dir, validation_dir))
+    except (OSError, LabelError):
+        return None
+    train_path, validation_path = (Path(d).expanduser().resolve() for d in (train_dir, validation_dir))
+    try:
+        _check_no_links_across(("train_dir", train_dir, train.links, validation_path),
+                               ("validation_dir", validation_dir, validation.links, train_path))
+        _check_no_files_across(train, validation)
+    except DataError as err:
+        return str(err)
+    return None
+
+
 def image_folder_classes(key: str, folder: str) -> list[str]:
     """The classes of the image folder a recipe's ``key`` names (:func:`class_folders`), which must
     exist and hold at least two of them."""
