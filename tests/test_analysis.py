@@ -417,6 +417,17 @@ def test_cka_report_writes_into_the_card_folder_and_keeps_its_sections(tmp_path,
     assert "10 classes" in (Path(second) / "cka.md").read_text()  # the logits row and column
 
 
+def test_the_cards_cka_section_says_which_images_were_compared(tmp_path, capsys):
+    """The card said only which models (the picture's title: how many images), not which data: a
+    reader could not tell held-out digits from another folder's images."""
+    first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)
+    assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--num_images", "12",
+                            "--output", str(tmp_path / "r"), "--card", second]) == 0
+    card = (Path(second) / "README.md").read_text()
+    assert ("(hf_rcka's CKA report), over 12 images of scikit-learn handwritten digits, from a stratified 15% "
+            "validation split carved from train (split_seed 42") in card
+
+
 def test_the_report_runs_as_a_module_of_the_installed_package(tmp_path):
     """python -m hf_rcka.cli.cka_report did nothing and exited 0: an installed package has no scripts/."""
     import subprocess

@@ -258,7 +258,19 @@ def sample_images(args: argparse.Namespace) -> list:
     if isinstance(validation.features[args.image_column_name], datasets.Image):  # decoded as training decodes
         validation = validation.cast_column(args.image_column_name, datasets.Image(decode=False))
     column = args.image_column_name
+    args.image_source = _image_source(args, data, raw.evaluated if not args.validation_dir else None, carved)
     return _readable_images((validation[i][column] for i in range(len(validation))), count)
+
+
+def _image_source(args: argparse.Namespace, data: Any, split: str | None, carved: bool) -> str:
+    """Where the images come from, in the words of the card's evaluation line (no local path): the
+    card's CKA section said only what the picture's title says, how many."""
+    from ..trainer.card_facts import describe_eval_data
+
+    if args.validation_dir:
+        return f"the local image folder `{os.path.basename(os.path.normpath(args.validation_dir))}`"
+    named, _, where = describe_eval_data(data, None, split=split, carved=carved)["eval_data"].partition(": ")
+    return f"{named}, from {where}"
 
 
 def _readable_images(values: Any, count: int) -> list:
@@ -327,7 +339,7 @@ def _report(args: argparse.Namespace, images: list) -> None:
         if not (target.exists() and os.path.samefile(png, target)):  # --output may be the card's folder
             with replacing_path(target) as temporary:  # the card shows it: never a picture cut short
                 shutil.copyfile(png, temporary)
-        add_cka_to_card(args.card, CKA_IMAGE, markdown)
+        add_cka_to_card(args.card, CKA_IMAGE, markdown, f"{len(images)} images of {args.image_source}")
         print(f"card: {args.card / 'README.md'} now shows {CKA_IMAGE}")
 
 

@@ -245,10 +245,11 @@ def _cka_section(output_dir: str) -> str:
     return "\n" + _cka_block(CKA_IMAGE)
 
 
-def _cka_block(image: str, tables: str = "") -> str:
+def _cka_block(image: str, tables: str = "", images: str = "") -> str:
     details = f"\n<details><summary>CKA values</summary>\n\n{tables}\n</details>\n" if tables else ""
+    over = f", over {images}" if images else ""
     return (f"{_CKA_START}\n{_CKA_HEADING}\n\nLinear CKA between the hidden states of the models the picture "
-            f"names, the first one's in rows (hf_rcka's CKA report):\n\n![layer CKA]({image})\n{details}{_CKA_END}\n")
+            f"names, the first one's in rows (hf_rcka's CKA report){over}:\n\n![layer CKA]({image})\n{details}{_CKA_END}\n")
 
 
 def write_model_card(
@@ -414,8 +415,12 @@ def _card_data(model_name: str, teacher_name: str | None, dataset: str | None, m
     )
 
 
-def add_cka_to_card(model_dir: str | os.PathLike, image: str = CKA_IMAGE, tables: str = "") -> ModelCard:
+def add_cka_to_card(model_dir: str | os.PathLike, image: str = CKA_IMAGE, tables: str = "",
+                    images: str = "") -> ModelCard:
     """Embed a layer-CKA picture (already copied into ``model_dir``) in that folder's card.
+
+    ``images``: which images the CKA was taken over (``64 images of ...``), for the card's reader:
+    the picture says only how many.
 
     Replaces an earlier CKA section in place, so running the report again does not stack pictures,
     and leaves every other section alone, also one a user added after it.
@@ -430,7 +435,7 @@ def add_cka_to_card(model_dir: str | os.PathLike, image: str = CKA_IMAGE, tables
         content = handle.read()
     header, text = _split_metadata(content)
     before, after = _around_cka_section(text)
-    text = f"{before.rstrip()}\n\n{_cka_block(image, tables)}" + (f"\n{after.lstrip()}" if after.strip() else "")
+    text = f"{before.rstrip()}\n\n{_cka_block(image, tables, images)}" + (f"\n{after.lstrip()}" if after.strip() else "")
     write_text(path, header + text, newline="")  # a cut-short write would lose the sections a user added
     return ModelCard(header + text)
 
