@@ -325,6 +325,18 @@ def test_cka_report_refuses_a_validation_dir_linking_to_a_runs_training_images(t
     assert len(cka_report.sample_images(args)) == 6
 
 
+def test_cka_report_output_must_be_outside_the_images_it_reads(tmp_path, capsys):
+    """An --output inside --validation_dir put cka.png among the images: the next report read it as
+    one more validation image, of a class 'report' (training refuses an output_dir in its data)."""
+    for label in ("a", "b"):
+        (tmp_path / "val" / label).mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        cka_report.parse_args(["a", "b", "--validation_dir", str(tmp_path / "val"), "--output",
+                               str(tmp_path / "val" / "report")])
+    assert f"--output {tmp_path / 'val' / 'report'} is inside --validation_dir" in capsys.readouterr().err
+    cka_report.parse_args(["a", "b", "--validation_dir", str(tmp_path / "val"), "--output", str(tmp_path / "report")])
+
+
 def test_cka_report_output_must_be_a_folder(tmp_path, capsys):
     (tmp_path / "afile.png").write_bytes(b"x")
     with pytest.raises(SystemExit):

@@ -85,12 +85,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--num_images must be at least 3")
     if args.output.exists() and not args.output.is_dir():
         parser.error(f"--output {args.output} is a file: give a folder for cka.png and cka.md")
+    _check_output_outside_data(parser, args)
     for flag, folder in (("--output", args.output), ("--card", args.card)):  # found now, not after the models ran
         if folder is not None and not writable_folder(folder):
             parser.error(f"{flag} {folder} is not writable: give a folder you can write to")
     if args.card:
         _check_card(parser, args.card, [args.reference, *args.models])
     return args
+
+
+def _check_output_outside_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--output`` inside the image folder the report reads: its next run read ``cka.png`` as one
+    more image, of a class named after the output folder (as training refuses an ``output_dir``
+    among its data)."""
+    out = args.output.expanduser().resolve()
+    for flag, value in (("--validation_dir", args.validation_dir), ("--dataset_name", args.dataset_name)):
+        if value and os.path.isdir(os.path.expanduser(value)) and Path(value).expanduser().resolve() in (out, *out.parents):
+            parser.error(f"--output {args.output} is inside {flag} {value}: cka.png would be read as one more image "
+                         "of that data by the next report. Give an --output outside it")
 
 
 def _check_card(parser: argparse.ArgumentParser, card: Path, compared: list[str]) -> None:
