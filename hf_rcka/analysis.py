@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from . import functional
 from .features.hidden_states import describe_hidden_states, forward_with_hidden_states, hidden_states_of
 from .data.images import decode_image
+from .errors import ModelError
 from .file_writes import replacing_path
 from .features.layout import FeatureSpec, to_fmap
 
@@ -104,6 +105,16 @@ def layer_activations(model: nn.Module, pixel_values: Tensor, batch_size: int = 
     return activations, names
 
 
+def _check_finite(activations: Sequence[Tensor], names: Sequence[str], model: str) -> None:
+    """A NaN or inf activation has no CKA either, and it read ``n/a``, which says the layer is the
+    same for every image: a diverged model's layers passed for constant ones."""
+    for activation, name in zip(activations, names):
+        if not bool(torch.isfinite(activation).all()):
+            raise ModelError(f"model {model!r}: hidden state {name!r} holds NaN or inf on these images, so its CKA is "
+                             "undefined (not a constant layer's n/a): check that the model's weights are finite "
+                             "(a run that diverged?)")
+
+
 def _is_constant(activation: Tensor) -> bool:
     """The same (to float32 rounding) for every image: centring leaves nothing, so CKA is 0 / 0."""
     spread = (activation - activation.mean(0)).abs().amax()
@@ -128,7 +139,8 @@ def layer_cka(
 
     Raises:
         ValueError: if the two inputs do not hold the same number of images, or fewer than 3
-            (CKA over fewer images is degenerate).
+            (CKA over fewer images is degenerate); ``ModelError`` (a ValueError) if an activation is
+            NaN or inf.
     """
     if len(row_pixels) != len(column_pixels):
         raise ValueError(f"both models must see the same images: got {len(row_pixels)} and {len(column_pixels)}")
@@ -136,6 +148,8 @@ def layer_cka(
         raise ValueError(f"layer CKA needs at least 3 images, got {len(row_pixels)}")
     rows, row_names = layer_activations(row_model, row_pixels, batch_size)
     columns, column_names = layer_activations(column_model, column_pixels, batch_size)
+    _check_finite(rows, row_names, names[0])
+    _check_finite(columns, column_names, names[1])
     return LayerCKA(
         matrix=cka_matrix(rows, columns),
         row_names=row_names,

@@ -73,6 +73,18 @@ def test_a_constant_layer_has_no_cka(images):
     assert last_row.count("n/a") == report.matrix.shape[1] and "0.00" not in last_row
 
 
+def test_a_nan_activation_is_an_error_not_a_constant_layers_n_a(images):
+    """NaN CKA read n/a, which the table and README define as a layer that is the same for every
+    image: a diverged model's broken layers passed for constant ones."""
+    from hf_rcka.errors import ModelError
+
+    vit, broken = hf_vit(), hf_vit()
+    with torch.no_grad():
+        broken.classifier.weight[0, 0] = float("nan")
+    with pytest.raises(ModelError, match=r"model 'b': hidden state '3: logits \(3 classes\)' holds NaN or inf"):
+        layer_cka(vit, images, broken, images, names=("a", "b"))
+
+
 def test_differently_sized_inputs_must_be_the_same_images(images):
     vit = hf_vit()
     with pytest.raises(ValueError, match="same images"):
