@@ -148,6 +148,23 @@ def test_cka_report_takes_the_models_validation_split_by_default(tmp_path):
     assert (args.train_val_split, args.split_seed) == (0.3, 7)
 
 
+def test_cka_report_takes_the_runs_dataset_configuration(tmp_path):
+    """Without --dataset_config_name no run matched the data (its configuration differed), so their
+    split was not taken: the default config's 15% carve with split_seed 42 held 20 of 30 images that
+    runs with split_seed 7 had trained on."""
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        run.mkdir()
+        (run / "distill_config.yaml").write_text("dataset_name: acme/pets\ndataset_config_name: small\n"
+                                                 "train_val_split: 0.3\nsplit_seed: 7\n")
+    args = cka_report.parse_args([*map(str, runs), "--dataset_name", "acme/pets"])
+    cka_report.resolve_split(args)
+    assert (args.dataset_config_name, args.train_val_split, args.split_seed) == ("small", 0.3, 7)
+    args = cka_report.parse_args([*map(str, runs), "--dataset_name", "acme/pets", "--dataset_config_name", "large"])
+    cka_report.resolve_split(args)  # given: kept, and these runs trained on other data
+    assert (args.dataset_config_name, args.train_val_split, args.split_seed) == ("large", 0.15, 42)
+
+
 def test_cka_report_refuses_a_dataset_config_beside_an_image_folder(tmp_path, capsys):
     """As a recipe's dataset_config_name beside train_dir: an image folder has no configuration, and
     the report read the folder with the setting ignored."""

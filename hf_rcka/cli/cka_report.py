@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("models", nargs="+", help="models compared with it, one heatmap each")
     parser.add_argument("--names", nargs="+", help="display names: reference first, then each model")
     parser.add_argument("--dataset_name", help="datasets id, a local dataset folder, or builtin:digits")
-    parser.add_argument("--dataset_config_name")
+    parser.add_argument("--dataset_config_name",
+                        help="the dataset's configuration (default: the compared runs' distill_config.yaml, else none)")
     parser.add_argument("--validation_dir", help="image folder, one sub-folder per class")
     parser.add_argument("--train_val_split", type=float,
                         help="as in the training recipe (default: the compared runs' distill_config.yaml, else 0.15)")
@@ -169,6 +170,7 @@ def resolve_split(args: argparse.Namespace) -> None:
     report's validation split turns out carved: a dataset's own validation split is no run's).
     """
     folders = _run_folders(args)
+    _resolve_config(args, folders)
     recorded, args.split_conflict = _recorded_split(args, folders)
     for key, value in recorded.items():
         if getattr(args, key) is None:
@@ -177,6 +179,27 @@ def resolve_split(args: argparse.Namespace) -> None:
     for key in (*_SPLIT_KEYS, *_COLUMN_KEYS):
         if getattr(args, key) is None:
             setattr(args, key, DataArguments.__dataclass_fields__[key].default)
+
+
+def _resolve_config(args: argparse.Namespace, folders: list[str]) -> None:
+    """An unset ``--dataset_config_name`` becomes the one the compared runs trained this dataset
+    with (when they agree): without it no run was found to have trained on the data, so their
+    recorded split was not taken, and the report's images held their training images."""
+    if not args.dataset_name or args.dataset_config_name is not None:
+        return
+    configs = set()
+    for folder in folders:
+        config = (recorded_recipe(folder) or {}).get("dataset_config_name")
+        if config and held_out_by(folder, _data_query(args.dataset_name, config)) is not None:
+            configs.add(config)
+    if len(configs) == 1:
+        args.dataset_config_name = configs.pop()
+
+
+def _data_query(dataset_name: str, dataset_config_name: str | None) -> SimpleNamespace:
+    """The report's data as ``held_out_by`` reads a run's (no split settings of its own)."""
+    return SimpleNamespace(dataset_name=dataset_name, dataset_config_name=dataset_config_name, train_dir=None,
+                           validation_dir=None, train_val_split=None, split_seed=None, label_column_name=None)
 
 
 def _resolve_columns(args: argparse.Namespace, folders: list[str]) -> str | None:
@@ -212,9 +235,7 @@ def _recorded_split(args: argparse.Namespace, folders: list[str]) -> tuple[dict[
     leave no image that none of them trained on."""
     if not args.dataset_name:
         return {}, None
-    data = SimpleNamespace(dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
-                           train_dir=None, validation_dir=None, train_val_split=None, split_seed=None,
-                           label_column_name=None)
+    data = _data_query(args.dataset_name, args.dataset_config_name)
     splits = {folder: split for folder in folders if (split := held_out_by(folder, data))}
     distinct = {tuple(split.values()) for split in splits.values()}
     if len(distinct) < 2:
