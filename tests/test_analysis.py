@@ -691,3 +691,14 @@ def test_the_rows_are_the_first_named_model(images):
     assert (report.row_model, report.column_model) == ("teacher", "student")
     assert len(report.row_names) == report.matrix.shape[0] == 4 and report.matrix.shape[1] == len(report.column_names)
     assert report.to_markdown().startswith("| teacher \\ student | ")
+
+
+def test_cka_report_names_its_flag_for_a_column_the_data_lacks(tmp_path, capsys):
+    """The report has no recipe: its error said "set image_column_name in the recipe"."""
+    first, second = _saved_run(tmp_path / "a"), _saved_run(tmp_path / "b", 1)
+    out, _ = tmp_path / "report", capsys.readouterr()
+    assert cka_report.main([first, second, "--dataset_name", "builtin:digits", "--image_column_name", "img",
+                            "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "image_column_name='img' is not a column of the dataset" in err
+    assert "--image_column_name on the command line" in err and "in the recipe" not in err and not out.exists()

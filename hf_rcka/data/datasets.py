@@ -408,8 +408,8 @@ def _check_columns(dataset: datasets.Dataset, args: DataArguments) -> None:
         column = getattr(args, key)
         if column not in dataset.column_names:
             raise DataError(
-                f"{key}={column!r} is not a column of the dataset (columns: {dataset.column_names}); "
-                f"set {key} in the recipe"
+                f"{key}={column!r} is not a column of the dataset (columns: {dataset.column_names}); set "
+                f"{key} to one of them (--{key} on the command line)"
             )
     if args.label_column_name == args.image_column_name:
         raise DataError(f"label_column_name and image_column_name are both {args.label_column_name!r}: each image "

@@ -41,7 +41,7 @@ def stratified_validation_split(
     if label_column not in train.column_names:
         raise ValueError(
             f"label_column_name={label_column!r} is not a column of the dataset (columns: {train.column_names}); "
-            f"set label_column_name in the recipe"
+            "set label_column_name to one of them (--label_column_name on the command line)"
         )
     if not isinstance(train.features[label_column], datasets.ClassLabel):
         train = class_encoded(train, label_column)
