@@ -10,6 +10,7 @@ repeated augmentation.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field, fields
 
@@ -76,8 +77,10 @@ class AugmentationArguments:
         for key in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob"):
             _check_range(key, getattr(self, key), 0.0, 1.0)
         for key in ("color_jitter", "mixup", "cutmix"):
-            if getattr(self, key) < 0:
-                raise AugmentationError(f"{key} must be >= 0, got {getattr(self, key)}")
+            # nan passed a plain < 0: nan switched Mixup/CutMix off silently, inf failed at the first
+            # batch (or diverged, said as a learning-rate problem), and colour jitter failed as a traceback
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
+                raise AugmentationError(f"{key} must be >= 0 and finite, got {getattr(self, key)}")
         if self.recount < 1:
             raise AugmentationError(f"recount must be >= 1, got {self.recount}")
         if self.aug_repeats < 0 or self.aug_repeats == 1:

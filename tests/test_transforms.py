@@ -158,6 +158,18 @@ def test_bad_augmentation_values_name_the_key(key, value, fragment):
     assert fragment in str(err.value)
 
 
+@pytest.mark.parametrize("key, value", [("mixup", float("nan")), ("cutmix", float("nan")), ("mixup", float("inf")),
+                                        ("cutmix", float("inf")), ("color_jitter", float("nan")),
+                                        ("color_jitter", float("inf"))])
+def test_a_non_finite_alpha_or_jitter_is_refused(key, value):
+    """nan passed the >= 0 check: a nan alpha switched Mixup/CutMix off silently, an infinite one
+    failed at the first batch (mixup's as a divergence blamed on the learning rate), and a nan or
+    infinite colour jitter as a traceback once the transforms were built, after the models loaded."""
+    with pytest.raises(RecipeError, match=None) as err:
+        AugmentationArguments(**{key: value})
+    assert str(err.value) == f"{key} must be >= 0 and finite, got {value}"
+
+
 def test_the_old_augment_key_is_gone_with_a_pointer():
     with pytest.raises(RecipeError, match="unknown recipe key 'augment'"):
         parse_arguments({**BASE, "augment": "none"})
