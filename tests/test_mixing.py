@@ -169,3 +169,18 @@ def test_an_odd_batch_mixes_the_targets_of_the_images_it_mixes():
     lam = float(((mixed[:4] - head.flip(0)) / (head - head.flip(0)))[0].mean())
     expected = lam * smoothed_one_hot(labels, 0.1) + (1 - lam) * smoothed_one_hot(labels.flip(0), 0.1)
     assert torch.allclose(targets[:4].double(), expected, atol=1e-6)
+
+
+def test_a_trainer_built_in_python_refuses_to_mix_batches_of_one(tmp_path):
+    """The command line refused mixup at per_device_train_batch_size 1; a DistillationTrainer built
+    in Python trained every step unmixed (timm's Mixup pairs image i with B-1-i) and said nothing."""
+    from hf_rcka.errors import RecipeError
+
+    args = DistillationTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=1,
+                                         report_to="none", use_cpu=True, save_strategy="no",
+                                         teacher_accuracy_check="off", losses=[{"name": "ce"}])
+    trainer = DistillationTrainer(model=tiny_vit(), args=args, train_dataset=pixel_dataset(8, seed=0),
+                                  processing_class=processor(16), augmentation=MIXUP_ONLY)
+    with pytest.raises(RecipeError, match="per_device_train_batch_size is 1: a batch of one mixes nothing"):
+        trainer.train()
+    assert trainer.state.global_step == 0

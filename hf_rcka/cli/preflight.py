@@ -32,7 +32,7 @@ from ..registry import close_matches
 from ..modeling.assembly import active_specs, build_losses, check_label_smoothing, run_loss_specs, switched_off
 from ..modeling.parallel import check_fsdp_settings
 from ..trainer.data_parallel import check_processes_join
-from ..trainer.batch_rows import check_evaluation_rows, check_relation_rows, evaluates, rows_per_process
+from ..trainer.batch_rows import check_evaluation_rows, check_mixing_rows, check_relation_rows, evaluates
 from ..trainer.metrics import check_metric_for_best_model
 from ..training_values import check_best_model_evaluations, check_half_precision
 from .model_sources import (
@@ -311,12 +311,9 @@ def check_mixing_batch(data_args: Any, args: Any) -> None:
     trained without it and said nothing), and an odd batch leaves one image of every step unmixed."""
     if not getattr(data_args, "mixup_active", False) or not args.do_train:
         return
-    batch = rows_per_process(args, args.per_device_train_batch_size)
+    batch = check_mixing_rows(True, args)
     size = ("per_device_train_batch_size" if batch == args.per_device_train_batch_size else
             "each process's share of per_device_train_batch_size (split_batches)")
-    if batch < 2:
-        raise RecipeError(f"mixup/cutmix mix the images of one process's batch, and {size} is {batch}: a batch of one "
-                          "mixes nothing. Use a batch of at least 2 (even), or turn mixup and cutmix off")
     if batch % 2:
         logger.warning("%s is %d, odd: mixup/cutmix leave one image of every batch unmixed (timm's Mixup needs an even "
                        "batch); an even size mixes them all", size, batch)

@@ -74,6 +74,21 @@ def check_relation_rows(losses: Mapping[str, Any], args: Any, batch: int | None 
             f"{cause}. Use {setting} >= {least}{share}{gather}")
 
 
+def check_mixing_rows(mixes: bool, args: Any, batch: int | None = None, cause: str = "") -> int:
+    """Refuse Mixup/CutMix (``mixes``) on a training batch of one image per process, which mixes
+    nothing: timm's Mixup pairs image i with image B-1-i. Returns the rows one process mixes.
+
+    ``batch``: the per-process batch when ``auto_find_batch_size`` lowered it; ``cause`` says so.
+    """
+    size = ("per_device_train_batch_size" if _split_over(args) == 1 else
+            "each process's share of per_device_train_batch_size (split_batches)")
+    rows = rows_per_process(args, args.per_device_train_batch_size if batch is None else batch)
+    if mixes and rows < 2:
+        raise RecipeError(f"mixup/cutmix mix the images of one process's batch, and {size} is {rows}{cause}: a batch "
+                          "of one mixes nothing. Use a batch of at least 2 (even), or turn mixup and cutmix off")
+    return rows
+
+
 def evaluates(args: Any) -> bool:
     """Whether a run evaluates: during training (``eval_strategy``, ``eval_on_start``) or at its end
     (``do_eval``, the command line's final evaluation)."""

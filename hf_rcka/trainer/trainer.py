@@ -40,6 +40,7 @@ from ..errors import ModelError, RecipeError
 from ..log_levels import errors_only
 from .batch_rows import (
     check_evaluation_rows,
+    check_mixing_rows,
     check_relation_rows,
     check_training_batches,
     check_unsized_training,
@@ -728,6 +729,8 @@ class DistillationTrainer(CheckpointingTrainer):
         if self._train_batch_size != self.args.train_batch_size:  # a retry, which no check before training saw:
             check_relation_rows(losses, self.args, batch=self._train_batch_size,  # it trained on at 2 images
                                 cause=" (auto_find_batch_size lowered the batch after running out of memory)")
+            check_mixing_rows(self.mixup is not None, self.args, batch=self._train_batch_size,
+                              cause=" (auto_find_batch_size lowered the batch after running out of memory)")
         if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
             check_training_batches(len(self.train_dataset), self.args, self.augmentation.aug_repeats,
                                    self.distillation_model.student, losses,
@@ -754,6 +757,7 @@ class DistillationTrainer(CheckpointingTrainer):
         self._check_later_dataset(self.train_dataset, "train_dataset")  # one set as trainer.train_dataset since
         losses = self.distillation_model.losses
         check_relation_rows(losses, self.args)
+        check_mixing_rows(self.mixup is not None, self.args)  # the command line's preflight refuses it too
         check_repeats_unsplit(self.augmentation.aug_repeats, self.args)
         with _said_by_the_logging_process(self.args):  # which checkpoint it resumes
             if args:
