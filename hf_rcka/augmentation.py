@@ -89,12 +89,7 @@ class AugmentationArguments:
             )
         if self.aa is not None:
             _check_aa(self.aa)
-            if self.train_interpolation in _NOT_FOR_AA and not self.aa.startswith("3a"):
-                raise AugmentationError(
-                    f"train_interpolation {self.train_interpolation!r} cannot be used with aa={self.aa!r}: timm's "
-                    "geometric augmentations take nearest, bilinear or bicubic only (they failed at the first batch). "
-                    "Use bicubic (DeiT's) or bilinear"
-                )
+            check_aa_interpolation(self.aa, self.train_interpolation, "train_interpolation")
         if self.no_aug:
             ignored = [f.name for f in fields(AugmentationArguments)
                        if f.name in PER_IMAGE_KEYS and getattr(self, f.name) != f.default]
@@ -105,6 +100,23 @@ class AugmentationArguments:
             low_high = list(self.cutmix_minmax)
             if len(low_high) != 2 or not 0.0 < low_high[0] < low_high[1] <= 1.0:
                 raise AugmentationError(f"cutmix_minmax must be [min, max] with 0 < min < max <= 1, got {low_high}")
+
+
+def check_aa_interpolation(policy: str | None, interpolation: str | None, source: str) -> None:
+    """timm's geometric augmentations (PIL affine transforms) take nearest, bilinear or bicubic only:
+    another filter failed at the first batch. ``train_interpolation: null`` takes the student
+    processor's filter, known only once the student is loaded (``source`` names where it came from).
+
+    Raises:
+        AugmentationError: ``policy`` applies geometric ops and ``interpolation`` is not one of those.
+    """
+    if policy is None or interpolation not in _NOT_FOR_AA or policy.startswith("3a"):
+        return
+    fix = "Use bicubic (DeiT's) or bilinear" if source == "train_interpolation" else (
+        "Set train_interpolation: bicubic (DeiT's) or bilinear, or random")
+    raise AugmentationError(
+        f"{source} {interpolation!r} cannot be used with aa={policy!r}: timm's geometric "
+        f"augmentations take nearest, bilinear or bicubic only (they failed at the first batch). {fix}")
 
 
 def _check_choice(key: str, value: str | None, choices: tuple[str, ...], allow_none: bool = False) -> None:

@@ -274,6 +274,26 @@ def test_interpolations_timms_geometric_augmentations_refuse_and_the_ones_they_t
     assert AugmentationArguments(cutmix_minmax=[0.2, 1.0]).mixup_active
 
 
+def test_train_interpolation_null_with_a_processor_filter_timms_augmentations_refuse_is_one_line():
+    """train_interpolation: null takes the student processor's filter: a lanczos one beside RandAugment
+    passed the recipe check and failed at the first batch, a PIL traceback after the models loaded."""
+    from transformers import ViTImageProcessor
+
+    lanczos = ViTImageProcessor(size={"height": 16, "width": 16}, resample=1)
+    with pytest.raises(RecipeError, match=r"the student processor's interpolation \(train_interpolation: null takes "
+                                          r"it\) 'lanczos' cannot be used with aa='rand-m9-mstd0.5-inc1'.*"
+                                          r"Set train_interpolation: bicubic"):
+        train_transform(lanczos, AugmentationArguments(aa="rand-m9-mstd0.5-inc1", train_interpolation=None))
+    image = non_square_images(1)[0]
+    for fixed in ("bicubic", "random"):  # the advice, followed, trains
+        transform = train_transform(lanczos, AugmentationArguments(aa="rand-m9-mstd0.5-inc1", train_interpolation=fixed))
+        for seed in range(20):
+            torch.manual_seed(seed)
+            __import__("random").seed(seed)
+            assert transform(image).shape == (3, 16, 16)
+    assert train_transform(lanczos, AugmentationArguments(train_interpolation=None))(image).shape == (3, 16, 16)
+
+
 def test_a_randaugment_transform_set_is_a_section_without_a_number():
     """RandAugment's 't' section names a transform set (timm's own example: rand-mstd1-tweights):
     refusing it as a section timm ignores passed every test."""

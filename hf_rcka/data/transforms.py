@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from ..augmentation import AugmentationArguments
+from ..augmentation import AugmentationArguments, check_aa_interpolation
 from ..modeling.teacher_inputs import input_stats
 
 def student_data_config(processor: Any) -> dict[str, Any]:
@@ -46,13 +46,16 @@ def train_transform(processor: Any, augmentation: AugmentationArguments) -> Call
     from timm.data import create_transform
 
     config = student_data_config(processor)
+    interpolation = augmentation.train_interpolation or config["interpolation"]
+    check_aa_interpolation(augmentation.aa, interpolation,
+                           "the student processor's interpolation (train_interpolation: null takes it)")
     transform = create_transform(
         config["input_size"],
         is_training=True,
         hflip=augmentation.hflip,
         color_jitter=augmentation.color_jitter,
         auto_augment=augmentation.aa,
-        interpolation=augmentation.train_interpolation or config["interpolation"],
+        interpolation=interpolation,
         mean=tuple(config["mean"]),
         std=tuple(config["std"]),
         re_prob=augmentation.reprob,
