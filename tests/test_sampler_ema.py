@@ -320,3 +320,18 @@ def test_a_checkpoint_without_an_average_restarts_it_from_the_student_and_one_wi
     fresh = StudentEmaCallback(student, decay=0.5)
     fresh.load(str(tmp_path))
     assert torch.equal(fresh.module.weight, saved["weight"]) and fresh.has_average
+
+
+def test_the_card_says_how_far_the_ema_warm_up_got(tmp_path):
+    """With model_ema_warmup the decay rises as 1 - (1 + step)^(-2/3) and reaches 0.9998 only after
+    some 350k steps; the card named the target alone ("decay 0.9998") for an average whose last
+    update decayed by 0.52, as it says a learning-rate warm-up longer than the run."""
+    from hf_rcka.trainer.card import training_text
+
+    trainer = ema_trainer(tmp_path, model_ema_decay=0.9998, model_ema_warmup=True)
+    trainer.train()
+    last = trainer._ema_last_decay()
+    assert last == pytest.approx(1 - 3 ** (-2 / 3))  # timm's step 3 counts two updates after the copy
+    text = training_text(3, 1.0, "6 images", 0.01, 0.01, ema_decay=0.9998, ema_last_decay=last)
+    assert "exponential moving average of the weights (decay 0.9998, warmed up from 0: 0.5193 at the last step)" in text
+    assert ema_trainer(tmp_path, model_ema_decay=0.9998)._ema_last_decay() is None  # no warm-up: the decay is the one

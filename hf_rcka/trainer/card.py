@@ -364,7 +364,8 @@ def reproduction_text(seed: int, mixed_precision: str | None) -> str:
 
 def training_text(steps: int, epochs: float | None, batch: str, learning_rate: float, scheduled_peak: float,
                   exported_step: int | None = None, ema_decay: float | None = None,
-                  ema_exported: bool = False, resumed_step: int = 0) -> str | None:
+                  ema_exported: bool = False, resumed_step: int = 0,
+                  ema_last_decay: float | None = None) -> str | None:
     """The card's training line; None before any step was taken.
 
     ``learning_rate``: the highest rate a step trained at; ``scheduled_peak``: the rate the
@@ -375,6 +376,8 @@ def training_text(steps: int, epochs: float | None, batch: str, learning_rate: f
     average (``model_ema``), exported with ``ema_exported``; the results table then holds two
     sets of numbers, and which one the weights here scored is said. ``resumed_step``: the step a
     resumed run started from (its earlier steps ran in another launch, perhaps with other settings).
+    ``ema_last_decay``: the decay of the average's last update under timm's warm-up
+    (``model_ema_warmup``), which rises from 0 towards ``ema_decay`` and may not reach it in a run.
     """
     if steps <= 0:
         return None
@@ -388,11 +391,14 @@ def training_text(steps: int, epochs: float | None, batch: str, learning_rate: f
         text += f"; resumed at step {resumed_step:,} from a checkpoint of an earlier launch"
     if exported_step is not None and exported_step != steps:
         text += f"; the weights here are step {exported_step:,}'s, the best evaluation"
+    decay = f"decay {ema_decay:g}" if ema_decay is not None else ""
+    if ema_decay is not None and ema_last_decay is not None and ema_last_decay < ema_decay:
+        decay += f", warmed up from 0: {ema_last_decay:.4g} at the last step"  # as the rate's warm-up is said
     if ema_decay is not None and ema_exported:
-        text += (f"; the weights here are the exponential moving average of the trained ones (decay {ema_decay:g}): "
+        text += (f"; the weights here are the exponential moving average of the trained ones ({decay}): "
                  "`eval_*` measures them, `eval_live_*` the trained weights")
     elif ema_decay is not None:
-        text += (f"; `eval_ema_*` measures an exponential moving average of the weights (decay {ema_decay:g}), "
+        text += (f"; `eval_ema_*` measures an exponential moving average of the weights ({decay}), "
                  "which is not the model here")
     return text
 

@@ -919,11 +919,19 @@ class DistillationTrainer(CheckpointingTrainer):
                                    *self._peak_learning_rate(), checkpoint_step(best or ""),
                                    self.args.model_ema_decay if self.model_ema is not None else None,
                                    bool(getattr(self.args, "model_ema_export", False)),
-                                   self._resume_step.step),
+                                   self._resume_step.step, self._ema_last_decay()),
             reproduction=reproduction_text(self.args.seed, run_mixed_precision(self.args)),
             has_processor=self.processing_class is not None,
             decoded=self._decodes_its_images(),
         )
+
+    def _ema_last_decay(self) -> float | None:
+        """The decay of the average's last update under timm's warm-up (``model_ema_warmup``), for
+        the card: it rises as ``1 - (1 + step)^(-2/3)`` and reaches 0.9998 only after about 350k steps,
+        so ``model_ema_decay`` alone misdescribes the average of a shorter run."""
+        if self.model_ema is None or not getattr(self.args, "model_ema_warmup", False):
+            return None
+        return self.model_ema.ema.get_decay(self.state.global_step)
 
     def _decodes_its_images(self) -> bool:
         """Whether hf_rcka decoded the images the card describes (those it trained on, or evaluated
