@@ -66,6 +66,11 @@ class AugmentationArguments:
         default=0, metadata={"help": "Repeated augmentation: copies of each image per epoch (DeiT: 3); 0 = off."}
     )
 
+    def per_image_settings(self) -> list[str]:
+        """The per-image transform's settings (``PER_IMAGE_KEYS``) set to other than their defaults."""
+        return [f.name for f in fields(AugmentationArguments)
+                if f.name in PER_IMAGE_KEYS and getattr(self, f.name) != f.default]
+
     @property
     def mixup_active(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0 or self.cutmix_minmax is not None
@@ -91,8 +96,7 @@ class AugmentationArguments:
             _check_aa(self.aa)
             check_aa_interpolation(self.aa, self.train_interpolation, "train_interpolation")
         if self.no_aug:
-            ignored = [f.name for f in fields(AugmentationArguments)
-                       if f.name in PER_IMAGE_KEYS and getattr(self, f.name) != f.default]
+            ignored = self.per_image_settings()
             if ignored:
                 logger.warning("no_aug: true trains on the processor's own preprocessing, so %s (set here) have no "
                                "effect; drop no_aug to use them", ", ".join(ignored))

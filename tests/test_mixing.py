@@ -184,3 +184,25 @@ def test_a_trainer_built_in_python_refuses_to_mix_batches_of_one(tmp_path):
     with pytest.raises(RecipeError, match="per_device_train_batch_size is 1: a batch of one mixes nothing"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+def test_per_image_settings_given_to_the_trainer_beside_ready_pixels_are_said_to_do_nothing(tmp_path, caplog):
+    """The trainer applies Mixup/CutMix and repeated augmentation; aa and reprob act through the
+    dataset's transform. Given to a DistillationTrainer whose train_dataset holds ready pixel_values,
+    they changed nothing and the run said nothing."""
+    import logging
+
+    def trained(augmentation):
+        args = DistillationTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=4,
+                                             report_to="none", use_cpu=True, save_strategy="no",
+                                             teacher_accuracy_check="off", losses=[{"name": "ce"}])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+            DistillationTrainer(model=tiny_vit(), args=args, train_dataset=pixel_dataset(8, seed=0),
+                                processing_class=processor(16), augmentation=augmentation).train()
+        return caplog.text
+
+    said = trained(AugmentationArguments(aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8))
+    assert "augmentation: aa, reprob act through the training set's own per-image transform" in said
+    assert "act through" not in trained(MIXUP_ONLY)  # what the trainer applies itself
+    assert "act through" not in trained(AugmentationArguments(no_aug=True, reprob=0.25))  # said by no_aug's own warning

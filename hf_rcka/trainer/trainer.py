@@ -724,6 +724,21 @@ class DistillationTrainer(CheckpointingTrainer):
         with self._label_checked():
             return leave_signals_to_main_process(keep_rank_sharding(super().get_train_dataloader()))
 
+    def _say_unused_per_image_settings(self) -> None:
+        """The trainer applies Mixup/CutMix and repeated augmentation alone; ``aa``, ``reprob`` and the
+        other per-image settings act through the training set's transform (the command line builds it
+        from them). Given to the trainer beside a set whose ``pixel_values`` come ready (not decoded by
+        hf_rcka's transform), they changed nothing, and nothing said so."""
+        settings = [] if self.augmentation.no_aug else self.augmentation.per_image_settings()
+        if not settings or self.train_dataset is None or decodes_its_images(self.train_dataset):
+            return
+        with _said_by_the_logging_process(self.args):
+            logger.warning("augmentation: %s act through the training set's own per-image transform, which the trainer "
+                           "does not build (it applies mixup/cutmix and aug_repeats): this train_dataset's pixel_values "
+                           "come ready, so they have no effect. Augment the images in the dataset's transform "
+                           "(hf_rcka.data.transforms.train_transform(processor, augmentation) is timm's, as the "
+                           "command line's)", ", ".join(settings))
+
     def _check_training_batches(self) -> None:
         losses = self.distillation_model.losses
         if self._train_batch_size != self.args.train_batch_size:  # a retry, which no check before training saw:
@@ -766,6 +781,7 @@ class DistillationTrainer(CheckpointingTrainer):
                 kwargs["resume_from_checkpoint"] = _whole_if_last(kwargs["resume_from_checkpoint"], self.args.output_dir)
         resuming = bool(kwargs.get("resume_from_checkpoint") or (args and args[0]))
         check_identical_repeats(self.augmentation, resuming)
+        self._say_unused_per_image_settings()
         check_iterable_dispatch(self.args, [self.train_dataset])  # each evaluation set: get_eval_dataloader
         if self.eval_dataset is not None and evaluates(self.args):
             for evaluation in (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]):
