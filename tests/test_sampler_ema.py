@@ -335,3 +335,28 @@ def test_the_card_says_how_far_the_ema_warm_up_got(tmp_path):
     text = training_text(3, 1.0, "6 images", 0.01, 0.01, ema_decay=0.9998, ema_last_decay=last)
     assert "exponential moving average of the weights (decay 0.9998, warmed up from 0: 0.5193 at the last step)" in text
     assert ema_trainer(tmp_path, model_ema_decay=0.9998)._ema_last_decay() is None  # no warm-up: the decay is the one
+
+
+def test_an_exported_average_too_slow_for_the_run_is_blamed_not_the_learning_rate(tmp_path, capsys):
+    """A student that learned (eval_live_accuracy 0.89) exported as an average with decay 0.9998 over
+    60 steps (still 99% its first step's weights) ended at chance with the advice to train longer or
+    lower the learning rate; the fix is the average's decay, or exporting the trained weights."""
+    import yaml
+
+    from hf_rcka.cli.main import main
+
+    tiny_resnet = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
+    recipe = {"model_name_or_path": "config:resnet", "student_config_overrides": tiny_resnet, "image_size": 16,
+              "dataset_name": "builtin:digits", "no_aug": True, "max_train_samples": 600, "max_eval_samples": 200,
+              "losses": [{"name": "ce"}], "learning_rate": 1e-2, "per_device_train_batch_size": 32,
+              "per_device_eval_batch_size": 100, "max_steps": 60, "report_to": "none", "use_cpu": True,
+              "save_strategy": "no", "output_dir": str(tmp_path / "run"), "model_ema": True, "model_ema_export": True,
+              "model_ema_decay": 0.9998}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main([str(tmp_path / "recipe.yaml")]) == 2
+    said = capsys.readouterr().err
+    warning, error = said[said.index("!!! "):], said[said.index("error: "):]
+    assert "but the trained weights score eval_live_accuracy" in warning
+    assert "with model_ema_decay 0.9998 over 60 optimizer steps it still holds 99% of the first step's weights" in warning
+    assert "Lower model_ema_decay (e.g. 0.8333 for 60 steps), set model_ema_warmup: true, or model_ema_export: false" in error
+    assert "lower the learning rate" not in error

@@ -38,7 +38,7 @@ from ..models.loading import load_image_classifier
 from ..models.processors import load_image_processor
 from ..trainer.batch_rows import check_evaluation_rows
 from ..trainer.card_facts import card_facts_of
-from ..trainer.chance import at_chance, warn_if_student_at_chance
+from ..trainer.chance import at_chance, slow_average, warn_if_student_at_chance
 from ..trainer.checkpoint_folders import (
     checkpoint_folder, checkpoint_step, last_checkpoint, resumable_checkpoint, written_whole,
 )
@@ -689,8 +689,19 @@ def _say_if_at_chance(trainer: DistillationTrainer, metrics: dict) -> bool:
     num_classes = trainer.distillation_model.student.config.num_labels
     if trainer.args.should_log:
         warn_if_student_at_chance(accuracy, counted, num_classes, entropy, trainer.state.global_step,
-                                  trainer.state.epoch)
+                                  trainer.state.epoch, _slow_average(trainer, metrics))
     return at_chance(accuracy, counted, num_classes)
+
+
+def _slow_average(trainer: DistillationTrainer, metrics: dict) -> tuple[str, str] | None:
+    """``chance.slow_average``'s cause and fix for an exported average (``model_ema_export``, without
+    warm-up) whose trained weights are not at chance."""
+    args = trainer.args
+    if not getattr(args, "model_ema_export", False) or getattr(args, "model_ema_warmup", False):
+        return None
+    counted = len(trainer.eval_dataset) - trainer.card_facts.unreadable_eval_images
+    classes = trainer.distillation_model.student.config.num_labels
+    return slow_average(metrics.get("eval_live_accuracy"), counted, classes, args.model_ema_decay, trainer.state.global_step)
 
 
 def _learned_nothing_line(trainer: DistillationTrainer, metrics: dict) -> str:
@@ -702,10 +713,11 @@ def _learned_nothing_line(trainer: DistillationTrainer, metrics: dict) -> str:
                   if args.hub_strategy != "end" and getattr(trainer, "_hub_pushed", False) else "")
         upload = (f", and not uploaded to the Hub{pushed}: `{_upload_command(trainer)}` would upload it"
                   f"{_token_note(args)}")
+    average = _slow_average(trainer, metrics)
+    fix = average[1] if average else "Train longer, or lower the learning rate or the distillation terms' weights"
     return (f"the trained student is at chance on the evaluation set (eval_accuracy {metrics['eval_accuracy']:.4f}, "
             f"the !!! warning above says why it may be): it is saved in {args.output_dir} with its card and "
-            f"results{upload}. Train longer, or lower the learning rate or the distillation terms' weights "
-            "(student_accuracy_check: warn ends such a run with exit status 0)")
+            f"results{upload}. {fix} (student_accuracy_check: warn ends such a run with exit status 0)")
 
 
 def _finish(trainer: DistillationTrainer, data_args: DataArguments, skipped: SkippedImages, metrics: dict,

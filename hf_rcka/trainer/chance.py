@@ -38,13 +38,31 @@ def at_chance(accuracy: float, n: int, num_classes: int) -> bool:
 _NEAR_UNIFORM = 0.9
 
 
+def slow_average(live_accuracy: float | None, n: int, num_classes: int, decay: float,
+                 steps: int) -> tuple[str, str] | None:
+    """Why an exported weight average (``model_ema_export``, without warm-up) can be at chance while
+    the trained weights (``live_accuracy``) are not: with a decay too slow for the run it is still
+    mostly its first step's weights (0.9998 over 60 steps keeps 99% of them). ``(cause, fix)``, or
+    None when the trained weights are at chance too (the usual advice holds then)."""
+    if live_accuracy is None or steps <= 0 or at_chance(live_accuracy, n, num_classes):
+        return None
+    cause = (f"the trained weights score eval_live_accuracy {live_accuracy:.3f}: the export is their average "
+             f"(model_ema_export), and with model_ema_decay {decay:g} over {steps:,} optimizer steps it still holds "
+             f"{decay ** steps:.0%} of the first step's weights")
+    fix = (f"Lower model_ema_decay (e.g. {1 - 10 / steps:.4g} for {steps:,} steps), set model_ema_warmup: true, or "
+           "model_ema_export: false to export the trained weights")
+    return cause, fix
+
+
 def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int, cross_entropy: float | None = None,
-                              steps: int | None = None, epochs: float | None = None) -> bool:
+                              steps: int | None = None, epochs: float | None = None,
+                              average: tuple[str, str] | None = None) -> bool:
     """Say, in a warning the end of a run's log cannot hide, that the trained student scores at
     chance (its accuracy, or its plain cross-entropy when the run has one); True when it does.
     The accuracy says nothing when ``n`` images cannot tell (a tiny set). ``steps`` and ``epochs``:
     how long it trained, which the advice names first (a run cut short by max_steps is the most
-    common cause)."""
+    common cause). ``average``: ``slow_average``'s cause and fix, said instead (the trained weights
+    learned; their exported average did not follow them)."""
     chance, threshold = chance_threshold(num_classes, n)
     uniform = math.log(num_classes)
     # a few confidently wrong answers cost as much cross-entropy as a uniform guess: only a student
@@ -55,6 +73,10 @@ def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int, cross_e
         return False
     entropy = f", eval cross-entropy {cross_entropy:.3f} against ln {num_classes} = {uniform:.3f} for a uniform guess" \
         if cross_entropy is not None else ""
+    if average is not None:
+        logger.warning("!!! the exported student is at chance (eval_accuracy %.3f, chance %.3f for %d classes, %d "
+                       "images%s), but %s. %s", accuracy, chance, num_classes, n, entropy, *average)
+        return True
     trained = (f" It trained {steps:,} optimizer step{'s' if steps != 1 else ''}"
                f"{f' ({epochs:.3g} epochs)' if epochs else ''}: enough for this student? Then look"
                if steps else " Look")
@@ -65,4 +87,4 @@ def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int, cross_e
     return True
 
 
-__all__ = ["at_chance", "chance_threshold", "warn_if_student_at_chance"]
+__all__ = ["at_chance", "chance_threshold", "slow_average", "warn_if_student_at_chance"]
