@@ -49,8 +49,9 @@ def slow_average(live_accuracy: float | None, n: int, num_classes: int, decay: f
     cause = (f"the trained weights score eval_live_accuracy {live_accuracy:.3f}: the export is their average "
              f"(model_ema_export), and with model_ema_decay {decay:g} over {steps:,} optimizer steps it still holds "
              f"{decay ** steps:.0%} of the first step's weights")
-    fix = (f"Lower model_ema_decay (e.g. {1 - 10 / steps:.4g} for {steps:,} steps), set model_ema_warmup: true, or "
-           "model_ema_export: false to export the trained weights")
+    example = f" (e.g. {1 - 10 / steps:.4g} for {steps:,} steps)" if steps > 20 else ""  # 1 - 10/steps: >= 0.5
+    fix = (f"Lower model_ema_decay{example}, set model_ema_warmup: true, or model_ema_export: false to export the "
+           "trained weights")
     return cause, fix
 
 
