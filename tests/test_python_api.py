@@ -562,6 +562,33 @@ def test_items_without_pixel_values_or_labels_are_named_before_training(tmp_path
         build(make_args(tmp_path), tiny_vit(), tiny_resnet(), eval_dataset={"a": pixel_dataset(5), "b": data})
 
 
+def test_integer_pixel_values_are_refused_before_training(tmp_path):
+    """uint8 pixels (images formatted as torch before a processor ran) trained without an error: the
+    models cast them to floats of 0..255, and the exported model's pipeline() feeds it normalised ones."""
+    rows = pixel_dataset(10)
+
+    class Raw(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            pixels = (rows[i]["pixel_values"] * 40 + 128).clamp(0, 255).to(torch.uint8)
+            return {"pixel_values": pixels, "labels": int(rows[i]["labels"])}
+
+    raw = Raw()
+    with pytest.raises(DataError, match=r"^train_dataset: its pixel_values are torch.uint8 \(raw pixel values\?\)"):
+        build(make_args(tmp_path), tiny_vit(), tiny_resnet(), train_dataset=raw)
+    with pytest.raises(DataError, match=r"^eval_dataset: its pixel_values are torch.uint8"):
+        build(make_args(tmp_path), tiny_vit(), tiny_resnet(), eval_dataset=raw)
+    trainer = build(make_args(tmp_path), tiny_vit(), tiny_resnet())
+    with pytest.raises(DataError, match=r"^test_dataset: its pixel_values are torch.uint8"):
+        trainer.predict(raw)
+    stacked = lambda items: {"pixel_values": torch.stack([i["pixel_values"] for i in items]),  # noqa: E731
+                             "labels": torch.tensor([int(i["labels"]) for i in items])}
+    with pytest.raises(DataError, match=r"^the data_collator's batch: its pixel_values are torch.uint8"):
+        build(make_args(tmp_path), tiny_vit(), tiny_resnet(), train_dataset=raw, data_collator=stacked)
+
+
 class _PerfectTeacher:
     class student:
         class config:

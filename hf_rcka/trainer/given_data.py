@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import DataError, LabelError
@@ -41,6 +42,7 @@ def check_columns(train_dataset: Any, eval_dataset: Any, collator: Any = None) -
             first = item if first is None and role == "train_dataset" else first
             if collator is None:
                 _check_keys(where, item, ("pixel_values", "labels"))
+                check_pixel_type(where, item["pixel_values"])
     if collator is not None and first is not None:
         check_collated(collator, first)
     return first
@@ -63,6 +65,29 @@ def check_collated(collator: Any, item: Any) -> None:
     if missing:
         raise DataError(f"the data_collator's batch has no {missing} (it has {sorted(batch)}): the collator must "
                         "build pixel_values (the image tensor) and labels (the class ids)")
+    check_pixel_type("the data_collator's batch", batch["pixel_values"])
+
+
+def check_pixel_type(where: str, pixels: Any) -> None:
+    """``pixel_values`` must be floats, as an image processor makes them (rescaled and normalised).
+
+    Integer pixels (``uint8`` 0..255 arrays, a dataset formatted as torch before any processor ran)
+    trained without an error: the models cast them to float and read 0..255 values, while the
+    exported model's ``pipeline()`` feeds it the processor's normalised ones, so the reported
+    accuracy was not the deployed model's.
+    """
+    dtype = getattr(pixels, "dtype", None)
+    if isinstance(pixels, torch.Tensor):
+        integer = not pixels.is_floating_point()
+    elif isinstance(pixels, np.ndarray):
+        integer = not np.issubdtype(pixels.dtype, np.floating)
+    else:
+        return
+    if integer:
+        raise DataError(f"{where}: its pixel_values are {dtype} (raw pixel values?), not the floats an image "
+                        "processor makes: the models would read them unnormalised, unlike pipeline() on the exported "
+                        "model. Turn the images into pixel_values with the processor in the dataset's transform "
+                        "(dataset.set_transform(...) with processing_class)")
 
 
 def check_batch_keys(batch: Any) -> None:
@@ -126,6 +151,7 @@ def check_later_dataset(student: Any, dataset: Any, role: str, collator_given: b
     for where, part, item in _first_items(role, dataset, collator_given):
         if not collator_given:
             _check_keys(where, item, ("pixel_values",) if role == "test_dataset" else ("pixel_values", "labels"))
+            check_pixel_type(where, item["pixel_values"])
             unread = [key for key in item if key == "label" or key.endswith("_label")]
             if role == "test_dataset" and "labels" not in item and unread:  # a Hub test split's -1s: predictions
                 logger.warning("%s: its %s column is not read, so predict() reports predictions and no accuracy: "
@@ -191,4 +217,4 @@ def _check_keys(where: str, item: Mapping, needed: tuple[str, ...]) -> None:
             "(dataset.set_transform(...) with the processor), or pass a data_collator that builds them")
 
 
-__all__ = ["check_batch_keys", "check_columns", "check_image_sizes", "check_later_dataset", "image_size"]
+__all__ = ["check_batch_keys", "check_columns", "check_image_sizes", "check_later_dataset", "check_pixel_type", "image_size"]
