@@ -589,6 +589,22 @@ def test_integer_pixel_values_are_refused_before_training(tmp_path):
         build(make_args(tmp_path), tiny_vit(), tiny_resnet(), train_dataset=raw, data_collator=stacked)
 
 
+def test_a_collators_soft_labels_are_refused_for_evaluation_before_training(tmp_path):
+    """One-hot labels from a data_collator of one's own (a Mixup in it) trained, then failed at the
+    teacher check or the first evaluation with 'The size of tensor a (5) must match the size of tensor b'."""
+    def one_hot(items):
+        return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
+                "labels": torch.nn.functional.one_hot(torch.tensor([int(i["labels"]) for i in items]), 3).float()}
+
+    with pytest.raises(DataError, match=r"^the data_collator's batch of an eval_dataset item: its labels are a float32 "
+                                        r"tensor of shape \(2, 3\), not class ids"):
+        build(make_args(tmp_path), tiny_vit(), tiny_resnet(), eval_dataset=pixel_dataset(5), data_collator=one_hot)
+    trainer = build(make_args(tmp_path, max_steps=1), tiny_vit(), tiny_resnet(), data_collator=one_hot)
+    trainer.train()  # training reads them as the losses do (ce takes class probabilities)
+    with pytest.raises(DataError, match=r"^an evaluation batch: its labels are a float32 tensor of shape \(5, 3\)"):
+        trainer.evaluate(pixel_dataset(5))
+
+
 class _PerfectTeacher:
     class student:
         class config:

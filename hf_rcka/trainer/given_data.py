@@ -36,21 +36,25 @@ def check_columns(train_dataset: Any, eval_dataset: Any, collator: Any = None) -
     if isinstance(train_dataset, Mapping):  # a DatasetDict's length is its number of splits
         raise DataError(f"train_dataset is a dict of {len(train_dataset)} splits ({sorted(train_dataset)[:4]}): pass "
                         "one split, e.g. train_dataset=dataset['train'] (several evaluation sets may be a dict)")
-    first = None
+    first = first_evaluated = None
     for role, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
         for where, _, item in _first_items(role, dataset, collator is not None):
             first = item if first is None and role == "train_dataset" else first
+            first_evaluated = item if first_evaluated is None and role == "eval_dataset" else first_evaluated
             if collator is None:
                 _check_keys(where, item, ("pixel_values", "labels"))
                 check_pixel_type(where, item["pixel_values"])
     if collator is not None and first is not None:
         check_collated(collator, first)
+    if collator is not None and first_evaluated is not None:  # Trainer batches evaluations with the same collator
+        check_collated(collator, first_evaluated, evaluated=True)
     return first
 
 
-def check_collated(collator: Any, item: Any) -> None:
+def check_collated(collator: Any, item: Any, evaluated: bool = False) -> None:
     """The batch a caller's ``data_collator`` makes of two copies of ``item`` holds ``pixel_values``
-    and ``labels`` and nothing the distillation model does not take.
+    and ``labels`` and nothing the distillation model does not take; an evaluation set's
+    (``evaluated``) holds class ids (``check_evaluation_labels``).
 
     hf_rcka's own collate leaves other columns out; a caller's (``DefaultDataCollator`` keeps every
     column: an ``id``) failed at the first step, after the models loaded and the teacher was checked.
@@ -65,7 +69,23 @@ def check_collated(collator: Any, item: Any) -> None:
     if missing:
         raise DataError(f"the data_collator's batch has no {missing} (it has {sorted(batch)}): the collator must "
                         "build pixel_values (the image tensor) and labels (the class ids)")
-    check_pixel_type("the data_collator's batch", batch["pixel_values"])
+    where = "the data_collator's batch" + (" of an eval_dataset item" if evaluated else "")
+    check_pixel_type(where, batch["pixel_values"])
+    if evaluated:
+        check_evaluation_labels(where, batch["labels"])
+
+
+def check_evaluation_labels(where: str, labels: Any) -> None:
+    """An evaluation's labels are class ids, a 1-D integer tensor: the accuracy and the teacher's
+    check compare the argmax with them. Soft or one-hot targets (a Mixup of the caller's own in
+    their ``data_collator``, which Trainer also batches evaluations with) trained, and then failed
+    at the teacher check or the first evaluation with a shape mismatch from inside the metrics."""
+    if isinstance(labels, torch.Tensor) and (labels.ndim != 1 or labels.is_floating_point()):
+        raise DataError(f"{where}: its labels are a {str(labels.dtype).removeprefix('torch.')} tensor of shape "
+                        f"{tuple(labels.shape)}, not class ids (a 1-D integer tensor), which an evaluation scores the "
+                        "argmax against: give evaluation batches class ids (for Mixup/CutMix in training, pass "
+                        "augmentation=hf_rcka.AugmentationArguments(mixup=..., cutmix=...) instead of mixing in the "
+                        "collator)")
 
 
 def check_pixel_type(where: str, pixels: Any) -> None:
@@ -217,4 +237,7 @@ def _check_keys(where: str, item: Mapping, needed: tuple[str, ...]) -> None:
             "(dataset.set_transform(...) with the processor), or pass a data_collator that builds them")
 
 
-__all__ = ["check_batch_keys", "check_columns", "check_image_sizes", "check_later_dataset", "check_pixel_type", "image_size"]
+__all__ = [
+    "check_batch_keys", "check_columns", "check_evaluation_labels", "check_image_sizes", "check_later_dataset",
+    "check_pixel_type", "image_size",
+]

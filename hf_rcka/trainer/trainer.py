@@ -58,7 +58,9 @@ from .checkpointing import (
     checkpoint_step,
     keep_token_out_of_files,
 )
-from .given_data import check_batch_keys, check_columns, check_image_sizes, check_later_dataset, image_size
+from .given_data import (
+    check_batch_keys, check_columns, check_evaluation_labels, check_image_sizes, check_later_dataset, image_size,
+)
 from .given_labels import (
     check_labels, data_class_names, model_class_names, name_student_classes, numbered_only, say_names_paired_by_position,
 )
@@ -456,6 +458,7 @@ class DistillationTrainer(CheckpointingTrainer):
                 pixel_values, labels = mix_batch(self.mixup, inputs["pixel_values"], inputs["labels"])
                 inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
         else:
+            check_evaluation_labels("an evaluation batch", inputs["labels"])  # a stream's, or a later set's
             inputs = {**inputs, "labels": _without_padding(inputs["labels"], self.accelerator)}
         check_batch_keys(inputs)  # a stream's batches, which were not read when the trainer was built
         outputs = model(**inputs)
@@ -855,6 +858,7 @@ class DistillationTrainer(CheckpointingTrainer):
         """``(pixel_values, labels)`` of each batch, on the device; an evaluation set smaller than one
         round of batches has its first images repeated at its end, which must not count twice."""
         for batch in loader:
+            check_evaluation_labels("an evaluation batch", batch["labels"])
             labels = _without_padding(batch["labels"].to(self.args.device), self.accelerator)
             yield batch["pixel_values"].to(self.args.device), labels
 
