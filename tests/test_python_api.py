@@ -605,6 +605,19 @@ def test_a_collators_soft_labels_are_refused_for_evaluation_before_training(tmp_
         trainer.evaluate(pixel_dataset(5))
 
 
+def test_float_pixels_the_processor_never_made_are_refused_before_training(tmp_path):
+    """0..255 floats (PILToTensor().float()) trained on without an error, while pipeline() feeds the
+    export the processor's [-1, 1]; a processor that does not rescale makes 0..255 itself."""
+    raw = pixel_dataset(10).with_format(None).map(
+        lambda row: {"pixel_values": (np.asarray(row["pixel_values"]) * 60 + 128).clip(0, 255)}).with_format("torch")
+    with pytest.raises(DataError, match=r"^train_dataset: its first image's pixel_values range over \[\d+(\.\d+)?, "
+                                        r"\d+(\.\d+)?\], but processing_class makes \[-1, 1\]"):
+        build(make_args(tmp_path), tiny_vit(), tiny_resnet(), train_dataset=raw)
+    unscaled = processor(16, mean=0.0, std=1.0)
+    unscaled.do_rescale = False
+    build(make_args(tmp_path), tiny_vit(), tiny_resnet(), train_dataset=raw, processing_class=unscaled)
+
+
 class _PerfectTeacher:
     class student:
         class config:
@@ -869,7 +882,8 @@ def test_labels_mapped_by_hf_rckas_transform_are_read_in_the_order_it_gives(tmp_
         pictures = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(6)]
         return datasets.Dataset.from_dict({"image": pictures, "label": [i % 3 for i in range(6)]}, features=features)
 
-    to_tensor = lambda image: torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
+    to_tensor = lambda image: torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1).permute(
+        2, 0, 1)  # the processor's [-1, 1]
     run_order = ["a", "b", "c"]
     train = with_transforms(images(["a", "b", "c"], 0), to_tensor, "image", "label", run_order)
     evaluation = with_transforms(images(["b", "c", "a"], 1), to_tensor, "image", "label", run_order)

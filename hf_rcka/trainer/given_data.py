@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError, LabelError
+from ..errors import DataError, LabelError, ModelError
+from ..modeling.teacher_inputs import input_stats
 from .given_labels import data_class_names, model_class_names, numbered_only, other_order_of
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,36 @@ def check_pixel_type(where: str, pixels: Any) -> None:
                         "processor makes: the models would read them unnormalised, unlike pipeline() on the exported "
                         "model. Turn the images into pixel_values with the processor in the dataset's transform "
                         "(dataset.set_transform(...) with processing_class)")
+
+
+def check_pixel_range(item: Mapping | None, processor: Any) -> None:
+    """The first training image's ``pixel_values`` lie in the range ``processor`` makes
+    (``(image - mean) / std`` of an image in [0, 1]), with a wide margin for augmentation.
+
+    Float pixels the processor never made (``PILToTensor().float()``: 0..255, not rescaled or
+    normalised) trained without an error, and the exported model, which ``pipeline()`` feeds through
+    the saved processor, then read other inputs than it trained and was evaluated on.
+    """
+    pixels = item.get("pixel_values") if item is not None else None
+    if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point() or pixels.ndim != 3:
+        return
+    try:
+        stats = input_stats(processor)
+    except (ValueError, ModelError):  # a processor whose settings cannot be read: nothing to compare with
+        return
+    if len(stats.mean) != pixels.shape[0]:
+        return
+    mean, std = (torch.tensor(values, dtype=torch.float64).view(-1, 1, 1) for values in (stats.mean, stats.std))
+    low, high = -mean / std, (1 - mean) / std
+    margin = 4 * (high - low)  # random erasing's normal noise, colour jitter: well inside it
+    values = pixels.detach().to("cpu", torch.float64)
+    if bool(((values > high + margin) | (values < low - margin)).any()):
+        raise DataError(f"train_dataset: its first image's pixel_values range over [{values.min():.4g}, "
+                        f"{values.max():.4g}], but processing_class makes [{low.min():.3g}, {high.max():.3g}] "
+                        "((image - mean) / std): the images were not made by it (0..255 floats, not rescaled and "
+                        "normalised?), so the exported model, which pipeline() feeds through it, would read other "
+                        "inputs than it trained on. Turn the images into pixel_values with processing_class in the "
+                        "dataset's transform")
 
 
 def check_batch_keys(batch: Any) -> None:
@@ -239,5 +270,5 @@ def _check_keys(where: str, item: Mapping, needed: tuple[str, ...]) -> None:
 
 __all__ = [
     "check_batch_keys", "check_columns", "check_evaluation_labels", "check_image_sizes", "check_later_dataset",
-    "check_pixel_type", "image_size",
+    "check_pixel_range", "check_pixel_type", "image_size",
 ]
