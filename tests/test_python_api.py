@@ -618,6 +618,23 @@ def test_float_pixels_the_processor_never_made_are_refused_before_training(tmp_p
     build(make_args(tmp_path), tiny_vit(), tiny_resnet(), train_dataset=raw, processing_class=unscaled)
 
 
+def test_a_processor_whose_size_the_student_cannot_take_is_refused_before_training(tmp_path):
+    """Without a feature loss nothing compared them: a ViT built for 16 px trained and was evaluated
+    on 16 px data beside a 24 px processor, and pipeline() on the saved model failed ("Input image
+    size (24*24) doesn't match model (16*16)")."""
+    with pytest.raises(ModelError, match=r"^processing_class makes 24x24 images, which the student cannot take "
+                                         r"\(Input image size \(24\*24\) doesn't match model \(16\*16\)\.\), though it "
+                                         r"takes the training images' 16x16: it is saved"):
+        build(make_args(tmp_path, losses=["ce", "kd"]), tiny_vit(), tiny_resnet(), processing_class=processor(24))
+    student = tiny_vit()
+    ready = build_distillation_model(student, tiny_resnet(), make_args(tmp_path, losses=["ce", "kd"]))
+    with pytest.raises(ModelError, match=r"^processing_class makes 24x24 images, which the student cannot take"):
+        build(make_args(tmp_path), ready, processing_class=processor(24))
+    assert student.training, "the probe leaves the student in the mode it came in"
+    # a CNN takes any size (it may be evaluated at a larger one than it trained at)
+    build(make_args(tmp_path, losses=["ce", "kd"]), tiny_resnet(), tiny_resnet(), processing_class=processor(24))
+
+
 class _PerfectTeacher:
     class student:
         class config:

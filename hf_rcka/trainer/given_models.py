@@ -297,6 +297,49 @@ def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, t
             f"{planned[0]}x{planned[1]}, but the data's images are {pixels.shape[-2]}x{pixels.shape[-1]}. {fix}")
 
 
+def check_processor_size_taken(student: Any, processing_class: Any, data_size: tuple[int, int] | None) -> None:
+    """The student takes the images ``processing_class`` makes, when it takes the training images
+    (of ``data_size``) and they are of another size: one blank image at each size, as the command
+    line probes the student it builds.
+
+    The processor is saved with the student, and ``pipeline()`` feeds the export through it. A ViT
+    built for 16 px trained and was evaluated on 16 px data beside a 24 px processor, and the saved
+    model failed in ``pipeline()`` ("Input image size (24*24) doesn't match model (16*16)"). A
+    student that fails at both sizes is left to the first step, whose error is about the student.
+    """
+    try:
+        stats = input_stats(processing_class)
+    except ValueError:  # an output size that depends on the image: nothing to probe at
+        return
+    if data_size is None or tuple(data_size) == tuple(stats.size):
+        return
+    error = _forward_error(student, stats.channels, stats.size)
+    if error is not None and _forward_error(student, stats.channels, data_size) is None:
+        height, width = stats.size
+        raise ModelError(f"processing_class makes {height}x{width} images, which the student cannot take ({error}), "
+                         f"though it takes the training images' {data_size[0]}x{data_size[1]}: it is saved with the "
+                         "student, so pipeline() on the exported model would fail. Pass the image processor the "
+                         "training images are made with as processing_class")
+
+
+def _forward_error(student: Any, channels: int, size: tuple[int, int]) -> str | None:
+    """What a forward of one blank image of ``size`` raises in the student (None: it runs), in eval
+    mode and without gradients, so that nothing of it changes."""
+    weight = next(student.parameters(), None)
+    if weight is None or weight.device.type == "meta":
+        return None
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            student(pixel_values=torch.zeros(1, channels, *size, device=weight.device, dtype=weight.dtype))
+    except (RuntimeError, ValueError, AssertionError) as err:
+        return " ".join(str(err).split())
+    finally:
+        student.train(was_training)
+    return None
+
+
 def leave_out_fresh_losses(model: DistillationModel) -> None:
     """An evaluation of a student loaded alone: losses that read what trained beside it (srd's
     projector, feature adapters, kernel_transfer's centres) are not evaluated, as their values
@@ -313,6 +356,6 @@ def leave_out_fresh_losses(model: DistillationModel) -> None:
 
 
 __all__ = [
-    "check_activation_checkpointing", "check_model_objects", "check_models", "check_ready_model", "check_saveable",
-    "leave_out_fresh_losses", "teacher_input_stats",
+    "check_activation_checkpointing", "check_model_objects", "check_models", "check_processor_size_taken",
+    "check_ready_model", "check_saveable", "leave_out_fresh_losses", "teacher_input_stats",
 ]

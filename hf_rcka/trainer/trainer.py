@@ -66,8 +66,8 @@ from .given_labels import (
     check_labels, data_class_names, model_class_names, name_student_classes, numbered_only, say_names_paired_by_position,
 )
 from .given_models import (
-    check_activation_checkpointing, check_model_objects, check_models, check_ready_model, check_saveable,
-    check_trainable_precision, leave_out_fresh_losses, teacher_input_stats,
+    check_activation_checkpointing, check_model_objects, check_models, check_processor_size_taken, check_ready_model,
+    check_saveable, check_trainable_precision, leave_out_fresh_losses, teacher_input_stats,
 )
 from .optimizer_checks import LateParameterCheck, check_lazy_parameters, check_optimizer
 from .progress import close_evaluation_bars, use_resumed_progress
@@ -165,8 +165,10 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     if isinstance(model, DistillationModel):
         teacher_order = check_ready_model(model, teacher, teacher_processor, args, mapping, datasets)
         _check_settings(model.student, model.losses.values(), args, kwargs)
+        _check_processor_taken(model.student, kwargs, first_item)
     else:
         check_models(model, teacher, args, kwargs.get("processing_class"), teacher_processor, first_item)
+        _check_processor_taken(model, kwargs, first_item)
         # before the teacher is frozen and cast: a refused trainer leaves it as it was
         _check_settings(model, build_losses(run_loss_specs(args, teacher is not None)), args, kwargs)
         teacher_order = check_labels(model, teacher, args, datasets, mapping)
@@ -183,6 +185,12 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     check_optimizer(model, kwargs.get("optimizers"))
     _keep_label_check(model, teacher_order)
     return model, size
+
+
+def _check_processor_taken(student: Any, kwargs: dict[str, Any], first_item: Any) -> None:
+    """``processing_class`` is saved with the student, and ``pipeline()`` feeds the export through it."""
+    if kwargs.get("processing_class") is not None and kwargs.get("data_collator") is None:
+        check_processor_size_taken(student, kwargs["processing_class"], image_size(first_item))
 
 
 def _keep_label_check(model: DistillationModel, teacher_order: list[int] | None) -> None:
