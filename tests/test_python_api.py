@@ -635,6 +635,24 @@ def test_a_processor_whose_size_the_student_cannot_take_is_refused_before_traini
     build(make_args(tmp_path, losses=["ce", "kd"]), tiny_resnet(), tiny_resnet(), processing_class=processor(24))
 
 
+def test_channels_last_pixel_values_are_refused_before_training(tmp_path):
+    """(height, width, channels) images failed in the teacher check or the first step, inside the
+    model's forward: "Expected 3 but got 16"."""
+    rows = pixel_dataset(10)
+
+    class ChannelsLast(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            return {"pixel_values": rows[i]["pixel_values"].permute(1, 2, 0), "labels": int(rows[i]["labels"])}
+
+    with pytest.raises(DataError, match=r"^train_dataset: its first image's pixel_values have shape \(16, 16, 3\), but "
+                                        r"the student reads 3-channel images as \(channels, height, width\); they look "
+                                        r"channels-last: permute\(2, 0, 1\)"):
+        build(make_args(tmp_path, losses=["ce", "kd"]), tiny_vit(), tiny_resnet(), train_dataset=ChannelsLast())
+
+
 class _PerfectTeacher:
     class student:
         class config:

@@ -141,6 +141,21 @@ def check_pixel_range(item: Mapping | None, processor: Any) -> None:
                         "dataset's transform")
 
 
+def check_channels(item: Mapping | None, student: Any) -> None:
+    """The first training image's ``pixel_values`` are (channels, height, width) with the student's
+    channel count. Height, width, channels (``np.asarray(image)`` as a tensor) trained nothing: the
+    teacher check or the first step failed inside the model's forward ("Expected 3 but got 16")."""
+    pixels = item.get("pixel_values") if item is not None else None
+    channels = getattr(getattr(student, "config", None), "num_channels", None)
+    if not isinstance(pixels, (torch.Tensor, np.ndarray)) or pixels.ndim != 3 or not isinstance(channels, int):
+        return
+    if pixels.shape[0] != channels:
+        hint = ("; they look channels-last: permute(2, 0, 1) them, or make them with the image processor"
+                if pixels.shape[-1] == channels else "")
+        raise DataError(f"train_dataset: its first image's pixel_values have shape {tuple(pixels.shape)}, but the "
+                        f"student reads {channels}-channel images as (channels, height, width){hint}")
+
+
 def check_batch_keys(batch: Any) -> None:
     """A batch is a mapping that holds only what ``DistillationModel.forward`` takes (else a
     ``TypeError`` there, or a tuple's tensors taken for keys). Runs at every step."""
@@ -269,6 +284,6 @@ def _check_keys(where: str, item: Mapping, needed: tuple[str, ...]) -> None:
 
 
 __all__ = [
-    "check_batch_keys", "check_columns", "check_evaluation_labels", "check_image_sizes", "check_later_dataset",
-    "check_pixel_range", "check_pixel_type", "image_size",
+    "check_batch_keys", "check_channels", "check_columns", "check_evaluation_labels", "check_image_sizes",
+    "check_later_dataset", "check_pixel_range", "check_pixel_type", "image_size",
 ]

@@ -59,8 +59,8 @@ from .checkpointing import (
     keep_token_out_of_files,
 )
 from .given_data import (
-    check_batch_keys, check_columns, check_evaluation_labels, check_image_sizes, check_later_dataset, check_pixel_range,
-    image_size,
+    check_batch_keys, check_channels, check_columns, check_evaluation_labels, check_image_sizes, check_later_dataset,
+    check_pixel_range, image_size,
 )
 from .given_labels import (
     check_labels, data_class_names, model_class_names, name_student_classes, numbered_only, say_names_paired_by_position,
@@ -160,6 +160,8 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     _check_given_weights(model, teacher)
     datasets = (kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
     first_item = check_columns(*datasets, collator=kwargs.get("data_collator"))
+    if kwargs.get("data_collator") is None:
+        check_channels(first_item, model.student if isinstance(model, DistillationModel) else model)
     if kwargs.get("processing_class") is not None and kwargs.get("data_collator") is None:
         check_pixel_range(first_item, kwargs["processing_class"])
     if isinstance(model, DistillationModel):
