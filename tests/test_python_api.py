@@ -635,6 +635,23 @@ def test_a_processor_whose_size_the_student_cannot_take_is_refused_before_traini
     build(make_args(tmp_path, losses=["ce", "kd"]), tiny_resnet(), tiny_resnet(), processing_class=processor(24))
 
 
+def test_an_evaluation_at_another_size_than_the_saved_processors_is_said(tmp_path, caplog):
+    """A CNN takes any size, so a 24 px processor beside 16 px data is not refused; but the run's (and
+    the card's) accuracy was measured at 16 px while pipeline() feeds the export 24 px images."""
+    args = make_args(tmp_path, losses=["ce", "kd"])
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        build(args, tiny_resnet(), tiny_resnet(), processing_class=processor(24), eval_dataset=pixel_dataset(5))
+    said = [r.getMessage() for r in caplog.records if "measured at another size than its deployment" in r.getMessage()]
+    assert said == ["eval_dataset: its images are 16x16, but processing_class, which is saved with the student and "
+                    "which pipeline() feeds the exported model through, makes 24x24: the run's accuracy (and the "
+                    "card's) is measured at another size than its deployment. Evaluate on images the processor "
+                    "makes, or pass the processor of the evaluation size as processing_class"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):  # evaluated at the processor's size: nothing to say
+        build(args, tiny_resnet(), tiny_resnet(), processing_class=processor(24), eval_dataset=pixel_dataset(5, size=24))
+    assert not [r for r in caplog.records if "another size than its deployment" in r.getMessage()]
+
+
 def test_channels_last_pixel_values_are_refused_before_training(tmp_path):
     """(height, width, channels) images failed in the teacher check or the first step, inside the
     model's forward: "Expected 3 but got 16"."""

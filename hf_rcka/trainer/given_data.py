@@ -141,6 +141,29 @@ def check_pixel_range(item: Mapping | None, processor: Any) -> None:
                         "dataset's transform")
 
 
+def say_evaluation_size_not_deployed(eval_dataset: Any, processor: Any) -> None:
+    """Warn when an evaluation set's images are of another size than ``processor`` makes.
+
+    The processor is saved with the student and ``pipeline()`` feeds the export through it, while
+    the run's accuracy (and the card's) is measured on the evaluation set as given: a CNN evaluated
+    at 16 px beside a 24 px processor was carded with an accuracy its deployment never sees. Said,
+    not refused: a larger evaluation size than the training one is a known choice (timm's
+    ``test_input_size``), which then belongs in the processor saved with the student.
+    """
+    try:
+        made = tuple(input_stats(processor).size)
+    except (ValueError, ModelError):  # an output size that depends on the image: nothing to compare with
+        return
+    for where, _, item in _first_items("eval_dataset", eval_dataset):
+        size = image_size(item)
+        if size is not None and tuple(size) != made:
+            logger.warning("%s: its images are %dx%d, but processing_class, which is saved with the student and "
+                           "which pipeline() feeds the exported model through, makes %dx%d: the run's accuracy (and "
+                           "the card's) is measured at another size than its deployment. Evaluate on images the "
+                           "processor makes, or pass the processor of the evaluation size as processing_class",
+                           where, *size, *made)
+
+
 def check_channels(item: Mapping | None, student: Any) -> None:
     """The first training image's ``pixel_values`` are (channels, height, width) with the student's
     channel count. Height, width, channels (``np.asarray(image)`` as a tensor) trained nothing: the
@@ -285,5 +308,5 @@ def _check_keys(where: str, item: Mapping, needed: tuple[str, ...]) -> None:
 
 __all__ = [
     "check_batch_keys", "check_channels", "check_columns", "check_evaluation_labels", "check_image_sizes",
-    "check_later_dataset", "check_pixel_range", "check_pixel_type", "image_size",
+    "check_later_dataset", "check_pixel_range", "check_pixel_type", "image_size", "say_evaluation_size_not_deployed",
 ]

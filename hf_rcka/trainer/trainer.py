@@ -60,7 +60,7 @@ from .checkpointing import (
 )
 from .given_data import (
     check_batch_keys, check_channels, check_columns, check_evaluation_labels, check_image_sizes, check_later_dataset,
-    check_pixel_range, image_size,
+    check_pixel_range, image_size, say_evaluation_size_not_deployed,
 )
 from .given_labels import (
     check_labels, data_class_names, model_class_names, name_student_classes, numbered_only, say_names_paired_by_position,
@@ -164,6 +164,8 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
         check_channels(first_item, model.student if isinstance(model, DistillationModel) else model)
     if kwargs.get("processing_class") is not None and kwargs.get("data_collator") is None:
         check_pixel_range(first_item, kwargs["processing_class"])
+        with _said_by_the_logging_process(args):
+            say_evaluation_size_not_deployed(kwargs.get("eval_dataset"), kwargs["processing_class"])
     if isinstance(model, DistillationModel):
         teacher_order = check_ready_model(model, teacher, teacher_processor, args, mapping, datasets)
         _check_settings(model.student, model.losses.values(), args, kwargs)
