@@ -83,6 +83,21 @@ def test_builds_runs_and_sets_labels(case: str, images) -> None:
     assert logits.shape == (5, 3) and torch.isfinite(logits).all()
 
 
+PVT = dict(image_size=32, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1])
+
+
+def test_a_config_that_keeps_num_labels_as_its_own_field_gets_the_tasks_head(tmp_path: Path) -> None:
+    """PvtConfig declares num_labels (1000) itself, so id2label alone left a 1000-class head: a
+    config:pvt student stopped after the data had loaded, and a PVT checkpoint kept its head."""
+    model = load_image_classifier("config:pvt", id2label=LABELS, config_overrides=PVT)
+    assert model.config.num_labels == 3 and model.classifier.out_features == 3
+    model.save_pretrained(tmp_path)
+    resized = load_image_classifier(str(tmp_path), num_labels=5)
+    assert resized.config.num_labels == 5 and resized.classifier.out_features == 5
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert reloaded.classifier.out_features == 3 and reloaded.config.id2label == LABELS
+
+
 def test_deit_teacher_class_has_distillation_head(images) -> None:
     model, processor = _build("deit_teacher")
     out = model(pixel_values=processor(images, return_tensors="pt").pixel_values)

@@ -85,9 +85,13 @@ def set_labels(config: PreTrainedConfig, labels: LabelMaps | None) -> None:
     checkpoint's ``label_names``, which its ``to_dict`` saves over ``id2label``: every writer of a
     model's class names goes through here, or its export reloads as ``LABEL_0``...
 
-    ``None`` keeps the config's own labels.
+    ``None`` keeps the config's own labels. A config that keeps ``num_labels`` as a field of its
+    own (PVT's) sizes its head by it, not by ``id2label``: it gets the count too, or a
+    ``config:pvt`` student kept its 1000-class head.
     """
     if labels is not None:
+        if config.num_labels != labels.num_labels:
+            config.num_labels = labels.num_labels
         config.id2label = dict(labels.id2label)
         config.label2id = dict(labels.label2id)
         if hasattr(config, "label_names"):  # a loaded timm checkpoint's names: to_dict saves them over id2label
