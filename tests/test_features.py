@@ -220,6 +220,28 @@ def test_classifier_of_a_distilled_timm_deit_is_the_cls_head():
     assert classifier_of(model) is model.timm_model.head
 
 
+@pytest.mark.parametrize("model_type, config", [
+    ("hgnet_v2", dict(stem_channels=[3, 8, 8], stage_in_channels=[8, 12], stage_mid_channels=[8, 12],
+                      stage_out_channels=[12, 16], stage_num_blocks=[1, 1], stage_downsample=[False, True],
+                      stage_light_block=[False, False], stage_kernel_size=[3, 3], stage_numb_of_layers=[1, 1],
+                      hidden_sizes=[12, 16], depths=[1, 1], out_features=["stage2"])),
+    ("textnet", dict(stem_out_channels=8, conv_layer_kernel_sizes=[[[3, 3]], [[3, 3]]],
+                     conv_layer_strides=[[1], [2]], hidden_sizes=[8, 12, 16], out_features=["stage2"])),
+])
+def test_a_classifier_list_never_called_is_not_taken_for_the_head(model_type: str, config: dict):
+    """HGNetV2 and TextNet name the pooling they run before ``fc`` ``classifier``, a ModuleList that
+    is never called: srd with one of them stopped with a traceback, 'cannot tell the input width of
+    ModuleList'."""
+    model = tf.AutoModelForImageClassification.from_config(
+        tf.AutoConfig.for_model(model_type, num_labels=NUM_LABELS, **config)).eval()
+    seen = []
+    handle = classifier_of(model).register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(pixel_values=pixels(32))
+    handle.remove()
+    assert classifier_of(model) is model.fc and seen[0].shape == (BATCH, pooled_dim(model)) == (BATCH, 16)
+
+
 def test_the_width_of_a_convolutional_head_is_its_input():
     """A 1x1 convolution as the classifier (a head whose input is the pooled map): the pooled feature
     is as wide as the convolution's input; its output width is the number of classes, which sized the

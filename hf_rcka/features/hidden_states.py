@@ -255,7 +255,9 @@ def classifier_of(model: nn.Module) -> nn.Module:
     """The module whose input is the pooled penultimate feature (B, d).
 
     A forward pre-hook on it gives the pooled features for pooled-feature losses. For Sequential
-    heads (HF ResNet, RegNet: Flatten + Linear) it is the first Linear, whose input is flat.
+    heads (HF ResNet, RegNet: Flatten + Linear) it is the first Linear, whose input is flat. A
+    ``classifier`` that is a ModuleList (HGNetV2, TextNet: the pooling their forward runs module by
+    module) is never called, so a hook on it saw nothing; their ``fc`` is the head.
 
     Raises:
         ValueError: if the model has no recognisable classification head.
@@ -267,6 +269,8 @@ def classifier_of(model: nn.Module) -> nn.Module:
         return _check_head(head, model)
     for name in _CLASSIFIER_NAMES:
         head = getattr(model, name, None)
+        if isinstance(head, (nn.ModuleList, nn.ModuleDict)):  # never called: HGNetV2's and TextNet's
+            continue  # ``classifier`` lists the pooling and flattening their forward runs before ``fc``
         if isinstance(head, nn.Module):
             if isinstance(head, nn.Sequential):
                 head = next((m for m in head.modules() if isinstance(m, nn.Linear)), head)
