@@ -121,6 +121,19 @@ def test_scratch_deit_draws_the_tokens_transformers_leaves_at_zero(tmp_path: Pat
     assert not reloaded.deit.embeddings.cls_token.any()
 
 
+def test_scratch_register_tokens_are_drawn_apart_as_dinov2_draws_them() -> None:
+    """transformers zeroes Dinov2WithRegisters' register tokens: identical copies get identical
+    gradients, so a student built with 4 registers trained 4 copies of one. DINOv2 and timm draw
+    them from N(0, 1e-6)."""
+    torch.manual_seed(0)
+    model = load_image_classifier("config:dinov2_with_registers", num_labels=3, config_overrides=dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=1, image_size=32, patch_size=8,
+        num_register_tokens=4))
+    registers = model.dinov2_with_registers.embeddings.register_tokens[0]
+    assert 0 < registers.std().item() < 1e-5
+    assert all(not torch.equal(registers[0], registers[i]) for i in range(1, 4))
+
+
 def test_drawn_tokens_follow_the_configs_initializer_range_and_a_meta_build_draws_none() -> None:
     """A recipe's initializer_range sets the drawn tokens' spread as it sets every other weight's: a
     mutant that drew them at 0.02 always gave a DeiT at initializer_range 0.2 near-zero tokens. A

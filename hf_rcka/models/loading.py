@@ -125,7 +125,8 @@ def _build_from_config(
         model = AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
     drawn = draw_zeroed_tokens(model)
     if drawn:
-        logger.info("drew %s from a truncated normal: transformers left them at zero", ", ".join(drawn))
+        logger.info("drew %s at random (as the architecture's paper does): transformers left them at zero",
+                    ", ".join(drawn))
     return model
 
 

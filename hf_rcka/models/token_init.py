@@ -4,7 +4,7 @@ transformers 5.x leaves some of these at exactly zero when it builds a model fro
 ``_init_weights`` draws them from a truncated normal and then zeroes them (so a DeiT with a
 distillation head starts with identical class and distillation tokens and no position signal),
 and BEiT, Data2Vec-vision and ViT-MSN leave their class token (ViT-MSN its position embeddings
-too) at zero. DeiT, BEiT and timm draw them from a truncated normal of std 0.02 (transformers'
+too) at zero, Dinov2WithRegisters its register tokens. DeiT, BEiT and timm draw them from a truncated normal of std 0.02 (transformers'
 own ViT uses ``initializer_range``, 0.02 by default), and a student trained from scratch should
 start where the architecture's paper started.
 """
@@ -16,6 +16,11 @@ from torch import nn
 from transformers import PreTrainedModel
 
 TOKEN_NAMES = ("cls_token", "distillation_token", "position_embeddings")
+# Tokens drawn with their paper's tiny spread: DINOv2 and timm draw register tokens from N(0, 1e-6).
+# transformers' Dinov2WithRegisters zeroes them, and zeroed registers are identical copies that
+# receive identical gradients, so they stay one register however many the config asks for.
+TINY_TOKEN_NAMES = ("register_tokens",)
+TINY_STD = 1e-6
 
 
 @torch.no_grad()
@@ -29,7 +34,12 @@ def draw_zeroed_tokens(model: PreTrainedModel) -> list[str]:
     std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
     drawn = []
     for name, param in model.named_parameters():
-        if name.rsplit(".", 1)[-1] in TOKEN_NAMES and param.numel() > 0 and not param.is_meta and not param.any():
+        if param.numel() == 0 or param.is_meta or param.any():
+            continue
+        if name.rsplit(".", 1)[-1] in TOKEN_NAMES:
             nn.init.trunc_normal_(param, mean=0.0, std=std)  # bounds +-2 (absolute), as DeiT and timm draw them
+            drawn.append(name)
+        elif name.rsplit(".", 1)[-1] in TINY_TOKEN_NAMES:
+            nn.init.normal_(param, mean=0.0, std=TINY_STD)
             drawn.append(name)
     return drawn
