@@ -598,6 +598,11 @@ def test_image_size_a_vit_student_cannot_take(tmp_path, capsys, no_loading):
     deit = dict(model_name_or_path="config:deit", student_config_overrides=TINY_VIT)
     assert run(tmp_path, base(tmp_path, **deit, image_size=32)) == 2
     assert "image_size 32, but the deit student is built for 16 px" in error_of(capsys)
+    # I-JEPA's and ViT-MSN's too: they stopped after the data had loaded, at the student's first probe
+    for model_type in ("ijepa", "vit_msn"):
+        other = dict(model_name_or_path=f"config:{model_type}", student_config_overrides=TINY_VIT)
+        assert run(tmp_path, base(tmp_path, **other, image_size=32)) == 2
+        assert f"image_size 32, but the {model_type} student is built for 16 px" in error_of(capsys)
 
 
 def test_typos_in_a_config_model_type_and_its_overrides(tmp_path, capsys, no_loading):

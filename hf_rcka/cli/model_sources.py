@@ -29,7 +29,7 @@ from ..registry import LOSSES, close_matches
 
 _PATH_PREFIXES = (".", "/", "~")
 # HF model types whose position embeddings fix the input resolution (no interpolation in forward)
-_FIXED_GRID_TYPES = ("vit", "deit")
+_FIXED_GRID_TYPES = ("vit", "deit", "ijepa", "vit_msn")  # their patch embedding refuses any other input size
 
 
 def check_hub_access(args: Any, model_args: Any = None) -> None:
