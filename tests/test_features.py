@@ -242,6 +242,27 @@ def test_a_classifier_list_never_called_is_not_taken_for_the_head(model_type: st
     assert classifier_of(model) is model.fc and seen[0].shape == (BATCH, pooled_dim(model)) == (BATCH, 16)
 
 
+def test_focalnet_hands_out_each_stages_end_before_its_patch_merging():
+    """transformers' FocalNet hands out each stage merged to the next stage's stride: state 1 was
+    stage 1 at stride 8, the auto pairs were a stage too shallow, and stage 3, merged to the last
+    stage's grid, never paired. Each state is now its stage's last block, as Swin's are."""
+    config = tf.FocalNetConfig(image_size=64, embed_dim=8, depths=[1, 1, 2, 1], focal_levels=[2] * 4,
+                               focal_windows=[3] * 4, num_labels=NUM_LABELS)
+    model = tf.FocalNetForImageClassification(config).eval()
+    blocks = {}
+    handles = [stage.layers[-1].register_forward_hook(lambda _m, _a, out, i=i: blocks.__setitem__(i, out))
+               for i, stage in enumerate(model.focalnet.encoder.stages)]
+    specs = describe_hidden_states(model, pixels(64))
+    for handle in handles:
+        handle.remove()
+    assert [spec.stride for spec in specs] == [4, 4, 8, 16, 32] and specs[0].is_embedding
+    with torch.no_grad():
+        states = hidden_states_of(forward_with_hidden_states(model, pixels(64)))
+    for i, block in blocks.items():
+        torch.testing.assert_close(states[i + 1],
+                                   block.transpose(1, 2).reshape(states[i + 1].shape))
+
+
 def test_the_width_of_a_convolutional_head_is_its_input():
     """A 1x1 convolution as the classifier (a head whose input is the pooled map): the pooled feature
     is as wide as the convolution's input; its output width is the number of classes, which sized the

@@ -12,6 +12,8 @@ Every family hands out ``output_hidden_states`` differently:
 * HF Hiera: its token ``hidden_states`` are in an unrolled (mask-unit) order, not row-major, so
   they cannot be laid out on a grid; its ``reshaped_hidden_states`` are the re-rolled maps, but
   channels-last (B, H, W, C), and :func:`hidden_states_of` returns them permuted to (B, C, H, W).
+* HF FocalNet: maps, index 0 the patch embedding, then each stage's end (before its patch merging,
+  see ``_focalnet_stage_ends``).
 * HF LeViT: tokens without prefix; index 0 the patch embedding, then each stage's end (see
   ``_levit_stage_ends``: transformers' own states are each stage after the next one's subsampling).
 * HF CNNs (ResNet, RegNet, ConvNeXt, EfficientNet): maps, index 0 the stem. MobileNetV2 and
@@ -57,13 +59,15 @@ def forward_with_hidden_states(model: nn.Module, pixel_values: Tensor) -> Any:
     6-block stage 3 never paired, where timm's Swin pairs stage by stage).
     ``output_hidden_states_before_downsampling`` gives the stage ends, as timm's stages are; it is set
     on the encoder's call, as Swinv2's and Donut-Swin's models do not pass it on (Donut-Swin, a
-    copy of Swin, handed out merged states). FocalNet's own path for it fails in transformers, and
-    FocalNet still hands out merged states. Every full forward for hidden states goes through here,
+    copy of Swin, handed out merged states). FocalNet's own path for it fails in transformers: its
+    stage ends are read where its patch merging takes them. Every full forward for hidden states goes through here,
     so that probing, capture and the CKA report index the same states.
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type == "levit":
         return _levit_stage_ends(model, pixel_values)
+    if model_type == "focalnet":
+        return _focalnet_stage_ends(model, pixel_values)
     base = getattr(model, "base_model", None) if model_type in _STAGE_END_ENCODERS else None
     encoder = getattr(base, "encoder", None)
     if encoder is None:
@@ -100,6 +104,27 @@ def _levit_stage_ends(model: nn.Module, pixel_values: Tensor) -> Any:
     # a stage that does not subsample (its down_ops "none") ends where transformers' next state starts
     states = outputs.hidden_states
     outputs.hidden_states = (states[0], *(ends.get(i, states[i + 1]) for i in range(len(stages))))
+    return outputs
+
+
+def _focalnet_stage_ends(model: nn.Module, pixel_values: Tensor) -> Any:
+    """transformers' FocalNet hands out each stage after the patch merging that starts the next (its
+    own ``output_hidden_states_before_downsampling`` path fails), as Swin did: state 1 was stage 1
+    merged to stride 8, the auto pairs came out a stage too shallow, and FocalNet-T's 6-block stage 3,
+    merged to the last stage's grid, never paired. Each merging's input is its stage's end, a
+    (B, C, H, W) map: the states are the embedding, each stage's end, and the last stage's."""
+    ends: dict[int, Tensor] = {}
+    handles = [stage.downsample.register_forward_pre_hook(lambda _m, args, i=i: ends.__setitem__(i, args[0]))
+               for i, stage in enumerate(model.base_model.encoder.stages) if stage.downsample is not None]
+    try:
+        outputs = model(pixel_values=pixel_values, output_hidden_states=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    maps, tokens = outputs.reshaped_hidden_states, outputs.hidden_states
+    outputs.reshaped_hidden_states = (maps[0], *(ends.get(i, maps[i + 1]) for i in range(len(maps) - 1)))
+    outputs.hidden_states = (tokens[0], *(fmap_to_tokens(ends[i]) if i in ends else tokens[i + 1]
+                                          for i in range(len(tokens) - 1)))
     return outputs
 
 
