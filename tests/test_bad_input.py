@@ -603,6 +603,17 @@ def test_image_size_a_vit_student_cannot_take(tmp_path, capsys, no_loading):
         other = dict(model_name_or_path=f"config:{model_type}", student_config_overrides=TINY_VIT)
         assert run(tmp_path, base(tmp_path, **other, image_size=32)) == 2
         assert f"image_size 32, but the {model_type} student is built for 16 px" in error_of(capsys)
+    # CLIP's and SigLIP's ViT is their vision_config's, which the advice names (a vision_config
+    # without image_size is the default one's, 224)
+    no_size = {key: value for key, value in TINY_VIT.items() if key != "image_size"}
+    for model_type in ("clip", "siglip"):
+        tower = dict(model_name_or_path=f"config:{model_type}", student_config_overrides={"vision_config": no_size})
+        assert run(tmp_path, base(tmp_path, **tower, image_size=32)) == 2
+        line = error_of(capsys)
+        assert f"image_size 32, but the {model_type} student is built for 224 px" in line
+        assert "image_size: 32 in student_config_overrides' vision_config" in line
+        assert run(tmp_path, base(tmp_path, **tower, image_size=18)) == 2
+        assert "image_size 18 is not a multiple of the student's patch_size 4" in error_of(capsys)
 
 
 def test_typos_in_a_config_model_type_and_its_overrides(tmp_path, capsys, no_loading):

@@ -30,6 +30,8 @@ from ..registry import LOSSES, close_matches
 _PATH_PREFIXES = (".", "/", "~")
 # HF model types whose position embeddings fix the input resolution (no interpolation in forward)
 _FIXED_GRID_TYPES = ("vit", "deit", "ijepa", "vit_msn")  # their patch embedding refuses any other input size
+# types whose fixed-grid ViT is their vision_config's (its image_size and patch_size are set there)
+_VISION_TOWER_TYPES = ("clip", "siglip", "metaclip_2")
 
 
 def check_hub_access(args: Any, model_args: Any = None) -> None:
@@ -472,7 +474,8 @@ def check_student_config(model_args: Any) -> None:
         except ValueError as err:
             raise ModelError(f"{key}: {err}") from None
         if key == "model_name_or_path":
-            _check_image_size(model_args.image_size, config.model_type, {**config.to_dict(), **overrides})
+            # the built config's: an override of a nested vision_config replaces it whole
+            _check_image_size(model_args.image_size, config.model_type, with_overrides(config, overrides).to_dict())
     check_model_overrides(model_args)
     _check_saved_channels(model_args)
     local = _local_config(model_args.model_name_or_path)
@@ -765,15 +768,22 @@ def _check_saved_channels(model_args: Any) -> None:
 
 
 def _check_image_size(image_size: int | None, model_type: str | None, config: dict, pretrained: bool = False) -> None:
+    """An ``image_size`` the student's patch grid cannot take. CLIP's and SigLIP's ViT is their
+    ``vision_config``'s: they stopped after the data had loaded, with advice (``image_size`` at the
+    top of the overrides) that their config refuses."""
+    tower = model_type in _VISION_TOWER_TYPES and isinstance(config.get("vision_config"), dict)
+    if tower:
+        config = config["vision_config"]
     patch, built = config.get("patch_size"), config.get("image_size")
     if image_size is None or not isinstance(patch, int):
         return
     if image_size % patch:
         raise RecipeError(f"image_size {image_size} is not a multiple of the student's patch_size {patch}; "
                           f"use e.g. {max(patch, image_size // patch * patch)}")
-    if model_type in _FIXED_GRID_TYPES and isinstance(built, int) and built != image_size:
-        fix = (f"build a new student (student_from_scratch: true, student_config_overrides: {{image_size: {image_size}}})"
-               if pretrained else f"also set student_config_overrides: {{image_size: {image_size}}}")
+    if (model_type in _FIXED_GRID_TYPES or tower) and isinstance(built, int) and built != image_size:
+        setting = (f"image_size: {image_size} in student_config_overrides' vision_config" if tower
+                   else f"student_config_overrides: {{image_size: {image_size}}}")
+        fix = (f"build a new student (student_from_scratch: true, {setting})" if pretrained else f"also set {setting}")
         raise RecipeError(
             f"image_size {image_size}, but the {'pretrained ' if pretrained else ''}{model_type} student is built for "
             f"{built} px (its position embeddings fix the patch grid): {fix}, or drop image_size"
