@@ -23,7 +23,7 @@ import hf_rcka.cli.job as cli
 import hf_rcka.cli.run_inputs as run_inputs
 from hf_rcka.cli import main as cli_main
 from hf_rcka.cli.main import main
-from hf_rcka.errors import DataError, RecipeError
+from hf_rcka.errors import DataError, ModelError, RecipeError
 from hf_rcka.training_values import check_optim_target_modules
 
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 12, 16, 20], "depths": [1, 1, 1, 1], "layer_type": "basic"}
@@ -4117,3 +4117,29 @@ def test_a_layer_index_on_a_model_without_blocks_names_the_fix(tmp_path, capsys,
                      "states to pair (a model without blocks, e.g. student_config_overrides num_hidden_layers: 0): "
                      "give it blocks, or distil the logits only (no feature losses)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_swin_window_larger_than_its_last_grid_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    """transformers' Swin shrinks a window larger than a stage's grid but not its position-bias table,
+    and failed on the mismatch after the data had loaded, advising another image_size alone."""
+    from hf_rcka.cli import probes
+
+    overrides = {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "window_size": 7}
+    recipe = base(tmp_path, model_name_or_path="config:swin", image_size=32, student_from_scratch=True,
+                  student_config_overrides=overrides)
+    expected = ("error: image_size 32: at 32x32 the student's last stage has a 1x1 grid, smaller than its window_size 7, "
+                "which transformers' Swin attention fails on: set student_config_overrides window_size: 1, or a "
+                "larger image_size")
+    with monkeypatch.context() as patched:
+        patched.setattr(cli, "load_image_classifier", lambda *a, **k: pytest.fail("loaded before the check"))
+        patched.setattr(run_inputs, "load_raw_datasets", lambda *a, **k: pytest.fail("loaded before the check"))
+        assert run(tmp_path, recipe) == 2
+    assert error_of(capsys) == expected
+    # a Hub Swin's config is read by no check before loading: the probe after loading says the same
+    from transformers import SwinConfig, SwinForImageClassification
+
+    student = SwinForImageClassification(SwinConfig(image_size=32, patch_size=4, num_labels=3, **overrides))
+    with pytest.raises(ModelError, match=r"^model_name_or_path: at 32x32 the student's last stage has a 1x1 grid"):
+        probes.probe_student(student, SimpleNamespace(size=(32, 32), channels=3), None)
+    recipe["student_config_overrides"] = {**overrides, "window_size": 1}  # the fix, followed, trains
+    assert run(tmp_path, recipe) == 0

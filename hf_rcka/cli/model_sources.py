@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from ..errors import ModelError, RecipeError, UserError
 from ..features.pairing import check_layer_indices
 from ..log_levels import errors_only
+from ..models.image_sizes import window_problem
 from ..models.processors import PROCESSOR_FILES, carries_data_config, no_processor
 from ..losses import reads_teacher
 from ..modeling.assembly import active_specs, run_loss_specs
@@ -780,6 +781,9 @@ def _check_image_size(image_size: int | None, model_type: str | None, config: di
     if image_size % patch:
         raise RecipeError(f"image_size {image_size} is not a multiple of the student's patch_size {patch}; "
                           f"use e.g. {max(patch, image_size // patch * patch)}")
+    problem = window_problem({**config, "model_type": model_type}, image_size, image_size)
+    if problem:  # found after the data had loaded, advising another image_size alone
+        raise RecipeError(f"image_size {image_size}: {problem}")
     if (model_type in _FIXED_GRID_TYPES or tower) and isinstance(built, int) and built != image_size:
         setting = (f"image_size: {image_size} in student_config_overrides' vision_config" if tower
                    else f"student_config_overrides: {{image_size: {image_size}}}")

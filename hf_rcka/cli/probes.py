@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ModelError
+from ..models.image_sizes import window_problem
 
 
 def probe_student(student: Any, stats: Any, image_size: int | None) -> None:
@@ -29,6 +30,10 @@ def probe_student(student: Any, stats: Any, image_size: int | None) -> None:
             student(pixel_values=torch.zeros(1, stats.channels, height, width))
     except (RuntimeError, ValueError, AssertionError) as err:
         key = "image_size" if image_size is not None else "model_name_or_path"
+        config = getattr(student, "config", None)
+        problem = window_problem(config.to_dict(), height, width) if hasattr(config, "to_dict") else None
+        if problem:  # a Hub Swin, whose config no check before loading read
+            raise ModelError(f"{key}: {problem}") from err
         raise ModelError(
             f"{key}: the student cannot take {height}x{width} inputs ({' '.join(str(err).split())}). "
             "Set an image_size the architecture accepts, or build the student for it (student_config_overrides: "

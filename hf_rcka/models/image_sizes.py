@@ -26,6 +26,28 @@ def as_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     raise ValueError(f"an image size must be an int or (height, width), got {size!r}")
 
 
+# transformers' Swins whose windows are fixed tables: a stage grid smaller than window_size shrinks
+# the window but not its relative-position-bias table, and attention fails on the mismatch (Swinv2's
+# biases come from a small network over coordinates and take any window)
+_FIXED_WINDOW_TYPES = ("swin", "donut-swin")
+
+
+def window_problem(config: dict[str, Any], height: int, width: int) -> str | None:
+    """Why a transformers Swin built from ``config`` (a config's ``to_dict()``) cannot take
+    ``height`` x ``width`` images, with the fix, or None. Its error ("The size of tensor a (16)
+    must match the size of tensor b (49)") names neither the window nor the stage."""
+    window, patch, depths = (config.get(key) for key in ("window_size", "patch_size", "depths"))
+    if config.get("model_type") not in _FIXED_WINDOW_TYPES or not (
+            isinstance(window, int) and isinstance(patch, int) and isinstance(depths, (list, tuple)) and depths):
+        return None
+    grid = min(height, width) // patch // 2 ** (len(depths) - 1)  # the last stage's, the smallest
+    if grid >= window:
+        return None
+    return (f"at {height}x{width} the student's last stage has a {grid}x{grid} grid, smaller than its window_size "
+            f"{window}, which transformers' Swin attention fails on: set student_config_overrides window_size: "
+            f"{max(grid, 1)}, or a larger image_size")
+
+
 @dataclass(frozen=True)
 class OutputSize:
     """Which setting of an image processor fixes its output size, and that size.
