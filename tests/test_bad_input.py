@@ -442,8 +442,22 @@ def test_a_config_type_without_a_fixed_size_processor_is_refused_before_loading(
     """The processor of a config: type is built from its config alone: it failed once the data had loaded."""
     assert run(tmp_path, base(tmp_path, model_name_or_path=f"config:{model_type}", student_config_overrides=None,
                               image_size=None)) == 2
-    assert expected in error_of(capsys)
+    error = error_of(capsys)
+    assert expected in error
+    assert (f"A config:{model_type} student can only take its type's default processor: to train the type, "
+            "save_pretrained a model of it and an image processor of a fixed output size into one folder") in error
     assert not (tmp_path / "out").exists()
+
+
+def test_the_advice_for_a_config_type_without_a_usable_processor_trains(tmp_path):
+    """Its advice had been a processor of another kind, which a config: type cannot be given."""
+    from transformers import CONFIG_MAPPING, AutoModelForImageClassification, ViTImageProcessor
+
+    folder = tmp_path / "hgnet"
+    AutoModelForImageClassification.from_config(CONFIG_MAPPING["hgnet_v2"](num_labels=10)).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
+    assert run(tmp_path, base(tmp_path, model_name_or_path=str(folder), student_config_overrides=None,
+                              student_from_scratch=True)) == 0
 
 
 @pytest.mark.parametrize("options,expected", [
