@@ -59,14 +59,15 @@ IMAGENET_FILES = 1_281_167 + 50_000  # ImageNet-1k's training and validation ima
 
 
 def write_folder(root: Path, files: int, classes: int) -> tuple[Path, Path]:
-    """``root/train`` and ``root/val``, class folders of hard links to an 8x8 JPEG, one per class (a
-    file takes at most 65,000 links on ext4); val holds a tenth as many files."""
-    sources = root / "sources"
-    sources.mkdir()
-    for k in range(classes):
-        Image.fromarray(np.full((8, 8, 3), k % 256, np.uint8)).save(sources / f"{k}.jpg")
+    """``root/train`` and ``root/val``, class folders of hard links to an 8x8 JPEG, one per class and
+    split (a file takes at most 65,000 links on ext4, and hf_rcka refuses one file in both splits);
+    val holds a tenth as many files."""
     folders = root / "train", root / "val"
     for folder, count in zip(folders, (files, max(classes, files // 10))):
+        sources = root / "sources" / folder.name
+        sources.mkdir(parents=True)
+        for k in range(classes):
+            Image.fromarray(np.full((8, 8, 3), k % 256, np.uint8)).save(sources / f"{k}.jpg")
         for i in range(count):
             k = i % classes
             class_folder = folder / f"n{k:08d}"

@@ -180,3 +180,13 @@ def test_study_seeds_shuffle_in_orders_of_their_own(tmp_path, monkeypatch):
         "variants": report.summarise({"alone": {"label": "alone", "runs": dict(enumerate(records))}})}}}
     assert "orders of its own (data_seed 1000 x seed)" in report.render_markdown(study)
     assert "consecutive seeds share" in report.render_markdown({**study, "data_orders": "consecutive"})
+
+
+def test_folder_listing_builds_folders_hf_rcka_takes(tmp_path, monkeypatch):
+    """folder_listing.py hard-linked one JPEG per class into both splits, which hf_rcka now refuses
+    as one file in train and validation (DataError before any table, at every size): each split
+    links to sources of its own."""
+    folder_listing = _benchmark_script("folder_listing", monkeypatch)
+    train, val = folder_listing.write_folder(tmp_path, 12, 2)
+    splits = folder_listing.ours(train, val)
+    assert len(splits["train"]) == 12 and len(splits["validation"]) == 2
