@@ -463,8 +463,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default="bench_results/step_overhead.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    _check_args(parser, args)
     args.bf16 = args.bf16 or args.device.startswith("cuda")
     return args
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A typo in ``--pairs`` stopped in a KeyError after the pairs before it had been measured (the
+    JSON is written at the end, so their minutes were lost), and ``--device cuda`` on a machine
+    without CUDA in torch's traceback: both are said in one line before anything is built."""
+    unknown = sorted(set(args.pairs.split(",")) - set(PAIRS))
+    if unknown:
+        parser.error(f"unknown pairs {unknown}; --pairs takes a comma-separated list of {sorted(PAIRS)}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device: {error}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("step_overhead.py: no CUDA device here (torch.cuda.is_available() is False); "
+                         "run it on a GPU machine, or leave --device out for the scaled-down CPU run")
 
 
 def run_pair(args: argparse.Namespace, pair: str, variants: list[str]) -> dict:

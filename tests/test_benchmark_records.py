@@ -190,3 +190,18 @@ def test_folder_listing_builds_folders_hf_rcka_takes(tmp_path, monkeypatch):
     train, val = folder_listing.write_folder(tmp_path, 12, 2)
     splits = folder_listing.ours(train, val)
     assert len(splits["train"]) == 12 and len(splits["validation"]) == 2
+
+
+def test_step_overhead_refuses_an_unknown_pair_or_a_missing_gpu_in_one_line(monkeypatch, capsys):
+    """``--pairs cnn2vit,vit2cn`` measured cnn2vit for minutes, then stopped in a KeyError before
+    the JSON was written; ``--device cuda`` without CUDA ended in torch's traceback."""
+    import torch
+
+    step_overhead = _benchmark_script("step_overhead", monkeypatch)
+    with pytest.raises(SystemExit) as stopped:
+        step_overhead.parse_args(["--pairs", "cnn2vit,vit2cn"])
+    assert stopped.value.code == 2 and "unknown pairs ['vit2cn']" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as stopped:
+            step_overhead.parse_args(["--device", "cuda"])
+        assert isinstance(stopped.value.code, str) and "no CUDA device" in stopped.value.code
