@@ -318,6 +318,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="markdown files whose '<!-- BLOCK:begin/end -->' block gets the tables")
     parser.add_argument("--block", default="quality_digits", help="the block's name in --readme (default quality_digits)")
     args = parser.parse_args(argv)
+    _check_args(parser, args)
     args.seeds_given, args.variants_given = args.seeds is not None, args.variants is not None
     args.subset = args.seeds_given or args.variants_given or args.directions is not None
     args.directions = args.directions or list(DIRECTIONS)
@@ -332,6 +333,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "alone" not in args.variants:
         args.variants.insert(0, "alone")  # the baseline every difference is taken against
     return args
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--jobs 0`` stopped in a ValueError after the teachers had trained, and a ``--readme`` that
+    is missing or has no ``--block`` in a traceback after the whole study: both are said first."""
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give 1 or more runs at a time")
+    for path in args.readme:
+        marker = f"<!-- {args.block}:begin -->"
+        if not path.is_file() or marker not in path.read_text(encoding="utf-8"):
+            parser.error(f"--readme {path} has no '{marker}' ... '<!-- {args.block}:end -->' block to fill; "
+                         "name a file that has one, or its block with --block")
 
 
 def _from_records(args: argparse.Namespace) -> None:

@@ -205,3 +205,18 @@ def test_step_overhead_refuses_an_unknown_pair_or_a_missing_gpu_in_one_line(monk
         with pytest.raises(SystemExit) as stopped:
             step_overhead.parse_args(["--device", "cuda"])
         assert isinstance(stopped.value.code, str) and "no CUDA device" in stopped.value.code
+
+
+def test_quality_digits_refuses_bad_jobs_or_readme_before_training(tmp_path, monkeypatch, capsys):
+    """``--jobs 0`` stopped in a ValueError after the teachers trained, and a ``--readme`` without
+    the ``--block`` (or missing) in a traceback after every run of the study: both are usage errors."""
+    quality_digits = _benchmark_script("quality_digits", monkeypatch)
+    monkeypatch.setattr(quality_digits, "teacher_dir", lambda *args: pytest.fail("trained before the check"))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- other:begin -->\n<!-- other:end -->\n")
+    for flags, said in ((["--jobs", "0"], "--jobs 0"), (["--readme", str(readme)], "quality_digits:begin"),
+                        (["--readme", str(tmp_path / "missing.md")], "missing.md has no")):
+        with pytest.raises(SystemExit) as stopped:
+            quality_digits.main(["--out", str(tmp_path / "study"), *flags])
+        assert stopped.value.code == 2 and said in capsys.readouterr().err, flags
+    assert quality_digits.parse_args(["--readme", str(readme), "--block", "other"]).readme == [readme]
