@@ -312,7 +312,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed samples per side (median reported)")
     parser.add_argument("--json", type=Path, default=Path("bench_results/loss_cost.json"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    return args
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--parts`` with no known part (``ab``, ``d``) measured nothing and wrote a JSON of the run's
+    metadata alone, exit 0; ``--repeats 0`` took the median of no samples in a traceback."""
+    unknown = sorted(set(args.parts.split(",")) - {"a", "b", "c"})
+    if unknown:
+        parser.error(f"--parts: unknown {unknown}; give a comma-separated list of a, b and c (e.g. 'a,c')")
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: give 1 or more timed samples per side")
 
 
 def main(argv: list[str] | None = None) -> dict:

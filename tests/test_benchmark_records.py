@@ -220,3 +220,15 @@ def test_quality_digits_refuses_bad_jobs_or_readme_before_training(tmp_path, mon
             quality_digits.main(["--out", str(tmp_path / "study"), *flags])
         assert stopped.value.code == 2 and said in capsys.readouterr().err, flags
     assert quality_digits.parse_args(["--readme", str(readme), "--block", "other"]).readme == [readme]
+
+
+def test_loss_cost_refuses_unknown_parts_and_no_repeats(monkeypatch, capsys):
+    """``--parts ab`` measured nothing and wrote a JSON of metadata alone (exit 0); ``--repeats 0``
+    ended in statistics' "no median for empty data" traceback."""
+    loss_cost = _benchmark_script("loss_cost", monkeypatch)
+    for flags, said in ((["--parts", "ab"], "unknown ['ab']"), (["--parts", "a,d"], "unknown ['d']"),
+                        (["--repeats", "0"], "--repeats 0")):
+        with pytest.raises(SystemExit) as stopped:
+            loss_cost.parse_args(flags)
+        assert stopped.value.code == 2 and said in capsys.readouterr().err, flags
+    assert loss_cost.parse_args(["--parts", "a,c"]).parts == "a,c"
