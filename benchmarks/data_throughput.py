@@ -221,13 +221,21 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    """A count of 1 or more: 0 ended in a ZeroDivisionError or the median of no samples, a traceback."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 or more")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--images", type=_positive, default=256)
+    parser.add_argument("--classes", type=_positive, default=8)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=_positive, default=32)
+    parser.add_argument("--repeats", type=_positive, default=3)
     parser.add_argument("--no-cpu-time", dest="cpu_time", action="store_false",
                         help="skip the single-process CPU-time comparison")
     parser.add_argument("--json", default="bench_results/data_throughput.json")

@@ -228,14 +228,24 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    """A count of 1 or more: 0 ended in a ZeroDivisionError or the median of no samples, a traceback."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 or more")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--files", type=int, default=20_000, help="training images (validation: a tenth more)")
-    parser.add_argument("--classes", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--files", type=_positive, default=20_000, help="training images (validation: a tenth more)")
+    parser.add_argument("--classes", type=_positive, default=1000)
+    parser.add_argument("--repeats", type=_positive, default=3)
     parser.add_argument("--workers", type=int, default=2, help="spawned DataLoader workers measured (0: none)")
     parser.add_argument("--json", default="bench_results/folder_listing.json")
     args = parser.parse_args(argv)
+    if args.files < args.classes:  # val fills every class folder, train would leave some empty
+        parser.error(f"--files {args.files} is fewer than --classes {args.classes}: give each class an image")
     measured = _provenance.commit(["hf_rcka", "benchmarks/folder_listing.py"])  # the code as the measurement starts
     result = measure(args.files, args.classes, args.repeats, args.workers)
     result.update(commit=measured,

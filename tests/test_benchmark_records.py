@@ -232,3 +232,19 @@ def test_loss_cost_refuses_unknown_parts_and_no_repeats(monkeypatch, capsys):
             loss_cost.parse_args(flags)
         assert stopped.value.code == 2 and said in capsys.readouterr().err, flags
     assert loss_cost.parse_args(["--parts", "a,c"]).parts == "a,c"
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("data_throughput", ["--classes", "0"]), ("data_throughput", ["--repeats", "0"]),
+    ("folder_listing", ["--classes", "0"]), ("folder_listing", ["--repeats", "0"]),
+    ("folder_listing", ["--files", "5", "--classes", "10"]),
+])
+def test_data_benchmarks_refuse_counts_they_cannot_measure(monkeypatch, capsys, script, flags):
+    """A zero count ended in a ZeroDivisionError or the median of no samples, and folder_listing's
+    fewer files than classes in hf_rcka's LabelError (validation classes train lacks), each after
+    the folder was written: now a usage error."""
+    module = _benchmark_script(script, monkeypatch)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *flags])
+    with pytest.raises(SystemExit) as stopped:
+        module.main(flags) if script == "folder_listing" else module.main()
+    assert stopped.value.code == 2 and "error: " in capsys.readouterr().err
