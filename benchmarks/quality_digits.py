@@ -337,9 +337,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``--jobs 0`` stopped in a ValueError after the teachers had trained, and a ``--readme`` that
-    is missing or has no ``--block`` in a traceback after the whole study: both are said first."""
+    is missing or has no ``--block`` in a traceback after the whole study: both are said first. A
+    seed given twice ran twice into one run folder (at once with ``--jobs 2``), and the tables'
+    header listed it twice."""
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: give 1 or more runs at a time")
+    twice = sorted({seed for seed in args.seeds or [] if args.seeds.count(seed) > 1})
+    if twice:  # with --jobs 2 both runs of a seed trained into one folder at once
+        parser.error(f"--seeds names {twice} more than once; give each seed once")
     for path in args.readme:
         marker = f"<!-- {args.block}:begin -->"
         if not path.is_file() or marker not in path.read_text(encoding="utf-8"):

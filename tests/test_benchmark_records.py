@@ -248,3 +248,12 @@ def test_data_benchmarks_refuse_counts_they_cannot_measure(monkeypatch, capsys, 
     with pytest.raises(SystemExit) as stopped:
         module.main(flags) if script == "folder_listing" else module.main()
     assert stopped.value.code == 2 and "error: " in capsys.readouterr().err
+
+
+def test_quality_digits_refuses_a_seed_given_twice(tmp_path, monkeypatch, capsys):
+    """``--seeds 5 6 6`` trained seed 6 twice into one run folder (at once with ``--jobs 2``), and a
+    render's header read "seeds 5, 6, 6" over two runs."""
+    quality_digits = _benchmark_script("quality_digits", monkeypatch)
+    with pytest.raises(SystemExit) as stopped:
+        quality_digits.parse_args(["--out", str(tmp_path), "--seeds", "5", "6", "6"])
+    assert stopped.value.code == 2 and "[6] more than once" in capsys.readouterr().err
