@@ -22,7 +22,7 @@ of a tenth of it, and (``--workers``, Linux) the resident memory of that many sp
 their first batch: ``RssAnon``, the worker's own memory, where an unpickled copy of the rows lives,
 and ``RssFile``, pages of files (its libraries, and those of the mapped file it has read).
 
-The images are one small JPEG hard-linked under every name (no image is decoded by either side:
+The images are one small JPEG per class and split, hard-linked under every name (no image is decoded by either side:
 the cost is the listing), in ImageNet-like class folders (``n00000000``...). Times are the
 process's CPU time (``time.process_time``), which other load on a shared machine disturbs less
 than wall time; each side runs ``--repeats`` times, the median is reported. The per-file rates
