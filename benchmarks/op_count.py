@@ -95,12 +95,20 @@ def print_table(pair: str, teacher: str, student: str, result: dict[str, dict]) 
         print(f"| {variant} | {r['ops']} | {r['added_ops']:+d} | {r['kernel_ops']} | {r['added_kernel_ops']:+d} | {top} |")
 
 
+def _positive(text: str) -> int:
+    """A batch of 1 or more: ``--batch 0`` counted a step of empty tensors and wrote it as a record."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 or more")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="the full-size pairs (the GPU benchmark's models)")
     parser.add_argument("--pairs", default="cnn2vit,vit2cnn")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--batch", type=int, default=2, help="batch size (the models' and logit losses' counts do not depend on it; a "
+    parser.add_argument("--batch", type=_positive, default=2, help="batch size (the models' and logit losses' counts do not depend on it; a "
                         "feature loss's grow with it where the CPU reads a large map in blocks: keep it small)")
     parser.add_argument("--json", default="bench_results/op_count.json")
     args = parser.parse_args()

@@ -257,3 +257,14 @@ def test_quality_digits_refuses_a_seed_given_twice(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit) as stopped:
         quality_digits.parse_args(["--out", str(tmp_path), "--seeds", "5", "6", "6"])
     assert stopped.value.code == 2 and "[6] more than once" in capsys.readouterr().err
+
+
+def test_op_count_refuses_an_empty_batch(monkeypatch, capsys):
+    """``--batch 0`` counted the ops of a step on empty tensors (more than at batch 1) and wrote
+    them as a record, exit 0."""
+    op_count = _benchmark_script("op_count", monkeypatch)
+    monkeypatch.setattr(op_count, "measure", lambda *args: pytest.fail("counted a batch of 0"))
+    monkeypatch.setattr(sys, "argv", ["op_count.py", "--batch", "0"])
+    with pytest.raises(SystemExit) as stopped:
+        op_count.main()
+    assert stopped.value.code == 2 and "--batch: 0: give 1 or more" in capsys.readouterr().err
