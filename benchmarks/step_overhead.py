@@ -531,6 +531,9 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {VARIANTS}")
+    if args.profile and args.profile not in variants:  # it printed no profile, unsaid
+        raise SystemExit(f"--profile {args.profile} is not among the variants measured ({', '.join(variants)}); "
+                         "name one of them, or add it to --variants")
     results = {p: run_pair(args, p, variants) for p in args.pairs.split(",")}
     meta = {"commit": _provenance.commit(["hf_rcka", "benchmarks/step_overhead.py"]),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

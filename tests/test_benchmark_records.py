@@ -268,3 +268,14 @@ def test_op_count_refuses_an_empty_batch(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stopped:
         op_count.main()
     assert stopped.value.code == 2 and "--batch: 0: give 1 or more" in capsys.readouterr().err
+
+
+def test_step_overhead_refuses_a_profile_of_a_variant_it_does_not_run(monkeypatch):
+    """``--profile rcka+feature-cka`` (a typo) or a variant left out of ``--variants`` printed the
+    tables without the profile asked for, and nothing said why."""
+    step_overhead = _benchmark_script("step_overhead", monkeypatch)
+    monkeypatch.setattr(step_overhead, "run_pair", lambda *args: pytest.fail("measured before the check"))
+    for flags in (["--profile", "rcka+feature-cka"], ["--variants", "kd", "--profile", "rcka"]):
+        with pytest.raises(SystemExit) as stopped:
+            step_overhead.main(["--no-memory", "--threads", "0", *flags])
+        assert isinstance(stopped.value.code, str) and "is not among the variants measured" in stopped.value.code
