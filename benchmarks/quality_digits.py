@@ -28,7 +28,9 @@ and student records of another teacher run are run again.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -182,7 +184,7 @@ def run_cli(recipe: str, overrides: dict, output_dir: Path, log: Path) -> dict:
         raise RuntimeError(f"run failed ({done.returncode}): {' '.join(command)}\nsee {log}")
     results = json.loads((output_dir / "all_results.json").read_text())
     return {"eval_accuracy": results["eval_accuracy"], "seconds": round(seconds, 1), "command": command[1:],
-            **provenance()}
+            "code": code_version(), **provenance()}
 
 
 def _ended_at_chance(returncode: int, log: Path) -> bool:
@@ -193,6 +195,23 @@ def _ended_at_chance(returncode: int, log: Path) -> bool:
 def _command(recipe: str, overrides: dict, output_dir: Path) -> list[str]:
     return [sys.executable, str(ROOT / "scripts" / "distill.py"), str(RECIPES / recipe),
             *_flags({**RUN_SETTINGS, **overrides, "output_dir": str(output_dir), "overwrite_output_dir": True})]
+
+
+@functools.cache
+def code_version() -> str:
+    """hf_rcka's sources, the recipes, the CLI and the libraries' versions, hashed. A run's command
+    holds none of them: after an edit of the package or an upgrade a study reused its earlier runs
+    beside new ones in one table (their records' commits told apart, the tables did not)."""
+    digest = hashlib.sha256()
+    files = [*sorted((ROOT / "hf_rcka").rglob("*.py")), *sorted(RECIPES.rglob("*.yaml")), ROOT / "scripts" / "distill.py"]
+    for path in files:
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    for name in ("torch", "transformers", "timm", "accelerate", "datasets"):
+        try:
+            digest.update(f"{name} {importlib.metadata.version(name)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{name} -".encode())
+    return digest.hexdigest()[:16]
 
 
 def provenance() -> dict:
@@ -223,7 +242,8 @@ def teacher_dir(out: Path, work: Path, name: str, direction: Direction, report_o
         return folder, json.loads(record.read_text())
     current = _command(direction.teacher_recipe, overrides, folder)[1:]
     kept = json.loads(record.read_text()) if record.exists() else None
-    if kept is None or kept.get("command") != current or not (folder / "config.json").exists():
+    if kept is None or kept.get("command") != current or kept.get("code") != code_version() \
+            or not (folder / "config.json").exists():
         record.parent.mkdir(parents=True, exist_ok=True)
         print(f"[{name}] teacher: {direction.teacher_recipe}", flush=True)
         kept = run_cli(direction.teacher_recipe, overrides, folder, record.with_suffix(".log"))
@@ -258,7 +278,7 @@ def student_run(out: Path, work: Path, name: str, direction: Direction, variant_
     if record.exists():
         kept = json.loads(record.read_text())
         if kept.get("command") == _command(direction.student_recipe, overrides, folder)[1:] \
-                and kept.get("teacher_run") == teacher_run:
+                and kept.get("teacher_run") == teacher_run and kept.get("code") == code_version():
             return kept
     record.parent.mkdir(parents=True, exist_ok=True)
     print(f"[{name}] {variant_key} seed {seed}", flush=True)

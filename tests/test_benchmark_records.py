@@ -279,3 +279,26 @@ def test_step_overhead_refuses_a_profile_of_a_variant_it_does_not_run(monkeypatc
         with pytest.raises(SystemExit) as stopped:
             step_overhead.main(["--no-memory", "--threads", "0", *flags])
         assert isinstance(stopped.value.code, str) and "is not among the variants measured" in stopped.value.code
+
+
+def test_a_study_trains_again_after_the_code_changed(tmp_path, monkeypatch):
+    """A run was reused when its record held the command it would run now, and the command names
+    no code: after an edit of hf_rcka (or an upgrade) a study's table set its earlier runs beside
+    new ones, as if one code had made them. A record now holds a hash of the code it ran."""
+    quality_digits = _benchmark_script("quality_digits", monkeypatch)
+    trained = []
+
+    def recorded(recipe, overrides, output_dir, log):
+        trained.append(overrides["seed"])
+        code = getattr(quality_digits, "code_version", lambda: None)()  # as run_cli records it
+        return {"eval_accuracy": 0.5, "seconds": 1.0, "code": code,
+                "command": quality_digits._command(recipe, overrides, output_dir)[1:]}
+
+    monkeypatch.setattr(quality_digits, "run_cli", recorded)
+    direction = quality_digits.DIRECTIONS["cnn2vit"]
+    for _ in range(2):
+        quality_digits.student_run(tmp_path, tmp_path, "cnn2vit", direction, "alone", 0, tmp_path / "teacher")
+    assert trained == [0], "an interrupted study resumes: the same command and code are not run again"
+    monkeypatch.setattr(quality_digits, "code_version", lambda: "an edited hf_rcka", raising=False)
+    quality_digits.student_run(tmp_path, tmp_path, "cnn2vit", direction, "alone", 0, tmp_path / "teacher")
+    assert trained == [0, 0]
