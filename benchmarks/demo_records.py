@@ -38,7 +38,10 @@ def table(folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of demo_*.json records")
-    print(table(parser.parse_args().results))
+    folder = parser.parse_args().results
+    if not any(folder.glob("demo_*.json")):  # a mistyped folder printed the table's header alone, exit 0
+        parser.error(f"--results {folder} holds no demo_*.json record; give the folder the records are kept in")
+    print(table(folder))
 
 
 if __name__ == "__main__":

@@ -302,3 +302,12 @@ def test_a_study_trains_again_after_the_code_changed(tmp_path, monkeypatch):
     monkeypatch.setattr(quality_digits, "code_version", lambda: "an edited hf_rcka", raising=False)
     quality_digits.student_run(tmp_path, tmp_path, "cnn2vit", direction, "alone", 0, tmp_path / "teacher")
     assert trained == [0, 0]
+
+
+def test_demo_records_refuses_a_folder_without_records(tmp_path, monkeypatch, capsys):
+    """A mistyped ``--results`` printed the table's header alone, as if no demo had been recorded."""
+    demo_records = _benchmark_script("demo_records", monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["demo_records.py", "--results", str(tmp_path / "reslts")])
+    with pytest.raises(SystemExit) as stopped:
+        demo_records.main()
+    assert stopped.value.code == 2 and "holds no demo_*.json record" in capsys.readouterr().err
