@@ -164,6 +164,7 @@ def interleaved(loaders: dict[str, Iterable], measure, repeats: int) -> dict[str
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
+    measured = _provenance.commit(["hf_rcka", "benchmarks/data_throughput.py"])  # as the measurement starts
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         write_jpegs(folder, args.images, args.classes)
@@ -188,15 +189,15 @@ def run(args: argparse.Namespace) -> dict:
         "samples_cpu_ms_per_image": cpu, "median_cpu_ms_per_image": cpu_medians,
         "cpu_ratio_timm_over_ours": cpu_medians["timm"] / cpu_medians["ours"] if cpu_medians else None,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
-        **_measured_when(),
+        **_measured_when(measured),
     }
 
 
-def _measured_when() -> dict:
-    """When, at which commit and on how loaded a machine the numbers were taken."""
+def _measured_when(commit: str) -> dict:
+    """When, at which commit (read as the measurement started) and on how loaded a machine the
+    numbers were taken."""
     from datetime import datetime, timezone
 
-    commit = _provenance.commit(["hf_rcka", "benchmarks/data_throughput.py"])
     return {"commit": commit, "load_average_at_end": os.getloadavg()[0],
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 

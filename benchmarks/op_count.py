@@ -118,12 +118,13 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown pairs or variants {unknown}; pairs {sorted(so.PAIRS)}, variants {sorted(so.LOSS_SPECS)}")
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    measured = _provenance.commit(["hf_rcka", "benchmarks/step_overhead.py", "benchmarks/op_count.py"])  # at the start
     results = {}
     for pair in pairs:
         teacher, student, _, _ = so.PAIRS[pair]["full" if args.full else "cpu"]
         results[pair] = measure(pair, args.full, variants, args.batch)
         print_table(pair, teacher, student, results[pair])
-    meta = {"commit": _provenance.commit(["hf_rcka", "benchmarks/step_overhead.py", "benchmarks/op_count.py"]),
+    meta = {"commit": measured,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
             "full": args.full, "batch": args.batch}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

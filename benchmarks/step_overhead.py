@@ -534,8 +534,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile and args.profile not in variants:  # it printed no profile, unsaid
         raise SystemExit(f"--profile {args.profile} is not among the variants measured ({', '.join(variants)}); "
                          "name one of them, or add it to --variants")
+    measured = _provenance.commit(["hf_rcka", "benchmarks/step_overhead.py"])  # as the measurement starts
     results = {p: run_pair(args, p, variants) for p in args.pairs.split(",")}
-    meta = {"commit": _provenance.commit(["hf_rcka", "benchmarks/step_overhead.py"]),
+    meta = {"commit": measured,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "device": args.device, "torch": torch.__version__, "platform": platform.platform(),
             "load_avg": os.getloadavg(), "threads": torch.get_num_threads(), "bf16": args.bf16,

@@ -311,3 +311,37 @@ def test_demo_records_refuses_a_folder_without_records(tmp_path, monkeypatch, ca
     with pytest.raises(SystemExit) as stopped:
         demo_records.main()
     assert stopped.value.code == 2 and "holds no demo_*.json record" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["step_overhead", "op_count", "device_syncs"])
+def test_a_record_names_the_commit_its_measurement_started_at(tmp_path, monkeypatch, script):
+    """The commit was read after the measurement (minutes at full size): a run started on an edited
+    tree that was committed before it ended was recorded as that clean commit, and
+    op_count_full_b2.json names b6b7b0c, committed seconds after its run ended."""
+    from types import SimpleNamespace
+
+    import torch
+
+    module = _benchmark_script(script, monkeypatch)
+    measured = []
+    monkeypatch.setattr(module._provenance, "commit", lambda paths: "later" if measured else "at the start")
+    # the scripts' settings for a process of their own stay out of this one (threads, quiet loggers)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    if script == "device_syncs":
+        monkeypatch.setattr(module.transformers.logging, "set_verbosity_error", lambda: None)
+        monkeypatch.setattr(module, "logging", SimpleNamespace(getLogger=lambda name: SimpleNamespace(setLevel=lambda level: None),
+                                                               ERROR=40))
+    if script == "step_overhead":
+        monkeypatch.setattr(module, "run_pair", lambda *args: measured.append(1) or {})
+    elif script == "op_count":
+        monkeypatch.setattr(module, "measure", lambda *args: measured.append(1) or {})
+        monkeypatch.setattr(module, "print_table", lambda *args: None)
+    else:
+        monkeypatch.setattr(module, "measure", lambda *args: measured.append(1) or {})
+        monkeypatch.setattr(module, "summarize", lambda sites: {})
+        monkeypatch.setattr(module, "print_table", lambda *args: None)
+        monkeypatch.setattr(module.SyncCounter, "install", lambda self: None)
+    out = tmp_path / "record.json"
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--json", str(out)])
+    module.main(["--no-memory", "--threads", "0", "--json", str(out)]) if script == "step_overhead" else module.main()
+    assert measured and json.loads(out.read_text())["meta"]["commit"] == "at the start"
