@@ -195,13 +195,8 @@ def main() -> None:
     if args.device == "cpu":
         cpu_main(args)
         return
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        parser.error(f"device: {error}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("memory_breakdown.py: no CUDA device here (torch.cuda.is_available() is False); "
-                         "run it on a GPU machine, or give `cpu` for the profiler's CPU breakdown")
+    device = so.checked_device(parser, args.device, "device", "memory_breakdown.py",
+                               "give `cpu` for the profiler's CPU breakdown")
     full = device.type == "cuda"
     for pair, variant in CASES:
         teacher, student, size, batch = so.build_models(pair, full, device, None)

@@ -475,13 +475,22 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     unknown = sorted(set(args.pairs.split(",")) - set(PAIRS))
     if unknown:
         parser.error(f"unknown pairs {unknown}; --pairs takes a comma-separated list of {sorted(PAIRS)}")
+    checked_device(parser, args.device, "--device", "step_overhead.py",
+                   "leave --device out for the scaled-down CPU run")
+
+
+def checked_device(parser: argparse.ArgumentParser, name: str, flag: str, script: str, cpu_run: str) -> torch.device:
+    """``name`` as a torch device, or one line: a device torch cannot parse, or CUDA on a machine
+    without it (torch's own error was a traceback once the models were built). ``cpu_run`` says
+    how to run the script here instead."""
     try:
-        device = torch.device(args.device)
+        device = torch.device(name)
     except RuntimeError as error:
-        parser.error(f"--device: {error}")
+        parser.error(f"{flag}: {error}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("step_overhead.py: no CUDA device here (torch.cuda.is_available() is False); "
-                         "run it on a GPU machine, or leave --device out for the scaled-down CPU run")
+        raise SystemExit(f"{script}: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU "
+                         f"machine, or {cpu_run}")
+    return device
 
 
 def run_pair(args: argparse.Namespace, pair: str, variants: list[str]) -> dict:
