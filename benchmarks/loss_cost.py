@@ -259,7 +259,7 @@ def report(results: dict) -> str:
         ))
     if results.get("kernel_transfer"):
         parts.append("\n(c) kernel_transfer (100 class centres) vs B x B feature CKA, d = 512; "
-                     "growth = time / time at half the batch\n")
+                     "growth = time / time at the previous batch size (--batches; 2x per doubling is linear)\n")
 
         def growth(row: dict, key: str) -> str:
             return f"{row[key + '_growth']:.2f}x" if key + "_growth" in row else "-"
