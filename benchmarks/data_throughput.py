@@ -245,6 +245,7 @@ def main() -> None:
     print(table(result))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.json}")  # as the other benchmarks say where their record is
 
 
 if __name__ == "__main__":
