@@ -225,6 +225,17 @@ def test_the_cards_unreadable_count_is_its_own_sets_not_another_evaluated_after_
     assert trainer.card_facts.unreadable_eval_images == 0, "the card's set has no unreadable image"
 
 
+def test_the_card_of_a_stream_run_states_no_epochs(tmp_path):
+    """Trainer counts a stream's epochs against max_steps: a 20-image stream at batch 5 (4 steps a
+    pass) trained 3 steps and the card said "(1 epoch)", 8 steps (two passes) and it said 1.5."""
+    stream = pixel_dataset(20, seed=0).to_iterable_dataset(num_shards=2)
+    trainer = make_trainer(make_args(tmp_path, losses=["ce"], max_steps=3), train=stream)
+    trainer.train()
+    trainer.create_model_card()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "3 optimizer steps, global batch" in card
+
+
 def test_the_cards_teacher_accuracy_is_counted_by_an_evaluation_of_the_trainers_own_set(tmp_path, monkeypatch):
     """The card's teacher accuracy comes from the evaluation's own teacher logits (every image once,
     stand-ins not counted): at ImageNet's 50k images a separate pass on one process took minutes."""

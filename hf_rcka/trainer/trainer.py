@@ -949,7 +949,7 @@ class DistillationTrainer(CheckpointingTrainer):
             repo_id=self.hub_model_id or self.args.hub_model_id or self.args.output_dir,
             revision=self.args.hub_revision if self.hub_model_id or self.args.hub_model_id else None,
             license=license,
-            training=training_text(self.state.global_step, self.state.epoch,
+            training=training_text(self.state.global_step, self._card_epochs(),
                                    describe_batch(self.args, self._train_batch_size),
                                    *self._peak_learning_rate(), checkpoint_step(best or ""),
                                    self.args.model_ema_decay if self.model_ema is not None else None,
@@ -959,6 +959,14 @@ class DistillationTrainer(CheckpointingTrainer):
             has_processor=self.processing_class is not None,
             decoded=self._decodes_its_images(),
         )
+
+    def _card_epochs(self) -> float | None:
+        """The passes over the training data the card states; none for a stream. Trainer counts a
+        stream's epochs against ``max_steps`` (its first pass as ``max_steps`` steps long), so a
+        20-image stream at batch 5 trained 3 steps as "1 epoch" and 8 steps (two passes) as 1.5."""
+        if self.train_dataset is not None and not has_length(self.train_dataset):
+            return None
+        return self.state.epoch
 
     def _ema_last_decay(self) -> float | None:
         """The decay of the average's last update under timm's warm-up (``model_ema_warmup``), for
