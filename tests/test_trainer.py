@@ -484,6 +484,29 @@ def test_a_run_extended_from_a_stop_inside_an_epoch_continues_that_epoch(tmp_pat
             assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after the extension"
 
 
+def test_a_stream_run_extended_from_a_stop_inside_its_first_pass_continues_that_pass(tmp_path):
+    """Trainer counts a stream's epochs against max_steps: state.epoch was 1.0 at the stop at step 4
+    of a 12-step pass, EKT took that third of a pass as a whole epoch's centres, the checkpoint held
+    them, and the run extended to 8 steps trained on other centres than an uninterrupted one."""
+    ekt = ["ce", {"name": "kernel_transfer", "weight": 1.0, "centres": "epoch"}]
+
+    def run(name, steps, resume=None):  # a 60-image stream in batches of 5: 12 steps a pass
+        args = make_args(tmp_path, name, max_steps=steps, save_strategy="steps", save_steps=4, losses=ekt,
+                         lr_scheduler_type="constant")
+        trainer = make_trainer(args, train=pixel_dataset(60, seed=0).to_iterable_dataset())
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer.model
+
+    straight = run("straight", 8)
+    stopped = run("stopped", 4).losses["kernel_transfer"]
+    assert stopped.seen.sum() == 0 and stopped.counts.sum() == 20, "a third of a pass is no epoch's centres"
+    extended = run("extended", 8, resume=str(tmp_path / "stopped" / "checkpoint-4"))
+    for part in ("student", "losses"):
+        expected, actual = getattr(straight, part).state_dict(), getattr(extended, part).state_dict()
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after the extension"
+
+
 def test_a_resumed_run_starts_at_its_own_schedules_rate(tmp_path):
     """Extended from 4 to 8 cosine steps, the resumed run trained its step 5 at the 4-step schedule's
     end (rate 0): Trainer restores the optimizer's last rates, and the new schedule applied a step later."""

@@ -224,6 +224,11 @@ def _teacher_name(teacher: Any) -> str | None:
     return getattr(teacher, "name_or_path", None) or type(teacher).__name__
 
 
+def _is_stream(dataloader: Any) -> bool:
+    """Whether a training loader reads data without a length (its passes' ends are found by reading)."""
+    return dataloader is not None and not has_length(dataloader)
+
+
 def _stats_or_none(processor: Any) -> InputStats | None:
     return input_stats(processor) if processor is not None else None
 
@@ -236,6 +241,10 @@ class _EpochEndCallback(TrainerCallback):
     (``save_steps``, a signal) comes before ``on_epoch_end``, and a run resumed from it starts the
     next epoch, so the epoch's end never reached the losses (EKT trained its next epoch on zero
     class centres, silently).
+
+    A stream's (training data without a length) passes end at ``on_epoch_end`` alone: Trainer counts
+    its epochs against ``max_steps``, so ``state.epoch`` is 1.0 at the run's last step inside its
+    first pass, and that stop folded part of a pass into EKT's centres as a whole epoch.
     """
 
     def __init__(self, losses: Iterable[DistillationLoss]) -> None:
@@ -244,18 +253,18 @@ class _EpochEndCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
         self.ended = 0  # epochs only grow within one train(); a new train() counts afresh
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
+    def on_step_end(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: D102
         epoch = round(state.epoch or 0.0, 6)
-        if epoch == int(epoch):  # the last step of an epoch, before a save at this step
+        if epoch == int(epoch) and not _is_stream(train_dataloader):  # an epoch's last step, before a save at it
             self._end(int(epoch))
 
-    def on_epoch_end(self, args, state, control, **kwargs):  # noqa: D102
+    def on_epoch_end(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: D102
         # A fractional state.epoch is a pass over a stream (its steps per epoch are unknown), or a
         # stop inside an epoch (max_steps, a signal): that epoch goes on when the run is resumed or
         # extended, and ending it here folded half an epoch into EKT's centres, which the stop's
-        # checkpoint then held.
+        # checkpoint then held. A stream's stop is such a stop whatever its state.epoch says.
         epoch = round(state.epoch or 0.0, 6)
-        if epoch == int(epoch) or not control.should_training_stop:
+        if (epoch == int(epoch) and not _is_stream(train_dataloader)) or not control.should_training_stop:
             self._end(math.ceil(epoch))
 
     def _end(self, epoch: int) -> None:
