@@ -507,6 +507,25 @@ def test_a_stream_run_extended_from_a_stop_inside_its_first_pass_continues_that_
             assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after the extension"
 
 
+def test_a_stream_resumed_with_other_loader_workers_reading_its_shards_is_refused(tmp_path):
+    """Loader workers read a stream's shards side by side and the DataLoader takes their batches in
+    turn: a 2-shard stream trained with 0 workers and resumed with 2 skipped batches of the new order,
+    trained one batch twice and never another, and exited 0. A 1-shard stream reads in one order."""
+    from hf_rcka.errors import RecipeError
+
+    def run(name, shards, workers, resume=None):
+        args = make_args(tmp_path, name, max_steps=4, save_strategy="steps", save_steps=2, losses=["ce"],
+                         dataloader_num_workers=workers)
+        trainer = make_trainer(args, teacher=None, train=pixel_dataset(20, seed=0).to_iterable_dataset(num_shards=shards))
+        trainer.train(resume_from_checkpoint=resume)
+
+    run("sharded", 2, 0)
+    with pytest.raises(RecipeError, match=r"read its training stream 1 shard\(s\) at a time, and this run reads it 2"):
+        run("resumed", 2, 2, resume=str(tmp_path / "sharded" / "checkpoint-2"))
+    run("one_shard", 1, 0)
+    run("one_shard_resumed", 1, 2, resume=str(tmp_path / "one_shard" / "checkpoint-2"))
+
+
 def test_a_resumed_run_starts_at_its_own_schedules_rate(tmp_path):
     """Extended from 4 to 8 cosine steps, the resumed run trained its step 5 at the 4-step schedule's
     end (rate 0): Trainer restores the optimizer's last rates, and the new schedule applied a step later."""

@@ -46,7 +46,7 @@ from .hub_pushes import (
 from .loss_record import check_loss_record, loss_settings, say_earlier_defaults, write_loss_record
 from .resume_match import (
     BATCH_RECORD_NAME, check_epoch_steps, check_optimizer_settings, check_restored_rates, check_resume_batch,
-    forward_batch, optimizer_settings, warn_other_split,
+    check_stream_readers, forward_batch, optimizer_settings, stream_readers, warn_other_split,
 )
 from .teacher_record import TEACHER_RECORD_NAME, check_teacher_record, teacher_fingerprint, write_teacher_record
 
@@ -89,6 +89,7 @@ class CheckpointingTrainer(Trainer):
         """Trainer's, keeping the number of optimizer steps an epoch takes for the checkpoints."""
         values = super().set_initial_training_values(args, dataloader)
         self._epoch_steps = values[1] if has_length(dataloader) else None
+        self._stream_readers = None if has_length(dataloader) else stream_readers(self.train_dataset, args)
         return values
 
     def teacher_record(self, teacher: torch.nn.Module) -> dict[str, Any]:
@@ -238,7 +239,8 @@ class CheckpointingTrainer(Trainer):
             with open(os.path.join(output_dir, BATCH_RECORD_NAME), "w", encoding="utf-8") as handle:
                 json.dump({"global_batch": global_batch_size(self.args), "processes": self.args.world_size,
                            "forward_batch": forward_batch(self.args, self._train_batch_size),
-                           "epoch_steps": self._epoch_steps, "starting_rates": self._starting_rates}, handle)
+                           "epoch_steps": self._epoch_steps, "starting_rates": self._starting_rates,
+                           "stream_readers": getattr(self, "_stream_readers", None)}, handle)
             write_loss_record(output_dir, loss_settings(self.args, model.teacher is not None))
             if self.records_run:
                 copy_run_record(self.args.output_dir, output_dir, pushed=self._pushes_checkpoint_folders())
@@ -312,6 +314,7 @@ class CheckpointingTrainer(Trainer):
         if self.args.should_log:
             warn_other_split(checkpoint, self.args, self._train_batch_size)
         check_epoch_steps(checkpoint, self._epoch_steps)
+        check_stream_readers(checkpoint, getattr(self, "_stream_readers", None))
         check_restored_rates(checkpoint, starting_rates(self.optimizer))
         # the settings this run built its optimizer with; none for the caller's own optimizer, whose
         # groups may hold what its schedule changes (OneCycleLR's momentum)

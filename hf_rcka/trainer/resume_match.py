@@ -138,6 +138,35 @@ def check_epoch_steps(folder: str, epoch_steps: int | None) -> None:
         "skip or repeat images and its schedule would change shape. Resume as it was launched, on the same data")
 
 
+def stream_readers(dataset: Any, args: Any) -> int:
+    """How many loader workers read a stream's shards side by side: the DataLoader takes their
+    batches in turn, so the stream's order (and which batches a resume skips) follows this count.
+    A ``datasets`` stream reads as many shards at once as it has workers, up to its ``num_shards``;
+    one without shards (a torch ``IterableDataset``) is counted by its workers."""
+    workers = max(1, int(args.dataloader_num_workers or 0))
+    shards = getattr(dataset, "num_shards", None)
+    return min(workers, shards) if isinstance(shards, int) and shards > 0 else workers
+
+
+def check_stream_readers(folder: str, readers: int | None) -> None:
+    """A checkpoint of a stream resumes with as many loader workers reading its shards as it was
+    trained with (``readers``: this run's; None for data with a length). Trainer skips the batches
+    the run trained, counted in the new order: a 2-shard stream trained with 0 workers and resumed
+    with 2 trained one batch twice and never another, and said it resumed where it stopped.
+
+    Raises:
+        RecipeError: naming both counts and the setting to give.
+    """
+    recorded = (_batch_record(folder) or {}).get("stream_readers")
+    if recorded is None or readers is None or recorded == readers:
+        return
+    raise RecipeError(
+        f"resume_from_checkpoint: {folder!r} read its training stream {recorded} shard(s) at a time, and this run "
+        f"reads it {readers} at a time (dataloader_num_workers, up to the stream's num_shards): the batches come in "
+        "another order, so skipping those it trained would repeat some and leave out others. Resume with the "
+        "dataloader_num_workers it was trained with")
+
+
 def optimizer_settings(optimizer: Any, keys: Iterable[str]) -> list[dict[str, Any]]:
     """Each parameter group's values of ``keys``: the settings the run built its optimizer with
     (weight decay, betas, momentum...), not the state some optimizers keep in their groups
