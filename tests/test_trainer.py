@@ -526,6 +526,26 @@ def test_a_stream_resumed_with_other_loader_workers_reading_its_shards_is_refuse
     run("one_shard_resumed", 1, 2, resume=str(tmp_path / "one_shard" / "checkpoint-2"))
 
 
+def test_a_stream_resumed_at_its_passs_end_does_not_evaluate_and_save_that_step_again(tmp_path):
+    """Resumed from the checkpoint at a stream's pass end (epoch strategies: saved after its
+    evaluation), Trainer skipped the pass to its end and ended the epoch again: a second evaluation
+    of the same weights, logged twice, and the checkpoint resumed from rewritten."""
+    import json
+
+    def run(name, resume=None):  # a 20-image stream in batches of 5: 4 steps a pass
+        args = make_args(tmp_path, name, max_steps=8, eval_strategy="epoch", save_strategy="epoch", losses=["ce"])
+        trainer = make_trainer(args, teacher=None, train=pixel_dataset(20, seed=0).to_iterable_dataset())
+        trainer.train(resume_from_checkpoint=resume)
+        return [entry["step"] for entry in trainer.state.log_history if "eval_loss" in entry]
+
+    assert run("straight") == [4, 8]
+    checkpoint = tmp_path / "straight" / "checkpoint-4"
+    assert run("resumed", resume=str(checkpoint)) == [4, 8]
+    assert not (tmp_path / "resumed" / "checkpoint-4").exists()
+    record = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in record["log_history"] if "eval_loss" in entry] == [4]
+
+
 def test_a_resumed_run_starts_at_its_own_schedules_rate(tmp_path):
     """Extended from 4 to 8 cosine steps, the resumed run trained its step 5 at the 4-step schedule's
     end (rate 0): Trainer restores the optimizer's last rates, and the new schedule applied a step later."""

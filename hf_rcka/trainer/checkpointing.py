@@ -451,17 +451,28 @@ class CheckpointingTrainer(Trainer):
 class FinishedAlready(TrainerCallback):
     """Once a run resumed at its last step found no batch left (``get_batch_samples``), the end of
     its epoch neither evaluates nor saves: an epoch strategy rewrote the checkpoint it resumed from,
-    the one good copy when the export it finishes was cut short by a full disk."""
+    the one good copy when the export it finishes was cut short by a full disk.
+
+    So does the end of a stream's pass that a resumed run reached by skipping alone (a checkpoint at
+    the pass's last step, saved after its evaluation under the epoch strategies): it evaluated that
+    step again and rewrote the checkpoint it resumed from, whose record then held the evaluation twice.
+    """
 
     def __init__(self) -> None:
-        self.active = False
+        self.active, self.resumed_step = False, 0
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
-        self.active = False
+        self.active, self.resumed_step = False, state.global_step
 
     def on_epoch_end(self, args, state, control, **kwargs):  # noqa: D102
-        if self.active:
+        if self.active or (0 < state.global_step == self.resumed_step and _evaluated_at(state, state.global_step)):
             control.should_evaluate = control.should_save = False
+
+
+def _evaluated_at(state: Any, step: int) -> bool:
+    """Whether the run's log holds an evaluation of ``step`` (one the checkpoint resumed brought)."""
+    return any(entry.get("step") == step and any(key.startswith("eval_") for key in entry)
+               for entry in state.log_history)
 
 
 class ResumedRate(TrainerCallback):
