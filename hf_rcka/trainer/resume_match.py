@@ -128,8 +128,8 @@ def check_epoch_steps(folder: str, epoch_steps: int | None) -> None:
     Raises:
         RecipeError: naming both, and what changes an epoch's length.
     """
-    recorded = (_batch_record(folder) or {}).get("epoch_steps")
-    if recorded is None or epoch_steps is None or recorded == epoch_steps:
+    recorded = _recorded_otherwise(folder, "epoch_steps", epoch_steps)
+    if recorded is None:
         return
     raise RecipeError(
         f"resume_from_checkpoint: {folder!r} was trained with {recorded} optimizer steps per epoch, and this run "
@@ -157,8 +157,8 @@ def check_stream_readers(folder: str, readers: int | None) -> None:
     Raises:
         RecipeError: naming both counts and the setting to give.
     """
-    recorded = (_batch_record(folder) or {}).get("stream_readers")
-    if recorded is None or readers is None or recorded == readers:
+    recorded = _recorded_otherwise(folder, "stream_readers", readers)
+    if recorded is None:
         return
     raise RecipeError(
         f"resume_from_checkpoint: {folder!r} read its training stream {recorded} shard(s) at a time, and this run "
@@ -198,6 +198,13 @@ def _same(now: Any, then: Any) -> bool:
     if isinstance(now, float) or isinstance(then, float):
         return isinstance(now, (int, float)) and isinstance(then, (int, float)) and math.isclose(now, then, rel_tol=1e-6)
     return now == then
+
+
+def _recorded_otherwise(folder: str, key: str, now: Any) -> Any:
+    """The checkpoint's recorded ``key`` where it and this run's ``now`` are both known and differ,
+    else None (a checkpoint of a version that recorded none, or data that has no such count)."""
+    recorded = (_batch_record(folder) or {}).get(key)
+    return recorded if recorded is not None and now is not None and recorded != now else None
 
 
 def _batch_record(folder: str) -> dict[str, Any] | None:
