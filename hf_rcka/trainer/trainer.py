@@ -160,19 +160,15 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     _check_given_weights(model, teacher)
     datasets = (kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
     first_item = check_columns(*datasets, collator=kwargs.get("data_collator"))
-    if kwargs.get("data_collator") is None:
-        check_channels(first_item, model.student if isinstance(model, DistillationModel) else model)
-    if kwargs.get("processing_class") is not None and kwargs.get("data_collator") is None:
-        check_pixel_range(first_item, kwargs["processing_class"])
-        with _said_by_the_logging_process(args):
-            say_evaluation_size_not_deployed(kwargs.get("eval_dataset"), kwargs["processing_class"])
+    student = model.student if isinstance(model, DistillationModel) else model
+    _check_given_pixels(student, args, kwargs, first_item)
     if isinstance(model, DistillationModel):
         teacher_order = check_ready_model(model, teacher, teacher_processor, args, mapping, datasets)
-        _check_settings(model.student, model.losses.values(), args, kwargs)
-        _check_processor_taken(model.student, kwargs, first_item)
+        _check_settings(student, model.losses.values(), args, kwargs)
+        _check_processor_taken(student, kwargs, first_item)
     else:
         check_models(model, teacher, args, kwargs.get("processing_class"), teacher_processor, first_item)
-        _check_processor_taken(model, kwargs, first_item)
+        _check_processor_taken(student, kwargs, first_item)  # after check_models' own comparison of the sizes
         # before the teacher is frozen and cast: a refused trainer leaves it as it was
         _check_settings(model, build_losses(run_loss_specs(args, teacher is not None)), args, kwargs)
         teacher_order = check_labels(model, teacher, args, datasets, mapping)
@@ -189,6 +185,20 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     check_optimizer(model, kwargs.get("optimizers"))
     _keep_label_check(model, teacher_order)
     return model, size
+
+
+def _check_given_pixels(student: Any, args: TrainingArguments, kwargs: dict[str, Any], first_item: Any) -> None:
+    """The given items' ``pixel_values`` are what ``processing_class``, saved with the student and run
+    by ``pipeline()`` on the export, makes: laid out as the student reads them, in its range, and
+    evaluated at its size. A caller's collator makes the batches itself: its items are not checked."""
+    if kwargs.get("data_collator") is not None:
+        return
+    check_channels(first_item, student)
+    processor = kwargs.get("processing_class")
+    if processor is not None:
+        check_pixel_range(first_item, processor)
+        with _said_by_the_logging_process(args):
+            say_evaluation_size_not_deployed(kwargs.get("eval_dataset"), processor)
 
 
 def _check_processor_taken(student: Any, kwargs: dict[str, Any], first_item: Any) -> None:
