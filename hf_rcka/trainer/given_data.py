@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError, LabelError, ModelError
+from ..errors import DataError, LabelError
 from ..modeling.teacher_inputs import input_stats
 from .given_labels import data_class_names, model_class_names, numbered_only, other_order_of
 
@@ -124,7 +124,7 @@ def check_pixel_range(item: Mapping | None, processor: Any) -> None:
         return
     try:
         stats = input_stats(processor)
-    except (ValueError, ModelError):  # a processor whose settings cannot be read: nothing to compare with
+    except ValueError:  # a processor whose settings cannot be read (a ModelError is one): nothing to compare with
         return
     if len(stats.mean) != pixels.shape[0]:
         return
@@ -152,7 +152,7 @@ def say_evaluation_size_not_deployed(eval_dataset: Any, processor: Any) -> None:
     """
     try:
         made = tuple(input_stats(processor).size)
-    except (ValueError, ModelError):  # an output size that depends on the image: nothing to compare with
+    except ValueError:  # an output size that depends on the image (a ModelError is one): nothing to compare with
         return
     for where, _, item in _first_items("eval_dataset", eval_dataset):
         size = image_size(item)
