@@ -1,12 +1,13 @@
-"""Random class, distillation and position tokens for transformers models built from scratch.
+"""Random class, distillation, position and register tokens for transformers models built from scratch.
 
 transformers 5.x leaves some of these at exactly zero when it builds a model from a config: DeiT's
 ``_init_weights`` draws them from a truncated normal and then zeroes them (so a DeiT with a
 distillation head starts with identical class and distillation tokens and no position signal),
-and BEiT, Data2Vec-vision and ViT-MSN leave their class token (ViT-MSN its position embeddings
-too) at zero, Dinov2WithRegisters its register tokens. DeiT, BEiT and timm draw them from a truncated normal of std 0.02 (transformers'
-own ViT uses ``initializer_range``, 0.02 by default), and a student trained from scratch should
-start where the architecture's paper started.
+BEiT, Data2Vec-vision and ViT-MSN leave their class token (ViT-MSN its position embeddings too)
+at zero, and Dinov2WithRegisters its register tokens. DeiT, BEiT and timm draw the tokens from a
+truncated normal of std 0.02 (transformers' own ViT uses ``initializer_range``, 0.02 by default),
+DINOv2 and timm the registers from N(0, 1e-6), and a student trained from scratch should start
+where the architecture's paper started.
 """
 
 from __future__ import annotations
