@@ -4157,3 +4157,18 @@ def test_a_swin_window_larger_than_its_last_grid_is_refused_before_loading(tmp_p
         probes.probe_student(student, SimpleNamespace(size=(32, 32), channels=3), None)
     recipe["student_config_overrides"] = {**overrides, "window_size": 1}  # the fix, followed, trains
     assert run(tmp_path, recipe) == 0
+
+
+@pytest.mark.parametrize("size", [200, 216, 224])
+def test_a_swin_whose_padded_last_grid_holds_its_window_is_not_refused(size):
+    """transformers' Swin pads a remainder at its patch embedding and each patch merging: at 200 px
+    a window-7 Swin's last grid is 7 (50, 25, 13, 7), and it runs; 200 // 32 = 6 refused it."""
+    from transformers import SwinConfig, SwinForImageClassification
+
+    from hf_rcka.models.image_sizes import window_problem
+
+    config = SwinConfig(image_size=size, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=7,
+                        num_labels=3)
+    SwinForImageClassification(config).eval()(pixel_values=torch.zeros(1, 3, size, size))  # it takes the size
+    assert window_problem(config.to_dict(), size, size) is None
+    assert window_problem(config.to_dict(), 192, 192).startswith("at 192x192 the student's last stage has a 6x6 grid")

@@ -40,12 +40,21 @@ def window_problem(config: dict[str, Any], height: int, width: int) -> str | Non
     if config.get("model_type") not in _FIXED_WINDOW_TYPES or not (
             isinstance(window, int) and isinstance(patch, int) and isinstance(depths, (list, tuple)) and depths):
         return None
-    grid = min(height, width) // patch // 2 ** (len(depths) - 1)  # the last stage's, the smallest
+    grid = min(_last_grid(height, patch, len(depths)), _last_grid(width, patch, len(depths)))
     if grid >= window:
         return None
     return (f"at {height}x{width} the student's last stage has a {grid}x{grid} grid, smaller than its window_size "
             f"{window}, which transformers' Swin attention fails on: set student_config_overrides window_size: "
             f"{max(grid, 1)}, or a larger image_size")
+
+
+def _last_grid(side: int, patch: int, stages: int) -> int:
+    """A Swin's last stage's grid along a ``side`` of pixels: its patch embedding and each patch
+    merging pad a remainder (a 200 px side is 50, 25, 13, 7 patches, not 200 // 32 = 6)."""
+    grid = -(-side // patch)
+    for _ in range(stages - 1):
+        grid = -(-grid // 2)
+    return grid
 
 
 @dataclass(frozen=True)
