@@ -528,3 +528,16 @@ def test_a_probe_that_records_every_module_describes_the_states_as_a_plain_one(f
     plain = describe_hidden_states(model, x)
     assert describe_hidden_states(model, probe_forward(model, x, every_module=True)) == plain
     assert not all(spec.is_embedding for spec in plain)
+
+
+def test_focalnet_stage_ends_carry_gradients_under_a_reentrant_checkpoint():
+    """A hook inside a FocalNet stage read its end in the forward of a reentrant checkpoint, which
+    runs without gradients: a feature loss on stages 1..3 reached none of the student's weights."""
+    config = tf.FocalNetConfig(image_size=32, embed_dim=8, depths=[1, 1, 1, 1], num_labels=NUM_LABELS)
+    model = tf.FocalNetForImageClassification(config).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    states = hidden_states_of(forward_with_hidden_states(model, pixels(32)))
+    states[2].sum().backward()
+    stages = model.focalnet.encoder.stages
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in stages[1].layers[0].parameters())
+    assert all(type(stage) is tf.models.focalnet.modeling_focalnet.FocalNetStage for stage in stages)

@@ -111,21 +111,42 @@ def _focalnet_stage_ends(model: nn.Module, pixel_values: Tensor) -> Any:
     """transformers' FocalNet hands out each stage after the patch merging that starts the next (its
     own ``output_hidden_states_before_downsampling`` path fails), as Swin did: state 1 was stage 1
     merged to stride 8, the auto pairs came out a stage too shallow, and FocalNet-T's 6-block stage 3,
-    merged to the last stage's grid, never paired. Each merging's input is its stage's end, a
-    (B, C, H, W) map: the states are the embedding, each stage's end, and the last stage's."""
+    merged to the last stage's grid, never paired. Each stage returns its end before merging, read
+    as a (B, C, H, W) map by ``_StageEnd`` around it: the states are the embedding, each stage's end,
+    and the last stage's."""
     ends: dict[int, Tensor] = {}
-    handles = [stage.downsample.register_forward_pre_hook(lambda _m, args, i=i: ends.__setitem__(i, args[0]))
-               for i, stage in enumerate(model.base_model.encoder.stages) if stage.downsample is not None]
+    stages = model.base_model.encoder.stages
+    originals = list(stages)
+    for i, stage in enumerate(originals):
+        if stage.downsample is not None:
+            stages[i] = _StageEnd(stage, i, ends)
     try:
         outputs = model(pixel_values=pixel_values, output_hidden_states=True)
     finally:
-        for handle in handles:
-            handle.remove()
+        for i, stage in enumerate(originals):
+            stages[i] = stage
     maps, tokens = outputs.reshaped_hidden_states, outputs.hidden_states
     outputs.reshaped_hidden_states = (maps[0], *(ends.get(i, maps[i + 1]) for i in range(len(maps) - 1)))
     outputs.hidden_states = (tokens[0], *(fmap_to_tokens(ends[i]) if i in ends else tokens[i + 1]
                                           for i in range(len(tokens) - 1)))
     return outputs
+
+
+class _StageEnd(nn.Module):
+    """A FocalNet stage whose end (its output before patch merging) is kept in ``ends``, read from
+    what the stage returns, outside its own activation checkpoint: a hook inside the stage saw a
+    reentrant checkpoint's forward, which runs without gradients, and the feature losses on those
+    states trained nothing."""
+
+    def __init__(self, stage: nn.Module, index: int, ends: dict[int, Tensor]) -> None:
+        super().__init__()
+        self.stage, self.index, self.ends = stage, index, ends
+
+    def forward(self, hidden_states: Tensor, input_dimensions: tuple[int, int], *args: Any, **kwargs: Any) -> Any:
+        outputs = self.stage(hidden_states, input_dimensions, *args, **kwargs)
+        before, (height, width) = outputs[1], input_dimensions
+        self.ends[self.index] = before.transpose(1, 2).reshape(before.shape[0], -1, height, width)
+        return outputs
 
 
 def hidden_states_of(outputs: Any) -> tuple[Tensor, ...]:
