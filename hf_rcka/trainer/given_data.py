@@ -111,6 +111,9 @@ def check_pixel_type(where: str, pixels: Any) -> None:
                         "(dataset.set_transform(...) with processing_class)")
 
 
+_ERASING_NOISE = 8.0  # standard deviations of timm's random-erasing noise that no image reaches
+
+
 def check_pixel_range(item: Mapping | None, processor: Any) -> None:
     """The first training image's ``pixel_values`` lie in the range ``processor`` makes
     (``(image - mean) / std`` of an image in [0, 1]), with a wide margin for augmentation.
@@ -130,7 +133,10 @@ def check_pixel_range(item: Mapping | None, processor: Any) -> None:
         return
     mean, std = (torch.tensor(values, dtype=torch.float64).view(-1, 1, 1) for values in (stats.mean, stats.std))
     low, high = -mean / std, (1 - mean) / std
-    margin = 4 * (high - low)  # random erasing's normal noise, colour jitter: well inside it
+    # colour jitter: well inside 4 ranges; random erasing's 'pixel' fill is standard-normal noise in
+    # the normalised units whatever the processor's std (beyond +-4 in a 224 px image's erased third,
+    # outside [-4, 5] for a processor that only rescales), hence the absolute part
+    margin = 4 * (high - low) + _ERASING_NOISE
     values = pixels.detach().to("cpu", torch.float64)
     if bool(((values > high + margin) | (values < low - margin)).any()):
         raise DataError(f"train_dataset: its first image's pixel_values range over [{values.min():.4g}, "
