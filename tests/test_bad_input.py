@@ -5,6 +5,7 @@ makes loading fail the test, and the output folder must not exist afterwards.
 """
 
 import json
+import logging
 import os
 import re
 import threading
@@ -445,19 +446,23 @@ def test_a_config_type_without_a_fixed_size_processor_is_refused_before_loading(
     error = error_of(capsys)
     assert expected in error
     assert (f"A config:{model_type} student can only take its type's default processor: to train the type, "
-            "save_pretrained a model of it and an image processor of a fixed output size into one folder") in error
+            f"save_pretrained its config (AutoConfig.for_model('{model_type}', ...)) and an image processor of a fixed "
+            "output size into one folder") in error
     assert not (tmp_path / "out").exists()
 
 
-def test_the_advice_for_a_config_type_without_a_usable_processor_trains(tmp_path):
-    """Its advice had been a processor of another kind, which a config: type cannot be given."""
-    from transformers import CONFIG_MAPPING, AutoModelForImageClassification, ViTImageProcessor
+def test_the_advice_for_a_config_type_without_a_usable_processor_trains(tmp_path, caplog):
+    """Its advice had been a processor of another kind, which a config: type cannot be given; then a
+    saved model, whose weights the run warned it would not train from."""
+    from transformers import AutoConfig, ViTImageProcessor
 
     folder = tmp_path / "hgnet"
-    AutoModelForImageClassification.from_config(CONFIG_MAPPING["hgnet_v2"](num_labels=10)).save_pretrained(folder)
+    AutoConfig.for_model("hgnet_v2", num_labels=10).save_pretrained(folder)
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
-    assert run(tmp_path, base(tmp_path, model_name_or_path=str(folder), student_config_overrides=None,
-                              student_from_scratch=True)) == 0
+    with caplog.at_level(logging.WARNING):
+        assert run(tmp_path, base(tmp_path, model_name_or_path=str(folder), student_config_overrides=None,
+                                  student_from_scratch=True)) == 0
+    assert not [r for r in caplog.records if "holds trained weights" in r.getMessage()]
 
 
 @pytest.mark.parametrize("options,expected", [

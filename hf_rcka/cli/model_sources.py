@@ -670,9 +670,9 @@ def _check_default_processor(name: str, config: Any, image_size: int | None) -> 
         input_stats(load_image_processor(name, config=config, image_size=image_size))
     except ValueError as err:  # its advice ("use a processor that...") could not be followed for a config: type
         raise ValueError(f"{str(err).rstrip('.')}. A {name} student can only take its type's default processor: "
-                         "to train the type, save_pretrained a model of it and an image processor of a fixed output "
-                         "size into one folder and give that folder as model_name_or_path (student_from_scratch: "
-                         "true), or choose another model type") from None
+                         f"to train the type, save_pretrained its config (AutoConfig.for_model({config.model_type!r}, "
+                         "...)) and an image processor of a fixed output size into one folder and give that folder as "
+                         "model_name_or_path (student_from_scratch: true), or choose another model type") from None
 
 
 def check_model_overrides(model_args: Any) -> None:
