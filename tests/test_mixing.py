@@ -204,5 +204,8 @@ def test_per_image_settings_given_to_the_trainer_beside_ready_pixels_are_said_to
 
     said = trained(AugmentationArguments(aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8))
     assert "augmentation: aa, reprob act through the training set's own per-image transform" in said
+    # a dataset transformed with train_transform(processor, augmentation), as advised, does apply them
+    assert "so they have no effect" not in said
+    assert "give the trainer's augmentation= only mixup, cutmix and aug_repeats" in said
     assert "act through" not in trained(MIXUP_ONLY)  # what the trainer applies itself
     assert "act through" not in trained(AugmentationArguments(no_aug=True, reprob=0.25))  # said by no_aug's own warning

@@ -772,9 +772,10 @@ class DistillationTrainer(CheckpointingTrainer):
         with _said_by_the_logging_process(self.args):
             logger.warning("augmentation: %s act through the training set's own per-image transform, which the trainer "
                            "does not build (it applies mixup/cutmix and aug_repeats): this train_dataset's pixel_values "
-                           "come ready, so they have no effect. Augment the images in the dataset's transform "
-                           "(hf_rcka.data.transforms.train_transform(processor, augmentation) is timm's, as the "
-                           "command line's)", ", ".join(settings))
+                           "come ready, so they act only if its own transform applies them. Augment the images in the "
+                           "dataset's transform (hf_rcka.data.transforms.train_transform(processor, augmentation) is "
+                           "timm's, as the command line's), and give the trainer's augmentation= only mixup, cutmix "
+                           "and aug_repeats", ", ".join(settings))
 
     def _check_training_batches(self) -> None:
         losses = self.distillation_model.losses
