@@ -1609,6 +1609,18 @@ def test_labels_from_a_callers_collator_are_checked_too(tmp_path):
 
 
 
+def test_class_ids_of_another_integer_type_from_a_callers_collator_train(tmp_path):
+    """int32 (or uint8) class ids are class ids: a caller's collator that made them stopped the first
+    step inside cross-entropy ("expected scalar type Long"), a traceback after the models were built."""
+    def collate(items):
+        return {"pixel_values": torch.stack([item["pixel_values"] for item in items]),
+                "labels": torch.tensor([item["labels"] for item in items], dtype=torch.int32)}
+
+    trainer = build(make_args(tmp_path, max_steps=1), tiny_vit(), tiny_resnet(), data_collator=collate)
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
 def test_a_batch_of_unreadable_images_alone_passes_the_label_check():
     """Every row of the batch a stand-in for an unreadable image (IGNORE_INDEX, which the losses
     leave out): nothing to check, where a min over no labels is a ValueError (zero-size array)."""

@@ -76,6 +76,8 @@ class CheckedClassIds:
             counted = ids[ids != IGNORE_INDEX]
             if counted.size and (counted.min() < 0 or counted.max() >= self.num_classes):
                 _check_class_ids(counted, self.num_classes, "label(s) of a batch")
+            if labels.dtype != torch.int64:  # int32 or uint8 ids (a caller's collator): cross-entropy
+                batch["labels"] = labels.long()  # takes int64 targets alone, and failed at the first step
         return batch
 
 
