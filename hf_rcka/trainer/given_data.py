@@ -140,7 +140,7 @@ def check_pixel_range(item: Mapping | None, processor: Any) -> None:
     values = pixels.detach().to("cpu", torch.float64)
     if bool(((values > high + margin) | (values < low - margin)).any()):
         raise DataError(f"train_dataset: its first image's pixel_values range over [{values.min():.4g}, "
-                        f"{values.max():.4g}], but processing_class makes [{low.min():.3g}, {high.max():.3g}] "
+                        f"{values.max():.4g}], but processing_class makes [{low.min() + 0.0:.3g}, {high.max():.3g}] "
                         "((image - mean) / std): the images were not made by it (0..255 floats, not rescaled and "
                         "normalised?), so the exported model, which pipeline() feeds through it, would read other "
                         "inputs than it trained on. Turn the images into pixel_values with processing_class in the "
