@@ -2279,6 +2279,21 @@ def test_a_compile_backend_whose_package_is_missing_is_refused(monkeypatch):
         _check_compile_settings("tvm", None)
 
 
+def test_inductor_on_the_cpu_without_a_cpp_compiler_is_refused_before_loading(tmp_path, capsys, no_loading,
+                                                                              monkeypatch):
+    """torch_compile's default backend needs a C++ compiler for a CPU run's kernels: without one, the run
+    loaded its models and data and stopped at its first step with torch's InvalidCxxCompiler traceback."""
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, str(tmp_path / "no-g++")))  # as where none is installed
+    assert run(tmp_path, base(tmp_path, torch_compile=True, use_cpu=True)) == 2
+    assert error_of(capsys).startswith("error: torch_compile: the inductor backend builds a CPU run's kernels with a "
+                                       "C++ compiler, and none was found")
+    from hf_rcka.cli.preflight import _check_cpu_compiler
+
+    _check_cpu_compiler(SimpleNamespace(torch_compile=True, torch_compile_backend="aot_eager", use_cpu=True))  # the fix it names
+
+
 def test_identical_repeats_are_refused_for_a_new_run_and_left_to_the_resume_of_a_recorded_one(tmp_path, capsys,
                                                                                              no_loading):
     """A run recorded with aug_repeats and no_aug resumes with its recorded repeats, warned once by the
