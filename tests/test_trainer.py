@@ -526,6 +526,22 @@ def test_a_stream_resumed_with_other_loader_workers_reading_its_shards_is_refuse
     run("one_shard_resumed", 1, 2, resume=str(tmp_path / "one_shard" / "checkpoint-2"))
 
 
+def test_a_stream_whose_pass_ends_inside_a_gradient_accumulation_is_refused(tmp_path):
+    """Trainer ends no accumulation at a stream's pass end: with 4 batches a pass and 3 to accumulate,
+    the pass's 4th micro-batch was added to the next pass's first step (4 summed where 3 were asked),
+    and a pass shorter than the accumulation never took a step (the run trained forever at step 0)."""
+    from hf_rcka.errors import RecipeError
+
+    def run(name, accumulation):
+        args = make_args(tmp_path, name, max_steps=3, gradient_accumulation_steps=accumulation, losses=["ce"])
+        make_trainer(args, teacher=None, train=pixel_dataset(20, seed=0).to_iterable_dataset()).train()
+
+    with pytest.raises(RecipeError, match="gradient_accumulation_steps is 3, and a pass over the training stream "
+                                          "ended 1 micro-batch"):
+        run("uneven", 3)
+    run("divisor", 2)  # 4 batches a pass: each pass ends with a step
+
+
 def test_a_stream_resumed_at_its_passs_end_does_not_evaluate_and_save_that_step_again(tmp_path):
     """Resumed from the checkpoint at a stream's pass end (epoch strategies: saved after its
     evaluation), Trainer skipped the pass to its end and ended the epoch again: a second evaluation

@@ -284,6 +284,33 @@ class _EpochEndCallback(TrainerCallback):
                 loss.on_epoch_end(epoch)
 
 
+class _StreamAccumulationCheck(TrainerCallback):
+    """Refuses a training stream whose pass ends inside a gradient accumulation.
+
+    Trainer ends an accumulation at an epoch's end only when it knows the epoch's length; a stream's
+    pass ended with its last micro-batches' gradients left in place, added to the next pass's first
+    optimizer step (4 micro-batches where 3 were asked), and a pass shorter than the accumulation never
+    took a step at all: the run trained forever at step 0, without a word.
+    """
+
+    pending = 0
+
+    def on_substep_end(self, args, state, control, **kwargs):  # noqa: D102
+        self.pending += 1
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
+        self.pending = 0
+
+    def on_epoch_end(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: D102
+        if self.pending and _is_stream(train_dataloader):
+            raise RecipeError(
+                f"gradient_accumulation_steps is {args.gradient_accumulation_steps}, and a pass over the training "
+                f"stream ended {self.pending} micro-batch(es) into an accumulation: Trainer does not end a stream's "
+                "accumulation with its pass, so their gradients would be added to the next step (or, on a pass "
+                "shorter than the accumulation, no step is ever taken). Set gradient_accumulation_steps to a divisor "
+                "of the batches in a pass (per process), or lower per_device_train_batch_size")
+
+
 class DistillationTrainer(CheckpointingTrainer):
     """Trainer for knowledge distillation (or plain supervised training without a teacher).
 
@@ -405,6 +432,7 @@ class DistillationTrainer(CheckpointingTrainer):
         loss terms' log, a resumed run's first rate and a data-parallel run's log at its last step."""
         model = self.distillation_model
         self.add_callback(_EpochEndCallback(list(model.losses.values())))
+        self.add_callback(_StreamAccumulationCheck())
         self._sampler_epoch = SamplerEpoch()
         self.add_callback(self._sampler_epoch)
         self.divergence = DivergenceCheck(lambda: self.distillation_model.trained_parts(),
