@@ -542,6 +542,16 @@ def test_a_stream_whose_pass_ends_inside_a_gradient_accumulation_is_refused(tmp_
     run("divisor", 2)  # 4 batches a pass: each pass ends with a step
 
 
+def test_a_stream_with_gradient_accumulation_is_told_the_rule_as_training_starts(tmp_path, caplog):
+    """The refusal comes at the end of the first pass that breaks the rule, an epoch in on a large
+    stream: the rule is said when training starts."""
+    args = make_args(tmp_path, "said", max_steps=2, gradient_accumulation_steps=2, losses=["ce"])
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        make_trainer(args, teacher=None, train=pixel_dataset(20, seed=0).to_iterable_dataset()).train()
+    assert any("gradient_accumulation_steps is 2: each pass must hold a multiple of 2 batches per process"
+               in record.getMessage() for record in caplog.records)
+
+
 def test_a_stream_resumed_at_its_passs_end_does_not_evaluate_and_save_that_step_again(tmp_path):
     """Resumed from the checkpoint at a stream's pass end (epoch strategies: saved after its
     evaluation), Trainer skipped the pass to its end and ended the epoch again: a second evaluation

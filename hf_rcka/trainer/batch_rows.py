@@ -193,9 +193,12 @@ def _check_last_batch(num_images: int, args: Any, aug_repeats: int, student: tor
         args.dataloader_drop_last = True
 
 
-def check_unsized_training(aug_repeats: int, student: torch.nn.Module, losses: Mapping[str, Any]) -> None:
+def check_unsized_training(aug_repeats: int, student: torch.nn.Module, losses: Mapping[str, Any],
+                           accumulation: int = 1) -> None:
     """Training data without a length (a ``datasets.IterableDataset``, a stream): what
-    ``check_training_batches`` cannot check is refused or said.
+    ``check_training_batches`` cannot check is refused or said. ``accumulation``: the run's
+    ``gradient_accumulation_steps``, which a pass's batches must be a multiple of (a pass that ends
+    inside one is refused at its end, perhaps hours in: said as training starts).
 
     Raises:
         RecipeError: for ``aug_repeats``, whose sampler draws an order of known images: an
@@ -212,6 +215,10 @@ def check_unsized_training(aug_repeats: int, student: torch.nn.Module, losses: M
         logger.warning("data: the training data has no length, so the size of each pass's last batch is not checked "
                        "(and dataloader_drop_last does not apply to it): %s. Give the stream a multiple of the global "
                        "batch, or use a map-style dataset", why)
+    if accumulation > 1:
+        logger.warning("data: the training data has no length, and gradient_accumulation_steps is %d: each pass must hold "
+                       "a multiple of %d batches per process (Trainer ends no accumulation with a stream's pass), or the "
+                       "run stops at the end of the first pass that does not", accumulation, accumulation)
 
 
 __all__ = ["check_evaluation_rows", "check_relation_rows", "check_training_batches", "check_unsized_training", "evaluates",

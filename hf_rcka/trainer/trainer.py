@@ -853,7 +853,8 @@ class DistillationTrainer(CheckpointingTrainer):
             for evaluation in (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]):
                 check_evaluation_rows(losses, self.args, len(evaluation) if hasattr(evaluation, "__len__") else None)
         if self.train_dataset is not None and not hasattr(self.train_dataset, "__len__"):
-            check_unsized_training(self.augmentation.aug_repeats, self.distillation_model.student, losses)
+            check_unsized_training(self.augmentation.aug_repeats, self.distillation_model.student, losses,
+                                   self.args.gradient_accumulation_steps)
             if resuming:
                 logger.warning("resuming on training data without a length: Trainer skips the batches the run trained, "
                                "counted from the start of the stream, so a checkpoint written after the stream's "
