@@ -506,6 +506,19 @@ def test_a_collapsed_student_above_the_accuracy_threshold_is_at_chance_by_its_cr
     assert caplog.text.count("is at chance") == 2
 
 
+def test_the_chance_warning_counts_one_epoch_as_one(caplog):
+    """A 2-process run that trained one epoch was told "It trained 3 optimizer steps (1 epochs)"."""
+    import logging
+
+    from hf_rcka.trainer.chance import warn_if_student_at_chance
+
+    with caplog.at_level(logging.WARNING, logger="hf_rcka"):
+        warn_if_student_at_chance(0.1, 540, 10, steps=3, epochs=1.0)
+        warn_if_student_at_chance(0.1, 540, 10, steps=1, epochs=2.5)
+    assert "It trained 3 optimizer steps (1 epoch): enough" in caplog.text
+    assert "It trained 1 optimizer step (2.5 epochs): enough" in caplog.text
+
+
 def test_only_an_accuracy_at_chance_ends_a_run_with_an_error():
     """The cross-entropy's test is said, not an error: a calibrated student at 30% on 10 classes,
     three times chance, has 2.15 nats against 0.9 ln 10 = 2.07 (and one at 65% on 2 classes, 0.647

@@ -78,9 +78,10 @@ def warn_if_student_at_chance(accuracy: float, n: int, num_classes: int, cross_e
         logger.warning("!!! the exported student is at chance (eval_accuracy %.3f, chance %.3f for %d classes, %d "
                        "images%s), but %s. %s", accuracy, chance, num_classes, n, entropy, *average)
         return True
-    trained = (f" It trained {steps:,} optimizer step{'s' if steps != 1 else ''}"
-               f"{f' ({epochs:.3g} epochs)' if epochs else ''}: enough for this student? Then look"
-               if steps else " Look")
+    shown = f"{epochs:.3g}" if epochs else ""
+    passes = f" ({shown} epoch{'' if shown == '1' else 's'})" if shown else ""
+    trained = (f" It trained {steps:,} optimizer step{'s' if steps != 1 else ''}{passes}: enough for this student? "
+               "Then look" if steps else " Look")
     logger.warning("!!! the trained student is at chance (eval_accuracy %.3f, chance %.3f for %d classes, %d images%s): "
                    "it learned nothing usable.%s at the learning rate, and at each distillation term's weight "
                    "against ce's (a term that outweighs the labels can collapse the student's features)", accuracy,
