@@ -328,6 +328,28 @@ def check_half_precision(args: Any) -> None:
                           "use_cpu: true for CPU autocast, or fp16: false")
 
 
-__all__ = ["FIXED_SETTINGS", "check_batch_settings", "check_best_model_evaluations", "check_fixed_settings",
-           "check_half_precision", "check_optim_args", "check_optim_target_modules", "check_schedule_settings",
+def check_cpu_compiler(args: Any) -> None:
+    """Inductor (``torch_compile``'s default backend) builds a CPU run's kernels with a C++ compiler:
+    on a machine without one, the run loaded its models and data and then stopped at its first step
+    with torch's ``InvalidCxxCompiler`` traceback (the command line's check and ``DistillationTrainer``'s
+    alike). ``aot_eager`` compiles without one."""
+    if not getattr(args, "torch_compile", False) or str(args.torch_compile_backend or "inductor").lower() != "inductor":
+        return
+    import torch
+
+    if not (getattr(args, "use_cpu", False) or not torch.accelerator.is_available()):
+        return
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        raise RecipeError("torch_compile: the inductor backend builds a CPU run's kernels with a C++ compiler, and "
+                          "none was found (g++, or the CXX environment variable's): install one, or set "
+                          "torch_compile_backend: aot_eager, which compiles without one") from None
+
+
+__all__ = ["FIXED_SETTINGS", "check_batch_settings", "check_best_model_evaluations", "check_cpu_compiler",
+           "check_fixed_settings", "check_half_precision", "check_optim_args", "check_optim_target_modules", "check_schedule_settings",
            "check_training_values", "NoEvaluationToKeep", "WarmupLongerThanRun"]

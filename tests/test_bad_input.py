@@ -2289,9 +2289,24 @@ def test_inductor_on_the_cpu_without_a_cpp_compiler_is_refused_before_loading(tm
     assert run(tmp_path, base(tmp_path, torch_compile=True, use_cpu=True)) == 2
     assert error_of(capsys).startswith("error: torch_compile: the inductor backend builds a CPU run's kernels with a "
                                        "C++ compiler, and none was found")
-    from hf_rcka.cli.preflight import _check_cpu_compiler
+    from hf_rcka.training_values import check_cpu_compiler
 
-    _check_cpu_compiler(SimpleNamespace(torch_compile=True, torch_compile_backend="aot_eager", use_cpu=True))  # the fix it names
+    check_cpu_compiler(SimpleNamespace(torch_compile=True, torch_compile_backend="aot_eager", use_cpu=True))  # the fix it names
+
+
+def test_inductor_on_the_cpu_without_a_cpp_compiler_is_refused_by_the_trainer_too(tmp_path, monkeypatch):
+    """A DistillationTrainer built in Python with torch_compile on a CPU run without a C++ compiler got
+    torch's InvalidCxxCompiler traceback at its first step: only the command line checked."""
+    import torch._inductor.config
+
+    from hf_rcka import DistillationTrainer, DistillationTrainingArguments
+    from tests.conftest import pixel_dataset, tiny_resnet, tiny_vit
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, str(tmp_path / "no-g++")))  # as where none is installed
+    args = DistillationTrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, torch_compile=True,
+                                         report_to="none", teacher_accuracy_check="off")
+    with pytest.raises(RecipeError, match="torch_compile: the inductor backend builds a CPU run's kernels"):
+        DistillationTrainer(model=tiny_vit(), teacher=tiny_resnet(), args=args, train_dataset=pixel_dataset(10))
 
 
 def test_identical_repeats_are_refused_for_a_new_run_and_left_to_the_resume_of_a_recorded_one(tmp_path, capsys,

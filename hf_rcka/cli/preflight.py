@@ -34,7 +34,7 @@ from ..modeling.parallel import check_fsdp_settings
 from ..trainer.data_parallel import check_processes_join
 from ..trainer.batch_rows import check_evaluation_rows, check_mixing_rows, check_relation_rows, evaluates
 from ..trainer.metrics import check_metric_for_best_model
-from ..training_values import check_best_model_evaluations, check_half_precision
+from ..training_values import check_best_model_evaluations, check_cpu_compiler, check_half_precision
 from .model_sources import (
     check_feature_pairs, check_hub_access, check_image_processor, check_losses_fit_models, check_model_source,
     check_remote_code, check_student_config,
@@ -153,7 +153,7 @@ def check_unsupported_work(args: Any) -> None:
                           "a stopped run then exported its model and card as finished: drop enable_jit_checkpoint")
     check_best_model_evaluations(args)
     _check_compile_settings(getattr(args, "torch_compile_backend", None), getattr(args, "torch_compile_mode", None))
-    _check_cpu_compiler(args)
+    check_cpu_compiler(args)
 
 
 # what a backend torch lists needs installed besides torch
@@ -188,27 +188,6 @@ def _check_compile_settings(backend: str | None, mode: str | None) -> None:
         if backend and backend != "inductor":  # "no" compiles nothing: accelerate skips torch.compile
             raise RecipeError(f"torch_compile_mode {mode!r} is a mode of the inductor backend, and "
                               f"torch_compile_backend is {backend!r}, which would ignore it: drop one of them")
-
-
-def _check_cpu_compiler(args: Any) -> None:
-    """Inductor (``torch_compile``'s default backend) builds a CPU run's kernels with a C++ compiler:
-    on a machine without one, the run loaded its models and data and then stopped at its first step
-    with torch's ``InvalidCxxCompiler`` traceback. ``aot_eager`` compiles without one."""
-    if not getattr(args, "torch_compile", False) or str(args.torch_compile_backend or "inductor").lower() != "inductor":
-        return
-    import torch
-
-    if not (getattr(args, "use_cpu", False) or not torch.accelerator.is_available()):
-        return
-    from torch._inductor.cpp_builder import get_cpp_compiler
-    from torch._inductor.exc import InvalidCxxCompiler
-
-    try:
-        get_cpp_compiler()
-    except InvalidCxxCompiler:
-        raise RecipeError("torch_compile: the inductor backend builds a CPU run's kernels with a C++ compiler, and "
-                          "none was found (g++, or the CXX environment variable's): install one, or set "
-                          "torch_compile_backend: aot_eager, which compiles without one") from None
 
 
 def resuming(value: Any) -> bool:

@@ -34,7 +34,7 @@ from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, se
 from transformers.trainer_utils import EvalLoopOutput, has_length
 
 from ..arguments import TEACHER_CHECK_DEFAULT, check_arguments, describe_batch, run_mixed_precision
-from ..training_values import NoEvaluationToKeep, WarmupLongerThanRun, check_half_precision
+from ..training_values import NoEvaluationToKeep, WarmupLongerThanRun, check_cpu_compiler, check_half_precision
 from ..augmentation import AugmentationArguments
 from ..errors import ModelError, RecipeError
 from ..log_levels import errors_only
@@ -361,6 +361,7 @@ class DistillationTrainer(CheckpointingTrainer):
         one_device_per_process(args)
         check_processes_join(args)
         check_half_precision(args)
+        check_cpu_compiler(args)  # torch's traceback at the first step
         check_fsdp_settings(args)
         keep_token_out_of_files(args)
         with _said_by_the_logging_process(args):
