@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, LabelError
-from ..modeling.teacher_inputs import input_stats
+from ..modeling.teacher_inputs import InputStats
 from .given_labels import data_class_names, model_class_names, numbered_only, other_order_of
 
 logger = logging.getLogger(__name__)
@@ -114,9 +114,9 @@ def check_pixel_type(where: str, pixels: Any) -> None:
 _ERASING_NOISE = 8.0  # standard deviations of timm's random-erasing noise that no image reaches
 
 
-def check_pixel_range(item: Mapping | None, processor: Any) -> None:
-    """The first training image's ``pixel_values`` lie in the range ``processor`` makes
-    (``(image - mean) / std`` of an image in [0, 1]), with a wide margin for augmentation.
+def check_pixel_range(item: Mapping | None, stats: InputStats) -> None:
+    """The first training image's ``pixel_values`` lie in the range ``processing_class`` makes
+    (``stats``: ``(image - mean) / std`` of an image in [0, 1]), with a wide margin for augmentation.
 
     Float pixels the processor never made (``PILToTensor().float()``: 0..255, not rescaled or
     normalised) trained without an error, and the exported model, which ``pipeline()`` feeds through
@@ -124,10 +124,6 @@ def check_pixel_range(item: Mapping | None, processor: Any) -> None:
     """
     pixels = item.get("pixel_values") if item is not None else None
     if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point() or pixels.ndim != 3:
-        return
-    try:
-        stats = input_stats(processor)
-    except ValueError:  # a processor whose settings cannot be read (a ModelError is one): nothing to compare with
         return
     if len(stats.mean) != pixels.shape[0]:
         return
@@ -147,8 +143,9 @@ def check_pixel_range(item: Mapping | None, processor: Any) -> None:
                         "dataset's transform")
 
 
-def say_evaluation_size_not_deployed(eval_dataset: Any, processor: Any) -> None:
-    """Warn when an evaluation set's images are of another size than ``processor`` makes.
+def say_evaluation_size_not_deployed(eval_dataset: Any, stats: InputStats) -> None:
+    """Warn when an evaluation set's images are of another size than ``processing_class`` makes
+    (``stats``).
 
     The processor is saved with the student and ``pipeline()`` feeds the export through it, while
     the run's accuracy (and the card's) is measured on the evaluation set as given: a CNN evaluated
@@ -156,10 +153,7 @@ def say_evaluation_size_not_deployed(eval_dataset: Any, processor: Any) -> None:
     not refused: a larger evaluation size than the training one is a known choice (timm's
     ``test_input_size``), which then belongs in the processor saved with the student.
     """
-    try:
-        made = tuple(input_stats(processor).size)
-    except ValueError:  # an output size that depends on the image (a ModelError is one): nothing to compare with
-        return
+    made = tuple(stats.size)
     for where, _, item in _first_items("eval_dataset", eval_dataset):
         size = image_size(item)
         if size is not None and tuple(size) != made:

@@ -297,20 +297,16 @@ def check_models(student: Any, teacher: Any, args: Any, processing_class: Any, t
             f"{planned[0]}x{planned[1]}, but the data's images are {pixels.shape[-2]}x{pixels.shape[-1]}. {fix}")
 
 
-def check_processor_size_taken(student: Any, processing_class: Any, data_size: tuple[int, int] | None) -> None:
-    """The student takes the images ``processing_class`` makes, when it takes the training images
-    (of ``data_size``) and they are of another size: one blank image at each size, as the command
-    line probes the student it builds.
+def check_processor_size_taken(student: Any, stats: InputStats, data_size: tuple[int, int] | None) -> None:
+    """The student takes the images ``processing_class`` makes (``stats``), when it takes the
+    training images (of ``data_size``) and they are of another size: one blank image at each size,
+    as the command line probes the student it builds.
 
     The processor is saved with the student, and ``pipeline()`` feeds the export through it. A ViT
     built for 16 px trained and was evaluated on 16 px data beside a 24 px processor, and the saved
     model failed in ``pipeline()`` ("Input image size (24*24) doesn't match model (16*16)"). A
     student that fails at both sizes is left to the first step, whose error is about the student.
     """
-    try:
-        stats = input_stats(processing_class)
-    except ValueError:  # an output size that depends on the image: nothing to probe at
-        return
     if data_size is None or tuple(data_size) == tuple(stats.size):
         return
     error = _forward_error(student, stats.channels, stats.size)

@@ -161,14 +161,15 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     datasets = (kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
     first_item = check_columns(*datasets, collator=kwargs.get("data_collator"))
     student = model.student if isinstance(model, DistillationModel) else model
-    _check_given_pixels(student, args, kwargs, first_item)
+    made = _made_by_processor(kwargs)
+    _check_given_pixels(student, args, kwargs, first_item, made)
     if isinstance(model, DistillationModel):
         teacher_order = check_ready_model(model, teacher, teacher_processor, args, mapping, datasets)
         _check_settings(student, model.losses.values(), args, kwargs)
-        _check_processor_taken(student, kwargs, first_item)
+        _check_processor_taken(student, made, first_item)
     else:
         check_models(model, teacher, args, kwargs.get("processing_class"), teacher_processor, first_item)
-        _check_processor_taken(student, kwargs, first_item)  # after check_models' own comparison of the sizes
+        _check_processor_taken(student, made, first_item)  # after check_models' own comparison of the sizes
         # before the teacher is frozen and cast: a refused trainer leaves it as it was
         _check_settings(model, build_losses(run_loss_specs(args, teacher is not None)), args, kwargs)
         teacher_order = check_labels(model, teacher, args, datasets, mapping)
@@ -187,24 +188,39 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
     return model, size
 
 
-def _check_given_pixels(student: Any, args: TrainingArguments, kwargs: dict[str, Any], first_item: Any) -> None:
-    """The given items' ``pixel_values`` are what ``processing_class``, saved with the student and run
-    by ``pipeline()`` on the export, makes: laid out as the student reads them, in its range, and
-    evaluated at its size. A caller's collator makes the batches itself: its items are not checked."""
+def _made_by_processor(kwargs: dict[str, Any]) -> InputStats | None:
+    """What ``processing_class`` makes, read once for the checks of the given items' pixels against
+    it (it is saved with the student, and ``pipeline()`` feeds the export through it). None without
+    a processor, when a caller's collator makes the batches (its items are not them), or for a
+    processor whose output cannot be read (a size that depends on the image: nothing to compare
+    with; the checks that need it say so later)."""
+    processor = kwargs.get("processing_class")
+    if processor is None or kwargs.get("data_collator") is not None:
+        return None
+    try:
+        return input_stats(processor)
+    except ValueError:  # a ModelError is one
+        return None
+
+
+def _check_processor_taken(student: Any, made: InputStats | None, first_item: Any) -> None:
+    """``processing_class`` is saved with the student, and ``pipeline()`` feeds the export through it."""
+    if made is not None:
+        check_processor_size_taken(student, made, image_size(first_item))
+
+
+def _check_given_pixels(student: Any, args: TrainingArguments, kwargs: dict[str, Any], first_item: Any,
+                        made: InputStats | None) -> None:
+    """The given items' ``pixel_values`` are laid out as the student reads them and, where
+    ``processing_class``'s output is known (``made``), in its range and evaluated at its size. A
+    caller's collator makes the batches itself: its items are not checked."""
     if kwargs.get("data_collator") is not None:
         return
     check_channels(first_item, student)
-    processor = kwargs.get("processing_class")
-    if processor is not None:
-        check_pixel_range(first_item, processor)
+    if made is not None:
+        check_pixel_range(first_item, made)
         with _said_by_the_logging_process(args):
-            say_evaluation_size_not_deployed(kwargs.get("eval_dataset"), processor)
-
-
-def _check_processor_taken(student: Any, kwargs: dict[str, Any], first_item: Any) -> None:
-    """``processing_class`` is saved with the student, and ``pipeline()`` feeds the export through it."""
-    if kwargs.get("processing_class") is not None and kwargs.get("data_collator") is None:
-        check_processor_size_taken(student, kwargs["processing_class"], image_size(first_item))
+            say_evaluation_size_not_deployed(kwargs.get("eval_dataset"), made)
 
 
 def _keep_label_check(model: DistillationModel, teacher_order: list[int] | None) -> None:
