@@ -682,7 +682,7 @@ def _say_if_at_chance(trainer: DistillationTrainer, metrics: dict) -> bool:
     accuracy, dataset = metrics.get("eval_accuracy"), trainer.eval_dataset
     if not (isinstance(accuracy, float) and has_length(dataset)):
         return False
-    counted = len(dataset) - trainer.card_facts.unreadable_eval_images
+    counted = _scored_images(trainer)
     ce = trainer.distillation_model.losses["ce"] if "ce" in trainer.distillation_model.losses else None
     weight = ce.term_weights.get("ce") if ce is not None else None  # eval_ce_loss is the weighted term
     entropy = metrics["eval_ce_loss"] / weight if weight and "eval_ce_loss" in metrics else None
@@ -699,9 +699,14 @@ def _slow_average(trainer: DistillationTrainer, metrics: dict) -> tuple[str, str
     args = trainer.args
     if not getattr(args, "model_ema_export", False) or getattr(args, "model_ema_warmup", False):
         return None
-    counted = len(trainer.eval_dataset) - trainer.card_facts.unreadable_eval_images
     classes = trainer.distillation_model.student.config.num_labels
-    return slow_average(metrics.get("eval_live_accuracy"), counted, classes, args.model_ema_decay, trainer.state.global_step)
+    return slow_average(metrics.get("eval_live_accuracy"), _scored_images(trainer), classes, args.model_ema_decay,
+                        trainer.state.global_step)
+
+
+def _scored_images(trainer: DistillationTrainer) -> int:
+    """The evaluation images the accuracy counts: the set's, less those unreadable (left out)."""
+    return len(trainer.eval_dataset) - trainer.card_facts.unreadable_eval_images
 
 
 def _learned_nothing_line(trainer: DistillationTrainer, metrics: dict) -> str:
