@@ -32,7 +32,9 @@ from ..registry import close_matches
 from ..modeling.assembly import active_specs, build_losses, check_label_smoothing, run_loss_specs, switched_off
 from ..modeling.parallel import check_fsdp_settings
 from ..trainer.data_parallel import check_processes_join
-from ..trainer.batch_rows import check_evaluation_rows, check_mixing_rows, check_relation_rows, evaluates
+from ..trainer.batch_rows import (
+    check_evaluation_rows, check_mixing_rows, check_relation_rows, evaluates, mixing_setting,
+)
 from ..trainer.metrics import check_metric_for_best_model
 from ..training_values import check_best_model_evaluations, check_cpu_compiler, check_half_precision
 from .model_sources import (
@@ -313,10 +315,8 @@ def check_mixing_batch(data_args: Any, args: Any) -> None:
     if not getattr(data_args, "mixup_active", False) or not args.do_train:
         return
     batch = check_mixing_rows(True, args)
-    size = ("per_device_train_batch_size" if batch == args.per_device_train_batch_size else
-            "each process's share of per_device_train_batch_size (split_batches)")
     if batch % 2:
         logger.warning("%s is %d, odd: mixup/cutmix leave one image of every batch unmixed (timm's Mixup needs an even "
-                       "batch); an even size mixes them all", size, batch)
+                       "batch); an even size mixes them all", mixing_setting(args), batch)
 
 

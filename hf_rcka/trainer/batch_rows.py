@@ -74,14 +74,19 @@ def check_relation_rows(losses: Mapping[str, Any], args: Any, batch: int | None 
             f"{cause}. Use {setting} >= {least}{share}{gather}")
 
 
+def mixing_setting(args: Any) -> str:
+    """How a refusal or warning names the training rows of one process that Mixup/CutMix mix."""
+    return ("per_device_train_batch_size" if _split_over(args) == 1 else
+            "each process's share of per_device_train_batch_size (split_batches)")
+
+
 def check_mixing_rows(mixes: bool, args: Any, batch: int | None = None, cause: str = "") -> int:
     """Refuse Mixup/CutMix (``mixes``) on a training batch of one image per process, which mixes
     nothing: timm's Mixup pairs image i with image B-1-i. Returns the rows one process mixes.
 
     ``batch``: the per-process batch when ``auto_find_batch_size`` lowered it; ``cause`` says so.
     """
-    size = ("per_device_train_batch_size" if _split_over(args) == 1 else
-            "each process's share of per_device_train_batch_size (split_batches)")
+    size = mixing_setting(args)
     rows = rows_per_process(args, args.per_device_train_batch_size if batch is None else batch)
     if mixes and rows < 2:
         raise RecipeError(f"mixup/cutmix mix the images of one process's batch, and {size} is {rows}{cause}: a batch "
@@ -221,5 +226,5 @@ def check_unsized_training(aug_repeats: int, student: torch.nn.Module, losses: M
                        "run stops at the end of the first pass that does not", accumulation, accumulation)
 
 
-__all__ = ["check_evaluation_rows", "check_relation_rows", "check_training_batches", "check_unsized_training", "evaluates",
-           "rows_per_process", "too_few_rows"]
+__all__ = ["check_evaluation_rows", "check_mixing_rows", "check_relation_rows", "check_training_batches",
+           "check_unsized_training", "evaluates", "mixing_setting", "rows_per_process", "too_few_rows"]
