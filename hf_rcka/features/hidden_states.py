@@ -35,7 +35,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from .layout import FeatureSpec, fmap_to_tokens, infer_grid
+from .layout import FeatureSpec, fmap_to_tokens, infer_grid, tokens_to_fmap
 
 # Modules whose output is the embedding / stem (no block has run yet). ``pre_layrnorm``: CLIP's
 # LayerNorm between the embeddings and the first block, whose output is its hidden state 0.
@@ -144,8 +144,7 @@ class _StageEnd(nn.Module):
 
     def forward(self, hidden_states: Tensor, input_dimensions: tuple[int, int], *args: Any, **kwargs: Any) -> Any:
         outputs = self.stage(hidden_states, input_dimensions, *args, **kwargs)
-        before, (height, width) = outputs[1], input_dimensions
-        self.ends[self.index] = before.transpose(1, 2).reshape(before.shape[0], -1, height, width)
+        self.ends[self.index] = tokens_to_fmap(outputs[1], tuple(input_dimensions))  # before patch merging
         return outputs
 
 
