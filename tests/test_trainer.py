@@ -461,6 +461,15 @@ def test_a_resume_from_an_epochs_last_step_keeps_the_epochs_end(tmp_path):
             assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after resume"
 
 
+def assert_extended_as_straight(straight, extended):
+    """The student and the losses' state (EKT's centres) of a stopped-and-extended run equal an
+    uninterrupted run's, bit for bit."""
+    for part in ("student", "losses"):
+        expected, actual = getattr(straight, part).state_dict(), getattr(extended, part).state_dict()
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after the extension"
+
+
 def test_a_run_extended_from_a_stop_inside_an_epoch_continues_that_epoch(tmp_path):
     """max_steps 6 (an epoch and a half) ended the second epoch at its stop: EKT's centres took half
     an epoch's means, the final checkpoint held them, and the run extended to 12 steps trained on
@@ -478,10 +487,7 @@ def test_a_run_extended_from_a_stop_inside_an_epoch_continues_that_epoch(tmp_pat
     straight = run("straight", 12)
     run("stopped", 6)
     extended = run("extended", 12, resume=str(tmp_path / "stopped" / "checkpoint-6"))
-    for part in ("student", "losses"):
-        expected, actual = getattr(straight, part).state_dict(), getattr(extended, part).state_dict()
-        for key in expected:
-            assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after the extension"
+    assert_extended_as_straight(straight, extended)
 
 
 def test_a_stream_run_extended_from_a_stop_inside_its_first_pass_continues_that_pass(tmp_path):
@@ -501,10 +507,7 @@ def test_a_stream_run_extended_from_a_stop_inside_its_first_pass_continues_that_
     stopped = run("stopped", 4).losses["kernel_transfer"]
     assert stopped.seen.sum() == 0 and stopped.counts.sum() == 20, "a third of a pass is no epoch's centres"
     extended = run("extended", 8, resume=str(tmp_path / "stopped" / "checkpoint-4"))
-    for part in ("student", "losses"):
-        expected, actual = getattr(straight, part).state_dict(), getattr(extended, part).state_dict()
-        for key in expected:
-            assert torch.equal(expected[key], actual[key]), f"{part}.{key} differs after the extension"
+    assert_extended_as_straight(straight, extended)
 
 
 def test_a_stream_resumed_with_other_loader_workers_reading_its_shards_is_refused(tmp_path):
