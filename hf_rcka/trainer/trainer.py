@@ -191,11 +191,13 @@ def _checked_model(model: Any, teacher: Any, args: TrainingArguments, teacher_pr
 def _made_by_processor(kwargs: dict[str, Any]) -> InputStats | None:
     """What ``processing_class`` makes, read once for the checks of the given items' pixels against
     it (it is saved with the student, and ``pipeline()`` feeds the export through it). None without
-    a processor, when a caller's collator makes the batches (its items are not them), or for a
-    processor whose output cannot be read (a size that depends on the image: nothing to compare
-    with; the checks that need it say so later)."""
+    a processor or without data (nothing to compare: the statistics are not read), when a caller's
+    collator makes the batches (its items are not them), or for a processor whose output cannot be
+    read (a size that depends on the image: nothing to compare with; the checks that need it say so
+    later)."""
     processor = kwargs.get("processing_class")
-    if processor is None or kwargs.get("data_collator") is not None:
+    given = kwargs.get("train_dataset") is not None or kwargs.get("eval_dataset") is not None
+    if processor is None or not given or kwargs.get("data_collator") is not None:
         return None
     try:
         return input_stats(processor)
